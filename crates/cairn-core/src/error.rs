@@ -1,0 +1,156 @@
+//! The one error type of cairn-core, with a stable machine code per variant.
+
+use crate::model::Tombstone;
+
+/// Result alias used across cairn.
+pub type Result<T, E = CairnError> = std::result::Result<T, E>;
+
+/// Every error cairn reports. [`CairnError::code`] is the stable machine code
+/// clients match on (the HTTP layer maps codes to statuses); the message is for
+/// humans and may change.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CairnError {
+    /// A process, scope, signal or other id is empty, too long or holds control characters.
+    #[error("invalid id: {0}")]
+    InvalidId(String),
+    /// A request could not be parsed or misses a required field (JSON shape errors).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// An event type name is empty, too long or uses characters outside `[A-Za-z0-9._-]`.
+    #[error("invalid event type name: {0}")]
+    InvalidEventTypeName(String),
+    /// Two declared event types share a name.
+    #[error("duplicate event type: {0}")]
+    DuplicateEventType(String),
+    /// A producer declared or appended a type reserved for cairn itself.
+    #[error("reserved event type: {0}")]
+    ReservedEventType(String),
+    /// A declared payload schema does not compile.
+    #[error("invalid payload schema for `{event_type}`: {message}")]
+    InvalidSchema { event_type: String, message: String },
+    /// A signal name is empty or uses characters outside `[A-Za-z0-9_-]`.
+    #[error("invalid signal name: {0}")]
+    InvalidSignalName(String),
+    /// A selector or semantics spec is malformed (for example a bad JSON Pointer).
+    #[error("invalid semantics for `{event_type}`: {message}")]
+    InvalidSemantics { event_type: String, message: String },
+    /// The id exists with a different registration.
+    #[error("process `{id}` already exists with a different registration")]
+    RegistrationConflict { id: String },
+    /// No process with this id was ever recorded (or it is not visible to the caller).
+    #[error("unknown process `{0}`")]
+    UnknownProcess(String),
+    /// The process existed and was pruned; the tombstone says how it ended.
+    #[error("process `{}` is no longer retained (ended {}, pruned at {})", .0.id, .0.status.label(), .0.pruned_at_ms)]
+    NoLongerRetained(Box<Tombstone>),
+    /// The event type was not declared at registration.
+    #[error("event type `{event_type}` is not declared by process `{process_id}`")]
+    UndeclaredEventType { process_id: String, event_type: String },
+    /// The payload does not satisfy the declared schema.
+    #[error("payload of `{event_type}` violates its schema: {message}")]
+    SchemaViolation { event_type: String, message: String },
+    /// A payload, input or spec exceeds the size limit.
+    #[error("{what} is {size} bytes, over the {limit} byte limit")]
+    PayloadTooLarge { what: String, size: usize, limit: usize },
+    /// A replay key was reused with a different event.
+    #[error("replay key `{key}` of process `{process_id}` was used with a different event")]
+    ReplayConflict { process_id: String, key: String },
+    /// The process is terminal; nothing more can be appended or claimed.
+    #[error("process `{0}` is terminal")]
+    ProcessTerminal(String),
+    /// Another owner holds an unexpired lease.
+    #[error("process `{process_id}` is leased by another owner until {expires_at_ms}")]
+    LeaseHeld { process_id: String, expires_at_ms: u64 },
+    /// The presented lease is not the live one (superseded, expired or released).
+    #[error("lease on process `{0}` is not the live lease")]
+    LeaseFenced(String),
+    /// The process may not be claimed (externally owned, or owner-bound and already started).
+    #[error("process `{process_id}` is not claimable: {reason}")]
+    NotClaimable { process_id: String, reason: String },
+    /// External completion was asked of a process cairn owns.
+    #[error("process `{0}` is not externally owned")]
+    NotExternallyOwned(String),
+    /// A terminal event was appended without the authority to end the process.
+    #[error("ending process `{0}` needs its live lease (or external ownership)")]
+    TerminalNeedsAuthority(String),
+    /// A terminal payload does not yield an outcome of the declared state.
+    #[error("invalid outcome for `{event_type}`: {message}")]
+    InvalidOutcome { event_type: String, message: String },
+    /// A filter has an unknown key or a value of the wrong type.
+    #[error("invalid filter: {0}")]
+    InvalidFilter(String),
+    /// A page size or cursor is out of range.
+    #[error("invalid page: {0}")]
+    InvalidPage(String),
+    /// No pending or acknowledged wake with this id for the session.
+    #[error("unknown wake `{0}`")]
+    UnknownWake(String),
+    /// No environment artifact under this ref.
+    #[error("unknown environment `{0}`")]
+    UnknownEnv(String),
+    /// The stored environment artifact does not match its content address.
+    #[error("corrupt environment `{env_ref}`: {message}")]
+    CorruptEnv { env_ref: String, message: String },
+    /// The named tool is not in the tool registry.
+    #[error("unknown tool `{0}`")]
+    UnknownTool(String),
+    /// The wait ended by timeout (awaiter helpers that take a deadline).
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The storage backend failed; the operation may or may not have been applied
+    /// only where the message says so, otherwise it was not.
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// The operation is not available (for example a runtime that is shutting down).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl CairnError {
+    /// The stable machine code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidId(_) => "invalid_id",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidEventTypeName(_) => "invalid_event_type_name",
+            Self::DuplicateEventType(_) => "duplicate_event_type",
+            Self::ReservedEventType(_) => "reserved_event_type",
+            Self::InvalidSchema { .. } => "invalid_schema",
+            Self::InvalidSignalName(_) => "invalid_signal_name",
+            Self::InvalidSemantics { .. } => "invalid_semantics",
+            Self::RegistrationConflict { .. } => "registration_conflict",
+            Self::UnknownProcess(_) => "unknown_process",
+            Self::NoLongerRetained(_) => "no_longer_retained",
+            Self::UndeclaredEventType { .. } => "undeclared_event_type",
+            Self::SchemaViolation { .. } => "schema_violation",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::ReplayConflict { .. } => "replay_conflict",
+            Self::ProcessTerminal(_) => "process_terminal",
+            Self::LeaseHeld { .. } => "lease_held",
+            Self::LeaseFenced(_) => "lease_fenced",
+            Self::NotClaimable { .. } => "not_claimable",
+            Self::NotExternallyOwned(_) => "not_externally_owned",
+            Self::TerminalNeedsAuthority(_) => "terminal_needs_authority",
+            Self::InvalidOutcome { .. } => "invalid_outcome",
+            Self::InvalidFilter(_) => "invalid_filter",
+            Self::InvalidPage(_) => "invalid_page",
+            Self::UnknownWake(_) => "unknown_wake",
+            Self::UnknownEnv(_) => "unknown_env",
+            Self::CorruptEnv { .. } => "corrupt_env",
+            Self::UnknownTool(_) => "unknown_tool",
+            Self::Timeout(_) => "timeout",
+            Self::Storage(_) => "storage",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// Whether the error is the caller's (bad input or a state conflict) rather
+    /// than the system's. Client errors never changed anything.
+    pub fn is_client_error(&self) -> bool {
+        !matches!(self, Self::Storage(_) | Self::Unavailable(_))
+    }
+
+    pub fn storage(err: impl std::fmt::Display) -> Self {
+        Self::Storage(err.to_string())
+    }
+}

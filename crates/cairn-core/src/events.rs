@@ -1,0 +1,386 @@
+//! Event types, semantics, selectors and the event log entry (SPEC §3).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::model::{Lease, Outcome, ProcessId, SessionScope, TerminalState};
+use crate::{CairnError, Result};
+
+/// A declared event type: its name, payload schema and semantics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventType {
+    pub name: String,
+    /// A JSON Schema for the payload; `{}` (the default) accepts anything.
+    #[serde(default = "any_schema")]
+    pub payload_schema: Value,
+    #[serde(default)]
+    pub semantics: SemanticsSpec,
+}
+
+fn any_schema() -> Value {
+    Value::Object(serde_json::Map::new())
+}
+
+impl EventType {
+    /// A type with an accept-anything schema and no semantics.
+    pub fn plain(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            payload_schema: any_schema(),
+            semantics: SemanticsSpec::default(),
+        }
+    }
+
+    /// Set the payload schema.
+    pub fn with_schema(mut self, schema: Value) -> Self {
+        self.payload_schema = schema;
+        self
+    }
+
+    /// Set the semantics.
+    pub fn with_semantics(mut self, semantics: SemanticsSpec) -> Self {
+        self.semantics = semantics;
+        self
+    }
+}
+
+/// What appending an event of a type means beyond being logged.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SemanticsSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal: Option<TerminalSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake: Option<WakeSpec>,
+}
+
+/// Appending the event ends the process in `state`; the outcome is read by `await_output`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TerminalSpec {
+    pub state: TerminalState,
+    /// Selects the outcome from the payload; default: the whole payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub await_output: Option<Selector>,
+}
+
+/// Appending the event (when `when` selects a truthy value) wakes the wake target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WakeSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<Selector>,
+    pub input: Selector,
+    #[serde(default)]
+    pub dedupe_key: DedupeKey,
+}
+
+/// How a wake's dedupe key is made.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DedupeKey {
+    /// `{process_id}:{sequence}`: every event wakes once.
+    #[default]
+    EventIdentity,
+    /// Rendered from the payload.
+    Selector(Selector),
+    /// A literal: the process wakes its target once for this type.
+    Const(String),
+}
+
+/// Reads a value from a payload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selector {
+    /// The whole payload.
+    Payload,
+    /// A JSON Pointer into the payload.
+    Pointer(String),
+    /// A literal.
+    Const(Value),
+    /// A string with `{field}` holes, each filled by a nested selector.
+    Template {
+        template: String,
+        #[serde(default)]
+        fields: BTreeMap<String, Selector>,
+    },
+    /// Whether a pointer resolves.
+    Present(String),
+}
+
+impl Selector {
+    /// Select from `payload`; `None` when a pointer does not resolve.
+    pub fn select(&self, payload: &Value) -> Option<Value> {
+        match self {
+            Self::Payload => Some(payload.clone()),
+            Self::Pointer(p) => payload.pointer(p).cloned(),
+            Self::Const(v) => Some(v.clone()),
+            Self::Present(p) => Some(Value::Bool(payload.pointer(p).is_some())),
+            Self::Template { template, fields } => {
+                let mut out = String::with_capacity(template.len());
+                let mut rest = template.as_str();
+                while let Some(open) = rest.find('{') {
+                    out.push_str(&rest[..open]);
+                    let after = &rest[open + 1..];
+                    match after.find('}') {
+                        Some(close) => {
+                            let name = &after[..close];
+                            match fields.get(name) {
+                                Some(sel) => out.push_str(&render_text(sel.select(payload).as_ref())),
+                                None => {
+                                    out.push('{');
+                                    out.push_str(name);
+                                    out.push('}');
+                                }
+                            }
+                            rest = &after[close + 1..];
+                        }
+                        None => {
+                            out.push_str(&rest[open..]);
+                            rest = "";
+                        }
+                    }
+                }
+                out.push_str(rest);
+                Some(Value::String(out))
+            }
+        }
+    }
+
+    /// Check pointers are well formed and template fields exist.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        match self {
+            Self::Payload | Self::Const(_) => Ok(()),
+            Self::Pointer(p) | Self::Present(p) => {
+                if p.is_empty() || p.starts_with('/') {
+                    Ok(())
+                } else {
+                    Err(format!("JSON Pointer `{p}` must be empty or start with `/`"))
+                }
+            }
+            Self::Template { template, fields } => {
+                for sel in fields.values() {
+                    sel.validate()?;
+                }
+                let mut rest = template.as_str();
+                while let Some(open) = rest.find('{') {
+                    let after = &rest[open + 1..];
+                    let Some(close) = after.find('}') else { break };
+                    let name = &after[..close];
+                    if !fields.contains_key(name) {
+                        return Err(format!("template hole `{{{name}}}` has no field selector"));
+                    }
+                    rest = &after[close + 1..];
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Render a selected value as wake text: strings as they are, other JSON compactly, nothing as "".
+pub fn render_text(value: Option<&Value>) -> String {
+    match value {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Whether a selected value counts as true for `when`.
+pub fn truthy(value: Option<&Value>) -> bool {
+    match value {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Number(n)) => n.as_f64() != Some(0.0),
+        _ => true,
+    }
+}
+
+/// Semantics resolved for one appended event.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResolvedSemantics {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal: Option<Outcome>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake: Option<ResolvedWake>,
+}
+
+/// A resolved wake: the rendered input and dedupe key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResolvedWake {
+    pub input: String,
+    pub dedupe_key: String,
+}
+
+/// One entry of a process's event log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcessEvent {
+    pub process_id: ProcessId,
+    /// Starts at 1 and rises by one per process.
+    pub sequence: u64,
+    pub event_type: String,
+    pub payload: Value,
+    #[serde(default, skip_serializing_if = "is_default_semantics")]
+    pub semantics: ResolvedSemantics,
+    pub occurred_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_key: Option<String>,
+}
+
+fn is_default_semantics(s: &ResolvedSemantics) -> bool {
+    s.terminal.is_none() && s.wake.is_none()
+}
+
+/// A page of events.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventPage {
+    pub events: Vec<ProcessEvent>,
+    /// The sequence to pass as `after` for the next page; `None` at the end of the log.
+    pub next_after: Option<u64>,
+}
+
+/// An append: a declared type, its payload, and optionally a replay key, a wake
+/// target override and the lease that authorizes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendRequest {
+    pub event_type: String,
+    #[serde(default)]
+    pub payload: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_key: Option<String>,
+    /// Overrides the record's wake target for this event's wake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_target: Option<SessionScope>,
+    /// Fences the append: it commits only while this is the live lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
+}
+
+impl AppendRequest {
+    pub fn new(event_type: impl Into<String>, payload: Value) -> Self {
+        Self {
+            event_type: event_type.into(),
+            payload,
+            replay_key: None,
+            wake_target: None,
+            lease: None,
+        }
+    }
+
+    pub fn with_replay_key(mut self, key: impl Into<String>) -> Self {
+        self.replay_key = Some(key.into());
+        self
+    }
+
+    pub fn with_wake_target(mut self, scope: SessionScope) -> Self {
+        self.wake_target = Some(scope);
+        self
+    }
+
+    pub fn with_lease(mut self, lease: Lease) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+}
+
+/// The answer of an append.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AppendResult {
+    pub event: ProcessEvent,
+    /// True when a replay key matched an earlier append and nothing was written.
+    pub replayed: bool,
+    /// The wake delivery written with the event, if any (not repeated on replay or dedupe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake: Option<crate::model::WakeDelivery>,
+}
+
+pub const CANCEL_REQUESTED: &str = "process.cancel_requested";
+pub const WAITING: &str = "process.waiting";
+pub const RESUMED: &str = "process.resumed";
+pub const STARTED: &str = "process.started";
+pub const ABANDON_REQUESTED: &str = "process.abandon_requested";
+pub const COMPLETED: &str = "process.completed";
+pub const FAILED: &str = "process.failed";
+pub const CANCELLED: &str = "process.cancelled";
+pub const ABANDONED: &str = "process.abandoned";
+
+/// The prefix of signal event types.
+pub const SIGNAL_PREFIX: &str = "signal.";
+
+/// Core types only cairn's own operations write (claims, abandon requests and
+/// reconciliation); `append_event` refuses them.
+pub const RESERVED_FOR_CAIRN: &[&str] = &[STARTED, ABANDON_REQUESTED, ABANDONED];
+
+/// Whether a name belongs to cairn's core namespace.
+pub fn is_core_event_type(name: &str) -> bool {
+    name.starts_with("process.")
+}
+
+/// The core event types every process has.
+pub fn core_event_types() -> Vec<EventType> {
+    let object = serde_json::json!({"type": "object"});
+    let terminal = |name: &str, state: TerminalState| EventType {
+        name: name.to_string(),
+        payload_schema: serde_json::json!({"type": "object", "required": ["await_output"]}),
+        semantics: SemanticsSpec {
+            terminal: Some(TerminalSpec {
+                state,
+                await_output: Some(Selector::Pointer("/await_output".into())),
+            }),
+            wake: None,
+        },
+    };
+    vec![
+        EventType::plain(CANCEL_REQUESTED).with_schema(object.clone()),
+        EventType::plain(WAITING).with_schema(serde_json::json!({"type": "object", "required": ["kind"]})),
+        EventType::plain(RESUMED).with_schema(object.clone()),
+        EventType::plain(STARTED).with_schema(object.clone()),
+        EventType::plain(ABANDON_REQUESTED).with_schema(object),
+        terminal(COMPLETED, TerminalState::Completed),
+        terminal(FAILED, TerminalState::Failed),
+        terminal(CANCELLED, TerminalState::Cancelled),
+        terminal(ABANDONED, TerminalState::Abandoned),
+    ]
+}
+
+/// The core terminal type that carries an outcome of this state.
+pub fn terminal_event_type(state: TerminalState) -> &'static str {
+    match state {
+        TerminalState::Completed => COMPLETED,
+        TerminalState::Failed => FAILED,
+        TerminalState::Cancelled => CANCELLED,
+        TerminalState::Abandoned => ABANDONED,
+    }
+}
+
+/// Check a signal name: non-empty, ASCII letters, digits, `_` and `-`, at most 128 bytes.
+pub fn validate_signal_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(CairnError::InvalidSignalName(format!(
+            "`{name}`: signal names are 1-128 ASCII letters, digits, `_` or `-`"
+        )))
+    }
+}
+
+/// `signal.{name}`, after checking the name.
+pub fn signal_event_type(name: &str) -> Result<String> {
+    validate_signal_name(name)?;
+    Ok(format!("{SIGNAL_PREFIX}{name}"))
+}
+
+/// The replay key a signal id maps to.
+pub fn signal_replay_key(name: &str, signal_id: &str) -> String {
+    format!("signal:{name}:{signal_id}")
+}

@@ -1,0 +1,514 @@
+//! The sans-IO heart of every backend: building a record from a registration,
+//! preparing an append (type, schema, authority, fencing, semantics, wake) and
+//! folding events into the record.
+//!
+//! Backends only store and look up; every rule about what an append means lives
+//! here, so all backends agree by construction and the conformance suite checks
+//! they persist what this module computes.
+
+use serde_json::{json, Value};
+
+use crate::events::{
+    self, render_text, truthy, AppendRequest, DedupeKey, EventType, ProcessEvent, ResolvedSemantics, ResolvedWake,
+    Selector, RESERVED_FOR_CAIRN, SIGNAL_PREFIX,
+};
+use crate::model::{
+    AbandonRequest, CancelRequest, Disposition, Lease, Outcome, ProcessRecord, ProcessStatus, Registration,
+    SessionScope, StartedFact, WaitState, WakeDelivery,
+};
+use crate::validate::{self, sha256_hex};
+use crate::{CairnError, Result};
+
+/// Who is appending: a caller through the public API, or cairn's own operations
+/// (claims, abandon requests, reconciliation), which may write reserved types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Authority {
+    Caller,
+    Cairn,
+}
+
+/// Validate a registration and build the record it starts as.
+pub fn initial_record(reg: &Registration, now_ms: u64) -> Result<ProcessRecord> {
+    let event_types = validate::validate_registration(reg)?;
+    let registration_hash = validate::registration_hash(reg)?;
+    Ok(ProcessRecord {
+        id: reg.id.clone(),
+        registration_hash,
+        status: ProcessStatus::Running,
+        outcome: None,
+        disposition: reg.disposition,
+        input: reg.input.clone(),
+        provenance: reg.provenance.clone(),
+        wake_target: reg.wake_target.clone(),
+        event_types,
+        env_ref: reg.env_ref.clone(),
+        external_ref: reg.external_ref.clone(),
+        wait: None,
+        lease: None,
+        abandon_request: None,
+        cancel_request: None,
+        started: None,
+        created_at_ms: now_ms,
+        updated_at_ms: now_ms,
+        terminal_at_ms: None,
+        last_sequence: 0,
+    })
+}
+
+/// The record as it was at registration: every folded field reset.
+pub fn registration_state(record: &ProcessRecord) -> ProcessRecord {
+    ProcessRecord {
+        status: ProcessStatus::Running,
+        outcome: None,
+        wait: None,
+        lease: None,
+        abandon_request: None,
+        cancel_request: None,
+        started: None,
+        updated_at_ms: record.created_at_ms,
+        terminal_at_ms: None,
+        last_sequence: 0,
+        ..record.clone()
+    }
+}
+
+/// Fold one event into a record. The only way a record changes after registration.
+pub fn apply_event(record: &mut ProcessRecord, event: &ProcessEvent) {
+    record.last_sequence = event.sequence;
+    record.updated_at_ms = event.occurred_at_ms;
+    let p = &event.payload;
+    let str_at = |k: &str| p.get(k).and_then(Value::as_str).map(str::to_string);
+    let u64_at = |k: &str| p.get(k).and_then(Value::as_u64);
+    match event.event_type.as_str() {
+        events::CANCEL_REQUESTED => {
+            if record.cancel_request.is_none() {
+                record.cancel_request = Some(CancelRequest {
+                    reason: str_at("reason"),
+                    requested_at_ms: event.occurred_at_ms,
+                });
+            }
+        }
+        events::WAITING => {
+            record.wait = Some(WaitState {
+                kind: str_at("kind").unwrap_or_default(),
+                name: str_at("name"),
+                ordinal: u64_at("ordinal"),
+                since_ms: event.occurred_at_ms,
+            });
+        }
+        events::RESUMED => record.wait = None,
+        events::STARTED => {
+            record.started = Some(StartedFact {
+                owner_id: str_at("owner_id").unwrap_or_default(),
+                fencing_token: u64_at("fencing_token").unwrap_or_default(),
+                attempt: u64_at("attempt").unwrap_or_default(),
+                at_ms: event.occurred_at_ms,
+            });
+        }
+        events::ABANDON_REQUESTED => {
+            if record.abandon_request.is_none() {
+                record.abandon_request = Some(AbandonRequest {
+                    requested_by: str_at("requested_by").unwrap_or_default(),
+                    requested_at_ms: event.occurred_at_ms,
+                    reason: str_at("reason").unwrap_or_default(),
+                });
+            }
+        }
+        _ => {}
+    }
+    if let Some(outcome) = &event.semantics.terminal {
+        record.status = outcome.state().status();
+        record.outcome = Some(outcome.clone());
+        record.wait = None;
+        record.lease = None;
+        record.terminal_at_ms = Some(event.occurred_at_ms);
+    }
+}
+
+/// Fold a whole log over the registration state of `record`.
+pub fn fold<'a>(record: &ProcessRecord, events: impl IntoIterator<Item = &'a ProcessEvent>) -> ProcessRecord {
+    let mut folded = registration_state(record);
+    for e in events {
+        apply_event(&mut folded, e);
+    }
+    folded
+}
+
+/// Compare a stored record with the fold of its log, ignoring the lease
+/// (coordination state, not history). `Err` names the first difference.
+pub fn check_fold<'a>(
+    stored: &ProcessRecord,
+    events: impl IntoIterator<Item = &'a ProcessEvent>,
+) -> std::result::Result<(), String> {
+    let mut folded = fold(stored, events);
+    let mut stored = stored.clone();
+    folded.lease = None;
+    stored.lease = None;
+    if folded == stored {
+        return Ok(());
+    }
+    let a = serde_json::to_value(&stored).unwrap_or(Value::Null);
+    let b = serde_json::to_value(&folded).unwrap_or(Value::Null);
+    let mut diffs = Vec::new();
+    if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
+        for (k, v) in a {
+            if b.get(k) != Some(v) {
+                diffs.push(format!(
+                    "{k}: stored {v} vs folded {}",
+                    b.get(k).unwrap_or(&Value::Null)
+                ));
+            }
+        }
+    }
+    Err(format!(
+        "record `{}` is not the fold of its log: {}",
+        stored.id,
+        diffs.join("; ")
+    ))
+}
+
+/// Look up a declared type; `signal.{name}` is implicitly declared for every valid name.
+pub fn declared_type(record: &ProcessRecord, name: &str) -> Result<EventType> {
+    if let Some(t) = record.event_types.iter().find(|t| t.name == name) {
+        return Ok(t.clone());
+    }
+    if let Some(signal) = name.strip_prefix(SIGNAL_PREFIX) {
+        events::validate_signal_name(signal)?;
+        return Ok(EventType::plain(name));
+    }
+    Err(CairnError::UndeclaredEventType {
+        process_id: record.id.clone(),
+        event_type: name.to_string(),
+    })
+}
+
+/// Check that `presented` is the live lease `stored` at `now_ms`.
+pub fn check_lease(process_id: &str, stored: Option<&Lease>, presented: &Lease, now_ms: u64) -> Result<()> {
+    match stored {
+        Some(live)
+            if live.process_id == presented.process_id
+                && live.owner_id == presented.owner_id
+                && live.lease_token == presented.lease_token
+                && live.fencing_token == presented.fencing_token
+                && live.expires_at_ms > now_ms =>
+        {
+            Ok(())
+        }
+        _ => Err(CairnError::LeaseFenced(process_id.to_string())),
+    }
+}
+
+/// Validate a replay key.
+pub fn validate_replay_key(req: &AppendRequest) -> Result<()> {
+    if let Some(key) = &req.replay_key {
+        validate::validate_id("replay key", key)?;
+    }
+    Ok(())
+}
+
+/// Decide a replayed append: the same (type, payload) returns the original event,
+/// anything else is a [`CairnError::ReplayConflict`].
+pub fn check_replay(original: &ProcessEvent, req: &AppendRequest) -> Result<()> {
+    let same = original.event_type == req.event_type
+        && validate::event_hash(&original.event_type, &original.payload)?
+            == validate::event_hash(&req.event_type, &req.payload)?;
+    if same {
+        Ok(())
+    } else {
+        Err(CairnError::ReplayConflict {
+            process_id: original.process_id.clone(),
+            key: req.replay_key.clone().unwrap_or_default(),
+        })
+    }
+}
+
+/// The outcome a terminal payload yields.
+fn resolve_outcome(t: &EventType, payload: &Value) -> Result<Option<Outcome>> {
+    let Some(spec) = &t.semantics.terminal else {
+        return Ok(None);
+    };
+    let bad = |message: String| CairnError::InvalidOutcome {
+        event_type: t.name.clone(),
+        message,
+    };
+    let selected = spec
+        .await_output
+        .as_ref()
+        .unwrap_or(&Selector::Payload)
+        .select(payload)
+        .ok_or_else(|| bad("the await_output selector found nothing in the payload".into()))?;
+    let parsed = serde_json::from_value::<Outcome>(selected.clone());
+    let outcome = match parsed {
+        Ok(o) if o.state() == spec.state => o,
+        Ok(o) => {
+            return Err(bad(format!(
+                "outcome `{}` does not match the type's terminal state `{}`",
+                o.state().status().label(),
+                spec.state.status().label()
+            )))
+        }
+        Err(e) if events::is_core_event_type(&t.name) => return Err(bad(e.to_string())),
+        Err(_) => match spec.state {
+            crate::model::TerminalState::Completed => Outcome::Success { value: selected },
+            crate::model::TerminalState::Failed => Outcome::Failure {
+                class: "process".into(),
+                code: "failed".into(),
+                message: render_text(Some(&selected)),
+                raw: Some(selected),
+            },
+            crate::model::TerminalState::Cancelled => Outcome::Cancelled {
+                message: render_text(Some(&selected)),
+                raw: Some(selected),
+            },
+            crate::model::TerminalState::Abandoned => return Err(bad("only cairn writes abandoned terminals".into())),
+        },
+    };
+    Ok(Some(outcome))
+}
+
+fn resolve_wake(t: &EventType, process_id: &str, sequence: u64, payload: &Value) -> Option<ResolvedWake> {
+    let spec = t.semantics.wake.as_ref()?;
+    if let Some(when) = &spec.when {
+        if !truthy(when.select(payload).as_ref()) {
+            return None;
+        }
+    }
+    let dedupe_key = match &spec.dedupe_key {
+        DedupeKey::EventIdentity => format!("{process_id}:{sequence}"),
+        DedupeKey::Selector(sel) => render_text(sel.select(payload).as_ref()),
+        DedupeKey::Const(s) => s.clone(),
+    };
+    Some(ResolvedWake {
+        input: render_text(spec.input.select(payload).as_ref()),
+        dedupe_key,
+    })
+}
+
+/// The wake id for a (target scope, dedupe key) pair.
+pub fn wake_id(scope: &SessionScope, dedupe_key: &str) -> String {
+    let digest = sha256_hex(format!("{}\n{}", scope.scope_id(), dedupe_key).as_bytes());
+    format!("wake:{}", &digest[..32])
+}
+
+/// A fully prepared append: what the backend must persist in one transaction.
+#[derive(Clone, Debug)]
+pub struct PreparedAppend {
+    pub event: ProcessEvent,
+    /// The record after the event (lease cleared when the event is terminal).
+    pub record: ProcessRecord,
+    /// A wake delivery to insert unless one with its id exists.
+    pub wake: Option<WakeDelivery>,
+}
+
+/// Prepare an append against the current record and stored lease. Replay keys
+/// are checked by the caller first ([`check_replay`]); this checks everything
+/// else and writes nothing.
+pub fn prepare_append(
+    record: &ProcessRecord,
+    stored_lease: Option<&Lease>,
+    req: &AppendRequest,
+    authority: Authority,
+    now_ms: u64,
+) -> Result<PreparedAppend> {
+    validate_replay_key(req)?;
+    let t = declared_type(record, &req.event_type)?;
+    if authority == Authority::Caller && RESERVED_FOR_CAIRN.contains(&req.event_type.as_str()) {
+        return Err(CairnError::ReservedEventType(format!(
+            "`{}` is written only by cairn's own operations",
+            req.event_type
+        )));
+    }
+    validate::check_payload(&t, &req.payload)?;
+    if let Some(scope) = &req.wake_target {
+        validate::validate_scope(scope)?;
+    }
+    if record.is_terminal() {
+        return Err(CairnError::ProcessTerminal(record.id.clone()));
+    }
+    if let Some(lease) = &req.lease {
+        check_lease(&record.id, stored_lease, lease, now_ms)?;
+    }
+    let sequence = record.last_sequence + 1;
+    let terminal = resolve_outcome(&t, &req.payload)?;
+    if terminal.is_some()
+        && authority == Authority::Caller
+        && req.lease.is_none()
+        && record.disposition != Disposition::ExternallyOwned
+    {
+        return Err(CairnError::TerminalNeedsAuthority(record.id.clone()));
+    }
+    let wake_sem = resolve_wake(&t, &record.id, sequence, &req.payload);
+    let event = ProcessEvent {
+        process_id: record.id.clone(),
+        sequence,
+        event_type: req.event_type.clone(),
+        payload: req.payload.clone(),
+        semantics: ResolvedSemantics {
+            terminal,
+            wake: wake_sem.clone(),
+        },
+        occurred_at_ms: now_ms.max(record.updated_at_ms),
+        replay_key: req.replay_key.clone(),
+    };
+    let mut next = record.clone();
+    apply_event(&mut next, &event);
+    if event.semantics.terminal.is_none() {
+        next.lease = record.lease.clone();
+    }
+    let wake = wake_sem.and_then(|w| {
+        let target = req.wake_target.clone().or_else(|| record.wake_target.clone())?;
+        Some(WakeDelivery {
+            wake_id: wake_id(&target, &w.dedupe_key),
+            target_session_id: target.session_id.clone(),
+            target_scope: target,
+            process_id: record.id.clone(),
+            sequence,
+            event_type: req.event_type.clone(),
+            dedupe_key: w.dedupe_key,
+            input: w.input,
+            created_at_ms: event.occurred_at_ms,
+        })
+    });
+    Ok(PreparedAppend {
+        event,
+        record: next,
+        wake,
+    })
+}
+
+/// The payload of a core terminal event carrying `outcome`.
+pub fn terminal_payload(outcome: &Outcome, extra: Option<(&str, Value)>) -> Value {
+    let mut p = json!({ "await_output": outcome });
+    if let (Some((k, v)), Some(map)) = (extra, p.as_object_mut()) {
+        map.insert(k.to_string(), v);
+    }
+    p
+}
+
+/// The append that ends a process with `outcome` through the core terminal types.
+pub fn terminal_request(outcome: &Outcome) -> AppendRequest {
+    AppendRequest::new(
+        events::terminal_event_type(outcome.state()),
+        terminal_payload(outcome, None),
+    )
+}
+
+/// The `process.started` append for a new lease.
+pub fn started_request(record: &ProcessRecord, lease: &Lease) -> AppendRequest {
+    let attempt = record.started.as_ref().map_or(0, |s| s.attempt) + 1;
+    AppendRequest::new(
+        events::STARTED,
+        json!({"owner_id": lease.owner_id, "fencing_token": lease.fencing_token, "attempt": attempt}),
+    )
+    .with_lease(lease.clone())
+}
+
+/// The replay key of a cancellation request: one request per distinct reason.
+pub fn cancel_replay_key(reason: Option<&str>) -> String {
+    format!("cancel:{}", &sha256_hex(reason.unwrap_or("").as_bytes())[..16])
+}
+
+/// Whether a cancellation request ends the process at once: nobody holds a live
+/// lease and no owner-bound run has begun (a started owner-bound process ends only
+/// through its owner or an abandon request).
+pub fn cancels_at_once(record: &ProcessRecord, now_ms: u64) -> bool {
+    record.disposition != Disposition::ExternallyOwned
+        && !record.has_live_lease(now_ms)
+        && (record.started.is_none() || record.disposition == Disposition::Rerunnable)
+}
+
+/// Why a record may not be claimed by `owner_id` at `now_ms`, if it may not.
+pub fn claim_refusal(record: &ProcessRecord, owner_id: &str, now_ms: u64) -> Option<CairnError> {
+    let id = record.id.clone();
+    if record.is_terminal() {
+        return Some(CairnError::ProcessTerminal(id));
+    }
+    let own_live = record
+        .lease
+        .as_ref()
+        .is_some_and(|l| l.owner_id == owner_id && l.expires_at_ms > now_ms);
+    match record.disposition {
+        Disposition::ExternallyOwned => {
+            return Some(CairnError::NotClaimable {
+                process_id: id,
+                reason: "externally owned processes are never claimed".into(),
+            })
+        }
+        Disposition::OwnerBound if record.started.is_some() && !own_live => {
+            return Some(CairnError::NotClaimable {
+                process_id: id,
+                reason: "owner-bound and already started".into(),
+            })
+        }
+        _ => {}
+    }
+    if record.abandon_request.is_some() {
+        return Some(CairnError::NotClaimable {
+            process_id: id,
+            reason: "an abandon request is pending".into(),
+        });
+    }
+    if let Some(l) = &record.lease {
+        if l.owner_id != owner_id && l.expires_at_ms > now_ms {
+            return Some(CairnError::LeaseHeld {
+                process_id: id,
+                expires_at_ms: l.expires_at_ms,
+            });
+        }
+    }
+    None
+}
+
+/// Whether a record belongs on the worklist as a run candidate (ignoring its lease).
+pub fn is_run_candidate(record: &ProcessRecord) -> bool {
+    !record.is_terminal()
+        && record.abandon_request.is_none()
+        && match record.disposition {
+            Disposition::Rerunnable => true,
+            Disposition::OwnerBound => record.started.is_none(),
+            Disposition::ExternallyOwned => false,
+        }
+}
+
+/// Whether a record belongs on the worklist for abandon reconciliation (ignoring its lease).
+pub fn is_abandon_candidate(record: &ProcessRecord) -> bool {
+    !record.is_terminal() && record.abandon_request.is_some()
+}
+
+/// The outcome of a reconciled abandon request.
+pub fn reconciled_abandon_outcome(record: &ProcessRecord, now_ms: u64) -> Outcome {
+    let owner = record
+        .lease
+        .as_ref()
+        .map(|l| crate::model::OwnerIdentity {
+            owner_id: l.owner_id.clone(),
+            fencing_token: l.fencing_token,
+        })
+        .or_else(|| {
+            record.started.as_ref().map(|s| crate::model::OwnerIdentity {
+                owner_id: s.owner_id.clone(),
+                fencing_token: s.fencing_token,
+            })
+        });
+    Outcome::Abandoned {
+        evidence: crate::model::AbandonEvidence {
+            writer: crate::model::AbandonWriter::ReconciledRequest,
+            owner,
+            epoch_ms: now_ms,
+        },
+    }
+}
+
+/// The terminal append of an external completion, validated.
+pub fn external_completion(id: &str, outcome: &Outcome, authority: &str) -> Result<AppendRequest> {
+    if matches!(outcome, Outcome::Abandoned { .. }) {
+        return Err(CairnError::InvalidOutcome {
+            event_type: events::terminal_event_type(outcome.state()).to_string(),
+            message: format!("process `{id}`: external completion cannot abandon; use an abandon request"),
+        });
+    }
+    Ok(AppendRequest::new(
+        events::terminal_event_type(outcome.state()),
+        terminal_payload(outcome, Some(("completed_by", json!(authority)))),
+    ))
+}

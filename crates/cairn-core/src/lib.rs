@@ -1,0 +1,25 @@
+//! cairn-core: the durable process model, the storage contract and the
+//! in-memory registry.
+//!
+//! - [`model`] and [`events`]: the process record, outcomes, event types and the
+//!   JSON wire shapes.
+//! - [`validate`] and [`fold`]: sans-IO rules shared by every backend (what a
+//!   registration may declare, what an append means, how the log folds into the record).
+//! - [`registry::ProcessRegistry`]: the async storage contract.
+//! - [`memory::MemoryRegistry`]: the in-memory implementation.
+
+pub mod clock;
+pub mod error;
+pub mod events;
+pub mod fold;
+pub mod memory;
+pub mod model;
+pub mod registry;
+pub mod validate;
+
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use error::{CairnError, Result};
+pub use events::{AppendRequest, AppendResult, EventPage, EventType, ProcessEvent, Selector, SemanticsSpec};
+pub use memory::MemoryRegistry;
+pub use model::*;
+pub use registry::{CancelAnswer, ProcessRegistry, Registered};

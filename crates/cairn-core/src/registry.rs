@@ -1,0 +1,189 @@
+//! The storage contract every backend implements (SPEC §3–5, 7, 8).
+//!
+//! Each method states its contract; `cairn-testkit` pins every clause. Every
+//! rule about what an append *means* lives in [`crate::fold`]; a backend
+//! persists what that module computes, atomically. Waiting is not a registry
+//! method: waits live above storage (see [`crate::awaiter`]).
+
+use async_trait::async_trait;
+
+use crate::events::{AppendRequest, AppendResult, EventPage};
+use crate::model::{
+    ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, Outcome, ProcessFilter,
+    ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope, StartGrant, StatusFilter,
+    TransferReport, WakeDelivery, Watermark, WorkItem,
+};
+use crate::Result;
+
+/// The answer of [`ProcessRegistry::register`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Registered {
+    pub process: ProcessRecord,
+    /// False when the same registration already existed (nothing was written).
+    pub created: bool,
+}
+
+/// The answer of [`ProcessRegistry::request_cancel`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CancelAnswer {
+    pub process: ProcessRecord,
+    /// True when the request ended the process at once (nobody had started it).
+    pub cancelled_now: bool,
+}
+
+/// Durable process storage. Object safe; share it as `Arc<dyn ProcessRegistry>`.
+///
+/// Errors are [`crate::CairnError`] with stable codes. A method that returns an
+/// error changed nothing.
+#[async_trait]
+pub trait ProcessRegistry: Send + Sync + 'static {
+    /// Record a new process with its optional initial grant, or return the
+    /// existing one.
+    ///
+    /// - The registration is validated ([`crate::validate::validate_registration`]);
+    ///   an `env_ref` must name a stored env (`unknown_env`).
+    /// - Same id, same registration hash: returns the stored record, `created: false`,
+    ///   writes nothing (the grant is not re-applied).
+    /// - Same id, different hash: `registration_conflict`.
+    /// - A pruned id: `no_longer_retained` (ids are never reused).
+    /// - The record, its grant and its change-feed entry commit together.
+    async fn register(&self, registration: Registration, grant: Option<StartGrant>) -> Result<Registered>;
+
+    /// The current record. Unknown ids are `unknown_process`; pruned ids are
+    /// `no_longer_retained` carrying the tombstone.
+    async fn get(&self, id: &str) -> Result<ProcessRecord>;
+
+    /// Records matching `filter`, in id order, one page (`filter.limit`).
+    async fn list(&self, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>>;
+
+    /// Events with sequence greater than `after`, in order, at most `limit`
+    /// (default 100, at most 1000; 0 or more is `invalid_page`).
+    async fn events_after(&self, id: &str, after: u64, limit: Option<usize>) -> Result<EventPage>;
+
+    /// Append one event, atomically with its record update and wake delivery.
+    ///
+    /// In order: a used replay key returns the original event (`replayed: true`)
+    /// when type and payload match, else `replay_conflict`; then the type must be
+    /// declared (`undeclared_event_type`; `signal.{name}` is implicit), not
+    /// reserved for cairn (`reserved_event_type`), and the payload must satisfy
+    /// its schema and size (`schema_violation`, `payload_too_large`). A terminal
+    /// process accepts nothing (`process_terminal`). A presented lease must be the
+    /// live one (`lease_fenced`). A terminal event needs the live lease or an
+    /// externally owned process (`terminal_needs_authority`); it ends the process
+    /// once and releases the lease. A wake delivery is written when the type has
+    /// wake semantics and there is a target, unless one with the same id exists.
+    async fn append_event(&self, id: &str, request: AppendRequest) -> Result<AppendResult>;
+
+    /// Record `process.cancel_requested` (idempotent per reason). When nobody holds
+    /// a live lease and no owner-bound run has begun, the process also ends
+    /// `cancelled` in the same transaction. Externally owned processes only get
+    /// the request. Terminal processes: `process_terminal`.
+    async fn request_cancel(&self, id: &str, reason: Option<String>) -> Result<CancelAnswer>;
+
+    /// Grant `scope` a handle on a process (upsert of the descriptor).
+    async fn grant(&self, scope: &SessionScope, id: &str, descriptor: GrantDescriptor) -> Result<Grant>;
+
+    /// Remove one grant; `false` when there was none.
+    async fn revoke(&self, scope: &SessionScope, id: &str) -> Result<bool>;
+
+    /// Move grants from one scope to another. Processes never change.
+    async fn transfer(&self, from: &SessionScope, to: &SessionScope, ids: &[String]) -> Result<TransferReport>;
+
+    /// What `scope` may address (exact scope match), filtered, in process id order.
+    async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>>;
+
+    /// What `scope` created (originator equals the scope), whether or not it is
+    /// still granted to it, filtered, in id order.
+    async fn list_originated_by(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>>;
+
+    /// Remove every grant of every scope of the session and its pending wakes, and
+    /// report. Never cancels or otherwise changes a process.
+    async fn delete_session(&self, session_id: &str) -> Result<SessionDeleteReport>;
+
+    /// Pending (unacknowledged) wakes for a session, oldest first, one page.
+    async fn pending_wakes(&self, session_id: &str, limit: Option<usize>) -> Result<Vec<WakeDelivery>>;
+
+    /// Acknowledge a wake: it stops being pending but keeps deduplicating.
+    /// `true` when this call acknowledged it, `false` when it already was;
+    /// `unknown_wake` when the session has no such wake.
+    async fn ack_wake(&self, session_id: &str, wake_id: &str) -> Result<bool>;
+
+    /// Claim the lease of one process for `ttl_ms`. Succeeds on a free, expired or
+    /// own lease, bumping the fencing token; an unexpired lease of another owner is
+    /// `lease_held`; externally owned, started owner-bound (unless the caller holds
+    /// its live lease) and abandon-requested processes are `not_claimable`.
+    /// A claim writes no event.
+    async fn claim(&self, id: &str, owner_id: &str, ttl_ms: u64) -> Result<Lease>;
+
+    /// Claim up to `limit` run candidates from the worklist for `owner_id` and
+    /// record `process.started` on each, in one transaction per backend's
+    /// batching. Rows another owner claims concurrently are skipped, never waited on.
+    async fn claim_batch(&self, owner_id: &str, ttl_ms: u64, limit: usize) -> Result<Vec<Claim>>;
+
+    /// Append `process.started` under `lease` (fenced), marking a run's beginning.
+    async fn record_started(&self, lease: &Lease) -> Result<ProcessRecord>;
+
+    /// Extend a live lease. The presented lease must match the stored owner, lease
+    /// token and fencing token and be unexpired, else `lease_fenced`.
+    async fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<Lease>;
+
+    /// Release a lease. A stale lease is a no-op answering `false`.
+    async fn release(&self, lease: &Lease) -> Result<bool>;
+
+    /// Fenced, atomic completion: the terminal event, the record update and the
+    /// lease release commit together, only while `lease` is live (`lease_fenced`
+    /// otherwise, and nothing is written).
+    async fn complete(&self, lease: &Lease, outcome: Outcome) -> Result<ProcessRecord>;
+
+    /// The bounded worklist: at most `limit` rows whose lease is free or expired and
+    /// that either may be run (not terminal, not externally owned, not a started
+    /// owner-bound row, no abandon request) or have a pending abandon request.
+    /// Backends answer from an index of such rows, never a scan of every running row.
+    async fn worklist(&self, limit: usize) -> Result<Vec<WorkItem>>;
+
+    /// Record an abandon request as a `process.abandon_requested` event (first
+    /// request wins; repeats return the record unchanged). Terminal: `process_terminal`.
+    async fn request_abandon(&self, id: &str, requested_by: &str, reason: &str) -> Result<ProcessRecord>;
+
+    /// Turn a pending abandon request into `abandoned {reconciled_request}` if the
+    /// lease has lapsed (expired or free). `None` when there is no request or the
+    /// lease is still live.
+    async fn reconcile_abandon(&self, id: &str) -> Result<Option<ProcessRecord>>;
+
+    /// End an externally owned process with `outcome` on behalf of `authority`
+    /// (recorded in the terminal payload). Other dispositions are
+    /// `not_externally_owned`; an abandoned outcome is `invalid_outcome`.
+    async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<ProcessRecord>;
+
+    /// Delete terminal processes whose terminal time is before `cutoff_ms` and
+    /// whose status passes `status` (`running` is `invalid_filter`), with their
+    /// events, grants, wakes and lease, leaving tombstones. With a cursor
+    /// watermark only processes whose last change is at or before it go.
+    /// Never touches a running process.
+    async fn prune(&self, cutoff_ms: u64, status: StatusFilter, watermark: Watermark) -> Result<PruneReport>;
+
+    /// Records changed after `cursor`, each once at its latest change, in cursor
+    /// order, at most `limit`, with the cursor to read on from.
+    async fn changed_since(&self, cursor: u64, limit: Option<usize>) -> Result<ChangePage>;
+
+    /// Store an env spec content-addressed; idempotent.
+    async fn put_env(&self, spec: &EnvSpec) -> Result<EnvRef>;
+
+    /// Load an env spec: `unknown_env` when missing, `corrupt_env` when the stored
+    /// bytes do not match their address.
+    async fn get_env(&self, env_ref: &str) -> Result<EnvSpec>;
+
+    /// The fencing token of the most recent claim (0 if never claimed). For
+    /// tests and diagnostics.
+    async fn fencing_token(&self, id: &str) -> Result<u64>;
+}
+
+/// Check a prune status filter.
+pub fn prune_status(status: StatusFilter) -> Result<StatusFilter> {
+    if status == StatusFilter::Running {
+        return Err(crate::CairnError::InvalidFilter(
+            "prune never touches running processes".into(),
+        ));
+    }
+    Ok(status)
+}
