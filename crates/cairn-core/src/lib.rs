@@ -8,6 +8,8 @@
 //! - [`registry::ProcessRegistry`]: the async storage contract.
 //! - [`memory::MemoryRegistry`]: the in-memory implementation.
 
+pub mod awaiter;
+pub mod builtins;
 pub mod clock;
 pub mod error;
 pub mod events;
@@ -15,7 +17,9 @@ pub mod fold;
 pub mod memory;
 pub mod model;
 pub mod registry;
+pub mod tool;
 pub mod validate;
+pub mod watch;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::{CairnError, Result};

@@ -1,0 +1,142 @@
+//! Waiting above storage (SPEC §6): the change hub first, bounded-backoff point
+//! reads as the fallback. Callers bound every wait with a timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::events::ProcessEvent;
+use crate::model::ProcessRecord;
+use crate::registry::ProcessRegistry;
+use crate::watch::ChangeHub;
+use crate::Result;
+use tokio::sync::watch;
+
+/// Fallback polling bounds: start at the floor, double on each quiet wait, stop at the cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    pub floor: Duration,
+    pub cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            floor: Duration::from_millis(25),
+            cap: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Waits for terminals and milestones of processes.
+#[derive(Clone)]
+pub struct Awaiter {
+    registry: Arc<dyn ProcessRegistry>,
+    hub: Option<ChangeHub>,
+    backoff: Backoff,
+}
+
+impl Awaiter {
+    /// An awaiter on `registry`, woken by `hub` when given (and by point reads always).
+    pub fn new(registry: Arc<dyn ProcessRegistry>, hub: Option<ChangeHub>) -> Self {
+        Self {
+            registry,
+            hub,
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// Replace the fallback backoff.
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Resolve with the record once it is terminal; at once if it already is.
+    /// Never returns on its own for a process that never ends: bound it with
+    /// [`tokio::time::timeout`] or use [`Awaiter::await_terminal_for`].
+    pub async fn await_terminal(&self, id: &str) -> Result<ProcessRecord> {
+        let mut wait = self.watch(id);
+        loop {
+            let record = self.registry.get(id).await?;
+            if record.is_terminal() {
+                return Ok(record);
+            }
+            wait.next().await;
+        }
+    }
+
+    /// Like [`await_terminal`](Self::await_terminal), answering the still-running
+    /// record when `timeout` passes first.
+    pub async fn await_terminal_for(&self, id: &str, timeout: Duration) -> Result<ProcessRecord> {
+        match tokio::time::timeout(timeout, self.await_terminal(id)).await {
+            Ok(r) => r,
+            Err(_) => self.registry.get(id).await,
+        }
+    }
+
+    /// Resolve with the first event of `event_type` after `after_sequence`.
+    /// When the process ends without one, resolves with
+    /// [`crate::CairnError::ProcessTerminal`].
+    pub async fn await_event(&self, id: &str, event_type: &str, after_sequence: u64) -> Result<ProcessEvent> {
+        let mut wait = self.watch(id);
+        let mut cursor = after_sequence;
+        loop {
+            let page = self
+                .registry
+                .events_after(id, cursor, Some(crate::model::MAX_PAGE_SIZE))
+                .await?;
+            let more = page.next_after.is_some();
+            let mut ended = false;
+            for e in page.events {
+                cursor = e.sequence;
+                if e.event_type == event_type {
+                    return Ok(e);
+                }
+                ended |= e.semantics.terminal.is_some();
+            }
+            if ended {
+                return Err(crate::CairnError::ProcessTerminal(id.to_string()));
+            }
+            if !more {
+                wait.next().await;
+            }
+        }
+    }
+
+    fn watch(&self, id: &str) -> ChangeWait {
+        ChangeWait {
+            // Subscribe before the first read so a change between read and wait is not missed.
+            rx: self.hub.as_ref().map(|h| h.subscribe(id)),
+            delay: self.backoff.floor,
+            cap: self.backoff.cap,
+        }
+    }
+}
+
+/// One waiter's view of a process's changes: a hub notice or the next backoff tick.
+struct ChangeWait {
+    rx: Option<watch::Receiver<u64>>,
+    delay: Duration,
+    cap: Duration,
+}
+
+impl ChangeWait {
+    async fn next(&mut self) {
+        let delay = self.delay;
+        match self.rx.as_mut() {
+            Some(rx) => {
+                tokio::select! {
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            self.rx = None;
+                        }
+                        return;
+                    }
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            None => tokio::time::sleep(delay).await,
+        }
+        self.delay = (delay * 2).min(self.cap);
+    }
+}

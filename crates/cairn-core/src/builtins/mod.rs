@@ -1,0 +1,144 @@
+//! The built-in tools of SPEC §12: `shell`, `sleep`, `echo`, `wait_signal`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::model::Outcome;
+use crate::tool::{StopReason, Tool, ToolContext, ToolRegistry};
+use crate::{CairnError, Result};
+
+pub mod shell;
+
+pub use shell::ShellTool;
+
+/// A registry with `sleep`, `echo` and `wait_signal`, plus `shell` when `allow_shell`.
+pub fn builtin_tools(allow_shell: bool) -> ToolRegistry {
+    let mut tools = ToolRegistry::new();
+    tools.register(Arc::new(EchoTool));
+    tools.register(Arc::new(SleepTool));
+    tools.register(Arc::new(WaitSignalTool));
+    if allow_shell {
+        tools.register(Arc::new(ShellTool::default()));
+    }
+    tools
+}
+
+/// Parse tool args into `T`, as an `invalid_request` error naming the tool.
+pub fn parse_args<T: for<'de> Deserialize<'de>>(tool: &str, args: &Value) -> Result<T> {
+    serde_json::from_value(args.clone()).map_err(|e| CairnError::InvalidRequest(format!("`{tool}` args: {e}")))
+}
+
+/// The outcome a tool returns for args that do not parse at run time.
+pub fn bad_args(err: CairnError) -> Outcome {
+    Outcome::failure("tool", "invalid_args", err.to_string())
+}
+
+/// The cancelled outcome for a stopped run.
+pub fn stopped_outcome(ctx: &ToolContext) -> Outcome {
+    match ctx.stop_reason() {
+        Some(StopReason::Cancelled { reason }) => Outcome::cancelled(reason.unwrap_or_else(|| "cancelled".into())),
+        Some(StopReason::LeaseLost) => Outcome::cancelled("lease lost"),
+        Some(StopReason::Shutdown) | None => Outcome::cancelled("worker shutting down"),
+    }
+}
+
+/// `echo {"value": ...}`: succeeds with the value.
+pub struct EchoTool;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EchoArgs {
+    #[serde(default)]
+    value: Value,
+}
+
+#[async_trait]
+impl Tool for EchoTool {
+    fn name(&self) -> &str {
+        "echo"
+    }
+
+    fn validate_args(&self, args: &Value) -> Result<()> {
+        parse_args::<EchoArgs>("echo", args).map(|_| ())
+    }
+
+    async fn run(&self, _ctx: ToolContext, args: Value) -> Outcome {
+        match parse_args::<EchoArgs>("echo", &args) {
+            Ok(a) => Outcome::success(a.value),
+            Err(e) => bad_args(e),
+        }
+    }
+}
+
+/// `sleep {"ms": N}`: succeeds with `{"slept_ms": N}` after N ms; cancellable.
+pub struct SleepTool;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SleepArgs {
+    ms: u64,
+}
+
+#[async_trait]
+impl Tool for SleepTool {
+    fn name(&self) -> &str {
+        "sleep"
+    }
+
+    fn validate_args(&self, args: &Value) -> Result<()> {
+        parse_args::<SleepArgs>("sleep", args).map(|_| ())
+    }
+
+    async fn run(&self, ctx: ToolContext, args: Value) -> Outcome {
+        let a = match parse_args::<SleepArgs>("sleep", &args) {
+            Ok(a) => a,
+            Err(e) => return bad_args(e),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(a.ms)) => Outcome::success(serde_json::json!({"slept_ms": a.ms})),
+            _ = ctx.stopped() => stopped_outcome(&ctx),
+        }
+    }
+}
+
+/// `wait_signal {"name": "...", "timeout_ms"?}`: waits durably for the next
+/// signal of that name and succeeds with its payload; fails `timeout` when the
+/// timeout passes first.
+pub struct WaitSignalTool;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitSignalArgs {
+    name: String,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+#[async_trait]
+impl Tool for WaitSignalTool {
+    fn name(&self) -> &str {
+        "wait_signal"
+    }
+
+    fn validate_args(&self, args: &Value) -> Result<()> {
+        let a = parse_args::<WaitSignalArgs>("wait_signal", args)?;
+        crate::events::validate_signal_name(&a.name)
+    }
+
+    async fn run(&self, ctx: ToolContext, args: Value) -> Outcome {
+        let a = match parse_args::<WaitSignalArgs>("wait_signal", &args) {
+            Ok(a) => a,
+            Err(e) => return bad_args(e),
+        };
+        match ctx.wait_signal(&a.name, a.timeout_ms.map(Duration::from_millis)).await {
+            Ok(Some(payload)) => Outcome::success(payload),
+            Ok(None) => Outcome::failure("tool", "timeout", format!("no `{}` signal within the timeout", a.name)),
+            Err(_) if ctx.is_stopped() => stopped_outcome(&ctx),
+            Err(e) => Outcome::failure("runtime", e.code(), e.to_string()),
+        }
+    }
+}

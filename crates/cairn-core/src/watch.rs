@@ -1,0 +1,332 @@
+//! The in-process change hub, the watched-registry decorator that feeds it, and
+//! the best-effort event sink.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::events::{AppendRequest, AppendResult, EventPage, ProcessEvent};
+use crate::model::{
+    ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, Outcome, ProcessFilter,
+    ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope, StartGrant, StatusFilter,
+    TransferReport, WakeDelivery, Watermark, WorkItem,
+};
+use crate::registry::{CancelAnswer, ProcessRegistry, Registered};
+use crate::Result;
+
+/// In-process fan-out of "process X changed" notices.
+///
+/// Awaiters subscribe per process id and get the latest known sequence; the
+/// driver waits on [`ChangeHub::work_available`]. A cross-node notification source
+/// (PostgreSQL LISTEN/NOTIFY) plugs in by calling [`ChangeHub::publish`] and
+/// [`ChangeHub::notify_work`] for changes made on other nodes.
+#[derive(Clone, Default)]
+pub struct ChangeHub {
+    inner: Arc<HubInner>,
+}
+
+#[derive(Default)]
+struct HubInner {
+    watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
+    work: Notify,
+}
+
+impl ChangeHub {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Subscribe to changes of one process. The receiver's value is the latest
+    /// published sequence; `changed()` resolves on every publish after subscribing.
+    pub fn subscribe(&self, process_id: &str) -> watch::Receiver<u64> {
+        let mut map = self.inner.watchers.lock();
+        if let Some(tx) = map.get(process_id) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(0);
+        map.insert(process_id.to_string(), tx);
+        rx
+    }
+
+    /// Announce that `process_id` changed (its log reached `sequence`).
+    pub fn publish(&self, process_id: &str, sequence: u64) {
+        let mut map = self.inner.watchers.lock();
+        if let Some(tx) = map.get(process_id) {
+            if tx.receiver_count() == 0 {
+                map.remove(process_id);
+            } else {
+                tx.send_replace(sequence);
+            }
+        }
+    }
+
+    /// Announce that claimable work may exist.
+    pub fn notify_work(&self) {
+        self.inner.work.notify_one();
+    }
+
+    /// Resolves after the next [`notify_work`](Self::notify_work) (or at once if one is pending).
+    pub async fn work_available(&self) {
+        self.inner.work.notified().await;
+    }
+
+    /// Number of processes with live subscribers (diagnostics).
+    pub fn watched(&self) -> usize {
+        let mut map = self.inner.watchers.lock();
+        map.retain(|_, tx| tx.receiver_count() > 0);
+        map.len()
+    }
+}
+
+/// A best-effort consumer of every appended event, called after the durable
+/// write. It can neither fail nor block the write: deliveries go through a
+/// bounded queue and are dropped (with a warning) when the sink falls behind.
+/// The event log stays the truth.
+pub trait EventSink: Send + Sync + 'static {
+    fn deliver(&self, event: &ProcessEvent);
+}
+
+const SINK_QUEUE: usize = 4096;
+
+struct SinkQueue {
+    tx: mpsc::Sender<ProcessEvent>,
+}
+
+impl SinkQueue {
+    fn start(sink: Arc<dyn EventSink>) -> Self {
+        let (tx, mut rx) = mpsc::channel::<ProcessEvent>(SINK_QUEUE);
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                let sink = sink.clone();
+                // A panicking sink must not take the queue down with it.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.deliver(&event))).is_err() {
+                    tracing::warn!(process_id = %event.process_id, "event sink panicked; event skipped");
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    fn push(&self, event: ProcessEvent) {
+        if self.tx.try_send(event).is_err() {
+            tracing::warn!("event sink is behind; an event was not delivered to it");
+        }
+    }
+}
+
+/// A registry decorator that publishes every successful write to a [`ChangeHub`]
+/// and, optionally, an [`EventSink`]. Reads pass straight through.
+pub struct WatchedRegistry {
+    inner: Arc<dyn ProcessRegistry>,
+    hub: ChangeHub,
+    sink: Option<SinkQueue>,
+}
+
+impl WatchedRegistry {
+    /// Wrap `inner`; must be called inside a tokio runtime when a sink is given.
+    pub fn new(inner: Arc<dyn ProcessRegistry>, hub: ChangeHub, sink: Option<Arc<dyn EventSink>>) -> Self {
+        Self {
+            inner,
+            hub,
+            sink: sink.map(SinkQueue::start),
+        }
+    }
+
+    pub fn hub(&self) -> &ChangeHub {
+        &self.hub
+    }
+
+    fn changed(&self, record: &ProcessRecord) {
+        self.hub.publish(&record.id, record.last_sequence);
+    }
+
+    /// Feed the sink the last `count` events of a record that just changed.
+    async fn sink_tail(&self, record: &ProcessRecord, count: u64) {
+        let Some(sink) = &self.sink else { return };
+        let after = record.last_sequence.saturating_sub(count);
+        if let Ok(page) = self
+            .inner
+            .events_after(&record.id, after, Some(count.max(1) as usize))
+            .await
+        {
+            for e in page.events {
+                sink.push(e);
+            }
+        }
+    }
+
+    /// The current sequence, read only when a sink needs to know what a write appended.
+    async fn sequence_if_sinking(&self, id: &str) -> u64 {
+        if self.sink.is_none() {
+            return 0;
+        }
+        self.inner.get(id).await.map(|r| r.last_sequence).unwrap_or(0)
+    }
+
+    async fn after_write(&self, record: &ProcessRecord, appended: u64) {
+        self.changed(record);
+        if appended > 0 {
+            self.sink_tail(record, appended).await;
+        }
+    }
+}
+
+#[async_trait]
+impl ProcessRegistry for WatchedRegistry {
+    async fn register(&self, registration: Registration, grant: Option<StartGrant>) -> Result<Registered> {
+        let r = self.inner.register(registration, grant).await?;
+        if r.created {
+            self.changed(&r.process);
+            self.hub.notify_work();
+        }
+        Ok(r)
+    }
+
+    async fn get(&self, id: &str) -> Result<ProcessRecord> {
+        self.inner.get(id).await
+    }
+
+    async fn list(&self, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>> {
+        self.inner.list(filter).await
+    }
+
+    async fn events_after(&self, id: &str, after: u64, limit: Option<usize>) -> Result<EventPage> {
+        self.inner.events_after(id, after, limit).await
+    }
+
+    async fn append_event(&self, id: &str, request: AppendRequest) -> Result<AppendResult> {
+        let r = self.inner.append_event(id, request).await?;
+        if !r.replayed {
+            self.hub.publish(id, r.event.sequence);
+            if let Some(sink) = &self.sink {
+                sink.push(r.event.clone());
+            }
+        }
+        Ok(r)
+    }
+
+    async fn request_cancel(&self, id: &str, reason: Option<String>) -> Result<CancelAnswer> {
+        let before = self.sequence_if_sinking(id).await;
+        let r = self.inner.request_cancel(id, reason).await?;
+        self.after_write(&r.process, r.process.last_sequence.saturating_sub(before))
+            .await;
+        Ok(r)
+    }
+
+    async fn grant(&self, scope: &SessionScope, id: &str, descriptor: GrantDescriptor) -> Result<Grant> {
+        self.inner.grant(scope, id, descriptor).await
+    }
+
+    async fn revoke(&self, scope: &SessionScope, id: &str) -> Result<bool> {
+        self.inner.revoke(scope, id).await
+    }
+
+    async fn transfer(&self, from: &SessionScope, to: &SessionScope, ids: &[String]) -> Result<TransferReport> {
+        self.inner.transfer(from, to, ids).await
+    }
+
+    async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {
+        self.inner.list_granted_to(scope, filter).await
+    }
+
+    async fn list_originated_by(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>> {
+        self.inner.list_originated_by(scope, filter).await
+    }
+
+    async fn delete_session(&self, session_id: &str) -> Result<SessionDeleteReport> {
+        self.inner.delete_session(session_id).await
+    }
+
+    async fn pending_wakes(&self, session_id: &str, limit: Option<usize>) -> Result<Vec<WakeDelivery>> {
+        self.inner.pending_wakes(session_id, limit).await
+    }
+
+    async fn ack_wake(&self, session_id: &str, wake_id: &str) -> Result<bool> {
+        self.inner.ack_wake(session_id, wake_id).await
+    }
+
+    async fn claim(&self, id: &str, owner_id: &str, ttl_ms: u64) -> Result<Lease> {
+        self.inner.claim(id, owner_id, ttl_ms).await
+    }
+
+    async fn claim_batch(&self, owner_id: &str, ttl_ms: u64, limit: usize) -> Result<Vec<Claim>> {
+        let claims = self.inner.claim_batch(owner_id, ttl_ms, limit).await?;
+        for c in &claims {
+            self.after_write(&c.process, 1).await;
+        }
+        Ok(claims)
+    }
+
+    async fn record_started(&self, lease: &Lease) -> Result<ProcessRecord> {
+        let r = self.inner.record_started(lease).await?;
+        self.after_write(&r, 1).await;
+        Ok(r)
+    }
+
+    async fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<Lease> {
+        self.inner.renew(lease, ttl_ms).await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        let released = self.inner.release(lease).await?;
+        if released {
+            self.hub.notify_work();
+        }
+        Ok(released)
+    }
+
+    async fn complete(&self, lease: &Lease, outcome: Outcome) -> Result<ProcessRecord> {
+        let r = self.inner.complete(lease, outcome).await?;
+        self.after_write(&r, 1).await;
+        Ok(r)
+    }
+
+    async fn worklist(&self, limit: usize) -> Result<Vec<WorkItem>> {
+        self.inner.worklist(limit).await
+    }
+
+    async fn request_abandon(&self, id: &str, requested_by: &str, reason: &str) -> Result<ProcessRecord> {
+        let before = self.sequence_if_sinking(id).await;
+        let r = self.inner.request_abandon(id, requested_by, reason).await?;
+        self.after_write(&r, r.last_sequence.saturating_sub(before)).await;
+        self.hub.notify_work();
+        Ok(r)
+    }
+
+    async fn reconcile_abandon(&self, id: &str) -> Result<Option<ProcessRecord>> {
+        let r = self.inner.reconcile_abandon(id).await?;
+        if let Some(rec) = &r {
+            self.after_write(rec, 1).await;
+        }
+        Ok(r)
+    }
+
+    async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<ProcessRecord> {
+        let r = self.inner.complete_external(id, outcome, authority).await?;
+        self.after_write(&r, 1).await;
+        Ok(r)
+    }
+
+    async fn prune(&self, cutoff_ms: u64, status: StatusFilter, watermark: Watermark) -> Result<PruneReport> {
+        self.inner.prune(cutoff_ms, status, watermark).await
+    }
+
+    async fn changed_since(&self, cursor: u64, limit: Option<usize>) -> Result<ChangePage> {
+        self.inner.changed_since(cursor, limit).await
+    }
+
+    async fn put_env(&self, spec: &EnvSpec) -> Result<EnvRef> {
+        self.inner.put_env(spec).await
+    }
+
+    async fn get_env(&self, env_ref: &str) -> Result<EnvSpec> {
+        self.inner.get_env(env_ref).await
+    }
+
+    async fn fencing_token(&self, id: &str) -> Result<u64> {
+        self.inner.fencing_token(id).await
+    }
+}
