@@ -1,0 +1,484 @@
+//! The host API (SPEC §9): the [`Processes`] facade over a registry, the
+//! awaiter and the worker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::awaiter::{Awaiter, Backoff};
+use crate::clock::{system_clock, SharedClock};
+use crate::events::{self, AppendRequest, AppendResult, EventPage, EventType, ProcessEvent};
+use crate::model::{
+    CausalRef, ChangePage, Disposition, EnvSpec, ExternalRef, Grant, GrantDescriptor, GrantedProcess, Originator,
+    Outcome, ProcessFilter, ProcessInput, ProcessRecord, Provenance, PruneReport, Registration, SessionDeleteReport,
+    SessionScope, StartGrant, StatusFilter, TransferReport, WakeDelivery, Watermark,
+};
+use crate::registry::{ProcessRegistry, Registered};
+use crate::tool::ToolRegistry;
+use crate::validate::validate_id;
+use crate::watch::{ChangeHub, EventSink, WatchedRegistry};
+use crate::worker::{WorkDriver, Worker, WorkerConfig};
+use crate::{CairnError, Result};
+
+/// A start request: the wire shape of `POST /v1/processes` (SPEC §12).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    pub id: String,
+    pub input: ProcessInput,
+    /// Required: there is no default recovery contract.
+    pub disposition: Disposition,
+    #[serde(default)]
+    pub originator: Originator,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caused_by: Option<CausalRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<StartGrant>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_target: Option<SessionScope>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub event_types: Vec<EventType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_spec: Option<EnvSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_ref: Option<ExternalRef>,
+}
+
+impl StartRequest {
+    /// A start with the host as originator and nothing optional set.
+    pub fn new(id: impl Into<String>, input: ProcessInput, disposition: Disposition) -> Self {
+        Self {
+            id: id.into(),
+            input,
+            disposition,
+            originator: Originator::host(),
+            caused_by: None,
+            grant: None,
+            wake_target: None,
+            event_types: Vec::new(),
+            env_spec: None,
+            external_ref: None,
+        }
+    }
+
+    /// A `tool_call` start.
+    pub fn tool(id: impl Into<String>, tool: impl Into<String>, args: Value, disposition: Disposition) -> Self {
+        Self::new(
+            id,
+            ProcessInput::ToolCall {
+                tool: tool.into(),
+                args,
+            },
+            disposition,
+        )
+    }
+
+    /// An `external` start (always `externally_owned`).
+    pub fn external(id: impl Into<String>, metadata: Value) -> Self {
+        Self::new(id, ProcessInput::External { metadata }, Disposition::ExternallyOwned)
+    }
+
+    /// Parse the JSON wire shape; shape errors are `invalid_request` naming the problem.
+    pub fn from_json(value: Value) -> Result<Self> {
+        serde_json::from_value(value).map_err(|e| CairnError::InvalidRequest(format!("start request: {e}")))
+    }
+
+    pub fn with_originator(mut self, originator: Originator) -> Self {
+        self.originator = originator;
+        self
+    }
+
+    pub fn with_grant(mut self, scope: SessionScope, descriptor: GrantDescriptor) -> Self {
+        self.grant = Some(StartGrant {
+            session_scope: scope,
+            descriptor,
+        });
+        self
+    }
+
+    pub fn with_wake_target(mut self, scope: SessionScope) -> Self {
+        self.wake_target = Some(scope);
+        self
+    }
+
+    pub fn with_event_type(mut self, t: EventType) -> Self {
+        self.event_types.push(t);
+        self
+    }
+
+    pub fn with_env(mut self, env: EnvSpec) -> Self {
+        self.env_spec = Some(env);
+        self
+    }
+}
+
+/// What a session sees of its processes at a glance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionSnapshot {
+    pub scope: SessionScope,
+    /// Running processes granted to the scope.
+    pub running: Vec<GrantedProcess>,
+    /// Pending wakes for the session.
+    pub wakes: Vec<WakeDelivery>,
+}
+
+/// The answer of `cancel_all`.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CancelAllReport {
+    /// Ids a cancellation request was recorded for.
+    pub requested: Vec<String>,
+    /// Of those, the ones that ended at once.
+    pub cancelled_now: Vec<String>,
+}
+
+/// Builds a [`Processes`] runtime.
+pub struct RuntimeBuilder {
+    registry: Arc<dyn ProcessRegistry>,
+    tools: ToolRegistry,
+    clock: SharedClock,
+    worker: WorkerConfig,
+    sink: Option<Arc<dyn EventSink>>,
+    backoff: Backoff,
+    use_hub: bool,
+    run_worker: bool,
+    hub: Option<ChangeHub>,
+}
+
+impl RuntimeBuilder {
+    /// Tools to run (default: the built-ins without `shell`).
+    pub fn tools(mut self, tools: ToolRegistry) -> Self {
+        self.tools = tools;
+        self
+    }
+
+    /// The clock the worker uses for evidence times (the registry has its own).
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn worker_config(mut self, config: WorkerConfig) -> Self {
+        self.worker = config;
+        self
+    }
+
+    /// Best-effort push of every appended event.
+    pub fn event_sink(mut self, sink: Arc<dyn EventSink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// The awaiter's fallback backoff.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Use an existing hub (to share it with a cross-node notification source).
+    pub fn hub(mut self, hub: ChangeHub) -> Self {
+        self.hub = Some(hub);
+        self
+    }
+
+    /// Without the in-process hub, waits ride the backoff point reads alone.
+    pub fn without_hub(mut self) -> Self {
+        self.use_hub = false;
+        self
+    }
+
+    /// Do not run a worker in this runtime (a client-only or external-only host).
+    pub fn without_worker(mut self) -> Self {
+        self.run_worker = false;
+        self
+    }
+
+    /// Build and start the runtime (spawns the driver). Needs a tokio runtime.
+    pub fn start(self) -> Processes {
+        let hub = self.hub.unwrap_or_default();
+        let registry: Arc<dyn ProcessRegistry> = Arc::new(WatchedRegistry::new(self.registry, hub.clone(), self.sink));
+        let awaiter_hub = self.use_hub.then(|| hub.clone());
+        let awaiter = Awaiter::new(registry.clone(), awaiter_hub.clone()).with_backoff(self.backoff);
+        let driver = self.run_worker.then(|| {
+            let worker = Worker::new(
+                registry.clone(),
+                self.tools.clone(),
+                awaiter.clone(),
+                awaiter_hub.clone(),
+                self.clock.clone(),
+                self.worker.clone(),
+            );
+            WorkDriver::start(worker, awaiter_hub.clone())
+        });
+        Processes {
+            inner: Arc::new(Inner {
+                registry,
+                tools: self.tools,
+                awaiter,
+                hub,
+                driver,
+            }),
+        }
+    }
+}
+
+struct Inner {
+    registry: Arc<dyn ProcessRegistry>,
+    tools: ToolRegistry,
+    awaiter: Awaiter,
+    hub: ChangeHub,
+    driver: Option<Arc<WorkDriver>>,
+}
+
+/// The host API. Cheap to clone.
+#[derive(Clone)]
+pub struct Processes {
+    inner: Arc<Inner>,
+}
+
+impl Processes {
+    /// Start building a runtime over `registry`.
+    pub fn builder(registry: Arc<dyn ProcessRegistry>) -> RuntimeBuilder {
+        RuntimeBuilder {
+            registry,
+            tools: crate::builtins::builtin_tools(false),
+            clock: system_clock(),
+            worker: WorkerConfig::default(),
+            sink: None,
+            backoff: Backoff::default(),
+            use_hub: true,
+            run_worker: true,
+            hub: None,
+        }
+    }
+
+    /// The (watched) registry behind this facade.
+    pub fn registry(&self) -> &Arc<dyn ProcessRegistry> {
+        &self.inner.registry
+    }
+
+    pub fn hub(&self) -> &ChangeHub {
+        &self.inner.hub
+    }
+
+    pub fn awaiter(&self) -> &Awaiter {
+        &self.inner.awaiter
+    }
+
+    /// The worker, when this runtime runs one.
+    pub fn worker(&self) -> Option<&Arc<Worker>> {
+        self.inner.driver.as_ref().map(|d| d.worker())
+    }
+
+    /// Record durable intent (record, grant, env) and nudge the worker. Idempotent on id.
+    pub async fn start(&self, req: StartRequest) -> Result<Registered> {
+        let mut event_types = req.event_types;
+        if let ProcessInput::ToolCall { tool, args } = &req.input {
+            if let Some(t) = self.inner.tools.get(tool) {
+                t.validate_args(args)?;
+                for declared in t.event_types() {
+                    if !event_types.iter().any(|e| e.name == declared.name) {
+                        event_types.push(declared);
+                    }
+                }
+            } else if self.inner.driver.is_some() {
+                return Err(CairnError::UnknownTool(tool.clone()));
+            }
+        }
+        let env_ref = match &req.env_spec {
+            Some(spec) => Some(self.inner.registry.put_env(spec).await?),
+            None => None,
+        };
+        let registration = Registration {
+            id: req.id,
+            input: req.input,
+            disposition: req.disposition,
+            event_types,
+            provenance: Provenance {
+                originator: req.originator,
+                caused_by: req.caused_by,
+            },
+            wake_target: req.wake_target,
+            env_ref,
+            external_ref: req.external_ref,
+        };
+        let registered = self.inner.registry.register(registration, req.grant).await?;
+        if registered.created {
+            if let Some(d) = &self.inner.driver {
+                d.nudge();
+            }
+        }
+        Ok(registered)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<ProcessRecord> {
+        self.inner.registry.get(id).await
+    }
+
+    pub async fn list(&self, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>> {
+        self.inner.registry.list(filter).await
+    }
+
+    pub async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {
+        self.inner.registry.list_granted_to(scope, filter).await
+    }
+
+    pub async fn list_originated_by(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>> {
+        self.inner.registry.list_originated_by(scope, filter).await
+    }
+
+    pub async fn events(&self, id: &str, after: u64, limit: Option<usize>) -> Result<EventPage> {
+        self.inner.registry.events_after(id, after, limit).await
+    }
+
+    /// The record once terminal, or the still-running record when `timeout` passes first.
+    pub async fn await_output(&self, id: &str, timeout: Duration) -> Result<ProcessRecord> {
+        self.inner.awaiter.await_terminal_for(id, timeout).await
+    }
+
+    /// The first `event_type` event after `after_sequence`, or `timeout` (error `timeout`).
+    pub async fn await_event(
+        &self,
+        id: &str,
+        event_type: &str,
+        after_sequence: u64,
+        timeout: Duration,
+    ) -> Result<ProcessEvent> {
+        match tokio::time::timeout(timeout, self.inner.awaiter.await_event(id, event_type, after_sequence)).await {
+            Ok(r) => r,
+            Err(_) => Err(CairnError::Timeout(format!(
+                "no `{event_type}` event on `{id}` within {timeout:?}"
+            ))),
+        }
+    }
+
+    /// Request cancellation (see [`ProcessRegistry::request_cancel`]).
+    pub async fn cancel(&self, id: &str, reason: Option<String>) -> Result<ProcessRecord> {
+        Ok(self.inner.registry.request_cancel(id, reason).await?.process)
+    }
+
+    /// Request cancellation of every running process granted to `scope`.
+    pub async fn cancel_all(&self, scope: &SessionScope, reason: Option<String>) -> Result<CancelAllReport> {
+        let mut report = CancelAllReport::default();
+        let mut filter = ProcessFilter {
+            limit: Some(crate::model::MAX_PAGE_SIZE),
+            ..ProcessFilter::running()
+        };
+        loop {
+            let page = self.inner.registry.list_granted_to(scope, &filter).await?;
+            let Some(last) = page.last() else { break };
+            filter.after_id = Some(last.process.id.clone());
+            for g in page {
+                match self.inner.registry.request_cancel(&g.process.id, reason.clone()).await {
+                    Ok(a) => {
+                        if a.cancelled_now {
+                            report.cancelled_now.push(g.process.id.clone());
+                        }
+                        report.requested.push(g.process.id);
+                    }
+                    Err(CairnError::ProcessTerminal(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Send signal `name` with an idempotency id; a repeated id returns the same event.
+    pub async fn signal(&self, id: &str, name: &str, signal_id: &str, payload: Value) -> Result<ProcessEvent> {
+        validate_id("signal id", signal_id)?;
+        let req = AppendRequest::new(events::signal_event_type(name)?, payload)
+            .with_replay_key(events::signal_replay_key(name, signal_id));
+        Ok(self.inner.registry.append_event(id, req).await?.event)
+    }
+
+    /// Running processes and pending wakes of a session scope.
+    pub async fn session_snapshot(&self, scope: &SessionScope) -> Result<SessionSnapshot> {
+        let running = self
+            .inner
+            .registry
+            .list_granted_to(
+                scope,
+                &ProcessFilter {
+                    limit: Some(crate::model::MAX_PAGE_SIZE),
+                    ..ProcessFilter::running()
+                },
+            )
+            .await?;
+        let wakes = self
+            .inner
+            .registry
+            .pending_wakes(&scope.session_id, Some(crate::model::MAX_PAGE_SIZE))
+            .await?;
+        Ok(SessionSnapshot {
+            scope: scope.clone(),
+            running,
+            wakes,
+        })
+    }
+
+    pub async fn grant(&self, scope: &SessionScope, id: &str, descriptor: GrantDescriptor) -> Result<Grant> {
+        self.inner.registry.grant(scope, id, descriptor).await
+    }
+
+    pub async fn transfer(&self, from: &SessionScope, to: &SessionScope, ids: &[String]) -> Result<TransferReport> {
+        self.inner.registry.transfer(from, to, ids).await
+    }
+
+    pub async fn revoke(&self, scope: &SessionScope, id: &str) -> Result<bool> {
+        self.inner.registry.revoke(scope, id).await
+    }
+
+    pub async fn delete_session(&self, session_id: &str) -> Result<SessionDeleteReport> {
+        self.inner.registry.delete_session(session_id).await
+    }
+
+    pub async fn prune(&self, cutoff_ms: u64, status: StatusFilter, watermark: Watermark) -> Result<PruneReport> {
+        self.inner.registry.prune(cutoff_ms, status, watermark).await
+    }
+
+    /// Record an abandon request; the worker reconciles it once the lease lapses.
+    pub async fn request_abandon(&self, id: &str, requested_by: &str, reason: &str) -> Result<ProcessRecord> {
+        let r = self.inner.registry.request_abandon(id, requested_by, reason).await?;
+        if let Some(d) = &self.inner.driver {
+            d.nudge();
+        }
+        Ok(r)
+    }
+
+    pub async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<ProcessRecord> {
+        self.inner.registry.complete_external(id, outcome, authority).await
+    }
+
+    /// Append a declared event (for external owners).
+    pub async fn append_event(&self, id: &str, req: AppendRequest) -> Result<AppendResult> {
+        self.inner.registry.append_event(id, req).await
+    }
+
+    pub async fn wakes(&self, session_id: &str, limit: Option<usize>) -> Result<Vec<WakeDelivery>> {
+        self.inner.registry.pending_wakes(session_id, limit).await
+    }
+
+    pub async fn ack_wake(&self, session_id: &str, wake_id: &str) -> Result<bool> {
+        self.inner.registry.ack_wake(session_id, wake_id).await
+    }
+
+    pub async fn changed_since(&self, cursor: u64, limit: Option<usize>) -> Result<ChangePage> {
+        self.inner.registry.changed_since(cursor, limit).await
+    }
+
+    /// Ask the worker to look for work now.
+    pub fn nudge(&self) {
+        if let Some(d) = &self.inner.driver {
+            d.nudge();
+        }
+    }
+
+    /// Graceful shutdown: stop claiming, drain per disposition, return when done.
+    pub async fn shutdown(&self) {
+        if let Some(d) = &self.inner.driver {
+            d.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! The worker (the only executor) and the work driver that keeps it busy.
+//!
+//! A drive reconciles lapsed abandon requests, then claims a bounded batch of
+//! run candidates (free or expired leases only) and runs each on its own task
+//! under a concurrency bound. A run renews its lease, watches for cancellation,
+//! and ends with the fenced, atomic completion. A run that loses its lease stops
+//! and writes nothing more.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::awaiter::Awaiter;
+use crate::clock::SharedClock;
+use crate::model::{AbandonEvidence, AbandonWriter, Claim, Disposition, Outcome, ProcessInput, WorkAction};
+use crate::registry::ProcessRegistry;
+use crate::tool::{StopReason, ToolContext, ToolRegistry};
+use crate::watch::ChangeHub;
+use crate::{CairnError, Result};
+
+/// Worker settings.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// This worker's owner identity on leases. Unique per worker incarnation.
+    pub owner_id: String,
+    /// Lease time-to-live; renewed every third of it while a run is alive.
+    pub lease_ttl: Duration,
+    /// Most runs at once.
+    pub concurrency: usize,
+    /// Most claims per drive round.
+    pub batch_size: usize,
+    /// How often the driver sweeps without being nudged (recovery of expired leases).
+    pub sweep_interval: Duration,
+    /// How long a stopped tool gets to return before its task is aborted.
+    pub stop_grace: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            owner_id: format!("worker-{}", uuid::Uuid::new_v4()),
+            lease_ttl: Duration::from_secs(30),
+            concurrency: 64,
+            batch_size: 64,
+            sweep_interval: Duration::from_secs(1),
+            stop_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Claims and runs processes. Share it as `Arc<Worker>`.
+pub struct Worker {
+    registry: Arc<dyn ProcessRegistry>,
+    tools: ToolRegistry,
+    awaiter: Awaiter,
+    hub: Option<ChangeHub>,
+    clock: SharedClock,
+    config: WorkerConfig,
+    slots: Arc<Semaphore>,
+    in_flight: Mutex<HashMap<String, ToolContext>>,
+    tasks: Mutex<JoinSet<()>>,
+    draining: AtomicBool,
+    idle: Notify,
+}
+
+impl Worker {
+    pub fn new(
+        registry: Arc<dyn ProcessRegistry>,
+        tools: ToolRegistry,
+        awaiter: Awaiter,
+        hub: Option<ChangeHub>,
+        clock: SharedClock,
+        config: WorkerConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            registry,
+            tools,
+            awaiter,
+            hub,
+            clock,
+            config,
+            in_flight: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(JoinSet::new()),
+            draining: AtomicBool::new(false),
+            idle: Notify::new(),
+        })
+    }
+
+    pub fn owner_id(&self) -> &str {
+        &self.config.owner_id
+    }
+
+    pub fn config(&self) -> &WorkerConfig {
+        &self.config
+    }
+
+    /// Ids this worker is running now.
+    pub fn running(&self) -> Vec<String> {
+        self.in_flight.lock().keys().cloned().collect()
+    }
+
+    /// One drive: reconcile lapsed abandon requests, then claim and start runs
+    /// until the worklist is empty or every slot is busy. Answers how many runs it started.
+    pub async fn drive_once(self: &Arc<Self>) -> Result<usize> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Ok(0);
+        }
+        for item in self.registry.worklist(self.config.batch_size).await? {
+            if item.action == WorkAction::ReconcileAbandon {
+                if let Err(e) = self.registry.reconcile_abandon(&item.process_id).await {
+                    tracing::warn!(process_id = %item.process_id, error = %e, "abandon reconciliation failed");
+                }
+            }
+        }
+        let mut started = 0;
+        loop {
+            if self.draining.load(Ordering::SeqCst) {
+                break;
+            }
+            let free = self.slots.available_permits().min(self.config.batch_size);
+            if free == 0 {
+                break;
+            }
+            let ttl = self.config.lease_ttl.as_millis() as u64;
+            let claims = self.registry.claim_batch(&self.config.owner_id, ttl, free).await?;
+            let n = claims.len();
+            for claim in claims {
+                let permit = match self.slots.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        // Cannot happen while this driver is the only claimer; hand the lease back.
+                        let _ = self.registry.release(&claim.lease).await;
+                        continue;
+                    }
+                };
+                let this = self.clone();
+                self.tasks.lock().spawn(async move {
+                    this.run_claim(claim).await;
+                    drop(permit);
+                    this.idle.notify_waiters();
+                });
+                started += 1;
+            }
+            if n < free {
+                break;
+            }
+        }
+        self.reap_finished();
+        Ok(started)
+    }
+
+    fn reap_finished(&self) {
+        let mut tasks = self.tasks.lock();
+        while let Some(res) = tasks.try_join_next() {
+            if let Err(e) = res {
+                if e.is_panic() {
+                    tracing::error!("a run task panicked: {e}");
+                }
+            }
+        }
+    }
+
+    /// Wait until no run is in flight.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.in_flight.lock().is_empty() && self.slots.available_permits() == self.config.concurrency.max(1) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Graceful drain: stop claiming, stop every run, abandon in-flight
+    /// `owner_bound` work (`owner_drain`) and release `rerunnable` leases so a
+    /// peer takes them over at once. Returns when every run has ended.
+    pub async fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        let ctxs: Vec<ToolContext> = self.in_flight.lock().values().cloned().collect();
+        for ctx in ctxs {
+            ctx.stop(StopReason::Shutdown);
+        }
+        self.wait_idle().await;
+        self.reap_finished();
+    }
+
+    /// Whether [`drain`](Self::drain) was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    async fn run_claim(self: &Arc<Self>, claim: Claim) {
+        let Claim { lease, process } = claim;
+        let id = process.id.clone();
+        if let Some(cancel) = &process.cancel_request {
+            let message = cancel
+                .reason
+                .clone()
+                .unwrap_or_else(|| "cancelled before it ran".into());
+            self.finish(&lease, Outcome::cancelled(message)).await;
+            return;
+        }
+        let (tool, args) = match &process.input {
+            ProcessInput::ToolCall { tool, args } => match self.tools.get(tool) {
+                Some(t) => (t, args.clone()),
+                None => {
+                    let e = CairnError::UnknownTool(tool.clone());
+                    self.finish(&lease, Outcome::failure("runtime", e.code(), e.to_string()))
+                        .await;
+                    return;
+                }
+            },
+            other => {
+                let message = format!("`{}` inputs are not executable by this runtime yet", other.definition());
+                self.finish(&lease, Outcome::failure("runtime", "unsupported_input", message))
+                    .await;
+                return;
+            }
+        };
+        let env = match &process.env_ref {
+            Some(r) => match self.registry.get_env(r).await {
+                Ok(env) => Some(env),
+                Err(e) => {
+                    self.finish(&lease, Outcome::failure("runtime", e.code(), e.to_string()))
+                        .await;
+                    return;
+                }
+            },
+            None => None,
+        };
+        let disposition = process.disposition;
+        let ctx = ToolContext::new(process, env, self.registry.clone(), self.awaiter.clone(), lease);
+        self.in_flight.lock().insert(id.clone(), ctx.clone());
+        if self.draining.load(Ordering::SeqCst) {
+            ctx.stop(StopReason::Shutdown);
+        }
+
+        let guard = tokio::spawn(Self::guard_run(self.clone(), ctx.clone()));
+        let outcome = self.run_tool(&ctx, tool, args).await;
+        guard.abort();
+        self.in_flight.lock().remove(&id);
+
+        let lease = ctx.lease();
+        match ctx.stop_reason() {
+            Some(StopReason::LeaseLost) => {
+                tracing::info!(process_id = %id, "lease lost; the run wrote nothing more");
+            }
+            Some(StopReason::Shutdown) => match disposition {
+                Disposition::OwnerBound => {
+                    let evidence = AbandonEvidence {
+                        writer: AbandonWriter::OwnerDrain,
+                        owner: Some(lease.owner()),
+                        epoch_ms: self.clock.now_ms(),
+                    };
+                    self.finish(&lease, Outcome::Abandoned { evidence }).await;
+                }
+                _ => {
+                    if let Err(e) = self.registry.release(&lease).await {
+                        tracing::warn!(process_id = %id, error = %e, "lease release at drain failed");
+                    }
+                }
+            },
+            Some(StopReason::Cancelled { reason }) => {
+                let outcome = match outcome {
+                    Some(o @ (Outcome::Success { .. } | Outcome::Failure { .. } | Outcome::Cancelled { .. })) => o,
+                    _ => Outcome::cancelled(reason.unwrap_or_else(|| "cancelled".into())),
+                };
+                self.finish(&lease, outcome).await;
+            }
+            None => {
+                let outcome = match outcome {
+                    Some(Outcome::Abandoned { .. }) => {
+                        Outcome::failure("runtime", "invalid_outcome", "a tool cannot report abandonment")
+                    }
+                    Some(o) => o,
+                    None => Outcome::failure("runtime", "tool_aborted", "the tool did not return"),
+                };
+                self.finish(&lease, outcome).await;
+            }
+        }
+    }
+
+    /// Run the tool; after a stop it gets `stop_grace` to return before it is dropped.
+    async fn run_tool(&self, ctx: &ToolContext, tool: Arc<dyn crate::tool::Tool>, args: Value) -> Option<Outcome> {
+        let run = tool.run(ctx.clone(), args);
+        tokio::pin!(run);
+        tokio::select! {
+            o = &mut run => return Some(o),
+            _ = ctx.stopped() => {}
+        }
+        tokio::time::timeout(self.config.stop_grace, run).await.ok()
+    }
+
+    /// Keep the lease alive and watch for cancellation while a run is alive.
+    async fn guard_run(self: Arc<Self>, ctx: ToolContext) {
+        let id = ctx.process_id().to_string();
+        let ttl = self.config.lease_ttl;
+        let every = (ttl / 3).max(Duration::from_millis(10));
+        let mut changes = self.hub.as_ref().map(|h| h.subscribe(&id));
+        let mut next_renew = tokio::time::Instant::now() + every;
+        loop {
+            match self.registry.get(&id).await {
+                Ok(r) => {
+                    if let Some(c) = r.cancel_request {
+                        ctx.stop(StopReason::Cancelled { reason: c.reason });
+                        return;
+                    }
+                    if r.is_terminal() {
+                        ctx.stop(StopReason::LeaseLost);
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(process_id = %id, error = %e, "run guard could not read the record"),
+            }
+            if tokio::time::Instant::now() >= next_renew {
+                match self.registry.renew(&ctx.lease(), ttl.as_millis() as u64).await {
+                    Ok(l) => ctx.set_lease(l),
+                    Err(CairnError::LeaseFenced(_)) => {
+                        ctx.stop(StopReason::LeaseLost);
+                        return;
+                    }
+                    Err(e) => tracing::warn!(process_id = %id, error = %e, "lease renewal failed; will retry"),
+                }
+                next_renew = tokio::time::Instant::now() + every;
+            }
+            let sleep = tokio::time::sleep_until(next_renew);
+            match changes.as_mut() {
+                Some(rx) => {
+                    tokio::select! {
+                        r = rx.changed() => if r.is_err() { changes = None; },
+                        _ = sleep => {}
+                    }
+                }
+                None => sleep.await,
+            }
+        }
+    }
+
+    /// The fenced completion; a stale lease writes nothing.
+    async fn finish(&self, lease: &crate::model::Lease, outcome: Outcome) {
+        match self.registry.complete(lease, outcome).await {
+            Ok(_) => {}
+            Err(CairnError::LeaseFenced(_)) | Err(CairnError::ProcessTerminal(_)) => {
+                tracing::info!(process_id = %lease.process_id, "completion fenced: another owner or a terminal got there first");
+            }
+            Err(e) => tracing::error!(process_id = %lease.process_id, error = %e, "completion failed"),
+        }
+    }
+}
+
+/// Drives a [`Worker`]: a drive at start (recovery), on every nudge, and on the
+/// sweep interval (expired leases, lapsed abandon requests).
+pub struct WorkDriver {
+    worker: Arc<Worker>,
+    nudge: Arc<Notify>,
+    stop: tokio_util::sync::CancellationToken,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl WorkDriver {
+    /// Start the driver loop on the current tokio runtime.
+    pub fn start(worker: Arc<Worker>, hub: Option<ChangeHub>) -> Arc<Self> {
+        let nudge = Arc::new(Notify::new());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let driver = Arc::new(Self {
+            worker: worker.clone(),
+            nudge: nudge.clone(),
+            stop: stop.clone(),
+            task: Mutex::new(None),
+        });
+        let task = tokio::spawn(async move {
+            let interval = worker.config().sweep_interval;
+            loop {
+                if let Err(e) = worker.drive_once().await {
+                    tracing::warn!(error = %e, "work drive failed");
+                }
+                let hub_work = async {
+                    match &hub {
+                        Some(h) => h.work_available().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = nudge.notified() => {}
+                    _ = hub_work => {}
+                    _ = worker.idle.notified() => {}
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            }
+        });
+        *driver.task.lock() = Some(task);
+        driver
+    }
+
+    /// Ask for a drive now (after a start, for example).
+    pub fn nudge(&self) {
+        self.nudge.notify_one();
+    }
+
+    pub fn worker(&self) -> &Arc<Worker> {
+        &self.worker
+    }
+
+    /// Stop the loop, then drain the worker.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        let task = self.task.lock().take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+        self.worker.drain().await;
+    }
+}

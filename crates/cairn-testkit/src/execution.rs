@@ -1,0 +1,655 @@
+//! The execution suite: worker, recovery, awaiter and built-in tools, through
+//! the public API, against any backend. Each function takes a store factory.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cairn_core::builtins::{builtin_tools, stopped_outcome, ShellTool};
+use cairn_core::{
+    AbandonWriter, Awaiter, Backoff, Disposition, ManualClock, Outcome, ProcessFilter, ProcessRecord, ProcessStatus,
+    Processes, StartRequest, Tool, ToolContext, ToolRegistry, Worker, WorkerConfig,
+};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+use crate::{StoreFactory, TestStore};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Counts runs per process id; succeeds with the count.
+#[derive(Default, Clone)]
+pub struct CountingTool {
+    pub runs: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+#[async_trait]
+impl Tool for CountingTool {
+    fn name(&self) -> &str {
+        "count"
+    }
+
+    async fn run(&self, ctx: ToolContext, _args: Value) -> Outcome {
+        let n = {
+            let mut runs = self.runs.lock();
+            let n = runs.entry(ctx.process_id().to_string()).or_default();
+            *n += 1;
+            *n
+        };
+        Outcome::success(json!({ "runs": n }))
+    }
+}
+
+/// Blocks until stopped (`finish: false`), or succeeds at once (`finish: true`).
+pub struct BlockTool {
+    pub finish: bool,
+}
+
+#[async_trait]
+impl Tool for BlockTool {
+    fn name(&self) -> &str {
+        "block"
+    }
+
+    async fn run(&self, ctx: ToolContext, _args: Value) -> Outcome {
+        if self.finish {
+            return Outcome::success(json!({"attempt": ctx.attempt()}));
+        }
+        ctx.stopped().await;
+        stopped_outcome(&ctx)
+    }
+}
+
+fn tools(extra: Vec<Arc<dyn Tool>>) -> ToolRegistry {
+    let mut t = builtin_tools(false);
+    t.register(Arc::new(ShellTool::default()));
+    for tool in extra {
+        t.register(tool);
+    }
+    t
+}
+
+fn config(owner: &str) -> WorkerConfig {
+    WorkerConfig {
+        owner_id: owner.to_string(),
+        lease_ttl: Duration::from_secs(30),
+        concurrency: 16,
+        batch_size: 16,
+        sweep_interval: Duration::from_millis(200),
+        stop_grace: Duration::from_secs(5),
+    }
+}
+
+fn runtime(store: &TestStore, owner: &str, extra: Vec<Arc<dyn Tool>>) -> Processes {
+    Processes::builder(store.registry.clone())
+        .tools(tools(extra))
+        .clock(Arc::new(store.clock.clone()))
+        .worker_config(config(owner))
+        .start()
+}
+
+/// A worker without a driver loop, driven by hand.
+fn manual_worker(store: &TestStore, owner: &str, extra: Vec<Arc<dyn Tool>>) -> Arc<Worker> {
+    let awaiter = Awaiter::new(store.registry.clone(), None);
+    Worker::new(
+        store.registry.clone(),
+        tools(extra),
+        awaiter,
+        None,
+        Arc::new(store.clock.clone()),
+        config(owner),
+    )
+}
+
+async fn terminal(p: &Processes, id: &str) -> ProcessRecord {
+    let r = p.await_output(id, WAIT).await.expect("await");
+    assert!(r.is_terminal(), "process {id} did not end within {WAIT:?}: {r:?}");
+    r
+}
+
+fn shell(id: &str, args: Value) -> StartRequest {
+    StartRequest::tool(id, "shell", args, Disposition::Rerunnable)
+}
+
+/// Output lines arrive in order as `shell.output` events; success carries exit code 0.
+pub async fn shell_output_in_order_and_exit_code(factory: &dyn StoreFactory) {
+    let store = factory.open(ManualClock::new(1_000)).await;
+    let p = runtime(&store, "w1", vec![]);
+    p.start(shell(
+        "sh-1",
+        json!({"command": "for i in 1 2 3 4 5; do echo line$i; done"}),
+    ))
+    .await
+    .expect("start");
+    let r = terminal(&p, "sh-1").await;
+    assert_eq!(r.status, ProcessStatus::Completed);
+    match r.outcome {
+        Some(Outcome::Success { value }) => assert_eq!(value["exit_code"], 0),
+        other => panic!("unexpected outcome {other:?}"),
+    }
+    let events = p.events("sh-1", 0, Some(1000)).await.expect("events").events;
+    let lines: Vec<String> = events
+        .iter()
+        .filter(|e| e.event_type == "shell.output" && e.payload["stream"] == "stdout")
+        .flat_map(|e| e.payload["lines"].as_array().cloned().unwrap_or_default())
+        .filter_map(|l| l.as_str().map(str::to_string))
+        .collect();
+    assert_eq!(lines, vec!["line1", "line2", "line3", "line4", "line5"]);
+    crate::assert_fold(p.registry().as_ref(), "sh-1").await;
+    p.shutdown().await;
+}
+
+/// A failing command ends `failed` with code `exit_status`.
+pub async fn shell_failure_is_exit_status(factory: &dyn StoreFactory) {
+    let store = factory.open(ManualClock::new(1_000)).await;
+    let p = runtime(&store, "w1", vec![]);
+    p.start(shell("sh-fail", json!({"argv": ["sh", "-c", "exit 7"]})))
+        .await
+        .expect("start");
+    let r = terminal(&p, "sh-fail").await;
+    assert_eq!(r.status, ProcessStatus::Failed);
+    match r.outcome {
+        Some(Outcome::Failure { code, raw, .. }) => {
+            assert_eq!(code, "exit_status");
+            assert_eq!(raw.expect("raw")["exit_code"], 7);
+        }
+        other => panic!("unexpected outcome {other:?}"),
+    }
+    p.shutdown().await;
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence and permission.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// Cancelling a running shell ends it `cancelled` and its child is gone.
+pub async fn cancel_running_shell_kills_child(factory: &dyn StoreFactory) {
+    let store = factory.open(ManualClock::new(1_000)).await;
+    let p = runtime(&store, "w1", vec![]);
+    p.start(shell("sh-cancel", json!({"command": "echo pid $$; exec sleep 1000"})))
+        .await
+        .expect("start");
+    let ev = p
+        .await_event("sh-cancel", "shell.output", 0, WAIT)
+        .await
+        .expect("output");
+    let line = ev.payload["lines"][0].as_str().expect("line").to_string();
+    let pid: i32 = line.trim_start_matches("pid ").parse().expect("pid");
+    assert!(pid_alive(pid), "child should be running before cancel");
+    p.cancel("sh-cancel", Some("stop it".into())).await.expect("cancel");
+    let r = terminal(&p, "sh-cancel").await;
+    assert_eq!(r.status, ProcessStatus::Cancelled);
+    let mut gone = false;
+    for _ in 0..200 {
+        if !pid_alive(pid) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(gone, "child pid {pid} still exists after cancellation");
+    p.shutdown().await;
+}
+
+/// Cancelling a process nobody started ends it `cancelled` at once.
+pub async fn cancel_before_start_is_immediate(factory: &dyn StoreFactory) {
+    let store = factory.open(ManualClock::new(1_000)).await;
+    let p = Processes::builder(store.registry.clone()).without_worker().start();
+    p.start(StartRequest::tool(
+        "never-run",
+        "sleep",
+        json!({"ms": 1}),
+        Disposition::OwnerBound,
+    ))
+    .await
+    .expect("start");
+    let r = p
+        .cancel("never-run", Some("changed my mind".into()))
+        .await
+        .expect("cancel");
+    assert_eq!(r.status, ProcessStatus::Cancelled);
+    assert!(r.started.is_none());
+    crate::assert_fold(p.registry().as_ref(), "never-run").await;
+}
+
+/// `wait_signal` shows `waiting`; a signal resumes it with the payload; a repeated signal id appends nothing.
+pub async fn wait_signal_resumes_with_payload(factory: &dyn StoreFactory) {
+    let store = factory.open(ManualClock::new(1_000)).await;
+    let p = runtime(&store, "w1", vec![]);
+    p.start(StartRequest::tool(
+        "ws",
+        "wait_signal",
+        json!({"name": "go"}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start");
+    p.await_event("ws", "process.waiting", 0, WAIT).await.expect("waiting");
+    let waiting = p
+        .list(&ProcessFilter {
+            waiting: Some(true),
+            ..ProcessFilter::running()
+        })
+        .await
+        .expect("list");
+    assert!(waiting.iter().any(|r| r.id == "ws"), "record shows waiting");
+    let rec = p.get("ws").await.expect("get");
+    assert_eq!(rec.wait.as_ref().and_then(|w| w.name.clone()).as_deref(), Some("go"));
+    let first = p
+        .signal("ws", "go", "sig-1", json!({"answer": 42}))
+        .await
+        .expect("signal");
+    let again = p
+        .signal("ws", "go", "sig-1", json!({"answer": 42}))
+        .await
+        .expect("signal again");
+    assert_eq!(first, again, "a repeated signal id returns the same event");
+    let r = terminal(&p, "ws").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"answer": 42}))));
+    assert!(r.wait.is_none());
+    let events = p.events("ws", 0, Some(1000)).await.expect("events").events;
+    assert_eq!(events.iter().filter(|e| e.event_type == "signal.go").count(), 1);
+    crate::assert_fold(p.registry().as_ref(), "ws").await;
+    p.shutdown().await;
+}
+
+/// Recovery: a rerunnable process whose owner vanished re-runs after the lease expires.
+pub async fn rerunnable_reruns_after_lease_expiry(factory: &dyn StoreFactory) {
+    let store = factory.open(ManualClock::new(1_000)).await;
+    let reg = store.registry.clone();
+    let p = Processes::builder(reg.clone()).without_worker().start();
+    p.start(StartRequest::tool("re", "block", json!({}), Disposition::Rerunnable))
+        .await
+        .expect("start");
+    // An owner claims and starts it, then is never heard from again.
+    let claims = reg.claim_batch("dead-owner", 10_000, 10).await.expect("claim");
+    assert_eq!(claims.len(), 1);
+    let worker = manual_worker(&store, "w2", vec![Arc::new(BlockTool { finish: true })]);
+    assert_eq!(
+        worker.drive_once().await.expect("drive"),
+        0,
+        "live lease is not reclaimed"
+    );
+    store.clock.advance(10_001);
+    assert_eq!(worker.drive_once().await.expect("drive"), 1);
+    worker.wait_idle().await;
+    let r = reg.get("re").await.expect("get");
+    assert_eq!(r.status, ProcessStatus::Completed);
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"attempt": 2}))));
+    assert!(reg.fencing_token("re").await.expect("fence") >= 2);
+    crate::assert_fold(reg.as_ref(), "re").await;
+}
+
+/// Recovery: a started owner_bound process never re-runs; it becomes
+/// `abandoned {reconciled_request}` only after an abandon request and a lapsed lease.
+pub async fn owner_bound_started_is_never_rerun(factory: &dyn StoreFactory) {
+    let store = factory.open(ManualClock::new(1_000)).await;
+    let reg = store.registry.clone();
+    let p = Processes::builder(reg.clone()).without_worker().start();
+    p.start(StartRequest::tool("ob", "block", json!({}), Disposition::OwnerBound))
+        .await
+        .expect("start");
+    let claims = reg.claim_batch("dead-owner", 10_000, 10).await.expect("claim");
+    assert_eq!(claims.len(), 1);
+    let counter = CountingTool::default();
+    let worker = manual_worker(&store, "w2", vec![Arc::new(BlockTool { finish: true })]);
+    store.clock.advance(20_000);
+    assert_eq!(
+        worker.drive_once().await.expect("drive"),
+        0,
+        "started owner_bound is never claimed"
+    );
+    assert_eq!(reg.get("ob").await.expect("get").status, ProcessStatus::Running);
+    assert!(counter.runs.lock().is_empty());
+
+    // An abandon request while the lease is still live waits for the lease to lapse.
+    p.start(StartRequest::tool("ob2", "block", json!({}), Disposition::OwnerBound))
+        .await
+        .expect("start");
+    reg.claim_batch("dead-owner-2", 10_000, 10).await.expect("claim");
+    p.request_abandon("ob2", "operator", "owner is gone")
+        .await
+        .expect("abandon");
+    worker.drive_once().await.expect("drive");
+    assert_eq!(reg.get("ob2").await.expect("get").status, ProcessStatus::Running);
+    store.clock.advance(10_001);
+    worker.drive_once().await.expect("drive");
+    let r = reg.get("ob2").await.expect("get");
+    assert_eq!(r.status, ProcessStatus::Abandoned);
+    match r.outcome {
+        Some(Outcome::Abandoned { evidence }) => {
+            assert_eq!(evidence.writer, AbandonWriter::ReconciledRequest);
+            assert_eq!(evidence.owner.map(|o| o.owner_id).as_deref(), Some("dead-owner-2"));
+        }
+        other => panic!("unexpected outcome {other:?}"),
+    }
+    // Without an abandon request the first one stays running.
+    worker.drive_once().await.expect("drive");
+    assert_eq!(reg.get("ob").await.expect("get").status, ProcessStatus::Running);
+    crate::assert_fold(reg.as_ref(), "ob").await;
+    crate::assert_fold(reg.as_ref(), "ob2").await;
+}
+
+/// Recovery: externally owned work is never claimed and ends through external completion.
+pub async fn externally_owned_is_never_claimed(factory: &dyn StoreFactory) {
+    let store = factory.open(ManualClock::new(1_000)).await;
+    let reg = store.registry.clone();
+    let p = runtime(&store, "w1", vec![]);
+    p.start(StartRequest::external("ext", json!({"system": "ci"})))
+        .await
+        .expect("start");
+    let worker = manual_worker(&store, "w2", vec![]);
+    store.clock.advance(100_000);
+    assert_eq!(worker.drive_once().await.expect("drive"), 0);
+    let r = reg.get("ext").await.expect("get");
+    assert!(r.started.is_none() && r.lease.is_none());
+    let done = p
+        .complete_external("ext", Outcome::success(json!({"ok": true})), "ci-system")
+        .await
+        .expect("complete");
+    assert_eq!(done.status, ProcessStatus::Completed);
+    crate::assert_fold(reg.as_ref(), "ext").await;
+    p.shutdown().await;
+}
+
+/// A revenant worker holding a stale lease cannot write anything.
+pub async fn revenant_worker_cannot_write(factory: &dyn StoreFactory) {
+    let store = factory.open(ManualClock::new(1_000)).await;
+    let reg = store.registry.clone();
+    let p = Processes::builder(reg.clone()).without_worker().start();
+    p.start(StartRequest::tool("rev", "block", json!({}), Disposition::Rerunnable))
+        .await
+        .expect("start");
+    let old = reg
+        .claim_batch("old-owner", 5_000, 1)
+        .await
+        .expect("claim")
+        .remove(0)
+        .lease;
+    store.clock.advance(5_001);
+    let new = reg
+        .claim_batch("new-owner", 5_000, 1)
+        .await
+        .expect("claim")
+        .remove(0)
+        .lease;
+    assert!(new.fencing_token > old.fencing_token);
+    let before = reg.get("rev").await.expect("get");
+    assert_eq!(
+        reg.complete(&old, Outcome::success(json!(1)))
+            .await
+            .map_err(|e| e.code()),
+        Err("lease_fenced")
+    );
+    assert_eq!(reg.renew(&old, 5_000).await.map_err(|e| e.code()), Err("lease_fenced"));
+    let append = cairn_core::AppendRequest::new("process.waiting", json!({"kind": "signal"})).with_lease(old.clone());
+    assert_eq!(
+        reg.append_event("rev", append).await.map_err(|e| e.code()),
+        Err("lease_fenced")
+    );
+    assert!(!reg.release(&old).await.expect("release"));
+    let after = reg.get("rev").await.expect("get");
+    assert_eq!(before, after, "the revenant wrote nothing");
+    reg.complete(&new, Outcome::success(json!("new")))
+        .await
+        .expect("live owner completes");
+    crate::assert_fold(reg.as_ref(), "rev").await;
+}
+
+/// A worker whose lease is taken over stops its run and writes nothing more.
+pub async fn worker_losing_lease_stops_run(factory: &dyn StoreFactory) {
+    let store = factory.open(ManualClock::new(1_000)).await;
+    let reg = store.registry.clone();
+    let p = Processes::builder(reg.clone()).without_worker().start();
+    p.start(StartRequest::tool("lost", "block", json!({}), Disposition::Rerunnable))
+        .await
+        .expect("start");
+    let mut cfg = config("slow-owner");
+    cfg.lease_ttl = Duration::from_millis(90);
+    let worker = Worker::new(
+        reg.clone(),
+        tools(vec![Arc::new(BlockTool { finish: false })]),
+        Awaiter::new(reg.clone(), None),
+        None,
+        Arc::new(store.clock.clone()),
+        cfg,
+    );
+    assert_eq!(worker.drive_once().await.expect("drive"), 1);
+    store.clock.advance(1_000);
+    let taken = reg.claim("lost", "thief", 60_000).await.expect("takeover");
+    worker.wait_idle().await;
+    let r = reg.get("lost").await.expect("get");
+    assert_eq!(r.status, ProcessStatus::Running, "the stopped run wrote no terminal");
+    assert_eq!(r.lease.as_ref().map(|l| l.owner_id.as_str()), Some("thief"));
+    assert_eq!(r.lease.map(|l| l.fencing_token), Some(taken.fencing_token));
+}
+
+/// Two workers on one store race over 500 processes: every process runs exactly once.
+pub async fn two_workers_run_each_process_once(factory: &dyn StoreFactory) {
+    let store = factory.open(ManualClock::new(1_000)).await;
+    let counter = CountingTool::default();
+    let a = runtime(&store, "worker-a", vec![Arc::new(counter.clone())]);
+    let b = runtime(&store, "worker-b", vec![Arc::new(counter.clone())]);
+    for i in 0..500 {
+        let front = if i % 2 == 0 { &a } else { &b };
+        front
+            .start(StartRequest::tool(
+                format!("race-{i:03}"),
+                "count",
+                json!({}),
+                Disposition::Rerunnable,
+            ))
+            .await
+            .expect("start");
+    }
+    for i in 0..500 {
+        let r = terminal(&a, &format!("race-{i:03}")).await;
+        assert_eq!(r.status, ProcessStatus::Completed);
+    }
+    let runs = counter.runs.lock().clone();
+    assert_eq!(runs.len(), 500);
+    assert!(runs.values().all(|n| *n == 1), "some process ran twice: {runs:?}");
+    let owners: std::collections::BTreeSet<String> = {
+        let mut set = std::collections::BTreeSet::new();
+        for i in 0..500 {
+            if let Some(s) = a.get(&format!("race-{i:03}")).await.expect("get").started {
+                set.insert(s.owner_id);
+            }
+        }
+        set
+    };
+    assert!(!owners.is_empty());
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Graceful drain abandons in-flight owner_bound work (`owner_drain`) and hands
+/// rerunnable work to a peer.
+pub async fn drain_abandons_owner_bound_and_hands_over_rerunnable(factory: &dyn StoreFactory) {
+    let store = factory.open(ManualClock::new(1_000)).await;
+    let a = runtime(&store, "drainer", vec![Arc::new(BlockTool { finish: false })]);
+    a.start(StartRequest::tool("d-ob", "block", json!({}), Disposition::OwnerBound))
+        .await
+        .expect("start");
+    a.start(StartRequest::tool("d-re", "block", json!({}), Disposition::Rerunnable))
+        .await
+        .expect("start");
+    a.await_event("d-ob", "process.started", 0, WAIT)
+        .await
+        .expect("started");
+    a.await_event("d-re", "process.started", 0, WAIT)
+        .await
+        .expect("started");
+    a.shutdown().await;
+    let ob = a.get("d-ob").await.expect("get");
+    assert_eq!(ob.status, ProcessStatus::Abandoned);
+    match ob.outcome {
+        Some(Outcome::Abandoned { evidence }) => {
+            assert_eq!(evidence.writer, AbandonWriter::OwnerDrain);
+            assert_eq!(evidence.owner.map(|o| o.owner_id).as_deref(), Some("drainer"));
+        }
+        other => panic!("unexpected outcome {other:?}"),
+    }
+    let re = a.get("d-re").await.expect("get");
+    assert_eq!(re.status, ProcessStatus::Running);
+    assert!(re.lease.is_none(), "drain released the rerunnable lease");
+    let peer = runtime(&store, "peer", vec![Arc::new(BlockTool { finish: true })]);
+    let r = terminal(&peer, "d-re").await;
+    assert_eq!(r.status, ProcessStatus::Completed);
+    assert_eq!(
+        r.started.map(|s| (s.owner_id, s.attempt)),
+        Some(("peer".to_string(), 2))
+    );
+    crate::assert_fold(peer.registry().as_ref(), "d-ob").await;
+    crate::assert_fold(peer.registry().as_ref(), "d-re").await;
+    peer.shutdown().await;
+}
+
+/// `await_output` resolves through the hub even when the fallback polling is an hour.
+pub async fn await_resolves_through_hub(factory: &dyn StoreFactory) {
+    let store = factory.open(ManualClock::new(1_000)).await;
+    let p = Processes::builder(store.registry.clone())
+        .tools(tools(vec![]))
+        .clock(Arc::new(store.clock.clone()))
+        .worker_config(config("w1"))
+        .backoff(Backoff {
+            floor: Duration::from_secs(3600),
+            cap: Duration::from_secs(3600),
+        })
+        .start();
+    p.start(StartRequest::tool(
+        "hub",
+        "wait_signal",
+        json!({"name": "go"}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start");
+    let waiter = {
+        let p = p.clone();
+        tokio::spawn(async move { p.await_output("hub", WAIT).await })
+    };
+    p.await_event("hub", "process.waiting", 0, WAIT).await.expect("waiting");
+    p.signal("hub", "go", "1", json!("done")).await.expect("signal");
+    let r = waiter.await.expect("join").expect("await");
+    assert_eq!(r.status, ProcessStatus::Completed);
+    p.shutdown().await;
+}
+
+/// Without the hub, `await_output` still resolves through backoff point reads.
+pub async fn await_resolves_without_hub(factory: &dyn StoreFactory) {
+    let store = factory.open(ManualClock::new(1_000)).await;
+    let p = Processes::builder(store.registry.clone())
+        .tools(tools(vec![]))
+        .clock(Arc::new(store.clock.clone()))
+        .worker_config(config("w1"))
+        .without_hub()
+        .start();
+    p.start(StartRequest::tool(
+        "nohub",
+        "echo",
+        json!({"value": 5}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start");
+    let r = p.await_output("nohub", WAIT).await.expect("await");
+    assert_eq!(r.outcome, Some(Outcome::success(json!(5))));
+    p.shutdown().await;
+}
+
+/// An already-terminal process answers at once; a running one answers the running record at the timeout.
+pub async fn await_terminal_and_timeout(factory: &dyn StoreFactory) {
+    let store = factory.open(ManualClock::new(1_000)).await;
+    let p = Processes::builder(store.registry.clone()).without_worker().start();
+    p.start(StartRequest::external("ext-await", json!({})))
+        .await
+        .expect("start");
+    let r = p
+        .await_output("ext-await", Duration::from_millis(50))
+        .await
+        .expect("await");
+    assert_eq!(r.status, ProcessStatus::Running);
+    p.complete_external("ext-await", Outcome::success(json!(1)), "test")
+        .await
+        .expect("complete");
+    let r = p
+        .await_output("ext-await", Duration::from_secs(3600))
+        .await
+        .expect("await");
+    assert_eq!(r.status, ProcessStatus::Completed);
+    assert_eq!(
+        p.await_output("nope", Duration::from_millis(10))
+            .await
+            .map_err(|e| e.code()),
+        Err("unknown_process")
+    );
+}
+
+/// Starting a tool_call with args its tool rejects, or an unknown tool, writes nothing.
+pub async fn start_rejects_bad_tool_input(factory: &dyn StoreFactory) {
+    let store = factory.open(ManualClock::new(1_000)).await;
+    let p = runtime(&store, "w1", vec![]);
+    let bad = p
+        .start(StartRequest::tool(
+            "bad-args",
+            "sleep",
+            json!({"ms": "soon"}),
+            Disposition::Rerunnable,
+        ))
+        .await;
+    assert_eq!(bad.map_err(|e| e.code()).err(), Some("invalid_request"));
+    let unknown = p
+        .start(StartRequest::tool(
+            "bad-tool",
+            "nope",
+            json!({}),
+            Disposition::Rerunnable,
+        ))
+        .await;
+    assert_eq!(unknown.map_err(|e| e.code()).err(), Some("unknown_tool"));
+    for id in ["bad-args", "bad-tool"] {
+        assert_eq!(p.get(id).await.map_err(|e| e.code()).err(), Some("unknown_process"));
+    }
+    p.shutdown().await;
+}
+
+/// The event sink sees appended events without being able to block them.
+pub async fn event_sink_receives_events(factory: &dyn StoreFactory) {
+    struct Collect(Arc<Mutex<Vec<String>>>);
+    impl cairn_core::EventSink for Collect {
+        fn deliver(&self, event: &cairn_core::ProcessEvent) {
+            self.0.lock().push(format!("{}#{}", event.process_id, event.sequence));
+        }
+    }
+    let store = factory.open(ManualClock::new(1_000)).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let p = Processes::builder(store.registry.clone())
+        .tools(tools(vec![]))
+        .worker_config(config("w1"))
+        .event_sink(Arc::new(Collect(seen.clone())))
+        .start();
+    p.start(StartRequest::tool(
+        "sunk",
+        "echo",
+        json!({"value": 1}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start");
+    let r = terminal(&p, "sunk").await;
+    // Delivery is asynchronous: wait (bounded) for the sink to catch up with the log.
+    let expected: Vec<String> = (1..=r.last_sequence).map(|s| format!("sunk#{s}")).collect();
+    let mut ok = false;
+    for _ in 0..500 {
+        if *seen.lock() == expected {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(ok, "sink saw {:?}, expected {:?}", seen.lock(), expected);
+    p.shutdown().await;
+}
