@@ -103,6 +103,25 @@ impl Awaiter {
         }
     }
 
+    /// The next page of events after `after`, waiting until there is at least one.
+    /// An empty page means the process is terminal and its log ends at or before `after`.
+    pub async fn await_events(&self, id: &str, after: u64, limit: Option<usize>) -> Result<crate::events::EventPage> {
+        let mut wait = self.watch(id);
+        loop {
+            let page = self.registry.events_after(id, after, limit).await?;
+            if !page.events.is_empty() {
+                return Ok(page);
+            }
+            let record = self.registry.get(id).await?;
+            if record.is_terminal() && record.last_sequence <= after {
+                return Ok(page);
+            }
+            if record.last_sequence <= after {
+                wait.next().await;
+            }
+        }
+    }
+
     fn watch(&self, id: &str) -> ChangeWait {
         ChangeWait {
             // Subscribe before the first read so a change between read and wait is not missed.

@@ -353,6 +353,19 @@ impl Processes {
         }
     }
 
+    /// Follow a log: the next page after `after`, waiting up to `timeout` for one
+    /// event. An empty page means the timeout passed, or the process ended and
+    /// its log has nothing after `after`.
+    pub async fn follow(&self, id: &str, after: u64, limit: Option<usize>, timeout: Duration) -> Result<EventPage> {
+        match tokio::time::timeout(timeout, self.inner.awaiter.await_events(id, after, limit)).await {
+            Ok(r) => r,
+            Err(_) => Ok(EventPage {
+                events: Vec::new(),
+                next_after: None,
+            }),
+        }
+    }
+
     /// Request cancellation (see [`ProcessRegistry::request_cancel`]).
     pub async fn cancel(&self, id: &str, reason: Option<String>) -> Result<ProcessRecord> {
         Ok(self.inner.registry.request_cancel(id, reason).await?.process)
