@@ -80,13 +80,11 @@ pub fn apply_event(record: &mut ProcessRecord, event: &ProcessEvent) {
     let str_at = |k: &str| p.get(k).and_then(Value::as_str).map(str::to_string);
     let u64_at = |k: &str| p.get(k).and_then(Value::as_u64);
     match event.event_type.as_str() {
-        events::CANCEL_REQUESTED => {
-            if record.cancel_request.is_none() {
-                record.cancel_request = Some(CancelRequest {
-                    reason: str_at("reason"),
-                    requested_at_ms: event.occurred_at_ms,
-                });
-            }
+        events::CANCEL_REQUESTED if record.cancel_request.is_none() => {
+            record.cancel_request = Some(CancelRequest {
+                reason: str_at("reason"),
+                requested_at_ms: event.occurred_at_ms,
+            });
         }
         events::WAITING => {
             record.wait = Some(WaitState {
@@ -105,14 +103,12 @@ pub fn apply_event(record: &mut ProcessRecord, event: &ProcessEvent) {
                 at_ms: event.occurred_at_ms,
             });
         }
-        events::ABANDON_REQUESTED => {
-            if record.abandon_request.is_none() {
-                record.abandon_request = Some(AbandonRequest {
-                    requested_by: str_at("requested_by").unwrap_or_default(),
-                    requested_at_ms: event.occurred_at_ms,
-                    reason: str_at("reason").unwrap_or_default(),
-                });
-            }
+        events::ABANDON_REQUESTED if record.abandon_request.is_none() => {
+            record.abandon_request = Some(AbandonRequest {
+                requested_by: str_at("requested_by").unwrap_or_default(),
+                requested_at_ms: event.occurred_at_ms,
+                reason: str_at("reason").unwrap_or_default(),
+            });
         }
         _ => {}
     }
