@@ -1,14 +1,192 @@
 //! The `shell` tool (SPEC §12).
+//!
+//! Args: `{"argv": [...]}` or `{"command": "..."}` (run by `/bin/sh -c`),
+//! exactly one of the two, with optional `cwd`, `env` (added to the inherited
+//! environment) and `timeout_ms`.
+//!
+//! The child runs in its own process group with stdin closed. Its output is
+//! read line by line (lossy UTF-8, over-long lines truncated) and appended as
+//! `shell.output` events `{"stream": "stdout"|"stderr", "lines": [...]}`,
+//! batched by count, size and age; order within each stream is preserved.
+//!
+//! The whole group is stopped (SIGTERM, then SIGKILL after a grace period)
+//! when the run is told to stop, when the timeout passes, when an append finds
+//! the lease lost, and when the command itself exits while other members of
+//! its group are still alive: nothing the command started in its group
+//! outlives the run.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, sleep_until, Instant};
 
+use crate::builtins::{bad_args, parse_args, stopped_outcome};
+use crate::events::EventType;
 use crate::model::Outcome;
 use crate::tool::{Tool, ToolContext};
+use crate::{CairnError, Result};
 
-/// Runs a command in its own process group; see SPEC §12.
-#[derive(Default)]
-pub struct ShellTool {}
+/// The event type the shell tool appends its output as.
+pub const OUTPUT_EVENT: &str = "shell.output";
+
+/// Lines longer than this (in bytes) are cut and marked.
+const MAX_LINE_BYTES: usize = 16 * 1024;
+/// What a cut line ends with.
+const TRUNCATED_MARK: &str = "…[truncated]";
+/// A batch is appended once it holds this many lines ...
+const BATCH_MAX_LINES: usize = 64;
+/// ... or this many bytes of text ...
+const BATCH_MAX_BYTES: usize = 32 * 1024;
+/// ... or this long after its first line arrived.
+const BATCH_MAX_AGE: Duration = Duration::from_millis(50);
+/// The tails in the result keep at most this many lines ...
+const TAIL_MAX_LINES: usize = 64;
+/// ... and this many bytes per stream.
+const TAIL_MAX_BYTES: usize = 8 * 1024;
+/// How often a stopping group is checked for survivors.
+const POLL: Duration = Duration::from_millis(20);
+/// How long to wait for the group to vanish after SIGKILL before giving up.
+const KILL_SETTLE: Duration = Duration::from_secs(5);
+/// How long to keep reading pipes after the group is gone (a process outside
+/// the group may hold them open).
+const DRAIN: Duration = Duration::from_millis(250);
+/// Lines in flight between a pipe reader and the run loop.
+const CHANNEL_LINES: usize = 256;
+/// The default time between SIGTERM and SIGKILL.
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs a command in its own process group; see the module docs and SPEC §12.
+#[derive(Clone, Debug)]
+pub struct ShellTool {
+    /// Time between SIGTERM and SIGKILL when the group is stopped.
+    pub kill_grace: Duration,
+}
+
+impl Default for ShellTool {
+    fn default() -> Self {
+        Self {
+            kill_grace: DEFAULT_KILL_GRACE,
+        }
+    }
+}
+
+impl ShellTool {
+    /// A shell tool with the default kill grace.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Set the time between SIGTERM and SIGKILL.
+    pub fn with_kill_grace(mut self, grace: Duration) -> Self {
+        self.kill_grace = grace;
+        self
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShellArgs {
+    #[serde(default)]
+    argv: Option<Vec<String>>,
+    #[serde(default)]
+    command: Option<String>,
+    #[serde(default)]
+    cwd: Option<String>,
+    #[serde(default)]
+    env: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+fn invalid(message: impl std::fmt::Display) -> CairnError {
+    CairnError::InvalidRequest(format!("`shell` args: {message}"))
+}
+
+fn no_nul(what: &str, s: &str) -> Result<()> {
+    if s.contains('\0') {
+        return Err(invalid(format!("{what} contains a NUL byte")));
+    }
+    Ok(())
+}
+
+impl ShellArgs {
+    fn parse(args: &Value) -> Result<Self> {
+        let a: Self = parse_args("shell", args)?;
+        match (&a.argv, &a.command) {
+            (Some(_), Some(_)) => return Err(invalid("give either `argv` or `command`, not both")),
+            (None, None) => return Err(invalid("give `argv` or `command`")),
+            (Some(argv), None) => {
+                match argv.first() {
+                    None => return Err(invalid("`argv` is empty")),
+                    Some(p) if p.is_empty() => return Err(invalid("`argv[0]` is empty")),
+                    Some(_) => {}
+                }
+                for arg in argv {
+                    no_nul("`argv`", arg)?;
+                }
+            }
+            (None, Some(command)) => {
+                if command.trim().is_empty() {
+                    return Err(invalid("`command` is empty"));
+                }
+                no_nul("`command`", command)?;
+            }
+        }
+        if let Some(cwd) = &a.cwd {
+            if cwd.is_empty() {
+                return Err(invalid("`cwd` is empty"));
+            }
+            no_nul("`cwd`", cwd)?;
+        }
+        for (k, v) in a.env.iter().flatten() {
+            if k.is_empty() || k.contains('=') {
+                return Err(invalid(format!("`env` name `{k}` is empty or contains `=`")));
+            }
+            no_nul("`env` name", k)?;
+            no_nul("`env` value", v)?;
+        }
+        Ok(a)
+    }
+
+    /// The program (for messages) and the command to spawn.
+    fn command(&self) -> (String, Command) {
+        let (program, mut cmd) = match (&self.argv, &self.command) {
+            (Some(argv), _) => {
+                let program = argv.first().cloned().unwrap_or_default();
+                let mut cmd = Command::new(&program);
+                cmd.args(argv.iter().skip(1));
+                (program, cmd)
+            }
+            (None, command) => {
+                let mut cmd = Command::new("/bin/sh");
+                cmd.arg("-c").arg(command.as_deref().unwrap_or_default());
+                ("/bin/sh".to_string(), cmd)
+            }
+        };
+        if let Some(cwd) = &self.cwd {
+            cmd.current_dir(cwd);
+        }
+        if let Some(env) = &self.env {
+            cmd.envs(env);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        (program, cmd)
+    }
+}
 
 #[async_trait]
 impl Tool for ShellTool {
@@ -16,7 +194,581 @@ impl Tool for ShellTool {
         "shell"
     }
 
-    async fn run(&self, _ctx: ToolContext, _args: Value) -> Outcome {
-        Outcome::failure("tool", "unsupported", "shell is not implemented yet")
+    fn event_types(&self) -> Vec<EventType> {
+        vec![EventType::plain(OUTPUT_EVENT).with_schema(json!({
+            "type": "object",
+            "required": ["stream", "lines"],
+            "properties": {
+                "stream": {"enum": ["stdout", "stderr"]},
+                "lines": {"type": "array", "items": {"type": "string"}}
+            }
+        }))]
+    }
+
+    fn validate_args(&self, args: &Value) -> Result<()> {
+        ShellArgs::parse(args).map(|_| ())
+    }
+
+    async fn run(&self, ctx: ToolContext, args: Value) -> Outcome {
+        let args = match ShellArgs::parse(&args) {
+            Ok(a) => a,
+            Err(e) => return bad_args(e),
+        };
+        if ctx.is_stopped() {
+            return stopped_outcome(&ctx);
+        }
+        run_child(&ctx, &args, self.kill_grace).await
+    }
+}
+
+/// How the running phase ended.
+enum End {
+    /// The command exited (or waiting for it failed, with why).
+    Exited(std::result::Result<ExitStatus, String>),
+    Stopped,
+    TimedOut,
+    /// An append found the lease lost (or the process ended): write nothing more.
+    Halted,
+}
+
+async fn run_child(ctx: &ToolContext, args: &ShellArgs, grace: Duration) -> Outcome {
+    let (program, mut cmd) = args.command();
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let message = match &args.cwd {
+                Some(cwd) => format!("could not start `{program}` in `{cwd}`: {e}"),
+                None => format!("could not start `{program}`: {e}"),
+            };
+            return Outcome::failure("tool", "spawn_failed", message);
+        }
+    };
+    // With `process_group(0)` the child leads a new group whose id is its pid.
+    let Some(pgid) = child.id().and_then(|p| libc::pid_t::try_from(p).ok()) else {
+        let _ = child.kill().await;
+        return Outcome::failure("tool", "spawn_failed", format!("`{program}` started without a pid"));
+    };
+    let mut guard = GroupGuard {
+        pgid,
+        armed: true,
+        readers: Vec::new(),
+    };
+    let (tx, mut rx) = mpsc::channel(CHANNEL_LINES);
+    if let Some(pipe) = child.stdout.take() {
+        guard.readers.push(tokio::spawn(read_stream(pipe, Stream::Stdout, tx.clone())));
+    }
+    if let Some(pipe) = child.stderr.take() {
+        guard.readers.push(tokio::spawn(read_stream(pipe, Stream::Stderr, tx.clone())));
+    }
+    drop(tx);
+
+    let deadline = args.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+    let mut out = Output::default();
+    let mut rx_open = true;
+
+    // Running: stream output until the command exits or the run must end.
+    let end = loop {
+        if out.halted.is_some() {
+            break End::Halted;
+        }
+        let flush_at = out.next_deadline();
+        tokio::select! {
+            biased;
+            _ = ctx.stopped() => break End::Stopped,
+            _ = until(deadline) => break End::TimedOut,
+            status = child.wait() => break End::Exited(status.map_err(|e| e.to_string())),
+            _ = until(flush_at) => {
+                interruptible(ctx, deadline, out.flush_due(ctx)).await;
+            }
+            line = rx.recv(), if rx_open => match line {
+                Some(line) => {
+                    let stream = line.stream;
+                    if out.push(line) {
+                        interruptible(ctx, deadline, out.flush(ctx, stream)).await;
+                    }
+                }
+                None => rx_open = false,
+            },
+        }
+    };
+
+    // Stopping: end the group (all of it after a stop; survivors after an
+    // exit) while still collecting its output.
+    let (leader_done, leader_status) = match &end {
+        End::Exited(r) => (true, r.as_ref().ok().copied()),
+        _ => (false, None),
+    };
+    let stop = stop_group(&mut child, pgid, leader_done, leader_status, grace);
+    tokio::pin!(stop);
+    let (status, group_gone) = loop {
+        tokio::select! {
+            biased;
+            done = &mut stop => break done,
+            line = rx.recv(), if rx_open => match line {
+                Some(line) => {
+                    let stream = line.stream;
+                    if out.push(line) {
+                        out.flush(ctx, stream).await;
+                    }
+                }
+                None => rx_open = false,
+            },
+        }
+    };
+    if group_gone {
+        guard.armed = false;
+    }
+
+    // Draining: the pipes close once every writer is gone; bounded, since a
+    // process that left the group may still hold them.
+    let drain_until = Instant::now() + DRAIN;
+    while rx_open {
+        tokio::select! {
+            line = rx.recv() => match line {
+                Some(line) => {
+                    let stream = line.stream;
+                    if out.push(line) {
+                        out.flush(ctx, stream).await;
+                    }
+                }
+                None => rx_open = false,
+            },
+            _ = sleep_until(drain_until) => break,
+        }
+    }
+    drop(guard);
+    out.flush_all(ctx).await;
+
+    match end {
+        End::Stopped => stopped_outcome(ctx),
+        End::Halted => {
+            if ctx.is_stopped() {
+                return stopped_outcome(ctx);
+            }
+            match out.halted.take() {
+                Some(e) => Outcome::failure("runtime", e.code(), e.to_string()),
+                None => Outcome::failure("runtime", "lease_fenced", "the lease was lost"),
+            }
+        }
+        End::TimedOut => {
+            let ms = args.timeout_ms.unwrap_or_default();
+            let mut raw = out.tails();
+            raw.insert("timeout_ms".into(), json!(ms));
+            Outcome::Failure {
+                class: "tool".into(),
+                code: "timeout".into(),
+                message: format!("timed out after {ms} ms"),
+                raw: Some(Value::Object(raw)),
+            }
+        }
+        End::Exited(result) => match (status, result) {
+            (Some(status), _) => exit_outcome(status, &out),
+            (None, result) => {
+                let detail = result.err().unwrap_or_else(|| "unknown".into());
+                Outcome::Failure {
+                    class: "tool".into(),
+                    code: "wait_failed".into(),
+                    message: format!("could not collect the exit status: {detail}"),
+                    raw: Some(Value::Object(out.tails())),
+                }
+            }
+        },
+    }
+}
+
+fn exit_outcome(status: ExitStatus, out: &Output) -> Outcome {
+    let mut raw = Map::new();
+    let message = match (status.code(), status.signal()) {
+        (Some(code), _) => {
+            raw.insert("exit_code".into(), json!(code));
+            if code == 0 {
+                raw.extend(out.tails());
+                return Outcome::success(Value::Object(raw));
+            }
+            format!("exited with status {code}")
+        }
+        (None, Some(signal)) => {
+            raw.insert("exit_code".into(), Value::Null);
+            raw.insert("signal".into(), json!(signal));
+            format!("killed by signal {signal}")
+        }
+        (None, None) => {
+            raw.insert("exit_code".into(), Value::Null);
+            format!("ended with {status}")
+        }
+    };
+    raw.extend(out.tails());
+    Outcome::Failure {
+        class: "tool".into(),
+        code: "exit_status".into(),
+        message,
+        raw: Some(Value::Object(raw)),
+    }
+}
+
+/// Runs `fut` unless the run is stopped or the deadline passes first (the
+/// batch being appended is then dropped; the run is ending anyway).
+async fn interruptible<F: Future<Output = ()>>(ctx: &ToolContext, deadline: Option<Instant>, fut: F) {
+    tokio::select! {
+        biased;
+        _ = fut => {}
+        _ = ctx.stopped() => {}
+        _ = until(deadline) => {}
+    }
+}
+
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Process group control
+
+/// Sends `signal` to every process of the group; errors (the group is gone)
+/// are ignored.
+fn signal_group(pgid: libc::pid_t, signal: libc::c_int) {
+    // SAFETY: killpg has no memory-safety preconditions; `pgid` is the group
+    // this run created, which cannot be reused while any member (the unreaped
+    // leader included) exists.
+    unsafe {
+        libc::killpg(pgid, signal);
+    }
+}
+
+/// Whether the group still has a member that is not a zombie.
+fn group_alive(pgid: libc::pid_t) -> bool {
+    // SAFETY: signal 0 only checks that the group exists and may be signalled.
+    let r = unsafe { libc::killpg(pgid, 0) };
+    if r != 0 {
+        // ESRCH: no member left. EPERM: members we cannot signal; count them
+        // as alive so the grace and SIGKILL steps still run.
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    }
+    // Zombies still count for killpg, and an init that does not reap them
+    // would keep the group "alive" forever; look past them where we can.
+    live_member(pgid).unwrap_or(true)
+}
+
+#[cfg(target_os = "linux")]
+fn live_member(pgid: libc::pid_t) -> Option<bool> {
+    let dir = std::fs::read_dir("/proc").ok()?;
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid pgrp ...`; comm may contain spaces and parens.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let pgrp = fields.nth(1).and_then(|p| p.parse::<libc::pid_t>().ok());
+        if pgrp == Some(pgid) && !matches!(state, "Z" | "X" | "x") {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn live_member(_pgid: libc::pid_t) -> Option<bool> {
+    None
+}
+
+/// Ends the group: nothing to do when the leader is reaped and no member is
+/// left; otherwise SIGTERM, then SIGKILL once `grace` passes with a member
+/// still alive. Reaps the leader. Answers its exit status (when known) and
+/// whether the group was seen empty.
+async fn stop_group(
+    child: &mut Child,
+    pgid: libc::pid_t,
+    mut leader_done: bool,
+    mut status: Option<ExitStatus>,
+    grace: Duration,
+) -> (Option<ExitStatus>, bool) {
+    if leader_done && !group_alive(pgid) {
+        return (status, true);
+    }
+    signal_group(pgid, libc::SIGTERM);
+    // A stopped process only acts on SIGTERM once continued.
+    signal_group(pgid, libc::SIGCONT);
+    let deadline = Instant::now() + grace;
+    if settle(child, pgid, &mut leader_done, &mut status, deadline).await {
+        return (status, true);
+    }
+    signal_group(pgid, libc::SIGKILL);
+    let gone = settle(child, pgid, &mut leader_done, &mut status, Instant::now() + KILL_SETTLE).await;
+    (status, gone)
+}
+
+/// Waits until the leader is reaped and the group is empty (true) or the
+/// deadline passes (false).
+async fn settle(
+    child: &mut Child,
+    pgid: libc::pid_t,
+    leader_done: &mut bool,
+    status: &mut Option<ExitStatus>,
+    deadline: Instant,
+) -> bool {
+    loop {
+        if *leader_done && !group_alive(pgid) {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        let tick = sleep(POLL.min(deadline - now));
+        if *leader_done {
+            tick.await;
+        } else {
+            tokio::select! {
+                r = child.wait() => {
+                    *leader_done = true;
+                    *status = r.ok();
+                }
+                _ = tick => {}
+            }
+        }
+    }
+}
+
+/// Kills the group and stops the pipe readers if the run is dropped or ends
+/// without seeing the group empty.
+struct GroupGuard {
+    pgid: libc::pid_t,
+    armed: bool,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        for reader in &self.readers {
+            reader.abort();
+        }
+        if self.armed {
+            signal_group(self.pgid, libc::SIGKILL);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Output
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stream {
+    Stdout = 0,
+    Stderr = 1,
+}
+
+impl Stream {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+        }
+    }
+}
+
+struct Line {
+    stream: Stream,
+    text: String,
+}
+
+/// Reads `pipe` line by line into `tx` until EOF.
+async fn read_stream<R: AsyncRead + Unpin>(pipe: R, stream: Stream, tx: mpsc::Sender<Line>) {
+    let mut reader = BufReader::new(pipe);
+    let mut buf = Vec::new();
+    loop {
+        match read_line_bounded(&mut reader, &mut buf, MAX_LINE_BYTES).await {
+            Ok(Some(truncated)) => {
+                let text = decode_line(&buf, truncated);
+                if tx.send(Line { stream, text }).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(stream = stream.label(), error = %e, "shell output pipe failed");
+                return;
+            }
+        }
+    }
+}
+
+/// Reads one line (without its `\n`) into `buf`, keeping at most `max` bytes
+/// and discarding the rest of the line. `Some(truncated)` for a line,
+/// `None` at EOF. A last line without `\n` is still a line.
+async fn read_line_bounded<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Option<bool>> {
+    buf.clear();
+    let mut truncated = false;
+    let mut any = false;
+    loop {
+        let chunk = reader.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok(any.then_some(truncated));
+        }
+        any = true;
+        let newline = chunk.iter().position(|&b| b == b'\n');
+        let content = newline.unwrap_or(chunk.len());
+        let room = max.saturating_sub(buf.len());
+        if content > room {
+            truncated = true;
+        }
+        buf.extend_from_slice(&chunk[..content.min(room)]);
+        match newline {
+            Some(i) => {
+                reader.consume(i + 1);
+                return Ok(Some(truncated));
+            }
+            None => reader.consume(content),
+        }
+    }
+}
+
+fn decode_line(bytes: &[u8], truncated: bool) -> String {
+    let mut bytes = bytes;
+    if truncated {
+        // Do not leave half a character where the line was cut.
+        if let Err(e) = std::str::from_utf8(bytes) {
+            if e.error_len().is_none() {
+                bytes = &bytes[..e.valid_up_to()];
+            }
+        }
+    } else if let Some(stripped) = bytes.strip_suffix(b"\r") {
+        bytes = stripped;
+    }
+    let mut text = String::from_utf8_lossy(bytes).into_owned();
+    if truncated {
+        text.push_str(TRUNCATED_MARK);
+    }
+    text
+}
+
+#[derive(Default)]
+struct Batch {
+    lines: Vec<String>,
+    bytes: usize,
+    since: Option<Instant>,
+}
+
+impl Batch {
+    fn is_full(&self) -> bool {
+        self.lines.len() >= BATCH_MAX_LINES || self.bytes >= BATCH_MAX_BYTES
+    }
+}
+
+#[derive(Default)]
+struct Tail {
+    lines: VecDeque<String>,
+    bytes: usize,
+}
+
+impl Tail {
+    fn push(&mut self, line: &str) {
+        let mut line = line.to_string();
+        if line.len() > TAIL_MAX_BYTES {
+            let mut cut = TAIL_MAX_BYTES;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+        }
+        self.bytes += line.len();
+        self.lines.push_back(line);
+        while self.lines.len() > TAIL_MAX_LINES || self.bytes > TAIL_MAX_BYTES {
+            match self.lines.pop_front() {
+                Some(old) => self.bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
+
+    fn render(&self) -> String {
+        let mut s = String::with_capacity(self.bytes + self.lines.len());
+        for line in &self.lines {
+            s.push_str(line);
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// Pending batches and tails of both streams.
+#[derive(Default)]
+struct Output {
+    batches: [Batch; 2],
+    tails: [Tail; 2],
+    /// Set when an append found the lease lost or the process ended; nothing
+    /// more is appended after that.
+    halted: Option<CairnError>,
+}
+
+impl Output {
+    /// Adds a line; true when its batch is due for an append.
+    fn push(&mut self, line: Line) -> bool {
+        let i = line.stream as usize;
+        self.tails[i].push(&line.text);
+        let batch = &mut self.batches[i];
+        batch.since.get_or_insert_with(Instant::now);
+        batch.bytes += line.text.len();
+        batch.lines.push(line.text);
+        batch.is_full()
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.batches.iter().filter_map(|b| b.since).min().map(|t| t + BATCH_MAX_AGE)
+    }
+
+    async fn flush(&mut self, ctx: &ToolContext, stream: Stream) {
+        let batch = std::mem::take(&mut self.batches[stream as usize]);
+        if batch.lines.is_empty() || self.halted.is_some() {
+            return;
+        }
+        let count = batch.lines.len();
+        let payload = json!({"stream": stream.label(), "lines": batch.lines});
+        match ctx.append(OUTPUT_EVENT, payload).await {
+            Ok(_) => {}
+            Err(e @ (CairnError::LeaseFenced(_) | CairnError::ProcessTerminal(_))) => self.halted = Some(e),
+            Err(e) => tracing::warn!(
+                process_id = ctx.process_id(),
+                stream = stream.label(),
+                lines = count,
+                error = %e,
+                "shell output not recorded"
+            ),
+        }
+    }
+
+    async fn flush_due(&mut self, ctx: &ToolContext) {
+        let now = Instant::now();
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            if self.batches[stream as usize].since.is_some_and(|t| t + BATCH_MAX_AGE <= now) {
+                self.flush(ctx, stream).await;
+            }
+        }
+    }
+
+    async fn flush_all(&mut self, ctx: &ToolContext) {
+        self.flush(ctx, Stream::Stdout).await;
+        self.flush(ctx, Stream::Stderr).await;
+    }
+
+    fn tails(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("stdout_tail".into(), Value::String(self.tails[0].render()));
+        m.insert("stderr_tail".into(), Value::String(self.tails[1].render()));
+        m
     }
 }

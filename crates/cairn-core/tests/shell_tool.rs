@@ -1,0 +1,412 @@
+//! The `shell` built-in tool, run directly against the in-memory registry.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_core::awaiter::Awaiter;
+use cairn_core::builtins::ShellTool;
+use cairn_core::tool::{StopReason, Tool, ToolContext};
+use cairn_core::{
+    CairnError, Disposition, ManualClock, MemoryRegistry, Outcome, ProcessInput, ProcessRegistry, Provenance,
+    Registration,
+};
+use serde_json::{json, Value};
+
+const RUN_LIMIT: Duration = Duration::from_secs(30);
+
+fn registration(id: &str, args: &Value) -> Registration {
+    Registration {
+        id: id.to_string(),
+        input: ProcessInput::ToolCall {
+            tool: "shell".into(),
+            args: args.clone(),
+        },
+        disposition: Disposition::Rerunnable,
+        event_types: ShellTool::default().event_types(),
+        provenance: Provenance::default(),
+        wake_target: None,
+        env_ref: None,
+        external_ref: None,
+    }
+}
+
+async fn context(reg: &Arc<dyn ProcessRegistry>, id: &str, args: &Value, ttl_ms: u64) -> ToolContext {
+    let record = reg.register(registration(id, args), None).await.expect("register").process;
+    let lease = reg.claim(id, "worker-1", ttl_ms).await.expect("claim");
+    ToolContext::new(record, None, reg.clone(), Awaiter::new(reg.clone(), None), lease)
+}
+
+fn memory() -> Arc<dyn ProcessRegistry> {
+    Arc::new(MemoryRegistry::new())
+}
+
+/// Runs the tool to its end on a fresh process.
+async fn run_with(tool: ShellTool, args: Value) -> (Arc<dyn ProcessRegistry>, Outcome) {
+    let reg = memory();
+    let ctx = context(&reg, "p1", &args, 60_000).await;
+    let outcome = tokio::time::timeout(RUN_LIMIT, tool.run(ctx, args))
+        .await
+        .expect("shell run finished in time");
+    (reg, outcome)
+}
+
+async fn run(args: Value) -> (Arc<dyn ProcessRegistry>, Outcome) {
+    run_with(ShellTool::default(), args).await
+}
+
+/// Starts the tool in the background.
+fn spawn_run(tool: ShellTool, ctx: &ToolContext, args: Value) -> tokio::task::JoinHandle<Outcome> {
+    let ctx = ctx.clone();
+    tokio::spawn(async move { tool.run(ctx, args).await })
+}
+
+async fn finish(handle: tokio::task::JoinHandle<Outcome>) -> Outcome {
+    tokio::time::timeout(RUN_LIMIT, handle)
+        .await
+        .expect("shell run finished in time")
+        .expect("shell run did not panic")
+}
+
+/// `(stream, lines)` of every `shell.output` event, in log order.
+async fn output_events(reg: &Arc<dyn ProcessRegistry>, id: &str) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = reg.events_after(id, after, Some(1000)).await.expect("events");
+        for e in &page.events {
+            if e.event_type == "shell.output" {
+                let stream = e.payload["stream"].as_str().expect("stream").to_string();
+                let lines = e.payload["lines"]
+                    .as_array()
+                    .expect("lines")
+                    .iter()
+                    .map(|l| l.as_str().expect("line").to_string())
+                    .collect();
+                out.push((stream, lines));
+            }
+        }
+        match page.next_after {
+            Some(n) => after = n,
+            None => return out,
+        }
+    }
+}
+
+async fn lines_of(reg: &Arc<dyn ProcessRegistry>, id: &str, stream: &str) -> Vec<String> {
+    output_events(reg, id)
+        .await
+        .into_iter()
+        .filter(|(s, _)| s == stream)
+        .flat_map(|(_, l)| l)
+        .collect()
+}
+
+fn expect_failure(outcome: &Outcome, want_code: &str) -> Value {
+    match outcome {
+        Outcome::Failure { code, raw, .. } if code == want_code => raw.clone().unwrap_or(Value::Null),
+        other => panic!("expected failure `{want_code}`, got {other:?}"),
+    }
+}
+
+/// Reads a pid a shell wrote to `path`, polling (bounded) until it is there.
+async fn read_pid(path: &Path) -> i32 {
+    for _ in 0..500 {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Ok(pid) = text.trim().parse() {
+                return pid;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no pid in {}", path.display());
+}
+
+/// Whether `pid` is gone: `kill(pid, 0)` answers ESRCH, or it is a zombie
+/// (dead, waiting for an init that may not reap it).
+fn pid_gone(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence; no signal is delivered.
+    let r = unsafe { libc::kill(pid, 0) };
+    if r != 0 {
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+async fn assert_gone(pid: i32) {
+    for _ in 0..250 {
+        if pid_gone(pid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("process {pid} is still alive");
+}
+
+/// A script that records its own pid and a background grandchild's pid, then waits.
+fn pid_script(dir: &Path, prelude: &str) -> String {
+    let shell = dir.join("shell.pid");
+    let child = dir.join("child.pid");
+    format!(
+        "{prelude} echo $$ > '{s}.tmp' && mv '{s}.tmp' '{s}'; sleep 1000 & echo $! > '{c}.tmp' && mv '{c}.tmp' '{c}'; wait",
+        s = shell.display(),
+        c = child.display(),
+    )
+}
+
+async fn pids(dir: &Path) -> (i32, i32) {
+    (read_pid(&dir.join("shell.pid")).await, read_pid(&dir.join("child.pid")).await)
+}
+
+#[tokio::test]
+async fn output_lines_arrive_in_order_and_success_carries_tails() {
+    let args = json!({"command": "i=1; while [ $i -le 200 ]; do echo line$i; i=$((i+1)); done; echo oops >&2"});
+    let (reg, outcome) = run(args).await;
+
+    let expected: Vec<String> = (1..=200).map(|i| format!("line{i}")).collect();
+    assert_eq!(lines_of(&reg, "p1", "stdout").await, expected);
+    assert_eq!(lines_of(&reg, "p1", "stderr").await, vec!["oops".to_string()]);
+    let events = output_events(&reg, "p1").await;
+    assert!(events.len() >= 4, "200 lines need several batches, got {}", events.len());
+    assert!(events.iter().all(|(_, lines)| !lines.is_empty() && lines.len() <= 64));
+
+    let Outcome::Success { value } = outcome else {
+        panic!("expected success, got {outcome:?}");
+    };
+    assert_eq!(value["exit_code"], 0);
+    let tail = value["stdout_tail"].as_str().expect("stdout_tail");
+    assert!(tail.ends_with("line199\nline200\n"), "tail: {tail:?}");
+    assert!(!tail.contains("line1\n"), "the tail is bounded");
+    assert!(tail.lines().count() <= 64);
+    assert_eq!(value["stderr_tail"], "oops\n");
+}
+
+#[tokio::test]
+async fn nonzero_exit_is_exit_status_failure() {
+    let (reg, outcome) = run(json!({"command": "echo before; echo bad >&2; exit 3"})).await;
+    let raw = expect_failure(&outcome, "exit_status");
+    assert_eq!(raw["exit_code"], 3);
+    assert_eq!(raw["stdout_tail"], "before\n");
+    assert_eq!(raw["stderr_tail"], "bad\n");
+    let Outcome::Failure { class, message, .. } = &outcome else {
+        unreachable!()
+    };
+    assert_eq!(class, "tool");
+    assert_eq!(message, "exited with status 3");
+    assert_eq!(lines_of(&reg, "p1", "stderr").await, vec!["bad".to_string()]);
+}
+
+#[tokio::test]
+async fn killed_by_signal_reports_the_signal() {
+    let (_reg, outcome) = run(json!({"command": "kill -9 $$"})).await;
+    let raw = expect_failure(&outcome, "exit_status");
+    assert_eq!(raw["signal"], libc::SIGKILL);
+}
+
+#[tokio::test]
+async fn argv_form_passes_arguments_verbatim() {
+    let (reg, outcome) = run(json!({"argv": ["printf", "%s\\n", "a b", "$HOME", "c"]})).await;
+    assert!(matches!(outcome, Outcome::Success { .. }), "{outcome:?}");
+    assert_eq!(lines_of(&reg, "p1", "stdout").await, vec!["a b", "$HOME", "c"]);
+}
+
+#[tokio::test]
+async fn cwd_and_env_are_honoured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let real = dir.path().canonicalize().expect("canonical dir");
+    let args = json!({
+        "command": "pwd -P; echo \"$CAIRN_TEST_VAR\"; test -n \"$PATH\" && echo inherited",
+        "cwd": dir.path().to_str().expect("utf-8 path"),
+        "env": {"CAIRN_TEST_VAR": "hello there"},
+    });
+    let (reg, outcome) = run(args).await;
+    assert!(matches!(outcome, Outcome::Success { .. }), "{outcome:?}");
+    assert_eq!(
+        lines_of(&reg, "p1", "stdout").await,
+        vec![real.to_str().expect("utf-8 path").to_string(), "hello there".into(), "inherited".into()]
+    );
+}
+
+#[tokio::test]
+async fn long_lines_are_truncated() {
+    let (reg, outcome) = run(json!({"command": "head -c 100000 /dev/zero | tr '\\0' a; echo; echo next"})).await;
+    assert!(matches!(outcome, Outcome::Success { .. }), "{outcome:?}");
+    let lines = lines_of(&reg, "p1", "stdout").await;
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0].len() <= 16 * 1024 + 64, "line is {} bytes", lines[0].len());
+    assert!(lines[0].starts_with("aaaa"));
+    assert_eq!(lines[1], "next");
+}
+
+#[test]
+fn bad_args_are_rejected() {
+    let tool = ShellTool::default();
+    for args in [
+        json!({"argv": ["true"], "command": "true"}),
+        json!({}),
+        json!({"argv": []}),
+        json!({"argv": [""]}),
+        json!({"command": ""}),
+        json!({"command": "true", "shell": "bash"}),
+        json!({"command": "true", "env": {"A=B": "x"}}),
+        json!({"command": "true", "env": {"A": 1}}),
+        json!({"command": "true", "timeout_ms": -1}),
+        json!({"argv": "true"}),
+        json!("true"),
+    ] {
+        match tool.validate_args(&args) {
+            Err(CairnError::InvalidRequest(_)) => {}
+            other => panic!("{args} should be invalid_request, got {other:?}"),
+        }
+    }
+    for args in [
+        json!({"argv": ["true"]}),
+        json!({"command": "true", "cwd": "/", "env": {"A": "b"}, "timeout_ms": 10}),
+    ] {
+        tool.validate_args(&args).expect("valid args");
+    }
+}
+
+#[tokio::test]
+async fn bad_args_at_run_time_fail_the_run() {
+    let reg = memory();
+    let args = json!({"argv": []});
+    let ctx = context(&reg, "p1", &args, 60_000).await;
+    let outcome = ShellTool::default().run(ctx, args).await;
+    expect_failure(&outcome, "invalid_args");
+}
+
+#[tokio::test]
+async fn spawn_failures_are_reported() {
+    let (_reg, outcome) = run(json!({"argv": ["/nonexistent/cairn-no-such-program"]})).await;
+    expect_failure(&outcome, "spawn_failed");
+
+    let (_reg, outcome) = run(json!({"command": "true", "cwd": "/nonexistent/cairn-no-such-dir"})).await;
+    expect_failure(&outcome, "spawn_failed");
+}
+
+#[tokio::test]
+async fn cancellation_stops_the_whole_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reg = memory();
+    let args = json!({"command": pid_script(dir.path(), "echo started;")});
+    let ctx = context(&reg, "p1", &args, 60_000).await;
+    let handle = spawn_run(ShellTool::default(), &ctx, args);
+
+    let (shell, grandchild) = pids(dir.path()).await;
+    assert!(!pid_gone(shell) && !pid_gone(grandchild));
+    ctx.stop(StopReason::Cancelled {
+        reason: Some("test".into()),
+    });
+    let outcome = finish(handle).await;
+    assert_eq!(outcome, Outcome::cancelled("test"));
+    assert_gone(shell).await;
+    assert_gone(grandchild).await;
+    // Output written before the stop is kept.
+    assert_eq!(lines_of(&reg, "p1", "stdout").await, vec!["started".to_string()]);
+}
+
+#[tokio::test]
+async fn a_group_ignoring_sigterm_is_killed_after_the_grace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reg = memory();
+    let args = json!({"command": pid_script(dir.path(), "trap '' TERM;")});
+    let ctx = context(&reg, "p1", &args, 60_000).await;
+    let grace = Duration::from_millis(200);
+    let handle = spawn_run(ShellTool::default().with_kill_grace(grace), &ctx, args);
+
+    let (shell, grandchild) = pids(dir.path()).await;
+    let stopped_at = Instant::now();
+    ctx.stop(StopReason::Shutdown);
+    let outcome = finish(handle).await;
+    let took = stopped_at.elapsed();
+    assert!(matches!(outcome, Outcome::Cancelled { .. }), "{outcome:?}");
+    assert!(took >= grace, "SIGTERM was ignored, so the stop waits out the grace ({took:?})");
+    assert!(took < Duration::from_secs(10), "SIGKILL ended it ({took:?})");
+    assert_gone(shell).await;
+    assert_gone(grandchild).await;
+}
+
+#[tokio::test]
+async fn timeout_stops_the_group_and_fails_with_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = json!({"command": pid_script(dir.path(), "echo waiting;"), "timeout_ms": 300});
+    let started = Instant::now();
+    let (_reg, outcome) = run(args).await;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let raw = expect_failure(&outcome, "timeout");
+    assert_eq!(raw["stdout_tail"], "waiting\n");
+    let (shell, grandchild) = pids(dir.path()).await;
+    assert_gone(shell).await;
+    assert_gone(grandchild).await;
+}
+
+#[tokio::test]
+async fn leftover_group_members_do_not_outlive_a_normal_exit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let child = dir.path().join("child.pid");
+    // The background sleep keeps stdout open; the run must still end promptly.
+    let args = json!({"command": format!("sleep 1000 & echo $! > '{}'; echo done", child.display())});
+    let started = Instant::now();
+    let (_reg, outcome) = run(args).await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let Outcome::Success { value } = outcome else {
+        panic!("expected success, got {outcome:?}");
+    };
+    assert_eq!(value["stdout_tail"], "done\n");
+    assert_gone(read_pid(&child).await).await;
+}
+
+#[tokio::test]
+async fn a_stop_before_the_run_starts_nothing() {
+    let reg = memory();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("ran");
+    let args = json!({"command": format!("touch '{}'", marker.display())});
+    let ctx = context(&reg, "p1", &args, 60_000).await;
+    ctx.stop(StopReason::Cancelled { reason: None });
+    let outcome = ShellTool::default().run(ctx, args).await;
+    assert!(matches!(outcome, Outcome::Cancelled { .. }), "{outcome:?}");
+    assert!(!marker.exists());
+}
+
+#[tokio::test]
+async fn a_lost_lease_stops_the_run_and_nothing_more_is_written() {
+    let clock = ManualClock::new(1_000_000);
+    let reg: Arc<dyn ProcessRegistry> = Arc::new(MemoryRegistry::with_clock(Arc::new(clock.clone())));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pidfile = dir.path().join("shell.pid");
+    let args = json!({
+        "command": format!("echo $$ > '{p}.tmp' && mv '{p}.tmp' '{p}'; while :; do echo tick; sleep 0.02; done", p = pidfile.display())
+    });
+    let ctx = context(&reg, "p1", &args, 1_000).await;
+    let handle = spawn_run(ShellTool::default(), &ctx, args);
+    let shell = read_pid(&pidfile).await;
+
+    // Wait (bounded) until output is being recorded.
+    let mut recorded = false;
+    for _ in 0..500 {
+        if !output_events(&reg, "p1").await.is_empty() {
+            recorded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(recorded, "no shell.output event was recorded");
+
+    // The lease lapses and another owner takes the process over.
+    clock.advance(5_000);
+    reg.claim("p1", "worker-2", 60_000).await.expect("takeover claim");
+    let taken_over_at = reg.get("p1").await.expect("get").last_sequence;
+
+    let outcome = finish(handle).await;
+    expect_failure(&outcome, "lease_fenced");
+    assert_gone(shell).await;
+    assert_eq!(reg.get("p1").await.expect("get").last_sequence, taken_over_at);
+    assert!(!ctx.is_stopped(), "the tool noticed the lost lease by itself");
+}
