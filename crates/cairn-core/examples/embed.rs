@@ -35,7 +35,9 @@ async fn main() -> Result<()> {
     // Stream the shell's events as they are appended, until the log ends.
     let mut after = 0;
     loop {
-        let page = processes.follow("build-1", after, None, Duration::from_secs(30)).await?;
+        let page = processes
+            .follow("build-1", after, None, Duration::from_secs(30))
+            .await?;
         if page.events.is_empty() {
             break;
         }
@@ -46,13 +48,21 @@ async fn main() -> Result<()> {
     }
 
     // The approval process is waiting durably; a signal resumes it.
-    processes.await_event("approval-1", "process.waiting", 0, Duration::from_secs(10)).await?;
+    processes
+        .await_event("approval-1", "process.waiting", 0, Duration::from_secs(10))
+        .await?;
     println!("approval-1 is waiting: {:?}", processes.get("approval-1").await?.wait);
-    processes.signal("approval-1", "approve", "approval-from-alice", json!({"by": "alice"})).await?;
+    processes
+        .signal("approval-1", "approve", "approval-from-alice", json!({"by": "alice"}))
+        .await?;
 
     for id in ["build-1", "approval-1"] {
         let record = processes.await_output(id, Duration::from_secs(30)).await?;
-        println!("{id}: {} {}", record.status.label(), serde_json::to_string(&record.outcome).unwrap_or_default());
+        println!(
+            "{id}: {} {}",
+            record.status.label(),
+            serde_json::to_string(&record.outcome).unwrap_or_default()
+        );
     }
     processes.shutdown().await;
     Ok(())

@@ -32,7 +32,11 @@ fn registration(id: &str, args: &Value) -> Registration {
 }
 
 async fn context(reg: &Arc<dyn ProcessRegistry>, id: &str, args: &Value, ttl_ms: u64) -> ToolContext {
-    let record = reg.register(registration(id, args), None).await.expect("register").process;
+    let record = reg
+        .register(registration(id, args), None)
+        .await
+        .expect("register")
+        .process;
     let lease = reg.claim(id, "worker-1", ttl_ms).await.expect("claim");
     ToolContext::new(record, None, reg.clone(), Awaiter::new(reg.clone(), None), lease)
 }
@@ -160,7 +164,10 @@ fn pid_script(dir: &Path, prelude: &str) -> String {
 }
 
 async fn pids(dir: &Path) -> (i32, i32) {
-    (read_pid(&dir.join("shell.pid")).await, read_pid(&dir.join("child.pid")).await)
+    (
+        read_pid(&dir.join("shell.pid")).await,
+        read_pid(&dir.join("child.pid")).await,
+    )
 }
 
 #[tokio::test]
@@ -172,7 +179,11 @@ async fn output_lines_arrive_in_order_and_success_carries_tails() {
     assert_eq!(lines_of(&reg, "p1", "stdout").await, expected);
     assert_eq!(lines_of(&reg, "p1", "stderr").await, vec!["oops".to_string()]);
     let events = output_events(&reg, "p1").await;
-    assert!(events.len() >= 4, "200 lines need several batches, got {}", events.len());
+    assert!(
+        events.len() >= 4,
+        "200 lines need several batches, got {}",
+        events.len()
+    );
     assert!(events.iter().all(|(_, lines)| !lines.is_empty() && lines.len() <= 64));
 
     let Outcome::Success { value } = outcome else {
@@ -228,7 +239,11 @@ async fn cwd_and_env_are_honoured() {
     assert!(matches!(outcome, Outcome::Success { .. }), "{outcome:?}");
     assert_eq!(
         lines_of(&reg, "p1", "stdout").await,
-        vec![real.to_str().expect("utf-8 path").to_string(), "hello there".into(), "inherited".into()]
+        vec![
+            real.to_str().expect("utf-8 path").to_string(),
+            "hello there".into(),
+            "inherited".into()
+        ]
     );
 }
 
@@ -326,7 +341,10 @@ async fn a_group_ignoring_sigterm_is_killed_after_the_grace() {
     let outcome = finish(handle).await;
     let took = stopped_at.elapsed();
     assert!(matches!(outcome, Outcome::Cancelled { .. }), "{outcome:?}");
-    assert!(took >= grace, "SIGTERM was ignored, so the stop waits out the grace ({took:?})");
+    assert!(
+        took >= grace,
+        "SIGTERM was ignored, so the stop waits out the grace ({took:?})"
+    );
     assert!(took < Duration::from_secs(10), "SIGKILL ended it ({took:?})");
     assert_gone(shell).await;
     assert_gone(grandchild).await;

@@ -25,6 +25,9 @@ macro_rules! t {
 }
 
 t!(
+    shell_output_in_order_and_exit_code,
+    shell_failure_is_exit_status,
+    cancel_running_shell_kills_child,
     cancel_before_start_is_immediate,
     wait_signal_resumes_with_payload,
     rerunnable_reruns_after_lease_expiry,

@@ -255,10 +255,14 @@ async fn run_child(ctx: &ToolContext, args: &ShellArgs, grace: Duration) -> Outc
     };
     let (tx, mut rx) = mpsc::channel(CHANNEL_LINES);
     if let Some(pipe) = child.stdout.take() {
-        guard.readers.push(tokio::spawn(read_stream(pipe, Stream::Stdout, tx.clone())));
+        guard
+            .readers
+            .push(tokio::spawn(read_stream(pipe, Stream::Stdout, tx.clone())));
     }
     if let Some(pipe) = child.stderr.take() {
-        guard.readers.push(tokio::spawn(read_stream(pipe, Stream::Stderr, tx.clone())));
+        guard
+            .readers
+            .push(tokio::spawn(read_stream(pipe, Stream::Stderr, tx.clone())));
     }
     drop(tx);
 
@@ -728,7 +732,11 @@ impl Output {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.batches.iter().filter_map(|b| b.since).min().map(|t| t + BATCH_MAX_AGE)
+        self.batches
+            .iter()
+            .filter_map(|b| b.since)
+            .min()
+            .map(|t| t + BATCH_MAX_AGE)
     }
 
     async fn flush(&mut self, ctx: &ToolContext, stream: Stream) {
@@ -754,7 +762,10 @@ impl Output {
     async fn flush_due(&mut self, ctx: &ToolContext) {
         let now = Instant::now();
         for stream in [Stream::Stdout, Stream::Stderr] {
-            if self.batches[stream as usize].since.is_some_and(|t| t + BATCH_MAX_AGE <= now) {
+            if self.batches[stream as usize]
+                .since
+                .is_some_and(|t| t + BATCH_MAX_AGE <= now)
+            {
                 self.flush(ctx, stream).await;
             }
         }
