@@ -17,8 +17,9 @@
 //! ```
 //!
 //! The macro expands to a module `conformance` with one `#[test]` per contract in
-//! [`contracts`] (each on its own multi-threaded tokio runtime). Contracts can also
-//! be called one by one: each is a `pub async fn(&dyn StoreFactory)`.
+//! [`contracts`] (each on its own multi-threaded tokio runtime) plus the property
+//! test [`property::random_operation_sequences`]. Contracts can also be called one
+//! by one: each is a `pub async fn(&dyn StoreFactory)`.
 //!
 //! A store that needs to keep something alive for the length of a test (a temp
 //! dir, a database handle) puts it in [`TestStore::guard`].
@@ -33,6 +34,7 @@ pub use cairn_core::{ManualClock, ProcessRegistry};
 pub mod builders;
 pub mod contracts;
 pub mod harness;
+pub mod property;
 
 pub use builders::*;
 pub use harness::{assert_fold, expect_code, Folded, Harness, StoreSnapshot};
@@ -214,6 +216,12 @@ macro_rules! conformance_suite {
                 // environments
                 env_store_round_trip,
             );
+
+            #[test]
+            fn random_operation_sequences() {
+                let factory = $factory;
+                $crate::property::random_operation_sequences(&factory);
+            }
         }
     };
 }
