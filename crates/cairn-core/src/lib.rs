@@ -23,6 +23,7 @@ pub mod validate;
 pub mod watch;
 pub mod worker;
 
+pub use async_trait::async_trait;
 pub use awaiter::{Awaiter, Backoff};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::{CairnError, Result};

@@ -57,7 +57,7 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     async fn list(&self, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>>;
 
     /// Events with sequence greater than `after`, in order, at most `limit`
-    /// (default 100, at most 1000; 0 or more is `invalid_page`).
+    /// (default 100, at most 1000; 0 or more than 1000 is `invalid_page`).
     async fn events_after(&self, id: &str, after: u64, limit: Option<usize>) -> Result<EventPage>;
 
     /// Append one event, atomically with its record update and wake delivery.

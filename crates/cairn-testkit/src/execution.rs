@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
+use cairn_core::async_trait;
 use cairn_core::builtins::{builtin_tools, stopped_outcome, ShellTool};
 use cairn_core::{
     AbandonWriter, Awaiter, Backoff, Disposition, ManualClock, Outcome, ProcessFilter, ProcessRecord, ProcessStatus,
@@ -114,7 +114,7 @@ fn shell(id: &str, args: Value) -> StartRequest {
 
 /// Output lines arrive in order as `shell.output` events; success carries exit code 0.
 pub async fn shell_output_in_order_and_exit_code(factory: &dyn StoreFactory) {
-    let store = factory.open(ManualClock::new(1_000)).await;
+    let store = factory.create(ManualClock::new(1_000)).await;
     let p = runtime(&store, "w1", vec![]);
     p.start(shell(
         "sh-1",
@@ -142,7 +142,7 @@ pub async fn shell_output_in_order_and_exit_code(factory: &dyn StoreFactory) {
 
 /// A failing command ends `failed` with code `exit_status`.
 pub async fn shell_failure_is_exit_status(factory: &dyn StoreFactory) {
-    let store = factory.open(ManualClock::new(1_000)).await;
+    let store = factory.create(ManualClock::new(1_000)).await;
     let p = runtime(&store, "w1", vec![]);
     p.start(shell("sh-fail", json!({"argv": ["sh", "-c", "exit 7"]})))
         .await
@@ -166,7 +166,7 @@ fn pid_alive(pid: i32) -> bool {
 
 /// Cancelling a running shell ends it `cancelled` and its child is gone.
 pub async fn cancel_running_shell_kills_child(factory: &dyn StoreFactory) {
-    let store = factory.open(ManualClock::new(1_000)).await;
+    let store = factory.create(ManualClock::new(1_000)).await;
     let p = runtime(&store, "w1", vec![]);
     p.start(shell("sh-cancel", json!({"command": "echo pid $$; exec sleep 1000"})))
         .await
@@ -195,7 +195,7 @@ pub async fn cancel_running_shell_kills_child(factory: &dyn StoreFactory) {
 
 /// Cancelling a process nobody started ends it `cancelled` at once.
 pub async fn cancel_before_start_is_immediate(factory: &dyn StoreFactory) {
-    let store = factory.open(ManualClock::new(1_000)).await;
+    let store = factory.create(ManualClock::new(1_000)).await;
     let p = Processes::builder(store.registry.clone()).without_worker().start();
     p.start(StartRequest::tool(
         "never-run",
@@ -216,7 +216,7 @@ pub async fn cancel_before_start_is_immediate(factory: &dyn StoreFactory) {
 
 /// `wait_signal` shows `waiting`; a signal resumes it with the payload; a repeated signal id appends nothing.
 pub async fn wait_signal_resumes_with_payload(factory: &dyn StoreFactory) {
-    let store = factory.open(ManualClock::new(1_000)).await;
+    let store = factory.create(ManualClock::new(1_000)).await;
     let p = runtime(&store, "w1", vec![]);
     p.start(StartRequest::tool(
         "ws",
@@ -257,7 +257,7 @@ pub async fn wait_signal_resumes_with_payload(factory: &dyn StoreFactory) {
 
 /// Recovery: a rerunnable process whose owner vanished re-runs after the lease expires.
 pub async fn rerunnable_reruns_after_lease_expiry(factory: &dyn StoreFactory) {
-    let store = factory.open(ManualClock::new(1_000)).await;
+    let store = factory.create(ManualClock::new(1_000)).await;
     let reg = store.registry.clone();
     let p = Processes::builder(reg.clone()).without_worker().start();
     p.start(StartRequest::tool("re", "block", json!({}), Disposition::Rerunnable))
@@ -285,7 +285,7 @@ pub async fn rerunnable_reruns_after_lease_expiry(factory: &dyn StoreFactory) {
 /// Recovery: a started owner_bound process never re-runs; it becomes
 /// `abandoned {reconciled_request}` only after an abandon request and a lapsed lease.
 pub async fn owner_bound_started_is_never_rerun(factory: &dyn StoreFactory) {
-    let store = factory.open(ManualClock::new(1_000)).await;
+    let store = factory.create(ManualClock::new(1_000)).await;
     let reg = store.registry.clone();
     let p = Processes::builder(reg.clone()).without_worker().start();
     p.start(StartRequest::tool("ob", "block", json!({}), Disposition::OwnerBound))
@@ -334,7 +334,7 @@ pub async fn owner_bound_started_is_never_rerun(factory: &dyn StoreFactory) {
 
 /// Recovery: externally owned work is never claimed and ends through external completion.
 pub async fn externally_owned_is_never_claimed(factory: &dyn StoreFactory) {
-    let store = factory.open(ManualClock::new(1_000)).await;
+    let store = factory.create(ManualClock::new(1_000)).await;
     let reg = store.registry.clone();
     let p = runtime(&store, "w1", vec![]);
     p.start(StartRequest::external("ext", json!({"system": "ci"})))
@@ -356,7 +356,7 @@ pub async fn externally_owned_is_never_claimed(factory: &dyn StoreFactory) {
 
 /// A revenant worker holding a stale lease cannot write anything.
 pub async fn revenant_worker_cannot_write(factory: &dyn StoreFactory) {
-    let store = factory.open(ManualClock::new(1_000)).await;
+    let store = factory.create(ManualClock::new(1_000)).await;
     let reg = store.registry.clone();
     let p = Processes::builder(reg.clone()).without_worker().start();
     p.start(StartRequest::tool("rev", "block", json!({}), Disposition::Rerunnable))
@@ -400,7 +400,7 @@ pub async fn revenant_worker_cannot_write(factory: &dyn StoreFactory) {
 
 /// A worker whose lease is taken over stops its run and writes nothing more.
 pub async fn worker_losing_lease_stops_run(factory: &dyn StoreFactory) {
-    let store = factory.open(ManualClock::new(1_000)).await;
+    let store = factory.create(ManualClock::new(1_000)).await;
     let reg = store.registry.clone();
     let p = Processes::builder(reg.clone()).without_worker().start();
     p.start(StartRequest::tool("lost", "block", json!({}), Disposition::Rerunnable))
@@ -428,7 +428,7 @@ pub async fn worker_losing_lease_stops_run(factory: &dyn StoreFactory) {
 
 /// Two workers on one store race over 500 processes: every process runs exactly once.
 pub async fn two_workers_run_each_process_once(factory: &dyn StoreFactory) {
-    let store = factory.open(ManualClock::new(1_000)).await;
+    let store = factory.create(ManualClock::new(1_000)).await;
     let counter = CountingTool::default();
     let a = runtime(&store, "worker-a", vec![Arc::new(counter.clone())]);
     let b = runtime(&store, "worker-b", vec![Arc::new(counter.clone())]);
@@ -468,7 +468,7 @@ pub async fn two_workers_run_each_process_once(factory: &dyn StoreFactory) {
 /// Graceful drain abandons in-flight owner_bound work (`owner_drain`) and hands
 /// rerunnable work to a peer.
 pub async fn drain_abandons_owner_bound_and_hands_over_rerunnable(factory: &dyn StoreFactory) {
-    let store = factory.open(ManualClock::new(1_000)).await;
+    let store = factory.create(ManualClock::new(1_000)).await;
     let a = runtime(&store, "drainer", vec![Arc::new(BlockTool { finish: false })]);
     a.start(StartRequest::tool("d-ob", "block", json!({}), Disposition::OwnerBound))
         .await
@@ -509,7 +509,7 @@ pub async fn drain_abandons_owner_bound_and_hands_over_rerunnable(factory: &dyn 
 
 /// `await_output` resolves through the hub even when the fallback polling is an hour.
 pub async fn await_resolves_through_hub(factory: &dyn StoreFactory) {
-    let store = factory.open(ManualClock::new(1_000)).await;
+    let store = factory.create(ManualClock::new(1_000)).await;
     let p = Processes::builder(store.registry.clone())
         .tools(tools(vec![]))
         .clock(Arc::new(store.clock.clone()))
@@ -540,7 +540,7 @@ pub async fn await_resolves_through_hub(factory: &dyn StoreFactory) {
 
 /// Without the hub, `await_output` still resolves through backoff point reads.
 pub async fn await_resolves_without_hub(factory: &dyn StoreFactory) {
-    let store = factory.open(ManualClock::new(1_000)).await;
+    let store = factory.create(ManualClock::new(1_000)).await;
     let p = Processes::builder(store.registry.clone())
         .tools(tools(vec![]))
         .clock(Arc::new(store.clock.clone()))
@@ -562,7 +562,7 @@ pub async fn await_resolves_without_hub(factory: &dyn StoreFactory) {
 
 /// An already-terminal process answers at once; a running one answers the running record at the timeout.
 pub async fn await_terminal_and_timeout(factory: &dyn StoreFactory) {
-    let store = factory.open(ManualClock::new(1_000)).await;
+    let store = factory.create(ManualClock::new(1_000)).await;
     let p = Processes::builder(store.registry.clone()).without_worker().start();
     p.start(StartRequest::external("ext-await", json!({})))
         .await
@@ -590,7 +590,7 @@ pub async fn await_terminal_and_timeout(factory: &dyn StoreFactory) {
 
 /// Starting a tool_call with args its tool rejects, or an unknown tool, writes nothing.
 pub async fn start_rejects_bad_tool_input(factory: &dyn StoreFactory) {
-    let store = factory.open(ManualClock::new(1_000)).await;
+    let store = factory.create(ManualClock::new(1_000)).await;
     let p = runtime(&store, "w1", vec![]);
     let bad = p
         .start(StartRequest::tool(
@@ -624,7 +624,7 @@ pub async fn event_sink_receives_events(factory: &dyn StoreFactory) {
             self.0.lock().push(format!("{}#{}", event.process_id, event.sequence));
         }
     }
-    let store = factory.open(ManualClock::new(1_000)).await;
+    let store = factory.create(ManualClock::new(1_000)).await;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let p = Processes::builder(store.registry.clone())
         .tools(tools(vec![]))

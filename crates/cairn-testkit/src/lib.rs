@@ -1,36 +1,291 @@
-//! Scratch harness (to be merged with the conformance suite).
+//! The cairn backend conformance suite.
+//!
+//! Every [`ProcessRegistry`] backend runs the same contracts. A backend supplies a
+//! [`StoreFactory`]: something that, given a [`ManualClock`], builds a fresh, empty
+//! store reading time from that clock. Then its `tests/conformance.rs` is:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use cairn_core::{ManualClock, MemoryRegistry};
+//! use cairn_testkit::TestStore;
+//!
+//! async fn store(clock: ManualClock) -> TestStore {
+//!     TestStore::new(Arc::new(MemoryRegistry::with_clock(Arc::new(clock.clone()))), clock)
+//! }
+//!
+//! cairn_testkit::conformance_suite!(store);
+//! ```
+//!
+//! The macro expands to a module `conformance` with one `#[test]` per contract in
+//! [`contracts`] (each on its own multi-threaded tokio runtime) plus the property
+//! test [`property::random_operation_sequences`]. Contracts can also be called one
+//! by one: each is a `pub async fn(&dyn StoreFactory)`.
+//!
+//! A store that needs to keep something alive for the length of a test (a temp
+//! dir, a database handle) puts it in [`TestStore::guard`].
+
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use cairn_core::{ManualClock, ProcessRegistry};
+pub use cairn_core::{ManualClock, ProcessRegistry};
 
+pub mod builders;
+pub mod contracts;
 pub mod execution;
+pub mod harness;
+pub mod property;
 
+pub use builders::*;
+pub use harness::{assert_fold, expect_code, Folded, Harness, StoreSnapshot};
+
+/// A fresh store under test.
 pub struct TestStore {
+    /// The backend, empty.
     pub registry: Arc<dyn ProcessRegistry>,
+    /// The clock the backend reads; tests move it with [`ManualClock::advance`].
     pub clock: ManualClock,
-    pub guard: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// Kept alive until the test ends (a temp dir, a database, ...).
+    pub guard: Option<Box<dyn Any + Send + Sync>>,
 }
 
-#[async_trait]
-pub trait StoreFactory: Send + Sync {
-    async fn open(&self, clock: ManualClock) -> TestStore;
-}
-
-pub async fn assert_fold(reg: &dyn ProcessRegistry, id: &str) {
-    let rec = reg.get(id).await.expect("get");
-    let mut events = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = reg.events_after(id, after, Some(1000)).await.expect("events");
-        events.extend(page.events);
-        match page.next_after {
-            Some(n) => after = n,
-            None => break,
+impl TestStore {
+    /// A store without a guard.
+    pub fn new(registry: Arc<dyn ProcessRegistry>, clock: ManualClock) -> Self {
+        Self {
+            registry,
+            clock,
+            guard: None,
         }
     }
-    for (i, e) in events.iter().enumerate() {
-        assert_eq!(e.sequence, i as u64 + 1);
+
+    /// Keep `guard` alive as long as the store.
+    pub fn with_guard(mut self, guard: impl Any + Send + Sync) -> Self {
+        self.guard = Some(Box::new(guard));
+        self
     }
-    cairn_core::fold::check_fold(&rec, &events).expect("fold");
+}
+
+/// A boxed, sendable future.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Builds a fresh, empty store on the given clock.
+///
+/// Implemented for every `Fn(ManualClock) -> impl Future<Output = TestStore>`,
+/// so an `async fn store(clock: ManualClock) -> TestStore` is a factory. For a
+/// closure, wrap it in [`factory`] so its argument type is inferred.
+pub trait StoreFactory: Send + Sync {
+    fn create(&self, clock: ManualClock) -> BoxFuture<TestStore>;
+}
+
+impl<F, Fut> StoreFactory for F
+where
+    F: Fn(ManualClock) -> Fut + Send + Sync,
+    Fut: Future<Output = TestStore> + Send + 'static,
+{
+    fn create(&self, clock: ManualClock) -> BoxFuture<TestStore> {
+        Box::pin(self(clock))
+    }
+}
+
+/// Identity helper that lets a closure factory's argument type be inferred:
+/// `cairn_testkit::factory(|clock| async move { ... })`.
+pub fn factory<F, Fut>(f: F) -> F
+where
+    F: Fn(ManualClock) -> Fut + Send + Sync,
+    Fut: Future<Output = TestStore> + Send + 'static,
+{
+    f
+}
+
+/// Run one contract on a fresh multi-threaded runtime (used by the macro).
+///
+/// # Panics
+/// When the runtime cannot be built, or when the contract fails.
+pub fn run<Fut: Future<Output = ()>>(contract: Fut) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("build a tokio runtime for a conformance contract");
+    runtime.block_on(contract);
+}
+
+/// Expands to a module with one `#[test]` per conformance contract.
+///
+/// `conformance_suite!(factory_expr)` names the module `conformance`;
+/// `conformance_suite!(mod_name, factory_expr)` names it yourself (to run the suite
+/// more than once in one file). `factory_expr` is evaluated once per test and must
+/// implement [`StoreFactory`]; items of the calling module are in scope.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($factory:expr $(,)?) => {
+        $crate::conformance_suite!(conformance, $factory);
+    };
+    ($module:ident, $factory:expr $(,)?) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $crate::__conformance_tests!($factory;
+                // registration
+                register_creates_running_record,
+                register_is_idempotent,
+                register_does_not_reapply_grant,
+                register_conflict_changes_nothing,
+                registration_hash_is_stable,
+                register_rejects_bad_ids,
+                register_rejects_duplicate_event_types,
+                register_rejects_reserved_event_types,
+                register_rejects_bad_event_type_names,
+                register_rejects_uncompilable_schema,
+                register_rejects_bad_semantics,
+                register_rejects_bad_signal_declarations,
+                register_requires_stored_env,
+                register_with_grant,
+                unknown_ids_are_unknown_process,
+                // events
+                append_declared_event,
+                append_rejects_undeclared_type,
+                append_rejects_schema_violation,
+                append_rejects_oversize_payload,
+                append_rejects_reserved_types,
+                terminal_append_needs_authority,
+                producer_terminal_type_ends_process,
+                replay_key_is_idempotent,
+                replay_key_conflict,
+                sequences_are_gap_free_and_ordered,
+                events_after_pages,
+                events_after_rejects_bad_page_sizes,
+                terminal_is_write_once,
+                wait_state_is_folded,
+                signals_are_implicitly_declared,
+                // wakes
+                wake_delivery_is_written,
+                wake_dedupe_and_ack,
+                wake_when_false_writes_no_wake,
+                wake_needs_a_target,
+                wake_default_dedupe_is_per_event,
+                pending_wakes_order_and_paging,
+                // cancellation
+                cancel_never_claimed_ends_at_once,
+                cancel_started_records_request_only,
+                cancel_is_idempotent_per_reason,
+                cancel_externally_owned_records_request_only,
+                cancel_after_lease_lapse_follows_disposition,
+                // sessions and grants
+                grant_and_revoke,
+                transfer_moves_grants_only,
+                granted_and_originated_lenses,
+                delete_session_reports_and_never_cancels,
+                // filters
+                list_status_filter,
+                list_filters,
+                list_paging,
+                lens_listings_apply_filters,
+                filter_parsing_errors,
+                // leases
+                claim_is_exclusive_under_race,
+                claim_batch_never_double_claims,
+                claim_held_by_other_owner,
+                claim_writes_no_event,
+                own_lease_reclaim,
+                expired_lease_reclaimed_with_higher_fencing_token,
+                stale_lease_is_fenced,
+                renew_extends_live_lease_only,
+                release_frees_lease,
+                claim_batch_marks_started,
+                owner_bound_started_is_not_claimable,
+                not_claimable_dispositions,
+                record_started_is_fenced,
+                complete_writes_each_outcome,
+                worklist_contents,
+                worklist_is_bounded,
+                // abandon and external completion
+                request_abandon_is_an_event,
+                reconcile_abandon_waits_for_lease,
+                live_owner_may_finish_despite_abandon_request,
+                complete_external_only_for_externally_owned,
+                // retention and change feed
+                prune_leaves_tombstones,
+                prune_never_touches_running,
+                prune_respects_cutoff_and_status,
+                prune_respects_watermark,
+                change_feed_order_and_paging,
+                change_feed_dedupes_to_latest,
+                // environments
+                env_store_round_trip,
+            );
+
+            #[test]
+            fn random_operation_sequences() {
+                let factory = $factory;
+                $crate::property::random_operation_sequences(&factory);
+            }
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_tests {
+    ($factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let factory = $factory;
+                $crate::run(async move { $crate::contracts::$name(&factory).await });
+            }
+        )*
+    };
+}
+
+/// Expands to a module with one `#[test]` per execution contract (worker,
+/// recovery, awaiter, built-in tools); same forms as [`conformance_suite!`].
+#[macro_export]
+macro_rules! execution_suite {
+    ($factory:expr $(,)?) => {
+        $crate::execution_suite!(execution, $factory);
+    };
+    ($module:ident, $factory:expr $(,)?) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $crate::__execution_tests!($factory;
+                shell_output_in_order_and_exit_code,
+                shell_failure_is_exit_status,
+                cancel_running_shell_kills_child,
+                cancel_before_start_is_immediate,
+                wait_signal_resumes_with_payload,
+                rerunnable_reruns_after_lease_expiry,
+                owner_bound_started_is_never_rerun,
+                externally_owned_is_never_claimed,
+                revenant_worker_cannot_write,
+                worker_losing_lease_stops_run,
+                two_workers_run_each_process_once,
+                drain_abandons_owner_bound_and_hands_over_rerunnable,
+                await_resolves_through_hub,
+                await_resolves_without_hub,
+                await_terminal_and_timeout,
+                start_rejects_bad_tool_input,
+                event_sink_receives_events,
+            );
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __execution_tests {
+    ($factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let factory = $factory;
+                $crate::run(async move { $crate::execution::$name(&factory).await });
+            }
+        )*
+    };
 }

@@ -1,0 +1,23 @@
+//! One public async function per contract. Each takes the store factory, builds
+//! a fresh store and panics with a description when the backend breaks the
+//! contract. [`crate::conformance_suite!`] runs all of them.
+
+mod abandon;
+mod cancel;
+mod events;
+mod filters;
+mod leases;
+mod registration;
+mod retention;
+mod sessions;
+mod wakes;
+
+pub use abandon::*;
+pub use cancel::*;
+pub use events::*;
+pub use filters::*;
+pub use leases::*;
+pub use registration::*;
+pub use retention::*;
+pub use sessions::*;
+pub use wakes::*;

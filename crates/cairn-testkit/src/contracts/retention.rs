@@ -1,0 +1,343 @@
+//! Retention (prune, tombstones, watermark), the change feed and the env store.
+
+use cairn_core::{EnvSpec, Outcome, ProcessFilter, ProcessRecord, ProcessStatus, StatusFilter, Tombstone, Watermark};
+use serde_json::json;
+
+use crate::builders::*;
+use crate::harness::{feed_head, ok, Harness};
+use crate::StoreFactory;
+
+const TTL: u64 = 1_000;
+
+/// End `id` (externally owned) with a success now.
+async fn finish(h: &Harness, id: &str) -> ProcessRecord {
+    let rec = ok(
+        h.registry()
+            .complete_external(id, Outcome::success(json!(id)), "ci")
+            .await,
+        "complete_external",
+    );
+    h.check(id).await;
+    rec
+}
+
+/// Prune deletes terminal processes before the cutoff with their events, grants
+/// and wakes, reports the counts and leaves tombstones: reading or re-registering a
+/// pruned id is `no_longer_retained`.
+pub async fn prune_leaves_tombstones(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let (s1, s2) = (session("s1"), session("s2"));
+    h.register_granted(waking(external("a"), &s1), Some(start_grant(&s1, "k", "a")))
+        .await;
+    ok(h.registry().grant(&s2, "a", descriptor("k", "a2")).await, "grant");
+    let w = h.append("a", notify("one")).await.wake.expect("wake");
+    h.append("a", notify("two")).await;
+    assert!(ok(h.registry().ack_wake("s1", &w.wake_id).await, "ack"));
+    let a_done = finish(&h, "a").await;
+    h.register(owner_bound("b")).await;
+    ok(h.registry().request_cancel("b", None).await, "cancel b");
+    let b_done = h.get("b").await;
+    h.register_granted(waking(rerunnable("live"), &s1), Some(start_grant(&s1, "k", "live")))
+        .await;
+    h.append("live", notify("still here")).await;
+    h.advance(100);
+    let cutoff = h.now();
+    h.advance(50);
+
+    let report = ok(
+        h.registry()
+            .prune(cutoff, StatusFilter::Any, Watermark::NoProjector)
+            .await,
+        "prune",
+    );
+    assert_eq!(report.pruned, 2, "{report:?}");
+    assert_eq!(
+        report.events_deleted,
+        a_done.last_sequence + b_done.last_sequence,
+        "{report:?}"
+    );
+    assert_eq!(report.grants_deleted, 2, "{report:?}");
+    assert_eq!(report.wakes_deleted, 2, "pending and acknowledged: {report:?}");
+    assert_eq!(report.held_by_watermark, 0);
+
+    for done in [&a_done, &b_done] {
+        let id = done.id.as_str();
+        let tomb = Tombstone {
+            id: id.to_string(),
+            status: done.status,
+            terminal_at_ms: done.terminal_at_ms.expect("terminal"),
+            pruned_at_ms: h.now(),
+        };
+        let err = h
+            .rejects("no_longer_retained", "get pruned", h.registry().get(id))
+            .await;
+        assert_eq!(err, cairn_core::CairnError::NoLongerRetained(Box::new(tomb)));
+        h.rejects(
+            "no_longer_retained",
+            "events of pruned",
+            h.registry().events_after(id, 0, None),
+        )
+        .await;
+        h.rejects(
+            "no_longer_retained",
+            "append to pruned",
+            h.registry().append_event(id, note(json!({}))),
+        )
+        .await;
+        h.rejects(
+            "no_longer_retained",
+            "re-register the same",
+            h.registry().register(done.registration(), None),
+        )
+        .await;
+        h.rejects(
+            "no_longer_retained",
+            "re-register another",
+            h.registry().register(rerunnable(id), None),
+        )
+        .await;
+    }
+    h.rejects("unknown_process", "never existed", h.registry().get("never"))
+        .await;
+    let all: Vec<String> = ok(h.registry().list(&ProcessFilter::any()).await, "list")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(all, vec!["live".to_string()]);
+    let granted = ok(
+        h.registry().list_granted_to(&s1, &ProcessFilter::any()).await,
+        "granted",
+    );
+    assert_eq!(granted.len(), 1);
+    assert!(ok(
+        h.registry().list_granted_to(&s2, &ProcessFilter::any()).await,
+        "granted s2"
+    )
+    .is_empty());
+    let pending = ok(h.registry().pending_wakes("s1", None).await, "pending");
+    assert_eq!(
+        pending.iter().map(|w| w.process_id.as_str()).collect::<Vec<_>>(),
+        ["live"]
+    );
+    h.rejects(
+        "unknown_wake",
+        "ack a pruned wake",
+        h.registry().ack_wake("s1", &w.wake_id),
+    )
+    .await;
+    let feed = ok(h.registry().changed_since(0, None).await, "changed_since");
+    assert!(
+        feed.changes.iter().all(|c| c.process.id == "live"),
+        "pruned processes leave the change feed"
+    );
+}
+
+/// Prune never touches a running process, however old; `Running` is `invalid_filter`.
+pub async fn prune_never_touches_running(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    for reg in each_disposition("p") {
+        h.register(reg).await;
+    }
+    h.claim_started("p-rerun", "w", TTL).await;
+    ok(h.registry().request_abandon("p-bound", "op", "x").await, "abandon");
+    h.advance(1_000_000);
+    let report = h
+        .no_change(
+            "prune with only running processes",
+            h.registry().prune(u64::MAX, StatusFilter::Any, Watermark::NoProjector),
+        )
+        .await;
+    assert_eq!(report.pruned, 0);
+    assert_eq!(report.events_deleted, 0);
+    h.rejects(
+        "invalid_filter",
+        "prune running",
+        h.registry()
+            .prune(u64::MAX, StatusFilter::Running, Watermark::NoProjector),
+    )
+    .await;
+}
+
+/// Only terminal times strictly before the cutoff go, and only of the given status.
+pub async fn prune_respects_cutoff_and_status(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    h.register(external("c1")).await;
+    h.register(rerunnable("f1")).await;
+    h.register(external("c2")).await;
+    finish(&h, "c1").await;
+    let lease = h.claim("f1", "w", TTL).await;
+    ok(
+        h.registry().complete(&lease, Outcome::failure("t", "x", "m")).await,
+        "fail",
+    );
+    h.check("f1").await;
+    h.advance(10);
+    let t2 = h.now();
+    finish(&h, "c2").await;
+    h.advance(10);
+    let report = ok(
+        h.registry()
+            .prune(t2, StatusFilter::Completed, Watermark::NoProjector)
+            .await,
+        "prune completed",
+    );
+    assert_eq!(report.pruned, 1, "{report:?}");
+    h.rejects("no_longer_retained", "c1 pruned", h.registry().get("c1"))
+        .await;
+    assert_eq!(
+        h.get("c2").await.status,
+        ProcessStatus::Completed,
+        "terminal at the cutoff stays"
+    );
+    assert_eq!(h.get("f1").await.status, ProcessStatus::Failed, "another status stays");
+    let report = ok(
+        h.registry()
+            .prune(t2 + 1, StatusFilter::Failed, Watermark::NoProjector)
+            .await,
+        "prune failed",
+    );
+    assert_eq!(report.pruned, 1);
+    h.rejects("no_longer_retained", "f1 pruned", h.registry().get("f1"))
+        .await;
+    assert_eq!(h.get("c2").await.status, ProcessStatus::Completed);
+}
+
+/// With a cursor watermark only processes whose last change the projector has seen
+/// go; the rest are counted as `held_by_watermark`.
+pub async fn prune_respects_watermark(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    h.register(external("seen")).await;
+    h.register(external("unseen")).await;
+    finish(&h, "seen").await;
+    let projected = feed_head(h.registry()).await;
+    finish(&h, "unseen").await;
+    h.advance(10);
+    let cutoff = h.now();
+    let report = ok(
+        h.registry()
+            .prune(cutoff, StatusFilter::Any, Watermark::Cursor { cursor: projected })
+            .await,
+        "prune",
+    );
+    assert_eq!(report.pruned, 1, "{report:?}");
+    assert_eq!(report.held_by_watermark, 1, "{report:?}");
+    h.rejects("no_longer_retained", "seen", h.registry().get("seen")).await;
+    h.get("unseen").await;
+    let report = ok(
+        h.registry()
+            .prune(cutoff, StatusFilter::Any, Watermark::Cursor { cursor: 0 })
+            .await,
+        "prune at 0",
+    );
+    assert_eq!((report.pruned, report.held_by_watermark), (0, 1));
+    let head = feed_head(h.registry()).await;
+    let report = ok(
+        h.registry()
+            .prune(cutoff, StatusFilter::Any, Watermark::Cursor { cursor: head })
+            .await,
+        "prune at head",
+    );
+    assert_eq!((report.pruned, report.held_by_watermark), (1, 0));
+}
+
+/// The change feed returns every changed record once, in cursor order, one page at a
+/// time, with the cursor to read on from.
+pub async fn change_feed_order_and_paging(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let empty = ok(h.registry().changed_since(0, None).await, "empty feed");
+    assert!(empty.changes.is_empty());
+    assert_eq!(empty.next_cursor, 0, "nothing changed: the same cursor");
+    for id in ["c", "a", "b"] {
+        h.register(rerunnable(id)).await;
+    }
+    let page = ok(h.registry().changed_since(0, None).await, "feed");
+    let ids: Vec<&str> = page.changes.iter().map(|c| c.process.id.as_str()).collect();
+    assert_eq!(ids, ["c", "a", "b"], "cursor order is change order");
+    assert!(page.changes.windows(2).all(|w| w[0].cursor < w[1].cursor));
+    assert_eq!(page.next_cursor, page.changes[2].cursor);
+    for c in &page.changes {
+        assert_eq!(
+            c.process,
+            h.get(&c.process.id).await,
+            "a change carries the current record"
+        );
+    }
+    let first = ok(h.registry().changed_since(0, Some(2)).await, "page 1");
+    assert_eq!(first.changes.len(), 2);
+    assert_eq!(first.next_cursor, first.changes[1].cursor);
+    let second = ok(h.registry().changed_since(first.next_cursor, Some(2)).await, "page 2");
+    assert_eq!(
+        second.changes.iter().map(|c| c.process.id.as_str()).collect::<Vec<_>>(),
+        ["b"]
+    );
+    let third = ok(h.registry().changed_since(second.next_cursor, Some(2)).await, "page 3");
+    assert!(third.changes.is_empty());
+    assert_eq!(third.next_cursor, second.next_cursor);
+
+    h.append("a", progress(1)).await;
+    let next = ok(
+        h.registry().changed_since(third.next_cursor, None).await,
+        "after a change",
+    );
+    assert_eq!(next.changes.len(), 1);
+    assert_eq!(next.changes[0].process.id, "a");
+    assert_eq!(next.changes[0].process.last_sequence, 1);
+    assert!(next.next_cursor > third.next_cursor);
+}
+
+/// A record changed several times appears once, at its latest cursor.
+pub async fn change_feed_dedupes_to_latest(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    h.register(external("a")).await;
+    h.register(external("b")).await;
+    h.append("a", progress(1)).await;
+    h.append("b", progress(1)).await;
+    h.append("a", progress(2)).await;
+    ok(h.registry().request_cancel("a", None).await, "cancel");
+    h.check("a").await;
+    let page = ok(h.registry().changed_since(0, None).await, "feed");
+    let ids: Vec<&str> = page.changes.iter().map(|c| c.process.id.as_str()).collect();
+    assert_eq!(ids, ["b", "a"], "each record once, at its latest change");
+    assert_eq!(page.changes[1].process, h.get("a").await);
+    assert_eq!(page.changes[1].process.last_sequence, 3);
+    let from_b = ok(h.registry().changed_since(page.changes[0].cursor, None).await, "from b");
+    assert_eq!(from_b.changes.len(), 1);
+    assert_eq!(from_b.changes[0].process.id, "a");
+    finish(&h, "b").await;
+    let tail = ok(h.registry().changed_since(page.next_cursor, None).await, "tail");
+    assert_eq!(
+        tail.changes.iter().map(|c| c.process.id.as_str()).collect::<Vec<_>>(),
+        ["b"]
+    );
+    assert_eq!(tail.changes[0].process.status, ProcessStatus::Completed);
+}
+
+/// `put_env` stores a spec under its content address, idempotently; `get_env` round-trips;
+/// an unknown ref is `unknown_env`.
+pub async fn env_store_round_trip(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let spec = EnvSpec {
+        plugin_options: json!({"b": 1, "a": {"z": [1, 2], "y": null}}),
+        policy: json!({"network": false}),
+    };
+    let env_ref = ok(h.registry().put_env(&spec).await, "put_env");
+    let hex = env_ref
+        .strip_prefix("process-env:sha256:")
+        .unwrap_or_else(|| panic!("env refs are process-env:sha256:{{hex}}, got {env_ref}"));
+    assert_eq!(hex.len(), 64);
+    assert!(hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    let (expected, _) = ok(cairn_core::validate::env_ref_and_bytes(&spec), "env_ref_and_bytes");
+    assert_eq!(env_ref, expected, "the address is the sha256 of the canonical JSON");
+    assert_eq!(ok(h.registry().put_env(&spec).await, "put_env again"), env_ref);
+    assert_eq!(ok(h.registry().get_env(&env_ref).await, "get_env"), spec);
+    let other = EnvSpec {
+        plugin_options: json!({}),
+        policy: json!({"network": true}),
+    };
+    let other_ref = ok(h.registry().put_env(&other).await, "put_env other");
+    assert_ne!(other_ref, env_ref);
+    assert_eq!(ok(h.registry().get_env(&other_ref).await, "get_env other"), other);
+    let missing = format!("process-env:sha256:{}", "0".repeat(64));
+    h.rejects("unknown_env", "missing env", h.registry().get_env(&missing))
+        .await;
+}

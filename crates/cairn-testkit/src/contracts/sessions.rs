@@ -1,0 +1,261 @@
+//! Grants, transfer, the two session lenses and session deletion.
+
+use std::collections::BTreeSet;
+
+use cairn_core::{Outcome, ProcessFilter, ProcessStatus, SessionScope};
+use serde_json::json;
+
+use crate::builders::*;
+use crate::harness::{ok, Folded, Harness};
+use crate::StoreFactory;
+
+async fn granted_ids(h: &Harness, scope: &SessionScope) -> Vec<String> {
+    ok(
+        h.registry().list_granted_to(scope, &ProcessFilter::any()).await,
+        "list_granted_to",
+    )
+    .into_iter()
+    .map(|g| g.process.id)
+    .collect()
+}
+
+async fn originated_ids(h: &Harness, scope: &SessionScope) -> Vec<String> {
+    ok(
+        h.registry().list_originated_by(scope, &ProcessFilter::any()).await,
+        "list_originated_by",
+    )
+    .into_iter()
+    .map(|r| r.id)
+    .collect()
+}
+
+async fn folds(h: &Harness, ids: &[&str]) -> Vec<Folded> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(h.check(id).await);
+    }
+    out
+}
+
+fn ids(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// `grant` upserts a descriptor, `revoke` removes one grant; neither changes the process.
+pub async fn grant_and_revoke(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let s1 = session("s1");
+    let frame = SessionScope::frame("s1", "f1");
+    h.register(rerunnable("p")).await;
+    let before = h.check("p").await;
+    h.advance(3);
+    let g = ok(h.registry().grant(&s1, "p", descriptor("tool", "one")).await, "grant");
+    assert_eq!(g.scope, s1);
+    assert_eq!(g.process_id, "p");
+    assert_eq!(g.descriptor, descriptor("tool", "one"));
+    assert_eq!(g.granted_at_ms, h.now());
+    ok(
+        h.registry().grant(&s1, "p", descriptor("tool", "two")).await,
+        "grant again",
+    );
+    let listed = ok(h.registry().list_granted_to(&s1, &ProcessFilter::any()).await, "list");
+    assert_eq!(listed.len(), 1, "a grant is an upsert");
+    assert_eq!(listed[0].grant.descriptor, descriptor("tool", "two"));
+    assert!(granted_ids(&h, &frame).await.is_empty(), "scopes match exactly");
+    assert_eq!(h.check("p").await, before, "grants never change the process");
+    assert!(ok(h.registry().revoke(&s1, "p").await, "revoke"));
+    assert!(
+        !ok(h.registry().revoke(&s1, "p").await, "revoke again"),
+        "nothing left to revoke"
+    );
+    assert!(granted_ids(&h, &s1).await.is_empty());
+    h.rejects(
+        "invalid_id",
+        "grant to a bad scope",
+        h.registry()
+            .grant(&SessionScope::session(""), "p", descriptor("k", "l")),
+    )
+    .await;
+    assert_eq!(h.check("p").await, before);
+}
+
+/// `transfer` moves grants between scopes and never changes a process.
+pub async fn transfer_moves_grants_only(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let (s1, s2) = (session("s1"), session("s2"));
+    h.register_granted(
+        originated_by(rerunnable("p1"), &s1),
+        Some(start_grant(&s1, "shell", "one")),
+    )
+    .await;
+    h.register_granted(rerunnable("p2"), Some(start_grant(&s1, "tool", "two")))
+        .await;
+    h.register(originated_by(rerunnable("p3"), &s1)).await;
+    h.append("p1", progress(1)).await;
+    let before = folds(&h, &["p1", "p2", "p3"]).await;
+    h.advance(10);
+    let report = ok(
+        h.registry()
+            .transfer(&s1, &s2, &ids(&["p1", "p2", "p3", "missing"]))
+            .await,
+        "transfer",
+    );
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(report.moved.clone()), ids(&["p1", "p2"]), "{report:?}");
+    assert_eq!(
+        sorted(report.not_granted.clone()),
+        ids(&["missing", "p3"]),
+        "{report:?}"
+    );
+    assert_eq!(
+        folds(&h, &["p1", "p2", "p3"]).await,
+        before,
+        "transfer never changes a process"
+    );
+    assert!(granted_ids(&h, &s1).await.is_empty());
+    let moved = ok(
+        h.registry().list_granted_to(&s2, &ProcessFilter::any()).await,
+        "list s2",
+    );
+    assert_eq!(
+        moved.iter().map(|g| g.process.id.as_str()).collect::<Vec<_>>(),
+        ["p1", "p2"]
+    );
+    assert_eq!(
+        moved[0].grant.descriptor,
+        descriptor("shell", "one"),
+        "descriptors move along"
+    );
+    assert_eq!(moved[0].grant.scope, s2);
+    assert_eq!(
+        originated_ids(&h, &s1).await,
+        ids(&["p1", "p3"]),
+        "originator never changes"
+    );
+    assert!(originated_ids(&h, &s2).await.is_empty());
+    let back = ok(h.registry().transfer(&s2, &s1, &ids(&["p2"])).await, "transfer back");
+    assert_eq!(back.moved, ids(&["p2"]));
+    assert_eq!(granted_ids(&h, &s1).await, ids(&["p2"]));
+}
+
+/// `list_granted_to` is what a scope may address, `list_originated_by` what it created:
+/// a transferred-away process stays in its creator's provenance lens, a merely granted
+/// one is not in the grantee's.
+pub async fn granted_and_originated_lenses(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let (s1, s2) = (session("s1"), session("s2"));
+    let frame = SessionScope::frame("s1", "f1");
+    h.register_granted(originated_by(rerunnable("a"), &s1), Some(start_grant(&s1, "k", "a")))
+        .await;
+    h.register_granted(rerunnable("b"), Some(start_grant(&s1, "k", "b")))
+        .await;
+    h.register_granted(
+        originated_by(rerunnable("c"), &frame),
+        Some(start_grant(&frame, "k", "c")),
+    )
+    .await;
+    h.register(originated_by(rerunnable("d"), &s2)).await;
+    ok(h.registry().grant(&s1, "d", descriptor("k", "d")).await, "grant d");
+    ok(h.registry().transfer(&s1, &s2, &ids(&["a"])).await, "transfer a");
+
+    assert_eq!(granted_ids(&h, &s1).await, ids(&["b", "d"]));
+    assert_eq!(
+        originated_ids(&h, &s1).await,
+        ids(&["a"]),
+        "a transferred-away process stays"
+    );
+    assert_eq!(granted_ids(&h, &s2).await, ids(&["a"]));
+    assert_eq!(
+        originated_ids(&h, &s2).await,
+        ids(&["d"]),
+        "a merely granted process is not"
+    );
+    assert_eq!(granted_ids(&h, &frame).await, ids(&["c"]));
+    assert_eq!(originated_ids(&h, &frame).await, ids(&["c"]), "scopes match exactly");
+    assert!(granted_ids(&h, &session("s3")).await.is_empty());
+    assert!(originated_ids(&h, &session("s3")).await.is_empty());
+}
+
+/// `delete_session` removes every grant of every scope of the session and its
+/// pending wakes, reports them, and never cancels or changes a process.
+pub async fn delete_session_reports_and_never_cancels(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let (s1, s2) = (session("s1"), session("s2"));
+    let frame = SessionScope::frame("s1", "f1");
+    h.register_granted(
+        waking(originated_by(rerunnable("a"), &s1), &s1),
+        Some(start_grant(&s1, "k", "a")),
+    )
+    .await;
+    h.register_granted(rerunnable("b"), Some(start_grant(&s1, "k", "b")))
+        .await;
+    ok(
+        h.registry().grant(&s2, "b", descriptor("k", "b")).await,
+        "grant b to s2",
+    );
+    h.register_granted(external("c"), Some(start_grant(&s1, "k", "c")))
+        .await;
+    ok(
+        h.registry()
+            .complete_external("c", Outcome::success(json!(1)), "ci")
+            .await,
+        "complete c",
+    );
+    h.register_granted(rerunnable("d"), Some(start_grant(&frame, "k", "d")))
+        .await;
+    h.register_granted(waking(rerunnable("e"), &s2), Some(start_grant(&s2, "k", "e")))
+        .await;
+    let lease = h.claim("a", "w1", 60_000).await;
+    ok(h.registry().record_started(&lease).await, "record_started");
+    let acked = h.append("a", notify("one")).await.wake.expect("wake");
+    h.append("a", notify("two")).await;
+    h.append("a", notify("three")).await;
+    h.append("e", notify("for s2")).await;
+    assert!(ok(h.registry().ack_wake("s1", &acked.wake_id).await, "ack"));
+    let before = folds(&h, &["a", "b", "c", "d", "e"]).await;
+
+    let report = ok(h.registry().delete_session("s1").await, "delete_session");
+    assert_eq!(report.session_id, "s1");
+    assert_eq!(report.revoked_grants, 4, "a, b, c and the frame's d: {report:?}");
+    assert_eq!(report.deleted_wakes, 2, "the two pending wakes: {report:?}");
+    let orphaned: BTreeSet<_> = report.orphaned.iter().cloned().collect();
+    let preserved: BTreeSet<_> = report.preserved.iter().cloned().collect();
+    assert_eq!(
+        orphaned,
+        ["a", "d"].iter().map(|s| s.to_string()).collect(),
+        "{report:?}"
+    );
+    assert_eq!(
+        preserved,
+        ["b", "c"].iter().map(|s| s.to_string()).collect(),
+        "{report:?}"
+    );
+
+    assert_eq!(
+        folds(&h, &["a", "b", "c", "d", "e"]).await,
+        before,
+        "delete_session never changes a process"
+    );
+    let a = h.get("a").await;
+    assert_eq!(a.status, ProcessStatus::Running);
+    assert!(a.cancel_request.is_none(), "delete_session never cancels");
+    assert_eq!(a.lease, Some(lease.view()));
+    assert!(granted_ids(&h, &s1).await.is_empty());
+    assert!(granted_ids(&h, &frame).await.is_empty());
+    assert_eq!(granted_ids(&h, &s2).await, ids(&["b", "e"]));
+    assert!(ok(h.registry().pending_wakes("s1", None).await, "pending s1").is_empty());
+    assert_eq!(ok(h.registry().pending_wakes("s2", None).await, "pending s2").len(), 1);
+    assert_eq!(
+        originated_ids(&h, &s1).await,
+        ids(&["a"]),
+        "provenance outlives the session's grants"
+    );
+
+    let empty = ok(h.registry().delete_session("s1").await, "delete again");
+    assert_eq!(empty.revoked_grants, 0);
+    assert_eq!(empty.deleted_wakes, 0);
+    assert!(empty.orphaned.is_empty() && empty.preserved.is_empty());
+}

@@ -1,0 +1,251 @@
+//! Wake deliveries: written with the event, deduplicated by (target, key),
+//! pending until acknowledged.
+
+use std::collections::BTreeMap;
+
+use cairn_core::events::{DedupeKey, ResolvedWake};
+use cairn_core::fold::wake_id;
+use cairn_core::{AppendRequest, Selector, SessionScope};
+use serde_json::json;
+
+use crate::builders::*;
+use crate::harness::{ok, Harness};
+use crate::StoreFactory;
+
+async fn pending(h: &Harness, session_id: &str) -> Vec<cairn_core::WakeDelivery> {
+    ok(h.registry().pending_wakes(session_id, None).await, "pending_wakes")
+}
+
+/// Appending a wake-typed event with a wake target writes a delivery in the same
+/// transaction, with every field derived from the event.
+pub async fn wake_delivery_is_written(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let s1 = session("s1");
+    let template = wake_type(
+        "done",
+        Selector::Template {
+            template: "{who} finished with {code}".into(),
+            fields: BTreeMap::from([
+                ("who".to_string(), Selector::Pointer("/who".into())),
+                ("code".to_string(), Selector::Pointer("/code".into())),
+            ]),
+        },
+        DedupeKey::EventIdentity,
+    );
+    h.register(with_types(waking(rerunnable("p"), &s1), [template])).await;
+    h.append("p", note(json!({}))).await;
+    h.advance(7);
+    let res = h.append("p", notify("hello")).await;
+    let d = res.wake.clone().expect("a wake type with a target writes a delivery");
+    assert_eq!(d.wake_id, wake_id(&s1, "p:2"));
+    assert_eq!(d.target_session_id, "s1");
+    assert_eq!(d.target_scope, s1);
+    assert_eq!(d.process_id, "p");
+    assert_eq!(d.sequence, 2);
+    assert_eq!(d.event_type, NOTIFY);
+    assert_eq!(d.dedupe_key, "p:2");
+    assert_eq!(d.input, "hello");
+    assert_eq!(d.created_at_ms, h.now());
+    assert_eq!(
+        res.event.semantics.wake,
+        Some(ResolvedWake {
+            input: "hello".into(),
+            dedupe_key: "p:2".into()
+        })
+    );
+    assert_eq!(pending(&h, "s1").await, vec![d.clone()]);
+    assert!(pending(&h, "s2").await.is_empty(), "wakes go to their target only");
+
+    let res = h
+        .append("p", AppendRequest::new("done", json!({"who": "bob", "code": 0})))
+        .await;
+    assert_eq!(res.wake.map(|w| w.input), Some("bob finished with 0".to_string()));
+
+    // A frame target is pending for its session.
+    let frame = SessionScope::frame("s2", "f1");
+    h.register(waking(rerunnable("q"), &frame)).await;
+    let res = h.append("q", notify("to the frame")).await;
+    let d = res.wake.expect("frame wake");
+    assert_eq!(d.target_scope, frame);
+    assert_eq!(d.target_session_id, "s2");
+    assert_eq!(d.wake_id, wake_id(&frame, "q:1"));
+    assert_eq!(pending(&h, "s2").await, vec![d]);
+}
+
+/// Deliveries are deduplicated by (target scope, dedupe key) across events and
+/// processes; `ack_wake` stops one being pending while it keeps deduplicating.
+pub async fn wake_dedupe_and_ack(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let (s1, s2) = (session("s1"), session("s2"));
+    let once = wake_type("once", Selector::Const(json!("ping")), DedupeKey::Const("only".into()));
+    let keyed = wake_type(
+        "keyed",
+        Selector::Pointer("/k".into()),
+        DedupeKey::Selector(Selector::Pointer("/k".into())),
+    );
+    let types = [once, keyed];
+    h.register(with_types(waking(rerunnable("p"), &s1), types.clone()))
+        .await;
+    h.register(with_types(waking(rerunnable("q"), &s1), types.clone()))
+        .await;
+    h.register(with_types(waking(rerunnable("r"), &s2), types)).await;
+
+    let first = h.append("p", AppendRequest::new("once", json!({}))).await;
+    let d = first.wake.expect("the first event wakes");
+    assert_eq!(d.wake_id, wake_id(&s1, "only"));
+    let second = h.append("p", AppendRequest::new("once", json!({}))).await;
+    assert!(second.wake.is_none(), "the same dedupe key writes no second delivery");
+    assert!(
+        second.event.semantics.wake.is_some(),
+        "the event still resolves its wake"
+    );
+    let other_process = h.append("q", AppendRequest::new("once", json!({}))).await;
+    assert!(
+        other_process.wake.is_none(),
+        "the id is (target, key): another process dedupes too"
+    );
+    let other_target = h.append("r", AppendRequest::new("once", json!({}))).await;
+    assert!(other_target.wake.is_some(), "another target is another delivery");
+    assert_eq!(pending(&h, "s1").await, vec![d.clone()]);
+
+    for k in ["a", "a", "b"] {
+        h.append("p", AppendRequest::new("keyed", json!({ "k": k }))).await;
+    }
+    let ids: Vec<String> = pending(&h, "s1").await.into_iter().map(|w| w.wake_id).collect();
+    assert_eq!(ids, vec![d.wake_id.clone(), wake_id(&s1, "a"), wake_id(&s1, "b")]);
+
+    h.rejects(
+        "unknown_wake",
+        "ack by another session",
+        h.registry().ack_wake("s2", &d.wake_id),
+    )
+    .await;
+    h.rejects("unknown_wake", "ack unknown", h.registry().ack_wake("s1", "wake:nope"))
+        .await;
+    assert!(
+        ok(h.registry().ack_wake("s1", &d.wake_id).await, "ack"),
+        "first ack answers true"
+    );
+    assert!(
+        !ok(h.registry().ack_wake("s1", &d.wake_id).await, "ack again"),
+        "a repeated ack answers false"
+    );
+    let ids: Vec<String> = pending(&h, "s1").await.into_iter().map(|w| w.wake_id).collect();
+    assert_eq!(
+        ids,
+        vec![wake_id(&s1, "a"), wake_id(&s1, "b")],
+        "an acked wake is no longer pending"
+    );
+    let after_ack = h.append("p", AppendRequest::new("once", json!({}))).await;
+    assert!(after_ack.wake.is_none(), "an acked wake still deduplicates");
+    assert_eq!(pending(&h, "s1").await.len(), 2);
+    assert_eq!(pending(&h, "s2").await.len(), 1);
+}
+
+/// A `when` selector that selects nothing truthy writes no wake.
+pub async fn wake_when_false_writes_no_wake(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let maybe = conditional_wake_type(
+        "maybe",
+        Selector::Pointer("/notify".into()),
+        Selector::Pointer("/text".into()),
+    );
+    h.register(with_types(waking(rerunnable("p"), &session("s1")), [maybe]))
+        .await;
+    for payload in [
+        json!({"notify": false, "text": "a"}),
+        json!({"text": "b"}),
+        json!({"notify": 0, "text": "c"}),
+        json!({"notify": "", "text": "d"}),
+        json!({"notify": null, "text": "e"}),
+    ] {
+        let res = h.append("p", AppendRequest::new("maybe", payload.clone())).await;
+        assert!(res.wake.is_none(), "{payload}: no wake");
+        assert!(res.event.semantics.wake.is_none(), "{payload}: no resolved wake");
+    }
+    assert!(pending(&h, "s1").await.is_empty());
+    let res = h
+        .append("p", AppendRequest::new("maybe", json!({"notify": true, "text": "yes"})))
+        .await;
+    assert_eq!(res.wake.map(|w| w.input), Some("yes".to_string()));
+    assert_eq!(pending(&h, "s1").await.len(), 1);
+}
+
+/// Without a wake target no delivery is written; an append may name its own target,
+/// which overrides the record's.
+pub async fn wake_needs_a_target(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let (s1, s2) = (session("s1"), session("s2"));
+    h.register(rerunnable("p")).await;
+    h.register(waking(rerunnable("q"), &s1)).await;
+    let res = h.append("p", notify("nobody")).await;
+    assert!(res.wake.is_none(), "no target, no delivery");
+    assert!(res.event.semantics.wake.is_some());
+    for s in ["s1", "s2", "s3"] {
+        assert!(pending(&h, s).await.is_empty());
+    }
+    let res = h.append("p", notify("to s2").with_wake_target(s2.clone())).await;
+    assert_eq!(res.wake.as_ref().map(|w| w.target_scope.clone()), Some(s2.clone()));
+    let res = h.append("q", notify("override").with_wake_target(s2.clone())).await;
+    assert_eq!(res.wake.as_ref().map(|w| w.target_scope.clone()), Some(s2));
+    assert!(
+        pending(&h, "s1").await.is_empty(),
+        "the override replaces the record's target"
+    );
+    assert_eq!(pending(&h, "s2").await.len(), 2);
+    h.rejects(
+        "invalid_id",
+        "bad override target",
+        h.registry()
+            .append_event("q", notify("x").with_wake_target(SessionScope::session(""))),
+    )
+    .await;
+}
+
+/// The default dedupe key is the event identity: every event wakes once, and a
+/// replayed append writes no second delivery.
+pub async fn wake_default_dedupe_is_per_event(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    h.register(waking(external("p"), &session("s1"))).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let res = h
+            .append("p", notify(&format!("n{i}")).with_replay_key(format!("k{i}")))
+            .await;
+        ids.push(res.wake.expect("every event wakes").wake_id);
+    }
+    let replay = h
+        .no_change(
+            "replayed wake append",
+            h.registry().append_event("p", notify("n1").with_replay_key("k1")),
+        )
+        .await;
+    assert!(replay.replayed);
+    assert!(replay.wake.is_none(), "a replay writes no delivery");
+    let pending_ids: Vec<String> = pending(&h, "s1").await.into_iter().map(|w| w.wake_id).collect();
+    assert_eq!(pending_ids, ids);
+}
+
+/// Pending wakes come oldest first, one page at a time.
+pub async fn pending_wakes_order_and_paging(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    h.register(waking(rerunnable("b"), &session("s1"))).await;
+    h.register(waking(rerunnable("a"), &session("s1"))).await;
+    let mut expected = Vec::new();
+    for i in 0..6 {
+        h.advance(10);
+        let id = if i % 2 == 0 { "b" } else { "a" };
+        let res = h.append(id, notify(&format!("m{i}"))).await;
+        expected.push(res.wake.expect("wake"));
+    }
+    let all = pending(&h, "s1").await;
+    assert_eq!(all, expected, "oldest first, across processes");
+    let page = ok(h.registry().pending_wakes("s1", Some(2)).await, "page");
+    assert_eq!(page, expected[..2].to_vec());
+    for w in &page {
+        assert!(ok(h.registry().ack_wake("s1", &w.wake_id).await, "ack"));
+    }
+    let page = ok(h.registry().pending_wakes("s1", Some(2)).await, "next page");
+    assert_eq!(page, expected[2..4].to_vec());
+    assert!(pending(&h, "nobody").await.is_empty());
+}
