@@ -199,7 +199,6 @@ fn run_in_savepoint(tx: &Transaction<'_>, job: &mut dyn Job) -> Step {
 }
 
 fn run_batch(conn: &mut Connection, jobs: Vec<Box<dyn Job>>, counters: &Counters) {
-    let total = jobs.len() as u64;
     let mut queue = jobs.into_iter().peekable();
     while queue.peek().is_some() {
         // IMMEDIATE takes the write lock up front, so a second process on the
@@ -208,7 +207,9 @@ fn run_batch(conn: &mut Connection, jobs: Vec<Box<dyn Job>>, counters: &Counters
             Ok(tx) => tx,
             Err(e) => {
                 let failure = CairnError::storage(format!("sqlite: cannot begin a write transaction: {e}"));
-                for job in queue {
+                let rest: Vec<Box<dyn Job>> = queue.collect();
+                counters.jobs.fetch_add(rest.len() as u64, Ordering::Relaxed);
+                for job in rest {
                     job.finish(Some(failure.clone()));
                 }
                 break;
@@ -237,13 +238,14 @@ fn run_batch(conn: &mut Connection, jobs: Vec<Box<dyn Job>>, counters: &Counters
                 .err()
                 .map(|e| CairnError::storage(format!("sqlite: commit failed, nothing was written: {e}"))),
         };
+        // Count before answering, so a caller that saw its answer sees it counted.
         if failure.is_none() {
             counters.commits.fetch_add(1, Ordering::Relaxed);
         }
+        counters.jobs.fetch_add(ran.len() as u64, Ordering::Relaxed);
         for job in ran {
             job.finish(failure.clone());
         }
         // Jobs after a lost transaction run again in a fresh one.
     }
-    counters.jobs.fetch_add(total, Ordering::Relaxed);
 }
