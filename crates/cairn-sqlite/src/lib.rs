@@ -23,6 +23,8 @@
 //! # let _ = running; Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 mod schema;
 mod store;
 mod writer;

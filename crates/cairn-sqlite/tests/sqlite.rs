@@ -250,6 +250,7 @@ async fn a_corrupt_schema_page_is_refused() {
     std::fs::write(&path, &bytes).expect("write");
     let msg = storage_message(SqliteRegistry::open(&path, Arc::new(ManualClock::new(T0))).expect_err("refuse"));
     assert!(msg.contains("corrupt") || msg.contains("malformed"), "{msg}");
+    assert_eq!(std::fs::read(&path).expect("read"), bytes, "left untouched");
 }
 
 #[tokio::test]
