@@ -1,0 +1,275 @@
+//! Opening a file safely: recognising a cairn database, refusing anything else
+//! untouched, configuring durability and running versioned migrations.
+
+use std::path::Path;
+use std::time::Duration;
+
+use cairn_core::{CairnError, Result};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+
+/// `PRAGMA application_id` of every cairn database ("cair" in ASCII). It lets
+/// `file(1)` and cairn itself tell a cairn database from any other SQLite file.
+pub const APPLICATION_ID: i32 = 0x6361_6972;
+
+/// The schema version this build writes and the newest it can open.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// The value of the `application` row of `cairn_meta`.
+const APPLICATION_NAME: &str = "cairn";
+
+/// Migration `i` takes a database from version `i` to `i + 1`. Never edit a
+/// released entry: append a new one.
+const MIGRATIONS: &[&str] = &[V1];
+
+const V1: &str = r#"
+CREATE TABLE cairn_meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+);
+
+-- Global monotonic counters: the change-feed cursor and the wake insertion order.
+CREATE TABLE counters (
+    name  TEXT PRIMARY KEY NOT NULL,
+    value INTEGER NOT NULL
+);
+INSERT INTO counters (name, value) VALUES ('change_cursor', 0), ('wake_order', 0);
+
+-- One row per process. `record` is the ProcessRecord as JSON without its lease;
+-- the lease lives in the lease_* columns (it changes without an event). The other
+-- columns are derived from the record on every write and exist to be indexed.
+CREATE TABLE processes (
+    id                  TEXT PRIMARY KEY NOT NULL,
+    record              TEXT NOT NULL,
+    status              TEXT NOT NULL,
+    disposition         TEXT NOT NULL,
+    definition          TEXT NOT NULL,
+    originator          TEXT NOT NULL,
+    originator_scope    TEXT,
+    waiting             INTEGER NOT NULL,
+    created_at_ms       INTEGER NOT NULL,
+    terminal_at_ms      INTEGER,
+    last_sequence       INTEGER NOT NULL,
+    change_cursor       INTEGER NOT NULL,
+    run_candidate       INTEGER NOT NULL,
+    abandon_candidate   INTEGER NOT NULL,
+    fencing_counter     INTEGER NOT NULL,
+    lease_owner         TEXT,
+    lease_token         TEXT,
+    lease_fencing       INTEGER,
+    lease_claimed_at_ms INTEGER,
+    lease_expires_at_ms INTEGER,
+    -- When the row becomes claimable: 0 with no lease, else the lease expiry.
+    claimable_at_ms     INTEGER GENERATED ALWAYS AS (COALESCE(lease_expires_at_ms, 0)) VIRTUAL
+);
+-- Listing by status in id order; live rows stay cheap however many terminal rows pile up.
+CREATE INDEX processes_status_id ON processes (status, id);
+CREATE INDEX processes_originator_id ON processes (originator, id);
+CREATE UNIQUE INDEX processes_change_cursor ON processes (change_cursor);
+CREATE INDEX processes_terminal_at ON processes (terminal_at_ms) WHERE terminal_at_ms IS NOT NULL;
+-- The worklist: only candidate rows, ordered by when they become claimable, so a
+-- drive reads claimable rows first and never walks every running row.
+CREATE INDEX processes_worklist ON processes (claimable_at_ms, id)
+    WHERE run_candidate = 1 OR abandon_candidate = 1;
+
+CREATE TABLE events (
+    process_id     TEXT NOT NULL,
+    sequence       INTEGER NOT NULL,
+    event_type     TEXT NOT NULL,
+    replay_key     TEXT,
+    occurred_at_ms INTEGER NOT NULL,
+    event          TEXT NOT NULL,
+    PRIMARY KEY (process_id, sequence)
+);
+CREATE UNIQUE INDEX events_replay_key ON events (process_id, replay_key) WHERE replay_key IS NOT NULL;
+
+CREATE TABLE grants (
+    scope_id   TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    process_id TEXT NOT NULL,
+    grant_json TEXT NOT NULL,
+    PRIMARY KEY (scope_id, process_id)
+);
+CREATE INDEX grants_session ON grants (session_id);
+CREATE INDEX grants_process ON grants (process_id);
+
+CREATE TABLE wakes (
+    wake_id           TEXT PRIMARY KEY NOT NULL,
+    target_session_id TEXT NOT NULL,
+    process_id        TEXT NOT NULL,
+    acked             INTEGER NOT NULL DEFAULT 0,
+    wake_order        INTEGER NOT NULL,
+    delivery          TEXT NOT NULL
+);
+CREATE INDEX wakes_pending ON wakes (target_session_id, acked, wake_order);
+CREATE INDEX wakes_process ON wakes (process_id);
+
+CREATE TABLE tombstones (
+    id             TEXT PRIMARY KEY NOT NULL,
+    status         TEXT NOT NULL,
+    terminal_at_ms INTEGER NOT NULL,
+    pruned_at_ms   INTEGER NOT NULL
+);
+
+CREATE TABLE envs (
+    env_ref TEXT PRIMARY KEY NOT NULL,
+    bytes   BLOB NOT NULL
+);
+"#;
+
+/// What a file holds before cairn touches it.
+enum Found {
+    /// A new or empty database: cairn may create its schema.
+    Empty,
+    /// A cairn database at this schema version.
+    Cairn(u32),
+}
+
+fn shown(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// Turn an error met while inspecting or opening a file into a clear message.
+fn open_error(path: &Path, e: rusqlite::Error) -> CairnError {
+    let what = match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => "is not a cairn database (not an SQLite database at all)".to_string(),
+        Some(ErrorCode::DatabaseCorrupt) => format!("is a corrupt database ({e})"),
+        Some(ErrorCode::CannotOpen) => format!("cannot be opened ({e})"),
+        Some(ErrorCode::ReadOnly) | Some(ErrorCode::PermissionDenied) => format!("is not writable ({e})"),
+        _ => format!("cannot be used ({e})"),
+    };
+    CairnError::Storage(format!("sqlite database `{}` {what}", shown(path)))
+}
+
+fn refuse(path: &Path, why: impl std::fmt::Display) -> CairnError {
+    CairnError::Storage(format!(
+        "sqlite database `{}` {why}; it was left untouched",
+        shown(path)
+    ))
+}
+
+/// Look at a file without writing to it.
+fn inspect(conn: &Connection, path: &Path) -> Result<Found> {
+    let err = |e| open_error(path, e);
+    let app_id: i32 = conn.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(err)?;
+    let objects: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .map_err(err)?;
+    if app_id == 0 && objects == 0 {
+        return Ok(Found::Empty);
+    }
+    if app_id != APPLICATION_ID {
+        return Err(refuse(
+            path,
+            format_args!("is not a cairn database (application_id {app_id:#x}, {objects} schema objects)"),
+        ));
+    }
+    let has_meta: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'cairn_meta'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(err)?
+        > 0;
+    if !has_meta {
+        return Err(refuse(
+            path,
+            "carries cairn's application id but has no cairn_meta table",
+        ));
+    }
+    let meta = |key: &str| -> Result<Option<String>> {
+        conn.query_row("SELECT value FROM cairn_meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(err)
+    };
+    if meta("application")?.as_deref() != Some(APPLICATION_NAME) {
+        return Err(refuse(path, "has a cairn_meta table that does not name cairn"));
+    }
+    let version = meta("schema_version")?
+        .and_then(|v| v.parse::<u32>().ok())
+        .ok_or_else(|| refuse(path, "has no readable schema version in cairn_meta"))?;
+    if version > SCHEMA_VERSION {
+        return Err(refuse(
+            path,
+            format_args!(
+                "was written by a newer cairn (schema version {version}; this build supports up to {SCHEMA_VERSION})"
+            ),
+        ));
+    }
+    Ok(Found::Cairn(version))
+}
+
+/// Open (creating if absent) the write connection: refuse foreign, corrupt or
+/// newer files before writing a byte, then configure durability and migrate.
+pub(crate) fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    // No SQLITE_OPEN_URI: a path is a path, even one that starts with `file:`.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+    conn.busy_timeout(busy_timeout).map_err(|e| open_error(path, e))?;
+    inspect(&conn, path)?;
+    // WAL: readers never block the writer and a commit is one append + fsync.
+    // Only now, once the file is known to be ours (or empty), may it change.
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .map_err(|e| open_error(path, e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(CairnError::Storage(format!(
+            "sqlite database `{}` cannot use WAL journaling (journal_mode is `{mode}`)",
+            shown(path)
+        )));
+    }
+    // FULL syncs the WAL on every commit: an acknowledged write survives power loss.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(|e| open_error(path, e))?;
+    // Integrity between tables is kept by the single writer, and prune deletes
+    // children explicitly so it can count them.
+    conn.pragma_update(None, "foreign_keys", false)
+        .map_err(|e| open_error(path, e))?;
+    migrate(&mut conn, path)?;
+    Ok(conn)
+}
+
+/// Bring the schema to [`SCHEMA_VERSION`] in one transaction.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    let err = |e| open_error(path, e);
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(err)?;
+    // Look again under the write lock: another process may have initialised or
+    // upgraded the file since the first look.
+    let from = match inspect(&tx, path)? {
+        Found::Empty => 0,
+        Found::Cairn(v) => v,
+    };
+    if from == SCHEMA_VERSION {
+        return Ok(());
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+        tx.execute_batch(sql).map_err(err)?;
+        let version = i as u32 + 1;
+        tx.execute(
+            "INSERT INTO cairn_meta (key, value) VALUES ('schema_version', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [version.to_string()],
+        )
+        .map_err(err)?;
+    }
+    tx.execute(
+        "INSERT INTO cairn_meta (key, value) VALUES ('application', ?1), ('application_id', ?2)
+         ON CONFLICT (key) DO NOTHING",
+        [APPLICATION_NAME.to_string(), APPLICATION_ID.to_string()],
+    )
+    .map_err(err)?;
+    tx.pragma_update(None, "application_id", APPLICATION_ID).map_err(err)?;
+    tx.commit().map_err(err)?;
+    Ok(())
+}
+
+/// Open a read connection. Read-only at the SQLite level, so a bug in a read
+/// path cannot write.
+pub(crate) fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+    conn.busy_timeout(busy_timeout).map_err(|e| open_error(path, e))?;
+    Ok(conn)
+}

@@ -1,0 +1,917 @@
+//! The registry's operations against one SQLite transaction.
+//!
+//! Each function here is the SQLite twin of an operation of
+//! [`cairn_core::MemoryRegistry`]: it looks rows up, asks [`cairn_core::fold`]
+//! what they mean, and stores what fold computed. No rule about what an event
+//! means lives here.
+
+use std::collections::BTreeSet;
+
+use cairn_core::events::{AppendRequest, AppendResult, ProcessEvent};
+use cairn_core::fold::{self, Authority};
+use cairn_core::model::{
+    Grant, GrantedProcess, Lease, Originator, ProcessFilter, ProcessRecord, ProcessStatus, SessionScope, StatusFilter,
+    Tombstone, WakeDelivery,
+};
+use cairn_core::CairnError;
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
+
+/// An error inside a store operation: a cairn answer, or a fault of the storage.
+/// It exists so `?` works on all three sources; callers see a [`CairnError`].
+#[derive(Debug)]
+pub(crate) enum Fault {
+    Cairn(CairnError),
+    Sql(rusqlite::Error),
+    Json(serde_json::Error),
+}
+
+impl From<CairnError> for Fault {
+    fn from(e: CairnError) -> Self {
+        Self::Cairn(e)
+    }
+}
+
+impl From<rusqlite::Error> for Fault {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sql(e)
+    }
+}
+
+impl From<serde_json::Error> for Fault {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Json(e)
+    }
+}
+
+impl From<Fault> for CairnError {
+    fn from(f: Fault) -> Self {
+        match f {
+            Fault::Cairn(e) => e,
+            Fault::Sql(e) => CairnError::storage(format!("sqlite: {e}")),
+            Fault::Json(e) => CairnError::storage(format!("stored data does not decode: {e}")),
+        }
+    }
+}
+
+pub(crate) type R<T> = std::result::Result<T, Fault>;
+
+/// SQLite integers are signed: store `u64` times and counters saturated at
+/// `i64::MAX` (292 million years in milliseconds), which keeps their order.
+pub(crate) fn to_sql(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn from_sql(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn to_sql_usize(v: usize) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A lease expiry that the database stores exactly (see [`to_sql`]).
+pub(crate) fn expiry(now: u64, ttl_ms: u64) -> u64 {
+    now.saturating_add(ttl_ms).min(i64::MAX as u64)
+}
+
+fn status_label(status: StatusFilter) -> Option<&'static str> {
+    match status {
+        StatusFilter::Any => None,
+        StatusFilter::Running => Some(ProcessStatus::Running.label()),
+        StatusFilter::Completed => Some(ProcessStatus::Completed.label()),
+        StatusFilter::Failed => Some(ProcessStatus::Failed.label()),
+        StatusFilter::Cancelled => Some(ProcessStatus::Cancelled.label()),
+        StatusFilter::Abandoned => Some(ProcessStatus::Abandoned.label()),
+    }
+}
+
+/// A process row: the record (lease view filled in from the lease columns), the
+/// full lease and the fencing counter.
+pub(crate) struct Entry {
+    pub record: ProcessRecord,
+    pub lease: Option<Lease>,
+    pub fencing: u64,
+}
+
+/// The columns [`entry_from_row`] reads, prefixed with the `p` alias.
+const ENTRY_COLUMNS: &str = "p.record, p.lease_owner, p.lease_token, p.lease_fencing, p.lease_claimed_at_ms, \
+                             p.lease_expires_at_ms, p.fencing_counter";
+
+/// Decode the [`ENTRY_COLUMNS`] starting at column `at`.
+fn entry_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<std::result::Result<Entry, serde_json::Error>> {
+    let json: String = row.get(at)?;
+    let owner: Option<String> = row.get(at + 1)?;
+    let token: Option<String> = row.get(at + 2)?;
+    let fencing_token: Option<i64> = row.get(at + 3)?;
+    let claimed: Option<i64> = row.get(at + 4)?;
+    let expires: Option<i64> = row.get(at + 5)?;
+    let fencing: i64 = row.get(at + 6)?;
+    let mut record: ProcessRecord = match serde_json::from_str(&json) {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
+    let lease = match (owner, token, fencing_token, claimed, expires) {
+        (Some(owner_id), Some(lease_token), Some(f), Some(c), Some(x)) => Some(Lease {
+            process_id: record.id.clone(),
+            owner_id,
+            lease_token,
+            fencing_token: from_sql(f),
+            claimed_at_ms: from_sql(c),
+            expires_at_ms: from_sql(x),
+        }),
+        _ => None,
+    };
+    // The stored JSON carries no lease: the columns are the only truth for it.
+    record.lease = lease.as_ref().map(Lease::view);
+    Ok(Ok(Entry {
+        record,
+        lease,
+        fencing: from_sql(fencing),
+    }))
+}
+
+/// Load a process row.
+pub(crate) fn load(conn: &Connection, id: &str) -> R<Option<Entry>> {
+    let sql = format!("SELECT {ENTRY_COLUMNS} FROM processes p WHERE p.id = ?1");
+    let found = conn
+        .prepare_cached(&sql)?
+        .query_row([id], |row| entry_from_row(row, 0))
+        .optional()?;
+    Ok(found.transpose()?)
+}
+
+/// The error for an id with no row: `no_longer_retained` when it was pruned.
+pub(crate) fn missing(conn: &Connection, id: &str) -> R<CairnError> {
+    let tombstone = conn
+        .prepare_cached("SELECT status, terminal_at_ms, pruned_at_ms FROM tombstones WHERE id = ?1")?
+        .query_row([id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        })
+        .optional()?;
+    Ok(match tombstone {
+        Some((status, terminal_at, pruned_at)) => {
+            let status = ProcessStatus::parse(&status)
+                .ok_or_else(|| CairnError::storage(format!("tombstone of `{id}` has an unknown status `{status}`")))?;
+            CairnError::NoLongerRetained(Box::new(Tombstone {
+                id: id.to_string(),
+                status,
+                terminal_at_ms: from_sql(terminal_at),
+                pruned_at_ms: from_sql(pruned_at),
+            }))
+        }
+        None => CairnError::UnknownProcess(id.to_string()),
+    })
+}
+
+/// Load a process row or fail with [`missing`].
+pub(crate) fn entry(conn: &Connection, id: &str) -> R<Entry> {
+    match load(conn, id)? {
+        Some(e) => Ok(e),
+        None => Err(missing(conn, id)?.into()),
+    }
+}
+
+/// The pruned tombstone of `id`, if any.
+pub(crate) fn tombstone(conn: &Connection, id: &str) -> R<Option<CairnError>> {
+    let err = missing(conn, id)?;
+    Ok(matches!(err, CairnError::NoLongerRetained(_)).then_some(err))
+}
+
+/// Bump a global counter and return its new value.
+fn next_counter(conn: &Connection, name: &str) -> R<u64> {
+    let v: i64 = conn
+        .prepare_cached("UPDATE counters SET value = value + 1 WHERE name = ?1 RETURNING value")?
+        .query_row([name], |r| r.get(0))?;
+    Ok(from_sql(v))
+}
+
+/// The indexed columns derived from a record.
+struct Derived {
+    json: String,
+    status: &'static str,
+    disposition: &'static str,
+    definition: String,
+    originator: String,
+    originator_scope: Option<String>,
+    waiting: bool,
+    created_at: i64,
+    terminal_at: Option<i64>,
+    last_sequence: i64,
+    run_candidate: bool,
+    abandon_candidate: bool,
+}
+
+fn originator_scope(scope: &SessionScope) -> R<String> {
+    Ok(serde_json::to_string(scope)?)
+}
+
+fn derive(record: &ProcessRecord) -> R<Derived> {
+    let mut stored = record.clone();
+    stored.lease = None;
+    Ok(Derived {
+        json: serde_json::to_string(&stored)?,
+        status: record.status.label(),
+        disposition: record.disposition.label(),
+        definition: record.input.definition(),
+        originator: record.provenance.originator.scope_id(),
+        // The scope id alone is ambiguous when ids contain `/frame:`; the
+        // provenance lens compares whole scopes, as the memory registry does.
+        originator_scope: match &record.provenance.originator {
+            Originator::Session { scope } => Some(originator_scope(scope)?),
+            Originator::Host { .. } => None,
+        },
+        waiting: record.wait.is_some(),
+        created_at: to_sql(record.created_at_ms),
+        terminal_at: record.terminal_at_ms.map(to_sql),
+        last_sequence: to_sql(record.last_sequence),
+        run_candidate: fold::is_run_candidate(record),
+        abandon_candidate: fold::is_abandon_candidate(record),
+    })
+}
+
+fn insert_process(conn: &Connection, record: &ProcessRecord, cursor: u64) -> R<()> {
+    let d = derive(record)?;
+    conn.prepare_cached(
+        "INSERT INTO processes (id, record, status, disposition, definition, originator, originator_scope, waiting,
+             created_at_ms, terminal_at_ms, last_sequence, change_cursor, run_candidate, abandon_candidate,
+             fencing_counter)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 0)",
+    )?
+    .execute(params![
+        record.id,
+        d.json,
+        d.status,
+        d.disposition,
+        d.definition,
+        d.originator,
+        d.originator_scope,
+        d.waiting,
+        d.created_at,
+        d.terminal_at,
+        d.last_sequence,
+        to_sql(cursor),
+        d.run_candidate,
+        d.abandon_candidate,
+    ])?;
+    Ok(())
+}
+
+/// Store a record after an append; a terminal record also drops the lease.
+fn update_process(conn: &Connection, record: &ProcessRecord, cursor: u64, release_lease: bool) -> R<()> {
+    let d = derive(record)?;
+    conn.prepare_cached(
+        "UPDATE processes SET record = ?2, status = ?3, waiting = ?4, terminal_at_ms = ?5, last_sequence = ?6,
+             change_cursor = ?7, run_candidate = ?8, abandon_candidate = ?9,
+             lease_owner = CASE WHEN ?10 THEN NULL ELSE lease_owner END,
+             lease_token = CASE WHEN ?10 THEN NULL ELSE lease_token END,
+             lease_fencing = CASE WHEN ?10 THEN NULL ELSE lease_fencing END,
+             lease_claimed_at_ms = CASE WHEN ?10 THEN NULL ELSE lease_claimed_at_ms END,
+             lease_expires_at_ms = CASE WHEN ?10 THEN NULL ELSE lease_expires_at_ms END
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        record.id,
+        d.json,
+        d.status,
+        d.waiting,
+        d.terminal_at,
+        d.last_sequence,
+        to_sql(cursor),
+        d.run_candidate,
+        d.abandon_candidate,
+        release_lease,
+    ])?;
+    Ok(())
+}
+
+/// Write (or clear) the lease columns of a row.
+fn store_lease(conn: &Connection, id: &str, lease: Option<&Lease>, fencing_counter: Option<u64>) -> R<()> {
+    conn.prepare_cached(
+        "UPDATE processes SET lease_owner = ?2, lease_token = ?3, lease_fencing = ?4, lease_claimed_at_ms = ?5,
+             lease_expires_at_ms = ?6, fencing_counter = COALESCE(?7, fencing_counter)
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        lease.map(|l| l.owner_id.as_str()),
+        lease.map(|l| l.lease_token.as_str()),
+        lease.map(|l| to_sql(l.fencing_token)),
+        lease.map(|l| to_sql(l.claimed_at_ms)),
+        lease.map(|l| to_sql(l.expires_at_ms)),
+        fencing_counter.map(to_sql),
+    ])?;
+    Ok(())
+}
+
+/// Insert a new process with its optional initial grant (see `register`).
+pub(crate) fn insert_new(conn: &Connection, record: &ProcessRecord, grant: Option<&Grant>) -> R<()> {
+    let cursor = next_counter(conn, "change_cursor")?;
+    insert_process(conn, record, cursor)?;
+    if let Some(g) = grant {
+        upsert_grant(conn, g)?;
+    }
+    Ok(())
+}
+
+/// An append's answer plus the record as it stands after it.
+pub(crate) struct Appended {
+    pub result: AppendResult,
+    pub record: ProcessRecord,
+}
+
+/// Append under the open transaction: replay check, preparation, persistence.
+pub(crate) fn append(conn: &Connection, id: &str, req: &AppendRequest, authority: Authority, now: u64) -> R<Appended> {
+    let entry = entry(conn, id)?;
+    fold::validate_replay_key(req)?;
+    if let Some(key) = &req.replay_key {
+        let original = conn
+            .prepare_cached("SELECT event FROM events WHERE process_id = ?1 AND replay_key = ?2")?
+            .query_row(params![id, key], |r| r.get::<_, String>(0))
+            .optional()?;
+        if let Some(json) = original {
+            let original: ProcessEvent = serde_json::from_str(&json)?;
+            fold::check_replay(&original, req)?;
+            return Ok(Appended {
+                result: AppendResult {
+                    event: original,
+                    replayed: true,
+                    wake: None,
+                },
+                record: entry.record,
+            });
+        }
+    }
+    let prepared = fold::prepare_append(&entry.record, entry.lease.as_ref(), req, authority, now)?;
+    let terminal = prepared.event.semantics.terminal.is_some();
+    conn.prepare_cached(
+        "INSERT INTO events (process_id, sequence, event_type, replay_key, occurred_at_ms, event)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        id,
+        to_sql(prepared.event.sequence),
+        prepared.event.event_type,
+        prepared.event.replay_key,
+        to_sql(prepared.event.occurred_at_ms),
+        serde_json::to_string(&prepared.event)?,
+    ])?;
+    let cursor = next_counter(conn, "change_cursor")?;
+    update_process(conn, &prepared.record, cursor, terminal)?;
+    let mut wake = None;
+    if let Some(w) = prepared.wake {
+        let exists = conn
+            .prepare_cached("SELECT 1 FROM wakes WHERE wake_id = ?1")?
+            .query_row([&w.wake_id], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !exists {
+            let order = next_counter(conn, "wake_order")?;
+            conn.prepare_cached(
+                "INSERT INTO wakes (wake_id, target_session_id, process_id, acked, wake_order, delivery)
+                 VALUES (?1, ?2, ?3, 0, ?4, ?5)",
+            )?
+            .execute(params![
+                w.wake_id,
+                w.target_session_id,
+                w.process_id,
+                to_sql(order),
+                serde_json::to_string(&w)?,
+            ])?;
+            wake = Some(w);
+        }
+    }
+    Ok(Appended {
+        result: AppendResult {
+            event: prepared.event,
+            replayed: false,
+            wake,
+        },
+        record: prepared.record,
+    })
+}
+
+/// Claim the lease of one process (see `ProcessRegistry::claim`).
+pub(crate) fn claim(conn: &Connection, id: &str, owner_id: &str, ttl_ms: u64, now: u64) -> R<Lease> {
+    let entry = entry(conn, id)?;
+    if let Some(err) = fold::claim_refusal(&entry.record, owner_id, now) {
+        return Err(err.into());
+    }
+    let fencing = entry.fencing + 1;
+    let lease = Lease {
+        process_id: id.to_string(),
+        owner_id: owner_id.to_string(),
+        lease_token: uuid::Uuid::new_v4().to_string(),
+        fencing_token: fencing,
+        claimed_at_ms: now,
+        expires_at_ms: expiry(now, ttl_ms),
+    };
+    store_lease(conn, id, Some(&lease), Some(fencing))?;
+    Ok(lease)
+}
+
+/// Run candidates claimable at ?1, from the partial worklist index (its WHERE
+/// term `run_candidate = 1` lets SQLite use the index; see the plan tests).
+const RUN_CANDIDATES_SQL: &str = "SELECT id FROM processes
+     WHERE run_candidate = 1 AND claimable_at_ms <= ?1
+     ORDER BY claimable_at_ms, id LIMIT ?2";
+
+/// Worklist rows claimable at ?1, from the partial worklist index.
+const WORKLIST_SQL: &str = "SELECT id, abandon_candidate FROM processes
+     WHERE (run_candidate = 1 OR abandon_candidate = 1) AND claimable_at_ms <= ?1
+     ORDER BY claimable_at_ms, id LIMIT ?2";
+
+/// Ids of run candidates whose lease is free or expired at `now`, from the worklist index.
+pub(crate) fn run_candidates(conn: &Connection, now: u64, limit: usize) -> R<Vec<String>> {
+    let mut stmt = conn.prepare_cached(RUN_CANDIDATES_SQL)?;
+    let ids = stmt
+        .query_map(params![to_sql(now), to_sql_usize(limit)], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(ids)
+}
+
+/// Worklist rows at `now`: (id, is an abandon candidate).
+pub(crate) fn worklist(conn: &Connection, now: u64, limit: usize) -> R<Vec<(String, bool)>> {
+    let mut stmt = conn.prepare_cached(WORKLIST_SQL)?;
+    let rows = stmt
+        .query_map(params![to_sql(now), to_sql_usize(limit)], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<(String, bool)>>>()?;
+    Ok(rows)
+}
+
+/// Extend a live lease.
+pub(crate) fn renew(conn: &Connection, lease: &Lease, ttl_ms: u64, now: u64) -> R<Lease> {
+    let id = &lease.process_id;
+    let entry = entry(conn, id)?;
+    fold::check_lease(id, entry.lease.as_ref(), lease, now)?;
+    let mut renewed = lease.clone();
+    renewed.expires_at_ms = expiry(now, ttl_ms);
+    store_lease(conn, id, Some(&renewed), None)?;
+    Ok(renewed)
+}
+
+/// Release a lease if it is the stored one (expired or not).
+pub(crate) fn release(conn: &Connection, lease: &Lease) -> R<bool> {
+    let id = &lease.process_id;
+    let entry = entry(conn, id)?;
+    let matches = entry.lease.as_ref().is_some_and(|l| {
+        l.owner_id == lease.owner_id && l.lease_token == lease.lease_token && l.fencing_token == lease.fencing_token
+    });
+    if matches {
+        store_lease(conn, id, None, None)?;
+    }
+    Ok(matches)
+}
+
+// ---------------------------------------------------------------- grants
+
+fn grant_from_json(json: &str) -> R<Grant> {
+    Ok(serde_json::from_str(json)?)
+}
+
+/// Insert or replace the grant of (scope, process).
+pub(crate) fn upsert_grant(conn: &Connection, grant: &Grant) -> R<()> {
+    conn.prepare_cached(
+        "INSERT INTO grants (scope_id, session_id, process_id, grant_json) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (scope_id, process_id) DO UPDATE SET session_id = excluded.session_id,
+             grant_json = excluded.grant_json",
+    )?
+    .execute(params![
+        grant.scope.scope_id(),
+        grant.scope.session_id,
+        grant.process_id,
+        serde_json::to_string(grant)?,
+    ])?;
+    Ok(())
+}
+
+/// Remove one grant, returning it.
+pub(crate) fn take_grant(conn: &Connection, scope: &SessionScope, id: &str) -> R<Option<Grant>> {
+    let json = conn
+        .prepare_cached("DELETE FROM grants WHERE scope_id = ?1 AND process_id = ?2 RETURNING grant_json")?
+        .query_row(params![scope.scope_id(), id], |r| r.get::<_, String>(0))
+        .optional()?;
+    json.map(|j| grant_from_json(&j)).transpose()
+}
+
+// ---------------------------------------------------------------- listings
+
+/// Append the SQL predicates of `filter` over the `p` alias.
+fn filter_sql(filter: &ProcessFilter, sql: &mut String, args: &mut Vec<SqlValue>) {
+    if let Some(status) = status_label(filter.status) {
+        sql.push_str(" AND p.status = ?");
+        args.push(SqlValue::Text(status.into()));
+    }
+    if let Some(d) = &filter.definition {
+        sql.push_str(" AND p.definition = ?");
+        args.push(SqlValue::Text(d.clone()));
+    }
+    if let Some(w) = filter.waiting {
+        sql.push_str(" AND p.waiting = ?");
+        args.push(SqlValue::Integer(i64::from(w)));
+    }
+    if let Some(o) = &filter.originator {
+        sql.push_str(" AND p.originator = ?");
+        args.push(SqlValue::Text(o.clone()));
+    }
+    if let Some(t) = filter.created_from_ms {
+        sql.push_str(" AND p.created_at_ms >= ?");
+        args.push(SqlValue::Integer(to_sql(t)));
+    }
+    if let Some(t) = filter.created_before_ms {
+        sql.push_str(" AND p.created_at_ms < ?");
+        args.push(SqlValue::Integer(to_sql(t)));
+    }
+    if let Some(a) = &filter.after_id {
+        sql.push_str(" AND p.id > ?");
+        args.push(SqlValue::Text(a.clone()));
+    }
+}
+
+fn collect_entries(
+    conn: &Connection,
+    sql: &str,
+    args: Vec<SqlValue>,
+    extra_columns: usize,
+) -> R<Vec<(Vec<String>, Entry)>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt
+        .query_map(params_from_iter(args), |row| {
+            let mut extra = Vec::with_capacity(extra_columns);
+            for i in 0..extra_columns {
+                extra.push(row.get::<_, String>(i)?);
+            }
+            Ok((extra, entry_from_row(row, extra_columns)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter().map(|(extra, entry)| Ok((extra, entry?))).collect()
+}
+
+/// The query of `list`: with a status it walks the (status, id) index in id
+/// order, so terminal rows never slow a listing of running ones.
+fn list_query(filter: &ProcessFilter, limit: usize) -> (String, Vec<SqlValue>) {
+    let mut sql = format!("SELECT {ENTRY_COLUMNS} FROM processes p WHERE 1 = 1");
+    let mut args = Vec::new();
+    filter_sql(filter, &mut sql, &mut args);
+    sql.push_str(" ORDER BY p.id LIMIT ?");
+    args.push(SqlValue::Integer(to_sql_usize(limit)));
+    (sql, args)
+}
+
+/// `list`: records matching the filter in id order, one page.
+pub(crate) fn list(conn: &Connection, filter: &ProcessFilter, limit: usize) -> R<Vec<ProcessRecord>> {
+    let (sql, args) = list_query(filter, limit);
+    Ok(collect_entries(conn, &sql, args, 0)?
+        .into_iter()
+        .map(|(_, e)| e.record)
+        .collect())
+}
+
+/// `list_originated_by`: records whose originator is exactly `scope`.
+pub(crate) fn list_originated_by(
+    conn: &Connection,
+    scope: &SessionScope,
+    filter: &ProcessFilter,
+    limit: usize,
+) -> R<Vec<ProcessRecord>> {
+    let mut sql = format!("SELECT {ENTRY_COLUMNS} FROM processes p WHERE p.originator = ? AND p.originator_scope = ?");
+    let mut args = vec![
+        SqlValue::Text(scope.scope_id()),
+        SqlValue::Text(originator_scope(scope)?),
+    ];
+    filter_sql(filter, &mut sql, &mut args);
+    sql.push_str(" ORDER BY p.id LIMIT ?");
+    args.push(SqlValue::Integer(to_sql_usize(limit)));
+    Ok(collect_entries(conn, &sql, args, 0)?
+        .into_iter()
+        .map(|(_, e)| e.record)
+        .collect())
+}
+
+/// `list_granted_to`: the scope's grants with their records, in process id order.
+pub(crate) fn list_granted_to(
+    conn: &Connection,
+    scope: &SessionScope,
+    filter: &ProcessFilter,
+    limit: usize,
+) -> R<Vec<GrantedProcess>> {
+    let mut sql = format!(
+        "SELECT g.grant_json, {ENTRY_COLUMNS} FROM grants g JOIN processes p ON p.id = g.process_id
+         WHERE g.scope_id = ?"
+    );
+    let mut args = vec![SqlValue::Text(scope.scope_id())];
+    filter_sql(filter, &mut sql, &mut args);
+    sql.push_str(" ORDER BY g.process_id LIMIT ?");
+    args.push(SqlValue::Integer(to_sql_usize(limit)));
+    collect_entries(conn, &sql, args, 1)?
+        .into_iter()
+        .map(|(extra, e)| {
+            let json = extra.first().map(String::as_str).unwrap_or_default();
+            Ok(GrantedProcess {
+                grant: grant_from_json(json)?,
+                process: e.record,
+            })
+        })
+        .collect()
+}
+
+/// Events after `after`, at most `limit`, and the process's last sequence.
+pub(crate) fn events_after(conn: &Connection, id: &str, after: u64, limit: usize) -> R<(Vec<ProcessEvent>, u64)> {
+    let last = conn
+        .prepare_cached("SELECT last_sequence FROM processes WHERE id = ?1")?
+        .query_row([id], |r| r.get::<_, i64>(0))
+        .optional()?;
+    let Some(last) = last else {
+        return Err(missing(conn, id)?.into());
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT event FROM events WHERE process_id = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3",
+    )?;
+    let jsons = stmt
+        .query_map(params![id, to_sql(after), to_sql_usize(limit)], |r| {
+            r.get::<_, String>(0)
+        })?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    let events = jsons
+        .iter()
+        .map(|j| serde_json::from_str(j))
+        .collect::<std::result::Result<Vec<ProcessEvent>, _>>()?;
+    Ok((events, from_sql(last)))
+}
+
+// ---------------------------------------------------------------- sessions and wakes
+
+/// Pending wakes of a session, oldest first.
+pub(crate) fn pending_wakes(conn: &Connection, session_id: &str, limit: usize) -> R<Vec<WakeDelivery>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT delivery FROM wakes WHERE target_session_id = ?1 AND acked = 0 ORDER BY wake_order LIMIT ?2",
+    )?;
+    let jsons = stmt
+        .query_map(params![session_id, to_sql_usize(limit)], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(jsons
+        .iter()
+        .map(|j| serde_json::from_str(j))
+        .collect::<std::result::Result<Vec<WakeDelivery>, _>>()?)
+}
+
+/// Acknowledge a wake; `true` when this call did.
+pub(crate) fn ack_wake(conn: &Connection, session_id: &str, wake_id: &str) -> R<bool> {
+    let row = conn
+        .prepare_cached("SELECT target_session_id, acked FROM wakes WHERE wake_id = ?1")?
+        .query_row([wake_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))
+        .optional()?;
+    match row {
+        Some((target, acked)) if target == session_id => {
+            if !acked {
+                conn.prepare_cached("UPDATE wakes SET acked = 1 WHERE wake_id = ?1")?
+                    .execute([wake_id])?;
+            }
+            Ok(!acked)
+        }
+        _ => Err(CairnError::UnknownWake(wake_id.to_string()).into()),
+    }
+}
+
+/// Remove a session's grants and pending wakes; (revoked, deleted wakes, orphaned, preserved).
+pub(crate) fn delete_session(conn: &Connection, session_id: &str) -> R<(u64, u64, Vec<String>, Vec<String>)> {
+    let removed = conn
+        .prepare_cached("DELETE FROM grants WHERE session_id = ?1 RETURNING process_id")?
+        .query_map([session_id], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    // One returned row per deleted grant; a process granted to several scopes
+    // of the session counts once per grant, as in the memory registry.
+    let revoked = removed.len() as u64;
+    let touched: BTreeSet<String> = removed.into_iter().collect();
+    let deleted_wakes = conn
+        .prepare_cached("DELETE FROM wakes WHERE target_session_id = ?1 AND acked = 0")?
+        .execute([session_id])? as u64;
+    let mut orphaned = Vec::new();
+    let mut preserved = Vec::new();
+    for id in touched {
+        let running = conn
+            .prepare_cached("SELECT status = 'running' FROM processes WHERE id = ?1")?
+            .query_row([&id], |r| r.get::<_, bool>(0))
+            .optional()?
+            .unwrap_or(false);
+        let still_granted = conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM grants WHERE process_id = ?1)")?
+            .query_row([&id], |r| r.get::<_, bool>(0))?;
+        if running && !still_granted {
+            orphaned.push(id);
+        } else {
+            preserved.push(id);
+        }
+    }
+    Ok((revoked, deleted_wakes, orphaned, preserved))
+}
+
+// ---------------------------------------------------------------- retention and the change feed
+
+/// A prune candidate: terminal before the cutoff and passing the status filter.
+pub(crate) struct PruneCandidate {
+    pub id: String,
+    pub status: ProcessStatus,
+    pub terminal_at_ms: u64,
+    pub change_cursor: u64,
+}
+
+/// Terminal processes whose terminal time is before `cutoff_ms`, from the prune index.
+pub(crate) fn prune_candidates(conn: &Connection, cutoff_ms: u64, status: StatusFilter) -> R<Vec<PruneCandidate>> {
+    let mut sql = String::from(
+        "SELECT id, status, terminal_at_ms, change_cursor FROM processes
+         WHERE terminal_at_ms IS NOT NULL AND terminal_at_ms < ?1 AND status <> 'running'",
+    );
+    let mut args = vec![SqlValue::Integer(to_sql(cutoff_ms))];
+    if let Some(s) = status_label(status) {
+        sql.push_str(" AND status = ?2");
+        args.push(SqlValue::Text(s.into()));
+    }
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt
+        .query_map(params_from_iter(args), |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter()
+        .map(|(id, status, terminal_at, cursor)| {
+            let status = ProcessStatus::parse(&status)
+                .ok_or_else(|| CairnError::storage(format!("process `{id}` has an unknown status `{status}`")))?;
+            Ok(PruneCandidate {
+                id,
+                status,
+                terminal_at_ms: from_sql(terminal_at),
+                change_cursor: from_sql(cursor),
+            })
+        })
+        .collect()
+}
+
+/// Delete one process with its events, grants and wakes and leave its tombstone;
+/// (events, grants, wakes) deleted.
+pub(crate) fn prune_one(conn: &Connection, victim: &PruneCandidate, now: u64) -> R<(u64, u64, u64)> {
+    let id = victim.id.as_str();
+    let events = conn
+        .prepare_cached("DELETE FROM events WHERE process_id = ?1")?
+        .execute([id])? as u64;
+    let grants = conn
+        .prepare_cached("DELETE FROM grants WHERE process_id = ?1")?
+        .execute([id])? as u64;
+    let wakes = conn
+        .prepare_cached("DELETE FROM wakes WHERE process_id = ?1")?
+        .execute([id])? as u64;
+    conn.prepare_cached("DELETE FROM processes WHERE id = ?1")?
+        .execute([id])?;
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO tombstones (id, status, terminal_at_ms, pruned_at_ms) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        id,
+        victim.status.label(),
+        to_sql(victim.terminal_at_ms),
+        to_sql(now)
+    ])?;
+    Ok((events, grants, wakes))
+}
+
+/// Records changed after `cursor`, in cursor order: (cursor, record).
+pub(crate) fn changed_since(conn: &Connection, cursor: u64, limit: usize) -> R<Vec<(u64, ProcessRecord)>> {
+    let sql = format!(
+        "SELECT {ENTRY_COLUMNS}, p.change_cursor FROM processes p WHERE p.change_cursor > ?1
+         ORDER BY p.change_cursor LIMIT ?2"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt
+        .query_map(params![to_sql(cursor), to_sql_usize(limit)], |row| {
+            Ok((row.get::<_, i64>(7)?, entry_from_row(row, 0)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter().map(|(c, e)| Ok((from_sql(c), e?.record))).collect()
+}
+
+// ---------------------------------------------------------------- envs
+
+/// Store env bytes unless the ref is already stored.
+pub(crate) fn put_env(conn: &Connection, env_ref: &str, bytes: &[u8]) -> R<()> {
+    conn.prepare_cached("INSERT INTO envs (env_ref, bytes) VALUES (?1, ?2) ON CONFLICT (env_ref) DO NOTHING")?
+        .execute(params![env_ref, bytes])?;
+    Ok(())
+}
+
+/// Overwrite env bytes (tests of corruption detection).
+pub(crate) fn overwrite_env(conn: &Connection, env_ref: &str, bytes: &[u8]) -> R<()> {
+    conn.prepare_cached(
+        "INSERT INTO envs (env_ref, bytes) VALUES (?1, ?2) ON CONFLICT (env_ref) DO UPDATE SET bytes = excluded.bytes",
+    )?
+    .execute(params![env_ref, bytes])?;
+    Ok(())
+}
+
+/// Stored env bytes.
+pub(crate) fn env_bytes(conn: &Connection, env_ref: &str) -> R<Option<Vec<u8>>> {
+    Ok(conn
+        .prepare_cached("SELECT bytes FROM envs WHERE env_ref = ?1")?
+        .query_row([env_ref], |r| r.get::<_, Vec<u8>>(0))
+        .optional()?)
+}
+
+/// Whether an env is stored.
+pub(crate) fn env_exists(conn: &Connection, env_ref: &str) -> R<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM envs WHERE env_ref = ?1")?
+        .query_row([env_ref], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// The fencing counter of a process.
+pub(crate) fn fencing_token(conn: &Connection, id: &str) -> R<u64> {
+    let v = conn
+        .prepare_cached("SELECT fencing_counter FROM processes WHERE id = ?1")?
+        .query_row([id], |r| r.get::<_, i64>(0))
+        .optional()?;
+    match v {
+        Some(v) => Ok(from_sql(v)),
+        None => Err(missing(conn, id)?.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The query plan of `sql` as one string of its detail lines.
+    fn plan(conn: &Connection, sql: &str, args: Vec<SqlValue>) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("explain");
+        let rows = stmt
+            .query_map(params_from_iter(args), |r| r.get::<_, String>(3))
+            .expect("plan rows")
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .expect("plan");
+        rows.join(" | ")
+    }
+
+    fn fresh() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn =
+            crate::schema::open_writer(&dir.path().join("plan.db"), std::time::Duration::from_secs(1)).expect("open");
+        (dir, conn)
+    }
+
+    #[test]
+    fn worklist_and_claims_use_the_partial_index() {
+        let (_dir, conn) = fresh();
+        let args = || vec![SqlValue::Integer(0), SqlValue::Integer(10)];
+        for sql in [WORKLIST_SQL, RUN_CANDIDATES_SQL] {
+            let p = plan(&conn, sql, args());
+            assert!(p.contains("processes_worklist"), "{sql}: {p}");
+            assert!(!p.contains("TEMP B-TREE"), "{sql}: {p}");
+        }
+    }
+
+    #[test]
+    fn status_listing_walks_the_status_index_in_id_order() {
+        let (_dir, conn) = fresh();
+        for status in [StatusFilter::Running, StatusFilter::Completed] {
+            let filter = ProcessFilter {
+                status,
+                after_id: Some("a".into()),
+                ..ProcessFilter::default()
+            };
+            let (sql, args) = list_query(&filter, 100);
+            let p = plan(&conn, &sql, args);
+            assert!(p.contains("processes_status_id"), "{p}");
+            assert!(!p.contains("TEMP B-TREE"), "{p}");
+        }
+    }
+
+    #[test]
+    fn change_feed_prune_and_wakes_use_their_indexes() {
+        let (_dir, conn) = fresh();
+        let p = plan(
+            &conn,
+            "SELECT p.change_cursor FROM processes p WHERE p.change_cursor > ?1 ORDER BY p.change_cursor LIMIT ?2",
+            vec![SqlValue::Integer(0), SqlValue::Integer(10)],
+        );
+        assert!(p.contains("processes_change_cursor"), "{p}");
+        let p = plan(
+            &conn,
+            "SELECT id FROM processes WHERE terminal_at_ms IS NOT NULL AND terminal_at_ms < ?1 AND status <> 'running'",
+            vec![SqlValue::Integer(0)],
+        );
+        assert!(p.contains("processes_terminal_at"), "{p}");
+        let p = plan(
+            &conn,
+            "SELECT delivery FROM wakes WHERE target_session_id = ?1 AND acked = 0 ORDER BY wake_order LIMIT ?2",
+            vec![SqlValue::Text("s".into()), SqlValue::Integer(10)],
+        );
+        assert!(p.contains("wakes_pending") && !p.contains("TEMP B-TREE"), "{p}");
+    }
+}

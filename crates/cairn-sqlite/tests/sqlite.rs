@@ -1,0 +1,1014 @@
+//! The SQLite registry: opening and refusing files, durability across reopen
+//! and crashes, group commit, and a differential run against the memory registry.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cairn_core::clock::Clock;
+use cairn_core::events::{DedupeKey, EventType, SemanticsSpec, WakeSpec};
+use cairn_core::{
+    AppendRequest, CairnError, Disposition, EnvSpec, GrantDescriptor, ManualClock, MemoryRegistry, Originator, Outcome,
+    ProcessFilter, ProcessInput, ProcessRegistry, ProcessStatus, Provenance, Registration, Selector, SessionScope,
+    StartGrant, StatusFilter, Watermark,
+};
+use cairn_sqlite::{SqliteOptions, SqliteRegistry, APPLICATION_ID, SCHEMA_VERSION};
+use rusqlite::Connection;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+const T0: u64 = 1_700_000_000_000;
+
+fn db(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("cairn.db")
+}
+
+fn open(path: &Path, clock: &ManualClock) -> SqliteRegistry {
+    SqliteRegistry::open(path, Arc::new(clock.clone())).expect("open")
+}
+
+fn storage_message(err: CairnError) -> String {
+    match err {
+        CairnError::Storage(m) => m,
+        other => panic!("expected a storage error, got {other:?}"),
+    }
+}
+
+fn tool(id: &str, disposition: Disposition) -> Registration {
+    Registration {
+        id: id.into(),
+        input: ProcessInput::ToolCall {
+            tool: "echo".into(),
+            args: json!({"value": id}),
+        },
+        disposition,
+        event_types: vec![],
+        provenance: Provenance::default(),
+        wake_target: None,
+        env_ref: None,
+        external_ref: None,
+    }
+}
+
+fn external(id: &str) -> Registration {
+    Registration {
+        input: ProcessInput::External { metadata: json!({}) },
+        ..tool(id, Disposition::ExternallyOwned)
+    }
+}
+
+/// A process started by session `s1` that wakes it on `progress` events.
+fn waking(id: &str) -> Registration {
+    let progress = EventType::plain("progress")
+        .with_schema(json!({"type": "object", "required": ["text"]}))
+        .with_semantics(SemanticsSpec {
+            terminal: None,
+            wake: Some(WakeSpec {
+                when: None,
+                input: Selector::Pointer("/text".into()),
+                dedupe_key: DedupeKey::EventIdentity,
+            }),
+        });
+    let once = EventType::plain("ready").with_semantics(SemanticsSpec {
+        terminal: None,
+        wake: Some(WakeSpec {
+            when: None,
+            input: Selector::Const(json!("ready")),
+            dedupe_key: DedupeKey::Const("ready".into()),
+        }),
+    });
+    Registration {
+        event_types: vec![progress, once],
+        provenance: Provenance {
+            originator: Originator::session(SessionScope::session("s1")),
+            caused_by: None,
+        },
+        wake_target: Some(SessionScope::session("s1")),
+        ..tool(id, Disposition::Rerunnable)
+    }
+}
+
+fn grant_to(session: &str) -> Option<StartGrant> {
+    Some(StartGrant {
+        session_scope: SessionScope::session(session),
+        descriptor: GrantDescriptor {
+            kind: Some("tool".into()),
+            label: None,
+        },
+    })
+}
+
+// ------------------------------------------------------------------ opening
+
+#[tokio::test]
+async fn a_new_file_gets_the_cairn_schema() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let reg = open(&path, &ManualClock::new(T0));
+    assert_eq!(reg.path(), path);
+    drop(reg);
+    let conn = Connection::open(&path).expect("raw open");
+    let app: i32 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .expect("app id");
+    assert_eq!(app, APPLICATION_ID);
+    let version: String = conn
+        .query_row("SELECT value FROM cairn_meta WHERE key = 'schema_version'", [], |r| {
+            r.get(0)
+        })
+        .expect("version");
+    assert_eq!(version, SCHEMA_VERSION.to_string());
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).expect("mode");
+    assert_eq!(mode, "wal");
+    // Reopening an up-to-date file is a no-op.
+    drop(conn);
+    drop(open(&path, &ManualClock::new(T0)));
+}
+
+#[tokio::test]
+async fn a_text_file_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let text = "these are my notes, not a database\n".repeat(200);
+    std::fs::write(&path, &text).expect("write");
+    let err = SqliteRegistry::open(&path, Arc::new(ManualClock::new(T0))).expect_err("must refuse");
+    let msg = storage_message(err);
+    assert!(msg.contains("not a cairn database"), "{msg}");
+    assert_eq!(std::fs::read_to_string(&path).expect("read"), text);
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["cairn.db".to_string()], "no journal or WAL files were made");
+}
+
+#[tokio::test]
+async fn another_applications_database_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    {
+        let conn = Connection::open(&path).expect("raw open");
+        conn.execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('hello');")
+            .expect("foreign schema");
+    }
+    let before = std::fs::read(&path).expect("read");
+    let err = SqliteRegistry::open(&path, Arc::new(ManualClock::new(T0))).expect_err("must refuse");
+    let msg = storage_message(err);
+    assert!(msg.contains("not a cairn database"), "{msg}");
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        before,
+        "the file is byte for byte unchanged"
+    );
+    let conn = Connection::open(&path).expect("raw open");
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema ORDER BY name")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("names");
+    assert_eq!(tables, vec!["notes".to_string()]);
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).expect("mode");
+    assert_eq!(mode, "delete", "journal mode not switched to WAL");
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    drop(open(&path, &ManualClock::new(T0)));
+    {
+        let conn = Connection::open(&path).expect("raw open");
+        conn.execute("UPDATE cairn_meta SET value = '99' WHERE key = 'schema_version'", [])
+            .expect("bump");
+    }
+    let err = SqliteRegistry::open(&path, Arc::new(ManualClock::new(T0))).expect_err("must refuse");
+    let msg = storage_message(err);
+    assert!(msg.contains("newer cairn") && msg.contains("99"), "{msg}");
+    let conn = Connection::open(&path).expect("raw open");
+    let version: String = conn
+        .query_row("SELECT value FROM cairn_meta WHERE key = 'schema_version'", [], |r| {
+            r.get(0)
+        })
+        .expect("version");
+    assert_eq!(version, "99", "nothing was migrated down");
+}
+
+#[tokio::test]
+async fn a_cairn_id_without_cairn_meta_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    {
+        let conn = Connection::open(&path).expect("raw open");
+        conn.execute_batch(&format!(
+            "PRAGMA application_id = {APPLICATION_ID}; CREATE TABLE other (x);"
+        ))
+        .expect("fake");
+    }
+    let msg = storage_message(SqliteRegistry::open(&path, Arc::new(ManualClock::new(T0))).expect_err("refuse"));
+    assert!(msg.contains("no cairn_meta"), "{msg}");
+}
+
+/// A populated, cleanly closed cairn database.
+async fn populated(path: &Path) {
+    let clock = ManualClock::new(T0);
+    let reg = open(path, &clock);
+    for i in 0..50 {
+        reg.register(tool(&format!("p{i:03}"), Disposition::Rerunnable), None)
+            .await
+            .expect("register");
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_header_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    populated(&path).await;
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes[..16].copy_from_slice(b"garbage garbage!");
+    std::fs::write(&path, &bytes).expect("write");
+    let msg = storage_message(SqliteRegistry::open(&path, Arc::new(ManualClock::new(T0))).expect_err("refuse"));
+    assert!(msg.contains("not a cairn database") || msg.contains("corrupt"), "{msg}");
+    assert_eq!(std::fs::read(&path).expect("read"), bytes, "left untouched");
+}
+
+#[tokio::test]
+async fn a_corrupt_schema_page_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    populated(&path).await;
+    assert!(
+        !dir.path().join("cairn.db-wal").exists(),
+        "a clean close checkpoints and removes the WAL"
+    );
+    let mut bytes = std::fs::read(&path).expect("read");
+    // Page 1 past the 100-byte file header holds the schema table's b-tree.
+    for b in &mut bytes[100..400] {
+        *b = 0xA5;
+    }
+    std::fs::write(&path, &bytes).expect("write");
+    let msg = storage_message(SqliteRegistry::open(&path, Arc::new(ManualClock::new(T0))).expect_err("refuse"));
+    assert!(msg.contains("corrupt") || msg.contains("malformed"), "{msg}");
+    assert_eq!(std::fs::read(&path).expect("read"), bytes, "left untouched");
+}
+
+#[tokio::test]
+async fn a_missing_directory_is_a_storage_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("no/such/dir/cairn.db");
+    let msg = storage_message(SqliteRegistry::open(&path, Arc::new(ManualClock::new(T0))).expect_err("refuse"));
+    assert!(msg.contains("cannot be opened"), "{msg}");
+}
+
+// ------------------------------------------------------------------ persistence
+
+/// Everything observable about a registry, as JSON with lease tokens blanked.
+async fn snapshot(reg: &dyn ProcessRegistry, ids: &[&str], env: &str) -> Value {
+    let mut out = serde_json::Map::new();
+    for id in ids {
+        let rec = reg.get(id).await.map_err(|e| e.code());
+        let events = reg.events_after(id, 0, Some(1000)).await.map_err(|e| e.code());
+        let fencing = reg.fencing_token(id).await.map_err(|e| e.code());
+        out.insert(id.to_string(), normalized(&(rec, events, fencing)));
+    }
+    let any = ProcessFilter::any();
+    out.insert("list".into(), normalized(&reg.list(&any).await.map_err(|e| e.code())));
+    out.insert(
+        "granted".into(),
+        normalized(
+            &reg.list_granted_to(&SessionScope::session("s1"), &any)
+                .await
+                .map_err(|e| e.code()),
+        ),
+    );
+    out.insert(
+        "originated".into(),
+        normalized(
+            &reg.list_originated_by(&SessionScope::session("s1"), &any)
+                .await
+                .map_err(|e| e.code()),
+        ),
+    );
+    out.insert(
+        "wakes".into(),
+        normalized(&reg.pending_wakes("s1", None).await.map_err(|e| e.code())),
+    );
+    out.insert(
+        "changes".into(),
+        normalized(&reg.changed_since(0, None).await.map_err(|e| e.code())),
+    );
+    out.insert(
+        "worklist".into(),
+        normalized(&reg.worklist(100).await.map_err(|e| e.code())),
+    );
+    out.insert("env".into(), normalized(&reg.get_env(env).await.map_err(|e| e.code())));
+    Value::Object(out)
+}
+
+#[tokio::test]
+async fn reopening_preserves_everything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let clock = ManualClock::new(T0);
+    let ids = ["a-wake", "b-claimed", "c-done", "d-pruned", "e-ext"];
+    let reg = open(&path, &clock);
+    let env = reg
+        .put_env(&EnvSpec {
+            plugin_options: json!({"image": "alpine"}),
+            policy: json!({"net": false}),
+        })
+        .await
+        .expect("env");
+    reg.register(waking("a-wake"), grant_to("s1")).await.expect("a");
+    for n in 0..3 {
+        reg.append_event(
+            "a-wake",
+            AppendRequest::new("progress", json!({"text": format!("step {n}")})),
+        )
+        .await
+        .expect("progress");
+    }
+    let wakes = reg.pending_wakes("s1", None).await.expect("wakes");
+    assert_eq!(wakes.len(), 3);
+    assert!(reg.ack_wake("s1", &wakes[0].wake_id).await.expect("ack"));
+    reg.register(tool("b-claimed", Disposition::OwnerBound), grant_to("s2"))
+        .await
+        .expect("b");
+    let lease = reg.claim("b-claimed", "w1", 60_000).await.expect("claim");
+    reg.record_started(&lease).await.expect("started");
+    reg.register(tool("c-done", Disposition::Rerunnable), None)
+        .await
+        .expect("c");
+    let c = reg.claim("c-done", "w1", 1_000).await.expect("claim c");
+    reg.complete(&c, Outcome::success(json!(1))).await.expect("complete c");
+    reg.register(tool("d-pruned", Disposition::Rerunnable), None)
+        .await
+        .expect("d");
+    reg.request_cancel("d-pruned", Some("no".into()))
+        .await
+        .expect("cancel d");
+    let mut e = external("e-ext");
+    e.env_ref = Some(env.clone());
+    reg.register(e, None).await.expect("e");
+    clock.advance(10);
+    let report = reg
+        .prune(clock.now_ms(), StatusFilter::Cancelled, Watermark::NoProjector)
+        .await
+        .expect("prune");
+    assert_eq!(report.pruned, 1);
+    let before = snapshot(&reg, &ids, &env).await;
+    let cursor_before = reg.changed_since(0, Some(1000)).await.expect("changes").next_cursor;
+    drop(reg);
+
+    let reg = open(&path, &clock);
+    assert_eq!(snapshot(&reg, &ids, &env).await, before);
+    // Counters carry on where they stopped.
+    let appended = reg
+        .append_event("a-wake", AppendRequest::new("progress", json!({"text": "after"})))
+        .await
+        .expect("append after reopen");
+    assert_eq!(appended.event.sequence, 4);
+    let page = reg.changed_since(cursor_before, None).await.expect("changes");
+    assert_eq!(page.changes.len(), 1);
+    assert!(page.changes[0].cursor > cursor_before);
+    clock.advance(120_000);
+    let again = reg.claim("c-done", "w2", 1_000).await;
+    assert_eq!(again.map_err(|e| e.code()).err(), Some("process_terminal"));
+    let b = reg.fencing_token("b-claimed").await.expect("fencing");
+    assert_eq!(b, 1);
+    let tomb = reg.get("d-pruned").await.expect_err("pruned");
+    assert_eq!(tomb.code(), "no_longer_retained");
+    // Acked wakes still deduplicate after reopen; pending ones are still pending.
+    assert_eq!(reg.pending_wakes("s1", None).await.expect("wakes").len(), 3);
+    assert!(!reg.ack_wake("s1", &wakes[0].wake_id).await.expect("ack again"));
+}
+
+#[tokio::test]
+async fn fencing_counters_survive_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let clock = ManualClock::new(T0);
+    let reg = open(&path, &clock);
+    reg.register(tool("r", Disposition::Rerunnable), None).await.expect("r");
+    for _ in 0..3 {
+        let lease = reg.claim("r", "w1", 10).await.expect("claim");
+        reg.release(&lease).await.expect("release");
+    }
+    drop(reg);
+    let reg = open(&path, &clock);
+    assert_eq!(reg.fencing_token("r").await.expect("fencing"), 3);
+    let lease = reg.claim("r", "w1", 10).await.expect("claim");
+    assert_eq!(lease.fencing_token, 4);
+}
+
+/// The child half of `acknowledged_writes_survive_a_crash`: runs only when the
+/// parent sets the variable, writes, and dies without any cleanup.
+#[tokio::test]
+async fn crash_child() {
+    let Ok(path) = std::env::var("CAIRN_SQLITE_CRASH_DB") else {
+        return;
+    };
+    let clock = ManualClock::new(T0);
+    let reg = open(Path::new(&path), &clock);
+    reg.register(waking("crash"), grant_to("s1")).await.expect("register");
+    for n in 0..20 {
+        reg.append_event("crash", AppendRequest::new("progress", json!({"text": format!("{n}")})))
+            .await
+            .expect("append");
+    }
+    // Acknowledged: now die like kill -9 (no destructors, no checkpoint).
+    std::process::abort();
+}
+
+#[test]
+fn acknowledged_writes_survive_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let status = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .args(["--exact", "crash_child", "--test-threads=1", "--nocapture"])
+        .env("CAIRN_SQLITE_CRASH_DB", &path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("spawn child");
+    assert!(!status.success(), "the child aborts");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let reg = open(&path, &ManualClock::new(T0));
+        let rec = reg.get("crash").await.expect("record survived");
+        assert_eq!(rec.last_sequence, 20);
+        let page = reg.events_after("crash", 0, None).await.expect("events");
+        assert_eq!(page.events.len(), 20);
+        assert_eq!(reg.pending_wakes("s1", None).await.expect("wakes").len(), 20);
+        assert_eq!(
+            reg.list_granted_to(&SessionScope::session("s1"), &ProcessFilter::any())
+                .await
+                .expect("g")
+                .len(),
+            1
+        );
+    });
+}
+
+// ------------------------------------------------------------------ group commit
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_share_commits_and_stay_gap_free() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reg = Arc::new(open(&db(&dir), &ManualClock::new(T0)));
+    let ids: Vec<String> = (0..4).map(|i| format!("g{i}")).collect();
+    for id in &ids {
+        reg.register(waking(id), None).await.expect("register");
+    }
+    let base = reg.write_stats();
+    let mut tasks = Vec::new();
+    for n in 0..200 {
+        let reg = reg.clone();
+        let id = ids[n % ids.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            reg.append_event(&id, AppendRequest::new("progress", json!({"text": format!("{n}")})))
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("append");
+    }
+    for id in &ids {
+        let page = reg.events_after(id, 0, Some(1000)).await.expect("events");
+        let seqs: Vec<u64> = page.events.iter().map(|e| e.sequence).collect();
+        assert_eq!(seqs, (1..=50).collect::<Vec<u64>>(), "{id}");
+        let rec = reg.get(id).await.expect("get");
+        cairn_core::fold::check_fold(&rec, &page.events).expect("fold");
+    }
+    let stats = reg.write_stats();
+    let (jobs, commits) = (stats.jobs - base.jobs, stats.commits - base.commits);
+    assert_eq!(jobs, 200);
+    assert!(
+        commits < jobs,
+        "group commit shares transactions: {commits} commits for {jobs} jobs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_job_rolls_back_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reg = Arc::new(open(&db(&dir), &ManualClock::new(T0)));
+    reg.register(waking("mixed"), None).await.expect("register");
+    let mut tasks = Vec::new();
+    for n in 0..100 {
+        let reg = reg.clone();
+        tasks.push(tokio::spawn(async move {
+            // Odd ones violate the schema (no `text`): they must fail alone.
+            let payload = if n % 2 == 0 {
+                json!({"text": n})
+            } else {
+                json!({"nope": n})
+            };
+            (
+                n,
+                reg.append_event("mixed", AppendRequest::new("progress", payload)).await,
+            )
+        }));
+    }
+    for t in tasks {
+        let (n, result) = t.await.expect("join");
+        match result {
+            Ok(_) => assert_eq!(n % 2, 0),
+            Err(e) => {
+                assert_eq!(n % 2, 1);
+                assert_eq!(e.code(), "schema_violation");
+            }
+        }
+    }
+    let page = reg.events_after("mixed", 0, Some(1000)).await.expect("events");
+    assert_eq!(page.events.len(), 50);
+    assert!(page.events.iter().enumerate().all(|(i, e)| e.sequence == i as u64 + 1));
+    assert_eq!(reg.pending_wakes("s1", Some(1000)).await.expect("wakes").len(), 50);
+    let rec = reg.get("mixed").await.expect("get");
+    cairn_core::fold::check_fold(&rec, &page.events).expect("fold");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batched_writes_with_small_batches_still_all_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = SqliteOptions::new(Arc::new(ManualClock::new(T0)));
+    options.max_batch = 3;
+    options.read_connections = 1;
+    let reg = Arc::new(SqliteRegistry::open_with(db(&dir), options).expect("open"));
+    let mut tasks = Vec::new();
+    for n in 0..60 {
+        let reg = reg.clone();
+        tasks.push(tokio::spawn(async move {
+            reg.register(tool(&format!("b{n:02}"), Disposition::Rerunnable), None)
+                .await
+        }));
+    }
+    for t in tasks {
+        assert!(t.await.expect("join").expect("register").created);
+    }
+    let listed = reg
+        .list(&ProcessFilter {
+            limit: Some(1000),
+            ..ProcessFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 60);
+    let claims = reg.claim_batch("w", 1_000, 1000).await.expect("claim batch");
+    assert_eq!(claims.len(), 60);
+}
+
+// ------------------------------------------------------------------ differential
+
+/// JSON of a value with every lease token blanked (tokens are random per claim).
+fn normalized<T: Serialize>(value: &T) -> Value {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                for (k, child) in map.iter_mut() {
+                    if k == "lease_token" {
+                        *child = json!("<token>");
+                    } else {
+                        walk(child);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(value).expect("serialize");
+    walk(&mut v);
+    v
+}
+
+/// The memory and SQLite registries on one clock.
+struct Pair {
+    mem: MemoryRegistry,
+    sql: SqliteRegistry,
+    clock: ManualClock,
+    steps: usize,
+    _dir: tempfile::TempDir,
+}
+
+impl Pair {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = ManualClock::new(T0);
+        Self {
+            mem: MemoryRegistry::with_clock(Arc::new(clock.clone())),
+            sql: open(&db(&dir), &clock),
+            clock,
+            steps: 0,
+            _dir: dir,
+        }
+    }
+
+    /// Assert both answers agree (values with lease tokens blanked; errors exactly).
+    fn same<T: Serialize + std::fmt::Debug>(
+        &mut self,
+        what: &str,
+        mem: cairn_core::Result<T>,
+        sql: cairn_core::Result<T>,
+    ) -> Both<T> {
+        self.steps += 1;
+        match (&mem, &sql) {
+            (Ok(a), Ok(b)) => assert_eq!(normalized(a), normalized(b), "step {}: {what}", self.steps),
+            (Err(a), Err(b)) => assert_eq!(a, b, "step {}: {what}", self.steps),
+            _ => panic!("step {}: {what}: memory {mem:?} vs sqlite {sql:?}", self.steps),
+        }
+        Both { mem, sql }
+    }
+}
+
+/// The two answers of one differential step.
+struct Both<T> {
+    mem: cairn_core::Result<T>,
+    sql: cairn_core::Result<T>,
+}
+
+/// Run the same call on both registries and compare; evaluates to (memory, sqlite).
+macro_rules! both {
+    ($pair:ident, $what:expr, |$r:ident| $call:expr) => {{
+        let m = {
+            let $r: &dyn ProcessRegistry = &$pair.mem;
+            $call.await
+        };
+        let s = {
+            let $r: &dyn ProcessRegistry = &$pair.sql;
+            $call.await
+        };
+        $pair.same($what, m, s)
+    }};
+}
+
+/// Like `both!` with a per-backend argument (a lease): `$m` for memory, `$s` for SQLite.
+macro_rules! both_with {
+    ($pair:ident, $what:expr, ($m:expr, $s:expr), |$r:ident, $x:ident| $call:expr) => {{
+        let m = {
+            let $r: &dyn ProcessRegistry = &$pair.mem;
+            let $x = $m;
+            $call.await
+        };
+        let s = {
+            let $r: &dyn ProcessRegistry = &$pair.sql;
+            let $x = $s;
+            $call.await
+        };
+        $pair.same($what, m, s)
+    }};
+}
+
+/// The worklist in id order: its order is not part of the contract (SQLite
+/// answers by claimable time, memory by id), its content is.
+async fn worklist_by_id(r: &dyn ProcessRegistry, limit: usize) -> cairn_core::Result<Vec<cairn_core::WorkItem>> {
+    let mut items = r.worklist(limit).await?;
+    items.sort_by(|a, b| a.process_id.cmp(&b.process_id));
+    Ok(items)
+}
+
+fn leases(pair: Both<cairn_core::Lease>) -> (cairn_core::Lease, cairn_core::Lease) {
+    (pair.mem.expect("memory lease"), pair.sql.expect("sqlite lease"))
+}
+
+#[tokio::test]
+async fn sqlite_answers_like_memory() {
+    let mut p = Pair::new();
+    let s1 = SessionScope::session("s1");
+    let s2 = SessionScope::session("s2");
+    let f1 = SessionScope::frame("s1", "f1");
+    let any = ProcessFilter::any();
+
+    // Envs.
+    let spec = EnvSpec {
+        plugin_options: json!({"a": 1}),
+        policy: json!({}),
+    };
+    let env = both!(p, "put_env", |r| r.put_env(&spec)).mem;
+    let env = env.expect("env");
+    both!(p, "put_env again", |r| r.put_env(&spec));
+    both!(p, "get_env", |r| r.get_env(&env));
+    both!(p, "get_env unknown", |r| r.get_env("process-env:sha256:00"));
+    both!(p, "get_env invalid", |r| r.get_env(""));
+
+    // Registration.
+    let mut with_env = tool("env-1", Disposition::Rerunnable);
+    with_env.env_ref = Some(env.clone());
+    both!(p, "register with env", |r| r.register(with_env.clone(), None));
+    let mut bad_env = tool("env-2", Disposition::Rerunnable);
+    bad_env.env_ref = Some("process-env:sha256:ff".into());
+    both!(p, "register unknown env", |r| r.register(bad_env.clone(), None));
+    both!(p, "register waking", |r| r.register(waking("w-1"), grant_to("s1")));
+    both!(p, "register again", |r| r.register(waking("w-1"), grant_to("s2")));
+    both!(p, "register conflict", |r| r
+        .register(tool("w-1", Disposition::Rerunnable), None));
+    both!(p, "register invalid", |r| r
+        .register(tool("", Disposition::Rerunnable), None));
+    let mut framed = waking("w-2");
+    framed.provenance.originator = Originator::session(f1.clone());
+    both!(p, "register framed", |r| r.register(framed.clone(), grant_to("s1")));
+    p.clock.advance(5);
+    both!(p, "register owner-bound", |r| r
+        .register(tool("ob-1", Disposition::OwnerBound), grant_to("s1")));
+    both!(p, "register external", |r| r
+        .register(external("ext-1"), grant_to("s2")));
+    p.clock.advance(5);
+    both!(p, "register rerunnable", |r| r
+        .register(tool("rr-1", Disposition::Rerunnable), None));
+
+    // Reads.
+    both!(p, "get", |r| r.get("w-1"));
+    both!(p, "get unknown", |r| r.get("nope"));
+    both!(p, "get invalid", |r| r.get("bad\nid"));
+    both!(p, "list running", |r| r.list(&ProcessFilter::running()));
+    both!(p, "list any", |r| r.list(&any));
+    let filters = [
+        json!({"definition": "tool:echo"}),
+        json!({"definition": "external"}),
+        json!({"originator": "session:s1"}),
+        json!({"originator": "session:s1/frame:f1"}),
+        json!({"originator": "host"}),
+        json!({"created_from_ms": T0 + 5}),
+        json!({"created_before_ms": T0 + 5}),
+        json!({"after_id": "ext-1", "limit": 2}),
+        json!({"waiting": false, "status": "any"}),
+    ];
+    for f in &filters {
+        let filter = ProcessFilter::from_json(f.clone()).expect("filter");
+        both!(p, &format!("list {f}"), |r| r.list(&filter));
+    }
+    let bad_page = ProcessFilter {
+        limit: Some(0),
+        ..ProcessFilter::default()
+    };
+    both!(p, "list bad page", |r| r.list(&bad_page));
+
+    // Appends.
+    let progress = |t: &str| AppendRequest::new("progress", json!({"text": t}));
+    both!(p, "append progress", |r| r.append_event("w-1", progress("one")));
+    both!(p, "append keyed", |r| r
+        .append_event("w-1", progress("two").with_replay_key("k2")));
+    both!(p, "append replay", |r| r
+        .append_event("w-1", progress("two").with_replay_key("k2")));
+    both!(p, "append replay conflict", |r| r
+        .append_event("w-1", progress("other").with_replay_key("k2")));
+    both!(p, "append bad replay key", |r| r
+        .append_event("w-1", progress("x").with_replay_key("")));
+    both!(p, "append undeclared", |r| r
+        .append_event("w-1", AppendRequest::new("nope", json!({}))));
+    both!(p, "append reserved", |r| r
+        .append_event("w-1", AppendRequest::new("process.started", json!({}))));
+    both!(p, "append schema violation", |r| r
+        .append_event("w-1", AppendRequest::new("progress", json!({"x": 1}))));
+    both!(p, "append once-wake", |r| r
+        .append_event("w-1", AppendRequest::new("ready", json!({}))));
+    both!(p, "append once-wake deduped", |r| r
+        .append_event("w-1", AppendRequest::new("ready", json!({"again": true}))));
+    both!(p, "append wake override", |r| r
+        .append_event("w-2", progress("to s2").with_wake_target(s2.clone())));
+    both!(p, "append waiting", |r| r.append_event(
+        "w-2",
+        AppendRequest::new("process.waiting", json!({"kind": "signal", "name": "go", "ordinal": 1}))
+    ));
+    both!(p, "list waiting", |r| r.list(&ProcessFilter {
+        waiting: Some(true),
+        ..ProcessFilter::default()
+    }));
+    both!(p, "signal", |r| r.append_event(
+        "w-2",
+        AppendRequest::new("signal.go", json!({"v": 1})).with_replay_key("signal:go:1")
+    ));
+    both!(p, "bad signal", |r| r
+        .append_event("w-2", AppendRequest::new("signal.bad name", json!({}))));
+    both!(p, "append resumed", |r| r
+        .append_event("w-2", AppendRequest::new("process.resumed", json!({}))));
+    both!(p, "terminal without authority", |r| r.append_event(
+        "rr-1",
+        AppendRequest::new(
+            "process.completed",
+            json!({"await_output": {"type": "success", "value": 1}})
+        )
+    ));
+    both!(p, "append unknown process", |r| r.append_event("nope", progress("x")));
+    both!(p, "events", |r| r.events_after("w-1", 0, None));
+    both!(p, "events paged", |r| r.events_after("w-1", 1, Some(2)));
+    both!(p, "events past end", |r| r.events_after("w-1", 99, None));
+    both!(p, "events bad page", |r| r.events_after("w-1", 0, Some(1001)));
+    both!(p, "events unknown", |r| r.events_after("nope", 0, None));
+
+    // Wakes.
+    both!(p, "pending s1", |r| r.pending_wakes("s1", None));
+    both!(p, "pending s1 page", |r| r.pending_wakes("s1", Some(1)));
+    both!(p, "pending s2", |r| r.pending_wakes("s2", None));
+    let w = both!(p, "pending s1 again", |r| r.pending_wakes("s1", None)).mem;
+    let first = w.expect("wakes")[0].wake_id.clone();
+    both!(p, "ack", |r| r.ack_wake("s1", &first));
+    both!(p, "ack again", |r| r.ack_wake("s1", &first));
+    both!(p, "ack wrong session", |r| r.ack_wake("s2", &first));
+    both!(p, "ack unknown", |r| r.ack_wake("s1", "wake:nope"));
+    both!(p, "pending after ack", |r| r.pending_wakes("s1", None));
+
+    // Grants.
+    let desc = GrantDescriptor {
+        kind: Some("k".into()),
+        label: Some("l".into()),
+    };
+    both!(p, "grant", |r| r.grant(&f1, "rr-1", desc.clone()));
+    both!(p, "grant again", |r| r.grant(&f1, "rr-1", GrantDescriptor::default()));
+    both!(p, "grant unknown", |r| r.grant(&f1, "nope", desc.clone()));
+    both!(p, "granted s1", |r| r.list_granted_to(&s1, &any));
+    both!(p, "granted f1", |r| r.list_granted_to(&f1, &any));
+    both!(p, "originated s1", |r| r.list_originated_by(&s1, &any));
+    both!(p, "originated f1", |r| r.list_originated_by(&f1, &any));
+    let ids = vec!["w-1".to_string(), "nope".to_string(), "ob-1".to_string()];
+    both!(p, "transfer", |r| r.transfer(&s1, &s2, &ids));
+    both!(p, "granted s2", |r| r.list_granted_to(&s2, &any));
+    both!(p, "originated s1 after transfer", |r| r.list_originated_by(&s1, &any));
+    both!(p, "revoke", |r| r.revoke(&s2, "ob-1"));
+    both!(p, "revoke again", |r| r.revoke(&s2, "ob-1"));
+
+    // Leases.
+    leases(both!(p, "claim", |r| r.claim("rr-1", "w1", 1_000)));
+    both!(p, "claim held", |r| r.claim("rr-1", "w2", 1_000));
+    both!(p, "claim external", |r| r.claim("ext-1", "w1", 1_000));
+    both!(p, "claim zero ttl", |r| r.claim("rr-1", "w1", 0));
+    both!(p, "claim unknown", |r| r.claim("nope", "w1", 10));
+    let (lm, ls) = leases(both!(p, "claim own", |r| r.claim("rr-1", "w1", 1_000)));
+    both!(p, "fencing", |r| r.fencing_token("rr-1"));
+    both_with!(p, "record_started", (&lm, &ls), |r, l| r.record_started(l));
+    p.clock.advance(500);
+    let (lm, ls) = leases(both_with!(p, "renew", (&lm, &ls), |r, l| r.renew(l, 2_000)));
+    let mut stale_m = lm.clone();
+    stale_m.fencing_token -= 1;
+    let mut stale_s = ls.clone();
+    stale_s.fencing_token -= 1;
+    both_with!(p, "renew stale", (&stale_m, &stale_s), |r, l| r.renew(l, 2_000));
+    both_with!(p, "release stale", (&stale_m, &stale_s), |r, l| r.release(l));
+    both_with!(p, "complete stale", (&stale_m, &stale_s), |r, l| r
+        .complete(l, Outcome::success(json!("x"))));
+    both!(p, "cancel leased", |r| r.request_cancel("rr-1", Some("stop".into())));
+    both!(p, "cancel leased again", |r| r
+        .request_cancel("rr-1", Some("stop".into())));
+    both!(p, "worklist while leased", |r| worklist_by_id(r, 100));
+    both_with!(p, "append fenced ok", (&lm, &ls), |r, l| r.append_event(
+        "rr-1",
+        AppendRequest::new("process.waiting", json!({"kind": "x"})).with_lease(l.clone())
+    ));
+    both_with!(p, "complete", (&lm, &ls), |r, l| r
+        .complete(l, Outcome::cancelled("stopped")));
+    both_with!(p, "complete again", (&lm, &ls), |r, l| r
+        .complete(l, Outcome::success(json!(1))));
+    both_with!(p, "release after complete", (&lm, &ls), |r, l| r.release(l));
+    both!(p, "claim terminal", |r| r.claim("rr-1", "w1", 10));
+    both!(p, "cancel terminal", |r| r.request_cancel("rr-1", None));
+
+    // Owner-bound: started once, never again.
+    let (om, os) = leases(both!(p, "claim ob", |r| r.claim("ob-1", "w1", 100)));
+    both_with!(p, "start ob", (&om, &os), |r, l| r.record_started(l));
+    p.clock.advance(200);
+    both!(p, "claim started ob", |r| r.claim("ob-1", "w2", 100));
+    both!(p, "cancel started ob", |r| r.request_cancel("ob-1", None));
+    both!(p, "worklist", |r| worklist_by_id(r, 100));
+    both!(p, "abandon request", |r| r.request_abandon("ob-1", "host", "gone"));
+    both!(p, "abandon request again", |r| r
+        .request_abandon("ob-1", "other", "twice"));
+    both!(p, "claim abandon requested", |r| r.claim("ob-1", "w1", 100));
+    both!(p, "worklist with abandon", |r| worklist_by_id(r, 100));
+    both!(p, "reconcile", |r| r.reconcile_abandon("ob-1"));
+    both!(p, "reconcile again", |r| r.reconcile_abandon("ob-1"));
+    both!(p, "abandon terminal", |r| r.request_abandon("ob-1", "host", "late"));
+
+    // Abandon request under a live lease waits for it to lapse.
+    both!(p, "register ob-2", |r| r
+        .register(tool("ob-2", Disposition::OwnerBound), None));
+    let (om, os) = leases(both!(p, "claim ob-2", |r| r.claim("ob-2", "w1", 100)));
+    both!(p, "abandon ob-2", |r| r.request_abandon("ob-2", "host", "why"));
+    both!(p, "reconcile live", |r| r.reconcile_abandon("ob-2"));
+    both!(p, "worklist live", |r| worklist_by_id(r, 100));
+    p.clock.advance(100);
+    both!(p, "worklist lapsed", |r| worklist_by_id(r, 100));
+    both!(p, "reconcile lapsed", |r| r.reconcile_abandon("ob-2"));
+    both_with!(p, "release after abandon", (&om, &os), |r, l| r.release(l));
+
+    // Cancel before start ends at once.
+    both!(p, "register c-1", |r| r
+        .register(tool("c-1", Disposition::Rerunnable), grant_to("s1")));
+    both!(p, "cancel unstarted", |r| r.request_cancel("c-1", None));
+
+    // External completion.
+    both!(p, "complete_external non-external", |r| r.complete_external(
+        "w-1",
+        Outcome::success(json!(1)),
+        "ci"
+    ));
+    let abandoned = Outcome::Abandoned {
+        evidence: cairn_core::AbandonEvidence {
+            writer: cairn_core::AbandonWriter::Sweep,
+            owner: None,
+            epoch_ms: 0,
+        },
+    };
+    both!(p, "complete_external abandoned", |r| r.complete_external(
+        "ext-1",
+        abandoned.clone(),
+        "ci"
+    ));
+    both!(p, "cancel external", |r| r
+        .request_cancel("ext-1", Some("please".into())));
+    both!(p, "append external terminal", |r| r.append_event(
+        "ext-1",
+        AppendRequest::new(
+            "process.failed",
+            json!({"await_output": {"type": "failure", "class": "c", "code": "x", "message": "m"}})
+        )
+        .with_replay_key("done")
+    ));
+    both!(p, "complete_external terminal", |r| r.complete_external(
+        "ext-1",
+        Outcome::success(json!(2)),
+        "ci"
+    ));
+
+    // Batch claims: every free candidate, in order.
+    for i in 0..5 {
+        let id = format!("batch-{i}");
+        both!(p, "register batch", |r| r
+            .register(tool(&id, Disposition::Rerunnable), None));
+    }
+    both!(p, "worklist before batch", |r| worklist_by_id(r, 3));
+    let batch = both!(p, "claim_batch", |r| r.claim_batch("w9", 100, 3));
+    let (cm, cs) = (batch.mem.expect("claims"), batch.sql.expect("claims"));
+    both!(p, "claim_batch rest", |r| r.claim_batch("w9", 100, 10));
+    both!(p, "claim_batch none", |r| r.claim_batch("w9", 100, 10));
+    both!(p, "claim_batch zero ttl", |r| r.claim_batch("w9", 0, 10));
+    p.clock.advance(100);
+    // Expired rerunnable leases come back; a second attempt is recorded.
+    both!(p, "worklist after expiry", |r| worklist_by_id(r, 100));
+    both!(p, "claim_batch again", |r| r.claim_batch("w8", 100, 2));
+    for (m, s) in cm.iter().zip(cs.iter()) {
+        both_with!(p, "complete expired", (&m.lease, &s.lease), |r, l| r
+            .complete(l, Outcome::success(json!(0))));
+    }
+
+    // Sessions.
+    both!(p, "delete session s1", |r| r.delete_session("s1"));
+    both!(p, "pending after delete", |r| r.pending_wakes("s1", None));
+    both!(p, "delete session s2", |r| r.delete_session("s2"));
+    both!(p, "delete session none", |r| r.delete_session("s9"));
+
+    // Retention.
+    both!(p, "changes", |r| r.changed_since(0, None));
+    both!(p, "changes paged", |r| r.changed_since(3, Some(4)));
+    both!(p, "changes bad page", |r| r.changed_since(0, Some(0)));
+    let page = both!(p, "changes all", |r| r.changed_since(0, Some(1000)))
+        .mem
+        .expect("changes");
+    let mid = page.changes[page.changes.len() / 2].cursor;
+    p.clock.advance(1_000);
+    let cutoff = p.clock.now_ms();
+    both!(p, "prune running", |r| r.prune(
+        cutoff,
+        StatusFilter::Running,
+        Watermark::NoProjector
+    ));
+    both!(p, "prune held", |r| r.prune(
+        cutoff,
+        StatusFilter::Any,
+        Watermark::Cursor { cursor: mid }
+    ));
+    both!(p, "prune completed", |r| r.prune(
+        cutoff,
+        StatusFilter::Completed,
+        Watermark::NoProjector
+    ));
+    both!(p, "prune all", |r| r.prune(
+        cutoff,
+        StatusFilter::Any,
+        Watermark::NoProjector
+    ));
+    both!(p, "get pruned", |r| r.get("c-1"));
+    both!(p, "events pruned", |r| r.events_after("c-1", 0, None));
+    both!(p, "fencing pruned", |r| r.fencing_token("ob-1"));
+    both!(p, "register pruned", |r| r
+        .register(tool("c-1", Disposition::Rerunnable), None));
+    both!(p, "grant pruned", |r| r.grant(&s1, "c-1", GrantDescriptor::default()));
+    both!(p, "list after prune", |r| r.list(&any));
+    both!(p, "changes after prune", |r| r.changed_since(0, None));
+    both!(p, "pending after prune", |r| r.pending_wakes("s2", None));
+
+    // Corrupt env.
+    p.mem.corrupt_env_for_test(&env, b"{}".to_vec());
+    p.sql.corrupt_env_for_test(&env, b"{}".to_vec()).await.expect("corrupt");
+    both!(p, "get corrupt env", |r| r.get_env(&env));
+
+    // Every surviving record is the fold of its log in both stores.
+    let all = both!(p, "final list", |r| r.list(&any)).mem;
+    for rec in all.expect("list") {
+        let events = p.sql.events_after(&rec.id, 0, Some(1000)).await.expect("events").events;
+        let stored = p.sql.get(&rec.id).await.expect("get");
+        cairn_core::fold::check_fold(&stored, &events).expect("fold");
+    }
+    assert!(p.steps > 150, "ran {} steps", p.steps);
+    let _ = ProcessStatus::Running;
+}
