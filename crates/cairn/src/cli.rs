@@ -54,7 +54,7 @@ pub enum Command {
         #[arg(long, short)]
         follow: bool,
     },
-    /// Wait for a process to end (prints the record; still running when the timeout passes).
+    /// Wait for a process to end and print its record (exit code 3 when it is still running at the timeout).
     Await {
         /// Process id.
         id: String,
