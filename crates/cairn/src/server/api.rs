@@ -25,6 +25,26 @@ pub struct ApiError {
     pub tombstone: Option<Tombstone>,
 }
 
+/// The documented shape of every error answer.
+#[derive(utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorSchema {
+    /// `code` (stable, machine-matched), `message` (for humans) and, for
+    /// `no_longer_retained`, `tombstone` (`{id, status, terminal_at_ms, pruned_at_ms}`).
+    #[allow(dead_code)]
+    error: ErrorDetailSchema,
+}
+
+/// The inner error object.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDetailSchema {
+    code: String,
+    message: String,
+    #[schema(value_type = Option<Object>)]
+    tombstone: Option<()>,
+}
+
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: ErrorDetail<'a>,

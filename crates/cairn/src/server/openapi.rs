@@ -1,30 +1,43 @@
-//! `GET /openapi.json`: the API description, generated from the handler and body types.
+//! `GET /openapi.json`: the API description, generated from the handlers'
+//! path annotations and the server's own body types. Bodies whose shape is a
+//! cairn-core type (the record, events, outcomes, reports) are described as JSON
+//! objects pointing at SPEC §12 rather than duplicated here.
 
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::routes;
+use super::{api, routes};
 
 /// The OpenAPI document.
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "cairn",
-        description = "Durable process runtime for AI agent hosts (SPEC §10, §12)."
+        description = "Durable process runtime for AI agent hosts. Errors are always \
+            `{\"error\":{\"code\",\"message\"}}`. Auth: `Authorization: Bearer TOKEN` (host or session token) \
+            unless the server runs open on loopback."
     ),
-    components(schemas(
-        routes::AppendBody,
-        routes::SignalBody,
-        routes::CancelBody,
-        routes::CompleteBody,
-        routes::AbandonBody,
-        routes::TransferBody,
-        routes::PruneBody,
-        routes::ListPage,
-        routes::WakesPage,
-        routes::AckAnswer,
-        routes::Health,
-    ))
+    paths(
+        routes::start,
+        routes::list,
+        routes::get,
+        routes::events,
+        routes::await_terminal,
+        routes::append,
+        routes::signal,
+        routes::cancel,
+        routes::complete,
+        routes::abandon_request,
+        routes::transfer,
+        routes::delete_session,
+        routes::wakes,
+        routes::ack_wake,
+        routes::prune,
+        routes::changes,
+        routes::healthz,
+        routes::metrics,
+    ),
+    components(schemas(api::ErrorSchema, api::ErrorDetailSchema))
 )]
 pub struct ApiDoc;
 

@@ -15,7 +15,7 @@ use cairn_core::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::api::{ApiError, ApiJson, ApiPath, ApiQuery};
+use super::api::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorSchema};
 use super::auth::{check_visible, Caller};
 use super::{sse, AppState};
 
@@ -196,6 +196,16 @@ fn scope_of_session(caller: &Caller) -> Option<SessionScope> {
 }
 
 /// `POST /v1/processes`: 201 created, 200 for a repeated identical start.
+#[utoipa::path(post, path = "/v1/processes", tag = "processes",
+    request_body(content = Value, description = "Start request (SPEC §12): id, input, disposition, originator?, caused_by?, grant?, wake_target?, event_types?, env_spec?, external_ref?"),
+    responses(
+        (status = 201, description = "Created: the process record", body = Value),
+        (status = 200, description = "The same start repeated: the existing record", body = Value),
+        (status = 400, description = "Malformed or invalid request", body = ErrorSchema),
+        (status = 404, description = "unknown_tool or unknown_env", body = ErrorSchema),
+        (status = 409, description = "registration_conflict", body = ErrorSchema),
+        (status = 410, description = "no_longer_retained: the id was pruned", body = ErrorSchema),
+        (status = 413, description = "payload_too_large", body = ErrorSchema)))]
 pub async fn start(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
@@ -236,6 +246,21 @@ pub async fn start(
 
 /// `GET /v1/processes`: the filter keys of [`ProcessFilter::from_query`] plus
 /// `granted_to` and `originated_by` (session ids). Unknown keys are `invalid_filter`.
+#[utoipa::path(get, path = "/v1/processes", tag = "processes",
+    params(
+        ("status" = Option<String>, Query, description = "running (default), completed, failed, cancelled, abandoned or any"),
+        ("granted_to" = Option<String>, Query, description = "Session id: what that session may address (the security lens)"),
+        ("originated_by" = Option<String>, Query, description = "Session id: what that session created (the provenance lens; host only)"),
+        ("waiting" = Option<bool>, Query, description = "Only processes waiting (true) or not (false)"),
+        ("definition" = Option<String>, Query, description = "tool:NAME, script:MODULE#NAME, session_turn or external"),
+        ("originator" = Option<String>, Query, description = "Originator scope id: host, host:SCOPE, session:ID, session:ID/frame:F"),
+        ("created_from_ms" = Option<u64>, Query, description = "Inclusive lower bound on created_at_ms"),
+        ("created_before_ms" = Option<u64>, Query, description = "Exclusive upper bound on created_at_ms"),
+        ("after_id" = Option<String>, Query, description = "Only ids after this one (pagination)"),
+        ("limit" = Option<usize>, Query, description = "Page size (default 100, at most 1000)")),
+    responses(
+        (status = 200, description = "One page in id order", body = ListPage),
+        (status = 400, description = "invalid_filter (unknown key, wrong type) or invalid_page", body = ErrorSchema)))]
 pub async fn list(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
@@ -318,6 +343,12 @@ pub async fn list(
 }
 
 /// `GET /v1/processes/{id}`.
+#[utoipa::path(get, path = "/v1/processes/{id}", tag = "processes",
+    params(("id" = String, Path, description = "Process id")),
+    responses(
+        (status = 200, description = "The process record (SPEC §12)", body = Value),
+        (status = 404, description = "unknown_process", body = ErrorSchema),
+        (status = 410, description = "no_longer_retained, with the tombstone", body = ErrorSchema)))]
 pub async fn get(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
@@ -329,6 +360,12 @@ pub async fn get(
 
 /// `GET /v1/processes/{id}/events`: a page of JSON, or a live SSE stream when
 /// the client accepts `text/event-stream`.
+#[utoipa::path(get, path = "/v1/processes/{id}/events", tag = "events",
+    params(("id" = String, Path, description = "Process id"), EventsQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "Streams: resume after this sequence (wins over `after`)")),
+    responses(
+        (status = 200, description = "JSON: `{events, next_after}`. With `Accept: text/event-stream`: an SSE stream whose events carry `id` = sequence and `data` = the event JSON; it closes after the terminal event", content((Value = "application/json"), (String = "text/event-stream"))),
+        (status = 404, description = "unknown_process", body = ErrorSchema)))]
 pub async fn events(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
@@ -362,6 +399,11 @@ pub async fn events(
 
 /// `GET /v1/processes/{id}/await`: the record once terminal, or the still-running
 /// record when the timeout passes (or the server shuts down) first.
+#[utoipa::path(get, path = "/v1/processes/{id}/await", tag = "processes",
+    params(("id" = String, Path, description = "Process id"), AwaitQuery),
+    responses(
+        (status = 200, description = "The record: terminal, or still running when the timeout passed first", body = Value),
+        (status = 404, description = "unknown_process", body = ErrorSchema)))]
 pub async fn await_terminal(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
@@ -384,6 +426,15 @@ pub async fn await_terminal(
 }
 
 /// `POST /v1/processes/{id}/events`: append a declared event (external owners).
+#[utoipa::path(post, path = "/v1/processes/{id}/events", tag = "events",
+    params(("id" = String, Path, description = "Process id")),
+    request_body = AppendBody,
+    responses(
+        (status = 200, description = "`{event, replayed, wake?}`", body = Value),
+        (status = 400, description = "undeclared_event_type, reserved_event_type, schema_violation, terminal_needs_authority, invalid_outcome", body = ErrorSchema),
+        (status = 404, description = "unknown_process", body = ErrorSchema),
+        (status = 409, description = "replay_conflict or process_terminal", body = ErrorSchema),
+        (status = 413, description = "payload_too_large", body = ErrorSchema)))]
 pub async fn append(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
@@ -412,6 +463,14 @@ pub async fn append(
 }
 
 /// `POST /v1/processes/{id}/signals/{name}`: 200 with the event; a repeated signal id returns the same event.
+#[utoipa::path(post, path = "/v1/processes/{id}/signals/{name}", tag = "events",
+    params(("id" = String, Path, description = "Process id"), ("name" = String, Path, description = "Signal name: ASCII letters, digits, `_`, `-`")),
+    request_body = SignalBody,
+    responses(
+        (status = 200, description = "The `signal.{name}` event; the same event when the signal id repeats", body = Value),
+        (status = 400, description = "invalid_signal_name or invalid_id", body = ErrorSchema),
+        (status = 404, description = "unknown_process", body = ErrorSchema),
+        (status = 409, description = "replay_conflict (same signal id, other payload) or process_terminal", body = ErrorSchema)))]
 pub async fn signal(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
@@ -426,6 +485,13 @@ pub async fn signal(
 }
 
 /// `POST /v1/processes/{id}/cancel`: record a cancellation request; answers the record.
+#[utoipa::path(post, path = "/v1/processes/{id}/cancel", tag = "processes",
+    params(("id" = String, Path, description = "Process id")),
+    request_body(content = CancelBody, description = "May be empty"),
+    responses(
+        (status = 200, description = "The record (cancelled at once when nobody had started it)", body = Value),
+        (status = 404, description = "unknown_process", body = ErrorSchema),
+        (status = 409, description = "process_terminal", body = ErrorSchema)))]
 pub async fn cancel(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
@@ -437,6 +503,14 @@ pub async fn cancel(
 }
 
 /// `POST /v1/processes/{id}/complete`: end an externally owned process.
+#[utoipa::path(post, path = "/v1/processes/{id}/complete", tag = "processes",
+    params(("id" = String, Path, description = "Process id")),
+    request_body = CompleteBody,
+    responses(
+        (status = 200, description = "The terminal record", body = Value),
+        (status = 400, description = "invalid_outcome", body = ErrorSchema),
+        (status = 404, description = "unknown_process", body = ErrorSchema),
+        (status = 409, description = "not_externally_owned or process_terminal", body = ErrorSchema)))]
 pub async fn complete(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
@@ -454,6 +528,13 @@ pub async fn complete(
 }
 
 /// `POST /v1/processes/{id}/abandon-request`: record an abandon request.
+#[utoipa::path(post, path = "/v1/processes/{id}/abandon-request", tag = "processes",
+    params(("id" = String, Path, description = "Process id")),
+    request_body = AbandonBody,
+    responses(
+        (status = 200, description = "The record with its abandon request (reconciled once the lease lapses)", body = Value),
+        (status = 404, description = "unknown_process", body = ErrorSchema),
+        (status = 409, description = "process_terminal", body = ErrorSchema)))]
 pub async fn abandon_request(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
@@ -474,6 +555,11 @@ pub async fn abandon_request(
 }
 
 /// `POST /v1/grants/transfer`: move grants between scopes.
+#[utoipa::path(post, path = "/v1/grants/transfer", tag = "sessions",
+    request_body = TransferBody,
+    responses(
+        (status = 200, description = "`{moved, not_granted}`", body = Value),
+        (status = 403, description = "A session token moving another session's grants", body = ErrorSchema)))]
 pub async fn transfer(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
@@ -489,6 +575,11 @@ pub async fn transfer(
 }
 
 /// `DELETE /v1/sessions/{session_id}`: remove a session's grants and pending wakes.
+#[utoipa::path(delete, path = "/v1/sessions/{session_id}", tag = "sessions",
+    params(("session_id" = String, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "`{session_id, revoked_grants, deleted_wakes, orphaned, preserved}`; never cancels anything", body = Value),
+        (status = 403, description = "A session token naming another session", body = ErrorSchema)))]
 pub async fn delete_session(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
@@ -499,6 +590,11 @@ pub async fn delete_session(
 }
 
 /// `GET /v1/sessions/{session_id}/wakes`: pending wakes, oldest first.
+#[utoipa::path(get, path = "/v1/sessions/{session_id}/wakes", tag = "sessions",
+    params(("session_id" = String, Path, description = "Session id"), WakesQuery),
+    responses(
+        (status = 200, description = "Pending wakes, oldest first", body = WakesPage),
+        (status = 403, description = "A session token naming another session", body = ErrorSchema)))]
 pub async fn wakes(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
@@ -512,6 +608,11 @@ pub async fn wakes(
 }
 
 /// `POST /v1/sessions/{session_id}/wakes/{wake_id}/ack`.
+#[utoipa::path(post, path = "/v1/sessions/{session_id}/wakes/{wake_id}/ack", tag = "sessions",
+    params(("session_id" = String, Path, description = "Session id"), ("wake_id" = String, Path, description = "Wake id")),
+    responses(
+        (status = 200, description = "Acknowledged (or already acknowledged)", body = AckAnswer),
+        (status = 404, description = "unknown_wake", body = ErrorSchema)))]
 pub async fn ack_wake(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
@@ -524,6 +625,12 @@ pub async fn ack_wake(
 }
 
 /// `POST /v1/prune`: retention (host only).
+#[utoipa::path(post, path = "/v1/prune", tag = "retention",
+    request_body = PruneBody,
+    responses(
+        (status = 200, description = "`{pruned, events_deleted, grants_deleted, wakes_deleted, held_by_watermark}`", body = Value),
+        (status = 400, description = "invalid_filter (status running)", body = ErrorSchema),
+        (status = 403, description = "Host only", body = ErrorSchema)))]
 pub async fn prune(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
@@ -539,6 +646,11 @@ pub async fn prune(
 }
 
 /// `GET /v1/changes`: the change feed (host only).
+#[utoipa::path(get, path = "/v1/changes", tag = "retention",
+    params(ChangesQuery),
+    responses(
+        (status = 200, description = "`{changes: [{cursor, process}], next_cursor}`", body = Value),
+        (status = 403, description = "Host only", body = ErrorSchema)))]
 pub async fn changes(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
@@ -551,6 +663,7 @@ pub async fn changes(
 }
 
 /// `GET /healthz`.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "Alive", body = Health)))]
 pub async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".to_string(),
@@ -558,6 +671,10 @@ pub async fn healthz() -> Json<Health> {
 }
 
 /// `GET /metrics` (host only): Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses(
+        (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+        (status = 403, description = "Host only", body = ErrorSchema)))]
 pub async fn metrics(State(state): Shared, Extension(caller): Extension<Caller>) -> ApiResult<Response> {
     caller.require_host("metrics")?;
     Ok((
