@@ -20,6 +20,7 @@ pub struct Cli {
     /// Print raw JSON answers instead of tables (client commands).
     #[arg(long, global = true)]
     pub json: bool,
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }

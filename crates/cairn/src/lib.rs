@@ -6,6 +6,8 @@
 //! - [`server`]: routes, auth, SSE, metrics, OpenAPI and graceful shutdown.
 //! - [`client`]: the CLI client commands.
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod client;
 pub mod db;

@@ -166,6 +166,19 @@ async fn cli_drives_the_server() {
     assert_eq!(rec["input"]["args"]["argv"], json!(["echo", "hi"]));
     assert_eq!(rec["disposition"], "owner_bound");
 
+    // run in the foreground follows to the end and answers the outcome as its exit code.
+    let out = server.cli(&["run", "--id", "fg-1", "--", "true"], None).await;
+    let (_, rec) = server.client().get("/v1/processes/fg-1").await;
+    assert_ne!(rec["status"], "running", "run returned before the end: {rec}");
+    let succeeded = rec["outcome"]["type"] == "success";
+    assert_eq!(out.code == 0, succeeded, "exit {} for {rec}: {}", out.code, out.stderr);
+
+    // Ids with reserved URL characters travel percent-encoded.
+    let odd = json!({"id": "a/b c?d", "input": {"type": "external"}, "disposition": "externally_owned"});
+    assert_eq!(server.cli(&["start", &odd.to_string()], None).await.code, 0);
+    let out = server.cli(&["--json", "get", "a/b c?d"], None).await;
+    assert_eq!(out.json()["id"], "a/b c?d");
+
     // An unreachable server is exit 1 with a message.
     let out = common::run_cli("http://127.0.0.1:9", None, &["ls"], None).await;
     assert_eq!(out.code, 1);

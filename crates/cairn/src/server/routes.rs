@@ -48,6 +48,7 @@ pub struct AppendBody {
 pub struct SignalBody {
     /// Idempotency key of the signal: repeating it returns the same event.
     pub signal_id: String,
+    /// Any JSON; the waiting process receives it.
     #[serde(default)]
     #[schema(value_type = Object)]
     pub payload: Value,
@@ -57,6 +58,7 @@ pub struct SignalBody {
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelBody {
+    /// Why (requests are idempotent per reason).
     #[serde(default)]
     pub reason: Option<String>,
 }
@@ -81,6 +83,7 @@ pub struct AbandonBody {
     /// Defaults to the caller; session callers are always recorded as their session.
     #[serde(default)]
     pub requested_by: Option<String>,
+    /// Why the process should be abandoned.
     pub reason: String,
 }
 
@@ -94,6 +97,7 @@ pub struct TransferBody {
     /// Scope the grants move to.
     #[schema(value_type = Object)]
     pub to: SessionScope,
+    /// The processes whose grants move.
     pub process_ids: Vec<String>,
 }
 
