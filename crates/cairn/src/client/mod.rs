@@ -464,7 +464,7 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) {
             if i + 1 == cells.len() {
                 s.push_str(cell);
             } else {
-                let pad = widths[i].saturating_sub(cell.chars().count());
+                let pad = widths.get(i).copied().unwrap_or(0).saturating_sub(cell.chars().count());
                 s.push_str(cell);
                 s.push_str(&" ".repeat(pad + 2));
             }

@@ -16,14 +16,14 @@ use parking_lot::Mutex;
 use super::AppState;
 
 /// Upper bounds (seconds) of the latency histogram buckets.
-const BUCKETS: &[f64] = &[
+const BUCKETS: [f64; 16] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
 /// A latency histogram with fixed buckets.
 #[derive(Default)]
 pub struct Histogram {
-    counts: [AtomicU64; 16],
+    counts: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_micros: AtomicU64,
 }
@@ -32,8 +32,13 @@ impl Histogram {
     /// Record one observation.
     pub fn observe(&self, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        if let Some(slot) = BUCKETS
+            .iter()
+            .zip(&self.counts)
+            .find(|(b, _)| secs <= **b)
+            .map(|(_, c)| c)
+        {
+            slot.fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
@@ -44,8 +49,8 @@ impl Histogram {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
         let mut cumulative = 0;
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            cumulative += self.counts[i].load(Ordering::Relaxed);
+        for (bound, slot) in BUCKETS.iter().zip(&self.counts) {
+            cumulative += slot.load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
         let count = self.count.load(Ordering::Relaxed);
@@ -110,12 +115,12 @@ impl Metrics {
             "# HELP cairn_processes_ended_total Terminal events written while this server ran, by status."
         );
         let _ = writeln!(out, "# TYPE cairn_processes_ended_total counter");
-        for (i, status) in TERMINAL_LABELS.iter().enumerate() {
+        for (status, slot) in TERMINAL_LABELS.iter().zip(&self.ended) {
             let _ = writeln!(
                 out,
                 "cairn_processes_ended_total{{status=\"{}\"}} {}",
                 status.label(),
-                self.ended[i].load(Ordering::Relaxed)
+                slot.load(Ordering::Relaxed)
             );
         }
         let _ = writeln!(
