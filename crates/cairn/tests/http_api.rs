@@ -520,4 +520,47 @@ async fn health_metrics_and_openapi() {
     ] {
         assert!(doc["paths"][path].is_object(), "openapi lacks {path}");
     }
+    // Every reference resolves, and the core wire types are described field by field.
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x) {
+                        ("$ref", Value::String(r)) => out.push(r.clone()),
+                        _ => refs(x, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    assert!(!all.is_empty());
+    for r in all {
+        let name = r
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("odd ref {r}"));
+        assert!(doc["components"]["schemas"][name].is_object(), "dangling {r}");
+    }
+    let record = &doc["components"]["schemas"]["ProcessRecord"];
+    for field in [
+        "id",
+        "status",
+        "outcome",
+        "disposition",
+        "input",
+        "provenance",
+        "wait",
+        "lease",
+        "last_sequence",
+    ] {
+        assert!(
+            record["properties"][field].is_object(),
+            "ProcessRecord lacks {field}: {record}"
+        );
+    }
+    assert!(doc["components"]["schemas"]["StartRequest"]["properties"]["disposition"].is_object());
+    assert!(doc["components"]["schemas"]["Outcome"].is_object());
 }

@@ -23,6 +23,10 @@ pub struct ApiError {
     pub message: String,
     /// Present on `no_longer_retained`: how the process ended and when it was pruned.
     pub tombstone: Option<Tombstone>,
+    /// Ask the client not to reuse the connection: set when the request body was
+    /// left unread (oversized), so the next request does not land on a stream
+    /// the server is about to close.
+    pub close_connection: bool,
 }
 
 /// The documented shape of every error answer.
@@ -37,12 +41,12 @@ pub struct ErrorSchema {
 
 /// The inner error object.
 #[derive(utoipa::ToSchema)]
+#[schema(as = ErrorDetail)]
 #[allow(dead_code)]
 pub struct ErrorDetailSchema {
     code: String,
     message: String,
-    #[schema(value_type = Option<Object>)]
-    tombstone: Option<()>,
+    tombstone: Option<Tombstone>,
 }
 
 #[derive(Serialize)]
@@ -66,6 +70,7 @@ impl ApiError {
             code,
             message: message.into(),
             tombstone: None,
+            close_connection: false,
         }
     }
 
@@ -138,6 +143,7 @@ impl From<CairnError> for ApiError {
             code: err.code(),
             message: err.to_string(),
             tombstone,
+            close_connection: false,
         }
     }
 }
@@ -154,7 +160,13 @@ impl IntoResponse for ApiError {
                 tombstone: self.tombstone.as_ref(),
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.close_connection {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        }
+        response
     }
 }
 
@@ -197,11 +209,14 @@ where
 
 fn body_rejection(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "request body is over the server's size limit",
-        )
+        ApiError {
+            close_connection: true,
+            ..ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request body is over the server's size limit",
+            )
+        }
     } else {
         ApiError::invalid_request(format!("request body: {}", rejection.body_text()))
     }

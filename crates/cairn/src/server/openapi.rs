@@ -1,7 +1,7 @@
-//! `GET /openapi.json`: the API description, generated from the handlers'
-//! path annotations and the server's own body types. Bodies whose shape is a
-//! cairn-core type (the record, events, outcomes, reports) are described as JSON
-//! objects pointing at SPEC §12 rather than duplicated here.
+//! `GET /openapi.json`: the API description, generated from the handlers' path
+//! annotations, the server's own body types and the cairn-core wire types
+//! (which derive their schemas under cairn-core's `openapi` feature), so the
+//! document cannot drift from what the server serializes.
 
 use axum::Json;
 use utoipa::OpenApi;

@@ -8,9 +8,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use cairn_core::{
-    AppendRequest, AppendResult, ChangePage, Grant, Originator, Outcome, ProcessEvent, ProcessFilter, ProcessRecord,
-    PruneReport, SessionDeleteReport, SessionScope, StartRequest, StatusFilter, TransferReport, WakeDelivery,
-    Watermark,
+    AppendRequest, AppendResult, ChangePage, EventPage, Grant, Originator, Outcome, ProcessEvent, ProcessFilter,
+    ProcessRecord, PruneReport, SessionDeleteReport, SessionScope, StartRequest, StatusFilter, TransferReport,
+    WakeDelivery, Watermark,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -38,7 +38,6 @@ pub struct AppendBody {
     pub replay_key: Option<String>,
     /// Overrides the record's wake target for this event's wake.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
     pub wake_target: Option<SessionScope>,
 }
 
@@ -68,7 +67,6 @@ pub struct CancelBody {
 #[serde(deny_unknown_fields)]
 pub struct CompleteBody {
     /// `success`, `failure` or `cancelled` (SPEC §12 outcome shape).
-    #[schema(value_type = Object)]
     pub outcome: Outcome,
     /// Who completes it (recorded in the terminal payload); defaults to the caller.
     /// Session callers are always recorded as their session.
@@ -92,10 +90,8 @@ pub struct AbandonBody {
 #[serde(deny_unknown_fields)]
 pub struct TransferBody {
     /// Scope the grants move from (`{"session_id", "agent_frame_id"?}`).
-    #[schema(value_type = Object)]
     pub from: SessionScope,
     /// Scope the grants move to.
-    #[schema(value_type = Object)]
     pub to: SessionScope,
     /// The processes whose grants move.
     pub process_ids: Vec<String>,
@@ -109,10 +105,8 @@ pub struct PruneBody {
     pub cutoff_ms: u64,
     /// Which terminal statuses (default `any`; `running` is refused).
     #[serde(default = "any_status")]
-    #[schema(value_type = Option<String>)]
     pub status: StatusFilter,
     /// `{"type":"no_projector"}` or `{"type":"cursor","cursor":N}`: required, never implied.
-    #[schema(value_type = Object)]
     pub watermark: Watermark,
 }
 
@@ -122,6 +116,7 @@ fn any_status() -> StatusFilter {
 
 /// Query of `GET /v1/processes/{id}/events`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Only events with a greater sequence (default 0). For streams, `Last-Event-ID` wins.
@@ -132,6 +127,7 @@ pub struct EventsQuery {
 
 /// Query of `GET /v1/processes/{id}/await`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AwaitQuery {
     /// How long to wait (default 30000, capped by the server's `--max-await`).
@@ -140,6 +136,7 @@ pub struct AwaitQuery {
 
 /// Query of `GET /v1/sessions/{session_id}/wakes`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WakesQuery {
     /// Page size (default 100, at most 1000).
@@ -148,6 +145,7 @@ pub struct WakesQuery {
 
 /// Query of `GET /v1/changes`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ChangesQuery {
     /// Read changes after this cursor (default 0).
@@ -160,11 +158,9 @@ pub struct ChangesQuery {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ListPage {
     /// Records in id order.
-    #[schema(value_type = Vec<Object>)]
     pub processes: Vec<ProcessRecord>,
     /// With `granted_to` (and for session callers): the grant behind each listed process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<Object>>)]
     pub grants: Option<Vec<Grant>>,
     /// Pass as `after_id` for the next page; absent when this page is the last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -175,7 +171,6 @@ pub struct ListPage {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WakesPage {
     /// Pending wakes, oldest first.
-    #[schema(value_type = Vec<Object>)]
     pub wakes: Vec<WakeDelivery>,
 }
 
@@ -201,10 +196,10 @@ fn scope_of_session(caller: &Caller) -> Option<SessionScope> {
 
 /// `POST /v1/processes`: 201 created, 200 for a repeated identical start.
 #[utoipa::path(post, path = "/v1/processes", tag = "processes",
-    request_body(content = Value, description = "Start request (SPEC §12): id, input, disposition, originator?, caused_by?, grant?, wake_target?, event_types?, env_spec?, external_ref?"),
+    request_body = StartRequest,
     responses(
-        (status = 201, description = "Created: the process record", body = Value),
-        (status = 200, description = "The same start repeated: the existing record", body = Value),
+        (status = 201, description = "Created: the process record", body = ProcessRecord),
+        (status = 200, description = "The same start repeated: the existing record", body = ProcessRecord),
         (status = 400, description = "Malformed or invalid request", body = ErrorSchema),
         (status = 404, description = "unknown_tool or unknown_env", body = ErrorSchema),
         (status = 409, description = "registration_conflict", body = ErrorSchema),
@@ -350,7 +345,7 @@ pub async fn list(
 #[utoipa::path(get, path = "/v1/processes/{id}", tag = "processes",
     params(("id" = String, Path, description = "Process id")),
     responses(
-        (status = 200, description = "The process record (SPEC §12)", body = Value),
+        (status = 200, description = "The process record (SPEC §12)", body = ProcessRecord),
         (status = 404, description = "unknown_process", body = ErrorSchema),
         (status = 410, description = "no_longer_retained, with the tombstone", body = ErrorSchema)))]
 pub async fn get(
@@ -368,7 +363,7 @@ pub async fn get(
     params(("id" = String, Path, description = "Process id"), EventsQuery,
         ("Last-Event-ID" = Option<u64>, Header, description = "Streams: resume after this sequence (wins over `after`)")),
     responses(
-        (status = 200, description = "JSON: `{events, next_after}`. With `Accept: text/event-stream`: an SSE stream whose events carry `id` = sequence and `data` = the event JSON; it closes after the terminal event", content((Value = "application/json"), (String = "text/event-stream"))),
+        (status = 200, description = "JSON: one page of events. With `Accept: text/event-stream`: an SSE stream whose events carry `id` = sequence and `data` = the event JSON; it closes after the terminal event", content((EventPage = "application/json"), (String = "text/event-stream"))),
         (status = 404, description = "unknown_process", body = ErrorSchema)))]
 pub async fn events(
     State(state): Shared,
@@ -406,7 +401,7 @@ pub async fn events(
 #[utoipa::path(get, path = "/v1/processes/{id}/await", tag = "processes",
     params(("id" = String, Path, description = "Process id"), AwaitQuery),
     responses(
-        (status = 200, description = "The record: terminal, or still running when the timeout passed first", body = Value),
+        (status = 200, description = "The record: terminal, or still running when the timeout passed first", body = ProcessRecord),
         (status = 404, description = "unknown_process", body = ErrorSchema)))]
 pub async fn await_terminal(
     State(state): Shared,
@@ -434,7 +429,7 @@ pub async fn await_terminal(
     params(("id" = String, Path, description = "Process id")),
     request_body = AppendBody,
     responses(
-        (status = 200, description = "`{event, replayed, wake?}`", body = Value),
+        (status = 200, description = "The event, whether a replay key matched an earlier append, and the wake written with it", body = AppendResult),
         (status = 400, description = "undeclared_event_type, reserved_event_type, schema_violation, terminal_needs_authority, invalid_outcome", body = ErrorSchema),
         (status = 404, description = "unknown_process", body = ErrorSchema),
         (status = 409, description = "replay_conflict or process_terminal", body = ErrorSchema),
@@ -471,7 +466,7 @@ pub async fn append(
     params(("id" = String, Path, description = "Process id"), ("name" = String, Path, description = "Signal name: ASCII letters, digits, `_`, `-`")),
     request_body = SignalBody,
     responses(
-        (status = 200, description = "The `signal.{name}` event; the same event when the signal id repeats", body = Value),
+        (status = 200, description = "The `signal.{name}` event; the same event when the signal id repeats", body = ProcessEvent),
         (status = 400, description = "invalid_signal_name or invalid_id", body = ErrorSchema),
         (status = 404, description = "unknown_process", body = ErrorSchema),
         (status = 409, description = "replay_conflict (same signal id, other payload) or process_terminal", body = ErrorSchema)))]
@@ -493,7 +488,7 @@ pub async fn signal(
     params(("id" = String, Path, description = "Process id")),
     request_body(content = CancelBody, description = "May be empty"),
     responses(
-        (status = 200, description = "The record (cancelled at once when nobody had started it)", body = Value),
+        (status = 200, description = "The record (cancelled at once when nobody had started it)", body = ProcessRecord),
         (status = 404, description = "unknown_process", body = ErrorSchema),
         (status = 409, description = "process_terminal", body = ErrorSchema)))]
 pub async fn cancel(
@@ -511,7 +506,7 @@ pub async fn cancel(
     params(("id" = String, Path, description = "Process id")),
     request_body = CompleteBody,
     responses(
-        (status = 200, description = "The terminal record", body = Value),
+        (status = 200, description = "The terminal record", body = ProcessRecord),
         (status = 400, description = "invalid_outcome", body = ErrorSchema),
         (status = 404, description = "unknown_process", body = ErrorSchema),
         (status = 409, description = "not_externally_owned or process_terminal", body = ErrorSchema)))]
@@ -536,7 +531,7 @@ pub async fn complete(
     params(("id" = String, Path, description = "Process id")),
     request_body = AbandonBody,
     responses(
-        (status = 200, description = "The record with its abandon request (reconciled once the lease lapses)", body = Value),
+        (status = 200, description = "The record with its abandon request (reconciled once the lease lapses)", body = ProcessRecord),
         (status = 404, description = "unknown_process", body = ErrorSchema),
         (status = 409, description = "process_terminal", body = ErrorSchema)))]
 pub async fn abandon_request(
@@ -562,7 +557,7 @@ pub async fn abandon_request(
 #[utoipa::path(post, path = "/v1/grants/transfer", tag = "sessions",
     request_body = TransferBody,
     responses(
-        (status = 200, description = "`{moved, not_granted}`", body = Value),
+        (status = 200, description = "Which grants moved", body = TransferReport),
         (status = 403, description = "A session token moving another session's grants", body = ErrorSchema)))]
 pub async fn transfer(
     State(state): Shared,
@@ -582,7 +577,7 @@ pub async fn transfer(
 #[utoipa::path(delete, path = "/v1/sessions/{session_id}", tag = "sessions",
     params(("session_id" = String, Path, description = "Session id")),
     responses(
-        (status = 200, description = "`{session_id, revoked_grants, deleted_wakes, orphaned, preserved}`; never cancels anything", body = Value),
+        (status = 200, description = "What was removed; never cancels anything", body = SessionDeleteReport),
         (status = 403, description = "A session token naming another session", body = ErrorSchema)))]
 pub async fn delete_session(
     State(state): Shared,
@@ -632,7 +627,7 @@ pub async fn ack_wake(
 #[utoipa::path(post, path = "/v1/prune", tag = "retention",
     request_body = PruneBody,
     responses(
-        (status = 200, description = "`{pruned, events_deleted, grants_deleted, wakes_deleted, held_by_watermark}`", body = Value),
+        (status = 200, description = "What was deleted", body = PruneReport),
         (status = 400, description = "invalid_filter (status running)", body = ErrorSchema),
         (status = 403, description = "Host only", body = ErrorSchema)))]
 pub async fn prune(
@@ -653,7 +648,7 @@ pub async fn prune(
 #[utoipa::path(get, path = "/v1/changes", tag = "retention",
     params(ChangesQuery),
     responses(
-        (status = 200, description = "`{changes: [{cursor, process}], next_cursor}`", body = Value),
+        (status = 200, description = "Changed records in cursor order", body = ChangePage),
         (status = 403, description = "Host only", body = ErrorSchema)))]
 pub async fn changes(
     State(state): Shared,
