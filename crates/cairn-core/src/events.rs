@@ -10,6 +10,7 @@ use crate::{CairnError, Result};
 
 /// A declared event type: its name, payload schema and semantics.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EventType {
     pub name: String,
@@ -49,6 +50,7 @@ impl EventType {
 
 /// What appending an event of a type means beyond being logged.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SemanticsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,6 +61,7 @@ pub struct SemanticsSpec {
 
 /// Appending the event ends the process in `state`; the outcome is read by `await_output`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TerminalSpec {
     pub state: TerminalState,
@@ -69,6 +72,7 @@ pub struct TerminalSpec {
 
 /// Appending the event (when `when` selects a truthy value) wakes the wake target.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WakeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,6 +84,7 @@ pub struct WakeSpec {
 
 /// How a wake's dedupe key is made.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DedupeKey {
     /// `{process_id}:{sequence}`: every event wakes once.
@@ -93,6 +98,9 @@ pub enum DedupeKey {
 
 /// Reads a value from a payload.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+// Templates nest selectors: stop the schema walk from recursing forever.
+#[cfg_attr(feature = "openapi", schema(no_recursion))]
 #[serde(rename_all = "snake_case")]
 pub enum Selector {
     /// The whole payload.
@@ -202,6 +210,7 @@ pub fn truthy(value: Option<&Value>) -> bool {
 
 /// Semantics resolved for one appended event.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResolvedSemantics {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminal: Option<Outcome>,
@@ -211,6 +220,7 @@ pub struct ResolvedSemantics {
 
 /// A resolved wake: the rendered input and dedupe key.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResolvedWake {
     pub input: String,
     pub dedupe_key: String,
@@ -218,7 +228,9 @@ pub struct ResolvedWake {
 
 /// One entry of a process's event log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProcessEvent {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub process_id: ProcessId,
     /// Starts at 1 and rises by one per process.
     pub sequence: u64,
@@ -237,6 +249,7 @@ fn is_default_semantics(s: &ResolvedSemantics) -> bool {
 
 /// A page of events.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventPage {
     pub events: Vec<ProcessEvent>,
     /// The sequence to pass as `after` for the next page; `None` at the end of the log.
@@ -290,6 +303,7 @@ impl AppendRequest {
 
 /// The answer of an append.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AppendResult {
     pub event: ProcessEvent,
     /// True when a replay key matched an earlier append and nothing was written.

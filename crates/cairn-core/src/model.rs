@@ -15,6 +15,7 @@ pub type ProcessId = String;
 
 /// One agent conversation, optionally narrowed to an agent frame inside it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SessionScope {
     pub session_id: String,
@@ -50,6 +51,7 @@ impl SessionScope {
 
 /// Who started a process.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Originator {
     /// The host itself, optionally a named host scope.
@@ -90,6 +92,7 @@ impl Originator {
 
 /// A reference to what caused a process (a parent process, a turn, a tool call).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CausalRef {
     pub kind: String,
@@ -98,6 +101,7 @@ pub struct CausalRef {
 
 /// Where a process came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Provenance {
     #[serde(default)]
@@ -108,6 +112,7 @@ pub struct Provenance {
 
 /// What a process runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ProcessInput {
     /// A tool from the host's tool registry, run in the background.
@@ -157,6 +162,7 @@ impl ProcessInput {
 
 /// How a process is recovered after its owner is lost (SPEC §2). Required, no default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Disposition {
     /// Any worker may run it again after owner loss.
@@ -179,6 +185,7 @@ impl Disposition {
 
 /// Lifecycle status. Everything but `running` is terminal and written once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ProcessStatus {
     Running,
@@ -217,6 +224,7 @@ impl ProcessStatus {
 
 /// The terminal states an event's terminal semantics may name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TerminalState {
     Completed,
@@ -238,6 +246,7 @@ impl TerminalState {
 
 /// Which path wrote an `abandoned` terminal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AbandonWriter {
     /// The owner gave up its own owner-bound work at graceful shutdown.
@@ -250,6 +259,7 @@ pub enum AbandonWriter {
 
 /// The owner identity an abandonment was established against.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OwnerIdentity {
     pub owner_id: String,
@@ -258,6 +268,7 @@ pub struct OwnerIdentity {
 
 /// Evidence carried by an `abandoned` outcome.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AbandonEvidence {
     pub writer: AbandonWriter,
@@ -268,6 +279,7 @@ pub struct AbandonEvidence {
 
 /// What an awaiter receives when a process ends.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Outcome {
     Success {
@@ -324,6 +336,7 @@ impl Outcome {
 
 /// A durable wait, visible on the record while a process waits for a signal.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WaitState {
     /// `signal` for signal waits; producers may record other kinds.
     pub kind: String,
@@ -338,6 +351,7 @@ pub struct WaitState {
 
 /// The lease view on a record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaseView {
     pub owner_id: String,
     pub expires_at_ms: u64,
@@ -346,6 +360,7 @@ pub struct LeaseView {
 
 /// A durable request to abandon a process.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AbandonRequest {
     pub requested_by: String,
     pub requested_at_ms: u64,
@@ -355,6 +370,7 @@ pub struct AbandonRequest {
 
 /// A recorded cancellation request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CancelRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -363,6 +379,7 @@ pub struct CancelRequest {
 
 /// The first-started fact and attempt count: who ran the process last, and how often it began.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StartedFact {
     pub owner_id: String,
     pub fencing_token: u64,
@@ -373,6 +390,7 @@ pub struct StartedFact {
 
 /// A reference to the same work in another system.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExternalRef {
     pub backend: String,
@@ -386,6 +404,7 @@ pub type EnvRef = String;
 
 /// An execution environment spec (plugin options + policy), stored content-addressed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EnvSpec {
     #[serde(default)]
@@ -418,6 +437,7 @@ pub struct Registration {
 
 /// A handle descriptor carried by a grant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct GrantDescriptor {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -428,6 +448,7 @@ pub struct GrantDescriptor {
 
 /// A grant requested at start.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StartGrant {
     pub session_scope: SessionScope,
@@ -437,8 +458,10 @@ pub struct StartGrant {
 
 /// A session scope's handle on a process.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Grant {
     pub scope: SessionScope,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub process_id: ProcessId,
     pub descriptor: GrantDescriptor,
     pub granted_at_ms: u64,
@@ -453,15 +476,19 @@ pub struct GrantedProcess {
 
 /// The answer of `transfer`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TransferReport {
     /// Ids whose grant moved from the source scope to the target scope.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub moved: Vec<ProcessId>,
     /// Ids the source scope held no grant for (nothing changed for them).
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub not_granted: Vec<ProcessId>,
 }
 
 /// The answer of `delete_session`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionDeleteReport {
     pub session_id: String,
     /// Grants removed (in every scope of the session).
@@ -469,18 +496,22 @@ pub struct SessionDeleteReport {
     /// Pending wakes removed.
     pub deleted_wakes: u64,
     /// Running processes whose last grant this removed. They keep running.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub orphaned: Vec<ProcessId>,
     /// Processes whose grants this removed that are terminal or still granted elsewhere.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub preserved: Vec<ProcessId>,
 }
 
 /// A durable wake delivery for a session (SPEC §3).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WakeDelivery {
     /// Derived from (target scope id, dedupe key).
     pub wake_id: String,
     pub target_session_id: String,
     pub target_scope: SessionScope,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub process_id: ProcessId,
     pub sequence: u64,
     pub event_type: String,
@@ -491,7 +522,9 @@ pub struct WakeDelivery {
 
 /// A small record left behind by prune so a pruned id answers "no longer retained".
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Tombstone {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub id: ProcessId,
     pub status: ProcessStatus,
     pub terminal_at_ms: u64,
@@ -501,6 +534,7 @@ pub struct Tombstone {
 /// How far a host's projector has read the change feed; prune never deletes a
 /// change the projector has not seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Watermark {
     /// No projector reads the change feed: prune by cutoff alone.
@@ -511,6 +545,7 @@ pub enum Watermark {
 
 /// The answer of `prune`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PruneReport {
     /// Processes deleted (each leaves a tombstone).
     pub pruned: u64,
@@ -523,6 +558,7 @@ pub struct PruneReport {
 
 /// One entry of the change feed: a record at the cursor of its latest change.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Change {
     pub cursor: u64,
     pub process: ProcessRecord,
@@ -530,6 +566,7 @@ pub struct Change {
 
 /// A page of the change feed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChangePage {
     pub changes: Vec<Change>,
     /// Pass this back to read on; equal to the given cursor when nothing changed.
@@ -539,7 +576,9 @@ pub struct ChangePage {
 /// The stored process record. Every field but `lease` is a fold of the event log
 /// over the registration (see [`crate::fold`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProcessRecord {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub id: ProcessId,
     pub registration_hash: String,
     pub status: ProcessStatus,
@@ -551,6 +590,7 @@ pub struct ProcessRecord {
     /// Every declared type, the core types included.
     pub event_types: Vec<EventType>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub env_ref: Option<EnvRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_ref: Option<ExternalRef>,
@@ -656,6 +696,7 @@ pub struct WorkItem {
 
 /// Which statuses a listing returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum StatusFilter {
     #[default]

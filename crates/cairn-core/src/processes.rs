@@ -24,6 +24,7 @@ use crate::{CairnError, Result};
 
 /// A start request: the wire shape of `POST /v1/processes` (SPEC §12).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
     pub id: String,

@@ -1,0 +1,271 @@
+//! A small JSON/SSE client for the cairn HTTP API.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use reqwest::header::{ACCEPT, AUTHORIZATION};
+use reqwest::{RequestBuilder, StatusCode};
+use serde_json::Value;
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server could not be reached or the connection broke.
+    #[error("cannot talk to the server: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The server answered with an error body.
+    #[error("{code}: {message} (HTTP {status})")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The error code.
+        code: String,
+        /// The message.
+        message: String,
+    },
+    /// The command line or its input is wrong.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// A connection to one server.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+/// Percent-encode one path segment (ids may hold `/`, `?`, spaces, ...).
+pub fn segment(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for b in raw.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A query string from pairs (without the leading `?`).
+pub fn query<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, &v);
+    }
+    s.finish()
+}
+
+impl Client {
+    /// A client for `base` (e.g. `http://127.0.0.1:7070`) presenting `token` when given.
+    pub fn new(base: &str, token: Option<&str>) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            token: token.map(str::to_string),
+        })
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> RequestBuilder {
+        let rb = self.http.request(method, format!("{}{}", self.base, path));
+        match &self.token {
+            Some(t) => rb.header(AUTHORIZATION, format!("Bearer {t}")),
+            None => rb,
+        }
+    }
+
+    async fn send(rb: RequestBuilder) -> Result<(StatusCode, Value), ClientError> {
+        let resp = rb.send().await?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        if status.is_success() {
+            Ok((status, body))
+        } else {
+            Err(api_error(status.as_u16(), &body))
+        }
+    }
+
+    /// `GET path`, answering the JSON body.
+    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        Ok(Self::send(self.request(reqwest::Method::GET, path)).await?.1)
+    }
+
+    /// `POST path` with a JSON body, answering the status and the JSON body.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<(StatusCode, Value), ClientError> {
+        Self::send(self.request(reqwest::Method::POST, path).json(body)).await
+    }
+
+    /// Follow a process's events over SSE from `after`, calling `on_event` with each
+    /// event JSON, until the terminal event. Reconnects with `Last-Event-ID` when
+    /// the stream drops early (a server restart, a proxy timeout).
+    pub async fn follow(&self, id: &str, after: u64, mut on_event: impl FnMut(&Value)) -> Result<(), ClientError> {
+        let path = format!("/v1/processes/{}/events", segment(id));
+        let mut last = after;
+        let mut failures = 0u32;
+        loop {
+            let attempt = async {
+                let resp = self
+                    .request(reqwest::Method::GET, &path)
+                    .header(ACCEPT, "text/event-stream")
+                    .header("Last-Event-ID", last.to_string())
+                    .send()
+                    .await?;
+                let status = resp.status();
+                if !status.is_success() {
+                    let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+                    return Err(api_error(status.as_u16(), &body));
+                }
+                let mut stream = resp.bytes_stream();
+                let mut parser = SseParser::default();
+                while let Some(chunk) = stream.next().await {
+                    for ev in parser.push(&chunk?) {
+                        if ev.event.as_deref() == Some("error") {
+                            let body: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
+                            let status = body.pointer("/error/status").and_then(Value::as_u64).unwrap_or(500);
+                            return Err(api_error(u16::try_from(status).unwrap_or(500), &body));
+                        }
+                        let Ok(event) = serde_json::from_str::<Value>(&ev.data) else {
+                            continue;
+                        };
+                        if let Some(seq) = event.get("sequence").and_then(Value::as_u64) {
+                            last = seq;
+                        }
+                        on_event(&event);
+                        if event.pointer("/semantics/terminal").is_some() {
+                            return Ok(true);
+                        }
+                    }
+                }
+                Ok(false)
+            };
+            match attempt.await {
+                Ok(true) => return Ok(()),
+                Ok(false) | Err(ClientError::Http(_)) if failures < 5 => {
+                    // The stream ended without the terminal: done if the log ends here, else resume.
+                    if let Ok(record) = self.get(&format!("/v1/processes/{}", segment(id))).await {
+                        let terminal = record.get("status").and_then(Value::as_str) != Some("running");
+                        let last_seq = record.get("last_sequence").and_then(Value::as_u64).unwrap_or(0);
+                        if terminal && last_seq <= last {
+                            return Ok(());
+                        }
+                    }
+                    failures += 1;
+                    tokio::time::sleep(Duration::from_millis(250 * u64::from(failures))).await;
+                }
+                Ok(false) => return Err(ClientError::Usage("event stream kept closing early".into())),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn api_error(status: u16, body: &Value) -> ClientError {
+    let code = body
+        .pointer("/error/code")
+        .and_then(Value::as_str)
+        .unwrap_or("http_error")
+        .to_string();
+    let message = body
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| body.to_string());
+    ClientError::Api { status, code, message }
+}
+
+/// One dispatched SSE event.
+#[derive(Debug, Default, PartialEq)]
+pub struct SseEvent {
+    /// The `event:` field.
+    pub event: Option<String>,
+    /// The `id:` field.
+    pub id: Option<String>,
+    /// The `data:` lines joined by newlines.
+    pub data: String,
+}
+
+/// An incremental `text/event-stream` parser.
+#[derive(Default)]
+pub struct SseParser {
+    buf: Vec<u8>,
+    current: SseEvent,
+    has_data: bool,
+}
+
+impl SseParser {
+    /// Feed bytes; answers the events completed by them.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        while let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
+            let mut line: Vec<u8> = self.buf.drain(..=nl).collect();
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            let line = String::from_utf8_lossy(&line);
+            if line.is_empty() {
+                if self.has_data {
+                    out.push(std::mem::take(&mut self.current));
+                } else {
+                    self.current = SseEvent::default();
+                }
+                self.has_data = false;
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (line.as_ref(), ""),
+            };
+            match field {
+                "data" => {
+                    if self.has_data {
+                        self.current.data.push('\n');
+                    }
+                    self.current.data.push_str(value);
+                    self.has_data = true;
+                }
+                "event" => self.current.event = Some(value.to_string()),
+                "id" => self.current.id = Some(value.to_string()),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sse_in_pieces() {
+        let mut p = SseParser::default();
+        assert!(p.push(b"id: 1\nda").is_empty());
+        let evs = p.push(b"ta: {\"a\":1}\n\n: keep-alive\n\nevent: error\r\ndata: x\r\ndata: y\r\n\r\n");
+        assert_eq!(evs.len(), 2);
+        assert_eq!(evs[0].id.as_deref(), Some("1"));
+        assert_eq!(evs[0].data, "{\"a\":1}");
+        assert_eq!(evs[1].event.as_deref(), Some("error"));
+        assert_eq!(evs[1].data, "x\ny");
+    }
+
+    #[test]
+    fn encodes_segments() {
+        assert_eq!(segment("a/b c?"), "a%2Fb%20c%3F");
+        assert_eq!(segment("build-42_x.y~"), "build-42_x.y~");
+    }
+}

@@ -1,0 +1,15 @@
+//! The `cairn` binary: `cairn serve` (the HTTP/JSON server of SPEC §10 over the
+//! [`cairn_core::Processes`] facade) and the CLI client subcommands that talk to it.
+//!
+//! - [`cli`]: the command line (clap).
+//! - [`db`]: opening a storage backend from a database URL.
+//! - [`server`]: routes, auth, SSE, metrics, OpenAPI and graceful shutdown.
+//! - [`client`]: the CLI client commands.
+
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod client;
+pub mod db;
+pub mod duration;
+pub mod server;

@@ -1,0 +1,299 @@
+//! The error answer and the request extractors: every rejection, whatever its
+//! source, answers `{"error":{"code","message"}}`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cairn_core::{CairnError, Tombstone};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// An error answer: an HTTP status and the stable `{"error":{"code","message"}}` body.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The stable machine code (the core's codes plus a few of the server's own).
+    pub code: &'static str,
+    /// For humans.
+    pub message: String,
+    /// Present on `no_longer_retained`: how the process ended and when it was pruned.
+    pub tombstone: Option<Tombstone>,
+    /// Ask the client not to reuse the connection: set when the request body was
+    /// left unread (oversized), so the next request does not land on a stream
+    /// the server is about to close.
+    pub close_connection: bool,
+}
+
+/// The documented shape of every error answer.
+#[derive(utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorSchema {
+    /// `code` (stable, machine-matched), `message` (for humans) and, for
+    /// `no_longer_retained`, `tombstone` (`{id, status, terminal_at_ms, pruned_at_ms}`).
+    #[allow(dead_code)]
+    error: ErrorDetailSchema,
+}
+
+/// The inner error object.
+#[derive(utoipa::ToSchema)]
+#[schema(as = ErrorDetail)]
+#[allow(dead_code)]
+pub struct ErrorDetailSchema {
+    code: String,
+    message: String,
+    tombstone: Option<Tombstone>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tombstone: Option<&'a Tombstone>,
+}
+
+impl ApiError {
+    /// An error with a server-level code.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            tombstone: None,
+            close_connection: false,
+        }
+    }
+
+    /// 400 `invalid_request`.
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// 401 `unauthorized`.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 403 `forbidden`: a host-only operation, or another session's state.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 404 `not_found` for routes that do not exist.
+    pub fn no_route() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    }
+}
+
+/// The HTTP status of a core error code. Validation errors are all 400: the
+/// request was wrong, whether in shape or in content.
+pub fn status_of(err: &CairnError) -> StatusCode {
+    match err {
+        CairnError::InvalidId(_)
+        | CairnError::InvalidRequest(_)
+        | CairnError::InvalidEventTypeName(_)
+        | CairnError::DuplicateEventType(_)
+        | CairnError::ReservedEventType(_)
+        | CairnError::InvalidSchema { .. }
+        | CairnError::InvalidSignalName(_)
+        | CairnError::InvalidSemantics { .. }
+        | CairnError::UndeclaredEventType { .. }
+        | CairnError::SchemaViolation { .. }
+        | CairnError::TerminalNeedsAuthority(_)
+        | CairnError::InvalidOutcome { .. }
+        | CairnError::InvalidFilter(_)
+        | CairnError::InvalidPage(_) => StatusCode::BAD_REQUEST,
+        CairnError::UnknownProcess(_)
+        | CairnError::UnknownWake(_)
+        | CairnError::UnknownEnv(_)
+        | CairnError::UnknownTool(_) => StatusCode::NOT_FOUND,
+        CairnError::NoLongerRetained(_) => StatusCode::GONE,
+        CairnError::RegistrationConflict { .. }
+        | CairnError::ReplayConflict { .. }
+        | CairnError::ProcessTerminal(_)
+        | CairnError::LeaseHeld { .. }
+        | CairnError::LeaseFenced(_)
+        | CairnError::NotClaimable { .. }
+        | CairnError::NotExternallyOwned(_) => StatusCode::CONFLICT,
+        CairnError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        CairnError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        CairnError::CorruptEnv { .. } | CairnError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        CairnError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+impl From<CairnError> for ApiError {
+    fn from(err: CairnError) -> Self {
+        let tombstone = match &err {
+            CairnError::NoLongerRetained(t) => Some((**t).clone()),
+            _ => None,
+        };
+        Self {
+            status: status_of(&err),
+            code: err.code(),
+            message: err.to_string(),
+            tombstone,
+            close_connection: false,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(code = self.code, message = %self.message, "request failed");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: &self.message,
+                tombstone: self.tombstone.as_ref(),
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if self.close_connection {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+/// A JSON body, parsed strictly. Malformed JSON and unknown fields are 400
+/// `invalid_request`; a non-JSON content type is 415 (so a browser form cannot
+/// post to a loopback server); an oversized body is 413 `payload_too_large`. An
+/// empty body reads as `{}` so bodies whose fields are all optional may be left out.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap_or("").to_string());
+        let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
+        if bytes.is_empty() {
+            return serde_json::from_slice(b"{}")
+                .map(ApiJson)
+                .map_err(|e| ApiError::invalid_request(format!("request body is required: {e}")));
+        }
+        if !content_type.as_deref().is_some_and(is_json_content_type) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request",
+                "request bodies must be sent with `Content-Type: application/json`",
+            ));
+        }
+        serde_json::from_slice(&bytes)
+            .map(ApiJson)
+            .map_err(|e| ApiError::invalid_request(format!("request body: {e}")))
+    }
+}
+
+fn body_rejection(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError {
+            close_connection: true,
+            ..ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request body is over the server's size limit",
+            )
+        }
+    } else {
+        ApiError::invalid_request(format!("request body: {}", rejection.body_text()))
+    }
+}
+
+/// `application/json` or any `application/*+json`, with or without parameters.
+fn is_json_content_type(value: &str) -> bool {
+    let mime = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// A query string parsed into `T` (which should deny unknown fields); errors are 400 `invalid_request`.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e: QueryRejection| ApiError::invalid_request(e.body_text()))
+    }
+}
+
+/// Path parameters; errors are 400 `invalid_request`.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e: PathRejection| ApiError::invalid_request(e.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types() {
+        assert!(is_json_content_type("application/json"));
+        assert!(is_json_content_type("Application/JSON; charset=utf-8"));
+        assert!(is_json_content_type("application/merge-patch+json"));
+        assert!(!is_json_content_type("text/plain"));
+        assert!(!is_json_content_type("application/x-www-form-urlencoded"));
+    }
+
+    #[test]
+    fn statuses_follow_codes() {
+        assert_eq!(
+            status_of(&CairnError::UnknownProcess("x".into())),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            status_of(&CairnError::RegistrationConflict { id: "x".into() }),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            status_of(&CairnError::InvalidFilter("x".into())),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status_of(&CairnError::Unavailable("x".into())),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}

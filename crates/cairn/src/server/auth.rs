@@ -1,0 +1,218 @@
+//! Bearer-token auth. The host token has full access; a session token acts as
+//! its session and addresses only processes granted to that session. With no
+//! token configured (allowed on loopback only) every request is the host.
+
+use std::net::SocketAddr;
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use cairn_core::{ProcessFilter, SessionScope, StatusFilter, MAX_PAGE_SIZE};
+use std::sync::Arc;
+
+use super::api::ApiError;
+use super::AppState;
+
+/// Who is calling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// Full access.
+    Host,
+    /// A session token's holder: acts as this session id.
+    Session(String),
+}
+
+impl Caller {
+    /// The session scope of a session caller.
+    pub fn session_scope(&self) -> Option<SessionScope> {
+        match self {
+            Self::Host => None,
+            Self::Session(id) => Some(SessionScope::session(id.clone())),
+        }
+    }
+
+    /// The identity recorded where an operation names its requester.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Host => "host".to_string(),
+            Self::Session(id) => SessionScope::session(id.clone()).scope_id(),
+        }
+    }
+
+    /// Host-only operations answer 403 to session callers.
+    pub fn require_host(&self, what: &str) -> Result<(), ApiError> {
+        match self {
+            Self::Host => Ok(()),
+            Self::Session(_) => Err(ApiError::forbidden(format!("{what} needs the host token"))),
+        }
+    }
+
+    /// Session-keyed operations: the host may touch any session, a session only itself.
+    pub fn require_session(&self, session_id: &str) -> Result<(), ApiError> {
+        match self {
+            Self::Session(own) if own != session_id => {
+                Err(ApiError::forbidden("a session token may only address its own session"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The configured tokens.
+#[derive(Clone, Debug, Default)]
+pub struct Auth {
+    host_token: Option<String>,
+    /// (token, session id)
+    session_tokens: Vec<(String, String)>,
+}
+
+impl Auth {
+    /// Tokens from the command line: the host token and `(session, token)` pairs.
+    pub fn new(host_token: Option<String>, session_tokens: &[(String, String)]) -> Self {
+        Self {
+            host_token: host_token.filter(|t| !t.is_empty()),
+            session_tokens: session_tokens.iter().map(|(s, t)| (t.clone(), s.clone())).collect(),
+        }
+    }
+
+    /// Whether no token is configured at all (open access).
+    pub fn is_open(&self) -> bool {
+        self.host_token.is_none() && self.session_tokens.is_empty()
+    }
+
+    /// Whether a host token is configured.
+    pub fn has_host_token(&self) -> bool {
+        self.host_token.is_some()
+    }
+
+    /// Who presents `bearer` (`None`: no `Authorization` header).
+    pub fn resolve(&self, bearer: Option<&str>) -> Result<Caller, ApiError> {
+        if self.is_open() {
+            return Ok(Caller::Host);
+        }
+        let Some(token) = bearer else {
+            return Err(ApiError::unauthorized(
+                "this server needs `Authorization: Bearer TOKEN`",
+            ));
+        };
+        if self.host_token.as_deref().is_some_and(|h| constant_time_eq(h, token)) {
+            return Ok(Caller::Host);
+        }
+        // Compare against every session token so timing does not tell which matched.
+        let mut found = None;
+        for (t, session) in &self.session_tokens {
+            if constant_time_eq(t, token) && found.is_none() {
+                found = Some(session.clone());
+            }
+        }
+        found
+            .map(Caller::Session)
+            .ok_or_else(|| ApiError::unauthorized("unknown token"))
+    }
+
+    /// Refuse configurations that would expose an open server beyond this machine.
+    pub fn check_bind(&self, addr: &SocketAddr) -> Result<(), String> {
+        if !addr.ip().is_loopback() && !self.has_host_token() {
+            return Err(format!(
+                "refusing to listen on non-loopback address {addr} without a host token: \
+                 pass --token (or CAIRN_TOKEN), or listen on 127.0.0.1"
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Middleware: resolve the caller and put it in the request extensions.
+pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    match state.auth.resolve(bearer) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Whether `caller` may address process `id`: the host always; a session when
+/// the process is granted to its session scope. Anything else is answered exactly
+/// like an unknown id so a session cannot probe for other sessions' processes.
+pub async fn check_visible(state: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
+    let Some(scope) = caller.session_scope() else {
+        return Ok(());
+    };
+    if granted(state, &scope, id).await? {
+        Ok(())
+    } else {
+        Err(cairn_core::CairnError::UnknownProcess(id.to_string()).into())
+    }
+}
+
+/// Whether `scope` holds a grant on `id`. The registry lists grants in id order
+/// from an `after_id` cursor, so starting just below `id` (at its prefix without
+/// the last character) reaches it within the first page in all but crowded
+/// neighbourhoods, and the walk stops as soon as it passes `id`.
+async fn granted(state: &AppState, scope: &SessionScope, id: &str) -> Result<bool, ApiError> {
+    let mut chars = id.chars();
+    chars.next_back();
+    let prefix = chars.as_str();
+    let mut filter = ProcessFilter {
+        status: StatusFilter::Any,
+        after_id: (!prefix.is_empty()).then(|| prefix.to_string()),
+        limit: Some(MAX_PAGE_SIZE),
+        ..ProcessFilter::default()
+    };
+    loop {
+        let page = state.processes.list_granted_to(scope, &filter).await?;
+        for g in &page {
+            match g.process.id.as_str().cmp(id) {
+                std::cmp::Ordering::Equal => return Ok(true),
+                std::cmp::Ordering::Greater => return Ok(false),
+                std::cmp::Ordering::Less => {}
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() >= MAX_PAGE_SIZE => filter.after_id = Some(last.process.id.clone()),
+            _ => return Ok(false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_tokens() {
+        let open = Auth::new(None, &[]);
+        assert_eq!(open.resolve(None).ok(), Some(Caller::Host));
+        let auth = Auth::new(Some("h".into()), &[("s1".into(), "t1".into())]);
+        assert_eq!(auth.resolve(Some("h")).ok(), Some(Caller::Host));
+        assert_eq!(auth.resolve(Some("t1")).ok(), Some(Caller::Session("s1".into())));
+        assert!(auth.resolve(Some("nope")).is_err());
+        assert!(auth.resolve(None).is_err());
+    }
+
+    #[test]
+    fn refuses_open_non_loopback() {
+        let open = Auth::new(None, &[]);
+        assert!(open.check_bind(&"0.0.0.0:1".parse().unwrap()).is_err());
+        assert!(open.check_bind(&"127.0.0.1:1".parse().unwrap()).is_ok());
+        let host = Auth::new(Some("h".into()), &[]);
+        assert!(host.check_bind(&"0.0.0.0:1".parse().unwrap()).is_ok());
+    }
+}

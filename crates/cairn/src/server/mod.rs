@@ -1,0 +1,220 @@
+//! `cairn serve`: the HTTP/JSON server of SPEC §10 over [`cairn_core::Processes`].
+
+use std::future::IntoFuture;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use cairn_core::{builtins::builtin_tools, Processes, WorkerConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::ServeArgs;
+use crate::db;
+
+pub mod api;
+pub mod auth;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+pub mod sse;
+
+use auth::Auth;
+use metrics::{Metrics, TerminalCounter};
+
+/// Request limits.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Longest await a request may ask for.
+    pub max_await: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 2 * 1024 * 1024,
+            max_await: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct AppState {
+    /// The host API.
+    pub processes: Processes,
+    /// The configured tokens.
+    pub auth: Auth,
+    /// Counters and histograms behind `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Request limits.
+    pub limits: Limits,
+    /// Cancelled at shutdown so long waits and streams end and connections drain.
+    pub shutdown: CancellationToken,
+}
+
+/// The full router over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/v1/processes", post(routes::start).get(routes::list))
+        .route("/v1/processes/{id}", get(routes::get))
+        .route("/v1/processes/{id}/events", get(routes::events).post(routes::append))
+        .route("/v1/processes/{id}/await", get(routes::await_terminal))
+        .route("/v1/processes/{id}/signals/{name}", post(routes::signal))
+        .route("/v1/processes/{id}/cancel", post(routes::cancel))
+        .route("/v1/processes/{id}/complete", post(routes::complete))
+        .route("/v1/processes/{id}/abandon-request", post(routes::abandon_request))
+        .route("/v1/grants/transfer", post(routes::transfer))
+        .route("/v1/sessions/{session_id}", delete(routes::delete_session))
+        .route("/v1/sessions/{session_id}/wakes", get(routes::wakes))
+        .route("/v1/sessions/{session_id}/wakes/{wake_id}/ack", post(routes::ack_wake))
+        .route("/v1/prune", post(routes::prune))
+        .route("/v1/changes", get(routes::changes))
+        .route("/metrics", get(routes::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
+    // Health and the API description need no token: they reveal nothing about processes.
+    let open = Router::new()
+        .route("/healthz", get(routes::healthz))
+        .route("/openapi.json", get(openapi::document));
+    api.merge(open)
+        .fallback(routes::no_route)
+        .method_not_allowed_fallback(routes::wrong_method)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count_requests,
+        ))
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .with_state(state)
+}
+
+/// Why `cairn serve` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Bad settings (refused before anything started).
+    #[error("{0}")]
+    Config(String),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Db(#[from] db::OpenError),
+    /// Listening failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address asked for.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The server failed while running.
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Run the server until SIGINT or SIGTERM, then stop accepting, let open
+/// requests finish (bounded by `--shutdown-grace`), drain the worker per
+/// disposition and return.
+pub async fn serve(args: ServeArgs, host_token: Option<String>) -> Result<(), ServeError> {
+    let auth = Auth::new(host_token, &args.session_tokens);
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&args.listen)
+        .await
+        .map_err(|e| ServeError::Config(format!("cannot resolve --listen `{}`: {e}", args.listen)))?
+        .collect();
+    let addr = *addrs
+        .first()
+        .ok_or_else(|| ServeError::Config(format!("--listen `{}` resolves to no address", args.listen)))?;
+    for a in &addrs {
+        auth.check_bind(a).map_err(ServeError::Config)?;
+    }
+    if !auth.is_open() && !auth.has_host_token() {
+        tracing::warn!("session tokens configured without --token: no caller has host access");
+    }
+    if args.workers == 0 {
+        return Err(ServeError::Config("--workers must be at least 1".into()));
+    }
+    let registry = db::open_registry(&args.db)?;
+    let metrics = Arc::new(Metrics::default());
+    let worker = WorkerConfig {
+        lease_ttl: args.lease_ttl,
+        concurrency: args.workers,
+        batch_size: args.workers.min(WorkerConfig::default().batch_size),
+        ..WorkerConfig::default()
+    };
+    let processes = Processes::builder(registry)
+        .tools(builtin_tools(args.allow_shell))
+        .worker_config(worker)
+        .event_sink(Arc::new(TerminalCounter(metrics.clone())))
+        .start();
+    let shutdown = CancellationToken::new();
+    let state = Arc::new(AppState {
+        processes: processes.clone(),
+        auth,
+        metrics,
+        limits: Limits {
+            max_body_bytes: args.max_body_bytes,
+            max_await: args.max_await,
+        },
+        shutdown: shutdown.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: args.listen.clone(),
+            source,
+        })?;
+    let local = listener.local_addr()?;
+    // Printed on stdout (logs go to stderr) so scripts and tests can find a port-0 server.
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on http://{local}");
+        let _ = out.flush();
+    }
+    tracing::info!(%local, db = %args.db, allow_shell = args.allow_shell, "cairn serving");
+
+    let signal = shutdown.clone();
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: no new connections; ending waits and streams");
+        signal.cancel();
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        r = &mut server => r?,
+        _ = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(args.shutdown_grace).await;
+        } => tracing::warn!("open connections outlived the shutdown grace; closing them"),
+    }
+    processes.shutdown().await;
+    tracing::info!("worker drained; bye");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

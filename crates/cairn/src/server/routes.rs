@@ -1,0 +1,698 @@
+//! The HTTP resources of SPEC §10, each a thin layer over [`cairn_core::Processes`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use cairn_core::{
+    AppendRequest, AppendResult, ChangePage, EventPage, Grant, Originator, Outcome, ProcessEvent, ProcessFilter,
+    ProcessRecord, PruneReport, SessionDeleteReport, SessionScope, StartRequest, StatusFilter, TransferReport,
+    WakeDelivery, Watermark,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::api::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorSchema};
+use super::auth::{check_visible, Caller};
+use super::{sse, AppState};
+
+type Shared = State<Arc<AppState>>;
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Body of `POST /v1/processes/{id}/events`: an append without a lease (the
+/// server never holds one for a caller).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppendBody {
+    /// A declared event type.
+    pub event_type: String,
+    /// Checked against the type's payload schema.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub payload: Value,
+    /// Makes the append idempotent: a retry with the same payload returns the original event.
+    #[serde(default)]
+    pub replay_key: Option<String>,
+    /// Overrides the record's wake target for this event's wake.
+    #[serde(default)]
+    pub wake_target: Option<SessionScope>,
+}
+
+/// Body of `POST /v1/processes/{id}/signals/{name}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignalBody {
+    /// Idempotency key of the signal: repeating it returns the same event.
+    pub signal_id: String,
+    /// Any JSON; the waiting process receives it.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub payload: Value,
+}
+
+/// Body of `POST /v1/processes/{id}/cancel` (may be empty).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelBody {
+    /// Why (requests are idempotent per reason).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Body of `POST /v1/processes/{id}/complete`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteBody {
+    /// `success`, `failure` or `cancelled` (SPEC §12 outcome shape).
+    pub outcome: Outcome,
+    /// Who completes it (recorded in the terminal payload); defaults to the caller.
+    /// Session callers are always recorded as their session.
+    #[serde(default)]
+    pub authority: Option<String>,
+}
+
+/// Body of `POST /v1/processes/{id}/abandon-request`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AbandonBody {
+    /// Defaults to the caller; session callers are always recorded as their session.
+    #[serde(default)]
+    pub requested_by: Option<String>,
+    /// Why the process should be abandoned.
+    pub reason: String,
+}
+
+/// Body of `POST /v1/grants/transfer`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferBody {
+    /// Scope the grants move from (`{"session_id", "agent_frame_id"?}`).
+    pub from: SessionScope,
+    /// Scope the grants move to.
+    pub to: SessionScope,
+    /// The processes whose grants move.
+    pub process_ids: Vec<String>,
+}
+
+/// Body of `POST /v1/prune`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PruneBody {
+    /// Prune processes that ended before this time (epoch ms).
+    pub cutoff_ms: u64,
+    /// Which terminal statuses (default `any`; `running` is refused).
+    #[serde(default = "any_status")]
+    pub status: StatusFilter,
+    /// `{"type":"no_projector"}` or `{"type":"cursor","cursor":N}`: required, never implied.
+    pub watermark: Watermark,
+}
+
+fn any_status() -> StatusFilter {
+    StatusFilter::Any
+}
+
+/// Query of `GET /v1/processes/{id}/events`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Only events with a greater sequence (default 0). For streams, `Last-Event-ID` wins.
+    pub after: Option<u64>,
+    /// Page size (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// Query of `GET /v1/processes/{id}/await`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AwaitQuery {
+    /// How long to wait (default 30000, capped by the server's `--max-await`).
+    pub timeout_ms: Option<u64>,
+}
+
+/// Query of `GET /v1/sessions/{session_id}/wakes`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct WakesQuery {
+    /// Page size (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// Query of `GET /v1/changes`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ChangesQuery {
+    /// Read changes after this cursor (default 0).
+    pub cursor: Option<u64>,
+    /// Page size (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// Answer of `GET /v1/processes`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ListPage {
+    /// Records in id order.
+    pub processes: Vec<ProcessRecord>,
+    /// With `granted_to` (and for session callers): the grant behind each listed process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<Vec<Grant>>,
+    /// Pass as `after_id` for the next page; absent when this page is the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after_id: Option<String>,
+}
+
+/// Answer of `GET /v1/sessions/{session_id}/wakes`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WakesPage {
+    /// Pending wakes, oldest first.
+    pub wakes: Vec<WakeDelivery>,
+}
+
+/// Answer of the wake acknowledgement.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AckAnswer {
+    /// True when this call acknowledged the wake, false when it already was.
+    pub acked: bool,
+}
+
+/// Answer of `GET /healthz`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok` while the server answers.
+    pub status: String,
+}
+
+const DEFAULT_AWAIT: Duration = Duration::from_secs(30);
+
+fn scope_of_session(caller: &Caller) -> Option<SessionScope> {
+    caller.session_scope()
+}
+
+/// `POST /v1/processes`: 201 created, 200 for a repeated identical start.
+#[utoipa::path(post, path = "/v1/processes", tag = "processes",
+    request_body = StartRequest,
+    responses(
+        (status = 201, description = "Created: the process record", body = ProcessRecord),
+        (status = 200, description = "The same start repeated: the existing record", body = ProcessRecord),
+        (status = 400, description = "Malformed or invalid request", body = ErrorSchema),
+        (status = 404, description = "unknown_tool or unknown_env", body = ErrorSchema),
+        (status = 409, description = "registration_conflict", body = ErrorSchema),
+        (status = 410, description = "no_longer_retained: the id was pruned", body = ErrorSchema),
+        (status = 413, description = "payload_too_large", body = ErrorSchema)))]
+pub async fn start(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    ApiJson(mut req): ApiJson<StartRequest>,
+) -> ApiResult<Response> {
+    if let Some(scope) = scope_of_session(&caller) {
+        // A session starts processes as itself, granted to itself, and may only
+        // wake itself.
+        let own_originator =
+            matches!(&req.originator, Originator::Session { scope: s } if s.session_id == scope.session_id);
+        if !own_originator {
+            req.originator = Originator::session(scope.clone());
+        }
+        let descriptor = req.grant.take().map(|g| g.descriptor).unwrap_or_default();
+        req = req.with_grant(scope.clone(), descriptor);
+        if req
+            .wake_target
+            .as_ref()
+            .is_some_and(|w| w.session_id != scope.session_id)
+        {
+            return Err(ApiError::invalid_request(
+                "a session token may only set a wake target in its own session",
+            ));
+        }
+    }
+    let id = req.id.clone();
+    let registered = state.processes.start(req).await?;
+    if registered.created {
+        state.metrics.process_started();
+        return Ok((StatusCode::CREATED, Json(registered.process)).into_response());
+    }
+    // A repeated start must not reveal a process the session can no longer address.
+    if check_visible(&state, &caller, &id).await.is_err() {
+        return Err(cairn_core::CairnError::RegistrationConflict { id }.into());
+    }
+    Ok((StatusCode::OK, Json(registered.process)).into_response())
+}
+
+/// `GET /v1/processes`: the filter keys of [`ProcessFilter::from_query`] plus
+/// `granted_to` and `originated_by` (session ids). Unknown keys are `invalid_filter`.
+#[utoipa::path(get, path = "/v1/processes", tag = "processes",
+    params(
+        ("status" = Option<String>, Query, description = "running (default), completed, failed, cancelled, abandoned or any"),
+        ("granted_to" = Option<String>, Query, description = "Session id: what that session may address (the security lens)"),
+        ("originated_by" = Option<String>, Query, description = "Session id: what that session created (the provenance lens; host only)"),
+        ("waiting" = Option<bool>, Query, description = "Only processes waiting (true) or not (false)"),
+        ("definition" = Option<String>, Query, description = "tool:NAME, script:MODULE#NAME, session_turn or external"),
+        ("originator" = Option<String>, Query, description = "Originator scope id: host, host:SCOPE, session:ID, session:ID/frame:F"),
+        ("created_from_ms" = Option<u64>, Query, description = "Inclusive lower bound on created_at_ms"),
+        ("created_before_ms" = Option<u64>, Query, description = "Exclusive upper bound on created_at_ms"),
+        ("after_id" = Option<String>, Query, description = "Only ids after this one (pagination)"),
+        ("limit" = Option<usize>, Query, description = "Page size (default 100, at most 1000)")),
+    responses(
+        (status = 200, description = "One page in id order", body = ListPage),
+        (status = 400, description = "invalid_filter (unknown key, wrong type) or invalid_page", body = ErrorSchema)))]
+pub async fn list(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<ListPage>> {
+    let raw = query.unwrap_or_default();
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.as_bytes()).into_owned().collect();
+    let mut granted_to = None;
+    let mut originated_by = None;
+    let mut rest = Vec::new();
+    for (k, v) in &pairs {
+        let slot = match k.as_str() {
+            "granted_to" => &mut granted_to,
+            "originated_by" => &mut originated_by,
+            _ => {
+                rest.push((k.as_str(), v.as_str()));
+                continue;
+            }
+        };
+        if slot.replace(v.clone()).is_some() {
+            return Err(cairn_core::CairnError::InvalidFilter(format!("filter key `{k}` given twice")).into());
+        }
+    }
+    let filter = ProcessFilter::from_query(rest)?;
+    let limit = filter.page_size()?;
+    if let Some(own) = scope_of_session(&caller) {
+        // Session tokens list through the security lens only.
+        if originated_by.is_some() {
+            return Err(cairn_core::CairnError::InvalidFilter(
+                "`originated_by` needs the host token; session tokens list what is granted to them".into(),
+            )
+            .into());
+        }
+        if granted_to.as_ref().is_some_and(|g| *g != own.session_id) {
+            return Ok(Json(ListPage {
+                processes: Vec::new(),
+                grants: Some(Vec::new()),
+                next_after_id: None,
+            }));
+        }
+        granted_to = Some(own.session_id);
+    }
+    let page = match (granted_to, originated_by) {
+        (Some(_), Some(_)) => {
+            return Err(cairn_core::CairnError::InvalidFilter(
+                "`granted_to` and `originated_by` are different lenses; pass one".into(),
+            )
+            .into())
+        }
+        (Some(session), None) => {
+            let granted = state
+                .processes
+                .list_granted_to(&SessionScope::session(session), &filter)
+                .await?;
+            let (grants, processes) = granted.into_iter().map(|g| (g.grant, g.process)).unzip();
+            ListPage {
+                processes,
+                grants: Some(grants),
+                next_after_id: None,
+            }
+        }
+        (None, Some(session)) => ListPage {
+            processes: state
+                .processes
+                .list_originated_by(&SessionScope::session(session), &filter)
+                .await?,
+            grants: None,
+            next_after_id: None,
+        },
+        (None, None) => ListPage {
+            processes: state.processes.list(&filter).await?,
+            grants: None,
+            next_after_id: None,
+        },
+    };
+    let next_after_id = (page.processes.len() >= limit)
+        .then(|| page.processes.last().map(|p| p.id.clone()))
+        .flatten();
+    Ok(Json(ListPage { next_after_id, ..page }))
+}
+
+/// `GET /v1/processes/{id}`.
+#[utoipa::path(get, path = "/v1/processes/{id}", tag = "processes",
+    params(("id" = String, Path, description = "Process id")),
+    responses(
+        (status = 200, description = "The process record (SPEC §12)", body = ProcessRecord),
+        (status = 404, description = "unknown_process", body = ErrorSchema),
+        (status = 410, description = "no_longer_retained, with the tombstone", body = ErrorSchema)))]
+pub async fn get(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<ProcessRecord>> {
+    check_visible(&state, &caller, &id).await?;
+    Ok(Json(state.processes.get(&id).await?))
+}
+
+/// `GET /v1/processes/{id}/events`: a page of JSON, or a live SSE stream when
+/// the client accepts `text/event-stream`.
+#[utoipa::path(get, path = "/v1/processes/{id}/events", tag = "events",
+    params(("id" = String, Path, description = "Process id"), EventsQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "Streams: resume after this sequence (wins over `after`)")),
+    responses(
+        (status = 200, description = "JSON: one page of events. With `Accept: text/event-stream`: an SSE stream whose events carry `id` = sequence and `data` = the event JSON; it closes after the terminal event", content((EventPage = "application/json"), (String = "text/event-stream"))),
+        (status = 404, description = "unknown_process", body = ErrorSchema)))]
+pub async fn events(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    check_visible(&state, &caller, &id).await?;
+    let wants_stream = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"));
+    if wants_stream {
+        let after = match headers.get("last-event-id") {
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::invalid_request("Last-Event-ID must be an event sequence number"))?,
+            None => q.after.unwrap_or(0),
+        };
+        // Fail fast on an unknown or pruned id before committing to a stream.
+        state.processes.get(&id).await?;
+        cairn_core::page_limit(q.limit)?;
+        return Ok(sse::stream(state.clone(), id, after, q.limit).into_response());
+    }
+    let page = state.processes.events(&id, q.after.unwrap_or(0), q.limit).await?;
+    Ok(Json(page).into_response())
+}
+
+/// `GET /v1/processes/{id}/await`: the record once terminal, or the still-running
+/// record when the timeout passes (or the server shuts down) first.
+#[utoipa::path(get, path = "/v1/processes/{id}/await", tag = "processes",
+    params(("id" = String, Path, description = "Process id"), AwaitQuery),
+    responses(
+        (status = 200, description = "The record: terminal, or still running when the timeout passed first", body = ProcessRecord),
+        (status = 404, description = "unknown_process", body = ErrorSchema)))]
+pub async fn await_terminal(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<AwaitQuery>,
+) -> ApiResult<Json<ProcessRecord>> {
+    check_visible(&state, &caller, &id).await?;
+    let timeout = q
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(DEFAULT_AWAIT)
+        .min(state.limits.max_await);
+    let started = Instant::now();
+    let record = tokio::select! {
+        r = state.processes.await_output(&id, timeout) => r?,
+        _ = state.shutdown.cancelled() => state.processes.get(&id).await?,
+    };
+    state.metrics.await_latency.observe(started.elapsed());
+    Ok(Json(record))
+}
+
+/// `POST /v1/processes/{id}/events`: append a declared event (external owners).
+#[utoipa::path(post, path = "/v1/processes/{id}/events", tag = "events",
+    params(("id" = String, Path, description = "Process id")),
+    request_body = AppendBody,
+    responses(
+        (status = 200, description = "The event, whether a replay key matched an earlier append, and the wake written with it", body = AppendResult),
+        (status = 400, description = "undeclared_event_type, reserved_event_type, schema_violation, terminal_needs_authority, invalid_outcome", body = ErrorSchema),
+        (status = 404, description = "unknown_process", body = ErrorSchema),
+        (status = 409, description = "replay_conflict or process_terminal", body = ErrorSchema),
+        (status = 413, description = "payload_too_large", body = ErrorSchema)))]
+pub async fn append(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<AppendBody>,
+) -> ApiResult<Json<AppendResult>> {
+    check_visible(&state, &caller, &id).await?;
+    if let (Some(own), Some(target)) = (scope_of_session(&caller), &body.wake_target) {
+        if target.session_id != own.session_id {
+            return Err(ApiError::invalid_request(
+                "a session token may only set a wake target in its own session",
+            ));
+        }
+    }
+    let req = AppendRequest {
+        event_type: body.event_type,
+        payload: body.payload,
+        replay_key: body.replay_key,
+        wake_target: body.wake_target,
+        lease: None,
+    };
+    let started = Instant::now();
+    let result = state.processes.append_event(&id, req).await;
+    state.metrics.append_latency.observe(started.elapsed());
+    Ok(Json(result?))
+}
+
+/// `POST /v1/processes/{id}/signals/{name}`: 200 with the event; a repeated signal id returns the same event.
+#[utoipa::path(post, path = "/v1/processes/{id}/signals/{name}", tag = "events",
+    params(("id" = String, Path, description = "Process id"), ("name" = String, Path, description = "Signal name: ASCII letters, digits, `_`, `-`")),
+    request_body = SignalBody,
+    responses(
+        (status = 200, description = "The `signal.{name}` event; the same event when the signal id repeats", body = ProcessEvent),
+        (status = 400, description = "invalid_signal_name or invalid_id", body = ErrorSchema),
+        (status = 404, description = "unknown_process", body = ErrorSchema),
+        (status = 409, description = "replay_conflict (same signal id, other payload) or process_terminal", body = ErrorSchema)))]
+pub async fn signal(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    ApiPath((id, name)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<SignalBody>,
+) -> ApiResult<Json<ProcessEvent>> {
+    check_visible(&state, &caller, &id).await?;
+    let started = Instant::now();
+    let result = state.processes.signal(&id, &name, &body.signal_id, body.payload).await;
+    state.metrics.append_latency.observe(started.elapsed());
+    Ok(Json(result?))
+}
+
+/// `POST /v1/processes/{id}/cancel`: record a cancellation request; answers the record.
+#[utoipa::path(post, path = "/v1/processes/{id}/cancel", tag = "processes",
+    params(("id" = String, Path, description = "Process id")),
+    request_body(content = CancelBody, description = "May be empty"),
+    responses(
+        (status = 200, description = "The record (cancelled at once when nobody had started it)", body = ProcessRecord),
+        (status = 404, description = "unknown_process", body = ErrorSchema),
+        (status = 409, description = "process_terminal", body = ErrorSchema)))]
+pub async fn cancel(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<CancelBody>,
+) -> ApiResult<Json<ProcessRecord>> {
+    check_visible(&state, &caller, &id).await?;
+    Ok(Json(state.processes.cancel(&id, body.reason).await?))
+}
+
+/// `POST /v1/processes/{id}/complete`: end an externally owned process.
+#[utoipa::path(post, path = "/v1/processes/{id}/complete", tag = "processes",
+    params(("id" = String, Path, description = "Process id")),
+    request_body = CompleteBody,
+    responses(
+        (status = 200, description = "The terminal record", body = ProcessRecord),
+        (status = 400, description = "invalid_outcome", body = ErrorSchema),
+        (status = 404, description = "unknown_process", body = ErrorSchema),
+        (status = 409, description = "not_externally_owned or process_terminal", body = ErrorSchema)))]
+pub async fn complete(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<CompleteBody>,
+) -> ApiResult<Json<ProcessRecord>> {
+    check_visible(&state, &caller, &id).await?;
+    let authority = match (&caller, body.authority) {
+        (Caller::Host, Some(a)) => a,
+        _ => caller.label(),
+    };
+    Ok(Json(
+        state.processes.complete_external(&id, body.outcome, &authority).await?,
+    ))
+}
+
+/// `POST /v1/processes/{id}/abandon-request`: record an abandon request.
+#[utoipa::path(post, path = "/v1/processes/{id}/abandon-request", tag = "processes",
+    params(("id" = String, Path, description = "Process id")),
+    request_body = AbandonBody,
+    responses(
+        (status = 200, description = "The record with its abandon request (reconciled once the lease lapses)", body = ProcessRecord),
+        (status = 404, description = "unknown_process", body = ErrorSchema),
+        (status = 409, description = "process_terminal", body = ErrorSchema)))]
+pub async fn abandon_request(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<AbandonBody>,
+) -> ApiResult<Json<ProcessRecord>> {
+    check_visible(&state, &caller, &id).await?;
+    let requested_by = match (&caller, body.requested_by) {
+        (Caller::Host, Some(r)) => r,
+        _ => caller.label(),
+    };
+    Ok(Json(
+        state
+            .processes
+            .request_abandon(&id, &requested_by, &body.reason)
+            .await?,
+    ))
+}
+
+/// `POST /v1/grants/transfer`: move grants between scopes.
+#[utoipa::path(post, path = "/v1/grants/transfer", tag = "sessions",
+    request_body = TransferBody,
+    responses(
+        (status = 200, description = "Which grants moved", body = TransferReport),
+        (status = 403, description = "A session token moving another session's grants", body = ErrorSchema)))]
+pub async fn transfer(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<TransferBody>,
+) -> ApiResult<Json<TransferReport>> {
+    caller.require_session(&body.from.session_id)?;
+    Ok(Json(
+        state
+            .processes
+            .transfer(&body.from, &body.to, &body.process_ids)
+            .await?,
+    ))
+}
+
+/// `DELETE /v1/sessions/{session_id}`: remove a session's grants and pending wakes.
+#[utoipa::path(delete, path = "/v1/sessions/{session_id}", tag = "sessions",
+    params(("session_id" = String, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "What was removed; never cancels anything", body = SessionDeleteReport),
+        (status = 403, description = "A session token naming another session", body = ErrorSchema)))]
+pub async fn delete_session(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    ApiPath(session_id): ApiPath<String>,
+) -> ApiResult<Json<SessionDeleteReport>> {
+    caller.require_session(&session_id)?;
+    Ok(Json(state.processes.delete_session(&session_id).await?))
+}
+
+/// `GET /v1/sessions/{session_id}/wakes`: pending wakes, oldest first.
+#[utoipa::path(get, path = "/v1/sessions/{session_id}/wakes", tag = "sessions",
+    params(("session_id" = String, Path, description = "Session id"), WakesQuery),
+    responses(
+        (status = 200, description = "Pending wakes, oldest first", body = WakesPage),
+        (status = 403, description = "A session token naming another session", body = ErrorSchema)))]
+pub async fn wakes(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    ApiPath(session_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<WakesQuery>,
+) -> ApiResult<Json<WakesPage>> {
+    caller.require_session(&session_id)?;
+    Ok(Json(WakesPage {
+        wakes: state.processes.wakes(&session_id, q.limit).await?,
+    }))
+}
+
+/// `POST /v1/sessions/{session_id}/wakes/{wake_id}/ack`.
+#[utoipa::path(post, path = "/v1/sessions/{session_id}/wakes/{wake_id}/ack", tag = "sessions",
+    params(("session_id" = String, Path, description = "Session id"), ("wake_id" = String, Path, description = "Wake id")),
+    responses(
+        (status = 200, description = "Acknowledged (or already acknowledged)", body = AckAnswer),
+        (status = 404, description = "unknown_wake", body = ErrorSchema)))]
+pub async fn ack_wake(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    ApiPath((session_id, wake_id)): ApiPath<(String, String)>,
+) -> ApiResult<Json<AckAnswer>> {
+    caller.require_session(&session_id)?;
+    Ok(Json(AckAnswer {
+        acked: state.processes.ack_wake(&session_id, &wake_id).await?,
+    }))
+}
+
+/// `POST /v1/prune`: retention (host only).
+#[utoipa::path(post, path = "/v1/prune", tag = "retention",
+    request_body = PruneBody,
+    responses(
+        (status = 200, description = "What was deleted", body = PruneReport),
+        (status = 400, description = "invalid_filter (status running)", body = ErrorSchema),
+        (status = 403, description = "Host only", body = ErrorSchema)))]
+pub async fn prune(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<PruneBody>,
+) -> ApiResult<Json<PruneReport>> {
+    caller.require_host("prune")?;
+    Ok(Json(
+        state
+            .processes
+            .prune(body.cutoff_ms, body.status, body.watermark)
+            .await?,
+    ))
+}
+
+/// `GET /v1/changes`: the change feed (host only).
+#[utoipa::path(get, path = "/v1/changes", tag = "retention",
+    params(ChangesQuery),
+    responses(
+        (status = 200, description = "Changed records in cursor order", body = ChangePage),
+        (status = 403, description = "Host only", body = ErrorSchema)))]
+pub async fn changes(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    ApiQuery(q): ApiQuery<ChangesQuery>,
+) -> ApiResult<Json<ChangePage>> {
+    caller.require_host("the change feed")?;
+    Ok(Json(
+        state.processes.changed_since(q.cursor.unwrap_or(0), q.limit).await?,
+    ))
+}
+
+/// `GET /healthz`.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "Alive", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".to_string(),
+    })
+}
+
+/// `GET /metrics` (host only): Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses(
+        (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+        (status = 403, description = "Host only", body = ErrorSchema)))]
+pub async fn metrics(State(state): Shared, Extension(caller): Extension<Caller>) -> ApiResult<Response> {
+    caller.require_host("metrics")?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response())
+}
+
+/// Unknown routes.
+pub async fn no_route() -> ApiError {
+    ApiError::no_route()
+}
+
+/// Known routes with another method.
+pub async fn wrong_method() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}

@@ -1,0 +1,102 @@
+//! Server-Sent Events for `GET /v1/processes/{id}/events`.
+//!
+//! Each SSE event is one process event: `id` is its sequence (so a reconnecting
+//! client resumes with `Last-Event-ID`) and `data` its JSON. The stream sends
+//! history after the resume point, then live events, and closes after the
+//! terminal event. It pulls pages from the log only as the client reads, so a
+//! slow client never holds back writers: it just reads the log later.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use cairn_core::{CairnError, ProcessEvent};
+use futures::Stream;
+
+use super::api::status_of;
+use super::AppState;
+
+/// How long one follow waits before re-checking the record (the stream stays open).
+const FOLLOW_WAIT: Duration = Duration::from_secs(15);
+
+struct Follow {
+    state: Arc<AppState>,
+    id: String,
+    after: u64,
+    limit: Option<usize>,
+    pending: VecDeque<ProcessEvent>,
+    done: bool,
+}
+
+/// The SSE response following process `id` from sequence `after`.
+pub fn stream(state: Arc<AppState>, id: String, after: u64, limit: Option<usize>) -> Response {
+    let follow = Follow {
+        state,
+        id,
+        after,
+        limit,
+        pending: VecDeque::new(),
+        done: false,
+    };
+    Sse::new(events(follow))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn events(follow: Follow) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures::stream::unfold(follow, |mut f| async move {
+        loop {
+            if let Some(event) = f.pending.pop_front() {
+                f.after = event.sequence;
+                if event.semantics.terminal.is_some() {
+                    // Nothing follows a terminal event.
+                    f.done = true;
+                    f.pending.clear();
+                }
+                return Some((Ok(to_sse(&event)), f));
+            }
+            if f.done {
+                return None;
+            }
+            let page = tokio::select! {
+                r = f.state.processes.follow(&f.id, f.after, f.limit, FOLLOW_WAIT) => r,
+                _ = f.state.shutdown.cancelled() => return None,
+            };
+            match page {
+                Ok(page) if page.events.is_empty() => {
+                    // Either the wait timed out or the process ended before `after`.
+                    match f.state.processes.get(&f.id).await {
+                        Ok(r) if r.is_terminal() && r.last_sequence <= f.after => return None,
+                        Ok(_) => {}
+                        Err(e) => {
+                            f.done = true;
+                            return Some((Ok(error_event(&e)), f));
+                        }
+                    }
+                }
+                Ok(page) => f.pending.extend(page.events),
+                Err(e) => {
+                    f.done = true;
+                    return Some((Ok(error_event(&e)), f));
+                }
+            }
+        }
+    })
+}
+
+fn to_sse(event: &ProcessEvent) -> Event {
+    let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".to_string());
+    Event::default().id(event.sequence.to_string()).data(data)
+}
+
+/// A failure mid-stream (for example the process was pruned): an `error` event
+/// carrying the usual error body, after which the stream closes.
+fn error_event(err: &CairnError) -> Event {
+    let body = serde_json::json!({
+        "error": {"code": err.code(), "message": err.to_string(), "status": status_of(err).as_u16()}
+    });
+    Event::default().event("error").data(body.to_string())
+}

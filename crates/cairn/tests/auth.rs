@@ -1,0 +1,197 @@
+//! The auth matrix and the startup refusals, against the real binary.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{waiter, Server, BIN};
+use serde_json::{json, Value};
+
+fn code(body: &Value) -> &str {
+    body.pointer("/error/code").and_then(Value::as_str).unwrap_or("<none>")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_tokens_see_only_their_grants() {
+    let server = Server::start(&[
+        "--token",
+        "host-secret",
+        "--session-token",
+        "s1=tok-1",
+        "--session-token",
+        "s2=tok-2",
+    ])
+    .await;
+    let host = server.with_token("host-secret");
+    let s1 = server.with_token("tok-1");
+    let s2 = server.with_token("tok-2");
+
+    // No token, a wrong token: 401 (health stays open).
+    let (s, err) = server.client().get("/v1/processes").await;
+    assert_eq!((s, code(&err)), (401, "unauthorized"));
+    let (s, err) = server.with_token("nope").get("/v1/processes").await;
+    assert_eq!((s, code(&err)), (401, "unauthorized"));
+    assert_eq!(server.client().get("/healthz").await.0, 200);
+
+    // The host starts a process granted to s2.
+    let mut body = waiter("p-s2");
+    body["grant"] = json!({"session_scope": {"session_id": "s2"}});
+    assert_eq!(host.start(body).await.0, 201);
+    host.wait_for("p-s2", |r| !r["wait"].is_null()).await;
+
+    // s1 cannot read, list, follow, signal, append, cancel, complete, abandon or await it: 404 like an unknown id.
+    for path in [
+        "/v1/processes/p-s2",
+        "/v1/processes/p-s2/events",
+        "/v1/processes/p-s2/await?timeout_ms=10",
+    ] {
+        let (s, err) = s1.get(path).await;
+        assert_eq!((s, code(&err)), (404, "unknown_process"), "{path}");
+    }
+    for (path, body) in [
+        ("/v1/processes/p-s2/signals/go", json!({"signal_id": "x", "payload": 1})),
+        ("/v1/processes/p-s2/events", json!({"event_type": "progress"})),
+        ("/v1/processes/p-s2/cancel", json!({})),
+        (
+            "/v1/processes/p-s2/complete",
+            json!({"outcome": {"type": "success", "value": 1}}),
+        ),
+        ("/v1/processes/p-s2/abandon-request", json!({"reason": "r"})),
+    ] {
+        let (s, err) = s1.post(path, body).await;
+        assert_eq!((s, code(&err)), (404, "unknown_process"), "{path}");
+    }
+    let (s, page) = s1.get("/v1/processes?status=any").await;
+    assert_eq!((s, page["processes"].clone()), (200, json!([])));
+    let (s, page) = s1.get("/v1/processes?status=any&granted_to=s2").await;
+    assert_eq!((s, page["processes"].clone()), (200, json!([])));
+    let (s, err) = s1.get("/v1/processes?originated_by=s2").await;
+    assert_eq!((s, code(&err)), (400, "invalid_filter"));
+    // A session's SSE request is refused the same way.
+    let r = s1
+        .http
+        .get(s1.url("/v1/processes/p-s2/events"))
+        .bearer_auth("tok-1")
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 404);
+
+    // s2 and the host can.
+    let (s, rec) = s2.get("/v1/processes/p-s2").await;
+    assert_eq!((s, rec["id"].as_str()), (200, Some("p-s2")));
+    let (s, page) = s2.get("/v1/processes").await;
+    assert_eq!(s, 200);
+    assert_eq!(page["processes"][0]["id"], "p-s2");
+    assert_eq!(host.get("/v1/processes/p-s2").await.0, 200);
+    let (s, ev) = s2
+        .post("/v1/processes/p-s2/signals/go", json!({"signal_id": "a", "payload": 2}))
+        .await;
+    assert_eq!((s, ev["event_type"].as_str()), (200, Some("signal.go")));
+    let (s, rec) = s2.get("/v1/processes/p-s2/await?timeout_ms=5000").await;
+    assert_eq!((s, rec["status"].as_str()), (200, Some("completed")));
+
+    // A session's start is forced to originate from and be granted to that session.
+    let mut body = waiter("p-s1");
+    body["originator"] = json!({"type": "host"});
+    body["grant"] = json!({"session_scope": {"session_id": "s2"}, "descriptor": {"label": "mine"}});
+    let (s, rec) = s1.start(body.clone()).await;
+    assert_eq!(s, 201, "{rec}");
+    assert_eq!(
+        rec["provenance"]["originator"],
+        json!({"type": "session", "scope": {"session_id": "s1"}})
+    );
+    let (_, page) = s1.get("/v1/processes").await;
+    assert_eq!(page["processes"][0]["id"], "p-s1");
+    assert_eq!(page["grants"][0]["descriptor"]["label"], "mine");
+    let (s, _) = s2.get("/v1/processes/p-s1").await;
+    assert_eq!(s, 404);
+    // Repeating it is idempotent for s1; another session's identical start conflicts.
+    assert_eq!(s1.start(body.clone()).await.0, 200);
+    let (s, err) = s2.start(body).await;
+    assert_eq!((s, code(&err)), (409, "registration_conflict"));
+    let mut wake_elsewhere = waiter("p-s1-b");
+    wake_elsewhere["wake_target"] = json!({"session_id": "s2"});
+    let (s, err) = s1.start(wake_elsewhere).await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"));
+
+    // After s1 gives the process away, it no longer sees it.
+    let (s, rep) = s1
+        .post(
+            "/v1/grants/transfer",
+            json!({"from": {"session_id": "s1"}, "to": {"session_id": "s2"}, "process_ids": ["p-s1"]}),
+        )
+        .await;
+    assert_eq!((s, rep["moved"].clone()), (200, json!(["p-s1"])));
+    assert_eq!(s1.get("/v1/processes/p-s1").await.0, 404);
+    assert_eq!(s2.get("/v1/processes/p-s1").await.0, 200);
+    let (s, err) = s1
+        .post(
+            "/v1/grants/transfer",
+            json!({"from": {"session_id": "s2"}, "to": {"session_id": "s1"}, "process_ids": ["p-s1"]}),
+        )
+        .await;
+    assert_eq!((s, code(&err)), (403, "forbidden"));
+
+    // Host-only and other-session operations.
+    let (s, err) = s1
+        .post(
+            "/v1/prune",
+            json!({"cutoff_ms": 0, "watermark": {"type": "no_projector"}}),
+        )
+        .await;
+    assert_eq!((s, code(&err)), (403, "forbidden"));
+    assert_eq!(s1.get("/v1/changes").await.0, 403);
+    assert_eq!(s1.get("/metrics").await.0, 403);
+    assert_eq!(s1.get("/v1/sessions/s2/wakes").await.0, 403);
+    assert_eq!(s1.delete("/v1/sessions/s2").await.0, 403);
+    assert_eq!(s1.get("/v1/sessions/s1/wakes").await.0, 200);
+    assert_eq!(host.get("/v1/sessions/s2/wakes").await.0, 200);
+    assert_eq!(host.get("/metrics").await.0, 200);
+}
+
+#[test]
+fn refuses_open_non_loopback_and_unbuilt_backends() {
+    let run = |args: &[&str]| {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env_remove("CAIRN_TOKEN")
+            .env_remove("CAIRN_DATABASE_URL")
+            .env_remove("CAIRN_LISTEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        // These refusals happen before binding; a hang here is a failure, not a wait.
+        for _ in 0..200 {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        if let Ok(None) = child.try_wait() {
+            let _ = child.kill();
+        }
+        child.wait_with_output().expect("output")
+    };
+    let out = run(&["serve", "--db", "memory", "--listen", "0.0.0.0:0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to listen on non-loopback"), "{err}");
+
+    let foreign = std::env::temp_dir().join(format!("cairn-foreign-{}.txt", std::process::id()));
+    std::fs::write(
+        &foreign,
+        "not a database, just text that is long enough to have a header",
+    )
+    .expect("write");
+    let db = format!("sqlite:{}", foreign.display());
+    let out = run(&["serve", "--db", &db, "--listen", "127.0.0.1:0"]);
+    let _ = std::fs::remove_file(&foreign);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot open"), "{err}");
+}

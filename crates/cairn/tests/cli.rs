@@ -1,0 +1,208 @@
+//! The CLI client against the real server, and graceful shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{waiter, Server};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_drives_the_server() {
+    let server = Server::start(&[]).await;
+
+    // start: from an argument and from stdin; repeat is reported, conflicts fail.
+    let body = waiter("c1").to_string();
+    let out = server.cli(&["start", &body], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "started c1 (running)");
+    let out = server.cli(&["start"], Some(&body)).await;
+    assert_eq!((out.code, out.stdout.trim()), (0, "already started c1 (running)"));
+    let ext = json!({"id": "c2", "input": {"type": "external"}, "disposition": "externally_owned",
+                     "wake_target": {"session_id": "s1"},
+                     "event_types": [{"name": "note", "semantics": {"wake": {"input": {"pointer": "/t"}}}}]});
+    let out = server.cli(&["--json", "start", "-"], Some(&ext.to_string())).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["id"], "c2");
+    let out = server.cli(&["start", "{not json"], None).await;
+    assert_eq!(out.code, 2);
+    let conflicting = json!({"id": "c1", "input": {"type": "external"}, "disposition": "externally_owned"});
+    let out = server.cli(&["start", &conflicting.to_string()], None).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("registration_conflict"), "{}", out.stderr);
+    server.client().wait_for("c1", |r| !r["wait"].is_null()).await;
+
+    // ls: a table by default, JSON with --json, filters passed through.
+    let out = server.cli(&["ls"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines[0].starts_with("ID"), "{}", out.stdout);
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("c1") && l.contains("tool:wait_signal") && l.ends_with("yes")));
+    let out = server.cli(&["--json", "ls", "--definition", "external"], None).await;
+    assert_eq!(out.json()["processes"][0]["id"], "c2");
+    let out = server.cli(&["ls", "--waiting", "true", "--status", "any"], None).await;
+    assert!(
+        out.stdout.contains("c1") && !out.stdout.contains("c2"),
+        "{}",
+        out.stdout
+    );
+
+    // get and events.
+    let out = server.cli(&["get", "c1"], None).await;
+    assert!(
+        out.stdout.contains("status") && out.stdout.contains("running"),
+        "{}",
+        out.stdout
+    );
+    let out = server.cli(&["--json", "get", "c1"], None).await;
+    assert_eq!(out.json()["disposition"], "rerunnable");
+    let out = server.cli(&["get", "missing"], None).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("unknown_process"), "{}", out.stderr);
+    let out = server.cli(&["events", "c1"], None).await;
+    assert!(out.stdout.contains("process.waiting"), "{}", out.stdout);
+
+    // await: exit 3 while still running at the timeout.
+    let out = server.cli(&["await", "c1", "--timeout", "200ms"], None).await;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+
+    // events --follow in the background, then signal (idempotent on --id).
+    let base = server.base.clone();
+    let follow = tokio::spawn(async move { common::run_cli(&base, None, &["events", "c1", "--follow"], None).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = server
+        .cli(
+            &[
+                "--json",
+                "signal",
+                "c1",
+                "go",
+                "--id",
+                "sig-1",
+                "--payload",
+                "{\"v\":3}",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let seq = out.json()["sequence"].clone();
+    let out = server
+        .cli(
+            &[
+                "--json",
+                "signal",
+                "c1",
+                "go",
+                "--id",
+                "sig-1",
+                "--payload",
+                "{\"v\":3}",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(out.json()["sequence"], seq);
+    let followed = tokio::time::timeout(Duration::from_secs(20), follow)
+        .await
+        .expect("follow ended after the terminal event")
+        .expect("follow task");
+    assert_eq!(followed.code, 0, "{}", followed.stderr);
+    assert!(followed.stdout.contains("signal.go"), "{}", followed.stdout);
+    assert!(followed.stdout.contains("process.completed"), "{}", followed.stdout);
+    let out = server.cli(&["--json", "await", "c1", "--timeout", "5s"], None).await;
+    assert_eq!(out.code, 0);
+    assert_eq!(out.json()["outcome"]["value"], json!({"v": 3}));
+
+    // wakes and ack, through an appended wake event.
+    let (s, _) = server
+        .client()
+        .post(
+            "/v1/processes/c2/events",
+            json!({"event_type": "note", "payload": {"t": "look"}}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let out = server.cli(&["--json", "wakes", "s1"], None).await;
+    let wake_id = out.json()["wakes"][0]["wake_id"].as_str().expect("wake").to_string();
+    let out = server.cli(&["wakes", "s1"], None).await;
+    assert!(
+        out.stdout.contains(&wake_id) && out.stdout.contains("look"),
+        "{}",
+        out.stdout
+    );
+    let out = server.cli(&["ack", "s1", &wake_id], None).await;
+    assert_eq!(out.stdout.trim(), format!("acknowledged {wake_id}"));
+    let out = server.cli(&["ack", "s1", &wake_id], None).await;
+    assert!(out.stdout.contains("already"), "{}", out.stdout);
+
+    // cancel and abandon.
+    assert_eq!(server.client().start(waiter("c3")).await.0, 201);
+    let out = server.cli(&["cancel", "c3", "--reason", "stop"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rec = server.client().wait_for("c3", |r| r["status"] == "cancelled").await;
+    assert_eq!(rec["outcome"]["type"], "cancelled");
+    let out = server.cli(&["abandon", "c2", "--reason", "gone"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    server.client().wait_for("c2", |r| r["status"] == "abandoned").await;
+
+    // prune everything terminal (cutoff in the future relative to their end).
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let out = server.cli(&["--json", "prune", "--older-than", "0s"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["pruned"], 3);
+    let out = server.cli(&["get", "c1"], None).await;
+    assert!(out.stderr.contains("no_longer_retained"), "{}", out.stderr);
+
+    // run --detach creates a shell process with a generated id.
+    let out = server.cli(&["run", "--detach", "--", "echo", "hi"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let id = out.stdout.trim().to_string();
+    assert!(id.starts_with("run-"), "{id}");
+    let (s, rec) = server.client().get(&format!("/v1/processes/{id}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(rec["input"]["args"]["argv"], json!(["echo", "hi"]));
+    assert_eq!(rec["disposition"], "owner_bound");
+
+    // run in the foreground follows to the end and answers the outcome as its exit code.
+    let out = server.cli(&["run", "--id", "fg-1", "--", "true"], None).await;
+    let (_, rec) = server.client().get("/v1/processes/fg-1").await;
+    assert_ne!(rec["status"], "running", "run returned before the end: {rec}");
+    let succeeded = rec["outcome"]["type"] == "success";
+    assert_eq!(out.code == 0, succeeded, "exit {} for {rec}: {}", out.code, out.stderr);
+
+    // Ids with reserved URL characters travel percent-encoded.
+    let odd = json!({"id": "a/b c?d", "input": {"type": "external"}, "disposition": "externally_owned"});
+    assert_eq!(server.cli(&["start", &odd.to_string()], None).await.code, 0);
+    let out = server.cli(&["--json", "get", "a/b c?d"], None).await;
+    assert_eq!(out.json()["id"], "a/b c?d");
+
+    // An unreachable server is exit 1 with a message.
+    let out = common::run_cli("http://127.0.0.1:9", None, &["ls"], None).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("cannot talk to the server"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_zero() {
+    let mut server = Server::start(&[]).await;
+    let c = server.client();
+    assert_eq!(c.start(waiter("long")).await.0, 201);
+    c.wait_for("long", |r| !r["lease"].is_null()).await;
+    // A long await in flight must not hold the shutdown up.
+    let waiter_client = c.clone();
+    let pending = tokio::spawn(async move { waiter_client.get("/v1/processes/long/await?timeout_ms=120000").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // SAFETY: sending a signal to our own child process by its pid.
+    let rc = unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let status = server.wait_exit(Duration::from_secs(15)).expect("server exited");
+    assert!(status.success(), "{status:?}");
+    let (s, rec) = tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .expect("await answered at shutdown")
+        .expect("task");
+    assert_eq!((s, rec["status"].as_str()), (200, Some("running")));
+}

@@ -1,0 +1,312 @@
+//! Test support: run the real `cairn` binary on a free loopback port and talk to it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cairn");
+
+/// A running `cairn serve`; killed when dropped.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub token: Option<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// `cairn serve --db memory --allow-shell --listen 127.0.0.1:0` plus `extra`.
+    pub async fn start(extra: &[&str]) -> Server {
+        Self::start_on("memory", extra).await
+    }
+
+    /// `cairn serve --db DB --allow-shell --listen 127.0.0.1:0` plus `extra`.
+    pub async fn start_on(db: &str, extra: &[&str]) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--db", db, "--allow-shell", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove("CAIRN_TOKEN")
+            .env_remove("CAIRN_DATABASE_URL")
+            .env_remove("CAIRN_LISTEN")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var_os("CAIRN_TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
+        let mut child = cmd.spawn().expect("spawn cairn serve");
+        let stdout = child.stdout.take().expect("stdout piped");
+        // `serve` prints its bound address as its first stdout line.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("serve printed its address");
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        let server = Server {
+            child,
+            base,
+            http: reqwest::Client::new(),
+            token: None,
+        };
+        // Bounded wait for health.
+        for _ in 0..100 {
+            if let Ok(r) = server.http.get(server.url("/healthz")).send().await {
+                if r.status().is_success() {
+                    return server;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server at {} never became healthy", server.base);
+    }
+
+    /// The same server, presenting `token` on every request of the helpers.
+    pub fn with_token(&self, token: &str) -> Client {
+        Client {
+            base: self.base.clone(),
+            http: self.http.clone(),
+            token: Some(token.to_string()),
+        }
+    }
+
+    /// A client without a token.
+    pub fn client(&self) -> Client {
+        Client {
+            base: self.base.clone(),
+            http: self.http.clone(),
+            token: None,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait for the server process to exit by itself (bounded).
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Run a CLI client command against this server.
+    pub async fn cli(&self, args: &[&str], stdin: Option<&str>) -> CliOutput {
+        run_cli(&self.base, self.token.as_deref(), args, stdin).await
+    }
+}
+
+/// What a CLI run printed.
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// Run `cairn ARGS` with `--server base`.
+pub async fn run_cli(base: &str, token: Option<&str>, args: &[&str], stdin: Option<&str>) -> CliOutput {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.arg("--server").arg(base).args(args).env_remove("CAIRN_TOKEN");
+    if let Some(t) = token {
+        cmd.env("CAIRN_TOKEN", t);
+    }
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn cairn client");
+    let mut input = child.stdin.take().expect("stdin piped");
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).await.expect("write stdin");
+    }
+    drop(input);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("cli finished in time")
+        .expect("cli ran");
+    CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A small HTTP helper: every call answers (status, JSON body).
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub token: Option<String>,
+}
+
+impl Client {
+    fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.auth(self.http.get(self.url(path))).send().await.expect("request");
+        decode(r).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .auth(self.http.post(self.url(path)).json(&body))
+            .send()
+            .await
+            .expect("request");
+        decode(r).await
+    }
+
+    pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+        let r = self
+            .auth(
+                self.http
+                    .post(self.url(path))
+                    .header("content-type", content_type)
+                    .body(body),
+            )
+            .send()
+            .await
+            .expect("request");
+        decode(r).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .auth(self.http.delete(self.url(path)))
+            .send()
+            .await
+            .expect("request");
+        decode(r).await
+    }
+
+    pub async fn start(&self, body: Value) -> (u16, Value) {
+        self.post("/v1/processes", body).await
+    }
+
+    /// Poll a process until `pred` holds on its record (bounded).
+    pub async fn wait_for(&self, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..200 {
+            let (status, record) = self.get(&format!("/v1/processes/{id}")).await;
+            if status == 200 && pred(&record) {
+                return record;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("process {id} never reached the expected state");
+    }
+
+    /// Open an SSE stream on a process's events.
+    pub async fn sse(&self, id: &str, query: &str, last_event_id: Option<u64>) -> Sse {
+        let mut rb = self
+            .http
+            .get(self.url(&format!("/v1/processes/{id}/events{query}")))
+            .header("accept", "text/event-stream");
+        if let Some(l) = last_event_id {
+            rb = rb.header("last-event-id", l.to_string());
+        }
+        let resp = self.auth(rb).send().await.expect("sse request");
+        assert_eq!(resp.status().as_u16(), 200, "sse status");
+        Sse {
+            stream: Box::pin(resp.bytes_stream()),
+            parser: cairn::client::http::SseParser::default(),
+            queue: Default::default(),
+        }
+    }
+}
+
+async fn decode(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let bytes = r.bytes().await.expect("body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    (status, body)
+}
+
+type ByteStream = std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+
+/// An open SSE stream.
+pub struct Sse {
+    stream: ByteStream,
+    parser: cairn::client::http::SseParser,
+    queue: std::collections::VecDeque<cairn::client::http::SseEvent>,
+}
+
+impl Sse {
+    /// The next SSE event, or `None` when the stream closed. Panics after `within`.
+    pub async fn next(&mut self, within: Duration) -> Option<cairn::client::http::SseEvent> {
+        tokio::time::timeout(within, async {
+            loop {
+                if let Some(e) = self.queue.pop_front() {
+                    return Some(e);
+                }
+                match self.stream.next().await {
+                    Some(Ok(chunk)) => self.queue.extend(self.parser.push(&chunk)),
+                    Some(Err(_)) | None => return None,
+                }
+            }
+        })
+        .await
+        .expect("sse event in time")
+    }
+}
+
+/// A start body for a builtin tool.
+pub fn tool_start(id: &str, tool: &str, args: Value, disposition: &str) -> Value {
+    json!({
+        "id": id,
+        "input": {"type": "tool_call", "tool": tool, "args": args},
+        "disposition": disposition,
+    })
+}
+
+/// A process that waits for signal `go` (running until signalled).
+pub fn waiter(id: &str) -> Value {
+    tool_start(id, "wait_signal", json!({"name": "go"}), "rerunnable")
+}

@@ -1,0 +1,566 @@
+//! End-to-end tests of the HTTP API against the real binary (`--db memory`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{tool_start, waiter, Server};
+use serde_json::{json, Value};
+
+fn code(body: &Value) -> &str {
+    body.pointer("/error/code").and_then(Value::as_str).unwrap_or("<none>")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_is_idempotent_and_errors_have_their_classes() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+
+    let body = tool_start("p1", "sleep", json!({"ms": 60_000}), "rerunnable");
+    let (s, rec) = c.start(body.clone()).await;
+    assert_eq!(s, 201, "{rec}");
+    assert_eq!(rec["id"], "p1");
+    assert_eq!(rec["status"], "running");
+    let (s, again) = c.start(body).await;
+    assert_eq!(s, 200);
+    assert_eq!(again["registration_hash"], rec["registration_hash"]);
+    let (s, err) = c.start(tool_start("p1", "sleep", json!({"ms": 1}), "rerunnable")).await;
+    assert_eq!((s, code(&err)), (409, "registration_conflict"));
+
+    // Malformed JSON, unknown field, missing disposition: 400 invalid_request.
+    let (s, err) = c
+        .post_raw("/v1/processes", "application/json", b"{\"id\": ".to_vec())
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"));
+    assert!(err.pointer("/error/message").is_some());
+    let (s, err) = c
+        .start(json!({"id": "p2", "input": {"type": "external"}, "disposition": "externally_owned", "bogus": 1}))
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"));
+    let (s, err) = c.start(json!({"id": "p2", "input": {"type": "external"}})).await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"));
+    // Core validation: an over-long id.
+    let (s, err) = c
+        .start(json!({"id": "x".repeat(300), "input": {"type": "external"}, "disposition": "externally_owned"}))
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_id"));
+    // A body that is not JSON by content type.
+    let (s, err) = c.post_raw("/v1/processes", "text/plain", b"{}".to_vec()).await;
+    assert_eq!((s, code(&err)), (415, "invalid_request"));
+    // Oversize body: 413.
+    let big = format!("{{\"id\":\"big\",\"pad\":\"{}\"}}", "a".repeat(3 * 1024 * 1024));
+    let (s, err) = c.post_raw("/v1/processes", "application/json", big.into_bytes()).await;
+    assert_eq!((s, code(&err)), (413, "payload_too_large"));
+    // A payload under the body limit but over the core's payload limit is 413 too.
+    let (s, _) = c
+        .start(
+            json!({"id": "ext", "input": {"type": "external"}, "disposition": "externally_owned",
+                      "event_types": [{"name": "blob"}]}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, err) = c
+        .post(
+            "/v1/processes/ext/events",
+            json!({"event_type": "blob", "payload": {"b": "z".repeat(1024 * 1024 + 10)}}),
+        )
+        .await;
+    assert_eq!((s, code(&err)), (413, "payload_too_large"));
+    // Unknown tool.
+    let (s, err) = c.start(tool_start("p3", "nope", json!({}), "rerunnable")).await;
+    assert_eq!((s, code(&err)), (404, "unknown_tool"));
+    // Unknown ids and routes.
+    let (s, err) = c.get("/v1/processes/missing").await;
+    assert_eq!((s, code(&err)), (404, "unknown_process"));
+    let (s, err) = c.get("/v1/processes/missing/events").await;
+    assert_eq!((s, code(&err)), (404, "unknown_process"));
+    let (s, err) = c.get("/v1/nothing-here").await;
+    assert_eq!((s, code(&err)), (404, "not_found"));
+    let (s, err) = c.delete("/v1/processes/p1").await;
+    assert_eq!((s, code(&err)), (405, "method_not_allowed"));
+    // Bad query values.
+    let (s, err) = c.get("/v1/processes/p1/events?after=x").await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"));
+    let (s, err) = c.get("/v1/processes/p1/events?limit=0").await;
+    assert_eq!((s, code(&err)), (400, "invalid_page"));
+    let (s, err) = c.get("/v1/processes/p1/await?wat=1").await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_filters_and_paging() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    for id in ["a1", "a2", "a3"] {
+        let (s, _) = c.start(waiter(id)).await;
+        assert_eq!(s, 201);
+    }
+    let mut from_session = tool_start("b1", "echo", json!({"value": 1}), "rerunnable");
+    from_session["originator"] = json!({"type": "session", "scope": {"session_id": "s1"}});
+    from_session["grant"] = json!({"session_scope": {"session_id": "s2"}, "descriptor": {"kind": "k"}});
+    assert_eq!(c.start(from_session).await.0, 201);
+    c.wait_for("b1", |r| r["status"] == "completed").await;
+    for id in ["a1", "a2", "a3"] {
+        c.wait_for(id, |r| !r["wait"].is_null()).await;
+    }
+
+    let ids = |page: &Value| -> Vec<String> {
+        page["processes"]
+            .as_array()
+            .map(|a| a.iter().map(|p| p["id"].as_str().unwrap_or("").to_string()).collect())
+            .unwrap_or_default()
+    };
+    let (s, page) = c.get("/v1/processes").await;
+    assert_eq!(s, 200);
+    assert_eq!(ids(&page), ["a1", "a2", "a3"]);
+    let (_, page) = c.get("/v1/processes?status=any").await;
+    assert_eq!(ids(&page), ["a1", "a2", "a3", "b1"]);
+    let (_, page) = c.get("/v1/processes?status=completed").await;
+    assert_eq!(ids(&page), ["b1"]);
+    let (_, page) = c.get("/v1/processes?waiting=true").await;
+    assert_eq!(ids(&page), ["a1", "a2", "a3"]);
+    let (_, page) = c.get("/v1/processes?status=any&waiting=false").await;
+    assert_eq!(ids(&page), ["b1"]);
+    let (_, page) = c.get("/v1/processes?status=any&definition=tool:echo").await;
+    assert_eq!(ids(&page), ["b1"]);
+    let (_, page) = c.get("/v1/processes?status=any&originator=session:s1").await;
+    assert_eq!(ids(&page), ["b1"]);
+    let (_, page) = c.get("/v1/processes?status=any&originated_by=s1").await;
+    assert_eq!(ids(&page), ["b1"]);
+    let (_, page) = c.get("/v1/processes?status=any&granted_to=s2").await;
+    assert_eq!(ids(&page), ["b1"]);
+    assert_eq!(page["grants"][0]["descriptor"]["kind"], "k");
+    let (_, page) = c.get("/v1/processes?status=any&granted_to=s1").await;
+    assert_eq!(ids(&page), Vec::<String>::new());
+    let (_, page) = c.get("/v1/processes?created_from_ms=0&created_before_ms=1").await;
+    assert_eq!(ids(&page), Vec::<String>::new());
+
+    // Paging: limit and after_id, with a cursor while more may follow.
+    let (_, page) = c.get("/v1/processes?status=any&limit=2").await;
+    assert_eq!(ids(&page), ["a1", "a2"]);
+    assert_eq!(page["next_after_id"], "a2");
+    let (_, page) = c.get("/v1/processes?status=any&limit=2&after_id=a2").await;
+    assert_eq!(ids(&page), ["a3", "b1"]);
+
+    // Errors: unknown key, wrong type, both lenses, bad page size.
+    for (q, want) in [
+        ("bogus=1", "invalid_filter"),
+        ("waiting=maybe", "invalid_filter"),
+        ("status=sleeping", "invalid_filter"),
+        ("granted_to=s1&originated_by=s1", "invalid_filter"),
+        ("granted_to=s1&granted_to=s2", "invalid_filter"),
+        ("limit=0", "invalid_page"),
+        ("limit=100000", "invalid_page"),
+    ] {
+        let (s, err) = c.get(&format!("/v1/processes?{q}")).await;
+        assert_eq!((s, code(&err)), (400, want), "{q}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_signals_and_sse_resume() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    assert_eq!(c.start(waiter("w")).await.0, 201);
+    c.wait_for("w", |r| !r["wait"].is_null()).await;
+
+    let (s, page) = c.get("/v1/processes/w/events").await;
+    assert_eq!(s, 200);
+    let types: Vec<&str> = page["events"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["event_type"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(types, ["process.started", "process.waiting"]);
+    let (_, page) = c.get("/v1/processes/w/events?after=1&limit=1").await;
+    assert_eq!(page["events"][0]["sequence"], 2);
+
+    // Resume after event 1: the stream starts with event 2, then follows live.
+    let mut sse = c.sse("w", "", Some(1)).await;
+    let first = sse.next(Duration::from_secs(5)).await.expect("event 2");
+    assert_eq!(first.id.as_deref(), Some("2"));
+    let ev: Value = serde_json::from_str(&first.data).expect("event json");
+    assert_eq!(ev["event_type"], "process.waiting");
+
+    // Signal; repeating the signal id returns the same event; a different payload conflicts.
+    let (s, sig) = c
+        .post(
+            "/v1/processes/w/signals/go",
+            json!({"signal_id": "sig-1", "payload": {"n": 1}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{sig}");
+    assert_eq!(sig["event_type"], "signal.go");
+    let seq = sig["sequence"].as_u64().expect("sequence");
+    let (s, again) = c
+        .post(
+            "/v1/processes/w/signals/go",
+            json!({"signal_id": "sig-1", "payload": {"n": 1}}),
+        )
+        .await;
+    assert_eq!((s, again["sequence"].as_u64()), (200, Some(seq)));
+    let (s, err) = c
+        .post(
+            "/v1/processes/w/signals/go",
+            json!({"signal_id": "sig-1", "payload": {"n": 2}}),
+        )
+        .await;
+    // The process may already have ended by now; either way nothing new is written.
+    assert_eq!(s, 409, "{err}");
+    assert!(["replay_conflict", "process_terminal"].contains(&code(&err)), "{err}");
+    let (s, err) = c
+        .post(
+            "/v1/processes/w/signals/bad name",
+            json!({"signal_id": "x", "payload": null}),
+        )
+        .await;
+    assert_eq!(s, 400, "{err}");
+
+    // The live tail: signal, resumed, completed; then the stream closes.
+    let mut seen = Vec::new();
+    while let Some(e) = sse.next(Duration::from_secs(5)).await {
+        let ev: Value = serde_json::from_str(&e.data).expect("event json");
+        assert_eq!(e.id, Some(ev["sequence"].to_string()));
+        seen.push(ev["event_type"].as_str().unwrap_or("").to_string());
+    }
+    assert_eq!(seen, ["signal.go", "process.resumed", "process.completed"]);
+
+    // Resuming past the terminal closes at once; `?after=` works without the header.
+    let mut sse = c.sse("w", "", Some(5)).await;
+    assert!(sse.next(Duration::from_secs(5)).await.is_none());
+    let mut sse = c.sse("w", "?after=3", None).await;
+    let e = sse.next(Duration::from_secs(5)).await.expect("event 4");
+    assert_eq!(e.id.as_deref(), Some("4"));
+    let (_, rec) = c.get("/v1/processes/w/await?timeout_ms=1000").await;
+    assert_eq!(rec["status"], "completed");
+    assert_eq!(rec["outcome"], json!({"type": "success", "value": {"n": 1}}));
+
+    // A bad Last-Event-ID is a 400, an unknown id a 404, before any stream starts.
+    let r = c
+        .http
+        .get(c.url("/v1/processes/w/events"))
+        .header("accept", "text/event-stream")
+        .header("last-event-id", "abc")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 400);
+    let r = c
+        .http
+        .get(c.url("/v1/processes/nope/events"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_await_with_timeout() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    assert_eq!(
+        c.start(tool_start("s", "sleep", json!({"ms": 60_000}), "rerunnable"))
+            .await
+            .0,
+        201
+    );
+    c.wait_for("s", |r| !r["lease"].is_null()).await;
+
+    // Await with a timeout answers the still-running record.
+    let t = Instant::now();
+    let (s, rec) = c.get("/v1/processes/s/await?timeout_ms=300").await;
+    assert_eq!((s, rec["status"].as_str()), (200, Some("running")));
+    assert!(t.elapsed() >= Duration::from_millis(290));
+
+    let (s, rec) = c.post("/v1/processes/s/cancel", json!({"reason": "enough"})).await;
+    assert_eq!(s, 200, "{rec}");
+    assert!(rec["cancel_request"].is_object(), "{rec}");
+    let (s, rec) = c.get("/v1/processes/s/await?timeout_ms=10000").await;
+    assert_eq!((s, rec["status"].as_str()), (200, Some("cancelled")), "{rec}");
+    assert_eq!(rec["outcome"]["type"], "cancelled");
+    // A terminal process takes no more requests; an empty body is fine for cancel.
+    let r = c
+        .http
+        .post(c.url("/v1/processes/s/cancel"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 409);
+    let (s, err) = c.post("/v1/processes/missing/cancel", json!({})).await;
+    assert_eq!((s, code(&err)), (404, "unknown_process"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_process_append_wakes_complete_and_prune() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let body = json!({
+        "id": "ext-1",
+        "input": {"type": "external", "metadata": {"ticket": 7}},
+        "disposition": "externally_owned",
+        "wake_target": {"session_id": "s1"},
+        "grant": {"session_scope": {"session_id": "s1"}, "descriptor": {"kind": "ticket", "label": "t7"}},
+        "event_types": [
+            {"name": "progress", "payload_schema": {"type": "object", "required": ["text"]},
+             "semantics": {"wake": {"input": {"pointer": "/text"}}}}
+        ],
+        "external_ref": {"backend": "tickets", "id": "7"}
+    });
+    let (s, rec) = c.start(body).await;
+    assert_eq!(s, 201, "{rec}");
+
+    // Append a declared event with a replay key; the wake lands for s1.
+    let (s, res) = c
+        .post(
+            "/v1/processes/ext-1/events",
+            json!({"event_type": "progress", "payload": {"text": "half way"}, "replay_key": "r1"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{res}");
+    assert_eq!(res["replayed"], false);
+    assert_eq!(res["event"]["sequence"], 1);
+    let (s, res) = c
+        .post(
+            "/v1/processes/ext-1/events",
+            json!({"event_type": "progress", "payload": {"text": "half way"}, "replay_key": "r1"}),
+        )
+        .await;
+    assert_eq!((s, res["replayed"].as_bool()), (200, Some(true)));
+    let (s, err) = c
+        .post(
+            "/v1/processes/ext-1/events",
+            json!({"event_type": "progress", "payload": {}}),
+        )
+        .await;
+    assert_eq!((s, code(&err)), (400, "schema_violation"));
+    let (s, err) = c
+        .post(
+            "/v1/processes/ext-1/events",
+            json!({"event_type": "nope", "payload": {}}),
+        )
+        .await;
+    assert_eq!((s, code(&err)), (400, "undeclared_event_type"));
+    let (s, err) = c
+        .post(
+            "/v1/processes/ext-1/events",
+            json!({"event_type": "progress", "lease": {}}),
+        )
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"));
+
+    let (s, wakes) = c.get("/v1/sessions/s1/wakes").await;
+    assert_eq!(s, 200);
+    let wake = &wakes["wakes"][0];
+    assert_eq!(wake["input"], "half way");
+    let wake_id = wake["wake_id"].as_str().expect("wake id").to_string();
+    let (s, ack) = c.post(&format!("/v1/sessions/s1/wakes/{wake_id}/ack"), json!({})).await;
+    assert_eq!((s, ack["acked"].as_bool()), (200, Some(true)));
+    let (s, ack) = c.post(&format!("/v1/sessions/s1/wakes/{wake_id}/ack"), json!({})).await;
+    assert_eq!((s, ack["acked"].as_bool()), (200, Some(false)));
+    let (_, wakes) = c.get("/v1/sessions/s1/wakes").await;
+    assert_eq!(wakes["wakes"], json!([]));
+    let (s, err) = c.post("/v1/sessions/s1/wakes/nope/ack", json!({})).await;
+    assert_eq!((s, code(&err)), (404, "unknown_wake"));
+
+    // External completion; only once, and only for externally owned processes.
+    let (s, rec) = c
+        .post(
+            "/v1/processes/ext-1/complete",
+            json!({"outcome": {"type": "success", "value": {"done": true}}, "authority": "tickets"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{rec}");
+    assert_eq!(rec["status"], "completed");
+    let (s, err) = c
+        .post(
+            "/v1/processes/ext-1/complete",
+            json!({"outcome": {"type": "success", "value": 1}}),
+        )
+        .await;
+    assert_eq!((s, code(&err)), (409, "process_terminal"));
+    assert_eq!(c.start(waiter("own")).await.0, 201);
+    let (s, err) = c
+        .post(
+            "/v1/processes/own/complete",
+            json!({"outcome": {"type": "success", "value": 1}}),
+        )
+        .await;
+    assert_eq!((s, code(&err)), (409, "not_externally_owned"));
+
+    // The change feed sees both.
+    let (s, feed) = c.get("/v1/changes?cursor=0&limit=10").await;
+    assert_eq!(s, 200);
+    assert!(feed["changes"].as_array().is_some_and(|a| a.len() >= 2), "{feed}");
+    assert!(feed["next_cursor"].as_u64().is_some_and(|n| n > 0));
+
+    // Prune: running never goes; the terminal one leaves a tombstone (410).
+    let future = json!(u64::MAX / 2);
+    let (s, err) = c
+        .post(
+            "/v1/prune",
+            json!({"cutoff_ms": future, "status": "running", "watermark": {"type": "no_projector"}}),
+        )
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_filter"));
+    let (s, err) = c.post("/v1/prune", json!({"cutoff_ms": 0})).await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"));
+    let (s, report) = c
+        .post(
+            "/v1/prune",
+            json!({"cutoff_ms": future, "watermark": {"type": "no_projector"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(report["pruned"], 1);
+    let (s, err) = c.get("/v1/processes/ext-1").await;
+    assert_eq!((s, code(&err)), (410, "no_longer_retained"));
+    assert_eq!(err["error"]["tombstone"]["status"], "completed");
+    let (s, _) = c.get("/v1/processes/own").await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandon_transfer_and_session_delete() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let mut body = json!({"id": "x", "input": {"type": "external"}, "disposition": "externally_owned"});
+    body["grant"] = json!({"session_scope": {"session_id": "s1"}});
+    assert_eq!(c.start(body).await.0, 201);
+    let mut w = waiter("y");
+    w["grant"] = json!({"session_scope": {"session_id": "s1"}});
+    assert_eq!(c.start(w).await.0, 201);
+
+    let (s, report) = c
+        .post(
+            "/v1/grants/transfer",
+            json!({"from": {"session_id": "s1"}, "to": {"session_id": "s2"}, "process_ids": ["x", "nope"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(report["moved"], json!(["x"]));
+    assert_eq!(report["not_granted"], json!(["nope"]));
+
+    let (s, report) = c.delete("/v1/sessions/s1").await;
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(report["revoked_grants"], 1);
+    assert_eq!(report["orphaned"], json!(["y"]));
+
+    // An abandon request on an unleased external process is reconciled by the worker.
+    let (s, rec) = c
+        .post("/v1/processes/x/abandon-request", json!({"reason": "owner vanished"}))
+        .await;
+    assert_eq!(s, 200, "{rec}");
+    assert_eq!(rec["abandon_request"]["requested_by"], "host");
+    let rec = c.wait_for("x", |r| r["status"] == "abandoned").await;
+    assert_eq!(rec["outcome"]["evidence"]["writer"], "reconciled_request");
+    let (s, err) = c.post("/v1/processes/x/abandon-request", json!({})).await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_and_openapi() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let (s, h) = c.get("/healthz").await;
+    assert_eq!((s, h["status"].as_str()), (200, Some("ok")));
+    assert_eq!(
+        c.start(tool_start("e", "echo", json!({"value": 1}), "rerunnable"))
+            .await
+            .0,
+        201
+    );
+    c.wait_for("e", |r| r["status"] == "completed").await;
+    assert_eq!(c.start(waiter("w")).await.0, 201);
+    let _ = c
+        .post("/v1/processes/w/signals/go", json!({"signal_id": "a", "payload": 1}))
+        .await;
+    let _ = c.get("/v1/processes/w/await?timeout_ms=5000").await;
+
+    let text = c
+        .http
+        .get(c.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(text.contains("cairn_processes_started_total 2"), "{text}");
+    assert!(
+        text.contains("cairn_processes_ended_total{status=\"completed\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cairn_http_requests_total{method=\"POST\",route=\"/v1/processes\",status=\"201\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("cairn_append_duration_seconds_count 1"), "{text}");
+    assert!(text.contains("cairn_await_duration_seconds_count 1"), "{text}");
+
+    let (s, doc) = c.get("/openapi.json").await;
+    assert_eq!(s, 200);
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    for path in [
+        "/v1/processes",
+        "/v1/processes/{id}",
+        "/v1/processes/{id}/events",
+        "/v1/processes/{id}/await",
+        "/v1/processes/{id}/signals/{name}",
+        "/v1/processes/{id}/cancel",
+        "/v1/processes/{id}/complete",
+        "/v1/processes/{id}/abandon-request",
+        "/v1/grants/transfer",
+        "/v1/sessions/{session_id}",
+        "/v1/sessions/{session_id}/wakes",
+        "/v1/sessions/{session_id}/wakes/{wake_id}/ack",
+        "/v1/prune",
+        "/v1/changes",
+        "/healthz",
+        "/metrics",
+    ] {
+        assert!(doc["paths"][path].is_object(), "openapi lacks {path}");
+    }
+    // Every reference resolves, and the core wire types are described field by field.
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x) {
+                        ("$ref", Value::String(r)) => out.push(r.clone()),
+                        _ => refs(x, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    assert!(!all.is_empty());
+    for r in all {
+        let name = r
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("odd ref {r}"));
+        assert!(doc["components"]["schemas"][name].is_object(), "dangling {r}");
+    }
+    let record = &doc["components"]["schemas"]["ProcessRecord"];
+    for field in [
+        "id",
+        "status",
+        "outcome",
+        "disposition",
+        "input",
+        "provenance",
+        "wait",
+        "lease",
+        "last_sequence",
+    ] {
+        assert!(
+            record["properties"][field].is_object(),
+            "ProcessRecord lacks {field}: {record}"
+        );
+    }
+    assert!(doc["components"]["schemas"]["StartRequest"]["properties"]["disposition"].is_object());
+    assert!(doc["components"]["schemas"]["Outcome"].is_object());
+}

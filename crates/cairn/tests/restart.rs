@@ -1,0 +1,87 @@
+//! `cairn serve` killed with SIGKILL mid-run and restarted on the same SQLite
+//! database: recovery follows each process's disposition.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// Read a record until `done` holds (bounded: the server does the work, this only observes).
+async fn until(c: &Client, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..2_000 {
+        let (s, rec) = c.get(&format!("/v1/processes/{id}")).await;
+        assert_eq!(s, 200, "{rec}");
+        if done(&rec) {
+            return rec;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{id}: {what} did not happen within 20 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_restart_recovers_per_disposition() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("cairn.db").display());
+    let server = Server::start_on(&db, &["--lease-ttl", "1s"]).await;
+    let c = server.client();
+    for (id, disposition) in [("re", "rerunnable"), ("ob", "owner_bound")] {
+        let (s, rec) = c
+            .start(tool_start(id, "wait_signal", json!({"name": "go"}), disposition))
+            .await;
+        assert_eq!(s, 201, "{rec}");
+    }
+    for id in ["re", "ob"] {
+        until(&c, id, "waiting", |r| !r["wait"].is_null()).await;
+    }
+    let old_owner = until(&c, "ob", "started", |r| !r["started"].is_null()).await["started"]["owner_id"].clone();
+
+    // A real crash: SIGKILL, no drain.
+    // SAFETY: signalling a child process this test spawned.
+    assert_eq!(unsafe { libc::kill(server.pid() as i32, libc::SIGKILL) }, 0);
+    drop(server);
+
+    let server = Server::start_on(&db, &["--lease-ttl", "1s"]).await;
+    let c = server.client();
+    // The rerunnable process is run again once the dead server's lease lapses ...
+    let rec = until(&c, "re", "re-run", |r| {
+        r["started"]["attempt"] == 2 && !r["wait"].is_null()
+    })
+    .await;
+    assert_eq!(rec["status"], "running");
+    let (s, _) = c
+        .post(
+            "/v1/processes/re/signals/go",
+            json!({"signal_id": "after-restart", "payload": {"ok": true}}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, done) = c.get("/v1/processes/re/await?timeout_ms=20000").await;
+    assert_eq!(s, 200);
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["outcome"]["value"], json!({"ok": true}));
+
+    // ... while the started owner_bound process stays running: nobody re-runs it.
+    let ob = until(&c, "ob", "lease lapse", |r| {
+        r["lease"].is_null() || r["lease"]["owner_id"] == old_owner
+    })
+    .await;
+    assert_eq!(ob["status"], "running");
+    assert_eq!(ob["started"]["attempt"], 1);
+    assert_eq!(ob["started"]["owner_id"], old_owner);
+
+    // Until an abandon request is reconciled.
+    let (s, body) = c
+        .post(
+            "/v1/processes/ob/abandon-request",
+            json!({"requested_by": "operator", "reason": "server was killed"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let (s, ended) = c.get("/v1/processes/ob/await?timeout_ms=20000").await;
+    assert_eq!(s, 200);
+    assert_eq!(ended["status"], "abandoned", "{ended}");
+    assert_eq!(ended["outcome"]["evidence"]["writer"], "reconciled_request");
+}
