@@ -194,6 +194,14 @@ pub fn check_lease(process_id: &str, stored: Option<&Lease>, presented: &Lease, 
     }
 }
 
+/// Check a lease time-to-live: at least 1 ms.
+pub fn check_ttl(ttl_ms: u64) -> Result<()> {
+    if ttl_ms == 0 {
+        return Err(CairnError::InvalidRequest("lease ttl must be at least 1 ms".into()));
+    }
+    Ok(())
+}
+
 /// Validate a replay key.
 pub fn validate_replay_key(req: &AppendRequest) -> Result<()> {
     if let Some(key) = &req.replay_key {

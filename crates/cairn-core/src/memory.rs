@@ -205,13 +205,6 @@ impl State {
     }
 }
 
-fn check_ttl(ttl_ms: u64) -> Result<()> {
-    if ttl_ms == 0 {
-        return Err(CairnError::InvalidRequest("lease ttl must be at least 1 ms".into()));
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl ProcessRegistry for MemoryRegistry {
     async fn register(&self, registration: Registration, grant: Option<StartGrant>) -> Result<Registered> {
@@ -496,14 +489,14 @@ impl ProcessRegistry for MemoryRegistry {
     async fn claim(&self, id: &str, owner_id: &str, ttl_ms: u64) -> Result<Lease> {
         validate_id("process id", id)?;
         validate_id("owner id", owner_id)?;
-        check_ttl(ttl_ms)?;
+        fold::check_ttl(ttl_ms)?;
         let now = self.now();
         self.state.lock().claim(id, owner_id, ttl_ms, now)
     }
 
     async fn claim_batch(&self, owner_id: &str, ttl_ms: u64, limit: usize) -> Result<Vec<Claim>> {
         validate_id("owner id", owner_id)?;
-        check_ttl(ttl_ms)?;
+        fold::check_ttl(ttl_ms)?;
         let now = self.now();
         let mut st = self.state.lock();
         let ids: Vec<String> = st
@@ -541,7 +534,7 @@ impl ProcessRegistry for MemoryRegistry {
 
     async fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<Lease> {
         validate_id("process id", &lease.process_id)?;
-        check_ttl(ttl_ms)?;
+        fold::check_ttl(ttl_ms)?;
         let now = self.now();
         let mut st = self.state.lock();
         let id = lease.process_id.clone();

@@ -227,13 +227,6 @@ impl Drop for SqliteRegistry {
     }
 }
 
-fn check_ttl(ttl_ms: u64) -> Result<()> {
-    if ttl_ms == 0 {
-        return Err(CairnError::InvalidRequest("lease ttl must be at least 1 ms".into()));
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl ProcessRegistry for SqliteRegistry {
     async fn register(&self, registration: Registration, grant: Option<StartGrant>) -> Result<Registered> {
@@ -442,7 +435,7 @@ impl ProcessRegistry for SqliteRegistry {
     async fn claim(&self, id: &str, owner_id: &str, ttl_ms: u64) -> Result<Lease> {
         validate_id("process id", id)?;
         validate_id("owner id", owner_id)?;
-        check_ttl(ttl_ms)?;
+        fold::check_ttl(ttl_ms)?;
         let (id, owner_id) = (id.to_string(), owner_id.to_string());
         self.write(move |tx, now| store::claim(tx, &id, &owner_id, ttl_ms, now))
             .await
@@ -450,7 +443,7 @@ impl ProcessRegistry for SqliteRegistry {
 
     async fn claim_batch(&self, owner_id: &str, ttl_ms: u64, limit: usize) -> Result<Vec<Claim>> {
         validate_id("owner id", owner_id)?;
-        check_ttl(ttl_ms)?;
+        fold::check_ttl(ttl_ms)?;
         let owner_id = owner_id.to_string();
         self.write(move |tx, now| {
             let ids = store::run_candidates(tx, now, limit)?;
@@ -480,7 +473,7 @@ impl ProcessRegistry for SqliteRegistry {
 
     async fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<Lease> {
         validate_id("process id", &lease.process_id)?;
-        check_ttl(ttl_ms)?;
+        fold::check_ttl(ttl_ms)?;
         let lease = lease.clone();
         self.write(move |tx, now| store::renew(tx, &lease, ttl_ms, now)).await
     }
