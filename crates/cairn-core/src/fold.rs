@@ -479,6 +479,12 @@ pub fn is_abandon_candidate(record: &ProcessRecord) -> bool {
     !record.is_terminal() && record.abandon_request.is_some()
 }
 
+/// Whether a pending abandon request may be reconciled now: the process is
+/// running, the request exists, and no lease is live.
+pub fn abandon_reconcilable(record: &ProcessRecord, lease: Option<&Lease>, now_ms: u64) -> bool {
+    !record.is_terminal() && record.abandon_request.is_some() && lease.is_none_or(|l| l.expires_at_ms <= now_ms)
+}
+
 /// The outcome of a reconciled abandon request.
 pub fn reconciled_abandon_outcome(record: &ProcessRecord, now_ms: u64) -> Outcome {
     let owner = record

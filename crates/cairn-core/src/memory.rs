@@ -628,10 +628,7 @@ impl ProcessRegistry for MemoryRegistry {
         let mut st = self.state.lock();
         let entry = st.entry(id)?;
         let record = &entry.record;
-        if record.is_terminal()
-            || record.abandon_request.is_none()
-            || entry.lease.as_ref().is_some_and(|l| l.expires_at_ms > now)
-        {
+        if !fold::abandon_reconcilable(record, entry.lease.as_ref(), now) {
             return Ok(None);
         }
         let outcome = fold::reconciled_abandon_outcome(record, now);

@@ -536,10 +536,7 @@ impl ProcessRegistry for SqliteRegistry {
         self.write(move |tx, now| {
             let entry = store::entry(tx, &id)?;
             let record = &entry.record;
-            if record.is_terminal()
-                || record.abandon_request.is_none()
-                || entry.lease.as_ref().is_some_and(|l| l.expires_at_ms > now)
-            {
+            if !fold::abandon_reconcilable(record, entry.lease.as_ref(), now) {
                 return Ok(None);
             }
             let outcome = fold::reconciled_abandon_outcome(record, now);
