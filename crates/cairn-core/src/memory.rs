@@ -375,12 +375,7 @@ impl ProcessRegistry for MemoryRegistry {
             let taken = st.grants.get_mut(&from.scope_id()).and_then(|m| m.remove(id));
             match taken {
                 Some(g) => {
-                    let moved = Grant {
-                        scope: to.clone(),
-                        process_id: id.clone(),
-                        descriptor: g.descriptor,
-                        granted_at_ms: now,
-                    };
+                    let moved = g.moved_to(to, now);
                     st.grants.entry(to.scope_id()).or_default().insert(id.clone(), moved);
                     report.moved.push(id.clone());
                 }

@@ -467,6 +467,17 @@ pub struct Grant {
     pub granted_at_ms: u64,
 }
 
+impl Grant {
+    /// The same handle held by another scope, granted at `now_ms` (what `transfer` writes).
+    pub fn moved_to(self, scope: &SessionScope, now_ms: u64) -> Self {
+        Self {
+            scope: scope.clone(),
+            granted_at_ms: now_ms,
+            ..self
+        }
+    }
+}
+
 /// A grant with the process it addresses.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GrantedProcess {

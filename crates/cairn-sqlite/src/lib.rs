@@ -367,12 +367,7 @@ impl ProcessRegistry for SqliteRegistry {
             for id in ids {
                 match store::take_grant(tx, &from, &id)? {
                     Some(g) => {
-                        let moved = Grant {
-                            scope: to.clone(),
-                            process_id: id.clone(),
-                            descriptor: g.descriptor,
-                            granted_at_ms: now,
-                        };
+                        let moved = g.moved_to(&to, now);
                         store::upsert_grant(tx, &moved)?;
                         report.moved.push(id);
                     }

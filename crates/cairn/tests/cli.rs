@@ -71,39 +71,20 @@ async fn cli_drives_the_server() {
     // events --follow in the background, then signal (idempotent on --id).
     let base = server.base.clone();
     let follow = tokio::spawn(async move { common::run_cli(&base, None, &["events", "c1", "--follow"], None).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let out = server
-        .cli(
-            &[
-                "--json",
-                "signal",
-                "c1",
-                "go",
-                "--id",
-                "sig-1",
-                "--payload",
-                "{\"v\":3}",
-            ],
-            None,
-        )
-        .await;
+    let signal = [
+        "--json",
+        "signal",
+        "c1",
+        "go",
+        "--id",
+        "sig-1",
+        "--payload",
+        "{\"v\":3}",
+    ];
+    let out = server.cli(&signal, None).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let seq = out.json()["sequence"].clone();
-    let out = server
-        .cli(
-            &[
-                "--json",
-                "signal",
-                "c1",
-                "go",
-                "--id",
-                "sig-1",
-                "--payload",
-                "{\"v\":3}",
-            ],
-            None,
-        )
-        .await;
+    let out = server.cli(&signal, None).await;
     assert_eq!(out.json()["sequence"], seq);
     let followed = tokio::time::timeout(Duration::from_secs(20), follow)
         .await

@@ -40,6 +40,14 @@ impl Caller {
         }
     }
 
+    /// The requester to record: a host may name one, a session is always itself.
+    pub fn acting_as(&self, named: Option<String>) -> String {
+        match (self, named) {
+            (Self::Host, Some(name)) => name,
+            _ => self.label(),
+        }
+    }
+
     /// Host-only operations answer 403 to session callers.
     pub fn require_host(&self, what: &str) -> Result<(), ApiError> {
         match self {

@@ -517,10 +517,7 @@ pub async fn complete(
     ApiJson(body): ApiJson<CompleteBody>,
 ) -> ApiResult<Json<ProcessRecord>> {
     check_visible(&state, &caller, &id).await?;
-    let authority = match (&caller, body.authority) {
-        (Caller::Host, Some(a)) => a,
-        _ => caller.label(),
-    };
+    let authority = caller.acting_as(body.authority);
     Ok(Json(
         state.processes.complete_external(&id, body.outcome, &authority).await?,
     ))
@@ -541,10 +538,7 @@ pub async fn abandon_request(
     ApiJson(body): ApiJson<AbandonBody>,
 ) -> ApiResult<Json<ProcessRecord>> {
     check_visible(&state, &caller, &id).await?;
-    let requested_by = match (&caller, body.requested_by) {
-        (Caller::Host, Some(r)) => r,
-        _ => caller.label(),
-    };
+    let requested_by = caller.acting_as(body.requested_by);
     Ok(Json(
         state
             .processes
