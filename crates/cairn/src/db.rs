@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use cairn_core::{MemoryRegistry, ProcessRegistry, SystemClock};
+use cairn_core::{ChangeHub, MemoryRegistry, ProcessRegistry, SystemClock};
 use cairn_sqlite::SqliteRegistry;
 
 /// Why a database URL could not be opened.
@@ -21,6 +21,24 @@ pub enum OpenError {
     /// The URL is not one this binary understands.
     #[error("unsupported database URL `{0}`: use `memory` or `sqlite:PATH`")]
     Unsupported(String),
+}
+
+/// An opened backend: the registry and the change hub the runtime over it must
+/// use. For a shared database the hub is also fed by changes other nodes make.
+pub struct Backend {
+    /// The registry.
+    pub registry: Arc<dyn ProcessRegistry>,
+    /// The hub to give [`cairn_core::RuntimeBuilder::hub`].
+    pub hub: ChangeHub,
+}
+
+/// Open the backend a database URL names (see [`open_registry`]) with its hub.
+pub async fn open_backend(url: &str) -> Result<Backend, OpenError> {
+    let registry = open_registry(url)?;
+    Ok(Backend {
+        registry,
+        hub: ChangeHub::new(),
+    })
 }
 
 /// Open the registry a database URL names: `memory` (ephemeral) or `sqlite:PATH`.

@@ -134,7 +134,7 @@ pub async fn serve(args: ServeArgs, host_token: Option<String>) -> Result<(), Se
     if args.workers == 0 {
         return Err(ServeError::Config("--workers must be at least 1".into()));
     }
-    let registry = db::open_registry(&args.db)?;
+    let backend = db::open_backend(&args.db).await?;
     let metrics = Arc::new(Metrics::default());
     let worker = WorkerConfig {
         lease_ttl: args.lease_ttl,
@@ -142,7 +142,8 @@ pub async fn serve(args: ServeArgs, host_token: Option<String>) -> Result<(), Se
         batch_size: args.workers.min(WorkerConfig::default().batch_size),
         ..WorkerConfig::default()
     };
-    let processes = Processes::builder(registry)
+    let processes = Processes::builder(backend.registry)
+        .hub(backend.hub)
         .tools(builtin_tools(args.allow_shell))
         .worker_config(worker)
         .event_sink(Arc::new(TerminalCounter(metrics.clone())))
