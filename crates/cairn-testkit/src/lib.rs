@@ -118,17 +118,25 @@ pub fn run<Fut: Future<Output = ()>>(contract: Fut) {
 /// `conformance_suite!(mod_name, factory_expr)` names it yourself (to run the suite
 /// more than once in one file). `factory_expr` is evaluated once per test and must
 /// implement [`StoreFactory`]; items of the calling module are in scope.
+///
+/// `conformance_suite!(mod_name, factory_expr, enabled = bool_expr)` evaluates
+/// `bool_expr` at the start of every test and returns early when it is false:
+/// for backends that need an external server, whose `bool_expr` says loudly
+/// why the test is skipped (or fails when skipping is not allowed).
 #[macro_export]
 macro_rules! conformance_suite {
     ($factory:expr $(,)?) => {
         $crate::conformance_suite!(conformance, $factory);
     };
     ($module:ident, $factory:expr $(,)?) => {
+        $crate::conformance_suite!($module, $factory, enabled = true);
+    };
+    ($module:ident, $factory:expr, enabled = $enabled:expr $(,)?) => {
         mod $module {
             #[allow(unused_imports)]
             use super::*;
 
-            $crate::__conformance_tests!($factory;
+            $crate::__conformance_tests!($factory, $enabled;
                 // registration
                 register_creates_running_record,
                 register_is_idempotent,
@@ -220,6 +228,9 @@ macro_rules! conformance_suite {
 
             #[test]
             fn random_operation_sequences() {
+                if !$enabled {
+                    return;
+                }
                 let factory = $factory;
                 $crate::property::random_operation_sequences(&factory);
             }
@@ -230,10 +241,13 @@ macro_rules! conformance_suite {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_tests {
-    ($factory:expr; $($name:ident),* $(,)?) => {
+    ($factory:expr, $enabled:expr; $($name:ident),* $(,)?) => {
         $(
             #[test]
             fn $name() {
+                if !$enabled {
+                    return;
+                }
                 let factory = $factory;
                 $crate::run(async move { $crate::contracts::$name(&factory).await });
             }
@@ -249,11 +263,14 @@ macro_rules! execution_suite {
         $crate::execution_suite!(execution, $factory);
     };
     ($module:ident, $factory:expr $(,)?) => {
+        $crate::execution_suite!($module, $factory, enabled = true);
+    };
+    ($module:ident, $factory:expr, enabled = $enabled:expr $(,)?) => {
         mod $module {
             #[allow(unused_imports)]
             use super::*;
 
-            $crate::__execution_tests!($factory;
+            $crate::__execution_tests!($factory, $enabled;
                 shell_output_in_order_and_exit_code,
                 shell_failure_is_exit_status,
                 cancel_running_shell_kills_child,
@@ -279,10 +296,13 @@ macro_rules! execution_suite {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __execution_tests {
-    ($factory:expr; $($name:ident),* $(,)?) => {
+    ($factory:expr, $enabled:expr; $($name:ident),* $(,)?) => {
         $(
             #[test]
             fn $name() {
+                if !$enabled {
+                    return;
+                }
                 let factory = $factory;
                 $crate::run(async move { $crate::execution::$name(&factory).await });
             }

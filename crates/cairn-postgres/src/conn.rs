@@ -1,0 +1,172 @@
+//! Connections: opening one on cairn's schema, caching prepared statements,
+//! telling transient errors from the rest, and the shared autocommit connections.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_core::{CairnError, Result};
+use parking_lot::Mutex;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Config, NoTls, Statement};
+
+/// How a PostgreSQL error reads in a cairn error: the server's message and code
+/// when it sent one, else the client's description.
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+/// Whether re-running the whole transaction may succeed: the connection broke
+/// (before the commit was sent), or the server gave up on a serialisation
+/// failure, a deadlock or a key another node inserted first.
+pub(crate) fn is_transient(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(code) => {
+            *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
+                || *code == SqlState::UNIQUE_VIOLATION
+                || *code == SqlState::LOCK_NOT_AVAILABLE
+                || *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+                || code.code().starts_with("08")
+        }
+        // No server code and not closed: an I/O error on the socket.
+        None => e.as_db_error().is_none() && std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+    }
+}
+
+/// The cairn error for a PostgreSQL fault that was not retried (or ran out of retries).
+pub(crate) fn storage(e: &tokio_postgres::Error) -> CairnError {
+    if is_transient(e) {
+        CairnError::Unavailable(format!("postgres: {}", describe(e)))
+    } else {
+        CairnError::Storage(format!("postgres: {}", describe(e)))
+    }
+}
+
+/// One connection with its prepared statements. The connection task runs until
+/// the client is dropped or the socket breaks.
+pub(crate) struct Conn {
+    pub client: Client,
+    statements: Mutex<HashMap<String, Statement>>,
+}
+
+impl Conn {
+    /// Connect, set `search_path` to cairn's schema and name the connection.
+    pub async fn open(config: &Config, schema: &str, role: &str) -> std::result::Result<Self, tokio_postgres::Error> {
+        let mut config = config.clone();
+        config.application_name(&format!("cairn-{role}-{schema}"));
+        let (client, connection) = config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "postgres connection ended");
+            }
+        });
+        client
+            .batch_execute(&format!("SET search_path TO \"{schema}\""))
+            .await?;
+        Ok(Self {
+            client,
+            statements: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The prepared statement for `sql`, preparing it on first use.
+    pub async fn stmt(&self, sql: &str) -> std::result::Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self.statements.lock().get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql).await?;
+        self.statements.lock().insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+}
+
+/// Connect with retries over a short backoff (the server may be restarting).
+pub(crate) async fn open_retrying(config: &Config, schema: &str, role: &str, attempts: u32) -> Result<Conn> {
+    let mut delay = Duration::from_millis(20);
+    let mut last = None;
+    for _ in 0..attempts.max(1) {
+        match Conn::open(config, schema, role).await {
+            Ok(c) => return Ok(c),
+            Err(e) if is_transient(&e) || e.as_db_error().is_none() => {
+                last = Some(e);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => return Err(storage(&e)),
+        }
+    }
+    Err(match last {
+        Some(e) => CairnError::Unavailable(format!("postgres: cannot connect: {}", describe(&e))),
+        None => CairnError::Unavailable("postgres: cannot connect".into()),
+    })
+}
+
+/// Shared autocommit connections for reads and single-statement writes. A
+/// tokio-postgres client pipelines concurrent queries, so callers share
+/// connections round robin instead of checking them out.
+pub(crate) struct Shared {
+    config: Config,
+    schema: String,
+    slots: Vec<Mutex<Arc<Conn>>>,
+    next: AtomicUsize,
+}
+
+impl Shared {
+    pub async fn open(config: &Config, schema: &str, size: usize) -> Result<Self> {
+        let mut slots = Vec::new();
+        for _ in 0..size.max(1) {
+            slots.push(Mutex::new(Arc::new(open_retrying(config, schema, "read", 3).await?)));
+        }
+        Ok(Self {
+            config: config.clone(),
+            schema: schema.to_string(),
+            slots,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// A live connection; a broken one is replaced first.
+    pub async fn get(&self) -> Result<Arc<Conn>> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let conn = self.slots[i].lock().clone();
+        if !conn.is_closed() {
+            return Ok(conn);
+        }
+        let fresh = Arc::new(open_retrying(&self.config, &self.schema, "read", 5).await?);
+        *self.slots[i].lock() = fresh.clone();
+        Ok(fresh)
+    }
+
+    /// Run `work` on a shared connection, once more on a fresh one if the
+    /// connection broke (reads and idempotent single statements only).
+    pub async fn run<T, F, Fut>(&self, work: F) -> Result<T>
+    where
+        F: Fn(Arc<Conn>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, crate::Fault>>,
+    {
+        let mut attempt = 0;
+        loop {
+            let conn = self.get().await?;
+            match work(conn).await {
+                Err(crate::Fault::Pg(e)) if attempt < 2 && is_transient(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
+                }
+                other => return other.map_err(CairnError::from),
+            }
+        }
+    }
+}

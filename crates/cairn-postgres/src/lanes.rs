@@ -1,0 +1,151 @@
+//! Write lanes: each lane owns one connection and commits every operation
+//! queued behind its previous commit as one batch (see [`crate::uow`]).
+//!
+//! Operations on one process always go to the same lane, so within a node they
+//! commit in the order they were submitted and two lanes never contend for a
+//! row. Batch claims go to the lanes round robin.
+
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_core::clock::SharedClock;
+use cairn_core::{CairnError, Result};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Config;
+
+use crate::conn::{describe, is_transient, open_retrying, Conn};
+use crate::uow::{run_batch, BatchError, Op, Out};
+
+/// How many times a batch is run again after a transient fault.
+const RETRIES: u32 = 5;
+
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<Result<Out>>,
+}
+
+/// What every lane shares.
+pub(crate) struct LaneConfig {
+    pub config: Config,
+    pub schema: String,
+    pub channel: String,
+    pub clock: SharedClock,
+    pub max_batch: usize,
+}
+
+pub(crate) struct Lanes {
+    senders: Vec<mpsc::UnboundedSender<Job>>,
+    next: AtomicUsize,
+}
+
+impl Lanes {
+    /// Open `count` lanes, each with its connection (opened now, so a bad URL
+    /// fails here rather than on the first write).
+    pub async fn start(shared: Arc<LaneConfig>, count: usize) -> Result<Self> {
+        let mut senders = Vec::new();
+        for i in 0..count.max(1) {
+            let conn = open_retrying(&shared.config, &shared.schema, "write", 3).await?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(lane(shared.clone(), i, conn, rx));
+            senders.push(tx);
+        }
+        Ok(Self {
+            senders,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Queue `op` and wait for its answer.
+    pub async fn submit(&self, op: Op) -> Result<Out> {
+        let lane = match op.key() {
+            Some(id) => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                id.hash(&mut h);
+                (h.finish() % self.senders.len() as u64) as usize
+            }
+            None => self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len(),
+        };
+        let (reply, answer) = oneshot::channel();
+        self.senders[lane]
+            .send(Job { op, reply })
+            .map_err(|_| CairnError::Unavailable("postgres registry is shut down".into()))?;
+        answer
+            .await
+            .map_err(|_| CairnError::Unavailable("postgres write lane stopped".into()))?
+    }
+}
+
+async fn lane(shared: Arc<LaneConfig>, index: usize, conn: Conn, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let mut conn = Some(conn);
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < shared.max_batch {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let (ops, replies): (Vec<Op>, Vec<_>) = jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
+        let outs = execute(&shared, index, &mut conn, &ops).await;
+        for (reply, out) in replies.into_iter().zip(outs) {
+            let _ = reply.send(out);
+        }
+    }
+}
+
+/// Run a batch to an answer per operation: retry transient faults on a fresh
+/// connection, and split a batch that fails for another reason so that only
+/// the operation at fault fails.
+async fn execute(shared: &LaneConfig, index: usize, conn: &mut Option<Conn>, ops: &[Op]) -> Vec<Result<Out>> {
+    let mut delay = Duration::from_millis(5);
+    let mut attempt = 0;
+    loop {
+        if conn.as_ref().is_none_or(Conn::is_closed) {
+            match open_retrying(&shared.config, &shared.schema, "write", 5).await {
+                Ok(c) => *conn = Some(c),
+                Err(e) => return ops.iter().map(|_| Err(e.clone())).collect(),
+            }
+        }
+        let Some(c) = conn.as_ref() else { continue };
+        let now = shared.clock.now_ms();
+        match run_batch(c, ops, now, &shared.channel).await {
+            Ok(outs) => return outs,
+            Err(BatchError::Ambiguous(e)) => {
+                tracing::warn!(lane = index, error = %describe(&e), "connection lost during COMMIT");
+                let msg = format!(
+                    "postgres: the connection broke while committing ({}); the write may or may not have \
+                     landed: read the process to find out",
+                    describe(&e)
+                );
+                return ops.iter().map(|_| Err(CairnError::Unavailable(msg.clone()))).collect();
+            }
+            Err(BatchError::NotCommitted(fault)) => {
+                let transient = matches!(&fault, crate::Fault::Pg(e) if is_transient(e));
+                if transient && attempt < RETRIES {
+                    attempt += 1;
+                    tracing::debug!(
+                        lane = index,
+                        attempt,
+                        "transient postgres fault; running the batch again"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(200));
+                    continue;
+                }
+                if ops.len() > 1 {
+                    // Isolate the culprit: run each operation as its own batch.
+                    let mut outs = Vec::with_capacity(ops.len());
+                    for op in ops {
+                        let one = Box::pin(execute(shared, index, conn, std::slice::from_ref(op))).await;
+                        outs.extend(one);
+                    }
+                    return outs;
+                }
+                let err = CairnError::from(fault);
+                return vec![Err(err)];
+            }
+        }
+    }
+}

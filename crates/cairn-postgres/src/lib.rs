@@ -1,0 +1,730 @@
+//! cairn-postgres: the shared backend of cairn. Any number of cairn nodes work
+//! on one PostgreSQL database.
+//!
+//! - **Own schema** (default `cairn`, configurable), created and migrated by
+//!   versioned migrations under an advisory lock; a schema that is not cairn's,
+//!   or is newer than this build, is refused untouched.
+//! - **Batched writes**: every write is an operation queued to one of a few
+//!   write lanes; a lane commits everything queued behind its previous commit as
+//!   one transaction of a few pipelined multi-row statements (see `uow`).
+//! - **Claims never block each other**: `FOR UPDATE SKIP LOCKED` over a partial
+//!   index of claimable rows, in bounded batches, with fencing tokens; the
+//!   fenced completion is one transaction.
+//! - **Cross-node wakes**: each committed batch sends `pg_notify` on the
+//!   schema's channel; [`PostgresRegistry::listen`] feeds those into a
+//!   [`ChangeHub`], waking awaiters and idle workers on every node.
+//! - **Transient faults** (broken connection before commit, serialisation
+//!   failure, deadlock) re-run the batch; a connection lost during `COMMIT` is
+//!   reported as `unavailable` with the outcome unknown.
+//! - **Same behaviour as [`cairn_core::MemoryRegistry`]**: every rule comes from
+//!   [`cairn_core::fold`]; this crate stores what it computes.
+//!
+//! ```no_run
+//! # async fn demo() -> cairn_core::Result<()> {
+//! use std::sync::Arc;
+//! use cairn_core::{ChangeHub, ProcessRegistry, SystemClock};
+//! use cairn_postgres::PostgresRegistry;
+//!
+//! let registry = PostgresRegistry::connect("postgres://postgres@127.0.0.1/test", Arc::new(SystemClock)).await?;
+//! let hub = ChangeHub::new();
+//! registry.listen(hub.clone());
+//! let running = registry.list(&Default::default()).await?;
+//! # let _ = running; Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod conn;
+mod lanes;
+mod listen;
+mod read;
+mod rows;
+mod schema;
+pub mod testing;
+mod uow;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cairn_core::clock::SharedClock;
+use cairn_core::events::{AppendRequest, AppendResult, EventPage};
+use cairn_core::fold;
+use cairn_core::model::{
+    page_limit, Change, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, Outcome,
+    ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope, StartGrant,
+    StatusFilter, TransferReport, WakeDelivery, Watermark, WorkAction, WorkItem,
+};
+use cairn_core::registry::{prune_status, CancelAnswer, ProcessRegistry, Registered};
+use cairn_core::validate::{self, validate_id, validate_scope};
+use cairn_core::{CairnError, ChangeHub, Result};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio_postgres::Config;
+
+pub use schema::{validate_schema_name, SCHEMA_VERSION};
+
+use conn::{is_transient, open_retrying, Conn, Shared};
+use lanes::{LaneConfig, Lanes};
+use uow::{Op, Out};
+
+/// An error inside a store operation: a cairn answer, or a fault of the storage.
+#[derive(Debug)]
+pub(crate) enum Fault {
+    Cairn(CairnError),
+    Pg(tokio_postgres::Error),
+    Json(serde_json::Error),
+}
+
+impl From<CairnError> for Fault {
+    fn from(e: CairnError) -> Self {
+        Self::Cairn(e)
+    }
+}
+
+impl From<tokio_postgres::Error> for Fault {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Pg(e)
+    }
+}
+
+impl From<serde_json::Error> for Fault {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Json(e)
+    }
+}
+
+impl From<Fault> for CairnError {
+    fn from(f: Fault) -> Self {
+        match f {
+            Fault::Cairn(e) => e,
+            Fault::Pg(e) => conn::storage(&e),
+            Fault::Json(e) => CairnError::storage(format!("stored data does not decode: {e}")),
+        }
+    }
+}
+
+/// How to connect a [`PostgresRegistry`].
+#[derive(Clone)]
+pub struct PostgresOptions {
+    /// A libpq-style URL or key=value string (`postgres://user@host:5432/db`).
+    pub url: String,
+    /// The schema cairn's tables live in (default `cairn`).
+    pub schema: String,
+    /// The clock every expiry and retention decision reads.
+    pub clock: SharedClock,
+    /// Write lanes, each one connection committing batches (default 4).
+    pub write_lanes: usize,
+    /// Most operations committed in one batch (default 256).
+    pub max_batch: usize,
+    /// Shared connections for reads (default 4); each pipelines many queries.
+    pub read_connections: usize,
+}
+
+impl PostgresOptions {
+    /// The defaults for `url`, on `clock`. A `schema=NAME` query parameter in the
+    /// URL chooses the schema (it is cairn's, not libpq's, and is removed).
+    pub fn new(url: &str, clock: SharedClock) -> Self {
+        let (url, schema) = split_schema(url);
+        Self {
+            url,
+            schema: schema.unwrap_or_else(|| "cairn".into()),
+            clock,
+            write_lanes: 4,
+            max_batch: 256,
+            read_connections: 4,
+        }
+    }
+
+    /// The same options on another schema.
+    pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+}
+
+impl std::fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("url", &redact(&self.url))
+            .field("schema", &self.schema)
+            .field("write_lanes", &self.write_lanes)
+            .field("max_batch", &self.max_batch)
+            .field("read_connections", &self.read_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Remove a `schema=` parameter from a URL's query string.
+fn split_schema(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), None);
+    };
+    let mut schema = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.strip_prefix("schema=") {
+            Some(v) => {
+                schema = Some(v.to_string());
+                false
+            }
+            None => !kv.is_empty(),
+        })
+        .collect();
+    let url = if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    (url, schema)
+}
+
+/// A URL with its password replaced, for logs and errors.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// The PostgreSQL [`ProcessRegistry`]. Share it as `Arc<dyn ProcessRegistry>`.
+pub struct PostgresRegistry {
+    lanes: Lanes,
+    shared: Shared,
+    /// One connection for the rare multi-statement transactions.
+    admin: tokio::sync::Mutex<Option<Conn>>,
+    config: Config,
+    schema: String,
+    channel: String,
+    clock: SharedClock,
+    listener: Mutex<Option<listen::ListenerGuard>>,
+    generation: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for PostgresRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresRegistry")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresRegistry {
+    /// Connect to `url` with default options, creating or migrating the schema.
+    pub async fn connect(url: &str, clock: SharedClock) -> Result<Self> {
+        Self::connect_with(PostgresOptions::new(url, clock)).await
+    }
+
+    /// Connect with `options`, creating or migrating the schema.
+    ///
+    /// Fails with a clear error, changing nothing, when the URL is malformed,
+    /// the server cannot be reached, or the schema is not cairn's or is newer
+    /// than this build.
+    pub async fn connect_with(options: PostgresOptions) -> Result<Self> {
+        validate_schema_name(&options.schema)?;
+        let config: Config = options.url.parse().map_err(|e| {
+            CairnError::InvalidRequest(format!("postgres URL `{}` is not valid: {e}", redact(&options.url)))
+        })?;
+        let schema = options.schema.clone();
+        {
+            let mut migrating = open_retrying(&config, &schema, "migrate", 3).await?;
+            schema::migrate(&mut migrating.client, &schema).await?;
+        }
+        let channel = format!("cairn_{schema}");
+        let lanes = Lanes::start(
+            Arc::new(LaneConfig {
+                config: config.clone(),
+                schema: schema.clone(),
+                channel: channel.clone(),
+                clock: options.clock.clone(),
+                max_batch: options.max_batch.max(1),
+            }),
+            options.write_lanes,
+        )
+        .await?;
+        let shared = Shared::open(&config, &schema, options.read_connections).await?;
+        Ok(Self {
+            lanes,
+            shared,
+            admin: tokio::sync::Mutex::new(None),
+            config,
+            schema,
+            channel,
+            clock: options.clock,
+            listener: Mutex::new(None),
+            generation: watch::channel(0).0,
+        })
+    }
+
+    /// The schema this registry uses.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Feed `hub` with changes every node makes (LISTEN/NOTIFY) until this
+    /// registry is dropped. Replaces an earlier listener.
+    pub fn listen(&self, hub: ChangeHub) {
+        let guard = listen::spawn(
+            self.config.clone(),
+            self.schema.clone(),
+            self.channel.clone(),
+            hub,
+            self.generation.clone(),
+        );
+        *self.listener.lock() = Some(guard);
+    }
+
+    /// How many times the listener has (re)connected and listened: 0 before the
+    /// first LISTEN, 2 after a first reconnect. For tests and diagnostics.
+    pub fn listener_generation(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Overwrite stored env bytes (to exercise corruption detection in tests).
+    pub async fn corrupt_env_for_test(&self, env_ref: &str, bytes: Vec<u8>) -> Result<()> {
+        self.shared
+            .run(|c| {
+                let bytes = bytes.clone();
+                async move { read::put_env(&c, env_ref, &bytes, true).await }
+            })
+            .await
+    }
+
+    async fn submit(&self, op: Op) -> Result<Out> {
+        self.lanes.submit(op).await
+    }
+
+    /// Run `work` in one transaction on the admin connection, again on a fresh
+    /// connection after a transient fault that happened before the commit.
+    async fn transaction<T, F>(&self, work: F) -> Result<T>
+    where
+        F: for<'a> Fn(&'a tokio_postgres::Transaction<'a>, u64) -> futures::future::BoxFuture<'a, read::R<T>>,
+    {
+        let mut guard = self.admin.lock().await;
+        let mut attempt = 0u32;
+        loop {
+            if guard.as_ref().is_none_or(Conn::is_closed) {
+                *guard = Some(open_retrying(&self.config, &self.schema, "admin", 5).await?);
+            }
+            let Some(conn) = guard.as_mut() else { continue };
+            let now = self.clock.now_ms();
+            let outcome: read::R<T> = async {
+                let tx = conn.client.transaction().await?;
+                let value = work(&tx, now).await?;
+                tx.commit().await?;
+                Ok(value)
+            }
+            .await;
+            match outcome {
+                Err(Fault::Pg(e)) if attempt < 3 && is_transient(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(10 << attempt)).await;
+                }
+                other => return other.map_err(CairnError::from),
+            }
+        }
+    }
+}
+
+fn unexpected(what: &str, out: Out) -> CairnError {
+    CairnError::storage(format!("postgres write lane answered {what} with {out:?}"))
+}
+
+#[async_trait]
+impl ProcessRegistry for PostgresRegistry {
+    async fn register(&self, registration: Registration, grant: Option<StartGrant>) -> Result<Registered> {
+        let now = self.clock.now_ms();
+        let record = fold::initial_record(&registration, now)?;
+        if let Some(g) = &grant {
+            validate_scope(&g.session_scope)?;
+        }
+        let grant = grant.map(|g| Grant {
+            scope: g.session_scope,
+            process_id: record.id.clone(),
+            descriptor: g.descriptor,
+            granted_at_ms: now,
+        });
+        match self
+            .submit(Op::Register {
+                record: Box::new(record),
+                grant,
+            })
+            .await?
+        {
+            Out::Registered(r) => Ok(r),
+            other => Err(unexpected("register", other)),
+        }
+    }
+
+    async fn get(&self, id: &str) -> Result<ProcessRecord> {
+        validate_id("process id", id)?;
+        self.shared.run(|c| async move { read::get(&c, id).await }).await
+    }
+
+    async fn list(&self, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>> {
+        let limit = filter.page_size()?;
+        self.shared
+            .run(|c| async move { read::list(&c, filter, limit).await })
+            .await
+    }
+
+    async fn events_after(&self, id: &str, after: u64, limit: Option<usize>) -> Result<EventPage> {
+        validate_id("process id", id)?;
+        let limit = page_limit(limit)?;
+        let (events, last_sequence) = self
+            .shared
+            .run(|c| async move { read::events_after(&c, id, after, limit).await })
+            .await?;
+        let next_after = match events.last() {
+            Some(last) if last.sequence < last_sequence => Some(last.sequence),
+            _ => None,
+        };
+        Ok(EventPage { events, next_after })
+    }
+
+    async fn append_event(&self, id: &str, request: AppendRequest) -> Result<AppendResult> {
+        validate_id("process id", id)?;
+        match self
+            .submit(Op::Append {
+                id: id.to_string(),
+                req: request,
+            })
+            .await?
+        {
+            Out::Appended(r) => Ok(r),
+            other => Err(unexpected("append", other)),
+        }
+    }
+
+    async fn request_cancel(&self, id: &str, reason: Option<String>) -> Result<CancelAnswer> {
+        validate_id("process id", id)?;
+        match self
+            .submit(Op::Cancel {
+                id: id.to_string(),
+                reason,
+            })
+            .await?
+        {
+            Out::Cancel(a) => Ok(a),
+            other => Err(unexpected("cancel", other)),
+        }
+    }
+
+    async fn grant(&self, scope: &SessionScope, id: &str, descriptor: GrantDescriptor) -> Result<Grant> {
+        validate_scope(scope)?;
+        validate_id("process id", id)?;
+        let grant = Grant {
+            scope: scope.clone(),
+            process_id: id.to_string(),
+            descriptor,
+            granted_at_ms: self.clock.now_ms(),
+        };
+        match self.submit(Op::Grant { grant }).await? {
+            Out::Grant(g) => Ok(g),
+            other => Err(unexpected("grant", other)),
+        }
+    }
+
+    async fn revoke(&self, scope: &SessionScope, id: &str) -> Result<bool> {
+        validate_scope(scope)?;
+        validate_id("process id", id)?;
+        self.shared
+            .run(|c| async move { read::revoke(&c, scope, id).await })
+            .await
+    }
+
+    async fn transfer(&self, from: &SessionScope, to: &SessionScope, ids: &[String]) -> Result<TransferReport> {
+        validate_scope(from)?;
+        validate_scope(to)?;
+        for id in ids {
+            validate_id("process id", id)?;
+        }
+        let (moved, not_granted) = self
+            .transaction(move |tx, now| {
+                let (from, to, ids) = (from.clone(), to.clone(), ids.to_vec());
+                Box::pin(async move { read::transfer(tx, &from, &to, &ids, now).await })
+            })
+            .await?;
+        Ok(TransferReport { moved, not_granted })
+    }
+
+    async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {
+        validate_scope(scope)?;
+        let limit = filter.page_size()?;
+        self.shared
+            .run(|c| async move { read::list_granted_to(&c, scope, filter, limit).await })
+            .await
+    }
+
+    async fn list_originated_by(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>> {
+        validate_scope(scope)?;
+        let limit = filter.page_size()?;
+        self.shared
+            .run(|c| async move { read::list_originated_by(&c, scope, filter, limit).await })
+            .await
+    }
+
+    async fn delete_session(&self, session_id: &str) -> Result<SessionDeleteReport> {
+        validate_id("session id", session_id)?;
+        let (revoked_grants, deleted_wakes, orphaned, preserved) = self
+            .transaction(move |tx, _| {
+                let session_id = session_id.to_string();
+                Box::pin(async move { read::delete_session(tx, &session_id).await })
+            })
+            .await?;
+        Ok(SessionDeleteReport {
+            session_id: session_id.to_string(),
+            revoked_grants,
+            deleted_wakes,
+            orphaned,
+            preserved,
+        })
+    }
+
+    async fn pending_wakes(&self, session_id: &str, limit: Option<usize>) -> Result<Vec<WakeDelivery>> {
+        validate_id("session id", session_id)?;
+        let limit = page_limit(limit)?;
+        self.shared
+            .run(|c| async move { read::pending_wakes(&c, session_id, limit).await })
+            .await
+    }
+
+    async fn ack_wake(&self, session_id: &str, wake_id: &str) -> Result<bool> {
+        validate_id("session id", session_id)?;
+        validate_id("wake id", wake_id)?;
+        self.shared
+            .run(|c| async move { read::ack_wake(&c, session_id, wake_id).await })
+            .await
+    }
+
+    async fn claim(&self, id: &str, owner_id: &str, ttl_ms: u64) -> Result<Lease> {
+        validate_id("process id", id)?;
+        validate_id("owner id", owner_id)?;
+        fold::check_ttl(ttl_ms)?;
+        let op = Op::Claim {
+            id: id.to_string(),
+            owner: owner_id.to_string(),
+            ttl: ttl_ms,
+        };
+        match self.submit(op).await? {
+            Out::Lease(l) => Ok(l),
+            other => Err(unexpected("claim", other)),
+        }
+    }
+
+    async fn claim_batch(&self, owner_id: &str, ttl_ms: u64, limit: usize) -> Result<Vec<Claim>> {
+        validate_id("owner id", owner_id)?;
+        fold::check_ttl(ttl_ms)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let op = Op::ClaimBatch {
+            owner: owner_id.to_string(),
+            ttl: ttl_ms,
+            limit: limit.min(10_000),
+        };
+        match self.submit(op).await? {
+            Out::Claims(c) => Ok(c),
+            other => Err(unexpected("claim_batch", other)),
+        }
+    }
+
+    async fn record_started(&self, lease: &Lease) -> Result<ProcessRecord> {
+        validate_id("process id", &lease.process_id)?;
+        match self.submit(Op::RecordStarted { lease: lease.clone() }).await? {
+            Out::Record(r) => Ok(r),
+            other => Err(unexpected("record_started", other)),
+        }
+    }
+
+    async fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<Lease> {
+        validate_id("process id", &lease.process_id)?;
+        fold::check_ttl(ttl_ms)?;
+        match self
+            .submit(Op::Renew {
+                lease: lease.clone(),
+                ttl: ttl_ms,
+            })
+            .await?
+        {
+            Out::Lease(l) => Ok(l),
+            other => Err(unexpected("renew", other)),
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        validate_id("process id", &lease.process_id)?;
+        match self.submit(Op::Release { lease: lease.clone() }).await? {
+            Out::Bool(b) => Ok(b),
+            other => Err(unexpected("release", other)),
+        }
+    }
+
+    async fn complete(&self, lease: &Lease, outcome: Outcome) -> Result<ProcessRecord> {
+        validate_id("process id", &lease.process_id)?;
+        match self
+            .submit(Op::Complete {
+                lease: lease.clone(),
+                outcome,
+            })
+            .await?
+        {
+            Out::Record(r) => Ok(r),
+            other => Err(unexpected("complete", other)),
+        }
+    }
+
+    async fn worklist(&self, limit: usize) -> Result<Vec<WorkItem>> {
+        let now = self.clock.now_ms();
+        let rows = self
+            .shared
+            .run(|c| async move { read::worklist(&c, now, limit).await })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(process_id, abandon)| WorkItem {
+                process_id,
+                action: if abandon {
+                    WorkAction::ReconcileAbandon
+                } else {
+                    WorkAction::Run
+                },
+            })
+            .collect())
+    }
+
+    async fn request_abandon(&self, id: &str, requested_by: &str, reason: &str) -> Result<ProcessRecord> {
+        validate_id("process id", id)?;
+        validate_id("requested_by", requested_by)?;
+        let op = Op::RequestAbandon {
+            id: id.to_string(),
+            requested_by: requested_by.to_string(),
+            reason: reason.to_string(),
+        };
+        match self.submit(op).await? {
+            Out::Record(r) => Ok(r),
+            other => Err(unexpected("request_abandon", other)),
+        }
+    }
+
+    async fn reconcile_abandon(&self, id: &str) -> Result<Option<ProcessRecord>> {
+        validate_id("process id", id)?;
+        match self.submit(Op::ReconcileAbandon { id: id.to_string() }).await? {
+            Out::MaybeRecord(r) => Ok(r),
+            other => Err(unexpected("reconcile_abandon", other)),
+        }
+    }
+
+    async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<ProcessRecord> {
+        validate_id("process id", id)?;
+        validate_id("authority", authority)?;
+        let req = fold::external_completion(id, &outcome, authority)?;
+        match self
+            .submit(Op::CompleteExternal {
+                id: id.to_string(),
+                req,
+            })
+            .await?
+        {
+            Out::Record(r) => Ok(r),
+            other => Err(unexpected("complete_external", other)),
+        }
+    }
+
+    async fn prune(&self, cutoff_ms: u64, status: StatusFilter, watermark: Watermark) -> Result<PruneReport> {
+        let status = prune_status(status)?;
+        let watermark = match watermark {
+            Watermark::Cursor { cursor } => Some(cursor),
+            Watermark::NoProjector => None,
+        };
+        let p = self
+            .transaction(|tx, now| Box::pin(read::prune(tx, cutoff_ms, status, watermark, now)))
+            .await?;
+        Ok(PruneReport {
+            pruned: p.pruned,
+            held_by_watermark: p.held,
+            events_deleted: p.events,
+            grants_deleted: p.grants,
+            wakes_deleted: p.wakes,
+        })
+    }
+
+    async fn changed_since(&self, cursor: u64, limit: Option<usize>) -> Result<ChangePage> {
+        let limit = page_limit(limit)?;
+        let rows = self
+            .shared
+            .run(|c| async move { read::changed_since(&c, cursor, limit).await })
+            .await?;
+        let changes: Vec<Change> = rows
+            .into_iter()
+            .map(|(cursor, process)| Change { cursor, process })
+            .collect();
+        let next_cursor = changes.last().map_or(cursor, |c| c.cursor);
+        Ok(ChangePage { changes, next_cursor })
+    }
+
+    async fn put_env(&self, spec: &EnvSpec) -> Result<EnvRef> {
+        let (env_ref, bytes) = validate::env_ref_and_bytes(spec)?;
+        self.shared
+            .run(|c| {
+                let (env_ref, bytes) = (&env_ref, &bytes);
+                async move { read::put_env(&c, env_ref, bytes, false).await }
+            })
+            .await?;
+        Ok(env_ref)
+    }
+
+    async fn get_env(&self, env_ref: &str) -> Result<EnvSpec> {
+        validate_id("env ref", env_ref)?;
+        let bytes = self
+            .shared
+            .run(|c| async move { read::env_bytes(&c, env_ref).await })
+            .await?;
+        match bytes {
+            Some(b) => validate::decode_env(env_ref, &b),
+            None => Err(CairnError::UnknownEnv(env_ref.to_string())),
+        }
+    }
+
+    async fn fencing_token(&self, id: &str) -> Result<u64> {
+        validate_id("process id", id)?;
+        self.shared
+            .run(|c| async move { read::fencing_token(&c, id).await })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_parameter_is_taken_out_of_the_url() {
+        assert_eq!(
+            split_schema("postgres://u@h/db?schema=abc"),
+            ("postgres://u@h/db".to_string(), Some("abc".to_string()))
+        );
+        assert_eq!(
+            split_schema("postgres://u@h/db?connect_timeout=5&schema=abc"),
+            (
+                "postgres://u@h/db?connect_timeout=5".to_string(),
+                Some("abc".to_string())
+            )
+        );
+        assert_eq!(
+            split_schema("postgres://u@h/db"),
+            ("postgres://u@h/db".to_string(), None)
+        );
+    }
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

@@ -1,0 +1,463 @@
+//! Reads and the few writes that are single statements or rare transactions
+//! (grants moved, sessions deleted, pruning). Reads are single statements on
+//! the shared autocommit connections, so each sees one snapshot.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use cairn_core::events::ProcessEvent;
+use cairn_core::model::{
+    Grant, GrantedProcess, ProcessFilter, ProcessRecord, ProcessStatus, SessionScope, StatusFilter, WakeDelivery,
+};
+use cairn_core::CairnError;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::GenericClient;
+
+use crate::conn::Conn;
+use crate::rows::{entry_from_row, from_sql, status_label, to_sql, to_sql_usize, tombstone_from_row, ENTRY_COLUMNS};
+use crate::Fault;
+
+pub(crate) type R<T> = std::result::Result<T, Fault>;
+
+type Param = Box<dyn ToSql + Sync + Send>;
+
+fn params(args: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
+    args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect()
+}
+
+/// The error for an id with no row: `no_longer_retained` when it was pruned.
+pub(crate) async fn missing(conn: &Conn, id: &str) -> R<CairnError> {
+    let stmt = conn
+        .stmt("SELECT id, status, terminal_at_ms, pruned_at_ms FROM tombstones WHERE id = $1::text")
+        .await?;
+    Ok(match conn.client.query_opt(&stmt, &[&id]).await? {
+        Some(row) => CairnError::NoLongerRetained(Box::new(tombstone_from_row(&row)?)),
+        None => CairnError::UnknownProcess(id.to_string()),
+    })
+}
+
+/// The current record of `id`.
+pub(crate) async fn get(conn: &Conn, id: &str) -> R<ProcessRecord> {
+    let sql = format!("SELECT {ENTRY_COLUMNS} FROM processes p WHERE p.id = $1::text");
+    let stmt = conn.stmt(&sql).await?;
+    match conn.client.query_opt(&stmt, &[&id]).await? {
+        Some(row) => Ok(entry_from_row(&row, 0)?.record),
+        None => Err(missing(conn, id).await?.into()),
+    }
+}
+
+/// Append the SQL predicates of `filter` over the `p` alias.
+fn filter_sql(filter: &ProcessFilter, sql: &mut String, args: &mut Vec<Param>) {
+    let mut push = |sql: &mut String, clause: &str, arg: Param| {
+        args.push(arg);
+        sql.push_str(&clause.replace('?', &format!("${}", args.len())));
+    };
+    if let Some(status) = status_label(filter.status) {
+        push(sql, " AND p.status = ?::text", Box::new(status));
+    }
+    if let Some(d) = &filter.definition {
+        push(sql, " AND p.definition = ?::text", Box::new(d.clone()));
+    }
+    if let Some(w) = filter.waiting {
+        push(sql, " AND p.waiting = ?::bool", Box::new(w));
+    }
+    if let Some(o) = &filter.originator {
+        push(sql, " AND p.originator = ?::text", Box::new(o.clone()));
+    }
+    if let Some(t) = filter.created_from_ms {
+        push(sql, " AND p.created_at_ms >= ?::int8", Box::new(to_sql(t)));
+    }
+    if let Some(t) = filter.created_before_ms {
+        push(sql, " AND p.created_at_ms < ?::int8", Box::new(to_sql(t)));
+    }
+    if let Some(a) = &filter.after_id {
+        push(sql, " AND p.id > ?::text", Box::new(a.clone()));
+    }
+}
+
+fn limit_sql(sql: &mut String, args: &mut Vec<Param>, order: &str, limit: usize) {
+    args.push(Box::new(to_sql_usize(limit)));
+    sql.push_str(&format!(" ORDER BY {order} LIMIT ${}::int8", args.len()));
+}
+
+/// The query of `list`: with a status it walks the (status, id) index in id order.
+pub(crate) fn list_query(filter: &ProcessFilter, limit: usize) -> (String, Vec<Param>) {
+    let mut sql = format!("SELECT {ENTRY_COLUMNS} FROM processes p WHERE true");
+    let mut args = Vec::new();
+    filter_sql(filter, &mut sql, &mut args);
+    limit_sql(&mut sql, &mut args, "p.id", limit);
+    (sql, args)
+}
+
+async fn records(conn: &Conn, sql: &str, args: &[Param], at: usize) -> R<Vec<(tokio_postgres::Row, ProcessRecord)>> {
+    let stmt = conn.stmt(sql).await?;
+    let rows = conn.client.query(&stmt, &params(args)).await?;
+    rows.into_iter()
+        .map(|row| {
+            let record = entry_from_row(&row, at)?.record;
+            Ok((row, record))
+        })
+        .collect()
+}
+
+pub(crate) async fn list(conn: &Conn, filter: &ProcessFilter, limit: usize) -> R<Vec<ProcessRecord>> {
+    let (sql, args) = list_query(filter, limit);
+    Ok(records(conn, &sql, &args, 0)
+        .await?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect())
+}
+
+pub(crate) async fn list_originated_by(
+    conn: &Conn,
+    scope: &SessionScope,
+    filter: &ProcessFilter,
+    limit: usize,
+) -> R<Vec<ProcessRecord>> {
+    let mut sql = format!(
+        "SELECT {ENTRY_COLUMNS} FROM processes p WHERE p.originator = $1::text AND p.originator_scope = $2::text"
+    );
+    let mut args: Vec<Param> = vec![Box::new(scope.scope_id()), Box::new(serde_json::to_string(scope)?)];
+    filter_sql(filter, &mut sql, &mut args);
+    limit_sql(&mut sql, &mut args, "p.id", limit);
+    Ok(records(conn, &sql, &args, 0)
+        .await?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect())
+}
+
+pub(crate) async fn list_granted_to(
+    conn: &Conn,
+    scope: &SessionScope,
+    filter: &ProcessFilter,
+    limit: usize,
+) -> R<Vec<GrantedProcess>> {
+    let mut sql = format!(
+        "SELECT g.grant_json, {ENTRY_COLUMNS} FROM grants g JOIN processes p ON p.id = g.process_id \
+         WHERE g.scope_id = $1::text"
+    );
+    let mut args: Vec<Param> = vec![Box::new(scope.scope_id())];
+    filter_sql(filter, &mut sql, &mut args);
+    limit_sql(&mut sql, &mut args, "g.process_id", limit);
+    records(conn, &sql, &args, 1)
+        .await?
+        .into_iter()
+        .map(|(row, process)| {
+            let json: &str = row.try_get(0)?;
+            Ok(GrantedProcess {
+                grant: serde_json::from_str(json)?,
+                process,
+            })
+        })
+        .collect()
+}
+
+/// Events after `after`, at most `limit`, and the process's last sequence, in
+/// one statement (one snapshot).
+pub(crate) async fn events_after(conn: &Conn, id: &str, after: u64, limit: usize) -> R<(Vec<ProcessEvent>, u64)> {
+    let stmt = conn
+        .stmt(
+            "SELECT p.last_sequence, e.event FROM processes p LEFT JOIN LATERAL \
+             (SELECT event, sequence FROM events WHERE process_id = p.id AND sequence > $2::int8 \
+              ORDER BY sequence LIMIT $3::int8) e ON true \
+             WHERE p.id = $1::text ORDER BY e.sequence",
+        )
+        .await?;
+    let rows = conn
+        .client
+        .query(&stmt, &[&id, &to_sql(after), &to_sql_usize(limit)])
+        .await?;
+    let Some(first) = rows.first() else {
+        return Err(missing(conn, id).await?.into());
+    };
+    let last = from_sql(first.try_get(0)?);
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if let Some(json) = row.try_get::<_, Option<&str>>(1)? {
+            events.push(serde_json::from_str(json)?);
+        }
+    }
+    Ok((events, last))
+}
+
+pub(crate) async fn pending_wakes(conn: &Conn, session_id: &str, limit: usize) -> R<Vec<WakeDelivery>> {
+    let stmt = conn
+        .stmt(
+            "SELECT delivery FROM wakes WHERE target_session_id = $1::text AND NOT acked \
+             ORDER BY wake_order LIMIT $2::int8",
+        )
+        .await?;
+    let rows = conn.client.query(&stmt, &[&session_id, &to_sql_usize(limit)]).await?;
+    rows.iter()
+        .map(|r| Ok(serde_json::from_str(r.try_get::<_, &str>(0)?)?))
+        .collect()
+}
+
+/// Acknowledge a wake in one statement; `true` when this call did.
+pub(crate) async fn ack_wake(conn: &Conn, session_id: &str, wake_id: &str) -> R<bool> {
+    let stmt = conn
+        .stmt(
+            "WITH old AS (SELECT wake_id, acked FROM wakes WHERE wake_id = $1::text AND target_session_id = $2::text \
+             FOR UPDATE), upd AS (UPDATE wakes w SET acked = true FROM old WHERE w.wake_id = old.wake_id) \
+             SELECT acked FROM old",
+        )
+        .await?;
+    match conn.client.query_opt(&stmt, &[&wake_id, &session_id]).await? {
+        Some(row) => Ok(!row.try_get::<_, bool>(0)?),
+        None => Err(CairnError::UnknownWake(wake_id.to_string()).into()),
+    }
+}
+
+/// Worklist rows at `now`: (id, is an abandon candidate), from the worklist index.
+pub(crate) const WORKLIST_SQL: &str = "SELECT id, abandon_candidate FROM processes \
+    WHERE (run_candidate OR abandon_candidate) AND claimable_at_ms <= $1::int8 \
+    ORDER BY claimable_at_ms, id LIMIT $2::int8";
+
+pub(crate) async fn worklist(conn: &Conn, now: u64, limit: usize) -> R<Vec<(String, bool)>> {
+    let stmt = conn.stmt(WORKLIST_SQL).await?;
+    let rows = conn.client.query(&stmt, &[&to_sql(now), &to_sql_usize(limit)]).await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+}
+
+/// Records changed after `cursor`, in cursor order: (cursor, record).
+///
+/// A cursor is (writing transaction id << 20 | ordinal). Transactions commit in
+/// any order, so a row whose transaction id is at or above the oldest
+/// transaction still running (the snapshot's xmin) may yet be joined by rows
+/// with lower cursors: the page stops below that horizon and the rest is read
+/// next time. Each read waits briefly for the horizon to pass rows already
+/// committed, so a quiet database answers at once.
+pub(crate) async fn changed_since(conn: &Conn, cursor: u64, limit: usize) -> R<Vec<(u64, ProcessRecord)>> {
+    let sql = format!(
+        "SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::int8 << 20) AS horizon, p.change_cursor, \
+         {ENTRY_COLUMNS} FROM processes p WHERE p.change_cursor > $1::int8 ORDER BY p.change_cursor LIMIT $2::int8"
+    );
+    let horizon_only = "SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::int8 << 20)";
+    let stmt = conn.stmt(&sql).await?;
+    let mut waited = Duration::ZERO;
+    loop {
+        let rows = conn
+            .client
+            .query(&stmt, &[&to_sql(cursor), &to_sql_usize(limit)])
+            .await?;
+        let horizon: i64 = match rows.first() {
+            Some(r) => r.try_get(0)?,
+            None => conn.client.query_one(horizon_only, &[]).await?.try_get(0)?,
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        let mut held = false;
+        for row in &rows {
+            let c: i64 = row.try_get(1)?;
+            if c >= horizon {
+                held = true;
+                break;
+            }
+            out.push((from_sql(c), entry_from_row(row, 2)?.record));
+        }
+        if !held || waited >= Duration::from_millis(500) {
+            return Ok(out);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        waited += Duration::from_millis(2);
+    }
+}
+
+pub(crate) async fn fencing_token(conn: &Conn, id: &str) -> R<u64> {
+    let stmt = conn
+        .stmt("SELECT fencing_counter FROM processes WHERE id = $1::text")
+        .await?;
+    match conn.client.query_opt(&stmt, &[&id]).await? {
+        Some(row) => Ok(from_sql(row.try_get(0)?)),
+        None => Err(missing(conn, id).await?.into()),
+    }
+}
+
+pub(crate) async fn put_env(conn: &Conn, env_ref: &str, bytes: &[u8], overwrite: bool) -> R<()> {
+    let sql = if overwrite {
+        "INSERT INTO envs (env_ref, bytes) VALUES ($1::text, $2::bytea) \
+         ON CONFLICT (env_ref) DO UPDATE SET bytes = excluded.bytes"
+    } else {
+        "INSERT INTO envs (env_ref, bytes) VALUES ($1::text, $2::bytea) ON CONFLICT (env_ref) DO NOTHING"
+    };
+    let stmt = conn.stmt(sql).await?;
+    conn.client.execute(&stmt, &[&env_ref, &bytes]).await?;
+    Ok(())
+}
+
+pub(crate) async fn env_bytes(conn: &Conn, env_ref: &str) -> R<Option<Vec<u8>>> {
+    let stmt = conn.stmt("SELECT bytes FROM envs WHERE env_ref = $1::text").await?;
+    Ok(match conn.client.query_opt(&stmt, &[&env_ref]).await? {
+        Some(row) => Some(row.try_get(0)?),
+        None => None,
+    })
+}
+
+pub(crate) async fn revoke(conn: &Conn, scope: &SessionScope, id: &str) -> R<bool> {
+    let stmt = conn
+        .stmt("DELETE FROM grants WHERE scope_id = $1::text AND process_id = $2::text")
+        .await?;
+    Ok(conn.client.execute(&stmt, &[&scope.scope_id(), &id]).await? > 0)
+}
+
+// ---------------------------------------------------------------- transactions
+
+/// Move grants between scopes, inside the caller's transaction.
+pub(crate) async fn transfer(
+    tx: &impl GenericClient,
+    from: &SessionScope,
+    to: &SessionScope,
+    ids: &[String],
+    now: u64,
+) -> R<(Vec<String>, Vec<String>)> {
+    let (mut moved, mut not_granted) = (Vec::new(), Vec::new());
+    for id in ids {
+        let taken = tx
+            .query_opt(
+                "DELETE FROM grants WHERE scope_id = $1::text AND process_id = $2::text RETURNING grant_json",
+                &[&from.scope_id(), id],
+            )
+            .await?;
+        match taken {
+            Some(row) => {
+                let grant: Grant = serde_json::from_str(row.try_get::<_, &str>(0)?)?;
+                let g = grant.moved_to(to, now);
+                tx.execute(
+                    "INSERT INTO grants (scope_id, session_id, process_id, grant_json) \
+                     VALUES ($1::text, $2::text, $3::text, $4::text) \
+                     ON CONFLICT (scope_id, process_id) DO UPDATE SET session_id = excluded.session_id, \
+                     grant_json = excluded.grant_json",
+                    &[
+                        &g.scope.scope_id(),
+                        &g.scope.session_id,
+                        &g.process_id,
+                        &serde_json::to_string(&g)?,
+                    ],
+                )
+                .await?;
+                moved.push(id.clone());
+            }
+            None => not_granted.push(id.clone()),
+        }
+    }
+    Ok((moved, not_granted))
+}
+
+/// Remove a session's grants and pending wakes; (revoked, deleted wakes, orphaned, preserved).
+pub(crate) async fn delete_session(
+    tx: &impl GenericClient,
+    session_id: &str,
+) -> R<(u64, u64, Vec<String>, Vec<String>)> {
+    let removed = tx
+        .query(
+            "DELETE FROM grants WHERE session_id = $1::text RETURNING process_id",
+            &[&session_id],
+        )
+        .await?;
+    let revoked = removed.len() as u64;
+    let touched: BTreeSet<String> = removed
+        .iter()
+        .map(|r| r.try_get::<_, String>(0))
+        .collect::<Result<_, _>>()?;
+    let deleted_wakes = tx
+        .execute(
+            "DELETE FROM wakes WHERE target_session_id = $1::text AND NOT acked",
+            &[&session_id],
+        )
+        .await?;
+    let ids: Vec<String> = touched.into_iter().collect();
+    let rows = tx
+        .query(
+            "SELECT i.id, COALESCE(p.status = 'running', false), \
+             EXISTS (SELECT 1 FROM grants g WHERE g.process_id = i.id) \
+             FROM unnest($1::text[]) AS i(id) LEFT JOIN processes p ON p.id = i.id ORDER BY i.id",
+            &[&ids],
+        )
+        .await?;
+    let (mut orphaned, mut preserved) = (Vec::new(), Vec::new());
+    for row in rows {
+        let id: String = row.try_get(0)?;
+        let running: bool = row.try_get(1)?;
+        let still_granted: bool = row.try_get(2)?;
+        if running && !still_granted {
+            orphaned.push(id);
+        } else {
+            preserved.push(id);
+        }
+    }
+    Ok((revoked, deleted_wakes, orphaned, preserved))
+}
+
+/// What a prune deleted.
+#[derive(Default)]
+pub(crate) struct Pruned {
+    pub pruned: u64,
+    pub held: u64,
+    pub events: u64,
+    pub grants: u64,
+    pub wakes: u64,
+}
+
+/// Delete terminal processes before `cutoff_ms` (and at or before `watermark`),
+/// leaving tombstones, inside the caller's transaction.
+pub(crate) async fn prune(
+    tx: &impl GenericClient,
+    cutoff_ms: u64,
+    status: StatusFilter,
+    watermark: Option<u64>,
+    now: u64,
+) -> R<Pruned> {
+    let label = status_label(status);
+    let rows = tx
+        .query(
+            "SELECT id, status, terminal_at_ms, change_cursor FROM processes \
+             WHERE terminal_at_ms IS NOT NULL AND terminal_at_ms < $1::int8 AND status <> 'running' \
+             AND ($2::text IS NULL OR status = $2::text) ORDER BY id FOR UPDATE",
+            &[&to_sql(cutoff_ms), &label],
+        )
+        .await?;
+    let mut report = Pruned::default();
+    let (mut ids, mut statuses, mut terminal) = (Vec::new(), Vec::new(), Vec::new());
+    for row in rows {
+        let id: String = row.try_get(0)?;
+        let s: String = row.try_get(1)?;
+        let t: i64 = row.try_get(2)?;
+        let c: i64 = row.try_get(3)?;
+        if ProcessStatus::parse(&s).is_none() {
+            return Err(CairnError::storage(format!("process `{id}` has an unknown status `{s}`")).into());
+        }
+        if watermark.is_some_and(|w| from_sql(c) > w) {
+            report.held += 1;
+            continue;
+        }
+        ids.push(id);
+        statuses.push(s);
+        terminal.push(t);
+    }
+    if ids.is_empty() {
+        return Ok(report);
+    }
+    report.pruned = ids.len() as u64;
+    report.events = tx
+        .execute("DELETE FROM events WHERE process_id = ANY($1::text[])", &[&ids])
+        .await?;
+    report.grants = tx
+        .execute("DELETE FROM grants WHERE process_id = ANY($1::text[])", &[&ids])
+        .await?;
+    report.wakes = tx
+        .execute("DELETE FROM wakes WHERE process_id = ANY($1::text[])", &[&ids])
+        .await?;
+    tx.execute("DELETE FROM processes WHERE id = ANY($1::text[])", &[&ids])
+        .await?;
+    tx.execute(
+        "INSERT INTO tombstones (id, status, terminal_at_ms, pruned_at_ms) \
+         SELECT u.id, u.status, u.terminal_at_ms, $4::int8 FROM unnest($1::text[], $2::text[], $3::int8[]) \
+         AS u(id, status, terminal_at_ms) \
+         ON CONFLICT (id) DO UPDATE SET status = excluded.status, terminal_at_ms = excluded.terminal_at_ms, \
+         pruned_at_ms = excluded.pruned_at_ms",
+        &[&ids, &statuses, &terminal, &to_sql(now)],
+    )
+    .await?;
+    Ok(report)
+}

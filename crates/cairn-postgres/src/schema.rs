@@ -1,0 +1,252 @@
+//! cairn's own schema: recognising it, refusing anything else untouched, and
+//! running versioned migrations under an advisory lock so any number of nodes
+//! may start at once.
+
+use cairn_core::{CairnError, Result};
+use tokio_postgres::Client;
+
+/// The schema version this build writes and the newest it can open.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// The value of the `application` row of `cairn_meta`.
+const APPLICATION_NAME: &str = "cairn";
+
+/// Migration `i` takes a schema from version `i` to `i + 1`. Never edit a
+/// released entry: append a new one. Each runs inside the migrating transaction
+/// with `search_path` set to cairn's schema.
+const MIGRATIONS: &[&str] = &[V1];
+
+// Ids are `COLLATE "C"`: listings page in byte order whatever the database's
+// default collation, as every other backend does.
+const V1: &str = r#"
+CREATE TABLE cairn_meta (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);
+
+-- One row per process. `record` is the ProcessRecord as JSON without its lease;
+-- the lease lives in the lease_* columns (it changes without an event). The other
+-- columns are derived from the record on every write and exist to be indexed.
+-- `change_cursor` is (writing transaction id << 20 | ordinal): see changed_since.
+CREATE TABLE processes (
+    id                  text COLLATE "C" PRIMARY KEY,
+    record              text NOT NULL,
+    status              text NOT NULL,
+    disposition         text NOT NULL,
+    definition          text NOT NULL,
+    originator          text COLLATE "C" NOT NULL,
+    originator_scope    text,
+    waiting             boolean NOT NULL,
+    created_at_ms       bigint NOT NULL,
+    terminal_at_ms      bigint,
+    last_sequence       bigint NOT NULL,
+    change_cursor       bigint NOT NULL,
+    run_candidate       boolean NOT NULL,
+    abandon_candidate   boolean NOT NULL,
+    fencing_counter     bigint NOT NULL,
+    lease_owner         text,
+    lease_token         text,
+    lease_fencing       bigint,
+    lease_claimed_at_ms bigint,
+    lease_expires_at_ms bigint,
+    -- When the row becomes claimable: 0 with no lease, else the lease expiry.
+    claimable_at_ms     bigint GENERATED ALWAYS AS (COALESCE(lease_expires_at_ms, 0)) STORED
+);
+CREATE INDEX processes_status_id ON processes (status, id);
+CREATE INDEX processes_originator_id ON processes (originator, id);
+CREATE INDEX processes_change_cursor ON processes (change_cursor);
+CREATE INDEX processes_terminal_at ON processes (terminal_at_ms) WHERE terminal_at_ms IS NOT NULL;
+-- Claims read only rows that may run, in the order they become claimable.
+CREATE INDEX processes_claimable ON processes (claimable_at_ms, id) WHERE run_candidate;
+-- The worklist adds rows with a pending abandon request.
+CREATE INDEX processes_worklist ON processes (claimable_at_ms, id) WHERE run_candidate OR abandon_candidate;
+
+CREATE TABLE events (
+    process_id     text COLLATE "C" NOT NULL,
+    sequence       bigint NOT NULL,
+    event_type     text NOT NULL,
+    replay_key     text,
+    occurred_at_ms bigint NOT NULL,
+    event          text NOT NULL,
+    PRIMARY KEY (process_id, sequence)
+);
+CREATE UNIQUE INDEX events_replay_key ON events (process_id, replay_key) WHERE replay_key IS NOT NULL;
+
+CREATE TABLE grants (
+    scope_id   text COLLATE "C" NOT NULL,
+    session_id text COLLATE "C" NOT NULL,
+    process_id text COLLATE "C" NOT NULL,
+    grant_json text NOT NULL,
+    PRIMARY KEY (scope_id, process_id)
+);
+CREATE INDEX grants_session ON grants (session_id);
+CREATE INDEX grants_process ON grants (process_id);
+
+CREATE TABLE wakes (
+    wake_id           text PRIMARY KEY,
+    target_session_id text COLLATE "C" NOT NULL,
+    process_id        text COLLATE "C" NOT NULL,
+    acked             boolean NOT NULL DEFAULT false,
+    wake_order        bigint GENERATED ALWAYS AS IDENTITY,
+    delivery          text NOT NULL
+);
+CREATE INDEX wakes_pending ON wakes (target_session_id, wake_order) WHERE NOT acked;
+CREATE INDEX wakes_process ON wakes (process_id);
+
+CREATE TABLE tombstones (
+    id             text COLLATE "C" PRIMARY KEY,
+    status         text NOT NULL,
+    terminal_at_ms bigint NOT NULL,
+    pruned_at_ms   bigint NOT NULL
+);
+
+CREATE TABLE envs (
+    env_ref text PRIMARY KEY,
+    bytes   bytea NOT NULL
+);
+"#;
+
+/// Check a schema name: a plain lower-case SQL identifier, so it never needs
+/// escaping beyond double quotes and means the same to every tool.
+pub fn validate_schema_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 48
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !name.starts_with("pg_");
+    if ok {
+        Ok(())
+    } else {
+        Err(CairnError::InvalidRequest(format!(
+            "postgres schema name `{}` must be 1-48 characters of a-z, 0-9 and _, not start with a digit or `pg_`",
+            name.escape_debug()
+        )))
+    }
+}
+
+fn refuse(schema: &str, why: impl std::fmt::Display) -> CairnError {
+    CairnError::Storage(format!("postgres schema `{schema}` {why}; it was left untouched"))
+}
+
+fn pg(schema: &str, e: tokio_postgres::Error) -> CairnError {
+    CairnError::Storage(format!(
+        "postgres: migrating schema `{schema}`: {}",
+        crate::conn::describe(&e)
+    ))
+}
+
+/// Create or migrate cairn's schema; returns the version found before migrating.
+///
+/// Refuses, changing nothing, a schema that holds tables but no `cairn_meta`, a
+/// `cairn_meta` that does not name cairn, and a newer schema version.
+pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<u32> {
+    validate_schema_name(schema)?;
+    let err = |e| pg(schema, e);
+    let tx = client.transaction().await.map_err(err)?;
+    // Serialise nodes migrating the same schema; released at commit.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1::text))",
+        &[&format!("cairn-migrate:{schema}")],
+    )
+    .await
+    .map_err(err)?;
+    let tables: i64 = tx
+        .query_one("SELECT count(*) FROM pg_tables WHERE schemaname = $1::text", &[&schema])
+        .await
+        .map_err(err)?
+        .get(0);
+    let has_meta: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1::text AND tablename = 'cairn_meta')",
+            &[&schema],
+        )
+        .await
+        .map_err(err)?
+        .get(0);
+    let found = if has_meta {
+        let meta = |key: &'static str| {
+            let tx = &tx;
+            async move {
+                tx.query_opt(
+                    &format!("SELECT value FROM \"{schema}\".cairn_meta WHERE key = $1::text"),
+                    &[&key],
+                )
+                .await
+                .map(|row| row.map(|r| r.get::<_, String>(0)))
+            }
+        };
+        if meta("application").await.map_err(err)?.as_deref() != Some(APPLICATION_NAME) {
+            return Err(refuse(schema, "has a cairn_meta table that does not name cairn"));
+        }
+        let version = meta("schema_version")
+            .await
+            .map_err(err)?
+            .and_then(|v| v.parse::<u32>().ok())
+            .ok_or_else(|| refuse(schema, "has no readable schema version in cairn_meta"))?;
+        if version > SCHEMA_VERSION {
+            return Err(refuse(
+                schema,
+                format_args!(
+                    "was written by a newer cairn (schema version {version}; this build supports up to {SCHEMA_VERSION})"
+                ),
+            ));
+        }
+        version
+    } else if tables > 0 {
+        return Err(refuse(
+            schema,
+            format_args!("is not a cairn schema ({tables} tables and no cairn_meta)"),
+        ));
+    } else {
+        0
+    };
+    if found == SCHEMA_VERSION {
+        tx.rollback().await.map_err(err)?;
+        return Ok(found);
+    }
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS \"{schema}\"; SET LOCAL search_path TO \"{schema}\""
+    ))
+    .await
+    .map_err(err)?;
+    for migration in &MIGRATIONS[found as usize..] {
+        tx.batch_execute(migration).await.map_err(err)?;
+    }
+    tx.execute(
+        "INSERT INTO cairn_meta (key, value) VALUES ('application', $1::text), ('schema_version', $2::text)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        &[&APPLICATION_NAME, &SCHEMA_VERSION.to_string()],
+    )
+    .await
+    .map_err(err)?;
+    tx.commit().await.map_err(err)?;
+    tracing::info!(schema, from = found, to = SCHEMA_VERSION, "postgres schema migrated");
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        for ok in ["cairn", "cairn_2", "_x", "a"] {
+            assert!(validate_schema_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Cairn",
+            "1cairn",
+            "pg_cairn",
+            "cairn-x",
+            "a\"b",
+            "cairn x",
+            &"a".repeat(49),
+        ] {
+            let err = validate_schema_name(bad).expect_err(bad);
+            assert_eq!(err.code(), "invalid_request", "{bad}");
+        }
+    }
+}
