@@ -114,7 +114,7 @@ pub enum Command {
 /// `cairn serve` settings. The host token is the global `--token`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Database URL: `memory` or `sqlite:PATH`.
+    /// Database URL: `memory`, `sqlite:PATH` or `postgres://USER@HOST:PORT/DB[?schema=NAME]`.
     #[arg(long, env = "CAIRN_DATABASE_URL", default_value = "sqlite:cairn.db")]
     pub db: String,
     /// Address to listen on (`HOST:PORT`; port 0 picks a free port). The bound

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use cairn_core::{ChangeHub, MemoryRegistry, ProcessRegistry, SystemClock};
+use cairn_postgres::PostgresRegistry;
 use cairn_sqlite::SqliteRegistry;
 
 /// Why a database URL could not be opened.
@@ -19,7 +20,9 @@ pub enum OpenError {
         source: cairn_core::CairnError,
     },
     /// The URL is not one this binary understands.
-    #[error("unsupported database URL `{0}`: use `memory` or `sqlite:PATH`")]
+    #[error(
+        "unsupported database URL `{0}`: use `memory`, `sqlite:PATH` or `postgres://USER@HOST:PORT/DB[?schema=NAME]`"
+    )]
     Unsupported(String),
 }
 
@@ -32,16 +35,35 @@ pub struct Backend {
     pub hub: ChangeHub,
 }
 
-/// Open the backend a database URL names (see [`open_registry`]) with its hub.
-pub async fn open_backend(url: &str) -> Result<Backend, OpenError> {
-    let registry = open_registry(url)?;
-    Ok(Backend {
-        registry,
-        hub: ChangeHub::new(),
-    })
+/// Whether `url` names a PostgreSQL database.
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
-/// Open the registry a database URL names: `memory` (ephemeral) or `sqlite:PATH`.
+/// Open the backend a database URL names with its hub: `memory`, `sqlite:PATH`
+/// (see [`open_registry`]) or `postgres://...`, whose hub is also fed by the
+/// changes other nodes make on the same database (LISTEN/NOTIFY).
+pub async fn open_backend(url: &str) -> Result<Backend, OpenError> {
+    let hub = ChangeHub::new();
+    if is_postgres(url) {
+        let registry = PostgresRegistry::connect(url, Arc::new(SystemClock))
+            .await
+            .map_err(|source| OpenError::Open {
+                url: cairn_postgres::redact(url),
+                source,
+            })?;
+        registry.listen(hub.clone());
+        return Ok(Backend {
+            registry: Arc::new(registry),
+            hub,
+        });
+    }
+    let registry = open_registry(url)?;
+    Ok(Backend { registry, hub })
+}
+
+/// Open an embedded registry a database URL names: `memory` (ephemeral) or
+/// `sqlite:PATH`. PostgreSQL needs [`open_backend`] (it connects asynchronously).
 pub fn open_registry(url: &str) -> Result<Arc<dyn ProcessRegistry>, OpenError> {
     if url == "memory" || url == "memory:" {
         return Ok(Arc::new(MemoryRegistry::new()));
@@ -81,7 +103,36 @@ mod tests {
             .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("cannot open")));
         assert!(matches!(open_registry("sqlite:"), Err(OpenError::Unsupported(_))));
-        assert!(matches!(open_registry("postgres://x"), Err(OpenError::Unsupported(_))));
+        assert!(matches!(open_registry("mysql://x"), Err(OpenError::Unsupported(_))));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod postgres_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn postgres_urls_open_with_a_fed_hub_and_bad_ones_say_why() {
+        let Some(url) = cairn_postgres::testing::test_url() else {
+            return;
+        };
+        let schema = cairn_postgres::testing::TestSchema::new("cairn_db");
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let backend = open_backend(&format!("{url}{sep}schema={}", schema.name))
+            .await
+            .expect("open postgres");
+        assert!(backend
+            .registry
+            .list(&Default::default())
+            .await
+            .expect("list")
+            .is_empty());
+        let err = open_backend("postgres://nobody:secret@127.0.0.1:1/none")
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("cannot open") && !err.contains("secret"), "{err}");
     }
 }

@@ -172,7 +172,7 @@ pub async fn serve(args: ServeArgs, host_token: Option<String>) -> Result<(), Se
         let _ = writeln!(out, "listening on http://{local}");
         let _ = out.flush();
     }
-    tracing::info!(%local, db = %args.db, allow_shell = args.allow_shell, "cairn serving");
+    tracing::info!(%local, db = %cairn_postgres::redact(&args.db), allow_shell = args.allow_shell, "cairn serving");
 
     let signal = shutdown.clone();
     let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {

@@ -1,0 +1,308 @@
+//! PostgreSQL-specific behaviour: the schema and its migrations, clear errors,
+//! claims across nodes, the notification feed, the gap-safe change feed and
+//! recovery from broken connections. Needs `CAIRN_TEST_POSTGRES_URL`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_core::{ChangeHub, ManualClock, ProcessRegistry, SystemClock};
+use cairn_postgres::testing::{self, TestSchema};
+use cairn_postgres::{PostgresOptions, PostgresRegistry, SCHEMA_VERSION};
+use cairn_testkit::{external, note, rerunnable};
+use serde_json::json;
+
+fn clock() -> Arc<SystemClock> {
+    Arc::new(SystemClock)
+}
+
+async fn client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+async fn meta(url: &str, schema: &str, key: &str) -> Option<String> {
+    client(url)
+        .await
+        .query_opt(
+            &format!("SELECT value FROM \"{schema}\".cairn_meta WHERE key = $1"),
+            &[&key],
+        )
+        .await
+        .expect("meta")
+        .map(|r| r.get(0))
+}
+
+#[tokio::test]
+async fn fresh_schema_is_versioned_and_reopening_keeps_data() {
+    if !testing::enabled() {
+        return;
+    }
+    let schema = TestSchema::new("cairn_t");
+    let first = schema.connect(clock()).await.expect("create");
+    first.register(rerunnable("kept"), None).await.expect("register");
+    drop(first);
+    assert_eq!(
+        meta(&schema.url, &schema.name, "schema_version").await,
+        Some(SCHEMA_VERSION.to_string())
+    );
+    assert_eq!(
+        meta(&schema.url, &schema.name, "application").await.as_deref(),
+        Some("cairn")
+    );
+    let again = schema.connect(clock()).await.expect("reopen");
+    assert_eq!(again.get("kept").await.expect("get").id, "kept");
+}
+
+#[tokio::test]
+async fn nodes_starting_together_migrate_once() {
+    if !testing::enabled() {
+        return;
+    }
+    let schema = Arc::new(TestSchema::new("cairn_t"));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let schema = schema.clone();
+        tasks.push(tokio::spawn(async move { schema.connect(clock()).await.map(|_| ()) }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("every node connects");
+    }
+    assert_eq!(
+        meta(&schema.url, &schema.name, "schema_version").await,
+        Some(SCHEMA_VERSION.to_string())
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_schema_is_refused_untouched() {
+    if !testing::enabled() {
+        return;
+    }
+    let schema = TestSchema::new("cairn_t");
+    schema
+        .execute(&format!(
+            "CREATE SCHEMA \"{0}\"; CREATE TABLE \"{0}\".orders (id int); INSERT INTO \"{0}\".orders VALUES (7)",
+            schema.name
+        ))
+        .await
+        .expect("setup");
+    let err = schema.connect(clock()).await.expect_err("foreign schema");
+    assert_eq!(err.code(), "storage");
+    assert!(err.to_string().contains("not a cairn schema"), "{err}");
+    let c = client(&schema.url).await;
+    let tables: i64 = c
+        .query_one("SELECT count(*) FROM pg_tables WHERE schemaname = $1", &[&schema.name])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(tables, 1, "nothing was created");
+    let kept: i32 = c
+        .query_one(&format!("SELECT id FROM \"{}\".orders", schema.name), &[])
+        .await
+        .expect("row")
+        .get(0);
+    assert_eq!(kept, 7);
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_untouched() {
+    if !testing::enabled() {
+        return;
+    }
+    let schema = TestSchema::new("cairn_t");
+    drop(schema.connect(clock()).await.expect("create"));
+    schema
+        .execute(&format!(
+            "UPDATE \"{}\".cairn_meta SET value = '999' WHERE key = 'schema_version'",
+            schema.name
+        ))
+        .await
+        .expect("bump");
+    let err = schema.connect(clock()).await.expect_err("newer schema");
+    assert!(err.to_string().contains("newer cairn"), "{err}");
+    assert_eq!(
+        meta(&schema.url, &schema.name, "schema_version").await.as_deref(),
+        Some("999")
+    );
+}
+
+#[tokio::test]
+async fn bad_urls_and_schema_names_are_clear_errors() {
+    if !testing::enabled() {
+        return;
+    }
+    let url = testing::test_url().expect("url");
+    let err = PostgresRegistry::connect_with(PostgresOptions::new(&url, clock()).with_schema("Bad-Name"))
+        .await
+        .expect_err("bad schema");
+    assert_eq!(err.code(), "invalid_request");
+    let err = PostgresRegistry::connect("postgres://u:hunter2@127.0.0.1:5432/test?nonsense_option=1", clock())
+        .await
+        .expect_err("bad url");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    let err = PostgresRegistry::connect("postgres://postgres@127.0.0.1:1/test", clock())
+        .await
+        .expect_err("nothing listens on port 1");
+    assert_eq!(err.code(), "unavailable", "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_from_two_nodes_never_overlap() {
+    if !testing::enabled() {
+        return;
+    }
+    let schema = TestSchema::new("cairn_t");
+    let a = Arc::new(schema.connect(clock()).await.expect("node a"));
+    let b = Arc::new(schema.connect(clock()).await.expect("node b"));
+    let n = 400;
+    let mut regs = Vec::new();
+    for i in 0..n {
+        let a = a.clone();
+        regs.push(tokio::spawn(async move {
+            a.register(rerunnable(&format!("p{i:04}")), None).await
+        }));
+    }
+    for r in regs {
+        r.await.expect("join").expect("register");
+    }
+    let mut claimers = Vec::new();
+    for (k, node) in [a.clone(), b.clone(), a.clone(), b.clone()].into_iter().enumerate() {
+        claimers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let claims = node.claim_batch(&format!("owner-{k}"), 60_000, 7).await.expect("claim");
+                if claims.is_empty() {
+                    return mine;
+                }
+                mine.extend(claims.into_iter().map(|c| c.lease.process_id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for c in claimers {
+        all.extend(c.await.expect("join"));
+    }
+    let distinct: BTreeSet<_> = all.iter().cloned().collect();
+    assert_eq!(all.len(), n, "every process claimed exactly once");
+    assert_eq!(distinct.len(), n);
+    for id in ["p0000", "p0199", "p0399"] {
+        let events = a.events_after(id, 0, None).await.expect("events").events;
+        assert_eq!(
+            events.iter().filter(|e| e.event_type == "process.started").count(),
+            1,
+            "{id}"
+        );
+    }
+}
+
+/// Wait (bounded) for the hub to announce `id` at `seq` or later.
+async fn announced(rx: &mut tokio::sync::watch::Receiver<u64>, seq: u64) -> bool {
+    tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|s| *s >= seq))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn notifications_reach_other_nodes_and_the_listener_reconnects() {
+    if !testing::enabled() {
+        return;
+    }
+    let schema = TestSchema::new("cairn_t");
+    let listener = schema.connect(clock()).await.expect("listening node");
+    let writer = schema.connect(clock()).await.expect("writing node");
+    let hub = ChangeHub::new();
+    let mut generation = listener.listener_generation();
+    listener.listen(hub.clone());
+    generation.wait_for(|g| *g >= 1).await.expect("first listen");
+    writer.register(external("x"), None).await.expect("register");
+    let mut rx = hub.subscribe("x");
+    writer.append_event("x", note(json!({}))).await.expect("append");
+    assert!(
+        announced(&mut rx, 1).await,
+        "an append on another node reaches this hub"
+    );
+
+    // Kill the listening connection from the server side.
+    let killed: i64 = client(&schema.url)
+        .await
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+            &[&format!("cairn-listen-{}", schema.name)],
+        )
+        .await
+        .expect("terminate")
+        .get(0);
+    assert_eq!(killed, 1);
+    tokio::time::timeout(Duration::from_secs(20), generation.wait_for(|g| *g >= 2))
+        .await
+        .expect("the listener reconnects")
+        .expect("generation");
+    writer.append_event("x", note(json!({}))).await.expect("append");
+    assert!(
+        announced(&mut rx, 2).await,
+        "notifications flow again after the reconnect"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn change_feed_holds_back_rows_an_older_open_transaction_could_precede() {
+    if !testing::enabled() {
+        return;
+    }
+    let schema = TestSchema::new("cairn_t");
+    let reg = schema.connect(clock()).await.expect("connect");
+    reg.register(external("before"), None).await.expect("register");
+    let page = reg.changed_since(0, None).await.expect("feed");
+    assert_eq!(page.changes.len(), 1);
+    let cursor = page.next_cursor;
+
+    // An open transaction holding a transaction id: any commit after it may
+    // carry a higher cursor than rows that transaction could still write.
+    let mut holder = client(&schema.url).await;
+    let tx = holder.transaction().await.expect("begin");
+    tx.query_one("SELECT pg_current_xact_id()::text", &[])
+        .await
+        .expect("xid");
+    reg.register(external("after"), None).await.expect("register");
+    let held = reg.changed_since(cursor, None).await.expect("feed");
+    assert!(held.changes.is_empty(), "rows above the horizon wait: {held:?}");
+    assert_eq!(held.next_cursor, cursor);
+    tx.commit().await.expect("commit");
+    let page = reg.changed_since(cursor, None).await.expect("feed");
+    let ids: Vec<_> = page.changes.iter().map(|c| c.process.id.as_str()).collect();
+    assert_eq!(ids, vec!["after"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broken_connections_are_replaced_and_writes_go_through() {
+    if !testing::enabled() {
+        return;
+    }
+    let schema = TestSchema::new("cairn_t");
+    let reg = schema
+        .connect(Arc::new(ManualClock::new(1_000)))
+        .await
+        .expect("connect");
+    reg.register(external("e"), None).await.expect("register");
+    let killed: i64 = client(&schema.url)
+        .await
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name LIKE $1",
+            &[&format!("cairn-%-{}", schema.name)],
+        )
+        .await
+        .expect("terminate")
+        .get(0);
+    assert!(killed >= 2, "write and read connections were killed ({killed})");
+    for i in 0..8 {
+        reg.append_event("e", note(json!({ "i": i })))
+            .await
+            .expect("append after reconnect");
+    }
+    let record = reg.get("e").await.expect("read after reconnect");
+    assert_eq!(record.last_sequence, 8);
+}
