@@ -1,0 +1,508 @@
+//! Many nodes, one database, as real OS processes.
+//!
+//! - `three_nodes_run_every_process_once_and_survive_a_sigkill`: three worker
+//!   processes (this test binary re-run as `node_child`) work through 2,000
+//!   processes whose tool counts its runs in a table: every process completes
+//!   exactly once and runs exactly once. Then one node is killed with SIGKILL
+//!   mid-run: its rerunnable work completes on the others, its started
+//!   owner-bound work stays `running` until an abandon request is reconciled,
+//!   and every log is gap-free with exactly one terminal event.
+//! - `an_awaiter_sees_another_process_complete_without_polling`: an awaiter
+//!   whose fallback backoff is an hour resolves within seconds when another OS
+//!   process completes the work: the notification path, not polling.
+//!
+//! Needs `CAIRN_TEST_POSTGRES_URL`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use cairn_core::Clock;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cairn_core::awaiter::Backoff;
+use cairn_core::tool::{Tool, ToolContext, ToolRegistry};
+use cairn_core::{
+    Awaiter, ChangeHub, Disposition, Outcome, ProcessInput, ProcessRecord, ProcessRegistry, ProcessStatus, Processes,
+    Provenance, Registration, SystemClock, WorkerConfig,
+};
+use cairn_postgres::testing::{self, TestSchema};
+use cairn_postgres::PostgresRegistry;
+use serde_json::{json, Value};
+
+const ENV_SCHEMA: &str = "CAIRN_NODE_SCHEMA";
+const ENV_OWNER: &str = "CAIRN_NODE_OWNER";
+const ENV_GATE: &str = "CAIRN_NODE_GATE";
+const ENV_MODE: &str = "CAIRN_NODE_MODE";
+
+// ------------------------------------------------------------------ tools
+
+/// Records one row per run in the schema's `hits` table, then succeeds.
+struct Count {
+    db: Arc<tokio_postgres::Client>,
+    schema: String,
+    owner: String,
+}
+
+#[async_trait]
+impl Tool for Count {
+    fn name(&self) -> &str {
+        "count"
+    }
+
+    async fn run(&self, ctx: ToolContext, _args: Value) -> Outcome {
+        record_hit(&self.db, &self.schema, ctx.process_id(), &self.owner).await;
+        Outcome::success(json!({ "by": self.owner }))
+    }
+}
+
+/// Records its run, then holds until the gate file exists (or it is stopped).
+struct Gated {
+    db: Arc<tokio_postgres::Client>,
+    schema: String,
+    owner: String,
+    gate: PathBuf,
+}
+
+#[async_trait]
+impl Tool for Gated {
+    fn name(&self) -> &str {
+        "gated"
+    }
+
+    async fn run(&self, ctx: ToolContext, _args: Value) -> Outcome {
+        record_hit(&self.db, &self.schema, ctx.process_id(), &self.owner).await;
+        while !self.gate.exists() {
+            tokio::select! {
+                _ = ctx.stopped() => return Outcome::cancelled("stopped at the gate"),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+        Outcome::success(json!({ "by": self.owner }))
+    }
+}
+
+async fn record_hit(db: &tokio_postgres::Client, schema: &str, id: &str, owner: &str) {
+    db.execute(
+        &format!("INSERT INTO \"{schema}\".hits (process_id, node) VALUES ($1, $2)"),
+        &[&id, &owner],
+    )
+    .await
+    .expect("record a hit");
+}
+
+// ------------------------------------------------------------------ the child node
+
+/// Not a test on its own: the body of a node process, run by the tests below.
+#[test]
+#[ignore = "run as a child process by the multi-node tests"]
+fn node_child() {
+    let Ok(schema) = std::env::var(ENV_SCHEMA) else { return };
+    let url = testing::test_url().expect("url");
+    let owner = std::env::var(ENV_OWNER).expect("owner");
+    let mode = std::env::var(ENV_MODE).unwrap_or_else(|_| "worker".into());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let options = cairn_postgres::PostgresOptions::new(&url, Arc::new(SystemClock)).with_schema(schema.clone());
+        let registry = PostgresRegistry::connect_with(options).await.expect("connect");
+        if let Some(id) = mode.strip_prefix("complete:") {
+            registry
+                .complete_external(id, Outcome::success(json!({"from": owner})), "other-node")
+                .await
+                .expect("complete");
+            println!("\nCAIRN-NODE DONE");
+            return;
+        }
+        let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("hits db");
+        tokio::spawn(conn);
+        let db = Arc::new(db);
+        let gate = PathBuf::from(std::env::var(ENV_GATE).expect("gate"));
+        let tools = ToolRegistry::new()
+            .with(Arc::new(Count {
+                db: db.clone(),
+                schema: schema.clone(),
+                owner: owner.clone(),
+            }))
+            .with(Arc::new(Gated {
+                db,
+                schema,
+                owner: owner.clone(),
+                gate,
+            }));
+        let hub = ChangeHub::new();
+        registry.listen(hub.clone());
+        let _runtime = Processes::builder(Arc::new(registry))
+            .hub(hub)
+            .tools(tools)
+            .worker_config(WorkerConfig {
+                owner_id: owner,
+                lease_ttl: Duration::from_secs(3),
+                concurrency: 16,
+                batch_size: 16,
+                sweep_interval: Duration::from_millis(250),
+                ..WorkerConfig::default()
+            })
+            .start();
+        println!("\nCAIRN-NODE READY");
+        std::future::pending::<()>().await;
+    });
+}
+
+struct Node {
+    name: String,
+    child: Child,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start this test binary as a node and wait for its first line.
+fn spawn_node(schema: &str, name: &str, gate: &Path, mode: &str, ready: &str) -> Node {
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "node_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(ENV_SCHEMA, schema)
+        .env(ENV_OWNER, name)
+        .env(ENV_GATE, gate)
+        .env(ENV_MODE, mode)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn node");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        match lines.next() {
+            // The harness may print `test node_child ... ` on the same line first.
+            Some(Ok(line)) if line.trim_end().ends_with(ready) => break,
+            Some(Ok(_)) => continue,
+            other => panic!("node {name} ended before `{ready}`: {other:?}"),
+        }
+    }
+    // Keep draining its stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Node {
+        name: name.to_string(),
+        child,
+    }
+}
+
+fn task(id: &str, tool: &str, disposition: Disposition) -> Registration {
+    Registration {
+        id: id.to_string(),
+        input: ProcessInput::ToolCall {
+            tool: tool.into(),
+            args: json!({}),
+        },
+        disposition,
+        event_types: Vec::new(),
+        provenance: Provenance::default(),
+        wake_target: None,
+        env_ref: None,
+        external_ref: None,
+    }
+}
+
+async fn register_all(reg: &Arc<PostgresRegistry>, regs: Vec<Registration>) {
+    let mut set = tokio::task::JoinSet::new();
+    for chunk in regs.chunks(50) {
+        let (reg, chunk) = (reg.clone(), chunk.to_vec());
+        set.spawn(async move {
+            for r in chunk {
+                reg.register(r, None).await.expect("register");
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("join");
+    }
+}
+
+async fn await_all(awaiter: &Awaiter, ids: &[String]) -> Vec<ProcessRecord> {
+    let mut out = Vec::new();
+    for id in ids {
+        let record = awaiter
+            .await_terminal_for(id, Duration::from_secs(120))
+            .await
+            .unwrap_or_else(|e| panic!("{id} did not finish: {e}"));
+        out.push(record);
+    }
+    out
+}
+
+async fn hits(db: &tokio_postgres::Client, schema: &str) -> BTreeMap<String, Vec<String>> {
+    let rows = db
+        .query(
+            &format!("SELECT process_id, node FROM \"{schema}\".hits ORDER BY id"),
+            &[],
+        )
+        .await
+        .expect("hits");
+    let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in rows {
+        map.entry(r.get(0)).or_default().push(r.get(1));
+    }
+    map
+}
+
+/// Every log is gap-free from 1, holds exactly one terminal event when the
+/// process is terminal, and folds back to its record.
+async fn check_logs(reg: &Arc<PostgresRegistry>, ids: &[String]) {
+    for id in ids {
+        let record = reg.get(id).await.expect("get");
+        let mut events = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = reg.events_after(id, after, Some(1000)).await.expect("events");
+            after = page.events.last().map_or(after, |e| e.sequence);
+            events.extend(page.events);
+            if page.next_after.is_none() {
+                break;
+            }
+        }
+        let seqs: Vec<u64> = events.iter().map(|e| e.sequence).collect();
+        let expected: Vec<u64> = (1..=record.last_sequence).collect();
+        assert_eq!(seqs, expected, "{id}: the log is gap-free and duplicate-free");
+        let terminals = events.iter().filter(|e| e.semantics.terminal.is_some()).count();
+        assert_eq!(terminals, usize::from(record.is_terminal()), "{id}: one terminal event");
+        cairn_testkit::assert_fold(reg.as_ref(), id).await;
+    }
+}
+
+#[test]
+fn three_nodes_run_every_process_once_and_survive_a_sigkill() {
+    if !testing::enabled() {
+        return;
+    }
+    cairn_testkit::run(async {
+        let schema = TestSchema::new("cairn_mn");
+        let reg = Arc::new(schema.connect(Arc::new(SystemClock)).await.expect("connect"));
+        schema
+            .execute(&format!(
+                "CREATE TABLE \"{}\".hits (id bigserial PRIMARY KEY, process_id text NOT NULL, node text NOT NULL)",
+                schema.name
+            ))
+            .await
+            .expect("hits table");
+        let (db, conn) = tokio_postgres::connect(&schema.url, tokio_postgres::NoTls)
+            .await
+            .expect("db");
+        tokio::spawn(conn);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let gate = dir.path().join("gate");
+        let hub = ChangeHub::new();
+        reg.listen(hub.clone());
+        let awaiter = Awaiter::new(reg.clone(), Some(hub));
+
+        let nodes: Vec<Node> = ["node-a", "node-b", "node-v"]
+            .iter()
+            .map(|n| spawn_node(&schema.name, n, &gate, "worker", "CAIRN-NODE READY"))
+            .collect();
+
+        // Phase 1: 2,000 counting processes, each run and completed exactly once.
+        let ids: Vec<String> = (0..2000).map(|i| format!("count-{i:04}")).collect();
+        register_all(
+            &reg,
+            ids.iter()
+                .map(|id| task(id, "count", Disposition::Rerunnable))
+                .collect(),
+        )
+        .await;
+        let done = await_all(&awaiter, &ids).await;
+        assert!(done.iter().all(|r| r.status == ProcessStatus::Completed));
+        let counted = hits(&db, &schema.name).await;
+        assert_eq!(counted.len(), 2000, "every process ran");
+        let twice: Vec<_> = counted.iter().filter(|(_, v)| v.len() != 1).collect();
+        assert!(twice.is_empty(), "no process ran twice: {twice:?}");
+        let by_node: BTreeSet<&str> = counted.values().flat_map(|v| v.iter().map(String::as_str)).collect();
+        eprintln!("phase 1: 2,000 processes over nodes {by_node:?}");
+        check_logs(&reg, &ids).await;
+
+        // Phase 2: gated work, every tenth owner-bound; kill node-v mid-run.
+        let gated: Vec<String> = (0..200).map(|i| format!("gated-{i:04}")).collect();
+        let regs = gated
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let d = if i % 10 == 0 {
+                    Disposition::OwnerBound
+                } else {
+                    Disposition::Rerunnable
+                };
+                task(id, "gated", d)
+            })
+            .collect();
+        register_all(&reg, regs).await;
+        let victim = &nodes[2];
+        let started_by_victim = |records: &[ProcessRecord]| {
+            let mine: Vec<&ProcessRecord> = records
+                .iter()
+                .filter(|r| r.started.as_ref().is_some_and(|s| s.owner_id == victim.name))
+                .collect();
+            let ob = mine.iter().filter(|r| r.disposition == Disposition::OwnerBound).count();
+            (mine.len() - ob, ob)
+        };
+        // Wait (bounded) until the victim has started both kinds.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let records = list_all(&reg, "gated-").await;
+            let (rr, ob) = started_by_victim(&records);
+            if rr > 0 && ob > 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "victim never started gated work"
+            );
+            // A bounded re-check of a condition on another process's progress.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut nodes = nodes;
+        let mut victim = nodes.pop().expect("victim");
+        // SIGKILL: no drain, no goodbye.
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(victim.child.id() as i32, libc::SIGKILL) };
+        assert_eq!(rc, 0);
+        let _ = victim.child.wait();
+        let records = list_all(&reg, "gated-").await;
+        let orphaned_ob: Vec<String> = records
+            .iter()
+            .filter(|r| {
+                r.status == ProcessStatus::Running
+                    && r.disposition == Disposition::OwnerBound
+                    && r.started.as_ref().is_some_and(|s| s.owner_id == victim.name)
+            })
+            .map(|r| r.id.clone())
+            .collect();
+        assert!(!orphaned_ob.is_empty());
+        std::fs::write(&gate, b"open").expect("open the gate");
+
+        // Rerunnable work (including the victim's) completes on the survivors.
+        let rerunnable: Vec<String> = gated
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 10 != 0)
+            .map(|(_, id)| id.clone())
+            .collect();
+        let done = await_all(&awaiter, &rerunnable).await;
+        for r in &done {
+            assert_eq!(r.status, ProcessStatus::Completed, "{}", r.id);
+        }
+        // Owner-bound work nobody else started also completes; the victim's stays running.
+        let others_ob: Vec<String> = gated
+            .iter()
+            .enumerate()
+            .filter(|(i, id)| i % 10 == 0 && !orphaned_ob.contains(id))
+            .map(|(_, id)| id.clone())
+            .collect();
+        await_all(&awaiter, &others_ob).await;
+        let now = SystemClock.now_ms();
+        for id in &orphaned_ob {
+            let r = reg.get(id).await.expect("get");
+            assert_eq!(r.status, ProcessStatus::Running, "{id} is never re-run");
+            assert_eq!(
+                r.started.as_ref().map(|s| s.owner_id.as_str()),
+                Some(victim.name.as_str())
+            );
+            assert!(
+                r.lease.as_ref().is_none_or(|l| l.expires_at_ms <= now),
+                "{id}: lease lapsed"
+            );
+        }
+        let runs = hits(&db, &schema.name).await;
+        for id in &orphaned_ob {
+            assert_eq!(runs.get(id).map(Vec::len), Some(1), "{id} ran once, on the victim");
+        }
+        // An abandon request is reconciled by a surviving node's driver.
+        for id in &orphaned_ob {
+            reg.request_abandon(id, "operator", "node-v was killed")
+                .await
+                .expect("request");
+        }
+        let abandoned = await_all(&awaiter, &orphaned_ob).await;
+        for r in &abandoned {
+            assert_eq!(r.status, ProcessStatus::Abandoned, "{}", r.id);
+        }
+        check_logs(&reg, &gated).await;
+        drop(nodes);
+    });
+}
+
+#[test]
+fn an_awaiter_sees_another_process_complete_without_polling() {
+    if !testing::enabled() {
+        return;
+    }
+    cairn_testkit::run(async {
+        let schema = TestSchema::new("cairn_mn");
+        let reg = Arc::new(schema.connect(Arc::new(SystemClock)).await.expect("connect"));
+        let hub = ChangeHub::new();
+        let mut generation = reg.listener_generation();
+        reg.listen(hub.clone());
+        generation.wait_for(|g| *g >= 1).await.expect("listening");
+        reg.register(cairn_testkit::external("ext-1"), None)
+            .await
+            .expect("register");
+        let hour = Duration::from_secs(3600);
+        let hub_probe = hub.clone();
+        let awaiter = Awaiter::new(reg.clone(), Some(hub)).with_backoff(Backoff { floor: hour, cap: hour });
+        let waiting = {
+            let awaiter = awaiter.clone();
+            tokio::spawn(async move { awaiter.await_terminal_for("ext-1", Duration::from_secs(30)).await })
+        };
+        // The awaiter subscribes before its first read; a new OS process takes far
+        // longer to start and connect than that read, so it parks on the hub first.
+        while hub_probe.watched() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let mut announced = hub_probe.subscribe("ext-1");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let completer = spawn_node(
+            &schema.name,
+            "completer",
+            &dir.path().join("gate"),
+            "complete:ext-1",
+            "CAIRN-NODE DONE",
+        );
+        let record = waiting
+            .await
+            .expect("join")
+            .expect("resolved long before the hour-long backoff");
+        assert_eq!(record.status, ProcessStatus::Completed);
+        // The completion reached this process's hub through LISTEN/NOTIFY: the
+        // registry here is not watched, so nothing else publishes to it.
+        let seq = *announced.borrow_and_update();
+        assert_eq!(seq, record.last_sequence, "the hub was told of the completion");
+        drop(completer);
+    });
+}
+
+// ------------------------------------------------------------------ helpers
+
+async fn list_all(reg: &Arc<PostgresRegistry>, prefix: &str) -> Vec<ProcessRecord> {
+    let mut out = Vec::new();
+    let mut filter = cairn_core::ProcessFilter {
+        limit: Some(1000),
+        ..Default::default()
+    };
+    loop {
+        let page = reg.list(&filter).await.expect("list");
+        let last = page.last().map(|r| r.id.clone());
+        out.extend(page.into_iter().filter(|r| r.id.starts_with(prefix)));
+        match last {
+            Some(l) => filter.after_id = Some(l),
+            None => return out,
+        }
+    }
+}
