@@ -1,1 +1,236 @@
-fn main() {}
+//! PostgreSQL: full-lifecycle throughput with 1 and 3 worker nodes, start-to-running
+//! latency and cross-node await latency, beside the server's single-row commit rate.
+//!
+//! `CAIRN_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test cargo bench -p cairn-postgres --bench lifecycle`
+//! (`CAIRN_BENCH_N` scales the process count, default 10,000). Each node is its own
+//! `PostgresRegistry` (own connections, own LISTEN) in this OS process. Figures go
+//! to docs/BENCHMARKS.md.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_core::builtins::builtin_tools;
+use cairn_core::{
+    Awaiter, ChangeHub, Disposition, Outcome, ProcessFilter, ProcessRegistry, Processes, StartRequest, StatusFilter,
+    SystemClock, WorkerConfig,
+};
+use cairn_postgres::testing::TestSchema;
+use cairn_postgres::PostgresRegistry;
+use serde_json::json;
+
+/// One node: a registry with its listener and hub.
+async fn node(schema: &TestSchema) -> (Arc<PostgresRegistry>, ChangeHub) {
+    let reg = Arc::new(schema.connect(Arc::new(SystemClock)).await.expect("connect"));
+    let hub = ChangeHub::new();
+    reg.listen(hub.clone());
+    let mut generation = reg.listener_generation();
+    generation.wait_for(|g| *g >= 1).await.expect("listening");
+    (reg, hub)
+}
+
+fn worker_runtime(reg: Arc<PostgresRegistry>, hub: ChangeHub, owner: &str) -> Processes {
+    Processes::builder(reg)
+        .hub(hub)
+        .tools(builtin_tools(false))
+        .worker_config(WorkerConfig {
+            owner_id: owner.into(),
+            concurrency: 512,
+            batch_size: 256,
+            ..WorkerConfig::default()
+        })
+        .start()
+}
+
+/// The server's rate of single-row autocommit inserts from one connection: the
+/// bound one durable commit is held against.
+async fn commit_rate(schema: &TestSchema) -> f64 {
+    let (client, conn) = tokio_postgres::connect(&schema.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{0}\"; CREATE TABLE \"{0}\".commit_probe (id bigserial PRIMARY KEY, v text)",
+            schema.name
+        ))
+        .await
+        .expect("probe table");
+    let stmt = client
+        .prepare(&format!("INSERT INTO \"{}\".commit_probe (v) VALUES ($1)", schema.name))
+        .await
+        .expect("prepare");
+    let n = 2_000;
+    let t = Instant::now();
+    for i in 0..n {
+        client.execute(&stmt, &[&format!("row {i}")]).await.expect("insert");
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Start `n` echo processes from 64 starters on a node without a worker, with
+/// `workers` worker nodes; processes/s from the first start to the last terminal.
+async fn lifecycle(n: usize, workers: usize) -> f64 {
+    let schema = TestSchema::new("cairn_bench");
+    let (reg, hub) = node(&schema).await;
+    let starter = Processes::builder(reg.clone()).hub(hub).without_worker().start();
+    let mut runtimes = Vec::new();
+    for w in 0..workers {
+        let (reg, hub) = node(&schema).await;
+        runtimes.push(worker_runtime(reg, hub, &format!("worker-{w}")));
+    }
+    let t = Instant::now();
+    let starters = 64;
+    let mut tasks = Vec::new();
+    for s in 0..starters {
+        let p = starter.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (s..n).step_by(starters) {
+                p.start(StartRequest::tool(
+                    format!("echo-{i}"),
+                    "echo",
+                    json!({"value": i}),
+                    Disposition::Rerunnable,
+                ))
+                .await
+                .expect("start");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("starter");
+    }
+    // Done when no running row is left (one indexed probe per 5 ms).
+    let running = ProcessFilter {
+        status: StatusFilter::Running,
+        limit: Some(1),
+        ..ProcessFilter::default()
+    };
+    while !reg.list(&running).await.expect("list").is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    let completed = ProcessFilter {
+        status: StatusFilter::Completed,
+        limit: Some(1000),
+        ..ProcessFilter::default()
+    };
+    assert!(!reg.list(&completed).await.expect("list").is_empty());
+    for r in runtimes {
+        r.shutdown().await;
+    }
+    starter.shutdown().await;
+    rate
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn summary(mut ms: Vec<f64>) -> (f64, f64) {
+    ms.sort_by(|a, b| a.total_cmp(b));
+    (percentile(&ms, 0.5), percentile(&ms, 0.99))
+}
+
+/// Start one process at a time on node A and wait until it is running
+/// (`process.started`) on a worker of node B: milliseconds per process.
+async fn start_to_running(samples: usize) -> (f64, f64) {
+    let schema = TestSchema::new("cairn_bench");
+    let (reg_a, hub_a) = node(&schema).await;
+    let starter = Processes::builder(reg_a).hub(hub_a).without_worker().start();
+    let (reg_b, hub_b) = node(&schema).await;
+    // A tool that stays running, so only the start is measured.
+    let worker = worker_runtime(reg_b, hub_b, "worker-b");
+    let mut out = Vec::new();
+    for i in 0..samples + 20 {
+        let id = format!("sleep-{i}");
+        let t = Instant::now();
+        starter
+            .start(StartRequest::tool(
+                id.clone(),
+                "sleep",
+                json!({"ms": 60_000}),
+                Disposition::Rerunnable,
+            ))
+            .await
+            .expect("start");
+        starter
+            .await_event(&id, "process.started", 0, Duration::from_secs(10))
+            .await
+            .expect("started");
+        if i >= 20 {
+            out.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        starter.cancel(&id, None).await.expect("cancel");
+    }
+    worker.shutdown().await;
+    starter.shutdown().await;
+    summary(out)
+}
+
+/// Node A awaits an externally owned process; node B completes it: milliseconds
+/// from B's completion call to A's awaiter resolving.
+async fn cross_node_await(samples: usize) -> (f64, f64) {
+    let schema = TestSchema::new("cairn_bench");
+    let (reg_a, hub_a) = node(&schema).await;
+    let (reg_b, _hub_b) = node(&schema).await;
+    let hour = Duration::from_secs(3600);
+    let awaiter =
+        Awaiter::new(reg_a.clone(), Some(hub_a)).with_backoff(cairn_core::awaiter::Backoff { floor: hour, cap: hour });
+    let mut out = Vec::new();
+    for i in 0..samples + 20 {
+        let id = format!("ext-{i}");
+        reg_a
+            .register(cairn_testkit::external(&id), None)
+            .await
+            .expect("register");
+        let waiting = {
+            let (awaiter, id) = (awaiter.clone(), id.clone());
+            tokio::spawn(async move { awaiter.await_terminal_for(&id, Duration::from_secs(10)).await })
+        };
+        // Let the awaiter park on the hub.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let t = Instant::now();
+        reg_b
+            .complete_external(&id, Outcome::success(json!({})), "bench")
+            .await
+            .expect("complete");
+        waiting.await.expect("join").expect("resolved");
+        if i >= 20 {
+            out.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    summary(out)
+}
+
+fn main() {
+    let Some(_) = cairn_postgres::testing::test_url() else {
+        return;
+    };
+    let n: usize = std::env::var("CAIRN_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let probe = TestSchema::new("cairn_bench");
+        let commits = commit_rate(&probe).await;
+        println!("single-row commit rate (1 connection): {commits:>9.0} /s  (bound for one durable commit)");
+        // Warm-up, excluded.
+        lifecycle(1_000, 1).await;
+        for workers in [1, 3] {
+            let rate = lifecycle(n, workers).await;
+            println!(
+                "lifecycle, {workers} worker node(s), {n} processes: {rate:>9.0} processes/s  ({:.2} per single-row commit)",
+                rate / commits
+            );
+        }
+        let (p50, p99) = start_to_running(300).await;
+        println!("start → running (other node):          p50 {p50:.2} ms  p99 {p99:.2} ms");
+        let (p50, p99) = cross_node_await(300).await;
+        println!("cross-node await (complete → resolved): p50 {p50:.2} ms  p99 {p99:.2} ms");
+    });
+}

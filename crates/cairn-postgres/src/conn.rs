@@ -62,7 +62,7 @@ impl Conn {
     /// Connect, set `search_path` to cairn's schema and name the connection.
     pub async fn open(config: &Config, schema: &str, role: &str) -> std::result::Result<Self, tokio_postgres::Error> {
         let mut config = config.clone();
-        config.application_name(&format!("cairn-{role}-{schema}"));
+        config.application_name(format!("cairn-{role}-{schema}"));
         let (client, connection) = config.connect(NoTls).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {

@@ -62,7 +62,7 @@ async fn listen_once(
     generation: &watch::Sender<u64>,
 ) -> Result<(), tokio_postgres::Error> {
     let mut config = config.clone();
-    config.application_name(&format!("cairn-listen-{schema}"));
+    config.application_name(format!("cairn-listen-{schema}"));
     let (client, mut connection) = config.connect(NoTls).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
