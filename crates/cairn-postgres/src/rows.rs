@@ -118,11 +118,12 @@ pub(crate) struct Derived {
     pub abandon_candidate: bool,
 }
 
+/// The stored JSON keeps whatever lease view the record carries: every load
+/// replaces it from the lease columns ([`Entry::normalise`]), so encoding the
+/// record as it is saves cloning it.
 pub(crate) fn derive(record: &ProcessRecord) -> Result<Derived, Fault> {
-    let mut stored = record.clone();
-    stored.lease = None;
     Ok(Derived {
-        json: serde_json::to_string(&stored)?,
+        json: serde_json::to_string(record)?,
         status: record.status.label(),
         disposition: record.disposition.label(),
         definition: record.input.definition(),

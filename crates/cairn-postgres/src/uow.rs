@@ -473,31 +473,41 @@ impl Uow {
 
     /// Append under the overlay: replay check, preparation, staging.
     fn append(&mut self, id: &str, req: &AppendRequest, authority: Authority) -> Result<(AppendResult, ProcessRecord)> {
-        let mut entry = self.entry(id)?;
         fold::validate_replay_key(req)?;
-        if let Some(key) = &req.replay_key {
-            if let Some(original) = self.replays.get(&(id.to_string(), key.clone())) {
-                fold::check_replay(original, req)?;
-                let result = AppendResult {
-                    event: original.clone(),
-                    replayed: true,
-                    wake: None,
-                };
-                return Ok((result, entry.record));
+        let prepared = {
+            let Some(entry) = self.slots.get(id).and_then(|s| s.entry.as_ref()) else {
+                return Err(self.missing(id));
+            };
+            if let Some(key) = &req.replay_key {
+                if let Some(original) = self.replays.get(&(id.to_string(), key.clone())) {
+                    fold::check_replay(original, req)?;
+                    let result = AppendResult {
+                        event: original.clone(),
+                        replayed: true,
+                        wake: None,
+                    };
+                    return Ok((result, entry.record.clone()));
+                }
             }
-        }
-        let prepared = fold::prepare_append(&entry.record, entry.lease.as_ref(), req, authority, self.now)?;
-        if prepared.event.semantics.terminal.is_some() {
+            fold::prepare_append(&entry.record, entry.lease.as_ref(), req, authority, self.now)?
+        };
+        let terminal = prepared.event.semantics.terminal.is_some();
+        let mut entry = self.entry_taken(id);
+        if terminal {
             entry.lease = None;
         }
         entry.record = prepared.record;
-        self.put(id, entry.clone(), true);
+        let record = {
+            let mut r = entry.record.clone();
+            r.lease = entry.lease.as_ref().map(Lease::view);
+            r
+        };
+        self.put(id, entry, true);
         if let Some(key) = &prepared.event.replay_key {
             let k = (id.to_string(), key.clone());
             self.replays.insert(k.clone(), prepared.event.clone());
             self.journal.replays.push(k);
         }
-        self.events.push(prepared.event.clone());
         let mut wake = None;
         if let Some(w) = prepared.wake {
             if self.wake_ids.insert(w.wake_id.clone()) {
@@ -507,13 +517,22 @@ impl Uow {
             }
         }
         let result = AppendResult {
-            event: prepared.event,
+            event: prepared.event.clone(),
             replayed: false,
             wake,
         };
-        let mut record = entry.record;
-        record.lease = entry.lease.as_ref().map(Lease::view);
+        self.events.push(prepared.event);
         Ok((result, record))
+    }
+
+    /// Move the entry of `id` out of its slot (journalled) to be put back with
+    /// [`Uow::put`]; only for ids known to have an entry.
+    fn entry_taken(&mut self, id: &str) -> Entry {
+        self.journal_slot(id);
+        self.slots
+            .get_mut(id)
+            .and_then(|s| s.entry.take())
+            .expect("entry_taken is called for a loaded row")
     }
 
     fn cancel(&mut self, id: &str, reason: Option<&str>) -> Result<CancelAnswer> {
