@@ -109,6 +109,12 @@ pub enum Command {
         /// Wake id.
         wake_id: String,
     },
+    /// Measure throughput, latency, scale and memory over real backends, each
+    /// figure beside the storage limit it is held against (see docs/BENCHMARKS.md).
+    Bench(BenchArgs),
+    /// Internal: the second OS process of `cairn bench`.
+    #[command(hide = true)]
+    BenchChild(BenchChildArgs),
 }
 
 /// `cairn serve` settings. The host token is the global `--token`.
@@ -215,4 +221,75 @@ pub fn parse_session_token(raw: &str) -> Result<(String, String), String> {
         }
         _ => Err("expected SESSION=TOKEN with both parts non-empty".to_string()),
     }
+}
+
+/// `cairn bench` settings. The defaults finish every scenario on SQLite in well
+/// under ten minutes on a 2-core machine.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// A scenario to run (repeatable; default all): throughput, await, signal, append, memory, scale.
+    #[arg(long = "scenario", value_name = "NAME")]
+    pub scenarios: Vec<String>,
+    /// A database URL (repeatable): `memory`, `sqlite` (a fresh file in a temporary
+    /// directory), `sqlite:PATH` or `postgres://...`. Default: `sqlite`, plus
+    /// `$CAIRN_BENCH_POSTGRES_URL` when set. Giving `--db` replaces the default.
+    #[arg(long = "db", value_name = "URL")]
+    pub dbs: Vec<String>,
+    /// Measured runs per figure; figures are medians with min..max over them.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Warm-up runs per scenario, excluded from every figure.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Seed of every random choice (ids picked, payloads, start order, delays).
+    #[arg(long, default_value_t = crate::bench::DEFAULT_SEED)]
+    pub seed: u64,
+    /// throughput: `echo` processes per run (warm-ups use at most 1,000).
+    #[arg(long, default_value_t = 5_000)]
+    pub n: usize,
+    /// throughput: worker counts W to measure (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 3])]
+    pub workers: Vec<usize>,
+    /// await, signal, scale: latency samples per run.
+    #[arg(long, default_value_t = 100)]
+    pub samples: usize,
+    /// scale: terminal rows beside the live ones (the full size is 1000000; the
+    /// default fits a default run into ten minutes, see docs/BENCHMARKS.md).
+    #[arg(long, default_value_t = crate::bench::DEFAULT_SCALE_ROWS)]
+    pub scale_rows: usize,
+    /// scale: live (running) processes of the listed session.
+    #[arg(long, default_value_t = 100)]
+    pub scale_live: usize,
+    /// append: events per run of each variant (1 appender; 64 appenders share them).
+    #[arg(long, default_value_t = 6_400)]
+    pub events: usize,
+    /// memory: waiting processes per run (the figure is scaled to 10,000; the
+    /// default fits a default run into ten minutes, see docs/BENCHMARKS.md).
+    #[arg(long, default_value_t = 5_000)]
+    pub memory_processes: usize,
+}
+
+/// `cairn bench-child`: what the second OS process does. Its database URL comes
+/// from the environment (`CAIRN_BENCH_CHILD_DB`), never the command line.
+#[derive(Debug, Clone, Args)]
+pub struct BenchChildArgs {
+    /// The role.
+    #[command(subcommand)]
+    pub role: BenchChildRole,
+}
+
+/// The roles of `cairn bench-child`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum BenchChildRole {
+    /// Await processes named on stdin (`await ID`) and report when each resolved.
+    Await,
+    /// Start waiting processes and report the resident memory they cost.
+    Memory {
+        /// How many `wait_signal` processes.
+        #[arg(long)]
+        processes: usize,
+        /// Their id prefix.
+        #[arg(long)]
+        prefix: String,
+    },
 }

@@ -5,9 +5,11 @@
 //! - [`db`]: opening a storage backend from a database URL.
 //! - [`server`]: routes, auth, SSE, metrics, OpenAPI and graceful shutdown.
 //! - [`client`]: the CLI client commands.
+//! - [`bench`]: `cairn bench`, measured figures over real backends.
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod db;

@@ -35,6 +35,8 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             },
+            Command::Bench(args) => cairn::bench::run(args, cli.json).await,
+            Command::BenchChild(args) => cairn::bench::child::run(args).await,
             command => cairn::client::run(&cli.server, cli.token.as_deref(), cli.json, command).await,
         }
     })

@@ -42,6 +42,7 @@ fn proc_path(id: &str) -> String {
 async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCode, ClientError> {
     match command {
         Command::Serve(_) => Err(ClientError::Usage("`serve` is not a client command".into())),
+        Command::Bench(_) | Command::BenchChild(_) => Err(ClientError::Usage("`bench` is not a client command".into())),
         Command::Start { body } => {
             let raw = match body.as_deref() {
                 None | Some("-") => read_stdin()?,

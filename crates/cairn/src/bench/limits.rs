@@ -1,0 +1,226 @@
+//! The limit every figure is held against, measured in the same run: the rate at
+//! which the backend's storage can make one write durable.
+//!
+//! - `sqlite:` — the disk's fsync rate in the database's directory (a
+//!   write + `fdatasync` loop on a scratch file): a durable commit cannot be
+//!   acknowledged faster than the disk flushes.
+//! - `postgres://` — the server's single-row commit rate: one connection, a loop
+//!   of autocommit single-row `INSERT`s into a scratch table. The table is a
+//!   regular one (dropped afterwards), not `TEMP`: PostgreSQL does not write WAL
+//!   for temporary tables and so does not flush at their commit.
+//! - `memory` — none ("n/a").
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::stats;
+
+/// Durable writes per probe.
+const PROBE_WRITES: usize = 200;
+/// Probes per backend; the limit is their median.
+const PROBES: usize = 3;
+
+/// A measured commit-rate limit.
+#[derive(Clone, Debug, Serialize)]
+pub struct Limit {
+    /// What was measured.
+    pub what: String,
+    /// Durable commits per second (median of the probes).
+    pub rate_per_s: f64,
+    /// Each probe's rate.
+    pub probes: Vec<f64>,
+    /// Anything that changes how to read the figure (e.g. `synchronous_commit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl Limit {
+    fn from_probes(what: &str, probes: Vec<f64>, note: Option<String>) -> Self {
+        Self {
+            what: what.to_string(),
+            rate_per_s: stats::median(&probes),
+            probes,
+            note,
+        }
+    }
+
+    /// How long one durable commit takes at this rate, in milliseconds.
+    pub fn commit_ms(&self) -> f64 {
+        1000.0 / self.rate_per_s
+    }
+}
+
+/// The disk's fsync rate in `dir`: `PROBES` loops of `PROBE_WRITES` 64-byte
+/// writes each followed by `fdatasync`.
+pub fn fsync_rate(dir: &Path) -> Result<Limit, String> {
+    let path = dir.join(format!(".cairn-bench-fsync-probe-{}", std::process::id()));
+    let result = (|| {
+        let mut probes = Vec::with_capacity(PROBES);
+        for _ in 0..PROBES {
+            let mut f = std::fs::File::create(&path)?;
+            let t = Instant::now();
+            for i in 0..PROBE_WRITES {
+                f.write_all(&[i as u8; 64])?;
+                f.sync_data()?;
+            }
+            probes.push(PROBE_WRITES as f64 / t.elapsed().as_secs_f64());
+        }
+        Ok::<_, std::io::Error>(probes)
+    })();
+    let _ = std::fs::remove_file(&path);
+    let probes = result.map_err(|e| format!("fsync probe in `{}`: {e}", dir.display()))?;
+    Ok(Limit::from_probes(
+        "disk fsync rate (write + fdatasync, one file)",
+        probes,
+        None,
+    ))
+}
+
+/// The PostgreSQL server's single-row autocommit rate from one connection.
+pub async fn postgres_commit_rate(url: &str) -> Result<Limit, String> {
+    let redacted = redact_url(url);
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("commit-rate probe: cannot connect to `{redacted}`: {e}"))?;
+    let conn_task = tokio::spawn(connection);
+    let table = format!("cairn_bench_commit_probe_{}", std::process::id());
+    let result = async {
+        let sync = client
+            .query_one("SHOW synchronous_commit", &[])
+            .await
+            .map(|row| row.get::<_, String>(0))
+            .unwrap_or_else(|_| "unknown".into());
+        client
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)"
+            ))
+            .await?;
+        let insert = client
+            .prepare(&format!("INSERT INTO {table} (id, v) VALUES ($1, $2)"))
+            .await?;
+        let mut probes = Vec::with_capacity(PROBES);
+        let mut next: i64 = 0;
+        for _ in 0..PROBES {
+            let t = Instant::now();
+            for _ in 0..PROBE_WRITES {
+                next += 1;
+                client.execute(&insert, &[&next, &next]).await?;
+            }
+            probes.push(PROBE_WRITES as f64 / t.elapsed().as_secs_f64());
+        }
+        Ok::<_, tokio_postgres::Error>((probes, sync))
+    }
+    .await;
+    let _ = client.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await;
+    drop(client);
+    let _ = conn_task.await;
+    let (probes, sync) = result.map_err(|e| format!("commit-rate probe on `{redacted}`: {e}"))?;
+    let note = (sync != "on").then(|| format!("synchronous_commit = {sync}: commits may not wait for a flush"));
+    Ok(Limit::from_probes(
+        "server single-row commit rate (autocommit INSERT, one connection)",
+        probes,
+        note,
+    ))
+}
+
+/// The URL with any password replaced by `***` (userinfo and `password=` query parameters).
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end + 3;
+        let authority_end = out[rest_start..].find(['/', '?']).map_or(out.len(), |i| rest_start + i);
+        if let Some(at) = out[rest_start..authority_end].rfind('@') {
+            let userinfo = &out[rest_start..rest_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                let pw_start = rest_start + colon + 1;
+                out.replace_range(pw_start..rest_start + at, "***");
+            }
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let redacted: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out = format!("{head}{}", redacted.join("&"));
+    }
+    out
+}
+
+/// `text` with `url` and its password (if any) redacted wherever they appear:
+/// backend errors may quote the URL they were given.
+pub fn redact_in(text: &str, url: &str) -> String {
+    let mut out = text.replace(url, &redact_url(url));
+    if let Some(password) = password_of(url).filter(|p| p.len() >= 3) {
+        out = out.replace(&password, "***");
+    }
+    out
+}
+
+fn password_of(url: &str) -> Option<String> {
+    let rest = &url[url.find("://")? + 3..];
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    let userinfo = &authority[..authority.rfind('@')?];
+    userinfo.split_once(':').map(|(_, p)| p.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://bob:s3cret@db:5432/cairn"),
+            "postgres://bob:***@db:5432/cairn"
+        );
+        assert_eq!(redact_url("postgres://bob@db/cairn"), "postgres://bob@db/cairn");
+        assert_eq!(
+            redact_url("postgresql://db/cairn?user=bob&password=x&sslmode=disable"),
+            "postgresql://db/cairn?user=bob&password=***&sslmode=disable"
+        );
+        assert_eq!(redact_url("sqlite:/tmp/a.db"), "sqlite:/tmp/a.db");
+        assert_eq!(redact_url("postgres://a:b@c@h/d"), "postgres://a:***@h/d");
+        let url = "postgres://bob:s3cret@db/cairn";
+        assert_eq!(
+            redact_in(&format!("cannot open `{url}`: password s3cret refused"), url),
+            "cannot open `postgres://bob:***@db/cairn`: password *** refused"
+        );
+    }
+
+    #[test]
+    fn fsync_probe_measures_a_positive_rate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let limit = fsync_rate(dir.path()).expect("probe");
+        assert!(limit.rate_per_s > 0.0);
+        assert_eq!(limit.probes.len(), PROBES);
+        assert!(
+            std::fs::read_dir(dir.path()).expect("read dir").next().is_none(),
+            "probe file removed"
+        );
+    }
+
+    /// Runs where a PostgreSQL server is at hand (CI exports the URL).
+    #[tokio::test]
+    async fn postgres_probe_measures_a_positive_rate() {
+        let Some(url) = std::env::var("CAIRN_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty()) else {
+            return;
+        };
+        match postgres_commit_rate(&url).await {
+            Ok(limit) => {
+                assert!(limit.rate_per_s > 0.0);
+                assert_eq!(limit.probes.len(), PROBES);
+            }
+            // A URL exported for a server that is down says so; nothing to measure.
+            Err(e) if e.contains("cannot connect") => eprintln!("skipped: {e}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! `throughput`: N no-op (`echo`) processes from start to terminal with W
+//! workers, in processes per second.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use cairn_core::{Disposition, ProcessStatus, Processes, StartRequest};
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use super::report::{Figure, Outcome, ScenarioReport};
+use super::{start_new, Ctx, AWAIT_TIMEOUT};
+
+/// Concurrent starters (host tasks issuing starts).
+const STARTERS: usize = 32;
+/// Each worker's concurrency and claim batch.
+const CONCURRENCY: usize = 256;
+const BATCH: usize = 256;
+/// Warm-ups run at most this many processes.
+const WARMUP_N: usize = 1_000;
+
+pub(crate) async fn run(ctx: &Ctx<'_>) -> ScenarioReport {
+    let plan = ctx.plan;
+    let mut r = ScenarioReport::new(
+        "throughput",
+        json!({
+            "n": plan.n,
+            "workers": plan.workers,
+            "starters": STARTERS,
+            "worker_concurrency": CONCURRENCY,
+            "claim_batch": BATCH,
+            "warmup_n": plan.n.min(WARMUP_N),
+            "tool": "echo",
+            "disposition": "rerunnable",
+        }),
+    );
+    r.notes.push(format!(
+        "{STARTERS} concurrent starters; W workers = W runtimes in this OS process sharing one registry \
+         (concurrency {CONCURRENCY}, claim batch {BATCH} each); timed from the first start to the last terminal"
+    ));
+    for &w in &plan.workers {
+        let mut fig = Figure::rate(
+            format!("throughput.w{w}"),
+            format!("start -> complete (echo), W={w}"),
+            "processes/s",
+        );
+        for (label, measured) in ctx.runs() {
+            let n = if measured { plan.n } else { plan.n.min(WARMUP_N) };
+            match one_run(ctx, w, &label, n).await {
+                Ok(rate) if measured => fig.runs.push(rate),
+                Ok(_) => {}
+                Err(e) => {
+                    r.outcome = Outcome::Failed(format!("W={w} {label}: {e}"));
+                    return r;
+                }
+            }
+        }
+        r.figures.push(fig);
+    }
+    r
+}
+
+async fn one_run(ctx: &Ctx<'_>, w: usize, label: &str, n: usize) -> Result<f64, String> {
+    let run = format!("w{w}-{label}");
+    let runtimes: Arc<Vec<Processes>> = Arc::new(
+        (0..w)
+            .map(|k| ctx.runtime(format!("{}-worker{k}", ctx.prefix("tp", &run)), CONCURRENCY, BATCH))
+            .collect(),
+    );
+    let result = drive(ctx, &runtimes, &run, n).await;
+    for p in runtimes.iter() {
+        p.shutdown().await;
+    }
+    result
+}
+
+async fn drive(ctx: &Ctx<'_>, runtimes: &Arc<Vec<Processes>>, run: &str, n: usize) -> Result<f64, String> {
+    let mut rng = ctx.rng(&format!("throughput-{run}"));
+    let mut order: Vec<usize> = (0..n).collect();
+    rng.shuffle(&mut order);
+    let order = Arc::new(order);
+    let payloads: Arc<Vec<u64>> = Arc::new((0..n).map(|_| rng.next_u64() >> 12).collect());
+    let ids: Arc<Vec<String>> = Arc::new((0..n).map(|i| ctx.id("tp", run, i)).collect());
+    let done = Arc::new(AtomicUsize::new(0));
+    let _counter = ctx.progress.counter(
+        format!("{}: throughput {run} (starts + completions)", ctx.tag()),
+        2 * n,
+        done.clone(),
+    );
+    let t = Instant::now();
+    let mut starters = JoinSet::new();
+    for s in 0..STARTERS.min(n) {
+        let (order, payloads, ids, runtimes, done) = (
+            order.clone(),
+            payloads.clone(),
+            ids.clone(),
+            runtimes.clone(),
+            done.clone(),
+        );
+        starters.spawn(async move {
+            for k in (s..order.len()).step_by(STARTERS) {
+                let i = order[k];
+                let p = &runtimes[k % runtimes.len()];
+                let req = StartRequest::tool(
+                    ids[i].clone(),
+                    "echo",
+                    json!({"value": payloads[i]}),
+                    Disposition::Rerunnable,
+                );
+                start_new(p, req).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<(), String>(())
+        });
+    }
+    while let Some(joined) = starters.join_next().await {
+        joined.map_err(|e| format!("starter task: {e}"))??;
+    }
+    let awaiter = &runtimes[0];
+    for (i, id) in ids.iter().enumerate() {
+        let rec = awaiter
+            .await_output(id, AWAIT_TIMEOUT)
+            .await
+            .map_err(|e| format!("await `{id}`: {e}"))?;
+        if rec.status != ProcessStatus::Completed {
+            return Err(format!("`{id}` ended {} instead of completed", rec.status.label()));
+        }
+        if rec.outcome != Some(cairn_core::Outcome::success(json!(payloads[i]))) {
+            return Err(format!("`{id}` completed with an unexpected outcome"));
+        }
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}

@@ -1,0 +1,203 @@
+//! `cairn bench` end to end: the real binary, small sizes, the JSON shape.
+//! Figures are never asserted for speed, only for presence and consistency.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cairn");
+
+fn bench(args: &[&str]) -> (i32, Value, String) {
+    let out = Command::new(BIN)
+        .arg("bench")
+        .args(args)
+        .env_remove("CAIRN_BENCH_POSTGRES_URL")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run cairn bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    (
+        out.status.code().unwrap_or(-1),
+        json,
+        format!("stdout:\n{stdout}\nstderr:\n{stderr}"),
+    )
+}
+
+fn scenario<'a>(backend: &'a Value, name: &str) -> &'a Value {
+    backend["scenarios"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["scenario"] == name))
+        .unwrap_or_else(|| panic!("no scenario {name} in {backend}"))
+}
+
+fn figure<'a>(scenario: &'a Value, key: &str) -> &'a Value {
+    scenario["figures"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["key"] == key))
+        .unwrap_or_else(|| panic!("no figure {key} in {scenario}"))
+}
+
+fn assert_figure_shape(f: &Value, runs: usize) {
+    let value = f["value"].as_f64().unwrap_or_else(|| panic!("value in {f}"));
+    assert!(value > 0.0, "{f}");
+    assert!(f["unit"].as_str().is_some_and(|u| !u.is_empty()), "{f}");
+    assert_eq!(f["runs"].as_array().map(Vec::len), Some(runs), "{f}");
+    let (min, max) = (f["min"].as_f64().expect("min"), f["max"].as_f64().expect("max"));
+    assert!(min <= value && value <= max, "{f}");
+}
+
+#[test]
+fn memory_throughput_reports_figures_without_a_limit() {
+    let (code, json, out) = bench(&[
+        "--db",
+        "memory",
+        "--scenario",
+        "throughput",
+        "--n",
+        "200",
+        "--runs",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(json["config"]["n"], 200, "{out}");
+    assert_eq!(json["config"]["workers"], serde_json::json!([1, 3]));
+    assert!(json["config"]["seed"].as_u64().is_some());
+    let backend = &json["backends"][0];
+    assert_eq!(backend["url"], "memory");
+    assert_eq!(backend["status"], "ok");
+    assert!(backend["limit"].is_null());
+    let s = scenario(backend, "throughput");
+    assert_eq!(s["status"], "ok", "{s}");
+    for key in ["throughput.w1", "throughput.w3"] {
+        let f = figure(s, key);
+        assert_figure_shape(f, 1);
+        assert_eq!(f["unit"], "processes/s");
+        assert!(f["limit"].is_null() && f["fraction"].is_null(), "{f}");
+        assert!(f["limit_note"].as_str().is_some_and(|n| n.starts_with("n/a")), "{f}");
+    }
+}
+
+#[test]
+fn sqlite_figures_are_held_against_the_fsync_rate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("b.db").display());
+    let (code, json, out) = bench(&[
+        "--db",
+        &db,
+        "--scenario",
+        "append",
+        "--scenario",
+        "signal",
+        "--scenario",
+        "await",
+        "--events",
+        "128",
+        "--samples",
+        "5",
+        "--runs",
+        "2",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let backend = &json["backends"][0];
+    assert_eq!(backend["kind"], "sqlite");
+    let rate = backend["limit"]["rate_per_s"].as_f64().expect("fsync rate");
+    assert!(rate > 0.0, "{backend}");
+    let append = scenario(backend, "append");
+    for key in ["append.single", "append.concurrent64"] {
+        let f = figure(append, key);
+        assert_figure_shape(f, 2);
+        assert_eq!(f["limit"]["value"].as_f64(), Some(rate));
+        let fraction = f["fraction"].as_f64().expect("fraction");
+        let expected = f["value"].as_f64().expect("value") / rate;
+        assert!((fraction - expected).abs() <= 1e-9 * expected.max(1.0), "{f}");
+    }
+    let signal = scenario(backend, "signal");
+    let p50 = figure(signal, "signal.p50");
+    assert_figure_shape(p50, 2);
+    // Latencies are held against the time of their commits (two for a signal).
+    let limit_ms = p50["limit"]["value"].as_f64().expect("limit ms");
+    assert!(
+        (limit_ms - 2.0 * 1000.0 / rate).abs() < 1e-9 * limit_ms.max(1.0),
+        "{p50}"
+    );
+    let awaiting = scenario(backend, "await");
+    for key in ["await.same.p50", "await.same.p99", "await.cross.p50", "await.cross.p99"] {
+        assert_figure_shape(figure(awaiting, key), 2);
+    }
+}
+
+#[test]
+fn memory_scenario_measures_a_child_process() {
+    let (code, json, out) = bench(&[
+        "--db",
+        "memory",
+        "--scenario",
+        "memory",
+        "--scenario",
+        "await",
+        "--memory-processes",
+        "200",
+        "--samples",
+        "3",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let backend = &json["backends"][0];
+    let memory = scenario(backend, "memory");
+    assert_eq!(memory["status"], "ok", "{memory}");
+    let total = figure(memory, "memory.rss_total");
+    assert!(total["value"].as_f64().is_some_and(|v| v > 0.0), "{total}");
+    assert!(total["limit"].is_null());
+    assert!(figure(memory, "memory.rss_per_10k")["value"].as_f64().is_some());
+    let awaiting = scenario(backend, "await");
+    assert!(awaiting["notes"].as_array().is_some_and(|n| n
+        .iter()
+        .any(|n| n.as_str().is_some_and(|n| n.contains("n/a: memory is per-process")))));
+}
+
+#[test]
+fn bad_input_is_refused_clearly() {
+    let (code, _, out) = bench(&["--scenario", "nope"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("unknown scenario `nope`"), "{out}");
+    let (code, _, out) = bench(&["--n", "0", "--db", "memory"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--n must be at least 1"), "{out}");
+    let (code, _, out) = bench(&["--db", "mysql://root:pw@localhost/x"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("unsupported database URL"), "{out}");
+    assert!(!out.contains("pw@"), "the password is redacted: {out}");
+}
+
+#[test]
+fn a_backend_this_build_cannot_open_is_reported_not_fatal() {
+    // Until the PostgreSQL backend lands this URL is skipped as unsupported;
+    // after, nothing listens on port 1 and it fails. Either way the password
+    // never shows and the report is whole.
+    let (code, json, out) = bench(&[
+        "--db",
+        "postgres://bench:hunter2@127.0.0.1:1/nowhere",
+        "--scenario",
+        "throughput",
+        "--json",
+    ]);
+    assert!(code == 0 || code == 1, "{out}");
+    assert!(!out.contains("hunter2"), "{out}");
+    let backend = &json["backends"][0];
+    assert_eq!(backend["url"], "postgres://bench:***@127.0.0.1:1/nowhere");
+    assert!(
+        backend["status"] == "skipped" || backend["status"] == "failed",
+        "{backend}"
+    );
+    assert!(backend["reason"].as_str().is_some_and(|r| !r.is_empty()), "{backend}");
+}
