@@ -1,7 +1,7 @@
 //! `await`: completion → awaiter resolved, p50/p99, with the awaiter in this
 //! process (woken by the change hub) and in a second OS process on the same
 //! database (woken by whatever reaches it across processes: for SQLite, its
-//! bounded-backoff point reads; for PostgreSQL, LISTEN/NOTIFY once it lands).
+//! bounded-backoff point reads; for PostgreSQL, LISTEN/NOTIFY).
 //!
 //! Each sample starts an externally owned process, lets the awaiter begin
 //! waiting, waits a seeded random delay, then completes it (`complete_external`,
