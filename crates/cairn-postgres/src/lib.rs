@@ -154,8 +154,9 @@ impl std::fmt::Debug for PostgresOptions {
     }
 }
 
-/// Remove a `schema=` parameter from a URL's query string.
-fn split_schema(url: &str) -> (String, Option<String>) {
+/// Remove cairn's `schema=` parameter from a URL's query string: the URL a
+/// plain PostgreSQL client accepts, and the schema it named.
+pub fn split_schema(url: &str) -> (String, Option<String>) {
     let Some((base, query)) = url.split_once('?') else {
         return (url.to_string(), None);
     };

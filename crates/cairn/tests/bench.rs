@@ -181,8 +181,7 @@ fn bad_input_is_refused_clearly() {
 
 #[test]
 fn a_backend_this_build_cannot_open_is_reported_not_fatal() {
-    // Until the PostgreSQL backend lands this URL is skipped as unsupported;
-    // after, nothing listens on port 1 and it fails. Either way the password
+    // Nothing listens on port 1, so the backend fails to open; the password
     // never shows and the report is whole.
     let (code, json, out) = bench(&[
         "--db",
@@ -200,4 +199,40 @@ fn a_backend_this_build_cannot_open_is_reported_not_fatal() {
         "{backend}"
     );
     assert!(backend["reason"].as_str().is_some_and(|r| !r.is_empty()), "{backend}");
+}
+
+#[test]
+fn postgres_figures_are_held_against_the_server_commit_rate() {
+    let Some(url) = cairn_postgres::testing::test_url() else {
+        return;
+    };
+    let (code, json, out) = bench(&[
+        "--db",
+        &url,
+        "--scenario",
+        "throughput",
+        "--scenario",
+        "await",
+        "--n",
+        "100",
+        "--samples",
+        "5",
+        "--runs",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let backend = &json["backends"][0];
+    assert_eq!(backend["status"], "ok", "{backend}");
+    let limit = backend["limit"]["rate_per_s"].as_f64().expect("commit rate");
+    assert!(limit > 0.0, "{backend}");
+    let s = scenario(backend, "throughput");
+    assert_eq!(s["status"], "ok", "{s}");
+    let f = figure(s, "throughput.w1");
+    assert_figure_shape(f, 1);
+    let fraction = f["fraction"].as_f64().expect("fraction");
+    let value = f["median"].as_f64().expect("median");
+    assert!((fraction - value / limit).abs() < 1e-6 * fraction.max(1.0), "{f}");
+    let a = scenario(backend, "await");
+    assert_eq!(a["status"], "ok", "{a}");
 }

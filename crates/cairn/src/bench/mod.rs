@@ -272,7 +272,27 @@ pub async fn run(args: BenchArgs, json: bool) -> ExitCode {
 }
 
 async fn run_backend(plan: &Plan, url: &str, progress: &Progress) -> BackendReport {
-    let mut report = run_backend_inner(plan, url, progress).await;
+    // A PostgreSQL URL without `schema=` gets a scratch schema, dropped afterwards,
+    // so a bench never writes into the schema a deployment uses.
+    let scratch = (crate::db::is_postgres(url) && cairn_postgres::split_schema(url).1.is_none())
+        .then(|| format!("cairn_bench_{}", std::process::id()));
+    let effective = match &scratch {
+        Some(schema) => {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{sep}schema={schema}")
+        }
+        None => url.to_string(),
+    };
+    let mut report = run_backend_inner(plan, &effective, progress).await;
+    report.url = redact_url(url);
+    if let Some(schema) = &scratch {
+        if let Err(e) = limits::postgres_drop_schema(url, schema).await {
+            progress.line(redact_in(
+                &format!("could not drop the scratch schema {schema}: {e}"),
+                url,
+            ));
+        }
+    }
     let scrub = |o: &mut Outcome| match o {
         Outcome::Ok => {}
         Outcome::Skipped(m) | Outcome::Failed(m) => *m = redact_in(m, url),

@@ -123,6 +123,13 @@ async fn measure(ctx: &Ctx<'_>, p: &Processes, r: &mut ScenarioReport) -> Result
         ctx.tag(),
         t.elapsed().as_secs_f64()
     ));
+    if ctx.kind == "postgres" {
+        // Measure the steady state a live server reaches (autovacuum has run),
+        // not a table whose statistics and dead index entries predate the fill.
+        ctx.progress
+            .step(format!("{}: scale: vacuum analyze (steady state)", ctx.tag()));
+        super::limits::postgres_settle(ctx.url).await?;
+    }
 
     let samples = plan.samples;
     let mut get50 = Figure::latency("scale.get.p50", "get, p50", 1, samples);
