@@ -172,6 +172,35 @@ fn password_of(url: &str) -> Option<String> {
     userinfo.split_once(':').map(|(_, p)| p.to_string())
 }
 
+/// Run `sql` against the server a (cairn) PostgreSQL URL names.
+async fn postgres_execute(url: &str, sql: &str) -> Result<(), String> {
+    let (base, _) = cairn_postgres::split_schema(url);
+    let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("cannot connect to `{}`: {e}", redact_url(url)))?;
+    let task = tokio::spawn(connection);
+    let result = client.batch_execute(sql).await.map_err(|e| e.to_string());
+    drop(client);
+    let _ = task.await;
+    result
+}
+
+/// Bring the scale scenario's tables to a steady state: the vacuum and analyze
+/// that autovacuum runs on a live server, which a just-filled table has not had yet.
+pub async fn postgres_settle(url: &str) -> Result<(), String> {
+    let schema = cairn_postgres::split_schema(url).1.unwrap_or_else(|| "cairn".into());
+    postgres_execute(
+        url,
+        &format!("VACUUM (ANALYZE) \"{schema}\".processes; VACUUM (ANALYZE) \"{schema}\".grants"),
+    )
+    .await
+}
+
+/// Drop a scratch schema the bench created.
+pub async fn postgres_drop_schema(url: &str, schema: &str) -> Result<(), String> {
+    postgres_execute(url, &format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,33 +253,4 @@ mod tests {
             Err(e) => panic!("{e}"),
         }
     }
-}
-
-/// Run `sql` against the server a (cairn) PostgreSQL URL names.
-async fn postgres_execute(url: &str, sql: &str) -> Result<(), String> {
-    let (base, _) = cairn_postgres::split_schema(url);
-    let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| format!("cannot connect to `{}`: {e}", redact_url(url)))?;
-    let task = tokio::spawn(connection);
-    let result = client.batch_execute(sql).await.map_err(|e| e.to_string());
-    drop(client);
-    let _ = task.await;
-    result
-}
-
-/// Bring the scale scenario's tables to a steady state: the vacuum and analyze
-/// that autovacuum runs on a live server, which a just-filled table has not had yet.
-pub async fn postgres_settle(url: &str) -> Result<(), String> {
-    let schema = cairn_postgres::split_schema(url).1.unwrap_or_else(|| "cairn".into());
-    postgres_execute(
-        url,
-        &format!("VACUUM (ANALYZE) \"{schema}\".processes; VACUUM (ANALYZE) \"{schema}\".grants"),
-    )
-    .await
-}
-
-/// Drop a scratch schema the bench created.
-pub async fn postgres_drop_schema(url: &str, schema: &str) -> Result<(), String> {
-    postgres_execute(url, &format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await
 }
