@@ -189,11 +189,13 @@ async fn postgres_execute(url: &str, sql: &str) -> Result<(), String> {
 /// that autovacuum runs on a live server, which a just-filled table has not had yet.
 pub async fn postgres_settle(url: &str) -> Result<(), String> {
     let schema = cairn_postgres::split_schema(url).1.unwrap_or_else(|| "cairn".into());
-    postgres_execute(
-        url,
-        &format!("VACUUM (ANALYZE) \"{schema}\".processes; VACUUM (ANALYZE) \"{schema}\".grants"),
-    )
-    .await
+    // One statement per call: VACUUM cannot run inside a multi-statement block.
+    for table in ["processes", "grants"] {
+        postgres_execute(url, &format!("VACUUM (ANALYZE) \"{schema}\".{table}"))
+            .await
+            .map_err(|e| format!("vacuum {table}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Drop a scratch schema the bench created.
