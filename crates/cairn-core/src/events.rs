@@ -1,6 +1,8 @@
 //! Event types, semantics, selectors and the event log entry (SPEC §3).
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -45,6 +47,138 @@ impl EventType {
     pub fn with_semantics(mut self, semantics: SemanticsSpec) -> Self {
         self.semantics = semantics;
         self
+    }
+}
+
+/// The full list of a process's declared event types (the core types included),
+/// shared: a clone is a reference count, never a copy of the schemas.
+///
+/// On the wire it is a plain JSON array of [`EventType`]. Every process that
+/// declares no types of its own shares one list ([`EventTypes::core`]), and a
+/// decoded list equal to it becomes that shared list again.
+#[derive(Clone)]
+pub struct EventTypes(Arc<TypeList>);
+
+struct TypeList {
+    types: Vec<EventType>,
+    key: OnceLock<String>,
+}
+
+static CORE_TYPES: LazyLock<EventTypes> = LazyLock::new(|| EventTypes::new_unshared(core_event_types()));
+
+impl EventTypes {
+    /// The core types alone: what a process that declares no types has.
+    pub fn core() -> Self {
+        CORE_TYPES.clone()
+    }
+
+    /// Share `types`; a list equal to the core list becomes the shared core list.
+    pub fn new(types: Vec<EventType>) -> Self {
+        let core = &*CORE_TYPES;
+        if types.len() == core.len() && types[..] == core[..] {
+            return core.clone();
+        }
+        Self::new_unshared(types)
+    }
+
+    fn new_unshared(types: Vec<EventType>) -> Self {
+        Self(Arc::new(TypeList {
+            types,
+            key: OnceLock::new(),
+        }))
+    }
+
+    /// The type named `name`, if declared.
+    pub fn find(&self, name: &str) -> Option<&EventType> {
+        self.0.types.iter().find(|t| t.name == name)
+    }
+
+    /// A stable content address of the list (`types:sha256:{hex}` of its
+    /// canonical JSON, in list order), computed once per shared list. Stores
+    /// that keep type lists apart from records key them by it.
+    pub fn key(&self) -> &str {
+        self.0.key.get_or_init(|| {
+            let json = crate::validate::canonical_json(&self.0.types).expect("event types serialize");
+            format!("types:sha256:{}", crate::validate::sha256_hex(json.as_bytes()))
+        })
+    }
+
+    /// Whether both are the same shared list (not only equal).
+    pub fn ptr_eq(a: &Self, b: &Self) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
+    }
+
+    /// A copy of the list (to build another from it).
+    pub fn to_vec(&self) -> Vec<EventType> {
+        self.0.types.clone()
+    }
+}
+
+impl Default for EventTypes {
+    /// The core types alone.
+    fn default() -> Self {
+        Self::core()
+    }
+}
+
+impl Deref for EventTypes {
+    type Target = [EventType];
+    fn deref(&self) -> &[EventType] {
+        &self.0.types
+    }
+}
+
+impl PartialEq for EventTypes {
+    fn eq(&self, other: &Self) -> bool {
+        Self::ptr_eq(self, other) || self.0.types == other.0.types
+    }
+}
+
+impl std::fmt::Debug for EventTypes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.types.iter()).finish()
+    }
+}
+
+impl From<Vec<EventType>> for EventTypes {
+    fn from(types: Vec<EventType>) -> Self {
+        Self::new(types)
+    }
+}
+
+impl Serialize for EventTypes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        if OMIT_TYPES.with(std::cell::Cell::get) {
+            return Vec::<EventType>::new().serialize(s);
+        }
+        self.0.types.serialize(s)
+    }
+}
+
+thread_local! {
+    static OMIT_TYPES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Serialize `value` as JSON with every [`EventTypes`] in it written as `[]`.
+///
+/// For stores that keep type lists apart from records, keyed by
+/// [`EventTypes::key`]: the stored record stays small and a load attaches the
+/// shared list again.
+pub fn to_json_without_types<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            OMIT_TYPES.with(|f| f.set(false));
+        }
+    }
+    OMIT_TYPES.with(|f| f.set(true));
+    let _reset = Reset;
+    serde_json::to_string(value)
+}
+
+impl<'de> Deserialize<'de> for EventTypes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Vec::<EventType>::deserialize(d).map(Self::new)
     }
 }
 
@@ -397,4 +531,51 @@ pub fn signal_event_type(name: &str) -> Result<String> {
 /// The replay key a signal id maps to.
 pub fn signal_replay_key(name: &str, signal_id: &str) -> String {
     format!("signal:{name}:{signal_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_types_are_a_plain_array_on_the_wire_and_share_the_core_list() {
+        let core = EventTypes::core();
+        let json = serde_json::to_value(&core).unwrap();
+        assert_eq!(json, serde_json::to_value(core_event_types()).unwrap());
+        // A decoded core list is the shared one again; a longer list is its own.
+        let back: EventTypes = serde_json::from_value(json).unwrap();
+        assert!(EventTypes::ptr_eq(&back, &core));
+        let mut more = core_event_types();
+        more.push(EventType::plain("note"));
+        let more = EventTypes::new(more);
+        assert!(!EventTypes::ptr_eq(&more, &core));
+        assert_ne!(more, core);
+        assert_eq!(more.find("note").map(|t| t.name.as_str()), Some("note"));
+        assert!(core.find("note").is_none());
+    }
+
+    #[test]
+    fn types_can_be_left_out_of_a_serialization_only_on_request() {
+        let value = serde_json::json!({"a": 1});
+        let mut more = core_event_types();
+        more.push(EventType::plain("note"));
+        let pair = (EventTypes::new(more), value);
+        let without: serde_json::Value = serde_json::from_str(&to_json_without_types(&pair).unwrap()).unwrap();
+        assert_eq!(without, serde_json::json!([[], {"a": 1}]));
+        // The next serialization writes the list again.
+        let with = serde_json::to_value(&pair).unwrap();
+        assert_eq!(with[0].as_array().map(Vec::len), Some(core_event_types().len() + 1));
+    }
+
+    #[test]
+    fn the_key_is_a_content_address_of_the_list() {
+        let a = EventTypes::new_unshared(core_event_types());
+        let b = EventTypes::core();
+        assert!(!EventTypes::ptr_eq(&a, &b));
+        assert_eq!(a.key(), b.key());
+        assert!(b.key().starts_with("types:sha256:"));
+        let mut more = core_event_types();
+        more.push(EventType::plain("note"));
+        assert_ne!(EventTypes::new(more).key(), b.key());
+    }
 }

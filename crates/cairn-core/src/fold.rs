@@ -6,6 +6,8 @@
 //! here, so all backends agree by construction and the conformance suite checks
 //! they persist what this module computes.
 
+use std::borrow::Cow;
+
 use serde_json::{json, Value};
 
 use crate::events::{
@@ -164,13 +166,13 @@ pub fn check_fold<'a>(
 }
 
 /// Look up a declared type; `signal.{name}` is implicitly declared for every valid name.
-pub fn declared_type(record: &ProcessRecord, name: &str) -> Result<EventType> {
-    if let Some(t) = record.event_types.iter().find(|t| t.name == name) {
-        return Ok(t.clone());
+pub fn declared_type<'r>(record: &'r ProcessRecord, name: &str) -> Result<Cow<'r, EventType>> {
+    if let Some(t) = record.event_types.find(name) {
+        return Ok(Cow::Borrowed(t));
     }
     if let Some(signal) = name.strip_prefix(SIGNAL_PREFIX) {
         events::validate_signal_name(signal)?;
-        return Ok(EventType::plain(name));
+        return Ok(Cow::Owned(EventType::plain(name)));
     }
     Err(CairnError::UndeclaredEventType {
         process_id: record.id.clone(),

@@ -27,7 +27,9 @@ pub use async_trait::async_trait;
 pub use awaiter::{Awaiter, Backoff};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::{CairnError, Result};
-pub use events::{AppendRequest, AppendResult, EventPage, EventType, ProcessEvent, Selector, SemanticsSpec};
+pub use events::{
+    AppendRequest, AppendResult, EventPage, EventType, EventTypes, ProcessEvent, Selector, SemanticsSpec,
+};
 pub use memory::MemoryRegistry;
 pub use model::*;
 pub use processes::{Processes, RuntimeBuilder, StartRequest};

@@ -597,6 +597,22 @@ impl ProcessRegistry for MemoryRegistry {
             .collect())
     }
 
+    async fn abandon_worklist(&self, limit: usize) -> Result<Vec<String>> {
+        let now = self.now();
+        let st = self.state.lock();
+        Ok(st
+            .candidates
+            .iter()
+            .filter(|id| {
+                st.entries.get(*id).is_some_and(|e| {
+                    fold::is_abandon_candidate(&e.record) && e.lease.as_ref().is_none_or(|l| l.expires_at_ms <= now)
+                })
+            })
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
     async fn request_abandon(&self, id: &str, requested_by: &str, reason: &str) -> Result<ProcessRecord> {
         validate_id("process id", id)?;
         validate_id("requested_by", requested_by)?;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::events::EventType;
+use crate::events::{EventType, EventTypes};
 
 /// A process id: chosen by the caller, the idempotency key of its start.
 pub type ProcessId = String;
@@ -598,8 +598,9 @@ pub struct ProcessRecord {
     pub input: ProcessInput,
     pub provenance: Provenance,
     pub wake_target: Option<SessionScope>,
-    /// Every declared type, the core types included.
-    pub event_types: Vec<EventType>,
+    /// Every declared type, the core types included (shared; a clone is cheap).
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<EventType>))]
+    pub event_types: EventTypes,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub env_ref: Option<EnvRef>,

@@ -141,6 +141,20 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// Backends answer from an index of such rows, never a scan of every running row.
     async fn worklist(&self, limit: usize) -> Result<Vec<WorkItem>>;
 
+    /// The worklist's `reconcile_abandon` items alone: at most `limit` ids with a
+    /// pending abandon request whose lease is free or expired. A worker's driver
+    /// asks this on every drive, so backends with an index of such rows answer
+    /// from it; the default filters the first worklist page.
+    async fn abandon_worklist(&self, limit: usize) -> Result<Vec<String>> {
+        Ok(self
+            .worklist(limit)
+            .await?
+            .into_iter()
+            .filter(|item| item.action == crate::model::WorkAction::ReconcileAbandon)
+            .map(|item| item.process_id)
+            .collect())
+    }
+
     /// Record an abandon request as a `process.abandon_requested` event (first
     /// request wins; repeats return the record unchanged). Terminal: `process_terminal`.
     async fn request_abandon(&self, id: &str, requested_by: &str, reason: &str) -> Result<ProcessRecord>;

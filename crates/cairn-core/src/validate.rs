@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::events::{core_event_types, is_core_event_type, validate_signal_name, EventType, SIGNAL_PREFIX};
+use crate::events::{core_event_types, is_core_event_type, validate_signal_name, EventType, EventTypes, SIGNAL_PREFIX};
 use crate::model::{EnvRef, EnvSpec, Registration, SessionScope};
 use crate::{CairnError, Result};
 
@@ -82,7 +82,7 @@ pub fn validate_event_type_name(name: &str) -> Result<()> {
 
 /// Validate a registration completely. On success the record's full type list
 /// (core types first, then the producer's) is returned.
-pub fn validate_registration(reg: &Registration) -> Result<Vec<EventType>> {
+pub fn validate_registration(reg: &Registration) -> Result<EventTypes> {
     validate_id("process id", &reg.id)?;
     check_size("process input", &reg.input)?;
     match &reg.input {
@@ -142,9 +142,12 @@ pub fn validate_registration(reg: &Registration) -> Result<Vec<EventType>> {
         compiled_schema(&t.name, &t.payload_schema)?;
         validate_semantics(t)?;
     }
+    if reg.event_types.is_empty() {
+        return Ok(EventTypes::core());
+    }
     let mut all = core_event_types();
     all.extend(reg.event_types.iter().cloned());
-    Ok(all)
+    Ok(EventTypes::new(all))
 }
 
 fn validate_semantics(t: &EventType) -> Result<()> {

@@ -288,6 +288,10 @@ impl ProcessRegistry for WatchedRegistry {
         self.inner.worklist(limit).await
     }
 
+    async fn abandon_worklist(&self, limit: usize) -> Result<Vec<String>> {
+        self.inner.abandon_worklist(limit).await
+    }
+
     async fn request_abandon(&self, id: &str, requested_by: &str, reason: &str) -> Result<ProcessRecord> {
         let before = self.sequence_if_sinking(id).await;
         let r = self.inner.request_abandon(id, requested_by, reason).await?;

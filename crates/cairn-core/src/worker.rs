@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 
 use crate::awaiter::Awaiter;
 use crate::clock::SharedClock;
-use crate::model::{AbandonEvidence, AbandonWriter, Claim, Disposition, Outcome, ProcessInput, WorkAction};
+use crate::model::{AbandonEvidence, AbandonWriter, Claim, Disposition, Outcome, ProcessInput};
 use crate::registry::ProcessRegistry;
 use crate::tool::{StopReason, ToolContext, ToolRegistry};
 use crate::watch::ChangeHub;
@@ -53,6 +53,10 @@ impl Default for WorkerConfig {
         }
     }
 }
+
+/// How long a run's guard trusts the record its claim carried before reading it
+/// once (see `guard_run`).
+const FIRST_CHECK: Duration = Duration::from_millis(100);
 
 /// Claims and runs processes. Share it as `Arc<Worker>`.
 pub struct Worker {
@@ -112,11 +116,9 @@ impl Worker {
         if self.draining.load(Ordering::SeqCst) {
             return Ok(0);
         }
-        for item in self.registry.worklist(self.config.batch_size).await? {
-            if item.action == WorkAction::ReconcileAbandon {
-                if let Err(e) = self.registry.reconcile_abandon(&item.process_id).await {
-                    tracing::warn!(process_id = %item.process_id, error = %e, "abandon reconciliation failed");
-                }
+        for id in self.registry.abandon_worklist(self.config.batch_size).await? {
+            if let Err(e) = self.registry.reconcile_abandon(&id).await {
+                tracing::warn!(process_id = %id, error = %e, "abandon reconciliation failed");
             }
         }
         let mut started = 0;
@@ -305,6 +307,18 @@ impl Worker {
         let every = (ttl / 3).max(Duration::from_millis(10));
         let mut changes = self.hub.as_ref().map(|h| h.subscribe(&id));
         let mut next_renew = tokio::time::Instant::now() + every;
+        // The claim carried the record as it was when claimed (a cancel before
+        // the claim is handled by `run_claim`), and every later change reaches
+        // the hub subscription, except one committed between the claim and the
+        // subscription. So with a hub the first read waits for a change or
+        // FIRST_CHECK, whichever comes first: a run that ends at once never
+        // reads its record, and that narrow window still ends in a read.
+        if let Some(rx) = changes.as_mut() {
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { changes = None; },
+                _ = tokio::time::sleep(FIRST_CHECK) => {}
+            }
+        }
         loop {
             match self.registry.get(&id).await {
                 Ok(r) => {

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Config;
 
 use crate::conn::{describe, is_transient, open_retrying, Conn};
-use crate::uow::{run_batch, BatchError, Op, Out};
+use crate::uow::{run_batch, BatchError, Op, Out, Target};
 
 /// How many times a batch is run again after a transient fault.
 const RETRIES: u32 = 5;
@@ -30,7 +30,7 @@ struct Job {
 pub(crate) struct LaneConfig {
     pub config: Config,
     pub schema: String,
-    pub channel: String,
+    pub target: Target,
     pub clock: SharedClock,
     pub max_batch: usize,
 }
@@ -110,7 +110,7 @@ async fn execute(shared: &LaneConfig, index: usize, conn: &mut Option<Conn>, ops
         }
         let Some(c) = conn.as_ref() else { continue };
         let now = shared.clock.now_ms();
-        match run_batch(c, ops, now, &shared.channel).await {
+        match run_batch(c, ops, now, &shared.target).await {
             Ok(outs) => return outs,
             Err(BatchError::Ambiguous(e)) => {
                 tracing::warn!(lane = index, error = %describe(&e), "connection lost during COMMIT");

@@ -241,7 +241,10 @@ impl PostgresRegistry {
             Arc::new(LaneConfig {
                 config: config.clone(),
                 schema: schema.clone(),
-                channel: channel.clone(),
+                target: uow::Target {
+                    channel: channel.clone(),
+                    stored_types: Default::default(),
+                },
                 clock: options.clock.clone(),
                 max_batch: options.max_batch.max(1),
             }),
@@ -578,6 +581,13 @@ impl ProcessRegistry for PostgresRegistry {
             Out::Record(r) => Ok(r),
             other => Err(unexpected("complete", other)),
         }
+    }
+
+    async fn abandon_worklist(&self, limit: usize) -> Result<Vec<String>> {
+        let now = self.clock.now_ms();
+        self.shared
+            .run(|c| async move { read::abandon_worklist(&c, now, limit).await })
+            .await
     }
 
     async fn worklist(&self, limit: usize) -> Result<Vec<WorkItem>> {

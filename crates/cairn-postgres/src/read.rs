@@ -14,7 +14,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::GenericClient;
 
 use crate::conn::Conn;
-use crate::rows::{entry_from_row, from_sql, status_label, to_sql, to_sql_usize, tombstone_from_row, ENTRY_COLUMNS};
+use crate::rows::{entries_from_rows, from_sql, status_label, to_sql, to_sql_usize, tombstone_from_row, ENTRY_COLUMNS};
 use crate::Fault;
 
 pub(crate) type R<T> = std::result::Result<T, Fault>;
@@ -41,7 +41,10 @@ pub(crate) async fn get(conn: &Conn, id: &str) -> R<ProcessRecord> {
     let sql = format!("SELECT {ENTRY_COLUMNS} FROM processes p WHERE p.id = $1::text");
     let stmt = conn.stmt(&sql).await?;
     match conn.client.query_opt(&stmt, &[&id]).await? {
-        Some(row) => Ok(entry_from_row(&row, 0)?.record),
+        Some(row) => {
+            let mut entries = entries_from_rows(conn, std::slice::from_ref(&row), 0).await?;
+            Ok(entries.swap_remove(0).record)
+        }
         None => Err(missing(conn, id).await?.into()),
     }
 }
@@ -92,12 +95,8 @@ pub(crate) fn list_query(filter: &ProcessFilter, limit: usize) -> (String, Vec<P
 async fn records(conn: &Conn, sql: &str, args: &[Param], at: usize) -> R<Vec<(tokio_postgres::Row, ProcessRecord)>> {
     let stmt = conn.stmt(sql).await?;
     let rows = conn.client.query(&stmt, &params(args)).await?;
-    rows.into_iter()
-        .map(|row| {
-            let record = entry_from_row(&row, at)?.record;
-            Ok((row, record))
-        })
-        .collect()
+    let entries = entries_from_rows(conn, &rows, at).await?;
+    Ok(rows.into_iter().zip(entries.into_iter().map(|e| e.record)).collect())
 }
 
 pub(crate) async fn list(conn: &Conn, filter: &ProcessFilter, limit: usize) -> R<Vec<ProcessRecord>> {
@@ -210,10 +209,25 @@ pub(crate) async fn ack_wake(conn: &Conn, session_id: &str, wake_id: &str) -> R<
     }
 }
 
-/// Worklist rows at `now`: (id, is an abandon candidate), from the worklist index.
-pub(crate) const WORKLIST_SQL: &str = "SELECT id, abandon_candidate FROM processes \
-    WHERE (run_candidate OR abandon_candidate) AND claimable_at_ms <= $1::int8 \
-    ORDER BY claimable_at_ms, id LIMIT $2::int8";
+/// Worklist rows at `now`: (id, is an abandon candidate), merged from the
+/// claimable index and the abandon index (a row is never in both).
+pub(crate) const WORKLIST_SQL: &str = "SELECT id, abandon FROM (\
+    (SELECT id, false AS abandon, claimable_at_ms FROM processes \
+     WHERE run_candidate AND claimable_at_ms <= $1::int8 ORDER BY claimable_at_ms, id LIMIT $2::int8) \
+    UNION ALL \
+    (SELECT id, true AS abandon, claimable_at_ms FROM processes \
+     WHERE abandon_candidate AND claimable_at_ms <= $1::int8 ORDER BY claimable_at_ms, id LIMIT $2::int8)\
+    ) w ORDER BY claimable_at_ms, id LIMIT $2::int8";
+
+/// Lapsed abandon requests at `now`, from the abandon index alone.
+pub(crate) const ABANDON_WORKLIST_SQL: &str = "SELECT id FROM processes \
+    WHERE abandon_candidate AND claimable_at_ms <= $1::int8 ORDER BY claimable_at_ms, id LIMIT $2::int8";
+
+pub(crate) async fn abandon_worklist(conn: &Conn, now: u64, limit: usize) -> R<Vec<String>> {
+    let stmt = conn.stmt(ABANDON_WORKLIST_SQL).await?;
+    let rows = conn.client.query(&stmt, &[&to_sql(now), &to_sql_usize(limit)]).await?;
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+}
 
 pub(crate) async fn worklist(conn: &Conn, now: u64, limit: usize) -> R<Vec<(String, bool)>> {
     let stmt = conn.stmt(WORKLIST_SQL).await?;
@@ -246,7 +260,7 @@ pub(crate) async fn changed_since(conn: &Conn, cursor: u64, limit: usize) -> R<V
             Some(r) => r.try_get(0)?,
             None => conn.client.query_one(horizon_only, &[]).await?.try_get(0)?,
         };
-        let mut out = Vec::with_capacity(rows.len());
+        let mut cursors = Vec::with_capacity(rows.len());
         let mut held = false;
         for row in &rows {
             let c: i64 = row.try_get(1)?;
@@ -254,10 +268,11 @@ pub(crate) async fn changed_since(conn: &Conn, cursor: u64, limit: usize) -> R<V
                 held = true;
                 break;
             }
-            out.push((from_sql(c), entry_from_row(row, 2)?.record));
+            cursors.push(from_sql(c));
         }
         if !held || waited >= Duration::from_millis(500) {
-            return Ok(out);
+            let entries = entries_from_rows(conn, &rows[..cursors.len()], 2).await?;
+            return Ok(cursors.into_iter().zip(entries.into_iter().map(|e| e.record)).collect());
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
         waited += Duration::from_millis(2);

@@ -1,11 +1,17 @@
 //! Row shapes shared by the batched writes and the reads: a process row and the
 //! indexed columns derived from a record.
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use cairn_core::events::{to_json_without_types, EventType, EventTypes};
 use cairn_core::fold;
 use cairn_core::model::{Lease, Originator, ProcessRecord, ProcessStatus, StatusFilter, Tombstone};
 use cairn_core::CairnError;
+use parking_lot::RwLock;
 use tokio_postgres::Row;
 
+use crate::conn::Conn;
 use crate::Fault;
 
 /// PostgreSQL integers are signed: store `u64` times and counters saturated at
@@ -54,12 +60,87 @@ impl Entry {
     }
 }
 
-/// The columns [`entry_from_row`] reads, in order, prefixed with the `p` alias.
-pub(crate) const ENTRY_COLUMNS: &str = "p.record, p.lease_owner, p.lease_token, p.lease_fencing, \
-                                        p.lease_claimed_at_ms, p.lease_expires_at_ms, p.fencing_counter";
+/// Type lists this OS process has read or written, by [`EventTypes::key`]. They
+/// are content-addressed, so one cache serves every registry and schema.
+static TYPE_LISTS: LazyLock<RwLock<HashMap<String, EventTypes>>> = LazyLock::new(Default::default);
 
-/// Decode the [`ENTRY_COLUMNS`] starting at column `at`.
-pub(crate) fn entry_from_row(row: &Row, at: usize) -> Result<Entry, Fault> {
+/// Most type lists cached; past it the cache starts again (lists are re-read on demand).
+const TYPE_LISTS_MAX: usize = 4096;
+
+fn cached_types(key: &str) -> Option<EventTypes> {
+    TYPE_LISTS.read().get(key).cloned()
+}
+
+/// Remember a list this process wrote or read.
+pub(crate) fn remember_types(list: &EventTypes) {
+    let key = list.key();
+    if TYPE_LISTS.read().contains_key(key) {
+        return;
+    }
+    let mut cache = TYPE_LISTS.write();
+    if cache.len() >= TYPE_LISTS_MAX {
+        cache.clear();
+    }
+    cache.insert(key.to_string(), list.clone());
+}
+
+/// Empty the type-list cache (tests of the read-through path).
+pub(crate) fn forget_type_lists() {
+    TYPE_LISTS.write().clear();
+}
+
+const LOAD_TYPE_LISTS: &str = "SELECT key, types FROM type_lists WHERE key = ANY($1::text[])";
+
+/// The columns [`entries_from_rows`] reads, in order, prefixed with the `p` alias.
+pub(crate) const ENTRY_COLUMNS: &str = "p.record, p.lease_owner, p.lease_token, p.lease_fencing, \
+                                        p.lease_claimed_at_ms, p.lease_expires_at_ms, p.fencing_counter, p.types_key";
+
+/// Decode the [`ENTRY_COLUMNS`] of `rows` starting at column `at`. A record
+/// names its type list by key (written since schema v3) or carries it inline
+/// (older rows); lists not yet cached are read in one query on `conn`.
+pub(crate) async fn entries_from_rows(conn: &Conn, rows: &[Row], at: usize) -> Result<Vec<Entry>, Fault> {
+    let mut entries = Vec::with_capacity(rows.len());
+    let mut missing: Vec<(usize, String)> = Vec::new();
+    for row in rows {
+        let (entry, key) = entry_from_row(row, at)?;
+        if let Some(key) = key {
+            missing.push((entries.len(), key));
+        }
+        entries.push(entry);
+    }
+    if missing.is_empty() {
+        return Ok(entries);
+    }
+    let mut keys: Vec<&str> = missing.iter().map(|(_, k)| k.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let stmt = conn.stmt(LOAD_TYPE_LISTS).await?;
+    let mut found: HashMap<String, EventTypes> = HashMap::new();
+    for row in conn.client.query(&stmt, &[&keys]).await? {
+        let key: String = row.try_get(0)?;
+        let json: &str = row.try_get(1)?;
+        let list = EventTypes::new(serde_json::from_str::<Vec<EventType>>(json)?);
+        if list.key() != key {
+            return Err(CairnError::storage(format!("type list `{key}` does not match its content address")).into());
+        }
+        remember_types(&list);
+        found.insert(key, list);
+    }
+    for (i, key) in missing {
+        let list = found.get(&key).ok_or_else(|| {
+            CairnError::storage(format!(
+                "process `{}` names type list `{key}`, which is not stored",
+                entries[i].record.id
+            ))
+        })?;
+        entries[i].record.event_types = list.clone();
+    }
+    Ok(entries)
+}
+
+/// Decode one row's [`ENTRY_COLUMNS`] starting at column `at`; also answers the
+/// key of a type list the cache does not hold (the record's list is then empty).
+fn entry_from_row(row: &Row, at: usize) -> Result<(Entry, Option<String>), Fault> {
     let json: &str = row.try_get(at)?;
     let owner: Option<String> = row.try_get(at + 1)?;
     let token: Option<String> = row.try_get(at + 2)?;
@@ -67,7 +148,19 @@ pub(crate) fn entry_from_row(row: &Row, at: usize) -> Result<Entry, Fault> {
     let claimed: Option<i64> = row.try_get(at + 4)?;
     let expires: Option<i64> = row.try_get(at + 5)?;
     let fencing: i64 = row.try_get(at + 6)?;
-    let record: ProcessRecord = serde_json::from_str(json)?;
+    let types_key: Option<&str> = row.try_get(at + 7)?;
+    let mut record: ProcessRecord = serde_json::from_str(json)?;
+    let mut missing = None;
+    match types_key {
+        Some(key) => match cached_types(key) {
+            Some(list) => record.event_types = list,
+            None => missing = Some(key.to_string()),
+        },
+        None if record.event_types.is_empty() => {
+            return Err(CairnError::storage(format!("process `{}` has no event types stored", record.id)).into());
+        }
+        None => {}
+    }
     let lease = match (owner, token, fencing_token, claimed, expires) {
         (Some(owner_id), Some(lease_token), Some(f), Some(c), Some(x)) => Some(Lease {
             process_id: record.id.clone(),
@@ -85,7 +178,7 @@ pub(crate) fn entry_from_row(row: &Row, at: usize) -> Result<Entry, Fault> {
         fencing: from_sql(fencing),
     };
     entry.normalise();
-    Ok(entry)
+    Ok((entry, missing))
 }
 
 /// A tombstone row: `id, status, terminal_at_ms, pruned_at_ms`.
@@ -102,9 +195,11 @@ pub(crate) fn tombstone_from_row(row: &Row) -> Result<Tombstone, Fault> {
     })
 }
 
-/// The indexed columns derived from a record, and its stored JSON (without lease).
+/// The indexed columns derived from a record, and its stored JSON (its type
+/// list stored apart, named by `types_key`).
 pub(crate) struct Derived {
     pub json: String,
+    pub types_key: String,
     pub status: &'static str,
     pub disposition: &'static str,
     pub definition: String,
@@ -123,7 +218,8 @@ pub(crate) struct Derived {
 /// record as it is saves cloning it.
 pub(crate) fn derive(record: &ProcessRecord) -> Result<Derived, Fault> {
     Ok(Derived {
-        json: serde_json::to_string(record)?,
+        json: to_json_without_types(record)?,
+        types_key: record.event_types.key().to_string(),
         status: record.status.label(),
         disposition: record.disposition.label(),
         definition: record.input.definition(),

@@ -14,7 +14,7 @@ const APPLICATION_NAME: &str = "cairn";
 /// Migration `i` takes a schema from version `i` to `i + 1`. Never edit a
 /// released entry: append a new one. Each runs inside the migrating transaction
 /// with `search_path` set to cairn's schema.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 // Ids are `COLLATE "C"`: listings page in byte order whatever the database's
 // default collation, as every other backend does.
@@ -116,6 +116,23 @@ ALTER TABLE processes SET (autovacuum_vacuum_scale_factor = 0.01, autovacuum_ana
 ALTER TABLE events SET (autovacuum_analyze_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.05);
 ALTER TABLE grants SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
 ALTER TABLE wakes SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
+"#;
+
+// Declared type lists live apart from the rows that share them, keyed by their
+// content address (EventTypes::key): a process row stays narrow and a node
+// decodes each list once. Rows written from v3 on store `event_types` as [] in
+// `record` and name their list in `types_key`; a NULL key (rows v1 and v2
+// wrote) means the list is in `record`. Type lists are never deleted.
+// Abandon requests get their own small index, so a driver's per-drive check
+// reads only them; the worklist is the union of it and the claimable index.
+const V3: &str = r#"
+CREATE TABLE type_lists (
+    key   text COLLATE "C" PRIMARY KEY,
+    types text NOT NULL
+);
+ALTER TABLE processes ADD COLUMN types_key text;
+DROP INDEX processes_worklist;
+CREATE INDEX processes_abandon ON processes (claimable_at_ms, id) WHERE abandon_candidate;
 "#;
 
 /// Check a schema name: a plain lower-case SQL identifier, so it never needs

@@ -39,6 +39,31 @@ pub fn enabled() -> bool {
     test_url().is_some()
 }
 
+/// Forget the type lists this OS process has cached, so the next read of a
+/// record fetches its list from the server (tests of that path).
+pub fn forget_type_lists() {
+    crate::rows::forget_type_lists();
+}
+
+/// The hot indexed queries, each with the index its plan must use:
+/// `(name, SQL taking $1 = now and $2 = limit as int8, index)`.
+pub fn indexed_queries() -> Vec<(&'static str, &'static str, &'static str)> {
+    vec![
+        ("claim candidates", crate::uow::LOAD_CANDIDATES, "processes_claimable"),
+        (
+            "abandon worklist",
+            crate::read::ABANDON_WORKLIST_SQL,
+            "processes_abandon",
+        ),
+        ("worklist (run half)", crate::read::WORKLIST_SQL, "processes_claimable"),
+        (
+            "worklist (abandon half)",
+            crate::read::WORKLIST_SQL,
+            "processes_abandon",
+        ),
+    ]
+}
+
 /// A uniquely named schema, dropped (with everything in it) when this is dropped.
 pub struct TestSchema {
     /// The server URL.

@@ -17,9 +17,9 @@
 //! Because every rule lives in fold and nothing is written before step 3, a
 //! batch that meets a transient fault is simply run again from step 1.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use cairn_core::events::{self, AppendRequest, AppendResult, ProcessEvent};
+use cairn_core::events::{self, AppendRequest, AppendResult, EventTypes, ProcessEvent};
 use cairn_core::fold::{self, Authority};
 use cairn_core::model::{Claim, Grant, Lease, Outcome, ProcessRecord, Tombstone, WakeDelivery};
 use cairn_core::registry::{CancelAnswer, Registered};
@@ -29,7 +29,7 @@ use serde_json::json;
 use tokio_postgres::types::ToSql;
 
 use crate::conn::Conn;
-use crate::rows::{derive, entry_from_row, expiry, to_sql, tombstone_from_row, Entry};
+use crate::rows::{derive, entries_from_rows, expiry, remember_types, to_sql, tombstone_from_row, Entry};
 use crate::Fault;
 
 /// One registry write, as queued to a lane.
@@ -174,7 +174,7 @@ pub(crate) struct Uow {
 }
 
 const LOAD_ROWS: &str = "SELECT p.id, p.record, p.lease_owner, p.lease_token, p.lease_fencing, \
-    p.lease_claimed_at_ms, p.lease_expires_at_ms, p.fencing_counter \
+    p.lease_claimed_at_ms, p.lease_expires_at_ms, p.fencing_counter, p.types_key \
     FROM processes p WHERE p.id = ANY($1::text[]) ORDER BY p.id FOR UPDATE";
 const LOAD_TOMBSTONES: &str =
     "SELECT id, status, terminal_at_ms, pruned_at_ms FROM tombstones WHERE id = ANY($1::text[])";
@@ -185,24 +185,24 @@ const LOAD_ENVS: &str = "SELECT env_ref FROM envs WHERE env_ref = ANY($1::text[]
 /// Claimable rows, from the partial claimable index, never waiting on a row
 /// another transaction holds.
 pub(crate) const LOAD_CANDIDATES: &str = "SELECT p.id, p.record, p.lease_owner, p.lease_token, p.lease_fencing, \
-    p.lease_claimed_at_ms, p.lease_expires_at_ms, p.fencing_counter \
+    p.lease_claimed_at_ms, p.lease_expires_at_ms, p.fencing_counter, p.types_key \
     FROM processes p WHERE p.run_candidate AND p.claimable_at_ms <= $1::int8 \
     ORDER BY p.claimable_at_ms, p.id LIMIT $2::int8 FOR UPDATE SKIP LOCKED";
 
 const INSERT_PROCESSES: &str = "INSERT INTO processes (id, record, status, disposition, definition, originator, \
     originator_scope, waiting, created_at_ms, terminal_at_ms, last_sequence, change_cursor, run_candidate, \
     abandon_candidate, fencing_counter, lease_owner, lease_token, lease_fencing, lease_claimed_at_ms, \
-    lease_expires_at_ms) \
+    lease_expires_at_ms, types_key) \
     SELECT u.id, u.record, u.status, u.disposition, u.definition, u.originator, u.originator_scope, u.waiting, \
     u.created_at_ms, u.terminal_at_ms, u.last_sequence, (pg_current_xact_id()::text::int8 << 20) | u.ord, \
     u.run_candidate, u.abandon_candidate, u.fencing_counter, u.lease_owner, u.lease_token, u.lease_fencing, \
-    u.lease_claimed_at_ms, u.lease_expires_at_ms \
+    u.lease_claimed_at_ms, u.lease_expires_at_ms, u.types_key \
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bool[], \
     $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::bool[], $14::bool[], $15::int8[], $16::text[], \
-    $17::text[], $18::int8[], $19::int8[], $20::int8[]) \
+    $17::text[], $18::int8[], $19::int8[], $20::int8[], $21::text[]) \
     AS u(id, record, status, disposition, definition, originator, originator_scope, waiting, created_at_ms, \
     terminal_at_ms, last_sequence, ord, run_candidate, abandon_candidate, fencing_counter, lease_owner, \
-    lease_token, lease_fencing, lease_claimed_at_ms, lease_expires_at_ms)";
+    lease_token, lease_fencing, lease_claimed_at_ms, lease_expires_at_ms, types_key)";
 
 const UPDATE_PROCESSES: &str = "UPDATE processes p SET record = u.record, status = u.status, waiting = u.waiting, \
     terminal_at_ms = u.terminal_at_ms, last_sequence = u.last_sequence, \
@@ -211,12 +211,17 @@ const UPDATE_PROCESSES: &str = "UPDATE processes p SET record = u.record, status
     run_candidate = u.run_candidate, abandon_candidate = u.abandon_candidate, \
     fencing_counter = u.fencing_counter, lease_owner = u.lease_owner, lease_token = u.lease_token, \
     lease_fencing = u.lease_fencing, lease_claimed_at_ms = u.lease_claimed_at_ms, \
-    lease_expires_at_ms = u.lease_expires_at_ms \
+    lease_expires_at_ms = u.lease_expires_at_ms, types_key = u.types_key \
     FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::int8[], $6::int8[], $7::int8[], $8::bool[], \
-    $9::bool[], $10::int8[], $11::text[], $12::text[], $13::int8[], $14::int8[], $15::int8[]) \
+    $9::bool[], $10::int8[], $11::text[], $12::text[], $13::int8[], $14::int8[], $15::int8[], $16::text[]) \
     AS u(id, record, status, waiting, terminal_at_ms, last_sequence, ord, run_candidate, abandon_candidate, \
-    fencing_counter, lease_owner, lease_token, lease_fencing, lease_claimed_at_ms, lease_expires_at_ms) \
+    fencing_counter, lease_owner, lease_token, lease_fencing, lease_claimed_at_ms, lease_expires_at_ms, types_key) \
     WHERE p.id = u.id";
+
+/// Type lists new to this schema, content-addressed: a list another batch
+/// stored first is left as it is (same key, same content).
+const INSERT_TYPE_LISTS: &str = "INSERT INTO type_lists (key, types) \
+    SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (key) DO NOTHING";
 
 const INSERT_EVENTS: &str = "INSERT INTO events (process_id, sequence, event_type, replay_key, occurred_at_ms, event) \
     SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::text[])";
@@ -642,13 +647,20 @@ pub(crate) fn notify_payloads(work: bool, touched: &HashMap<String, u64>) -> Vec
 
 type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
 
-/// Run `ops` as one transaction on `conn` at time `now`; notifications go to
-/// `channel`. Answers one result per operation, in order.
+/// Where a batch writes beyond its rows: the notification channel, and the
+/// type lists known to be stored in the schema (so each is inserted once).
+pub(crate) struct Target {
+    pub channel: String,
+    pub stored_types: parking_lot::Mutex<HashSet<String>>,
+}
+
+/// Run `ops` as one transaction on `conn` at time `now`. Answers one result per
+/// operation, in order.
 pub(crate) async fn run_batch(
     conn: &Conn,
     ops: &[Op],
     now: u64,
-    channel: &str,
+    target: &Target,
 ) -> std::result::Result<Vec<Result<Out>>, BatchError> {
     // Prepare first (cached after the first batch) so that pipelined statements
     // go out in the order they are listed, after BEGIN.
@@ -685,7 +697,7 @@ pub(crate) async fn run_batch(
         conn,
         ops,
         now,
-        channel,
+        target,
         Loads {
             rows: (&s_rows, &ids),
             tombs: &s_tombs,
@@ -717,7 +729,7 @@ async fn load_decide_write(
     conn: &Conn,
     ops: &[Op],
     now: u64,
-    channel: &str,
+    target: &Target,
     loads: Loads<'_>,
 ) -> std::result::Result<Vec<Result<Out>>, BatchError> {
     let client = &conn.client;
@@ -766,9 +778,9 @@ async fn load_decide_write(
         futures::try_join!(begin, load_rows, load_tombs, load_replays, load_envs, load_candidates)?;
 
     let mut uow = Uow::new(now);
-    for row in &rows {
+    let row_entries = entries_from_rows(conn, &rows, 1).await?;
+    for (row, entry) in rows.iter().zip(row_entries) {
         let id: String = row.try_get(0).map_err(Fault::Pg)?;
-        let entry = entry_from_row(row, 1)?;
         uow.slots.insert(
             id,
             Slot {
@@ -793,10 +805,10 @@ async fn load_decide_write(
     for row in &envs {
         uow.envs.insert(row.try_get(0).map_err(Fault::Pg)?);
     }
-    for row in &candidates {
+    let candidate_entries = entries_from_rows(conn, &candidates, 1).await?;
+    for (row, entry) in candidates.iter().zip(candidate_entries) {
         let id: String = row.try_get(0).map_err(Fault::Pg)?;
         if !uow.slots.contains_key(&id) {
-            let entry = entry_from_row(row, 1)?;
             uow.slots.insert(
                 id.clone(),
                 Slot {
@@ -814,11 +826,18 @@ async fn load_decide_write(
     let mut outs: Vec<Result<Out>> = ops.iter().map(|op| uow.run(op)).collect();
 
     // 3. Write, pipelined, then commit.
-    let inserted_wakes = write(conn, &uow, channel).await?;
+    let (inserted_wakes, new_lists) = write(conn, &uow, target).await?;
     match client.batch_execute("COMMIT").await {
         Ok(()) => {}
         Err(e) if e.is_closed() || e.as_db_error().is_none() => return Err(BatchError::Ambiguous(e)),
         Err(e) => return Err(e.into()),
+    }
+    if !new_lists.is_empty() {
+        let mut stored = target.stored_types.lock();
+        for list in new_lists {
+            remember_types(&list);
+            stored.insert(list.key().to_string());
+        }
     }
     // A wake whose id was already stored (by an earlier batch) was not delivered again.
     for out in &mut outs {
@@ -835,22 +854,29 @@ async fn load_decide_write(
     Ok(outs)
 }
 
-/// Stage every write of the batch; answers the ids of the wakes actually inserted.
-async fn write(conn: &Conn, uow: &Uow, channel: &str) -> std::result::Result<HashSet<String>, BatchError> {
+/// Stage every write of the batch; answers the ids of the wakes actually
+/// inserted and the type lists it stored (known stored once it commits).
+async fn write(
+    conn: &Conn,
+    uow: &Uow,
+    target: &Target,
+) -> std::result::Result<(HashSet<String>, Vec<EventTypes>), BatchError> {
     let client = &conn.client;
-    let (s_insert, s_update, s_events, s_wakes, s_grants, s_notify) = futures::try_join!(
+    let (s_insert, s_update, s_events, s_wakes, s_grants, s_notify, s_types) = futures::try_join!(
         conn.stmt(INSERT_PROCESSES),
         conn.stmt(UPDATE_PROCESSES),
         conn.stmt(INSERT_EVENTS),
         conn.stmt(INSERT_WAKES),
         conn.stmt(UPSERT_GRANTS),
         conn.stmt(NOTIFY),
+        conn.stmt(INSERT_TYPE_LISTS),
     )?;
 
     // Processes: new rows and changed rows, with their change-feed ordinals.
     let mut ins = ProcessColumns::default();
     let mut upd = ProcessColumns::default();
     let mut ordinal: i64 = 0;
+    let mut new_lists: BTreeMap<String, EventTypes> = BTreeMap::new();
     let mut dirty: Vec<(&String, &Slot)> = uow.slots.iter().filter(|(_, s)| s.dirty).collect();
     dirty.sort_by(|a, b| a.0.cmp(b.0));
     for (id, slot) in dirty {
@@ -861,8 +887,18 @@ async fn write(conn: &Conn, uow: &Uow, channel: &str) -> std::result::Result<Has
         } else {
             -1
         };
-        let target = if slot.stored { &mut upd } else { &mut ins };
-        target.push(id, entry, ord)?;
+        let columns = if slot.stored { &mut upd } else { &mut ins };
+        columns.push(id, entry, ord)?;
+        let list = &entry.record.event_types;
+        if !new_lists.contains_key(list.key()) && !target.stored_types.lock().contains(list.key()) {
+            new_lists.insert(list.key().to_string(), list.clone());
+        }
+    }
+    // In key order, so two batches storing the same new lists never deadlock.
+    let mut tl: [Vec<String>; 2] = Default::default();
+    for (key, list) in &new_lists {
+        tl[0].push(key.clone());
+        tl[1].push(serde_json::to_string(&**list).map_err(Fault::Json)?);
     }
 
     let mut ev = EventColumns::default();
@@ -891,7 +927,7 @@ async fn write(conn: &Conn, uow: &Uow, channel: &str) -> std::result::Result<Has
         gr[3].push(serde_json::to_string(g).map_err(Fault::Json)?);
     }
     let payloads = notify_payloads(uow.work, &uow.touched);
-    let channel = channel.to_string();
+    let channel = target.channel.clone();
 
     // Parameters must outlive the futures: collect them before the futures.
     let ins_params: Params<'_> = ins.params_insert();
@@ -906,9 +942,13 @@ async fn write(conn: &Conn, uow: &Uow, channel: &str) -> std::result::Result<Has
     ];
     let wk_params: Params<'_> = vec![&wk[0], &wk[1], &wk[2], &wk[3]];
     let gr_params: Params<'_> = vec![&gr[0], &gr[1], &gr[2], &gr[3]];
+    let tl_params: Params<'_> = vec![&tl[0], &tl[1]];
     let notify_params: Vec<[&(dyn ToSql + Sync); 2]> = payloads.iter().map(|p| [&channel as _, p as _]).collect();
     let mut statements: Vec<futures::future::BoxFuture<'_, std::result::Result<Vec<tokio_postgres::Row>, _>>> =
         Vec::new();
+    if !tl[0].is_empty() {
+        statements.push(Box::pin(client.query(&s_types, p_slice(&tl_params))));
+    }
     if !ins.id.is_empty() {
         statements.push(Box::pin(client.query(&s_insert, p_slice(&ins_params))));
     }
@@ -938,7 +978,7 @@ async fn write(conn: &Conn, uow: &Uow, channel: &str) -> std::result::Result<Has
             }
         }
     }
-    Ok(inserted)
+    Ok((inserted, new_lists.into_values().collect()))
 }
 
 fn p_slice<'a>(p: &'a Params<'a>) -> &'a [&'a (dyn ToSql + Sync)] {
@@ -978,6 +1018,7 @@ struct ProcessColumns {
     lease_fencing: Vec<Option<i64>>,
     lease_claimed: Vec<Option<i64>>,
     lease_expires: Vec<Option<i64>>,
+    types_key: Vec<String>,
 }
 
 impl ProcessColumns {
@@ -1004,6 +1045,7 @@ impl ProcessColumns {
         self.lease_fencing.push(l.map(|l| to_sql(l.fencing_token)));
         self.lease_claimed.push(l.map(|l| to_sql(l.claimed_at_ms)));
         self.lease_expires.push(l.map(|l| to_sql(l.expires_at_ms)));
+        self.types_key.push(d.types_key);
         Ok(())
     }
 
@@ -1029,6 +1071,7 @@ impl ProcessColumns {
             &self.lease_fencing,
             &self.lease_claimed,
             &self.lease_expires,
+            &self.types_key,
         ]
     }
 
@@ -1049,6 +1092,7 @@ impl ProcessColumns {
             &self.lease_fencing,
             &self.lease_claimed,
             &self.lease_expires,
+            &self.types_key,
         ]
     }
 }

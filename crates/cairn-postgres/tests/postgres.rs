@@ -306,3 +306,142 @@ async fn broken_connections_are_replaced_and_writes_go_through() {
     let record = reg.get("e").await.expect("read after reconnect");
     assert_eq!(record.last_sequence, 8);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn type_lists_are_stored_once_apart_from_the_rows_and_read_back() {
+    if !testing::enabled() {
+        return;
+    }
+    let (reg, schema) = testing::fresh(clock()).await;
+    let declared = reg
+        .register(rerunnable("declared"), None)
+        .await
+        .expect("register")
+        .process;
+    let mut bare = rerunnable("bare");
+    bare.event_types.clear();
+    let bare = reg.register(bare, None).await.expect("register").process;
+    for i in 0..5 {
+        reg.register(rerunnable(&format!("same-{i}")), None)
+            .await
+            .expect("register");
+    }
+    assert!(declared.event_types.len() > bare.event_types.len());
+    let c = client(&schema.url).await;
+    let q = |sql: &str| format!("{sql}").replace("{s}", &schema.name);
+    // Two distinct lists, each stored once; rows carry a key, not the schemas.
+    let lists: i64 = c
+        .query_one(&q("SELECT count(*) FROM \"{s}\".type_lists"), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(lists, 2);
+    for row in c
+        .query(&q("SELECT record, types_key FROM \"{s}\".processes"), &[])
+        .await
+        .expect("rows")
+    {
+        let record: String = row.get(0);
+        let key: Option<String> = row.get(1);
+        assert!(!record.contains("payload_schema"), "{record}");
+        assert!(key.is_some_and(|k| k.starts_with("types:sha256:")));
+    }
+
+    // Read through a cold cache: the lists come back from the server.
+    testing::forget_type_lists();
+    assert_eq!(reg.get("declared").await.expect("get"), declared);
+    assert_eq!(reg.get("bare").await.expect("get"), bare);
+    let listed = reg.list(&cairn_core::ProcessFilter::default()).await.expect("list");
+    assert_eq!(listed.len(), 7);
+    assert!(listed
+        .iter()
+        .filter(|r| r.id.starts_with("same-"))
+        .all(|r| r.event_types == declared.event_types));
+
+    // A row written before type lists (list inline, no key) still reads.
+    let mut inline = declared.clone();
+    inline.lease = None;
+    c.execute(
+        &q("UPDATE \"{s}\".processes SET record = $1, types_key = NULL WHERE id = 'declared'"),
+        &[&serde_json::to_string(&inline).expect("json")],
+    )
+    .await
+    .expect("legacy row");
+    assert_eq!(reg.get("declared").await.expect("legacy get"), declared);
+    // And a write over it moves its list out of the row.
+    reg.append_event("declared", note(json!({"n": 1})))
+        .await
+        .expect("append");
+    let key: Option<String> = c
+        .query_one(&q("SELECT types_key FROM \"{s}\".processes WHERE id = 'declared'"), &[])
+        .await
+        .expect("key")
+        .get(0);
+    assert_eq!(key.as_deref(), Some(declared.event_types.key()));
+
+    // A missing or tampered list is a clear storage error, not a silent default.
+    c.execute(
+        &q("UPDATE \"{s}\".processes SET types_key = 'types:sha256:00' WHERE id = 'bare'"),
+        &[],
+    )
+    .await
+    .expect("dangle");
+    testing::forget_type_lists();
+    let err = reg.get("bare").await.expect_err("dangling key");
+    assert_eq!(err.code(), "storage");
+    assert!(err.to_string().contains("not stored"), "{err}");
+    c.execute(
+        &q("UPDATE \"{s}\".type_lists SET types = '[]' WHERE key = $1"),
+        &[&declared.event_types.key()],
+    )
+    .await
+    .expect("tamper");
+    testing::forget_type_lists();
+    let err = reg.get("same-0").await.expect_err("tampered list");
+    assert_eq!(err.code(), "storage");
+    assert!(err.to_string().contains("content address"), "{err}");
+}
+
+#[tokio::test]
+async fn claims_and_worklists_read_their_partial_indexes() {
+    if !testing::enabled() {
+        return;
+    }
+    let (reg, schema) = testing::fresh(clock()).await;
+    for i in 0..20 {
+        reg.register(rerunnable(&format!("run-{i:02}")), None)
+            .await
+            .expect("register");
+    }
+    reg.register(external("ext"), None).await.expect("register");
+    reg.request_abandon("ext", "op", "x").await.expect("abandon");
+    // Many finished rows around them, as a long-lived database has.
+    schema
+        .execute(&format!(
+            "INSERT INTO \"{s}\".processes (id, record, status, disposition, definition, originator, waiting, \
+             created_at_ms, terminal_at_ms, last_sequence, change_cursor, run_candidate, abandon_candidate, \
+             fencing_counter, types_key) \
+             SELECT 'done-' || g, record, 'completed', disposition, definition, originator, false, created_at_ms, \
+             created_at_ms, 2, 0, false, false, 1, types_key FROM \"{s}\".processes, generate_series(1, 20000) g \
+             WHERE id = 'run-00'; ANALYZE \"{s}\".processes",
+            s = schema.name
+        ))
+        .await
+        .expect("fill");
+    let c = client(&schema.url).await;
+    c.batch_execute(&format!("SET search_path TO \"{}\"", schema.name))
+        .await
+        .expect("search path");
+    for (name, sql, index) in testing::indexed_queries() {
+        let plan: Vec<String> = c
+            .query(&format!("EXPLAIN {sql}"), &[&i64::MAX, &256i64])
+            .await
+            .expect("explain")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains(index), "{name} should use {index}:\n{plan}");
+        assert!(!plan.contains("Seq Scan"), "{name} scans the table:\n{plan}");
+    }
+}

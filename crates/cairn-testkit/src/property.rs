@@ -319,6 +319,21 @@ async fn check_worklist(registry: &dyn ProcessRegistry, now: u64, op: &Op) {
         Ok(items) => items,
         Err(e) => panic!("{op:?}: worklist failed: {e}"),
     };
+    let mut abandon = match registry.abandon_worklist(100).await {
+        Ok(ids) => ids,
+        Err(e) => panic!("{op:?}: abandon_worklist failed: {e}"),
+    };
+    abandon.sort();
+    let mut reconcile: Vec<String> = items
+        .iter()
+        .filter(|i| i.action == WorkAction::ReconcileAbandon)
+        .map(|i| i.process_id.clone())
+        .collect();
+    reconcile.sort();
+    assert_eq!(
+        abandon, reconcile,
+        "{op:?}: the abandon worklist is the worklist's reconcile items"
+    );
     for item in items {
         let rec = match registry.get(&item.process_id).await {
             Ok(r) => r,

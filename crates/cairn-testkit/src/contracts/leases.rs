@@ -556,6 +556,13 @@ pub async fn worklist_contents(factory: &dyn StoreFactory) {
     expected.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(items, expected);
     h.no_change("worklist", r.worklist(100)).await;
+
+    // The abandon worklist is the worklist's reconcile items alone, bounded.
+    let mut abandon = ok(r.abandon_worklist(100).await, "abandon_worklist");
+    abandon.sort();
+    assert_eq!(abandon, vec!["abandon-ext".to_string(), "abandon-lapsed".to_string()]);
+    assert_eq!(ok(r.abandon_worklist(1).await, "abandon_worklist(1)").len(), 1);
+    h.no_change("abandon_worklist", r.abandon_worklist(100)).await;
 }
 
 /// The worklist answers at most `limit` rows.
