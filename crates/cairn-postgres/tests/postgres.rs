@@ -328,7 +328,7 @@ async fn type_lists_are_stored_once_apart_from_the_rows_and_read_back() {
     }
     assert!(declared.event_types.len() > bare.event_types.len());
     let c = client(&schema.url).await;
-    let q = |sql: &str| format!("{sql}").replace("{s}", &schema.name);
+    let q = |sql: &str| sql.replace("{s}", &schema.name);
     // Two distinct lists, each stored once; rows carry a key, not the schemas.
     let lists: i64 = c
         .query_one(&q("SELECT count(*) FROM \"{s}\".type_lists"), &[])
