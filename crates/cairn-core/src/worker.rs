@@ -116,11 +116,27 @@ impl Worker {
         if self.draining.load(Ordering::SeqCst) {
             return Ok(0);
         }
+        // Abandon requests are never run candidates, so reconciling them runs
+        // beside the claims rather than ahead of them (a start waits for no
+        // extra read).
+        let (reconciled, claimed) = tokio::join!(self.reconcile_abandons(), self.claim_and_start());
+        reconciled?;
+        let started = claimed?;
+        self.reap_finished();
+        Ok(started)
+    }
+
+    async fn reconcile_abandons(&self) -> Result<()> {
         for id in self.registry.abandon_worklist(self.config.batch_size).await? {
             if let Err(e) = self.registry.reconcile_abandon(&id).await {
                 tracing::warn!(process_id = %id, error = %e, "abandon reconciliation failed");
             }
         }
+        Ok(())
+    }
+
+    /// Claim and start runs until the worklist is empty or every slot is busy.
+    async fn claim_and_start(self: &Arc<Self>) -> Result<usize> {
         let mut started = 0;
         loop {
             if self.draining.load(Ordering::SeqCst) {
@@ -154,7 +170,6 @@ impl Worker {
                 break;
             }
         }
-        self.reap_finished();
         Ok(started)
     }
 

@@ -2,7 +2,9 @@
 //! latency and cross-node await latency, beside the server's single-row commit rate.
 //!
 //! `CAIRN_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test cargo bench -p cairn-postgres --bench lifecycle`
-//! (`CAIRN_BENCH_N` scales the process count, default 10,000). Each node is its own
+//! (`CAIRN_BENCH_N` scales the process count, default 10,000; `CAIRN_BENCH_ONLY=lifecycle`
+//! or `latency` runs one half; `CAIRN_BENCH_LANES` and `CAIRN_BENCH_READS` override the
+//! write lanes and read connections per node). Each node is its own
 //! `PostgresRegistry` (own connections, own LISTEN) in this OS process. Figures go
 //! to docs/BENCHMARKS.md.
 
@@ -20,7 +22,14 @@ use serde_json::json;
 
 /// One node: a registry with its listener and hub.
 async fn node(schema: &TestSchema) -> (Arc<PostgresRegistry>, ChangeHub) {
-    let reg = Arc::new(schema.connect(Arc::new(SystemClock)).await.expect("connect"));
+    let mut options = schema.options(Arc::new(SystemClock));
+    if let Some(lanes) = std::env::var("CAIRN_BENCH_LANES").ok().and_then(|v| v.parse().ok()) {
+        options.write_lanes = lanes;
+    }
+    if let Some(reads) = std::env::var("CAIRN_BENCH_READS").ok().and_then(|v| v.parse().ok()) {
+        options.read_connections = reads;
+    }
+    let reg = Arc::new(PostgresRegistry::connect_with(options).await.expect("connect"));
     let hub = ChangeHub::new();
     reg.listen(hub.clone());
     let mut generation = reg.listener_generation();
@@ -219,14 +228,24 @@ fn main() {
         let probe = TestSchema::new("cairn_bench");
         let commits = commit_rate(&probe).await;
         println!("single-row commit rate (1 connection): {commits:>9.0} /s  (bound for one durable commit)");
-        // Warm-up, excluded.
-        lifecycle(1_000, 1).await;
+        // `CAIRN_BENCH_ONLY=lifecycle` or `latency` runs one half.
+        let only = std::env::var("CAIRN_BENCH_ONLY").unwrap_or_default();
+        if only != "latency" {
+            // Warm-up, excluded.
+            lifecycle(1_000, 1).await;
+        }
         for workers in [1, 3] {
+            if only == "latency" {
+                break;
+            }
             let rate = lifecycle(n, workers).await;
             println!(
                 "lifecycle, {workers} worker node(s), {n} processes: {rate:>9.0} processes/s  ({:.2} per single-row commit)",
                 rate / commits
             );
+        }
+        if only == "lifecycle" {
+            return;
         }
         let (p50, p99) = start_to_running(300).await;
         println!("start → running (other node):          p50 {p50:.2} ms  p99 {p99:.2} ms");

@@ -69,8 +69,19 @@ impl Conn {
                 tracing::debug!(error = %e, "postgres connection ended");
             }
         });
+        // Write lanes and reads run prepared statements that are index lookups
+        // by construction. PostgreSQL keeps a prepared statement's generic plan
+        // until the table's statistics change, and a plan made while a fresh
+        // table was tiny may be a sequential scan that then reads every row of
+        // the grown table on each batch. Scans are never what these statements
+        // want, so they are priced out here (DDL and admin work keep them).
+        let planner = if role == "write" || role == "read" {
+            "; SET enable_seqscan = off"
+        } else {
+            ""
+        };
         client
-            .batch_execute(&format!("SET search_path TO \"{schema}\""))
+            .batch_execute(&format!("SET search_path TO \"{schema}\"{planner}"))
             .await?;
         Ok(Self {
             client,

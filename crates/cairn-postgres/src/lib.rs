@@ -112,7 +112,7 @@ pub struct PostgresOptions {
     pub schema: String,
     /// The clock every expiry and retention decision reads.
     pub clock: SharedClock,
-    /// Write lanes, each one connection committing batches (default 4).
+    /// Write lanes, each one connection committing batches (default 2).
     pub write_lanes: usize,
     /// Most operations committed in one batch (default 256).
     pub max_batch: usize,
@@ -129,7 +129,7 @@ impl PostgresOptions {
             url,
             schema: schema.unwrap_or_else(|| "cairn".into()),
             clock,
-            write_lanes: 4,
+            write_lanes: 2,
             max_batch: 256,
             read_connections: 4,
         }

@@ -1,6 +1,6 @@
 //! Batched writes: many registry operations in one transaction.
 //!
-//! A batch runs in three round trips plus the commit:
+//! A batch runs in two round trips:
 //!
 //! 1. **Load**: `BEGIN`, then, pipelined, every process row the batch names
 //!    (`FOR UPDATE`, in id order so batches on different nodes never deadlock on
@@ -12,7 +12,7 @@
 //!    undone from the overlay alone, so the others in the batch are unaffected.
 //! 3. **Write**, pipelined: multi-row inserts and updates (`unnest` arrays) of
 //!    processes, events, wakes and grants, and one `pg_notify` per 7 KiB of
-//!    changed ids; then `COMMIT`.
+//!    changed ids, with `COMMIT` behind them in the same round trip.
 //!
 //! Because every rule lives in fold and nothing is written before step 3, a
 //! batch that meets a transient fault is simply run again from step 1.
@@ -825,13 +825,8 @@ async fn load_decide_write(
     // 2. Decide.
     let mut outs: Vec<Result<Out>> = ops.iter().map(|op| uow.run(op)).collect();
 
-    // 3. Write, pipelined, then commit.
-    let (inserted_wakes, new_lists) = write(conn, &uow, target).await?;
-    match client.batch_execute("COMMIT").await {
-        Ok(()) => {}
-        Err(e) if e.is_closed() || e.as_db_error().is_none() => return Err(BatchError::Ambiguous(e)),
-        Err(e) => return Err(e.into()),
-    }
+    // 3. Write and commit, pipelined.
+    let (inserted_wakes, new_lists) = write_and_commit(conn, &uow, target).await?;
     if !new_lists.is_empty() {
         let mut stored = target.stored_types.lock();
         for list in new_lists {
@@ -854,9 +849,9 @@ async fn load_decide_write(
     Ok(outs)
 }
 
-/// Stage every write of the batch; answers the ids of the wakes actually
-/// inserted and the type lists it stored (known stored once it commits).
-async fn write(
+/// Write the batch and commit it; answers the ids of the wakes actually
+/// inserted and the type lists it stored.
+async fn write_and_commit(
     conn: &Conn,
     uow: &Uow,
     target: &Target,
@@ -969,7 +964,31 @@ async fn write(
     if has_wakes {
         statements.push(Box::pin(client.query(&s_wakes, p_slice(&wk_params))));
     }
-    let answers = try_join_all(statements).await?;
+    // Send every write, then COMMIT behind them in the same pipeline: one
+    // round trip. A write the client could not even send fails on the first
+    // poll, before COMMIT is sent; a write the server refused aborts the
+    // transaction, and PostgreSQL answers the COMMIT that follows with a
+    // rollback. So the batch committed exactly when every write succeeded and
+    // COMMIT did; when the connection broke with COMMIT sent and no write
+    // refused, nobody knows.
+    let mut writes = std::pin::pin!(try_join_all(statements));
+    let sent = match futures::poll!(writes.as_mut()) {
+        std::task::Poll::Ready(Err(e)) => return Err(e.into()),
+        std::task::Poll::Ready(Ok(answers)) => Some(answers),
+        std::task::Poll::Pending => None,
+    };
+    let commit = client.batch_execute("COMMIT");
+    let (answers, committed) = match sent {
+        Some(answers) => (Ok(answers), commit.await),
+        None => futures::join!(writes, commit),
+    };
+    let answers = match (answers, committed) {
+        (Err(e), _) if e.as_db_error().is_some() => return Err(e.into()),
+        (_, Err(e)) if e.is_closed() || e.as_db_error().is_none() => return Err(BatchError::Ambiguous(e)),
+        (Err(e), _) => return Err(BatchError::Ambiguous(e)),
+        (Ok(_), Err(e)) => return Err(e.into()),
+        (Ok(answers), Ok(())) => answers,
+    };
     let mut inserted = HashSet::new();
     if has_wakes {
         if let Some(rows) = answers.last() {
