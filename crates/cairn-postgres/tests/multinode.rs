@@ -331,7 +331,7 @@ fn three_nodes_run_every_process_once_and_survive_a_sigkill() {
 
         // Phase 2: gated work, every other one owner-bound (so each node's 16
         // slots hold both kinds but for a 2^-16 chance); kill node-v mid-run.
-        let owner_bound = |i: usize| i % 2 == 0;
+        let owner_bound = |i: usize| i.is_multiple_of(2);
         let gated: Vec<String> = (0..200).map(|i| format!("gated-{i:04}")).collect();
         let regs = gated
             .iter()
