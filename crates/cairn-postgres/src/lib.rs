@@ -112,11 +112,13 @@ pub struct PostgresOptions {
     pub schema: String,
     /// The clock every expiry and retention decision reads.
     pub clock: SharedClock,
-    /// Write lanes, each one connection committing batches (default 2).
+    /// Write lanes, each one connection committing batches (default 1: a batch
+    /// is two round trips, so one lane keeps a node's writes flowing, and every
+    /// extra lane is another writer contending on the server).
     pub write_lanes: usize,
     /// Most operations committed in one batch (default 256).
     pub max_batch: usize,
-    /// Shared connections for reads (default 4); each pipelines many queries.
+    /// Shared connections for reads (default 2); each pipelines many queries.
     pub read_connections: usize,
 }
 
@@ -129,9 +131,9 @@ impl PostgresOptions {
             url,
             schema: schema.unwrap_or_else(|| "cairn".into()),
             clock,
-            write_lanes: 2,
+            write_lanes: 1,
             max_batch: 256,
-            read_connections: 4,
+            read_connections: 2,
         }
     }
 
