@@ -3,10 +3,15 @@
 //!
 //! `CAIRN_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test cargo bench -p cairn-postgres --bench lifecycle`
 //! (`CAIRN_BENCH_N` scales the process count, default 10,000; `CAIRN_BENCH_ONLY=lifecycle`
-//! or `latency` runs one half; `CAIRN_BENCH_LANES` and `CAIRN_BENCH_READS` override the
+//! or `latency` runs one half; `CAIRN_BENCH_WORKERS=3` runs one worker-node count;
+//! `CAIRN_BENCH_LANES` and `CAIRN_BENCH_READS` override the
 //! write lanes and read connections per node). Each node is its own
 //! `PostgresRegistry` (own connections, own LISTEN) in this OS process. Figures go
 //! to docs/BENCHMARKS.md.
+
+// The allocator the `cairn` server binary ships with (ADR 0009).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,6 +113,7 @@ async fn lifecycle(n: usize, workers: usize) -> f64 {
     for task in tasks {
         task.await.expect("starter");
     }
+    let starts_done = t.elapsed();
     // Done when no running row is left (one indexed probe per 5 ms).
     let running = ProcessFilter {
         status: StatusFilter::Running,
@@ -118,6 +124,11 @@ async fn lifecycle(n: usize, workers: usize) -> f64 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = n as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "  ({n} processes, {workers} worker node(s): the last start returned after {:.0} ms of {:.0} ms)",
+        starts_done.as_secs_f64() * 1000.0,
+        t.elapsed().as_secs_f64() * 1000.0
+    );
     let completed = ProcessFilter {
         status: StatusFilter::Completed,
         limit: Some(1000),
@@ -245,7 +256,12 @@ fn main() {
             // Warm-up, excluded.
             lifecycle(1_000, 1).await;
         }
-        for workers in [1, 3] {
+        // `CAIRN_BENCH_WORKERS=3` runs one worker-node count.
+        let counts: Vec<usize> = match std::env::var("CAIRN_BENCH_WORKERS").ok().and_then(|v| v.parse().ok()) {
+            Some(w) => vec![w],
+            None => vec![1, 3],
+        };
+        for workers in counts {
             if only == "latency" {
                 break;
             }

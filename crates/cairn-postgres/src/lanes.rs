@@ -81,16 +81,41 @@ async fn lane(shared: Arc<LaneConfig>, index: usize, conn: Conn, mut rx: mpsc::U
     let mut conn = Some(conn);
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
-        while jobs.len() < shared.max_batch {
+        gather(&mut rx, &mut jobs, shared.max_batch).await;
+        let (ops, replies): (Vec<Op>, Vec<_>) = jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
+        let outs = execute(&shared, index, &mut conn, &ops).await;
+        for (reply, out) in replies.into_iter().zip(outs) {
+            let _ = reply.send(out);
+        }
+    }
+}
+
+/// Most times a lane yields to let submitters queue more work before it runs a batch.
+const GATHER_YIELDS: usize = 4;
+
+/// Take what is queued behind the first job, up to `max`. A reply wakes many
+/// submitters at once, and the first to submit again wakes the lane before the
+/// others have run; so the lane yields (a few microseconds when nothing else is
+/// ready) while each yield brings more work, and the batch holds them all.
+async fn gather(rx: &mut mpsc::UnboundedReceiver<Job>, jobs: &mut Vec<Job>, max: usize) {
+    let drain = |rx: &mut mpsc::UnboundedReceiver<Job>, jobs: &mut Vec<Job>| {
+        while jobs.len() < max {
             match rx.try_recv() {
                 Ok(job) => jobs.push(job),
                 Err(_) => break,
             }
         }
-        let (ops, replies): (Vec<Op>, Vec<_>) = jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
-        let outs = execute(&shared, index, &mut conn, &ops).await;
-        for (reply, out) in replies.into_iter().zip(outs) {
-            let _ = reply.send(out);
+    };
+    drain(rx, jobs);
+    for _ in 0..GATHER_YIELDS {
+        if jobs.len() >= max {
+            return;
+        }
+        let before = jobs.len();
+        tokio::task::yield_now().await;
+        drain(rx, jobs);
+        if jobs.len() == before {
+            return;
         }
     }
 }
@@ -147,5 +172,52 @@ async fn execute(shared: &LaneConfig, index: usize, conn: &mut Option<Conn>, ops
                 return vec![Err(err)];
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(i: usize) -> Job {
+        let (reply, _) = oneshot::channel();
+        Job {
+            op: Op::ReconcileAbandon { id: format!("p-{i}") },
+            reply,
+        }
+    }
+
+    /// Submitters woken by one batch's replies submit again together; the
+    /// first wakes the lane, which must still take them all in one batch.
+    async fn gathered(submitters: usize, max: usize) -> usize {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let go = Arc::new(tokio::sync::Barrier::new(submitters + 1));
+        let lane = tokio::spawn(async move {
+            let first = rx.recv().await.expect("a job");
+            let mut jobs = vec![first];
+            gather(&mut rx, &mut jobs, max).await;
+            jobs.len()
+        });
+        for i in 0..submitters {
+            let (tx, go) = (tx.clone(), go.clone());
+            tokio::spawn(async move {
+                go.wait().await;
+                tx.send(job(i)).map_err(|_| ()).expect("send");
+            });
+        }
+        go.wait().await;
+        lane.await.expect("lane")
+    }
+
+    // One worker thread, so a woken lane runs next on the thread that woke it,
+    // as it does under load.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_batch_takes_every_submitter_woken_together() {
+        assert_eq!(gathered(32, 512).await, 32);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_batch_never_exceeds_its_maximum() {
+        assert_eq!(gathered(32, 8).await, 8);
     }
 }

@@ -64,6 +64,27 @@ pub fn indexed_queries() -> Vec<(&'static str, &'static str, &'static str)> {
     ]
 }
 
+/// `EXPLAIN` of `sql` (taking `$1` = now and `$2` = limit as int8, as
+/// [`indexed_queries`] do) on a connection opened as cairn opens one for
+/// `role` (`"write"` for lanes, `"read"`, `"admin"`), so a test sees the plan
+/// that connection's session settings give.
+pub async fn plan_on(url: &str, schema: &str, role: &str, sql: &str) -> Result<String> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| cairn_core::CairnError::InvalidRequest(format!("bad postgres url: {e}")))?;
+    let conn = crate::conn::open_retrying(&config, schema, role, 1).await?;
+    let rows = conn
+        .client
+        .query(&format!("EXPLAIN {sql}"), &[&i64::MAX, &256i64])
+        .await
+        .map_err(|e| cairn_core::CairnError::Storage(crate::conn::describe(&e)))?;
+    Ok(rows
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
 /// A uniquely named schema, dropped (with everything in it) when this is dropped.
 pub struct TestSchema {
     /// The server URL.

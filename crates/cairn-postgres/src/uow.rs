@@ -268,9 +268,9 @@ impl Uow {
         }
     }
 
-    fn entry(&self, id: &str) -> Result<Entry> {
+    fn entry(&self, id: &str) -> Result<&Entry> {
         match self.slots.get(id).and_then(|s| s.entry.as_ref()) {
-            Some(e) => Ok(e.clone()),
+            Some(e) => Ok(e),
             None => Err(self.missing(id)),
         }
     }
@@ -375,14 +375,13 @@ impl Uow {
             Op::Claim { id, owner, ttl } => self.claim(id, owner, *ttl).map(Out::Lease),
             Op::ClaimBatch { owner, ttl, limit } => self.claim_batch(owner, *ttl, *limit).map(Out::Claims),
             Op::RecordStarted { lease } => {
-                let record = self.entry(&lease.process_id)?.record;
-                let req = fold::started_request(&record, lease);
+                let req = fold::started_request(&self.entry(&lease.process_id)?.record, lease);
                 Ok(Out::Record(self.append(&lease.process_id, &req, Authority::Cairn)?.1))
             }
             Op::Renew { lease, ttl } => {
                 let id = &lease.process_id;
-                let mut entry = self.entry(id)?;
-                fold::check_lease(id, entry.lease.as_ref(), lease, now)?;
+                fold::check_lease(id, self.entry(id)?.lease.as_ref(), lease, now)?;
+                let mut entry = self.entry_taken(id);
                 let mut renewed = lease.clone();
                 renewed.expires_at_ms = expiry(now, *ttl);
                 entry.lease = Some(renewed.clone());
@@ -391,13 +390,13 @@ impl Uow {
             }
             Op::Release { lease } => {
                 let id = &lease.process_id;
-                let mut entry = self.entry(id)?;
-                let matches = entry.lease.as_ref().is_some_and(|l| {
+                let matches = self.entry(id)?.lease.as_ref().is_some_and(|l| {
                     l.owner_id == lease.owner_id
                         && l.lease_token == lease.lease_token
                         && l.fencing_token == lease.fencing_token
                 });
                 if matches {
+                    let mut entry = self.entry_taken(id);
                     entry.lease = None;
                     self.put(id, entry, false);
                 }
@@ -412,12 +411,12 @@ impl Uow {
                 requested_by,
                 reason,
             } => {
-                let record = self.entry(id)?.record;
+                let record = &self.entry(id)?.record;
                 if record.is_terminal() {
                     return Err(CairnError::ProcessTerminal(id.clone()));
                 }
                 if record.abandon_request.is_some() {
-                    return Ok(Out::Record(record));
+                    return Ok(Out::Record(record.clone()));
                 }
                 let req = AppendRequest::new(
                     events::ABANDON_REQUESTED,
@@ -560,10 +559,10 @@ impl Uow {
     }
 
     fn claim(&mut self, id: &str, owner: &str, ttl: u64) -> Result<Lease> {
-        let mut entry = self.entry(id)?;
-        if let Some(err) = fold::claim_refusal(&entry.record, owner, self.now) {
+        if let Some(err) = fold::claim_refusal(&self.entry(id)?.record, owner, self.now) {
             return Err(err);
         }
+        let mut entry = self.entry_taken(id);
         entry.fencing += 1;
         let lease = Lease {
             process_id: id.to_string(),
@@ -591,8 +590,7 @@ impl Uow {
                 continue;
             }
             let lease = self.claim(&id, owner, ttl)?;
-            let record = self.entry(&id)?.record;
-            let req = fold::started_request(&record, &lease);
+            let req = fold::started_request(&self.entry(&id)?.record, &lease);
             let process = self.append(&id, &req, Authority::Cairn)?.1;
             claims.push(Claim { lease, process });
         }
@@ -778,6 +776,8 @@ async fn load_decide_write(
         futures::try_join!(begin, load_rows, load_tombs, load_replays, load_envs, load_candidates)?;
 
     let mut uow = Uow::new(now);
+    // Rows, candidates and new registrations: sized once, never rehashed.
+    uow.slots.reserve(rows.len() + candidates.len() + ops.len());
     let row_entries = entries_from_rows(conn, &rows, 1).await?;
     for (row, entry) in rows.iter().zip(row_entries) {
         let id: String = row.try_get(0).map_err(Fault::Pg)?;

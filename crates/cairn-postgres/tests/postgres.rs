@@ -445,3 +445,35 @@ async fn claims_and_worklists_read_their_partial_indexes() {
         assert!(!plan.contains("Seq Scan"), "{name} scans the table:\n{plan}");
     }
 }
+
+/// Lane and read connections price sequential scans out: on a tiny table (where
+/// a generic plan would otherwise be a scan that a grown table then pays for on
+/// every batch) their plans still use the partial indexes. An admin connection,
+/// which keeps the planner's default, shows the scan the setting prevents.
+#[tokio::test]
+async fn lane_and_read_connections_plan_index_lookups_even_on_a_tiny_table() {
+    if !testing::enabled() {
+        return;
+    }
+    let (reg, schema) = testing::fresh(clock()).await;
+    reg.register(rerunnable("run-00"), None).await.expect("register");
+    schema
+        .execute(&format!("ANALYZE \"{}\".processes", schema.name))
+        .await
+        .expect("analyze");
+    let (name, sql, index) = testing::indexed_queries()[0];
+    let admin = testing::plan_on(&schema.url, &schema.name, "admin", sql)
+        .await
+        .expect("plan");
+    assert!(
+        admin.contains("Seq Scan"),
+        "control: with the planner's default, {name} on a one-row table scans it:\n{admin}"
+    );
+    for role in ["write", "read"] {
+        let plan = testing::plan_on(&schema.url, &schema.name, role, sql)
+            .await
+            .expect("plan");
+        assert!(plan.contains(index), "{role}: {name} should use {index}:\n{plan}");
+        assert!(!plan.contains("Seq Scan"), "{role}: {name} scans the table:\n{plan}");
+    }
+}

@@ -7,6 +7,11 @@ use clap::Parser;
 
 use cairn::cli::{Cli, Command};
 
+// The server allocates and frees many short-lived records and buffers across
+// threads; mimalloc does that with less CPU than the system allocator (ADR 0009).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve(_));
