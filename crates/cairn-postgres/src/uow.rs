@@ -320,27 +320,13 @@ impl Uow {
     fn undo(&mut self) {
         let journal = std::mem::take(&mut self.journal);
         for (id, before) in journal.slots.into_iter().rev() {
-            match before {
-                Some(slot) => {
-                    self.slots.insert(id, slot);
-                }
-                None => {
-                    self.slots.remove(&id);
-                }
-            }
+            restore(&mut self.slots, id, before);
         }
         for key in journal.replays {
             self.replays.remove(&key);
         }
         for (key, before) in journal.grants.into_iter().rev() {
-            match before {
-                Some(g) => {
-                    self.grants.insert(key, g);
-                }
-                None => {
-                    self.grants.remove(&key);
-                }
-            }
+            restore(&mut self.grants, key, before);
         }
         for id in journal.wake_ids {
             self.wake_ids.remove(&id);
@@ -595,6 +581,18 @@ impl Uow {
             claims.push(Claim { lease, process });
         }
         Ok(claims)
+    }
+}
+
+/// Put `key` back as the journal saw it: its earlier value, or absent.
+fn restore<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, before: Option<V>) {
+    match before {
+        Some(v) => {
+            map.insert(key, v);
+        }
+        None => {
+            map.remove(&key);
+        }
     }
 }
 
