@@ -1,6 +1,8 @@
 //! Input validation, canonical JSON and content hashes.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::io;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -52,15 +54,39 @@ pub fn validate_scope(scope: &SessionScope) -> Result<()> {
 
 /// Check a serialized size against [`MAX_PAYLOAD_BYTES`].
 pub fn check_size(what: &str, value: &impl Serialize) -> Result<()> {
-    let size = serde_json::to_vec(value).map(|v| v.len()).unwrap_or(usize::MAX);
+    check_size_of(|| what.to_string(), value)
+}
+
+/// [`check_size`], naming the value only when it is refused.
+fn check_size_of(what: impl FnOnce() -> String, value: &impl Serialize) -> Result<()> {
+    let size = serialized_len(value);
     if size > MAX_PAYLOAD_BYTES {
         return Err(CairnError::PayloadTooLarge {
-            what: what.to_string(),
+            what: what(),
             size,
             limit: MAX_PAYLOAD_BYTES,
         });
     }
     Ok(())
+}
+
+/// The length of a value's compact JSON, counted without building it.
+fn serialized_len(value: &impl Serialize) -> usize {
+    struct Count(usize);
+    impl io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX,
+    }
 }
 
 /// Check an event type name: 1..=128 bytes of `[A-Za-z0-9._-]`.
@@ -178,38 +204,55 @@ fn validate_semantics(t: &EventType) -> Result<()> {
 /// Serialize with object keys sorted at every depth and no whitespace.
 pub fn canonical_json(value: &impl Serialize) -> Result<String> {
     let v = serde_json::to_value(value).map_err(|e| CairnError::InvalidRequest(e.to_string()))?;
-    let mut out = String::new();
-    write_canonical(&v, &mut out);
-    Ok(out)
+    let mut out = Vec::with_capacity(256);
+    write_canonical(&v, &mut out).expect("writing to memory cannot fail");
+    Ok(String::from_utf8(out).expect("serde_json writes UTF-8"))
 }
 
-fn write_canonical(v: &Value, out: &mut String) {
+/// Write `v` as canonical JSON: keys and scalars are written by serde_json's
+/// compact serializer, object keys in byte order at every depth.
+fn write_canonical<W: io::Write>(v: &Value, out: &mut W) -> io::Result<()> {
     match v {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String((*k).clone()).to_string());
-                out.push(':');
-                write_canonical(&map[*k], out);
+            out.write_all(b"{")?;
+            // Without serde_json's `preserve_order`, maps iterate in key order
+            // already; sort only when they do not.
+            let in_order = map.keys().zip(map.keys().skip(1)).all(|(a, b)| a < b);
+            let mut entries: Vec<(&String, &Value)> = Vec::new();
+            if !in_order {
+                entries.extend(map.iter());
+                entries.sort_by(|a, b| a.0.cmp(b.0));
             }
-            out.push('}');
+            let mut write_entry = |i: usize, k: &String, item: &Value| -> io::Result<()> {
+                if i > 0 {
+                    out.write_all(b",")?;
+                }
+                serde_json::to_writer(&mut *out, k)?;
+                out.write_all(b":")?;
+                write_canonical(item, out)
+            };
+            if in_order {
+                for (i, (k, item)) in map.iter().enumerate() {
+                    write_entry(i, k, item)?;
+                }
+            } else {
+                for (i, (k, item)) in entries.into_iter().enumerate() {
+                    write_entry(i, k, item)?;
+                }
+            }
+            out.write_all(b"}")
         }
         Value::Array(items) => {
-            out.push('[');
+            out.write_all(b"[")?;
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.write_all(b",")?;
                 }
-                write_canonical(item, out);
+                write_canonical(item, out)?;
             }
-            out.push(']');
+            out.write_all(b"]")
         }
-        other => out.push_str(&other.to_string()),
+        scalar => serde_json::to_writer(&mut *out, scalar).map_err(io::Error::from),
     }
 }
 
@@ -221,9 +264,21 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// The stable registration hash: SHA-256 of the registration's canonical JSON.
 /// Producer event types are hashed in name order, so declaration order does not matter.
 pub fn registration_hash(reg: &Registration) -> Result<String> {
-    let mut reg = reg.clone();
-    reg.event_types.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(format!("sha256:{}", sha256_hex(canonical_json(&reg)?.as_bytes())))
+    let in_order = reg.event_types.windows(2).all(|w| w[0].name <= w[1].name);
+    let sorted;
+    let reg = if in_order {
+        reg
+    } else {
+        let mut copy = reg.clone();
+        copy.event_types.sort_by(|a, b| a.name.cmp(&b.name));
+        sorted = copy;
+        &sorted
+    };
+    let v = serde_json::to_value(reg).map_err(|e| CairnError::InvalidRequest(e.to_string()))?;
+    // Hash the canonical form as it is written, without building it.
+    let mut hasher = Sha256::new();
+    write_canonical(&v, &mut hasher).expect("hashing cannot fail");
+    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
 }
 
 /// Hash of an (event type, payload) pair, used to compare replayed appends.
@@ -267,8 +322,52 @@ pub fn decode_env(env_ref: &str, bytes: &[u8]) -> Result<EnvSpec> {
 /// A compiled payload schema, shared by every process that declares the same schema.
 pub type CompiledSchema = Arc<jsonschema::Validator>;
 
-static SCHEMA_CACHE: Mutex<Option<HashMap<String, CompiledSchema>>> = Mutex::new(None);
+/// Compiled schemas by a structural hash of the schema value; equal hashes
+/// are told apart by comparing the values, so a lookup neither allocates nor
+/// serializes.
+static SCHEMA_CACHE: Mutex<Option<SchemaCache>> = Mutex::new(None);
 const SCHEMA_CACHE_MAX: usize = 4096;
+
+#[derive(Default)]
+struct SchemaCache {
+    by_hash: HashMap<u64, Vec<(Value, CompiledSchema)>>,
+    len: usize,
+}
+
+impl SchemaCache {
+    fn get(&self, hash: u64, schema: &Value) -> Option<CompiledSchema> {
+        self.by_hash
+            .get(&hash)?
+            .iter()
+            .find(|(s, _)| s == schema)
+            .map(|(_, c)| c.clone())
+    }
+}
+
+fn schema_hash(schema: &Value) -> u64 {
+    fn feed(v: &Value, h: &mut impl Hasher) {
+        match v {
+            Value::Null => 0u8.hash(h),
+            Value::Bool(b) => (1u8, b).hash(h),
+            Value::Number(n) => (2u8, n).hash(h),
+            Value::String(s) => (3u8, s).hash(h),
+            Value::Array(items) => {
+                (4u8, items.len()).hash(h);
+                items.iter().for_each(|item| feed(item, h));
+            }
+            Value::Object(map) => {
+                (5u8, map.len()).hash(h);
+                for (k, item) in map {
+                    k.hash(h);
+                    feed(item, h);
+                }
+            }
+        }
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    feed(schema, &mut h);
+    h.finish()
+}
 
 /// Whether a schema accepts every value without compiling it (`{}` or `true`).
 pub fn accepts_anything(schema: &Value) -> bool {
@@ -277,8 +376,8 @@ pub fn accepts_anything(schema: &Value) -> bool {
 
 /// Compile (or fetch from the cache) a payload schema.
 pub fn compiled_schema(event_type: &str, schema: &Value) -> Result<CompiledSchema> {
-    let key = canonical_json(schema)?;
-    if let Some(found) = SCHEMA_CACHE.lock().as_ref().and_then(|m| m.get(&key).cloned()) {
+    let hash = schema_hash(schema);
+    if let Some(found) = SCHEMA_CACHE.lock().as_ref().and_then(|c| c.get(hash, schema)) {
         return Ok(found);
     }
     let validator = jsonschema::validator_for(schema).map_err(|e| CairnError::InvalidSchema {
@@ -287,17 +386,26 @@ pub fn compiled_schema(event_type: &str, schema: &Value) -> Result<CompiledSchem
     })?;
     let compiled = Arc::new(validator);
     let mut guard = SCHEMA_CACHE.lock();
-    let map = guard.get_or_insert_with(HashMap::new);
-    if map.len() >= SCHEMA_CACHE_MAX {
-        map.clear();
+    let cache = guard.get_or_insert_with(SchemaCache::default);
+    if let Some(found) = cache.get(hash, schema) {
+        // Compiled meanwhile by another caller: share theirs.
+        return Ok(found);
     }
-    map.insert(key, compiled.clone());
+    if cache.len >= SCHEMA_CACHE_MAX {
+        *cache = SchemaCache::default();
+    }
+    cache
+        .by_hash
+        .entry(hash)
+        .or_default()
+        .push((schema.clone(), compiled.clone()));
+    cache.len += 1;
     Ok(compiled)
 }
 
 /// Check a payload against a declared type's schema.
 pub fn check_payload(t: &EventType, payload: &Value) -> Result<()> {
-    check_size(&format!("payload of `{}`", t.name), payload)?;
+    check_size_of(|| format!("payload of `{}`", t.name), payload)?;
     if accepts_anything(&t.payload_schema) {
         return Ok(());
     }
@@ -309,4 +417,85 @@ pub fn check_payload(t: &EventType, payload: &Value) -> Result<()> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::model::Registration;
+
+    /// A registration with producer types declared out of name order, nested
+    /// objects, escapes and every scalar kind.
+    fn registration() -> Registration {
+        serde_json::from_value(json!({
+            "id": "job-\"1\"\n",
+            "input": {"type": "tool_call", "tool": "echo", "args": {"z": [1, 2.5, -3, null, true], "a": {"é": "\u{1}"}}},
+            "disposition": "rerunnable",
+            "event_types": [
+                {"name": "zeta.done", "payload_schema": {"type": "object", "required": ["b", "a"]}},
+                {"name": "alpha.step", "payload_schema": {}}
+            ],
+            "wake_target": {"session_id": "s-1"}
+        }))
+        .expect("registration")
+    }
+
+    #[test]
+    fn stored_hashes_stay_stable() {
+        // Hashes are stored with every process: a changed canonical form would
+        // make re-registering an existing process a conflict.
+        let reg = registration();
+        assert_eq!(
+            registration_hash(&reg).unwrap(),
+            "sha256:6b2956e357c04344ff03b279097334c78fb4bb7209eea88390add7fca2a49c6a"
+        );
+        assert_eq!(
+            canonical_json(&reg.input).unwrap(),
+            r#"{"args":{"a":{"é":"\u0001"},"z":[1,2.5,-3,null,true]},"tool":"echo","type":"tool_call"}"#
+        );
+        assert_eq!(
+            event_hash("zeta.done", &json!({"b": [1, {"y": 1, "x": "\t"}], "a": 1.0})).unwrap(),
+            "096cc891d8dfae21ecca9b92c20f0548ff6f12988fb78c90595051ee08bae75f"
+        );
+    }
+
+    #[test]
+    fn declaration_order_of_producer_types_does_not_change_the_hash() {
+        let reg = registration();
+        let mut sorted = reg.clone();
+        sorted.event_types.reverse();
+        assert_eq!(registration_hash(&reg).unwrap(), registration_hash(&sorted).unwrap());
+    }
+
+    #[test]
+    fn equal_schemas_share_one_compiled_validator_and_different_ones_do_not() {
+        let a = json!({"type": "object", "required": ["cache-test-a"]});
+        let same = json!({"required": ["cache-test-a"], "type": "object"});
+        let other = json!({"type": "object", "required": ["cache-test-b"]});
+        let first = compiled_schema("t", &a).unwrap();
+        assert!(Arc::ptr_eq(&first, &compiled_schema("t", &same).unwrap()));
+        let second = compiled_schema("t", &other).unwrap();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert!(second.validate(&json!({"cache-test-b": 1})).is_ok());
+        assert!(second.validate(&json!({"cache-test-a": 1})).is_err());
+        // 1 and 1.0 are different JSON values, so different schemas.
+        let int = compiled_schema("t", &json!({"const": 1})).unwrap();
+        let float = compiled_schema("t", &json!({"const": 1.0})).unwrap();
+        assert!(!Arc::ptr_eq(&int, &float));
+    }
+
+    #[test]
+    fn oversize_payloads_are_refused_with_their_size() {
+        let big = json!({"s": "x".repeat(MAX_PAYLOAD_BYTES)});
+        match check_size("payload", &big) {
+            Err(CairnError::PayloadTooLarge { size, limit, .. }) => {
+                assert_eq!(size, serde_json::to_vec(&big).unwrap().len());
+                assert_eq!(limit, MAX_PAYLOAD_BYTES);
+            }
+            other => panic!("expected payload_too_large, got {other:?}"),
+        }
+        assert!(check_size("payload", &json!({"s": "x"})).is_ok());
+    }
 }

@@ -3,7 +3,7 @@
 //!
 //! `CAIRN_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test cargo bench -p cairn-postgres --bench lifecycle`
 //! (`CAIRN_BENCH_N` scales the process count, default 10,000; `CAIRN_BENCH_ONLY=lifecycle`
-//! or `latency` runs one half; `CAIRN_BENCH_WORKERS=3` runs one worker-node count;
+//! or `latency` runs one half, `starts` only the rate of starts with no worker node; `CAIRN_BENCH_WORKERS=3` runs one worker-node count;
 //! `CAIRN_BENCH_LANES` and `CAIRN_BENCH_READS` override the
 //! write lanes and read connections per node). Each node is its own
 //! `PostgresRegistry` (own connections, own LISTEN) in this OS process. Figures go
@@ -142,6 +142,40 @@ async fn lifecycle(n: usize, workers: usize) -> f64 {
     rate
 }
 
+/// Start `n` processes from 64 concurrent starters on one node with no worker:
+/// starts per second, the starter node's own bound.
+async fn starts_only(n: usize) -> f64 {
+    let schema = TestSchema::new("cairn_bench");
+    let (reg, hub) = node(&schema).await;
+    let starter = Processes::builder(reg).hub(hub).without_worker().start();
+    let t = Instant::now();
+    let starters = 64;
+    let mut tasks = Vec::new();
+    for s in 0..starters {
+        let p = starter.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (s..n).step_by(starters) {
+                let started = p
+                    .start(StartRequest::tool(
+                        format!("echo-{i}"),
+                        "echo",
+                        json!({"value": i}),
+                        Disposition::Rerunnable,
+                    ))
+                    .await
+                    .expect("start");
+                assert!(started.created);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("starter");
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    starter.shutdown().await;
+    rate
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -250,8 +284,15 @@ fn main() {
         let probe = TestSchema::new("cairn_bench");
         let commits = commit_rate(&probe).await;
         println!("single-row commit rate (1 connection): {commits:>9.0} /s  (bound for one durable commit)");
-        // `CAIRN_BENCH_ONLY=lifecycle` or `latency` runs one half.
+        // `CAIRN_BENCH_ONLY=lifecycle` or `latency` runs one half; `starts`
+        // runs only the starts-only figure.
         let only = std::env::var("CAIRN_BENCH_ONLY").unwrap_or_default();
+        if only == "starts" {
+            starts_only(1_000).await;
+            let rate = starts_only(n).await;
+            println!("starts only, no worker node, {n} processes: {rate:>9.0} starts/s");
+            return;
+        }
         if only != "latency" {
             // Warm-up, excluded.
             lifecycle(1_000, 1).await;

@@ -38,6 +38,7 @@ pub(crate) struct LaneConfig {
 pub(crate) struct Lanes {
     senders: Vec<mpsc::UnboundedSender<Job>>,
     next: AtomicUsize,
+    shared: Arc<LaneConfig>,
 }
 
 impl Lanes {
@@ -54,7 +55,15 @@ impl Lanes {
         Ok(Self {
             senders,
             next: AtomicUsize::new(0),
+            shared,
         })
+    }
+
+    /// Run `ops` as one batch, as a lane runs the work it gathered, on a
+    /// connection of its own (tests of what one batch answers).
+    pub async fn run_together(&self, ops: Vec<Op>) -> Vec<Result<Out>> {
+        let mut conn = None;
+        execute(&self.shared, usize::MAX, &mut conn, &ops).await
     }
 
     /// Queue `op` and wait for its answer.

@@ -305,6 +305,38 @@ impl PostgresRegistry {
         self.lanes.submit(op).await
     }
 
+    /// Register `registrations` (no grants) as one write batch, the way a lane
+    /// commits registrations queued together (see [`testing::register_together`]).
+    pub(crate) async fn register_together(&self, registrations: &[Registration]) -> Vec<Result<Registered>> {
+        let now = self.clock.now_ms();
+        let mut answers: Vec<Option<Result<Registered>>> = Vec::new();
+        let mut ops = Vec::new();
+        for registration in registrations {
+            match fold::initial_record(registration, now) {
+                Ok(record) => {
+                    answers.push(None);
+                    ops.push(Op::Register {
+                        record: Box::new(record),
+                        grant: None,
+                    });
+                }
+                Err(e) => answers.push(Some(Err(e))),
+            }
+        }
+        let mut outs = self.lanes.run_together(ops).await.into_iter();
+        answers
+            .into_iter()
+            .map(|answer| {
+                answer.unwrap_or_else(|| match outs.next() {
+                    Some(Ok(Out::Registered(r))) => Ok(r),
+                    Some(Ok(other)) => Err(unexpected("register", other)),
+                    Some(Err(e)) => Err(e),
+                    None => Err(CairnError::storage("postgres: a registration went unanswered")),
+                })
+            })
+            .collect()
+    }
+
     /// Run `work` in one transaction on the admin connection, again on a fresh
     /// connection after a transient fault that happened before the commit.
     async fn transaction<T, F>(&self, work: F) -> Result<T>

@@ -45,6 +45,16 @@ pub fn forget_type_lists() {
     crate::rows::forget_type_lists();
 }
 
+/// Register `registrations` as one write batch, as a lane commits the
+/// registrations that were queued together, and answer each: a test can then
+/// mix new ids with existing, pruned and repeated ones in a single batch.
+pub async fn register_together(
+    registry: &PostgresRegistry,
+    registrations: &[cairn_core::Registration],
+) -> Vec<Result<cairn_core::registry::Registered>> {
+    registry.register_together(registrations).await
+}
+
 /// The hot indexed queries, each with the index its plan must use:
 /// `(name, SQL taking $1 = now and $2 = limit as int8, index)`.
 pub fn indexed_queries() -> Vec<(&'static str, &'static str, &'static str)> {

@@ -477,3 +477,104 @@ async fn lane_and_read_connections_plan_index_lookups_even_on_a_tiny_table() {
         assert!(!plan.contains("Seq Scan"), "{role}: {name} scans the table:\n{plan}");
     }
 }
+
+/// Registrations queued together commit as one batch; each must be answered as
+/// it would be alone, whether its id is new, exists with the same or another
+/// registration, was pruned, names an env that does or does not exist, or
+/// repeats an id earlier in the batch.
+#[tokio::test]
+async fn a_registration_batch_answers_each_registration_as_if_alone() {
+    if !testing::enabled() {
+        return;
+    }
+    use cairn_core::{CairnError, Clock, EnvSpec, Outcome, StatusFilter, Watermark};
+    let schema = TestSchema::new("cairn_t");
+    let clock = Arc::new(ManualClock::new(1_000));
+    let reg = schema.connect(clock.clone()).await.expect("connect");
+    reg.register(rerunnable("same"), None).await.expect("register same");
+    reg.register(rerunnable("changed"), None)
+        .await
+        .expect("register changed");
+    reg.register(external("gone"), None).await.expect("register gone");
+    reg.complete_external("gone", Outcome::success(json!({})), "test")
+        .await
+        .expect("complete gone");
+    clock.advance(100);
+    let report = reg
+        .prune(clock.now_ms(), StatusFilter::Any, Watermark::NoProjector)
+        .await
+        .expect("prune");
+    assert_eq!(report.pruned, 1);
+    let env = reg
+        .put_env(&EnvSpec {
+            plugin_options: json!({"k": 1}),
+            policy: json!({}),
+        })
+        .await
+        .expect("env");
+
+    let mut changed = rerunnable("changed");
+    changed.input = cairn_core::ProcessInput::ToolCall {
+        tool: "echo".into(),
+        args: json!({"other": true}),
+    };
+    let mut with_env = rerunnable("with-env");
+    with_env.env_ref = Some(env);
+    let mut missing_env = rerunnable("missing-env");
+    missing_env.env_ref = Some(format!("process-env:sha256:{}", "0".repeat(64)));
+    let batch = vec![
+        rerunnable("new-1"),
+        rerunnable("same"),
+        changed,
+        external("gone"),
+        with_env,
+        missing_env,
+        rerunnable("new-1"),
+        external("new-2"),
+    ];
+    let answers = testing::register_together(&reg, &batch).await;
+    let created = |i: usize| match &answers[i] {
+        Ok(r) => {
+            assert_eq!(r.process.id, batch[i].id);
+            r.created
+        }
+        Err(e) => panic!("{} answered {e}", batch[i].id),
+    };
+    assert!(created(0), "a new id is created");
+    assert!(!created(1), "the same registration again is not");
+    assert!(
+        matches!(&answers[2], Err(CairnError::RegistrationConflict { id }) if id == "changed"),
+        "{:?}",
+        answers[2]
+    );
+    assert!(
+        matches!(&answers[3], Err(CairnError::NoLongerRetained(t)) if t.id == "gone"),
+        "{:?}",
+        answers[3]
+    );
+    assert!(created(4), "an existing env is accepted");
+    assert!(
+        matches!(&answers[5], Err(CairnError::UnknownEnv(_))),
+        "{:?}",
+        answers[5]
+    );
+    assert!(!created(6), "a repeat within the batch finds the first");
+    assert!(created(7));
+
+    // Exactly the created rows exist, as registered, and the refused ones do not.
+    for id in ["new-1", "with-env", "new-2", "same", "changed"] {
+        let record = reg.get(id).await.expect(id);
+        assert_eq!(record.last_sequence, 0, "{id}");
+    }
+    assert_eq!(
+        reg.get("changed").await.expect("changed").input,
+        rerunnable("changed").input,
+        "a conflicting registration changes nothing"
+    );
+    assert!(matches!(
+        reg.get("missing-env").await,
+        Err(CairnError::UnknownProcess(_))
+    ));
+    assert!(matches!(reg.get("gone").await, Err(CairnError::NoLongerRetained(_))));
+    assert_eq!(reg.get("with-env").await.expect("with-env").env_ref, batch[4].env_ref);
+}
