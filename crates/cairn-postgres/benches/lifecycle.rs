@@ -93,26 +93,7 @@ async fn lifecycle(n: usize, workers: usize) -> f64 {
         runtimes.push(worker_runtime(reg, hub, &format!("worker-{w}")));
     }
     let t = Instant::now();
-    let starters = 64;
-    let mut tasks = Vec::new();
-    for s in 0..starters {
-        let p = starter.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in (s..n).step_by(starters) {
-                p.start(StartRequest::tool(
-                    format!("echo-{i}"),
-                    "echo",
-                    json!({"value": i}),
-                    Disposition::Rerunnable,
-                ))
-                .await
-                .expect("start");
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.expect("starter");
-    }
+    start_all(&starter, n).await;
     let starts_done = t.elapsed();
     // Done when no running row is left (one indexed probe per 5 ms).
     let running = ProcessFilter {
@@ -142,13 +123,8 @@ async fn lifecycle(n: usize, workers: usize) -> f64 {
     rate
 }
 
-/// Start `n` processes from 64 concurrent starters on one node with no worker:
-/// starts per second, the starter node's own bound.
-async fn starts_only(n: usize) -> f64 {
-    let schema = TestSchema::new("cairn_bench");
-    let (reg, hub) = node(&schema).await;
-    let starter = Processes::builder(reg).hub(hub).without_worker().start();
-    let t = Instant::now();
+/// Start `echo-0..n` from 64 concurrent starters; each start must create its process.
+async fn start_all(starter: &Processes, n: usize) {
     let starters = 64;
     let mut tasks = Vec::new();
     for s in 0..starters {
@@ -171,6 +147,16 @@ async fn starts_only(n: usize) -> f64 {
     for task in tasks {
         task.await.expect("starter");
     }
+}
+
+/// Start `n` processes on one node with no worker node: starts per second,
+/// the starter node's own bound.
+async fn starts_only(n: usize) -> f64 {
+    let schema = TestSchema::new("cairn_bench");
+    let (reg, hub) = node(&schema).await;
+    let starter = Processes::builder(reg).hub(hub).without_worker().start();
+    let t = Instant::now();
+    start_all(&starter, n).await;
     let rate = n as f64 / t.elapsed().as_secs_f64();
     starter.shutdown().await;
     rate
