@@ -203,10 +203,15 @@ fn validate_semantics(t: &EventType) -> Result<()> {
 
 /// Serialize with object keys sorted at every depth and no whitespace.
 pub fn canonical_json(value: &impl Serialize) -> Result<String> {
-    let v = serde_json::to_value(value).map_err(|e| CairnError::InvalidRequest(e.to_string()))?;
+    let v = json_value(value)?;
     let mut out = Vec::with_capacity(256);
     write_canonical(&v, &mut out).expect("writing to memory cannot fail");
     Ok(String::from_utf8(out).expect("serde_json writes UTF-8"))
+}
+
+/// `value` as a JSON tree, the input of the canonical writer.
+fn json_value(value: &impl Serialize) -> Result<Value> {
+    serde_json::to_value(value).map_err(|e| CairnError::InvalidRequest(e.to_string()))
 }
 
 /// Write `v` as canonical JSON: keys and scalars are written by serde_json's
@@ -274,7 +279,7 @@ pub fn registration_hash(reg: &Registration) -> Result<String> {
         sorted = copy;
         &sorted
     };
-    let v = serde_json::to_value(reg).map_err(|e| CairnError::InvalidRequest(e.to_string()))?;
+    let v = json_value(reg)?;
     // Hash the canonical form as it is written, without building it.
     let mut hasher = Sha256::new();
     write_canonical(&v, &mut hasher).expect("hashing cannot fail");
