@@ -147,7 +147,8 @@ struct Slot {
 /// What the running operation changed, to undo it if it fails.
 #[derive(Default)]
 struct Journal {
-    slots: Vec<(String, Option<Slot>)>,
+    /// Each slot the operation changed, as it was before its first change.
+    slots: HashMap<String, Option<Slot>>,
     replays: Vec<(String, String)>,
     grants: Vec<((String, String), Option<Grant>)>,
     wake_ids: Vec<String>,
@@ -276,9 +277,27 @@ impl Uow {
     }
 
     fn journal_slot(&mut self, id: &str) {
-        if !self.journal.slots.iter().any(|(j, _)| j == id) {
-            self.journal.slots.push((id.to_string(), self.slots.get(id).cloned()));
+        if !self.journal.slots.contains_key(id) {
+            self.journal.slots.insert(id.to_string(), self.slots.get(id).cloned());
         }
+    }
+
+    /// Take the entry of `id` out of its slot to be replaced by one the
+    /// operation builds from what it read: the journal keeps the entry itself
+    /// (no copy). Answers its lease and fencing counter. Only for ids known to
+    /// have an entry.
+    fn retire_entry(&mut self, id: &str) -> (Option<Lease>, u64) {
+        let slot = self.slots.get_mut(id).expect("retire_entry is called for a loaded row");
+        let old = slot.entry.take().expect("retire_entry is called for a loaded row");
+        let kept = (old.lease.clone(), old.fencing);
+        if !self.journal.slots.contains_key(id) {
+            let before = Slot {
+                entry: Some(old),
+                ..*slot
+            };
+            self.journal.slots.insert(id.to_string(), Some(before));
+        }
+        kept
     }
 
     /// Store `entry` for `id`; `changed` when its record changed.
@@ -319,7 +338,7 @@ impl Uow {
 
     fn undo(&mut self) {
         let journal = std::mem::take(&mut self.journal);
-        for (id, before) in journal.slots.into_iter().rev() {
+        for (id, before) in journal.slots {
             restore(&mut self.slots, id, before);
         }
         for key in journal.replays {
@@ -482,11 +501,12 @@ impl Uow {
             fold::prepare_append(&entry.record, entry.lease.as_ref(), req, authority, self.now)?
         };
         let terminal = prepared.event.semantics.terminal.is_some();
-        let mut entry = self.entry_taken(id);
-        if terminal {
-            entry.lease = None;
-        }
-        entry.record = prepared.record;
+        let (lease, fencing) = self.retire_entry(id);
+        let entry = Entry {
+            record: prepared.record,
+            lease: if terminal { None } else { lease },
+            fencing,
+        };
         let record = {
             let mut r = entry.record.clone();
             r.lease = entry.lease.as_ref().map(Lease::view);
