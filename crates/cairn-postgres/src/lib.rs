@@ -120,20 +120,83 @@ pub struct PostgresOptions {
     pub max_batch: usize,
     /// Shared connections for reads (default 2); each pipelines many queries.
     pub read_connections: usize,
+    /// Why a cairn parameter in the URL was refused; reported by
+    /// [`PostgresRegistry::connect_with`] before it connects.
+    url_error: Option<String>,
 }
+
+/// cairn's own numeric URL parameters, with their bounds: taken out of the URL
+/// before it reaches the PostgreSQL client.
+const URL_PARAMETERS: [(&str, usize, usize); 3] = [
+    ("write_lanes", 1, 64),
+    ("read_connections", 1, 64),
+    ("max_batch", 1, 10_000),
+];
 
 impl PostgresOptions {
     /// The defaults for `url`, on `clock`. A `schema=NAME` query parameter in the
     /// URL chooses the schema (it is cairn's, not libpq's, and is removed).
+    ///
+    /// So do `write_lanes`, `read_connections` and `max_batch` (whole numbers
+    /// within 1..=64, 1..=64 and 1..=10000), which set the fields of the same
+    /// names; a value out of range or not a number is refused by
+    /// [`PostgresRegistry::connect_with`] before it connects.
     pub fn new(url: &str, clock: SharedClock) -> Self {
         let (url, schema) = split_schema(url);
-        Self {
-            url,
+        let mut options = Self {
+            url: String::new(),
             schema: schema.unwrap_or_else(|| "cairn".into()),
             clock,
             write_lanes: 1,
             max_batch: 256,
             read_connections: 2,
+            url_error: None,
+        };
+        options.url = options.take_url_parameters(&url);
+        options
+    }
+
+    /// Set the fields cairn's numeric parameters name; answers the URL without them.
+    fn take_url_parameters(&mut self, url: &str) -> String {
+        let Some((base, query)) = url.split_once('?') else {
+            return url.to_string();
+        };
+        let mut seen: Vec<&str> = Vec::new();
+        let mut rest = Vec::new();
+        for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+            let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+            let Some(&(name, min, max)) = URL_PARAMETERS.iter().find(|(name, _, _)| *name == key) else {
+                rest.push(kv);
+                continue;
+            };
+            let parsed = value.parse::<usize>().ok().filter(|n| (min..=max).contains(n));
+            let problem = if seen.contains(&name) {
+                Some(format!("postgres URL parameter `{name}` is given twice"))
+            } else if parsed.is_none() {
+                Some(format!(
+                    "postgres URL parameter `{name}` must be a whole number from {min} to {max}, not `{}`",
+                    value.escape_debug()
+                ))
+            } else {
+                None
+            };
+            seen.push(name);
+            match (problem, parsed) {
+                (Some(p), _) => {
+                    self.url_error.get_or_insert(p);
+                }
+                (None, Some(n)) => match name {
+                    "write_lanes" => self.write_lanes = n,
+                    "read_connections" => self.read_connections = n,
+                    _ => self.max_batch = n,
+                },
+                (None, None) => {}
+            }
+        }
+        if rest.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", rest.join("&"))
         }
     }
 
@@ -229,6 +292,9 @@ impl PostgresRegistry {
     /// the server cannot be reached, or the schema is not cairn's or is newer
     /// than this build.
     pub async fn connect_with(options: PostgresOptions) -> Result<Self> {
+        if let Some(problem) = &options.url_error {
+            return Err(CairnError::InvalidRequest(problem.clone()));
+        }
         validate_schema_name(&options.schema)?;
         let config: Config = options.url.parse().map_err(|e| {
             CairnError::InvalidRequest(format!("postgres URL `{}` is not valid: {e}", redact(&options.url)))
@@ -747,6 +813,54 @@ impl ProcessRegistry for PostgresRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn options(url: &str) -> PostgresOptions {
+        PostgresOptions::new(url, Arc::new(cairn_core::SystemClock))
+    }
+
+    #[test]
+    fn numeric_parameters_set_their_fields_and_leave_the_url() {
+        let o = options("postgres://u@h/db?write_lanes=2&connect_timeout=5&read_connections=3&max_batch=64&schema=s");
+        assert_eq!(o.url, "postgres://u@h/db?connect_timeout=5");
+        assert_eq!((o.write_lanes, o.read_connections, o.max_batch), (2, 3, 64));
+        assert_eq!(o.schema, "s");
+        assert!(o.url_error.is_none());
+        let d = options("postgres://u@h/db");
+        assert_eq!((d.write_lanes, d.read_connections, d.max_batch), (1, 2, 256));
+    }
+
+    #[tokio::test]
+    async fn a_bad_numeric_parameter_is_refused_before_connecting() {
+        // Port 1 answers nothing: a refusal that names the parameter proves
+        // nothing was attempted.
+        for (query, says) in [
+            (
+                "write_lanes=0",
+                "`write_lanes` must be a whole number from 1 to 64, not `0`",
+            ),
+            (
+                "read_connections=lots",
+                "`read_connections` must be a whole number from 1 to 64, not `lots`",
+            ),
+            (
+                "max_batch=10001",
+                "`max_batch` must be a whole number from 1 to 10000, not `10001`",
+            ),
+            (
+                "write_lanes",
+                "`write_lanes` must be a whole number from 1 to 64, not ``",
+            ),
+            ("write_lanes=2&write_lanes=3", "`write_lanes` is given twice"),
+        ] {
+            let Err(err) =
+                PostgresRegistry::connect_with(options(&format!("postgres://u@127.0.0.1:1/db?{query}"))).await
+            else {
+                panic!("{query}: connected");
+            };
+            assert_eq!(err.code(), "invalid_request", "{query}: {err}");
+            assert!(err.to_string().contains(says), "{query}: {err}");
+        }
+    }
 
     #[test]
     fn schema_parameter_is_taken_out_of_the_url() {

@@ -57,6 +57,38 @@ async fn fresh_schema_is_versioned_and_reopening_keeps_data() {
     assert_eq!(again.get("kept").await.expect("get").id, "kept");
 }
 
+/// Connections this schema's registries hold open, by role (`write`, `read`).
+async fn connections(url: &str, schema: &str, role: &str) -> i64 {
+    client(url)
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&format!("cairn-{role}-{schema}")],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+#[tokio::test]
+async fn url_parameters_size_a_nodes_connections() {
+    if !testing::enabled() {
+        return;
+    }
+    let schema = TestSchema::new("cairn_t");
+    let url = format!(
+        "{}{}schema={}&write_lanes=3&read_connections=1",
+        schema.url,
+        if schema.url.contains('?') { "&" } else { "?" },
+        schema.name
+    );
+    let node = PostgresRegistry::connect(&url, clock()).await.expect("connect");
+    node.register(rerunnable("sized"), None).await.expect("register");
+    assert_eq!(node.get("sized").await.expect("get").id, "sized");
+    assert_eq!(connections(&schema.url, &schema.name, "write").await, 3);
+    assert_eq!(connections(&schema.url, &schema.name, "read").await, 1);
+}
+
 #[tokio::test]
 async fn nodes_starting_together_migrate_once() {
     if !testing::enabled() {

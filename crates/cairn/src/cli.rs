@@ -120,7 +120,8 @@ pub enum Command {
 /// `cairn serve` settings. The host token is the global `--token`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Database URL: `memory`, `sqlite:PATH` or `postgres://USER@HOST:PORT/DB[?schema=NAME]`.
+    /// Database URL: `memory`, `sqlite:PATH` or `postgres://USER@HOST:PORT/DB[?schema=NAME]`
+    /// (PostgreSQL also takes `write_lanes=N`, `read_connections=N` and `max_batch=N`).
     #[arg(long, env = "CAIRN_DATABASE_URL", default_value = "sqlite:cairn.db")]
     pub db: String,
     /// Address to listen on (`HOST:PORT`; port 0 picks a free port). The bound
