@@ -6,8 +6,9 @@
 //! or `latency` runs one half, `starts` only the rate of starts with no worker node; `CAIRN_BENCH_WORKERS=3` runs one worker-node count;
 //! `CAIRN_BENCH_LANES` and `CAIRN_BENCH_READS` override the
 //! write lanes and read connections per node). Each node is its own
-//! `PostgresRegistry` (own connections, own LISTEN) in this OS process. Figures go
-//! to docs/BENCHMARKS.md.
+//! `PostgresRegistry` (own connections, own LISTEN) in this OS process. Each
+//! lifecycle run also prints its CPU per process, this OS process's and the whole
+//! machine's (Linux only). Figures go to docs/BENCHMARKS.md.
 
 // The allocator the `cairn` server binary ships with (ADR 0009).
 #[global_allocator]
@@ -92,6 +93,7 @@ async fn lifecycle(n: usize, workers: usize) -> f64 {
         let (reg, hub) = node(&schema).await;
         runtimes.push(worker_runtime(reg, hub, &format!("worker-{w}")));
     }
+    let cpu_before = cpu_seconds();
     let t = Instant::now();
     start_all(&starter, n).await;
     let starts_done = t.elapsed();
@@ -105,11 +107,21 @@ async fn lifecycle(n: usize, workers: usize) -> f64 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = n as f64 / t.elapsed().as_secs_f64();
+    let cpu_after = cpu_seconds();
     println!(
         "  ({n} processes, {workers} worker node(s): the last start returned after {:.0} ms of {:.0} ms)",
         starts_done.as_secs_f64() * 1000.0,
         t.elapsed().as_secs_f64() * 1000.0
     );
+    if let (Some((own0, all0)), Some((own1, all1))) = (cpu_before, cpu_after) {
+        let per = |s: f64| s * 1e6 / n as f64;
+        println!(
+            "  (CPU per process: cairn {:.0} µs, whole machine {:.0} µs, of which PostgreSQL and the rest {:.0} µs)",
+            per(own1 - own0),
+            per(all1 - all0),
+            per((all1 - all0) - (own1 - own0))
+        );
+    }
     let completed = ProcessFilter {
         status: StatusFilter::Completed,
         limit: Some(1000),
@@ -121,6 +133,31 @@ async fn lifecycle(n: usize, workers: usize) -> f64 {
     }
     starter.shutdown().await;
     rate
+}
+
+/// CPU seconds used so far by this OS process (every node, the starters and
+/// the workers) and by the whole machine (PostgreSQL included), from Linux's
+/// `/proc`; `None` elsewhere. Both count in clock ticks of 1/100 s.
+fn cpu_seconds() -> Option<(f64, f64)> {
+    const TICK: f64 = 0.01;
+    let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces): utime and stime
+    // are the 12th and 13th of them.
+    let after = own.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let own_ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    let all = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<f64> = all
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq: busy is all but idle and iowait
+    // (time the hypervisor took, `steal`, is nobody's work here).
+    let busy: f64 = cpu.iter().take(7).sum::<f64>() - cpu.get(3)? - cpu.get(4)?;
+    Some((own_ticks * TICK, busy * TICK))
 }
 
 /// Start `echo-0..n` from 64 concurrent starters; each start must create its process.
