@@ -168,15 +168,52 @@ impl Shared {
         F: Fn(Arc<Conn>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, crate::Fault>>,
     {
+        self.attempts(work).await.0
+    }
+
+    /// Run an idempotent single-statement write that answers whether this call
+    /// changed anything, as [`Shared::run`] does. When an attempt failed with
+    /// the connection breaking rather than the server refusing, that attempt
+    /// may have committed before its reply was lost; a retry that then finds
+    /// nothing left to do cannot tell whether this call did it, so that answer
+    /// is `unavailable` (saying what holds now) instead of `false`.
+    pub async fn run_flag<F, Fut>(&self, what: &str, now: &str, work: F) -> Result<bool>
+    where
+        F: Fn(Arc<Conn>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<bool, crate::Fault>>,
+    {
+        match self.attempts(work).await {
+            (Ok(false), Some(cause)) => Err(CairnError::Unavailable(format!(
+                "postgres: the connection broke while {what} ({cause}) and, run again, it found nothing left \
+                 to do: the lost attempt may have done it, so whether this call did is unknown ({now})"
+            ))),
+            (answer, _) => answer,
+        }
+    }
+
+    /// The answer, and why an attempt broke with its statement possibly in
+    /// flight, if one did.
+    async fn attempts<T, F, Fut>(&self, work: F) -> (Result<T>, Option<String>)
+    where
+        F: Fn(Arc<Conn>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, crate::Fault>>,
+    {
         let mut attempt = 0;
+        let mut broke = None;
         loop {
-            let conn = self.get().await?;
+            let conn = match self.get().await {
+                Ok(conn) => conn,
+                Err(e) => return (Err(e), broke),
+            };
             match work(conn).await {
                 Err(crate::Fault::Pg(e)) if attempt < 2 && is_transient(&e) => {
+                    if e.as_db_error().is_none() {
+                        broke = Some(describe(&e));
+                    }
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
                 }
-                other => return other.map_err(CairnError::from),
+                other => return (other.map_err(CairnError::from), broke),
             }
         }
     }

@@ -405,7 +405,10 @@ impl PostgresRegistry {
 
     /// Run `work` in one transaction on the admin connection, again on a fresh
     /// connection after a transient fault that happened before the commit.
-    async fn transaction<T, F>(&self, work: F) -> Result<T>
+    /// A connection that broke while committing leaves the outcome unknown: the
+    /// work is not run again (its report would describe the second run, not
+    /// what happened) and the answer is `unavailable`, naming `what`.
+    async fn transaction<T, F>(&self, what: &str, work: F) -> Result<T>
     where
         F: for<'a> Fn(&'a tokio_postgres::Transaction<'a>, u64) -> futures::future::BoxFuture<'a, read::R<T>>,
     {
@@ -417,14 +420,23 @@ impl PostgresRegistry {
             }
             let Some(conn) = guard.as_mut() else { continue };
             let now = self.clock.now_ms();
+            let mut committing = false;
             let outcome: read::R<T> = async {
                 let tx = conn.client.transaction().await?;
                 let value = work(&tx, now).await?;
+                committing = true;
                 tx.commit().await?;
                 Ok(value)
             }
             .await;
             match outcome {
+                Err(Fault::Pg(e)) if committing && e.as_db_error().is_none() => {
+                    return Err(CairnError::Unavailable(format!(
+                        "postgres: the connection broke while committing {what} ({}); it may or may not have \
+                         landed: read the state it changes to find out",
+                        conn::describe(&e)
+                    )));
+                }
                 Err(Fault::Pg(e)) if attempt < 3 && is_transient(&e) => {
                     attempt += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(10 << attempt)).await;
@@ -538,7 +550,9 @@ impl ProcessRegistry for PostgresRegistry {
         validate_scope(scope)?;
         validate_id("process id", id)?;
         self.shared
-            .run(|c| async move { read::revoke(&c, scope, id).await })
+            .run_flag("revoking the grant", "the grant is gone now", |c| async move {
+                read::revoke(&c, scope, id).await
+            })
             .await
     }
 
@@ -549,7 +563,7 @@ impl ProcessRegistry for PostgresRegistry {
             validate_id("process id", id)?;
         }
         let (moved, not_granted) = self
-            .transaction(move |tx, now| {
+            .transaction("the transfer", move |tx, now| {
                 let (from, to, ids) = (from.clone(), to.clone(), ids.to_vec());
                 Box::pin(async move { read::transfer(tx, &from, &to, &ids, now).await })
             })
@@ -576,7 +590,7 @@ impl ProcessRegistry for PostgresRegistry {
     async fn delete_session(&self, session_id: &str) -> Result<SessionDeleteReport> {
         validate_id("session id", session_id)?;
         let (revoked_grants, deleted_wakes, orphaned, preserved) = self
-            .transaction(move |tx, _| {
+            .transaction("the session's deletion", move |tx, _| {
                 let session_id = session_id.to_string();
                 Box::pin(async move { read::delete_session(tx, &session_id).await })
             })
@@ -602,7 +616,9 @@ impl ProcessRegistry for PostgresRegistry {
         validate_id("session id", session_id)?;
         validate_id("wake id", wake_id)?;
         self.shared
-            .run(|c| async move { read::ack_wake(&c, session_id, wake_id).await })
+            .run_flag("acknowledging the wake", "it is acknowledged now", |c| async move {
+                read::ack_wake(&c, session_id, wake_id).await
+            })
             .await
     }
 
@@ -754,7 +770,9 @@ impl ProcessRegistry for PostgresRegistry {
             Watermark::NoProjector => None,
         };
         let p = self
-            .transaction(|tx, now| Box::pin(read::prune(tx, cutoff_ms, status, watermark, now)))
+            .transaction("the prune", |tx, now| {
+                Box::pin(read::prune(tx, cutoff_ms, status, watermark, now))
+            })
             .await?;
         Ok(PruneReport {
             pruned: p.pruned,

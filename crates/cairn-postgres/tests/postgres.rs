@@ -1,6 +1,7 @@
 //! PostgreSQL-specific behaviour: the schema and its migrations, clear errors,
-//! claims across nodes, the notification feed, the gap-safe change feed and
-//! recovery from broken connections. Needs `CAIRN_TEST_POSTGRES_URL`.
+//! claims across nodes, the notification feed, the gap-safe change feed,
+//! recovery from broken connections and answers to writes whose reply was lost
+//! after they committed. Needs `CAIRN_TEST_POSTGRES_URL`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -609,4 +610,251 @@ async fn a_registration_batch_answers_each_registration_as_if_alone() {
     ));
     assert!(matches!(reg.get("gone").await, Err(CairnError::NoLongerRetained(_))));
     assert_eq!(reg.get("with-env").await.expect("with-env").env_ref, batch[4].env_ref);
+}
+
+// ------------------------------------------------- replies lost after a commit
+
+/// Anything the proxy relays to: the server over TCP or its Unix socket.
+trait Upstream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Upstream for T {}
+
+type Trigger = Arc<std::sync::Mutex<Option<(String, tokio::sync::oneshot::Sender<()>)>>>;
+
+/// A proxy between cairn and the test server that loses one reply on purpose,
+/// the way a network fault does. Armed with a completion tag, it lets the
+/// server run the next statement that completes with that tag, withholds the
+/// reply, waits for the server's ReadyForQuery (sent only once the statement's
+/// transaction has committed) and closes both sides: the client sees its
+/// connection break while what it wrote is already durable.
+struct LosingProxy {
+    url: String,
+    trigger: Trigger,
+}
+
+impl LosingProxy {
+    async fn start(url: &str) -> Self {
+        use tokio_postgres::config::Host;
+        let config: tokio_postgres::Config = url.parse().expect("test url");
+        let host = config.get_hosts().first().cloned().expect("the test url names a host");
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let trigger: Trigger = Arc::default();
+        let armed = trigger.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (host, armed) = (host.clone(), armed.clone());
+                tokio::spawn(async move {
+                    let server: Box<dyn Upstream> = match &host {
+                        Host::Tcp(h) => {
+                            let server = tokio::net::TcpStream::connect((h.as_str(), port)).await?;
+                            server.set_nodelay(true)?;
+                            Box::new(server)
+                        }
+                        Host::Unix(dir) => {
+                            Box::new(tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await?)
+                        }
+                    };
+                    relay(client, server, armed).await
+                });
+            }
+        });
+        let user = config.get_user().unwrap_or("postgres");
+        let password = config
+            .get_password()
+            .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+            .unwrap_or_default();
+        let db = config.get_dbname().unwrap_or(user);
+        Self {
+            url: format!("postgres://{user}{password}@{addr}/{db}?sslmode=disable"),
+            trigger,
+        }
+    }
+
+    /// Lose the reply to the next statement that completes with `tag`; the
+    /// receiver hears when that happened.
+    fn lose_reply_to(&self, tag: &str) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        *self.trigger.lock().expect("trigger") = Some((tag.to_string(), tx));
+        rx
+    }
+
+    /// A registry on `schema` whose every connection runs through this proxy.
+    async fn registry(&self, schema: &TestSchema) -> PostgresRegistry {
+        PostgresRegistry::connect_with(
+            PostgresOptions::new(&self.url, Arc::new(ManualClock::new(1_000))).with_schema(schema.name.clone()),
+        )
+        .await
+        .expect("connect through the proxy")
+    }
+}
+
+/// Relay one connection: the client's bytes as they come, the server's message
+/// by message (every server message is a type byte and a length).
+async fn relay(client: tokio::net::TcpStream, server: Box<dyn Upstream>, trigger: Trigger) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    client.set_nodelay(true)?;
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = tokio::io::split(server);
+    let upstream = tokio::io::copy(&mut client_read, &mut server_write);
+    let downstream = async {
+        let mut losing: Option<tokio::sync::oneshot::Sender<()>> = None;
+        loop {
+            let mut message = vec![0u8; 5];
+            server_read.read_exact(&mut message).await?;
+            let len = u32::from_be_bytes([message[1], message[2], message[3], message[4]]) as usize;
+            message.resize(1 + len.max(4), 0);
+            server_read.read_exact(&mut message[5..]).await?;
+            if let Some(heard) = losing.take() {
+                if message[0] == b'Z' {
+                    // Committed: now break the connection without a reply.
+                    let _ = heard.send(());
+                    return Ok::<(), std::io::Error>(());
+                }
+                losing = Some(heard);
+                continue;
+            }
+            if message[0] == b'C' {
+                let tag = message[5..].split(|b| *b == 0).next().unwrap_or_default();
+                let mut armed = trigger.lock().expect("trigger");
+                if armed.as_ref().is_some_and(|(t, _)| t.as_bytes() == tag) {
+                    losing = armed.take().map(|(_, heard)| heard);
+                    continue;
+                }
+            }
+            client_write.write_all(&message).await?;
+        }
+    };
+    tokio::select! {
+        r = upstream => r.map(drop),
+        r = downstream => r,
+    }
+}
+
+fn assert_unknown_outcome<T: std::fmt::Debug>(answer: cairn_core::Result<T>, what: &str) -> String {
+    match answer {
+        Err(e) if e.code() == "unavailable" => e.to_string(),
+        other => panic!("{what}: a write whose reply was lost must not be answered as if known: {other:?}"),
+    }
+}
+
+/// A single-statement write that answers whether it changed anything, whose
+/// reply is lost after it committed: the retry finds nothing left to do, and
+/// that must not be reported as "this call changed nothing".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_to_revoke_or_ack_is_not_answered_false() {
+    if !testing::enabled() {
+        return;
+    }
+    use cairn_testkit::{notify, session, start_grant, waking};
+    let schema = TestSchema::new("cairn_t");
+    let proxy = LosingProxy::start(&schema.url).await;
+    let reg = proxy.registry(&schema).await;
+    let s1 = session("s1");
+    reg.register(waking(external("a"), &s1), Some(start_grant(&s1, "k", "a")))
+        .await
+        .expect("register");
+    let wake = reg
+        .append_event("a", notify("hello"))
+        .await
+        .expect("append")
+        .wake
+        .expect("a wake");
+
+    let lost = proxy.lose_reply_to("DELETE 1");
+    let said = assert_unknown_outcome(reg.revoke(&s1, "a").await, "revoke");
+    lost.await.expect("the proxy lost the reply");
+    assert!(said.contains("revok"), "{said}");
+    let granted = reg
+        .list_granted_to(&s1, &cairn_core::ProcessFilter::default())
+        .await
+        .expect("list");
+    assert!(granted.is_empty(), "the lost revoke landed: {granted:?}");
+    assert!(
+        !reg.revoke(&s1, "a").await.expect("revoke again"),
+        "nothing left to revoke"
+    );
+
+    let lost = proxy.lose_reply_to("SELECT 1");
+    let said = assert_unknown_outcome(reg.ack_wake("s1", &wake.wake_id).await, "ack_wake");
+    lost.await.expect("the proxy lost the reply");
+    assert!(said.contains("acknowledg"), "{said}");
+    let pending = reg.pending_wakes("s1", None).await.expect("pending");
+    assert!(pending.is_empty(), "the lost ack landed: {pending:?}");
+    assert!(
+        !reg.ack_wake("s1", &wake.wake_id).await.expect("ack again"),
+        "already acknowledged"
+    );
+}
+
+/// A transaction on the admin connection (transfer, delete_session, prune) is
+/// run again after a fault before its commit, and answered as unknown, never
+/// run again, when the connection broke while committing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_transactions_retry_before_the_commit_and_never_after_it() {
+    if !testing::enabled() {
+        return;
+    }
+    use cairn_core::{Outcome, StatusFilter, Watermark};
+    use cairn_testkit::{session, start_grant};
+    let schema = TestSchema::new("cairn_t");
+    let proxy = LosingProxy::start(&schema.url).await;
+    let reg = proxy.registry(&schema).await;
+    let (s1, s2, s3) = (session("s1"), session("s2"), session("s3"));
+    let ids = vec!["b".to_string(), "c".to_string()];
+    for id in &ids {
+        reg.register(external(id), Some(start_grant(&s1, "k", id)))
+            .await
+            .expect("register");
+    }
+    let granted = |scope: &cairn_core::SessionScope| {
+        let (reg, scope) = (&reg, scope.clone());
+        async move {
+            reg.list_granted_to(&scope, &cairn_core::ProcessFilter::default())
+                .await
+                .expect("list")
+                .into_iter()
+                .map(|g| g.process.id)
+                .collect::<Vec<_>>()
+        }
+    };
+
+    // Lost before the commit: the transaction rolled back and ran again.
+    let lost = proxy.lose_reply_to("DELETE 1");
+    let report = reg.transfer(&s1, &s2, &ids).await.expect("transfer retried");
+    lost.await.expect("the proxy lost the reply");
+    assert_eq!(report.moved, ids, "{report:?}");
+    assert!(report.not_granted.is_empty(), "{report:?}");
+    assert_eq!(granted(&s2).await, ids);
+
+    // Lost while committing: it landed, and the answer says it is unknown.
+    let lost = proxy.lose_reply_to("COMMIT");
+    let said = assert_unknown_outcome(reg.transfer(&s2, &s3, &ids).await, "transfer");
+    lost.await.expect("the proxy lost the reply");
+    assert!(said.contains("transfer"), "{said}");
+    assert_eq!(granted(&s3).await, ids, "the transfer landed once");
+    assert!(granted(&s2).await.is_empty());
+
+    let lost = proxy.lose_reply_to("COMMIT");
+    let said = assert_unknown_outcome(reg.delete_session("s3").await, "delete_session");
+    lost.await.expect("the proxy lost the reply");
+    assert!(said.contains("session"), "{said}");
+    assert!(granted(&s3).await.is_empty(), "the session's grants are gone");
+
+    for id in &ids {
+        reg.complete_external(id, Outcome::success(json!({})), "test")
+            .await
+            .expect("complete");
+    }
+    let lost = proxy.lose_reply_to("COMMIT");
+    let said = assert_unknown_outcome(
+        reg.prune(1_001, StatusFilter::Any, Watermark::NoProjector).await,
+        "prune",
+    );
+    lost.await.expect("the proxy lost the reply");
+    assert!(said.contains("prun"), "{said}");
+    for id in &ids {
+        let err = reg.get(id).await.expect_err("pruned");
+        assert_eq!(err.code(), "no_longer_retained", "{err}");
+    }
 }
