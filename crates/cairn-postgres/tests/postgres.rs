@@ -858,3 +858,41 @@ async fn admin_transactions_retry_before_the_commit_and_never_after_it() {
         assert_eq!(err.code(), "no_longer_retained", "{err}");
     }
 }
+
+/// A lane batch whose load's reply is lost runs again from the start (nothing
+/// was written); one whose `COMMIT` reply is lost landed, and is answered as
+/// unknown rather than run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_batch_runs_again_before_its_commit_and_is_unknown_after_it() {
+    if !testing::enabled() {
+        return;
+    }
+    let schema = TestSchema::new("cairn_t");
+    let proxy = LosingProxy::start(&schema.url).await;
+    let reg = proxy.registry(&schema).await;
+    reg.register(external("e"), None).await.expect("register");
+
+    let lost = proxy.lose_reply_to("SELECT 1");
+    reg.append_event("e", note(json!({ "i": 1 })))
+        .await
+        .expect("the batch ran again");
+    lost.await.expect("the proxy lost the load's reply");
+    assert_eq!(reg.get("e").await.expect("get").last_sequence, 1, "appended once");
+
+    let lost = proxy.lose_reply_to("COMMIT");
+    let said = assert_unknown_outcome(reg.append_event("e", note(json!({ "i": 2 }))).await, "append");
+    lost.await.expect("the proxy lost the commit's reply");
+    assert!(said.contains("may or may not"), "{said}");
+    assert_eq!(
+        reg.get("e").await.expect("get").last_sequence,
+        2,
+        "the append landed, once"
+    );
+
+    reg.append_event("e", note(json!({ "i": 3 })))
+        .await
+        .expect("the lane writes on a fresh connection");
+    let events = reg.events_after("e", 0, None).await.expect("events");
+    let seen: Vec<_> = events.events.iter().map(|e| e.payload["i"].clone()).collect();
+    assert_eq!(seen, vec![json!(1), json!(2), json!(3)]);
+}
