@@ -16,6 +16,7 @@ pub mod events;
 pub mod fold;
 pub mod memory;
 pub mod model;
+pub mod ops;
 pub mod processes;
 pub mod registry;
 pub mod tool;

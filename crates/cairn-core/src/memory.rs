@@ -5,24 +5,22 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use serde_json::json;
 
 use crate::clock::{system_clock, SharedClock};
-use crate::events::{self, AppendRequest, AppendResult, EventPage, ProcessEvent};
-use crate::fold::{self, Authority};
+use crate::events::{AppendRequest, AppendResult, EventPage, ProcessEvent};
+use crate::fold;
 use crate::model::{
     page_limit, Change, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, Outcome,
     ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope, StartGrant,
     StatusFilter, Tombstone, TransferReport, WakeDelivery, Watermark, WorkAction, WorkItem,
 };
+use crate::ops::{self, Answer, Op, Row, WriteTx};
 use crate::registry::{prune_status, CancelAnswer, ProcessRegistry, Registered};
 use crate::validate::{self, validate_id, validate_scope};
 use crate::{CairnError, Result};
 
 struct Entry {
-    record: ProcessRecord,
-    lease: Option<Lease>,
-    fencing: u64,
+    row: Row,
     events: Vec<ProcessEvent>,
     replay: HashMap<String, u64>,
     change_cursor: u64,
@@ -83,6 +81,17 @@ impl MemoryRegistry {
     fn now(&self) -> u64 {
         self.clock.now_ms()
     }
+
+    /// Run one operation under the state lock. The memory registry has no
+    /// rollback: an operation's checks all come before its first write, and
+    /// every write after the first is one the operation just made valid (the
+    /// suites pin this), so a failing operation changed nothing.
+    fn submit(&self, op: Result<Op>) -> Result<Answer> {
+        let op = op?;
+        let now = self.now();
+        let mut st = self.state.lock();
+        ops::run(&mut Tx { st: &mut st, now }, &op)
+    }
 }
 
 impl State {
@@ -114,159 +123,161 @@ impl State {
         let candidate = self
             .entries
             .get(id)
-            .is_some_and(|e| fold::is_run_candidate(&e.record) || fold::is_abandon_candidate(&e.record));
+            .is_some_and(|e| fold::is_run_candidate(&e.row.record) || fold::is_abandon_candidate(&e.row.record));
         if candidate {
             self.candidates.insert(id.to_string());
         } else {
             self.candidates.remove(id);
         }
     }
+}
 
-    /// Append under the state lock: replay check, preparation, persistence.
-    fn append(&mut self, id: &str, req: &AppendRequest, authority: Authority, now: u64) -> Result<AppendResult> {
-        let entry = match self.entries.get(id) {
-            Some(e) => e,
-            None => return Err(self.missing(id)),
-        };
-        fold::validate_replay_key(req)?;
-        if let Some(key) = &req.replay_key {
-            if let Some(seq) = entry.replay.get(key) {
-                let original = &entry.events[(*seq - 1) as usize];
-                fold::check_replay(original, req)?;
-                return Ok(AppendResult {
-                    event: original.clone(),
-                    replayed: true,
-                    wake: None,
-                });
-            }
-        }
-        let prepared = fold::prepare_append(&entry.record, entry.lease.as_ref(), req, authority, now)?;
-        let terminal = prepared.event.semantics.terminal.is_some();
-        let entry = match self.entries.get_mut(id) {
-            Some(e) => e,
-            None => return Err(CairnError::UnknownProcess(id.to_string())),
-        };
-        if let Some(key) = &req.replay_key {
-            entry.replay.insert(key.clone(), prepared.event.sequence);
-        }
-        entry.events.push(prepared.event.clone());
-        entry.record = prepared.record;
-        if terminal {
-            entry.lease = None;
-        }
-        let mut wake = None;
-        if let Some(w) = prepared.wake {
-            if !self.wakes.contains_key(&w.wake_id) {
-                self.wake_order += 1;
-                self.wakes.insert(
-                    w.wake_id.clone(),
-                    WakeRow {
-                        delivery: w.clone(),
-                        acked: false,
-                        order: self.wake_order,
-                    },
-                );
-                wake = Some(w);
-            }
-        }
-        self.touch(id);
-        self.reindex(id);
-        Ok(AppendResult {
-            event: prepared.event,
-            replayed: false,
-            wake,
-        })
+/// One operation's transaction: the locked state at one time.
+struct Tx<'a> {
+    st: &'a mut State,
+    now: u64,
+}
+
+impl Tx<'_> {
+    fn entry_mut(&mut self, id: &str) -> Result<&mut Entry> {
+        self.st
+            .entries
+            .get_mut(id)
+            .ok_or_else(|| CairnError::UnknownProcess(id.to_string()))
+    }
+}
+
+impl WriteTx for Tx<'_> {
+    fn now(&self) -> u64 {
+        self.now
     }
 
-    fn claim(&mut self, id: &str, owner_id: &str, ttl_ms: u64, now: u64) -> Result<Lease> {
-        let entry = match self.entries.get_mut(id) {
-            Some(e) => e,
-            None => return Err(self.missing(id)),
-        };
-        if let Some(err) = fold::claim_refusal(&entry.record, owner_id, now) {
-            return Err(err);
-        }
-        entry.fencing += 1;
-        let lease = Lease {
-            process_id: id.to_string(),
-            owner_id: owner_id.to_string(),
-            lease_token: uuid::Uuid::new_v4().to_string(),
-            fencing_token: entry.fencing,
-            claimed_at_ms: now,
-            expires_at_ms: now.saturating_add(ttl_ms),
-        };
-        entry.record.lease = Some(lease.view());
-        entry.lease = Some(lease.clone());
-        Ok(lease)
+    fn row(&mut self, id: &str) -> Result<Option<&Row>> {
+        Ok(self.st.entries.get(id).map(|e| &e.row))
     }
 
-    fn matches(&self, record: &ProcessRecord, filter: &ProcessFilter) -> bool {
-        filter.matches(record)
+    fn tombstone(&mut self, id: &str) -> Result<Option<Tombstone>> {
+        Ok(self.st.tombstones.get(id).cloned())
+    }
+
+    fn replayed(&mut self, id: &str, replay_key: &str) -> Result<Option<ProcessEvent>> {
+        let Some(entry) = self.st.entries.get(id) else {
+            return Ok(None);
+        };
+        Ok(entry
+            .replay
+            .get(replay_key)
+            .and_then(|seq| entry.events.get((*seq - 1) as usize))
+            .cloned())
+    }
+
+    fn env_stored(&mut self, env_ref: &str) -> Result<bool> {
+        Ok(self.st.envs.contains_key(env_ref))
+    }
+
+    fn run_candidates(&mut self, limit: usize) -> Result<Vec<String>> {
+        let now = self.now;
+        let st = &*self.st;
+        Ok(st
+            .candidates
+            .iter()
+            .filter(|id| {
+                st.entries.get(*id).is_some_and(|e| {
+                    fold::is_run_candidate(&e.row.record) && e.row.lease.as_ref().is_none_or(|l| l.expires_at_ms <= now)
+                })
+            })
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    fn insert_row(&mut self, record: ProcessRecord) -> Result<()> {
+        let id = record.id.clone();
+        self.st.entries.insert(
+            id.clone(),
+            Entry {
+                row: Row {
+                    record,
+                    lease: None,
+                    fencing: 0,
+                },
+                events: Vec::new(),
+                replay: HashMap::new(),
+                change_cursor: 0,
+            },
+        );
+        self.st.touch(&id);
+        self.st.reindex(&id);
+        Ok(())
+    }
+
+    fn update_record(&mut self, record: ProcessRecord, release_lease: bool) -> Result<()> {
+        let id = record.id.clone();
+        let row = &mut self.entry_mut(&id)?.row;
+        row.record = record;
+        if release_lease {
+            row.lease = None;
+        }
+        row.normalise();
+        self.st.touch(&id);
+        self.st.reindex(&id);
+        Ok(())
+    }
+
+    fn set_lease(&mut self, id: &str, lease: Option<Lease>, fencing: u64) -> Result<()> {
+        let row = &mut self.entry_mut(id)?.row;
+        row.lease = lease;
+        row.fencing = fencing;
+        row.normalise();
+        Ok(())
+    }
+
+    fn push_event(&mut self, event: &ProcessEvent) -> Result<()> {
+        let entry = self.entry_mut(&event.process_id)?;
+        if let Some(key) = &event.replay_key {
+            entry.replay.insert(key.clone(), event.sequence);
+        }
+        entry.events.push(event.clone());
+        Ok(())
+    }
+
+    fn insert_wake(&mut self, wake: &WakeDelivery) -> Result<bool> {
+        if self.st.wakes.contains_key(&wake.wake_id) {
+            return Ok(false);
+        }
+        self.st.wake_order += 1;
+        self.st.wakes.insert(
+            wake.wake_id.clone(),
+            WakeRow {
+                delivery: wake.clone(),
+                acked: false,
+                order: self.st.wake_order,
+            },
+        );
+        Ok(true)
+    }
+
+    fn upsert_grant(&mut self, grant: &Grant) -> Result<()> {
+        self.st
+            .grants
+            .entry(grant.scope.scope_id())
+            .or_default()
+            .insert(grant.process_id.clone(), grant.clone());
+        Ok(())
     }
 }
 
 #[async_trait]
 impl ProcessRegistry for MemoryRegistry {
     async fn register(&self, registration: Registration, grant: Option<StartGrant>) -> Result<Registered> {
-        let now = self.now();
-        let record = fold::initial_record(&registration, now)?;
-        if let Some(g) = &grant {
-            validate_scope(&g.session_scope)?;
-        }
-        let mut st = self.state.lock();
-        if let Some(t) = st.tombstones.get(&registration.id) {
-            return Err(CairnError::NoLongerRetained(Box::new(t.clone())));
-        }
-        if let Some(existing) = st.entries.get(&registration.id) {
-            if existing.record.registration_hash == record.registration_hash {
-                return Ok(Registered {
-                    process: existing.record.clone(),
-                    created: false,
-                });
-            }
-            return Err(CairnError::RegistrationConflict { id: registration.id });
-        }
-        if let Some(env) = &record.env_ref {
-            if !st.envs.contains_key(env) {
-                return Err(CairnError::UnknownEnv(env.clone()));
-            }
-        }
-        let id = record.id.clone();
-        st.entries.insert(
-            id.clone(),
-            Entry {
-                record: record.clone(),
-                lease: None,
-                fencing: 0,
-                events: Vec::new(),
-                replay: HashMap::new(),
-                change_cursor: 0,
-            },
-        );
-        if let Some(g) = grant {
-            let grant = Grant {
-                scope: g.session_scope.clone(),
-                process_id: id.clone(),
-                descriptor: g.descriptor,
-                granted_at_ms: now,
-            };
-            st.grants
-                .entry(g.session_scope.scope_id())
-                .or_default()
-                .insert(id.clone(), grant);
-        }
-        st.touch(&id);
-        st.reindex(&id);
-        Ok(Registered {
-            process: record,
-            created: true,
-        })
+        self.submit(Op::register(&registration, grant, self.now()))?
+            .into_registered()
     }
 
     async fn get(&self, id: &str) -> Result<ProcessRecord> {
         validate_id("process id", id)?;
         let st = self.state.lock();
-        Ok(st.entry(id)?.record.clone())
+        Ok(st.entry(id)?.row.record.clone())
     }
 
     async fn list(&self, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>> {
@@ -276,8 +287,8 @@ impl ProcessRegistry for MemoryRegistry {
         Ok(st
             .entries
             .range(start..)
-            .map(|(_, e)| &e.record)
-            .filter(|r| st.matches(r, filter))
+            .map(|(_, e)| &e.row.record)
+            .filter(|r| filter.matches(r))
             .take(limit)
             .cloned()
             .collect())
@@ -296,59 +307,22 @@ impl ProcessRegistry for MemoryRegistry {
             .cloned()
             .collect();
         let next_after = match events.last() {
-            Some(last) if last.sequence < entry.record.last_sequence => Some(last.sequence),
+            Some(last) if last.sequence < entry.row.record.last_sequence => Some(last.sequence),
             _ => None,
         };
         Ok(EventPage { events, next_after })
     }
 
     async fn append_event(&self, id: &str, request: AppendRequest) -> Result<AppendResult> {
-        validate_id("process id", id)?;
-        let now = self.now();
-        self.state.lock().append(id, &request, Authority::Caller, now)
+        self.submit(Op::append(id, request))?.into_appended()
     }
 
     async fn request_cancel(&self, id: &str, reason: Option<String>) -> Result<CancelAnswer> {
-        validate_id("process id", id)?;
-        let now = self.now();
-        let req = AppendRequest::new(events::CANCEL_REQUESTED, json!({ "reason": reason }))
-            .with_replay_key(fold::cancel_replay_key(reason.as_deref()));
-        let mut st = self.state.lock();
-        let record = &st.entry(id)?.record;
-        if record.is_terminal() {
-            return Err(CairnError::ProcessTerminal(id.to_string()));
-        }
-        st.append(id, &req, Authority::Cairn, now)?;
-        let record = &st.entry(id)?.record;
-        let mut cancelled_now = false;
-        if fold::cancels_at_once(record, now) {
-            let outcome = Outcome::cancelled(reason.clone().unwrap_or_else(|| "cancelled before it started".into()));
-            st.append(id, &fold::terminal_request(&outcome), Authority::Cairn, now)?;
-            cancelled_now = true;
-        }
-        Ok(CancelAnswer {
-            process: st.entry(id)?.record.clone(),
-            cancelled_now,
-        })
+        self.submit(Op::cancel(id, reason))?.into_cancel()
     }
 
     async fn grant(&self, scope: &SessionScope, id: &str, descriptor: GrantDescriptor) -> Result<Grant> {
-        validate_scope(scope)?;
-        validate_id("process id", id)?;
-        let now = self.now();
-        let mut st = self.state.lock();
-        st.entry(id)?;
-        let grant = Grant {
-            scope: scope.clone(),
-            process_id: id.to_string(),
-            descriptor,
-            granted_at_ms: now,
-        };
-        st.grants
-            .entry(scope.scope_id())
-            .or_default()
-            .insert(id.to_string(), grant.clone());
-        Ok(grant)
+        self.submit(Op::grant(scope, id, descriptor, self.now()))?.into_grant()
     }
 
     async fn revoke(&self, scope: &SessionScope, id: &str) -> Result<bool> {
@@ -394,8 +368,8 @@ impl ProcessRegistry for MemoryRegistry {
         };
         Ok(grants
             .values()
-            .filter_map(|g| st.entries.get(&g.process_id).map(|e| (g, &e.record)))
-            .filter(|(_, r)| st.matches(r, filter))
+            .filter_map(|g| st.entries.get(&g.process_id).map(|e| (g, &e.row.record)))
+            .filter(|(_, r)| filter.matches(r))
             .take(limit)
             .map(|(g, r)| GrantedProcess {
                 grant: g.clone(),
@@ -412,11 +386,11 @@ impl ProcessRegistry for MemoryRegistry {
         Ok(st
             .entries
             .range(start..)
-            .map(|(_, e)| &e.record)
+            .map(|(_, e)| &e.row.record)
             .filter(
                 |r| matches!(&r.provenance.originator, crate::model::Originator::Session { scope: s } if s == scope),
             )
-            .filter(|r| st.matches(r, filter))
+            .filter(|r| filter.matches(r))
             .take(limit)
             .cloned()
             .collect())
@@ -447,7 +421,7 @@ impl ProcessRegistry for MemoryRegistry {
             .retain(|_, w| w.acked || w.delivery.target_session_id != session_id);
         report.deleted_wakes = (before - st.wakes.len()) as u64;
         for id in touched {
-            let running = st.entries.get(&id).is_some_and(|e| !e.record.is_terminal());
+            let running = st.entries.get(&id).is_some_and(|e| !e.row.record.is_terminal());
             let still_granted = st.grants.values().any(|m| m.contains_key(&id));
             if running && !still_granted {
                 report.orphaned.push(id);
@@ -482,94 +456,27 @@ impl ProcessRegistry for MemoryRegistry {
     }
 
     async fn claim(&self, id: &str, owner_id: &str, ttl_ms: u64) -> Result<Lease> {
-        validate_id("process id", id)?;
-        validate_id("owner id", owner_id)?;
-        fold::check_ttl(ttl_ms)?;
-        let now = self.now();
-        self.state.lock().claim(id, owner_id, ttl_ms, now)
+        self.submit(Op::claim(id, owner_id, ttl_ms))?.into_lease()
     }
 
     async fn claim_batch(&self, owner_id: &str, ttl_ms: u64, limit: usize) -> Result<Vec<Claim>> {
-        validate_id("owner id", owner_id)?;
-        fold::check_ttl(ttl_ms)?;
-        let now = self.now();
-        let mut st = self.state.lock();
-        let ids: Vec<String> = st
-            .candidates
-            .iter()
-            .filter(|id| {
-                st.entries.get(*id).is_some_and(|e| {
-                    fold::is_run_candidate(&e.record) && e.lease.as_ref().is_none_or(|l| l.expires_at_ms <= now)
-                })
-            })
-            .take(limit)
-            .cloned()
-            .collect();
-        let mut claims = Vec::with_capacity(ids.len());
-        for id in ids {
-            let lease = st.claim(&id, owner_id, ttl_ms, now)?;
-            let req = fold::started_request(&st.entry(&id)?.record, &lease);
-            st.append(&id, &req, Authority::Cairn, now)?;
-            claims.push(Claim {
-                lease,
-                process: st.entry(&id)?.record.clone(),
-            });
-        }
-        Ok(claims)
+        self.submit(Op::claim_batch(owner_id, ttl_ms, limit))?.into_claims()
     }
 
     async fn record_started(&self, lease: &Lease) -> Result<ProcessRecord> {
-        validate_id("process id", &lease.process_id)?;
-        let now = self.now();
-        let mut st = self.state.lock();
-        let req = fold::started_request(&st.entry(&lease.process_id)?.record, lease);
-        st.append(&lease.process_id, &req, Authority::Cairn, now)?;
-        Ok(st.entry(&lease.process_id)?.record.clone())
+        self.submit(Op::record_started(lease))?.into_record()
     }
 
     async fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<Lease> {
-        validate_id("process id", &lease.process_id)?;
-        fold::check_ttl(ttl_ms)?;
-        let now = self.now();
-        let mut st = self.state.lock();
-        let id = lease.process_id.clone();
-        let entry = match st.entries.get_mut(&id) {
-            Some(e) => e,
-            None => return Err(st.missing(&id)),
-        };
-        fold::check_lease(&id, entry.lease.as_ref(), lease, now)?;
-        let mut renewed = lease.clone();
-        renewed.expires_at_ms = now.saturating_add(ttl_ms);
-        entry.record.lease = Some(renewed.view());
-        entry.lease = Some(renewed.clone());
-        Ok(renewed)
+        self.submit(Op::renew(lease, ttl_ms))?.into_lease()
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
-        validate_id("process id", &lease.process_id)?;
-        let mut st = self.state.lock();
-        let id = lease.process_id.clone();
-        let entry = match st.entries.get_mut(&id) {
-            Some(e) => e,
-            None => return Err(st.missing(&id)),
-        };
-        let matches = entry.lease.as_ref().is_some_and(|l| {
-            l.owner_id == lease.owner_id && l.lease_token == lease.lease_token && l.fencing_token == lease.fencing_token
-        });
-        if matches {
-            entry.lease = None;
-            entry.record.lease = None;
-        }
-        Ok(matches)
+        self.submit(Op::release(lease))?.into_bool()
     }
 
     async fn complete(&self, lease: &Lease, outcome: Outcome) -> Result<ProcessRecord> {
-        validate_id("process id", &lease.process_id)?;
-        let now = self.now();
-        let req = fold::terminal_request(&outcome).with_lease(lease.clone());
-        let mut st = self.state.lock();
-        st.append(&lease.process_id, &req, Authority::Cairn, now)?;
-        Ok(st.entry(&lease.process_id)?.record.clone())
+        self.submit(Op::complete(lease, outcome))?.into_record()
     }
 
     async fn worklist(&self, limit: usize) -> Result<Vec<WorkItem>> {
@@ -580,10 +487,10 @@ impl ProcessRegistry for MemoryRegistry {
             .iter()
             .filter_map(|id| {
                 let e = st.entries.get(id)?;
-                if e.lease.as_ref().is_some_and(|l| l.expires_at_ms > now) {
+                if e.row.lease.as_ref().is_some_and(|l| l.expires_at_ms > now) {
                     return None;
                 }
-                let action = if fold::is_abandon_candidate(&e.record) {
+                let action = if fold::is_abandon_candidate(&e.row.record) {
                     WorkAction::ReconcileAbandon
                 } else {
                     WorkAction::Run
@@ -605,7 +512,8 @@ impl ProcessRegistry for MemoryRegistry {
             .iter()
             .filter(|id| {
                 st.entries.get(*id).is_some_and(|e| {
-                    fold::is_abandon_candidate(&e.record) && e.lease.as_ref().is_none_or(|l| l.expires_at_ms <= now)
+                    fold::is_abandon_candidate(&e.row.record)
+                        && e.row.lease.as_ref().is_none_or(|l| l.expires_at_ms <= now)
                 })
             })
             .take(limit)
@@ -614,51 +522,17 @@ impl ProcessRegistry for MemoryRegistry {
     }
 
     async fn request_abandon(&self, id: &str, requested_by: &str, reason: &str) -> Result<ProcessRecord> {
-        validate_id("process id", id)?;
-        validate_id("requested_by", requested_by)?;
-        let now = self.now();
-        let mut st = self.state.lock();
-        let record = &st.entry(id)?.record;
-        if record.is_terminal() {
-            return Err(CairnError::ProcessTerminal(id.to_string()));
-        }
-        if record.abandon_request.is_some() {
-            return Ok(record.clone());
-        }
-        let req = AppendRequest::new(
-            events::ABANDON_REQUESTED,
-            json!({"requested_by": requested_by, "reason": reason}),
-        );
-        st.append(id, &req, Authority::Cairn, now)?;
-        Ok(st.entry(id)?.record.clone())
+        self.submit(Op::request_abandon(id, requested_by, reason))?
+            .into_record()
     }
 
     async fn reconcile_abandon(&self, id: &str) -> Result<Option<ProcessRecord>> {
-        validate_id("process id", id)?;
-        let now = self.now();
-        let mut st = self.state.lock();
-        let entry = st.entry(id)?;
-        let record = &entry.record;
-        if !fold::abandon_reconcilable(record, entry.lease.as_ref(), now) {
-            return Ok(None);
-        }
-        let outcome = fold::reconciled_abandon_outcome(record, now);
-        st.append(id, &fold::terminal_request(&outcome), Authority::Cairn, now)?;
-        Ok(Some(st.entry(id)?.record.clone()))
+        self.submit(Op::reconcile_abandon(id))?.into_maybe_record()
     }
 
     async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<ProcessRecord> {
-        validate_id("process id", id)?;
-        validate_id("authority", authority)?;
-        let req = fold::external_completion(id, &outcome, authority)?;
-        let now = self.now();
-        let mut st = self.state.lock();
-        let record = &st.entry(id)?.record;
-        if record.disposition != crate::model::Disposition::ExternallyOwned {
-            return Err(CairnError::NotExternallyOwned(id.to_string()));
-        }
-        st.append(id, &req, Authority::Cairn, now)?;
-        Ok(st.entry(id)?.record.clone())
+        self.submit(Op::complete_external(id, &outcome, authority))?
+            .into_record()
     }
 
     async fn prune(&self, cutoff_ms: u64, status: StatusFilter, watermark: Watermark) -> Result<PruneReport> {
@@ -670,9 +544,9 @@ impl ProcessRegistry for MemoryRegistry {
             .entries
             .iter()
             .filter(|(_, e)| {
-                e.record.is_terminal()
-                    && status.matches(e.record.status)
-                    && e.record.terminal_at_ms.is_some_and(|t| t < cutoff_ms)
+                e.row.record.is_terminal()
+                    && status.matches(e.row.record.status)
+                    && e.row.record.terminal_at_ms.is_some_and(|t| t < cutoff_ms)
             })
             .filter_map(|(id, e)| match watermark {
                 Watermark::Cursor { cursor } if e.change_cursor > cursor => {
@@ -700,8 +574,8 @@ impl ProcessRegistry for MemoryRegistry {
                 id.clone(),
                 Tombstone {
                     id: id.clone(),
-                    status: e.record.status,
-                    terminal_at_ms: e.record.terminal_at_ms.unwrap_or(e.record.updated_at_ms),
+                    status: e.row.record.status,
+                    terminal_at_ms: e.row.record.terminal_at_ms.unwrap_or(e.row.record.updated_at_ms),
                     pruned_at_ms: now,
                 },
             );
@@ -720,7 +594,7 @@ impl ProcessRegistry for MemoryRegistry {
             .filter_map(|(c, id)| {
                 st.entries.get(id).map(|e| Change {
                     cursor: *c,
-                    process: e.record.clone(),
+                    process: e.row.record.clone(),
                 })
             })
             .collect();
@@ -745,6 +619,6 @@ impl ProcessRegistry for MemoryRegistry {
 
     async fn fencing_token(&self, id: &str) -> Result<u64> {
         validate_id("process id", id)?;
-        Ok(self.state.lock().entry(id)?.fencing)
+        Ok(self.state.lock().entry(id)?.row.fencing)
     }
 }

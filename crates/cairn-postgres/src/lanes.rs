@@ -11,19 +11,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_core::clock::SharedClock;
+use cairn_core::ops::{Answer, Op};
 use cairn_core::{CairnError, Result};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Config;
 
 use crate::conn::{describe, is_transient, open_retrying, Conn};
-use crate::uow::{run_batch, BatchError, Op, Out, Target};
+use crate::uow::{run_batch, BatchError, Target};
 
 /// How many times a batch is run again after a transient fault.
 const RETRIES: u32 = 5;
 
 struct Job {
     op: Op,
-    reply: oneshot::Sender<Result<Out>>,
+    reply: oneshot::Sender<Result<Answer>>,
 }
 
 /// What every lane shares.
@@ -61,14 +62,14 @@ impl Lanes {
 
     /// Run `ops` as one batch, as a lane runs the work it gathered, on a
     /// connection of its own (tests of what one batch answers).
-    pub async fn run_together(&self, ops: Vec<Op>) -> Vec<Result<Out>> {
+    pub async fn run_together(&self, ops: Vec<Op>) -> Vec<Result<Answer>> {
         let mut conn = None;
         execute(&self.shared, usize::MAX, &mut conn, &ops).await
     }
 
     /// Queue `op` and wait for its answer.
-    pub async fn submit(&self, op: Op) -> Result<Out> {
-        let lane = match op.key() {
+    pub async fn submit(&self, op: Op) -> Result<Answer> {
+        let lane = match op.process_id() {
             Some(id) => {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 id.hash(&mut h);
@@ -132,7 +133,7 @@ async fn gather(rx: &mut mpsc::UnboundedReceiver<Job>, jobs: &mut Vec<Job>, max:
 /// Run a batch to an answer per operation: retry transient faults on a fresh
 /// connection, and split a batch that fails for another reason so that only
 /// the operation at fault fails.
-async fn execute(shared: &LaneConfig, index: usize, conn: &mut Option<Conn>, ops: &[Op]) -> Vec<Result<Out>> {
+async fn execute(shared: &LaneConfig, index: usize, conn: &mut Option<Conn>, ops: &[Op]) -> Vec<Result<Answer>> {
     let mut delay = Duration::from_millis(5);
     let mut attempt = 0;
     loop {

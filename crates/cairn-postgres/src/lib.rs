@@ -48,7 +48,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use cairn_core::clock::SharedClock;
 use cairn_core::events::{AppendRequest, AppendResult, EventPage};
-use cairn_core::fold;
 use cairn_core::model::{
     page_limit, Change, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, Outcome,
     ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope, StartGrant,
@@ -63,9 +62,9 @@ use tokio_postgres::Config;
 
 pub use schema::{validate_schema_name, SCHEMA_VERSION};
 
+use cairn_core::ops::{Answer, Op};
 use conn::{is_transient, open_retrying, Conn, Shared};
 use lanes::{LaneConfig, Lanes};
-use uow::{Op, Out};
 
 /// An error inside a store operation: a cairn answer, or a fault of the storage.
 #[derive(Debug)]
@@ -367,8 +366,8 @@ impl PostgresRegistry {
             .await
     }
 
-    async fn submit(&self, op: Op) -> Result<Out> {
-        self.lanes.submit(op).await
+    async fn submit(&self, op: Result<Op>) -> Result<Answer> {
+        self.lanes.submit(op?).await
     }
 
     /// Register `registrations` (no grants) as one write batch, the way a lane
@@ -378,13 +377,10 @@ impl PostgresRegistry {
         let mut answers: Vec<Option<Result<Registered>>> = Vec::new();
         let mut ops = Vec::new();
         for registration in registrations {
-            match fold::initial_record(registration, now) {
-                Ok(record) => {
+            match Op::register(registration, None, now) {
+                Ok(op) => {
                     answers.push(None);
-                    ops.push(Op::Register {
-                        record: Box::new(record),
-                        grant: None,
-                    });
+                    ops.push(op);
                 }
                 Err(e) => answers.push(Some(Err(e))),
             }
@@ -394,9 +390,7 @@ impl PostgresRegistry {
             .into_iter()
             .map(|answer| {
                 answer.unwrap_or_else(|| match outs.next() {
-                    Some(Ok(Out::Registered(r))) => Ok(r),
-                    Some(Ok(other)) => Err(unexpected("register", other)),
-                    Some(Err(e)) => Err(e),
+                    Some(out) => out?.into_registered(),
                     None => Err(CairnError::storage("postgres: a registration went unanswered")),
                 })
             })
@@ -447,34 +441,12 @@ impl PostgresRegistry {
     }
 }
 
-fn unexpected(what: &str, out: Out) -> CairnError {
-    CairnError::storage(format!("postgres write lane answered {what} with {out:?}"))
-}
-
 #[async_trait]
 impl ProcessRegistry for PostgresRegistry {
     async fn register(&self, registration: Registration, grant: Option<StartGrant>) -> Result<Registered> {
-        let now = self.clock.now_ms();
-        let record = fold::initial_record(&registration, now)?;
-        if let Some(g) = &grant {
-            validate_scope(&g.session_scope)?;
-        }
-        let grant = grant.map(|g| Grant {
-            scope: g.session_scope,
-            process_id: record.id.clone(),
-            descriptor: g.descriptor,
-            granted_at_ms: now,
-        });
-        match self
-            .submit(Op::Register {
-                record: Box::new(record),
-                grant,
-            })
+        self.submit(Op::register(&registration, grant, self.clock.now_ms()))
             .await?
-        {
-            Out::Registered(r) => Ok(r),
-            other => Err(unexpected("register", other)),
-        }
+            .into_registered()
     }
 
     async fn get(&self, id: &str) -> Result<ProcessRecord> {
@@ -504,46 +476,17 @@ impl ProcessRegistry for PostgresRegistry {
     }
 
     async fn append_event(&self, id: &str, request: AppendRequest) -> Result<AppendResult> {
-        validate_id("process id", id)?;
-        match self
-            .submit(Op::Append {
-                id: id.to_string(),
-                req: request,
-            })
-            .await?
-        {
-            Out::Appended(r) => Ok(r),
-            other => Err(unexpected("append", other)),
-        }
+        self.submit(Op::append(id, request)).await?.into_appended()
     }
 
     async fn request_cancel(&self, id: &str, reason: Option<String>) -> Result<CancelAnswer> {
-        validate_id("process id", id)?;
-        match self
-            .submit(Op::Cancel {
-                id: id.to_string(),
-                reason,
-            })
-            .await?
-        {
-            Out::Cancel(a) => Ok(a),
-            other => Err(unexpected("cancel", other)),
-        }
+        self.submit(Op::cancel(id, reason)).await?.into_cancel()
     }
 
     async fn grant(&self, scope: &SessionScope, id: &str, descriptor: GrantDescriptor) -> Result<Grant> {
-        validate_scope(scope)?;
-        validate_id("process id", id)?;
-        let grant = Grant {
-            scope: scope.clone(),
-            process_id: id.to_string(),
-            descriptor,
-            granted_at_ms: self.clock.now_ms(),
-        };
-        match self.submit(Op::Grant { grant }).await? {
-            Out::Grant(g) => Ok(g),
-            other => Err(unexpected("grant", other)),
-        }
+        self.submit(Op::grant(scope, id, descriptor, self.clock.now_ms()))
+            .await?
+            .into_grant()
     }
 
     async fn revoke(&self, scope: &SessionScope, id: &str) -> Result<bool> {
@@ -623,80 +566,31 @@ impl ProcessRegistry for PostgresRegistry {
     }
 
     async fn claim(&self, id: &str, owner_id: &str, ttl_ms: u64) -> Result<Lease> {
-        validate_id("process id", id)?;
-        validate_id("owner id", owner_id)?;
-        fold::check_ttl(ttl_ms)?;
-        let op = Op::Claim {
-            id: id.to_string(),
-            owner: owner_id.to_string(),
-            ttl: ttl_ms,
-        };
-        match self.submit(op).await? {
-            Out::Lease(l) => Ok(l),
-            other => Err(unexpected("claim", other)),
-        }
+        self.submit(Op::claim(id, owner_id, ttl_ms)).await?.into_lease()
     }
 
     async fn claim_batch(&self, owner_id: &str, ttl_ms: u64, limit: usize) -> Result<Vec<Claim>> {
-        validate_id("owner id", owner_id)?;
-        fold::check_ttl(ttl_ms)?;
+        let op = Op::claim_batch(owner_id, ttl_ms, limit)?;
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let op = Op::ClaimBatch {
-            owner: owner_id.to_string(),
-            ttl: ttl_ms,
-            limit: limit.min(10_000),
-        };
-        match self.submit(op).await? {
-            Out::Claims(c) => Ok(c),
-            other => Err(unexpected("claim_batch", other)),
-        }
+        self.submit(Ok(op)).await?.into_claims()
     }
 
     async fn record_started(&self, lease: &Lease) -> Result<ProcessRecord> {
-        validate_id("process id", &lease.process_id)?;
-        match self.submit(Op::RecordStarted { lease: lease.clone() }).await? {
-            Out::Record(r) => Ok(r),
-            other => Err(unexpected("record_started", other)),
-        }
+        self.submit(Op::record_started(lease)).await?.into_record()
     }
 
     async fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<Lease> {
-        validate_id("process id", &lease.process_id)?;
-        fold::check_ttl(ttl_ms)?;
-        match self
-            .submit(Op::Renew {
-                lease: lease.clone(),
-                ttl: ttl_ms,
-            })
-            .await?
-        {
-            Out::Lease(l) => Ok(l),
-            other => Err(unexpected("renew", other)),
-        }
+        self.submit(Op::renew(lease, ttl_ms)).await?.into_lease()
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
-        validate_id("process id", &lease.process_id)?;
-        match self.submit(Op::Release { lease: lease.clone() }).await? {
-            Out::Bool(b) => Ok(b),
-            other => Err(unexpected("release", other)),
-        }
+        self.submit(Op::release(lease)).await?.into_bool()
     }
 
     async fn complete(&self, lease: &Lease, outcome: Outcome) -> Result<ProcessRecord> {
-        validate_id("process id", &lease.process_id)?;
-        match self
-            .submit(Op::Complete {
-                lease: lease.clone(),
-                outcome,
-            })
-            .await?
-        {
-            Out::Record(r) => Ok(r),
-            other => Err(unexpected("complete", other)),
-        }
+        self.submit(Op::complete(lease, outcome)).await?.into_record()
     }
 
     async fn abandon_worklist(&self, limit: usize) -> Result<Vec<String>> {
@@ -726,41 +620,19 @@ impl ProcessRegistry for PostgresRegistry {
     }
 
     async fn request_abandon(&self, id: &str, requested_by: &str, reason: &str) -> Result<ProcessRecord> {
-        validate_id("process id", id)?;
-        validate_id("requested_by", requested_by)?;
-        let op = Op::RequestAbandon {
-            id: id.to_string(),
-            requested_by: requested_by.to_string(),
-            reason: reason.to_string(),
-        };
-        match self.submit(op).await? {
-            Out::Record(r) => Ok(r),
-            other => Err(unexpected("request_abandon", other)),
-        }
+        self.submit(Op::request_abandon(id, requested_by, reason))
+            .await?
+            .into_record()
     }
 
     async fn reconcile_abandon(&self, id: &str) -> Result<Option<ProcessRecord>> {
-        validate_id("process id", id)?;
-        match self.submit(Op::ReconcileAbandon { id: id.to_string() }).await? {
-            Out::MaybeRecord(r) => Ok(r),
-            other => Err(unexpected("reconcile_abandon", other)),
-        }
+        self.submit(Op::reconcile_abandon(id)).await?.into_maybe_record()
     }
 
     async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<ProcessRecord> {
-        validate_id("process id", id)?;
-        validate_id("authority", authority)?;
-        let req = fold::external_completion(id, &outcome, authority)?;
-        match self
-            .submit(Op::CompleteExternal {
-                id: id.to_string(),
-                req,
-            })
+        self.submit(Op::complete_external(id, &outcome, authority))
             .await?
-        {
-            Out::Record(r) => Ok(r),
-            other => Err(unexpected("complete_external", other)),
-        }
+            .into_record()
     }
 
     async fn prune(&self, cutoff_ms: u64, status: StatusFilter, watermark: Watermark) -> Result<PruneReport> {

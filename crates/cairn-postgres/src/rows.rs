@@ -28,11 +28,6 @@ pub(crate) fn to_sql_usize(v: usize) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// A lease expiry that the database stores exactly (see [`to_sql`]).
-pub(crate) fn expiry(now: u64, ttl_ms: u64) -> u64 {
-    now.saturating_add(ttl_ms).min(i64::MAX as u64)
-}
-
 pub(crate) fn status_label(status: StatusFilter) -> Option<&'static str> {
     match status {
         StatusFilter::Any => None,
@@ -44,21 +39,9 @@ pub(crate) fn status_label(status: StatusFilter) -> Option<&'static str> {
     }
 }
 
-/// A process row: the record (lease view filled in from the lease columns), the
-/// full lease and the fencing counter.
-#[derive(Clone, Debug)]
-pub(crate) struct Entry {
-    pub record: ProcessRecord,
-    pub lease: Option<Lease>,
-    pub fencing: u64,
-}
-
-impl Entry {
-    /// Make the record's lease view agree with the lease (the columns are the truth).
-    pub fn normalise(&mut self) {
-        self.record.lease = self.lease.as_ref().map(Lease::view);
-    }
-}
+/// A process row: the record (its lease view filled in from the lease
+/// columns), the full lease and the fencing counter.
+pub(crate) use cairn_core::ops::Row as Entry;
 
 /// Type lists this OS process has read or written, by [`EventTypes::key`]. They
 /// are content-addressed, so one cache serves every registry and schema.
@@ -214,7 +197,7 @@ pub(crate) struct Derived {
 }
 
 /// The stored JSON keeps whatever lease view the record carries: every load
-/// replaces it from the lease columns ([`Entry::normalise`]), so encoding the
+/// replaces it from the lease columns ([`Entry::normalise`](cairn_core::ops::Row::normalise)), so encoding the
 /// record as it is saves cloning it.
 pub(crate) fn derive(record: &ProcessRecord) -> Result<Derived, Fault> {
     Ok(Derived {

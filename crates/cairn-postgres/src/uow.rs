@@ -19,118 +19,17 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use cairn_core::events::{self, AppendRequest, AppendResult, EventTypes, ProcessEvent};
-use cairn_core::fold::{self, Authority};
-use cairn_core::model::{Claim, Grant, Lease, Outcome, ProcessRecord, Tombstone, WakeDelivery};
-use cairn_core::registry::{CancelAnswer, Registered};
+use cairn_core::events::{EventTypes, ProcessEvent};
+use cairn_core::fold;
+use cairn_core::model::{Grant, Lease, ProcessRecord, Tombstone, WakeDelivery};
+use cairn_core::ops::{self, Answer, Op, WriteTx};
 use cairn_core::{CairnError, Result};
 use futures::future::try_join_all;
-use serde_json::json;
 use tokio_postgres::types::ToSql;
 
 use crate::conn::Conn;
-use crate::rows::{derive, entries_from_rows, expiry, remember_types, to_sql, tombstone_from_row, Entry};
+use crate::rows::{derive, entries_from_rows, remember_types, to_sql, tombstone_from_row, Entry};
 use crate::Fault;
-
-/// One registry write, as queued to a lane.
-#[derive(Debug)]
-pub(crate) enum Op {
-    Register {
-        record: Box<ProcessRecord>,
-        grant: Option<Grant>,
-    },
-    Append {
-        id: String,
-        req: AppendRequest,
-    },
-    Cancel {
-        id: String,
-        reason: Option<String>,
-    },
-    Grant {
-        grant: Grant,
-    },
-    Claim {
-        id: String,
-        owner: String,
-        ttl: u64,
-    },
-    ClaimBatch {
-        owner: String,
-        ttl: u64,
-        limit: usize,
-    },
-    RecordStarted {
-        lease: Lease,
-    },
-    Renew {
-        lease: Lease,
-        ttl: u64,
-    },
-    Release {
-        lease: Lease,
-    },
-    Complete {
-        lease: Lease,
-        outcome: Outcome,
-    },
-    RequestAbandon {
-        id: String,
-        requested_by: String,
-        reason: String,
-    },
-    ReconcileAbandon {
-        id: String,
-    },
-    CompleteExternal {
-        id: String,
-        req: AppendRequest,
-    },
-}
-
-impl Op {
-    /// The process the operation addresses (none for a batch claim).
-    pub fn key(&self) -> Option<&str> {
-        match self {
-            Op::Register { record, .. } => Some(&record.id),
-            Op::Append { id, .. }
-            | Op::Cancel { id, .. }
-            | Op::Claim { id, .. }
-            | Op::RequestAbandon { id, .. }
-            | Op::ReconcileAbandon { id }
-            | Op::CompleteExternal { id, .. } => Some(id),
-            Op::Grant { grant } => Some(&grant.process_id),
-            Op::RecordStarted { lease }
-            | Op::Renew { lease, .. }
-            | Op::Release { lease }
-            | Op::Complete { lease, .. } => Some(&lease.process_id),
-            Op::ClaimBatch { .. } => None,
-        }
-    }
-
-    /// The replay key whose original event the operation may need.
-    fn replay_key(&self) -> Option<(String, String)> {
-        match self {
-            Op::Append { id, req } => req.replay_key.clone().map(|k| (id.clone(), k)),
-            Op::Cancel { id, reason } => Some((id.clone(), fold::cancel_replay_key(reason.as_deref()))),
-            _ => None,
-        }
-    }
-}
-
-/// What an operation answers.
-#[derive(Debug)]
-pub(crate) enum Out {
-    Registered(Registered),
-    Appended(AppendResult),
-    Cancel(CancelAnswer),
-    Grant(Grant),
-    Lease(Lease),
-    Claims(Vec<Claim>),
-    Record(ProcessRecord),
-    MaybeRecord(Option<ProcessRecord>),
-    Bool(bool),
-}
 
 /// A loaded (or newly registered) process row in the overlay.
 #[derive(Clone, Debug)]
@@ -260,58 +159,38 @@ impl Uow {
         }
     }
 
-    // ------------------------------------------------------------ overlay access
+    // ------------------------------------------------------------ the overlay
 
-    fn missing(&self, id: &str) -> CairnError {
-        match self.tombstones.get(id) {
-            Some(t) => CairnError::NoLongerRetained(Box::new(t.clone())),
-            None => CairnError::UnknownProcess(id.to_string()),
+    /// Journal the slot of `id` as it was before the running operation's first
+    /// change: the entry moves into the journal when `take` (the operation is
+    /// about to replace it), else it is copied.
+    fn journal_slot(&mut self, id: &str, take: bool) {
+        if self.journal.slots.contains_key(id) {
+            return;
         }
-    }
-
-    fn entry(&self, id: &str) -> Result<&Entry> {
-        match self.slots.get(id).and_then(|s| s.entry.as_ref()) {
-            Some(e) => Ok(e),
-            None => Err(self.missing(id)),
-        }
-    }
-
-    fn journal_slot(&mut self, id: &str) {
-        if !self.journal.slots.contains_key(id) {
-            self.journal.slots.insert(id.to_string(), self.slots.get(id).cloned());
-        }
-    }
-
-    /// Take the entry of `id` out of its slot to be replaced by one the
-    /// operation builds from what it read: the journal keeps the entry itself
-    /// (no copy). Answers its lease and fencing counter. Only for ids known to
-    /// have an entry.
-    fn retire_entry(&mut self, id: &str) -> (Option<Lease>, u64) {
-        let slot = self.slots.get_mut(id).expect("retire_entry is called for a loaded row");
-        let old = slot.entry.take().expect("retire_entry is called for a loaded row");
-        let kept = (old.lease.clone(), old.fencing);
-        if !self.journal.slots.contains_key(id) {
-            let before = Slot {
-                entry: Some(old),
+        let before = match self.slots.get_mut(id) {
+            Some(slot) if take => Some(Slot {
+                entry: slot.entry.take(),
                 ..*slot
-            };
-            self.journal.slots.insert(id.to_string(), Some(before));
-        }
-        kept
+            }),
+            Some(slot) => Some(slot.clone()),
+            None => None,
+        };
+        self.journal.slots.insert(id.to_string(), before);
     }
 
-    /// Store `entry` for `id`; `changed` when its record changed.
-    fn put(&mut self, id: &str, mut entry: Entry, changed: bool) {
-        self.journal_slot(id);
+    /// Store `entry` (journalled already); `changed` when its record changed.
+    fn put(&mut self, mut entry: Entry, changed: bool) {
         entry.normalise();
         let claimable = entry.lease.as_ref().is_none_or(|l| l.expires_at_ms <= self.now);
         if claimable && (fold::is_run_candidate(&entry.record) || fold::is_abandon_candidate(&entry.record)) {
             self.work = true;
         }
+        let id = entry.record.id.clone();
         if changed {
-            self.touched.insert(id.to_string(), entry.record.last_sequence);
+            self.touched.insert(id.clone(), entry.record.last_sequence);
         }
-        let slot = self.slots.entry(id.to_string()).or_insert(Slot {
+        let slot = self.slots.entry(id).or_insert(Slot {
             entry: None,
             stored: false,
             dirty: false,
@@ -322,10 +201,11 @@ impl Uow {
         slot.changed |= changed;
     }
 
-    fn upsert_grant(&mut self, grant: Grant) {
-        let key = (grant.scope.scope_id(), grant.process_id.clone());
-        let before = self.grants.insert(key.clone(), grant);
-        self.journal.grants.push((key, before));
+    fn loaded(&mut self, id: &str) -> Result<&mut Entry> {
+        self.slots
+            .get_mut(id)
+            .and_then(|s| s.entry.as_mut())
+            .ok_or_else(|| CairnError::UnknownProcess(id.to_string()))
     }
 
     fn begin(&mut self) {
@@ -354,253 +234,129 @@ impl Uow {
         self.wakes.truncate(journal.wakes);
     }
 
-    // ------------------------------------------------------------ operations
-
     /// Run one operation; on failure nothing it did remains in the overlay.
-    fn run(&mut self, op: &Op) -> Result<Out> {
+    fn run(&mut self, op: &Op) -> Result<Answer> {
         self.begin();
-        let out = self.exec(op);
+        let out = ops::run(self, op);
         if out.is_err() {
             self.undo();
         }
         out
     }
+}
 
-    fn exec(&mut self, op: &Op) -> Result<Out> {
-        let now = self.now;
-        match op {
-            Op::Register { record, grant } => self.register(record, grant.as_ref()).map(Out::Registered),
-            Op::Append { id, req } => Ok(Out::Appended(self.append(id, req, Authority::Caller)?.0)),
-            Op::Cancel { id, reason } => self.cancel(id, reason.as_deref()).map(Out::Cancel),
-            Op::Grant { grant } => {
-                self.entry(&grant.process_id)?;
-                self.upsert_grant(grant.clone());
-                Ok(Out::Grant(grant.clone()))
-            }
-            Op::Claim { id, owner, ttl } => self.claim(id, owner, *ttl).map(Out::Lease),
-            Op::ClaimBatch { owner, ttl, limit } => self.claim_batch(owner, *ttl, *limit).map(Out::Claims),
-            Op::RecordStarted { lease } => {
-                let req = fold::started_request(&self.entry(&lease.process_id)?.record, lease);
-                Ok(Out::Record(self.append(&lease.process_id, &req, Authority::Cairn)?.1))
-            }
-            Op::Renew { lease, ttl } => {
-                let id = &lease.process_id;
-                fold::check_lease(id, self.entry(id)?.lease.as_ref(), lease, now)?;
-                let mut entry = self.entry_taken(id);
-                let mut renewed = lease.clone();
-                renewed.expires_at_ms = expiry(now, *ttl);
-                entry.lease = Some(renewed.clone());
-                self.put(id, entry, false);
-                Ok(Out::Lease(renewed))
-            }
-            Op::Release { lease } => {
-                let id = &lease.process_id;
-                let matches = self.entry(id)?.lease.as_ref().is_some_and(|l| {
-                    l.owner_id == lease.owner_id
-                        && l.lease_token == lease.lease_token
-                        && l.fencing_token == lease.fencing_token
-                });
-                if matches {
-                    let mut entry = self.entry_taken(id);
-                    entry.lease = None;
-                    self.put(id, entry, false);
-                }
-                Ok(Out::Bool(matches))
-            }
-            Op::Complete { lease, outcome } => {
-                let req = fold::terminal_request(outcome).with_lease(lease.clone());
-                Ok(Out::Record(self.append(&lease.process_id, &req, Authority::Cairn)?.1))
-            }
-            Op::RequestAbandon {
-                id,
-                requested_by,
-                reason,
-            } => {
-                let record = &self.entry(id)?.record;
-                if record.is_terminal() {
-                    return Err(CairnError::ProcessTerminal(id.clone()));
-                }
-                if record.abandon_request.is_some() {
-                    return Ok(Out::Record(record.clone()));
-                }
-                let req = AppendRequest::new(
-                    events::ABANDON_REQUESTED,
-                    json!({"requested_by": requested_by, "reason": reason}),
-                );
-                Ok(Out::Record(self.append(id, &req, Authority::Cairn)?.1))
-            }
-            Op::ReconcileAbandon { id } => {
-                let entry = self.entry(id)?;
-                if !fold::abandon_reconcilable(&entry.record, entry.lease.as_ref(), now) {
-                    return Ok(Out::MaybeRecord(None));
-                }
-                let outcome = fold::reconciled_abandon_outcome(&entry.record, now);
-                let req = fold::terminal_request(&outcome);
-                Ok(Out::MaybeRecord(Some(self.append(id, &req, Authority::Cairn)?.1)))
-            }
-            Op::CompleteExternal { id, req } => {
-                if self.entry(id)?.record.disposition != cairn_core::model::Disposition::ExternallyOwned {
-                    return Err(CairnError::NotExternallyOwned(id.clone()));
-                }
-                Ok(Out::Record(self.append(id, req, Authority::Cairn)?.1))
-            }
-        }
+impl WriteTx for Uow {
+    fn now(&self) -> u64 {
+        self.now
     }
 
-    fn register(&mut self, record: &ProcessRecord, grant: Option<&Grant>) -> Result<Registered> {
-        if let Some(t) = self.tombstones.get(&record.id) {
-            return Err(CairnError::NoLongerRetained(Box::new(t.clone())));
-        }
-        if let Some(existing) = self.slots.get(&record.id).and_then(|s| s.entry.as_ref()) {
-            if existing.record.registration_hash == record.registration_hash {
-                return Ok(Registered {
-                    process: existing.record.clone(),
-                    created: false,
-                });
-            }
-            return Err(CairnError::RegistrationConflict { id: record.id.clone() });
-        }
-        if let Some(env) = &record.env_ref {
-            if !self.envs.contains(env) {
-                return Err(CairnError::UnknownEnv(env.clone()));
-            }
-        }
-        let entry = Entry {
-            record: record.clone(),
-            lease: None,
-            fencing: 0,
-        };
-        self.put(&record.id, entry, true);
-        if let Some(g) = grant {
-            self.upsert_grant(g.clone());
-        }
-        Ok(Registered {
-            process: record.clone(),
-            created: true,
-        })
+    fn row(&mut self, id: &str) -> Result<Option<&Entry>> {
+        Ok(self.slots.get(id).and_then(|s| s.entry.as_ref()))
     }
 
-    /// Append under the overlay: replay check, preparation, staging.
-    fn append(&mut self, id: &str, req: &AppendRequest, authority: Authority) -> Result<(AppendResult, ProcessRecord)> {
-        fold::validate_replay_key(req)?;
-        let prepared = {
-            let Some(entry) = self.slots.get(id).and_then(|s| s.entry.as_ref()) else {
-                return Err(self.missing(id));
+    fn tombstone(&mut self, id: &str) -> Result<Option<Tombstone>> {
+        Ok(self.tombstones.get(id).cloned())
+    }
+
+    fn replayed(&mut self, id: &str, replay_key: &str) -> Result<Option<ProcessEvent>> {
+        Ok(self.replays.get(&(id.to_string(), replay_key.to_string())).cloned())
+    }
+
+    fn env_stored(&mut self, env_ref: &str) -> Result<bool> {
+        Ok(self.envs.contains(env_ref))
+    }
+
+    /// Candidates locked by the load, skipping those an earlier operation of
+    /// the batch took or changed.
+    fn run_candidates(&mut self, limit: usize) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        while ids.len() < limit {
+            let Some(id) = self.candidates.pop_front() else { break };
+            let Some(entry) = self.slots.get(&id).and_then(|s| s.entry.as_ref()) else {
+                continue;
             };
-            if let Some(key) = &req.replay_key {
-                if let Some(original) = self.replays.get(&(id.to_string(), key.clone())) {
-                    fold::check_replay(original, req)?;
-                    let result = AppendResult {
-                        event: original.clone(),
-                        replayed: true,
-                        wake: None,
-                    };
-                    return Ok((result, entry.record.clone()));
-                }
-            }
-            fold::prepare_append(&entry.record, entry.lease.as_ref(), req, authority, self.now)?
-        };
-        let terminal = prepared.event.semantics.terminal.is_some();
-        let (lease, fencing) = self.retire_entry(id);
-        let entry = Entry {
-            record: prepared.record,
-            lease: if terminal { None } else { lease },
-            fencing,
-        };
-        let record = {
-            let mut r = entry.record.clone();
-            r.lease = entry.lease.as_ref().map(Lease::view);
-            r
-        };
-        self.put(id, entry, true);
-        if let Some(key) = &prepared.event.replay_key {
-            let k = (id.to_string(), key.clone());
-            self.replays.insert(k.clone(), prepared.event.clone());
-            self.journal.replays.push(k);
-        }
-        let mut wake = None;
-        if let Some(w) = prepared.wake {
-            if self.wake_ids.insert(w.wake_id.clone()) {
-                self.journal.wake_ids.push(w.wake_id.clone());
-                self.wakes.push(w.clone());
-                wake = Some(w);
+            let free = entry.lease.as_ref().is_none_or(|l| l.expires_at_ms <= self.now);
+            if free && fold::is_run_candidate(&entry.record) {
+                ids.push(id);
             }
         }
-        let result = AppendResult {
-            event: prepared.event.clone(),
-            replayed: false,
-            wake,
-        };
-        self.events.push(prepared.event);
-        Ok((result, record))
+        Ok(ids)
     }
 
-    /// Move the entry of `id` out of its slot (journalled) to be put back with
-    /// [`Uow::put`]; only for ids known to have an entry.
-    fn entry_taken(&mut self, id: &str) -> Entry {
-        self.journal_slot(id);
-        self.slots
+    fn insert_row(&mut self, record: ProcessRecord) -> Result<()> {
+        self.journal_slot(&record.id, true);
+        self.put(
+            Entry {
+                record,
+                lease: None,
+                fencing: 0,
+            },
+            true,
+        );
+        Ok(())
+    }
+
+    fn update_record(&mut self, record: ProcessRecord, release_lease: bool) -> Result<()> {
+        let id = record.id.clone();
+        // The entry being replaced moves into the journal (no copy of its
+        // record) unless an earlier change of this operation journalled it.
+        self.journal_slot(&id, true);
+        let (lease, fencing) = match self.slots.get_mut(&id).and_then(|s| s.entry.take()) {
+            Some(current) => (current.lease, current.fencing),
+            None => {
+                let before = self
+                    .journal
+                    .slots
+                    .get(&id)
+                    .and_then(Option::as_ref)
+                    .and_then(|s| s.entry.as_ref())
+                    .ok_or_else(|| CairnError::UnknownProcess(id.clone()))?;
+                (before.lease.clone(), before.fencing)
+            }
+        };
+        let lease = if release_lease { None } else { lease };
+        self.put(Entry { record, lease, fencing }, true);
+        Ok(())
+    }
+
+    fn set_lease(&mut self, id: &str, lease: Option<Lease>, fencing: u64) -> Result<()> {
+        self.loaded(id)?;
+        self.journal_slot(id, false);
+        let mut entry = self
+            .slots
             .get_mut(id)
             .and_then(|s| s.entry.take())
-            .expect("entry_taken is called for a loaded row")
+            .ok_or_else(|| CairnError::UnknownProcess(id.to_string()))?;
+        entry.lease = lease;
+        entry.fencing = fencing;
+        self.put(entry, false);
+        Ok(())
     }
 
-    fn cancel(&mut self, id: &str, reason: Option<&str>) -> Result<CancelAnswer> {
-        if self.entry(id)?.record.is_terminal() {
-            return Err(CairnError::ProcessTerminal(id.to_string()));
+    fn push_event(&mut self, event: &ProcessEvent) -> Result<()> {
+        if let Some(key) = &event.replay_key {
+            let k = (event.process_id.clone(), key.clone());
+            self.replays.insert(k.clone(), event.clone());
+            self.journal.replays.push(k);
         }
-        let req = AppendRequest::new(events::CANCEL_REQUESTED, json!({ "reason": reason }))
-            .with_replay_key(fold::cancel_replay_key(reason));
-        let mut record = self.append(id, &req, Authority::Cairn)?.1;
-        let mut cancelled_now = false;
-        if fold::cancels_at_once(&record, self.now) {
-            let outcome = Outcome::cancelled(reason.map_or_else(|| "cancelled before it started".into(), String::from));
-            record = self.append(id, &fold::terminal_request(&outcome), Authority::Cairn)?.1;
-            cancelled_now = true;
-        }
-        Ok(CancelAnswer {
-            process: record,
-            cancelled_now,
-        })
+        self.events.push(event.clone());
+        Ok(())
     }
 
-    fn claim(&mut self, id: &str, owner: &str, ttl: u64) -> Result<Lease> {
-        if let Some(err) = fold::claim_refusal(&self.entry(id)?.record, owner, self.now) {
-            return Err(err);
+    fn insert_wake(&mut self, wake: &WakeDelivery) -> Result<bool> {
+        if !self.wake_ids.insert(wake.wake_id.clone()) {
+            return Ok(false);
         }
-        let mut entry = self.entry_taken(id);
-        entry.fencing += 1;
-        let lease = Lease {
-            process_id: id.to_string(),
-            owner_id: owner.to_string(),
-            lease_token: uuid::Uuid::new_v4().to_string(),
-            fencing_token: entry.fencing,
-            claimed_at_ms: self.now,
-            expires_at_ms: expiry(self.now, ttl),
-        };
-        entry.lease = Some(lease.clone());
-        self.put(id, entry, false);
-        Ok(lease)
+        self.journal.wake_ids.push(wake.wake_id.clone());
+        self.wakes.push(wake.clone());
+        Ok(true)
     }
 
-    fn claim_batch(&mut self, owner: &str, ttl: u64, limit: usize) -> Result<Vec<Claim>> {
-        let mut claims = Vec::new();
-        while claims.len() < limit {
-            let Some(id) = self.candidates.pop_front() else { break };
-            let entry = self.entry(&id)?;
-            let free = entry.lease.as_ref().is_none_or(|l| l.expires_at_ms <= self.now);
-            if !free
-                || !fold::is_run_candidate(&entry.record)
-                || fold::claim_refusal(&entry.record, owner, self.now).is_some()
-            {
-                continue;
-            }
-            let lease = self.claim(&id, owner, ttl)?;
-            let req = fold::started_request(&self.entry(&id)?.record, &lease);
-            let process = self.append(&id, &req, Authority::Cairn)?.1;
-            claims.push(Claim { lease, process });
-        }
-        Ok(claims)
+    fn upsert_grant(&mut self, grant: &Grant) -> Result<()> {
+        let key = (grant.scope.scope_id(), grant.process_id.clone());
+        let before = self.grants.insert(key.clone(), grant.clone());
+        self.journal.grants.push((key, before));
+        Ok(())
     }
 }
 
@@ -677,7 +433,7 @@ pub(crate) async fn run_batch(
     ops: &[Op],
     now: u64,
     target: &Target,
-) -> std::result::Result<Vec<Result<Out>>, BatchError> {
+) -> std::result::Result<Vec<Result<Answer>>, BatchError> {
     // Prepare first (cached after the first batch) so that pipelined statements
     // go out in the order they are listed, after BEGIN.
     let (s_rows, s_tombs, s_replays, s_envs, s_cands) = futures::future::try_join5(
@@ -688,24 +444,12 @@ pub(crate) async fn run_batch(
         conn.stmt(LOAD_CANDIDATES),
     )
     .await?;
-    let mut ids: Vec<String> = ops.iter().filter_map(|o| o.key().map(String::from)).collect();
+    let mut ids: Vec<String> = ops.iter().filter_map(|o| o.process_id().map(String::from)).collect();
     ids.sort();
     ids.dedup();
     let (replay_ids, replay_keys): (Vec<String>, Vec<String>) = ops.iter().filter_map(Op::replay_key).unzip();
-    let envs: Vec<String> = ops
-        .iter()
-        .filter_map(|o| match o {
-            Op::Register { record, .. } => record.env_ref.clone(),
-            _ => None,
-        })
-        .collect();
-    let want: usize = ops
-        .iter()
-        .map(|o| match o {
-            Op::ClaimBatch { limit, .. } => *limit,
-            _ => 0,
-        })
-        .sum();
+    let envs: Vec<String> = ops.iter().filter_map(|o| o.env_ref().map(String::from)).collect();
+    let want: usize = ops.iter().map(Op::candidates_wanted).sum();
     let now_sql = to_sql(now);
     let want_sql = crate::rows::to_sql_usize(want);
 
@@ -747,7 +491,7 @@ async fn load_decide_write(
     now: u64,
     target: &Target,
     loads: Loads<'_>,
-) -> std::result::Result<Vec<Result<Out>>, BatchError> {
+) -> std::result::Result<Vec<Result<Answer>>, BatchError> {
     let client = &conn.client;
     let none: Vec<tokio_postgres::Row> = Vec::new();
     // 1. Load, pipelined behind BEGIN.
@@ -841,7 +585,7 @@ async fn load_decide_write(
     }
 
     // 2. Decide.
-    let mut outs: Vec<Result<Out>> = ops.iter().map(|op| uow.run(op)).collect();
+    let mut outs: Vec<Result<Answer>> = ops.iter().map(|op| uow.run(op)).collect();
 
     // 3. Write and commit, pipelined.
     let (inserted_wakes, new_lists) = write_and_commit(conn, &uow, target).await?;
@@ -854,7 +598,7 @@ async fn load_decide_write(
     }
     // A wake whose id was already stored (by an earlier batch) was not delivered again.
     for out in &mut outs {
-        if let Ok(Out::Appended(result)) = out {
+        if let Ok(Answer::Appended(result)) = out {
             if result
                 .wake
                 .as_ref()

@@ -9,8 +9,9 @@
 //!   it is atomic.
 //! - **Reads** run on a small pool of read-only connections on the blocking
 //!   thread pool; WAL lets them proceed while the writer commits.
-//! - **Same behaviour as [`cairn_core::MemoryRegistry`]**: every rule comes from
-//!   [`cairn_core::fold`]; this crate stores what it computes.
+//! - **Same behaviour as [`cairn_core::MemoryRegistry`]**: every write runs
+//!   through [`cairn_core::ops`] (the operation layer) over this crate's
+//!   storage primitives; no rule lives here.
 //!
 //! ```no_run
 //! # async fn demo() -> cairn_core::Result<()> {
@@ -27,6 +28,7 @@
 
 mod schema;
 mod store;
+mod tx;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -35,19 +37,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cairn_core::clock::SharedClock;
-use cairn_core::events::{self, AppendRequest, AppendResult, EventPage};
-use cairn_core::fold::{self, Authority};
+use cairn_core::events::{AppendRequest, AppendResult, EventPage};
 use cairn_core::model::{
-    page_limit, Change, ChangePage, Claim, Disposition, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease,
-    Outcome, ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope, StartGrant,
+    page_limit, Change, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, Outcome,
+    ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope, StartGrant,
     StatusFilter, TransferReport, WakeDelivery, Watermark, WorkAction, WorkItem,
 };
+use cairn_core::ops::{self, Answer, Op};
 use cairn_core::registry::{prune_status, CancelAnswer, ProcessRegistry, Registered};
 use cairn_core::validate::{self, validate_id, validate_scope};
 use cairn_core::{CairnError, Result};
 use parking_lot::Mutex;
 use rusqlite::{Connection, Transaction};
-use serde_json::json;
 
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use writer::WriteStats;
@@ -204,6 +205,13 @@ impl SqliteRegistry {
         self.writer.run(move |tx| work(tx, clock.now_ms())).await
     }
 
+    /// Run one operation of the operation layer as one write job.
+    async fn submit(&self, op: Result<Op>) -> Result<Answer> {
+        let op = op?;
+        self.write(move |conn, now| Ok(ops::run(&mut tx::Tx::new(conn, now), &op)?))
+            .await
+    }
+
     /// Run `work` on a read connection on the blocking pool; it receives the clock's time.
     async fn read<T, F>(&self, work: F) -> Result<T>
     where
@@ -230,42 +238,9 @@ impl Drop for SqliteRegistry {
 #[async_trait]
 impl ProcessRegistry for SqliteRegistry {
     async fn register(&self, registration: Registration, grant: Option<StartGrant>) -> Result<Registered> {
-        let now = self.clock.now_ms();
-        let record = fold::initial_record(&registration, now)?;
-        if let Some(g) = &grant {
-            validate_scope(&g.session_scope)?;
-        }
-        self.write(move |tx, _| {
-            if let Some(gone) = store::tombstone(tx, &record.id)? {
-                return Err(gone.into());
-            }
-            if let Some(existing) = store::load(tx, &record.id)? {
-                if existing.record.registration_hash == record.registration_hash {
-                    return Ok(Registered {
-                        process: existing.record,
-                        created: false,
-                    });
-                }
-                return Err(CairnError::RegistrationConflict { id: record.id.clone() }.into());
-            }
-            if let Some(env) = &record.env_ref {
-                if !store::env_exists(tx, env)? {
-                    return Err(CairnError::UnknownEnv(env.clone()).into());
-                }
-            }
-            let grant = grant.map(|g| Grant {
-                scope: g.session_scope,
-                process_id: record.id.clone(),
-                descriptor: g.descriptor,
-                granted_at_ms: now,
-            });
-            store::insert_new(tx, &record, grant.as_ref())?;
-            Ok(Registered {
-                process: record,
-                created: true,
-            })
-        })
-        .await
+        self.submit(Op::register(&registration, grant, self.clock.now_ms()))
+            .await?
+            .into_registered()
     }
 
     async fn get(&self, id: &str) -> Result<ProcessRecord> {
@@ -296,54 +271,17 @@ impl ProcessRegistry for SqliteRegistry {
     }
 
     async fn append_event(&self, id: &str, request: AppendRequest) -> Result<AppendResult> {
-        validate_id("process id", id)?;
-        let id = id.to_string();
-        self.write(move |tx, now| Ok(store::append(tx, &id, &request, Authority::Caller, now)?.result))
-            .await
+        self.submit(Op::append(id, request)).await?.into_appended()
     }
 
     async fn request_cancel(&self, id: &str, reason: Option<String>) -> Result<CancelAnswer> {
-        validate_id("process id", id)?;
-        let id = id.to_string();
-        let req = AppendRequest::new(events::CANCEL_REQUESTED, json!({ "reason": reason }))
-            .with_replay_key(fold::cancel_replay_key(reason.as_deref()));
-        self.write(move |tx, now| {
-            if store::entry(tx, &id)?.record.is_terminal() {
-                return Err(CairnError::ProcessTerminal(id.clone()).into());
-            }
-            let mut record = store::append(tx, &id, &req, Authority::Cairn, now)?.record;
-            let mut cancelled_now = false;
-            if fold::cancels_at_once(&record, now) {
-                let outcome =
-                    Outcome::cancelled(reason.clone().unwrap_or_else(|| "cancelled before it started".into()));
-                record = store::append(tx, &id, &fold::terminal_request(&outcome), Authority::Cairn, now)?.record;
-                cancelled_now = true;
-            }
-            Ok(CancelAnswer {
-                process: record,
-                cancelled_now,
-            })
-        })
-        .await
+        self.submit(Op::cancel(id, reason)).await?.into_cancel()
     }
 
     async fn grant(&self, scope: &SessionScope, id: &str, descriptor: GrantDescriptor) -> Result<Grant> {
-        validate_scope(scope)?;
-        validate_id("process id", id)?;
-        let scope = scope.clone();
-        let id = id.to_string();
-        self.write(move |tx, now| {
-            store::entry(tx, &id)?;
-            let grant = Grant {
-                scope,
-                process_id: id,
-                descriptor,
-                granted_at_ms: now,
-            };
-            store::upsert_grant(tx, &grant)?;
-            Ok(grant)
-        })
-        .await
+        self.submit(Op::grant(scope, id, descriptor, self.clock.now_ms()))
+            .await?
+            .into_grant()
     }
 
     async fn revoke(&self, scope: &SessionScope, id: &str) -> Result<bool> {
@@ -428,63 +366,29 @@ impl ProcessRegistry for SqliteRegistry {
     }
 
     async fn claim(&self, id: &str, owner_id: &str, ttl_ms: u64) -> Result<Lease> {
-        validate_id("process id", id)?;
-        validate_id("owner id", owner_id)?;
-        fold::check_ttl(ttl_ms)?;
-        let (id, owner_id) = (id.to_string(), owner_id.to_string());
-        self.write(move |tx, now| store::claim(tx, &id, &owner_id, ttl_ms, now))
-            .await
+        self.submit(Op::claim(id, owner_id, ttl_ms)).await?.into_lease()
     }
 
     async fn claim_batch(&self, owner_id: &str, ttl_ms: u64, limit: usize) -> Result<Vec<Claim>> {
-        validate_id("owner id", owner_id)?;
-        fold::check_ttl(ttl_ms)?;
-        let owner_id = owner_id.to_string();
-        self.write(move |tx, now| {
-            let ids = store::run_candidates(tx, now, limit)?;
-            let mut claims = Vec::with_capacity(ids.len());
-            for id in ids {
-                let lease = store::claim(tx, &id, &owner_id, ttl_ms, now)?;
-                let record = store::entry(tx, &id)?.record;
-                let req = fold::started_request(&record, &lease);
-                let process = store::append(tx, &id, &req, Authority::Cairn, now)?.record;
-                claims.push(Claim { lease, process });
-            }
-            Ok(claims)
-        })
-        .await
+        self.submit(Op::claim_batch(owner_id, ttl_ms, limit))
+            .await?
+            .into_claims()
     }
 
     async fn record_started(&self, lease: &Lease) -> Result<ProcessRecord> {
-        validate_id("process id", &lease.process_id)?;
-        let lease = lease.clone();
-        self.write(move |tx, now| {
-            let record = store::entry(tx, &lease.process_id)?.record;
-            let req = fold::started_request(&record, &lease);
-            Ok(store::append(tx, &lease.process_id, &req, Authority::Cairn, now)?.record)
-        })
-        .await
+        self.submit(Op::record_started(lease)).await?.into_record()
     }
 
     async fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<Lease> {
-        validate_id("process id", &lease.process_id)?;
-        fold::check_ttl(ttl_ms)?;
-        let lease = lease.clone();
-        self.write(move |tx, now| store::renew(tx, &lease, ttl_ms, now)).await
+        self.submit(Op::renew(lease, ttl_ms)).await?.into_lease()
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
-        validate_id("process id", &lease.process_id)?;
-        let lease = lease.clone();
-        self.write(move |tx, _| store::release(tx, &lease)).await
+        self.submit(Op::release(lease)).await?.into_bool()
     }
 
     async fn complete(&self, lease: &Lease, outcome: Outcome) -> Result<ProcessRecord> {
-        validate_id("process id", &lease.process_id)?;
-        let req = fold::terminal_request(&outcome).with_lease(lease.clone());
-        let id = lease.process_id.clone();
-        self.write(move |tx, now| Ok(store::append(tx, &id, &req, Authority::Cairn, now)?.record))
-            .await
+        self.submit(Op::complete(lease, outcome)).await?.into_record()
     }
 
     async fn worklist(&self, limit: usize) -> Result<Vec<WorkItem>> {
@@ -505,54 +409,19 @@ impl ProcessRegistry for SqliteRegistry {
     }
 
     async fn request_abandon(&self, id: &str, requested_by: &str, reason: &str) -> Result<ProcessRecord> {
-        validate_id("process id", id)?;
-        validate_id("requested_by", requested_by)?;
-        let id = id.to_string();
-        let req = AppendRequest::new(
-            events::ABANDON_REQUESTED,
-            json!({"requested_by": requested_by, "reason": reason}),
-        );
-        self.write(move |tx, now| {
-            let record = store::entry(tx, &id)?.record;
-            if record.is_terminal() {
-                return Err(CairnError::ProcessTerminal(id.clone()).into());
-            }
-            if record.abandon_request.is_some() {
-                return Ok(record);
-            }
-            Ok(store::append(tx, &id, &req, Authority::Cairn, now)?.record)
-        })
-        .await
+        self.submit(Op::request_abandon(id, requested_by, reason))
+            .await?
+            .into_record()
     }
 
     async fn reconcile_abandon(&self, id: &str) -> Result<Option<ProcessRecord>> {
-        validate_id("process id", id)?;
-        let id = id.to_string();
-        self.write(move |tx, now| {
-            let entry = store::entry(tx, &id)?;
-            let record = &entry.record;
-            if !fold::abandon_reconcilable(record, entry.lease.as_ref(), now) {
-                return Ok(None);
-            }
-            let outcome = fold::reconciled_abandon_outcome(record, now);
-            let req = fold::terminal_request(&outcome);
-            Ok(Some(store::append(tx, &id, &req, Authority::Cairn, now)?.record))
-        })
-        .await
+        self.submit(Op::reconcile_abandon(id)).await?.into_maybe_record()
     }
 
     async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<ProcessRecord> {
-        validate_id("process id", id)?;
-        validate_id("authority", authority)?;
-        let req = fold::external_completion(id, &outcome, authority)?;
-        let id = id.to_string();
-        self.write(move |tx, now| {
-            if store::entry(tx, &id)?.record.disposition != Disposition::ExternallyOwned {
-                return Err(CairnError::NotExternallyOwned(id.clone()).into());
-            }
-            Ok(store::append(tx, &id, &req, Authority::Cairn, now)?.record)
-        })
-        .await
+        self.submit(Op::complete_external(id, &outcome, authority))
+            .await?
+            .into_record()
     }
 
     async fn prune(&self, cutoff_ms: u64, status: StatusFilter, watermark: Watermark) -> Result<PruneReport> {

@@ -1,21 +1,20 @@
-//! The registry's operations against one SQLite transaction.
-//!
-//! Each function here is the SQLite twin of an operation of
-//! [`cairn_core::MemoryRegistry`]: it looks rows up, asks [`cairn_core::fold`]
-//! what they mean, and stores what fold computed. No rule about what an event
-//! means lives here.
+//! Statements against one SQLite transaction: the lookups and stores behind
+//! [`crate::tx::Tx`] (the write primitives of the operation layer) and the
+//! reads. No rule about what an operation or an event means lives here: the
+//! rules are [`cairn_core::ops`] and [`cairn_core::fold`].
 
 use std::collections::BTreeSet;
 
-use cairn_core::events::{AppendRequest, AppendResult, ProcessEvent};
-use cairn_core::fold::{self, Authority};
+use cairn_core::events::ProcessEvent;
+use cairn_core::fold;
 use cairn_core::model::{
     Grant, GrantedProcess, Lease, Originator, ProcessFilter, ProcessRecord, ProcessStatus, SessionScope, StatusFilter,
     Tombstone, WakeDelivery,
 };
+use cairn_core::ops::Row;
 use cairn_core::CairnError;
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row as SqlRow};
 
 /// An error inside a store operation: a cairn answer, or a fault of the storage.
 /// It exists so `?` works on all three sources; callers see a [`CairnError`].
@@ -70,11 +69,6 @@ fn to_sql_usize(v: usize) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// A lease expiry that the database stores exactly (see [`to_sql`]).
-pub(crate) fn expiry(now: u64, ttl_ms: u64) -> u64 {
-    now.saturating_add(ttl_ms).min(i64::MAX as u64)
-}
-
 fn status_label(status: StatusFilter) -> Option<&'static str> {
     match status {
         StatusFilter::Any => None,
@@ -86,20 +80,12 @@ fn status_label(status: StatusFilter) -> Option<&'static str> {
     }
 }
 
-/// A process row: the record (lease view filled in from the lease columns), the
-/// full lease and the fencing counter.
-pub(crate) struct Entry {
-    pub record: ProcessRecord,
-    pub lease: Option<Lease>,
-    pub fencing: u64,
-}
-
 /// The columns [`entry_from_row`] reads, prefixed with the `p` alias.
 const ENTRY_COLUMNS: &str = "p.record, p.lease_owner, p.lease_token, p.lease_fencing, p.lease_claimed_at_ms, \
                              p.lease_expires_at_ms, p.fencing_counter";
 
 /// Decode the [`ENTRY_COLUMNS`] starting at column `at`.
-fn entry_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<std::result::Result<Entry, serde_json::Error>> {
+fn entry_from_row(row: &SqlRow<'_>, at: usize) -> rusqlite::Result<std::result::Result<Row, serde_json::Error>> {
     let json: String = row.get(at)?;
     let owner: Option<String> = row.get(at + 1)?;
     let token: Option<String> = row.get(at + 2)?;
@@ -124,7 +110,7 @@ fn entry_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<std::result::Res
     };
     // The stored JSON carries no lease: the columns are the only truth for it.
     record.lease = lease.as_ref().map(Lease::view);
-    Ok(Ok(Entry {
+    Ok(Ok(Row {
         record,
         lease,
         fencing: from_sql(fencing),
@@ -132,7 +118,7 @@ fn entry_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<std::result::Res
 }
 
 /// Load a process row.
-pub(crate) fn load(conn: &Connection, id: &str) -> R<Option<Entry>> {
+pub(crate) fn load(conn: &Connection, id: &str) -> R<Option<Row>> {
     let sql = format!("SELECT {ENTRY_COLUMNS} FROM processes p WHERE p.id = ?1");
     let found = conn
         .prepare_cached(&sql)?
@@ -165,7 +151,7 @@ pub(crate) fn missing(conn: &Connection, id: &str) -> R<CairnError> {
 }
 
 /// Load a process row or fail with [`missing`].
-pub(crate) fn entry(conn: &Connection, id: &str) -> R<Entry> {
+pub(crate) fn entry(conn: &Connection, id: &str) -> R<Row> {
     match load(conn, id)? {
         Some(e) => Ok(e),
         None => Err(missing(conn, id)?.into()),
@@ -173,9 +159,11 @@ pub(crate) fn entry(conn: &Connection, id: &str) -> R<Entry> {
 }
 
 /// The pruned tombstone of `id`, if any.
-pub(crate) fn tombstone(conn: &Connection, id: &str) -> R<Option<CairnError>> {
-    let err = missing(conn, id)?;
-    Ok(matches!(err, CairnError::NoLongerRetained(_)).then_some(err))
+pub(crate) fn tombstone(conn: &Connection, id: &str) -> R<Option<Tombstone>> {
+    Ok(match missing(conn, id)? {
+        CairnError::NoLongerRetained(t) => Some(*t),
+        _ => None,
+    })
 }
 
 /// Bump a global counter and return its new value.
@@ -230,7 +218,9 @@ fn derive(record: &ProcessRecord) -> R<Derived> {
     })
 }
 
-fn insert_process(conn: &Connection, record: &ProcessRecord, cursor: u64) -> R<()> {
+/// Insert a new row (no lease, fencing counter 0) at the head of the change feed.
+pub(crate) fn insert_process(conn: &Connection, record: &ProcessRecord) -> R<()> {
+    let cursor = next_counter(conn, "change_cursor")?;
     let d = derive(record)?;
     conn.prepare_cached(
         "INSERT INTO processes (id, record, status, disposition, definition, originator, originator_scope, waiting,
@@ -257,8 +247,10 @@ fn insert_process(conn: &Connection, record: &ProcessRecord, cursor: u64) -> R<(
     Ok(())
 }
 
-/// Store a record after an append; a terminal record also drops the lease.
-fn update_process(conn: &Connection, record: &ProcessRecord, cursor: u64, release_lease: bool) -> R<()> {
+/// Store a record after an append, moving it to the head of the change feed;
+/// with `release_lease` the lease columns are cleared too.
+pub(crate) fn update_process(conn: &Connection, record: &ProcessRecord, release_lease: bool) -> R<()> {
+    let cursor = next_counter(conn, "change_cursor")?;
     let d = derive(record)?;
     conn.prepare_cached(
         "UPDATE processes SET record = ?2, status = ?3, waiting = ?4, terminal_at_ms = ?5, last_sequence = ?6,
@@ -285,11 +277,11 @@ fn update_process(conn: &Connection, record: &ProcessRecord, cursor: u64, releas
     Ok(())
 }
 
-/// Write (or clear) the lease columns of a row.
-fn store_lease(conn: &Connection, id: &str, lease: Option<&Lease>, fencing_counter: Option<u64>) -> R<()> {
+/// Write (or clear) the lease columns and the fencing counter of a row.
+pub(crate) fn store_lease(conn: &Connection, id: &str, lease: Option<&Lease>, fencing_counter: u64) -> R<()> {
     conn.prepare_cached(
         "UPDATE processes SET lease_owner = ?2, lease_token = ?3, lease_fencing = ?4, lease_claimed_at_ms = ?5,
-             lease_expires_at_ms = ?6, fencing_counter = COALESCE(?7, fencing_counter)
+             lease_expires_at_ms = ?6, fencing_counter = ?7
          WHERE id = ?1",
     )?
     .execute(params![
@@ -299,115 +291,60 @@ fn store_lease(conn: &Connection, id: &str, lease: Option<&Lease>, fencing_count
         lease.map(|l| to_sql(l.fencing_token)),
         lease.map(|l| to_sql(l.claimed_at_ms)),
         lease.map(|l| to_sql(l.expires_at_ms)),
-        fencing_counter.map(to_sql),
+        to_sql(fencing_counter),
     ])?;
     Ok(())
 }
 
-/// Insert a new process with its optional initial grant (see `register`).
-pub(crate) fn insert_new(conn: &Connection, record: &ProcessRecord, grant: Option<&Grant>) -> R<()> {
-    let cursor = next_counter(conn, "change_cursor")?;
-    insert_process(conn, record, cursor)?;
-    if let Some(g) = grant {
-        upsert_grant(conn, g)?;
-    }
-    Ok(())
+/// The event of `id` appended with `replay_key`, if any.
+pub(crate) fn replayed(conn: &Connection, id: &str, replay_key: &str) -> R<Option<ProcessEvent>> {
+    let json = conn
+        .prepare_cached("SELECT event FROM events WHERE process_id = ?1 AND replay_key = ?2")?
+        .query_row(params![id, replay_key], |r| r.get::<_, String>(0))
+        .optional()?;
+    Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
 }
 
-/// An append's answer plus the record as it stands after it.
-pub(crate) struct Appended {
-    pub result: AppendResult,
-    pub record: ProcessRecord,
-}
-
-/// Append under the open transaction: replay check, preparation, persistence.
-pub(crate) fn append(conn: &Connection, id: &str, req: &AppendRequest, authority: Authority, now: u64) -> R<Appended> {
-    let entry = entry(conn, id)?;
-    fold::validate_replay_key(req)?;
-    if let Some(key) = &req.replay_key {
-        let original = conn
-            .prepare_cached("SELECT event FROM events WHERE process_id = ?1 AND replay_key = ?2")?
-            .query_row(params![id, key], |r| r.get::<_, String>(0))
-            .optional()?;
-        if let Some(json) = original {
-            let original: ProcessEvent = serde_json::from_str(&json)?;
-            fold::check_replay(&original, req)?;
-            return Ok(Appended {
-                result: AppendResult {
-                    event: original,
-                    replayed: true,
-                    wake: None,
-                },
-                record: entry.record,
-            });
-        }
-    }
-    let prepared = fold::prepare_append(&entry.record, entry.lease.as_ref(), req, authority, now)?;
-    let terminal = prepared.event.semantics.terminal.is_some();
+/// Insert an event.
+pub(crate) fn insert_event(conn: &Connection, event: &ProcessEvent) -> R<()> {
     conn.prepare_cached(
         "INSERT INTO events (process_id, sequence, event_type, replay_key, occurred_at_ms, event)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute(params![
-        id,
-        to_sql(prepared.event.sequence),
-        prepared.event.event_type,
-        prepared.event.replay_key,
-        to_sql(prepared.event.occurred_at_ms),
-        serde_json::to_string(&prepared.event)?,
+        event.process_id,
+        to_sql(event.sequence),
+        event.event_type,
+        event.replay_key,
+        to_sql(event.occurred_at_ms),
+        serde_json::to_string(event)?,
     ])?;
-    let cursor = next_counter(conn, "change_cursor")?;
-    update_process(conn, &prepared.record, cursor, terminal)?;
-    let mut wake = None;
-    if let Some(w) = prepared.wake {
-        let exists = conn
-            .prepare_cached("SELECT 1 FROM wakes WHERE wake_id = ?1")?
-            .query_row([&w.wake_id], |_| Ok(()))
-            .optional()?
-            .is_some();
-        if !exists {
-            let order = next_counter(conn, "wake_order")?;
-            conn.prepare_cached(
-                "INSERT INTO wakes (wake_id, target_session_id, process_id, acked, wake_order, delivery)
-                 VALUES (?1, ?2, ?3, 0, ?4, ?5)",
-            )?
-            .execute(params![
-                w.wake_id,
-                w.target_session_id,
-                w.process_id,
-                to_sql(order),
-                serde_json::to_string(&w)?,
-            ])?;
-            wake = Some(w);
-        }
-    }
-    Ok(Appended {
-        result: AppendResult {
-            event: prepared.event,
-            replayed: false,
-            wake,
-        },
-        record: prepared.record,
-    })
+    Ok(())
 }
 
-/// Claim the lease of one process (see `ProcessRegistry::claim`).
-pub(crate) fn claim(conn: &Connection, id: &str, owner_id: &str, ttl_ms: u64, now: u64) -> R<Lease> {
-    let entry = entry(conn, id)?;
-    if let Some(err) = fold::claim_refusal(&entry.record, owner_id, now) {
-        return Err(err.into());
+/// Insert a wake delivery unless its id is stored; `true` when inserted.
+pub(crate) fn insert_wake(conn: &Connection, wake: &WakeDelivery) -> R<bool> {
+    let exists = conn
+        .prepare_cached("SELECT 1 FROM wakes WHERE wake_id = ?1")?
+        .query_row([&wake.wake_id], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if exists {
+        return Ok(false);
     }
-    let fencing = entry.fencing + 1;
-    let lease = Lease {
-        process_id: id.to_string(),
-        owner_id: owner_id.to_string(),
-        lease_token: uuid::Uuid::new_v4().to_string(),
-        fencing_token: fencing,
-        claimed_at_ms: now,
-        expires_at_ms: expiry(now, ttl_ms),
-    };
-    store_lease(conn, id, Some(&lease), Some(fencing))?;
-    Ok(lease)
+    let order = next_counter(conn, "wake_order")?;
+    conn.prepare_cached(
+        "INSERT INTO wakes (wake_id, target_session_id, process_id, acked, wake_order, delivery)
+         VALUES (?1, ?2, ?3, 0, ?4, ?5)",
+    )?
+    .execute(params![
+        wake.wake_id,
+        wake.target_session_id,
+        wake.process_id,
+        to_sql(order),
+        serde_json::to_string(wake)?,
+    ])?;
+    Ok(true)
 }
 
 /// Run candidates claimable at ?1, from the partial worklist index (its WHERE
@@ -439,30 +376,6 @@ pub(crate) fn worklist(conn: &Connection, now: u64, limit: usize) -> R<Vec<(Stri
         })?
         .collect::<rusqlite::Result<Vec<(String, bool)>>>()?;
     Ok(rows)
-}
-
-/// Extend a live lease.
-pub(crate) fn renew(conn: &Connection, lease: &Lease, ttl_ms: u64, now: u64) -> R<Lease> {
-    let id = &lease.process_id;
-    let entry = entry(conn, id)?;
-    fold::check_lease(id, entry.lease.as_ref(), lease, now)?;
-    let mut renewed = lease.clone();
-    renewed.expires_at_ms = expiry(now, ttl_ms);
-    store_lease(conn, id, Some(&renewed), None)?;
-    Ok(renewed)
-}
-
-/// Release a lease if it is the stored one (expired or not).
-pub(crate) fn release(conn: &Connection, lease: &Lease) -> R<bool> {
-    let id = &lease.process_id;
-    let entry = entry(conn, id)?;
-    let matches = entry.lease.as_ref().is_some_and(|l| {
-        l.owner_id == lease.owner_id && l.lease_token == lease.lease_token && l.fencing_token == lease.fencing_token
-    });
-    if matches {
-        store_lease(conn, id, None, None)?;
-    }
-    Ok(matches)
 }
 
 // ---------------------------------------------------------------- grants
@@ -535,7 +448,7 @@ fn collect_entries(
     sql: &str,
     args: Vec<SqlValue>,
     extra_columns: usize,
-) -> R<Vec<(Vec<String>, Entry)>> {
+) -> R<Vec<(Vec<String>, Row)>> {
     let mut stmt = conn.prepare_cached(sql)?;
     let rows = stmt
         .query_map(params_from_iter(args), |row| {

@@ -1,0 +1,609 @@
+//! The operation layer: the rules of every per-process write, written once.
+//!
+//! A backend offers the storage primitives of one open write transaction
+//! ([`WriteTx`]: look a row up, store a row, push an event, insert a wake, ...)
+//! and runs each [`Op`] through [`run`] inside such a transaction: the memory
+//! registry under its mutex, SQLite inside the writer thread's savepoint, and
+//! PostgreSQL over a batch's preloaded overlay. What an operation *means*
+//! (which checks come first, what it appends, when it releases a lease, when a
+//! cancellation ends a process at once) lives here and in [`crate::fold`]; a
+//! backend never decides it.
+//!
+//! Invariant: this module does no I/O, never blocks and never reads a clock: a
+//! transaction answers [`WriteTx::now`], fixed for the whole operation.
+
+use serde_json::json;
+
+use crate::events::{self, AppendRequest, AppendResult, ProcessEvent};
+use crate::fold::{self, Authority};
+use crate::model::{
+    Claim, Disposition, Grant, GrantDescriptor, Lease, Outcome, ProcessRecord, Registration, SessionScope, StartGrant,
+    Tombstone, WakeDelivery,
+};
+use crate::registry::{CancelAnswer, Registered};
+use crate::validate::{validate_id, validate_scope};
+use crate::{CairnError, Result};
+
+/// A stored process row: the record, the full lease (the record carries only
+/// its view) and the fencing counter (the token of the most recent claim).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub record: ProcessRecord,
+    pub lease: Option<Lease>,
+    pub fencing: u64,
+}
+
+impl Row {
+    /// Make the record's lease view agree with the lease (the lease is the truth).
+    pub fn normalise(&mut self) {
+        self.record.lease = self.lease.as_ref().map(Lease::view);
+    }
+}
+
+/// The storage primitives of one open write transaction.
+///
+/// Every method sees the writes made before it in the same transaction. A
+/// method that fails leaves the transaction to be rolled back (or, for a
+/// batching backend, the operation to be undone) by the caller of [`run`].
+pub trait WriteTx {
+    /// The time of this transaction, in epoch ms.
+    fn now(&self) -> u64;
+
+    /// The row of `id`, if one is stored. Its record's lease view agrees with its lease.
+    fn row(&mut self, id: &str) -> Result<Option<&Row>>;
+
+    /// The tombstone a prune left for `id`, if any.
+    fn tombstone(&mut self, id: &str) -> Result<Option<Tombstone>>;
+
+    /// The event of `id` appended with `replay_key`, if any.
+    fn replayed(&mut self, id: &str, replay_key: &str) -> Result<Option<ProcessEvent>>;
+
+    /// Whether an env spec is stored under `env_ref`.
+    fn env_stored(&mut self, env_ref: &str) -> Result<bool>;
+
+    /// Up to `limit` ids the store's worklist index holds as run candidates
+    /// whose lease is free or expired now. [`run`] checks each again.
+    fn run_candidates(&mut self, limit: usize) -> Result<Vec<String>>;
+
+    /// Store a new row: `record`, no lease, fencing counter 0. It enters the
+    /// change feed.
+    fn insert_row(&mut self, record: ProcessRecord) -> Result<()>;
+
+    /// Replace the record of a stored row after an append (it moves in the
+    /// change feed); with `release_lease` the lease is dropped too. The
+    /// fencing counter stays.
+    fn update_record(&mut self, record: ProcessRecord, release_lease: bool) -> Result<()>;
+
+    /// Set the lease and the fencing counter of a stored row; the record is
+    /// unchanged but for its lease view (it does not move in the change feed).
+    fn set_lease(&mut self, id: &str, lease: Option<Lease>, fencing: u64) -> Result<()>;
+
+    /// Store an event; [`WriteTx::replayed`] finds it by its replay key from now on.
+    fn push_event(&mut self, event: &ProcessEvent) -> Result<()>;
+
+    /// Store a wake delivery unless one with its id is stored; `true` when stored now.
+    fn insert_wake(&mut self, wake: &WakeDelivery) -> Result<bool>;
+
+    /// Insert or replace the grant of (scope, process).
+    fn upsert_grant(&mut self, grant: &Grant) -> Result<()>;
+}
+
+/// One registry write, validated and ready to run in a transaction.
+///
+/// Build it with the constructors ([`Op::append`], [`Op::claim`], ...): they
+/// check everything that needs no stored state, so a backend that queues
+/// operations refuses bad input before it queues anything.
+#[derive(Debug)]
+pub enum Op {
+    /// See [`crate::ProcessRegistry::register`].
+    Register {
+        record: Box<ProcessRecord>,
+        grant: Option<Grant>,
+    },
+    /// See [`crate::ProcessRegistry::append_event`].
+    Append { id: String, request: AppendRequest },
+    /// See [`crate::ProcessRegistry::request_cancel`].
+    Cancel { id: String, reason: Option<String> },
+    /// See [`crate::ProcessRegistry::grant`].
+    Grant { grant: Grant },
+    /// See [`crate::ProcessRegistry::claim`].
+    Claim { id: String, owner: String, ttl_ms: u64 },
+    /// See [`crate::ProcessRegistry::claim_batch`].
+    ClaimBatch { owner: String, ttl_ms: u64, limit: usize },
+    /// See [`crate::ProcessRegistry::record_started`].
+    RecordStarted { lease: Lease },
+    /// See [`crate::ProcessRegistry::renew`].
+    Renew { lease: Lease, ttl_ms: u64 },
+    /// See [`crate::ProcessRegistry::release`].
+    Release { lease: Lease },
+    /// See [`crate::ProcessRegistry::complete`].
+    Complete { lease: Lease, outcome: Outcome },
+    /// See [`crate::ProcessRegistry::request_abandon`].
+    RequestAbandon {
+        id: String,
+        requested_by: String,
+        reason: String,
+    },
+    /// See [`crate::ProcessRegistry::reconcile_abandon`].
+    ReconcileAbandon { id: String },
+    /// See [`crate::ProcessRegistry::complete_external`]; the terminal append is built and checked.
+    CompleteExternal { id: String, request: AppendRequest },
+}
+
+impl Op {
+    /// A registration at `now_ms` with its optional initial grant.
+    pub fn register(registration: &Registration, grant: Option<StartGrant>, now_ms: u64) -> Result<Self> {
+        let record = fold::initial_record(registration, now_ms)?;
+        if let Some(g) = &grant {
+            validate_scope(&g.session_scope)?;
+        }
+        let grant = grant.map(|g| Grant {
+            scope: g.session_scope,
+            process_id: record.id.clone(),
+            descriptor: g.descriptor,
+            granted_at_ms: now_ms,
+        });
+        Ok(Self::Register {
+            record: Box::new(record),
+            grant,
+        })
+    }
+
+    /// An append by a caller of the public API.
+    pub fn append(id: &str, request: AppendRequest) -> Result<Self> {
+        validate_id("process id", id)?;
+        Ok(Self::Append {
+            id: id.to_string(),
+            request,
+        })
+    }
+
+    /// A cancellation request.
+    pub fn cancel(id: &str, reason: Option<String>) -> Result<Self> {
+        validate_id("process id", id)?;
+        Ok(Self::Cancel {
+            id: id.to_string(),
+            reason,
+        })
+    }
+
+    /// A grant made at `now_ms`.
+    pub fn grant(scope: &SessionScope, id: &str, descriptor: GrantDescriptor, now_ms: u64) -> Result<Self> {
+        validate_scope(scope)?;
+        validate_id("process id", id)?;
+        Ok(Self::Grant {
+            grant: Grant {
+                scope: scope.clone(),
+                process_id: id.to_string(),
+                descriptor,
+                granted_at_ms: now_ms,
+            },
+        })
+    }
+
+    /// A claim of one process.
+    pub fn claim(id: &str, owner: &str, ttl_ms: u64) -> Result<Self> {
+        validate_id("process id", id)?;
+        validate_id("owner id", owner)?;
+        fold::check_ttl(ttl_ms)?;
+        Ok(Self::Claim {
+            id: id.to_string(),
+            owner: owner.to_string(),
+            ttl_ms,
+        })
+    }
+
+    /// A claim of up to `limit` run candidates.
+    pub fn claim_batch(owner: &str, ttl_ms: u64, limit: usize) -> Result<Self> {
+        validate_id("owner id", owner)?;
+        fold::check_ttl(ttl_ms)?;
+        Ok(Self::ClaimBatch {
+            owner: owner.to_string(),
+            ttl_ms,
+            limit,
+        })
+    }
+
+    /// `process.started` under `lease`.
+    pub fn record_started(lease: &Lease) -> Result<Self> {
+        validate_id("process id", &lease.process_id)?;
+        Ok(Self::RecordStarted { lease: lease.clone() })
+    }
+
+    /// A lease renewal.
+    pub fn renew(lease: &Lease, ttl_ms: u64) -> Result<Self> {
+        validate_id("process id", &lease.process_id)?;
+        fold::check_ttl(ttl_ms)?;
+        Ok(Self::Renew {
+            lease: lease.clone(),
+            ttl_ms,
+        })
+    }
+
+    /// A lease release.
+    pub fn release(lease: &Lease) -> Result<Self> {
+        validate_id("process id", &lease.process_id)?;
+        Ok(Self::Release { lease: lease.clone() })
+    }
+
+    /// The fenced completion.
+    pub fn complete(lease: &Lease, outcome: Outcome) -> Result<Self> {
+        validate_id("process id", &lease.process_id)?;
+        Ok(Self::Complete {
+            lease: lease.clone(),
+            outcome,
+        })
+    }
+
+    /// An abandon request.
+    pub fn request_abandon(id: &str, requested_by: &str, reason: &str) -> Result<Self> {
+        validate_id("process id", id)?;
+        validate_id("requested_by", requested_by)?;
+        Ok(Self::RequestAbandon {
+            id: id.to_string(),
+            requested_by: requested_by.to_string(),
+            reason: reason.to_string(),
+        })
+    }
+
+    /// A reconciliation of a pending abandon request.
+    pub fn reconcile_abandon(id: &str) -> Result<Self> {
+        validate_id("process id", id)?;
+        Ok(Self::ReconcileAbandon { id: id.to_string() })
+    }
+
+    /// An external completion on behalf of `authority`.
+    pub fn complete_external(id: &str, outcome: &Outcome, authority: &str) -> Result<Self> {
+        validate_id("process id", id)?;
+        validate_id("authority", authority)?;
+        Ok(Self::CompleteExternal {
+            id: id.to_string(),
+            request: fold::external_completion(id, outcome, authority)?,
+        })
+    }
+
+    /// The process the operation addresses (none for a batch claim): a
+    /// batching backend loads its row (and tombstone) before running it.
+    pub fn process_id(&self) -> Option<&str> {
+        match self {
+            Op::Register { record, .. } => Some(&record.id),
+            Op::Append { id, .. }
+            | Op::Cancel { id, .. }
+            | Op::Claim { id, .. }
+            | Op::RequestAbandon { id, .. }
+            | Op::ReconcileAbandon { id }
+            | Op::CompleteExternal { id, .. } => Some(id),
+            Op::Grant { grant } => Some(&grant.process_id),
+            Op::RecordStarted { lease }
+            | Op::Renew { lease, .. }
+            | Op::Release { lease }
+            | Op::Complete { lease, .. } => Some(&lease.process_id),
+            Op::ClaimBatch { .. } => None,
+        }
+    }
+
+    /// The (process id, replay key) whose original event the operation may read.
+    pub fn replay_key(&self) -> Option<(String, String)> {
+        match self {
+            Op::Append { id, request } => request.replay_key.clone().map(|k| (id.clone(), k)),
+            Op::Cancel { id, reason } => Some((id.clone(), fold::cancel_replay_key(reason.as_deref()))),
+            _ => None,
+        }
+    }
+
+    /// The env ref whose presence the operation checks.
+    pub fn env_ref(&self) -> Option<&str> {
+        match self {
+            Op::Register { record, .. } => record.env_ref.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// How many run candidates the operation may claim.
+    pub fn candidates_wanted(&self) -> usize {
+        match self {
+            Op::ClaimBatch { limit, .. } => *limit,
+            _ => 0,
+        }
+    }
+}
+
+/// What an operation answers; the `into_*` methods take the answer the
+/// calling registry method expects.
+#[derive(Debug)]
+pub enum Answer {
+    Registered(Registered),
+    Appended(AppendResult),
+    Cancel(CancelAnswer),
+    Grant(Grant),
+    Lease(Lease),
+    Claims(Vec<Claim>),
+    Record(ProcessRecord),
+    MaybeRecord(Option<ProcessRecord>),
+    Bool(bool),
+}
+
+macro_rules! answer_into {
+    ($($name:ident => $variant:ident($t:ty)),* $(,)?) => {
+        impl Answer {
+            $(
+                #[doc = concat!("The [`Answer::", stringify!($variant), "`] payload; any other answer is a storage error.")]
+                pub fn $name(self) -> Result<$t> {
+                    match self {
+                        Answer::$variant(v) => Ok(v),
+                        other => Err(CairnError::storage(format!(
+                            "an operation answered {other:?} where {} was expected",
+                            stringify!($variant)
+                        ))),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+answer_into! {
+    into_registered => Registered(Registered),
+    into_appended => Appended(AppendResult),
+    into_cancel => Cancel(CancelAnswer),
+    into_grant => Grant(Grant),
+    into_lease => Lease(Lease),
+    into_claims => Claims(Vec<Claim>),
+    into_record => Record(ProcessRecord),
+    into_maybe_record => MaybeRecord(Option<ProcessRecord>),
+    into_bool => Bool(bool),
+}
+
+/// Run `op` in `tx`. On `Err` the caller must discard what the operation
+/// wrote (roll the transaction or savepoint back, or undo it from an overlay).
+pub fn run<T: WriteTx + ?Sized>(tx: &mut T, op: &Op) -> Result<Answer> {
+    Ok(match op {
+        Op::Register { record, grant } => Answer::Registered(register(tx, record, grant.as_ref())?),
+        Op::Append { id, request } => Answer::Appended(append(tx, id, request, Authority::Caller)?),
+        Op::Cancel { id, reason } => Answer::Cancel(cancel(tx, id, reason.as_deref())?),
+        Op::Grant { grant } => {
+            existing(tx, &grant.process_id)?;
+            tx.upsert_grant(grant)?;
+            Answer::Grant(grant.clone())
+        }
+        Op::Claim { id, owner, ttl_ms } => Answer::Lease(claim(tx, id, owner, *ttl_ms)?),
+        Op::ClaimBatch { owner, ttl_ms, limit } => Answer::Claims(claim_batch(tx, owner, *ttl_ms, *limit)?),
+        Op::RecordStarted { lease } => Answer::Record(record_started(tx, lease)?),
+        Op::Renew { lease, ttl_ms } => Answer::Lease(renew(tx, lease, *ttl_ms)?),
+        Op::Release { lease } => Answer::Bool(release(tx, lease)?),
+        Op::Complete { lease, outcome } => {
+            let request = fold::terminal_request(outcome).with_lease(lease.clone());
+            Answer::Record(append_record(tx, &lease.process_id, &request)?)
+        }
+        Op::RequestAbandon {
+            id,
+            requested_by,
+            reason,
+        } => Answer::Record(request_abandon(tx, id, requested_by, reason)?),
+        Op::ReconcileAbandon { id } => Answer::MaybeRecord(reconcile_abandon(tx, id)?),
+        Op::CompleteExternal { id, request } => {
+            if existing(tx, id)?.record.disposition != Disposition::ExternallyOwned {
+                return Err(CairnError::NotExternallyOwned(id.clone()));
+            }
+            Answer::Record(append_record(tx, id, request)?)
+        }
+    })
+}
+
+/// The error for an id with no row: `no_longer_retained` when it was pruned.
+pub fn missing<T: WriteTx + ?Sized>(tx: &mut T, id: &str) -> CairnError {
+    match tx.tombstone(id) {
+        Ok(Some(t)) => CairnError::NoLongerRetained(Box::new(t)),
+        Ok(None) => CairnError::UnknownProcess(id.to_string()),
+        Err(e) => e,
+    }
+}
+
+/// The row of `id`, or the error [`missing`] names.
+fn existing<'t, T: WriteTx + ?Sized>(tx: &'t mut T, id: &str) -> Result<&'t Row> {
+    if tx.row(id)?.is_none() {
+        return Err(missing(tx, id));
+    }
+    tx.row(id)?.ok_or_else(|| CairnError::UnknownProcess(id.to_string()))
+}
+
+/// The record of `id` as it stands now in the transaction.
+fn current<T: WriteTx + ?Sized>(tx: &mut T, id: &str) -> Result<ProcessRecord> {
+    Ok(existing(tx, id)?.record.clone())
+}
+
+fn register<T: WriteTx + ?Sized>(tx: &mut T, record: &ProcessRecord, grant: Option<&Grant>) -> Result<Registered> {
+    if let Some(t) = tx.tombstone(&record.id)? {
+        return Err(CairnError::NoLongerRetained(Box::new(t)));
+    }
+    if let Some(existing) = tx.row(&record.id)? {
+        if existing.record.registration_hash == record.registration_hash {
+            return Ok(Registered {
+                process: existing.record.clone(),
+                created: false,
+            });
+        }
+        return Err(CairnError::RegistrationConflict { id: record.id.clone() });
+    }
+    if let Some(env) = &record.env_ref {
+        if !tx.env_stored(env)? {
+            return Err(CairnError::UnknownEnv(env.clone()));
+        }
+    }
+    tx.insert_row(record.clone())?;
+    if let Some(g) = grant {
+        tx.upsert_grant(g)?;
+    }
+    Ok(Registered {
+        process: record.clone(),
+        created: true,
+    })
+}
+
+/// The append pipeline: replay key, preparation by [`fold::prepare_append`],
+/// the event, the record (releasing the lease on a terminal) and the wake
+/// (unless one with its id is stored).
+pub fn append<T: WriteTx + ?Sized>(
+    tx: &mut T,
+    id: &str,
+    request: &AppendRequest,
+    authority: Authority,
+) -> Result<AppendResult> {
+    let now = tx.now();
+    existing(tx, id)?;
+    fold::validate_replay_key(request)?;
+    if let Some(key) = &request.replay_key {
+        if let Some(original) = tx.replayed(id, key)? {
+            fold::check_replay(&original, request)?;
+            return Ok(AppendResult {
+                event: original,
+                replayed: true,
+                wake: None,
+            });
+        }
+    }
+    let row = existing(tx, id)?;
+    let prepared = fold::prepare_append(&row.record, row.lease.as_ref(), request, authority, now)?;
+    let terminal = prepared.event.semantics.terminal.is_some();
+    tx.push_event(&prepared.event)?;
+    tx.update_record(prepared.record, terminal)?;
+    let wake = match prepared.wake {
+        Some(w) if tx.insert_wake(&w)? => Some(w),
+        _ => None,
+    };
+    Ok(AppendResult {
+        event: prepared.event,
+        replayed: false,
+        wake,
+    })
+}
+
+/// An append by cairn itself, answering the record after it.
+fn append_record<T: WriteTx + ?Sized>(tx: &mut T, id: &str, request: &AppendRequest) -> Result<ProcessRecord> {
+    append(tx, id, request, Authority::Cairn)?;
+    current(tx, id)
+}
+
+fn cancel<T: WriteTx + ?Sized>(tx: &mut T, id: &str, reason: Option<&str>) -> Result<CancelAnswer> {
+    let now = tx.now();
+    if existing(tx, id)?.record.is_terminal() {
+        return Err(CairnError::ProcessTerminal(id.to_string()));
+    }
+    let request = AppendRequest::new(events::CANCEL_REQUESTED, json!({ "reason": reason }))
+        .with_replay_key(fold::cancel_replay_key(reason));
+    let mut record = append_record(tx, id, &request)?;
+    let mut cancelled_now = false;
+    if fold::cancels_at_once(&record, now) {
+        let outcome = Outcome::cancelled(reason.map_or_else(|| "cancelled before it started".into(), String::from));
+        record = append_record(tx, id, &fold::terminal_request(&outcome))?;
+        cancelled_now = true;
+    }
+    Ok(CancelAnswer {
+        process: record,
+        cancelled_now,
+    })
+}
+
+/// A lease expiry every backend stores exactly: `now + ttl`, saturated at
+/// `i64::MAX` (SQL integers are signed; 292 million years in ms).
+pub fn expiry(now_ms: u64, ttl_ms: u64) -> u64 {
+    now_ms.saturating_add(ttl_ms).min(i64::MAX as u64)
+}
+
+fn claim<T: WriteTx + ?Sized>(tx: &mut T, id: &str, owner: &str, ttl_ms: u64) -> Result<Lease> {
+    let now = tx.now();
+    let row = existing(tx, id)?;
+    if let Some(err) = fold::claim_refusal(&row.record, owner, now) {
+        return Err(err);
+    }
+    let fencing = row.fencing + 1;
+    let lease = Lease {
+        process_id: id.to_string(),
+        owner_id: owner.to_string(),
+        lease_token: uuid::Uuid::new_v4().to_string(),
+        fencing_token: fencing,
+        claimed_at_ms: now,
+        expires_at_ms: expiry(now, ttl_ms),
+    };
+    tx.set_lease(id, Some(lease.clone()), fencing)?;
+    Ok(lease)
+}
+
+fn claim_batch<T: WriteTx + ?Sized>(tx: &mut T, owner: &str, ttl_ms: u64, limit: usize) -> Result<Vec<Claim>> {
+    let now = tx.now();
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut claims = Vec::new();
+    for id in tx.run_candidates(limit)? {
+        let Some(row) = tx.row(&id)? else { continue };
+        let free = row.lease.as_ref().is_none_or(|l| l.expires_at_ms <= now);
+        if !free || !fold::is_run_candidate(&row.record) || fold::claim_refusal(&row.record, owner, now).is_some() {
+            continue;
+        }
+        let lease = claim(tx, &id, owner, ttl_ms)?;
+        let process = record_started(tx, &lease)?;
+        claims.push(Claim { lease, process });
+    }
+    Ok(claims)
+}
+
+fn record_started<T: WriteTx + ?Sized>(tx: &mut T, lease: &Lease) -> Result<ProcessRecord> {
+    let request = fold::started_request(&existing(tx, &lease.process_id)?.record, lease);
+    append_record(tx, &lease.process_id, &request)
+}
+
+fn renew<T: WriteTx + ?Sized>(tx: &mut T, lease: &Lease, ttl_ms: u64) -> Result<Lease> {
+    let now = tx.now();
+    let id = &lease.process_id;
+    let row = existing(tx, id)?;
+    fold::check_lease(id, row.lease.as_ref(), lease, now)?;
+    let fencing = row.fencing;
+    let mut renewed = lease.clone();
+    renewed.expires_at_ms = expiry(now, ttl_ms);
+    tx.set_lease(id, Some(renewed.clone()), fencing)?;
+    Ok(renewed)
+}
+
+fn release<T: WriteTx + ?Sized>(tx: &mut T, lease: &Lease) -> Result<bool> {
+    let id = &lease.process_id;
+    let row = existing(tx, id)?;
+    let matches = row.lease.as_ref().is_some_and(|l| {
+        l.owner_id == lease.owner_id && l.lease_token == lease.lease_token && l.fencing_token == lease.fencing_token
+    });
+    if matches {
+        let fencing = row.fencing;
+        tx.set_lease(id, None, fencing)?;
+    }
+    Ok(matches)
+}
+
+fn request_abandon<T: WriteTx + ?Sized>(
+    tx: &mut T,
+    id: &str,
+    requested_by: &str,
+    reason: &str,
+) -> Result<ProcessRecord> {
+    let record = &existing(tx, id)?.record;
+    if record.is_terminal() {
+        return Err(CairnError::ProcessTerminal(id.to_string()));
+    }
+    if record.abandon_request.is_some() {
+        return Ok(record.clone());
+    }
+    let request = AppendRequest::new(
+        events::ABANDON_REQUESTED,
+        json!({"requested_by": requested_by, "reason": reason}),
+    );
+    append_record(tx, id, &request)
+}
+
+fn reconcile_abandon<T: WriteTx + ?Sized>(tx: &mut T, id: &str) -> Result<Option<ProcessRecord>> {
+    let now = tx.now();
+    let row = existing(tx, id)?;
+    if !fold::abandon_reconcilable(&row.record, row.lease.as_ref(), now) {
+        return Ok(None);
+    }
+    let outcome = fold::reconciled_abandon_outcome(&row.record, now);
+    Ok(Some(append_record(tx, id, &fold::terminal_request(&outcome))?))
+}
