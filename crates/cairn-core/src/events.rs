@@ -148,32 +148,8 @@ impl From<Vec<EventType>> for EventTypes {
 
 impl Serialize for EventTypes {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        if OMIT_TYPES.with(std::cell::Cell::get) {
-            return Vec::<EventType>::new().serialize(s);
-        }
         self.0.types.serialize(s)
     }
-}
-
-thread_local! {
-    static OMIT_TYPES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Serialize `value` as JSON with every [`EventTypes`] in it written as `[]`.
-///
-/// For stores that keep type lists apart from records, keyed by
-/// [`EventTypes::key`]: the stored record stays small and a load attaches the
-/// shared list again.
-pub fn to_json_without_types<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
-    struct Reset;
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            OMIT_TYPES.with(|f| f.set(false));
-        }
-    }
-    OMIT_TYPES.with(|f| f.set(true));
-    let _reset = Reset;
-    serde_json::to_string(value)
 }
 
 impl<'de> Deserialize<'de> for EventTypes {
@@ -552,19 +528,6 @@ mod tests {
         assert_ne!(more, core);
         assert_eq!(more.find("note").map(|t| t.name.as_str()), Some("note"));
         assert!(core.find("note").is_none());
-    }
-
-    #[test]
-    fn types_can_be_left_out_of_a_serialization_only_on_request() {
-        let value = serde_json::json!({"a": 1});
-        let mut more = core_event_types();
-        more.push(EventType::plain("note"));
-        let pair = (EventTypes::new(more), value);
-        let without: serde_json::Value = serde_json::from_str(&to_json_without_types(&pair).unwrap()).unwrap();
-        assert_eq!(without, serde_json::json!([[], {"a": 1}]));
-        // The next serialization writes the list again.
-        let with = serde_json::to_value(&pair).unwrap();
-        assert_eq!(with[0].as_array().map(Vec::len), Some(core_event_types().len() + 1));
     }
 
     #[test]
