@@ -14,7 +14,8 @@ use crate::model::{
     ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope, StartGrant,
     StatusFilter, Tombstone, TransferReport, WakeDelivery, Watermark, WorkAction, WorkItem,
 };
-use crate::ops::{self, Answer, Op, Row, WriteTx};
+use crate::ops::admin::{self, AdminTx, Deleted, GrantState, PruneCandidate};
+use crate::ops::{self, at_once, Answer, Op, Row, WriteTx};
 use crate::registry::{prune_status, CancelAnswer, ProcessRegistry, Registered};
 use crate::validate::{self, validate_id, validate_scope};
 use crate::{CairnError, Result};
@@ -267,6 +268,105 @@ impl WriteTx for Tx<'_> {
     }
 }
 
+impl AdminTx for Tx<'_> {
+    fn now(&self) -> u64 {
+        self.now
+    }
+
+    async fn take_grant(&mut self, scope: &SessionScope, id: &str) -> Result<Option<Grant>> {
+        Ok(self.st.grants.get_mut(&scope.scope_id()).and_then(|m| m.remove(id)))
+    }
+
+    async fn put_grant(&mut self, grant: &Grant) -> Result<()> {
+        WriteTx::upsert_grant(self, grant)
+    }
+
+    async fn delete_session_grants(&mut self, session_id: &str) -> Result<Vec<String>> {
+        let scope_ids: Vec<String> = self
+            .st
+            .grants
+            .iter()
+            .filter(|(_, m)| m.values().next().is_some_and(|g| g.scope.session_id == session_id))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut removed = Vec::new();
+        for k in scope_ids {
+            if let Some(m) = self.st.grants.remove(&k) {
+                removed.extend(m.into_keys());
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn delete_pending_wakes(&mut self, session_id: &str) -> Result<u64> {
+        let before = self.st.wakes.len();
+        self.st
+            .wakes
+            .retain(|_, w| w.acked || w.delivery.target_session_id != session_id);
+        Ok((before - self.st.wakes.len()) as u64)
+    }
+
+    async fn grant_states(&mut self, ids: &[String]) -> Result<Vec<GrantState>> {
+        Ok(ids
+            .iter()
+            .map(|id| GrantState {
+                id: id.clone(),
+                running: self.st.entries.get(id).is_some_and(|e| !e.row.record.is_terminal()),
+                granted: self.st.grants.values().any(|m| m.contains_key(id)),
+            })
+            .collect())
+    }
+
+    async fn prune_candidates(&mut self, cutoff_ms: u64, status: StatusFilter) -> Result<Vec<PruneCandidate>> {
+        Ok(self
+            .st
+            .entries
+            .iter()
+            .map(|(_, e)| &e.row.record)
+            .filter(|r| r.is_terminal() && status.matches(r.status))
+            .filter_map(|r| {
+                let terminal_at_ms = r.terminal_at_ms.filter(|t| *t < cutoff_ms)?;
+                Some(PruneCandidate {
+                    id: r.id.clone(),
+                    status: r.status,
+                    terminal_at_ms,
+                    change_cursor: self.st.entries.get(&r.id).map_or(0, |e| e.change_cursor),
+                })
+            })
+            .collect())
+    }
+
+    async fn delete_pruned(&mut self, victims: &[PruneCandidate]) -> Result<Deleted> {
+        let mut deleted = Deleted::default();
+        let st = &mut *self.st;
+        for v in victims {
+            let Some(e) = st.entries.remove(&v.id) else { continue };
+            st.changes.remove(&e.change_cursor);
+            st.candidates.remove(&v.id);
+            deleted.events += e.events.len() as u64;
+            for m in st.grants.values_mut() {
+                if m.remove(&v.id).is_some() {
+                    deleted.grants += 1;
+                }
+            }
+            let before = st.wakes.len();
+            st.wakes.retain(|_, w| w.delivery.process_id != v.id);
+            deleted.wakes += (before - st.wakes.len()) as u64;
+            st.tombstones.insert(
+                v.id.clone(),
+                Tombstone {
+                    id: v.id.clone(),
+                    status: v.status,
+                    terminal_at_ms: v.terminal_at_ms,
+                    pruned_at_ms: self.now,
+                },
+            );
+        }
+        st.grants.retain(|_, m| !m.is_empty());
+        Ok(deleted)
+    }
+}
+
 #[async_trait]
 impl ProcessRegistry for MemoryRegistry {
     async fn register(&self, registration: Registration, grant: Option<StartGrant>) -> Result<Registered> {
@@ -337,26 +437,10 @@ impl ProcessRegistry for MemoryRegistry {
     }
 
     async fn transfer(&self, from: &SessionScope, to: &SessionScope, ids: &[String]) -> Result<TransferReport> {
-        validate_scope(from)?;
-        validate_scope(to)?;
-        for id in ids {
-            validate_id("process id", id)?;
-        }
+        admin::check_transfer(from, to, ids)?;
         let now = self.now();
         let mut st = self.state.lock();
-        let mut report = TransferReport::default();
-        for id in ids {
-            let taken = st.grants.get_mut(&from.scope_id()).and_then(|m| m.remove(id));
-            match taken {
-                Some(g) => {
-                    let moved = g.moved_to(to, now);
-                    st.grants.entry(to.scope_id()).or_default().insert(id.clone(), moved);
-                    report.moved.push(id.clone());
-                }
-                None => report.not_granted.push(id.clone()),
-            }
-        }
-        Ok(report)
+        at_once(admin::transfer(&mut Tx { st: &mut st, now }, from, to, ids))
     }
 
     async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {
@@ -398,38 +482,9 @@ impl ProcessRegistry for MemoryRegistry {
 
     async fn delete_session(&self, session_id: &str) -> Result<SessionDeleteReport> {
         validate_id("session id", session_id)?;
+        let now = self.now();
         let mut st = self.state.lock();
-        let scope_ids: Vec<String> = st
-            .grants
-            .iter()
-            .filter(|(_, m)| m.values().next().is_some_and(|g| g.scope.session_id == session_id))
-            .map(|(k, _)| k.clone())
-            .collect();
-        let mut report = SessionDeleteReport {
-            session_id: session_id.to_string(),
-            ..Default::default()
-        };
-        let mut touched = BTreeSet::new();
-        for k in scope_ids {
-            if let Some(m) = st.grants.remove(&k) {
-                report.revoked_grants += m.len() as u64;
-                touched.extend(m.into_keys());
-            }
-        }
-        let before = st.wakes.len();
-        st.wakes
-            .retain(|_, w| w.acked || w.delivery.target_session_id != session_id);
-        report.deleted_wakes = (before - st.wakes.len()) as u64;
-        for id in touched {
-            let running = st.entries.get(&id).is_some_and(|e| !e.row.record.is_terminal());
-            let still_granted = st.grants.values().any(|m| m.contains_key(&id));
-            if running && !still_granted {
-                report.orphaned.push(id);
-            } else {
-                report.preserved.push(id);
-            }
-        }
-        Ok(report)
+        at_once(admin::delete_session(&mut Tx { st: &mut st, now }, session_id))
     }
 
     async fn pending_wakes(&self, session_id: &str, limit: Option<usize>) -> Result<Vec<WakeDelivery>> {
@@ -539,49 +594,7 @@ impl ProcessRegistry for MemoryRegistry {
         let status = prune_status(status)?;
         let now = self.now();
         let mut st = self.state.lock();
-        let mut report = PruneReport::default();
-        let victims: Vec<String> = st
-            .entries
-            .iter()
-            .filter(|(_, e)| {
-                e.row.record.is_terminal()
-                    && status.matches(e.row.record.status)
-                    && e.row.record.terminal_at_ms.is_some_and(|t| t < cutoff_ms)
-            })
-            .filter_map(|(id, e)| match watermark {
-                Watermark::Cursor { cursor } if e.change_cursor > cursor => {
-                    report.held_by_watermark += 1;
-                    None
-                }
-                _ => Some(id.clone()),
-            })
-            .collect();
-        for id in victims {
-            let Some(e) = st.entries.remove(&id) else { continue };
-            st.changes.remove(&e.change_cursor);
-            st.candidates.remove(&id);
-            report.pruned += 1;
-            report.events_deleted += e.events.len() as u64;
-            for m in st.grants.values_mut() {
-                if m.remove(&id).is_some() {
-                    report.grants_deleted += 1;
-                }
-            }
-            let before = st.wakes.len();
-            st.wakes.retain(|_, w| w.delivery.process_id != id);
-            report.wakes_deleted += (before - st.wakes.len()) as u64;
-            st.tombstones.insert(
-                id.clone(),
-                Tombstone {
-                    id: id.clone(),
-                    status: e.row.record.status,
-                    terminal_at_ms: e.row.record.terminal_at_ms.unwrap_or(e.row.record.updated_at_ms),
-                    pruned_at_ms: now,
-                },
-            );
-        }
-        st.grants.retain(|_, m| !m.is_empty());
-        Ok(report)
+        at_once(admin::prune(&mut Tx { st: &mut st, now }, cutoff_ms, status, watermark))
     }
 
     async fn changed_since(&self, cursor: u64, limit: Option<usize>) -> Result<ChangePage> {

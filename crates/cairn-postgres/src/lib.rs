@@ -34,6 +34,7 @@
 
 #![warn(missing_docs)]
 
+mod admin_tx;
 mod conn;
 mod lanes;
 mod listen;
@@ -62,6 +63,8 @@ use tokio_postgres::Config;
 
 pub use schema::{validate_schema_name, SCHEMA_VERSION};
 
+use admin_tx::Admin;
+use cairn_core::ops::admin;
 use cairn_core::ops::{Answer, Op};
 use conn::{is_transient, open_retrying, Conn, Shared};
 use lanes::{LaneConfig, Lanes};
@@ -500,18 +503,16 @@ impl ProcessRegistry for PostgresRegistry {
     }
 
     async fn transfer(&self, from: &SessionScope, to: &SessionScope, ids: &[String]) -> Result<TransferReport> {
-        validate_scope(from)?;
-        validate_scope(to)?;
-        for id in ids {
-            validate_id("process id", id)?;
-        }
-        let (moved, not_granted) = self
-            .transaction("the transfer", move |tx, now| {
-                let (from, to, ids) = (from.clone(), to.clone(), ids.to_vec());
-                Box::pin(async move { read::transfer(tx, &from, &to, &ids, now).await })
+        admin::check_transfer(from, to, ids)?;
+        self.transaction("the transfer", move |tx, now| {
+            let (from, to, ids) = (from.clone(), to.clone(), ids.to_vec());
+            Box::pin(async move {
+                let mut a = Admin::new(tx, now);
+                let out = admin::transfer(&mut a, &from, &to, &ids).await;
+                a.finish(out)
             })
-            .await?;
-        Ok(TransferReport { moved, not_granted })
+        })
+        .await
     }
 
     async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {
@@ -532,19 +533,15 @@ impl ProcessRegistry for PostgresRegistry {
 
     async fn delete_session(&self, session_id: &str) -> Result<SessionDeleteReport> {
         validate_id("session id", session_id)?;
-        let (revoked_grants, deleted_wakes, orphaned, preserved) = self
-            .transaction("the session's deletion", move |tx, _| {
-                let session_id = session_id.to_string();
-                Box::pin(async move { read::delete_session(tx, &session_id).await })
+        self.transaction("the session's deletion", move |tx, now| {
+            let session_id = session_id.to_string();
+            Box::pin(async move {
+                let mut a = Admin::new(tx, now);
+                let out = admin::delete_session(&mut a, &session_id).await;
+                a.finish(out)
             })
-            .await?;
-        Ok(SessionDeleteReport {
-            session_id: session_id.to_string(),
-            revoked_grants,
-            deleted_wakes,
-            orphaned,
-            preserved,
         })
+        .await
     }
 
     async fn pending_wakes(&self, session_id: &str, limit: Option<usize>) -> Result<Vec<WakeDelivery>> {
@@ -637,22 +634,14 @@ impl ProcessRegistry for PostgresRegistry {
 
     async fn prune(&self, cutoff_ms: u64, status: StatusFilter, watermark: Watermark) -> Result<PruneReport> {
         let status = prune_status(status)?;
-        let watermark = match watermark {
-            Watermark::Cursor { cursor } => Some(cursor),
-            Watermark::NoProjector => None,
-        };
-        let p = self
-            .transaction("the prune", |tx, now| {
-                Box::pin(read::prune(tx, cutoff_ms, status, watermark, now))
+        self.transaction("the prune", move |tx, now| {
+            Box::pin(async move {
+                let mut a = Admin::new(tx, now);
+                let out = admin::prune(&mut a, cutoff_ms, status, watermark).await;
+                a.finish(out)
             })
-            .await?;
-        Ok(PruneReport {
-            pruned: p.pruned,
-            held_by_watermark: p.held,
-            events_deleted: p.events,
-            grants_deleted: p.grants,
-            wakes_deleted: p.wakes,
         })
+        .await
     }
 
     async fn changed_since(&self, cursor: u64, limit: Option<usize>) -> Result<ChangePage> {

@@ -43,7 +43,7 @@ use cairn_core::model::{
     ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope, StartGrant,
     StatusFilter, TransferReport, WakeDelivery, Watermark, WorkAction, WorkItem,
 };
-use cairn_core::ops::{self, Answer, Op};
+use cairn_core::ops::{self, admin, at_once, Answer, Op};
 use cairn_core::registry::{prune_status, CancelAnswer, ProcessRegistry, Registered};
 use cairn_core::validate::{self, validate_id, validate_scope};
 use cairn_core::{CairnError, Result};
@@ -294,27 +294,10 @@ impl ProcessRegistry for SqliteRegistry {
     }
 
     async fn transfer(&self, from: &SessionScope, to: &SessionScope, ids: &[String]) -> Result<TransferReport> {
-        validate_scope(from)?;
-        validate_scope(to)?;
-        for id in ids {
-            validate_id("process id", id)?;
-        }
+        admin::check_transfer(from, to, ids)?;
         let (from, to, ids) = (from.clone(), to.clone(), ids.to_vec());
-        self.write(move |tx, now| {
-            let mut report = TransferReport::default();
-            for id in ids {
-                match store::take_grant(tx, &from, &id)? {
-                    Some(g) => {
-                        let moved = g.moved_to(&to, now);
-                        store::upsert_grant(tx, &moved)?;
-                        report.moved.push(id);
-                    }
-                    None => report.not_granted.push(id),
-                }
-            }
-            Ok(report)
-        })
-        .await
+        self.write(move |conn, now| Ok(at_once(admin::transfer(&mut tx::Tx::new(conn, now), &from, &to, &ids))?))
+            .await
     }
 
     async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {
@@ -336,15 +319,11 @@ impl ProcessRegistry for SqliteRegistry {
     async fn delete_session(&self, session_id: &str) -> Result<SessionDeleteReport> {
         validate_id("session id", session_id)?;
         let session_id = session_id.to_string();
-        self.write(move |tx, _| {
-            let (revoked_grants, deleted_wakes, orphaned, preserved) = store::delete_session(tx, &session_id)?;
-            Ok(SessionDeleteReport {
-                session_id,
-                revoked_grants,
-                deleted_wakes,
-                orphaned,
-                preserved,
-            })
+        self.write(move |conn, now| {
+            Ok(at_once(admin::delete_session(
+                &mut tx::Tx::new(conn, now),
+                &session_id,
+            ))?)
         })
         .await
     }
@@ -426,22 +405,13 @@ impl ProcessRegistry for SqliteRegistry {
 
     async fn prune(&self, cutoff_ms: u64, status: StatusFilter, watermark: Watermark) -> Result<PruneReport> {
         let status = prune_status(status)?;
-        self.write(move |tx, now| {
-            let mut report = PruneReport::default();
-            for victim in store::prune_candidates(tx, cutoff_ms, status)? {
-                if let Watermark::Cursor { cursor } = watermark {
-                    if victim.change_cursor > cursor {
-                        report.held_by_watermark += 1;
-                        continue;
-                    }
-                }
-                let (events, grants, wakes) = store::prune_one(tx, &victim, now)?;
-                report.pruned += 1;
-                report.events_deleted += events;
-                report.grants_deleted += grants;
-                report.wakes_deleted += wakes;
-            }
-            Ok(report)
+        self.write(move |conn, now| {
+            Ok(at_once(admin::prune(
+                &mut tx::Tx::new(conn, now),
+                cutoff_ms,
+                status,
+                watermark,
+            ))?)
         })
         .await
     }

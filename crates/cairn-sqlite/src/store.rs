@@ -3,14 +3,13 @@
 //! reads. No rule about what an operation or an event means lives here: the
 //! rules are [`cairn_core::ops`] and [`cairn_core::fold`].
 
-use std::collections::BTreeSet;
-
 use cairn_core::events::ProcessEvent;
 use cairn_core::fold;
 use cairn_core::model::{
     Grant, GrantedProcess, Lease, Originator, ProcessFilter, ProcessRecord, ProcessStatus, SessionScope, StatusFilter,
     Tombstone, WakeDelivery,
 };
+use cairn_core::ops::admin::PruneCandidate;
 use cairn_core::ops::Row;
 use cairn_core::CairnError;
 use rusqlite::types::Value as SqlValue;
@@ -588,48 +587,35 @@ pub(crate) fn ack_wake(conn: &Connection, session_id: &str, wake_id: &str) -> R<
     }
 }
 
-/// Remove a session's grants and pending wakes; (revoked, deleted wakes, orphaned, preserved).
-pub(crate) fn delete_session(conn: &Connection, session_id: &str) -> R<(u64, u64, Vec<String>, Vec<String>)> {
-    let removed = conn
+/// Remove every grant of the session's scopes; one process id per removed grant.
+pub(crate) fn delete_session_grants(conn: &Connection, session_id: &str) -> R<Vec<String>> {
+    Ok(conn
         .prepare_cached("DELETE FROM grants WHERE session_id = ?1 RETURNING process_id")?
         .query_map([session_id], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<Vec<String>>>()?;
-    // One returned row per deleted grant; a process granted to several scopes
-    // of the session counts once per grant, as in the memory registry.
-    let revoked = removed.len() as u64;
-    let touched: BTreeSet<String> = removed.into_iter().collect();
-    let deleted_wakes = conn
+        .collect::<rusqlite::Result<Vec<String>>>()?)
+}
+
+/// Remove the session's pending wakes; how many.
+pub(crate) fn delete_pending_wakes(conn: &Connection, session_id: &str) -> R<u64> {
+    Ok(conn
         .prepare_cached("DELETE FROM wakes WHERE target_session_id = ?1 AND acked = 0")?
-        .execute([session_id])? as u64;
-    let mut orphaned = Vec::new();
-    let mut preserved = Vec::new();
-    for id in touched {
-        let running = conn
-            .prepare_cached("SELECT status = 'running' FROM processes WHERE id = ?1")?
-            .query_row([&id], |r| r.get::<_, bool>(0))
-            .optional()?
-            .unwrap_or(false);
-        let still_granted = conn
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM grants WHERE process_id = ?1)")?
-            .query_row([&id], |r| r.get::<_, bool>(0))?;
-        if running && !still_granted {
-            orphaned.push(id);
-        } else {
-            preserved.push(id);
-        }
-    }
-    Ok((revoked, deleted_wakes, orphaned, preserved))
+        .execute([session_id])? as u64)
+}
+
+/// Whether `id` is a running process, and whether any scope holds a grant on it.
+pub(crate) fn grant_state(conn: &Connection, id: &str) -> R<(bool, bool)> {
+    let running = conn
+        .prepare_cached("SELECT status = 'running' FROM processes WHERE id = ?1")?
+        .query_row([id], |r| r.get::<_, bool>(0))
+        .optional()?
+        .unwrap_or(false);
+    let granted = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM grants WHERE process_id = ?1)")?
+        .query_row([id], |r| r.get::<_, bool>(0))?;
+    Ok((running, granted))
 }
 
 // ---------------------------------------------------------------- retention and the change feed
-
-/// A prune candidate: terminal before the cutoff and passing the status filter.
-pub(crate) struct PruneCandidate {
-    pub id: String,
-    pub status: ProcessStatus,
-    pub terminal_at_ms: u64,
-    pub change_cursor: u64,
-}
 
 /// Terminal processes whose terminal time is before `cutoff_ms`, from the prune index.
 pub(crate) fn prune_candidates(conn: &Connection, cutoff_ms: u64, status: StatusFilter) -> R<Vec<PruneCandidate>> {

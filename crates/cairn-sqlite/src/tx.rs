@@ -1,6 +1,6 @@
-//! The storage primitives of [`cairn_core::ops::WriteTx`] over one write job's
-//! transaction: the writer thread runs each operation through
-//! [`cairn_core::ops::run`] on a [`Tx`].
+//! The storage primitives of [`cairn_core::ops::WriteTx`] and
+//! [`cairn_core::ops::admin::AdminTx`] over one write job's transaction: the
+//! writer thread runs each operation through [`cairn_core::ops`] on a [`Tx`].
 //!
 //! Invariant: no rule about what an operation means lives here; these are
 //! lookups and stores.
@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 
 use cairn_core::events::ProcessEvent;
-use cairn_core::model::{Grant, Lease, ProcessRecord, Tombstone, WakeDelivery};
+use cairn_core::model::{Grant, Lease, ProcessRecord, SessionScope, StatusFilter, Tombstone, WakeDelivery};
+use cairn_core::ops::admin::{AdminTx, Deleted, GrantState, PruneCandidate};
 use cairn_core::ops::{Row, WriteTx};
 use cairn_core::{CairnError, Result};
 use rusqlite::Connection;
@@ -120,5 +121,55 @@ impl WriteTx for Tx<'_> {
 
     fn upsert_grant(&mut self, grant: &Grant) -> Result<()> {
         Ok(store::upsert_grant(self.conn, grant)?)
+    }
+}
+
+impl AdminTx for Tx<'_> {
+    fn now(&self) -> u64 {
+        self.now
+    }
+
+    async fn take_grant(&mut self, scope: &SessionScope, id: &str) -> Result<Option<Grant>> {
+        Ok(store::take_grant(self.conn, scope, id)?)
+    }
+
+    async fn put_grant(&mut self, grant: &Grant) -> Result<()> {
+        Ok(store::upsert_grant(self.conn, grant)?)
+    }
+
+    async fn delete_session_grants(&mut self, session_id: &str) -> Result<Vec<String>> {
+        Ok(store::delete_session_grants(self.conn, session_id)?)
+    }
+
+    async fn delete_pending_wakes(&mut self, session_id: &str) -> Result<u64> {
+        Ok(store::delete_pending_wakes(self.conn, session_id)?)
+    }
+
+    async fn grant_states(&mut self, ids: &[String]) -> Result<Vec<GrantState>> {
+        ids.iter()
+            .map(|id| {
+                let (running, granted) = store::grant_state(self.conn, id)?;
+                Ok(GrantState {
+                    id: id.clone(),
+                    running,
+                    granted,
+                })
+            })
+            .collect()
+    }
+
+    async fn prune_candidates(&mut self, cutoff_ms: u64, status: StatusFilter) -> Result<Vec<PruneCandidate>> {
+        Ok(store::prune_candidates(self.conn, cutoff_ms, status)?)
+    }
+
+    async fn delete_pruned(&mut self, victims: &[PruneCandidate]) -> Result<Deleted> {
+        let mut deleted = Deleted::default();
+        for victim in victims {
+            let (events, grants, wakes) = store::prune_one(self.conn, victim, self.now)?;
+            deleted.events += events;
+            deleted.grants += grants;
+            deleted.wakes += wakes;
+        }
+        Ok(deleted)
     }
 }

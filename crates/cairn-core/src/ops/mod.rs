@@ -12,6 +12,8 @@
 //! Invariant: this module does no I/O, never blocks and never reads a clock: a
 //! transaction answers [`WriteTx::now`], fixed for the whole operation.
 
+pub mod admin;
+
 use serde_json::json;
 
 use crate::events::{self, AppendRequest, AppendResult, ProcessEvent};
@@ -23,6 +25,17 @@ use crate::model::{
 use crate::registry::{CancelAnswer, Registered};
 use crate::validate::{validate_id, validate_scope};
 use crate::{CairnError, Result};
+
+/// Drive to its end a future over primitives that answer at once (the
+/// memory registry's state, SQLite's connection): the admin rules are async
+/// for networked stores, and such a store never makes them wait.
+pub fn at_once<T>(work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    futures::FutureExt::now_or_never(std::pin::pin!(work)).unwrap_or_else(|| {
+        Err(CairnError::storage(
+            "a store that answers at once made an operation wait",
+        ))
+    })
+}
 
 /// A stored process row: the record, the full lease (the record carries only
 /// its view) and the fencing counter (the token of the most recent claim).

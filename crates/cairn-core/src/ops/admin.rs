@@ -1,0 +1,161 @@
+//! The rules of the writes that span processes: grant transfers, a session's
+//! deletion and retention. A backend runs them in one transaction of its own
+//! over the primitives of [`AdminTx`]; memory and SQLite answer at once,
+//! PostgreSQL awaits its server inside an admin transaction.
+//!
+//! Invariant: no I/O and no clock here either; the primitives are async only
+//! so a networked backend can implement them without blocking.
+
+use crate::model::Grant;
+use crate::model::{
+    ProcessStatus, PruneReport, SessionDeleteReport, SessionScope, StatusFilter, TransferReport, Watermark,
+};
+use crate::validate::{validate_id, validate_scope};
+use crate::Result;
+
+/// A terminal process a prune may delete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PruneCandidate {
+    pub id: String,
+    pub status: ProcessStatus,
+    pub terminal_at_ms: u64,
+    /// The change-feed position of its last change (held back by a cursor watermark).
+    pub change_cursor: u64,
+}
+
+/// What deleting pruned processes removed beside them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Deleted {
+    pub events: u64,
+    pub grants: u64,
+    pub wakes: u64,
+}
+
+/// Where a process a session's deletion touched stands afterwards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantState {
+    pub id: String,
+    /// The process exists and is running.
+    pub running: bool,
+    /// Some scope still holds a grant on it.
+    pub granted: bool,
+}
+
+/// The storage primitives of one admin transaction. Each sees the writes made
+/// before it in the same transaction; on `Err` the caller rolls back.
+#[allow(async_fn_in_trait)]
+pub trait AdminTx {
+    /// The time of this transaction, in epoch ms.
+    fn now(&self) -> u64;
+
+    /// Remove the grant of (scope, process), answering it.
+    async fn take_grant(&mut self, scope: &SessionScope, id: &str) -> Result<Option<Grant>>;
+
+    /// Insert or replace the grant of (scope, process).
+    async fn put_grant(&mut self, grant: &Grant) -> Result<()>;
+
+    /// Remove every grant of every scope of the session; one process id per
+    /// removed grant.
+    async fn delete_session_grants(&mut self, session_id: &str) -> Result<Vec<String>>;
+
+    /// Remove the session's pending (unacknowledged) wakes; how many.
+    async fn delete_pending_wakes(&mut self, session_id: &str) -> Result<u64>;
+
+    /// The state of each id, in the order given.
+    async fn grant_states(&mut self, ids: &[String]) -> Result<Vec<GrantState>>;
+
+    /// Terminal processes whose terminal time is before `cutoff_ms` and whose
+    /// status passes `status`, locked for deletion.
+    async fn prune_candidates(&mut self, cutoff_ms: u64, status: StatusFilter) -> Result<Vec<PruneCandidate>>;
+
+    /// Delete these processes with their events, grants, wakes and lease, and
+    /// leave a tombstone for each, pruned at `now`.
+    async fn delete_pruned(&mut self, victims: &[PruneCandidate]) -> Result<Deleted>;
+}
+
+/// Check the arguments of a transfer.
+pub fn check_transfer(from: &SessionScope, to: &SessionScope, ids: &[String]) -> Result<()> {
+    validate_scope(from)?;
+    validate_scope(to)?;
+    for id in ids {
+        validate_id("process id", id)?;
+    }
+    Ok(())
+}
+
+/// Move grants from one scope to another; processes never change.
+/// Arguments are checked by [`check_transfer`].
+pub async fn transfer<T: AdminTx + ?Sized>(
+    tx: &mut T,
+    from: &SessionScope,
+    to: &SessionScope,
+    ids: &[String],
+) -> Result<TransferReport> {
+    let now = tx.now();
+    let mut report = TransferReport::default();
+    for id in ids {
+        match tx.take_grant(from, id).await? {
+            Some(grant) => {
+                tx.put_grant(&grant.moved_to(to, now)).await?;
+                report.moved.push(id.clone());
+            }
+            None => report.not_granted.push(id.clone()),
+        }
+    }
+    Ok(report)
+}
+
+/// Remove a session's grants and pending wakes and report what is left
+/// running with no grant (orphaned) or not (preserved). Never changes a process.
+pub async fn delete_session<T: AdminTx + ?Sized>(tx: &mut T, session_id: &str) -> Result<SessionDeleteReport> {
+    let removed = tx.delete_session_grants(session_id).await?;
+    let revoked_grants = removed.len() as u64;
+    let mut touched = removed;
+    touched.sort();
+    touched.dedup();
+    let deleted_wakes = tx.delete_pending_wakes(session_id).await?;
+    let (mut orphaned, mut preserved) = (Vec::new(), Vec::new());
+    for state in tx.grant_states(&touched).await? {
+        if state.running && !state.granted {
+            orphaned.push(state.id);
+        } else {
+            preserved.push(state.id);
+        }
+    }
+    Ok(SessionDeleteReport {
+        session_id: session_id.to_string(),
+        revoked_grants,
+        deleted_wakes,
+        orphaned,
+        preserved,
+    })
+}
+
+/// Delete terminal processes older than the cutoff, except those a cursor
+/// watermark holds back, leaving tombstones. `status` is checked by
+/// [`crate::registry::prune_status`].
+pub async fn prune<T: AdminTx + ?Sized>(
+    tx: &mut T,
+    cutoff_ms: u64,
+    status: StatusFilter,
+    watermark: Watermark,
+) -> Result<PruneReport> {
+    let mut report = PruneReport::default();
+    let mut victims = tx.prune_candidates(cutoff_ms, status).await?;
+    victims.retain(|v| match watermark {
+        Watermark::Cursor { cursor } if v.change_cursor > cursor => {
+            report.held_by_watermark += 1;
+            false
+        }
+        _ => true,
+    });
+    if victims.is_empty() {
+        return Ok(report);
+    }
+    let deleted = tx.delete_pruned(&victims).await?;
+    report.pruned = victims.len() as u64;
+    report.events_deleted = deleted.events;
+    report.grants_deleted = deleted.grants;
+    report.wakes_deleted = deleted.wakes;
+    Ok(report)
+}

@@ -1,0 +1,201 @@
+//! The primitives of [`cairn_core::ops::admin::AdminTx`] over one admin
+//! transaction: transfers, a session's deletion and retention run their
+//! rules from cairn-core against these statements.
+//!
+//! Invariant: statements only; no rule about what a transfer, a deletion or a
+//! prune means lives here.
+
+use cairn_core::model::{Grant, ProcessStatus, SessionScope, StatusFilter};
+use cairn_core::ops::admin::{AdminTx, Deleted, GrantState, PruneCandidate};
+use cairn_core::{CairnError, Result};
+use tokio_postgres::Transaction;
+
+use crate::rows::{from_sql, status_label, to_sql};
+use crate::Fault;
+
+/// One admin transaction at one time. It keeps the first server error it
+/// met, so the caller can tell a transient fault (run the transaction again)
+/// from a refusal.
+pub(crate) struct Admin<'a> {
+    tx: &'a Transaction<'a>,
+    now: u64,
+    fault: Option<tokio_postgres::Error>,
+}
+
+impl<'a> Admin<'a> {
+    pub(crate) fn new(tx: &'a Transaction<'a>, now: u64) -> Self {
+        Self { tx, now, fault: None }
+    }
+
+    /// The answer of the rules run on this transaction, with the server error
+    /// behind a failure restored.
+    pub(crate) fn finish<T>(self, out: Result<T>) -> std::result::Result<T, Fault> {
+        match (out, self.fault) {
+            (Ok(v), _) => Ok(v),
+            (Err(_), Some(e)) => Err(Fault::Pg(e)),
+            (Err(e), None) => Err(Fault::Cairn(e)),
+        }
+    }
+
+    fn pg(&mut self, e: tokio_postgres::Error) -> CairnError {
+        let err = crate::conn::storage(&e);
+        self.fault.get_or_insert(e);
+        err
+    }
+}
+
+fn json(e: serde_json::Error) -> CairnError {
+    Fault::Json(e).into()
+}
+
+impl AdminTx for Admin<'_> {
+    fn now(&self) -> u64 {
+        self.now
+    }
+
+    async fn take_grant(&mut self, scope: &SessionScope, id: &str) -> Result<Option<Grant>> {
+        let tx = self.tx;
+        let taken = tx
+            .query_opt(
+                "DELETE FROM grants WHERE scope_id = $1::text AND process_id = $2::text RETURNING grant_json",
+                &[&scope.scope_id(), &id],
+            )
+            .await
+            .map_err(|e| self.pg(e))?;
+        match taken {
+            Some(row) => Ok(Some(
+                serde_json::from_str(row.try_get::<_, &str>(0).map_err(|e| self.pg(e))?).map_err(json)?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    async fn put_grant(&mut self, g: &Grant) -> Result<()> {
+        self.tx
+            .execute(
+                "INSERT INTO grants (scope_id, session_id, process_id, grant_json) \
+                 VALUES ($1::text, $2::text, $3::text, $4::text) \
+                 ON CONFLICT (scope_id, process_id) DO UPDATE SET session_id = excluded.session_id, \
+                 grant_json = excluded.grant_json",
+                &[
+                    &g.scope.scope_id(),
+                    &g.scope.session_id,
+                    &g.process_id,
+                    &serde_json::to_string(g).map_err(json)?,
+                ],
+            )
+            .await
+            .map_err(|e| self.pg(e))?;
+        Ok(())
+    }
+
+    async fn delete_session_grants(&mut self, session_id: &str) -> Result<Vec<String>> {
+        let tx = self.tx;
+        let removed = tx
+            .query(
+                "DELETE FROM grants WHERE session_id = $1::text RETURNING process_id",
+                &[&session_id],
+            )
+            .await
+            .map_err(|e| self.pg(e))?;
+        removed
+            .iter()
+            .map(|r| r.try_get::<_, String>(0).map_err(|e| self.pg(e)))
+            .collect()
+    }
+
+    async fn delete_pending_wakes(&mut self, session_id: &str) -> Result<u64> {
+        self.tx
+            .execute(
+                "DELETE FROM wakes WHERE target_session_id = $1::text AND NOT acked",
+                &[&session_id],
+            )
+            .await
+            .map_err(|e| self.pg(e))
+    }
+
+    async fn grant_states(&mut self, ids: &[String]) -> Result<Vec<GrantState>> {
+        let tx = self.tx;
+        let rows = tx
+            .query(
+                "SELECT i.id, COALESCE(p.status = 'running', false), \
+                 EXISTS (SELECT 1 FROM grants g WHERE g.process_id = i.id) \
+                 FROM unnest($1::text[]) WITH ORDINALITY AS i(id, n) LEFT JOIN processes p ON p.id = i.id \
+                 ORDER BY i.n",
+                &[&ids],
+            )
+            .await
+            .map_err(|e| self.pg(e))?;
+        rows.iter()
+            .map(|row| {
+                Ok(GrantState {
+                    id: row.try_get(0).map_err(|e| self.pg(e))?,
+                    running: row.try_get(1).map_err(|e| self.pg(e))?,
+                    granted: row.try_get(2).map_err(|e| self.pg(e))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn prune_candidates(&mut self, cutoff_ms: u64, status: StatusFilter) -> Result<Vec<PruneCandidate>> {
+        let tx = self.tx;
+        let rows = tx
+            .query(
+                "SELECT id, status, terminal_at_ms, change_cursor FROM processes \
+                 WHERE terminal_at_ms IS NOT NULL AND terminal_at_ms < $1::int8 AND status <> 'running' \
+                 AND ($2::text IS NULL OR status = $2::text) ORDER BY id FOR UPDATE",
+                &[&to_sql(cutoff_ms), &status_label(status)],
+            )
+            .await
+            .map_err(|e| self.pg(e))?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get(0).map_err(|e| self.pg(e))?;
+                let s: &str = row.try_get(1).map_err(|e| self.pg(e))?;
+                let status = ProcessStatus::parse(s)
+                    .ok_or_else(|| CairnError::storage(format!("process `{id}` has an unknown status `{s}`")))?;
+                Ok(PruneCandidate {
+                    id,
+                    status,
+                    terminal_at_ms: from_sql(row.try_get(2).map_err(|e| self.pg(e))?),
+                    change_cursor: from_sql(row.try_get(3).map_err(|e| self.pg(e))?),
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_pruned(&mut self, victims: &[PruneCandidate]) -> Result<Deleted> {
+        let tx = self.tx;
+        let ids: Vec<&str> = victims.iter().map(|v| v.id.as_str()).collect();
+        let statuses: Vec<&str> = victims.iter().map(|v| v.status.label()).collect();
+        let terminal: Vec<i64> = victims.iter().map(|v| to_sql(v.terminal_at_ms)).collect();
+        let mut counts = [0u64; 4];
+        for (i, sql) in [
+            "DELETE FROM events WHERE process_id = ANY($1::text[])",
+            "DELETE FROM grants WHERE process_id = ANY($1::text[])",
+            "DELETE FROM wakes WHERE process_id = ANY($1::text[])",
+            "DELETE FROM processes WHERE id = ANY($1::text[])",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            counts[i] = tx.execute(sql, &[&ids]).await.map_err(|e| self.pg(e))?;
+        }
+        let deleted = Deleted {
+            events: counts[0],
+            grants: counts[1],
+            wakes: counts[2],
+        };
+        tx.execute(
+            "INSERT INTO tombstones (id, status, terminal_at_ms, pruned_at_ms) \
+             SELECT u.id, u.status, u.terminal_at_ms, $4::int8 FROM unnest($1::text[], $2::text[], $3::int8[]) \
+             AS u(id, status, terminal_at_ms) \
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status, terminal_at_ms = excluded.terminal_at_ms, \
+             pruned_at_ms = excluded.pruned_at_ms",
+            &[&ids, &statuses, &terminal, &to_sql(self.now)],
+        )
+        .await
+        .map_err(|e| self.pg(e))?;
+        Ok(deleted)
+    }
+}
