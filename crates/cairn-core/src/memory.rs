@@ -321,16 +321,16 @@ impl AdminTx for Tx<'_> {
         Ok(self
             .st
             .entries
-            .iter()
-            .map(|(_, e)| &e.row.record)
-            .filter(|r| r.is_terminal() && status.matches(r.status))
-            .filter_map(|r| {
+            .values()
+            .filter(|e| e.row.record.is_terminal() && status.matches(e.row.record.status))
+            .filter_map(|e| {
+                let r = &e.row.record;
                 let terminal_at_ms = r.terminal_at_ms.filter(|t| *t < cutoff_ms)?;
                 Some(PruneCandidate {
                     id: r.id.clone(),
                     status: r.status,
                     terminal_at_ms,
-                    change_cursor: self.st.entries.get(&r.id).map_or(0, |e| e.change_cursor),
+                    change_cursor: e.change_cursor,
                 })
             })
             .collect())
