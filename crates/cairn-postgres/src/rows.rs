@@ -5,8 +5,7 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use cairn_core::events::{EventType, EventTypes};
-use cairn_core::fold;
-use cairn_core::model::{Lease, Originator, ProcessRecord, ProcessStatus, StatusFilter, Tombstone};
+use cairn_core::model::{ProcessRecord, ProcessStatus, Tombstone};
 use cairn_core::CairnError;
 use parking_lot::RwLock;
 use tokio_postgres::Row;
@@ -14,30 +13,10 @@ use tokio_postgres::Row;
 use crate::conn::Conn;
 use crate::Fault;
 
-/// PostgreSQL integers are signed: store `u64` times and counters saturated at
-/// `i64::MAX` (292 million years in milliseconds), which keeps their order.
-pub(crate) fn to_sql(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-pub(crate) fn from_sql(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-pub(crate) fn to_sql_usize(v: usize) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-pub(crate) fn status_label(status: StatusFilter) -> Option<&'static str> {
-    match status {
-        StatusFilter::Any => None,
-        StatusFilter::Running => Some(ProcessStatus::Running.label()),
-        StatusFilter::Completed => Some(ProcessStatus::Completed.label()),
-        StatusFilter::Failed => Some(ProcessStatus::Failed.label()),
-        StatusFilter::Cancelled => Some(ProcessStatus::Cancelled.label()),
-        StatusFilter::Abandoned => Some(ProcessStatus::Abandoned.label()),
-    }
-}
+pub(crate) use cairn_core::ops::columns::{
+    from_i64 as from_sql, status_label, to_i64 as to_sql, usize_to_i64 as to_sql_usize,
+};
+use cairn_core::ops::columns::{lease_from_columns, IndexColumns};
 
 /// A process row: the record (its lease view filled in from the lease
 /// columns), the full lease and the fencing counter.
@@ -144,17 +123,7 @@ fn entry_from_row(row: &Row, at: usize) -> Result<(Entry, Option<String>), Fault
         }
         None => {}
     }
-    let lease = match (owner, token, fencing_token, claimed, expires) {
-        (Some(owner_id), Some(lease_token), Some(f), Some(c), Some(x)) => Some(Lease {
-            process_id: record.id.clone(),
-            owner_id,
-            lease_token,
-            fencing_token: from_sql(f),
-            claimed_at_ms: from_sql(c),
-            expires_at_ms: from_sql(x),
-        }),
-        _ => None,
-    };
+    let lease = lease_from_columns(&record.id, owner, token, fencing_token, claimed, expires);
     let mut entry = Entry {
         record,
         lease,
@@ -241,47 +210,22 @@ impl<'a> StoredRecord<'a> {
     }
 }
 
-/// The indexed columns derived from a record, and its stored JSON (its type
-/// list stored apart, named by `types_key`).
+/// The stored JSON of a record (its type list stored apart, named by
+/// `types_key`) and its indexed columns.
 pub(crate) struct Derived {
     pub json: String,
     pub types_key: String,
-    pub status: &'static str,
-    pub disposition: &'static str,
-    pub definition: String,
-    pub originator: String,
-    pub originator_scope: Option<String>,
-    pub waiting: bool,
-    pub created_at: i64,
-    pub terminal_at: Option<i64>,
-    pub last_sequence: i64,
-    pub run_candidate: bool,
-    pub abandon_candidate: bool,
+    pub columns: IndexColumns,
 }
 
 /// The stored JSON keeps whatever lease view the record carries: every load
-/// replaces it from the lease columns ([`Entry::normalise`](cairn_core::ops::Row::normalise)), so encoding the
-/// record as it is saves cloning it.
+/// replaces it from the lease columns ([`Entry::normalise`](cairn_core::ops::Row::normalise)),
+/// so encoding the record as it is saves cloning it.
 pub(crate) fn derive(record: &ProcessRecord) -> Result<Derived, Fault> {
     Ok(Derived {
         json: serde_json::to_string(&StoredRecord::of(record))?,
         types_key: record.event_types.key().to_string(),
-        status: record.status.label(),
-        disposition: record.disposition.label(),
-        definition: record.input.definition(),
-        originator: record.provenance.originator.scope_id(),
-        // The scope id alone is ambiguous when ids contain `/frame:`; the
-        // provenance lens compares whole scopes, as the memory registry does.
-        originator_scope: match &record.provenance.originator {
-            Originator::Session { scope } => Some(serde_json::to_string(scope)?),
-            Originator::Host { .. } => None,
-        },
-        waiting: record.wait.is_some(),
-        created_at: to_sql(record.created_at_ms),
-        terminal_at: record.terminal_at_ms.map(to_sql),
-        last_sequence: to_sql(record.last_sequence),
-        run_candidate: fold::is_run_candidate(record),
-        abandon_candidate: fold::is_abandon_candidate(record),
+        columns: IndexColumns::of(record)?,
     })
 }
 
@@ -310,7 +254,7 @@ mod tests {
                 metadata: Some(serde_json::json!({"k": 1})),
             }),
         };
-        let mut r = fold::initial_record(&reg, 5).expect("record");
+        let mut r = cairn_core::fold::initial_record(&reg, 5).expect("record");
         r.outcome = Some(cairn_core::model::Outcome::Success {
             value: serde_json::json!(1),
         });

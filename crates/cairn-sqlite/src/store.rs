@@ -4,10 +4,9 @@
 //! rules are [`cairn_core::ops`] and [`cairn_core::fold`].
 
 use cairn_core::events::ProcessEvent;
-use cairn_core::fold;
 use cairn_core::model::{
-    Grant, GrantedProcess, Lease, Originator, ProcessFilter, ProcessRecord, ProcessStatus, SessionScope, StatusFilter,
-    Tombstone, WakeDelivery,
+    Grant, GrantedProcess, Lease, ProcessFilter, ProcessRecord, ProcessStatus, SessionScope, StatusFilter, Tombstone,
+    WakeDelivery,
 };
 use cairn_core::ops::admin::PruneCandidate;
 use cairn_core::ops::Row;
@@ -54,30 +53,10 @@ impl From<Fault> for CairnError {
 
 pub(crate) type R<T> = std::result::Result<T, Fault>;
 
-/// SQLite integers are signed: store `u64` times and counters saturated at
-/// `i64::MAX` (292 million years in milliseconds), which keeps their order.
-pub(crate) fn to_sql(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn from_sql(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-fn to_sql_usize(v: usize) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn status_label(status: StatusFilter) -> Option<&'static str> {
-    match status {
-        StatusFilter::Any => None,
-        StatusFilter::Running => Some(ProcessStatus::Running.label()),
-        StatusFilter::Completed => Some(ProcessStatus::Completed.label()),
-        StatusFilter::Failed => Some(ProcessStatus::Failed.label()),
-        StatusFilter::Cancelled => Some(ProcessStatus::Cancelled.label()),
-        StatusFilter::Abandoned => Some(ProcessStatus::Abandoned.label()),
-    }
-}
+use cairn_core::ops::columns::{
+    from_i64 as from_sql, lease_from_columns, status_label, to_i64 as to_sql, usize_to_i64 as to_sql_usize,
+    IndexColumns,
+};
 
 /// The columns [`entry_from_row`] reads, prefixed with the `p` alias.
 const ENTRY_COLUMNS: &str = "p.record, p.lease_owner, p.lease_token, p.lease_fencing, p.lease_claimed_at_ms, \
@@ -96,17 +75,7 @@ fn entry_from_row(row: &SqlRow<'_>, at: usize) -> rusqlite::Result<std::result::
         Ok(r) => r,
         Err(e) => return Ok(Err(e)),
     };
-    let lease = match (owner, token, fencing_token, claimed, expires) {
-        (Some(owner_id), Some(lease_token), Some(f), Some(c), Some(x)) => Some(Lease {
-            process_id: record.id.clone(),
-            owner_id,
-            lease_token,
-            fencing_token: from_sql(f),
-            claimed_at_ms: from_sql(c),
-            expires_at_ms: from_sql(x),
-        }),
-        _ => None,
-    };
+    let lease = lease_from_columns(&record.id, owner, token, fencing_token, claimed, expires);
     // The stored JSON carries no lease: the columns are the only truth for it.
     record.lease = lease.as_ref().map(Lease::view);
     Ok(Ok(Row {
@@ -173,54 +142,22 @@ fn next_counter(conn: &Connection, name: &str) -> R<u64> {
     Ok(from_sql(v))
 }
 
-/// The indexed columns derived from a record.
-struct Derived {
-    json: String,
-    status: &'static str,
-    disposition: &'static str,
-    definition: String,
-    originator: String,
-    originator_scope: Option<String>,
-    waiting: bool,
-    created_at: i64,
-    terminal_at: Option<i64>,
-    last_sequence: i64,
-    run_candidate: bool,
-    abandon_candidate: bool,
+/// The stored JSON and the indexed columns of a record. The JSON keeps
+/// whatever lease view the record carries: every load replaces it from the
+/// lease columns, so encoding the record as it is saves cloning it.
+fn derive(record: &ProcessRecord) -> R<(String, IndexColumns)> {
+    Ok((serde_json::to_string(record)?, IndexColumns::of(record)?))
 }
 
+/// The JSON a session scope is stored as in `originator_scope`.
 fn originator_scope(scope: &SessionScope) -> R<String> {
     Ok(serde_json::to_string(scope)?)
-}
-
-fn derive(record: &ProcessRecord) -> R<Derived> {
-    let mut stored = record.clone();
-    stored.lease = None;
-    Ok(Derived {
-        json: serde_json::to_string(&stored)?,
-        status: record.status.label(),
-        disposition: record.disposition.label(),
-        definition: record.input.definition(),
-        originator: record.provenance.originator.scope_id(),
-        // The scope id alone is ambiguous when ids contain `/frame:`; the
-        // provenance lens compares whole scopes, as the memory registry does.
-        originator_scope: match &record.provenance.originator {
-            Originator::Session { scope } => Some(originator_scope(scope)?),
-            Originator::Host { .. } => None,
-        },
-        waiting: record.wait.is_some(),
-        created_at: to_sql(record.created_at_ms),
-        terminal_at: record.terminal_at_ms.map(to_sql),
-        last_sequence: to_sql(record.last_sequence),
-        run_candidate: fold::is_run_candidate(record),
-        abandon_candidate: fold::is_abandon_candidate(record),
-    })
 }
 
 /// Insert a new row (no lease, fencing counter 0) at the head of the change feed.
 pub(crate) fn insert_process(conn: &Connection, record: &ProcessRecord) -> R<()> {
     let cursor = next_counter(conn, "change_cursor")?;
-    let d = derive(record)?;
+    let (json, d) = derive(record)?;
     conn.prepare_cached(
         "INSERT INTO processes (id, record, status, disposition, definition, originator, originator_scope, waiting,
              created_at_ms, terminal_at_ms, last_sequence, change_cursor, run_candidate, abandon_candidate,
@@ -229,7 +166,7 @@ pub(crate) fn insert_process(conn: &Connection, record: &ProcessRecord) -> R<()>
     )?
     .execute(params![
         record.id,
-        d.json,
+        json,
         d.status,
         d.disposition,
         d.definition,
@@ -250,7 +187,7 @@ pub(crate) fn insert_process(conn: &Connection, record: &ProcessRecord) -> R<()>
 /// with `release_lease` the lease columns are cleared too.
 pub(crate) fn update_process(conn: &Connection, record: &ProcessRecord, release_lease: bool) -> R<()> {
     let cursor = next_counter(conn, "change_cursor")?;
-    let d = derive(record)?;
+    let (json, d) = derive(record)?;
     conn.prepare_cached(
         "UPDATE processes SET record = ?2, status = ?3, waiting = ?4, terminal_at_ms = ?5, last_sequence = ?6,
              change_cursor = ?7, run_candidate = ?8, abandon_candidate = ?9,
@@ -263,7 +200,7 @@ pub(crate) fn update_process(conn: &Connection, record: &ProcessRecord, release_
     )?
     .execute(params![
         record.id,
-        d.json,
+        json,
         d.status,
         d.waiting,
         d.terminal_at,

@@ -13,6 +13,7 @@
 //! transaction answers [`WriteTx::now`], fixed for the whole operation.
 
 pub mod admin;
+pub mod columns;
 
 use serde_json::json;
 

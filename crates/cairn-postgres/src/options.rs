@@ -1,0 +1,160 @@
+//! [`PostgresOptions`]: how to connect, and the URL parameters that are
+//! cairn's (`schema`, `write_lanes`, `read_connections`, `max_batch`), taken
+//! out of the URL before it reaches the PostgreSQL client.
+
+use cairn_core::clock::SharedClock;
+
+/// How to connect a [`PostgresRegistry`].
+#[derive(Clone)]
+pub struct PostgresOptions {
+    /// A libpq-style URL or key=value string (`postgres://user@host:5432/db`).
+    pub url: String,
+    /// The schema cairn's tables live in (default `cairn`).
+    pub schema: String,
+    /// The clock every expiry and retention decision reads.
+    pub clock: SharedClock,
+    /// Write lanes, each one connection committing batches (default 1: a batch
+    /// is two round trips, so one lane keeps a node's writes flowing, and every
+    /// extra lane is another writer contending on the server).
+    pub write_lanes: usize,
+    /// Most operations committed in one batch (default 256).
+    pub max_batch: usize,
+    /// Shared connections for reads (default 2); each pipelines many queries.
+    pub read_connections: usize,
+    /// Why a cairn parameter in the URL was refused; reported by
+    /// [`PostgresRegistry::connect_with`] before it connects.
+    pub(crate) url_error: Option<String>,
+}
+
+/// cairn's own numeric URL parameters, with their bounds: taken out of the URL
+/// before it reaches the PostgreSQL client.
+const URL_PARAMETERS: [(&str, usize, usize); 3] = [
+    ("write_lanes", 1, 64),
+    ("read_connections", 1, 64),
+    ("max_batch", 1, 10_000),
+];
+
+impl PostgresOptions {
+    /// The defaults for `url`, on `clock`. A `schema=NAME` query parameter in the
+    /// URL chooses the schema (it is cairn's, not libpq's, and is removed).
+    ///
+    /// So do `write_lanes`, `read_connections` and `max_batch` (whole numbers
+    /// within 1..=64, 1..=64 and 1..=10000), which set the fields of the same
+    /// names; a value out of range or not a number is refused by
+    /// [`PostgresRegistry::connect_with`] before it connects.
+    pub fn new(url: &str, clock: SharedClock) -> Self {
+        let (url, schema) = split_schema(url);
+        let mut options = Self {
+            url: String::new(),
+            schema: schema.unwrap_or_else(|| "cairn".into()),
+            clock,
+            write_lanes: 1,
+            max_batch: 256,
+            read_connections: 2,
+            url_error: None,
+        };
+        options.url = options.take_url_parameters(&url);
+        options
+    }
+
+    /// Set the fields cairn's numeric parameters name; answers the URL without them.
+    fn take_url_parameters(&mut self, url: &str) -> String {
+        let Some((base, query)) = url.split_once('?') else {
+            return url.to_string();
+        };
+        let mut seen: Vec<&str> = Vec::new();
+        let mut rest = Vec::new();
+        for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+            let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+            let Some(&(name, min, max)) = URL_PARAMETERS.iter().find(|(name, _, _)| *name == key) else {
+                rest.push(kv);
+                continue;
+            };
+            let parsed = value.parse::<usize>().ok().filter(|n| (min..=max).contains(n));
+            let problem = if seen.contains(&name) {
+                Some(format!("postgres URL parameter `{name}` is given twice"))
+            } else if parsed.is_none() {
+                Some(format!(
+                    "postgres URL parameter `{name}` must be a whole number from {min} to {max}, not `{}`",
+                    value.escape_debug()
+                ))
+            } else {
+                None
+            };
+            seen.push(name);
+            match (problem, parsed) {
+                (Some(p), _) => {
+                    self.url_error.get_or_insert(p);
+                }
+                (None, Some(n)) => match name {
+                    "write_lanes" => self.write_lanes = n,
+                    "read_connections" => self.read_connections = n,
+                    _ => self.max_batch = n,
+                },
+                (None, None) => {}
+            }
+        }
+        if rest.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", rest.join("&"))
+        }
+    }
+
+    /// The same options on another schema.
+    pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+}
+
+impl std::fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("url", &redact(&self.url))
+            .field("schema", &self.schema)
+            .field("write_lanes", &self.write_lanes)
+            .field("max_batch", &self.max_batch)
+            .field("read_connections", &self.read_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Remove cairn's `schema=` parameter from a URL's query string: the URL a
+/// plain PostgreSQL client accepts, and the schema it named.
+pub fn split_schema(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), None);
+    };
+    let mut schema = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.strip_prefix("schema=") {
+            Some(v) => {
+                schema = Some(v.to_string());
+                false
+            }
+            None => !kv.is_empty(),
+        })
+        .collect();
+    let url = if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    (url, schema)
+}
+
+/// A URL with its password replaced, for logs and errors.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}

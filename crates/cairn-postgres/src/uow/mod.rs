@@ -1,0 +1,268 @@
+//! Batched writes: many registry operations in one transaction.
+//!
+//! A batch runs in two round trips:
+//!
+//! 1. **Load**: `BEGIN`, then, pipelined, every process row the batch names
+//!    (`FOR UPDATE`, in id order so batches on different nodes never deadlock on
+//!    each other), their tombstones, the events their replay keys name, the envs
+//!    registrations name, and claimable rows for claims (`FOR UPDATE SKIP LOCKED`
+//!    over the claimable index: a claim never waits for another node's claim).
+//! 2. **Decide** (no I/O): each operation runs in turn against the loaded rows,
+//!    asking [`cairn_core::fold`] what it means. An operation that fails is
+//!    undone from the overlay alone, so the others in the batch are unaffected.
+//! 3. **Write**, pipelined: multi-row inserts and updates (`unnest` arrays) of
+//!    processes, events, wakes and grants, and one `pg_notify` per 7 KiB of
+//!    changed ids, with `COMMIT` behind them in the same round trip.
+//!
+//! Because every rule lives in fold and nothing is written before step 3, a
+//! batch that meets a transient fault is simply run again from step 1.
+
+//!
+//! The module is split by concern: `overlay` (the rows a batch decides
+//! against, and the operation layer's primitives over them), `write` (the
+//! pipelined writes and `COMMIT`), `columns` (the `unnest` arrays).
+
+mod columns;
+mod overlay;
+mod write;
+
+use std::collections::HashSet;
+
+use cairn_core::ops::{Answer, Op};
+use cairn_core::Result;
+
+use crate::conn::Conn;
+use crate::rows::{entries_from_rows, remember_types, to_sql, tombstone_from_row};
+use crate::Fault;
+
+use overlay::{Slot, Uow};
+use write::write_and_commit;
+
+const LOAD_ROWS: &str = "SELECT p.id, p.record, p.lease_owner, p.lease_token, p.lease_fencing, \
+    p.lease_claimed_at_ms, p.lease_expires_at_ms, p.fencing_counter, p.types_key \
+    FROM processes p WHERE p.id = ANY($1::text[]) ORDER BY p.id FOR UPDATE";
+const LOAD_TOMBSTONES: &str =
+    "SELECT id, status, terminal_at_ms, pruned_at_ms FROM tombstones WHERE id = ANY($1::text[])";
+const LOAD_REPLAYS: &str = "SELECT e.process_id, e.replay_key, e.event FROM events e \
+    JOIN unnest($1::text[], $2::text[]) AS k(process_id, replay_key) \
+    ON e.process_id = k.process_id AND e.replay_key = k.replay_key";
+const LOAD_ENVS: &str = "SELECT env_ref FROM envs WHERE env_ref = ANY($1::text[])";
+/// Claimable rows, from the partial claimable index, never waiting on a row
+/// another transaction holds.
+pub(crate) const LOAD_CANDIDATES: &str = "SELECT p.id, p.record, p.lease_owner, p.lease_token, p.lease_fencing, \
+    p.lease_claimed_at_ms, p.lease_expires_at_ms, p.fencing_counter, p.types_key \
+    FROM processes p WHERE p.run_candidate AND p.claimable_at_ms <= $1::int8 \
+    ORDER BY p.claimable_at_ms, p.id LIMIT $2::int8 FOR UPDATE SKIP LOCKED";
+
+/// Why a batch did not commit.
+#[derive(Debug)]
+pub(crate) enum BatchError {
+    /// Nothing was committed: run the batch again (the fault may be transient).
+    NotCommitted(Fault),
+    /// The connection broke while `COMMIT` was in flight: the outcome is unknown.
+    Ambiguous(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for BatchError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::NotCommitted(Fault::Pg(e))
+    }
+}
+
+impl From<Fault> for BatchError {
+    fn from(f: Fault) -> Self {
+        Self::NotCommitted(f)
+    }
+}
+
+/// Where a batch writes beyond its rows: the notification channel, and the
+/// type lists known to be stored in the schema (so each is inserted once).
+pub(crate) struct Target {
+    pub channel: String,
+    pub stored_types: parking_lot::Mutex<HashSet<String>>,
+}
+
+/// Run `ops` as one transaction on `conn` at time `now`. Answers one result per
+/// operation, in order.
+pub(crate) async fn run_batch(
+    conn: &Conn,
+    ops: &[Op],
+    now: u64,
+    target: &Target,
+) -> std::result::Result<Vec<Result<Answer>>, BatchError> {
+    // Prepare first (cached after the first batch) so that pipelined statements
+    // go out in the order they are listed, after BEGIN.
+    let (s_rows, s_tombs, s_replays, s_envs, s_cands) = futures::future::try_join5(
+        conn.stmt(LOAD_ROWS),
+        conn.stmt(LOAD_TOMBSTONES),
+        conn.stmt(LOAD_REPLAYS),
+        conn.stmt(LOAD_ENVS),
+        conn.stmt(LOAD_CANDIDATES),
+    )
+    .await?;
+    let mut ids: Vec<String> = ops.iter().filter_map(|o| o.process_id().map(String::from)).collect();
+    ids.sort();
+    ids.dedup();
+    let (replay_ids, replay_keys): (Vec<String>, Vec<String>) = ops.iter().filter_map(Op::replay_key).unzip();
+    let envs: Vec<String> = ops.iter().filter_map(|o| o.env_ref().map(String::from)).collect();
+    let want: usize = ops.iter().map(Op::candidates_wanted).sum();
+    let now_sql = to_sql(now);
+    let want_sql = crate::rows::to_sql_usize(want);
+
+    let result = load_decide_write(
+        conn,
+        ops,
+        now,
+        target,
+        Loads {
+            rows: (&s_rows, &ids),
+            tombs: &s_tombs,
+            replays: (&s_replays, &replay_ids, &replay_keys),
+            envs: (&s_envs, &envs),
+            candidates: (&s_cands, &now_sql, &want_sql, want),
+        },
+    )
+    .await;
+    match result {
+        Ok(outs) => Ok(outs),
+        Err(e) => {
+            // Best effort: a broken connection is replaced by the lane anyway.
+            let _ = conn.client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+struct Loads<'a> {
+    rows: (&'a tokio_postgres::Statement, &'a Vec<String>),
+    tombs: &'a tokio_postgres::Statement,
+    replays: (&'a tokio_postgres::Statement, &'a Vec<String>, &'a Vec<String>),
+    envs: (&'a tokio_postgres::Statement, &'a Vec<String>),
+    candidates: (&'a tokio_postgres::Statement, &'a i64, &'a i64, usize),
+}
+
+async fn load_decide_write(
+    conn: &Conn,
+    ops: &[Op],
+    now: u64,
+    target: &Target,
+    loads: Loads<'_>,
+) -> std::result::Result<Vec<Result<Answer>>, BatchError> {
+    let client = &conn.client;
+    let none: Vec<tokio_postgres::Row> = Vec::new();
+    // 1. Load, pipelined behind BEGIN.
+    let begin = client.batch_execute("BEGIN");
+    let (ids, tombs_stmt) = (loads.rows.1, loads.tombs);
+    let load_rows = async {
+        if ids.is_empty() {
+            Ok(none.clone())
+        } else {
+            client.query(loads.rows.0, &[ids]).await
+        }
+    };
+    let load_tombs = async {
+        if ids.is_empty() {
+            Ok(none.clone())
+        } else {
+            client.query(tombs_stmt, &[ids]).await
+        }
+    };
+    let load_replays = async {
+        if loads.replays.1.is_empty() {
+            Ok(none.clone())
+        } else {
+            client.query(loads.replays.0, &[loads.replays.1, loads.replays.2]).await
+        }
+    };
+    let load_envs = async {
+        if loads.envs.1.is_empty() {
+            Ok(none.clone())
+        } else {
+            client.query(loads.envs.0, &[loads.envs.1]).await
+        }
+    };
+    let load_candidates = async {
+        if loads.candidates.3 == 0 {
+            Ok(none.clone())
+        } else {
+            client
+                .query(loads.candidates.0, &[loads.candidates.1, loads.candidates.2])
+                .await
+        }
+    };
+    let ((), rows, tombs, replays, envs, candidates) =
+        futures::try_join!(begin, load_rows, load_tombs, load_replays, load_envs, load_candidates)?;
+
+    let mut uow = Uow::new(now);
+    // Rows, candidates and new registrations: sized once, never rehashed.
+    uow.slots.reserve(rows.len() + candidates.len() + ops.len());
+    let row_entries = entries_from_rows(conn, &rows, 1).await?;
+    for (row, entry) in rows.iter().zip(row_entries) {
+        let id: String = row.try_get(0).map_err(Fault::Pg)?;
+        uow.slots.insert(
+            id,
+            Slot {
+                entry: Some(entry),
+                stored: true,
+                dirty: false,
+                changed: false,
+            },
+        );
+    }
+    for row in &tombs {
+        let t = tombstone_from_row(row)?;
+        uow.tombstones.insert(t.id.clone(), t);
+    }
+    for row in &replays {
+        let id: String = row.try_get(0).map_err(Fault::Pg)?;
+        let key: String = row.try_get(1).map_err(Fault::Pg)?;
+        let event: &str = row.try_get(2).map_err(Fault::Pg)?;
+        uow.replays
+            .insert((id, key), serde_json::from_str(event).map_err(Fault::Json)?);
+    }
+    for row in &envs {
+        uow.envs.insert(row.try_get(0).map_err(Fault::Pg)?);
+    }
+    let candidate_entries = entries_from_rows(conn, &candidates, 1).await?;
+    for (row, entry) in candidates.iter().zip(candidate_entries) {
+        let id: String = row.try_get(0).map_err(Fault::Pg)?;
+        if !uow.slots.contains_key(&id) {
+            uow.slots.insert(
+                id.clone(),
+                Slot {
+                    entry: Some(entry),
+                    stored: true,
+                    dirty: false,
+                    changed: false,
+                },
+            );
+        }
+        uow.candidates.push_back(id);
+    }
+
+    // 2. Decide.
+    let mut outs: Vec<Result<Answer>> = ops.iter().map(|op| uow.run(op)).collect();
+
+    // 3. Write and commit, pipelined.
+    let (inserted_wakes, new_lists) = write_and_commit(conn, &uow, target).await?;
+    if !new_lists.is_empty() {
+        let mut stored = target.stored_types.lock();
+        for list in new_lists {
+            remember_types(&list);
+            stored.insert(list.key().to_string());
+        }
+    }
+    // A wake whose id was already stored (by an earlier batch) was not delivered again.
+    for out in &mut outs {
+        if let Ok(Answer::Appended(result)) = out {
+            if result
+                .wake
+                .as_ref()
+                .is_some_and(|w| !inserted_wakes.contains(&w.wake_id))
+            {
+                result.wake = None;
+            }
+        }
+    }
+    Ok(outs)
+}

@@ -1,0 +1,286 @@
+//! The overlay a batch decides against: the rows it loaded, what its
+//! operations changed, and a journal to undo a failing operation alone.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use cairn_core::events::ProcessEvent;
+use cairn_core::fold;
+use cairn_core::model::{Grant, Lease, ProcessRecord, Tombstone, WakeDelivery};
+use cairn_core::ops::{self, Answer, Op, WriteTx};
+use cairn_core::{CairnError, Result};
+
+use crate::rows::Entry;
+
+/// A loaded (or newly registered) process row in the overlay.
+#[derive(Clone, Debug)]
+pub(super) struct Slot {
+    pub(super) entry: Option<Entry>,
+    /// The row exists in the database (update rather than insert).
+    pub(super) stored: bool,
+    /// The row must be written.
+    pub(super) dirty: bool,
+    /// The record changed (the change-feed cursor moves).
+    pub(super) changed: bool,
+}
+
+/// What the running operation changed, to undo it if it fails.
+#[derive(Default)]
+pub(super) struct Journal {
+    /// Each slot the operation changed, as it was before its first change.
+    slots: HashMap<String, Option<Slot>>,
+    replays: Vec<(String, String)>,
+    grants: Vec<((String, String), Option<Grant>)>,
+    wake_ids: Vec<String>,
+    events: usize,
+    wakes: usize,
+}
+
+/// The overlay a batch decides against, and the writes it collects.
+pub(crate) struct Uow {
+    pub(super) now: u64,
+    pub(super) slots: HashMap<String, Slot>,
+    pub(super) tombstones: HashMap<String, Tombstone>,
+    pub(super) replays: HashMap<(String, String), ProcessEvent>,
+    pub(super) envs: HashSet<String>,
+    pub(super) candidates: VecDeque<String>,
+    pub(super) events: Vec<ProcessEvent>,
+    pub(super) wakes: Vec<WakeDelivery>,
+    pub(super) wake_ids: HashSet<String>,
+    pub(super) grants: HashMap<(String, String), Grant>,
+    /// Ids whose log moved, with their last sequence (for notifications).
+    pub(super) touched: HashMap<String, u64>,
+    pub(super) work: bool,
+    pub(super) journal: Journal,
+}
+
+impl Uow {
+    pub(super) fn new(now: u64) -> Self {
+        Self {
+            now,
+            slots: HashMap::new(),
+            tombstones: HashMap::new(),
+            replays: HashMap::new(),
+            envs: HashSet::new(),
+            candidates: VecDeque::new(),
+            events: Vec::new(),
+            wakes: Vec::new(),
+            wake_ids: HashSet::new(),
+            grants: HashMap::new(),
+            touched: HashMap::new(),
+            work: false,
+            journal: Journal::default(),
+        }
+    }
+
+    // ------------------------------------------------------------ the overlay
+
+    /// Journal the slot of `id` as it was before the running operation's first
+    /// change: the entry moves into the journal when `take` (the operation is
+    /// about to replace it), else it is copied.
+    fn journal_slot(&mut self, id: &str, take: bool) {
+        if self.journal.slots.contains_key(id) {
+            return;
+        }
+        let before = match self.slots.get_mut(id) {
+            Some(slot) if take => Some(Slot {
+                entry: slot.entry.take(),
+                ..*slot
+            }),
+            Some(slot) => Some(slot.clone()),
+            None => None,
+        };
+        self.journal.slots.insert(id.to_string(), before);
+    }
+
+    /// Store `entry` (journalled already); `changed` when its record changed.
+    fn put(&mut self, mut entry: Entry, changed: bool) {
+        entry.normalise();
+        let claimable = entry.lease.as_ref().is_none_or(|l| l.expires_at_ms <= self.now);
+        if claimable && (fold::is_run_candidate(&entry.record) || fold::is_abandon_candidate(&entry.record)) {
+            self.work = true;
+        }
+        let id = entry.record.id.clone();
+        if changed {
+            self.touched.insert(id.clone(), entry.record.last_sequence);
+        }
+        let slot = self.slots.entry(id).or_insert(Slot {
+            entry: None,
+            stored: false,
+            dirty: false,
+            changed: false,
+        });
+        slot.entry = Some(entry);
+        slot.dirty = true;
+        slot.changed |= changed;
+    }
+
+    fn loaded(&mut self, id: &str) -> Result<&mut Entry> {
+        self.slots
+            .get_mut(id)
+            .and_then(|s| s.entry.as_mut())
+            .ok_or_else(|| CairnError::UnknownProcess(id.to_string()))
+    }
+
+    fn begin(&mut self) {
+        self.journal = Journal {
+            events: self.events.len(),
+            wakes: self.wakes.len(),
+            ..Journal::default()
+        };
+    }
+
+    fn undo(&mut self) {
+        let journal = std::mem::take(&mut self.journal);
+        for (id, before) in journal.slots {
+            restore(&mut self.slots, id, before);
+        }
+        for key in journal.replays {
+            self.replays.remove(&key);
+        }
+        for (key, before) in journal.grants.into_iter().rev() {
+            restore(&mut self.grants, key, before);
+        }
+        for id in journal.wake_ids {
+            self.wake_ids.remove(&id);
+        }
+        self.events.truncate(journal.events);
+        self.wakes.truncate(journal.wakes);
+    }
+
+    /// Run one operation; on failure nothing it did remains in the overlay.
+    pub(super) fn run(&mut self, op: &Op) -> Result<Answer> {
+        self.begin();
+        let out = ops::run(self, op);
+        if out.is_err() {
+            self.undo();
+        }
+        out
+    }
+}
+
+impl WriteTx for Uow {
+    fn now(&self) -> u64 {
+        self.now
+    }
+
+    fn row(&mut self, id: &str) -> Result<Option<&Entry>> {
+        Ok(self.slots.get(id).and_then(|s| s.entry.as_ref()))
+    }
+
+    fn tombstone(&mut self, id: &str) -> Result<Option<Tombstone>> {
+        Ok(self.tombstones.get(id).cloned())
+    }
+
+    fn replayed(&mut self, id: &str, replay_key: &str) -> Result<Option<ProcessEvent>> {
+        Ok(self.replays.get(&(id.to_string(), replay_key.to_string())).cloned())
+    }
+
+    fn env_stored(&mut self, env_ref: &str) -> Result<bool> {
+        Ok(self.envs.contains(env_ref))
+    }
+
+    /// Candidates locked by the load, skipping those an earlier operation of
+    /// the batch took or changed.
+    fn run_candidates(&mut self, limit: usize) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        while ids.len() < limit {
+            let Some(id) = self.candidates.pop_front() else { break };
+            let Some(entry) = self.slots.get(&id).and_then(|s| s.entry.as_ref()) else {
+                continue;
+            };
+            let free = entry.lease.as_ref().is_none_or(|l| l.expires_at_ms <= self.now);
+            if free && fold::is_run_candidate(&entry.record) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    fn insert_row(&mut self, record: ProcessRecord) -> Result<()> {
+        self.journal_slot(&record.id, true);
+        self.put(
+            Entry {
+                record,
+                lease: None,
+                fencing: 0,
+            },
+            true,
+        );
+        Ok(())
+    }
+
+    fn update_record(&mut self, record: ProcessRecord, release_lease: bool) -> Result<()> {
+        let id = record.id.clone();
+        // The entry being replaced moves into the journal (no copy of its
+        // record) unless an earlier change of this operation journalled it.
+        self.journal_slot(&id, true);
+        let (lease, fencing) = match self.slots.get_mut(&id).and_then(|s| s.entry.take()) {
+            Some(current) => (current.lease, current.fencing),
+            None => {
+                let before = self
+                    .journal
+                    .slots
+                    .get(&id)
+                    .and_then(Option::as_ref)
+                    .and_then(|s| s.entry.as_ref())
+                    .ok_or_else(|| CairnError::UnknownProcess(id.clone()))?;
+                (before.lease.clone(), before.fencing)
+            }
+        };
+        let lease = if release_lease { None } else { lease };
+        self.put(Entry { record, lease, fencing }, true);
+        Ok(())
+    }
+
+    fn set_lease(&mut self, id: &str, lease: Option<Lease>, fencing: u64) -> Result<()> {
+        self.loaded(id)?;
+        self.journal_slot(id, false);
+        let mut entry = self
+            .slots
+            .get_mut(id)
+            .and_then(|s| s.entry.take())
+            .ok_or_else(|| CairnError::UnknownProcess(id.to_string()))?;
+        entry.lease = lease;
+        entry.fencing = fencing;
+        self.put(entry, false);
+        Ok(())
+    }
+
+    fn push_event(&mut self, event: &ProcessEvent) -> Result<()> {
+        if let Some(key) = &event.replay_key {
+            let k = (event.process_id.clone(), key.clone());
+            self.replays.insert(k.clone(), event.clone());
+            self.journal.replays.push(k);
+        }
+        self.events.push(event.clone());
+        Ok(())
+    }
+
+    fn insert_wake(&mut self, wake: &WakeDelivery) -> Result<bool> {
+        if !self.wake_ids.insert(wake.wake_id.clone()) {
+            return Ok(false);
+        }
+        self.journal.wake_ids.push(wake.wake_id.clone());
+        self.wakes.push(wake.clone());
+        Ok(true)
+    }
+
+    fn upsert_grant(&mut self, grant: &Grant) -> Result<()> {
+        let key = (grant.scope.scope_id(), grant.process_id.clone());
+        let before = self.grants.insert(key.clone(), grant.clone());
+        self.journal.grants.push((key, before));
+        Ok(())
+    }
+}
+
+/// Put `key` back as the journal saw it: its earlier value, or absent.
+fn restore<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, before: Option<V>) {
+    match before {
+        Some(v) => {
+            map.insert(key, v);
+        }
+        None => {
+            map.remove(&key);
+        }
+    }
+}
