@@ -11,13 +11,14 @@ use std::borrow::Cow;
 use serde_json::{json, Value};
 
 use crate::events::{
-    self, render_text, truthy, AppendRequest, DedupeKey, EventType, ProcessEvent, ResolvedSemantics, ResolvedWake,
-    Selector, RESERVED_FOR_CAIRN, SIGNAL_PREFIX,
+    self, AppendRequest, DedupeKey, EventType, ProcessEvent, ResolvedSemantics, ResolvedWake, Selector,
+    RESERVED_FOR_CAIRN, SIGNAL_PREFIX,
 };
 use crate::model::{
     AbandonRequest, CancelRequest, Disposition, Lease, Outcome, ProcessRecord, ProcessStatus, Registration,
     SessionScope, StartedFact, WaitState, WakeDelivery,
 };
+use crate::select::{render_text, truthy};
 use crate::validate::{self, sha256_hex};
 use crate::{CairnError, Result};
 
