@@ -26,7 +26,9 @@ use crate::{CairnError, Result};
 /// (claims, abandon requests, reconciliation), which may write reserved types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Authority {
+    /// A caller of the public API: reserved types are refused.
     Caller,
+    /// cairn's own operations.
     Cairn,
 }
 
@@ -300,6 +302,7 @@ pub fn wake_id(scope: &SessionScope, dedupe_key: &str) -> String {
 /// A fully prepared append: what the backend must persist in one transaction.
 #[derive(Clone, Debug)]
 pub struct PreparedAppend {
+    /// The event to store.
     pub event: ProcessEvent,
     /// The record after the event (lease cleared when the event is terminal).
     pub record: ProcessRecord,

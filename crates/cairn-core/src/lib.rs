@@ -1,12 +1,47 @@
-//! cairn-core: the durable process model, the storage contract and the
-//! in-memory registry.
+//! cairn-core: the durable process model, its rules, the storage contract and
+//! the runtime above it. A short tour, from the data up:
 //!
-//! - [`model`] and [`events`]: the process record, outcomes, event types and the
-//!   JSON wire shapes.
-//! - [`validate`] and [`fold`]: sans-IO rules shared by every backend (what a
-//!   registration may declare, what an append means, how the log folds into the record).
-//! - [`registry::ProcessRegistry`]: the async storage contract.
-//! - [`memory::MemoryRegistry`]: the in-memory implementation.
+//! 1. [`model`] and [`events`]: the process record, outcomes, event types and
+//!    the JSON wire shapes (SPEC §12).
+//! 2. [`validate`]: what a registration may declare, sizes, ids, hashes.
+//! 3. [`fold`]: what an append means and how a log folds into its record
+//!    ([`select`] evaluates the selectors it reads).
+//! 4. [`ops`]: every write operation, written once against the storage
+//!    primitives a backend provides ([`ops::WriteTx`], [`ops::admin::AdminTx`]).
+//! 5. [`registry::ProcessRegistry`]: the async storage contract each backend
+//!    implements ([`memory::MemoryRegistry`] here; SQLite and PostgreSQL in
+//!    their own crates), pinned clause by clause by `cairn-testkit`.
+//! 6. Above storage: [`watch`] (change hub), [`awaiter`], [`worker`] (leases,
+//!    claims, fenced completion), [`tool`] and the [`Processes`] facade.
+//!
+//! ```
+//! # tokio_test_block_on(async {
+//! use std::sync::Arc;
+//! use cairn_core::{Disposition, MemoryRegistry, ProcessRegistry, Registration};
+//!
+//! let registry = Arc::new(MemoryRegistry::new());
+//! let reg = Registration {
+//!     id: "job-1".into(),
+//!     input: cairn_core::ProcessInput::External { metadata: serde_json::json!({}) },
+//!     disposition: Disposition::ExternallyOwned,
+//!     event_types: Vec::new(),
+//!     provenance: Default::default(),
+//!     wake_target: None,
+//!     env_ref: None,
+//!     external_ref: None,
+//! };
+//! let created = registry.register(reg, None).await.unwrap();
+//! assert!(created.created);
+//! let done = registry
+//!     .complete_external("job-1", cairn_core::Outcome::Success { value: serde_json::json!(7) }, "ci")
+//!     .await
+//!     .unwrap();
+//! assert_eq!(done.status, cairn_core::ProcessStatus::Completed);
+//! # });
+//! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+//! # }
+//! ```
 
 pub mod awaiter;
 pub mod builtins;

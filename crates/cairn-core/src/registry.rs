@@ -18,6 +18,7 @@ use crate::Result;
 /// The answer of [`ProcessRegistry::register`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Registered {
+    /// The stored record (the existing one when `created` is false).
     pub process: ProcessRecord,
     /// False when the same registration already existed (nothing was written).
     pub created: bool,
@@ -26,6 +27,7 @@ pub struct Registered {
 /// The answer of [`ProcessRegistry::request_cancel`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CancelAnswer {
+    /// The record after the request.
     pub process: ProcessRecord,
     /// True when the request ended the process at once (nobody had started it).
     pub cancelled_now: bool,

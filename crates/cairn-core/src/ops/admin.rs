@@ -16,8 +16,11 @@ use crate::Result;
 /// A terminal process a prune may delete.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PruneCandidate {
+    /// The process.
     pub id: String,
+    /// How it ended (its tombstone keeps it).
     pub status: ProcessStatus,
+    /// When it ended.
     pub terminal_at_ms: u64,
     /// The change-feed position of its last change (held back by a cursor watermark).
     pub change_cursor: u64,
@@ -26,14 +29,18 @@ pub struct PruneCandidate {
 /// What deleting pruned processes removed beside them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Deleted {
+    /// Events deleted.
     pub events: u64,
+    /// Grants deleted.
     pub grants: u64,
+    /// Wake deliveries deleted.
     pub wakes: u64,
 }
 
 /// Where a process a session's deletion touched stands afterwards.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GrantState {
+    /// The process.
     pub id: String,
     /// The process exists and is running.
     pub running: bool,

@@ -37,7 +37,9 @@ pub fn status_label(status: StatusFilter) -> Option<&'static str> {
 /// The indexed columns a process row derives from its record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IndexColumns {
+    /// [`ProcessStatus::label`].
     pub status: &'static str,
+    /// [`crate::model::Disposition::label`].
     pub disposition: &'static str,
     /// [`crate::model::ProcessInput::definition`], for the `definition` filter.
     pub definition: String,
@@ -46,9 +48,13 @@ pub struct IndexColumns {
     /// The originating session scope as JSON: the scope id alone is ambiguous
     /// when ids contain `/frame:`, so the provenance lens compares whole scopes.
     pub originator_scope: Option<String>,
+    /// Whether the record shows a wait.
     pub waiting: bool,
+    /// Registration time, for the created range.
     pub created_at: i64,
+    /// Terminal time, for retention.
     pub terminal_at: Option<i64>,
+    /// The last event's sequence.
     pub last_sequence: i64,
     /// [`fold::is_run_candidate`]: the worklist index holds the row.
     pub run_candidate: bool,

@@ -42,8 +42,11 @@ pub fn at_once<T>(work: impl std::future::Future<Output = Result<T>>) -> Result<
 /// its view) and the fencing counter (the token of the most recent claim).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Row {
+    /// The record; its `lease` is the view of [`Row::lease`].
     pub record: ProcessRecord,
+    /// The live or lapsed lease, if any was claimed and not released.
     pub lease: Option<Lease>,
+    /// The fencing token of the most recent claim (0 if never claimed).
     pub fencing: u64,
 }
 
@@ -107,6 +110,8 @@ pub trait WriteTx {
 /// Build it with the constructors ([`Op::append`], [`Op::claim`], ...): they
 /// check everything that needs no stored state, so a backend that queues
 /// operations refuses bad input before it queues anything.
+// The variants' fields are the arguments of the registry method each names.
+#[allow(missing_docs)]
 #[derive(Debug)]
 pub enum Op {
     /// See [`crate::ProcessRegistry::register`].
@@ -326,14 +331,23 @@ impl Op {
 /// calling registry method expects.
 #[derive(Debug)]
 pub enum Answer {
+    /// Of [`Op::Register`].
     Registered(Registered),
+    /// Of [`Op::Append`].
     Appended(AppendResult),
+    /// Of [`Op::Cancel`].
     Cancel(CancelAnswer),
+    /// Of [`Op::Grant`].
     Grant(Grant),
+    /// Of [`Op::Claim`] and [`Op::Renew`].
     Lease(Lease),
+    /// Of [`Op::ClaimBatch`].
     Claims(Vec<Claim>),
+    /// The record after the operation.
     Record(ProcessRecord),
+    /// Of [`Op::ReconcileAbandon`]: the record when it reconciled.
     MaybeRecord(Option<ProcessRecord>),
+    /// Of [`Op::Release`]: whether the lease was the stored one.
     Bool(bool),
 }
 
