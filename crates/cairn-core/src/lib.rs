@@ -9,7 +9,6 @@
 //! - [`memory::MemoryRegistry`]: the in-memory implementation.
 
 pub mod awaiter;
-pub mod builtins;
 pub mod clock;
 pub mod error;
 pub mod events;

@@ -148,7 +148,10 @@ pub struct RuntimeBuilder {
 }
 
 impl RuntimeBuilder {
-    /// Tools to run (default: the built-ins without `shell`).
+    /// Tools to run (default: none; the built-ins of SPEC §12 are
+    /// `cairn_tools::builtin_tools`). A start naming a tool in this registry has
+    /// its args checked and the tool's event types declared; one naming a tool
+    /// outside it is refused `unknown_tool` when this runtime runs a worker.
     pub fn tools(mut self, tools: ToolRegistry) -> Self {
         self.tools = tools;
         self
@@ -243,7 +246,7 @@ impl Processes {
     pub fn builder(registry: Arc<dyn ProcessRegistry>) -> RuntimeBuilder {
         RuntimeBuilder {
             registry,
-            tools: crate::builtins::builtin_tools(false),
+            tools: ToolRegistry::new(),
             clock: system_clock(),
             worker: WorkerConfig::default(),
             sink: None,
