@@ -1,6 +1,8 @@
 //! Waiting above storage (SPEC §6): the change hub first, bounded-backoff point
 //! reads as the fallback. Callers bound every wait with a timeout.
 
+#![warn(missing_docs)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +16,9 @@ use tokio::sync::watch;
 /// Fallback polling bounds: start at the floor, double on each quiet wait, stop at the cap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
+    /// The first wait between point reads.
     pub floor: Duration,
+    /// The longest wait between point reads.
     pub cap: Duration,
 }
 

@@ -1,5 +1,7 @@
 //! The one error type of cairn-core, with a stable machine code per variant.
 
+#![warn(missing_docs)]
+
 use std::fmt;
 use std::sync::Arc;
 
@@ -35,16 +37,29 @@ pub enum CairnError {
     ReservedEventType(String),
     /// A declared payload schema does not compile.
     #[error("invalid payload schema for `{event_type}`: {message}")]
-    InvalidSchema { event_type: String, message: String },
+    InvalidSchema {
+        /// The type whose schema it is.
+        event_type: String,
+        /// Why it does not compile.
+        message: String,
+    },
     /// A signal name is empty or uses characters outside `[A-Za-z0-9_-]`.
     #[error("invalid signal name: {0}")]
     InvalidSignalName(String),
     /// A selector or semantics spec is malformed (for example a bad JSON Pointer).
     #[error("invalid semantics for `{event_type}`: {message}")]
-    InvalidSemantics { event_type: String, message: String },
+    InvalidSemantics {
+        /// The type whose semantics they are.
+        event_type: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The id exists with a different registration.
     #[error("process `{id}` already exists with a different registration")]
-    RegistrationConflict { id: String },
+    RegistrationConflict {
+        /// The process id.
+        id: String,
+    },
     /// No process with this id was ever recorded (or it is not visible to the caller).
     #[error("unknown process `{0}`")]
     UnknownProcess(String),
@@ -53,28 +68,60 @@ pub enum CairnError {
     NoLongerRetained(Box<Tombstone>),
     /// The event type was not declared at registration.
     #[error("event type `{event_type}` is not declared by process `{process_id}`")]
-    UndeclaredEventType { process_id: String, event_type: String },
+    UndeclaredEventType {
+        /// The process appended to.
+        process_id: String,
+        /// The type it does not declare.
+        event_type: String,
+    },
     /// The payload does not satisfy the declared schema.
     #[error("payload of `{event_type}` violates its schema: {message}")]
-    SchemaViolation { event_type: String, message: String },
+    SchemaViolation {
+        /// The type whose schema the payload violates.
+        event_type: String,
+        /// How it violates it.
+        message: String,
+    },
     /// A payload, input or spec exceeds the size limit.
     #[error("{what} is {size} bytes, over the {limit} byte limit")]
-    PayloadTooLarge { what: String, size: usize, limit: usize },
+    PayloadTooLarge {
+        /// What is too large (a payload, an input, a spec).
+        what: String,
+        /// Its size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// A replay key was reused with a different event.
     #[error("replay key `{key}` of process `{process_id}` was used with a different event")]
-    ReplayConflict { process_id: String, key: String },
+    ReplayConflict {
+        /// The process appended to.
+        process_id: String,
+        /// The replay key.
+        key: String,
+    },
     /// The process is terminal; nothing more can be appended or claimed.
     #[error("process `{0}` is terminal")]
     ProcessTerminal(String),
     /// Another owner holds an unexpired lease.
     #[error("process `{process_id}` is leased by another owner until {expires_at_ms}")]
-    LeaseHeld { process_id: String, expires_at_ms: u64 },
+    LeaseHeld {
+        /// The leased process.
+        process_id: String,
+        /// When the other owner's lease expires unless renewed, in epoch milliseconds.
+        expires_at_ms: u64,
+    },
     /// The presented lease is not the live one (superseded, expired or released).
     #[error("lease on process `{0}` is not the live lease")]
     LeaseFenced(String),
     /// The process may not be claimed (externally owned, or owner-bound and already started).
     #[error("process `{process_id}` is not claimable: {reason}")]
-    NotClaimable { process_id: String, reason: String },
+    NotClaimable {
+        /// The process.
+        process_id: String,
+        /// Why it may not be claimed.
+        reason: String,
+    },
     /// External completion was asked of a process cairn owns.
     #[error("process `{0}` is not externally owned")]
     NotExternallyOwned(String),
@@ -83,7 +130,12 @@ pub enum CairnError {
     TerminalNeedsAuthority(String),
     /// A terminal payload does not yield an outcome of the declared state.
     #[error("invalid outcome for `{event_type}`: {message}")]
-    InvalidOutcome { event_type: String, message: String },
+    InvalidOutcome {
+        /// The terminal event's type.
+        event_type: String,
+        /// What is wrong with the outcome.
+        message: String,
+    },
     /// A filter has an unknown key or a value of the wrong type.
     #[error("invalid filter: {0}")]
     InvalidFilter(String),
@@ -98,7 +150,12 @@ pub enum CairnError {
     UnknownEnv(String),
     /// The stored environment artifact does not match its content address.
     #[error("corrupt environment `{env_ref}`: {message}")]
-    CorruptEnv { env_ref: String, message: String },
+    CorruptEnv {
+        /// The environment's content address.
+        env_ref: String,
+        /// How it does not match.
+        message: String,
+    },
     /// The named tool is not in the tool registry.
     #[error("unknown tool `{0}`")]
     UnknownTool(String),

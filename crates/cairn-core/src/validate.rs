@@ -1,5 +1,7 @@
 //! Input validation, canonical JSON and content hashes.
 
+#![warn(missing_docs)]
+
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::io;

@@ -1,6 +1,8 @@
 //! The in-process change hub, the watched-registry decorator that feeds it, and
 //! the best-effort event sink.
 
+#![warn(missing_docs)]
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -35,6 +37,7 @@ struct HubInner {
 }
 
 impl ChangeHub {
+    /// A hub with no watchers.
     pub fn new() -> Self {
         Self::default()
     }
@@ -86,6 +89,7 @@ impl ChangeHub {
 /// bounded queue and are dropped (with a warning) when the sink falls behind.
 /// The event log stays the truth.
 pub trait EventSink: Send + Sync + 'static {
+    /// Receive one appended event, after its write committed, on the sink's own task.
     fn deliver(&self, event: &ProcessEvent);
 }
 
@@ -135,6 +139,7 @@ impl WatchedRegistry {
         }
     }
 
+    /// The hub this registry publishes into.
     pub fn hub(&self) -> &ChangeHub {
         &self.hub
     }

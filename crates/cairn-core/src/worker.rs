@@ -6,6 +6,8 @@
 //! and ends with the fenced, atomic completion. A run that loses its lease stops
 //! and writes nothing more.
 
+#![warn(missing_docs)]
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -74,6 +76,8 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// A worker over `registry`, running `tools`. With `hub`, a run's guard learns of
+    /// changes to its process (a cancel request) from the hub before it reads the record.
     pub fn new(
         registry: Arc<dyn ProcessRegistry>,
         tools: ToolRegistry,
@@ -97,10 +101,12 @@ impl Worker {
         })
     }
 
+    /// The owner id this worker claims as.
     pub fn owner_id(&self) -> &str {
         &self.config.owner_id
     }
 
+    /// The configuration this worker was built with.
     pub fn config(&self) -> &WorkerConfig {
         &self.config
     }
@@ -434,6 +440,7 @@ impl WorkDriver {
         self.nudge.notify_one();
     }
 
+    /// The worker this driver drives.
     pub fn worker(&self) -> &Arc<Worker> {
         &self.worker
     }
