@@ -18,6 +18,9 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+#![warn(unreachable_pub)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
