@@ -14,7 +14,9 @@ use tokio::sync::watch;
 /// Fallback polling bounds: start at the floor, double on each quiet wait, stop at the cap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
+    /// The first wait between point reads.
     pub floor: Duration,
+    /// The longest wait between point reads.
     pub cap: Duration,
 }
 

@@ -1,5 +1,8 @@
 //! The one error type of cairn-core, with a stable machine code per variant.
 
+use std::fmt;
+use std::sync::Arc;
+
 use crate::model::Tombstone;
 
 /// Result alias used across cairn.
@@ -7,8 +10,13 @@ pub type Result<T, E = CairnError> = std::result::Result<T, E>;
 
 /// Every error cairn reports. [`CairnError::code`] is the stable machine code
 /// clients match on (the HTTP layer maps codes to statuses); the message is for
-/// humans and may change.
+/// humans and may change. New variants (and codes) may be added, so a `match`
+/// outside this crate needs a wildcard arm.
+///
+/// An error means the call changed nothing, except [`CairnError::OutcomeUnknown`]:
+/// the write may or may not have been applied.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CairnError {
     /// A process, scope, signal or other id is empty, too long or holds control characters.
     #[error("invalid id: {0}")]
@@ -27,16 +35,29 @@ pub enum CairnError {
     ReservedEventType(String),
     /// A declared payload schema does not compile.
     #[error("invalid payload schema for `{event_type}`: {message}")]
-    InvalidSchema { event_type: String, message: String },
+    InvalidSchema {
+        /// The type whose schema it is.
+        event_type: String,
+        /// Why it does not compile.
+        message: String,
+    },
     /// A signal name is empty or uses characters outside `[A-Za-z0-9_-]`.
     #[error("invalid signal name: {0}")]
     InvalidSignalName(String),
     /// A selector or semantics spec is malformed (for example a bad JSON Pointer).
     #[error("invalid semantics for `{event_type}`: {message}")]
-    InvalidSemantics { event_type: String, message: String },
+    InvalidSemantics {
+        /// The type whose semantics they are.
+        event_type: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The id exists with a different registration.
     #[error("process `{id}` already exists with a different registration")]
-    RegistrationConflict { id: String },
+    RegistrationConflict {
+        /// The process id.
+        id: String,
+    },
     /// No process with this id was ever recorded (or it is not visible to the caller).
     #[error("unknown process `{0}`")]
     UnknownProcess(String),
@@ -45,28 +66,60 @@ pub enum CairnError {
     NoLongerRetained(Box<Tombstone>),
     /// The event type was not declared at registration.
     #[error("event type `{event_type}` is not declared by process `{process_id}`")]
-    UndeclaredEventType { process_id: String, event_type: String },
+    UndeclaredEventType {
+        /// The process appended to.
+        process_id: String,
+        /// The type it does not declare.
+        event_type: String,
+    },
     /// The payload does not satisfy the declared schema.
     #[error("payload of `{event_type}` violates its schema: {message}")]
-    SchemaViolation { event_type: String, message: String },
+    SchemaViolation {
+        /// The type whose schema the payload violates.
+        event_type: String,
+        /// How it violates it.
+        message: String,
+    },
     /// A payload, input or spec exceeds the size limit.
     #[error("{what} is {size} bytes, over the {limit} byte limit")]
-    PayloadTooLarge { what: String, size: usize, limit: usize },
+    PayloadTooLarge {
+        /// What is too large (a payload, an input, a spec).
+        what: String,
+        /// Its size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// A replay key was reused with a different event.
     #[error("replay key `{key}` of process `{process_id}` was used with a different event")]
-    ReplayConflict { process_id: String, key: String },
+    ReplayConflict {
+        /// The process appended to.
+        process_id: String,
+        /// The replay key.
+        key: String,
+    },
     /// The process is terminal; nothing more can be appended or claimed.
     #[error("process `{0}` is terminal")]
     ProcessTerminal(String),
     /// Another owner holds an unexpired lease.
     #[error("process `{process_id}` is leased by another owner until {expires_at_ms}")]
-    LeaseHeld { process_id: String, expires_at_ms: u64 },
+    LeaseHeld {
+        /// The leased process.
+        process_id: String,
+        /// When the other owner's lease expires unless renewed, in epoch milliseconds.
+        expires_at_ms: u64,
+    },
     /// The presented lease is not the live one (superseded, expired or released).
     #[error("lease on process `{0}` is not the live lease")]
     LeaseFenced(String),
     /// The process may not be claimed (externally owned, or owner-bound and already started).
     #[error("process `{process_id}` is not claimable: {reason}")]
-    NotClaimable { process_id: String, reason: String },
+    NotClaimable {
+        /// The process.
+        process_id: String,
+        /// Why it may not be claimed.
+        reason: String,
+    },
     /// External completion was asked of a process cairn owns.
     #[error("process `{0}` is not externally owned")]
     NotExternallyOwned(String),
@@ -75,7 +128,12 @@ pub enum CairnError {
     TerminalNeedsAuthority(String),
     /// A terminal payload does not yield an outcome of the declared state.
     #[error("invalid outcome for `{event_type}`: {message}")]
-    InvalidOutcome { event_type: String, message: String },
+    InvalidOutcome {
+        /// The terminal event's type.
+        event_type: String,
+        /// What is wrong with the outcome.
+        message: String,
+    },
     /// A filter has an unknown key or a value of the wrong type.
     #[error("invalid filter: {0}")]
     InvalidFilter(String),
@@ -90,20 +148,78 @@ pub enum CairnError {
     UnknownEnv(String),
     /// The stored environment artifact does not match its content address.
     #[error("corrupt environment `{env_ref}`: {message}")]
-    CorruptEnv { env_ref: String, message: String },
+    CorruptEnv {
+        /// The environment's content address.
+        env_ref: String,
+        /// How it does not match.
+        message: String,
+    },
     /// The named tool is not in the tool registry.
     #[error("unknown tool `{0}`")]
     UnknownTool(String),
     /// The wait ended by timeout (awaiter helpers that take a deadline).
     #[error("timed out: {0}")]
     Timeout(String),
-    /// The storage backend failed; the operation may or may not have been applied
-    /// only where the message says so, otherwise it was not.
-    #[error("storage error: {0}")]
-    Storage(String),
-    /// The operation is not available (for example a runtime that is shutting down).
+    /// The storage backend failed, or holds data cairn cannot read; nothing was
+    /// changed. Build it with [`CairnError::storage`] or [`CairnError::storage_caused_by`].
+    #[error("storage error: {message}")]
+    Storage {
+        /// What failed, complete on its own (clients see only this).
+        message: String,
+        /// The backend's own error, when there is one (for logs and downcasting).
+        #[source]
+        source: Option<ErrorSource>,
+    },
+    /// The operation was not done and may succeed if retried (for example the
+    /// database is unreachable, or a runtime is shutting down).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The write may or may not have been applied: the connection broke after the
+    /// commit was sent, so its reply was lost. Read the state it changes to find
+    /// out before retrying.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+}
+
+/// The underlying error of a [`CairnError::Storage`]: shared, so the error
+/// stays `Clone`. Two sources compare equal when their messages do.
+#[derive(Clone)]
+pub struct ErrorSource(Arc<dyn std::error::Error + Send + Sync>);
+
+impl ErrorSource {
+    /// Wrap `err`.
+    pub fn new(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Arc::new(err))
+    }
+
+    /// The wrapped error, to downcast (`source.get().downcast_ref::<T>()`).
+    pub fn get(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl fmt::Debug for ErrorSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for ErrorSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for ErrorSource {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for ErrorSource {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0.to_string() == other.0.to_string()
+    }
 }
 
 impl CairnError {
@@ -139,18 +255,81 @@ impl CairnError {
             Self::CorruptEnv { .. } => "corrupt_env",
             Self::UnknownTool(_) => "unknown_tool",
             Self::Timeout(_) => "timeout",
-            Self::Storage(_) => "storage",
+            Self::Storage { .. } => "storage",
             Self::Unavailable(_) => "unavailable",
+            Self::OutcomeUnknown(_) => "outcome_unknown",
         }
     }
 
     /// Whether the error is the caller's (bad input or a state conflict) rather
     /// than the system's. Client errors never changed anything.
     pub fn is_client_error(&self) -> bool {
-        !matches!(self, Self::Storage(_) | Self::Unavailable(_))
+        !matches!(
+            self,
+            Self::Storage { .. } | Self::Unavailable(_) | Self::OutcomeUnknown(_)
+        )
     }
 
-    pub fn storage(err: impl std::fmt::Display) -> Self {
-        Self::Storage(err.to_string())
+    /// A storage failure described by `message`, with no underlying error.
+    pub fn storage(message: impl fmt::Display) -> Self {
+        Self::Storage {
+            message: message.to_string(),
+            source: None,
+        }
+    }
+
+    /// A storage failure described by `message` (which should say what `source`
+    /// says: clients see only the message), keeping `source` as its cause.
+    pub fn storage_caused_by(
+        message: impl fmt::Display,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Storage {
+            message: message.to_string(),
+            source: Some(ErrorSource::new(source)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn storage_keeps_its_source_through_a_clone() {
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "pipe closed");
+        let err = CairnError::storage_caused_by("sqlite: pipe closed", io).clone();
+        assert_eq!(err.code(), "storage");
+        assert_eq!(err.to_string(), "storage error: sqlite: pipe closed");
+        let source = err.source().expect("the source is kept");
+        assert_eq!(source.to_string(), "pipe closed");
+        let CairnError::Storage { source: Some(kept), .. } = &err else {
+            panic!("a storage error with a source: {err:?}");
+        };
+        let io = kept
+            .get()
+            .downcast_ref::<std::io::Error>()
+            .expect("downcasts to the original");
+        assert_eq!(io.kind(), std::io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn storage_without_a_source_has_none() {
+        let err = CairnError::storage("no such table");
+        assert!(err.source().is_none());
+        assert_eq!(err, CairnError::storage("no such table"));
+        assert_ne!(err, CairnError::storage_caused_by("no such table", std::fmt::Error));
+    }
+
+    #[test]
+    fn system_errors_have_their_own_codes() {
+        let unknown = CairnError::OutcomeUnknown("commit reply lost".into());
+        assert_eq!(unknown.code(), "outcome_unknown");
+        assert!(!unknown.is_client_error());
+        assert_eq!(CairnError::Unavailable("down".into()).code(), "unavailable");
+        assert!(!CairnError::storage("x").is_client_error());
+        assert!(CairnError::UnknownProcess("p".into()).is_client_error());
     }
 }

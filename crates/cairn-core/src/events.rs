@@ -15,10 +15,12 @@ use crate::{CairnError, Result};
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EventType {
+    /// The type name (`[A-Za-z0-9._-]`; `process.*` belongs to cairn, `signal.{name}` is a signal).
     pub name: String,
     /// A JSON Schema for the payload; `{}` (the default) accepts anything.
     #[serde(default = "any_schema")]
     pub payload_schema: Value,
+    /// What appending an event of this type means beyond being logged.
     #[serde(default)]
     pub semantics: SemanticsSpec,
 }
@@ -163,8 +165,10 @@ impl<'de> Deserialize<'de> for EventTypes {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SemanticsSpec {
+    /// Appending the event ends the process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminal: Option<TerminalSpec>,
+    /// Appending the event wakes the process's wake target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake: Option<WakeSpec>,
 }
@@ -174,6 +178,7 @@ pub struct SemanticsSpec {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TerminalSpec {
+    /// The terminal state the event ends the process in.
     pub state: TerminalState,
     /// Selects the outcome from the payload; default: the whole payload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -185,9 +190,12 @@ pub struct TerminalSpec {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WakeSpec {
+    /// Wakes only when this selects a truthy value from the payload; default: always.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<Selector>,
+    /// Renders the wake's input text from the payload.
     pub input: Selector,
+    /// How the wake's dedupe key is made.
     #[serde(default)]
     pub dedupe_key: DedupeKey,
 }
@@ -221,7 +229,9 @@ pub enum Selector {
     Const(Value),
     /// A string with `{field}` holes, each filled by a nested selector.
     Template {
+        /// The text, with `{field}` holes.
         template: String,
+        /// The selector that fills each hole.
         #[serde(default)]
         fields: BTreeMap<String, Selector>,
     },
@@ -265,8 +275,10 @@ impl Selector {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResolvedSemantics {
+    /// The outcome, when the event ended the process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminal: Option<Outcome>,
+    /// The wake the event rendered, when it woke its target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake: Option<ResolvedWake>,
 }
@@ -275,7 +287,9 @@ pub struct ResolvedSemantics {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResolvedWake {
+    /// The wake's input text.
     pub input: String,
+    /// The key that makes a wake happen once per target.
     pub dedupe_key: String,
 }
 
@@ -283,15 +297,21 @@ pub struct ResolvedWake {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProcessEvent {
+    /// The process the event belongs to.
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub process_id: ProcessId,
     /// Starts at 1 and rises by one per process.
     pub sequence: u64,
+    /// The declared event type.
     pub event_type: String,
+    /// The payload, valid against the type's schema.
     pub payload: Value,
+    /// What the event meant (its outcome, its wake), resolved when it was appended.
     #[serde(default, skip_serializing_if = "is_default_semantics")]
     pub semantics: ResolvedSemantics,
+    /// When it was appended, in epoch milliseconds.
     pub occurred_at_ms: u64,
+    /// The producer's replay key, when the append carried one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_key: Option<String>,
 }
@@ -304,6 +324,7 @@ fn is_default_semantics(s: &ResolvedSemantics) -> bool {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventPage {
+    /// The events, in sequence order.
     pub events: Vec<ProcessEvent>,
     /// The sequence to pass as `after` for the next page; `None` at the end of the log.
     pub next_after: Option<u64>,
@@ -314,9 +335,12 @@ pub struct EventPage {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppendRequest {
+    /// A type the process declared (or a core type).
     pub event_type: String,
+    /// The payload, checked against the type's schema.
     #[serde(default)]
     pub payload: Value,
+    /// A repeated append with the same key answers the first one and writes nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_key: Option<String>,
     /// Overrides the record's wake target for this event's wake.
@@ -328,6 +352,7 @@ pub struct AppendRequest {
 }
 
 impl AppendRequest {
+    /// An append of `payload` as `event_type`, with nothing optional set.
     pub fn new(event_type: impl Into<String>, payload: Value) -> Self {
         Self {
             event_type: event_type.into(),
@@ -338,16 +363,19 @@ impl AppendRequest {
         }
     }
 
+    /// Make the append replay-safe under `key`.
     pub fn with_replay_key(mut self, key: impl Into<String>) -> Self {
         self.replay_key = Some(key.into());
         self
     }
 
+    /// Wake `scope` instead of the record's wake target.
     pub fn with_wake_target(mut self, scope: SessionScope) -> Self {
         self.wake_target = Some(scope);
         self
     }
 
+    /// Fence the append with `lease`.
     pub fn with_lease(mut self, lease: Lease) -> Self {
         self.lease = Some(lease);
         self
@@ -358,6 +386,7 @@ impl AppendRequest {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AppendResult {
+    /// The appended event (the original one on replay).
     pub event: ProcessEvent,
     /// True when a replay key matched an earlier append and nothing was written.
     pub replayed: bool,
@@ -366,14 +395,23 @@ pub struct AppendResult {
     pub wake: Option<crate::model::WakeDelivery>,
 }
 
+/// Written when a cancellation is requested (the record keeps the request).
 pub const CANCEL_REQUESTED: &str = "process.cancel_requested";
+/// Written when a run starts waiting durably (for a signal).
 pub const WAITING: &str = "process.waiting";
+/// Written when a durable wait ends.
 pub const RESUMED: &str = "process.resumed";
+/// Written by a claim: a worker began (or began again) to run the process.
 pub const STARTED: &str = "process.started";
+/// Written when an abandon is requested.
 pub const ABANDON_REQUESTED: &str = "process.abandon_requested";
+/// The terminal event of a success.
 pub const COMPLETED: &str = "process.completed";
+/// The terminal event of a failure.
 pub const FAILED: &str = "process.failed";
+/// The terminal event of a cancellation.
 pub const CANCELLED: &str = "process.cancelled";
+/// The terminal event of an abandonment (written only by cairn).
 pub const ABANDONED: &str = "process.abandoned";
 
 /// The prefix of signal event types.

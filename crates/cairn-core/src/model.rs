@@ -18,7 +18,9 @@ pub type ProcessId = String;
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SessionScope {
+    /// The session (conversation) id.
     pub session_id: String,
+    /// The agent frame inside the session, when the scope is narrower than the session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_frame_id: Option<String>,
 }
@@ -56,11 +58,15 @@ impl SessionScope {
 pub enum Originator {
     /// The host itself, optionally a named host scope.
     Host {
+        /// The host scope's name, when the host names its parts.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         scope: Option<String>,
     },
     /// A session scope.
-    Session { scope: SessionScope },
+    Session {
+        /// The scope that started it.
+        scope: SessionScope,
+    },
 }
 
 impl Default for Originator {
@@ -95,7 +101,9 @@ impl Originator {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CausalRef {
+    /// What the cause is (`process`, `turn`, `tool_call`, ...).
     pub kind: String,
+    /// Its id in its own kind.
     pub id: String,
 }
 
@@ -104,8 +112,10 @@ pub struct CausalRef {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Provenance {
+    /// Who started the process.
     #[serde(default)]
     pub originator: Originator,
+    /// What caused it, when recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caused_by: Option<CausalRef>,
 }
@@ -117,27 +127,36 @@ pub struct Provenance {
 pub enum ProcessInput {
     /// A tool from the host's tool registry, run in the background.
     ToolCall {
+        /// The tool's name in the host's tool registry.
         tool: String,
+        /// The tool's arguments.
         #[serde(default)]
         args: Value,
     },
     /// A durable scripted workflow (a later milestone: recorded, not yet run).
     Script {
+        /// The script module.
         module_ref: String,
+        /// The process defined in that module.
         process_name: String,
+        /// The script's arguments.
         #[serde(default)]
         args: Value,
     },
     /// A sub-agent turn (a later milestone: recorded, not yet run).
     SessionTurn {
+        /// The session that runs the turn.
         session: SessionScope,
+        /// The turn's input.
         #[serde(default)]
         input: Value,
+        /// What the turn's output must satisfy.
         #[serde(default)]
         output_contract: Value,
     },
     /// Work executed by another system; cairn never runs it.
     External {
+        /// Whatever the other system wants to record with it.
         #[serde(default)]
         metadata: Value,
     },
@@ -174,6 +193,7 @@ pub enum Disposition {
 }
 
 impl Disposition {
+    /// The wire name (`rerunnable`, `owner_bound`, `externally_owned`).
     pub fn label(self) -> &'static str {
         match self {
             Self::Rerunnable => "rerunnable",
@@ -188,18 +208,25 @@ impl Disposition {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ProcessStatus {
+    /// Not ended yet.
     Running,
+    /// Ended with a success.
     Completed,
+    /// Ended with a failure.
     Failed,
+    /// Ended by cancellation.
     Cancelled,
+    /// Ended with an unknowable result (its owner was lost, or gave the work up).
     Abandoned,
 }
 
 impl ProcessStatus {
+    /// Everything but `running`.
     pub fn is_terminal(self) -> bool {
         self != Self::Running
     }
 
+    /// The wire name.
     pub fn label(self) -> &'static str {
         match self {
             Self::Running => "running",
@@ -210,6 +237,7 @@ impl ProcessStatus {
         }
     }
 
+    /// The status named `s` (its wire name), if any.
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "running" => Self::Running,
@@ -227,13 +255,18 @@ impl ProcessStatus {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TerminalState {
+    /// Ends the process `completed`.
     Completed,
+    /// Ends the process `failed`.
     Failed,
+    /// Ends the process `cancelled`.
     Cancelled,
+    /// Ends the process `abandoned` (only cairn writes it).
     Abandoned,
 }
 
 impl TerminalState {
+    /// The status a process ends in.
     pub fn status(self) -> ProcessStatus {
         match self {
             Self::Completed => ProcessStatus::Completed,
@@ -262,7 +295,9 @@ pub enum AbandonWriter {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OwnerIdentity {
+    /// The owner whose lease it was.
     pub owner_id: String,
+    /// That lease's fencing token.
     pub fencing_token: u64,
 }
 
@@ -271,9 +306,12 @@ pub struct OwnerIdentity {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AbandonEvidence {
+    /// Which path wrote it.
     pub writer: AbandonWriter,
+    /// The lease the abandonment was established against, if the process had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<OwnerIdentity>,
+    /// When it was written, in epoch milliseconds.
     pub epoch_ms: u64,
 }
 
@@ -282,22 +320,34 @@ pub struct AbandonEvidence {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Outcome {
+    /// The process completed with `value`.
     Success {
+        /// The result.
         value: Value,
     },
+    /// The process failed.
     Failure {
+        /// Who failed: `tool`, `runtime`, `process`, ...
         class: String,
+        /// A machine code within the class.
         code: String,
+        /// For humans.
         message: String,
+        /// The payload the failure was read from, when it was not an outcome itself.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         raw: Option<Value>,
     },
+    /// The process was cancelled.
     Cancelled {
+        /// Why, for humans.
         message: String,
+        /// The payload the cancellation was read from, when it was not an outcome itself.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         raw: Option<Value>,
     },
+    /// The result is unknowable: the owner was lost or gave the work up.
     Abandoned {
+        /// Who wrote the abandonment, against which lease, and when.
         evidence: AbandonEvidence,
     },
 }
@@ -313,10 +363,12 @@ impl Outcome {
         }
     }
 
+    /// A success with `value`.
     pub fn success(value: Value) -> Self {
         Self::Success { value }
     }
 
+    /// A failure without a raw payload.
     pub fn failure(class: impl Into<String>, code: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Failure {
             class: class.into(),
@@ -326,6 +378,7 @@ impl Outcome {
         }
     }
 
+    /// A cancellation without a raw payload.
     pub fn cancelled(message: impl Into<String>) -> Self {
         Self::Cancelled {
             message: message.into(),
@@ -346,6 +399,7 @@ pub struct WaitState {
     /// Which signal of that name (1-based) the process waits for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordinal: Option<u64>,
+    /// When the wait began, in epoch milliseconds.
     pub since_ms: u64,
 }
 
@@ -353,8 +407,11 @@ pub struct WaitState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaseView {
+    /// The owner holding the lease.
     pub owner_id: String,
+    /// When the lease expires unless renewed, in epoch milliseconds.
     pub expires_at_ms: u64,
+    /// Monotonic per process, bumped on every claim.
     pub fencing_token: u64,
 }
 
@@ -362,8 +419,11 @@ pub struct LeaseView {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AbandonRequest {
+    /// Who asked.
     pub requested_by: String,
+    /// When, in epoch milliseconds.
     pub requested_at_ms: u64,
+    /// Why, for humans.
     #[serde(default)]
     pub reason: String,
 }
@@ -372,8 +432,10 @@ pub struct AbandonRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CancelRequest {
+    /// Why, for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// When, in epoch milliseconds.
     pub requested_at_ms: u64,
 }
 
@@ -381,10 +443,13 @@ pub struct CancelRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StartedFact {
+    /// The owner that began the latest run.
     pub owner_id: String,
+    /// The fencing token of the lease it ran under.
     pub fencing_token: u64,
     /// 1 for the first run, rising by one each time a worker begins the process again.
     pub attempt: u64,
+    /// When the latest run began, in epoch milliseconds.
     pub at_ms: u64,
 }
 
@@ -393,8 +458,11 @@ pub struct StartedFact {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExternalRef {
+    /// The other system's name.
     pub backend: String,
+    /// The work's id there.
     pub id: String,
+    /// Anything else worth keeping about it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
 }
@@ -407,8 +475,10 @@ pub type EnvRef = String;
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EnvSpec {
+    /// Options for the environment plugin.
     #[serde(default)]
     pub plugin_options: Value,
+    /// The policy the environment enforces.
     #[serde(default)]
     pub policy: Value,
 }
@@ -419,18 +489,25 @@ pub struct EnvSpec {
 /// repeated start is the same start.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Registration {
+    /// The process id.
     pub id: ProcessId,
+    /// What it runs.
     pub input: ProcessInput,
+    /// How it is recovered after its owner is lost.
     pub disposition: Disposition,
     /// Producer-declared event types; the core types are added by cairn.
     #[serde(default)]
     pub event_types: Vec<EventType>,
+    /// Who started it and why.
     #[serde(default)]
     pub provenance: Provenance,
+    /// The session scope its wakes go to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake_target: Option<SessionScope>,
+    /// Its execution environment (a stored spec's content address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_ref: Option<EnvRef>,
+    /// The same work in another system.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_ref: Option<ExternalRef>,
 }
@@ -440,8 +517,10 @@ pub struct Registration {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct GrantDescriptor {
+    /// What kind of handle this is, for the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// A label for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
 }
@@ -451,7 +530,9 @@ pub struct GrantDescriptor {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StartGrant {
+    /// The scope to grant the process to.
     pub session_scope: SessionScope,
+    /// The handle's descriptor.
     #[serde(default)]
     pub descriptor: GrantDescriptor,
 }
@@ -460,10 +541,14 @@ pub struct StartGrant {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Grant {
+    /// The scope holding the handle.
     pub scope: SessionScope,
+    /// The process it addresses.
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub process_id: ProcessId,
+    /// The handle's descriptor.
     pub descriptor: GrantDescriptor,
+    /// When it was granted (or moved here), in epoch milliseconds.
     pub granted_at_ms: u64,
 }
 
@@ -481,7 +566,9 @@ impl Grant {
 /// A grant with the process it addresses.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GrantedProcess {
+    /// The grant.
     pub grant: Grant,
+    /// The process as of the listing.
     pub process: ProcessRecord,
 }
 
@@ -501,6 +588,7 @@ pub struct TransferReport {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionDeleteReport {
+    /// The session whose grants and wakes were removed.
     pub session_id: String,
     /// Grants removed (in every scope of the session).
     pub revoked_grants: u64,
@@ -520,14 +608,22 @@ pub struct SessionDeleteReport {
 pub struct WakeDelivery {
     /// Derived from (target scope id, dedupe key).
     pub wake_id: String,
+    /// The session the wake is for.
     pub target_session_id: String,
+    /// The scope the wake is for, inside that session.
     pub target_scope: SessionScope,
+    /// The process whose event woke it.
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub process_id: ProcessId,
+    /// That event's sequence.
     pub sequence: u64,
+    /// That event's type.
     pub event_type: String,
+    /// The key that makes the wake happen once per target.
     pub dedupe_key: String,
+    /// The rendered input text.
     pub input: String,
+    /// When it was written, in epoch milliseconds.
     pub created_at_ms: u64,
 }
 
@@ -535,10 +631,14 @@ pub struct WakeDelivery {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Tombstone {
+    /// The pruned process's id.
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub id: ProcessId,
+    /// How it ended.
     pub status: ProcessStatus,
+    /// When it ended, in epoch milliseconds.
     pub terminal_at_ms: u64,
+    /// When it was pruned, in epoch milliseconds.
     pub pruned_at_ms: u64,
 }
 
@@ -551,7 +651,10 @@ pub enum Watermark {
     /// No projector reads the change feed: prune by cutoff alone.
     NoProjector,
     /// Only prune processes whose last change is at or before this cursor.
-    Cursor { cursor: u64 },
+    Cursor {
+        /// The change-feed cursor the projector has read up to.
+        cursor: u64,
+    },
 }
 
 /// The answer of `prune`.
@@ -560,8 +663,11 @@ pub enum Watermark {
 pub struct PruneReport {
     /// Processes deleted (each leaves a tombstone).
     pub pruned: u64,
+    /// Events deleted with them.
     pub events_deleted: u64,
+    /// Grants deleted with them.
     pub grants_deleted: u64,
+    /// Wakes deleted with them.
     pub wakes_deleted: u64,
     /// Terminal processes older than the cutoff kept because the watermark has not passed them.
     pub held_by_watermark: u64,
@@ -571,7 +677,9 @@ pub struct PruneReport {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Change {
+    /// The cursor of the record's latest change; pass the largest seen to read on.
     pub cursor: u64,
+    /// The record as of that change.
     pub process: ProcessRecord,
 }
 
@@ -579,6 +687,7 @@ pub struct Change {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChangePage {
+    /// The changes, in cursor order.
     pub changes: Vec<Change>,
     /// Pass this back to read on; equal to the given cursor when nothing changed.
     pub next_cursor: u64,
@@ -589,39 +698,58 @@ pub struct ChangePage {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProcessRecord {
+    /// The process id.
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub id: ProcessId,
+    /// The hash of the registration (`validate::registration_hash`); a repeated start must match it.
     pub registration_hash: String,
+    /// The lifecycle status.
     pub status: ProcessStatus,
+    /// How it ended; `None` while running.
     pub outcome: Option<Outcome>,
+    /// How it is recovered after its owner is lost.
     pub disposition: Disposition,
+    /// What it runs.
     pub input: ProcessInput,
+    /// Who started it and why.
     pub provenance: Provenance,
+    /// The session scope its wakes go to.
     pub wake_target: Option<SessionScope>,
     /// Every declared type, the core types included (shared; a clone is cheap).
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<EventType>))]
     pub event_types: EventTypes,
+    /// Its execution environment, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub env_ref: Option<EnvRef>,
+    /// The same work in another system, if recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_ref: Option<ExternalRef>,
+    /// The durable wait it is in, if any.
     pub wait: Option<WaitState>,
     /// Coordination state, not history: the only field outside the fold.
     pub lease: Option<LeaseView>,
+    /// A pending abandon request, if any.
     pub abandon_request: Option<AbandonRequest>,
+    /// A recorded cancellation request, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_request: Option<CancelRequest>,
+    /// Who ran it last and how many times it began; `None` until a first claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started: Option<StartedFact>,
+    /// When it was registered, in epoch milliseconds.
     pub created_at_ms: u64,
+    /// When its last event was appended (or it was registered), in epoch milliseconds.
     pub updated_at_ms: u64,
+    /// When it ended, in epoch milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminal_at_ms: Option<u64>,
+    /// The sequence of its last event.
     pub last_sequence: u64,
 }
 
 impl ProcessRecord {
+    /// Whether it has ended.
     pub fn is_terminal(&self) -> bool {
         self.status.is_terminal()
     }
@@ -654,17 +782,22 @@ impl ProcessRecord {
 /// A lease held on a process (SPEC §5). Present all three tokens on renew and complete.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
+    /// The leased process.
     pub process_id: ProcessId,
+    /// The owner holding it.
     pub owner_id: String,
     /// Unique per claim.
     pub lease_token: String,
     /// Monotonic per process, bumped on every claim.
     pub fencing_token: u64,
+    /// When it was claimed, in epoch milliseconds.
     pub claimed_at_ms: u64,
+    /// When it expires unless renewed, in epoch milliseconds.
     pub expires_at_ms: u64,
 }
 
 impl Lease {
+    /// What the record shows of this lease.
     pub fn view(&self) -> LeaseView {
         LeaseView {
             owner_id: self.owner_id.clone(),
@@ -673,6 +806,7 @@ impl Lease {
         }
     }
 
+    /// The owner identity an abandonment under this lease names.
     pub fn owner(&self) -> OwnerIdentity {
         OwnerIdentity {
             owner_id: self.owner_id.clone(),
@@ -685,7 +819,9 @@ impl Lease {
 /// (its `started` fact already written).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Claim {
+    /// The new lease.
     pub lease: Lease,
+    /// The record as of the claim.
     pub process: ProcessRecord,
 }
 
@@ -702,7 +838,9 @@ pub enum WorkAction {
 /// One row of the bounded claimable worklist.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkItem {
+    /// The process.
     pub process_id: ProcessId,
+    /// What to do with it.
     pub action: WorkAction,
 }
 
@@ -711,17 +849,23 @@ pub struct WorkItem {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum StatusFilter {
+    /// Running processes (the default).
     #[default]
     Running,
+    /// Completed processes.
     Completed,
+    /// Failed processes.
     Failed,
+    /// Cancelled processes.
     Cancelled,
+    /// Abandoned processes.
     Abandoned,
     /// Every status.
     Any,
 }
 
 impl StatusFilter {
+    /// Whether a process in `status` passes this filter.
     pub fn matches(self, status: ProcessStatus) -> bool {
         match self {
             Self::Any => true,
@@ -744,11 +888,13 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessFilter {
+    /// Which statuses to return (default: running).
     #[serde(default)]
     pub status: StatusFilter,
     /// Matches [`ProcessInput::definition`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub definition: Option<String>,
+    /// Only processes that are (or are not) in a durable wait.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<bool>,
     /// Matches [`Originator::scope_id`] (`host`, `host:{scope}`, `session:{id}`, …).

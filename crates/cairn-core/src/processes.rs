@@ -27,22 +27,32 @@ use crate::{CairnError, Result};
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
+    /// The process id, chosen by the caller: a repeated start with the same id and
+    /// the same registration is the same start.
     pub id: String,
+    /// What the process runs.
     pub input: ProcessInput,
     /// Required: there is no default recovery contract.
     pub disposition: Disposition,
+    /// Who started it (default: the host).
     #[serde(default)]
     pub originator: Originator,
+    /// What caused it, when it has a cause worth recording.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caused_by: Option<CausalRef>,
+    /// A session scope to grant the new process to, in the same transaction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<StartGrant>,
+    /// The session scope its wakes go to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake_target: Option<SessionScope>,
+    /// Event types beyond the core ones (a tool adds its own at start).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub event_types: Vec<EventType>,
+    /// An execution environment, stored content-addressed and referenced by the record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_spec: Option<EnvSpec>,
+    /// The same work in another system.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_ref: Option<ExternalRef>,
 }
@@ -86,11 +96,13 @@ impl StartRequest {
         serde_json::from_value(value).map_err(|e| CairnError::InvalidRequest(format!("start request: {e}")))
     }
 
+    /// Record `originator` as who started it.
     pub fn with_originator(mut self, originator: Originator) -> Self {
         self.originator = originator;
         self
     }
 
+    /// Grant the process to `scope` with `descriptor`, in the same transaction as the start.
     pub fn with_grant(mut self, scope: SessionScope, descriptor: GrantDescriptor) -> Self {
         self.grant = Some(StartGrant {
             session_scope: scope,
@@ -99,16 +111,19 @@ impl StartRequest {
         self
     }
 
+    /// Send its wakes to `scope`.
     pub fn with_wake_target(mut self, scope: SessionScope) -> Self {
         self.wake_target = Some(scope);
         self
     }
 
+    /// Declare another event type.
     pub fn with_event_type(mut self, t: EventType) -> Self {
         self.event_types.push(t);
         self
     }
 
+    /// Run it in the execution environment `env`.
     pub fn with_env(mut self, env: EnvSpec) -> Self {
         self.env_spec = Some(env);
         self
@@ -118,6 +133,7 @@ impl StartRequest {
 /// What a session sees of its processes at a glance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SessionSnapshot {
+    /// The scope this snapshot is of.
     pub scope: SessionScope,
     /// Running processes granted to the scope.
     pub running: Vec<GrantedProcess>,
@@ -148,7 +164,10 @@ pub struct RuntimeBuilder {
 }
 
 impl RuntimeBuilder {
-    /// Tools to run (default: the built-ins without `shell`).
+    /// Tools to run (default: none; the built-ins of SPEC §12 are
+    /// `cairn_tools::builtin_tools`). A start naming a tool in this registry has
+    /// its args checked and the tool's event types declared; one naming a tool
+    /// outside it is refused `unknown_tool` when this runtime runs a worker.
     pub fn tools(mut self, tools: ToolRegistry) -> Self {
         self.tools = tools;
         self
@@ -160,6 +179,7 @@ impl RuntimeBuilder {
         self
     }
 
+    /// How the worker claims and runs (ignored without a worker).
     pub fn worker_config(mut self, config: WorkerConfig) -> Self {
         self.worker = config;
         self
@@ -243,7 +263,7 @@ impl Processes {
     pub fn builder(registry: Arc<dyn ProcessRegistry>) -> RuntimeBuilder {
         RuntimeBuilder {
             registry,
-            tools: crate::builtins::builtin_tools(false),
+            tools: ToolRegistry::new(),
             clock: system_clock(),
             worker: WorkerConfig::default(),
             sink: None,
@@ -259,10 +279,12 @@ impl Processes {
         &self.inner.registry
     }
 
+    /// The change hub this runtime publishes into and awaits on.
     pub fn hub(&self) -> &ChangeHub {
         &self.inner.hub
     }
 
+    /// The awaiter behind the `await_*` methods.
     pub fn awaiter(&self) -> &Awaiter {
         &self.inner.awaiter
     }
@@ -313,22 +335,27 @@ impl Processes {
         Ok(registered)
     }
 
+    /// The current record ([`ProcessRegistry::get`]).
     pub async fn get(&self, id: &str) -> Result<ProcessRecord> {
         self.inner.registry.get(id).await
     }
 
+    /// One page of records ([`ProcessRegistry::list`]).
     pub async fn list(&self, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>> {
         self.inner.registry.list(filter).await
     }
 
+    /// One page of the processes granted to `scope` ([`ProcessRegistry::list_granted_to`]).
     pub async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {
         self.inner.registry.list_granted_to(scope, filter).await
     }
 
+    /// One page of the processes `scope` started ([`ProcessRegistry::list_originated_by`]).
     pub async fn list_originated_by(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>> {
         self.inner.registry.list_originated_by(scope, filter).await
     }
 
+    /// One page of the log after `after` ([`ProcessRegistry::events_after`]).
     pub async fn events(&self, id: &str, after: u64, limit: Option<usize>) -> Result<EventPage> {
         self.inner.registry.events_after(id, after, limit).await
     }
@@ -432,22 +459,27 @@ impl Processes {
         })
     }
 
+    /// Grant process `id` to `scope` ([`ProcessRegistry::grant`]).
     pub async fn grant(&self, scope: &SessionScope, id: &str, descriptor: GrantDescriptor) -> Result<Grant> {
         self.inner.registry.grant(scope, id, descriptor).await
     }
 
+    /// Move the grants on `ids` from `from` to `to` ([`ProcessRegistry::transfer`]).
     pub async fn transfer(&self, from: &SessionScope, to: &SessionScope, ids: &[String]) -> Result<TransferReport> {
         self.inner.registry.transfer(from, to, ids).await
     }
 
+    /// Remove `scope`'s grant on `id`; whether there was one ([`ProcessRegistry::revoke`]).
     pub async fn revoke(&self, scope: &SessionScope, id: &str) -> Result<bool> {
         self.inner.registry.revoke(scope, id).await
     }
 
+    /// Remove a session's grants and pending wakes ([`ProcessRegistry::delete_session`]).
     pub async fn delete_session(&self, session_id: &str) -> Result<SessionDeleteReport> {
         self.inner.registry.delete_session(session_id).await
     }
 
+    /// Delete terminal processes older than `cutoff_ms`, leaving tombstones ([`ProcessRegistry::prune`]).
     pub async fn prune(&self, cutoff_ms: u64, status: StatusFilter, watermark: Watermark) -> Result<PruneReport> {
         self.inner.registry.prune(cutoff_ms, status, watermark).await
     }
@@ -461,6 +493,7 @@ impl Processes {
         Ok(r)
     }
 
+    /// End an externally owned process with `outcome` ([`ProcessRegistry::complete_external`]).
     pub async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<ProcessRecord> {
         self.inner.registry.complete_external(id, outcome, authority).await
     }
@@ -470,14 +503,17 @@ impl Processes {
         self.inner.registry.append_event(id, req).await
     }
 
+    /// A session's pending wakes ([`ProcessRegistry::pending_wakes`]).
     pub async fn wakes(&self, session_id: &str, limit: Option<usize>) -> Result<Vec<WakeDelivery>> {
         self.inner.registry.pending_wakes(session_id, limit).await
     }
 
+    /// Acknowledge a wake; whether it was pending ([`ProcessRegistry::ack_wake`]).
     pub async fn ack_wake(&self, session_id: &str, wake_id: &str) -> Result<bool> {
         self.inner.registry.ack_wake(session_id, wake_id).await
     }
 
+    /// Records changed after `cursor` ([`ProcessRegistry::changed_since`]).
     pub async fn changed_since(&self, cursor: u64, limit: Option<usize>) -> Result<ChangePage> {
         self.inner.registry.changed_since(cursor, limit).await
     }

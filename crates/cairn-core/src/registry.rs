@@ -36,7 +36,10 @@ pub struct CancelAnswer {
 /// Durable process storage. Object safe; share it as `Arc<dyn ProcessRegistry>`.
 ///
 /// Errors are [`crate::CairnError`] with stable codes. A method that returns an
-/// error changed nothing.
+/// error changed nothing, with one exception: `outcome_unknown`
+/// ([`crate::CairnError::OutcomeUnknown`]) means the write may or may not have
+/// been applied (a backend lost the reply to a commit it sent), and the caller
+/// reads the state to find out.
 #[async_trait]
 pub trait ProcessRegistry: Send + Sync + 'static {
     /// Record a new process with its optional initial grant, or return the

@@ -67,10 +67,12 @@ impl ToolRegistry {
         self
     }
 
+    /// The tool registered under `name`.
     pub fn get(&self, name: &str) -> Option<Arc<dyn Tool>> {
         self.tools.get(name).cloned()
     }
 
+    /// The names of the registered tools (in no particular order).
     pub fn names(&self) -> Vec<String> {
         self.tools.keys().cloned().collect()
     }
@@ -80,7 +82,10 @@ impl ToolRegistry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StopReason {
     /// A cancellation request was recorded.
-    Cancelled { reason: Option<String> },
+    Cancelled {
+        /// The reason given with the request, if any.
+        reason: Option<String>,
+    },
     /// The worker lost the lease: another owner may run the process now.
     LeaseLost,
     /// The worker is draining for shutdown.
@@ -126,6 +131,7 @@ impl ToolContext {
         }
     }
 
+    /// The id of the process this run belongs to.
     pub fn process_id(&self) -> &str {
         &self.inner.record.id
     }

@@ -35,6 +35,7 @@ struct HubInner {
 }
 
 impl ChangeHub {
+    /// A hub with no watchers.
     pub fn new() -> Self {
         Self::default()
     }
@@ -86,6 +87,7 @@ impl ChangeHub {
 /// bounded queue and are dropped (with a warning) when the sink falls behind.
 /// The event log stays the truth.
 pub trait EventSink: Send + Sync + 'static {
+    /// Receive one appended event, after its write committed, on the sink's own task.
     fn deliver(&self, event: &ProcessEvent);
 }
 
@@ -135,6 +137,7 @@ impl WatchedRegistry {
         }
     }
 
+    /// The hub this registry publishes into.
     pub fn hub(&self) -> &ChangeHub {
         &self.hub
     }

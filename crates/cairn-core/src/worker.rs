@@ -74,6 +74,8 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// A worker over `registry`, running `tools`. With `hub`, a run's guard learns of
+    /// changes to its process (a cancel request) from the hub before it reads the record.
     pub fn new(
         registry: Arc<dyn ProcessRegistry>,
         tools: ToolRegistry,
@@ -97,10 +99,12 @@ impl Worker {
         })
     }
 
+    /// The owner id this worker claims as.
     pub fn owner_id(&self) -> &str {
         &self.config.owner_id
     }
 
+    /// The configuration this worker was built with.
     pub fn config(&self) -> &WorkerConfig {
         &self.config
     }
@@ -434,6 +438,7 @@ impl WorkDriver {
         self.nudge.notify_one();
     }
 
+    /// The worker this driver drives.
     pub fn worker(&self) -> &Arc<Worker> {
         &self.worker
     }

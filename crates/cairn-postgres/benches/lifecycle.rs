@@ -17,13 +17,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_core::builtins::builtin_tools;
 use cairn_core::{
     Awaiter, ChangeHub, Disposition, Outcome, ProcessFilter, ProcessRegistry, Processes, StartRequest, StatusFilter,
     SystemClock, WorkerConfig,
 };
 use cairn_postgres::testing::TestSchema;
 use cairn_postgres::PostgresRegistry;
+use cairn_tools::builtin_tools;
 use serde_json::json;
 
 /// One node: a registry with its listener and hub.
@@ -87,7 +87,11 @@ async fn commit_rate(schema: &TestSchema) -> f64 {
 async fn lifecycle(n: usize, workers: usize) -> f64 {
     let schema = TestSchema::new("cairn_bench");
     let (reg, hub) = node(&schema).await;
-    let starter = Processes::builder(reg.clone()).hub(hub).without_worker().start();
+    let starter = Processes::builder(reg.clone())
+        .hub(hub)
+        .tools(builtin_tools(false))
+        .without_worker()
+        .start();
     let mut runtimes = Vec::new();
     for w in 0..workers {
         let (reg, hub) = node(&schema).await;
@@ -191,7 +195,11 @@ async fn start_all(starter: &Processes, n: usize) {
 async fn starts_only(n: usize) -> f64 {
     let schema = TestSchema::new("cairn_bench");
     let (reg, hub) = node(&schema).await;
-    let starter = Processes::builder(reg).hub(hub).without_worker().start();
+    let starter = Processes::builder(reg)
+        .hub(hub)
+        .tools(builtin_tools(false))
+        .without_worker()
+        .start();
     let t = Instant::now();
     start_all(&starter, n).await;
     let rate = n as f64 / t.elapsed().as_secs_f64();
@@ -214,7 +222,11 @@ fn summary(mut ms: Vec<f64>) -> (f64, f64) {
 async fn start_to_running(samples: usize) -> (f64, f64) {
     let schema = TestSchema::new("cairn_bench");
     let (reg_a, hub_a) = node(&schema).await;
-    let starter = Processes::builder(reg_a).hub(hub_a).without_worker().start();
+    let starter = Processes::builder(reg_a)
+        .hub(hub_a)
+        .tools(builtin_tools(false))
+        .without_worker()
+        .start();
     let (reg_b, hub_b) = node(&schema).await;
     // A tool that stays running, so only the start is measured.
     let worker = worker_runtime(reg_b, hub_b, "worker-b");

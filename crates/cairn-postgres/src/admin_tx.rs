@@ -37,8 +37,10 @@ impl<'a> Admin<'a> {
         }
     }
 
+    /// Keep the server error (for [`Admin::finish`]) and stand in for it
+    /// until then.
     fn pg(&mut self, e: tokio_postgres::Error) -> CairnError {
-        let err = crate::conn::storage(&e);
+        let err = CairnError::storage(format!("postgres: {}", crate::conn::describe(&e)));
         self.fault.get_or_insert(e);
         err
     }

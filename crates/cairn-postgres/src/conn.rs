@@ -43,11 +43,11 @@ pub(crate) fn is_transient(e: &tokio_postgres::Error) -> bool {
 }
 
 /// The cairn error for a PostgreSQL fault that was not retried (or ran out of retries).
-pub(crate) fn storage(e: &tokio_postgres::Error) -> CairnError {
-    if is_transient(e) {
-        CairnError::Unavailable(format!("postgres: {}", describe(e)))
+pub(crate) fn storage(e: tokio_postgres::Error) -> CairnError {
+    if is_transient(&e) {
+        CairnError::Unavailable(format!("postgres: {}", describe(&e)))
     } else {
-        CairnError::Storage(format!("postgres: {}", describe(e)))
+        CairnError::storage_caused_by(format!("postgres: {}", describe(&e)), e)
     }
 }
 
@@ -116,7 +116,7 @@ pub(crate) async fn open_retrying(config: &Config, schema: &str, role: &str, att
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(1));
             }
-            Err(e) => return Err(storage(&e)),
+            Err(e) => return Err(storage(e)),
         }
     }
     Err(match last {
@@ -176,14 +176,14 @@ impl Shared {
     /// the connection breaking rather than the server refusing, that attempt
     /// may have committed before its reply was lost; a retry that then finds
     /// nothing left to do cannot tell whether this call did it, so that answer
-    /// is `unavailable` (saying what holds now) instead of `false`.
+    /// is `outcome_unknown` (saying what holds now) instead of `false`.
     pub async fn run_flag<F, Fut>(&self, what: &str, now: &str, work: F) -> Result<bool>
     where
         F: Fn(Arc<Conn>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<bool, crate::Fault>>,
     {
         match self.attempts(work).await {
-            (Ok(false), Some(cause)) => Err(CairnError::Unavailable(format!(
+            (Ok(false), Some(cause)) => Err(CairnError::OutcomeUnknown(format!(
                 "postgres: the connection broke while {what} ({cause}) and, run again, it found nothing left \
                  to do: the lost attempt may have done it, so whether this call did is unknown ({now})"
             ))),

@@ -154,7 +154,10 @@ async fn execute(shared: &LaneConfig, index: usize, conn: &mut Option<Conn>, ops
                      landed: read the process to find out",
                     describe(&e)
                 );
-                return ops.iter().map(|_| Err(CairnError::Unavailable(msg.clone()))).collect();
+                return ops
+                    .iter()
+                    .map(|_| Err(CairnError::OutcomeUnknown(msg.clone())))
+                    .collect();
             }
             Err(BatchError::NotCommitted(fault)) => {
                 let transient = matches!(&fault, crate::Fault::Pg(e) if is_transient(e));

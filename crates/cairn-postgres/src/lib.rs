@@ -15,7 +15,7 @@
 //!   [`ChangeHub`], waking awaiters and idle workers on every node.
 //! - **Transient faults** (broken connection before commit, serialisation
 //!   failure, deadlock) re-run the batch; a connection lost during `COMMIT` is
-//!   reported as `unavailable` with the outcome unknown.
+//!   reported as `outcome_unknown`.
 //! - **Same behaviour as [`cairn_core::MemoryRegistry`]**: every rule comes from
 //!   [`cairn_core::fold`]; this crate stores what it computes.
 //!
@@ -101,7 +101,7 @@ impl From<Fault> for CairnError {
     fn from(f: Fault) -> Self {
         match f {
             Fault::Cairn(e) => e,
-            Fault::Pg(e) => conn::storage(&e),
+            Fault::Pg(e) => conn::storage(e),
             Fault::Json(e) => CairnError::storage(format!("stored data does not decode: {e}")),
         }
     }
@@ -251,7 +251,7 @@ impl PostgresRegistry {
     /// connection after a transient fault that happened before the commit.
     /// A connection that broke while committing leaves the outcome unknown: the
     /// work is not run again (its report would describe the second run, not
-    /// what happened) and the answer is `unavailable`, naming `what`.
+    /// what happened) and the answer is `outcome_unknown`, naming `what`.
     async fn transaction<T, F>(&self, what: &str, work: F) -> Result<T>
     where
         F: for<'a> Fn(&'a tokio_postgres::Transaction<'a>, u64) -> futures::future::BoxFuture<'a, read::R<T>>,
@@ -275,7 +275,7 @@ impl PostgresRegistry {
             .await;
             match outcome {
                 Err(Fault::Pg(e)) if committing && e.as_db_error().is_none() => {
-                    return Err(CairnError::Unavailable(format!(
+                    return Err(CairnError::OutcomeUnknown(format!(
                         "postgres: the connection broke while committing {what} ({}); it may or may not have \
                          landed: read the state it changes to find out",
                         conn::describe(&e)

@@ -156,14 +156,14 @@ pub fn validate_schema_name(name: &str) -> Result<()> {
 }
 
 fn refuse(schema: &str, why: impl std::fmt::Display) -> CairnError {
-    CairnError::Storage(format!("postgres schema `{schema}` {why}; it was left untouched"))
+    CairnError::storage(format!("postgres schema `{schema}` {why}; it was left untouched"))
 }
 
 fn pg(schema: &str, e: tokio_postgres::Error) -> CairnError {
-    CairnError::Storage(format!(
-        "postgres: migrating schema `{schema}`: {}",
-        crate::conn::describe(&e)
-    ))
+    CairnError::storage_caused_by(
+        format!("postgres: migrating schema `{schema}`: {}", crate::conn::describe(&e)),
+        e,
+    )
 }
 
 /// Create or migrate cairn's schema; returns the version found before migrating.

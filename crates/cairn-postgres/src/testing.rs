@@ -87,7 +87,7 @@ pub async fn plan_on(url: &str, schema: &str, role: &str, sql: &str) -> Result<S
         .client
         .query(&format!("EXPLAIN {sql}"), &[&i64::MAX, &256i64])
         .await
-        .map_err(|e| cairn_core::CairnError::Storage(crate::conn::describe(&e)))?;
+        .map_err(|e| cairn_core::CairnError::storage_caused_by(crate::conn::describe(&e), e))?;
     Ok(rows
         .iter()
         .map(|r| r.get::<_, String>(0))

@@ -733,7 +733,7 @@ async fn relay(client: tokio::net::TcpStream, server: Box<dyn Upstream>, trigger
 
 fn assert_unknown_outcome<T: std::fmt::Debug>(answer: cairn_core::Result<T>, what: &str) -> String {
     match answer {
-        Err(e) if e.code() == "unavailable" => e.to_string(),
+        Err(e) if e.code() == "outcome_unknown" => e.to_string(),
         other => panic!("{what}: a write whose reply was lost must not be answered as if known: {other:?}"),
     }
 }

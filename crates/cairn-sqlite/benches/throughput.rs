@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_core::builtins::builtin_tools;
 use cairn_core::{
     AppendRequest, Disposition, EventType, ProcessRegistry, Processes, StartRequest, SystemClock, WorkerConfig,
 };
 use cairn_sqlite::SqliteRegistry;
+use cairn_tools::builtin_tools;
 use serde_json::json;
 
 fn open(dir: &tempfile::TempDir, name: &str) -> Arc<SqliteRegistry> {

@@ -137,11 +137,11 @@ fn open_error(path: &Path, e: rusqlite::Error) -> CairnError {
         Some(ErrorCode::ReadOnly) | Some(ErrorCode::PermissionDenied) => format!("is not writable ({e})"),
         _ => format!("cannot be used ({e})"),
     };
-    CairnError::Storage(format!("sqlite database `{}` {what}", shown(path)))
+    CairnError::storage_caused_by(format!("sqlite database `{}` {what}", shown(path)), e)
 }
 
 fn refuse(path: &Path, why: impl std::fmt::Display) -> CairnError {
-    CairnError::Storage(format!(
+    CairnError::storage(format!(
         "sqlite database `{}` {why}; it was left untouched",
         shown(path)
     ))
@@ -213,7 +213,7 @@ pub(crate) fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connect
         .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
         .map_err(|e| open_error(path, e))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(CairnError::Storage(format!(
+        return Err(CairnError::storage(format!(
             "sqlite database `{}` cannot use WAL journaling (journal_mode is `{mode}`)",
             shown(path)
         )));

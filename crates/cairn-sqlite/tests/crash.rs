@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cairn_core::builtins::builtin_tools;
 use cairn_core::{
     AbandonWriter, AppendRequest, Clock, Disposition, EventType, ManualClock, Outcome, ProcessFilter, ProcessRegistry,
     ProcessStatus, Processes, StartRequest, SystemClock, Tool, ToolContext, WorkerConfig,
 };
 use cairn_sqlite::SqliteRegistry;
+use cairn_tools::builtin_tools;
 use serde_json::{json, Value};
 
 const CHILD_ENV: &str = "CAIRN_CRASH_CHILD_DB";

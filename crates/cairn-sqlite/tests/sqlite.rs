@@ -28,7 +28,7 @@ fn open(path: &Path, clock: &ManualClock) -> SqliteRegistry {
 
 fn storage_message(err: CairnError) -> String {
     match err {
-        CairnError::Storage(m) => m,
+        CairnError::Storage { message, .. } => message,
         other => panic!("expected a storage error, got {other:?}"),
     }
 }

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_core::async_trait;
-use cairn_core::builtins::{builtin_tools, stopped_outcome, ShellTool};
 use cairn_core::{
     AbandonWriter, Awaiter, Backoff, Disposition, ManualClock, Outcome, ProcessFilter, ProcessRecord, ProcessStatus,
     Processes, StartRequest, Tool, ToolContext, ToolRegistry, Worker, WorkerConfig,
 };
+use cairn_tools::{builtin_tools, stopped_outcome, ShellTool};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 

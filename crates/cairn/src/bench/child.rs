@@ -17,8 +17,8 @@ use std::io::Write;
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cairn_core::builtins::builtin_tools;
 use cairn_core::{Disposition, Processes, StartRequest, WorkerConfig};
+use cairn_tools::builtin_tools;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};

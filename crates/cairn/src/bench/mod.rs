@@ -34,8 +34,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use cairn_core::builtins::builtin_tools;
 use cairn_core::{Processes, StartRequest, WorkerConfig};
+use cairn_tools::builtin_tools;
 use serde_json::{json, Value};
 
 use crate::cli::BenchArgs;

@@ -127,8 +127,13 @@ pub fn status_of(err: &CairnError) -> StatusCode {
         | CairnError::NotExternallyOwned(_) => StatusCode::CONFLICT,
         CairnError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         CairnError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-        CairnError::CorruptEnv { .. } | CairnError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        CairnError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        CairnError::CorruptEnv { .. } | CairnError::Storage { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        // Both are 503; the code tells a client whether to retry at once
+        // (`unavailable`: nothing was done) or to read first (`outcome_unknown`).
+        CairnError::Unavailable(_) | CairnError::OutcomeUnknown(_) => StatusCode::SERVICE_UNAVAILABLE,
+        // `CairnError` is non-exhaustive: a variant added later is a server
+        // error until it is given its status here.
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -295,5 +300,17 @@ mod tests {
             status_of(&CairnError::Unavailable("x".into())),
             StatusCode::SERVICE_UNAVAILABLE
         );
+        assert_eq!(status_of(&CairnError::storage("x")), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn an_unknown_outcome_is_503_with_its_own_code() {
+        let err = ApiError::from(CairnError::OutcomeUnknown("the commit reply was lost".into()));
+        assert_eq!(err.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(err.code, "outcome_unknown");
+        assert_eq!(err.message, "outcome unknown: the commit reply was lost");
+        let unavailable = ApiError::from(CairnError::Unavailable("down".into()));
+        assert_eq!(unavailable.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(unavailable.code, "unavailable");
     }
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use axum::Router;
-use cairn_core::{builtins::builtin_tools, Processes, WorkerConfig};
+use cairn_core::{Processes, WorkerConfig};
+use cairn_tools::builtin_tools;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::ServeArgs;

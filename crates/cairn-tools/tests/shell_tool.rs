@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_core::awaiter::Awaiter;
-use cairn_core::builtins::ShellTool;
 use cairn_core::tool::{StopReason, Tool, ToolContext};
 use cairn_core::{
     CairnError, Disposition, ManualClock, MemoryRegistry, Outcome, ProcessInput, ProcessRegistry, Provenance,
     Registration,
 };
+use cairn_tools::ShellTool;
 use serde_json::{json, Value};
 
 const RUN_LIMIT: Duration = Duration::from_secs(30);

@@ -30,11 +30,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, Instant};
 
-use crate::builtins::{bad_args, parse_args, stopped_outcome};
-use crate::events::EventType;
-use crate::model::Outcome;
-use crate::tool::{Tool, ToolContext};
-use crate::{CairnError, Result};
+use cairn_core::{CairnError, EventType, Outcome, Result, Tool, ToolContext};
+
+use crate::{bad_args, parse_args, stopped_outcome};
 
 /// The event type the shell tool appends its output as.
 pub const OUTPUT_EVENT: &str = "shell.output";

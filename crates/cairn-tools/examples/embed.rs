@@ -1,13 +1,13 @@
 //! Embed cairn in a host with the in-memory registry: start a shell process,
 //! stream its events, signal a `wait_signal` process, and await both.
 //!
-//! Run with `cargo run -p cairn-core --example embed`.
+//! Run with `cargo run -p cairn-tools --example embed`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_core::builtins::builtin_tools;
 use cairn_core::{Disposition, MemoryRegistry, Processes, Result, StartRequest};
+use cairn_tools::builtin_tools;
 use serde_json::json;
 
 #[tokio::main]

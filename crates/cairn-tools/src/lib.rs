@@ -1,4 +1,25 @@
-//! The built-in tools of SPEC §12: `shell`, `sleep`, `echo`, `wait_signal`.
+//! cairn-tools: the built-in tools of SPEC §12 (`shell`, `sleep`, `echo`,
+//! `wait_signal`), written against the [`Tool`] trait of cairn-core.
+//!
+//! They live apart from cairn-core because `shell` is Unix process plumbing
+//! (process groups, signals, pipes): a host that embeds cairn's rules with its
+//! own tools does not compile it. A host that wants them registers them:
+//!
+//! ```no_run
+//! # async fn demo() -> cairn_core::Result<()> {
+//! use std::sync::Arc;
+//! use cairn_core::{MemoryRegistry, Processes};
+//!
+//! let processes = Processes::builder(Arc::new(MemoryRegistry::new()))
+//!     .tools(cairn_tools::builtin_tools(false)) // true also allows `shell`
+//!     .start();
+//! # processes.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,9 +28,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::model::Outcome;
-use crate::tool::{StopReason, Tool, ToolContext, ToolRegistry};
-use crate::{CairnError, Result};
+use cairn_core::{CairnError, Outcome, Result, StopReason, Tool, ToolContext, ToolRegistry};
 
 pub mod shell;
 
@@ -126,7 +145,7 @@ impl Tool for WaitSignalTool {
 
     fn validate_args(&self, args: &Value) -> Result<()> {
         let a = parse_args::<WaitSignalArgs>("wait_signal", args)?;
-        crate::events::validate_signal_name(&a.name)
+        cairn_core::events::validate_signal_name(&a.name)
     }
 
     async fn run(&self, ctx: ToolContext, args: Value) -> Outcome {
