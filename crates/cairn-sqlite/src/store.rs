@@ -45,7 +45,7 @@ impl From<Fault> for CairnError {
     fn from(f: Fault) -> Self {
         match f {
             Fault::Cairn(e) => e,
-            Fault::Sql(e) => CairnError::storage(format!("sqlite: {e}")),
+            Fault::Sql(e) => CairnError::storage_caused_by(format!("sqlite: {e}"), e),
             Fault::Json(e) => CairnError::storage(format!("stored data does not decode: {e}")),
         }
     }
