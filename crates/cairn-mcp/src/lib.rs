@@ -29,7 +29,9 @@ use serde_json::{json, Value};
 mod server;
 pub mod tools;
 
-pub use server::{http_service, serve_stdio, HttpOptions, HttpService, McpServer, Resolver, DEFAULT_MAX_ARGUMENT_BYTES};
+pub use server::{
+    http_service, serve_stdio, HttpOptions, HttpService, McpServer, Resolver, DEFAULT_MAX_ARGUMENT_BYTES,
+};
 pub use tools::{ListArgs, ToolKind};
 
 /// Longest wait one `process_await` call makes. Past it the tool answers the

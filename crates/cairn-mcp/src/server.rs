@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Extensions, Implementation,
-    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Extensions, Implementation, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
@@ -99,7 +99,7 @@ impl McpServer {
                 let mut result = CallToolResult::structured(value);
                 if still_running {
                     result.content.push(ContentBlock::text(format!(
-                        "The process is still running after waiting {} ms. Call process_await again to keep waiting.",
+                        "The process is still running after waiting {} ms: call process_await again to keep waiting.",
                         await_bound(timeout_ms).as_millis()
                     )));
                 }
@@ -191,10 +191,7 @@ pub type HttpService = StreamableHttpService<McpServer, NeverSessionManager>;
 /// Stateless: no MCP session lives in the server, every POST stands alone and
 /// is answered with one JSON body, so any node of a PostgreSQL deployment can
 /// answer any request (see ADR 0010).
-pub fn http_service(
-    resolver: Arc<Resolver>,
-    options: HttpOptions,
-) -> HttpService {
+pub fn http_service(resolver: Arc<Resolver>, options: HttpOptions) -> HttpService {
     let mut config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
@@ -206,5 +203,9 @@ pub fn http_service(
         config = config.disable_allowed_hosts();
     }
     let server = McpServer::per_request(resolver).with_max_argument_bytes(options.max_body_bytes);
-    StreamableHttpService::new(move || Ok(server.clone()), Arc::new(NeverSessionManager::default()), config)
+    StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(NeverSessionManager::default()),
+        config,
+    )
 }

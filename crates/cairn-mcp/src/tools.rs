@@ -349,7 +349,10 @@ impl ToolKind {
 
 /// How long one `process_await` waits for `timeout_ms`.
 pub fn await_bound(timeout_ms: Option<u64>) -> Duration {
-    timeout_ms.map(Duration::from_millis).unwrap_or(DEFAULT_AWAIT).min(MAX_AWAIT)
+    timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(DEFAULT_AWAIT)
+        .min(MAX_AWAIT)
 }
 
 fn parse<T: DeserializeOwned>(kind: ToolKind, arguments: Value) -> Result<T, Failure> {
@@ -425,7 +428,12 @@ mod tests {
     fn every_schema_is_an_object_whose_references_resolve() {
         for kind in ToolKind::ALL {
             for schema in [kind.input_schema(), kind.output_schema()] {
-                assert_eq!(schema.get("type").and_then(Value::as_str), Some("object"), "{}", kind.name());
+                assert_eq!(
+                    schema.get("type").and_then(Value::as_str),
+                    Some("object"),
+                    "{}",
+                    kind.name()
+                );
                 let mut found = Vec::new();
                 refs(&Value::Object((*schema).clone()), &mut found);
                 for r in found {
