@@ -523,3 +523,38 @@ async fn streamable_http_needs_a_token() {
     let refused = ().serve(StreamableHttpClientTransport::from_config(config)).await;
     assert!(refused.is_err(), "initialize with an unknown token must fail");
 }
+
+#[tokio::test]
+async fn streamable_http_on_an_open_loopback_server() {
+    // No token configured: open access on loopback, where the endpoint still checks `Host`.
+    let server = Server::start(&[]).await;
+    let client = ().serve(StreamableHttpClientTransport::from_uri(server.url("/mcp"))).await.expect("initialize");
+    let tools = tools(&client).await;
+    ok(
+        &client,
+        &tools,
+        "process_start",
+        start_args("open-1", "echo", json!({"value": 1})),
+    )
+    .await;
+    let done = ok(
+        &client,
+        &tools,
+        "process_await",
+        json!({"id": "open-1", "timeout_ms": 20000}),
+    )
+    .await;
+    assert_eq!(done["outcome"]["value"], 1);
+    let _ = client.cancel().await;
+    // A page on another origin that rebinds its name to 127.0.0.1 is refused.
+    let response = reqwest::Client::new()
+        .post(server.url("/mcp"))
+        .header("Host", "attacker.example")
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status().as_u16(), 403);
+}
