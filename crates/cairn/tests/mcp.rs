@@ -558,3 +558,17 @@ async fn streamable_http_on_an_open_loopback_server() {
         .expect("answered");
     assert_eq!(response.status().as_u16(), 403);
 }
+
+#[tokio::test]
+async fn stdio_reports_an_unreachable_server_as_a_tool_error() {
+    // Port 1 on loopback: nothing listens there.
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(["mcp", "--server", "http://127.0.0.1:1"])
+        .env_remove("CAIRN_TOKEN")
+        .env("RUST_LOG", "off");
+    let client = ().serve(TokioChildProcess::new(cmd).expect("spawn")).await.expect("initialize");
+    let (code, message) = err(&client, "process_get", json!({"id": "any"})).await;
+    assert_eq!(code, "unavailable");
+    assert!(message.contains("cannot reach"), "{message}");
+    let _ = client.cancel().await;
+}
