@@ -109,6 +109,9 @@ pub enum Command {
         /// Wake id.
         wake_id: String,
     },
+    /// Serve MCP (Model Context Protocol) on stdin/stdout: every tool call is
+    /// forwarded to the server with `--server` and `--token`.
+    Mcp,
     /// Measure throughput, latency, scale and memory over real backends, each
     /// figure beside the storage limit it is held against (see docs/BENCHMARKS.md).
     Bench(BenchArgs),

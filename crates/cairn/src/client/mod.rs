@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use crate::cli::{Command, LsArgs, PruneArgs, RunArgs};
 
 pub mod http;
+pub mod mcp;
 
 use http::{query, segment, Client, ClientError};
 
@@ -64,6 +65,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run_command(client, json, args).await,
+        Command::Mcp => mcp::serve(client).await,
         Command::Ls(args) => ls(client, json, args).await,
         Command::Get { id } => {
             let record = client.get(&proc_path(&id)).await?;

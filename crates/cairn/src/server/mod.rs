@@ -18,6 +18,7 @@ use crate::db;
 
 pub mod api;
 pub mod auth;
+pub mod mcp;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
@@ -76,6 +77,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/prune", post(routes::prune))
         .route("/v1/changes", get(routes::changes))
         .route("/metrics", get(routes::metrics))
+        .route_service("/mcp", mcp::service(&state))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
     // Health and the API description need no token: they reveal nothing about processes.
     let open = Router::new()

@@ -1,0 +1,211 @@
+//! The MCP server handler and its two transports.
+
+use std::sync::Arc;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Extensions, Implementation, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::tools::{await_bound, ToolKind};
+use crate::{Answer, Failure, SharedCairn};
+
+/// Picks the [`crate::Cairn`] view an HTTP request speaks to, from the
+/// extensions of that request (where the server's auth put the caller).
+/// `None` means the request carries no caller: a wiring fault, answered as an
+/// internal protocol error.
+pub type Resolver = dyn Fn(&http::Extensions) -> Option<SharedCairn> + Send + Sync;
+
+#[derive(Clone)]
+enum Backend {
+    /// stdio: one client, one server behind it.
+    Fixed(SharedCairn),
+    /// streamable HTTP: a view per request, by its bearer token.
+    PerRequest(Arc<Resolver>),
+}
+
+/// The MCP server: `tools/list` and `tools/call` over a [`crate::Cairn`].
+#[derive(Clone)]
+pub struct McpServer {
+    backend: Backend,
+    tools: Arc<Vec<Tool>>,
+    max_argument_bytes: usize,
+}
+
+/// Largest `arguments` object a call may carry by default (the HTTP API's
+/// default body limit): anything larger cannot be forwarded anyway.
+pub const DEFAULT_MAX_ARGUMENT_BYTES: usize = 2 * 1024 * 1024;
+
+impl McpServer {
+    /// A server whose every call goes to `cairn`.
+    pub fn new(cairn: SharedCairn) -> Self {
+        Self::with_backend(Backend::Fixed(cairn))
+    }
+
+    /// A server that asks `resolver` which view each HTTP request speaks to.
+    pub fn per_request(resolver: Arc<Resolver>) -> Self {
+        Self::with_backend(Backend::PerRequest(resolver))
+    }
+
+    fn with_backend(backend: Backend) -> Self {
+        Self {
+            backend,
+            tools: Arc::new(ToolKind::ALL.into_iter().map(ToolKind::definition).collect()),
+            max_argument_bytes: DEFAULT_MAX_ARGUMENT_BYTES,
+        }
+    }
+
+    /// Refuse calls whose `arguments` serialize to more than `bytes` (`payload_too_large`).
+    pub fn with_max_argument_bytes(mut self, bytes: usize) -> Self {
+        self.max_argument_bytes = bytes;
+        self
+    }
+
+    fn backend(&self, extensions: &Extensions) -> Result<SharedCairn, ErrorData> {
+        match &self.backend {
+            Backend::Fixed(cairn) => Ok(cairn.clone()),
+            Backend::PerRequest(resolve) => extensions
+                .get::<http::request::Parts>()
+                .and_then(|parts| resolve(&parts.extensions))
+                .ok_or_else(|| ErrorData::internal_error("the request carries no authenticated caller", None)),
+        }
+    }
+
+    /// Run one call (the part of `tools/call` after the tool is known).
+    async fn run(&self, kind: ToolKind, cairn: SharedCairn, arguments: Value) -> CallToolResult {
+        let size = serde_json::to_vec(&arguments).map(|b| b.len()).unwrap_or(usize::MAX);
+        if size > self.max_argument_bytes {
+            return failure(&Failure::new(
+                "payload_too_large",
+                format!(
+                    "arguments of `{}` are {size} bytes, over the {} byte limit",
+                    kind.name(),
+                    self.max_argument_bytes
+                ),
+            ));
+        }
+        let timeout_ms = arguments.get("timeout_ms").and_then(Value::as_u64);
+        let answer: Answer = kind.call(cairn.as_ref(), arguments).await;
+        match answer {
+            Ok(value) => {
+                let still_running =
+                    kind == ToolKind::Await && value.get("status").and_then(Value::as_str) == Some("running");
+                let mut result = CallToolResult::structured(value);
+                if still_running {
+                    result.content.push(ContentBlock::text(format!(
+                        "The process is still running after waiting {} ms: call process_await again to keep waiting.",
+                        await_bound(timeout_ms).as_millis()
+                    )));
+                }
+                result
+            }
+            Err(f) => failure(&f),
+        }
+    }
+}
+
+/// A cairn error as a tool result: `isError`, and the HTTP API's error body as
+/// text. No structured content: the tool's output schema describes successes.
+fn failure(f: &Failure) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(f.to_json().to_string())])
+}
+
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> ServerConfig {
+        let mut info = ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_instructions(
+            "cairn runs durable background processes. Start one with process_start (pick a unique id: \
+             repeating a start is safe), follow it with process_get, process_events or process_await, \
+             and steer it with process_signal, process_cancel or process_complete. Errors carry cairn's \
+             code, e.g. unknown_process.",
+        );
+        info.server_info = Implementation::new("cairn", env!("CARGO_PKG_VERSION"));
+        info
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(self.tools.as_ref().clone()))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.tools.iter().find(|t| t.name == name).cloned()
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        // MCP: an unknown tool is a protocol error (invalid params), not a tool result.
+        let kind = ToolKind::from_name(&request.name).ok_or_else(|| {
+            ErrorData::invalid_params(
+                format!("unknown tool `{}`; tools/list names the tools", request.name),
+                None,
+            )
+        })?;
+        let cairn = self.backend(&context.extensions)?;
+        let arguments = Value::Object(request.arguments.unwrap_or_default());
+        Ok(self.run(kind, cairn, arguments).await.into())
+    }
+}
+
+/// Serve MCP on this process's stdin/stdout until the client closes it.
+pub async fn serve_stdio(server: McpServer) -> std::io::Result<()> {
+    let running = server
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| std::io::Error::other(format!("MCP initialization failed: {e}")))?;
+    running
+        .waiting()
+        .await
+        .map_err(|e| std::io::Error::other(format!("MCP service stopped: {e}")))?;
+    Ok(())
+}
+
+/// How the streamable HTTP endpoint behaves.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    /// Largest request body (the server's `--max-body-bytes`); larger bodies are 413.
+    pub max_body_bytes: usize,
+    /// Accept only loopback `Host` headers (DNS-rebinding protection for a
+    /// server without tokens); a server with tokens accepts any host.
+    pub loopback_hosts_only: bool,
+    /// Cancelled at shutdown: open MCP requests end.
+    pub shutdown: CancellationToken,
+}
+
+/// The streamable HTTP endpoint as a tower service.
+pub type HttpService = StreamableHttpService<McpServer, NeverSessionManager>;
+
+/// The streamable HTTP endpoint (mount it at `/mcp` behind the server's auth).
+///
+/// Stateless: no MCP session lives in the server, every POST stands alone and
+/// is answered with one JSON body, so any node of a PostgreSQL deployment can
+/// answer any request (see ADR 0011).
+pub fn http_service(resolver: Arc<Resolver>, options: HttpOptions) -> HttpService {
+    let mut config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        .with_sse_keep_alive(None)
+        .with_sse_retry(None)
+        .with_max_request_body_bytes(options.max_body_bytes)
+        .with_cancellation_token(options.shutdown);
+    if !options.loopback_hosts_only {
+        config = config.disable_allowed_hosts();
+    }
+    let server = McpServer::per_request(resolver).with_max_argument_bytes(options.max_body_bytes);
+    StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(NeverSessionManager::default()),
+        config,
+    )
+}

@@ -1,0 +1,105 @@
+//! `cairn mcp`: the MCP tools (crate `cairn-mcp`) on stdin/stdout, each call
+//! forwarded to a cairn server over its HTTP API with the CLI's `--server` and
+//! `--token`. The server decides what the token may see; this side only relays.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_core::{Outcome, StartRequest};
+use cairn_mcp::{Answer, Cairn, Failure, ListArgs, McpServer};
+use serde_json::{json, Value};
+
+use super::http::{query, segment, Client, ClientError};
+
+/// Serve MCP on stdio until the client closes it.
+pub async fn serve(client: &Client) -> Result<ExitCode, ClientError> {
+    let server = McpServer::new(Arc::new(Forwarding { client: client.clone() }));
+    cairn_mcp::serve_stdio(server)
+        .await
+        .map_err(|e| ClientError::Usage(e.to_string()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+struct Forwarding {
+    client: Client,
+}
+
+fn failure(e: ClientError) -> Failure {
+    match e {
+        ClientError::Api { code, message, .. } => Failure::new(code, message),
+        ClientError::Http(e) => Failure::new("unavailable", format!("cannot reach the cairn server: {e}")),
+        ClientError::Usage(message) => Failure::new("invalid_request", message),
+    }
+}
+
+fn proc_path(id: &str) -> String {
+    format!("/v1/processes/{}", segment(id))
+}
+
+impl Forwarding {
+    async fn get_json(&self, path: &str) -> Answer {
+        self.client.get(path).await.map_err(failure)
+    }
+
+    async fn post_json(&self, path: &str, body: Value) -> Answer {
+        self.client.post(path, &body).await.map(|(_, v)| v).map_err(failure)
+    }
+}
+
+#[cairn_core::async_trait]
+impl Cairn for Forwarding {
+    async fn start(&self, request: StartRequest) -> Answer {
+        let body = serde_json::to_value(request)
+            .map_err(|e| Failure::new("invalid_request", format!("start request: {e}")))?;
+        self.post_json("/v1/processes", body).await
+    }
+
+    async fn get(&self, id: &str) -> Answer {
+        self.get_json(&proc_path(id)).await
+    }
+
+    async fn list(&self, filter: &ListArgs) -> Answer {
+        self.get_json(&format!("/v1/processes?{}", query(filter.query_pairs())))
+            .await
+    }
+
+    async fn events(&self, id: &str, after: u64, limit: Option<usize>) -> Answer {
+        let mut pairs = vec![("after", after.to_string())];
+        pairs.extend(limit.map(|n| ("limit", n.to_string())));
+        self.get_json(&format!("{}/events?{}", proc_path(id), query(pairs)))
+            .await
+    }
+
+    async fn await_terminal(&self, id: &str, timeout: Duration) -> Answer {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.get_json(&format!(
+            "{}/await?{}",
+            proc_path(id),
+            query([("timeout_ms", ms.to_string())])
+        ))
+        .await
+    }
+
+    async fn signal(&self, id: &str, name: &str, signal_id: &str, payload: Value) -> Answer {
+        let body = json!({"signal_id": signal_id, "payload": payload});
+        self.post_json(&format!("{}/signals/{}", proc_path(id), segment(name)), body)
+            .await
+    }
+
+    async fn cancel(&self, id: &str, reason: Option<String>) -> Answer {
+        let body = match reason {
+            Some(r) => json!({"reason": r}),
+            None => json!({}),
+        };
+        self.post_json(&format!("{}/cancel", proc_path(id)), body).await
+    }
+
+    async fn complete(&self, id: &str, outcome: Outcome, authority: Option<String>) -> Answer {
+        let mut body = json!({"outcome": outcome});
+        if let Some(a) = authority {
+            body["authority"] = Value::String(a);
+        }
+        self.post_json(&format!("{}/complete", proc_path(id)), body).await
+    }
+}

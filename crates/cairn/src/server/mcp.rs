@@ -1,0 +1,148 @@
+//! `/mcp`: the MCP tools (crate `cairn-mcp`) over this server's own route
+//! handlers, each call made as the caller its bearer token resolved to. A
+//! session token therefore sees and starts exactly what it may over the HTTP
+//! API, and another session's process answers `unknown_process`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::{Extension, Json};
+use cairn_core::{Outcome, StartRequest};
+use cairn_mcp::{Answer, Cairn, Failure, HttpOptions, HttpService, ListArgs, Resolver, SharedCairn};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::api::{ApiError, ApiJson, ApiPath, ApiQuery};
+use super::auth::Caller;
+use super::routes::{self, AwaitQuery, CancelBody, CompleteBody, EventsQuery, SignalBody};
+use super::AppState;
+
+/// The MCP endpoint over `state`; mount it behind [`super::auth::authenticate`].
+pub fn service(state: &Arc<AppState>) -> HttpService {
+    let shared = state.clone();
+    let resolver: Arc<Resolver> = Arc::new(move |extensions: &axum::http::Extensions| {
+        extensions.get::<Caller>().map(|caller| {
+            Arc::new(AsCaller {
+                state: shared.clone(),
+                caller: caller.clone(),
+            }) as SharedCairn
+        })
+    });
+    cairn_mcp::http_service(
+        resolver,
+        HttpOptions {
+            max_body_bytes: state.limits.max_body_bytes,
+            loopback_hosts_only: state.auth.is_open(),
+            shutdown: state.shutdown.child_token(),
+        },
+    )
+}
+
+/// The server's handlers as one caller sees them.
+struct AsCaller {
+    state: Arc<AppState>,
+    caller: Caller,
+}
+
+impl AsCaller {
+    fn parts(&self) -> (State<Arc<AppState>>, Extension<Caller>) {
+        (State(self.state.clone()), Extension(self.caller.clone()))
+    }
+}
+
+fn failure(e: ApiError) -> Failure {
+    Failure::new(e.code, e.message)
+}
+
+fn json<T: Serialize>(answer: Result<Json<T>, ApiError>) -> Answer {
+    let Json(value) = answer.map_err(failure)?;
+    serde_json::to_value(value).map_err(|e| Failure::new("internal", format!("cannot serialize the answer: {e}")))
+}
+
+/// Handlers that may also stream answer a `Response`; theirs is always JSON here.
+async fn body(answer: Result<Response, ApiError>) -> Answer {
+    let response = answer.map_err(failure)?;
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .map_err(|e| Failure::new("internal", format!("cannot read the answer: {e}")))?;
+    serde_json::from_slice::<Value>(&bytes).map_err(|e| Failure::new("internal", format!("answer is not JSON: {e}")))
+}
+
+#[cairn_core::async_trait]
+impl Cairn for AsCaller {
+    async fn start(&self, request: StartRequest) -> Answer {
+        let (state, caller) = self.parts();
+        body(routes::start(state, caller, ApiJson(request)).await).await
+    }
+
+    async fn get(&self, id: &str) -> Answer {
+        let (state, caller) = self.parts();
+        json(routes::get(state, caller, ApiPath(id.to_string())).await)
+    }
+
+    async fn list(&self, filter: &ListArgs) -> Answer {
+        let (state, caller) = self.parts();
+        let query = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(filter.query_pairs())
+            .finish();
+        json(routes::list(state, caller, RawQuery(Some(query))).await)
+    }
+
+    async fn events(&self, id: &str, after: u64, limit: Option<usize>) -> Answer {
+        let (state, caller) = self.parts();
+        let query = EventsQuery {
+            after: Some(after),
+            limit,
+        };
+        body(
+            routes::events(
+                state,
+                caller,
+                ApiPath(id.to_string()),
+                ApiQuery(query),
+                HeaderMap::new(),
+            )
+            .await,
+        )
+        .await
+    }
+
+    async fn await_terminal(&self, id: &str, timeout: Duration) -> Answer {
+        let (state, caller) = self.parts();
+        let query = AwaitQuery {
+            timeout_ms: Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+        };
+        json(routes::await_terminal(state, caller, ApiPath(id.to_string()), ApiQuery(query)).await)
+    }
+
+    async fn signal(&self, id: &str, name: &str, signal_id: &str, payload: Value) -> Answer {
+        let (state, caller) = self.parts();
+        let signal = SignalBody {
+            signal_id: signal_id.to_string(),
+            payload,
+        };
+        json(
+            routes::signal(
+                state,
+                caller,
+                ApiPath((id.to_string(), name.to_string())),
+                ApiJson(signal),
+            )
+            .await,
+        )
+    }
+
+    async fn cancel(&self, id: &str, reason: Option<String>) -> Answer {
+        let (state, caller) = self.parts();
+        json(routes::cancel(state, caller, ApiPath(id.to_string()), ApiJson(CancelBody { reason })).await)
+    }
+
+    async fn complete(&self, id: &str, outcome: Outcome, authority: Option<String>) -> Answer {
+        let (state, caller) = self.parts();
+        let complete = CompleteBody { outcome, authority };
+        json(routes::complete(state, caller, ApiPath(id.to_string()), ApiJson(complete)).await)
+    }
+}

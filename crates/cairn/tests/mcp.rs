@@ -1,0 +1,574 @@
+//! MCP (SPEC §16) through a real MCP client (rmcp's), against the real binary
+//! on SQLite: `cairn serve`'s `/mcp` (streamable HTTP) and `cairn mcp` (stdio,
+//! forwarding to that server).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Server, BIN};
+use rmcp::model::{CallToolRequestParams, CallToolResult, ErrorCode, JsonObject, Tool};
+use rmcp::service::{RunningService, ServiceError};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::{json, Value};
+
+const HOST: &str = "host-secret";
+const S1: &str = "token-s1";
+const S2: &str = "token-s2";
+
+type McpClient = RunningService<RoleClient, ()>;
+
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    Http,
+    Stdio,
+}
+
+struct Fixture {
+    server: Server,
+    _dir: tempfile::TempDir,
+}
+
+async fn server() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("cairn.db").display());
+    let server = Server::start_on(
+        &db,
+        &[
+            "--token",
+            HOST,
+            "--session-token",
+            &format!("s1={S1}"),
+            "--session-token",
+            &format!("s2={S2}"),
+        ],
+    )
+    .await;
+    Fixture { server, _dir: dir }
+}
+
+async fn connect(server: &Server, transport: Transport, token: &str) -> McpClient {
+    match transport {
+        Transport::Http => {
+            let config = StreamableHttpClientTransportConfig::with_uri(server.url("/mcp")).auth_header(token);
+            ().serve(StreamableHttpClientTransport::from_config(config))
+                .await
+                .expect("initialize over streamable HTTP")
+        }
+        Transport::Stdio => {
+            // The CLI's environment variables, as an MCP client configuration would set them.
+            let mut cmd = tokio::process::Command::new(BIN);
+            cmd.arg("mcp")
+                .env("CAIRN_SERVER", &server.base)
+                .env("CAIRN_TOKEN", token)
+                .env("RUST_LOG", "warn");
+            ().serve(TokioChildProcess::new(cmd).expect("spawn cairn mcp"))
+                .await
+                .expect("initialize over stdio")
+        }
+    }
+}
+
+fn args(value: Value) -> JsonObject {
+    match value {
+        Value::Object(map) => map,
+        other => panic!("arguments must be an object, got {other}"),
+    }
+}
+
+async fn call(client: &McpClient, tool: &str, arguments: Value) -> Result<CallToolResult, ServiceError> {
+    client
+        .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(args(arguments)))
+        .await
+}
+
+/// A successful call's structured result, checked against the tool's output schema.
+async fn ok(client: &McpClient, tools: &[Tool], tool: &str, arguments: Value) -> Value {
+    let result = call(client, tool, arguments.clone())
+        .await
+        .expect("tools/call answered");
+    assert_eq!(
+        result.is_error,
+        Some(false),
+        "{tool} {arguments} failed: {:?}",
+        result.content
+    );
+    let value = result.structured_content.clone().expect("structured content");
+    let text = result.content[0].as_text().expect("text mirror").text.clone();
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        value,
+        "text mirrors the structure"
+    );
+    let schema = tools
+        .iter()
+        .find(|t| t.name == tool)
+        .and_then(|t| t.output_schema.clone())
+        .expect("output schema");
+    let validator = jsonschema::validator_for(&Value::Object((*schema).clone())).expect("output schema compiles");
+    if let Err(e) = validator.validate(&value) {
+        panic!("{tool} answered {value} outside its output schema: {e}");
+    }
+    value
+}
+
+/// A failed call's cairn error `{code, message}`.
+async fn err(client: &McpClient, tool: &str, arguments: Value) -> (String, String) {
+    let result = call(client, tool, arguments.clone())
+        .await
+        .expect("tools/call answered");
+    assert_eq!(result.is_error, Some(true), "{tool} {arguments} should fail");
+    let text = &result.content[0].as_text().expect("text content").text;
+    let body: Value = serde_json::from_str(text).expect("error body is JSON");
+    (
+        body["error"]["code"].as_str().expect("code").to_string(),
+        body["error"]["message"].as_str().expect("message").to_string(),
+    )
+}
+
+fn start_args(id: &str, tool: &str, tool_args: Value) -> Value {
+    json!({
+        "id": id,
+        "input": {"type": "tool_call", "tool": tool, "args": tool_args},
+        "disposition": "rerunnable",
+    })
+}
+
+/// Poll `process_get` until `pred` holds (bounded; the condition is observable state).
+async fn wait_until(client: &McpClient, tools: &[Tool], id: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let record = ok(client, tools, "process_get", json!({"id": id})).await;
+        if pred(&record) {
+            return record;
+        }
+        assert!(Instant::now() < deadline, "{id} never reached the state: {record}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn tools(client: &McpClient) -> Vec<Tool> {
+    client.list_all_tools().await.expect("tools/list")
+}
+
+fn check_tool_list(tools: &[Tool]) {
+    let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "process_await",
+            "process_cancel",
+            "process_complete",
+            "process_events",
+            "process_get",
+            "process_list",
+            "process_signal",
+            "process_start"
+        ]
+    );
+    let tool = |name: &str| tools.iter().find(|t| t.name == name).unwrap();
+    for t in tools {
+        assert_eq!(t.input_schema.get("type"), Some(&json!("object")), "{}", t.name);
+        assert!(t.output_schema.is_some(), "{} has an output schema", t.name);
+        let a = t.annotations.as_ref().expect("annotations");
+        assert!(a.read_only_hint.is_some() && a.destructive_hint.is_some() && a.idempotent_hint.is_some());
+    }
+    // The start schema is the HTTP API's start request.
+    let start = &tool("process_start").input_schema;
+    for field in ["id", "input", "disposition"] {
+        assert!(
+            start["required"].as_array().unwrap().contains(&json!(field)),
+            "{field} required"
+        );
+    }
+    assert!(start["properties"].get("event_types").is_some());
+    let signal = &tool("process_signal").input_schema;
+    for field in ["id", "name", "signal_id"] {
+        assert!(signal["required"].as_array().unwrap().contains(&json!(field)));
+    }
+    let hints = |name: &str| {
+        let a = tool(name).annotations.clone().unwrap();
+        (a.read_only_hint, a.destructive_hint, a.idempotent_hint)
+    };
+    for reader in ["process_get", "process_list", "process_events", "process_await"] {
+        assert_eq!(hints(reader).0, Some(true), "{reader} is read-only");
+    }
+    assert_eq!(hints("process_start"), (Some(false), Some(false), Some(true)));
+    assert_eq!(hints("process_signal"), (Some(false), Some(false), Some(true)));
+    assert_eq!(hints("process_cancel"), (Some(false), Some(true), Some(true)));
+    assert_eq!(hints("process_complete"), (Some(false), Some(true), Some(false)));
+}
+
+/// Everything of the issue's "done when" list a host token does, over one transport.
+async fn drive(transport: Transport) {
+    let fx = server().await;
+    let client = connect(&fx.server, transport, HOST).await;
+    let info = client.peer_info().expect("initialize answered");
+    assert_eq!(info.server_info.as_ref().map(|i| i.name.as_str()), Some("cairn"));
+    assert!(
+        info.protocol_version.as_str() >= "2025-06-18",
+        "{}",
+        info.protocol_version
+    );
+    assert!(info.capabilities.tools.is_some());
+    let tools = tools(&client).await;
+    check_tool_list(&tools);
+
+    // echo: start, await, and read the log after a sequence.
+    let started = ok(
+        &client,
+        &tools,
+        "process_start",
+        start_args("e1", "echo", json!({"value": {"hi": "mcp"}})),
+    )
+    .await;
+    assert_eq!(started["id"], "e1");
+    let done = ok(
+        &client,
+        &tools,
+        "process_await",
+        json!({"id": "e1", "timeout_ms": 20000}),
+    )
+    .await;
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["outcome"], json!({"type": "success", "value": {"hi": "mcp"}}));
+    let again = ok(
+        &client,
+        &tools,
+        "process_start",
+        start_args("e1", "echo", json!({"value": {"hi": "mcp"}})),
+    )
+    .await;
+    assert_eq!(
+        again["status"], "completed",
+        "a repeated start answers the existing record"
+    );
+    let all = ok(&client, &tools, "process_events", json!({"id": "e1"})).await;
+    let seqs: Vec<u64> = all["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["sequence"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.len() >= 2, "started and completed at least: {all}");
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    let after = ok(&client, &tools, "process_events", json!({"id": "e1", "after": 1})).await;
+    let later: Vec<u64> = after["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(later, seqs[1..].to_vec(), "only events after sequence 1");
+
+    // wait_signal: signalled while waiting, it ends with the payload.
+    ok(
+        &client,
+        &tools,
+        "process_start",
+        start_args("w1", "wait_signal", json!({"name": "go"})),
+    )
+    .await;
+    wait_until(&client, &tools, "w1", |r| !r["wait"].is_null()).await;
+    let listed = ok(&client, &tools, "process_list", json!({"waiting": true})).await;
+    assert!(listed["processes"].as_array().unwrap().iter().any(|p| p["id"] == "w1"));
+    let signal = json!({"id": "w1", "name": "go", "signal_id": "sig-1", "payload": {"n": 7}});
+    let event = ok(&client, &tools, "process_signal", signal.clone()).await;
+    assert_eq!(event["event_type"], "signal.go");
+    let repeated = ok(&client, &tools, "process_signal", signal).await;
+    assert_eq!(
+        repeated["sequence"], event["sequence"],
+        "a repeated signal id is the same event"
+    );
+    let done = ok(
+        &client,
+        &tools,
+        "process_await",
+        json!({"id": "w1", "timeout_ms": 20000}),
+    )
+    .await;
+    assert_eq!(done["outcome"], json!({"type": "success", "value": {"n": 7}}));
+
+    // sleep: cancelled while it runs; an await shorter than the sleep answers it running.
+    ok(
+        &client,
+        &tools,
+        "process_start",
+        start_args("s1", "sleep", json!({"ms": 600000})),
+    )
+    .await;
+    wait_until(&client, &tools, "s1", |r| !r["lease"].is_null()).await;
+    let result = call(&client, "process_await", json!({"id": "s1", "timeout_ms": 50}))
+        .await
+        .unwrap();
+    assert_eq!(result.structured_content.as_ref().unwrap()["status"], "running");
+    let hint = result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text())
+        .map(|t| t.text.clone())
+        .collect::<String>();
+    assert!(hint.contains("call process_await again"), "says to call again: {hint}");
+    ok(
+        &client,
+        &tools,
+        "process_cancel",
+        json!({"id": "s1", "reason": "no longer needed"}),
+    )
+    .await;
+    let cancelled = ok(
+        &client,
+        &tools,
+        "process_await",
+        json!({"id": "s1", "timeout_ms": 20000}),
+    )
+    .await;
+    assert_eq!(cancelled["status"], "cancelled");
+
+    // external: completed through the tool; a second completion is refused.
+    let external =
+        json!({"id": "x1", "input": {"type": "external", "metadata": {}}, "disposition": "externally_owned"});
+    ok(&client, &tools, "process_start", external).await;
+    let outcome = json!({"type": "success", "value": 42});
+    let ended = ok(
+        &client,
+        &tools,
+        "process_complete",
+        json!({"id": "x1", "outcome": outcome}),
+    )
+    .await;
+    assert_eq!(ended["status"], "completed");
+    let (code, _) = err(&client, "process_complete", json!({"id": "x1", "outcome": outcome})).await;
+    assert_eq!(code, "process_terminal");
+
+    // A missing id is a tool error carrying cairn's code.
+    for tool in ["process_get", "process_await", "process_events", "process_cancel"] {
+        let (code, message) = err(&client, tool, json!({"id": "nope"})).await;
+        assert_eq!(code, "unknown_process", "{tool}");
+        assert!(message.contains("nope"), "{message}");
+    }
+
+    bad_input(&fx.server, &client, &tools, transport).await;
+    let _ = client.cancel().await;
+}
+
+/// Bad input gets a clear error and changes nothing.
+async fn bad_input(server: &Server, client: &McpClient, tools: &[Tool], transport: Transport) {
+    // An unknown tool is a protocol error.
+    match call(client, "module_put", json!({"source": "x"})).await {
+        Err(ServiceError::McpError(e)) => {
+            assert_eq!(e.code, ErrorCode::INVALID_PARAMS);
+            assert!(e.message.contains("module_put"), "{}", e.message);
+        }
+        other => panic!("unknown tool answered {other:?}"),
+    }
+    // Arguments outside the schema: unknown field, missing field, wrong type.
+    let mut extra = start_args("bad1", "echo", json!({"value": 1}));
+    extra["colour"] = json!("red");
+    let (code, message) = err(client, "process_start", extra).await;
+    assert_eq!(code, "invalid_request");
+    assert!(message.contains("colour"), "{message}");
+    let (code, message) = err(client, "process_signal", json!({"id": "w1", "name": "go"})).await;
+    assert_eq!(code, "invalid_request");
+    assert!(message.contains("signal_id"), "{message}");
+    let (code, _) = err(client, "process_events", json!({"id": "e1", "after": "first"})).await;
+    assert_eq!(code, "invalid_request");
+    let (code, _) = err(
+        client,
+        "process_start",
+        json!({"id": "bad2", "input": {"type": "tool_call", "tool": "echo", "args": {}}, "disposition": "forever"}),
+    )
+    .await;
+    assert_eq!(code, "invalid_request");
+    // An input over cairn's payload limit (but under the request limit).
+    let big = "x".repeat(1_200_000);
+    let (code, _) = err(
+        client,
+        "process_start",
+        start_args("big1", "echo", json!({"value": big})),
+    )
+    .await;
+    assert_eq!(code, "payload_too_large");
+    // Arguments over the request limit.
+    let huge = "x".repeat(3 * 1024 * 1024);
+    match (
+        transport,
+        call(
+            client,
+            "process_start",
+            start_args("big2", "echo", json!({"value": huge})),
+        )
+        .await,
+    ) {
+        // stdio: the tool refuses them.
+        (Transport::Stdio, Ok(r)) => {
+            assert_eq!(r.is_error, Some(true));
+            let text = &r.content[0].as_text().unwrap().text;
+            assert!(text.contains("payload_too_large"), "{text}");
+        }
+        // HTTP: the request is refused before it reaches a tool.
+        (Transport::Http, Err(e)) => assert!(e.to_string().contains("413"), "{e}"),
+        (_, other) => panic!("oversized arguments answered {other:?}"),
+    }
+    // A refused HTTP request may end the client's transport: check from a fresh one.
+    let checker = connect(server, transport, HOST).await;
+    for id in ["bad1", "bad2", "big1", "big2"] {
+        let (code, _) = err(&checker, "process_get", json!({"id": id})).await;
+        assert_eq!(code, "unknown_process", "{id} was not created");
+    }
+    let w1 = ok(&checker, tools, "process_get", json!({"id": "w1"})).await;
+    assert_eq!(w1["status"], "completed");
+    let events = ok(&checker, tools, "process_events", json!({"id": "w1"})).await;
+    let signals = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event_type"] == "signal.go")
+        .count();
+    assert_eq!(signals, 1, "the malformed signal changed nothing");
+    checker.cancel().await.expect("close the checker");
+}
+
+#[tokio::test]
+async fn streamable_http_drives_processes() {
+    drive(Transport::Http).await;
+}
+
+#[tokio::test]
+async fn stdio_drives_processes() {
+    drive(Transport::Stdio).await;
+}
+
+/// A session token sees only what its session may address: another session's
+/// process answers exactly like a missing one, over both transports.
+async fn session_isolation(transport: Transport) {
+    let fx = server().await;
+    let s1 = connect(&fx.server, transport, S1).await;
+    let s2 = connect(&fx.server, transport, S2).await;
+    let tools = tools(&s1).await;
+    ok(
+        &s1,
+        &tools,
+        "process_start",
+        start_args("mine", "wait_signal", json!({"name": "go"})),
+    )
+    .await;
+    wait_until(&s1, &tools, "mine", |r| !r["wait"].is_null()).await;
+
+    let calls = [
+        ("process_get", json!({})),
+        ("process_events", json!({"after": 0})),
+        ("process_await", json!({"timeout_ms": 10})),
+        ("process_signal", json!({"name": "go", "signal_id": "x", "payload": 1})),
+        ("process_cancel", json!({"reason": "not yours"})),
+        ("process_complete", json!({"outcome": {"type": "success", "value": 1}})),
+    ];
+    for (tool, extra) in calls {
+        let with_id = |id: &str| {
+            let mut a = extra.clone();
+            a["id"] = json!(id);
+            a
+        };
+        let (theirs_code, theirs_message) = err(&s2, tool, with_id("mine")).await;
+        let (missing_code, missing_message) = err(&s2, tool, with_id("absent")).await;
+        assert_eq!(theirs_code, "unknown_process", "{tool}");
+        assert_eq!(theirs_code, missing_code, "{tool}");
+        assert_eq!(
+            theirs_message.replace("mine", "ID"),
+            missing_message.replace("absent", "ID"),
+            "{tool}"
+        );
+    }
+    let listed = ok(&s2, &tools, "process_list", json!({"status": "any"})).await;
+    assert_eq!(listed["processes"], json!([]), "s2 lists nothing of s1");
+    let listed = ok(&s2, &tools, "process_list", json!({"granted_to": "s1"})).await;
+    assert_eq!(listed["processes"], json!([]), "nor by naming s1");
+
+    // Nothing s2 tried changed s1's process: it still waits, unsignalled.
+    let record = ok(&s1, &tools, "process_get", json!({"id": "mine"})).await;
+    assert_eq!(record["status"], "running");
+    assert!(!record["wait"].is_null());
+    let events = ok(&s1, &tools, "process_events", json!({"id": "mine"})).await;
+    assert!(events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["event_type"] != "signal.go"));
+    let listed = ok(&s1, &tools, "process_list", json!({})).await;
+    assert_eq!(listed["processes"].as_array().unwrap().len(), 1);
+    s1.cancel().await.unwrap();
+    s2.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn streamable_http_session_token_sees_only_its_session() {
+    session_isolation(Transport::Http).await;
+}
+
+#[tokio::test]
+async fn stdio_session_token_sees_only_its_session() {
+    session_isolation(Transport::Stdio).await;
+}
+
+#[tokio::test]
+async fn streamable_http_needs_a_token() {
+    let fx = server().await;
+    let config = StreamableHttpClientTransportConfig::with_uri(fx.server.url("/mcp"));
+    let refused = ().serve(StreamableHttpClientTransport::from_config(config)).await;
+    assert!(refused.is_err(), "initialize without a token must fail");
+    let config = StreamableHttpClientTransportConfig::with_uri(fx.server.url("/mcp")).auth_header("wrong");
+    let refused = ().serve(StreamableHttpClientTransport::from_config(config)).await;
+    assert!(refused.is_err(), "initialize with an unknown token must fail");
+}
+
+#[tokio::test]
+async fn streamable_http_on_an_open_loopback_server() {
+    // No token configured: open access on loopback, where the endpoint still checks `Host`.
+    let server = Server::start(&[]).await;
+    let client = ().serve(StreamableHttpClientTransport::from_uri(server.url("/mcp"))).await.expect("initialize");
+    let tools = tools(&client).await;
+    ok(
+        &client,
+        &tools,
+        "process_start",
+        start_args("open-1", "echo", json!({"value": 1})),
+    )
+    .await;
+    let done = ok(
+        &client,
+        &tools,
+        "process_await",
+        json!({"id": "open-1", "timeout_ms": 20000}),
+    )
+    .await;
+    assert_eq!(done["outcome"]["value"], 1);
+    let _ = client.cancel().await;
+    // A page on another origin that rebinds its name to 127.0.0.1 is refused.
+    let response = reqwest::Client::new()
+        .post(server.url("/mcp"))
+        .header("Host", "attacker.example")
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status().as_u16(), 403);
+}
+
+#[tokio::test]
+async fn stdio_reports_an_unreachable_server_as_a_tool_error() {
+    // Port 1 on loopback: nothing listens there.
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(["mcp", "--server", "http://127.0.0.1:1"])
+        .env_remove("CAIRN_TOKEN")
+        .env("RUST_LOG", "off");
+    let client = ().serve(TokioChildProcess::new(cmd).expect("spawn")).await.expect("initialize");
+    let (code, message) = err(&client, "process_get", json!({"id": "any"})).await;
+    assert_eq!(code, "unavailable");
+    assert!(message.contains("cannot reach"), "{message}");
+    let _ = client.cancel().await;
+}
