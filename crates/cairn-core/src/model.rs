@@ -2,6 +2,10 @@
 //!
 //! Every type here is also an HTTP API type: enum tags are `snake_case`,
 //! optional fields are omitted when absent.
+//!
+//! Why one file past 800 lines: it is the wire contract, kept in one place so
+//! a change to any shape clients see shows in one diff; its length is the
+//! types' docs and serde attributes, not logic (the rules are `fold`/`ops`).
 
 use std::collections::BTreeMap;
 
