@@ -108,8 +108,9 @@ pub trait WriteTx {
 /// One registry write, validated and ready to run in a transaction.
 ///
 /// Build it with the constructors ([`Op::append`], [`Op::claim`], ...): they
-/// check everything that needs no stored state, so a backend that queues
-/// operations refuses bad input before it queues anything.
+/// check everything that needs no stored state (ids, scopes, ttls, the
+/// registration), so a backend that queues operations refuses bad input
+/// before it queues anything. A variant built directly skips those checks.
 // The variants' fields are the arguments of the registry method each names.
 #[allow(missing_docs)]
 #[derive(Debug)]
