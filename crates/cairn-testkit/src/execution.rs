@@ -589,15 +589,17 @@ pub async fn await_resolves_through_hub(factory: &dyn StoreFactory) {
     let probe = crate::probe::ReadProbe::new(store.registry.clone());
     let hour = Duration::from_secs(3600);
     let awaiter = Awaiter::new(probe.clone(), Some(p.hub().clone())).with_backoff(Backoff { floor: hour, cap: hour });
-    let waiter = tokio::spawn(async move { awaiter.await_terminal_for("hub", WAIT).await });
+    // Not `await_terminal_for`: on its timeout it reads the record once more,
+    // which would find the process completed without any wake-up.
+    let waiter = tokio::spawn(async move { tokio::time::timeout(WAIT, awaiter.await_terminal("hub")).await });
     probe.answered_gets(1).await;
     p.signal("hub", "go", "1", json!("done")).await.expect("signal");
-    let r = waiter.await.expect("join").expect("await");
-    assert_eq!(
-        r.status,
-        ProcessStatus::Completed,
-        "the parked awaiter was not woken by the hub"
-    );
+    let r = waiter
+        .await
+        .expect("join")
+        .unwrap_or_else(|_| panic!("the parked awaiter was not woken by the hub within {WAIT:?}"))
+        .expect("await");
+    assert_eq!(r.status, ProcessStatus::Completed);
     p.shutdown().await;
 }
 
