@@ -2,9 +2,11 @@
 //! beside it, a reference model (the memory registry on the same clock).
 //!
 //! Every operation runs on both and the answers must agree (normalising what
-//! legitimately differs: lease tokens and change-feed cursors); after every
-//! step the two stores' whole state must agree too (records, logs, fencing
-//! tokens, pending wakes, grants, the change feed in order). So an operation
+//! legitimately differs: lease tokens, change-feed cursors, the order of a
+//! worklist, and which candidates a partial claim batch takes, so batches claim
+//! them all); after every step the two stores' whole state must agree too
+//! (records, logs, fencing tokens, pending wakes, grants, the worklist, and the
+//! records the change feed lists after the step's start). So an operation
 //! that answers `Ok` and does nothing, or does something else, fails. On the
 //! store under test it also checks, after every step, that
 //!
