@@ -75,6 +75,7 @@ impl MemoryRegistry {
     }
 
     /// Overwrite stored env bytes (to exercise corruption detection in tests).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn corrupt_env_for_test(&self, env_ref: &str, bytes: Vec<u8>) {
         self.state.lock().envs.insert(env_ref.to_string(), bytes);
     }

@@ -5,7 +5,9 @@
 //! (`CAIRN_BENCH_N` scales the process count, default 10,000; `CAIRN_BENCH_ONLY=lifecycle`
 //! or `latency` runs one half, `starts` only the rate of starts with no worker node; `CAIRN_BENCH_WORKERS=3` runs one worker-node count;
 //! `CAIRN_BENCH_LANES` and `CAIRN_BENCH_READS` override the
-//! write lanes and read connections per node). Each node is its own
+//! write lanes and read connections per node; `CAIRN_BENCH_RUNS`, default 3, is
+//! how many runs each figure and the commit rate are the median of, shown with
+//! min..max). Each node is its own
 //! `PostgresRegistry` (own connections, own LISTEN) in this OS process. Each
 //! lifecycle run also prints its CPU per process, this OS process's and the whole
 //! machine's (Linux only). Figures go to docs/BENCHMARKS.md.
@@ -18,11 +20,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_core::{
-    Awaiter, ChangeHub, Disposition, Outcome, ProcessFilter, ProcessRegistry, Processes, StartRequest, StatusFilter,
-    SystemClock, WorkerConfig,
+    Awaiter, ChangeHub, Disposition, Outcome, ProcessFilter, ProcessRegistry, ProcessStatus, Processes, StartRequest,
+    StatusFilter, SystemClock, WorkerConfig,
 };
 use cairn_postgres::testing::TestSchema;
 use cairn_postgres::PostgresRegistry;
+use cairn_testkit::probe::ReadProbe;
 use cairn_tools::builtin_tools;
 use serde_json::json;
 
@@ -65,7 +68,7 @@ async fn commit_rate(schema: &TestSchema) -> f64 {
     tokio::spawn(conn);
     client
         .batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS \"{0}\"; CREATE TABLE \"{0}\".commit_probe (id bigserial PRIMARY KEY, v text)",
+            "CREATE SCHEMA IF NOT EXISTS \"{0}\"; CREATE TABLE IF NOT EXISTS \"{0}\".commit_probe (id bigserial PRIMARY KEY, v text)",
             schema.name
         ))
         .await
@@ -126,17 +129,47 @@ async fn lifecycle(n: usize, workers: usize) -> f64 {
             per((all1 - all0) - (own1 - own0))
         );
     }
-    let completed = ProcessFilter {
-        status: StatusFilter::Completed,
-        limit: Some(1000),
-        ..ProcessFilter::default()
-    };
-    assert!(!reg.list(&completed).await.expect("list").is_empty());
+    // Untimed: every process completed with its own value. A failed or
+    // cancelled process also leaves `running`, and must not count as work done.
+    check_every_outcome(reg.as_ref(), n).await;
     for r in runtimes {
         r.shutdown().await;
     }
     starter.shutdown().await;
     rate
+}
+
+/// Every `echo-{i}` of `0..n` is completed with the value `i`; panics otherwise.
+async fn check_every_outcome(reg: &dyn ProcessRegistry, n: usize) {
+    let mut seen = 0;
+    let mut after_id = None;
+    loop {
+        let page = reg
+            .list(&ProcessFilter {
+                status: StatusFilter::Any,
+                limit: Some(1000),
+                after_id: after_id.clone(),
+                ..ProcessFilter::default()
+            })
+            .await
+            .expect("list");
+        let Some(last) = page.last() else { break };
+        after_id = Some(last.id.clone());
+        for r in &page {
+            let i: u64 =
+                r.id.strip_prefix("echo-")
+                    .and_then(|i| i.parse().ok())
+                    .unwrap_or_else(|| panic!("unexpected process `{}`", r.id));
+            assert_eq!(
+                (r.status, r.outcome.as_ref()),
+                (ProcessStatus::Completed, Some(&Outcome::success(json!(i)))),
+                "`{}` did not complete with its value",
+                r.id
+            );
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, n, "{seen} of {n} processes exist");
 }
 
 /// CPU seconds used so far by this OS process (every node, the starters and
@@ -275,8 +308,11 @@ async fn cross_node_await(samples: usize) -> (f64, f64) {
     let (reg_a, hub_a) = node(&schema).await;
     let (reg_b, _hub_b) = node(&schema).await;
     let hour = Duration::from_secs(3600);
+    // The awaiter reads through a probe, so the bench knows when its first read
+    // has answered "running": from then on only node A's hub can wake it.
+    let probe = ReadProbe::new(reg_a.clone());
     let awaiter =
-        Awaiter::new(reg_a.clone(), Some(hub_a)).with_backoff(cairn_core::awaiter::Backoff { floor: hour, cap: hour });
+        Awaiter::new(probe.clone(), Some(hub_a)).with_backoff(cairn_core::awaiter::Backoff { floor: hour, cap: hour });
     let mut out = Vec::new();
     for i in 0..samples + 20 {
         let id = format!("ext-{i}");
@@ -284,23 +320,52 @@ async fn cross_node_await(samples: usize) -> (f64, f64) {
             .register(cairn_testkit::external(&id), None)
             .await
             .expect("register");
+        let reads = *probe.gets().borrow();
         let waiting = {
             let (awaiter, id) = (awaiter.clone(), id.clone());
-            tokio::spawn(async move { awaiter.await_terminal_for(&id, Duration::from_secs(10)).await })
+            // Not `await_terminal_for`: on its timeout it reads the record once
+            // more, which would find the completion without any wake-up.
+            tokio::spawn(
+                async move { tokio::time::timeout(Duration::from_secs(10), awaiter.await_terminal(&id)).await },
+            )
         };
-        // Let the awaiter park on the hub.
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        // Parked: its first read (after it subscribed to the hub) has answered.
+        probe.answered_gets(reads + 1).await;
         let t = Instant::now();
         reg_b
             .complete_external(&id, Outcome::success(json!({})), "bench")
             .await
             .expect("complete");
-        waiting.await.expect("join").expect("resolved");
+        let record = waiting
+            .await
+            .expect("join")
+            .unwrap_or_else(|_| panic!("`{id}`: node A's awaiter was not woken within 10 s"))
+            .expect("resolved");
+        assert_eq!(record.status, ProcessStatus::Completed);
         if i >= 20 {
             out.push(t.elapsed().as_secs_f64() * 1000.0);
         }
     }
     summary(out)
+}
+
+/// The median, min and max of `values` (each figure is the median of repeated runs).
+fn spread(values: &[f64]) -> (f64, f64, f64) {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let mid = v.len() / 2;
+    let median = if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    };
+    (median, v[0], v[v.len() - 1])
+}
+
+/// `median (min..max)` of `values`, with `digits` decimals.
+fn shown(values: &[f64], digits: usize) -> String {
+    let (median, min, max) = spread(values);
+    format!("{median:.digits$} ({min:.digits$}..{max:.digits$})")
 }
 
 fn main() {
@@ -311,21 +376,41 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
+    // Every figure, and the commit rate it is held against, is the median of
+    // this many runs (like `cairn bench --runs`).
+    let runs: usize = std::env::var("CAIRN_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|r| *r > 0)
+        .unwrap_or(3);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
         let probe = TestSchema::new("cairn_bench");
-        let commits = commit_rate(&probe).await;
-        println!("single-row commit rate (1 connection): {commits:>9.0} /s  (bound for one durable commit)");
+        let mut rates = Vec::new();
+        for _ in 0..runs {
+            rates.push(commit_rate(&probe).await);
+        }
+        let (commits, _, _) = spread(&rates);
+        println!(
+            "single-row commit rate (1 connection), median (min..max) of {runs}: {} /s  (bound for one durable commit)",
+            shown(&rates, 0)
+        );
         // `CAIRN_BENCH_ONLY=lifecycle` or `latency` runs one half; `starts`
         // runs only the starts-only figure.
         let only = std::env::var("CAIRN_BENCH_ONLY").unwrap_or_default();
         if only == "starts" {
             starts_only(1_000).await;
-            let rate = starts_only(n).await;
-            println!("starts only, no worker node, {n} processes: {rate:>9.0} starts/s");
+            let mut rates = Vec::new();
+            for _ in 0..runs {
+                rates.push(starts_only(n).await);
+            }
+            println!(
+                "starts only, no worker node, {n} processes: {} starts/s",
+                shown(&rates, 0)
+            );
             return;
         }
         if only != "latency" {
@@ -341,18 +426,41 @@ fn main() {
             if only == "latency" {
                 break;
             }
-            let rate = lifecycle(n, workers).await;
+            let mut rates = Vec::new();
+            for _ in 0..runs {
+                rates.push(lifecycle(n, workers).await);
+            }
+            let (rate, _, _) = spread(&rates);
             println!(
-                "lifecycle, {workers} worker node(s), {n} processes: {rate:>9.0} processes/s  ({:.2} per single-row commit)",
+                "lifecycle, {workers} worker node(s), {n} processes: {} processes/s  ({:.2} per single-row commit)",
+                shown(&rates, 0),
                 rate / commits
             );
         }
         if only == "lifecycle" {
             return;
         }
-        let (p50, p99) = start_to_running(300).await;
-        println!("start → running (other node):          p50 {p50:.2} ms  p99 {p99:.2} ms");
-        let (p50, p99) = cross_node_await(300).await;
-        println!("cross-node await (complete → resolved): p50 {p50:.2} ms  p99 {p99:.2} ms");
+        let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let (p50, p99) = start_to_running(300).await;
+            p50s.push(p50);
+            p99s.push(p99);
+        }
+        println!(
+            "start → running (other node):          p50 {} ms  p99 {} ms",
+            shown(&p50s, 2),
+            shown(&p99s, 2)
+        );
+        let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let (p50, p99) = cross_node_await(300).await;
+            p50s.push(p50);
+            p99s.push(p99);
+        }
+        println!(
+            "cross-node await (complete → resolved): p50 {} ms  p99 {} ms",
+            shown(&p50s, 2),
+            shown(&p99s, 2)
+        );
     });
 }

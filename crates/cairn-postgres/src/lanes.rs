@@ -39,6 +39,8 @@ pub(crate) struct LaneConfig {
 pub(crate) struct Lanes {
     senders: Vec<mpsc::UnboundedSender<Job>>,
     next: AtomicUsize,
+    /// Read only by the test hook [`Lanes::run_together`].
+    #[cfg_attr(not(any(test, feature = "test-util")), allow(dead_code))]
     shared: Arc<LaneConfig>,
 }
 
@@ -62,6 +64,7 @@ impl Lanes {
 
     /// Run `ops` as one batch, as a lane runs the work it gathered, on a
     /// connection of its own (tests of what one batch answers).
+    #[cfg(any(test, feature = "test-util"))]
     pub async fn run_together(&self, ops: Vec<Op>) -> Vec<Result<Answer>> {
         let mut conn = None;
         execute(&self.shared, usize::MAX, &mut conn, &ops).await

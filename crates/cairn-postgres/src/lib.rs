@@ -42,6 +42,7 @@ mod options;
 mod read;
 mod rows;
 mod schema;
+#[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 mod uow;
 
@@ -207,6 +208,7 @@ impl PostgresRegistry {
     }
 
     /// Overwrite stored env bytes (to exercise corruption detection in tests).
+    #[cfg(any(test, feature = "test-util"))]
     pub async fn corrupt_env_for_test(&self, env_ref: &str, bytes: Vec<u8>) -> Result<()> {
         self.shared
             .run(|c| {
@@ -222,6 +224,7 @@ impl PostgresRegistry {
 
     /// Register `registrations` (no grants) as one write batch, the way a lane
     /// commits registrations queued together (see [`testing::register_together`]).
+    #[cfg(any(test, feature = "test-util"))]
     pub(crate) async fn register_together(&self, registrations: &[Registration]) -> Vec<Result<Registered>> {
         let now = self.clock.now_ms();
         let mut answers: Vec<Option<Result<Registered>>> = Vec::new();

@@ -47,6 +47,7 @@ pub(crate) fn remember_types(list: &EventTypes) {
 }
 
 /// Empty the type-list cache (tests of the read-through path).
+#[cfg(any(test, feature = "test-util"))]
 pub(crate) fn forget_type_lists() {
     TYPE_LISTS.write().clear();
 }

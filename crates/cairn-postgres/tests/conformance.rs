@@ -12,5 +12,15 @@ async fn postgres_store(clock: ManualClock) -> TestStore {
     TestStore::new(registry, clock).with_guard(schema)
 }
 
-cairn_testkit::conformance_suite!(conformance, postgres_store, enabled = testing::enabled());
+// Each property case makes a schema and compares every step with the memory
+// reference: a few dozen cases keep the suite fast.
+cairn_testkit::conformance_suite!(
+    conformance,
+    postgres_store,
+    enabled = testing::enabled(),
+    property = cairn_testkit::property::Property {
+        cases: 24,
+        reference: true,
+    }
+);
 cairn_testkit::execution_suite!(execution, postgres_store, enabled = testing::enabled());

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_core::{
-    AppendRequest, Disposition, EventType, ProcessRegistry, Processes, StartRequest, SystemClock, WorkerConfig,
+    AppendRequest, Disposition, EventType, Outcome, ProcessRegistry, ProcessStatus, Processes, StartRequest,
+    SystemClock, WorkerConfig,
 };
 use cairn_sqlite::SqliteRegistry;
 use cairn_tools::builtin_tools;
@@ -62,14 +63,24 @@ async fn start_to_complete(dir: &tempfile::TempDir, n: usize, starters: usize) -
     for t in tasks {
         t.await.expect("starter");
     }
+    let mut records = Vec::with_capacity(n);
     for i in 0..n {
         let r = p
             .await_output(&format!("echo-{i}"), Duration::from_secs(600))
             .await
             .expect("await");
-        assert!(r.is_terminal(), "echo-{i} did not finish");
+        records.push(r);
     }
     let rate = n as f64 / t.elapsed().as_secs_f64();
+    // Untimed: each process completed with its own value. A failed or
+    // cancelled process is terminal too, and must not count as work done.
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(
+            (r.status, r.outcome.as_ref()),
+            (ProcessStatus::Completed, Some(&Outcome::success(json!(i)))),
+            "echo-{i} did not complete with its value"
+        );
+    }
     p.shutdown().await;
     rate
 }

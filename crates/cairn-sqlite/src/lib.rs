@@ -188,6 +188,7 @@ impl SqliteRegistry {
     }
 
     /// Overwrite stored env bytes (to exercise corruption detection in tests).
+    #[cfg(any(test, feature = "test-util"))]
     pub async fn corrupt_env_for_test(&self, env_ref: &str, bytes: Vec<u8>) -> Result<()> {
         let env_ref = env_ref.to_string();
         self.writer

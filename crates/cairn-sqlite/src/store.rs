@@ -642,6 +642,7 @@ pub(crate) fn put_env(conn: &Connection, env_ref: &str, bytes: &[u8]) -> R<()> {
 }
 
 /// Overwrite env bytes (tests of corruption detection).
+#[cfg(any(test, feature = "test-util"))]
 pub(crate) fn overwrite_env(conn: &Connection, env_ref: &str, bytes: &[u8]) -> R<()> {
     conn.prepare_cached(
         "INSERT INTO envs (env_ref, bytes) VALUES (?1, ?2) ON CONFLICT (env_ref) DO UPDATE SET bytes = excluded.bytes",

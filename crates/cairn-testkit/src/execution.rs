@@ -41,6 +41,50 @@ impl Tool for CountingTool {
     }
 }
 
+/// A [`CountingTool`] named `count` whose runs each wait until runs of `owners`
+/// distinct lease owners have begun: with one worker stalled, the processes
+/// can only finish once the other worker runs some of them too.
+#[derive(Clone)]
+struct MeetingTool {
+    counter: CountingTool,
+    owners: usize,
+    seen: Arc<Mutex<std::collections::BTreeSet<String>>>,
+    met: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl MeetingTool {
+    fn new(counter: CountingTool, owners: usize) -> Self {
+        Self {
+            counter,
+            owners,
+            seen: Arc::default(),
+            met: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
+}
+
+#[async_trait]
+impl Tool for MeetingTool {
+    fn name(&self) -> &str {
+        "count"
+    }
+
+    async fn run(&self, ctx: ToolContext, args: Value) -> Outcome {
+        let mut met = self.met.subscribe();
+        let all_seen = {
+            let mut seen = self.seen.lock();
+            seen.insert(ctx.lease().owner_id.clone());
+            seen.len() >= self.owners
+        };
+        if all_seen {
+            self.met.send_replace(true);
+        }
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = met.wait_for(|m| *m).await;
+        self.counter.run(ctx, args).await
+    }
+}
+
 /// Blocks until stopped (`finish: false`), or succeeds at once (`finish: true`).
 pub struct BlockTool {
     pub finish: bool,
@@ -288,21 +332,30 @@ pub async fn owner_bound_started_is_never_rerun(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;
     let reg = store.registry.clone();
     let p = Processes::builder(reg.clone()).without_worker().start();
-    p.start(StartRequest::tool("ob", "block", json!({}), Disposition::OwnerBound))
+    // `ob` runs the counting tool, which the second worker has: a re-run would count.
+    p.start(StartRequest::tool("ob", "count", json!({}), Disposition::OwnerBound))
         .await
         .expect("start");
     let claims = reg.claim_batch("dead-owner", 10_000, 10).await.expect("claim");
     assert_eq!(claims.len(), 1);
     let counter = CountingTool::default();
-    let worker = manual_worker(&store, "w2", vec![Arc::new(BlockTool { finish: true })]);
+    let worker = manual_worker(
+        &store,
+        "w2",
+        vec![Arc::new(BlockTool { finish: true }), Arc::new(counter.clone())],
+    );
     store.clock.advance(20_000);
     assert_eq!(
         worker.drive_once().await.expect("drive"),
         0,
         "started owner_bound is never claimed"
     );
+    worker.wait_idle().await;
     assert_eq!(reg.get("ob").await.expect("get").status, ProcessStatus::Running);
-    assert!(counter.runs.lock().is_empty());
+    assert!(
+        counter.runs.lock().is_empty(),
+        "the started owner_bound process ran again"
+    );
 
     // An abandon request while the lease is still live waits for the lease to lapse.
     p.start(StartRequest::tool("ob2", "block", json!({}), Disposition::OwnerBound))
@@ -426,12 +479,16 @@ pub async fn worker_losing_lease_stops_run(factory: &dyn StoreFactory) {
     assert_eq!(r.lease.map(|l| l.fencing_token), Some(taken.fencing_token));
 }
 
-/// Two workers on one store race over 500 processes: every process runs exactly once.
+/// Two workers on one store race over 500 processes: both run some, and every
+/// process runs exactly once. Runs wait until both workers have begun one, so a
+/// worker that claims nothing hangs the test (and its time bound fails it)
+/// rather than letting the other one do all the work unnoticed.
 pub async fn two_workers_run_each_process_once(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;
     let counter = CountingTool::default();
-    let a = runtime(&store, "worker-a", vec![Arc::new(counter.clone())]);
-    let b = runtime(&store, "worker-b", vec![Arc::new(counter.clone())]);
+    let meeting = MeetingTool::new(counter.clone(), 2);
+    let a = runtime(&store, "worker-a", vec![Arc::new(meeting.clone())]);
+    let b = runtime(&store, "worker-b", vec![Arc::new(meeting)]);
     for i in 0..500 {
         let front = if i % 2 == 0 { &a } else { &b };
         front
@@ -460,7 +517,8 @@ pub async fn two_workers_run_each_process_once(factory: &dyn StoreFactory) {
         }
         set
     };
-    assert!(!owners.is_empty());
+    let both: std::collections::BTreeSet<String> = ["worker-a".to_string(), "worker-b".to_string()].into();
+    assert_eq!(owners, both, "both workers ran processes");
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -507,17 +565,15 @@ pub async fn drain_abandons_owner_bound_and_hands_over_rerunnable(factory: &dyn 
     peer.shutdown().await;
 }
 
-/// `await_output` resolves through the hub even when the fallback polling is an hour.
+/// An awaiter on the runtime's hub resolves through it even when the fallback
+/// polling is an hour: the awaiter's first read has answered "running" before
+/// the signal is sent, so only a hub notice can wake it within [`WAIT`].
 pub async fn await_resolves_through_hub(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;
     let p = Processes::builder(store.registry.clone())
         .tools(tools(vec![]))
         .clock(Arc::new(store.clock.clone()))
         .worker_config(config("w1"))
-        .backoff(Backoff {
-            floor: Duration::from_secs(3600),
-            cap: Duration::from_secs(3600),
-        })
         .start();
     p.start(StartRequest::tool(
         "hub",
@@ -527,13 +583,22 @@ pub async fn await_resolves_through_hub(factory: &dyn StoreFactory) {
     ))
     .await
     .expect("start");
-    let waiter = {
-        let p = p.clone();
-        tokio::spawn(async move { p.await_output("hub", WAIT).await })
-    };
     p.await_event("hub", "process.waiting", 0, WAIT).await.expect("waiting");
+    // The awaiter reads through a probe (the worker does not), so the probe's
+    // first answered `get` is the awaiter's first read.
+    let probe = crate::probe::ReadProbe::new(store.registry.clone());
+    let hour = Duration::from_secs(3600);
+    let awaiter = Awaiter::new(probe.clone(), Some(p.hub().clone())).with_backoff(Backoff { floor: hour, cap: hour });
+    // Not `await_terminal_for`: on its timeout it reads the record once more,
+    // which would find the process completed without any wake-up.
+    let waiter = tokio::spawn(async move { tokio::time::timeout(WAIT, awaiter.await_terminal("hub")).await });
+    probe.answered_gets(1).await;
     p.signal("hub", "go", "1", json!("done")).await.expect("signal");
-    let r = waiter.await.expect("join").expect("await");
+    let r = waiter
+        .await
+        .expect("join")
+        .unwrap_or_else(|_| panic!("the parked awaiter was not woken by the hub within {WAIT:?}"))
+        .expect("await");
     assert_eq!(r.status, ProcessStatus::Completed);
     p.shutdown().await;
 }

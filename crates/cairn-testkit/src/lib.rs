@@ -17,9 +17,12 @@
 //! ```
 //!
 //! The macro expands to a module `conformance` with one `#[test]` per contract in
-//! [`contracts`] (each on its own multi-threaded tokio runtime) plus the property
-//! test [`property::random_operation_sequences`]. Contracts can also be called one
-//! by one: each is a `pub async fn(&dyn StoreFactory)`.
+//! [`contracts`] (each on its own multi-threaded tokio runtime, failing as hung
+//! after [`CONTRACT_TIMEOUT`]) plus the property test
+//! [`property::random_operation_sequences`], which runs random operation
+//! sequences against the store and the memory registry as a reference model.
+//! Contracts can also be called one by one: each is a `pub async fn(&dyn StoreFactory)`.
+//! A unit test checks that every contract is listed in its suite macro.
 //!
 //! A store that needs to keep something alive for the length of a test (a temp
 //! dir, a database handle) puts it in [`TestStore::guard`].
@@ -28,6 +31,7 @@ use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use cairn_core::{ManualClock, ProcessRegistry};
 
@@ -35,6 +39,7 @@ pub mod builders;
 pub mod contracts;
 pub mod execution;
 pub mod harness;
+pub mod probe;
 pub mod property;
 
 pub use builders::*;
@@ -99,17 +104,39 @@ where
     f
 }
 
-/// Run one contract on a fresh multi-threaded runtime (used by the macro).
+/// How long one contract may take before it fails as hung. Generous: the
+/// slowest contract (500 processes over two workers on PostgreSQL) takes
+/// seconds; a run that never ends (a worker that never notices a lost lease,
+/// an await that is never woken) must fail the suite, naming itself, not hang it.
+pub const CONTRACT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Run one contract on a fresh multi-threaded runtime, failing it when it
+/// takes longer than [`CONTRACT_TIMEOUT`].
 ///
 /// # Panics
-/// When the runtime cannot be built, or when the contract fails.
+/// When the runtime cannot be built, when the contract fails, or when it hangs.
 pub fn run<Fut: Future<Output = ()>>(contract: Fut) {
+    run_contract("contract", CONTRACT_TIMEOUT, contract);
+}
+
+/// Run the contract `name` like [`run`] under its own time bound (used by the
+/// suite macros, so a hung contract fails with its name).
+///
+/// # Panics
+/// When the runtime cannot be built, when the contract fails, or when it does
+/// not finish within `limit`.
+pub fn run_contract<Fut: Future<Output = ()>>(name: &str, limit: Duration, contract: Fut) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
         .build()
         .expect("build a tokio runtime for a conformance contract");
-    runtime.block_on(contract);
+    let finished = runtime.block_on(async { tokio::time::timeout(limit, contract).await });
+    if finished.is_err() {
+        // Tasks the contract left behind may never end; do not wait for them.
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        panic!("`{name}` did not finish within {limit:?}: it hangs");
+    }
 }
 
 /// Expands to a module with one `#[test]` per conformance contract.
@@ -123,6 +150,10 @@ pub fn run<Fut: Future<Output = ()>>(contract: Fut) {
 /// `bool_expr` at the start of every test and returns early when it is false:
 /// for backends that need an external server, whose `bool_expr` says loudly
 /// why the test is skipped (or fails when skipping is not allowed).
+///
+/// `..., property = property_expr` (a [`property::Property`]) sets how many
+/// random sequences the property test runs and whether it compares with the
+/// memory reference (default: 64 cases, compared).
 #[macro_export]
 macro_rules! conformance_suite {
     ($factory:expr $(,)?) => {
@@ -132,6 +163,14 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!($module, $factory, enabled = true);
     };
     ($module:ident, $factory:expr, enabled = $enabled:expr $(,)?) => {
+        $crate::conformance_suite!(
+            $module,
+            $factory,
+            enabled = $enabled,
+            property = $crate::property::Property::default()
+        );
+    };
+    ($module:ident, $factory:expr, enabled = $enabled:expr, property = $property:expr $(,)?) => {
         mod $module {
             #[allow(unused_imports)]
             use super::*;
@@ -232,7 +271,7 @@ macro_rules! conformance_suite {
                     return;
                 }
                 let factory = $factory;
-                $crate::property::random_operation_sequences(&factory);
+                $crate::property::random_operation_sequences_with(&factory, $property);
             }
         }
     };
@@ -249,7 +288,11 @@ macro_rules! __conformance_tests {
                     return;
                 }
                 let factory = $factory;
-                $crate::run(async move { $crate::contracts::$name(&factory).await });
+                $crate::run_contract(
+                    stringify!($name),
+                    $crate::CONTRACT_TIMEOUT,
+                    async move { $crate::contracts::$name(&factory).await },
+                );
             }
         )*
     };
@@ -304,8 +347,77 @@ macro_rules! __execution_tests {
                     return;
                 }
                 let factory = $factory;
-                $crate::run(async move { $crate::execution::$name(&factory).await });
+                $crate::run_contract(
+                    stringify!($name),
+                    $crate::CONTRACT_TIMEOUT,
+                    async move { $crate::execution::$name(&factory).await },
+                );
             }
         )*
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    /// The names of the `pub async fn`s in `files` (every one is a contract).
+    fn contracts_in(files: &[std::path::PathBuf]) -> BTreeSet<String> {
+        let mut names = BTreeSet::new();
+        for file in files {
+            let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+            for line in text.lines() {
+                if let Some(rest) = line.trim_start().strip_prefix("pub async fn ") {
+                    let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                    names.insert(name);
+                }
+            }
+        }
+        names
+    }
+
+    /// The names listed in this file's invocation of `macro_name!(...)`.
+    fn listed_in(macro_name: &str) -> BTreeSet<String> {
+        let source = include_str!("lib.rs");
+        let call = format!("{macro_name}!($factory, $enabled;");
+        let start = source.find(&call).unwrap_or_else(|| panic!("no `{call}` in lib.rs")) + call.len();
+        let end = start + source[start..].find(");").expect("the list ends");
+        source[start..end]
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or("").trim().trim_end_matches(','))
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn rust_files(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .expect("read the contracts directory")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// A contract written but not listed in its suite macro would never run on
+    /// any backend: every `pub async fn` of `contracts/` and `execution.rs` is listed.
+    #[test]
+    fn every_contract_is_listed_in_its_suite_macro() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        for (files, macro_name) in [
+            (rust_files(&src.join("contracts")), "__conformance_tests"),
+            (vec![src.join("execution.rs")], "__execution_tests"),
+        ] {
+            let written = contracts_in(&files);
+            let listed = listed_in(&format!("$crate::{macro_name}"));
+            assert!(written.len() > 10, "found only {written:?}");
+            let missing: Vec<_> = written.difference(&listed).collect();
+            assert!(
+                missing.is_empty(),
+                "contracts missing from `{macro_name}!`: {missing:?}"
+            );
+        }
+    }
 }

@@ -9,7 +9,17 @@ async fn memory_store(clock: ManualClock) -> TestStore {
     TestStore::new(Arc::new(MemoryRegistry::with_clock(Arc::new(clock.clone()))), clock)
 }
 
-cairn_testkit::conformance_suite!(memory_store);
+// Against itself the reference comparison proves nothing: the property test
+// checks the invariants alone here.
+cairn_testkit::conformance_suite!(
+    conformance,
+    memory_store,
+    enabled = true,
+    property = cairn_testkit::property::Property {
+        cases: 64,
+        reference: false,
+    }
+);
 
 /// Stored env bytes that no longer match their address are `corrupt_env`
 /// (memory only: other backends corrupt their storage their own way).

@@ -21,6 +21,14 @@ async fn until(c: &Client, id: &str, what: &str, done: impl Fn(&Value) -> bool) 
     panic!("{id}: {what} did not happen within 20 s");
 }
 
+/// Wall-clock milliseconds since the epoch, as the server stamps leases.
+fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970");
+    u64::try_from(since.as_millis()).expect("milliseconds fit in u64")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_restart_recovers_per_disposition() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -64,11 +72,27 @@ async fn sigkill_restart_recovers_per_disposition() {
     assert_eq!(done["outcome"]["value"], json!({"ok": true}));
 
     // ... while the started owner_bound process stays running: nobody re-runs it.
-    let ob = until(&c, "ob", "lease lapse", |r| {
-        r["lease"].is_null() || r["lease"]["owner_id"] == old_owner
+    // First the dead server's lease on it lapses ...
+    until(&c, "ob", "lease lapse", |r| {
+        r["lease"].is_null() || r["lease"]["expires_at_ms"].as_u64().is_some_and(|t| t < now_ms())
     })
     .await;
+    // ... then the new server claims again: a process started now is claimed by
+    // a drive that would take `ob` too, were it claimable.
+    let (s, rec) = c
+        .start(tool_start("after-lapse", "echo", json!({"value": 1}), "rerunnable"))
+        .await;
+    assert_eq!(s, 201, "{rec}");
+    let (s, probe) = c.get("/v1/processes/after-lapse/await?timeout_ms=20000").await;
+    assert_eq!(s, 200);
+    assert_eq!(probe["status"], "completed", "{probe}");
+    let (s, ob) = c.get("/v1/processes/ob").await;
+    assert_eq!(s, 200, "{ob}");
     assert_eq!(ob["status"], "running");
+    assert!(
+        ob["lease"].is_null() || ob["lease"]["owner_id"] == old_owner,
+        "the new server claimed the started owner_bound process: {ob}"
+    );
     assert_eq!(ob["started"]["attempt"], 1);
     assert_eq!(ob["started"]["owner_id"], old_owner);
 

@@ -2,8 +2,9 @@
 //!
 //! Each sample starts a `wait_signal` process, waits (untimed) until it shows
 //! `process.waiting`, then times from just before the signal to the awaiter
-//! seeing the process completed with the signal's payload. The path holds two
-//! durable commits: the signal's append and the completion.
+//! seeing the process completed with the signal's payload. The path holds three
+//! durable commits, one after another: the signal's append, the tool's
+//! `process.resumed` and the completion.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,9 @@ use super::{ms, start_new, Ctx, AWAIT_TIMEOUT};
 
 const WARMUP_SAMPLES: usize = 20;
 
+/// Durable commits on the measured path: the signal, `process.resumed`, the completion.
+const COMMITS: u32 = 3;
+
 pub(crate) async fn run(ctx: &Ctx<'_>) -> ScenarioReport {
     let samples = ctx.plan.samples;
     let mut r = ScenarioReport::new(
@@ -23,7 +27,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> ScenarioReport {
         json!({"samples": samples, "tool": "wait_signal", "disposition": "rerunnable"}),
     );
     r.notes
-        .push("latency = signal call -> awaiter sees the process completed (held against 2 commits)".into());
+        .push("latency = signal call -> awaiter sees the process completed (held against 3 commits)".into());
     let p = ctx.runtime(format!("{}-worker", ctx.prefix("signal", "all")), 64, 64);
     let result = measure(ctx, &p, &mut r).await;
     p.shutdown().await;
@@ -35,8 +39,8 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> ScenarioReport {
 
 async fn measure(ctx: &Ctx<'_>, p: &Processes, r: &mut ScenarioReport) -> Result<(), String> {
     let samples = ctx.plan.samples;
-    let mut p50 = Figure::latency("signal.p50", "signal -> resumed -> completed, p50", 2, samples);
-    let mut p99 = Figure::latency("signal.p99", "signal -> resumed -> completed, p99", 2, samples);
+    let mut p50 = Figure::latency("signal.p50", "signal -> resumed -> completed, p50", COMMITS, samples);
+    let mut p99 = Figure::latency("signal.p99", "signal -> resumed -> completed, p99", COMMITS, samples);
     for (label, measured) in ctx.runs() {
         let n = if measured { samples } else { samples.min(WARMUP_SAMPLES) };
         let mut rng = ctx.rng(&format!("signal-{label}"));

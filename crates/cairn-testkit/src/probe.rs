@@ -1,0 +1,147 @@
+//! [`ReadProbe`]: a registry decorator that announces every answered `get`, so
+//! a test or bench can prove an awaiter has made its first read (and so is
+//! parked on its hub) before the change it waits for is written.
+//!
+//! An awaiter subscribes to the hub before its first read. Once that read has
+//! answered "not yet", the awaiter can only learn of a later change from the
+//! hub (or from its backoff reads, which a test sets to an hour). Without this
+//! barrier a test that writes the change right after spawning the awaiter may
+//! have its first read land after the write, and then measures or tests a read,
+//! not a wake-up.
+
+use std::sync::Arc;
+
+use cairn_core::async_trait;
+use cairn_core::events::{AppendRequest, AppendResult, EventPage};
+use cairn_core::registry::{CancelAnswer, Registered};
+use cairn_core::{
+    ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, Outcome, ProcessFilter,
+    ProcessRecord, ProcessRegistry, PruneReport, Registration, Result, SessionDeleteReport, SessionScope, StartGrant,
+    StatusFilter, TransferReport, WakeDelivery, Watermark, WorkItem,
+};
+use tokio::sync::watch;
+
+/// Counts the `get` calls that have answered, per probe; every other method
+/// passes straight through to the inner registry.
+pub struct ReadProbe {
+    inner: Arc<dyn ProcessRegistry>,
+    gets: watch::Sender<u64>,
+}
+
+impl ReadProbe {
+    /// A probe over `inner`.
+    pub fn new(inner: Arc<dyn ProcessRegistry>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            gets: watch::channel(0).0,
+        })
+    }
+
+    /// A receiver of the number of `get` calls answered so far.
+    pub fn gets(&self) -> watch::Receiver<u64> {
+        self.gets.subscribe()
+    }
+
+    /// Resolves once `n` `get` calls (counted since the probe was made) have answered.
+    pub async fn answered_gets(&self, n: u64) {
+        let mut gets = self.gets();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = gets.wait_for(|count| *count >= n).await;
+    }
+}
+
+#[async_trait]
+impl ProcessRegistry for ReadProbe {
+    async fn register(&self, registration: Registration, grant: Option<StartGrant>) -> Result<Registered> {
+        self.inner.register(registration, grant).await
+    }
+    async fn get(&self, id: &str) -> Result<ProcessRecord> {
+        let answer = self.inner.get(id).await;
+        self.gets.send_modify(|n| *n += 1);
+        answer
+    }
+    async fn list(&self, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>> {
+        self.inner.list(filter).await
+    }
+    async fn events_after(&self, id: &str, after: u64, limit: Option<usize>) -> Result<EventPage> {
+        self.inner.events_after(id, after, limit).await
+    }
+    async fn append_event(&self, id: &str, request: AppendRequest) -> Result<AppendResult> {
+        self.inner.append_event(id, request).await
+    }
+    async fn request_cancel(&self, id: &str, reason: Option<String>) -> Result<CancelAnswer> {
+        self.inner.request_cancel(id, reason).await
+    }
+    async fn grant(&self, scope: &SessionScope, id: &str, descriptor: GrantDescriptor) -> Result<Grant> {
+        self.inner.grant(scope, id, descriptor).await
+    }
+    async fn revoke(&self, scope: &SessionScope, id: &str) -> Result<bool> {
+        self.inner.revoke(scope, id).await
+    }
+    async fn transfer(&self, from: &SessionScope, to: &SessionScope, ids: &[String]) -> Result<TransferReport> {
+        self.inner.transfer(from, to, ids).await
+    }
+    async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {
+        self.inner.list_granted_to(scope, filter).await
+    }
+    async fn list_originated_by(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>> {
+        self.inner.list_originated_by(scope, filter).await
+    }
+    async fn delete_session(&self, session_id: &str) -> Result<SessionDeleteReport> {
+        self.inner.delete_session(session_id).await
+    }
+    async fn pending_wakes(&self, session_id: &str, limit: Option<usize>) -> Result<Vec<WakeDelivery>> {
+        self.inner.pending_wakes(session_id, limit).await
+    }
+    async fn ack_wake(&self, session_id: &str, wake_id: &str) -> Result<bool> {
+        self.inner.ack_wake(session_id, wake_id).await
+    }
+    async fn claim(&self, id: &str, owner_id: &str, ttl_ms: u64) -> Result<Lease> {
+        self.inner.claim(id, owner_id, ttl_ms).await
+    }
+    async fn claim_batch(&self, owner_id: &str, ttl_ms: u64, limit: usize) -> Result<Vec<Claim>> {
+        self.inner.claim_batch(owner_id, ttl_ms, limit).await
+    }
+    async fn record_started(&self, lease: &Lease) -> Result<ProcessRecord> {
+        self.inner.record_started(lease).await
+    }
+    async fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<Lease> {
+        self.inner.renew(lease, ttl_ms).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        self.inner.release(lease).await
+    }
+    async fn complete(&self, lease: &Lease, outcome: Outcome) -> Result<ProcessRecord> {
+        self.inner.complete(lease, outcome).await
+    }
+    async fn worklist(&self, limit: usize) -> Result<Vec<WorkItem>> {
+        self.inner.worklist(limit).await
+    }
+    async fn abandon_worklist(&self, limit: usize) -> Result<Vec<String>> {
+        self.inner.abandon_worklist(limit).await
+    }
+    async fn request_abandon(&self, id: &str, requested_by: &str, reason: &str) -> Result<ProcessRecord> {
+        self.inner.request_abandon(id, requested_by, reason).await
+    }
+    async fn reconcile_abandon(&self, id: &str) -> Result<Option<ProcessRecord>> {
+        self.inner.reconcile_abandon(id).await
+    }
+    async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<ProcessRecord> {
+        self.inner.complete_external(id, outcome, authority).await
+    }
+    async fn prune(&self, cutoff_ms: u64, status: StatusFilter, watermark: Watermark) -> Result<PruneReport> {
+        self.inner.prune(cutoff_ms, status, watermark).await
+    }
+    async fn changed_since(&self, cursor: u64, limit: Option<usize>) -> Result<ChangePage> {
+        self.inner.changed_since(cursor, limit).await
+    }
+    async fn put_env(&self, spec: &EnvSpec) -> Result<EnvRef> {
+        self.inner.put_env(spec).await
+    }
+    async fn get_env(&self, env_ref: &str) -> Result<EnvSpec> {
+        self.inner.get_env(env_ref).await
+    }
+    async fn fencing_token(&self, id: &str) -> Result<u64> {
+        self.inner.fencing_token(id).await
+    }
+}
