@@ -2,6 +2,10 @@
 //! claims across nodes, the notification feed, the gap-safe change feed,
 //! recovery from broken connections and answers to writes whose reply was lost
 //! after they committed. Needs `CAIRN_TEST_POSTGRES_URL`.
+//!
+//! Why one file past 800 lines: these tests share the throwaway schemas and
+//! the reply-losing proxy defined here; what every backend shares lives in
+//! cairn-testkit instead.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

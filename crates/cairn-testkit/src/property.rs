@@ -23,6 +23,10 @@
 //! external completion, grants, revoke, transfer, delete_session, prune, wakes
 //! and their acks, and envs. The memory registry itself runs the invariants
 //! alone ([`Property::reference`] off): against itself the comparison proves nothing.
+//!
+//! Why one file past 800 lines: the operation generator, the reference
+//! comparison and the invariants share one model of a step; split apart they
+//! would have to agree on it across files.
 
 use cairn_core::events as ev;
 use cairn_core::{
