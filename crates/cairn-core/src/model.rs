@@ -918,6 +918,20 @@ pub struct ProcessFilter {
     pub limit: Option<usize>,
 }
 
+/// One page of a process listing (`GET /v1/processes`, MCP `process_list`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ListPage {
+    /// Records in id order.
+    pub processes: Vec<ProcessRecord>,
+    /// With `granted_to` (and always for session callers): the grant behind each listed process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<Vec<Grant>>,
+    /// Pass as `after_id` for the next page; absent when this page is the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after_id: Option<String>,
+}
+
 impl ProcessFilter {
     /// Running processes (the default).
     pub fn running() -> Self {

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_core::{EventPage, Grant, Outcome, ProcessEvent, ProcessRecord, StartRequest, StatusFilter};
+use cairn_core::{EventPage, ListPage, Outcome, ProcessEvent, ProcessRecord, StartRequest, StatusFilter};
 use rmcp::model::{JsonObject, Tool, ToolAnnotations};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -155,19 +155,6 @@ pub struct CompleteArgs {
     /// caller, and a session token is always recorded as its session.
     #[serde(default)]
     pub authority: Option<String>,
-}
-
-/// The result of `process_list`: the body of `GET /v1/processes`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ListPage {
-    /// Records in id order.
-    pub processes: Vec<ProcessRecord>,
-    /// With `granted_to` (and always for session tokens): the grant behind each listed process.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grants: Option<Vec<Grant>>,
-    /// Pass as `after_id` for the next page; absent when this page is the last.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_after_id: Option<String>,
 }
 
 /// Every tool, in the order `tools/list` names them.

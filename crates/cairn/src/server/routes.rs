@@ -8,7 +8,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use cairn_core::{
-    AppendRequest, AppendResult, ChangePage, EventPage, Grant, Originator, Outcome, ProcessEvent, ProcessFilter,
+    AppendRequest, AppendResult, ChangePage, EventPage, ListPage, Originator, Outcome, ProcessEvent, ProcessFilter,
     ProcessRecord, PruneReport, SessionDeleteReport, SessionScope, StartRequest, StatusFilter, TransferReport,
     WakeDelivery, Watermark,
 };
@@ -152,19 +152,6 @@ pub struct ChangesQuery {
     pub cursor: Option<u64>,
     /// Page size (default 100, at most 1000).
     pub limit: Option<usize>,
-}
-
-/// Answer of `GET /v1/processes`.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ListPage {
-    /// Records in id order.
-    pub processes: Vec<ProcessRecord>,
-    /// With `granted_to` (and for session callers): the grant behind each listed process.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grants: Option<Vec<Grant>>,
-    /// Pass as `after_id` for the next page; absent when this page is the last.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_after_id: Option<String>,
 }
 
 /// Answer of `GET /v1/sessions/{session_id}/wakes`.
