@@ -21,6 +21,12 @@ cairn_testkit::conformance_suite!(
     property = cairn_testkit::property::Property {
         cases: 24,
         reference: true,
-    }
+    },
+    skip_when = cairn_no_postgres
 );
-cairn_testkit::execution_suite!(execution, postgres_store, enabled = testing::enabled());
+cairn_testkit::execution_suite!(
+    execution,
+    postgres_store,
+    enabled = testing::enabled(),
+    skip_when = cairn_no_postgres
+);

@@ -280,6 +280,10 @@ async fn check_logs(reg: &Arc<PostgresRegistry>, ids: &[String]) {
     }
 }
 
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
 #[test]
 fn three_nodes_run_every_process_once_and_survive_a_sigkill() {
     if !testing::enabled() {
@@ -441,6 +445,10 @@ fn three_nodes_run_every_process_once_and_survive_a_sigkill() {
     });
 }
 
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
 #[test]
 fn an_awaiter_sees_another_process_complete_without_polling() {
     if !testing::enabled() {

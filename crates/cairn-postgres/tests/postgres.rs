@@ -41,6 +41,10 @@ async fn meta(url: &str, schema: &str, key: &str) -> Option<String> {
         .map(|r| r.get(0))
 }
 
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
 #[tokio::test]
 async fn fresh_schema_is_versioned_and_reopening_keeps_data() {
     if !testing::enabled() {
@@ -75,6 +79,10 @@ async fn connections(url: &str, schema: &str, role: &str) -> i64 {
         .get(0)
 }
 
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
 #[tokio::test]
 async fn url_parameters_size_a_nodes_connections() {
     if !testing::enabled() {
@@ -94,6 +102,10 @@ async fn url_parameters_size_a_nodes_connections() {
     assert_eq!(connections(&schema.url, &schema.name, "read").await, 1);
 }
 
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
 #[tokio::test]
 async fn nodes_starting_together_migrate_once() {
     if !testing::enabled() {
@@ -114,6 +126,10 @@ async fn nodes_starting_together_migrate_once() {
     );
 }
 
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
 #[tokio::test]
 async fn a_foreign_schema_is_refused_untouched() {
     if !testing::enabled() {
@@ -145,6 +161,10 @@ async fn a_foreign_schema_is_refused_untouched() {
     assert_eq!(kept, 7);
 }
 
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
 #[tokio::test]
 async fn a_newer_schema_is_refused_untouched() {
     if !testing::enabled() {
@@ -167,6 +187,10 @@ async fn a_newer_schema_is_refused_untouched() {
     );
 }
 
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
 #[tokio::test]
 async fn bad_urls_and_schema_names_are_clear_errors() {
     if !testing::enabled() {
@@ -187,6 +211,10 @@ async fn bad_urls_and_schema_names_are_clear_errors() {
     assert_eq!(err.code(), "unavailable", "{err}");
 }
 
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn claims_from_two_nodes_never_overlap() {
     if !testing::enabled() {
@@ -243,6 +271,10 @@ async fn announced(rx: &mut tokio::sync::watch::Receiver<u64>, seq: u64) -> bool
         .is_ok_and(|r| r.is_ok())
 }
 
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn notifications_reach_other_nodes_and_the_listener_reconnects() {
     if !testing::enabled() {
@@ -285,6 +317,10 @@ async fn notifications_reach_other_nodes_and_the_listener_reconnects() {
     );
 }
 
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn change_feed_holds_back_rows_an_older_open_transaction_could_precede() {
     if !testing::enabled() {
@@ -314,6 +350,10 @@ async fn change_feed_holds_back_rows_an_older_open_transaction_could_precede() {
     assert_eq!(ids, vec!["after"]);
 }
 
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broken_connections_are_replaced_and_writes_go_through() {
     if !testing::enabled() {
@@ -344,6 +384,10 @@ async fn broken_connections_are_replaced_and_writes_go_through() {
     assert_eq!(record.last_sequence, 8);
 }
 
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn type_lists_are_stored_once_apart_from_the_rows_and_read_back() {
     if !testing::enabled() {
@@ -439,6 +483,10 @@ async fn type_lists_are_stored_once_apart_from_the_rows_and_read_back() {
     assert!(err.to_string().contains("content address"), "{err}");
 }
 
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
 #[tokio::test]
 async fn claims_and_worklists_read_their_partial_indexes() {
     if !testing::enabled() {
@@ -487,6 +535,10 @@ async fn claims_and_worklists_read_their_partial_indexes() {
 /// a generic plan would otherwise be a scan that a grown table then pays for on
 /// every batch) their plans still use the partial indexes. An admin connection,
 /// which keeps the planner's default, shows the scan the setting prevents.
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
 #[tokio::test]
 async fn lane_and_read_connections_plan_index_lookups_even_on_a_tiny_table() {
     if !testing::enabled() {
@@ -519,6 +571,10 @@ async fn lane_and_read_connections_plan_index_lookups_even_on_a_tiny_table() {
 /// it would be alone, whether its id is new, exists with the same or another
 /// registration, was pruned, names an env that does or does not exist, or
 /// repeats an id earlier in the batch.
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
 #[tokio::test]
 async fn a_registration_batch_answers_each_registration_as_if_alone() {
     if !testing::enabled() {
@@ -745,6 +801,10 @@ fn assert_unknown_outcome<T: std::fmt::Debug>(answer: cairn_core::Result<T>, wha
 /// A single-statement write that answers whether it changed anything, whose
 /// reply is lost after it committed: the retry finds nothing left to do, and
 /// that must not be reported as "this call changed nothing".
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_reply_to_revoke_or_ack_is_not_answered_false() {
     if !testing::enabled() {
@@ -794,6 +854,10 @@ async fn a_lost_reply_to_revoke_or_ack_is_not_answered_false() {
 /// A transaction on the admin connection (transfer, delete_session, prune) is
 /// run again after a fault before its commit, and answered as unknown, never
 /// run again, when the connection broke while committing.
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_transactions_retry_before_the_commit_and_never_after_it() {
     if !testing::enabled() {
@@ -866,6 +930,10 @@ async fn admin_transactions_retry_before_the_commit_and_never_after_it() {
 /// A lane batch whose load's reply is lost runs again from the start (nothing
 /// was written); one whose `COMMIT` reply is lost landed, and is answered as
 /// unknown rather than run again.
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lane_batch_runs_again_before_its_commit_and_is_unknown_after_it() {
     if !testing::enabled() {

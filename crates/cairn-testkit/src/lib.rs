@@ -151,6 +151,10 @@ pub fn run_contract<Fut: Future<Output = ()>>(name: &str, limit: Duration, contr
 /// for backends that need an external server, whose `bool_expr` says loudly
 /// why the test is skipped (or fails when skipping is not allowed).
 ///
+/// `..., skip_when = cfg_predicate` (after `property`) marks every test
+/// `#[ignore]` when the predicate holds at build time, so a backend whose
+/// server was not configured shows its tests as ignored, never as passed.
+///
 /// `..., property = property_expr` (a [`property::Property`]) sets how many
 /// random sequences the property test runs and whether it compares with the
 /// memory reference (default: 64 cases, compared).
@@ -171,11 +175,26 @@ macro_rules! conformance_suite {
         );
     };
     ($module:ident, $factory:expr, enabled = $enabled:expr, property = $property:expr $(,)?) => {
+        $crate::conformance_suite!(
+            $module,
+            $factory,
+            enabled = $enabled,
+            property = $property,
+            skip_when = any()
+        );
+    };
+    (
+        $module:ident,
+        $factory:expr,
+        enabled = $enabled:expr,
+        property = $property:expr,
+        skip_when = $skip:meta $(,)?
+    ) => {
         mod $module {
             #[allow(unused_imports)]
             use super::*;
 
-            $crate::__conformance_tests!($factory, $enabled;
+            $crate::__conformance_tests!($factory, $enabled, $skip;
                 // registration
                 register_creates_running_record,
                 register_is_idempotent,
@@ -266,6 +285,7 @@ macro_rules! conformance_suite {
             );
 
             #[test]
+            #[cfg_attr($skip, ignore = "its backend's server is not configured: see the backend crate's tests")]
             fn random_operation_sequences() {
                 if !$enabled {
                     return;
@@ -280,9 +300,10 @@ macro_rules! conformance_suite {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_tests {
-    ($factory:expr, $enabled:expr; $($name:ident),* $(,)?) => {
+    ($factory:expr, $enabled:expr, $skip:meta; $($name:ident),* $(,)?) => {
         $(
             #[test]
+            #[cfg_attr($skip, ignore = "its backend's server is not configured: see the backend crate's tests")]
             fn $name() {
                 if !$enabled {
                     return;
@@ -299,7 +320,8 @@ macro_rules! __conformance_tests {
 }
 
 /// Expands to a module with one `#[test]` per execution contract (worker,
-/// recovery, awaiter, built-in tools); same forms as [`conformance_suite!`].
+/// recovery, awaiter, built-in tools); same forms as [`conformance_suite!`]
+/// (with `skip_when` right after `enabled`, and no `property`).
 #[macro_export]
 macro_rules! execution_suite {
     ($factory:expr $(,)?) => {
@@ -309,11 +331,14 @@ macro_rules! execution_suite {
         $crate::execution_suite!($module, $factory, enabled = true);
     };
     ($module:ident, $factory:expr, enabled = $enabled:expr $(,)?) => {
+        $crate::execution_suite!($module, $factory, enabled = $enabled, skip_when = any());
+    };
+    ($module:ident, $factory:expr, enabled = $enabled:expr, skip_when = $skip:meta $(,)?) => {
         mod $module {
             #[allow(unused_imports)]
             use super::*;
 
-            $crate::__execution_tests!($factory, $enabled;
+            $crate::__execution_tests!($factory, $enabled, $skip;
                 shell_output_in_order_and_exit_code,
                 shell_failure_is_exit_status,
                 cancel_running_shell_kills_child,
@@ -339,9 +364,10 @@ macro_rules! execution_suite {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __execution_tests {
-    ($factory:expr, $enabled:expr; $($name:ident),* $(,)?) => {
+    ($factory:expr, $enabled:expr, $skip:meta; $($name:ident),* $(,)?) => {
         $(
             #[test]
+            #[cfg_attr($skip, ignore = "its backend's server is not configured: see the backend crate's tests")]
             fn $name() {
                 if !$enabled {
                     return;
@@ -380,7 +406,7 @@ mod tests {
     /// The names listed in this file's invocation of `macro_name!(...)`.
     fn listed_in(macro_name: &str) -> BTreeSet<String> {
         let source = include_str!("lib.rs");
-        let call = format!("{macro_name}!($factory, $enabled;");
+        let call = format!("{macro_name}!($factory, $enabled, $skip;");
         let start = source.find(&call).unwrap_or_else(|| panic!("no `{call}` in lib.rs")) + call.len();
         let end = start + source[start..].find(");").expect("the list ends");
         source[start..end]

@@ -205,6 +205,10 @@ fn a_backend_this_build_cannot_open_is_reported_not_fatal() {
     assert!(backend["reason"].as_str().is_some_and(|r| !r.is_empty()), "{backend}");
 }
 
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
 #[test]
 fn postgres_figures_are_held_against_the_server_commit_rate() {
     let Some(url) = cairn_postgres::testing::test_url() else {

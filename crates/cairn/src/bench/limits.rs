@@ -242,6 +242,10 @@ mod tests {
     /// Needs the test server like every PostgreSQL test: skipped loudly without
     /// `CAIRN_TEST_POSTGRES_URL`, a failure without it under `CI=true`, and a
     /// failure when the server it names cannot be reached.
+    #[cfg_attr(
+        cairn_no_postgres,
+        ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+    )]
     #[tokio::test]
     async fn postgres_probe_measures_a_positive_rate() {
         let Some(url) = cairn_postgres::testing::test_url() else {
