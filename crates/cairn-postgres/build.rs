@@ -1,7 +1,7 @@
-//! Marks a build whose tests cannot reach PostgreSQL: with
-//! `CAIRN_TEST_POSTGRES_URL` unset (and not in CI, where its absence fails the
-//! PostgreSQL tests instead), those tests are built `#[ignore]`d under
-//! `cfg(cairn_no_postgres)`, so they show as ignored rather than passed.
+// Marks a build whose tests cannot reach PostgreSQL: with
+// `CAIRN_TEST_POSTGRES_URL` unset (and not in CI, where its absence fails the
+// PostgreSQL tests instead), those tests are built `#[ignore]`d under
+// `cfg(cairn_no_postgres)`, so they show as ignored rather than passed.
 
 fn main() {
     println!("cargo::rerun-if-env-changed=CAIRN_TEST_POSTGRES_URL");
