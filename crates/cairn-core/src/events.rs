@@ -397,7 +397,7 @@ pub struct AppendResult {
 
 /// Written when a cancellation is requested (the record keeps the request).
 pub const CANCEL_REQUESTED: &str = "process.cancel_requested";
-/// Written when a run starts waiting durably (for a signal).
+/// Written when a run starts waiting durably (for a signal or a timer).
 pub const WAITING: &str = "process.waiting";
 /// Written when a durable wait ends.
 pub const RESUMED: &str = "process.resumed";
@@ -417,9 +417,9 @@ pub const ABANDONED: &str = "process.abandoned";
 /// The prefix of signal event types.
 pub const SIGNAL_PREFIX: &str = "signal.";
 
-/// Core types only cairn's own operations write (claims, abandon requests and
-/// reconciliation); `append_event` refuses them.
-pub const RESERVED_FOR_CAIRN: &[&str] = &[STARTED, ABANDON_REQUESTED, ABANDONED];
+/// Core types only cairn's own operations write (claims, waits and resumptions,
+/// abandon requests and reconciliation); `append_event` refuses them.
+pub const RESERVED_FOR_CAIRN: &[&str] = &[STARTED, WAITING, RESUMED, ABANDON_REQUESTED, ABANDONED];
 
 /// Whether a name belongs to cairn's core namespace.
 pub fn is_core_event_type(name: &str) -> bool {

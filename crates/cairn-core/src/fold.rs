@@ -96,10 +96,22 @@ pub fn apply_event(record: &mut ProcessRecord, event: &ProcessEvent) {
                 kind: str_at("kind").unwrap_or_default(),
                 name: str_at("name"),
                 ordinal: u64_at("ordinal"),
+                until_ms: u64_at("until_ms"),
+                woken: None,
                 since_ms: event.occurred_at_ms,
             });
         }
         events::RESUMED => record.wait = None,
+        t if t.starts_with(events::SIGNAL_PREFIX) && is_suspended(record) => {
+            // A suspension for this name saw every earlier signal of it (see
+            // `ops::wait`), so the next one is the one it waits for.
+            let name = &t[events::SIGNAL_PREFIX.len()..];
+            if let Some(w) = record.wait.as_mut() {
+                if w.kind == "signal" && w.name.as_deref() == Some(name) && w.woken.is_none() {
+                    w.woken = Some("signal".into());
+                }
+            }
+        }
         events::STARTED => {
             record.started = Some(StartedFact {
                 owner_id: str_at("owner_id").unwrap_or_default(),
@@ -419,12 +431,71 @@ pub fn cancel_replay_key(reason: Option<&str>) -> String {
 }
 
 /// Whether a cancellation request ends the process at once: nobody holds a live
-/// lease and no owner-bound run has begun (a started owner-bound process ends only
-/// through its owner or an abandon request).
+/// lease, no owner-bound run has begun (a started owner-bound process ends only
+/// through its owner or an abandon request) and it is not suspended (a
+/// suspended run is resumed to observe the request, SPEC §13).
 pub fn cancels_at_once(record: &ProcessRecord, now_ms: u64) -> bool {
     record.disposition != Disposition::ExternallyOwned
         && !record.has_live_lease(now_ms)
+        && !is_suspended(record)
         && (record.started.is_none() || record.disposition == Disposition::Rerunnable)
+}
+
+/// Whether the record is suspended: a `rerunnable` run that waits (SPEC §13).
+/// Its lease was released with the wait; `owner_bound` waits hold theirs.
+pub fn is_suspended(record: &ProcessRecord) -> bool {
+    record.disposition == Disposition::Rerunnable && record.wait.is_some() && !record.is_terminal()
+}
+
+/// When a claim may take the record, as far as its wait goes: `Some(0)` at
+/// once (not suspended, woken, or cancellation requested), `Some(t)` once the
+/// deadline `t` passes, `None` not until a write wakes it.
+pub fn resumable_at(record: &ProcessRecord) -> Option<u64> {
+    if !is_suspended(record) || record.cancel_request.is_some() {
+        return Some(0);
+    }
+    let wait = record.wait.as_ref()?;
+    if wait.woken.is_some() {
+        return Some(0);
+    }
+    wait.until_ms
+}
+
+/// Why a claim at `now_ms` resumes a suspended record (the `reason` of its
+/// `process.resumed`); `None` when it is not suspended or not yet resumable.
+pub fn resume_reason(record: &ProcessRecord, now_ms: u64) -> Option<&'static str> {
+    if !is_suspended(record) {
+        return None;
+    }
+    let wait = record.wait.as_ref()?;
+    if record.cancel_request.is_some() {
+        Some("cancel_requested")
+    } else if wait.woken.is_some() {
+        Some(if wait.kind == "children" { "children" } else { "signal" })
+    } else if wait.until_ms.is_some_and(|t| t <= now_ms) {
+        Some(if wait.kind == "timer" { "timer" } else { "timed_out" })
+    } else {
+        None
+    }
+}
+
+/// The `process.resumed` a claim at `now_ms` appends to a suspended record.
+pub fn resumed_request(record: &ProcessRecord, now_ms: u64) -> Option<AppendRequest> {
+    let reason = resume_reason(record, now_ms)?;
+    let wait = record.wait.as_ref()?;
+    let mut payload = json!({"reason": reason, "kind": wait.kind});
+    if let Some(map) = payload.as_object_mut() {
+        if let Some(n) = &wait.name {
+            map.insert("name".into(), json!(n));
+        }
+        if let Some(o) = wait.ordinal {
+            map.insert("ordinal".into(), json!(o));
+        }
+        if let Some(u) = wait.until_ms {
+            map.insert("until_ms".into(), json!(u));
+        }
+    }
+    Some(AppendRequest::new(events::RESUMED, payload))
 }
 
 /// Why a record may not be claimed by `owner_id` at `now_ms`, if it may not.
@@ -458,6 +529,21 @@ pub fn claim_refusal(record: &ProcessRecord, owner_id: &str, now_ms: u64) -> Opt
             reason: "an abandon request is pending".into(),
         });
     }
+    match resumable_at(record) {
+        Some(t) if t <= now_ms => {}
+        Some(t) => {
+            return Some(CairnError::NotClaimable {
+                process_id: id,
+                reason: format!("suspended until {t}"),
+            })
+        }
+        None => {
+            return Some(CairnError::NotClaimable {
+                process_id: id,
+                reason: "suspended until its wait is satisfied".into(),
+            })
+        }
+    }
     if let Some(l) = &record.lease {
         if l.owner_id != owner_id && l.expires_at_ms > now_ms {
             return Some(CairnError::LeaseHeld {
@@ -469,10 +555,12 @@ pub fn claim_refusal(record: &ProcessRecord, owner_id: &str, now_ms: u64) -> Opt
     None
 }
 
-/// Whether a record belongs on the worklist as a run candidate (ignoring its lease).
+/// Whether a record belongs on the worklist as a run candidate (ignoring its
+/// lease): a suspension that only a write can wake does not.
 pub fn is_run_candidate(record: &ProcessRecord) -> bool {
     !record.is_terminal()
         && record.abandon_request.is_none()
+        && resumable_at(record).is_some()
         && match record.disposition {
             Disposition::Rerunnable => true,
             Disposition::OwnerBound => record.started.is_none(),

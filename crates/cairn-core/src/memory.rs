@@ -12,7 +12,7 @@ use crate::fold;
 use crate::model::{
     page_limit, Change, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, Outcome,
     ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope, StartGrant,
-    StatusFilter, Tombstone, TransferReport, WakeDelivery, Watermark, WorkAction, WorkItem,
+    StatusFilter, Tombstone, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkAction, WorkItem,
 };
 use crate::ops::admin::{self, AdminTx, Deleted, GrantState, PruneCandidate};
 use crate::ops::{self, at_once, Answer, Op, Row, WriteTx};
@@ -184,9 +184,9 @@ impl WriteTx for Tx<'_> {
             .candidates
             .iter()
             .filter(|id| {
-                st.entries.get(*id).is_some_and(|e| {
-                    fold::is_run_candidate(&e.row.record) && e.row.lease.as_ref().is_none_or(|l| l.expires_at_ms <= now)
-                })
+                st.entries
+                    .get(*id)
+                    .is_some_and(|e| fold::is_run_candidate(&e.row.record) && e.row.claimable_at() <= now)
             })
             .take(limit)
             .cloned()
@@ -543,7 +543,7 @@ impl ProcessRegistry for MemoryRegistry {
             .iter()
             .filter_map(|id| {
                 let e = st.entries.get(id)?;
-                if e.row.lease.as_ref().is_some_and(|l| l.expires_at_ms > now) {
+                if e.row.claimable_at() > now {
                     return None;
                 }
                 let action = if fold::is_abandon_candidate(&e.row.record) {
@@ -634,5 +634,23 @@ impl ProcessRegistry for MemoryRegistry {
     async fn fencing_token(&self, id: &str) -> Result<u64> {
         validate_id("process id", id)?;
         Ok(self.state.lock().entry(id)?.row.fencing)
+    }
+
+    async fn wait(&self, lease: &Lease, wait: WaitRequest, seen_sequence: u64) -> Result<bool> {
+        self.submit(Op::wait(lease, wait, seen_sequence))?.into_bool()
+    }
+
+    async fn resume(&self, lease: &Lease, payload: serde_json::Value) -> Result<ProcessRecord> {
+        self.submit(Op::resume(lease, payload))?.into_record()
+    }
+
+    async fn next_due(&self, after_ms: u64) -> Result<Option<u64>> {
+        let st = self.state.lock();
+        Ok(st
+            .candidates
+            .iter()
+            .filter_map(|id| st.entries.get(id).map(|e| e.row.claimable_at()))
+            .filter(|t| *t > after_ms)
+            .min())
     }
 }

@@ -391,20 +391,77 @@ impl Outcome {
     }
 }
 
-/// A durable wait, visible on the record while a process waits for a signal.
+/// A durable wait, visible on the record while a process waits (SPEC §13).
+///
+/// In a `rerunnable` process the wait is a suspension: the lease was released
+/// with it, and the process is claimable again only once [`WaitState::woken`]
+/// is set, its deadline passes or a cancellation is requested.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WaitState {
-    /// `signal` for signal waits; producers may record other kinds.
+    /// `signal` or `timer`.
     pub kind: String,
     /// The signal name waited for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Which signal of that name (1-based) the process waits for.
+    /// Which wait of its kind (for signals: which signal of that name, 1-based).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordinal: Option<u64>,
+    /// The deadline (a timer's due time), in epoch milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<u64>,
+    /// Set by the write that satisfied the wait (`signal`): the process is
+    /// claimable and the next claim resumes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub woken: Option<String>,
     /// When the wait began, in epoch milliseconds.
     pub since_ms: u64,
+}
+
+/// What a run asks to wait for: the payload of its `process.waiting` event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitRequest {
+    /// `signal` or `timer`.
+    pub kind: String,
+    /// The signal name, for a signal wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Which wait of its kind this is in the run (1-based).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordinal: Option<u64>,
+    /// The deadline: a timer's due time, or a signal wait's timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<u64>,
+}
+
+impl WaitRequest {
+    /// A wait for the `ordinal`-th signal `name`, until an optional deadline.
+    pub fn signal(name: &str, ordinal: u64, until_ms: Option<u64>) -> Self {
+        Self {
+            kind: "signal".into(),
+            name: Some(name.to_string()),
+            ordinal: Some(ordinal),
+            until_ms,
+        }
+    }
+
+    /// The `ordinal`-th timer of a run, due at `until_ms`.
+    pub fn timer(ordinal: u64, until_ms: u64) -> Self {
+        Self {
+            kind: "timer".into(),
+            name: None,
+            ordinal: Some(ordinal),
+            until_ms: Some(until_ms),
+        }
+    }
+
+    /// Whether a `process.waiting` or `process.resumed` payload names this wait.
+    pub fn matches(&self, payload: &serde_json::Value) -> bool {
+        let s = |k: &str| payload.get(k).and_then(serde_json::Value::as_str);
+        s("kind") == Some(self.kind.as_str())
+            && s("name") == self.name.as_deref()
+            && payload.get("ordinal").and_then(serde_json::Value::as_u64) == self.ordinal
+    }
 }
 
 /// The lease view on a record.

@@ -11,7 +11,7 @@ use crate::events::{AppendRequest, AppendResult, EventPage};
 use crate::model::{
     ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, Outcome, ProcessFilter,
     ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope, StartGrant, StatusFilter,
-    TransferReport, WakeDelivery, Watermark, WorkItem,
+    TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
 };
 use crate::Result;
 
@@ -195,6 +195,28 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// The fencing token of the most recent claim (0 if never claimed). For
     /// tests and diagnostics.
     async fn fencing_token(&self, id: &str) -> Result<u64>;
+
+    /// Record a durable wait under `lease` (SPEC §13), by a run that read the
+    /// log up to `seen_sequence`. A `rerunnable` process suspends: the
+    /// `process.waiting` event and the release of the lease are one fenced
+    /// write, and the process is not claimable until the wait is satisfied (a
+    /// signal of the name, the deadline, a cancellation request). An
+    /// `owner_bound` process records the wait and keeps its lease. Answers
+    /// `false` and writes nothing when the log moved past `seen_sequence`, a
+    /// cancellation is pending or the deadline has passed (read again and
+    /// decide anew). A stale lease is `lease_fenced`; a terminal process
+    /// `process_terminal`; a bad wait `invalid_request`.
+    async fn wait(&self, lease: &Lease, wait: WaitRequest, seen_sequence: u64) -> Result<bool>;
+
+    /// Append `process.resumed` with `payload` (which names the wait and the
+    /// `reason`) under `lease`: the end of a wait the run held its lease
+    /// through. A suspended run's resumption is written by the claim instead.
+    async fn resume(&self, lease: &Lease, payload: serde_json::Value) -> Result<ProcessRecord>;
+
+    /// The earliest claimable time after `after_ms` among worklist rows (a
+    /// lease expiry or a suspension's deadline), if any: a driver that looked
+    /// for work at `after_ms` sleeps until then. Answered from the worklist index.
+    async fn next_due(&self, after_ms: u64) -> Result<Option<u64>>;
 }
 
 /// Check a prune status filter.

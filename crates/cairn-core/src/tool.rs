@@ -1,7 +1,7 @@
 //! Host tools: the [`Tool`] trait, the [`ToolRegistry`] and the [`ToolContext`]
 //! a running tool sees.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +11,9 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::awaiter::Awaiter;
+use crate::clock::{system_clock, SharedClock};
 use crate::events::{self, AppendRequest, EventType, ProcessEvent};
-use crate::model::{EnvSpec, Lease, Outcome, ProcessRecord};
+use crate::model::{Disposition, EnvSpec, Lease, Outcome, ProcessRecord, WaitRequest};
 use crate::registry::ProcessRegistry;
 use crate::{CairnError, Result};
 
@@ -90,6 +91,9 @@ pub enum StopReason {
     LeaseLost,
     /// The worker is draining for shutdown.
     Shutdown,
+    /// The run suspended (SPEC §13): its wait is recorded and its lease
+    /// released; a later claim resumes it from the log. Nothing more is written.
+    Suspended,
 }
 
 /// What a running tool can see and do. Cheap to clone.
@@ -106,6 +110,11 @@ struct ContextInner {
     lease: Mutex<Lease>,
     stop: CancellationToken,
     stop_reason: Mutex<Option<StopReason>>,
+    clock: SharedClock,
+    /// How many waits of each kind (`signal:{name}`, `timer`) this run has made:
+    /// a re-run makes the same calls in the same order, so the n-th call is
+    /// the n-th wait of the log (durable execution by replay).
+    ordinals: Mutex<HashMap<String, u64>>,
 }
 
 impl ToolContext {
@@ -127,7 +136,21 @@ impl ToolContext {
                 lease: Mutex::new(lease),
                 stop: CancellationToken::new(),
                 stop_reason: Mutex::new(None),
+                clock: system_clock(),
+                ordinals: Mutex::new(HashMap::new()),
             }),
+        }
+    }
+
+    /// The same context reading time from `clock` (deadlines of waits and
+    /// timers). Call before the run starts.
+    pub fn with_clock(self, clock: SharedClock) -> Self {
+        match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.clock = clock;
+                Self { inner: Arc::new(inner) }
+            }
+            Err(inner) => Self { inner },
         }
     }
 
@@ -201,82 +224,207 @@ impl ToolContext {
         Ok(self.inner.registry.append_event(self.process_id(), req).await?.event)
     }
 
-    /// Wait durably for the next signal `name`: the record shows `waiting` until
-    /// it arrives, then `process.resumed` is appended and its payload returned.
-    /// A re-run resumes the same wait (a signal that arrived meanwhile is not lost).
-    /// `Ok(None)` when `timeout` passes first; `Err` when the run is stopped or
-    /// the lease is lost.
+    /// Wait durably for the next signal `name` and answer its payload; `Ok(None)`
+    /// when `timeout` passes first.
+    ///
+    /// The n-th call for a name in a run waits for the n-th signal of that name
+    /// (a re-run makes the same calls, so it finds the same signals). In a
+    /// `rerunnable` process the wait suspends (SPEC §13): the lease is released,
+    /// the run is told to stop with [`StopReason::Suspended`] and this answers
+    /// `Err`; the tool returns and a later claim, once the signal, the deadline
+    /// or a cancellation request arrives, runs it again. In an `owner_bound`
+    /// process the run waits holding its lease. `Err` also when the run is
+    /// stopped or the lease is lost.
     pub async fn wait_signal(&self, name: &str, timeout: Option<Duration>) -> Result<Option<Value>> {
         let signal_type = events::signal_event_type(name)?;
-        let id = self.process_id().to_string();
-        // Which signal of this name is ours: one past those already consumed.
-        let mut consumed = 0u64;
-        let mut signals: Vec<ProcessEvent> = Vec::new();
+        let ordinal = self.next_ordinal(&format!("signal:{name}"));
+        let mut wait = WaitRequest::signal(name, ordinal, None);
+        loop {
+            let log = self.read_log().await?;
+            let seen = log.last().map_or(0, |e| e.sequence);
+            let waited = log
+                .iter()
+                .rev()
+                .find(|e| e.event_type == events::WAITING && wait.matches(&e.payload));
+            let resumed = log
+                .iter()
+                .rev()
+                .find(|e| e.event_type == events::RESUMED && wait.matches(&e.payload));
+            if resumed.is_some_and(|e| e.payload.get("reason").and_then(Value::as_str) == Some("timed_out")) {
+                return Ok(None);
+            }
+            let index = usize::try_from(ordinal - 1).unwrap_or(usize::MAX);
+            if let Some(signal) = log.iter().filter(|e| e.event_type == signal_type).nth(index) {
+                if waited.is_some() && resumed.is_none() {
+                    self.resume(&wait, "signal").await?;
+                }
+                return Ok(Some(signal.payload.clone()));
+            }
+            self.check_stopped(name)?;
+            wait.until_ms = waited
+                .and_then(|e| e.payload.get("until_ms").and_then(Value::as_u64))
+                .or_else(|| timeout.map(|t| self.now_ms().saturating_add(duration_ms(t))));
+            if wait.until_ms.is_some_and(|t| t <= self.now_ms()) {
+                self.resume(&wait, "timed_out").await?;
+                return Ok(None);
+            }
+            if self.suspends() {
+                if self.suspend(&wait, seen).await? {
+                    return Err(self.suspended_error());
+                }
+                continue;
+            }
+            if waited.is_none() && !self.inner.registry.wait(&self.lease(), wait.clone(), seen).await? {
+                continue;
+            }
+            // An owner-bound run waits here, holding its lease: the hub (or the
+            // awaiter's backstop) tells it of the signal.
+            let id = self.process_id().to_string();
+            let arrived = self.inner.awaiter.await_event(&id, &signal_type, seen);
+            let deadline = wait
+                .until_ms
+                .map(|t| Duration::from_millis(t.saturating_sub(self.now_ms())));
+            tokio::select! {
+                r = wait_with_timeout(arrived, deadline) => match r {
+                    Some(r) => { r?; }
+                    None => {
+                        // The deadline passed while this run held its lease.
+                        self.resume(&wait, "timed_out").await?;
+                        return Ok(None);
+                    }
+                },
+                _ = self.stopped() => {}
+            }
+        }
+    }
+
+    /// Sleep durably for `duration` and return when it has passed.
+    ///
+    /// The n-th call in a run is the n-th timer of the log: its due time is
+    /// fixed when it is first recorded, so a re-run sleeps only what is left.
+    /// In a `rerunnable` process the sleep suspends (as in
+    /// [`wait_signal`](Self::wait_signal)): a three-day sleep holds nothing but
+    /// its rows and survives restarts. `Err` when the run is stopped.
+    pub async fn sleep(&self, duration: Duration) -> Result<()> {
+        let ordinal = self.next_ordinal("timer");
+        let mut wait = WaitRequest::timer(ordinal, 0);
+        loop {
+            let log = self.read_log().await?;
+            let seen = log.last().map_or(0, |e| e.sequence);
+            let matching = |t: &str| log.iter().rev().find(|e| e.event_type == t && wait.matches(&e.payload));
+            if matching(events::RESUMED).is_some() {
+                return Ok(());
+            }
+            let recorded = matching(events::WAITING);
+            let until = recorded
+                .and_then(|e| e.payload.get("until_ms").and_then(Value::as_u64))
+                .unwrap_or_else(|| self.now_ms().saturating_add(duration_ms(duration)));
+            wait.until_ms = Some(until);
+            if until <= self.now_ms() {
+                if recorded.is_some() {
+                    self.resume(&wait, "timer").await?;
+                }
+                return Ok(());
+            }
+            self.check_stopped("timer")?;
+            if self.suspends() {
+                if self.suspend(&wait, seen).await? {
+                    return Err(self.suspended_error());
+                }
+                continue;
+            }
+            if recorded.is_none() && !self.inner.registry.wait(&self.lease(), wait.clone(), seen).await? {
+                continue;
+            }
+            let left = Duration::from_millis(until.saturating_sub(self.now_ms()));
+            tokio::select! {
+                _ = tokio::time::sleep(left) => {
+                    self.resume(&wait, "timer").await?;
+                    return Ok(());
+                }
+                _ = self.stopped() => {}
+            }
+        }
+    }
+
+    /// Whether this run's waits suspend (a `rerunnable` process) rather than
+    /// hold the lease.
+    pub fn suspends(&self) -> bool {
+        self.inner.record.disposition == Disposition::Rerunnable
+    }
+
+    /// Whether the run suspended.
+    pub fn is_suspended(&self) -> bool {
+        self.stop_reason() == Some(StopReason::Suspended)
+    }
+
+    fn next_ordinal(&self, key: &str) -> u64 {
+        let mut map = self.inner.ordinals.lock();
+        let n = map.entry(key.to_string()).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.clock.now_ms()
+    }
+
+    fn check_stopped(&self, what: &str) -> Result<()> {
+        if self.is_stopped() {
+            return Err(CairnError::Unavailable(format!(
+                "process `{}` stopped while waiting ({what})",
+                self.process_id()
+            )));
+        }
+        Ok(())
+    }
+
+    fn suspended_error(&self) -> CairnError {
+        CairnError::Unavailable(format!(
+            "process `{}` suspended; a later claim resumes it",
+            self.process_id()
+        ))
+    }
+
+    /// Record the wait and release the lease; `false` when the log moved.
+    async fn suspend(&self, wait: &WaitRequest, seen: u64) -> Result<bool> {
+        let suspended = self.inner.registry.wait(&self.lease(), wait.clone(), seen).await?;
+        if suspended {
+            self.stop(StopReason::Suspended);
+        }
+        Ok(suspended)
+    }
+
+    async fn resume(&self, wait: &WaitRequest, reason: &str) -> Result<()> {
+        let mut payload = serde_json::to_value(wait).unwrap_or_else(|_| json!({}));
+        if let Some(map) = payload.as_object_mut() {
+            map.insert("reason".into(), json!(reason));
+        }
+        self.inner.registry.resume(&self.lease(), payload).await?;
+        Ok(())
+    }
+
+    /// The whole log, in pages.
+    async fn read_log(&self) -> Result<Vec<ProcessEvent>> {
+        let mut all = Vec::new();
         let mut after = 0;
         loop {
             let page = self
                 .inner
                 .registry
-                .events_after(&id, after, Some(crate::model::MAX_PAGE_SIZE))
+                .events_after(self.process_id(), after, Some(crate::model::MAX_PAGE_SIZE))
                 .await?;
-            for e in &page.events {
-                if e.event_type == events::RESUMED
-                    && e.payload.get("name").and_then(Value::as_str) == Some(name)
-                    && e.payload.get("timed_out").is_none()
-                {
-                    consumed += 1;
-                }
-                if e.event_type == signal_type {
-                    signals.push(e.clone());
-                }
-            }
+            all.extend(page.events);
             match page.next_after {
                 Some(n) => after = n,
-                None => break,
+                None => return Ok(all),
             }
         }
-        let ordinal = consumed + 1;
-        let ready = signals.get(consumed as usize).cloned();
-        let signal = match ready {
-            Some(s) => s,
-            None => {
-                let waiting_already = self
-                    .inner
-                    .record
-                    .wait
-                    .as_ref()
-                    .is_some_and(|w| w.name.as_deref() == Some(name) && w.ordinal == Some(ordinal));
-                if !waiting_already {
-                    self.append(
-                        events::WAITING,
-                        json!({"kind": "signal", "name": name, "ordinal": ordinal}),
-                    )
-                    .await?;
-                }
-                let after_seq = signals.last().map_or(0, |s| s.sequence);
-                let wait = self.inner.awaiter.await_event(&id, &signal_type, after_seq);
-                let stopped = self.stopped();
-                tokio::select! {
-                    r = wait_with_timeout(wait, timeout) => match r {
-                        Some(r) => r?,
-                        None => {
-                            self.append(events::RESUMED, json!({"name": name, "ordinal": ordinal, "timed_out": true})).await?;
-                            return Ok(None);
-                        }
-                    },
-                    _ = stopped => {
-                        return Err(CairnError::Unavailable(format!("process `{id}` stopped while waiting for signal `{name}`")));
-                    }
-                }
-            }
-        };
-        self.append(
-            events::RESUMED,
-            json!({"name": name, "ordinal": ordinal, "signal_sequence": signal.sequence}),
-        )
-        .await?;
-        Ok(Some(signal.payload))
     }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 async fn wait_with_timeout<F: std::future::Future>(fut: F, timeout: Option<Duration>) -> Option<F::Output> {

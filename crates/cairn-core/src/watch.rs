@@ -12,7 +12,7 @@ use crate::events::{AppendRequest, AppendResult, EventPage, ProcessEvent};
 use crate::model::{
     ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, Outcome, ProcessFilter,
     ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope, StartGrant, StatusFilter,
-    TransferReport, WakeDelivery, Watermark, WorkItem,
+    TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
 };
 use crate::registry::{CancelAnswer, ProcessRegistry, Registered};
 use crate::Result;
@@ -146,7 +146,8 @@ impl WatchedRegistry {
         self.hub.publish(&record.id, record.last_sequence);
     }
 
-    /// Feed the sink the last `count` events of a record that just changed.
+    /// Feed the sink the last `count` events of a record that just changed
+    /// (for a claim, `count` 2 reads back to its `process.started`).
     async fn sink_tail(&self, record: &ProcessRecord, count: u64) {
         let Some(sink) = &self.sink else { return };
         let after = record.last_sequence.saturating_sub(count);
@@ -155,7 +156,13 @@ impl WatchedRegistry {
             .events_after(&record.id, after, Some(count.max(1) as usize))
             .await
         {
-            for e in page.events {
+            let claim_tail = count == 2
+                && page
+                    .events
+                    .last()
+                    .is_some_and(|e| e.event_type == crate::events::RESUMED);
+            let skip = usize::from(count == 2 && !claim_tail && page.events.len() == 2);
+            for e in page.events.into_iter().skip(skip) {
                 sink.push(e);
             }
         }
@@ -204,6 +211,10 @@ impl ProcessRegistry for WatchedRegistry {
         let r = self.inner.append_event(id, request).await?;
         if !r.replayed {
             self.hub.publish(id, r.event.sequence);
+            if r.event.event_type.starts_with(crate::events::SIGNAL_PREFIX) {
+                // A signal may have woken a suspended process (SPEC §13).
+                self.hub.notify_work();
+            }
             if let Some(sink) = &self.sink {
                 sink.push(r.event.clone());
             }
@@ -216,6 +227,10 @@ impl ProcessRegistry for WatchedRegistry {
         let r = self.inner.request_cancel(id, reason).await?;
         self.after_write(&r.process, r.process.last_sequence.saturating_sub(before))
             .await;
+        if !r.cancelled_now {
+            // A suspended process is claimable once a cancellation is requested.
+            self.hub.notify_work();
+        }
         Ok(r)
     }
 
@@ -258,14 +273,16 @@ impl ProcessRegistry for WatchedRegistry {
     async fn claim_batch(&self, owner_id: &str, ttl_ms: u64, limit: usize) -> Result<Vec<Claim>> {
         let claims = self.inner.claim_batch(owner_id, ttl_ms, limit).await?;
         for c in &claims {
-            self.after_write(&c.process, 1).await;
+            // A claim that resumes a suspension appends `process.resumed` after
+            // `process.started`; the sink reads back to the started event.
+            self.after_write(&c.process, 2).await;
         }
         Ok(claims)
     }
 
     async fn record_started(&self, lease: &Lease) -> Result<ProcessRecord> {
         let r = self.inner.record_started(lease).await?;
-        self.after_write(&r, 1).await;
+        self.after_write(&r, 2).await;
         Ok(r)
     }
 
@@ -335,5 +352,34 @@ impl ProcessRegistry for WatchedRegistry {
 
     async fn fencing_token(&self, id: &str) -> Result<u64> {
         self.inner.fencing_token(id).await
+    }
+
+    async fn wait(&self, lease: &Lease, wait: WaitRequest, seen_sequence: u64) -> Result<bool> {
+        let due = wait.until_ms.is_some();
+        let recorded = self.inner.wait(lease, wait, seen_sequence).await?;
+        if recorded {
+            // The wait appended one event right after the log the run had read.
+            self.hub.publish(&lease.process_id, seen_sequence + 1);
+            if self.sink.is_some() {
+                if let Ok(record) = self.inner.get(&lease.process_id).await {
+                    self.sink_tail(&record, 1).await;
+                }
+            }
+            if due {
+                // A new deadline: drivers look again for the earliest due time.
+                self.hub.notify_work();
+            }
+        }
+        Ok(recorded)
+    }
+
+    async fn resume(&self, lease: &Lease, payload: serde_json::Value) -> Result<ProcessRecord> {
+        let r = self.inner.resume(lease, payload).await?;
+        self.after_write(&r, 1).await;
+        Ok(r)
+    }
+
+    async fn next_due(&self, after_ms: u64) -> Result<Option<u64>> {
+        self.inner.next_due(after_ms).await
     }
 }

@@ -35,7 +35,8 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// Most claims per drive round.
     pub batch_size: usize,
-    /// How often the driver sweeps without being nudged (recovery of expired leases).
+    /// The longest the driver sleeps without a notice or a due time: a
+    /// backstop, since due times (lease expiries, deadlines) wake it exactly.
     pub sweep_interval: Duration,
     /// How long a stopped tool gets to return before its task is aborted.
     pub stop_grace: Duration,
@@ -48,7 +49,7 @@ impl Default for WorkerConfig {
             lease_ttl: Duration::from_secs(30),
             concurrency: 64,
             batch_size: 64,
-            sweep_interval: Duration::from_secs(1),
+            sweep_interval: Duration::from_secs(30),
             stop_grace: Duration::from_secs(10),
         }
     }
@@ -257,7 +258,8 @@ impl Worker {
             None => None,
         };
         let disposition = process.disposition;
-        let ctx = ToolContext::new(process, env, self.registry.clone(), self.awaiter.clone(), lease);
+        let ctx = ToolContext::new(process, env, self.registry.clone(), self.awaiter.clone(), lease)
+            .with_clock(self.clock.clone());
         self.in_flight.lock().insert(id.clone(), ctx.clone());
         if self.draining.load(Ordering::SeqCst) {
             ctx.stop(StopReason::Shutdown);
@@ -272,6 +274,9 @@ impl Worker {
         match ctx.stop_reason() {
             Some(StopReason::LeaseLost) => {
                 tracing::info!(process_id = %id, "lease lost; the run wrote nothing more");
+            }
+            Some(StopReason::Suspended) => {
+                tracing::debug!(process_id = %id, "suspended; the lease went with the wait");
             }
             Some(StopReason::Shutdown) => match disposition {
                 Disposition::OwnerBound => {
@@ -388,8 +393,10 @@ impl Worker {
     }
 }
 
-/// Drives a [`Worker`]: a drive at start (recovery), on every nudge, and on the
-/// sweep interval (expired leases, lapsed abandon requests).
+/// Drives a [`Worker`]: a drive at start (recovery), on every nudge and hub
+/// work notice, when a run ends, at the earliest due time the worklist holds
+/// (a lease expiry, a suspension's deadline: [`ProcessRegistry::next_due`]),
+/// and at the latest after the sweep interval.
 pub struct WorkDriver {
     worker: Arc<Worker>,
     nudge: Arc<Notify>,
@@ -411,9 +418,23 @@ impl WorkDriver {
         let task = tokio::spawn(async move {
             let interval = worker.config().sweep_interval;
             loop {
+                let looked_at = worker.clock.now_ms();
                 if let Err(e) = worker.drive_once().await {
                     tracing::warn!(error = %e, "work drive failed");
                 }
+                // Sleep until the earliest due time, but no longer than the sweep
+                // interval: a due time another node writes arrives by its notice.
+                let pause = match worker.registry.next_due(looked_at).await {
+                    Ok(Some(due)) => {
+                        let now = worker.clock.now_ms();
+                        interval.min(Duration::from_millis(due.saturating_sub(now)))
+                    }
+                    Ok(None) => interval,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not read the next due time");
+                        interval
+                    }
+                };
                 let hub_work = async {
                     match &hub {
                         Some(h) => h.work_available().await,
@@ -425,7 +446,7 @@ impl WorkDriver {
                     _ = nudge.notified() => {}
                     _ = hub_work => {}
                     _ = worker.idle.notified() => {}
-                    _ = tokio::time::sleep(interval) => {}
+                    _ = tokio::time::sleep(pause) => {}
                 }
             }
         });

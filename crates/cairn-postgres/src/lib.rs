@@ -54,7 +54,7 @@ use cairn_core::events::{AppendRequest, AppendResult, EventPage};
 use cairn_core::model::{
     page_limit, Change, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, Outcome,
     ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope, StartGrant,
-    StatusFilter, TransferReport, WakeDelivery, Watermark, WorkAction, WorkItem,
+    StatusFilter, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkAction, WorkItem,
 };
 use cairn_core::registry::{prune_status, CancelAnswer, ProcessRegistry, Registered};
 use cairn_core::validate::{self, validate_id, validate_scope};
@@ -535,6 +535,20 @@ impl ProcessRegistry for PostgresRegistry {
         validate_id("process id", id)?;
         self.shared
             .run(|c| async move { read::fencing_token(&c, id).await })
+            .await
+    }
+
+    async fn wait(&self, lease: &Lease, wait: WaitRequest, seen_sequence: u64) -> Result<bool> {
+        self.submit(Op::wait(lease, wait, seen_sequence)).await?.into_bool()
+    }
+
+    async fn resume(&self, lease: &Lease, payload: serde_json::Value) -> Result<ProcessRecord> {
+        self.submit(Op::resume(lease, payload)).await?.into_record()
+    }
+
+    async fn next_due(&self, after_ms: u64) -> Result<Option<u64>> {
+        self.shared
+            .run(|c| async move { read::next_due(&c, after_ms).await })
             .await
     }
 }

@@ -215,6 +215,18 @@ pub(crate) const WORKLIST_SQL: &str = "SELECT id, abandon FROM (\
      WHERE abandon_candidate AND claimable_at_ms <= $1::int8 ORDER BY claimable_at_ms, id LIMIT $2::int8)\
     ) w ORDER BY claimable_at_ms, id LIMIT $2::int8";
 
+/// The earliest claimable time after $1, from the claimable and abandon indexes.
+pub(crate) const NEXT_DUE_SQL: &str = "SELECT LEAST(\
+    (SELECT min(claimable_at_ms) FROM processes WHERE run_candidate AND claimable_at_ms > $1::int8), \
+    (SELECT min(claimable_at_ms) FROM processes WHERE abandon_candidate AND claimable_at_ms > $1::int8))";
+
+pub(crate) async fn next_due(conn: &Conn, after: u64) -> R<Option<u64>> {
+    let stmt = conn.stmt(NEXT_DUE_SQL).await?;
+    let row = conn.client.query_one(&stmt, &[&to_sql(after)]).await?;
+    let due: Option<i64> = row.try_get(0)?;
+    Ok(due.map(cairn_core::ops::columns::from_i64))
+}
+
 /// Lapsed abandon requests at `now`, from the abandon index alone.
 pub(crate) const ABANDON_WORKLIST_SQL: &str = "SELECT id FROM processes \
     WHERE abandon_candidate AND claimable_at_ms <= $1::int8 ORDER BY claimable_at_ms, id LIMIT $2::int8";

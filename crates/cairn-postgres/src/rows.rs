@@ -267,6 +267,8 @@ mod tests {
             kind: "signal".into(),
             name: Some("go".into()),
             ordinal: Some(1),
+            until_ms: Some(7),
+            woken: Some("signal".into()),
             since_ms: 6,
         });
         r.lease = Some(LeaseView {

@@ -14,7 +14,7 @@ const APPLICATION_NAME: &str = "cairn";
 /// Migration `i` takes a schema from version `i` to `i + 1`. Never edit a
 /// released entry: append a new one. Each runs inside the migrating transaction
 /// with `search_path` set to cairn's schema.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 // Ids are `COLLATE "C"`: listings page in byte order whatever the database's
 // default collation, as every other backend does.
@@ -133,6 +133,22 @@ CREATE TABLE type_lists (
 ALTER TABLE processes ADD COLUMN types_key text;
 DROP INDEX processes_worklist;
 CREATE INDEX processes_abandon ON processes (claimable_at_ms, id) WHERE abandon_candidate;
+"#;
+
+// Suspension (SPEC §13): a suspended row is claimable at its deadline
+// (`wake_at_ms`) or not at all until a write wakes it; waits recorded before
+// this version by rerunnable runs become suspensions a signal wakes. Dropping
+// the old generated column drops the indexes over it; they are made again.
+const V4: &str = r#"
+ALTER TABLE processes ADD COLUMN wake_at_ms bigint;
+ALTER TABLE processes DROP COLUMN claimable_at_ms;
+ALTER TABLE processes ADD COLUMN claimable_at_ms bigint
+    GENERATED ALWAYS AS (COALESCE(lease_expires_at_ms, wake_at_ms, 0)) STORED;
+CREATE INDEX processes_claimable ON processes (claimable_at_ms, id) WHERE run_candidate;
+CREATE INDEX processes_abandon ON processes (claimable_at_ms, id) WHERE abandon_candidate;
+UPDATE processes SET run_candidate = false
+    WHERE run_candidate AND disposition = 'rerunnable' AND waiting
+      AND (record::jsonb -> 'cancel_request') IS NULL;
 "#;
 
 /// Check a schema name: a plain lower-case SQL identifier, so it never needs

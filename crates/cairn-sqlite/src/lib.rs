@@ -41,7 +41,7 @@ use cairn_core::events::{AppendRequest, AppendResult, EventPage};
 use cairn_core::model::{
     page_limit, Change, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, Outcome,
     ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope, StartGrant,
-    StatusFilter, TransferReport, WakeDelivery, Watermark, WorkAction, WorkItem,
+    StatusFilter, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkAction, WorkItem,
 };
 use cairn_core::ops::{self, admin, at_once, Answer, Op};
 use cairn_core::registry::{prune_status, CancelAnswer, ProcessRegistry, Registered};
@@ -458,5 +458,17 @@ impl ProcessRegistry for SqliteRegistry {
         validate_id("process id", id)?;
         let id = id.to_string();
         self.read(move |tx, _| store::fencing_token(tx, &id)).await
+    }
+
+    async fn wait(&self, lease: &Lease, wait: WaitRequest, seen_sequence: u64) -> Result<bool> {
+        self.submit(Op::wait(lease, wait, seen_sequence)).await?.into_bool()
+    }
+
+    async fn resume(&self, lease: &Lease, payload: serde_json::Value) -> Result<ProcessRecord> {
+        self.submit(Op::resume(lease, payload)).await?.into_record()
+    }
+
+    async fn next_due(&self, after_ms: u64) -> Result<Option<u64>> {
+        self.read(move |tx, _| store::next_due(tx, after_ms)).await
     }
 }

@@ -19,7 +19,7 @@ const APPLICATION_NAME: &str = "cairn";
 
 /// Migration `i` takes a database from version `i` to `i + 1`. Never edit a
 /// released entry: append a new one.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 const V1: &str = r#"
 CREATE TABLE cairn_meta (
@@ -114,6 +114,24 @@ CREATE TABLE envs (
     env_ref TEXT PRIMARY KEY NOT NULL,
     bytes   BLOB NOT NULL
 );
+"#;
+
+/// Suspension (SPEC §13): a suspended row is claimable at its deadline
+/// (`wake_at_ms`) or not at all until a write wakes it; waits recorded before
+/// this version by rerunnable runs become suspensions a signal wakes.
+const V2: &str = r#"
+DROP INDEX processes_worklist;
+ALTER TABLE processes DROP COLUMN claimable_at_ms;
+ALTER TABLE processes ADD COLUMN wake_at_ms INTEGER;
+-- When the row becomes claimable: its lease expiry, else its suspension's
+-- deadline, else 0.
+ALTER TABLE processes ADD COLUMN claimable_at_ms INTEGER
+    GENERATED ALWAYS AS (COALESCE(lease_expires_at_ms, wake_at_ms, 0)) VIRTUAL;
+CREATE INDEX processes_worklist ON processes (claimable_at_ms, id)
+    WHERE run_candidate = 1 OR abandon_candidate = 1;
+UPDATE processes SET run_candidate = 0
+    WHERE run_candidate = 1 AND disposition = 'rerunnable' AND waiting = 1
+      AND json_extract(record, '$.cancel_request') IS NULL;
 "#;
 
 /// What a file holds before cairn touches it.

@@ -161,8 +161,8 @@ pub(crate) fn insert_process(conn: &Connection, record: &ProcessRecord) -> R<()>
     conn.prepare_cached(
         "INSERT INTO processes (id, record, status, disposition, definition, originator, originator_scope, waiting,
              created_at_ms, terminal_at_ms, last_sequence, change_cursor, run_candidate, abandon_candidate,
-             fencing_counter)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 0)",
+             wake_at_ms, fencing_counter)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 0)",
     )?
     .execute(params![
         record.id,
@@ -179,6 +179,7 @@ pub(crate) fn insert_process(conn: &Connection, record: &ProcessRecord) -> R<()>
         to_sql(cursor),
         d.run_candidate,
         d.abandon_candidate,
+        d.wake_at,
     ])?;
     Ok(())
 }
@@ -190,7 +191,7 @@ pub(crate) fn update_process(conn: &Connection, record: &ProcessRecord, release_
     let (json, d) = derive(record)?;
     conn.prepare_cached(
         "UPDATE processes SET record = ?2, status = ?3, waiting = ?4, terminal_at_ms = ?5, last_sequence = ?6,
-             change_cursor = ?7, run_candidate = ?8, abandon_candidate = ?9,
+             change_cursor = ?7, run_candidate = ?8, abandon_candidate = ?9, wake_at_ms = ?11,
              lease_owner = CASE WHEN ?10 THEN NULL ELSE lease_owner END,
              lease_token = CASE WHEN ?10 THEN NULL ELSE lease_token END,
              lease_fencing = CASE WHEN ?10 THEN NULL ELSE lease_fencing END,
@@ -209,6 +210,7 @@ pub(crate) fn update_process(conn: &Connection, record: &ProcessRecord, release_
         d.run_candidate,
         d.abandon_candidate,
         release_lease,
+        d.wake_at,
     ])?;
     Ok(())
 }
@@ -293,6 +295,18 @@ const RUN_CANDIDATES_SQL: &str = "SELECT id FROM processes
 const WORKLIST_SQL: &str = "SELECT id, abandon_candidate FROM processes
      WHERE (run_candidate = 1 OR abandon_candidate = 1) AND claimable_at_ms <= ?1
      ORDER BY claimable_at_ms, id LIMIT ?2";
+
+/// The earliest claimable time after ?1 on the worklist index.
+const NEXT_DUE_SQL: &str = "SELECT MIN(claimable_at_ms) FROM processes
+     WHERE (run_candidate = 1 OR abandon_candidate = 1) AND claimable_at_ms > ?1";
+
+/// The earliest claimable time after `after` (a lease expiry or a deadline).
+pub(crate) fn next_due(conn: &Connection, after: u64) -> R<Option<u64>> {
+    let due: Option<i64> = conn
+        .prepare_cached(NEXT_DUE_SQL)?
+        .query_row(params![to_sql(after)], |r| r.get(0))?;
+    Ok(due.map(cairn_core::ops::columns::from_i64))
+}
 
 /// Ids of run candidates whose lease is free or expired at `now`, from the worklist index.
 pub(crate) fn run_candidates(conn: &Connection, now: u64, limit: usize) -> R<Vec<String>> {

@@ -437,10 +437,13 @@ pub async fn revenant_worker_cannot_write(factory: &dyn StoreFactory) {
         Err("lease_fenced")
     );
     assert_eq!(reg.renew(&old, 5_000).await.map_err(|e| e.code()), Err("lease_fenced"));
-    let append = cairn_core::AppendRequest::new("process.waiting", json!({"kind": "signal"})).with_lease(old.clone());
+    let seen = reg.get("rev").await.expect("get").last_sequence;
     assert_eq!(
-        reg.append_event("rev", append).await.map_err(|e| e.code()),
-        Err("lease_fenced")
+        reg.wait(&old, cairn_core::WaitRequest::signal("go", 1, None), seen)
+            .await
+            .map_err(|e| e.code()),
+        Err("lease_fenced"),
+        "a revenant cannot suspend"
     );
     assert!(!reg.release(&old).await.expect("release"));
     let after = reg.get("rev").await.expect("get");

@@ -17,7 +17,7 @@ use cairn_core::registry::{CancelAnswer, Registered};
 use cairn_core::{
     ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, Outcome, ProcessFilter,
     ProcessRecord, ProcessRegistry, PruneReport, Registration, Result, SessionDeleteReport, SessionScope, StartGrant,
-    StatusFilter, TransferReport, WakeDelivery, Watermark, WorkItem,
+    StatusFilter, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
 };
 use tokio::sync::watch;
 
@@ -143,5 +143,17 @@ impl ProcessRegistry for ReadProbe {
     }
     async fn fencing_token(&self, id: &str) -> Result<u64> {
         self.inner.fencing_token(id).await
+    }
+
+    async fn wait(&self, lease: &Lease, wait: WaitRequest, seen_sequence: u64) -> Result<bool> {
+        self.inner.wait(lease, wait, seen_sequence).await
+    }
+
+    async fn resume(&self, lease: &Lease, payload: serde_json::Value) -> Result<ProcessRecord> {
+        self.inner.resume(lease, payload).await
+    }
+
+    async fn next_due(&self, after_ms: u64) -> Result<Option<u64>> {
+        self.inner.next_due(after_ms).await
     }
 }

@@ -61,6 +61,8 @@ pub fn stopped_outcome(ctx: &ToolContext) -> Outcome {
     match ctx.stop_reason() {
         Some(StopReason::Cancelled { reason }) => Outcome::cancelled(reason.unwrap_or_else(|| "cancelled".into())),
         Some(StopReason::LeaseLost) => Outcome::cancelled("lease lost"),
+        // Never written: the worker completes nothing after a suspension.
+        Some(StopReason::Suspended) => Outcome::cancelled("suspended"),
         Some(StopReason::Shutdown) | None => Outcome::cancelled("worker shutting down"),
     }
 }
@@ -93,7 +95,9 @@ impl Tool for EchoTool {
     }
 }
 
-/// `sleep {"ms": N}`: succeeds with `{"slept_ms": N}` after N ms; cancellable.
+/// `sleep {"ms": N}`: succeeds with `{"slept_ms": N}` once N ms have passed
+/// since it first ran; cancellable. Durable: in a `rerunnable` process it
+/// suspends (SPEC §13), so the wait holds no worker and survives restarts.
 pub struct SleepTool;
 
 #[derive(Deserialize)]
@@ -117,9 +121,10 @@ impl Tool for SleepTool {
             Ok(a) => a,
             Err(e) => return bad_args(e),
         };
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(a.ms)) => Outcome::success(serde_json::json!({"slept_ms": a.ms})),
-            _ = ctx.stopped() => stopped_outcome(&ctx),
+        match ctx.sleep(Duration::from_millis(a.ms)).await {
+            Ok(()) => Outcome::success(serde_json::json!({"slept_ms": a.ms})),
+            Err(_) if ctx.is_stopped() => stopped_outcome(&ctx),
+            Err(e) => Outcome::failure("runtime", e.code(), e.to_string()),
         }
     }
 }

@@ -171,7 +171,7 @@ async fn sigterm_drains_and_exits_zero() {
     let mut server = Server::start(&[]).await;
     let c = server.client();
     assert_eq!(c.start(waiter("long")).await.0, 201);
-    c.wait_for("long", |r| !r["lease"].is_null()).await;
+    c.wait_for("long", |r| !r["wait"].is_null()).await;
     // A long await in flight must not hold the shutdown up.
     let waiter_client = c.clone();
     let pending = tokio::spawn(async move { waiter_client.get("/v1/processes/long/await?timeout_ms=120000").await });

@@ -215,17 +215,21 @@ async fn events_signals_and_sse_resume() {
         .await;
     assert_eq!(s, 400, "{err}");
 
-    // The live tail: signal, resumed, completed; then the stream closes.
+    // The live tail: signal, the claim that resumes the suspension (started,
+    // resumed), completed; then the stream closes.
     let mut seen = Vec::new();
     while let Some(e) = sse.next(Duration::from_secs(5)).await {
         let ev: Value = serde_json::from_str(&e.data).expect("event json");
         assert_eq!(e.id, Some(ev["sequence"].to_string()));
         seen.push(ev["event_type"].as_str().unwrap_or("").to_string());
     }
-    assert_eq!(seen, ["signal.go", "process.resumed", "process.completed"]);
+    assert_eq!(
+        seen,
+        ["signal.go", "process.started", "process.resumed", "process.completed"]
+    );
 
     // Resuming past the terminal closes at once; `?after=` works without the header.
-    let mut sse = c.sse("w", "", Some(5)).await;
+    let mut sse = c.sse("w", "", Some(6)).await;
     assert!(sse.next(Duration::from_secs(5)).await.is_none());
     let mut sse = c.sse("w", "?after=3", None).await;
     let e = sse.next(Duration::from_secs(5)).await.expect("event 4");
@@ -264,7 +268,9 @@ async fn cancel_and_await_with_timeout() {
             .0,
         201
     );
-    c.wait_for("s", |r| !r["lease"].is_null()).await;
+    // A rerunnable sleep suspends: it shows a timer wait and holds no lease.
+    c.wait_for("s", |r| r["wait"]["kind"] == "timer" && r["lease"].is_null())
+        .await;
 
     // Await with a timeout answers the still-running record.
     let t = Instant::now();

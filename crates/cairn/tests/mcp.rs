@@ -300,7 +300,7 @@ async fn drive(transport: Transport) {
         start_args("s1", "sleep", json!({"ms": 600000})),
     )
     .await;
-    wait_until(&client, &tools, "s1", |r| !r["lease"].is_null()).await;
+    wait_until(&client, &tools, "s1", |r| !r["wait"].is_null()).await;
     let result = call(&client, "process_await", json!({"id": "s1", "timeout_ms": 50}))
         .await
         .unwrap();

@@ -53,12 +53,13 @@ async fn sigkill_restart_recovers_per_disposition() {
 
     let server = Server::start_on(&db, &["--lease-ttl", "1s"]).await;
     let c = server.client();
-    // The rerunnable process is run again once the dead server's lease lapses ...
-    let rec = until(&c, "re", "re-run", |r| {
-        r["started"]["attempt"] == 2 && !r["wait"].is_null()
-    })
-    .await;
+    // The rerunnable process had suspended: it held no lease to lapse, and the
+    // restarted server leaves it suspended (no re-run) until its signal ...
+    let (s, rec) = c.get("/v1/processes/re").await;
+    assert_eq!(s, 200, "{rec}");
     assert_eq!(rec["status"], "running");
+    assert_eq!(rec["started"]["attempt"], 1, "{rec}");
+    assert!(rec["lease"].is_null() && rec["wait"]["kind"] == "signal", "{rec}");
     let (s, _) = c
         .post(
             "/v1/processes/re/signals/go",
@@ -70,6 +71,7 @@ async fn sigkill_restart_recovers_per_disposition() {
     assert_eq!(s, 200);
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["outcome"]["value"], json!({"ok": true}));
+    assert_eq!(done["started"]["attempt"], 2, "the signal's claim resumed it: {done}");
 
     // ... while the started owner_bound process stays running: nobody re-runs it.
     // First the dead server's lease on it lapses ...

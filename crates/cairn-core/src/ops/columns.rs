@@ -60,6 +60,9 @@ pub struct IndexColumns {
     pub run_candidate: bool,
     /// [`fold::is_abandon_candidate`].
     pub abandon_candidate: bool,
+    /// [`fold::resumable_at`] when it is a time: a suspension's deadline. The
+    /// claimable time of a row is its lease expiry, else this, else 0.
+    pub wake_at: Option<i64>,
 }
 
 impl IndexColumns {
@@ -80,6 +83,7 @@ impl IndexColumns {
             last_sequence: to_i64(record.last_sequence),
             run_candidate: fold::is_run_candidate(record),
             abandon_candidate: fold::is_abandon_candidate(record),
+            wake_at: fold::resumable_at(record).filter(|t| *t > 0).map(to_i64),
         })
     }
 }

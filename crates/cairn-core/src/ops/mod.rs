@@ -21,7 +21,7 @@ use crate::events::{self, AppendRequest, AppendResult, ProcessEvent};
 use crate::fold::{self, Authority};
 use crate::model::{
     Claim, Disposition, Grant, GrantDescriptor, Lease, Outcome, ProcessRecord, Registration, SessionScope, StartGrant,
-    Tombstone, WakeDelivery,
+    Tombstone, WaitRequest, WakeDelivery,
 };
 use crate::registry::{CancelAnswer, Registered};
 use crate::validate::{validate_id, validate_scope};
@@ -54,6 +54,15 @@ impl Row {
     /// Make the record's lease view agree with the lease (the lease is the truth).
     pub fn normalise(&mut self) {
         self.record.lease = self.lease.as_ref().map(Lease::view);
+    }
+
+    /// When a worklist row may be taken: its lease's expiry, else its
+    /// suspension's deadline, else 0 (the `claimable_at_ms` of SQL stores).
+    pub fn claimable_at(&self) -> u64 {
+        match &self.lease {
+            Some(l) => l.expires_at_ms,
+            None => fold::resumable_at(&self.record).unwrap_or(0),
+        }
     }
 }
 
@@ -148,6 +157,14 @@ pub enum Op {
     ReconcileAbandon { id: String },
     /// See [`crate::ProcessRegistry::complete_external`]; the terminal append is built and checked.
     CompleteExternal { id: String, request: AppendRequest },
+    /// See [`crate::ProcessRegistry::wait`].
+    Wait {
+        lease: Lease,
+        wait: WaitRequest,
+        seen_sequence: u64,
+    },
+    /// See [`crate::ProcessRegistry::resume`].
+    Resume { lease: Lease, payload: serde_json::Value },
 }
 
 impl Op {
@@ -282,6 +299,41 @@ impl Op {
         })
     }
 
+    /// A durable wait under `lease`, by a run that read the log up to `seen_sequence`.
+    pub fn wait(lease: &Lease, wait: WaitRequest, seen_sequence: u64) -> Result<Self> {
+        validate_id("process id", &lease.process_id)?;
+        if !matches!(wait.kind.as_str(), "signal" | "timer") {
+            return Err(CairnError::InvalidRequest(format!(
+                "wait kind `{}` is not one of signal, timer",
+                wait.kind
+            )));
+        }
+        if wait.kind == "signal" {
+            events::validate_signal_name(wait.name.as_deref().unwrap_or_default())?;
+        }
+        if wait.kind == "timer" && wait.until_ms.is_none() {
+            return Err(CairnError::InvalidRequest("a timer wait needs `until_ms`".into()));
+        }
+        Ok(Self::Wait {
+            lease: lease.clone(),
+            wait,
+            seen_sequence,
+        })
+    }
+
+    /// The end of a wait a run held its lease through (`payload` names the
+    /// wait and the `reason`).
+    pub fn resume(lease: &Lease, payload: serde_json::Value) -> Result<Self> {
+        validate_id("process id", &lease.process_id)?;
+        if payload.get("reason").and_then(serde_json::Value::as_str).is_none() {
+            return Err(CairnError::InvalidRequest("a resumption needs a `reason`".into()));
+        }
+        Ok(Self::Resume {
+            lease: lease.clone(),
+            payload,
+        })
+    }
+
     /// The process the operation addresses (none for a batch claim): a
     /// batching backend loads its row (and tombstone) before running it.
     pub fn process_id(&self) -> Option<&str> {
@@ -297,7 +349,9 @@ impl Op {
             Op::RecordStarted { lease }
             | Op::Renew { lease, .. }
             | Op::Release { lease }
-            | Op::Complete { lease, .. } => Some(&lease.process_id),
+            | Op::Complete { lease, .. }
+            | Op::Wait { lease, .. }
+            | Op::Resume { lease, .. } => Some(&lease.process_id),
             Op::ClaimBatch { .. } => None,
         }
     }
@@ -415,6 +469,15 @@ pub fn run<T: WriteTx + ?Sized>(tx: &mut T, op: &Op) -> Result<Answer> {
                 return Err(CairnError::NotExternallyOwned(id.clone()));
             }
             Answer::Record(append_record(tx, id, request)?)
+        }
+        Op::Wait {
+            lease,
+            wait: w,
+            seen_sequence,
+        } => Answer::Bool(wait(tx, lease, w, *seen_sequence)?),
+        Op::Resume { lease, payload } => {
+            let request = AppendRequest::new(events::RESUMED, payload.clone()).with_lease(lease.clone());
+            Answer::Record(append_record(tx, &lease.process_id, &request)?)
         }
     })
 }
@@ -568,6 +631,7 @@ fn claim_batch<T: WriteTx + ?Sized>(tx: &mut T, owner: &str, ttl_ms: u64, limit:
         let Some(row) = tx.row(&id)? else { continue };
         let free = row.lease.as_ref().is_none_or(|l| l.expires_at_ms <= now);
         if !free || !fold::is_run_candidate(&row.record) || fold::claim_refusal(&row.record, owner, now).is_some() {
+            // (claim_refusal also refuses a suspension that is not due yet.)
             continue;
         }
         let lease = claim(tx, &id, owner, ttl_ms)?;
@@ -577,9 +641,54 @@ fn claim_batch<T: WriteTx + ?Sized>(tx: &mut T, owner: &str, ttl_ms: u64, limit:
     Ok(claims)
 }
 
+/// `process.started`, then, when the claim resumes a suspended run,
+/// `process.resumed` with the reason (SPEC §13).
 fn record_started<T: WriteTx + ?Sized>(tx: &mut T, lease: &Lease) -> Result<ProcessRecord> {
+    let now = tx.now();
     let request = fold::started_request(&existing(tx, &lease.process_id)?.record, lease);
-    append_record(tx, &lease.process_id, &request)
+    let record = append_record(tx, &lease.process_id, &request)?;
+    match fold::resumed_request(&record, now) {
+        Some(resumed) => append_record(tx, &lease.process_id, &resumed.with_lease(lease.clone())),
+        None => Ok(record),
+    }
+}
+
+/// Record a wait. A `rerunnable` run suspends: `process.waiting` and the
+/// release of its lease, in one fenced write. An `owner_bound` run records the
+/// wait and keeps its lease. Answers `false` (writing nothing) when the log moved
+/// past `seen_sequence`, a cancellation is pending or the deadline has passed:
+/// the run reads the log again and decides anew, so a signal that landed after
+/// its read is never slept through.
+fn wait<T: WriteTx + ?Sized>(tx: &mut T, lease: &Lease, wait: &WaitRequest, seen_sequence: u64) -> Result<bool> {
+    let now = tx.now();
+    let id = &lease.process_id;
+    let row = existing(tx, id)?;
+    if row.record.is_terminal() {
+        return Err(CairnError::ProcessTerminal(id.clone()));
+    }
+    fold::check_lease(id, row.lease.as_ref(), lease, now)?;
+    let record = &row.record;
+    if record.disposition == Disposition::ExternallyOwned {
+        return Err(CairnError::NotClaimable {
+            process_id: id.clone(),
+            reason: "externally owned processes are never run".into(),
+        });
+    }
+    if record.last_sequence != seen_sequence
+        || record.cancel_request.is_some()
+        || wait.until_ms.is_some_and(|t| t <= now)
+    {
+        return Ok(false);
+    }
+    let suspend = record.disposition == Disposition::Rerunnable;
+    let payload = serde_json::to_value(wait).map_err(|e| CairnError::storage(format!("wait payload: {e}")))?;
+    let request = AppendRequest::new(events::WAITING, payload).with_lease(lease.clone());
+    append(tx, id, &request, Authority::Cairn)?;
+    if suspend {
+        let fencing = existing(tx, id)?.fencing;
+        tx.set_lease(id, None, fencing)?;
+    }
+    Ok(true)
 }
 
 fn renew<T: WriteTx + ?Sized>(tx: &mut T, lease: &Lease, ttl_ms: u64) -> Result<Lease> {

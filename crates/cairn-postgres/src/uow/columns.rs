@@ -39,6 +39,7 @@ pub(super) struct ProcessColumns {
     pub(super) lease_claimed: Vec<Option<i64>>,
     pub(super) lease_expires: Vec<Option<i64>>,
     pub(super) types_key: Vec<String>,
+    pub(super) wake_at: Vec<Option<i64>>,
 }
 
 impl ProcessColumns {
@@ -70,6 +71,7 @@ impl ProcessColumns {
         self.lease_claimed.push(l.map(|l| to_sql(l.claimed_at_ms)));
         self.lease_expires.push(l.map(|l| to_sql(l.expires_at_ms)));
         self.types_key.push(types_key);
+        self.wake_at.push(d.wake_at);
         Ok(())
     }
 
@@ -96,6 +98,7 @@ impl ProcessColumns {
             &self.lease_claimed,
             &self.lease_expires,
             &self.types_key,
+            &self.wake_at,
         ]
     }
 
@@ -117,6 +120,7 @@ impl ProcessColumns {
             &self.lease_claimed,
             &self.lease_expires,
             &self.types_key,
+            &self.wake_at,
         ]
     }
 }

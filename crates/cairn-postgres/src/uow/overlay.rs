@@ -97,6 +97,8 @@ impl Uow {
         entry.normalise();
         let claimable = entry.lease.as_ref().is_none_or(|l| l.expires_at_ms <= self.now);
         if claimable && (fold::is_run_candidate(&entry.record) || fold::is_abandon_candidate(&entry.record)) {
+            // Claimable now, or (a suspension with a deadline) at a new due time
+            // every driver should look at.
             self.work = true;
         }
         let id = entry.record.id.clone();
@@ -188,8 +190,11 @@ impl WriteTx for Uow {
             let Some(entry) = self.slots.get(&id).and_then(|s| s.entry.as_ref()) else {
                 continue;
             };
-            let free = entry.lease.as_ref().is_none_or(|l| l.expires_at_ms <= self.now);
-            if free && fold::is_run_candidate(&entry.record) {
+            let due = match &entry.lease {
+                Some(l) => l.expires_at_ms,
+                None => fold::resumable_at(&entry.record).unwrap_or(0),
+            };
+            if due <= self.now && fold::is_run_candidate(&entry.record) {
                 ids.push(id);
             }
         }

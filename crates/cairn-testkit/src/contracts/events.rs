@@ -3,7 +3,8 @@
 
 use cairn_core::events::{self as ev, signal_replay_key};
 use cairn_core::{
-    AppendRequest, EventType, Outcome, ProcessFilter, ProcessStatus, TerminalState, WaitState, MAX_PAGE_SIZE,
+    AppendRequest, EventType, Outcome, ProcessFilter, ProcessStatus, TerminalState, WaitRequest, WaitState,
+    MAX_PAGE_SIZE,
 };
 use serde_json::json;
 
@@ -94,9 +95,9 @@ pub async fn append_rejects_schema_violation(factory: &dyn StoreFactory) {
     }
     h.rejects(
         "schema_violation",
-        "process.waiting without kind",
+        "process.cancel_requested that is not an object",
         h.registry()
-            .append_event("p", AppendRequest::new(ev::WAITING, json!({"name": "x"}))),
+            .append_event("p", AppendRequest::new(ev::CANCEL_REQUESTED, json!("x"))),
     )
     .await;
     h.rejects(
@@ -528,28 +529,45 @@ pub async fn terminal_is_write_once(factory: &dyn StoreFactory) {
     assert_eq!(h.get("p").await.outcome, Some(Outcome::success(json!("first"))));
 }
 
-/// `process.waiting` / `process.resumed` fold into the record's wait state.
+/// `process.waiting` / `process.resumed` fold into the record's wait state;
+/// only cairn writes them (through `wait` and `resume`), never a caller.
 pub async fn wait_state_is_folded(factory: &dyn StoreFactory) {
     let h = Harness::new(factory).await;
-    h.register(rerunnable("p")).await;
-    h.register(rerunnable("q")).await;
-    let lease = h.claim("p", "w1", TTL).await;
+    h.register(owner_bound("p")).await;
+    h.register(owner_bound("q")).await;
+    let (lease, rec) = h.claim_started("p", "w1", TTL).await;
     h.advance(3);
-    h.append(
-        "p",
-        AppendRequest::new(ev::WAITING, json!({"kind": "signal", "name": "go", "ordinal": 2})),
-    )
-    .await;
-    let rec = h.get("p").await;
+    for t in [ev::WAITING, ev::RESUMED] {
+        h.rejects(
+            "reserved_event_type",
+            "a caller appending a wait event",
+            h.registry().append_event(
+                "p",
+                AppendRequest::new(t, json!({"kind": "signal"})).with_lease(lease.clone()),
+            ),
+        )
+        .await;
+    }
+    let recorded = ok(
+        h.registry()
+            .wait(&lease, WaitRequest::signal("go", 2, None), rec.last_sequence)
+            .await,
+        "wait",
+    );
+    assert!(recorded, "the wait is recorded");
+    let rec = h.check("p").await.record;
     assert_eq!(
         rec.wait,
         Some(WaitState {
             kind: "signal".into(),
             name: Some("go".into()),
             ordinal: Some(2),
+            until_ms: None,
+            woken: None,
             since_ms: h.now(),
         })
     );
+    assert!(rec.lease.is_some(), "an owner-bound wait keeps its lease");
     let waiting = ProcessFilter {
         waiting: Some(true),
         ..ProcessFilter::default()
@@ -560,11 +578,30 @@ pub async fn wait_state_is_folded(factory: &dyn StoreFactory) {
         .collect();
     assert_eq!(ids, vec!["p".to_string()]);
     h.append("p", signal("go", "a", json!(1))).await;
-    h.append("p", AppendRequest::new(ev::RESUMED, json!({}))).await;
-    assert_eq!(h.get("p").await.wait, None);
-    h.append("p", AppendRequest::new(ev::WAITING, json!({"kind": "timer"})))
-        .await;
-    assert_eq!(h.get("p").await.wait.map(|w| w.kind), Some("timer".to_string()));
+    assert_eq!(
+        h.get("p").await.wait.and_then(|w| w.woken),
+        None,
+        "only a suspension is woken by the write"
+    );
+    ok(
+        h.registry()
+            .resume(
+                &lease,
+                json!({"reason": "signal", "kind": "signal", "name": "go", "ordinal": 2}),
+            )
+            .await,
+        "resume",
+    );
+    assert_eq!(h.check("p").await.record.wait, None);
+    let rec = h.get("p").await;
+    ok(
+        h.registry()
+            .wait(&lease, WaitRequest::timer(1, h.now() + 1_000), rec.last_sequence)
+            .await,
+        "timer wait",
+    );
+    let w = h.check("p").await.record.wait.expect("a timer wait");
+    assert_eq!((w.kind.as_str(), w.until_ms), ("timer", Some(h.now() + 1_000)));
     ok(
         h.registry().complete(&lease, Outcome::success(json!(1))).await,
         "complete",

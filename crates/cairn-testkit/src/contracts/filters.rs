@@ -1,9 +1,8 @@
 //! Listing filters and their parsing.
 
-use cairn_core::events as ev;
 use cairn_core::{
-    AppendRequest, Originator, Outcome, ProcessFilter, ProcessInput, ProcessRecord, ProcessStatus, SessionScope,
-    StatusFilter,
+    Originator, Outcome, ProcessFilter, ProcessInput, ProcessRecord, ProcessStatus, SessionScope, StatusFilter,
+    WaitRequest,
 };
 use serde_json::json;
 
@@ -112,11 +111,14 @@ pub async fn list_filters(factory: &dyn StoreFactory) {
         scope: Some("ops".into()),
     };
     h.register(ops).await;
-    h.append(
-        "ext-ops",
-        AppendRequest::new(ev::WAITING, json!({"kind": "signal", "name": "go"})),
-    )
-    .await;
+    let (lease, rec) = h.claim_started("echo-host", "w1", 30_000).await;
+    let suspended = ok(
+        h.registry()
+            .wait(&lease, WaitRequest::signal("go", 1, None), rec.last_sequence)
+            .await,
+        "suspend echo-host",
+    );
+    assert!(suspended);
     h.register(originated_by(external("ext-frame"), &SessionScope::frame("s1", "f")))
         .await;
 
@@ -137,10 +139,10 @@ pub async fn list_filters(factory: &dyn StoreFactory) {
         listed(&h, &f(&|x| x.definition = Some("external".into()))).await,
         ids(&["ext-frame", "ext-ops"])
     );
-    assert_eq!(listed(&h, &f(&|x| x.waiting = Some(true))).await, ids(&["ext-ops"]));
+    assert_eq!(listed(&h, &f(&|x| x.waiting = Some(true))).await, ids(&["echo-host"]));
     assert_eq!(
         listed(&h, &f(&|x| x.waiting = Some(false))).await,
-        ids(&["echo-host", "ext-frame", "shell-s1"])
+        ids(&["ext-frame", "ext-ops", "shell-s1"])
     );
     assert_eq!(
         listed(&h, &f(&|x| x.originator = Some("host".into()))).await,
@@ -189,7 +191,7 @@ pub async fn list_filters(factory: &dyn StoreFactory) {
             })
         )
         .await,
-        ids(&["ext-frame"]),
+        ids(&["ext-frame", "ext-ops"]),
         "filters combine"
     );
     ok(
@@ -199,7 +201,13 @@ pub async fn list_filters(factory: &dyn StoreFactory) {
         "complete",
     );
     h.check("ext-ops").await;
-    assert_eq!(listed(&h, &f(&|x| x.waiting = Some(true))).await, Vec::<String>::new());
+    h.append("echo-host", signal("go", "s1", json!(1))).await;
+    h.claim_started("echo-host", "w2", 30_000).await;
+    assert_eq!(
+        listed(&h, &f(&|x| x.waiting = Some(true))).await,
+        Vec::<String>::new(),
+        "a resumed process no longer waits"
+    );
     assert_eq!(
         listed(
             &h,

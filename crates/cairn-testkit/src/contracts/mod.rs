@@ -10,6 +10,7 @@ mod leases;
 mod registration;
 mod retention;
 mod sessions;
+mod suspension;
 mod wakes;
 
 pub use abandon::*;
@@ -20,4 +21,5 @@ pub use leases::*;
 pub use registration::*;
 pub use retention::*;
 pub use sessions::*;
+pub use suspension::*;
 pub use wakes::*;
