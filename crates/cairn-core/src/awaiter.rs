@@ -1,5 +1,10 @@
-//! Waiting above storage (SPEC §6): the change hub first, bounded-backoff point
-//! reads as the fallback. Callers bound every wait with a timeout.
+//! Waiting above storage (SPEC §6, §13): a waiter reads once, then sleeps on
+//! the change hub, which every write of this node (and, through LISTEN/NOTIFY,
+//! of every PostgreSQL node) publishes into. With a hub nothing polls: a
+//! waiter reads again only when its process changed, when the hub asks every
+//! waiter to look again (a notification source reconnected), or after a rare
+//! backstop interval. Without a hub, bounded-backoff point reads stand in.
+//! Callers bound every wait with a timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +16,12 @@ use crate::watch::ChangeHub;
 use crate::Result;
 use tokio::sync::watch;
 
-/// Fallback polling bounds: start at the floor, double on each quiet wait, stop at the cap.
+/// How long a hub-fed waiter trusts the hub before it reads once anyway: a
+/// backstop against a notice lost to a bug, never the way waits resolve.
+pub const HUB_BACKSTOP: Duration = Duration::from_secs(30);
+
+/// Polling bounds for an awaiter without a hub: start at the floor, double on
+/// each quiet wait, stop at the cap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
     /// The first wait between point reads.
@@ -127,16 +137,17 @@ impl Awaiter {
     fn watch(&self, id: &str) -> ChangeWait {
         ChangeWait {
             // Subscribe before the first read so a change between read and wait is not missed.
-            rx: self.hub.as_ref().map(|h| h.subscribe(id)),
+            rx: self.hub.as_ref().map(|h| (h.subscribe(id), h.subscribe_resync())),
             delay: self.backoff.floor,
             cap: self.backoff.cap,
         }
     }
 }
 
-/// One waiter's view of a process's changes: a hub notice or the next backoff tick.
+/// One waiter's view of a process's changes: a hub notice (or the hub's call
+/// to look again, or the backstop), else the next backoff tick.
 struct ChangeWait {
-    rx: Option<watch::Receiver<u64>>,
+    rx: Option<(watch::Receiver<u64>, watch::Receiver<u64>)>,
     delay: Duration,
     cap: Duration,
 }
@@ -145,16 +156,21 @@ impl ChangeWait {
     async fn next(&mut self) {
         let delay = self.delay;
         match self.rx.as_mut() {
-            Some(rx) => {
+            Some((changes, resync)) => {
                 tokio::select! {
-                    changed = rx.changed() => {
+                    changed = changes.changed() => {
                         if changed.is_err() {
                             self.rx = None;
                         }
-                        return;
                     }
-                    _ = tokio::time::sleep(delay) => {}
+                    r = resync.changed() => {
+                        if r.is_err() {
+                            self.rx = None;
+                        }
+                    }
+                    _ = tokio::time::sleep(HUB_BACKSTOP) => {}
                 }
+                return;
             }
             None => tokio::time::sleep(delay).await,
         }

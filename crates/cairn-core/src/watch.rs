@@ -28,10 +28,21 @@ pub struct ChangeHub {
     inner: Arc<HubInner>,
 }
 
-#[derive(Default)]
 struct HubInner {
     watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
     work: Notify,
+    /// Bumped when every waiter should read again (see [`ChangeHub::resync`]).
+    resync: watch::Sender<u64>,
+}
+
+impl Default for HubInner {
+    fn default() -> Self {
+        Self {
+            watchers: Mutex::default(),
+            work: Notify::new(),
+            resync: watch::channel(0).0,
+        }
+    }
 }
 
 impl ChangeHub {
@@ -62,6 +73,19 @@ impl ChangeHub {
                 tx.send_replace(sequence);
             }
         }
+    }
+
+    /// Ask every waiter to read again: a notification source that was
+    /// disconnected may have missed changes (PostgreSQL's listener calls this
+    /// when it reconnects).
+    pub fn resync(&self) {
+        self.inner.resync.send_modify(|g| *g += 1);
+        self.notify_work();
+    }
+
+    /// A receiver that changes on every [`resync`](Self::resync).
+    pub fn subscribe_resync(&self) -> watch::Receiver<u64> {
+        self.inner.resync.subscribe()
     }
 
     /// Announce that claimable work may exist.

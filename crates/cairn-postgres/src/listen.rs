@@ -84,8 +84,9 @@ async fn listen_once(
     });
     client.batch_execute(&format!("LISTEN \"{channel}\"")).await?;
     generation.send_modify(|g| *g += 1);
-    // Whatever was announced while no connection listened is unknown: look for work.
-    hub.notify_work();
+    // Whatever was announced while no connection listened is unknown: every
+    // waiter reads again and the driver looks for work.
+    hub.resync();
     while let Some(payload) = rx.recv().await {
         deliver(hub, &payload);
     }

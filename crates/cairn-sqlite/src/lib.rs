@@ -26,6 +26,7 @@
 
 #![warn(missing_docs)]
 
+mod others;
 mod schema;
 mod store;
 mod tx;
@@ -46,7 +47,7 @@ use cairn_core::model::{
 use cairn_core::ops::{self, admin, at_once, Answer, Op};
 use cairn_core::registry::{prune_status, CancelAnswer, ProcessRegistry, Registered};
 use cairn_core::validate::{self, validate_id, validate_scope};
-use cairn_core::{CairnError, Result};
+use cairn_core::{CairnError, ChangeHub, Result};
 use parking_lot::Mutex;
 use rusqlite::{Connection, Transaction};
 
@@ -136,6 +137,7 @@ pub struct SqliteRegistry {
     writer: writer::Writer,
     readers: Arc<Readers>,
     clock: SharedClock,
+    watcher: Mutex<Option<others::Watcher>>,
 }
 
 impl std::fmt::Debug for SqliteRegistry {
@@ -174,7 +176,20 @@ impl SqliteRegistry {
             writer,
             readers,
             clock: options.clock,
+            watcher: Mutex::new(None),
         })
+    }
+
+    /// Feed `hub` with what other OS processes commit to this file (a second
+    /// server, a tool), until this registry is dropped; this process's own
+    /// writes reach the hub through `WatchedRegistry`. One thread reads
+    /// `PRAGMA data_version` every 50 ms; see the `others` module. Replaces an
+    /// earlier watcher.
+    pub fn watch_other_writers(&self, hub: ChangeHub) -> Result<()> {
+        let conn = schema::open_reader(&self.readers.path, self.readers.busy_timeout)?;
+        let watcher = others::Watcher::start(conn, self.writer.commit_counter(), hub, others::WATCH_INTERVAL)?;
+        *self.watcher.lock() = Some(watcher);
+        Ok(())
     }
 
     /// The database file.
@@ -233,6 +248,7 @@ impl Drop for SqliteRegistry {
         // connection is the last one: closing it checkpoints the WAL into the
         // main file and removes it.
         self.readers.idle.lock().clear();
+        self.watcher.lock().take();
     }
 }
 

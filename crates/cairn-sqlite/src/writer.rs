@@ -133,6 +133,13 @@ impl Writer {
             .map_err(|_| CairnError::storage("the sqlite writer thread stopped before answering"))?
     }
 
+    /// A reader of the commit count that outlives no one: for the watcher of
+    /// other writers, which tells this writer's commits from theirs.
+    pub(crate) fn commit_counter(&self) -> impl Fn() -> u64 + Send + 'static {
+        let counters = self.counters.clone();
+        move || counters.commits.load(Ordering::Relaxed)
+    }
+
     /// The writer's counters so far.
     pub(crate) fn stats(&self) -> WriteStats {
         WriteStats {

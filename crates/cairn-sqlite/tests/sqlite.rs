@@ -1034,3 +1034,26 @@ async fn sqlite_answers_like_memory() {
     }
     assert!(p.steps > 150, "ran {} steps", p.steps);
 }
+
+/// Commits another OS process makes to the file reach this process's hub
+/// (every waiter reads again); this process's own commits do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_by_another_writer_reach_the_hub() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let clock = ManualClock::new(1_000);
+    let ours = open(&path, &clock);
+    let theirs = open(&path, &clock);
+    let hub = cairn_core::ChangeHub::new();
+    ours.watch_other_writers(hub.clone()).expect("watch");
+    let mut resync = hub.subscribe_resync();
+    ours.register(external("own"), None).await.expect("own write");
+    // Several watch intervals pass: an own commit is never taken for a foreign one.
+    let quiet = tokio::time::timeout(std::time::Duration::from_millis(300), resync.changed()).await;
+    assert!(quiet.is_err(), "an own commit asked waiters to read again");
+    theirs.register(external("theirs"), None).await.expect("their write");
+    tokio::time::timeout(std::time::Duration::from_secs(10), resync.changed())
+        .await
+        .expect("a foreign commit reaches the hub")
+        .expect("hub alive");
+}

@@ -490,8 +490,19 @@ pub async fn two_workers_run_each_process_once(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;
     let counter = CountingTool::default();
     let meeting = MeetingTool::new(counter.clone(), 2);
-    let a = runtime(&store, "worker-a", vec![Arc::new(meeting.clone())]);
-    let b = runtime(&store, "worker-b", vec![Arc::new(meeting)]);
+    // One hub for both, as LISTEN/NOTIFY gives every PostgreSQL node the
+    // changes of the others: an awaiter on `a` hears of `b`'s completions.
+    let hub = cairn_core::ChangeHub::new();
+    let on_hub = |owner: &str, tool: MeetingTool| {
+        Processes::builder(store.registry.clone())
+            .tools(tools(vec![Arc::new(tool)]))
+            .clock(Arc::new(store.clock.clone()))
+            .worker_config(config(owner))
+            .hub(hub.clone())
+            .start()
+    };
+    let a = on_hub("worker-a", meeting.clone());
+    let b = on_hub("worker-b", meeting);
     for i in 0..500 {
         let front = if i % 2 == 0 { &a } else { &b };
         front
@@ -719,5 +730,172 @@ pub async fn event_sink_receives_events(factory: &dyn StoreFactory) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(ok, "sink saw {:?}, expected {:?}", seen.lock(), expected);
+    p.shutdown().await;
+}
+
+fn types_of(events: &[cairn_core::ProcessEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.event_type.as_str()).collect()
+}
+
+/// A suspended `wait_signal` holds no worker slot: with one slot, a process
+/// started after it runs at once; the signal has it claimed again, resumed
+/// from its log, and completed with the payload (SPEC §13).
+pub async fn suspended_wait_frees_its_worker_slot(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let p = Processes::builder(store.registry.clone())
+        .tools(tools(vec![]))
+        .clock(Arc::new(store.clock.clone()))
+        .worker_config(WorkerConfig {
+            concurrency: 1,
+            batch_size: 1,
+            ..config("w1")
+        })
+        .start();
+    p.start(StartRequest::tool(
+        "waits",
+        "wait_signal",
+        json!({"name": "go"}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start");
+    p.await_event("waits", "process.waiting", 0, WAIT)
+        .await
+        .expect("waiting");
+    let rec = p.get("waits").await.expect("get");
+    assert!(rec.lease.is_none(), "a suspension holds no lease: {rec:?}");
+    p.start(StartRequest::tool(
+        "next",
+        "echo",
+        json!({"value": 7}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start next");
+    let next = terminal(&p, "next").await;
+    assert_eq!(next.outcome, Some(Outcome::success(json!(7))), "the only slot was free");
+    p.signal("waits", "go", "s1", json!({"ok": true}))
+        .await
+        .expect("signal");
+    let r = terminal(&p, "waits").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"ok": true}))));
+    assert_eq!(r.started.as_ref().map(|s| s.attempt), Some(2));
+    let events = p.events("waits", 0, Some(100)).await.expect("events").events;
+    assert_eq!(
+        types_of(&events),
+        [
+            "process.started",
+            "process.waiting",
+            "signal.go",
+            "process.started",
+            "process.resumed",
+            "process.completed"
+        ]
+    );
+    assert_eq!(events[4].payload["reason"], "signal");
+    crate::assert_fold(p.registry().as_ref(), "waits").await;
+    p.shutdown().await;
+}
+
+/// A rerunnable `sleep` suspends on a durable timer and resumes once the
+/// clock reaches its due time, with `reason: timer`, never before.
+pub async fn durable_sleep_resumes_at_its_due_time(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let p = runtime(&store, "w1", vec![]);
+    p.start(StartRequest::tool(
+        "nap",
+        "sleep",
+        json!({"ms": 259_200_000}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start");
+    p.await_event("nap", "process.waiting", 0, WAIT).await.expect("waiting");
+    let rec = p.get("nap").await.expect("get");
+    let wait = rec.wait.clone().expect("a timer wait");
+    assert_eq!(
+        (wait.kind.as_str(), wait.until_ms),
+        ("timer", Some(1_000 + 259_200_000))
+    );
+    assert!(rec.lease.is_none());
+    store.clock.advance(259_200_000 - 1);
+    p.nudge();
+    let early = p.await_output("nap", Duration::from_millis(300)).await.expect("await");
+    assert!(!early.is_terminal(), "not before its time: {early:?}");
+    store.clock.advance(1);
+    p.nudge();
+    let r = terminal(&p, "nap").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"slept_ms": 259_200_000}))));
+    let events = p.events("nap", 0, Some(100)).await.expect("events").events;
+    let resumed: Vec<_> = events.iter().filter(|e| e.event_type == "process.resumed").collect();
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(resumed[0].payload["reason"], "timer");
+    crate::assert_fold(p.registry().as_ref(), "nap").await;
+    p.shutdown().await;
+}
+
+/// Cancelling a suspended run resumes it to observe the request: it ends
+/// `cancelled`, and its log says why it resumed.
+pub async fn cancel_resumes_a_suspended_run(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let p = runtime(&store, "w1", vec![]);
+    p.start(StartRequest::tool(
+        "stop-me",
+        "wait_signal",
+        json!({"name": "go"}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start");
+    p.await_event("stop-me", "process.waiting", 0, WAIT)
+        .await
+        .expect("waiting");
+    let answer = p
+        .cancel("stop-me", Some("no longer needed".into()))
+        .await
+        .expect("cancel");
+    assert_eq!(
+        answer.status,
+        ProcessStatus::Running,
+        "resumed to observe it, not ended at once"
+    );
+    let r = terminal(&p, "stop-me").await;
+    assert_eq!(r.status, ProcessStatus::Cancelled);
+    let events = p.events("stop-me", 0, Some(100)).await.expect("events").events;
+    let resumed = events
+        .iter()
+        .find(|e| e.event_type == "process.resumed")
+        .expect("a resumption");
+    assert_eq!(resumed.payload["reason"], "cancel_requested");
+    p.shutdown().await;
+}
+
+/// A hub-fed awaiter parked on a suspended process reads nothing while the
+/// process is idle (no per-waiter polling), and wakes on the signal.
+pub async fn hub_fed_await_does_not_poll(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let p = runtime(&store, "w1", vec![]);
+    p.start(StartRequest::tool(
+        "idle",
+        "wait_signal",
+        json!({"name": "go"}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start");
+    p.await_event("idle", "process.waiting", 0, WAIT)
+        .await
+        .expect("waiting");
+    let probe = crate::probe::ReadProbe::new(store.registry.clone());
+    // The default backoff: it must not matter with a hub.
+    let awaiter = Awaiter::new(probe.clone(), Some(p.hub().clone()));
+    let waiter = tokio::spawn(async move { tokio::time::timeout(WAIT, awaiter.await_terminal("idle")).await });
+    probe.answered_gets(1).await;
+    // A polling waiter (25 ms floor, doubling) would read four more times in this window.
+    let polled = tokio::time::timeout(Duration::from_millis(500), probe.answered_gets(2)).await;
+    assert!(polled.is_err(), "the parked awaiter read again without a change");
+    p.signal("idle", "go", "1", json!("done")).await.expect("signal");
+    let r = waiter.await.expect("join").expect("in time").expect("await");
+    assert_eq!(r.status, ProcessStatus::Completed);
     p.shutdown().await;
 }

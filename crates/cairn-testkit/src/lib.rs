@@ -364,6 +364,10 @@ macro_rules! execution_suite {
                 await_terminal_and_timeout,
                 start_rejects_bad_tool_input,
                 event_sink_receives_events,
+                suspended_wait_frees_its_worker_slot,
+                durable_sleep_resumes_at_its_due_time,
+                cancel_resumes_a_suspended_run,
+                hub_fed_await_does_not_poll,
             );
         }
     };

@@ -58,6 +58,21 @@ pub async fn open_backend(url: &str) -> Result<Backend, OpenError> {
             hub,
         });
     }
+    if let Some(path) = url.strip_prefix("sqlite:") {
+        let registry = open_sqlite(url, path)?;
+        // Another OS process on the same file (a second server, a tool) writes
+        // behind this one's back: its commits reach the hub through the watcher.
+        registry
+            .watch_other_writers(hub.clone())
+            .map_err(|source| OpenError::Open {
+                url: url.to_string(),
+                source,
+            })?;
+        return Ok(Backend {
+            registry: Arc::new(registry),
+            hub,
+        });
+    }
     let registry = open_registry(url)?;
     Ok(Backend { registry, hub })
 }
@@ -69,14 +84,7 @@ pub fn open_registry(url: &str) -> Result<Arc<dyn ProcessRegistry>, OpenError> {
         return Ok(Arc::new(MemoryRegistry::new()));
     }
     if let Some(path) = url.strip_prefix("sqlite:") {
-        if path.is_empty() {
-            return Err(OpenError::Unsupported(url.to_string()));
-        }
-        let registry = SqliteRegistry::open(path, Arc::new(SystemClock)).map_err(|source| OpenError::Open {
-            url: url.to_string(),
-            source,
-        })?;
-        return Ok(Arc::new(registry));
+        return Ok(Arc::new(open_sqlite(url, path)?));
     }
     Err(OpenError::Unsupported(url.to_string()))
 }
@@ -135,4 +143,14 @@ mod postgres_tests {
             .unwrap_or_default();
         assert!(err.contains("cannot open") && !err.contains("secret"), "{err}");
     }
+}
+
+fn open_sqlite(url: &str, path: &str) -> Result<SqliteRegistry, OpenError> {
+    if path.is_empty() {
+        return Err(OpenError::Unsupported(url.to_string()));
+    }
+    SqliteRegistry::open(path, Arc::new(SystemClock)).map_err(|source| OpenError::Open {
+        url: url.to_string(),
+        source,
+    })
 }
