@@ -26,6 +26,8 @@ use crate::{pages, process, Inner, Shared};
 /// anyway. Changes committed on another node (PostgreSQL) reach this node's
 /// hub but not its event sink; this bounded read is what finds them, the same
 /// fallback the awaiter keeps. It runs only while some list page is open.
+/// (The hub's "work available" notice is not an option: it wakes one waiter,
+/// and that waiter must be the worker's driver.)
 const FALLBACK_READ: Duration = Duration::from_secs(5);
 /// How long one follow of a process log waits before checking the record.
 const FOLLOW_WAIT: Duration = Duration::from_secs(15);
@@ -124,7 +126,6 @@ async fn follow(
         }
         tokio::select! {
             _ = notice.notify.notified() => {}
-            _ = processes.hub().work_available() => {}
             _ = tokio::time::sleep(FALLBACK_READ) => {}
             _ = shutdown.cancelled() => return,
         }
