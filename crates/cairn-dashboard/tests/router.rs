@@ -285,3 +285,51 @@ async fn a_window_crowded_past_one_registry_page_still_pages_in_order() {
     }
     assert_eq!(seen, expected);
 }
+
+#[tokio::test]
+async fn the_session_page_lists_pending_wakes_and_acknowledges_them() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let start = StartRequest::from_json(json!({
+        "id": "ci-1",
+        "input": {"type": "external", "metadata": {}},
+        "disposition": "externally_owned",
+        "originator": {"type": "session", "scope": {"session_id": "s1"}},
+        "grant": {"session_scope": {"session_id": "s1"}, "descriptor": {"label": "ci run"}},
+        "wake_target": {"session_id": "s1"},
+        "event_types": [{"name": "progress", "payload_schema": {"type": "object"},
+                         "semantics": {"wake": {"input": {"pointer": "/text"}, "dedupe_key": {"const": "p"}}}}]
+    }))
+    .unwrap();
+    p.start(start).await.unwrap();
+    let appended = p
+        .append_event(
+            "ci-1",
+            serde_json::from_value(json!({"event_type": "progress", "payload": {"text": "tests are green"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(appended.wake.is_some(), "the append wrote a wake");
+    let app = app(&p, true);
+    let (status, html, _) = get(&app, "/ui/sessions?session=s1", None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("tests are green"), "{html}");
+    assert!(html.contains("ci run"), "the grant's label is shown: {html}");
+    let csrf = html
+        .split("name=\"cairn-csrf\" content=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let wake_id = p.wakes("s1", None).await.unwrap()[0].wake_id.clone();
+    let ack = Request::post(format!("/ui/sessions/s1/wakes/{wake_id}/ack"))
+        .header("x-cairn-csrf", csrf)
+        .body(Body::empty())
+        .unwrap();
+    let (status, html, _) = send(&app, ack).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("acknowledged"));
+    assert!(p.wakes("s1", None).await.unwrap().is_empty());
+    let (_, html, _) = get(&app, "/ui/sessions?session=s1", None).await;
+    assert!(html.contains("No pending wake."));
+}
