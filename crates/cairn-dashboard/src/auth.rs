@@ -197,10 +197,24 @@ pub(crate) struct LoginForm {
     token: String,
 }
 
-/// `POST /ui/login`: check the token, then keep it in the cookie.
-pub(crate) async fn login(State(d): Shared, Form(form): Form<LoginForm>) -> Response {
+/// `POST /ui/login`: check the token, then keep it in the cookie. A login
+/// posted from another site is refused (it would sign the browser in as
+/// whoever that site chose); browsers say where a request came from in
+/// `Sec-Fetch-Site`.
+pub(crate) async fn login(State(d): Shared, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
     if d.access.is_open() {
         return Redirect::to("/ui/processes").into_response();
+    }
+    if headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|site| site == "cross-site" || site == "same-site")
+    {
+        return (
+            StatusCode::FORBIDDEN,
+            pages::login(Some("a login must be posted from this page, not from another site")),
+        )
+            .into_response();
     }
     let token = form.token.trim();
     if d.access.resolve(token).is_none() {

@@ -108,6 +108,24 @@ impl Dashboard {
         let open = Router::new()
             .route("/ui/login", get(auth::login_page).post(auth::login))
             .route("/ui/assets/{name}", get(assets::serve));
-        gated.merge(open).with_state(self.inner.clone())
+        gated
+            .merge(open)
+            .layer(axum::middleware::map_response(page_headers))
+            .with_state(self.inner.clone())
     }
+}
+
+/// Headers on every dashboard answer: no framing by other sites (the action
+/// buttons must not be clickable through someone else's page), no referrer
+/// leaving the dashboard.
+async fn page_headers(mut r: axum::response::Response) -> axum::response::Response {
+    use axum::http::{header, HeaderValue};
+    let h = r.headers_mut();
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'none'"),
+    );
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    r
 }

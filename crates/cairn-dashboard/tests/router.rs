@@ -181,6 +181,15 @@ async fn with_tokens_pages_need_a_login_and_writes_need_the_csrf_token() {
     assert!(html.contains("unknown token"));
     assert!(headers.get(header::SET_COOKIE).is_none());
 
+    let mut cross = login("host");
+    cross
+        .headers_mut()
+        .insert("sec-fetch-site", "cross-site".parse().unwrap());
+    let (status, _, headers) = send(&app, cross).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a login posted from another site");
+    assert!(headers.get(header::SET_COOKIE).is_none());
+    assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY");
+
     let (_, _, headers) = send(&app, login("host")).await;
     let set = headers[header::SET_COOKIE].to_str().unwrap().to_string();
     for attr in ["cairn_ui=host", "HttpOnly", "SameSite=Strict", "Path=/ui"] {
