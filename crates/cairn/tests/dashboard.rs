@@ -380,6 +380,8 @@ async fn the_process_page_streams_events_and_a_signal_from_it_completes_the_proc
             .unwrap();
         assert_eq!(open, json!(0));
         screenshot(&c, "process-page").await;
+        c.set_window_size(420, 800).await.unwrap();
+        screenshot(&c, "process-page-narrow").await;
     })
     .await;
     let record = await_terminal(server, "approve-1").await;
