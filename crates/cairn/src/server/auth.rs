@@ -8,7 +8,7 @@ use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use cairn_core::{ProcessFilter, SessionScope, StatusFilter, MAX_PAGE_SIZE};
+use cairn_core::{CairnError, ProcessFilter, Processes, SessionScope, StatusFilter, MAX_PAGE_SIZE};
 use std::sync::Arc;
 
 use super::api::ApiError;
@@ -160,13 +160,19 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, 
 /// the process is granted to its session scope. Anything else is answered exactly
 /// like an unknown id so a session cannot probe for other sessions' processes.
 pub async fn check_visible(state: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
+    Ok(visible(&state.processes, caller, id).await?)
+}
+
+/// [`check_visible`] over the facade alone (the dashboard asks it too, so both
+/// surfaces scope a session token the same way).
+pub async fn visible(processes: &Processes, caller: &Caller, id: &str) -> Result<(), CairnError> {
     let Some(scope) = caller.session_scope() else {
         return Ok(());
     };
-    if granted(state, &scope, id).await? {
+    if granted(processes, &scope, id).await? {
         Ok(())
     } else {
-        Err(cairn_core::CairnError::UnknownProcess(id.to_string()).into())
+        Err(CairnError::UnknownProcess(id.to_string()))
     }
 }
 
@@ -174,7 +180,7 @@ pub async fn check_visible(state: &AppState, caller: &Caller, id: &str) -> Resul
 /// from an `after_id` cursor, so starting just below `id` (at its prefix without
 /// the last character) reaches it within the first page in all but crowded
 /// neighbourhoods, and the walk stops as soon as it passes `id`.
-async fn granted(state: &AppState, scope: &SessionScope, id: &str) -> Result<bool, ApiError> {
+async fn granted(processes: &Processes, scope: &SessionScope, id: &str) -> Result<bool, CairnError> {
     let mut chars = id.chars();
     chars.next_back();
     let prefix = chars.as_str();
@@ -185,7 +191,7 @@ async fn granted(state: &AppState, scope: &SessionScope, id: &str) -> Result<boo
         ..ProcessFilter::default()
     };
     loop {
-        let page = state.processes.list_granted_to(scope, &filter).await?;
+        let page = processes.list_granted_to(scope, &filter).await?;
         for g in &page {
             match g.process.id.as_str().cmp(id) {
                 std::cmp::Ordering::Equal => return Ok(true),

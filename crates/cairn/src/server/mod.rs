@@ -9,7 +9,8 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use axum::Router;
-use cairn_core::{Processes, WorkerConfig};
+use cairn_core::{EventSink, ProcessEvent, Processes, WorkerConfig};
+use cairn_dashboard::{ChangeNotice, Dashboard};
 use cairn_tools::builtin_tools;
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod sse;
+pub mod ui;
 
 use auth::Auth;
 use metrics::{Metrics, TerminalCounter};
@@ -59,8 +61,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
 }
 
-/// The full router over `state`.
-pub fn router(state: Arc<AppState>) -> Router {
+/// The full router over `state`, with the dashboard's pages at `/ui`.
+pub fn router(state: Arc<AppState>, dashboard: &Dashboard) -> Router {
     let api = Router::new()
         .route("/v1/processes", post(routes::start).get(routes::list))
         .route("/v1/processes/{id}", get(routes::get))
@@ -83,7 +85,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     let open = Router::new()
         .route("/healthz", get(routes::healthz))
         .route("/openapi.json", get(openapi::document));
+    // The dashboard authenticates its own visitors (a login cookie, not a
+    // bearer header) through the same tokens and visibility rule: `ui::UiAccess`.
     api.merge(open)
+        .merge(dashboard.router())
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::wrong_method)
         .layer(axum::middleware::from_fn_with_state(
@@ -145,13 +150,21 @@ pub async fn serve(args: ServeArgs, host_token: Option<String>) -> Result<(), Se
         batch_size: args.workers.min(WorkerConfig::default().batch_size),
         ..WorkerConfig::default()
     };
+    let notice = ChangeNotice::new();
+    let sinks = Sinks(vec![Arc::new(TerminalCounter(metrics.clone())), notice.sink()]);
     let processes = Processes::builder(backend.registry)
         .hub(backend.hub)
         .tools(builtin_tools(args.allow_shell))
         .worker_config(worker)
-        .event_sink(Arc::new(TerminalCounter(metrics.clone())))
+        .event_sink(Arc::new(sinks))
         .start();
     let shutdown = CancellationToken::new();
+    let dashboard = Dashboard::new(
+        processes.clone(),
+        Arc::new(ui::UiAccess::new(auth.clone(), processes.clone())),
+        notice,
+        shutdown.clone(),
+    );
     let state = Arc::new(AppState {
         processes: processes.clone(),
         auth,
@@ -178,7 +191,7 @@ pub async fn serve(args: ServeArgs, host_token: Option<String>) -> Result<(), Se
     tracing::info!(%local, db = %cairn_postgres::redact(&args.db), allow_shell = args.allow_shell, "cairn serving");
 
     let signal = shutdown.clone();
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+    let server = axum::serve(listener, router(state, &dashboard)).with_graceful_shutdown(async move {
         wait_for_signal().await;
         tracing::info!("shutting down: no new connections; ending waits and streams");
         signal.cancel();
@@ -194,6 +207,17 @@ pub async fn serve(args: ServeArgs, host_token: Option<String>) -> Result<(), Se
     processes.shutdown().await;
     tracing::info!("worker drained; bye");
     Ok(())
+}
+
+/// Every sink the server feeds: the terminal counters and the dashboard's change notice.
+struct Sinks(Vec<Arc<dyn EventSink>>);
+
+impl EventSink for Sinks {
+    fn deliver(&self, event: &ProcessEvent) {
+        for sink in &self.0 {
+            sink.deliver(event);
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -1,0 +1,54 @@
+// cairn dashboard: a few lines on top of htmx. Nothing here asks the server
+// for anything; live updates come from the server over SSE.
+(function () {
+  "use strict";
+  // Refused actions answer 4xx with the server's error as a fragment: swap it
+  // in like a success so the page shows it verbatim.
+  htmx.config.responseHandling = [
+    { code: "204", swap: false },
+    { code: "[23]..", swap: true },
+    { code: "[45]..", swap: true, error: true },
+  ];
+
+  function relative(ms, now) {
+    var d = Math.abs(now - ms) / 1000, s;
+    if (d < 60) s = Math.floor(d) + " s";
+    else if (d < 3600) s = Math.floor(d / 60) + " min";
+    else if (d < 86400) s = Math.floor(d / 3600) + " h";
+    else s = Math.floor(d / 86400) + " d";
+    return ms > now ? "in " + s : s + " ago";
+  }
+  // Keep relative times current, computed locally from each element's own time.
+  setInterval(function () {
+    var now = Date.now();
+    document.querySelectorAll("time[data-ms]").forEach(function (t) {
+      t.textContent = relative(Number(t.dataset.ms), now);
+    });
+  }, 10000);
+
+  // "/" jumps to the first filter, as in most tools people use daily.
+  document.addEventListener("keydown", function (e) {
+    if (e.key !== "/" || e.ctrlKey || e.metaKey || e.altKey) return;
+    var tag = (document.activeElement && document.activeElement.tagName) || "";
+    if (tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT") return;
+    var first = document.querySelector("form.filters select, form.filters input");
+    if (first) { e.preventDefault(); first.focus(); }
+  });
+
+  // A new signal id after each signal sent, so the next one is not a repeat.
+  document.addEventListener("htmx:afterRequest", function (e) {
+    var form = e.detail.elt;
+    if (form && form.id === "signal-form" && e.detail.successful) {
+      var id = form.querySelector("input[name=signal_id]");
+      if (id && window.crypto && crypto.randomUUID) id.value = crypto.randomUUID();
+    }
+  });
+})();
+
+// Marks the page once its live stream is open (people see the dot; tests wait on it).
+document.addEventListener("htmx:sseOpen", function () {
+  document.body.dataset.live = "open";
+});
+document.addEventListener("htmx:sseError", function () {
+  document.body.dataset.live = "reconnecting";
+});

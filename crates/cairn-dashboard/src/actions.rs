@@ -1,0 +1,169 @@
+//! The process page's actions. Each answers a fragment for `#action-result`: a
+//! note when it landed, or the server's error (code and message) verbatim.
+
+use axum::extract::rejection::FormRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Form};
+use cairn_core::Outcome;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::auth::{Viewer, Visitor};
+use crate::pages;
+use crate::process::{refused, IdPath};
+use crate::Shared;
+
+fn bad_form(e: FormRejection) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        pages::error_fragment("invalid_request", &e.body_text()),
+    )
+        .into_response()
+}
+
+fn invalid(message: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        pages::error_fragment("invalid_request", &message),
+    )
+        .into_response()
+}
+
+/// Who a write is recorded as: what the API records for the same caller.
+fn acting_as(viewer: &Viewer) -> String {
+    match viewer {
+        Viewer::Host => "host".to_string(),
+        Viewer::Session(id) => format!("session:{id}"),
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct SignalForm {
+    name: String,
+    signal_id: String,
+    #[serde(default)]
+    payload: String,
+}
+
+/// `POST /ui/processes/{id}/signal`.
+pub(crate) async fn signal(
+    axum::extract::State(d): Shared,
+    Extension(visitor): Extension<Visitor>,
+    IdPath(id): IdPath,
+    form: Result<Form<SignalForm>, FormRejection>,
+) -> Response {
+    let Form(form) = match form {
+        Ok(f) => f,
+        Err(e) => return bad_form(e),
+    };
+    let payload: Value = if form.payload.trim().is_empty() {
+        Value::Null
+    } else {
+        match serde_json::from_str(&form.payload) {
+            Ok(v) => v,
+            Err(e) => return invalid(format!("payload is not JSON: {e}")),
+        }
+    };
+    if let Err(e) = d.access.check_visible(&visitor.viewer, &id).await {
+        return refused(&e);
+    }
+    match d
+        .processes
+        .signal(&id, form.name.trim(), form.signal_id.trim(), payload)
+        .await
+    {
+        Ok(event) => pages::ok_fragment(&format!(
+            "signal sent: event #{} ({})",
+            event.sequence, event.event_type
+        ))
+        .into_response(),
+        Err(e) => refused(&e),
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ReasonForm {
+    #[serde(default)]
+    reason: String,
+}
+
+/// `POST /ui/processes/{id}/cancel`.
+pub(crate) async fn cancel(
+    axum::extract::State(d): Shared,
+    Extension(visitor): Extension<Visitor>,
+    IdPath(id): IdPath,
+    form: Result<Form<ReasonForm>, FormRejection>,
+) -> Response {
+    let Form(form) = match form {
+        Ok(f) => f,
+        Err(e) => return bad_form(e),
+    };
+    if let Err(e) = d.access.check_visible(&visitor.viewer, &id).await {
+        return refused(&e);
+    }
+    let reason = Some(form.reason.trim().to_string()).filter(|r| !r.is_empty());
+    match d.processes.cancel(&id, reason).await {
+        Ok(r) => {
+            pages::ok_fragment(&format!("cancellation requested; the process is {}", r.status.label())).into_response()
+        }
+        Err(e) => refused(&e),
+    }
+}
+
+/// `POST /ui/processes/{id}/abandon`.
+pub(crate) async fn abandon(
+    axum::extract::State(d): Shared,
+    Extension(visitor): Extension<Visitor>,
+    IdPath(id): IdPath,
+    form: Result<Form<ReasonForm>, FormRejection>,
+) -> Response {
+    let Form(form) = match form {
+        Ok(f) => f,
+        Err(e) => return bad_form(e),
+    };
+    if let Err(e) = d.access.check_visible(&visitor.viewer, &id).await {
+        return refused(&e);
+    }
+    match d
+        .processes
+        .request_abandon(&id, &acting_as(&visitor.viewer), form.reason.trim())
+        .await
+    {
+        Ok(_) => pages::ok_fragment("abandon request recorded; it is reconciled once the lease lapses").into_response(),
+        Err(e) => refused(&e),
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CompleteForm {
+    outcome: String,
+}
+
+/// `POST /ui/processes/{id}/complete` (externally owned processes).
+pub(crate) async fn complete(
+    axum::extract::State(d): Shared,
+    Extension(visitor): Extension<Visitor>,
+    IdPath(id): IdPath,
+    form: Result<Form<CompleteForm>, FormRejection>,
+) -> Response {
+    let Form(form) = match form {
+        Ok(f) => f,
+        Err(e) => return bad_form(e),
+    };
+    let outcome: Outcome = match serde_json::from_str(&form.outcome) {
+        Ok(o) => o,
+        Err(e) => return invalid(format!("outcome: {e}")),
+    };
+    if let Err(e) = d.access.check_visible(&visitor.viewer, &id).await {
+        return refused(&e);
+    }
+    match d
+        .processes
+        .complete_external(&id, outcome, &acting_as(&visitor.viewer))
+        .await
+    {
+        Ok(r) => pages::ok_fragment(&format!("completed: the process is {}", r.status.label())).into_response(),
+        Err(e) => refused(&e),
+    }
+}

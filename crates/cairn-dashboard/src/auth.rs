@@ -1,0 +1,279 @@
+//! Who is looking, the login cookie and the CSRF token.
+//!
+//! The cookie holds the token itself (HttpOnly, SameSite=Strict, path `/ui`):
+//! the server keeps no session table, a restart keeps everyone logged in, and
+//! the token is resolved by the embedding server's [`Access`] on every request,
+//! exactly as a bearer token is. The CSRF token is HMAC-SHA256 of the cookie's
+//! value under a key drawn when the dashboard starts; pages carry it in htmx's
+//! `hx-headers`, and every state-changing request must present it in
+//! [`CSRF_HEADER`]. A page from another origin can neither read it nor compute it.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use cairn_core::async_trait;
+use cookie::{Cookie, SameSite};
+use hmac::{Hmac, Mac};
+use maud::html;
+use serde::Deserialize;
+use sha2::Sha256;
+
+use crate::{pages, Inner, Shared};
+
+/// The login cookie's name.
+pub const COOKIE: &str = "cairn_ui";
+/// The header every state-changing request carries its CSRF token in.
+pub const CSRF_HEADER: &str = "x-cairn-csrf";
+
+/// Who is looking at the dashboard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Viewer {
+    /// The host: sees and may act on everything.
+    Host,
+    /// A session token's holder: sees only what is granted to this session id.
+    Session(String),
+}
+
+impl Viewer {
+    /// How the page names the viewer.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Host => "host".to_string(),
+            Self::Session(id) => format!("session:{id}"),
+        }
+    }
+}
+
+/// What the embedding server decides: who a token is and what they may see.
+/// The `cairn` binary implements it with the same code its HTTP API uses, so the
+/// dashboard shows a session token exactly what `GET /v1/processes` shows it.
+#[async_trait]
+pub trait Access: Send + Sync + 'static {
+    /// No token is configured (a loopback-only server): every visitor is the host
+    /// and no login is asked for.
+    fn is_open(&self) -> bool;
+
+    /// Who presents `token`; `None` for an unknown token.
+    fn resolve(&self, token: &str) -> Option<Viewer>;
+
+    /// `Ok` when `viewer` may address process `id`; otherwise the error the API
+    /// answers for it (`unknown_process`, as if the id did not exist).
+    async fn check_visible(&self, viewer: &Viewer, id: &str) -> cairn_core::Result<()>;
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The key CSRF tokens are derived under.
+pub(crate) struct CsrfKey([u8; 32]);
+
+impl CsrfKey {
+    /// 32 bytes from the operating system's generator (through two v4 UUIDs,
+    /// whose 122 random bits each come from `getrandom`), drawn once per start.
+    pub fn random() -> Self {
+        let mut key = [0u8; 32];
+        key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        Self(key)
+    }
+
+    fn mac(&self, basis: &str) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(b"cairn-ui-csrf\0");
+        mac.update(basis.as_bytes());
+        mac
+    }
+
+    /// The token for the visitor whose cookie value is `basis` (empty when open).
+    pub fn token(&self, basis: &str) -> String {
+        hex::encode(self.mac(basis).finalize().into_bytes())
+    }
+
+    /// Whether `presented` is the token for `basis` (compared in constant time).
+    pub fn verify(&self, basis: &str, presented: &str) -> bool {
+        match hex::decode(presented.trim()) {
+            Ok(bytes) => self.mac(basis).verify_slice(&bytes).is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// The visitor a gated handler serves (put in the request by [`gate`]).
+#[derive(Clone, Debug)]
+pub(crate) struct Visitor {
+    pub viewer: Viewer,
+    /// The CSRF token pages embed.
+    pub csrf: String,
+    /// Whether a logout button makes sense (tokens are configured).
+    pub logged_in: bool,
+}
+
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| Cookie::split_parse_encoded(v.to_string()))
+        .filter_map(Result::ok)
+        .find(|c| c.name() == COOKIE)
+        .map(|c| c.value().to_string())
+}
+
+fn is_htmx(headers: &HeaderMap) -> bool {
+    headers.contains_key("hx-request")
+}
+
+/// Middleware over every page but the login page and the assets: resolve the
+/// visitor (or send them to log in) and refuse a state-changing request whose
+/// CSRF token is missing or wrong, before its handler runs.
+pub(crate) async fn gate(State(d): State<Arc<Inner>>, mut req: Request, next: Next) -> Response {
+    let (viewer, basis, logged_in) = if d.access.is_open() {
+        (Viewer::Host, String::new(), false)
+    } else {
+        match cookie_token(req.headers()).and_then(|t| d.access.resolve(&t).map(|v| (v, t))) {
+            Some((viewer, token)) => (viewer, token, true),
+            None => return to_login(&req),
+        }
+    };
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD);
+    if !safe {
+        let presented = req
+            .headers()
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !d.csrf.verify(&basis, presented) {
+            return (
+                StatusCode::FORBIDDEN,
+                pages::error_fragment(
+                    "csrf_refused",
+                    "the request did not carry this page's CSRF token; reload the page and try again",
+                ),
+            )
+                .into_response();
+        }
+    }
+    let csrf = d.csrf.token(&basis);
+    req.extensions_mut().insert(Visitor {
+        viewer,
+        csrf,
+        logged_in,
+    });
+    next.run(req).await
+}
+
+fn to_login(req: &Request) -> Response {
+    if is_htmx(req.headers()) {
+        // A fragment request (or a live stream) from a page whose login lapsed:
+        // htmx follows `HX-Redirect` with a full navigation.
+        let mut r = (StatusCode::UNAUTHORIZED, "log in again").into_response();
+        r.headers_mut()
+            .insert("hx-redirect", HeaderValue::from_static("/ui/login"));
+        return r;
+    }
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return Redirect::to("/ui/login").into_response();
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        pages::error_fragment("unauthorized", "log in at /ui/login first"),
+    )
+        .into_response()
+}
+
+/// `GET /ui/login`.
+pub(crate) async fn login_page(State(d): Shared) -> Response {
+    if d.access.is_open() {
+        return Redirect::to("/ui/processes").into_response();
+    }
+    pages::login(None).into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct LoginForm {
+    token: String,
+}
+
+/// `POST /ui/login`: check the token, then keep it in the cookie. A login
+/// posted from another site is refused (it would sign the browser in as
+/// whoever that site chose); browsers say where a request came from in
+/// `Sec-Fetch-Site`.
+pub(crate) async fn login(State(d): Shared, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+    if d.access.is_open() {
+        return Redirect::to("/ui/processes").into_response();
+    }
+    if headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|site| site == "cross-site" || site == "same-site")
+    {
+        return (
+            StatusCode::FORBIDDEN,
+            pages::login(Some("a login must be posted from this page, not from another site")),
+        )
+            .into_response();
+    }
+    let token = form.token.trim();
+    if d.access.resolve(token).is_none() {
+        return (
+            StatusCode::UNAUTHORIZED,
+            pages::login(Some("unknown token: the server has no host or session token like it")),
+        )
+            .into_response();
+    }
+    let cookie = Cookie::build((COOKIE, token.to_string()))
+        .path("/ui")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .build();
+    let mut r = Redirect::to("/ui/processes").into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie.encoded().to_string()) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// `POST /ui/logout`: forget the cookie.
+pub(crate) async fn logout() -> Response {
+    let cookie = Cookie::build((COOKIE, ""))
+        .path("/ui")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .max_age(cookie::time::Duration::ZERO)
+        .build();
+    let mut r = html! { "logged out" }.into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie.to_string()) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r.headers_mut()
+        .insert("hx-redirect", HeaderValue::from_static("/ui/login"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csrf_tokens_bind_to_the_cookie_and_the_key() {
+        let key = CsrfKey::random();
+        let t = key.token("tok");
+        assert!(key.verify("tok", &t));
+        assert!(!key.verify("other", &t));
+        assert!(!key.verify("tok", ""));
+        assert!(!key.verify("tok", "not hex"));
+        assert!(!CsrfKey::random().verify("tok", &t));
+    }
+
+    #[test]
+    fn the_cookie_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1; cairn_ui=s%20t; b=2"));
+        assert_eq!(cookie_token(&h).as_deref(), Some("s t"));
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1"));
+        assert_eq!(cookie_token(&h), None);
+    }
+}

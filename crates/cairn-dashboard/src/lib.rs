@@ -1,0 +1,131 @@
+//! The cairn web dashboard (SPEC §17): server-rendered pages at `/ui` over the
+//! [`Processes`] facade, with htmx (vendored, embedded) for partial updates.
+//!
+//! - **Processes**: the filters of SPEC §4, newest first, paged, kept live by the
+//!   change feed (one server-wide follower, fanned out to every open list).
+//! - **A process**: record, outcome, wait, lease, disposition, provenance, and its
+//!   event timeline streamed over SSE; signal, cancel, abandon request and
+//!   external completion, each answering the server's error verbatim when refused.
+//! - **Sessions**: granted-to and originated-by lists, pending wakes with acknowledge.
+//!
+//! The crate decides nothing about who may see what: the embedding server gives it
+//! an [`Access`] that resolves tokens and answers visibility exactly as its API does.
+//! With tokens configured, a login page takes a token once and keeps it in an
+//! HttpOnly, SameSite=Strict cookie; every state-changing request carries a CSRF
+//! token (an HMAC of the cookie under a key drawn at start).
+//!
+//! ```no_run
+//! # async fn demo(processes: cairn_core::Processes, access: std::sync::Arc<dyn cairn_dashboard::Access>) {
+//! let notice = cairn_dashboard::ChangeNotice::new(); // its `sink()` goes to the runtime builder
+//! let ui = cairn_dashboard::Dashboard::new(processes, access, notice, Default::default());
+//! let app: axum::Router = axum::Router::new().merge(ui.router());
+//! # }
+//! ```
+
+use std::sync::Arc;
+
+use axum::Router;
+use cairn_core::Processes;
+use tokio_util::sync::CancellationToken;
+
+mod actions;
+mod assets;
+mod auth;
+mod list;
+mod live;
+mod pages;
+mod process;
+mod sessions;
+mod time;
+
+pub use auth::{Access, Viewer, COOKIE, CSRF_HEADER};
+pub use live::ChangeNotice;
+
+/// Where the dashboard is mounted; every route it serves starts with this.
+pub const BASE: &str = "/ui";
+
+/// The dashboard: build it once per server and merge [`Dashboard::router`].
+#[derive(Clone)]
+pub struct Dashboard {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub processes: Processes,
+    pub access: Arc<dyn Access>,
+    pub csrf: auth::CsrfKey,
+    pub feed: live::Feed,
+    pub shutdown: CancellationToken,
+}
+
+pub(crate) type Shared = axum::extract::State<Arc<Inner>>;
+
+impl Dashboard {
+    /// A dashboard over `processes`. `notice` must be the one whose
+    /// [`ChangeNotice::sink`] the runtime was built with, so the list learns of
+    /// changes as they commit. `shutdown` ends the live streams so a graceful
+    /// shutdown is not held open by a browser tab. Must be called inside a tokio
+    /// runtime (it starts the change follower, which reads only while a list page
+    /// is open).
+    pub fn new(
+        processes: Processes,
+        access: Arc<dyn Access>,
+        notice: ChangeNotice,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let feed = live::Feed::start(processes.clone(), notice, shutdown.clone());
+        Self {
+            inner: Arc::new(Inner {
+                processes,
+                access,
+                csrf: auth::CsrfKey::random(),
+                feed,
+                shutdown,
+            }),
+        }
+    }
+
+    /// Every route under [`BASE`], its own state applied (so it merges into a
+    /// router of any state).
+    pub fn router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
+        use axum::routing::{get, post};
+        let gated = Router::new()
+            .route("/ui", get(list::page))
+            .route("/ui/processes", get(list::page))
+            .route("/ui/list/rows", get(list::rows))
+            .route("/ui/list/live", get(live::list_stream))
+            .route("/ui/processes/{id}", get(process::page))
+            .route("/ui/processes/{id}/record", get(process::record))
+            .route("/ui/processes/{id}/live", get(live::process_stream))
+            .route("/ui/processes/{id}/signal", post(actions::signal))
+            .route("/ui/processes/{id}/cancel", post(actions::cancel))
+            .route("/ui/processes/{id}/abandon", post(actions::abandon))
+            .route("/ui/processes/{id}/complete", post(actions::complete))
+            .route("/ui/sessions", get(sessions::page))
+            .route("/ui/sessions/{session_id}/wakes/{wake_id}/ack", post(sessions::ack))
+            .route("/ui/logout", post(auth::logout))
+            .route_layer(axum::middleware::from_fn_with_state(self.inner.clone(), auth::gate));
+        let open = Router::new()
+            .route("/ui/login", get(auth::login_page).post(auth::login))
+            .route("/ui/assets/{name}", get(assets::serve));
+        gated
+            .merge(open)
+            .layer(axum::middleware::map_response(page_headers))
+            .with_state(self.inner.clone())
+    }
+}
+
+/// Headers on every dashboard answer: no framing by other sites (the action
+/// buttons must not be clickable through someone else's page), no referrer
+/// leaving the dashboard.
+async fn page_headers(mut r: axum::response::Response) -> axum::response::Response {
+    use axum::http::{header, HeaderValue};
+    let h = r.headers_mut();
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'none'"),
+    );
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    r
+}

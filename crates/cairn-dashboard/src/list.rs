@@ -1,0 +1,500 @@
+//! The processes list: the filters of SPEC §4, newest first, paged, live.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::Query;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use cairn_core::{CairnError, Grant, ProcessFilter, ProcessRecord, Processes, SessionScope, MAX_PAGE_SIZE};
+use maud::{html, Markup};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{Viewer, Visitor};
+use crate::pages::{self, Nav};
+use crate::{time, Shared};
+
+/// Rows per page unless `size` says otherwise.
+const PAGE: usize = 50;
+/// The first created-time window a page looks in; it widens until it holds a page.
+const FIRST_WINDOW_MS: u64 = 60_000;
+
+/// The list's query string (the filter form's fields). Empty fields mean "not set".
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ListQuery {
+    status: String,
+    waiting: String,
+    /// `all`, `granted_to` or `originated_by`.
+    lens: String,
+    session: String,
+    definition: String,
+    originator: String,
+    created_from: String,
+    created_before: String,
+    /// Paging: `{created_at_ms}:{id}` of the last row of the previous page.
+    before: String,
+    size: String,
+}
+
+/// Which records a listing reads: every one, or one session's through a lens.
+enum Lens {
+    All,
+    GrantedTo(SessionScope),
+    OriginatedBy(SessionScope),
+}
+
+/// A listed process, with the grant behind it when listed through `granted_to`.
+pub(crate) struct Row {
+    pub record: ProcessRecord,
+    pub grant: Option<Grant>,
+}
+
+/// Paging cursor: rows strictly older than this (created time, then id).
+#[derive(Clone, Debug, PartialEq)]
+struct Cursor {
+    ms: u64,
+    id: String,
+}
+
+impl Cursor {
+    fn parse(raw: &str) -> Result<Option<Self>, String> {
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let (ms, id) = raw
+            .split_once(':')
+            .ok_or_else(|| format!("`before` must be MS:ID, got `{raw}`"))?;
+        let ms = ms.parse().map_err(|_| format!("`before` must be MS:ID, got `{raw}`"))?;
+        Ok(Some(Self { ms, id: id.to_string() }))
+    }
+
+    fn of(r: &ProcessRecord) -> Self {
+        Self {
+            ms: r.created_at_ms,
+            id: r.id.clone(),
+        }
+    }
+
+    fn render(&self) -> String {
+        format!("{}:{}", self.ms, self.id)
+    }
+
+    /// Whether `r` comes after this cursor in newest-first order.
+    fn admits(&self, r: &ProcessRecord) -> bool {
+        r.created_at_ms < self.ms || (r.created_at_ms == self.ms && r.id < self.id)
+    }
+}
+
+/// A parsed query: what to read and how to page.
+struct Plan {
+    lens: Lens,
+    filter: ProcessFilter,
+    before: Option<Cursor>,
+    size: usize,
+    /// A session viewer asked for another session's grants: an empty list, as the API answers.
+    empty: bool,
+}
+
+fn plan(q: &ListQuery, viewer: &Viewer) -> Result<Plan, CairnError> {
+    let bad = CairnError::InvalidFilter;
+    let mut pairs: Vec<(&str, String)> = Vec::new();
+    for (key, value) in [
+        ("status", &q.status),
+        ("waiting", &q.waiting),
+        ("definition", &q.definition),
+        ("originator", &q.originator),
+    ] {
+        if !value.trim().is_empty() {
+            pairs.push((key, value.trim().to_string()));
+        }
+    }
+    for (key, value) in [
+        ("created_from_ms", &q.created_from),
+        ("created_before_ms", &q.created_before),
+    ] {
+        if !value.trim().is_empty() {
+            pairs.push((key, time::parse_bound(value).map_err(bad)?.to_string()));
+        }
+    }
+    // The same parser and checks as `GET /v1/processes`.
+    let filter = ProcessFilter::from_query(pairs.iter().map(|(k, v)| (*k, v.as_str())))?;
+    let session = q.session.trim();
+    let mut lens = match (q.lens.as_str(), session) {
+        ("" | "all", _) => Lens::All,
+        ("granted_to" | "originated_by", "") => return Err(bad(format!("the `{}` lens needs a session id", q.lens))),
+        ("granted_to", s) => Lens::GrantedTo(SessionScope::session(s)),
+        ("originated_by", s) => Lens::OriginatedBy(SessionScope::session(s)),
+        (other, _) => return Err(bad(format!("unknown lens `{other}`: all, granted_to or originated_by"))),
+    };
+    let mut empty = false;
+    if let Viewer::Session(own) = viewer {
+        // Session tokens list through the security lens only, as in the API.
+        match &lens {
+            Lens::OriginatedBy(_) => {
+                return Err(bad(
+                    "`originated_by` needs the host token; session tokens list what is granted to them".into(),
+                ))
+            }
+            Lens::GrantedTo(s) if s.session_id != *own => empty = true,
+            _ => {}
+        }
+        lens = Lens::GrantedTo(SessionScope::session(own.clone()));
+    }
+    let size = if q.size.trim().is_empty() {
+        PAGE
+    } else {
+        let n: usize = q
+            .size
+            .trim()
+            .parse()
+            .map_err(|_| bad(format!("`size` must be a number, got `{}`", q.size)))?;
+        cairn_core::page_limit(Some(n))?
+    };
+    Ok(Plan {
+        lens,
+        filter,
+        before: Cursor::parse(q.before.trim()).map_err(bad)?,
+        size,
+        empty,
+    })
+}
+
+async fn read(p: &Processes, lens: &Lens, f: &ProcessFilter) -> cairn_core::Result<Vec<Row>> {
+    Ok(match lens {
+        Lens::All => p
+            .list(f)
+            .await?
+            .into_iter()
+            .map(|record| Row { record, grant: None })
+            .collect(),
+        Lens::GrantedTo(s) => p
+            .list_granted_to(s, f)
+            .await?
+            .into_iter()
+            .map(|g| Row {
+                record: g.process,
+                grant: Some(g.grant),
+            })
+            .collect(),
+        Lens::OriginatedBy(s) => p
+            .list_originated_by(s, f)
+            .await?
+            .into_iter()
+            .map(|record| Row { record, grant: None })
+            .collect(),
+    })
+}
+
+/// One page, newest first, and the cursor of the next.
+///
+/// Listings come from the registry in id order, so a page is found by time
+/// windows: read the matching rows created in `[top - w, top)`, widen `w` until
+/// the window holds more than a page (or reaches the lower bound), and narrow it
+/// again when a window holds more than [`MAX_PAGE_SIZE`] rows, so a page reads a
+/// bounded number of rows however long the history. Hand-written because no
+/// registry call orders by creation; it uses only the public filter.
+async fn newest_page(p: &Processes, plan: &Plan) -> cairn_core::Result<(Vec<Row>, Option<Cursor>)> {
+    let base = &plan.filter;
+    let floor = base.created_from_ms.unwrap_or(0);
+    let ceiling = match (&plan.before, base.created_before_ms) {
+        (Some(c), Some(b)) => Some((c.ms + 1).min(b)),
+        (Some(c), None) => Some(c.ms + 1),
+        (None, b) => b,
+    };
+    let top = ceiling.unwrap_or_else(|| time::now_ms() + 1);
+    // `fits`: widest window known to hold at most a capped read; `overflows`:
+    // narrowest known to hold more.
+    let (mut fits, mut overflows): (u64, Option<u64>) = (0, None);
+    let mut w = FIRST_WINDOW_MS;
+    loop {
+        let lo = top.saturating_sub(w).max(floor);
+        let uncapped = overflows.is_some_and(|o| o <= fits + 1);
+        let mut f = ProcessFilter {
+            created_from_ms: Some(lo),
+            created_before_ms: ceiling,
+            after_id: None,
+            limit: Some(MAX_PAGE_SIZE),
+            ..base.clone()
+        };
+        let mut rows = Vec::new();
+        let mut overflow = false;
+        loop {
+            let page = read(p, &plan.lens, &f).await?;
+            let n = page.len();
+            let last = page.last().map(|r| r.record.id.clone());
+            rows.extend(
+                page.into_iter()
+                    .filter(|r| plan.before.as_ref().is_none_or(|c| c.admits(&r.record))),
+            );
+            if n < MAX_PAGE_SIZE {
+                break;
+            }
+            if rows.len() > MAX_PAGE_SIZE && !uncapped {
+                overflow = true;
+                break;
+            }
+            f.after_id = last;
+        }
+        if overflow {
+            overflows = Some(w);
+            w = fits + (w - fits) / 2;
+            continue;
+        }
+        if rows.len() > plan.size || lo == floor || uncapped {
+            rows.sort_by(|a, b| (b.record.created_at_ms, &b.record.id).cmp(&(a.record.created_at_ms, &a.record.id)));
+            let more = rows.len() > plan.size;
+            rows.truncate(plan.size);
+            let next = more.then(|| rows.last().map(|r| Cursor::of(&r.record))).flatten();
+            return Ok((rows, next));
+        }
+        fits = w;
+        w = match overflows {
+            Some(o) => fits + (o - fits).div_ceil(2),
+            None => w.saturating_mul(8),
+        };
+    }
+}
+
+/// `GET /ui/processes`: the whole page.
+pub(crate) async fn page(
+    axum::extract::State(d): Shared,
+    Extension(visitor): Extension<Visitor>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Response {
+    let (q, body) = match q {
+        Ok(Query(q)) => {
+            let rows = rows_markup(&d.processes, &visitor, &q).await;
+            (q, rows)
+        }
+        Err(e) => (
+            ListQuery::default(),
+            (
+                StatusCode::BAD_REQUEST,
+                pages::error_fragment("invalid_filter", &e.body_text()),
+            ),
+        ),
+    };
+    let live_query = serde_urlencoded_query(&q);
+    let markup = pages::layout(
+        "Processes",
+        &visitor,
+        Nav::Processes,
+        html! {
+            h1 { "Processes" }
+            (filters(&q, &visitor.viewer))
+            div #live hx-ext="sse" sse-connect="/ui/list/live" {
+                div #rows hx-get={ "/ui/list/rows?" (live_query) } hx-trigger="sse:changed delay:150ms" hx-swap="innerHTML" {
+                    (body.1)
+                }
+            }
+        },
+    );
+    (body.0, markup).into_response()
+}
+
+fn serde_urlencoded_query(q: &ListQuery) -> String {
+    let mut out = form_urlencoded_serializer();
+    for (k, v) in [
+        ("status", &q.status),
+        ("waiting", &q.waiting),
+        ("lens", &q.lens),
+        ("session", &q.session),
+        ("definition", &q.definition),
+        ("originator", &q.originator),
+        ("created_from", &q.created_from),
+        ("created_before", &q.created_before),
+        ("before", &q.before),
+        ("size", &q.size),
+    ] {
+        if !v.is_empty() {
+            out.append_pair(k, v);
+        }
+    }
+    out.finish()
+}
+
+fn form_urlencoded_serializer() -> form_urlencoded::Serializer<'static, String> {
+    form_urlencoded::Serializer::new(String::new())
+}
+
+/// `GET /ui/list/rows`: the table fragment (what a live update swaps in).
+pub(crate) async fn rows(
+    axum::extract::State(d): Shared,
+    Extension(visitor): Extension<Visitor>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Response {
+    match q {
+        Ok(Query(q)) => rows_markup(&d.processes, &visitor, &q).await.into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            pages::error_fragment("invalid_filter", &e.body_text()),
+        )
+            .into_response(),
+    }
+}
+
+async fn rows_markup(p: &Processes, visitor: &Visitor, q: &ListQuery) -> (StatusCode, Markup) {
+    let plan = match plan(q, &visitor.viewer) {
+        Ok(plan) => plan,
+        Err(e) => return (StatusCode::BAD_REQUEST, pages::error_fragment(e.code(), &e.to_string())),
+    };
+    let (rows, next) = if plan.empty {
+        (Vec::new(), None)
+    } else {
+        match newest_page(p, &plan).await {
+            Ok(x) => x,
+            Err(e) => return (StatusCode::BAD_REQUEST, pages::error_fragment(e.code(), &e.to_string())),
+        }
+    };
+    let newest = ListQuery {
+        before: String::new(),
+        ..q.clone()
+    };
+    let older = next.map(|c| ListQuery {
+        before: c.render(),
+        ..q.clone()
+    });
+    let markup = html! {
+        div.tablewrap {
+            table.processes {
+                thead { tr {
+                    th { "Status" } th { "Id" } th.c-def { "Definition" } th.c-orig { "Originator" }
+                    th { "Created" } th.c-upd { "Updated" }
+                } }
+                tbody {
+                    @for row in &rows {
+                        @let r = &row.record;
+                        tr data-id=(r.id) data-status=(r.status.label()) {
+                            td { (pages::status_of(r)) }
+                            td.id {
+                                a href={ "/ui/processes/" (encode_path(&r.id)) } { (r.id) }
+                                @if let Some(label) = row.grant.as_ref().and_then(|g| g.descriptor.label.as_ref()) {
+                                    " " small.hint { (label) }
+                                }
+                            }
+                            td.c-def { code { (r.input.definition()) } }
+                            td.c-orig { (r.provenance.originator.scope_id()) }
+                            td { (time::when(r.created_at_ms)) }
+                            td.c-upd { (time::when(r.updated_at_ms)) }
+                        }
+                    }
+                }
+            }
+            @if rows.is_empty() { p.empty { "No process matches these filters." } }
+        }
+        nav.pager {
+            span.count { (rows.len()) " shown, newest first" }
+            @if !q.before.is_empty() {
+                a href={ "/ui/processes?" (serde_urlencoded_query(&newest)) } { "← Newest" }
+            }
+            @if let Some(o) = &older {
+                a rel="next" href={ "/ui/processes?" (serde_urlencoded_query(o)) } { "Older →" }
+            }
+        }
+    };
+    (StatusCode::OK, markup)
+}
+
+/// A path segment for an id (ids may hold characters a URL path must escape).
+pub(crate) fn encode_path(id: &str) -> String {
+    form_urlencoded::byte_serialize(id.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+fn filters(q: &ListQuery, viewer: &Viewer) -> Markup {
+    let statuses = ["running", "completed", "failed", "cancelled", "abandoned", "any"];
+    let is_host = *viewer == Viewer::Host;
+    let bound = |raw: &str| match time::parse_bound(raw) {
+        Ok(ms) if !raw.is_empty() => time::input_value(ms),
+        _ => raw.to_string(),
+    };
+    html! {
+        form.filters method="get" action="/ui/processes" role="search" {
+            label { span { "Status" }
+                select name="status" accesskey="s" {
+                    @for s in statuses {
+                        option value=(s) selected[q.status == s || (q.status.is_empty() && s == "running")] { (s) }
+                    }
+                }
+            }
+            label { span { "Waiting" }
+                select name="waiting" accesskey="w" {
+                    option value="" selected[q.waiting.is_empty()] { "either" }
+                    option value="true" selected[q.waiting == "true"] { "waiting" }
+                    option value="false" selected[q.waiting == "false"] { "not waiting" }
+                }
+            }
+            label { span { "Session scope" }
+                select name="lens" {
+                    @if is_host { option value="all" selected[q.lens.is_empty() || q.lens == "all"] { "all processes" } }
+                    option value="granted_to" selected[q.lens == "granted_to"] { "granted to" }
+                    @if is_host { option value="originated_by" selected[q.lens == "originated_by"] { "originated by" } }
+                }
+            }
+            label { span { "Session id" }
+                input type="text" name="session" value=(q.session) placeholder="s1" size="10";
+            }
+            label { span { "Definition" }
+                input type="text" name="definition" value=(q.definition) placeholder="tool:wait_signal" size="16";
+            }
+            label { span { "Originator" }
+                input type="text" name="originator" value=(q.originator) placeholder="host, session:s1" size="14";
+            }
+            label { span { "Created from (UTC)" }
+                input type="datetime-local" name="created_from" value=(bound(&q.created_from));
+            }
+            label { span { "Created before (UTC)" }
+                input type="datetime-local" name="created_before" value=(bound(&q.created_before));
+            }
+            div.buttons {
+                button type="submit" accesskey="f" { "Filter" }
+                a href="/ui/processes" { "Reset" }
+            }
+        }
+        p.hint { "Press " kbd { "/" } " to jump to the filters; Enter applies them." }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_viewer_lists_only_its_grants() {
+        let v = Viewer::Session("s1".into());
+        let p = plan(&ListQuery::default(), &v).unwrap();
+        assert!(matches!(p.lens, Lens::GrantedTo(s) if s.session_id == "s1"));
+        let other = ListQuery {
+            lens: "granted_to".into(),
+            session: "s2".into(),
+            ..ListQuery::default()
+        };
+        assert!(plan(&other, &v).unwrap().empty);
+        let orig = ListQuery {
+            lens: "originated_by".into(),
+            session: "s1".into(),
+            ..ListQuery::default()
+        };
+        assert_eq!(plan(&orig, &v).err().map(|e| e.code()), Some("invalid_filter"));
+    }
+
+    #[test]
+    fn bad_filters_are_errors() {
+        let q = ListQuery {
+            waiting: "maybe".into(),
+            ..ListQuery::default()
+        };
+        assert_eq!(plan(&q, &Viewer::Host).err().map(|e| e.code()), Some("invalid_filter"));
+        let q = ListQuery {
+            created_from: "soon".into(),
+            ..ListQuery::default()
+        };
+        assert!(plan(&q, &Viewer::Host).is_err());
+        let q = ListQuery {
+            before: "nope".into(),
+            ..ListQuery::default()
+        };
+        assert!(plan(&q, &Viewer::Host).is_err());
+    }
+}

@@ -1,0 +1,299 @@
+//! Live updates over SSE: the list follows the change feed, a process page
+//! follows its log. Nothing in the browser re-fetches on a timer: a list
+//! re-renders when the server says something it may see changed, and a timeline
+//! grows by the events the server pushes.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Query;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use cairn_core::{EventSink, ProcessEvent, Processes, MAX_PAGE_SIZE};
+use futures::Stream;
+use serde::Deserialize;
+use tokio::sync::{broadcast, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Viewer, Visitor};
+use crate::{pages, process, Inner, Shared};
+
+/// How long the change follower waits for a notice before reading the feed
+/// anyway. Changes committed on another node (PostgreSQL) reach this node's
+/// hub but not its event sink; this bounded read is what finds them, the same
+/// fallback the awaiter keeps. It runs only while some list page is open.
+/// (The hub's "work available" notice is not an option: it wakes one waiter,
+/// and that waiter must be the worker's driver.)
+const FALLBACK_READ: Duration = Duration::from_secs(5);
+/// How long one follow of a process log waits before checking the record.
+const FOLLOW_WAIT: Duration = Duration::from_secs(15);
+/// Most changed ids a session viewer's stream checks for visibility per batch.
+const VISIBILITY_CHECKS: usize = 64;
+
+/// Told of every committed event. Build one, give [`ChangeNotice::sink`] to the
+/// runtime builder, and the same notice to [`crate::Dashboard::new`].
+#[derive(Clone, Default)]
+pub struct ChangeNotice {
+    notify: Arc<Notify>,
+}
+
+impl ChangeNotice {
+    /// A fresh notice.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The event sink that rings this notice (it never blocks: a pending ring
+    /// absorbs any number of events until the follower reads the feed).
+    pub fn sink(&self) -> Arc<dyn EventSink> {
+        Arc::new(NoticeSink(self.notify.clone()))
+    }
+}
+
+struct NoticeSink(Arc<Notify>);
+
+impl EventSink for NoticeSink {
+    fn deliver(&self, _event: &ProcessEvent) {
+        self.0.notify_one();
+    }
+}
+
+/// The server-wide change follower and its fan-out.
+pub(crate) struct Feed {
+    tx: broadcast::Sender<Arc<Vec<String>>>,
+    subscribed: Arc<Notify>,
+}
+
+impl Feed {
+    /// Start the follower task: while any list stream is open it reads
+    /// `changed_since` after every notice (or [`FALLBACK_READ`]) and broadcasts
+    /// the changed ids; while none is, it reads nothing.
+    pub fn start(processes: Processes, notice: ChangeNotice, shutdown: CancellationToken) -> Self {
+        let (tx, _) = broadcast::channel(64);
+        let subscribed = Arc::new(Notify::new());
+        tokio::spawn(follow(processes, notice, tx.clone(), subscribed.clone(), shutdown));
+        Self { tx, subscribed }
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Vec<String>>> {
+        let rx = self.tx.subscribe();
+        self.subscribed.notify_one();
+        rx
+    }
+}
+
+async fn follow(
+    processes: Processes,
+    notice: ChangeNotice,
+    tx: broadcast::Sender<Arc<Vec<String>>>,
+    subscribed: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    // Where the feed was last read. Changes made while nobody listened are read
+    // (and broadcast) once someone does; a new stream re-renders its list on
+    // connecting anyway, so at worst a list renders once more than needed.
+    let mut cursor = 0u64;
+    loop {
+        while tx.receiver_count() == 0 {
+            tokio::select! {
+                _ = subscribed.notified() => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+        loop {
+            match processes.changed_since(cursor, Some(MAX_PAGE_SIZE)).await {
+                Ok(page) => {
+                    let full = page.changes.len() >= MAX_PAGE_SIZE;
+                    cursor = page.next_cursor;
+                    if !page.changes.is_empty() {
+                        let ids = page.changes.into_iter().map(|c| c.process.id).collect();
+                        // No receiver left is fine: the next one re-renders on connect.
+                        let _ = tx.send(Arc::new(ids));
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "dashboard: reading the change feed failed");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = notice.notify.notified() => {}
+            _ = tokio::time::sleep(FALLBACK_READ) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// `GET /ui/list/live`: SSE `changed` events, one when the stream opens and one
+/// per batch of changes the viewer may see. The list element re-renders itself
+/// on each (`hx-trigger="sse:changed"`).
+pub(crate) async fn list_stream(axum::extract::State(d): Shared, Extension(visitor): Extension<Visitor>) -> Response {
+    let rx = d.feed.subscribe();
+    let stream = futures::stream::unfold((d, visitor.viewer, rx, true), |(d, viewer, mut rx, first)| async move {
+        if first {
+            return Some((Ok::<_, Infallible>(changed()), (d, viewer, rx, false)));
+        }
+        loop {
+            let ids = tokio::select! {
+                r = rx.recv() => r,
+                _ = d.shutdown.cancelled() => return None,
+            };
+            let show = match ids {
+                Ok(ids) => visible_any(&d, &viewer, &ids).await,
+                // Fell behind: something changed, say so.
+                Err(broadcast::error::RecvError::Lagged(_)) => true,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            if show {
+                return Some((Ok(changed()), (d, viewer, rx, false)));
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+fn changed() -> Event {
+    Event::default().event("changed").data("changed")
+}
+
+/// Whether any of `ids` is the viewer's to see, so a session's page does not
+/// even learn when other sessions' processes change.
+async fn visible_any(d: &Inner, viewer: &Viewer, ids: &[String]) -> bool {
+    if *viewer == Viewer::Host {
+        return true;
+    }
+    for id in ids.iter().take(VISIBILITY_CHECKS) {
+        if d.access.check_visible(viewer, id).await.is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LiveQuery {
+    after: Option<u64>,
+}
+
+struct Follow {
+    d: Arc<Inner>,
+    id: String,
+    after: u64,
+    pending: VecDeque<ProcessEvent>,
+    /// A page of events was sent: send `record` once they are out.
+    record_due: bool,
+    /// After the terminal event: send `end`, then stop.
+    ending: bool,
+    done: bool,
+}
+
+/// `GET /ui/processes/{id}/live`: the log as SSE, history first, then live.
+/// Each event is a `timeline` event whose data is the rendered entry and whose
+/// id is its sequence (so a reconnect resumes with `Last-Event-ID`); each page
+/// of events is followed by a `record` event (the record panel re-renders);
+/// after the terminal event an `end` event tells the page to close the stream.
+pub(crate) async fn process_stream(
+    axum::extract::State(d): Shared,
+    Extension(visitor): Extension<Visitor>,
+    crate::process::IdPath(id): crate::process::IdPath,
+    Query(q): Query<LiveQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = d.access.check_visible(&visitor.viewer, &id).await {
+        return process::refused(&e);
+    }
+    if let Err(e) = d.processes.get(&id).await {
+        return process::refused(&e);
+    }
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .or(q.after)
+        .unwrap_or(0);
+    let follow = Follow {
+        d,
+        id,
+        after,
+        pending: VecDeque::new(),
+        record_due: false,
+        ending: false,
+        done: false,
+    };
+    Sse::new(timeline(follow))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn timeline(follow: Follow) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures::stream::unfold(follow, |mut f| async move {
+        loop {
+            if f.done {
+                return None;
+            }
+            if let Some(event) = f.pending.pop_front() {
+                f.after = event.sequence;
+                if event.semantics.terminal.is_some() {
+                    // Nothing follows a terminal event.
+                    f.pending.clear();
+                    f.ending = true;
+                }
+                let html = pages::timeline_entry(&event).into_string();
+                let sse = Event::default()
+                    .event("timeline")
+                    .id(event.sequence.to_string())
+                    .data(html);
+                return Some((Ok(sse), f));
+            }
+            if f.record_due {
+                // The record changed with the events just sent: re-render it.
+                f.record_due = false;
+                return Some((Ok(Event::default().event("record").data("changed")), f));
+            }
+            if f.ending {
+                f.done = true;
+                return Some((Ok(Event::default().event("end").data("end")), f));
+            }
+            let page = tokio::select! {
+                r = f.d.processes.follow(&f.id, f.after, None, FOLLOW_WAIT) => r,
+                _ = f.d.shutdown.cancelled() => return None,
+            };
+            match page {
+                Ok(page) if page.events.is_empty() => match f.d.processes.get(&f.id).await {
+                    // Ended at or before `after` (a reconnect after the end): nothing more comes.
+                    Ok(r) if r.is_terminal() && r.last_sequence <= f.after => f.ending = true,
+                    Ok(_) => {}
+                    Err(e) => return Some((Ok(failed(&e)), f.finish())),
+                },
+                Ok(page) => {
+                    f.pending.extend(page.events);
+                    f.record_due = true;
+                }
+                Err(e) => return Some((Ok(failed(&e)), f.finish())),
+            }
+        }
+    })
+}
+
+impl Follow {
+    fn finish(mut self) -> Self {
+        self.done = true;
+        self
+    }
+}
+
+/// A failure mid-stream (the process was pruned, the store is down): shown in
+/// place of the timeline's tail, after which the stream ends.
+fn failed(e: &cairn_core::CairnError) -> Event {
+    let html = pages::error_fragment(e.code(), &e.to_string()).into_string();
+    Event::default().event("failed").data(html)
+}

@@ -1,0 +1,157 @@
+//! The page frame and the pieces every page shares (maud templates: checked at
+//! compile time, escaped by default).
+
+use cairn_core::{ProcessEvent, ProcessRecord, ProcessStatus};
+use maud::{html, Markup, DOCTYPE};
+use serde_json::Value;
+
+use crate::auth::Visitor;
+use crate::time;
+
+/// Which nav item is current.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Nav {
+    Processes,
+    Sessions,
+}
+
+/// A full page: head, nav and `body`. The CSRF token rides in `hx-headers`, so
+/// every htmx request from the page carries it.
+pub(crate) fn layout(title: &str, visitor: &Visitor, nav: Nav, body: Markup) -> Markup {
+    let headers = serde_json::json!({ crate::CSRF_HEADER: visitor.csrf }).to_string();
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="cairn-csrf" content=(visitor.csrf);
+                title { (title) " · cairn" }
+                link rel="stylesheet" href="/ui/assets/app.css";
+                script src="/ui/assets/htmx-2.0.11.min.js" {}
+                script src="/ui/assets/htmx-ext-sse-2.2.4.min.js" {}
+                script src="/ui/assets/app.js" {}
+            }
+            body hx-headers=(headers) {
+                header.top {
+                    a.brand href="/ui/processes" { "cairn" }
+                    nav {
+                        a href="/ui/processes" aria-current=[(nav == Nav::Processes).then_some("page")] { "Processes" }
+                        a href="/ui/sessions" aria-current=[(nav == Nav::Sessions).then_some("page")] { "Sessions" }
+                    }
+                    span.viewer title="who this page acts as" { (visitor.viewer.label()) }
+                    @if visitor.logged_in {
+                        button.link hx-post="/ui/logout" { "Log out" }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+/// The login page (only shown when the server has tokens).
+pub(crate) fn login(problem: Option<&str>) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "Log in · cairn" }
+                link rel="stylesheet" href="/ui/assets/app.css";
+            }
+            body {
+                main.login {
+                    h1 { "cairn" }
+                    form method="post" action="/ui/login" {
+                        label for="token" { "Token (host or session)" }
+                        input #token type="password" name="token" autocomplete="current-password" required autofocus;
+                        button type="submit" { "Log in" }
+                    }
+                    @if let Some(p) = problem {
+                        p.result.err role="alert" { (p) }
+                    }
+                    p.hint { "The token is kept in an HttpOnly cookie for this site only." }
+                }
+            }
+        }
+    }
+}
+
+/// An error as the server gave it: its code and its message, verbatim.
+pub(crate) fn error_fragment(code: &str, message: &str) -> Markup {
+    html! {
+        div.result.err role="alert" {
+            code.code { (code) } ": " span.message { (message) }
+        }
+    }
+}
+
+/// A success note.
+pub(crate) fn ok_fragment(message: &str) -> Markup {
+    html! { div.result.ok role="status" { (message) } }
+}
+
+/// A status badge (colour per status, readable as text too).
+pub(crate) fn status(s: ProcessStatus) -> Markup {
+    html! { span class={ "status s-" (s.label()) } { (s.label()) } }
+}
+
+/// A record's status badge plus `waiting` when it is in a durable wait.
+pub(crate) fn status_of(r: &ProcessRecord) -> Markup {
+    html! {
+        (status(r.status))
+        @if let Some(w) = &r.wait {
+            " " span.status.s-waiting title={ "waiting since " (time::absolute(w.since_ms)) } {
+                "waiting"
+                @if let Some(n) = &w.name { ": " (n) }
+            }
+        }
+    }
+}
+
+/// Pretty JSON in a `<pre>`.
+pub(crate) fn json(v: &Value) -> Markup {
+    let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+    html! { pre.json { (text) } }
+}
+
+/// Anything serializable as pretty JSON.
+pub(crate) fn json_of<T: serde::Serialize>(v: &T) -> Markup {
+    json(&serde_json::to_value(v).unwrap_or(Value::Null))
+}
+
+/// One timeline entry: sequence, type, time, and the payload folded away.
+pub(crate) fn timeline_entry(e: &ProcessEvent) -> Markup {
+    let terminal = e.semantics.terminal.is_some();
+    let summary = payload_summary(&e.payload);
+    html! {
+        li.event.terminal[terminal] id={ "ev-" (e.sequence) } data-seq=(e.sequence) {
+            details {
+                summary {
+                    span.seq { "#" (e.sequence) }
+                    " " code.etype { (e.event_type) }
+                    " " (time::when(e.occurred_at_ms))
+                    @if !summary.is_empty() { " " span.peek { (summary) } }
+                }
+                (json(&e.payload))
+                @if let Some(k) = &e.replay_key { p.hint { "replay key " code { (k) } } }
+            }
+        }
+    }
+}
+
+/// A short one-line look at a payload for the collapsed entry.
+fn payload_summary(v: &Value) -> String {
+    let text = match v {
+        Value::Null => return String::new(),
+        Value::Object(m) if m.is_empty() => return String::new(),
+        other => other.to_string(),
+    };
+    let mut short: String = text.chars().take(90).collect();
+    if short.len() < text.len() {
+        short.push('…');
+    }
+    short
+}

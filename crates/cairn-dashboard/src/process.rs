@@ -1,0 +1,232 @@
+//! A process: its record, its live timeline and its actions.
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use cairn_core::{CairnError, Disposition, Originator, ProcessRecord};
+use maud::{html, Markup};
+
+use crate::auth::Visitor;
+use crate::list::encode_path;
+use crate::pages::{self, Nav};
+use crate::{time, Shared};
+
+/// The `{id}` path segment.
+pub(crate) struct IdPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdPath {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(Self(id)),
+            Err(e) => Err({
+                let e: PathRejection = e;
+                (
+                    StatusCode::BAD_REQUEST,
+                    pages::error_fragment("invalid_request", &e.body_text()),
+                )
+                    .into_response()
+            }),
+        }
+    }
+}
+
+/// The HTTP status the dashboard answers a refused call with: the request's
+/// fault (4xx) or the store's (5xx).
+pub(crate) fn status_for(e: &CairnError) -> StatusCode {
+    match e.code() {
+        "unknown_process" | "unknown_wake" | "unknown_tool" | "unknown_env" => StatusCode::NOT_FOUND,
+        "no_longer_retained" => StatusCode::GONE,
+        "storage" | "corrupt_env" => StatusCode::INTERNAL_SERVER_ERROR,
+        "unavailable" | "outcome_unknown" => StatusCode::SERVICE_UNAVAILABLE,
+        "registration_conflict"
+        | "replay_conflict"
+        | "process_terminal"
+        | "lease_held"
+        | "lease_fenced"
+        | "not_claimable"
+        | "not_externally_owned" => StatusCode::CONFLICT,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// A refused call as a fragment carrying the server's error verbatim.
+pub(crate) fn refused(e: &CairnError) -> Response {
+    (status_for(e), pages::error_fragment(e.code(), &e.to_string())).into_response()
+}
+
+/// `GET /ui/processes/{id}`.
+pub(crate) async fn page(
+    axum::extract::State(d): Shared,
+    Extension(visitor): Extension<Visitor>,
+    IdPath(id): IdPath,
+) -> Response {
+    let record = match d.access.check_visible(&visitor.viewer, &id).await {
+        Ok(()) => d.processes.get(&id).await,
+        Err(e) => Err(e),
+    };
+    let record = match record {
+        Ok(r) => r,
+        Err(e) => {
+            let body = html! {
+                h1 { "Process " code { (id) } }
+                (pages::error_fragment(e.code(), &e.to_string()))
+                p { a href="/ui/processes" { "← Processes" } }
+            };
+            return (status_for(&e), pages::layout(&id, &visitor, Nav::Processes, body)).into_response();
+        }
+    };
+    let path = encode_path(&record.id);
+    let body = html! {
+        p.crumbs { a href="/ui/processes" { "← Processes" } }
+        h1.pid { code { (record.id) } }
+        div.process hx-ext="sse" sse-connect={ "/ui/processes/" (path) "/live" } sse-close="end" {
+            section #record hx-get={ "/ui/processes/" (path) "/record" } hx-trigger="sse:record delay:100ms" hx-swap="innerHTML" {
+                (record_panel(&record))
+            }
+            section.actions {
+                h2 { "Actions" }
+                div #action-result aria-live="polite" {}
+                (actions(&record, &path))
+            }
+            section.timeline-box {
+                h2 { "Timeline" }
+                ol #timeline sse-swap="timeline" hx-swap="beforeend" {}
+                div #timeline-failed sse-swap="failed" {}
+            }
+        }
+    };
+    pages::layout(&record.id, &visitor, Nav::Processes, body).into_response()
+}
+
+/// `GET /ui/processes/{id}/record`: the record panel (re-rendered live).
+pub(crate) async fn record(
+    axum::extract::State(d): Shared,
+    Extension(visitor): Extension<Visitor>,
+    IdPath(id): IdPath,
+) -> Response {
+    let record = match d.access.check_visible(&visitor.viewer, &id).await {
+        Ok(()) => d.processes.get(&id).await,
+        Err(e) => Err(e),
+    };
+    match record {
+        Ok(r) => record_panel(&r).into_response(),
+        Err(e) => refused(&e),
+    }
+}
+
+fn disposition_label(d: Disposition) -> String {
+    serde_json::to_value(d)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{d:?}"))
+}
+
+fn record_panel(r: &ProcessRecord) -> Markup {
+    html! {
+        div.summary data-status=(r.status.label()) {
+            (pages::status_of(r))
+            " " code { (r.input.definition()) }
+            " · " span.disp title="recovery disposition" { (disposition_label(r.disposition)) }
+        }
+        dl.facts {
+            dt { "Created" } dd { (time::when(r.created_at_ms)) }
+            dt { "Updated" } dd { (time::when(r.updated_at_ms)) }
+            @if let Some(t) = r.terminal_at_ms { dt { "Ended" } dd { (time::when(t)) } }
+            dt { "Last sequence" } dd { (r.last_sequence) }
+            dt { "Originator" } dd {
+                @match &r.provenance.originator {
+                    Originator::Session { scope } => a href={ "/ui/sessions?session=" (encode_path(&scope.session_id)) } { (scope.scope_id()) },
+                    other => (other.scope_id()),
+                }
+            }
+            @if let Some(c) = &r.provenance.caused_by {
+                dt { "Caused by" } dd {
+                    @if c.kind == "process" {
+                        "parent process " a.parent href={ "/ui/processes/" (encode_path(&c.id)) } { (c.id) }
+                    } @else {
+                        (c.kind) " " code { (c.id) }
+                    }
+                }
+            }
+            @if let Some(w) = &r.wake_target { dt { "Wake target" } dd { (w.scope_id()) } }
+            @if let Some(x) = &r.external_ref { dt { "External" } dd { (x.backend) " " code { (x.id) } } }
+            @if let Some(e) = &r.env_ref { dt { "Environment" } dd { code { (e) } } }
+        }
+        div.panels {
+            @if let Some(o) = &r.outcome {
+                div.panel.outcome { h3 { "Outcome" } (pages::json_of(o)) }
+            }
+            @if let Some(w) = &r.wait {
+                div.panel.wait {
+                    h3 { "Waiting" }
+                    p { "for " (w.kind) @if let Some(n) = &w.name { " " code { (n) } }
+                        @if let Some(k) = w.ordinal { " (#" (k) ")" }
+                        " since " (time::when(w.since_ms)) }
+                }
+            }
+            @if let Some(l) = &r.lease {
+                div.panel.lease {
+                    h3 { "Lease" }
+                    p { "held by " code { (l.owner_id) } ", fencing token " (l.fencing_token) ", expires " (time::when(l.expires_at_ms)) }
+                }
+            }
+            @if let Some(a) = &r.abandon_request {
+                div.panel.abandon {
+                    h3 { "Abandon requested" }
+                    p { "by " code { (a.requested_by) } " " (time::when(a.requested_at_ms)) ": " (a.reason) }
+                }
+            }
+            @if let Some(c) = &r.cancel_request {
+                div.panel.cancel {
+                    h3 { "Cancel requested" }
+                    p { (time::when(c.requested_at_ms)) @if let Some(reason) = &c.reason { ": " (reason) } }
+                }
+            }
+            details.panel.input {
+                summary { "Input" }
+                (pages::json_of(&r.input))
+            }
+        }
+    }
+}
+
+fn actions(r: &ProcessRecord, path: &str) -> Markup {
+    let waiting_for = r.wait.as_ref().and_then(|w| w.name.clone()).unwrap_or_default();
+    let signal_id = uuid::Uuid::new_v4().to_string();
+    let external = r.disposition == Disposition::ExternallyOwned;
+    html! {
+        form.action #signal-form hx-post={ "/ui/processes/" (path) "/signal" } hx-target="#action-result" {
+            h3 { "Signal" }
+            label { span { "Name" } input type="text" name="name" value=(waiting_for) required pattern="[A-Za-z0-9_-]+"; }
+            label { span { "Signal id" } input type="text" name="signal_id" value=(signal_id) required; }
+            label.wide { span { "Payload (JSON)" } textarea name="payload" rows="3" spellcheck="false" { "{}" } }
+            button type="submit" { "Send signal" }
+        }
+        form.action #cancel-form hx-post={ "/ui/processes/" (path) "/cancel" } hx-target="#action-result"
+            hx-confirm="Request cancellation of this process?" {
+            h3 { "Cancel" }
+            label { span { "Reason" } input type="text" name="reason"; }
+            button.danger type="submit" { "Request cancel" }
+        }
+        form.action #abandon-form hx-post={ "/ui/processes/" (path) "/abandon" } hx-target="#action-result"
+            hx-confirm="Request that this process be abandoned?" {
+            h3 { "Abandon request" }
+            label { span { "Reason" } input type="text" name="reason" required; }
+            button.danger type="submit" { "Request abandon" }
+        }
+        @if external {
+            form.action #complete-form hx-post={ "/ui/processes/" (path) "/complete" } hx-target="#action-result" {
+                h3 { "Complete (externally owned)" }
+                label.wide { span { "Outcome (JSON)" }
+                    textarea name="outcome" rows="3" spellcheck="false" { r#"{"type": "success", "value": null}"# }
+                }
+                button type="submit" { "Complete" }
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Sessions: what a session may address, what it originated, its pending wakes.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use cairn_core::{ProcessFilter, ProcessRecord, SessionScope, StatusFilter};
+use maud::{html, Markup};
+use serde::Deserialize;
+
+use crate::auth::{Viewer, Visitor};
+use crate::list::encode_path;
+use crate::pages::{self, Nav};
+use crate::process::refused;
+use crate::{time, Shared};
+
+/// Rows shown per list on the session page.
+const SHOWN: usize = 200;
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct SessionQuery {
+    session: String,
+}
+
+/// A session token naming another session: 403, as the API answers.
+fn forbidden() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        pages::error_fragment("forbidden", "a session token may only address its own session"),
+    )
+        .into_response()
+}
+
+/// `GET /ui/sessions?session=ID`.
+pub(crate) async fn page(
+    axum::extract::State(d): Shared,
+    Extension(visitor): Extension<Visitor>,
+    q: Result<Query<SessionQuery>, QueryRejection>,
+) -> Response {
+    let asked = match q {
+        Ok(Query(q)) => q.session.trim().to_string(),
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                pages::error_fragment("invalid_request", &e.body_text()),
+            )
+                .into_response()
+        }
+    };
+    // A session viewer sees its own session, whatever it asks for.
+    let session = match &visitor.viewer {
+        Viewer::Session(own) if asked.is_empty() => own.clone(),
+        _ => asked,
+    };
+    if matches!(&visitor.viewer, Viewer::Session(own) if *own != session) {
+        return forbidden();
+    }
+    let mut status = StatusCode::OK;
+    let content = if session.is_empty() {
+        html! { p.hint { "Name a session to see its processes and pending wakes." } }
+    } else {
+        match section(&d, &visitor.viewer, &session).await {
+            Ok(m) => m,
+            Err(e) => {
+                status = crate::process::status_for(&e);
+                pages::error_fragment(e.code(), &e.to_string())
+            }
+        }
+    };
+    let body = html! {
+        h1 { "Sessions" }
+        form.filters method="get" action="/ui/sessions" role="search" {
+            label { span { "Session id" }
+                input type="text" name="session" value=(session) required autofocus[session.is_empty()];
+            }
+            div.buttons { button type="submit" { "Show" } }
+        }
+        (content)
+    };
+    (status, pages::layout("Sessions", &visitor, Nav::Sessions, body)).into_response()
+}
+
+async fn section(d: &crate::Inner, viewer: &Viewer, session: &str) -> cairn_core::Result<Markup> {
+    let scope = SessionScope::session(session);
+    let filter = ProcessFilter {
+        status: StatusFilter::Any,
+        limit: Some(SHOWN),
+        ..ProcessFilter::default()
+    };
+    let granted = d.processes.list_granted_to(&scope, &filter).await?;
+    let originated = match viewer {
+        // As in the API, the provenance lens needs the host token.
+        Viewer::Host => Some(d.processes.list_originated_by(&scope, &filter).await?),
+        Viewer::Session(_) => None,
+    };
+    let wakes = d.processes.wakes(session, Some(SHOWN)).await?;
+    let sid = encode_path(session);
+    Ok(html! {
+        h2 { "Pending wakes " span.count { "(" (wakes.len()) ")" } }
+        @if wakes.is_empty() { p.empty { "No pending wake." } } @else {
+            div.tablewrap { table.wakes {
+                thead { tr { th { "Wake" } th { "Process" } th { "Event" } th { "Input" } th { "Created" } th {} } }
+                tbody {
+                    @for w in &wakes {
+                        tr data-wake=(w.wake_id) {
+                            td { code { (w.wake_id) } }
+                            td { a href={ "/ui/processes/" (encode_path(&w.process_id)) } { (w.process_id) } }
+                            td { "#" (w.sequence) " " code { (w.event_type) } }
+                            td.input { (w.input) }
+                            td { (time::when(w.created_at_ms)) }
+                            td { button hx-post={ "/ui/sessions/" (sid) "/wakes/" (encode_path(&w.wake_id)) "/ack" }
+                                   hx-target="closest tr" hx-swap="outerHTML" { "Acknowledge" } }
+                        }
+                    }
+                }
+            } }
+        }
+        h2 { "Granted to " code { (session) } " " span.count { "(" (granted.len()) ")" } }
+        p.hint { "What the session may address (the security lens)." }
+        (records(granted.iter().map(|g| (&g.process, g.grant.descriptor.label.as_deref()))))
+        @if let Some(originated) = &originated {
+            h2 { "Originated by " code { (session) } " " span.count { "(" (originated.len()) ")" } }
+            p.hint { "What the session created, even if its grant moved (the provenance lens)." }
+            (records(originated.iter().map(|r| (r, None))))
+        }
+    })
+}
+
+fn records<'a>(rows: impl Iterator<Item = (&'a ProcessRecord, Option<&'a str>)>) -> Markup {
+    let rows: Vec<_> = rows.collect();
+    html! {
+        @if rows.is_empty() { p.empty { "None." } } @else {
+            div.tablewrap { table.processes {
+                thead { tr { th { "Status" } th { "Id" } th.c-def { "Definition" } th { "Created" } } }
+                tbody {
+                    @for (r, label) in &rows {
+                        tr data-id=(r.id) {
+                            td { (pages::status_of(r)) }
+                            td.id { a href={ "/ui/processes/" (encode_path(&r.id)) } { (r.id) }
+                                @if let Some(l) = label { " " small.hint { (l) } } }
+                            td.c-def { code { (r.input.definition()) } }
+                            td { (time::when(r.created_at_ms)) }
+                        }
+                    }
+                }
+            } }
+        }
+    }
+}
+
+/// `POST /ui/sessions/{session_id}/wakes/{wake_id}/ack`: answers the row's replacement.
+pub(crate) async fn ack(
+    axum::extract::State(d): Shared,
+    Extension(visitor): Extension<Visitor>,
+    Path((session_id, wake_id)): Path<(String, String)>,
+) -> Response {
+    if matches!(&visitor.viewer, Viewer::Session(own) if *own != session_id) {
+        return forbidden();
+    }
+    match d.processes.ack_wake(&session_id, &wake_id).await {
+        Ok(acked) => html! {
+            tr.acked data-wake=(wake_id) {
+                td colspan="6" {
+                    code { (wake_id) } " "
+                    @if acked { "acknowledged" } @else { "was already acknowledged" }
+                }
+            }
+        }
+        .into_response(),
+        Err(e) => refused(&e),
+    }
+}

@@ -1,0 +1,344 @@
+//! The dashboard's routes over an in-memory runtime, without a browser: paging,
+//! auth, CSRF and visibility. (The browser tests live in the `cairn` crate.)
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::Router;
+use cairn_core::{
+    async_trait, CairnError, Disposition, GrantDescriptor, ManualClock, MemoryRegistry, ProcessFilter, Processes,
+    SessionScope, StartRequest, StatusFilter,
+};
+use cairn_dashboard::{Access, ChangeNotice, Dashboard, Viewer};
+use serde_json::json;
+use tower::ServiceExt;
+
+/// Tokens `host` and `s1-token`; a session sees what is granted to it.
+struct TestAccess {
+    processes: Processes,
+    open: bool,
+}
+
+#[async_trait]
+impl Access for TestAccess {
+    fn is_open(&self) -> bool {
+        self.open
+    }
+
+    fn resolve(&self, token: &str) -> Option<Viewer> {
+        match token {
+            "host" => Some(Viewer::Host),
+            "s1-token" => Some(Viewer::Session("s1".into())),
+            _ => None,
+        }
+    }
+
+    async fn check_visible(&self, viewer: &Viewer, id: &str) -> cairn_core::Result<()> {
+        let Viewer::Session(s) = viewer else { return Ok(()) };
+        let filter = ProcessFilter {
+            status: StatusFilter::Any,
+            ..ProcessFilter::default()
+        };
+        let granted = self
+            .processes
+            .list_granted_to(&SessionScope::session(s.clone()), &filter)
+            .await?;
+        if granted.iter().any(|g| g.process.id == id) {
+            Ok(())
+        } else {
+            Err(CairnError::UnknownProcess(id.into()))
+        }
+    }
+}
+
+const T0: u64 = 1_790_000_000_000;
+
+fn runtime(clock: &Arc<ManualClock>) -> Processes {
+    let registry = Arc::new(MemoryRegistry::with_clock(clock.clone()));
+    Processes::builder(registry)
+        .clock(clock.clone())
+        .without_worker()
+        .start()
+}
+
+fn app(processes: &Processes, open: bool) -> Router {
+    let access = Arc::new(TestAccess {
+        processes: processes.clone(),
+        open,
+    });
+    Dashboard::new(processes.clone(), access, ChangeNotice::new(), Default::default()).router()
+}
+
+async fn external(p: &Processes, id: &str) {
+    p.start(StartRequest::external(id, json!({}))).await.expect("start");
+}
+
+async fn get(app: &Router, path: &str, cookie: Option<&str>) -> (StatusCode, String, HeaderMap) {
+    let mut req = Request::get(path);
+    if let Some(c) = cookie {
+        req = req.header(header::COOKIE, c);
+    }
+    send(app, req.body(Body::empty()).unwrap()).await
+}
+
+async fn send(app: &Router, req: Request<Body>) -> (StatusCode, String, HeaderMap) {
+    let r = app.clone().oneshot(req).await.expect("answered");
+    let status = r.status();
+    let headers = r.headers().clone();
+    let body = axum::body::to_bytes(r.into_body(), 4 << 20).await.expect("body");
+    (status, String::from_utf8_lossy(&body).into_owned(), headers)
+}
+
+/// The ids of the listed rows, in page order.
+fn listed(html: &str) -> Vec<String> {
+    html.split("<tr data-id=\"")
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap_or("").to_string())
+        .collect()
+}
+
+/// The "Older" link of a page, HTML-unescaped.
+fn older(html: &str) -> Option<String> {
+    let at = html.find("rel=\"next\" href=\"")?;
+    let rest = &html[at + "rel=\"next\" href=\"".len()..];
+    Some(rest.split('"').next()?.replace("&amp;", "&"))
+}
+
+#[tokio::test]
+async fn pages_list_newest_first_across_sparse_and_crowded_times() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    // Ten days apart, minutes apart, and several in the same millisecond.
+    let mut expected = Vec::new();
+    for (i, at) in [0, 10 * 86_400_000, 10 * 86_400_000 + 300_000, 10 * 86_400_000 + 300_001]
+        .into_iter()
+        .enumerate()
+    {
+        clock.set(T0 + at);
+        for j in 0..3 {
+            let id = format!("p{i}-{j}");
+            external(&p, &id).await;
+            expected.push((T0 + at, id));
+        }
+    }
+    expected.sort_by(|a, b| b.cmp(a));
+    let expected: Vec<String> = expected.into_iter().map(|(_, id)| id).collect();
+    let app = app(&p, true);
+    let mut seen = Vec::new();
+    let mut next = Some("/ui/list/rows?size=5".to_string());
+    while let Some(path) = next {
+        let (status, html, _) = get(&app, &path.replace("/ui/processes?", "/ui/list/rows?"), None).await;
+        assert_eq!(status, StatusCode::OK, "{html}");
+        let page = listed(&html);
+        assert!(page.len() <= 5);
+        seen.extend(page);
+        next = older(&html);
+        assert!(seen.len() <= expected.len(), "paging repeats rows: {seen:?}");
+    }
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test]
+async fn filters_are_those_of_the_api_and_bad_ones_are_errors() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    external(&p, "ext-1").await;
+    p.start(StartRequest::tool("tool-1", "echo", json!({}), Disposition::Rerunnable))
+        .await
+        .unwrap();
+    let app = app(&p, true);
+    let (_, html, _) = get(&app, "/ui/list/rows?definition=external", None).await;
+    assert_eq!(listed(&html), vec!["ext-1"]);
+    let (_, html, _) = get(&app, "/ui/list/rows?created_before=1970-01-02", None).await;
+    assert!(listed(&html).is_empty());
+    let (status, html, _) = get(&app, "/ui/list/rows?waiting=perhaps", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("invalid_filter"), "{html}");
+    let (status, _, _) = get(&app, "/ui/list/rows?colour=blue", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn with_tokens_pages_need_a_login_and_writes_need_the_csrf_token() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    external(&p, "ext-1").await;
+    let app = app(&p, false);
+
+    let (status, _, headers) = get(&app, "/ui/processes", None).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[header::LOCATION], "/ui/login");
+
+    let login = |token: &str| {
+        Request::post("/ui/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("token={token}")))
+            .unwrap()
+    };
+    let (status, html, headers) = send(&app, login("nope")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(html.contains("unknown token"));
+    assert!(headers.get(header::SET_COOKIE).is_none());
+
+    let mut cross = login("host");
+    cross
+        .headers_mut()
+        .insert("sec-fetch-site", "cross-site".parse().unwrap());
+    let (status, _, headers) = send(&app, cross).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a login posted from another site");
+    assert!(headers.get(header::SET_COOKIE).is_none());
+    assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY");
+
+    let (_, _, headers) = send(&app, login("host")).await;
+    let set = headers[header::SET_COOKIE].to_str().unwrap().to_string();
+    for attr in ["cairn_ui=host", "HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        assert!(set.contains(attr), "{set}");
+    }
+    let cookie = "cairn_ui=host";
+    let (status, html, _) = get(&app, "/ui/processes?status=any", Some(cookie)).await;
+    assert_eq!(status, StatusCode::OK);
+    let csrf = html
+        .split("name=\"cairn-csrf\" content=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("the page carries its CSRF token")
+        .to_string();
+
+    let complete = |csrf: Option<&str>| {
+        let mut r = Request::post("/ui/processes/ext-1/complete")
+            .header(header::COOKIE, cookie)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(t) = csrf {
+            r = r.header("x-cairn-csrf", t);
+        }
+        r.body(Body::from("outcome=%7B%22type%22%3A%22success%22%2C%22value%22%3A1%7D"))
+            .unwrap()
+    };
+    let (status, html, _) = send(&app, complete(None)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(html.contains("csrf_refused"));
+    let (status, _, _) = send(&app, complete(Some(&"0".repeat(64)))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        !p.get("ext-1").await.unwrap().is_terminal(),
+        "a refused request changed nothing"
+    );
+
+    let (status, html, _) = send(&app, complete(Some(&csrf))).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(p.get("ext-1").await.unwrap().is_terminal());
+    // Completing twice is refused with the runtime's own error.
+    let (status, html, _) = send(&app, complete(Some(&csrf))).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(html.contains("process_terminal"), "{html}");
+}
+
+#[tokio::test]
+async fn a_session_token_sees_only_its_sessions_processes() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    for (id, s) in [("mine", "s1"), ("theirs", "s2")] {
+        p.start(StartRequest::external(id, json!({})).with_grant(SessionScope::session(s), GrantDescriptor::default()))
+            .await
+            .unwrap();
+    }
+    let app = app(&p, false);
+    let cookie = Some("cairn_ui=s1-token");
+    let (_, html, _) = get(&app, "/ui/list/rows", cookie).await;
+    assert_eq!(listed(&html), vec!["mine"]);
+    let (_, html, _) = get(&app, "/ui/list/rows?lens=granted_to&session=s2", cookie).await;
+    assert!(listed(&html).is_empty());
+    let (status, html, _) = get(&app, "/ui/list/rows?lens=originated_by&session=s2", cookie).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    let (status, html, _) = get(&app, "/ui/processes/theirs", cookie).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(html.contains("unknown_process"));
+    let (status, _, _) = get(&app, "/ui/processes/mine", cookie).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = get(&app, "/ui/sessions?session=s2", cookie).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, html, _) = get(&app, "/ui/sessions", cookie).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("mine") && !html.contains("theirs"), "{html}");
+}
+
+#[tokio::test]
+async fn a_window_crowded_past_one_registry_page_still_pages_in_order() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let mut expected = Vec::new();
+    for j in 0..5 {
+        let id = format!("old-{j}");
+        external(&p, &id).await;
+        expected.push((T0, id));
+    }
+    // More rows in one millisecond than one registry page holds.
+    clock.set(T0 + 30_000);
+    for j in 0..1100 {
+        let id = format!("new-{j:04}");
+        external(&p, &id).await;
+        expected.push((T0 + 30_000, id));
+    }
+    expected.sort_by(|a, b| b.cmp(a));
+    let expected: Vec<String> = expected.into_iter().map(|(_, id)| id).collect();
+    let app = app(&p, true);
+    let mut seen = Vec::new();
+    let mut next = Some("/ui/list/rows?size=500".to_string());
+    while let Some(path) = next {
+        let (status, html, _) = get(&app, &path.replace("/ui/processes?", "/ui/list/rows?"), None).await;
+        assert_eq!(status, StatusCode::OK, "{html}");
+        seen.extend(listed(&html));
+        next = older(&html);
+        assert!(seen.len() <= expected.len(), "paging repeats rows");
+    }
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test]
+async fn the_session_page_lists_pending_wakes_and_acknowledges_them() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let start = StartRequest::from_json(json!({
+        "id": "ci-1",
+        "input": {"type": "external", "metadata": {}},
+        "disposition": "externally_owned",
+        "originator": {"type": "session", "scope": {"session_id": "s1"}},
+        "grant": {"session_scope": {"session_id": "s1"}, "descriptor": {"label": "ci run"}},
+        "wake_target": {"session_id": "s1"},
+        "event_types": [{"name": "progress", "payload_schema": {"type": "object"},
+                         "semantics": {"wake": {"input": {"pointer": "/text"}, "dedupe_key": {"const": "p"}}}}]
+    }))
+    .unwrap();
+    p.start(start).await.unwrap();
+    let appended = p
+        .append_event(
+            "ci-1",
+            serde_json::from_value(json!({"event_type": "progress", "payload": {"text": "tests are green"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(appended.wake.is_some(), "the append wrote a wake");
+    let app = app(&p, true);
+    let (status, html, _) = get(&app, "/ui/sessions?session=s1", None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("tests are green"), "{html}");
+    assert!(html.contains("ci run"), "the grant's label is shown: {html}");
+    let csrf = html
+        .split("name=\"cairn-csrf\" content=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let wake_id = p.wakes("s1", None).await.unwrap()[0].wake_id.clone();
+    let ack = Request::post(format!("/ui/sessions/s1/wakes/{wake_id}/ack"))
+        .header("x-cairn-csrf", csrf)
+        .body(Body::empty())
+        .unwrap();
+    let (status, html, _) = send(&app, ack).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("acknowledged"));
+    assert!(p.wakes("s1", None).await.unwrap().is_empty());
+    let (_, html, _) = get(&app, "/ui/sessions?session=s1", None).await;
+    assert!(html.contains("No pending wake."));
+}

@@ -1,0 +1,564 @@
+//! The dashboard at `/ui`, tested in a real browser: headless Chromium driven
+//! over WebDriver (Debian's `chromium` and `chromium-driver`). One chromedriver
+//! serves the whole file; each test has its own server and its own browser.
+//!
+//! Without chromedriver (and not in CI) these tests are built `#[ignore]`d
+//! (`cfg(cairn_no_browser)`, set by build.rs). Screenshots go to
+//! `target/screenshots/`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::Server;
+use fantoccini::elements::Element;
+use fantoccini::{Client, ClientBuilder, Locator};
+use futures::FutureExt;
+use serde_json::{json, Value};
+
+/// How long any one thing may take to show up in the browser.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The chromedriver this file shares: its URL, or why it could not start.
+fn driver() -> &'static str {
+    static DRIVER: OnceLock<Result<String, String>> = OnceLock::new();
+    match DRIVER.get_or_init(start_driver) {
+        Ok(url) => url,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn chromedriver_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("CAIRN_CHROMEDRIVER") {
+        return p.into();
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("chromedriver"))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| "/usr/bin/chromedriver".into())
+}
+
+fn start_driver() -> Result<String, String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port for chromedriver: {e}"))?
+        .port();
+    let path = chromedriver_path();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The driver is started by a thread that lives as long as the test binary,
+    // and asks the kernel to kill it when that thread goes (PR_SET_PDEATHSIG
+    // follows the spawning thread), so no chromedriver outlives the tests.
+    std::thread::spawn(move || {
+        let mut cmd = Command::new(&path);
+        cmd.arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        #[cfg(target_os = "linux")]
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        match cmd.spawn() {
+            Ok(mut child) => {
+                let _ = tx.send(Ok(()));
+                let _ = child.wait();
+            }
+            Err(e) => {
+                let _ = tx.send(Err(format!(
+                    "cannot start {} ({e}): install chromium and chromium-driver (see .ci/run)",
+                    path.display()
+                )));
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .map_err(|_| "chromedriver did not start".to_string())??;
+    // Ready when it accepts connections.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("chromedriver never listened on port {port}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(format!("http://127.0.0.1:{port}"))
+}
+
+/// At most two browsers at once: the machine is small and shared.
+fn browsers() -> &'static tokio::sync::Semaphore {
+    static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+    &SLOTS
+}
+
+/// Run `body` with a fresh headless Chromium (1280x800), closing it however the body ends.
+async fn with_browser<F, Fut>(body: F)
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let url = driver();
+    let _slot = browsers().acquire().await.expect("semaphore open");
+    let chromium = std::env::var("CAIRN_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": chromium,
+            "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1280,800", "--no-first-run", "--disable-extensions"]
+        }),
+    );
+    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(url)
+        .await
+        .expect("a Chromium session");
+    let outcome = std::panic::AssertUnwindSafe(body(client.clone())).catch_unwind().await;
+    let _ = client.close().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Wait for an element (CSS or XPath) to be present.
+async fn wait_for(c: &Client, locator: Locator<'_>) -> Element {
+    match c.wait().at_most(PATIENCE).for_element(locator).await {
+        Ok(e) => e,
+        Err(e) => {
+            let source = c.source().await.unwrap_or_default();
+            panic!("{locator:?} never appeared ({e}); page:\n{source}");
+        }
+    }
+}
+
+async fn count(c: &Client, css: &str) -> usize {
+    c.find_all(Locator::Css(css)).await.expect("find_all").len()
+}
+
+/// Write a screenshot to `target/screenshots/NAME.png` for a person to look at.
+async fn screenshot(c: &Client, name: &str) {
+    let png = c.screenshot().await.expect("screenshot");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
+}
+
+async fn start(server: &Server, id: &str, tool: &str, args: Value) {
+    let (status, body) = server
+        .client()
+        .post(
+            "/v1/processes",
+            json!({"id": id, "input": {"type": "tool_call", "tool": tool, "args": args}, "disposition": "rerunnable"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+/// Start a `wait_signal` process and wait until it is in its durable wait
+/// (following its log over the API's SSE stream).
+async fn start_waiting(server: &Server, id: &str) {
+    start(server, id, "wait_signal", json!({"name": "go"})).await;
+    let r = server
+        .http
+        .get(server.url(&format!("/v1/processes/{id}/events")))
+        .header("accept", "text/event-stream")
+        .timeout(PATIENCE)
+        .send()
+        .await
+        .expect("event stream");
+    let seen = read_until(r, "process.waiting").await;
+    assert!(seen.contains("process.waiting"), "{id} never waited: {seen}");
+}
+
+/// Read an SSE response until `needle` shows up or the stream ends.
+async fn read_until(r: reqwest::Response, needle: &str) -> String {
+    use futures::StreamExt;
+    let mut stream = r.bytes_stream();
+    let mut seen = String::new();
+    while let Some(Ok(chunk)) = stream.next().await {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        if seen.contains(needle) {
+            break;
+        }
+    }
+    seen
+}
+
+async fn await_terminal(server: &Server, id: &str) -> Value {
+    let (status, body) = server
+        .client()
+        .get(&format!("/v1/processes/{id}/await?timeout_ms=20000"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn row(id: &str) -> String {
+    format!("tr[data-id='{id}']")
+}
+
+#[tokio::test]
+#[cfg_attr(
+    cairn_no_browser,
+    ignore = "chromedriver not installed (apt-get install chromium chromium-driver)"
+)]
+async fn list_filters_by_status_and_by_waiting() {
+    let owned = Server::start(&[]).await;
+    let server = &owned;
+    start(server, "done-1", "echo", json!({"value": 1})).await;
+    await_terminal(server, "done-1").await;
+    start_waiting(server, "waits-1").await;
+    start(server, "sleeps-1", "sleep", json!({"ms": 60000})).await;
+    with_browser(|c| async move {
+        c.goto(&server.url("/ui/processes?status=completed")).await.unwrap();
+        wait_for(&c, Locator::Css(&row("done-1"))).await;
+        assert_eq!(
+            count(&c, &row("waits-1")).await,
+            0,
+            "a running process listed as completed"
+        );
+
+        // Filter with the form, as a person would: running and waiting.
+        c.find(Locator::Css("select[name=status]"))
+            .await
+            .unwrap()
+            .select_by_value("running")
+            .await
+            .unwrap();
+        c.find(Locator::Css("select[name=waiting]"))
+            .await
+            .unwrap()
+            .select_by_value("true")
+            .await
+            .unwrap();
+        c.find(Locator::Css("form.filters button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_for(&c, Locator::Css(&row("waits-1"))).await;
+        let url = c.current_url().await.unwrap();
+        assert!(url.query().unwrap_or("").contains("waiting=true"), "{url}");
+        assert_eq!(
+            count(&c, &row("sleeps-1")).await,
+            0,
+            "a process not waiting listed as waiting"
+        );
+        assert_eq!(count(&c, &row("done-1")).await, 0);
+
+        c.goto(&server.url("/ui/processes?status=running&waiting=false"))
+            .await
+            .unwrap();
+        wait_for(&c, Locator::Css(&row("sleeps-1"))).await;
+        assert_eq!(
+            count(&c, &row("waits-1")).await,
+            0,
+            "a waiting process listed as not waiting"
+        );
+
+        // A bad filter is a clear error, not an ignored key.
+        c.goto(&server.url("/ui/processes?created_from=yesterday"))
+            .await
+            .unwrap();
+        let err = wait_for(&c, Locator::Css("#rows .result.err")).await;
+        assert!(err.text().await.unwrap().contains("invalid_filter"));
+    })
+    .await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    cairn_no_browser,
+    ignore = "chromedriver not installed (apt-get install chromium chromium-driver)"
+)]
+async fn a_process_started_through_the_api_appears_without_reload() {
+    let owned = Server::start(&[]).await;
+    let server = &owned;
+    start(server, "first", "echo", json!({"value": 1})).await;
+    await_terminal(server, "first").await;
+    with_browser(|c| async move {
+        c.goto(&server.url("/ui/processes?status=any")).await.unwrap();
+        wait_for(&c, Locator::Css(&row("first"))).await;
+        wait_for(&c, Locator::Css("body[data-live=open]")).await;
+        // A marker a reload would wipe.
+        c.execute("window.__cairnSamePage = true;", vec![]).await.unwrap();
+
+        start_waiting(server, "arrives-later").await;
+        wait_for(&c, Locator::Css(&row("arrives-later"))).await;
+        let waiting = wait_for(&c, Locator::Css(&format!("{} .s-waiting", row("arrives-later")))).await;
+        assert!(waiting.text().await.unwrap().contains("go"));
+        let same = c
+            .execute("return window.__cairnSamePage === true;", vec![])
+            .await
+            .unwrap();
+        assert_eq!(same, json!(true), "the page reloaded instead of updating");
+        // Newest first.
+        let first_row = c
+            .find(Locator::Css("#rows tbody tr"))
+            .await
+            .unwrap()
+            .attr("data-id")
+            .await
+            .unwrap();
+        assert_eq!(first_row.as_deref(), Some("arrives-later"));
+        screenshot(&c, "processes-list").await;
+        c.set_window_size(420, 800).await.unwrap();
+        screenshot(&c, "processes-list-narrow").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    cairn_no_browser,
+    ignore = "chromedriver not installed (apt-get install chromium chromium-driver)"
+)]
+async fn the_process_page_streams_events_and_a_signal_from_it_completes_the_process() {
+    let owned = Server::start(&[]).await;
+    let server = &owned;
+    start_waiting(server, "approve-1").await;
+    with_browser(|c| async move {
+        c.goto(&server.url("/ui/processes/approve-1")).await.unwrap();
+        // History streams in over SSE: started, then waiting.
+        wait_for(
+            &c,
+            Locator::XPath("//ol[@id='timeline']/li//code[text()='process.waiting']"),
+        )
+        .await;
+        wait_for(&c, Locator::Css("#record .s-waiting")).await;
+        c.execute("window.__cairnSamePage = true;", vec![]).await.unwrap();
+
+        // The signal form is prefilled with the name the process waits for.
+        let name = c.find(Locator::Css("#signal-form input[name=name]")).await.unwrap();
+        assert_eq!(name.prop("value").await.unwrap().as_deref(), Some("go"));
+        let payload = c
+            .find(Locator::Css("#signal-form textarea[name=payload]"))
+            .await
+            .unwrap();
+        payload.clear().await.unwrap();
+        payload.send_keys(r#"{"approved": true}"#).await.unwrap();
+        c.find(Locator::Css("#signal-form button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_for(&c, Locator::Css("#action-result .result.ok")).await;
+        // The live timeline shows the signal and the terminal; the record follows.
+        wait_for(&c, Locator::XPath("//ol[@id='timeline']/li//code[text()='signal.go']")).await;
+        wait_for(
+            &c,
+            Locator::XPath("//ol[@id='timeline']/li//code[text()='process.completed']"),
+        )
+        .await;
+        wait_for(&c, Locator::Css("#record .s-completed")).await;
+        let outcome = wait_for(&c, Locator::Css("#record .outcome pre")).await;
+        assert!(outcome.text().await.unwrap().contains("approved"));
+        let same = c
+            .execute("return window.__cairnSamePage === true;", vec![])
+            .await
+            .unwrap();
+        assert_eq!(same, json!(true), "the page reloaded instead of updating");
+        // Payloads are collapsed until opened.
+        let open = c
+            .execute(
+                "return document.querySelectorAll('#timeline details[open]').length;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(open, json!(0));
+        screenshot(&c, "process-page").await;
+        c.set_window_size(420, 800).await.unwrap();
+        screenshot(&c, "process-page-narrow").await;
+    })
+    .await;
+    let record = await_terminal(server, "approve-1").await;
+    assert_eq!(record["status"], "completed");
+    assert_eq!(record["outcome"]["value"], json!({"approved": true}));
+}
+
+#[tokio::test]
+#[cfg_attr(
+    cairn_no_browser,
+    ignore = "chromedriver not installed (apt-get install chromium chromium-driver)"
+)]
+async fn a_refused_action_shows_the_servers_error() {
+    let owned = Server::start(&[]).await;
+    let server = &owned;
+    start_waiting(server, "picky").await;
+    start(server, "over", "echo", json!({"value": 1})).await;
+    await_terminal(server, "over").await;
+    // What the API answers for a signal to a finished process.
+    let (status, api_err) = server
+        .client()
+        .post(
+            "/v1/processes/over/signals/go",
+            json!({"signal_id": "s1", "payload": {}}),
+        )
+        .await;
+    assert_eq!(status, 409);
+    with_browser(|c| async move {
+        c.goto(&server.url("/ui/processes/picky")).await.unwrap();
+        wait_for(&c, Locator::Css("#record .s-waiting")).await;
+        let payload = c
+            .find(Locator::Css("#signal-form textarea[name=payload]"))
+            .await
+            .unwrap();
+        payload.clear().await.unwrap();
+        payload.send_keys("{not json").await.unwrap();
+        c.find(Locator::Css("#signal-form button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let err = wait_for(&c, Locator::Css("#action-result .result.err")).await;
+        let text = err.text().await.unwrap();
+        assert!(text.starts_with("invalid_request: payload is not JSON"), "{text}");
+        // Nothing was appended: the process still waits.
+        assert_eq!(count(&c, "#record .s-waiting").await, 1);
+
+        // A refusal by the runtime reads exactly as the API's error.
+        c.goto(&server.url("/ui/processes/over")).await.unwrap();
+        wait_for(&c, Locator::Css("#record .s-completed")).await;
+        c.find(Locator::Css("#signal-form input[name=name]"))
+            .await
+            .unwrap()
+            .send_keys("go")
+            .await
+            .unwrap();
+        c.find(Locator::Css("#signal-form button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let err = wait_for(&c, Locator::Css("#action-result .result.err")).await;
+        let code = err.find(Locator::Css(".code")).await.unwrap().text().await.unwrap();
+        let message = err.find(Locator::Css(".message")).await.unwrap().text().await.unwrap();
+        assert_eq!(code, api_err["error"]["code"].as_str().unwrap());
+        assert_eq!(message, api_err["error"]["message"].as_str().unwrap());
+    })
+    .await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    cairn_no_browser,
+    ignore = "chromedriver not installed (apt-get install chromium chromium-driver)"
+)]
+async fn the_login_gate_keeps_the_token_in_a_cookie_and_refuses_requests_without_csrf() {
+    let owned = Server::start(&["--token", "host-secret", "--session-token", "s1=s1-secret"]).await;
+    let server = &owned;
+    let host = server.with_token("host-secret");
+    for (id, session) in [("mine", "s1"), ("theirs", "s2")] {
+        let (status, body) = host
+            .post(
+                "/v1/processes",
+                json!({"id": id, "input": {"type": "tool_call", "tool": "sleep", "args": {"ms": 60000}},
+                       "disposition": "rerunnable",
+                       "grant": {"session_scope": {"session_id": session}}}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    // Outside a browser: no cookie, no page.
+    let r = server
+        .http
+        .post(server.url("/ui/processes/mine/cancel"))
+        .form(&[("reason", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    with_browser(|c| async move {
+        c.goto(&server.url("/ui/processes")).await.unwrap();
+        wait_for(&c, Locator::Css("main.login input[name=token]")).await;
+        assert!(c.current_url().await.unwrap().path().ends_with("/ui/login"));
+
+        let token = c.find(Locator::Css("input[name=token]")).await.unwrap();
+        token.send_keys("wrong").await.unwrap();
+        c.find(Locator::Css("main.login button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let err = wait_for(&c, Locator::Css("main.login .result.err")).await;
+        assert!(err.text().await.unwrap().contains("unknown token"));
+
+        // A session token: in, and it sees only its session's processes.
+        let token = c.find(Locator::Css("input[name=token]")).await.unwrap();
+        token.send_keys("s1-secret").await.unwrap();
+        c.find(Locator::Css("main.login button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_for(&c, Locator::Css(&row("mine"))).await;
+        assert_eq!(
+            count(&c, &row("theirs")).await,
+            0,
+            "a session saw another session's process"
+        );
+        c.goto(&server.url("/ui/processes/theirs")).await.unwrap();
+        let err = wait_for(&c, Locator::Css("main .result.err")).await;
+        assert!(err.text().await.unwrap().contains("unknown_process"));
+
+        // The cookie is HttpOnly: page scripts cannot read it.
+        let cookies = c.execute("return document.cookie;", vec![]).await.unwrap();
+        assert!(!cookies.as_str().unwrap_or("").contains("s1-secret"), "{cookies}");
+
+        // A state-changing request without the page's CSRF token is refused and changes nothing...
+        let refused = c
+            .execute_async(
+                r#"const done = arguments[0];
+                   fetch('/ui/processes/mine/cancel', {method: 'POST',
+                         headers: {'content-type': 'application/x-www-form-urlencoded'}, body: 'reason=csrf'})
+                     .then(r => r.text().then(t => done([r.status, t])));"#,
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(refused[0], json!(403), "{refused}");
+        assert!(refused[1].as_str().unwrap().contains("csrf_refused"));
+        let (_, mine) = server.with_token("host-secret").get("/v1/processes/mine").await;
+        assert!(
+            mine.get("cancel_request").is_none(),
+            "a refused request changed the process: {mine}"
+        );
+        // ... and with it, the same request goes through.
+        let accepted = c
+            .execute_async(
+                r#"const done = arguments[0];
+                   const token = document.querySelector('meta[name=cairn-csrf]').content;
+                   fetch('/ui/processes/mine/cancel', {method: 'POST',
+                         headers: {'content-type': 'application/x-www-form-urlencoded', 'x-cairn-csrf': token},
+                         body: 'reason=csrf'})
+                     .then(r => r.text().then(t => done([r.status, t])));"#,
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(accepted[0], json!(200), "{accepted}");
+    })
+    .await;
+    let (_, mine) = host.get("/v1/processes/mine").await;
+    assert!(mine["cancel_request"].is_object(), "{mine}");
+    let (_, theirs) = host.get("/v1/processes/theirs").await;
+    assert!(theirs.get("cancel_request").is_none(), "{theirs}");
+}
