@@ -218,7 +218,15 @@ async fn list_filters_by_status_and_by_waiting() {
     start(server, "done-1", "echo", json!({"value": 1})).await;
     await_terminal(server, "done-1").await;
     start_waiting(server, "waits-1").await;
-    start(server, "sleeps-1", "sleep", json!({"ms": 60000})).await;
+    // Running and not waiting: work another system runs (cairn never runs it).
+    let (status, body) = server
+        .client()
+        .post(
+            "/v1/processes",
+            json!({"id": "elsewhere-1", "input": {"type": "external", "metadata": {}}, "disposition": "externally_owned"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
     with_browser(|c| async move {
         c.goto(&server.url("/ui/processes?status=completed")).await.unwrap();
         wait_for(&c, Locator::Css(&row("done-1"))).await;
@@ -251,7 +259,7 @@ async fn list_filters_by_status_and_by_waiting() {
         let url = c.current_url().await.unwrap();
         assert!(url.query().unwrap_or("").contains("waiting=true"), "{url}");
         assert_eq!(
-            count(&c, &row("sleeps-1")).await,
+            count(&c, &row("elsewhere-1")).await,
             0,
             "a process not waiting listed as waiting"
         );
@@ -260,7 +268,7 @@ async fn list_filters_by_status_and_by_waiting() {
         c.goto(&server.url("/ui/processes?status=running&waiting=false"))
             .await
             .unwrap();
-        wait_for(&c, Locator::Css(&row("sleeps-1"))).await;
+        wait_for(&c, Locator::Css(&row("elsewhere-1"))).await;
         assert_eq!(
             count(&c, &row("waits-1")).await,
             0,
