@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::events::ProcessEvent;
 use crate::model::ProcessRecord;
 use crate::registry::ProcessRegistry;
-use crate::watch::ChangeHub;
+use crate::watch::{ChangeHub, Subscription};
 use crate::Result;
 use tokio::sync::watch;
 
@@ -147,7 +147,7 @@ impl Awaiter {
 /// One waiter's view of a process's changes: a hub notice (or the hub's call
 /// to look again, or the backstop), else the next backoff tick.
 struct ChangeWait {
-    rx: Option<(watch::Receiver<u64>, watch::Receiver<u64>)>,
+    rx: Option<(Subscription, watch::Receiver<u64>)>,
     delay: Duration,
     cap: Duration,
 }

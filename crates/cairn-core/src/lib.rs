@@ -76,5 +76,5 @@ pub use model::*;
 pub use processes::{Processes, RuntimeBuilder, StartRequest};
 pub use registry::{CancelAnswer, ProcessRegistry, Registered};
 pub use tool::{StopReason, Tool, ToolContext, ToolRegistry};
-pub use watch::{ChangeHub, EventSink, WatchedRegistry};
+pub use watch::{ChangeHub, EventSink, Subscription, WatchedRegistry};
 pub use worker::{WorkDriver, Worker, WorkerConfig};

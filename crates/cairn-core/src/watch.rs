@@ -52,15 +52,23 @@ impl ChangeHub {
     }
 
     /// Subscribe to changes of one process. The receiver's value is the latest
-    /// published sequence; `changed()` resolves on every publish after subscribing.
-    pub fn subscribe(&self, process_id: &str) -> watch::Receiver<u64> {
+    /// published sequence; `changed()` resolves on every publish after
+    /// subscribing. Dropping the last subscription of a process frees its entry.
+    pub fn subscribe(&self, process_id: &str) -> Subscription {
         let mut map = self.inner.watchers.lock();
-        if let Some(tx) = map.get(process_id) {
-            return tx.subscribe();
+        let rx = match map.get(process_id) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = watch::channel(0);
+                map.insert(process_id.to_string(), tx);
+                rx
+            }
+        };
+        Subscription {
+            rx: Some(rx),
+            hub: self.clone(),
+            process_id: process_id.to_string(),
         }
-        let (tx, rx) = watch::channel(0);
-        map.insert(process_id.to_string(), tx);
-        rx
     }
 
     /// Announce that `process_id` changed (its log reached `sequence`).
@@ -103,6 +111,45 @@ impl ChangeHub {
         let mut map = self.inner.watchers.lock();
         map.retain(|_, tx| tx.receiver_count() > 0);
         map.len()
+    }
+}
+
+/// A subscription to one process's changes ([`ChangeHub::subscribe`]): a
+/// `watch::Receiver` (it derefs to one) whose drop, when it is the last of its
+/// process, removes the process from the hub, so a closed stream or a resolved
+/// await leaves nothing behind.
+pub struct Subscription {
+    rx: Option<watch::Receiver<u64>>,
+    hub: ChangeHub,
+    process_id: String,
+}
+
+impl std::ops::Deref for Subscription {
+    type Target = watch::Receiver<u64>;
+
+    fn deref(&self) -> &Self::Target {
+        // Taken only in `drop`.
+        self.rx
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a live subscription has its receiver"))
+    }
+}
+
+impl std::ops::DerefMut for Subscription {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.rx
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("a live subscription has its receiver"))
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        let mut map = self.hub.inner.watchers.lock();
+        if map.get(&self.process_id).is_some_and(|tx| tx.receiver_count() == 0) {
+            map.remove(&self.process_id);
+        }
     }
 }
 
@@ -405,5 +452,26 @@ impl ProcessRegistry for WatchedRegistry {
 
     async fn next_due(&self, after_ms: u64) -> Result<Option<u64>> {
         self.inner.next_due(after_ms).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChangeHub;
+
+    #[test]
+    fn the_last_dropped_subscription_frees_its_process() {
+        let hub = ChangeHub::new();
+        let a = hub.subscribe("p");
+        let b = hub.subscribe("p");
+        let _c = hub.subscribe("q");
+        assert_eq!(hub.inner.watchers.lock().len(), 2);
+        drop(a);
+        assert!(hub.inner.watchers.lock().contains_key("p"), "b still listens");
+        hub.publish("p", 1);
+        assert_eq!(*b.borrow(), 1);
+        drop(b);
+        assert!(!hub.inner.watchers.lock().contains_key("p"), "nothing left of p");
+        assert_eq!(hub.inner.watchers.lock().len(), 1);
     }
 }

@@ -231,7 +231,7 @@ pub fn parse_session_token(raw: &str) -> Result<(String, String), String> {
 /// under ten minutes on a 2-core machine.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// A scenario to run (repeatable; default all): throughput, await, signal, append, memory, scale.
+    /// A scenario to run (repeatable; default all): throughput, await, signal, append, memory, suspended, scale.
     #[arg(long = "scenario", value_name = "NAME")]
     pub scenarios: Vec<String>,
     /// A database URL (repeatable): `memory`, `sqlite` (a fresh file in a temporary
@@ -271,6 +271,13 @@ pub struct BenchArgs {
     /// default fits a default run into ten minutes, see docs/BENCHMARKS.md).
     #[arg(long, default_value_t = 5_000)]
     pub memory_processes: usize,
+    /// suspended: rerunnable `wait_signal` processes suspended per run (SPEC
+    /// §13 holds 100,000 on one node to its figures).
+    #[arg(long, default_value_t = 100_000)]
+    pub suspended_processes: usize,
+    /// suspended: seconds of idle over which the server's CPU is measured.
+    #[arg(long, default_value_t = 30)]
+    pub idle_seconds: u64,
 }
 
 /// `cairn bench-child`: what the second OS process does. Its database URL comes
@@ -295,5 +302,21 @@ pub enum BenchChildRole {
         /// Their id prefix.
         #[arg(long)]
         prefix: String,
+    },
+    /// Suspend rerunnable `wait_signal` processes and report what they cost
+    /// idle, and how fast a signal has one running again.
+    Suspended {
+        /// How many `wait_signal` processes.
+        #[arg(long)]
+        processes: usize,
+        /// Their id prefix.
+        #[arg(long)]
+        prefix: String,
+        /// Seconds of idle to measure CPU over.
+        #[arg(long)]
+        idle_seconds: u64,
+        /// Signals to random suspended processes (latency samples).
+        #[arg(long)]
+        samples: usize,
     },
 }

@@ -244,3 +244,52 @@ fn postgres_figures_are_held_against_the_server_commit_rate() {
     let a = scenario(backend, "await");
     assert_eq!(a["status"], "ok", "{a}");
 }
+
+/// `suspended` runs its child and reports every figure, the SPEC §13 targets
+/// beside the memory, CPU and p50 figures.
+#[test]
+fn suspended_scenario_reports_against_spec_targets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("s.db").display());
+    let (code, json, out) = bench(&[
+        "--db",
+        &db,
+        "--scenario",
+        "suspended",
+        "--suspended-processes",
+        "200",
+        "--idle-seconds",
+        "1",
+        "--samples",
+        "5",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let s = scenario(&json["backends"][0], "suspended");
+    for (key, target) in [
+        ("suspended.bytes_per_process", Some(100.0 * 1024.0 * 1024.0 / 100_000.0)),
+        ("suspended.idle_cpu", Some(1.0)),
+        ("suspended.signal.p50", Some(10.0)),
+        ("suspended.other_ms", None),
+        ("suspended.signal.p99", None),
+        ("suspended.start_rate", None),
+    ] {
+        let f = figure(s, key);
+        // Idle CPU and growth may honestly measure 0 at this size.
+        assert!(f["value"].as_f64().is_some_and(|v| v >= 0.0), "{f}");
+        assert_eq!(f["runs"].as_array().map(Vec::len), Some(1), "{f}");
+        if let Some(t) = target {
+            assert_eq!(f["limit"]["value"].as_f64(), Some(t), "{f}");
+        }
+    }
+    assert!(
+        figure(s, "suspended.start_rate")["value"]
+            .as_f64()
+            .is_some_and(|v| v > 0.0),
+        "{s}"
+    );
+}

@@ -12,6 +12,8 @@
 //! - `memory`: prints one JSON object (`rss_before`, `rss_after` in bytes,
 //!   `processes`, `start_seconds`) or `{"error": ...}`, then drains its runtime
 //!   and exits.
+//! - `suspended`: prints one JSON object (see `bench::suspended`) or
+//!   `{"error": ...}`, then exits.
 
 use std::io::Write;
 use std::process::{ExitCode, Stdio};
@@ -37,10 +39,16 @@ pub async fn run(args: BenchChildArgs) -> ExitCode {
     match args.role {
         BenchChildRole::Await => await_role(&url).await,
         BenchChildRole::Memory { processes, prefix } => memory_role(&url, processes, &prefix).await,
+        BenchChildRole::Suspended {
+            processes,
+            prefix,
+            idle_seconds,
+            samples,
+        } => super::suspended::child_role(&url, processes, &prefix, idle_seconds, samples).await,
     }
 }
 
-fn say(line: &str) {
+pub(crate) fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
@@ -88,15 +96,25 @@ async fn await_role(url: &str) -> ExitCode {
 
 /// Resident set size of this process, from `/proc/self/status` (`VmRSS`).
 pub fn rss_bytes() -> Result<u64, String> {
+    status_kib("VmRSS:")
+}
+
+/// Anonymous resident memory (`RssAnon`): the heap and stacks, without the
+/// file pages (the binary's code, mapped files) that `VmRSS` also counts.
+pub fn rss_anon_bytes() -> Result<u64, String> {
+    status_kib("RssAnon:")
+}
+
+fn status_kib(field: &str) -> Result<u64, String> {
     let status =
         std::fs::read_to_string("/proc/self/status").map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().strip_suffix("kB"))
         .and_then(|kb| kb.trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
-        .ok_or_else(|| "no VmRSS line in /proc/self/status".to_string())
+        .ok_or_else(|| format!("no {field} line in /proc/self/status"))
 }
 
 async fn memory_role(url: &str, processes: usize, prefix: &str) -> ExitCode {

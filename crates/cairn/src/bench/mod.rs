@@ -10,6 +10,10 @@
 //! - `append`: event appends, one appender and 64 concurrent appenders.
 //! - `memory`: resident memory per 10,000 waiting processes, each run in a fresh
 //!   OS process (`cairn bench-child memory`) so one run's heap cannot hide the next's.
+//! - `suspended`: what N suspended rerunnable `wait_signal` processes cost a
+//!   server (RSS, idle CPU), a short process started meanwhile, and signal →
+//!   running again, in a fresh OS process (`cairn bench-child suspended`),
+//!   held against SPEC §13's targets.
 //! - `scale`: `get` and a session's live listing among many terminal rows.
 //!
 //! Limits ([`limits`]): the disk's fsync rate for `sqlite:`, the server's
@@ -28,6 +32,7 @@ mod awaiting;
 mod memory;
 mod scale;
 mod signal;
+mod suspended;
 mod throughput;
 
 use std::path::{Path, PathBuf};
@@ -50,7 +55,15 @@ pub use limits::{redact_in, redact_url};
 pub const DEFAULT_SEED: u64 = 20_261_122;
 
 /// Every scenario, in the order they run.
-pub const SCENARIOS: &[&str] = &["throughput", "await", "signal", "append", "memory", "scale"];
+pub const SCENARIOS: &[&str] = &[
+    "throughput",
+    "await",
+    "signal",
+    "append",
+    "memory",
+    "suspended",
+    "scale",
+];
 
 /// Default terminal rows of `scale`. Each costs two registry writes (start, then
 /// complete); SQLite's single writer inserts about 2,100 such rows a second on a
@@ -96,6 +109,10 @@ pub struct Plan {
     pub events: usize,
     /// `memory`: waiting processes per run.
     pub memory_processes: usize,
+    /// `suspended`: suspended processes per run.
+    pub suspended_processes: usize,
+    /// `suspended`: seconds of idle CPU measured.
+    pub idle_seconds: u64,
 }
 
 impl Plan {
@@ -127,6 +144,7 @@ impl Plan {
             ("--scale-live", args.scale_live),
             ("--events", args.events),
             ("--memory-processes", args.memory_processes),
+            ("--suspended-processes", args.suspended_processes),
         ];
         for (flag, value) in positive {
             if value == 0 {
@@ -167,6 +185,8 @@ impl Plan {
             scale_live: args.scale_live,
             events: args.events,
             memory_processes: args.memory_processes,
+            suspended_processes: args.suspended_processes,
+            idle_seconds: args.idle_seconds,
         })
     }
 
@@ -183,6 +203,8 @@ impl Plan {
             "scale_live": self.scale_live,
             "events": self.events,
             "memory_processes": self.memory_processes,
+            "suspended_processes": self.suspended_processes,
+            "idle_seconds": self.idle_seconds,
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         })
     }
@@ -366,6 +388,7 @@ async fn run_backend_inner(plan: &Plan, url: &str, progress: &Progress) -> Backe
             "signal" => signal::run(&ctx).await,
             "append" => append::run(&ctx).await,
             "memory" => memory::run(&ctx).await,
+            "suspended" => suspended::run(&ctx).await,
             "scale" => scale::run(&ctx).await,
             other => {
                 let mut s = ScenarioReport::new("unknown", json!({}));

@@ -15,6 +15,9 @@ pub enum Bound {
     Commits(u32),
     /// No limit applies; the reason is printed.
     NotApplicable(&'static str),
+    /// A target the specification sets (SPEC §13's scale figures, say): value,
+    /// unit, and where it comes from. fraction = figure / target.
+    Target(f64, &'static str, &'static str),
 }
 
 /// One figure: a value per measured run.
@@ -72,6 +75,7 @@ impl Figure {
     fn limit(&self, limit: Option<&Limit>) -> Result<(f64, &'static str, String), String> {
         match (&self.bound, limit) {
             (Bound::NotApplicable(why), _) => Err(format!("n/a: {why}")),
+            (Bound::Target(v, unit, what), _) => Ok((*v, unit, (*what).to_string())),
             (_, None) => Err("n/a: the memory backend makes nothing durable".into()),
             (Bound::Rate, Some(l)) => Ok((l.rate_per_s, "commits/s", l.what.clone())),
             (Bound::Commits(k), Some(l)) => Ok((

@@ -1,0 +1,332 @@
+//! `suspended`: what suspended processes cost a server, held against SPEC §13.
+//!
+//! Each run is a fresh OS process (`cairn bench-child suspended`) running a
+//! runtime with the default worker flags (64 slots). It runs 3,000 short
+//! processes to warm its pools and caches, reads its RSS once it idles, starts N rerunnable `wait_signal` processes (each suspends:
+//! its lease is released and it holds no slot, task or memory), reads its RSS
+//! again, then measures its own CPU time over an idle window, the time a short
+//! `echo` started meanwhile takes to complete (no starvation), and signal →
+//! running (`process.resumed` of the signalled process) for random ones.
+//! The suspended processes stay in the database afterwards, as waiting rows.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use cairn_core::{events, Disposition, Processes, StartRequest, WorkerConfig};
+use cairn_tools::builtin_tools;
+use serde_json::{json, Value};
+use tokio::task::JoinSet;
+
+use super::child::{rss_anon_bytes, rss_bytes, say, ChildProc};
+use super::report::{Bound, Figure, Outcome, ScenarioReport};
+use super::stats::{quantile, Rng};
+use super::{start_new, Ctx};
+use crate::db::open_backend;
+
+const MIB: f64 = 1024.0 * 1024.0;
+/// SPEC §13: 100,000 suspended processes cost under 100 MiB beyond an idle server.
+const SPEC_BYTES_PER_PROCESS: f64 = 100.0 * MIB / 100_000.0;
+
+pub(crate) async fn run(ctx: &Ctx<'_>) -> ScenarioReport {
+    let processes = ctx.plan.suspended_processes;
+    let idle = ctx.plan.idle_seconds;
+    let samples = ctx.plan.samples;
+    let mut r = ScenarioReport::new(
+        "suspended",
+        json!({"processes": processes, "tool": "wait_signal", "disposition": "rerunnable",
+               "idle_seconds": idle, "samples": samples, "workers": 64}),
+    );
+    if cfg!(not(target_os = "linux")) {
+        r.outcome = Outcome::Skipped("n/a: RSS and CPU time are read from /proc (Linux only)".into());
+        return r;
+    }
+    if ctx.kind == "memory" {
+        r.outcome = Outcome::Skipped("n/a: memory is per-process (the child cannot see the bench's)".into());
+        return r;
+    }
+    r.notes.push(format!(
+        "a fresh cairn process with default worker flags; RSS from idle to all {processes} suspended; \
+         CPU of that process over {idle} s idle; a short echo started meanwhile; signal -> process.resumed \
+         for {samples} random suspended processes (same node); targets from SPEC §13"
+    ));
+    let signal_target = if ctx.kind == "postgres" {
+        "SPEC §13: 20 ms p50 across PostgreSQL nodes (measured here on one node)"
+    } else {
+        "SPEC §13: 10 ms p50 on SQLite, same node"
+    };
+    let signal_target_ms = if ctx.kind == "postgres" { 20.0 } else { 10.0 };
+    let mut bytes_each = Figure {
+        key: "suspended.bytes_per_process".into(),
+        label: format!("RSS per suspended process ({processes} suspended)"),
+        unit: "bytes",
+        higher_is_better: false,
+        runs: Vec::new(),
+        bound: Bound::Target(
+            SPEC_BYTES_PER_PROCESS,
+            "bytes",
+            "SPEC §13: 100,000 suspended under 100 MiB beyond idle",
+        ),
+        samples_per_run: None,
+    };
+    let mut delta = Figure {
+        key: "suspended.rss_delta".into(),
+        label: "RSS beyond the idle server, all suspended".into(),
+        unit: "MiB",
+        bound: Bound::NotApplicable("held per process above"),
+        ..bytes_each.clone()
+    };
+    let mut cpu = Figure {
+        key: "suspended.idle_cpu".into(),
+        label: format!("CPU while {processes} are suspended and nothing happens"),
+        unit: "% of a core",
+        bound: Bound::Target(1.0, "% of a core", "SPEC §13: under 1% of one core idle"),
+        ..bytes_each.clone()
+    };
+    let mut other = Figure::latency(
+        "suspended.other_ms",
+        "a short echo started meanwhile, start -> completed",
+        3,
+        1,
+    );
+    let mut p50 = Figure {
+        bound: Bound::Target(signal_target_ms, "ms", signal_target),
+        ..Figure::latency("suspended.signal.p50", "signal -> running again, p50", 2, samples)
+    };
+    let mut p99 = Figure::latency("suspended.signal.p99", "signal -> running again, p99", 2, samples);
+    let mut rate = Figure {
+        key: "suspended.start_rate".into(),
+        label: "started and suspended per second".into(),
+        unit: "processes/s",
+        higher_is_better: true,
+        runs: Vec::new(),
+        bound: Bound::NotApplicable("three commits each: register, claim, suspend"),
+        samples_per_run: None,
+    };
+    for (label, _) in ctx.runs().into_iter().filter(|(_, measured)| *measured) {
+        ctx.progress.detail(format!(
+            "{}: suspended, {label}: {processes} processes in a child process",
+            ctx.tag()
+        ));
+        let a = match one_run(ctx, &label, processes, idle, samples).await {
+            Ok(a) => a,
+            Err(e) => {
+                r.outcome = Outcome::Failed(format!("{label}: {e}"));
+                return r;
+            }
+        };
+        let f = |k: &str| a[k].as_f64().unwrap_or(f64::NAN);
+        let grown = (f("rss_after") - f("rss_idle")).max(0.0);
+        bytes_each.runs.push(grown / processes as f64);
+        delta.runs.push(grown / MIB);
+        cpu.runs.push(f("idle_cpu_percent"));
+        other.runs.push(f("other_ms"));
+        p50.runs.push(f("signal_p50_ms"));
+        p99.runs.push(f("signal_p99_ms"));
+        rate.runs.push(processes as f64 / f("start_seconds"));
+    }
+    r.figures.extend([bytes_each, delta, cpu, other, p50, p99, rate]);
+    r
+}
+
+async fn one_run(ctx: &Ctx<'_>, label: &str, processes: usize, idle: u64, samples: usize) -> Result<Value, String> {
+    let prefix = ctx.prefix("suspended", label);
+    let (count, idle_s, samples_s) = (processes.to_string(), idle.to_string(), samples.to_string());
+    let mut child = ChildProc::spawn(
+        ctx.url,
+        &[
+            "suspended",
+            "--processes",
+            &count,
+            "--prefix",
+            &prefix,
+            "--idle-seconds",
+            &idle_s,
+            "--samples",
+            &samples_s,
+        ],
+    )
+    .await?;
+    let answer = child.recv_json(Duration::from_secs(3600)).await?;
+    let finished = child.finish(Duration::from_secs(120)).await;
+    if let Some(e) = answer.get("error") {
+        return Err(format!("suspended child: {}", e.as_str().unwrap_or("failed")));
+    }
+    finished?;
+    Ok(answer)
+}
+
+// ------------------------------------------------------------- the child's side
+
+/// CPU time this process has used, in seconds (`/proc/self/stat` utime + stime,
+/// in the kernel's USER_HZ ticks, which Linux fixes at 100 for user space).
+fn cpu_seconds() -> Result<f64, String> {
+    let stat = std::fs::read_to_string("/proc/self/stat").map_err(|e| format!("cannot read /proc/self/stat: {e}"))?;
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or("no `)` in /proc/self/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line; 12 and 13 after the state field's start.
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| format!("no field {i} in /proc/self/stat"))
+    };
+    Ok((tick(11)? + tick(12)?) / 100.0)
+}
+
+pub(crate) async fn child_role(url: &str, processes: usize, prefix: &str, idle: u64, samples: usize) -> ExitCode {
+    let answer = match child_measure(url, processes, prefix, idle, samples).await {
+        Ok(v) => v,
+        Err(e) => json!({"error": e}),
+    };
+    say(&answer.to_string());
+    if answer.get("error").is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn child_measure(url: &str, processes: usize, prefix: &str, idle: u64, samples: usize) -> Result<Value, String> {
+    let backend = open_backend(url).await.map_err(|e| e.to_string())?;
+    let p = Processes::builder(backend.registry)
+        .hub(backend.hub)
+        .tools(builtin_tools(false))
+        .worker_config(WorkerConfig {
+            owner_id: format!("{prefix}-worker"),
+            ..WorkerConfig::default()
+        })
+        .start();
+    // An idle server is one that has worked and has nothing in flight: its
+    // connection pools, blocking threads, caches and allocator arenas are
+    // warm. So first run WARMUP short processes with the same concurrency.
+    warm_up(&p, prefix, WARMUP.min(processes.max(100))).await?;
+    tokio::time::sleep(SETTLE).await;
+    let rss_idle = rss_bytes()?;
+    let anon_idle = rss_anon_bytes()?;
+    let t = Instant::now();
+    start_suspended(&p, processes, prefix).await?;
+    let start_seconds = t.elapsed().as_secs_f64();
+    // The same settling before the second reading: what is left is held.
+    tokio::time::sleep(SETTLE).await;
+    let rss_after = rss_bytes()?;
+    let anon_after = rss_anon_bytes()?;
+    let cpu0 = cpu_seconds()?;
+    let window = Instant::now();
+    tokio::time::sleep(Duration::from_secs(idle)).await;
+    let idle_cpu_percent = (cpu_seconds()? - cpu0) / window.elapsed().as_secs_f64() * 100.0;
+
+    // A short process started while every slot-free suspension sits in the store.
+    let other = format!("{prefix}-other");
+    let t = Instant::now();
+    start_new(
+        &p,
+        StartRequest::tool(&other, "echo", json!({"value": 1}), Disposition::Rerunnable),
+    )
+    .await?;
+    let done = p
+        .await_output(&other, Duration::from_secs(60))
+        .await
+        .map_err(|e| format!("`{other}`: {e}"))?;
+    if !done.is_terminal() {
+        return Err(format!(
+            "`{other}` did not complete within 60 s while processes were suspended"
+        ));
+    }
+    let other_ms = t.elapsed().as_secs_f64() * 1000.0;
+
+    let mut rng = Rng::new(processes as u64, prefix);
+    let mut lat = Vec::with_capacity(samples);
+    let mut picked = std::collections::BTreeSet::new();
+    while lat.len() < samples.min(processes) {
+        let i = rng.below(processes);
+        if !picked.insert(i) {
+            continue;
+        }
+        let id = format!("{prefix}-{i:07}");
+        let seen = p.get(&id).await.map_err(|e| format!("`{id}`: {e}"))?.last_sequence;
+        let t = Instant::now();
+        p.signal(&id, "go", "bench", json!({"i": i}))
+            .await
+            .map_err(|e| format!("signal `{id}`: {e}"))?;
+        p.await_event(&id, events::RESUMED, seen, Duration::from_secs(60))
+            .await
+            .map_err(|e| format!("`{id}` did not resume: {e}"))?;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    p.shutdown().await;
+    Ok(json!({
+        "processes": processes,
+        "rss_idle": rss_idle,
+        "rss_after": rss_after,
+        "anon_idle": anon_idle,
+        "anon_after": anon_after,
+        "start_seconds": start_seconds,
+        "idle_cpu_percent": idle_cpu_percent,
+        "other_ms": other_ms,
+        "signal_p50_ms": quantile(&lat, 0.50),
+        "signal_p99_ms": quantile(&lat, 0.99),
+    }))
+}
+
+/// How long the child idles before each RSS reading: longer than the 10 s
+/// tokio keeps an idle blocking thread (SQLite reads run on them), so the
+/// threads a burst of starts spawned, and their stacks and heaps, are gone.
+const SETTLE: Duration = Duration::from_secs(12);
+
+/// Short processes run to completion before the idle reading (fewer when
+/// fewer are suspended).
+const WARMUP: usize = 3_000;
+
+async fn warm_up(p: &Processes, prefix: &str, count: usize) -> Result<(), String> {
+    let mut tasks = JoinSet::new();
+    for s in 0..STARTERS {
+        let (p, prefix) = (p.clone(), prefix.to_string());
+        tasks.spawn(async move {
+            for i in (s..count).step_by(STARTERS) {
+                let id = format!("{prefix}-warm-{i:05}");
+                start_new(
+                    &p,
+                    StartRequest::tool(&id, "echo", json!({"value": i}), Disposition::Rerunnable),
+                )
+                .await?;
+                p.await_output(&id, Duration::from_secs(600))
+                    .await
+                    .map_err(|e| format!("`{id}`: {e}"))?;
+            }
+            Ok::<(), String>(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.map_err(|e| format!("warm-up task: {e}"))??;
+    }
+    Ok(())
+}
+
+/// Concurrent starters, in the warm-up and the suspended start alike.
+const STARTERS: usize = 32;
+
+async fn start_suspended(p: &Processes, processes: usize, prefix: &str) -> Result<(), String> {
+    let mut tasks = JoinSet::new();
+    for s in 0..STARTERS.min(processes) {
+        let (p, prefix) = (p.clone(), prefix.to_string());
+        tasks.spawn(async move {
+            for i in (s..processes).step_by(STARTERS) {
+                let id = format!("{prefix}-{i:07}");
+                let req = StartRequest::tool(&id, "wait_signal", json!({"name": "go"}), Disposition::Rerunnable);
+                start_new(&p, req).await?;
+                p.await_event(&id, events::WAITING, 0, Duration::from_secs(600))
+                    .await
+                    .map_err(|e| format!("`{id}` never suspended: {e}"))?;
+            }
+            Ok::<(), String>(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.map_err(|e| format!("starter task: {e}"))??;
+    }
+    Ok(())
+}
