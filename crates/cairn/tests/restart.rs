@@ -111,3 +111,79 @@ async fn sigkill_restart_recovers_per_disposition() {
     assert_eq!(ended["status"], "abandoned", "{ended}");
     assert_eq!(ended["outcome"]["evidence"]["writer"], "reconciled_request");
 }
+
+/// The resumptions in a process's log.
+async fn resumptions(c: &Client, id: &str) -> Vec<Value> {
+    let (s, page) = c.get(&format!("/v1/processes/{id}/events?limit=1000")).await;
+    assert_eq!(s, 200, "{page}");
+    page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["event_type"] == "process.resumed")
+        .cloned()
+        .collect()
+}
+
+/// A suspended sleeper and a suspended signal waiter hold nothing a SIGKILL
+/// can lose: after a restart over the same file the sleeper resumes at its
+/// original due time and the waiter on its signal, each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspended_processes_survive_sigkill_and_resume_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("cairn.db").display());
+    let server = Server::start_on(&db, &[]).await;
+    let c = server.client();
+    for (id, tool, args) in [
+        ("nap", "sleep", json!({"ms": 3_000})),
+        ("sig", "wait_signal", json!({"name": "go"})),
+    ] {
+        let (s, rec) = c.start(tool_start(id, tool, args, "rerunnable")).await;
+        assert_eq!(s, 201, "{rec}");
+    }
+    let mut until_ms = 0;
+    for id in ["nap", "sig"] {
+        let rec = until(&c, id, "suspended", |r| !r["wait"].is_null() && r["lease"].is_null()).await;
+        if id == "nap" {
+            until_ms = rec["wait"]["until_ms"].as_u64().expect("a due time");
+        }
+    }
+    // SAFETY: signalling a child process this test spawned.
+    assert_eq!(unsafe { libc::kill(server.pid() as i32, libc::SIGKILL) }, 0);
+    drop(server);
+
+    let server = Server::start_on(&db, &[]).await;
+    let c = server.client();
+    let (s, nap) = c.get("/v1/processes/nap/await?timeout_ms=20000").await;
+    assert_eq!(s, 200);
+    assert_eq!(nap["status"], "completed", "{nap}");
+    assert_eq!(nap["outcome"]["value"], json!({"slept_ms": 3_000}));
+    assert!(
+        nap["terminal_at_ms"].as_u64().is_some_and(|t| t >= until_ms),
+        "resumed before its due time {until_ms}: {nap}"
+    );
+    let resumed = resumptions(&c, "nap").await;
+    assert_eq!(resumed.len(), 1, "{resumed:?}");
+    assert_eq!(resumed[0]["payload"]["reason"], "timer");
+    assert_eq!(
+        resumed[0]["payload"]["until_ms"],
+        json!(until_ms),
+        "the due time survived"
+    );
+
+    let (s, sig) = c.get("/v1/processes/sig").await;
+    assert_eq!(s, 200);
+    assert!(sig["lease"].is_null() && sig["wait"]["kind"] == "signal", "{sig}");
+    let (s, body) = c
+        .post(
+            "/v1/processes/sig/signals/go",
+            json!({"signal_id": "once", "payload": 1}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let (_, sig) = c.get("/v1/processes/sig/await?timeout_ms=20000").await;
+    assert_eq!(sig["status"], "completed", "{sig}");
+    let resumed = resumptions(&c, "sig").await;
+    assert_eq!(resumed.len(), 1, "{resumed:?}");
+    assert_eq!(resumed[0]["payload"]["reason"], "signal");
+}
