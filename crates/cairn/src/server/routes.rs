@@ -218,7 +218,15 @@ pub async fn start(
         }
     }
     let id = req.id.clone();
-    let registered = state.processes.start(req).await?;
+    let registered = match state.processes.start(req).await {
+        Ok(r) => r,
+        // A pruned id's tombstone says how someone's process ended and when: a
+        // session learns only that the id is taken, as for a live process it cannot see.
+        Err(cairn_core::CairnError::NoLongerRetained(_)) if scope_of_session(&caller).is_some() => {
+            return Err(cairn_core::CairnError::RegistrationConflict { id }.into())
+        }
+        Err(e) => return Err(e.into()),
+    };
     if registered.created {
         state.metrics.process_started();
         return Ok((StatusCode::CREATED, Json(registered.process)).into_response());
@@ -246,7 +254,8 @@ pub async fn start(
         ("limit" = Option<usize>, Query, description = "Page size (default 100, at most 1000)")),
     responses(
         (status = 200, description = "One page in id order", body = ListPage),
-        (status = 400, description = "invalid_filter (unknown key, wrong type) or invalid_page", body = ErrorSchema)))]
+        (status = 400, description = "invalid_filter (unknown key, wrong type) or invalid_page", body = ErrorSchema),
+        (status = 403, description = "`originated_by` with a session token (host only)", body = ErrorSchema)))]
 pub async fn list(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
@@ -275,10 +284,10 @@ pub async fn list(
     if let Some(own) = scope_of_session(&caller) {
         // Session tokens list through the security lens only.
         if originated_by.is_some() {
-            return Err(cairn_core::CairnError::InvalidFilter(
-                "`originated_by` needs the host token; session tokens list what is granted to them".into(),
-            )
-            .into());
+            // A well-formed filter this caller may not use: 403, like every host-only operation.
+            return Err(ApiError::forbidden(
+                "`originated_by` needs the host token; session tokens list what is granted to them",
+            ));
         }
         if granted_to.as_ref().is_some_and(|g| *g != own.session_id) {
             return Ok(Json(ListPage {
