@@ -33,16 +33,30 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => match cairn::server::serve(args, cli.token).await {
+            Command::Serve(args) => match cairn::server::serve(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("cairn serve: {e}");
                     ExitCode::FAILURE
                 }
             },
-            Command::Bench(args) => cairn::bench::run(args, cli.json).await,
+            Command::Bench(args) => {
+                let json = args.json;
+                cairn::bench::run(args, json).await
+            }
+            Command::Completions { shell } => {
+                let mut command = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut command, "cairn", &mut std::io::stdout());
+                ExitCode::SUCCESS
+            }
             Command::BenchChild(args) => cairn::bench::child::run(args).await,
-            command => cairn::client::run(&cli.server, cli.token.as_deref(), cli.json, command).await,
+            command => {
+                let opts = command.client_opts().map(|c| c.resolve(&cli.client));
+                match opts {
+                    Some(opts) => cairn::client::run(&opts, command).await,
+                    None => ExitCode::FAILURE,
+                }
+            }
         }
     })
 }

@@ -10,7 +10,15 @@ use serde_json::Value;
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The server could not be reached or the connection broke.
+    /// No connection could be made to the server.
+    #[error("cannot reach the server at {server}: {}", root_cause(.source))]
+    Unreachable {
+        /// The base URL tried.
+        server: String,
+        /// Why (the innermost cause, e.g. "Connection refused").
+        source: reqwest::Error,
+    },
+    /// The connection broke or the answer could not be read.
     #[error("cannot talk to the server: {0}")]
     Http(#[from] reqwest::Error),
     /// The server answered with an error body.
@@ -26,6 +34,49 @@ pub enum ClientError {
     /// The command line or its input is wrong.
     #[error("{0}")]
     Usage(String),
+    /// The server stopped answering partway (a stream that could not be resumed,
+    /// a wait it ended early).
+    #[error("{0}")]
+    Interrupted(String),
+}
+
+impl ClientError {
+    /// The CLI's exit code for this error: 2 for bad input (ours, or refused by the
+    /// server as invalid: 400, 413, 415), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) => 2,
+            Self::Api {
+                status: 400 | 413 | 415,
+                ..
+            } => 2,
+            _ => 1,
+        }
+    }
+
+    /// What to try next, when there is something to say.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::Unreachable { server, .. } => Some(format!(
+                "is `cairn serve` running at {server}? Start it with `cairn serve`, \
+                 or point the client elsewhere with --server or CAIRN_SERVER"
+            )),
+            Self::Api { code, message, .. } if code == "unknown_tool" && message.contains("shell") => {
+                Some("the server runs the `shell` tool only when started with `--allow-shell`".into())
+            }
+            Self::Api { status: 401, .. } => Some("pass the server's token with --token or CAIRN_TOKEN".into()),
+            _ => None,
+        }
+    }
+}
+
+/// The innermost cause of an error, for a one-line message ("Connection refused").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 /// A connection to one server.
@@ -79,8 +130,20 @@ impl Client {
         }
     }
 
-    async fn send(rb: RequestBuilder) -> Result<(StatusCode, Value), ClientError> {
-        let resp = rb.send().await?;
+    /// A failed send: `Unreachable` when no connection could be made.
+    fn send_error(&self, e: reqwest::Error) -> ClientError {
+        if e.is_connect() {
+            ClientError::Unreachable {
+                server: self.base.clone(),
+                source: e,
+            }
+        } else {
+            ClientError::Http(e)
+        }
+    }
+
+    async fn send(&self, rb: RequestBuilder) -> Result<(StatusCode, Value), ClientError> {
+        let resp = rb.send().await.map_err(|e| self.send_error(e))?;
         let status = resp.status();
         let bytes = resp.bytes().await?;
         let body: Value = if bytes.is_empty() {
@@ -97,12 +160,12 @@ impl Client {
 
     /// `GET path`, answering the JSON body.
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
-        Ok(Self::send(self.request(reqwest::Method::GET, path)).await?.1)
+        Ok(self.send(self.request(reqwest::Method::GET, path)).await?.1)
     }
 
     /// `POST path` with a JSON body, answering the status and the JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> Result<(StatusCode, Value), ClientError> {
-        Self::send(self.request(reqwest::Method::POST, path).json(body)).await
+        self.send(self.request(reqwest::Method::POST, path).json(body)).await
     }
 
     /// Follow a process's events over SSE from `after`, calling `on_event` with each
@@ -111,7 +174,7 @@ impl Client {
     pub async fn follow(&self, id: &str, after: u64, mut on_event: impl FnMut(&Value)) -> Result<(), ClientError> {
         let path = format!("/v1/processes/{}/events", segment(id));
         let mut last = after;
-        let mut failures = 0u32;
+        let mut retries = reconnect_delays();
         loop {
             let attempt = async {
                 let resp = self
@@ -119,7 +182,8 @@ impl Client {
                     .header(ACCEPT, "text/event-stream")
                     .header("Last-Event-ID", last.to_string())
                     .send()
-                    .await?;
+                    .await
+                    .map_err(|e| self.send_error(e))?;
                 let status = resp.status();
                 if !status.is_success() {
                     let body = resp.json::<Value>().await.unwrap_or(Value::Null);
@@ -150,7 +214,7 @@ impl Client {
             };
             match attempt.await {
                 Ok(true) => return Ok(()),
-                Ok(false) | Err(ClientError::Http(_)) if failures < 5 => {
+                Ok(false) | Err(ClientError::Http(_) | ClientError::Unreachable { .. }) => {
                     // The stream ended without the terminal: done if the log ends here, else resume.
                     if let Ok(record) = self.get(&format!("/v1/processes/{}", segment(id))).await {
                         let terminal = record.get("status").and_then(Value::as_str) != Some("running");
@@ -159,14 +223,30 @@ impl Client {
                             return Ok(());
                         }
                     }
-                    failures += 1;
-                    tokio::time::sleep(Duration::from_millis(250 * u64::from(failures))).await;
+                    match retries.next() {
+                        Some(delay) => tokio::time::sleep(delay).await,
+                        None => {
+                            return Err(ClientError::Interrupted(format!(
+                                "lost the event stream of {id} and could not resume it"
+                            )))
+                        }
+                    }
                 }
-                Ok(false) => return Err(ClientError::Usage("event stream kept closing early".into())),
                 Err(e) => return Err(e),
             }
         }
     }
+}
+
+/// Waits between attempts to resume a broken event stream: long enough to ride
+/// out a server restart (about 40 s in all), short at first for a dropped proxy.
+fn reconnect_delays() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(5))
+        .with_max_times(12)
+        .build()
 }
 
 fn api_error(status: u16, body: &Value) -> ClientError {

@@ -119,8 +119,8 @@ pub enum ServeError {
 /// Run the server until SIGINT or SIGTERM, then stop accepting, let open
 /// requests finish (bounded by `--shutdown-grace`), drain the worker per
 /// disposition and return.
-pub async fn serve(args: ServeArgs, host_token: Option<String>) -> Result<(), ServeError> {
-    let auth = Auth::new(host_token, &args.session_tokens);
+pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    let auth = Auth::new(args.token.clone(), &args.session_tokens);
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&args.listen)
         .await
         .map_err(|e| ServeError::Config(format!("cannot resolve --listen `{}`: {e}", args.listen)))?

@@ -34,9 +34,16 @@ impl Server {
 
     /// `cairn serve --db DB --allow-shell --listen 127.0.0.1:0` plus `extra`.
     pub async fn start_on(db: &str, extra: &[&str]) -> Server {
+        let mut args = vec!["--db", db, "--allow-shell", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Self::serve(&args).await
+    }
+
+    /// `cairn serve ARGS` (which must listen on port 0 of loopback).
+    pub async fn serve(args: &[&str]) -> Server {
         let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--db", db, "--allow-shell", "--listen", "127.0.0.1:0"])
-            .args(extra)
+        cmd.arg("serve")
+            .args(args)
             .env_remove("CAIRN_TOKEN")
             .env_remove("CAIRN_DATABASE_URL")
             .env_remove("CAIRN_LISTEN")
@@ -148,13 +155,17 @@ pub async fn run_cli(base: &str, token: Option<&str>, args: &[&str], stdin: Opti
     if let Some(t) = token {
         cmd.env("CAIRN_TOKEN", t);
     }
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // No input: stdin is /dev/null, as in a terminal that types nothing (a pipe
+    // would be input `cairn run` refuses).
+    let piped = stdin.is_some();
+    cmd.stdin(if piped { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn cairn client");
-    let mut input = child.stdin.take().expect("stdin piped");
     if let Some(s) = stdin {
+        let mut input = child.stdin.take().expect("stdin piped");
         input.write_all(s.as_bytes()).await.expect("write stdin");
     }
-    drop(input);
     let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
         .expect("cli finished in time")
