@@ -368,6 +368,13 @@ pub struct ServeArgs {
     /// Longest wait one `await` request gets (longer asks are cut to it; `cairn await` asks again).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub max_await: Duration,
+    /// Close a connection whose request headers have not all arrived this long after
+    /// it opened or after its previous answer (so also an idle kept-alive connection).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// Most connections open at once; more are answered 503 `unavailable` and closed.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
     /// How long shutdown waits for open connections before draining the worker anyway.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,

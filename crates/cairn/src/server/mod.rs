@@ -1,6 +1,5 @@
 //! `cairn serve`: the HTTP/JSON server of SPEC §10 over [`cairn_core::Processes`].
 
-use std::future::IntoFuture;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +17,7 @@ use crate::db;
 
 pub mod api;
 pub mod auth;
+pub mod conn;
 pub mod mcp;
 pub mod metrics;
 pub mod openapi;
@@ -88,6 +88,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(routes::wrong_method)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            api::refuse_oversized,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             metrics::count_requests,
         ))
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
@@ -138,7 +142,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         return Err(ServeError::Config("--workers must be at least 1".into()));
     }
     let backend = db::open_backend(&args.db).await?;
-    let metrics = Arc::new(Metrics::default());
+    let backend_kind = args.db.split(':').next().unwrap_or("unknown");
+    let metrics = Arc::new(Metrics::new(match backend_kind {
+        "postgres" | "postgresql" => "postgres",
+        other => other,
+    }));
     let worker = WorkerConfig {
         lease_ttl: args.lease_ttl,
         concurrency: args.workers,
@@ -177,19 +185,48 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     }
     tracing::info!(%local, db = %cairn_postgres::redact(&args.db), allow_shell = args.allow_shell, "cairn serving");
 
-    let signal = shutdown.clone();
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down: no new connections; ending waits and streams");
-        signal.cancel();
-    });
-    let mut server = std::pin::pin!(server.into_future());
+    let app = router(state.clone());
+    let connections = conn::Connections::new(args.max_connections, state.metrics.clone());
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(args.header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(wait_for_signal());
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait for some to free up.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let Some(permit) = connections.try_open() else {
+            tokio::spawn(conn::refuse_busy(stream));
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let io = hyper_util::rt::TokioIo::new(conn::Lingering::new(stream));
+        let conn = graceful.watch(http.serve_connection(io, service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    tracing::info!("shutting down: no new connections; ending waits and streams");
+    drop(listener);
+    shutdown.cancel();
     tokio::select! {
-        r = &mut server => r?,
-        _ = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(args.shutdown_grace).await;
-        } => tracing::warn!("open connections outlived the shutdown grace; closing them"),
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(args.shutdown_grace) => {
+            tracing::warn!("open connections outlived the shutdown grace; closing them");
+        }
     }
     processes.shutdown().await;
     tracing::info!("worker drained; bye");

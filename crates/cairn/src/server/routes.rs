@@ -171,8 +171,10 @@ pub struct AckAnswer {
 /// Answer of `GET /healthz`.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Health {
-    /// Always `ok` while the server answers.
+    /// `ok`.
     pub status: String,
+    /// The server's version.
+    pub version: String,
 }
 
 const DEFAULT_AWAIT: Duration = Duration::from_secs(30);
@@ -416,7 +418,7 @@ pub async fn await_terminal(
         r = state.processes.await_output(&id, timeout) => r?,
         _ = state.shutdown.cancelled() => state.processes.get(&id).await?,
     };
-    state.metrics.await_latency.observe(started.elapsed());
+    state.metrics.await_latency.observe(started.elapsed().as_secs_f64());
     Ok(Json(record))
 }
 
@@ -453,7 +455,7 @@ pub async fn append(
     };
     let started = Instant::now();
     let result = state.processes.append_event(&id, req).await;
-    state.metrics.append_latency.observe(started.elapsed());
+    state.metrics.append_latency.observe(started.elapsed().as_secs_f64());
     Ok(Json(result?))
 }
 
@@ -475,7 +477,7 @@ pub async fn signal(
     check_visible(&state, &caller, &id).await?;
     let started = Instant::now();
     let result = state.processes.signal(&id, &name, &body.signal_id, body.payload).await;
-    state.metrics.append_latency.observe(started.elapsed());
+    state.metrics.append_latency.observe(started.elapsed().as_secs_f64());
     Ok(Json(result?))
 }
 
@@ -651,12 +653,35 @@ pub async fn changes(
     ))
 }
 
-/// `GET /healthz`.
-#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "Alive", body = Health)))]
-pub async fn healthz() -> Json<Health> {
-    Json(Health {
-        status: "ok".to_string(),
-    })
+/// How long the readiness check waits for the database.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `GET /healthz`: ready when the database answers a read within 5 s.
+#[utoipa::path(get, path = "/healthz", tag = "ops", operation_id = "health",
+    responses(
+        (status = 200, description = "Ready: the server answers and its database answered a read", body = Health),
+        (status = 503, description = "unavailable: the database did not answer (in time)", body = ErrorSchema)))]
+pub async fn healthz(State(state): Shared) -> ApiResult<Json<Health>> {
+    let probe = ProcessFilter {
+        limit: Some(1),
+        ..ProcessFilter::default()
+    };
+    match tokio::time::timeout(HEALTH_TIMEOUT, state.processes.list(&probe)).await {
+        Ok(Ok(_)) => Ok(Json(Health {
+            status: "ok".to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        })),
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the database did not answer: {e}"),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the database did not answer within {HEALTH_TIMEOUT:?}"),
+        )),
+    }
 }
 
 /// `GET /metrics` (host only): Prometheus text format.
@@ -666,9 +691,13 @@ pub async fn healthz() -> Json<Health> {
         (status = 403, description = "Host only", body = ErrorSchema)))]
 pub async fn metrics(State(state): Shared, Extension(caller): Extension<Caller>) -> ApiResult<Response> {
     caller.require_host("metrics")?;
+    let text = state.metrics.render(&state.processes).await?;
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        state.metrics.render(),
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
     )
         .into_response())
 }
