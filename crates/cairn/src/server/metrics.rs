@@ -261,7 +261,11 @@ impl EventSink for TerminalCounter {
 /// Middleware: count every answered request by method, matched route and status,
 /// and time it by method and route.
 pub async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let method = req.method().to_string();
+    // Methods are client input: only the standard ones become label values.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m.to_string(),
+        _ => "other".to_string(),
+    };
     // The route template (not the raw path) keeps label cardinality bounded.
     let route = req
         .extensions()

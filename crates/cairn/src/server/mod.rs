@@ -57,6 +57,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Cancelled at shutdown so long waits and streams end and connections drain.
     pub shutdown: CancellationToken,
+    /// The names of the tools this server runs (what `/openapi.json` offers).
+    pub tools: Vec<String>,
 }
 
 /// The full router over `state`.
@@ -153,9 +155,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         batch_size: args.workers.min(WorkerConfig::default().batch_size),
         ..WorkerConfig::default()
     };
+    let tools = builtin_tools(args.allow_shell);
+    let tool_names = tools.names();
     let processes = Processes::builder(backend.registry)
         .hub(backend.hub)
-        .tools(builtin_tools(args.allow_shell))
+        .tools(tools)
         .worker_config(worker)
         .event_sink(Arc::new(TerminalCounter(metrics.clone())))
         .start();
@@ -169,6 +173,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             max_await: args.max_await,
         },
         shutdown: shutdown.clone(),
+        tools: tool_names,
     });
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -179,6 +179,18 @@ pub struct Health {
 
 const DEFAULT_AWAIT: Duration = Duration::from_secs(30);
 
+/// Cursors, sequences and times are signed 64-bit in every store (and in the
+/// OpenAPI document): a larger number is refused, not wrapped or clamped.
+fn within_int64(name: &str, value: Option<u64>) -> Result<(), ApiError> {
+    match value {
+        Some(v) if i64::try_from(v).is_err() => Err(ApiError::invalid_request(format!(
+            "`{name}` is {v}, over the largest accepted value {}",
+            i64::MAX
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn scope_of_session(caller: &Caller) -> Option<SessionScope> {
     caller.session_scope()
 }
@@ -281,6 +293,11 @@ pub async fn list(
             return Err(cairn_core::CairnError::InvalidFilter(format!("filter key `{k}` given twice")).into());
         }
     }
+    for (k, v) in &rest {
+        if matches!(*k, "created_from_ms" | "created_before_ms") {
+            within_int64(k, v.parse::<u64>().ok())?;
+        }
+    }
     let filter = ProcessFilter::from_query(rest)?;
     let limit = filter.page_size()?;
     if let Some(own) = scope_of_session(&caller) {
@@ -370,6 +387,7 @@ pub async fn events(
     ApiQuery(q): ApiQuery<EventsQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    within_int64("after", q.after)?;
     check_visible(&state, &caller, &id).await?;
     let wants_stream = headers
         .get_all(header::ACCEPT)
@@ -382,6 +400,7 @@ pub async fn events(
                 .to_str()
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
+                .filter(|n| i64::try_from(*n).is_ok())
                 .ok_or_else(|| ApiError::invalid_request("Last-Event-ID must be an event sequence number"))?,
             None => q.after.unwrap_or(0),
         };
@@ -407,6 +426,7 @@ pub async fn await_terminal(
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<AwaitQuery>,
 ) -> ApiResult<Json<ProcessRecord>> {
+    within_int64("timeout_ms", q.timeout_ms)?;
     check_visible(&state, &caller, &id).await?;
     let timeout = q
         .timeout_ms
@@ -628,6 +648,10 @@ pub async fn prune(
     ApiJson(body): ApiJson<PruneBody>,
 ) -> ApiResult<Json<PruneReport>> {
     caller.require_host("prune")?;
+    within_int64("cutoff_ms", Some(body.cutoff_ms))?;
+    if let Watermark::Cursor { cursor } = &body.watermark {
+        within_int64("watermark.cursor", Some(*cursor))?;
+    }
     Ok(Json(
         state
             .processes
@@ -648,6 +672,7 @@ pub async fn changes(
     ApiQuery(q): ApiQuery<ChangesQuery>,
 ) -> ApiResult<Json<ChangePage>> {
     caller.require_host("the change feed")?;
+    within_int64("cursor", q.cursor)?;
     Ok(Json(
         state.processes.changed_since(q.cursor.unwrap_or(0), q.limit).await?,
     ))
