@@ -366,6 +366,18 @@ async fn help_completions_and_an_unreachable_server() {
         out.stdout
     );
 
+    // A server without --allow-shell says how to get `shell`.
+    let no_shell = Server::serve(&["--db", "memory", "--listen", "127.0.0.1:0"]).await;
+    let out = run_cli(&no_shell.base, None, &["run", "--", "true"], None).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("unknown_tool"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("hint: the server runs the `shell` tool only when started with `--allow-shell`"),
+        "{}",
+        out.stderr
+    );
+
     // A server that is not there: exit 1 and a hint.
     let out = run_cli("http://127.0.0.1:9", None, &["ls"], None).await;
     assert_eq!(out.code, 1);

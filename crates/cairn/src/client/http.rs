@@ -1,4 +1,4 @@
-//! A small JSON/SSE client for the cairn HTTP API.
+//! A small JSON/SSE client for the cairn HTTP API (SSE parsed by `sse-stream`).
 
 use std::time::Duration;
 
@@ -87,17 +87,16 @@ pub struct Client {
     token: Option<String>,
 }
 
+/// Everything but RFC 3986's unreserved characters is escaped in a path segment.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Percent-encode one path segment (ids may hold `/`, `?`, spaces, ...).
 pub fn segment(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for b in raw.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(raw, SEGMENT).to_string()
 }
 
 /// A query string from pairs (without the leading `?`).
@@ -189,32 +188,33 @@ impl Client {
                     let body = resp.json::<Value>().await.unwrap_or(Value::Null);
                     return Err(api_error(status.as_u16(), &body));
                 }
-                let mut stream = resp.bytes_stream();
-                let mut parser = SseParser::default();
-                while let Some(chunk) = stream.next().await {
-                    for ev in parser.push(&chunk?) {
-                        if ev.event.as_deref() == Some("error") {
-                            let body: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
-                            let status = body.pointer("/error/status").and_then(Value::as_u64).unwrap_or(500);
-                            return Err(api_error(u16::try_from(status).unwrap_or(500), &body));
-                        }
-                        let Ok(event) = serde_json::from_str::<Value>(&ev.data) else {
-                            continue;
-                        };
-                        if let Some(seq) = event.get("sequence").and_then(Value::as_u64) {
-                            last = seq;
-                        }
-                        on_event(&event);
-                        if event.pointer("/semantics/terminal").is_some() {
-                            return Ok(true);
-                        }
+                let mut stream = sse_stream::SseStream::from_bytes_stream(resp.bytes_stream());
+                while let Some(item) = stream.next().await {
+                    let ev = item.map_err(|e| ClientError::Interrupted(format!("event stream of {id}: {e}")))?;
+                    // Comments (keep-alives) carry no data.
+                    let Some(data) = ev.data else { continue };
+                    if ev.event.as_deref() == Some("error") {
+                        let body: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                        let status = body.pointer("/error/status").and_then(Value::as_u64).unwrap_or(500);
+                        return Err(api_error(u16::try_from(status).unwrap_or(500), &body));
+                    }
+                    let Ok(event) = serde_json::from_str::<Value>(&data) else {
+                        continue;
+                    };
+                    if let Some(seq) = event.get("sequence").and_then(Value::as_u64) {
+                        last = seq;
+                    }
+                    on_event(&event);
+                    if event.pointer("/semantics/terminal").is_some() {
+                        return Ok(true);
                     }
                 }
                 Ok(false)
             };
             match attempt.await {
                 Ok(true) => return Ok(()),
-                Ok(false) | Err(ClientError::Http(_) | ClientError::Unreachable { .. }) => {
+                Ok(false)
+                | Err(ClientError::Http(_) | ClientError::Unreachable { .. } | ClientError::Interrupted(_)) => {
                     // The stream ended without the terminal: done if the log ends here, else resume.
                     if let Ok(record) = self.get(&format!("/v1/processes/{}", segment(id))).await {
                         let terminal = record.get("status").and_then(Value::as_str) != Some("running");
@@ -263,85 +263,9 @@ fn api_error(status: u16, body: &Value) -> ClientError {
     ClientError::Api { status, code, message }
 }
 
-/// One dispatched SSE event.
-#[derive(Debug, Default, PartialEq)]
-pub struct SseEvent {
-    /// The `event:` field.
-    pub event: Option<String>,
-    /// The `id:` field.
-    pub id: Option<String>,
-    /// The `data:` lines joined by newlines.
-    pub data: String,
-}
-
-/// An incremental `text/event-stream` parser.
-#[derive(Default)]
-pub struct SseParser {
-    buf: Vec<u8>,
-    current: SseEvent,
-    has_data: bool,
-}
-
-impl SseParser {
-    /// Feed bytes; answers the events completed by them.
-    pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
-        self.buf.extend_from_slice(chunk);
-        let mut out = Vec::new();
-        while let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
-            let mut line: Vec<u8> = self.buf.drain(..=nl).collect();
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            let line = String::from_utf8_lossy(&line);
-            if line.is_empty() {
-                if self.has_data {
-                    out.push(std::mem::take(&mut self.current));
-                } else {
-                    self.current = SseEvent::default();
-                }
-                self.has_data = false;
-                continue;
-            }
-            if line.starts_with(':') {
-                continue;
-            }
-            let (field, value) = match line.split_once(':') {
-                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-                None => (line.as_ref(), ""),
-            };
-            match field {
-                "data" => {
-                    if self.has_data {
-                        self.current.data.push('\n');
-                    }
-                    self.current.data.push_str(value);
-                    self.has_data = true;
-                }
-                "event" => self.current.event = Some(value.to_string()),
-                "id" => self.current.id = Some(value.to_string()),
-                _ => {}
-            }
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_sse_in_pieces() {
-        let mut p = SseParser::default();
-        assert!(p.push(b"id: 1\nda").is_empty());
-        let evs = p.push(b"ta: {\"a\":1}\n\n: keep-alive\n\nevent: error\r\ndata: x\r\ndata: y\r\n\r\n");
-        assert_eq!(evs.len(), 2);
-        assert_eq!(evs[0].id.as_deref(), Some("1"));
-        assert_eq!(evs[0].data, "{\"a\":1}");
-        assert_eq!(evs[1].event.as_deref(), Some("error"));
-        assert_eq!(evs[1].data, "x\ny");
-    }
 
     #[test]
     fn encodes_segments() {

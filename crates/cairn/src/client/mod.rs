@@ -787,7 +787,11 @@ fn print_record(r: &Value) {
         rows.push(("abandon request", req.to_string()));
     }
     if let Some(outcome) = r.get("outcome").filter(|o| !o.is_null()) {
-        rows.push(("outcome", outcome.to_string()));
+        let text = match outcome.get("type").and_then(Value::as_str) {
+            Some("abandoned") => format!("abandoned: {}", abandonment(outcome)),
+            _ => outcome.to_string(),
+        };
+        rows.push(("outcome", text));
     }
     for (k, v) in rows {
         println!("{k:<16} {v}");
@@ -804,31 +808,22 @@ fn print_event_row(e: &Value) {
     );
 }
 
+/// A borderless table (`comfy-table`), columns two spaces apart, no trailing blanks.
 fn print_table(headers: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(headers.to_vec());
     for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
+        table.add_row(row.clone());
     }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(cell);
-            } else {
-                let pad = widths.get(i).copied().unwrap_or(0).saturating_sub(cell.chars().count());
-                s.push_str(cell);
-                s.push_str(&" ".repeat(pad + 2));
-            }
-        }
-        println!("{}", s.trim_end());
-    };
-    line(headers.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
+    let last = headers.len().saturating_sub(1);
+    for (i, column) in table.column_iter_mut().enumerate() {
+        column.set_padding((0, if i == last { 0 } else { 2 }));
+    }
+    for line in table.lines() {
+        println!("{}", line.trim_end());
     }
 }
 

@@ -262,9 +262,7 @@ impl Client {
         let resp = self.auth(rb).send().await.expect("sse request");
         assert_eq!(resp.status().as_u16(), 200, "sse status");
         Sse {
-            stream: Box::pin(resp.bytes_stream()),
-            parser: cairn::client::http::SseParser::default(),
-            queue: Default::default(),
+            stream: Box::pin(sse_stream::SseStream::from_bytes_stream(resp.bytes_stream())),
         }
     }
 }
@@ -280,25 +278,35 @@ async fn decode(r: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
-type ByteStream = std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+type EventStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<sse_stream::Sse, sse_stream::Error>> + Send>>;
+
+/// One SSE event with data.
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub id: Option<String>,
+    pub data: String,
+}
 
 /// An open SSE stream.
 pub struct Sse {
-    stream: ByteStream,
-    parser: cairn::client::http::SseParser,
-    queue: std::collections::VecDeque<cairn::client::http::SseEvent>,
+    stream: EventStream,
 }
 
 impl Sse {
-    /// The next SSE event, or `None` when the stream closed. Panics after `within`.
-    pub async fn next(&mut self, within: Duration) -> Option<cairn::client::http::SseEvent> {
+    /// The next SSE event with data, or `None` when the stream closed. Panics after `within`.
+    pub async fn next(&mut self, within: Duration) -> Option<SseEvent> {
         tokio::time::timeout(within, async {
             loop {
-                if let Some(e) = self.queue.pop_front() {
-                    return Some(e);
-                }
                 match self.stream.next().await {
-                    Some(Ok(chunk)) => self.queue.extend(self.parser.push(&chunk)),
+                    Some(Ok(e)) => {
+                        if let Some(data) = e.data {
+                            return Some(SseEvent {
+                                event: e.event,
+                                id: e.id,
+                                data,
+                            });
+                        }
+                    }
                     Some(Err(_)) | None => return None,
                 }
             }
