@@ -171,6 +171,15 @@ async fn run_refuses_piped_stdin_and_starts_nothing() {
     assert!(out.stderr.contains("does not forward stdin"), "{}", out.stderr);
     let (status, _) = server.client().get("/v1/processes/piped").await;
     assert_eq!(status, 404, "a refused run must start nothing");
+    // A pipe that carries nothing (closed at once) is not input.
+    let out = run_cli(
+        &server.base,
+        None,
+        &["run", "--id", "empty-pipe", "--", "true"],
+        Some(""),
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

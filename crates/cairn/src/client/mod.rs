@@ -372,19 +372,37 @@ async fn await_command(client: &Client, json: bool, id: &str, timeout: Duration)
     Ok(ExitCode::SUCCESS)
 }
 
-/// Whether stdin carries data `run` would silently drop: a pipe, a socket or a
-/// non-empty file (a terminal or `/dev/null` is fine: nothing is being sent).
+/// Whether stdin carries data `run` would silently drop: a non-empty file, or a
+/// pipe or socket with input (or its end) within 100 ms. A terminal, `/dev/null`,
+/// or a pipe nobody writes to (`ssh host cairn run ...`) is fine: nothing is being sent.
 fn stdin_has_input() -> bool {
+    use std::io::Read;
     use std::os::fd::AsFd;
     use std::os::unix::fs::FileTypeExt;
-    let Ok(fd) = std::io::stdin().as_fd().try_clone_to_owned() else {
+    let stdin = std::io::stdin();
+    let Ok(fd) = stdin.as_fd().try_clone_to_owned() else {
         return false;
     };
     let Ok(meta) = std::fs::File::from(fd).metadata() else {
         return false;
     };
     let kind = meta.file_type();
-    kind.is_fifo() || kind.is_socket() || (kind.is_file() && meta.len() > 0)
+    if kind.is_file() {
+        return meta.len() > 0;
+    }
+    if !(kind.is_fifo() || kind.is_socket()) {
+        return false;
+    }
+    let handle = stdin.as_fd();
+    let mut fds = [nix::poll::PollFd::new(handle, nix::poll::PollFlags::POLLIN)];
+    match nix::poll::poll(&mut fds, 100u8) {
+        Ok(n) if n > 0 => {
+            // Readable: either data (refuse) or the writer's end (nothing was sent).
+            let mut byte = [0u8; 1];
+            matches!(stdin.lock().read(&mut byte), Ok(n) if n > 0)
+        }
+        _ => false,
+    }
 }
 
 /// The `env` of the shell tool's args: `--env-all` first, then each `--env`.
