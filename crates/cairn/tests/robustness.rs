@@ -152,3 +152,27 @@ async fn readiness_gauges_latency_and_build_info() {
     );
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
 }
+
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_when_the_database_does_not_answer() {
+    let Some(url) = cairn_postgres::testing::test_url() else {
+        return;
+    };
+    let schema = cairn_postgres::testing::TestSchema::new("cairn_ready");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let db = format!("{url}{sep}schema={}", schema.name);
+    let server = Server::start_on(&db, &[]).await;
+    let c = server.client();
+    assert_eq!(c.get("/healthz").await.0, 200);
+    // The tables vanish under the running server: not ready.
+    schema
+        .execute(&format!("DROP SCHEMA \"{}\" CASCADE", schema.name))
+        .await
+        .expect("drop schema");
+    let (s, err) = c.get("/healthz").await;
+    assert_eq!((s, err["error"]["code"].as_str()), (503, Some("unavailable")), "{err}");
+}
