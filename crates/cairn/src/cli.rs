@@ -95,7 +95,7 @@ pub enum Command {
     #[command(after_help = "Example:\n  \
         cairn start '{\"id\": \"ci-7\", \"disposition\": \"externally_owned\", \"input\": {\"type\": \"external\"}}'")]
     Start {
-        /// The start request JSON (SPEC §12).
+        /// The start request JSON (`StartRequest`: see docs/reference.md or the server's /openapi.json).
         body: Option<String>,
         /// `--server`, `--token`, `--json`.
         #[command(flatten)]
@@ -479,7 +479,7 @@ pub struct CompleteArgs {
     /// The failure's message.
     #[arg(long, requires = "failure")]
     pub message: Option<String>,
-    /// A whole outcome as JSON (SPEC §12: success, failure or cancelled).
+    /// A whole outcome as JSON: `{"type": "success", "value"}`, `{"type": "failure", "class", "code", "message"}` or `{"type": "cancelled", "message"}`.
     #[arg(long)]
     pub outcome: Option<String>,
     /// Who completes it (recorded; defaults to the caller).

@@ -14,6 +14,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Client options before a non-client command would be ignored; a host token
+    // ignored would leave the server open, so say so instead.
+    if matches!(cli.command, Command::Serve(_) | Command::Bench(_) | Command::BenchChild(_)) {
+        let c = &cli.client;
+        if c.server.is_some() || c.token.is_some() || c.json {
+            eprintln!(
+                "error: --server, --token and --json before the command are client options; \
+                 give the command's own flags after it (e.g. `cairn serve --token T`, `cairn bench --json`)"
+            );
+            return ExitCode::from(2);
+        }
+    }
     let serving = matches!(cli.command, Command::Serve(_));
     // The server logs at info by default; client commands only say what went wrong.
     let default_filter = if serving { "info" } else { "warn" };

@@ -367,6 +367,24 @@ async fn help_completions_and_an_unreachable_server() {
     assert!(!out.stdout.contains("--allow-shell"), "{}", out.stdout);
     assert!(out.stdout.contains("Examples:"), "{}", out.stdout);
 
+    // A token before `serve` would not reach it: refused, not ignored.
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "--token",
+            "secret",
+            "serve",
+            "--db",
+            "memory",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("cairn");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("client options"));
+
     let out = run_cli("http://127.0.0.1:9", None, &["completions", "bash"], None).await;
     assert_eq!(out.code, 0);
     assert!(
