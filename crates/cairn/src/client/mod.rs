@@ -916,7 +916,8 @@ fn timestamp(ms: Option<&Value>) -> String {
     }
 }
 
-/// A compact age ("42s ago") of an epoch-ms timestamp.
+/// A compact age ("42s ago") of an epoch-ms timestamp (one unit, unlike
+/// humantime's "1m 12s 345ms", to keep table columns narrow).
 fn age(ms: Option<&Value>) -> String {
     let Some(ms) = ms.and_then(Value::as_u64) else {
         return String::new();

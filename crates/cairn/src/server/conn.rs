@@ -51,7 +51,8 @@ impl Drop for ConnectionSlot {
 }
 
 /// A connection over the limit: a 503 `unavailable` and close, so the client
-/// knows to retry rather than hang in the listen backlog.
+/// knows to retry rather than hang in the listen backlog. The answer is written by
+/// hand because the connection is never handed to hyper (that is the point).
 pub async fn refuse_busy(mut stream: TcpStream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // Read the request head first: closing a socket with unread input resets it,

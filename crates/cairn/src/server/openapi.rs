@@ -160,6 +160,9 @@ pub fn refine(doc: &mut Value, tools: &[String]) {
             if path.starts_with("/v1/sessions/") {
                 add("403", "forbidden: a session token naming another session");
             }
+            if path.contains('{') {
+                add("404", "unknown_wake, or not_found: no such route (an empty path segment)");
+            }
             if method == "post" && (process_route || path == "/v1/processes") {
                 add(
                     "409",
