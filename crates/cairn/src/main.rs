@@ -16,7 +16,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Client options before a non-client command would be ignored; a host token
     // ignored would leave the server open, so say so instead.
-    if matches!(cli.command, Command::Serve(_) | Command::Bench(_) | Command::BenchChild(_)) {
+    if matches!(
+        cli.command,
+        Command::Serve(_) | Command::Bench(_) | Command::BenchChild(_)
+    ) {
         let c = &cli.client;
         if c.server.is_some() || c.token.is_some() || c.json {
             eprintln!(

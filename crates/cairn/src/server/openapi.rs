@@ -161,7 +161,10 @@ pub fn refine(doc: &mut Value, tools: &[String]) {
                 add("403", "forbidden: a session token naming another session");
             }
             if path.contains('{') {
-                add("404", "unknown_wake, or not_found: no such route (an empty path segment)");
+                add(
+                    "404",
+                    "unknown_wake, or not_found: no such route (an empty path segment)",
+                );
             }
             if method == "post" && (process_route || path == "/v1/processes") {
                 add(
@@ -177,6 +180,12 @@ pub fn refine(doc: &mut Value, tools: &[String]) {
                 "503",
                 "unavailable (nothing was done; retry) or outcome_unknown (read before retrying)",
             );
+            if method == "post" && path == "/v1/processes" {
+                op["requestBody"]["content"]["application/json"]["example"] = json!({
+                    "id": "build-42", "disposition": "rerunnable",
+                    "input": {"type": "tool_call", "tool": "echo", "args": {"value": {"green": true}}},
+                });
+            }
             constrain_parameters(op);
         }
     }
