@@ -30,8 +30,10 @@ use serde_json::Value;
 
 use cairn_core::{CairnError, Outcome, Result, StopReason, Tool, ToolContext, ToolRegistry};
 
+pub mod schemas;
 pub mod shell;
 
+pub use schemas::{args_example, args_schema};
 pub use shell::ShellTool;
 
 /// A registry with `sleep`, `echo` and `wait_signal`, plus `shell` when `allow_shell`.

@@ -22,6 +22,9 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
@@ -430,24 +433,20 @@ async fn until(at: Option<Instant>) {
 // Process group control
 
 /// Sends `signal` to every process of the group; errors (the group is gone)
-/// are ignored.
-fn signal_group(pgid: libc::pid_t, signal: libc::c_int) {
-    // SAFETY: killpg has no memory-safety preconditions; `pgid` is the group
-    // this run created, which cannot be reused while any member (the unreaped
-    // leader included) exists.
-    unsafe {
-        libc::killpg(pgid, signal);
-    }
+/// are ignored. `pgid` is the group this run created, which cannot be reused
+/// while any member (the unreaped leader included) exists.
+fn signal_group(pgid: libc::pid_t, signal: Signal) {
+    let _ = killpg(Pid::from_raw(pgid), signal);
 }
 
 /// Whether the group still has a member that is not a zombie.
 fn group_alive(pgid: libc::pid_t) -> bool {
-    // SAFETY: signal 0 only checks that the group exists and may be signalled.
-    let r = unsafe { libc::killpg(pgid, 0) };
-    if r != 0 {
-        // ESRCH: no member left. EPERM: members we cannot signal; count them
-        // as alive so the grace and SIGKILL steps still run.
-        return std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    // No signal: only checks that the group exists and may be signalled.
+    match killpg(Pid::from_raw(pgid), None) {
+        Ok(()) => {}
+        // EPERM: members we cannot signal; count them as alive so the grace and
+        // SIGKILL steps still run. Anything else (ESRCH): no member left.
+        Err(e) => return e == Errno::EPERM,
     }
     // Zombies still count for killpg, and an init that does not reap them
     // would keep the group "alive" forever; look past them where we can.
@@ -498,14 +497,14 @@ async fn stop_group(
     if leader_done && !group_alive(pgid) {
         return (status, true);
     }
-    signal_group(pgid, libc::SIGTERM);
+    signal_group(pgid, Signal::SIGTERM);
     // A stopped process only acts on SIGTERM once continued.
-    signal_group(pgid, libc::SIGCONT);
+    signal_group(pgid, Signal::SIGCONT);
     let deadline = Instant::now() + grace;
     if settle(child, pgid, &mut leader_done, &mut status, deadline).await {
         return (status, true);
     }
-    signal_group(pgid, libc::SIGKILL);
+    signal_group(pgid, Signal::SIGKILL);
     let gone = settle(child, pgid, &mut leader_done, &mut status, Instant::now() + KILL_SETTLE).await;
     (status, gone)
 }
@@ -556,7 +555,7 @@ impl Drop for GroupGuard {
             reader.abort();
         }
         if self.armed {
-            signal_group(self.pgid, libc::SIGKILL);
+            signal_group(self.pgid, Signal::SIGKILL);
         }
     }
 }

@@ -8,43 +8,129 @@ use crate::duration::parse_duration;
 
 /// cairn: a durable process runtime for AI agent hosts.
 #[derive(Debug, Parser)]
-#[command(name = "cairn", version, about)]
+#[command(
+    name = "cairn",
+    version,
+    about,
+    after_help = "Examples:\n  \
+        cairn serve --allow-shell                 # a server on ./cairn.db at 127.0.0.1:7070\n  \
+        cairn run -- make test                    # run a command as a process, print its output\n  \
+        cairn ls --status any                     # newest first\n  \
+        cairn await build-42 --timeout 10m        # exit 3 if still running at the timeout\n\n\
+        Client commands take --server, --token and --json (before or after the command).\n\
+        Exit codes: 0 ok; 1 the server answered an error or could not be reached; 2 bad input\n\
+        (the command line, or a request the server refused as invalid: HTTP 400/413/415);\n\
+        3 `await` timed out with the process still running; 130 `run` interrupted by Ctrl-C."
+)]
 pub struct Cli {
-    /// Server base URL (client commands).
-    #[arg(long, global = true, env = "CAIRN_SERVER", default_value = "http://127.0.0.1:7070")]
-    pub server: String,
-    /// Bearer token. For `serve` it is the host token the server requires; for
-    /// client commands it is the token presented (a host or a session token).
-    #[arg(long, global = true, env = "CAIRN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Print raw JSON answers instead of tables (client commands).
-    #[arg(long, global = true)]
-    pub json: bool,
+    /// Client options given before the command (the same options are accepted after it).
+    #[command(flatten)]
+    pub client: ClientOpts,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The options of every client command. Each may also be given before the command;
+/// the one after the command wins. Without either: `CAIRN_SERVER`, `CAIRN_TOKEN`,
+/// then the default.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClientOpts {
+    /// Server base URL [env: CAIRN_SERVER] [default: http://127.0.0.1:7070].
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// Bearer token presented to the server (a host or a session token) [env: CAIRN_TOKEN].
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Print one JSON document (machines) instead of tables; `events --follow` prints one event per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The default server of client commands.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
+
+impl ClientOpts {
+    /// These options over `outer` (given before the command), then the environment.
+    pub fn resolve(&self, outer: &ClientOpts) -> ResolvedClient {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        ResolvedClient {
+            server: self
+                .server
+                .clone()
+                .or_else(|| outer.server.clone())
+                .or_else(|| env("CAIRN_SERVER"))
+                .unwrap_or_else(|| DEFAULT_SERVER.to_string()),
+            token: self
+                .token
+                .clone()
+                .or_else(|| outer.token.clone())
+                .or_else(|| env("CAIRN_TOKEN")),
+            json: self.json || outer.json,
+        }
+    }
+}
+
+/// Client options after flags and the environment are merged.
+#[derive(Debug, Clone)]
+pub struct ResolvedClient {
+    /// Server base URL.
+    pub server: String,
+    /// Bearer token.
+    pub token: Option<String>,
+    /// `--json`.
+    pub json: bool,
 }
 
 /// Every subcommand.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP server (with a worker) over a storage backend.
+    #[command(after_help = "Examples:\n  \
+        cairn serve --allow-shell\n  \
+        cairn serve --db memory --listen 127.0.0.1:0\n  \
+        cairn serve --db postgres://me@db:5432/cairn --listen 0.0.0.0:7070 --token \"$TOKEN\"")]
     Serve(ServeArgs),
     /// Start a process from a raw start request (JSON argument, or stdin when absent or `-`).
+    #[command(after_help = "Example:\n  \
+        cairn start '{\"id\": \"ci-7\", \"disposition\": \"externally_owned\", \"input\": {\"type\": \"external\"}}'")]
     Start {
-        /// The start request JSON (SPEC §12).
+        /// The start request JSON (`StartRequest`: see docs/reference.md or the server's /openapi.json).
         body: Option<String>,
+        /// `--server`, `--token`, `--json`.
+        #[command(flatten)]
+        client: ClientOpts,
     },
-    /// Run a shell command as an owner-bound process and print its output.
+    /// Run a command with the `shell` tool (the server needs `--allow-shell`), print its
+    /// output and exit with its exit code.
+    ///
+    /// The command runs on the server's machine in this directory (`--cwd` to change it)
+    /// with the server's environment plus what `--env`/`--env-all` forward; it never reads
+    /// stdin (input piped to it is refused). Ctrl-C asks the server to cancel it.
+    #[command(after_help = "Examples:\n  \
+        cairn run -- make test\n  \
+        cairn run --env PATH --env CI=1 -- sh -c 'echo $CI'\n  \
+        cairn run --detach --disposition rerunnable --id nightly -- ./nightly.sh")]
     Run(RunArgs),
-    /// List processes.
+    /// List processes, newest first.
+    #[command(after_help = "Examples:\n  \
+        cairn ls                          # running processes\n  \
+        cairn ls --status any --waiting true\n  \
+        cairn --json ls --definition tool:shell")]
     Ls(LsArgs),
     /// Show one process.
     Get {
         /// Process id.
         id: String,
+        /// `--server`, `--token`, `--json`.
+        #[command(flatten)]
+        client: ClientOpts,
     },
-    /// Show a process's events.
+    /// Show a process's events with their times.
+    #[command(after_help = "Examples:\n  \
+        cairn events build-42\n  \
+        cairn events build-42 --follow      # until the process ends\n  \
+        cairn --json events build-42        # one document: {\"process_id\", \"events\": [...]}")]
     Events {
         /// Process id.
         id: String,
@@ -54,16 +140,31 @@ pub enum Command {
         /// Keep streaming live events until the process ends.
         #[arg(long, short)]
         follow: bool,
+        /// `--server`, `--token`, `--json`.
+        #[command(flatten)]
+        client: ClientOpts,
     },
-    /// Wait for a process to end and print its record (exit code 3 when it is still running at the timeout).
+    /// Wait for a process to end and print its record. Exit code 3 (and a message on
+    /// stderr) when it is still running at the timeout.
+    #[command(after_help = "Examples:\n  \
+        cairn await build-42\n  \
+        cairn await build-42 --timeout 1.5s\n  \
+        cairn await build-42 --timeout 2h   # longer than the server's --max-await: asks again until then")]
     Await {
         /// Process id.
         id: String,
-        /// How long to wait (e.g. 30s, 5m; at most what the server allows).
+        /// How long to wait (e.g. 500ms, 1.5s, 10m, 2h). A wait longer than the server's
+        /// `--max-await` is made of several requests.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         timeout: Duration,
+        /// `--server`, `--token`, `--json`.
+        #[command(flatten)]
+        client: ClientOpts,
     },
     /// Send a signal to a process.
+    #[command(
+        after_help = "Example:\n  cairn signal approve-1 approve --id from-alice --payload '{\"by\": \"alice\"}'"
+    )]
     Signal {
         /// Process id.
         id: String,
@@ -75,7 +176,35 @@ pub enum Command {
         /// JSON payload.
         #[arg(long, default_value = "null")]
         payload: String,
+        /// `--server`, `--token`, `--json`.
+        #[command(flatten)]
+        client: ClientOpts,
     },
+    /// Append a declared event to a process (external owners).
+    #[command(
+        after_help = "Example:\n  cairn append ci-7 progress --payload '{\"text\": \"half way\"}' --replay-key p-50"
+    )]
+    Append {
+        /// Process id.
+        id: String,
+        /// A declared event type.
+        event_type: String,
+        /// JSON payload (checked against the type's schema).
+        #[arg(long, default_value = "null")]
+        payload: String,
+        /// Makes the append idempotent: a retry with the same key returns the original event.
+        #[arg(long)]
+        replay_key: Option<String>,
+        /// `--server`, `--token`, `--json`.
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// End an externally owned process with an outcome.
+    #[command(after_help = "Examples:\n  \
+        cairn complete ci-7 --value '{\"green\": true}' --authority ci\n  \
+        cairn complete ci-7 --failure tests_failed --message '3 tests failed'\n  \
+        cairn complete ci-7 --outcome '{\"type\": \"cancelled\", \"message\": \"superseded\"}'")]
+    Complete(CompleteArgs),
     /// Request cancellation of a process.
     Cancel {
         /// Process id.
@@ -83,6 +212,9 @@ pub enum Command {
         /// Why.
         #[arg(long)]
         reason: Option<String>,
+        /// `--server`, `--token`, `--json`.
+        #[command(flatten)]
+        client: ClientOpts,
     },
     /// Record an abandon request (reconciled once the process's lease lapses).
     Abandon {
@@ -94,13 +226,55 @@ pub enum Command {
         /// Who asks (defaults to the caller's identity).
         #[arg(long)]
         requested_by: Option<String>,
+        /// `--server`, `--token`, `--json`.
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Move grants from one session scope to another.
+    #[command(after_help = "Example:\n  cairn transfer --from s1 --to s2 build-42 build-43")]
+    Transfer {
+        /// Session id the grants move from.
+        #[arg(long)]
+        from: String,
+        /// Agent frame within `--from`.
+        #[arg(long)]
+        from_frame: Option<String>,
+        /// Session id the grants move to.
+        #[arg(long)]
+        to: String,
+        /// Agent frame within `--to`.
+        #[arg(long)]
+        to_frame: Option<String>,
+        /// The processes whose grants move.
+        #[arg(required = true, num_args = 1..)]
+        ids: Vec<String>,
+        /// `--server`, `--token`, `--json`.
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Read the change feed (host only): records changed after a cursor, in cursor order.
+    #[command(after_help = "Example:\n  cairn changes --cursor 0 --limit 50")]
+    Changes {
+        /// Read changes after this cursor.
+        #[arg(long, default_value_t = 0)]
+        cursor: u64,
+        /// Page size (at most 1000).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// `--server`, `--token`, `--json`.
+        #[command(flatten)]
+        client: ClientOpts,
     },
     /// Delete terminal processes older than a cutoff (leaves tombstones).
+    #[command(after_help = "Example:\n  cairn prune --older-than 7d --status completed")]
     Prune(PruneArgs),
     /// List a session's pending wakes.
     Wakes {
         /// Session id.
         session: String,
+        /// `--server`, `--token`, `--json`.
+        #[command(flatten)]
+        client: ClientOpts,
     },
     /// Acknowledge a wake.
     Ack {
@@ -108,10 +282,25 @@ pub enum Command {
         session: String,
         /// Wake id.
         wake_id: String,
+        /// `--server`, `--token`, `--json`.
+        #[command(flatten)]
+        client: ClientOpts,
     },
     /// Serve MCP (Model Context Protocol) on stdin/stdout: every tool call is
     /// forwarded to the server with `--server` and `--token`.
-    Mcp,
+    Mcp {
+        /// `--server`, `--token`, `--json`.
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:\n  \
+        cairn completions bash > ~/.local/share/bash-completion/completions/cairn\n  \
+        cairn completions zsh > \"${fpath[1]}/_cairn\"")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Measure throughput, latency, scale and memory over real backends, each
     /// figure beside the storage limit it is held against (see docs/BENCHMARKS.md).
     Bench(BenchArgs),
@@ -120,7 +309,33 @@ pub enum Command {
     BenchChild(BenchChildArgs),
 }
 
-/// `cairn serve` settings. The host token is the global `--token`.
+impl Command {
+    /// The client options of a client command (`None` for serve, bench, completions).
+    pub fn client_opts(&self) -> Option<&ClientOpts> {
+        match self {
+            Self::Serve(_) | Self::Bench(_) | Self::BenchChild(_) | Self::Completions { .. } => None,
+            Self::Run(a) => Some(&a.client),
+            Self::Ls(a) => Some(&a.client),
+            Self::Complete(a) => Some(&a.client),
+            Self::Prune(a) => Some(&a.client),
+            Self::Start { client, .. }
+            | Self::Get { client, .. }
+            | Self::Events { client, .. }
+            | Self::Await { client, .. }
+            | Self::Signal { client, .. }
+            | Self::Append { client, .. }
+            | Self::Cancel { client, .. }
+            | Self::Abandon { client, .. }
+            | Self::Transfer { client, .. }
+            | Self::Changes { client, .. }
+            | Self::Wakes { client, .. }
+            | Self::Ack { client, .. }
+            | Self::Mcp { client } => Some(client),
+        }
+    }
+}
+
+/// `cairn serve` settings.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Database URL: `memory`, `sqlite:PATH` or `postgres://USER@HOST:PORT/DB[?schema=NAME]`
@@ -131,44 +346,87 @@ pub struct ServeArgs {
     /// address is printed on stdout as `listening on http://ADDR`.
     #[arg(long, env = "CAIRN_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: String,
+    /// The host token the server requires (full access). Without any token the
+    /// server is open and listens on loopback only.
+    #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Most processes the worker runs at once.
     #[arg(long, env = "CAIRN_WORKERS", default_value_t = 64)]
     pub workers: usize,
-    /// Lease time-to-live (e.g. 30s or 30000).
+    /// Lease time-to-live (e.g. 30s, 1.5s, or bare milliseconds).
     #[arg(long, env = "CAIRN_LEASE_TTL", default_value = "30s", value_parser = parse_duration)]
     pub lease_ttl: Duration,
     /// A session token, `SESSION=TOKEN` (repeatable): it sees only processes granted to SESSION.
     #[arg(long = "session-token", value_name = "SESSION=TOKEN", value_parser = parse_session_token)]
     pub session_tokens: Vec<(String, String)>,
-    /// Enable the `shell` tool.
+    /// Enable the `shell` tool (what `cairn run` uses): any caller may then run commands as this server's user.
     #[arg(long)]
     pub allow_shell: bool,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 2 * 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// Longest `await` a request may ask for.
+    /// Longest wait one `await` request gets (longer asks are cut to it; `cairn await` asks again).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub max_await: Duration,
+    /// Close a connection whose request headers have not all arrived this long after
+    /// it opened or after its previous answer (so also an idle kept-alive connection).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// Most connections open at once; more are answered 503 `unavailable` and closed.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
     /// How long shutdown waits for open connections before draining the worker anyway.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 }
 
+/// What `cairn run` records the process as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RunDisposition {
+    /// Abandoned (never re-run) when the server stops or loses it mid-run.
+    OwnerBound,
+    /// Run again from the start after a crash or restart.
+    Rerunnable,
+}
+
+impl RunDisposition {
+    /// The wire name.
+    pub fn wire(self) -> &'static str {
+        match self {
+            Self::OwnerBound => "owner_bound",
+            Self::Rerunnable => "rerunnable",
+        }
+    }
+}
+
 /// `cairn run` settings.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Process id (generated when absent).
+    /// Process id (generated when absent; printed either way).
     #[arg(long)]
     pub id: Option<String>,
     /// Print the id and return at once instead of following the output.
     #[arg(long, short)]
     pub detach: bool,
+    /// What a server restart does to it: `owner_bound` (abandoned) or `rerunnable` (run again).
+    #[arg(long, value_enum, default_value = "owner-bound")]
+    pub disposition: RunDisposition,
     /// Kill the command after this long (passed to the shell tool).
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
-    /// Working directory of the command.
+    /// Working directory of the command on the server's machine (default: this directory).
     #[arg(long)]
     pub cwd: Option<String>,
+    /// Forward an environment variable: `KEY` (its value here) or `KEY=VALUE` (repeatable).
+    /// Without `--env`/`--env-all` the command sees only the server's environment.
+    #[arg(long = "env", value_name = "KEY[=VALUE]")]
+    pub env: Vec<String>,
+    /// Forward this whole environment.
+    #[arg(long)]
+    pub env_all: bool,
+    /// `--server`, `--token`, `--json`.
+    #[command(flatten)]
+    pub client: ClientOpts,
     /// The command and its arguments (after `--`).
     #[arg(trailing_var_arg = true, required = true, num_args = 1..)]
     pub argv: Vec<String>,
@@ -183,7 +441,7 @@ pub struct LsArgs {
     /// Only processes granted to this session.
     #[arg(long)]
     pub granted_to: Option<String>,
-    /// Only processes this session started.
+    /// Only processes this session started (host token only).
     #[arg(long)]
     pub originated_by: Option<String>,
     /// Only waiting (true) or not waiting (false) processes.
@@ -195,12 +453,41 @@ pub struct LsArgs {
     /// Originator scope id (`host`, `session:ID`, ...).
     #[arg(long)]
     pub originator: Option<String>,
-    /// Only ids after this one (pagination).
+    /// One page in id order after this id (the server's pagination) instead of newest first.
     #[arg(long)]
     pub after_id: Option<String>,
-    /// Page size.
+    /// Show at most this many (newest first; with `--after-id`, the server's page size).
     #[arg(long)]
     pub limit: Option<usize>,
+    /// `--server`, `--token`, `--json`.
+    #[command(flatten)]
+    pub client: ClientOpts,
+}
+
+/// `cairn complete`: one of `--value`, `--failure` or `--outcome`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("result").required(true).args(["value", "failure", "outcome"])))]
+pub struct CompleteArgs {
+    /// Process id.
+    pub id: String,
+    /// Succeed with this JSON value.
+    #[arg(long)]
+    pub value: Option<String>,
+    /// Fail with this code (class `process`).
+    #[arg(long, value_name = "CODE")]
+    pub failure: Option<String>,
+    /// The failure's message.
+    #[arg(long, requires = "failure")]
+    pub message: Option<String>,
+    /// A whole outcome as JSON: `{"type": "success", "value"}`, `{"type": "failure", "class", "code", "message"}` or `{"type": "cancelled", "message"}`.
+    #[arg(long)]
+    pub outcome: Option<String>,
+    /// Who completes it (recorded; defaults to the caller).
+    #[arg(long)]
+    pub authority: Option<String>,
+    /// `--server`, `--token`, `--json`.
+    #[command(flatten)]
+    pub client: ClientOpts,
 }
 
 /// `cairn prune` settings.
@@ -215,6 +502,9 @@ pub struct PruneArgs {
     /// Change-feed cursor a projector has read up to; without it, prune by cutoff alone.
     #[arg(long)]
     pub watermark: Option<u64>,
+    /// `--server`, `--token`, `--json`.
+    #[command(flatten)]
+    pub client: ClientOpts,
 }
 
 /// Parse `SESSION=TOKEN`.
@@ -231,6 +521,9 @@ pub fn parse_session_token(raw: &str) -> Result<(String, String), String> {
 /// under ten minutes on a 2-core machine.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
+    /// Print one JSON document with every figure instead of the table.
+    #[arg(long)]
+    pub json: bool,
     /// A scenario to run (repeatable; default all): throughput, await, signal, append, memory, suspended, scale.
     #[arg(long = "scenario", value_name = "NAME")]
     pub scenarios: Vec<String>,

@@ -1,30 +1,43 @@
-//! Human durations for flags: `250ms`, `30s`, `5m`, `2h`, `7d`, or bare milliseconds.
+//! Human durations for flags: `250ms`, `1.5s`, `5m`, `2h 30m`, `7d`, or bare milliseconds.
 
 use std::time::Duration;
 
-/// Parse `N`, `Nms`, `Ns`, `Nm`, `Nh` or `Nd` (bare numbers are milliseconds).
+/// Parse a duration the way `humantime` does (`500ms`, `30s`, `5m`, `2h 30m`, `7d`),
+/// plus decimal fractions of one unit (`1.5s`, `0.5h`) and bare numbers as
+/// milliseconds (what `--lease-ttl 30000` always meant).
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
-    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
-    let (digits, unit) = raw.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{raw}` is not a duration (use e.g. 500ms, 30s, 5m, 2h, 7d)"))?;
-    let ms_per_unit: u64 = match unit {
-        "" | "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        other => {
-            return Err(format!(
-                "unknown duration unit `{other}` in `{raw}` (use ms, s, m, h or d)"
-            ))
-        }
+    if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
+        return raw
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| format!("duration `{raw}` is too large"));
+    }
+    let hint = "use e.g. 500ms, 1.5s, 30s, 5m, 2h, 7d";
+    if let Some(d) = parse_fraction(raw) {
+        return d.ok_or_else(|| format!("duration `{raw}` is too large"));
+    }
+    humantime::parse_duration(raw).map_err(|e| format!("`{raw}` is not a duration ({e}; {hint})"))
+}
+
+/// `N.Mu` for one unit `u`: humantime takes integers only. `None` when `raw` is
+/// not of that form; `Some(None)` when it overflows.
+fn parse_fraction(raw: &str) -> Option<Option<Duration>> {
+    let split = raw.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = raw.split_at(split);
+    if !number.contains('.') || number.starts_with('.') || number.ends_with('.') {
+        return None;
+    }
+    let value: f64 = number.parse().ok()?;
+    let unit_secs = match unit.trim() {
+        "ms" => 0.001,
+        "s" | "sec" | "secs" => 1.0,
+        "m" | "min" | "mins" => 60.0,
+        "h" | "hr" | "hrs" => 3600.0,
+        "d" | "day" | "days" => 86_400.0,
+        _ => return None,
     };
-    n.checked_mul(ms_per_unit)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("duration `{raw}` is too large"))
+    Some(Duration::try_from_secs_f64(value * unit_secs).ok())
 }
 
 #[cfg(test)]
@@ -32,15 +45,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_units() {
+    fn parses_units_fractions_and_bare_milliseconds() {
         assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0.5h"), Ok(Duration::from_secs(1800)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("2h 30m"), Ok(Duration::from_secs(9000)));
         assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("5x").is_err());
-        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_duration() {
+        for bad in ["", "5x", "s", "1.5", ".5s", "1.s", "-1s", "1e400s"] {
+            assert!(parse_duration(bad).is_err(), "{bad} was accepted");
+        }
+        assert!(parse_duration("99999999999999999999").is_err());
     }
 }

@@ -6,6 +6,7 @@
 //! - [`server`]: routes, auth, SSE, metrics, OpenAPI and graceful shutdown.
 //! - [`client`]: the CLI client commands.
 //! - [`bench`]: `cairn bench`, measured figures over real backends.
+//! - [`reference`]: `docs/reference.md`, rendered from the code.
 
 #![warn(missing_docs)]
 
@@ -14,4 +15,5 @@ pub mod cli;
 pub mod client;
 pub mod db;
 pub mod duration;
+pub mod reference;
 pub mod server;

@@ -14,6 +14,21 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Client options before a non-client command would be ignored; a host token
+    // ignored would leave the server open, so say so instead.
+    if matches!(
+        cli.command,
+        Command::Serve(_) | Command::Bench(_) | Command::BenchChild(_)
+    ) {
+        let c = &cli.client;
+        if c.server.is_some() || c.token.is_some() || c.json {
+            eprintln!(
+                "error: --server, --token and --json before the command are client options; \
+                 give the command's own flags after it (e.g. `cairn serve --token T`, `cairn bench --json`)"
+            );
+            return ExitCode::from(2);
+        }
+    }
     let serving = matches!(cli.command, Command::Serve(_));
     // The server logs at info by default; client commands only say what went wrong.
     let default_filter = if serving { "info" } else { "warn" };
@@ -33,16 +48,30 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => match cairn::server::serve(args, cli.token).await {
+            Command::Serve(args) => match cairn::server::serve(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("cairn serve: {e}");
                     ExitCode::FAILURE
                 }
             },
-            Command::Bench(args) => cairn::bench::run(args, cli.json).await,
+            Command::Bench(args) => {
+                let json = args.json;
+                cairn::bench::run(args, json).await
+            }
+            Command::Completions { shell } => {
+                let mut command = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut command, "cairn", &mut std::io::stdout());
+                ExitCode::SUCCESS
+            }
             Command::BenchChild(args) => cairn::bench::child::run(args).await,
-            command => cairn::client::run(&cli.server, cli.token.as_deref(), cli.json, command).await,
+            command => {
+                let opts = command.client_opts().map(|c| c.resolve(&cli.client));
+                match opts {
+                    Some(opts) => cairn::client::run(&opts, command).await,
+                    None => ExitCode::FAILURE,
+                }
+            }
         }
     })
 }

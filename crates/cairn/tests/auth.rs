@@ -66,8 +66,11 @@ async fn session_tokens_see_only_their_grants() {
     assert_eq!((s, page["processes"].clone()), (200, json!([])));
     let (s, page) = s1.get("/v1/processes?status=any&granted_to=s2").await;
     assert_eq!((s, page["processes"].clone()), (200, json!([])));
-    let (s, err) = s1.get("/v1/processes?originated_by=s2").await;
-    assert_eq!((s, code(&err)), (400, "invalid_filter"));
+    // The provenance lens is host-only: 403, as the README says, for any session named.
+    for lens in ["originated_by=s2", "originated_by=s1"] {
+        let (s, err) = s1.get(&format!("/v1/processes?{lens}")).await;
+        assert_eq!((s, code(&err)), (403, "forbidden"), "{lens}");
+    }
     // A session's SSE request is refused the same way.
     let r = s1
         .http
@@ -150,6 +153,31 @@ async fn session_tokens_see_only_their_grants() {
     assert_eq!(s1.get("/v1/sessions/s1/wakes").await.0, 200);
     assert_eq!(host.get("/v1/sessions/s2/wakes").await.0, 200);
     assert_eq!(host.get("/metrics").await.0, 200);
+
+    // A pruned id of another session: s1 learns it is taken (409), not how it ended.
+    let gone = json!({"id": "gone-1", "input": {"type": "external"}, "disposition": "externally_owned",
+                      "grant": {"session_scope": {"session_id": "s2"}}});
+    assert_eq!(host.start(gone.clone()).await.0, 201);
+    let (s, _) = host
+        .post(
+            "/v1/processes/gone-1/complete",
+            json!({"outcome": {"type": "success", "value": 1}}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, rep) = host
+        .post(
+            "/v1/prune",
+            json!({"cutoff_ms": u64::MAX / 2, "watermark": {"type": "no_projector"}}),
+        )
+        .await;
+    assert!(s == 200 && rep["pruned"].as_u64() >= Some(1), "{rep}");
+    let (s, err) = s1.start(gone.clone()).await;
+    assert_eq!((s, code(&err)), (409, "registration_conflict"), "{err}");
+    assert!(err["error"].get("tombstone").is_none(), "{err}");
+    let (s, err) = host.start(gone).await;
+    assert_eq!((s, code(&err)), (410, "no_longer_retained"));
+    assert_eq!(err["error"]["tombstone"]["status"], "completed");
 }
 
 #[test]

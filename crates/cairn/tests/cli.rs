@@ -163,7 +163,18 @@ async fn cli_drives_the_server() {
     // An unreachable server is exit 1 with a message.
     let out = common::run_cli("http://127.0.0.1:9", None, &["ls"], None).await;
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("cannot talk to the server"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("cannot reach the server at http://127.0.0.1:9: Connection refused"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("hint: is `cairn serve` running at http://127.0.0.1:9?"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -569,4 +569,48 @@ async fn health_metrics_and_openapi() {
     }
     assert!(doc["components"]["schemas"]["StartRequest"]["properties"]["disposition"].is_object());
     assert!(doc["components"]["schemas"]["Outcome"].is_object());
+
+    // Auth, every answer, and the limits the server enforces are in the document.
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    let start = &doc["paths"]["/v1/processes"]["post"];
+    assert_eq!(start["operationId"], "start_process");
+    for status in ["201", "400", "401", "409", "413", "415", "500", "503"] {
+        assert!(start["responses"][status].is_object(), "start lacks {status}");
+    }
+    let after = doc["paths"]["/v1/processes/{id}/events"]["get"]["parameters"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "after"))
+        .expect("after")
+        .clone();
+    assert_eq!(after["schema"]["maximum"], json!(i64::MAX));
+    let tools: Vec<Value> = doc["components"]["schemas"]["ProcessInput"]["oneOf"]
+        .as_array()
+        .expect("variants")
+        .iter()
+        .filter_map(|v| v.pointer("/properties/tool/enum/0").cloned())
+        .collect();
+    assert!(
+        tools.contains(&json!("shell")) && tools.contains(&json!("echo")),
+        "{tools:?}"
+    );
+
+    // Cursors above the int64 range are refused, not wrapped.
+    let too_big = "9223372036854775808";
+    for path in [
+        format!("/v1/processes/e/events?after={too_big}"),
+        format!("/v1/changes?cursor={too_big}"),
+        format!("/v1/processes/e/await?timeout_ms={too_big}"),
+    ] {
+        let (s, err) = c.get(&path).await;
+        assert_eq!((s, code(&err)), (400, "invalid_request"), "{path}");
+    }
+    let (s, _) = c.get("/v1/processes/e/events?after=9223372036854775807").await;
+    assert_eq!(s, 200);
+    let (s, err) = c
+        .post(
+            "/v1/prune",
+            json!({"cutoff_ms": 0, "watermark": {"type": "cursor", "cursor": u64::MAX}}),
+        )
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"));
 }

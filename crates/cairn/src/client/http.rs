@@ -1,4 +1,4 @@
-//! A small JSON/SSE client for the cairn HTTP API.
+//! A small JSON/SSE client for the cairn HTTP API (SSE parsed by `sse-stream`).
 
 use std::time::Duration;
 
@@ -10,7 +10,15 @@ use serde_json::Value;
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The server could not be reached or the connection broke.
+    /// No connection could be made to the server.
+    #[error("cannot reach the server at {server}: {}", root_cause(.source))]
+    Unreachable {
+        /// The base URL tried.
+        server: String,
+        /// Why (the innermost cause, e.g. "Connection refused").
+        source: reqwest::Error,
+    },
+    /// The connection broke or the answer could not be read.
     #[error("cannot talk to the server: {0}")]
     Http(#[from] reqwest::Error),
     /// The server answered with an error body.
@@ -26,6 +34,49 @@ pub enum ClientError {
     /// The command line or its input is wrong.
     #[error("{0}")]
     Usage(String),
+    /// The server stopped answering partway (a stream that could not be resumed,
+    /// a wait it ended early).
+    #[error("{0}")]
+    Interrupted(String),
+}
+
+impl ClientError {
+    /// The CLI's exit code for this error: 2 for bad input (ours, or refused by the
+    /// server as invalid: 400, 413, 415), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) => 2,
+            Self::Api {
+                status: 400 | 413 | 415,
+                ..
+            } => 2,
+            _ => 1,
+        }
+    }
+
+    /// What to try next, when there is something to say.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::Unreachable { server, .. } => Some(format!(
+                "is `cairn serve` running at {server}? Start it with `cairn serve`, \
+                 or point the client elsewhere with --server or CAIRN_SERVER"
+            )),
+            Self::Api { code, message, .. } if code == "unknown_tool" && message.contains("shell") => {
+                Some("the server runs the `shell` tool only when started with `--allow-shell`".into())
+            }
+            Self::Api { status: 401, .. } => Some("pass the server's token with --token or CAIRN_TOKEN".into()),
+            _ => None,
+        }
+    }
+}
+
+/// The innermost cause of an error, for a one-line message ("Connection refused").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 /// A connection to one server.
@@ -36,17 +87,16 @@ pub struct Client {
     token: Option<String>,
 }
 
+/// Everything but RFC 3986's unreserved characters is escaped in a path segment.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Percent-encode one path segment (ids may hold `/`, `?`, spaces, ...).
 pub fn segment(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for b in raw.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(raw, SEGMENT).to_string()
 }
 
 /// A query string from pairs (without the leading `?`).
@@ -79,8 +129,20 @@ impl Client {
         }
     }
 
-    async fn send(rb: RequestBuilder) -> Result<(StatusCode, Value), ClientError> {
-        let resp = rb.send().await?;
+    /// A failed send: `Unreachable` when no connection could be made.
+    fn send_error(&self, e: reqwest::Error) -> ClientError {
+        if e.is_connect() {
+            ClientError::Unreachable {
+                server: self.base.clone(),
+                source: e,
+            }
+        } else {
+            ClientError::Http(e)
+        }
+    }
+
+    async fn send(&self, rb: RequestBuilder) -> Result<(StatusCode, Value), ClientError> {
+        let resp = rb.send().await.map_err(|e| self.send_error(e))?;
         let status = resp.status();
         let bytes = resp.bytes().await?;
         let body: Value = if bytes.is_empty() {
@@ -97,12 +159,12 @@ impl Client {
 
     /// `GET path`, answering the JSON body.
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
-        Ok(Self::send(self.request(reqwest::Method::GET, path)).await?.1)
+        Ok(self.send(self.request(reqwest::Method::GET, path)).await?.1)
     }
 
     /// `POST path` with a JSON body, answering the status and the JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> Result<(StatusCode, Value), ClientError> {
-        Self::send(self.request(reqwest::Method::POST, path).json(body)).await
+        self.send(self.request(reqwest::Method::POST, path).json(body)).await
     }
 
     /// Follow a process's events over SSE from `after`, calling `on_event` with each
@@ -111,7 +173,7 @@ impl Client {
     pub async fn follow(&self, id: &str, after: u64, mut on_event: impl FnMut(&Value)) -> Result<(), ClientError> {
         let path = format!("/v1/processes/{}/events", segment(id));
         let mut last = after;
-        let mut failures = 0u32;
+        let mut retries = reconnect_delays();
         loop {
             let attempt = async {
                 let resp = self
@@ -119,38 +181,40 @@ impl Client {
                     .header(ACCEPT, "text/event-stream")
                     .header("Last-Event-ID", last.to_string())
                     .send()
-                    .await?;
+                    .await
+                    .map_err(|e| self.send_error(e))?;
                 let status = resp.status();
                 if !status.is_success() {
                     let body = resp.json::<Value>().await.unwrap_or(Value::Null);
                     return Err(api_error(status.as_u16(), &body));
                 }
-                let mut stream = resp.bytes_stream();
-                let mut parser = SseParser::default();
-                while let Some(chunk) = stream.next().await {
-                    for ev in parser.push(&chunk?) {
-                        if ev.event.as_deref() == Some("error") {
-                            let body: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
-                            let status = body.pointer("/error/status").and_then(Value::as_u64).unwrap_or(500);
-                            return Err(api_error(u16::try_from(status).unwrap_or(500), &body));
-                        }
-                        let Ok(event) = serde_json::from_str::<Value>(&ev.data) else {
-                            continue;
-                        };
-                        if let Some(seq) = event.get("sequence").and_then(Value::as_u64) {
-                            last = seq;
-                        }
-                        on_event(&event);
-                        if event.pointer("/semantics/terminal").is_some() {
-                            return Ok(true);
-                        }
+                let mut stream = sse_stream::SseStream::from_bytes_stream(resp.bytes_stream());
+                while let Some(item) = stream.next().await {
+                    let ev = item.map_err(|e| ClientError::Interrupted(format!("event stream of {id}: {e}")))?;
+                    // Comments (keep-alives) carry no data.
+                    let Some(data) = ev.data else { continue };
+                    if ev.event.as_deref() == Some("error") {
+                        let body: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                        let status = body.pointer("/error/status").and_then(Value::as_u64).unwrap_or(500);
+                        return Err(api_error(u16::try_from(status).unwrap_or(500), &body));
+                    }
+                    let Ok(event) = serde_json::from_str::<Value>(&data) else {
+                        continue;
+                    };
+                    if let Some(seq) = event.get("sequence").and_then(Value::as_u64) {
+                        last = seq;
+                    }
+                    on_event(&event);
+                    if event.pointer("/semantics/terminal").is_some() {
+                        return Ok(true);
                     }
                 }
                 Ok(false)
             };
             match attempt.await {
                 Ok(true) => return Ok(()),
-                Ok(false) | Err(ClientError::Http(_)) if failures < 5 => {
+                Ok(false)
+                | Err(ClientError::Http(_) | ClientError::Unreachable { .. } | ClientError::Interrupted(_)) => {
                     // The stream ended without the terminal: done if the log ends here, else resume.
                     if let Ok(record) = self.get(&format!("/v1/processes/{}", segment(id))).await {
                         let terminal = record.get("status").and_then(Value::as_str) != Some("running");
@@ -159,14 +223,30 @@ impl Client {
                             return Ok(());
                         }
                     }
-                    failures += 1;
-                    tokio::time::sleep(Duration::from_millis(250 * u64::from(failures))).await;
+                    match retries.next() {
+                        Some(delay) => tokio::time::sleep(delay).await,
+                        None => {
+                            return Err(ClientError::Interrupted(format!(
+                                "lost the event stream of {id} and could not resume it"
+                            )))
+                        }
+                    }
                 }
-                Ok(false) => return Err(ClientError::Usage("event stream kept closing early".into())),
                 Err(e) => return Err(e),
             }
         }
     }
+}
+
+/// Waits between attempts to resume a broken event stream: long enough to ride
+/// out a server restart (about 40 s in all), short at first for a dropped proxy.
+fn reconnect_delays() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(5))
+        .with_max_times(12)
+        .build()
 }
 
 fn api_error(status: u16, body: &Value) -> ClientError {
@@ -183,85 +263,9 @@ fn api_error(status: u16, body: &Value) -> ClientError {
     ClientError::Api { status, code, message }
 }
 
-/// One dispatched SSE event.
-#[derive(Debug, Default, PartialEq)]
-pub struct SseEvent {
-    /// The `event:` field.
-    pub event: Option<String>,
-    /// The `id:` field.
-    pub id: Option<String>,
-    /// The `data:` lines joined by newlines.
-    pub data: String,
-}
-
-/// An incremental `text/event-stream` parser.
-#[derive(Default)]
-pub struct SseParser {
-    buf: Vec<u8>,
-    current: SseEvent,
-    has_data: bool,
-}
-
-impl SseParser {
-    /// Feed bytes; answers the events completed by them.
-    pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
-        self.buf.extend_from_slice(chunk);
-        let mut out = Vec::new();
-        while let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
-            let mut line: Vec<u8> = self.buf.drain(..=nl).collect();
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            let line = String::from_utf8_lossy(&line);
-            if line.is_empty() {
-                if self.has_data {
-                    out.push(std::mem::take(&mut self.current));
-                } else {
-                    self.current = SseEvent::default();
-                }
-                self.has_data = false;
-                continue;
-            }
-            if line.starts_with(':') {
-                continue;
-            }
-            let (field, value) = match line.split_once(':') {
-                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-                None => (line.as_ref(), ""),
-            };
-            match field {
-                "data" => {
-                    if self.has_data {
-                        self.current.data.push('\n');
-                    }
-                    self.current.data.push_str(value);
-                    self.has_data = true;
-                }
-                "event" => self.current.event = Some(value.to_string()),
-                "id" => self.current.id = Some(value.to_string()),
-                _ => {}
-            }
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_sse_in_pieces() {
-        let mut p = SseParser::default();
-        assert!(p.push(b"id: 1\nda").is_empty());
-        let evs = p.push(b"ta: {\"a\":1}\n\n: keep-alive\n\nevent: error\r\ndata: x\r\ndata: y\r\n\r\n");
-        assert_eq!(evs.len(), 2);
-        assert_eq!(evs[0].id.as_deref(), Some("1"));
-        assert_eq!(evs[0].data, "{\"a\":1}");
-        assert_eq!(evs[1].event.as_deref(), Some("error"));
-        assert_eq!(evs[1].data, "x\ny");
-    }
 
     #[test]
     fn encodes_segments() {

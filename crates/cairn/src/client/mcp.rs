@@ -28,6 +28,9 @@ struct Forwarding {
 fn failure(e: ClientError) -> Failure {
     match e {
         ClientError::Api { code, message, .. } => Failure::new(code, message),
+        e @ (ClientError::Unreachable { .. } | ClientError::Interrupted(_)) => {
+            Failure::new("unavailable", e.to_string())
+        }
         ClientError::Http(e) => Failure::new("unavailable", format!("cannot reach the cairn server: {e}")),
         ClientError::Usage(message) => Failure::new("invalid_request", message),
     }

@@ -1,37 +1,44 @@
-//! The CLI client commands: each is one or two HTTP calls, printed as a table
-//! (or raw JSON with `--json`).
+//! The CLI client commands: each is one or a few HTTP calls, printed as a table
+//! (or one JSON document with `--json`).
 //!
 //! Exit codes: 0 on success; 1 when the server answered an error or could not
-//! be reached; 2 for bad input; `await` answers 3 when the process is still
-//! running at the timeout; `run` answers the command's own exit code.
+//! be reached; 2 for bad input (the command line, or a request the server refused
+//! as invalid: HTTP 400, 413 or 415); `await` answers 3 when the process is still
+//! running at the timeout; `run` answers the command's own exit code (130 when
+//! interrupted by Ctrl-C).
 
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::cli::{Command, LsArgs, PruneArgs, RunArgs};
+use crate::cli::{Command, CompleteArgs, LsArgs, PruneArgs, ResolvedClient, RunArgs};
 
 pub mod http;
 pub mod mcp;
 
 use http::{query, segment, Client, ClientError};
 
-/// Run one client command against `server`.
-pub async fn run(server: &str, token: Option<&str>, json: bool, command: Command) -> ExitCode {
-    let result = match Client::new(server, token) {
-        Ok(client) => execute(&client, json, command).await,
+/// Exit code: the process was still running when `await` timed out.
+pub const EXIT_STILL_RUNNING: u8 = 3;
+/// Exit code: `run` was interrupted by Ctrl-C (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Run one client command.
+pub async fn run(opts: &ResolvedClient, command: Command) -> ExitCode {
+    let result = match Client::new(&opts.server, opts.token.as_deref()) {
+        Ok(client) => execute(&client, opts.json, command).await,
         Err(e) => Err(e),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
-            match e {
-                ClientError::Usage(_) => ExitCode::from(2),
-                _ => ExitCode::FAILURE,
+            if let Some(hint) = e.hint() {
+                eprintln!("hint: {hint}");
             }
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -40,17 +47,21 @@ fn proc_path(id: &str) -> String {
     format!("/v1/processes/{}", segment(id))
 }
 
+fn parse_json_arg(what: &str, raw: &str) -> Result<Value, ClientError> {
+    serde_json::from_str(raw).map_err(|e| ClientError::Usage(format!("{what} is not JSON: {e}")))
+}
+
 async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCode, ClientError> {
     match command {
-        Command::Serve(_) => Err(ClientError::Usage("`serve` is not a client command".into())),
-        Command::Bench(_) | Command::BenchChild(_) => Err(ClientError::Usage("`bench` is not a client command".into())),
-        Command::Start { body } => {
+        Command::Serve(_) | Command::Bench(_) | Command::BenchChild(_) | Command::Completions { .. } => {
+            Err(ClientError::Usage("not a client command".into()))
+        }
+        Command::Start { body, .. } => {
             let raw = match body.as_deref() {
                 None | Some("-") => read_stdin()?,
                 Some(s) => s.to_string(),
             };
-            let body: Value = serde_json::from_str(&raw)
-                .map_err(|e| ClientError::Usage(format!("start request is not JSON: {e}")))?;
+            let body = parse_json_arg("the start request", &raw)?;
             let (status, record) = client.post("/v1/processes", &body).await?;
             if json {
                 print_json(&record);
@@ -65,9 +76,9 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run_command(client, json, args).await,
-        Command::Mcp => mcp::serve(client).await,
+        Command::Mcp { .. } => mcp::serve(client).await,
         Command::Ls(args) => ls(client, json, args).await,
-        Command::Get { id } => {
+        Command::Get { id, .. } => {
             let record = client.get(&proc_path(&id)).await?;
             if json {
                 print_json(&record);
@@ -76,8 +87,9 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Events { id, after, follow } => {
+        Command::Events { id, after, follow, .. } => {
             if follow {
+                // A stream has no end to wait for before printing: one JSON event per line.
                 client
                     .follow(&id, after, |event| {
                         if json {
@@ -88,56 +100,46 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                         let _ = std::io::stdout().flush();
                     })
                     .await?;
-            } else {
-                let mut after = after;
-                loop {
-                    let page = client
-                        .get(&format!(
-                            "{}/events?{}",
-                            proc_path(&id),
-                            query([("after", after.to_string())])
-                        ))
-                        .await?;
-                    for event in page.get("events").and_then(Value::as_array).into_iter().flatten() {
-                        if json {
-                            println!("{event}");
-                        } else {
-                            print_event_row(event);
-                        }
-                    }
-                    match page.get("next_after").and_then(Value::as_u64) {
-                        Some(next) if next > after => after = next,
-                        _ => break,
-                    }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut after = after;
+            let mut events = Vec::new();
+            loop {
+                let page = client
+                    .get(&format!(
+                        "{}/events?{}",
+                        proc_path(&id),
+                        query([("after", after.to_string())])
+                    ))
+                    .await?;
+                let batch = page
+                    .get("events")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                if !json {
+                    batch.iter().for_each(print_event_row);
                 }
+                events.extend(batch);
+                match page.get("next_after").and_then(Value::as_u64) {
+                    Some(next) if next > after => after = next,
+                    _ => break,
+                }
+            }
+            if json {
+                print_json(&json!({ "events": events }));
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Await { id, timeout } => {
-            let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-            let record = client
-                .get(&format!(
-                    "{}/await?{}",
-                    proc_path(&id),
-                    query([("timeout_ms", ms.to_string())])
-                ))
-                .await?;
-            if json {
-                print_json(&record);
-            } else {
-                print_record(&record);
-            }
-            let running = str_at(&record, "/status") == "running";
-            Ok(if running { ExitCode::from(3) } else { ExitCode::SUCCESS })
-        }
+        Command::Await { id, timeout, .. } => await_command(client, json, &id, timeout).await,
         Command::Signal {
             id,
             name,
             signal_id,
             payload,
+            ..
         } => {
-            let payload: Value = serde_json::from_str(&payload)
-                .map_err(|e| ClientError::Usage(format!("--payload is not JSON: {e}")))?;
+            let payload = parse_json_arg("--payload", &payload)?;
             let signal_id = signal_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
             let body = json!({"signal_id": signal_id, "payload": payload});
             let (_, event) = client
@@ -155,7 +157,38 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Cancel { id, reason } => {
+        Command::Append {
+            id,
+            event_type,
+            payload,
+            replay_key,
+            ..
+        } => {
+            let payload = parse_json_arg("--payload", &payload)?;
+            let mut body = json!({"event_type": event_type, "payload": payload});
+            if let Some(key) = replay_key {
+                body["replay_key"] = Value::String(key);
+            }
+            let (_, answer) = client.post(&format!("{}/events", proc_path(&id)), &body).await?;
+            if json {
+                print_json(&answer);
+            } else {
+                let replayed = if answer.get("replayed").and_then(Value::as_bool) == Some(true) {
+                    " (a replay: the original event)"
+                } else {
+                    ""
+                };
+                println!(
+                    "{} recorded on {} as event {}{replayed}",
+                    str_at(&answer, "/event/event_type"),
+                    str_at(&answer, "/event/process_id"),
+                    num_at(&answer, "/event/sequence")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Complete(args) => complete(client, json, args).await,
+        Command::Cancel { id, reason, .. } => {
             let body = match reason {
                 Some(r) => json!({"reason": r}),
                 None => json!({}),
@@ -172,6 +205,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             id,
             reason,
             requested_by,
+            ..
         } => {
             let mut body = json!({"reason": reason});
             if let Some(by) = requested_by {
@@ -191,8 +225,69 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Transfer {
+            from,
+            from_frame,
+            to,
+            to_frame,
+            ids,
+            ..
+        } => {
+            let scope = |session: String, frame: Option<String>| match frame {
+                Some(f) => json!({"session_id": session, "agent_frame_id": f}),
+                None => json!({"session_id": session}),
+            };
+            let body = json!({"from": scope(from, from_frame), "to": scope(to, to_frame), "process_ids": ids});
+            let (_, report) = client.post("/v1/grants/transfer", &body).await?;
+            if json {
+                print_json(&report);
+            } else {
+                let list = |p: &str| {
+                    report
+                        .get(p)
+                        .and_then(Value::as_array)
+                        .map(|a| a.iter().map(|v| str_at(v, "")).collect::<Vec<_>>().join(", "))
+                        .unwrap_or_default()
+                };
+                println!("moved: {}", list("moved"));
+                let not_granted = list("not_granted");
+                if !not_granted.is_empty() {
+                    println!("not granted to the source (left alone): {not_granted}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Changes { cursor, limit, .. } => {
+            let mut pairs = vec![("cursor", cursor.to_string())];
+            if let Some(l) = limit {
+                pairs.push(("limit", l.to_string()));
+            }
+            let page = client.get(&format!("/v1/changes?{}", query(pairs))).await?;
+            if json {
+                print_json(&page);
+            } else {
+                let rows: Vec<Vec<String>> = page
+                    .get("changes")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(|c| {
+                        vec![
+                            num_at(c, "/cursor"),
+                            str_at(c, "/process/id"),
+                            str_at(c, "/process/status"),
+                            num_at(c, "/process/last_sequence"),
+                            age(c.pointer("/process/updated_at_ms")),
+                        ]
+                    })
+                    .collect();
+                print_table(&["CURSOR", "ID", "STATUS", "EVENTS", "UPDATED"], &rows);
+                eprintln!("(next: --cursor {})", num_at(&page, "/next_cursor"));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Prune(args) => prune(client, json, args).await,
-        Command::Wakes { session } => {
+        Command::Wakes { session, .. } => {
             let page = client.get(&format!("/v1/sessions/{}/wakes", segment(&session))).await?;
             if json {
                 print_json(&page);
@@ -217,7 +312,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ack { session, wake_id } => {
+        Command::Ack { session, wake_id, .. } => {
             let (_, answer) = client
                 .post(
                     &format!("/v1/sessions/{}/wakes/{}/ack", segment(&session), segment(&wake_id)),
@@ -236,13 +331,134 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
     }
 }
 
+/// `await`: one request per server cap (`--max-await`) until the process ends or
+/// the caller's whole timeout has passed, so a long timeout is never cut short.
+async fn await_command(client: &Client, json: bool, id: &str, timeout: Duration) -> Result<ExitCode, ClientError> {
+    let deadline = Instant::now() + timeout;
+    let record = loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let asked = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX);
+        let sent = Instant::now();
+        let record = client
+            .get(&format!(
+                "{}/await?{}",
+                proc_path(id),
+                query([("timeout_ms", asked.to_string())])
+            ))
+            .await?;
+        if str_at(&record, "/status") != "running" || Instant::now() >= deadline {
+            break record;
+        }
+        // The server answered "running" before our deadline: its cap, or it is
+        // shutting down. A cap answers after waiting; a shutdown answers at once.
+        if sent.elapsed() < Duration::from_millis(50) && asked >= 1000 {
+            return Err(ClientError::Interrupted(format!(
+                "the server ended the wait early (is it shutting down?); {id} is still running"
+            )));
+        }
+    };
+    if json {
+        print_json(&record);
+    } else {
+        print_record(&record);
+    }
+    if str_at(&record, "/status") == "running" {
+        eprintln!(
+            "timed out after {}: {id} is still running (exit code {EXIT_STILL_RUNNING})",
+            humantime::format_duration(timeout)
+        );
+        return Ok(ExitCode::from(EXIT_STILL_RUNNING));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether stdin carries data `run` would silently drop: a non-empty file, or a
+/// pipe or socket with input (or its end) within 100 ms. A terminal, `/dev/null`,
+/// or a pipe nobody writes to (`ssh host cairn run ...`) is fine: nothing is being sent.
+fn stdin_has_input() -> bool {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileTypeExt;
+    let stdin = std::io::stdin();
+    let Ok(fd) = stdin.as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    let Ok(meta) = std::fs::File::from(fd).metadata() else {
+        return false;
+    };
+    let kind = meta.file_type();
+    if kind.is_file() {
+        return meta.len() > 0;
+    }
+    if !(kind.is_fifo() || kind.is_socket()) {
+        return false;
+    }
+    let handle = stdin.as_fd();
+    let mut fds = [nix::poll::PollFd::new(handle, nix::poll::PollFlags::POLLIN)];
+    match nix::poll::poll(&mut fds, 100u8) {
+        Ok(n) if n > 0 => {
+            // Readable: either data (refuse) or the writer's end (nothing was sent).
+            let mut byte = [0u8; 1];
+            matches!(stdin.lock().read(&mut byte), Ok(n) if n > 0)
+        }
+        _ => false,
+    }
+}
+
+/// The `env` of the shell tool's args: `--env-all` first, then each `--env`.
+fn forwarded_env(args: &RunArgs) -> Result<serde_json::Map<String, Value>, ClientError> {
+    let mut env = serde_json::Map::new();
+    if args.env_all {
+        // Variables that are not UTF-8 cannot travel in JSON; they are left out.
+        for (k, v) in std::env::vars_os() {
+            if let (Some(k), Some(v)) = (k.to_str(), v.to_str()) {
+                env.insert(k.to_string(), Value::String(v.to_string()));
+            }
+        }
+    }
+    for item in &args.env {
+        let (key, value) = match item.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => {
+                let value = std::env::var(item).map_err(|_| {
+                    ClientError::Usage(format!("--env {item}: `{item}` is not set (or not UTF-8) here"))
+                })?;
+                (item.clone(), value)
+            }
+        };
+        if key.is_empty() {
+            return Err(ClientError::Usage(format!("--env {item}: the name is empty")));
+        }
+        env.insert(key, Value::String(value));
+    }
+    Ok(env)
+}
+
 async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitCode, ClientError> {
+    if stdin_has_input() {
+        return Err(ClientError::Usage(
+            "`cairn run` does not forward stdin: the command runs on the server with stdin closed. \
+             Pass input as an argument or a file, or run with `< /dev/null`"
+                .into(),
+        ));
+    }
     let id = args
         .id
+        .clone()
         .unwrap_or_else(|| format!("run-{}", uuid::Uuid::new_v4().simple()));
     let mut tool_args = json!({"argv": args.argv});
-    if let Some(cwd) = args.cwd {
+    let cwd = match &args.cwd {
+        Some(cwd) => Some(cwd.clone()),
+        None => std::env::current_dir()
+            .ok()
+            .and_then(|d| d.to_str().map(str::to_string)),
+    };
+    if let Some(cwd) = cwd {
         tool_args["cwd"] = Value::String(cwd);
+    }
+    let env = forwarded_env(&args)?;
+    if !env.is_empty() {
+        tool_args["env"] = Value::Object(env);
     }
     if let Some(t) = args.timeout {
         tool_args["timeout_ms"] = json!(u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
@@ -250,70 +466,141 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
     let body = json!({
         "id": id,
         "input": {"type": "tool_call", "tool": "shell", "args": tool_args},
-        "disposition": "owner_bound",
+        "disposition": args.disposition.wire(),
     });
-    let (_, record) = client.post("/v1/processes", &body).await?;
+    let (status, record) = client.post("/v1/processes", &body).await?;
+    let verb = if status.as_u16() == 201 {
+        "started"
+    } else {
+        "already started"
+    };
     if args.detach {
         if json {
             print_json(&record);
         } else {
             println!("{id}");
+            eprintln!(
+                "{verb} {id} in the background; follow it with `cairn events {id} --follow`, \
+                 wait with `cairn await {id}`, stop it with `cairn cancel {id}`"
+            );
         }
         return Ok(ExitCode::SUCCESS);
     }
+    if !json {
+        eprintln!("{verb} {id} (Ctrl-C cancels it)");
+    }
     // Output lines go where the command wrote them; the rest of the log is not the command's output.
-    client
-        .follow(&id, 0, |event| {
-            if json || event.get("event_type").and_then(Value::as_str) != Some("shell.output") {
-                return;
+    let follow = client.follow(&id, 0, |event| {
+        if json || event.get("event_type").and_then(Value::as_str) != Some("shell.output") {
+            return;
+        }
+        let to_stderr = event.pointer("/payload/stream").and_then(Value::as_str) == Some("stderr");
+        for line in event
+            .pointer("/payload/lines")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let text = line.as_str().map(str::to_string).unwrap_or_else(|| line.to_string());
+            if to_stderr {
+                eprintln!("{text}");
+            } else {
+                println!("{text}");
             }
-            let to_stderr = event.pointer("/payload/stream").and_then(Value::as_str) == Some("stderr");
-            for line in event
-                .pointer("/payload/lines")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let text = line.as_str().map(str::to_string).unwrap_or_else(|| line.to_string());
-                if to_stderr {
-                    eprintln!("{text}");
-                } else {
-                    println!("{text}");
+        }
+        let _ = std::io::stdout().flush();
+    });
+    let mut follow = std::pin::pin!(follow);
+    let mut interrupted = false;
+    loop {
+        tokio::select! {
+            done = &mut follow => {
+                done?;
+                break;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                if interrupted {
+                    eprintln!("stopped following {id}; its cancellation is recorded: `cairn await {id}` shows how it ended");
+                    return Ok(ExitCode::from(EXIT_INTERRUPTED));
+                }
+                interrupted = true;
+                let body = json!({"reason": "interrupted: Ctrl-C in `cairn run`"});
+                match client.post(&format!("{}/cancel", proc_path(&id)), &body).await {
+                    Ok(_) => eprintln!("cancelling {id} (Ctrl-C); waiting for it to stop (Ctrl-C again to stop waiting)"),
+                    Err(e) => eprintln!("could not cancel {id}: {e}"),
                 }
             }
-        })
-        .await?;
+        }
+    }
     let record = client.get(&proc_path(&id)).await?;
     if json {
         print_json(&record);
     }
-    Ok(exit_code_of(&record))
+    let code = exit_code_of(&record);
+    Ok(
+        if interrupted && record.pointer("/outcome/type").and_then(Value::as_str) == Some("cancelled") {
+            ExitCode::from(EXIT_INTERRUPTED)
+        } else {
+            code
+        },
+    )
 }
 
-/// The exit code a finished `run` reports: the command's own when the outcome carries it.
+/// The exit code a finished `run` reports: the command's own when the outcome
+/// carries it; otherwise 1, after saying on stderr how the process ended.
 fn exit_code_of(record: &Value) -> ExitCode {
     let outcome = record.get("outcome").unwrap_or(&Value::Null);
+    let id = str_at(record, "/id");
     match outcome.get("type").and_then(Value::as_str) {
         Some("success") => ExitCode::SUCCESS,
         Some("failure") => {
-            let code = outcome
-                .pointer("/raw/exit_code")
-                .and_then(Value::as_u64)
-                .and_then(|c| u8::try_from(c).ok())
-                .filter(|c| *c != 0)
-                .unwrap_or(1);
-            if outcome.pointer("/raw/exit_code").is_none() {
-                eprintln!("failed: {}: {}", str_at(outcome, "/code"), str_at(outcome, "/message"));
+            if let Some(code) = outcome.pointer("/raw/exit_code").and_then(Value::as_u64) {
+                return ExitCode::from(u8::try_from(code).ok().filter(|c| *c != 0).unwrap_or(1));
             }
-            ExitCode::from(code)
-        }
-        Some(other) => {
-            eprintln!("process ended {other}: {}", outcome);
+            eprintln!(
+                "{id} failed: {}: {}",
+                str_at(outcome, "/code"),
+                str_at(outcome, "/message")
+            );
             ExitCode::FAILURE
         }
-        None => ExitCode::FAILURE,
+        Some("cancelled") => {
+            eprintln!("{id} was cancelled: {}", str_at(outcome, "/message"));
+            ExitCode::FAILURE
+        }
+        Some("abandoned") => {
+            eprintln!("{id} was abandoned: {}", abandonment(outcome));
+            ExitCode::FAILURE
+        }
+        _ => {
+            eprintln!("{id} ended without an outcome ({})", str_at(record, "/status"));
+            ExitCode::FAILURE
+        }
     }
 }
+
+/// Why a process was abandoned, for humans.
+fn abandonment(outcome: &Value) -> String {
+    let owner = str_at(outcome, "/evidence/owner/owner_id");
+    let by = if owner.is_empty() {
+        String::new()
+    } else {
+        format!(" (worker {owner})")
+    };
+    match str_at(outcome, "/evidence/writer").as_str() {
+        "owner_drain" => format!(
+            "the server running it{by} shut down before it ended; owner_bound work is never run again \
+             (start it with `--disposition rerunnable` to have it re-run after a restart)"
+        ),
+        "sweep" => format!("its worker{by} was lost before it ended; owner_bound work is never run again"),
+        "reconciled_request" => format!("an abandon request was reconciled after its lease{by} lapsed"),
+        other => format!("writer {other}{by}"),
+    }
+}
+
+/// Newest first: `ls` walks the server's pages (id order) up to this many
+/// records, then sorts them by creation time.
+const LS_SCAN_LIMIT: usize = 10_000;
 
 async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, ClientError> {
     let mut pairs: Vec<(&str, String)> = Vec::new();
@@ -328,24 +615,76 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
     add("waiting", args.waiting.map(|w| w.to_string()));
     add("definition", args.definition);
     add("originator", args.originator);
-    add("after_id", args.after_id);
-    add("limit", args.limit.map(|l| l.to_string()));
-    let path = if pairs.is_empty() {
-        "/v1/processes".to_string()
-    } else {
-        format!("/v1/processes?{}", query(pairs))
-    };
-    let page = client.get(&path).await?;
+    let paged = args.after_id.is_some();
+    // `--after-id` is the server's own pagination: one page, in id order.
+    let mut rows: Vec<(Value, Option<Value>)> = Vec::new();
+    let mut truncated = None;
+    let mut after_id = args.after_id.clone();
+    loop {
+        let mut page_pairs = pairs.clone();
+        if let Some(a) = &after_id {
+            page_pairs.push(("after_id", a.clone()));
+        }
+        let size = if paged {
+            args.limit
+        } else {
+            Some(cairn_core::MAX_PAGE_SIZE)
+        };
+        if let Some(l) = size {
+            page_pairs.push(("limit", l.to_string()));
+        }
+        let page = client.get(&format!("/v1/processes?{}", query(page_pairs))).await?;
+        let processes = page
+            .get("processes")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let grants = page.get("grants").and_then(Value::as_array).cloned();
+        for (i, p) in processes.into_iter().enumerate() {
+            rows.push((p, grants.as_ref().and_then(|g| g.get(i).cloned())));
+        }
+        let next = page.get("next_after_id").and_then(Value::as_str).map(str::to_string);
+        if paged {
+            truncated = next;
+            break;
+        }
+        match next {
+            Some(n) if rows.len() < LS_SCAN_LIMIT => after_id = Some(n),
+            Some(n) => {
+                truncated = Some(n);
+                break;
+            }
+            None => break,
+        }
+    }
+    if !paged {
+        let created = |r: &Value| r.get("created_at_ms").and_then(Value::as_u64).unwrap_or(0);
+        rows.sort_by(|(a, _), (b, _)| {
+            created(b)
+                .cmp(&created(a))
+                .then_with(|| str_at(a, "/id").cmp(&str_at(b, "/id")))
+        });
+        if let Some(limit) = args.limit {
+            rows.truncate(limit);
+        }
+    }
     if json {
-        print_json(&page);
+        let has_grants = rows.iter().any(|(_, g)| g.is_some());
+        let (processes, grants): (Vec<Value>, Vec<Value>) =
+            rows.into_iter().map(|(p, g)| (p, g.unwrap_or(Value::Null))).unzip();
+        let mut doc = json!({ "processes": processes });
+        if has_grants {
+            doc["grants"] = Value::Array(grants);
+        }
+        if paged {
+            doc["next_after_id"] = truncated.map(Value::String).unwrap_or(Value::Null);
+        }
+        print_json(&doc);
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<Vec<String>> = page
-        .get("processes")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .map(|p| {
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(p, _)| {
             vec![
                 str_at(p, "/id"),
                 str_at(p, "/status"),
@@ -360,9 +699,39 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
             ]
         })
         .collect();
-    print_table(&["ID", "STATUS", "DISPOSITION", "DEFINITION", "AGE", "WAITING"], &rows);
-    if let Some(next) = page.get("next_after_id").and_then(Value::as_str) {
-        eprintln!("(more: --after-id {next})");
+    print_table(
+        &["ID", "STATUS", "DISPOSITION", "DEFINITION", "CREATED", "WAITING"],
+        &table,
+    );
+    match truncated {
+        Some(next) if paged => eprintln!("(more: --after-id {next})"),
+        Some(next) => eprintln!(
+            "(only the first {LS_SCAN_LIMIT} by id were sorted; narrow the filters or page with --after-id {next})"
+        ),
+        None => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn complete(client: &Client, json: bool, args: CompleteArgs) -> Result<ExitCode, ClientError> {
+    let outcome = match (&args.value, &args.failure, &args.outcome) {
+        (Some(v), None, None) => json!({"type": "success", "value": parse_json_arg("--value", v)?}),
+        (None, Some(code), None) => json!({
+            "type": "failure", "class": "process", "code": code,
+            "message": args.message.clone().unwrap_or_else(|| code.clone()),
+        }),
+        (None, None, Some(o)) => parse_json_arg("--outcome", o)?,
+        _ => return Err(ClientError::Usage("give one of --value, --failure or --outcome".into())),
+    };
+    let mut body = json!({ "outcome": outcome });
+    if let Some(a) = args.authority {
+        body["authority"] = Value::String(a);
+    }
+    let (_, record) = client.post(&format!("{}/complete", proc_path(&args.id)), &body).await?;
+    if json {
+        print_json(&record);
+    } else {
+        println!("{} is {}", args.id, str_at(&record, "/status"));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -436,7 +805,11 @@ fn print_record(r: &Value) {
         rows.push(("abandon request", req.to_string()));
     }
     if let Some(outcome) = r.get("outcome").filter(|o| !o.is_null()) {
-        rows.push(("outcome", outcome.to_string()));
+        let text = match outcome.get("type").and_then(Value::as_str) {
+            Some("abandoned") => format!("abandoned: {}", abandonment(outcome)),
+            _ => outcome.to_string(),
+        };
+        rows.push(("outcome", text));
     }
     for (k, v) in rows {
         println!("{k:<16} {v}");
@@ -445,38 +818,30 @@ fn print_record(r: &Value) {
 
 fn print_event_row(e: &Value) {
     println!(
-        "{:>5}  {:<28} {}",
+        "{:>5}  {}  {:<28} {}",
         num_at(e, "/sequence"),
+        timestamp(e.get("occurred_at_ms")),
         str_at(e, "/event_type"),
         one_line(&e.get("payload").map(Value::to_string).unwrap_or_default(), 160)
     );
 }
 
+/// A borderless table (`comfy-table`), columns two spaces apart, no trailing blanks.
 fn print_table(headers: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(headers.to_vec());
     for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
+        table.add_row(row.clone());
     }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(cell);
-            } else {
-                let pad = widths.get(i).copied().unwrap_or(0).saturating_sub(cell.chars().count());
-                s.push_str(cell);
-                s.push_str(&" ".repeat(pad + 2));
-            }
-        }
-        println!("{}", s.trim_end());
-    };
-    line(headers.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
+    let last = headers.len().saturating_sub(1);
+    for (i, column) in table.column_iter_mut().enumerate() {
+        column.set_padding((0, if i == last { 0 } else { 2 }));
+    }
+    for line in table.lines() {
+        println!("{}", line.trim_end());
     }
 }
 
@@ -543,7 +908,16 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A compact age ("42s ago") of an epoch-ms timestamp.
+/// An epoch-ms timestamp as RFC 3339 UTC with milliseconds.
+fn timestamp(ms: Option<&Value>) -> String {
+    match ms.and_then(Value::as_u64) {
+        Some(ms) => humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string(),
+        None => String::new(),
+    }
+}
+
+/// A compact age ("42s ago") of an epoch-ms timestamp (one unit, unlike
+/// humantime's "1m 12s 345ms", to keep table columns narrow).
 fn age(ms: Option<&Value>) -> String {
     let Some(ms) = ms.and_then(Value::as_u64) else {
         return String::new();

@@ -212,6 +212,33 @@ where
     }
 }
 
+/// Middleware: a body whose `Content-Length` is over the limit is refused with
+/// 413 before a byte of it is read (the connection is closed after the answer).
+pub async fn refuse_oversized(
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<super::AppState>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let limit = u64::try_from(state.limits.max_body_bytes).unwrap_or(u64::MAX);
+    match declared {
+        Some(len) if len > limit => ApiError {
+            close_connection: true,
+            ..ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body of {len} bytes is over the server's limit of {limit}"),
+            )
+        }
+        .into_response(),
+        _ => next.run(req).await,
+    }
+}
+
 fn body_rejection(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError {

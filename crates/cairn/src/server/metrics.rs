@@ -1,156 +1,243 @@
-//! A small Prometheus registry: counters and histograms rendered in the text
-//! exposition format. Hand-rolled to keep the dependency tree small.
+//! `/metrics`: counters, gauges and histograms in the OpenMetrics text format,
+//! through `prometheus-client` (the Prometheus project's Rust client).
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use cairn_core::{EventSink, ProcessEvent, ProcessStatus, TerminalState};
-use parking_lot::Mutex;
+use cairn_core::{EventSink, ProcessEvent, ProcessFilter, Processes, StatusFilter, TerminalState, MAX_PAGE_SIZE};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
 
 use super::AppState;
 
-/// Upper bounds (seconds) of the latency histogram buckets.
+/// Upper bounds (seconds) of the latency histograms' buckets.
 const BUCKETS: [f64; 16] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
-/// A latency histogram with fixed buckets.
-#[derive(Default)]
-pub struct Histogram {
-    counts: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+/// The gauges read from storage stop counting here, so a scrape stays bounded on
+/// a huge store; `cairn_processes_counted_capped` says when they did.
+const GAUGE_SCAN_LIMIT: usize = 100_000;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
 }
 
-impl Histogram {
-    /// Record one observation.
-    pub fn observe(&self, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        if let Some(slot) = BUCKETS
-            .iter()
-            .zip(&self.counts)
-            .find(|(b, _)| secs <= **b)
-            .map(|(_, c)| c)
-        {
-            slot.fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
-    }
+#[derive(Clone)]
+struct LatencyHistogram;
 
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, slot) in BUCKETS.iter().zip(&self.counts) {
-            cumulative += slot.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {count}");
+impl MetricConstructor<Histogram> for LatencyHistogram {
+    fn new_metric(&self) -> Histogram {
+        latency_histogram()
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    backend: String,
 }
 
 /// The server's metrics.
-#[derive(Default)]
 pub struct Metrics {
-    started: AtomicU64,
-    /// Indexed by [`terminal_index`].
-    ended: [AtomicU64; 4],
-    /// (method, route, status) -> count
-    http: Mutex<BTreeMap<(String, String, u16), u64>>,
+    registry: Registry,
+    started: Counter,
+    ended: Family<StatusLabel, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    request_latency: Family<RouteLabels, Histogram, LatencyHistogram>,
     /// Appends through the API (events and signals).
     pub append_latency: Histogram,
     /// Await requests, from arrival to answer.
     pub await_latency: Histogram,
+    connections: Gauge,
+    running: Gauge,
+    waiting: Gauge,
+    leased: Gauge,
+    worker_runs: Gauge,
+    capped: Gauge,
 }
 
-fn terminal_index(state: TerminalState) -> usize {
-    match state {
-        TerminalState::Completed => 0,
-        TerminalState::Failed => 1,
-        TerminalState::Cancelled => 2,
-        TerminalState::Abandoned => 3,
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new("memory")
     }
 }
-
-const TERMINAL_LABELS: [ProcessStatus; 4] = [
-    ProcessStatus::Completed,
-    ProcessStatus::Failed,
-    ProcessStatus::Cancelled,
-    ProcessStatus::Abandoned,
-];
 
 impl Metrics {
+    /// Every metric, registered; `backend` is the storage kind (`memory`, `sqlite`, `postgres`).
+    pub fn new(backend: &str) -> Self {
+        let mut registry = Registry::default();
+        let started = Counter::default();
+        registry.register(
+            "cairn_processes_started",
+            "Processes created by this server",
+            started.clone(),
+        );
+        let ended = Family::<StatusLabel, Counter>::default();
+        registry.register(
+            "cairn_processes_ended",
+            "Terminal events written while this server ran, by status",
+            ended.clone(),
+        );
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "cairn_http_requests",
+            "HTTP requests answered, by method, route and status",
+            requests.clone(),
+        );
+        let request_latency = Family::new_with_constructor(LatencyHistogram);
+        registry.register(
+            "cairn_http_request_duration_seconds",
+            "Time from a request's arrival to its answer's head, by method and route",
+            request_latency.clone(),
+        );
+        let append_latency = latency_histogram();
+        registry.register(
+            "cairn_append_duration_seconds",
+            "Latency of event and signal appends through the API",
+            append_latency.clone(),
+        );
+        let await_latency = latency_histogram();
+        registry.register(
+            "cairn_await_duration_seconds",
+            "Time await requests waited before answering",
+            await_latency.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let connections = gauge(&mut registry, "cairn_http_connections_open", "Open HTTP connections");
+        let running = gauge(
+            &mut registry,
+            "cairn_processes_running",
+            "Running processes in the store (read at scrape)",
+        );
+        let waiting = gauge(
+            &mut registry,
+            "cairn_processes_waiting",
+            "Running processes waiting (for a signal, a timer, ...), read at scrape",
+        );
+        let leased = gauge(
+            &mut registry,
+            "cairn_leases_held",
+            "Running processes holding a lease, on any node (read at scrape)",
+        );
+        let worker_runs = gauge(
+            &mut registry,
+            "cairn_worker_runs",
+            "Runs in progress on this server's worker",
+        );
+        let capped = gauge(
+            &mut registry,
+            "cairn_processes_counted_capped",
+            "1 when the running/waiting/leases gauges stopped counting at their scan limit",
+        );
+        registry.register(
+            "cairn_build",
+            "Version and storage backend of this server",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                backend: backend.to_string(),
+            }),
+        );
+        Self {
+            registry,
+            started,
+            ended,
+            requests,
+            request_latency,
+            append_latency,
+            await_latency,
+            connections,
+            running,
+            waiting,
+            leased,
+            worker_runs,
+            capped,
+        }
+    }
+
     /// A process was created through the API.
     pub fn process_started(&self) {
-        self.started.fetch_add(1, Ordering::Relaxed);
+        self.started.inc();
     }
 
-    /// Render the text exposition format.
-    pub fn render(&self) -> String {
+    /// A connection was accepted.
+    pub fn connection_opened(&self) {
+        self.connections.inc();
+    }
+
+    /// A connection closed.
+    pub fn connection_closed(&self) {
+        self.connections.dec();
+    }
+
+    /// Read the gauges that live in storage, then render everything.
+    pub async fn render(&self, processes: &Processes) -> Result<String, cairn_core::CairnError> {
+        let mut filter = ProcessFilter {
+            status: StatusFilter::Running,
+            limit: Some(MAX_PAGE_SIZE),
+            ..ProcessFilter::default()
+        };
+        let (mut running, mut waiting, mut leased) = (0i64, 0i64, 0i64);
+        let mut seen = 0usize;
+        let capped = loop {
+            let page = processes.list(&filter).await?;
+            for record in &page {
+                running += 1;
+                waiting += i64::from(record.wait.is_some());
+                leased += i64::from(record.lease.is_some());
+            }
+            seen += page.len();
+            match page.last() {
+                Some(last) if page.len() >= MAX_PAGE_SIZE => {
+                    if seen >= GAUGE_SCAN_LIMIT {
+                        break true;
+                    }
+                    filter.after_id = Some(last.id.clone());
+                }
+                _ => break false,
+            }
+        };
+        self.running.set(running);
+        self.waiting.set(waiting);
+        self.leased.set(leased);
+        self.capped.set(i64::from(capped));
+        let runs = processes.worker().map(|w| w.running().len()).unwrap_or(0);
+        self.worker_runs.set(i64::try_from(runs).unwrap_or(i64::MAX));
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP cairn_processes_started_total Processes created by this server."
-        );
-        let _ = writeln!(out, "# TYPE cairn_processes_started_total counter");
-        let _ = writeln!(
-            out,
-            "cairn_processes_started_total {}",
-            self.started.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP cairn_processes_ended_total Terminal events written while this server ran, by status."
-        );
-        let _ = writeln!(out, "# TYPE cairn_processes_ended_total counter");
-        for (status, slot) in TERMINAL_LABELS.iter().zip(&self.ended) {
-            let _ = writeln!(
-                out,
-                "cairn_processes_ended_total{{status=\"{}\"}} {}",
-                status.label(),
-                slot.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP cairn_http_requests_total HTTP requests answered, by route and status."
-        );
-        let _ = writeln!(out, "# TYPE cairn_http_requests_total counter");
-        for ((method, route, status), n) in self.http.lock().iter() {
-            let _ = writeln!(
-                out,
-                "cairn_http_requests_total{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {n}",
-                escape_label(route)
-            );
-        }
-        self.append_latency.render(
-            &mut out,
-            "cairn_append_duration_seconds",
-            "Latency of event and signal appends through the API.",
-        );
-        self.await_latency.render(
-            &mut out,
-            "cairn_await_duration_seconds",
-            "Time await requests waited before answering.",
-        );
-        out
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .map_err(|_| cairn_core::CairnError::storage("cannot render metrics"))?;
+        Ok(out)
     }
-}
-
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// Counts terminal events from the runtime's best-effort event sink, so ends
@@ -160,14 +247,25 @@ pub struct TerminalCounter(pub Arc<Metrics>);
 impl EventSink for TerminalCounter {
     fn deliver(&self, event: &ProcessEvent) {
         if let Some(outcome) = &event.semantics.terminal {
-            self.0.ended[terminal_index(outcome.state())].fetch_add(1, Ordering::Relaxed);
+            let status = match outcome.state() {
+                TerminalState::Completed => "completed",
+                TerminalState::Failed => "failed",
+                TerminalState::Cancelled => "cancelled",
+                TerminalState::Abandoned => "abandoned",
+            };
+            self.0.ended.get_or_create(&StatusLabel { status }).inc();
         }
     }
 }
 
-/// Middleware: count every answered request by method, matched route and status.
+/// Middleware: count every answered request by method, matched route and status,
+/// and time it by method and route.
 pub async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let method = req.method().to_string();
+    // Methods are client input: only the standard ones become label values.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m.to_string(),
+        _ => "other".to_string(),
+    };
     // The route template (not the raw path) keeps label cardinality bounded.
     let route = req
         .extensions()
@@ -176,12 +274,23 @@ pub async fn count_requests(State(state): State<Arc<AppState>>, req: Request, ne
         .unwrap_or_else(|| "unmatched".to_string());
     let started = Instant::now();
     let response = next.run(req).await;
-    tracing::debug!(%method, %route, status = response.status().as_u16(), elapsed = ?started.elapsed(), "request");
-    *state
-        .metrics
-        .http
-        .lock()
-        .entry((method, route, response.status().as_u16()))
-        .or_default() += 1;
+    let elapsed: Duration = started.elapsed();
+    tracing::debug!(%method, %route, status = response.status().as_u16(), ?elapsed, "request");
+    let metrics = &state.metrics;
+    metrics
+        .request_latency
+        .get_or_create(&RouteLabels {
+            method: method.clone(),
+            route: route.clone(),
+        })
+        .observe(elapsed.as_secs_f64());
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
     response
 }

@@ -1,6 +1,5 @@
 //! `cairn serve`: the HTTP/JSON server of SPEC §10 over [`cairn_core::Processes`].
 
-use std::future::IntoFuture;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +18,7 @@ use crate::db;
 
 pub mod api;
 pub mod auth;
+pub mod conn;
 pub mod mcp;
 pub mod metrics;
 pub mod openapi;
@@ -59,6 +59,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Cancelled at shutdown so long waits and streams end and connections drain.
     pub shutdown: CancellationToken,
+    /// The names of the tools this server runs (what `/openapi.json` offers).
+    pub tools: Vec<String>,
 }
 
 /// The full router over `state`, with the dashboard's pages at `/ui`.
@@ -93,6 +95,10 @@ pub fn router(state: Arc<AppState>, dashboard: &Dashboard) -> Router {
         .method_not_allowed_fallback(routes::wrong_method)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            api::refuse_oversized,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             metrics::count_requests,
         ))
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
@@ -124,8 +130,8 @@ pub enum ServeError {
 /// Run the server until SIGINT or SIGTERM, then stop accepting, let open
 /// requests finish (bounded by `--shutdown-grace`), drain the worker per
 /// disposition and return.
-pub async fn serve(args: ServeArgs, host_token: Option<String>) -> Result<(), ServeError> {
-    let auth = Auth::new(host_token, &args.session_tokens);
+pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    let auth = Auth::new(args.token.clone(), &args.session_tokens);
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&args.listen)
         .await
         .map_err(|e| ServeError::Config(format!("cannot resolve --listen `{}`: {e}", args.listen)))?
@@ -143,7 +149,11 @@ pub async fn serve(args: ServeArgs, host_token: Option<String>) -> Result<(), Se
         return Err(ServeError::Config("--workers must be at least 1".into()));
     }
     let backend = db::open_backend(&args.db).await?;
-    let metrics = Arc::new(Metrics::default());
+    let backend_kind = args.db.split(':').next().unwrap_or("unknown");
+    let metrics = Arc::new(Metrics::new(match backend_kind {
+        "postgres" | "postgresql" => "postgres",
+        other => other,
+    }));
     let worker = WorkerConfig {
         lease_ttl: args.lease_ttl,
         concurrency: args.workers,
@@ -152,9 +162,11 @@ pub async fn serve(args: ServeArgs, host_token: Option<String>) -> Result<(), Se
     };
     let notice = ChangeNotice::new();
     let sinks = Sinks(vec![Arc::new(TerminalCounter(metrics.clone())), notice.sink()]);
+    let tools = builtin_tools(args.allow_shell);
+    let tool_names = tools.names();
     let processes = Processes::builder(backend.registry)
         .hub(backend.hub)
-        .tools(builtin_tools(args.allow_shell))
+        .tools(tools)
         .worker_config(worker)
         .event_sink(Arc::new(sinks))
         .start();
@@ -174,6 +186,7 @@ pub async fn serve(args: ServeArgs, host_token: Option<String>) -> Result<(), Se
             max_await: args.max_await,
         },
         shutdown: shutdown.clone(),
+        tools: tool_names,
     });
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -190,19 +203,48 @@ pub async fn serve(args: ServeArgs, host_token: Option<String>) -> Result<(), Se
     }
     tracing::info!(%local, db = %cairn_postgres::redact(&args.db), allow_shell = args.allow_shell, "cairn serving");
 
-    let signal = shutdown.clone();
-    let server = axum::serve(listener, router(state, &dashboard)).with_graceful_shutdown(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down: no new connections; ending waits and streams");
-        signal.cancel();
-    });
-    let mut server = std::pin::pin!(server.into_future());
+    let app = router(state.clone(), &dashboard);
+    let connections = conn::Connections::new(args.max_connections, state.metrics.clone());
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(args.header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(wait_for_signal());
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait for some to free up.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let Some(permit) = connections.try_open() else {
+            tokio::spawn(conn::refuse_busy(stream));
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let io = hyper_util::rt::TokioIo::new(conn::Lingering::new(stream));
+        let conn = graceful.watch(http.serve_connection(io, service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    tracing::info!("shutting down: no new connections; ending waits and streams");
+    drop(listener);
+    shutdown.cancel();
     tokio::select! {
-        r = &mut server => r?,
-        _ = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(args.shutdown_grace).await;
-        } => tracing::warn!("open connections outlived the shutdown grace; closing them"),
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(args.shutdown_grace) => {
+            tracing::warn!("open connections outlived the shutdown grace; closing them");
+        }
     }
     processes.shutdown().await;
     tracing::info!("worker drained; bye");

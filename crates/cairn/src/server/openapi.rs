@@ -2,13 +2,22 @@
 //! annotations, the server's own body types and the cairn-core wire types
 //! (which derive their schemas under cairn-core's `openapi` feature), so the
 //! document cannot drift from what the server serializes.
+//!
+//! [`refine`] then adds what derives cannot say: the bearer scheme, the answers
+//! every route may give (auth, malformed input, storage), the limits the core
+//! enforces (id lengths, name patterns, page sizes, the int64 range of cursors),
+//! the tools this server runs, and operation ids unique across the document.
 
+use std::sync::Arc;
+
+use axum::extract::State;
 use axum::Json;
+use serde_json::{json, Map, Value};
 use utoipa::OpenApi;
 
-use super::{api, routes};
+use super::{api, routes, AppState};
 
-/// The OpenAPI document.
+/// The OpenAPI document as derived, before [`refine`].
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -41,7 +50,406 @@ use super::{api, routes};
 )]
 pub struct ApiDoc;
 
+/// The largest cursor or sequence the API takes: signed 64-bit, like the stores.
+pub const MAX_CURSOR: i64 = i64::MAX;
+
+/// An id's schema: 1-64 characters (at most the core's 256 bytes), no control characters.
+fn id_schema(description: &str) -> Value {
+    json!({
+        "type": "string", "minLength": 1, "maxLength": 64,
+        "pattern": "^[^\\u0000-\\u001F\\u007F-\\u009F]+$",
+        "description": description,
+    })
+}
+
+fn cursor_schema(description: &str) -> Value {
+    json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": MAX_CURSOR, "description": description})
+}
+
+/// Operation ids by method and path: unique, and saying what they do.
+const OPERATION_IDS: &[(&str, &str, &str)] = &[
+    ("post", "/v1/processes", "start_process"),
+    ("get", "/v1/processes", "list_processes"),
+    ("get", "/v1/processes/{id}", "get_process"),
+    ("get", "/v1/processes/{id}/events", "list_events"),
+    ("post", "/v1/processes/{id}/events", "append_event"),
+    ("get", "/v1/processes/{id}/await", "await_process"),
+    ("post", "/v1/processes/{id}/signals/{name}", "signal_process"),
+    ("post", "/v1/processes/{id}/cancel", "cancel_process"),
+    ("post", "/v1/processes/{id}/complete", "complete_process"),
+    ("post", "/v1/processes/{id}/abandon-request", "request_abandon"),
+    ("post", "/v1/grants/transfer", "transfer_grants"),
+    ("delete", "/v1/sessions/{session_id}", "delete_session"),
+    ("get", "/v1/sessions/{session_id}/wakes", "list_wakes"),
+    ("post", "/v1/sessions/{session_id}/wakes/{wake_id}/ack", "ack_wake"),
+    ("post", "/v1/prune", "prune"),
+    ("get", "/v1/changes", "list_changes"),
+    ("get", "/healthz", "health"),
+    ("get", "/metrics", "metrics"),
+];
+
+/// The document this server serves: [`ApiDoc`] refined for a server running `tools`.
+pub fn document_for(tools: &[String]) -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
+    refine(&mut doc, tools);
+    doc
+}
+
 /// Serve the document.
-pub async fn document() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn document(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(document_for(&state.tools))
+}
+
+/// Add to the derived document what the derives cannot say (see the module docs).
+pub fn refine(doc: &mut Value, tools: &[String]) {
+    strip_doc_links(doc);
+    doc["components"]["securitySchemes"] = json!({
+        "bearer": {"type": "http", "scheme": "bearer",
+                   "description": "A host token (full access) or a session token (that session's processes). \
+                                   A server started without tokens is open, on loopback only."}
+    });
+    // Either a token, or none on an open server.
+    doc["security"] = json!([{"bearer": []}, {}]);
+    let error = json!({"$ref": "#/components/schemas/Error"});
+    let answer = |description: &str| json!({"description": description, "content": {"application/json": {"schema": error.clone()}}});
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(ops) = item.as_object_mut() else { continue };
+        for (method, op) in ops.iter_mut() {
+            if let Some((_, _, id)) = OPERATION_IDS.iter().find(|(m, p, _)| m == method && p == path) {
+                op["operationId"] = json!(id);
+            }
+            let open = path == "/healthz";
+            if open {
+                op["security"] = json!([]);
+            }
+            let has_body = op.get("requestBody").is_some();
+            let process_route = path.starts_with("/v1/processes/{id}");
+            let mut add = |status: &str, description: &str| {
+                let responses = &mut op["responses"];
+                if responses.get(status).is_none() {
+                    responses[status] = answer(description);
+                }
+            };
+            if !open {
+                add(
+                    "400",
+                    "invalid_request (malformed parameters or body) or another validation code",
+                );
+                add(
+                    "401",
+                    "unauthorized: a token is configured and none or an unknown one was given",
+                );
+            }
+            if has_body {
+                add("413", "payload_too_large: the body is over the server's limit");
+                add(
+                    "415",
+                    "invalid_request: bodies must be `Content-Type: application/json`",
+                );
+            }
+            if process_route {
+                add("404", "unknown_process (or not visible to this session token)");
+                add(
+                    "410",
+                    "no_longer_retained: the process was pruned (the body carries its tombstone)",
+                );
+            }
+            if path.starts_with("/v1/sessions/") {
+                add("403", "forbidden: a session token naming another session");
+            }
+            if path.contains('{') {
+                add(
+                    "404",
+                    "unknown_wake, or not_found: no such route (an empty path segment)",
+                );
+            }
+            if method == "post" && (process_route || path == "/v1/processes") {
+                add(
+                    "409",
+                    "a state conflict: process_terminal, replay_conflict, registration_conflict, ...",
+                );
+            }
+            if path == "/v1/processes/{id}/await" {
+                add("504", "timeout");
+            }
+            add("500", "storage or corrupt_env: the request changed nothing");
+            add(
+                "503",
+                "unavailable (nothing was done; retry) or outcome_unknown (read before retrying)",
+            );
+            if method == "post" && path == "/v1/processes" {
+                op["requestBody"]["content"]["application/json"]["example"] = json!({
+                    "id": "build-42", "disposition": "rerunnable",
+                    "input": {"type": "tool_call", "tool": "echo", "args": {"value": {"green": true}}},
+                });
+            }
+            constrain_parameters(op);
+        }
+    }
+    constrain_schemas(doc, tools);
+}
+
+/// Limits on path, query and header parameters.
+fn constrain_parameters(op: &mut Value) {
+    let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for p in params {
+        let name = p["name"].as_str().unwrap_or_default().to_string();
+        let description = p["description"].as_str().unwrap_or_default().to_string();
+        let schema = match name.as_str() {
+            "id" | "session_id" | "wake_id" | "granted_to" | "originated_by" | "after_id" => id_schema(&description),
+            "name" => json!({"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9_-]+$"}),
+            "limit" => json!({"type": "integer", "minimum": 1, "maximum": cairn_core::MAX_PAGE_SIZE}),
+            "after" | "cursor" | "Last-Event-ID" | "timeout_ms" | "created_from_ms" | "created_before_ms" => {
+                cursor_schema(&description)
+            }
+            "status" => {
+                json!({"type": "string", "enum": ["running", "completed", "failed", "cancelled", "abandoned", "any"]})
+            }
+            _ => continue,
+        };
+        p["schema"] = schema;
+    }
+}
+
+/// Limits inside the component schemas.
+fn constrain_schemas(doc: &mut Value, tools: &[String]) {
+    let schemas = &mut doc["components"]["schemas"];
+    let set = |schemas: &mut Value, pointer: &str, schema: Value| {
+        if let Some(slot) = schemas.pointer_mut(pointer) {
+            let description = slot.get("description").cloned();
+            *slot = schema;
+            if let (Some(d), Some(obj)) = (description, slot.as_object_mut()) {
+                obj.entry("description").or_insert(d);
+            }
+        }
+    };
+    set(
+        schemas,
+        "/StartRequest/properties/id",
+        id_schema("The process id (1-256 bytes, no control characters)."),
+    );
+    set(
+        schemas,
+        "/SessionScope/properties/session_id",
+        id_schema("The session (conversation) id."),
+    );
+    set(
+        schemas,
+        "/SessionScope/properties/agent_frame_id",
+        json!({"oneOf": [{"type": "null"}, id_schema("The agent frame inside the session.")]}),
+    );
+    set(
+        schemas,
+        "/SignalBody/properties/signal_id",
+        id_schema("Idempotency key of the signal."),
+    );
+    set(
+        schemas,
+        "/AppendBody/properties/replay_key",
+        json!({"oneOf": [{"type": "null"}, id_schema("Makes the append idempotent.")]}),
+    );
+    set(
+        schemas,
+        "/ExternalRef/properties/backend",
+        id_schema("The other system's name."),
+    );
+    set(schemas, "/ExternalRef/properties/id", id_schema("The work's id there."));
+    set(
+        schemas,
+        "/CausalRef/properties/kind",
+        id_schema("What the cause is (`process`, `turn`, `tool_call`, ...)."),
+    );
+    set(
+        schemas,
+        "/CausalRef/properties/id",
+        id_schema("Its id in its own kind."),
+    );
+    set(
+        schemas,
+        "/EventType/properties/payload_schema",
+        json!({"type": ["object", "boolean"],
+               "description": "A JSON Schema (an object or a boolean) for the payload; `{}` (the default) accepts anything."}),
+    );
+    set(
+        schemas,
+        "/TerminalSpec/properties/state",
+        json!({"type": "string", "enum": ["completed", "failed", "cancelled"],
+               "description": "The terminal state the event ends the process in (`abandoned` is cairn's alone)."}),
+    );
+    if let Some(variants) = schemas.pointer_mut("/Selector/oneOf").and_then(Value::as_array_mut) {
+        for v in variants {
+            if v.pointer("/properties/pointer").is_some() {
+                v["properties"]["pointer"] = json!({"type": "string", "pattern": "^(/.*)?$",
+                    "description": "A JSON Pointer into the payload: empty or starting with `/`."});
+            }
+        }
+    }
+    let event_type = json!({"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._-]+$"});
+    set(schemas, "/AppendBody/properties/event_type", event_type.clone());
+    set(schemas, "/EventType/properties/name", event_type);
+    set(
+        schemas,
+        "/TransferBody/properties/process_ids",
+        json!({"type": "array", "items": id_schema("A process id.")}),
+    );
+    set(
+        schemas,
+        "/PruneBody/properties/cutoff_ms",
+        cursor_schema("Prune processes that ended before this time (epoch ms)."),
+    );
+    // Payloads are any JSON, whatever the derive guessed.
+    set(
+        schemas,
+        "/SignalBody/properties/payload",
+        json!({"description": "Any JSON; the waiting process receives it."}),
+    );
+    set(
+        schemas,
+        "/AppendBody/properties/payload",
+        json!({"description": "Checked against the type's payload schema."}),
+    );
+    if let Some(variants) = schemas.pointer_mut("/Watermark/oneOf").and_then(Value::as_array_mut) {
+        for v in variants {
+            if v.pointer("/properties/cursor").is_some() {
+                v["properties"]["cursor"] = cursor_schema("The change-feed cursor the projector has read up to.");
+            }
+        }
+    }
+    // One `tool_call` variant per tool this server runs, with that tool's args;
+    // any other name is 404 `unknown_tool`.
+    if let Some(variants) = schemas.pointer_mut("/ProcessInput/oneOf").and_then(Value::as_array_mut) {
+        let mut refined = Vec::new();
+        for v in variants.drain(..) {
+            let tag = v
+                .pointer("/properties/type/enum/0")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            match tag {
+                "tool_call" => {
+                    for tool in tools {
+                        let args = cairn_tools::args_schema(tool).unwrap_or_else(|| json!({}));
+                        refined.push(json!({
+                            "type": "object", "additionalProperties": false,
+                            "description": format!("The `{tool}` tool, run in the background."),
+                            "required": ["type", "tool", "args"],
+                            "properties": {
+                                "type": {"type": "string", "enum": ["tool_call"]},
+                                "tool": {"type": "string", "enum": [tool]},
+                                "args": args,
+                            },
+                        }));
+                    }
+                }
+                "script" => {
+                    let mut v = v;
+                    v["properties"]["module_ref"] = id_schema("The script module.");
+                    v["properties"]["process_name"] = id_schema("The process defined in that module.");
+                    refined.push(v);
+                }
+                _ => refined.push(v),
+            }
+        }
+        *variants = refined;
+    }
+    // Internally tagged enums refuse unknown fields like the structs do.
+    if let Some(all) = schemas.as_object_mut() {
+        for schema in all.values_mut() {
+            for v in schema
+                .get_mut("oneOf")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                if v.get("properties").is_some() && v.get("additionalProperties").is_none() {
+                    v["additionalProperties"] = json!(false);
+                }
+            }
+        }
+    }
+}
+
+/// Rustdoc intra-doc links (`` [`Name`] ``, `` [`Name`](path) ``) read as plain code in the document.
+fn strip_doc_links(v: &mut Value) {
+    match v {
+        Value::String(s) if s.contains("[`") => *s = without_links(s),
+        Value::Array(a) => a.iter_mut().for_each(strip_doc_links),
+        Value::Object(m) => m.values_mut().for_each(strip_doc_links),
+        _ => {}
+    }
+}
+
+fn without_links(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("[`") {
+        let Some(len) = rest[start + 2..].find("`]") else { break };
+        out.push_str(&rest[..start]);
+        let code = &rest[start + 1..start + 2 + len + 1];
+        out.push_str(code);
+        rest = &rest[start + 2 + len + 2..];
+        // A link target after the brackets goes too.
+        if rest.starts_with('(') {
+            if let Some(end) = rest.find(')') {
+                rest = &rest[end + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Every operation of `doc` as (method, path, operation).
+pub fn operations(doc: &Value) -> Vec<(String, String, Map<String, Value>)> {
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        for (method, op) in item.as_object().into_iter().flatten() {
+            if let Some(op) = op.as_object() {
+                out.push((method.clone(), path.clone(), op.clone()));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_become_code() {
+        assert_eq!(
+            without_links("the keys of [`ProcessFilter::from_query`] plus"),
+            "the keys of `ProcessFilter::from_query` plus"
+        );
+        assert_eq!(without_links("see [`X`](crate::X) and [`Y`]."), "see `X` and `Y`.");
+        assert_eq!(without_links("no [links] here"), "no [links] here");
+    }
+
+    #[test]
+    fn the_document_is_refined() {
+        let doc = document_for(&["echo".to_string()]);
+        let ops = operations(&doc);
+        assert_eq!(
+            ops.len(),
+            OPERATION_IDS.len(),
+            "every operation has its id in the table"
+        );
+        let mut ids: Vec<&str> = ops.iter().filter_map(|(_, _, op)| op["operationId"].as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), ops.len(), "operation ids are unique");
+        let text = doc.to_string();
+        assert!(!text.contains("[`"), "rustdoc link syntax left in the document");
+        assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+        for (method, path, op) in &ops {
+            for status in ["500", "503"] {
+                assert!(op["responses"].get(status).is_some(), "{method} {path} lacks {status}");
+            }
+        }
+    }
 }

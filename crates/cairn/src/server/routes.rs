@@ -171,11 +171,25 @@ pub struct AckAnswer {
 /// Answer of `GET /healthz`.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Health {
-    /// Always `ok` while the server answers.
+    /// `ok`.
     pub status: String,
+    /// The server's version.
+    pub version: String,
 }
 
 const DEFAULT_AWAIT: Duration = Duration::from_secs(30);
+
+/// Cursors, sequences and times are signed 64-bit in every store (and in the
+/// OpenAPI document): a larger number is refused, not wrapped or clamped.
+fn within_int64(name: &str, value: Option<u64>) -> Result<(), ApiError> {
+    match value {
+        Some(v) if i64::try_from(v).is_err() => Err(ApiError::invalid_request(format!(
+            "`{name}` is {v}, over the largest accepted value {}",
+            i64::MAX
+        ))),
+        _ => Ok(()),
+    }
+}
 
 fn scope_of_session(caller: &Caller) -> Option<SessionScope> {
     caller.session_scope()
@@ -218,7 +232,15 @@ pub async fn start(
         }
     }
     let id = req.id.clone();
-    let registered = state.processes.start(req).await?;
+    let registered = match state.processes.start(req).await {
+        Ok(r) => r,
+        // A pruned id's tombstone says how someone's process ended and when: a
+        // session learns only that the id is taken, as for a live process it cannot see.
+        Err(cairn_core::CairnError::NoLongerRetained(_)) if scope_of_session(&caller).is_some() => {
+            return Err(cairn_core::CairnError::RegistrationConflict { id }.into())
+        }
+        Err(e) => return Err(e.into()),
+    };
     if registered.created {
         state.metrics.process_started();
         return Ok((StatusCode::CREATED, Json(registered.process)).into_response());
@@ -246,7 +268,8 @@ pub async fn start(
         ("limit" = Option<usize>, Query, description = "Page size (default 100, at most 1000)")),
     responses(
         (status = 200, description = "One page in id order", body = ListPage),
-        (status = 400, description = "invalid_filter (unknown key, wrong type) or invalid_page", body = ErrorSchema)))]
+        (status = 400, description = "invalid_filter (unknown key, wrong type) or invalid_page", body = ErrorSchema),
+        (status = 403, description = "`originated_by` with a session token (host only)", body = ErrorSchema)))]
 pub async fn list(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
@@ -270,15 +293,20 @@ pub async fn list(
             return Err(cairn_core::CairnError::InvalidFilter(format!("filter key `{k}` given twice")).into());
         }
     }
+    for (k, v) in &rest {
+        if matches!(*k, "created_from_ms" | "created_before_ms") {
+            within_int64(k, v.parse::<u64>().ok())?;
+        }
+    }
     let filter = ProcessFilter::from_query(rest)?;
     let limit = filter.page_size()?;
     if let Some(own) = scope_of_session(&caller) {
         // Session tokens list through the security lens only.
         if originated_by.is_some() {
-            return Err(cairn_core::CairnError::InvalidFilter(
-                "`originated_by` needs the host token; session tokens list what is granted to them".into(),
-            )
-            .into());
+            // A well-formed filter this caller may not use: 403, like every host-only operation.
+            return Err(ApiError::forbidden(
+                "`originated_by` needs the host token; session tokens list what is granted to them",
+            ));
         }
         if granted_to.as_ref().is_some_and(|g| *g != own.session_id) {
             return Ok(Json(ListPage {
@@ -359,6 +387,7 @@ pub async fn events(
     ApiQuery(q): ApiQuery<EventsQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    within_int64("after", q.after)?;
     check_visible(&state, &caller, &id).await?;
     let wants_stream = headers
         .get_all(header::ACCEPT)
@@ -371,6 +400,7 @@ pub async fn events(
                 .to_str()
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
+                .filter(|n| i64::try_from(*n).is_ok())
                 .ok_or_else(|| ApiError::invalid_request("Last-Event-ID must be an event sequence number"))?,
             None => q.after.unwrap_or(0),
         };
@@ -396,6 +426,7 @@ pub async fn await_terminal(
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<AwaitQuery>,
 ) -> ApiResult<Json<ProcessRecord>> {
+    within_int64("timeout_ms", q.timeout_ms)?;
     check_visible(&state, &caller, &id).await?;
     let timeout = q
         .timeout_ms
@@ -407,7 +438,7 @@ pub async fn await_terminal(
         r = state.processes.await_output(&id, timeout) => r?,
         _ = state.shutdown.cancelled() => state.processes.get(&id).await?,
     };
-    state.metrics.await_latency.observe(started.elapsed());
+    state.metrics.await_latency.observe(started.elapsed().as_secs_f64());
     Ok(Json(record))
 }
 
@@ -444,7 +475,7 @@ pub async fn append(
     };
     let started = Instant::now();
     let result = state.processes.append_event(&id, req).await;
-    state.metrics.append_latency.observe(started.elapsed());
+    state.metrics.append_latency.observe(started.elapsed().as_secs_f64());
     Ok(Json(result?))
 }
 
@@ -466,7 +497,7 @@ pub async fn signal(
     check_visible(&state, &caller, &id).await?;
     let started = Instant::now();
     let result = state.processes.signal(&id, &name, &body.signal_id, body.payload).await;
-    state.metrics.append_latency.observe(started.elapsed());
+    state.metrics.append_latency.observe(started.elapsed().as_secs_f64());
     Ok(Json(result?))
 }
 
@@ -617,6 +648,10 @@ pub async fn prune(
     ApiJson(body): ApiJson<PruneBody>,
 ) -> ApiResult<Json<PruneReport>> {
     caller.require_host("prune")?;
+    within_int64("cutoff_ms", Some(body.cutoff_ms))?;
+    if let Watermark::Cursor { cursor } = &body.watermark {
+        within_int64("watermark.cursor", Some(*cursor))?;
+    }
     Ok(Json(
         state
             .processes
@@ -637,17 +672,41 @@ pub async fn changes(
     ApiQuery(q): ApiQuery<ChangesQuery>,
 ) -> ApiResult<Json<ChangePage>> {
     caller.require_host("the change feed")?;
+    within_int64("cursor", q.cursor)?;
     Ok(Json(
         state.processes.changed_since(q.cursor.unwrap_or(0), q.limit).await?,
     ))
 }
 
-/// `GET /healthz`.
-#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "Alive", body = Health)))]
-pub async fn healthz() -> Json<Health> {
-    Json(Health {
-        status: "ok".to_string(),
-    })
+/// How long the readiness check waits for the database.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `GET /healthz`: ready when the database answers a read within 5 s.
+#[utoipa::path(get, path = "/healthz", tag = "ops", operation_id = "health",
+    responses(
+        (status = 200, description = "Ready: the server answers and its database answered a read", body = Health),
+        (status = 503, description = "unavailable: the database did not answer (in time)", body = ErrorSchema)))]
+pub async fn healthz(State(state): Shared) -> ApiResult<Json<Health>> {
+    let probe = ProcessFilter {
+        limit: Some(1),
+        ..ProcessFilter::default()
+    };
+    match tokio::time::timeout(HEALTH_TIMEOUT, state.processes.list(&probe)).await {
+        Ok(Ok(_)) => Ok(Json(Health {
+            status: "ok".to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        })),
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the database did not answer: {e}"),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the database did not answer within {HEALTH_TIMEOUT:?}"),
+        )),
+    }
 }
 
 /// `GET /metrics` (host only): Prometheus text format.
@@ -657,9 +716,13 @@ pub async fn healthz() -> Json<Health> {
         (status = 403, description = "Host only", body = ErrorSchema)))]
 pub async fn metrics(State(state): Shared, Extension(caller): Extension<Caller>) -> ApiResult<Response> {
     caller.require_host("metrics")?;
+    let text = state.metrics.render(&state.processes).await?;
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        state.metrics.render(),
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
     )
         .into_response())
 }

@@ -34,9 +34,16 @@ impl Server {
 
     /// `cairn serve --db DB --allow-shell --listen 127.0.0.1:0` plus `extra`.
     pub async fn start_on(db: &str, extra: &[&str]) -> Server {
+        let mut args = vec!["--db", db, "--allow-shell", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Self::serve(&args).await
+    }
+
+    /// `cairn serve ARGS` (which must listen on port 0 of loopback).
+    pub async fn serve(args: &[&str]) -> Server {
         let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--db", db, "--allow-shell", "--listen", "127.0.0.1:0"])
-            .args(extra)
+        cmd.arg("serve")
+            .args(args)
             .env_remove("CAIRN_TOKEN")
             .env_remove("CAIRN_DATABASE_URL")
             .env_remove("CAIRN_LISTEN")
@@ -148,13 +155,17 @@ pub async fn run_cli(base: &str, token: Option<&str>, args: &[&str], stdin: Opti
     if let Some(t) = token {
         cmd.env("CAIRN_TOKEN", t);
     }
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // No input: stdin is /dev/null, as in a terminal that types nothing (a pipe
+    // would be input `cairn run` refuses).
+    let piped = stdin.is_some();
+    cmd.stdin(if piped { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn cairn client");
-    let mut input = child.stdin.take().expect("stdin piped");
     if let Some(s) = stdin {
+        let mut input = child.stdin.take().expect("stdin piped");
         input.write_all(s.as_bytes()).await.expect("write stdin");
     }
-    drop(input);
     let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
         .expect("cli finished in time")
@@ -251,9 +262,7 @@ impl Client {
         let resp = self.auth(rb).send().await.expect("sse request");
         assert_eq!(resp.status().as_u16(), 200, "sse status");
         Sse {
-            stream: Box::pin(resp.bytes_stream()),
-            parser: cairn::client::http::SseParser::default(),
-            queue: Default::default(),
+            stream: Box::pin(sse_stream::SseStream::from_bytes_stream(resp.bytes_stream())),
         }
     }
 }
@@ -269,25 +278,35 @@ async fn decode(r: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
-type ByteStream = std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+type EventStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<sse_stream::Sse, sse_stream::Error>> + Send>>;
+
+/// One SSE event with data.
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub id: Option<String>,
+    pub data: String,
+}
 
 /// An open SSE stream.
 pub struct Sse {
-    stream: ByteStream,
-    parser: cairn::client::http::SseParser,
-    queue: std::collections::VecDeque<cairn::client::http::SseEvent>,
+    stream: EventStream,
 }
 
 impl Sse {
-    /// The next SSE event, or `None` when the stream closed. Panics after `within`.
-    pub async fn next(&mut self, within: Duration) -> Option<cairn::client::http::SseEvent> {
+    /// The next SSE event with data, or `None` when the stream closed. Panics after `within`.
+    pub async fn next(&mut self, within: Duration) -> Option<SseEvent> {
         tokio::time::timeout(within, async {
             loop {
-                if let Some(e) = self.queue.pop_front() {
-                    return Some(e);
-                }
                 match self.stream.next().await {
-                    Some(Ok(chunk)) => self.queue.extend(self.parser.push(&chunk)),
+                    Some(Ok(e)) => {
+                        if let Some(data) = e.data {
+                            return Some(SseEvent {
+                                event: e.event,
+                                id: e.id,
+                                data,
+                            });
+                        }
+                    }
                     Some(Err(_)) | None => return None,
                 }
             }

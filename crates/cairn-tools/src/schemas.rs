@@ -1,0 +1,98 @@
+//! The JSON Schemas of the built-in tools' `args`, for documents that describe
+//! them (the server's OpenAPI document, `docs/reference.md`). Each tool's own
+//! `validate_args` stays the authority; the tests below hold each schema to it.
+
+use serde_json::{json, Value};
+
+/// Longest `sleep` or timeout the schemas offer (a day); the tools take any `u64`.
+const DAY_MS: u64 = 86_400_000;
+
+/// The `args` schema of built-in tool `name`, or `None` for another name.
+pub fn args_schema(name: &str) -> Option<Value> {
+    let signal_name = json!({"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9_-]+$",
+                             "description": "The signal name: ASCII letters, digits, `_`, `-`."});
+    let ms =
+        |description: &str| json!({"type": "integer", "minimum": 0, "maximum": DAY_MS, "description": description});
+    let schema = match name {
+        "echo" => json!({
+            "type": "object", "additionalProperties": false,
+            "properties": {"value": {"description": "Any JSON: the process succeeds with it (default null)."}},
+        }),
+        "sleep" => json!({
+            "type": "object", "additionalProperties": false, "required": ["ms"],
+            "properties": {"ms": ms("How long to sleep; cancellable.")},
+        }),
+        "wait_signal" => json!({
+            "type": "object", "additionalProperties": false, "required": ["name"],
+            "properties": {
+                "name": signal_name,
+                "timeout_ms": ms("Give up after this long: the process fails with code `timeout`."),
+            },
+        }),
+        "shell" => json!({
+            "type": "object", "additionalProperties": false,
+            "oneOf": [{"required": ["argv"]}, {"required": ["command"]}],
+            "properties": {
+                "argv": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1},
+                         "description": "The program and its arguments (no shell)."},
+                "command": {"type": "string", "minLength": 1, "description": "A command line run by `/bin/sh -c`."},
+                "cwd": {"type": "string", "minLength": 1, "description": "Working directory (default: the server's)."},
+                "env": {"type": "object", "additionalProperties": {"type": "string"},
+                        "description": "Variables added to the server's environment."},
+                "timeout_ms": ms("Stop the whole process group after this long."),
+            },
+        }),
+        _ => return None,
+    };
+    Some(schema)
+}
+
+/// An `args` value of built-in tool `name` using every property its schema names
+/// (for `shell`, `argv` rather than `command`).
+pub fn args_example(name: &str) -> Option<Value> {
+    let example = match name {
+        "echo" => json!({"value": {"ok": true}}),
+        "sleep" => json!({"ms": 1000}),
+        "wait_signal" => json!({"name": "approve", "timeout_ms": 60000}),
+        "shell" => json!({"argv": ["make", "test"], "cwd": "/tmp", "env": {"CI": "1"}, "timeout_ms": 600000}),
+        _ => return None,
+    };
+    Some(example)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_has_a_schema_its_example_and_its_tool_agree_on() {
+        let tools = crate::builtin_tools(true);
+        for name in tools.names() {
+            let tool = tools.get(&name).expect("listed");
+            let schema = args_schema(&name).unwrap_or_else(|| panic!("no schema for {name}"));
+            let example = args_example(&name).unwrap_or_else(|| panic!("no example for {name}"));
+            let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+            assert!(validator.is_valid(&example), "{name}: example fails its schema");
+            tool.validate_args(&example)
+                .unwrap_or_else(|e| panic!("{name}: the tool refuses its example: {e}"));
+            // The example names every property but `shell`'s `command` (exclusive with `argv`).
+            let names: Vec<&String> = schema["properties"].as_object().expect("properties").keys().collect();
+            for key in names {
+                if name == "shell" && key == "command" {
+                    continue;
+                }
+                assert!(example.get(key.as_str()).is_some(), "{name}: the example lacks {key}");
+            }
+            // What the schema refuses as unknown, the tool refuses too.
+            let mut extra = example.clone();
+            extra["surely_unknown"] = json!(1);
+            assert!(!validator.is_valid(&extra));
+            assert!(tool.validate_args(&extra).is_err(), "{name} takes an unknown arg");
+        }
+        let mut command = args_example("shell").expect("shell");
+        command.as_object_mut().expect("object").remove("argv");
+        command["command"] = json!("make test");
+        assert!(tools.get("shell").expect("shell").validate_args(&command).is_ok());
+        assert!(args_schema("nope").is_none());
+    }
+}

@@ -1,0 +1,370 @@
+//! `docs/reference.md`, rendered from the code: the routes and their answers
+//! (from the OpenAPI document the server serves), every error code with its
+//! HTTP status (from [`crate::server::api::status_of`]), the built-in tools and
+//! their arguments (from `cairn_tools::args_schema`), the event types cairn writes
+//! (from `cairn_core::events`) and the wire shapes. A test compares the file with
+//! [`render`], so it cannot drift.
+
+use std::fmt::Write;
+
+use cairn_core::{CairnError, ProcessStatus, Tombstone};
+use serde_json::Value;
+
+use crate::server::api::status_of;
+use crate::server::openapi;
+
+/// Every core error, one of each code (the messages are placeholders).
+fn core_errors() -> Vec<(CairnError, &'static str)> {
+    let s = || "x".to_string();
+    vec![
+        (
+            CairnError::InvalidId(s()),
+            "an id is empty, over 256 bytes or holds a control character",
+        ),
+        (
+            CairnError::InvalidRequest(s()),
+            "the request is malformed or its content invalid (also: a tool's args)",
+        ),
+        (
+            CairnError::InvalidEventTypeName(s()),
+            "an event type name is not 1-128 of `[A-Za-z0-9._-]`",
+        ),
+        (
+            CairnError::DuplicateEventType(s()),
+            "a registration declares an event type twice",
+        ),
+        (
+            CairnError::ReservedEventType(s()),
+            "`process.*` and `signal.*` types are cairn's",
+        ),
+        (
+            CairnError::InvalidSchema {
+                event_type: s(),
+                message: s(),
+            },
+            "a payload schema does not compile",
+        ),
+        (
+            CairnError::InvalidSignalName(s()),
+            "a signal name is not 1-128 of `[A-Za-z0-9_-]`",
+        ),
+        (
+            CairnError::InvalidSemantics {
+                event_type: s(),
+                message: s(),
+            },
+            "an event type's semantics are invalid",
+        ),
+        (
+            CairnError::RegistrationConflict { id: s() },
+            "the id exists with a different registration (or is not yours to see)",
+        ),
+        (
+            CairnError::UnknownProcess(s()),
+            "no such process (or not granted to this session)",
+        ),
+        (
+            CairnError::NoLongerRetained(Box::new(Tombstone {
+                id: s(),
+                status: ProcessStatus::Completed,
+                terminal_at_ms: 0,
+                pruned_at_ms: 0,
+            })),
+            "the process was pruned; the body carries its tombstone",
+        ),
+        (
+            CairnError::UndeclaredEventType {
+                process_id: s(),
+                event_type: s(),
+            },
+            "the process did not declare that event type",
+        ),
+        (
+            CairnError::SchemaViolation {
+                event_type: s(),
+                message: s(),
+            },
+            "the payload fails its type's schema",
+        ),
+        (
+            CairnError::PayloadTooLarge {
+                what: s(),
+                size: 0,
+                limit: 0,
+            },
+            "a payload, input or body is over its limit",
+        ),
+        (
+            CairnError::ReplayConflict {
+                process_id: s(),
+                key: s(),
+            },
+            "a replay key or signal id repeated with another payload",
+        ),
+        (
+            CairnError::ProcessTerminal(s()),
+            "the process has ended; nothing more is appended",
+        ),
+        (
+            CairnError::LeaseHeld {
+                process_id: s(),
+                expires_at_ms: 0,
+            },
+            "another worker holds the lease",
+        ),
+        (CairnError::LeaseFenced(s()), "the lease is no longer the live one"),
+        (
+            CairnError::NotClaimable {
+                process_id: s(),
+                reason: s(),
+            },
+            "the process cannot be claimed",
+        ),
+        (
+            CairnError::NotExternallyOwned(s()),
+            "only externally owned processes are completed from outside",
+        ),
+        (
+            CairnError::TerminalNeedsAuthority(s()),
+            "a terminal append must name its authority",
+        ),
+        (
+            CairnError::InvalidOutcome {
+                event_type: s(),
+                message: s(),
+            },
+            "the outcome is not a valid outcome",
+        ),
+        (
+            CairnError::InvalidFilter(s()),
+            "an unknown filter key, a wrong value, or two lenses at once",
+        ),
+        (CairnError::InvalidPage(s()), "a page size outside 1-1000"),
+        (CairnError::UnknownWake(s()), "no such wake in that session"),
+        (CairnError::UnknownEnv(s()), "no such execution environment"),
+        (
+            CairnError::CorruptEnv {
+                env_ref: s(),
+                message: s(),
+            },
+            "a stored environment does not match its address",
+        ),
+        (
+            CairnError::UnknownTool(s()),
+            "the server runs no tool of that name (`shell` needs `--allow-shell`)",
+        ),
+        (CairnError::Timeout(s()), "an operation ran out of time"),
+        (
+            CairnError::storage("x"),
+            "the database failed; the request changed nothing",
+        ),
+        (
+            CairnError::Unavailable(s()),
+            "nothing was done; retry (also: too many connections, database not ready)",
+        ),
+        (
+            CairnError::OutcomeUnknown(s()),
+            "the commit's reply was lost: read the state before retrying",
+        ),
+    ]
+}
+
+/// The server's own codes (not the core's): code, statuses, meaning.
+const SERVER_ERRORS: &[(&str, &str, &str)] = &[
+    (
+        "invalid_request",
+        "400, 415",
+        "malformed JSON, unknown fields, bad parameters; 415: a body without `Content-Type: application/json`",
+    ),
+    (
+        "unauthorized",
+        "401",
+        "a token is configured and none or an unknown one was given",
+    ),
+    (
+        "forbidden",
+        "403",
+        "a host-only operation (prune, change feed, metrics, `originated_by`) or another session's state",
+    ),
+    ("not_found", "404", "no such route"),
+    ("method_not_allowed", "405", "the route does not take that method"),
+    (
+        "payload_too_large",
+        "413",
+        "the body (by `Content-Length` or as read) is over `--max-body-bytes`",
+    ),
+    (
+        "unavailable",
+        "503",
+        "over `--max-connections`, or `/healthz` found the database not answering",
+    ),
+];
+
+/// What each event type cairn writes means.
+fn event_meaning(name: &str) -> &'static str {
+    match name {
+        cairn_core::events::STARTED => "a worker claimed the process and began (or began again) to run it",
+        cairn_core::events::WAITING => "the run waits durably (for a signal); the record's `wait` says on what",
+        cairn_core::events::RESUMED => "a durable wait ended (a signal arrived, or it timed out)",
+        cairn_core::events::CANCEL_REQUESTED => "cancellation was requested",
+        cairn_core::events::ABANDON_REQUESTED => "an abandon request was recorded",
+        cairn_core::events::COMPLETED => "terminal: success, with the value",
+        cairn_core::events::FAILED => "terminal: failure, with class, code and message",
+        cairn_core::events::CANCELLED => "terminal: cancelled",
+        cairn_core::events::ABANDONED => "terminal: abandoned, with the evidence (written only by cairn)",
+        cairn_tools::shell::OUTPUT_EVENT => {
+            "output lines of a `shell` command: `{stream: stdout|stderr, lines: [...]}`"
+        }
+        _ => "",
+    }
+}
+
+fn cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+fn type_of(schema: &Value) -> String {
+    match &schema["type"] {
+        Value::String(t) if t == "array" => format!("array of {}", type_of(&schema["items"])),
+        Value::String(t) if t == "object" && schema.get("additionalProperties").is_some_and(Value::is_object) => {
+            format!("object of {}", type_of(&schema["additionalProperties"]))
+        }
+        Value::String(t) => t.clone(),
+        _ => "any JSON".to_string(),
+    }
+}
+
+/// The whole of `docs/reference.md`.
+pub fn render() -> String {
+    let tools = cairn_tools::builtin_tools(true);
+    let mut names = tools.names();
+    names.sort();
+    let doc = openapi::document_for(&names);
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(w, "# cairn reference\n");
+    let _ = writeln!(
+        w,
+        "Rendered from the code by `cairn::reference::render`; `crates/cairn/tests/reference.rs`\n\
+         fails when this file differs (`CAIRN_UPDATE_REFERENCE=1 cargo test -p cairn --test reference`\n\
+         rewrites it). Every wire shape is described field by field, with its limits, in the\n\
+         OpenAPI document the server serves at `GET /openapi.json`; `crates/cairn/README.md`\n\
+         covers flags, auth and the CLI.\n"
+    );
+
+    let _ = writeln!(w, "## Routes\n");
+    let _ = writeln!(
+        w,
+        "Auth: `Authorization: Bearer TOKEN` (a host or a session token) unless the server runs\n\
+         open on loopback; `/healthz` and `/openapi.json` need none. Bodies are JSON.\n"
+    );
+    let _ = writeln!(w, "| method | path | operation | answers |");
+    let _ = writeln!(w, "| --- | --- | --- | --- |");
+    let mut ops = openapi::operations(&doc);
+    ops.sort_by(|a, b| (a.1.as_str(), a.0.as_str()).cmp(&(b.1.as_str(), b.0.as_str())));
+    for (method, path, op) in &ops {
+        let mut statuses: Vec<&String> = op["responses"]
+            .as_object()
+            .map(|r| r.keys().collect())
+            .unwrap_or_default();
+        statuses.sort();
+        let statuses: Vec<&str> = statuses.into_iter().map(String::as_str).collect();
+        let _ = writeln!(
+            w,
+            "| {} | `{path}` | `{}` | {} |",
+            method.to_uppercase(),
+            op["operationId"].as_str().unwrap_or_default(),
+            statuses.join(", ")
+        );
+    }
+    let _ = writeln!(w, "| GET | `/openapi.json` | | 200 |");
+    let _ = writeln!(w, "| POST | `/mcp` | | MCP over streamable HTTP (see ADR 0011) |\n");
+
+    let _ = writeln!(w, "## Errors\n");
+    let _ = writeln!(
+        w,
+        "Every error answers `{{\"error\": {{\"code\", \"message\"}}}}` (plus `tombstone` on\n\
+         `no_longer_retained`) and changed nothing, except `outcome_unknown`. The CLI exits 2 on\n\
+         400, 413 and 415 (bad input) and 1 on the others.\n"
+    );
+    let _ = writeln!(w, "| code | status | meaning |");
+    let _ = writeln!(w, "| --- | --- | --- |");
+    for (err, meaning) in core_errors() {
+        let _ = writeln!(
+            w,
+            "| `{}` | {} | {} |",
+            err.code(),
+            status_of(&err).as_u16(),
+            cell(meaning)
+        );
+    }
+    for (code, status, meaning) in SERVER_ERRORS {
+        let _ = writeln!(w, "| `{code}` (server) | {status} | {} |", cell(meaning));
+    }
+
+    let _ = writeln!(w, "\n## Built-in tools\n");
+    let _ = writeln!(
+        w,
+        "Started as `{{\"type\": \"tool_call\", \"tool\": NAME, \"args\": {{...}}}}`. Unknown args are\n\
+         refused at start (400 `invalid_request`). `shell` runs only on a server started with\n\
+         `--allow-shell`.\n"
+    );
+    for name in &names {
+        let Some(schema) = cairn_tools::args_schema(name) else {
+            continue;
+        };
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let _ = writeln!(w, "### `{name}`\n");
+        if name == "shell" {
+            let _ = writeln!(w, "Exactly one of `argv` and `command`.\n");
+        }
+        let _ = writeln!(w, "| arg | type | required | meaning |");
+        let _ = writeln!(w, "| --- | --- | --- | --- |");
+        for (arg, prop) in schema["properties"].as_object().into_iter().flatten() {
+            let _ = writeln!(
+                w,
+                "| `{arg}` | {} | {} | {} |",
+                type_of(prop),
+                if required.contains(&arg.as_str()) { "yes" } else { "no" },
+                cell(prop["description"].as_str().unwrap_or_default())
+            );
+        }
+        if let Some(example) = cairn_tools::args_example(name) {
+            let _ = writeln!(w, "\nExample args: `{example}`\n");
+        }
+    }
+
+    let _ = writeln!(w, "## Event types\n");
+    let _ = writeln!(
+        w,
+        "cairn's own types; a process declares its others at start (`event_types`), and a\n\
+         signal named N is appended as `signal.N`.\n"
+    );
+    let _ = writeln!(w, "| type | meaning |");
+    let _ = writeln!(w, "| --- | --- |");
+    let mut types: Vec<String> = cairn_core::events::core_event_types()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    for name in &names {
+        if let Some(tool) = tools.get(name) {
+            types.extend(tool.event_types().into_iter().map(|t| t.name));
+        }
+    }
+    for t in &types {
+        let _ = writeln!(w, "| `{t}` | {} |", cell(event_meaning(t)));
+    }
+    let _ = writeln!(w, "| `signal.{{name}}` | a signal: `{{signal_id, payload}}` |\n");
+
+    let _ = writeln!(w, "## Wire shapes\n");
+    let _ = writeln!(w, "The named shapes of `/openapi.json` (`components.schemas`):\n");
+    for (name, schema) in doc["components"]["schemas"].as_object().into_iter().flatten() {
+        let description = schema["description"].as_str().unwrap_or_default();
+        let first = description.split("\n\n").next().unwrap_or_default();
+        let _ = writeln!(w, "- `{name}`: {}", first.replace('\n', " "));
+    }
+    out
+}

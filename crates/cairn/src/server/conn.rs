@@ -1,0 +1,175 @@
+//! Connection plumbing of `cairn serve`: the connection limit, the answer to
+//! connections over it, and closing sockets without resetting them.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::metrics::Metrics;
+
+/// The open connections, at most `--max-connections`.
+pub struct Connections {
+    slots: Arc<tokio::sync::Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+/// One open connection's slot, given back when it closes.
+pub struct ConnectionSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Connections {
+    /// At most `max` (at least 1) connections, counted in `metrics`.
+    pub fn new(max: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            slots: Arc::new(tokio::sync::Semaphore::new(max.max(1))),
+            metrics,
+        }
+    }
+
+    /// A slot for a new connection, or `None` when all are taken.
+    pub fn try_open(&self) -> Option<ConnectionSlot> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        self.metrics.connection_opened();
+        Some(ConnectionSlot {
+            _permit: permit,
+            metrics: self.metrics.clone(),
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.metrics.connection_closed();
+    }
+}
+
+/// A connection over the limit: a 503 `unavailable` and close, so the client
+/// knows to retry rather than hang in the listen backlog. The answer is written by
+/// hand because the connection is never handed to hyper (that is the point).
+pub async fn refuse_busy(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Read the request head first: closing a socket with unread input resets it,
+    // and the client would see a reset instead of the answer.
+    let mut head = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        let mut buf = [0u8; 1024];
+        while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    const BODY: &str = r#"{"error":{"code":"unavailable","message":"too many open connections; retry shortly"}}"#;
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         retry-after: 1\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// How long a closing connection keeps reading (and discarding) what the client
+/// still sends, and how much of it.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 8 * 1024 * 1024;
+
+/// A connection's socket that closes gracefully: when the server is done with it
+/// (an early 413, a timeout), the write side is shut and the client's unread
+/// input is drained for a moment before the socket closes. Closing a socket with
+/// unread input makes the kernel send a reset, and a reset makes the client's
+/// kernel drop the answer it has not read yet (the "lingering close" of nginx and
+/// Go's net/http). Hand-written: tokio and hyper leave socket closing to the caller.
+pub struct Lingering {
+    stream: Option<TcpStream>,
+}
+
+impl Lingering {
+    /// Wrap an accepted stream.
+    pub fn new(stream: TcpStream) -> Self {
+        Self { stream: Some(stream) }
+    }
+
+    fn stream(&mut self) -> Pin<&mut TcpStream> {
+        // Only `Drop` takes the stream out.
+        Pin::new(self.stream.as_mut().expect("stream present until drop"))
+    }
+}
+
+impl AsyncRead for Lingering {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        self.stream().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Lingering {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.stream().poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream().poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.stream().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.as_ref().is_some_and(|s| s.is_write_vectored())
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let Some(mut stream) = self.stream.take() else {
+            return;
+        };
+        // Nothing waiting to be read: close at once (the common case).
+        let mut probe = [0u8; 1];
+        match stream.try_read(&mut probe) {
+            Ok(0) => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => return,
+            Ok(_) => {}
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = stream.shutdown().await;
+            let _ = tokio::time::timeout(LINGER, async {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut drained = 0;
+                while drained < LINGER_BYTES {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => drained += n,
+                    }
+                }
+            })
+            .await;
+        });
+    }
+}

@@ -1,0 +1,417 @@
+//! The CLI as a new user meets it: ids, working directory, environment, stdin,
+//! Ctrl-C, restarts, exit codes, `--json` shapes, timeouts and hints.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{run_cli, waiter, Server, BIN};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// A `cairn` client started in the background, its stderr read line by line.
+struct Running {
+    child: tokio::process::Child,
+    stderr: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+}
+
+impl Running {
+    fn spawn(base: &str, args: &[&str]) -> Running {
+        let mut child = tokio::process::Command::new(BIN)
+            .arg("--server")
+            .arg(base)
+            .args(args)
+            .env_remove("CAIRN_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn cairn");
+        let stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        Running { child, stderr }
+    }
+
+    /// The next stderr line containing `needle` (bounded).
+    async fn stderr_line(&mut self, needle: &str) -> String {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = self.stderr.next_line().await.expect("read stderr") {
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+            panic!("stderr closed before a line with `{needle}`");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no stderr line with `{needle}` in time"))
+    }
+
+    fn interrupt(&self) {
+        let pid = self.child.id().expect("running") as libc::pid_t;
+        // SAFETY: sending SIGINT to our own child process by its pid.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    }
+
+    async fn exit_code(mut self) -> i32 {
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("cairn exited in time")
+            .expect("wait");
+        status.code().unwrap_or(-1)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_prints_its_id_and_forwards_cwd_and_opted_in_env() {
+    let server = Server::start(&[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = "pwd; echo \"A=${CAIRN_T_A:-unset} B=${CAIRN_T_B:-unset} C=${CAIRN_T_C:-unset}\"";
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "--server",
+            &server.base,
+            "run",
+            "--env",
+            "CAIRN_T_A",
+            "--env",
+            "CAIRN_T_B=given",
+        ])
+        .args(["--", "sh", "-c", script])
+        .current_dir(dir.path())
+        .env("CAIRN_T_A", "from-caller")
+        .env("CAIRN_T_C", "not-forwarded")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("cairn run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let here = dir.path().canonicalize().expect("canonical");
+    assert_eq!(
+        stdout,
+        format!("{}\nA=from-caller B=given C=unset\n", here.display()),
+        "{stderr}"
+    );
+    let id = stderr
+        .split_whitespace()
+        .find(|w| w.starts_with("run-"))
+        .unwrap_or_else(|| panic!("no id on stderr: {stderr}"));
+    let (status, record) = server.client().get(&format!("/v1/processes/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(record["disposition"], "owner_bound");
+
+    // --env-all forwards everything; a named variable that is not set is bad input.
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "--server",
+            &server.base,
+            "run",
+            "--env-all",
+            "--",
+            "sh",
+            "-c",
+            "echo $CAIRN_T_C",
+        ])
+        .env("CAIRN_T_C", "all-of-it")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("cairn run");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "all-of-it\n");
+    let out = run_cli(
+        &server.base,
+        None,
+        &["run", "--env", "CAIRN_T_SURELY_UNSET", "--", "true"],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("`CAIRN_T_SURELY_UNSET` is not set"),
+        "{}",
+        out.stderr
+    );
+
+    // --disposition, and --detach says how to follow.
+    let out = run_cli(
+        &server.base,
+        None,
+        &[
+            "run",
+            "--detach",
+            "--disposition",
+            "rerunnable",
+            "--id",
+            "det-1",
+            "--",
+            "true",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!((out.code, out.stdout.trim()), (0, "det-1"), "{}", out.stderr);
+    assert!(out.stderr.contains("cairn events det-1 --follow"), "{}", out.stderr);
+    let (_, record) = server.client().get("/v1/processes/det-1").await;
+    assert_eq!(record["disposition"], "rerunnable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_piped_stdin_and_starts_nothing() {
+    let server = Server::start(&[]).await;
+    let out = run_cli(
+        &server.base,
+        None,
+        &["run", "--id", "piped", "--", "cat"],
+        Some("data\n"),
+    )
+    .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("does not forward stdin"), "{}", out.stderr);
+    let (status, _) = server.client().get("/v1/processes/piped").await;
+    assert_eq!(status, 404, "a refused run must start nothing");
+    // A pipe that carries nothing (closed at once) is not input.
+    let out = run_cli(
+        &server.base,
+        None,
+        &["run", "--id", "empty-pipe", "--", "true"],
+        Some(""),
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_asks_the_server_to_cancel() {
+    let server = Server::start(&[]).await;
+    let mut run = Running::spawn(&server.base, &["run", "--id", "long", "--", "sleep", "30"]);
+    run.stderr_line("started long").await;
+    server.client().wait_for("long", |r| !r["lease"].is_null()).await;
+    run.interrupt();
+    let said = run.stderr_line("cancelling long").await;
+    assert!(said.contains("Ctrl-C"), "{said}");
+    assert_eq!(run.exit_code().await, 130);
+    let (_, record) = server.client().get("/v1/processes/long").await;
+    assert_eq!(record["status"], "cancelled", "{record}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_abandonment_is_said_in_words() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("c.db").display());
+    let mut server = Server::start_on(&db, &[]).await;
+    let port = server.base.rsplit(':').next().expect("port").to_string();
+    let mut run = Running::spawn(&server.base, &["run", "--id", "ob", "--", "sleep", "30"]);
+    run.stderr_line("started ob").await;
+    server.client().wait_for("ob", |r| !r["lease"].is_null()).await;
+    // SAFETY: sending SIGTERM to our own child process by its pid.
+    assert_eq!(unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGTERM) }, 0);
+    assert!(server.wait_exit(Duration::from_secs(20)).is_some_and(|s| s.success()));
+    drop(server);
+    // The client resumes once the server is back, and says how the run ended.
+    let listen = format!("127.0.0.1:{port}");
+    let _again = Server::serve(&["--db", &db, "--listen", &listen]).await;
+    let said = run.stderr_line("ob was abandoned").await;
+    assert!(said.contains("shut down before it ended"), "{said}");
+    assert!(!said.contains('{'), "not raw JSON: {said}");
+    assert_eq!(run.exit_code().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn section_three_exit_codes_json_shapes_and_messages() {
+    let server = Server::start(&["--max-await", "300ms"]).await;
+    let base = server.base.clone();
+    let cli = |args: &'static [&'static str]| {
+        let base = base.clone();
+        async move { run_cli(&base, None, args, None).await }
+    };
+    assert_eq!(server.client().start(waiter("w1")).await.0, 201);
+    server.client().wait_for("w1", |r| !r["wait"].is_null()).await;
+
+    // --json events is one document, like every other --json.
+    let out = cli(&["--json", "events", "w1"]).await;
+    let doc = out.json();
+    let events = doc["events"].as_array().expect("events array");
+    assert_eq!(events[0]["sequence"], 1);
+    assert_eq!(events.len(), 2, "{doc}");
+    // Client flags are also accepted after the command.
+    let out = cli(&["events", "w1", "--json"]).await;
+    assert_eq!(out.json()["events"].as_array().map(Vec::len), Some(2));
+
+    // await: a timeout longer than the server's cap (300 ms) is honoured, then said.
+    let started = Instant::now();
+    let out = cli(&["await", "w1", "--timeout", "1.2s"]).await;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1200),
+        "cut short at the server cap"
+    );
+    assert!(
+        out.stderr
+            .contains("timed out after 1s 200ms: w1 is still running (exit code 3)"),
+        "{}",
+        out.stderr
+    );
+    let out = cli(&["await", "w1", "--timeout", "soon"]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+
+    // Bad input the server catches exits 2; an unknown id is 1.
+    let out = cli(&["ls", "--status", "bogus"]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("invalid_filter"), "{}", out.stderr);
+    let out = cli(&["signal", "w1", "bad name!"]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let out = cli(&["get", "nope"]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+
+    // ls: newest first, whatever the ids' text order.
+    for id in ["b-first", "a-second"] {
+        assert_eq!(server.client().start(waiter(id)).await.0, 201);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let out = cli(&["--json", "ls", "--status", "any"]).await;
+    let ids: Vec<String> = out.json()["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .map(|p| p["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(ids[..2], ["a-second", "b-first"], "{ids:?}");
+    let out = cli(&["ls", "--status", "any"]).await;
+    let first_row = out.stdout.lines().nth(1).unwrap_or_default();
+    assert!(first_row.starts_with("a-second"), "{}", out.stdout);
+
+    // complete and append on an externally owned process; changes; transfer.
+    let ext = json!({"id": "x1", "disposition": "externally_owned", "input": {"type": "external"},
+                     "event_types": [{"name": "progress"}], "grant": {"session_scope": {"session_id": "s1"}}});
+    assert_eq!(server.client().start(ext).await.0, 201);
+    let out = cli(&[
+        "append",
+        "x1",
+        "progress",
+        "--payload",
+        "{\"p\": 50}",
+        "--replay-key",
+        "k",
+    ])
+    .await;
+    assert_eq!(
+        (out.code, out.stdout.trim()),
+        (0, "progress recorded on x1 as event 1"),
+        "{}",
+        out.stderr
+    );
+    let out = cli(&[
+        "append",
+        "x1",
+        "progress",
+        "--payload",
+        "{\"p\": 50}",
+        "--replay-key",
+        "k",
+    ])
+    .await;
+    assert!(out.stdout.contains("a replay"), "{}", out.stdout);
+    let out = cli(&["append", "x1", "undeclared"]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let out = cli(&["transfer", "--from", "s1", "--to", "s2", "x1", "w1"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.lines().next(), Some("moved: x1"), "{}", out.stdout);
+    let out = cli(&[
+        "--json",
+        "complete",
+        "x1",
+        "--failure",
+        "red",
+        "--message",
+        "3 tests failed",
+    ])
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["outcome"]["code"], "red");
+    let out = cli(&["complete", "x1", "--value", "1"]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("process_terminal"), "{}", out.stderr);
+    let out = cli(&["complete", "x1"]).await;
+    assert_eq!(out.code, 2, "one of --value, --failure, --outcome is required");
+    let out = cli(&["--json", "changes", "--cursor", "0"]).await;
+    let changes = out.json();
+    assert!(
+        changes["changes"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["process"]["id"] == "x1")),
+        "{changes}"
+    );
+    assert!(changes["next_cursor"].as_u64().is_some_and(|c| c > 0), "{changes}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_completions_and_an_unreachable_server() {
+    // serve --help lists the server's flags only; client commands list the client's.
+    let out = run_cli("http://127.0.0.1:9", None, &["serve", "--help"], None).await;
+    assert_eq!(out.code, 0);
+    assert!(out.stdout.contains("--allow-shell") && out.stdout.contains("--token"));
+    assert!(
+        !out.stdout.contains("--server") && !out.stdout.contains("--json"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("Examples:"), "{}", out.stdout);
+    let out = run_cli("http://127.0.0.1:9", None, &["await", "--help"], None).await;
+    assert!(
+        out.stdout.contains("--server") && out.stdout.contains("--json"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("--allow-shell"), "{}", out.stdout);
+    assert!(out.stdout.contains("Examples:"), "{}", out.stdout);
+
+    // A token before `serve` would not reach it: refused, not ignored.
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "--token",
+            "secret",
+            "serve",
+            "--db",
+            "memory",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("cairn");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("client options"));
+
+    let out = run_cli("http://127.0.0.1:9", None, &["completions", "bash"], None).await;
+    assert_eq!(out.code, 0);
+    assert!(
+        out.stdout.contains("complete -F") && out.stdout.contains("cairn"),
+        "{}",
+        out.stdout
+    );
+
+    // A server without --allow-shell says how to get `shell`.
+    let no_shell = Server::serve(&["--db", "memory", "--listen", "127.0.0.1:0"]).await;
+    let out = run_cli(&no_shell.base, None, &["run", "--", "true"], None).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("unknown_tool"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("hint: the server runs the `shell` tool only when started with `--allow-shell`"),
+        "{}",
+        out.stderr
+    );
+
+    // A server that is not there: exit 1 and a hint.
+    let out = run_cli("http://127.0.0.1:9", None, &["ls"], None).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("hint: is `cairn serve` running at http://127.0.0.1:9?"),
+        "{}",
+        out.stderr
+    );
+}

@@ -1,0 +1,185 @@
+//! The server against slow, idle, greedy and oversized clients, and what it
+//! tells an operator: readiness, gauges, latency histograms and build info.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{tool_start, waiter, Server};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn connect(server: &Server) -> TcpStream {
+    TcpStream::connect(server.base.trim_start_matches("http://"))
+        .await
+        .expect("connect")
+}
+
+/// Everything the server sends until it closes the connection (bounded).
+async fn read_to_close(stream: &mut TcpStream, within: Duration) -> String {
+    let mut out = Vec::new();
+    tokio::time::timeout(within, stream.read_to_end(&mut out))
+        .await
+        .expect("the server closed the connection in time")
+        .expect("read");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_slow_and_idle_connections_are_closed() {
+    let server = Server::start(&["--header-timeout", "300ms"]).await;
+    // Connected, never sent a byte (a half-open or abandoned client).
+    let mut silent = connect(&server).await;
+    assert_eq!(read_to_close(&mut silent, Duration::from_secs(5)).await, "");
+    // Headers started but never finished (slowloris).
+    let mut slow = connect(&server).await;
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let answer = read_to_close(&mut slow, Duration::from_secs(5)).await;
+    assert!(!answer.contains("200 OK"), "{answer}");
+    // A kept-alive connection that goes idle after its answer.
+    let mut idle = connect(&server).await;
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_to_close(&mut idle, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_refused_with_503() {
+    let server = Server::start(&["--max-connections", "2"]).await;
+    let held = [connect(&server).await, connect(&server).await];
+    let mut third = connect(&server).await;
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_to_close(&mut third, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains(r#""code":"unavailable""#), "{answer}");
+    // Once the held connections close, their slots serve again.
+    drop(held);
+    let c = server.client();
+    let mut ok = false;
+    for _ in 0..200 {
+        if c.http
+            .get(c.url("/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ok, "slots were never given back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_content_length_is_refused_before_the_body() {
+    let server = Server::start(&["--max-body-bytes", "1024"]).await;
+    let mut stream = connect(&server).await;
+    // Declares 100 MB and sends none of it: the answer must not wait for the body.
+    stream
+        .write_all(
+            b"POST /v1/processes HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\
+              content-length: 104857600\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let answer = read_to_close(&mut stream, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains(r#""code":"payload_too_large""#), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    // Within the limit, the same route works.
+    assert_eq!(server.client().start(waiter("small")).await.0, 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_gauges_latency_and_build_info() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("m.db").display());
+    let server = Server::start_on(&db, &[]).await;
+    let c = server.client();
+    let (s, health) = c.get("/healthz").await;
+    assert_eq!(s, 200);
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+
+    assert_eq!(c.start(waiter("g1")).await.0, 201);
+    // g1 suspends (rerunnable: no run, no lease); g2 waits holding both (owner_bound).
+    assert_eq!(
+        c.start(tool_start("g2", "wait_signal", json!({"name": "go"}), "owner_bound"))
+            .await
+            .0,
+        201
+    );
+    c.wait_for("g1", |r| !r["wait"].is_null()).await;
+    c.wait_for("g2", |r| !r["wait"].is_null()).await;
+    let r = c.http.get(c.url("/metrics")).send().await.expect("metrics");
+    assert!(r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/openmetrics-text")));
+    let text = r.text().await.expect("text");
+    for line in [
+        "cairn_processes_running 2",
+        "cairn_processes_waiting 2",
+        "cairn_processes_counted_capped 0",
+        "cairn_worker_runs 1",
+        &format!(
+            "cairn_build_info{{version=\"{}\",backend=\"sqlite\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        ),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    }
+    // Only the owner-bound wait holds a lease.
+    assert!(text.lines().any(|l| l == "cairn_leases_held 1"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("cairn_http_connections_open ") && !l.ends_with(" 0")),
+        "{text}"
+    );
+    let healthz_count = text
+        .lines()
+        .find(|l| l.starts_with("cairn_http_request_duration_seconds_count{method=\"GET\",route=\"/healthz\"}"))
+        .unwrap_or_else(|| panic!("no latency histogram for /healthz in\n{text}"));
+    assert!(!healthz_count.ends_with(" 0"), "{healthz_count}");
+    assert!(
+        text.contains("cairn_http_request_duration_seconds_bucket{le=\"0.001\",method=\"GET\",route=\"/healthz\"}")
+            || text
+                .contains("cairn_http_request_duration_seconds_bucket{method=\"GET\",route=\"/healthz\",le=\"0.001\"}"),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+}
+
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_when_the_database_does_not_answer() {
+    let Some(url) = cairn_postgres::testing::test_url() else {
+        return;
+    };
+    let schema = cairn_postgres::testing::TestSchema::new("cairn_ready");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let db = format!("{url}{sep}schema={}", schema.name);
+    let server = Server::start_on(&db, &[]).await;
+    let c = server.client();
+    assert_eq!(c.get("/healthz").await.0, 200);
+    // The tables vanish under the running server: not ready.
+    schema
+        .execute(&format!("DROP SCHEMA \"{}\" CASCADE", schema.name))
+        .await
+        .expect("drop schema");
+    let (s, err) = c.get("/healthz").await;
+    assert_eq!((s, err["error"]["code"].as_str()), (503, Some("unavailable")), "{err}");
+}
