@@ -968,3 +968,66 @@ async fn a_lane_batch_runs_again_before_its_commit_and_is_unknown_after_it() {
     let seen: Vec<_> = events.events.iter().map(|e| e.payload["i"].clone()).collect();
     assert_eq!(seen, vec![json!(1), json!(2), json!(3)]);
 }
+
+/// A process one node suspended resumes when another node writes its signal:
+/// the woken row is announced to every node (NOTIFY), the suspending node's
+/// driver claims it, and the awaiter on the signalling node hears the end.
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_signal_on_one_node_resumes_a_suspension_made_by_another() {
+    if !testing::enabled() {
+        return;
+    }
+    let schema = TestSchema::new("cairn_t");
+    let node = |reg: PostgresRegistry, worker: bool| {
+        let hub = ChangeHub::new();
+        reg.listen(hub.clone());
+        let b = cairn_core::Processes::builder(Arc::new(reg))
+            .hub(hub)
+            .tools(cairn_tools::builtin_tools(false))
+            .worker_config(cairn_core::WorkerConfig {
+                owner_id: "node-a".into(),
+                ..cairn_core::WorkerConfig::default()
+            });
+        if worker {
+            b.start()
+        } else {
+            b.without_worker().start()
+        }
+    };
+    let a = node(schema.connect(clock()).await.expect("node a"), true);
+    let b = node(schema.connect(clock()).await.expect("node b"), false);
+    let wait = Duration::from_secs(20);
+    a.start(cairn_core::StartRequest::tool(
+        "x",
+        "wait_signal",
+        json!({"name": "go"}),
+        cairn_core::Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start on a");
+    b.await_event("x", "process.waiting", 0, wait)
+        .await
+        .expect("b sees the wait");
+    let rec = b.get("x").await.expect("get");
+    assert!(rec.lease.is_none(), "suspended on a: {rec:?}");
+    b.signal("x", "go", "from-b", json!({"ok": 1}))
+        .await
+        .expect("signal on b");
+    let done = b.await_output("x", wait).await.expect("await on b");
+    assert_eq!(
+        done.outcome,
+        Some(cairn_core::Outcome::success(json!({"ok": 1}))),
+        "{done:?}"
+    );
+    assert_eq!(done.started.map(|s| s.owner_id), Some("node-a".to_string()));
+    let events = b.events("x", 0, Some(100)).await.expect("events").events;
+    let resumed: Vec<_> = events.iter().filter(|e| e.event_type == "process.resumed").collect();
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(resumed[0].payload["reason"], "signal");
+    a.shutdown().await;
+    b.shutdown().await;
+}
