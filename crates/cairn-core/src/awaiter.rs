@@ -17,8 +17,10 @@ use crate::Result;
 use tokio::sync::watch;
 
 /// How long a hub-fed waiter trusts the hub before it reads once anyway: a
-/// backstop against a notice lost to a bug, never the way waits resolve.
-pub const HUB_BACKSTOP: Duration = Duration::from_secs(30);
+/// backstop against a notice lost to a bug, never the way waits resolve (every
+/// write of this process publishes, and a source that may have missed some
+/// calls `ChangeHub::resync`), so it is long: idle waiters cost no reads.
+pub const HUB_BACKSTOP: Duration = Duration::from_secs(300);
 
 /// Polling bounds for an awaiter without a hub: start at the floor, double on
 /// each quiet wait, stop at the cap.

@@ -326,7 +326,10 @@ impl ProcessRegistry for WatchedRegistry {
     }
 
     async fn delete_session(&self, session_id: &str) -> Result<SessionDeleteReport> {
-        self.inner.delete_session(session_id).await
+        let r = self.inner.delete_session(session_id).await?;
+        // It cancels and revokes across processes: every waiter reads again.
+        self.hub.resync();
+        Ok(r)
     }
 
     async fn pending_wakes(&self, session_id: &str, limit: Option<usize>) -> Result<Vec<WakeDelivery>> {
@@ -406,7 +409,12 @@ impl ProcessRegistry for WatchedRegistry {
     }
 
     async fn prune(&self, cutoff_ms: u64, status: StatusFilter, watermark: Watermark) -> Result<PruneReport> {
-        self.inner.prune(cutoff_ms, status, watermark).await
+        let r = self.inner.prune(cutoff_ms, status, watermark).await?;
+        if r.pruned > 0 {
+            // Waiters on a pruned process learn it is gone by reading again.
+            self.hub.resync();
+        }
+        Ok(r)
     }
 
     async fn changed_since(&self, cursor: u64, limit: Option<usize>) -> Result<ChangePage> {

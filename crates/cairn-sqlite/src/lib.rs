@@ -63,8 +63,10 @@ pub struct SqliteOptions {
     pub clock: SharedClock,
     /// Most write jobs committed in one transaction (default 64).
     pub max_batch: usize,
-    /// Idle read connections kept open (default 4). More may be opened under
-    /// load; the extra ones are closed when they return.
+    /// Read connections (default 4): reads run at most this many at once, each
+    /// on a blocking thread with a pooled connection; more callers wait their
+    /// turn. A burst of readers (500 streams opening together) then costs a
+    /// queue, not 500 threads and 500 connections with their page caches.
     pub read_connections: usize,
     /// How long a connection waits for a lock held by another process on the
     /// same file before failing (default 5 s).
@@ -138,6 +140,8 @@ pub struct SqliteRegistry {
     readers: Arc<Readers>,
     clock: SharedClock,
     watcher: Mutex<Option<others::Watcher>>,
+    /// One permit per read connection (see `SqliteOptions::read_connections`).
+    read_slots: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for SqliteRegistry {
@@ -177,6 +181,7 @@ impl SqliteRegistry {
             readers,
             clock: options.clock,
             watcher: Mutex::new(None),
+            read_slots: tokio::sync::Semaphore::new(options.read_connections.max(1)),
         })
     }
 
@@ -234,6 +239,8 @@ impl SqliteRegistry {
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>, u64) -> std::result::Result<T, Fault> + Send + 'static,
     {
+        // Never closed, so acquiring fails only if it were; then read anyway.
+        let _slot = self.read_slots.acquire().await.ok();
         let readers = self.readers.clone();
         let now = self.clock.now_ms();
         tokio::task::spawn_blocking(move || readers.read(|tx| work(tx, now)))

@@ -19,8 +19,11 @@ use futures::Stream;
 use super::api::status_of;
 use super::AppState;
 
-/// How long one follow waits before re-checking the record (the stream stays open).
-const FOLLOW_WAIT: Duration = Duration::from_secs(15);
+/// How long one follow waits before re-checking the record (the stream stays
+/// open). The follow itself wakes on every change of the process and on its
+/// end (the hub), so this is only a bound, not a poll: an idle stream costs no
+/// reads (keep-alive comments keep proxies from closing it).
+const FOLLOW_WAIT: Duration = Duration::from_secs(3600);
 
 struct Follow {
     state: Arc<AppState>,
