@@ -35,9 +35,9 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> ScenarioReport {
     ));
     if processes != 10_000 {
         r.notes.push(format!(
-            "{processes} processes, not 10,000: waiting processes poll the store (the awaiter's 1 s cap) and \
-             renew leases, so starting 10,000 on SQLite takes minutes per run on 2 cores; \
-             `--memory-processes 10000` measures the full count"
+            "{processes} processes, not 10,000: each owner-bound wait holds a run (a task, a slot, a lease \
+             renewed every 10 s); `--memory-processes 10000` measures the full count, and the `suspended` \
+             scenario what rerunnable (suspended) waits cost"
         ));
     }
     let why = "resident memory has no commit-rate limit";
