@@ -144,7 +144,7 @@ async fn memory_role(url: &str, processes: usize, prefix: &str) -> ExitCode {
         })
         .start();
     let t = Instant::now();
-    let answer = match start_waiting(&p, processes, prefix).await {
+    let answer = match start_waiting(&p, processes, prefix, Disposition::OwnerBound).await {
         Ok(()) => {
             let start_seconds = t.elapsed().as_secs_f64();
             // Let freed request buffers settle before reading.
@@ -172,7 +172,15 @@ async fn memory_role(url: &str, processes: usize, prefix: &str) -> ExitCode {
     }
 }
 
-async fn start_waiting(p: &Processes, processes: usize, prefix: &str) -> Result<(), String> {
+/// Start `processes` `wait_signal` processes (`{prefix}-{i:07}`) from 32
+/// starters and return once every one has recorded its wait (an `owner_bound`
+/// one waits holding its run, a `rerunnable` one has suspended).
+pub(crate) async fn start_waiting(
+    p: &Processes,
+    processes: usize,
+    prefix: &str,
+    disposition: Disposition,
+) -> Result<(), String> {
     const STARTERS: usize = 32;
     let mut tasks = JoinSet::new();
     for s in 0..STARTERS.min(processes) {
@@ -180,7 +188,7 @@ async fn start_waiting(p: &Processes, processes: usize, prefix: &str) -> Result<
         tasks.spawn(async move {
             for i in (s..processes).step_by(STARTERS) {
                 let id = format!("{prefix}-{i:07}");
-                let req = StartRequest::tool(id, "wait_signal", json!({"name": "go"}), Disposition::OwnerBound);
+                let req = StartRequest::tool(id, "wait_signal", json!({"name": "go"}), disposition);
                 start_new(&p, req).await?;
             }
             for i in (s..processes).step_by(STARTERS) {

@@ -17,7 +17,7 @@ use cairn_tools::builtin_tools;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
-use super::child::{rss_anon_bytes, rss_bytes, say, ChildProc};
+use super::child::{rss_anon_bytes, rss_bytes, say, start_waiting, ChildProc};
 use super::report::{Bound, Figure, Outcome, ScenarioReport};
 use super::stats::{quantile, Rng};
 use super::{start_new, Ctx};
@@ -226,7 +226,7 @@ async fn child_measure(url: &str, processes: usize, prefix: &str, idle: u64, sam
     let rss_idle = rss_bytes()?;
     let anon_idle = rss_anon_bytes()?;
     let t = Instant::now();
-    start_suspended(&p, processes, prefix).await?;
+    start_waiting(&p, processes, prefix, Disposition::Rerunnable).await?;
     let start_seconds = t.elapsed().as_secs_f64();
     // The same settling before the second reading: what is left is held.
     tokio::time::sleep(SETTLE).await;
@@ -361,27 +361,5 @@ async fn warm_up(p: &Processes, prefix: &str, count: usize) -> Result<(), String
     Ok(())
 }
 
-/// Concurrent starters, in the warm-up and the suspended start alike.
+/// Concurrent starters of the warm-up (as `start_waiting` has).
 const STARTERS: usize = 32;
-
-async fn start_suspended(p: &Processes, processes: usize, prefix: &str) -> Result<(), String> {
-    let mut tasks = JoinSet::new();
-    for s in 0..STARTERS.min(processes) {
-        let (p, prefix) = (p.clone(), prefix.to_string());
-        tasks.spawn(async move {
-            for i in (s..processes).step_by(STARTERS) {
-                let id = format!("{prefix}-{i:07}");
-                let req = StartRequest::tool(&id, "wait_signal", json!({"name": "go"}), Disposition::Rerunnable);
-                start_new(&p, req).await?;
-                p.await_event(&id, events::WAITING, 0, Duration::from_secs(600))
-                    .await
-                    .map_err(|e| format!("`{id}` never suspended: {e}"))?;
-            }
-            Ok::<(), String>(())
-        });
-    }
-    while let Some(joined) = tasks.join_next().await {
-        joined.map_err(|e| format!("starter task: {e}"))??;
-    }
-    Ok(())
-}
