@@ -100,15 +100,41 @@ impl Originator {
     }
 }
 
-/// A reference to what caused a process (a parent process, a turn, a tool call).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A reference to what caused a process: its parent process
+/// (`{"process_id"}`, SPEC §13), or any other cause as `{"kind", "id"}` (a turn,
+/// a tool call; `{"kind": "process", "id"}` names a parent too).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CausalRef {
-    /// What the cause is (`process`, `turn`, `tool_call`, ...).
-    pub kind: String,
-    /// Its id in its own kind.
-    pub id: String,
+    /// The parent process (SPEC §13); alone, without `kind` and `id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_id: Option<String>,
+    /// What the cause is (`process`, `turn`, `tool_call`, ...), with `id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Its id in its own kind, with `kind`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+impl CausalRef {
+    /// A parent process.
+    pub fn process(id: impl Into<String>) -> Self {
+        Self {
+            process_id: Some(id.into()),
+            ..Self::default()
+        }
+    }
+
+    /// The parent process it names, if it names one.
+    pub fn parent_process(&self) -> Option<&str> {
+        match (&self.process_id, self.kind.as_deref(), &self.id) {
+            (Some(p), _, _) => Some(p),
+            (None, Some("process"), Some(id)) => Some(id),
+            _ => None,
+        }
+    }
 }
 
 /// Where a process came from.
@@ -961,6 +987,9 @@ pub struct ProcessFilter {
     /// Matches [`Originator::scope_id`] (`host`, `host:{scope}`, `session:{id}`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub originator: Option<String>,
+    /// Only the children of this process ([`CausalRef::parent_process`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caused_by: Option<String>,
     /// Inclusive lower bound on `created_at_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_from_ms: Option<u64>,
@@ -1016,7 +1045,7 @@ impl ProcessFilter {
         let mut map = serde_json::Map::new();
         for (key, raw) in pairs {
             let value = match key {
-                "status" | "definition" | "originator" | "after_id" => Value::String(raw.to_string()),
+                "status" | "definition" | "originator" | "caused_by" | "after_id" => Value::String(raw.to_string()),
                 "waiting" => match raw {
                     "true" => Value::Bool(true),
                     "false" => Value::Bool(false),
@@ -1066,6 +1095,10 @@ impl ProcessFilter {
                 .originator
                 .as_ref()
                 .is_none_or(|o| *o == record.provenance.originator.scope_id())
+            && self
+                .caused_by
+                .as_deref()
+                .is_none_or(|p| record.provenance.caused_by.as_ref().and_then(CausalRef::parent_process) == Some(p))
             && self.created_from_ms.is_none_or(|t| record.created_at_ms >= t)
             && self.created_before_ms.is_none_or(|t| record.created_at_ms < t)
             && self.after_id.as_ref().is_none_or(|a| record.id.as_str() > a.as_str())

@@ -133,6 +133,20 @@ pub fn validate_registration(reg: &Registration) -> Result<EventTypes> {
     if let crate::model::Originator::Host { scope: Some(s) } = &reg.provenance.originator {
         validate_id("host scope", s)?;
     }
+    if let Some(c) = &reg.provenance.caused_by {
+        match (&c.process_id, &c.kind, &c.id) {
+            (Some(p), None, None) => validate_id("caused_by.process_id", p)?,
+            (None, Some(k), Some(i)) => {
+                validate_id("caused_by.kind", k)?;
+                validate_id("caused_by.id", i)?;
+            }
+            _ => {
+                return Err(CairnError::InvalidRequest(
+                    "`caused_by` is `{\"process_id\"}` or `{\"kind\", \"id\"}`".into(),
+                ))
+            }
+        }
+    }
     if let Some(target) = &reg.wake_target {
         validate_scope(target)?;
     }

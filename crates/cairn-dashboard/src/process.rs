@@ -146,10 +146,10 @@ fn record_panel(r: &ProcessRecord) -> Markup {
             }
             @if let Some(c) = &r.provenance.caused_by {
                 dt { "Caused by" } dd {
-                    @if c.kind == "process" {
-                        "parent process " a.parent href={ "/ui/processes/" (encode_path(&c.id)) } { (c.id) }
+                    @if let Some(parent) = c.parent_process() {
+                        "parent process " a.parent href={ "/ui/processes/" (encode_path(parent)) } { (parent) }
                     } @else {
-                        (c.kind) " " code { (c.id) }
+                        (c.kind.as_deref().unwrap_or_default()) " " code { (c.id.as_deref().unwrap_or_default()) }
                     }
                 }
             }

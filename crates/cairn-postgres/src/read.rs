@@ -63,6 +63,9 @@ fn filter_sql(filter: &ProcessFilter, sql: &mut String, args: &mut Vec<Param>) {
     if let Some(o) = &filter.originator {
         push(sql, " AND p.originator = ?::text", Box::new(o.clone()));
     }
+    if let Some(c) = &filter.caused_by {
+        push(sql, " AND p.caused_by = ?::text", Box::new(c.clone()));
+    }
     if let Some(t) = filter.created_from_ms {
         push(sql, " AND p.created_at_ms >= ?::int8", Box::new(to_sql(t)));
     }

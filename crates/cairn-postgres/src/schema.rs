@@ -135,7 +135,7 @@ DROP INDEX processes_worklist;
 CREATE INDEX processes_abandon ON processes (claimable_at_ms, id) WHERE abandon_candidate;
 "#;
 
-// Suspension (SPEC §13): a suspended row is claimable at its deadline
+// Suspension and children (SPEC §13): a suspended row is claimable at its deadline
 // (`wake_at_ms`) or not at all until a write wakes it; waits recorded before
 // this version by rerunnable runs become suspensions a signal wakes. Dropping
 // the old generated column drops the indexes over it; they are made again.
@@ -149,6 +149,13 @@ CREATE INDEX processes_abandon ON processes (claimable_at_ms, id) WHERE abandon_
 UPDATE processes SET run_candidate = false
     WHERE run_candidate AND disposition = 'rerunnable' AND waiting
       AND (record::jsonb -> 'cancel_request') IS NULL;
+-- A child's parent (SPEC §13), for the `caused_by` filter.
+ALTER TABLE processes ADD COLUMN caused_by text COLLATE "C";
+UPDATE processes SET caused_by = COALESCE(
+    record::jsonb #>> '{provenance,caused_by,process_id}',
+    CASE WHEN record::jsonb #>> '{provenance,caused_by,kind}' = 'process'
+         THEN record::jsonb #>> '{provenance,caused_by,id}' END);
+CREATE INDEX processes_caused_by ON processes (caused_by, id) WHERE caused_by IS NOT NULL;
 "#;
 
 /// Check a schema name: a plain lower-case SQL identifier, so it never needs

@@ -116,7 +116,7 @@ CREATE TABLE envs (
 );
 "#;
 
-/// Suspension (SPEC §13): a suspended row is claimable at its deadline
+/// Suspension and children (SPEC §13): a suspended row is claimable at its deadline
 /// (`wake_at_ms`) or not at all until a write wakes it; waits recorded before
 /// this version by rerunnable runs become suspensions a signal wakes.
 const V2: &str = r#"
@@ -132,6 +132,13 @@ CREATE INDEX processes_worklist ON processes (claimable_at_ms, id)
 UPDATE processes SET run_candidate = 0
     WHERE run_candidate = 1 AND disposition = 'rerunnable' AND waiting = 1
       AND json_extract(record, '$.cancel_request') IS NULL;
+-- A child's parent (SPEC §13), for the `caused_by` filter.
+ALTER TABLE processes ADD COLUMN caused_by TEXT;
+UPDATE processes SET caused_by = COALESCE(
+    json_extract(record, '$.provenance.caused_by.process_id'),
+    CASE WHEN json_extract(record, '$.provenance.caused_by.kind') = 'process'
+         THEN json_extract(record, '$.provenance.caused_by.id') END);
+CREATE INDEX processes_caused_by ON processes (caused_by, id) WHERE caused_by IS NOT NULL;
 "#;
 
 /// What a file holds before cairn touches it.

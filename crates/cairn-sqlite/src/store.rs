@@ -161,8 +161,8 @@ pub(crate) fn insert_process(conn: &Connection, record: &ProcessRecord) -> R<()>
     conn.prepare_cached(
         "INSERT INTO processes (id, record, status, disposition, definition, originator, originator_scope, waiting,
              created_at_ms, terminal_at_ms, last_sequence, change_cursor, run_candidate, abandon_candidate,
-             wake_at_ms, fencing_counter)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 0)",
+             wake_at_ms, caused_by, fencing_counter)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0)",
     )?
     .execute(params![
         record.id,
@@ -180,6 +180,7 @@ pub(crate) fn insert_process(conn: &Connection, record: &ProcessRecord) -> R<()>
         d.run_candidate,
         d.abandon_candidate,
         d.wake_at,
+        d.caused_by,
     ])?;
     Ok(())
 }
@@ -378,6 +379,10 @@ fn filter_sql(filter: &ProcessFilter, sql: &mut String, args: &mut Vec<SqlValue>
     if let Some(o) = &filter.originator {
         sql.push_str(" AND p.originator = ?");
         args.push(SqlValue::Text(o.clone()));
+    }
+    if let Some(c) = &filter.caused_by {
+        sql.push_str(" AND p.caused_by = ?");
+        args.push(SqlValue::Text(c.clone()));
     }
     if let Some(t) = filter.created_from_ms {
         sql.push_str(" AND p.created_at_ms >= ?");

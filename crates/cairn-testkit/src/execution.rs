@@ -899,3 +899,45 @@ pub async fn hub_fed_await_does_not_poll(factory: &dyn StoreFactory) {
     assert_eq!(r.status, ProcessStatus::Completed);
     p.shutdown().await;
 }
+
+/// Cancelling a parent requests cancellation of its running children, and of
+/// theirs (SPEC §13); a process that is not its descendant keeps running.
+pub async fn cancel_reaches_running_children(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let p = runtime(&store, "w1", vec![]);
+    let waiter = |id: &str, parent: Option<&str>| {
+        let mut req = StartRequest::tool(id, "wait_signal", json!({"name": "go"}), Disposition::Rerunnable);
+        req.caused_by = parent.map(cairn_core::CausalRef::process);
+        req
+    };
+    for (id, parent) in [
+        ("tree", None),
+        ("tree-a", Some("tree")),
+        ("tree-b", Some("tree")),
+        ("tree-a-1", Some("tree-a")),
+        ("bystander", None),
+    ] {
+        p.start(waiter(id, parent)).await.expect("start");
+        p.await_event(id, "process.waiting", 0, WAIT).await.expect("waiting");
+    }
+    let children = p
+        .list(&ProcessFilter {
+            caused_by: Some("tree".into()),
+            ..ProcessFilter::running()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        children.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["tree-a", "tree-b"]
+    );
+    p.cancel("tree", Some("the whole tree".into())).await.expect("cancel");
+    for id in ["tree", "tree-a", "tree-b", "tree-a-1"] {
+        let r = terminal(&p, id).await;
+        assert_eq!(r.status, ProcessStatus::Cancelled, "{id}: {r:?}");
+    }
+    let bystander = p.get("bystander").await.expect("get");
+    assert_eq!(bystander.status, ProcessStatus::Running);
+    assert!(bystander.cancel_request.is_none());
+    p.shutdown().await;
+}

@@ -226,6 +226,7 @@ macro_rules! conformance_suite {
                 events_after_rejects_bad_page_sizes,
                 terminal_is_write_once,
                 wait_state_is_folded,
+                caused_by_lists_children,
                 suspension_releases_the_lease,
                 signal_wakes_a_suspension,
                 wait_refuses_a_stale_view,
@@ -368,6 +369,7 @@ macro_rules! execution_suite {
                 durable_sleep_resumes_at_its_due_time,
                 cancel_resumes_a_suspended_run,
                 hub_fed_await_does_not_poll,
+                cancel_reaches_running_children,
             );
         }
     };

@@ -453,6 +453,9 @@ pub struct LsArgs {
     /// Originator scope id (`host`, `session:ID`, ...).
     #[arg(long)]
     pub originator: Option<String>,
+    /// Only the children of this process (its id in their `caused_by`).
+    #[arg(long, value_name = "ID")]
+    pub caused_by: Option<String>,
     /// One page in id order after this id (the server's pagination) instead of newest first.
     #[arg(long)]
     pub after_id: Option<String>,

@@ -50,6 +50,8 @@ pub struct IndexColumns {
     pub originator_scope: Option<String>,
     /// Whether the record shows a wait.
     pub waiting: bool,
+    /// The parent process, for the `caused_by` filter.
+    pub caused_by: Option<String>,
     /// Registration time, for the created range.
     pub created_at: i64,
     /// Terminal time, for retention.
@@ -78,6 +80,12 @@ impl IndexColumns {
                 Originator::Host { .. } => None,
             },
             waiting: record.wait.is_some(),
+            caused_by: record
+                .provenance
+                .caused_by
+                .as_ref()
+                .and_then(crate::model::CausalRef::parent_process)
+                .map(str::to_string),
             created_at: to_i64(record.created_at_ms),
             terminal_at: record.terminal_at_ms.map(to_i64),
             last_sequence: to_i64(record.last_sequence),

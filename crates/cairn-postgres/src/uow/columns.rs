@@ -40,6 +40,7 @@ pub(super) struct ProcessColumns {
     pub(super) lease_expires: Vec<Option<i64>>,
     pub(super) types_key: Vec<String>,
     pub(super) wake_at: Vec<Option<i64>>,
+    pub(super) caused_by: Vec<Option<String>>,
 }
 
 impl ProcessColumns {
@@ -72,6 +73,7 @@ impl ProcessColumns {
         self.lease_expires.push(l.map(|l| to_sql(l.expires_at_ms)));
         self.types_key.push(types_key);
         self.wake_at.push(d.wake_at);
+        self.caused_by.push(d.caused_by);
         Ok(())
     }
 
@@ -99,6 +101,7 @@ impl ProcessColumns {
             &self.lease_expires,
             &self.types_key,
             &self.wake_at,
+            &self.caused_by,
         ]
     }
 

@@ -19,17 +19,17 @@ use super::{BatchError, Target};
 const INSERT_PROCESSES: &str = "INSERT INTO processes (id, record, status, disposition, definition, originator, \
     originator_scope, waiting, created_at_ms, terminal_at_ms, last_sequence, change_cursor, run_candidate, \
     abandon_candidate, fencing_counter, lease_owner, lease_token, lease_fencing, lease_claimed_at_ms, \
-    lease_expires_at_ms, types_key, wake_at_ms) \
+    lease_expires_at_ms, types_key, wake_at_ms, caused_by) \
     SELECT u.id, u.record, u.status, u.disposition, u.definition, u.originator, u.originator_scope, u.waiting, \
     u.created_at_ms, u.terminal_at_ms, u.last_sequence, (pg_current_xact_id()::text::int8 << 20) | u.ord, \
     u.run_candidate, u.abandon_candidate, u.fencing_counter, u.lease_owner, u.lease_token, u.lease_fencing, \
-    u.lease_claimed_at_ms, u.lease_expires_at_ms, u.types_key, u.wake_at_ms \
+    u.lease_claimed_at_ms, u.lease_expires_at_ms, u.types_key, u.wake_at_ms, u.caused_by \
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bool[], \
     $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::bool[], $14::bool[], $15::int8[], $16::text[], \
-    $17::text[], $18::int8[], $19::int8[], $20::int8[], $21::text[], $22::int8[]) \
+    $17::text[], $18::int8[], $19::int8[], $20::int8[], $21::text[], $22::int8[], $23::text[]) \
     AS u(id, record, status, disposition, definition, originator, originator_scope, waiting, created_at_ms, \
     terminal_at_ms, last_sequence, ord, run_candidate, abandon_candidate, fencing_counter, lease_owner, \
-    lease_token, lease_fencing, lease_claimed_at_ms, lease_expires_at_ms, types_key, wake_at_ms)";
+    lease_token, lease_fencing, lease_claimed_at_ms, lease_expires_at_ms, types_key, wake_at_ms, caused_by)";
 
 const UPDATE_PROCESSES: &str = "UPDATE processes p SET record = u.record, status = u.status, waiting = u.waiting, \
     terminal_at_ms = u.terminal_at_ms, last_sequence = u.last_sequence, \

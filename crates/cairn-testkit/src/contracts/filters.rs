@@ -1,8 +1,8 @@
 //! Listing filters and their parsing.
 
 use cairn_core::{
-    Originator, Outcome, ProcessFilter, ProcessInput, ProcessRecord, ProcessStatus, SessionScope, StatusFilter,
-    WaitRequest,
+    CausalRef, Originator, Outcome, ProcessFilter, ProcessInput, ProcessRecord, ProcessStatus, SessionScope,
+    StatusFilter, WaitRequest,
 };
 use serde_json::json;
 
@@ -392,4 +392,68 @@ pub async fn filter_parsing_errors(factory: &dyn StoreFactory) {
     );
     h.check("e1").await;
     assert_eq!(listed(&h, &parsed).await, ids(&["e1"]));
+}
+
+/// `caused_by` lists a process's children (SPEC §13): those whose provenance
+/// names it as `{"process_id"}` or `{"kind": "process", "id"}`; a malformed
+/// `caused_by` is refused at registration.
+pub async fn caused_by_lists_children(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let child = |id: &str, cause: CausalRef| {
+        let mut reg = external(id);
+        reg.provenance.caused_by = Some(cause);
+        reg
+    };
+    h.register(external("parent")).await;
+    h.register(child("c1", CausalRef::process("parent"))).await;
+    h.register(child(
+        "c2",
+        CausalRef {
+            kind: Some("process".into()),
+            id: Some("parent".into()),
+            process_id: None,
+        },
+    ))
+    .await;
+    h.register(child("g1", CausalRef::process("c1"))).await;
+    h.register(child(
+        "turn-child",
+        CausalRef {
+            kind: Some("turn".into()),
+            id: Some("parent".into()),
+            process_id: None,
+        },
+    ))
+    .await;
+    let of = |p: &str| ProcessFilter {
+        caused_by: Some(p.into()),
+        ..ProcessFilter::default()
+    };
+    assert_eq!(listed(&h, &of("parent")).await, ids(&["c1", "c2"]));
+    assert_eq!(listed(&h, &of("c1")).await, ids(&["g1"]));
+    assert_eq!(listed(&h, &of("nobody")).await, Vec::<String>::new());
+    let parsed = ok(
+        ProcessFilter::from_query([("caused_by", "parent"), ("status", "any")]),
+        "parse caused_by",
+    );
+    assert_eq!(parsed.caused_by.as_deref(), Some("parent"));
+    for bad in [
+        CausalRef {
+            process_id: Some("parent".into()),
+            kind: Some("process".into()),
+            id: None,
+        },
+        CausalRef {
+            kind: Some("turn".into()),
+            ..CausalRef::default()
+        },
+        CausalRef::default(),
+    ] {
+        h.rejects(
+            "invalid_request",
+            &format!("caused_by {bad:?}"),
+            h.registry().register(child("bad", bad.clone()), None),
+        )
+        .await;
+    }
 }

@@ -615,6 +615,7 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
     add("waiting", args.waiting.map(|w| w.to_string()));
     add("definition", args.definition);
     add("originator", args.originator);
+    add("caused_by", args.caused_by);
     let paged = args.after_id.is_some();
     // `--after-id` is the server's own pagination: one page, in id order.
     let mut rows: Vec<(Value, Option<Value>)> = Vec::new();

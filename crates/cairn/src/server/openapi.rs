@@ -261,6 +261,11 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
     set(schemas, "/ExternalRef/properties/id", id_schema("The work's id there."));
     set(
         schemas,
+        "/CausalRef/properties/process_id",
+        id_schema("The parent process (alone, without `kind` and `id`)."),
+    );
+    set(
+        schemas,
         "/CausalRef/properties/kind",
         id_schema("What the cause is (`process`, `turn`, `tool_call`, ...)."),
     );

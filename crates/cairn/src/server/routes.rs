@@ -262,6 +262,7 @@ pub async fn start(
         ("waiting" = Option<bool>, Query, description = "Only processes waiting (true) or not (false)"),
         ("definition" = Option<String>, Query, description = "tool:NAME, script:MODULE#NAME, session_turn or external"),
         ("originator" = Option<String>, Query, description = "Originator scope id: host, host:SCOPE, session:ID, session:ID/frame:F"),
+        ("caused_by" = Option<String>, Query, description = "Process id: only its children (whose provenance's caused_by names it)"),
         ("created_from_ms" = Option<u64>, Query, description = "Inclusive lower bound on created_at_ms"),
         ("created_before_ms" = Option<u64>, Query, description = "Exclusive upper bound on created_at_ms"),
         ("after_id" = Option<String>, Query, description = "Only ids after this one (pagination)"),
