@@ -6,7 +6,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use cairn_core::{CairnError, Disposition, Originator, ProcessRecord};
+use cairn_core::{CairnError, Disposition, Originator, ProcessFilter, ProcessRecord, StatusFilter};
 use maud::{html, Markup};
 
 use crate::auth::Visitor;
@@ -81,12 +81,27 @@ pub(crate) async fn page(
         }
     };
     let path = encode_path(&record.id);
+    let children = children_of(&d, &visitor, &record.id).await;
     let body = html! {
         p.crumbs { a href="/ui/processes" { "← Processes" } }
         h1.pid { code { (record.id) } }
         div.process hx-ext="sse" sse-connect={ "/ui/processes/" (path) "/live" } sse-close="end" {
             section #record hx-get={ "/ui/processes/" (path) "/record" } hx-trigger="sse:record delay:100ms" hx-swap="innerHTML" {
                 (record_panel(&record))
+            }
+            @if !children.is_empty() {
+                section.children {
+                    h2 { "Children" }
+                    ul {
+                        @for c in &children {
+                            li data-child=(c.id) {
+                                (pages::status_of(c)) " "
+                                a href={ "/ui/processes/" (encode_path(&c.id)) } { code { (c.id) } }
+                                " " code { (c.input.definition()) }
+                            }
+                        }
+                    }
+                }
             }
             section.actions {
                 h2 { "Actions" }
@@ -101,6 +116,24 @@ pub(crate) async fn page(
         }
     };
     pages::layout(&record.id, &visitor, Nav::Processes, body).into_response()
+}
+
+/// The first 100 processes whose provenance names `id` as their parent, in
+/// any status, that the visitor may see.
+async fn children_of(d: &crate::Inner, visitor: &Visitor, id: &str) -> Vec<ProcessRecord> {
+    let filter = ProcessFilter {
+        status: StatusFilter::Any,
+        caused_by: Some(id.to_string()),
+        limit: Some(100),
+        ..ProcessFilter::default()
+    };
+    let mut visible = Vec::new();
+    for c in d.processes.list(&filter).await.unwrap_or_default() {
+        if d.access.check_visible(&visitor.viewer, &c.id).await.is_ok() {
+            visible.push(c);
+        }
+    }
+    visible
 }
 
 /// `GET /ui/processes/{id}/record`: the record panel (re-rendered live).

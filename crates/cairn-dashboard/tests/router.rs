@@ -342,3 +342,27 @@ async fn the_session_page_lists_pending_wakes_and_acknowledges_them() {
     let (_, html, _) = get(&app, "/ui/sessions?session=s1", None).await;
     assert!(html.contains("No pending wake."));
 }
+
+#[tokio::test]
+async fn a_process_page_lists_its_children_and_links_its_parent() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    external(&p, "parent").await;
+    for id in ["kid-1", "kid-2"] {
+        let mut req = StartRequest::external(id, json!({}));
+        req.caused_by = Some(cairn_core::CausalRef::process("parent"));
+        p.start(req).await.expect("start child");
+    }
+    external(&p, "stranger").await;
+    let app = app(&p, true);
+    let (status, html, _) = get(&app, "/ui/processes/parent", None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    for kid in ["kid-1", "kid-2"] {
+        assert!(html.contains(&format!("data-child=\"{kid}\"")), "{kid} missing: {html}");
+    }
+    assert!(!html.contains("data-child=\"stranger\""), "{html}");
+    let (status, html, _) = get(&app, "/ui/processes/kid-1", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("parent process"), "the child links its parent: {html}");
+    assert!(!html.contains("data-child="), "a leaf lists no children");
+}
