@@ -50,6 +50,9 @@ pub struct ListArgs {
     /// Originator scope id: `host`, `host:SCOPE`, `session:ID`, `session:ID/frame:F`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub originator: Option<String>,
+    /// Process id: only its children (whose provenance's `caused_by` names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caused_by: Option<String>,
     /// Inclusive lower bound on `created_at_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_from_ms: Option<u64>,
@@ -84,6 +87,7 @@ impl ListArgs {
         push("waiting", self.waiting.map(|w| w.to_string()));
         push("definition", self.definition.clone());
         push("originator", self.originator.clone());
+        push("caused_by", self.caused_by.clone());
         push("created_from_ms", self.created_from_ms.map(|t| t.to_string()));
         push("created_before_ms", self.created_before_ms.map(|t| t.to_string()));
         push("after_id", self.after_id.clone());

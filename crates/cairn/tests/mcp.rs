@@ -292,6 +292,25 @@ async fn drive(transport: Transport) {
     .await;
     assert_eq!(done["outcome"], json!({"type": "success", "value": {"n": 7}}));
 
+    // A child names its parent; `caused_by` lists the children.
+    let mut kid = start_args("w1-kid", "echo", json!({"value": 1}));
+    kid["caused_by"] = json!({"process_id": "w1"});
+    ok(&client, &tools, "process_start", kid).await;
+    let kids = ok(
+        &client,
+        &tools,
+        "process_list",
+        json!({"caused_by": "w1", "status": "any"}),
+    )
+    .await;
+    let ids: Vec<&str> = kids["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["w1-kid"]);
+
     // sleep: cancelled while it runs; an await shorter than the sleep answers it running.
     ok(
         &client,
