@@ -644,6 +644,18 @@ impl ProcessRegistry for MemoryRegistry {
         self.submit(Op::resume(lease, payload))?.into_record()
     }
 
+    async fn gauges(&self) -> Result<crate::model::Gauges> {
+        let st = self.state.lock();
+        let mut g = crate::model::Gauges::default();
+        for e in st.entries.values().filter(|e| !e.row.record.is_terminal()) {
+            g.running += 1;
+            g.waiting += u64::from(e.row.record.wait.is_some());
+            g.leased += u64::from(e.row.lease.is_some());
+        }
+        g.pending_wakes = st.wakes.values().filter(|w| !w.acked).count() as u64;
+        Ok(g)
+    }
+
     async fn next_due(&self, after_ms: u64) -> Result<Option<u64>> {
         let st = self.state.lock();
         Ok(st

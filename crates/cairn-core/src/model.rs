@@ -922,6 +922,19 @@ pub enum WorkAction {
     ReconcileAbandon,
 }
 
+/// Counts of a store's live state, for metrics ([`crate::ProcessRegistry::gauges`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gauges {
+    /// Running processes.
+    pub running: u64,
+    /// Running processes that show a wait (suspended or holding their run).
+    pub waiting: u64,
+    /// Processes with a lease stored (live or lapsed, not yet released).
+    pub leased: u64,
+    /// Wake deliveries not acknowledged, over every session.
+    pub pending_wakes: u64,
+}
+
 /// One row of the bounded claimable worklist.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkItem {

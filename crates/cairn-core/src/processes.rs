@@ -340,6 +340,11 @@ impl Processes {
         self.inner.registry.get(id).await
     }
 
+    /// Counts of the live state ([`ProcessRegistry::gauges`]).
+    pub async fn gauges(&self) -> Result<crate::model::Gauges> {
+        self.inner.registry.gauges().await
+    }
+
     /// One page of records ([`ProcessRegistry::list`]).
     pub async fn list(&self, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>> {
         self.inner.registry.list(filter).await

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use crate::events::{AppendRequest, AppendResult, EventPage};
 use crate::model::{
-    ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, Outcome, ProcessFilter,
+    ChangePage, Claim, EnvRef, EnvSpec, Gauges, Grant, GrantDescriptor, GrantedProcess, Lease, Outcome, ProcessFilter,
     ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope, StartGrant, StatusFilter,
     TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
 };
@@ -217,6 +217,11 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// lease expiry or a suspension's deadline), if any: a driver that looked
     /// for work at `after_ms` sleeps until then. Answered from the worklist index.
     async fn next_due(&self, after_ms: u64) -> Result<Option<u64>>;
+
+    /// Counts of the live state: running, waiting and leased processes, and
+    /// pending wakes. Answered by counting in the store (an index range), never
+    /// by shipping the rows.
+    async fn gauges(&self) -> Result<Gauges>;
 }
 
 /// Check a prune status filter.

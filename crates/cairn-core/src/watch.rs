@@ -461,6 +461,10 @@ impl ProcessRegistry for WatchedRegistry {
     async fn next_due(&self, after_ms: u64) -> Result<Option<u64>> {
         self.inner.next_due(after_ms).await
     }
+
+    async fn gauges(&self) -> Result<crate::model::Gauges> {
+        self.inner.gauges().await
+    }
 }
 
 #[cfg(test)]

@@ -546,6 +546,10 @@ impl ProcessRegistry for PostgresRegistry {
         self.submit(Op::resume(lease, payload)).await?.into_record()
     }
 
+    async fn gauges(&self) -> Result<cairn_core::Gauges> {
+        self.shared.run(|c| async move { read::gauges(&c).await }).await
+    }
+
     async fn next_due(&self, after_ms: u64) -> Result<Option<u64>> {
         self.shared
             .run(|c| async move { read::next_due(&c, after_ms).await })

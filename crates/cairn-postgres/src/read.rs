@@ -230,6 +230,24 @@ pub(crate) async fn next_due(conn: &Conn, after: u64) -> R<Option<u64>> {
     Ok(due.map(cairn_core::ops::columns::from_i64))
 }
 
+/// Counts of the live state.
+pub(crate) async fn gauges(conn: &Conn) -> R<cairn_core::Gauges> {
+    let stmt = conn
+        .stmt(
+            "SELECT count(*), count(*) FILTER (WHERE waiting), count(*) FILTER (WHERE lease_owner IS NOT NULL), \
+             (SELECT count(*) FROM wakes WHERE NOT acked) FROM processes WHERE status = 'running'",
+        )
+        .await?;
+    let row = conn.client.query_one(&stmt, &[]).await?;
+    let n = |i: usize| -> R<u64> { Ok(cairn_core::ops::columns::from_i64(row.try_get::<_, i64>(i)?)) };
+    Ok(cairn_core::Gauges {
+        running: n(0)?,
+        waiting: n(1)?,
+        leased: n(2)?,
+        pending_wakes: n(3)?,
+    })
+}
+
 /// Lapsed abandon requests at `now`, from the abandon index alone.
 pub(crate) const ABANDON_WORKLIST_SQL: &str = "SELECT id FROM processes \
     WHERE abandon_candidate AND claimable_at_ms <= $1::int8 ORDER BY claimable_at_ms, id LIMIT $2::int8";

@@ -491,6 +491,10 @@ impl ProcessRegistry for SqliteRegistry {
         self.submit(Op::resume(lease, payload)).await?.into_record()
     }
 
+    async fn gauges(&self) -> Result<cairn_core::Gauges> {
+        self.read(move |tx, _| store::gauges(tx)).await
+    }
+
     async fn next_due(&self, after_ms: u64) -> Result<Option<u64>> {
         self.read(move |tx, _| store::next_due(tx, after_ms)).await
     }

@@ -297,6 +297,26 @@ const WORKLIST_SQL: &str = "SELECT id, abandon_candidate FROM processes
      WHERE (run_candidate = 1 OR abandon_candidate = 1) AND claimable_at_ms <= ?1
      ORDER BY claimable_at_ms, id LIMIT ?2";
 
+/// Counts of the live state (running rows by the status index; wakes by theirs).
+pub(crate) fn gauges(conn: &Connection) -> R<cairn_core::Gauges> {
+    let (running, waiting, leased): (i64, i64, i64) = conn
+        .prepare_cached(
+            "SELECT count(*), coalesce(sum(waiting), 0), coalesce(sum(lease_owner IS NOT NULL), 0)
+         FROM processes WHERE status = 'running'",
+        )?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    let pending: i64 = conn
+        .prepare_cached("SELECT count(*) FROM wakes WHERE acked = 0")?
+        .query_row([], |r| r.get(0))?;
+    let n = cairn_core::ops::columns::from_i64;
+    Ok(cairn_core::Gauges {
+        running: n(running),
+        waiting: n(waiting),
+        leased: n(leased),
+        pending_wakes: n(pending),
+    })
+}
+
 /// The earliest claimable time after ?1 on the worklist index.
 const NEXT_DUE_SQL: &str = "SELECT MIN(claimable_at_ms) FROM processes
      WHERE (run_candidate = 1 OR abandon_candidate = 1) AND claimable_at_ms > ?1";

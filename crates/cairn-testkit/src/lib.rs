@@ -235,6 +235,7 @@ macro_rules! conformance_suite {
                 cancel_wakes_a_suspension,
                 only_rerunnable_processes_suspend,
                 next_due_names_lease_expiry,
+                gauges_count_the_live_state,
                 signals_are_implicitly_declared,
                 // wakes
                 wake_delivery_is_written,

@@ -156,4 +156,8 @@ impl ProcessRegistry for ReadProbe {
     async fn next_due(&self, after_ms: u64) -> Result<Option<u64>> {
         self.inner.next_due(after_ms).await
     }
+
+    async fn gauges(&self) -> Result<cairn_core::Gauges> {
+        self.inner.gauges().await
+    }
 }

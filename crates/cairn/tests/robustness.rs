@@ -130,7 +130,7 @@ async fn readiness_gauges_latency_and_build_info() {
     for line in [
         "cairn_processes_running 2",
         "cairn_processes_waiting 2",
-        "cairn_processes_counted_capped 0",
+        "cairn_wakes_pending 0",
         "cairn_worker_runs 1",
         &format!(
             "cairn_build_info{{version=\"{}\",backend=\"sqlite\"}} 1",

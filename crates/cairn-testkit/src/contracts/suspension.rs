@@ -291,3 +291,45 @@ pub async fn next_due_names_lease_expiry(factory: &dyn StoreFactory) {
         Some(la.expires_at_ms + 10)
     );
 }
+
+/// `gauges` counts the live state: running, waiting (suspended or holding
+/// their run), leased processes and unacknowledged wakes; terminal processes
+/// and acknowledged wakes are not counted.
+pub async fn gauges_count_the_live_state(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let count = || async { ok(h.registry().gauges().await, "gauges") };
+    assert_eq!(count().await, cairn_core::Gauges::default(), "an empty store");
+    let s1 = session("s1");
+    h.register(waking(rerunnable("notifier"), &s1)).await;
+    h.register(rerunnable("suspended")).await;
+    h.register(owner_bound("holding")).await;
+    h.register(rerunnable("done")).await;
+    h.register(external("ext")).await;
+    suspended(&h, "suspended", WaitRequest::signal("go", 1, None)).await;
+    let (lease, rec) = h.claim_started("holding", "w1", TTL).await;
+    ok(
+        h.registry()
+            .wait(&lease, WaitRequest::signal("go", 1, None), rec.last_sequence)
+            .await,
+        "owner-bound wait",
+    );
+    let (done, _) = h.claim_started("done", "w1", TTL).await;
+    ok(
+        h.registry()
+            .complete(&done, cairn_core::Outcome::success(json!(1)))
+            .await,
+        "complete",
+    );
+    h.append("notifier", notify("one")).await;
+    let second = h.append("notifier", notify("two")).await.wake.expect("a wake");
+    ok(h.registry().ack_wake("s1", &second.wake_id).await, "ack");
+    assert_eq!(
+        count().await,
+        cairn_core::Gauges {
+            running: 4,
+            waiting: 2,
+            leased: 1,
+            pending_wakes: 1,
+        }
+    );
+}

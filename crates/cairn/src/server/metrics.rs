@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use cairn_core::{EventSink, ProcessEvent, ProcessFilter, Processes, StatusFilter, TerminalState, MAX_PAGE_SIZE};
+use cairn_core::{EventSink, ProcessEvent, Processes, TerminalState};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
@@ -22,10 +22,6 @@ use super::AppState;
 const BUCKETS: [f64; 16] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
-
-/// The gauges read from storage stop counting here, so a scrape stays bounded on
-/// a huge store; `cairn_processes_counted_capped` says when they did.
-const GAUGE_SCAN_LIMIT: usize = 100_000;
 
 fn latency_histogram() -> Histogram {
     Histogram::new(BUCKETS)
@@ -80,7 +76,7 @@ pub struct Metrics {
     waiting: Gauge,
     leased: Gauge,
     worker_runs: Gauge,
-    capped: Gauge,
+    pending_wakes: Gauge,
 }
 
 impl Default for Metrics {
@@ -155,10 +151,10 @@ impl Metrics {
             "cairn_worker_runs",
             "Runs in progress on this server's worker",
         );
-        let capped = gauge(
+        let pending_wakes = gauge(
             &mut registry,
-            "cairn_processes_counted_capped",
-            "1 when the running/waiting/leases gauges stopped counting at their scan limit",
+            "cairn_wakes_pending",
+            "Wake deliveries not acknowledged, over every session (read at scrape)",
         );
         registry.register(
             "cairn_build",
@@ -181,7 +177,7 @@ impl Metrics {
             waiting,
             leased,
             worker_runs,
-            capped,
+            pending_wakes,
         }
     }
 
@@ -202,35 +198,13 @@ impl Metrics {
 
     /// Read the gauges that live in storage, then render everything.
     pub async fn render(&self, processes: &Processes) -> Result<String, cairn_core::CairnError> {
-        let mut filter = ProcessFilter {
-            status: StatusFilter::Running,
-            limit: Some(MAX_PAGE_SIZE),
-            ..ProcessFilter::default()
-        };
-        let (mut running, mut waiting, mut leased) = (0i64, 0i64, 0i64);
-        let mut seen = 0usize;
-        let capped = loop {
-            let page = processes.list(&filter).await?;
-            for record in &page {
-                running += 1;
-                waiting += i64::from(record.wait.is_some());
-                leased += i64::from(record.lease.is_some());
-            }
-            seen += page.len();
-            match page.last() {
-                Some(last) if page.len() >= MAX_PAGE_SIZE => {
-                    if seen >= GAUGE_SCAN_LIMIT {
-                        break true;
-                    }
-                    filter.after_id = Some(last.id.clone());
-                }
-                _ => break false,
-            }
-        };
-        self.running.set(running);
-        self.waiting.set(waiting);
-        self.leased.set(leased);
-        self.capped.set(i64::from(capped));
+        // Counted in the store (one indexed count each), never by reading rows.
+        let g = processes.gauges().await?;
+        let set = |gauge: &Gauge, n: u64| gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
+        set(&self.running, g.running);
+        set(&self.waiting, g.waiting);
+        set(&self.leased, g.leased);
+        set(&self.pending_wakes, g.pending_wakes);
         let runs = processes.worker().map(|w| w.running().len()).unwrap_or(0);
         self.worker_runs.set(i64::try_from(runs).unwrap_or(i64::MAX));
         let mut out = String::new();
