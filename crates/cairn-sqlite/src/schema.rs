@@ -19,6 +19,12 @@ const APPLICATION_NAME: &str = "cairn";
 
 /// Migration `i` takes a database from version `i` to `i + 1`. Never edit a
 /// released entry: append a new one.
+///
+/// Hand-written rather than `rusqlite_migration`: that crate keys the version
+/// on `PRAGMA user_version`, which any SQLite application may set, so it cannot
+/// tell another application's database from an empty one; cairn must refuse a
+/// foreign, corrupt or newer file before writing anything (`application_id` and
+/// `cairn_meta`), and runs the steps in the same immediate transaction as that check.
 const MIGRATIONS: &[&str] = &[V1, V2];
 
 const V1: &str = r#"
