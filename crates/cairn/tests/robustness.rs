@@ -120,6 +120,23 @@ async fn readiness_gauges_latency_and_build_info() {
     );
     c.wait_for("g1", |r| !r["wait"].is_null()).await;
     c.wait_for("g2", |r| !r["wait"].is_null()).await;
+    // g1's run ends just after its wait is written: observe (bounded) until the
+    // worker has let it go, so the scrape below sees the settled state.
+    for _ in 0..200 {
+        let text = c
+            .http
+            .get(c.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if text.lines().any(|l| l == "cairn_worker_runs 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let r = c.http.get(c.url("/metrics")).send().await.expect("metrics");
     assert!(r
         .headers()
