@@ -486,6 +486,12 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
         }
         return Ok(ExitCode::SUCCESS);
     }
+    // Install the Ctrl-C handler (on its first poll) before saying the run
+    // started, so an interrupt right after that line is never the default kill.
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    if futures::poll!(ctrl_c.as_mut()).is_ready() {
+        ctrl_c.set(tokio::signal::ctrl_c());
+    }
     if !json {
         eprintln!("{verb} {id} (Ctrl-C cancels it)");
     }
@@ -518,7 +524,8 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
                 done?;
                 break;
             }
-            _ = tokio::signal::ctrl_c() => {
+            _ = ctrl_c.as_mut() => {
+                ctrl_c.set(tokio::signal::ctrl_c());
                 if interrupted {
                     eprintln!("stopped following {id}; its cancellation is recorded: `cairn await {id}` shows how it ended");
                     return Ok(ExitCode::from(EXIT_INTERRUPTED));
