@@ -163,7 +163,7 @@ pub enum ProcessInput {
         #[serde(default)]
         args: Value,
     },
-    /// A durable scripted workflow (a later milestone: recorded, not yet run).
+    /// A durable scripted workflow (SPEC §14), run by the runner registered for `script`.
     Script {
         /// The script module.
         module_ref: String,
@@ -173,7 +173,7 @@ pub enum ProcessInput {
         #[serde(default)]
         args: Value,
     },
-    /// A sub-agent turn (a later milestone: recorded, not yet run).
+    /// A sub-agent turn (SPEC §15), run by the runner registered for `session_turn`.
     SessionTurn {
         /// The session that runs the turn.
         session: SessionScope,
@@ -193,6 +193,16 @@ pub enum ProcessInput {
 }
 
 impl ProcessInput {
+    /// The input's `type` on the wire: `tool_call`, `script`, `session_turn` or `external`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::ToolCall { .. } => "tool_call",
+            Self::Script { .. } => "script",
+            Self::SessionTurn { .. } => "session_turn",
+            Self::External { .. } => "external",
+        }
+    }
+
     /// The definition name filters match: `tool:{tool}`, `script:{module_ref}#{process_name}`,
     /// `session_turn` or `external`.
     pub fn definition(&self) -> String {

@@ -130,10 +130,10 @@ impl StartRequest {
     }
 }
 
-/// Check a start against `tools` (a `tool_call`'s args, and the tool's event
-/// types declared; a tool outside them is `unknown_tool` when
-/// `require_tool`), store its env and register it: a host's start and a
-/// parent's start of a child alike.
+/// Check a start against `tools` (a `tool_call`'s tool, or the runner of the
+/// input's kind: [`crate::Tool::check_start`], and its event types declared;
+/// a tool outside them is `unknown_tool` when `require_tool`), store its env
+/// and register it: a host's start and a parent's start of a child alike.
 pub(crate) async fn register_start(
     registry: &dyn ProcessRegistry,
     tools: &ToolRegistry,
@@ -141,17 +141,15 @@ pub(crate) async fn register_start(
     req: StartRequest,
 ) -> Result<Registered> {
     let mut event_types = req.event_types;
-    if let ProcessInput::ToolCall { tool, args } = &req.input {
-        if let Some(t) = tools.get(tool) {
-            t.validate_args(args)?;
-            for declared in t.event_types() {
-                if !event_types.iter().any(|e| e.name == declared.name) {
-                    event_types.push(declared);
-                }
+    if let Some((runs, args)) = tools.resolve(&req.input) {
+        runs.check_start(&args, req.disposition).await?;
+        for declared in runs.event_types() {
+            if !event_types.iter().any(|e| e.name == declared.name) {
+                event_types.push(declared);
             }
-        } else if require_tool {
-            return Err(CairnError::UnknownTool(tool.clone()));
         }
+    } else if let (ProcessInput::ToolCall { tool, .. }, true) = (&req.input, require_tool) {
+        return Err(CairnError::UnknownTool(tool.clone()));
     }
     let env_ref = match &req.env_spec {
         Some(spec) => Some(registry.put_env(spec).await?),

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::awaiter::Awaiter;
 use crate::clock::{system_clock, SharedClock};
 use crate::events::{self, AppendRequest, EventType, ProcessEvent};
-use crate::model::{ChildrenMode, Disposition, EnvSpec, Lease, Outcome, ProcessRecord, WaitRequest};
+use crate::model::{ChildrenMode, Disposition, EnvSpec, Lease, Outcome, ProcessInput, ProcessRecord, WaitRequest};
 use crate::processes::{register_start, StartRequest};
 use crate::registry::ProcessRegistry;
 use crate::{CairnError, Result};
@@ -41,15 +41,23 @@ pub trait Tool: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Check a start before it is recorded, where that needs more than the
+    /// args (stored state, the disposition): a runner of an input kind checks
+    /// here that its module or model exists. Default: [`validate_args`](Self::validate_args).
+    async fn check_start(&self, args: &Value, _disposition: Disposition) -> Result<()> {
+        self.validate_args(args)
+    }
+
     /// Run once. Return success, failure or cancelled; abandoned is cairn's to write.
     async fn run(&self, ctx: ToolContext, args: Value) -> Outcome;
 }
 
-/// The tools a runtime can run, by name. A clone shares the map (each run's
-/// context holds one).
+/// The tools a runtime can run, by name, and the runners of input kinds
+/// other than `tool_call`. A clone shares the maps (each run's context holds one).
 #[derive(Clone, Default)]
 pub struct ToolRegistry {
     tools: Arc<BTreeMap<String, Arc<dyn Tool>>>,
+    runners: Arc<BTreeMap<String, Arc<dyn Tool>>>,
 }
 
 impl ToolRegistry {
@@ -73,6 +81,33 @@ impl ToolRegistry {
     /// The tool registered under `name`.
     pub fn get(&self, name: &str) -> Option<Arc<dyn Tool>> {
         self.tools.get(name).cloned()
+    }
+
+    /// Run processes whose input is of `kind` (`script`, `session_turn`) with
+    /// `runner`: a [`Tool`] whose args are the whole input (its wire JSON),
+    /// checked at start by [`Tool::check_start`], whose event types every such
+    /// process declares. Without a runner such inputs are recorded, and a
+    /// worker that claims one ends it `unsupported_input`.
+    pub fn register_runner(&mut self, kind: &str, runner: Arc<dyn Tool>) -> &mut Self {
+        Arc::make_mut(&mut self.runners).insert(kind.to_string(), runner);
+        self
+    }
+
+    /// The runner of input `kind`, if one is registered.
+    pub fn runner(&self, kind: &str) -> Option<Arc<dyn Tool>> {
+        self.runners.get(kind).cloned()
+    }
+
+    /// What runs `input`, and its args: the tool a `tool_call` names (with
+    /// its args), or the runner of the input's kind (with the whole input).
+    pub fn resolve(&self, input: &ProcessInput) -> Option<(Arc<dyn Tool>, Value)> {
+        match input {
+            ProcessInput::ToolCall { tool, args } => self.get(tool).map(|t| (t, args.clone())),
+            other => {
+                let runner = self.runner(other.kind())?;
+                Some((runner, serde_json::to_value(other).unwrap_or(Value::Null)))
+            }
+        }
     }
 
     /// The names of the registered tools (in no particular order).

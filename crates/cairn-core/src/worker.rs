@@ -229,18 +229,16 @@ impl Worker {
             self.finish(&lease, Outcome::cancelled(message)).await;
             return;
         }
-        let (tool, args) = match &process.input {
-            ProcessInput::ToolCall { tool, args } => match self.tools.get(tool) {
-                Some(t) => (t, args.clone()),
-                None => {
-                    let e = CairnError::UnknownTool(tool.clone());
-                    self.finish(&lease, Outcome::failure("runtime", e.code(), e.to_string()))
-                        .await;
-                    return;
-                }
-            },
-            other => {
-                let message = format!("`{}` inputs are not executable by this runtime yet", other.definition());
+        let (tool, args) = match (self.tools.resolve(&process.input), &process.input) {
+            (Some(found), _) => found,
+            (None, ProcessInput::ToolCall { tool, .. }) => {
+                let e = CairnError::UnknownTool(tool.clone());
+                self.finish(&lease, Outcome::failure("runtime", e.code(), e.to_string()))
+                    .await;
+                return;
+            }
+            (None, other) => {
+                let message = format!("`{}` inputs are not executable by this runtime", other.kind());
                 self.finish(&lease, Outcome::failure("runtime", "unsupported_input", message))
                     .await;
                 return;

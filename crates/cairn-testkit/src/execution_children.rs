@@ -1,11 +1,15 @@
-//! The execution suite's children runs (SPEC §13): a tool that starts
-//! children and suspends until they end, through the public API.
+//! The execution suite's runs beyond a plain tool: a tool that starts
+//! children and suspends until they end (SPEC §13), and a runner of an input
+//! kind other than `tool_call`, through the public API.
 
 use std::sync::Arc;
 
 use cairn_core::async_trait;
 use cairn_core::model::ChildrenMode;
-use cairn_core::{Disposition, ManualClock, Outcome, ProcessFilter, ProcessStatus, StartRequest, Tool, ToolContext};
+use cairn_core::{
+    CairnError, Disposition, ManualClock, Outcome, ProcessFilter, ProcessInput, ProcessStatus, Processes, StartRequest,
+    Tool, ToolContext, ToolRegistry, WorkerConfig,
+};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
@@ -116,4 +120,84 @@ pub async fn parent_suspends_until_its_children_end(factory: &dyn StoreFactory) 
     }
     crate::assert_fold(p.registry().as_ref(), "fan").await;
     p.shutdown().await;
+}
+
+/// Runs `script` inputs: succeeds with the process name it was given; a start
+/// naming the process `missing` is refused (what a script engine does for an
+/// unknown export).
+struct EchoRunner;
+
+#[async_trait]
+impl Tool for EchoRunner {
+    fn name(&self) -> &str {
+        "script"
+    }
+
+    async fn check_start(&self, input: &Value, disposition: Disposition) -> cairn_core::Result<()> {
+        if input["process_name"] == "missing" {
+            return Err(CairnError::InvalidRequest("no export `missing`".into()));
+        }
+        if disposition != Disposition::Rerunnable {
+            return Err(CairnError::InvalidRequest("scripts are rerunnable".into()));
+        }
+        Ok(())
+    }
+
+    async fn run(&self, _ctx: ToolContext, input: Value) -> Outcome {
+        Outcome::success(json!({ "ran": input["process_name"], "args": input["args"] }))
+    }
+}
+
+/// A runner registered for an input kind runs processes of that kind with
+/// the whole input as its args, and checks their starts; without one, the
+/// worker ends such a process `unsupported_input`.
+pub async fn input_runner_runs_its_kind(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let script = |id: &str, name: &str, disposition| {
+        let input = ProcessInput::Script {
+            module_ref: "module:sha256:00".into(),
+            process_name: name.into(),
+            args: json!({"k": 1}),
+        };
+        StartRequest::new(id, input, disposition)
+    };
+    let mut tools = ToolRegistry::new();
+    tools.register_runner("script", Arc::new(EchoRunner));
+    let p = Processes::builder(store.registry.clone())
+        .tools(tools)
+        .clock(Arc::new(store.clock.clone()))
+        .worker_config(WorkerConfig {
+            owner_id: "w1".into(),
+            sweep_interval: std::time::Duration::from_millis(200),
+            ..WorkerConfig::default()
+        })
+        .start();
+    p.start(script("s1", "deploy", Disposition::Rerunnable))
+        .await
+        .expect("start");
+    let r = terminal(&p, "s1").await;
+    assert_eq!(
+        r.outcome,
+        Some(Outcome::success(json!({"ran": "deploy", "args": {"k": 1}})))
+    );
+    for (name, disposition) in [
+        ("missing", Disposition::Rerunnable),
+        ("deploy", Disposition::OwnerBound),
+    ] {
+        let e = p.start(script("s2", name, disposition)).await.expect_err("refused");
+        assert_eq!(e.code(), "invalid_request");
+    }
+    assert_eq!(p.get("s2").await.expect_err("nothing stored").code(), "unknown_process");
+    p.shutdown().await;
+
+    let bare = runtime(&store, "w2", vec![]);
+    bare.start(script("s3", "deploy", Disposition::Rerunnable))
+        .await
+        .expect("start");
+    let r = terminal(&bare, "s3").await;
+    match r.outcome {
+        Some(Outcome::Failure { code, .. }) => assert_eq!(code, "unsupported_input"),
+        other => panic!("expected unsupported_input, got {other:?}"),
+    }
+    bare.shutdown().await;
 }

@@ -377,6 +377,7 @@ macro_rules! execution_suite {
                 hub_fed_await_does_not_poll,
                 cancel_reaches_running_children,
                 parent_suspends_until_its_children_end,
+                input_runner_runs_its_kind,
             );
         }
     };
