@@ -157,6 +157,9 @@ pub enum CairnError {
     /// The named tool is not in the tool registry.
     #[error("unknown tool `{0}`")]
     UnknownTool(String),
+    /// A session turn names a model the server has not configured.
+    #[error("unknown model `{0}`: configure it with `cairn serve --model NAME=BASE_URL`")]
+    UnknownModel(String),
     /// The wait ended by timeout (awaiter helpers that take a deadline).
     #[error("timed out: {0}")]
     Timeout(String),
@@ -254,6 +257,7 @@ impl CairnError {
             Self::UnknownEnv(_) => "unknown_env",
             Self::CorruptEnv { .. } => "corrupt_env",
             Self::UnknownTool(_) => "unknown_tool",
+            Self::UnknownModel(_) => "unknown_model",
             Self::Timeout(_) => "timeout",
             Self::Storage { .. } => "storage",
             Self::Unavailable(_) => "unavailable",

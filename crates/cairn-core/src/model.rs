@@ -150,6 +150,29 @@ pub struct Provenance {
     pub caused_by: Option<CausalRef>,
 }
 
+/// The agent a `session_turn` runs (SPEC §15): which configured model, its
+/// instructions, the cairn tools it may call, and its bounds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TurnSession {
+    /// A model configured on the server (`default` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The system message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// The tools the model may call, by name; each call is a child process.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<String>,
+    /// Most model calls in the turn (default 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<u32>,
+    /// The sampling temperature passed to the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+}
+
 /// What a process runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -175,8 +198,9 @@ pub enum ProcessInput {
     },
     /// A sub-agent turn (SPEC §15), run by the runner registered for `session_turn`.
     SessionTurn {
-        /// The session that runs the turn.
-        session: SessionScope,
+        /// The model, instructions and tools of the turn.
+        #[serde(default)]
+        session: TurnSession,
         /// The turn's input.
         #[serde(default)]
         input: Value,

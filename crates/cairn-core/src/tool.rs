@@ -546,6 +546,25 @@ impl ToolContext {
         Ok(())
     }
 
+    /// What a run that stopped answers: `cancelled` with the request's reason,
+    /// or a placeholder the worker never writes (lost lease, suspension,
+    /// shutdown hand the process to a later run).
+    pub fn stopped_outcome(&self) -> Outcome {
+        match self.stop_reason() {
+            Some(StopReason::Cancelled { reason }) => Outcome::cancelled(reason.unwrap_or_else(|| "cancelled".into())),
+            Some(StopReason::LeaseLost) => Outcome::cancelled("lease lost"),
+            // Never written: the worker completes nothing after a suspension.
+            Some(StopReason::Suspended) => Outcome::cancelled("suspended"),
+            Some(StopReason::Shutdown) | None => Outcome::cancelled("worker shutting down"),
+        }
+    }
+
+    /// The process's whole log as it stands, read in pages: what a re-run
+    /// replays its journal from.
+    pub async fn log(&self) -> Result<Vec<ProcessEvent>> {
+        self.read_log().await
+    }
+
     /// The whole log, in pages.
     async fn read_log(&self) -> Result<Vec<ProcessEvent>> {
         let mut all = Vec::new();

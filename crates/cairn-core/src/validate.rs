@@ -127,7 +127,17 @@ pub fn validate_registration(reg: &Registration) -> Result<EventTypes> {
             validate_id("script module_ref", module_ref)?;
             validate_id("script process_name", process_name)?;
         }
-        crate::model::ProcessInput::SessionTurn { session, .. } => validate_scope(session)?,
+        crate::model::ProcessInput::SessionTurn { session, .. } => {
+            if let Some(model) = &session.model {
+                validate_id("turn model", model)?;
+            }
+            for tool in &session.tools {
+                validate_id("turn tool", tool)?;
+            }
+            if session.max_steps == Some(0) {
+                return Err(CairnError::InvalidRequest("a turn's `max_steps` is at least 1".into()));
+            }
+        }
         crate::model::ProcessInput::External { .. } => {}
     }
     if let crate::model::Originator::Session { scope } = &reg.provenance.originator {

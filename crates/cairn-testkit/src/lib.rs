@@ -39,6 +39,7 @@ pub mod builders;
 pub mod contracts;
 pub mod execution;
 mod execution_children;
+pub mod fake_openai;
 pub mod harness;
 pub mod probe;
 pub mod property;

@@ -28,7 +28,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
 
-use cairn_core::{CairnError, Outcome, Result, StopReason, Tool, ToolContext, ToolRegistry};
+use cairn_core::{CairnError, Outcome, Result, Tool, ToolContext, ToolRegistry};
 
 pub mod schemas;
 pub mod shell;
@@ -60,13 +60,7 @@ pub fn bad_args(err: CairnError) -> Outcome {
 
 /// The cancelled outcome for a stopped run.
 pub fn stopped_outcome(ctx: &ToolContext) -> Outcome {
-    match ctx.stop_reason() {
-        Some(StopReason::Cancelled { reason }) => Outcome::cancelled(reason.unwrap_or_else(|| "cancelled".into())),
-        Some(StopReason::LeaseLost) => Outcome::cancelled("lease lost"),
-        // Never written: the worker completes nothing after a suspension.
-        Some(StopReason::Suspended) => Outcome::cancelled("suspended"),
-        Some(StopReason::Shutdown) | None => Outcome::cancelled("worker shutting down"),
-    }
+    ctx.stopped_outcome()
 }
 
 /// `echo {"value": ...}`: succeeds with the value.

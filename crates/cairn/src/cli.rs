@@ -362,6 +362,12 @@ pub struct ServeArgs {
     /// Enable the `shell` tool (what `cairn run` uses): any caller may then run commands as this server's user.
     #[arg(long)]
     pub allow_shell: bool,
+    /// A model session turns may call, `NAME=BASE_URL[,model=ID][,key_env=VAR]`
+    /// (repeatable; a turn that names no model uses `default`). BASE_URL is an
+    /// OpenAI-compatible endpoint such as `http://127.0.0.1:11434/v1`; the key is
+    /// read from the environment variable VAR at each call and stored nowhere.
+    #[arg(long = "model", value_name = "NAME=BASE_URL[,model=ID][,key_env=VAR]", value_parser = parse_model)]
+    pub models: Vec<cairn_turn::ModelSpec>,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 2 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -378,6 +384,10 @@ pub struct ServeArgs {
     /// How long shutdown waits for open connections before draining the worker anyway.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+}
+
+fn parse_model(s: &str) -> Result<cairn_turn::ModelSpec, String> {
+    s.parse().map_err(|e: cairn_core::CairnError| e.to_string())
 }
 
 /// What `cairn run` records the process as.

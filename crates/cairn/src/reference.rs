@@ -153,6 +153,10 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
             CairnError::UnknownTool(s()),
             "the server runs no tool of that name (`shell` needs `--allow-shell`)",
         ),
+        (
+            CairnError::UnknownModel(s()),
+            "a session turn names a model the server was not given (`--model`)",
+        ),
         (CairnError::Timeout(s()), "an operation ran out of time"),
         (
             CairnError::storage("x"),

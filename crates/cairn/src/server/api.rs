@@ -116,7 +116,8 @@ pub fn status_of(err: &CairnError) -> StatusCode {
         CairnError::UnknownProcess(_)
         | CairnError::UnknownWake(_)
         | CairnError::UnknownEnv(_)
-        | CairnError::UnknownTool(_) => StatusCode::NOT_FOUND,
+        | CairnError::UnknownTool(_)
+        | CairnError::UnknownModel(_) => StatusCode::NOT_FOUND,
         CairnError::NoLongerRetained(_) => StatusCode::GONE,
         CairnError::RegistrationConflict { .. }
         | CairnError::ReplayConflict { .. }

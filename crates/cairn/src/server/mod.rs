@@ -162,7 +162,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     };
     let notice = ChangeNotice::new();
     let sinks = Sinks(vec![Arc::new(TerminalCounter(metrics.clone())), notice.sink()]);
-    let tools = builtin_tools(args.allow_shell);
+    let mut tools = builtin_tools(args.allow_shell);
+    let models = cairn_turn::Models::new(args.models.clone()).map_err(|e| ServeError::Config(e.to_string()))?;
+    let turns = cairn_turn::TurnRunner::new(models, tools.clone());
+    tools.register_runner("session_turn", Arc::new(turns));
     let tool_names = tools.names();
     let processes = Processes::builder(backend.registry)
         .hub(backend.hub)

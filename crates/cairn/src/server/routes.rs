@@ -202,7 +202,7 @@ fn scope_of_session(caller: &Caller) -> Option<SessionScope> {
         (status = 201, description = "Created: the process record", body = ProcessRecord),
         (status = 200, description = "The same start repeated: the existing record", body = ProcessRecord),
         (status = 400, description = "Malformed or invalid request", body = ErrorSchema),
-        (status = 404, description = "unknown_tool or unknown_env", body = ErrorSchema),
+        (status = 404, description = "unknown_tool, unknown_model or unknown_env", body = ErrorSchema),
         (status = 409, description = "registration_conflict", body = ErrorSchema),
         (status = 410, description = "no_longer_retained: the id was pruned", body = ErrorSchema),
         (status = 413, description = "payload_too_large", body = ErrorSchema)))]

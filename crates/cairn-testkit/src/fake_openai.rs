@@ -1,0 +1,217 @@
+//! A fake OpenAI-compatible chat-completions server for tests: scripted
+//! answers streamed with real SSE framing (content in pieces, tool-call
+//! arguments split across chunks), injected 429 / 5xx / mid-stream
+//! disconnects, and the requests it received, for assertions. No test needs
+//! the internet or a key.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+/// One scripted answer, used by the next request.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// Stream `text` as content, in pieces of a few characters.
+    Text(String),
+    /// Like [`Reply::Text`], waiting `delay` between pieces.
+    SlowText {
+        /// The content.
+        text: String,
+        /// The pause between pieces.
+        delay: Duration,
+    },
+    /// Ask for tool calls `(name, args)`; each call's arguments arrive split
+    /// across two chunks.
+    ToolCalls(Vec<(String, Value)>),
+    /// Answer an HTTP error with an OpenAI-shaped error body.
+    Status {
+        /// The status code.
+        status: u16,
+        /// A `Retry-After` header, in seconds.
+        retry_after: Option<u64>,
+        /// The error message.
+        message: String,
+    },
+    /// Stream `partial` as content, then break the connection.
+    Disconnect {
+        /// What arrives before the break.
+        partial: String,
+    },
+}
+
+/// A request the server received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// The JSON body.
+    pub body: Value,
+    /// The `Authorization` header, if any.
+    pub authorization: Option<String>,
+}
+
+#[derive(Default)]
+struct Script {
+    replies: VecDeque<Reply>,
+    received: Vec<Received>,
+}
+
+/// The running fake server; it stops when dropped.
+pub struct FakeOpenAi {
+    base_url: String,
+    script: Arc<Mutex<Script>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeOpenAi {
+    /// Serve on a free loopback port.
+    pub async fn start() -> Self {
+        let script = Arc::new(Mutex::new(Script::default()));
+        let app = Router::new()
+            .route("/v1/chat/completions", post(completions))
+            .with_state(script.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            base_url: format!("http://{addr}/v1"),
+            script,
+            task,
+        }
+    }
+
+    /// The base URL a model spec names (`.../v1`).
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Queue the answer to a later request.
+    pub fn push(&self, reply: Reply) {
+        self.script.lock().replies.push_back(reply);
+    }
+
+    /// The requests received so far, in order.
+    pub fn received(&self) -> Vec<Received> {
+        self.script.lock().received.clone()
+    }
+}
+
+impl Drop for FakeOpenAi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn completions(State(script): State<Arc<Mutex<Script>>>, headers: HeaderMap, body: Bytes) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let reply = {
+        let mut s = script.lock();
+        s.received.push(Received {
+            body,
+            authorization: headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(String::from),
+        });
+        s.replies.pop_front()
+    };
+    let Some(reply) = reply else {
+        return error(500, None, "the fake server has no scripted reply left");
+    };
+    let (chunks, delay, broken) = match reply {
+        Reply::Status {
+            status,
+            retry_after,
+            message,
+        } => return error(status, retry_after, &message),
+        Reply::Text(text) => (text_chunks(&text), Duration::ZERO, false),
+        Reply::SlowText { text, delay } => (text_chunks(&text), delay, false),
+        Reply::Disconnect { partial } => (text_chunks(&partial), Duration::ZERO, true),
+        Reply::ToolCalls(calls) => (tool_call_chunks(&calls), Duration::ZERO, false),
+    };
+    let mut frames: Vec<String> = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
+    if !broken {
+        frames.push(format!(
+            "data: {}\n\n",
+            json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [],
+                   "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
+        ));
+        frames.push("data: [DONE]\n\n".into());
+    }
+    let stream = futures::stream::iter(frames.into_iter().enumerate()).then(move |(i, frame)| async move {
+        if i > 0 && !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok::<_, std::io::Error>(Bytes::from(frame))
+    });
+    let body = if broken {
+        let fail = futures::stream::once(async {
+            Err::<Bytes, std::io::Error>(std::io::Error::other("the fake server broke the stream"))
+        });
+        Body::from_stream(stream.chain(fail))
+    } else {
+        Body::from_stream(stream)
+    };
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn chunk(delta: Value, finish: Option<&str>) -> String {
+    json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": "fake",
+           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    .to_string()
+}
+
+fn text_chunks(text: &str) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
+    for piece in chars.chunks(4) {
+        out.push(chunk(json!({"content": piece.iter().collect::<String>()}), None));
+    }
+    out.push(chunk(json!({}), Some("stop")));
+    out
+}
+
+fn tool_call_chunks(calls: &[(String, Value)]) -> Vec<String> {
+    let mut out = vec![chunk(json!({"role": "assistant", "content": null}), None)];
+    for (i, (name, args)) in calls.iter().enumerate() {
+        let args = args.to_string();
+        let (a, b) = args.split_at(args.len() / 2);
+        out.push(chunk(
+            json!({"tool_calls": [{"index": i, "id": format!("call_{i}"), "type": "function",
+                                   "function": {"name": name, "arguments": a}}]}),
+            None,
+        ));
+        out.push(chunk(
+            json!({"tool_calls": [{"index": i, "function": {"arguments": b}}]}),
+            None,
+        ));
+    }
+    out.push(chunk(json!({}), Some("tool_calls")));
+    out
+}
+
+fn error(status: u16, retry_after: Option<u64>, message: &str) -> Response {
+    let mut response = Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("content-type", "application/json");
+    if let Some(after) = retry_after {
+        response = response.header("retry-after", after.to_string());
+    }
+    let body = json!({"error": {"message": message, "type": "fake_error"}}).to_string();
+    response
+        .body(Body::from(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}

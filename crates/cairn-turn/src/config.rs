@@ -1,0 +1,143 @@
+//! The models a server may call: `--model NAME=BASE_URL[,model=ID][,key_env=VAR]`.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use cairn_core::validate::validate_id;
+use cairn_core::{CairnError, Result};
+
+/// One configured model endpoint. The API key is never held here: only the
+/// name of the environment variable it is read from at each call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelSpec {
+    /// The name turns use (`session.model`); `default` when a turn names none.
+    pub name: String,
+    /// The endpoint's base URL, e.g. `http://127.0.0.1:11434/v1`; requests go
+    /// to `{base_url}/chat/completions`.
+    pub base_url: String,
+    /// The model id sent to the endpoint (default: the name).
+    pub model: String,
+    /// The environment variable holding the bearer key, if the endpoint needs one.
+    pub key_env: Option<String>,
+}
+
+impl ModelSpec {
+    /// The bearer key, read from the environment now; `None` without `key_env`.
+    pub(crate) fn key(&self) -> Result<Option<String>> {
+        match &self.key_env {
+            None => Ok(None),
+            Some(var) => std::env::var(var).map(Some).map_err(|_| {
+                CairnError::Unavailable(format!(
+                    "model `{}`: the environment variable `{var}` holding its key is not set",
+                    self.name
+                ))
+            }),
+        }
+    }
+}
+
+impl FromStr for ModelSpec {
+    type Err = CairnError;
+
+    /// Parse `NAME=BASE_URL[,model=ID][,key_env=VAR]`.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |why: &str| {
+            CairnError::InvalidRequest(format!(
+                "model `{s}`: {why} (expected NAME=BASE_URL[,model=ID][,key_env=VAR])"
+            ))
+        };
+        let (name, rest) = s.split_once('=').ok_or_else(|| bad("no `=`"))?;
+        validate_id("model name", name)?;
+        let mut parts = rest.split(',');
+        let base_url = parts.next().unwrap_or_default().trim_end_matches('/').to_string();
+        let url = reqwest::Url::parse(&base_url).map_err(|e| bad(&format!("base URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad("the base URL must be http or https"));
+        }
+        let mut spec = ModelSpec {
+            name: name.to_string(),
+            base_url,
+            model: name.to_string(),
+            key_env: None,
+        };
+        for part in parts {
+            match part.split_once('=') {
+                Some(("model", id)) if !id.is_empty() => spec.model = id.to_string(),
+                Some(("key_env", var)) if !var.is_empty() => spec.key_env = Some(var.to_string()),
+                _ => return Err(bad(&format!("unknown option `{part}`"))),
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// The configured models, by name.
+#[derive(Clone, Debug, Default)]
+pub struct Models {
+    by_name: BTreeMap<String, ModelSpec>,
+}
+
+impl Models {
+    /// The models `specs` name; a name given twice is refused.
+    pub fn new(specs: impl IntoIterator<Item = ModelSpec>) -> Result<Self> {
+        let mut by_name = BTreeMap::new();
+        for spec in specs {
+            let name = spec.name.clone();
+            if by_name.insert(name.clone(), spec).is_some() {
+                return Err(CairnError::InvalidRequest(format!(
+                    "model `{name}` is configured twice"
+                )));
+            }
+        }
+        Ok(Self { by_name })
+    }
+
+    /// The model a turn names (`default` when it names none), or `unknown_model`.
+    pub fn get(&self, name: Option<&str>) -> Result<&ModelSpec> {
+        let name = name.unwrap_or("default");
+        self.by_name
+            .get(name)
+            .ok_or_else(|| CairnError::UnknownModel(name.to_string()))
+    }
+
+    /// Whether no model is configured.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_flag() {
+        let m: ModelSpec = "default=http://127.0.0.1:8080/v1/,model=llama3,key_env=LOCAL_KEY"
+            .parse()
+            .expect("parse");
+        assert_eq!(m.name, "default");
+        assert_eq!(m.base_url, "http://127.0.0.1:8080/v1");
+        assert_eq!(m.model, "llama3");
+        assert_eq!(m.key_env.as_deref(), Some("LOCAL_KEY"));
+        let plain: ModelSpec = "gpt=https://api.example.com/v1".parse().expect("parse");
+        assert_eq!((plain.model.as_str(), plain.key_env), ("gpt", None));
+        for bad in [
+            "noequals",
+            "x=ftp://h/v1",
+            "x=not a url",
+            "x=http://h,colour=red",
+            "=http://h",
+        ] {
+            assert!(bad.parse::<ModelSpec>().is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn unknown_and_duplicate_models() {
+        let a: ModelSpec = "default=http://h/v1".parse().expect("parse");
+        let models = Models::new([a.clone()]).expect("models");
+        assert_eq!(models.get(None).expect("default").name, "default");
+        assert_eq!(models.get(Some("other")).expect_err("unknown").code(), "unknown_model");
+        assert!(Models::new([a.clone(), a]).is_err());
+    }
+}

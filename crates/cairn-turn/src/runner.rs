@@ -1,0 +1,466 @@
+//! The turn loop: replay the journal, call the model for the next step,
+//! run the tool calls it asks for as children, check the output contract.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
+use cairn_core::events::EventType;
+use cairn_core::model::ChildrenMode;
+use cairn_core::{
+    CairnError, Disposition, Outcome, ProcessEvent, ProcessInput, ProcessRecord, StartRequest, Tool, ToolContext,
+    ToolRegistry, TurnSession,
+};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::client::{chat, ChatAnswer, ChatRequest, ModelFault};
+use crate::config::{ModelSpec, Models};
+
+/// The event journaling each model answer: `{step, message, usage}`.
+pub const RESPONSE: &str = "turn.response";
+/// Streamed content while a model answers: `{step, text}`, at most one per 100 ms.
+pub const DELTA: &str = "turn.delta";
+const DELTA_EVERY: Duration = Duration::from_millis(100);
+const DEFAULT_MAX_STEPS: u32 = 8;
+
+/// How model faults worth retrying (429, 5xx, broken streams) are retried:
+/// exponential backoff from `min_delay` to `max_delay`, `Retry-After` taking
+/// precedence, at most `retries` times; then the turn fails `model_unavailable`.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub retries: usize,
+    /// The first backoff.
+    pub min_delay: Duration,
+    /// The longest backoff (and the longest `Retry-After` honoured).
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            retries: 4,
+            min_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The output a turn must produce.
+enum Contract {
+    Text,
+    JsonSchema { schema: Value, repair_attempts: u32 },
+}
+
+impl Contract {
+    fn parse(v: &Value) -> cairn_core::Result<Self> {
+        match v.get("type").and_then(Value::as_str) {
+            None if v.is_null() => Ok(Self::Text),
+            Some("text") => Ok(Self::Text),
+            Some("json_schema") => {
+                let schema = v.get("schema").cloned().unwrap_or(json!({}));
+                cairn_core::validate::compiled_schema("output_contract", &schema)?;
+                let repair_attempts = match v.get("repair_attempts") {
+                    None => 2,
+                    Some(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| {
+                        CairnError::InvalidRequest("`repair_attempts` must be a non-negative integer".into())
+                    })?,
+                };
+                Ok(Self::JsonSchema {
+                    schema,
+                    repair_attempts,
+                })
+            }
+            _ => Err(CairnError::InvalidRequest(format!(
+                "output_contract {v} is not {{\"type\": \"text\"}} or {{\"type\": \"json_schema\", \"schema\"}}"
+            ))),
+        }
+    }
+
+    /// What the endpoint is asked for: structured output under a schema.
+    fn response_format(&self) -> Option<Value> {
+        match self {
+            Self::Text => None,
+            Self::JsonSchema { schema, .. } => Some(json!({
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": schema},
+            })),
+        }
+    }
+
+    /// The success value of a final answer, or why it violates the contract.
+    fn check(&self, content: &str) -> Result<Value, String> {
+        match self {
+            Self::Text => Ok(json!({ "text": content })),
+            Self::JsonSchema { schema, .. } => {
+                let value: Value =
+                    serde_json::from_str(content.trim()).map_err(|e| format!("the answer is not JSON: {e}"))?;
+                let validator =
+                    cairn_core::validate::compiled_schema("output_contract", schema).map_err(|e| e.to_string())?;
+                match validator.validate(&value) {
+                    Ok(()) => Ok(value),
+                    Err(e) => Err(format!(
+                        "the answer violates the schema at `{}`: {e}",
+                        e.instance_path()
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// A parsed `session_turn` input.
+struct Turn {
+    session: TurnSession,
+    input: Value,
+    contract: Contract,
+}
+
+impl Turn {
+    fn parse(input: &Value) -> cairn_core::Result<Self> {
+        let parsed: ProcessInput = serde_json::from_value(input.clone())
+            .map_err(|e| CairnError::InvalidRequest(format!("session_turn input: {e}")))?;
+        let ProcessInput::SessionTurn {
+            session,
+            input,
+            output_contract,
+        } = parsed
+        else {
+            return Err(CairnError::InvalidRequest("not a session_turn input".into()));
+        };
+        if !(input.is_string() || input.is_array()) {
+            return Err(CairnError::InvalidRequest(
+                "a turn's `input` is a string or an array of messages".into(),
+            ));
+        }
+        Ok(Self {
+            session,
+            input,
+            contract: Contract::parse(&output_contract)?,
+        })
+    }
+
+    /// The conversation before the first model call.
+    fn first_messages(&self) -> Vec<Value> {
+        let mut messages = Vec::new();
+        if let Some(system) = &self.session.system {
+            messages.push(json!({"role": "system", "content": system}));
+        }
+        match &self.input {
+            Value::String(text) => messages.push(json!({"role": "user", "content": text})),
+            Value::Array(given) => messages.extend(given.iter().cloned()),
+            _ => {}
+        }
+        messages
+    }
+
+    /// The tools offered to the model. Tools carry no argument schema in the
+    /// registry, so each accepts an object; a bad one fails its child's start
+    /// and the model is told why.
+    fn tool_defs(&self) -> Vec<Value> {
+        self.session
+            .tools
+            .iter()
+            .map(|name| {
+                json!({"type": "function", "function": {
+                    "name": name,
+                    "description": format!("the cairn tool `{name}`"),
+                    "parameters": {"type": "object"},
+                }})
+            })
+            .collect()
+    }
+}
+
+/// Runs `session_turn` processes (SPEC §15).
+pub struct TurnRunner {
+    models: Models,
+    tools: ToolRegistry,
+    http: reqwest::Client,
+    retry: RetryPolicy,
+}
+
+impl TurnRunner {
+    /// A runner calling `models`, whose turns may call `tools` (the tools the
+    /// worker runs).
+    pub fn new(models: Models, tools: ToolRegistry) -> Self {
+        Self {
+            models,
+            tools,
+            http: reqwest::Client::new(),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Retry model faults by `retry` instead of the default.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    async fn run_turn(&self, ctx: &ToolContext, turn: Turn) -> cairn_core::Result<Outcome> {
+        let spec = self.models.get(turn.session.model.as_deref())?;
+        let max_steps = turn.session.max_steps.unwrap_or(DEFAULT_MAX_STEPS);
+        let journal: HashMap<u64, Value> = ctx
+            .log()
+            .await?
+            .into_iter()
+            .filter(|e: &ProcessEvent| e.event_type == RESPONSE)
+            .filter_map(|e| Some((e.payload.get("step")?.as_u64()?, e.payload.get("message")?.clone())))
+            .collect();
+        let mut messages = turn.first_messages();
+        let tool_defs = turn.tool_defs();
+        let response_format = turn.contract.response_format();
+        let mut repairs = 0;
+        for step in 1u64.. {
+            let message = match journal.get(&step) {
+                Some(m) => m.clone(),
+                None => {
+                    if step > u64::from(max_steps) {
+                        return Ok(Outcome::failure(
+                            "turn",
+                            "max_steps",
+                            format!("the turn made {max_steps} model calls without a final answer"),
+                        ));
+                    }
+                    let request = ChatRequest {
+                        messages: &messages,
+                        tools: &tool_defs,
+                        temperature: turn.session.temperature,
+                        response_format: response_format.as_ref(),
+                    };
+                    let answer = tokio::select! {
+                        r = self.call_model(ctx, spec, step, &request) => r,
+                        _ = ctx.stopped() => return Ok(ctx.stopped_outcome()),
+                    };
+                    let answer = match answer {
+                        Ok(a) => a,
+                        Err(ModelFault::Transient { message, .. }) => {
+                            return Ok(Outcome::failure("model", "model_unavailable", message))
+                        }
+                        Err(ModelFault::Rejected { message, .. }) => {
+                            return Ok(Outcome::failure("model", "model_error", message))
+                        }
+                    };
+                    let payload = json!({"step": step, "message": answer.message, "usage": answer.usage});
+                    ctx.append_once(RESPONSE, payload, &format!("{RESPONSE}/{step}"))
+                        .await?;
+                    answer.message
+                }
+            };
+            messages.push(message.clone());
+            let calls = message
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if !calls.is_empty() {
+                let results = self.run_tool_calls(ctx, &turn.session, step, &calls).await?;
+                for (call, content) in calls.iter().zip(results) {
+                    messages.push(json!({"role": "tool", "tool_call_id": call["id"], "content": content}));
+                }
+                continue;
+            }
+            let content = message.get("content").and_then(Value::as_str).unwrap_or_default();
+            match turn.contract.check(content) {
+                Ok(value) => return Ok(Outcome::success(value)),
+                Err(why) => {
+                    let allowed = match &turn.contract {
+                        Contract::JsonSchema { repair_attempts, .. } => *repair_attempts,
+                        Contract::Text => 0,
+                    };
+                    if repairs >= allowed {
+                        return Ok(Outcome::Failure {
+                            class: "turn".into(),
+                            code: "output_contract_violation".into(),
+                            message: why,
+                            raw: Some(message),
+                        });
+                    }
+                    repairs += 1;
+                    messages.push(json!({"role": "user", "content": format!(
+                        "Your answer does not meet the required output: {why}. Answer again with JSON that matches the schema, and nothing else."
+                    )}));
+                }
+            }
+        }
+        unreachable!("the step loop only ends by returning")
+    }
+
+    /// One model call, retried by the policy; deltas are appended as they
+    /// stream, at most one `turn.delta` per 100 ms.
+    async fn call_model(
+        &self,
+        ctx: &ToolContext,
+        spec: &ModelSpec,
+        step: u64,
+        request: &ChatRequest<'_>,
+    ) -> Result<ChatAnswer, ModelFault> {
+        let key = spec.key().map_err(|e| ModelFault::Rejected {
+            status: 0,
+            message: e.to_string(),
+        })?;
+        let (tx, rx) = mpsc::unbounded_channel::<String>();
+        // The closure owns the sender: once the retries end and it is dropped,
+        // the flusher drains what is left and ends.
+        let http = &self.http;
+        let attempt = move || {
+            let tx = tx.clone();
+            let key = key.clone();
+            async move {
+                let mut on_delta = move |text: &str| {
+                    let _ = tx.send(text.to_string());
+                };
+                chat(http, spec, key.as_deref(), request, &mut on_delta).await
+            }
+        };
+        let max_delay = self.retry.max_delay;
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.retry.min_delay)
+            .with_max_delay(max_delay)
+            .with_max_times(self.retry.retries)
+            .with_jitter();
+        let call = async {
+            attempt
+                .retry(backoff)
+                .when(|e| matches!(e, ModelFault::Transient { .. }))
+                .adjust(move |e, planned| match e {
+                    ModelFault::Transient {
+                        retry_after: Some(after),
+                        ..
+                    } => planned.map(|_| (*after).min(max_delay)),
+                    _ => planned,
+                })
+                .notify(|e, after| tracing::warn!(error = %e, ?after, "model call failed; retrying"))
+                .await
+        };
+        let (answer, ()) = tokio::join!(call, flush_deltas(ctx, step, rx));
+        answer
+    }
+
+    /// Start each tool call as a child `{process_id}/{step}.{k}` and wait for
+    /// them all; answers the tool message content of each call, in order. A
+    /// call the turn may not make, or whose arguments do not parse, gets an
+    /// error message instead of a child.
+    async fn run_tool_calls(
+        &self,
+        ctx: &ToolContext,
+        session: &TurnSession,
+        step: u64,
+        calls: &[Value],
+    ) -> cairn_core::Result<Vec<String>> {
+        let mut contents: Vec<Option<String>> = vec![None; calls.len()];
+        let mut children: Vec<(usize, String)> = Vec::new();
+        for (k, call) in calls.iter().enumerate() {
+            let name = call
+                .pointer("/function/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let raw_args = call
+                .pointer("/function/arguments")
+                .and_then(Value::as_str)
+                .unwrap_or("{}");
+            if !session.tools.iter().any(|t| t == name) {
+                contents[k] = Some(error_content(
+                    "unknown_tool",
+                    &format!("this turn may not call `{name}`"),
+                ));
+                continue;
+            }
+            let args: Value = match serde_json::from_str(if raw_args.trim().is_empty() { "{}" } else { raw_args }) {
+                Ok(a) => a,
+                Err(e) => {
+                    contents[k] = Some(error_content(
+                        "invalid_arguments",
+                        &format!("arguments are not JSON: {e}"),
+                    ));
+                    continue;
+                }
+            };
+            let id = format!("{}/{step}.{}", ctx.process_id(), k + 1);
+            let child = StartRequest::tool(&id, name, args, Disposition::Rerunnable);
+            match ctx.start_child(child).await {
+                Ok(_) => children.push((k, id)),
+                Err(e) if e.is_client_error() => contents[k] = Some(error_content(e.code(), &e.to_string())),
+                Err(e) => return Err(e),
+            }
+        }
+        if !children.is_empty() {
+            let ids: Vec<String> = children.iter().map(|(_, id)| id.clone()).collect();
+            let records = ctx
+                .wait_children(&ids, ChildrenMode::All, None)
+                .await?
+                .ok_or_else(|| CairnError::Unavailable("a wait without a deadline timed out".into()))?;
+            for ((k, _), record) in children.iter().zip(records) {
+                contents[*k] = Some(outcome_content(&record));
+            }
+        }
+        Ok(contents.into_iter().map(Option::unwrap_or_default).collect())
+    }
+}
+
+/// What the model reads of a child's outcome.
+fn outcome_content(record: &ProcessRecord) -> String {
+    match &record.outcome {
+        Some(Outcome::Success { value }) => value.to_string(),
+        Some(other) => json!({ "error": other }).to_string(),
+        None => error_content("unfinished", "the tool call did not finish"),
+    }
+}
+
+fn error_content(code: &str, message: &str) -> String {
+    json!({"error": {"code": code, "message": message}}).to_string()
+}
+
+/// Append the streamed pieces as `turn.delta {step, text}`, coalesced so that
+/// at most one is written per [`DELTA_EVERY`]; ends when the sender is dropped.
+async fn flush_deltas(ctx: &ToolContext, step: u64, mut rx: mpsc::UnboundedReceiver<String>) {
+    let mut last: Option<tokio::time::Instant> = None;
+    while let Some(mut text) = rx.recv().await {
+        if let Some(at) = last {
+            tokio::time::sleep_until(at + DELTA_EVERY).await;
+        }
+        while let Ok(more) = rx.try_recv() {
+            text.push_str(&more);
+        }
+        // Best effort: a delta is a live view, the response event is the record.
+        let _ = ctx.append(DELTA, json!({"step": step, "text": text})).await;
+        last = Some(tokio::time::Instant::now());
+    }
+}
+
+#[async_trait]
+impl Tool for TurnRunner {
+    fn name(&self) -> &str {
+        "session_turn"
+    }
+
+    fn event_types(&self) -> Vec<EventType> {
+        vec![EventType::plain(RESPONSE), EventType::plain(DELTA)]
+    }
+
+    async fn check_start(&self, input: &Value, _disposition: Disposition) -> cairn_core::Result<()> {
+        let turn = Turn::parse(input)?;
+        self.models.get(turn.session.model.as_deref())?;
+        for tool in &turn.session.tools {
+            if self.tools.get(tool).is_none() {
+                return Err(CairnError::UnknownTool(tool.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(&self, ctx: ToolContext, input: Value) -> Outcome {
+        let turn = match Turn::parse(&input) {
+            Ok(t) => t,
+            Err(e) => return Outcome::failure("turn", e.code(), e.to_string()),
+        };
+        match self.run_turn(&ctx, turn).await {
+            Ok(outcome) => outcome,
+            Err(_) if ctx.is_stopped() => ctx.stopped_outcome(),
+            Err(e) => Outcome::failure("turn", e.code(), e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! Session turns end to end on SQLite, against the testkit's fake
+//! OpenAI-compatible server: tool calls as children, output contracts,
+//! retries, streaming, and the key kept out of every record and event.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_core::{
+    Disposition, Outcome, ProcessInput, ProcessRecord, Processes, StartRequest, SystemClock, TurnSession,
+};
+use cairn_sqlite::SqliteRegistry;
+use cairn_testkit::fake_openai::{FakeOpenAi, Reply};
+use cairn_turn::{ModelSpec, Models, RetryPolicy, TurnRunner};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+const KEY_ENV: &str = "CAIRN_TURN_TEST_KEY";
+const KEY: &str = "sk-test-secret-7f3a";
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    fake: FakeOpenAi,
+    p: Processes,
+}
+
+async fn setup() -> Setup {
+    // Every test sets the same value, so tests running at once agree.
+    std::env::set_var(KEY_ENV, KEY);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = SqliteRegistry::open(dir.path().join("cairn.db"), Arc::new(SystemClock)).expect("open");
+    let fake = FakeOpenAi::start().await;
+    let spec: ModelSpec = format!("default={},model=fake-1,key_env={KEY_ENV}", fake.base_url())
+        .parse()
+        .expect("spec");
+    let mut tools = cairn_tools::builtin_tools(false);
+    let runner = TurnRunner::new(Models::new([spec]).expect("models"), tools.clone()).with_retry(RetryPolicy {
+        retries: 3,
+        min_delay: Duration::from_millis(10),
+        max_delay: Duration::from_secs(2),
+    });
+    tools.register_runner("session_turn", Arc::new(runner));
+    let p = Processes::builder(Arc::new(registry)).tools(tools).start();
+    Setup { _dir: dir, fake, p }
+}
+
+fn turn(id: &str, tools: &[&str], input: &str, contract: Value) -> StartRequest {
+    let session = TurnSession {
+        model: None,
+        system: Some("You are terse.".into()),
+        tools: tools.iter().map(|t| t.to_string()).collect(),
+        max_steps: Some(4),
+        temperature: Some(0.0),
+    };
+    let input = ProcessInput::SessionTurn {
+        session,
+        input: json!(input),
+        output_contract: contract,
+    };
+    StartRequest::new(id, input, Disposition::Rerunnable)
+}
+
+async fn finished(p: &Processes, id: &str) -> ProcessRecord {
+    let r = p.await_output(id, WAIT).await.expect("await");
+    assert!(r.is_terminal(), "{id} did not end: {r:?}");
+    r
+}
+
+async fn types(p: &Processes, id: &str) -> Vec<String> {
+    let events = p.events(id, 0, Some(1000)).await.expect("events").events;
+    events.into_iter().map(|e| e.event_type).collect()
+}
+
+fn failure_code(r: &ProcessRecord) -> String {
+    match &r.outcome {
+        Some(Outcome::Failure { code, .. }) => code.clone(),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tool_calls_become_children_and_the_answer_follows() {
+    let s = setup().await;
+    s.fake.push(Reply::ToolCalls(vec![
+        ("echo".into(), json!({"value": 20})),
+        ("echo".into(), json!({"value": 22})),
+    ]));
+    s.fake.push(Reply::Text("The sum is 42.".into()));
+    s.p.start(turn(
+        "t1",
+        &["echo"],
+        "Add 20 and 22 with echo.",
+        json!({"type": "text"}),
+    ))
+    .await
+    .expect("start");
+    let r = finished(&s.p, "t1").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "The sum is 42."}))));
+    for (id, value) in [("t1/1.1", 20), ("t1/1.2", 22)] {
+        let child = s.p.get(id).await.expect("child");
+        assert_eq!(child.outcome, Some(Outcome::success(json!(value))));
+        assert_eq!(
+            child.provenance.caused_by.as_ref().and_then(|c| c.parent_process()),
+            Some("t1")
+        );
+    }
+    let received = s.fake.received();
+    assert_eq!(received.len(), 2, "one request per step");
+    let second = &received[1].body["messages"];
+    let tool_messages: Vec<&Value> = second
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .collect();
+    assert_eq!(tool_messages.len(), 2);
+    assert_eq!(tool_messages[0]["tool_call_id"], "call_0");
+    assert_eq!(tool_messages[0]["content"], "20");
+    assert_eq!(received[0].body["model"], "fake-1");
+    assert_eq!(received[0].body["tools"][0]["function"]["name"], "echo");
+    let t = types(&s.p, "t1").await;
+    assert_eq!(t.iter().filter(|t| *t == "turn.response").count(), 2);
+    assert!(
+        t.contains(&"process.resumed".to_string()),
+        "suspended on its children: {t:?}"
+    );
+    // The key went to the endpoint and nowhere else.
+    assert_eq!(
+        received[0].authorization.as_deref(),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+    for id in ["t1", "t1/1.1", "t1/1.2"] {
+        let record = serde_json::to_string(&s.p.get(id).await.expect("get")).expect("json");
+        let events = serde_json::to_string(&s.p.events(id, 0, Some(1000)).await.expect("events").events).expect("json");
+        assert!(!record.contains(KEY) && !events.contains(KEY), "{id} holds the key");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_schema_contract_is_repaired_or_fails() {
+    let s = setup().await;
+    let contract = json!({"type": "json_schema", "repair_attempts": 1, "schema": {
+        "type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}}});
+    s.fake.push(Reply::Text("{\"ok\": \"yes\"}".into()));
+    s.fake.push(Reply::Text("{\"ok\": true}".into()));
+    s.p.start(turn("repaired", &[], "Are we ok?", contract.clone()))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "repaired").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"ok": true}))));
+    let received = s.fake.received();
+    assert_eq!(received[0].body["response_format"]["type"], "json_schema");
+    let feedback = received[1].body["messages"]
+        .as_array()
+        .expect("messages")
+        .last()
+        .cloned();
+    assert_eq!(feedback.as_ref().map(|m| m["role"].clone()), Some(json!("user")));
+
+    s.fake.push(Reply::Text("not json".into()));
+    s.fake.push(Reply::Text("{\"ok\": 1}".into()));
+    s.p.start(turn("violated", &[], "Are we ok?", contract))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "violated").await;
+    assert_eq!(failure_code(&r), "output_contract_violation");
+    match r.outcome {
+        Some(Outcome::Failure { raw: Some(raw), .. }) => assert_eq!(raw["content"], "{\"ok\": 1}"),
+        other => panic!("the last answer belongs in raw: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_are_retried_or_fail_by_kind() {
+    let s = setup().await;
+    s.fake.push(Reply::Status {
+        status: 429,
+        retry_after: Some(1),
+        message: "slow down".into(),
+    });
+    s.fake.push(Reply::Disconnect {
+        partial: "half an ans".into(),
+    });
+    s.fake.push(Reply::Text("whole answer".into()));
+    let started = std::time::Instant::now();
+    s.p.start(turn("retried", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "retried").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "whole answer"}))));
+    assert_eq!(s.fake.received().len(), 3);
+    assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After was honoured");
+
+    s.fake.push(Reply::Status {
+        status: 400,
+        retry_after: None,
+        message: "bad model parameters".into(),
+    });
+    s.p.start(turn("refused", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "refused").await;
+    assert_eq!(failure_code(&r), "model_error");
+    match &r.outcome {
+        Some(Outcome::Failure { class, message, .. }) => {
+            assert_eq!(class, "model");
+            assert!(message.contains("bad model parameters"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    for _ in 0..4 {
+        s.fake.push(Reply::Status {
+            status: 503,
+            retry_after: None,
+            message: "down".into(),
+        });
+    }
+    s.p.start(turn("down", &[], "hi", Value::Null)).await.expect("start");
+    assert_eq!(failure_code(&finished(&s.p, "down").await), "model_unavailable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deltas_stream_before_the_answer() {
+    let s = setup().await;
+    s.fake.push(Reply::SlowText {
+        text: "one two three four five six seven".into(),
+        delay: Duration::from_millis(60),
+    });
+    s.p.start(turn("streamed", &[], "count", Value::Null))
+        .await
+        .expect("start");
+    let delta =
+        s.p.await_event("streamed", "turn.delta", 0, WAIT)
+            .await
+            .expect("a delta");
+    let record = s.p.get("streamed").await.expect("get");
+    assert!(!record.is_terminal(), "a delta arrives while the answer forms");
+    assert_eq!(delta.payload["step"], 1);
+    finished(&s.p, "streamed").await;
+    let events = s.p.events("streamed", 0, Some(1000)).await.expect("events").events;
+    let deltas: Vec<_> = events.iter().filter(|e| e.event_type == "turn.delta").collect();
+    assert!(deltas.len() >= 2, "several deltas: {}", deltas.len());
+    for pair in deltas.windows(2) {
+        assert!(
+            pair[1].occurred_at_ms >= pair[0].occurred_at_ms + 100,
+            "at most one delta per 100 ms"
+        );
+    }
+    let text: String = deltas.iter().filter_map(|d| d.payload["text"].as_str()).collect();
+    assert!("one two three four five six seven".starts_with(&text), "{text}");
+    let response = events
+        .iter()
+        .position(|e| e.event_type == "turn.response")
+        .expect("response");
+    assert!(events.iter().position(|e| e.event_type == "turn.delta").expect("delta") < response);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_turns_are_refused_at_start() {
+    let s = setup().await;
+    let mut unknown_model = turn("m", &[], "hi", Value::Null);
+    if let ProcessInput::SessionTurn { session, .. } = &mut unknown_model.input {
+        session.model = Some("nope".into());
+    }
+    assert_eq!(
+        s.p.start(unknown_model).await.expect_err("refused").code(),
+        "unknown_model"
+    );
+    let e =
+        s.p.start(turn("t", &["no_such_tool"], "hi", Value::Null))
+            .await
+            .expect_err("refused");
+    assert_eq!(e.code(), "unknown_tool");
+    let e =
+        s.p.start(turn("c", &[], "hi", json!({"type": "yaml"})))
+            .await
+            .expect_err("refused");
+    assert_eq!(e.code(), "invalid_request");
+    for id in ["m", "t", "c"] {
+        assert_eq!(s.p.get(id).await.expect_err("not stored").code(), "unknown_process");
+    }
+    assert!(s.fake.received().is_empty());
+}
