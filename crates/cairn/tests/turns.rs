@@ -61,3 +61,85 @@ async fn a_turn_streams_deltas_on_sse_before_its_answer() {
     assert_eq!(body["error"]["code"], "unknown_model");
     assert_eq!(fake.received().len(), 1);
 }
+
+async fn count(client: &common::Client, id: &str, event_type: &str) -> usize {
+    let (status, page) = client.get(&format!("/v1/processes/{id}/events?limit=1000")).await;
+    assert_eq!(status, 200, "{page}");
+    page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["event_type"] == event_type)
+        .count()
+}
+
+/// SIGKILL while a turn's tool call runs, after its first model answer:
+/// after a restart over the same file the turn goes on from its journal. The
+/// endpoint never sees the finished step again and no finished tool call runs
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_killed_mid_tool_call_resumes_from_its_journal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("cairn.db").display());
+    let fake = FakeOpenAi::start().await;
+    let model = format!("default={},model=fake-1", fake.base_url());
+    let server = Server::start_on(&db, &["--model", &model]).await;
+    let client = server.client();
+    fake.push(Reply::ToolCalls(vec![
+        ("echo".into(), json!({"value": 1})),
+        ("wait_signal".into(), json!({"name": "go"})),
+    ]));
+    let (status, body) = client
+        .start(json!({
+            "id": "crash-1",
+            "disposition": "rerunnable",
+            "input": {"type": "session_turn",
+                      "session": {"tools": ["echo", "wait_signal"]},
+                      "input": "Echo 1, then wait for go."}
+        }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    client.wait_for("crash-1%2F1.1", |r| r["status"] == "completed").await;
+
+    client
+        .wait_for("crash-1%2F1.2", |r| {
+            r["wait"]["kind"] == "signal" && r["lease"].is_null()
+        })
+        .await;
+    client
+        .wait_for("crash-1", |r| r["wait"]["kind"] == "children" && r["lease"].is_null())
+        .await;
+
+    // SAFETY: signalling a child process this test spawned.
+    assert_eq!(unsafe { libc::kill(server.pid() as i32, libc::SIGKILL) }, 0);
+    drop(server);
+
+    let server = Server::start_on(&db, &["--model", &model]).await;
+    let client = server.client();
+    fake.push(Reply::Text("all done".into()));
+    let (status, body) = client
+        .post(
+            "/v1/processes/crash-1%2F1.2/signals/go",
+            json!({"signal_id": "once", "payload": {"ok": true}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let done = client.wait_for("crash-1", |r| r["status"] != "running").await;
+    assert_eq!(done["outcome"]["value"], json!({"text": "all done"}), "{done}");
+    assert_eq!(fake.received().len(), 2, "the finished step was not asked again");
+    assert_eq!(count(&client, "crash-1", "turn.response").await, 2);
+    assert_eq!(
+        count(&client, "crash-1%2F1.1", "process.started").await,
+        1,
+        "echo ran once"
+    );
+    let second = &fake.received()[1].body["messages"];
+    let tools: Vec<&serde_json::Value> = second
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .collect();
+    assert_eq!(tools.len(), 2);
+    assert_eq!(tools[1]["content"], "{\"ok\":true}");
+}
