@@ -277,3 +277,40 @@ async fn bad_turns_are_refused_at_start() {
     }
     assert!(s.fake.received().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_turn_stops_its_stream_and_its_tool_calls() {
+    let s = setup().await;
+    s.fake.push(Reply::SlowText {
+        text: "this answer takes a long time to arrive, piece by piece".into(),
+        delay: Duration::from_millis(500),
+    });
+    s.p.start(turn("slow", &[], "talk", Value::Null)).await.expect("start");
+    s.p.await_event("slow", "turn.delta", 0, WAIT).await.expect("streaming");
+    let started = std::time::Instant::now();
+    s.p.cancel("slow", Some("enough".into())).await.expect("cancel");
+    let r = finished(&s.p, "slow").await;
+    assert_eq!(r.status, cairn_core::ProcessStatus::Cancelled, "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the stream was dropped, not read out"
+    );
+    assert!(!types(&s.p, "slow").await.contains(&"turn.response".to_string()));
+
+    s.fake
+        .push(Reply::ToolCalls(vec![("wait_signal".into(), json!({"name": "go"}))]));
+    s.p.start(turn("waits", &["wait_signal"], "wait", Value::Null))
+        .await
+        .expect("start");
+    s.p.await_event("waits", "process.waiting", 0, WAIT)
+        .await
+        .expect("the turn waits");
+    s.p.await_event("waits/1.1", "process.waiting", 0, WAIT)
+        .await
+        .expect("child waits");
+    s.p.cancel("waits", None).await.expect("cancel");
+    for id in ["waits", "waits/1.1"] {
+        let r = finished(&s.p, id).await;
+        assert_eq!(r.status, cairn_core::ProcessStatus::Cancelled, "{id}: {r:?}");
+    }
+}
