@@ -173,7 +173,8 @@ impl RuntimeBuilder {
         self
     }
 
-    /// The clock the worker uses for evidence times (the registry has its own).
+    /// The clock the worker uses for evidence times and schedules read for
+    /// now (the registry has its own).
     pub fn clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
         self
@@ -221,6 +222,16 @@ impl RuntimeBuilder {
         let registry: Arc<dyn ProcessRegistry> = Arc::new(WatchedRegistry::new(self.registry, hub.clone(), self.sink));
         let awaiter_hub = self.use_hub.then(|| hub.clone());
         let awaiter = Awaiter::new(registry.clone(), awaiter_hub.clone()).with_backoff(self.backoff);
+        let starter = Arc::new(Starter {
+            registry: registry.clone(),
+            tools: self.tools.clone(),
+            runs_worker: self.run_worker,
+        });
+        let scheduler: Arc<dyn crate::worker::DueWork> = Arc::new(crate::scheduler::Scheduler::new(
+            registry.clone(),
+            starter.clone(),
+            self.clock.clone(),
+        ));
         let driver = self.run_worker.then(|| {
             let worker = Worker::new(
                 registry.clone(),
@@ -230,12 +241,13 @@ impl RuntimeBuilder {
                 self.clock.clone(),
                 self.worker.clone(),
             );
-            WorkDriver::start(worker, awaiter_hub.clone())
+            WorkDriver::start_with(worker, awaiter_hub.clone(), Some(scheduler))
         });
         Processes {
             inner: Arc::new(Inner {
                 registry,
-                tools: self.tools,
+                starter,
+                clock: self.clock,
                 awaiter,
                 hub,
                 driver,
@@ -244,18 +256,82 @@ impl RuntimeBuilder {
     }
 }
 
-struct Inner {
+/// The start path (SPEC §9), shared by [`Processes::start`] and the fires of
+/// schedules (SPEC §18).
+pub(crate) struct Starter {
     registry: Arc<dyn ProcessRegistry>,
     tools: ToolRegistry,
+    /// Whether this runtime runs a worker: only then is a tool outside
+    /// `tools` refused.
+    runs_worker: bool,
+}
+
+impl Starter {
+    /// The registration, grant and env spec `req` asks for, with the named
+    /// tool's args checked and its event types declared.
+    fn prepare(&self, req: StartRequest) -> Result<(Registration, Option<StartGrant>, Option<EnvSpec>)> {
+        let mut event_types = req.event_types;
+        if let ProcessInput::ToolCall { tool, args } = &req.input {
+            if let Some(t) = self.tools.get(tool) {
+                t.validate_args(args)?;
+                for declared in t.event_types() {
+                    if !event_types.iter().any(|e| e.name == declared.name) {
+                        event_types.push(declared);
+                    }
+                }
+            } else if self.runs_worker {
+                return Err(CairnError::UnknownTool(tool.clone()));
+            }
+        }
+        let registration = Registration {
+            id: req.id,
+            input: req.input,
+            disposition: req.disposition,
+            event_types,
+            provenance: Provenance {
+                originator: req.originator,
+                caused_by: req.caused_by,
+            },
+            wake_target: req.wake_target,
+            env_ref: None,
+            external_ref: req.external_ref,
+        };
+        Ok((registration, req.grant, req.env_spec))
+    }
+
+    /// Whether `req` would be accepted by a start, without writing anything:
+    /// every check of the start path but those of stored state (an existing
+    /// id, a stored env).
+    pub(crate) fn check(&self, req: StartRequest, now_ms: u64) -> Result<()> {
+        let (registration, grant, env_spec) = self.prepare(req)?;
+        if let Some(spec) = &env_spec {
+            crate::validate::env_ref_and_bytes(spec)?;
+        }
+        crate::ops::Op::register(&registration, grant, now_ms).map(|_| ())
+    }
+
+    pub(crate) async fn start(&self, req: StartRequest) -> Result<Registered> {
+        let (mut registration, grant, env_spec) = self.prepare(req)?;
+        if let Some(spec) = &env_spec {
+            registration.env_ref = Some(self.registry.put_env(spec).await?);
+        }
+        self.registry.register(registration, grant).await
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) registry: Arc<dyn ProcessRegistry>,
+    pub(crate) starter: Arc<Starter>,
+    pub(crate) clock: SharedClock,
     awaiter: Awaiter,
     hub: ChangeHub,
-    driver: Option<Arc<WorkDriver>>,
+    pub(crate) driver: Option<Arc<WorkDriver>>,
 }
 
 /// The host API. Cheap to clone.
 #[derive(Clone)]
 pub struct Processes {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl Processes {
@@ -296,37 +372,7 @@ impl Processes {
 
     /// Record durable intent (record, grant, env) and nudge the worker. Idempotent on id.
     pub async fn start(&self, req: StartRequest) -> Result<Registered> {
-        let mut event_types = req.event_types;
-        if let ProcessInput::ToolCall { tool, args } = &req.input {
-            if let Some(t) = self.inner.tools.get(tool) {
-                t.validate_args(args)?;
-                for declared in t.event_types() {
-                    if !event_types.iter().any(|e| e.name == declared.name) {
-                        event_types.push(declared);
-                    }
-                }
-            } else if self.inner.driver.is_some() {
-                return Err(CairnError::UnknownTool(tool.clone()));
-            }
-        }
-        let env_ref = match &req.env_spec {
-            Some(spec) => Some(self.inner.registry.put_env(spec).await?),
-            None => None,
-        };
-        let registration = Registration {
-            id: req.id,
-            input: req.input,
-            disposition: req.disposition,
-            event_types,
-            provenance: Provenance {
-                originator: req.originator,
-                caused_by: req.caused_by,
-            },
-            wake_target: req.wake_target,
-            env_ref,
-            external_ref: req.external_ref,
-        };
-        let registered = self.inner.registry.register(registration, req.grant).await?;
+        let registered = self.inner.starter.start(req).await?;
         if registered.created {
             if let Some(d) = &self.inner.driver {
                 d.nudge();

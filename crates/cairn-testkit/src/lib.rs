@@ -292,6 +292,9 @@ macro_rules! conformance_suite {
                 change_feed_dedupes_to_latest,
                 // environments
                 env_store_round_trip,
+                // schedules
+                schedules_round_trip,
+                schedule_advance_is_compare_and_set,
             );
 
             #[test]

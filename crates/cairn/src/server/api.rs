@@ -116,7 +116,8 @@ pub fn status_of(err: &CairnError) -> StatusCode {
         CairnError::UnknownProcess(_)
         | CairnError::UnknownWake(_)
         | CairnError::UnknownEnv(_)
-        | CairnError::UnknownTool(_) => StatusCode::NOT_FOUND,
+        | CairnError::UnknownTool(_)
+        | CairnError::UnknownSchedule(_) => StatusCode::NOT_FOUND,
         CairnError::NoLongerRetained(_) => StatusCode::GONE,
         CairnError::RegistrationConflict { .. }
         | CairnError::ReplayConflict { .. }
@@ -124,7 +125,8 @@ pub fn status_of(err: &CairnError) -> StatusCode {
         | CairnError::LeaseHeld { .. }
         | CairnError::LeaseFenced(_)
         | CairnError::NotClaimable { .. }
-        | CairnError::NotExternallyOwned(_) => StatusCode::CONFLICT,
+        | CairnError::NotExternallyOwned(_)
+        | CairnError::ScheduleConflict { .. } => StatusCode::CONFLICT,
         CairnError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         CairnError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         CairnError::CorruptEnv { .. } | CairnError::Storage { .. } => StatusCode::INTERNAL_SERVER_ERROR,

@@ -15,7 +15,7 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 use utoipa::OpenApi;
 
-use super::{api, routes, AppState};
+use super::{api, routes, schedules, AppState};
 
 /// The OpenAPI document as derived, before [`refine`].
 #[derive(OpenApi)]
@@ -43,6 +43,12 @@ use super::{api, routes, AppState};
         routes::ack_wake,
         routes::prune,
         routes::changes,
+        schedules::create,
+        schedules::list,
+        schedules::get,
+        schedules::delete,
+        schedules::pause,
+        schedules::resume,
         routes::healthz,
         routes::metrics,
     ),
