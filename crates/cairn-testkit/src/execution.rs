@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 
 use crate::{StoreFactory, TestStore};
 
+pub use crate::scheduled::*;
+
 const WAIT: Duration = Duration::from_secs(20);
 
 /// Counts runs per process id; succeeds with the count.

@@ -41,6 +41,7 @@ pub mod execution;
 pub mod harness;
 pub mod probe;
 pub mod property;
+pub mod scheduled;
 
 pub use builders::*;
 pub use harness::{assert_fold, expect_code, Folded, Harness, StoreSnapshot};
@@ -374,6 +375,12 @@ macro_rules! execution_suite {
                 cancel_resumes_a_suspended_run,
                 hub_fed_await_does_not_poll,
                 cancel_reaches_running_children,
+                // schedules (scheduled.rs)
+                every_fires_on_time_once_per_fire,
+                skip_skips_while_the_last_run_is_running,
+                pause_and_resume,
+                one_catch_up_after_downtime,
+                schedule_rejects_bad_input,
             );
         }
     };
@@ -452,7 +459,10 @@ mod tests {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         for (files, macro_name) in [
             (rust_files(&src.join("contracts")), "__conformance_tests"),
-            (vec![src.join("execution.rs")], "__execution_tests"),
+            (
+                vec![src.join("execution.rs"), src.join("scheduled.rs")],
+                "__execution_tests",
+            ),
         ] {
             let written = contracts_in(&files);
             let listed = listed_in(&format!("$crate::{macro_name}"));
