@@ -87,7 +87,7 @@ pub(super) async fn execute(client: &Client, json: bool, action: ScheduleAction)
                 if let Some(a) = &after {
                     pairs.push(("after", a.clone()));
                 }
-                let page = client.get(&format!("/v1/schedules{}", query(pairs))).await?;
+                let page = client.get(&format!("/v1/schedules?{}", query(pairs))).await?;
                 for s in page.get("schedules").and_then(Value::as_array).into_iter().flatten() {
                     rows.push(row(s));
                     all.push(s.clone());
