@@ -12,11 +12,14 @@ use crate::store::R;
 
 const COLUMNS: &str = "schedule, paused, next_fire_ms, last_fire_ms, last_process_id";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<(String, bool, i64, Option<i64>, Option<String>)> {
+/// A row: the document, paused, next fire, last fire, last process.
+type Columns = (String, bool, i64, Option<i64>, Option<String>);
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<Columns> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
 }
 
-fn assemble(row: (String, bool, i64, Option<i64>, Option<String>)) -> R<Schedule> {
+fn assemble(row: Columns) -> R<Schedule> {
     let (doc, paused, next, last, last_pid) = row;
     let mut s: Schedule = serde_json::from_str(&doc)?;
     s.paused = paused;
