@@ -90,6 +90,12 @@ const OPERATION_IDS: &[(&str, &str, &str)] = &[
     ("post", "/v1/sessions/{session_id}/wakes/{wake_id}/ack", "ack_wake"),
     ("post", "/v1/prune", "prune"),
     ("get", "/v1/changes", "list_changes"),
+    ("post", "/v1/schedules", "create_schedule"),
+    ("get", "/v1/schedules", "list_schedules"),
+    ("get", "/v1/schedules/{id}", "get_schedule"),
+    ("delete", "/v1/schedules/{id}", "delete_schedule"),
+    ("post", "/v1/schedules/{id}/pause", "pause_schedule"),
+    ("post", "/v1/schedules/{id}/resume", "resume_schedule"),
     ("get", "/healthz", "health"),
     ("get", "/metrics", "metrics"),
 ];
