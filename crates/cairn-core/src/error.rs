@@ -58,6 +58,15 @@ pub enum CairnError {
         /// The process id.
         id: String,
     },
+    /// No schedule with this id is stored.
+    #[error("unknown schedule `{0}`")]
+    UnknownSchedule(String),
+    /// The schedule id exists with a different definition.
+    #[error("schedule `{id}` already exists with a different definition")]
+    ScheduleConflict {
+        /// The schedule id.
+        id: String,
+    },
     /// No process with this id was ever recorded (or it is not visible to the caller).
     #[error("unknown process `{0}`")]
     UnknownProcess(String),
@@ -239,6 +248,8 @@ impl CairnError {
             Self::InvalidSemantics { .. } => "invalid_semantics",
             Self::RegistrationConflict { .. } => "registration_conflict",
             Self::UnknownProcess(_) => "unknown_process",
+            Self::UnknownSchedule(_) => "unknown_schedule",
+            Self::ScheduleConflict { .. } => "schedule_conflict",
             Self::NoLongerRetained(_) => "no_longer_retained",
             Self::UndeclaredEventType { .. } => "undeclared_event_type",
             Self::SchemaViolation { .. } => "schema_violation",

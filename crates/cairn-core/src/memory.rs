@@ -17,6 +17,7 @@ use crate::model::{
 use crate::ops::admin::{self, AdminTx, Deleted, GrantState, PruneCandidate};
 use crate::ops::{self, at_once, Answer, Op, Row, WriteTx};
 use crate::registry::{prune_status, CancelAnswer, ProcessRegistry, Registered};
+use crate::schedule::{Schedule, ScheduleAdvance};
 use crate::validate::{self, validate_id, validate_scope};
 use crate::{CairnError, Result};
 
@@ -46,6 +47,26 @@ struct State {
     /// Worklist index: ids that are run or abandon candidates (lease ignored).
     candidates: BTreeSet<String>,
     envs: HashMap<String, Vec<u8>>,
+    schedules: BTreeMap<String, Schedule>,
+    /// Due index: (next fire time, id) of every unpaused schedule.
+    schedule_due: BTreeSet<(u64, String)>,
+}
+
+impl State {
+    /// Store `s`, keeping the due index in step.
+    fn put_schedule(&mut self, s: Schedule) {
+        self.drop_schedule(&s.id);
+        if !s.paused {
+            self.schedule_due.insert((s.next_fire_ms, s.id.clone()));
+        }
+        self.schedules.insert(s.id.clone(), s);
+    }
+
+    fn drop_schedule(&mut self, id: &str) -> Option<Schedule> {
+        let old = self.schedules.remove(id)?;
+        self.schedule_due.remove(&(old.next_fire_ms, old.id.clone()));
+        Some(old)
+    }
 }
 
 /// The in-memory [`ProcessRegistry`].
@@ -663,6 +684,87 @@ impl ProcessRegistry for MemoryRegistry {
             .iter()
             .filter_map(|id| st.entries.get(id).map(|e| e.row.claimable_at()))
             .filter(|t| *t > after_ms)
+            .chain(
+                st.schedule_due
+                    .range((after_ms.saturating_add(1), String::new())..)
+                    .next()
+                    .map(|(t, _)| *t),
+            )
             .min())
+    }
+
+    async fn insert_schedule(&self, schedule: &Schedule) -> Result<Option<Schedule>> {
+        let mut st = self.state.lock();
+        if let Some(existing) = st.schedules.get(&schedule.id) {
+            return Ok(Some(existing.clone()));
+        }
+        st.put_schedule(schedule.clone());
+        Ok(None)
+    }
+
+    async fn get_schedule(&self, id: &str) -> Result<Option<Schedule>> {
+        Ok(self.state.lock().schedules.get(id).cloned())
+    }
+
+    async fn list_schedules(&self, after_id: Option<&str>, limit: usize) -> Result<Vec<Schedule>> {
+        let st = self.state.lock();
+        let from = match after_id {
+            Some(a) => std::ops::Bound::Excluded(a.to_string()),
+            None => std::ops::Bound::Unbounded,
+        };
+        Ok(st
+            .schedules
+            .range((from, std::ops::Bound::Unbounded))
+            .take(limit)
+            .map(|(_, s)| s.clone())
+            .collect())
+    }
+
+    async fn delete_schedule(&self, id: &str) -> Result<bool> {
+        Ok(self.state.lock().drop_schedule(id).is_some())
+    }
+
+    async fn set_schedule_paused(&self, id: &str, paused: bool, next_fire_ms: Option<u64>) -> Result<Option<Schedule>> {
+        let mut st = self.state.lock();
+        let Some(mut s) = st.schedules.get(id).cloned() else {
+            return Ok(None);
+        };
+        s.paused = paused;
+        if let Some(next) = next_fire_ms {
+            s.next_fire_ms = next;
+        }
+        st.put_schedule(s.clone());
+        Ok(Some(s))
+    }
+
+    async fn advance_schedule(&self, id: &str, expected_next_fire_ms: u64, advance: &ScheduleAdvance) -> Result<bool> {
+        let mut st = self.state.lock();
+        let Some(mut s) = st.schedules.get(id).cloned() else {
+            return Ok(false);
+        };
+        if s.paused || s.next_fire_ms != expected_next_fire_ms {
+            return Ok(false);
+        }
+        match advance.next_fire_ms {
+            Some(next) => s.next_fire_ms = next,
+            None => s.paused = true,
+        }
+        if let Some((at, pid)) = &advance.fired {
+            s.last_fire_ms = Some(*at);
+            s.last_process_id = Some(pid.clone());
+        }
+        st.put_schedule(s);
+        Ok(true)
+    }
+
+    async fn due_schedules(&self, now_ms: u64, limit: usize) -> Result<Vec<Schedule>> {
+        let st = self.state.lock();
+        Ok(st
+            .schedule_due
+            .iter()
+            .take_while(|(t, _)| *t <= now_ms)
+            .take(limit)
+            .filter_map(|(_, id)| st.schedules.get(id).cloned())
+            .collect())
     }
 }

@@ -140,6 +140,20 @@ pub(crate) async fn register_start(
     require_tool: bool,
     req: StartRequest,
 ) -> Result<Registered> {
+    let (mut registration, grant, env_spec) = prepare_start(tools, require_tool, req).await?;
+    if let Some(spec) = &env_spec {
+        registration.env_ref = Some(registry.put_env(spec).await?);
+    }
+    registry.register(registration, grant).await
+}
+
+/// The registration, grant and env spec `req` asks for, checked by what runs
+/// it ([`crate::Tool::check_start`]) and with its event types declared.
+async fn prepare_start(
+    tools: &ToolRegistry,
+    require_tool: bool,
+    req: StartRequest,
+) -> Result<(Registration, Option<StartGrant>, Option<EnvSpec>)> {
     let mut event_types = req.event_types;
     if let Some((runs, args)) = tools.resolve(&req.input) {
         runs.check_start(&args, req.disposition).await?;
@@ -151,10 +165,6 @@ pub(crate) async fn register_start(
     } else if let (ProcessInput::ToolCall { tool, .. }, true) = (&req.input, require_tool) {
         return Err(CairnError::UnknownTool(tool.clone()));
     }
-    let env_ref = match &req.env_spec {
-        Some(spec) => Some(registry.put_env(spec).await?),
-        None => None,
-    };
     let registration = Registration {
         id: req.id,
         input: req.input,
@@ -165,10 +175,10 @@ pub(crate) async fn register_start(
             caused_by: req.caused_by,
         },
         wake_target: req.wake_target,
-        env_ref,
+        env_ref: None,
         external_ref: req.external_ref,
     };
-    registry.register(registration, req.grant).await
+    Ok((registration, req.grant, req.env_spec))
 }
 
 /// What a session sees of its processes at a glance.
@@ -214,7 +224,8 @@ impl RuntimeBuilder {
         self
     }
 
-    /// The clock the worker uses for evidence times (the registry has its own).
+    /// The clock the worker uses for evidence times and schedules read for
+    /// now (the registry has its own).
     pub fn clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
         self
@@ -262,6 +273,16 @@ impl RuntimeBuilder {
         let registry: Arc<dyn ProcessRegistry> = Arc::new(WatchedRegistry::new(self.registry, hub.clone(), self.sink));
         let awaiter_hub = self.use_hub.then(|| hub.clone());
         let awaiter = Awaiter::new(registry.clone(), awaiter_hub.clone()).with_backoff(self.backoff);
+        let starter = Arc::new(Starter {
+            registry: registry.clone(),
+            tools: self.tools.clone(),
+            runs_worker: self.run_worker,
+        });
+        let scheduler: Arc<dyn crate::worker::DueWork> = Arc::new(crate::scheduler::Scheduler::new(
+            registry.clone(),
+            starter.clone(),
+            self.clock.clone(),
+        ));
         let driver = self.run_worker.then(|| {
             let worker = Worker::new(
                 registry.clone(),
@@ -271,12 +292,13 @@ impl RuntimeBuilder {
                 self.clock.clone(),
                 self.worker.clone(),
             );
-            WorkDriver::start(worker, awaiter_hub.clone())
+            WorkDriver::start_with(worker, awaiter_hub.clone(), Some(scheduler))
         });
         Processes {
             inner: Arc::new(Inner {
                 registry,
-                tools: self.tools,
+                starter,
+                clock: self.clock,
                 awaiter,
                 hub,
                 driver,
@@ -285,18 +307,46 @@ impl RuntimeBuilder {
     }
 }
 
-struct Inner {
+/// The start path (SPEC §9), shared by [`Processes::start`] and the fires of
+/// schedules (SPEC §18).
+pub(crate) struct Starter {
     registry: Arc<dyn ProcessRegistry>,
     tools: ToolRegistry,
+    /// Whether this runtime runs a worker: only then is a tool outside
+    /// `tools` refused.
+    runs_worker: bool,
+}
+
+impl Starter {
+    /// Whether `req` would be accepted by a start, without writing anything:
+    /// every check of the start path but those of stored state (an existing
+    /// id, a stored env).
+    pub(crate) async fn check(&self, req: StartRequest, now_ms: u64) -> Result<()> {
+        let (registration, grant, env_spec) = prepare_start(&self.tools, self.runs_worker, req).await?;
+        if let Some(spec) = &env_spec {
+            crate::validate::env_ref_and_bytes(spec)?;
+        }
+        crate::ops::Op::register(&registration, grant, now_ms).map(|_| ())
+    }
+
+    pub(crate) async fn start(&self, req: StartRequest) -> Result<Registered> {
+        register_start(self.registry.as_ref(), &self.tools, self.runs_worker, req).await
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) registry: Arc<dyn ProcessRegistry>,
+    pub(crate) starter: Arc<Starter>,
+    pub(crate) clock: SharedClock,
     awaiter: Awaiter,
     hub: ChangeHub,
-    driver: Option<Arc<WorkDriver>>,
+    pub(crate) driver: Option<Arc<WorkDriver>>,
 }
 
 /// The host API. Cheap to clone.
 #[derive(Clone)]
 pub struct Processes {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl Processes {
@@ -337,13 +387,7 @@ impl Processes {
 
     /// Record durable intent (record, grant, env) and nudge the worker. Idempotent on id.
     pub async fn start(&self, req: StartRequest) -> Result<Registered> {
-        let registered = register_start(
-            self.inner.registry.as_ref(),
-            &self.inner.tools,
-            self.inner.driver.is_some(),
-            req,
-        )
-        .await?;
+        let registered = self.inner.starter.start(req).await?;
         if registered.created {
             if let Some(d) = &self.inner.driver {
                 d.nudge();

@@ -13,6 +13,7 @@ use crate::model::{
     ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope, StartGrant, StatusFilter,
     TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
 };
+use crate::schedule::{Schedule, ScheduleAdvance};
 use crate::Result;
 
 /// The answer of [`ProcessRegistry::register`].
@@ -216,12 +217,45 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// The earliest claimable time after `after_ms` among worklist rows (a
     /// lease expiry or a suspension's deadline), if any: a driver that looked
     /// for work at `after_ms` sleeps until then. Answered from the worklist index.
+    /// An unpaused schedule's next fire time counts as a due time too.
     async fn next_due(&self, after_ms: u64) -> Result<Option<u64>>;
 
     /// Counts of the live state: running, waiting and leased processes, and
     /// pending wakes. Answered by counting in the store (an index range), never
     /// by shipping the rows.
     async fn gauges(&self) -> Result<Gauges>;
+
+    /// Store a new schedule (SPEC §18), computed and checked by the runtime.
+    /// Answers `None` when it was stored, or the stored schedule when the id
+    /// is taken (nothing is written). [`ProcessRegistry::next_due`] considers
+    /// its `next_fire_ms` from the commit on.
+    async fn insert_schedule(&self, schedule: &Schedule) -> Result<Option<Schedule>>;
+
+    /// The schedule `id`, if stored.
+    async fn get_schedule(&self, id: &str) -> Result<Option<Schedule>>;
+
+    /// Schedules with ids after `after_id` (byte order), in id order, at most `limit`.
+    async fn list_schedules(&self, after_id: Option<&str>, limit: usize) -> Result<Vec<Schedule>>;
+
+    /// Remove a schedule; `false` when there was none. Processes it started stay.
+    async fn delete_schedule(&self, id: &str) -> Result<bool>;
+
+    /// Set a schedule's `paused` flag and, when given, its next fire time.
+    /// `None` when there is no such schedule.
+    async fn set_schedule_paused(&self, id: &str, paused: bool, next_fire_ms: Option<u64>) -> Result<Option<Schedule>>;
+
+    /// The compare-and-set of a fire: only while schedule `id` is unpaused and
+    /// its `next_fire_ms` is still `expected_next_fire_ms`, write `advance`
+    /// (the new next fire time, or paused when there is none; the last fire
+    /// when it started one) and answer `true`; otherwise write nothing and
+    /// answer `false` (another node advanced it, or it was paused, resumed or
+    /// deleted meanwhile).
+    async fn advance_schedule(&self, id: &str, expected_next_fire_ms: u64, advance: &ScheduleAdvance) -> Result<bool>;
+
+    /// Unpaused schedules whose `next_fire_ms` is at or before `now_ms`,
+    /// earliest first, at most `limit`. Answered from an index on the next
+    /// fire time, never a scan of every schedule.
+    async fn due_schedules(&self, now_ms: u64, limit: usize) -> Result<Vec<Schedule>>;
 }
 
 /// Check a prune status filter.

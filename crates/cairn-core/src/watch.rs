@@ -15,6 +15,7 @@ use crate::model::{
     StatusFilter, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
 };
 use crate::registry::{CancelAnswer, ProcessRegistry, Registered};
+use crate::schedule::{Schedule, ScheduleAdvance};
 use crate::Result;
 
 /// In-process fan-out of "process X changed" notices.
@@ -490,6 +491,43 @@ impl ProcessRegistry for WatchedRegistry {
 
     async fn gauges(&self) -> Result<crate::model::Gauges> {
         self.inner.gauges().await
+    }
+
+    async fn insert_schedule(&self, schedule: &Schedule) -> Result<Option<Schedule>> {
+        let r = self.inner.insert_schedule(schedule).await?;
+        if r.is_none() {
+            // A new due time: the driver looks at it before its current sleep ends.
+            self.hub.notify_work();
+        }
+        Ok(r)
+    }
+
+    async fn get_schedule(&self, id: &str) -> Result<Option<Schedule>> {
+        self.inner.get_schedule(id).await
+    }
+
+    async fn list_schedules(&self, after_id: Option<&str>, limit: usize) -> Result<Vec<Schedule>> {
+        self.inner.list_schedules(after_id, limit).await
+    }
+
+    async fn delete_schedule(&self, id: &str) -> Result<bool> {
+        self.inner.delete_schedule(id).await
+    }
+
+    async fn set_schedule_paused(&self, id: &str, paused: bool, next_fire_ms: Option<u64>) -> Result<Option<Schedule>> {
+        let r = self.inner.set_schedule_paused(id, paused, next_fire_ms).await?;
+        if r.is_some() && !paused {
+            self.hub.notify_work();
+        }
+        Ok(r)
+    }
+
+    async fn advance_schedule(&self, id: &str, expected_next_fire_ms: u64, advance: &ScheduleAdvance) -> Result<bool> {
+        self.inner.advance_schedule(id, expected_next_fire_ms, advance).await
+    }
+
+    async fn due_schedules(&self, now_ms: u64, limit: usize) -> Result<Vec<Schedule>> {
+        self.inner.due_schedules(now_ms, limit).await
     }
 }
 

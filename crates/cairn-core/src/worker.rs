@@ -392,9 +392,18 @@ impl Worker {
     }
 }
 
+/// Work a driver does on every drive beside its claims, before them: firing
+/// the due schedules (SPEC §18), whose next fire times `next_due` names.
+#[async_trait::async_trait]
+pub trait DueWork: Send + Sync + 'static {
+    /// Do what is due now; failures are logged, the next drive tries again.
+    async fn run_due(&self);
+}
+
 /// Drives a [`Worker`]: a drive at start (recovery), on every nudge and hub
 /// work notice, when a run ends, at the earliest due time the worklist holds
-/// (a lease expiry, a suspension's deadline: [`ProcessRegistry::next_due`]),
+/// (a lease expiry, a suspension's deadline, a schedule's next fire:
+/// [`ProcessRegistry::next_due`]),
 /// and at the latest after the sweep interval.
 pub struct WorkDriver {
     worker: Arc<Worker>,
@@ -406,6 +415,11 @@ pub struct WorkDriver {
 impl WorkDriver {
     /// Start the driver loop on the current tokio runtime.
     pub fn start(worker: Arc<Worker>, hub: Option<ChangeHub>) -> Arc<Self> {
+        Self::start_with(worker, hub, None)
+    }
+
+    /// [`Self::start`], running `due` (the due schedules) before each drive's claims.
+    pub fn start_with(worker: Arc<Worker>, hub: Option<ChangeHub>, due: Option<Arc<dyn DueWork>>) -> Arc<Self> {
         let nudge = Arc::new(Notify::new());
         let stop = tokio_util::sync::CancellationToken::new();
         let driver = Arc::new(Self {
@@ -418,6 +432,11 @@ impl WorkDriver {
             let interval = worker.config().sweep_interval;
             loop {
                 let looked_at = worker.clock.now_ms();
+                if let Some(due) = &due {
+                    if !worker.is_draining() {
+                        due.run_due().await;
+                    }
+                }
                 if let Err(e) = worker.drive_once().await {
                     tracing::warn!(error = %e, "work drive failed");
                 }

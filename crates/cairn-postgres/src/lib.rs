@@ -41,6 +41,7 @@ mod listen;
 mod options;
 mod read;
 mod rows;
+mod schedules;
 mod schema;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
@@ -553,6 +554,62 @@ impl ProcessRegistry for PostgresRegistry {
     async fn next_due(&self, after_ms: u64) -> Result<Option<u64>> {
         self.shared
             .run(|c| async move { read::next_due(&c, after_ms).await })
+            .await
+    }
+
+    async fn insert_schedule(&self, schedule: &cairn_core::Schedule) -> Result<Option<cairn_core::Schedule>> {
+        let channel = &self.channel;
+        self.shared
+            .run(|c| async move { schedules::insert(&c, channel, schedule).await })
+            .await
+    }
+
+    async fn get_schedule(&self, id: &str) -> Result<Option<cairn_core::Schedule>> {
+        self.shared.run(|c| async move { schedules::get(&c, id).await }).await
+    }
+
+    async fn list_schedules(&self, after_id: Option<&str>, limit: usize) -> Result<Vec<cairn_core::Schedule>> {
+        self.shared
+            .run(|c| async move { schedules::list(&c, after_id, limit).await })
+            .await
+    }
+
+    async fn delete_schedule(&self, id: &str) -> Result<bool> {
+        self.shared
+            .run_flag("deleting the schedule", "the schedule is gone now", |c| async move {
+                schedules::delete(&c, id).await
+            })
+            .await
+    }
+
+    async fn set_schedule_paused(
+        &self,
+        id: &str,
+        paused: bool,
+        next_fire_ms: Option<u64>,
+    ) -> Result<Option<cairn_core::Schedule>> {
+        let channel = &self.channel;
+        self.shared
+            .run(|c| async move { schedules::set_paused(&c, channel, id, paused, next_fire_ms).await })
+            .await
+    }
+
+    async fn advance_schedule(
+        &self,
+        id: &str,
+        expected_next_fire_ms: u64,
+        advance: &cairn_core::ScheduleAdvance,
+    ) -> Result<bool> {
+        self.shared
+            .run_flag("advancing the schedule", "read the schedule to see", |c| async move {
+                schedules::advance(&c, id, expected_next_fire_ms, advance).await
+            })
+            .await
+    }
+
+    async fn due_schedules(&self, now_ms: u64, limit: usize) -> Result<Vec<cairn_core::Schedule>> {
+        self.shared
+            .run(|c| async move { schedules::due(&c, now_ms, limit).await })
             .await
     }
 }

@@ -218,10 +218,12 @@ pub(crate) const WORKLIST_SQL: &str = "SELECT id, abandon FROM (\
      WHERE abandon_candidate AND claimable_at_ms <= $1::int8 ORDER BY claimable_at_ms, id LIMIT $2::int8)\
     ) w ORDER BY claimable_at_ms, id LIMIT $2::int8";
 
-/// The earliest claimable time after $1, from the claimable and abandon indexes.
+/// The earliest claimable time or schedule fire after $1, from the claimable,
+/// abandon and schedule due indexes.
 pub(crate) const NEXT_DUE_SQL: &str = "SELECT LEAST(\
     (SELECT min(claimable_at_ms) FROM processes WHERE run_candidate AND claimable_at_ms > $1::int8), \
-    (SELECT min(claimable_at_ms) FROM processes WHERE abandon_candidate AND claimable_at_ms > $1::int8))";
+    (SELECT min(claimable_at_ms) FROM processes WHERE abandon_candidate AND claimable_at_ms > $1::int8), \
+    (SELECT min(next_fire_ms) FROM schedules WHERE NOT paused AND next_fire_ms > $1::int8))";
 
 pub(crate) async fn next_due(conn: &Conn, after: u64) -> R<Option<u64>> {
     let stmt = conn.stmt(NEXT_DUE_SQL).await?;

@@ -14,7 +14,7 @@ const APPLICATION_NAME: &str = "cairn";
 /// Migration `i` takes a schema from version `i` to `i + 1`. Never edit a
 /// released entry: append a new one. Each runs inside the migrating transaction
 /// with `search_path` set to cairn's schema.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 // Ids are `COLLATE "C"`: listings page in byte order whatever the database's
 // default collation, as every other backend does.
@@ -156,6 +156,20 @@ UPDATE processes SET caused_by = COALESCE(
     CASE WHEN record::jsonb #>> '{provenance,caused_by,kind}' = 'process'
          THEN record::jsonb #>> '{provenance,caused_by,id}' END);
 CREATE INDEX processes_caused_by ON processes (caused_by, id) WHERE caused_by IS NOT NULL;
+"#;
+
+// Schedules (SPEC §18): the schedule document, its state in columns, and the
+// due index the work driver's `next_due` and `due_schedules` read.
+const V5: &str = r#"
+CREATE TABLE schedules (
+    id              text COLLATE "C" PRIMARY KEY,
+    schedule        text NOT NULL,
+    paused          boolean NOT NULL,
+    next_fire_ms    bigint NOT NULL,
+    last_fire_ms    bigint,
+    last_process_id text
+);
+CREATE INDEX schedules_due ON schedules (next_fire_ms, id) WHERE NOT paused;
 "#;
 
 /// Check a schema name: a plain lower-case SQL identifier, so it never needs

@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 mod others;
+mod schedules;
 mod schema;
 mod store;
 mod tx;
@@ -496,6 +497,58 @@ impl ProcessRegistry for SqliteRegistry {
     }
 
     async fn next_due(&self, after_ms: u64) -> Result<Option<u64>> {
-        self.read(move |tx, _| store::next_due(tx, after_ms)).await
+        self.read(move |tx, _| {
+            let work = store::next_due(tx, after_ms)?;
+            let fire = schedules::next_due(tx, after_ms)?;
+            Ok(work.into_iter().chain(fire).min())
+        })
+        .await
+    }
+
+    async fn insert_schedule(&self, schedule: &cairn_core::Schedule) -> Result<Option<cairn_core::Schedule>> {
+        let s = schedule.clone();
+        self.write(move |tx, _| schedules::insert(tx, &s)).await
+    }
+
+    async fn get_schedule(&self, id: &str) -> Result<Option<cairn_core::Schedule>> {
+        let id = id.to_string();
+        self.read(move |tx, _| schedules::get(tx, &id)).await
+    }
+
+    async fn list_schedules(&self, after_id: Option<&str>, limit: usize) -> Result<Vec<cairn_core::Schedule>> {
+        let after = after_id.map(str::to_string);
+        self.read(move |tx, _| schedules::list(tx, after.as_deref(), limit))
+            .await
+    }
+
+    async fn delete_schedule(&self, id: &str) -> Result<bool> {
+        let id = id.to_string();
+        self.write(move |tx, _| schedules::delete(tx, &id)).await
+    }
+
+    async fn set_schedule_paused(
+        &self,
+        id: &str,
+        paused: bool,
+        next_fire_ms: Option<u64>,
+    ) -> Result<Option<cairn_core::Schedule>> {
+        let id = id.to_string();
+        self.write(move |tx, _| schedules::set_paused(tx, &id, paused, next_fire_ms))
+            .await
+    }
+
+    async fn advance_schedule(
+        &self,
+        id: &str,
+        expected_next_fire_ms: u64,
+        advance: &cairn_core::ScheduleAdvance,
+    ) -> Result<bool> {
+        let (id, advance) = (id.to_string(), advance.clone());
+        self.write(move |tx, _| schedules::advance(tx, &id, expected_next_fire_ms, &advance))
+            .await
+    }
+
+    async fn due_schedules(&self, now_ms: u64, limit: usize) -> Result<Vec<cairn_core::Schedule>> {
+        self.read(move |tx, _| schedules::due(tx, now_ms, limit)).await
     }
 }

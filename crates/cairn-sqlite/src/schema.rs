@@ -25,7 +25,7 @@ const APPLICATION_NAME: &str = "cairn";
 /// tell another application's database from an empty one; cairn must refuse a
 /// foreign, corrupt or newer file before writing anything (`application_id` and
 /// `cairn_meta`), and runs the steps in the same immediate transaction as that check.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 const V1: &str = r#"
 CREATE TABLE cairn_meta (
@@ -145,6 +145,20 @@ UPDATE processes SET caused_by = COALESCE(
     CASE WHEN json_extract(record, '$.provenance.caused_by.kind') = 'process'
          THEN json_extract(record, '$.provenance.caused_by.id') END);
 CREATE INDEX processes_caused_by ON processes (caused_by, id) WHERE caused_by IS NOT NULL;
+"#;
+
+/// Schedules (SPEC §18): the schedule document, its state in columns, and
+/// the due index the work driver's `next_due` and `due_schedules` read.
+const V3: &str = r#"
+CREATE TABLE schedules (
+    id              TEXT PRIMARY KEY NOT NULL,
+    schedule        TEXT NOT NULL,
+    paused          INTEGER NOT NULL,
+    next_fire_ms    INTEGER NOT NULL,
+    last_fire_ms    INTEGER,
+    last_process_id TEXT
+);
+CREATE INDEX schedules_due ON schedules (next_fire_ms, id) WHERE paused = 0;
 "#;
 
 /// What a file holds before cairn touches it.

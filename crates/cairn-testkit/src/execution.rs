@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use crate::{StoreFactory, TestStore};
 
 pub use crate::execution_children::*;
+pub use crate::scheduled::*;
 
 pub(crate) const WAIT: Duration = Duration::from_secs(20);
 

@@ -43,6 +43,7 @@ pub mod fake_openai;
 pub mod harness;
 pub mod probe;
 pub mod property;
+pub mod scheduled;
 
 pub use builders::*;
 pub use harness::{assert_fold, expect_code, Folded, Harness, StoreSnapshot};
@@ -298,6 +299,9 @@ macro_rules! conformance_suite {
                 change_feed_dedupes_to_latest,
                 // environments
                 env_store_round_trip,
+                // schedules
+                schedules_round_trip,
+                schedule_advance_is_compare_and_set,
             );
 
             #[test]
@@ -379,6 +383,12 @@ macro_rules! execution_suite {
                 cancel_reaches_running_children,
                 parent_suspends_until_its_children_end,
                 input_runner_runs_its_kind,
+                // schedules (scheduled.rs)
+                every_fires_on_time_once_per_fire,
+                skip_skips_while_the_last_run_is_running,
+                pause_and_resume,
+                one_catch_up_after_downtime,
+                schedule_rejects_bad_input,
             );
         }
     };
@@ -457,7 +467,14 @@ mod tests {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         for (files, macro_name) in [
             (rust_files(&src.join("contracts")), "__conformance_tests"),
-            (vec![src.join("execution.rs")], "__execution_tests"),
+            (
+                vec![
+                    src.join("execution.rs"),
+                    src.join("execution_children.rs"),
+                    src.join("scheduled.rs"),
+                ],
+                "__execution_tests",
+            ),
         ] {
             let written = contracts_in(&files);
             let listed = listed_in(&format!("$crate::{macro_name}"));

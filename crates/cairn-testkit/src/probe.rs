@@ -160,4 +160,42 @@ impl ProcessRegistry for ReadProbe {
     async fn gauges(&self) -> Result<cairn_core::Gauges> {
         self.inner.gauges().await
     }
+
+    async fn insert_schedule(&self, schedule: &cairn_core::Schedule) -> Result<Option<cairn_core::Schedule>> {
+        self.inner.insert_schedule(schedule).await
+    }
+
+    async fn get_schedule(&self, id: &str) -> Result<Option<cairn_core::Schedule>> {
+        self.inner.get_schedule(id).await
+    }
+
+    async fn list_schedules(&self, after_id: Option<&str>, limit: usize) -> Result<Vec<cairn_core::Schedule>> {
+        self.inner.list_schedules(after_id, limit).await
+    }
+
+    async fn delete_schedule(&self, id: &str) -> Result<bool> {
+        self.inner.delete_schedule(id).await
+    }
+
+    async fn set_schedule_paused(
+        &self,
+        id: &str,
+        paused: bool,
+        next_fire_ms: Option<u64>,
+    ) -> Result<Option<cairn_core::Schedule>> {
+        self.inner.set_schedule_paused(id, paused, next_fire_ms).await
+    }
+
+    async fn advance_schedule(
+        &self,
+        id: &str,
+        expected_next_fire_ms: u64,
+        advance: &cairn_core::ScheduleAdvance,
+    ) -> Result<bool> {
+        self.inner.advance_schedule(id, expected_next_fire_ms, advance).await
+    }
+
+    async fn due_schedules(&self, now_ms: u64, limit: usize) -> Result<Vec<cairn_core::Schedule>> {
+        self.inner.due_schedules(now_ms, limit).await
+    }
 }

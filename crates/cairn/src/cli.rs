@@ -286,6 +286,22 @@ pub enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Manage schedules (host only): cron expressions and intervals that start a
+    /// process per fire, `{schedule_id}@{fire_time_ms}`.
+    #[command(after_help = "Examples:\n  \
+        cairn schedule add nightly --cron '0 3 * * *' --timezone Europe/Paris \\\n    \
+          '{\"input\": {\"type\": \"tool_call\", \"tool\": \"shell\", \"args\": {\"command\": [\"./nightly.sh\"]}}, \"disposition\": \"rerunnable\"}'\n  \
+        cairn schedule add sync --every 30m --overlap allow < template.json\n  \
+        cairn schedule ls\n  \
+        cairn schedule pause nightly")]
+    Schedule {
+        /// What to do.
+        #[command(subcommand)]
+        action: ScheduleAction,
+        /// `--server`, `--token`, `--json`.
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Serve MCP (Model Context Protocol) on stdin/stdout: every tool call is
     /// forwarded to the server with `--server` and `--token`.
     Mcp {
@@ -330,9 +346,57 @@ impl Command {
             | Self::Changes { client, .. }
             | Self::Wakes { client, .. }
             | Self::Ack { client, .. }
+            | Self::Schedule { client, .. }
             | Self::Mcp { client } => Some(client),
         }
     }
+}
+
+/// `cairn schedule` actions.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ScheduleAction {
+    /// Create a schedule; its start template (a start request without `id`) is the
+    /// JSON argument, or stdin when absent or `-`.
+    Add {
+        /// Schedule id.
+        id: String,
+        /// A 5-field cron expression (minute hour day-of-month month day-of-week).
+        #[arg(long, conflicts_with = "every", required_unless_present = "every")]
+        cron: Option<String>,
+        /// An interval such as 30s, 5m or 1h (at least 1s).
+        #[arg(long)]
+        every: Option<String>,
+        /// The IANA timezone a cron expression is read in (default UTC).
+        #[arg(long, requires = "cron")]
+        timezone: Option<String>,
+        /// What a fire does while the previous fire's process is still running.
+        #[arg(long, value_parser = ["skip", "allow"], default_value = "skip")]
+        overlap: String,
+        /// The start template JSON.
+        template: Option<String>,
+    },
+    /// List schedules.
+    Ls,
+    /// Show one schedule.
+    Get {
+        /// Schedule id.
+        id: String,
+    },
+    /// Delete a schedule (the processes it started stay).
+    Rm {
+        /// Schedule id.
+        id: String,
+    },
+    /// Stop a schedule firing.
+    Pause {
+        /// Schedule id.
+        id: String,
+    },
+    /// Let a paused schedule fire again, from its next fire time after now.
+    Resume {
+        /// Schedule id.
+        id: String,
+    },
 }
 
 /// `cairn serve` settings.

@@ -167,6 +167,11 @@ impl Client {
         self.send(self.request(reqwest::Method::POST, path).json(body)).await
     }
 
+    /// `DELETE path`, answering the status.
+    pub async fn delete(&self, path: &str) -> Result<StatusCode, ClientError> {
+        Ok(self.send(self.request(reqwest::Method::DELETE, path)).await?.0)
+    }
+
     /// Follow a process's events over SSE from `after`, calling `on_event` with each
     /// event JSON, until the terminal event. Reconnects with `Last-Event-ID` when
     /// the stream drops early (a server restart, a proxy timeout).

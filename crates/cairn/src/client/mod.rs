@@ -17,6 +17,7 @@ use crate::cli::{Command, CompleteArgs, LsArgs, PruneArgs, ResolvedClient, RunAr
 
 pub mod http;
 pub mod mcp;
+mod schedule;
 
 use http::{query, segment, Client, ClientError};
 
@@ -287,6 +288,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
         Command::Prune(args) => prune(client, json, args).await,
+        Command::Schedule { action, .. } => schedule::execute(client, json, action).await,
         Command::Wakes { session, .. } => {
             let page = client.get(&format!("/v1/sessions/{}/wakes", segment(&session))).await?;
             if json {

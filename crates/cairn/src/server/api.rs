@@ -117,7 +117,8 @@ pub fn status_of(err: &CairnError) -> StatusCode {
         | CairnError::UnknownWake(_)
         | CairnError::UnknownEnv(_)
         | CairnError::UnknownTool(_)
-        | CairnError::UnknownModel(_) => StatusCode::NOT_FOUND,
+        | CairnError::UnknownModel(_)
+        | CairnError::UnknownSchedule(_) => StatusCode::NOT_FOUND,
         CairnError::NoLongerRetained(_) => StatusCode::GONE,
         CairnError::RegistrationConflict { .. }
         | CairnError::ReplayConflict { .. }
@@ -125,7 +126,8 @@ pub fn status_of(err: &CairnError) -> StatusCode {
         | CairnError::LeaseHeld { .. }
         | CairnError::LeaseFenced(_)
         | CairnError::NotClaimable { .. }
-        | CairnError::NotExternallyOwned(_) => StatusCode::CONFLICT,
+        | CairnError::NotExternallyOwned(_)
+        | CairnError::ScheduleConflict { .. } => StatusCode::CONFLICT,
         CairnError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         CairnError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         CairnError::CorruptEnv { .. } | CairnError::Storage { .. } => StatusCode::INTERNAL_SERVER_ERROR,

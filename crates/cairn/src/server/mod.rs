@@ -23,6 +23,7 @@ pub mod mcp;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod schedules;
 pub mod sse;
 pub mod ui;
 
@@ -78,6 +79,10 @@ pub fn router(state: Arc<AppState>, dashboard: &Dashboard) -> Router {
         .route("/v1/sessions/{session_id}", delete(routes::delete_session))
         .route("/v1/sessions/{session_id}/wakes", get(routes::wakes))
         .route("/v1/sessions/{session_id}/wakes/{wake_id}/ack", post(routes::ack_wake))
+        .route("/v1/schedules", post(schedules::create).get(schedules::list))
+        .route("/v1/schedules/{id}", get(schedules::get).delete(schedules::delete))
+        .route("/v1/schedules/{id}/pause", post(schedules::pause))
+        .route("/v1/schedules/{id}/resume", post(schedules::resume))
         .route("/v1/prune", post(routes::prune))
         .route("/v1/changes", get(routes::changes))
         .route("/metrics", get(routes::metrics))

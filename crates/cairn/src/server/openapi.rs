@@ -15,7 +15,7 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 use utoipa::OpenApi;
 
-use super::{api, routes, AppState};
+use super::{api, routes, schedules, AppState};
 
 /// The OpenAPI document as derived, before [`refine`].
 #[derive(OpenApi)]
@@ -43,6 +43,12 @@ use super::{api, routes, AppState};
         routes::ack_wake,
         routes::prune,
         routes::changes,
+        schedules::create,
+        schedules::list,
+        schedules::get,
+        schedules::delete,
+        schedules::pause,
+        schedules::resume,
         routes::healthz,
         routes::metrics,
     ),
@@ -84,6 +90,12 @@ const OPERATION_IDS: &[(&str, &str, &str)] = &[
     ("post", "/v1/sessions/{session_id}/wakes/{wake_id}/ack", "ack_wake"),
     ("post", "/v1/prune", "prune"),
     ("get", "/v1/changes", "list_changes"),
+    ("post", "/v1/schedules", "create_schedule"),
+    ("get", "/v1/schedules", "list_schedules"),
+    ("get", "/v1/schedules/{id}", "get_schedule"),
+    ("delete", "/v1/schedules/{id}", "delete_schedule"),
+    ("post", "/v1/schedules/{id}/pause", "pause_schedule"),
+    ("post", "/v1/schedules/{id}/resume", "resume_schedule"),
     ("get", "/healthz", "health"),
     ("get", "/metrics", "metrics"),
 ];

@@ -1,0 +1,535 @@
+//! Schedules (SPEC §18): durable cron expressions and intervals that start a
+//! process per fire.
+//!
+//! This module holds every rule of a schedule: what a valid definition is
+//! ([`ScheduleRequest::validate`]), when it fires next ([`ScheduleSpec::next_after`]),
+//! and what a due fire does ([`plan_fire`]). Backends store [`Schedule`]s and
+//! answer the compare-and-set that advances one (`ProcessRegistry::advance_schedule`);
+//! the runtime fires them from the work driver (`Processes::fire_schedules`).
+//!
+//! - A fire at time `T` starts process `{schedule_id}@{T}` through the normal
+//!   start path, which is idempotent on id: every node that fires the same due
+//!   schedule starts the same process, and a crash between the start and the
+//!   advance re-fires the same id.
+//! - A due schedule fires its stored `next_fire_ms` once, then advances to the
+//!   first fire time after now: after downtime, at most one missed fire is
+//!   caught up.
+//! - `every` fires at `created_ms + k × every` (k ≥ 1); `cron` is a 5-field
+//!   expression (parsed by `croner`) evaluated in an IANA timezone (`chrono-tz`),
+//!   default `UTC`. Across a daylight-saving change a wall-clock time that does
+//!   not exist fires just after the change, and one that occurs twice fires once.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{CausalRef, Disposition, EnvSpec, ExternalRef, Originator, ProcessInput, SessionScope, StartGrant};
+use crate::processes::StartRequest;
+use crate::validate::{validate_id, MAX_ID_BYTES};
+use crate::{CairnError, Result};
+
+/// The shortest `every` a schedule may have.
+pub const MIN_EVERY: Duration = Duration::from_secs(1);
+
+/// The separator between a schedule id and a fire time in a fired process's id.
+pub const FIRE_ID_SEPARATOR: char = '@';
+
+/// Digits a fire time takes at most in a process id (`u64::MAX` in decimal).
+const FIRE_TIME_DIGITS: usize = 20;
+
+/// What to do with a fire while the previous fire's process is still running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    /// No fire starts while the previous fire's process is running.
+    Skip,
+    /// Every fire starts, whatever is still running.
+    Allow,
+}
+
+/// A start request without an id: what each fire of a schedule starts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct StartTemplate {
+    /// What the process runs.
+    pub input: ProcessInput,
+    /// Required: there is no default recovery contract.
+    pub disposition: Disposition,
+    /// Who started it (default: the host).
+    #[serde(default)]
+    pub originator: Originator,
+    /// What caused it, when it has a cause worth recording.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caused_by: Option<CausalRef>,
+    /// A session scope to grant each fired process to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<StartGrant>,
+    /// The session scope each fired process's wakes go to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_target: Option<SessionScope>,
+    /// Event types beyond the core ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub event_types: Vec<crate::events::EventType>,
+    /// An execution environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_spec: Option<EnvSpec>,
+    /// The same work in another system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_ref: Option<ExternalRef>,
+}
+
+impl StartTemplate {
+    /// The start request of process `id`.
+    pub fn start_request(&self, id: impl Into<String>) -> StartRequest {
+        StartRequest {
+            id: id.into(),
+            input: self.input.clone(),
+            disposition: self.disposition,
+            originator: self.originator.clone(),
+            caused_by: self.caused_by.clone(),
+            grant: self.grant.clone(),
+            wake_target: self.wake_target.clone(),
+            event_types: self.event_types.clone(),
+            env_spec: self.env_spec.clone(),
+            external_ref: self.external_ref.clone(),
+        }
+    }
+}
+
+/// The wire shape of `POST /v1/schedules` (SPEC §18).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleRequest {
+    /// The schedule id; each fire starts process `{id}@{fire_time_ms}`.
+    pub id: String,
+    /// A 5-field cron expression (minute hour day-of-month month day-of-week).
+    /// Exactly one of `cron` and `every`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// An interval such as `30s`, `5m` or `1h 30m`, at least 1 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<String>,
+    /// The IANA timezone a `cron` expression is read in (default `UTC`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// The start request of each fire, without an id.
+    pub start: StartTemplate,
+    /// What a fire does while the previous fire's process is still running.
+    pub overlap: Overlap,
+}
+
+impl ScheduleRequest {
+    /// Parse the JSON wire shape; shape errors are `invalid_request` naming the
+    /// problem (a template carrying an `id` among them).
+    pub fn from_json(value: serde_json::Value) -> Result<Self> {
+        if value.get("start").and_then(|s| s.get("id")).is_some() {
+            return Err(CairnError::InvalidRequest(
+                "schedule: `start` is a start request without `id` (each fire's id is `{schedule_id}@{fire_time_ms}`)"
+                    .into(),
+            ));
+        }
+        serde_json::from_value(value).map_err(|e| CairnError::InvalidRequest(format!("schedule: {e}")))
+    }
+
+    /// Check the id and the timing (not the template: the runtime checks it
+    /// against its tools) and answer the parsed spec.
+    pub fn validate(&self) -> Result<ScheduleSpec> {
+        validate_id("schedule id", &self.id)?;
+        if self.id.len() + 1 + FIRE_TIME_DIGITS > MAX_ID_BYTES {
+            return Err(CairnError::InvalidId(format!(
+                "schedule id is {} bytes; fired process ids add `@` and a time, so it may be at most {} bytes",
+                self.id.len(),
+                MAX_ID_BYTES - 1 - FIRE_TIME_DIGITS
+            )));
+        }
+        ScheduleSpec::parse(self.cron.as_deref(), self.every.as_deref(), self.timezone.as_deref())
+    }
+}
+
+/// When a schedule fires: parsed and checked.
+#[derive(Clone, Debug)]
+pub enum ScheduleSpec {
+    /// A cron expression in a timezone.
+    Cron(Box<croner::Cron>, chrono_tz::Tz),
+    /// An interval in milliseconds, counted from the schedule's creation.
+    Every(u64),
+}
+
+impl ScheduleSpec {
+    /// Parse `cron` or `every` (exactly one) and the timezone. Bad input is
+    /// `invalid_request` saying what is wrong.
+    pub fn parse(cron: Option<&str>, every: Option<&str>, timezone: Option<&str>) -> Result<Self> {
+        let bad = |m: String| CairnError::InvalidRequest(format!("schedule: {m}"));
+        let tz = match timezone {
+            None => chrono_tz::UTC,
+            Some(name) => chrono_tz::Tz::from_str(name).map_err(|_| {
+                bad(format!(
+                    "unknown timezone `{name}` (an IANA name such as `Europe/Paris`)"
+                ))
+            })?,
+        };
+        match (cron, every) {
+            (Some(_), Some(_)) => Err(bad("give `cron` or `every`, not both".into())),
+            (None, None) => Err(bad("give `cron` or `every`".into())),
+            (Some(expr), None) => {
+                if expr.split_whitespace().count() != 5 {
+                    return Err(bad(format!(
+                        "cron `{expr}` must have 5 fields (minute hour day-of-month month day-of-week)"
+                    )));
+                }
+                let parsed = croner::parser::CronParser::builder()
+                    .seconds(croner::parser::Seconds::Disallowed)
+                    .year(croner::parser::Year::Disallowed)
+                    .build()
+                    .parse(expr)
+                    .map_err(|e| bad(format!("invalid cron `{expr}`: {e}")))?;
+                let spec = Self::Cron(Box::new(parsed), tz);
+                // A pattern that never matches (31 February) is refused too.
+                if spec.next_after(0).is_none() {
+                    return Err(bad(format!("cron `{expr}` never fires")));
+                }
+                Ok(spec)
+            }
+            (None, Some(text)) => {
+                if timezone.is_some() {
+                    return Err(bad("`timezone` applies to `cron` only".into()));
+                }
+                let d = humantime::parse_duration(text)
+                    .map_err(|e| bad(format!("invalid `every` `{text}` (like `30s`, `5m`, `1h 30m`): {e}")))?;
+                if d < MIN_EVERY {
+                    return Err(bad(format!("`every` `{text}` is below the 1 s minimum")));
+                }
+                let ms = u64::try_from(d.as_millis()).map_err(|_| bad(format!("`every` `{text}` is too long")))?;
+                Ok(Self::Every(ms))
+            }
+        }
+    }
+
+    /// The spec of a stored schedule.
+    pub fn of(schedule: &Schedule) -> Result<Self> {
+        Self::parse(
+            schedule.cron.as_deref(),
+            schedule.every.as_deref(),
+            schedule.timezone.as_deref(),
+        )
+    }
+
+    /// The first fire time strictly after `after_ms`, for a schedule created
+    /// at `created_ms` (the anchor of `every`). `None` when it never fires again.
+    pub fn next_after_from(&self, created_ms: u64, after_ms: u64) -> Option<u64> {
+        match self {
+            Self::Every(every) => {
+                if after_ms < created_ms {
+                    return created_ms.checked_add(*every);
+                }
+                let k = (after_ms - created_ms) / every + 1;
+                created_ms.checked_add(k.checked_mul(*every)?)
+            }
+            Self::Cron(cron, tz) => {
+                let at = Utc.timestamp_millis_opt(i64::try_from(after_ms).ok()?).single()?;
+                let next = cron.find_next_occurrence(&at.with_timezone(tz), false).ok()?;
+                u64::try_from(next.timestamp_millis()).ok()
+            }
+        }
+    }
+
+    /// [`Self::next_after_from`] for a cron spec, or an interval anchored at 0.
+    pub fn next_after(&self, after_ms: u64) -> Option<u64> {
+        self.next_after_from(0, after_ms)
+    }
+}
+
+/// A stored schedule: its definition and its state (the wire shape of
+/// `GET /v1/schedules/{id}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Schedule {
+    /// The schedule id.
+    pub id: String,
+    /// The cron expression, when it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// The interval, when it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<String>,
+    /// The timezone a cron expression is read in, when one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// What each fire starts.
+    pub start: StartTemplate,
+    /// What a fire does while the previous fire's process is running.
+    pub overlap: Overlap,
+    /// Created at, epoch milliseconds (the anchor of `every`).
+    pub created_ms: u64,
+    /// Paused schedules do not fire.
+    pub paused: bool,
+    /// The next fire time, epoch milliseconds.
+    pub next_fire_ms: u64,
+    /// The last fire that started a process, epoch milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fire_ms: Option<u64>,
+    /// The process the last fire started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_process_id: Option<String>,
+}
+
+impl Schedule {
+    /// A new schedule from a checked request, created at `now_ms`.
+    pub fn new(request: ScheduleRequest, spec: &ScheduleSpec, now_ms: u64) -> Result<Self> {
+        let next = spec.next_after_from(now_ms, now_ms).ok_or_else(|| {
+            CairnError::InvalidRequest(format!("schedule `{}`: it never fires after now", request.id))
+        })?;
+        Ok(Self {
+            id: request.id,
+            cron: request.cron,
+            every: request.every,
+            timezone: request.timezone,
+            start: request.start,
+            overlap: request.overlap,
+            created_ms: now_ms,
+            paused: false,
+            next_fire_ms: next,
+            last_fire_ms: None,
+            last_process_id: None,
+        })
+    }
+
+    /// Whether `other` has the same definition (a repeated create of it is the
+    /// same create).
+    pub fn same_definition(&self, other: &Schedule) -> bool {
+        self.cron == other.cron
+            && self.every == other.every
+            && self.timezone == other.timezone
+            && self.start == other.start
+            && self.overlap == other.overlap
+    }
+
+    /// The process id a fire at `fire_ms` starts.
+    pub fn fire_id(&self, fire_ms: u64) -> String {
+        format!("{}{FIRE_ID_SEPARATOR}{fire_ms}", self.id)
+    }
+
+    /// The next fire time after `now_ms` (a resume starts counting from now).
+    pub fn next_after(&self, now_ms: u64) -> Result<Option<u64>> {
+        Ok(ScheduleSpec::of(self)?.next_after_from(self.created_ms, now_ms))
+    }
+}
+
+/// The state change a fire writes: the compare-and-set of
+/// `ProcessRegistry::advance_schedule`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleAdvance {
+    /// The next fire time; `None` when it never fires again (the schedule
+    /// stays, paused).
+    pub next_fire_ms: Option<u64>,
+    /// The fire time and process id when this fire started one (a skipped fire
+    /// leaves the last fire as it was).
+    pub fired: Option<(u64, String)>,
+}
+
+/// What a due fire does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FirePlan {
+    /// Not due yet (or paused): nothing.
+    NotDue,
+    /// Start `process_id` for the fire at `fire_ms`, then advance.
+    Start {
+        /// The fire time.
+        fire_ms: u64,
+        /// `{schedule_id}@{fire_ms}`.
+        process_id: String,
+        /// The advance to write once the start is recorded.
+        advance: ScheduleAdvance,
+    },
+    /// The previous fire's process is still running (`overlap: skip`): advance only.
+    Skip {
+        /// The fire time skipped.
+        fire_ms: u64,
+        /// The advance to write.
+        advance: ScheduleAdvance,
+    },
+}
+
+/// What `schedule` does at `now_ms`, given whether the previous fire's process
+/// (`last_process_id`) is still running. A due schedule fires its stored next
+/// fire time once; the next one is the first after now (one catch-up at most).
+pub fn plan_fire(schedule: &Schedule, now_ms: u64, previous_running: bool) -> Result<FirePlan> {
+    if schedule.paused || schedule.next_fire_ms > now_ms {
+        return Ok(FirePlan::NotDue);
+    }
+    let fire_ms = schedule.next_fire_ms;
+    let next_fire_ms = schedule.next_after(now_ms.max(fire_ms))?;
+    if previous_running && schedule.overlap == Overlap::Skip {
+        return Ok(FirePlan::Skip {
+            fire_ms,
+            advance: ScheduleAdvance {
+                next_fire_ms,
+                fired: None,
+            },
+        });
+    }
+    let process_id = schedule.fire_id(fire_ms);
+    Ok(FirePlan::Start {
+        fire_ms,
+        advance: ScheduleAdvance {
+            next_fire_ms,
+            fired: Some((fire_ms, process_id.clone())),
+        },
+        process_id,
+    })
+}
+
+/// One page of `GET /v1/schedules`, in id order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SchedulePage {
+    /// The schedules.
+    pub schedules: Vec<Schedule>,
+    /// The `after` of the next page, when this one was full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+}
+
+/// What one pass over the due schedules did (`Processes::fire_schedules`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FireReport {
+    /// Processes this pass started (or found already started by another node).
+    pub started: Vec<String>,
+    /// Fires skipped because the previous fire's process was running, as
+    /// `{schedule_id}@{fire_time_ms}`.
+    pub skipped: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(cron: Option<&str>, every: Option<&str>, tz: Option<&str>) -> ScheduleRequest {
+        ScheduleRequest {
+            id: "s".into(),
+            cron: cron.map(Into::into),
+            every: every.map(Into::into),
+            timezone: tz.map(Into::into),
+            start: StartTemplate {
+                input: ProcessInput::ToolCall {
+                    tool: "echo".into(),
+                    args: serde_json::json!({"value": 1}),
+                },
+                disposition: Disposition::Rerunnable,
+                originator: Originator::host(),
+                caused_by: None,
+                grant: None,
+                wake_target: None,
+                event_types: Vec::new(),
+                env_spec: None,
+                external_ref: None,
+            },
+            overlap: Overlap::Allow,
+        }
+    }
+
+    fn refused(cron: Option<&str>, every: Option<&str>, tz: Option<&str>) -> String {
+        let e = request(cron, every, tz).validate().expect_err("refused");
+        assert_eq!(e.code(), "invalid_request", "{e}");
+        e.to_string()
+    }
+
+    #[test]
+    fn bad_timing_is_refused_with_a_reason() {
+        assert!(refused(Some("61 * * * *"), None, None).contains("invalid cron"));
+        assert!(refused(Some("* * * *"), None, None).contains("5 fields"));
+        assert!(refused(Some("0 * * * * *"), None, None).contains("5 fields"));
+        assert!(refused(Some("0 0 31 2 *"), None, None).contains("never fires"));
+        assert!(refused(Some("* * * * *"), None, Some("Mars/Olympus")).contains("unknown timezone"));
+        assert!(refused(None, Some("500ms"), None).contains("below the 1 s minimum"));
+        assert!(refused(None, Some("soon"), None).contains("invalid `every`"));
+        assert!(refused(Some("* * * * *"), Some("1m"), None).contains("not both"));
+        assert!(refused(None, None, None).contains("give `cron` or `every`"));
+        assert!(refused(None, Some("1m"), Some("UTC")).contains("`cron` only"));
+    }
+
+    #[test]
+    fn a_template_with_an_id_is_refused() {
+        let mut v = serde_json::to_value(request(None, Some("10s"), None)).unwrap();
+        v["start"]["id"] = "x".into();
+        let e = ScheduleRequest::from_json(v).expect_err("refused");
+        assert_eq!(e.code(), "invalid_request");
+        assert!(e.to_string().contains("without `id`"), "{e}");
+    }
+
+    #[test]
+    fn every_counts_from_creation() {
+        let spec = request(None, Some("10s"), None).validate().unwrap();
+        let s = Schedule::new(request(None, Some("10s"), None), &spec, 1_000).unwrap();
+        assert_eq!(s.next_fire_ms, 11_000);
+        assert_eq!(s.next_after(11_000).unwrap(), Some(21_000));
+        assert_eq!(s.next_after(20_999).unwrap(), Some(21_000));
+        assert_eq!(s.next_after(3_600_000).unwrap(), Some(3_601_000));
+    }
+
+    #[test]
+    fn a_due_schedule_fires_once_and_catches_up_at_most_once() {
+        let spec = request(None, Some("10s"), None).validate().unwrap();
+        let s = Schedule::new(request(None, Some("10s"), None), &spec, 0).unwrap();
+        assert_eq!(plan_fire(&s, 9_999, false).unwrap(), FirePlan::NotDue);
+        // An hour late: the stored fire, then the first after now.
+        match plan_fire(&s, 3_600_500, false).unwrap() {
+            FirePlan::Start {
+                fire_ms,
+                process_id,
+                advance,
+            } => {
+                assert_eq!((fire_ms, process_id.as_str()), (10_000, "s@10000"));
+                assert_eq!(advance.next_fire_ms, Some(3_610_000));
+            }
+            other => panic!("a start: {other:?}"),
+        }
+        assert!(matches!(plan_fire(&s, 10_000, true).unwrap(), FirePlan::Start { .. }));
+        let skip = Schedule {
+            overlap: Overlap::Skip,
+            ..s.clone()
+        };
+        assert!(matches!(plan_fire(&skip, 10_000, true).unwrap(), FirePlan::Skip { .. }));
+        let paused = Schedule { paused: true, ..s };
+        assert_eq!(plan_fire(&paused, 10_000, false).unwrap(), FirePlan::NotDue);
+    }
+
+    fn ms(rfc3339: &str) -> u64 {
+        chrono::DateTime::parse_from_rfc3339(rfc3339)
+            .unwrap()
+            .timestamp_millis() as u64
+    }
+
+    #[test]
+    fn cron_in_a_named_timezone_across_daylight_saving_changes() {
+        let spec = request(Some("30 2 * * *"), None, Some("Europe/Paris"))
+            .validate()
+            .unwrap();
+        // 2026-03-29: Paris skips 02:00-03:00 (CET to CEST). 02:30 does not
+        // exist; the fire comes just after the change (03:00 CEST = 01:00 UTC).
+        let day_before = spec.next_after(ms("2026-03-28T00:00:00Z")).unwrap();
+        assert_eq!(day_before, ms("2026-03-28T01:30:00Z"), "02:30 CET");
+        let gap = spec.next_after(day_before).unwrap();
+        assert_eq!(gap, ms("2026-03-29T01:00:00Z"), "the skipped 02:30 fires at 03:00 CEST");
+        assert_eq!(spec.next_after(gap).unwrap(), ms("2026-03-30T00:30:00Z"), "02:30 CEST");
+        // 2026-10-25: 02:00-03:00 happens twice (CEST, then CET); 02:30 fires once.
+        let first = spec.next_after(ms("2026-10-25T00:00:00Z")).unwrap();
+        assert_eq!(first, ms("2026-10-25T00:30:00Z"), "02:30 CEST, the first pass");
+        assert_eq!(
+            spec.next_after(first).unwrap(),
+            ms("2026-10-26T01:30:00Z"),
+            "not again at 02:30 CET"
+        );
+        // The same cron in UTC ignores Paris's changes.
+        let utc = request(Some("30 2 * * *"), None, None).validate().unwrap();
+        assert_eq!(
+            utc.next_after(ms("2026-03-29T00:00:00Z")).unwrap(),
+            ms("2026-03-29T02:30:00Z")
+        );
+    }
+}

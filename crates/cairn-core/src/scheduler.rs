@@ -1,0 +1,221 @@
+//! Schedules at run time (SPEC §18): the [`Processes`] methods behind
+//! `/v1/schedules`, and the [`Scheduler`] the work driver runs before each
+//! drive's claims. The rules (what is valid, when a schedule fires next, what
+//! a due fire does) are [`crate::schedule`]'s; this module reads, starts and
+//! writes what they compute.
+//!
+//! A fire starts its process first and advances the schedule second (the
+//! compare-and-set `ProcessRegistry::advance_schedule`). The process id is
+//! fixed by the stored next fire time, so a crash between the two, or two
+//! nodes firing together, start the same process once; only one advance wins.
+
+use std::sync::Arc;
+
+use crate::clock::SharedClock;
+use crate::model::{ProcessStatus, MAX_PAGE_SIZE};
+use crate::processes::{Processes, Starter};
+use crate::registry::ProcessRegistry;
+use crate::schedule::{plan_fire, FirePlan, FireReport, Schedule, ScheduleRequest};
+use crate::{CairnError, Result};
+
+/// How many due schedules one read takes.
+const DUE_PAGE: usize = 256;
+/// The most pages one pass fires before it lets the drive claim (the next
+/// drive goes on where this one stopped).
+const MAX_PAGES_PER_PASS: usize = 16;
+
+/// Fires due schedules: what the work driver runs before each drive's claims.
+pub(crate) struct Scheduler {
+    registry: Arc<dyn ProcessRegistry>,
+    starter: Arc<Starter>,
+    clock: SharedClock,
+}
+
+impl Scheduler {
+    pub(crate) fn new(registry: Arc<dyn ProcessRegistry>, starter: Arc<Starter>, clock: SharedClock) -> Self {
+        Self {
+            registry,
+            starter,
+            clock,
+        }
+    }
+
+    /// Fire every schedule due now, once each.
+    pub(crate) async fn fire_due(&self) -> Result<FireReport> {
+        let now = self.clock.now_ms();
+        let mut report = FireReport::default();
+        for _ in 0..MAX_PAGES_PER_PASS {
+            let due = self.registry.due_schedules(now, DUE_PAGE).await?;
+            let n = due.len();
+            for schedule in due {
+                self.fire(&schedule, now, &mut report).await?;
+            }
+            if n < DUE_PAGE {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn previous_running(&self, schedule: &Schedule) -> Result<bool> {
+        let Some(pid) = &schedule.last_process_id else {
+            return Ok(false);
+        };
+        match self.registry.get(pid).await {
+            Ok(rec) => Ok(rec.status == ProcessStatus::Running),
+            Err(CairnError::UnknownProcess(_) | CairnError::NoLongerRetained(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn fire(&self, schedule: &Schedule, now: u64, report: &mut FireReport) -> Result<()> {
+        let running = self.previous_running(schedule).await?;
+        match plan_fire(schedule, now, running)? {
+            FirePlan::NotDue => {}
+            FirePlan::Skip { fire_ms, advance } => {
+                if self
+                    .registry
+                    .advance_schedule(&schedule.id, schedule.next_fire_ms, &advance)
+                    .await?
+                {
+                    report.skipped.push(schedule.fire_id(fire_ms));
+                }
+            }
+            FirePlan::Start {
+                process_id, advance, ..
+            } => {
+                let mut advance = advance;
+                match self
+                    .starter
+                    .start(schedule.start.start_request(process_id.clone()))
+                    .await
+                {
+                    Ok(_) => report.started.push(process_id),
+                    // A fire that can never start (its tool is gone from this
+                    // server, its id taken by another start) must not hold the
+                    // schedule: it is skipped, and said so.
+                    Err(e) if e.is_client_error() => {
+                        tracing::warn!(schedule = %schedule.id, process_id = %process_id, error = %e, "a schedule's fire could not start; skipped");
+                        advance.fired = None;
+                    }
+                    Err(e) => return Err(e),
+                }
+                self.registry
+                    .advance_schedule(&schedule.id, schedule.next_fire_ms, &advance)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::worker::DueWork for Scheduler {
+    async fn run_due(&self) {
+        if let Err(e) = self.fire_due().await {
+            tracing::warn!(error = %e, "firing due schedules failed");
+        }
+    }
+}
+
+/// The schedule methods of the host API (SPEC §18).
+impl Processes {
+    fn scheduler(&self) -> Scheduler {
+        Scheduler::new(
+            self.inner.registry.clone(),
+            self.inner.starter.clone(),
+            self.inner.clock.clone(),
+        )
+    }
+
+    /// Store a schedule. Everything is checked first (the timing, the
+    /// timezone, and the template against the start path: its tool, args,
+    /// disposition, ids) and bad input changes nothing. A repeated create with
+    /// the same definition answers the stored schedule and `false`; another
+    /// definition under the same id is `schedule_conflict`.
+    pub async fn create_schedule(&self, request: ScheduleRequest) -> Result<(Schedule, bool)> {
+        let spec = request.validate()?;
+        let now = self.inner.clock.now_ms();
+        let probe = request.start.start_request(format!("{}@{now}", request.id));
+        self.inner.starter.check(probe, now).await?;
+        let schedule = Schedule::new(request, &spec, now)?;
+        match self.inner.registry.insert_schedule(&schedule).await? {
+            None => {
+                self.nudge();
+                Ok((schedule, true))
+            }
+            Some(existing) if existing.same_definition(&schedule) => Ok((existing, false)),
+            Some(_) => Err(CairnError::ScheduleConflict { id: schedule.id }),
+        }
+    }
+
+    /// The schedule `id` (`unknown_schedule` when there is none).
+    pub async fn get_schedule(&self, id: &str) -> Result<Schedule> {
+        self.inner
+            .registry
+            .get_schedule(id)
+            .await?
+            .ok_or_else(|| CairnError::UnknownSchedule(id.to_string()))
+    }
+
+    /// One page of schedules in id order, after `after_id`.
+    pub async fn list_schedules(&self, after_id: Option<&str>, limit: Option<usize>) -> Result<Vec<Schedule>> {
+        let limit = crate::model::page_limit(limit)?;
+        self.inner
+            .registry
+            .list_schedules(after_id, limit.min(MAX_PAGE_SIZE))
+            .await
+    }
+
+    /// Remove a schedule (`unknown_schedule` when there is none). Processes it
+    /// started are untouched.
+    pub async fn delete_schedule(&self, id: &str) -> Result<()> {
+        if self.inner.registry.delete_schedule(id).await? {
+            Ok(())
+        } else {
+            Err(CairnError::UnknownSchedule(id.to_string()))
+        }
+    }
+
+    /// Stop a schedule firing until it is resumed.
+    pub async fn pause_schedule(&self, id: &str) -> Result<Schedule> {
+        self.inner
+            .registry
+            .set_schedule_paused(id, true, None)
+            .await?
+            .ok_or_else(|| CairnError::UnknownSchedule(id.to_string()))
+    }
+
+    /// Let a paused schedule fire again, from its first fire time after now
+    /// (fires missed while paused are not caught up). Resuming a running
+    /// schedule changes nothing.
+    pub async fn resume_schedule(&self, id: &str) -> Result<Schedule> {
+        let current = self.get_schedule(id).await?;
+        if !current.paused {
+            return Ok(current);
+        }
+        let now = self.inner.clock.now_ms();
+        let next = current
+            .next_after(now)?
+            .ok_or_else(|| CairnError::InvalidRequest(format!("schedule `{id}` never fires again; it stays paused")))?;
+        let resumed = self
+            .inner
+            .registry
+            .set_schedule_paused(id, false, Some(next))
+            .await?
+            .ok_or_else(|| CairnError::UnknownSchedule(id.to_string()))?;
+        self.nudge();
+        Ok(resumed)
+    }
+
+    /// Fire every schedule due now, once each (the work driver does this
+    /// before each drive; a host without a worker, or a test on a manual
+    /// clock, may call it itself).
+    pub async fn fire_schedules(&self) -> Result<FireReport> {
+        let report = self.scheduler().fire_due().await?;
+        if !report.started.is_empty() {
+            self.nudge();
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,135 @@
+//! Schedules (SPEC §18): a backend stores what the runtime computed, answers
+//! due schedules and the earliest fire from an index, and advances a fire only
+//! by compare-and-set.
+
+use cairn_core::schedule::{ScheduleRequest, ScheduleSpec, StartTemplate};
+use cairn_core::{Disposition, Originator, Overlap, ProcessInput, Schedule, ScheduleAdvance};
+use serde_json::json;
+
+use crate::harness::{ok, Harness};
+use crate::StoreFactory;
+
+/// A schedule `id` firing every `every` from `now`.
+fn schedule(id: &str, every: &str, now: u64) -> Schedule {
+    let request = ScheduleRequest {
+        id: id.into(),
+        cron: None,
+        every: Some(every.into()),
+        timezone: None,
+        start: StartTemplate {
+            input: ProcessInput::ToolCall {
+                tool: "echo".into(),
+                args: json!({"value": id}),
+            },
+            disposition: Disposition::Rerunnable,
+            originator: Originator::host(),
+            caused_by: None,
+            grant: None,
+            wake_target: None,
+            event_types: Vec::new(),
+            env_spec: None,
+            external_ref: None,
+        },
+        overlap: Overlap::Skip,
+    };
+    let spec: ScheduleSpec = request.validate().expect("a valid schedule");
+    Schedule::new(request, &spec, now).expect("it fires")
+}
+
+/// Insert stores a schedule once (a taken id answers the stored one and
+/// writes nothing); get, list (id order, paged), pause and delete round-trip.
+pub async fn schedules_round_trip(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let r = h.registry();
+    let now = cairn_core::Clock::now_ms(h.clock());
+    let b = schedule("b", "10s", now);
+    assert_eq!(ok(r.insert_schedule(&b).await, "insert b"), None, "stored");
+    let other = schedule("b", "1m", now);
+    let existing = ok(r.insert_schedule(&other).await, "insert b again");
+    assert_eq!(existing.as_ref(), Some(&b), "a taken id answers the stored schedule");
+    assert_eq!(ok(r.get_schedule("b").await, "get").as_ref(), Some(&b), "unchanged");
+    for id in ["c", "a"] {
+        ok(r.insert_schedule(&schedule(id, "1m", now)).await, "insert");
+    }
+    let ids = |v: Vec<Schedule>| v.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    assert_eq!(ids(ok(r.list_schedules(None, 10).await, "list")), ["a", "b", "c"]);
+    assert_eq!(ids(ok(r.list_schedules(Some("a"), 1).await, "page")), ["b"]);
+    let paused = ok(r.set_schedule_paused("b", true, None).await, "pause").expect("b exists");
+    assert!(
+        paused.paused && paused.next_fire_ms == b.next_fire_ms,
+        "pausing keeps the next fire"
+    );
+    let resumed = ok(r.set_schedule_paused("b", false, Some(now + 99_000)).await, "resume").expect("b");
+    assert!(!resumed.paused);
+    assert_eq!(resumed.next_fire_ms, now + 99_000, "a resume sets the next fire");
+    assert_eq!(ok(r.set_schedule_paused("zz", true, None).await, "pause unknown"), None);
+    assert!(ok(r.delete_schedule("b").await, "delete"));
+    assert!(
+        !ok(r.delete_schedule("b").await, "delete again"),
+        "nothing left to delete"
+    );
+    assert_eq!(ok(r.get_schedule("b").await, "get deleted"), None);
+}
+
+/// Due schedules come earliest first and only unpaused; `next_due` names the
+/// earliest fire after a time; an advance is a compare-and-set on the next
+/// fire time that records the last fire.
+pub async fn schedule_advance_is_compare_and_set(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let r = h.registry();
+    let now = cairn_core::Clock::now_ms(h.clock());
+    let fast = schedule("fast", "10s", now);
+    let slow = schedule("slow", "20s", now);
+    let idle = schedule("idle", "5s", now);
+    for s in [&fast, &slow, &idle] {
+        ok(r.insert_schedule(s).await, "insert");
+    }
+    ok(r.set_schedule_paused("idle", true, None).await, "pause idle");
+    assert_eq!(
+        ok(r.next_due(now).await, "next_due"),
+        Some(now + 10_000),
+        "a paused schedule is not due"
+    );
+    assert!(ok(r.due_schedules(now + 9_999, 10).await, "due").is_empty());
+    let due = ok(r.due_schedules(now + 20_000, 10).await, "due");
+    assert_eq!(
+        due.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        ["fast", "slow"],
+        "earliest first, paused left out"
+    );
+    assert_eq!(ok(r.due_schedules(now + 20_000, 1).await, "due").len(), 1, "bounded");
+
+    let fire = (now + 10_000, format!("fast@{}", now + 10_000));
+    let advance = ScheduleAdvance {
+        next_fire_ms: Some(now + 20_000),
+        fired: Some(fire.clone()),
+    };
+    assert!(ok(r.advance_schedule("fast", now + 10_000, &advance).await, "advance"));
+    assert!(
+        !ok(
+            r.advance_schedule("fast", now + 10_000, &advance).await,
+            "advance again"
+        ),
+        "a second advance from the same fire finds it moved"
+    );
+    let got = ok(r.get_schedule("fast").await, "get").expect("fast");
+    assert_eq!(got.next_fire_ms, now + 20_000);
+    assert_eq!((got.last_fire_ms, got.last_process_id), (Some(fire.0), Some(fire.1)));
+    assert_eq!(ok(r.next_due(now + 10_000).await, "next_due"), Some(now + 20_000));
+
+    // A skip leaves the last fire; a schedule that never fires again pauses.
+    let skip = ScheduleAdvance {
+        next_fire_ms: None,
+        fired: None,
+    };
+    ok(r.set_schedule_paused("slow", true, None).await, "pause slow");
+    assert!(
+        !ok(r.advance_schedule("slow", now + 20_000, &skip).await, "advance paused"),
+        "a paused schedule does not advance"
+    );
+    ok(r.set_schedule_paused("slow", false, None).await, "resume slow");
+    assert!(ok(r.advance_schedule("slow", now + 20_000, &skip).await, "advance"));
+    let got = ok(r.get_schedule("slow").await, "get").expect("slow");
+    assert!(got.paused && got.last_fire_ms.is_none(), "{got:?}");
+    assert!(!ok(r.advance_schedule("nope", 1, &skip).await, "advance unknown"));
+}

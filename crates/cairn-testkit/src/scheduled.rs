@@ -1,0 +1,289 @@
+//! Schedules at run time (SPEC §18), on the injected clock: fires at the right
+//! times and once each, `skip` while the last fire's process runs, pause and
+//! resume, one catch-up after downtime, and bad input refused at creation.
+//! These are execution contracts (listed in [`crate::execution_suite!`]).
+
+use std::sync::Arc;
+
+use cairn_core::{
+    Clock, Disposition, Overlap, ProcessFilter, Processes, Schedule, ScheduleRequest, StartTemplate, WorkerConfig,
+};
+use cairn_tools::builtin_tools;
+use serde_json::{json, Value};
+
+use crate::{StoreFactory, TestStore};
+
+fn runtime(store: &TestStore, owner: &str) -> Processes {
+    Processes::builder(store.registry.clone())
+        .tools(builtin_tools(false))
+        .clock(Arc::new(store.clock.clone()))
+        .worker_config(WorkerConfig {
+            owner_id: owner.to_string(),
+            sweep_interval: std::time::Duration::from_millis(200),
+            ..WorkerConfig::default()
+        })
+        .start()
+}
+
+fn request(id: &str, every: &str, tool: &str, args: Value, overlap: Overlap) -> ScheduleRequest {
+    ScheduleRequest {
+        id: id.into(),
+        cron: None,
+        every: Some(every.into()),
+        timezone: None,
+        start: StartTemplate {
+            input: cairn_core::ProcessInput::ToolCall {
+                tool: tool.into(),
+                args,
+            },
+            disposition: Disposition::Rerunnable,
+            originator: cairn_core::Originator::host(),
+            caused_by: None,
+            grant: None,
+            wake_target: None,
+            event_types: Vec::new(),
+            env_spec: None,
+            external_ref: None,
+        },
+        overlap,
+    }
+}
+
+fn echo_every(id: &str, every: &str) -> ScheduleRequest {
+    request(id, every, "echo", json!({"value": id}), Overlap::Allow)
+}
+
+/// Ids of every process the schedule `id` started, in id order.
+async fn fired(p: &Processes, id: &str) -> Vec<String> {
+    let page = p.list(&ProcessFilter::any()).await.expect("list");
+    page.into_iter()
+        .map(|r| r.id)
+        .filter(|pid| pid.starts_with(&format!("{id}@")))
+        .collect()
+}
+
+fn fire_ids(id: &str, times: &[u64]) -> Vec<String> {
+    let mut ids: Vec<String> = times.iter().map(|t| format!("{id}@{t}")).collect();
+    ids.sort();
+    ids
+}
+
+async fn create(p: &Processes, req: ScheduleRequest) -> Schedule {
+    let (s, created) = p.create_schedule(req).await.expect("create the schedule");
+    assert!(created);
+    s
+}
+
+/// `every 10s` fires at creation + 10 s, + 20 s, ...: not a millisecond early,
+/// one process per fire however often the fires are looked at, each run once.
+pub async fn every_fires_on_time_once_per_fire(factory: &dyn StoreFactory) {
+    let store = factory.create(cairn_core::ManualClock::new(1_000_000)).await;
+    let p = runtime(&store, "w1");
+    let t0 = store.clock.now_ms();
+    let s = create(&p, echo_every("tick", "10s")).await;
+    assert_eq!(s.next_fire_ms, t0 + 10_000);
+    assert_eq!(
+        p.registry().next_due(t0).await.unwrap(),
+        Some(t0 + 10_000),
+        "the driver's due time"
+    );
+
+    store.clock.advance(9_999);
+    p.fire_schedules().await.expect("fire");
+    assert!(fired(&p, "tick").await.is_empty(), "not due a millisecond early");
+
+    store.clock.advance(1);
+    for _ in 0..3 {
+        p.fire_schedules().await.expect("fire");
+    }
+    assert_eq!(
+        fired(&p, "tick").await,
+        fire_ids("tick", &[t0 + 10_000]),
+        "one process for the fire"
+    );
+    store.clock.advance(10_000);
+    p.fire_schedules().await.expect("fire");
+    p.fire_schedules().await.expect("fire");
+    let ids = fired(&p, "tick").await;
+    assert_eq!(ids, fire_ids("tick", &[t0 + 10_000, t0 + 20_000]));
+    for id in &ids {
+        let done = p
+            .await_output(id, std::time::Duration::from_secs(20))
+            .await
+            .expect("await");
+        assert_eq!(done.status, cairn_core::ProcessStatus::Completed, "{done:?}");
+        let log = p.events(id, 0, Some(1000)).await.expect("events");
+        let starts = log.events.iter().filter(|e| e.event_type == "process.started").count();
+        assert_eq!(starts, 1, "{id} ran once");
+    }
+    let s = p.get_schedule("tick").await.expect("get");
+    assert_eq!(s.next_fire_ms, t0 + 30_000);
+    assert_eq!(
+        s.last_process_id.as_deref(),
+        Some(format!("tick@{}", t0 + 20_000).as_str())
+    );
+    p.shutdown().await;
+}
+
+/// `overlap: skip`: no fire starts while the previous fire's process is
+/// running (here suspended on a signal); the first fire after it ended does.
+pub async fn skip_skips_while_the_last_run_is_running(factory: &dyn StoreFactory) {
+    let store = factory.create(cairn_core::ManualClock::new(1_000_000)).await;
+    let p = runtime(&store, "w1");
+    let t0 = store.clock.now_ms();
+    create(
+        &p,
+        request("hold", "10s", "wait_signal", json!({"name": "go"}), Overlap::Skip),
+    )
+    .await;
+    store.clock.advance(10_000);
+    p.fire_schedules().await.expect("fire");
+    let first = format!("hold@{}", t0 + 10_000);
+    assert_eq!(fired(&p, "hold").await, std::slice::from_ref(&first));
+
+    store.clock.advance(10_000);
+    p.fire_schedules().await.expect("fire");
+    assert_eq!(
+        fired(&p, "hold").await,
+        std::slice::from_ref(&first),
+        "skipped while {first} runs"
+    );
+    let s = p.get_schedule("hold").await.expect("get");
+    assert_eq!(s.next_fire_ms, t0 + 30_000, "the skipped fire is passed over");
+    assert_eq!(s.last_process_id.as_deref(), Some(first.as_str()));
+
+    p.signal(&first, "go", "g1", json!(1)).await.expect("signal");
+    let done = p
+        .await_output(&first, std::time::Duration::from_secs(20))
+        .await
+        .expect("await");
+    assert!(done.is_terminal());
+    store.clock.advance(10_000);
+    p.fire_schedules().await.expect("fire");
+    assert_eq!(
+        fired(&p, "hold").await,
+        fire_ids("hold", &[t0 + 10_000, t0 + 30_000]),
+        "fires again once the last run ended"
+    );
+    p.shutdown().await;
+}
+
+/// A paused schedule does not fire; a resumed one fires from its first fire
+/// time after the resume (what was missed while paused is not caught up).
+pub async fn pause_and_resume(factory: &dyn StoreFactory) {
+    let store = factory.create(cairn_core::ManualClock::new(1_000_000)).await;
+    let p = runtime(&store, "w1");
+    let t0 = store.clock.now_ms();
+    create(&p, echo_every("nap", "10s")).await;
+    let paused = p.pause_schedule("nap").await.expect("pause");
+    assert!(paused.paused);
+    assert_eq!(
+        p.registry().next_due(t0).await.unwrap(),
+        None,
+        "a paused schedule is no due time"
+    );
+    store.clock.advance(35_000);
+    p.fire_schedules().await.expect("fire");
+    assert!(fired(&p, "nap").await.is_empty(), "paused");
+    let resumed = p.resume_schedule("nap").await.expect("resume");
+    assert!(!resumed.paused);
+    assert_eq!(resumed.next_fire_ms, t0 + 40_000, "the first fire after now");
+    p.fire_schedules().await.expect("fire");
+    assert!(fired(&p, "nap").await.is_empty(), "nothing caught up from the pause");
+    store.clock.advance(5_000);
+    p.fire_schedules().await.expect("fire");
+    assert_eq!(fired(&p, "nap").await, fire_ids("nap", &[t0 + 40_000]));
+    let e = p.pause_schedule("none").await.expect_err("unknown");
+    assert_eq!(e.code(), "unknown_schedule");
+    p.delete_schedule("nap").await.expect("delete");
+    assert_eq!(
+        p.get_schedule("nap").await.expect_err("gone").code(),
+        "unknown_schedule"
+    );
+    p.shutdown().await;
+}
+
+/// A runtime stopped for an hour and started again over the same store fires
+/// exactly one catch-up (the first missed fire), then keeps time from now.
+pub async fn one_catch_up_after_downtime(factory: &dyn StoreFactory) {
+    let store = factory.create(cairn_core::ManualClock::new(1_000_000)).await;
+    let t0 = store.clock.now_ms();
+    let before = runtime(&store, "node-a");
+    create(&before, echo_every("sync", "10s")).await;
+    store.clock.advance(10_000);
+    before.fire_schedules().await.expect("fire");
+    before.shutdown().await;
+    drop(before);
+
+    store.clock.advance(3_600_000);
+    let after = runtime(&store, "node-b");
+    after.fire_schedules().await.expect("fire");
+    after.fire_schedules().await.expect("fire");
+    assert_eq!(
+        fired(&after, "sync").await,
+        fire_ids("sync", &[t0 + 10_000, t0 + 20_000]),
+        "one catch-up for the 360 missed fires"
+    );
+    let s = after.get_schedule("sync").await.expect("get");
+    assert_eq!(s.next_fire_ms, t0 + 3_620_000, "the next fire is the first after now");
+    store.clock.advance(10_000);
+    after.fire_schedules().await.expect("fire");
+    assert_eq!(fired(&after, "sync").await.len(), 3);
+    after.shutdown().await;
+}
+
+/// Bad input is refused at creation with a clear error and stores nothing: a
+/// template naming an unknown tool or carrying bad args or an id, an invalid
+/// cron or timezone, an interval below 1 s; another definition under a taken
+/// id is `schedule_conflict`, the same one is the same create.
+pub async fn schedule_rejects_bad_input(factory: &dyn StoreFactory) {
+    let store = factory.create(cairn_core::ManualClock::new(1_000_000)).await;
+    let p = runtime(&store, "w1");
+    let unknown_tool = request("a", "10s", "nope", json!({}), Overlap::Skip);
+    assert_eq!(
+        p.create_schedule(unknown_tool).await.unwrap_err().code(),
+        "unknown_tool"
+    );
+    let bad_args = request("b", "10s", "sleep", json!({"ms": "soon"}), Overlap::Skip);
+    assert_eq!(p.create_schedule(bad_args).await.unwrap_err().code(), "invalid_request");
+    let mut bad_disposition = serde_json::to_value(echo_every("c", "10s")).unwrap();
+    bad_disposition["start"]["disposition"] = json!("sometimes");
+    let e = ScheduleRequest::from_json(bad_disposition).unwrap_err();
+    assert_eq!(e.code(), "invalid_request");
+    assert!(e.to_string().contains("sometimes"), "{e}");
+    let mut fast = echo_every("d", "10s");
+    fast.every = Some("999ms".into());
+    assert_eq!(p.create_schedule(fast).await.unwrap_err().code(), "invalid_request");
+    let mut cron = echo_every("e", "10s");
+    cron.every = None;
+    cron.cron = Some("0 25 * * *".into());
+    assert_eq!(
+        p.create_schedule(cron.clone()).await.unwrap_err().code(),
+        "invalid_request"
+    );
+    cron.cron = Some("0 2 * * *".into());
+    cron.timezone = Some("Europe/Nowhere".into());
+    assert_eq!(p.create_schedule(cron).await.unwrap_err().code(), "invalid_request");
+    let mut with_id = serde_json::to_value(echo_every("f", "10s")).unwrap();
+    with_id["start"]["id"] = json!("f-1");
+    assert_eq!(
+        ScheduleRequest::from_json(with_id).unwrap_err().code(),
+        "invalid_request"
+    );
+    let stored: Vec<String> = p
+        .list_schedules(None, None)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert!(stored.is_empty(), "nothing refused was stored: {stored:?}");
+
+    let (first, created) = p.create_schedule(echo_every("g", "10s")).await.expect("create");
+    assert!(created);
+    let (again, created) = p.create_schedule(echo_every("g", "10s")).await.expect("again");
+    assert!(!created && again == first, "the same create");
+    let e = p.create_schedule(echo_every("g", "20s")).await.unwrap_err();
+    assert_eq!(e.code(), "schedule_conflict");
+    p.shutdown().await;
+}

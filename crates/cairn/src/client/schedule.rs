@@ -1,0 +1,137 @@
+//! `cairn schedule`: the client of `/v1/schedules` (SPEC §18).
+
+use std::process::ExitCode;
+
+use serde_json::{json, Value};
+
+use super::http::{query, segment, Client, ClientError};
+use super::{parse_json_arg, print_json, print_table, read_stdin, str_at, timestamp};
+use crate::cli::ScheduleAction;
+
+fn path(id: &str) -> String {
+    format!("/v1/schedules/{}", segment(id))
+}
+
+fn when(s: &Value) -> String {
+    match (
+        s.get("cron").and_then(Value::as_str),
+        s.get("every").and_then(Value::as_str),
+    ) {
+        (Some(cron), _) => match s.get("timezone").and_then(Value::as_str) {
+            Some(tz) => format!("cron {cron} ({tz})"),
+            None => format!("cron {cron}"),
+        },
+        (None, Some(every)) => format!("every {every}"),
+        _ => String::new(),
+    }
+}
+
+fn row(s: &Value) -> Vec<String> {
+    let state = if s.get("paused").and_then(Value::as_bool) == Some(true) {
+        "paused"
+    } else {
+        "active"
+    };
+    vec![
+        str_at(s, "/id"),
+        when(s),
+        str_at(s, "/overlap"),
+        state.to_string(),
+        timestamp(s.get("next_fire_ms")),
+        str_at(s, "/last_process_id"),
+    ]
+}
+
+const HEADERS: [&str; 6] = ["ID", "WHEN", "OVERLAP", "STATE", "NEXT FIRE", "LAST PROCESS"];
+
+fn print_one(s: &Value) {
+    print_table(&HEADERS, &[row(s)]);
+}
+
+pub(super) async fn execute(client: &Client, json: bool, action: ScheduleAction) -> Result<ExitCode, ClientError> {
+    match action {
+        ScheduleAction::Add {
+            id,
+            cron,
+            every,
+            timezone,
+            overlap,
+            template,
+        } => {
+            let raw = match template.as_deref() {
+                None | Some("-") => read_stdin()?,
+                Some(s) => s.to_string(),
+            };
+            let start = parse_json_arg("the start template", &raw)?;
+            let mut body = json!({"id": id, "start": start, "overlap": overlap});
+            for (key, value) in [("cron", cron), ("every", every), ("timezone", timezone)] {
+                if let Some(v) = value {
+                    body[key] = Value::String(v);
+                }
+            }
+            let (status, schedule) = client.post("/v1/schedules", &body).await?;
+            if json {
+                print_json(&schedule);
+            } else {
+                let verb = if status.as_u16() == 201 { "created" } else { "exists" };
+                println!("{verb} {id}");
+                print_one(&schedule);
+            }
+        }
+        ScheduleAction::Ls => {
+            let mut rows = Vec::new();
+            let mut all = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let mut pairs = vec![("limit", "1000".to_string())];
+                if let Some(a) = &after {
+                    pairs.push(("after", a.clone()));
+                }
+                let page = client.get(&format!("/v1/schedules?{}", query(pairs))).await?;
+                for s in page.get("schedules").and_then(Value::as_array).into_iter().flatten() {
+                    rows.push(row(s));
+                    all.push(s.clone());
+                }
+                match page.get("next_after").and_then(Value::as_str) {
+                    Some(next) => after = Some(next.to_string()),
+                    None => break,
+                }
+            }
+            if json {
+                print_json(&Value::Array(all));
+            } else {
+                print_table(&HEADERS, &rows);
+            }
+        }
+        ScheduleAction::Get { id } => {
+            let s = client.get(&path(&id)).await?;
+            if json {
+                print_json(&s);
+            } else {
+                print_one(&s);
+            }
+        }
+        ScheduleAction::Rm { id } => {
+            client.delete(&path(&id)).await?;
+            if json {
+                print_json(&json!({"deleted": id}));
+            } else {
+                println!("deleted {id}");
+            }
+        }
+        ScheduleAction::Pause { id } => flip(client, json, &id, "pause", "paused").await?,
+        ScheduleAction::Resume { id } => flip(client, json, &id, "resume", "resumed").await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn flip(client: &Client, json: bool, id: &str, action: &str, done: &str) -> Result<(), ClientError> {
+    let (_, s) = client.post(&format!("{}/{action}", path(id)), &json!({})).await?;
+    if json {
+        print_json(&s);
+    } else {
+        println!("{done} {id}");
+        print_one(&s);
+    }
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! Schedules over HTTP and the CLI (SPEC §18), against the real server on the
+//! system clock: the driver fires at the due time it sleeps until (nothing
+//! nudges it), bad input is refused with nothing stored, and `cairn schedule`
+//! adds, lists, pauses, resumes and removes.
+
+mod common;
+
+use common::Server;
+use serde_json::{json, Value};
+
+fn echo_template() -> Value {
+    json!({"input": {"type": "tool_call", "tool": "echo", "args": {"value": 1}}, "disposition": "rerunnable"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_over_http() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+
+    // Bad input: 400 (or 404 for an unknown tool), and nothing stored.
+    let bad = [
+        (
+            json!({"id": "b", "cron": "61 * * * *", "start": echo_template(), "overlap": "skip"}),
+            400,
+        ),
+        (
+            json!({"id": "b", "cron": "0 3 * * *", "timezone": "Mars/Base", "start": echo_template(), "overlap": "skip"}),
+            400,
+        ),
+        (
+            json!({"id": "b", "every": "500ms", "start": echo_template(), "overlap": "skip"}),
+            400,
+        ),
+        (
+            json!({"id": "b", "every": "1m", "cron": "* * * * *", "start": echo_template(), "overlap": "skip"}),
+            400,
+        ),
+        (json!({"id": "b", "start": echo_template(), "overlap": "skip"}), 400),
+        (
+            json!({"id": "b", "every": "1m", "start": {"id": "x", "input": {"type": "external"}, "disposition": "externally_owned"}, "overlap": "skip"}),
+            400,
+        ),
+        (
+            json!({"id": "b", "every": "1m", "start": {"input": {"type": "tool_call", "tool": "echo", "args": {}}, "disposition": "sometimes"}, "overlap": "skip"}),
+            400,
+        ),
+        (
+            json!({"id": "b", "every": "1m", "start": {"input": {"type": "tool_call", "tool": "nope", "args": {}}, "disposition": "rerunnable"}, "overlap": "skip"}),
+            404,
+        ),
+    ];
+    for (body, status) in bad {
+        let (got, err) = c.post("/v1/schedules", body.clone()).await;
+        assert_eq!(got, status, "{body} -> {err}");
+        assert!(err["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{err}");
+    }
+    let (status, page) = c.get("/v1/schedules").await;
+    assert_eq!(status, 200);
+    assert_eq!(page["schedules"], json!([]), "nothing refused was stored");
+
+    // An `every 1s` schedule fires on its own at its due time.
+    let body = json!({"id": "tick", "every": "1s", "start": echo_template(), "overlap": "skip"});
+    let (status, s) = c.post("/v1/schedules", body.clone()).await;
+    assert_eq!(status, 201, "{s}");
+    let first = format!("tick@{}", s["next_fire_ms"].as_u64().expect("next fire"));
+    let done = c.wait_for(&first, |r| r["status"] == "completed").await;
+    assert_eq!(done["outcome"]["value"], json!(1));
+    let (status, again) = c.post("/v1/schedules", body).await;
+    assert_eq!(status, 200, "the same create again: {again}");
+    let (status, e) = c
+        .post(
+            "/v1/schedules",
+            json!({"id": "tick", "every": "2s", "start": echo_template(), "overlap": "skip"}),
+        )
+        .await;
+    assert_eq!((status, e["error"]["code"].as_str()), (409, Some("schedule_conflict")));
+
+    let (status, paused) = c.post("/v1/schedules/tick/pause", json!({})).await;
+    assert_eq!((status, paused["paused"].as_bool()), (200, Some(true)));
+    let (status, resumed) = c.post("/v1/schedules/tick/resume", json!({})).await;
+    assert_eq!((status, resumed["paused"].as_bool()), (200, Some(false)));
+    let (status, _) = c.delete("/v1/schedules/tick").await;
+    assert_eq!(status, 204);
+    let (status, e) = c.get("/v1/schedules/tick").await;
+    assert_eq!((status, e["error"]["code"].as_str()), (404, Some("unknown_schedule")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cairn_schedule_commands() {
+    let server = Server::start(&[]).await;
+    let template = echo_template().to_string();
+    let out = server
+        .cli(
+            &[
+                "schedule",
+                "add",
+                "nightly",
+                "--cron",
+                "0 3 * * *",
+                "--timezone",
+                "Europe/Paris",
+                &template,
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("created nightly"), "{}", out.stdout);
+    let out = server
+        .cli(
+            &["schedule", "add", "sync", "--every", "30m", "--overlap", "allow", "-"],
+            Some(&template),
+        )
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = server
+        .cli(&["schedule", "add", "bad", "--every", "10ms", &template], None)
+        .await;
+    assert_eq!(out.code, 2, "a refused schedule is bad input: {}", out.stderr);
+    assert!(out.stderr.contains("1 s minimum"), "{}", out.stderr);
+
+    let out = server.cli(&["--json", "schedule", "ls"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let ids: Vec<String> = out
+        .json()
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["nightly", "sync"]);
+    let out = server.cli(&["schedule", "ls"], None).await;
+    assert!(
+        out.stdout.contains("cron 0 3 * * * (Europe/Paris)") && out.stdout.contains("every 30m"),
+        "{}",
+        out.stdout
+    );
+    let out = server.cli(&["schedule", "pause", "sync"], None).await;
+    assert_eq!((out.code, out.stdout.lines().next()), (0, Some("paused sync")));
+    let out = server.cli(&["--json", "schedule", "resume", "sync"], None).await;
+    assert_eq!(out.json()["paused"], json!(false));
+    let out = server.cli(&["schedule", "rm", "sync"], None).await;
+    assert_eq!((out.code, out.stdout.trim()), (0, "deleted sync"));
+    let out = server.cli(&["schedule", "rm", "sync"], None).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("unknown_schedule"), "{}", out.stderr);
+}
