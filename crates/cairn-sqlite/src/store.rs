@@ -5,8 +5,8 @@
 
 use cairn_core::events::ProcessEvent;
 use cairn_core::model::{
-    Grant, GrantedProcess, Lease, ProcessFilter, ProcessRecord, ProcessStatus, SessionScope, StatusFilter, Tombstone,
-    WakeDelivery,
+    Grant, GrantedProcess, Lease, NodeLiveness, ProcessFilter, ProcessRecord, ProcessStatus, SessionScope,
+    StatusFilter, SweepItem, Tombstone, WakeDelivery,
 };
 use cairn_core::ops::admin::PruneCandidate;
 use cairn_core::ops::Row;
@@ -161,8 +161,8 @@ pub(crate) fn insert_process(conn: &Connection, record: &ProcessRecord) -> R<()>
     conn.prepare_cached(
         "INSERT INTO processes (id, record, status, disposition, definition, originator, originator_scope, waiting,
              created_at_ms, terminal_at_ms, last_sequence, change_cursor, run_candidate, abandon_candidate,
-             wake_at_ms, caused_by, fencing_counter)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0)",
+             wake_at_ms, caused_by, sweep_node, sweep_incarnation, fencing_counter)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, 0)",
     )?
     .execute(params![
         record.id,
@@ -181,6 +181,8 @@ pub(crate) fn insert_process(conn: &Connection, record: &ProcessRecord) -> R<()>
         d.abandon_candidate,
         d.wake_at,
         d.caused_by,
+        d.sweep_node,
+        d.sweep_incarnation,
     ])?;
     Ok(())
 }
@@ -193,6 +195,7 @@ pub(crate) fn update_process(conn: &Connection, record: &ProcessRecord, release_
     conn.prepare_cached(
         "UPDATE processes SET record = ?2, status = ?3, waiting = ?4, terminal_at_ms = ?5, last_sequence = ?6,
              change_cursor = ?7, run_candidate = ?8, abandon_candidate = ?9, wake_at_ms = ?11,
+             sweep_node = ?12, sweep_incarnation = ?13,
              lease_owner = CASE WHEN ?10 THEN NULL ELSE lease_owner END,
              lease_token = CASE WHEN ?10 THEN NULL ELSE lease_token END,
              lease_fencing = CASE WHEN ?10 THEN NULL ELSE lease_fencing END,
@@ -212,6 +215,8 @@ pub(crate) fn update_process(conn: &Connection, record: &ProcessRecord, release_
         d.abandon_candidate,
         release_lease,
         d.wake_at,
+        d.sweep_node,
+        d.sweep_incarnation,
     ])?;
     Ok(())
 }
@@ -346,6 +351,66 @@ pub(crate) fn worklist(conn: &Connection, now: u64, limit: usize) -> R<Vec<(Stri
             Ok((r.get(0)?, r.get(1)?))
         })?
         .collect::<rusqlite::Result<Vec<(String, bool)>>>()?;
+    Ok(rows)
+}
+
+// ---------------------------------------------------------------- nodes
+
+/// A new incarnation of `node` in its liveness row (1 for a new node).
+pub(crate) fn register_node(conn: &Connection, node: &str, now: u64) -> R<u64> {
+    let incarnation: i64 = conn
+        .prepare_cached(
+            "INSERT INTO nodes (node_id, incarnation, started_at_ms, heartbeat_at_ms) VALUES (?1, 1, ?2, ?2)
+             ON CONFLICT (node_id) DO UPDATE
+                 SET incarnation = incarnation + 1, started_at_ms = ?2, heartbeat_at_ms = ?2
+             RETURNING incarnation",
+        )?
+        .query_row(params![node, to_sql(now)], |r| r.get(0))?;
+    Ok(cairn_core::ops::columns::from_i64(incarnation))
+}
+
+/// Set the heartbeat of `node` if `incarnation` is its latest; whether it was.
+pub(crate) fn heartbeat(conn: &Connection, node: &str, incarnation: u64, now: u64) -> R<bool> {
+    let n = conn
+        .prepare_cached("UPDATE nodes SET heartbeat_at_ms = ?3 WHERE node_id = ?1 AND incarnation = ?2")?
+        .execute(params![node, to_sql(incarnation), to_sql(now)])?;
+    Ok(n == 1)
+}
+
+/// The liveness row of `node`.
+pub(crate) fn node(conn: &Connection, node: &str) -> R<Option<NodeLiveness>> {
+    let from = cairn_core::ops::columns::from_i64;
+    Ok(conn
+        .prepare_cached("SELECT incarnation, started_at_ms, heartbeat_at_ms FROM nodes WHERE node_id = ?1")?
+        .query_row(params![node], |r| {
+            Ok(NodeLiveness {
+                node: node.to_string(),
+                incarnation: from(r.get(0)?),
+                started_at_ms: from(r.get(1)?),
+                heartbeat_at_ms: from(r.get(2)?),
+            })
+        })
+        .optional()?)
+}
+
+/// Rows an earlier incarnation of a node started, once the node registered a
+/// newer one: per node, a range of the partial sweep index.
+const SWEEP_WORKLIST_SQL: &str = "SELECT p.id, n.node_id, n.incarnation FROM nodes n
+     JOIN processes p ON p.sweep_node = n.node_id AND p.sweep_incarnation < n.incarnation
+     LIMIT ?1";
+
+/// The sweep worklist: (id, node, the node's latest incarnation).
+pub(crate) fn sweep_worklist(conn: &Connection, limit: usize) -> R<Vec<SweepItem>> {
+    let mut stmt = conn.prepare_cached(SWEEP_WORKLIST_SQL)?;
+    let rows = stmt
+        .query_map(params![to_sql_usize(limit)], |r| {
+            Ok(SweepItem {
+                process_id: r.get(0)?,
+                node: r.get(1)?,
+                incarnation: cairn_core::ops::columns::from_i64(r.get(2)?),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<SweepItem>>>()?;
     Ok(rows)
 }
 

@@ -117,6 +117,7 @@ fn tools(extra: Vec<Arc<dyn Tool>>) -> ToolRegistry {
 fn config(owner: &str) -> WorkerConfig {
     WorkerConfig {
         owner_id: owner.to_string(),
+        node_id: None,
         lease_ttl: Duration::from_secs(30),
         concurrency: 16,
         batch_size: 16,

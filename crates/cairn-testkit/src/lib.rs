@@ -283,6 +283,10 @@ macro_rules! conformance_suite {
                 reconcile_abandon_waits_for_lease,
                 live_owner_may_finish_despite_abandon_request,
                 complete_external_only_for_externally_owned,
+                // node identities and the sweep
+                register_node_counts_incarnations,
+                sweep_abandons_an_earlier_incarnations_work,
+                sweep_never_takes_a_live_incarnations_work,
                 // retention and change feed
                 prune_leaves_tombstones,
                 prune_never_touches_running,

@@ -11,6 +11,7 @@ mod registration;
 mod retention;
 mod sessions;
 mod suspension;
+mod sweep;
 mod wakes;
 
 pub use abandon::*;
@@ -22,4 +23,5 @@ pub use registration::*;
 pub use retention::*;
 pub use sessions::*;
 pub use suspension::*;
+pub use sweep::*;
 pub use wakes::*;
