@@ -394,9 +394,10 @@ pub(crate) fn node(conn: &Connection, node: &str) -> R<Option<NodeLiveness>> {
 }
 
 /// Rows an earlier incarnation of a node started, once the node registered a
-/// newer one: per node, a range of the partial sweep index.
+/// newer one: per node, a range of the partial sweep index (`CROSS JOIN`
+/// keeps SQLite's join order: the few node rows outside, the index inside).
 const SWEEP_WORKLIST_SQL: &str = "SELECT p.id, n.node_id, n.incarnation FROM nodes n
-     JOIN processes p ON p.sweep_node = n.node_id AND p.sweep_incarnation < n.incarnation
+     CROSS JOIN processes p ON p.sweep_node = n.node_id AND p.sweep_incarnation < n.incarnation
      LIMIT ?1";
 
 /// The sweep worklist: (id, node, the node's latest incarnation).
@@ -815,6 +816,13 @@ mod tests {
             assert!(p.contains("processes_worklist"), "{sql}: {p}");
             assert!(!p.contains("TEMP B-TREE"), "{sql}: {p}");
         }
+    }
+
+    #[test]
+    fn sweep_worklist_walks_the_partial_sweep_index_per_node() {
+        let (_dir, conn) = fresh();
+        let p = plan(&conn, SWEEP_WORKLIST_SQL, vec![SqlValue::Integer(10)]);
+        assert!(p.contains("SEARCH p USING INDEX processes_sweep"), "{p}");
     }
 
     #[test]
