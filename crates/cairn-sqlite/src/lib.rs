@@ -26,6 +26,7 @@
 
 #![warn(missing_docs)]
 
+mod nodes;
 mod others;
 mod schema;
 mod store;
@@ -426,7 +427,7 @@ impl ProcessRegistry for SqliteRegistry {
         NodeIdentity::validate_node_id(node)?;
         let node = node.to_string();
         self.write(move |conn, now| {
-            let incarnation = store::register_node(conn, &node, now)?;
+            let incarnation = nodes::register_node(conn, &node, now)?;
             Ok(NodeIdentity { node, incarnation })
         })
         .await
@@ -435,18 +436,18 @@ impl ProcessRegistry for SqliteRegistry {
     async fn heartbeat(&self, identity: &NodeIdentity) -> Result<bool> {
         NodeIdentity::validate_node_id(&identity.node)?;
         let identity = identity.clone();
-        self.write(move |conn, now| store::heartbeat(conn, &identity.node, identity.incarnation, now))
+        self.write(move |conn, now| nodes::heartbeat(conn, &identity.node, identity.incarnation, now))
             .await
     }
 
     async fn node(&self, node: &str) -> Result<Option<NodeLiveness>> {
         NodeIdentity::validate_node_id(node)?;
         let node = node.to_string();
-        self.read(move |tx, _| store::node(tx, &node)).await
+        self.read(move |tx, _| nodes::node(tx, &node)).await
     }
 
     async fn sweep_worklist(&self, limit: usize) -> Result<Vec<SweepItem>> {
-        self.read(move |tx, _| store::sweep_worklist(tx, limit)).await
+        self.read(move |tx, _| nodes::sweep_worklist(tx, limit)).await
     }
 
     async fn sweep(&self, id: &str, node: &str, incarnation: u64) -> Result<Option<ProcessRecord>> {
