@@ -15,8 +15,9 @@ use crate::events::{
     RESERVED_FOR_CAIRN, SIGNAL_PREFIX,
 };
 use crate::model::{
-    AbandonRequest, CancelRequest, ChildrenMode, Disposition, Lease, Outcome, ProcessRecord, ProcessStatus,
-    Registration, SessionScope, StartedFact, WaitState, WakeDelivery,
+    AbandonEvidence, AbandonRequest, AbandonWriter, CancelRequest, ChildrenMode, Disposition, Lease, NodeIdentity,
+    Outcome, OwnerIdentity, ProcessRecord, ProcessStatus, Registration, SessionScope, StartedFact, WaitState,
+    WakeDelivery,
 };
 use crate::select::{render_text, truthy};
 use crate::validate::{self, sha256_hex};
@@ -619,23 +620,66 @@ pub fn reconciled_abandon_outcome(record: &ProcessRecord, now_ms: u64) -> Outcom
     let owner = record
         .lease
         .as_ref()
-        .map(|l| crate::model::OwnerIdentity {
-            owner_id: l.owner_id.clone(),
-            fencing_token: l.fencing_token,
-        })
+        .map(|l| OwnerIdentity::of(&l.owner_id, l.fencing_token))
         .or_else(|| {
-            record.started.as_ref().map(|s| crate::model::OwnerIdentity {
-                owner_id: s.owner_id.clone(),
-                fencing_token: s.fencing_token,
-            })
+            record
+                .started
+                .as_ref()
+                .map(|s| OwnerIdentity::of(&s.owner_id, s.fencing_token))
         });
     Outcome::Abandoned {
-        evidence: crate::model::AbandonEvidence {
-            writer: crate::model::AbandonWriter::ReconciledRequest,
+        evidence: AbandonEvidence {
+            writer: AbandonWriter::ReconciledRequest,
             owner,
             epoch_ms: now_ms,
         },
     }
+}
+
+/// The owner a sweep would look for (ignoring the lease and any liveness):
+/// the node incarnation that started a running `owner_bound` process, when its
+/// owner id names one. Such a process never runs again after its start, so
+/// only that owner, or an abandonment, can end it. SQL stores index it
+/// (`sweep_node`, `sweep_incarnation`).
+pub fn sweep_owner(record: &ProcessRecord) -> Option<NodeIdentity> {
+    if record.is_terminal() || record.disposition != Disposition::OwnerBound {
+        return None;
+    }
+    NodeIdentity::parse_owner(&record.started.as_ref()?.owner_id)
+}
+
+/// The `abandoned {sweep}` outcome of `record` at `now_ms`, given the evidence
+/// that `node` has registered incarnation `incarnation`: `Some` only when the
+/// process is a sweep candidate ([`sweep_owner`]) started by an earlier
+/// incarnation of that node, and its stored lease, if one is left, is that
+/// incarnation's (the write is fenced against it: the terminal releases the
+/// lease, so the old owner's every later write is refused). No clock decides
+/// it: an incarnation is gone because its node started again, never because
+/// time passed.
+pub fn sweep_outcome(
+    record: &ProcessRecord,
+    lease: Option<&Lease>,
+    node: &str,
+    incarnation: u64,
+    now_ms: u64,
+) -> Option<Outcome> {
+    let owner = sweep_owner(record)?;
+    if owner.node != node || owner.incarnation >= incarnation {
+        return None;
+    }
+    let started = record.started.as_ref()?;
+    let identity = match lease {
+        Some(l) if l.owner_id != started.owner_id => return None,
+        Some(l) => OwnerIdentity::of(&l.owner_id, l.fencing_token),
+        None => OwnerIdentity::of(&started.owner_id, started.fencing_token),
+    };
+    Some(Outcome::Abandoned {
+        evidence: AbandonEvidence {
+            writer: AbandonWriter::Sweep,
+            owner: Some(identity),
+            epoch_ms: now_ms,
+        },
+    })
 }
 
 /// The terminal append of an external completion, validated.

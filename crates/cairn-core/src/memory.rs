@@ -10,9 +10,10 @@ use crate::clock::{system_clock, SharedClock};
 use crate::events::{AppendRequest, AppendResult, EventPage, ProcessEvent};
 use crate::fold;
 use crate::model::{
-    page_limit, Change, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, Outcome,
-    ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope, StartGrant,
-    StatusFilter, Tombstone, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkAction, WorkItem,
+    page_limit, Change, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease,
+    NodeIdentity, NodeLiveness, Outcome, ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport,
+    SessionScope, StartGrant, StatusFilter, SweepItem, Tombstone, TransferReport, WaitRequest, WakeDelivery, Watermark,
+    WorkAction, WorkItem,
 };
 use crate::ops::admin::{self, AdminTx, Deleted, GrantState, PruneCandidate};
 use crate::ops::{self, at_once, Answer, Op, Row, WriteTx};
@@ -50,6 +51,8 @@ struct State {
     schedules: BTreeMap<String, Schedule>,
     /// Due index: (next fire time, id) of every unpaused schedule.
     schedule_due: BTreeSet<(u64, String)>,
+    /// Liveness rows, by node id.
+    nodes: BTreeMap<String, NodeLiveness>,
 }
 
 impl State {
@@ -605,6 +608,69 @@ impl ProcessRegistry for MemoryRegistry {
 
     async fn reconcile_abandon(&self, id: &str) -> Result<Option<ProcessRecord>> {
         self.submit(Op::reconcile_abandon(id))?.into_maybe_record()
+    }
+
+    async fn register_node(&self, node: &str) -> Result<NodeIdentity> {
+        NodeIdentity::validate_node_id(node)?;
+        let now = self.now();
+        let mut st = self.state.lock();
+        let incarnation = st.nodes.get(node).map_or(0, |n| n.incarnation) + 1;
+        st.nodes.insert(
+            node.to_string(),
+            NodeLiveness {
+                node: node.to_string(),
+                incarnation,
+                started_at_ms: now,
+                heartbeat_at_ms: now,
+            },
+        );
+        Ok(NodeIdentity {
+            node: node.to_string(),
+            incarnation,
+        })
+    }
+
+    async fn heartbeat(&self, identity: &NodeIdentity) -> Result<bool> {
+        let now = self.now();
+        let mut st = self.state.lock();
+        match st.nodes.get_mut(&identity.node) {
+            Some(n) if n.incarnation == identity.incarnation => {
+                n.heartbeat_at_ms = now;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn node(&self, node: &str) -> Result<Option<NodeLiveness>> {
+        Ok(self.state.lock().nodes.get(node).cloned())
+    }
+
+    async fn sweep_worklist(&self, limit: usize) -> Result<Vec<SweepItem>> {
+        let st = self.state.lock();
+        if st.nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A scan of the rows: this registry is for tests and ephemeral hosts,
+        // and it holds nothing a restart could sweep.
+        Ok(st
+            .entries
+            .iter()
+            .filter_map(|(id, e)| {
+                let owner = fold::sweep_owner(&e.row.record)?;
+                let registered = st.nodes.get(&owner.node)?.incarnation;
+                (owner.incarnation < registered).then(|| SweepItem {
+                    process_id: id.clone(),
+                    node: owner.node,
+                    incarnation: registered,
+                })
+            })
+            .take(limit)
+            .collect())
+    }
+
+    async fn sweep(&self, id: &str, node: &str, incarnation: u64) -> Result<Option<ProcessRecord>> {
+        self.submit(Op::sweep(id, node, incarnation))?.into_maybe_record()
     }
 
     async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<ProcessRecord> {

@@ -363,6 +363,107 @@ pub struct OwnerIdentity {
     pub owner_id: String,
     /// That lease's fencing token.
     pub fencing_token: u64,
+    /// The node the owner ran on, when its owner id names one ([`NodeIdentity`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The owner's incarnation of that node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<u64>,
+}
+
+impl OwnerIdentity {
+    /// The identity of `owner_id` under `fencing_token`, with the node and
+    /// incarnation its owner id names, if it names them.
+    pub fn of(owner_id: &str, fencing_token: u64) -> Self {
+        let node = NodeIdentity::parse_owner(owner_id);
+        Self {
+            owner_id: owner_id.to_string(),
+            fencing_token,
+            incarnation: node.as_ref().map(|n| n.incarnation),
+            node: node.map(|n| n.node),
+        }
+    }
+}
+
+/// Longest node id, in bytes.
+pub const MAX_NODE_ID_BYTES: usize = 64;
+
+/// One start of a runtime on a node: a stable node id (configured, the same
+/// across restarts) and the incarnation the store handed out when this start
+/// registered (one more than the node's previous one). Lease owner ids carry
+/// both (`{node}#{incarnation}`), so a later incarnation of the same node
+/// proves every earlier one's leases orphaned: the sweep (SPEC §2).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NodeIdentity {
+    /// The stable node id.
+    pub node: String,
+    /// This start's incarnation of the node (from 1, rising by one per start).
+    pub incarnation: u64,
+}
+
+impl NodeIdentity {
+    /// Check a node id: 1-64 ASCII letters, digits, `.`, `_` and `-` (a host
+    /// name fits), so an owner id splits back into node and incarnation.
+    pub fn validate_node_id(node: &str) -> crate::Result<()> {
+        let ok = !node.is_empty()
+            && node.len() <= MAX_NODE_ID_BYTES
+            && node
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if ok {
+            Ok(())
+        } else {
+            Err(crate::CairnError::InvalidId(format!(
+                "node id `{}` must be 1-{MAX_NODE_ID_BYTES} ASCII letters, digits, `.`, `_` or `-`",
+                node.escape_debug()
+            )))
+        }
+    }
+
+    /// The lease owner id of this incarnation: `{node}#{incarnation}`.
+    pub fn owner_id(&self) -> String {
+        format!("{}#{}", self.node, self.incarnation)
+    }
+
+    /// The node and incarnation an owner id names; `None` for an owner id of
+    /// another shape (a host's own worker id, ids written before node identities).
+    pub fn parse_owner(owner_id: &str) -> Option<Self> {
+        let (node, incarnation) = owner_id.rsplit_once('#')?;
+        if Self::validate_node_id(node).is_err() || !incarnation.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let incarnation = incarnation.parse().ok().filter(|i| *i > 0)?;
+        Some(Self {
+            node: node.to_string(),
+            incarnation,
+        })
+    }
+}
+
+/// A node's liveness row ([`crate::ProcessRegistry::register_node`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLiveness {
+    /// The node id.
+    pub node: String,
+    /// Its latest registered incarnation.
+    pub incarnation: u64,
+    /// When that incarnation registered, in epoch ms.
+    pub started_at_ms: u64,
+    /// Its latest heartbeat, in epoch ms (for operators; never evidence).
+    pub heartbeat_at_ms: u64,
+}
+
+/// A row of the sweep worklist ([`crate::ProcessRegistry::sweep_worklist`]):
+/// a running owner-bound process started by an incarnation of `node` earlier
+/// than the `incarnation` that node has registered since.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepItem {
+    /// The process.
+    pub process_id: ProcessId,
+    /// The node whose earlier incarnation started it.
+    pub node: String,
+    /// The node's registered incarnation: the evidence that the earlier one is gone.
+    pub incarnation: u64,
 }
 
 /// Evidence carried by an `abandoned` outcome.
@@ -968,10 +1069,7 @@ impl Lease {
 
     /// The owner identity an abandonment under this lease names.
     pub fn owner(&self) -> OwnerIdentity {
-        OwnerIdentity {
-            owner_id: self.owner_id.clone(),
-            fencing_token: self.fencing_token,
-        }
+        OwnerIdentity::of(&self.owner_id, self.fencing_token)
     }
 }
 

@@ -9,9 +9,9 @@ use async_trait::async_trait;
 
 use crate::events::{AppendRequest, AppendResult, EventPage};
 use crate::model::{
-    ChangePage, Claim, EnvRef, EnvSpec, Gauges, Grant, GrantDescriptor, GrantedProcess, Lease, Outcome, ProcessFilter,
-    ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope, StartGrant, StatusFilter,
-    TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
+    ChangePage, Claim, EnvRef, EnvSpec, Gauges, Grant, GrantDescriptor, GrantedProcess, Lease, NodeIdentity,
+    NodeLiveness, Outcome, ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope,
+    StartGrant, StatusFilter, SweepItem, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
 };
 use crate::schedule::{Schedule, ScheduleAdvance};
 use crate::Result;
@@ -169,6 +169,35 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// lease has lapsed (expired or free). `None` when there is no request or the
     /// lease is still live.
     async fn reconcile_abandon(&self, id: &str) -> Result<Option<ProcessRecord>>;
+
+    /// Register a new incarnation of `node` in its liveness row: one more than
+    /// the node's latest (1 for a node never seen), started and heartbeat now.
+    /// From then on every earlier incarnation of `node` is provably gone (SPEC
+    /// §2, `sweep`). A bad node id is `invalid_id`.
+    async fn register_node(&self, node: &str) -> Result<NodeIdentity>;
+
+    /// Record a heartbeat of `identity` in its node's liveness row: `true` when
+    /// it is still the node's latest incarnation, `false` (writing nothing) when
+    /// a newer one has registered since. A heartbeat is for operators; no
+    /// rule reads its age.
+    async fn heartbeat(&self, identity: &NodeIdentity) -> Result<bool>;
+
+    /// The liveness row of `node`, if it ever registered.
+    async fn node(&self, node: &str) -> Result<Option<NodeLiveness>>;
+
+    /// The sweep worklist: at most `limit` running `owner_bound` processes
+    /// started by an incarnation of a node earlier than the incarnation that
+    /// node has registered since ([`crate::fold::sweep_owner`]), each with that
+    /// newer incarnation. Backends answer from an index of such rows.
+    async fn sweep_worklist(&self, limit: usize) -> Result<Vec<SweepItem>>;
+
+    /// Write `abandoned {sweep}` for `id` on the evidence that `node` has
+    /// registered `incarnation` (from [`Self::register_node`] or a
+    /// [`Self::sweep_worklist`] item): only when an earlier incarnation of
+    /// `node` started it and its stored lease, if any, is that incarnation's;
+    /// the terminal releases the lease, so that owner's later writes are
+    /// fenced. `None` (nothing written) otherwise. Lease expiry plays no part.
+    async fn sweep(&self, id: &str, node: &str, incarnation: u64) -> Result<Option<ProcessRecord>>;
 
     /// End an externally owned process with `outcome` on behalf of `authority`
     /// (recorded in the terminal payload). Other dispositions are

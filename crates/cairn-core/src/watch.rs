@@ -10,9 +10,9 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::events::{AppendRequest, AppendResult, EventPage, ProcessEvent};
 use crate::model::{
-    CausalRef, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, Outcome,
-    ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope, StartGrant,
-    StatusFilter, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
+    CausalRef, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, NodeIdentity,
+    NodeLiveness, Outcome, ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope,
+    StartGrant, StatusFilter, SweepItem, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
 };
 use crate::registry::{CancelAnswer, ProcessRegistry, Registered};
 use crate::schedule::{Schedule, ScheduleAdvance};
@@ -423,6 +423,30 @@ impl ProcessRegistry for WatchedRegistry {
 
     async fn reconcile_abandon(&self, id: &str) -> Result<Option<ProcessRecord>> {
         let r = self.inner.reconcile_abandon(id).await?;
+        if let Some(rec) = &r {
+            self.after_write(rec, 1).await;
+        }
+        Ok(r)
+    }
+
+    async fn register_node(&self, node: &str) -> Result<NodeIdentity> {
+        self.inner.register_node(node).await
+    }
+
+    async fn heartbeat(&self, identity: &NodeIdentity) -> Result<bool> {
+        self.inner.heartbeat(identity).await
+    }
+
+    async fn node(&self, node: &str) -> Result<Option<NodeLiveness>> {
+        self.inner.node(node).await
+    }
+
+    async fn sweep_worklist(&self, limit: usize) -> Result<Vec<SweepItem>> {
+        self.inner.sweep_worklist(limit).await
+    }
+
+    async fn sweep(&self, id: &str, node: &str, incarnation: u64) -> Result<Option<ProcessRecord>> {
+        let r = self.inner.sweep(id, node, incarnation).await?;
         if let Some(rec) = &r {
             self.after_write(rec, 1).await;
         }

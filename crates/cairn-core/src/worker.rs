@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 
 use crate::awaiter::Awaiter;
 use crate::clock::SharedClock;
-use crate::model::{AbandonEvidence, AbandonWriter, Claim, Disposition, Outcome, ProcessInput};
+use crate::model::{AbandonEvidence, AbandonWriter, Claim, Disposition, NodeIdentity, Outcome, ProcessInput};
 use crate::registry::ProcessRegistry;
 use crate::tool::{StopReason, ToolContext, ToolRegistry};
 use crate::watch::ChangeHub;
@@ -27,8 +27,16 @@ use crate::{CairnError, Result};
 /// Worker settings.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
-    /// This worker's owner identity on leases. Unique per worker incarnation.
+    /// This worker's owner identity on leases when it has no `node_id`.
+    /// Unique per worker incarnation.
     pub owner_id: String,
+    /// The stable id of the node this worker runs on (the same across
+    /// restarts; see [`NodeIdentity`]). With one, the driver registers a new
+    /// incarnation of the node before its first drive and claims as
+    /// `{node}#{incarnation}`, so a restart sweeps what the dead incarnation
+    /// left (SPEC §2, `sweep`). Without one, leases carry `owner_id` and what
+    /// a crash leaves waits for an abandon request.
+    pub node_id: Option<String>,
     /// Lease time-to-live; renewed every third of it while a run is alive.
     pub lease_ttl: Duration,
     /// Most runs at once.
@@ -37,6 +45,8 @@ pub struct WorkerConfig {
     pub batch_size: usize,
     /// The longest the driver sleeps without a notice or a due time: a
     /// backstop, since due times (lease expiries, deadlines) wake it exactly.
+    /// It is also how often the driver sweeps (after the sweep at start) and
+    /// heartbeats its node's liveness row.
     pub sweep_interval: Duration,
     /// How long a stopped tool gets to return before its task is aborted.
     pub stop_grace: Duration,
@@ -46,6 +56,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             owner_id: format!("worker-{}", uuid::Uuid::new_v4()),
+            node_id: None,
             lease_ttl: Duration::from_secs(30),
             concurrency: 64,
             batch_size: 64,
@@ -72,6 +83,8 @@ pub struct Worker {
     tasks: Mutex<JoinSet<()>>,
     draining: AtomicBool,
     idle: Notify,
+    /// This start's node incarnation and its owner id, once registered.
+    identity: std::sync::OnceLock<(NodeIdentity, String)>,
 }
 
 impl Worker {
@@ -97,12 +110,81 @@ impl Worker {
             tasks: Mutex::new(JoinSet::new()),
             draining: AtomicBool::new(false),
             idle: Notify::new(),
+            identity: std::sync::OnceLock::new(),
         })
     }
 
-    /// The owner id this worker claims as.
+    /// The owner id this worker claims as: its node incarnation's once
+    /// registered, else the configured `owner_id`.
     pub fn owner_id(&self) -> &str {
-        &self.config.owner_id
+        match self.identity.get() {
+            Some((_, owner)) => owner,
+            None => &self.config.owner_id,
+        }
+    }
+
+    /// This start's node incarnation, once [`join_node`](Self::join_node) registered it.
+    pub fn identity(&self) -> Option<&NodeIdentity> {
+        self.identity.get().map(|(n, _)| n)
+    }
+
+    /// Register a new incarnation of the configured node (once; later calls
+    /// answer the same). `None` without a `node_id`.
+    pub async fn join_node(&self) -> Result<Option<NodeIdentity>> {
+        let Some(node) = &self.config.node_id else {
+            return Ok(None);
+        };
+        if let Some(id) = self.identity() {
+            return Ok(Some(id.clone()));
+        }
+        let identity = self.registry.register_node(node).await?;
+        tracing::info!(node = %identity.node, incarnation = identity.incarnation, "node registered");
+        let owner = identity.owner_id();
+        let _ = self.identity.set((identity, owner));
+        Ok(self.identity().cloned())
+    }
+
+    /// One sweep: heartbeat this node's liveness row, then write
+    /// `abandoned {sweep}` for every running `owner_bound` process an earlier
+    /// incarnation of a node started, once that node registered a newer one
+    /// (this node after a restart, or a peer that restarted). Answers how many
+    /// it ended.
+    pub async fn sweep(&self) -> Result<usize> {
+        if let Some(identity) = self.identity() {
+            if !self.registry.heartbeat(identity).await? {
+                tracing::error!(
+                    node = %identity.node,
+                    incarnation = identity.incarnation,
+                    "a newer incarnation of this node id registered: another runtime uses the same node id, \
+                     and this one's owner_bound work is swept"
+                );
+            }
+        }
+        let mut swept = 0;
+        loop {
+            let items = self.registry.sweep_worklist(self.config.batch_size.max(1)).await?;
+            let n = items.len();
+            let mut ended = 0;
+            for item in items {
+                match self
+                    .registry
+                    .sweep(&item.process_id, &item.node, item.incarnation)
+                    .await
+                {
+                    Ok(Some(_)) => {
+                        ended += 1;
+                        tracing::info!(process_id = %item.process_id, node = %item.node, "swept: its owner's node restarted");
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(process_id = %item.process_id, error = %e, "sweep failed"),
+                }
+            }
+            swept += ended;
+            // A full page that ended nothing would come back unchanged.
+            if n < self.config.batch_size.max(1) || ended == 0 {
+                return Ok(swept);
+            }
+        }
     }
 
     /// The configuration this worker was built with.
@@ -152,7 +234,7 @@ impl Worker {
                 break;
             }
             let ttl = self.config.lease_ttl.as_millis() as u64;
-            let claims = self.registry.claim_batch(&self.config.owner_id, ttl, free).await?;
+            let claims = self.registry.claim_batch(self.owner_id(), ttl, free).await?;
             let n = claims.len();
             for claim in claims {
                 let permit = match self.slots.clone().try_acquire_owned() {
@@ -400,11 +482,11 @@ pub trait DueWork: Send + Sync + 'static {
     async fn run_due(&self);
 }
 
-/// Drives a [`Worker`]: a drive at start (recovery), on every nudge and hub
-/// work notice, when a run ends, at the earliest due time the worklist holds
-/// (a lease expiry, a suspension's deadline, a schedule's next fire:
-/// [`ProcessRegistry::next_due`]),
-/// and at the latest after the sweep interval.
+/// Drives a [`Worker`]: registers its node incarnation, then a sweep and a
+/// drive at start (recovery), a drive on every nudge and hub work notice, when
+/// a run ends, at the earliest due time the worklist holds (a lease expiry, a
+/// suspension's deadline, a schedule's next fire: [`ProcessRegistry::next_due`]),
+/// and a sweep and a drive at the latest after the sweep interval.
 pub struct WorkDriver {
     worker: Arc<Worker>,
     nudge: Arc<Notify>,
@@ -430,7 +512,25 @@ impl WorkDriver {
         });
         let task = tokio::spawn(async move {
             let interval = worker.config().sweep_interval;
+            // Register this start's incarnation before claiming anything, so
+            // every lease it takes names it; retried until the store answers.
+            let mut retry = Duration::from_millis(100);
+            while let Err(e) = worker.join_node().await {
+                tracing::warn!(error = %e, "could not register this node; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(retry) => {}
+                }
+                retry = (retry * 2).min(interval);
+            }
+            let mut next_sweep = tokio::time::Instant::now();
             loop {
+                if tokio::time::Instant::now() >= next_sweep {
+                    if let Err(e) = worker.sweep().await {
+                        tracing::warn!(error = %e, "sweep failed");
+                    }
+                    next_sweep = tokio::time::Instant::now() + interval;
+                }
                 let looked_at = worker.clock.now_ms();
                 if let Some(due) = &due {
                     if !worker.is_draining() {
@@ -442,15 +542,16 @@ impl WorkDriver {
                 }
                 // Sleep until the earliest due time, but no longer than the sweep
                 // interval: a due time another node writes arrives by its notice.
+                let until_sweep = next_sweep.saturating_duration_since(tokio::time::Instant::now());
                 let pause = match worker.registry.next_due(looked_at).await {
                     Ok(Some(due)) => {
                         let now = worker.clock.now_ms();
-                        interval.min(Duration::from_millis(due.saturating_sub(now)))
+                        until_sweep.min(Duration::from_millis(due.saturating_sub(now)))
                     }
-                    Ok(None) => interval,
+                    Ok(None) => until_sweep,
                     Err(e) => {
                         tracing::warn!(error = %e, "could not read the next due time");
-                        interval
+                        until_sweep
                     }
                 };
                 let hub_work = async {

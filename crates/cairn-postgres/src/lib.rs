@@ -53,9 +53,10 @@ use async_trait::async_trait;
 use cairn_core::clock::SharedClock;
 use cairn_core::events::{AppendRequest, AppendResult, EventPage};
 use cairn_core::model::{
-    page_limit, Change, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, Outcome,
-    ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope, StartGrant,
-    StatusFilter, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkAction, WorkItem,
+    page_limit, Change, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease,
+    NodeIdentity, NodeLiveness, Outcome, ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport,
+    SessionScope, StartGrant, StatusFilter, SweepItem, TransferReport, WaitRequest, WakeDelivery, Watermark,
+    WorkAction, WorkItem,
 };
 use cairn_core::registry::{prune_status, CancelAnswer, ProcessRegistry, Registered};
 use cairn_core::validate::{self, validate_id, validate_scope};
@@ -475,6 +476,42 @@ impl ProcessRegistry for PostgresRegistry {
 
     async fn reconcile_abandon(&self, id: &str) -> Result<Option<ProcessRecord>> {
         self.submit(Op::reconcile_abandon(id)).await?.into_maybe_record()
+    }
+
+    async fn register_node(&self, node: &str) -> Result<NodeIdentity> {
+        NodeIdentity::validate_node_id(node)?;
+        let now = self.clock.now_ms();
+        let incarnation = self
+            .shared
+            .run(|c| async move { read::register_node(&c, node, now).await })
+            .await?;
+        Ok(NodeIdentity {
+            node: node.to_string(),
+            incarnation,
+        })
+    }
+
+    async fn heartbeat(&self, identity: &NodeIdentity) -> Result<bool> {
+        NodeIdentity::validate_node_id(&identity.node)?;
+        let now = self.clock.now_ms();
+        self.shared
+            .run(|c| async move { read::heartbeat(&c, &identity.node, identity.incarnation, now).await })
+            .await
+    }
+
+    async fn node(&self, node: &str) -> Result<Option<NodeLiveness>> {
+        NodeIdentity::validate_node_id(node)?;
+        self.shared.run(|c| async move { read::node(&c, node).await }).await
+    }
+
+    async fn sweep_worklist(&self, limit: usize) -> Result<Vec<SweepItem>> {
+        self.shared
+            .run(|c| async move { read::sweep_worklist(&c, limit).await })
+            .await
+    }
+
+    async fn sweep(&self, id: &str, node: &str, incarnation: u64) -> Result<Option<ProcessRecord>> {
+        self.submit(Op::sweep(id, node, incarnation)).await?.into_maybe_record()
     }
 
     async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<ProcessRecord> {

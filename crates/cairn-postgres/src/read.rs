@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use cairn_core::events::ProcessEvent;
-use cairn_core::model::{GrantedProcess, ProcessFilter, ProcessRecord, SessionScope, WakeDelivery};
+use cairn_core::model::{
+    GrantedProcess, NodeLiveness, ProcessFilter, ProcessRecord, SessionScope, SweepItem, WakeDelivery,
+};
 use cairn_core::CairnError;
 use tokio_postgres::types::ToSql;
 
@@ -308,6 +310,68 @@ pub(crate) async fn changed_since(conn: &Conn, cursor: u64, limit: usize) -> R<V
         tokio::time::sleep(Duration::from_millis(2)).await;
         waited += Duration::from_millis(2);
     }
+}
+
+/// A new incarnation of `node` in its liveness row (1 for a new node). A
+/// re-run after a lost reply skips an incarnation, which nothing relies on.
+pub(crate) async fn register_node(conn: &Conn, node: &str, now: u64) -> R<u64> {
+    let stmt = conn
+        .stmt(
+            "INSERT INTO nodes (node_id, incarnation, started_at_ms, heartbeat_at_ms) \
+             VALUES ($1::text, 1, $2::int8, $2::int8) \
+             ON CONFLICT (node_id) DO UPDATE SET incarnation = nodes.incarnation + 1, \
+             started_at_ms = $2::int8, heartbeat_at_ms = $2::int8 RETURNING incarnation",
+        )
+        .await?;
+    let row = conn.client.query_one(&stmt, &[&node, &to_sql(now)]).await?;
+    Ok(from_sql(row.try_get(0)?))
+}
+
+/// Set the heartbeat of `node` if `incarnation` is its latest; whether it was.
+pub(crate) async fn heartbeat(conn: &Conn, node: &str, incarnation: u64, now: u64) -> R<bool> {
+    let stmt = conn
+        .stmt("UPDATE nodes SET heartbeat_at_ms = $3::int8 WHERE node_id = $1::text AND incarnation = $2::int8")
+        .await?;
+    Ok(conn
+        .client
+        .execute(&stmt, &[&node, &to_sql(incarnation), &to_sql(now)])
+        .await?
+        == 1)
+}
+
+/// The liveness row of `node`.
+pub(crate) async fn node(conn: &Conn, node: &str) -> R<Option<NodeLiveness>> {
+    let stmt = conn
+        .stmt("SELECT incarnation, started_at_ms, heartbeat_at_ms FROM nodes WHERE node_id = $1::text")
+        .await?;
+    match conn.client.query_opt(&stmt, &[&node]).await? {
+        Some(row) => Ok(Some(NodeLiveness {
+            node: node.to_string(),
+            incarnation: from_sql(row.try_get(0)?),
+            started_at_ms: from_sql(row.try_get(1)?),
+            heartbeat_at_ms: from_sql(row.try_get(2)?),
+        })),
+        None => Ok(None),
+    }
+}
+
+/// Rows an earlier incarnation of a node started, once the node registered a
+/// newer one: per node, a range of the partial sweep index.
+pub(crate) const SWEEP_WORKLIST_SQL: &str = "SELECT p.id, n.node_id, n.incarnation FROM nodes n \
+    JOIN processes p ON p.sweep_node = n.node_id AND p.sweep_incarnation < n.incarnation LIMIT $1::int8";
+
+pub(crate) async fn sweep_worklist(conn: &Conn, limit: usize) -> R<Vec<SweepItem>> {
+    let stmt = conn.stmt(SWEEP_WORKLIST_SQL).await?;
+    let rows = conn.client.query(&stmt, &[&to_sql_usize(limit)]).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(SweepItem {
+                process_id: r.try_get(0)?,
+                node: r.try_get(1)?,
+                incarnation: from_sql(r.try_get(2)?),
+            })
+        })
+        .collect()
 }
 
 pub(crate) async fn fencing_token(conn: &Conn, id: &str) -> R<u64> {

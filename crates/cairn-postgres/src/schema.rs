@@ -14,7 +14,7 @@ const APPLICATION_NAME: &str = "cairn";
 /// Migration `i` takes a schema from version `i` to `i + 1`. Never edit a
 /// released entry: append a new one. Each runs inside the migrating transaction
 /// with `search_path` set to cairn's schema.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V_SWEEP];
 
 // Ids are `COLLATE "C"`: listings page in byte order whatever the database's
 // default collation, as every other backend does.
@@ -170,6 +170,23 @@ CREATE TABLE schedules (
     last_process_id text
 );
 CREATE INDEX schedules_due ON schedules (next_fire_ms, id) WHERE NOT paused;
+"#;
+
+// Node identities and the sweep (SPEC §2, ADR 0017): one liveness row per node
+// id (its latest incarnation and heartbeat), and the node incarnation that
+// started each running owner-bound row (derived by `fold::sweep_owner`),
+// indexed for the sweep worklist. Rows written before this version name no
+// node incarnation, so none is derived.
+const V_SWEEP: &str = r#"
+CREATE TABLE nodes (
+    node_id         text COLLATE "C" PRIMARY KEY,
+    incarnation     bigint NOT NULL,
+    started_at_ms   bigint NOT NULL,
+    heartbeat_at_ms bigint NOT NULL
+);
+ALTER TABLE processes ADD COLUMN sweep_node text COLLATE "C";
+ALTER TABLE processes ADD COLUMN sweep_incarnation bigint;
+CREATE INDEX processes_sweep ON processes (sweep_node, sweep_incarnation) WHERE sweep_node IS NOT NULL;
 "#;
 
 /// Check a schema name: a plain lower-case SQL identifier, so it never needs

@@ -7,6 +7,11 @@
 //!   mid-run: its rerunnable work completes on the others, its started
 //!   owner-bound work stays `running` until an abandon request is reconciled,
 //!   and every log is gap-free with exactly one terminal event.
+//! - `a_restarted_node_sweeps_its_dead_incarnations_work_once`: two nodes with
+//!   node ids; node A is killed with SIGKILL while it runs owner-bound work.
+//!   Node B sweeps on, and never takes A's work while A is down; when A
+//!   restarts (a newer incarnation), A's old work ends `abandoned {sweep}`,
+//!   exactly once, and B's own work is untouched.
 //! - `an_awaiter_sees_another_process_complete_without_polling`: an awaiter
 //!   whose fallback backoff is an hour resolves within seconds when another OS
 //!   process completes the work: the notification path, not polling.
@@ -37,6 +42,7 @@ const ENV_SCHEMA: &str = "CAIRN_NODE_SCHEMA";
 const ENV_OWNER: &str = "CAIRN_NODE_OWNER";
 const ENV_GATE: &str = "CAIRN_NODE_GATE";
 const ENV_MODE: &str = "CAIRN_NODE_MODE";
+const ENV_NODE_ID: &str = "CAIRN_NODE_ID";
 
 // ------------------------------------------------------------------ tools
 
@@ -148,6 +154,7 @@ fn node_child() {
                 concurrency: 16,
                 batch_size: 16,
                 sweep_interval: Duration::from_millis(250),
+                node_id: std::env::var(ENV_NODE_ID).ok(),
                 ..WorkerConfig::default()
             })
             .start();
@@ -170,7 +177,17 @@ impl Drop for Node {
 
 /// Start this test binary as a node and wait for its first line.
 fn spawn_node(schema: &str, name: &str, gate: &Path, mode: &str, ready: &str) -> Node {
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+    spawn_node_with(schema, name, gate, mode, ready, None)
+}
+
+/// [`spawn_node`], as node `node_id` when one is given.
+fn spawn_node_with(schema: &str, name: &str, gate: &Path, mode: &str, ready: &str, node_id: Option<&str>) -> Node {
+    let mut command = Command::new(std::env::current_exe().expect("test binary"));
+    command.env_remove(ENV_NODE_ID);
+    if let Some(n) = node_id {
+        command.env(ENV_NODE_ID, n);
+    }
+    let mut child = command
         .args(["--exact", "node_child", "--ignored", "--nocapture", "--test-threads=1"])
         .env(ENV_SCHEMA, schema)
         .env(ENV_OWNER, name)
@@ -442,6 +459,140 @@ fn three_nodes_run_every_process_once_and_survive_a_sigkill() {
         }
         check_logs(&reg, &gated).await;
         drop(nodes);
+    });
+}
+
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[test]
+fn a_restarted_node_sweeps_its_dead_incarnations_work_once() {
+    if !testing::enabled() {
+        return;
+    }
+    cairn_testkit::run(async {
+        let schema = TestSchema::new("cairn_sw");
+        let reg = Arc::new(schema.connect(Arc::new(SystemClock)).await.expect("connect"));
+        schema
+            .execute(&format!(
+                "CREATE TABLE \"{}\".hits (id bigserial PRIMARY KEY, process_id text NOT NULL, node text NOT NULL)",
+                schema.name
+            ))
+            .await
+            .expect("hits table");
+        let (db, conn) = tokio_postgres::connect(&schema.url, tokio_postgres::NoTls)
+            .await
+            .expect("db");
+        tokio::spawn(conn);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let gate = dir.path().join("gate");
+        let hub = ChangeHub::new();
+        reg.listen(hub.clone());
+        let awaiter = Awaiter::new(reg.clone(), Some(hub));
+        let spawn = |name: &str| spawn_node_with(&schema.name, name, &gate, "worker", "CAIRN-NODE READY", Some(name));
+        let mut a = spawn("node-a");
+        let b = spawn("node-b");
+
+        // 24 gated owner-bound processes: 16 slots per node, so both start some.
+        let ids: Vec<String> = (0..24).map(|i| format!("ob-{i:02}")).collect();
+        register_all(
+            &reg,
+            ids.iter()
+                .map(|id| task(id, "gated", Disposition::OwnerBound))
+                .collect(),
+        )
+        .await;
+        let started_by = |records: &[ProcessRecord], owner: &str| -> Vec<String> {
+            records
+                .iter()
+                .filter(|r| r.started.as_ref().is_some_and(|s| s.owner_id == owner))
+                .map(|r| r.id.clone())
+                .collect()
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let (a_work, b_work) = loop {
+            let records = list_all(&reg, "ob-").await;
+            let (a_work, b_work) = (started_by(&records, "node-a#1"), started_by(&records, "node-b#1"));
+            if a_work.len() + b_work.len() == ids.len() && !a_work.is_empty() && !b_work.is_empty() {
+                break (a_work, b_work);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the nodes never started all the work"
+            );
+            // A bounded re-check of a condition on other processes' progress.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(a.child.id() as i32, libc::SIGKILL) }, 0);
+        let _ = a.child.wait();
+
+        // B sweeps on (its heartbeat, written by each sweep, moves on) and never
+        // takes A's work: A has not registered a newer incarnation.
+        let beat = |n: Option<cairn_core::NodeLiveness>| n.expect("node-b registered").heartbeat_at_ms;
+        let first = beat(reg.node("node-b").await.expect("node-b"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut sweeps = 0;
+        let mut last = first;
+        while sweeps < 4 {
+            let now = beat(reg.node("node-b").await.expect("node-b"));
+            if now > last {
+                sweeps += 1;
+                last = now;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "node-b stopped sweeping");
+            // A bounded re-check of another process's progress.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for id in &a_work {
+            let r = reg.get(id).await.expect("get");
+            assert_eq!(
+                r.status,
+                ProcessStatus::Running,
+                "{id}: nobody sweeps A's work while A is down"
+            );
+        }
+        let a_row = reg.node("node-a").await.expect("node-a").expect("registered");
+        assert_eq!(a_row.incarnation, 1);
+
+        // A restarts: incarnation 2, and its dead incarnation's work is swept.
+        let a2 = spawn("node-a");
+        for id in &a_work {
+            let r = awaiter
+                .await_terminal_for(id, Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|e| panic!("{id} was not swept: {e}"));
+            assert_eq!(r.status, ProcessStatus::Abandoned, "{id}");
+            match &r.outcome {
+                Some(Outcome::Abandoned { evidence }) => {
+                    assert_eq!(evidence.writer, cairn_core::AbandonWriter::Sweep, "{id}");
+                    let owner = evidence.owner.as_ref().expect("owner");
+                    assert_eq!(owner.owner_id, "node-a#1");
+                    assert_eq!((owner.node.as_deref(), owner.incarnation), (Some("node-a"), Some(1)));
+                }
+                other => panic!("{id}: expected abandoned, got {other:?}"),
+            }
+        }
+        let a_row = reg.node("node-a").await.expect("node-a").expect("registered");
+        assert_eq!(a_row.incarnation, 2);
+        // B's own work is untouched; it finishes once the gate opens.
+        for id in &b_work {
+            assert_eq!(reg.get(id).await.expect("get").status, ProcessStatus::Running, "{id}");
+        }
+        std::fs::write(&gate, b"open").expect("open the gate");
+        for r in await_all(&awaiter, &b_work).await {
+            assert_eq!(r.status, ProcessStatus::Completed, "{}", r.id);
+        }
+        // Exactly once: one terminal per log, each process ran once.
+        check_logs(&reg, &ids).await;
+        let runs = hits(&db, &schema.name).await;
+        for id in &ids {
+            assert_eq!(runs.get(id).map(Vec::len), Some(1), "{id} ran once");
+        }
+        assert!(reg.sweep_worklist(100).await.expect("sweep worklist").is_empty());
+        drop((a2, b));
     });
 }
 

@@ -26,6 +26,7 @@
 
 #![warn(missing_docs)]
 
+mod nodes;
 mod others;
 mod schedules;
 mod schema;
@@ -41,9 +42,10 @@ use async_trait::async_trait;
 use cairn_core::clock::SharedClock;
 use cairn_core::events::{AppendRequest, AppendResult, EventPage};
 use cairn_core::model::{
-    page_limit, Change, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, Outcome,
-    ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope, StartGrant,
-    StatusFilter, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkAction, WorkItem,
+    page_limit, Change, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease,
+    NodeIdentity, NodeLiveness, Outcome, ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport,
+    SessionScope, StartGrant, StatusFilter, SweepItem, TransferReport, WaitRequest, WakeDelivery, Watermark,
+    WorkAction, WorkItem,
 };
 use cairn_core::ops::{self, admin, at_once, Answer, Op};
 use cairn_core::registry::{prune_status, CancelAnswer, ProcessRegistry, Registered};
@@ -420,6 +422,37 @@ impl ProcessRegistry for SqliteRegistry {
 
     async fn reconcile_abandon(&self, id: &str) -> Result<Option<ProcessRecord>> {
         self.submit(Op::reconcile_abandon(id)).await?.into_maybe_record()
+    }
+
+    async fn register_node(&self, node: &str) -> Result<NodeIdentity> {
+        NodeIdentity::validate_node_id(node)?;
+        let node = node.to_string();
+        self.write(move |conn, now| {
+            let incarnation = nodes::register_node(conn, &node, now)?;
+            Ok(NodeIdentity { node, incarnation })
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, identity: &NodeIdentity) -> Result<bool> {
+        NodeIdentity::validate_node_id(&identity.node)?;
+        let identity = identity.clone();
+        self.write(move |conn, now| nodes::heartbeat(conn, &identity.node, identity.incarnation, now))
+            .await
+    }
+
+    async fn node(&self, node: &str) -> Result<Option<NodeLiveness>> {
+        NodeIdentity::validate_node_id(node)?;
+        let node = node.to_string();
+        self.read(move |tx, _| nodes::node(tx, &node)).await
+    }
+
+    async fn sweep_worklist(&self, limit: usize) -> Result<Vec<SweepItem>> {
+        self.read(move |tx, _| nodes::sweep_worklist(tx, limit)).await
+    }
+
+    async fn sweep(&self, id: &str, node: &str, incarnation: u64) -> Result<Option<ProcessRecord>> {
+        self.submit(Op::sweep(id, node, incarnation)).await?.into_maybe_record()
     }
 
     async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<ProcessRecord> {

@@ -25,7 +25,7 @@ const APPLICATION_NAME: &str = "cairn";
 /// tell another application's database from an empty one; cairn must refuse a
 /// foreign, corrupt or newer file before writing anything (`application_id` and
 /// `cairn_meta`), and runs the steps in the same immediate transaction as that check.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V_SWEEP];
 
 const V1: &str = r#"
 CREATE TABLE cairn_meta (
@@ -159,6 +159,22 @@ CREATE TABLE schedules (
     last_process_id TEXT
 );
 CREATE INDEX schedules_due ON schedules (next_fire_ms, id) WHERE paused = 0;
+"#;
+
+/// Node identities and the sweep (SPEC §2, ADR 0017): one liveness row per
+/// node id, and the node incarnation that started each running owner-bound
+/// row (derived by `fold::sweep_owner`), indexed for the sweep worklist. Rows
+/// written before this version name no node incarnation, so none is derived.
+const V_SWEEP: &str = r#"
+CREATE TABLE nodes (
+    node_id         TEXT PRIMARY KEY NOT NULL,
+    incarnation     INTEGER NOT NULL,
+    started_at_ms   INTEGER NOT NULL,
+    heartbeat_at_ms INTEGER NOT NULL
+);
+ALTER TABLE processes ADD COLUMN sweep_node TEXT;
+ALTER TABLE processes ADD COLUMN sweep_incarnation INTEGER;
+CREATE INDEX processes_sweep ON processes (sweep_node, sweep_incarnation) WHERE sweep_node IS NOT NULL;
 "#;
 
 /// What a file holds before cairn touches it.

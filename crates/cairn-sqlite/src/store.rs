@@ -161,8 +161,8 @@ pub(crate) fn insert_process(conn: &Connection, record: &ProcessRecord) -> R<()>
     conn.prepare_cached(
         "INSERT INTO processes (id, record, status, disposition, definition, originator, originator_scope, waiting,
              created_at_ms, terminal_at_ms, last_sequence, change_cursor, run_candidate, abandon_candidate,
-             wake_at_ms, caused_by, fencing_counter)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0)",
+             wake_at_ms, caused_by, sweep_node, sweep_incarnation, fencing_counter)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, 0)",
     )?
     .execute(params![
         record.id,
@@ -181,6 +181,8 @@ pub(crate) fn insert_process(conn: &Connection, record: &ProcessRecord) -> R<()>
         d.abandon_candidate,
         d.wake_at,
         d.caused_by,
+        d.sweep_node,
+        d.sweep_incarnation,
     ])?;
     Ok(())
 }
@@ -193,6 +195,7 @@ pub(crate) fn update_process(conn: &Connection, record: &ProcessRecord, release_
     conn.prepare_cached(
         "UPDATE processes SET record = ?2, status = ?3, waiting = ?4, terminal_at_ms = ?5, last_sequence = ?6,
              change_cursor = ?7, run_candidate = ?8, abandon_candidate = ?9, wake_at_ms = ?11,
+             sweep_node = ?12, sweep_incarnation = ?13,
              lease_owner = CASE WHEN ?10 THEN NULL ELSE lease_owner END,
              lease_token = CASE WHEN ?10 THEN NULL ELSE lease_token END,
              lease_fencing = CASE WHEN ?10 THEN NULL ELSE lease_fencing END,
@@ -212,6 +215,8 @@ pub(crate) fn update_process(conn: &Connection, record: &ProcessRecord, release_
         d.abandon_candidate,
         release_lease,
         d.wake_at,
+        d.sweep_node,
+        d.sweep_incarnation,
     ])?;
     Ok(())
 }

@@ -290,6 +290,10 @@ macro_rules! conformance_suite {
                 reconcile_abandon_waits_for_lease,
                 live_owner_may_finish_despite_abandon_request,
                 complete_external_only_for_externally_owned,
+                // node identities and the sweep
+                register_node_counts_incarnations,
+                sweep_abandons_an_earlier_incarnations_work,
+                sweep_never_takes_a_live_incarnations_work,
                 // retention and change feed
                 prune_leaves_tombstones,
                 prune_never_touches_running,
@@ -368,6 +372,7 @@ macro_rules! execution_suite {
                 owner_bound_started_is_never_rerun,
                 externally_owned_is_never_claimed,
                 revenant_worker_cannot_write,
+                restarted_node_sweeps_its_earlier_incarnation,
                 worker_losing_lease_stops_run,
                 two_workers_run_each_process_once,
                 drain_abandons_owner_bound_and_hands_over_rerunnable,

@@ -15,9 +15,9 @@ use cairn_core::async_trait;
 use cairn_core::events::{AppendRequest, AppendResult, EventPage};
 use cairn_core::registry::{CancelAnswer, Registered};
 use cairn_core::{
-    ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, Outcome, ProcessFilter,
-    ProcessRecord, ProcessRegistry, PruneReport, Registration, Result, SessionDeleteReport, SessionScope, StartGrant,
-    StatusFilter, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
+    ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, NodeIdentity, NodeLiveness,
+    Outcome, ProcessFilter, ProcessRecord, ProcessRegistry, PruneReport, Registration, Result, SessionDeleteReport,
+    SessionScope, StartGrant, StatusFilter, SweepItem, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
 };
 use tokio::sync::watch;
 
@@ -125,6 +125,21 @@ impl ProcessRegistry for ReadProbe {
     }
     async fn reconcile_abandon(&self, id: &str) -> Result<Option<ProcessRecord>> {
         self.inner.reconcile_abandon(id).await
+    }
+    async fn register_node(&self, node: &str) -> Result<NodeIdentity> {
+        self.inner.register_node(node).await
+    }
+    async fn heartbeat(&self, identity: &NodeIdentity) -> Result<bool> {
+        self.inner.heartbeat(identity).await
+    }
+    async fn node(&self, node: &str) -> Result<Option<NodeLiveness>> {
+        self.inner.node(node).await
+    }
+    async fn sweep_worklist(&self, limit: usize) -> Result<Vec<SweepItem>> {
+        self.inner.sweep_worklist(limit).await
+    }
+    async fn sweep(&self, id: &str, node: &str, incarnation: u64) -> Result<Option<ProcessRecord>> {
+        self.inner.sweep(id, node, incarnation).await
     }
     async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<ProcessRecord> {
         self.inner.complete_external(id, outcome, authority).await

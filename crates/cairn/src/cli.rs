@@ -420,6 +420,11 @@ pub struct ServeArgs {
     /// Lease time-to-live (e.g. 30s, 1.5s, or bare milliseconds).
     #[arg(long, env = "CAIRN_LEASE_TTL", default_value = "30s", value_parser = parse_duration)]
     pub lease_ttl: Duration,
+    /// This server's node id: stable across restarts and unique among the servers of one
+    /// database (1-64 of `A-Z a-z 0-9 . _ -`; default: the host name). Each start registers a
+    /// new incarnation of it, and sweeps the `owner_bound` work earlier ones left running.
+    #[arg(long, env = "CAIRN_NODE_ID")]
+    pub node_id: Option<String>,
     /// A session token, `SESSION=TOKEN` (repeatable): it sees only processes granted to SESSION.
     #[arg(long = "session-token", value_name = "SESSION=TOKEN", value_parser = parse_session_token)]
     pub session_tokens: Vec<(String, String)>,

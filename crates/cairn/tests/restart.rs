@@ -29,11 +29,13 @@ fn now_ms() -> u64 {
     u64::try_from(since.as_millis()).expect("milliseconds fit in u64")
 }
 
+/// The restart comes up as another node (`--node-id`), so the dead server's
+/// owner_bound work is not its to sweep: the reconciled-request path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_restart_recovers_per_disposition() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = format!("sqlite:{}", dir.path().join("cairn.db").display());
-    let server = Server::start_on(&db, &["--lease-ttl", "1s"]).await;
+    let server = Server::start_on(&db, &["--lease-ttl", "1s", "--node-id", "first"]).await;
     let c = server.client();
     for (id, disposition) in [("re", "rerunnable"), ("ob", "owner_bound")] {
         let (s, rec) = c
@@ -51,7 +53,7 @@ async fn sigkill_restart_recovers_per_disposition() {
     assert_eq!(unsafe { libc::kill(server.pid() as i32, libc::SIGKILL) }, 0);
     drop(server);
 
-    let server = Server::start_on(&db, &["--lease-ttl", "1s"]).await;
+    let server = Server::start_on(&db, &["--lease-ttl", "1s", "--node-id", "second"]).await;
     let c = server.client();
     // The rerunnable process had suspended: it held no lease to lapse, and the
     // restarted server leaves it suspended (no re-run) until its signal ...
@@ -73,7 +75,8 @@ async fn sigkill_restart_recovers_per_disposition() {
     assert_eq!(done["outcome"]["value"], json!({"ok": true}));
     assert_eq!(done["started"]["attempt"], 2, "the signal's claim resumed it: {done}");
 
-    // ... while the started owner_bound process stays running: nobody re-runs it.
+    // ... while the started owner_bound process stays running: nobody re-runs
+    // it, and its node (`first`) never came back to sweep it.
     // First the dead server's lease on it lapses ...
     until(&c, "ob", "lease lapse", |r| {
         r["lease"].is_null() || r["lease"]["expires_at_ms"].as_u64().is_some_and(|t| t < now_ms())
@@ -186,4 +189,167 @@ async fn suspended_processes_survive_sigkill_and_resume_once() {
     let resumed = resumptions(&c, "sig").await;
     assert_eq!(resumed.len(), 1, "{resumed:?}");
     assert_eq!(resumed[0]["payload"]["reason"], "signal");
+}
+
+/// Whether any process of group `pgid` is alive.
+fn group_alive(pgid: i32) -> bool {
+    // SAFETY: signal 0 only checks the group this test's server spawned.
+    unsafe { libc::kill(-pgid, 0) == 0 }
+}
+
+/// Read the pid a shell command wrote (its process group: the shell tool
+/// gives each run its own group, led by the shell).
+async fn shell_pgid(path: &std::path::Path) -> i32 {
+    for _ in 0..2_000 {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Ok(pid) = text.trim().parse() {
+                return pid;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the shell never wrote {}", path.display());
+}
+
+/// Kills what a test's shell run left behind, whatever the test's outcome.
+struct Orphans(i32);
+
+impl Drop for Orphans {
+    fn drop(&mut self) {
+        // SAFETY: signalling the process group of a shell this test started.
+        unsafe { libc::kill(-self.0, libc::SIGKILL) };
+    }
+}
+
+/// The owner_bound shell run a test crashes: it records each run in `runs`,
+/// its pid (= process group) in `pid`, then idles until killed.
+fn idle_shell(dir: &std::path::Path) -> Value {
+    let command = format!(
+        "echo $$ > {pid}; echo run >> {runs}; while [ ! -f {go} ]; do sleep 0.05; done; echo after-go; sleep 30",
+        pid = dir.join("pid").display(),
+        runs = dir.join("runs").display(),
+        go = dir.join("go").display(),
+    );
+    json!({"command": command})
+}
+
+/// SIGKILL `cairn serve` (SQLite) during an owner_bound shell run and restart
+/// it as the same node: the restart sweeps the run (`abandoned`, writer
+/// `sweep`, the dead incarnation in the evidence), an awaiter on another
+/// server of the same file gets that answer, and the shell is not run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_restart_sweeps_owner_bound_shell_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("cairn.db").display());
+    let server = Server::start_on(&db, &["--node-id", "box-1"]).await;
+    let c = server.client();
+    let (s, rec) = c
+        .start(tool_start("ob", "shell", idle_shell(dir.path()), "owner_bound"))
+        .await;
+    assert_eq!(s, 201, "{rec}");
+    let orphans = Orphans(shell_pgid(&dir.path().join("pid")).await);
+    let started = until(&c, "ob", "started", |r| !r["started"].is_null()).await;
+    assert_eq!(started["started"]["owner_id"], "box-1#1", "{started}");
+
+    // An awaiter on another node of the same file, waiting across the crash.
+    let watcher = Server::start_on(&db, &["--node-id", "watcher"]).await;
+    let wc = watcher.client();
+    let awaiter = tokio::spawn(async move { wc.get("/v1/processes/ob/await?timeout_ms=30000").await });
+
+    // SAFETY: signalling a child process this test spawned.
+    assert_eq!(unsafe { libc::kill(server.pid() as i32, libc::SIGKILL) }, 0);
+    drop(server);
+    assert!(group_alive(orphans.0), "the crash left the shell's group running");
+
+    // The default sweep interval is 30 s: the sweep at start answers well within it.
+    let server = Server::start_on(&db, &["--node-id", "box-1"]).await;
+    let c = server.client();
+    let (s, ended) = c.get("/v1/processes/ob/await?timeout_ms=30000").await;
+    assert_eq!(s, 200);
+    assert_eq!(ended["status"], "abandoned", "{ended}");
+    let evidence = &ended["outcome"]["evidence"];
+    assert_eq!(evidence["writer"], "sweep", "{ended}");
+    assert_eq!(evidence["owner"]["owner_id"], "box-1#1", "{ended}");
+    assert_eq!(evidence["owner"]["node"], "box-1", "{ended}");
+    assert_eq!(evidence["owner"]["incarnation"], 1, "{ended}");
+    assert_eq!(ended["started"]["attempt"], 1, "never claimed again: {ended}");
+
+    let (s, answered) = awaiter.await.expect("awaiter task");
+    assert_eq!(s, 200);
+    assert_eq!(
+        answered["status"], "abandoned",
+        "the awaiter got the answer: {answered}"
+    );
+
+    // A drive of the restarted server (it runs this start) did not re-run the shell.
+    let (s, rec) = c
+        .start(tool_start("after", "echo", json!({"value": 1}), "owner_bound"))
+        .await;
+    assert_eq!(s, 201, "{rec}");
+    let (_, after) = c.get("/v1/processes/after/await?timeout_ms=20000").await;
+    assert_eq!(after["status"], "completed", "{after}");
+    assert_eq!(after["started"]["owner_id"], "box-1#2", "{after}");
+    let runs = std::fs::read_to_string(dir.path().join("runs")).expect("runs file");
+    assert_eq!(runs.lines().count(), 1, "the shell ran once: {runs:?}");
+    let (s, events) = c.get("/v1/processes/ob/events?limit=1000").await;
+    assert_eq!(s, 200);
+    let types: Vec<&str> = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["event_type"].as_str())
+        .collect();
+    assert_eq!(
+        types.iter().filter(|t| **t == "process.started").count(),
+        1,
+        "{types:?}"
+    );
+    assert_eq!(types.last(), Some(&"process.abandoned"), "{types:?}");
+    drop(orphans);
+}
+
+/// A revenant: `cairn serve` frozen (SIGSTOP) mid-run while a restart of the
+/// same node sweeps its work. Thawed, the old incarnation writes nothing more
+/// (its lease went with the sweep) and stops its shell's process group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revenant_incarnation_is_fenced_after_the_sweep() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("cairn.db").display());
+    let old = Server::start_on(&db, &["--node-id", "box-1"]).await;
+    let c = old.client();
+    let (s, rec) = c
+        .start(tool_start("ob", "shell", idle_shell(dir.path()), "owner_bound"))
+        .await;
+    assert_eq!(s, 201, "{rec}");
+    let orphans = Orphans(shell_pgid(&dir.path().join("pid")).await);
+    until(&c, "ob", "started", |r| !r["started"].is_null()).await;
+
+    // SAFETY: signalling a child process this test spawned.
+    assert_eq!(unsafe { libc::kill(old.pid() as i32, libc::SIGSTOP) }, 0);
+    let new = Server::start_on(&db, &["--node-id", "box-1"]).await;
+    let nc = new.client();
+    let (_, ended) = nc.get("/v1/processes/ob/await?timeout_ms=30000").await;
+    assert_eq!(ended["status"], "abandoned", "{ended}");
+    assert_eq!(ended["outcome"]["evidence"]["writer"], "sweep", "{ended}");
+    let last = ended["last_sequence"].clone();
+
+    // Thaw the old incarnation and let its shell try to write.
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(old.pid() as i32, libc::SIGCONT) }, 0);
+    std::fs::write(dir.path().join("go"), "").expect("go file");
+    for _ in 0..2_000 {
+        if !group_alive(orphans.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!group_alive(orphans.0), "the fenced run stopped its shell's group");
+    let (_, rec) = nc.get("/v1/processes/ob").await;
+    assert_eq!(rec["status"], "abandoned", "{rec}");
+    assert_eq!(
+        rec["last_sequence"], last,
+        "the old incarnation wrote nothing after the sweep: {rec}"
+    );
+    assert_eq!(rec["outcome"], ended["outcome"]);
+    drop(old);
 }

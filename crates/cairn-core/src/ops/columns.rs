@@ -65,11 +65,16 @@ pub struct IndexColumns {
     /// [`fold::resumable_at`] when it is a time: a suspension's deadline. The
     /// claimable time of a row is its lease expiry, else this, else 0.
     pub wake_at: Option<i64>,
+    /// [`fold::sweep_owner`]'s node: the sweep worklist index holds the row.
+    pub sweep_node: Option<String>,
+    /// [`fold::sweep_owner`]'s incarnation.
+    pub sweep_incarnation: Option<i64>,
 }
 
 impl IndexColumns {
     /// The columns of `record`.
     pub fn of(record: &ProcessRecord) -> serde_json::Result<Self> {
+        let sweep = fold::sweep_owner(record);
         Ok(Self {
             status: record.status.label(),
             disposition: record.disposition.label(),
@@ -92,6 +97,8 @@ impl IndexColumns {
             run_candidate: fold::is_run_candidate(record),
             abandon_candidate: fold::is_abandon_candidate(record),
             wake_at: fold::resumable_at(record).filter(|t| *t > 0).map(to_i64),
+            sweep_node: sweep.as_ref().map(|o| o.node.clone()),
+            sweep_incarnation: sweep.map(|o| to_i64(o.incarnation)),
         })
     }
 }

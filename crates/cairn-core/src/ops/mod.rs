@@ -155,6 +155,8 @@ pub enum Op {
     },
     /// See [`crate::ProcessRegistry::reconcile_abandon`].
     ReconcileAbandon { id: String },
+    /// See [`crate::ProcessRegistry::sweep`].
+    Sweep { id: String, node: String, incarnation: u64 },
     /// See [`crate::ProcessRegistry::complete_external`]; the terminal append is built and checked.
     CompleteExternal { id: String, request: AppendRequest },
     /// See [`crate::ProcessRegistry::wait`].
@@ -289,6 +291,17 @@ impl Op {
         Ok(Self::ReconcileAbandon { id: id.to_string() })
     }
 
+    /// A sweep of `id`, on the evidence that `node` has registered `incarnation`.
+    pub fn sweep(id: &str, node: &str, incarnation: u64) -> Result<Self> {
+        validate_id("process id", id)?;
+        crate::model::NodeIdentity::validate_node_id(node)?;
+        Ok(Self::Sweep {
+            id: id.to_string(),
+            node: node.to_string(),
+            incarnation,
+        })
+    }
+
     /// An external completion on behalf of `authority`.
     pub fn complete_external(id: &str, outcome: &Outcome, authority: &str) -> Result<Self> {
         validate_id("process id", id)?;
@@ -361,6 +374,7 @@ impl Op {
             | Op::Claim { id, .. }
             | Op::RequestAbandon { id, .. }
             | Op::ReconcileAbandon { id }
+            | Op::Sweep { id, .. }
             | Op::CompleteExternal { id, .. } => Some(id),
             Op::Grant { grant } => Some(&grant.process_id),
             Op::RecordStarted { lease }
@@ -508,6 +522,7 @@ pub fn run<T: WriteTx + ?Sized>(tx: &mut T, op: &Op) -> Result<Answer> {
             reason,
         } => Answer::Record(request_abandon(tx, id, requested_by, reason)?),
         Op::ReconcileAbandon { id } => Answer::MaybeRecord(reconcile_abandon(tx, id)?),
+        Op::Sweep { id, node, incarnation } => Answer::MaybeRecord(sweep(tx, id, node, *incarnation)?),
         Op::CompleteExternal { id, request } => {
             if existing(tx, id)?.record.disposition != Disposition::ExternallyOwned {
                 return Err(CairnError::NotExternallyOwned(id.clone()));
@@ -885,5 +900,18 @@ fn reconcile_abandon<T: WriteTx + ?Sized>(tx: &mut T, id: &str) -> Result<Option
         return Ok(None);
     }
     let outcome = fold::reconciled_abandon_outcome(&row.record, now);
+    Ok(Some(append_record(tx, id, &fold::terminal_request(&outcome))?))
+}
+
+/// The sweep: `abandoned {sweep}` for a process an earlier incarnation of
+/// `node` started, now that `node` registered `incarnation` (see
+/// [`fold::sweep_outcome`]). `None`, writing nothing, when it is not such a
+/// process (any more).
+fn sweep<T: WriteTx + ?Sized>(tx: &mut T, id: &str, node: &str, incarnation: u64) -> Result<Option<ProcessRecord>> {
+    let now = tx.now();
+    let row = existing(tx, id)?;
+    let Some(outcome) = fold::sweep_outcome(&row.record, row.lease.as_ref(), node, incarnation, now) else {
+        return Ok(None);
+    };
     Ok(Some(append_record(tx, id, &fold::terminal_request(&outcome))?))
 }

@@ -41,6 +41,8 @@ pub(super) struct ProcessColumns {
     pub(super) types_key: Vec<String>,
     pub(super) wake_at: Vec<Option<i64>>,
     pub(super) caused_by: Vec<Option<String>>,
+    pub(super) sweep_node: Vec<Option<String>>,
+    pub(super) sweep_incarnation: Vec<Option<i64>>,
 }
 
 impl ProcessColumns {
@@ -74,6 +76,8 @@ impl ProcessColumns {
         self.types_key.push(types_key);
         self.wake_at.push(d.wake_at);
         self.caused_by.push(d.caused_by);
+        self.sweep_node.push(d.sweep_node);
+        self.sweep_incarnation.push(d.sweep_incarnation);
         Ok(())
     }
 
@@ -102,6 +106,8 @@ impl ProcessColumns {
             &self.types_key,
             &self.wake_at,
             &self.caused_by,
+            &self.sweep_node,
+            &self.sweep_incarnation,
         ]
     }
 
@@ -124,6 +130,8 @@ impl ProcessColumns {
             &self.lease_expires,
             &self.types_key,
             &self.wake_at,
+            &self.sweep_node,
+            &self.sweep_incarnation,
         ]
     }
 }

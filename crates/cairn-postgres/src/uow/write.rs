@@ -19,17 +19,19 @@ use super::{BatchError, Target};
 const INSERT_PROCESSES: &str = "INSERT INTO processes (id, record, status, disposition, definition, originator, \
     originator_scope, waiting, created_at_ms, terminal_at_ms, last_sequence, change_cursor, run_candidate, \
     abandon_candidate, fencing_counter, lease_owner, lease_token, lease_fencing, lease_claimed_at_ms, \
-    lease_expires_at_ms, types_key, wake_at_ms, caused_by) \
+    lease_expires_at_ms, types_key, wake_at_ms, caused_by, sweep_node, sweep_incarnation) \
     SELECT u.id, u.record, u.status, u.disposition, u.definition, u.originator, u.originator_scope, u.waiting, \
     u.created_at_ms, u.terminal_at_ms, u.last_sequence, (pg_current_xact_id()::text::int8 << 20) | u.ord, \
     u.run_candidate, u.abandon_candidate, u.fencing_counter, u.lease_owner, u.lease_token, u.lease_fencing, \
-    u.lease_claimed_at_ms, u.lease_expires_at_ms, u.types_key, u.wake_at_ms, u.caused_by \
+    u.lease_claimed_at_ms, u.lease_expires_at_ms, u.types_key, u.wake_at_ms, u.caused_by, \
+    u.sweep_node, u.sweep_incarnation \
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bool[], \
     $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::bool[], $14::bool[], $15::int8[], $16::text[], \
-    $17::text[], $18::int8[], $19::int8[], $20::int8[], $21::text[], $22::int8[], $23::text[]) \
+    $17::text[], $18::int8[], $19::int8[], $20::int8[], $21::text[], $22::int8[], $23::text[], $24::text[], $25::int8[]) \
     AS u(id, record, status, disposition, definition, originator, originator_scope, waiting, created_at_ms, \
     terminal_at_ms, last_sequence, ord, run_candidate, abandon_candidate, fencing_counter, lease_owner, \
-    lease_token, lease_fencing, lease_claimed_at_ms, lease_expires_at_ms, types_key, wake_at_ms, caused_by)";
+    lease_token, lease_fencing, lease_claimed_at_ms, lease_expires_at_ms, types_key, wake_at_ms, caused_by, \
+    sweep_node, sweep_incarnation)";
 
 const UPDATE_PROCESSES: &str = "UPDATE processes p SET record = u.record, status = u.status, waiting = u.waiting, \
     terminal_at_ms = u.terminal_at_ms, last_sequence = u.last_sequence, \
@@ -38,13 +40,14 @@ const UPDATE_PROCESSES: &str = "UPDATE processes p SET record = u.record, status
     run_candidate = u.run_candidate, abandon_candidate = u.abandon_candidate, \
     fencing_counter = u.fencing_counter, lease_owner = u.lease_owner, lease_token = u.lease_token, \
     lease_fencing = u.lease_fencing, lease_claimed_at_ms = u.lease_claimed_at_ms, \
-    lease_expires_at_ms = u.lease_expires_at_ms, types_key = u.types_key, wake_at_ms = u.wake_at_ms \
+    lease_expires_at_ms = u.lease_expires_at_ms, types_key = u.types_key, wake_at_ms = u.wake_at_ms, \
+    sweep_node = u.sweep_node, sweep_incarnation = u.sweep_incarnation \
     FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::int8[], $6::int8[], $7::int8[], $8::bool[], \
     $9::bool[], $10::int8[], $11::text[], $12::text[], $13::int8[], $14::int8[], $15::int8[], $16::text[], \
-    $17::int8[]) \
+    $17::int8[], $18::text[], $19::int8[]) \
     AS u(id, record, status, waiting, terminal_at_ms, last_sequence, ord, run_candidate, abandon_candidate, \
     fencing_counter, lease_owner, lease_token, lease_fencing, lease_claimed_at_ms, lease_expires_at_ms, types_key, \
-    wake_at_ms) \
+    wake_at_ms, sweep_node, sweep_incarnation) \
     WHERE p.id = u.id";
 
 /// Type lists new to this schema, content-addressed: a list another batch

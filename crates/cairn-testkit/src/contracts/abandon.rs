@@ -94,6 +94,8 @@ pub async fn reconcile_abandon_waits_for_lease(factory: &dyn StoreFactory) {
                 owner: Some(OwnerIdentity {
                     owner_id: "w1".into(),
                     fencing_token: lease.fencing_token,
+                    node: None,
+                    incarnation: None,
                 }),
                 epoch_ms: h.now(),
             }

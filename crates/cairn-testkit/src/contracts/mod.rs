@@ -13,6 +13,7 @@ mod retention;
 mod schedules;
 mod sessions;
 mod suspension;
+mod sweep;
 mod wakes;
 
 pub use abandon::*;
@@ -26,4 +27,5 @@ pub use retention::*;
 pub use schedules::*;
 pub use sessions::*;
 pub use suspension::*;
+pub use sweep::*;
 pub use wakes::*;

@@ -132,6 +132,31 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
+/// The node id a server takes without `--node-id`: the host name, with any
+/// character a node id may not hold replaced by `-` (and `localhost` when the
+/// host has no usable name).
+pub fn default_node_id() -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    let mut id: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(cairn_core::MAX_NODE_ID_BYTES)
+        .collect();
+    if id.is_empty() {
+        id = "localhost".into();
+    }
+    id
+}
+
 /// Run the server until SIGINT or SIGTERM, then stop accepting, let open
 /// requests finish (bounded by `--shutdown-grace`), drain the worker per
 /// disposition and return.
@@ -153,6 +178,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     if args.workers == 0 {
         return Err(ServeError::Config("--workers must be at least 1".into()));
     }
+    let node_id = match &args.node_id {
+        Some(n) => n.clone(),
+        None => default_node_id(),
+    };
+    cairn_core::NodeIdentity::validate_node_id(&node_id).map_err(|e| ServeError::Config(format!("--node-id: {e}")))?;
     let backend = db::open_backend(&args.db).await?;
     let backend_kind = args.db.split(':').next().unwrap_or("unknown");
     let metrics = Arc::new(Metrics::new(match backend_kind {
@@ -163,6 +193,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         lease_ttl: args.lease_ttl,
         concurrency: args.workers,
         batch_size: args.workers.min(WorkerConfig::default().batch_size),
+        node_id: Some(node_id),
         ..WorkerConfig::default()
     };
     let notice = ChangeNotice::new();
