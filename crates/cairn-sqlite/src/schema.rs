@@ -25,7 +25,7 @@ const APPLICATION_NAME: &str = "cairn";
 /// tell another application's database from an empty one; cairn must refuse a
 /// foreign, corrupt or newer file before writing anything (`application_id` and
 /// `cairn_meta`), and runs the steps in the same immediate transaction as that check.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V_MODULES];
 
 const V1: &str = r#"
 CREATE TABLE cairn_meta (
@@ -145,6 +145,18 @@ UPDATE processes SET caused_by = COALESCE(
     CASE WHEN json_extract(record, '$.provenance.caused_by.kind') = 'process'
          THEN json_extract(record, '$.provenance.caused_by.id') END);
 CREATE INDEX processes_caused_by ON processes (caused_by, id) WHERE caused_by IS NOT NULL;
+"#;
+
+/// Script modules (SPEC §14): content-addressed and immutable; `exports` is a
+/// JSON array of names.
+const V_MODULES: &str = r#"
+CREATE TABLE modules (
+    module_ref    TEXT PRIMARY KEY NOT NULL,
+    name          TEXT,
+    exports       TEXT NOT NULL,
+    source        TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
 "#;
 
 /// What a file holds before cairn touches it.

@@ -292,6 +292,8 @@ macro_rules! conformance_suite {
                 change_feed_dedupes_to_latest,
                 // environments
                 env_store_round_trip,
+                // script modules
+                module_store_round_trip,
             );
 
             #[test]
