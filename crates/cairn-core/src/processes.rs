@@ -16,6 +16,7 @@ use crate::model::{
     SessionScope, StartGrant, StatusFilter, TransferReport, WakeDelivery, Watermark,
 };
 use crate::registry::{ProcessRegistry, Registered};
+use crate::script::{Module, ModuleInfo, ModulePut, ScriptEngine};
 use crate::tool::ToolRegistry;
 use crate::validate::validate_id;
 use crate::watch::{ChangeHub, EventSink, WatchedRegistry};
@@ -154,6 +155,7 @@ pub struct CancelAllReport {
 pub struct RuntimeBuilder {
     registry: Arc<dyn ProcessRegistry>,
     tools: ToolRegistry,
+    scripts: Option<Arc<dyn ScriptEngine>>,
     clock: SharedClock,
     worker: WorkerConfig,
     sink: Option<Arc<dyn EventSink>>,
@@ -170,6 +172,14 @@ impl RuntimeBuilder {
     /// outside it is refused `unknown_tool` when this runtime runs a worker.
     pub fn tools(mut self, tools: ToolRegistry) -> Self {
         self.tools = tools;
+        self
+    }
+
+    /// The engine that compiles script modules and runs `script` inputs (SPEC
+    /// §14; `cairn_script::QuickJs` is cairn's). Without one, storing a module
+    /// is `unavailable` and script processes fail `unsupported_input` when run.
+    pub fn script_engine(mut self, engine: Arc<dyn ScriptEngine>) -> Self {
+        self.scripts = Some(engine);
         self
     }
 
@@ -230,12 +240,18 @@ impl RuntimeBuilder {
                 self.clock.clone(),
                 self.worker.clone(),
             );
+            let worker = match &self.scripts {
+                Some(engine) => worker.with_script_engine(engine.clone()),
+                None => worker,
+            };
             WorkDriver::start(worker, awaiter_hub.clone())
         });
         Processes {
             inner: Arc::new(Inner {
                 registry,
                 tools: self.tools,
+                scripts: self.scripts,
+                clock: self.clock,
                 awaiter,
                 hub,
                 driver,
@@ -247,6 +263,8 @@ impl RuntimeBuilder {
 struct Inner {
     registry: Arc<dyn ProcessRegistry>,
     tools: ToolRegistry,
+    scripts: Option<Arc<dyn ScriptEngine>>,
+    clock: SharedClock,
     awaiter: Awaiter,
     hub: ChangeHub,
     driver: Option<Arc<WorkDriver>>,
@@ -264,6 +282,7 @@ impl Processes {
         RuntimeBuilder {
             registry,
             tools: ToolRegistry::new(),
+            scripts: None,
             clock: system_clock(),
             worker: WorkerConfig::default(),
             sink: None,
@@ -309,6 +328,15 @@ impl Processes {
                 return Err(CairnError::UnknownTool(tool.clone()));
             }
         }
+        if let ProcessInput::Script {
+            module_ref,
+            process_name,
+            ..
+        } = &req.input
+        {
+            self.check_script_start(module_ref, process_name, req.disposition)
+                .await?;
+        }
         let env_ref = match &req.env_spec {
             Some(spec) => Some(self.inner.registry.put_env(spec).await?),
             None => None,
@@ -333,6 +361,59 @@ impl Processes {
             }
         }
         Ok(registered)
+    }
+
+    /// A script start's checks (SPEC §14): `rerunnable`, a stored module, an
+    /// exported function of that name.
+    async fn check_script_start(&self, module_ref: &str, process_name: &str, disposition: Disposition) -> Result<()> {
+        if disposition != Disposition::Rerunnable {
+            return Err(CairnError::InvalidDisposition(format!(
+                "a script process is `rerunnable` (it resumes by replaying its journal), not `{}`",
+                disposition.label()
+            )));
+        }
+        let module = match self.inner.registry.get_module(module_ref).await {
+            Err(CairnError::InvalidId(_)) => return Err(CairnError::UnknownModule(module_ref.to_string())),
+            other => other?,
+        };
+        if !module.info.exports.iter().any(|e| e == process_name) {
+            return Err(CairnError::UnknownExport {
+                module_ref: module_ref.to_string(),
+                process_name: process_name.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Compile and store a script module (SPEC §14): answers the stored module
+    /// and whether this call stored it. A syntax error is `invalid_module`
+    /// (line and column in the message); a source over 1 MiB `payload_too_large`.
+    pub async fn put_module(&self, source: String, name: Option<String>) -> Result<ModulePut> {
+        crate::script::check_source(&source)?;
+        let Some(engine) = &self.inner.scripts else {
+            return Err(CairnError::Unavailable("this runtime has no script engine".into()));
+        };
+        let exports = engine.exports(&source)?;
+        let module = Module {
+            info: ModuleInfo {
+                module_ref: crate::script::module_ref(&source),
+                name,
+                exports,
+                created_at_ms: self.inner.clock.now_ms(),
+            },
+            source,
+        };
+        self.inner.registry.put_module(&module).await
+    }
+
+    /// One page of stored modules, without sources ([`ProcessRegistry::list_modules`]).
+    pub async fn list_modules(&self, after: Option<&str>, limit: Option<usize>) -> Result<Vec<ModuleInfo>> {
+        self.inner.registry.list_modules(after, limit).await
+    }
+
+    /// One module with its source ([`ProcessRegistry::get_module`]).
+    pub async fn get_module(&self, module_ref: &str) -> Result<Module> {
+        self.inner.registry.get_module(module_ref).await
     }
 
     /// The current record ([`ProcessRegistry::get`]).

@@ -57,6 +57,18 @@ pub fn script_event_types() -> Vec<EventType> {
     ]
 }
 
+static SCRIPT_CORE_TYPES: std::sync::LazyLock<crate::events::EventTypes> = std::sync::LazyLock::new(|| {
+    let mut all = crate::events::core_event_types();
+    all.extend(script_event_types());
+    crate::events::EventTypes::new(all)
+});
+
+/// The core list of a script process that declares no types of its own
+/// (shared, like [`crate::events::EventTypes::core`]).
+pub fn script_core_types() -> crate::events::EventTypes {
+    SCRIPT_CORE_TYPES.clone()
+}
+
 /// A stored module without its source (what listings answer).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

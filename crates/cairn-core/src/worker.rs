@@ -20,6 +20,7 @@ use crate::awaiter::Awaiter;
 use crate::clock::SharedClock;
 use crate::model::{AbandonEvidence, AbandonWriter, Claim, Disposition, Outcome, ProcessInput};
 use crate::registry::ProcessRegistry;
+use crate::script::ScriptEngine;
 use crate::tool::{StopReason, ToolContext, ToolRegistry};
 use crate::watch::ChangeHub;
 use crate::{CairnError, Result};
@@ -63,6 +64,7 @@ const FIRST_CHECK: Duration = Duration::from_millis(100);
 pub struct Worker {
     registry: Arc<dyn ProcessRegistry>,
     tools: ToolRegistry,
+    scripts: Option<Arc<dyn ScriptEngine>>,
     awaiter: Awaiter,
     hub: Option<ChangeHub>,
     clock: SharedClock,
@@ -89,6 +91,7 @@ impl Worker {
             slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
             registry,
             tools,
+            scripts: None,
             awaiter,
             hub,
             clock,
@@ -98,6 +101,16 @@ impl Worker {
             draining: AtomicBool::new(false),
             idle: Notify::new(),
         })
+    }
+
+    /// The same worker running `script` inputs with `engine` (SPEC §14).
+    /// Call before the worker is shared.
+    pub fn with_script_engine(mut self: Arc<Self>, engine: Arc<dyn ScriptEngine>) -> Arc<Self> {
+        match Arc::get_mut(&mut self) {
+            Some(w) => w.scripts = Some(engine),
+            None => tracing::error!("a script engine set on a shared worker is ignored"),
+        }
+        self
     }
 
     /// The owner id this worker claims as.
@@ -229,11 +242,23 @@ impl Worker {
             self.finish(&lease, Outcome::cancelled(message)).await;
             return;
         }
-        let (tool, args) = match &process.input {
+        let runner = match &process.input {
             ProcessInput::ToolCall { tool, args } => match self.tools.get(tool) {
-                Some(t) => (t, args.clone()),
+                Some(t) => Runner::Tool(t, args.clone()),
                 None => {
                     let e = CairnError::UnknownTool(tool.clone());
+                    self.finish(&lease, Outcome::failure("runtime", e.code(), e.to_string()))
+                        .await;
+                    return;
+                }
+            },
+            ProcessInput::Script {
+                module_ref,
+                process_name,
+                args,
+            } if self.scripts.is_some() => match self.registry.get_module(module_ref).await {
+                Ok(module) => Runner::Script(module, process_name.clone(), args.clone()),
+                Err(e) => {
                     self.finish(&lease, Outcome::failure("runtime", e.code(), e.to_string()))
                         .await;
                     return;
@@ -266,7 +291,23 @@ impl Worker {
         }
 
         let guard = tokio::spawn(Self::guard_run(self.clone(), ctx.clone()));
-        let outcome = self.run_tool(&ctx, tool, args).await;
+        let run: std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>> = match runner {
+            Runner::Tool(tool, args) => {
+                let ctx = ctx.clone();
+                Box::pin(async move { tool.run(ctx, args).await })
+            }
+            Runner::Script(module, name, args) => {
+                let engine = self.scripts.clone();
+                let ctx = ctx.clone();
+                Box::pin(async move {
+                    match engine {
+                        Some(e) => e.run(ctx, module, name, args).await,
+                        None => Outcome::failure("runtime", "unsupported_input", "no script engine"),
+                    }
+                })
+            }
+        };
+        let outcome = self.run_tool(&ctx, run).await;
         guard.abort();
         self.in_flight.lock().remove(&id);
 
@@ -314,11 +355,13 @@ impl Worker {
     }
 
     /// Run the tool; after a stop it gets `stop_grace` to return before it is dropped.
-    async fn run_tool(&self, ctx: &ToolContext, tool: Arc<dyn crate::tool::Tool>, args: Value) -> Option<Outcome> {
-        let run = tool.run(ctx.clone(), args);
-        tokio::pin!(run);
+    async fn run_tool(
+        &self,
+        ctx: &ToolContext,
+        mut run: std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>,
+    ) -> Option<Outcome> {
         tokio::select! {
-            o = &mut run => return Some(o),
+            o = run.as_mut() => return Some(o),
             _ = ctx.stopped() => {}
         }
         tokio::time::timeout(self.config.stop_grace, run).await.ok()
@@ -391,6 +434,12 @@ impl Worker {
             Err(e) => tracing::error!(process_id = %lease.process_id, error = %e, "completion failed"),
         }
     }
+}
+
+/// What a claimed run executes.
+enum Runner {
+    Tool(Arc<dyn crate::tool::Tool>, Value),
+    Script(crate::script::Module, String, Value),
 }
 
 /// Drives a [`Worker`]: a drive at start (recovery), on every nudge and hub
