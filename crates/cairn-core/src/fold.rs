@@ -15,8 +15,8 @@ use crate::events::{
     RESERVED_FOR_CAIRN, SIGNAL_PREFIX,
 };
 use crate::model::{
-    AbandonRequest, CancelRequest, Disposition, Lease, Outcome, ProcessRecord, ProcessStatus, Registration,
-    SessionScope, StartedFact, WaitState, WakeDelivery,
+    AbandonRequest, CancelRequest, ChildrenMode, Disposition, Lease, Outcome, ProcessRecord, ProcessStatus,
+    Registration, SessionScope, StartedFact, WaitState, WakeDelivery,
 };
 use crate::select::{render_text, truthy};
 use crate::validate::{self, sha256_hex};
@@ -97,6 +97,12 @@ pub fn apply_event(record: &mut ProcessRecord, event: &ProcessEvent) {
                 name: str_at("name"),
                 ordinal: u64_at("ordinal"),
                 until_ms: u64_at("until_ms"),
+                ids: p
+                    .get("ids")
+                    .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok()),
+                mode: p
+                    .get("mode")
+                    .and_then(|v| serde_json::from_value::<ChildrenMode>(v.clone()).ok()),
                 woken: None,
                 since_ms: event.occurred_at_ms,
             });
@@ -488,7 +494,12 @@ pub fn resume_reason(record: &ProcessRecord, now_ms: u64) -> Option<&'static str
 /// The `process.resumed` a claim at `now_ms` appends to a suspended record.
 pub fn resumed_request(record: &ProcessRecord, now_ms: u64) -> Option<AppendRequest> {
     let reason = resume_reason(record, now_ms)?;
-    let wait = record.wait.as_ref()?;
+    Some(resumed_for(record.wait.as_ref()?, reason))
+}
+
+/// The `process.resumed` that ends `wait` for `reason`: the reason and what
+/// names the wait (kind, name, ordinal, deadline, children).
+pub fn resumed_for(wait: &WaitState, reason: &str) -> AppendRequest {
     let mut payload = json!({"reason": reason, "kind": wait.kind});
     if let Some(map) = payload.as_object_mut() {
         if let Some(n) = &wait.name {
@@ -500,8 +511,32 @@ pub fn resumed_request(record: &ProcessRecord, now_ms: u64) -> Option<AppendRequ
         if let Some(u) = wait.until_ms {
             map.insert("until_ms".into(), json!(u));
         }
+        if let Some(ids) = &wait.ids {
+            map.insert("ids".into(), json!(ids));
+        }
+        if let Some(m) = wait.mode {
+            map.insert("mode".into(), json!(m));
+        }
     }
-    Some(AppendRequest::new(events::RESUMED, payload))
+    AppendRequest::new(events::RESUMED, payload)
+}
+
+/// The `children` wait `parent` is suspended on that the end of `child` may
+/// satisfy: a wait not yet ended that names `child`.
+pub fn children_wait_for<'a>(parent: &'a ProcessRecord, child: &str) -> Option<&'a WaitState> {
+    let wait = parent.wait.as_ref()?;
+    let names = wait.ids.as_ref().is_some_and(|ids| ids.iter().any(|i| i == child));
+    (is_suspended(parent) && wait.kind == "children" && wait.woken.is_none() && names).then_some(wait)
+}
+
+/// Whether a `children` wait is satisfied, `ended` telling which children
+/// have ended: all of them (`all`), or one (`any`).
+pub fn children_satisfied(wait: &WaitState, ended: impl Fn(&str) -> bool) -> bool {
+    let ids = wait.ids.as_deref().unwrap_or_default();
+    match wait.mode {
+        Some(ChildrenMode::Any) => ids.iter().any(|i| ended(i)),
+        _ => ids.iter().all(|i| ended(i)),
+    }
 }
 
 /// Why a record may not be claimed by `owner_id` at `now_ms`, if it may not.

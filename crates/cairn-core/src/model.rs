@@ -425,7 +425,7 @@ impl Outcome {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WaitState {
-    /// `signal` or `timer`.
+    /// `signal`, `timer` or `children`.
     pub kind: String,
     /// The signal name waited for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -436,6 +436,12 @@ pub struct WaitState {
     /// The deadline (a timer's due time), in epoch milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until_ms: Option<u64>,
+    /// The children waited for (`children`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<String>>,
+    /// Whether all of them must end, or any one (`children`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ChildrenMode>,
     /// Set by the write that satisfied the wait (`signal`): the process is
     /// claimable and the next claim resumes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -447,7 +453,7 @@ pub struct WaitState {
 /// What a run asks to wait for: the payload of its `process.waiting` event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WaitRequest {
-    /// `signal` or `timer`.
+    /// `signal`, `timer` or `children`.
     pub kind: String,
     /// The signal name, for a signal wait.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -455,9 +461,26 @@ pub struct WaitRequest {
     /// Which wait of its kind this is in the run (1-based).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordinal: Option<u64>,
-    /// The deadline: a timer's due time, or a signal wait's timeout.
+    /// The deadline: a timer's due time, or a signal or children wait's timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until_ms: Option<u64>,
+    /// The children waited for (`children`): processes this one caused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<String>>,
+    /// Whether all of them must end, or any one (`children`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ChildrenMode>,
+}
+
+/// Which ends of the awaited children satisfy a `children` wait (SPEC §13).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ChildrenMode {
+    /// The wait ends when the last of them ends.
+    All,
+    /// The wait ends when the first of them ends.
+    Any,
 }
 
 impl WaitRequest {
@@ -468,6 +491,20 @@ impl WaitRequest {
             name: Some(name.to_string()),
             ordinal: Some(ordinal),
             until_ms,
+            ids: None,
+            mode: None,
+        }
+    }
+
+    /// The `ordinal`-th wait for children of a run: `ids`, all or any of them.
+    pub fn children(ids: Vec<String>, mode: ChildrenMode, ordinal: u64, until_ms: Option<u64>) -> Self {
+        Self {
+            kind: "children".into(),
+            name: None,
+            ordinal: Some(ordinal),
+            until_ms,
+            ids: Some(ids),
+            mode: Some(mode),
         }
     }
 
@@ -478,6 +515,8 @@ impl WaitRequest {
             name: None,
             ordinal: Some(ordinal),
             until_ms: Some(until_ms),
+            ids: None,
+            mode: None,
         }
     }
 

@@ -131,6 +131,84 @@ impl StartRequest {
     }
 }
 
+/// Check a start against `tools` (a `tool_call`'s args, and the tool's event
+/// types declared; a tool outside them is `unknown_tool` when
+/// `require_tool`), store its env and register it: a host's start and a
+/// parent's start of a child alike.
+pub(crate) async fn register_start(
+    registry: &dyn ProcessRegistry,
+    tools: &ToolRegistry,
+    require_tool: bool,
+    req: StartRequest,
+) -> Result<Registered> {
+    let mut event_types = req.event_types;
+    if let ProcessInput::ToolCall { tool, args } = &req.input {
+        if let Some(t) = tools.get(tool) {
+            t.validate_args(args)?;
+            for declared in t.event_types() {
+                if !event_types.iter().any(|e| e.name == declared.name) {
+                    event_types.push(declared);
+                }
+            }
+        } else if require_tool {
+            return Err(CairnError::UnknownTool(tool.clone()));
+        }
+    }
+    if let ProcessInput::Script {
+        module_ref,
+        process_name,
+        ..
+    } = &req.input
+    {
+        check_script_start(registry, module_ref, process_name, req.disposition).await?;
+    }
+    let env_ref = match &req.env_spec {
+        Some(spec) => Some(registry.put_env(spec).await?),
+        None => None,
+    };
+    let registration = Registration {
+        id: req.id,
+        input: req.input,
+        disposition: req.disposition,
+        event_types,
+        provenance: Provenance {
+            originator: req.originator,
+            caused_by: req.caused_by,
+        },
+        wake_target: req.wake_target,
+        env_ref,
+        external_ref: req.external_ref,
+    };
+    registry.register(registration, req.grant).await
+}
+
+/// A script start's checks (SPEC §14): `rerunnable`, a stored module, an
+/// exported function of that name.
+async fn check_script_start(
+    registry: &dyn ProcessRegistry,
+    module_ref: &str,
+    process_name: &str,
+    disposition: Disposition,
+) -> Result<()> {
+    if disposition != Disposition::Rerunnable {
+        return Err(CairnError::InvalidDisposition(format!(
+            "a script process is `rerunnable` (it resumes by replaying its journal), not `{}`",
+            disposition.label()
+        )));
+    }
+    let module = match registry.get_module(module_ref).await {
+        Err(CairnError::InvalidId(_)) => return Err(CairnError::UnknownModule(module_ref.to_string())),
+        other => other?,
+    };
+    if !module.info.exports.iter().any(|e| e == process_name) {
+        return Err(CairnError::UnknownExport {
+            module_ref: module_ref.to_string(),
+            process_name: process_name.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// What a session sees of its processes at a glance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SessionSnapshot {
@@ -315,74 +393,19 @@ impl Processes {
 
     /// Record durable intent (record, grant, env) and nudge the worker. Idempotent on id.
     pub async fn start(&self, req: StartRequest) -> Result<Registered> {
-        let mut event_types = req.event_types;
-        if let ProcessInput::ToolCall { tool, args } = &req.input {
-            if let Some(t) = self.inner.tools.get(tool) {
-                t.validate_args(args)?;
-                for declared in t.event_types() {
-                    if !event_types.iter().any(|e| e.name == declared.name) {
-                        event_types.push(declared);
-                    }
-                }
-            } else if self.inner.driver.is_some() {
-                return Err(CairnError::UnknownTool(tool.clone()));
-            }
-        }
-        if let ProcessInput::Script {
-            module_ref,
-            process_name,
-            ..
-        } = &req.input
-        {
-            self.check_script_start(module_ref, process_name, req.disposition)
-                .await?;
-        }
-        let env_ref = match &req.env_spec {
-            Some(spec) => Some(self.inner.registry.put_env(spec).await?),
-            None => None,
-        };
-        let registration = Registration {
-            id: req.id,
-            input: req.input,
-            disposition: req.disposition,
-            event_types,
-            provenance: Provenance {
-                originator: req.originator,
-                caused_by: req.caused_by,
-            },
-            wake_target: req.wake_target,
-            env_ref,
-            external_ref: req.external_ref,
-        };
-        let registered = self.inner.registry.register(registration, req.grant).await?;
+        let registered = register_start(
+            self.inner.registry.as_ref(),
+            &self.inner.tools,
+            self.inner.driver.is_some(),
+            req,
+        )
+        .await?;
         if registered.created {
             if let Some(d) = &self.inner.driver {
                 d.nudge();
             }
         }
         Ok(registered)
-    }
-
-    /// A script start's checks (SPEC §14): `rerunnable`, a stored module, an
-    /// exported function of that name.
-    async fn check_script_start(&self, module_ref: &str, process_name: &str, disposition: Disposition) -> Result<()> {
-        if disposition != Disposition::Rerunnable {
-            return Err(CairnError::InvalidDisposition(format!(
-                "a script process is `rerunnable` (it resumes by replaying its journal), not `{}`",
-                disposition.label()
-            )));
-        }
-        let module = match self.inner.registry.get_module(module_ref).await {
-            Err(CairnError::InvalidId(_)) => return Err(CairnError::UnknownModule(module_ref.to_string())),
-            other => other?,
-        };
-        if !module.info.exports.iter().any(|e| e == process_name) {
-            return Err(CairnError::UnknownExport {
-                module_ref: module_ref.to_string(),
-                process_name: process_name.to_string(),
-            });
-        }
-        Ok(())
     }
 
     /// Compile and store a script module (SPEC §14): answers the stored module

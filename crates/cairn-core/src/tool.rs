@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use crate::awaiter::Awaiter;
 use crate::clock::{system_clock, SharedClock};
 use crate::events::{self, AppendRequest, EventType, ProcessEvent};
-use crate::model::{Disposition, EnvSpec, Lease, Outcome, ProcessRecord, WaitRequest};
+use crate::model::{ChildrenMode, Disposition, EnvSpec, Lease, Outcome, ProcessRecord, WaitRequest};
+use crate::processes::{register_start, StartRequest};
 use crate::registry::ProcessRegistry;
 use crate::{CairnError, Result};
 
@@ -44,10 +45,11 @@ pub trait Tool: Send + Sync + 'static {
     async fn run(&self, ctx: ToolContext, args: Value) -> Outcome;
 }
 
-/// The tools a runtime can run, by name.
+/// The tools a runtime can run, by name. A clone shares the map (each run's
+/// context holds one).
 #[derive(Clone, Default)]
 pub struct ToolRegistry {
-    tools: BTreeMap<String, Arc<dyn Tool>>,
+    tools: Arc<BTreeMap<String, Arc<dyn Tool>>>,
 }
 
 impl ToolRegistry {
@@ -58,7 +60,7 @@ impl ToolRegistry {
 
     /// Add (or replace) a tool.
     pub fn register(&mut self, tool: Arc<dyn Tool>) -> &mut Self {
-        self.tools.insert(tool.name().to_string(), tool);
+        Arc::make_mut(&mut self.tools).insert(tool.name().to_string(), tool);
         self
     }
 
@@ -115,6 +117,8 @@ struct ContextInner {
     /// a re-run makes the same calls in the same order, so the n-th call is
     /// the n-th wait of the log (durable execution by replay).
     ordinals: Mutex<HashMap<String, u64>>,
+    /// The tools children may run (what a start checks its `tool_call` against).
+    tools: ToolRegistry,
 }
 
 impl ToolContext {
@@ -138,6 +142,7 @@ impl ToolContext {
                 stop_reason: Mutex::new(None),
                 clock: system_clock(),
                 ordinals: Mutex::new(HashMap::new()),
+                tools: ToolRegistry::new(),
             }),
         }
     }
@@ -148,6 +153,18 @@ impl ToolContext {
         match Arc::try_unwrap(self.inner) {
             Ok(mut inner) => {
                 inner.clock = clock;
+                Self { inner: Arc::new(inner) }
+            }
+            Err(inner) => Self { inner },
+        }
+    }
+
+    /// The same context starting children that may run `tools` (what the
+    /// worker runs). Call before the run starts.
+    pub fn with_tools(self, tools: ToolRegistry) -> Self {
+        match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.tools = tools;
                 Self { inner: Arc::new(inner) }
             }
             Err(inner) => Self { inner },
@@ -358,6 +375,96 @@ impl ToolContext {
                     self.resume(&wait, "timer").await?;
                     return Ok(());
                 }
+                _ = self.stopped() => {}
+            }
+        }
+    }
+
+    /// Start a child of this process: `request` with `caused_by` naming this
+    /// process (SPEC §13), checked like any start. The parent names it
+    /// (`request.id`) deterministically, so a re-run's start of the same child
+    /// answers the stored one; a different request under that id is a
+    /// `registration_conflict`.
+    pub async fn start_child(&self, mut request: StartRequest) -> Result<ProcessRecord> {
+        request.caused_by = Some(crate::model::CausalRef::process(self.process_id()));
+        let registered = register_start(self.inner.registry.as_ref(), &self.inner.tools, true, request).await?;
+        Ok(registered.process)
+    }
+
+    /// Wait until the children `ids` end: all of them, or any one
+    /// ([`ChildrenMode`]). Answers their records, in the order of `ids`, once
+    /// the wait is satisfied, and `Ok(None)` when `timeout` passes first.
+    ///
+    /// As with [`wait_signal`](Self::wait_signal), a `rerunnable` process
+    /// suspends (the lease released, this answering `Err`, the run returning)
+    /// and the end that satisfies the wait makes it claimable again in the same
+    /// transaction; an `owner_bound` run waits holding its lease. Every id must
+    /// name a child of this process (`invalid_request` otherwise).
+    pub async fn wait_children(
+        &self,
+        ids: &[String],
+        mode: ChildrenMode,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Vec<ProcessRecord>>> {
+        let ordinal = self.next_ordinal("children");
+        let mut wait = WaitRequest::children(ids.to_vec(), mode, ordinal, None);
+        loop {
+            let log = self.read_log().await?;
+            let seen = log.last().map_or(0, |e| e.sequence);
+            let matching = |t: &str| log.iter().rev().find(|e| e.event_type == t && wait.matches(&e.payload));
+            let waited = matching(events::WAITING);
+            let resumed = matching(events::RESUMED);
+            if resumed.is_some_and(|e| e.payload.get("reason").and_then(Value::as_str) == Some("timed_out")) {
+                return Ok(None);
+            }
+            let children = futures::future::try_join_all(ids.iter().map(|id| self.inner.registry.get(id))).await?;
+            let ended = |r: &ProcessRecord| r.is_terminal();
+            let satisfied = match mode {
+                ChildrenMode::All => children.iter().all(ended),
+                ChildrenMode::Any => children.iter().any(ended),
+            };
+            if satisfied {
+                if waited.is_some() && resumed.is_none() {
+                    self.resume(&wait, "children").await?;
+                }
+                return Ok(Some(children));
+            }
+            self.check_stopped("children")?;
+            wait.until_ms = waited
+                .and_then(|e| e.payload.get("until_ms").and_then(Value::as_u64))
+                .or_else(|| timeout.map(|t| self.now_ms().saturating_add(duration_ms(t))));
+            if wait.until_ms.is_some_and(|t| t <= self.now_ms()) {
+                self.resume(&wait, "timed_out").await?;
+                return Ok(None);
+            }
+            if self.suspends() {
+                if self.suspend(&wait, seen).await? {
+                    return Err(self.suspended_error());
+                }
+                continue;
+            }
+            if waited.is_none() && !self.inner.registry.wait(&self.lease(), wait.clone(), seen).await? {
+                continue;
+            }
+            // An owner-bound run waits here, holding its lease, for the first
+            // of the pending children to end; the loop then decides again.
+            let pending = children.iter().filter(|r| !r.is_terminal()).map(|r| {
+                let awaiter = self.inner.awaiter.clone();
+                let id = r.id.clone();
+                Box::pin(async move { awaiter.await_terminal(&id).await })
+            });
+            let first = futures::future::select_all(pending);
+            let deadline = wait
+                .until_ms
+                .map(|t| Duration::from_millis(t.saturating_sub(self.now_ms())));
+            tokio::select! {
+                r = wait_with_timeout(first, deadline) => match r {
+                    Some((r, _, _)) => { r?; }
+                    None => {
+                        self.resume(&wait, "timed_out").await?;
+                        return Ok(None);
+                    }
+                },
                 _ = self.stopped() => {}
             }
         }

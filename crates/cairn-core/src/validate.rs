@@ -25,6 +25,9 @@ pub const MAX_EVENT_TYPE_BYTES: usize = 128;
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 /// Most event types one registration may declare.
 pub const MAX_EVENT_TYPES: usize = 256;
+/// Most children one `children` wait may name (its ids stay well inside
+/// [`MAX_PAYLOAD_BYTES`]).
+pub const MAX_AWAITED_CHILDREN: usize = 1000;
 
 /// Check an id: non-empty, at most [`MAX_ID_BYTES`], no control characters.
 pub fn validate_id(what: &str, id: &str) -> Result<()> {

@@ -10,9 +10,9 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::events::{AppendRequest, AppendResult, EventPage, ProcessEvent};
 use crate::model::{
-    ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, Outcome, ProcessFilter,
-    ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope, StartGrant, StatusFilter,
-    TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
+    CausalRef, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, Outcome,
+    ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope, StartGrant,
+    StatusFilter, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
 };
 use crate::registry::{CancelAnswer, ProcessRegistry, Registered};
 use crate::Result;
@@ -252,6 +252,27 @@ impl WatchedRegistry {
         if appended > 0 {
             self.sink_tail(record, appended).await;
         }
+        self.after_end(record).await;
+    }
+
+    /// A child that ended may have ended its parent's `children` wait in the
+    /// same write (SPEC §13): the parent's watchers read again and drivers
+    /// look for work.
+    async fn after_end(&self, record: &ProcessRecord) {
+        if !record.is_terminal() {
+            return;
+        }
+        let Some(parent) = record.provenance.caused_by.as_ref().and_then(CausalRef::parent_process) else {
+            return;
+        };
+        if let Ok(p) = self.inner.get(parent).await {
+            if p.last_sequence > 0 {
+                self.hub.publish(parent, p.last_sequence);
+            }
+            if p.wait.is_none() && !p.is_terminal() {
+                self.hub.notify_work();
+            }
+        }
     }
 }
 
@@ -285,6 +306,11 @@ impl ProcessRegistry for WatchedRegistry {
             if r.event.event_type.starts_with(crate::events::SIGNAL_PREFIX) {
                 // A signal may have woken a suspended process (SPEC §13).
                 self.hub.notify_work();
+            }
+            if r.event.semantics.terminal.is_some() {
+                if let Ok(record) = self.inner.get(id).await {
+                    self.after_end(&record).await;
+                }
             }
             if let Some(sink) = &self.sink {
                 sink.push(r.event.clone());

@@ -284,7 +284,8 @@ impl Worker {
         };
         let disposition = process.disposition;
         let ctx = ToolContext::new(process, env, self.registry.clone(), self.awaiter.clone(), lease)
-            .with_clock(self.clock.clone());
+            .with_clock(self.clock.clone())
+            .with_tools(self.tools.clone());
         self.in_flight.lock().insert(id.clone(), ctx.clone());
         if self.draining.load(Ordering::SeqCst) {
             ctx.stop(StopReason::Shutdown);

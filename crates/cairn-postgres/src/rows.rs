@@ -268,6 +268,8 @@ mod tests {
             name: Some("go".into()),
             ordinal: Some(1),
             until_ms: Some(7),
+            ids: None,
+            mode: None,
             woken: Some("signal".into()),
             since_ms: 6,
         });

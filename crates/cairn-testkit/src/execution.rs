@@ -16,7 +16,9 @@ use serde_json::{json, Value};
 
 use crate::{StoreFactory, TestStore};
 
-const WAIT: Duration = Duration::from_secs(20);
+pub use crate::execution_children::*;
+
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
 /// Counts runs per process id; succeeds with the count.
 #[derive(Default, Clone)]
@@ -125,7 +127,7 @@ fn config(owner: &str) -> WorkerConfig {
     }
 }
 
-fn runtime(store: &TestStore, owner: &str, extra: Vec<Arc<dyn Tool>>) -> Processes {
+pub(crate) fn runtime(store: &TestStore, owner: &str, extra: Vec<Arc<dyn Tool>>) -> Processes {
     Processes::builder(store.registry.clone())
         .tools(tools(extra))
         .clock(Arc::new(store.clock.clone()))
@@ -146,7 +148,7 @@ fn manual_worker(store: &TestStore, owner: &str, extra: Vec<Arc<dyn Tool>>) -> A
     )
 }
 
-async fn terminal(p: &Processes, id: &str) -> ProcessRecord {
+pub(crate) async fn terminal(p: &Processes, id: &str) -> ProcessRecord {
     let r = p.await_output(id, WAIT).await.expect("await");
     assert!(r.is_terminal(), "process {id} did not end within {WAIT:?}: {r:?}");
     r
@@ -733,7 +735,7 @@ pub async fn event_sink_receives_events(factory: &dyn StoreFactory) {
     p.shutdown().await;
 }
 
-fn types_of(events: &[cairn_core::ProcessEvent]) -> Vec<&str> {
+pub(crate) fn types_of(events: &[cairn_core::ProcessEvent]) -> Vec<&str> {
     events.iter().map(|e| e.event_type.as_str()).collect()
 }
 

@@ -38,6 +38,7 @@ pub use cairn_core::{ManualClock, ProcessRegistry};
 pub mod builders;
 pub mod contracts;
 pub mod execution;
+mod execution_children;
 pub mod harness;
 pub mod probe;
 pub mod property;
@@ -236,6 +237,10 @@ macro_rules! conformance_suite {
                 only_rerunnable_processes_suspend,
                 next_due_names_lease_expiry,
                 gauges_count_the_live_state,
+                children_all_wakes_on_the_last_end,
+                children_any_wakes_on_the_first_end,
+                children_wait_checks_its_children,
+                children_wait_deadline_times_out,
                 signals_are_implicitly_declared,
                 // wakes
                 wake_delivery_is_written,
@@ -373,6 +378,7 @@ macro_rules! execution_suite {
                 cancel_resumes_a_suspended_run,
                 hub_fed_await_does_not_poll,
                 cancel_reaches_running_children,
+                parent_suspends_until_its_children_end,
             );
         }
     };

@@ -20,11 +20,11 @@ use serde_json::json;
 use crate::events::{self, AppendRequest, AppendResult, ProcessEvent};
 use crate::fold::{self, Authority};
 use crate::model::{
-    Claim, Disposition, Grant, GrantDescriptor, Lease, Outcome, ProcessRecord, Registration, SessionScope, StartGrant,
-    Tombstone, WaitRequest, WakeDelivery,
+    CausalRef, Claim, Disposition, Grant, GrantDescriptor, Lease, Outcome, ProcessRecord, Registration, SessionScope,
+    StartGrant, Tombstone, WaitRequest, WaitState, WakeDelivery,
 };
 use crate::registry::{CancelAnswer, Registered};
-use crate::validate::{validate_id, validate_scope};
+use crate::validate::{validate_id, validate_scope, MAX_AWAITED_CHILDREN};
 use crate::{CairnError, Result};
 
 /// Drive to its end a future over primitives that answer at once (the
@@ -302,11 +302,28 @@ impl Op {
     /// A durable wait under `lease`, by a run that read the log up to `seen_sequence`.
     pub fn wait(lease: &Lease, wait: WaitRequest, seen_sequence: u64) -> Result<Self> {
         validate_id("process id", &lease.process_id)?;
-        if !matches!(wait.kind.as_str(), "signal" | "timer") {
+        if !matches!(wait.kind.as_str(), "signal" | "timer" | "children") {
             return Err(CairnError::InvalidRequest(format!(
-                "wait kind `{}` is not one of signal, timer",
+                "wait kind `{}` is not one of signal, timer, children",
                 wait.kind
             )));
+        }
+        if wait.kind == "children" {
+            let ids = wait.ids.as_deref().unwrap_or_default();
+            if ids.is_empty() || ids.len() > MAX_AWAITED_CHILDREN {
+                return Err(CairnError::InvalidRequest(format!(
+                    "a children wait names 1 to {MAX_AWAITED_CHILDREN} children, not {}",
+                    ids.len()
+                )));
+            }
+            for child in ids {
+                validate_id("child id", child)?;
+            }
+            if wait.mode.is_none() {
+                return Err(CairnError::InvalidRequest(
+                    "a children wait needs `mode` (all or any)".into(),
+                ));
+            }
         }
         if wait.kind == "signal" {
             events::validate_signal_name(wait.name.as_deref().unwrap_or_default())?;
@@ -353,6 +370,33 @@ impl Op {
             | Op::Wait { lease, .. }
             | Op::Resume { lease, .. } => Some(&lease.process_id),
             Op::ClaimBatch { .. } => None,
+        }
+    }
+
+    /// Whether the operation may end its process. A child's end may end its
+    /// parent's `children` wait, so a batching backend loads (and locks) the
+    /// parent's row with the child's: the parent's row serializes the ends of
+    /// its children.
+    pub fn may_end(&self) -> bool {
+        matches!(
+            self,
+            Op::Append { .. }
+                | Op::Cancel { .. }
+                | Op::Complete { .. }
+                | Op::RequestAbandon { .. }
+                | Op::ReconcileAbandon { .. }
+                | Op::CompleteExternal { .. }
+        )
+    }
+
+    /// Processes the operation reads beside its own without changing them
+    /// (the children a `children` wait names). A batching backend reads them
+    /// after it holds the locks of the rows it writes, so it sees every end
+    /// committed before.
+    pub fn read_ids(&self) -> &[String] {
+        match self {
+            Op::Wait { wait, .. } => wait.ids.as_deref().unwrap_or_default(),
+            _ => &[],
         }
     }
 
@@ -557,17 +601,97 @@ pub fn append<T: WriteTx + ?Sized>(
     let row = existing(tx, id)?;
     let prepared = fold::prepare_append(&row.record, row.lease.as_ref(), request, authority, now)?;
     let terminal = prepared.event.semantics.terminal.is_some();
+    let parent = terminal
+        .then(|| {
+            prepared
+                .record
+                .provenance
+                .caused_by
+                .as_ref()
+                .and_then(CausalRef::parent_process)
+        })
+        .flatten()
+        .map(str::to_string);
     tx.push_event(&prepared.event)?;
     tx.update_record(prepared.record, terminal)?;
     let wake = match prepared.wake {
         Some(w) if tx.insert_wake(&w)? => Some(w),
         _ => None,
     };
+    if let Some(parent) = parent {
+        wake_parent(tx, id, &parent)?;
+    }
     Ok(AppendResult {
         event: prepared.event,
         replayed: false,
         wake,
     })
+}
+
+/// A child ended: when its parent is suspended on a `children` wait that this
+/// end satisfies, end the wait in the same transaction (`process.resumed`,
+/// reason `children`), which makes the parent claimable (SPEC §13). The
+/// parent's row serializes its children's ends, so exactly one of them sees
+/// the wait satisfied.
+fn wake_parent<T: WriteTx + ?Sized>(tx: &mut T, child: &str, parent: &str) -> Result<()> {
+    let Some(row) = tx.row(parent)? else {
+        return Ok(());
+    };
+    let Some(wait) = fold::children_wait_for(&row.record, child).cloned() else {
+        return Ok(());
+    };
+    let mut ended = std::collections::HashSet::new();
+    for id in wait.ids.as_deref().unwrap_or_default() {
+        if has_ended(tx, id)? {
+            ended.insert(id.clone());
+        }
+    }
+    if fold::children_satisfied(&wait, |i| ended.contains(i)) {
+        append(tx, parent, &fold::resumed_for(&wait, "children"), Authority::Cairn)?;
+    }
+    Ok(())
+}
+
+/// Whether `id` has ended: its record is terminal, or a prune left its tombstone.
+fn has_ended<T: WriteTx + ?Sized>(tx: &mut T, id: &str) -> Result<bool> {
+    match tx.row(id)? {
+        Some(row) => Ok(row.record.is_terminal()),
+        None => Ok(tx.tombstone(id)?.is_some()),
+    }
+}
+
+/// The children of `parent` a wait names that have ended; an id that is not
+/// a child of `parent` is refused (only a child's end can wake it).
+fn ended_children<T: WriteTx + ?Sized>(
+    tx: &mut T,
+    parent: &str,
+    ids: &[String],
+) -> Result<std::collections::HashSet<String>> {
+    let mut ended = std::collections::HashSet::new();
+    for id in ids {
+        let found = tx.row(id)?.map(|row| {
+            let caused_by = row.record.provenance.caused_by.as_ref();
+            let child = caused_by.and_then(CausalRef::parent_process) == Some(parent);
+            (child, row.record.is_terminal())
+        });
+        match found {
+            Some((false, _)) => {
+                return Err(CairnError::InvalidRequest(format!(
+                    "`{id}` is not a child of `{parent}`: only a process's own children can be awaited"
+                )))
+            }
+            Some((true, terminal)) => {
+                if terminal {
+                    ended.insert(id.clone());
+                }
+            }
+            None if tx.tombstone(id)?.is_some() => {
+                ended.insert(id.clone());
+            }
+            None => return Err(CairnError::UnknownProcess(id.clone())),
+        }
+    }
+    Ok(ended)
 }
 
 /// An append by cairn itself, answering the record after it.
@@ -681,6 +805,24 @@ fn wait<T: WriteTx + ?Sized>(tx: &mut T, lease: &Lease, wait: &WaitRequest, seen
         return Ok(false);
     }
     let suspend = record.disposition == Disposition::Rerunnable;
+    if wait.kind == "children" {
+        let ids = wait.ids.as_deref().unwrap_or_default();
+        let ended = ended_children(tx, id, ids)?;
+        let state = WaitState {
+            kind: wait.kind.clone(),
+            name: None,
+            ordinal: wait.ordinal,
+            until_ms: wait.until_ms,
+            ids: wait.ids.clone(),
+            mode: wait.mode,
+            woken: None,
+            since_ms: now,
+        };
+        if fold::children_satisfied(&state, |i| ended.contains(i)) {
+            // Nothing to wait for: the run reads its children and goes on.
+            return Ok(false);
+        }
+    }
     let payload = serde_json::to_value(wait).map_err(|e| CairnError::storage(format!("wait payload: {e}")))?;
     let request = AppendRequest::new(events::WAITING, payload).with_lease(lease.clone());
     append(tx, id, &request, Authority::Cairn)?;

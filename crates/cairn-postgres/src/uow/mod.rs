@@ -38,9 +38,17 @@ use crate::Fault;
 use overlay::{Slot, Uow};
 use write::write_and_commit;
 
+/// The rows a batch names, and the parents of those whose operation may end
+/// them (a child's end may end its parent's `children` wait), locked in id order.
 const LOAD_ROWS: &str = "SELECT p.id, p.record, p.lease_owner, p.lease_token, p.lease_fencing, \
     p.lease_claimed_at_ms, p.lease_expires_at_ms, p.fencing_counter, p.types_key \
-    FROM processes p WHERE p.id = ANY($1::text[]) ORDER BY p.id FOR UPDATE";
+    FROM processes p WHERE p.id = ANY($1::text[] || ARRAY(SELECT c.caused_by FROM processes c \
+    WHERE c.id = ANY($2::text[]) AND c.caused_by IS NOT NULL)) ORDER BY p.id FOR UPDATE";
+/// Rows read, not written: the children a wait names. Run after the locks
+/// are held, so (read committed) it sees every end committed before.
+const PEEK_ROWS: &str = "SELECT p.id, p.record, p.lease_owner, p.lease_token, p.lease_fencing, \
+    p.lease_claimed_at_ms, p.lease_expires_at_ms, p.fencing_counter, p.types_key \
+    FROM processes p WHERE p.id = ANY($1::text[])";
 const LOAD_TOMBSTONES: &str =
     "SELECT id, status, terminal_at_ms, pruned_at_ms FROM tombstones WHERE id = ANY($1::text[])";
 const LOAD_REPLAYS: &str = "SELECT e.process_id, e.replay_key, e.event FROM events e \
@@ -103,6 +111,13 @@ pub(crate) async fn run_batch(
     let mut ids: Vec<String> = ops.iter().filter_map(|o| o.process_id().map(String::from)).collect();
     ids.sort();
     ids.dedup();
+    let mut ending: Vec<String> = ops
+        .iter()
+        .filter(|o| o.may_end())
+        .filter_map(|o| o.process_id().map(String::from))
+        .collect();
+    ending.sort();
+    ending.dedup();
     let (replay_ids, replay_keys): (Vec<String>, Vec<String>) = ops.iter().filter_map(Op::replay_key).unzip();
     let envs: Vec<String> = ops.iter().filter_map(|o| o.env_ref().map(String::from)).collect();
     let want: usize = ops.iter().map(Op::candidates_wanted).sum();
@@ -115,7 +130,7 @@ pub(crate) async fn run_batch(
         now,
         target,
         Loads {
-            rows: (&s_rows, &ids),
+            rows: (&s_rows, &ids, &ending),
             tombs: &s_tombs,
             replays: (&s_replays, &replay_ids, &replay_keys),
             envs: (&s_envs, &envs),
@@ -133,8 +148,56 @@ pub(crate) async fn run_batch(
     }
 }
 
+/// Load, unlocked, the rows the batch only reads: the children its `children`
+/// waits name, and those of loaded parents suspended on one (a child's end
+/// checks its siblings). They are read after the locks are held, and every
+/// end of a child locks its parent first, so none of them is stale. Costs a
+/// round trip only when such a wait is in play.
+async fn peek(conn: &Conn, ops: &[Op], uow: &mut Uow) -> std::result::Result<(), BatchError> {
+    let mut wanted: Vec<String> = ops.iter().flat_map(|o| o.read_ids().iter().cloned()).collect();
+    for slot in uow.slots.values() {
+        if let Some(entry) = &slot.entry {
+            let waits_on_children = cairn_core::fold::is_suspended(&entry.record)
+                && entry.record.wait.as_ref().is_some_and(|w| w.kind == "children");
+            if waits_on_children {
+                wanted.extend(entry.record.wait.iter().flat_map(|w| w.ids.iter().flatten().cloned()));
+            }
+        }
+    }
+    wanted.retain(|id| !uow.slots.contains_key(id));
+    wanted.sort();
+    wanted.dedup();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let (s_peek, s_tombs) = futures::future::try_join(conn.stmt(PEEK_ROWS), conn.stmt(LOAD_TOMBSTONES)).await?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&wanted];
+    let (rows, tombs) = futures::try_join!(
+        conn.client.query(&s_peek, &params),
+        conn.client.query(&s_tombs, &params)
+    )?;
+    let entries = entries_from_rows(conn, &rows, 1).await?;
+    for (row, entry) in rows.iter().zip(entries) {
+        let id: String = row.try_get(0).map_err(Fault::Pg)?;
+        uow.slots.insert(
+            id,
+            Slot {
+                entry: Some(entry),
+                stored: true,
+                dirty: false,
+                changed: false,
+            },
+        );
+    }
+    for row in &tombs {
+        let t = tombstone_from_row(row)?;
+        uow.tombstones.insert(t.id.clone(), t);
+    }
+    Ok(())
+}
+
 struct Loads<'a> {
-    rows: (&'a tokio_postgres::Statement, &'a Vec<String>),
+    rows: (&'a tokio_postgres::Statement, &'a Vec<String>, &'a Vec<String>),
     tombs: &'a tokio_postgres::Statement,
     replays: (&'a tokio_postgres::Statement, &'a Vec<String>, &'a Vec<String>),
     envs: (&'a tokio_postgres::Statement, &'a Vec<String>),
@@ -157,7 +220,7 @@ async fn load_decide_write(
         if ids.is_empty() {
             Ok(none.clone())
         } else {
-            client.query(loads.rows.0, &[ids]).await
+            client.query(loads.rows.0, &[ids, loads.rows.2]).await
         }
     };
     let load_tombs = async {
@@ -239,6 +302,8 @@ async fn load_decide_write(
         }
         uow.candidates.push_back(id);
     }
+
+    peek(conn, ops, &mut uow).await?;
 
     // 2. Decide.
     let mut outs: Vec<Result<Answer>> = ops.iter().map(|op| uow.run(op)).collect();

@@ -563,6 +563,8 @@ pub async fn wait_state_is_folded(factory: &dyn StoreFactory) {
             name: Some("go".into()),
             ordinal: Some(2),
             until_ms: None,
+            ids: None,
+            mode: None,
             woken: None,
             since_ms: h.now(),
         })

@@ -4,6 +4,7 @@
 
 mod abandon;
 mod cancel;
+mod children;
 mod events;
 mod filters;
 mod leases;
@@ -16,6 +17,7 @@ mod wakes;
 
 pub use abandon::*;
 pub use cancel::*;
+pub use children::*;
 pub use events::*;
 pub use filters::*;
 pub use leases::*;

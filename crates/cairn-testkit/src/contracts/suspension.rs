@@ -169,6 +169,8 @@ pub async fn wait_refuses_a_stale_view(factory: &dyn StoreFactory) {
                 name: None,
                 ordinal: None,
                 until_ms: None,
+                ids: None,
+                mode: None,
             },
             seen,
         ),

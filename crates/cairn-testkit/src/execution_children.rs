@@ -1,0 +1,119 @@
+//! The execution suite's children runs (SPEC §13): a tool that starts
+//! children and suspends until they end, through the public API.
+
+use std::sync::Arc;
+
+use cairn_core::async_trait;
+use cairn_core::model::ChildrenMode;
+use cairn_core::{Disposition, ManualClock, Outcome, ProcessFilter, ProcessStatus, StartRequest, Tool, ToolContext};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+use crate::execution::{runtime, terminal, types_of, WAIT};
+use crate::StoreFactory;
+
+/// Starts `n` children `{id}/{k}`, each waiting for signal `go`, then waits
+/// for all of them and succeeds with the sum of their values.
+#[derive(Default, Clone)]
+struct FanOut {
+    runs: Arc<Mutex<u64>>,
+}
+
+#[async_trait]
+impl Tool for FanOut {
+    fn name(&self) -> &str {
+        "fan_out"
+    }
+
+    async fn run(&self, ctx: ToolContext, args: Value) -> Outcome {
+        *self.runs.lock() += 1;
+        let n = args["n"].as_u64().unwrap_or(1);
+        let mut ids = Vec::new();
+        for k in 1..=n {
+            let id = format!("{}/{k}", ctx.process_id());
+            let child = StartRequest::tool(&id, "wait_signal", json!({"name": "go"}), Disposition::Rerunnable);
+            if let Err(e) = ctx.start_child(child).await {
+                return Outcome::failure("test", e.code(), e.to_string());
+            }
+            ids.push(id);
+        }
+        match ctx.wait_children(&ids, ChildrenMode::All, None).await {
+            Ok(Some(children)) => {
+                let sum: u64 = children
+                    .iter()
+                    .filter_map(|c| match &c.outcome {
+                        Some(Outcome::Success { value }) => value["v"].as_u64(),
+                        _ => None,
+                    })
+                    .sum();
+                Outcome::success(json!({ "sum": sum }))
+            }
+            Ok(None) => Outcome::failure("test", "timeout", "no deadline was set"),
+            // Suspended: what the run answers is not used.
+            Err(e) => Outcome::failure("test", e.code(), e.to_string()),
+        }
+    }
+}
+
+/// A parent starts three children together and suspends until all have
+/// ended, holding no lease meanwhile; the last child's end resumes it
+/// (`reason: children`), the re-run finds the same children (each started
+/// once) and the parent ends with their values.
+pub async fn parent_suspends_until_its_children_end(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let tool = FanOut::default();
+    let p = runtime(&store, "w1", vec![Arc::new(tool.clone())]);
+    p.start(StartRequest::tool(
+        "fan",
+        "fan_out",
+        json!({"n": 3}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start");
+    p.await_event("fan", "process.waiting", 0, WAIT).await.expect("waiting");
+    let rec = p.get("fan").await.expect("get");
+    assert!(rec.lease.is_none(), "a suspended parent holds no lease: {rec:?}");
+    let wait = rec.wait.expect("a children wait");
+    assert_eq!((wait.kind.as_str(), wait.mode), ("children", Some(ChildrenMode::All)));
+    let kids = ["fan/1", "fan/2", "fan/3"];
+    let listed = p
+        .list(&ProcessFilter {
+            caused_by: Some("fan".into()),
+            ..ProcessFilter::running()
+        })
+        .await
+        .expect("list");
+    assert_eq!(listed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), kids);
+    for (k, id) in kids.iter().enumerate() {
+        p.await_event(id, "process.waiting", 0, WAIT)
+            .await
+            .expect("child waiting");
+        assert_eq!(p.get("fan").await.expect("get").status, ProcessStatus::Running);
+        p.signal(id, "go", "s", json!({"v": k + 1})).await.expect("signal");
+        terminal(&p, id).await;
+    }
+    let r = terminal(&p, "fan").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"sum": 6}))));
+    assert_eq!(*tool.runs.lock(), 2, "one run to start them, one after they ended");
+    let events = p.events("fan", 0, Some(100)).await.expect("events").events;
+    assert_eq!(
+        types_of(&events),
+        [
+            "process.started",
+            "process.waiting",
+            "process.resumed",
+            "process.started",
+            "process.completed"
+        ]
+    );
+    assert_eq!(events[2].payload["reason"], "children");
+    for id in kids {
+        let log = p.events(id, 0, Some(100)).await.expect("events").events;
+        let starts = log.iter().filter(|e| e.event_type == "process.started").count();
+        assert_eq!(starts, 2, "{id}: one start, one resume after its signal");
+        crate::assert_fold(p.registry().as_ref(), id).await;
+    }
+    crate::assert_fold(p.registry().as_ref(), "fan").await;
+    p.shutdown().await;
+}
