@@ -220,16 +220,36 @@ impl Driver<'_> {
             for (n, call) in step.pending.iter().filter(|(_, c)| !is_wait(kind(c))) {
                 answers.push((*n, self.perform(*n, call).await));
             }
+            // Every pending `ctx.tool` child starts now, together.
+            for (n, call) in step.pending.iter().filter(|(_, c)| kind(c) == "tool") {
+                if self.cancelled.is_none() {
+                    if let Some(failed) = self.start_tool(*n, call).await {
+                        answers.push((*n, failed));
+                    }
+                }
+            }
             if answers.is_empty() {
-                if let Some((n, call)) = step.pending.iter().find(|(_, c)| is_wait(kind(c))) {
-                    match self.wait(*n, call).await {
-                        Ok(result) => answers.push((*n, result)),
-                        Err(Held::Stopped) => {
-                            if self.cancel_message().is_some() {
-                                continue;
-                            }
-                            return self.stopped_outcome();
+                let children: Vec<(u64, Value)> = step
+                    .pending
+                    .iter()
+                    .filter(|(_, c)| matches!(kind(c), "tool" | "wait"))
+                    .cloned()
+                    .collect();
+                let first = step.pending.iter().find(|(_, c)| is_wait(kind(c)));
+                let waited = match first {
+                    Some((_, c)) if matches!(kind(c), "tool" | "wait") && self.cancelled.is_none() => {
+                        self.wait_children(&children).await
+                    }
+                    Some((n, call)) => self.wait(*n, call).await.map(|r| vec![(*n, r)]),
+                    None => Ok(Vec::new()),
+                };
+                match waited {
+                    Ok(results) => answers.extend(results),
+                    Err(Held::Stopped) => {
+                        if self.cancel_message().is_some() {
+                            continue;
                         }
+                        return self.stopped_outcome();
                     }
                 }
             }
@@ -281,15 +301,99 @@ impl Driver<'_> {
                     Err(e) => error_result(n, &e),
                 }
             }
-            "start" => error_result(
-                n,
-                &CairnError::InvalidRequest("ctx.start is not supported by this runtime yet".into()),
-            ),
+            "start" => {
+                let mut request = call.get("request").cloned().unwrap_or(Value::Null);
+                let id = self.child_id(n);
+                if let Some(m) = request.as_object_mut() {
+                    m.insert("id".into(), json!(id));
+                }
+                let started = match cairn_core::StartRequest::from_json(request) {
+                    Ok(r) => self.ctx.start_child(r).await,
+                    Err(e) => Err(e),
+                };
+                match started {
+                    Ok(child) => json!({"n": n, "value": child.id}),
+                    Err(e) => error_result(n, &e),
+                }
+            }
             other => error_result(
                 n,
                 &CairnError::InvalidRequest(format!("unknown context call `{other}`")),
             ),
         }
+    }
+
+    fn child_id(&self, n: u64) -> String {
+        format!("{}/{n}", self.ctx.process_id())
+    }
+
+    /// Start the child of a pending `ctx.tool` call (idempotent: a replayed
+    /// start answers the stored child); an error result when it cannot start.
+    async fn start_tool(&self, n: u64, call: &Value) -> Option<Value> {
+        let name = call.get("name").and_then(Value::as_str).unwrap_or("");
+        let args = call.get("args").cloned().unwrap_or(Value::Null);
+        let disposition = match call.get("disposition").cloned().map(serde_json::from_value) {
+            None => cairn_core::Disposition::Rerunnable,
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                return Some(error_result(
+                    n,
+                    &CairnError::InvalidRequest(format!("ctx.tool disposition: {e}")),
+                ))
+            }
+        };
+        let request = cairn_core::StartRequest::tool(self.child_id(n), name, args, disposition);
+        match self.ctx.start_child(request).await {
+            Ok(_) => None,
+            Err(e) => Some(error_result(n, &e)),
+        }
+    }
+
+    /// Wait for any of the pending children; the results of the calls whose
+    /// child ended (`tool` rejects unless it succeeded; `wait` never rejects).
+    async fn wait_children(&self, calls: &[(u64, Value)]) -> std::result::Result<Vec<(u64, Value)>, Held> {
+        let ids: Vec<String> = calls
+            .iter()
+            .map(|(n, c)| match kind(c) {
+                "wait" => c.get("id").and_then(Value::as_str).unwrap_or("").to_string(),
+                _ => self.child_id(*n),
+            })
+            .collect();
+        let records = match self
+            .ctx
+            .wait_children(&ids, cairn_core::model::ChildrenMode::Any, None)
+            .await
+        {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(Vec::new()),
+            Err(_) if self.ctx.is_stopped() => return Err(Held::Stopped),
+            // A bad id (not a child of this process): that call rejects.
+            Err(e) => return Ok(calls.iter().take(1).map(|(n, _)| (*n, error_result(*n, &e))).collect()),
+        };
+        let mut answers = Vec::new();
+        for ((n, call), record) in calls.iter().zip(records) {
+            let Some(outcome) = record.outcome else { continue };
+            let result = if kind(call) == "wait" {
+                json!({"n": n, "value": outcome})
+            } else {
+                match outcome {
+                    Outcome::Success { value } => json!({"n": n, "value": value}),
+                    Outcome::Failure {
+                        class, code, message, ..
+                    } => {
+                        json!({"n": n, "error": {"class": class, "code": code, "message": message}})
+                    }
+                    Outcome::Cancelled { message, .. } => {
+                        json!({"n": n, "error": {"class": "cairn", "code": "cancelled", "message": message}})
+                    }
+                    Outcome::Abandoned { .. } => json!({"n": n, "error": {
+                        "class": "cairn", "code": "abandoned", "message": format!("child `{}` was abandoned", record.id)
+                    }}),
+                }
+            };
+            answers.push((*n, result));
+        }
+        Ok(answers)
     }
 
     /// Perform a call that may wait: its result, or `Held` when the run suspended.

@@ -302,3 +302,91 @@ async fn a_replay_that_changes_its_calls_fails_nondeterminism() {
         "names both calls: {message}"
     );
 }
+
+/// A tool whose runs all wait at one barrier: three of them return only when
+/// three run at once. `{"fail": code}` fails with that code instead.
+struct Gate(Arc<tokio::sync::Barrier>);
+
+#[cairn_core::async_trait]
+impl cairn_core::Tool for Gate {
+    fn name(&self) -> &str {
+        "gate"
+    }
+    async fn run(&self, _ctx: cairn_core::ToolContext, args: Value) -> Outcome {
+        if let Some(code) = args.get("fail").and_then(Value::as_str) {
+            return Outcome::failure("tool", code, "the gate refused");
+        }
+        self.0.wait().await;
+        Outcome::success(args["v"].clone())
+    }
+}
+
+fn runtime_with_gate() -> Processes {
+    Processes::builder(Arc::new(MemoryRegistry::new()))
+        .script_engine(Arc::new(QuickJs::default()))
+        .tools(cairn_core::ToolRegistry::new().with(Arc::new(Gate(Arc::new(tokio::sync::Barrier::new(3))))))
+        .start()
+}
+
+#[tokio::test]
+async fn promise_all_of_three_tool_calls_runs_three_children_at_once() {
+    let p = runtime_with_gate();
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const [a, b, c] = await Promise.all([1, 2, 3].map(v => ctx.tool("gate", {v})));
+            return a + b + c;
+        }"#,
+    )
+    .await;
+    // The gate lets the children go only when all three run together.
+    let rec = run(&p, script("pa", &m, "main", json!({}))).await;
+    assert_eq!(rec.outcome, Some(Outcome::success(json!(6))));
+    let children = p
+        .list(&cairn_core::ProcessFilter {
+            caused_by: Some("pa".into()),
+            status: cairn_core::StatusFilter::Any,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<_> = children.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["pa/1", "pa/2", "pa/3"]);
+    for c in &children {
+        let started = p
+            .events(&c.id, 0, None)
+            .await
+            .unwrap()
+            .events
+            .iter()
+            .filter(|e| e.event_type == "process.started")
+            .count();
+        assert_eq!(started, 1, "{} started once", c.id);
+    }
+}
+
+#[tokio::test]
+async fn a_failed_child_rejects_with_its_code_and_wait_never_rejects() {
+    let p = runtime_with_gate();
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            let caught = null;
+            try { await ctx.tool("gate", {fail: "no_entry"}); } catch (e) { caught = {code: e.code, cls: e.class}; }
+            const id = await ctx.start({input: {type: "tool_call", tool: "gate", args: {fail: "again"}}, disposition: "rerunnable"});
+            const out = await ctx.wait(id);
+            return {caught, id, out: out.type, code: out.code};
+        }"#,
+    )
+    .await;
+    let rec = run(&p, script("fc", &m, "main", json!({}))).await;
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::success(json!({
+            "caught": {"code": "no_entry", "cls": "tool"},
+            "id": "fc/2",
+            "out": "failure",
+            "code": "again"
+        })))
+    );
+}
