@@ -153,6 +153,25 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
             CairnError::UnknownTool(s()),
             "the server runs no tool of that name (`shell` needs `--allow-shell`)",
         ),
+        (
+            CairnError::UnknownModule(s()),
+            "no script module is stored under that ref",
+        ),
+        (
+            CairnError::InvalidModule(s()),
+            "the module does not compile (the message names line and column)",
+        ),
+        (
+            CairnError::UnknownExport {
+                module_ref: s(),
+                process_name: s(),
+            },
+            "the module exports no function of that name",
+        ),
+        (
+            CairnError::InvalidDisposition(s()),
+            "the input cannot have that disposition (a script is `rerunnable`)",
+        ),
         (CairnError::Timeout(s()), "an operation ran out of time"),
         (
             CairnError::storage("x"),

@@ -159,6 +159,7 @@ fn check_tool_list(tools: &[Tool]) {
     assert_eq!(
         names,
         [
+            "module_put",
             "process_await",
             "process_cancel",
             "process_complete",
@@ -362,6 +363,18 @@ async fn drive(transport: Transport) {
     assert_eq!(ended["status"], "completed");
     let (code, _) = err(&client, "process_complete", json!({"id": "x1", "outcome": outcome})).await;
     assert_eq!(code, "process_terminal");
+
+    // module_put stores a module (the same source again answers it) and names
+    // a syntax error's line.
+    let source = "export async function main(ctx) { return 1; }";
+    let module = ok(&client, &tools, "module_put", json!({"source": source, "name": "m.js"})).await;
+    assert!(module["module_ref"].as_str().unwrap().starts_with("module:sha256:"));
+    assert_eq!(module["exports"], json!(["main"]));
+    let again = ok(&client, &tools, "module_put", json!({"source": source})).await;
+    assert_eq!(again, module);
+    let (code, message) = err(&client, "module_put", json!({"source": "export async function (\n"})).await;
+    assert_eq!(code, "invalid_module");
+    assert!(message.contains("line"), "{message}");
 
     // A missing id is a tool error carrying cairn's code.
     for tool in ["process_get", "process_await", "process_events", "process_cancel"] {
