@@ -390,10 +390,10 @@ async fn drive(transport: Transport) {
 /// Bad input gets a clear error and changes nothing.
 async fn bad_input(server: &Server, client: &McpClient, tools: &[Tool], transport: Transport) {
     // An unknown tool is a protocol error.
-    match call(client, "module_put", json!({"source": "x"})).await {
+    match call(client, "process_delete", json!({"id": "x"})).await {
         Err(ServiceError::McpError(e)) => {
             assert_eq!(e.code, ErrorCode::INVALID_PARAMS);
-            assert!(e.message.contains("module_put"), "{}", e.message);
+            assert!(e.message.contains("process_delete"), "{}", e.message);
         }
         other => panic!("unknown tool answered {other:?}"),
     }
