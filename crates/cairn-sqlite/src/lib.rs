@@ -26,6 +26,7 @@
 
 #![warn(missing_docs)]
 
+mod modules;
 mod others;
 mod schema;
 mod store;
@@ -481,8 +482,8 @@ impl ProcessRegistry for SqliteRegistry {
         cairn_core::script::validate_module(module)?;
         let module = module.clone();
         self.write(move |tx, _| {
-            let created = store::put_module(tx, &module)?;
-            let stored = store::module_info_of(tx, &module.info.module_ref)?
+            let created = modules::put_module(tx, &module)?;
+            let stored = modules::module_info_of(tx, &module.info.module_ref)?
                 .ok_or_else(|| CairnError::storage("a stored module vanished in its own transaction"))?;
             Ok(cairn_core::ModulePut {
                 module: stored,
@@ -495,14 +496,14 @@ impl ProcessRegistry for SqliteRegistry {
     async fn list_modules(&self, after: Option<&str>, limit: Option<usize>) -> Result<Vec<cairn_core::ModuleInfo>> {
         let limit = page_limit(limit)?;
         let after = after.map(str::to_string);
-        self.read(move |tx, _| store::list_modules(tx, after.as_deref(), limit))
+        self.read(move |tx, _| modules::list_modules(tx, after.as_deref(), limit))
             .await
     }
 
     async fn get_module(&self, module_ref: &str) -> Result<cairn_core::Module> {
         cairn_core::script::validate_module_ref(module_ref)?;
         let r = module_ref.to_string();
-        self.read(move |tx, _| store::get_module(tx, &r))
+        self.read(move |tx, _| modules::get_module(tx, &r))
             .await?
             .ok_or_else(|| CairnError::UnknownModule(module_ref.to_string()))
     }
