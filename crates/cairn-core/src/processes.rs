@@ -416,7 +416,14 @@ impl Processes {
         let Some(engine) = &self.inner.scripts else {
             return Err(CairnError::Unavailable("this runtime has no script engine".into()));
         };
-        let exports = engine.exports(&source)?;
+        // Compiling may run the module's top-level code (under the engine's
+        // limits): off the async threads.
+        let exports = {
+            let (engine, source) = (engine.clone(), source.clone());
+            tokio::task::spawn_blocking(move || engine.exports(&source))
+                .await
+                .map_err(|e| CairnError::Unavailable(format!("the script compiler stopped: {e}")))??
+        };
         let module = Module {
             info: ModuleInfo {
                 module_ref: crate::script::module_ref(&source),

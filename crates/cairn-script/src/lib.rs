@@ -191,6 +191,11 @@ impl Driver<'_> {
                     None => return Outcome::failure("runtime", "script_engine", "the script engine stopped"),
                 },
                 _ = self.ctx.stopped(), if self.cancelled.is_none() && !self.stop_is_cancel() => {
+                    // A cancellation is told to the script at its next step
+                    // (it may clean up); any other stop ends the activation.
+                    if self.stop_is_cancel() {
+                        continue;
+                    }
                     return self.stopped_outcome();
                 }
             };

@@ -79,8 +79,8 @@ pub async fn list(
 }
 
 /// `GET /v1/modules/{ref}`: one module with its source.
-#[utoipa::path(get, path = "/v1/modules/{ref}", tag = "modules",
-    params(("ref" = String, Path, description = "`module:sha256:{hex}`")),
+#[utoipa::path(get, path = "/v1/modules/{module_ref}", tag = "modules",
+    params(("module_ref" = String, Path, description = "`module:sha256:{hex}`")),
     responses(
         (status = 200, description = "The module", body = Module),
         (status = 400, description = "invalid_id: not a module ref", body = ErrorSchema),
