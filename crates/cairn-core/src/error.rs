@@ -169,6 +169,23 @@ pub enum CairnError {
     /// A session turn names a model the server has not configured.
     #[error("unknown model `{0}`: configure it with `cairn serve --model NAME=BASE_URL`")]
     UnknownModel(String),
+    /// No module is stored under this ref.
+    #[error("unknown module `{0}`")]
+    UnknownModule(String),
+    /// A module source does not compile (the message names line and column).
+    #[error("invalid module: {0}")]
+    InvalidModule(String),
+    /// A script start names a function its module does not export.
+    #[error("module `{module_ref}` exports no function `{process_name}`")]
+    UnknownExport {
+        /// The module.
+        module_ref: String,
+        /// The name asked for.
+        process_name: String,
+    },
+    /// A start asked for a disposition its input cannot have (a script is `rerunnable`).
+    #[error("invalid disposition: {0}")]
+    InvalidDisposition(String),
     /// The wait ended by timeout (awaiter helpers that take a deadline).
     #[error("timed out: {0}")]
     Timeout(String),
@@ -269,6 +286,10 @@ impl CairnError {
             Self::CorruptEnv { .. } => "corrupt_env",
             Self::UnknownTool(_) => "unknown_tool",
             Self::UnknownModel(_) => "unknown_model",
+            Self::UnknownModule(_) => "unknown_module",
+            Self::InvalidModule(_) => "invalid_module",
+            Self::UnknownExport { .. } => "unknown_export",
+            Self::InvalidDisposition(_) => "invalid_disposition",
             Self::Timeout(_) => "timeout",
             Self::Storage { .. } => "storage",
             Self::Unavailable(_) => "unavailable",

@@ -421,9 +421,11 @@ pub const SIGNAL_PREFIX: &str = "signal.";
 /// abandon requests and reconciliation); `append_event` refuses them.
 pub const RESERVED_FOR_CAIRN: &[&str] = &[STARTED, WAITING, RESUMED, ABANDON_REQUESTED, ABANDONED];
 
-/// Whether a name belongs to cairn's core namespace.
+/// Whether a name belongs to cairn's core namespaces: `process.*` (every
+/// process) and `script.*` (the journal of script processes, SPEC §14).
+/// Producers never declare them.
 pub fn is_core_event_type(name: &str) -> bool {
-    name.starts_with("process.")
+    name.starts_with("process.") || name.starts_with(crate::script::SCRIPT_PREFIX)
 }
 
 /// The core event types every process has.

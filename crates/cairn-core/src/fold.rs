@@ -347,6 +347,12 @@ pub fn prepare_append(
             req.event_type
         )));
     }
+    if req.event_type.starts_with(crate::script::SCRIPT_PREFIX) && req.lease.is_none() {
+        return Err(CairnError::ReservedEventType(format!(
+            "`{}` is the script journal: only the script's run writes it, under its lease",
+            req.event_type
+        )));
+    }
     validate::check_payload(&t, &req.payload)?;
     if let Some(scope) = &req.wake_target {
         validate::validate_scope(scope)?;

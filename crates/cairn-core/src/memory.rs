@@ -53,6 +53,7 @@ struct State {
     schedule_due: BTreeSet<(u64, String)>,
     /// Liveness rows, by node id.
     nodes: BTreeMap<String, NodeLiveness>,
+    modules: BTreeMap<String, crate::script::Module>,
 }
 
 impl State {
@@ -716,6 +717,45 @@ impl ProcessRegistry for MemoryRegistry {
             Some(b) => validate::decode_env(env_ref, &b),
             None => Err(CairnError::UnknownEnv(env_ref.to_string())),
         }
+    }
+
+    async fn put_module(&self, module: &crate::script::Module) -> Result<crate::script::ModulePut> {
+        crate::script::validate_module(module)?;
+        let mut state = self.state.lock();
+        let mut created = false;
+        let stored = state.modules.entry(module.info.module_ref.clone()).or_insert_with(|| {
+            created = true;
+            module.clone()
+        });
+        Ok(crate::script::ModulePut {
+            module: stored.info.clone(),
+            created,
+        })
+    }
+
+    async fn list_modules(&self, after: Option<&str>, limit: Option<usize>) -> Result<Vec<crate::script::ModuleInfo>> {
+        let limit = page_limit(limit)?;
+        let state = self.state.lock();
+        let from = match after {
+            Some(a) => std::ops::Bound::Excluded(a.to_string()),
+            None => std::ops::Bound::Unbounded,
+        };
+        Ok(state
+            .modules
+            .range((from, std::ops::Bound::Unbounded))
+            .take(limit)
+            .map(|(_, m)| m.info.clone())
+            .collect())
+    }
+
+    async fn get_module(&self, module_ref: &str) -> Result<crate::script::Module> {
+        crate::script::validate_module_ref(module_ref)?;
+        self.state
+            .lock()
+            .modules
+            .get(module_ref)
+            .cloned()
+            .ok_or_else(|| CairnError::UnknownModule(module_ref.to_string()))
     }
 
     async fn fencing_token(&self, id: &str) -> Result<u64> {

@@ -16,6 +16,7 @@ use crate::model::{
     SessionScope, StartGrant, StatusFilter, TransferReport, WakeDelivery, Watermark,
 };
 use crate::registry::{ProcessRegistry, Registered};
+use crate::script::{Module, ModuleInfo, ModulePut, ScriptEngine};
 use crate::tool::ToolRegistry;
 use crate::validate::validate_id;
 use crate::watch::{ChangeHub, EventSink, WatchedRegistry};
@@ -140,7 +141,7 @@ pub(crate) async fn register_start(
     require_tool: bool,
     req: StartRequest,
 ) -> Result<Registered> {
-    let (mut registration, grant, env_spec) = prepare_start(tools, require_tool, req).await?;
+    let (mut registration, grant, env_spec) = prepare_start(registry, tools, require_tool, req).await?;
     if let Some(spec) = &env_spec {
         registration.env_ref = Some(registry.put_env(spec).await?);
     }
@@ -150,6 +151,7 @@ pub(crate) async fn register_start(
 /// The registration, grant and env spec `req` asks for, checked by what runs
 /// it ([`crate::Tool::check_start`]) and with its event types declared.
 async fn prepare_start(
+    registry: &dyn ProcessRegistry,
     tools: &ToolRegistry,
     require_tool: bool,
     req: StartRequest,
@@ -165,6 +167,14 @@ async fn prepare_start(
     } else if let (ProcessInput::ToolCall { tool, .. }, true) = (&req.input, require_tool) {
         return Err(CairnError::UnknownTool(tool.clone()));
     }
+    if let ProcessInput::Script {
+        module_ref,
+        process_name,
+        ..
+    } = &req.input
+    {
+        check_script_start(registry, module_ref, process_name, req.disposition).await?;
+    }
     let registration = Registration {
         id: req.id,
         input: req.input,
@@ -179,6 +189,33 @@ async fn prepare_start(
         external_ref: req.external_ref,
     };
     Ok((registration, req.grant, req.env_spec))
+}
+
+/// A script start's checks (SPEC §14): `rerunnable`, a stored module, an
+/// exported function of that name.
+async fn check_script_start(
+    registry: &dyn ProcessRegistry,
+    module_ref: &str,
+    process_name: &str,
+    disposition: Disposition,
+) -> Result<()> {
+    if disposition != Disposition::Rerunnable {
+        return Err(CairnError::InvalidDisposition(format!(
+            "a script process is `rerunnable` (it resumes by replaying its journal), not `{}`",
+            disposition.label()
+        )));
+    }
+    let module = match registry.get_module(module_ref).await {
+        Err(CairnError::InvalidId(_)) => return Err(CairnError::UnknownModule(module_ref.to_string())),
+        other => other?,
+    };
+    if !module.info.exports.iter().any(|e| e == process_name) {
+        return Err(CairnError::UnknownExport {
+            module_ref: module_ref.to_string(),
+            process_name: process_name.to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// What a session sees of its processes at a glance.
@@ -205,6 +242,7 @@ pub struct CancelAllReport {
 pub struct RuntimeBuilder {
     registry: Arc<dyn ProcessRegistry>,
     tools: ToolRegistry,
+    scripts: Option<Arc<dyn ScriptEngine>>,
     clock: SharedClock,
     worker: WorkerConfig,
     sink: Option<Arc<dyn EventSink>>,
@@ -221,6 +259,14 @@ impl RuntimeBuilder {
     /// outside it is refused `unknown_tool` when this runtime runs a worker.
     pub fn tools(mut self, tools: ToolRegistry) -> Self {
         self.tools = tools;
+        self
+    }
+
+    /// The engine that compiles script modules and runs `script` inputs (SPEC
+    /// §14; `cairn_script::QuickJs` is cairn's). Without one, storing a module
+    /// is `unavailable` and script processes fail `unsupported_input` when run.
+    pub fn script_engine(mut self, engine: Arc<dyn ScriptEngine>) -> Self {
+        self.scripts = Some(engine);
         self
     }
 
@@ -292,12 +338,17 @@ impl RuntimeBuilder {
                 self.clock.clone(),
                 self.worker.clone(),
             );
+            let worker = match &self.scripts {
+                Some(engine) => worker.with_script_engine(engine.clone()),
+                None => worker,
+            };
             WorkDriver::start_with(worker, awaiter_hub.clone(), Some(scheduler))
         });
         Processes {
             inner: Arc::new(Inner {
                 registry,
                 starter,
+                scripts: self.scripts,
                 clock: self.clock,
                 awaiter,
                 hub,
@@ -322,7 +373,8 @@ impl Starter {
     /// every check of the start path but those of stored state (an existing
     /// id, a stored env).
     pub(crate) async fn check(&self, req: StartRequest, now_ms: u64) -> Result<()> {
-        let (registration, grant, env_spec) = prepare_start(&self.tools, self.runs_worker, req).await?;
+        let (registration, grant, env_spec) =
+            prepare_start(self.registry.as_ref(), &self.tools, self.runs_worker, req).await?;
         if let Some(spec) = &env_spec {
             crate::validate::env_ref_and_bytes(spec)?;
         }
@@ -338,6 +390,7 @@ pub(crate) struct Inner {
     pub(crate) registry: Arc<dyn ProcessRegistry>,
     pub(crate) starter: Arc<Starter>,
     pub(crate) clock: SharedClock,
+    pub(crate) scripts: Option<Arc<dyn ScriptEngine>>,
     awaiter: Awaiter,
     hub: ChangeHub,
     pub(crate) driver: Option<Arc<WorkDriver>>,
@@ -355,6 +408,7 @@ impl Processes {
         RuntimeBuilder {
             registry,
             tools: ToolRegistry::new(),
+            scripts: None,
             clock: system_clock(),
             worker: WorkerConfig::default(),
             sink: None,
@@ -394,6 +448,44 @@ impl Processes {
             }
         }
         Ok(registered)
+    }
+
+    /// Compile and store a script module (SPEC §14): answers the stored module
+    /// and whether this call stored it. A syntax error is `invalid_module`
+    /// (line and column in the message); a source over 1 MiB `payload_too_large`.
+    pub async fn put_module(&self, source: String, name: Option<String>) -> Result<ModulePut> {
+        crate::script::check_source(&source)?;
+        let Some(engine) = &self.inner.scripts else {
+            return Err(CairnError::Unavailable("this runtime has no script engine".into()));
+        };
+        // Compiling may run the module's top-level code (under the engine's
+        // limits): off the async threads.
+        let exports = {
+            let (engine, source) = (engine.clone(), source.clone());
+            tokio::task::spawn_blocking(move || engine.exports(&source))
+                .await
+                .map_err(|e| CairnError::Unavailable(format!("the script compiler stopped: {e}")))??
+        };
+        let module = Module {
+            info: ModuleInfo {
+                module_ref: crate::script::module_ref(&source),
+                name,
+                exports,
+                created_at_ms: self.inner.clock.now_ms(),
+            },
+            source,
+        };
+        self.inner.registry.put_module(&module).await
+    }
+
+    /// One page of stored modules, without sources ([`ProcessRegistry::list_modules`]).
+    pub async fn list_modules(&self, after: Option<&str>, limit: Option<usize>) -> Result<Vec<ModuleInfo>> {
+        self.inner.registry.list_modules(after, limit).await
+    }
+
+    /// One module with its source ([`ProcessRegistry::get_module`]).
+    pub async fn get_module(&self, module_ref: &str) -> Result<Module> {
+        self.inner.registry.get_module(module_ref).await
     }
 
     /// The current record ([`ProcessRegistry::get`]).

@@ -14,6 +14,7 @@ use crate::model::{
     StartGrant, StatusFilter, SweepItem, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
 };
 use crate::schedule::{Schedule, ScheduleAdvance};
+use crate::script::{Module, ModuleInfo, ModulePut};
 use crate::Result;
 
 /// The answer of [`ProcessRegistry::register`].
@@ -221,6 +222,20 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// Load an env spec: `unknown_env` when missing, `corrupt_env` when the stored
     /// bytes do not match their address.
     async fn get_env(&self, env_ref: &str) -> Result<EnvSpec>;
+
+    /// Store a script module under its content address (SPEC §14), checked by
+    /// [`crate::script::validate_module`]. Idempotent: when the ref is stored
+    /// already nothing is written and the stored module is answered (its first
+    /// name and creation time) with `created: false`. Modules are immutable.
+    async fn put_module(&self, module: &Module) -> Result<ModulePut>;
+
+    /// Stored modules without their sources, in ref order, after `after`,
+    /// one page (`limit`: default 100, at most 1000, else `invalid_page`).
+    async fn list_modules(&self, after: Option<&str>, limit: Option<usize>) -> Result<Vec<ModuleInfo>>;
+
+    /// One module with its source; `unknown_module` when none is stored
+    /// under the ref (a malformed ref is `invalid_id`).
+    async fn get_module(&self, module_ref: &str) -> Result<Module>;
 
     /// The fencing token of the most recent claim (0 if never claimed). For
     /// tests and diagnostics.

@@ -288,8 +288,17 @@ impl ToolContext {
     /// process the run waits holding its lease. `Err` also when the run is
     /// stopped or the lease is lost.
     pub async fn wait_signal(&self, name: &str, timeout: Option<Duration>) -> Result<Option<Value>> {
-        let signal_type = events::signal_event_type(name)?;
+        events::validate_signal_name(name)?;
         let ordinal = self.next_ordinal(&format!("signal:{name}"));
+        self.wait_signal_nth(name, ordinal, timeout).await
+    }
+
+    /// [`wait_signal`](Self::wait_signal) for the `ordinal`-th signal of
+    /// `name` (from 1), for a runner that numbers its own waits (a script's
+    /// journal) rather than counting this run's calls.
+    pub async fn wait_signal_nth(&self, name: &str, ordinal: u64, timeout: Option<Duration>) -> Result<Option<Value>> {
+        let signal_type = events::signal_event_type(name)?;
+        let ordinal = ordinal.max(1);
         let mut wait = WaitRequest::signal(name, ordinal, None);
         loop {
             let log = self.read_log().await?;
@@ -359,6 +368,13 @@ impl ToolContext {
     /// its rows and survives restarts. `Err` when the run is stopped.
     pub async fn sleep(&self, duration: Duration) -> Result<()> {
         let ordinal = self.next_ordinal("timer");
+        self.sleep_nth(ordinal, duration).await
+    }
+
+    /// [`sleep`](Self::sleep) as the timer numbered `ordinal` of the log, for
+    /// a runner that numbers its own waits (a script's journal). The numbers
+    /// only tell timers apart: each must be used by one sleep.
+    pub async fn sleep_nth(&self, ordinal: u64, duration: Duration) -> Result<()> {
         let mut wait = WaitRequest::timer(ordinal, 0);
         loop {
             let log = self.read_log().await?;
@@ -507,7 +523,8 @@ impl ToolContext {
         *n
     }
 
-    fn now_ms(&self) -> u64 {
+    /// The time on this run's clock, in epoch milliseconds.
+    pub fn now_ms(&self) -> u64 {
         self.inner.clock.now_ms()
     }
 
@@ -566,7 +583,7 @@ impl ToolContext {
     }
 
     /// The whole log, in pages.
-    async fn read_log(&self) -> Result<Vec<ProcessEvent>> {
+    pub async fn read_log(&self) -> Result<Vec<ProcessEvent>> {
         let mut all = Vec::new();
         let mut after = 0;
         loop {

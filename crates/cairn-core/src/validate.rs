@@ -178,7 +178,7 @@ pub fn validate_registration(reg: &Registration) -> Result<EventTypes> {
         validate_event_type_name(&t.name)?;
         if is_core_event_type(&t.name) {
             return Err(CairnError::ReservedEventType(format!(
-                "`{}`: the `process.` namespace belongs to cairn",
+                "`{}`: the `process.` and `script.` namespaces belong to cairn",
                 t.name
             )));
         }
@@ -198,10 +198,18 @@ pub fn validate_registration(reg: &Registration) -> Result<EventTypes> {
         compiled_schema(&t.name, &t.payload_schema)?;
         validate_semantics(t)?;
     }
+    let script = matches!(reg.input, crate::model::ProcessInput::Script { .. });
     if reg.event_types.is_empty() {
-        return Ok(EventTypes::core());
+        return Ok(if script {
+            crate::script::script_core_types()
+        } else {
+            EventTypes::core()
+        });
     }
     let mut all = core_event_types();
+    if script {
+        all.extend(crate::script::script_event_types());
+    }
     all.extend(reg.event_types.iter().cloned());
     Ok(EventTypes::new(all))
 }

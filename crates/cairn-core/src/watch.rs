@@ -480,6 +480,18 @@ impl ProcessRegistry for WatchedRegistry {
         self.inner.get_env(env_ref).await
     }
 
+    async fn put_module(&self, module: &crate::script::Module) -> Result<crate::script::ModulePut> {
+        self.inner.put_module(module).await
+    }
+
+    async fn list_modules(&self, after: Option<&str>, limit: Option<usize>) -> Result<Vec<crate::script::ModuleInfo>> {
+        self.inner.list_modules(after, limit).await
+    }
+
+    async fn get_module(&self, module_ref: &str) -> Result<crate::script::Module> {
+        self.inner.get_module(module_ref).await
+    }
+
     async fn fencing_token(&self, id: &str) -> Result<u64> {
         self.inner.fencing_token(id).await
     }

@@ -20,6 +20,7 @@ use crate::awaiter::Awaiter;
 use crate::clock::SharedClock;
 use crate::model::{AbandonEvidence, AbandonWriter, Claim, Disposition, NodeIdentity, Outcome, ProcessInput};
 use crate::registry::ProcessRegistry;
+use crate::script::ScriptEngine;
 use crate::tool::{StopReason, ToolContext, ToolRegistry};
 use crate::watch::ChangeHub;
 use crate::{CairnError, Result};
@@ -74,6 +75,7 @@ const FIRST_CHECK: Duration = Duration::from_millis(100);
 pub struct Worker {
     registry: Arc<dyn ProcessRegistry>,
     tools: ToolRegistry,
+    scripts: Option<Arc<dyn ScriptEngine>>,
     awaiter: Awaiter,
     hub: Option<ChangeHub>,
     clock: SharedClock,
@@ -102,6 +104,7 @@ impl Worker {
             slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
             registry,
             tools,
+            scripts: None,
             awaiter,
             hub,
             clock,
@@ -112,6 +115,16 @@ impl Worker {
             idle: Notify::new(),
             identity: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The same worker running `script` inputs with `engine` (SPEC §14).
+    /// Call before the worker is shared.
+    pub fn with_script_engine(mut self: Arc<Self>, engine: Arc<dyn ScriptEngine>) -> Arc<Self> {
+        match Arc::get_mut(&mut self) {
+            Some(w) => w.scripts = Some(engine),
+            None => tracing::error!("a script engine set on a shared worker is ignored"),
+        }
+        self
     }
 
     /// The owner id this worker claims as: its node incarnation's once
@@ -311,20 +324,37 @@ impl Worker {
             self.finish(&lease, Outcome::cancelled(message)).await;
             return;
         }
-        let (tool, args) = match (self.tools.resolve(&process.input), &process.input) {
-            (Some(found), _) => found,
-            (None, ProcessInput::ToolCall { tool, .. }) => {
-                let e = CairnError::UnknownTool(tool.clone());
-                self.finish(&lease, Outcome::failure("runtime", e.code(), e.to_string()))
-                    .await;
-                return;
-            }
-            (None, other) => {
-                let message = format!("`{}` inputs are not executable by this runtime", other.kind());
-                self.finish(&lease, Outcome::failure("runtime", "unsupported_input", message))
-                    .await;
-                return;
-            }
+        let runner = match &process.input {
+            ProcessInput::ToolCall { tool, args } => match self.tools.get(tool) {
+                Some(t) => Runner::Tool(t, args.clone()),
+                None => {
+                    let e = CairnError::UnknownTool(tool.clone());
+                    self.finish(&lease, Outcome::failure("runtime", e.code(), e.to_string()))
+                        .await;
+                    return;
+                }
+            },
+            ProcessInput::Script {
+                module_ref,
+                process_name,
+                args,
+            } if self.scripts.is_some() => match self.registry.get_module(module_ref).await {
+                Ok(module) => Runner::Script(module, process_name.clone(), args.clone()),
+                Err(e) => {
+                    self.finish(&lease, Outcome::failure("runtime", e.code(), e.to_string()))
+                        .await;
+                    return;
+                }
+            },
+            other => match self.tools.resolve(other) {
+                Some((runner, input)) => Runner::Tool(runner, input),
+                None => {
+                    let message = format!("`{}` inputs are not executable by this runtime", other.kind());
+                    self.finish(&lease, Outcome::failure("runtime", "unsupported_input", message))
+                        .await;
+                    return;
+                }
+            },
         };
         let env = match &process.env_ref {
             Some(r) => match self.registry.get_env(r).await {
@@ -347,7 +377,23 @@ impl Worker {
         }
 
         let guard = tokio::spawn(Self::guard_run(self.clone(), ctx.clone()));
-        let outcome = self.run_tool(&ctx, tool, args).await;
+        let run: std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>> = match runner {
+            Runner::Tool(tool, args) => {
+                let ctx = ctx.clone();
+                Box::pin(async move { tool.run(ctx, args).await })
+            }
+            Runner::Script(module, name, args) => {
+                let engine = self.scripts.clone();
+                let ctx = ctx.clone();
+                Box::pin(async move {
+                    match engine {
+                        Some(e) => e.run(ctx, module, name, args).await,
+                        None => Outcome::failure("runtime", "unsupported_input", "no script engine"),
+                    }
+                })
+            }
+        };
+        let outcome = self.run_tool(&ctx, run).await;
         guard.abort();
         self.in_flight.lock().remove(&id);
 
@@ -395,11 +441,13 @@ impl Worker {
     }
 
     /// Run the tool; after a stop it gets `stop_grace` to return before it is dropped.
-    async fn run_tool(&self, ctx: &ToolContext, tool: Arc<dyn crate::tool::Tool>, args: Value) -> Option<Outcome> {
-        let run = tool.run(ctx.clone(), args);
-        tokio::pin!(run);
+    async fn run_tool(
+        &self,
+        ctx: &ToolContext,
+        mut run: std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>,
+    ) -> Option<Outcome> {
         tokio::select! {
-            o = &mut run => return Some(o),
+            o = run.as_mut() => return Some(o),
             _ = ctx.stopped() => {}
         }
         tokio::time::timeout(self.config.stop_grace, run).await.ok()
@@ -480,6 +528,12 @@ impl Worker {
 pub trait DueWork: Send + Sync + 'static {
     /// Do what is due now; failures are logged, the next drive tries again.
     async fn run_due(&self);
+}
+
+/// What a claimed run executes.
+enum Runner {
+    Tool(Arc<dyn crate::tool::Tool>, Value),
+    Script(crate::script::Module, String, Value),
 }
 
 /// Drives a [`Worker`]: registers its node incarnation, then a sweep and a

@@ -106,6 +106,8 @@ pub trait Cairn: Send + Sync + 'static {
     async fn cancel(&self, id: &str, reason: Option<String>) -> Answer;
     /// `POST /v1/processes/{id}/complete`: the terminal record.
     async fn complete(&self, id: &str, outcome: Outcome, authority: Option<String>) -> Answer;
+    /// `POST /v1/modules`: the stored module (without its source).
+    async fn module_put(&self, source: String, name: Option<String>) -> Answer;
 }
 
 /// Shared handle to an implementation.

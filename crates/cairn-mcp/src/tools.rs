@@ -161,6 +161,17 @@ pub struct CompleteArgs {
     pub authority: Option<String>,
 }
 
+/// Arguments of `module_put`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModulePutArgs {
+    /// The JavaScript module source (at most 1 MiB).
+    pub source: String,
+    /// A name to show with it.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
 /// Every tool, in the order `tools/list` names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ToolKind {
@@ -180,11 +191,13 @@ pub enum ToolKind {
     Cancel,
     /// `process_complete`.
     Complete,
+    /// `module_put`.
+    ModulePut,
 }
 
 impl ToolKind {
     /// Every tool.
-    pub const ALL: [ToolKind; 8] = [
+    pub const ALL: [ToolKind; 9] = [
         Self::Start,
         Self::Get,
         Self::List,
@@ -193,6 +206,7 @@ impl ToolKind {
         Self::Signal,
         Self::Cancel,
         Self::Complete,
+        Self::ModulePut,
     ];
 
     /// The tool's name.
@@ -206,6 +220,7 @@ impl ToolKind {
             Self::Signal => "process_signal",
             Self::Cancel => "process_cancel",
             Self::Complete => "process_complete",
+            Self::ModulePut => "module_put",
         }
     }
 
@@ -250,6 +265,13 @@ impl ToolKind {
                  {\"type\":\"failure\",\"class\",\"code\",\"message\"} or {\"type\":\"cancelled\",\"message\"}). \
                  Answers the terminal record."
             }
+            Self::ModulePut => {
+                "Store a JavaScript module of durable scripts (content-addressed: the same source again \
+                 answers the stored module). Its exported async functions are process definitions: start \
+                 one with process_start and input {\"type\":\"script\",\"module_ref\",\"process_name\",\"args\"} \
+                 (disposition rerunnable). A syntax error is `invalid_module` with line and column. Answers \
+                 {module_ref, name, exports, created_at_ms}."
+            }
         }
     }
 
@@ -264,6 +286,7 @@ impl ToolKind {
             Self::Cancel => ("Cancel a process", false, true, true),
             // A second completion is refused (`process_terminal`), not repeated.
             Self::Complete => ("Complete a process", false, true, false),
+            Self::ModulePut => ("Store a script module", false, false, true),
         };
         ToolAnnotations::with_title(title)
             .read_only(read_only)
@@ -283,6 +306,7 @@ impl ToolKind {
             Self::Signal => json_schema::<SignalArgs>(),
             Self::Cancel => json_schema::<CancelArgs>(),
             Self::Complete => json_schema::<CompleteArgs>(),
+            Self::ModulePut => json_schema::<ModulePutArgs>(),
         }
     }
 
@@ -291,6 +315,7 @@ impl ToolKind {
             Self::List => json_schema::<ListPage>(),
             Self::Events => json_schema::<EventPage>(),
             Self::Signal => json_schema::<ProcessEvent>(),
+            Self::ModulePut => json_schema::<cairn_core::ModuleInfo>(),
             Self::Start | Self::Get | Self::Await | Self::Cancel | Self::Complete => json_schema::<ProcessRecord>(),
         }
     }
@@ -333,6 +358,10 @@ impl ToolKind {
             Self::Complete => {
                 let a: CompleteArgs = parse(self, arguments)?;
                 cairn.complete(&a.id, a.outcome, a.authority).await
+            }
+            Self::ModulePut => {
+                let a: ModulePutArgs = parse(self, arguments)?;
+                cairn.module_put(a.source, a.name).await
             }
         }
     }
@@ -459,7 +488,7 @@ mod tests {
         for kind in ToolKind::ALL {
             assert_eq!(ToolKind::from_name(kind.name()), Some(kind));
         }
-        assert_eq!(ToolKind::from_name("module_put"), None);
+        assert_eq!(ToolKind::from_name("module_put"), Some(ToolKind::ModulePut));
     }
 
     #[test]

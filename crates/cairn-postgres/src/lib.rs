@@ -569,6 +569,28 @@ impl ProcessRegistry for PostgresRegistry {
         }
     }
 
+    async fn put_module(&self, module: &cairn_core::Module) -> Result<cairn_core::ModulePut> {
+        cairn_core::script::validate_module(module)?;
+        self.shared
+            .run(|c| async move { read::put_module(&c, module).await })
+            .await
+    }
+
+    async fn list_modules(&self, after: Option<&str>, limit: Option<usize>) -> Result<Vec<cairn_core::ModuleInfo>> {
+        let limit = cairn_core::model::page_limit(limit)?;
+        self.shared
+            .run(|c| async move { read::list_modules(&c, after, limit).await })
+            .await
+    }
+
+    async fn get_module(&self, module_ref: &str) -> Result<cairn_core::Module> {
+        cairn_core::script::validate_module_ref(module_ref)?;
+        self.shared
+            .run(|c| async move { read::get_module(&c, module_ref).await })
+            .await?
+            .ok_or_else(|| CairnError::UnknownModule(module_ref.to_string()))
+    }
+
     async fn fencing_token(&self, id: &str) -> Result<u64> {
         validate_id("process id", id)?;
         self.shared

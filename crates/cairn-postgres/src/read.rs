@@ -410,3 +410,79 @@ pub(crate) async fn revoke(conn: &Conn, scope: &SessionScope, id: &str) -> R<boo
         .await?;
     Ok(conn.client.execute(&stmt, &[&scope.scope_id(), &id]).await? > 0)
 }
+
+fn module_info(row: &tokio_postgres::Row) -> R<cairn_core::ModuleInfo> {
+    let exports: String = row.try_get(2)?;
+    Ok(cairn_core::ModuleInfo {
+        module_ref: row.try_get(0)?,
+        name: row.try_get(1)?,
+        exports: serde_json::from_str(&exports)?,
+        created_at_ms: from_sql(row.try_get(3)?),
+    })
+}
+
+/// Store a module unless its ref is stored, in one statement: the stored
+/// module and whether this statement stored it. (A re-run after a lost reply
+/// answers `created: false` for the row the lost attempt stored.)
+pub(crate) async fn put_module(conn: &Conn, module: &cairn_core::Module) -> R<cairn_core::ModulePut> {
+    let exports = serde_json::to_string(&module.info.exports)?;
+    let stmt = conn
+        .stmt(
+            "WITH ins AS (\
+               INSERT INTO modules (module_ref, name, exports, source, created_at_ms) \
+               VALUES ($1::text, $2::text, $3::text, $4::text, $5::bigint) \
+               ON CONFLICT (module_ref) DO NOTHING \
+               RETURNING module_ref, name, exports, created_at_ms) \
+             SELECT module_ref, name, exports, created_at_ms, true FROM ins \
+             UNION ALL \
+             SELECT module_ref, name, exports, created_at_ms, false FROM modules \
+             WHERE module_ref = $1::text AND NOT EXISTS (SELECT 1 FROM ins)",
+        )
+        .await?;
+    let row = conn
+        .client
+        .query_one(
+            &stmt,
+            &[
+                &module.info.module_ref,
+                &module.info.name,
+                &exports,
+                &module.source,
+                &to_sql(module.info.created_at_ms),
+            ],
+        )
+        .await?;
+    Ok(cairn_core::ModulePut {
+        module: module_info(&row)?,
+        created: row.try_get(4)?,
+    })
+}
+
+/// One page of modules in ref order after `after`.
+pub(crate) async fn list_modules(conn: &Conn, after: Option<&str>, limit: usize) -> R<Vec<cairn_core::ModuleInfo>> {
+    let stmt = conn
+        .stmt(
+            "SELECT module_ref, name, exports, created_at_ms FROM modules \
+             WHERE module_ref > $1::text ORDER BY module_ref LIMIT $2::bigint",
+        )
+        .await?;
+    let rows = conn
+        .client
+        .query(&stmt, &[&after.unwrap_or(""), &to_sql_usize(limit)])
+        .await?;
+    rows.iter().map(module_info).collect()
+}
+
+/// A stored module with its source.
+pub(crate) async fn get_module(conn: &Conn, module_ref: &str) -> R<Option<cairn_core::Module>> {
+    let stmt = conn
+        .stmt("SELECT module_ref, name, exports, created_at_ms, source FROM modules WHERE module_ref = $1::text")
+        .await?;
+    match conn.client.query_opt(&stmt, &[&module_ref]).await? {
+        Some(row) => Ok(Some(cairn_core::Module {
+            info: module_info(&row)?,
+            source: row.try_get(4)?,
+        })),
+        None => Ok(None),
+    }
+}

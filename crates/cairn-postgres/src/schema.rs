@@ -14,7 +14,7 @@ const APPLICATION_NAME: &str = "cairn";
 /// Migration `i` takes a schema from version `i` to `i + 1`. Never edit a
 /// released entry: append a new one. Each runs inside the migrating transaction
 /// with `search_path` set to cairn's schema.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V_SWEEP];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V_SWEEP, V_MODULES];
 
 // Ids are `COLLATE "C"`: listings page in byte order whatever the database's
 // default collation, as every other backend does.
@@ -187,6 +187,18 @@ CREATE TABLE nodes (
 ALTER TABLE processes ADD COLUMN sweep_node text COLLATE "C";
 ALTER TABLE processes ADD COLUMN sweep_incarnation bigint;
 CREATE INDEX processes_sweep ON processes (sweep_node, sweep_incarnation) WHERE sweep_node IS NOT NULL;
+"#;
+
+/// Script modules (SPEC §14): content-addressed and immutable; `exports` is a
+/// JSON array of names.
+const V_MODULES: &str = r#"
+CREATE TABLE modules (
+    module_ref    text COLLATE "C" PRIMARY KEY,
+    name          text,
+    exports       text NOT NULL,
+    source        text NOT NULL,
+    created_at_ms bigint NOT NULL
+);
 "#;
 
 /// Check a schema name: a plain lower-case SQL identifier, so it never needs

@@ -26,6 +26,7 @@
 
 #![warn(missing_docs)]
 
+mod modules;
 mod nodes;
 mod others;
 mod schedules;
@@ -509,6 +510,36 @@ impl ProcessRegistry for SqliteRegistry {
             Some(b) => validate::decode_env(&env_ref, &b),
             None => Err(CairnError::UnknownEnv(env_ref)),
         }
+    }
+
+    async fn put_module(&self, module: &cairn_core::Module) -> Result<cairn_core::ModulePut> {
+        cairn_core::script::validate_module(module)?;
+        let module = module.clone();
+        self.write(move |tx, _| {
+            let created = modules::put_module(tx, &module)?;
+            let stored = modules::module_info_of(tx, &module.info.module_ref)?
+                .ok_or_else(|| CairnError::storage("a stored module vanished in its own transaction"))?;
+            Ok(cairn_core::ModulePut {
+                module: stored,
+                created,
+            })
+        })
+        .await
+    }
+
+    async fn list_modules(&self, after: Option<&str>, limit: Option<usize>) -> Result<Vec<cairn_core::ModuleInfo>> {
+        let limit = page_limit(limit)?;
+        let after = after.map(str::to_string);
+        self.read(move |tx, _| modules::list_modules(tx, after.as_deref(), limit))
+            .await
+    }
+
+    async fn get_module(&self, module_ref: &str) -> Result<cairn_core::Module> {
+        cairn_core::script::validate_module_ref(module_ref)?;
+        let r = module_ref.to_string();
+        self.read(move |tx, _| modules::get_module(tx, &r))
+            .await?
+            .ok_or_else(|| CairnError::UnknownModule(module_ref.to_string()))
     }
 
     async fn fencing_token(&self, id: &str) -> Result<u64> {

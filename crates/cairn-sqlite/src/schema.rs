@@ -25,7 +25,7 @@ const APPLICATION_NAME: &str = "cairn";
 /// tell another application's database from an empty one; cairn must refuse a
 /// foreign, corrupt or newer file before writing anything (`application_id` and
 /// `cairn_meta`), and runs the steps in the same immediate transaction as that check.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V_SWEEP];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V_SWEEP, V_MODULES];
 
 const V1: &str = r#"
 CREATE TABLE cairn_meta (
@@ -175,6 +175,18 @@ CREATE TABLE nodes (
 ALTER TABLE processes ADD COLUMN sweep_node TEXT;
 ALTER TABLE processes ADD COLUMN sweep_incarnation INTEGER;
 CREATE INDEX processes_sweep ON processes (sweep_node, sweep_incarnation) WHERE sweep_node IS NOT NULL;
+"#;
+
+/// Script modules (SPEC §14): content-addressed and immutable; `exports` is a
+/// JSON array of names.
+const V_MODULES: &str = r#"
+CREATE TABLE modules (
+    module_ref    TEXT PRIMARY KEY NOT NULL,
+    name          TEXT,
+    exports       TEXT NOT NULL,
+    source        TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
 "#;
 
 /// What a file holds before cairn touches it.

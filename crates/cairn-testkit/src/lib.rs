@@ -306,6 +306,8 @@ macro_rules! conformance_suite {
                 // schedules
                 schedules_round_trip,
                 schedule_advance_is_compare_and_set,
+                // script modules
+                module_store_round_trip,
             );
 
             #[test]

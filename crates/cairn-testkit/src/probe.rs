@@ -156,6 +156,15 @@ impl ProcessRegistry for ReadProbe {
     async fn get_env(&self, env_ref: &str) -> Result<EnvSpec> {
         self.inner.get_env(env_ref).await
     }
+    async fn put_module(&self, module: &cairn_core::Module) -> Result<cairn_core::ModulePut> {
+        self.inner.put_module(module).await
+    }
+    async fn list_modules(&self, after: Option<&str>, limit: Option<usize>) -> Result<Vec<cairn_core::ModuleInfo>> {
+        self.inner.list_modules(after, limit).await
+    }
+    async fn get_module(&self, module_ref: &str) -> Result<cairn_core::Module> {
+        self.inner.get_module(module_ref).await
+    }
     async fn fencing_token(&self, id: &str) -> Result<u64> {
         self.inner.fencing_token(id).await
     }

@@ -302,6 +302,15 @@ pub enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Store, list and show script modules (SPEC §14).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+        cairn module put examples/deploy.js\n  \
+        cairn module ls\n  \
+        cairn module get module:sha256:..."
+    )]
+    Module(ModuleCommand),
     /// Serve MCP (Model Context Protocol) on stdin/stdout: every tool call is
     /// forwarded to the server with `--server` and `--token`.
     Mcp {
@@ -348,6 +357,7 @@ impl Command {
             | Self::Ack { client, .. }
             | Self::Schedule { client, .. }
             | Self::Mcp { client } => Some(client),
+            Self::Module(m) => Some(m.client()),
         }
     }
 }
@@ -453,6 +463,54 @@ pub struct ServeArgs {
     /// How long shutdown waits for open connections before draining the worker anyway.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Heap limit of one script activation, in bytes (past it: `memory_limit`).
+    #[arg(long, env = "CAIRN_SCRIPT_HEAP_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub script_heap_bytes: usize,
+    /// CPU time of one script activation (past it: `cpu_limit`).
+    #[arg(long, env = "CAIRN_SCRIPT_CPU", default_value = "10s", value_parser = parse_duration)]
+    pub script_cpu: Duration,
+    /// Journaled calls of one script process (past them: `journal_limit`).
+    #[arg(long, env = "CAIRN_SCRIPT_MAX_CALLS", default_value_t = 10_000)]
+    pub script_max_calls: u64,
+}
+
+/// `cairn module ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ModuleCommand {
+    /// Compile and store a module file; prints its ref and exports.
+    Put {
+        /// The JavaScript file (`-` for stdin).
+        file: String,
+        /// A name to show with it (default: the file name).
+        #[arg(long)]
+        name: Option<String>,
+        /// `--server`, `--token`, `--json`.
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// List stored modules (without sources).
+    Ls {
+        /// `--server`, `--token`, `--json`.
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Print a module's source (`--json`: the whole module).
+    Get {
+        /// The module ref (`module:sha256:{hex}`).
+        module_ref: String,
+        /// `--server`, `--token`, `--json`.
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+impl ModuleCommand {
+    /// The client options of the subcommand.
+    pub fn client(&self) -> &ClientOpts {
+        match self {
+            Self::Put { client, .. } | Self::Ls { client } | Self::Get { client, .. } => client,
+        }
+    }
 }
 
 fn parse_model(s: &str) -> Result<cairn_turn::ModelSpec, String> {

@@ -157,6 +157,25 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
             CairnError::UnknownModel(s()),
             "a session turn names a model the server was not given (`--model`)",
         ),
+        (
+            CairnError::UnknownModule(s()),
+            "no script module is stored under that ref",
+        ),
+        (
+            CairnError::InvalidModule(s()),
+            "the module does not compile (the message names line and column)",
+        ),
+        (
+            CairnError::UnknownExport {
+                module_ref: s(),
+                process_name: s(),
+            },
+            "the module exports no function of that name",
+        ),
+        (
+            CairnError::InvalidDisposition(s()),
+            "the input cannot have that disposition (a script is `rerunnable`)",
+        ),
         (CairnError::Timeout(s()), "an operation ran out of time"),
         (
             CairnError::storage("x"),

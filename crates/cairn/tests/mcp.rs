@@ -159,6 +159,7 @@ fn check_tool_list(tools: &[Tool]) {
     assert_eq!(
         names,
         [
+            "module_put",
             "process_await",
             "process_cancel",
             "process_complete",
@@ -363,6 +364,18 @@ async fn drive(transport: Transport) {
     let (code, _) = err(&client, "process_complete", json!({"id": "x1", "outcome": outcome})).await;
     assert_eq!(code, "process_terminal");
 
+    // module_put stores a module (the same source again answers it) and names
+    // a syntax error's line.
+    let source = "export async function main(ctx) { return 1; }";
+    let module = ok(&client, &tools, "module_put", json!({"source": source, "name": "m.js"})).await;
+    assert!(module["module_ref"].as_str().unwrap().starts_with("module:sha256:"));
+    assert_eq!(module["exports"], json!(["main"]));
+    let again = ok(&client, &tools, "module_put", json!({"source": source})).await;
+    assert_eq!(again, module);
+    let (code, message) = err(&client, "module_put", json!({"source": "export async function (\n"})).await;
+    assert_eq!(code, "invalid_module");
+    assert!(message.contains("line"), "{message}");
+
     // A missing id is a tool error carrying cairn's code.
     for tool in ["process_get", "process_await", "process_events", "process_cancel"] {
         let (code, message) = err(&client, tool, json!({"id": "nope"})).await;
@@ -377,10 +390,10 @@ async fn drive(transport: Transport) {
 /// Bad input gets a clear error and changes nothing.
 async fn bad_input(server: &Server, client: &McpClient, tools: &[Tool], transport: Transport) {
     // An unknown tool is a protocol error.
-    match call(client, "module_put", json!({"source": "x"})).await {
+    match call(client, "process_delete", json!({"id": "x"})).await {
         Err(ServiceError::McpError(e)) => {
             assert_eq!(e.code, ErrorCode::INVALID_PARAMS);
-            assert!(e.message.contains("module_put"), "{}", e.message);
+            assert!(e.message.contains("process_delete"), "{}", e.message);
         }
         other => panic!("unknown tool answered {other:?}"),
     }

@@ -105,4 +105,12 @@ impl Cairn for Forwarding {
         }
         self.post_json(&format!("{}/complete", proc_path(id)), body).await
     }
+
+    async fn module_put(&self, source: String, name: Option<String>) -> Answer {
+        let mut body = json!({ "source": source });
+        if let Some(n) = name {
+            body["name"] = Value::String(n);
+        }
+        self.post_json("/v1/modules", body).await
+    }
 }

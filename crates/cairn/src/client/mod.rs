@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::cli::{Command, CompleteArgs, LsArgs, PruneArgs, ResolvedClient, RunArgs};
+use crate::cli::{Command, CompleteArgs, LsArgs, ModuleCommand, PruneArgs, ResolvedClient, RunArgs};
 
 pub mod http;
 pub mod mcp;
@@ -289,6 +289,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
         }
         Command::Prune(args) => prune(client, json, args).await,
         Command::Schedule { action, .. } => schedule::execute(client, json, action).await,
+        Command::Module(m) => module(client, json, m).await,
         Command::Wakes { session, .. } => {
             let page = client.get(&format!("/v1/sessions/{}/wakes", segment(&session))).await?;
             if json {
@@ -781,6 +782,79 @@ fn read_stdin() -> Result<String, ClientError> {
         .read_to_string(&mut s)
         .map_err(|e| ClientError::Usage(format!("cannot read stdin: {e}")))?;
     Ok(s)
+}
+
+/// `cairn module put|ls|get`.
+async fn module(client: &Client, json: bool, command: ModuleCommand) -> Result<ExitCode, ClientError> {
+    match command {
+        ModuleCommand::Put { file, name, .. } => {
+            let (source, default_name) = if file == "-" {
+                (read_stdin()?, None)
+            } else {
+                let source = std::fs::read_to_string(&file)
+                    .map_err(|e| ClientError::Usage(format!("cannot read {file}: {e}")))?;
+                let base = std::path::Path::new(&file)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned());
+                (source, base)
+            };
+            let mut body = json!({ "source": source });
+            if let Some(n) = name.or(default_name) {
+                body["name"] = json!(n);
+            }
+            let (status, module) = client.post("/v1/modules", &body).await?;
+            if json {
+                print_json(&module);
+            } else {
+                let verb = if status.as_u16() == 201 {
+                    "stored"
+                } else {
+                    "already stored"
+                };
+                println!("{verb} {}", str_at(&module, "/module_ref"));
+                println!("exports: {}", exports_of(&module));
+            }
+        }
+        ModuleCommand::Ls { .. } => {
+            let page = client.get("/v1/modules").await?;
+            if json {
+                print_json(&page);
+            } else {
+                let rows: Vec<Vec<String>> = page
+                    .get("modules")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(|m| {
+                        vec![
+                            str_at(m, "/module_ref"),
+                            str_at(m, "/name"),
+                            exports_of(m),
+                            age(m.get("created_at_ms")),
+                        ]
+                    })
+                    .collect();
+                print_table(&["MODULE", "NAME", "EXPORTS", "AGE"], &rows);
+            }
+        }
+        ModuleCommand::Get { module_ref, .. } => {
+            let module = client.get(&format!("/v1/modules/{}", segment(&module_ref))).await?;
+            if json {
+                print_json(&module);
+            } else {
+                print!("{}", str_at(&module, "/source"));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn exports_of(module: &Value) -> String {
+    module
+        .get("exports")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default()
 }
 
 fn print_json(v: &Value) {

@@ -112,13 +112,17 @@ pub fn status_of(err: &CairnError) -> StatusCode {
         | CairnError::TerminalNeedsAuthority(_)
         | CairnError::InvalidOutcome { .. }
         | CairnError::InvalidFilter(_)
-        | CairnError::InvalidPage(_) => StatusCode::BAD_REQUEST,
+        | CairnError::InvalidPage(_)
+        | CairnError::InvalidModule(_)
+        | CairnError::InvalidDisposition(_) => StatusCode::BAD_REQUEST,
         CairnError::UnknownProcess(_)
         | CairnError::UnknownWake(_)
         | CairnError::UnknownEnv(_)
         | CairnError::UnknownTool(_)
         | CairnError::UnknownModel(_)
-        | CairnError::UnknownSchedule(_) => StatusCode::NOT_FOUND,
+        | CairnError::UnknownSchedule(_)
+        | CairnError::UnknownModule(_)
+        | CairnError::UnknownExport { .. } => StatusCode::NOT_FOUND,
         CairnError::NoLongerRetained(_) => StatusCode::GONE,
         CairnError::RegistrationConflict { .. }
         | CairnError::ReplayConflict { .. }

@@ -145,4 +145,9 @@ impl Cairn for AsCaller {
         let complete = CompleteBody { outcome, authority };
         json(routes::complete(state, caller, ApiPath(id.to_string()), ApiJson(complete)).await)
     }
+
+    async fn module_put(&self, source: String, name: Option<String>) -> Answer {
+        let (state, caller) = self.parts();
+        body(super::modules::put(state, caller, ApiJson(super::modules::ModuleBody { source, name })).await).await
+    }
 }

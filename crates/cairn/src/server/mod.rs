@@ -21,6 +21,7 @@ pub mod auth;
 pub mod conn;
 pub mod mcp;
 pub mod metrics;
+pub mod modules;
 pub mod openapi;
 pub mod routes;
 pub mod schedules;
@@ -75,6 +76,8 @@ pub fn router(state: Arc<AppState>, dashboard: &Dashboard) -> Router {
         .route("/v1/processes/{id}/cancel", post(routes::cancel))
         .route("/v1/processes/{id}/complete", post(routes::complete))
         .route("/v1/processes/{id}/abandon-request", post(routes::abandon_request))
+        .route("/v1/modules", post(modules::put).get(modules::list))
+        .route("/v1/modules/{module_ref}", get(modules::get))
         .route("/v1/grants/transfer", post(routes::transfer))
         .route("/v1/sessions/{session_id}", delete(routes::delete_session))
         .route("/v1/sessions/{session_id}/wakes", get(routes::wakes))
@@ -206,6 +209,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let processes = Processes::builder(backend.registry)
         .hub(backend.hub)
         .tools(tools)
+        .script_engine(Arc::new(cairn_script::QuickJs::new(cairn_script::Limits {
+            heap_bytes: args.script_heap_bytes,
+            cpu: args.script_cpu,
+            max_calls: args.script_max_calls,
+        })))
         .worker_config(worker)
         .event_sink(Arc::new(sinks))
         .start();

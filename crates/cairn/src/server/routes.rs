@@ -19,8 +19,8 @@ use super::api::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorSchema};
 use super::auth::{check_visible, Caller};
 use super::{sse, AppState};
 
-type Shared = State<Arc<AppState>>;
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type Shared = State<Arc<AppState>>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// Body of `POST /v1/processes/{id}/events`: an append without a lease (the
 /// server never holds one for a caller).

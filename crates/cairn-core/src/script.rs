@@ -1,0 +1,177 @@
+//! Durable scripts (SPEC §14) as far as the core knows them: content-addressed
+//! modules, the reserved `script.*` event types of script processes, and the
+//! [`ScriptEngine`] hook a runtime runs `script` inputs with.
+//!
+//! The engine itself (a JavaScript interpreter, a C build) lives in its own
+//! crate above this one; the core never depends on it. The binary or an
+//! embedder hands one to [`crate::RuntimeBuilder::script_engine`].
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::events::EventType;
+use crate::model::Outcome;
+use crate::tool::ToolContext;
+use crate::{CairnError, Result};
+
+/// The prefix of a module's content address: `module:sha256:{hex}`.
+pub const MODULE_REF_PREFIX: &str = "module:sha256:";
+
+/// The largest module source accepted, in bytes of UTF-8 (1 MiB). A workflow
+/// is code, not data: anything larger is almost certainly a mistake, and every
+/// activation compiles the whole source again.
+pub const MAX_MODULE_SOURCE_BYTES: usize = 1 << 20;
+
+/// The longest module name, in bytes.
+pub const MAX_MODULE_NAME_BYTES: usize = 256;
+
+/// A journaled context call (`{n, kind, ...}`).
+pub const SCRIPT_CALL: &str = "script.call";
+/// The answer of a journaled call (`{n, value}` or `{n, error}`).
+pub const SCRIPT_RESULT: &str = "script.result";
+/// A `ctx.log(...)` line (written once, never repeated on replay).
+pub const SCRIPT_LOG: &str = "script.log";
+/// The namespace of the script journal's event types.
+pub const SCRIPT_PREFIX: &str = "script.";
+
+/// The event types every script process has beside the core ones. They are
+/// part of its core list (a producer cannot declare `script.*`), and only an
+/// append under the run's lease may write them (see [`crate::fold`]), so the
+/// journal is the script run's alone.
+pub fn script_event_types() -> Vec<EventType> {
+    let n = serde_json::json!({
+        "type": "object",
+        "required": ["n"],
+        "properties": {"n": {"type": "integer", "minimum": 1}}
+    });
+    let call = serde_json::json!({
+        "type": "object",
+        "required": ["n", "kind"],
+        "properties": {"n": {"type": "integer", "minimum": 1}, "kind": {"type": "string"}}
+    });
+    vec![
+        EventType::plain(SCRIPT_CALL).with_schema(call),
+        EventType::plain(SCRIPT_RESULT).with_schema(n),
+        EventType::plain(SCRIPT_LOG).with_schema(serde_json::json!({"type": "object"})),
+    ]
+}
+
+static SCRIPT_CORE_TYPES: std::sync::LazyLock<crate::events::EventTypes> = std::sync::LazyLock::new(|| {
+    let mut all = crate::events::core_event_types();
+    all.extend(script_event_types());
+    crate::events::EventTypes::new(all)
+});
+
+/// The core list of a script process that declares no types of its own
+/// (shared, like [`crate::events::EventTypes::core`]).
+pub fn script_core_types() -> crate::events::EventTypes {
+    SCRIPT_CORE_TYPES.clone()
+}
+
+/// A stored module without its source (what listings answer).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ModuleInfo {
+    /// `module:sha256:{hex}` of the source's UTF-8 bytes.
+    pub module_ref: String,
+    /// The name given when it was first stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The names of its exported functions: the process definitions it holds.
+    pub exports: Vec<String>,
+    /// When it was first stored, in epoch milliseconds.
+    pub created_at_ms: u64,
+}
+
+/// A stored module with its source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Module {
+    /// Ref, name, exports and creation time.
+    #[serde(flatten)]
+    pub info: ModuleInfo,
+    /// The JavaScript source.
+    pub source: String,
+}
+
+/// The answer of storing a module.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModulePut {
+    /// The stored module (the one stored first when `created` is false).
+    pub module: ModuleInfo,
+    /// False when the same source was stored already (nothing was written).
+    pub created: bool,
+}
+
+/// The content address of a source.
+pub fn module_ref(source: &str) -> String {
+    format!("{MODULE_REF_PREFIX}{}", crate::hash::sha256_hex(source.as_bytes()))
+}
+
+/// Check a module ref's shape (`module:sha256:` and 64 lowercase hex digits).
+pub fn validate_module_ref(module_ref: &str) -> Result<()> {
+    let ok = module_ref
+        .strip_prefix(MODULE_REF_PREFIX)
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+    if ok {
+        Ok(())
+    } else {
+        Err(CairnError::InvalidId(format!(
+            "module ref `{}`: expected `{MODULE_REF_PREFIX}` and 64 lowercase hex digits",
+            module_ref.escape_debug()
+        )))
+    }
+}
+
+/// Check a module before it is stored: its source size, its name, that its ref
+/// is the address of its source, and its export names.
+pub fn validate_module(module: &Module) -> Result<()> {
+    check_source(&module.source)?;
+    if let Some(name) = &module.info.name {
+        if name.is_empty() || name.len() > MAX_MODULE_NAME_BYTES || name.chars().any(char::is_control) {
+            return Err(CairnError::InvalidRequest(format!(
+                "module name: 1-{MAX_MODULE_NAME_BYTES} bytes without control characters"
+            )));
+        }
+    }
+    if module.info.module_ref != module_ref(&module.source) {
+        return Err(CairnError::InvalidRequest(format!(
+            "module ref `{}` is not the address of its source",
+            module.info.module_ref
+        )));
+    }
+    for e in &module.info.exports {
+        crate::validate::validate_id("module export", e)?;
+    }
+    Ok(())
+}
+
+/// Check a source's size (a clear error before anything compiles it).
+pub fn check_source(source: &str) -> Result<()> {
+    if source.len() > MAX_MODULE_SOURCE_BYTES {
+        return Err(CairnError::PayloadTooLarge {
+            what: "module source".into(),
+            size: source.len(),
+            limit: MAX_MODULE_SOURCE_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// What a runtime needs of a script engine: compile a module to learn its
+/// exports, and run one activation of a `script` process.
+#[async_trait]
+pub trait ScriptEngine: Send + Sync + 'static {
+    /// Compile `source` (no code of it runs with any effect) and answer the
+    /// names of its exported functions, or `invalid_module` naming the line
+    /// and column of a syntax error.
+    fn exports(&self, source: &str) -> Result<Vec<String>>;
+
+    /// Run one activation of the script process `ctx` belongs to: replay its
+    /// journal, run until the function returns or nothing more can happen, and
+    /// answer its outcome. When it must wait in a `rerunnable` process it
+    /// suspends through `ctx` (the worker sees [`crate::StopReason::Suspended`]
+    /// and writes nothing more); what it returns then is ignored.
+    async fn run(&self, ctx: ToolContext, module: Module, process_name: String, args: Value) -> Outcome;
+}

@@ -1,0 +1,495 @@
+//! One activation on its own thread: a fresh QuickJS runtime and context, the
+//! prelude, the module, the function; then run the job queue until nothing
+//! moves, report a [`Step`] to the driver, and wait for its [`Reply`].
+//!
+//! Nothing here does I/O: every call is answered from the journal, computed
+//! (`now`, `random`, `uuid`), or left pending for the driver to perform.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_core::script::{SCRIPT_CALL, SCRIPT_LOG, SCRIPT_RESULT};
+use cairn_core::{Outcome, ProcessEvent, ToolContext};
+use rquickjs::{Context, Ctx, Function, Module, Object, Runtime, Value as JsValue};
+use serde_json::{json, Value};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::Limits;
+
+const PRELUDE: &str = include_str!("prelude.js");
+/// The name the module is compiled under (it shows in stacks and syntax errors).
+pub(crate) const MODULE_NAME: &str = "script.js";
+
+/// Why the interrupt handler stopped the script.
+pub(crate) const RUN: u8 = 0;
+pub(crate) const CPU: u8 = 1;
+pub(crate) const ABORT: u8 = 2;
+pub(crate) const FATAL: u8 = 3;
+
+/// The journal read from the log: calls and results by number, and how many
+/// log lines were written.
+#[derive(Default)]
+pub(crate) struct Journal {
+    calls: BTreeMap<u64, Value>,
+    results: BTreeMap<u64, Value>,
+    logs: u64,
+}
+
+impl Journal {
+    pub(crate) fn from_log(log: &[ProcessEvent]) -> Self {
+        let mut j = Self::default();
+        for e in log {
+            let n = e.payload.get("n").and_then(Value::as_u64);
+            match (e.event_type.as_str(), n) {
+                (SCRIPT_CALL, Some(n)) => {
+                    j.calls.insert(n, e.payload.clone());
+                }
+                (SCRIPT_RESULT, Some(n)) => {
+                    j.results.insert(n, e.payload.clone());
+                }
+                (SCRIPT_LOG, _) => j.logs += 1,
+                _ => {}
+            }
+        }
+        j
+    }
+}
+
+/// A new journal entry, to append in order.
+#[derive(Debug)]
+pub(crate) enum Entry {
+    Call(u64, Value),
+    Result(u64, Value),
+    Log(u64, Value),
+}
+
+/// What an activation reports each time its job queue is empty.
+pub(crate) struct Step {
+    pub(crate) entries: Vec<Entry>,
+    /// Outstanding calls the driver must answer (number, call payload).
+    pub(crate) pending: Vec<(u64, Value)>,
+    /// Set when the function settled or the activation failed.
+    pub(crate) end: Option<Outcome>,
+}
+
+/// The driver's answer to a step.
+pub(crate) enum Reply {
+    /// Results (`{n, value}` or `{n, error}`) of pending calls.
+    Answers(Vec<(u64, Value)>),
+    /// The process was cancelled: reject every pending call with `cancelled`.
+    Cancel(String),
+}
+
+pub(crate) struct Setup {
+    pub(crate) limits: Limits,
+    pub(crate) source: String,
+    pub(crate) process_name: String,
+    pub(crate) args: Value,
+    pub(crate) journal: Journal,
+    pub(crate) ctx: ToolContext,
+    pub(crate) stop: Arc<AtomicU8>,
+}
+
+/// The calls answered at once (journaled with their value) rather than
+/// performed by the driver.
+fn is_sync(kind: &str) -> bool {
+    matches!(kind, "now" | "random" | "uuid")
+}
+
+struct State {
+    journal: Journal,
+    max_calls: u64,
+    n: u64,
+    logs: u64,
+    entries: Vec<Entry>,
+    pending: BTreeMap<u64, Value>,
+    signal_counts: HashMap<String, u64>,
+    fatal: Option<(String, String)>,
+    cancelled: bool,
+    ctx: ToolContext,
+    stop: Arc<AtomicU8>,
+}
+
+impl State {
+    fn set_fatal(&mut self, code: &str, message: String) -> String {
+        if self.fatal.is_none() {
+            self.fatal = Some((code.to_string(), message.clone()));
+        }
+        self.stop.store(FATAL, Ordering::SeqCst);
+        json!({"error": {"class": "script", "code": code, "message": message}}).to_string()
+    }
+
+    fn fresh(&self, kind: &str) -> Value {
+        match kind {
+            "now" => json!(self.ctx.now_ms()),
+            // 53 random bits as a float in [0, 1), like Math.random; the uuid
+            // crate's generator is already here, so no other one is pulled in.
+            "random" => json!((uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64),
+            _ => json!(uuid::Uuid::new_v4().to_string()),
+        }
+    }
+
+    fn native(&mut self, kind: &str, payload: &str) -> String {
+        match kind {
+            "cancelled" => return self.cancelled.to_string(),
+            "log" => {
+                self.logs += 1;
+                if self.logs > self.journal.logs {
+                    let mut p: Value = serde_json::from_str(payload).unwrap_or_else(|_| json!({}));
+                    if let Some(m) = p.as_object_mut() {
+                        m.insert("ordinal".into(), json!(self.logs));
+                    }
+                    self.entries.push(Entry::Log(self.logs, p));
+                }
+                return "{}".into();
+            }
+            _ => {}
+        }
+        if let Some((code, message)) = &self.fatal {
+            return json!({"error": {"class": "script", "code": code, "message": message}}).to_string();
+        }
+        self.n += 1;
+        let n = self.n;
+        if n > self.max_calls {
+            return self.set_fatal(
+                "journal_limit",
+                format!("the script made more than {} journaled calls", self.max_calls),
+            );
+        }
+        let mut call = serde_json::from_str::<Value>(payload).unwrap_or_else(|_| json!({}));
+        let Some(map) = call.as_object_mut() else {
+            return self.set_fatal("invalid_call", format!("call {n} (`{kind}`) is not an object"));
+        };
+        if kind == "wait_signal" {
+            let name = map.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+            let k = self.signal_counts.entry(name).or_insert(0);
+            *k += 1;
+            map.insert("ordinal".into(), json!(*k));
+        }
+        map.insert("n".into(), json!(n));
+        map.insert("kind".into(), json!(kind));
+        match self.journal.calls.get(&n) {
+            Some(journaled) if *journaled != call => {
+                let message = format!("call {n} replayed as {call} but the journal has {journaled}");
+                return self.set_fatal("nondeterminism", message);
+            }
+            Some(_) => {
+                if let Some(result) = self.journal.results.get(&n) {
+                    return answer(kind, result);
+                }
+            }
+            None => self.entries.push(Entry::Call(n, call.clone())),
+        }
+        if is_sync(kind) {
+            let value = self.fresh(kind);
+            let result = json!({"n": n, "value": value});
+            self.entries.push(Entry::Result(n, result.clone()));
+            return answer(kind, &result);
+        }
+        if kind == "turn" {
+            let result = json!({"n": n, "error": {
+                "class": "cairn", "code": "unknown_model",
+                "message": "session turns are not run by this runtime yet"
+            }});
+            self.entries.push(Entry::Result(n, result.clone()));
+            return answer(kind, &result);
+        }
+        self.pending.insert(n, call);
+        json!({ "pending": n }).to_string()
+    }
+}
+
+/// A journaled result as the prelude's answer.
+fn answer(kind: &str, result: &Value) -> String {
+    match (result.get("error"), is_sync(kind)) {
+        (Some(e), _) => json!({ "error": e }).to_string(),
+        (None, true) => json!({"sync": result.get("value").cloned().unwrap_or(Value::Null)}).to_string(),
+        (None, false) => json!({"value": result.get("value").cloned().unwrap_or(Value::Null)}).to_string(),
+    }
+}
+
+/// CPU time of the calling thread.
+pub(crate) fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// A fresh runtime under the limits, its interrupt handler watching `stop`
+/// and the CPU time this thread spends from now on.
+pub(crate) fn runtime(limits: &Limits, stop: Arc<AtomicU8>) -> rquickjs::Result<Runtime> {
+    let rt = Runtime::new()?;
+    rt.set_memory_limit(limits.heap_bytes);
+    rt.set_max_stack_size(1 << 20);
+    let started = thread_cpu();
+    let cpu = limits.cpu;
+    rt.set_interrupt_handler(Some(Box::new(move || {
+        if stop.load(Ordering::Relaxed) != RUN {
+            return true;
+        }
+        if thread_cpu().saturating_sub(started) > cpu {
+            stop.store(CPU, Ordering::SeqCst);
+            return true;
+        }
+        false
+    })));
+    Ok(rt)
+}
+
+/// Run the job queue until it is empty.
+fn run_jobs(ctx: &Ctx<'_>) {
+    while ctx.execute_pending_job() {}
+}
+
+/// The thrown value of the last failed call, described by the prelude.
+fn caught<'js>(ctx: &Ctx<'js>, api: Option<&Object<'js>>) -> Value {
+    let thrown = ctx.catch();
+    let described = api
+        .and_then(|a| a.get::<_, Function>("describe").ok())
+        .and_then(|f| f.call::<_, String>((thrown.clone(),)).ok())
+        .and_then(|s| serde_json::from_str::<Value>(&s).ok());
+    described.unwrap_or_else(|| {
+        let message = thrown
+            .as_exception()
+            .and_then(|e| e.message())
+            .or_else(|| thrown.as_string().and_then(|s| s.to_string().ok()))
+            .unwrap_or_else(|| "the script threw".into());
+        let obj = thrown.as_object();
+        let stack = thrown.as_exception().and_then(|e| e.stack());
+        let number = |k: &str| obj.and_then(|o| o.get::<_, Option<u32>>(k).ok().flatten());
+        json!({
+            "code": "uncaught",
+            "message": message,
+            "stack": stack,
+            "line": number("lineNumber"),
+            "column": number("columnNumber"),
+        })
+    })
+}
+
+/// An error description (`{code, message, stack}`) as a failure, the limits first.
+fn failure(stop: &AtomicU8, limits: &Limits, err: &Value) -> Outcome {
+    let message = err.get("message").and_then(Value::as_str).unwrap_or("").to_string();
+    if stop.load(Ordering::SeqCst) == CPU {
+        return Outcome::failure(
+            "script",
+            "cpu_limit",
+            format!("the activation used more than {:?} of CPU", limits.cpu),
+        );
+    }
+    if message == "out of memory" {
+        return Outcome::failure(
+            "script",
+            "memory_limit",
+            format!("the activation's heap went over {} bytes", limits.heap_bytes),
+        );
+    }
+    let code = err
+        .get("code")
+        .and_then(Value::as_str)
+        .unwrap_or("uncaught")
+        .to_string();
+    Outcome::Failure {
+        class: "script".into(),
+        code,
+        message,
+        raw: err.get("stack").filter(|s| !s.is_null()).map(|s| json!({ "stack": s })),
+    }
+}
+
+/// Compile `source` in a fresh runtime under `limits` and answer its exported
+/// functions, or a description of the error (`{code, message, stack}`) and
+/// whether it was a syntax error.
+pub(crate) fn exports(limits: &Limits, source: &str) -> Result<Vec<String>, (bool, Value)> {
+    let stop = Arc::new(AtomicU8::new(RUN));
+    let fail = |m: String| (false, json!({"code": "script_engine", "message": m, "stack": null}));
+    let rt = runtime(limits, stop.clone()).map_err(|e| fail(e.to_string()))?;
+    let context = Context::full(&rt).map_err(|e| fail(e.to_string()))?;
+    context.with(|ctx| {
+        let declared = Module::declare(ctx.clone(), MODULE_NAME, source).map_err(|_| (true, caught(&ctx, None)))?;
+        let (module, promise) = declared.eval().map_err(|_| (false, caught(&ctx, None)))?;
+        run_jobs(&ctx);
+        if promise.result::<JsValue>().is_some_and(|r| r.is_err()) {
+            return Err((false, caught(&ctx, None)));
+        }
+        let ns = module.namespace().map_err(|_| (false, caught(&ctx, None)))?;
+        let mut names = Vec::new();
+        for key in ns.keys::<String>() {
+            let key = key.map_err(|e| fail(e.to_string()))?;
+            let v: JsValue = ns.get(key.as_str()).map_err(|_| (false, caught(&ctx, None)))?;
+            if v.is_function() {
+                names.push(key);
+            }
+        }
+        names.sort();
+        Ok(names)
+    })
+}
+
+/// One activation: runs until the function settles or the driver stops answering.
+pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Receiver<Reply>) {
+    let Setup {
+        limits,
+        source,
+        process_name,
+        args,
+        journal,
+        ctx: tool_ctx,
+        stop,
+    } = setup;
+    let engine_failure = |m: String| Outcome::failure("runtime", "script_engine", m);
+    let end = |o: Outcome, entries: Vec<Entry>| {
+        let _ = steps.send(Step {
+            entries,
+            pending: Vec::new(),
+            end: Some(o),
+        });
+    };
+    let rt = match runtime(&limits, stop.clone()) {
+        Ok(rt) => rt,
+        Err(e) => return end(engine_failure(e.to_string()), Vec::new()),
+    };
+    let context = match Context::full(&rt) {
+        Ok(c) => c,
+        Err(e) => return end(engine_failure(e.to_string()), Vec::new()),
+    };
+    let process_id = tool_ctx.process_id().to_string();
+    let state = Rc::new(RefCell::new(State {
+        journal,
+        max_calls: limits.max_calls,
+        n: 0,
+        logs: 0,
+        entries: Vec::new(),
+        pending: BTreeMap::new(),
+        signal_counts: HashMap::new(),
+        fatal: None,
+        cancelled: false,
+        ctx: tool_ctx,
+        stop: stop.clone(),
+    }));
+    context.with(|ctx| {
+        let native = {
+            let state = state.clone();
+            Function::new(ctx.clone(), move |kind: String, payload: String| -> String {
+                state.borrow_mut().native(&kind, &payload)
+            })
+        };
+        let setup = (|| -> rquickjs::Result<(Object<'_>, Object<'_>)> {
+            let native = native?;
+            let factory: Function = ctx.eval(PRELUDE)?;
+            let js_args = ctx.json_parse(args.to_string())?;
+            let api: Object = factory.call((native, process_id.as_str(), js_args))?;
+            let declared = Module::declare(ctx.clone(), MODULE_NAME, source.as_str())?;
+            let (module, promise) = declared.eval()?;
+            run_jobs(&ctx);
+            if promise.result::<JsValue>().is_some_and(|r| r.is_err()) {
+                return Err(rquickjs::Error::Exception);
+            }
+            let ns = module.namespace()?;
+            Ok((api, ns))
+        })();
+        let (api, ns) = match setup {
+            Ok(x) => x,
+            Err(_) => {
+                let err = caught(&ctx, None);
+                let entries = std::mem::take(&mut state.borrow_mut().entries);
+                return end(failure(&stop, &limits, &err), entries);
+            }
+        };
+        let start = api
+            .get::<_, Function>("start")
+            .and_then(|f| f.call::<_, ()>((ns, process_name.as_str())));
+        if start.is_err() {
+            let err = caught(&ctx, Some(&api));
+            let entries = std::mem::take(&mut state.borrow_mut().entries);
+            return end(failure(&stop, &limits, &err), entries);
+        }
+        loop {
+            run_jobs(&ctx);
+            let outcome = api
+                .get::<_, Function>("outcome")
+                .and_then(|f| f.call::<_, Option<String>>(()));
+            let (entries, pending, fatal) = {
+                let mut s = state.borrow_mut();
+                (
+                    std::mem::take(&mut s.entries),
+                    s.pending.iter().map(|(n, c)| (*n, c.clone())).collect::<Vec<_>>(),
+                    s.fatal.clone(),
+                )
+            };
+            let end_with = if let Some((code, message)) = fatal {
+                Some(Outcome::failure("script", code, message))
+            } else if stop.load(Ordering::SeqCst) == CPU {
+                Some(failure(&stop, &limits, &json!({})))
+            } else {
+                match outcome {
+                    Ok(Some(json)) => {
+                        let v: Value = serde_json::from_str(&json).unwrap_or(Value::Null);
+                        match (v.get("ok"), v.get("err")) {
+                            (Some(ok), _) => Some(Outcome::success(ok.clone())),
+                            (None, Some(err)) => Some(failure(&stop, &limits, err)),
+                            _ => Some(engine_failure("the script settled without a value".into())),
+                        }
+                    }
+                    Ok(None) if pending.is_empty() => Some(Outcome::failure(
+                        "script",
+                        "stuck",
+                        "the function awaits something no context call will ever settle",
+                    )),
+                    Ok(None) => None,
+                    Err(_) => {
+                        let err = caught(&ctx, Some(&api));
+                        Some(failure(&stop, &limits, &err))
+                    }
+                }
+            };
+            let done = end_with.is_some();
+            if steps
+                .send(Step {
+                    entries,
+                    pending,
+                    end: end_with,
+                })
+                .is_err()
+                || done
+            {
+                return;
+            }
+            let Ok(reply) = replies.recv() else { return };
+            let Ok(deliver) = api.get::<_, Function>("deliver") else {
+                return end(
+                    engine_failure("the prelude lost its deliver function".into()),
+                    Vec::new(),
+                );
+            };
+            let answers = match reply {
+                Reply::Answers(a) => a,
+                Reply::Cancel(message) => {
+                    let mut s = state.borrow_mut();
+                    s.cancelled = true;
+                    let error = json!({"class": "cairn", "code": "cancelled", "message": message});
+                    std::mem::take(&mut s.pending)
+                        .into_keys()
+                        .map(|n| (n, json!({"n": n, "error": error})))
+                        .collect()
+                }
+            };
+            for (n, result) in answers {
+                state.borrow_mut().pending.remove(&n);
+                if deliver.call::<_, ()>((n, result.to_string())).is_err() {
+                    let err = caught(&ctx, Some(&api));
+                    return end(failure(&stop, &limits, &err), Vec::new());
+                }
+            }
+        }
+    })
+}

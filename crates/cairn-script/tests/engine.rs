@@ -1,0 +1,392 @@
+//! The engine through a runtime over the in-memory registry: compile checks,
+//! the journal, replay, suspension and the limits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_core::{Disposition, MemoryRegistry, Outcome, ProcessInput, ProcessStatus, Processes, StartRequest};
+use cairn_script::{Limits, QuickJs};
+use serde_json::{json, Value};
+
+fn runtime(limits: Limits) -> Processes {
+    Processes::builder(Arc::new(MemoryRegistry::new()))
+        .script_engine(Arc::new(QuickJs::new(limits)))
+        .start()
+}
+
+async fn put(p: &Processes, source: &str) -> String {
+    p.put_module(source.to_string(), Some("t.js".into()))
+        .await
+        .expect("module stored")
+        .module
+        .module_ref
+}
+
+fn script(id: &str, module_ref: &str, name: &str, args: Value) -> StartRequest {
+    StartRequest::new(
+        id,
+        ProcessInput::Script {
+            module_ref: module_ref.into(),
+            process_name: name.into(),
+            args,
+        },
+        Disposition::Rerunnable,
+    )
+}
+
+async fn run(p: &Processes, req: StartRequest) -> cairn_core::ProcessRecord {
+    let id = req.id.clone();
+    p.start(req).await.expect("started");
+    let rec = p.await_output(&id, Duration::from_secs(20)).await.expect("awaited");
+    assert!(rec.is_terminal(), "the script ended: {rec:?}");
+    rec
+}
+
+async fn events(p: &Processes, id: &str, t: &str) -> Vec<Value> {
+    p.events(id, 0, Some(1000))
+        .await
+        .expect("events")
+        .events
+        .into_iter()
+        .filter(|e| e.event_type == t)
+        .map(|e| e.payload)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_syntax_error_names_line_and_column() {
+    let p = runtime(Limits::default());
+    let err = p
+        .put_module("export async function f(ctx) {\n  let x = ;\n}".into(), None)
+        .await
+        .expect_err("a syntax error");
+    assert_eq!(err.code(), "invalid_module");
+    assert!(err.to_string().contains("line 2"), "{err}");
+    assert!(p.list_modules(None, None).await.unwrap().is_empty(), "nothing stored");
+}
+
+#[tokio::test]
+async fn exports_are_the_exported_functions() {
+    let p = runtime(Limits::default());
+    let put = p
+        .put_module(
+            "export async function b() {}\nexport function a() {}\nexport const c = 1;".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(put.module.exports, ["a", "b"]);
+    assert!(put.created);
+    let again = p
+        .put_module(
+            "export async function b() {}\nexport function a() {}\nexport const c = 1;".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(!again.created);
+}
+
+#[tokio::test]
+async fn start_checks_module_export_and_disposition() {
+    let p = runtime(Limits::default());
+    let m = put(&p, "export async function main(ctx) { return 1; }").await;
+    let missing = format!("module:sha256:{}", "0".repeat(64));
+    let e = p.start(script("a", &missing, "main", json!({}))).await.unwrap_err();
+    assert_eq!(e.code(), "unknown_module");
+    let e = p.start(script("a", &m, "nope", json!({}))).await.unwrap_err();
+    assert_eq!(e.code(), "unknown_export");
+    let mut req = script("a", &m, "main", json!({}));
+    req.disposition = Disposition::OwnerBound;
+    assert_eq!(p.start(req).await.unwrap_err().code(), "invalid_disposition");
+    assert!(matches!(p.get("a").await.unwrap_err().code(), "unknown_process"));
+}
+
+#[tokio::test]
+async fn three_steps_complete_with_the_right_value() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function main(ctx, args) {
+            const a = ctx.now();
+            await ctx.emit("progress", {step: 1});
+            ctx.log("half way", {a: 1});
+            await ctx.sleep(1);
+            await ctx.emit("progress", {step: 2});
+            return {sum: args.x + 1, id: ctx.processId, t: typeof a};
+        }"#,
+    )
+    .await;
+    let req = script("s1", &m, "main", json!({"x": 41})).with_event_type(cairn_core::EventType::plain("progress"));
+    let rec = run(&p, req).await;
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::success(json!({"sum": 42, "id": "s1", "t": "number"})))
+    );
+    let calls = events(&p, "s1", "script.call").await;
+    let kinds: Vec<_> = calls.iter().map(|c| c["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["now", "emit", "sleep", "emit"]);
+    assert_eq!(events(&p, "s1", "script.result").await.len(), 4);
+    assert_eq!(
+        events(&p, "s1", "progress").await,
+        [json!({"step": 1}), json!({"step": 2})]
+    );
+    assert_eq!(
+        events(&p, "s1", "script.log").await.len(),
+        1,
+        "the log line is written once, not again on replay"
+    );
+}
+
+#[tokio::test]
+async fn now_and_random_replay_identically_across_a_suspension() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const t = Date.now(), r = Math.random(), u = ctx.uuid();
+            const sig = await ctx.waitSignal("go");
+            return {t, r, u, again: [Date.now() >= t], sig};
+        }"#,
+    )
+    .await;
+    p.start(script("r1", &m, "main", json!({}))).await.unwrap();
+    // Suspended on the signal: the record shows the wait.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let rec = p.get("r1").await.unwrap();
+        if rec.wait.is_some() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the script never suspended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let first: Vec<Value> = events(&p, "r1", "script.result").await;
+    p.signal("r1", "go", "g1", json!({"by": "ann"})).await.unwrap();
+    let rec = p.await_output("r1", Duration::from_secs(10)).await.unwrap();
+    let Some(Outcome::Success { value }) = rec.outcome else {
+        panic!("success: {rec:?}")
+    };
+    assert_eq!(value["t"], first[0]["value"]);
+    assert_eq!(value["r"], first[1]["value"]);
+    assert_eq!(value["u"], first[2]["value"]);
+    assert_eq!(value["sig"], json!({"by": "ann"}));
+}
+
+#[tokio::test]
+async fn an_uncaught_error_fails_with_class_script_and_its_code() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            throw Object.assign(new Error("not approved in time"), {code: "not_approved"});
+        }
+        export async function plain() { null.x; }"#,
+    )
+    .await;
+    let rec = run(&p, script("e1", &m, "main", json!({}))).await;
+    let Some(Outcome::Failure {
+        class,
+        code,
+        message,
+        raw,
+    }) = rec.outcome
+    else {
+        panic!("{rec:?}")
+    };
+    assert_eq!(
+        (class.as_str(), code.as_str(), message.as_str()),
+        ("script", "not_approved", "not approved in time")
+    );
+    assert!(raw.unwrap()["stack"].as_str().unwrap().contains("script.js"));
+    let rec = run(&p, script("e2", &m, "plain", json!({}))).await;
+    let Some(Outcome::Failure { code, .. }) = rec.outcome else {
+        panic!("{rec:?}")
+    };
+    assert_eq!(code, "uncaught");
+}
+
+#[tokio::test]
+async fn limits_fail_with_their_codes() {
+    let limits = Limits {
+        heap_bytes: 8 << 20,
+        cpu: Duration::from_millis(300),
+        max_calls: 5,
+    };
+    let p = runtime(limits);
+    let m = put(
+        &p,
+        r#"export async function spin() { for (;;) {} }
+        export async function hog() { const a = []; for (;;) a.push(new Array(10000).fill(1)); }
+        export async function chatty(ctx) { for (let i = 0; i < 10; i++) ctx.now(); return 1; }"#,
+    )
+    .await;
+    for (id, name, code) in [
+        ("c", "spin", "cpu_limit"),
+        ("m", "hog", "memory_limit"),
+        ("j", "chatty", "journal_limit"),
+    ] {
+        let rec = run(&p, script(id, &m, name, json!({}))).await;
+        assert_eq!(rec.status, ProcessStatus::Failed, "{id}");
+        let Some(Outcome::Failure { code: got, .. }) = rec.outcome else {
+            panic!("{rec:?}")
+        };
+        assert_eq!(got, code, "{id}");
+    }
+    let ok = put(&p, "export async function f() { return 'fine'; }").await;
+    let rec = run(&p, script("after", &ok, "f", json!({}))).await;
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::success(json!("fine"))),
+        "the runtime is still healthy"
+    );
+}
+
+#[tokio::test]
+async fn a_replay_that_changes_its_calls_fails_nondeterminism() {
+    let p = runtime(Limits::default());
+    // `new Date()` reads the real clock (only `Date.now` is journaled): the
+    // test uses it to make the replay take the other branch.
+    let m = put(
+        &p,
+        r#"export async function main(ctx, args) {
+            if (new Date().getTime() < args.switch_at) await ctx.sleep(1);
+            else await ctx.emit("other", {});
+            await ctx.waitSignal("go");
+            return "unreachable";
+        }"#,
+    )
+    .await;
+    let switch_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 1_500;
+    let req = script("nd", &m, "main", json!({"switch_at": switch_at}))
+        .with_event_type(cairn_core::EventType::plain("other"));
+    p.start(req).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while p
+        .get("nd")
+        .await
+        .unwrap()
+        .wait
+        .as_ref()
+        .is_none_or(|w| w.kind != "signal")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the script never waited for the signal"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let calls = events(&p, "nd", "script.call").await;
+    assert_eq!(calls[0]["kind"], "sleep", "the first activation ran before switch_at");
+    // Past switch_at the replay takes the other branch.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    tokio::time::sleep(Duration::from_millis(switch_at.saturating_sub(now) + 10)).await;
+    p.signal("nd", "go", "g", json!({})).await.unwrap();
+    let rec = p.await_output("nd", Duration::from_secs(10)).await.unwrap();
+    let Some(Outcome::Failure {
+        class, code, message, ..
+    }) = rec.outcome
+    else {
+        panic!("{rec:?}")
+    };
+    assert_eq!((class.as_str(), code.as_str()), ("script", "nondeterminism"));
+    assert!(
+        message.contains("emit") && message.contains("sleep"),
+        "names both calls: {message}"
+    );
+}
+
+/// A tool whose runs all wait at one barrier: three of them return only when
+/// three run at once. `{"fail": code}` fails with that code instead.
+struct Gate(Arc<tokio::sync::Barrier>);
+
+#[cairn_core::async_trait]
+impl cairn_core::Tool for Gate {
+    fn name(&self) -> &str {
+        "gate"
+    }
+    async fn run(&self, _ctx: cairn_core::ToolContext, args: Value) -> Outcome {
+        if let Some(code) = args.get("fail").and_then(Value::as_str) {
+            return Outcome::failure("tool", code, "the gate refused");
+        }
+        self.0.wait().await;
+        Outcome::success(args["v"].clone())
+    }
+}
+
+fn runtime_with_gate() -> Processes {
+    Processes::builder(Arc::new(MemoryRegistry::new()))
+        .script_engine(Arc::new(QuickJs::default()))
+        .tools(cairn_core::ToolRegistry::new().with(Arc::new(Gate(Arc::new(tokio::sync::Barrier::new(3))))))
+        .start()
+}
+
+#[tokio::test]
+async fn promise_all_of_three_tool_calls_runs_three_children_at_once() {
+    let p = runtime_with_gate();
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const [a, b, c] = await Promise.all([1, 2, 3].map(v => ctx.tool("gate", {v})));
+            return a + b + c;
+        }"#,
+    )
+    .await;
+    // The gate lets the children go only when all three run together.
+    let rec = run(&p, script("pa", &m, "main", json!({}))).await;
+    assert_eq!(rec.outcome, Some(Outcome::success(json!(6))));
+    let children = p
+        .list(&cairn_core::ProcessFilter {
+            caused_by: Some("pa".into()),
+            status: cairn_core::StatusFilter::Any,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<_> = children.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["pa/1", "pa/2", "pa/3"]);
+    for c in &children {
+        let started = p
+            .events(&c.id, 0, None)
+            .await
+            .unwrap()
+            .events
+            .iter()
+            .filter(|e| e.event_type == "process.started")
+            .count();
+        assert_eq!(started, 1, "{} started once", c.id);
+    }
+}
+
+#[tokio::test]
+async fn a_failed_child_rejects_with_its_code_and_wait_never_rejects() {
+    let p = runtime_with_gate();
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            let caught = null;
+            try { await ctx.tool("gate", {fail: "no_entry"}); } catch (e) { caught = {code: e.code, cls: e.class}; }
+            const id = await ctx.start({input: {type: "tool_call", tool: "gate", args: {fail: "again"}}, disposition: "rerunnable"});
+            const out = await ctx.wait(id);
+            return {caught, id, out: out.type, code: out.code};
+        }"#,
+    )
+    .await;
+    let rec = run(&p, script("fc", &m, "main", json!({}))).await;
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::success(json!({
+            "caught": {"code": "no_entry", "cls": "tool"},
+            "id": "fc/2",
+            "out": "failure",
+            "code": "again"
+        })))
+    );
+}

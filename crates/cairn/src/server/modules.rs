@@ -1,0 +1,94 @@
+//! Script modules (SPEC §14): `POST /v1/modules`, `GET /v1/modules`,
+//! `GET /v1/modules/{ref}`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use cairn_core::{Module, ModuleInfo};
+use serde::{Deserialize, Serialize};
+
+use super::api::{ApiJson, ApiPath, ApiQuery, ErrorSchema};
+use super::auth::Caller;
+use super::routes::{ApiResult, Shared};
+
+/// Body of `POST /v1/modules`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleBody {
+    /// The JavaScript module source (at most 1 MiB of UTF-8).
+    pub source: String,
+    /// A name to show with it (kept from the first put of that source).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Query of `GET /v1/modules`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ModulesQuery {
+    /// The last ref of the previous page.
+    pub after: Option<String>,
+    /// Page size (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// A page of modules, without sources, in ref order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModulesPage {
+    /// The modules.
+    pub modules: Vec<ModuleInfo>,
+}
+
+/// `POST /v1/modules`: compile and store a module; 201, or 200 when that
+/// source is stored already.
+#[utoipa::path(post, path = "/v1/modules", tag = "modules", request_body = ModuleBody,
+    responses(
+        (status = 201, description = "Stored", body = ModuleInfo),
+        (status = 200, description = "That source was stored already", body = ModuleInfo),
+        (status = 400, description = "invalid_module (line and column in the message), invalid_request", body = ErrorSchema),
+        (status = 413, description = "payload_too_large: the source is over 1 MiB", body = ErrorSchema)))]
+pub async fn put(
+    State(state): Shared,
+    Extension(_caller): Extension<Caller>,
+    ApiJson(body): ApiJson<ModuleBody>,
+) -> ApiResult<Response> {
+    let put = state.processes.put_module(body.source, body.name).await?;
+    let status = if put.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(put.module)).into_response())
+}
+
+/// `GET /v1/modules`: stored modules without their sources.
+#[utoipa::path(get, path = "/v1/modules", tag = "modules", params(ModulesQuery),
+    responses(
+        (status = 200, description = "One page, in ref order", body = ModulesPage),
+        (status = 400, description = "invalid_page", body = ErrorSchema)))]
+pub async fn list(
+    State(state): Shared,
+    Extension(_caller): Extension<Caller>,
+    ApiQuery(q): ApiQuery<ModulesQuery>,
+) -> ApiResult<Json<ModulesPage>> {
+    Ok(Json(ModulesPage {
+        modules: state.processes.list_modules(q.after.as_deref(), q.limit).await?,
+    }))
+}
+
+/// `GET /v1/modules/{ref}`: one module with its source.
+#[utoipa::path(get, path = "/v1/modules/{module_ref}", tag = "modules",
+    params(("module_ref" = String, Path, description = "`module:sha256:{hex}`")),
+    responses(
+        (status = 200, description = "The module", body = Module),
+        (status = 400, description = "invalid_id: not a module ref", body = ErrorSchema),
+        (status = 404, description = "unknown_module", body = ErrorSchema)))]
+pub async fn get(
+    State(state): Shared,
+    Extension(_caller): Extension<Caller>,
+    ApiPath(module_ref): ApiPath<String>,
+) -> ApiResult<Json<Module>> {
+    Ok(Json(state.processes.get_module(&module_ref).await?))
+}

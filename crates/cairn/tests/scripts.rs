@@ -1,0 +1,238 @@
+//! Durable scripts (SPEC §14) through the HTTP API of a real `cairn serve`, on
+//! SQLite and on PostgreSQL: modules, start checks, a script with children, a
+//! signal and a timer, journaled values, and the limits.
+
+mod common;
+
+use common::{Client, Server};
+use serde_json::{json, Value};
+
+const DEPLOY: &str = r#"
+export async function deploy(ctx, args) {
+  const t = Date.now(), r = Math.random();
+  const [a, b, c] = await Promise.all([1, 2, 3].map((v) => ctx.tool("echo", {value: v * args.k})));
+  await ctx.emit("progress", {text: `built: ${a + b + c}`});
+  ctx.log("waiting for approval");
+  const ok = await ctx.waitSignal("approve", {timeoutMs: 86400000});
+  if (!ok) throw Object.assign(new Error("not approved in time"), {code: "not_approved"});
+  await ctx.sleep(20);
+  return {approved_by: ok.by, sum: a + b + c, t, r};
+}
+
+export async function boom(ctx) {
+  throw Object.assign(new Error("it broke"), {code: "broken"});
+}
+
+export async function spin() { for (;;) {} }
+export async function hog() { const a = []; for (;;) a.push(new Array(100000).fill(7)); }
+export async function chatty(ctx) { for (let i = 0; i < 50; i++) ctx.now(); return 1; }
+export async function fine() { return "fine"; }
+"#;
+
+fn script(id: &str, module_ref: &str, name: &str, args: Value) -> Value {
+    json!({
+        "id": id,
+        "input": {"type": "script", "module_ref": module_ref, "process_name": name, "args": args},
+        "disposition": "rerunnable",
+        "event_types": [{"name": "progress"}]
+    })
+}
+
+async fn events(c: &Client, id: &str) -> Vec<Value> {
+    let id = id.replace('/', "%2F");
+    let (s, page) = c.get(&format!("/v1/processes/{id}/events?limit=1000")).await;
+    assert_eq!(s, 200, "{page}");
+    page["events"].as_array().unwrap().clone()
+}
+
+fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["event_type"] == t).collect()
+}
+
+async fn await_end(c: &Client, id: &str) -> Value {
+    let (s, rec) = c.get(&format!("/v1/processes/{id}/await?timeout_ms=20000")).await;
+    assert_eq!(s, 200, "{rec}");
+    assert_ne!(rec["status"], "running", "{id} ended: {rec}");
+    rec
+}
+
+async fn scenario(db: &str) {
+    let server = Server::start_on(
+        db,
+        &[
+            "--script-cpu",
+            "300ms",
+            "--script-heap-bytes",
+            "16777216",
+            "--script-max-calls",
+            "20",
+        ],
+    )
+    .await;
+    let c = server.client();
+
+    // Modules: 201, then 200 for the same source; listed without source.
+    let (s, m) = c
+        .post("/v1/modules", json!({"source": DEPLOY, "name": "deploy.js"}))
+        .await;
+    assert_eq!(s, 201, "{m}");
+    let module_ref = m["module_ref"].as_str().unwrap().to_string();
+    assert_eq!(m["exports"], json!(["boom", "chatty", "deploy", "fine", "hog", "spin"]));
+    let (s, again) = c.post("/v1/modules", json!({"source": DEPLOY})).await;
+    assert_eq!((s, &again), (200, &m));
+    let (s, list) = c.get("/v1/modules").await;
+    assert_eq!(s, 200);
+    assert_eq!(list["modules"], json!([m.clone()]));
+    let (s, got) = c.get(&format!("/v1/modules/{module_ref}")).await;
+    assert_eq!((s, got["source"].as_str()), (200, Some(DEPLOY)));
+    let (s, e) = c
+        .post(
+            "/v1/modules",
+            json!({"source": "export async function f() {\n  return )\n}"}),
+        )
+        .await;
+    assert_eq!((s, e["error"]["code"].as_str()), (400, Some("invalid_module")), "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("line 2"), "{e}");
+    let big = format!("// {}\nexport async function f() {{}}", "x".repeat(1 << 20));
+    let (s, e) = c.post("/v1/modules", json!({"source": big})).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{e}"
+    );
+    let missing = format!("module:sha256:{}", "0".repeat(64));
+    let (s, e) = c.get(&format!("/v1/modules/{missing}")).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (404, Some("unknown_module")));
+    assert_eq!(
+        c.get("/v1/modules").await.1["modules"].as_array().unwrap().len(),
+        1,
+        "nothing else stored"
+    );
+
+    // Start checks.
+    let (s, e) = c.start(script("x", &missing, "deploy", json!({}))).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (404, Some("unknown_module")));
+    let (s, e) = c.start(script("x", &module_ref, "nope", json!({}))).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (404, Some("unknown_export")));
+    let mut owner_bound = script("x", &module_ref, "deploy", json!({}));
+    owner_bound["disposition"] = json!("owner_bound");
+    let (s, e) = c.start(owner_bound).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (400, Some("invalid_disposition")));
+
+    // The deploy script: three children at once, an event, a signal, a timer.
+    let (s, rec) = c.start(script("d1", &module_ref, "deploy", json!({"k": 10}))).await;
+    assert_eq!(s, 201, "{rec}");
+    assert_eq!(rec["input"]["type"], "script");
+    let waiting = c.wait_for("d1", |r| r["wait"]["kind"] == "signal").await;
+    assert_eq!(waiting["wait"]["name"], "approve");
+    let (_, children) = c.get("/v1/processes?caused_by=d1&status=any").await;
+    let ids: Vec<&str> = children["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    // Calls 1 and 2 were `now` and `random`: the children are calls 3-5.
+    assert_eq!(ids, ["d1/3", "d1/4", "d1/5"]);
+    let (s, _) = c
+        .post(
+            "/v1/processes/d1/signals/approve",
+            json!({"signal_id": "s1", "payload": {"by": "ann"}}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let done = await_end(&c, "d1").await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let value = &done["outcome"]["value"];
+    assert_eq!(
+        (value["approved_by"].as_str(), value["sum"].as_u64()),
+        (Some("ann"), Some(60))
+    );
+    let log = events(&c, "d1").await;
+    let results = of_type(&log, "script.result");
+    // now and random answered the journaled values on every replay.
+    assert_eq!(
+        value["t"],
+        results.iter().find(|r| r["payload"]["n"] == 1).unwrap()["payload"]["value"]
+    );
+    assert_eq!(
+        value["r"],
+        results.iter().find(|r| r["payload"]["n"] == 2).unwrap()["payload"]["value"]
+    );
+    assert_eq!(of_type(&log, "progress").len(), 1, "the emit happened once");
+    assert_eq!(
+        of_type(&log, "script.log").len(),
+        1,
+        "the log line was not repeated on replay"
+    );
+    assert!(
+        of_type(&log, "process.started").len() >= 2,
+        "it was resumed after suspending"
+    );
+    for child in ["d1/3", "d1/4", "d1/5"] {
+        let started = of_type(&events(&c, child).await, "process.started").len();
+        assert_eq!(started, 1, "{child} started once");
+    }
+    let (_, listed) = c
+        .get(&format!(
+            "/v1/processes?status=any&definition=script:{module_ref}%23deploy"
+        ))
+        .await;
+    assert_eq!(listed["processes"].as_array().unwrap().len(), 1, "{listed}");
+
+    // The journal is the run's alone.
+    let (s, e) = c
+        .post(
+            "/v1/processes/d1/events",
+            json!({"event_type": "script.result", "payload": {"n": 99}}),
+        )
+        .await;
+    assert_eq!(s / 100, 4, "{e}");
+
+    // Failures: an uncaught error, and the limits; the server stays healthy.
+    for (id, name, class, code) in [
+        ("f1", "boom", "script", "broken"),
+        ("f2", "spin", "script", "cpu_limit"),
+        ("f3", "hog", "script", "memory_limit"),
+        ("f4", "chatty", "script", "journal_limit"),
+    ] {
+        let (s, _) = c.start(script(id, &module_ref, name, json!({}))).await;
+        assert_eq!(s, 201);
+        let rec = await_end(&c, id).await;
+        assert_eq!(rec["status"], "failed", "{rec}");
+        assert_eq!(
+            (rec["outcome"]["class"].as_str(), rec["outcome"]["code"].as_str()),
+            (Some(class), Some(code)),
+            "{rec}"
+        );
+    }
+    let f1 = await_end(&c, "f1").await;
+    assert!(
+        f1["outcome"]["raw"]["stack"].as_str().unwrap().contains("script.js"),
+        "{f1}"
+    );
+    assert_eq!(c.get("/healthz").await.0, 200);
+    c.start(script("ok", &module_ref, "fine", json!({}))).await;
+    assert_eq!(await_end(&c, "ok").await["outcome"]["value"], "fine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_run_durably_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("cairn.db").display());
+    scenario(&db).await;
+}
+
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_run_durably_on_postgres() {
+    let Some(url) = cairn_postgres::testing::test_url() else {
+        return;
+    };
+    let schema = cairn_postgres::testing::TestSchema::new("cairn_scripts");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    scenario(&format!("{url}{sep}schema={}", schema.name)).await;
+}
