@@ -191,14 +191,6 @@ impl State {
             self.entries.push(Entry::Result(n, result.clone()));
             return answer(kind, &result);
         }
-        if kind == "turn" {
-            let result = json!({"n": n, "error": {
-                "class": "cairn", "code": "unknown_model",
-                "message": "session turns are not run by this runtime yet"
-            }});
-            self.entries.push(Entry::Result(n, result.clone()));
-            return answer(kind, &result);
-        }
         self.pending.insert(n, call);
         json!({ "pending": n }).to_string()
     }

@@ -179,7 +179,7 @@ fn error_result(n: u64, e: &CairnError) -> Value {
 }
 
 fn is_wait(kind: &str) -> bool {
-    matches!(kind, "sleep" | "wait_signal" | "tool" | "wait")
+    matches!(kind, "sleep" | "wait_signal" | "tool" | "turn" | "wait")
 }
 
 impl Driver<'_> {
@@ -225,8 +225,8 @@ impl Driver<'_> {
             for (n, call) in step.pending.iter().filter(|(_, c)| !is_wait(kind(c))) {
                 answers.push((*n, self.perform(*n, call).await));
             }
-            // Every pending `ctx.tool` child starts now, together.
-            for (n, call) in step.pending.iter().filter(|(_, c)| kind(c) == "tool") {
+            // Every pending `ctx.tool` and `ctx.turn` child starts now, together.
+            for (n, call) in step.pending.iter().filter(|(_, c)| matches!(kind(c), "tool" | "turn")) {
                 if self.cancelled.is_none() {
                     if let Some(failed) = self.start_tool(*n, call).await {
                         answers.push((*n, failed));
@@ -237,12 +237,12 @@ impl Driver<'_> {
                 let children: Vec<(u64, Value)> = step
                     .pending
                     .iter()
-                    .filter(|(_, c)| matches!(kind(c), "tool" | "wait"))
+                    .filter(|(_, c)| matches!(kind(c), "tool" | "turn" | "wait"))
                     .cloned()
                     .collect();
                 let first = step.pending.iter().find(|(_, c)| is_wait(kind(c)));
                 let waited = match first {
-                    Some((_, c)) if matches!(kind(c), "tool" | "wait") && self.cancelled.is_none() => {
+                    Some((_, c)) if matches!(kind(c), "tool" | "turn" | "wait") && self.cancelled.is_none() => {
                         self.wait_children(&children).await
                     }
                     Some((n, call)) => self.wait(*n, call).await.map(|r| vec![(*n, r)]),
@@ -347,7 +347,21 @@ impl Driver<'_> {
                 ))
             }
         };
-        let request = cairn_core::StartRequest::tool(self.child_id(n), name, args, disposition);
+        let request = if kind(call) == "turn" {
+            // `ctx.turn(session, input, outputContract?)`: a session turn child (SPEC §15).
+            let input = json!({
+                "type": "session_turn",
+                "session": call.get("session").cloned().unwrap_or(json!({})),
+                "input": call.get("input").cloned().unwrap_or(Value::Null),
+                "output_contract": call.get("output_contract").cloned().unwrap_or(Value::Null),
+            });
+            match serde_json::from_value(input) {
+                Ok(input) => cairn_core::StartRequest::new(self.child_id(n), input, disposition),
+                Err(e) => return Some(error_result(n, &CairnError::InvalidRequest(format!("ctx.turn: {e}")))),
+            }
+        } else {
+            cairn_core::StartRequest::tool(self.child_id(n), name, args, disposition)
+        };
         match self.ctx.start_child(request).await {
             Ok(_) => None,
             Err(e) => Some(error_result(n, &e)),

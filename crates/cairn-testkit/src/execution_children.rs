@@ -122,29 +122,29 @@ pub async fn parent_suspends_until_its_children_end(factory: &dyn StoreFactory) 
     p.shutdown().await;
 }
 
-/// Runs `script` inputs: succeeds with the process name it was given; a start
-/// naming the process `missing` is refused (what a script engine does for an
-/// unknown export).
+/// Runs `session_turn` inputs: succeeds with the input it was given; a start
+/// whose input is `refuse` is refused (what a turn runner does for an unknown
+/// model), and so is one that is not rerunnable.
 struct EchoRunner;
 
 #[async_trait]
 impl Tool for EchoRunner {
     fn name(&self) -> &str {
-        "script"
+        "session_turn"
     }
 
     async fn check_start(&self, input: &Value, disposition: Disposition) -> cairn_core::Result<()> {
-        if input["process_name"] == "missing" {
-            return Err(CairnError::InvalidRequest("no export `missing`".into()));
+        if input["input"] == "refuse" {
+            return Err(CairnError::InvalidRequest("refused by the runner".into()));
         }
         if disposition != Disposition::Rerunnable {
-            return Err(CairnError::InvalidRequest("scripts are rerunnable".into()));
+            return Err(CairnError::InvalidRequest("turns here are rerunnable".into()));
         }
         Ok(())
     }
 
     async fn run(&self, _ctx: ToolContext, input: Value) -> Outcome {
-        Outcome::success(json!({ "ran": input["process_name"], "args": input["args"] }))
+        Outcome::success(json!({ "ran": input["input"], "type": input["type"] }))
     }
 }
 
@@ -153,16 +153,16 @@ impl Tool for EchoRunner {
 /// worker ends such a process `unsupported_input`.
 pub async fn input_runner_runs_its_kind(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;
-    let script = |id: &str, name: &str, disposition| {
-        let input = ProcessInput::Script {
-            module_ref: "module:sha256:00".into(),
-            process_name: name.into(),
-            args: json!({"k": 1}),
+    let turn = |id: &str, text: &str, disposition| {
+        let input = ProcessInput::SessionTurn {
+            session: cairn_core::TurnSession::default(),
+            input: json!(text),
+            output_contract: Value::Null,
         };
         StartRequest::new(id, input, disposition)
     };
     let mut tools = ToolRegistry::new();
-    tools.register_runner("script", Arc::new(EchoRunner));
+    tools.register_runner("session_turn", Arc::new(EchoRunner));
     let p = Processes::builder(store.registry.clone())
         .tools(tools)
         .clock(Arc::new(store.clock.clone()))
@@ -172,26 +172,23 @@ pub async fn input_runner_runs_its_kind(factory: &dyn StoreFactory) {
             ..WorkerConfig::default()
         })
         .start();
-    p.start(script("s1", "deploy", Disposition::Rerunnable))
+    p.start(turn("s1", "hello", Disposition::Rerunnable))
         .await
         .expect("start");
     let r = terminal(&p, "s1").await;
     assert_eq!(
         r.outcome,
-        Some(Outcome::success(json!({"ran": "deploy", "args": {"k": 1}})))
+        Some(Outcome::success(json!({"ran": "hello", "type": "session_turn"})))
     );
-    for (name, disposition) in [
-        ("missing", Disposition::Rerunnable),
-        ("deploy", Disposition::OwnerBound),
-    ] {
-        let e = p.start(script("s2", name, disposition)).await.expect_err("refused");
+    for (text, disposition) in [("refuse", Disposition::Rerunnable), ("hello", Disposition::OwnerBound)] {
+        let e = p.start(turn("s2", text, disposition)).await.expect_err("refused");
         assert_eq!(e.code(), "invalid_request");
     }
     assert_eq!(p.get("s2").await.expect_err("nothing stored").code(), "unknown_process");
     p.shutdown().await;
 
     let bare = runtime(&store, "w2", vec![]);
-    bare.start(script("s3", "deploy", Disposition::Rerunnable))
+    bare.start(turn("s3", "hello", Disposition::Rerunnable))
         .await
         .expect("start");
     let r = terminal(&bare, "s3").await;

@@ -143,3 +143,43 @@ async fn a_turn_killed_mid_tool_call_resumes_from_its_journal() {
     assert_eq!(tools.len(), 2);
     assert_eq!(tools[1]["content"], "{\"ok\":true}");
 }
+
+/// `ctx.turn` in a script (SPEC §14) is a `session_turn` child: the script
+/// gets the turn's success value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_runs_a_turn_as_its_child() {
+    let fake = FakeOpenAi::start().await;
+    let model = format!("default={},model=fake-1", fake.base_url());
+    let server = Server::start(&["--model", &model]).await;
+    let client = server.client();
+    fake.push(Reply::Text("{\"verdict\": \"ship\"}".into()));
+    let source = r#"
+        export async function review(ctx, args) {
+          const out = await ctx.turn({system: "You review."}, "Ship " + args.build + "?",
+            {type: "json_schema", schema: {type: "object", required: ["verdict"]}});
+          return {build: args.build, verdict: out.verdict};
+        }"#;
+    let (status, module) = client.post("/v1/modules", json!({"source": source})).await;
+    assert_eq!(status, 201, "{module}");
+    let (status, body) = client
+        .start(json!({
+            "id": "review-1",
+            "disposition": "rerunnable",
+            "input": {"type": "script", "module_ref": module["module_ref"],
+                      "process_name": "review", "args": {"build": 42}}
+        }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let done = client.wait_for("review-1", |r| r["status"] != "running").await;
+    assert_eq!(
+        done["outcome"]["value"],
+        json!({"build": 42, "verdict": "ship"}),
+        "{done}"
+    );
+    let received = fake.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].body["messages"][1]["content"], "Ship 42?");
+    let (status, child) = client.get("/v1/processes/review-1%2F1").await;
+    assert_eq!(status, 200, "{child}");
+    assert_eq!(child["input"]["type"], "session_turn");
+}
