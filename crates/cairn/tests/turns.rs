@@ -183,3 +183,46 @@ async fn a_script_runs_a_turn_as_its_child() {
     assert_eq!(status, 200, "{child}");
     assert_eq!(child["input"]["type"], "session_turn");
 }
+
+/// The model's key reaches the endpoint and no log line, even at `debug`,
+/// through a retried 429 and a refused request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_appears_in_no_log_line() {
+    const SECRET: &str = "sk-log-secret-91c2";
+    std::env::set_var("CAIRN_TURNS_LOG_KEY", SECRET);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("serve.log");
+    let fake = FakeOpenAi::start().await;
+    let model = format!("default={},model=fake-1,key_env=CAIRN_TURNS_LOG_KEY", fake.base_url());
+    let server =
+        Server::serve_logging_to(&["--db", "memory", "--listen", "127.0.0.1:0", "--model", &model], &log).await;
+    let client = server.client();
+    fake.push(Reply::Status {
+        status: 429,
+        retry_after: None,
+        message: "slow down".into(),
+    });
+    fake.push(Reply::Text("fine".into()));
+    fake.push(Reply::Status {
+        status: 401,
+        retry_after: None,
+        message: "bad key".into(),
+    });
+    for id in ["logged-1", "logged-2"] {
+        let (status, body) = client
+            .start(json!({"id": id, "disposition": "rerunnable",
+                          "input": {"type": "session_turn", "input": "hi"}}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        client.wait_for(id, |r| r["status"] != "running").await;
+    }
+    let received = fake.received();
+    assert_eq!(received.len(), 3);
+    assert!(received
+        .iter()
+        .all(|r| r.authorization.as_deref() == Some(&format!("Bearer {SECRET}"))));
+    drop(server);
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("retrying"), "the retry was logged: {text}");
+    assert!(!text.contains(SECRET), "the key is in the log");
+}

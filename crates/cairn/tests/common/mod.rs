@@ -41,20 +41,31 @@ impl Server {
 
     /// `cairn serve ARGS` (which must listen on port 0 of loopback).
     pub async fn serve(args: &[&str]) -> Server {
+        let stderr = if std::env::var_os("CAIRN_TEST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        Self::spawn(args, "warn", stderr).await
+    }
+
+    /// `cairn serve ARGS` logging at `debug` into the file `log`.
+    pub async fn serve_logging_to(args: &[&str], log: &std::path::Path) -> Server {
+        let file = std::fs::File::create(log).expect("log file");
+        Self::spawn(args, "debug", Stdio::from(file)).await
+    }
+
+    async fn spawn(args: &[&str], rust_log: &str, stderr: Stdio) -> Server {
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
             .args(args)
             .env_remove("CAIRN_TOKEN")
             .env_remove("CAIRN_DATABASE_URL")
             .env_remove("CAIRN_LISTEN")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(if std::env::var_os("CAIRN_TEST_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            });
+            .stderr(stderr);
         let mut child = cmd.spawn().expect("spawn cairn serve");
         let stdout = child.stdout.take().expect("stdout piped");
         // `serve` prints its bound address as its first stdout line.
