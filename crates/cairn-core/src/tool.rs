@@ -322,21 +322,10 @@ impl ToolContext {
                 return Ok(Some(signal.payload.clone()));
             }
             self.check_stopped(name)?;
-            wait.until_ms = waited
-                .and_then(|e| e.payload.get("until_ms").and_then(Value::as_u64))
-                .or_else(|| timeout.map(|t| self.now_ms().saturating_add(duration_ms(t))));
-            if wait.until_ms.is_some_and(|t| t <= self.now_ms()) {
-                self.resume(&wait, "timed_out").await?;
-                return Ok(None);
-            }
-            if self.suspends() {
-                if self.suspend(&wait, seen).await? {
-                    return Err(self.suspended_error());
-                }
-                continue;
-            }
-            if waited.is_none() && !self.inner.registry.wait(&self.lease(), wait.clone(), seen).await? {
-                continue;
+            match self.pend(&mut wait, waited, timeout, seen).await? {
+                Pending::TimedOut => return Ok(None),
+                Pending::ReadAgain => continue,
+                Pending::Hold => {}
             }
             // An owner-bound run waits here, holding its lease: the hub (or the
             // awaiter's backstop) tells it of the signal.
@@ -465,21 +454,10 @@ impl ToolContext {
                 return Ok(Some(children));
             }
             self.check_stopped("children")?;
-            wait.until_ms = waited
-                .and_then(|e| e.payload.get("until_ms").and_then(Value::as_u64))
-                .or_else(|| timeout.map(|t| self.now_ms().saturating_add(duration_ms(t))));
-            if wait.until_ms.is_some_and(|t| t <= self.now_ms()) {
-                self.resume(&wait, "timed_out").await?;
-                return Ok(None);
-            }
-            if self.suspends() {
-                if self.suspend(&wait, seen).await? {
-                    return Err(self.suspended_error());
-                }
-                continue;
-            }
-            if waited.is_none() && !self.inner.registry.wait(&self.lease(), wait.clone(), seen).await? {
-                continue;
+            match self.pend(&mut wait, waited, timeout, seen).await? {
+                Pending::TimedOut => return Ok(None),
+                Pending::ReadAgain => continue,
+                Pending::Hold => {}
             }
             // An owner-bound run waits here, holding its lease, for the first
             // of the pending children to end; the loop then decides again.
@@ -503,6 +481,36 @@ impl ToolContext {
                 _ = self.stopped() => {}
             }
         }
+    }
+
+    /// The part of a signal or children wait that is not yet satisfied: fix
+    /// its deadline (the recorded one, else now + `timeout`), time it out when
+    /// that passed, else suspend (`Err`: the run returns) or, in an
+    /// owner-bound run, record it and hold the lease.
+    async fn pend(
+        &self,
+        wait: &mut WaitRequest,
+        waited: Option<&ProcessEvent>,
+        timeout: Option<Duration>,
+        seen: u64,
+    ) -> Result<Pending> {
+        wait.until_ms = waited
+            .and_then(|e| e.payload.get("until_ms").and_then(Value::as_u64))
+            .or_else(|| timeout.map(|t| self.now_ms().saturating_add(duration_ms(t))));
+        if wait.until_ms.is_some_and(|t| t <= self.now_ms()) {
+            self.resume(wait, "timed_out").await?;
+            return Ok(Pending::TimedOut);
+        }
+        if self.suspends() {
+            if self.suspend(wait, seen).await? {
+                return Err(self.suspended_error());
+            }
+            return Ok(Pending::ReadAgain);
+        }
+        if waited.is_none() && !self.inner.registry.wait(&self.lease(), wait.clone(), seen).await? {
+            return Ok(Pending::ReadAgain);
+        }
+        Ok(Pending::Hold)
     }
 
     /// Whether this run's waits suspend (a `rerunnable` process) rather than
@@ -599,6 +607,16 @@ impl ToolContext {
             }
         }
     }
+}
+
+/// What an unsatisfied wait does next.
+enum Pending {
+    /// Its deadline passed (recorded as `timed_out`).
+    TimedOut,
+    /// The log moved under it: read and decide again.
+    ReadAgain,
+    /// An owner-bound run waits holding its lease.
+    Hold,
 }
 
 fn duration_ms(d: Duration) -> u64 {
