@@ -281,7 +281,9 @@ async fn sigkill_restart_sweeps_owner_bound_shell_run() {
         "the awaiter got the answer: {answered}"
     );
 
-    // A drive of the restarted server (it runs this start) did not re-run the shell.
+    // The watcher runs a worker on the same file too: stop it, so the restarted
+    // server alone runs the next start (its drive did not re-run the shell).
+    drop(watcher);
     let (s, rec) = c
         .start(tool_start("after", "echo", json!({"value": 1}), "owner_bound"))
         .await;
