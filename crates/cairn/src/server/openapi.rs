@@ -368,6 +368,43 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
                         }));
                     }
                 }
+                "session_turn" => {
+                    // What a start accepts: the tools this server runs, a string
+                    // or a message list, a `text` or `json_schema` contract.
+                    let mut v = v;
+                    v["properties"]["session"] = json!({
+                        "type": "object", "additionalProperties": false,
+                        "description": "The agent the turn runs: a model configured with `cairn serve --model` (`default` when absent), its system message, the tools it may call, its bounds.",
+                        "properties": {
+                            "model": id_schema("A model configured on the server (`unknown_model` otherwise)."),
+                            "system": {"type": "string"},
+                            "tools": {"type": "array", "items": {"type": "string", "enum": tools}},
+                            "max_steps": {"type": "integer", "minimum": 1, "maximum": 64},
+                            "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+                        },
+                    });
+                    v["properties"]["input"] = json!({
+                        "description": "The user's message, or the conversation so far.",
+                        "oneOf": [
+                            {"type": "string"},
+                            {"type": "array", "items": {"type": "object", "required": ["role", "content"],
+                             "properties": {"role": {"type": "string", "enum": ["system", "user", "assistant"]},
+                                            "content": {"type": "string"}}}},
+                        ],
+                    });
+                    v["properties"]["output_contract"] = json!({
+                        "description": "`text` (the default) or `json_schema`.",
+                        "oneOf": [
+                            {"type": "object", "additionalProperties": false, "required": ["type"],
+                             "properties": {"type": {"type": "string", "enum": ["text"]}}},
+                            {"type": "object", "additionalProperties": false, "required": ["type", "schema"],
+                             "properties": {"type": {"type": "string", "enum": ["json_schema"]},
+                                            "schema": {"type": "object"},
+                                            "repair_attempts": {"type": "integer", "minimum": 0, "maximum": 5}}},
+                        ],
+                    });
+                    refined.push(v);
+                }
                 "script" => {
                     let mut v = v;
                     v["properties"]["module_ref"] = id_schema("The script module.");
