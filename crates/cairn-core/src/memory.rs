@@ -10,7 +10,7 @@ use crate::clock::{system_clock, SharedClock};
 use crate::events::{AppendRequest, AppendResult, EventPage, ProcessEvent};
 use crate::fold;
 use crate::model::{
-    page_limit, Change, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease,
+    page_limit, CausalRef, Change, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease,
     NodeIdentity, NodeLiveness, Outcome, ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport,
     SessionScope, StartGrant, StatusFilter, SweepItem, Tombstone, TransferReport, WaitRequest, WakeDelivery, Watermark,
     WorkAction, WorkItem,
@@ -216,6 +216,28 @@ impl WriteTx for Tx<'_> {
             .take(limit)
             .cloned()
             .collect())
+    }
+
+    fn running_children(&mut self, parent: &str) -> Result<Vec<String>> {
+        // A scan: the in-memory registry keeps no index of provenance.
+        let mut ids: Vec<String> = self
+            .st
+            .entries
+            .values()
+            .filter(|e| {
+                !e.row.record.is_terminal()
+                    && e.row
+                        .record
+                        .provenance
+                        .caused_by
+                        .as_ref()
+                        .and_then(CausalRef::parent_process)
+                        == Some(parent)
+            })
+            .map(|e| e.row.record.id.clone())
+            .collect();
+        ids.sort();
+        Ok(ids)
     }
 
     fn insert_row(&mut self, record: ProcessRecord) -> Result<()> {

@@ -552,39 +552,11 @@ impl Processes {
         }
     }
 
-    /// Request cancellation (see [`ProcessRegistry::request_cancel`]), then of
-    /// its running children (`caused_by` it), theirs, and so on (SPEC §13).
-    /// Answers the record of `id` after its request. A child that ended
-    /// meanwhile is skipped; the walk is not one transaction, so a crash midway
-    /// leaves the rest of the tree uncancelled (cancelling the parent again,
-    /// idempotent for the same reason, finishes it).
+    /// Request cancellation of `id` and, in the same write, of its running
+    /// descendants (see [`ProcessRegistry::request_cancel`], SPEC §13).
+    /// Answers the record of `id` after the request.
     pub async fn cancel(&self, id: &str, reason: Option<String>) -> Result<ProcessRecord> {
-        let record = self.inner.registry.request_cancel(id, reason.clone()).await?.process;
-        let mut parents = vec![id.to_string()];
-        // Provenance is the producer's word, so it may loop: visit each once.
-        let mut seen = std::collections::HashSet::from([id.to_string()]);
-        while let Some(parent) = parents.pop() {
-            let mut filter = ProcessFilter {
-                caused_by: Some(parent),
-                limit: Some(crate::model::MAX_PAGE_SIZE),
-                ..ProcessFilter::running()
-            };
-            loop {
-                let page = self.inner.registry.list(&filter).await?;
-                let Some(last) = page.last() else { break };
-                filter.after_id = Some(last.id.clone());
-                for child in page {
-                    if !seen.insert(child.id.clone()) {
-                        continue;
-                    }
-                    match self.inner.registry.request_cancel(&child.id, reason.clone()).await {
-                        Ok(_) | Err(CairnError::ProcessTerminal(_)) => parents.push(child.id),
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
-        }
-        Ok(record)
+        Ok(self.inner.registry.request_cancel(id, reason).await?.process)
     }
 
     /// Request cancellation of every running process granted to `scope`.

@@ -33,6 +33,10 @@ pub struct CancelAnswer {
     pub process: ProcessRecord,
     /// True when the request ended the process at once (nobody had started it).
     pub cancelled_now: bool,
+    /// The descendants whose cancellation the same write requested (those
+    /// that had not ended and had no request yet), as they stand after it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub descendants: Vec<ProcessRecord>,
 }
 
 /// Durable process storage. Object safe; share it as `Arc<dyn ProcessRegistry>`.
@@ -53,6 +57,9 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     ///   writes nothing (the grant is not re-applied).
     /// - Same id, different hash: `registration_conflict`.
     /// - A pruned id: `no_longer_retained` (ids are never reused).
+    /// - A `caused_by` process must exist or have been pruned (`invalid_request`);
+    ///   when its cancellation was requested, the child is recorded and
+    ///   cancelled in the same transaction (it answers `cancelled`).
     /// - The record, its grant and its change-feed entry commit together.
     async fn register(&self, registration: Registration, grant: Option<StartGrant>) -> Result<Registered>;
 
@@ -85,6 +92,11 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// a live lease and no owner-bound run has begun, the process also ends
     /// `cancelled` in the same transaction. Externally owned processes only get
     /// the request. Terminal processes: `process_terminal`.
+    ///
+    /// The same transaction requests the cancellation of every descendant that
+    /// has not ended (SPEC §13: children, `caused_by` it, theirs, and so on),
+    /// each by the same rule, and a child registered later under a process
+    /// whose cancellation was requested is born cancelled: no child escapes.
     async fn request_cancel(&self, id: &str, reason: Option<String>) -> Result<CancelAnswer>;
 
     /// Grant `scope` a handle on a process (upsert of the descriptor).

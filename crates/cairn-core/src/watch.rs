@@ -240,6 +240,23 @@ impl WatchedRegistry {
         }
     }
 
+    /// Feed the sink what a tree cancel appended to a descendant: its log from
+    /// its last `process.cancel_requested` on (the request, and the end when
+    /// it ended at once; a wake of a waiting descendant may sit between).
+    async fn sink_cancelled_tail(&self, record: &ProcessRecord) {
+        let Some(sink) = &self.sink else { return };
+        let after = record.last_sequence.saturating_sub(4);
+        if let Ok(page) = self.inner.events_after(&record.id, after, Some(4)).await {
+            let from = page
+                .events
+                .iter()
+                .rposition(|e| e.event_type == crate::events::CANCEL_REQUESTED);
+            for e in page.events.into_iter().skip(from.unwrap_or(usize::MAX)) {
+                sink.push(e);
+            }
+        }
+    }
+
     /// The current sequence, read only when a sink needs to know what a write appended.
     async fn sequence_if_sinking(&self, id: &str) -> u64 {
         if self.sink.is_none() {
@@ -283,6 +300,10 @@ impl ProcessRegistry for WatchedRegistry {
         let r = self.inner.register(registration, grant).await?;
         if r.created {
             self.changed(&r.process);
+            if r.process.is_terminal() {
+                // Born cancelled under a cancelled parent.
+                self.sink_cancelled_tail(&r.process).await;
+            }
             self.hub.notify_work();
         }
         Ok(r)
@@ -325,7 +346,14 @@ impl ProcessRegistry for WatchedRegistry {
         let r = self.inner.request_cancel(id, reason).await?;
         self.after_write(&r.process, r.process.last_sequence.saturating_sub(before))
             .await;
-        if !r.cancelled_now {
+        for d in &r.descendants {
+            // A running descendant's run observes its request through the hub;
+            // a suspended one became claimable.
+            self.changed(d);
+            self.sink_cancelled_tail(d).await;
+            self.after_end(d).await;
+        }
+        if !r.cancelled_now || r.descendants.iter().any(|d| !d.is_terminal()) {
             // A suspended process is claimable once a cancellation is requested.
             self.hub.notify_work();
         }

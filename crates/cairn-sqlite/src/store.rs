@@ -343,6 +343,17 @@ pub(crate) fn run_candidates(conn: &Connection, now: u64, limit: usize) -> R<Vec
     Ok(ids)
 }
 
+/// The children of `parent` that have not ended, in id order (the
+/// `processes_caused_by` index).
+pub(crate) fn running_children(conn: &Connection, parent: &str) -> R<Vec<String>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id FROM processes WHERE caused_by = ?1 AND status = 'running' ORDER BY id")?;
+    let ids = stmt
+        .query_map(params![parent], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(ids)
+}
+
 /// Worklist rows at `now`: (id, is an abandon candidate).
 pub(crate) fn worklist(conn: &Connection, now: u64, limit: usize) -> R<Vec<(String, bool)>> {
     let mut stmt = conn.prepare_cached(WORKLIST_SQL)?;

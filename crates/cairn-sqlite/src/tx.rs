@@ -77,6 +77,10 @@ impl WriteTx for Tx<'_> {
         Ok(store::run_candidates(self.conn, self.now, limit)?)
     }
 
+    fn running_children(&mut self, parent: &str) -> Result<Vec<String>> {
+        Ok(store::running_children(self.conn, parent)?)
+    }
+
     fn insert_row(&mut self, record: ProcessRecord) -> Result<()> {
         store::insert_process(self.conn, &record)?;
         let id = record.id.clone();

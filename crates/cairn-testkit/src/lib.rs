@@ -243,6 +243,10 @@ macro_rules! conformance_suite {
                 children_any_wakes_on_the_first_end,
                 children_wait_checks_its_children,
                 children_wait_deadline_times_out,
+                cancel_reaches_the_tree_in_one_write,
+                a_child_of_a_cancelled_parent_is_born_cancelled,
+                a_child_names_an_existing_parent,
+                tree_cancel_races_child_starts,
                 signals_are_implicitly_declared,
                 // wakes
                 wake_delivery_is_written,

@@ -296,6 +296,62 @@ async fn cancel_and_await_with_timeout() {
     assert_eq!((s, code(&err)), (404, "unknown_process"));
 }
 
+/// A child names an existing parent; cancelling the parent cancels its tree
+/// (a suspended child resumes and ends `cancelled`, an externally owned one
+/// gets the request); a child started afterwards is born cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_and_the_tree_cancel() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let child = |parent: &str, mut body: Value| {
+        body["caused_by"] = json!({ "process_id": parent });
+        body
+    };
+    let (s, err) = c
+        .start(child(
+            "nobody",
+            tool_start("orphan", "echo", json!({"value": 1}), "rerunnable"),
+        ))
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+    assert!(
+        err["error"]["message"].as_str().unwrap_or("").contains("nobody"),
+        "{err}"
+    );
+    assert_eq!(c.get("/v1/processes/orphan").await.0, 404, "nothing was stored");
+
+    assert_eq!(c.start(waiter("root")).await.0, 201);
+    let (s, rec) = c.start(child("root", waiter("kid"))).await;
+    assert_eq!(s, 201, "{rec}");
+    let ext = json!({"id": "ext", "input": {"type": "external"}, "disposition": "externally_owned"});
+    assert_eq!(c.start(child("kid", ext)).await.0, 201);
+    c.wait_for("kid", |r| r["wait"]["kind"] == "signal" && r["lease"].is_null())
+        .await;
+
+    let (s, rec) = c.post("/v1/processes/root/cancel", json!({"reason": "tree"})).await;
+    assert_eq!(s, 200, "{rec}");
+    for id in ["root", "kid"] {
+        let (s, rec) = c.get(&format!("/v1/processes/{id}/await?timeout_ms=10000")).await;
+        assert_eq!((s, rec["status"].as_str()), (200, Some("cancelled")), "{id}: {rec}");
+    }
+    let (_, ext) = c.get("/v1/processes/ext").await;
+    assert_eq!(ext["status"], "running", "externally owned: a request only");
+    assert_eq!(ext["cancel_request"]["reason"], "tree", "{ext}");
+
+    let (s, late) = c.start(child("root", waiter("late"))).await;
+    assert_eq!(s, 201, "{late}");
+    assert_eq!(late["status"], "cancelled", "born cancelled: {late}");
+    let (s, listed) = c.get("/v1/processes?caused_by=root&status=any").await;
+    assert_eq!(s, 200);
+    let ids: Vec<&str> = listed["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["kid", "late"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_process_append_wakes_complete_and_prune() {
     let server = Server::start(&[]).await;

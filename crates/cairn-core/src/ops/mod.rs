@@ -91,6 +91,11 @@ pub trait WriteTx {
     /// whose lease is free or expired now. [`run`] checks each again.
     fn run_candidates(&mut self, limit: usize) -> Result<Vec<String>>;
 
+    /// The children of `parent` (rows whose `caused_by` names it) that have not
+    /// ended, as this transaction sees them, in id order. A batching backend
+    /// loads (and locks) them before a cancellation of `parent` runs.
+    fn running_children(&mut self, parent: &str) -> Result<Vec<String>>;
+
     /// Store a new row: `record`, no lease, fencing counter 0. It enters the
     /// change feed.
     fn insert_row(&mut self, record: ProcessRecord) -> Result<()>;
@@ -387,6 +392,22 @@ impl Op {
         }
     }
 
+    /// The parent a registration names (`caused_by` a process): a batching
+    /// backend loads (and locks) its row with the batch's, since a child is
+    /// born cancelled under a parent whose cancellation was requested.
+    pub fn parent_id(&self) -> Option<&str> {
+        match self {
+            Op::Register { record, .. } => record.provenance.caused_by.as_ref().and_then(CausalRef::parent_process),
+            _ => None,
+        }
+    }
+
+    /// Whether the operation cancels a tree: a batching backend loads (and
+    /// locks) the running descendants of its process before running it.
+    pub fn cancels_tree(&self) -> bool {
+        matches!(self, Op::Cancel { .. })
+    }
+
     /// Whether the operation may end its process. A child's end may end its
     /// parent's `children` wait, so a batching backend loads (and locks) the
     /// parent's row with the child's: the parent's row serializes the ends of
@@ -581,14 +602,33 @@ fn register<T: WriteTx + ?Sized>(tx: &mut T, record: &ProcessRecord, grant: Opti
             return Err(CairnError::UnknownEnv(env.clone()));
         }
     }
+    // A parent must exist (or have existed: a pruned one left its tombstone).
+    // Under a parent whose cancellation was requested the child is born
+    // cancelled, so no child escapes a tree cancel that committed before it.
+    let mut cancelled_parent = None;
+    if let Some(parent) = record.provenance.caused_by.as_ref().and_then(CausalRef::parent_process) {
+        let found = tx
+            .row(parent)?
+            .map(|row| row.record.cancel_request.as_ref().map(|c| c.reason.clone()));
+        match found {
+            Some(request) => cancelled_parent = request,
+            None if tx.tombstone(parent)?.is_some() => {}
+            None => {
+                return Err(CairnError::InvalidRequest(format!(
+                    "`caused_by` names process `{parent}`, which does not exist: a child names an existing parent"
+                )))
+            }
+        }
+    }
     tx.insert_row(record.clone())?;
     if let Some(g) = grant {
         tx.upsert_grant(g)?;
     }
-    Ok(Registered {
-        process: record.clone(),
-        created: true,
-    })
+    let process = match cancelled_parent {
+        Some(reason) => cancel_one(tx, &record.id, reason.as_deref())?.0,
+        None => record.clone(),
+    };
+    Ok(Registered { process, created: true })
 }
 
 /// The append pipeline: replay key, preparation by [`fold::prepare_append`],
@@ -715,24 +755,57 @@ fn append_record<T: WriteTx + ?Sized>(tx: &mut T, id: &str, request: &AppendRequ
     current(tx, id)
 }
 
+/// A cancellation request for `id` and, in the same write, for each of its
+/// descendants that has not ended (SPEC §13): children (`caused_by` it),
+/// theirs, and so on. Provenance is the producer's word, so it may loop: each
+/// process is visited once.
 fn cancel<T: WriteTx + ?Sized>(tx: &mut T, id: &str, reason: Option<&str>) -> Result<CancelAnswer> {
+    let (_, cancelled_now) = cancel_one(tx, id, reason)?;
+    let mut seen = std::collections::HashSet::from([id.to_string()]);
+    let mut parents = vec![id.to_string()];
+    let mut descendants = Vec::new();
+    while let Some(parent) = parents.pop() {
+        for child in tx.running_children(&parent)? {
+            if !seen.insert(child.clone()) {
+                continue;
+            }
+            let record = &existing(tx, &child)?.record;
+            if !record.is_terminal() && record.cancel_request.is_none() {
+                cancel_one(tx, &child, reason)?;
+                descendants.push(child.clone());
+            }
+            parents.push(child);
+        }
+    }
+    // A descendant that ended at once may have woken its parent: answer the
+    // records as they stand at the end of the write.
+    let mut records = Vec::with_capacity(descendants.len());
+    for d in &descendants {
+        records.push(current(tx, d)?);
+    }
+    Ok(CancelAnswer {
+        process: current(tx, id)?,
+        cancelled_now,
+        descendants: records,
+    })
+}
+
+/// The cancellation request of one process: `process.cancel_requested`, then
+/// the end `cancelled` when nobody has started it (answers the record and
+/// whether it ended now).
+fn cancel_one<T: WriteTx + ?Sized>(tx: &mut T, id: &str, reason: Option<&str>) -> Result<(ProcessRecord, bool)> {
     let now = tx.now();
     if existing(tx, id)?.record.is_terminal() {
         return Err(CairnError::ProcessTerminal(id.to_string()));
     }
     let request = AppendRequest::new(events::CANCEL_REQUESTED, json!({ "reason": reason }))
         .with_replay_key(fold::cancel_replay_key(reason));
-    let mut record = append_record(tx, id, &request)?;
-    let mut cancelled_now = false;
+    let record = append_record(tx, id, &request)?;
     if fold::cancels_at_once(&record, now) {
         let outcome = Outcome::cancelled(reason.map_or_else(|| "cancelled before it started".into(), String::from));
-        record = append_record(tx, id, &fold::terminal_request(&outcome))?;
-        cancelled_now = true;
+        return Ok((append_record(tx, id, &fold::terminal_request(&outcome))?, true));
     }
-    Ok(CancelAnswer {
-        process: record,
-        cancelled_now,
-    })
+    Ok((record, false))
 }
 
 /// A lease expiry every backend stores exactly: `now + ttl`, saturated at

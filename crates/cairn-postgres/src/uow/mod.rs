@@ -3,10 +3,14 @@
 //! A batch runs in two round trips:
 //!
 //! 1. **Load**: `BEGIN`, then, pipelined, every process row the batch names
-//!    (`FOR UPDATE`, in id order so batches on different nodes never deadlock on
-//!    each other), their tombstones, the events their replay keys name, the envs
+//!    and the parents of registrations and of ending processes (`FOR UPDATE`,
+//!    in id order so batches on different nodes never deadlock on each other),
+//!    their tombstones, the events their replay keys name, the envs
 //!    registrations name, and claimable rows for claims (`FOR UPDATE SKIP LOCKED`
 //!    over the claimable index: a claim never waits for another node's claim).
+//!    A batch that cancels loads the running descendants of what it cancels,
+//!    level by level (`FOR UPDATE`: a deadlock with a batch that locked in id
+//!    order is a transient fault, and the batch runs again).
 //! 2. **Decide** (no I/O): each operation runs in turn against the loaded rows,
 //!    asking [`cairn_core::fold`] what it means. An operation that fails is
 //!    undone from the overlay alone, so the others in the batch are unaffected.
@@ -44,6 +48,10 @@ const LOAD_ROWS: &str = "SELECT p.id, p.record, p.lease_owner, p.lease_token, p.
     p.lease_claimed_at_ms, p.lease_expires_at_ms, p.fencing_counter, p.types_key \
     FROM processes p WHERE p.id = ANY($1::text[] || ARRAY(SELECT c.caused_by FROM processes c \
     WHERE c.id = ANY($2::text[]) AND c.caused_by IS NOT NULL)) ORDER BY p.id FOR UPDATE";
+/// The running children of a batch's cancelled processes, locked in id order.
+const LOAD_CHILDREN: &str = "SELECT p.id, p.record, p.lease_owner, p.lease_token, p.lease_fencing, \
+    p.lease_claimed_at_ms, p.lease_expires_at_ms, p.fencing_counter, p.types_key \
+    FROM processes p WHERE p.caused_by = ANY($1::text[]) AND p.status = 'running' ORDER BY p.id FOR UPDATE";
 /// Rows read, not written: the children a wait names. Run after the locks
 /// are held, so (read committed) it sees every end committed before.
 const PEEK_ROWS: &str = "SELECT p.id, p.record, p.lease_owner, p.lease_token, p.lease_fencing, \
@@ -108,7 +116,13 @@ pub(crate) async fn run_batch(
         conn.stmt(LOAD_CANDIDATES),
     )
     .await?;
-    let mut ids: Vec<String> = ops.iter().filter_map(|o| o.process_id().map(String::from)).collect();
+    // A registration's parent is loaded (and locked) with the batch: its
+    // existence and its cancellation decide the child's start.
+    let mut ids: Vec<String> = ops
+        .iter()
+        .flat_map(|o| o.process_id().into_iter().chain(o.parent_id()))
+        .map(String::from)
+        .collect();
     ids.sort();
     ids.dedup();
     let mut ending: Vec<String> = ops
@@ -192,6 +206,47 @@ async fn peek(conn: &Conn, ops: &[Op], uow: &mut Uow) -> std::result::Result<(),
     for row in &tombs {
         let t = tombstone_from_row(row)?;
         uow.tombstones.insert(t.id.clone(), t);
+    }
+    Ok(())
+}
+
+/// Load and lock, level by level, the running descendants of every process
+/// the batch cancels: a cancellation requests theirs in the same write. Each
+/// level is read after the level above is locked, and a child's registration
+/// locks its parent, so a child registered concurrently is either found here
+/// or finds its parent's request and is born cancelled. Costs a round trip
+/// per level, only when the batch cancels something.
+async fn load_descendants(conn: &Conn, ops: &[Op], uow: &mut Uow) -> std::result::Result<(), BatchError> {
+    let mut frontier: Vec<String> = ops
+        .iter()
+        .filter(|o| o.cancels_tree())
+        .filter_map(|o| o.process_id().map(String::from))
+        .filter(|id| uow.slots.contains_key(id))
+        .collect();
+    if frontier.is_empty() {
+        return Ok(());
+    }
+    let s_children = conn.stmt(LOAD_CHILDREN).await?;
+    let mut seen: HashSet<String> = frontier.iter().cloned().collect();
+    while !frontier.is_empty() {
+        frontier.sort();
+        frontier.dedup();
+        let rows = conn.client.query(&s_children, &[&frontier]).await?;
+        let entries = entries_from_rows(conn, &rows, 1).await?;
+        frontier = Vec::new();
+        for (row, entry) in rows.iter().zip(entries) {
+            let id: String = row.try_get(0).map_err(Fault::Pg)?;
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            frontier.push(id.clone());
+            uow.slots.entry(id).or_insert(Slot {
+                entry: Some(entry),
+                stored: true,
+                dirty: false,
+                changed: false,
+            });
+        }
     }
     Ok(())
 }
@@ -303,6 +358,7 @@ async fn load_decide_write(
         uow.candidates.push_back(id);
     }
 
+    load_descendants(conn, ops, &mut uow).await?;
     peek(conn, ops, &mut uow).await?;
 
     // 2. Decide.

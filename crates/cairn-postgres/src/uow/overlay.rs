@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use cairn_core::events::ProcessEvent;
 use cairn_core::fold;
-use cairn_core::model::{Grant, Lease, ProcessRecord, Tombstone, WakeDelivery};
+use cairn_core::model::{CausalRef, Grant, Lease, ProcessRecord, Tombstone, WakeDelivery};
 use cairn_core::ops::{self, Answer, Op, WriteTx};
 use cairn_core::{CairnError, Result};
 
@@ -183,6 +183,28 @@ impl WriteTx for Uow {
 
     /// Candidates locked by the load, skipping those an earlier operation of
     /// the batch took or changed.
+    fn running_children(&mut self, parent: &str) -> Result<Vec<String>> {
+        // The batch loaded and locked the running descendants of every process
+        // it cancels (`load_descendants`); children it registered are slots too.
+        let mut ids: Vec<String> = self
+            .slots
+            .values()
+            .filter_map(|s| s.entry.as_ref())
+            .filter(|e| {
+                !e.record.is_terminal()
+                    && e.record
+                        .provenance
+                        .caused_by
+                        .as_ref()
+                        .and_then(CausalRef::parent_process)
+                        == Some(parent)
+            })
+            .map(|e| e.record.id.clone())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
     fn run_candidates(&mut self, limit: usize) -> Result<Vec<String>> {
         let mut ids = Vec::new();
         while ids.len() < limit {

@@ -5,7 +5,7 @@
 
 use cairn_core::events::{self as ev};
 use cairn_core::model::{CausalRef, ChildrenMode};
-use cairn_core::{Outcome, ProcessEvent, Registration, WaitRequest};
+use cairn_core::{Outcome, ProcessEvent, ProcessStatus, Registration, WaitRequest};
 use serde_json::{json, Value};
 
 use crate::builders::*;
@@ -226,4 +226,153 @@ pub async fn children_wait_deadline_times_out(factory: &dyn StoreFactory) {
         (last.event_type.as_str(), reason(&last)),
         (ev::RESUMED, Some("timed_out"))
     );
+}
+
+fn cancel_reason(r: &cairn_core::ProcessRecord) -> Option<&str> {
+    r.cancel_request.as_ref().and_then(|c| c.reason.as_deref())
+}
+
+/// One cancellation request reaches the whole tree in one write (SPEC §13):
+/// every descendant that has not ended gets its own request, by the same rule
+/// (a child nobody started ends `cancelled` at once, a running one and an
+/// externally owned one get the request); an ended child and a bystander are
+/// untouched; the answer names the descendants it reached; asking again
+/// reaches nothing new.
+pub async fn cancel_reaches_the_tree_in_one_write(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    h.register(rerunnable("t")).await;
+    h.claim_started("t", "w1", TTL).await;
+    h.register(child_of("t", "t/a")).await;
+    h.claim_started("t/a", "w1", TTL).await;
+    h.register(child_of("t", "t/b")).await;
+    h.register(child_of("t/a", "t/a/1")).await;
+    h.claim_started("t/a/1", "w1", TTL).await;
+    h.register(external_child_of("t", "t/x")).await;
+    h.register(child_of("t", "t/done")).await;
+    let (done, _) = h.claim_started("t/done", "w1", TTL).await;
+    ok(
+        h.registry().complete(&done, Outcome::success(json!(1))).await,
+        "complete",
+    );
+    h.register(rerunnable("bystander")).await;
+
+    let answer = ok(
+        h.registry().request_cancel("t", Some("stop".into())).await,
+        "request_cancel",
+    );
+    assert!(!answer.cancelled_now, "the root is running: a request only");
+    assert_eq!(cancel_reason(&answer.process), Some("stop"));
+    let mut reached: Vec<&str> = answer.descendants.iter().map(|r| r.id.as_str()).collect();
+    reached.sort_unstable();
+    assert_eq!(reached, ["t/a", "t/a/1", "t/b", "t/x"]);
+    for d in &answer.descendants {
+        assert_eq!(d, &h.get(&d.id).await, "{}: the answer is the stored record", d.id);
+    }
+    let b = h.get("t/b").await;
+    assert_eq!(b.status, ProcessStatus::Cancelled, "never started: cancelled at once");
+    for id in ["t/a", "t/a/1", "t/x"] {
+        let r = h.get(id).await;
+        assert_eq!(r.status, ProcessStatus::Running, "{id}");
+        assert_eq!(cancel_reason(&r), Some("stop"), "{id}: its own request");
+    }
+    assert_eq!(
+        h.get("t/done").await.cancel_request,
+        None,
+        "an ended child is untouched"
+    );
+    assert_eq!(h.get("bystander").await.cancel_request, None);
+
+    let before = h.get("t/a").await.last_sequence;
+    let again = ok(
+        h.registry().request_cancel("t", Some("stop".into())).await,
+        "request_cancel again",
+    );
+    assert!(again.descendants.is_empty(), "nothing new to reach: {again:?}");
+    assert_eq!(h.get("t/a").await.last_sequence, before, "no second request");
+    h.check_all().await;
+}
+
+/// A child registered under a process whose cancellation was requested is
+/// born cancelled (so none escapes a tree cancel that committed first); its
+/// registration stays idempotent.
+pub async fn a_child_of_a_cancelled_parent_is_born_cancelled(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    h.register(rerunnable("p")).await;
+    h.claim_started("p", "w1", TTL).await;
+    ok(
+        h.registry().request_cancel("p", Some("enough".into())).await,
+        "request_cancel",
+    );
+    let born = ok(h.registry().register(child_of("p", "p/late"), None).await, "register");
+    assert!(born.created);
+    assert_eq!(born.process.status, ProcessStatus::Cancelled, "{born:?}");
+    assert_eq!(cancel_reason(&born.process), Some("enough"));
+    assert_eq!(born.process, h.get("p/late").await);
+    let types: Vec<String> = log(&h, "p/late").await.into_iter().map(|e| e.event_type).collect();
+    assert!(types.iter().any(|t| t == ev::CANCEL_REQUESTED), "{types:?}");
+    let again = ok(
+        h.registry().register(child_of("p", "p/late"), None).await,
+        "register again",
+    );
+    assert!(!again.created);
+    assert_eq!(again.process, born.process);
+}
+
+/// A `caused_by` process must exist: a start under an unknown parent is
+/// `invalid_request` and stores nothing.
+pub async fn a_child_names_an_existing_parent(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let err = h
+        .rejects(
+            "invalid_request",
+            "a child of an unknown parent",
+            h.registry().register(child_of("ghost", "ghost/1"), None),
+        )
+        .await;
+    assert!(err.to_string().contains("ghost"), "the error names the parent: {err}");
+    let mut by_kind = rerunnable("ghost/2");
+    by_kind.provenance.caused_by = Some(CausalRef {
+        kind: Some("process".into()),
+        id: Some("ghost".into()),
+        process_id: None,
+    });
+    h.rejects(
+        "invalid_request",
+        "a child of an unknown parent, by kind",
+        h.registry().register(by_kind, None),
+    )
+    .await;
+    h.rejects("unknown_process", "the refused child", h.registry().get("ghost/1"))
+        .await;
+}
+
+/// Children registered while their parent's tree is cancelled, concurrently:
+/// whichever commits first, every child ends up with a cancellation request.
+pub async fn tree_cancel_races_child_starts(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    h.register(rerunnable("r")).await;
+    h.claim_started("r", "w1", TTL).await;
+    const KIDS: usize = 24;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(KIDS + 1));
+    let mut tasks = Vec::new();
+    for i in 0..KIDS {
+        let (registry, barrier) = (h.shared(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            registry.register(child_of("r", &format!("r/{i:02}")), None).await
+        }));
+    }
+    let (registry, b) = (h.shared(), barrier.clone());
+    let cancel = tokio::spawn(async move {
+        b.wait().await;
+        registry.request_cancel("r", Some("race".into())).await
+    });
+    for t in tasks {
+        ok(t.await.expect("join"), "register");
+    }
+    ok(cancel.await.expect("join"), "request_cancel");
+    for i in 0..KIDS {
+        let r = h.get(&format!("r/{i:02}")).await;
+        assert_eq!(cancel_reason(&r), Some("race"), "{} escaped the cancel: {r:?}", r.id);
+    }
 }
