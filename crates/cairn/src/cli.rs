@@ -664,7 +664,7 @@ pub struct BenchArgs {
     /// Print one JSON document with every figure instead of the table.
     #[arg(long)]
     pub json: bool,
-    /// A scenario to run (repeatable; default all): throughput, await, signal, append, memory, suspended, scale.
+    /// A scenario to run (repeatable; default all): throughput, http, await, signal, append, memory, suspended, sse, scale.
     #[arg(long = "scenario", value_name = "NAME")]
     pub scenarios: Vec<String>,
     /// A database URL (repeatable): `memory`, `sqlite` (a fresh file in a temporary
@@ -681,7 +681,7 @@ pub struct BenchArgs {
     /// Seed of every random choice (ids picked, payloads, start order, delays).
     #[arg(long, default_value_t = crate::bench::DEFAULT_SEED)]
     pub seed: u64,
-    /// throughput: `echo` processes per run (warm-ups use at most 1,000).
+    /// throughput, http: `echo` processes per run (warm-ups use at most 1,000).
     #[arg(long, default_value_t = 5_000)]
     pub n: usize,
     /// throughput: worker counts W to measure (comma-separated).
@@ -708,9 +708,13 @@ pub struct BenchArgs {
     /// §13 holds 100,000 on one node to its figures).
     #[arg(long, default_value_t = 100_000)]
     pub suspended_processes: usize,
-    /// suspended: seconds of idle over which the server's CPU is measured.
+    /// suspended, sse: seconds of idle over which the server's CPU is measured.
     #[arg(long, default_value_t = 30)]
     pub idle_seconds: u64,
+    /// sse: event streams a `cairn serve` child holds open at once, one per
+    /// suspended process.
+    #[arg(long, default_value_t = 500)]
+    pub sse_streams: usize,
 }
 
 /// `cairn bench-child`: what the second OS process does. Its database URL comes

@@ -293,3 +293,91 @@ fn suspended_scenario_reports_against_spec_targets() {
         "{s}"
     );
 }
+
+/// `sse` runs a `cairn serve` child, holds streams open on it, closes them,
+/// and reports every figure, the targets beside memory and CPU.
+#[test]
+fn sse_scenario_measures_a_serving_child() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("s.db").display());
+    let (code, json, out) = bench(&[
+        "--db",
+        &db,
+        "--scenario",
+        "sse",
+        "--sse-streams",
+        "20",
+        "--idle-seconds",
+        "1",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let s = scenario(&json["backends"][0], "sse");
+    assert_eq!(s["status"], "ok", "{s}");
+    for (key, target) in [
+        ("sse.bytes_per_stream", Some(50.0 * 1024.0 * 1024.0 / 500.0)),
+        ("sse.idle_cpu", Some(2.0)),
+        ("sse.rss_open", None),
+        ("sse.rss_after_close", None),
+    ] {
+        let f = figure(s, key);
+        assert!(f["value"].as_f64().is_some_and(f64::is_finite), "{f}");
+        assert_eq!(f["runs"].as_array().map(Vec::len), Some(1), "{f}");
+        if let Some(t) = target {
+            assert_eq!(f["limit"]["value"].as_f64(), Some(t), "{f}");
+        }
+    }
+    // The parameters name what was measured.
+    assert_eq!(s["params"]["streams"], 20, "{s}");
+}
+
+/// `http` serves a child, drives it over HTTP and in process, and holds the
+/// served figure against the in-process one.
+#[test]
+fn http_scenario_serves_a_child_beside_the_in_process_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("h.db").display());
+    let (code, json, out) = bench(&[
+        "--db",
+        &db,
+        "--scenario",
+        "http",
+        "--n",
+        "64",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let s = scenario(&json["backends"][0], "http");
+    assert_eq!(s["status"], "ok", "{s}");
+    let served = figure(s, "http.served");
+    let local = figure(s, "http.in_process");
+    assert_figure_shape(served, 1);
+    assert_figure_shape(local, 1);
+    let share = figure(s, "http.share");
+    assert_eq!(share["limit"]["value"].as_f64(), Some(50.0), "{share}");
+    let expected = served["value"].as_f64().expect("served") / local["value"].as_f64().expect("local") * 100.0;
+    let got = share["value"].as_f64().expect("share");
+    assert!((got - expected).abs() < 1e-6 * expected.max(1.0), "{got} vs {expected}");
+    // The memory backend is the served process's own: reported as skipped.
+    let (code, json, out) = bench(&[
+        "--db",
+        "memory",
+        "--scenario",
+        "http",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(scenario(&json["backends"][0], "http")["status"], "skipped", "{json}");
+}

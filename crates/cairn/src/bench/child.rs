@@ -106,8 +106,13 @@ pub fn rss_anon_bytes() -> Result<u64, String> {
 }
 
 fn status_kib(field: &str) -> Result<u64, String> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
+    status_kib_of("self", field)
+}
+
+/// A `kB` field of `/proc/{pid}/status` (`pid` may be `self`), in bytes.
+pub fn status_kib_of(pid: &str, field: &str) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
     status
         .lines()
         .find_map(|l| l.strip_prefix(field))

@@ -4,6 +4,8 @@
 //! Scenarios (each runnable alone with `--scenario`):
 //!
 //! - `throughput`: N `echo` processes from start to terminal with W workers.
+//! - `http`: N `echo` processes started and awaited over HTTP by 32 clients
+//!   of a `cairn serve` child, beside the same clients in process.
 //! - `await`: completion → awaiter resolved, in this process and in a second OS
 //!   process (`cairn bench-child await`) that opens the same database.
 //! - `signal`: signal → `wait_signal` process resumed and terminal.
@@ -14,6 +16,8 @@
 //!   server (RSS, idle CPU), a short process started meanwhile, and signal →
 //!   running again, in a fresh OS process (`cairn bench-child suspended`),
 //!   held against SPEC §13's targets.
+//! - `sse`: what open event streams cost a `cairn serve` child (RSS, idle CPU)
+//!   and what closing them gives back, held against issue 17's targets.
 //! - `scale`: `get` and a session's live listing among many terminal rows.
 //!
 //! Limits ([`limits`]): the disk's fsync rate for `sqlite:`, the server's
@@ -29,9 +33,12 @@ mod stats;
 
 mod append;
 mod awaiting;
+mod http;
 mod memory;
 mod scale;
+mod serve;
 mod signal;
+mod sse;
 mod suspended;
 mod throughput;
 
@@ -57,11 +64,13 @@ pub const DEFAULT_SEED: u64 = 20_261_122;
 /// Every scenario, in the order they run.
 pub const SCENARIOS: &[&str] = &[
     "throughput",
+    "http",
     "await",
     "signal",
     "append",
     "memory",
     "suspended",
+    "sse",
     "scale",
 ];
 
@@ -111,8 +120,10 @@ pub struct Plan {
     pub memory_processes: usize,
     /// `suspended`: suspended processes per run.
     pub suspended_processes: usize,
-    /// `suspended`: seconds of idle CPU measured.
+    /// `suspended`, `sse`: seconds of idle CPU measured.
     pub idle_seconds: u64,
+    /// `sse`: streams open at once per run.
+    pub sse_streams: usize,
 }
 
 impl Plan {
@@ -145,6 +156,7 @@ impl Plan {
             ("--events", args.events),
             ("--memory-processes", args.memory_processes),
             ("--suspended-processes", args.suspended_processes),
+            ("--sse-streams", args.sse_streams),
         ];
         for (flag, value) in positive {
             if value == 0 {
@@ -187,6 +199,7 @@ impl Plan {
             memory_processes: args.memory_processes,
             suspended_processes: args.suspended_processes,
             idle_seconds: args.idle_seconds,
+            sse_streams: args.sse_streams,
         })
     }
 
@@ -205,6 +218,7 @@ impl Plan {
             "memory_processes": self.memory_processes,
             "suspended_processes": self.suspended_processes,
             "idle_seconds": self.idle_seconds,
+            "sse_streams": self.sse_streams,
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         })
     }
@@ -384,11 +398,13 @@ async fn run_backend_inner(plan: &Plan, url: &str, progress: &Progress) -> Backe
         let t = Instant::now();
         let mut s = match *name {
             "throughput" => throughput::run(&ctx).await,
+            "http" => http::run(&ctx).await,
             "await" => awaiting::run(&ctx).await,
             "signal" => signal::run(&ctx).await,
             "append" => append::run(&ctx).await,
             "memory" => memory::run(&ctx).await,
             "suspended" => suspended::run(&ctx).await,
+            "sse" => sse::run(&ctx).await,
             "scale" => scale::run(&ctx).await,
             other => {
                 let mut s = ScenarioReport::new("unknown", json!({}));

@@ -178,19 +178,25 @@ async fn one_run(ctx: &Ctx<'_>, label: &str, processes: usize, idle: u64, sample
 /// CPU time this process has used, in seconds (`/proc/self/stat` utime + stime,
 /// in the kernel's USER_HZ ticks, which Linux fixes at 100 for user space).
 fn cpu_seconds() -> Result<f64, String> {
-    let stat = std::fs::read_to_string("/proc/self/stat").map_err(|e| format!("cannot read /proc/self/stat: {e}"))?;
+    cpu_seconds_of("self")
+}
+
+/// CPU time process `pid` (or `self`) has used, in seconds, as [`cpu_seconds`].
+pub(crate) fn cpu_seconds_of(pid: &str) -> Result<f64, String> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
     // Fields after the command name (which may hold spaces) start after ')'.
     let rest = stat
         .rsplit_once(')')
         .map(|(_, r)| r)
-        .ok_or("no `)` in /proc/self/stat")?;
+        .ok_or_else(|| format!("no `)` in {path}"))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the line; 12 and 13 after the state field's start.
     let tick = |i: usize| {
         fields
             .get(i)
             .and_then(|v| v.parse::<f64>().ok())
-            .ok_or_else(|| format!("no field {i} in /proc/self/stat"))
+            .ok_or_else(|| format!("no field {i} in {path}"))
     };
     Ok((tick(11)? + tick(12)?) / 100.0)
 }

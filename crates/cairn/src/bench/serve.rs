@@ -1,0 +1,68 @@
+//! A `cairn serve` child of a bench run: this same binary, default flags, on
+//! the bench's database, talked to over HTTP as a client would.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::child::status_kib_of;
+use super::suspended::cpu_seconds_of;
+
+/// A `cairn serve` child on the bench's database, killed when dropped.
+pub(crate) struct Serve {
+    child: Child,
+    pid: String,
+    /// `http://ADDR`, as the server printed it.
+    pub base: String,
+}
+
+impl Serve {
+    /// Spawn it and read its address.
+    pub async fn spawn(url: &str) -> Result<Self, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+        let mut child = Command::new(exe)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            // The URL goes through the environment: a PostgreSQL URL may carry a password.
+            .env("CAIRN_DATABASE_URL", url)
+            .env_remove("CAIRN_TOKEN")
+            .env_remove("CAIRN_LISTEN")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot spawn cairn serve: {e}"))?;
+        let pid = child.id().ok_or("cairn serve exited at once")?.to_string();
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        tokio::time::timeout(Duration::from_secs(60), BufReader::new(stdout).read_line(&mut line))
+            .await
+            .map_err(|_| "cairn serve printed no address within 60 s".to_string())?
+            .map_err(|e| format!("reading cairn serve's address: {e}"))?;
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .ok_or_else(|| format!("cairn serve printed {line:?}, not its address"))?
+            .to_string();
+        Ok(Self { child, pid, base })
+    }
+
+    /// Its resident set size, in bytes.
+    pub fn rss(&self) -> Result<u64, String> {
+        status_kib_of(&self.pid, "VmRSS:")
+    }
+
+    /// Its CPU time so far, in seconds.
+    pub fn cpu_seconds(&self) -> Result<f64, String> {
+        cpu_seconds_of(&self.pid)
+    }
+
+    /// Kill it and reap it.
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
