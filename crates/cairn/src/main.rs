@@ -12,6 +12,31 @@ use cairn::cli::{Cli, Command};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// How often, at most, a runtime thread that goes idle hands freed memory back.
+const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+thread_local! {
+    static LAST_COLLECT: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Run when a runtime thread goes idle: give the memory it freed back to the
+/// OS. mimalloc keeps what a thread freed (and what other threads freed of
+/// its pages) in that thread's heap until the thread allocates again, so an
+/// idle server would keep the buffers of closed connections resident for
+/// good. At most once a second per thread, so a busy server pays nothing
+/// measurable.
+fn collect_when_idle() {
+    let now = std::time::Instant::now();
+    LAST_COLLECT.with(|last| {
+        if last.get().is_none_or(|t| now.duration_since(t) >= COLLECT_EVERY) {
+            last.set(Some(now));
+            // SAFETY: `mi_collect` only walks and frees the calling thread's own
+            // heap and the allocator's shared arenas; it takes no pointers.
+            unsafe { libmimalloc_sys::mi_collect(true) };
+        }
+    });
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Client options before a non-client command would be ignored; a host token
@@ -39,7 +64,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(collect_when_idle)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cairn: cannot start the async runtime: {e}");
