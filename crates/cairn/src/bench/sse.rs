@@ -71,6 +71,13 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> ScenarioReport {
         bound: Bound::Target(2.0, "% of a core", "issue 17: under 2% of one core"),
         ..each.clone()
     };
+    let mut left = Figure {
+        key: "sse.connections_left_open".into(),
+        label: "connections the server still holds after the streams closed".into(),
+        unit: "connections",
+        bound: Bound::NotApplicable("0 when closing a stream frees its connection"),
+        ..each.clone()
+    };
     let mut kept = Figure {
         key: "sse.rss_after_close".into(),
         label: "RSS beyond the server before the streams, all closed".into(),
@@ -100,8 +107,9 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> ScenarioReport {
         open.runs.push(grown / MIB);
         cpu.runs.push(f("idle_cpu_percent"));
         kept.runs.push((f("rss_closed") - f("rss_before")) / MIB);
+        left.runs.push(f("connections_left_open"));
     }
-    r.figures.extend([each, open, cpu, kept]);
+    r.figures.extend([each, open, cpu, kept, left]);
     r
 }
 
@@ -125,6 +133,7 @@ async fn measure(server: &Serve, prefix: &str, n: usize, idle: u64) -> Result<Va
     drop(http);
     tokio::time::sleep(SETTLE).await;
     let rss_before = server.rss()?;
+    let connections_before = open_connections(&server.base).await?;
 
     let streams = open_streams(&server.base, &ids).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -136,13 +145,33 @@ async fn measure(server: &Serve, prefix: &str, n: usize, idle: u64) -> Result<Va
     drop(streams);
     tokio::time::sleep(SETTLE).await;
     let rss_closed = server.rss()?;
+    let connections_after = open_connections(&server.base).await?;
     Ok(json!({
+        "connections_left_open": connections_after - connections_before,
         "streams": n,
         "rss_before": rss_before,
         "rss_open": rss_open,
         "rss_closed": rss_closed,
         "idle_cpu_percent": idle_cpu_percent,
     }))
+}
+
+/// The server's open HTTP connections (`cairn_http_connections_open`), this
+/// request's own among them.
+async fn open_connections(base: &str) -> Result<f64, String> {
+    let text = reqwest::Client::new()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| format!("metrics: {e}"))?
+        .text()
+        .await
+        .map_err(|e| format!("metrics: {e}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("cairn_http_connections_open "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| "metrics: no cairn_http_connections_open".to_string())
 }
 
 /// Start rerunnable `wait_signal` processes `ids` (32 at a time) and return
