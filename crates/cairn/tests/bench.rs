@@ -333,6 +333,12 @@ fn sse_scenario_measures_a_serving_child() {
     }
     // The parameters name what was measured.
     assert_eq!(s["params"]["streams"], 20, "{s}");
+    // Closing a stream frees its connection on the server.
+    assert_eq!(
+        figure(s, "sse.connections_left_open")["value"].as_f64(),
+        Some(0.0),
+        "{s}"
+    );
 }
 
 /// `http` serves a child, drives it over HTTP and in process, and holds the
