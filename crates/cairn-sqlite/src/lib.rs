@@ -192,11 +192,12 @@ impl SqliteRegistry {
     /// Feed `hub` with what other OS processes commit to this file (a second
     /// server, a tool), until this registry is dropped; this process's own
     /// writes reach the hub through `WatchedRegistry`. One thread reads
-    /// `PRAGMA data_version` every 50 ms; see the `others` module. Replaces an
-    /// earlier watcher.
+    /// `PRAGMA data_version` when the operating system says the database's
+    /// files changed (every 50 ms where it cannot say); see the `others`
+    /// module. Replaces an earlier watcher.
     pub fn watch_other_writers(&self, hub: ChangeHub) -> Result<()> {
         let conn = schema::open_reader(&self.readers.path, self.readers.busy_timeout)?;
-        let watcher = others::Watcher::start(conn, self.writer.commit_counter(), hub, others::WATCH_INTERVAL)?;
+        let watcher = others::Watcher::start(conn, &self.readers.path, self.writer.commit_counter(), hub)?;
         *self.watcher.lock() = Some(watcher);
         Ok(())
     }
