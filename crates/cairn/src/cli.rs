@@ -664,7 +664,8 @@ pub struct BenchArgs {
     /// Print one JSON document with every figure instead of the table.
     #[arg(long)]
     pub json: bool,
-    /// A scenario to run (repeatable; default all): throughput, await, signal, append, memory, suspended, scale.
+    /// A scenario to run (repeatable; default all): throughput, await, signal, append, memory, suspended, scale,
+    /// script.
     #[arg(long = "scenario", value_name = "NAME")]
     pub scenarios: Vec<String>,
     /// A database URL (repeatable): `memory`, `sqlite` (a fresh file in a temporary
@@ -711,6 +712,10 @@ pub struct BenchArgs {
     /// suspended: seconds of idle over which the server's CPU is measured.
     #[arg(long, default_value_t = 30)]
     pub idle_seconds: u64,
+    /// script: three-step scripts per run, and as many `echo` processes beside them (the
+    /// issue's size is 10000; the default keeps the scenario near two minutes, see docs/BENCHMARKS.md).
+    #[arg(long, default_value_t = 5_000)]
+    pub script_n: usize,
 }
 
 /// `cairn bench-child`: what the second OS process does. Its database URL comes

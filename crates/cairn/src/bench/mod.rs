@@ -15,6 +15,8 @@
 //!   running again, in a fresh OS process (`cairn bench-child suspended`),
 //!   held against SPEC §13's targets.
 //! - `scale`: `get` and a session's live listing among many terminal rows.
+//! - `script`: one activation replaying a 1,000-call script journal (SPEC §14's
+//!   50 ms), and three-step scripts per second beside plain `echo` processes.
 //!
 //! Limits ([`limits`]): the disk's fsync rate for `sqlite:`, the server's
 //! single-row commit rate for `postgres://`, none for `memory`. Every random
@@ -31,6 +33,7 @@ mod append;
 mod awaiting;
 mod memory;
 mod scale;
+mod script;
 mod signal;
 mod suspended;
 mod throughput;
@@ -63,6 +66,7 @@ pub const SCENARIOS: &[&str] = &[
     "memory",
     "suspended",
     "scale",
+    "script",
 ];
 
 /// Default terminal rows of `scale`. Each costs two registry writes (start, then
@@ -113,6 +117,8 @@ pub struct Plan {
     pub suspended_processes: usize,
     /// `suspended`: seconds of idle CPU measured.
     pub idle_seconds: u64,
+    /// `script`: three-step scripts (and `echo` processes) per run.
+    pub script_n: usize,
 }
 
 impl Plan {
@@ -145,6 +151,7 @@ impl Plan {
             ("--events", args.events),
             ("--memory-processes", args.memory_processes),
             ("--suspended-processes", args.suspended_processes),
+            ("--script-n", args.script_n),
         ];
         for (flag, value) in positive {
             if value == 0 {
@@ -187,6 +194,7 @@ impl Plan {
             memory_processes: args.memory_processes,
             suspended_processes: args.suspended_processes,
             idle_seconds: args.idle_seconds,
+            script_n: args.script_n,
         })
     }
 
@@ -205,6 +213,7 @@ impl Plan {
             "memory_processes": self.memory_processes,
             "suspended_processes": self.suspended_processes,
             "idle_seconds": self.idle_seconds,
+            "script_n": self.script_n,
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         })
     }
@@ -390,6 +399,7 @@ async fn run_backend_inner(plan: &Plan, url: &str, progress: &Progress) -> Backe
             "memory" => memory::run(&ctx).await,
             "suspended" => suspended::run(&ctx).await,
             "scale" => scale::run(&ctx).await,
+            "script" => script::run(&ctx).await,
             other => {
                 let mut s = ScenarioReport::new("unknown", json!({}));
                 s.outcome = Outcome::Failed(format!("no scenario `{other}`"));
