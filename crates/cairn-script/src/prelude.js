@@ -59,8 +59,24 @@
     },
   });
 
-  // The only clock and the only randomness are the journaled ones.
-  Date.now = () => ctx.now();
+  // The only clock and the only randomness are the journaled ones: `Date.now()`,
+  // `new Date()` and `Date()` each read `ctx.now()`; a Date of given parts is
+  // the engine's own.
+  const EngineDate = Date;
+  function JournaledDate(...parts) {
+    if (new.target === undefined) return new EngineDate(ctx.now()).toString();
+    return Reflect.construct(EngineDate, parts.length === 0 ? [ctx.now()] : parts, new.target);
+  }
+  Object.defineProperty(JournaledDate, "name", { value: "Date" });
+  Object.defineProperty(JournaledDate, "length", { value: 7 });
+  JournaledDate.prototype = EngineDate.prototype;
+  Object.defineProperty(EngineDate.prototype, "constructor", { value: JournaledDate, writable: true, configurable: true });
+  JournaledDate.now = () => ctx.now();
+  JournaledDate.parse = EngineDate.parse;
+  JournaledDate.UTC = EngineDate.UTC;
+  globalThis.Date = JournaledDate;
+  // The engine's monotonic clock would differ on every replay.
+  delete globalThis.performance;
   Math.random = () => ctx.random();
 
   function describe(e) {

@@ -173,6 +173,67 @@ async fn now_and_random_replay_identically_across_a_suspension() {
     assert_eq!(value["sig"], json!({"by": "ann"}));
 }
 
+/// `new Date()` and `Date()` read the journaled clock as `Date.now()` does, so
+/// a replay after a suspension sees the times the first activation saw; a Date
+/// of given parts is unaffected and stays a `Date`; `performance` is gone.
+#[tokio::test]
+async fn new_date_and_date_replay_identically_across_a_suspension() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const a = new Date().getTime(), s = Date();
+            const sig = await ctx.waitSignal("go");
+            class Stamp extends Date {}
+            const stamp = new Stamp();
+            return {
+              a, s, sig,
+              parsed: Date.parse(s),
+              later: stamp.getTime() >= a,
+              stamp_is_date: stamp instanceof Date && stamp instanceof Stamp,
+              fixed: new Date(Date.UTC(2020, 0, 2)).toISOString(),
+              is_date: new Date(0) instanceof Date && new Date(0).constructor === Date,
+              name: Date.name,
+              performance: typeof performance,
+            };
+        }"#,
+    )
+    .await;
+    p.start(script("d1", &m, "main", json!({}))).await.unwrap();
+    p.await_event("d1", cairn_core::events::WAITING, 0, Duration::from_secs(10))
+        .await
+        .expect("suspended on the signal");
+    let first: Vec<Value> = events(&p, "d1", "script.result").await;
+    assert_eq!(first.len(), 2, "new Date() and Date() were journaled: {first:?}");
+    p.signal("d1", "go", "g1", json!(1)).await.unwrap();
+    let rec = p.await_output("d1", Duration::from_secs(10)).await.unwrap();
+    let Some(Outcome::Success { value }) = rec.outcome else {
+        panic!("success: {rec:?}")
+    };
+    assert_eq!(
+        value["a"], first[0]["value"],
+        "the replayed `new Date()` is the journaled time"
+    );
+    let second = first[1]["value"].as_u64().expect("a time");
+    assert_eq!(
+        value["parsed"].as_u64(),
+        Some(second / 1000 * 1000),
+        "`Date()` is the journaled time as a string (to the second): {value}"
+    );
+    assert_eq!(value["later"], true);
+    assert_eq!(value["stamp_is_date"], true);
+    assert_eq!(value["fixed"], "2020-01-02T00:00:00.000Z");
+    assert_eq!(value["is_date"], true);
+    assert_eq!(value["name"], "Date");
+    assert_eq!(value["performance"], "undefined", "no other clock");
+    let kinds: Vec<Value> = events(&p, "d1", "script.call")
+        .await
+        .into_iter()
+        .map(|c| c["kind"].clone())
+        .collect();
+    assert_eq!(kinds, [json!("now"), json!("now"), json!("wait_signal"), json!("now")]);
+}
+
 #[tokio::test]
 async fn an_uncaught_error_fails_with_class_script_and_its_code() {
     let p = runtime(Limits::default());
@@ -242,54 +303,58 @@ async fn limits_fail_with_their_codes() {
     );
 }
 
+/// An engine whose second and later activations see `{"switch": true}` in
+/// their args: code that changes under replay, forced.
+struct Switching {
+    inner: QuickJs,
+    runs: std::sync::atomic::AtomicUsize,
+}
+
+#[cairn_core::async_trait]
+impl cairn_core::ScriptEngine for Switching {
+    fn exports(&self, source: &str) -> cairn_core::Result<Vec<String>> {
+        self.inner.exports(source)
+    }
+
+    async fn run(
+        &self,
+        ctx: cairn_core::ToolContext,
+        module: cairn_core::Module,
+        name: String,
+        mut args: Value,
+    ) -> Outcome {
+        if self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
+            args["switch"] = json!(true);
+        }
+        self.inner.run(ctx, module, name, args).await
+    }
+}
+
 #[tokio::test]
 async fn a_replay_that_changes_its_calls_fails_nondeterminism() {
-    let p = runtime(Limits::default());
-    // `new Date()` reads the real clock (only `Date.now` is journaled): the
-    // test uses it to make the replay take the other branch.
+    let p = Processes::builder(Arc::new(MemoryRegistry::new()))
+        .script_engine(Arc::new(Switching {
+            inner: QuickJs::default(),
+            runs: Default::default(),
+        }))
+        .start();
     let m = put(
         &p,
         r#"export async function main(ctx, args) {
-            if (new Date().getTime() < args.switch_at) await ctx.sleep(1);
+            if (!args.switch) await ctx.sleep(1);
             else await ctx.emit("other", {});
             await ctx.waitSignal("go");
             return "unreachable";
         }"#,
     )
     .await;
-    let switch_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-        + 1_500;
-    let req = script("nd", &m, "main", json!({"switch_at": switch_at}))
-        .with_event_type(cairn_core::EventType::plain("other"));
+    let req = script("nd", &m, "main", json!({})).with_event_type(cairn_core::EventType::plain("other"));
     p.start(req).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while p
-        .get("nd")
-        .await
-        .unwrap()
-        .wait
-        .as_ref()
-        .is_none_or(|w| w.kind != "signal")
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the script never waited for the signal"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let calls = events(&p, "nd", "script.call").await;
-    assert_eq!(calls[0]["kind"], "sleep", "the first activation ran before switch_at");
-    // Past switch_at the replay takes the other branch.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    tokio::time::sleep(Duration::from_millis(switch_at.saturating_sub(now) + 10)).await;
-    p.signal("nd", "go", "g", json!({})).await.unwrap();
+    // The first activation slept; the second (after the timer) replays with
+    // the other branch.
     let rec = p.await_output("nd", Duration::from_secs(10)).await.unwrap();
+    let calls = events(&p, "nd", "script.call").await;
+    assert_eq!(calls[0]["kind"], "sleep", "the first activation took the first branch");
     let Some(Outcome::Failure {
         class, code, message, ..
     }) = rec.outcome
@@ -300,6 +365,10 @@ async fn a_replay_that_changes_its_calls_fails_nondeterminism() {
     assert!(
         message.contains("emit") && message.contains("sleep"),
         "names both calls: {message}"
+    );
+    assert!(
+        events(&p, "nd", "other").await.is_empty(),
+        "the changed call had no effect"
     );
 }
 

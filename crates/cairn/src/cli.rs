@@ -664,7 +664,8 @@ pub struct BenchArgs {
     /// Print one JSON document with every figure instead of the table.
     #[arg(long)]
     pub json: bool,
-    /// A scenario to run (repeatable; default all): throughput, http, await, signal, append, memory, suspended, sse, scale.
+    /// A scenario to run (repeatable; default all): throughput, http, await, signal, append, memory, suspended, sse,
+    /// scale, script.
     #[arg(long = "scenario", value_name = "NAME")]
     pub scenarios: Vec<String>,
     /// A database URL (repeatable): `memory`, `sqlite` (a fresh file in a temporary
@@ -715,6 +716,10 @@ pub struct BenchArgs {
     /// suspended process.
     #[arg(long, default_value_t = 500)]
     pub sse_streams: usize,
+    /// script: three-step scripts per run, and as many `echo` processes beside them (the
+    /// issue's size is 10000; the default keeps the scenario near two minutes, see docs/BENCHMARKS.md).
+    #[arg(long, default_value_t = 5_000)]
+    pub script_n: usize,
 }
 
 /// `cairn bench-child`: what the second OS process does. Its database URL comes

@@ -387,3 +387,48 @@ fn http_scenario_serves_a_child_beside_the_in_process_path() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(scenario(&json["backends"][0], "http")["status"], "skipped", "{json}");
 }
+
+/// `script` replays a 1,000-call journal against SPEC §14's 50 ms and
+/// reports three-step scripts per second beside `echo` from the same run.
+#[test]
+fn script_scenario_reports_replay_and_throughput() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("s.db").display());
+    let (code, json, out) = bench(&[
+        "--db",
+        &db,
+        "--scenario",
+        "script",
+        "--script-n",
+        "20",
+        "--samples",
+        "3",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(json["config"]["script_n"], 20, "{out}");
+    let backend = &json["backends"][0];
+    let s = scenario(backend, "script");
+    assert_eq!(s["status"], "ok", "{s}");
+    assert_eq!(s["params"]["journal_calls"], 1000, "{s}");
+    for key in ["script.replay.p50", "script.replay.p99"] {
+        let f = figure(s, key);
+        assert_figure_shape(f, 1);
+        assert_eq!(f["unit"], "ms");
+        assert_eq!(f["limit"]["value"].as_f64(), Some(50.0), "{f}");
+    }
+    let rate = backend["limit"]["rate_per_s"].as_f64().expect("fsync rate");
+    for (key, unit) in [("script.three_step", "scripts/s"), ("script.echo", "processes/s")] {
+        let f = figure(s, key);
+        assert_figure_shape(f, 1);
+        assert_eq!(f["unit"], unit);
+        assert_eq!(f["limit"]["value"].as_f64(), Some(rate), "{f}");
+    }
+    let (code, _, out) = bench(&["--db", "memory", "--scenario", "script", "--script-n", "0"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--script-n must be at least 1"), "{out}");
+}

@@ -19,6 +19,8 @@
 //! - `sse`: what open event streams cost a `cairn serve` child (RSS, idle CPU)
 //!   and what closing them gives back, held against issue 17's targets.
 //! - `scale`: `get` and a session's live listing among many terminal rows.
+//! - `script`: one activation replaying a 1,000-call script journal (SPEC §14's
+//!   50 ms), and three-step scripts per second beside plain `echo` processes.
 //!
 //! Limits ([`limits`]): the disk's fsync rate for `sqlite:`, the server's
 //! single-row commit rate for `postgres://`, none for `memory`. Every random
@@ -36,6 +38,7 @@ mod awaiting;
 mod http;
 mod memory;
 mod scale;
+mod script;
 mod serve;
 mod signal;
 mod sse;
@@ -72,6 +75,7 @@ pub const SCENARIOS: &[&str] = &[
     "suspended",
     "sse",
     "scale",
+    "script",
 ];
 
 /// Default terminal rows of `scale`. Each costs two registry writes (start, then
@@ -124,6 +128,8 @@ pub struct Plan {
     pub idle_seconds: u64,
     /// `sse`: streams open at once per run.
     pub sse_streams: usize,
+    /// `script`: three-step scripts (and `echo` processes) per run.
+    pub script_n: usize,
 }
 
 impl Plan {
@@ -157,6 +163,7 @@ impl Plan {
             ("--memory-processes", args.memory_processes),
             ("--suspended-processes", args.suspended_processes),
             ("--sse-streams", args.sse_streams),
+            ("--script-n", args.script_n),
         ];
         for (flag, value) in positive {
             if value == 0 {
@@ -200,6 +207,7 @@ impl Plan {
             suspended_processes: args.suspended_processes,
             idle_seconds: args.idle_seconds,
             sse_streams: args.sse_streams,
+            script_n: args.script_n,
         })
     }
 
@@ -219,6 +227,7 @@ impl Plan {
             "suspended_processes": self.suspended_processes,
             "idle_seconds": self.idle_seconds,
             "sse_streams": self.sse_streams,
+            "script_n": self.script_n,
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         })
     }
@@ -406,6 +415,7 @@ async fn run_backend_inner(plan: &Plan, url: &str, progress: &Progress) -> Backe
             "suspended" => suspended::run(&ctx).await,
             "sse" => sse::run(&ctx).await,
             "scale" => scale::run(&ctx).await,
+            "script" => script::run(&ctx).await,
             other => {
                 let mut s = ScenarioReport::new("unknown", json!({}));
                 s.outcome = Outcome::Failed(format!("no scenario `{other}`"));

@@ -6,17 +6,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cairn_core::{Disposition, ProcessStatus, Processes, StartRequest};
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
 use super::report::{Figure, Outcome, ScenarioReport};
 use super::{start_new, Ctx, AWAIT_TIMEOUT};
 
 /// Concurrent starters (host tasks issuing starts).
-const STARTERS: usize = 32;
+pub(crate) const STARTERS: usize = 32;
 /// Each worker's concurrency and claim batch.
-const CONCURRENCY: usize = 256;
-const BATCH: usize = 256;
+pub(crate) const CONCURRENCY: usize = 256;
+pub(crate) const BATCH: usize = 256;
 /// Warm-ups run at most this many processes.
 const WARMUP_N: usize = 1_000;
 
@@ -79,36 +79,57 @@ async fn drive(ctx: &Ctx<'_>, runtimes: &Arc<Vec<Processes>>, run: &str, n: usiz
     let mut rng = ctx.rng(&format!("throughput-{run}"));
     let mut order: Vec<usize> = (0..n).collect();
     rng.shuffle(&mut order);
-    let order = Arc::new(order);
-    let payloads: Arc<Vec<u64>> = Arc::new((0..n).map(|_| rng.next_u64() >> 12).collect());
-    let ids: Arc<Vec<String>> = Arc::new((0..n).map(|i| ctx.id("tp", run, i)).collect());
+    let payloads: Vec<u64> = (0..n).map(|_| rng.next_u64() >> 12).collect();
+    let batch = Batch {
+        what: format!("throughput {run}"),
+        requests: (0..n)
+            .map(|i| {
+                StartRequest::tool(
+                    ctx.id("tp", run, i),
+                    "echo",
+                    json!({"value": payloads[i]}),
+                    Disposition::Rerunnable,
+                )
+            })
+            .collect(),
+        expected: payloads.iter().map(|v| json!(v)).collect(),
+        order,
+    };
+    drive_batch(ctx, runtimes, batch).await
+}
+
+/// Processes to start and the success value each must complete with.
+pub(crate) struct Batch {
+    /// What the progress line calls it.
+    pub what: String,
+    pub requests: Vec<StartRequest>,
+    pub expected: Vec<Value>,
+    /// The order the starters take them in (indexes into `requests`).
+    pub order: Vec<usize>,
+}
+
+/// Start `batch` from [`STARTERS`] concurrent starters spread over
+/// `runtimes`, await every one completed with its expected value, and answer
+/// processes per second from the first start to the last terminal.
+pub(crate) async fn drive_batch(ctx: &Ctx<'_>, runtimes: &Arc<Vec<Processes>>, batch: Batch) -> Result<f64, String> {
+    let n = batch.requests.len();
+    let ids: Vec<String> = batch.requests.iter().map(|r| r.id.clone()).collect();
+    let order = Arc::new(batch.order);
+    let requests = Arc::new(batch.requests);
     let done = Arc::new(AtomicUsize::new(0));
     let _counter = ctx.progress.counter(
-        format!("{}: throughput {run} (starts + completions)", ctx.tag()),
+        format!("{}: {} (starts + completions)", ctx.tag(), batch.what),
         2 * n,
         done.clone(),
     );
     let t = Instant::now();
     let mut starters = JoinSet::new();
     for s in 0..STARTERS.min(n) {
-        let (order, payloads, ids, runtimes, done) = (
-            order.clone(),
-            payloads.clone(),
-            ids.clone(),
-            runtimes.clone(),
-            done.clone(),
-        );
+        let (order, requests, runtimes, done) = (order.clone(), requests.clone(), runtimes.clone(), done.clone());
         starters.spawn(async move {
             for k in (s..order.len()).step_by(STARTERS) {
-                let i = order[k];
                 let p = &runtimes[k % runtimes.len()];
-                let req = StartRequest::tool(
-                    ids[i].clone(),
-                    "echo",
-                    json!({"value": payloads[i]}),
-                    Disposition::Rerunnable,
-                );
-                start_new(p, req).await?;
+                start_new(p, requests[order[k]].clone()).await?;
                 done.fetch_add(1, Ordering::Relaxed);
             }
             Ok::<(), String>(())
@@ -118,16 +139,23 @@ async fn drive(ctx: &Ctx<'_>, runtimes: &Arc<Vec<Processes>>, run: &str, n: usiz
         joined.map_err(|e| format!("starter task: {e}"))??;
     }
     let awaiter = &runtimes[0];
-    for (i, id) in ids.iter().enumerate() {
+    for (id, expected) in ids.iter().zip(batch.expected) {
         let rec = awaiter
             .await_output(id, AWAIT_TIMEOUT)
             .await
             .map_err(|e| format!("await `{id}`: {e}"))?;
         if rec.status != ProcessStatus::Completed {
-            return Err(format!("`{id}` ended {} instead of completed", rec.status.label()));
+            return Err(format!(
+                "`{id}` ended {} instead of completed: {:?}",
+                rec.status.label(),
+                rec.outcome
+            ));
         }
-        if rec.outcome != Some(cairn_core::Outcome::success(json!(payloads[i]))) {
-            return Err(format!("`{id}` completed with an unexpected outcome"));
+        if rec.outcome != Some(cairn_core::Outcome::success(expected)) {
+            return Err(format!(
+                "`{id}` completed with an unexpected outcome: {:?}",
+                rec.outcome
+            ));
         }
         done.fetch_add(1, Ordering::Relaxed);
     }
