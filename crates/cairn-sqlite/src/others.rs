@@ -11,8 +11,12 @@
 //! (`ChangeHub::resync`). That is one cheap read per burst of notices for the
 //! whole process, never one per waiter, and none while nothing is written.
 //!
-//! Our own commits raise notices too; the watcher reads at most once per
-//! [`MIN_GAP`], so a busy writer costs it a bounded number of reads. A
+//! A notice may come before the commit it announces is visible (the WAL's
+//! frames are written before the wal-index, a mapped file that raises no
+//! notice, says they are committed), so after each notice the watcher reads
+//! again at 1, 2, 4, ... up to [`CHASE_UNTIL`] ms. Our own commits raise
+//! notices too; the watcher reads at most once per [`MIN_GAP`], so a busy
+//! writer costs it a bounded number of reads. A
 //! foreign commit that lands between one of ours and the read that follows
 //! is not told apart from ours; a read every [`BACKSTOP`] catches it, and
 //! catches a file system that sends no notices. Where no watch can be set
@@ -29,6 +33,8 @@ use rusqlite::Connection;
 
 /// The least time between two reads of `data_version`.
 pub(crate) const MIN_GAP: Duration = Duration::from_millis(1);
+/// The longest gap of the reads that follow a notice.
+pub(crate) const CHASE_UNTIL: Duration = Duration::from_millis(64);
 /// How often the watcher reads without a notice, when notices arrive.
 pub(crate) const BACKSTOP: Duration = Duration::from_secs(1);
 /// How often it reads when the file system cannot be watched.
@@ -72,9 +78,19 @@ impl Watcher {
                 };
                 let mut seen = read();
                 let mut last = Instant::now();
+                // After a notice, the next read is due this long after the last.
+                let mut chase: Option<Duration> = None;
                 loop {
-                    match rx.recv_timeout(every) {
-                        Ok(Msg::Changed) | Err(RecvTimeoutError::Timeout) => {}
+                    match rx.recv_timeout(chase.unwrap_or(every)) {
+                        // The commit whose write raised the notice may not be
+                        // visible yet (WAL frames are written before the
+                        // wal-index says they are committed, and the index is
+                        // a mapped file that raises no notice): read again at
+                        // 1, 2, 4, ... 64 ms after it.
+                        Ok(Msg::Changed) => chase = Some(MIN_GAP),
+                        Err(RecvTimeoutError::Timeout) => {
+                            chase = chase.map(|d| d * 2).filter(|d| *d <= CHASE_UNTIL);
+                        }
                         Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                     }
                     if let Some(wait) = MIN_GAP.checked_sub(last.elapsed()) {
@@ -82,8 +98,9 @@ impl Watcher {
                     }
                     // One read answers every notice that came before it.
                     while let Ok(msg) = rx.try_recv() {
-                        if matches!(msg, Msg::Stop) {
-                            return;
+                        match msg {
+                            Msg::Stop => return,
+                            Msg::Changed => chase = Some(MIN_GAP),
                         }
                     }
                     let now = read();
