@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
 use super::report::{Bound, Figure, Outcome, ScenarioReport};
-use super::serve::Serve;
+use super::serve::{start_new_over_http, Serve};
 use super::{start_new, Ctx, AWAIT_TIMEOUT};
 
 /// Concurrent clients, as `throughput` has starters.
@@ -125,21 +125,7 @@ async fn served_run(base: &str, prefix: &str, n: usize) -> Result<f64, String> {
 }
 
 async fn served_one(http: &reqwest::Client, base: &str, id: &str, i: usize) -> Result<(), String> {
-    let body = json!({"id": id, "disposition": "rerunnable",
-        "input": {"type": "tool_call", "tool": "echo", "args": {"value": i}}});
-    let r = http
-        .post(format!("{base}/v1/processes"))
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| format!("start `{id}`: {e}"))?;
-    if r.status().as_u16() != 201 {
-        let status = r.status();
-        let text = r.text().await.unwrap_or_default();
-        return Err(format!(
-            "start `{id}`: {status} {text} (ids must be new: use a fresh database or another --seed)"
-        ));
-    }
+    start_new_over_http(http, base, id, "echo", json!({"value": i})).await?;
     let timeout_ms = AWAIT_TIMEOUT.as_millis();
     let rec: Value = http
         .get(format!("{base}/v1/processes/{id}/await?timeout_ms={timeout_ms}"))

@@ -10,6 +10,32 @@ use tokio::process::{Child, Command};
 use super::child::status_kib_of;
 use super::suspended::cpu_seconds_of;
 
+/// Start rerunnable tool process `id` on the server at `base`; it must be new.
+pub(crate) async fn start_new_over_http(
+    http: &reqwest::Client,
+    base: &str,
+    id: &str,
+    tool: &str,
+    args: serde_json::Value,
+) -> Result<(), String> {
+    let body = serde_json::json!({"id": id, "disposition": "rerunnable",
+        "input": {"type": "tool_call", "tool": tool, "args": args}});
+    let r = http
+        .post(format!("{base}/v1/processes"))
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| format!("start `{id}`: {e}"))?;
+    if r.status().as_u16() != 201 {
+        let status = r.status();
+        let text = r.text().await.unwrap_or_default();
+        return Err(format!(
+            "start `{id}`: {status} {text} (ids must be new: use a fresh database or another --seed)"
+        ));
+    }
+    Ok(())
+}
+
 /// A `cairn serve` child on the bench's database, killed when dropped.
 pub(crate) struct Serve {
     child: Child,

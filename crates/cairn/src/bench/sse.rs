@@ -17,7 +17,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 
 use super::report::{Bound, Figure, Outcome, ScenarioReport};
-use super::serve::Serve;
+use super::serve::{start_new_over_http, Serve};
 use super::Ctx;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -181,20 +181,7 @@ async fn start_suspended(http: &reqwest::Client, base: &str, ids: &[String]) -> 
         .map(|id| {
             let http = http.clone();
             async move {
-                let body = json!({"id": id, "disposition": "rerunnable",
-                    "input": {"type": "tool_call", "tool": "wait_signal", "args": {"name": "go"}}});
-                let r = http
-                    .post(format!("{base}/v1/processes"))
-                    .json(&body)
-                    .send()
-                    .await
-                    .map_err(|e| format!("start `{id}`: {e}"))?;
-                if r.status().as_u16() != 201 {
-                    return Err(format!(
-                        "start `{id}`: {} (ids must be new: use a fresh database or another --seed)",
-                        r.status()
-                    ));
-                }
+                start_new_over_http(&http, base, &id, "wait_signal", json!({"name": "go"})).await?;
                 let deadline = Instant::now() + Duration::from_secs(120);
                 loop {
                     let rec: Value = http
