@@ -664,7 +664,8 @@ pub struct BenchArgs {
     /// Print one JSON document with every figure instead of the table.
     #[arg(long)]
     pub json: bool,
-    /// A scenario to run (repeatable; default all): throughput, await, signal, append, memory, suspended, scale.
+    /// A scenario to run (repeatable; default all): throughput, await, signal, append, memory, suspended, scale,
+    /// schedules.
     #[arg(long = "scenario", value_name = "NAME")]
     pub scenarios: Vec<String>,
     /// A database URL (repeatable): `memory`, `sqlite` (a fresh file in a temporary
@@ -708,9 +709,12 @@ pub struct BenchArgs {
     /// §13 holds 100,000 on one node to its figures).
     #[arg(long, default_value_t = 100_000)]
     pub suspended_processes: usize,
-    /// suspended: seconds of idle over which the server's CPU is measured.
+    /// suspended, schedules: seconds of idle over which the server's CPU is measured.
     #[arg(long, default_value_t = 30)]
     pub idle_seconds: u64,
+    /// schedules: schedules created per run (none due during the run).
+    #[arg(long, default_value_t = 10_000)]
+    pub schedules: usize,
 }
 
 /// `cairn bench-child`: what the second OS process does. Its database URL comes
@@ -751,5 +755,20 @@ pub enum BenchChildRole {
         /// Signals to random suspended processes (latency samples).
         #[arg(long)]
         samples: usize,
+    },
+    /// Create schedules that are not due and report what they cost idle.
+    Schedules {
+        /// How many schedules per run.
+        #[arg(long)]
+        schedules: usize,
+        /// Their id prefix.
+        #[arg(long)]
+        prefix: String,
+        /// Seconds of idle to measure CPU over (once without, once per run with them).
+        #[arg(long)]
+        idle_seconds: u64,
+        /// Runs (each creates, measures and deletes its schedules).
+        #[arg(long)]
+        runs: usize,
     },
 }

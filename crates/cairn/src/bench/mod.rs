@@ -15,6 +15,9 @@
 //!   running again, in a fresh OS process (`cairn bench-child suspended`),
 //!   held against SPEC §13's targets.
 //! - `scale`: `get` and a session's live listing among many terminal rows.
+//! - `schedules`: what N schedules with far-away fires cost an idle server (CPU
+//!   against the same process with none, RSS) and their creation rate, in a
+//!   fresh OS process (`cairn bench-child schedules`).
 //!
 //! Limits ([`limits`]): the disk's fsync rate for `sqlite:`, the server's
 //! single-row commit rate for `postgres://`, none for `memory`. Every random
@@ -31,6 +34,7 @@ mod append;
 mod awaiting;
 mod memory;
 mod scale;
+mod schedules;
 mod signal;
 mod suspended;
 mod throughput;
@@ -63,6 +67,7 @@ pub const SCENARIOS: &[&str] = &[
     "memory",
     "suspended",
     "scale",
+    "schedules",
 ];
 
 /// Default terminal rows of `scale`. Each costs two registry writes (start, then
@@ -111,8 +116,10 @@ pub struct Plan {
     pub memory_processes: usize,
     /// `suspended`: suspended processes per run.
     pub suspended_processes: usize,
-    /// `suspended`: seconds of idle CPU measured.
+    /// `suspended`, `schedules`: seconds of idle CPU measured.
     pub idle_seconds: u64,
+    /// `schedules`: schedules per run.
+    pub schedules: usize,
 }
 
 impl Plan {
@@ -145,6 +152,7 @@ impl Plan {
             ("--events", args.events),
             ("--memory-processes", args.memory_processes),
             ("--suspended-processes", args.suspended_processes),
+            ("--schedules", args.schedules),
         ];
         for (flag, value) in positive {
             if value == 0 {
@@ -187,6 +195,7 @@ impl Plan {
             memory_processes: args.memory_processes,
             suspended_processes: args.suspended_processes,
             idle_seconds: args.idle_seconds,
+            schedules: args.schedules,
         })
     }
 
@@ -205,6 +214,7 @@ impl Plan {
             "memory_processes": self.memory_processes,
             "suspended_processes": self.suspended_processes,
             "idle_seconds": self.idle_seconds,
+            "schedules": self.schedules,
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         })
     }
@@ -390,6 +400,7 @@ async fn run_backend_inner(plan: &Plan, url: &str, progress: &Progress) -> Backe
             "memory" => memory::run(&ctx).await,
             "suspended" => suspended::run(&ctx).await,
             "scale" => scale::run(&ctx).await,
+            "schedules" => schedules::run(&ctx).await,
             other => {
                 let mut s = ScenarioReport::new("unknown", json!({}));
                 s.outcome = Outcome::Failed(format!("no scenario `{other}`"));
