@@ -404,19 +404,28 @@ async fn the_schedules_page_lists_pauses_and_resumes_for_the_host_only() {
     let host = Some("cairn_ui=host");
     let (status, html, _) = get(&app, "/ui/schedules", host).await;
     assert_eq!(status, StatusCode::OK, "{html}");
-    assert!(html.contains("href=\"/ui/schedules\" aria-current=\"page\""), "nav link: {html}");
+    assert!(
+        html.contains("href=\"/ui/schedules\" aria-current=\"page\""),
+        "nav link: {html}"
+    );
     let rows: Vec<&str> = html.split("<tr data-schedule=\"").skip(1).collect();
     assert_eq!(rows.len(), 2, "{html}");
     let (nightly, tick) = (rows[0], rows[1]);
     assert!(nightly.starts_with("nightly\" data-state=\"active\""), "{nightly}");
     assert!(nightly.contains("30 2 * * *") && nightly.contains("(Europe/Paris)") && nightly.contains(">skip<"));
     assert!(nightly.contains("never"), "no fire yet: {nightly}");
-    assert!(tick.contains("every <code>10s</code>") && tick.contains(">allow<"), "{tick}");
+    assert!(
+        tick.contains("every <code>10s</code>") && tick.contains(">allow<"),
+        "{tick}"
+    );
     let last = format!("href=\"/ui/processes/tick%40{}\"", T0 + 10_000);
     assert!(tick.contains(&last), "links the last process: {tick}");
     assert!(tick.contains("/ui/schedules/tick/pause"), "{tick}");
     let next = p.get_schedule("tick").await.unwrap().next_fire_ms;
-    assert!(tick.contains(&format!("data-ms=\"{next}\"")), "shows the next fire: {tick}");
+    assert!(
+        tick.contains(&format!("data-ms=\"{next}\"")),
+        "shows the next fire: {tick}"
+    );
 
     let csrf = csrf_of(&html);
     let post = |path: &str, cookie: &str, csrf: Option<&str>| {
@@ -428,11 +437,17 @@ async fn the_schedules_page_lists_pauses_and_resumes_for_the_host_only() {
     };
     let (status, _, _) = send(&app, post("/ui/schedules/tick/pause", "cairn_ui=host", None)).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "no CSRF token");
-    assert!(!p.get_schedule("tick").await.unwrap().paused, "the refused pause changed nothing");
+    assert!(
+        !p.get_schedule("tick").await.unwrap().paused,
+        "the refused pause changed nothing"
+    );
 
     let (status, row, _) = send(&app, post("/ui/schedules/tick/pause", "cairn_ui=host", Some(&csrf))).await;
     assert_eq!(status, StatusCode::OK, "{row}");
-    assert!(row.starts_with("<tr data-schedule=\"tick\" data-state=\"paused\""), "{row}");
+    assert!(
+        row.starts_with("<tr data-schedule=\"tick\" data-state=\"paused\""),
+        "{row}"
+    );
     assert!(row.contains("/ui/schedules/tick/resume"), "{row}");
     assert!(p.get_schedule("tick").await.unwrap().paused);
 
@@ -442,7 +457,11 @@ async fn the_schedules_page_lists_pauses_and_resumes_for_the_host_only() {
     assert!(row.contains("data-state=\"active\""), "{row}");
     let resumed = p.get_schedule("tick").await.unwrap();
     assert!(!resumed.paused);
-    assert_eq!(resumed.next_fire_ms, T0 + 30_000, "fires again from the first time after now");
+    assert_eq!(
+        resumed.next_fire_ms,
+        T0 + 30_000,
+        "fires again from the first time after now"
+    );
 
     // An unknown schedule: the runtime's error, verbatim, shown above the table.
     let (status, html, headers) = send(&app, post("/ui/schedules/gone/pause", "cairn_ui=host", Some(&csrf))).await;
@@ -475,7 +494,11 @@ async fn the_schedules_page_pages_by_id() {
     let mut expected = Vec::new();
     for i in 0..130 {
         let id = format!("s{i:03}");
-        schedule(&p, json!({"id": id, "every": "1h", "start": template, "overlap": "skip"})).await;
+        schedule(
+            &p,
+            json!({"id": id, "every": "1h", "start": template, "overlap": "skip"}),
+        )
+        .await;
         expected.push(id);
     }
     let app = app(&p, true);

@@ -559,6 +559,26 @@ mod tests {
     }
 
     #[test]
+    fn schedule_tools_take_the_http_arguments() {
+        let list: ScheduleListArgs = serde_json::from_value(serde_json::json!({"after": "a", "limit": 2})).unwrap();
+        assert_eq!((list.after.as_deref(), list.limit), (Some("a"), Some(2)));
+        assert!(serde_json::from_value::<ScheduleListArgs>(serde_json::json!({"after_id": "a"})).is_err());
+        assert!(serde_json::from_value::<ScheduleIdArgs>(serde_json::json!({})).is_err());
+        for kind in [ToolKind::SchedulePause, ToolKind::ScheduleResume] {
+            assert_eq!(
+                kind.input_schema()["required"],
+                serde_json::json!(["id"]),
+                "{}",
+                kind.name()
+            );
+            assert!(kind.output_schema()["properties"].get("next_fire_ms").is_some());
+        }
+        assert!(ToolKind::ScheduleList.output_schema()["properties"]
+            .get("schedules")
+            .is_some());
+    }
+
+    #[test]
     fn await_is_bounded() {
         assert_eq!(await_bound(None), DEFAULT_AWAIT);
         assert_eq!(await_bound(Some(10)), Duration::from_millis(10));

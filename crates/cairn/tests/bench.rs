@@ -325,11 +325,18 @@ async fn schedules_scenario_reports_idle_cpu_and_leaves_no_schedule() {
     let cpu = figure(s, "schedules.idle_cpu");
     assert_eq!(cpu["limit"]["value"].as_f64(), Some(1.0), "{cpu}");
     assert_eq!(cpu["runs"].as_array().map(Vec::len), Some(2), "one per run: {cpu}");
-    for key in ["schedules.idle_cpu", "schedules.idle_cpu_none", "schedules.bytes_per_schedule"] {
+    for key in [
+        "schedules.idle_cpu",
+        "schedules.idle_cpu_none",
+        "schedules.bytes_per_schedule",
+    ] {
         // Idle CPU and growth may honestly measure 0 at this size.
         assert!(figure(s, key)["value"].as_f64().is_some_and(|v| v >= 0.0), "{key}: {s}");
     }
-    assert_eq!(figure(s, "schedules.idle_cpu_none")["runs"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        figure(s, "schedules.idle_cpu_none")["runs"].as_array().map(Vec::len),
+        Some(1)
+    );
     assert_figure_shape(figure(s, "schedules.create_rate"), 2);
 
     // Every schedule the bench created is gone from the database.

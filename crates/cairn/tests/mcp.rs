@@ -608,12 +608,17 @@ async fn schedules(transport: Transport) {
 
     for tool in ["schedule_pause", "schedule_resume"] {
         let (code, message) = err(&host, tool, json!({"id": "nope"})).await;
-        let (status, body) = http.post(&format!("/v1/schedules/nope/{}", &tool[9..]), json!({})).await;
+        let (status, body) = http
+            .post(&format!("/v1/schedules/nope/{}", &tool[9..]), json!({}))
+            .await;
         assert_eq!(status, 404);
-        assert_eq!((code.as_str(), message.as_str()), (
-            body["error"]["code"].as_str().unwrap(),
-            body["error"]["message"].as_str().unwrap()
-        ));
+        assert_eq!(
+            (code.as_str(), message.as_str()),
+            (
+                body["error"]["code"].as_str().unwrap(),
+                body["error"]["message"].as_str().unwrap()
+            )
+        );
         assert_eq!(code, "unknown_schedule");
         let (code, _) = err(&host, tool, json!({})).await;
         assert_eq!(code, "invalid_request", "{tool} needs an id");

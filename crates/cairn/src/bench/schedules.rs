@@ -100,11 +100,15 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> ScenarioReport {
             return r;
         }
     };
-    baseline.runs.push(answer["baseline_cpu_percent"].as_f64().unwrap_or(f64::NAN));
+    baseline
+        .runs
+        .push(answer["baseline_cpu_percent"].as_f64().unwrap_or(f64::NAN));
     for run in answer["runs"].as_array().into_iter().flatten() {
         let f = |k: &str| run[k].as_f64().unwrap_or(f64::NAN);
         cpu.runs.push(f("idle_cpu_percent"));
-        bytes.runs.push((f("rss_after") - f("rss_before")).max(0.0) / count as f64);
+        bytes
+            .runs
+            .push((f("rss_after") - f("rss_before")).max(0.0) / count as f64);
         rate.runs.push(count as f64 / f("create_seconds"));
     }
     r.figures.extend([cpu, baseline, bytes, rate]);
@@ -249,7 +253,9 @@ async fn for_each(p: &Processes, ids: &[String], op: Op) -> Result<(), String> {
                                       "disposition": "rerunnable"},
                             "overlap": "skip",
                         });
-                        body.as_object_mut().expect("object").extend(spec.as_object().cloned().unwrap_or_default());
+                        body.as_object_mut()
+                            .expect("object")
+                            .extend(spec.as_object().cloned().unwrap_or_default());
                         let request = ScheduleRequest::from_json(body).map_err(|e| format!("`{id}`: {e}"))?;
                         let (_, fresh) = p
                             .create_schedule(request)
@@ -262,7 +268,10 @@ async fn for_each(p: &Processes, ids: &[String], op: Op) -> Result<(), String> {
                             ));
                         }
                     }
-                    Op::Delete => p.delete_schedule(&id).await.map_err(|e| format!("delete `{id}`: {e}"))?,
+                    Op::Delete => p
+                        .delete_schedule(&id)
+                        .await
+                        .map_err(|e| format!("delete `{id}`: {e}"))?,
                 }
             }
             Ok::<(), String>(())

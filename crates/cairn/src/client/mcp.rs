@@ -130,6 +130,7 @@ impl Cairn for Forwarding {
     }
 
     async fn schedule_resume(&self, id: &str) -> Answer {
-        self.post_json(&format!("{}/resume", schedule_path(id)), json!({})).await
+        self.post_json(&format!("{}/resume", schedule_path(id)), json!({}))
+            .await
     }
 }

@@ -18,8 +18,8 @@ use serde_json::Value;
 
 use super::api::{ApiError, ApiJson, ApiPath, ApiQuery};
 use super::auth::Caller;
-use super::schedules;
 use super::routes::{self, AwaitQuery, CancelBody, CompleteBody, EventsQuery, SignalBody};
+use super::schedules;
 use super::AppState;
 
 /// The MCP endpoint over `state`; mount it behind [`super::auth::authenticate`].
