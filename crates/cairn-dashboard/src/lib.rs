@@ -7,6 +7,8 @@
 //!   event timeline streamed over SSE; signal, cancel, abandon request and
 //!   external completion, each answering the server's error verbatim when refused.
 //! - **Sessions**: granted-to and originated-by lists, pending wakes with acknowledge.
+//! - **Schedules** (host only): spec, overlap, state, next and last fire, the last
+//!   process started, with pause and resume.
 //!
 //! The crate decides nothing about who may see what: the embedding server gives it
 //! an [`Access`] that resolves tokens and answers visibility exactly as its API does.
@@ -35,6 +37,7 @@ mod list;
 mod live;
 mod pages;
 mod process;
+mod schedules;
 mod sessions;
 mod time;
 
@@ -103,6 +106,9 @@ impl Dashboard {
             .route("/ui/processes/{id}/complete", post(actions::complete))
             .route("/ui/sessions", get(sessions::page))
             .route("/ui/sessions/{session_id}/wakes/{wake_id}/ack", post(sessions::ack))
+            .route("/ui/schedules", get(schedules::page))
+            .route("/ui/schedules/{id}/pause", post(schedules::pause))
+            .route("/ui/schedules/{id}/resume", post(schedules::resume))
             .route("/ui/logout", post(auth::logout))
             .route_layer(axum::middleware::from_fn_with_state(self.inner.clone(), auth::gate));
         let open = Router::new()

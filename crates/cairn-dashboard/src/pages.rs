@@ -13,6 +13,7 @@ use crate::time;
 pub(crate) enum Nav {
     Processes,
     Sessions,
+    Schedules,
 }
 
 /// A full page: head, nav and `body`. The CSRF token rides in `hx-headers`, so
@@ -38,6 +39,9 @@ pub(crate) fn layout(title: &str, visitor: &Visitor, nav: Nav, body: Markup) -> 
                     nav {
                         a href="/ui/processes" aria-current=[(nav == Nav::Processes).then_some("page")] { "Processes" }
                         a href="/ui/sessions" aria-current=[(nav == Nav::Sessions).then_some("page")] { "Sessions" }
+                        @if visitor.viewer == crate::Viewer::Host {
+                            a href="/ui/schedules" aria-current=[(nav == Nav::Schedules).then_some("page")] { "Schedules" }
+                        }
                     }
                     span.viewer title="who this page acts as" { (visitor.viewer.label()) }
                     @if visitor.logged_in {

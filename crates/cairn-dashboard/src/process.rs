@@ -39,7 +39,9 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
 /// fault (4xx) or the store's (5xx).
 pub(crate) fn status_for(e: &CairnError) -> StatusCode {
     match e.code() {
-        "unknown_process" | "unknown_wake" | "unknown_tool" | "unknown_env" => StatusCode::NOT_FOUND,
+        "unknown_process" | "unknown_wake" | "unknown_tool" | "unknown_env" | "unknown_schedule" => {
+            StatusCode::NOT_FOUND
+        }
         "no_longer_retained" => StatusCode::GONE,
         "storage" | "corrupt_env" => StatusCode::INTERNAL_SERVER_ERROR,
         "unavailable" | "outcome_unknown" => StatusCode::SERVICE_UNAVAILABLE,
@@ -49,7 +51,8 @@ pub(crate) fn status_for(e: &CairnError) -> StatusCode {
         | "lease_held"
         | "lease_fenced"
         | "not_claimable"
-        | "not_externally_owned" => StatusCode::CONFLICT,
+        | "not_externally_owned"
+        | "schedule_conflict" => StatusCode::CONFLICT,
         _ => StatusCode::BAD_REQUEST,
     }
 }

@@ -366,3 +366,154 @@ async fn a_process_page_lists_its_children_and_links_its_parent() {
     assert!(html.contains("parent process"), "the child links its parent: {html}");
     assert!(!html.contains("data-child="), "a leaf lists no children");
 }
+
+fn csrf_of(html: &str) -> String {
+    html.split("name=\"cairn-csrf\" content=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("the page carries its CSRF token")
+        .to_string()
+}
+
+async fn schedule(p: &Processes, body: serde_json::Value) {
+    let request = cairn_core::ScheduleRequest::from_json(body).expect("schedule request");
+    p.create_schedule(request).await.expect("create schedule");
+}
+
+#[tokio::test]
+async fn the_schedules_page_lists_pauses_and_resumes_for_the_host_only() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let template = json!({"input": {"type": "external", "metadata": {}}, "disposition": "externally_owned"});
+    schedule(
+        &p,
+        json!({"id": "nightly", "cron": "30 2 * * *", "timezone": "Europe/Paris", "start": template, "overlap": "skip"}),
+    )
+    .await;
+    schedule(
+        &p,
+        json!({"id": "tick", "every": "10s", "start": template, "overlap": "allow"}),
+    )
+    .await;
+    // One fire of `tick`, so it has a last fire and a last process.
+    clock.set(T0 + 10_000);
+    let fired = p.fire_schedules().await.expect("fire");
+    assert_eq!(fired.started, vec![format!("tick@{}", T0 + 10_000)]);
+
+    let app = app(&p, false);
+    let host = Some("cairn_ui=host");
+    let (status, html, _) = get(&app, "/ui/schedules", host).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        html.contains("href=\"/ui/schedules\" aria-current=\"page\""),
+        "nav link: {html}"
+    );
+    let rows: Vec<&str> = html.split("<tr data-schedule=\"").skip(1).collect();
+    assert_eq!(rows.len(), 2, "{html}");
+    let (nightly, tick) = (rows[0], rows[1]);
+    assert!(nightly.starts_with("nightly\" data-state=\"active\""), "{nightly}");
+    assert!(nightly.contains("30 2 * * *") && nightly.contains("(Europe/Paris)") && nightly.contains(">skip<"));
+    assert!(nightly.contains("never"), "no fire yet: {nightly}");
+    assert!(
+        tick.contains("every <code>10s</code>") && tick.contains(">allow<"),
+        "{tick}"
+    );
+    let last = format!("href=\"/ui/processes/tick%40{}\"", T0 + 10_000);
+    assert!(tick.contains(&last), "links the last process: {tick}");
+    assert!(tick.contains("/ui/schedules/tick/pause"), "{tick}");
+    let next = p.get_schedule("tick").await.unwrap().next_fire_ms;
+    assert!(
+        tick.contains(&format!("data-ms=\"{next}\"")),
+        "shows the next fire: {tick}"
+    );
+
+    let csrf = csrf_of(&html);
+    let post = |path: &str, cookie: &str, csrf: Option<&str>| {
+        let mut r = Request::post(path).header(header::COOKIE, cookie);
+        if let Some(t) = csrf {
+            r = r.header("x-cairn-csrf", t);
+        }
+        r.body(Body::empty()).unwrap()
+    };
+    let (status, _, _) = send(&app, post("/ui/schedules/tick/pause", "cairn_ui=host", None)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "no CSRF token");
+    assert!(
+        !p.get_schedule("tick").await.unwrap().paused,
+        "the refused pause changed nothing"
+    );
+
+    let (status, row, _) = send(&app, post("/ui/schedules/tick/pause", "cairn_ui=host", Some(&csrf))).await;
+    assert_eq!(status, StatusCode::OK, "{row}");
+    assert!(
+        row.starts_with("<tr data-schedule=\"tick\" data-state=\"paused\""),
+        "{row}"
+    );
+    assert!(row.contains("/ui/schedules/tick/resume"), "{row}");
+    assert!(p.get_schedule("tick").await.unwrap().paused);
+
+    clock.set(T0 + 25_000);
+    let (status, row, _) = send(&app, post("/ui/schedules/tick/resume", "cairn_ui=host", Some(&csrf))).await;
+    assert_eq!(status, StatusCode::OK, "{row}");
+    assert!(row.contains("data-state=\"active\""), "{row}");
+    let resumed = p.get_schedule("tick").await.unwrap();
+    assert!(!resumed.paused);
+    assert_eq!(
+        resumed.next_fire_ms,
+        T0 + 30_000,
+        "fires again from the first time after now"
+    );
+
+    // An unknown schedule: the runtime's error, verbatim, shown above the table.
+    let (status, html, headers) = send(&app, post("/ui/schedules/gone/pause", "cairn_ui=host", Some(&csrf))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(html.contains("unknown_schedule"), "{html}");
+    assert_eq!(headers["hx-retarget"], "#schedule-result");
+
+    // A session token: no nav link, the page and the actions are refused.
+    let s1 = Some("cairn_ui=s1-token");
+    let (_, html, _) = get(&app, "/ui/processes", s1).await;
+    assert!(!html.contains("href=\"/ui/schedules\""), "{html}");
+    let (status, html, _) = get(&app, "/ui/schedules", s1).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(html.contains("forbidden") && !html.contains("nightly"), "{html}");
+    let session_csrf = csrf_of(&html);
+    let (status, _, _) = send(
+        &app,
+        post("/ui/schedules/nightly/pause", "cairn_ui=s1-token", Some(&session_csrf)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(!p.get_schedule("nightly").await.unwrap().paused);
+}
+
+#[tokio::test]
+async fn the_schedules_page_pages_by_id() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let template = json!({"input": {"type": "external", "metadata": {}}, "disposition": "externally_owned"});
+    let mut expected = Vec::new();
+    for i in 0..130 {
+        let id = format!("s{i:03}");
+        schedule(
+            &p,
+            json!({"id": id, "every": "1h", "start": template, "overlap": "skip"}),
+        )
+        .await;
+        expected.push(id);
+    }
+    let app = app(&p, true);
+    let mut seen = Vec::new();
+    let mut next = Some("/ui/schedules".to_string());
+    while let Some(path) = next {
+        let (status, html, _) = get(&app, &path, None).await;
+        assert_eq!(status, StatusCode::OK, "{html}");
+        seen.extend(
+            html.split("<tr data-schedule=\"")
+                .skip(1)
+                .map(|s| s.split('"').next().unwrap().to_string()),
+        );
+        next = older(&html);
+        assert!(seen.len() <= expected.len(), "paging repeats rows");
+    }
+    assert_eq!(seen, expected);
+}

@@ -1,5 +1,6 @@
 //! cairn-mcp: cairn as an MCP server (SPEC §16), so any agent can start, watch,
-//! signal, cancel and await durable processes as tools.
+//! signal, cancel and await durable processes as tools, and list, pause and
+//! resume the schedules that start them (SPEC §18).
 //!
 //! The crate is the protocol layer only. Everything it needs of cairn is the
 //! [`Cairn`] trait: one method per tool, answering the same JSON the HTTP API
@@ -108,6 +109,12 @@ pub trait Cairn: Send + Sync + 'static {
     async fn complete(&self, id: &str, outcome: Outcome, authority: Option<String>) -> Answer;
     /// `POST /v1/modules`: the stored module (without its source).
     async fn module_put(&self, source: String, name: Option<String>) -> Answer;
+    /// `GET /v1/schedules?after=&limit=`: one page `{schedules, next_after?}`.
+    async fn schedule_list(&self, after: Option<&str>, limit: Option<usize>) -> Answer;
+    /// `POST /v1/schedules/{id}/pause`: the paused schedule.
+    async fn schedule_pause(&self, id: &str) -> Answer;
+    /// `POST /v1/schedules/{id}/resume`: the resumed schedule.
+    async fn schedule_resume(&self, id: &str) -> Answer;
 }
 
 /// Shared handle to an implementation.

@@ -10,7 +10,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_core::{EventPage, ListPage, Outcome, ProcessEvent, ProcessRecord, StartRequest, StatusFilter};
+use cairn_core::{
+    EventPage, ListPage, Outcome, ProcessEvent, ProcessRecord, Schedule, SchedulePage, StartRequest, StatusFilter,
+};
 use rmcp::model::{JsonObject, Tool, ToolAnnotations};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -172,6 +174,26 @@ pub struct ModulePutArgs {
     pub name: Option<String>,
 }
 
+/// Arguments of `schedule_list`: the query parameters of `GET /v1/schedules`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleListArgs {
+    /// Only schedules with a greater id: pass the previous page's `next_after`.
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Page size (default 100, at most 1000).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// Arguments of `schedule_pause` and `schedule_resume`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleIdArgs {
+    /// Schedule id.
+    pub id: String,
+}
+
 /// Every tool, in the order `tools/list` names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ToolKind {
@@ -193,11 +215,17 @@ pub enum ToolKind {
     Complete,
     /// `module_put`.
     ModulePut,
+    /// `schedule_list`.
+    ScheduleList,
+    /// `schedule_pause`.
+    SchedulePause,
+    /// `schedule_resume`.
+    ScheduleResume,
 }
 
 impl ToolKind {
     /// Every tool.
-    pub const ALL: [ToolKind; 9] = [
+    pub const ALL: [ToolKind; 12] = [
         Self::Start,
         Self::Get,
         Self::List,
@@ -207,6 +235,9 @@ impl ToolKind {
         Self::Cancel,
         Self::Complete,
         Self::ModulePut,
+        Self::ScheduleList,
+        Self::SchedulePause,
+        Self::ScheduleResume,
     ];
 
     /// The tool's name.
@@ -221,6 +252,9 @@ impl ToolKind {
             Self::Cancel => "process_cancel",
             Self::Complete => "process_complete",
             Self::ModulePut => "module_put",
+            Self::ScheduleList => "schedule_list",
+            Self::SchedulePause => "schedule_pause",
+            Self::ScheduleResume => "schedule_resume",
         }
     }
 
@@ -272,6 +306,20 @@ impl ToolKind {
                  (disposition rerunnable). A syntax error is `invalid_module` with line and column. Answers \
                  {module_ref, name, exports, created_at_ms}."
             }
+            Self::ScheduleList => {
+                "List schedules in id order, one page at a time: each one's cron (and timezone) or every, \
+                 overlap, paused, next_fire_ms, last_fire_ms and last_process_id (a fire starts process \
+                 `{schedule_id}@{fire_time_ms}`). Pass `next_after` as `after` for the next page. Schedules \
+                 belong to the host: a session token is refused (forbidden)."
+            }
+            Self::SchedulePause => {
+                "Pause a schedule: it starts nothing until resumed, and fires missed while paused are not \
+                 caught up. Pausing a paused schedule answers it unchanged. Answers the schedule."
+            }
+            Self::ScheduleResume => {
+                "Resume a paused schedule: it fires again from its first fire time after now. Resuming an \
+                 active schedule answers it unchanged. Answers the schedule."
+            }
         }
     }
 
@@ -287,6 +335,9 @@ impl ToolKind {
             // A second completion is refused (`process_terminal`), not repeated.
             Self::Complete => ("Complete a process", false, true, false),
             Self::ModulePut => ("Store a script module", false, false, true),
+            Self::ScheduleList => ("List schedules", true, false, true),
+            Self::SchedulePause => ("Pause a schedule", false, false, true),
+            Self::ScheduleResume => ("Resume a schedule", false, false, true),
         };
         ToolAnnotations::with_title(title)
             .read_only(read_only)
@@ -307,6 +358,8 @@ impl ToolKind {
             Self::Cancel => json_schema::<CancelArgs>(),
             Self::Complete => json_schema::<CompleteArgs>(),
             Self::ModulePut => json_schema::<ModulePutArgs>(),
+            Self::ScheduleList => json_schema::<ScheduleListArgs>(),
+            Self::SchedulePause | Self::ScheduleResume => json_schema::<ScheduleIdArgs>(),
         }
     }
 
@@ -316,6 +369,8 @@ impl ToolKind {
             Self::Events => json_schema::<EventPage>(),
             Self::Signal => json_schema::<ProcessEvent>(),
             Self::ModulePut => json_schema::<cairn_core::ModuleInfo>(),
+            Self::ScheduleList => json_schema::<SchedulePage>(),
+            Self::SchedulePause | Self::ScheduleResume => json_schema::<Schedule>(),
             Self::Start | Self::Get | Self::Await | Self::Cancel | Self::Complete => json_schema::<ProcessRecord>(),
         }
     }
@@ -362,6 +417,18 @@ impl ToolKind {
             Self::ModulePut => {
                 let a: ModulePutArgs = parse(self, arguments)?;
                 cairn.module_put(a.source, a.name).await
+            }
+            Self::ScheduleList => {
+                let a: ScheduleListArgs = parse(self, arguments)?;
+                cairn.schedule_list(a.after.as_deref(), a.limit).await
+            }
+            Self::SchedulePause => {
+                let a: ScheduleIdArgs = parse(self, arguments)?;
+                cairn.schedule_pause(&a.id).await
+            }
+            Self::ScheduleResume => {
+                let a: ScheduleIdArgs = parse(self, arguments)?;
+                cairn.schedule_resume(&a.id).await
             }
         }
     }
@@ -489,6 +556,26 @@ mod tests {
             assert_eq!(ToolKind::from_name(kind.name()), Some(kind));
         }
         assert_eq!(ToolKind::from_name("module_put"), Some(ToolKind::ModulePut));
+    }
+
+    #[test]
+    fn schedule_tools_take_the_http_arguments() {
+        let list: ScheduleListArgs = serde_json::from_value(serde_json::json!({"after": "a", "limit": 2})).unwrap();
+        assert_eq!((list.after.as_deref(), list.limit), (Some("a"), Some(2)));
+        assert!(serde_json::from_value::<ScheduleListArgs>(serde_json::json!({"after_id": "a"})).is_err());
+        assert!(serde_json::from_value::<ScheduleIdArgs>(serde_json::json!({})).is_err());
+        for kind in [ToolKind::SchedulePause, ToolKind::ScheduleResume] {
+            assert_eq!(
+                kind.input_schema()["required"],
+                serde_json::json!(["id"]),
+                "{}",
+                kind.name()
+            );
+            assert!(kind.output_schema()["properties"].get("next_fire_ms").is_some());
+        }
+        assert!(ToolKind::ScheduleList.output_schema()["properties"]
+            .get("schedules")
+            .is_some());
     }
 
     #[test]

@@ -665,7 +665,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// A scenario to run (repeatable; default all): throughput, http, await, signal, append, memory, suspended, sse,
-    /// scale, script.
+    /// scale, script, schedules.
     #[arg(long = "scenario", value_name = "NAME")]
     pub scenarios: Vec<String>,
     /// A database URL (repeatable): `memory`, `sqlite` (a fresh file in a temporary
@@ -709,7 +709,7 @@ pub struct BenchArgs {
     /// §13 holds 100,000 on one node to its figures).
     #[arg(long, default_value_t = 100_000)]
     pub suspended_processes: usize,
-    /// suspended, sse: seconds of idle over which the server's CPU is measured.
+    /// suspended, sse, schedules: seconds of idle over which the server's CPU is measured.
     #[arg(long, default_value_t = 30)]
     pub idle_seconds: u64,
     /// sse: event streams a `cairn serve` child holds open at once, one per
@@ -720,6 +720,9 @@ pub struct BenchArgs {
     /// issue's size is 10000; the default keeps the scenario near two minutes, see docs/BENCHMARKS.md).
     #[arg(long, default_value_t = 5_000)]
     pub script_n: usize,
+    /// schedules: schedules created per run (none due during the run).
+    #[arg(long, default_value_t = 10_000)]
+    pub schedules: usize,
 }
 
 /// `cairn bench-child`: what the second OS process does. Its database URL comes
@@ -760,5 +763,20 @@ pub enum BenchChildRole {
         /// Signals to random suspended processes (latency samples).
         #[arg(long)]
         samples: usize,
+    },
+    /// Create schedules that are not due and report what they cost idle.
+    Schedules {
+        /// How many schedules per run.
+        #[arg(long)]
+        schedules: usize,
+        /// Their id prefix.
+        #[arg(long)]
+        prefix: String,
+        /// Seconds of idle to measure CPU over (once without, once per run with them).
+        #[arg(long)]
+        idle_seconds: u64,
+        /// Runs (each creates, measures and deletes its schedules).
+        #[arg(long)]
+        runs: usize,
     },
 }

@@ -1,6 +1,8 @@
 //! `cairn bench` end to end: the real binary, small sizes, the JSON shape.
 //! Figures are never asserted for speed, only for presence and consistency.
 
+mod common;
+
 use std::process::Command;
 
 use serde_json::Value;
@@ -431,4 +433,54 @@ fn script_scenario_reports_replay_and_throughput() {
     let (code, _, out) = bench(&["--db", "memory", "--scenario", "script", "--script-n", "0"]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("--script-n must be at least 1"), "{out}");
+}
+
+/// `schedules` creates its schedules in a child, reports the idle CPU beside
+/// the limit and the baseline with none, and leaves none behind.
+#[tokio::test]
+async fn schedules_scenario_reports_idle_cpu_and_leaves_no_schedule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("s.db").display());
+    let args = [
+        "--db",
+        &db,
+        "--scenario",
+        "schedules",
+        "--schedules",
+        "40",
+        "--idle-seconds",
+        "1",
+        "--runs",
+        "2",
+        "--json",
+    ]
+    .map(str::to_string);
+    let (code, json, out) = tokio::task::spawn_blocking(move || bench(&args.each_ref().map(String::as_str)))
+        .await
+        .expect("bench");
+    assert_eq!(code, 0, "{out}");
+    let s = scenario(&json["backends"][0], "schedules");
+    assert_eq!(s["status"], "ok", "{s}");
+    let cpu = figure(s, "schedules.idle_cpu");
+    assert_eq!(cpu["limit"]["value"].as_f64(), Some(1.0), "{cpu}");
+    assert_eq!(cpu["runs"].as_array().map(Vec::len), Some(2), "one per run: {cpu}");
+    for key in [
+        "schedules.idle_cpu",
+        "schedules.idle_cpu_none",
+        "schedules.bytes_per_schedule",
+    ] {
+        // Idle CPU and growth may honestly measure 0 at this size.
+        assert!(figure(s, key)["value"].as_f64().is_some_and(|v| v >= 0.0), "{key}: {s}");
+    }
+    assert_eq!(
+        figure(s, "schedules.idle_cpu_none")["runs"].as_array().map(Vec::len),
+        Some(1)
+    );
+    assert_figure_shape(figure(s, "schedules.create_rate"), 2);
+
+    // Every schedule the bench created is gone from the database.
+    let server = common::Server::start_on(&db, &[]).await;
+    let (status, page) = server.client().get("/v1/schedules").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["schedules"], serde_json::json!([]), "{page}");
 }

@@ -570,3 +570,80 @@ async fn the_login_gate_keeps_the_token_in_a_cookie_and_refuses_requests_without
     let (_, theirs) = host.get("/v1/processes/theirs").await;
     assert!(theirs.get("cancel_request").is_none(), "{theirs}");
 }
+
+#[tokio::test]
+#[cfg_attr(
+    cairn_no_browser,
+    ignore = "chromedriver not installed (apt-get install chromium chromium-driver)"
+)]
+async fn the_schedules_page_pauses_and_resumes_and_shows_a_refusal() {
+    let owned = Server::start(&[]).await;
+    let server = &owned;
+    for (id, spec) in [
+        ("nightly", json!({"cron": "0 3 * * *", "timezone": "Europe/Paris"})),
+        ("tick", json!({"every": "1h"})),
+    ] {
+        let mut body = json!({
+            "id": id,
+            "start": {"input": {"type": "tool_call", "tool": "echo", "args": {"value": 1}}, "disposition": "rerunnable"},
+            "overlap": "skip",
+        });
+        body.as_object_mut().unwrap().extend(spec.as_object().unwrap().clone());
+        let (status, answer) = server.client().post("/v1/schedules", body).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    let paused = |id: &'static str| async move {
+        let (_, s) = server.client().get(&format!("/v1/schedules/{id}")).await;
+        s["paused"].as_bool().expect("paused")
+    };
+    with_browser(|c| async move {
+        c.goto(&server.url("/ui/processes")).await.unwrap();
+        c.find(Locator::Css("header nav a[href='/ui/schedules']"))
+            .await
+            .expect("a nav link")
+            .click()
+            .await
+            .unwrap();
+        wait_for(&c, Locator::Css("tr[data-schedule='tick'][data-state='active']")).await;
+        let nightly = c.find(Locator::Css("tr[data-schedule='nightly']")).await.unwrap();
+        let text = nightly.text().await.unwrap();
+        assert!(text.contains("0 3 * * *") && text.contains("Europe/Paris"), "{text}");
+
+        c.find(Locator::Css("tr[data-schedule='tick'] button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_for(&c, Locator::Css("tr[data-schedule='tick'][data-state='paused']")).await;
+        assert!(paused("tick").await, "the pause is stored");
+        c.find(Locator::Css("tr[data-schedule='tick'] button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_for(&c, Locator::Css("tr[data-schedule='tick'][data-state='active']")).await;
+        assert!(!paused("tick").await, "the resume is stored");
+
+        // Deleted behind the page's back: the server's refusal shows above the
+        // table, verbatim, and the row stays as it was.
+        let (status, _) = server.client().delete("/v1/schedules/nightly").await;
+        assert_eq!(status, 204);
+        let (_, api_err) = server.client().post("/v1/schedules/nightly/pause", json!({})).await;
+        c.find(Locator::Css("tr[data-schedule='nightly'] button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let err = wait_for(&c, Locator::Css("#schedule-result .result.err")).await;
+        let code = err.find(Locator::Css(".code")).await.unwrap().text().await.unwrap();
+        let message = err.find(Locator::Css(".message")).await.unwrap().text().await.unwrap();
+        assert_eq!(code, api_err["error"]["code"].as_str().unwrap());
+        assert_eq!(message, api_err["error"]["message"].as_str().unwrap());
+        assert_eq!(count(&c, "tr[data-schedule='nightly'][data-state='active']").await, 1);
+        screenshot(&c, "schedules").await;
+    })
+    .await;
+}

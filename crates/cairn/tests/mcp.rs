@@ -167,7 +167,10 @@ fn check_tool_list(tools: &[Tool]) {
             "process_get",
             "process_list",
             "process_signal",
-            "process_start"
+            "process_start",
+            "schedule_list",
+            "schedule_pause",
+            "schedule_resume"
         ]
     );
     let tool = |name: &str| tools.iter().find(|t| t.name == name).unwrap();
@@ -201,6 +204,12 @@ fn check_tool_list(tools: &[Tool]) {
     assert_eq!(hints("process_signal"), (Some(false), Some(false), Some(true)));
     assert_eq!(hints("process_cancel"), (Some(false), Some(true), Some(true)));
     assert_eq!(hints("process_complete"), (Some(false), Some(true), Some(false)));
+    assert_eq!(hints("schedule_list").0, Some(true), "schedule_list is read-only");
+    assert_eq!(hints("schedule_pause"), (Some(false), Some(false), Some(true)));
+    assert_eq!(hints("schedule_resume"), (Some(false), Some(false), Some(true)));
+    for name in ["schedule_pause", "schedule_resume"] {
+        assert_eq!(tool(name).input_schema["required"], json!(["id"]), "{name}");
+    }
 }
 
 /// Everything of the "done when" list a host token does, over one transport.
@@ -543,6 +552,108 @@ async fn streamable_http_session_token_sees_only_its_session() {
 #[tokio::test]
 async fn stdio_session_token_sees_only_its_session() {
     session_isolation(Transport::Stdio).await;
+}
+
+/// Schedules over MCP: the host lists, pauses and resumes them with the HTTP
+/// API's answers and errors; a session token is refused as over HTTP.
+async fn schedules(transport: Transport) {
+    let fx = server().await;
+    let http = fx.server.with_token(HOST);
+    for id in ["daily", "hourly"] {
+        let (status, _) = http
+            .post(
+                "/v1/schedules",
+                json!({
+                    "id": id,
+                    "every": if id == "daily" { "24h" } else { "1h" },
+                    "start": {"input": {"type": "tool_call", "tool": "echo", "args": {"value": id}},
+                              "disposition": "rerunnable"},
+                    "overlap": "skip",
+                }),
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    let host = connect(&fx.server, transport, HOST).await;
+    let tools = tools(&host).await;
+
+    let page = ok(&host, &tools, "schedule_list", json!({})).await;
+    let ids: Vec<&str> = page["schedules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["daily", "hourly"]);
+    let (_, over_http) = http.get("/v1/schedules").await;
+    assert_eq!(page, over_http, "the HTTP API's page");
+    let first = ok(&host, &tools, "schedule_list", json!({"limit": 1})).await;
+    assert_eq!(first["schedules"][0]["id"], "daily");
+    assert_eq!(first["next_after"], "daily");
+    let rest = ok(&host, &tools, "schedule_list", json!({"after": "daily"})).await;
+    assert_eq!(rest["schedules"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["schedules"][0]["id"], "hourly");
+
+    let paused = ok(&host, &tools, "schedule_pause", json!({"id": "hourly"})).await;
+    assert_eq!(paused["paused"], true);
+    let (_, stored) = http.get("/v1/schedules/hourly").await;
+    assert_eq!(stored["paused"], true, "the pause is stored");
+    let again = ok(&host, &tools, "schedule_pause", json!({"id": "hourly"})).await;
+    assert_eq!(again["paused"], true, "pausing twice answers the paused schedule");
+    let resumed = ok(&host, &tools, "schedule_resume", json!({"id": "hourly"})).await;
+    assert_eq!(resumed["paused"], false);
+    assert!(resumed["next_fire_ms"].as_u64().unwrap() > paused["created_ms"].as_u64().unwrap());
+    let (_, stored) = http.get("/v1/schedules/hourly").await;
+    assert_eq!(stored["paused"], false, "the resume is stored");
+
+    for tool in ["schedule_pause", "schedule_resume"] {
+        let (code, message) = err(&host, tool, json!({"id": "nope"})).await;
+        let (status, body) = http
+            .post(&format!("/v1/schedules/nope/{}", &tool[9..]), json!({}))
+            .await;
+        assert_eq!(status, 404);
+        assert_eq!(
+            (code.as_str(), message.as_str()),
+            (
+                body["error"]["code"].as_str().unwrap(),
+                body["error"]["message"].as_str().unwrap()
+            )
+        );
+        assert_eq!(code, "unknown_schedule");
+        let (code, _) = err(&host, tool, json!({})).await;
+        assert_eq!(code, "invalid_request", "{tool} needs an id");
+    }
+    let (code, message) = err(&host, "schedule_list", json!({"limit": 0})).await;
+    let (status, body) = http.get("/v1/schedules?limit=0").await;
+    assert_eq!(status, 400);
+    assert_eq!(code, body["error"]["code"].as_str().unwrap(), "{message}");
+
+    // A session token: refused as over HTTP, and nothing changes.
+    let s1 = connect(&fx.server, transport, S1).await;
+    for (tool, arguments) in [
+        ("schedule_list", json!({})),
+        ("schedule_pause", json!({"id": "daily"})),
+        ("schedule_resume", json!({"id": "daily"})),
+    ] {
+        let (code, _) = err(&s1, tool, arguments).await;
+        assert_eq!(code, "forbidden", "{tool}");
+    }
+    let (status, _) = fx.server.with_token(S1).get("/v1/schedules").await;
+    assert_eq!(status, 403, "the HTTP API refuses it the same way");
+    let (_, stored) = http.get("/v1/schedules/daily").await;
+    assert_eq!(stored["paused"], false, "the refused pause changed nothing");
+    host.cancel().await.unwrap();
+    s1.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn streamable_http_schedules() {
+    schedules(Transport::Http).await;
+}
+
+#[tokio::test]
+async fn stdio_schedules() {
+    schedules(Transport::Stdio).await;
 }
 
 #[tokio::test]

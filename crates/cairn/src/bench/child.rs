@@ -12,8 +12,8 @@
 //! - `memory`: prints one JSON object (`rss_before`, `rss_after` in bytes,
 //!   `processes`, `start_seconds`) or `{"error": ...}`, then drains its runtime
 //!   and exits.
-//! - `suspended`: prints one JSON object (see `bench::suspended`) or
-//!   `{"error": ...}`, then exits.
+//! - `suspended`, `schedules`: print one JSON object (see `bench::suspended`,
+//!   `bench::schedules`) or `{"error": ...}`, then exit.
 
 use std::io::Write;
 use std::process::{ExitCode, Stdio};
@@ -45,6 +45,12 @@ pub async fn run(args: BenchChildArgs) -> ExitCode {
             idle_seconds,
             samples,
         } => super::suspended::child_role(&url, processes, &prefix, idle_seconds, samples).await,
+        BenchChildRole::Schedules {
+            schedules,
+            prefix,
+            idle_seconds,
+            runs,
+        } => super::schedules::child_role(&url, schedules, &prefix, idle_seconds, runs).await,
     }
 }
 

@@ -21,6 +21,9 @@
 //! - `scale`: `get` and a session's live listing among many terminal rows.
 //! - `script`: one activation replaying a 1,000-call script journal (SPEC §14's
 //!   50 ms), and three-step scripts per second beside plain `echo` processes.
+//! - `schedules`: what N schedules with far-away fires cost an idle server (CPU
+//!   against the same process with none, RSS) and their creation rate, in a
+//!   fresh OS process (`cairn bench-child schedules`).
 //!
 //! Limits ([`limits`]): the disk's fsync rate for `sqlite:`, the server's
 //! single-row commit rate for `postgres://`, none for `memory`. Every random
@@ -38,6 +41,7 @@ mod awaiting;
 mod http;
 mod memory;
 mod scale;
+mod schedules;
 mod script;
 mod serve;
 mod signal;
@@ -76,6 +80,7 @@ pub const SCENARIOS: &[&str] = &[
     "sse",
     "scale",
     "script",
+    "schedules",
 ];
 
 /// Default terminal rows of `scale`. Each costs two registry writes (start, then
@@ -124,12 +129,14 @@ pub struct Plan {
     pub memory_processes: usize,
     /// `suspended`: suspended processes per run.
     pub suspended_processes: usize,
-    /// `suspended`, `sse`: seconds of idle CPU measured.
+    /// `suspended`, `sse`, `schedules`: seconds of idle CPU measured.
     pub idle_seconds: u64,
     /// `sse`: streams open at once per run.
     pub sse_streams: usize,
     /// `script`: three-step scripts (and `echo` processes) per run.
     pub script_n: usize,
+    /// `schedules`: schedules per run.
+    pub schedules: usize,
 }
 
 impl Plan {
@@ -164,6 +171,7 @@ impl Plan {
             ("--suspended-processes", args.suspended_processes),
             ("--sse-streams", args.sse_streams),
             ("--script-n", args.script_n),
+            ("--schedules", args.schedules),
         ];
         for (flag, value) in positive {
             if value == 0 {
@@ -208,6 +216,7 @@ impl Plan {
             idle_seconds: args.idle_seconds,
             sse_streams: args.sse_streams,
             script_n: args.script_n,
+            schedules: args.schedules,
         })
     }
 
@@ -228,6 +237,7 @@ impl Plan {
             "idle_seconds": self.idle_seconds,
             "sse_streams": self.sse_streams,
             "script_n": self.script_n,
+            "schedules": self.schedules,
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         })
     }
@@ -416,6 +426,7 @@ async fn run_backend_inner(plan: &Plan, url: &str, progress: &Progress) -> Backe
             "sse" => sse::run(&ctx).await,
             "scale" => scale::run(&ctx).await,
             "script" => script::run(&ctx).await,
+            "schedules" => schedules::run(&ctx).await,
             other => {
                 let mut s = ScenarioReport::new("unknown", json!({}));
                 s.outcome = Outcome::Failed(format!("no scenario `{other}`"));

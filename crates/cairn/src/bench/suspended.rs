@@ -177,7 +177,7 @@ async fn one_run(ctx: &Ctx<'_>, label: &str, processes: usize, idle: u64, sample
 
 /// CPU time this process has used, in seconds (`/proc/self/stat` utime + stime,
 /// in the kernel's USER_HZ ticks, which Linux fixes at 100 for user space).
-fn cpu_seconds() -> Result<f64, String> {
+pub(crate) fn cpu_seconds() -> Result<f64, String> {
     cpu_seconds_of("self")
 }
 

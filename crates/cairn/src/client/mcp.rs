@@ -40,6 +40,10 @@ fn proc_path(id: &str) -> String {
     format!("/v1/processes/{}", segment(id))
 }
 
+fn schedule_path(id: &str) -> String {
+    format!("/v1/schedules/{}", segment(id))
+}
+
 impl Forwarding {
     async fn get_json(&self, path: &str) -> Answer {
         self.client.get(path).await.map_err(failure)
@@ -112,5 +116,21 @@ impl Cairn for Forwarding {
             body["name"] = Value::String(n);
         }
         self.post_json("/v1/modules", body).await
+    }
+
+    async fn schedule_list(&self, after: Option<&str>, limit: Option<usize>) -> Answer {
+        let mut pairs = Vec::new();
+        pairs.extend(after.map(|a| ("after", a.to_string())));
+        pairs.extend(limit.map(|n| ("limit", n.to_string())));
+        self.get_json(&format!("/v1/schedules?{}", query(pairs))).await
+    }
+
+    async fn schedule_pause(&self, id: &str) -> Answer {
+        self.post_json(&format!("{}/pause", schedule_path(id)), json!({})).await
+    }
+
+    async fn schedule_resume(&self, id: &str) -> Answer {
+        self.post_json(&format!("{}/resume", schedule_path(id)), json!({}))
+            .await
     }
 }

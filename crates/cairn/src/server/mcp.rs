@@ -1,7 +1,8 @@
 //! `/mcp`: the MCP tools (crate `cairn-mcp`) over this server's own route
 //! handlers, each call made as the caller its bearer token resolved to. A
 //! session token therefore sees and starts exactly what it may over the HTTP
-//! API, and another session's process answers `unknown_process`.
+//! API, and another session's process answers `unknown_process`; schedules,
+//! which belong to the host, answer a session token `forbidden` as HTTP does.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use serde_json::Value;
 use super::api::{ApiError, ApiJson, ApiPath, ApiQuery};
 use super::auth::Caller;
 use super::routes::{self, AwaitQuery, CancelBody, CompleteBody, EventsQuery, SignalBody};
+use super::schedules;
 use super::AppState;
 
 /// The MCP endpoint over `state`; mount it behind [`super::auth::authenticate`].
@@ -149,5 +151,24 @@ impl Cairn for AsCaller {
     async fn module_put(&self, source: String, name: Option<String>) -> Answer {
         let (state, caller) = self.parts();
         body(super::modules::put(state, caller, ApiJson(super::modules::ModuleBody { source, name })).await).await
+    }
+
+    async fn schedule_list(&self, after: Option<&str>, limit: Option<usize>) -> Answer {
+        let (state, caller) = self.parts();
+        let query = schedules::ScheduleListQuery {
+            after: after.map(str::to_string),
+            limit,
+        };
+        json(schedules::list(state, caller, ApiQuery(query)).await)
+    }
+
+    async fn schedule_pause(&self, id: &str) -> Answer {
+        let (state, caller) = self.parts();
+        json(schedules::pause(state, caller, ApiPath(id.to_string())).await)
+    }
+
+    async fn schedule_resume(&self, id: &str) -> Answer {
+        let (state, caller) = self.parts();
+        json(schedules::resume(state, caller, ApiPath(id.to_string())).await)
     }
 }

@@ -1,0 +1,182 @@
+//! Schedules (SPEC §18): each one's spec, overlap, state, next and last fire
+//! and the last process it started, with pause and resume. Schedules belong to
+//! the host, as on the API: a session token is refused (403).
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::Query;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use cairn_core::{Overlap, Schedule};
+use maud::{html, Markup};
+use serde::Deserialize;
+
+use crate::auth::{Viewer, Visitor};
+use crate::list::encode_path;
+use crate::pages::{self, Nav};
+use crate::process::{refused, IdPath};
+use crate::{time, Shared};
+
+/// Schedules shown per page.
+const PAGE: usize = 100;
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ScheduleQuery {
+    /// Only schedules with a greater id (the previous page's last).
+    after: Option<String>,
+}
+
+/// A session token: 403, as the API answers.
+fn forbidden() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        pages::error_fragment("forbidden", "schedules needs the host token"),
+    )
+        .into_response()
+}
+
+/// `GET /ui/schedules?after=ID`.
+pub(crate) async fn page(
+    axum::extract::State(d): Shared,
+    Extension(visitor): Extension<Visitor>,
+    q: Result<Query<ScheduleQuery>, QueryRejection>,
+) -> Response {
+    let mut status = StatusCode::OK;
+    let content = match (&visitor.viewer, q) {
+        (Viewer::Session(_), _) => {
+            status = StatusCode::FORBIDDEN;
+            pages::error_fragment("forbidden", "schedules needs the host token")
+        }
+        (_, Err(e)) => {
+            status = StatusCode::BAD_REQUEST;
+            pages::error_fragment("invalid_request", &e.body_text())
+        }
+        (Viewer::Host, Ok(Query(q))) => {
+            let after = q.after.filter(|a| !a.is_empty());
+            match d.processes.list_schedules(after.as_deref(), Some(PAGE)).await {
+                Ok(schedules) => table(&schedules, after.is_some()),
+                Err(e) => {
+                    status = crate::process::status_for(&e);
+                    pages::error_fragment(e.code(), &e.to_string())
+                }
+            }
+        }
+    };
+    let body = html! {
+        h1 { "Schedules" }
+        p.hint { "Each fire starts process " code { "{schedule}@{fire time ms}" } " once, however many nodes run." }
+        div #schedule-result aria-live="polite" {}
+        (content)
+    };
+    (status, pages::layout("Schedules", &visitor, Nav::Schedules, body)).into_response()
+}
+
+fn table(schedules: &[Schedule], paged: bool) -> Markup {
+    let next = (schedules.len() == PAGE)
+        .then(|| schedules.last().map(|s| s.id.clone()))
+        .flatten();
+    html! {
+        @if schedules.is_empty() {
+            p.empty { @if paged { "No more schedules." } @else { "No schedule." } }
+        } @else {
+            div.tablewrap { table.schedules {
+                thead { tr {
+                    th { "Id" } th { "When" } th { "Overlap" } th { "State" } th { "Next fire" }
+                    th { "Last fire" } th { "Last process" } th {}
+                } }
+                tbody { @for s in schedules { (row(s)) } }
+            } }
+        }
+        nav.pager {
+            @if paged { a href="/ui/schedules" { "First" } " " }
+            @if let Some(after) = next {
+                a rel="next" href={ "/ui/schedules?after=" (encode_path(&after)) } { "More" }
+            }
+        }
+    }
+}
+
+/// `cron */5 * * * * (Europe/Paris)` or `every 30s`.
+fn spec(s: &Schedule) -> Markup {
+    html! {
+        @if let Some(cron) = &s.cron {
+            "cron " code { (cron) }
+            @if let Some(tz) = &s.timezone { " " span.tz { "(" (tz) ")" } }
+        } @else if let Some(every) = &s.every {
+            "every " code { (every) }
+        }
+    }
+}
+
+fn row(s: &Schedule) -> Markup {
+    let path = encode_path(&s.id);
+    let overlap = match s.overlap {
+        Overlap::Skip => "skip",
+        Overlap::Allow => "allow",
+    };
+    html! {
+        tr data-schedule=(s.id) data-state=(if s.paused { "paused" } else { "active" }) {
+            td.id { code { (s.id) } }
+            td.spec { (spec(s)) }
+            td { (overlap) }
+            td { @if s.paused { span.status.s-paused { "paused" } } @else { span.status.s-active { "active" } } }
+            td { @if s.paused { span.hint { "none while paused" } } @else { (time::when(s.next_fire_ms)) } }
+            td { @match s.last_fire_ms { Some(ms) => (time::when(ms)), None => span.hint { "never" } } }
+            td { @match &s.last_process_id {
+                Some(p) => a href={ "/ui/processes/" (encode_path(p)) } { (p) },
+                None => span.hint { "none" },
+            } }
+            td {
+                @if s.paused {
+                    button hx-post={ "/ui/schedules/" (path) "/resume" } hx-target="closest tr" hx-swap="outerHTML" {
+                        "Resume"
+                    }
+                } @else {
+                    button hx-post={ "/ui/schedules/" (path) "/pause" } hx-target="closest tr" hx-swap="outerHTML" {
+                        "Pause"
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A refusal, shown above the table (the row stays as it was).
+fn refused_above(e: &cairn_core::CairnError) -> Response {
+    let mut r = refused(e);
+    let h = r.headers_mut();
+    h.insert("hx-retarget", HeaderValue::from_static("#schedule-result"));
+    h.insert("hx-reswap", HeaderValue::from_static("innerHTML"));
+    r
+}
+
+/// `POST /ui/schedules/{id}/pause`: answers the row's replacement.
+pub(crate) async fn pause(
+    axum::extract::State(d): Shared,
+    Extension(visitor): Extension<Visitor>,
+    IdPath(id): IdPath,
+) -> Response {
+    if matches!(visitor.viewer, Viewer::Session(_)) {
+        return forbidden();
+    }
+    match d.processes.pause_schedule(&id).await {
+        Ok(s) => row(&s).into_response(),
+        Err(e) => refused_above(&e),
+    }
+}
+
+/// `POST /ui/schedules/{id}/resume`: answers the row's replacement.
+pub(crate) async fn resume(
+    axum::extract::State(d): Shared,
+    Extension(visitor): Extension<Visitor>,
+    IdPath(id): IdPath,
+) -> Response {
+    if matches!(visitor.viewer, Viewer::Session(_)) {
+        return forbidden();
+    }
+    match d.processes.resume_schedule(&id).await {
+        Ok(s) => row(&s).into_response(),
+        Err(e) => refused_above(&e),
+    }
+}
