@@ -30,6 +30,82 @@ pub(crate) const RUN: u8 = 0;
 pub(crate) const CPU: u8 = 1;
 pub(crate) const ABORT: u8 = 2;
 pub(crate) const FATAL: u8 = 3;
+pub(crate) const MEMORY: u8 = 4;
+
+/// The heap of one runtime: Rust's allocator (rquickjs's `RustAllocator`)
+/// under the activation's limit, enforced here rather than by QuickJS so that
+/// a refusal is known for certain. QuickJS reports running out as an
+/// exception it may be unable to allocate (a script then sees `null` thrown);
+/// this records the refusal in `stop` (which also interrupts the script, so it
+/// cannot catch it and go on) and the failure is `memory_limit` whatever was
+/// thrown.
+struct Heap {
+    inner: rquickjs::allocator::RustAllocator,
+    used: usize,
+    limit: usize,
+    stop: Arc<AtomicU8>,
+}
+
+impl Heap {
+    fn refuse(&self) -> *mut u8 {
+        let _ = self
+            .stop
+            .compare_exchange(RUN, MEMORY, Ordering::SeqCst, Ordering::SeqCst);
+        std::ptr::null_mut()
+    }
+}
+
+// SAFETY: every call is passed through to `RustAllocator` unchanged or
+// refused with a null pointer, which the trait allows; the sizes counted are
+// the ones `RustAllocator::usable_size` reports for its own allocations.
+unsafe impl rquickjs::allocator::Allocator for Heap {
+    fn alloc(&mut self, size: usize) -> *mut u8 {
+        if self.used.saturating_add(size) > self.limit {
+            return self.refuse();
+        }
+        let ptr = self.inner.alloc(size);
+        if !ptr.is_null() {
+            // SAFETY: `ptr` was just allocated by `inner`.
+            self.used += unsafe { rquickjs::allocator::RustAllocator::usable_size(ptr) };
+        }
+        ptr
+    }
+
+    fn calloc(&mut self, count: usize, size: usize) -> *mut u8 {
+        if self.used.saturating_add(count.saturating_mul(size)) > self.limit {
+            return self.refuse();
+        }
+        let ptr = self.inner.calloc(count, size);
+        if !ptr.is_null() {
+            // SAFETY: `ptr` was just allocated by `inner`.
+            self.used += unsafe { rquickjs::allocator::RustAllocator::usable_size(ptr) };
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&mut self, ptr: *mut u8) {
+        self.used = self
+            .used
+            .saturating_sub(rquickjs::allocator::RustAllocator::usable_size(ptr));
+        self.inner.dealloc(ptr);
+    }
+
+    unsafe fn realloc(&mut self, ptr: *mut u8, new_size: usize) -> *mut u8 {
+        let old = rquickjs::allocator::RustAllocator::usable_size(ptr);
+        if self.used.saturating_sub(old).saturating_add(new_size) > self.limit {
+            return self.refuse();
+        }
+        let grown = self.inner.realloc(ptr, new_size);
+        if !grown.is_null() {
+            self.used = self.used.saturating_sub(old) + rquickjs::allocator::RustAllocator::usable_size(grown);
+        }
+        grown
+    }
+
+    unsafe fn usable_size(ptr: *mut u8) -> usize {
+        rquickjs::allocator::RustAllocator::usable_size(ptr)
+    }
+}
 
 /// The journal read from the log: calls and results by number, and how many
 /// log lines were written.
@@ -219,8 +295,12 @@ pub(crate) fn thread_cpu() -> Duration {
 /// A fresh runtime under the limits, its interrupt handler watching `stop`
 /// and the CPU time this thread spends from now on.
 pub(crate) fn runtime(limits: &Limits, stop: Arc<AtomicU8>) -> rquickjs::Result<Runtime> {
-    let rt = Runtime::new()?;
-    rt.set_memory_limit(limits.heap_bytes);
+    let rt = Runtime::new_with_alloc(Heap {
+        inner: rquickjs::allocator::RustAllocator,
+        used: 0,
+        limit: limits.heap_bytes,
+        stop: stop.clone(),
+    })?;
     rt.set_max_stack_size(1 << 20);
     let started = thread_cpu();
     let cpu = limits.cpu;
@@ -278,7 +358,7 @@ fn failure(stop: &AtomicU8, limits: &Limits, err: &Value) -> Outcome {
             format!("the activation used more than {:?} of CPU", limits.cpu),
         );
     }
-    if message == "out of memory" {
+    if stop.load(Ordering::SeqCst) == MEMORY || message == "out of memory" {
         return Outcome::failure(
             "script",
             "memory_limit",
@@ -420,7 +500,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
             };
             let end_with = if let Some((code, message)) = fatal {
                 Some(Outcome::failure("script", code, message))
-            } else if stop.load(Ordering::SeqCst) == CPU {
+            } else if matches!(stop.load(Ordering::SeqCst), CPU | MEMORY) {
                 Some(failure(&stop, &limits, &json!({})))
             } else {
                 match outcome {

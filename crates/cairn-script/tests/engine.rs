@@ -289,10 +289,10 @@ async fn limits_fail_with_their_codes() {
     ] {
         let rec = run(&p, script(id, &m, name, json!({}))).await;
         assert_eq!(rec.status, ProcessStatus::Failed, "{id}");
-        let Some(Outcome::Failure { code: got, .. }) = rec.outcome else {
+        let Some(Outcome::Failure { code: got, .. }) = &rec.outcome else {
             panic!("{rec:?}")
         };
-        assert_eq!(got, code, "{id}");
+        assert_eq!(got.as_str(), code, "{id}: {:?}", rec.outcome);
     }
     let ok = put(&p, "export async function f() { return 'fine'; }").await;
     let rec = run(&p, script("after", &ok, "f", json!({}))).await;
