@@ -271,6 +271,19 @@ impl ChildProc {
     }
 
     /// The next line parsed as JSON.
+    /// Spawn `cairn bench-child ARGS` for a role that prints one JSON answer
+    /// (or `{"error": ...}`) and exits; answer it once the child has exited.
+    pub async fn answer(url: &str, args: &[&str]) -> Result<Value, String> {
+        let mut child = Self::spawn(url, args).await?;
+        let answer = child.recv_json(Duration::from_secs(3600)).await?;
+        let finished = child.finish(Duration::from_secs(120)).await;
+        if let Some(e) = answer.get("error") {
+            return Err(format!("{} child: {}", args[0], e.as_str().unwrap_or("failed")));
+        }
+        finished?;
+        Ok(answer)
+    }
+
     pub async fn recv_json(&mut self, timeout: Duration) -> Result<Value, String> {
         let line = self.recv(timeout).await?;
         serde_json::from_str(&line).map_err(|e| format!("child answered `{line}`: {e}"))

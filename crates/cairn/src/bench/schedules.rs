@@ -118,7 +118,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> ScenarioReport {
 async fn one_child(ctx: &Ctx<'_>, count: usize, idle: u64, runs: usize) -> Result<Value, String> {
     let prefix = ctx.prefix("schedules", "run");
     let (count_s, idle_s, runs_s) = (count.to_string(), idle.to_string(), runs.to_string());
-    let mut child = ChildProc::spawn(
+    ChildProc::answer(
         ctx.url,
         &[
             "schedules",
@@ -132,14 +132,7 @@ async fn one_child(ctx: &Ctx<'_>, count: usize, idle: u64, runs: usize) -> Resul
             &runs_s,
         ],
     )
-    .await?;
-    let answer = child.recv_json(Duration::from_secs(3600)).await?;
-    let finished = child.finish(Duration::from_secs(120)).await;
-    if let Some(e) = answer.get("error") {
-        return Err(format!("schedules child: {}", e.as_str().unwrap_or("failed")));
-    }
-    finished?;
-    Ok(answer)
+    .await
 }
 
 // ------------------------------------------------------------- the child's side

@@ -149,7 +149,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> ScenarioReport {
 async fn one_run(ctx: &Ctx<'_>, label: &str, processes: usize, idle: u64, samples: usize) -> Result<Value, String> {
     let prefix = ctx.prefix("suspended", label);
     let (count, idle_s, samples_s) = (processes.to_string(), idle.to_string(), samples.to_string());
-    let mut child = ChildProc::spawn(
+    ChildProc::answer(
         ctx.url,
         &[
             "suspended",
@@ -163,14 +163,7 @@ async fn one_run(ctx: &Ctx<'_>, label: &str, processes: usize, idle: u64, sample
             &samples_s,
         ],
     )
-    .await?;
-    let answer = child.recv_json(Duration::from_secs(3600)).await?;
-    let finished = child.finish(Duration::from_secs(120)).await;
-    if let Some(e) = answer.get("error") {
-        return Err(format!("suspended child: {}", e.as_str().unwrap_or("failed")));
-    }
-    finished?;
-    Ok(answer)
+    .await
 }
 
 // ------------------------------------------------------------- the child's side
