@@ -152,30 +152,30 @@ fn refused_above(e: &cairn_core::CairnError) -> Response {
 }
 
 /// `POST /ui/schedules/{id}/pause`: answers the row's replacement.
-pub(crate) async fn pause(
-    axum::extract::State(d): Shared,
-    Extension(visitor): Extension<Visitor>,
-    IdPath(id): IdPath,
-) -> Response {
-    if matches!(visitor.viewer, Viewer::Session(_)) {
-        return forbidden();
-    }
-    match d.processes.pause_schedule(&id).await {
-        Ok(s) => row(&s).into_response(),
-        Err(e) => refused_above(&e),
-    }
+pub(crate) async fn pause(state: Shared, visitor: Extension<Visitor>, id: IdPath) -> Response {
+    set_paused(state, visitor, id, true).await
 }
 
 /// `POST /ui/schedules/{id}/resume`: answers the row's replacement.
-pub(crate) async fn resume(
+pub(crate) async fn resume(state: Shared, visitor: Extension<Visitor>, id: IdPath) -> Response {
+    set_paused(state, visitor, id, false).await
+}
+
+async fn set_paused(
     axum::extract::State(d): Shared,
     Extension(visitor): Extension<Visitor>,
     IdPath(id): IdPath,
+    paused: bool,
 ) -> Response {
     if matches!(visitor.viewer, Viewer::Session(_)) {
         return forbidden();
     }
-    match d.processes.resume_schedule(&id).await {
+    let changed = if paused {
+        d.processes.pause_schedule(&id).await
+    } else {
+        d.processes.resume_schedule(&id).await
+    };
+    match changed {
         Ok(s) => row(&s).into_response(),
         Err(e) => refused_above(&e),
     }
