@@ -7,6 +7,8 @@
 //!   event timeline streamed over SSE; signal, cancel, abandon request and
 //!   external completion, each answering the server's error verbatim when refused.
 //! - **Sessions**: granted-to and originated-by lists, pending wakes with acknowledge.
+//! - **Modules**: each stored script module's exports and source, and the
+//!   newest scripts started from each export, linked to the filtered list.
 //! - **Schedules** (host only): spec, overlap, state, next and last fire, the last
 //!   process started, with pause and resume.
 //!
@@ -35,6 +37,7 @@ mod assets;
 mod auth;
 mod list;
 mod live;
+mod modules;
 mod pages;
 mod process;
 mod schedules;
@@ -106,6 +109,8 @@ impl Dashboard {
             .route("/ui/processes/{id}/complete", post(actions::complete))
             .route("/ui/sessions", get(sessions::page))
             .route("/ui/sessions/{session_id}/wakes/{wake_id}/ack", post(sessions::ack))
+            .route("/ui/modules", get(modules::page))
+            .route("/ui/modules/{module_ref}", get(modules::one))
             .route("/ui/schedules", get(schedules::page))
             .route("/ui/schedules/{id}/pause", post(schedules::pause))
             .route("/ui/schedules/{id}/resume", post(schedules::resume))

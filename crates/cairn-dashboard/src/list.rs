@@ -36,6 +36,18 @@ pub(crate) struct ListQuery {
     size: String,
 }
 
+impl ListQuery {
+    /// Every process of `definition`, in any status.
+    fn of_definition(definition: &str, size: Option<usize>) -> Self {
+        Self {
+            status: "any".into(),
+            definition: definition.into(),
+            size: size.map(|n| n.to_string()).unwrap_or_default(),
+            ..Self::default()
+        }
+    }
+}
+
 /// Which records a listing reads: every one, or one session's through a lens.
 enum Lens {
     All,
@@ -253,6 +265,31 @@ async fn newest_page(p: &Processes, plan: &Plan) -> cairn_core::Result<(Vec<Row>
             None => w.saturating_mul(8),
         };
     }
+}
+
+/// The newest `size` processes of `definition`, in any status, that `viewer`
+/// may list (the list page's own rules: a session viewer reads through its
+/// grants), and whether older ones exist.
+pub(crate) async fn newest_of_definition(
+    p: &Processes,
+    viewer: &Viewer,
+    definition: &str,
+    size: usize,
+) -> cairn_core::Result<(Vec<Row>, bool)> {
+    let plan = plan(&ListQuery::of_definition(definition, Some(size)), viewer)?;
+    if plan.empty {
+        return Ok((Vec::new(), false));
+    }
+    let (rows, next) = newest_page(p, &plan).await?;
+    Ok((rows, next.is_some()))
+}
+
+/// The list page of every process of `definition`, in any status.
+pub(crate) fn definition_href(definition: &str) -> String {
+    format!(
+        "/ui/processes?{}",
+        serde_urlencoded_query(&ListQuery::of_definition(definition, None))
+    )
 }
 
 /// `GET /ui/processes`: the whole page.

@@ -13,6 +13,7 @@ use crate::time;
 pub(crate) enum Nav {
     Processes,
     Sessions,
+    Modules,
     Schedules,
 }
 
@@ -39,6 +40,7 @@ pub(crate) fn layout(title: &str, visitor: &Visitor, nav: Nav, body: Markup) -> 
                     nav {
                         a href="/ui/processes" aria-current=[(nav == Nav::Processes).then_some("page")] { "Processes" }
                         a href="/ui/sessions" aria-current=[(nav == Nav::Sessions).then_some("page")] { "Sessions" }
+                        a href="/ui/modules" aria-current=[(nav == Nav::Modules).then_some("page")] { "Modules" }
                         @if visitor.viewer == crate::Viewer::Host {
                             a href="/ui/schedules" aria-current=[(nav == Nav::Schedules).then_some("page")] { "Schedules" }
                         }

@@ -39,7 +39,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
 /// fault (4xx) or the store's (5xx).
 pub(crate) fn status_for(e: &CairnError) -> StatusCode {
     match e.code() {
-        "unknown_process" | "unknown_wake" | "unknown_tool" | "unknown_env" | "unknown_schedule" => {
+        "unknown_process" | "unknown_wake" | "unknown_tool" | "unknown_env" | "unknown_schedule" | "unknown_module" => {
             StatusCode::NOT_FOUND
         }
         "no_longer_retained" => StatusCode::GONE,

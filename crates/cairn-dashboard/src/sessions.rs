@@ -128,7 +128,7 @@ async fn section(d: &crate::Inner, viewer: &Viewer, session: &str) -> cairn_core
     })
 }
 
-fn records<'a>(rows: impl Iterator<Item = (&'a ProcessRecord, Option<&'a str>)>) -> Markup {
+pub(crate) fn records<'a>(rows: impl Iterator<Item = (&'a ProcessRecord, Option<&'a str>)>) -> Markup {
     let rows: Vec<_> = rows.collect();
     html! {
         @if rows.is_empty() { p.empty { "None." } } @else {

@@ -517,3 +517,226 @@ async fn the_schedules_page_pages_by_id() {
     }
     assert_eq!(seen, expected);
 }
+
+/// A stand-in for the JavaScript engine: a module's exports are its
+/// `export async function NAME` lines. (Nothing runs: the runtimes here have no worker.)
+struct ExportLines;
+
+#[async_trait]
+impl cairn_core::ScriptEngine for ExportLines {
+    fn exports(&self, source: &str) -> cairn_core::Result<Vec<String>> {
+        Ok(source
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("export async function "))
+            .filter_map(|rest| rest.split('(').next())
+            .map(|name| name.trim().to_string())
+            .collect())
+    }
+
+    async fn run(
+        &self,
+        _ctx: cairn_core::ToolContext,
+        _module: cairn_core::Module,
+        _process_name: String,
+        _args: serde_json::Value,
+    ) -> cairn_core::Outcome {
+        cairn_core::Outcome::failure("test", "not_run", "these tests run no worker")
+    }
+}
+
+fn scripted_runtime(clock: &Arc<ManualClock>) -> Processes {
+    let registry = Arc::new(MemoryRegistry::with_clock(clock.clone()));
+    Processes::builder(registry)
+        .clock(clock.clone())
+        .script_engine(Arc::new(ExportLines))
+        .without_worker()
+        .start()
+}
+
+async fn put_module(p: &Processes, source: &str, name: Option<&str>) -> String {
+    p.put_module(source.to_string(), name.map(str::to_string))
+        .await
+        .expect("put module")
+        .module
+        .module_ref
+}
+
+async fn start_script(p: &Processes, id: &str, module_ref: &str, export: &str, session: Option<&str>) {
+    let input = cairn_core::ProcessInput::Script {
+        module_ref: module_ref.to_string(),
+        process_name: export.to_string(),
+        args: json!({}),
+    };
+    let mut req = StartRequest::new(id, input, Disposition::Rerunnable);
+    if let Some(s) = session {
+        req = req.with_grant(SessionScope::session(s), GrantDescriptor::default());
+    }
+    p.start(req).await.expect("start script");
+}
+
+/// The `href` of the first link with class `class`, HTML-unescaped.
+fn link_of(html: &str, class: &str) -> String {
+    let marker = format!("<a class=\"{class}\" href=\"");
+    let at = html.find(&marker).unwrap_or_else(|| panic!("no {marker}: {html}"));
+    html[at + marker.len()..]
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&")
+}
+
+const DEPLOY: &str = r#"// Ships a build. <script>alert("pwned")</script> & more
+export async function deploy(ctx, args) {
+  return "<b>done</b>";
+}
+export async function rollback(ctx, args) {
+  return null;
+}
+"#;
+
+#[tokio::test]
+async fn the_modules_page_lists_modules_and_a_module_shows_exports_escaped_source_and_its_scripts() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = scripted_runtime(&clock);
+    let deploy = put_module(&p, DEPLOY, Some("deploy <prod>.js")).await;
+    let other = put_module(&p, "export async function other(ctx) {}\n", None).await;
+    start_script(&p, "deploy-1", &deploy, "deploy", None).await;
+    clock.set(T0 + 1_000);
+    start_script(&p, "deploy-2", &deploy, "deploy", None).await;
+    start_script(&p, "other-1", &other, "other", None).await;
+    let app = app(&p, true);
+
+    let (status, html, _) = get(&app, "/ui/modules", None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        html.contains("href=\"/ui/modules\" aria-current=\"page\""),
+        "nav link: {html}"
+    );
+    let rows: Vec<&str> = html.split("<tr data-module=\"").skip(1).collect();
+    assert_eq!(rows.len(), 2, "{html}");
+    let row = rows
+        .iter()
+        .find(|r| r.starts_with(deploy.as_str()))
+        .expect("the deploy module is listed");
+    assert!(
+        row.contains("<code>deploy</code>, <code>rollback</code>"),
+        "exports: {row}"
+    );
+    assert!(row.contains("deploy &lt;prod&gt;.js"), "the name, escaped: {row}");
+    let page = format!("/ui/modules/{}", deploy.replace(':', "%3A"));
+    assert!(row.contains(&format!("href=\"{page}\"")), "links the module: {row}");
+
+    let (status, html, _) = get(&app, &page, None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains(&deploy), "{html}");
+    assert!(
+        html.contains("&lt;script&gt;alert(&quot;pwned&quot;)&lt;/script&gt; &amp; more"),
+        "the source, escaped: {html}"
+    );
+    assert!(!html.contains("<script>alert"), "unescaped source: {html}");
+    assert!(!html.contains("<b>done</b>"), "unescaped source: {html}");
+    for export in ["deploy", "rollback"] {
+        assert!(
+            html.contains(&format!("<li data-export=\"{export}\"")),
+            "{export}: {html}"
+        );
+    }
+    // The newest scripts of each export, inline; none of another module's.
+    let deploy_section = html
+        .split("<section class=\"scripts\" data-export=\"deploy\">")
+        .nth(1)
+        .and_then(|s| s.split("</section>").next())
+        .expect("a section for deploy");
+    assert_eq!(listed(deploy_section), vec!["deploy-2", "deploy-1"]);
+    let rollback_section = html
+        .split("<section class=\"scripts\" data-export=\"rollback\">")
+        .nth(1)
+        .and_then(|s| s.split("</section>").next())
+        .expect("a section for rollback");
+    assert!(listed(rollback_section).is_empty(), "{rollback_section}");
+    assert!(!listed(&html).contains(&"other-1".to_string()), "{html}");
+
+    // The export's link is the list page filtered to its definition.
+    let scripts = link_of(&html, "scripts");
+    assert_eq!(
+        scripts,
+        format!(
+            "/ui/processes?status=any&definition={}",
+            format!("script:{deploy}#deploy")
+                .replace(':', "%3A")
+                .replace('#', "%23")
+        )
+    );
+    let (status, html, _) = get(&app, &scripts.replace("/ui/processes?", "/ui/list/rows?"), None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert_eq!(listed(&html), vec!["deploy-2", "deploy-1"]);
+
+    // A ref nothing is stored under: a 404 page; a malformed one: the API's 400.
+    let unknown = format!("/ui/modules/module%3Asha256%3A{}", "0".repeat(64));
+    let (status, html, _) = get(&app, &unknown, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{html}");
+    assert!(html.contains("unknown_module") && html.contains("← Modules"), "{html}");
+    let (status, html, _) = get(&app, "/ui/modules/nope", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    assert!(html.contains("invalid_id"), "{html}");
+}
+
+#[tokio::test]
+async fn the_modules_pages_need_a_login_and_show_a_session_only_its_scripts() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = scripted_runtime(&clock);
+    let deploy = put_module(&p, DEPLOY, None).await;
+    start_script(&p, "mine", &deploy, "deploy", Some("s1")).await;
+    start_script(&p, "theirs", &deploy, "deploy", Some("s2")).await;
+    let app = app(&p, false);
+    let page = format!("/ui/modules/{}", deploy.replace(':', "%3A"));
+    for path in ["/ui/modules", page.as_str()] {
+        for cookie in [None, Some("cairn_ui=not-a-token")] {
+            let (status, html, headers) = get(&app, path, cookie).await;
+            assert_eq!(status, StatusCode::SEE_OTHER, "{path} with {cookie:?}");
+            assert_eq!(headers[header::LOCATION], "/ui/login", "{path}");
+            assert!(!html.contains("deploy"), "{path} leaked the module: {html}");
+        }
+    }
+    let s1 = Some("cairn_ui=s1-token");
+    let (status, html, _) = get(&app, "/ui/modules", s1).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "modules are listed to sessions, as on the API: {html}"
+    );
+    assert!(html.contains(&format!("data-module=\"{deploy}\"")), "{html}");
+    let (status, html, _) = get(&app, &page, s1).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert_eq!(listed(&html), vec!["mine"], "a session sees only its own scripts");
+    let (_, html, _) = get(&app, &page, Some("cairn_ui=host")).await;
+    assert_eq!(listed(&html), vec!["theirs", "mine"]);
+}
+
+#[tokio::test]
+async fn the_modules_page_pages_by_ref() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = scripted_runtime(&clock);
+    let mut expected = Vec::new();
+    for i in 0..130 {
+        expected.push(put_module(&p, &format!("export async function f{i}(ctx) {{}}\n"), None).await);
+    }
+    expected.sort();
+    let app = app(&p, true);
+    let mut seen = Vec::new();
+    let mut next = Some("/ui/modules".to_string());
+    while let Some(path) = next {
+        let (status, html, _) = get(&app, &path, None).await;
+        assert_eq!(status, StatusCode::OK, "{html}");
+        seen.extend(
+            html.split("<tr data-module=\"")
+                .skip(1)
+                .map(|s| s.split('"').next().unwrap().to_string()),
+        );
+        next = older(&html);
+        assert!(seen.len() <= expected.len(), "paging repeats rows");
+    }
+    assert_eq!(seen, expected);
+    let (status, html, _) = get(&app, "/ui/modules?colour=blue", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+}

@@ -647,3 +647,71 @@ async fn the_schedules_page_pauses_and_resumes_and_shows_a_refusal() {
     })
     .await;
 }
+
+#[tokio::test]
+#[cfg_attr(
+    cairn_no_browser,
+    ignore = "chromedriver not installed (apt-get install chromium chromium-driver)"
+)]
+async fn the_modules_page_shows_a_modules_exports_source_and_its_scripts() {
+    let owned = Server::start(&[]).await;
+    let server = &owned;
+    let source = "// <i>greets</i>\nexport async function greet(ctx, args) { return `hi ${args.who}`; }\n";
+    let (status, put) = server
+        .client()
+        .post("/v1/modules", json!({"source": source, "name": "greet.js"}))
+        .await;
+    assert_eq!(status, 201, "{put}");
+    let module_ref = put["module_ref"].as_str().expect("a module ref").to_string();
+    let (status, body) = server
+        .client()
+        .post(
+            "/v1/processes",
+            json!({"id": "greet-1", "disposition": "rerunnable",
+                   "input": {"type": "script", "module_ref": module_ref, "process_name": "greet", "args": {"who": "you"}}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(await_terminal(server, "greet-1").await["status"], "completed");
+    with_browser(|c| async move {
+        c.goto(&server.url("/ui/processes")).await.unwrap();
+        c.find(Locator::Css("header nav a[href='/ui/modules']"))
+            .await
+            .expect("a nav link")
+            .click()
+            .await
+            .unwrap();
+        let listed = wait_for(&c, Locator::Css(&format!("tr[data-module='{module_ref}']"))).await;
+        assert!(listed.text().await.unwrap().contains("greet.js"));
+        listed.find(Locator::Css("a")).await.unwrap().click().await.unwrap();
+
+        wait_for(&c, Locator::Css("li[data-export='greet']")).await;
+        let shown = c.find(Locator::Css("pre.source")).await.unwrap().text().await.unwrap();
+        assert!(shown.contains("// <i>greets</i>"), "the source as text: {shown}");
+        assert_eq!(count(&c, "pre.source i").await, 0, "the source was rendered as HTML");
+        wait_for(
+            &c,
+            Locator::Css("section.scripts[data-export='greet'] tr[data-id='greet-1']"),
+        )
+        .await;
+        screenshot(&c, "module-page").await;
+
+        // The export's link lists its scripts on the processes page.
+        c.find(Locator::Css("li[data-export='greet'] a.scripts"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_for(&c, Locator::Css(&row("greet-1"))).await;
+        let definition = c
+            .find(Locator::Css("form.filters input[name=definition]"))
+            .await
+            .unwrap()
+            .prop("value")
+            .await
+            .unwrap();
+        assert_eq!(definition, Some(format!("script:{module_ref}#greet")));
+    })
+    .await;
+}
