@@ -316,13 +316,26 @@ impl Worker {
     async fn run_claim(self: &Arc<Self>, claim: Claim) {
         let Claim { lease, process } = claim;
         let id = process.id.clone();
+        // A cancellation requested before this claim ends the process here,
+        // before anything runs, except for a script an earlier claim began
+        // (`attempt > 1`: it suspended, or lost its lease while it ran). That
+        // one replays its journal with the cancellation already in force, so
+        // the call it waits on rejects `cancelled` and its cleanup runs before
+        // it ends `cancelled` (SPEC §14), bounded like any stopped run by
+        // `stop_grace` and the script limits.
+        let mut cancel_in_force = None;
         if let Some(cancel) = &process.cancel_request {
-            let message = cancel
-                .reason
-                .clone()
-                .unwrap_or_else(|| "cancelled before it ran".into());
-            self.finish(&lease, Outcome::cancelled(message)).await;
-            return;
+            let began_before = process.started.as_ref().is_some_and(|s| s.attempt > 1);
+            if began_before && self.scripts.is_some() && matches!(process.input, ProcessInput::Script { .. }) {
+                cancel_in_force = Some(cancel.reason.clone());
+            } else {
+                let message = cancel
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "cancelled before it ran".into());
+                self.finish(&lease, Outcome::cancelled(message)).await;
+                return;
+            }
         }
         let runner = match &process.input {
             ProcessInput::ToolCall { tool, args } => match self.tools.get(tool) {
@@ -371,6 +384,10 @@ impl Worker {
         let ctx = ToolContext::new(process, env, self.registry.clone(), self.awaiter.clone(), lease)
             .with_clock(self.clock.clone())
             .with_tools(self.tools.clone());
+        if let Some(reason) = cancel_in_force {
+            // Set before the runner starts: it is told at its first step.
+            ctx.stop(StopReason::Cancelled { reason });
+        }
         self.in_flight.lock().insert(id.clone(), ctx.clone());
         if self.draining.load(Ordering::SeqCst) {
             ctx.stop(StopReason::Shutdown);
@@ -453,7 +470,8 @@ impl Worker {
         tokio::time::timeout(self.config.stop_grace, run).await.ok()
     }
 
-    /// Keep the lease alive and watch for cancellation while a run is alive.
+    /// Keep the lease alive and watch for cancellation while a run is alive
+    /// (a cancelled one included: it may be cleaning up).
     async fn guard_run(self: Arc<Self>, ctx: ToolContext) {
         let id = ctx.process_id().to_string();
         let ttl = self.config.lease_ttl;
@@ -461,7 +479,8 @@ impl Worker {
         let mut changes = self.hub.as_ref().map(|h| h.subscribe(&id));
         let mut next_renew = tokio::time::Instant::now() + every;
         // The claim carried the record as it was when claimed (a cancel before
-        // the claim is handled by `run_claim`), and every later change reaches
+        // the claim is handled by `run_claim`: it ends the process, or starts
+        // a script's cleanup already stopped), and every later change reaches
         // the hub subscription, except one committed between the claim and the
         // subscription. So with a hub the first read waits for a change or
         // FIRST_CHECK, whichever comes first: a run that ends at once never
@@ -476,10 +495,13 @@ impl Worker {
             match self.registry.get(&id).await {
                 Ok(r) => {
                     if let Some(c) = r.cancel_request {
+                        // A cancelled run may still clean up (a script does,
+                        // for up to `stop_grace`): its lease stays renewed
+                        // until it returns, and the record is read again
+                        // only at renewals.
                         ctx.stop(StopReason::Cancelled { reason: c.reason });
-                        return;
-                    }
-                    if r.is_terminal() {
+                        changes = None;
+                    } else if r.is_terminal() {
                         ctx.stop(StopReason::LeaseLost);
                         return;
                     }

@@ -122,6 +122,11 @@ impl cairn_core::ScriptEngine for QuickJs {
             Err(e) => return Outcome::failure("runtime", e.code(), e.to_string()),
         };
         let stop = Arc::new(AtomicU8::new(engine::RUN));
+        // Whatever still runs in the engine stops at its next interrupt check
+        // once this activation ends, also when the worker drops it unfinished
+        // (a stopped run, a cancelled one's cleanup included, gets
+        // `stop_grace`), so a cleanup that never ends holds its thread no longer.
+        let _abort = AbortOnDrop(stop.clone());
         let (step_tx, step_rx) = tokio::sync::mpsc::unbounded_channel();
         let (reply_tx, reply_rx) = std::sync::mpsc::channel();
         let setup = Setup {
@@ -144,17 +149,23 @@ impl cairn_core::ScriptEngine for QuickJs {
                 format!("cannot start the script engine: {e}"),
             );
         }
-        let outcome = Driver {
+        Driver {
             ctx: &ctx,
             steps: step_rx,
             replies: reply_tx,
             cancelled: None,
         }
         .drive()
-        .await;
-        // Whatever is still running in the engine stops at its next interrupt check.
-        stop.store(ABORT, std::sync::atomic::Ordering::SeqCst);
-        outcome
+        .await
+    }
+}
+
+/// Stops an activation's engine thread when dropped.
+struct AbortOnDrop(Arc<AtomicU8>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.store(ABORT, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

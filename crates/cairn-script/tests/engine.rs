@@ -459,3 +459,129 @@ async fn a_failed_child_rejects_with_its_code_and_wait_never_rejects() {
         })))
     );
 }
+
+/// Suspended on a signal; a cancellation rejects the wait `cancelled` and the
+/// catch block cleans up (`args.hang` then spins: a cleanup that never ends).
+const GUARDED: &str = r#"export async function guarded(ctx, args) {
+    try {
+        await ctx.waitSignal("go");
+        return "not cancelled";
+    } catch (e) {
+        ctx.log("cleaning up");
+        await ctx.emit("cleanup", {code: e.code, cancelled: ctx.cancelled});
+        if (args.hang) for (;;) {}
+        throw e;
+    }
+}"#;
+
+fn guarded(id: &str, module_ref: &str) -> StartRequest {
+    script(id, module_ref, "guarded", json!({})).with_event_type(cairn_core::EventType::plain("cleanup"))
+}
+
+/// An engine whose first activation with a cancellation in force hangs in its
+/// cleanup and, once the cleanup's event is written, loses its lease (the
+/// release a crash's lease expiry amounts to) and returns: the worker's
+/// completion is fenced and a later claim runs the cleanup again from the log.
+struct CrashInCleanup {
+    inner: QuickJs,
+    processes: Arc<std::sync::OnceLock<Processes>>,
+    crashed: std::sync::atomic::AtomicBool,
+}
+
+#[cairn_core::async_trait]
+impl cairn_core::ScriptEngine for CrashInCleanup {
+    fn exports(&self, source: &str) -> cairn_core::Result<Vec<String>> {
+        self.inner.exports(source)
+    }
+
+    async fn run(
+        &self,
+        ctx: cairn_core::ToolContext,
+        module: cairn_core::Module,
+        name: String,
+        mut args: Value,
+    ) -> Outcome {
+        let cancelled = matches!(ctx.stop_reason(), Some(cairn_core::StopReason::Cancelled { .. }));
+        if !cancelled || self.crashed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return self.inner.run(ctx, module, name, args).await;
+        }
+        args["hang"] = json!(true);
+        let p = self.processes.get().expect("the runtime is set").clone();
+        let id = ctx.process_id().to_string();
+        tokio::select! {
+            o = self.inner.run(ctx.clone(), module, name, args) => o,
+            e = p.await_event(&id, "cleanup", 0, Duration::from_secs(10)) => {
+                e.expect("the cleanup emitted");
+                assert!(p.registry().release(&ctx.lease()).await.expect("released"));
+                Outcome::failure("test", "crashed", "the run went away during its cleanup")
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_script_cancelled_while_suspended_runs_its_cleanup_once_across_a_crash() {
+    let engine = Arc::new(CrashInCleanup {
+        inner: QuickJs::default(),
+        processes: Default::default(),
+        crashed: Default::default(),
+    });
+    let p = Processes::builder(Arc::new(MemoryRegistry::new()))
+        .script_engine(engine.clone())
+        .start();
+    engine.processes.set(p.clone()).ok().expect("set once");
+    let m = put(&p, GUARDED).await;
+    p.start(guarded("sc", &m)).await.unwrap();
+    p.await_event("sc", cairn_core::events::WAITING, 0, Duration::from_secs(10))
+        .await
+        .expect("suspended on the signal");
+    p.cancel("sc", Some("no longer needed".into())).await.unwrap();
+    let rec = p.await_output("sc", Duration::from_secs(20)).await.unwrap();
+    assert_eq!(rec.status, ProcessStatus::Cancelled, "{rec:?}");
+    assert_eq!(rec.outcome, Some(Outcome::cancelled("no longer needed")));
+    assert!(
+        engine.crashed.load(std::sync::atomic::Ordering::SeqCst),
+        "the cleanup was cut short once"
+    );
+    assert_eq!(
+        events(&p, "sc", "cleanup").await,
+        [json!({"code": "cancelled", "cancelled": true})],
+        "the awaited call rejected `cancelled`, and the replay answered the cleanup's emit from the journal"
+    );
+    assert_eq!(events(&p, "sc", "script.log").await.len(), 1);
+    let kinds: Vec<Value> = events(&p, "sc", "script.call")
+        .await
+        .into_iter()
+        .map(|c| c["kind"].clone())
+        .collect();
+    assert_eq!(kinds, [json!("wait_signal"), json!("emit")]);
+    assert_eq!(
+        events(&p, "sc", "process.started").await.len(),
+        3,
+        "the first run, the cut-short cleanup, the cleanup replayed"
+    );
+}
+
+#[tokio::test]
+async fn a_script_cancelled_before_it_ever_ran_runs_no_cleanup() {
+    let registry: Arc<dyn cairn_core::ProcessRegistry> = Arc::new(MemoryRegistry::new());
+    let engine = Arc::new(QuickJs::default());
+    // Started while nothing runs it; then claimed elsewhere, cancelled while
+    // that claim is live, and released without ever running.
+    let host = Processes::builder(registry.clone())
+        .script_engine(engine.clone())
+        .without_worker()
+        .start();
+    let m = put(&host, GUARDED).await;
+    host.start(guarded("nr", &m)).await.unwrap();
+    let lease = registry.claim("nr", "elsewhere", 60_000).await.unwrap();
+    let rec = host.cancel("nr", None).await.unwrap();
+    assert!(!rec.is_terminal() && rec.cancel_request.is_some(), "{rec:?}");
+    assert!(registry.release(&lease).await.unwrap());
+
+    let p = Processes::builder(registry).script_engine(engine).start();
+    let rec = p.await_output("nr", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(rec.outcome, Some(Outcome::cancelled("cancelled before it ran")));
+    assert!(events(&p, "nr", "script.call").await.is_empty(), "nothing ran");
+    assert!(events(&p, "nr", "cleanup").await.is_empty());
+}

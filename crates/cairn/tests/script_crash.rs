@@ -1,11 +1,14 @@
 //! Durable scripts (SPEC §14) survive a real crash: `cairn serve` is killed
 //! with SIGKILL while a script's child runs, while the script is suspended on a
-//! signal, and while it is suspended on a timer; a server restarted over the
-//! same database finishes the script. A child that had finished is never
-//! started again, journaled values stay what they were, and the script returns
-//! what it would have returned without the crash.
+//! signal, while it is suspended on a timer, and while a cancelled script
+//! cleans up; a server restarted over the same database finishes the script.
+//! A child that had finished is never started again, journaled values stay
+//! what they were, a cleanup's journaled call is not repeated, and the script
+//! returns what it would have returned without the crash.
 
 mod common;
+
+use std::time::Duration;
 
 use common::{Client, Server};
 use serde_json::{json, Value};
@@ -38,6 +41,18 @@ export async function pause(ctx, args) {
   const slept = ctx.now() - t0;
   const b = await ctx.tool("echo", {value: a + 3});
   return {a, b, t0, slept_enough: slept >= args.ms};
+}
+
+// Cancelled while suspended: the cleanup emits, then spins until the CPU
+// limit ends the activation (the process then ends `cancelled`).
+export async function tidy(ctx) {
+  try {
+    await ctx.waitSignal("go");
+    return "not cancelled";
+  } catch (e) {
+    await ctx.emit("cleanup", {code: e.code});
+    for (;;) {}
+  }
 }
 "#;
 
@@ -100,10 +115,15 @@ async fn start_and_reach(db: &str, id: &str, name: &str, args: Value, ready: imp
 
 /// SIGKILL, no drain; then a new server over the same database.
 async fn crash_and_restart(server: Server, db: &str) -> Server {
+    crash_and_restart_with(server, db, SERVE).await
+}
+
+/// [`crash_and_restart`] with the new server's flags.
+async fn crash_and_restart_with(server: Server, db: &str, serve: &[&str]) -> Server {
     // SAFETY: signalling a child process this test spawned.
     assert_eq!(unsafe { libc::kill(server.pid() as i32, libc::SIGKILL) }, 0);
     drop(server);
-    Server::start_on(db, SERVE).await
+    Server::start_on(db, serve).await
 }
 
 /// The first child (`{id}/1`, an `echo` that finished before the crash) was
@@ -219,6 +239,53 @@ async fn killed_while_sleeping(db: &str) {
     assert!(resumed.contains(&json!("timer")), "the timer woke it: {resumed:?}");
 }
 
+async fn killed_while_cleaning_up(db: &str) {
+    let id = "crash-cleanup";
+    // The CPU limit ends each cleanup's spin; the crash comes well before it.
+    let serve = ["--lease-ttl", "1s", "--script-cpu", "3s"];
+    let server = Server::start_on(db, &serve).await;
+    let c = server.client();
+    let (s, m) = c.post("/v1/modules", json!({"source": MODULE})).await;
+    assert!(s == 201 || s == 200, "{m}");
+    let mut req = script(id, m["module_ref"].as_str().expect("module_ref"), "tidy", json!({}));
+    req["event_types"] = json!([{"name": "cleanup"}]);
+    let (s, rec) = c.start(req).await;
+    assert_eq!(s, 201, "{rec}");
+    c.wait_for(id, |r| r["wait"]["kind"] == "signal" && r["lease"].is_null())
+        .await;
+    let mut follow = c.sse(id, "", None).await;
+    let (s, rec) = c
+        .post(&format!("/v1/processes/{id}/cancel"), json!({"reason": "stop"}))
+        .await;
+    assert_eq!(s, 200, "{rec}");
+    loop {
+        let e = follow.next(Duration::from_secs(10)).await.expect("the cleanup runs");
+        let e: Value = serde_json::from_str(&e.data).expect("an event");
+        assert_ne!(e["event_type"], "process.cancelled", "ended before the crash: {e}");
+        if e["event_type"] == "cleanup" {
+            break;
+        }
+    }
+
+    let server = crash_and_restart_with(server, db, &serve).await;
+    let c = server.client();
+    let (s, done) = c.get(&format!("/v1/processes/{id}/await?timeout_ms=30000")).await;
+    assert_eq!(s, 200, "{done}");
+    assert_eq!(done["status"], "cancelled", "{done}");
+    assert_eq!(done["outcome"]["message"], "stop", "{done}");
+    assert_eq!(count(&c, id, "cleanup").await, 1, "the cleanup's emit was not repeated");
+    let emits = events(&c, id)
+        .await
+        .into_iter()
+        .filter(|e| e["event_type"] == "script.call" && e["payload"]["kind"] == "emit")
+        .count();
+    assert_eq!(emits, 1);
+    assert!(
+        count(&c, id, "process.started").await >= 3,
+        "the cleanup ran again after the restart"
+    );
+}
+
 fn sqlite_db(dir: &tempfile::TempDir) -> String {
     format!("sqlite:{}", dir.path().join("cairn.db").display())
 }
@@ -239,6 +306,12 @@ async fn a_script_killed_waiting_for_a_signal_resumes_on_sqlite() {
 async fn a_script_killed_while_sleeping_resumes_on_sqlite() {
     let dir = tempfile::tempdir().expect("tempdir");
     killed_while_sleeping(&sqlite_db(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_killed_while_cleaning_up_after_a_cancel_resumes_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    killed_while_cleaning_up(&sqlite_db(&dir)).await;
 }
 
 /// The same database URL for both servers: a throwaway schema of the test server.
@@ -283,4 +356,16 @@ async fn a_script_killed_while_sleeping_resumes_on_postgres() {
         return;
     };
     killed_while_sleeping(&db).await;
+}
+
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_killed_while_cleaning_up_after_a_cancel_resumes_on_postgres() {
+    let Some((db, _schema)) = postgres_db("cairn_script_crash_cleanup") else {
+        return;
+    };
+    killed_while_cleaning_up(&db).await;
 }

@@ -1,6 +1,7 @@
 //! Durable scripts (SPEC §14) through the HTTP API of a real `cairn serve`, on
 //! SQLite and on PostgreSQL: modules, start checks, a script with children, a
-//! signal and a timer, journaled values, and the limits.
+//! signal and a timer, journaled values, the limits, and the cleanup of a
+//! script cancelled while suspended.
 
 mod common;
 
@@ -216,6 +217,92 @@ async fn scenario(db: &str) {
     assert_eq!(await_end(&c, "ok").await["outcome"]["value"], "fine");
 }
 
+/// Suspended on a signal, a durable timer or a child, then cancelled: the
+/// awaited call rejects `cancelled` and the catch block cleans up.
+const GUARDED: &str = r#"
+export async function guarded(ctx, args) {
+  try {
+    if (args.on === "signal") await ctx.waitSignal("go");
+    else if (args.on === "timer") await ctx.sleep(86400000);
+    else await ctx.tool("wait_signal", {name: "go"});
+    return "not cancelled";
+  } catch (e) {
+    ctx.log("cleaning up");
+    await ctx.emit("cleanup", {code: e.code, cancelled: ctx.cancelled});
+    throw e;
+  }
+}
+"#;
+
+async fn cancel_scenario(db: &str) {
+    let server = Server::start_on(db, &[]).await;
+    let c = server.client();
+    let (s, m) = c.post("/v1/modules", json!({"source": GUARDED})).await;
+    assert_eq!(s, 201, "{m}");
+    let module_ref = m["module_ref"].as_str().unwrap().to_string();
+    for (on, wait_kind) in [("signal", "signal"), ("timer", "timer"), ("child", "children")] {
+        let id = format!("g-{on}");
+        let mut req = script(&id, &module_ref, "guarded", json!({"on": on}));
+        req["event_types"] = json!([{"name": "cleanup"}]);
+        let (s, rec) = c.start(req).await;
+        assert_eq!(s, 201, "{rec}");
+        c.wait_for(&id, |r| r["wait"]["kind"] == wait_kind && r["lease"].is_null())
+            .await;
+        if on == "child" {
+            // The child runs and is suspended on its own signal.
+            c.wait_for(&format!("{id}%2F1"), |r| r["wait"]["kind"] == "signal")
+                .await;
+        }
+        let (s, rec) = c
+            .post(
+                &format!("/v1/processes/{id}/cancel"),
+                json!({"reason": "no longer needed"}),
+            )
+            .await;
+        assert_eq!(s, 200, "{rec}");
+        let (s, done) = c.get(&format!("/v1/processes/{id}/await?timeout_ms=20000")).await;
+        assert_eq!(s, 200, "{done}");
+        assert_eq!(done["status"], "cancelled", "{id}: {done}");
+        assert_eq!(done["outcome"]["message"], "no longer needed", "{done}");
+
+        let log = events(&c, &id).await;
+        let seq = |t: &str| {
+            let found = of_type(&log, t);
+            assert_eq!(found.len(), 1, "{id}: one {t}: {log:?}");
+            found[0]["sequence"].as_u64().unwrap()
+        };
+        let resumed = of_type(&log, "process.resumed");
+        assert_eq!(resumed.len(), 1, "{log:?}");
+        // A child's end may wake its parent before the parent's claim does.
+        let reasons: &[&str] = match on {
+            "child" => &["cancel_requested", "children"],
+            _ => &["cancel_requested"],
+        };
+        let reason = resumed[0]["payload"]["reason"].as_str().unwrap_or("");
+        assert!(reasons.contains(&reason), "{id}: {resumed:?}");
+        let cleanup = of_type(&log, "cleanup");
+        assert_eq!(cleanup.len(), 1, "{id}: the cleanup ran once: {log:?}");
+        assert_eq!(
+            cleanup[0]["payload"],
+            json!({"code": "cancelled", "cancelled": true}),
+            "{id}: the awaited call rejected `cancelled`"
+        );
+        let resumed_at = seq("process.resumed");
+        assert!(seq("cleanup") > resumed_at, "{id}: the cleanup ran after the resume");
+        assert!(seq("script.log") > resumed_at, "{id}");
+        // The cleanup's emit was journaled like any call.
+        let emit = of_type(&log, "script.call")
+            .into_iter()
+            .find(|e| e["payload"]["kind"] == "emit")
+            .unwrap_or_else(|| panic!("{id}: the emit was journaled: {log:?}"));
+        assert!(emit["sequence"].as_u64().unwrap() > resumed_at);
+        if on == "child" {
+            let child = c.wait_for(&format!("{id}%2F1"), |r| r["status"] != "running").await;
+            assert_eq!(child["status"], "cancelled", "the child ends cancelled too: {child}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_run_durably_on_sqlite() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -235,4 +322,25 @@ async fn scripts_run_durably_on_postgres() {
     let schema = cairn_postgres::testing::TestSchema::new("cairn_scripts");
     let sep = if url.contains('?') { '&' } else { '?' };
     scenario(&format!("{url}{sep}schema={}", schema.name)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_cancelled_while_suspended_cleans_up_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("cairn.db").display());
+    cancel_scenario(&db).await;
+}
+
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_cancelled_while_suspended_cleans_up_on_postgres() {
+    let Some(url) = cairn_postgres::testing::test_url() else {
+        return;
+    };
+    let schema = cairn_postgres::testing::TestSchema::new("cairn_script_cancel");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    cancel_scenario(&format!("{url}{sep}schema={}", schema.name)).await;
 }
