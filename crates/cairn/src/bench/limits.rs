@@ -82,7 +82,7 @@ pub fn fsync_rate(dir: &Path) -> Result<Limit, String> {
 /// The PostgreSQL server's single-row autocommit rate from one connection.
 pub async fn postgres_commit_rate(url: &str) -> Result<Limit, String> {
     let redacted = redact_url(url);
-    let (url, _) = cairn_postgres::split_schema(url);
+    let url = client_url(url);
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .map_err(|e| format!("commit-rate probe: cannot connect to `{redacted}`: {e}"))?;
@@ -172,10 +172,15 @@ fn password_of(url: &str) -> Option<String> {
     userinfo.split_once(':').map(|(_, p)| p.to_string())
 }
 
+/// A cairn PostgreSQL URL without cairn's own parameters (`schema`,
+/// `write_lanes`, ...), as a plain PostgreSQL client accepts it.
+fn client_url(url: &str) -> String {
+    cairn_postgres::PostgresOptions::new(url, std::sync::Arc::new(cairn_core::SystemClock)).url
+}
+
 /// Run `sql` against the server a (cairn) PostgreSQL URL names.
 async fn postgres_execute(url: &str, sql: &str) -> Result<(), String> {
-    let (base, _) = cairn_postgres::split_schema(url);
-    let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+    let (client, connection) = tokio_postgres::connect(&client_url(url), tokio_postgres::NoTls)
         .await
         .map_err(|e| format!("cannot connect to `{}`: {e}", redact_url(url)))?;
     let task = tokio::spawn(connection);
@@ -237,6 +242,15 @@ mod tests {
             std::fs::read_dir(dir.path()).expect("read dir").next().is_none(),
             "probe file removed"
         );
+    }
+
+    #[test]
+    fn cairn_parameters_stay_out_of_the_probes_url() {
+        assert_eq!(
+            client_url("postgres://u@h/db?write_lanes=2&connect_timeout=5&schema=s&max_batch=64"),
+            "postgres://u@h/db?connect_timeout=5"
+        );
+        assert_eq!(client_url("postgres://u@h/db"), "postgres://u@h/db");
     }
 
     /// Needs the test server like every PostgreSQL test: skipped loudly without
