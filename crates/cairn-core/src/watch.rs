@@ -34,6 +34,8 @@ struct HubInner {
     work: Notify,
     /// Bumped when every waiter should read again (see [`ChangeHub::resync`]).
     resync: watch::Sender<u64>,
+    /// Bumped on every publish (see [`ChangeHub::subscribe_all`]).
+    any: watch::Sender<u64>,
 }
 
 impl Default for HubInner {
@@ -42,6 +44,7 @@ impl Default for HubInner {
             watchers: Mutex::default(),
             work: Notify::new(),
             resync: watch::channel(0).0,
+            any: watch::channel(0).0,
         }
     }
 }
@@ -74,6 +77,9 @@ impl ChangeHub {
 
     /// Announce that `process_id` changed (its log reached `sequence`).
     pub fn publish(&self, process_id: &str, sequence: u64) {
+        if self.inner.any.receiver_count() > 0 {
+            self.inner.any.send_modify(|n| *n = n.wrapping_add(1));
+        }
         let mut map = self.inner.watchers.lock();
         if let Some(tx) = map.get(process_id) {
             if tx.receiver_count() == 0 {
@@ -90,6 +96,13 @@ impl ChangeHub {
     pub fn resync(&self) {
         self.inner.resync.send_modify(|g| *g += 1);
         self.notify_work();
+    }
+
+    /// A receiver that changes on every [`publish`](Self::publish), of any
+    /// process: "something changed", for a follower that reads a change feed
+    /// (its value is a counter, nothing more).
+    pub fn subscribe_all(&self) -> watch::Receiver<u64> {
+        self.inner.any.subscribe()
     }
 
     /// A receiver that changes on every [`resync`](Self::resync).
@@ -161,16 +174,26 @@ impl Drop for Subscription {
 pub trait EventSink: Send + Sync + 'static {
     /// Receive one appended event, after its write committed, on the sink's own task.
     fn deliver(&self, event: &ProcessEvent);
+
+    /// Whether this sink takes only terminal events (default: every event).
+    /// A write's events are read back for the sink after the write; for a
+    /// terminal-only sink that read happens only when the write ended its
+    /// process, so writes that do not end one cost no read.
+    fn terminal_only(&self) -> bool {
+        false
+    }
 }
 
 const SINK_QUEUE: usize = 4096;
 
 struct SinkQueue {
     tx: mpsc::Sender<ProcessEvent>,
+    terminal_only: bool,
 }
 
 impl SinkQueue {
     fn start(sink: Arc<dyn EventSink>) -> Self {
+        let terminal_only = sink.terminal_only();
         let (tx, mut rx) = mpsc::channel::<ProcessEvent>(SINK_QUEUE);
         tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
@@ -181,10 +204,13 @@ impl SinkQueue {
                 }
             }
         });
-        Self { tx }
+        Self { tx, terminal_only }
     }
 
     fn push(&self, event: ProcessEvent) {
+        if self.terminal_only && event.semantics.terminal.is_none() {
+            return;
+        }
         if self.tx.try_send(event).is_err() {
             tracing::warn!("event sink is behind; an event was not delivered to it");
         }
@@ -222,6 +248,10 @@ impl WatchedRegistry {
     /// (for a claim, `count` 2 reads back to its `process.started`).
     async fn sink_tail(&self, record: &ProcessRecord, count: u64) {
         let Some(sink) = &self.sink else { return };
+        if sink.terminal_only {
+            self.sink_terminal(sink, record).await;
+            return;
+        }
         let after = record.last_sequence.saturating_sub(count);
         if let Ok(page) = self
             .inner
@@ -245,6 +275,10 @@ impl WatchedRegistry {
     /// it ended at once; a wake of a waiting descendant may sit between).
     async fn sink_cancelled_tail(&self, record: &ProcessRecord) {
         let Some(sink) = &self.sink else { return };
+        if sink.terminal_only {
+            self.sink_terminal(sink, record).await;
+            return;
+        }
         let after = record.last_sequence.saturating_sub(4);
         if let Ok(page) = self.inner.events_after(&record.id, after, Some(4)).await {
             let from = page
@@ -252,6 +286,20 @@ impl WatchedRegistry {
                 .iter()
                 .rposition(|e| e.event_type == crate::events::CANCEL_REQUESTED);
             for e in page.events.into_iter().skip(from.unwrap_or(usize::MAX)) {
+                sink.push(e);
+            }
+        }
+    }
+
+    /// Feed a terminal-only sink the event that ended `record`, when the write
+    /// just made left it terminal: a terminal event is always its log's last.
+    async fn sink_terminal(&self, sink: &SinkQueue, record: &ProcessRecord) {
+        if !record.is_terminal() {
+            return;
+        }
+        let after = record.last_sequence.saturating_sub(1);
+        if let Ok(page) = self.inner.events_after(&record.id, after, Some(1)).await {
+            for e in page.events {
                 sink.push(e);
             }
         }
@@ -530,7 +578,8 @@ impl ProcessRegistry for WatchedRegistry {
         if recorded {
             // The wait appended one event right after the log the run had read.
             self.hub.publish(&lease.process_id, seen_sequence + 1);
-            if self.sink.is_some() {
+            // A wait never ends its process: nothing for a terminal-only sink.
+            if self.sink.as_ref().is_some_and(|s| !s.terminal_only) {
                 if let Ok(record) = self.inner.get(&lease.process_id).await {
                     self.sink_tail(&record, 1).await;
                 }

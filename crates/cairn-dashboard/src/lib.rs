@@ -67,9 +67,9 @@ pub(crate) struct Inner {
 pub(crate) type Shared = axum::extract::State<Arc<Inner>>;
 
 impl Dashboard {
-    /// A dashboard over `processes`. `notice` must be the one whose
-    /// [`ChangeNotice::sink`] the runtime was built with, so the list learns of
-    /// changes as they commit. `shutdown` ends the live streams so a graceful
+    /// A dashboard over `processes`. `notice` must follow the runtime's hub
+    /// ([`ChangeNotice::from_hub`]) or be the one whose [`ChangeNotice::sink`]
+    /// the runtime was built with, so the list learns of changes as they commit. `shutdown` ends the live streams so a graceful
     /// shutdown is not held open by a browser tab. Must be called inside a tokio
     /// runtime (it starts the change follower, which reads only while a list page
     /// is open).

@@ -13,10 +13,10 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use cairn_core::{EventSink, ProcessEvent, Processes, MAX_PAGE_SIZE};
+use cairn_core::{ChangeHub, EventSink, ProcessEvent, Processes, MAX_PAGE_SIZE};
 use futures::Stream;
 use serde::Deserialize;
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{broadcast, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Viewer, Visitor};
@@ -24,8 +24,8 @@ use crate::{pages, process, Inner, Shared};
 
 /// How long the change follower waits for a notice before reading the feed
 /// anyway. Changes committed on another node (PostgreSQL) reach this node's
-/// hub but not its event sink; this bounded read is what finds them, the same
-/// fallback the awaiter keeps. It runs only while some list page is open.
+/// hub but not an event sink, and a notification source may miss some; this
+/// bounded read is what finds them, the same fallback the awaiter keeps. It runs only while some list page is open.
 /// (The hub's "work available" notice is not an option: it wakes one waiter,
 /// and that waiter must be the worker's driver.)
 const FALLBACK_READ: Duration = Duration::from_secs(5);
@@ -34,17 +34,30 @@ const FOLLOW_WAIT: Duration = Duration::from_secs(15);
 /// Most changed ids a session viewer's stream checks for visibility per batch.
 const VISIBILITY_CHECKS: usize = 64;
 
-/// Told of every committed event. Build one, give [`ChangeNotice::sink`] to the
-/// runtime builder, and the same notice to [`crate::Dashboard::new`].
+/// Told of every committed change. Either follow the runtime's hub
+/// ([`ChangeNotice::from_hub`]) or build one, give [`ChangeNotice::sink`] to
+/// the runtime builder; then give the same notice to [`crate::Dashboard::new`].
 #[derive(Clone, Default)]
 pub struct ChangeNotice {
     notify: Arc<Notify>,
+    hub: Option<watch::Receiver<u64>>,
 }
 
 impl ChangeNotice {
     /// A fresh notice.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A notice rung by every change `hub` publishes: this node's writes and
+    /// what its notification source hears from other writers. Unlike
+    /// [`sink`](Self::sink) it asks the runtime for no event, so no write reads
+    /// its events back for it.
+    pub fn from_hub(hub: &ChangeHub) -> Self {
+        Self {
+            notify: Arc::default(),
+            hub: Some(hub.subscribe_all()),
+        }
     }
 
     /// The event sink that rings this notice (it never blocks: a pending ring
@@ -96,6 +109,7 @@ async fn follow(
     // Where the feed was last read. Changes made while nobody listened are read
     // (and broadcast) once someone does; a new stream re-renders its list on
     // connecting anyway, so at worst a list renders once more than needed.
+    let ChangeNotice { notify, mut hub } = notice;
     let mut cursor = 0u64;
     loop {
         while tx.receiver_count() == 0 {
@@ -124,8 +138,19 @@ async fn follow(
                 }
             }
         }
+        let hub_rang = async {
+            let rang = match hub.as_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => false,
+            };
+            if !rang {
+                // No hub, or its sender is gone: only the other rings remain.
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
-            _ = notice.notify.notified() => {}
+            _ = notify.notified() => {}
+            _ = hub_rang => {}
             _ = tokio::time::sleep(FALLBACK_READ) => {}
             _ = shutdown.cancelled() => return,
         }

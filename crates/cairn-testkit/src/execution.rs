@@ -796,6 +796,65 @@ pub async fn event_sink_receives_events(factory: &dyn StoreFactory) {
     p.shutdown().await;
 }
 
+/// A terminal-only sink gets each process's terminal event and nothing else:
+/// not the start, not a wait, not a cancellation request.
+pub async fn terminal_only_sink_receives_the_ends(factory: &dyn StoreFactory) {
+    struct Ends(Arc<Mutex<Vec<String>>>);
+    impl cairn_core::EventSink for Ends {
+        fn deliver(&self, event: &cairn_core::ProcessEvent) {
+            self.0.lock().push(format!("{}#{}", event.process_id, event.event_type));
+        }
+        fn terminal_only(&self) -> bool {
+            true
+        }
+    }
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let p = Processes::builder(store.registry.clone())
+        .tools(tools(vec![]))
+        .worker_config(config("w1"))
+        .event_sink(Arc::new(Ends(seen.clone())))
+        .start();
+    p.start(StartRequest::tool(
+        "done",
+        "echo",
+        json!({"value": 1}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start echo");
+    p.start(StartRequest::tool(
+        "waits",
+        "wait_signal",
+        json!({"name": "go"}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start waiter");
+    p.await_event("waits", "process.waiting", 0, Duration::from_secs(10))
+        .await
+        .expect("suspended");
+    p.cancel("waits", None).await.expect("cancel");
+    terminal(&p, "done").await;
+    terminal(&p, "waits").await;
+    let expected = vec![
+        "done#process.completed".to_string(),
+        "waits#process.cancelled".to_string(),
+    ];
+    // Delivery is asynchronous: wait (bounded) until both ends arrived.
+    let mut got = Vec::new();
+    for _ in 0..500 {
+        got = seen.lock().clone();
+        got.sort();
+        if got.len() >= expected.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(got, expected, "a terminal-only sink got other events");
+    p.shutdown().await;
+}
+
 pub(crate) fn types_of(events: &[cairn_core::ProcessEvent]) -> Vec<&str> {
     events.iter().map(|e| e.event_type.as_str()).collect()
 }

@@ -387,6 +387,7 @@ macro_rules! execution_suite {
                 await_terminal_and_timeout,
                 start_rejects_bad_tool_input,
                 event_sink_receives_events,
+                terminal_only_sink_receives_the_ends,
                 suspended_wait_frees_its_worker_slot,
                 durable_sleep_resumes_at_its_due_time,
                 cancel_resumes_a_suspended_run,

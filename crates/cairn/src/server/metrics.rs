@@ -230,6 +230,10 @@ impl EventSink for TerminalCounter {
             self.0.ended.get_or_create(&StatusLabel { status }).inc();
         }
     }
+
+    fn terminal_only(&self) -> bool {
+        true
+    }
 }
 
 /// Middleware: count every answered request by method, matched route and status,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use axum::Router;
-use cairn_core::{EventSink, ProcessEvent, Processes, WorkerConfig};
+use cairn_core::{Processes, WorkerConfig};
 use cairn_dashboard::{ChangeNotice, Dashboard};
 use cairn_tools::builtin_tools;
 use tokio_util::sync::CancellationToken;
@@ -199,8 +199,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         node_id: Some(node_id),
         ..WorkerConfig::default()
     };
-    let notice = ChangeNotice::new();
-    let sinks = Sinks(vec![Arc::new(TerminalCounter(metrics.clone())), notice.sink()]);
+    // The dashboard's list follows the hub, and the one sink takes terminal
+    // events only: a write that does not end its process reads nothing back.
+    let notice = ChangeNotice::from_hub(&backend.hub);
     let mut tools = builtin_tools(args.allow_shell);
     let models = cairn_turn::Models::new(args.models.clone()).map_err(|e| ServeError::Config(e.to_string()))?;
     let turns = cairn_turn::TurnRunner::new(models, tools.clone());
@@ -215,7 +216,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             max_calls: args.script_max_calls,
         })))
         .worker_config(worker)
-        .event_sink(Arc::new(sinks))
+        .event_sink(Arc::new(TerminalCounter(metrics.clone())))
         .start();
     let shutdown = CancellationToken::new();
     let dashboard = Dashboard::new(
@@ -296,17 +297,6 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     processes.shutdown().await;
     tracing::info!("worker drained; bye");
     Ok(())
-}
-
-/// Every sink the server feeds: the terminal counters and the dashboard's change notice.
-struct Sinks(Vec<Arc<dyn EventSink>>);
-
-impl EventSink for Sinks {
-    fn deliver(&self, event: &ProcessEvent) {
-        for sink in &self.0 {
-            sink.deliver(event);
-        }
-    }
 }
 
 async fn wait_for_signal() {
