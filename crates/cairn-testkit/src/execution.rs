@@ -758,21 +758,47 @@ pub async fn start_rejects_bad_tool_input(factory: &dyn StoreFactory) {
     p.shutdown().await;
 }
 
-/// The event sink sees appended events without being able to block them.
-pub async fn event_sink_receives_events(factory: &dyn StoreFactory) {
-    struct Collect(Arc<Mutex<Vec<String>>>);
-    impl cairn_core::EventSink for Collect {
-        fn deliver(&self, event: &cairn_core::ProcessEvent) {
-            self.0.lock().push(format!("{}#{}", event.process_id, event.sequence));
-        }
+/// An event sink that writes down what it is given, as `label` makes it.
+struct Collect {
+    seen: Arc<Mutex<Vec<String>>>,
+    label: fn(&cairn_core::ProcessEvent) -> String,
+    terminal_only: bool,
+}
+
+impl cairn_core::EventSink for Collect {
+    fn deliver(&self, event: &cairn_core::ProcessEvent) {
+        self.seen.lock().push((self.label)(event));
     }
+    fn terminal_only(&self) -> bool {
+        self.terminal_only
+    }
+}
+
+/// A fresh store and a runtime over it feeding a [`Collect`] sink; the store
+/// is answered so it lives as long as the test.
+async fn sinking(
+    factory: &dyn StoreFactory,
+    label: fn(&cairn_core::ProcessEvent) -> String,
+    terminal_only: bool,
+) -> (TestStore, Processes, Arc<Mutex<Vec<String>>>) {
     let store = factory.create(ManualClock::new(1_000)).await;
     let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Collect {
+        seen: seen.clone(),
+        label,
+        terminal_only,
+    };
     let p = Processes::builder(store.registry.clone())
         .tools(tools(vec![]))
         .worker_config(config("w1"))
-        .event_sink(Arc::new(Collect(seen.clone())))
+        .event_sink(Arc::new(sink))
         .start();
+    (store, p, seen)
+}
+
+/// The event sink sees appended events without being able to block them.
+pub async fn event_sink_receives_events(factory: &dyn StoreFactory) {
+    let (_store, p, seen) = sinking(factory, |e| format!("{}#{}", e.process_id, e.sequence), false).await;
     p.start(StartRequest::tool(
         "sunk",
         "echo",
@@ -799,22 +825,7 @@ pub async fn event_sink_receives_events(factory: &dyn StoreFactory) {
 /// A terminal-only sink gets each process's terminal event and nothing else:
 /// not the start, not a wait, not a cancellation request.
 pub async fn terminal_only_sink_receives_the_ends(factory: &dyn StoreFactory) {
-    struct Ends(Arc<Mutex<Vec<String>>>);
-    impl cairn_core::EventSink for Ends {
-        fn deliver(&self, event: &cairn_core::ProcessEvent) {
-            self.0.lock().push(format!("{}#{}", event.process_id, event.event_type));
-        }
-        fn terminal_only(&self) -> bool {
-            true
-        }
-    }
-    let store = factory.create(ManualClock::new(1_000)).await;
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let p = Processes::builder(store.registry.clone())
-        .tools(tools(vec![]))
-        .worker_config(config("w1"))
-        .event_sink(Arc::new(Ends(seen.clone())))
-        .start();
+    let (_store, p, seen) = sinking(factory, |e| format!("{}#{}", e.process_id, e.event_type), true).await;
     p.start(StartRequest::tool(
         "done",
         "echo",
