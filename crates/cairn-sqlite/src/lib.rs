@@ -65,7 +65,9 @@ use store::Fault;
 pub struct SqliteOptions {
     /// The clock every expiry and retention decision reads.
     pub clock: SharedClock,
-    /// Most write jobs committed in one transaction (default 64).
+    /// Most write jobs committed in one transaction (default 256: a commit
+    /// writes each page its jobs changed once, so more jobs to a commit write
+    /// fewer pages each).
     pub max_batch: usize,
     /// Read connections (default 4): reads run at most this many at once, each
     /// on a blocking thread with a pooled connection; more callers wait their
@@ -82,7 +84,7 @@ impl SqliteOptions {
     pub fn new(clock: SharedClock) -> Self {
         Self {
             clock,
-            max_batch: 64,
+            max_batch: 256,
             read_connections: 4,
             busy_timeout: Duration::from_secs(5),
         }
@@ -197,7 +199,7 @@ impl SqliteRegistry {
     /// module. Replaces an earlier watcher.
     pub fn watch_other_writers(&self, hub: ChangeHub) -> Result<()> {
         let conn = schema::open_reader(&self.readers.path, self.readers.busy_timeout)?;
-        let watcher = others::Watcher::start(conn, &self.readers.path, self.writer.commit_counter(), hub)?;
+        let watcher = others::Watcher::start(conn, &self.readers.path, self.writer.own_commits(), hub)?;
         *self.watcher.lock() = Some(watcher);
         Ok(())
     }

@@ -31,6 +31,8 @@ use cairn_core::{CairnError, ChangeHub, Result};
 use notify::Watcher as _;
 use rusqlite::Connection;
 
+use crate::writer::OwnCommits;
+
 /// The least time between two reads of `data_version`.
 pub(crate) const MIN_GAP: Duration = Duration::from_millis(1);
 /// The longest gap of the reads that follow a notice.
@@ -56,27 +58,24 @@ pub(crate) struct Watcher {
 }
 
 impl Watcher {
-    pub(crate) fn start(
-        conn: Connection,
-        path: &Path,
-        own_commits: impl Fn() -> u64 + Send + 'static,
-        hub: ChangeHub,
-    ) -> Result<Self> {
+    pub(crate) fn start(conn: Connection, path: &Path, own: OwnCommits, hub: ChangeHub) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<Msg>();
         let fs = watch_files(path, tx.clone());
         let every = if fs.is_some() { BACKSTOP } else { POLL_INTERVAL };
         let thread = std::thread::Builder::new()
             .name("cairn-sqlite-watch".into())
             .spawn(move || {
-                // Our commit count is read before the version: the writer counts
-                // a commit after making it, so a commit of ours is never seen
-                // in the version without (by the next read) in the count.
+                // Our ended commit attempts are read before the version and our
+                // begun ones after it: when the two agree, no commit of ours was
+                // under way around the read, so a version that moved while the
+                // ended count did not was moved by another connection. When
+                // they differ the reading says nothing (`None`) and is dropped.
                 let read = || {
-                    let commits = own_commits();
+                    let ended = own.ended();
                     let version = conn.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0)).ok();
-                    (version, commits)
+                    (own.begun() == ended).then_some((version, ended))
                 };
-                let mut seen = read();
+                let mut seen = read().unwrap_or((None, u64::MAX));
                 let mut last = Instant::now();
                 // After a notice, the next read is due this long after the last.
                 let mut chase: Option<Duration> = None;
@@ -105,10 +104,12 @@ impl Watcher {
                     }
                     let now = read();
                     last = Instant::now();
-                    if now.0 != seen.0 && now.1 == seen.1 {
-                        hub.resync();
+                    if let Some(now) = now {
+                        if now.0 != seen.0 && now.1 == seen.1 {
+                            hub.resync();
+                        }
+                        seen = now;
                     }
-                    seen = now;
                 }
             })
             .map_err(|e| CairnError::storage(format!("cannot start the sqlite watcher thread: {e}")))?;

@@ -18,7 +18,7 @@ use cairn_core::{CairnError, Result};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use crate::store::Fault;
+use crate::store::{self, Fault};
 
 /// Counters of the writer, for diagnostics and tests of group commit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -33,6 +33,28 @@ pub struct WriteStats {
 struct Counters {
     commits: AtomicU64,
     jobs: AtomicU64,
+    /// Commit attempts begun and ended (committed or not): while they differ,
+    /// a commit of ours may be visible to other connections but not yet counted.
+    attempts_begun: AtomicU64,
+    attempts_ended: AtomicU64,
+}
+
+/// What the watcher of other writers reads of this writer's commits.
+pub(crate) struct OwnCommits(Arc<Counters>);
+
+impl OwnCommits {
+    /// Commit attempts ended so far; read it before looking at the file.
+    pub(crate) fn ended(&self) -> u64 {
+        self.0.attempts_ended.load(Ordering::SeqCst)
+    }
+
+    /// Commit attempts begun so far; read it after looking at the file. Equal
+    /// to an `ended()` read before the look, no commit of ours was under way
+    /// around it, so whatever changed in the file that `ended()` does not
+    /// count was another connection's.
+    pub(crate) fn begun(&self) -> u64 {
+        self.0.attempts_begun.load(Ordering::SeqCst)
+    }
 }
 
 /// One queued write, type-erased so jobs of different answer types share a queue.
@@ -133,11 +155,10 @@ impl Writer {
             .map_err(|_| CairnError::storage("the sqlite writer thread stopped before answering"))?
     }
 
-    /// A reader of the commit count that outlives no one: for the watcher of
-    /// other writers, which tells this writer's commits from theirs.
-    pub(crate) fn commit_counter(&self) -> impl Fn() -> u64 + Send + 'static {
-        let counters = self.counters.clone();
-        move || counters.commits.load(Ordering::Relaxed)
+    /// This writer's commit attempts, for the watcher of other writers, which
+    /// tells this writer's commits from theirs.
+    pub(crate) fn own_commits(&self) -> OwnCommits {
+        OwnCommits(self.counters.clone())
     }
 
     /// The writer's counters so far.
@@ -205,12 +226,16 @@ fn run_in_savepoint(tx: &Transaction<'_>, job: &mut dyn Job) -> Step {
     }
 }
 
+/// Run `jobs` in as few transactions as they allow.
 fn run_batch(conn: &mut Connection, jobs: Vec<Box<dyn Job>>, counters: &Counters) {
     let mut queue = jobs.into_iter().peekable();
     while queue.peek().is_some() {
         // IMMEDIATE takes the write lock up front, so a second process on the
         // same file waits (busy_timeout) at BEGIN rather than failing mid-batch.
-        let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        let begun = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .and_then(|tx| store::cursor_begin(&tx).map(|()| tx));
+        let tx = match begun {
             Ok(tx) => tx,
             Err(e) => {
                 let failure = CairnError::storage(format!("sqlite: cannot begin a write transaction: {e}"));
@@ -240,11 +265,24 @@ fn run_batch(conn: &mut Connection, jobs: Vec<Box<dyn Job>>, counters: &Counters
                 drop(tx);
                 Some(failure)
             }
-            None => tx
-                .commit()
-                .err()
-                .map(|e| CairnError::storage(format!("sqlite: commit failed, nothing was written: {e}"))),
+            None => match store::cursor_flush(&tx) {
+                Ok(()) => {
+                    counters.attempts_begun.fetch_add(1, Ordering::SeqCst);
+                    let committed = tx.commit();
+                    counters.attempts_ended.fetch_add(1, Ordering::SeqCst);
+                    committed
+                        .err()
+                        .map(|e| CairnError::storage(format!("sqlite: commit failed, nothing was written: {e}")))
+                }
+                Err(e) => {
+                    drop(tx);
+                    Some(CairnError::storage(format!(
+                        "sqlite: cannot store the change cursor, nothing was written: {e}"
+                    )))
+                }
+            },
         };
+        store::cursor_end();
         // Count before answering, so a caller that saw its answer sees it counted.
         if failure.is_none() {
             counters.commits.fetch_add(1, Ordering::Relaxed);

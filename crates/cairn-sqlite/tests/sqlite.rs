@@ -1057,3 +1057,59 @@ async fn commits_by_another_writer_reach_the_hub() {
         .expect("a foreign commit reaches the hub")
         .expect("hub alive");
 }
+
+/// The change feed's cursors keep growing when writes of two registries on
+/// one file interleave (each transaction takes the stored cursor under the
+/// write lock), when many writes share one transaction, when a job of that
+/// transaction fails, and across a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_cursors_grow_across_writers_batches_and_reopens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let clock = ManualClock::new(1_000);
+    let ours = open(&path, &clock);
+    let theirs = open(&path, &clock);
+    ours.register(external("a"), None).await.expect("a");
+    theirs.register(external("b"), None).await.expect("b");
+    ours.register(external("c"), None).await.expect("c");
+    // Many at once: they share transactions; a registration that conflicts
+    // with `a` fails alone among them, rolled back to its savepoint.
+    let ours = Arc::new(ours);
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..41 {
+        let r = ours.clone();
+        writes.spawn(async move {
+            if i == 20 {
+                let other = Registration {
+                    input: ProcessInput::External {
+                        metadata: json!({"other": true}),
+                    },
+                    ..tool("a", Disposition::ExternallyOwned)
+                };
+                (i, r.register(other, None).await.map(|_| ()))
+            } else {
+                (i, r.register(external(&format!("m{i}")), None).await.map(|_| ()))
+            }
+        });
+    }
+    while let Some(done) = writes.join_next().await {
+        let (i, result) = done.expect("task");
+        match result {
+            Err(CairnError::RegistrationConflict { .. }) if i == 20 => {}
+            other => assert!(i != 20 && other.is_ok(), "{i}: {other:?}"),
+        }
+    }
+    theirs.register(external("d"), None).await.expect("d");
+    drop(theirs);
+    drop(Arc::into_inner(ours).expect("one owner"));
+    let reopened = open(&path, &clock);
+    reopened.register(external("e"), None).await.expect("e");
+
+    let page = reopened.changed_since(0, Some(1000)).await.expect("feed");
+    let ids: Vec<&str> = page.changes.iter().map(|c| c.process.id.as_str()).collect();
+    assert_eq!(page.changes.len(), 45, "{ids:?}");
+    assert!(page.changes.windows(2).all(|w| w[0].cursor < w[1].cursor), "{ids:?}");
+    assert_eq!(&ids[..3], ["a", "b", "c"]);
+    assert_eq!(&ids[43..], ["d", "e"]);
+    assert_eq!(page.next_cursor, page.changes[44].cursor);
+}
