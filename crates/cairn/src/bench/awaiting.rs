@@ -100,8 +100,8 @@ async fn measure(ctx: &Ctx<'_>, p: &Processes, r: &mut ScenarioReport) -> Result
     r.figures.extend([p50, p99]);
     if ctx.kind == "sqlite" {
         r.notes.push(
-            "cross-process (sqlite): the other process learns of the completion by its awaiter's point reads \
-             (25 ms floor, doubling to a 1 s cap), so longer waits resolve later than these short ones"
+            "cross-process (sqlite): the other process learns of the completion from the file system's notice \
+             of the write and one read of `data_version` (ADR 0020), however long the awaiter has waited"
                 .into(),
         );
     }
