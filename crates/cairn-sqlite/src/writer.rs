@@ -210,6 +210,7 @@ fn run_in_savepoint(tx: &Transaction<'_>, job: &mut dyn Job) -> Step {
         return Step::Lost(CairnError::storage(format!("sqlite: cannot open a savepoint: {e}")));
     }
     let ok = job.run(tx);
+    crate::tx::cache_job_done(ok);
     if tx.is_autocommit() {
         return Step::Lost(CairnError::storage(
             "sqlite rolled the write transaction back after an error; nothing was written",
@@ -234,7 +235,8 @@ fn run_batch(conn: &mut Connection, jobs: Vec<Box<dyn Job>>, counters: &Counters
         // same file waits (busy_timeout) at BEGIN rather than failing mid-batch.
         let begun = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .and_then(|tx| store::cursor_begin(&tx).map(|()| tx));
+            .and_then(|tx| store::cursor_begin(&tx).map(|()| tx))
+            .and_then(|tx| crate::tx::cache_begin(&tx).map(|()| tx));
         let tx = match begun {
             Ok(tx) => tx,
             Err(e) => {
@@ -283,6 +285,7 @@ fn run_batch(conn: &mut Connection, jobs: Vec<Box<dyn Job>>, counters: &Counters
             },
         };
         store::cursor_end();
+        crate::tx::cache_end(failure.is_none());
         // Count before answering, so a caller that saw its answer sees it counted.
         if failure.is_none() {
             counters.commits.fetch_add(1, Ordering::Relaxed);

@@ -1113,3 +1113,43 @@ async fn change_cursors_grow_across_writers_batches_and_reopens() {
     assert_eq!(&ids[43..], ["d", "e"]);
     assert_eq!(page.next_cursor, page.changes[44].cursor);
 }
+
+/// The writer keeps rows decoded between jobs; a row another connection
+/// changed is read again, never answered from what this writer last wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_another_writer_changed_are_read_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let clock = ManualClock::new(1_000);
+    let ours = open(&path, &clock);
+    let theirs = open(&path, &clock);
+    let declared = Registration {
+        event_types: vec![EventType::plain("progress")],
+        ..external("x")
+    };
+    ours.register(declared, None).await.expect("register");
+    for n in 0..6 {
+        let writer = if n % 2 == 0 { &theirs } else { &ours };
+        writer
+            .append_event("x", AppendRequest::new("progress", json!({"n": n})))
+            .await
+            .unwrap_or_else(|e| panic!("append {n}: {e}"));
+    }
+    ours.complete_external("x", Outcome::success(json!("done")), "host")
+        .await
+        .expect("complete");
+    for reg in [&ours, &theirs] {
+        let events = reg.events_after("x", 0, Some(100)).await.expect("events").events;
+        let sequences: Vec<u64> = events.iter().map(|e| e.sequence).collect();
+        assert_eq!(sequences, (1..=sequences.len() as u64).collect::<Vec<_>>());
+        let progress: Vec<i64> = events
+            .iter()
+            .filter(|e| e.event_type == "progress")
+            .map(|e| e.payload["n"].as_i64().expect("n"))
+            .collect();
+        assert_eq!(progress, [0, 1, 2, 3, 4, 5]);
+        let record = reg.get("x").await.expect("get");
+        cairn_core::fold::check_fold(&record, &events).expect("fold");
+        assert_eq!(record.status, cairn_core::ProcessStatus::Completed);
+    }
+}
