@@ -232,6 +232,8 @@ pub(crate) type FsWatch = notify::RecommendedWatcher;
 /// cannot (the caller polls instead).
 #[cfg(not(target_os = "linux"))]
 fn watch_files(path: &Path, tx: mpsc::Sender<Msg>) -> Option<FsWatch> {
+    use notify::Watcher as _;
+
     let (name, dir) = name_and_dir(path)?;
     let handler = move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
