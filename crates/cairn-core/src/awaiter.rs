@@ -68,6 +68,9 @@ impl Awaiter {
     /// Resolve with the record once it is terminal; at once if it already is.
     /// Never returns on its own for a process that never ends: bound it with
     /// [`tokio::time::timeout`] or use [`Awaiter::await_terminal_for`].
+    ///
+    /// When a write of this node ends the process, the hub hands the waiter the
+    /// record that write answered, and it resolves without reading it back.
     pub async fn await_terminal(&self, id: &str) -> Result<ProcessRecord> {
         let mut wait = self.watch(id);
         loop {
@@ -76,6 +79,9 @@ impl Awaiter {
                 return Ok(record);
             }
             wait.next().await;
+            if let Some(ended) = wait.ended() {
+                return Ok(Arc::unwrap_or_clone(ended));
+            }
         }
     }
 
@@ -155,6 +161,11 @@ struct ChangeWait {
 }
 
 impl ChangeWait {
+    /// The terminal record a write of this node published, if one did.
+    fn ended(&self) -> Option<Arc<ProcessRecord>> {
+        self.rx.as_ref().and_then(|(changes, _)| changes.ended())
+    }
+
     async fn next(&mut self) {
         let delay = self.delay;
         match self.rx.as_mut() {

@@ -30,12 +30,28 @@ pub struct ChangeHub {
 }
 
 struct HubInner {
-    watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
+    watchers: Mutex<HashMap<String, Watched>>,
     work: Notify,
     /// Bumped when every waiter should read again (see [`ChangeHub::resync`]).
     resync: watch::Sender<u64>,
     /// Bumped on every publish (see [`ChangeHub::subscribe_all`]).
     any: watch::Sender<u64>,
+}
+
+/// One watched process: its notice channel and, once a write of this node has
+/// ended it while watched, the terminal record that write answered.
+struct Watched {
+    tx: watch::Sender<u64>,
+    ended: Option<Arc<ProcessRecord>>,
+}
+
+impl Watched {
+    fn new() -> Self {
+        Self {
+            tx: watch::channel(0).0,
+            ended: None,
+        }
+    }
 }
 
 impl Default for HubInner {
@@ -61,10 +77,11 @@ impl ChangeHub {
     pub fn subscribe(&self, process_id: &str) -> Subscription {
         let mut map = self.inner.watchers.lock();
         let rx = match map.get(process_id) {
-            Some(tx) => tx.subscribe(),
+            Some(w) => w.tx.subscribe(),
             None => {
-                let (tx, rx) = watch::channel(0);
-                map.insert(process_id.to_string(), tx);
+                let w = Watched::new();
+                let rx = w.tx.subscribe();
+                map.insert(process_id.to_string(), w);
                 rx
             }
         };
@@ -77,15 +94,34 @@ impl ChangeHub {
 
     /// Announce that `process_id` changed (its log reached `sequence`).
     pub fn publish(&self, process_id: &str, sequence: u64) {
+        self.announce(process_id, sequence, None);
+    }
+
+    /// Announce a record a write of this node answered. When the write ended
+    /// the process, its watchers also get the terminal record itself
+    /// ([`Subscription::ended`]), so an awaiter resolves without reading it
+    /// back. A terminal record never changes again (SPEC §6: the terminal
+    /// event is write-once and the log's last), so the copy cannot go stale;
+    /// it is kept only while someone watches the process.
+    pub fn publish_record(&self, record: &ProcessRecord) {
+        let ended = record.is_terminal().then_some(record);
+        self.announce(&record.id, record.last_sequence, ended);
+    }
+
+    fn announce(&self, process_id: &str, sequence: u64, ended: Option<&ProcessRecord>) {
         if self.inner.any.receiver_count() > 0 {
             self.inner.any.send_modify(|n| *n = n.wrapping_add(1));
         }
         let mut map = self.inner.watchers.lock();
-        if let Some(tx) = map.get(process_id) {
-            if tx.receiver_count() == 0 {
+        if let Some(w) = map.get_mut(process_id) {
+            if w.tx.receiver_count() == 0 {
                 map.remove(process_id);
             } else {
-                tx.send_replace(sequence);
+                if let Some(record) = ended {
+                    // Set before the notice goes out: a woken waiter finds it.
+                    w.ended = Some(Arc::new(record.clone()));
+                }
+                w.tx.send_replace(sequence);
             }
         }
     }
@@ -123,7 +159,7 @@ impl ChangeHub {
     /// Number of processes with live subscribers (diagnostics).
     pub fn watched(&self) -> usize {
         let mut map = self.inner.watchers.lock();
-        map.retain(|_, tx| tx.receiver_count() > 0);
+        map.retain(|_, w| w.tx.receiver_count() > 0);
         map.len()
     }
 }
@@ -136,6 +172,20 @@ pub struct Subscription {
     rx: Option<watch::Receiver<u64>>,
     hub: ChangeHub,
     process_id: String,
+}
+
+impl Subscription {
+    /// The terminal record a write of this node published for the process
+    /// ([`ChangeHub::publish_record`]), if one ended it since this
+    /// subscription's process was first watched.
+    pub fn ended(&self) -> Option<Arc<ProcessRecord>> {
+        self.hub
+            .inner
+            .watchers
+            .lock()
+            .get(&self.process_id)
+            .and_then(|w| w.ended.clone())
+    }
 }
 
 impl std::ops::Deref for Subscription {
@@ -161,7 +211,7 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         drop(self.rx.take());
         let mut map = self.hub.inner.watchers.lock();
-        if map.get(&self.process_id).is_some_and(|tx| tx.receiver_count() == 0) {
+        if map.get(&self.process_id).is_some_and(|w| w.tx.receiver_count() == 0) {
             map.remove(&self.process_id);
         }
     }
@@ -241,7 +291,7 @@ impl WatchedRegistry {
     }
 
     fn changed(&self, record: &ProcessRecord) {
-        self.hub.publish(&record.id, record.last_sequence);
+        self.hub.publish_record(record);
     }
 
     /// Feed the sink the last `count` events of a record that just changed
@@ -372,15 +422,22 @@ impl ProcessRegistry for WatchedRegistry {
     async fn append_event(&self, id: &str, request: AppendRequest) -> Result<AppendResult> {
         let r = self.inner.append_event(id, request).await?;
         if !r.replayed {
-            self.hub.publish(id, r.event.sequence);
+            let ended = if r.event.semantics.terminal.is_some() {
+                self.inner.get(id).await.ok()
+            } else {
+                None
+            };
+            match &ended {
+                // The terminal event is the log's last: the record read after it is the ended one.
+                Some(record) if record.is_terminal() => self.hub.publish_record(record),
+                _ => self.hub.publish(id, r.event.sequence),
+            }
             if r.event.event_type.starts_with(crate::events::SIGNAL_PREFIX) {
                 // A signal may have woken a suspended process (SPEC §13).
                 self.hub.notify_work();
             }
-            if r.event.semantics.terminal.is_some() {
-                if let Ok(record) = self.inner.get(id).await {
-                    self.after_end(&record).await;
-                }
+            if let Some(record) = &ended {
+                self.after_end(record).await;
             }
             if let Some(sink) = &self.sink {
                 sink.push(r.event.clone());

@@ -680,6 +680,44 @@ pub async fn await_resolves_through_hub(factory: &dyn StoreFactory) {
     p.shutdown().await;
 }
 
+/// A write of this node that ends a process hands its awaiters the record it
+/// answered: they resolve without reading the process again, with the record
+/// a read would give. Two awaiters of one process both get it; an awaiter of
+/// another process is not woken.
+pub async fn await_resolves_from_the_ending_write(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let p = Processes::builder(store.registry.clone()).without_worker().start();
+    for id in ["ends", "stays"] {
+        p.start(StartRequest::external(id, json!({}))).await.expect("start");
+    }
+    let probe = crate::probe::ReadProbe::new(store.registry.clone());
+    let hour = Duration::from_secs(3600);
+    let awaiter = Awaiter::new(probe.clone(), Some(p.hub().clone())).with_backoff(Backoff { floor: hour, cap: hour });
+    let spawn = |id: &'static str| {
+        let awaiter = awaiter.clone();
+        tokio::spawn(async move { tokio::time::timeout(WAIT, awaiter.await_terminal(id)).await })
+    };
+    let (first, second, other) = (spawn("ends"), spawn("ends"), spawn("stays"));
+    // Each awaiter's first read answered "running": from here on only the hub can end them.
+    probe.answered_gets(3).await;
+    p.complete_external("ends", Outcome::success(json!({"n": 7})), "test")
+        .await
+        .expect("complete");
+    let read = store.registry.get("ends").await.expect("get");
+    for waiter in [first, second] {
+        let r = waiter
+            .await
+            .expect("join")
+            .unwrap_or_else(|_| panic!("the awaiter was not woken by the ending write within {WAIT:?}"))
+            .expect("await");
+        assert_eq!(r, read, "the hub's record is the record a read gives");
+    }
+    assert_eq!(*probe.gets().borrow(), 3, "an awaiter read the ended process again");
+    assert!(!other.is_finished(), "the awaiter of another process resolved");
+    other.abort();
+    p.shutdown().await;
+}
+
 /// Without the hub, `await_output` still resolves through backoff point reads.
 pub async fn await_resolves_without_hub(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;
