@@ -53,6 +53,33 @@ impl Limit {
     }
 }
 
+/// The disk's time for one durable write after each idle gap of `gaps`, in
+/// milliseconds: a 4 KiB overwrite (one WAL frame's page) and `fdatasync`,
+/// after sleeping. A disk that has been idle flushes more slowly than one kept
+/// busy, so a latency measured after idle gaps (the `await` samples) has this,
+/// not [`fsync_rate`]'s back-to-back commit, as its floor.
+pub fn idle_fsync_ms(dir: &Path, gaps: &[std::time::Duration]) -> Result<Vec<f64>, String> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join(format!(".cairn-bench-idle-probe-{}", std::process::id()));
+    let result = (|| {
+        let f = std::fs::File::create(&path)?;
+        let page = [7u8; 4096];
+        f.write_all_at(&page, 0)?;
+        f.sync_all()?;
+        let mut ms = Vec::with_capacity(gaps.len());
+        for (i, gap) in gaps.iter().enumerate() {
+            std::thread::sleep(*gap);
+            let t = Instant::now();
+            f.write_all_at(&[i as u8; 4096], 0)?;
+            f.sync_data()?;
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok::<_, std::io::Error>(ms)
+    })();
+    let _ = std::fs::remove_file(&path);
+    result.map_err(|e| format!("idle fsync probe in `{}`: {e}", dir.display()))
+}
+
 /// The disk's fsync rate in `dir`: `PROBES` loops of `PROBE_WRITES` 64-byte
 /// writes each followed by `fdatasync`.
 pub fn fsync_rate(dir: &Path) -> Result<Limit, String> {

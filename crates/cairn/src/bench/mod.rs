@@ -450,7 +450,7 @@ async fn run_backend_inner(plan: &Plan, url: &str, progress: &Progress) -> Backe
 }
 
 /// The directory of a `sqlite:PATH` database (where its fsyncs land).
-fn sqlite_dir(url: &str) -> PathBuf {
+pub(crate) fn sqlite_dir(url: &str) -> PathBuf {
     let path = Path::new(url.strip_prefix("sqlite:").unwrap_or(url));
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
