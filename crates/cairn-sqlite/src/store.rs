@@ -859,4 +859,38 @@ mod tests {
         );
         assert!(p.contains("wakes_pending") && !p.contains("TEMP B-TREE"), "{p}");
     }
+
+    #[test]
+    fn cached_statements_with_a_bound_limit_are_not_prepared_again() {
+        let (dir, writer) = fresh();
+        let reader =
+            crate::schema::open_reader(&dir.path().join("plan.db"), std::time::Duration::from_secs(1)).expect("reader");
+        for (conn, sql) in [
+            (
+                &reader,
+                "SELECT event FROM events WHERE process_id = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3",
+            ),
+            (&writer, WORKLIST_SQL),
+        ] {
+            let mut stmt = conn.prepare_cached(sql).expect("prepare");
+            let n = stmt.parameter_count();
+            for limit in 1..4_i64 {
+                let args: Vec<SqlValue> = (1..=n)
+                    .map(|i| {
+                        if i == n {
+                            SqlValue::Integer(limit)
+                        } else {
+                            SqlValue::Integer(0)
+                        }
+                    })
+                    .collect();
+                stmt.query(params_from_iter(args)).expect("query").next().expect("step");
+            }
+            assert_eq!(
+                stmt.get_status(rusqlite::StatementStatus::RePrepare),
+                0,
+                "{sql}: prepared again when its LIMIT was bound"
+            );
+        }
+    }
 }
