@@ -19,7 +19,7 @@ use crate::registry::{ProcessRegistry, Registered};
 use crate::script::{Module, ModuleInfo, ModulePut, ScriptEngine};
 use crate::tool::ToolRegistry;
 use crate::validate::validate_id;
-use crate::watch::{ChangeHub, EventSink, WatchedRegistry};
+use crate::watch::{ChangeHub, EndSink, EventSink, WatchedRegistry};
 use crate::worker::{WorkDriver, Worker, WorkerConfig};
 use crate::{CairnError, Result};
 
@@ -246,6 +246,7 @@ pub struct RuntimeBuilder {
     clock: SharedClock,
     worker: WorkerConfig,
     sink: Option<Arc<dyn EventSink>>,
+    ends: Option<Arc<dyn EndSink>>,
     backoff: Backoff,
     use_hub: bool,
     run_worker: bool,
@@ -289,6 +290,13 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Tell `ends` of every process a write of this runtime ends, with the
+    /// ended record and without reading it back ([`EndSink`]).
+    pub fn end_sink(mut self, ends: Arc<dyn EndSink>) -> Self {
+        self.ends = Some(ends);
+        self
+    }
+
     /// The awaiter's fallback backoff.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
@@ -316,7 +324,11 @@ impl RuntimeBuilder {
     /// Build and start the runtime (spawns the driver). Needs a tokio runtime.
     pub fn start(self) -> Processes {
         let hub = self.hub.unwrap_or_default();
-        let registry: Arc<dyn ProcessRegistry> = Arc::new(WatchedRegistry::new(self.registry, hub.clone(), self.sink));
+        let mut watched = WatchedRegistry::new(self.registry, hub.clone(), self.sink);
+        if let Some(ends) = self.ends {
+            watched = watched.with_end_sink(ends);
+        }
+        let registry: Arc<dyn ProcessRegistry> = Arc::new(watched);
         let awaiter_hub = self.use_hub.then(|| hub.clone());
         let awaiter = Awaiter::new(registry.clone(), awaiter_hub.clone()).with_backoff(self.backoff);
         let starter = Arc::new(Starter {
@@ -412,6 +424,7 @@ impl Processes {
             clock: system_clock(),
             worker: WorkerConfig::default(),
             sink: None,
+            ends: None,
             backoff: Backoff::default(),
             use_hub: true,
             run_worker: true,

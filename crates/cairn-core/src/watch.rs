@@ -234,6 +234,18 @@ pub trait EventSink: Send + Sync + 'static {
     }
 }
 
+/// A consumer of process ends that needs only the ended record: it gets the
+/// record a write of this runtime answered when that write ended its process,
+/// after the write committed, once per end. Unlike a `terminal_only`
+/// [`EventSink`], whose terminal event is read back from the store, it costs
+/// no read. It is called inline on the writing task, so it must be quick and
+/// must not block (count, set a flag, `try_send`); a panic in it is caught.
+/// Ends written by other nodes or OS processes do not reach it.
+pub trait EndSink: Send + Sync + 'static {
+    /// `record` (terminal) was just ended by a write of this runtime.
+    fn ended(&self, record: &ProcessRecord);
+}
+
 const SINK_QUEUE: usize = 4096;
 
 struct SinkQueue {
@@ -273,6 +285,7 @@ pub struct WatchedRegistry {
     inner: Arc<dyn ProcessRegistry>,
     hub: ChangeHub,
     sink: Option<SinkQueue>,
+    ends: Option<Arc<dyn EndSink>>,
 }
 
 impl WatchedRegistry {
@@ -282,7 +295,14 @@ impl WatchedRegistry {
             inner,
             hub,
             sink: sink.map(SinkQueue::start),
+            ends: None,
         }
+    }
+
+    /// Also tell `ends` of every process a write through this registry ends.
+    pub fn with_end_sink(mut self, ends: Arc<dyn EndSink>) -> Self {
+        self.ends = Some(ends);
+        self
     }
 
     /// The hub this registry publishes into.
@@ -292,6 +312,17 @@ impl WatchedRegistry {
 
     fn changed(&self, record: &ProcessRecord) {
         self.hub.publish_record(record);
+    }
+
+    /// Tell the end sink, when `record` is terminal: callers pass only a
+    /// record the write they made changed (a write that appended nothing, or
+    /// to a process already ended, never reaches here).
+    fn ended(&self, record: &ProcessRecord) {
+        if let (Some(ends), true) = (&self.ends, record.is_terminal()) {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ends.ended(record))).is_err() {
+                tracing::warn!(process_id = %record.id, "end sink panicked; an end was not counted");
+            }
+        }
     }
 
     /// Feed the sink the last `count` events of a record that just changed
@@ -357,13 +388,19 @@ impl WatchedRegistry {
 
     /// The current sequence, read only when a sink needs to know what a write appended.
     async fn sequence_if_sinking(&self, id: &str) -> u64 {
-        if self.sink.is_none() {
+        if self.sink.is_none() && self.ends.is_none() {
             return 0;
         }
         self.inner.get(id).await.map(|r| r.last_sequence).unwrap_or(0)
     }
 
     async fn after_write(&self, record: &ProcessRecord, appended: u64) {
+        if appended > 0 {
+            // Nothing is appended after a terminal event: a terminal record
+            // this write appended to was ended by it. Told before the notice,
+            // so whoever sees the end sees it counted.
+            self.ended(record);
+        }
         self.changed(record);
         if appended > 0 {
             self.sink_tail(record, appended).await;
@@ -397,9 +434,10 @@ impl ProcessRegistry for WatchedRegistry {
     async fn register(&self, registration: Registration, grant: Option<StartGrant>) -> Result<Registered> {
         let r = self.inner.register(registration, grant).await?;
         if r.created {
+            // Born cancelled under a cancelled parent: ended by this write.
+            self.ended(&r.process);
             self.changed(&r.process);
             if r.process.is_terminal() {
-                // Born cancelled under a cancelled parent.
                 self.sink_cancelled_tail(&r.process).await;
             }
             self.hub.notify_work();
@@ -427,6 +465,9 @@ impl ProcessRegistry for WatchedRegistry {
             } else {
                 None
             };
+            if let Some(record) = &ended {
+                self.ended(record);
+            }
             match &ended {
                 // The terminal event is the log's last: the record read after it is the ended one.
                 Some(record) if record.is_terminal() => self.hub.publish_record(record),
@@ -454,6 +495,7 @@ impl ProcessRegistry for WatchedRegistry {
         for d in &r.descendants {
             // A running descendant's run observes its request through the hub;
             // a suspended one became claimable.
+            self.ended(d);
             self.changed(d);
             self.sink_cancelled_tail(d).await;
             self.after_end(d).await;

@@ -904,6 +904,89 @@ pub async fn terminal_only_sink_receives_the_ends(factory: &dyn StoreFactory) {
     p.shutdown().await;
 }
 
+/// An end sink hears of each end a write of the runtime made, once, with the
+/// ended record, before the end's notice (an awaiter that saw the end finds
+/// it told): ends by the worker, by an external owner and by a cancel, and
+/// not a refused second completion or a cancel of a process already ended.
+pub async fn end_sink_hears_each_end_once(factory: &dyn StoreFactory) {
+    struct Ends(Mutex<Vec<String>>);
+    impl cairn_core::EndSink for Ends {
+        fn ended(&self, record: &ProcessRecord) {
+            assert!(record.is_terminal(), "told of a running process: {record:?}");
+            self.0.lock().push(format!("{}#{}", record.id, record.status.label()));
+        }
+    }
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let ends = Arc::new(Ends(Mutex::new(Vec::new())));
+    let p = Processes::builder(store.registry.clone())
+        .tools(tools(vec![]))
+        .clock(Arc::new(store.clock.clone()))
+        .worker_config(config("w1"))
+        .end_sink(ends.clone())
+        .start();
+    let told = |id: &str| {
+        ends.0
+            .lock()
+            .iter()
+            .filter(|e| e.starts_with(&format!("{id}#")))
+            .count()
+    };
+    p.start(StartRequest::tool(
+        "e-done",
+        "echo",
+        json!({"value": 1}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start echo");
+    p.start(StartRequest::tool(
+        "e-waits",
+        "wait_signal",
+        json!({"name": "go"}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start waiter");
+    p.start(StartRequest::external("e-ext", json!({})))
+        .await
+        .expect("start external");
+    p.await_event("e-waits", "process.waiting", 0, WAIT)
+        .await
+        .expect("suspended");
+    assert_eq!(
+        ends.0.lock().iter().filter(|e| !e.starts_with("e-done#")).count(),
+        0,
+        "told before any end"
+    );
+    p.cancel("e-waits", None).await.expect("cancel");
+    p.complete_external("e-ext", Outcome::success(json!(2)), "test")
+        .await
+        .expect("complete");
+    assert_eq!(
+        told("e-ext"),
+        1,
+        "the external end was not told before its write answered"
+    );
+    for id in ["e-done", "e-waits"] {
+        let r = p.await_output(id, WAIT).await.expect("await");
+        assert!(r.is_terminal(), "{id} did not end: {r:?}");
+        assert_eq!(told(id), 1, "{id}: its end was not told before its notice");
+    }
+    assert!(p
+        .complete_external("e-ext", Outcome::success(json!(3)), "test")
+        .await
+        .is_err());
+    let _ = p.cancel("e-done", None).await;
+    let mut got = ends.0.lock().clone();
+    got.sort();
+    assert_eq!(
+        got,
+        vec!["e-done#completed", "e-ext#completed", "e-waits#cancelled"],
+        "each end told once"
+    );
+    p.shutdown().await;
+}
+
 pub(crate) fn types_of(events: &[cairn_core::ProcessEvent]) -> Vec<&str> {
     events.iter().map(|e| e.event_type.as_str()).collect()
 }

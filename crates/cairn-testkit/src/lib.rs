@@ -389,6 +389,7 @@ macro_rules! execution_suite {
                 start_rejects_bad_tool_input,
                 event_sink_receives_events,
                 terminal_only_sink_receives_the_ends,
+                end_sink_hears_each_end_once,
                 suspended_wait_frees_its_worker_slot,
                 durable_sleep_resumes_at_its_due_time,
                 cancel_resumes_a_suspended_run,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use cairn_core::{EventSink, ProcessEvent, Processes, TerminalState};
+use cairn_core::{EndSink, ProcessRecord, ProcessStatus, Processes};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
@@ -214,25 +214,20 @@ impl Metrics {
     }
 }
 
-/// Counts terminal events from the runtime's best-effort event sink, so ends
-/// written by the worker are counted as well as those written through the API.
+/// Counts the ends written by this server's runtime (by the worker as well as
+/// through the API) from the ended records it is handed, without a read.
 pub struct TerminalCounter(pub Arc<Metrics>);
 
-impl EventSink for TerminalCounter {
-    fn deliver(&self, event: &ProcessEvent) {
-        if let Some(outcome) = &event.semantics.terminal {
-            let status = match outcome.state() {
-                TerminalState::Completed => "completed",
-                TerminalState::Failed => "failed",
-                TerminalState::Cancelled => "cancelled",
-                TerminalState::Abandoned => "abandoned",
-            };
-            self.0.ended.get_or_create(&StatusLabel { status }).inc();
-        }
-    }
-
-    fn terminal_only(&self) -> bool {
-        true
+impl EndSink for TerminalCounter {
+    fn ended(&self, record: &ProcessRecord) {
+        let status = match record.status {
+            ProcessStatus::Completed => "completed",
+            ProcessStatus::Failed => "failed",
+            ProcessStatus::Cancelled => "cancelled",
+            ProcessStatus::Abandoned => "abandoned",
+            ProcessStatus::Running => return,
+        };
+        self.0.ended.get_or_create(&StatusLabel { status }).inc();
     }
 }
 

@@ -216,7 +216,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             max_calls: args.script_max_calls,
         })))
         .worker_config(worker)
-        .event_sink(Arc::new(TerminalCounter(metrics.clone())))
+        .end_sink(Arc::new(TerminalCounter(metrics.clone())))
         .start();
     let shutdown = CancellationToken::new();
     let dashboard = Dashboard::new(
