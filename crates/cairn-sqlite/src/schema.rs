@@ -25,7 +25,7 @@ const APPLICATION_NAME: &str = "cairn";
 /// tell another application's database from an empty one; cairn must refuse a
 /// foreign, corrupt or newer file before writing anything (`application_id` and
 /// `cairn_meta`), and runs the steps in the same immediate transaction as that check.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V_SWEEP, V_MODULES];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V_SWEEP, V_MODULES, V_TYPE_LISTS];
 
 const V1: &str = r#"
 CREATE TABLE cairn_meta (
@@ -187,6 +187,18 @@ CREATE TABLE modules (
     source        TEXT NOT NULL,
     created_at_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
+"#;
+
+/// Type lists stored once (ADR 0008): a row's `record` holds
+/// `"event_types": []` and its `types_key` names the list in `type_lists`.
+/// Rows written before this version keep their list inline (`types_key` NULL)
+/// until their next write moves it out.
+const V_TYPE_LISTS: &str = r#"
+CREATE TABLE type_lists (
+    key   TEXT PRIMARY KEY NOT NULL,
+    types TEXT NOT NULL
+) WITHOUT ROWID;
+ALTER TABLE processes ADD COLUMN types_key TEXT;
 "#;
 
 /// What a file holds before cairn touches it.

@@ -53,17 +53,26 @@ impl From<Fault> for CairnError {
 
 pub(crate) type R<T> = std::result::Result<T, Fault>;
 
+use cairn_core::events::EventTypes;
 use cairn_core::ops::columns::{
-    from_i64 as from_sql, lease_from_columns, status_label, to_i64 as to_sql, usize_to_i64 as to_sql_usize,
-    IndexColumns,
+    cached_type_list, from_i64 as from_sql, lease_from_columns, status_label, to_i64 as to_sql, type_list_from_json,
+    usize_to_i64 as to_sql_usize, IndexColumns, StoredRecord,
 };
 
 /// The columns [`entry_from_row`] reads, prefixed with the `p` alias.
 const ENTRY_COLUMNS: &str = "p.record, p.lease_owner, p.lease_token, p.lease_fencing, p.lease_claimed_at_ms, \
-                             p.lease_expires_at_ms, p.fencing_counter";
+                             p.lease_expires_at_ms, p.fencing_counter, p.types_key";
+/// How many columns [`ENTRY_COLUMNS`] names.
+const ENTRY_WIDTH: usize = 8;
 
-/// Decode the [`ENTRY_COLUMNS`] starting at column `at`.
-fn entry_from_row(row: &SqlRow<'_>, at: usize) -> rusqlite::Result<std::result::Result<Row, serde_json::Error>> {
+/// A decoded row, and the key of its type list when the cache does not hold
+/// that list yet (the record's list is then empty until [`with_types`] fills it).
+type Decoded = (Row, Option<String>);
+
+/// Decode the [`ENTRY_COLUMNS`] starting at column `at`. A record names its
+/// type list by key (schema v6 on, ADR 0008) or carries it inline (rows
+/// written before, until their next write).
+fn entry_from_row(row: &SqlRow<'_>, at: usize) -> rusqlite::Result<R<Decoded>> {
     let json: String = row.get(at)?;
     let owner: Option<String> = row.get(at + 1)?;
     let token: Option<String> = row.get(at + 2)?;
@@ -71,18 +80,56 @@ fn entry_from_row(row: &SqlRow<'_>, at: usize) -> rusqlite::Result<std::result::
     let claimed: Option<i64> = row.get(at + 4)?;
     let expires: Option<i64> = row.get(at + 5)?;
     let fencing: i64 = row.get(at + 6)?;
+    let types_key: Option<String> = row.get(at + 7)?;
     let mut record: ProcessRecord = match serde_json::from_str(&json) {
         Ok(r) => r,
-        Err(e) => return Ok(Err(e)),
+        Err(e) => return Ok(Err(e.into())),
     };
+    let mut missing = None;
+    match types_key {
+        Some(key) => match cached_type_list(&key) {
+            Some(list) => record.event_types = list,
+            None => missing = Some(key),
+        },
+        None if record.event_types.is_empty() => {
+            return Ok(Err(CairnError::storage(format!(
+                "process `{}` has no event types stored",
+                record.id
+            ))
+            .into()));
+        }
+        None => {}
+    }
     let lease = lease_from_columns(&record.id, owner, token, fencing_token, claimed, expires);
     // The stored JSON carries no lease: the columns are the only truth for it.
     record.lease = lease.as_ref().map(Lease::view);
-    Ok(Ok(Row {
-        record,
-        lease,
-        fencing: from_sql(fencing),
-    }))
+    Ok(Ok((
+        Row {
+            record,
+            lease,
+            fencing: from_sql(fencing),
+        },
+        missing,
+    )))
+}
+
+/// Fill in the type list a decoded row names, reading it (once per OS
+/// process and list) when the cache does not hold it.
+fn with_types(conn: &Connection, (mut row, missing): Decoded) -> R<Row> {
+    if let Some(key) = missing {
+        let json = conn
+            .prepare_cached("SELECT types FROM type_lists WHERE key = ?1")?
+            .query_row([&key], |r| r.get::<_, String>(0))
+            .optional()?
+            .ok_or_else(|| {
+                CairnError::storage(format!(
+                    "process `{}` names type list `{key}`, which is not stored",
+                    row.record.id
+                ))
+            })?;
+        row.record.event_types = type_list_from_json(&key, &json)?;
+    }
+    Ok(row)
 }
 
 /// Load a process row.
@@ -92,7 +139,7 @@ pub(crate) fn load(conn: &Connection, id: &str) -> R<Option<Row>> {
         .prepare_cached(&sql)?
         .query_row([id], |row| entry_from_row(row, 0))
         .optional()?;
-    Ok(found.transpose()?)
+    found.transpose()?.map(|d| with_types(conn, d)).transpose()
 }
 
 /// The error for an id with no row: `no_longer_retained` when it was pruned.
@@ -196,10 +243,25 @@ fn next_counter(conn: &Connection, name: &str) -> R<u64> {
 }
 
 /// The stored JSON and the indexed columns of a record. The JSON keeps
-/// whatever lease view the record carries: every load replaces it from the
-/// lease columns, so encoding the record as it is saves cloning it.
-fn derive(record: &ProcessRecord) -> R<(String, IndexColumns)> {
-    Ok((serde_json::to_string(record)?, IndexColumns::of(record)?))
+/// whatever lease view the record carries (every load replaces it from the
+/// lease columns, so encoding the record as it is saves cloning it) and not
+/// its type list, which is stored once in `type_lists` under the row's
+/// `types_key` (ADR 0008): three quarters of a record's JSON for a process
+/// that declares no types.
+fn derive(conn: &Connection, record: &ProcessRecord) -> R<(String, IndexColumns)> {
+    store_type_list(conn, &record.event_types)?;
+    Ok((
+        serde_json::to_string(&StoredRecord::of(record))?,
+        IndexColumns::of(record)?,
+    ))
+}
+
+/// Store a type list unless it is stored. Lists are never deleted, so this
+/// costs one lookup in a small table and writes nothing once the list is there.
+fn store_type_list(conn: &Connection, list: &EventTypes) -> R<()> {
+    conn.prepare_cached("INSERT INTO type_lists (key, types) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING")?
+        .execute(params![list.key(), serde_json::to_string(&**list)?])?;
+    Ok(())
 }
 
 /// The JSON a session scope is stored as in `originator_scope`.
@@ -210,12 +272,12 @@ fn originator_scope(scope: &SessionScope) -> R<String> {
 /// Insert a new row (no lease, fencing counter 0) at the head of the change feed.
 pub(crate) fn insert_process(conn: &Connection, record: &ProcessRecord) -> R<()> {
     let cursor = next_cursor(conn)?;
-    let (json, d) = derive(record)?;
+    let (json, d) = derive(conn, record)?;
     conn.prepare_cached(
         "INSERT INTO processes (id, record, status, disposition, definition, originator, originator_scope, waiting,
              created_at_ms, terminal_at_ms, last_sequence, change_cursor, run_candidate, abandon_candidate,
-             wake_at_ms, caused_by, sweep_node, sweep_incarnation, fencing_counter)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, 0)",
+             wake_at_ms, caused_by, sweep_node, sweep_incarnation, types_key, fencing_counter)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, 0)",
     )?
     .execute(params![
         record.id,
@@ -236,6 +298,7 @@ pub(crate) fn insert_process(conn: &Connection, record: &ProcessRecord) -> R<()>
         d.caused_by,
         d.sweep_node,
         d.sweep_incarnation,
+        record.event_types.key(),
     ])?;
     Ok(())
 }
@@ -244,11 +307,11 @@ pub(crate) fn insert_process(conn: &Connection, record: &ProcessRecord) -> R<()>
 /// with `release_lease` the lease columns are cleared too.
 pub(crate) fn update_process(conn: &Connection, record: &ProcessRecord, release_lease: bool) -> R<()> {
     let cursor = next_cursor(conn)?;
-    let (json, d) = derive(record)?;
+    let (json, d) = derive(conn, record)?;
     conn.prepare_cached(
         "UPDATE processes SET record = ?2, status = ?3, waiting = ?4, terminal_at_ms = ?5, last_sequence = ?6,
              change_cursor = ?7, run_candidate = ?8, abandon_candidate = ?9, wake_at_ms = ?11,
-             sweep_node = ?12, sweep_incarnation = ?13,
+             sweep_node = ?12, sweep_incarnation = ?13, types_key = ?14,
              lease_owner = CASE WHEN ?10 THEN NULL ELSE lease_owner END,
              lease_token = CASE WHEN ?10 THEN NULL ELSE lease_token END,
              lease_fencing = CASE WHEN ?10 THEN NULL ELSE lease_fencing END,
@@ -270,6 +333,7 @@ pub(crate) fn update_process(conn: &Connection, record: &ProcessRecord, release_
         d.wake_at,
         d.sweep_node,
         d.sweep_incarnation,
+        record.event_types.key(),
     ])?;
     Ok(())
 }
@@ -503,7 +567,9 @@ fn collect_entries(
             Ok((extra, entry_from_row(row, extra_columns)?))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    rows.into_iter().map(|(extra, entry)| Ok((extra, entry?))).collect()
+    rows.into_iter()
+        .map(|(extra, entry)| Ok((extra, with_types(conn, entry?)?)))
+        .collect()
 }
 
 /// The query of `list`: with a status it walks the (status, id) index in id
@@ -734,10 +800,12 @@ pub(crate) fn changed_since(conn: &Connection, cursor: u64, limit: usize) -> R<V
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt
         .query_map(params![to_sql(cursor), to_sql_usize(limit)], |row| {
-            Ok((row.get::<_, i64>(7)?, entry_from_row(row, 0)?))
+            Ok((row.get::<_, i64>(ENTRY_WIDTH)?, entry_from_row(row, 0)?))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    rows.into_iter().map(|(c, e)| Ok((from_sql(c), e?.record))).collect()
+    rows.into_iter()
+        .map(|(c, e)| Ok((from_sql(c), with_types(conn, e?)?.record)))
+        .collect()
 }
 
 // ---------------------------------------------------------------- envs

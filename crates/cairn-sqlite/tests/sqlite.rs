@@ -1153,3 +1153,80 @@ async fn rows_another_writer_changed_are_read_again() {
         assert_eq!(record.status, cairn_core::ProcessStatus::Completed);
     }
 }
+
+/// A row stores its record without the type list, which is stored once per
+/// list (ADR 0008); a row written before that (its list inline, no key) still
+/// loads, and its next write moves the list out; a row naming a list that is
+/// not stored, or a list whose content does not match its key, is a clear
+/// storage error.
+#[tokio::test]
+async fn type_lists_are_stored_once_and_older_rows_still_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let clock = ManualClock::new(T0);
+    let reg = open(&path, &clock);
+    for id in ["core-a", "core-b"] {
+        reg.register(external(id), None).await.expect("register");
+    }
+    let declared = Registration {
+        event_types: vec![EventType::plain("note")],
+        ..external("declared")
+    };
+    reg.register(declared, None).await.expect("register declared");
+    let raw = Connection::open(&path).expect("raw");
+    let lists: i64 = raw
+        .query_row("SELECT count(*) FROM type_lists", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(lists, 2, "one list for the core types, one for the declared ones");
+    let stored = |id: &str| -> (Value, Option<String>) {
+        raw.query_row("SELECT record, types_key FROM processes WHERE id = ?1", [id], |r| {
+            Ok((serde_json::from_str(&r.get::<_, String>(0)?).expect("json"), r.get(1)?))
+        })
+        .expect("row")
+    };
+    let before = reg.get("core-a").await.expect("get");
+    let (json, key) = stored("core-a");
+    assert_eq!(json["event_types"], json!([]));
+    assert_eq!(key.as_deref(), Some(before.event_types.key()));
+    assert!(reg
+        .get("declared")
+        .await
+        .expect("get")
+        .event_types
+        .find("note")
+        .is_some());
+
+    // A row as an older build wrote it: the list inline, no key.
+    raw.execute(
+        "UPDATE processes SET record = ?2, types_key = NULL WHERE id = ?1",
+        rusqlite::params!["core-a", serde_json::to_string(&before).expect("encode")],
+    )
+    .expect("make an older row");
+    drop(reg);
+    let reg = open(&path, &clock);
+    assert_eq!(reg.get("core-a").await.expect("older row loads"), before);
+    reg.complete_external("core-a", Outcome::success(json!(1)), "host")
+        .await
+        .expect("complete");
+    let (json, key) = stored("core-a");
+    assert_eq!(json["event_types"], json!([]), "the next write moves the list out");
+    assert_eq!(key.as_deref(), Some(before.event_types.key()));
+
+    // A key no list is stored under.
+    let nowhere = format!("types:sha256:{}", "0".repeat(64));
+    raw.execute("UPDATE processes SET types_key = ?1 WHERE id = 'core-b'", [&nowhere])
+        .expect("point at nothing");
+    let message = storage_message(reg.get("core-b").await.expect_err("a missing list"));
+    assert!(message.contains("which is not stored"), "{message}");
+    // A stored list whose content is not what its key addresses.
+    let forged = format!("types:sha256:{}", "1".repeat(64));
+    raw.execute(
+        "INSERT INTO type_lists (key, types) SELECT ?1, types FROM type_lists LIMIT 1",
+        [&forged],
+    )
+    .expect("forge");
+    raw.execute("UPDATE processes SET types_key = ?1 WHERE id = 'core-b'", [&forged])
+        .expect("point at the forgery");
+    let message = storage_message(reg.get("core-b").await.expect_err("a forged list"));
+    assert!(message.contains("does not match its content address"), "{message}");
+}

@@ -1,10 +1,18 @@
 //! Row plumbing every SQL store shares: the indexed columns a record derives,
-//! the lease kept in columns, and integers in SQL's signed range.
+//! the lease kept in columns, integers in SQL's signed range, and a record
+//! stored without its type list, which lives once per list (ADR 0008).
 //!
 //! Invariant: plain conversions; no SQL dialect and no rule lives here.
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use parking_lot::RwLock;
+
+use crate::events::{EventType, EventTypes};
 use crate::fold;
 use crate::model::{Lease, Originator, ProcessRecord, ProcessStatus, StatusFilter};
+use crate::CairnError;
 
 /// A `u64` time or counter as a signed SQL integer, saturated at `i64::MAX`
 /// (292 million years in ms), which keeps the order.
@@ -120,4 +128,195 @@ pub fn lease_from_columns(
         claimed_at_ms: from_i64(claimed_at?),
         expires_at_ms: from_i64(expires_at?),
     })
+}
+
+/// A record as a row stores it: every field but the declared event types,
+/// which live once in `type_lists` under the row's `types_key` (ADR 0008) and
+/// are written here as `[]` so the JSON still decodes as a record.
+///
+/// It borrows the record's fields, so encoding copies nothing. A unit test
+/// checks it writes exactly the record's JSON but for `event_types`, so a
+/// field added to the record cannot be left out here unnoticed.
+#[derive(serde::Serialize)]
+pub struct StoredRecord<'a> {
+    id: &'a str,
+    registration_hash: &'a str,
+    status: &'a crate::model::ProcessStatus,
+    outcome: &'a Option<crate::model::Outcome>,
+    disposition: &'a crate::model::Disposition,
+    input: &'a crate::model::ProcessInput,
+    provenance: &'a crate::model::Provenance,
+    wake_target: &'a Option<crate::model::SessionScope>,
+    event_types: [(); 0],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    env_ref: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    external_ref: &'a Option<crate::model::ExternalRef>,
+    wait: &'a Option<crate::model::WaitState>,
+    lease: &'a Option<crate::model::LeaseView>,
+    abandon_request: &'a Option<crate::model::AbandonRequest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cancel_request: &'a Option<crate::model::CancelRequest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started: &'a Option<crate::model::StartedFact>,
+    created_at_ms: u64,
+    updated_at_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    terminal_at_ms: &'a Option<u64>,
+    last_sequence: u64,
+}
+
+impl<'a> StoredRecord<'a> {
+    /// The stored form of `r`, borrowing its fields.
+    pub fn of(r: &'a ProcessRecord) -> Self {
+        Self {
+            id: &r.id,
+            registration_hash: &r.registration_hash,
+            status: &r.status,
+            outcome: &r.outcome,
+            disposition: &r.disposition,
+            input: &r.input,
+            provenance: &r.provenance,
+            wake_target: &r.wake_target,
+            event_types: [],
+            env_ref: &r.env_ref,
+            external_ref: &r.external_ref,
+            wait: &r.wait,
+            lease: &r.lease,
+            abandon_request: &r.abandon_request,
+            cancel_request: &r.cancel_request,
+            started: &r.started,
+            created_at_ms: r.created_at_ms,
+            updated_at_ms: r.updated_at_ms,
+            terminal_at_ms: &r.terminal_at_ms,
+            last_sequence: r.last_sequence,
+        }
+    }
+}
+
+/// Type lists this OS process has read or written, by [`EventTypes::key`].
+/// They are content-addressed, so one cache serves every store and schema.
+static TYPE_LISTS: LazyLock<RwLock<HashMap<String, EventTypes>>> = LazyLock::new(Default::default);
+
+/// Most type lists cached; past it the cache starts again (lists are re-read on demand).
+const TYPE_LISTS_MAX: usize = 4096;
+
+/// The list stored under `key`, when this OS process has read or written it.
+pub fn cached_type_list(key: &str) -> Option<EventTypes> {
+    TYPE_LISTS.read().get(key).cloned()
+}
+
+/// Remember a list this OS process wrote or read.
+pub fn remember_type_list(list: &EventTypes) {
+    let key = list.key();
+    if TYPE_LISTS.read().contains_key(key) {
+        return;
+    }
+    let mut cache = TYPE_LISTS.write();
+    if cache.len() >= TYPE_LISTS_MAX {
+        cache.clear();
+    }
+    cache.insert(key.to_string(), list.clone());
+}
+
+/// Forget every cached list (tests of a store's read-through path).
+#[doc(hidden)]
+pub fn forget_type_lists() {
+    TYPE_LISTS.write().clear();
+}
+
+/// Decode the stored list `json` named `key`, check that its content has that
+/// address, and remember it. A list that does not match is a `storage` error.
+pub fn type_list_from_json(key: &str, json: &str) -> Result<EventTypes, CairnError> {
+    let types: Vec<EventType> = serde_json::from_str(json)
+        .map_err(|e| CairnError::storage(format!("type list `{key}` is not a stored type list: {e}")))?;
+    let list = EventTypes::new(types);
+    if list.key() != key {
+        return Err(CairnError::storage(format!(
+            "type list `{key}` does not match its content address"
+        )));
+    }
+    remember_type_list(&list);
+    Ok(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{
+        AbandonRequest, CancelRequest, Disposition, ExternalRef, LeaseView, Registration, StartedFact, WaitState,
+    };
+
+    /// A record with every optional field set, so each one is serialized.
+    fn full_record() -> ProcessRecord {
+        let reg = Registration {
+            id: "p-1".into(),
+            input: crate::model::ProcessInput::External {
+                metadata: serde_json::json!({"k": 1}),
+            },
+            disposition: Disposition::ExternallyOwned,
+            event_types: vec![EventType::plain("note")],
+            provenance: Default::default(),
+            wake_target: None,
+            env_ref: Some(format!("process-env:sha256:{}", "0".repeat(64))),
+            external_ref: Some(ExternalRef {
+                backend: "ci".into(),
+                id: "7".into(),
+                metadata: Some(serde_json::json!({"k": 1})),
+            }),
+        };
+        let mut r = crate::fold::initial_record(&reg, 5).expect("record");
+        r.outcome = Some(crate::model::Outcome::Success {
+            value: serde_json::json!(1),
+        });
+        r.wake_target = Some(crate::model::SessionScope {
+            session_id: "s".into(),
+            agent_frame_id: None,
+        });
+        r.wait = Some(WaitState {
+            kind: "signal".into(),
+            name: Some("go".into()),
+            ordinal: Some(1),
+            until_ms: Some(7),
+            ids: None,
+            mode: None,
+            woken: Some("signal".into()),
+            since_ms: 6,
+        });
+        r.lease = Some(LeaseView {
+            owner_id: "w".into(),
+            expires_at_ms: 9,
+            fencing_token: 2,
+        });
+        r.abandon_request = Some(AbandonRequest {
+            requested_by: "h".into(),
+            requested_at_ms: 7,
+            reason: "r".into(),
+        });
+        r.cancel_request = Some(CancelRequest {
+            reason: Some("c".into()),
+            requested_at_ms: 7,
+        });
+        r.started = Some(StartedFact {
+            owner_id: "w".into(),
+            fencing_token: 2,
+            attempt: 1,
+            at_ms: 6,
+        });
+        r.terminal_at_ms = Some(8);
+        r
+    }
+
+    #[test]
+    fn a_stored_record_is_the_record_without_its_types() {
+        let record = full_record();
+        let mut expected = serde_json::to_value(&record).expect("record json");
+        expected["event_types"] = serde_json::json!([]);
+        let stored = serde_json::to_value(StoredRecord::of(&record)).expect("stored json");
+        assert_eq!(stored, expected);
+        // It decodes as the record with an empty list, which a load replaces.
+        let back: ProcessRecord = serde_json::from_value(stored).expect("decodes");
+        assert_eq!(back.id, record.id);
+        assert!(back.event_types.is_empty());
+    }
 }
