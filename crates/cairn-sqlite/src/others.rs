@@ -19,8 +19,10 @@
 //! notices too; the watcher reads at most once per [`MIN_GAP`], so a busy
 //! writer costs it a bounded number of reads. A
 //! foreign commit that lands between one of ours and the read that follows
-//! is not told apart from ours; a read every [`BACKSTOP`] catches it, and
-//! catches a file system that sends no notices. Where no watch can be set
+//! is not told apart from ours, and is announced by no read after (its
+//! waiters learn of it from their next notice or their own backstop); a read
+//! every [`BACKSTOP`] catches a commit that came with no notice, as on a file
+//! system that sends none. Where no watch can be set
 //! up, the watcher reads every [`POLL_INTERVAL`] instead (ADR 0020).
 
 use std::path::{Path, PathBuf};
