@@ -860,12 +860,11 @@ pub async fn event_sink_receives_events(factory: &dyn StoreFactory) {
     p.shutdown().await;
 }
 
-/// A terminal-only sink gets each process's terminal event and nothing else:
-/// not the start, not a wait, not a cancellation request.
-pub async fn terminal_only_sink_receives_the_ends(factory: &dyn StoreFactory) {
-    let (_store, p, seen) = sinking(factory, |e| format!("{}#{}", e.process_id, e.event_type), true).await;
+/// Start an `echo` process `done` and a `wait_signal` process `waits`, and
+/// return once `waits` is suspended.
+async fn echo_and_suspended_waiter(p: &Processes, done: &str, waits: &str) {
     p.start(StartRequest::tool(
-        "done",
+        done,
         "echo",
         json!({"value": 1}),
         Disposition::Rerunnable,
@@ -873,16 +872,23 @@ pub async fn terminal_only_sink_receives_the_ends(factory: &dyn StoreFactory) {
     .await
     .expect("start echo");
     p.start(StartRequest::tool(
-        "waits",
+        waits,
         "wait_signal",
         json!({"name": "go"}),
         Disposition::Rerunnable,
     ))
     .await
     .expect("start waiter");
-    p.await_event("waits", "process.waiting", 0, Duration::from_secs(10))
+    p.await_event(waits, "process.waiting", 0, WAIT)
         .await
         .expect("suspended");
+}
+
+/// A terminal-only sink gets each process's terminal event and nothing else:
+/// not the start, not a wait, not a cancellation request.
+pub async fn terminal_only_sink_receives_the_ends(factory: &dyn StoreFactory) {
+    let (_store, p, seen) = sinking(factory, |e| format!("{}#{}", e.process_id, e.event_type), true).await;
+    echo_and_suspended_waiter(&p, "done", "waits").await;
     p.cancel("waits", None).await.expect("cancel");
     terminal(&p, "done").await;
     terminal(&p, "waits").await;
@@ -931,28 +937,10 @@ pub async fn end_sink_hears_each_end_once(factory: &dyn StoreFactory) {
             .filter(|e| e.starts_with(&format!("{id}#")))
             .count()
     };
-    p.start(StartRequest::tool(
-        "e-done",
-        "echo",
-        json!({"value": 1}),
-        Disposition::Rerunnable,
-    ))
-    .await
-    .expect("start echo");
-    p.start(StartRequest::tool(
-        "e-waits",
-        "wait_signal",
-        json!({"name": "go"}),
-        Disposition::Rerunnable,
-    ))
-    .await
-    .expect("start waiter");
     p.start(StartRequest::external("e-ext", json!({})))
         .await
         .expect("start external");
-    p.await_event("e-waits", "process.waiting", 0, WAIT)
-        .await
-        .expect("suspended");
+    echo_and_suspended_waiter(&p, "e-done", "e-waits").await;
     assert_eq!(
         ends.0.lock().iter().filter(|e| !e.starts_with("e-done#")).count(),
         0,
