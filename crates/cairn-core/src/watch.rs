@@ -100,7 +100,7 @@ impl ChangeHub {
     /// Announce a record a write of this node answered. When the write ended
     /// the process, its watchers also get the terminal record itself
     /// ([`Subscription::ended`]), so an awaiter resolves without reading it
-    /// back. A terminal record never changes again (SPEC §6: the terminal
+    /// back. A terminal record never changes again (SPEC §2: the terminal
     /// event is write-once and the log's last), so the copy cannot go stale;
     /// it is kept only while someone watches the process.
     pub fn publish_record(&self, record: &ProcessRecord) {

@@ -256,11 +256,17 @@ fn derive(conn: &Connection, record: &ProcessRecord) -> R<(String, IndexColumns)
     ))
 }
 
-/// Store a type list unless it is stored. Lists are never deleted, so this
-/// costs one lookup in a small table and writes nothing once the list is there.
+/// Store a type list unless it is stored. Lists are never deleted, so once
+/// the list is there this is one lookup in a small table: nothing is encoded
+/// or written.
 fn store_type_list(conn: &Connection, list: &EventTypes) -> R<()> {
-    conn.prepare_cached("INSERT INTO type_lists (key, types) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING")?
-        .execute(params![list.key(), serde_json::to_string(&**list)?])?;
+    let stored = conn
+        .prepare_cached("SELECT 1 FROM type_lists WHERE key = ?1")?
+        .exists([list.key()])?;
+    if !stored {
+        conn.prepare_cached("INSERT INTO type_lists (key, types) VALUES (?1, ?2)")?
+            .execute(params![list.key(), serde_json::to_string(&**list)?])?;
+    }
     Ok(())
 }
 
