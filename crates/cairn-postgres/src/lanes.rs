@@ -205,24 +205,35 @@ mod tests {
 
     /// Submitters woken by one batch's replies submit again together; the
     /// first wakes the lane, which must still take them all in one batch.
+    ///
+    /// Every party, the one that opens the barrier included, runs on the
+    /// runtime's worker thread, as a lane's replies do: the test's own thread
+    /// would wake the submitters one at a time into the injection queue, and
+    /// under load the lane could take the first and find the rest not yet
+    /// queued.
     async fn gathered(submitters: usize, max: usize) -> usize {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let go = Arc::new(tokio::sync::Barrier::new(submitters + 1));
-        let lane = tokio::spawn(async move {
-            let first = rx.recv().await.expect("a job");
-            let mut jobs = vec![first];
-            gather(&mut rx, &mut jobs, max).await;
-            jobs.len()
-        });
-        for i in 0..submitters {
-            let (tx, go) = (tx.clone(), go.clone());
-            tokio::spawn(async move {
-                go.wait().await;
-                tx.send(job(i)).map_err(|_| ()).expect("send");
+        tokio::spawn(async move {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let go = Arc::new(tokio::sync::Barrier::new(submitters + 1));
+            let lane = tokio::spawn(async move {
+                let first = rx.recv().await.expect("a job");
+                let mut jobs = vec![first];
+                gather(&mut rx, &mut jobs, max).await;
+                jobs.len()
             });
-        }
-        go.wait().await;
-        lane.await.expect("lane")
+            for i in 0..submitters {
+                let (tx, go) = (tx.clone(), go.clone());
+                tokio::spawn(async move {
+                    go.wait().await;
+                    // The lane drops its receiver once its batch is full.
+                    let _ = tx.send(job(i));
+                });
+            }
+            go.wait().await;
+            lane.await.expect("lane")
+        })
+        .await
+        .expect("the test's task")
     }
 
     // One worker thread, so a woken lane runs next on the thread that woke it,
