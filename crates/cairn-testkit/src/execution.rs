@@ -911,8 +911,8 @@ pub async fn terminal_only_sink_receives_the_ends(factory: &dyn StoreFactory) {
 }
 
 /// An end sink hears of each end a write of the runtime made, once, with the
-/// ended record, before the end's notice (an awaiter that saw the end finds
-/// it told): ends by the worker, by an external owner and by a cancel, and
+/// ended record, before the end's notice (whoever the notice wakes finds it
+/// told): ends by the worker, by an external owner and by a cancel, and
 /// not a refused second completion or a cancel of a process already ended.
 pub async fn end_sink_hears_each_end_once(factory: &dyn StoreFactory) {
     struct Ends(Mutex<Vec<String>>);
@@ -940,6 +940,9 @@ pub async fn end_sink_hears_each_end_once(factory: &dyn StoreFactory) {
     p.start(StartRequest::external("e-ext", json!({})))
         .await
         .expect("start external");
+    // An awaiter may see an end by reading before its notice goes out; the
+    // hub's copy of the ended record is set with the notice, after the sink.
+    let mut notices: Vec<_> = ["e-done", "e-waits"].map(|id| p.hub().subscribe(id)).into();
     echo_and_suspended_waiter(&p, "e-done", "e-waits").await;
     assert_eq!(
         ends.0.lock().iter().filter(|e| !e.starts_with("e-done#")).count(),
@@ -955,9 +958,16 @@ pub async fn end_sink_hears_each_end_once(factory: &dyn StoreFactory) {
         1,
         "the external end was not told before its write answered"
     );
-    for id in ["e-done", "e-waits"] {
+    for (id, notice) in ["e-done", "e-waits"].into_iter().zip(&mut notices) {
         let r = p.await_output(id, WAIT).await.expect("await");
         assert!(r.is_terminal(), "{id} did not end: {r:?}");
+        tokio::time::timeout(WAIT, async {
+            while notice.ended().is_none() {
+                notice.changed().await.expect("hub alive");
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{id}: no notice of its end"));
         assert_eq!(told(id), 1, "{id}: its end was not told before its notice");
     }
     assert!(p
