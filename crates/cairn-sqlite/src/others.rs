@@ -6,9 +6,11 @@
 //! watcher asks the operating system to tell it when the database's files in
 //! its directory change (inotify on Linux, read by a thread of our own;
 //! `notify` elsewhere) and, at each notice,
-//! reads `PRAGMA data_version` on a connection of its own: it changes when any
-//! other connection commits. When it moved while this process's writer
-//! committed nothing, the hub has every waiter read again
+//! reads `PRAGMA data_version` (it changes when any other connection commits)
+//! and the stored change cursor (every commit that changes a process moves
+//! it) on a connection of its own. When the version moved while this
+//! process's writer committed nothing, or the cursor moved further than this
+//! process's commits moved it, the hub has every waiter read again
 //! (`ChangeHub::resync`). That is one cheap read per burst of notices for the
 //! whole process, never one per waiter, and none while nothing is written.
 //!
@@ -17,12 +19,11 @@
 //! notice, says they are committed), so after each notice the watcher reads
 //! again at 1, 2, 4, ... up to [`CHASE_UNTIL`] ms. Our own commits raise
 //! notices too; the watcher reads at most once per [`MIN_GAP`], so a busy
-//! writer costs it a bounded number of reads. A
-//! foreign commit that lands between one of ours and the read that follows
-//! is not told apart from ours, and is announced by no read after (its
-//! waiters learn of it from their next notice or their own backstop); a read
-//! every [`BACKSTOP`] catches a commit that came with no notice, as on a file
-//! system that sends none. Where no watch can be set
+//! writer costs it a bounded number of reads. A foreign commit that lands
+//! beside ours is told apart by the cursor when it changed a process; one
+//! that changed none (an acknowledged wake, a grant) is not announced, and no
+//! waiter waits on it. A read every [`BACKSTOP`] catches a commit that came
+//! with no notice, as on a file system that sends none. Where no watch can be set
 //! up, the watcher reads every [`POLL_INTERVAL`] instead (ADR 0020).
 
 use std::path::{Path, PathBuf};
@@ -67,17 +68,34 @@ impl Watcher {
         let thread = std::thread::Builder::new()
             .name("cairn-sqlite-watch".into())
             .spawn(move || {
-                // Our ended commit attempts are read before the version and our
-                // begun ones after it: when the two agree, no commit of ours was
-                // under way around the read, so a version that moved while the
-                // ended count did not was moved by another connection. When
-                // they differ the reading says nothing (`None`) and is dropped.
+                // Our ended commit attempts (and how far they moved the change
+                // cursor) are read before the file and our begun ones after
+                // it: when the two agree, no commit of ours was under way
+                // around the read, and every commit of ours it sees is
+                // counted. When they differ the reading says nothing (`None`)
+                // and is dropped.
                 let read = || {
                     let ended = own.ended();
+                    let moved = own.cursor_moved();
                     let version = conn.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0)).ok();
-                    (own.begun() == ended).then_some((version, ended))
+                    // After the version, so it sees at least the commits the version saw.
+                    let cursor = conn
+                        .prepare_cached("SELECT value FROM counters WHERE name = 'change_cursor'")
+                        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+                        .ok();
+                    (own.begun() == ended).then_some(Reading {
+                        version,
+                        ended,
+                        moved,
+                        cursor,
+                    })
                 };
-                let mut seen = read().unwrap_or((None, u64::MAX));
+                let mut seen = read().unwrap_or(Reading {
+                    version: None,
+                    ended: u64::MAX,
+                    moved: 0,
+                    cursor: None,
+                });
                 let mut last = Instant::now();
                 // After a notice, the next read is due this long after the last.
                 let mut chase: Option<Duration> = None;
@@ -107,7 +125,7 @@ impl Watcher {
                     let now = read();
                     last = Instant::now();
                     if let Some(now) = now {
-                        if now.0 != seen.0 && now.1 == seen.1 {
+                        if foreign_between(&seen, &now) {
                             hub.resync();
                         }
                         seen = now;
@@ -120,6 +138,39 @@ impl Watcher {
             thread: Some(thread),
             fs,
         })
+    }
+}
+
+/// One look at the file, with this process's own commits around it.
+#[derive(Clone, Copy, Debug)]
+struct Reading {
+    /// `PRAGMA data_version`: moves when another connection commits.
+    version: Option<i64>,
+    /// This process's commit attempts ended before the look.
+    ended: u64,
+    /// How far those commits moved the stored change cursor, in all.
+    moved: u64,
+    /// The stored change cursor: every commit that changes a process moves it.
+    cursor: Option<i64>,
+}
+
+/// Whether another connection committed between two readings: the version
+/// moved while no commit of ours ended, or the change cursor moved further
+/// than our commits moved it. The second catches a foreign change to a
+/// process that landed beside commits of ours, which the version alone
+/// cannot tell apart from them; a foreign commit that changed no process and
+/// landed beside ours goes unannounced (no waiter waits on it).
+fn foreign_between(seen: &Reading, now: &Reading) -> bool {
+    if now.version != seen.version && now.ended == seen.ended {
+        return true;
+    }
+    match (seen.cursor, now.cursor) {
+        (Some(before), Some(after)) => {
+            let total = after.saturating_sub(before);
+            let ours = now.moved.saturating_sub(seen.moved);
+            u64::try_from(total).is_ok_and(|total| total > ours)
+        }
+        _ => false,
     }
 }
 
@@ -295,5 +346,45 @@ impl Drop for Watcher {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(version: i64, ended: u64, moved: u64, cursor: i64) -> Reading {
+        Reading {
+            version: Some(version),
+            ended,
+            moved,
+            cursor: Some(cursor),
+        }
+    }
+
+    #[test]
+    fn a_foreign_commit_is_told_from_ours_by_the_version_or_the_cursor() {
+        let seen = reading(7, 3, 40, 100);
+        // Nothing committed.
+        assert!(!foreign_between(&seen, &seen));
+        // Ours alone: two commits that moved the cursor by 5.
+        assert!(!foreign_between(&seen, &reading(8, 5, 45, 105)));
+        // Theirs alone, with or without a change to a process.
+        assert!(foreign_between(&seen, &reading(8, 3, 40, 102)));
+        assert!(foreign_between(&seen, &reading(8, 3, 40, 100)));
+        // Theirs beside ours: the cursor moved 2 further than ours did.
+        assert!(foreign_between(&seen, &reading(9, 5, 45, 107)));
+        // Theirs beside ours, changing no process: not told apart.
+        assert!(!foreign_between(&seen, &reading(9, 5, 45, 105)));
+        // A first reading, or a cursor that could not be read, compares versions only.
+        let first = Reading {
+            version: None,
+            ended: u64::MAX,
+            moved: 0,
+            cursor: None,
+        };
+        assert!(!foreign_between(&first, &seen));
+        let unread = Reading { cursor: None, ..seen };
+        assert!(!foreign_between(&unread, &reading(9, 5, 45, 107)));
     }
 }

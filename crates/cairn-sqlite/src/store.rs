@@ -202,18 +202,20 @@ pub(crate) fn cursor_begin(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Store the last change cursor handed out, before the transaction commits.
-/// Cursors handed to a job that rolled back to its savepoint are skipped,
-/// never reused: the feed's cursors only grow.
-pub(crate) fn cursor_flush(conn: &Connection) -> rusqlite::Result<()> {
+/// Store the last change cursor handed out, before the transaction commits;
+/// answers how far the stored cursor moved. Cursors handed to a job that
+/// rolled back to its savepoint are skipped, never reused: the feed's
+/// cursors only grow.
+pub(crate) fn cursor_flush(conn: &Connection) -> rusqlite::Result<u64> {
     if let Some((last, stored)) = CURSOR.get() {
         if last != stored {
             conn.prepare_cached("UPDATE counters SET value = ?1 WHERE name = 'change_cursor'")?
                 .execute([to_sql(last)])?;
             CURSOR.set(Some((last, last)));
+            return Ok(last - stored);
         }
     }
-    Ok(())
+    Ok(0)
 }
 
 /// The write transaction ended (committed or not): the next one reads the

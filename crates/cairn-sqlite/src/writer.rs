@@ -37,6 +37,9 @@ struct Counters {
     /// a commit of ours may be visible to other connections but not yet counted.
     attempts_begun: AtomicU64,
     attempts_ended: AtomicU64,
+    /// How far this writer's committed transactions moved the stored change
+    /// cursor, in all; added before `attempts_ended` counts the commit.
+    cursor_moved: AtomicU64,
 }
 
 /// What the watcher of other writers reads of this writer's commits.
@@ -54,6 +57,13 @@ impl OwnCommits {
     /// count was another connection's.
     pub(crate) fn begun(&self) -> u64 {
         self.0.attempts_begun.load(Ordering::SeqCst)
+    }
+
+    /// How far this writer's commits moved the stored change cursor, in all;
+    /// read between `ended()` and the look at the file. Every commit that
+    /// `ended()` counts is in it.
+    pub(crate) fn cursor_moved(&self) -> u64 {
+        self.0.cursor_moved.load(Ordering::SeqCst)
     }
 }
 
@@ -268,9 +278,12 @@ fn run_batch(conn: &mut Connection, jobs: Vec<Box<dyn Job>>, counters: &Counters
                 Some(failure)
             }
             None => match store::cursor_flush(&tx) {
-                Ok(()) => {
+                Ok(moved) => {
                     counters.attempts_begun.fetch_add(1, Ordering::SeqCst);
                     let committed = tx.commit();
+                    if committed.is_ok() {
+                        counters.cursor_moved.fetch_add(moved, Ordering::SeqCst);
+                    }
                     counters.attempts_ended.fetch_add(1, Ordering::SeqCst);
                     committed
                         .err()

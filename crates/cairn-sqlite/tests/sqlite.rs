@@ -1058,6 +1058,57 @@ async fn commits_by_another_writer_reach_the_hub() {
         .expect("hub alive");
 }
 
+/// A foreign commit that lands beside this process's own commits still
+/// reaches the hub: while our writer commits without pause, each of their
+/// registrations, one after another, has waiters read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_commits_beside_our_own_reach_the_hub() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let clock = ManualClock::new(1_000);
+    let ours = Arc::new(open(&path, &clock));
+    let theirs = open(&path, &clock);
+    let hub = cairn_core::ChangeHub::new();
+    ours.watch_other_writers(hub.clone()).expect("watch");
+    let mut resync = hub.subscribe_resync();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut busy = tokio::task::JoinSet::new();
+    for w in 0..4 {
+        let (r, stop) = (ours.clone(), stop.clone());
+        busy.spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                r.register(external(&format!("own-{w}-{i}")), None)
+                    .await
+                    .expect("own write");
+                i += 1;
+            }
+            i
+        });
+    }
+    // Our writer is committing: wait until it has, so every foreign commit below lands among ours.
+    while ours.write_stats().commits < 20 {
+        tokio::task::yield_now().await;
+    }
+    for k in 0..25 {
+        resync.borrow_and_update();
+        theirs
+            .register(external(&format!("theirs-{k}")), None)
+            .await
+            .expect("their write");
+        tokio::time::timeout(std::time::Duration::from_secs(5), resync.changed())
+            .await
+            .unwrap_or_else(|_| panic!("foreign commit {k} beside ours never reached the hub"))
+            .expect("hub alive");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut own = 0;
+    while let Some(done) = busy.join_next().await {
+        own += done.expect("writer task");
+    }
+    assert!(own > 10, "our writer committed only {own} registrations");
+}
+
 /// The change feed's cursors keep growing when writes of two registries on
 /// one file interleave (each transaction takes the stored cursor under the
 /// write lock), when many writes share one transaction, when a job of that
