@@ -341,7 +341,7 @@ async fn a_replay_that_changes_its_calls_fails_nondeterminism() {
     let m = put(
         &p,
         r#"export async function main(ctx, args) {
-            if (!args.switch) await ctx.sleep(1);
+            if (!args.switch) await ctx.sleep(50);
             else await ctx.emit("other", {});
             await ctx.waitSignal("go");
             return "unreachable";
@@ -351,7 +351,9 @@ async fn a_replay_that_changes_its_calls_fails_nondeterminism() {
     let req = script("nd", &m, "main", json!({})).with_event_type(cairn_core::EventType::plain("other"));
     p.start(req).await.unwrap();
     // The first activation slept; the second (after the timer) replays with
-    // the other branch.
+    // the other branch. The sleep is long enough that it has not already
+    // passed by the time the run checks its deadline (a sleep whose time is
+    // up returns at once, unrecorded, and the run would go straight on).
     let rec = p.await_output("nd", Duration::from_secs(10)).await.unwrap();
     let calls = events(&p, "nd", "script.call").await;
     assert_eq!(calls[0]["kind"], "sleep", "the first activation took the first branch");
