@@ -1082,6 +1082,9 @@ async fn foreign_commits_beside_our_own_reach_the_hub() {
                     .await
                     .expect("own write");
                 i += 1;
+                // Leave the write lock free now and then: SQLite's lock is not
+                // fair, and their writer must get it within its busy timeout.
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
             i
         });
