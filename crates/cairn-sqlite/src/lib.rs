@@ -4,9 +4,9 @@
 //! - **Durable**: WAL journaling with `synchronous=FULL`; a call that returned
 //!   `Ok` survives `kill -9` and power loss.
 //! - **Group commit**: one writer thread owns the write connection and commits
-//!   every job queued behind the previous commit in one transaction, each job in
-//!   its own savepoint (see [`WriteStats`]). Every writing method is one job, so
-//!   it is atomic.
+//!   every job queued behind the previous commit in one transaction; a job that
+//!   fails leaves nothing behind while the others commit (see [`WriteStats`]).
+//!   Every writing method is one job, so it is atomic.
 //! - **Reads** run on a small pool of read-only connections on the blocking
 //!   thread pool; WAL lets them proceed while the writer commits.
 //! - **Same behaviour as [`cairn_core::MemoryRegistry`]**: every write runs
@@ -233,10 +233,14 @@ impl SqliteRegistry {
         self.writer.run(move |tx| work(tx, clock.now_ms())).await
     }
 
-    /// Run one operation of the operation layer as one write job.
+    /// Run one operation of the operation layer as one write job. It decides
+    /// on what it reads in the transaction that runs it, so it may run again
+    /// (the writer runs such jobs without a savepoint of their own).
     async fn submit(&self, op: Result<Op>) -> Result<Answer> {
         let op = op?;
-        self.write(move |conn, now| Ok(ops::run(&mut tx::Tx::new(conn, now), &op)?))
+        let clock = self.clock.clone();
+        self.writer
+            .run_rerunnable(move |conn| Ok(ops::run(&mut tx::Tx::new(conn, clock.now_ms()), &op)?))
             .await
     }
 

@@ -3,11 +3,13 @@
 //!
 //! Every `fsync` of the WAL is shared by all jobs that were queued while the
 //! previous commit ran, so concurrent writers pay for one commit between them
-//! instead of one each. Each job runs inside its own `SAVEPOINT`: a job that
-//! fails rolls back to it and only its caller sees the error; the jobs around it
-//! still commit. Callers are answered only after the commit that carries their
-//! job succeeded, so an acknowledged write is durable.
+//! instead of one each. A job that fails leaves nothing behind and only its
+//! caller sees the error; the jobs around it still commit (see [`run_batch`]
+//! for how: a savepoint around the job, or, for jobs that may run again, the
+//! transaction run again). Callers are answered only after the commit that
+//! carries their job succeeded, so an acknowledged write is durable.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -27,12 +29,16 @@ pub struct WriteStats {
     pub commits: u64,
     /// Jobs carried by those commits (failed jobs included: they were answered too).
     pub jobs: u64,
+    /// Transactions rolled back and run again, each job in a savepoint, because
+    /// a job that ran without one failed after writing.
+    pub reruns: u64,
 }
 
 #[derive(Default)]
 struct Counters {
     commits: AtomicU64,
     jobs: AtomicU64,
+    reruns: AtomicU64,
     /// Commit attempts begun and ended (committed or not): while they differ,
     /// a commit of ours may be visible to other connections but not yet counted.
     attempts_begun: AtomicU64,
@@ -71,11 +77,39 @@ impl OwnCommits {
 trait Job: Send {
     /// Run against the open transaction; `true` when the job's own work succeeded.
     fn run(&mut self, tx: &Transaction<'_>) -> bool;
+    /// Whether the job may run again after the transaction that ran it rolled
+    /// back: its work depends only on what it reads, and it has answered nobody.
+    fn rerunnable(&self) -> bool {
+        false
+    }
+    /// Forget the result of a run whose transaction rolled back, before it
+    /// runs again (only asked of a rerunnable job).
+    fn reset(&mut self) {}
     /// Answer the caller. `failure` is set when the transaction that carried the
     /// job did not commit; a job that succeeded then reports that failure instead.
     fn finish(self: Box<Self>, failure: Option<CairnError>);
 }
 
+/// Run `work` once, a panic caught as the job's own failure: a panicking job
+/// must not take the writer thread (and every later caller) down with it.
+fn attempt<T>(work: impl FnOnce() -> std::result::Result<T, Fault>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(work)) {
+        Ok(r) => r.map_err(CairnError::from),
+        Err(_) => Err(CairnError::storage("a write job panicked; it was rolled back")),
+    }
+}
+
+/// A job's answer, given its own result and the fate of its transaction.
+fn answer<T>(result: Option<Result<T>>, failure: Option<CairnError>) -> Result<T> {
+    match (result, failure) {
+        (Some(Ok(_)), Some(failure)) => Err(failure),
+        (Some(result), _) => result,
+        (None, Some(failure)) => Err(failure),
+        (None, None) => Err(CairnError::storage("a write job was never run")),
+    }
+}
+
+/// A job that runs once.
 struct TypedJob<T, F> {
     work: Option<F>,
     result: Option<Result<T>>,
@@ -89,12 +123,7 @@ where
 {
     fn run(&mut self, tx: &Transaction<'_>) -> bool {
         let result = match self.work.take() {
-            // A panicking job must not take the writer thread (and every later
-            // caller) down with it: it fails alone, like any other job error.
-            Some(work) => match catch_unwind(AssertUnwindSafe(|| work(tx))) {
-                Ok(r) => r.map_err(CairnError::from),
-                Err(_) => Err(CairnError::storage("a write job panicked; it was rolled back")),
-            },
+            Some(work) => attempt(|| work(tx)),
             None => Err(CairnError::storage("a write job ran twice")),
         };
         let ok = result.is_ok();
@@ -103,15 +132,42 @@ where
     }
 
     fn finish(self: Box<Self>, failure: Option<CairnError>) {
-        let answer = match (self.result, failure) {
-            (Some(Ok(_)), Some(failure)) => Err(failure),
-            (Some(result), _) => result,
-            (None, Some(failure)) => Err(failure),
-            (None, None) => Err(CairnError::storage("a write job was never run")),
-        };
         // The caller may have stopped waiting (a dropped future); the write
         // stands either way, exactly as if the answer had been lost in transit.
-        let _ = self.reply.send(answer);
+        let _ = self.reply.send(answer(self.result, failure));
+    }
+}
+
+/// A job that may run again (an operation of the operation layer: it reads
+/// what it decides on in the transaction that runs it).
+struct RerunnableJob<T, F> {
+    work: F,
+    result: Option<Result<T>>,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> Job for RerunnableJob<T, F>
+where
+    T: Send,
+    F: FnMut(&Transaction<'_>) -> std::result::Result<T, Fault> + Send,
+{
+    fn run(&mut self, tx: &Transaction<'_>) -> bool {
+        let result = attempt(|| (self.work)(tx));
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn rerunnable(&self) -> bool {
+        true
+    }
+
+    fn reset(&mut self) {
+        self.result = None;
+    }
+
+    fn finish(self: Box<Self>, failure: Option<CairnError>) {
+        let _ = self.reply.send(answer(self.result, failure));
     }
 }
 
@@ -153,6 +209,27 @@ impl Writer {
             result: None,
             reply,
         });
+        self.queue(job, answer).await
+    }
+
+    /// Run `work`, which may run more than once, as one job (see [`run_batch`]:
+    /// such jobs need no savepoint of their own) and wait until the
+    /// transaction carrying it committed.
+    pub(crate) async fn run_rerunnable<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&Transaction<'_>) -> std::result::Result<T, Fault> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(RerunnableJob {
+            work,
+            result: None,
+            reply,
+        });
+        self.queue(job, answer).await
+    }
+
+    async fn queue<T>(&self, job: Box<dyn Job>, answer: oneshot::Receiver<Result<T>>) -> Result<T> {
         let sender = self
             .sender
             .as_ref()
@@ -176,6 +253,7 @@ impl Writer {
         WriteStats {
             commits: self.counters.commits.load(Ordering::Relaxed),
             jobs: self.counters.jobs.load(Ordering::Relaxed),
+            reruns: self.counters.reruns.load(Ordering::Relaxed),
         }
     }
 }
@@ -208,11 +286,34 @@ fn writer_loop(mut conn: Connection, receiver: mpsc::Receiver<Box<dyn Job>>, max
 
 /// What running one job did to the surrounding transaction.
 enum Step {
-    /// The job ran (kept or rolled back to its savepoint); the transaction is intact.
+    /// The job ran (kept, rolled back to its savepoint, or failed having
+    /// written nothing); the transaction is intact.
     Done,
     /// SQLite rolled the whole transaction back (I/O error, disk full, …) or a
     /// savepoint statement failed: every job of the transaction so far is lost.
     Lost(CairnError),
+    /// A job without a savepoint failed after writing: roll the transaction
+    /// back and run its jobs again.
+    RunAgain,
+}
+
+/// Run a rerunnable job without a savepoint.
+fn run_bare(tx: &Transaction<'_>, job: &mut dyn Job) -> Step {
+    let before = tx.total_changes();
+    let ok = job.run(tx);
+    crate::tx::cache_job_done(ok);
+    if tx.is_autocommit() {
+        return Step::Lost(CairnError::storage(
+            "sqlite rolled the write transaction back after an error; nothing was written",
+        ));
+    }
+    // A statement that failed changed nothing (SQLite undoes it, or the whole
+    // transaction as above), so an unchanged count means no row was written.
+    if ok || tx.total_changes() == before {
+        Step::Done
+    } else {
+        Step::RunAgain
+    }
 }
 
 fn run_in_savepoint(tx: &Transaction<'_>, job: &mut dyn Job) -> Step {
@@ -238,9 +339,22 @@ fn run_in_savepoint(tx: &Transaction<'_>, job: &mut dyn Job) -> Step {
 }
 
 /// Run `jobs` in as few transactions as they allow.
+///
+/// A job that fails must leave nothing behind while the jobs around it
+/// commit. A savepoint around each job does that, but costs a copy of every
+/// page the job changes (a tenth of a busy writer's time). So rerunnable jobs
+/// run bare while every job of the transaction so far is rerunnable: one that
+/// fails before writing anything (the usual failure: the operation layer
+/// decides before it writes) leaves nothing behind anyway; one that fails
+/// after writing has the transaction rolled back and its jobs run again, this
+/// time each in a savepoint. Once a job that cannot run again has run, the
+/// transaction's later jobs take savepoints too.
 fn run_batch(conn: &mut Connection, jobs: Vec<Box<dyn Job>>, counters: &Counters) {
-    let mut queue = jobs.into_iter().peekable();
-    while queue.peek().is_some() {
+    let mut queue: VecDeque<Box<dyn Job>> = jobs.into();
+    // How many jobs at the front of the queue run in savepoints whatever they
+    // are: those of a transaction rolled back to be run again.
+    let mut guarded = 0usize;
+    while !queue.is_empty() {
         // IMMEDIATE takes the write lock up front, so a second process on the
         // same file waits (busy_timeout) at BEGIN rather than failing mid-batch.
         let begun = conn
@@ -251,9 +365,8 @@ fn run_batch(conn: &mut Connection, jobs: Vec<Box<dyn Job>>, counters: &Counters
             Ok(tx) => tx,
             Err(e) => {
                 let failure = CairnError::storage(format!("sqlite: cannot begin a write transaction: {e}"));
-                let rest: Vec<Box<dyn Job>> = queue.collect();
-                counters.jobs.fetch_add(rest.len() as u64, Ordering::Relaxed);
-                for job in rest {
+                counters.jobs.fetch_add(queue.len() as u64, Ordering::Relaxed);
+                for job in queue {
                     job.finish(Some(failure.clone()));
                 }
                 break;
@@ -261,15 +374,42 @@ fn run_batch(conn: &mut Connection, jobs: Vec<Box<dyn Job>>, counters: &Counters
         };
         let mut ran: Vec<Box<dyn Job>> = Vec::new();
         let mut lost = None;
-        for mut job in queue.by_ref() {
-            match run_in_savepoint(&tx, job.as_mut()) {
-                Step::Done => ran.push(job),
+        let mut run_again = false;
+        // Whether every job of this transaction so far may run again.
+        let mut all_rerunnable = true;
+        while let Some(mut job) = queue.pop_front() {
+            let bare = guarded == 0 && all_rerunnable && job.rerunnable();
+            guarded = guarded.saturating_sub(1);
+            all_rerunnable &= job.rerunnable();
+            let step = if bare {
+                run_bare(&tx, job.as_mut())
+            } else {
+                run_in_savepoint(&tx, job.as_mut())
+            };
+            ran.push(job);
+            match step {
+                Step::Done => {}
                 Step::Lost(failure) => {
-                    ran.push(job);
                     lost = Some(failure);
                     break;
                 }
+                Step::RunAgain => {
+                    run_again = true;
+                    break;
+                }
             }
+        }
+        if run_again {
+            drop(tx);
+            store::cursor_end();
+            crate::tx::cache_end(false);
+            counters.reruns.fetch_add(1, Ordering::Relaxed);
+            guarded = ran.len();
+            for mut job in ran.into_iter().rev() {
+                job.reset();
+                queue.push_front(job);
+            }
+            continue;
         }
         let failure = match lost {
             // Dropping the transaction rolls back whatever is left of it.
@@ -308,5 +448,95 @@ fn run_batch(conn: &mut Connection, jobs: Vec<Box<dyn Job>>, counters: &Counters
             job.finish(failure.clone());
         }
         // Jobs after a lost transaction run again in a fresh one.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+
+    fn keys(conn: &Connection) -> Vec<String> {
+        let mut stmt = conn.prepare("SELECT k FROM t ORDER BY k").expect("prepare");
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).expect("query");
+        rows.collect::<rusqlite::Result<_>>().expect("rows")
+    }
+
+    fn insert(tx: &Transaction<'_>, k: &str) -> std::result::Result<(), Fault> {
+        tx.execute("INSERT INTO t (k) VALUES (?1)", [k])?;
+        Ok(())
+    }
+
+    /// Jobs queued together (a, c, refused, b, d) share a transaction. One
+    /// that fails before writing leaves nothing behind without a savepoint;
+    /// one that fails after writing has the transaction run again, each job
+    /// in a savepoint, so only its own write is lost; a job that cannot run
+    /// again runs once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_that_fails_after_writing_is_undone_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("w.db");
+        let conn = crate::schema::open_writer(&path, std::time::Duration::from_secs(1)).expect("open");
+        conn.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY)")
+            .expect("table");
+        let writer = Writer::start(conn, 64).expect("writer");
+
+        // Hold the writer in a first job while the others queue behind it.
+        let gate = Arc::new(Barrier::new(2));
+        let held = gate.clone();
+        let mut first = Box::pin(writer.run(move |_| {
+            held.wait();
+            held.wait();
+            Ok(())
+        }));
+        assert!(futures::poll!(first.as_mut()).is_pending());
+        let gate_ = gate.clone();
+        tokio::task::spawn_blocking(move || gate_.wait()).await.expect("gate");
+
+        let runs = Arc::new(AtomicU64::new(0));
+        let counted = runs.clone();
+        let mut a = Box::pin(writer.run_rerunnable(|tx| insert(tx, "a")));
+        let mut refused = Box::pin(writer.run_rerunnable(|_| -> std::result::Result<(), Fault> {
+            Err(CairnError::InvalidRequest("refused before writing".into()).into())
+        }));
+        let mut b = Box::pin(writer.run_rerunnable(|tx| -> std::result::Result<(), Fault> {
+            insert(tx, "b")?;
+            Err(CairnError::InvalidRequest("refused after writing".into()).into())
+        }));
+        let mut c = Box::pin(writer.run_rerunnable(move |tx| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            insert(tx, "c")
+        }));
+        assert!(futures::poll!(a.as_mut()).is_pending());
+        assert!(futures::poll!(c.as_mut()).is_pending());
+        assert!(futures::poll!(refused.as_mut()).is_pending());
+        assert!(futures::poll!(b.as_mut()).is_pending());
+        let once = Arc::new(AtomicU64::new(0));
+        let ran = once.clone();
+        let mut d = Box::pin(writer.run(move |tx| {
+            ran.fetch_add(1, Ordering::SeqCst);
+            insert(tx, "d")
+        }));
+        assert!(futures::poll!(d.as_mut()).is_pending());
+        gate.wait();
+
+        first.await.expect("first");
+        a.await.expect("a");
+        c.await.expect("c");
+        d.await.expect("d");
+        let refused = refused.await.expect_err("refused");
+        assert!(refused.to_string().contains("before writing"), "{refused}");
+        let b = b.await.expect_err("b");
+        assert!(b.to_string().contains("after writing"), "{b}");
+
+        let stats = writer.stats();
+        assert_eq!(stats.reruns, 1, "{stats:?}");
+        assert_eq!(stats.commits, 2, "{stats:?}");
+        // c ran in the transaction rolled back and again in the one that committed.
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        assert_eq!(once.load(Ordering::SeqCst), 1, "a job that cannot run again ran twice");
+        drop(writer);
+        let conn = Connection::open(&path).expect("reopen");
+        assert_eq!(keys(&conn), ["a", "c", "d"]);
     }
 }
