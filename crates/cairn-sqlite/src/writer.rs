@@ -79,39 +79,19 @@ trait Job: Send {
     fn run(&mut self, tx: &Transaction<'_>) -> bool;
     /// Whether the job may run again after the transaction that ran it rolled
     /// back: its work depends only on what it reads, and it has answered nobody.
-    fn rerunnable(&self) -> bool {
-        false
-    }
+    fn rerunnable(&self) -> bool;
     /// Forget the result of a run whose transaction rolled back, before it
     /// runs again (only asked of a rerunnable job).
-    fn reset(&mut self) {}
+    fn reset(&mut self);
     /// Answer the caller. `failure` is set when the transaction that carried the
     /// job did not commit; a job that succeeded then reports that failure instead.
     fn finish(self: Box<Self>, failure: Option<CairnError>);
 }
 
-/// Run `work` once, a panic caught as the job's own failure: a panicking job
-/// must not take the writer thread (and every later caller) down with it.
-fn attempt<T>(work: impl FnOnce() -> std::result::Result<T, Fault>) -> Result<T> {
-    match catch_unwind(AssertUnwindSafe(work)) {
-        Ok(r) => r.map_err(CairnError::from),
-        Err(_) => Err(CairnError::storage("a write job panicked; it was rolled back")),
-    }
-}
-
-/// A job's answer, given its own result and the fate of its transaction.
-fn answer<T>(result: Option<Result<T>>, failure: Option<CairnError>) -> Result<T> {
-    match (result, failure) {
-        (Some(Ok(_)), Some(failure)) => Err(failure),
-        (Some(result), _) => result,
-        (None, Some(failure)) => Err(failure),
-        (None, None) => Err(CairnError::storage("a write job was never run")),
-    }
-}
-
-/// A job that runs once.
+/// A queued job: its work, whether that work may run again, and its answer.
 struct TypedJob<T, F> {
-    work: Option<F>,
+    work: F,
+    rerunnable: bool,
     result: Option<Result<T>>,
     reply: oneshot::Sender<Result<T>>,
 }
@@ -119,47 +99,22 @@ struct TypedJob<T, F> {
 impl<T, F> Job for TypedJob<T, F>
 where
     T: Send,
-    F: FnOnce(&Transaction<'_>) -> std::result::Result<T, Fault> + Send,
+    F: FnMut(&Transaction<'_>) -> std::result::Result<T, Fault> + Send,
 {
     fn run(&mut self, tx: &Transaction<'_>) -> bool {
-        let result = match self.work.take() {
-            Some(work) => attempt(|| work(tx)),
-            None => Err(CairnError::storage("a write job ran twice")),
+        // A panicking job must not take the writer thread (and every later
+        // caller) down with it: it fails alone, like any other job error.
+        let result = match catch_unwind(AssertUnwindSafe(|| (self.work)(tx))) {
+            Ok(r) => r.map_err(CairnError::from),
+            Err(_) => Err(CairnError::storage("a write job panicked; it was rolled back")),
         };
         let ok = result.is_ok();
         self.result = Some(result);
         ok
     }
 
-    fn finish(self: Box<Self>, failure: Option<CairnError>) {
-        // The caller may have stopped waiting (a dropped future); the write
-        // stands either way, exactly as if the answer had been lost in transit.
-        let _ = self.reply.send(answer(self.result, failure));
-    }
-}
-
-/// A job that may run again (an operation of the operation layer: it reads
-/// what it decides on in the transaction that runs it).
-struct RerunnableJob<T, F> {
-    work: F,
-    result: Option<Result<T>>,
-    reply: oneshot::Sender<Result<T>>,
-}
-
-impl<T, F> Job for RerunnableJob<T, F>
-where
-    T: Send,
-    F: FnMut(&Transaction<'_>) -> std::result::Result<T, Fault> + Send,
-{
-    fn run(&mut self, tx: &Transaction<'_>) -> bool {
-        let result = attempt(|| (self.work)(tx));
-        let ok = result.is_ok();
-        self.result = Some(result);
-        ok
-    }
-
     fn rerunnable(&self) -> bool {
-        true
+        self.rerunnable
     }
 
     fn reset(&mut self) {
@@ -167,7 +122,15 @@ where
     }
 
     fn finish(self: Box<Self>, failure: Option<CairnError>) {
-        let _ = self.reply.send(answer(self.result, failure));
+        let answer = match (self.result, failure) {
+            (Some(Ok(_)), Some(failure)) => Err(failure),
+            (Some(result), _) => result,
+            (None, Some(failure)) => Err(failure),
+            (None, None) => Err(CairnError::storage("a write job was never run")),
+        };
+        // The caller may have stopped waiting (a dropped future); the write
+        // stands either way, exactly as if the answer had been lost in transit.
+        let _ = self.reply.send(answer);
     }
 }
 
@@ -203,13 +166,13 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> std::result::Result<T, Fault> + Send + 'static,
     {
-        let (reply, answer) = oneshot::channel();
-        let job = Box::new(TypedJob {
-            work: Some(work),
-            result: None,
-            reply,
-        });
-        self.queue(job, answer).await
+        // Queued as not rerunnable, so the writer never runs it a second time.
+        let mut work = Some(work);
+        let once = move |tx: &Transaction<'_>| match work.take() {
+            Some(work) => work(tx),
+            None => Err(CairnError::storage("a write job ran twice").into()),
+        };
+        self.queue(once, false).await
     }
 
     /// Run `work`, which may run more than once, as one job (see [`run_batch`]:
@@ -220,16 +183,21 @@ impl Writer {
         T: Send + 'static,
         F: FnMut(&Transaction<'_>) -> std::result::Result<T, Fault> + Send + 'static,
     {
+        self.queue(work, true).await
+    }
+
+    async fn queue<T, F>(&self, work: F, rerunnable: bool) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&Transaction<'_>) -> std::result::Result<T, Fault> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
-        let job = Box::new(RerunnableJob {
+        let job = Box::new(TypedJob {
             work,
+            rerunnable,
             result: None,
             reply,
         });
-        self.queue(job, answer).await
-    }
-
-    async fn queue<T>(&self, job: Box<dyn Job>, answer: oneshot::Receiver<Result<T>>) -> Result<T> {
         let sender = self
             .sender
             .as_ref()
