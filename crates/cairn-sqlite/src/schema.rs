@@ -25,7 +25,7 @@ const APPLICATION_NAME: &str = "cairn";
 /// tell another application's database from an empty one; cairn must refuse a
 /// foreign, corrupt or newer file before writing anything (`application_id` and
 /// `cairn_meta`), and runs the steps in the same immediate transaction as that check.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V_SWEEP, V_MODULES, V_TYPE_LISTS];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V_SWEEP, V_MODULES, V_TYPE_LISTS, V_LOG_KEYS];
 
 const V1: &str = r#"
 CREATE TABLE cairn_meta (
@@ -199,6 +199,35 @@ CREATE TABLE type_lists (
     types TEXT NOT NULL
 ) WITHOUT ROWID;
 ALTER TABLE processes ADD COLUMN types_key TEXT;
+"#;
+
+/// Event logs keyed by when their process was registered (ADR 0021): each
+/// process gets a `log_key`, the change cursor its registration was stored
+/// under (unique, and larger than any key before it), and its events are
+/// indexed by `(log_key, sequence)` instead of `(process_id, sequence)`. Ids
+/// are chosen by hosts and land anywhere in an id-keyed index, so each event
+/// dirtied a page of its own; the events of processes in flight now share the
+/// index's newest pages. Rows written before this version take their current
+/// change cursor as their key: unique too, and below every later one.
+const V_LOG_KEYS: &str = r#"
+ALTER TABLE processes ADD COLUMN log_key INTEGER;
+UPDATE processes SET log_key = change_cursor;
+CREATE TABLE events_by_log_key (
+    log_key        INTEGER NOT NULL,
+    sequence       INTEGER NOT NULL,
+    event_type     TEXT NOT NULL,
+    replay_key     TEXT,
+    occurred_at_ms INTEGER NOT NULL,
+    event          TEXT NOT NULL
+);
+INSERT INTO events_by_log_key (log_key, sequence, event_type, replay_key, occurred_at_ms, event)
+    SELECT p.log_key, e.sequence, e.event_type, e.replay_key, e.occurred_at_ms, e.event
+    FROM events e JOIN processes p ON p.id = e.process_id
+    ORDER BY p.log_key, e.sequence;
+DROP TABLE events;
+ALTER TABLE events_by_log_key RENAME TO events;
+CREATE UNIQUE INDEX events_log ON events (log_key, sequence);
+CREATE UNIQUE INDEX events_replay_key ON events (log_key, replay_key) WHERE replay_key IS NOT NULL;
 "#;
 
 /// What a file holds before cairn touches it.

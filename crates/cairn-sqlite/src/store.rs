@@ -284,8 +284,8 @@ pub(crate) fn insert_process(conn: &Connection, record: &ProcessRecord) -> R<()>
     conn.prepare_cached(
         "INSERT INTO processes (id, record, status, disposition, definition, originator, originator_scope, waiting,
              created_at_ms, terminal_at_ms, last_sequence, change_cursor, run_candidate, abandon_candidate,
-             wake_at_ms, caused_by, sweep_node, sweep_incarnation, types_key, fencing_counter)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, 0)",
+             wake_at_ms, caused_by, sweep_node, sweep_incarnation, types_key, fencing_counter, log_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, 0, ?12)",
     )?
     .execute(params![
         record.id,
@@ -365,22 +365,29 @@ pub(crate) fn store_lease(conn: &Connection, id: &str, lease: Option<&Lease>, fe
     Ok(())
 }
 
+// A process's events are keyed by its row's `log_key` (schema V_LOG_KEYS,
+// ADR 0021), found through the primary key.
+const INSERT_EVENT_SQL: &str = "INSERT INTO events (log_key, sequence, event_type, replay_key, occurred_at_ms, event)
+     VALUES ((SELECT log_key FROM processes WHERE id = ?1), ?2, ?3, ?4, ?5, ?6)";
+const REPLAYED_SQL: &str = "SELECT event FROM events
+     WHERE log_key = (SELECT log_key FROM processes WHERE id = ?1) AND replay_key = ?2";
+const EVENTS_AFTER_SQL: &str =
+    "SELECT event FROM events WHERE log_key = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3";
+const DELETE_EVENTS_SQL: &str = "DELETE FROM events WHERE log_key = (SELECT log_key FROM processes WHERE id = ?1)";
+
 /// The event of `id` appended with `replay_key`, if any.
 pub(crate) fn replayed(conn: &Connection, id: &str, replay_key: &str) -> R<Option<ProcessEvent>> {
     let json = conn
-        .prepare_cached("SELECT event FROM events WHERE process_id = ?1 AND replay_key = ?2")?
+        .prepare_cached(REPLAYED_SQL)?
         .query_row(params![id, replay_key], |r| r.get::<_, String>(0))
         .optional()?;
     Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
 }
 
-/// Insert an event.
+/// Insert an event into its process's log (the process's row must exist:
+/// its `log_key` keys the log, and a missing row fails the NOT NULL).
 pub(crate) fn insert_event(conn: &Connection, event: &ProcessEvent) -> R<()> {
-    conn.prepare_cached(
-        "INSERT INTO events (process_id, sequence, event_type, replay_key, occurred_at_ms, event)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
+    conn.prepare_cached(INSERT_EVENT_SQL)?.execute(params![
         event.process_id,
         to_sql(event.sequence),
         event.event_type,
@@ -650,18 +657,16 @@ pub(crate) fn list_granted_to(
 
 /// Events after `after`, at most `limit`, and the process's last sequence.
 pub(crate) fn events_after(conn: &Connection, id: &str, after: u64, limit: usize) -> R<(Vec<ProcessEvent>, u64)> {
-    let last = conn
-        .prepare_cached("SELECT last_sequence FROM processes WHERE id = ?1")?
-        .query_row([id], |r| r.get::<_, i64>(0))
+    let found = conn
+        .prepare_cached("SELECT last_sequence, log_key FROM processes WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
         .optional()?;
-    let Some(last) = last else {
+    let Some((last, log_key)) = found else {
         return Err(missing(conn, id)?.into());
     };
-    let mut stmt = conn.prepare_cached(
-        "SELECT event FROM events WHERE process_id = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3",
-    )?;
+    let mut stmt = conn.prepare_cached(EVENTS_AFTER_SQL)?;
     let jsons = stmt
-        .query_map(params![id, to_sql(after), to_sql_usize(limit)], |r| {
+        .query_map(params![log_key, to_sql(after), to_sql_usize(limit)], |r| {
             r.get::<_, String>(0)
         })?
         .collect::<rusqlite::Result<Vec<String>>>()?;
@@ -776,9 +781,7 @@ pub(crate) fn prune_candidates(conn: &Connection, cutoff_ms: u64, status: Status
 /// (events, grants, wakes) deleted.
 pub(crate) fn prune_one(conn: &Connection, victim: &PruneCandidate, now: u64) -> R<(u64, u64, u64)> {
     let id = victim.id.as_str();
-    let events = conn
-        .prepare_cached("DELETE FROM events WHERE process_id = ?1")?
-        .execute([id])? as u64;
+    let events = conn.prepare_cached(DELETE_EVENTS_SQL)?.execute([id])? as u64;
     let grants = conn
         .prepare_cached("DELETE FROM grants WHERE process_id = ?1")?
         .execute([id])? as u64;
@@ -914,6 +917,29 @@ mod tests {
     }
 
     #[test]
+    fn event_logs_are_found_by_log_key() {
+        let (_dir, conn) = fresh();
+        let text = |s: &str| SqlValue::Text(s.into());
+        let int = SqlValue::Integer;
+        for (sql, args, index) in [
+            (EVENTS_AFTER_SQL, vec![int(1), int(0), int(10)], "events_log"),
+            (REPLAYED_SQL, vec![text("p"), text("k")], "events_replay_key"),
+            (DELETE_EVENTS_SQL, vec![text("p")], "events_log"),
+        ] {
+            let p = plan(&conn, sql, args);
+            assert!(p.contains(index), "{sql}: {p}");
+            assert!(!p.contains("SCAN") && !p.contains("TEMP B-TREE"), "{sql}: {p}");
+        }
+        for sql in [REPLAYED_SQL, DELETE_EVENTS_SQL, INSERT_EVENT_SQL] {
+            let args = (1..=conn.prepare(sql).expect("prepare").parameter_count())
+                .map(|_| text("p"))
+                .collect();
+            let p = plan(&conn, sql, args);
+            assert!(p.contains("sqlite_autoindex_processes_1"), "{sql}: {p}");
+        }
+    }
+
+    #[test]
     fn change_feed_prune_and_wakes_use_their_indexes() {
         let (_dir, conn) = fresh();
         let p = plan(
@@ -941,13 +967,7 @@ mod tests {
         let (dir, writer) = fresh();
         let reader =
             crate::schema::open_reader(&dir.path().join("plan.db"), std::time::Duration::from_secs(1)).expect("reader");
-        for (conn, sql) in [
-            (
-                &reader,
-                "SELECT event FROM events WHERE process_id = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3",
-            ),
-            (&writer, WORKLIST_SQL),
-        ] {
+        for (conn, sql) in [(&reader, EVENTS_AFTER_SQL), (&writer, WORKLIST_SQL)] {
             let mut stmt = conn.prepare_cached(sql).expect("prepare");
             let n = stmt.parameter_count();
             for limit in 1..4_i64 {

@@ -1208,6 +1208,101 @@ async fn rows_another_writer_changed_are_read_again() {
     }
 }
 
+async fn log(reg: &SqliteRegistry, id: &str) -> Vec<cairn_core::ProcessEvent> {
+    reg.events_after(id, 0, None).await.expect("events").events
+}
+
+/// A file whose event logs are keyed by process id (schema versions before
+/// log keys, ADR 0021) is upgraded when opened: every event reads back as it
+/// was, a replayed append still finds its first answer, the next append
+/// follows on, a new process's log starts after every older one, and prune
+/// still deletes a log with its process.
+#[tokio::test]
+async fn event_logs_keyed_by_process_id_are_upgraded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let clock = ManualClock::new(T0);
+    let reg = open(&path, &clock);
+    let noting = |id: &str| Registration {
+        event_types: vec![EventType::plain("note")],
+        ..external(id)
+    };
+    let note = |n: u64| AppendRequest::new("note", json!({"n": n}));
+    for id in ["old-a", "old-b"] {
+        reg.register(noting(id), None).await.expect("register");
+    }
+    reg.append_event("old-a", note(1).with_replay_key("k1"))
+        .await
+        .expect("append");
+    reg.append_event("old-a", note(2)).await.expect("append");
+    reg.complete_external("old-b", Outcome::success(json!("b")), "host")
+        .await
+        .expect("complete");
+    let (a, b) = (log(&reg, "old-a").await, log(&reg, "old-b").await);
+    assert_eq!((a.len(), b.len()), (2, 1));
+    drop(reg);
+
+    // The file as the version before log keys left it.
+    let raw = Connection::open(&path).expect("raw");
+    raw.execute_batch(&format!(
+        "CREATE TABLE events_old (
+             process_id TEXT NOT NULL, sequence INTEGER NOT NULL, event_type TEXT NOT NULL, replay_key TEXT,
+             occurred_at_ms INTEGER NOT NULL, event TEXT NOT NULL, PRIMARY KEY (process_id, sequence));
+         INSERT INTO events_old
+             SELECT p.id, e.sequence, e.event_type, e.replay_key, e.occurred_at_ms, e.event
+             FROM events e JOIN processes p ON p.log_key = e.log_key;
+         DROP TABLE events;
+         ALTER TABLE events_old RENAME TO events;
+         CREATE UNIQUE INDEX events_replay_key ON events (process_id, replay_key) WHERE replay_key IS NOT NULL;
+         ALTER TABLE processes DROP COLUMN log_key;
+         UPDATE cairn_meta SET value = '{}' WHERE key = 'schema_version';",
+        SCHEMA_VERSION - 1
+    ))
+    .expect("make the older shape");
+    drop(raw);
+
+    let reg = open(&path, &clock);
+    assert_eq!(log(&reg, "old-a").await, a);
+    assert_eq!(log(&reg, "old-b").await, b);
+    let again = reg
+        .append_event("old-a", note(1).with_replay_key("k1"))
+        .await
+        .expect("replay");
+    assert!(again.replayed, "the replay key survived the upgrade");
+    assert_eq!(again.event, a[0]);
+    let next = reg.append_event("old-a", note(3)).await.expect("append");
+    assert_eq!(next.event.sequence, 3);
+    reg.register(noting("new-c"), None).await.expect("register new");
+    reg.append_event("new-c", note(1)).await.expect("append new");
+    assert_eq!(log(&reg, "new-c").await.len(), 1);
+    assert_eq!(log(&reg, "old-a").await.len(), 3);
+    let raw = Connection::open(&path).expect("raw");
+    let key = |id: &str| -> i64 {
+        raw.query_row("SELECT log_key FROM processes WHERE id = ?1", [id], |r| r.get(0))
+            .expect("log key")
+    };
+    assert!(
+        key("new-c") > key("old-a").max(key("old-b")),
+        "a new log starts after the older ones"
+    );
+    let version: String = raw
+        .query_row("SELECT value FROM cairn_meta WHERE key = 'schema_version'", [], |r| {
+            r.get(0)
+        })
+        .expect("version");
+    assert_eq!(version, SCHEMA_VERSION.to_string());
+    clock.advance(10);
+    let report = reg
+        .prune(clock.now_ms(), StatusFilter::Completed, Watermark::NoProjector)
+        .await
+        .expect("prune");
+    assert_eq!((report.pruned, report.events_deleted), (1, 1));
+    let left: i64 = raw
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(left, 4, "old-a's three events and new-c's one");
+}
+
 /// A row stores its record without the type list, which is stored once per
 /// list (ADR 0008); a row written before that (its list inline, no key) still
 /// loads, and its next write moves the list out; a row naming a list that is
