@@ -1219,6 +1219,8 @@ async fn log(reg: &SqliteRegistry, id: &str) -> Vec<cairn_core::ProcessEvent> {
 /// still deletes a log with its process.
 #[tokio::test]
 async fn event_logs_keyed_by_process_id_are_upgraded() {
+    /// The schema version whose migration keys event logs by `log_key`.
+    const LOG_KEYS_FROM: u32 = 6;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = db(&dir);
     let clock = ManualClock::new(T0);
@@ -1242,7 +1244,7 @@ async fn event_logs_keyed_by_process_id_are_upgraded() {
     assert_eq!((a.len(), b.len()), (2, 1));
     drop(reg);
 
-    // The file as the version before log keys left it.
+    // The file as schema version 6, the one before log keys, left it.
     let raw = Connection::open(&path).expect("raw");
     raw.execute_batch(&format!(
         "CREATE TABLE events_old (
@@ -1255,8 +1257,7 @@ async fn event_logs_keyed_by_process_id_are_upgraded() {
          ALTER TABLE events_old RENAME TO events;
          CREATE UNIQUE INDEX events_replay_key ON events (process_id, replay_key) WHERE replay_key IS NOT NULL;
          ALTER TABLE processes DROP COLUMN log_key;
-         UPDATE cairn_meta SET value = '{}' WHERE key = 'schema_version';",
-        SCHEMA_VERSION - 1
+         UPDATE cairn_meta SET value = '{LOG_KEYS_FROM}' WHERE key = 'schema_version';"
     ))
     .expect("make the older shape");
     drop(raw);
