@@ -422,6 +422,18 @@ impl ProcessRegistry for MemoryRegistry {
             .into_registered()
     }
 
+    async fn register_claimed(
+        &self,
+        registration: Registration,
+        grant: Option<StartGrant>,
+        owner_id: &str,
+        ttl_ms: u64,
+    ) -> Result<(Registered, Option<Claim>)> {
+        self.submit(Op::register_claimed(&registration, grant, self.now(), owner_id, ttl_ms))?
+            .into_registered_claimed()
+            .map(|b| *b)
+    }
+
     async fn get(&self, id: &str) -> Result<ProcessRecord> {
         validate_id("process id", id)?;
         let st = self.state.lock();

@@ -11,16 +11,16 @@ use crate::awaiter::{Awaiter, Backoff};
 use crate::clock::{system_clock, SharedClock};
 use crate::events::{self, AppendRequest, AppendResult, EventPage, EventType, ProcessEvent};
 use crate::model::{
-    CausalRef, ChangePage, Disposition, EnvSpec, ExternalRef, Grant, GrantDescriptor, GrantedProcess, Originator,
-    Outcome, ProcessFilter, ProcessInput, ProcessRecord, Provenance, PruneReport, Registration, SessionDeleteReport,
-    SessionScope, StartGrant, StatusFilter, TransferReport, WakeDelivery, Watermark,
+    CausalRef, ChangePage, Claim, Disposition, EnvSpec, ExternalRef, Grant, GrantDescriptor, GrantedProcess,
+    Originator, Outcome, ProcessFilter, ProcessInput, ProcessRecord, Provenance, PruneReport, Registration,
+    SessionDeleteReport, SessionScope, StartGrant, StatusFilter, TransferReport, WakeDelivery, Watermark,
 };
 use crate::registry::{ProcessRegistry, Registered};
 use crate::script::{Module, ModuleInfo, ModulePut, ScriptEngine};
 use crate::tool::ToolRegistry;
 use crate::validate::validate_id;
 use crate::watch::{ChangeHub, EndSink, EventSink, WatchedRegistry};
-use crate::worker::{WorkDriver, Worker, WorkerConfig};
+use crate::worker::{StartSlot, WorkDriver, Worker, WorkerConfig};
 use crate::{CairnError, Result};
 
 /// A start request: the wire shape of `POST /v1/processes` (SPEC §12).
@@ -141,11 +141,37 @@ pub(crate) async fn register_start(
     require_tool: bool,
     req: StartRequest,
 ) -> Result<Registered> {
+    let (registration, grant) = prepare_registration(registry, tools, require_tool, req).await?;
+    registry.register(registration, grant).await
+}
+
+/// [`register_start`], claiming what it creates for `slot` when it may run
+/// now ([`ProcessRegistry::register_claimed`]).
+async fn register_start_claimed(
+    registry: &dyn ProcessRegistry,
+    tools: &ToolRegistry,
+    require_tool: bool,
+    req: StartRequest,
+    slot: &StartSlot,
+) -> Result<(Registered, Option<Claim>)> {
+    let (registration, grant) = prepare_registration(registry, tools, require_tool, req).await?;
+    registry
+        .register_claimed(registration, grant, &slot.owner, slot.ttl_ms)
+        .await
+}
+
+/// [`prepare_start`], with the env it asks for stored.
+async fn prepare_registration(
+    registry: &dyn ProcessRegistry,
+    tools: &ToolRegistry,
+    require_tool: bool,
+    req: StartRequest,
+) -> Result<(Registration, Option<StartGrant>)> {
     let (mut registration, grant, env_spec) = prepare_start(registry, tools, require_tool, req).await?;
     if let Some(spec) = &env_spec {
         registration.env_ref = Some(registry.put_env(spec).await?);
     }
-    registry.register(registration, grant).await
+    Ok((registration, grant))
 }
 
 /// The registration, grant and env spec `req` asks for, checked by what runs
@@ -396,6 +422,10 @@ impl Starter {
     pub(crate) async fn start(&self, req: StartRequest) -> Result<Registered> {
         register_start(self.registry.as_ref(), &self.tools, self.runs_worker, req).await
     }
+
+    async fn start_claimed(&self, req: StartRequest, slot: &StartSlot) -> Result<(Registered, Option<Claim>)> {
+        register_start_claimed(self.registry.as_ref(), &self.tools, self.runs_worker, req, slot).await
+    }
 }
 
 pub(crate) struct Inner {
@@ -453,12 +483,26 @@ impl Processes {
     }
 
     /// Record durable intent (record, grant, env) and nudge the worker. Idempotent on id.
+    ///
+    /// When this runtime's worker has a free slot and no older work waits for
+    /// it, the same write claims the new process for the worker, which runs it
+    /// at once (ADR 0022); the answer is the record as registered either way.
     pub async fn start(&self, req: StartRequest) -> Result<Registered> {
-        let registered = self.inner.starter.start(req).await?;
-        if registered.created {
-            if let Some(d) = &self.inner.driver {
-                d.nudge();
+        let Some(driver) = &self.inner.driver else {
+            return self.inner.starter.start(req).await;
+        };
+        let Some(slot) = driver.worker().slot_for_start() else {
+            let registered = self.inner.starter.start(req).await?;
+            if registered.created {
+                driver.nudge();
             }
+            return Ok(registered);
+        };
+        let (registered, claim) = self.inner.starter.start_claimed(req, &slot).await?;
+        match claim {
+            Some(claim) => driver.worker().run_started(claim, slot),
+            None if registered.created => driver.nudge(),
+            None => {}
         }
         Ok(registered)
     }

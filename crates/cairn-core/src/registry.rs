@@ -63,6 +63,30 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// - The record, its grant and its change-feed entry commit together.
     async fn register(&self, registration: Registration, grant: Option<StartGrant>) -> Result<Registered>;
 
+    /// [`register`](Self::register), and when the write created a process
+    /// the worklist would hand out now (a run candidate with a free lease),
+    /// its claim for `owner_id` for `ttl_ms` with `process.started` recorded,
+    /// in the same transaction, as [`claim_batch`](Self::claim_batch) would
+    /// claim it: a start on a node with an idle worker slot then writes the
+    /// row once, not twice. Answers the registration (its record as
+    /// registered, before the claim) and the claim when one was made; an
+    /// existing id, or a process that may not run now (externally owned, born
+    /// cancelled), is answered without one. An error changed nothing, as for
+    /// `register`. `owner_id` and `ttl_ms` are checked as a claim's.
+    ///
+    /// The default registers and claims nothing: the worklist hands the
+    /// process out on the next drive.
+    async fn register_claimed(
+        &self,
+        registration: Registration,
+        grant: Option<StartGrant>,
+        owner_id: &str,
+        ttl_ms: u64,
+    ) -> Result<(Registered, Option<Claim>)> {
+        let _ = (owner_id, ttl_ms);
+        Ok((self.register(registration, grant).await?, None))
+    }
+
     /// The current record. Unknown ids are `unknown_process`; pruned ids are
     /// `no_longer_retained` carrying the tombstone.
     async fn get(&self, id: &str) -> Result<ProcessRecord>;

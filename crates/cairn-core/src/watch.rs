@@ -445,6 +445,32 @@ impl ProcessRegistry for WatchedRegistry {
         Ok(r)
     }
 
+    async fn register_claimed(
+        &self,
+        registration: Registration,
+        grant: Option<StartGrant>,
+        owner_id: &str,
+        ttl_ms: u64,
+    ) -> Result<(Registered, Option<Claim>)> {
+        let (r, claim) = self
+            .inner
+            .register_claimed(registration, grant, owner_id, ttl_ms)
+            .await?;
+        if r.created {
+            self.ended(&r.process);
+            self.changed(&r.process);
+            if r.process.is_terminal() {
+                self.sink_cancelled_tail(&r.process).await;
+            }
+            match &claim {
+                // As `claim_batch` tells of its claims; the work is taken.
+                Some(c) => self.after_write(&c.process, 2).await,
+                None => self.hub.notify_work(),
+            }
+        }
+        Ok((r, claim))
+    }
+
     async fn get(&self, id: &str) -> Result<ProcessRecord> {
         self.inner.get(id).await
     }

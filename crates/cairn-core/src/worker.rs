@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde_json::Value;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::awaiter::Awaiter;
@@ -71,6 +71,14 @@ impl Default for WorkerConfig {
 /// once (see `guard_run`).
 const FIRST_CHECK: Duration = Duration::from_millis(100);
 
+/// A worker slot a start reserved ([`Worker::slot_for_start`]): the owner and
+/// lease time its claim takes; dropping it frees the slot.
+pub(crate) struct StartSlot {
+    permit: OwnedSemaphorePermit,
+    pub(crate) owner: String,
+    pub(crate) ttl_ms: u64,
+}
+
 /// Claims and runs processes. Share it as `Arc<Worker>`.
 pub struct Worker {
     registry: Arc<dyn ProcessRegistry>,
@@ -84,6 +92,10 @@ pub struct Worker {
     in_flight: Mutex<HashMap<String, ToolContext>>,
     tasks: Mutex<JoinSet<()>>,
     draining: AtomicBool,
+    /// Whether the worklist may hold work this worker has not claimed: set
+    /// until a drive finds fewer candidates than it had free slots. While it
+    /// is set a start does not claim its own process (older work goes first).
+    backlog: AtomicBool,
     idle: Notify,
     /// This start's node incarnation and its owner id, once registered.
     identity: std::sync::OnceLock<(NodeIdentity, String)>,
@@ -112,6 +124,7 @@ impl Worker {
             in_flight: Mutex::new(HashMap::new()),
             tasks: Mutex::new(JoinSet::new()),
             draining: AtomicBool::new(false),
+            backlog: AtomicBool::new(true),
             idle: Notify::new(),
             identity: std::sync::OnceLock::new(),
         })
@@ -244,26 +257,30 @@ impl Worker {
             }
             let free = self.slots.available_permits().min(self.config.batch_size);
             if free == 0 {
+                // Every slot is busy: what the worklist holds is unknown.
+                self.backlog.store(true, Ordering::SeqCst);
                 break;
             }
-            let ttl = self.config.lease_ttl.as_millis() as u64;
-            let claims = self.registry.claim_batch(self.owner_id(), ttl, free).await?;
+            let claims = match self.registry.claim_batch(self.owner_id(), self.ttl_ms(), free).await {
+                Ok(claims) => claims,
+                Err(e) => {
+                    self.backlog.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
+            };
             let n = claims.len();
+            self.backlog.store(n >= free, Ordering::SeqCst);
             for claim in claims {
                 let permit = match self.slots.clone().try_acquire_owned() {
                     Ok(p) => p,
                     Err(_) => {
-                        // Cannot happen while this driver is the only claimer; hand the lease back.
+                        // A start took the slot since it was counted; hand the lease back.
                         let _ = self.registry.release(&claim.lease).await;
+                        self.backlog.store(true, Ordering::SeqCst);
                         continue;
                     }
                 };
-                let this = self.clone();
-                self.tasks.lock().spawn(async move {
-                    this.run_claim(claim).await;
-                    drop(permit);
-                    this.idle.notify_waiters();
-                });
+                self.run_in(claim, permit);
                 started += 1;
             }
             if n < free {
@@ -271,6 +288,46 @@ impl Worker {
             }
         }
         Ok(started)
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        self.config.lease_ttl.as_millis() as u64
+    }
+
+    /// Run `claim` on its own task in the slot `permit` holds.
+    fn run_in(self: &Arc<Self>, claim: Claim, permit: OwnedSemaphorePermit) {
+        let this = self.clone();
+        self.tasks.lock().spawn(async move {
+            this.run_claim(claim).await;
+            drop(permit);
+            this.idle.notify_waiters();
+        });
+    }
+
+    /// A free slot for a start to claim its own process into, in the
+    /// registration's write ([`ProcessRegistry::register_claimed`]), when
+    /// taking new work now passes over none: the worker is not draining, its
+    /// node incarnation is registered (leases name it), and its last drive
+    /// emptied the worklist. The caller runs the claim with [`Self::run_started`]
+    /// or drops the slot.
+    pub(crate) fn slot_for_start(&self) -> Option<StartSlot> {
+        if self.draining.load(Ordering::SeqCst) || self.backlog.load(Ordering::SeqCst) {
+            return None;
+        }
+        if self.config.node_id.is_some() && self.identity.get().is_none() {
+            return None;
+        }
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        Some(StartSlot {
+            permit,
+            owner: self.owner_id().to_string(),
+            ttl_ms: self.ttl_ms(),
+        })
+    }
+
+    /// Run what a start claimed in the slot it reserved.
+    pub(crate) fn run_started(self: &Arc<Self>, claim: Claim, slot: StartSlot) {
+        self.run_in(claim, slot.permit);
     }
 
     fn reap_finished(&self) {
@@ -636,11 +693,17 @@ impl WorkDriver {
                         None => std::future::pending().await,
                     }
                 };
+                // A freed slot is worth a drive only when work may be waiting
+                // for one: with the worklist emptied by the last drive, new work
+                // arrives by a nudge, the hub or a due time (only this loop
+                // sets `backlog`, so it cannot change while the loop waits).
+                // Without a hub, every run's end is also a look for work.
+                let slot_wanted = hub.is_none() || worker.backlog.load(Ordering::SeqCst);
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = nudge.notified() => {}
                     _ = hub_work => {}
-                    _ = worker.idle.notified() => {}
+                    _ = worker.idle.notified(), if slot_wanted => {}
                     _ = tokio::time::sleep(pause) => {}
                 }
             }

@@ -304,6 +304,25 @@ impl ProcessRegistry for PostgresRegistry {
             .into_registered()
     }
 
+    async fn register_claimed(
+        &self,
+        registration: Registration,
+        grant: Option<StartGrant>,
+        owner_id: &str,
+        ttl_ms: u64,
+    ) -> Result<(Registered, Option<Claim>)> {
+        self.submit(Op::register_claimed(
+            &registration,
+            grant,
+            self.clock.now_ms(),
+            owner_id,
+            ttl_ms,
+        ))
+        .await?
+        .into_registered_claimed()
+        .map(|b| *b)
+    }
+
     async fn get(&self, id: &str) -> Result<ProcessRecord> {
         validate_id("process id", id)?;
         self.shared.run(|c| async move { read::get(&c, id).await }).await

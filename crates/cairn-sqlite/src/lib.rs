@@ -240,7 +240,12 @@ impl SqliteRegistry {
         let op = op?;
         let clock = self.clock.clone();
         self.writer
-            .run_rerunnable(move |conn| Ok(ops::run(&mut tx::Tx::new(conn, clock.now_ms()), &op)?))
+            .run_rerunnable(move |conn| {
+                let mut tx = tx::Tx::new(conn, clock.now_ms());
+                let answer = ops::run(&mut tx, &op)?;
+                tx.finish()?;
+                Ok(answer)
+            })
             .await
     }
 
@@ -276,6 +281,25 @@ impl ProcessRegistry for SqliteRegistry {
         self.submit(Op::register(&registration, grant, self.clock.now_ms()))
             .await?
             .into_registered()
+    }
+
+    async fn register_claimed(
+        &self,
+        registration: Registration,
+        grant: Option<StartGrant>,
+        owner_id: &str,
+        ttl_ms: u64,
+    ) -> Result<(Registered, Option<Claim>)> {
+        self.submit(Op::register_claimed(
+            &registration,
+            grant,
+            self.clock.now_ms(),
+            owner_id,
+            ttl_ms,
+        ))
+        .await?
+        .into_registered_claimed()
+        .map(|b| *b)
     }
 
     async fn get(&self, id: &str) -> Result<ProcessRecord> {

@@ -277,15 +277,34 @@ fn originator_scope(scope: &SessionScope) -> R<String> {
     Ok(serde_json::to_string(scope)?)
 }
 
-/// Insert a new row (no lease, fencing counter 0) at the head of the change feed.
-pub(crate) fn insert_process(conn: &Connection, record: &ProcessRecord) -> R<()> {
-    let cursor = next_cursor(conn)?;
+/// The change cursor of a write to a row not stored yet (see
+/// [`insert_process`]): its registration's is also its `log_key` (ADR 0021),
+/// so its events can be stored before the row.
+pub(crate) fn cursor_for_new_row(conn: &Connection) -> R<u64> {
+    next_cursor(conn)
+}
+
+/// Insert a new row as its registration's job left it (with a lease and a
+/// fencing counter when the job claimed it), under the change cursor of the
+/// job's last write to it; `log_key` is its registration's cursor. Cursors
+/// come from [`cursor_for_new_row`], one for each write, as if each were
+/// stored, so the feed's cursors do not depend on when a row is stored.
+pub(crate) fn insert_process(
+    conn: &Connection,
+    record: &ProcessRecord,
+    lease: Option<&Lease>,
+    fencing_counter: u64,
+    log_key: u64,
+    cursor: u64,
+) -> R<()> {
     let (json, d) = derive(conn, record)?;
     conn.prepare_cached(
         "INSERT INTO processes (id, record, status, disposition, definition, originator, originator_scope, waiting,
              created_at_ms, terminal_at_ms, last_sequence, change_cursor, run_candidate, abandon_candidate,
-             wake_at_ms, caused_by, sweep_node, sweep_incarnation, types_key, fencing_counter, log_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, 0, ?12)",
+             wake_at_ms, caused_by, sweep_node, sweep_incarnation, types_key, fencing_counter, log_key,
+             lease_owner, lease_token, lease_fencing, lease_claimed_at_ms, lease_expires_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21,
+             ?22, ?23, ?24, ?25, ?26)",
     )?
     .execute(params![
         record.id,
@@ -307,6 +326,13 @@ pub(crate) fn insert_process(conn: &Connection, record: &ProcessRecord) -> R<()>
         d.sweep_node,
         d.sweep_incarnation,
         record.event_types.key(),
+        to_sql(fencing_counter),
+        to_sql(log_key),
+        lease.map(|l| l.owner_id.as_str()),
+        lease.map(|l| l.lease_token.as_str()),
+        lease.map(|l| to_sql(l.fencing_token)),
+        lease.map(|l| to_sql(l.claimed_at_ms)),
+        lease.map(|l| to_sql(l.expires_at_ms)),
     ])?;
     Ok(())
 }
@@ -369,6 +395,8 @@ pub(crate) fn store_lease(conn: &Connection, id: &str, lease: Option<&Lease>, fe
 // ADR 0021), found through the primary key.
 const INSERT_EVENT_SQL: &str = "INSERT INTO events (log_key, sequence, event_type, replay_key, occurred_at_ms, event)
      VALUES ((SELECT log_key FROM processes WHERE id = ?1), ?2, ?3, ?4, ?5, ?6)";
+const INSERT_EVENT_KEYED_SQL: &str =
+    "INSERT INTO events (log_key, sequence, event_type, replay_key, occurred_at_ms, event) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 const REPLAYED_SQL: &str = "SELECT event FROM events
      WHERE log_key = (SELECT log_key FROM processes WHERE id = ?1) AND replay_key = ?2";
 const EVENTS_AFTER_SQL: &str =
@@ -389,6 +417,20 @@ pub(crate) fn replayed(conn: &Connection, id: &str, replay_key: &str) -> R<Optio
 pub(crate) fn insert_event(conn: &Connection, event: &ProcessEvent) -> R<()> {
     conn.prepare_cached(INSERT_EVENT_SQL)?.execute(params![
         event.process_id,
+        to_sql(event.sequence),
+        event.event_type,
+        event.replay_key,
+        to_sql(event.occurred_at_ms),
+        serde_json::to_string(event)?,
+    ])?;
+    Ok(())
+}
+
+/// [`insert_event`] into the log `log_key` names, for a row its job has not
+/// stored yet.
+pub(crate) fn insert_event_keyed(conn: &Connection, log_key: u64, event: &ProcessEvent) -> R<()> {
+    conn.prepare_cached(INSERT_EVENT_KEYED_SQL)?.execute(params![
+        to_sql(log_key),
         to_sql(event.sequence),
         event.event_type,
         event.replay_key,

@@ -112,11 +112,20 @@ fn cache_lookup(id: &str) -> Option<Option<Row>> {
 /// One operation's transaction: the connection, the job's time, and the rows
 /// it has read or written (so an operation reads each row once). When it is
 /// dropped its rows go to the writer's [`RowCache`], as the running job's.
+///
+/// A row the operation registers is stored once, when the operation is done
+/// ([`Tx::finish`]), as the operation left it: a start that claims its own
+/// process (`register_claimed`) inserts the claimed row, not a row and then
+/// two updates of it. Its events are stored as they come, under the log key
+/// handed out at registration.
 pub(crate) struct Tx<'c> {
     conn: &'c Connection,
     now: u64,
     rows: HashMap<String, Row>,
     deleted: Vec<String>,
+    /// Rows registered by this operation and not stored yet: their log keys
+    /// and the change cursors of their last writes.
+    fresh: HashMap<String, (u64, u64)>,
 }
 
 impl<'c> Tx<'c> {
@@ -126,7 +135,20 @@ impl<'c> Tx<'c> {
             now,
             rows: HashMap::new(),
             deleted: Vec::new(),
+            fresh: HashMap::new(),
         }
+    }
+
+    /// Store the rows this operation registered. Call it when the operation
+    /// succeeded, before the job ends; SQL that reads `processes` calls it first.
+    pub(crate) fn finish(&mut self) -> Result<()> {
+        for (id, (log_key, cursor)) in std::mem::take(&mut self.fresh) {
+            let row = self.rows.get(&id).ok_or_else(|| {
+                CairnError::storage(format!("registered row `{id}` went missing before it was stored"))
+            })?;
+            store::insert_process(self.conn, &row.record, row.lease.as_ref(), row.fencing, log_key, cursor)?;
+        }
+        Ok(())
     }
 
     /// Bring the row of `id` into this transaction's rows; `false` when there is none.
@@ -183,6 +205,7 @@ impl WriteTx for Tx<'_> {
     }
 
     fn replayed(&mut self, id: &str, replay_key: &str) -> Result<Option<ProcessEvent>> {
+        self.finish()?;
         Ok(store::replayed(self.conn, id, replay_key)?)
     }
 
@@ -191,29 +214,35 @@ impl WriteTx for Tx<'_> {
     }
 
     fn run_candidates(&mut self, limit: usize) -> Result<Vec<String>> {
+        self.finish()?;
         Ok(store::run_candidates(self.conn, self.now, limit)?)
     }
 
     fn running_children(&mut self, parent: &str) -> Result<Vec<String>> {
+        self.finish()?;
         Ok(store::running_children(self.conn, parent)?)
     }
 
     fn insert_row(&mut self, record: ProcessRecord) -> Result<()> {
-        store::insert_process(self.conn, &record)?;
+        let log_key = store::cursor_for_new_row(self.conn)?;
         let id = record.id.clone();
         let mut row = Row {
             record,
             lease: None,
             fencing: 0,
         };
-        // As a load would see it: the stored row has no lease.
+        // As a load would see it: a new row has no lease.
         row.normalise();
-        self.rows.insert(id, row);
+        self.rows.insert(id.clone(), row);
+        self.fresh.insert(id, (log_key, log_key));
         Ok(())
     }
 
     fn update_record(&mut self, record: ProcessRecord, release_lease: bool) -> Result<()> {
-        store::update_process(self.conn, &record, release_lease)?;
+        match self.fresh.get_mut(&record.id) {
+            Some((_, cursor)) => *cursor = store::cursor_for_new_row(self.conn)?,
+            None => store::update_process(self.conn, &record, release_lease)?,
+        }
         let row = self.cached(&record.id)?;
         row.record = record;
         if release_lease {
@@ -224,7 +253,9 @@ impl WriteTx for Tx<'_> {
     }
 
     fn set_lease(&mut self, id: &str, lease: Option<Lease>, fencing: u64) -> Result<()> {
-        store::store_lease(self.conn, id, lease.as_ref(), fencing)?;
+        if !self.fresh.contains_key(id) {
+            store::store_lease(self.conn, id, lease.as_ref(), fencing)?;
+        }
         let row = self.cached(id)?;
         row.lease = lease;
         row.fencing = fencing;
@@ -233,7 +264,10 @@ impl WriteTx for Tx<'_> {
     }
 
     fn push_event(&mut self, event: &ProcessEvent) -> Result<()> {
-        Ok(store::insert_event(self.conn, event)?)
+        match self.fresh.get(&event.process_id) {
+            Some(&(log_key, _)) => Ok(store::insert_event_keyed(self.conn, log_key, event)?),
+            None => Ok(store::insert_event(self.conn, event)?),
+        }
     }
 
     fn insert_wake(&mut self, wake: &WakeDelivery) -> Result<bool> {
@@ -294,5 +328,59 @@ impl AdminTx for Tx<'_> {
             deleted.wakes += wakes;
         }
         Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_core::ops::{self, Op};
+
+    use super::*;
+
+    /// A start that claims its own process stores its row once, claimed:
+    /// one row insert and one event, where a registration and a claim made
+    /// apart insert the row and then update it twice.
+    #[test]
+    fn a_registration_that_claims_inserts_the_claimed_row_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn =
+            crate::schema::open_writer(&dir.path().join("tx.db"), std::time::Duration::from_secs(1)).expect("open");
+        // As the writer runs jobs: in a write transaction, cursors from memory.
+        conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
+        store::cursor_begin(&conn).expect("cursor");
+        let run = |op: Op| {
+            let before = conn.total_changes();
+            let mut tx = Tx::new(&conn, 1_000);
+            let answer = ops::run(&mut tx, &op).expect("op");
+            tx.finish().expect("finish");
+            drop(tx);
+            cache_job_done(true);
+            (answer, conn.total_changes() - before)
+        };
+        // The first registration also stores the shared type list.
+        let (_, _) = run(Op::register(&cairn_testkit::builders::rerunnable("warm"), None, 1_000).expect("op"));
+        let (answer, changes) =
+            run(Op::register_claimed(&cairn_testkit::builders::rerunnable("p"), None, 1_000, "w1", 5_000).expect("op"));
+        let (registered, claim) = *answer.into_registered_claimed().expect("answer");
+        let claim = claim.expect("claimed");
+        assert!(registered.created);
+        assert_eq!(changes, 2, "the claimed row and its `process.started`");
+        let stored = store::load(&conn, "p").expect("load").expect("row");
+        assert_eq!(stored.lease.as_ref(), Some(&claim.lease));
+        assert_eq!(stored.fencing, 1);
+        assert_eq!(stored.record, claim.process);
+        let (events, _) = store::events_after(&conn, "p", 0, 10).expect("events");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event_type, cairn_core::events::STARTED);
+        // Apart: the row, then the claim's lease and its started update and event.
+        let (_, changes) = run(Op::register(&cairn_testkit::builders::rerunnable("q"), None, 1_000).expect("op"));
+        assert_eq!(changes, 1);
+        // (`q` sorts before `warm` in the worklist.)
+        let (claims, changes) = run(Op::claim_batch("w1", 5_000, 1).expect("op"));
+        assert_eq!(claims.into_claims().expect("claims")[0].process.id, "q");
+        assert_eq!(changes, 3);
+        store::cursor_flush(&conn).expect("flush");
+        store::cursor_end();
+        conn.execute_batch("COMMIT").expect("commit");
     }
 }

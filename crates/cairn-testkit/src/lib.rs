@@ -283,6 +283,7 @@ macro_rules! conformance_suite {
                 renew_extends_live_lease_only,
                 release_frees_lease,
                 claim_batch_marks_started,
+                register_claimed_claims_what_it_creates,
                 owner_bound_started_is_not_claimable,
                 not_claimable_dispositions,
                 record_started_is_fenced,

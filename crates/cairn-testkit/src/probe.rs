@@ -55,6 +55,15 @@ impl ProcessRegistry for ReadProbe {
     async fn register(&self, registration: Registration, grant: Option<StartGrant>) -> Result<Registered> {
         self.inner.register(registration, grant).await
     }
+    async fn register_claimed(
+        &self,
+        registration: Registration,
+        grant: Option<StartGrant>,
+        owner_id: &str,
+        ttl_ms: u64,
+    ) -> Result<(Registered, Option<Claim>)> {
+        self.inner.register_claimed(registration, grant, owner_id, ttl_ms).await
+    }
     async fn get(&self, id: &str) -> Result<ProcessRecord> {
         let answer = self.inner.get(id).await;
         self.gets.send_modify(|n| *n += 1);

@@ -119,6 +119,16 @@ pub trait WriteTx {
     fn upsert_grant(&mut self, grant: &Grant) -> Result<()>;
 }
 
+/// Who a registration claims what it creates for, and for how long (see
+/// [`Op::register_claimed`]).
+#[derive(Clone, Debug)]
+pub struct ClaimFor {
+    /// The claiming worker's owner id.
+    pub owner: String,
+    /// The lease's time to live.
+    pub ttl_ms: u64,
+}
+
 /// One registry write, validated and ready to run in a transaction.
 ///
 /// Build it with the constructors ([`Op::append`], [`Op::claim`], ...): they
@@ -129,10 +139,12 @@ pub trait WriteTx {
 #[allow(missing_docs)]
 #[derive(Debug)]
 pub enum Op {
-    /// See [`crate::ProcessRegistry::register`].
+    /// See [`crate::ProcessRegistry::register`]; with `claim_for`,
+    /// [`crate::ProcessRegistry::register_claimed`].
     Register {
         record: Box<ProcessRecord>,
         grant: Option<Grant>,
+        claim_for: Option<ClaimFor>,
     },
     /// See [`crate::ProcessRegistry::append_event`].
     Append { id: String, request: AppendRequest },
@@ -190,6 +202,31 @@ impl Op {
         Ok(Self::Register {
             record: Box::new(record),
             grant,
+            claim_for: None,
+        })
+    }
+
+    /// A registration that also claims what it created for `owner` (see
+    /// [`crate::ProcessRegistry::register_claimed`]).
+    pub fn register_claimed(
+        registration: &Registration,
+        grant: Option<StartGrant>,
+        now_ms: u64,
+        owner: &str,
+        ttl_ms: u64,
+    ) -> Result<Self> {
+        validate_id("owner id", owner)?;
+        fold::check_ttl(ttl_ms)?;
+        let Self::Register { record, grant, .. } = Self::register(registration, grant, now_ms)? else {
+            unreachable!("Op::register builds a registration")
+        };
+        Ok(Self::Register {
+            record,
+            grant,
+            claim_for: Some(ClaimFor {
+                owner: owner.to_string(),
+                ttl_ms,
+            }),
         })
     }
 
@@ -467,6 +504,8 @@ impl Op {
 pub enum Answer {
     /// Of [`Op::Register`].
     Registered(Registered),
+    /// Of [`Op::Register`] with `claim_for`: the claim when one was made.
+    RegisteredClaimed(Box<(Registered, Option<Claim>)>),
     /// Of [`Op::Append`].
     Appended(AppendResult),
     /// Of [`Op::Cancel`].
@@ -506,6 +545,7 @@ macro_rules! answer_into {
 
 answer_into! {
     into_registered => Registered(Registered),
+    into_registered_claimed => RegisteredClaimed(Box<(Registered, Option<Claim>)>),
     into_appended => Appended(AppendResult),
     into_cancel => Cancel(CancelAnswer),
     into_grant => Grant(Grant),
@@ -520,7 +560,26 @@ answer_into! {
 /// wrote (roll the transaction or savepoint back, or undo it from an overlay).
 pub fn run<T: WriteTx + ?Sized>(tx: &mut T, op: &Op) -> Result<Answer> {
     Ok(match op {
-        Op::Register { record, grant } => Answer::Registered(register(tx, record, grant.as_ref())?),
+        Op::Register {
+            record,
+            grant,
+            claim_for: None,
+        } => Answer::Registered(register(tx, record, grant.as_ref())?),
+        Op::Register {
+            record,
+            grant,
+            claim_for: Some(c),
+        } => {
+            let registered = register(tx, record, grant.as_ref())?;
+            // Only what this write created, and only when the worklist would
+            // hand it out now (a child born cancelled is not a run candidate).
+            let claim = if registered.created {
+                claim_started(tx, &record.id, &c.owner, c.ttl_ms)?
+            } else {
+                None
+            };
+            Answer::RegisteredClaimed(Box::new((registered, claim)))
+        }
         Op::Append { id, request } => Answer::Appended(append(tx, id, request, Authority::Caller)?),
         Op::Cancel { id, reason } => Answer::Cancel(cancel(tx, id, reason.as_deref())?),
         Op::Grant { grant } => {
@@ -834,23 +893,31 @@ fn claim<T: WriteTx + ?Sized>(tx: &mut T, id: &str, owner: &str, ttl_ms: u64) ->
 }
 
 fn claim_batch<T: WriteTx + ?Sized>(tx: &mut T, owner: &str, ttl_ms: u64, limit: usize) -> Result<Vec<Claim>> {
-    let now = tx.now();
     if limit == 0 {
         return Ok(Vec::new());
     }
     let mut claims = Vec::new();
     for id in tx.run_candidates(limit)? {
-        let Some(row) = tx.row(&id)? else { continue };
-        let free = row.lease.as_ref().is_none_or(|l| l.expires_at_ms <= now);
-        if !free || !fold::is_run_candidate(&row.record) || fold::claim_refusal(&row.record, owner, now).is_some() {
-            // (claim_refusal also refuses a suspension that is not due yet.)
-            continue;
+        if let Some(c) = claim_started(tx, &id, owner, ttl_ms)? {
+            claims.push(c);
         }
-        let lease = claim(tx, &id, owner, ttl_ms)?;
-        let process = record_started(tx, &lease)?;
-        claims.push(Claim { lease, process });
     }
     Ok(claims)
+}
+
+/// Claim `id` for `owner` and record `process.started`, when it is a run
+/// candidate with a free lease that `owner` may claim now; `None` otherwise.
+fn claim_started<T: WriteTx + ?Sized>(tx: &mut T, id: &str, owner: &str, ttl_ms: u64) -> Result<Option<Claim>> {
+    let now = tx.now();
+    let Some(row) = tx.row(id)? else { return Ok(None) };
+    let free = row.lease.as_ref().is_none_or(|l| l.expires_at_ms <= now);
+    if !free || !fold::is_run_candidate(&row.record) || fold::claim_refusal(&row.record, owner, now).is_some() {
+        // (claim_refusal also refuses a suspension that is not due yet.)
+        return Ok(None);
+    }
+    let lease = claim(tx, id, owner, ttl_ms)?;
+    let process = record_started(tx, &lease)?;
+    Ok(Some(Claim { lease, process }))
 }
 
 /// `process.started`, then, when the claim resumes a suspended run,

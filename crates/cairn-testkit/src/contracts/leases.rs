@@ -587,3 +587,83 @@ pub async fn worklist_is_bounded(factory: &dyn StoreFactory) {
         "leased rows leave the worklist"
     );
 }
+
+/// `register_claimed` registers and, for what it created that may run now,
+/// claims it with `process.started` in the same write: the stored state is
+/// what `register` then `claim_batch` would leave. An existing id and an
+/// externally owned process are answered without a claim; a bad owner or ttl
+/// changes nothing.
+pub async fn register_claimed_claims_what_it_creates(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    for reg in [rerunnable("r"), owner_bound("b")] {
+        let id = reg.id.clone();
+        let (registered, claim) = ok(
+            h.registry().register_claimed(reg.clone(), None, "w1", TTL).await,
+            "register_claimed",
+        );
+        assert!(registered.created, "{id}");
+        assert_eq!(registered.process.last_sequence, 0, "{id}: the record as registered");
+        assert_eq!(registered.process.started, None, "{id}: the record as registered");
+        assert_eq!(registered.process.lease, None, "{id}: the record as registered");
+        let claim = claim.unwrap_or_else(|| panic!("{id}: a new run candidate is claimed"));
+        let folded = h.check(&id).await;
+        assert_eq!(
+            claim.process, folded.record,
+            "{id}: the claim answers the stored record"
+        );
+        assert_eq!(folded.types(), vec![ev::STARTED], "{id}");
+        assert_eq!(claim.lease.owner_id, "w1");
+        assert_eq!(claim.lease.fencing_token, 1);
+        assert_eq!(claim.lease.expires_at_ms, h.now() + TTL);
+        assert_eq!(folded.record.lease, Some(claim.lease.view()));
+        assert_eq!(
+            folded.record.started,
+            Some(StartedFact {
+                owner_id: "w1".into(),
+                fencing_token: 1,
+                attempt: 1,
+                at_ms: h.now(),
+            })
+        );
+        // The same registration again: the stored record, no second claim.
+        let (again, none) = h
+            .no_change(
+                "register_claimed again",
+                h.registry().register_claimed(reg, None, "w2", TTL),
+            )
+            .await;
+        assert!(!again.created && none.is_none(), "{id}: {again:?} {none:?}");
+        assert_eq!(again.process, folded.record);
+        // The lease is live: the worklist hands it to nobody else.
+        assert!(ok(h.registry().claim_batch("w2", TTL, 10).await, "claim_batch").is_empty());
+        let lease = claim.lease.clone();
+        let done = ok(
+            h.registry()
+                .complete(&lease, Outcome::success(json!({"ok": true})))
+                .await,
+            "complete under the claim's lease",
+        );
+        assert_eq!(done.status, ProcessStatus::Completed);
+    }
+    // Not run by a worker: registered, not claimed, left as `register` leaves it.
+    let (registered, claim) = ok(
+        h.registry().register_claimed(external("e"), None, "w1", TTL).await,
+        "register_claimed external",
+    );
+    assert!(registered.created && claim.is_none(), "{claim:?}");
+    assert!(h.check("e").await.types().is_empty());
+    assert_eq!(h.get("e").await.lease, None);
+    // A bad owner id or ttl is refused before anything is written.
+    h.rejects(
+        "invalid_id",
+        "an empty owner id",
+        h.registry().register_claimed(rerunnable("x"), None, "", TTL),
+    )
+    .await;
+    h.rejects(
+        "invalid_request",
+        "a zero ttl",
+        h.registry().register_claimed(rerunnable("x"), None, "w1", 0),
+    )
+    .await;
+}
