@@ -337,38 +337,101 @@ pub(crate) fn insert_process(
     Ok(())
 }
 
+/// Which indexed columns an update of a row changes. SQLite rewrites a row's
+/// entry in every index over a column the `UPDATE` sets, even to the value it
+/// holds: an append that leaves the status alone would dirty a random page of
+/// `(status, id)` (and the worklist's and the sweep's pages) for nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Changes {
+    /// `status` and `terminal_at_ms`.
+    pub status: bool,
+    /// The worklist's: `run_candidate`, `abandon_candidate`, `wake_at_ms`
+    /// and, with `release_lease`, the lease columns.
+    pub worklist: bool,
+    /// The sweep's: `sweep_node` and `sweep_incarnation`.
+    pub sweep: bool,
+}
+
+impl Changes {
+    /// What storing `new` over the row that holds `old` changes.
+    pub(crate) fn between(old: &ProcessRecord, new: &ProcessRecord, release_lease: bool) -> Self {
+        use cairn_core::fold;
+        Self {
+            status: old.status != new.status || old.terminal_at_ms != new.terminal_at_ms,
+            worklist: release_lease
+                || fold::is_run_candidate(old) != fold::is_run_candidate(new)
+                || fold::is_abandon_candidate(old) != fold::is_abandon_candidate(new)
+                || fold::resumable_at(old) != fold::resumable_at(new),
+            sweep: fold::sweep_owner(old) != fold::sweep_owner(new),
+        }
+    }
+
+    /// Every indexed column (when the stored row is not known).
+    pub(crate) const ALL: Self = Self {
+        status: true,
+        worklist: true,
+        sweep: true,
+    };
+}
+
+/// The `UPDATE` of [`update_process`] that sets what `changes` names beside
+/// the columns every append changes. Parameters keep their numbers in every
+/// variant (an unused one is bound and ignored).
+fn update_sql(changes: Changes, release_lease: bool) -> String {
+    let mut sql = String::from(
+        "UPDATE processes SET record = ?2, waiting = ?4, last_sequence = ?6, change_cursor = ?7, types_key = ?14",
+    );
+    if changes.status {
+        sql.push_str(", status = ?3, terminal_at_ms = ?5");
+    }
+    if changes.worklist {
+        sql.push_str(", run_candidate = ?8, abandon_candidate = ?9, wake_at_ms = ?11");
+    }
+    if changes.worklist && release_lease {
+        sql.push_str(
+            ", lease_owner = NULL, lease_token = NULL, lease_fencing = NULL, lease_claimed_at_ms = NULL, \
+             lease_expires_at_ms = NULL",
+        );
+    }
+    if changes.sweep {
+        sql.push_str(", sweep_node = ?12, sweep_incarnation = ?13");
+    }
+    sql.push_str(" WHERE id = ?1");
+    sql
+}
+
 /// Store a record after an append, moving it to the head of the change feed;
-/// with `release_lease` the lease columns are cleared too.
-pub(crate) fn update_process(conn: &Connection, record: &ProcessRecord, release_lease: bool) -> R<()> {
+/// with `release_lease` the lease columns are cleared too. Only the indexed
+/// columns `changes` names are set (see [`Changes`]).
+pub(crate) fn update_process(
+    conn: &Connection,
+    record: &ProcessRecord,
+    release_lease: bool,
+    changes: Changes,
+) -> R<()> {
     let cursor = next_cursor(conn)?;
     let (json, d) = derive(conn, record)?;
-    conn.prepare_cached(
-        "UPDATE processes SET record = ?2, status = ?3, waiting = ?4, terminal_at_ms = ?5, last_sequence = ?6,
-             change_cursor = ?7, run_candidate = ?8, abandon_candidate = ?9, wake_at_ms = ?11,
-             sweep_node = ?12, sweep_incarnation = ?13, types_key = ?14,
-             lease_owner = CASE WHEN ?10 THEN NULL ELSE lease_owner END,
-             lease_token = CASE WHEN ?10 THEN NULL ELSE lease_token END,
-             lease_fencing = CASE WHEN ?10 THEN NULL ELSE lease_fencing END,
-             lease_claimed_at_ms = CASE WHEN ?10 THEN NULL ELSE lease_claimed_at_ms END,
-             lease_expires_at_ms = CASE WHEN ?10 THEN NULL ELSE lease_expires_at_ms END
-         WHERE id = ?1",
-    )?
-    .execute(params![
-        record.id,
-        json,
-        d.status,
-        d.waiting,
-        d.terminal_at,
-        d.last_sequence,
-        to_sql(cursor),
-        d.run_candidate,
-        d.abandon_candidate,
-        release_lease,
-        d.wake_at,
-        d.sweep_node,
-        d.sweep_incarnation,
-        record.event_types.key(),
-    ])?;
+    let changes = Changes {
+        worklist: changes.worklist || release_lease,
+        ..changes
+    };
+    conn.prepare_cached(&update_sql(changes, release_lease))?
+        .execute(params![
+            record.id,
+            json,
+            d.status,
+            d.waiting,
+            d.terminal_at,
+            d.last_sequence,
+            to_sql(cursor),
+            d.run_candidate,
+            d.abandon_candidate,
+            release_lease,
+            d.wake_at,
+            d.sweep_node,
+            d.sweep_incarnation,
+            record.event_types.key(),
+        ])?;
     Ok(())
 }
 
