@@ -261,6 +261,17 @@ impl Worker {
                 self.backlog.store(true, Ordering::SeqCst);
                 break;
             }
+            // Hold the slots before claiming: a start may reserve one at any
+            // time (`slot_for_start`), and a claim must never lack its slot
+            // (an owner-bound process, once started, could not be handed back).
+            let Ok(mut held) = self
+                .slots
+                .clone()
+                .try_acquire_many_owned(free.min(u32::MAX as usize) as u32)
+            else {
+                // A start took a slot since they were counted: count again.
+                continue;
+            };
             let claims = match self.registry.claim_batch(self.owner_id(), self.ttl_ms(), free).await {
                 Ok(claims) => claims,
                 Err(e) => {
@@ -271,18 +282,17 @@ impl Worker {
             let n = claims.len();
             self.backlog.store(n >= free, Ordering::SeqCst);
             for claim in claims {
-                let permit = match self.slots.clone().try_acquire_owned() {
-                    Ok(p) => p,
-                    Err(_) => {
-                        // A start took the slot since it was counted; hand the lease back.
-                        let _ = self.registry.release(&claim.lease).await;
-                        self.backlog.store(true, Ordering::SeqCst);
-                        continue;
-                    }
+                let Some(permit) = held.split(1) else {
+                    // A backend answered more claims than asked for: a broken
+                    // contract; hand the lease back rather than overfill.
+                    tracing::error!(process_id = %claim.process.id, "claim_batch answered more claims than its limit");
+                    let _ = self.registry.release(&claim.lease).await;
+                    continue;
                 };
                 self.run_in(claim, permit);
                 started += 1;
             }
+            drop(held);
             if n < free {
                 break;
             }
