@@ -1193,3 +1193,103 @@ pub async fn cancel_reaches_running_children(factory: &dyn StoreFactory) {
     assert!(bystander.cancel_request.is_none());
     p.shutdown().await;
 }
+
+/// A start on a runtime whose worker has a free slot and an emptied worklist
+/// claims its process in the registration's own write (ADR 0022): the record
+/// `start` answers is the registered one, and the stored one is already
+/// started under this worker's lease, with no drive in between. (A drive in
+/// flight holds the free slots, and a start then takes the plain path; so each
+/// attempt waits for the last process to end, and a few attempts let the
+/// drives earlier starts asked for finish.)
+pub async fn a_start_claims_into_an_idle_slot(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let probe = crate::probe::ReadProbe::new(store.registry.clone());
+    let p = Processes::builder(probe.clone())
+        .tools(tools(vec![]))
+        .clock(Arc::new(store.clock.clone()))
+        .worker_config(config("w1"))
+        .start();
+    let mut claimed_by_its_start = None;
+    for i in 0..10 {
+        let id = format!("p{i}");
+        let drives = probe.claim_batches();
+        let registered = p
+            .start(StartRequest::tool(
+                &id,
+                "echo",
+                json!({"value": i}),
+                Disposition::OwnerBound,
+            ))
+            .await
+            .expect("start");
+        assert!(registered.created);
+        assert_eq!(registered.process.started, None, "start answers the registered record");
+        let stored = store.registry.get(&id).await.expect("get");
+        if stored.started.is_some() && probe.claim_batches() == drives {
+            claimed_by_its_start = Some(stored);
+        }
+        assert_eq!(terminal(&p, &id).await.status, ProcessStatus::Completed);
+        crate::assert_fold(store.registry.as_ref(), &id).await;
+        if claimed_by_its_start.is_some() {
+            break;
+        }
+    }
+    let stored = claimed_by_its_start.expect("no start claimed its process in its own write in 10 attempts");
+    let started = stored.started.clone().expect("started");
+    assert_eq!(started.owner_id, "w1");
+    assert_eq!(started.fencing_token, 1);
+    assert_eq!(stored.lease.as_ref().map(|l| l.owner_id.as_str()), Some("w1"));
+    p.shutdown().await;
+}
+
+/// A start that claims for itself while a drive is claiming never leaves the
+/// drive a claim without a slot: with one slot, a start made after a drive
+/// counted its free slot and before it claims takes the plain registration,
+/// and both processes run and end (a started owner-bound process handed back
+/// for want of a slot could never run again).
+pub async fn a_start_racing_a_drive_leaves_no_claim_without_a_slot(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let probe = crate::probe::ReadProbe::new(store.registry.clone());
+    let p = Processes::builder(probe.clone())
+        .tools(tools(vec![]))
+        .clock(Arc::new(store.clock.clone()))
+        .worker_config(WorkerConfig {
+            concurrency: 1,
+            batch_size: 1,
+            ..config("w1")
+        })
+        .start();
+    // A drive that finds the worklist empty: the worker may take starts now.
+    p.worker().expect("a worker").drive_once().await.expect("drive");
+    // At the next drive's claim, after it counted its free slot: `a` waits in
+    // the worklist (registered past the runtime, so nothing claims it in its
+    // write), and a host starts `b`.
+    let (inner, starter) = (store.registry.clone(), p.clone());
+    let (hooked, hook_ran) = tokio::sync::oneshot::channel();
+    probe.before_next_claim_batch(Box::new(move || {
+        Box::pin(async move {
+            inner
+                .register(crate::builders::owner_bound("a"), None)
+                .await
+                .expect("register a");
+            starter
+                .start(StartRequest::tool(
+                    "b",
+                    "echo",
+                    json!({"value": "b"}),
+                    Disposition::OwnerBound,
+                ))
+                .await
+                .expect("start b");
+            let _ = hooked.send(());
+        })
+    }));
+    p.hub().notify_work();
+    hook_ran.await.expect("the next drive claimed");
+    for id in ["a", "b"] {
+        let r = terminal(&p, id).await;
+        assert_eq!(r.status, ProcessStatus::Completed, "{id}: {r:?}");
+        crate::assert_fold(store.registry.as_ref(), id).await;
+    }
+    p.shutdown().await;
+}

@@ -377,6 +377,8 @@ macro_rules! execution_suite {
                 wait_signal_resumes_with_payload,
                 rerunnable_reruns_after_lease_expiry,
                 owner_bound_started_is_never_rerun,
+                a_start_claims_into_an_idle_slot,
+                a_start_racing_a_drive_leaves_no_claim_without_a_slot,
                 externally_owned_is_never_claimed,
                 revenant_worker_cannot_write,
                 restarted_node_sweeps_its_earlier_incarnation,

@@ -21,11 +21,18 @@ use cairn_core::{
 };
 use tokio::sync::watch;
 
+/// Work a test runs once, when the next `claim_batch` call arrives, before it
+/// reaches the inner registry ([`ReadProbe::before_next_claim_batch`]).
+pub type ClaimHook = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>;
+
 /// Counts the `get` calls that have answered, per probe; every other method
-/// passes straight through to the inner registry.
+/// passes straight through to the inner registry (after a [`ClaimHook`], for
+/// `claim_batch`).
 pub struct ReadProbe {
     inner: Arc<dyn ProcessRegistry>,
     gets: watch::Sender<u64>,
+    claim_hook: parking_lot::Mutex<Option<ClaimHook>>,
+    claim_batches: std::sync::atomic::AtomicU64,
 }
 
 impl ReadProbe {
@@ -34,7 +41,21 @@ impl ReadProbe {
         Arc::new(Self {
             inner,
             gets: watch::channel(0).0,
+            claim_hook: parking_lot::Mutex::new(None),
+            claim_batches: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// How many `claim_batch` calls have arrived (counted before they run).
+    pub fn claim_batches(&self) -> u64 {
+        self.claim_batches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Run `hook` when the next `claim_batch` arrives, before passing it on:
+    /// a test's way into the moment a drive has counted its free slots and
+    /// not yet claimed.
+    pub fn before_next_claim_batch(&self, hook: ClaimHook) {
+        *self.claim_hook.lock() = Some(hook);
     }
 
     /// A receiver of the number of `get` calls answered so far.
@@ -109,6 +130,11 @@ impl ProcessRegistry for ReadProbe {
         self.inner.claim(id, owner_id, ttl_ms).await
     }
     async fn claim_batch(&self, owner_id: &str, ttl_ms: u64, limit: usize) -> Result<Vec<Claim>> {
+        self.claim_batches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let hook = self.claim_hook.lock().take();
+        if let Some(hook) = hook {
+            hook().await;
+        }
         self.inner.claim_batch(owner_id, ttl_ms, limit).await
     }
     async fn record_started(&self, lease: &Lease) -> Result<ProcessRecord> {
