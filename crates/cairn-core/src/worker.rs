@@ -261,17 +261,6 @@ impl Worker {
                 self.backlog.store(true, Ordering::SeqCst);
                 break;
             }
-            // Hold the slots before claiming: a start may reserve one at any
-            // time (`slot_for_start`), and a claim must never lack its slot
-            // (an owner-bound process, once started, could not be handed back).
-            let Ok(mut held) = self
-                .slots
-                .clone()
-                .try_acquire_many_owned(free.min(u32::MAX as usize) as u32)
-            else {
-                // A start took a slot since they were counted: count again.
-                continue;
-            };
             let claims = match self.registry.claim_batch(self.owner_id(), self.ttl_ms(), free).await {
                 Ok(claims) => claims,
                 Err(e) => {
@@ -282,17 +271,16 @@ impl Worker {
             let n = claims.len();
             self.backlog.store(n >= free, Ordering::SeqCst);
             for claim in claims {
-                let Some(permit) = held.split(1) else {
-                    // A backend answered more claims than asked for: a broken
-                    // contract; hand the lease back rather than overfill.
-                    tracing::error!(process_id = %claim.process.id, "claim_batch answered more claims than its limit");
-                    let _ = self.registry.release(&claim.lease).await;
-                    continue;
-                };
-                self.run_in(claim, permit);
+                match self.slots.clone().try_acquire_owned() {
+                    Ok(permit) => self.run_in(claim, permit),
+                    // A start took the slot since it was counted
+                    // (`slot_for_start`). The claim is made and, for an
+                    // owner-bound process, started: it cannot be handed back,
+                    // so it waits for the next free slot, keeping its lease.
+                    Err(_) => self.run_when_a_slot_frees(claim),
+                }
                 started += 1;
             }
-            drop(held);
             if n < free {
                 break;
             }
@@ -308,6 +296,41 @@ impl Worker {
     fn run_in(self: &Arc<Self>, claim: Claim, permit: OwnedSemaphorePermit) {
         let this = self.clone();
         self.tasks.lock().spawn(async move {
+            this.run_claim(claim).await;
+            drop(permit);
+            this.idle.notify_waiters();
+        });
+    }
+
+    /// Run `claim` once a slot frees, renewing its lease every third of its
+    /// time to live meanwhile (a run renews it from then on). A renewal that
+    /// fails means the lease is lost: nothing runs, and nothing more is written.
+    fn run_when_a_slot_frees(self: &Arc<Self>, mut claim: Claim) {
+        let this = self.clone();
+        self.tasks.lock().spawn(async move {
+            let ttl = this.config.lease_ttl;
+            let every = (ttl / 3).max(Duration::from_millis(10));
+            let permit = loop {
+                tokio::select! {
+                    permit = this.slots.clone().acquire_owned() => match permit {
+                        Ok(permit) => break permit,
+                        Err(_) => return,
+                    },
+                    _ = tokio::time::sleep(every) => {
+                        match this.registry.renew(&claim.lease, this.ttl_ms()).await {
+                            Ok(lease) => {
+                                claim.process.lease = Some(lease.view());
+                                claim.lease = lease;
+                            }
+                            Err(e) => {
+                                tracing::warn!(process_id = %claim.process.id, error = %e,
+                                    "a claim waiting for a slot lost its lease");
+                                return;
+                            }
+                        }
+                    }
+                }
+            };
             this.run_claim(claim).await;
             drop(permit);
             this.idle.notify_waiters();
