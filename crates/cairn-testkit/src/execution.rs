@@ -141,6 +141,18 @@ pub(crate) fn runtime(store: &TestStore, owner: &str, extra: Vec<Arc<dyn Tool>>)
         .start()
 }
 
+/// A runtime whose worker runs with `config`, over a [`crate::probe::ReadProbe`]
+/// of the store's registry, so a test sees and steps into its claims.
+fn probed_runtime(store: &TestStore, config: WorkerConfig) -> (Arc<crate::probe::ReadProbe>, Processes) {
+    let probe = crate::probe::ReadProbe::new(store.registry.clone());
+    let p = Processes::builder(probe.clone())
+        .tools(tools(vec![]))
+        .clock(Arc::new(store.clock.clone()))
+        .worker_config(config)
+        .start();
+    (probe, p)
+}
+
 /// A worker without a driver loop, driven by hand.
 fn manual_worker(store: &TestStore, owner: &str, extra: Vec<Arc<dyn Tool>>) -> Arc<Worker> {
     let awaiter = Awaiter::new(store.registry.clone(), None);
@@ -1204,12 +1216,7 @@ pub async fn cancel_reaches_running_children(factory: &dyn StoreFactory) {
 /// attempts let the first drives finish.)
 pub async fn a_start_claims_into_an_idle_slot(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;
-    let probe = crate::probe::ReadProbe::new(store.registry.clone());
-    let p = Processes::builder(probe.clone())
-        .tools(tools(vec![]))
-        .clock(Arc::new(store.clock.clone()))
-        .worker_config(config("w1"))
-        .start();
+    let (probe, p) = probed_runtime(&store, config("w1"));
     let mut claimed_by_its_start = None;
     for i in 0..10 {
         let id = format!("p{i}");
@@ -1249,16 +1256,14 @@ pub async fn a_start_claims_into_an_idle_slot(factory: &dyn StoreFactory) {
 /// owner-bound process handed back for want of a slot could never run again).
 pub async fn a_start_racing_a_drive_leaves_no_claim_without_a_slot(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;
-    let probe = crate::probe::ReadProbe::new(store.registry.clone());
-    let p = Processes::builder(probe.clone())
-        .tools(tools(vec![]))
-        .clock(Arc::new(store.clock.clone()))
-        .worker_config(WorkerConfig {
+    let (probe, p) = probed_runtime(
+        &store,
+        WorkerConfig {
             concurrency: 1,
             batch_size: 1,
             ..config("w1")
-        })
-        .start();
+        },
+    );
     // A drive that finds the worklist empty: the worker may take starts now.
     p.worker().expect("a worker").drive_once().await.expect("drive");
     // At the next drive's claim, after it counted its free slot: `a` waits in
