@@ -7,7 +7,7 @@
 //! and writes nothing more.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +79,16 @@ pub(crate) struct StartSlot {
     pub(crate) ttl_ms: u64,
 }
 
+/// A claim counted in [`Worker::unplaced`]; dropping it uncounts it.
+struct Unplaced(Arc<Worker>);
+
+impl Drop for Unplaced {
+    fn drop(&mut self) {
+        self.0.unplaced.fetch_sub(1, Ordering::SeqCst);
+        self.0.idle.notify_waiters();
+    }
+}
+
 /// Claims and runs processes. Share it as `Arc<Worker>`.
 pub struct Worker {
     registry: Arc<dyn ProcessRegistry>,
@@ -97,6 +107,10 @@ pub struct Worker {
     /// is set a start does not claim its own process (older work goes first).
     backlog: AtomicBool,
     idle: Notify,
+    /// Claims made, or being made, that hold no slot yet: a drive's claim
+    /// before it is placed, and a claim waiting for a slot a start took. A
+    /// drain waits for them as for runs (each is, or will be, started).
+    unplaced: AtomicUsize,
     /// This start's node incarnation and its owner id, once registered.
     identity: std::sync::OnceLock<(NodeIdentity, String)>,
 }
@@ -126,6 +140,7 @@ impl Worker {
             draining: AtomicBool::new(false),
             backlog: AtomicBool::new(true),
             idle: Notify::new(),
+            unplaced: AtomicUsize::new(0),
             identity: std::sync::OnceLock::new(),
         })
     }
@@ -218,6 +233,11 @@ impl Worker {
         &self.config
     }
 
+    /// Slots free now (of `config().concurrency`).
+    pub fn free_slots(&self) -> usize {
+        self.slots.available_permits()
+    }
+
     /// Ids this worker is running now.
     pub fn running(&self) -> Vec<String> {
         self.in_flight.lock().keys().cloned().collect()
@@ -252,6 +272,9 @@ impl Worker {
     async fn claim_and_start(self: &Arc<Self>) -> Result<usize> {
         let mut started = 0;
         loop {
+            // Counted before draining is read: a drain that has begun either
+            // stops this claim or waits for what it claims.
+            let _unplaced = self.unplaced();
             if self.draining.load(Ordering::SeqCst) {
                 break;
             }
@@ -307,6 +330,7 @@ impl Worker {
     /// fails means the lease is lost: nothing runs, and nothing more is written.
     fn run_when_a_slot_frees(self: &Arc<Self>, mut claim: Claim) {
         let this = self.clone();
+        let unplaced = self.unplaced();
         self.tasks.lock().spawn(async move {
             let ttl = this.config.lease_ttl;
             let every = (ttl / 3).max(Duration::from_millis(10));
@@ -331,10 +355,17 @@ impl Worker {
                     }
                 }
             };
+            drop(unplaced);
             this.run_claim(claim).await;
             drop(permit);
             this.idle.notify_waiters();
         });
+    }
+
+    /// Count a claim that holds no slot yet until the guard drops.
+    fn unplaced(self: &Arc<Self>) -> Unplaced {
+        self.unplaced.fetch_add(1, Ordering::SeqCst);
+        Unplaced(self.clone())
     }
 
     /// A free slot for a start to claim its own process into, in the
@@ -378,7 +409,10 @@ impl Worker {
     pub async fn wait_idle(&self) {
         loop {
             let notified = self.idle.notified();
-            if self.in_flight.lock().is_empty() && self.slots.available_permits() == self.config.concurrency.max(1) {
+            if self.in_flight.lock().is_empty()
+                && self.slots.available_permits() == self.config.concurrency.max(1)
+                && self.unplaced.load(Ordering::SeqCst) == 0
+            {
                 return;
             }
             notified.await;

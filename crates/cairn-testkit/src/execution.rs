@@ -1249,6 +1249,128 @@ pub async fn a_start_claims_into_an_idle_slot(factory: &dyn StoreFactory) {
     p.shutdown().await;
 }
 
+/// A drain waits for a claim that is waiting for a slot: with one slot, the
+/// drive's claim of `a` waits behind a start's long run of `b`; draining stops
+/// `b`, hands its slot to `a`'s claim, and returns only once `a` has ended too
+/// (an owner-bound process left started with a live lease would strand until
+/// its lease lapsed and a sweep wrote it off).
+pub async fn a_drain_waits_for_a_claim_waiting_for_a_slot(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let (probe, p) = probed_runtime(
+        &store,
+        WorkerConfig {
+            concurrency: 1,
+            batch_size: 1,
+            ..config("w1")
+        },
+    );
+    let worker = p.worker().expect("a worker");
+    worker.drive_once().await.expect("drive");
+    let (inner, starter) = (store.registry.clone(), p.clone());
+    let (hooked, hook_ran) = tokio::sync::oneshot::channel();
+    probe.before_next_claim_batch(Box::new(move || {
+        Box::pin(async move {
+            inner
+                .register(crate::builders::owner_bound("a"), None)
+                .await
+                .expect("register a");
+            starter
+                .start(StartRequest::tool(
+                    "b",
+                    "sleep",
+                    json!({"ms": 600_000}),
+                    Disposition::OwnerBound,
+                ))
+                .await
+                .expect("start b");
+            let _ = hooked.send(());
+        })
+    }));
+    p.hub().notify_work();
+    hook_ran.await.expect("the next drive claimed");
+    p.await_event("b", "process.started", 0, WAIT).await.expect("b runs");
+    // `a` is claimed (started: owner-bound) and waits for `b`'s slot.
+    p.await_event("a", "process.started", 0, WAIT).await.expect("a claimed");
+    let a = p.get("a").await.expect("get a");
+    assert!(a.status == ProcessStatus::Running && a.lease.is_some(), "{a:?}");
+    worker.drain().await;
+    for id in ["a", "b"] {
+        let r = p.get(id).await.expect("get");
+        assert!(r.is_terminal(), "{id} was left running by the drain: {r:?}");
+        assert!(r.lease.is_none(), "{id} kept a lease: {r:?}");
+        crate::assert_fold(store.registry.as_ref(), id).await;
+    }
+    p.shutdown().await;
+}
+
+/// A drain that begins while a drive is claiming waits for what the claim
+/// brings back: the drive's claim of `a` returns after the drain began and
+/// after the only other run (`b`) ended, so nothing is in flight and every
+/// slot is free, yet the drain returns only once `a` has ended.
+pub async fn a_drain_waits_for_a_drive_claiming(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let (probe, p) = probed_runtime(
+        &store,
+        WorkerConfig {
+            concurrency: 1,
+            batch_size: 1,
+            ..config("w1")
+        },
+    );
+    let worker = p.worker().expect("a worker").clone();
+    worker.drive_once().await.expect("drive");
+    let (inner, starter, draining) = (store.registry.clone(), p.clone(), worker.clone());
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel();
+    let (hooked, hook_ran) = tokio::sync::oneshot::channel();
+    probe.before_next_claim_batch(Box::new(move || {
+        Box::pin(async move {
+            inner
+                .register(crate::builders::owner_bound("a"), None)
+                .await
+                .expect("register a");
+            starter
+                .start(StartRequest::tool(
+                    "b",
+                    "sleep",
+                    json!({"ms": 600_000}),
+                    Disposition::OwnerBound,
+                ))
+                .await
+                .expect("start b");
+            let drain = draining.clone();
+            tokio::spawn(async move {
+                drain.drain().await;
+                let _ = drained_tx.send(());
+            });
+            // The drain stops `b`; once it has ended and given its slot
+            // back, only this claim is left.
+            let b = starter.await_output("b", WAIT).await.expect("await b");
+            assert!(b.is_terminal(), "the drain did not stop b: {b:?}");
+            tokio::time::timeout(WAIT, async {
+                while draining.free_slots() < 1 {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("b gave its slot back");
+            let _ = hooked.send(());
+        })
+    }));
+    p.hub().notify_work();
+    hook_ran.await.expect("the next drive claimed");
+    tokio::time::timeout(WAIT, drained_rx)
+        .await
+        .expect("the drain returned")
+        .expect("drained");
+    for id in ["a", "b"] {
+        let r = p.get(id).await.expect("get");
+        assert!(r.is_terminal(), "{id} was left by the drain: {r:?}");
+        assert!(r.lease.is_none(), "{id} kept a lease: {r:?}");
+        crate::assert_fold(store.registry.as_ref(), id).await;
+    }
+    p.shutdown().await;
+}
+
 /// A start that claims for itself while a drive is claiming never leaves the
 /// drive's claim without a run: with one slot, a start made after a drive
 /// counted its free slot and before it claims takes that slot, and the

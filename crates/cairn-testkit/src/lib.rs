@@ -379,6 +379,8 @@ macro_rules! execution_suite {
                 owner_bound_started_is_never_rerun,
                 a_start_claims_into_an_idle_slot,
                 a_start_racing_a_drive_leaves_no_claim_without_a_slot,
+                a_drain_waits_for_a_claim_waiting_for_a_slot,
+                a_drain_waits_for_a_drive_claiming,
                 externally_owned_is_never_claimed,
                 revenant_worker_cannot_write,
                 restarted_node_sweeps_its_earlier_incarnation,
