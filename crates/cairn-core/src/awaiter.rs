@@ -73,6 +73,10 @@ impl Awaiter {
     /// record that write answered, and it resolves without reading it back.
     pub async fn await_terminal(&self, id: &str) -> Result<ProcessRecord> {
         let mut wait = self.watch(id);
+        // Ended by a write of this node a moment ago: no read needed.
+        if let Some(ended) = wait.ended() {
+            return Ok(Arc::unwrap_or_clone(ended));
+        }
         loop {
             let record = self.registry.get(id).await?;
             if record.is_terminal() {

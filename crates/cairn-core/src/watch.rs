@@ -36,6 +36,46 @@ struct HubInner {
     resync: watch::Sender<u64>,
     /// Bumped on every publish (see [`ChangeHub::subscribe_all`]).
     any: watch::Sender<u64>,
+    /// The terminal records the latest ends written by this node answered,
+    /// watched or not (see [`Subscription::ended`]).
+    recent_ends: Mutex<RecentEnds>,
+}
+
+/// How many recent ends the hub keeps, and for how long: enough for a caller
+/// that starts a process and then asks for its end (over HTTP, a round trip
+/// later) to be answered without a read.
+const RECENT_ENDS: usize = 512;
+const RECENT_ENDS_AGE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A bounded, first-in-first-out map of recently ended records.
+#[derive(Default)]
+struct RecentEnds {
+    order: std::collections::VecDeque<(String, std::time::Instant)>,
+    records: HashMap<String, Arc<ProcessRecord>>,
+}
+
+impl RecentEnds {
+    fn insert(&mut self, record: Arc<ProcessRecord>) {
+        if self.records.insert(record.id.clone(), record.clone()).is_none() {
+            self.order.push_back((record.id.clone(), std::time::Instant::now()));
+        }
+        while self.order.len() > RECENT_ENDS {
+            if let Some((id, _)) = self.order.pop_front() {
+                self.records.remove(&id);
+            }
+        }
+    }
+
+    fn get(&mut self, id: &str) -> Option<Arc<ProcessRecord>> {
+        while let Some((old, at)) = self.order.front() {
+            if at.elapsed() < RECENT_ENDS_AGE {
+                break;
+            }
+            self.records.remove(old.as_str());
+            self.order.pop_front();
+        }
+        self.records.get(id).cloned()
+    }
 }
 
 /// One watched process: its notice channel and, once a write of this node has
@@ -61,6 +101,7 @@ impl Default for HubInner {
             work: Notify::new(),
             resync: watch::channel(0).0,
             any: watch::channel(0).0,
+            recent_ends: Mutex::default(),
         }
     }
 }
@@ -102,7 +143,8 @@ impl ChangeHub {
     /// ([`Subscription::ended`]), so an awaiter resolves without reading it
     /// back. A terminal record never changes again (SPEC §2: the terminal
     /// event is write-once and the log's last), so the copy cannot go stale;
-    /// it is kept only while someone watches the process.
+    /// it is kept while someone watches the process, and among the hub's
+    /// latest 512 ends for up to 10 s (a prune through this node forgets them).
     pub fn publish_record(&self, record: &ProcessRecord) {
         let ended = record.is_terminal().then_some(record);
         self.announce(&record.id, record.last_sequence, ended);
@@ -112,6 +154,10 @@ impl ChangeHub {
         if self.inner.any.receiver_count() > 0 {
             self.inner.any.send_modify(|n| *n = n.wrapping_add(1));
         }
+        let ended = ended.map(|record| Arc::new(record.clone()));
+        if let Some(record) = &ended {
+            self.inner.recent_ends.lock().insert(record.clone());
+        }
         let mut map = self.inner.watchers.lock();
         if let Some(w) = map.get_mut(process_id) {
             if w.tx.receiver_count() == 0 {
@@ -119,11 +165,16 @@ impl ChangeHub {
             } else {
                 if let Some(record) = ended {
                     // Set before the notice goes out: a woken waiter finds it.
-                    w.ended = Some(Arc::new(record.clone()));
+                    w.ended = Some(record);
                 }
                 w.tx.send_replace(sequence);
             }
         }
+    }
+
+    /// Forget the recent ends (a prune may have removed their processes).
+    pub fn forget_ends(&self) {
+        *self.inner.recent_ends.lock() = RecentEnds::default();
     }
 
     /// Ask every waiter to read again: a notification source that was
@@ -177,14 +228,16 @@ pub struct Subscription {
 impl Subscription {
     /// The terminal record a write of this node published for the process
     /// ([`ChangeHub::publish_record`]), if one ended it since this
-    /// subscription's process was first watched.
+    /// subscription's process was first watched or among the hub's recent ends.
     pub fn ended(&self) -> Option<Arc<ProcessRecord>> {
-        self.hub
+        let watched = self
+            .hub
             .inner
             .watchers
             .lock()
             .get(&self.process_id)
-            .and_then(|w| w.ended.clone())
+            .and_then(|w| w.ended.clone());
+        watched.or_else(|| self.hub.inner.recent_ends.lock().get(&self.process_id))
     }
 }
 
@@ -664,6 +717,7 @@ impl ProcessRegistry for WatchedRegistry {
         let r = self.inner.prune(cutoff_ms, status, watermark).await?;
         if r.pruned > 0 {
             // Waiters on a pruned process learn it is gone by reading again.
+            self.hub.forget_ends();
             self.hub.resync();
         }
         Ok(r)
@@ -771,7 +825,53 @@ impl ProcessRegistry for WatchedRegistry {
 
 #[cfg(test)]
 mod tests {
-    use super::ChangeHub;
+    use super::{ChangeHub, RECENT_ENDS};
+    use crate::model::{Disposition, ProcessInput, ProcessRecord, ProcessStatus, Registration};
+
+    fn ended(id: &str) -> ProcessRecord {
+        let reg = Registration {
+            id: id.into(),
+            input: ProcessInput::External {
+                metadata: serde_json::json!({}),
+            },
+            disposition: Disposition::ExternallyOwned,
+            event_types: Vec::new(),
+            provenance: Default::default(),
+            wake_target: None,
+            env_ref: None,
+            external_ref: None,
+        };
+        let mut r = crate::fold::initial_record(&reg, 5).expect("record");
+        r.status = ProcessStatus::Completed;
+        r.last_sequence = 1;
+        assert!(r.is_terminal());
+        r
+    }
+
+    /// Ends are kept for a later subscriber, unwatched, up to the bound and
+    /// first in first out; a prune's `forget_ends` drops them all.
+    #[test]
+    fn recent_ends_answer_a_later_subscriber_within_their_bound() {
+        let hub = ChangeHub::new();
+        hub.publish_record(&ended("first"));
+        assert_eq!(
+            hub.subscribe("first").ended().map(|r| r.id.clone()).as_deref(),
+            Some("first")
+        );
+        assert!(hub.subscribe("other").ended().is_none());
+        for i in 0..RECENT_ENDS {
+            hub.publish_record(&ended(&format!("p{i}")));
+        }
+        assert!(
+            hub.subscribe("first").ended().is_none(),
+            "the oldest end was not let go"
+        );
+        let last = format!("p{}", RECENT_ENDS - 1);
+        assert!(hub.subscribe(&last).ended().is_some());
+        assert_eq!(hub.inner.recent_ends.lock().records.len(), RECENT_ENDS);
+        hub.forget_ends();
+        assert!(hub.subscribe(&last).ended().is_none());
+    }
 
     #[test]
     fn the_last_dropped_subscription_frees_its_process() {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use cairn_core::async_trait;
 use cairn_core::{
     AbandonWriter, Awaiter, Backoff, Disposition, ManualClock, Outcome, ProcessFilter, ProcessRecord, ProcessStatus,
-    Processes, StartRequest, Tool, ToolContext, ToolRegistry, Worker, WorkerConfig,
+    Processes, StartRequest, StatusFilter, Tool, ToolContext, ToolRegistry, Watermark, Worker, WorkerConfig,
 };
 use cairn_tools::{builtin_tools, stopped_outcome, ShellTool};
 use parking_lot::Mutex;
@@ -1161,6 +1161,44 @@ pub async fn hub_fed_await_does_not_poll(factory: &dyn StoreFactory) {
     p.signal("idle", "go", "1", json!("done")).await.expect("signal");
     let r = waiter.await.expect("join").expect("in time").expect("await");
     assert_eq!(r.status, ProcessStatus::Completed);
+    p.shutdown().await;
+}
+
+/// An await of a process a write of this runtime ended a moment ago resolves
+/// from the hub without a read (a host that starts, then awaits over HTTP a
+/// round trip later); once the runtime prunes it, an await reads again and
+/// answers `no_longer_retained`.
+pub async fn an_await_of_an_end_just_written_here_reads_nothing(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let (probe, p) = probed_runtime(&store, config("w1"));
+    p.start(StartRequest::tool(
+        "quick",
+        "echo",
+        json!({"value": 7}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start");
+    let first = terminal(&p, "quick").await;
+    assert_eq!(first.status, ProcessStatus::Completed);
+    let before = *probe.gets().borrow();
+    let again = p.await_output("quick", WAIT).await.expect("await again");
+    assert_eq!(again, first, "the same terminal record");
+    assert_eq!(*probe.gets().borrow(), before, "the second await read the store");
+
+    store.clock.advance(10);
+    let report = p
+        .prune(
+            cairn_core::clock::Clock::now_ms(&store.clock),
+            StatusFilter::Any,
+            Watermark::NoProjector,
+        )
+        .await
+        .expect("prune");
+    assert_eq!(report.pruned, 1, "{report:?}");
+    let gone = p.await_output("quick", WAIT).await.expect_err("pruned");
+    assert_eq!(gone.code(), "no_longer_retained", "{gone}");
+    assert!(*probe.gets().borrow() > before, "an await after the prune did not read");
     p.shutdown().await;
 }
 

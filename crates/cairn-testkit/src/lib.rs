@@ -381,6 +381,7 @@ macro_rules! execution_suite {
                 a_start_racing_a_drive_leaves_no_claim_without_a_slot,
                 a_drain_waits_for_a_claim_waiting_for_a_slot,
                 a_drain_waits_for_a_drive_claiming,
+                an_await_of_an_end_just_written_here_reads_nothing,
                 externally_owned_is_never_claimed,
                 revenant_worker_cannot_write,
                 restarted_node_sweeps_its_earlier_incarnation,
