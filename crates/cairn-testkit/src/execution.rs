@@ -1287,6 +1287,50 @@ pub async fn a_start_claims_into_an_idle_slot(factory: &dyn StoreFactory) {
     p.shutdown().await;
 }
 
+/// A runtime of one slot and claim batches of one, over a probe, whose first
+/// drive found the worklist empty (so a start may claim for itself).
+async fn one_slot_runtime(store: &TestStore) -> (Arc<crate::probe::ReadProbe>, Processes) {
+    let (probe, p) = probed_runtime(
+        store,
+        WorkerConfig {
+            concurrency: 1,
+            batch_size: 1,
+            ..config("w1")
+        },
+    );
+    p.worker().expect("a worker").drive_once().await.expect("drive");
+    (probe, p)
+}
+
+/// Inside a drive's claim: `a` joins the worklist (registered past the
+/// runtime, so nothing claims it in its write), and a host starts `b`, an
+/// owner-bound `tool` run that claims the only slot in its own write.
+async fn register_a_then_start_b(
+    inner: Arc<dyn cairn_core::ProcessRegistry>,
+    starter: &Processes,
+    tool: &str,
+    args: Value,
+) {
+    inner
+        .register(crate::builders::owner_bound("a"), None)
+        .await
+        .expect("register a");
+    starter
+        .start(StartRequest::tool("b", tool, args, Disposition::OwnerBound))
+        .await
+        .expect("start b");
+}
+
+/// `ids` ended, hold no lease, and their records fold from their logs.
+async fn assert_ended_without_leases(p: &Processes, store: &TestStore, ids: &[&str]) {
+    for &id in ids {
+        let r = p.get(id).await.expect("get");
+        assert!(r.is_terminal(), "{id} was left running: {r:?}");
+        assert!(r.lease.is_none(), "{id} kept a lease: {r:?}");
+        crate::assert_fold(store.registry.as_ref(), id).await;
+    }
+}
+
 /// A drain waits for a claim that is waiting for a slot: with one slot, the
 /// drive's claim of `a` waits behind a start's long run of `b`; draining stops
 /// `b`, hands its slot to `a`'s claim, and returns only once `a` has ended too
@@ -1294,33 +1338,13 @@ pub async fn a_start_claims_into_an_idle_slot(factory: &dyn StoreFactory) {
 /// its lease lapsed and a sweep wrote it off).
 pub async fn a_drain_waits_for_a_claim_waiting_for_a_slot(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;
-    let (probe, p) = probed_runtime(
-        &store,
-        WorkerConfig {
-            concurrency: 1,
-            batch_size: 1,
-            ..config("w1")
-        },
-    );
+    let (probe, p) = one_slot_runtime(&store).await;
     let worker = p.worker().expect("a worker");
-    worker.drive_once().await.expect("drive");
     let (inner, starter) = (store.registry.clone(), p.clone());
     let (hooked, hook_ran) = tokio::sync::oneshot::channel();
     probe.before_next_claim_batch(Box::new(move || {
         Box::pin(async move {
-            inner
-                .register(crate::builders::owner_bound("a"), None)
-                .await
-                .expect("register a");
-            starter
-                .start(StartRequest::tool(
-                    "b",
-                    "sleep",
-                    json!({"ms": 600_000}),
-                    Disposition::OwnerBound,
-                ))
-                .await
-                .expect("start b");
+            register_a_then_start_b(inner, &starter, "sleep", json!({"ms": 600_000})).await;
             let _ = hooked.send(());
         })
     }));
@@ -1332,12 +1356,7 @@ pub async fn a_drain_waits_for_a_claim_waiting_for_a_slot(factory: &dyn StoreFac
     let a = p.get("a").await.expect("get a");
     assert!(a.status == ProcessStatus::Running && a.lease.is_some(), "{a:?}");
     worker.drain().await;
-    for id in ["a", "b"] {
-        let r = p.get(id).await.expect("get");
-        assert!(r.is_terminal(), "{id} was left running by the drain: {r:?}");
-        assert!(r.lease.is_none(), "{id} kept a lease: {r:?}");
-        crate::assert_fold(store.registry.as_ref(), id).await;
-    }
+    assert_ended_without_leases(&p, &store, &["a", "b"]).await;
     p.shutdown().await;
 }
 
@@ -1347,34 +1366,14 @@ pub async fn a_drain_waits_for_a_claim_waiting_for_a_slot(factory: &dyn StoreFac
 /// slot is free, yet the drain returns only once `a` has ended.
 pub async fn a_drain_waits_for_a_drive_claiming(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;
-    let (probe, p) = probed_runtime(
-        &store,
-        WorkerConfig {
-            concurrency: 1,
-            batch_size: 1,
-            ..config("w1")
-        },
-    );
-    let worker = p.worker().expect("a worker").clone();
-    worker.drive_once().await.expect("drive");
-    let (inner, starter, draining) = (store.registry.clone(), p.clone(), worker.clone());
+    let (probe, p) = one_slot_runtime(&store).await;
+    let draining = p.worker().expect("a worker").clone();
+    let (inner, starter) = (store.registry.clone(), p.clone());
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel();
     let (hooked, hook_ran) = tokio::sync::oneshot::channel();
     probe.before_next_claim_batch(Box::new(move || {
         Box::pin(async move {
-            inner
-                .register(crate::builders::owner_bound("a"), None)
-                .await
-                .expect("register a");
-            starter
-                .start(StartRequest::tool(
-                    "b",
-                    "sleep",
-                    json!({"ms": 600_000}),
-                    Disposition::OwnerBound,
-                ))
-                .await
-                .expect("start b");
+            register_a_then_start_b(inner, &starter, "sleep", json!({"ms": 600_000})).await;
             let drain = draining.clone();
             tokio::spawn(async move {
                 drain.drain().await;
@@ -1400,12 +1399,7 @@ pub async fn a_drain_waits_for_a_drive_claiming(factory: &dyn StoreFactory) {
         .await
         .expect("the drain returned")
         .expect("drained");
-    for id in ["a", "b"] {
-        let r = p.get(id).await.expect("get");
-        assert!(r.is_terminal(), "{id} was left by the drain: {r:?}");
-        assert!(r.lease.is_none(), "{id} kept a lease: {r:?}");
-        crate::assert_fold(store.registry.as_ref(), id).await;
-    }
+    assert_ended_without_leases(&p, &store, &["a", "b"]).await;
     p.shutdown().await;
 }
 
@@ -1416,36 +1410,14 @@ pub async fn a_drain_waits_for_a_drive_claiming(factory: &dyn StoreFactory) {
 /// owner-bound process handed back for want of a slot could never run again).
 pub async fn a_start_racing_a_drive_leaves_no_claim_without_a_slot(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;
-    let (probe, p) = probed_runtime(
-        &store,
-        WorkerConfig {
-            concurrency: 1,
-            batch_size: 1,
-            ..config("w1")
-        },
-    );
-    // A drive that finds the worklist empty: the worker may take starts now.
-    p.worker().expect("a worker").drive_once().await.expect("drive");
-    // At the next drive's claim, after it counted its free slot: `a` waits in
-    // the worklist (registered past the runtime, so nothing claims it in its
-    // write), and a host starts `b`.
+    // A drive that found the worklist empty: the worker may take starts now.
+    let (probe, p) = one_slot_runtime(&store).await;
+    // At the next drive's claim, after it counted its free slot.
     let (inner, starter) = (store.registry.clone(), p.clone());
     let (hooked, hook_ran) = tokio::sync::oneshot::channel();
     probe.before_next_claim_batch(Box::new(move || {
         Box::pin(async move {
-            inner
-                .register(crate::builders::owner_bound("a"), None)
-                .await
-                .expect("register a");
-            starter
-                .start(StartRequest::tool(
-                    "b",
-                    "echo",
-                    json!({"value": "b"}),
-                    Disposition::OwnerBound,
-                ))
-                .await
-                .expect("start b");
+            register_a_then_start_b(inner, &starter, "echo", json!({"value": "b"})).await;
             let _ = hooked.send(());
         })
     }));
