@@ -44,8 +44,32 @@ struct HubInner {
 /// How many recent ends the hub keeps, and for how long: enough for a caller
 /// that starts a process and then asks for its end (over HTTP, a round trip
 /// later) to be answered without a read.
-const RECENT_ENDS: usize = 512;
+const RECENT_ENDS: usize = 256;
 const RECENT_ENDS_AGE: std::time::Duration = std::time::Duration::from_secs(10);
+/// Only an end whose input and outcome serialize within this many bytes is
+/// kept, so the recent ends hold a few MiB at most (a payload may be 1 MiB).
+const RECENT_END_BYTES: usize = 64 << 10;
+
+/// Whether `record`'s input and outcome, its parts of a process's own size,
+/// serialize within [`RECENT_END_BYTES`] (stops writing once past it).
+fn small_enough(record: &ProcessRecord) -> bool {
+    struct Budget(usize);
+    impl std::io::Write for Budget {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 = self
+                .0
+                .checked_sub(bytes.len())
+                .ok_or_else(|| std::io::Error::other("over budget"))?;
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut budget = Budget(RECENT_END_BYTES);
+    serde_json::to_writer(&mut budget, &record.input).is_ok()
+        && serde_json::to_writer(&mut budget, &record.outcome).is_ok()
+}
 
 /// A bounded, first-in-first-out map of recently ended records.
 #[derive(Default)]
@@ -144,7 +168,8 @@ impl ChangeHub {
     /// back. A terminal record never changes again (SPEC §2: the terminal
     /// event is write-once and the log's last), so the copy cannot go stale;
     /// it is kept while someone watches the process, and among the hub's
-    /// latest 512 ends for up to 10 s (a prune through this node forgets them).
+    /// latest 256 ends for up to 10 s when its input and outcome are under
+    /// 64 KiB (a prune through this node forgets them).
     pub fn publish_record(&self, record: &ProcessRecord) {
         let ended = record.is_terminal().then_some(record);
         self.announce(&record.id, record.last_sequence, ended);
@@ -155,7 +180,7 @@ impl ChangeHub {
             self.inner.any.send_modify(|n| *n = n.wrapping_add(1));
         }
         let ended = ended.map(|record| Arc::new(record.clone()));
-        if let Some(record) = &ended {
+        if let Some(record) = ended.as_ref().filter(|r| small_enough(r)) {
             self.inner.recent_ends.lock().insert(record.clone());
         }
         let mut map = self.inner.watchers.lock();
@@ -871,6 +896,15 @@ mod tests {
         assert_eq!(hub.inner.recent_ends.lock().records.len(), RECENT_ENDS);
         hub.forget_ends();
         assert!(hub.subscribe(&last).ended().is_none());
+        let mut big = ended("big");
+        big.outcome = Some(crate::model::Outcome::success(serde_json::json!(
+            "x".repeat(super::RECENT_END_BYTES)
+        )));
+        hub.publish_record(&big);
+        assert!(hub.subscribe("big").ended().is_none(), "a large end was kept");
+        let watched = hub.subscribe("big");
+        hub.publish_record(&big);
+        assert!(watched.ended().is_some(), "a watcher gets it all the same");
     }
 
     #[test]
