@@ -33,6 +33,7 @@ mod schedules;
 mod schema;
 mod store;
 mod tx;
+mod vfs;
 mod writer;
 
 use std::path::{Path, PathBuf};

@@ -326,7 +326,11 @@ pub(crate) const WAL_SIZE_LIMIT_BYTES: i64 = 64 << 20;
 pub(crate) fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     // No SQLITE_OPEN_URI: a path is a path, even one that starts with `file:`.
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let mut conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+    // The write connection gathers each transaction's WAL appends into one
+    // write (ADR 0023); it relies on synchronous=FULL, set below.
+    crate::vfs::register().map_err(|e| CairnError::storage(format!("sqlite database `{}`: {e}", shown(path))))?;
+    let mut conn =
+        Connection::open_with_flags_and_vfs(path, flags, crate::vfs::NAME).map_err(|e| open_error(path, e))?;
     conn.busy_timeout(busy_timeout).map_err(|e| open_error(path, e))?;
     stable_plans(&conn).map_err(|e| open_error(path, e))?;
     inspect(&conn, path)?;
