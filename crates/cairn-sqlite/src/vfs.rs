@@ -239,64 +239,51 @@ unsafe extern "C" fn x_write(file: *mut ffi::sqlite3_file, buf: *const c_void, a
     ffi::SQLITE_OK
 }
 
-unsafe extern "C" fn x_read(file: *mut ffi::sqlite3_file, buf: *mut c_void, amt: c_int, offset: i64) -> c_int {
+/// Write what was gathered, then pass the call on to the default VFS's file.
+unsafe fn flushed(
+    file: *mut ffi::sqlite3_file,
+    call: impl FnOnce(*mut ffi::sqlite3_file, &ffi::sqlite3_io_methods) -> c_int,
+) -> c_int {
     let rc = flush(file);
     if rc != ffi::SQLITE_OK {
         return rc;
     }
     let (_, inner, methods) = parts(file);
-    match methods.xRead {
-        Some(read) => read(inner, buf, amt, offset),
-        None => ffi::SQLITE_IOERR_READ,
-    }
+    call(inner, methods)
+}
+
+unsafe extern "C" fn x_read(file: *mut ffi::sqlite3_file, buf: *mut c_void, amt: c_int, offset: i64) -> c_int {
+    flushed(file, |inner, m| {
+        m.xRead
+            .map_or(ffi::SQLITE_IOERR_READ, |read| read(inner, buf, amt, offset))
+    })
 }
 
 unsafe extern "C" fn x_truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
-    let rc = flush(file);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    let (_, inner, methods) = parts(file);
-    match methods.xTruncate {
-        Some(truncate) => truncate(inner, size),
-        None => ffi::SQLITE_IOERR_TRUNCATE,
-    }
+    flushed(file, |inner, m| {
+        m.xTruncate
+            .map_or(ffi::SQLITE_IOERR_TRUNCATE, |truncate| truncate(inner, size))
+    })
 }
 
 unsafe extern "C" fn x_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    let rc = flush(file);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    let (_, inner, methods) = parts(file);
-    match methods.xSync {
-        Some(sync) => sync(inner, flags),
-        None => ffi::SQLITE_IOERR_FSYNC,
-    }
+    flushed(file, |inner, m| {
+        m.xSync.map_or(ffi::SQLITE_IOERR_FSYNC, |sync| sync(inner, flags))
+    })
 }
 
 unsafe extern "C" fn x_file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
-    let rc = flush(file);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    let (_, inner, methods) = parts(file);
-    match methods.xFileSize {
-        Some(file_size) => file_size(inner, size),
-        None => ffi::SQLITE_IOERR_FSTAT,
-    }
+    flushed(file, |inner, m| {
+        m.xFileSize
+            .map_or(ffi::SQLITE_IOERR_FSTAT, |file_size| file_size(inner, size))
+    })
 }
 
 unsafe extern "C" fn x_file_control(file: *mut ffi::sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
-    let rc = flush(file);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    let (_, inner, methods) = parts(file);
-    match methods.xFileControl {
-        Some(control) => control(inner, op, arg),
-        None => ffi::SQLITE_NOTFOUND,
-    }
+    flushed(file, |inner, m| {
+        m.xFileControl
+            .map_or(ffi::SQLITE_NOTFOUND, |control| control(inner, op, arg))
+    })
 }
 
 unsafe extern "C" fn x_lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
@@ -373,6 +360,16 @@ mod tests {
         .expect("count")
     }
 
+    /// How many rows' bodies are `fill` throughout.
+    fn filled_with(conn: &Connection, fill: u8) -> i64 {
+        conn.query_row(
+            "SELECT count(*) FROM blobs WHERE body = ?1",
+            [vec![fill; ROW_BYTES]],
+            |r| r.get(0),
+        )
+        .expect("count")
+    }
+
     fn integrity(conn: &Connection) {
         let ok: String = conn
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
@@ -427,24 +424,10 @@ mod tests {
         conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
         insert(&conn, 0..n, 1);
         insert(&conn, 0..n / 2, 2); // pages already spilled, changed again
-        let mid: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM blobs WHERE body = ?1",
-                [vec![2u8; ROW_BYTES]],
-                |r| r.get(0),
-            )
-            .expect("read back");
-        assert_eq!(mid, n / 2);
+        assert_eq!(filled_with(&conn, 2), n / 2, "read back mid-transaction");
         conn.execute_batch("COMMIT").expect("commit");
         assert_eq!(rows(&reader), (n, n * ROW_BYTES as i64));
-        let twos: i64 = reader
-            .query_row(
-                "SELECT count(*) FROM blobs WHERE body = ?1",
-                [vec![2u8; ROW_BYTES]],
-                |r| r.get(0),
-            )
-            .expect("count twos");
-        assert_eq!(twos, n / 2);
+        assert_eq!(filled_with(&reader, 2), n / 2);
         integrity(&reader);
 
         // A spilled transaction rolled back leaves nothing behind.
