@@ -204,8 +204,11 @@ impl ChangeHub {
 
     /// Ask every waiter to read again: a notification source that was
     /// disconnected may have missed changes (PostgreSQL's listener calls this
-    /// when it reconnects).
+    /// when it reconnects; SQLite's watcher when another OS process
+    /// committed). The recent ends are forgotten too: what was missed may be
+    /// a prune of their processes.
     pub fn resync(&self) {
+        self.forget_ends();
         self.inner.resync.send_modify(|g| *g += 1);
         self.notify_work();
     }
@@ -896,6 +899,12 @@ mod tests {
         assert_eq!(hub.inner.recent_ends.lock().records.len(), RECENT_ENDS);
         hub.forget_ends();
         assert!(hub.subscribe(&last).ended().is_none());
+        hub.publish_record(&ended("again"));
+        hub.resync();
+        assert!(
+            hub.subscribe("again").ended().is_none(),
+            "a resync kept the recent ends"
+        );
         let mut big = ended("big");
         big.outcome = Some(crate::model::Outcome::success(serde_json::json!(
             "x".repeat(super::RECENT_END_BYTES)

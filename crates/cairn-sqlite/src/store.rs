@@ -883,9 +883,12 @@ pub(crate) fn prune_candidates(conn: &Connection, cutoff_ms: u64, status: Status
 }
 
 /// Delete one process with its events, grants and wakes and leave its tombstone;
-/// (events, grants, wakes) deleted.
+/// (events, grants, wakes) deleted. The deletion moves the change cursor, as
+/// every change to a process does: another OS process's watcher tells a
+/// prune committed beside its own commits by it (see `others`).
 pub(crate) fn prune_one(conn: &Connection, victim: &PruneCandidate, now: u64) -> R<(u64, u64, u64)> {
     let id = victim.id.as_str();
+    next_cursor(conn)?;
     let events = conn.prepare_cached(DELETE_EVENTS_SQL)?.execute([id])? as u64;
     let grants = conn
         .prepare_cached("DELETE FROM grants WHERE process_id = ?1")?

@@ -1058,6 +1058,47 @@ async fn commits_by_another_writer_reach_the_hub() {
         .expect("hub alive");
 }
 
+/// An end this process wrote is not answered from the hub's recent ends once
+/// another OS process pruned it, even with a commit of ours beside the prune:
+/// the foreign commit has the hub forget them, so an await reads and finds
+/// the process gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_by_another_writer_is_not_answered_from_recent_ends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let clock = ManualClock::new(1_000);
+    let sqlite = open(&path, &clock);
+    let hub = cairn_core::ChangeHub::new();
+    sqlite.watch_other_writers(hub.clone()).expect("watch");
+    let ours: Arc<dyn ProcessRegistry> =
+        Arc::new(cairn_core::WatchedRegistry::new(Arc::new(sqlite), hub.clone(), None));
+    let theirs = open(&path, &clock);
+    let awaiter = cairn_core::Awaiter::new(ours.clone(), Some(hub.clone()));
+
+    ours.register(external("gone"), None).await.expect("register");
+    ours.complete_external("gone", Outcome::success(json!(1)), "host")
+        .await
+        .expect("complete");
+    let ended = awaiter.await_terminal("gone").await.expect("ended here");
+    assert_eq!(ended.status, cairn_core::ProcessStatus::Completed);
+
+    let mut resync = hub.subscribe_resync();
+    clock.advance(10);
+    let report = theirs
+        .prune(clock.now_ms(), StatusFilter::Any, Watermark::NoProjector)
+        .await
+        .expect("their prune");
+    assert_eq!(report.pruned, 1, "{report:?}");
+    // A commit of ours right after it: the prune must be told from it.
+    ours.register(external("beside"), None).await.expect("our write");
+    tokio::time::timeout(std::time::Duration::from_secs(10), resync.changed())
+        .await
+        .expect("their prune reaches the hub")
+        .expect("hub alive");
+    let gone = awaiter.await_terminal("gone").await.expect_err("pruned elsewhere");
+    assert_eq!(gone.code(), "no_longer_retained", "{gone}");
+}
+
 /// A foreign commit that lands beside this process's own commits still
 /// reaches the hub: while our writer commits without pause, each of their
 /// registrations, one after another, has waiters read again.
