@@ -541,10 +541,17 @@ impl ProcessRegistry for PostgresRegistry {
 
     async fn prune(&self, cutoff_ms: u64, status: StatusFilter, watermark: Watermark) -> Result<PruneReport> {
         let status = prune_status(status)?;
+        let channel = self.channel.clone();
         self.transaction("the prune", move |tx, now| {
+            let channel = channel.clone();
             Box::pin(async move {
                 let mut a = Admin::new(tx, now);
                 let out = admin::prune(&mut a, cutoff_ms, status, watermark).await;
+                if out.as_ref().is_ok_and(|r| r.pruned > 0) {
+                    // Every node forgets the ends its hub keeps (listen::deliver):
+                    // some may be of processes pruned here.
+                    tx.execute("SELECT pg_notify($1::text, 'f')", &[&channel]).await?;
+                }
                 a.finish(out)
             })
         })

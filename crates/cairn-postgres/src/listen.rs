@@ -100,6 +100,9 @@ pub(crate) fn deliver(hub: &ChangeHub, payload: &str) {
     for line in payload.split('\n') {
         if line == "w" {
             hub.notify_work();
+        } else if line == "f" {
+            // A node pruned: the hub's recent ends may name processes gone.
+            hub.forget_ends();
         } else if let Some((id, seq)) = line.split_once('\t') {
             if let Ok(seq) = seq.parse::<u64>() {
                 hub.publish(id, seq);

@@ -271,6 +271,59 @@ async fn announced(rx: &mut tokio::sync::watch::Receiver<u64>, seq: u64) -> bool
         .is_ok_and(|r| r.is_ok())
 }
 
+/// An end this node wrote is not answered from its hub's recent ends once
+/// another node pruned the process: the prune's notification has every
+/// node's hub forget them, so an await reads and finds the process gone.
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prune_on_another_node_is_not_answered_from_recent_ends() {
+    if !testing::enabled() {
+        return;
+    }
+    use cairn_core::{Awaiter, Clock, Outcome, ProcessStatus, StatusFilter, WatchedRegistry, Watermark};
+    let schema = TestSchema::new("cairn_t");
+    let clock = Arc::new(ManualClock::new(1_000));
+    let here = schema.connect(clock.clone()).await.expect("this node");
+    let there = schema.connect(clock.clone()).await.expect("the other node");
+    let hub = ChangeHub::new();
+    let mut generation = here.listener_generation();
+    here.listen(hub.clone());
+    generation.wait_for(|g| *g >= 1).await.expect("first listen");
+    let ours: Arc<dyn ProcessRegistry> = Arc::new(WatchedRegistry::new(Arc::new(here), hub.clone(), None));
+    let awaiter = Awaiter::new(ours.clone(), Some(hub.clone()));
+
+    ours.register(external("gone"), None).await.expect("register");
+    ours.complete_external("gone", Outcome::success(json!(1)), "host")
+        .await
+        .expect("complete");
+    let ended = awaiter.await_terminal("gone").await.expect("ended here");
+    assert_eq!(ended.status, ProcessStatus::Completed);
+
+    clock.advance(10);
+    let report = there
+        .prune(clock.now_ms(), StatusFilter::Any, Watermark::NoProjector)
+        .await
+        .expect("their prune");
+    assert_eq!(report.pruned, 1, "{report:?}");
+    // Notifications arrive in commit order: once a later write of theirs is
+    // announced here, so was the prune.
+    let mut later = hub.subscribe("later");
+    there
+        .register(external("later"), None)
+        .await
+        .expect("their later write");
+    there
+        .append_event("later", note(json!({})))
+        .await
+        .expect("their append");
+    assert!(announced(&mut later, 1).await, "their later write reached this hub");
+    let gone = awaiter.await_terminal("gone").await.expect_err("pruned elsewhere");
+    assert_eq!(gone.code(), "no_longer_retained", "{gone}");
+}
+
 #[cfg_attr(
     cairn_no_postgres,
     ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
