@@ -141,6 +141,13 @@ async fn wait_for(c: &Client, locator: Locator<'_>) -> Element {
     }
 }
 
+/// What `script` answers, read inside the page in one step: the live list
+/// re-renders its rows on every change, so an element found first and read
+/// after may be gone (a stale reference).
+async fn in_page(c: &Client, script: &str) -> Value {
+    c.execute(script, vec![]).await.expect("script")
+}
+
 async fn count(c: &Client, css: &str) -> usize {
     c.find_all(Locator::Css(css)).await.expect("find_all").len()
 }
@@ -304,22 +311,22 @@ async fn a_process_started_through_the_api_appears_without_reload() {
 
         start_waiting(server, "arrives-later").await;
         wait_for(&c, Locator::Css(&row("arrives-later"))).await;
-        let waiting = wait_for(&c, Locator::Css(&format!("{} .s-waiting", row("arrives-later")))).await;
-        assert!(waiting.text().await.unwrap().contains("go"));
+        let waiting = format!("{} .s-waiting", row("arrives-later"));
+        wait_for(&c, Locator::Css(&waiting)).await;
+        let text = in_page(
+            &c,
+            &format!("return document.querySelector({}).textContent", json!(waiting)),
+        )
+        .await;
+        assert!(text.as_str().is_some_and(|t| t.contains("go")), "{text}");
         let same = c
             .execute("return window.__cairnSamePage === true;", vec![])
             .await
             .unwrap();
         assert_eq!(same, json!(true), "the page reloaded instead of updating");
         // Newest first.
-        let first_row = c
-            .find(Locator::Css("#rows tbody tr"))
-            .await
-            .unwrap()
-            .attr("data-id")
-            .await
-            .unwrap();
-        assert_eq!(first_row.as_deref(), Some("arrives-later"));
+        let first_row = in_page(&c, "return document.querySelector('#rows tbody tr').dataset.id").await;
+        assert_eq!(first_row, json!("arrives-later"));
         screenshot(&c, "processes-list").await;
         c.set_window_size(420, 800).await.unwrap();
         screenshot(&c, "processes-list-narrow").await;
