@@ -550,7 +550,7 @@ impl ProcessRegistry for PostgresRegistry {
                 if out.as_ref().is_ok_and(|r| r.pruned > 0) {
                     // Every node forgets the ends its hub keeps (listen::deliver):
                     // some may be of processes pruned here.
-                    tx.execute("SELECT pg_notify($1::text, 'f')", &[&channel]).await?;
+                    tx.execute(crate::uow::NOTIFY, &[&channel, &"f"]).await?;
                 }
                 a.finish(out)
             })

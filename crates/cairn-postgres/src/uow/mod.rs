@@ -41,6 +41,7 @@ use crate::Fault;
 
 use overlay::{Slot, Uow};
 use write::write_and_commit;
+pub(crate) use write::NOTIFY;
 
 /// The rows a batch names, and the parents of those whose operation may end
 /// them (a child's end may end its parent's `children` wait), locked in id order.

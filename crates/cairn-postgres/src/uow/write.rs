@@ -67,7 +67,8 @@ pub(crate) const UPSERT_GRANTS: &str = "INSERT INTO grants (scope_id, session_id
     ON CONFLICT (scope_id, process_id) DO UPDATE SET session_id = excluded.session_id, \
     grant_json = excluded.grant_json";
 
-const NOTIFY: &str = "SELECT pg_notify($1::text, $2::text)";
+/// Send a payload on a channel (see `listen::deliver` for the lines a payload holds).
+pub(crate) const NOTIFY: &str = "SELECT pg_notify($1::text, $2::text)";
 
 /// Most bytes of one notification payload (PostgreSQL's limit is 8000).
 const NOTIFY_CHUNK: usize = 7000;
