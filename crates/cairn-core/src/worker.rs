@@ -657,13 +657,31 @@ impl Worker {
     }
 
     /// The fenced completion; a stale lease writes nothing.
+    ///
+    /// An outcome the registry refuses as such (over the size limit, against
+    /// the declared schema of its terminal event) could never be written: the
+    /// run would be claimed again at every lease expiry, fail the same way, and
+    /// not even a cancellation could end it. The process fails instead, with
+    /// the refusal as its error.
     async fn finish(&self, lease: &crate::model::Lease, outcome: Outcome) {
-        match self.registry.complete(lease, outcome).await {
-            Ok(_) => {}
-            Err(CairnError::LeaseFenced(_)) | Err(CairnError::ProcessTerminal(_)) => {
+        let refused = match self.registry.complete(lease, outcome).await {
+            Ok(_) => return,
+            Err(e @ (CairnError::PayloadTooLarge { .. } | CairnError::SchemaViolation { .. })) => e,
+            Err(e) => return self.finish_failed(lease, e),
+        };
+        tracing::warn!(process_id = %lease.process_id, error = %refused, "outcome refused; the process fails instead");
+        let failure = Outcome::failure("runtime", refused.code(), refused.to_string());
+        if let Err(e) = self.registry.complete(lease, failure).await {
+            self.finish_failed(lease, e);
+        }
+    }
+
+    fn finish_failed(&self, lease: &crate::model::Lease, e: CairnError) {
+        match e {
+            CairnError::LeaseFenced(_) | CairnError::ProcessTerminal(_) => {
                 tracing::info!(process_id = %lease.process_id, "completion fenced: another owner or a terminal got there first");
             }
-            Err(e) => tracing::error!(process_id = %lease.process_id, error = %e, "completion failed"),
+            e => tracing::error!(process_id = %lease.process_id, error = %e, "completion failed"),
         }
     }
 }

@@ -393,6 +393,7 @@ macro_rules! execution_suite {
                 await_resolves_without_hub,
                 await_terminal_and_timeout,
                 start_rejects_bad_tool_input,
+                an_outcome_over_the_size_limit_fails_the_process,
                 event_sink_receives_events,
                 terminal_only_sink_receives_the_ends,
                 end_sink_hears_each_end_once,
