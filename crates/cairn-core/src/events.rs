@@ -418,8 +418,18 @@ pub const ABANDONED: &str = "process.abandoned";
 pub const SIGNAL_PREFIX: &str = "signal.";
 
 /// Core types only cairn's own operations write (claims, waits and resumptions,
-/// abandon requests and reconciliation); `append_event` refuses them.
-pub const RESERVED_FOR_CAIRN: &[&str] = &[STARTED, WAITING, RESUMED, ABANDON_REQUESTED, ABANDONED];
+/// cancellation and abandon requests, reconciliation); `append_event` refuses
+/// them. A cancellation request appended as a plain event would be recorded
+/// without what the cancel operation does beside it (waking a suspended run,
+/// ending an unstarted process, reaching the children).
+pub const RESERVED_FOR_CAIRN: &[&str] = &[
+    STARTED,
+    WAITING,
+    RESUMED,
+    CANCEL_REQUESTED,
+    ABANDON_REQUESTED,
+    ABANDONED,
+];
 
 /// Whether a name belongs to cairn's core namespaces: `process.*` (every
 /// process) and `script.*` (the journal of script processes, SPEC §14).

@@ -35,7 +35,9 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
         ),
         (
             CairnError::ReservedEventType(s()),
-            "`process.*` and `signal.*` types are cairn's",
+            "an append of a type only cairn writes (`process.started`, `process.waiting`, `process.resumed`, \
+             `process.cancel_requested`, `process.abandon_requested`, `process.abandoned`, `script.*`), or a \
+             registration declaring a `process.*` or `script.*` type",
         ),
         (
             CairnError::InvalidSchema {
@@ -172,6 +174,11 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
             },
             "the module exports no function of that name",
         ),
+        (CairnError::UnknownSchedule(s()), "no schedule is stored under that id"),
+        (
+            CairnError::ScheduleConflict { id: s() },
+            "the schedule id exists with a different definition",
+        ),
         (
             CairnError::InvalidDisposition(s()),
             "the input cannot have that disposition (a script is `rerunnable`)",
@@ -227,9 +234,13 @@ const SERVER_ERRORS: &[(&str, &str, &str)] = &[
 fn event_meaning(name: &str) -> &'static str {
     match name {
         cairn_core::events::STARTED => "a worker claimed the process and began (or began again) to run it",
-        cairn_core::events::WAITING => "the run waits durably (for a signal); the record's `wait` says on what",
-        cairn_core::events::RESUMED => "a durable wait ended (a signal arrived, or it timed out)",
-        cairn_core::events::CANCEL_REQUESTED => "cancellation was requested",
+        cairn_core::events::WAITING => {
+            "the run waits durably (for a signal, a timer or its children); the record's `wait` says on what"
+        }
+        cairn_core::events::RESUMED => {
+            "a durable wait ended (`reason`: signal, timer, children, timed_out or cancel_requested)"
+        }
+        cairn_core::events::CANCEL_REQUESTED => "cancellation was requested (written by the cancel operation only)",
         cairn_core::events::ABANDON_REQUESTED => "an abandon request was recorded",
         cairn_core::events::COMPLETED => "terminal: success, with the value",
         cairn_core::events::FAILED => "terminal: failure, with class, code and message",
@@ -380,7 +391,7 @@ pub fn render() -> String {
     for t in &types {
         let _ = writeln!(w, "| `{t}` | {} |", cell(event_meaning(t)));
     }
-    let _ = writeln!(w, "| `signal.{{name}}` | a signal: `{{signal_id, payload}}` |\n");
+    let _ = writeln!(w, "| `signal.{{name}}` | a signal: its payload as sent; the signal id is in the event's `replay_key`, `signal:{{name}}:{{signal_id}}` |\n");
 
     let _ = writeln!(w, "## Wire shapes\n");
     let _ = writeln!(w, "The named shapes of `/openapi.json` (`components.schemas`):\n");
