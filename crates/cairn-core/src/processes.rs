@@ -192,6 +192,15 @@ async fn prepare_start(
         }
     } else if let (ProcessInput::ToolCall { tool, .. }, true) = (&req.input, require_tool) {
         return Err(CairnError::UnknownTool(tool.clone()));
+    } else if let (ProcessInput::External { .. }, true) = (&req.input, require_tool) {
+        // Another system runs external work (SPEC §2): with no runner of its
+        // own for the kind, a worker here could only fail it on its first claim.
+        if req.disposition != Disposition::ExternallyOwned {
+            return Err(CairnError::InvalidDisposition(format!(
+                "an `external` input is run by another system: its disposition is `externally_owned`, not `{}`",
+                req.disposition.label()
+            )));
+        }
     }
     if let ProcessInput::Script {
         module_ref,

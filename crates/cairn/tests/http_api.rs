@@ -44,6 +44,15 @@ async fn start_is_idempotent_and_errors_have_their_classes() {
         .start(json!({"id": "x".repeat(300), "input": {"type": "external"}, "disposition": "externally_owned"}))
         .await;
     assert_eq!((s, code(&err)), (400, "invalid_id"));
+    // External work is run by another system: no worker here could run it.
+    for disposition in ["rerunnable", "owner_bound"] {
+        let (s, err) = c
+            .start(json!({"id": "ext-run", "input": {"type": "external"}, "disposition": disposition}))
+            .await;
+        assert_eq!((s, code(&err)), (400, "invalid_disposition"), "{disposition}");
+    }
+    let (s, err) = c.get("/v1/processes/ext-run").await;
+    assert_eq!((s, code(&err)), (404, "unknown_process"), "nothing was created");
     // A body that is not JSON by content type.
     let (s, err) = c.post_raw("/v1/processes", "text/plain", b"{}".to_vec()).await;
     assert_eq!((s, code(&err)), (415, "invalid_request"));
