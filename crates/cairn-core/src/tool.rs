@@ -409,8 +409,28 @@ impl ToolContext {
     /// (`request.id`) deterministically, so a re-run's start of the same child
     /// answers the stored one; a different request under that id is a
     /// `registration_conflict`.
+    ///
+    /// A child of a process a session started acts for that session, as the
+    /// session's own starts do (SPEC §4): it is started as the session, granted
+    /// to it (so the session sees it), and may only wake it. A host's process
+    /// may start children as anyone, as the host may.
     pub async fn start_child(&self, mut request: StartRequest) -> Result<ProcessRecord> {
         request.caused_by = Some(crate::model::CausalRef::process(self.process_id()));
+        if let crate::model::Originator::Session { scope } = &self.inner.record.provenance.originator {
+            if request
+                .wake_target
+                .as_ref()
+                .is_some_and(|w| w.session_id != scope.session_id)
+            {
+                return Err(CairnError::InvalidRequest(format!(
+                    "a process started by session `{}` may only set its children's wake target in that session",
+                    scope.session_id
+                )));
+            }
+            request.originator = crate::model::Originator::Session { scope: scope.clone() };
+            let descriptor = request.grant.take().map(|g| g.descriptor).unwrap_or_default();
+            request = request.with_grant(scope.clone(), descriptor);
+        }
         let registered = register_start(self.inner.registry.as_ref(), &self.inner.tools, true, request).await?;
         Ok(registered.process)
     }
@@ -442,6 +462,21 @@ impl ToolContext {
                 return Ok(None);
             }
             let children = futures::future::try_join_all(ids.iter().map(|id| self.inner.registry.get(id))).await?;
+            // Only a child's end can satisfy the wait, ended or not (an ended
+            // process elsewhere is not this run's to read).
+            if let Some(other) = children.iter().find(|c| {
+                c.provenance
+                    .caused_by
+                    .as_ref()
+                    .and_then(crate::model::CausalRef::parent_process)
+                    != Some(self.process_id())
+            }) {
+                return Err(CairnError::InvalidRequest(format!(
+                    "`{}` is not a child of `{}`: only a process's own children can be awaited",
+                    other.id,
+                    self.process_id()
+                )));
+            }
             let ended = |r: &ProcessRecord| r.is_terminal();
             let satisfied = match mode {
                 ChildrenMode::All => children.iter().all(ended),

@@ -198,3 +198,95 @@ pub async fn input_runner_runs_its_kind(factory: &dyn StoreFactory) {
     }
     bare.shutdown().await;
 }
+
+/// Starts children as anyone and awaits a process that is not its child.
+struct Spoofer;
+
+#[async_trait]
+impl Tool for Spoofer {
+    fn name(&self) -> &str {
+        "spoofer"
+    }
+
+    async fn run(&self, ctx: ToolContext, _args: Value) -> Outcome {
+        let child = |k: u32| {
+            StartRequest::tool(
+                format!("{}/{k}", ctx.process_id()),
+                "echo",
+                json!({"value": k}),
+                Disposition::Rerunnable,
+            )
+        };
+        let as_host = child(1).with_grant(cairn_core::SessionScope::session("s2"), Default::default());
+        let mut as_host = as_host;
+        as_host.originator = cairn_core::Originator::host();
+        if let Err(e) = ctx.start_child(as_host).await {
+            return Outcome::failure("test", e.code(), e.to_string());
+        }
+        let code = |r: Result<_, CairnError>| r.err().map_or("ok", |e| e.code());
+        let waking_another = ctx
+            .start_child(child(2).with_wake_target(cairn_core::SessionScope::session("s2")))
+            .await;
+        let foreign = ctx
+            .wait_children(&["foreign".to_string()], ChildrenMode::Any, None)
+            .await;
+        Outcome::success(json!({"wake": code(waking_another.map(|_| ())), "wait": code(foreign.map(|_| ()))}))
+    }
+}
+
+/// A process a session started acts for that session: its children are
+/// started as the session and granted to it whatever their request says,
+/// may not wake another session, and it may not await (and so read the end
+/// of) a process that is not its child, ended or not (SPEC §4, §13).
+pub async fn a_sessions_process_acts_only_for_that_session(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let p = runtime(&store, "w1", vec![Arc::new(Spoofer)]);
+    p.start(StartRequest::tool(
+        "foreign",
+        "echo",
+        json!({"value": "secret"}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start foreign");
+    terminal(&p, "foreign").await;
+    let mut req = StartRequest::tool("sp", "spoofer", json!({}), Disposition::Rerunnable);
+    req.originator = cairn_core::Originator::session(cairn_core::SessionScope::session("s1"));
+    p.start(req).await.expect("start");
+    let r = terminal(&p, "sp").await;
+    assert_eq!(
+        r.outcome,
+        Some(Outcome::success(
+            json!({"wake": "invalid_request", "wait": "invalid_request"})
+        ))
+    );
+    let child = p.get("sp/1").await.expect("child");
+    assert_eq!(
+        child.provenance.originator,
+        cairn_core::Originator::session(cairn_core::SessionScope::session("s1"))
+    );
+    let granted = |s: &'static str| {
+        let p = &p;
+        async move {
+            let all = ProcessFilter::from_json(json!({"status": "any"})).expect("filter");
+            let listed = p
+                .list_granted_to(&cairn_core::SessionScope::session(s), &all)
+                .await
+                .expect("list");
+            listed.into_iter().map(|g| g.process.id).collect::<Vec<_>>()
+        }
+    };
+    assert!(
+        granted("s1").await.contains(&"sp/1".to_string()),
+        "granted to its session"
+    );
+    assert!(
+        !granted("s2").await.contains(&"sp/1".to_string()),
+        "not to the one it named"
+    );
+    assert!(
+        p.get("sp/2").await.is_err(),
+        "the child that would wake another session was not started"
+    );
+    p.shutdown().await;
+}

@@ -403,6 +403,7 @@ macro_rules! execution_suite {
                 hub_fed_await_does_not_poll,
                 cancel_reaches_running_children,
                 parent_suspends_until_its_children_end,
+                a_sessions_process_acts_only_for_that_session,
                 input_runner_runs_its_kind,
                 // schedules (scheduled.rs)
                 every_fires_on_time_once_per_fire,
