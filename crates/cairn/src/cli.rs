@@ -290,7 +290,7 @@ pub enum Command {
     /// process per fire, `{schedule_id}@{fire_time_ms}`.
     #[command(after_help = "Examples:\n  \
         cairn schedule add nightly --cron '0 3 * * *' --timezone Europe/Paris \\\n    \
-          '{\"input\": {\"type\": \"tool_call\", \"tool\": \"shell\", \"args\": {\"command\": [\"./nightly.sh\"]}}, \"disposition\": \"rerunnable\"}'\n  \
+          '{\"input\": {\"type\": \"tool_call\", \"tool\": \"shell\", \"args\": {\"argv\": [\"./nightly.sh\"]}}, \"disposition\": \"rerunnable\"}'\n  \
         cairn schedule add sync --every 30m --overlap allow < template.json\n  \
         cairn schedule ls\n  \
         cairn schedule pause nightly")]

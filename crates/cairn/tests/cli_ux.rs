@@ -415,3 +415,23 @@ async fn help_completions_and_an_unreachable_server() {
         out.stderr
     );
 }
+
+/// A client whose reader went away (`cairn completions bash | head -1`) ends
+/// quietly on the closed pipe, as other command-line tools do: no panic, no
+/// backtrace, no exit status 101.
+#[test]
+fn a_closed_pipe_ends_a_client_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = std::process::Command::new(BIN)
+        .args(["completions", "bash"])
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run cairn");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}: {stderr}", out.status);
+}
