@@ -112,6 +112,33 @@ impl StartRequest {
         self
     }
 
+    /// Make the start one that session `scope` may make (SPEC §4): started as
+    /// the session (an originator naming the same session stays as given),
+    /// granted to it (with the descriptor asked for), and waking no other
+    /// session (`invalid_request`).
+    pub fn confine_to_session(&mut self, scope: &SessionScope) -> Result<()> {
+        if self
+            .wake_target
+            .as_ref()
+            .is_some_and(|w| w.session_id != scope.session_id)
+        {
+            return Err(CairnError::InvalidRequest(format!(
+                "a start for session `{}` may only set a wake target in that session",
+                scope.session_id
+            )));
+        }
+        let own = matches!(&self.originator, Originator::Session { scope: s } if s.session_id == scope.session_id);
+        if !own {
+            self.originator = Originator::session(scope.clone());
+        }
+        let descriptor = self.grant.take().map(|g| g.descriptor).unwrap_or_default();
+        self.grant = Some(StartGrant {
+            session_scope: scope.clone(),
+            descriptor,
+        });
+        Ok(())
+    }
+
     /// Send its wakes to `scope`.
     pub fn with_wake_target(mut self, scope: SessionScope) -> Self {
         self.wake_target = Some(scope);

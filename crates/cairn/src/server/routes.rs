@@ -8,9 +8,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use cairn_core::{
-    AppendRequest, AppendResult, ChangePage, EventPage, ListPage, Originator, Outcome, ProcessEvent, ProcessFilter,
-    ProcessRecord, PruneReport, SessionDeleteReport, SessionScope, StartRequest, StatusFilter, TransferReport,
-    WakeDelivery, Watermark,
+    AppendRequest, AppendResult, ChangePage, EventPage, ListPage, Outcome, ProcessEvent, ProcessFilter, ProcessRecord,
+    PruneReport, SessionDeleteReport, SessionScope, StartRequest, StatusFilter, TransferReport, WakeDelivery,
+    Watermark,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -214,22 +214,7 @@ pub async fn start(
     if let Some(scope) = scope_of_session(&caller) {
         // A session starts processes as itself, granted to itself, and may only
         // wake itself.
-        let own_originator =
-            matches!(&req.originator, Originator::Session { scope: s } if s.session_id == scope.session_id);
-        if !own_originator {
-            req.originator = Originator::session(scope.clone());
-        }
-        let descriptor = req.grant.take().map(|g| g.descriptor).unwrap_or_default();
-        req = req.with_grant(scope.clone(), descriptor);
-        if req
-            .wake_target
-            .as_ref()
-            .is_some_and(|w| w.session_id != scope.session_id)
-        {
-            return Err(ApiError::invalid_request(
-                "a session token may only set a wake target in its own session",
-            ));
-        }
+        req.confine_to_session(&scope)?;
     }
     let id = req.id.clone();
     let registered = match state.processes.start(req).await {
