@@ -433,24 +433,29 @@ impl Driver<'_> {
             return Ok(json!({"n": n, "error": e}));
         }
         let answer = match kind(call) {
-            "sleep" => {
-                let ms = call.get("ms").and_then(Value::as_u64).unwrap_or(0);
-                self.ctx
+            "sleep" => match millis(call.get("ms"), "ctx.sleep(ms)") {
+                Ok(ms) => self
+                    .ctx
                     .sleep_nth(n, Duration::from_millis(ms))
                     .await
-                    .map(|()| Value::Null)
-            }
+                    .map(|()| Value::Null),
+                Err(e) => Err(e),
+            },
             "wait_signal" => {
                 let name = call.get("name").and_then(Value::as_str).unwrap_or("");
                 let ordinal = call.get("ordinal").and_then(Value::as_u64).unwrap_or(1);
-                let timeout = call
-                    .get("timeout_ms")
-                    .and_then(Value::as_u64)
-                    .map(Duration::from_millis);
-                self.ctx
-                    .wait_signal_nth(name, ordinal, timeout)
-                    .await
-                    .map(|v| v.unwrap_or(Value::Null))
+                let timeout = match call.get("timeout_ms") {
+                    None | Some(Value::Null) => Ok(None),
+                    given => millis(given, "ctx.waitSignal's timeoutMs").map(|ms| Some(Duration::from_millis(ms))),
+                };
+                match timeout {
+                    Ok(timeout) => self
+                        .ctx
+                        .wait_signal_nth(name, ordinal, timeout)
+                        .await
+                        .map(|v| v.unwrap_or(Value::Null)),
+                    Err(e) => Err(e),
+                }
             }
             other => Err(CairnError::InvalidRequest(format!(
                 "ctx.{other} is not supported by this runtime yet"
@@ -461,6 +466,22 @@ impl Driver<'_> {
             Err(_) if self.ctx.is_stopped() => Err(Held::Stopped),
             Err(e) => Ok(error_result(n, &e)),
         }
+    }
+}
+
+/// A duration a script gave in milliseconds: a number from 0 up to 2^53 - 1, a fraction
+/// rounded up (a wait is never shorter than asked); anything else makes the
+/// call reject with `invalid_request`, as a silent zero or a wait without its
+/// deadline would not say.
+fn millis(given: Option<&Value>, what: &str) -> Result<u64> {
+    let ms = given.and_then(Value::as_f64).filter(|ms| ms.is_finite() && *ms >= 0.0);
+    match ms {
+        // JavaScript's largest exact integer (about 285,000 years).
+        Some(ms) if ms.ceil() <= 9_007_199_254_740_991.0 => Ok(ms.ceil() as u64),
+        _ => Err(CairnError::InvalidRequest(format!(
+            "{what} takes a number of milliseconds from 0 up, not {}",
+            given.map_or_else(|| "nothing".to_string(), Value::to_string)
+        ))),
     }
 }
 

@@ -138,6 +138,38 @@ async fn three_steps_complete_with_the_right_value() {
     );
 }
 
+/// A duration is a number of milliseconds from 0 up: a fraction is rounded up
+/// (the sleep and the signal's deadline both take effect), anything else
+/// rejects the call instead of passing for zero or for "no deadline".
+#[tokio::test]
+async fn durations_round_up_and_bad_ones_reject() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const bad = [];
+            for (const ms of [-5, "abc", 1e300, undefined]) {
+                try { await ctx.sleep(ms); bad.push("resolved"); } catch (e) { bad.push(e.code); }
+            }
+            try { await ctx.waitSignal("never", {timeoutMs: -1}); bad.push("resolved"); } catch (e) { bad.push(e.code); }
+            const t0 = ctx.now();
+            await ctx.sleep(2.5);
+            const slept = ctx.now() - t0;
+            const timedOut = await ctx.waitSignal("never", {timeoutMs: 5.5});
+            return {bad, slept: slept >= 3, timedOut};
+        }"#,
+    )
+    .await;
+    let rec = run(&p, script("d1", &m, "main", json!({}))).await;
+    let bad = "invalid_request";
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::success(
+            json!({"bad": [bad, bad, bad, bad, bad], "slept": true, "timedOut": null})
+        ))
+    );
+}
+
 #[tokio::test]
 async fn now_and_random_replay_identically_across_a_suspension() {
     let p = runtime(Limits::default());
