@@ -53,6 +53,28 @@ async fn start_is_idempotent_and_errors_have_their_classes() {
     }
     let (s, err) = c.get("/v1/processes/ext-run").await;
     assert_eq!((s, code(&err)), (404, "unknown_process"), "nothing was created");
+    // A body that is an array, which serde would read by position.
+    let (s, err) = c
+        .post_raw(
+            "/v1/processes",
+            "application/json",
+            br#"["p3", {"type": "external"}]"#.to_vec(),
+        )
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"));
+    let (s, err) = c
+        .post_raw(
+            "/v1/processes/p1/cancel",
+            "application/json",
+            br#" ["by array"]"#.to_vec(),
+        )
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"));
+    assert_eq!(
+        c.get("/v1/processes/p1").await.1["cancel_request"],
+        Value::Null,
+        "nothing changed"
+    );
     // A body that is not JSON by content type.
     let (s, err) = c.post_raw("/v1/processes", "text/plain", b"{}".to_vec()).await;
     assert_eq!((s, code(&err)), (415, "invalid_request"));

@@ -213,6 +213,13 @@ where
                 "request bodies must be sent with `Content-Type: application/json`",
             ));
         }
+        // Every body is an object; serde would also read a struct from an
+        // array, by position, which no client means.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(ApiError::invalid_request(
+                "request body: expected a JSON object, not an array",
+            ));
+        }
         serde_json::from_slice(&bytes)
             .map(ApiJson)
             .map_err(|e| ApiError::invalid_request(format!("request body: {e}")))
