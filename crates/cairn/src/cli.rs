@@ -130,7 +130,7 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         cairn events build-42\n  \
         cairn events build-42 --follow      # until the process ends\n  \
-        cairn --json events build-42        # one document: {\"process_id\", \"events\": [...]}")]
+        cairn --json events build-42        # one document: {\"events\": [...]}")]
     Events {
         /// Process id.
         id: String,
@@ -259,7 +259,7 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         cursor: u64,
         /// Page size (at most 1000).
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         limit: Option<usize>,
         /// `--server`, `--token`, `--json`.
         #[command(flatten)]
@@ -597,7 +597,7 @@ pub struct LsArgs {
     #[arg(long)]
     pub after_id: Option<String>,
     /// Show at most this many (newest first; with `--after-id`, the server's page size).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub limit: Option<usize>,
     /// `--server`, `--token`, `--json`.
     #[command(flatten)]
@@ -779,4 +779,13 @@ pub enum BenchChildRole {
         #[arg(long)]
         runs: usize,
     },
+}
+
+/// A count of at least one (`--limit 0` would ask for nothing).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }

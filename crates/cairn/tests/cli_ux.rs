@@ -435,3 +435,19 @@ fn a_closed_pipe_ends_a_client_command_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}: {stderr}", out.status);
 }
+
+/// `--limit 0` asks for nothing: a usage error, not an empty table.
+#[test]
+fn a_limit_of_zero_is_a_usage_error() {
+    for args in [&["ls", "--limit", "0"][..], &["changes", "--limit", "0"][..]] {
+        let out = std::process::Command::new(BIN)
+            .args(["--server", "http://127.0.0.1:9"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run cairn");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("at least 1"), "{args:?}: {stderr}");
+    }
+}
