@@ -715,3 +715,47 @@ async fn stdio_reports_an_unreachable_server_as_a_tool_error() {
     assert!(message.contains("cannot reach"), "{message}");
     let _ = client.cancel().await;
 }
+
+/// A POST that is not JSON, or not one JSON-RPC 2.0 message, is answered
+/// 400 with the JSON-RPC error a client can read: `-32700` parse error,
+/// `-32600` invalid request (the id echoed when it is one).
+#[tokio::test]
+async fn malformed_posts_get_jsonrpc_errors() {
+    let server = Server::start(&[]).await;
+    let post = |body: &'static str| {
+        reqwest::Client::new()
+            .post(server.url("/mcp"))
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json, text/event-stream")
+            .body(body)
+            .send()
+    };
+    for (body, code, id) in [
+        ("not json", -32700, Value::Null),
+        ("{\"jsonrpc\": \"2.0\", \"id\": 1, ", -32700, Value::Null),
+        ("{}", -32600, Value::Null),
+        ("[]", -32600, Value::Null),
+        (
+            r#"{"jsonrpc": "1.0", "id": 7, "method": "tools/list"}"#,
+            -32600,
+            json!(7),
+        ),
+        (
+            r#"{"jsonrpc": "2.0", "id": {"a": 1}, "method": "tools/list"}"#,
+            -32600,
+            Value::Null,
+        ),
+    ] {
+        let response = post(body).await.expect("answered");
+        assert_eq!(response.status().as_u16(), 400, "{body}");
+        let answer: Value = response.json().await.expect("a JSON body");
+        assert_eq!(answer["jsonrpc"], "2.0", "{body}: {answer}");
+        assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
+        assert_eq!(answer["id"], id, "{body}: {answer}");
+    }
+    // A well-formed message still reaches the endpoint.
+    let response = post(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#)
+        .await
+        .expect("answered");
+    assert_eq!(response.status().as_u16(), 200);
+}

@@ -43,6 +43,56 @@ pub fn service(state: &Arc<AppState>) -> HttpService {
     )
 }
 
+/// In front of the MCP endpoint: a JSON `POST` that is not JSON, or not one
+/// JSON-RPC 2.0 message, is answered 400 with the JSON-RPC error for it
+/// (`-32700` parse error, `-32600` invalid request), where the endpoint's
+/// library answered 415 in plain text, which a JSON-RPC client cannot read.
+/// Everything else passes through untouched.
+pub async fn jsonrpc_errors(limit: usize, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let json = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    if req.method() != axum::http::Method::POST || !json {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            let message = format!("the request body is over {limit} bytes, or was cut off");
+            return rpc_error(axum::http::StatusCode::PAYLOAD_TOO_LARGE, Value::Null, -32600, &message);
+        }
+    };
+    match serde_json::from_slice::<Value>(&bytes) {
+        Err(e) => rpc_error(
+            axum::http::StatusCode::BAD_REQUEST,
+            Value::Null,
+            -32700,
+            &format!("parse error: {e}"),
+        ),
+        Ok(message) => {
+            let id = message.get("id").cloned().unwrap_or(Value::Null);
+            let id_ok = id.is_string() || id.is_number() || id.is_null();
+            if !message.is_object() || message.get("jsonrpc") != Some(&Value::from("2.0")) || !id_ok {
+                let id = if id_ok { id } else { Value::Null };
+                let text = "invalid request: each POST carries one JSON-RPC 2.0 message, an object with \
+                            \"jsonrpc\": \"2.0\" and a string or number id";
+                return rpc_error(axum::http::StatusCode::BAD_REQUEST, id, -32600, text);
+            }
+            next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+    }
+}
+
+fn rpc_error(status: axum::http::StatusCode, id: Value, code: i64, message: &str) -> Response {
+    use axum::response::IntoResponse;
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
+    (status, Json(body)).into_response()
+}
+
 /// The server's handlers as one caller sees them.
 struct AsCaller {
     state: Arc<AppState>,

@@ -89,7 +89,14 @@ pub fn router(state: Arc<AppState>, dashboard: &Dashboard) -> Router {
         .route("/v1/prune", post(routes::prune))
         .route("/v1/changes", get(routes::changes))
         .route("/metrics", get(routes::metrics))
-        .route_service("/mcp", mcp::service(&state))
+        .merge(
+            Router::new()
+                .route_service("/mcp", mcp::service(&state))
+                .layer(axum::middleware::from_fn({
+                    let limit = state.limits.max_body_bytes;
+                    move |req, next| mcp::jsonrpc_errors(limit, req, next)
+                })),
+        )
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
     // Health and the API description need no token: they reveal nothing about processes.
     let open = Router::new()
