@@ -417,19 +417,7 @@ impl ToolContext {
     pub async fn start_child(&self, mut request: StartRequest) -> Result<ProcessRecord> {
         request.caused_by = Some(crate::model::CausalRef::process(self.process_id()));
         if let crate::model::Originator::Session { scope } = &self.inner.record.provenance.originator {
-            if request
-                .wake_target
-                .as_ref()
-                .is_some_and(|w| w.session_id != scope.session_id)
-            {
-                return Err(CairnError::InvalidRequest(format!(
-                    "a process started by session `{}` may only set its children's wake target in that session",
-                    scope.session_id
-                )));
-            }
-            request.originator = crate::model::Originator::Session { scope: scope.clone() };
-            let descriptor = request.grant.take().map(|g| g.descriptor).unwrap_or_default();
-            request = request.with_grant(scope.clone(), descriptor);
+            request.confine_to_session(scope)?;
         }
         let registered = register_start(self.inner.registry.as_ref(), &self.inner.tools, true, request).await?;
         Ok(registered.process)
