@@ -451,3 +451,21 @@ fn a_limit_of_zero_is_a_usage_error() {
         assert!(stderr.contains("at least 1"), "{args:?}: {stderr}");
     }
 }
+
+/// A `--server` that is not an http(s) URL is a usage error that says so.
+#[test]
+fn a_server_that_is_not_a_url_is_a_usage_error() {
+    for server in ["nonsense", "127.0.0.1:7070", "ftp://127.0.0.1"] {
+        let out = std::process::Command::new(BIN)
+            .args(["--server", server, "ls"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run cairn");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{server}: {stderr}");
+        assert!(
+            stderr.contains("is not an http:// or https:// URL"),
+            "{server}: {stderr}"
+        );
+    }
+}

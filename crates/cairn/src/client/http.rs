@@ -111,6 +111,13 @@ pub fn query<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> String {
 impl Client {
     /// A client for `base` (e.g. `http://127.0.0.1:7070`) presenting `token` when given.
     pub fn new(base: &str, token: Option<&str>) -> Result<Self, ClientError> {
+        let url_ok = reqwest::Url::parse(base)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()));
+        if !url_ok {
+            return Err(ClientError::Usage(format!(
+                "--server `{base}` is not an http:// or https:// URL (e.g. http://127.0.0.1:7070)"
+            )));
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()?;
