@@ -244,6 +244,18 @@ impl Driver<'_> {
                     }
                 }
             }
+            // `ctx.wait(id)` names a child by its id: anything but a string
+            // rejects now, saying so.
+            for (n, call) in step.pending.iter().filter(|(_, c)| kind(c) == "wait") {
+                let named = call.get("id").and_then(Value::as_str).is_some_and(|s| !s.is_empty());
+                if !named {
+                    let given = call.get("id").map_or_else(|| "nothing".to_string(), Value::to_string);
+                    let e = CairnError::InvalidRequest(format!(
+                        "ctx.wait(id) takes the id of a child process (a string), not {given}"
+                    ));
+                    answers.push((*n, error_result(*n, &e)));
+                }
+            }
             if answers.is_empty() {
                 let children: Vec<(u64, Value)> = step
                     .pending

@@ -478,7 +478,9 @@ async fn a_failed_child_rejects_with_its_code_and_wait_never_rejects() {
             try { await ctx.tool("gate", {fail: "no_entry"}); } catch (e) { caught = {code: e.code, cls: e.class}; }
             const id = await ctx.start({input: {type: "tool_call", tool: "gate", args: {fail: "again"}}, disposition: "rerunnable"});
             const out = await ctx.wait(id);
-            return {caught, id, out: out.type, code: out.code};
+            let bad = null;
+            try { await ctx.wait(42); } catch (e) { bad = e.code + ": " + e.message; }
+            return {caught, id, out: out.type, code: out.code, bad};
         }"#,
     )
     .await;
@@ -489,7 +491,8 @@ async fn a_failed_child_rejects_with_its_code_and_wait_never_rejects() {
             "caught": {"code": "no_entry", "cls": "tool"},
             "id": "fc/2",
             "out": "failure",
-            "code": "again"
+            "code": "again",
+            "bad": "invalid_request: invalid request: ctx.wait(id) takes the id of a child process (a string), not 42"
         })))
     );
 }
