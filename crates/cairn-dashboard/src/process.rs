@@ -202,7 +202,17 @@ fn record_panel(r: &ProcessRecord) -> Markup {
                     h3 { "Waiting" }
                     p { "for " (w.kind) @if let Some(n) = &w.name { " " code { (n) } }
                         @if let Some(k) = w.ordinal { " (#" (k) ")" }
-                        " since " (time::when(w.since_ms)) }
+                        " since " (time::when(w.since_ms))
+                        @if let Some(until) = w.until_ms { ", until " (time::when(until)) } }
+                    @if let Some(ids) = &w.ids {
+                        p.wait-children {
+                            @match w.mode { Some(cairn_core::model::ChildrenMode::Any) => "any of ", _ => "all of " }
+                            @for (i, id) in ids.iter().enumerate() {
+                                @if i > 0 { ", " }
+                                a href={ "/ui/processes/" (encode_path(id)) } { code { (id) } }
+                            }
+                        }
+                    }
                 }
             }
             @if let Some(l) = &r.lease {

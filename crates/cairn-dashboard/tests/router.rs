@@ -740,3 +740,51 @@ async fn the_modules_page_pages_by_ref() {
     let (status, html, _) = get(&app, "/ui/modules?colour=blue", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
 }
+
+/// The waiting panel says what a wait is for in full: a signal's deadline,
+/// and which children a `children` wait waits for, linked.
+#[tokio::test]
+async fn a_waiting_process_shows_its_deadline_and_the_children_it_waits_for() {
+    use cairn_core::model::{ChildrenMode, WaitRequest};
+    use cairn_core::ProcessRegistry;
+    let clock = Arc::new(ManualClock::new(T0));
+    let registry = Arc::new(MemoryRegistry::with_clock(clock.clone()));
+    let p = Processes::builder(registry.clone())
+        .clock(clock.clone())
+        .without_worker()
+        .start();
+    let waits = [
+        ("by-signal", WaitRequest::signal("go", 1, Some(T0 + 60_000))),
+        (
+            "by-kids",
+            WaitRequest::children(vec!["kid-a".into(), "kid-b".into()], ChildrenMode::Any, 1, None),
+        ),
+    ];
+    for (id, wait) in waits {
+        p.start(StartRequest::tool(id, "anything", json!({}), Disposition::OwnerBound))
+            .await
+            .expect("start");
+        for kid in wait.ids.iter().flatten() {
+            let mut req = StartRequest::external(kid, json!({}));
+            req.caused_by = Some(cairn_core::CausalRef::process(id));
+            p.start(req).await.expect("start child");
+        }
+        let lease = registry.claim(id, "w1", 30_000).await.expect("claim");
+        let seen = p.get(id).await.expect("get").last_sequence;
+        assert!(registry.wait(&lease, wait, seen).await.expect("wait"), "{id} waits");
+    }
+    let app = app(&p, true);
+    let (status, html, _) = get(&app, "/ui/processes/by-signal", None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let panel = html.split("class=\"panel wait\"").nth(1).expect("a waiting panel");
+    assert!(panel.contains(", until "), "the deadline is shown: {panel}");
+    let (_, html, _) = get(&app, "/ui/processes/by-kids", None).await;
+    let panel = html.split("class=\"panel wait\"").nth(1).expect("a waiting panel");
+    assert!(panel.contains("any of "), "{panel}");
+    for kid in ["kid-a", "kid-b"] {
+        assert!(
+            panel.contains(&format!("href=\"/ui/processes/{kid}\"")),
+            "{kid} linked: {panel}"
+        );
+    }
+}
