@@ -4,15 +4,16 @@
 
 use serde_json::{json, Value};
 
-/// Longest `sleep` or timeout the schemas offer (a day); the tools take any `u64`.
-const DAY_MS: u64 = 86_400_000;
+/// Longest `sleep` or timeout the schemas offer (a year: durable sleeps and
+/// waits run for days, SPEC §13); the tools take any `u64`.
+const LONGEST_MS: u64 = 365 * 86_400_000;
 
 /// The `args` schema of built-in tool `name`, or `None` for another name.
 pub fn args_schema(name: &str) -> Option<Value> {
     let signal_name = json!({"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9_-]+$",
                              "description": "The signal name: ASCII letters, digits, `_`, `-`."});
     let ms =
-        |description: &str| json!({"type": "integer", "minimum": 0, "maximum": DAY_MS, "description": description});
+        |description: &str| json!({"type": "integer", "minimum": 0, "maximum": LONGEST_MS, "description": description});
     let schema = match name {
         "echo" => json!({
             "type": "object", "additionalProperties": false,
@@ -94,5 +95,14 @@ mod tests {
         command["command"] = json!("make test");
         assert!(tools.get("shell").expect("shell").validate_args(&command).is_ok());
         assert!(args_schema("nope").is_none());
+    }
+
+    /// SPEC §13's own example, a three-day durable sleep, meets the schema.
+    #[test]
+    fn a_sleep_of_days_meets_the_schema() {
+        let schema = args_schema("sleep").expect("sleep");
+        let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+        assert!(validator.is_valid(&json!({"ms": 259_200_000u64})));
+        assert!(!validator.is_valid(&json!({"ms": -1})));
     }
 }
