@@ -137,6 +137,9 @@ async fn cairn_schedule_commands() {
     );
     let out = server.cli(&["schedule", "pause", "sync"], None).await;
     assert_eq!((out.code, out.stdout.lines().next()), (0, Some("paused sync")));
+    // A paused schedule names no next fire (its stored one is where it stopped).
+    let out = server.cli(&["schedule", "get", "sync"], None).await;
+    assert!(out.stdout.contains("none while paused"), "{}", out.stdout);
     let out = server.cli(&["--json", "schedule", "resume", "sync"], None).await;
     assert_eq!(out.json()["paused"], json!(false));
     let out = server.cli(&["schedule", "rm", "sync"], None).await;

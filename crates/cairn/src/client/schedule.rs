@@ -27,17 +27,20 @@ fn when(s: &Value) -> String {
 }
 
 fn row(s: &Value) -> Vec<String> {
-    let state = if s.get("paused").and_then(Value::as_bool) == Some(true) {
-        "paused"
+    let paused = s.get("paused").and_then(Value::as_bool) == Some(true);
+    // A paused schedule's stored next fire is where it stopped, not a time it
+    // will fire; resuming computes the next one from then.
+    let next = if paused {
+        "none while paused".to_string()
     } else {
-        "active"
+        timestamp(s.get("next_fire_ms"))
     };
     vec![
         str_at(s, "/id"),
         when(s),
         str_at(s, "/overlap"),
-        state.to_string(),
-        timestamp(s.get("next_fire_ms")),
+        (if paused { "paused" } else { "active" }).to_string(),
+        next,
         str_at(s, "/last_process_id"),
     ]
 }
