@@ -453,10 +453,15 @@ impl Worker {
             if began_before && self.scripts.is_some() && matches!(process.input, ProcessInput::Script { .. }) {
                 cancel_in_force = Some(cancel.reason.clone());
             } else {
-                let message = cancel
-                    .reason
-                    .clone()
-                    .unwrap_or_else(|| "cancelled before it ran".into());
+                // Without a reason, say where the run was: not begun, or
+                // (an earlier claim ran it) suspended or between claims.
+                let message = cancel.reason.clone().unwrap_or_else(|| {
+                    if began_before {
+                        "cancelled while it was not running (suspended or between claims)".into()
+                    } else {
+                        "cancelled before it ran".into()
+                    }
+                });
                 self.finish(&lease, Outcome::cancelled(message)).await;
                 return;
             }

@@ -1180,6 +1180,27 @@ pub async fn cancel_resumes_a_suspended_run(factory: &dyn StoreFactory) {
         .find(|e| e.event_type == "process.resumed")
         .expect("a resumption");
     assert_eq!(resumed.payload["reason"], "cancel_requested");
+    // Without a reason, the outcome says the run was stopped while suspended,
+    // not that it never ran.
+    p.start(StartRequest::tool(
+        "stop-me-too",
+        "wait_signal",
+        json!({"name": "go"}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start");
+    p.await_event("stop-me-too", "process.waiting", 0, WAIT)
+        .await
+        .expect("waiting");
+    p.cancel("stop-me-too", None).await.expect("cancel");
+    let r = terminal(&p, "stop-me-too").await;
+    assert_eq!(
+        r.outcome,
+        Some(Outcome::cancelled(
+            "cancelled while it was not running (suspended or between claims)"
+        ))
+    );
     p.shutdown().await;
 }
 
