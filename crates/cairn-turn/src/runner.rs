@@ -182,6 +182,26 @@ pub struct TurnRunner {
     retry: RetryPolicy,
 }
 
+/// How long a model call may go without a byte (before its answer begins, or
+/// between two pieces of it) before it counts as a broken stream and is tried
+/// again: long enough for a model that reasons before it answers, short
+/// enough that a hung endpoint cannot hold a turn (and its worker slot) for
+/// good.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// How long connecting to an endpoint may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn http_client(idle: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT.min(idle))
+        .read_timeout(idle)
+        .build()
+        // Only a TLS back end that cannot start fails here; the default
+        // client would fail the same way on its first request.
+        .unwrap_or_default()
+}
+
 impl TurnRunner {
     /// A runner calling `models`, whose turns may call `tools` (the tools the
     /// worker runs).
@@ -189,9 +209,16 @@ impl TurnRunner {
         Self {
             models,
             tools,
-            http: reqwest::Client::new(),
+            http: http_client(IDLE_TIMEOUT),
             retry: RetryPolicy::default(),
         }
+    }
+
+    /// Give up on a model call that is silent for `idle` instead of
+    /// [`IDLE_TIMEOUT`] (it is then retried like any broken stream).
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.http = http_client(idle);
+        self
     }
 
     /// Retry model faults by `retry` instead of the default.

@@ -23,6 +23,9 @@ struct Setup {
     p: Processes,
 }
 
+/// How long the runner under test lets a model call go silent.
+const IDLE: Duration = Duration::from_secs(2);
+
 async fn setup() -> Setup {
     // Every test sets the same value, so tests running at once agree.
     std::env::set_var(KEY_ENV, KEY);
@@ -33,11 +36,14 @@ async fn setup() -> Setup {
         .parse()
         .expect("spec");
     let mut tools = cairn_tools::builtin_tools(false);
-    let runner = TurnRunner::new(Models::new([spec]).expect("models"), tools.clone()).with_retry(RetryPolicy {
-        retries: 3,
-        min_delay: Duration::from_millis(10),
-        max_delay: Duration::from_secs(2),
-    });
+    let runner = TurnRunner::new(Models::new([spec]).expect("models"), tools.clone())
+        .with_retry(RetryPolicy {
+            retries: 3,
+            min_delay: Duration::from_millis(10),
+            max_delay: Duration::from_secs(2),
+        })
+        // Every scripted pause is under a second; a stall test pauses far longer.
+        .with_idle_timeout(IDLE);
     tools.register_runner("session_turn", Arc::new(runner));
     let p = Processes::builder(Arc::new(registry)).tools(tools).start();
     Setup { _dir: dir, fake, p }
@@ -354,4 +360,23 @@ async fn cancelling_a_turn_stops_its_stream_and_its_tool_calls() {
         let r = finished(&s.p, id).await;
         assert_eq!(r.status, cairn_core::ProcessStatus::Cancelled, "{id}: {r:?}");
     }
+}
+
+/// A model call that goes silent (an endpoint that hangs mid-answer) counts as
+/// a broken stream after the idle timeout and is tried again, instead of
+/// holding the turn and its worker slot for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_model_call_is_given_up_and_tried_again() {
+    let s = setup().await;
+    s.fake.push(Reply::SlowText {
+        text: "stalled answer".into(),
+        delay: Duration::from_secs(600),
+    });
+    s.fake.push(Reply::Text("recovered".into()));
+    let started = std::time::Instant::now();
+    s.p.start(turn("stalled", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "stalled").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "recovered"}))));
+    assert_eq!(s.fake.received().len(), 2, "the silent call was made again");
+    assert!(started.elapsed() >= IDLE, "given up only after the idle timeout");
 }
