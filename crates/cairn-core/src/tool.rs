@@ -35,6 +35,13 @@ pub trait Tool: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// The JSON Schema of `args`, for callers that describe the tool (a model
+    /// offered it in a session turn); [`validate_args`](Self::validate_args)
+    /// stays the authority. Default: none known.
+    fn args_schema(&self) -> Option<Value> {
+        None
+    }
+
     /// Check `args` before a process is recorded, so bad input fails the start
     /// rather than the run.
     fn validate_args(&self, _args: &Value) -> Result<()> {

@@ -79,6 +79,10 @@ impl Tool for EchoTool {
         "echo"
     }
 
+    fn args_schema(&self) -> Option<Value> {
+        crate::schemas::args_schema(self.name())
+    }
+
     fn validate_args(&self, args: &Value) -> Result<()> {
         parse_args::<EchoArgs>("echo", args).map(|_| ())
     }
@@ -106,6 +110,10 @@ struct SleepArgs {
 impl Tool for SleepTool {
     fn name(&self) -> &str {
         "sleep"
+    }
+
+    fn args_schema(&self) -> Option<Value> {
+        crate::schemas::args_schema(self.name())
     }
 
     fn validate_args(&self, args: &Value) -> Result<()> {
@@ -142,6 +150,10 @@ struct WaitSignalArgs {
 impl Tool for WaitSignalTool {
     fn name(&self) -> &str {
         "wait_signal"
+    }
+
+    fn args_schema(&self) -> Option<Value> {
+        crate::schemas::args_schema(self.name())
     }
 
     fn validate_args(&self, args: &Value) -> Result<()> {

@@ -195,6 +195,10 @@ impl Tool for ShellTool {
         "shell"
     }
 
+    fn args_schema(&self) -> Option<Value> {
+        crate::schemas::args_schema(self.name())
+    }
+
     fn event_types(&self) -> Vec<EventType> {
         vec![EventType::plain(OUTPUT_EVENT).with_schema(json!({
             "type": "object",

@@ -156,18 +156,30 @@ impl Turn {
         messages
     }
 
-    /// The tools offered to the model. Tools carry no argument schema in the
-    /// registry, so each accepts an object; a bad one fails its child's start
-    /// and the model is told why.
-    fn tool_defs(&self) -> Vec<Value> {
+    /// The tools offered to the model, each with the schema of its arguments
+    /// where the tool has one (any object otherwise); arguments the tool
+    /// refuses fail its child's start, and the model is told why.
+    fn tool_defs(&self, tools: &ToolRegistry) -> Vec<Value> {
         self.session
             .tools
             .iter()
             .map(|name| {
+                let mut parameters = tools
+                    .get(name)
+                    .and_then(|t| t.args_schema())
+                    .unwrap_or_else(|| json!({"type": "object"}));
+                // OpenAI's endpoint refuses these at a function's top level
+                // (`shell` says "argv or command" with `oneOf`); the tool's
+                // own check still holds the model to them.
+                if let Some(root) = parameters.as_object_mut() {
+                    for key in ["oneOf", "anyOf", "allOf", "not", "enum"] {
+                        root.remove(key);
+                    }
+                }
                 json!({"type": "function", "function": {
                     "name": name,
                     "description": format!("the cairn tool `{name}`"),
-                    "parameters": {"type": "object"},
+                    "parameters": parameters,
                 }})
             })
             .collect()
@@ -238,7 +250,7 @@ impl TurnRunner {
             .filter_map(|e| Some((e.payload.get("step")?.as_u64()?, e.payload.get("message")?.clone())))
             .collect();
         let mut messages = turn.first_messages();
-        let tool_defs = turn.tool_defs();
+        let tool_defs = turn.tool_defs(&self.tools);
         let response_format = turn.contract.response_format();
         let mut repairs = 0;
         for step in 1u64.. {

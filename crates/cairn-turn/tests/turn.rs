@@ -123,6 +123,11 @@ async fn two_tool_calls_become_children_and_the_answer_follows() {
     assert_eq!(tool_messages[0]["content"], "20");
     assert_eq!(received[0].body["model"], "fake-1");
     assert_eq!(received[0].body["tools"][0]["function"]["name"], "echo");
+    // The model is told what the tool takes: the tool's own argument schema.
+    assert_eq!(
+        received[0].body["tools"][0]["function"]["parameters"],
+        cairn_tools::args_schema("echo").expect("echo has a schema")
+    );
     let t = types(&s.p, "t1").await;
     assert_eq!(t.iter().filter(|t| *t == "turn.response").count(), 2);
     // The key went to the endpoint and nowhere else.
