@@ -295,6 +295,19 @@ impl TurnRunner {
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
+            // The last step allowed: no model call could read tool results,
+            // so the tools are not run (their effects would be for nothing).
+            let last = step >= u64::from(max_steps);
+            if !calls.is_empty() && last {
+                return Ok(Outcome::failure(
+                    "turn",
+                    "max_steps",
+                    format!(
+                        "the turn made {max_steps} model calls without a final answer (the last asked for tools, \
+                         which were not run)"
+                    ),
+                ));
+            }
             if !calls.is_empty() {
                 let results = self.run_tool_calls(ctx, &turn.session, step, &calls).await?;
                 for (call, content) in calls.iter().zip(results) {
@@ -310,7 +323,9 @@ impl TurnRunner {
                         Contract::JsonSchema { repair_attempts, .. } => *repair_attempts,
                         Contract::Text => 0,
                     };
-                    if repairs >= allowed {
+                    // Out of repairs, or of steps to make one in: the answer
+                    // stands as the violation it is.
+                    if repairs >= allowed || last {
                         return Ok(Outcome::Failure {
                             class: "turn".into(),
                             code: "output_contract_violation".into(),

@@ -385,3 +385,46 @@ async fn a_silent_model_call_is_given_up_and_tried_again() {
     assert_eq!(s.fake.received().len(), 2, "the silent call was made again");
     assert!(started.elapsed() >= IDLE, "given up only after the idle timeout");
 }
+
+/// The last step allowed ends the turn with what it got: an answer that
+/// violates the contract fails `output_contract_violation` with that answer
+/// (not `max_steps`, which would hide it), and tool calls asked for then are
+/// not run, since no model call could read their results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_step_ends_with_what_it_got() {
+    let s = setup().await;
+    let one_step = |id: &str, tools: &[&str], contract: Value| {
+        let mut req = turn(id, tools, "hi", contract);
+        if let ProcessInput::SessionTurn { session, .. } = &mut req.input {
+            session.max_steps = Some(1);
+        }
+        req
+    };
+    let contract = json!({"type": "json_schema", "repair_attempts": 2,
+                          "schema": {"type": "object", "required": ["ok"]}});
+    s.fake.push(Reply::Text("prose, not json".into()));
+    s.p.start(one_step("no-repair", &[], contract)).await.expect("start");
+    let r = finished(&s.p, "no-repair").await;
+    assert_eq!(failure_code(&r), "output_contract_violation");
+    match r.outcome {
+        Some(Outcome::Failure { raw: Some(raw), .. }) => assert_eq!(raw["content"], "prose, not json"),
+        other => panic!("the answer belongs in raw: {other:?}"),
+    }
+    s.fake
+        .push(Reply::ToolCalls(vec![("echo".into(), json!({"value": 1}))]));
+    s.p.start(one_step("no-tools", &["echo"], Value::Null))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "no-tools").await;
+    assert_eq!(failure_code(&r), "max_steps");
+    let children =
+        s.p.list(&cairn_core::ProcessFilter {
+            caused_by: Some("no-tools".into()),
+            status: cairn_core::StatusFilter::Any,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert!(children.is_empty(), "no tool ran: {children:?}");
+    assert_eq!(s.fake.received().len(), 2, "one model call each");
+}
