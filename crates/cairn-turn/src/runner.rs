@@ -56,11 +56,27 @@ enum Contract {
 
 impl Contract {
     fn parse(v: &Value) -> cairn_core::Result<Self> {
-        match v.get("type").and_then(Value::as_str) {
+        let kind = v.get("type").and_then(Value::as_str);
+        let known: &[&str] = match kind {
+            Some("json_schema") => &["type", "schema", "repair_attempts"],
+            _ => &["type"],
+        };
+        if let Some(key) = v
+            .as_object()
+            .and_then(|o| o.keys().find(|k| !known.contains(&k.as_str())))
+        {
+            return Err(CairnError::InvalidRequest(format!(
+                "output_contract has an unknown field `{key}` (it takes {})",
+                known.join(", ")
+            )));
+        }
+        match kind {
             None if v.is_null() => Ok(Self::Text),
             Some("text") => Ok(Self::Text),
             Some("json_schema") => {
-                let schema = v.get("schema").cloned().unwrap_or(json!({}));
+                let schema = v.get("schema").cloned().ok_or_else(|| {
+                    CairnError::InvalidRequest("a `json_schema` output_contract needs its `schema`".into())
+                })?;
                 cairn_core::validate::compiled_schema("output_contract", &schema)?;
                 let repair_attempts = match v.get("repair_attempts") {
                     None => 2,
@@ -111,6 +127,33 @@ impl Contract {
     }
 }
 
+/// The roles a message of a turn's `input` may have.
+const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
+
+/// A turn's `input`: a non-empty string, or a non-empty array of messages,
+/// each an object with a known `role`.
+fn check_input(input: &Value) -> cairn_core::Result<()> {
+    let bad = |why: String| Err(CairnError::InvalidRequest(format!("a turn's `input` {why}")));
+    match input {
+        Value::String(text) if text.trim().is_empty() => bad("is empty".into()),
+        Value::String(_) => Ok(()),
+        Value::Array(messages) if messages.is_empty() => bad("holds no message".into()),
+        Value::Array(messages) => {
+            for (i, m) in messages.iter().enumerate() {
+                let role = m.get("role").and_then(Value::as_str);
+                if !m.is_object() || !role.is_some_and(|r| ROLES.contains(&r)) {
+                    return bad(format!(
+                        "message {i} is not an object with a `role` of {}: {m}",
+                        ROLES.join(", ")
+                    ));
+                }
+            }
+            Ok(())
+        }
+        other => bad(format!("is a string or an array of messages, not {other}")),
+    }
+}
+
 /// A parsed `session_turn` input.
 struct Turn {
     session: TurnSession,
@@ -130,10 +173,12 @@ impl Turn {
         else {
             return Err(CairnError::InvalidRequest("not a session_turn input".into()));
         };
-        if !(input.is_string() || input.is_array()) {
-            return Err(CairnError::InvalidRequest(
-                "a turn's `input` is a string or an array of messages".into(),
-            ));
+        check_input(&input)?;
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(twice) = session.tools.iter().find(|t| !seen.insert(t.as_str())) {
+            return Err(CairnError::InvalidRequest(format!(
+                "a turn's `tools` lists `{twice}` twice"
+            )));
         }
         Ok(Self {
             session,

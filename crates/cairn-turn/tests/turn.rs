@@ -324,6 +324,29 @@ async fn bad_turns_are_refused_at_start() {
             .await
             .expect_err("refused");
     assert_eq!(e.code(), "invalid_request");
+    // Inputs, contracts and tool lists that could only fail later, or mean nothing.
+    let with_input = |id: &str, input: Value| {
+        let mut req = turn(id, &[], "hi", Value::Null);
+        if let ProcessInput::SessionTurn { input: i, .. } = &mut req.input {
+            *i = input;
+        }
+        req
+    };
+    let refused = [
+        with_input("i1", json!([1, 2, 3])),
+        with_input("i2", json!([{"role": "wizard", "content": "x"}])),
+        with_input("i3", json!("  ")),
+        with_input("i4", json!([])),
+        turn("c2", &[], "hi", json!({"type": "text", "foo": 1})),
+        turn("c3", &[], "hi", json!({"type": "json_schema"})),
+        turn("d1", &["echo", "echo"], "hi", Value::Null),
+    ];
+    for req in refused {
+        let id = req.id.clone();
+        let e = s.p.start(req).await.expect_err(&id);
+        assert_eq!(e.code(), "invalid_request", "{id}: {e}");
+        assert_eq!(s.p.get(&id).await.expect_err("not stored").code(), "unknown_process");
+    }
     for id in ["m", "t", "c"] {
         assert_eq!(s.p.get(id).await.expect_err("not stored").code(), "unknown_process");
     }
