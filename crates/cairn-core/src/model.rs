@@ -165,8 +165,9 @@ pub struct TurnSession {
     /// The tools the model may call, by name; each call is a child process.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<String>,
-    /// Most model calls in the turn (default 8).
+    /// Most model calls in the turn (default 8; at least 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub max_steps: Option<u32>,
     /// The sampling temperature passed to the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
