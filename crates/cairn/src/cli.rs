@@ -17,7 +17,8 @@ use crate::duration::parse_duration;
         cairn run -- make test                    # run a command as a process, print its output\n  \
         cairn ls --status any                     # newest first\n  \
         cairn await build-42 --timeout 10m        # exit 3 if still running at the timeout\n\n\
-        Client commands take --server, --token and --json (before or after the command).\n\
+        Client commands take --server, --token and --json anywhere after `cairn`\n\
+        (`cairn --json schedule ls`, `cairn schedule ls --json`).\n\
         Exit codes: 0 ok; 1 the server answered an error or could not be reached; 2 bad input\n\
         (the command line, or a request the server refused as invalid: HTTP 400/413/415);\n\
         3 `await` timed out with the process still running; 130 `run` interrupted by Ctrl-C."
@@ -25,17 +26,36 @@ use crate::duration::parse_duration;
 pub struct Cli {
     /// Client options given before the command (the same options are accepted after it).
     #[command(flatten)]
-    pub client: ClientOpts,
+    pub client: LeadingClientOpts,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// The options of every client command. Each may also be given before the command;
-/// the one after the command wins. Without either: `CAIRN_SERVER`, `CAIRN_TOKEN`,
-/// then the default.
+/// The options of every client command. They are global to the command, so
+/// they are accepted after it and after any of its subcommands (`cairn schedule
+/// ls --json`); each may also be given before the command ([`LeadingClientOpts`]).
+/// Given in two places, the later one wins. Without any: `CAIRN_SERVER`,
+/// `CAIRN_TOKEN`, then the default.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ClientOpts {
+    /// Server base URL [env: CAIRN_SERVER] [default: http://127.0.0.1:7070].
+    #[arg(long, value_name = "URL", global = true)]
+    pub server: Option<String>,
+    /// Bearer token presented to the server (a host or a session token) [env: CAIRN_TOKEN].
+    #[arg(long, value_name = "TOKEN", global = true)]
+    pub token: Option<String>,
+    /// Print one JSON document (machines) instead of tables; `events --follow` prints one event per line.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The client options given before the command (`cairn --json ls`): the same
+/// flags as [`ClientOpts`], but not global, so that `serve`, `bench` and
+/// `completions` do not take them (`serve` and `bench` have a `--token` or a
+/// `--json` of their own).
+#[derive(Debug, Clone, Default, Args)]
+pub struct LeadingClientOpts {
     /// Server base URL [env: CAIRN_SERVER] [default: http://127.0.0.1:7070].
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
@@ -52,7 +72,7 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
 
 impl ClientOpts {
     /// These options over `outer` (given before the command), then the environment.
-    pub fn resolve(&self, outer: &ClientOpts) -> ResolvedClient {
+    pub fn resolve(&self, outer: &LeadingClientOpts) -> ResolvedClient {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         ResolvedClient {
             server: self
@@ -303,14 +323,18 @@ pub enum Command {
         client: ClientOpts,
     },
     /// Store, list and show script modules (SPEC §14).
-    #[command(
-        subcommand,
-        after_help = "Examples:\n  \
+    #[command(after_help = "Examples:\n  \
         cairn module put examples/deploy.js\n  \
         cairn module ls\n  \
-        cairn module get module:sha256:..."
-    )]
-    Module(ModuleCommand),
+        cairn module get module:sha256:...")]
+    Module {
+        /// What to do.
+        #[command(subcommand)]
+        action: ModuleCommand,
+        /// `--server`, `--token`, `--json`.
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Serve MCP (Model Context Protocol) on stdin/stdout: every tool call is
     /// forwarded to the server with `--server` and `--token`.
     Mcp {
@@ -356,8 +380,8 @@ impl Command {
             | Self::Wakes { client, .. }
             | Self::Ack { client, .. }
             | Self::Schedule { client, .. }
+            | Self::Module { client, .. }
             | Self::Mcp { client } => Some(client),
-            Self::Module(m) => Some(m.client()),
         }
     }
 }
@@ -474,7 +498,8 @@ pub struct ServeArgs {
     pub script_max_calls: u64,
 }
 
-/// `cairn module ...`.
+/// `cairn module ...` (the client options are `cairn module`'s, accepted after
+/// the subcommand too).
 #[derive(Debug, clap::Subcommand)]
 pub enum ModuleCommand {
     /// Compile and store a module file; prints its ref and exports.
@@ -484,33 +509,14 @@ pub enum ModuleCommand {
         /// A name to show with it (default: the file name).
         #[arg(long)]
         name: Option<String>,
-        /// `--server`, `--token`, `--json`.
-        #[command(flatten)]
-        client: ClientOpts,
     },
     /// List stored modules (without sources).
-    Ls {
-        /// `--server`, `--token`, `--json`.
-        #[command(flatten)]
-        client: ClientOpts,
-    },
+    Ls,
     /// Print a module's source (`--json`: the whole module).
     Get {
         /// The module ref (`module:sha256:{hex}`).
         module_ref: String,
-        /// `--server`, `--token`, `--json`.
-        #[command(flatten)]
-        client: ClientOpts,
     },
-}
-
-impl ModuleCommand {
-    /// The client options of the subcommand.
-    pub fn client(&self) -> &ClientOpts {
-        match self {
-            Self::Put { client, .. } | Self::Ls { client } | Self::Get { client, .. } => client,
-        }
-    }
 }
 
 fn parse_model(s: &str) -> Result<cairn_turn::ModelSpec, String> {
@@ -787,5 +793,136 @@ fn at_least_one(s: &str) -> Result<usize, String> {
         Ok(0) => Err("must be at least 1".into()),
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    fn resolved(args: &[&str]) -> ResolvedClient {
+        let cli = Cli::try_parse_from(std::iter::once("cairn").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("`cairn {}` refused: {e}", args.join(" ")));
+        cli.command
+            .client_opts()
+            .unwrap_or_else(|| panic!("`cairn {}` is a client command", args.join(" ")))
+            .resolve(&cli.client)
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every client command, leaf subcommands included, with a place for the
+    /// client options before the command (`^`), between it and its subcommand,
+    /// and after the last word.
+    #[test]
+    fn client_options_are_taken_anywhere_after_cairn() {
+        let commands: &[&[&str]] = &[
+            &["start", "{}"],
+            &["ls"],
+            &["get", "p"],
+            &["events", "p"],
+            &["await", "p"],
+            &["signal", "p", "go"],
+            &["append", "p", "note"],
+            &["complete", "p", "--value", "1"],
+            &["cancel", "p"],
+            &["abandon", "p", "--reason", "r"],
+            &["transfer", "--from", "a", "--to", "b", "p"],
+            &["changes"],
+            &["prune", "--older-than", "1d"],
+            &["wakes", "s"],
+            &["ack", "s", "w"],
+            &["schedule", "add", "n", "--every", "1m", "{}"],
+            &["schedule", "ls"],
+            &["schedule", "get", "n"],
+            &["schedule", "rm", "n"],
+            &["schedule", "pause", "n"],
+            &["schedule", "resume", "n"],
+            &["module", "put", "f.js"],
+            &["module", "ls"],
+            &["module", "get", "module:sha256:00"],
+            &["mcp"],
+        ];
+        let opts = ["--json", "--server", "http://h:1", "--token", "t"];
+        for words in commands {
+            let mut places = vec![0, 1, words.len()];
+            if matches!(words[0], "schedule" | "module") {
+                places.push(2);
+            }
+            for at in places {
+                let mut args: Vec<&str> = words.to_vec();
+                args.splice(at..at, opts);
+                let r = resolved(&args);
+                assert_eq!(
+                    (r.json, r.server.as_str(), r.token.as_deref()),
+                    (true, "http://h:1", Some("t")),
+                    "cairn {}",
+                    args.join(" ")
+                );
+            }
+        }
+        // `run`: before its command; after `--` they are the command's words.
+        let r = resolved(&["run", "--json", "--server", "http://h:1", "--", "ls", "--json"]);
+        assert_eq!((r.json, r.server.as_str()), (true, "http://h:1"));
+        let cli = Cli::try_parse_from(["cairn", "run", "--", "ls", "--json"]).expect("parses");
+        let Command::Run(run) = &cli.command else { panic!("run") };
+        assert_eq!(
+            (run.argv.as_slice(), run.client.json),
+            (&["ls".to_string(), "--json".into()][..], false)
+        );
+    }
+
+    #[test]
+    fn the_client_option_given_last_wins() {
+        for args in [
+            &["--server", "http://a:1", "ls", "--server", "http://b:2"][..],
+            &["--server", "http://a:1", "schedule", "ls", "--server", "http://b:2"],
+            &[
+                "schedule",
+                "--server",
+                "http://a:1",
+                "get",
+                "n",
+                "--server",
+                "http://b:2",
+            ],
+            &["--server", "http://a:1", "module", "--server", "http://b:2", "ls"],
+        ] {
+            assert_eq!(resolved(args).server, "http://b:2", "cairn {}", args.join(" "));
+        }
+        assert_eq!(
+            resolved(&["--server", "http://a:1", "schedule", "ls"]).server,
+            "http://a:1"
+        );
+    }
+
+    #[test]
+    fn commands_that_are_not_clients_take_no_client_options() {
+        for args in [
+            &["serve", "--json"][..],
+            &["serve", "--server", "http://h:1"],
+            &["bench", "--server", "http://h:1"],
+            &["bench", "--token", "t"],
+            &["completions", "bash", "--json"],
+        ] {
+            let refused = Cli::try_parse_from(std::iter::once("cairn").chain(args.iter().copied()));
+            assert!(refused.is_err(), "cairn {} was accepted", args.join(" "));
+        }
+        // Their own flags of the same names stay theirs.
+        let cli = Cli::try_parse_from(["cairn", "serve", "--token", "t"]).expect("parses");
+        let Command::Serve(serve) = &cli.command else {
+            panic!("serve")
+        };
+        assert_eq!((serve.token.as_deref(), cli.client.token.as_deref()), (Some("t"), None));
+        let cli = Cli::try_parse_from(["cairn", "bench", "--json"]).expect("parses");
+        let Command::Bench(bench) = &cli.command else {
+            panic!("bench")
+        };
+        assert!(bench.json && !cli.client.json);
     }
 }

@@ -177,6 +177,92 @@ async fn cli_drives_the_server() {
     );
 }
 
+/// `cairn` with the words of `line`, each of URL, FILE, REF and TEMPLATE replaced
+/// by its value in `with`, exactly so (no `--server` added, none in the environment).
+async fn cairn(line: &str, with: &[(&str, &str)]) -> common::CliOutput {
+    let words = line
+        .split_whitespace()
+        .map(|w| with.iter().find(|(k, _)| *k == w).map_or(w, |(_, v)| *v));
+    let out = tokio::process::Command::new(common::BIN)
+        .args(words)
+        .env_remove("CAIRN_SERVER")
+        .env_remove("CAIRN_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("cli finished in time")
+        .expect("cli ran");
+    common::CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// What [`cairn`] printed, as JSON, after it succeeded.
+async fn json_of(line: &str, with: &[(&str, &str)]) -> serde_json::Value {
+    let out = cairn(line, with).await;
+    assert_eq!(out.code, 0, "cairn {line}: {}", out.stderr);
+    out.json()
+}
+
+/// `--server`, `--token` and `--json` are taken anywhere after `cairn`: after a
+/// subcommand's subcommand (`schedule ls`, `module ls`), between the two, and
+/// before the command, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_options_go_anywhere_after_cairn() {
+    let server = Server::start(&["--token", "host-secret"]).await;
+    let template =
+        json!({"input": {"type": "tool_call", "tool": "echo", "args": {"value": 1}}, "disposition": "rerunnable"});
+    let template = template.to_string();
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/deploy.js");
+    let mut with = vec![("URL", server.base.as_str()), ("TEMPLATE", &template), ("FILE", file)];
+
+    // After the leaf subcommand.
+    let line = "schedule add nightly --every 1h TEMPLATE --json --server URL --token host-secret";
+    assert_eq!(json_of(line, &with).await["id"], "nightly");
+    let line = "schedule ls --json --server URL --token host-secret";
+    assert_eq!(json_of(line, &with).await[0]["id"], "nightly");
+    let line = "schedule get nightly --server URL --json --token host-secret";
+    assert_eq!(json_of(line, &with).await["paused"], json!(false));
+    let line = "module put FILE --json --server URL --token host-secret";
+    let module_ref = json_of(line, &with).await["module_ref"]
+        .as_str()
+        .expect("a ref")
+        .to_string();
+    with.push(("REF", &module_ref));
+    let line = "module ls --json --server URL --token host-secret";
+    assert_eq!(
+        json_of(line, &with).await["modules"][0]["module_ref"],
+        module_ref.as_str()
+    );
+
+    // Between the command and its subcommand, and split across the places.
+    let line = "schedule --json --server URL --token host-secret ls";
+    assert_eq!(json_of(line, &with).await[0]["id"], "nightly");
+    let line = "--server URL schedule --token host-secret pause nightly --json";
+    assert_eq!(json_of(line, &with).await["paused"], json!(true));
+    let line = "module --json --server URL --token host-secret get REF";
+    assert_eq!(json_of(line, &with).await["module_ref"], module_ref.as_str());
+    let line = "--json module --server URL ls --token host-secret";
+    assert_eq!(
+        json_of(line, &with).await["modules"][0]["module_ref"],
+        module_ref.as_str()
+    );
+
+    // Before the command, and after a command without subcommands, as before.
+    let line = "--json --server URL --token host-secret schedule ls";
+    assert_eq!(json_of(line, &with).await[0]["id"], "nightly");
+    let line = "--server URL --token host-secret ls --json --status any";
+    assert!(json_of(line, &with).await["processes"].is_array());
+
+    // The token after the subcommand is the one presented: without it, refused.
+    let out = cairn("schedule ls --json --server URL", &with).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("unauthorized"), "{}", out.stderr);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_exits_zero() {
     let mut server = Server::start(&[]).await;

@@ -289,7 +289,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
         }
         Command::Prune(args) => prune(client, json, args).await,
         Command::Schedule { action, .. } => schedule::execute(client, json, action).await,
-        Command::Module(m) => module(client, json, m).await,
+        Command::Module { action, .. } => module(client, json, action).await,
         Command::Wakes { session, .. } => {
             let page = client.get(&format!("/v1/sessions/{}/wakes", segment(&session))).await?;
             if json {
@@ -787,7 +787,7 @@ fn read_stdin() -> Result<String, ClientError> {
 /// `cairn module put|ls|get`.
 async fn module(client: &Client, json: bool, command: ModuleCommand) -> Result<ExitCode, ClientError> {
     match command {
-        ModuleCommand::Put { file, name, .. } => {
+        ModuleCommand::Put { file, name } => {
             let (source, default_name) = if file == "-" {
                 (read_stdin()?, None)
             } else {
@@ -815,7 +815,7 @@ async fn module(client: &Client, json: bool, command: ModuleCommand) -> Result<E
                 println!("exports: {}", exports_of(&module));
             }
         }
-        ModuleCommand::Ls { .. } => {
+        ModuleCommand::Ls => {
             let page = client.get("/v1/modules").await?;
             if json {
                 print_json(&page);
@@ -837,7 +837,7 @@ async fn module(client: &Client, json: bool, command: ModuleCommand) -> Result<E
                 print_table(&["MODULE", "NAME", "EXPORTS", "AGE"], &rows);
             }
         }
-        ModuleCommand::Get { module_ref, .. } => {
+        ModuleCommand::Get { module_ref } => {
             let module = client.get(&format!("/v1/modules/{}", segment(&module_ref))).await?;
             if json {
                 print_json(&module);
