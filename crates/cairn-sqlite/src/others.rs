@@ -65,32 +65,24 @@ impl Watcher {
         let (tx, rx) = mpsc::channel::<Msg>();
         let fs = watch_files(path, tx.clone());
         let every = if fs.is_some() { BACKSTOP } else { POLL_INTERVAL };
+        // The first reading is taken before this returns, so a foreign commit
+        // that lands after the caller set up the watch is measured against it
+        // (taken later, by a thread that started late, it could include that
+        // commit and never announce it). A commit of ours under way spoils a
+        // reading: try again while it ends.
+        let mut first = read(&conn, &own);
+        for _ in 0..1000 {
+            if first.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+            first = read(&conn, &own);
+        }
         let thread = std::thread::Builder::new()
             .name("cairn-sqlite-watch".into())
             .spawn(move || {
-                // Our ended commit attempts (and how far they moved the change
-                // cursor) are read before the file and our begun ones after
-                // it: when the two agree, no commit of ours was under way
-                // around the read, and every commit of ours it sees is
-                // counted. When they differ the reading says nothing (`None`)
-                // and is dropped.
-                let read = || {
-                    let ended = own.ended();
-                    let moved = own.cursor_moved();
-                    let version = conn.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0)).ok();
-                    // After the version, so it sees at least the commits the version saw.
-                    let cursor = conn
-                        .prepare_cached("SELECT value FROM counters WHERE name = 'change_cursor'")
-                        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
-                        .ok();
-                    (own.begun() == ended).then_some(Reading {
-                        version,
-                        ended,
-                        moved,
-                        cursor,
-                    })
-                };
-                let mut seen = read().unwrap_or(Reading {
+                let read = || read(&conn, &own);
+                let mut seen = first.unwrap_or(Reading {
                     version: None,
                     ended: u64::MAX,
                     moved: 0,
@@ -139,6 +131,28 @@ impl Watcher {
             fs,
         })
     }
+}
+
+/// One look at the file. Our ended commit attempts (and how far they moved
+/// the change cursor) are read before the file and our begun ones after it:
+/// when the two agree, no commit of ours was under way around the read, and
+/// every commit of ours it sees is counted. When they differ the reading says
+/// nothing (`None`) and is dropped.
+fn read(conn: &Connection, own: &OwnCommits) -> Option<Reading> {
+    let ended = own.ended();
+    let moved = own.cursor_moved();
+    let version = conn.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0)).ok();
+    // After the version, so it sees at least the commits the version saw.
+    let cursor = conn
+        .prepare_cached("SELECT value FROM counters WHERE name = 'change_cursor'")
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+        .ok();
+    (own.begun() == ended).then_some(Reading {
+        version,
+        ended,
+        moved,
+        cursor,
+    })
 }
 
 /// One look at the file, with this process's own commits around it.
