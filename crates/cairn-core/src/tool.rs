@@ -304,20 +304,29 @@ impl ToolContext {
     /// `name` (from 1), for a runner that numbers its own waits (a script's
     /// journal) rather than counting this run's calls.
     pub async fn wait_signal_nth(&self, name: &str, ordinal: u64, timeout: Option<Duration>) -> Result<Option<Value>> {
+        self.signal_wait(name, ordinal, Deadline::After(timeout)).await
+    }
+
+    /// [`wait_signal_nth`](Self::wait_signal_nth) with a deadline the runner
+    /// fixed itself (a script's: the call's journal time plus its timeout, or
+    /// an earlier timer it races). The deadline is part of the wait's
+    /// identity, so the same signal awaited again under another deadline is a
+    /// new wait: one that timed out at a timer's deadline does not answer a
+    /// later one with `None`.
+    pub async fn wait_signal_until(&self, name: &str, ordinal: u64, until_ms: Option<u64>) -> Result<Option<Value>> {
+        self.signal_wait(name, ordinal, Deadline::At(until_ms)).await
+    }
+
+    async fn signal_wait(&self, name: &str, ordinal: u64, deadline: Deadline) -> Result<Option<Value>> {
         let signal_type = events::signal_event_type(name)?;
         let ordinal = ordinal.max(1);
         let mut wait = WaitRequest::signal(name, ordinal, None);
         loop {
             let log = self.read_log().await?;
             let seen = log.last().map_or(0, |e| e.sequence);
-            let waited = log
-                .iter()
-                .rev()
-                .find(|e| e.event_type == events::WAITING && wait.matches(&e.payload));
-            let resumed = log
-                .iter()
-                .rev()
-                .find(|e| e.event_type == events::RESUMED && wait.matches(&e.payload));
+            let same = |e: &&ProcessEvent| wait.matches(&e.payload) && deadline.names(&e.payload);
+            let waited = log.iter().rev().filter(|e| e.event_type == events::WAITING).find(same);
+            let resumed = log.iter().rev().filter(|e| e.event_type == events::RESUMED).find(same);
             if resumed.is_some_and(|e| e.payload.get("reason").and_then(Value::as_str) == Some("timed_out")) {
                 return Ok(None);
             }
@@ -329,7 +338,7 @@ impl ToolContext {
                 return Ok(Some(signal.payload.clone()));
             }
             self.check_stopped(name)?;
-            match self.pend(&mut wait, waited, timeout, seen).await? {
+            match self.pend(&mut wait, waited, deadline, seen).await? {
                 Pending::TimedOut => return Ok(None),
                 Pending::ReadAgain => continue,
                 Pending::Hold => {}
@@ -338,11 +347,11 @@ impl ToolContext {
             // awaiter's backstop) tells it of the signal.
             let id = self.process_id().to_string();
             let arrived = self.inner.awaiter.await_event(&id, &signal_type, seen);
-            let deadline = wait
+            let left = wait
                 .until_ms
                 .map(|t| Duration::from_millis(t.saturating_sub(self.now_ms())));
             tokio::select! {
-                r = wait_with_timeout(arrived, deadline) => match r {
+                r = wait_with_timeout(arrived, left) => match r {
                     Some(r) => { r?; }
                     None => {
                         // The deadline passed while this run held its lease.
@@ -446,11 +455,39 @@ impl ToolContext {
         timeout: Option<Duration>,
     ) -> Result<Option<Vec<ProcessRecord>>> {
         let ordinal = self.next_ordinal("children");
+        self.children_wait(ids, mode, ordinal, Deadline::After(timeout)).await
+    }
+
+    /// [`wait_children`](Self::wait_children) as the wait numbered `ordinal`,
+    /// with a deadline the runner fixed itself (see
+    /// [`wait_signal_until`](Self::wait_signal_until)), for a runner that
+    /// numbers its own waits: each number names one wait.
+    pub async fn wait_children_until(
+        &self,
+        ids: &[String],
+        mode: ChildrenMode,
+        ordinal: u64,
+        until_ms: Option<u64>,
+    ) -> Result<Option<Vec<ProcessRecord>>> {
+        self.children_wait(ids, mode, ordinal, Deadline::At(until_ms)).await
+    }
+
+    async fn children_wait(
+        &self,
+        ids: &[String],
+        mode: ChildrenMode,
+        ordinal: u64,
+        deadline: Deadline,
+    ) -> Result<Option<Vec<ProcessRecord>>> {
         let mut wait = WaitRequest::children(ids.to_vec(), mode, ordinal, None);
         loop {
             let log = self.read_log().await?;
             let seen = log.last().map_or(0, |e| e.sequence);
-            let matching = |t: &str| log.iter().rev().find(|e| e.event_type == t && wait.matches(&e.payload));
+            let matching = |t: &str| {
+                log.iter()
+                    .rev()
+                    .find(|e| e.event_type == t && wait.matches(&e.payload) && deadline.names(&e.payload))
+            };
             let waited = matching(events::WAITING);
             let resumed = matching(events::RESUMED);
             if resumed.is_some_and(|e| e.payload.get("reason").and_then(Value::as_str) == Some("timed_out")) {
@@ -484,7 +521,7 @@ impl ToolContext {
                 return Ok(Some(children));
             }
             self.check_stopped("children")?;
-            match self.pend(&mut wait, waited, timeout, seen).await? {
+            match self.pend(&mut wait, waited, deadline, seen).await? {
                 Pending::TimedOut => return Ok(None),
                 Pending::ReadAgain => continue,
                 Pending::Hold => {}
@@ -497,11 +534,11 @@ impl ToolContext {
                 Box::pin(async move { awaiter.await_terminal(&id).await })
             });
             let first = futures::future::select_all(pending);
-            let deadline = wait
+            let left = wait
                 .until_ms
                 .map(|t| Duration::from_millis(t.saturating_sub(self.now_ms())));
             tokio::select! {
-                r = wait_with_timeout(first, deadline) => match r {
+                r = wait_with_timeout(first, left) => match r {
                     Some((r, _, _)) => { r?; }
                     None => {
                         self.resume(&wait, "timed_out").await?;
@@ -521,12 +558,15 @@ impl ToolContext {
         &self,
         wait: &mut WaitRequest,
         waited: Option<&ProcessEvent>,
-        timeout: Option<Duration>,
+        deadline: Deadline,
         seen: u64,
     ) -> Result<Pending> {
-        wait.until_ms = waited
-            .and_then(|e| e.payload.get("until_ms").and_then(Value::as_u64))
-            .or_else(|| timeout.map(|t| self.now_ms().saturating_add(duration_ms(t))));
+        wait.until_ms = match deadline {
+            Deadline::At(until) => until,
+            Deadline::After(timeout) => waited
+                .and_then(|e| e.payload.get("until_ms").and_then(Value::as_u64))
+                .or_else(|| timeout.map(|t| self.now_ms().saturating_add(duration_ms(t)))),
+        };
         if wait.until_ms.is_some_and(|t| t <= self.now_ms()) {
             self.resume(wait, "timed_out").await?;
             return Ok(Pending::TimedOut);
@@ -635,6 +675,26 @@ impl ToolContext {
                 Some(n) => after = n,
                 None => return Ok(all),
             }
+        }
+    }
+}
+
+/// How a signal or children wait's deadline is fixed.
+#[derive(Clone, Copy)]
+enum Deadline {
+    /// `timeout` after the wait is first recorded (then the recorded one).
+    After(Option<Duration>),
+    /// Given by the runner, and part of the wait's identity.
+    At(Option<u64>),
+}
+
+impl Deadline {
+    /// Whether a `process.waiting` or `process.resumed` payload (already
+    /// matched by kind, name and ordinal) is of a wait with this deadline.
+    fn names(self, payload: &Value) -> bool {
+        match self {
+            Deadline::After(_) => true,
+            Deadline::At(until) => payload.get("until_ms").and_then(Value::as_u64) == until,
         }
     }
 }

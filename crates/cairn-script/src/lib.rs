@@ -23,6 +23,7 @@
 
 mod engine;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU8;
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,11 +150,27 @@ impl cairn_core::ScriptEngine for QuickJs {
                 format!("cannot start the script engine: {e}"),
             );
         }
+        let mut called_at = HashMap::new();
+        let mut answered = HashSet::new();
+        for e in &log {
+            let n = e.payload.get("n").and_then(Value::as_u64);
+            match (e.event_type.as_str(), n) {
+                (SCRIPT_CALL, Some(n)) => {
+                    called_at.insert(n, e.occurred_at_ms);
+                }
+                (SCRIPT_RESULT, Some(n)) => {
+                    answered.insert(n);
+                }
+                _ => {}
+            }
+        }
         Driver {
             ctx: &ctx,
             steps: step_rx,
             replies: reply_tx,
             cancelled: None,
+            called_at,
+            answered,
         }
         .drive()
         .await
@@ -177,6 +194,12 @@ struct Driver<'a> {
     replies: std::sync::mpsc::Sender<Reply>,
     /// The cancellation message, once the script was told.
     cancelled: Option<String>,
+    /// When each call was journaled (epoch ms, by number): a timer or a
+    /// timeout runs from its call, not from when the driver got to it.
+    called_at: HashMap<u64, u64>,
+    /// The calls answered in the journal: their count numbers the rounds of
+    /// waiting, as every round answers at least one call.
+    answered: HashSet<u64>,
 }
 
 /// Why a call was not answered.
@@ -257,21 +280,7 @@ impl Driver<'_> {
                 }
             }
             if answers.is_empty() {
-                let children: Vec<(u64, Value)> = step
-                    .pending
-                    .iter()
-                    .filter(|(_, c)| matches!(kind(c), "tool" | "turn" | "wait"))
-                    .cloned()
-                    .collect();
-                let first = step.pending.iter().find(|(_, c)| is_wait(kind(c)));
-                let waited = match first {
-                    Some((_, c)) if matches!(kind(c), "tool" | "turn" | "wait") && self.cancelled.is_none() => {
-                        self.wait_children(&children).await
-                    }
-                    Some((n, call)) => self.wait(*n, call).await.map(|r| vec![(*n, r)]),
-                    None => Ok(Vec::new()),
-                };
-                match waited {
+                match self.race(&step.pending).await {
                     Ok(results) => answers.extend(results),
                     Err(Held::Stopped) => {
                         if self.cancel_message().is_some() {
@@ -309,13 +318,20 @@ impl Driver<'_> {
         Outcome::failure("runtime", "stopped", "the run was stopped")
     }
 
-    async fn journal(&self, entry: Entry) -> Result<()> {
-        let (t, payload, key) = match entry {
-            Entry::Call(n, p) => (SCRIPT_CALL, p, format!("script.call:{n}")),
-            Entry::Result(n, p) => (SCRIPT_RESULT, p, format!("script.result:{n}")),
-            Entry::Log(k, p) => (SCRIPT_LOG, p, format!("script.log:{k}")),
+    async fn journal(&mut self, entry: Entry) -> Result<()> {
+        let (t, payload, key, call, result) = match entry {
+            Entry::Call(n, p) => (SCRIPT_CALL, p, format!("script.call:{n}"), Some(n), None),
+            Entry::Result(n, p) => (SCRIPT_RESULT, p, format!("script.result:{n}"), None, Some(n)),
+            Entry::Log(k, p) => (SCRIPT_LOG, p, format!("script.log:{k}"), None, None),
         };
-        self.ctx.append_once(t, payload, &key).await.map(|_| ())
+        let event = self.ctx.append_once(t, payload, &key).await?;
+        if let Some(n) = call {
+            self.called_at.insert(n, event.occurred_at_ms);
+        }
+        if let Some(n) = result {
+            self.answered.insert(n);
+        }
+        Ok(())
     }
 
     /// Perform a call that does not wait; answer its result.
@@ -391,9 +407,146 @@ impl Driver<'_> {
         }
     }
 
-    /// Wait for any of the pending children; the results of the calls whose
-    /// child ended (`tool` rejects unless it succeeded; `wait` never rejects).
-    async fn wait_children(&self, calls: &[(u64, Value)]) -> std::result::Result<Vec<(u64, Value)>, Held> {
+    /// When call `n` was journaled (now, for a call the driver has no time
+    /// of, which a journaled call always has).
+    fn called_at(&self, n: u64) -> u64 {
+        self.called_at.get(&n).copied().unwrap_or_else(|| self.ctx.now_ms())
+    }
+
+    /// Wait for the first of the pending waits to settle and answer what
+    /// settled: `Promise.race` and `Promise.all` over waits see each one
+    /// settle in its own time. Every timer and timeout runs from its call's
+    /// journal time, and bounds the round: the round waits on the pending
+    /// children (any of them), else on the first pending signal, until the
+    /// earliest deadline among the others. A signal raced against a child, or
+    /// two signals against each other, are waited for in call order (§13's
+    /// wait kinds name one condition), each still bounded by the deadlines.
+    async fn race(&mut self, pending: &[(u64, Value)]) -> std::result::Result<Vec<(u64, Value)>, Held> {
+        let waits: Vec<&(u64, Value)> = pending.iter().filter(|(_, c)| is_wait(kind(c))).collect();
+        if let Some(message) = &self.cancelled {
+            let e = json!({"class": "cairn", "code": "cancelled", "message": message});
+            return Ok(waits.iter().map(|(n, _)| (*n, json!({"n": n, "error": e}))).collect());
+        }
+        // Each timer's due time and each signal's own deadline; a bad
+        // duration rejects its call now.
+        let mut answers = Vec::new();
+        let mut timers: Vec<(u64, u64)> = Vec::new();
+        let mut signals: Vec<(u64, &Value, Option<u64>)> = Vec::new();
+        for (n, call) in &waits {
+            match kind(call) {
+                "sleep" => match millis(call.get("ms"), "ctx.sleep(ms)") {
+                    Ok(ms) => timers.push((*n, self.called_at(*n).saturating_add(ms))),
+                    Err(e) => answers.push((*n, error_result(*n, &e))),
+                },
+                "wait_signal" => match call.get("timeout_ms") {
+                    None | Some(Value::Null) => signals.push((*n, call, None)),
+                    given => match millis(given, "ctx.waitSignal's timeoutMs") {
+                        Ok(ms) => signals.push((*n, call, Some(self.called_at(*n).saturating_add(ms)))),
+                        Err(e) => answers.push((*n, error_result(*n, &e))),
+                    },
+                },
+                _ => {}
+            }
+        }
+        if !answers.is_empty() {
+            return Ok(answers);
+        }
+        let children: Vec<(u64, Value)> = waits
+            .iter()
+            .filter(|(_, c)| matches!(kind(c), "tool" | "turn" | "wait"))
+            .map(|w| (*w).clone())
+            .collect();
+        // The condition this round waits on: the children, or the first signal,
+        // whichever was called first.
+        let first_child = children.first().map(|(n, _)| *n);
+        let first_signal = signals.first().map(|(n, _, _)| *n);
+        let on_signal = match (first_child, first_signal) {
+            (Some(c), Some(s)) => s < c,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        let others_due = |skip: Option<u64>| {
+            timers
+                .iter()
+                .map(|(_, due)| *due)
+                .chain(
+                    signals
+                        .iter()
+                        .filter(|(n, _, _)| Some(*n) != skip)
+                        .filter_map(|(_, _, d)| *d),
+                )
+                .min()
+        };
+        if on_signal {
+            let (n, call, own) = signals[0];
+            let until = [own, others_due(Some(n))].into_iter().flatten().min();
+            let name = call.get("name").and_then(Value::as_str).unwrap_or("");
+            let ordinal = call.get("ordinal").and_then(Value::as_u64).unwrap_or(1);
+            match self.ctx.wait_signal_until(name, ordinal, until).await {
+                Ok(Some(value)) => answers.push((n, json!({"n": n, "value": value}))),
+                Ok(None) if until == own => answers.push((n, json!({"n": n, "value": null}))),
+                Ok(None) => {}
+                Err(_) if self.ctx.is_stopped() => return Err(Held::Stopped),
+                Err(e) => answers.push((n, error_result(n, &e))),
+            }
+            if answers.is_empty() {
+                answers.extend(self.settle_due(&timers, &signals[1..]).await?);
+            }
+        } else if !children.is_empty() {
+            let until = others_due(None);
+            answers.extend(self.wait_children(&children, until).await?);
+            if answers.is_empty() {
+                answers.extend(self.settle_due(&timers, &signals).await?);
+            }
+        } else if let Some(&(n, due)) = timers.iter().min_by_key(|(_, due)| *due) {
+            let left = Duration::from_millis(due.saturating_sub(self.ctx.now_ms()));
+            match self.ctx.sleep_nth(n, left).await {
+                Ok(()) => answers.extend(self.settle_due(&timers, &[]).await?),
+                Err(_) if self.ctx.is_stopped() => return Err(Held::Stopped),
+                Err(e) => answers.push((n, error_result(n, &e))),
+            }
+        }
+        Ok(answers)
+    }
+
+    /// The answers of the timers that are due and the signals whose own
+    /// deadline passed (a signal that arrived meanwhile answers its payload).
+    async fn settle_due(
+        &self,
+        timers: &[(u64, u64)],
+        signals: &[(u64, &Value, Option<u64>)],
+    ) -> std::result::Result<Vec<(u64, Value)>, Held> {
+        let now = self.ctx.now_ms();
+        let mut answers = Vec::new();
+        for &(n, due) in timers.iter().filter(|(_, due)| *due <= now) {
+            // A timer recorded as a wait is ended by its own resumption.
+            let left = Duration::from_millis(due.saturating_sub(now));
+            match self.ctx.sleep_nth(n, left).await {
+                Ok(()) => answers.push((n, json!({"n": n, "value": null}))),
+                Err(_) if self.ctx.is_stopped() => return Err(Held::Stopped),
+                Err(e) => answers.push((n, error_result(n, &e))),
+            }
+        }
+        for &(n, call, own) in signals.iter().filter(|(_, _, d)| d.is_some_and(|d| d <= now)) {
+            let name = call.get("name").and_then(Value::as_str).unwrap_or("");
+            let ordinal = call.get("ordinal").and_then(Value::as_u64).unwrap_or(1);
+            match self.ctx.wait_signal_until(name, ordinal, own).await {
+                Ok(value) => answers.push((n, json!({"n": n, "value": value}))),
+                Err(_) if self.ctx.is_stopped() => return Err(Held::Stopped),
+                Err(e) => answers.push((n, error_result(n, &e))),
+            }
+        }
+        Ok(answers)
+    }
+
+    /// Wait for any of the pending children until `until`; the results of the
+    /// calls whose child ended (`tool` rejects unless it succeeded; `wait`
+    /// never rejects), none when the deadline passed first.
+    async fn wait_children(
+        &self,
+        calls: &[(u64, Value)],
+        until: Option<u64>,
+    ) -> std::result::Result<Vec<(u64, Value)>, Held> {
         let ids: Vec<String> = calls
             .iter()
             .map(|(n, c)| match kind(c) {
@@ -401,9 +554,12 @@ impl Driver<'_> {
                 _ => self.child_id(*n),
             })
             .collect();
+        // Each round of waiting answers at least one call, so the number of
+        // calls answered names the round, the same in every activation.
+        let round = self.answered.len() as u64 + 1;
         let records = match self
             .ctx
-            .wait_children(&ids, cairn_core::model::ChildrenMode::Any, None)
+            .wait_children_until(&ids, cairn_core::model::ChildrenMode::Any, round, until)
             .await
         {
             Ok(Some(r)) => r,
@@ -436,48 +592,6 @@ impl Driver<'_> {
             answers.push((*n, result));
         }
         Ok(answers)
-    }
-
-    /// Perform a call that may wait: its result, or `Held` when the run suspended.
-    async fn wait(&self, n: u64, call: &Value) -> std::result::Result<Value, Held> {
-        if let Some(message) = &self.cancelled {
-            let e = json!({"class": "cairn", "code": "cancelled", "message": message});
-            return Ok(json!({"n": n, "error": e}));
-        }
-        let answer = match kind(call) {
-            "sleep" => match millis(call.get("ms"), "ctx.sleep(ms)") {
-                Ok(ms) => self
-                    .ctx
-                    .sleep_nth(n, Duration::from_millis(ms))
-                    .await
-                    .map(|()| Value::Null),
-                Err(e) => Err(e),
-            },
-            "wait_signal" => {
-                let name = call.get("name").and_then(Value::as_str).unwrap_or("");
-                let ordinal = call.get("ordinal").and_then(Value::as_u64).unwrap_or(1);
-                let timeout = match call.get("timeout_ms") {
-                    None | Some(Value::Null) => Ok(None),
-                    given => millis(given, "ctx.waitSignal's timeoutMs").map(|ms| Some(Duration::from_millis(ms))),
-                };
-                match timeout {
-                    Ok(timeout) => self
-                        .ctx
-                        .wait_signal_nth(name, ordinal, timeout)
-                        .await
-                        .map(|v| v.unwrap_or(Value::Null)),
-                    Err(e) => Err(e),
-                }
-            }
-            other => Err(CairnError::InvalidRequest(format!(
-                "ctx.{other} is not supported by this runtime yet"
-            ))),
-        };
-        match answer {
-            Ok(value) => Ok(json!({"n": n, "value": value})),
-            Err(_) if self.ctx.is_stopped() => Err(Held::Stopped),
-            Err(e) => Ok(error_result(n, &e)),
-        }
     }
 }
 

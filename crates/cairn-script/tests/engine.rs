@@ -622,3 +622,117 @@ async fn a_script_cancelled_before_it_ever_ran_runs_no_cleanup() {
     assert!(events(&p, "nr", "script.call").await.is_empty(), "nothing ran");
     assert!(events(&p, "nr", "cleanup").await.is_empty());
 }
+
+/// `Promise.race` over waits settles with the first to settle, whatever the
+/// call order: a timer beats a signal that never comes, a signal beats a
+/// timer of ten minutes, the shorter of two timers wins, and a child that
+/// ends beats a long timer.
+#[tokio::test]
+async fn a_race_of_waits_settles_with_the_first_to_settle() {
+    let p = runtime_with_gate();
+    let m = put(
+        &p,
+        r#"export async function timerFirst(ctx) {
+            return await Promise.race([ctx.waitSignal("never").then(v => ({sig: v})), ctx.sleep(20).then(() => "timer")]);
+        }
+        export async function signalFirst(ctx) {
+            return await Promise.race([ctx.sleep(600000).then(() => "timer"), ctx.waitSignal("go").then(v => ({sig: v}))]);
+        }
+        export async function shorterTimer(ctx) {
+            return await Promise.race([ctx.sleep(600000).then(() => "long"), ctx.sleep(20).then(() => "short")]);
+        }
+        export async function childFirst(ctx) {
+            return await Promise.race([ctx.sleep(600000).then(() => "timer"), ctx.tool("gate", {fail: "quick"})]).catch(e => e.code);
+        }"#,
+    )
+    .await;
+    let rec = run(&p, script("rt", &m, "timerFirst", json!({}))).await;
+    assert_eq!(rec.outcome, Some(Outcome::success(json!("timer"))));
+    let rec = run(&p, script("rs", &m, "shorterTimer", json!({}))).await;
+    assert_eq!(rec.outcome, Some(Outcome::success(json!("short"))));
+    let rec = run(&p, script("rc", &m, "childFirst", json!({}))).await;
+    assert_eq!(rec.outcome, Some(Outcome::success(json!("quick"))));
+
+    p.start(script("rg", &m, "signalFirst", json!({}))).await.unwrap();
+    // The race waits on the signal, bounded by the timer's deadline.
+    let waiting = p
+        .await_event("rg", "process.waiting", 0, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(waiting.payload["kind"], "signal");
+    p.signal("rg", "go", "g1", json!({"by": "ann"})).await.unwrap();
+    let rec = p.await_output("rg", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(rec.outcome, Some(Outcome::success(json!({"sig": {"by": "ann"}}))));
+}
+
+/// The wait that lost a race is still pending: awaiting it later answers
+/// what it waits for (its signal), not the timeout of the race it lost.
+#[tokio::test]
+async fn the_loser_of_a_race_can_still_be_awaited() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const sig = ctx.waitSignal("go", {timeoutMs: 600000});
+            const first = await Promise.race([sig, ctx.sleep(20).then(() => "timer")]);
+            await ctx.emit("raced", {first});
+            const later = await sig;
+            return {first, later};
+        }"#,
+    )
+    .await;
+    let start = script("rl", &m, "main", json!({})).with_event_type(cairn_core::EventType::plain("raced"));
+    p.start(start).await.unwrap();
+    p.await_event("rl", "raced", 0, Duration::from_secs(10)).await.unwrap();
+    p.signal("rl", "go", "g1", json!({"by": "bo"})).await.unwrap();
+    let rec = p.await_output("rl", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::success(json!({"first": "timer", "later": {"by": "bo"}})))
+    );
+}
+
+/// Timers awaited together run from their calls: `Promise.all` of timers of
+/// 300, 200 and 100 ms takes the longest, not the sum, and every deadline a
+/// wait records is its call's journal time plus its duration.
+#[tokio::test]
+async fn timers_run_from_their_calls_not_one_after_another() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const t0 = ctx.now();
+            await Promise.all([ctx.sleep(300), ctx.sleep(200), ctx.sleep(100)]);
+            return ctx.now() - t0;
+        }"#,
+    )
+    .await;
+    let rec = run(&p, script("ta", &m, "main", json!({}))).await;
+    let Some(Outcome::Success { value }) = &rec.outcome else {
+        panic!("success: {rec:?}")
+    };
+    assert!(value.as_u64().is_some_and(|ms| ms >= 300), "slept the longest: {value}");
+    let log = p.events("ta", 0, Some(1000)).await.unwrap().events;
+    let called: std::collections::HashMap<u64, (u64, u64)> = log
+        .iter()
+        .filter(|e| e.event_type == "script.call" && e.payload["kind"] == "sleep")
+        .map(|e| {
+            let n = e.payload["n"].as_u64().unwrap();
+            (n, (e.occurred_at_ms, e.payload["ms"].as_u64().unwrap()))
+        })
+        .collect();
+    let waits: Vec<&Value> = log
+        .iter()
+        .filter(|e| e.event_type == "process.waiting")
+        .map(|e| &e.payload)
+        .collect();
+    assert!(!waits.is_empty(), "the timers suspended the script");
+    for w in waits {
+        let (at, ms) = called[&w["ordinal"].as_u64().unwrap()];
+        let late = w["until_ms"].as_u64().unwrap() - (at + ms);
+        assert!(
+            late < 50,
+            "timer {w} is due {late} ms after its call's time plus its duration"
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! Durable scripts (SPEC §14) survive a real crash: `cairn serve` is killed
 //! with SIGKILL while a script's child runs, while the script is suspended on a
-//! signal, while it is suspended on a timer, and while a cancelled script
-//! cleans up; a server restarted over the same database finishes the script.
+//! signal, while it is suspended on a timer, while it races a signal against a
+//! timer, and while a cancelled script cleans up; a server restarted over the same database finishes the script.
 //! A child that had finished is never started again, journaled values stay
 //! what they were, a cleanup's journaled call is not repeated, and the script
 //! returns what it would have returned without the crash.
@@ -41,6 +41,15 @@ export async function pause(ctx, args) {
   const slept = ctx.now() - t0;
   const b = await ctx.tool("echo", {value: a + 3});
   return {a, b, t0, slept_enough: slept >= args.ms};
+}
+
+// A signal raced against a timer; the timer wins, and the signal, still
+// pending, is awaited after the race.
+export async function race(ctx, args) {
+  const sig = ctx.waitSignal("go");
+  const first = await Promise.race([sig.then(s => s.by), ctx.sleep(args.ms).then(() => "timer")]);
+  const later = await sig;
+  return {first, later: later.by};
 }
 
 // Cancelled while suspended: the cleanup emits, then spins until the CPU
@@ -286,6 +295,49 @@ async fn killed_while_cleaning_up(db: &str) {
     );
 }
 
+/// Killed while suspended on a race of a signal and a timer: after the
+/// restart the timer wins the race, and the signal the race left pending
+/// answers its payload when it comes (not the race's timeout).
+async fn killed_while_racing(db: &str) {
+    let id = "crash-race";
+    let server = start_and_reach(db, id, "race", json!({"ms": 1500}), async |c: &Client| {
+        // Suspended on the signal, bounded by the timer's deadline.
+        c.wait_for(id, |r| {
+            r["wait"]["kind"] == "signal" && r["wait"]["until_ms"].is_u64() && r["lease"].is_null()
+        })
+        .await;
+    })
+    .await;
+
+    let server = crash_and_restart(server, db).await;
+    let c = server.client();
+    // The timer won; now the signal alone is awaited, with no deadline.
+    c.wait_for(id, |r| {
+        r["wait"]["kind"] == "signal" && r["wait"]["until_ms"].is_null() && r["lease"].is_null()
+    })
+    .await;
+    let (s, body) = c
+        .post(
+            &format!("/v1/processes/{id}/signals/go"),
+            json!({"signal_id": "after-race", "payload": {"by": "ann"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let done = await_end(&c, id).await;
+    assert_eq!(
+        done["outcome"]["value"],
+        json!({"first": "timer", "later": "ann"}),
+        "{done}"
+    );
+    let resumed: Vec<Value> = events(&c, id)
+        .await
+        .into_iter()
+        .filter(|e| e["event_type"] == "process.resumed")
+        .map(|e| e["payload"]["reason"].clone())
+        .collect();
+    assert_eq!(resumed, [json!("timed_out"), json!("signal")], "{resumed:?}");
+}
+
 fn sqlite_db(dir: &tempfile::TempDir) -> String {
     format!("sqlite:{}", dir.path().join("cairn.db").display())
 }
@@ -312,6 +364,12 @@ async fn a_script_killed_while_sleeping_resumes_on_sqlite() {
 async fn a_script_killed_while_cleaning_up_after_a_cancel_resumes_on_sqlite() {
     let dir = tempfile::tempdir().expect("tempdir");
     killed_while_cleaning_up(&sqlite_db(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_killed_while_racing_a_signal_and_a_timer_resumes_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    killed_while_racing(&sqlite_db(&dir)).await;
 }
 
 /// The same database URL for both servers: a throwaway schema of the test server.
@@ -368,4 +426,16 @@ async fn a_script_killed_while_cleaning_up_after_a_cancel_resumes_on_postgres() 
         return;
     };
     killed_while_cleaning_up(&db).await;
+}
+
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_killed_while_racing_a_signal_and_a_timer_resumes_on_postgres() {
+    let Some((db, _schema)) = postgres_db("cairn_script_crash_race") else {
+        return;
+    };
+    killed_while_racing(&db).await;
 }
