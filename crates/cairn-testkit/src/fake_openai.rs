@@ -42,7 +42,7 @@ pub enum Reply {
         /// The error message.
         message: String,
     },
-    /// Stream `partial` as content, then break the connection.
+    /// Stream `partial` as content, then, once it went out, break the connection.
     Disconnect {
         /// What arrives before the break.
         partial: String,
@@ -155,7 +155,10 @@ async fn completions(State(script): State<Arc<Mutex<Script>>>, headers: HeaderMa
         Ok::<_, std::io::Error>(Bytes::from(frame))
     });
     let body = if broken {
+        // The break comes after what was sent went out (a pause flushes it),
+        // as when a connection drops mid-answer.
         let fail = futures::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
             Err::<Bytes, std::io::Error>(std::io::Error::other("the fake server broke the stream"))
         });
         Body::from_stream(stream.chain(fail))

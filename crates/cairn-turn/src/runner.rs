@@ -401,16 +401,19 @@ impl TurnRunner {
             status: 0,
             message: e.to_string(),
         })?;
-        let (tx, rx) = mpsc::unbounded_channel::<String>();
+        let (tx, rx) = mpsc::unbounded_channel::<(u64, String)>();
         // The closure owns the sender: once the retries end and it is dropped,
-        // the flusher drains what is left and ends.
+        // the flusher drains what is left and ends. Each call is numbered, so
+        // a watcher knows a retry's text from the broken call's before it.
         let http = &self.http;
+        let tries = std::sync::atomic::AtomicU64::new(0);
         let attempt = move || {
             let tx = tx.clone();
             let key = key.clone();
+            let k = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             async move {
                 let mut on_delta = move |text: &str| {
-                    let _ = tx.send(text.to_string());
+                    let _ = tx.send((k, text.to_string()));
                 };
                 chat(http, spec, key.as_deref(), request, &mut on_delta).await
             }
@@ -513,19 +516,38 @@ fn error_content(code: &str, message: &str) -> String {
     json!({"error": {"code": code, "message": message}}).to_string()
 }
 
-/// Append the streamed pieces as `turn.delta {step, text}`, coalesced so that
-/// at most one is written per [`DELTA_EVERY`]; ends when the sender is dropped.
-async fn flush_deltas(ctx: &ToolContext, step: u64, mut rx: mpsc::UnboundedReceiver<String>) {
+/// Append the streamed pieces as `turn.delta {step, run, attempt, text}`,
+/// coalesced so that at most one is written per [`DELTA_EVERY`]; ends when the
+/// sender is dropped. `run` is the process's run (`started.attempt`: a re-run
+/// after a crash streams the step again) and `attempt` the model call within
+/// it (a retry streams the answer again): a watcher joining a step's texts
+/// starts over when either changes.
+async fn flush_deltas(ctx: &ToolContext, step: u64, mut rx: mpsc::UnboundedReceiver<(u64, String)>) {
+    let run = ctx.attempt();
     let mut last: Option<tokio::time::Instant> = None;
-    while let Some(mut text) = rx.recv().await {
+    // A piece of the next call, taken while gathering the one before.
+    let mut held: Option<(u64, String)> = None;
+    loop {
+        let (attempt, mut text) = match held.take() {
+            Some(piece) => piece,
+            None => match rx.recv().await {
+                Some(piece) => piece,
+                None => return,
+            },
+        };
         if let Some(at) = last {
             tokio::time::sleep_until(at + DELTA_EVERY).await;
         }
-        while let Ok(more) = rx.try_recv() {
+        while let Ok((k, more)) = rx.try_recv() {
+            if k != attempt {
+                held = Some((k, more));
+                break;
+            }
             text.push_str(&more);
         }
         // Best effort: a delta is a live view, the response event is the record.
-        let _ = ctx.append(DELTA, json!({"step": step, "text": text})).await;
+        let payload = json!({"step": step, "run": run, "attempt": attempt, "text": text});
+        let _ = ctx.append(DELTA, payload).await;
         last = Some(tokio::time::Instant::now());
     }
 }

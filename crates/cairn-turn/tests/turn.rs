@@ -239,6 +239,26 @@ async fn faults_are_retried_or_fail_by_kind() {
     assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "whole answer"}))));
     assert_eq!(s.fake.received().len(), 3);
     assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After was honoured");
+    // Each call's deltas say which call they are of, so a watcher starts over
+    // at the retry instead of showing the broken call's text before it.
+    let events = s.p.events("retried", 0, Some(1000)).await.expect("events").events;
+    let mut texts: Vec<(u64, u64, String)> = Vec::new();
+    for d in events.iter().filter(|e| e.event_type == "turn.delta") {
+        let (run, attempt) = (
+            d.payload["run"].as_u64().unwrap(),
+            d.payload["attempt"].as_u64().unwrap(),
+        );
+        let text = d.payload["text"].as_str().unwrap();
+        match texts.last_mut() {
+            Some((r, a, t)) if (*r, *a) == (run, attempt) => t.push_str(text),
+            _ => texts.push((run, attempt, text.to_string())),
+        }
+    }
+    assert_eq!(
+        texts,
+        [(1, 2, "half an ans".to_string()), (1, 3, "whole answer".to_string())],
+        "the broken call (the second) and the retry (the third) apart"
+    );
 
     s.fake.push(Reply::Status {
         status: 400,
