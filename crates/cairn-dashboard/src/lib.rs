@@ -4,8 +4,9 @@
 //! - **Processes**: the filters of SPEC §4, newest first, paged, kept live by the
 //!   change feed (one server-wide follower, fanned out to every open list).
 //! - **A process**: record, outcome, wait, lease, disposition, provenance, and its
-//!   event timeline streamed over SSE; signal, cancel, abandon request and
-//!   external completion, each answering the server's error verbatim when refused.
+//!   event timeline streamed over SSE; while it runs, signal, cancel, abandon
+//!   request and external completion, each answering the server's error verbatim
+//!   when refused.
 //! - **Sessions**: granted-to and originated-by lists, pending wakes with acknowledge.
 //! - **Modules**: each stored script module's exports and source, and the
 //!   newest scripts started from each export, linked to the filtered list.

@@ -109,7 +109,7 @@ pub(crate) async fn page(
             section.actions {
                 h2 { "Actions" }
                 div #action-result aria-live="polite" {}
-                (actions(&record, &path))
+                div #action-forms { (actions(&record, &path)) }
             }
             section.timeline-box {
                 h2 { "Timeline" }
@@ -150,6 +150,13 @@ pub(crate) async fn record(
         Err(e) => Err(e),
     };
     match record {
+        // Once the process has ended, its action forms go too (out of band:
+        // `#action-result` keeps what the last action said).
+        Ok(r) if r.is_terminal() => html! {
+            (record_panel(&r))
+            div #action-forms hx-swap-oob="true" { (ended()) }
+        }
+        .into_response(),
         Ok(r) => record_panel(&r).into_response(),
         Err(e) => refused(&e),
     }
@@ -241,7 +248,17 @@ fn record_panel(r: &ProcessRecord) -> Markup {
     }
 }
 
+/// What the actions say for a process that has ended: none of them can change
+/// it any more (the runtime refuses a new signal, cancel, abandon or completion).
+fn ended() -> Markup {
+    html! { p.empty.ended { "This process has ended; there is nothing left to act on." } }
+}
+
+/// The action forms of a process; none once it has ended.
 fn actions(r: &ProcessRecord, path: &str) -> Markup {
+    if r.is_terminal() {
+        return ended();
+    }
     let waiting_for = r.wait.as_ref().and_then(|w| w.name.clone()).unwrap_or_default();
     let signal_id = uuid::Uuid::new_v4().to_string();
     let external = r.disposition == Disposition::ExternallyOwned;

@@ -788,3 +788,76 @@ async fn a_waiting_process_shows_its_deadline_and_the_children_it_waits_for() {
         );
     }
 }
+
+/// Every action on a process that has ended would be refused: its page shows
+/// none, and the live record fragment takes them off a page opened before the end.
+#[tokio::test]
+async fn a_process_that_has_ended_offers_no_actions() {
+    use cairn_core::Outcome;
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    external(&p, "open").await;
+    p.start(StartRequest::tool(
+        "queued",
+        "anything",
+        json!({}),
+        Disposition::OwnerBound,
+    ))
+    .await
+    .expect("start");
+    external(&p, "done").await;
+    p.complete_external("done", Outcome::success(json!(1)), "host")
+        .await
+        .expect("complete");
+    external(&p, "failed").await;
+    p.complete_external("failed", Outcome::failure("process", "broke", "it broke"), "host")
+        .await
+        .expect("fail");
+    p.start(StartRequest::tool(
+        "stopped",
+        "anything",
+        json!({}),
+        Disposition::OwnerBound,
+    ))
+    .await
+    .expect("start");
+    // Nobody started it: cancelled at once.
+    assert_eq!(
+        p.cancel("stopped", None).await.expect("cancel").status.label(),
+        "cancelled"
+    );
+    let app = app(&p, true);
+    let forms = ["signal-form", "cancel-form", "abandon-form", "complete-form"];
+
+    for (id, offered) in [("open", &forms[..]), ("queued", &forms[..3])] {
+        let (status, html, _) = get(&app, &format!("/ui/processes/{id}"), None).await;
+        assert_eq!(status, StatusCode::OK, "{html}");
+        for form in forms {
+            let shown = html.contains(&format!("id=\"{form}\""));
+            assert_eq!(shown, offered.contains(&form), "{id}: {form} shown: {shown}: {html}");
+        }
+        assert!(!html.contains("class=\"empty ended\""), "{html}");
+        let (_, fragment, _) = get(&app, &format!("/ui/processes/{id}/record"), None).await;
+        assert!(!fragment.contains("action-forms"), "{fragment}");
+    }
+    for (id, label) in [("done", "completed"), ("failed", "failed"), ("stopped", "cancelled")] {
+        let (status, html, _) = get(&app, &format!("/ui/processes/{id}"), None).await;
+        assert_eq!(status, StatusCode::OK, "{html}");
+        assert!(html.contains(&format!("data-status=\"{label}\"")), "{id}: {html}");
+        assert!(
+            !html.contains("<form class=\"action\""),
+            "{id} offers an action: {html}"
+        );
+        for form in forms {
+            assert!(!html.contains(&format!("id=\"{form}\"")), "{id}: {form}: {html}");
+        }
+        assert!(html.contains("This process has ended"), "{html}");
+        // The live re-render of the record swaps the forms out of an open page.
+        let (status, fragment, _) = get(&app, &format!("/ui/processes/{id}/record"), None).await;
+        assert_eq!(status, StatusCode::OK, "{fragment}");
+        assert!(
+            fragment.contains("<div id=\"action-forms\" hx-swap-oob=\"true\"><p class=\"empty ended\">"),
+            "{fragment}"
+        );
+    }
+}

@@ -381,6 +381,11 @@ async fn the_process_page_streams_events_and_a_signal_from_it_completes_the_proc
         wait_for(&c, Locator::Css("#record .outcome pre")).await;
         let outcome = in_page(&c, "return document.querySelector('#record .outcome pre').textContent").await;
         assert!(outcome.as_str().is_some_and(|t| t.contains("approved")), "{outcome}");
+        // The process has ended: its action forms go (each would be refused);
+        // what the signal said stays.
+        wait_for(&c, Locator::Css("#action-forms .ended")).await;
+        assert_eq!(count(&c, "form.action").await, 0);
+        assert_eq!(count(&c, "#action-result .result.ok").await, 1);
         let same = c
             .execute("return window.__cairnSamePage === true;", vec![])
             .await
@@ -414,17 +419,22 @@ async fn a_refused_action_shows_the_servers_error() {
     let owned = Server::start(&[]).await;
     let server = &owned;
     start_waiting(server, "picky").await;
-    start(server, "over", "echo", json!({"value": 1})).await;
-    await_terminal(server, "over").await;
-    // What the API answers for a signal to a finished process.
-    let (status, api_err) = server
-        .client()
-        .post(
-            "/v1/processes/over/signals/go",
-            json!({"signal_id": "s1", "payload": {}}),
-        )
-        .await;
-    assert_eq!(status, 409);
+    // A signal the process does not wait for, sent once; the same signal id
+    // again with another payload is a replay conflict. What the API answers:
+    let signal = |payload: Value| {
+        let c = server.client();
+        async move {
+            c.post(
+                "/v1/processes/picky/signals/note",
+                json!({"signal_id": "n1", "payload": payload}),
+            )
+            .await
+        }
+    };
+    assert_eq!(signal(json!({"v": 1})).await.0, 200);
+    let (status, api_err) = signal(json!({"v": 2})).await;
+    assert_eq!(status, 409, "{api_err}");
+    assert_eq!(api_err["error"]["code"], "replay_conflict");
     with_browser(|c| async move {
         c.goto(&server.url("/ui/processes/picky")).await.unwrap();
         wait_for(&c, Locator::Css("#record .s-waiting")).await;
@@ -446,15 +456,19 @@ async fn a_refused_action_shows_the_servers_error() {
         // Nothing was appended: the process still waits.
         assert_eq!(count(&c, "#record .s-waiting").await, 1);
 
-        // A refusal by the runtime reads exactly as the API's error.
-        c.goto(&server.url("/ui/processes/over")).await.unwrap();
-        wait_for(&c, Locator::Css("#record .s-completed")).await;
-        c.find(Locator::Css("#signal-form input[name=name]"))
-            .await
-            .unwrap()
-            .send_keys("go")
-            .await
-            .unwrap();
+        // A refusal by the runtime reads exactly as the API's error: the same
+        // replay conflict, sent from the form.
+        c.goto(&server.url("/ui/processes/picky")).await.unwrap();
+        wait_for(&c, Locator::Css("#record .s-waiting")).await;
+        for (field, value) in [
+            ("input[name=name]", "note"),
+            ("input[name=signal_id]", "n1"),
+            ("textarea[name=payload]", r#"{"v": 3}"#),
+        ] {
+            let input = c.find(Locator::Css(&format!("#signal-form {field}"))).await.unwrap();
+            input.clear().await.unwrap();
+            input.send_keys(value).await.unwrap();
+        }
         c.find(Locator::Css("#signal-form button[type=submit]"))
             .await
             .unwrap()
@@ -466,6 +480,7 @@ async fn a_refused_action_shows_the_servers_error() {
         let message = err.find(Locator::Css(".message")).await.unwrap().text().await.unwrap();
         assert_eq!(code, api_err["error"]["code"].as_str().unwrap());
         assert_eq!(message, api_err["error"]["message"].as_str().unwrap());
+        assert_eq!(count(&c, "#record .s-waiting").await, 1);
     })
     .await;
 }
