@@ -98,8 +98,11 @@ fn main() -> ExitCode {
         quit_on_closed_pipe();
     }
     let serving = matches!(cli.command, Command::Serve(_));
-    // The server logs at info by default; client commands only say what went wrong.
-    let default_filter = if serving { "info" } else { "warn" };
+    // The server logs at info by default; client commands only say what went
+    // wrong. The MCP library logs three lines for every stateless call, and a
+    // client's own mistake (which the client is answered) as a warning: only
+    // its errors are the server's to show.
+    let default_filter = if serving { "info,rmcp=error" } else { "warn,rmcp=error" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
