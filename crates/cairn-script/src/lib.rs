@@ -233,9 +233,19 @@ impl Driver<'_> {
                     return self.stopped_outcome();
                 }
             };
+            // A call too large to journal is not made: it rejects with
+            // `payload_too_large` and the script goes on (a replay makes the
+            // same call and is refused the same way).
+            let mut refused: Vec<(u64, CairnError)> = Vec::new();
             for entry in step.entries {
-                if let Err(e) = self.journal(entry).await {
-                    return Outcome::failure("runtime", e.code(), e.to_string());
+                let call = match &entry {
+                    Entry::Call(n, _) => Some(*n),
+                    _ => None,
+                };
+                match (self.journal(entry).await, call) {
+                    (Ok(()), _) => {}
+                    (Err(e @ CairnError::PayloadTooLarge { .. }), Some(n)) => refused.push((n, e)),
+                    (Err(e), _) => return Outcome::failure("runtime", e.code(), e.to_string()),
                 }
             }
             if let Some(outcome) = step.end {
@@ -255,12 +265,17 @@ impl Driver<'_> {
                     continue;
                 }
             }
-            let mut answers = Vec::new();
-            for (n, call) in step.pending.iter().filter(|(_, c)| !is_wait(kind(c))) {
+            let mut answers: Vec<(u64, Value)> = refused.iter().map(|(n, e)| (*n, error_result(*n, e))).collect();
+            let pending: Vec<(u64, Value)> = step
+                .pending
+                .into_iter()
+                .filter(|(n, _)| !refused.iter().any(|(r, _)| r == n))
+                .collect();
+            for (n, call) in pending.iter().filter(|(_, c)| !is_wait(kind(c))) {
                 answers.push((*n, self.perform(*n, call).await));
             }
             // Every pending `ctx.tool` and `ctx.turn` child starts now, together.
-            for (n, call) in step.pending.iter().filter(|(_, c)| matches!(kind(c), "tool" | "turn")) {
+            for (n, call) in pending.iter().filter(|(_, c)| matches!(kind(c), "tool" | "turn")) {
                 if self.cancelled.is_none() {
                     if let Some(failed) = self.start_tool(*n, call).await {
                         answers.push((*n, failed));
@@ -269,7 +284,7 @@ impl Driver<'_> {
             }
             // `ctx.wait(id)` names a child by its id: anything but a string
             // rejects now, saying so.
-            for (n, call) in step.pending.iter().filter(|(_, c)| kind(c) == "wait") {
+            for (n, call) in pending.iter().filter(|(_, c)| kind(c) == "wait") {
                 let named = call.get("id").and_then(Value::as_str).is_some_and(|s| !s.is_empty());
                 if !named {
                     let given = call.get("id").map_or_else(|| "nothing".to_string(), Value::to_string);
@@ -280,7 +295,7 @@ impl Driver<'_> {
                 }
             }
             if answers.is_empty() {
-                match self.race(&step.pending).await {
+                match self.race(&pending).await {
                     Ok(results) => answers.extend(results),
                     Err(Held::Stopped) => {
                         if self.cancel_message().is_some() {

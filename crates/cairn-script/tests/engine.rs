@@ -736,3 +736,37 @@ async fn timers_run_from_their_calls_not_one_after_another() {
         );
     }
 }
+
+/// A call too large to journal rejects with `payload_too_large`, and the
+/// script goes on; a replay (after the sleep's suspension) is refused the
+/// same call the same way.
+#[tokio::test]
+async fn a_call_too_large_to_journal_rejects_and_the_script_goes_on() {
+    let p = runtime_with_gate();
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            let code = null;
+            try { await ctx.tool("gate", {v: "x".repeat(2 << 20)}); } catch (e) { code = e.code; }
+            await ctx.sleep(1);
+            const after = await ctx.tool("gate", {fail: "small"}).catch(e => e.code);
+            return {code, after};
+        }"#,
+    )
+    .await;
+    let rec = run(&p, script("big", &m, "main", json!({}))).await;
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::success(json!({"code": "payload_too_large", "after": "small"})))
+    );
+    let calls = events(&p, "big", "script.call").await;
+    let kinds: Vec<_> = calls
+        .iter()
+        .map(|c| (c["n"].as_u64().unwrap(), c["kind"].clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [(2, json!("sleep")), (3, json!("tool"))],
+        "the refused call was not journaled"
+    );
+}
