@@ -28,13 +28,16 @@ const DEFAULT_MAX_STEPS: u32 = 8;
 /// How model faults worth retrying (429, 5xx, broken streams) are retried:
 /// exponential backoff from `min_delay` to `max_delay`, `Retry-After` taking
 /// precedence, at most `retries` times; then the turn fails `model_unavailable`.
+/// A `Retry-After` longer than `max_delay` (up to [`LONGEST_RETRY_AFTER`], at
+/// most `retries` times a step) is waited out durably instead: the turn
+/// suspends and calls again when it resumes.
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
     /// Retries after the first attempt.
     pub retries: usize,
     /// The first backoff.
     pub min_delay: Duration,
-    /// The longest backoff (and the longest `Retry-After` honoured).
+    /// The longest backoff (and the longest `Retry-After` waited in process).
     pub max_delay: Duration,
 }
 
@@ -47,6 +50,10 @@ impl Default for RetryPolicy {
         }
     }
 }
+
+/// The longest `Retry-After` a turn waits out (durably, past the policy's
+/// `max_delay`); an endpoint asking for more fails the turn `model_unavailable`.
+pub const LONGEST_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// The output a turn must produce.
 enum Contract {
@@ -315,9 +322,30 @@ impl TurnRunner {
                         temperature: turn.session.temperature,
                         response_format: response_format.as_ref(),
                     };
-                    let answer = tokio::select! {
-                        r = self.call_model(ctx, spec, step, &request) => r,
-                        _ = ctx.stopped() => return Ok(ctx.stopped_outcome()),
+                    // An endpoint that asks to be called again later than the
+                    // retries wait in process is waited out durably: a
+                    // rerunnable turn suspends, holding no slot, and calls
+                    // again when it resumes.
+                    let mut long_waits = 0;
+                    let answer = loop {
+                        let answer = tokio::select! {
+                            r = self.call_model(ctx, spec, step, &request) => r,
+                            _ = ctx.stopped() => return Ok(ctx.stopped_outcome()),
+                        };
+                        match answer {
+                            Err(ModelFault::Transient {
+                                retry_after: Some(after),
+                                message,
+                            }) if after > self.retry.max_delay => {
+                                long_waits += 1;
+                                if after > LONGEST_RETRY_AFTER || long_waits > self.retry.retries {
+                                    return Ok(Outcome::failure("model", "model_unavailable", message));
+                                }
+                                tracing::warn!(process_id = %ctx.process_id(), step, ?after, "the model endpoint asked to be called again later; waiting durably");
+                                self.wait_out(ctx, step, after).await?;
+                            }
+                            other => break other,
+                        }
                     };
                     let answer = match answer {
                         Ok(a) => a,
@@ -388,6 +416,21 @@ impl TurnRunner {
         unreachable!("the step loop only ends by returning")
     }
 
+    /// Wait `after` durably before step `step` calls the model again: the
+    /// step's next timer (ordinals `step * 1000 + k`, `k` counting the step's
+    /// timers in the log, so a re-run after the wait numbers a later one anew).
+    async fn wait_out(&self, ctx: &ToolContext, step: u64, after: Duration) -> cairn_core::Result<()> {
+        let base = step.saturating_mul(1000);
+        let log = ctx.read_log().await?;
+        let earlier = log
+            .iter()
+            .filter(|e| e.event_type == cairn_core::events::WAITING && e.payload["kind"] == "timer")
+            .filter_map(|e| e.payload["ordinal"].as_u64())
+            .filter(|o| *o > base && *o < base + 1000)
+            .count() as u64;
+        ctx.sleep_nth(base + earlier + 1, after).await
+    }
+
     /// One model call, retried by the policy; deltas are appended as they
     /// stream, at most one `turn.delta` per 100 ms.
     async fn call_model(
@@ -427,12 +470,17 @@ impl TurnRunner {
         let call = async {
             attempt
                 .retry(backoff)
-                .when(|e| matches!(e, ModelFault::Transient { .. }))
+                // A `Retry-After` past the longest backoff ends the retries
+                // here: the step waits it out durably (`wait_out`).
+                .when(|e| match e {
+                    ModelFault::Transient { retry_after, .. } => retry_after.is_none_or(|a| a <= max_delay),
+                    ModelFault::Rejected { .. } => false,
+                })
                 .adjust(move |e, planned| match e {
                     ModelFault::Transient {
                         retry_after: Some(after),
                         ..
-                    } => planned.map(|_| (*after).min(max_delay)),
+                    } => planned.map(|_| *after),
                     _ => planned,
                 })
                 .notify(|e, after| tracing::warn!(error = %e, ?after, "model call failed; retrying"))

@@ -471,3 +471,56 @@ async fn the_last_step_ends_with_what_it_got() {
     assert!(children.is_empty(), "no tool ran: {children:?}");
     assert_eq!(s.fake.received().len(), 2, "one model call each");
 }
+
+/// A `Retry-After` longer than the in-process backoff is waited out durably:
+/// the turn suspends on a timer (holding no lease), and calls the model again
+/// when it resumes. One past an hour fails at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_retry_after_is_waited_out_suspended() {
+    let s = setup().await;
+    // The setup's backoff is at most 2 s.
+    s.fake.push(Reply::Status {
+        status: 429,
+        retry_after: Some(3),
+        message: "come back in 3 s".into(),
+    });
+    s.fake.push(Reply::Text("after the wait".into()));
+    s.p.start(turn("patient", &[], "hi", Value::Null)).await.expect("start");
+    let waiting =
+        s.p.await_event("patient", "process.waiting", 0, WAIT)
+            .await
+            .expect("suspended");
+    assert_eq!(waiting.payload["kind"], "timer");
+    assert!(
+        waiting.payload["until_ms"].as_u64().unwrap() >= waiting.occurred_at_ms + 2_900,
+        "waits what was asked: {waiting:?}"
+    );
+    // Read well before the timer is due (3 s after the wait was recorded).
+    let suspended = s.p.get("patient").await.expect("get");
+    assert!(
+        suspended.wait.is_some() && suspended.lease.is_none(),
+        "a suspended turn holds no lease: {suspended:?}"
+    );
+    let r = finished(&s.p, "patient").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "after the wait"}))));
+    assert_eq!(s.fake.received().len(), 2);
+    let resumed = s.p.events("patient", 0, Some(1000)).await.expect("events").events;
+    assert!(
+        resumed
+            .iter()
+            .any(|e| e.event_type == "process.resumed" && e.payload["reason"] == "timer"),
+        "the timer resumed it"
+    );
+
+    s.fake.push(Reply::Status {
+        status: 429,
+        retry_after: Some(7_200),
+        message: "come back in two hours".into(),
+    });
+    s.p.start(turn("impatient", &[], "hi", Value::Null))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "impatient").await;
+    assert_eq!(failure_code(&r), "model_unavailable");
+    assert_eq!(s.fake.received().len(), 3, "no retry of a wait past an hour");
+}
