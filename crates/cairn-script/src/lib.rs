@@ -152,14 +152,28 @@ impl cairn_core::ScriptEngine for QuickJs {
         }
         let mut called_at = HashMap::new();
         let mut answered = HashSet::new();
+        let mut signal_calls: HashMap<u64, String> = HashMap::new();
+        let mut taken: HashMap<String, u64> = HashMap::new();
         for e in &log {
             let n = e.payload.get("n").and_then(Value::as_u64);
             match (e.event_type.as_str(), n) {
                 (SCRIPT_CALL, Some(n)) => {
                     called_at.insert(n, e.occurred_at_ms);
+                    if kind(&e.payload) == "wait_signal" {
+                        signal_calls.insert(n, signal_name(&e.payload).to_string());
+                    }
                 }
                 (SCRIPT_RESULT, Some(n)) => {
                     answered.insert(n);
+                    // A result that took a signal says which; one journaled
+                    // before results said so took one if it has a value.
+                    let took = match e.payload.get("signal") {
+                        Some(ordinal) => ordinal.is_u64(),
+                        None => e.payload.get("value").is_some_and(|v| !v.is_null()),
+                    };
+                    if let Some(name) = signal_calls.get(&n).filter(|_| took) {
+                        *taken.entry(name.clone()).or_insert(0) += 1;
+                    }
                 }
                 _ => {}
             }
@@ -171,6 +185,7 @@ impl cairn_core::ScriptEngine for QuickJs {
             cancelled: None,
             called_at,
             answered,
+            taken,
         }
         .drive()
         .await
@@ -200,6 +215,8 @@ struct Driver<'a> {
     /// The calls answered in the journal: their count numbers the rounds of
     /// waiting, as every round answers at least one call.
     answered: HashSet<u64>,
+    /// How many signals of each name the script's calls took, in order.
+    taken: HashMap<String, u64>,
 }
 
 /// Why a call was not answered.
@@ -495,15 +512,7 @@ impl Driver<'_> {
         if on_signal {
             let (n, call, own) = signals[0];
             let until = [own, others_due(Some(n))].into_iter().flatten().min();
-            let name = call.get("name").and_then(Value::as_str).unwrap_or("");
-            let ordinal = call.get("ordinal").and_then(Value::as_u64).unwrap_or(1);
-            match self.ctx.wait_signal_until(name, ordinal, until).await {
-                Ok(Some(value)) => answers.push((n, json!({"n": n, "value": value}))),
-                Ok(None) if until == own => answers.push((n, json!({"n": n, "value": null}))),
-                Ok(None) => {}
-                Err(_) if self.ctx.is_stopped() => return Err(Held::Stopped),
-                Err(e) => answers.push((n, error_result(n, &e))),
-            }
+            answers.extend(self.signal_wait(n, signal_name(call), until, own).await?);
             if answers.is_empty() {
                 answers.extend(self.settle_due(&timers, &signals[1..]).await?);
             }
@@ -517,17 +526,51 @@ impl Driver<'_> {
             let left = Duration::from_millis(due.saturating_sub(self.ctx.now_ms()));
             match self.ctx.sleep_nth(n, left).await {
                 Ok(()) => answers.extend(self.settle_due(&timers, &[]).await?),
-                Err(_) if self.ctx.is_stopped() => return Err(Held::Stopped),
-                Err(e) => answers.push((n, error_result(n, &e))),
+                slept => answers.push(self.answered(n, slept.map(|()| Value::Null))?),
             }
         }
         Ok(answers)
     }
 
+    /// Wait for the first signal `name` no earlier call took, until `until`;
+    /// the answer of call `n` when that settles it (the signal's payload, or
+    /// null once its own deadline `own` passed), none when `until` was
+    /// another wait's deadline. A call that timed out takes no signal, so the
+    /// signal is chosen now (not when the call was made): the next call of
+    /// that name gets the next signal nobody took.
+    async fn signal_wait(
+        &mut self,
+        n: u64,
+        name: &str,
+        until: Option<u64>,
+        own: Option<u64>,
+    ) -> std::result::Result<Option<(u64, Value)>, Held> {
+        let ordinal = self.taken.get(name).copied().unwrap_or(0) + 1;
+        match self.ctx.wait_signal_until(name, ordinal, until).await {
+            Ok(Some(payload)) => {
+                *self.taken.entry(name.to_string()).or_insert(0) += 1;
+                Ok(Some((n, json!({"n": n, "value": payload, "signal": ordinal}))))
+            }
+            // Timed out at another wait's deadline: this one is still pending.
+            Ok(None) if until != own => Ok(None),
+            waited => self.answered(n, waited.map(|_| Value::Null)).map(Some),
+        }
+    }
+
+    /// A wait's answer to call `n`: its value, its error, or `Held` when the
+    /// run was stopped (suspended) while it waited.
+    fn answered(&self, n: u64, waited: Result<Value>) -> std::result::Result<(u64, Value), Held> {
+        match waited {
+            Ok(value) => Ok((n, json!({"n": n, "value": value}))),
+            Err(_) if self.ctx.is_stopped() => Err(Held::Stopped),
+            Err(e) => Ok((n, error_result(n, &e))),
+        }
+    }
+
     /// The answers of the timers that are due and the signals whose own
     /// deadline passed (a signal that arrived meanwhile answers its payload).
     async fn settle_due(
-        &self,
+        &mut self,
         timers: &[(u64, u64)],
         signals: &[(u64, &Value, Option<u64>)],
     ) -> std::result::Result<Vec<(u64, Value)>, Held> {
@@ -536,20 +579,11 @@ impl Driver<'_> {
         for &(n, due) in timers.iter().filter(|(_, due)| *due <= now) {
             // A timer recorded as a wait is ended by its own resumption.
             let left = Duration::from_millis(due.saturating_sub(now));
-            match self.ctx.sleep_nth(n, left).await {
-                Ok(()) => answers.push((n, json!({"n": n, "value": null}))),
-                Err(_) if self.ctx.is_stopped() => return Err(Held::Stopped),
-                Err(e) => answers.push((n, error_result(n, &e))),
-            }
+            let slept = self.ctx.sleep_nth(n, left).await.map(|()| Value::Null);
+            answers.push(self.answered(n, slept)?);
         }
         for &(n, call, own) in signals.iter().filter(|(_, _, d)| d.is_some_and(|d| d <= now)) {
-            let name = call.get("name").and_then(Value::as_str).unwrap_or("");
-            let ordinal = call.get("ordinal").and_then(Value::as_u64).unwrap_or(1);
-            match self.ctx.wait_signal_until(name, ordinal, own).await {
-                Ok(value) => answers.push((n, json!({"n": n, "value": value}))),
-                Err(_) if self.ctx.is_stopped() => return Err(Held::Stopped),
-                Err(e) => answers.push((n, error_result(n, &e))),
-            }
+            answers.extend(self.signal_wait(n, signal_name(call), own, own).await?);
         }
         Ok(answers)
     }
@@ -624,6 +658,11 @@ fn millis(given: Option<&Value>, what: &str) -> Result<u64> {
             given.map_or_else(|| "nothing".to_string(), Value::to_string)
         ))),
     }
+}
+
+/// The signal name of a `wait_signal` call.
+fn signal_name(call: &Value) -> &str {
+    call.get("name").and_then(Value::as_str).unwrap_or("")
 }
 
 fn kind(call: &Value) -> &str {

@@ -770,3 +770,39 @@ async fn a_call_too_large_to_journal_rejects_and_the_script_goes_on() {
         "the refused call was not journaled"
     );
 }
+
+/// A `waitSignal` that timed out took no signal: the next call of that name
+/// gets the next signal sent (a retry loop around an approval does not miss
+/// it), and calls waiting together take the signals in the order they came.
+#[tokio::test]
+async fn a_timed_out_signal_wait_takes_no_signal() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function retry(ctx) {
+            const first = await ctx.waitSignal("tick", {timeoutMs: 20});
+            await ctx.emit("missed", {first});
+            const second = await ctx.waitSignal("tick", {timeoutMs: 600000});
+            return {first, second};
+        }
+        export async function both(ctx) {
+            return await Promise.all([ctx.waitSignal("x"), ctx.waitSignal("x")]);
+        }"#,
+    )
+    .await;
+    let start = script("tk", &m, "retry", json!({})).with_event_type(cairn_core::EventType::plain("missed"));
+    p.start(start).await.unwrap();
+    p.await_event("tk", "missed", 0, Duration::from_secs(10)).await.unwrap();
+    p.signal("tk", "tick", "t1", json!({"n": 1})).await.unwrap();
+    let rec = p.await_output("tk", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::success(json!({"first": null, "second": {"n": 1}})))
+    );
+
+    p.start(script("bx", &m, "both", json!({}))).await.unwrap();
+    p.signal("bx", "x", "x1", json!("one")).await.unwrap();
+    p.signal("bx", "x", "x2", json!("two")).await.unwrap();
+    let rec = p.await_output("bx", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(rec.outcome, Some(Outcome::success(json!(["one", "two"]))));
+}
