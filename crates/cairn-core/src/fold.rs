@@ -104,6 +104,9 @@ pub fn apply_event(record: &mut ProcessRecord, event: &ProcessEvent) {
                 mode: p
                     .get("mode")
                     .and_then(|v| serde_json::from_value::<ChildrenMode>(v.clone()).ok()),
+                signals: p
+                    .get("signals")
+                    .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok()),
                 woken: None,
                 since_ms: event.occurred_at_ms,
             });
@@ -114,7 +117,9 @@ pub fn apply_event(record: &mut ProcessRecord, event: &ProcessEvent) {
             // `ops::wait`), so the next one is the one it waits for.
             let name = &t[events::SIGNAL_PREFIX.len()..];
             if let Some(w) = record.wait.as_mut() {
-                if w.kind == "signal" && w.name.as_deref() == Some(name) && w.woken.is_none() {
+                let named = (w.kind == "signal" && w.name.as_deref() == Some(name))
+                    || w.signals.as_ref().is_some_and(|s| s.iter().any(|n| n == name));
+                if named && w.woken.is_none() {
                     w.woken = Some("signal".into());
                 }
             }
@@ -484,7 +489,11 @@ pub fn resume_reason(record: &ProcessRecord, now_ms: u64) -> Option<&'static str
     if record.cancel_request.is_some() {
         Some("cancel_requested")
     } else if wait.woken.is_some() {
-        Some(if wait.kind == "children" { "children" } else { "signal" })
+        Some(if wait.kind == "children" && wait.woken.as_deref() != Some("signal") {
+            "children"
+        } else {
+            "signal"
+        })
     } else if wait.until_ms.is_some_and(|t| t <= now_ms) {
         Some(if wait.kind == "timer" { "timer" } else { "timed_out" })
     } else {
@@ -517,6 +526,9 @@ pub fn resumed_for(wait: &WaitState, reason: &str) -> AppendRequest {
         }
         if let Some(m) = wait.mode {
             map.insert("mode".into(), json!(m));
+        }
+        if let Some(names) = &wait.signals {
+            map.insert("signals".into(), json!(names));
         }
     }
     AppendRequest::new(events::RESUMED, payload)

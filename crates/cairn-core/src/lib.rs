@@ -80,6 +80,6 @@ pub use processes::{Processes, RuntimeBuilder, StartRequest};
 pub use registry::{CancelAnswer, ProcessRegistry, Registered};
 pub use schedule::{FireReport, Overlap, Schedule, ScheduleAdvance, SchedulePage, ScheduleRequest, StartTemplate};
 pub use script::{Module, ModuleInfo, ModulePut, ScriptEngine};
-pub use tool::{StopReason, Tool, ToolContext, ToolRegistry};
+pub use tool::{FirstOf, StopReason, Tool, ToolContext, ToolRegistry};
 pub use watch::{ChangeHub, EndSink, EventSink, Subscription, WatchedRegistry};
 pub use worker::{WorkDriver, Worker, WorkerConfig};

@@ -578,6 +578,10 @@ pub struct WaitState {
     /// Whether all of them must end, or any one (`children`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<ChildrenMode>,
+    /// Other signal names that also end the wait: the next signal of any of
+    /// them (a script racing a signal against another, or against children).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signals: Option<Vec<String>>,
     /// Set by the write that satisfied the wait (`signal`): the process is
     /// claimable and the next claim resumes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -606,6 +610,9 @@ pub struct WaitRequest {
     /// Whether all of them must end, or any one (`children`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<ChildrenMode>,
+    /// Other signal names that also end the wait: the next signal of any of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signals: Option<Vec<String>>,
 }
 
 /// Which ends of the awaited children satisfy a `children` wait (SPEC §13).
@@ -629,6 +636,7 @@ impl WaitRequest {
             until_ms,
             ids: None,
             mode: None,
+            signals: None,
         }
     }
 
@@ -641,6 +649,7 @@ impl WaitRequest {
             until_ms,
             ids: Some(ids),
             mode: Some(mode),
+            signals: None,
         }
     }
 
@@ -653,7 +662,14 @@ impl WaitRequest {
             until_ms: Some(until_ms),
             ids: None,
             mode: None,
+            signals: None,
         }
+    }
+
+    /// The same wait, also ended by the next signal of any of `names`.
+    pub fn or_signals(mut self, names: Vec<String>) -> Self {
+        self.signals = (!names.is_empty()).then_some(names);
+        self
     }
 
     /// Whether a `process.waiting` or `process.resumed` payload names this wait.

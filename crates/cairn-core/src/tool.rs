@@ -493,28 +493,8 @@ impl ToolContext {
             if resumed.is_some_and(|e| e.payload.get("reason").and_then(Value::as_str) == Some("timed_out")) {
                 return Ok(None);
             }
-            let children = futures::future::try_join_all(ids.iter().map(|id| self.inner.registry.get(id))).await?;
-            // Only a child's end can satisfy the wait, ended or not (an ended
-            // process elsewhere is not this run's to read).
-            if let Some(other) = children.iter().find(|c| {
-                c.provenance
-                    .caused_by
-                    .as_ref()
-                    .and_then(crate::model::CausalRef::parent_process)
-                    != Some(self.process_id())
-            }) {
-                return Err(CairnError::InvalidRequest(format!(
-                    "`{}` is not a child of `{}`: only a process's own children can be awaited",
-                    other.id,
-                    self.process_id()
-                )));
-            }
-            let ended = |r: &ProcessRecord| r.is_terminal();
-            let satisfied = match mode {
-                ChildrenMode::All => children.iter().all(ended),
-                ChildrenMode::Any => children.iter().any(ended),
-            };
-            if satisfied {
+            let children = self.children_records(ids).await?;
+            if children_satisfied(&children, mode) {
                 if waited.is_some() && resumed.is_none() {
                     self.resume(&wait, "children").await?;
                 }
@@ -543,6 +523,130 @@ impl ToolContext {
                     None => {
                         self.resume(&wait, "timed_out").await?;
                         return Ok(None);
+                    }
+                },
+                _ = self.stopped() => {}
+            }
+        }
+    }
+
+    /// The records of `ids`, each of which must be a child of this process:
+    /// only a child's end can satisfy a wait, ended or not (an ended process
+    /// elsewhere is not this run's to read).
+    async fn children_records(&self, ids: &[String]) -> Result<Vec<ProcessRecord>> {
+        let children = futures::future::try_join_all(ids.iter().map(|id| self.inner.registry.get(id))).await?;
+        if let Some(other) = children.iter().find(|c| {
+            c.provenance
+                .caused_by
+                .as_ref()
+                .and_then(crate::model::CausalRef::parent_process)
+                != Some(self.process_id())
+        }) {
+            return Err(CairnError::InvalidRequest(format!(
+                "`{}` is not a child of `{}`: only a process's own children can be awaited",
+                other.id,
+                self.process_id()
+            )));
+        }
+        Ok(children)
+    }
+
+    /// Wait for the first of several conditions: the `ordinal`-th signal of
+    /// each name in `signals`, or, when given, the children wait `children`
+    /// (its ids, mode and number, as in
+    /// [`wait_children_until`](Self::wait_children_until)), until `until_ms`
+    /// (part of the wait's identity, as in
+    /// [`wait_signal_until`](Self::wait_signal_until)). For a runner that
+    /// races waits (a script's `Promise.race`). One wait is recorded: the
+    /// children wait, else the first signal's, either also ended by the next
+    /// signal of the other names ([`WaitRequest::signals`]); as with every
+    /// wait, a `rerunnable` process suspends (`Err`, the run returns).
+    pub async fn wait_first(
+        &self,
+        signals: &[(String, u64)],
+        children: Option<(&[String], ChildrenMode, u64)>,
+        until_ms: Option<u64>,
+    ) -> Result<FirstOf> {
+        let names = |from: &[(String, u64)]| from.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        let mut wait = match (children, signals.split_first()) {
+            (Some((ids, mode, ordinal)), _) => {
+                WaitRequest::children(ids.to_vec(), mode, ordinal, None).or_signals(names(signals))
+            }
+            (None, Some(((name, ordinal), rest))) => {
+                WaitRequest::signal(name, (*ordinal).max(1), None).or_signals(names(rest))
+            }
+            (None, None) => return Err(CairnError::InvalidRequest("a wait for the first of nothing".into())),
+        };
+        let types = signals
+            .iter()
+            .map(|(n, _)| events::signal_event_type(n))
+            .collect::<Result<Vec<_>>>()?;
+        let deadline = Deadline::At(until_ms);
+        loop {
+            let log = self.read_log().await?;
+            let seen = log.last().map_or(0, |e| e.sequence);
+            let matching = |t: &str| {
+                log.iter()
+                    .rev()
+                    .find(|e| e.event_type == t && wait.matches(&e.payload) && deadline.names(&e.payload))
+            };
+            let waited = matching(events::WAITING);
+            let resumed = matching(events::RESUMED);
+            if resumed.is_some_and(|e| e.payload.get("reason").and_then(Value::as_str) == Some("timed_out")) {
+                return Ok(FirstOf::TimedOut);
+            }
+            for (i, ((_, ordinal), t)) in signals.iter().zip(&types).enumerate() {
+                let index = usize::try_from(ordinal.max(&1) - 1).unwrap_or(usize::MAX);
+                if let Some(signal) = log.iter().filter(|e| e.event_type == *t).nth(index) {
+                    if waited.is_some() && resumed.is_none() {
+                        self.resume(&wait, "signal").await?;
+                    }
+                    return Ok(FirstOf::Signal(i, signal.payload.clone()));
+                }
+            }
+            let mut pending_children = Vec::new();
+            if let Some((ids, mode, _)) = children {
+                let records = self.children_records(ids).await?;
+                if children_satisfied(&records, mode) {
+                    if waited.is_some() && resumed.is_none() {
+                        self.resume(&wait, "children").await?;
+                    }
+                    return Ok(FirstOf::Children(records));
+                }
+                pending_children = records.into_iter().filter(|r| !r.is_terminal()).map(|r| r.id).collect();
+            }
+            self.check_stopped("the first of several waits")?;
+            match self.pend(&mut wait, waited, deadline, seen).await? {
+                Pending::TimedOut => return Ok(FirstOf::TimedOut),
+                Pending::ReadAgain => continue,
+                Pending::Hold => {}
+            }
+            // An owner-bound run waits here, holding its lease, for any of
+            // the signals or the pending children; the loop then decides again.
+            let id = self.process_id().to_string();
+            let mut arrivals: Vec<futures::future::BoxFuture<'_, Result<()>>> = Vec::new();
+            for t in &types {
+                let (awaiter, id) = (self.inner.awaiter.clone(), id.clone());
+                arrivals.push(Box::pin(
+                    async move { awaiter.await_event(&id, t, seen).await.map(|_| ()) },
+                ));
+            }
+            for child in pending_children {
+                let awaiter = self.inner.awaiter.clone();
+                arrivals.push(Box::pin(
+                    async move { awaiter.await_terminal(&child).await.map(|_| ()) },
+                ));
+            }
+            let first = futures::future::select_all(arrivals);
+            let left = wait
+                .until_ms
+                .map(|t| Duration::from_millis(t.saturating_sub(self.now_ms())));
+            tokio::select! {
+                r = wait_with_timeout(first, left) => match r {
+                    Some((r, _, _)) => { r?; }
+                    None => {
+                        self.resume(&wait, "timed_out").await?;
+                        return Ok(FirstOf::TimedOut);
                     }
                 },
                 _ = self.stopped() => {}
@@ -676,6 +780,26 @@ impl ToolContext {
                 None => return Ok(all),
             }
         }
+    }
+}
+
+/// What ended a [`ToolContext::wait_first`].
+#[derive(Clone, Debug)]
+pub enum FirstOf {
+    /// The awaited signal of `signals[i]` came: its payload.
+    Signal(usize, Value),
+    /// The children wait was satisfied: the children's records, in the order of its ids.
+    Children(Vec<ProcessRecord>),
+    /// The deadline passed first.
+    TimedOut,
+}
+
+/// Whether `children`'s ends satisfy a wait of `mode`.
+fn children_satisfied(children: &[ProcessRecord], mode: ChildrenMode) -> bool {
+    let ended = |r: &ProcessRecord| r.is_terminal();
+    match mode {
+        ChildrenMode::All => children.iter().all(ended),
+        ChildrenMode::Any => children.iter().any(ended),
     }
 }
 

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cairn_core::script::{SCRIPT_CALL, SCRIPT_LOG, SCRIPT_RESULT};
-use cairn_core::{CairnError, Module, Outcome, Result, StopReason, ToolContext};
+use cairn_core::{CairnError, FirstOf, Module, Outcome, Result, StopReason, ToolContext};
 use serde_json::{json, Value};
 
 use engine::{Entry, Reply, Setup, Step, ABORT};
@@ -448,11 +448,10 @@ impl Driver<'_> {
     /// Wait for the first of the pending waits to settle and answer what
     /// settled: `Promise.race` and `Promise.all` over waits see each one
     /// settle in its own time. Every timer and timeout runs from its call's
-    /// journal time, and bounds the round: the round waits on the pending
-    /// children (any of them), else on the first pending signal, until the
-    /// earliest deadline among the others. A signal raced against a child, or
-    /// two signals against each other, are waited for in call order (§13's
-    /// wait kinds name one condition), each still bounded by the deadlines.
+    /// journal time. A round waits for the first of: any pending child to
+    /// end, the next untaken signal of each name a pending call waits for,
+    /// and the earliest deadline (a timer's, or a signal call's own); when
+    /// only timers are pending, for the earliest of them.
     async fn race(&mut self, pending: &[(u64, Value)]) -> std::result::Result<Vec<(u64, Value)>, Held> {
         let waits: Vec<&(u64, Value)> = pending.iter().filter(|(_, c)| is_wait(kind(c))).collect();
         if let Some(message) = &self.cancelled {
@@ -460,7 +459,7 @@ impl Driver<'_> {
             return Ok(waits.iter().map(|(n, _)| (*n, json!({"n": n, "error": e}))).collect());
         }
         // Each timer's due time and each signal's own deadline; a bad
-        // duration rejects its call now.
+        // duration or signal name rejects its call now.
         let mut answers = Vec::new();
         let mut timers: Vec<(u64, u64)> = Vec::new();
         let mut signals: Vec<(u64, &Value, Option<u64>)> = Vec::new();
@@ -470,13 +469,18 @@ impl Driver<'_> {
                     Ok(ms) => timers.push((*n, self.called_at(*n).saturating_add(ms))),
                     Err(e) => answers.push((*n, error_result(*n, &e))),
                 },
-                "wait_signal" => match call.get("timeout_ms") {
-                    None | Some(Value::Null) => signals.push((*n, call, None)),
-                    given => match millis(given, "ctx.waitSignal's timeoutMs") {
-                        Ok(ms) => signals.push((*n, call, Some(self.called_at(*n).saturating_add(ms)))),
+                "wait_signal" => {
+                    let own = match call.get("timeout_ms") {
+                        None | Some(Value::Null) => Ok(None),
+                        given => millis(given, "ctx.waitSignal's timeoutMs")
+                            .map(|ms| Some(self.called_at(*n).saturating_add(ms))),
+                    };
+                    match own.and_then(|own| cairn_core::events::validate_signal_name(signal_name(call)).map(|()| own))
+                    {
+                        Ok(own) => signals.push((*n, call, own)),
                         Err(e) => answers.push((*n, error_result(*n, &e))),
-                    },
-                },
+                    }
+                }
                 _ => {}
             }
         }
@@ -488,72 +492,65 @@ impl Driver<'_> {
             .filter(|(_, c)| matches!(kind(c), "tool" | "turn" | "wait"))
             .map(|w| (*w).clone())
             .collect();
-        // The condition this round waits on: the children, or the first signal,
-        // whichever was called first.
-        let first_child = children.first().map(|(n, _)| *n);
-        let first_signal = signals.first().map(|(n, _, _)| *n);
-        let on_signal = match (first_child, first_signal) {
-            (Some(c), Some(s)) => s < c,
-            (None, Some(_)) => true,
-            _ => false,
-        };
-        let others_due = |skip: Option<u64>| {
-            timers
-                .iter()
-                .map(|(_, due)| *due)
-                .chain(
-                    signals
-                        .iter()
-                        .filter(|(n, _, _)| Some(*n) != skip)
-                        .filter_map(|(_, _, d)| *d),
-                )
-                .min()
-        };
-        if on_signal {
-            let (n, call, own) = signals[0];
-            let until = [own, others_due(Some(n))].into_iter().flatten().min();
-            answers.extend(self.signal_wait(n, signal_name(call), until, own).await?);
-            if answers.is_empty() {
-                answers.extend(self.settle_due(&timers, &signals[1..]).await?);
-            }
-        } else if !children.is_empty() {
-            let until = others_due(None);
-            answers.extend(self.wait_children(&children, until).await?);
-            if answers.is_empty() {
-                answers.extend(self.settle_due(&timers, &signals).await?);
-            }
-        } else if let Some(&(n, due)) = timers.iter().min_by_key(|(_, due)| *due) {
+        if children.is_empty() && signals.is_empty() {
+            let Some(&(n, due)) = timers.iter().min_by_key(|(_, due)| *due) else {
+                return Ok(answers);
+            };
             let left = Duration::from_millis(due.saturating_sub(self.ctx.now_ms()));
-            match self.ctx.sleep_nth(n, left).await {
-                Ok(()) => answers.extend(self.settle_due(&timers, &[]).await?),
-                slept => answers.push(self.answered(n, slept.map(|()| Value::Null))?),
+            return match self.ctx.sleep_nth(n, left).await {
+                Ok(()) => self.settle_due(&timers, &[]).await,
+                slept => Ok(vec![self.answered(n, slept.map(|()| Value::Null))?]),
+            };
+        }
+        // The first pending call of each signal name: a later call of the
+        // same name waits its turn (the signal after the one this one takes).
+        let mut firsts: Vec<(u64, String, u64)> = Vec::new();
+        for (n, call, _) in &signals {
+            let name = signal_name(call);
+            if !firsts.iter().any(|(_, f, _)| f == name) {
+                let ordinal = self.taken.get(name).copied().unwrap_or(0) + 1;
+                firsts.push((*n, name.to_string(), ordinal));
+            }
+        }
+        let until = timers
+            .iter()
+            .map(|(_, due)| *due)
+            .chain(signals.iter().filter_map(|(_, _, own)| *own))
+            .min();
+        let ids = self.child_ids(&children);
+        // Each round of waiting answers at least one call, so the number of
+        // calls answered names the round, the same in every activation.
+        let round = self.answered.len() as u64 + 1;
+        let awaited: Vec<(String, u64)> = firsts.iter().map(|(_, name, o)| (name.clone(), *o)).collect();
+        let on_children = (!ids.is_empty()).then_some((ids.as_slice(), cairn_core::model::ChildrenMode::Any, round));
+        match self.ctx.wait_first(&awaited, on_children, until).await {
+            Ok(FirstOf::Signal(i, payload)) => {
+                let (n, name, ordinal) = &firsts[i];
+                *self.taken.entry(name.clone()).or_insert(0) += 1;
+                answers.push((*n, json!({"n": n, "value": payload, "signal": ordinal})));
+            }
+            Ok(FirstOf::Children(records)) => answers.extend(child_answers(&children, records)),
+            Ok(FirstOf::TimedOut) => answers.extend(self.settle_due(&timers, &signals).await?),
+            Err(_) if self.ctx.is_stopped() => return Err(Held::Stopped),
+            // A bad id (not a child of this process): that call rejects.
+            Err(e) => {
+                let n = children.first().map_or(firsts[0].0, |(n, _)| *n);
+                answers.push((n, error_result(n, &e)));
             }
         }
         Ok(answers)
     }
 
-    /// Wait for the first signal `name` no earlier call took, until `until`;
-    /// the answer of call `n` when that settles it (the signal's payload, or
-    /// null once its own deadline `own` passed), none when `until` was
-    /// another wait's deadline. A call that timed out takes no signal, so the
-    /// signal is chosen now (not when the call was made): the next call of
-    /// that name gets the next signal nobody took.
-    async fn signal_wait(
-        &mut self,
-        n: u64,
-        name: &str,
-        until: Option<u64>,
-        own: Option<u64>,
-    ) -> std::result::Result<Option<(u64, Value)>, Held> {
+    /// Settle call `n`, whose own deadline `own` passed: the first signal
+    /// `name` no earlier call took if it came by then, else null.
+    async fn signal_wait(&mut self, n: u64, name: &str, own: Option<u64>) -> std::result::Result<(u64, Value), Held> {
         let ordinal = self.taken.get(name).copied().unwrap_or(0) + 1;
-        match self.ctx.wait_signal_until(name, ordinal, until).await {
+        match self.ctx.wait_signal_until(name, ordinal, own).await {
             Ok(Some(payload)) => {
                 *self.taken.entry(name.to_string()).or_insert(0) += 1;
-                Ok(Some((n, json!({"n": n, "value": payload, "signal": ordinal}))))
+                Ok((n, json!({"n": n, "value": payload, "signal": ordinal})))
             }
-            // Timed out at another wait's deadline: this one is still pending.
-            Ok(None) if until != own => Ok(None),
-            waited => self.answered(n, waited.map(|_| Value::Null)).map(Some),
+            waited => self.answered(n, waited.map(|_| Value::Null)),
         }
     }
 
@@ -583,64 +580,21 @@ impl Driver<'_> {
             answers.push(self.answered(n, slept)?);
         }
         for &(n, call, own) in signals.iter().filter(|(_, _, d)| d.is_some_and(|d| d <= now)) {
-            answers.extend(self.signal_wait(n, signal_name(call), own, own).await?);
+            answers.push(self.signal_wait(n, signal_name(call), own).await?);
         }
         Ok(answers)
     }
 
-    /// Wait for any of the pending children until `until`; the results of the
-    /// calls whose child ended (`tool` rejects unless it succeeded; `wait`
-    /// never rejects), none when the deadline passed first.
-    async fn wait_children(
-        &self,
-        calls: &[(u64, Value)],
-        until: Option<u64>,
-    ) -> std::result::Result<Vec<(u64, Value)>, Held> {
-        let ids: Vec<String> = calls
+    /// The ids of the children pending calls wait for: a `ctx.tool` or
+    /// `ctx.turn` call's own child, the id a `ctx.wait` names.
+    fn child_ids(&self, calls: &[(u64, Value)]) -> Vec<String> {
+        calls
             .iter()
             .map(|(n, c)| match kind(c) {
                 "wait" => c.get("id").and_then(Value::as_str).unwrap_or("").to_string(),
                 _ => self.child_id(*n),
             })
-            .collect();
-        // Each round of waiting answers at least one call, so the number of
-        // calls answered names the round, the same in every activation.
-        let round = self.answered.len() as u64 + 1;
-        let records = match self
-            .ctx
-            .wait_children_until(&ids, cairn_core::model::ChildrenMode::Any, round, until)
-            .await
-        {
-            Ok(Some(r)) => r,
-            Ok(None) => return Ok(Vec::new()),
-            Err(_) if self.ctx.is_stopped() => return Err(Held::Stopped),
-            // A bad id (not a child of this process): that call rejects.
-            Err(e) => return Ok(calls.iter().take(1).map(|(n, _)| (*n, error_result(*n, &e))).collect()),
-        };
-        let mut answers = Vec::new();
-        for ((n, call), record) in calls.iter().zip(records) {
-            let Some(outcome) = record.outcome else { continue };
-            let result = if kind(call) == "wait" {
-                json!({"n": n, "value": outcome})
-            } else {
-                match outcome {
-                    Outcome::Success { value } => json!({"n": n, "value": value}),
-                    Outcome::Failure {
-                        class, code, message, ..
-                    } => {
-                        json!({"n": n, "error": {"class": class, "code": code, "message": message}})
-                    }
-                    Outcome::Cancelled { message, .. } => {
-                        json!({"n": n, "error": {"class": "cairn", "code": "cancelled", "message": message}})
-                    }
-                    Outcome::Abandoned { .. } => json!({"n": n, "error": {
-                        "class": "cairn", "code": "abandoned", "message": format!("child `{}` was abandoned", record.id)
-                    }}),
-                }
-            };
-            answers.push((*n, result));
-        }
-        Ok(answers)
+            .collect()
     }
 }
 
@@ -658,6 +612,36 @@ fn millis(given: Option<&Value>, what: &str) -> Result<u64> {
             given.map_or_else(|| "nothing".to_string(), Value::to_string)
         ))),
     }
+}
+
+/// The results of the calls whose child ended (`tool` and `turn` reject
+/// unless it succeeded; `wait` never rejects), from the children's records in
+/// the order of the calls.
+fn child_answers(calls: &[(u64, Value)], records: Vec<cairn_core::ProcessRecord>) -> Vec<(u64, Value)> {
+    let mut answers = Vec::new();
+    for ((n, call), record) in calls.iter().zip(records) {
+        let Some(outcome) = record.outcome else { continue };
+        let result = if kind(call) == "wait" {
+            json!({"n": n, "value": outcome})
+        } else {
+            match outcome {
+                Outcome::Success { value } => json!({"n": n, "value": value}),
+                Outcome::Failure {
+                    class, code, message, ..
+                } => {
+                    json!({"n": n, "error": {"class": class, "code": code, "message": message}})
+                }
+                Outcome::Cancelled { message, .. } => {
+                    json!({"n": n, "error": {"class": "cairn", "code": "cancelled", "message": message}})
+                }
+                Outcome::Abandoned { .. } => json!({"n": n, "error": {
+                    "class": "cairn", "code": "abandoned", "message": format!("child `{}` was abandoned", record.id)
+                }}),
+            }
+        };
+        answers.push((*n, result));
+    }
+    answers
 }
 
 /// The signal name of a `wait_signal` call.

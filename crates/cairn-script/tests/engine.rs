@@ -806,3 +806,69 @@ async fn a_timed_out_signal_wait_takes_no_signal() {
     let rec = p.await_output("bx", Duration::from_secs(10)).await.unwrap();
     assert_eq!(rec.outcome, Some(Outcome::success(json!(["one", "two"]))));
 }
+
+/// A signal raced against a child, or against another signal, settles with
+/// whichever comes first: the one wait recorded names every condition.
+#[tokio::test]
+async fn a_race_of_a_signal_against_a_child_or_another_signal_settles_with_the_first() {
+    let p = runtime_with_gate();
+    let m = put(
+        &p,
+        r#"export async function childWins(ctx) {
+            return await Promise.race([
+                ctx.waitSignal("a").then(v => ({a: v})),
+                ctx.tool("gate", {fail: "quick"}).catch(e => ({child: e.code})),
+            ]);
+        }
+        export async function signalWins(ctx) {
+            // One gate run waits at a barrier of three: it never ends here.
+            return await Promise.race([ctx.tool("gate", {v: 1}), ctx.waitSignal("a").then(v => ({a: v}))]);
+        }
+        export async function secondSignal(ctx) {
+            const a = ctx.waitSignal("a");
+            const first = await Promise.race([a.then(v => ({a: v})), ctx.waitSignal("b").then(v => ({b: v}))]);
+            await ctx.emit("raced", {first});
+            return {first, later: await a};
+        }"#,
+    )
+    .await;
+    let rec = run(&p, script("cw", &m, "childWins", json!({}))).await;
+    assert_eq!(rec.outcome, Some(Outcome::success(json!({"child": "quick"}))));
+
+    p.start(script("sw", &m, "signalWins", json!({}))).await.unwrap();
+    let waiting = p
+        .await_event("sw", "process.waiting", 0, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(waiting.payload["kind"], "children");
+    assert_eq!(waiting.payload["signals"], json!(["a"]));
+    p.signal("sw", "a", "a1", json!("A")).await.unwrap();
+    let rec = p.await_output("sw", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(rec.outcome, Some(Outcome::success(json!({"a": "A"}))));
+    let resumed: Vec<Value> = events(&p, "sw", "process.resumed").await;
+    assert_eq!(
+        resumed[0]["reason"], "signal",
+        "a children wait ended by its signal says so"
+    );
+
+    let start = script("ss", &m, "secondSignal", json!({})).with_event_type(cairn_core::EventType::plain("raced"));
+    p.start(start).await.unwrap();
+    let waiting = p
+        .await_event("ss", "process.waiting", 0, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        (&waiting.payload["name"], &waiting.payload["signals"]),
+        (&json!("a"), &json!(["b"]))
+    );
+    p.signal("ss", "b", "b1", json!("B")).await.unwrap();
+    p.await_event("ss", "raced", 0, Duration::from_secs(10)).await.unwrap();
+    p.signal("ss", "a", "a1", json!("A")).await.unwrap();
+    let rec = p.await_output("ss", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::success(json!({"first": {"b": "B"}, "later": "A"})))
+    );
+    let resumed: Vec<Value> = events(&p, "ss", "process.resumed").await;
+    assert_eq!(resumed[0]["reason"], "signal");
+}

@@ -280,6 +280,7 @@ mod tests {
             until_ms: Some(7),
             ids: None,
             mode: None,
+            signals: None,
             woken: Some("signal".into()),
             since_ms: 6,
         });

@@ -383,6 +383,16 @@ impl Op {
         if wait.kind == "signal" {
             events::validate_signal_name(wait.name.as_deref().unwrap_or_default())?;
         }
+        if let Some(names) = &wait.signals {
+            if wait.kind == "timer" || names.is_empty() || names.len() > MAX_AWAITED_CHILDREN {
+                return Err(CairnError::InvalidRequest(format!(
+                    "a signal or children wait may also name 1 to {MAX_AWAITED_CHILDREN} signals (`signals`); a timer none"
+                )));
+            }
+            for name in names {
+                events::validate_signal_name(name)?;
+            }
+        }
         if wait.kind == "timer" && wait.until_ms.is_none() {
             return Err(CairnError::InvalidRequest("a timer wait needs `until_ms`".into()));
         }
@@ -970,6 +980,7 @@ fn wait<T: WriteTx + ?Sized>(tx: &mut T, lease: &Lease, wait: &WaitRequest, seen
             until_ms: wait.until_ms,
             ids: wait.ids.clone(),
             mode: wait.mode,
+            signals: wait.signals.clone(),
             woken: None,
             since_ms: now,
         };

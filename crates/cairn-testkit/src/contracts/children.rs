@@ -376,3 +376,59 @@ pub async fn tree_cancel_races_child_starts(factory: &dyn StoreFactory) {
         assert_eq!(cancel_reason(&r), Some("race"), "{} escaped the cancel: {r:?}", r.id);
     }
 }
+
+/// A wait may also name other signals (`signals`): the next signal of any of
+/// them wakes a signal wait or a children wait, and the claim records reason
+/// `signal`; a child's end after that writes nothing more to the parent. A
+/// timer wait may name none.
+pub async fn a_wait_naming_other_signals_wakes_on_any_of_them(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    h.register(rerunnable("p")).await;
+    let either = WaitRequest::signal("a", 1, None).or_signals(vec!["b".into()]);
+    assert!(try_suspend(&h, "p", either).await);
+    assert_eq!(
+        h.get("p").await.wait.and_then(|w| w.signals),
+        Some(vec!["b".to_string()])
+    );
+    h.append("p", signal("other", "s0", json!(0))).await;
+    assert!(claimed_ids(&h).await.is_empty(), "another name wakes nothing");
+    h.append("p", signal("b", "s1", json!("B"))).await;
+    assert_eq!(claimed_ids(&h).await, ["p"]);
+    let last = log(&h, "p").await.last().cloned().expect("a log");
+    assert_eq!((last.event_type.as_str(), reason(&last)), (ev::RESUMED, Some("signal")));
+    assert_eq!(last.payload["signals"], json!(["b"]));
+
+    h.register(rerunnable("q")).await;
+    h.register(external_child_of("q", "q/1")).await;
+    let child_or_signal =
+        WaitRequest::children(ids(&["q/1"]), ChildrenMode::Any, 1, None).or_signals(vec!["go".into()]);
+    assert!(try_suspend(&h, "q", child_or_signal).await);
+    h.append("q", signal("go", "g1", json!(1))).await;
+    assert_eq!(claimed_ids(&h).await, ["q"]);
+    let last = log(&h, "q").await.last().cloned().expect("a log");
+    assert_eq!(
+        (last.event_type.as_str(), reason(&last)),
+        (ev::RESUMED, Some("signal")),
+        "the children wait ended by its signal"
+    );
+    let before = h.get("q").await.last_sequence;
+    finish(&h, "q/1").await;
+    assert_eq!(h.get("q").await.last_sequence, before, "the child's end finds no wait");
+
+    h.register(rerunnable("t")).await;
+    let (lease, rec) = h.claim_started("t", "w1", TTL).await;
+    let timer = WaitRequest::timer(1, h.now() + 1_000).or_signals(vec!["go".into()]);
+    h.rejects(
+        "invalid_request",
+        "a timer naming signals",
+        h.registry().wait(&lease, timer, rec.last_sequence),
+    )
+    .await;
+    let bad = WaitRequest::signal("a", 1, None).or_signals(vec!["no spaces".into()]);
+    h.rejects(
+        "invalid_signal_name",
+        "a wait naming a bad signal name",
+        h.registry().wait(&lease, bad, rec.last_sequence),
+    )
+    .await;
+}

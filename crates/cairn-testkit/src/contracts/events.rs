@@ -559,6 +559,7 @@ pub async fn wait_state_is_folded(factory: &dyn StoreFactory) {
             until_ms: None,
             ids: None,
             mode: None,
+            signals: None,
             woken: None,
             since_ms: h.now(),
         })

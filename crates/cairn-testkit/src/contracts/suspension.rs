@@ -171,6 +171,7 @@ pub async fn wait_refuses_a_stale_view(factory: &dyn StoreFactory) {
                 until_ms: None,
                 ids: None,
                 mode: None,
+                signals: None,
             },
             seen,
         ),
