@@ -379,6 +379,12 @@ impl AdminTx for Tx<'_> {
                     status: r.status,
                     terminal_at_ms,
                     change_cursor: e.change_cursor,
+                    parent: r
+                        .provenance
+                        .caused_by
+                        .as_ref()
+                        .and_then(crate::model::CausalRef::parent_process)
+                        .map(str::to_string),
                 })
             })
             .collect())

@@ -949,6 +949,10 @@ pub struct PruneReport {
     pub wakes_deleted: u64,
     /// Terminal processes older than the cutoff kept because the watermark has not passed them.
     pub held_by_watermark: u64,
+    /// Terminal children older than the cutoff kept because their parent still
+    /// runs: it may yet read how they ended (a script's `ctx.wait`).
+    #[serde(default)]
+    pub held_by_running_parent: u64,
 }
 
 /// One entry of the change feed: a record at the cursor of its latest change.

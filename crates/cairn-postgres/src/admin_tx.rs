@@ -143,7 +143,7 @@ impl AdminTx for Admin<'_> {
         let tx = self.tx;
         let rows = tx
             .query(
-                "SELECT id, status, terminal_at_ms, change_cursor FROM processes \
+                "SELECT id, status, terminal_at_ms, change_cursor, caused_by FROM processes \
                  WHERE terminal_at_ms IS NOT NULL AND terminal_at_ms < $1::int8 AND status <> 'running' \
                  AND ($2::text IS NULL OR status = $2::text) ORDER BY id FOR UPDATE",
                 &[&to_sql(cutoff_ms), &status_label(status)],
@@ -161,6 +161,7 @@ impl AdminTx for Admin<'_> {
                     status,
                     terminal_at_ms: from_sql(row.try_get(2).map_err(|e| self.pg(e))?),
                     change_cursor: from_sql(row.try_get(3).map_err(|e| self.pg(e))?),
+                    parent: row.try_get(4).map_err(|e| self.pg(e))?,
                 })
             })
             .collect()

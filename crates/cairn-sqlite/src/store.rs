@@ -849,7 +849,7 @@ pub(crate) fn grant_state(conn: &Connection, id: &str) -> R<(bool, bool)> {
 /// Terminal processes whose terminal time is before `cutoff_ms`, from the prune index.
 pub(crate) fn prune_candidates(conn: &Connection, cutoff_ms: u64, status: StatusFilter) -> R<Vec<PruneCandidate>> {
     let mut sql = String::from(
-        "SELECT id, status, terminal_at_ms, change_cursor FROM processes
+        "SELECT id, status, terminal_at_ms, change_cursor, caused_by FROM processes
          WHERE terminal_at_ms IS NOT NULL AND terminal_at_ms < ?1 AND status <> 'running'",
     );
     let mut args = vec![SqlValue::Integer(to_sql(cutoff_ms))];
@@ -865,11 +865,12 @@ pub(crate) fn prune_candidates(conn: &Connection, cutoff_ms: u64, status: Status
                 r.get::<_, String>(1)?,
                 r.get::<_, i64>(2)?,
                 r.get::<_, i64>(3)?,
+                r.get::<_, Option<String>>(4)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     rows.into_iter()
-        .map(|(id, status, terminal_at, cursor)| {
+        .map(|(id, status, terminal_at, cursor, parent)| {
             let status = ProcessStatus::parse(&status)
                 .ok_or_else(|| CairnError::storage(format!("process `{id}` has an unknown status `{status}`")))?;
             Ok(PruneCandidate {
@@ -877,6 +878,7 @@ pub(crate) fn prune_candidates(conn: &Connection, cutoff_ms: u64, status: Status
                 status,
                 terminal_at_ms: from_sql(terminal_at),
                 change_cursor: from_sql(cursor),
+                parent,
             })
         })
         .collect()

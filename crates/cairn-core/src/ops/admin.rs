@@ -24,6 +24,8 @@ pub struct PruneCandidate {
     pub terminal_at_ms: u64,
     /// The change-feed position of its last change (held back by a cursor watermark).
     pub change_cursor: u64,
+    /// The process that started it (`caused_by`), if one did.
+    pub parent: Option<String>,
 }
 
 /// What deleting pruned processes removed beside them.
@@ -139,7 +141,8 @@ pub async fn delete_session<T: AdminTx + ?Sized>(tx: &mut T, session_id: &str) -
 }
 
 /// Delete terminal processes older than the cutoff, except those a cursor
-/// watermark holds back, leaving tombstones. `status` is checked by
+/// watermark holds back and children whose parent still runs (it may yet
+/// read how they ended), leaving tombstones. `status` is checked by
 /// [`crate::registry::prune_status`].
 pub async fn prune<T: AdminTx + ?Sized>(
     tx: &mut T,
@@ -156,6 +159,25 @@ pub async fn prune<T: AdminTx + ?Sized>(
         }
         _ => true,
     });
+    let mut parents: Vec<String> = victims.iter().filter_map(|v| v.parent.clone()).collect();
+    parents.sort();
+    parents.dedup();
+    if !parents.is_empty() {
+        let running: std::collections::HashSet<String> = tx
+            .grant_states(&parents)
+            .await?
+            .into_iter()
+            .filter(|s| s.running)
+            .map(|s| s.id)
+            .collect();
+        victims.retain(|v| match &v.parent {
+            Some(p) if running.contains(p) => {
+                report.held_by_running_parent += 1;
+                false
+            }
+            _ => true,
+        });
+    }
     if victims.is_empty() {
         return Ok(report);
     }

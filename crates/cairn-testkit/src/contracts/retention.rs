@@ -341,3 +341,35 @@ pub async fn env_store_round_trip(factory: &dyn StoreFactory) {
     h.rejects("unknown_env", "missing env", h.registry().get_env(&missing))
         .await;
 }
+
+/// A terminal child stays while its parent runs (the parent may yet read how
+/// it ended), counted as `held_by_running_parent`; once the parent has ended,
+/// both go.
+pub async fn prune_keeps_the_ended_children_of_a_running_parent(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    h.register(external("parent")).await;
+    let mut child = external("parent/1");
+    child.provenance.caused_by = Some(cairn_core::model::CausalRef::process("parent"));
+    h.register(child).await;
+    finish(&h, "parent/1").await;
+    h.advance(10);
+    let report = ok(
+        h.registry()
+            .prune(h.now(), StatusFilter::Any, Watermark::NoProjector)
+            .await,
+        "prune",
+    );
+    assert_eq!((report.pruned, report.held_by_running_parent), (0, 1), "{report:?}");
+    assert_eq!(h.get("parent/1").await.status, ProcessStatus::Completed);
+    finish(&h, "parent").await;
+    h.advance(10);
+    let report = ok(
+        h.registry()
+            .prune(h.now(), StatusFilter::Any, Watermark::NoProjector)
+            .await,
+        "prune after the parent ended",
+    );
+    assert_eq!((report.pruned, report.held_by_running_parent), (2, 0), "{report:?}");
+    h.rejects("no_longer_retained", "the child pruned", h.registry().get("parent/1"))
+        .await;
+}

@@ -760,12 +760,13 @@ async fn prune(client: &Client, json: bool, args: PruneArgs) -> Result<ExitCode,
         print_json(&report);
     } else {
         println!(
-            "pruned {} processes ({} events, {} grants, {} wakes); {} held by the watermark",
+            "pruned {} processes ({} events, {} grants, {} wakes); {} held by the watermark, {} by a running parent",
             num_at(&report, "/pruned"),
             num_at(&report, "/events_deleted"),
             num_at(&report, "/grants_deleted"),
             num_at(&report, "/wakes_deleted"),
             num_at(&report, "/held_by_watermark"),
+            num_at(&report, "/held_by_running_parent"),
         );
     }
     Ok(ExitCode::SUCCESS)
