@@ -64,8 +64,13 @@ async fn session_tokens_see_only_their_grants() {
     }
     let (s, page) = s1.get("/v1/processes?status=any").await;
     assert_eq!((s, page["processes"].clone()), (200, json!([])));
-    let (s, page) = s1.get("/v1/processes?status=any&granted_to=s2").await;
-    assert_eq!((s, page["processes"].clone()), (200, json!([])));
+    // Another session's grants are its state, refused like its wakes.
+    let (s, err) = s1.get("/v1/processes?status=any&granted_to=s2").await;
+    assert_eq!((s, code(&err)), (403, "forbidden"));
+    let (s, err) = s1.get("/v1/sessions/s2/wakes").await;
+    assert_eq!((s, code(&err)), (403, "forbidden"));
+    let (s, page) = s1.get("/v1/processes?status=any&granted_to=s1").await;
+    assert_eq!(s, 200, "its own lens: {page}");
     // The provenance lens is host-only: 403, as the README says, for any session named.
     for lens in ["originated_by=s2", "originated_by=s1"] {
         let (s, err) = s1.get(&format!("/v1/processes?{lens}")).await;

@@ -295,11 +295,8 @@ pub async fn list(
             ));
         }
         if granted_to.as_ref().is_some_and(|g| *g != own.session_id) {
-            return Ok(Json(ListPage {
-                processes: Vec::new(),
-                grants: Some(Vec::new()),
-                next_after_id: None,
-            }));
+            // Another session's grants are its state: 403, as its wakes are.
+            return Err(ApiError::forbidden("a session token may only address its own session"));
         }
         granted_to = Some(own.session_id);
     }
