@@ -208,7 +208,8 @@ pub enum DedupeKey {
     /// `{process_id}:{sequence}`: every event wakes once.
     #[default]
     EventIdentity,
-    /// Rendered from the payload.
+    /// Rendered from the payload; an event whose payload holds no value there
+    /// wakes once by its identity, as [`DedupeKey::EventIdentity`].
     Selector(Selector),
     /// A literal: the process wakes its target once for this type.
     Const(String),

@@ -306,9 +306,12 @@ fn resolve_wake(t: &EventType, process_id: &str, sequence: u64, payload: &Value)
             return None;
         }
     }
+    let identity = || format!("{process_id}:{sequence}");
     let dedupe_key = match &spec.dedupe_key {
-        DedupeKey::EventIdentity => format!("{process_id}:{sequence}"),
-        DedupeKey::Selector(sel) => render_text(sel.select(payload).as_ref()),
+        DedupeKey::EventIdentity => identity(),
+        // A key the payload does not hold dedupes nothing: the event wakes
+        // once by its identity, rather than every such event sharing "".
+        DedupeKey::Selector(sel) => sel.select(payload).map_or_else(identity, |v| render_text(Some(&v))),
         DedupeKey::Const(s) => s.clone(),
     };
     Some(ResolvedWake {
@@ -712,4 +715,29 @@ pub fn external_completion(id: &str, outcome: &Outcome, authority: &str) -> Resu
         events::terminal_event_type(outcome.state()),
         terminal_payload(outcome, Some(("completed_by", json!(authority)))),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Selector, SemanticsSpec, WakeSpec};
+
+    /// A dedupe key read from the payload dedupes events that carry the same
+    /// key; an event whose payload lacks it wakes by its own identity.
+    #[test]
+    fn a_dedupe_key_the_payload_lacks_falls_back_to_the_event() {
+        let t = EventType::plain("note").with_semantics(SemanticsSpec {
+            terminal: None,
+            wake: Some(WakeSpec {
+                when: None,
+                input: Selector::Const("hi".into()),
+                dedupe_key: DedupeKey::Selector(Selector::Pointer("/key".into())),
+            }),
+        });
+        let key = |seq, payload: Value| resolve_wake(&t, "p", seq, &payload).map(|w| w.dedupe_key);
+        assert_eq!(key(3, json!({"key": "k1"})), Some("k1".into()));
+        assert_eq!(key(4, json!({"key": "k1"})), Some("k1".into()));
+        assert_eq!(key(5, json!({})), Some("p:5".into()));
+        assert_eq!(key(6, json!({"other": 1})), Some("p:6".into()));
+    }
 }
