@@ -220,6 +220,15 @@ fn record_panel(r: &ProcessRecord) -> Markup {
                             }
                         }
                     }
+                    @if let Some(names) = &w.signals {
+                        p.wait-signals {
+                            "or a signal "
+                            @for (i, name) in names.iter().enumerate() {
+                                @if i > 0 { ", " }
+                                code { (name) }
+                            }
+                        }
+                    }
                 }
             }
             @if let Some(l) = &r.lease {

@@ -742,7 +742,8 @@ async fn the_modules_page_pages_by_ref() {
 }
 
 /// The waiting panel says what a wait is for in full: a signal's deadline,
-/// and which children a `children` wait waits for, linked.
+/// which children a `children` wait waits for, linked, and the other signals
+/// that also end it.
 #[tokio::test]
 async fn a_waiting_process_shows_its_deadline_and_the_children_it_waits_for() {
     use cairn_core::model::{ChildrenMode, WaitRequest};
@@ -757,7 +758,8 @@ async fn a_waiting_process_shows_its_deadline_and_the_children_it_waits_for() {
         ("by-signal", WaitRequest::signal("go", 1, Some(T0 + 60_000))),
         (
             "by-kids",
-            WaitRequest::children(vec!["kid-a".into(), "kid-b".into()], ChildrenMode::Any, 1, None),
+            WaitRequest::children(vec!["kid-a".into(), "kid-b".into()], ChildrenMode::Any, 1, None)
+                .or_signals(vec!["stop".into()]),
         ),
     ];
     for (id, wait) in waits {
@@ -781,6 +783,10 @@ async fn a_waiting_process_shows_its_deadline_and_the_children_it_waits_for() {
     let (_, html, _) = get(&app, "/ui/processes/by-kids", None).await;
     let panel = html.split("class=\"panel wait\"").nth(1).expect("a waiting panel");
     assert!(panel.contains("any of "), "{panel}");
+    assert!(
+        panel.contains("or a signal <code>stop</code>"),
+        "the other signals it waits for: {panel}"
+    );
     for kid in ["kid-a", "kid-b"] {
         assert!(
             panel.contains(&format!("href=\"/ui/processes/{kid}\"")),
