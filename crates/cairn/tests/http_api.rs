@@ -446,6 +446,13 @@ async fn external_process_append_wakes_complete_and_prune() {
     let wake = &wakes["wakes"][0];
     assert_eq!(wake["input"], "half way");
     let wake_id = wake["wake_id"].as_str().expect("wake id").to_string();
+    // The ack takes no fields: anything else is refused and acknowledges nothing.
+    let (s, err) = c
+        .post(&format!("/v1/sessions/s1/wakes/{wake_id}/ack"), json!({"bogus": 1}))
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+    let (_, still) = c.get("/v1/sessions/s1/wakes").await;
+    assert_eq!(still["wakes"][0]["wake_id"], json!(wake_id), "still pending");
     let (s, ack) = c.post(&format!("/v1/sessions/s1/wakes/{wake_id}/ack"), json!({})).await;
     assert_eq!((s, ack["acked"].as_bool()), (200, Some(true)));
     let (s, ack) = c.post(&format!("/v1/sessions/s1/wakes/{wake_id}/ack"), json!({})).await;

@@ -525,8 +525,8 @@ async fn session_isolation(transport: Transport) {
     }
     let listed = ok(&s2, &tools, "process_list", json!({"status": "any"})).await;
     assert_eq!(listed["processes"], json!([]), "s2 lists nothing of s1");
-    let listed = ok(&s2, &tools, "process_list", json!({"granted_to": "s1"})).await;
-    assert_eq!(listed["processes"], json!([]), "nor by naming s1");
+    let (code, _) = err(&s2, "process_list", json!({"granted_to": "s1"})).await;
+    assert_eq!(code, "forbidden", "naming s1 is refused, as its wakes are");
 
     // Nothing s2 tried changed s1's process: it still waits, unsignalled.
     let record = ok(&s1, &tools, "process_get", json!({"id": "mine"})).await;

@@ -62,6 +62,11 @@ pub struct CancelBody {
     pub reason: Option<String>,
 }
 
+/// Body of `POST /v1/sessions/{session_id}/wakes/{wake_id}/ack`: empty, or `{}`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckBody {}
+
 /// Body of `POST /v1/processes/{id}/complete`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -604,6 +609,7 @@ pub async fn wakes(
 /// `POST /v1/sessions/{session_id}/wakes/{wake_id}/ack`.
 #[utoipa::path(post, path = "/v1/sessions/{session_id}/wakes/{wake_id}/ack", tag = "sessions",
     params(("session_id" = String, Path, description = "Session id"), ("wake_id" = String, Path, description = "Wake id")),
+    request_body = AckBody,
     responses(
         (status = 200, description = "Acknowledged (or already acknowledged)", body = AckAnswer),
         (status = 404, description = "unknown_wake", body = ErrorSchema)))]
@@ -611,6 +617,8 @@ pub async fn ack_wake(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
     ApiPath((session_id, wake_id)): ApiPath<(String, String)>,
+    // Read only to refuse what is not an empty body or `{}`.
+    ApiJson(AckBody {}): ApiJson<AckBody>,
 ) -> ApiResult<Json<AckAnswer>> {
     caller.require_session(&session_id)?;
     Ok(Json(AckAnswer {
