@@ -6,7 +6,7 @@
 //! (`now`, `random`, `uuid`), or left pending for the driver to perform.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::Receiver;
@@ -113,6 +113,10 @@ unsafe impl rquickjs::allocator::Allocator for Heap {
 pub(crate) struct Journal {
     calls: BTreeMap<u64, Value>,
     results: BTreeMap<u64, Value>,
+    /// The results of calls the driver answered, in the order they were
+    /// answered, each with the batch it was delivered in (none in journals
+    /// written before results said so): a replay delivers them the same way.
+    order: Vec<(u64, Option<u64>)>,
     logs: u64,
 }
 
@@ -125,7 +129,11 @@ impl Journal {
                 (SCRIPT_CALL, Some(n)) => {
                     j.calls.insert(n, e.payload.clone());
                 }
-                (SCRIPT_RESULT, Some(n)) => {
+                (SCRIPT_RESULT, Some(n)) if !j.results.contains_key(&n) => {
+                    let answered_at_once = j.calls.get(&n).is_some_and(|c| is_sync(call_kind(c)));
+                    if !answered_at_once {
+                        j.order.push((n, e.payload.get("batch").and_then(Value::as_u64)));
+                    }
                     j.results.insert(n, e.payload.clone());
                 }
                 (SCRIPT_LOG, _) => j.logs += 1,
@@ -171,6 +179,10 @@ pub(crate) struct Setup {
     pub(crate) stop: Arc<AtomicU8>,
 }
 
+fn call_kind(call: &Value) -> &str {
+    call.get("kind").and_then(Value::as_str).unwrap_or("")
+}
+
 /// The calls answered at once (journaled with their value) rather than
 /// performed by the driver.
 fn is_sync(kind: &str) -> bool {
@@ -184,6 +196,11 @@ struct State {
     logs: u64,
     entries: Vec<Entry>,
     pending: BTreeMap<u64, Value>,
+    /// Pending calls whose results the journal holds: the replay delivers
+    /// them itself, in the batches and order they were first delivered.
+    held: BTreeSet<u64>,
+    /// How far into `journal.order` the replay has delivered.
+    replayed: usize,
     signal_counts: HashMap<String, u64>,
     fatal: Option<(String, String)>,
     cancelled: bool,
@@ -254,12 +271,20 @@ impl State {
                 let message = format!("call {n} replayed as {call} but the journal has {journaled}");
                 return self.set_fatal("nondeterminism", message);
             }
-            Some(_) => {
-                if let Some(result) = self.journal.results.get(&n) {
-                    return answer(kind, result);
-                }
-            }
+            Some(_) => {}
+            // A call refused before it was journaled (too large) has only its result.
+            None if self.journal.results.contains_key(&n) => {}
             None => self.entries.push(Entry::Call(n, call.clone())),
+        }
+        if let Some(result) = self.journal.results.get(&n) {
+            if is_sync(kind) {
+                return answer(kind, result);
+            }
+            // Answered at the next quiet point, as the first run was, so a
+            // race settles as it did then (`replay_batch`).
+            self.pending.insert(n, call);
+            self.held.insert(n);
+            return json!({ "pending": n }).to_string();
         }
         if is_sync(kind) {
             let value = self.fresh(kind);
@@ -269,6 +294,53 @@ impl State {
         }
         self.pending.insert(n, call);
         json!({ "pending": n }).to_string()
+    }
+}
+
+impl State {
+    /// The next batch of journaled results to deliver at a quiet point: the
+    /// next batch of the journal when every call of it is pending, as it was
+    /// when first delivered (results without a batch: the longest run of
+    /// them whose calls are pending). Otherwise, every pending call the
+    /// journal answers, in journal order, so a replay always moves on.
+    fn replay_batch(&mut self) -> Vec<(u64, Value)> {
+        let order = &self.journal.order;
+        let mut end = self.replayed;
+        match order.get(end).map(|(_, b)| *b) {
+            Some(Some(batch)) => {
+                while order.get(end).is_some_and(|(_, b)| *b == Some(batch)) {
+                    end += 1;
+                }
+            }
+            Some(None) => {
+                while order
+                    .get(end)
+                    .is_some_and(|(n, b)| b.is_none() && self.held.contains(n))
+                {
+                    end += 1;
+                }
+            }
+            None => {}
+        }
+        let next = &order[self.replayed..end];
+        let ns: Vec<u64> = if !next.is_empty() && next.iter().all(|(n, _)| self.held.contains(n)) {
+            self.replayed = end;
+            next.iter().map(|(n, _)| *n).collect()
+        } else {
+            let held: Vec<u64> = order
+                .iter()
+                .map(|(n, _)| *n)
+                .filter(|n| self.held.contains(n))
+                .collect();
+            held
+        };
+        ns.into_iter()
+            .filter_map(|n| {
+                self.held.remove(&n);
+                self.pending.remove(&n);
+                Some((n, self.journal.results.get(&n)?.clone()))
+            })
+            .collect()
     }
 }
 
@@ -442,6 +514,8 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
         logs: 0,
         entries: Vec::new(),
         pending: BTreeMap::new(),
+        held: BTreeSet::new(),
+        replayed: 0,
         signal_counts: HashMap::new(),
         fatal: None,
         cancelled: false,
@@ -485,8 +559,30 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
             let entries = std::mem::take(&mut state.borrow_mut().entries);
             return end(failure(&stop, &limits, &err), entries);
         }
+        let Ok(deliver) = api.get::<_, Function>("deliver") else {
+            return end(
+                engine_failure("the prelude lost its deliver function".into()),
+                Vec::new(),
+            );
+        };
         loop {
             run_jobs(&ctx);
+            // The journal's answers first, batch by batch, each followed by
+            // what it set off, until the replay reaches what was never answered.
+            loop {
+                let batch = state.borrow_mut().replay_batch();
+                if batch.is_empty() {
+                    break;
+                }
+                for (n, result) in batch {
+                    if deliver.call::<_, ()>((n, result.to_string())).is_err() {
+                        let err = caught(&ctx, Some(&api));
+                        let entries = std::mem::take(&mut state.borrow_mut().entries);
+                        return end(failure(&stop, &limits, &err), entries);
+                    }
+                }
+                run_jobs(&ctx);
+            }
             let outcome = api
                 .get::<_, Function>("outcome")
                 .and_then(|f| f.call::<_, Option<String>>(()));
@@ -537,12 +633,6 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
                 return;
             }
             let Ok(reply) = replies.recv() else { return };
-            let Ok(deliver) = api.get::<_, Function>("deliver") else {
-                return end(
-                    engine_failure("the prelude lost its deliver function".into()),
-                    Vec::new(),
-                );
-            };
             let answers = match reply {
                 Reply::Answers(a) => a,
                 Reply::Cancel(message) => {

@@ -322,8 +322,16 @@ impl Driver<'_> {
                     }
                 }
             }
+            // The answers are delivered together: their results say so
+            // (`batch`, numbered by the calls answered before them), and a
+            // replay delivers them together again, so a race replays as it ran.
+            let batch = self.answered.len() as u64 + 1;
             for (n, result) in &answers {
-                if let Err(e) = self.journal(Entry::Result(*n, result.clone())).await {
+                let mut result = result.clone();
+                if let Some(m) = result.as_object_mut() {
+                    m.insert("batch".into(), json!(batch));
+                }
+                if let Err(e) = self.journal(Entry::Result(*n, result)).await {
                     return Outcome::failure("runtime", e.code(), e.to_string());
                 }
             }

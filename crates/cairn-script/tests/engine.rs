@@ -872,3 +872,52 @@ async fn a_race_of_a_signal_against_a_child_or_another_signal_settles_with_the_f
     let resumed: Vec<Value> = events(&p, "ss", "process.resumed").await;
     assert_eq!(resumed[0]["reason"], "signal");
 }
+
+/// A race replays as it ran: when the loser settles later, the activation
+/// that replays the journal (after the next suspension) still sees the
+/// winner win, for a signal and for a child alike.
+#[tokio::test]
+async fn a_race_replays_with_the_winner_it_had() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function bySignal(ctx) {
+            const w = ctx.waitSignal("go");
+            const r = await Promise.race([w.then(() => "sig"), ctx.sleep(20).then(() => "sleep")]);
+            await ctx.emit("raced", {r});
+            const later = await w;
+            await ctx.sleep(1);
+            return {r, later};
+        }
+        export async function byChild(ctx) {
+            const id = await ctx.start({input: {type: "external"}, disposition: "externally_owned"});
+            const w = ctx.wait(id);
+            const r = await Promise.race([w.then(() => "child"), ctx.sleep(20).then(() => "sleep")]);
+            await ctx.emit("raced", {r});
+            const later = await w;
+            await ctx.sleep(1);
+            return {r, later: later.type};
+        }"#,
+    )
+    .await;
+    let raced = cairn_core::EventType::plain("raced");
+    p.start(script("rs1", &m, "bySignal", json!({})).with_event_type(raced.clone()))
+        .await
+        .unwrap();
+    p.await_event("rs1", "raced", 0, Duration::from_secs(10)).await.unwrap();
+    p.signal("rs1", "go", "g1", json!("G")).await.unwrap();
+    let rec = p.await_output("rs1", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(rec.outcome, Some(Outcome::success(json!({"r": "sleep", "later": "G"}))));
+
+    p.start(script("rs2", &m, "byChild", json!({})).with_event_type(raced))
+        .await
+        .unwrap();
+    p.await_event("rs2", "raced", 0, Duration::from_secs(10)).await.unwrap();
+    let done = p.complete_external("rs2/1", Outcome::success(json!(1)), "ci").await;
+    assert!(done.is_ok(), "{done:?} {:?}", p.get("rs2").await);
+    let rec = p.await_output("rs2", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::success(json!({"r": "sleep", "later": "success"})))
+    );
+}
