@@ -332,6 +332,19 @@ impl ToolContext {
             }
             let index = usize::try_from(ordinal - 1).unwrap_or(usize::MAX);
             if let Some(signal) = log.iter().filter(|e| e.event_type == signal_type).nth(index) {
+                // A signal that came after the deadline (a claim that resumed
+                // the run late) did not come in time: the wait timed out first.
+                let until = match deadline {
+                    Deadline::At(until) => until,
+                    Deadline::After(_) => waited.and_then(|e| e.payload.get("until_ms").and_then(Value::as_u64)),
+                };
+                if until.is_some_and(|t| signal.occurred_at_ms > t) {
+                    if waited.is_some() && resumed.is_none() {
+                        wait.until_ms = until;
+                        self.resume(&wait, "timed_out").await?;
+                    }
+                    return Ok(None);
+                }
                 if waited.is_some() && resumed.is_none() {
                     self.resume(&wait, "signal").await?;
                 }
@@ -595,25 +608,73 @@ impl ToolContext {
             if resumed.is_some_and(|e| e.payload.get("reason").and_then(Value::as_str) == Some("timed_out")) {
                 return Ok(FirstOf::TimedOut);
             }
+            // What has happened, the earliest first: a signal that came (in
+            // the order they came), or the children's wait satisfied.
+            let mut came: Option<(u64, u64, usize)> = None;
             for (i, ((_, ordinal), t)) in signals.iter().zip(&types).enumerate() {
                 let index = usize::try_from(ordinal.max(&1) - 1).unwrap_or(usize::MAX);
                 if let Some(signal) = log.iter().filter(|e| e.event_type == *t).nth(index) {
-                    if waited.is_some() && resumed.is_none() {
-                        self.resume(&wait, "signal").await?;
-                    }
-                    return Ok(FirstOf::Signal(i, signal.payload.clone()));
+                    let at = (signal.occurred_at_ms, signal.sequence, i);
+                    came = came.filter(|c| (c.0, c.1) < (at.0, at.1)).or(Some(at));
                 }
             }
             let mut pending_children = Vec::new();
+            let mut ended = None;
             if let Some((ids, mode, _)) = children {
                 let records = self.children_records(ids).await?;
                 if children_satisfied(&records, mode) {
+                    let ends = records.iter().filter_map(|r| r.terminal_at_ms);
+                    let at = match mode {
+                        ChildrenMode::Any => ends.min(),
+                        ChildrenMode::All => ends.max(),
+                    };
+                    ended = Some((at.unwrap_or(0), records));
+                } else {
+                    pending_children = records
+                        .iter()
+                        .filter(|r| !r.is_terminal())
+                        .map(|r| r.id.clone())
+                        .collect();
+                }
+            }
+            let first_at = match (&came, &ended) {
+                (Some(c), Some((e, _))) => Some(c.0.min(*e)),
+                (Some(c), None) => Some(c.0),
+                (None, Some((e, _))) => Some(*e),
+                (None, None) => None,
+            };
+            // What came after the deadline (a claim that resumed the run
+            // late) did not come in time: the wait timed out first.
+            if let (Some(at), Some(until)) = (first_at, until_ms) {
+                if at > until {
+                    if waited.is_some() && resumed.is_none() {
+                        wait.until_ms = until_ms;
+                        self.resume(&wait, "timed_out").await?;
+                    }
+                    return Ok(FirstOf::TimedOut);
+                }
+            }
+            match (came, ended) {
+                (Some((at, _, i)), ended) if ended.as_ref().is_none_or(|(e, _)| at <= *e) => {
+                    if waited.is_some() && resumed.is_none() {
+                        self.resume(&wait, "signal").await?;
+                    }
+                    let (_, ordinal) = &signals[i];
+                    let index = usize::try_from(ordinal.max(&1) - 1).unwrap_or(usize::MAX);
+                    let payload = log
+                        .iter()
+                        .filter(|e| e.event_type == types[i])
+                        .nth(index)
+                        .map_or(Value::Null, |e| e.payload.clone());
+                    return Ok(FirstOf::Signal(i, payload));
+                }
+                (_, Some((_, records))) => {
                     if waited.is_some() && resumed.is_none() {
                         self.resume(&wait, "children").await?;
                     }
                     return Ok(FirstOf::Children(records));
                 }
-                pending_children = records.into_iter().filter(|r| !r.is_terminal()).map(|r| r.id).collect();
+                _ => {}
             }
             self.check_stopped("the first of several waits")?;
             match self.pend(&mut wait, waited, deadline, seen).await? {

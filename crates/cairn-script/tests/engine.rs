@@ -921,3 +921,55 @@ async fn a_race_replays_with_the_winner_it_had() {
         Some(Outcome::success(json!({"r": "sleep", "later": "success"})))
     );
 }
+
+/// A signal that comes after the deadline is too late, even when the run is
+/// resumed only after it came (a busy worker, a restart): the wait answers
+/// null, as a timeout does, and leaves the signal to the next call.
+#[tokio::test]
+async fn a_signal_after_the_deadline_is_too_late() {
+    let clock = Arc::new(cairn_core::ManualClock::new(1_000_000));
+    let p = Processes::builder(Arc::new(MemoryRegistry::with_clock(clock.clone())))
+        .clock(clock.clone())
+        .script_engine(Arc::new(QuickJs::new(Limits::default())))
+        .start();
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const first = await ctx.waitSignal("go", {timeoutMs: 1000});
+            const next = await ctx.waitSignal("go");
+            return {first, next};
+        }"#,
+    )
+    .await;
+    p.start(script("late", &m, "main", json!({}))).await.unwrap();
+    p.await_event("late", "process.waiting", 0, Duration::from_secs(10))
+        .await
+        .unwrap();
+    clock.advance(5_000);
+    p.signal("late", "go", "g1", json!("late")).await.unwrap();
+    let rec = p.await_output("late", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::success(json!({"first": null, "next": "late"})))
+    );
+}
+
+/// Signals raced against each other settle by which came first, not by the
+/// order of the calls.
+#[tokio::test]
+async fn raced_signals_settle_in_the_order_they_came() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            await ctx.sleep(100);
+            return await Promise.race([ctx.waitSignal("a").then(v => ({a: v})), ctx.waitSignal("b").then(v => ({b: v}))]);
+        }"#,
+    )
+    .await;
+    p.start(script("ab", &m, "main", json!({}))).await.unwrap();
+    p.signal("ab", "b", "b1", json!("B")).await.unwrap();
+    p.signal("ab", "a", "a1", json!("A")).await.unwrap();
+    let rec = p.await_output("ab", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(rec.outcome, Some(Outcome::success(json!({"b": "B"}))));
+}
