@@ -324,10 +324,8 @@ impl ToolContext {
         loop {
             let log = self.read_log().await?;
             let seen = log.last().map_or(0, |e| e.sequence);
-            let same = |e: &&ProcessEvent| wait.matches(&e.payload) && deadline.names(&e.payload);
-            let waited = log.iter().rev().filter(|e| e.event_type == events::WAITING).find(same);
-            let resumed = log.iter().rev().filter(|e| e.event_type == events::RESUMED).find(same);
-            if resumed.is_some_and(|e| e.payload.get("reason").and_then(Value::as_str) == Some("timed_out")) {
+            let (waited, resumed) = marks(&log, &wait, deadline);
+            if timed_out(resumed) {
                 return Ok(None);
             }
             let index = usize::try_from(ordinal - 1).unwrap_or(usize::MAX);
@@ -496,14 +494,8 @@ impl ToolContext {
         loop {
             let log = self.read_log().await?;
             let seen = log.last().map_or(0, |e| e.sequence);
-            let matching = |t: &str| {
-                log.iter()
-                    .rev()
-                    .find(|e| e.event_type == t && wait.matches(&e.payload) && deadline.names(&e.payload))
-            };
-            let waited = matching(events::WAITING);
-            let resumed = matching(events::RESUMED);
-            if resumed.is_some_and(|e| e.payload.get("reason").and_then(Value::as_str) == Some("timed_out")) {
+            let (waited, resumed) = marks(&log, &wait, deadline);
+            if timed_out(resumed) {
                 return Ok(None);
             }
             let children = self.children_records(ids).await?;
@@ -598,14 +590,8 @@ impl ToolContext {
         loop {
             let log = self.read_log().await?;
             let seen = log.last().map_or(0, |e| e.sequence);
-            let matching = |t: &str| {
-                log.iter()
-                    .rev()
-                    .find(|e| e.event_type == t && wait.matches(&e.payload) && deadline.names(&e.payload))
-            };
-            let waited = matching(events::WAITING);
-            let resumed = matching(events::RESUMED);
-            if resumed.is_some_and(|e| e.payload.get("reason").and_then(Value::as_str) == Some("timed_out")) {
+            let (waited, resumed) = marks(&log, &wait, deadline);
+            if timed_out(resumed) {
                 return Ok(FirstOf::TimedOut);
             }
             // What has happened, the earliest first: a signal that came (in
@@ -842,6 +828,26 @@ impl ToolContext {
             }
         }
     }
+}
+
+/// The latest `process.waiting` and `process.resumed` of `wait` (with this
+/// deadline, when the deadline names it) in `log`.
+fn marks<'a>(
+    log: &'a [ProcessEvent],
+    wait: &WaitRequest,
+    deadline: Deadline,
+) -> (Option<&'a ProcessEvent>, Option<&'a ProcessEvent>) {
+    let latest = |t: &str| {
+        log.iter()
+            .rev()
+            .find(|e| e.event_type == t && wait.matches(&e.payload) && deadline.names(&e.payload))
+    };
+    (latest(events::WAITING), latest(events::RESUMED))
+}
+
+/// Whether a wait's resumption says its deadline passed.
+fn timed_out(resumed: Option<&ProcessEvent>) -> bool {
+    resumed.is_some_and(|e| e.payload.get("reason").and_then(Value::as_str) == Some("timed_out"))
 }
 
 /// What ended a [`ToolContext::wait_first`].
