@@ -357,20 +357,11 @@ impl ToolContext {
             // An owner-bound run waits here, holding its lease: the hub (or the
             // awaiter's backstop) tells it of the signal.
             let id = self.process_id().to_string();
-            let arrived = self.inner.awaiter.await_event(&id, &signal_type, seen);
-            let left = wait
-                .until_ms
-                .map(|t| Duration::from_millis(t.saturating_sub(self.now_ms())));
-            tokio::select! {
-                r = wait_with_timeout(arrived, left) => match r {
-                    Some(r) => { r?; }
-                    None => {
-                        // The deadline passed while this run held its lease.
-                        self.resume(&wait, "timed_out").await?;
-                        return Ok(None);
-                    }
-                },
-                _ = self.stopped() => {}
+            let awaiter = self.inner.awaiter.clone();
+            let signal_type = &signal_type;
+            let arrived = async move { awaiter.await_event(&id, signal_type, seen).await.map(|_| ()) };
+            if self.hold(&wait, vec![Box::pin(arrived)]).await? {
+                return Ok(None);
             }
         }
     }
@@ -516,22 +507,31 @@ impl ToolContext {
             let pending = children.iter().filter(|r| !r.is_terminal()).map(|r| {
                 let awaiter = self.inner.awaiter.clone();
                 let id = r.id.clone();
-                Box::pin(async move { awaiter.await_terminal(&id).await })
+                Box::pin(async move { awaiter.await_terminal(&id).await.map(|_| ()) }) as Arrival<'_>
             });
-            let first = futures::future::select_all(pending);
-            let left = wait
-                .until_ms
-                .map(|t| Duration::from_millis(t.saturating_sub(self.now_ms())));
-            tokio::select! {
-                r = wait_with_timeout(first, left) => match r {
-                    Some((r, _, _)) => { r?; }
-                    None => {
-                        self.resume(&wait, "timed_out").await?;
-                        return Ok(None);
-                    }
-                },
-                _ = self.stopped() => {}
+            if self.hold(&wait, pending.collect()).await? {
+                return Ok(None);
             }
+        }
+    }
+
+    /// An owner-bound run's wait, holding its lease: until one of `arrivals`
+    /// (what the wait waits for) happens, the run is told to stop, or the
+    /// wait's deadline passes, which is recorded (`timed_out`) and answers
+    /// `true`. The caller's loop then reads the log and decides again.
+    async fn hold(&self, wait: &WaitRequest, arrivals: Vec<Arrival<'_>>) -> Result<bool> {
+        let left = wait
+            .until_ms
+            .map(|t| Duration::from_millis(t.saturating_sub(self.now_ms())));
+        tokio::select! {
+            r = wait_with_timeout(futures::future::select_all(arrivals), left) => match r {
+                Some((r, _, _)) => r.map(|()| false),
+                None => {
+                    self.resume(wait, "timed_out").await?;
+                    Ok(true)
+                }
+            },
+            _ = self.stopped() => Ok(false),
         }
     }
 
@@ -671,7 +671,7 @@ impl ToolContext {
             // An owner-bound run waits here, holding its lease, for any of
             // the signals or the pending children; the loop then decides again.
             let id = self.process_id().to_string();
-            let mut arrivals: Vec<futures::future::BoxFuture<'_, Result<()>>> = Vec::new();
+            let mut arrivals: Vec<Arrival<'_>> = Vec::new();
             for t in &types {
                 let (awaiter, id) = (self.inner.awaiter.clone(), id.clone());
                 arrivals.push(Box::pin(
@@ -684,19 +684,8 @@ impl ToolContext {
                     async move { awaiter.await_terminal(&child).await.map(|_| ()) },
                 ));
             }
-            let first = futures::future::select_all(arrivals);
-            let left = wait
-                .until_ms
-                .map(|t| Duration::from_millis(t.saturating_sub(self.now_ms())));
-            tokio::select! {
-                r = wait_with_timeout(first, left) => match r {
-                    Some((r, _, _)) => { r?; }
-                    None => {
-                        self.resume(&wait, "timed_out").await?;
-                        return Ok(FirstOf::TimedOut);
-                    }
-                },
-                _ = self.stopped() => {}
+            if self.hold(&wait, arrivals).await? {
+                return Ok(FirstOf::TimedOut);
             }
         }
     }
@@ -849,6 +838,9 @@ fn marks<'a>(
 fn timed_out(resumed: Option<&ProcessEvent>) -> bool {
     resumed.is_some_and(|e| e.payload.get("reason").and_then(Value::as_str) == Some("timed_out"))
 }
+
+/// Something an owner-bound wait waits to happen.
+type Arrival<'a> = futures::future::BoxFuture<'a, Result<()>>;
 
 /// What ended a [`ToolContext::wait_first`].
 #[derive(Clone, Debug)]
