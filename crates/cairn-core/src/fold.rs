@@ -717,6 +717,16 @@ pub fn external_completion(id: &str, outcome: &Outcome, authority: &str) -> Resu
     ))
 }
 
+/// Whether `record` already ended with the outcome the external completion
+/// `request` ([`external_completion`]) asks for.
+pub fn completes_as(record: &ProcessRecord, request: &AppendRequest) -> bool {
+    let Some(outcome) = record.outcome.as_ref().filter(|_| record.is_terminal()) else {
+        return false;
+    };
+    request.event_type == events::terminal_event_type(outcome.state())
+        && serde_json::to_value(outcome).is_ok_and(|o| request.payload.get("await_output") == Some(&o))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -205,16 +205,19 @@ async fn with_tokens_pages_need_a_login_and_writes_need_the_csrf_token() {
         .expect("the page carries its CSRF token")
         .to_string();
 
-    let complete = |csrf: Option<&str>| {
+    let complete_with = |csrf: Option<&str>, value: u32| {
         let mut r = Request::post("/ui/processes/ext-1/complete")
             .header(header::COOKIE, cookie)
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
         if let Some(t) = csrf {
             r = r.header("x-cairn-csrf", t);
         }
-        r.body(Body::from("outcome=%7B%22type%22%3A%22success%22%2C%22value%22%3A1%7D"))
-            .unwrap()
+        r.body(Body::from(format!(
+            "outcome=%7B%22type%22%3A%22success%22%2C%22value%22%3A{value}%7D"
+        )))
+        .unwrap()
     };
+    let complete = |csrf: Option<&str>| complete_with(csrf, 1);
     let (status, html, _) = send(&app, complete(None)).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(html.contains("csrf_refused"));
@@ -228,8 +231,11 @@ async fn with_tokens_pages_need_a_login_and_writes_need_the_csrf_token() {
     let (status, html, _) = send(&app, complete(Some(&csrf))).await;
     assert_eq!(status, StatusCode::OK, "{html}");
     assert!(p.get("ext-1").await.unwrap().is_terminal());
-    // Completing twice is refused with the runtime's own error.
+    // The same completion again changes nothing; another outcome is
+    // refused with the runtime's own error.
     let (status, html, _) = send(&app, complete(Some(&csrf))).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let (status, html, _) = send(&app, complete_with(Some(&csrf), 2)).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert!(html.contains("process_terminal"), "{html}");
 }

@@ -462,15 +462,14 @@ async fn external_process_append_wakes_complete_and_prune() {
     let (s, err) = c.post("/v1/sessions/s1/wakes/nope/ack", json!({})).await;
     assert_eq!((s, code(&err)), (404, "unknown_wake"));
 
-    // External completion; only once, and only for externally owned processes.
-    let (s, rec) = c
-        .post(
-            "/v1/processes/ext-1/complete",
-            json!({"outcome": {"type": "success", "value": {"done": true}}, "authority": "tickets"}),
-        )
-        .await;
+    // External completion; only once (a retry of the same completion answers
+    // the same record), and only for externally owned processes.
+    let complete = json!({"outcome": {"type": "success", "value": {"done": true}}, "authority": "tickets"});
+    let (s, rec) = c.post("/v1/processes/ext-1/complete", complete.clone()).await;
     assert_eq!(s, 200, "{rec}");
     assert_eq!(rec["status"], "completed");
+    let (s, again) = c.post("/v1/processes/ext-1/complete", complete).await;
+    assert_eq!((s, &again), (200, &rec), "the retry changes nothing");
     let (s, err) = c
         .post(
             "/v1/processes/ext-1/complete",

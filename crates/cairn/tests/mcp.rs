@@ -357,7 +357,8 @@ async fn drive(transport: Transport) {
     .await;
     assert_eq!(cancelled["status"], "cancelled");
 
-    // external: completed through the tool; a second completion is refused.
+    // external: completed through the tool; the same completion again
+    // answers the record, another outcome is refused.
     let external =
         json!({"id": "x1", "input": {"type": "external", "metadata": {}}, "disposition": "externally_owned"});
     ok(&client, &tools, "process_start", external).await;
@@ -370,7 +371,16 @@ async fn drive(transport: Transport) {
     )
     .await;
     assert_eq!(ended["status"], "completed");
-    let (code, _) = err(&client, "process_complete", json!({"id": "x1", "outcome": outcome})).await;
+    let again = ok(
+        &client,
+        &tools,
+        "process_complete",
+        json!({"id": "x1", "outcome": outcome}),
+    )
+    .await;
+    assert_eq!(again, ended);
+    let other = json!({"type": "success", "value": 43});
+    let (code, _) = err(&client, "process_complete", json!({"id": "x1", "outcome": other})).await;
     assert_eq!(code, "process_terminal");
 
     // module_put stores a module (the same source again answers it) and names

@@ -614,8 +614,14 @@ pub fn run<T: WriteTx + ?Sized>(tx: &mut T, op: &Op) -> Result<Answer> {
         Op::ReconcileAbandon { id } => Answer::MaybeRecord(reconcile_abandon(tx, id)?),
         Op::Sweep { id, node, incarnation } => Answer::MaybeRecord(sweep(tx, id, node, *incarnation)?),
         Op::CompleteExternal { id, request } => {
-            if existing(tx, id)?.record.disposition != Disposition::ExternallyOwned {
+            let record = &existing(tx, id)?.record;
+            if record.disposition != Disposition::ExternallyOwned {
                 return Err(CairnError::NotExternallyOwned(id.clone()));
+            }
+            // The same completion again (a retry after a lost reply) answers
+            // the record it ended with and writes nothing.
+            if fold::completes_as(record, request) {
+                return Ok(Answer::Record(record.clone()));
             }
             Answer::Record(append_record(tx, id, request)?)
         }

@@ -192,7 +192,7 @@ pub async fn complete_external_only_for_externally_owned(factory: &dyn StoreFact
     let folded = h.check("e").await;
     assert_eq!(rec, folded.record);
     assert_eq!(rec.status, ProcessStatus::Completed);
-    assert_eq!(rec.outcome, Some(outcome));
+    assert_eq!(rec.outcome, Some(outcome.clone()));
     assert_eq!(rec.terminal_at_ms, Some(h.now()));
     let last = folded.events.last().expect("terminal event");
     assert_eq!(last.event_type, ev::COMPLETED);
@@ -206,6 +206,25 @@ pub async fn complete_external_only_for_externally_owned(factory: &dyn StoreFact
     );
     assert_eq!(failed.status, ProcessStatus::Failed);
     h.check("e2").await;
+    // The same completion again (a retry after a lost reply) answers the
+    // record it made and writes nothing; another outcome is refused.
+    let again = ok(
+        h.registry().complete_external("e", outcome.clone(), "ci-bot").await,
+        "the same complete_external again",
+    );
+    assert_eq!(again, rec);
+    assert_eq!(
+        h.check("e").await.events.len() as u64,
+        rec.last_sequence,
+        "nothing appended"
+    );
+    h.rejects(
+        "process_terminal",
+        "another outcome",
+        h.registry()
+            .complete_external("e", Outcome::success(json!(2)), "ci-bot"),
+    )
+    .await;
     // External owners may also append their own terminal types without a lease.
     h.register(external("e3")).await;
     h.append("e3", AppendRequest::new(FINISHED, json!({"result": 3}))).await;

@@ -512,10 +512,10 @@ pub async fn cancel(
     params(("id" = String, Path, description = "Process id")),
     request_body = CompleteBody,
     responses(
-        (status = 200, description = "The terminal record", body = ProcessRecord),
+        (status = 200, description = "The terminal record; also when the process already ended with this outcome (a retried completion writes nothing)", body = ProcessRecord),
         (status = 400, description = "invalid_outcome", body = ErrorSchema),
         (status = 404, description = "unknown_process", body = ErrorSchema),
-        (status = 409, description = "not_externally_owned or process_terminal", body = ErrorSchema)))]
+        (status = 409, description = "not_externally_owned, or process_terminal when it ended otherwise", body = ErrorSchema)))]
 pub async fn complete(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
