@@ -711,6 +711,24 @@ pub fn external_completion(id: &str, outcome: &Outcome, authority: &str) -> Resu
             message: format!("process `{id}`: external completion cannot abandon; use an abandon request"),
         });
     }
+    let blank = |field: &str, value: &str| {
+        value.trim().is_empty().then(|| CairnError::InvalidOutcome {
+            event_type: events::terminal_event_type(outcome.state()).to_string(),
+            message: format!("process `{id}`: the outcome's `{field}` must not be empty"),
+        })
+    };
+    let problem = match outcome {
+        Outcome::Failure {
+            class, code, message, ..
+        } => blank("class", class)
+            .or_else(|| blank("code", code))
+            .or_else(|| blank("message", message)),
+        Outcome::Cancelled { message, .. } => blank("message", message),
+        _ => None,
+    };
+    if let Some(problem) = problem {
+        return Err(problem);
+    }
     Ok(AppendRequest::new(
         events::terminal_event_type(outcome.state()),
         terminal_payload(outcome, Some(("completed_by", json!(authority)))),

@@ -545,6 +545,8 @@ async fn abandon_transfer_and_session_delete() {
     assert_eq!(report["orphaned"], json!(["y"]));
 
     // An abandon request on an unleased external process is reconciled by the worker.
+    let (s, err) = c.post("/v1/processes/x/abandon-request", json!({"reason": " "})).await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"), "a reason is required");
     let (s, rec) = c
         .post("/v1/processes/x/abandon-request", json!({"reason": "owner vanished"}))
         .await;

@@ -320,6 +320,11 @@ impl Op {
     pub fn request_abandon(id: &str, requested_by: &str, reason: &str) -> Result<Self> {
         validate_id("process id", id)?;
         validate_id("requested_by", requested_by)?;
+        if reason.trim().is_empty() {
+            return Err(CairnError::InvalidRequest(format!(
+                "the abandon request for `{id}` needs a reason: it is recorded as the evidence behind `abandoned`"
+            )));
+        }
         Ok(Self::RequestAbandon {
             id: id.to_string(),
             requested_by: requested_by.to_string(),

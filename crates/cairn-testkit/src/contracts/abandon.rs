@@ -56,6 +56,15 @@ pub async fn request_abandon_is_an_event(factory: &dyn StoreFactory) {
         h.registry().request_abandon("p", "", "x"),
     )
     .await;
+    h.register(owner_bound("q")).await;
+    for reason in ["", "  "] {
+        h.rejects(
+            "invalid_request",
+            "an abandon request without a reason",
+            h.registry().request_abandon("q", "host", reason),
+        )
+        .await;
+    }
 }
 
 /// `reconcile_abandon` answers `None` while the lease is live (or without a request),
@@ -206,6 +215,23 @@ pub async fn complete_external_only_for_externally_owned(factory: &dyn StoreFact
     );
     assert_eq!(failed.status, ProcessStatus::Failed);
     h.check("e2").await;
+    h.register(external("blank")).await;
+    for blank in [
+        Outcome::failure("", "E1", "m"),
+        Outcome::failure("remote", " ", "m"),
+        Outcome::failure("remote", "E1", ""),
+        Outcome::Cancelled {
+            message: String::new(),
+            raw: None,
+        },
+    ] {
+        h.rejects(
+            "invalid_outcome",
+            "an outcome with an empty field",
+            h.registry().complete_external("blank", blank, "ci"),
+        )
+        .await;
+    }
     // The same completion again (a retry after a lost reply) answers the
     // record it made and writes nothing; another outcome is refused.
     let again = ok(

@@ -86,7 +86,7 @@ pub struct AbandonBody {
     /// Defaults to the caller; session callers are always recorded as their session.
     #[serde(default)]
     pub requested_by: Option<String>,
-    /// Why the process should be abandoned.
+    /// Why the process should be abandoned (not empty: it is the evidence behind `abandoned`).
     pub reason: String,
 }
 
