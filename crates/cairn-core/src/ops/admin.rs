@@ -11,7 +11,7 @@ use crate::model::{
     ProcessStatus, PruneReport, SessionDeleteReport, SessionScope, StatusFilter, TransferReport, Watermark,
 };
 use crate::validate::{validate_id, validate_scope};
-use crate::Result;
+use crate::{CairnError, Result};
 
 /// A terminal process a prune may delete.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +86,12 @@ pub trait AdminTx {
 pub fn check_transfer(from: &SessionScope, to: &SessionScope, ids: &[String]) -> Result<()> {
     validate_scope(from)?;
     validate_scope(to)?;
+    if from == to {
+        return Err(CairnError::InvalidRequest(format!(
+            "a transfer from `{}` to itself would move nothing: name another scope to move the grants to",
+            from.scope_id()
+        )));
+    }
     for id in ids {
         validate_id("process id", id)?;
     }

@@ -139,6 +139,12 @@ pub async fn transfer_moves_grants_only(factory: &dyn StoreFactory) {
     let back = ok(h.registry().transfer(&s2, &s1, &ids(&["p2"])).await, "transfer back");
     assert_eq!(back.moved, ids(&["p2"]));
     assert_eq!(granted_ids(&h, &s1).await, ids(&["p2"]));
+    h.rejects(
+        "invalid_request",
+        "a transfer to the scope it is from",
+        h.registry().transfer(&s1, &s1, &ids(&["p2"])),
+    )
+    .await;
 }
 
 /// `list_granted_to` is what a scope may address, `list_originated_by` what it created:
