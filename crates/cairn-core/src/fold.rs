@@ -337,6 +337,28 @@ pub struct PreparedAppend {
     pub wake: Option<WakeDelivery>,
 }
 
+/// A `signal.{name}` append carries its signal id as the replay key
+/// `signal:{name}:{signal_id}` ([`events::signal_replay_key`]), so every
+/// signal is idempotent (SPEC §3), whichever route wrote it.
+fn check_signal_id(req: &AppendRequest) -> Result<()> {
+    let Some(name) = req.event_type.strip_prefix("signal.") else {
+        return Ok(());
+    };
+    let prefix = events::signal_replay_key(name, "");
+    let carries_id = req
+        .replay_key
+        .as_deref()
+        .is_some_and(|k| k.len() > prefix.len() && k.starts_with(&prefix));
+    if carries_id {
+        return Ok(());
+    }
+    Err(CairnError::InvalidRequest(format!(
+        "`{}` is a signal: send it with a signal id (`POST /v1/processes/{{id}}/signals/{name}`), \
+         or append it with the replay key `{prefix}{{signal_id}}`",
+        req.event_type
+    )))
+}
+
 /// Prepare an append against the current record and stored lease. Replay keys
 /// are checked by the caller first ([`check_replay`]); this checks everything
 /// else and writes nothing.
@@ -349,6 +371,7 @@ pub fn prepare_append(
 ) -> Result<PreparedAppend> {
     validate_replay_key(req)?;
     let t = declared_type(record, &req.event_type)?;
+    check_signal_id(req)?;
     if authority == Authority::Caller && RESERVED_FOR_CAIRN.contains(&req.event_type.as_str()) {
         return Err(CairnError::ReservedEventType(format!(
             "`{}` is written only by cairn's own operations",

@@ -642,4 +642,16 @@ pub async fn signals_are_implicitly_declared(factory: &dyn StoreFactory) {
     )
     .await;
     h.append("p", signal("approve", "a1", json!({"ok": true}))).await;
+    // A signal carries its signal id: appended without one (or under another
+    // replay key) it is refused, so every signal stays idempotent.
+    for key in [None, Some("mine"), Some("signal:approve:"), Some("signal:go:a2")] {
+        let mut req = AppendRequest::new("signal.approve", json!({"ok": true}));
+        req.replay_key = key.map(String::from);
+        h.rejects(
+            "invalid_request",
+            "a signal without its signal id",
+            h.registry().append_event("p", req),
+        )
+        .await;
+    }
 }

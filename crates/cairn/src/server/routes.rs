@@ -436,7 +436,7 @@ pub async fn await_terminal(
     request_body = AppendBody,
     responses(
         (status = 200, description = "The event, whether a replay key matched an earlier append, and the wake written with it", body = AppendResult),
-        (status = 400, description = "undeclared_event_type, reserved_event_type, schema_violation, terminal_needs_authority, invalid_outcome", body = ErrorSchema),
+        (status = 400, description = "undeclared_event_type, reserved_event_type, schema_violation, terminal_needs_authority, invalid_outcome; invalid_request for a `signal.{name}` event without the replay key `signal:{name}:{signal_id}` (signals are sent with their id, through the signals route)", body = ErrorSchema),
         (status = 404, description = "unknown_process", body = ErrorSchema),
         (status = 409, description = "replay_conflict or process_terminal", body = ErrorSchema),
         (status = 413, description = "payload_too_large", body = ErrorSchema)))]
