@@ -924,7 +924,12 @@ pub struct Tombstone {
 /// change the projector has not seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(
+    tag = "type",
+    rename_all = "snake_case",
+    deny_unknown_fields,
+    from = "WatermarkWire"
+)]
 pub enum Watermark {
     /// No projector reads the change feed: prune by cutoff alone.
     NoProjector,
@@ -933,6 +938,26 @@ pub enum Watermark {
         /// The change-feed cursor the projector has read up to.
         cursor: u64,
     },
+}
+
+/// What [`Watermark`] is read from: serde ignores the other fields of an
+/// internally tagged unit variant, so `no_projector` is read as a struct
+/// variant without fields, and a stray field (a `cursor` meant for a cursor
+/// watermark, say) is an error rather than a prune by cutoff alone.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum WatermarkWire {
+    NoProjector {},
+    Cursor { cursor: u64 },
+}
+
+impl From<WatermarkWire> for Watermark {
+    fn from(wire: WatermarkWire) -> Self {
+        match wire {
+            WatermarkWire::NoProjector {} => Self::NoProjector,
+            WatermarkWire::Cursor { cursor } => Self::Cursor { cursor },
+        }
+    }
 }
 
 /// The answer of `prune`.
@@ -1324,3 +1349,28 @@ pub fn page_limit(limit: Option<usize>) -> crate::Result<usize> {
 
 /// Free-form JSON metadata map.
 pub type Metadata = BTreeMap<String, Value>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watermark_refuses_fields_its_type_does_not_have() {
+        let read = |text: &str| serde_json::from_str::<Watermark>(text);
+        assert_eq!(read(r#"{"type": "no_projector"}"#).ok(), Some(Watermark::NoProjector));
+        assert_eq!(
+            read(r#"{"type": "cursor", "cursor": 7}"#).ok(),
+            Some(Watermark::Cursor { cursor: 7 })
+        );
+        for bad in [
+            r#"{"type": "no_projector", "cursor": 2}"#,
+            r#"{"type": "cursor", "cursor": 2, "extra": 1}"#,
+            r#"{"type": "cursor"}"#,
+            r#"{"type": "other"}"#,
+        ] {
+            assert!(read(bad).is_err(), "{bad} is refused");
+        }
+        let written = serde_json::to_value(Watermark::NoProjector).expect("serialize");
+        assert_eq!(written, serde_json::json!({"type": "no_projector"}));
+    }
+}
