@@ -924,12 +924,7 @@ pub struct Tombstone {
 /// change the projector has not seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(
-    tag = "type",
-    rename_all = "snake_case",
-    deny_unknown_fields,
-    from = "WatermarkWire"
-)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields, from = "WatermarkWire")]
 pub enum Watermark {
     /// No projector reads the change feed: prune by cutoff alone.
     NoProjector,

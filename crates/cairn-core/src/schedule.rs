@@ -32,6 +32,10 @@ use crate::{CairnError, Result};
 
 /// The shortest `every` a schedule may have.
 pub const MIN_EVERY: Duration = Duration::from_secs(1);
+/// The longest `every` a schedule may have: a hundred years (of 365.25 days,
+/// as `humantime` counts a year), so every fire time stays a date a client
+/// can print.
+pub const MAX_EVERY: Duration = Duration::from_secs(100 * 31_557_600);
 
 /// The separator between a schedule id and a fire time in a fired process's id.
 pub const FIRE_ID_SEPARATOR: char = '@';
@@ -111,7 +115,7 @@ pub struct ScheduleRequest {
     /// Exactly one of `cron` and `every`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<String>,
-    /// An interval such as `30s`, `5m` or `1h 30m`, at least 1 s.
+    /// An interval such as `30s`, `5m` or `1h 30m`, from 1 s to 100 years.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub every: Option<String>,
     /// The IANA timezone a `cron` expression is read in (default `UTC`).
@@ -203,6 +207,9 @@ impl ScheduleSpec {
                     .map_err(|e| bad(format!("invalid `every` `{text}` (like `30s`, `5m`, `1h 30m`): {e}")))?;
                 if d < MIN_EVERY {
                     return Err(bad(format!("`every` `{text}` is below the 1 s minimum")));
+                }
+                if d > MAX_EVERY {
+                    return Err(bad(format!("`every` `{text}` is over the 100-year maximum")));
                 }
                 let ms = u64::try_from(d.as_millis()).map_err(|_| bad(format!("`every` `{text}` is too long")))?;
                 Ok(Self::Every(ms))
@@ -302,9 +309,14 @@ impl Schedule {
     /// Whether `other` has the same definition (a repeated create of it is the
     /// same create).
     pub fn same_definition(&self, other: &Schedule) -> bool {
+        // Spelled differently, the same timing is the same definition: an
+        // omitted timezone is UTC, and `every` compares as a duration.
+        let zone = |s: &Schedule| s.timezone.clone().unwrap_or_else(|| "UTC".into());
+        let interval = |s: &Schedule| s.every.as_deref().map(humantime::parse_duration).and_then(|d| d.ok());
         self.cron == other.cron
-            && self.every == other.every
-            && self.timezone == other.timezone
+            && self.every.is_some() == other.every.is_some()
+            && interval(self) == interval(other)
+            && (self.cron.is_none() || zone(self) == zone(other))
             && self.start == other.start
             && self.overlap == other.overlap
     }
@@ -451,6 +463,24 @@ mod tests {
         assert!(refused(Some("* * * * *"), Some("1m"), None).contains("not both"));
         assert!(refused(None, None, None).contains("give `cron` or `every`"));
         assert!(refused(None, Some("1m"), Some("UTC")).contains("`cron` only"));
+        assert!(refused(None, Some("101y"), None).contains("100-year maximum"));
+        assert!(request(None, Some("100y"), None).validate().is_ok());
+    }
+
+    #[test]
+    fn the_same_timing_spelled_differently_is_the_same_definition() {
+        let make = |cron: Option<&str>, every: Option<&str>, tz: Option<&str>| {
+            let req = request(cron, every, tz);
+            let spec = req.validate().expect("valid");
+            Schedule::new(req, &spec, 1_000).expect("fires")
+        };
+        let daily = make(Some("0 3 * * *"), None, None);
+        assert!(daily.same_definition(&make(Some("0 3 * * *"), None, Some("UTC"))));
+        assert!(!daily.same_definition(&make(Some("0 3 * * *"), None, Some("Europe/Paris"))));
+        let every = make(None, Some("90m"), None);
+        assert!(every.same_definition(&make(None, Some("1h 30m"), None)));
+        assert!(!every.same_definition(&make(None, Some("1h"), None)));
+        assert!(!every.same_definition(&daily));
     }
 
     #[test]

@@ -995,9 +995,16 @@ fn now_ms() -> u64 {
 
 /// An epoch-ms timestamp as RFC 3339 UTC with milliseconds.
 fn timestamp(ms: Option<&Value>) -> String {
-    match ms.and_then(Value::as_u64) {
-        Some(ms) => humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string(),
-        None => String::new(),
+    let Some(ms) = ms.and_then(Value::as_u64) else {
+        return String::new();
+    };
+    use std::fmt::Write as _;
+    // RFC 3339 has four-digit years: a time past 9999 prints as a number.
+    let mut text = String::new();
+    let time = UNIX_EPOCH.checked_add(Duration::from_millis(ms));
+    match time.map(|t| write!(text, "{}", humantime::format_rfc3339_millis(t))) {
+        Some(Ok(())) => text,
+        _ => format!("{ms} ms after the epoch"),
     }
 }
 
@@ -1013,5 +1020,22 @@ fn age(ms: Option<&Value>) -> String {
         60..3600 => format!("{}m ago", secs / 60),
         3600..86_400 => format!("{}h ago", secs / 3600),
         _ => format!("{}d ago", secs / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod timestamp_tests {
+    use super::*;
+
+    #[test]
+    fn a_time_past_the_year_9999_prints_as_a_number() {
+        assert_eq!(timestamp(Some(&json!(0))), "1970-01-01T00:00:00.000Z");
+        let far = 253_402_300_800_000u64; // 10000-01-01
+        assert_eq!(timestamp(Some(&json!(far))), format!("{far} ms after the epoch"));
+        assert_eq!(
+            timestamp(Some(&json!(u64::MAX))),
+            format!("{} ms after the epoch", u64::MAX)
+        );
+        assert_eq!(timestamp(None), "");
     }
 }
