@@ -621,6 +621,16 @@ async fn health_metrics_and_openapi() {
     ] {
         assert!(doc["paths"][path].is_object(), "openapi lacks {path}");
     }
+    // A parameter is described as the server reads it: events page by
+    // sequence, schedules by id.
+    let parameter = |path: &str, name: &str| {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+            .map(|p| p["schema"]["type"].clone())
+    };
+    assert_eq!(parameter("/v1/processes/{id}/events", "after"), Some(json!("integer")));
+    assert_eq!(parameter("/v1/schedules", "after"), Some(json!("string")));
     // Every reference resolves, and the core wire types are described field by field.
     fn refs(v: &Value, out: &mut Vec<String>) {
         match v {

@@ -204,14 +204,14 @@ pub fn refine(doc: &mut Value, tools: &[String]) {
                     "input": {"type": "tool_call", "tool": "echo", "args": {"value": {"green": true}}},
                 });
             }
-            constrain_parameters(op);
+            constrain_parameters(op, path);
         }
     }
     constrain_schemas(doc, tools);
 }
 
 /// Limits on path, query and header parameters.
-fn constrain_parameters(op: &mut Value) {
+fn constrain_parameters(op: &mut Value, path: &str) {
     let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else {
         return;
     };
@@ -220,6 +220,8 @@ fn constrain_parameters(op: &mut Value) {
         let description = p["description"].as_str().unwrap_or_default().to_string();
         let schema = match name.as_str() {
             "id" | "session_id" | "wake_id" | "granted_to" | "originated_by" | "after_id" => id_schema(&description),
+            // Schedules page by id, not by cursor.
+            "after" if path == "/v1/schedules" => id_schema(&description),
             "name" => json!({"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9_-]+$"}),
             "limit" => json!({"type": "integer", "minimum": 1, "maximum": cairn_core::MAX_PAGE_SIZE}),
             "after" | "cursor" | "Last-Event-ID" | "timeout_ms" | "created_from_ms" | "created_before_ms" => {
