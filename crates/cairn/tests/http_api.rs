@@ -719,3 +719,65 @@ async fn health_metrics_and_openapi() {
         .await;
     assert_eq!((s, code(&err)), (400, "invalid_request"));
 }
+
+/// An open loopback server takes no writes a web page of another site could
+/// make a browser send: an empty form (no JSON content type) is 415, and any
+/// write the browser marks as from another site is 403, whatever its body.
+/// Reads, and the same writes from a client, go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_page_of_another_site_cannot_write() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    assert_eq!(c.start(waiter("w")).await.0, 201);
+    let schedule = json!({"id": "nightly", "cron": "0 3 * * *", "overlap": "skip",
+        "start": {"input": {"type": "tool_call", "tool": "echo", "args": {}}, "disposition": "rerunnable"}});
+    assert_eq!(c.post("/v1/schedules", schedule).await.0, 201);
+
+    for path in ["/v1/schedules/nightly/pause", "/v1/processes/w/cancel"] {
+        for content_type in ["application/x-www-form-urlencoded", "text/plain", "multipart/form-data"] {
+            let (s, err) = c.post_raw(path, content_type, Vec::new()).await;
+            assert_eq!((s, code(&err)), (415, "invalid_request"), "{path} {content_type}");
+        }
+        let (s, err) = c.post_raw(path, "text/plain", b"x=1".to_vec()).await;
+        assert_eq!((s, code(&err)), (415, "invalid_request"), "{path}");
+        for site in ["cross-site", "same-site"] {
+            let r = c
+                .http
+                .post(c.url(path))
+                .header("sec-fetch-site", site)
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(r.status().as_u16(), 403, "{path} from a {site} page");
+        }
+    }
+    let (_, schedule) = c.get("/v1/schedules/nightly").await;
+    assert_eq!(schedule["paused"], json!(false), "nothing was paused");
+    let (_, record) = c.get("/v1/processes/w").await;
+    assert_eq!(record["cancel_request"], Value::Null, "nothing was cancelled");
+
+    let r = c
+        .http
+        .get(c.url("/v1/processes/w"))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 200, "a read is not refused");
+    let (s, paused) = c
+        .post_raw("/v1/schedules/nightly/pause", "application/json", Vec::new())
+        .await;
+    assert_eq!(
+        (s, &paused["paused"]),
+        (200, &json!(true)),
+        "an empty JSON body is fine"
+    );
+    let (s, err) = c.post("/v1/schedules/nightly/resume", json!({"now": true})).await;
+    assert_eq!(
+        (s, code(&err)),
+        (400, "invalid_request"),
+        "pause and resume take no fields"
+    );
+}

@@ -201,17 +201,18 @@ where
             .get(header::CONTENT_TYPE)
             .map(|v| v.to_str().unwrap_or("").to_string());
         let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
+        // An empty body may leave out its content type, but may not name
+        // another one: an empty browser form is not an empty JSON body.
+        if bytes.is_empty() && !content_type.as_deref().is_none_or(is_json_content_type) {
+            return Err(unsupported_media_type());
+        }
         if bytes.is_empty() {
             return serde_json::from_slice(b"{}")
                 .map(ApiJson)
                 .map_err(|e| ApiError::invalid_request(format!("request body is required: {e}")));
         }
         if !content_type.as_deref().is_some_and(is_json_content_type) {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "invalid_request",
-                "request bodies must be sent with `Content-Type: application/json`",
-            ));
+            return Err(unsupported_media_type());
         }
         // Every body is an object; serde would also read a struct from an
         // array, by position, which no client means.
@@ -224,6 +225,36 @@ where
             .map(ApiJson)
             .map_err(|e| ApiError::invalid_request(format!("request body: {e}")))
     }
+}
+
+fn unsupported_media_type() -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "invalid_request",
+        "request bodies must be sent with `Content-Type: application/json`",
+    )
+}
+
+/// Middleware: a write that a page of another site made the browser send
+/// (`Sec-Fetch-Site: cross-site` or `same-site`) is refused with 403
+/// `forbidden`, before it is authenticated. A page may send a bodyless POST
+/// without asking first; the content-type rule of [`ApiJson`] refuses its
+/// forms, and this refuses the rest. No browser page can call the API anyway:
+/// the server answers no CORS preflight, so only the writes that need none
+/// reach it, and none of them is meant.
+pub async fn refuse_cross_site(req: Request, next: axum::middleware::Next) -> Response {
+    let write = !matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    let site = req.headers().get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if write && matches!(site, Some("cross-site" | "same-site")) {
+        return ApiError::forbidden(
+            "a write sent by another site's page is refused: call the API from a client, not a web page",
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Middleware: a body whose `Content-Length` is over the limit is refused with

@@ -214,11 +214,11 @@ impl Cairn for AsCaller {
 
     async fn schedule_pause(&self, id: &str) -> Answer {
         let (state, caller) = self.parts();
-        json(schedules::pause(state, caller, ApiPath(id.to_string())).await)
+        json(schedules::pause(state, caller, ApiPath(id.to_string()), ApiJson(schedules::EmptyBody {})).await)
     }
 
     async fn schedule_resume(&self, id: &str) -> Answer {
         let (state, caller) = self.parts();
-        json(schedules::resume(state, caller, ApiPath(id.to_string())).await)
+        json(schedules::resume(state, caller, ApiPath(id.to_string()), ApiJson(schedules::EmptyBody {})).await)
     }
 }

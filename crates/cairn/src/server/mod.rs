@@ -97,7 +97,8 @@ pub fn router(state: Arc<AppState>, dashboard: &Dashboard) -> Router {
                     move |req, next| mcp::jsonrpc_errors(limit, req, next)
                 })),
         )
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .route_layer(axum::middleware::from_fn(api::refuse_cross_site));
     // Health and the API description need no token: they reveal nothing about processes.
     let open = Router::new()
         .route("/healthz", get(routes::healthz))

@@ -108,9 +108,15 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Body of `POST /v1/schedules/{id}/pause` and `/resume`: empty, or `{}`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmptyBody {}
+
 /// `POST /v1/schedules/{id}/pause`.
 #[utoipa::path(post, path = "/v1/schedules/{id}/pause", tag = "schedules",
     params(("id" = String, Path, description = "Schedule id")),
+    request_body = EmptyBody,
     responses(
         (status = 200, description = "The paused schedule", body = Schedule),
         (status = 403, description = "A session token", body = ErrorSchema),
@@ -119,6 +125,8 @@ pub async fn pause(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<String>,
+    // Read only to refuse what is not an empty body or `{}`.
+    ApiJson(EmptyBody {}): ApiJson<EmptyBody>,
 ) -> ApiResult<Json<Schedule>> {
     caller.require_host(WHAT)?;
     Ok(Json(state.processes.pause_schedule(&id).await?))
@@ -127,6 +135,7 @@ pub async fn pause(
 /// `POST /v1/schedules/{id}/resume`: fires again from its first fire time after now.
 #[utoipa::path(post, path = "/v1/schedules/{id}/resume", tag = "schedules",
     params(("id" = String, Path, description = "Schedule id")),
+    request_body = EmptyBody,
     responses(
         (status = 200, description = "The resumed schedule", body = Schedule),
         (status = 403, description = "A session token", body = ErrorSchema),
@@ -135,6 +144,8 @@ pub async fn resume(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<String>,
+    // Read only to refuse what is not an empty body or `{}`.
+    ApiJson(EmptyBody {}): ApiJson<EmptyBody>,
 ) -> ApiResult<Json<Schedule>> {
     caller.require_host(WHAT)?;
     Ok(Json(state.processes.resume_schedule(&id).await?))
