@@ -452,6 +452,25 @@ impl Starter {
         if let Some(spec) = &env_spec {
             crate::validate::env_ref_and_bytes(spec)?;
         }
+        // The write checks the parent under its lock; a check ahead of it
+        // (a schedule's template) must find it too, or every fire would fail.
+        if let Some(parent) = registration
+            .provenance
+            .caused_by
+            .as_ref()
+            .and_then(CausalRef::parent_process)
+        {
+            match self.registry.get(parent).await {
+                Err(CairnError::UnknownProcess(_) | CairnError::NoLongerRetained(_)) => {
+                    return Err(CairnError::InvalidRequest(format!(
+                        "`caused_by` names process `{parent}`, which does not exist: a child names an existing parent"
+                    )))
+                }
+                other => {
+                    other?;
+                }
+            }
+        }
         crate::ops::Op::register(&registration, grant, now_ms).map(|_| ())
     }
 

@@ -48,6 +48,15 @@ async fn schedules_over_http() {
             json!({"id": "b", "every": "1m", "start": {"input": {"type": "tool_call", "tool": "nope", "args": {}}, "disposition": "rerunnable"}, "overlap": "skip"}),
             404,
         ),
+        // Every fire of a child of a process that does not exist would fail.
+        (
+            json!({"id": "b", "every": "1m", "start": {"input": {"type": "tool_call", "tool": "echo", "args": {}}, "disposition": "rerunnable", "caused_by": {"process_id": "ghost"}}, "overlap": "skip"}),
+            400,
+        ),
+        (
+            json!({"id": "b", "every": "101y", "start": echo_template(), "overlap": "skip"}),
+            400,
+        ),
     ];
     for (body, status) in bad {
         let (got, err) = c.post("/v1/schedules", body.clone()).await;
@@ -57,6 +66,15 @@ async fn schedules_over_http() {
     let (status, page) = c.get("/v1/schedules").await;
     assert_eq!(status, 200);
     assert_eq!(page["schedules"], json!([]), "nothing refused was stored");
+    // A template naming an existing parent is taken.
+    let parent =
+        json!({"id": "parent", "input": {"type": "external", "metadata": {}}, "disposition": "externally_owned"});
+    assert_eq!(c.start(parent).await.0, 201);
+    let child = json!({"id": "children", "every": "1h", "overlap": "skip",
+        "start": {"input": {"type": "tool_call", "tool": "echo", "args": {}}, "disposition": "rerunnable",
+                  "caused_by": {"process_id": "parent"}}});
+    assert_eq!(c.post("/v1/schedules", child).await.0, 201);
+    assert_eq!(c.delete("/v1/schedules/children").await.0, 204);
 
     // An `every 1s` schedule fires on its own at its due time.
     let body = json!({"id": "tick", "every": "1s", "start": echo_template(), "overlap": "skip"});
