@@ -1159,7 +1159,10 @@ pub struct WorkItem {
 /// Which statuses a listing returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
+// Read from a string, so that a value of another JSON type is reported as
+// such: of a unit enum given a number or an array, serde_json says only
+// "expected value".
+#[serde(rename_all = "snake_case", try_from = "String")]
 pub enum StatusFilter {
     /// Running processes (the default).
     #[default]
@@ -1174,6 +1177,26 @@ pub enum StatusFilter {
     Abandoned,
     /// Every status.
     Any,
+}
+
+impl TryFrom<String> for StatusFilter {
+    type Error = String;
+
+    fn try_from(text: String) -> std::result::Result<Self, String> {
+        Ok(match text.as_str() {
+            "running" => Self::Running,
+            "completed" => Self::Completed,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            "abandoned" => Self::Abandoned,
+            "any" => Self::Any,
+            other => {
+                return Err(format!(
+                    "unknown status `{other}`: one of running, completed, failed, cancelled, abandoned, any"
+                ))
+            }
+        })
+    }
 }
 
 impl StatusFilter {
@@ -1367,5 +1390,24 @@ mod tests {
         }
         let written = serde_json::to_value(Watermark::NoProjector).expect("serialize");
         assert_eq!(written, serde_json::json!({"type": "no_projector"}));
+    }
+
+    #[test]
+    fn a_status_filter_says_what_it_takes() {
+        let read = |v: serde_json::Value| serde_json::from_value::<StatusFilter>(v).map_err(|e| e.to_string());
+        for status in ["running", "completed", "failed", "cancelled", "abandoned", "any"] {
+            let parsed = read(serde_json::json!(status)).expect("a status");
+            assert_eq!(serde_json::to_value(parsed).ok(), Some(serde_json::json!(status)));
+        }
+        let unknown = read(serde_json::json!("done")).expect_err("refused");
+        assert!(unknown.contains("unknown status `done`: one of running"), "{unknown}");
+        for other in [
+            serde_json::json!(3),
+            serde_json::json!(["completed"]),
+            serde_json::Value::Null,
+        ] {
+            let e = read(other.clone()).expect_err("refused");
+            assert!(e.contains("expected a string"), "{other}: {e}");
+        }
     }
 }
