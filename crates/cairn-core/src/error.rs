@@ -183,7 +183,7 @@ pub enum CairnError {
         /// The name asked for.
         process_name: String,
     },
-    /// A start asked for a disposition its input cannot have (a script is `rerunnable`).
+    /// A start asked for a disposition its input cannot have (a script is `rerunnable`; only `external` input is `externally_owned`).
     #[error("invalid disposition: {0}")]
     InvalidDisposition(String),
     /// The wait ended by timeout (awaiter helpers that take a deadline).

@@ -210,6 +210,15 @@ async fn prepare_start(
     req: StartRequest,
 ) -> Result<(Registration, Option<StartGrant>, Option<EnvSpec>)> {
     let mut event_types = req.event_types;
+    // SPEC §2: an `externally_owned` process is never run here, so work that
+    // only a cairn worker runs would wait for good.
+    if req.disposition == Disposition::ExternallyOwned && !matches!(req.input, ProcessInput::External { .. }) {
+        return Err(CairnError::InvalidDisposition(format!(
+            "a `{}` input is run by cairn's workers, and an `externally_owned` process is never run: \
+             give work another system does an `external` input",
+            req.input.kind()
+        )));
+    }
     if let Some((runs, args)) = tools.resolve(&req.input) {
         runs.check_start(&args, req.disposition).await?;
         for declared in runs.event_types() {

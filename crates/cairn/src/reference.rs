@@ -181,7 +181,7 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
         ),
         (
             CairnError::InvalidDisposition(s()),
-            "the input cannot have that disposition (a script is `rerunnable`)",
+            "the input cannot have that disposition (a script is `rerunnable`; only `external` input is `externally_owned`, and it is nothing else)",
         ),
         (CairnError::Timeout(s()), "an operation ran out of time"),
         (

@@ -53,6 +53,20 @@ async fn start_is_idempotent_and_errors_have_their_classes() {
     }
     let (s, err) = c.get("/v1/processes/ext-run").await;
     assert_eq!((s, code(&err)), (404, "unknown_process"), "nothing was created");
+    // And the other way: what cairn's workers run is never `externally_owned`
+    // (it would wait for good).
+    let (s, err) = c
+        .start(tool_start("ext-run", "echo", json!({"value": 1}), "externally_owned"))
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_disposition"), "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`external` input")),
+        "{err}"
+    );
+    let (s, err) = c.get("/v1/processes/ext-run").await;
+    assert_eq!((s, code(&err)), (404, "unknown_process"), "nothing was created");
     // A body that is an array, which serde would read by position.
     let (s, err) = c
         .post_raw(
