@@ -29,10 +29,18 @@ pub const MAX_EVENT_TYPES: usize = 256;
 /// [`MAX_PAYLOAD_BYTES`]).
 pub const MAX_AWAITED_CHILDREN: usize = 1000;
 
-/// Check an id: non-empty, at most [`MAX_ID_BYTES`], no control characters.
+/// Check an id: non-empty, at most [`MAX_ID_BYTES`], no control characters,
+/// and neither `.` nor `..` (a URL path cannot carry those as a segment: every
+/// HTTP client and server resolves them away, so the id could be created but
+/// never addressed).
 pub fn validate_id(what: &str, id: &str) -> Result<()> {
     if id.is_empty() {
         return Err(CairnError::InvalidId(format!("{what} must not be empty")));
+    }
+    if id == "." || id == ".." {
+        return Err(CairnError::InvalidId(format!(
+            "{what} `{id}` is a relative path segment, which no URL can name; choose another"
+        )));
     }
     if id.len() > MAX_ID_BYTES {
         return Err(CairnError::InvalidId(format!(

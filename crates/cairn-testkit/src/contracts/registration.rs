@@ -155,7 +155,9 @@ pub async fn registration_hash_is_stable(factory: &dyn StoreFactory) {
     );
 }
 
-/// Bad ids anywhere in a registration are `invalid_id` and create nothing; 256 bytes is fine.
+/// Bad ids anywhere in a registration are `invalid_id` and create nothing
+/// (`.` and `..` included: no URL path can name them); 256 bytes is fine, and
+/// so are ids that merely contain dots.
 pub async fn register_rejects_bad_ids(factory: &dyn StoreFactory) {
     let h = Harness::new(factory).await;
     let too_long = "x".repeat(257);
@@ -167,6 +169,8 @@ pub async fn register_rejects_bad_ids(factory: &dyn StoreFactory) {
         "a\nb",
         "tab\there",
         "del\u{7f}",
+        ".",
+        "..",
     ] {
         h.rejects(
             "invalid_id",
@@ -206,6 +210,10 @@ pub async fn register_rejects_bad_ids(factory: &dyn StoreFactory) {
     let max = "x".repeat(256);
     h.register(rerunnable(&max)).await;
     assert_eq!(h.get(&max).await.id, max);
+    for dotted in ["...", ".a", "a..b"] {
+        h.register(rerunnable(dotted)).await;
+        assert_eq!(h.get(dotted).await.id, dotted);
+    }
 }
 
 /// Two producer types with one name are `duplicate_event_type`.
