@@ -664,7 +664,32 @@ fn current<T: WriteTx + ?Sized>(tx: &mut T, id: &str) -> Result<ProcessRecord> {
     Ok(existing(tx, id)?.record.clone())
 }
 
+/// What a start whose `caused_by` names a process that does not exist is
+/// answered (400 `invalid_request`).
+pub fn missing_parent(parent: &str) -> CairnError {
+    CairnError::InvalidRequest(format!(
+        "`caused_by` names process `{parent}`, which does not exist: a child names an existing parent"
+    ))
+}
+
 fn register<T: WriteTx + ?Sized>(tx: &mut T, record: &ProcessRecord, grant: Option<&Grant>) -> Result<Registered> {
+    // A parent must exist (or have existed: a pruned one left its tombstone).
+    // Under a parent whose cancellation was requested the child is born
+    // cancelled, so no child escapes a tree cancel that committed before it.
+    // Checked first, so that a surface which answers a parent its caller may
+    // not address as missing (see [`missing_parent`]) answers exactly what a
+    // missing parent gets, whatever else is wrong with the start.
+    let mut cancelled_parent = None;
+    if let Some(parent) = record.provenance.caused_by.as_ref().and_then(CausalRef::parent_process) {
+        let found = tx
+            .row(parent)?
+            .map(|row| row.record.cancel_request.as_ref().map(|c| c.reason.clone()));
+        match found {
+            Some(request) => cancelled_parent = request,
+            None if tx.tombstone(parent)?.is_some() => {}
+            None => return Err(missing_parent(parent)),
+        }
+    }
     if let Some(t) = tx.tombstone(&record.id)? {
         return Err(CairnError::NoLongerRetained(Box::new(t)));
     }
@@ -680,24 +705,6 @@ fn register<T: WriteTx + ?Sized>(tx: &mut T, record: &ProcessRecord, grant: Opti
     if let Some(env) = &record.env_ref {
         if !tx.env_stored(env)? {
             return Err(CairnError::UnknownEnv(env.clone()));
-        }
-    }
-    // A parent must exist (or have existed: a pruned one left its tombstone).
-    // Under a parent whose cancellation was requested the child is born
-    // cancelled, so no child escapes a tree cancel that committed before it.
-    let mut cancelled_parent = None;
-    if let Some(parent) = record.provenance.caused_by.as_ref().and_then(CausalRef::parent_process) {
-        let found = tx
-            .row(parent)?
-            .map(|row| row.record.cancel_request.as_ref().map(|c| c.reason.clone()));
-        match found {
-            Some(request) => cancelled_parent = request,
-            None if tx.tombstone(parent)?.is_some() => {}
-            None => {
-                return Err(CairnError::InvalidRequest(format!(
-                    "`caused_by` names process `{parent}`, which does not exist: a child names an existing parent"
-                )))
-            }
         }
     }
     tx.insert_row(record.clone())?;
@@ -840,6 +847,21 @@ fn append_record<T: WriteTx + ?Sized>(tx: &mut T, id: &str, request: &AppendRequ
 /// theirs, and so on. Provenance is the producer's word, so it may loop: each
 /// process is visited once.
 fn cancel<T: WriteTx + ?Sized>(tx: &mut T, id: &str, reason: Option<&str>) -> Result<CancelAnswer> {
+    // Idempotent per reason: the same request repeated after the process
+    // ended (a retry whose first answer was lost) answers the record as it
+    // stands and writes nothing.
+    let record = &existing(tx, id)?.record;
+    if record.is_terminal() {
+        let record = record.clone();
+        if tx.replayed(id, &fold::cancel_replay_key(reason))?.is_some() {
+            return Ok(CancelAnswer {
+                process: record,
+                cancelled_now: false,
+                descendants: Vec::new(),
+            });
+        }
+        return Err(CairnError::ProcessTerminal(id.to_string()));
+    }
     let (_, cancelled_now) = cancel_one(tx, id, reason)?;
     let mut seen = std::collections::HashSet::from([id.to_string()]);
     let mut parents = vec![id.to_string()];

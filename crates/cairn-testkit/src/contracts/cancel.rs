@@ -39,10 +39,28 @@ pub async fn cancel_never_claimed_ends_at_once(factory: &dyn StoreFactory) {
     let answer = ok(h.registry().request_cancel("c", None).await, "request_cancel");
     assert!(answer.cancelled_now);
     assert_eq!(h.get("c").await.status, ProcessStatus::Cancelled);
+    // The same request again (a retry whose answer was lost) answers the
+    // record and writes nothing; another reason is a new request, too late.
+    let again = h
+        .no_change("cancel again", h.registry().request_cancel("c", None))
+        .await;
+    assert!(!again.cancelled_now && again.descendants.is_empty());
+    assert_eq!(again.process, h.get("c").await);
     h.rejects(
         "process_terminal",
-        "cancel again",
-        h.registry().request_cancel("c", None),
+        "cancel again with a reason",
+        h.registry().request_cancel("c", Some("late".into())),
+    )
+    .await;
+    h.no_change(
+        "cancel `r` again",
+        h.registry().request_cancel("r", Some("stop".into())),
+    )
+    .await;
+    h.rejects(
+        "process_terminal",
+        "cancel `r` without its reason",
+        h.registry().request_cancel("r", None),
     )
     .await;
 }
