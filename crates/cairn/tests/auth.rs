@@ -125,6 +125,38 @@ async fn session_tokens_see_only_their_grants() {
     let (s, err) = s1.start(wake_elsewhere).await;
     assert_eq!((s, code(&err)), (400, "invalid_request"));
 
+    // A parent s1 may not address is answered as a missing one, whether the
+    // start is new or names a taken id: no probing, no child grafted onto
+    // another session's tree. Its own process may be a parent.
+    for id in ["c-new", "p-s1"] {
+        let mut under_hidden = waiter(id);
+        under_hidden["caused_by"] = json!({"process_id": "p-s2"});
+        let (s, hidden) = s1.start(under_hidden).await;
+        let mut under_missing = waiter(id);
+        under_missing["caused_by"] = json!({"process_id": "no-such-parent"});
+        let (s_missing, missing) = s1.start(under_missing).await;
+        assert_eq!((s, code(&hidden)), (400, "invalid_request"), "{hidden}");
+        assert_eq!((s_missing, code(&missing)), (400, "invalid_request"), "{missing}");
+        let message = |v: &Value, parent: &str| {
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .replace(parent, "PARENT")
+        };
+        assert_eq!(message(&hidden, "p-s2"), message(&missing, "no-such-parent"));
+    }
+    assert_eq!(s1.get("/v1/processes/c-new").await.0, 404);
+    let (_, page) = host.get("/v1/processes?caused_by=p-s2&status=any").await;
+    assert_eq!(page["processes"], json!([]), "nothing grafted under p-s2");
+    let mut own_child = waiter("c-own");
+    own_child["caused_by"] = json!({"process_id": "p-s1"});
+    let (s, rec) = s1.start(own_child).await;
+    assert_eq!(
+        (s, rec["provenance"]["caused_by"]["process_id"].as_str()),
+        (201, Some("p-s1")),
+        "{rec}"
+    );
+
     // After s1 gives the process away, it no longer sees it.
     let (s, rep) = s1
         .post(

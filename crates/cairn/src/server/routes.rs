@@ -220,6 +220,15 @@ pub async fn start(
         // A session starts processes as itself, granted to itself, and may only
         // wake itself.
         req.confine_to_session(&scope)?;
+        // A parent the session may not address is answered as a missing one
+        // (the operation layer checks the parent first, so the answer is the
+        // same whatever else the start gets wrong): no probing for other
+        // sessions' processes, no children grafted onto their trees.
+        if let Some(parent) = req.caused_by.as_ref().and_then(|c| c.parent_process()) {
+            if check_visible(&state, &caller, parent).await.is_err() {
+                return Err(cairn_core::ops::missing_parent(parent).into());
+            }
+        }
     }
     let id = req.id.clone();
     let registered = match state.processes.start(req).await {
@@ -494,9 +503,9 @@ pub async fn signal(
     params(("id" = String, Path, description = "Process id")),
     request_body(content = CancelBody, description = "May be empty"),
     responses(
-        (status = 200, description = "The record (cancelled at once when nobody had started it)", body = ProcessRecord),
+        (status = 200, description = "The record (cancelled at once when nobody had started it); also when the same request (same reason) was recorded before the process ended (a retried cancel writes nothing)", body = ProcessRecord),
         (status = 404, description = "unknown_process", body = ErrorSchema),
-        (status = 409, description = "process_terminal", body = ErrorSchema)))]
+        (status = 409, description = "process_terminal: it ended and this request was never recorded", body = ErrorSchema)))]
 pub async fn cancel(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
