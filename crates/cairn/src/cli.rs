@@ -141,6 +141,7 @@ pub enum Command {
     /// Show one process.
     Get {
         /// Process id.
+        #[arg(value_parser = non_empty)]
         id: String,
         /// `--server`, `--token`, `--json`.
         #[command(flatten)]
@@ -153,6 +154,7 @@ pub enum Command {
         cairn --json events build-42        # one document: {\"events\": [...]}")]
     Events {
         /// Process id.
+        #[arg(value_parser = non_empty)]
         id: String,
         /// Only events after this sequence.
         #[arg(long, default_value_t = 0)]
@@ -172,6 +174,7 @@ pub enum Command {
         cairn await build-42 --timeout 2h   # longer than the server's --max-await: asks again until then")]
     Await {
         /// Process id.
+        #[arg(value_parser = non_empty)]
         id: String,
         /// How long to wait (e.g. 500ms, 1.5s, 10m, 2h). A wait longer than the server's
         /// `--max-await` is made of several requests.
@@ -187,8 +190,10 @@ pub enum Command {
     )]
     Signal {
         /// Process id.
+        #[arg(value_parser = non_empty)]
         id: String,
         /// Signal name (ASCII letters, digits, `_`, `-`).
+        #[arg(value_parser = non_empty)]
         name: String,
         /// Signal id (idempotency key); generated when absent.
         #[arg(long = "id")]
@@ -206,6 +211,7 @@ pub enum Command {
     )]
     Append {
         /// Process id.
+        #[arg(value_parser = non_empty)]
         id: String,
         /// A declared event type.
         event_type: String,
@@ -228,6 +234,7 @@ pub enum Command {
     /// Request cancellation of a process.
     Cancel {
         /// Process id.
+        #[arg(value_parser = non_empty)]
         id: String,
         /// Why.
         #[arg(long)]
@@ -239,6 +246,7 @@ pub enum Command {
     /// Record an abandon request (reconciled once the process's lease lapses).
     Abandon {
         /// Process id.
+        #[arg(value_parser = non_empty)]
         id: String,
         /// Why.
         #[arg(long)]
@@ -291,6 +299,7 @@ pub enum Command {
     /// List a session's pending wakes.
     Wakes {
         /// Session id.
+        #[arg(value_parser = non_empty)]
         session: String,
         /// `--server`, `--token`, `--json`.
         #[command(flatten)]
@@ -299,8 +308,10 @@ pub enum Command {
     /// Acknowledge a wake.
     Ack {
         /// Session id.
+        #[arg(value_parser = non_empty)]
         session: String,
         /// Wake id.
+        #[arg(value_parser = non_empty)]
         wake_id: String,
         /// `--server`, `--token`, `--json`.
         #[command(flatten)]
@@ -393,6 +404,7 @@ pub enum ScheduleAction {
     /// JSON argument, or stdin when absent or `-`.
     Add {
         /// Schedule id.
+        #[arg(value_parser = non_empty)]
         id: String,
         /// A 5-field cron expression (minute hour day-of-month month day-of-week).
         #[arg(long, conflicts_with = "every", required_unless_present = "every")]
@@ -414,21 +426,25 @@ pub enum ScheduleAction {
     /// Show one schedule.
     Get {
         /// Schedule id.
+        #[arg(value_parser = non_empty)]
         id: String,
     },
     /// Delete a schedule (the processes it started stay).
     Rm {
         /// Schedule id.
+        #[arg(value_parser = non_empty)]
         id: String,
     },
     /// Stop a schedule firing.
     Pause {
         /// Schedule id.
+        #[arg(value_parser = non_empty)]
         id: String,
     },
     /// Let a paused schedule fire again, from its next fire time after now.
     Resume {
         /// Schedule id.
+        #[arg(value_parser = non_empty)]
         id: String,
     },
 }
@@ -615,6 +631,7 @@ pub struct LsArgs {
 #[command(group(clap::ArgGroup::new("result").required(true).args(["value", "failure", "outcome"])))]
 pub struct CompleteArgs {
     /// Process id.
+    #[arg(value_parser = non_empty)]
     pub id: String,
     /// Succeed with this JSON value.
     #[arg(long)]
@@ -622,8 +639,8 @@ pub struct CompleteArgs {
     /// Fail with this code (class `process`).
     #[arg(long, value_name = "CODE")]
     pub failure: Option<String>,
-    /// The failure's message.
-    #[arg(long, requires = "failure")]
+    /// The failure's message (only with `--failure`).
+    #[arg(long, requires = "failure", conflicts_with_all = ["value", "outcome"])]
     pub message: Option<String>,
     /// A whole outcome as JSON: `{"type": "success", "value"}`, `{"type": "failure", "class", "code", "message"}` or `{"type": "cancelled", "message"}`.
     #[arg(long)]
@@ -788,6 +805,15 @@ pub enum BenchChildRole {
 }
 
 /// A count of at least one (`--limit 0` would ask for nothing).
+/// An id or name: an empty one could only reach a route that does not exist.
+fn non_empty(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(s.to_string())
+    }
+}
+
 fn at_least_one(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
@@ -924,5 +950,23 @@ mod tests {
             panic!("bench")
         };
         assert!(bench.json && !cli.client.json);
+    }
+
+    #[test]
+    fn empty_ids_and_a_message_without_a_failure_are_usage_errors() {
+        for args in [
+            &["get", ""][..],
+            &["signal", "p", ""],
+            &["signal", "", "go"],
+            &["ack", "s", ""],
+            &["schedule", "rm", ""],
+            &["complete", "p", "--message", "m", "--value", "1"],
+            &["complete", "p", "--message", "m", "--outcome", "{}"],
+        ] {
+            let refused = Cli::try_parse_from(std::iter::once("cairn").chain(args.iter().copied()));
+            let err = refused.err().unwrap_or_else(|| panic!("cairn {args:?} was accepted"));
+            assert_eq!(err.exit_code(), 2, "cairn {args:?}: {err}");
+        }
+        assert!(Cli::try_parse_from(["cairn", "complete", "p", "--failure", "c", "--message", "m"]).is_ok());
     }
 }
