@@ -53,6 +53,19 @@ pub fn parse_args<T: for<'de> Deserialize<'de>>(tool: &str, args: &Value) -> Res
     serde_json::from_value(args.clone()).map_err(|e| CairnError::InvalidRequest(format!("`{tool}` args: {e}")))
 }
 
+/// Refuse a duration past [`schemas::LONGEST_MS`] (a year): a due time
+/// beyond it is no real deadline, and far enough past it no longer fits the
+/// signed 64-bit integers that store due times.
+pub(crate) fn check_ms(tool: &str, field: &str, ms: Option<u64>) -> Result<()> {
+    match ms {
+        Some(ms) if ms > schemas::LONGEST_MS => Err(CairnError::InvalidRequest(format!(
+            "`{tool}` args: `{field}` is {ms} ms, over the limit of {} ms (a year)",
+            schemas::LONGEST_MS
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The outcome a tool returns for args that do not parse at run time.
 pub fn bad_args(err: CairnError) -> Outcome {
     Outcome::failure("tool", "invalid_args", err.to_string())
@@ -117,7 +130,8 @@ impl Tool for SleepTool {
     }
 
     fn validate_args(&self, args: &Value) -> Result<()> {
-        parse_args::<SleepArgs>("sleep", args).map(|_| ())
+        let a = parse_args::<SleepArgs>("sleep", args)?;
+        check_ms("sleep", "ms", Some(a.ms))
     }
 
     async fn run(&self, ctx: ToolContext, args: Value) -> Outcome {
@@ -158,6 +172,7 @@ impl Tool for WaitSignalTool {
 
     fn validate_args(&self, args: &Value) -> Result<()> {
         let a = parse_args::<WaitSignalArgs>("wait_signal", args)?;
+        check_ms("wait_signal", "timeout_ms", a.timeout_ms)?;
         cairn_core::events::validate_signal_name(&a.name)
     }
 

@@ -4,9 +4,9 @@
 
 use serde_json::{json, Value};
 
-/// Longest `sleep` or timeout the schemas offer (a year: durable sleeps and
-/// waits run for days, SPEC §13); the tools take any `u64`.
-const LONGEST_MS: u64 = 365 * 86_400_000;
+/// Longest `sleep` or timeout the tools take (a year: durable sleeps and
+/// waits run for days, SPEC §13); a longer one is refused at start.
+pub const LONGEST_MS: u64 = 365 * 86_400_000;
 
 /// The `args` schema of built-in tool `name`, or `None` for another name.
 pub fn args_schema(name: &str) -> Option<Value> {
@@ -104,5 +104,28 @@ mod tests {
         let validator = jsonschema::validator_for(&schema).expect("schema compiles");
         assert!(validator.is_valid(&json!({"ms": 259_200_000u64})));
         assert!(!validator.is_valid(&json!({"ms": -1})));
+    }
+
+    /// The tools refuse what the schemas' `maximum` refuses: a due time past
+    /// it would not fit the stored integers.
+    #[test]
+    fn durations_past_the_schema_maximum_are_refused_at_start() {
+        let tools = crate::builtin_tools(true);
+        let too_long = LONGEST_MS + 1;
+        for (tool, args) in [
+            ("sleep", json!({"ms": too_long})),
+            ("sleep", json!({"ms": u64::MAX})),
+            ("wait_signal", json!({"name": "go", "timeout_ms": too_long})),
+            ("shell", json!({"argv": ["true"], "timeout_ms": u64::MAX})),
+        ] {
+            let err = tools.get(tool).expect(tool).validate_args(&args).expect_err(tool);
+            assert_eq!(err.code(), "invalid_request", "{tool}: {err}");
+            assert!(err.to_string().contains("over the limit"), "{tool}: {err}");
+        }
+        assert!(tools
+            .get("sleep")
+            .expect("sleep")
+            .validate_args(&json!({"ms": LONGEST_MS}))
+            .is_ok());
     }
 }

@@ -143,6 +143,7 @@ impl ShellArgs {
                 no_nul("`command`", command)?;
             }
         }
+        crate::check_ms("shell", "timeout_ms", a.timeout_ms)?;
         if let Some(cwd) = &a.cwd {
             if cwd.is_empty() {
                 return Err(invalid("`cwd` is empty"));
