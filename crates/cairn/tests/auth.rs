@@ -30,6 +30,28 @@ async fn session_tokens_see_only_their_grants() {
     // No token, a wrong token: 401 (health stays open).
     let (s, err) = server.client().get("/v1/processes").await;
     assert_eq!((s, code(&err)), (401, "unauthorized"));
+    // A 401 names its scheme (RFC 9110), on the API and on MCP alike.
+    for path in ["/v1/processes", "/mcp"] {
+        let r = reqwest::Client::new()
+            .post(server.url(path))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(r.status().as_u16(), 401, "{path}");
+        let scheme = r.headers().get("www-authenticate").and_then(|v| v.to_str().ok());
+        assert!(scheme.is_some_and(|v| v.starts_with("Bearer")), "{path}: {scheme:?}");
+    }
+    // A server with tokens answers any host name (a page cannot know a token).
+    let r = reqwest::Client::new()
+        .get(server.url("/v1/processes"))
+        .header("host", "cairn.internal.example")
+        .bearer_auth("host-secret")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(r.status().as_u16(), 200);
     let (s, err) = server.with_token("nope").get("/v1/processes").await;
     assert_eq!((s, code(&err)), (401, "unauthorized"));
     assert_eq!(server.client().get("/healthz").await.0, 200);

@@ -734,6 +734,92 @@ async fn health_metrics_and_openapi() {
     assert_eq!((s, code(&err)), (400, "invalid_request"));
 }
 
+/// An open loopback server answers only loopback names and loopback pages: a
+/// page that re-points its own name at 127.0.0.1 (DNS rebinding) sends its
+/// name as `Host` and is same-origin to the browser, so the host decides.
+/// Every route is covered, reads too; nothing a refused request asked for is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_server_answers_only_loopback_hosts_and_pages() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let port = server
+        .url("/")
+        .split(':')
+        .nth(2)
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_string();
+    let rebound = format!("attacker.example:{port}");
+    let send = |method: reqwest::Method, path: &str, host: Option<&str>, origin: Option<&str>| {
+        let mut r = c
+            .http
+            .request(method, c.url(path))
+            .header("sec-fetch-site", "same-origin")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        if let Some(h) = host {
+            r = r.header("host", h);
+        }
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.body(serde_json::to_vec(&waiter("rebound")).expect("body")).send()
+    };
+    for (host, origin) in [
+        (Some(rebound.as_str()), None),
+        (Some(rebound.as_str()), Some(format!("http://{rebound}"))),
+        (None, Some("http://evil.example".to_string())),
+        (None, Some("null".to_string())),
+        (Some("localhost.evil.example"), None),
+    ] {
+        let r = send(reqwest::Method::POST, "/v1/processes", host, origin.as_deref())
+            .await
+            .expect("answered");
+        assert_eq!(r.status().as_u16(), 403, "start with {host:?} {origin:?}");
+        let err: Value = r.json().await.expect("an error body");
+        assert_eq!(code(&err), "forbidden");
+        for (method, path) in [
+            (reqwest::Method::GET, "/v1/processes"),
+            (reqwest::Method::GET, "/ui/"),
+            (reqwest::Method::POST, "/mcp"),
+        ] {
+            let r = send(method.clone(), path, host, origin.as_deref())
+                .await
+                .expect("answered");
+            assert_eq!(r.status().as_u16(), 403, "{method} {path} with {host:?} {origin:?}");
+        }
+    }
+    assert_eq!(c.get("/v1/processes/rebound").await.0, 404, "nothing was started");
+    // Loopback names, with or without a loopback page, are answered.
+    for (host, origin) in [
+        (
+            Some(format!("localhost:{port}")),
+            Some(format!("http://localhost:{port}")),
+        ),
+        (Some(format!("LOCALHOST:{port}")), None),
+        (None, Some(format!("http://127.0.0.1:{port}"))),
+    ] {
+        let r = send(
+            reqwest::Method::GET,
+            "/v1/processes",
+            host.as_deref(),
+            origin.as_deref(),
+        )
+        .await
+        .expect("answered");
+        assert_eq!(r.status().as_u16(), 200, "{host:?} {origin:?}");
+    }
+    let r = send(
+        reqwest::Method::POST,
+        "/v1/processes",
+        None,
+        Some(&format!("http://[::1]:{port}")),
+    )
+    .await
+    .expect("answered");
+    assert_eq!(r.status().as_u16(), 201);
+}
+
 /// An open loopback server takes no writes a web page of another site could
 /// make a browser send: an empty form (no JSON content type) is 415, and any
 /// write the browser marks as from another site is 403, whatever its body.

@@ -34,14 +34,14 @@ async fn silent_slow_and_idle_connections_are_closed() {
     assert_eq!(read_to_close(&mut silent, Duration::from_secs(5)).await, "");
     // Headers started but never finished (slowloris).
     let mut slow = connect(&server).await;
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
         .await
         .expect("write");
     let answer = read_to_close(&mut slow, Duration::from_secs(5)).await;
     assert!(!answer.contains("200 OK"), "{answer}");
     // A kept-alive connection that goes idle after its answer.
     let mut idle = connect(&server).await;
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .expect("write");
     let answer = read_to_close(&mut idle, Duration::from_secs(5)).await;
@@ -54,7 +54,7 @@ async fn connections_over_the_limit_are_refused_with_503() {
     let held = [connect(&server).await, connect(&server).await];
     let mut third = connect(&server).await;
     third
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .expect("write");
     let answer = read_to_close(&mut third, Duration::from_secs(5)).await;
@@ -86,7 +86,7 @@ async fn an_oversized_content_length_is_refused_before_the_body() {
     // Declares 100 MB and sends none of it: the answer must not wait for the body.
     stream
         .write_all(
-            b"POST /v1/processes HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\
+            b"POST /v1/processes HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/json\r\n\
               content-length: 104857600\r\n\r\n",
         )
         .await

@@ -178,6 +178,14 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
         }
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 9110 §11.6.1: a 401 names its scheme (a bearer token here),
+            // so a client knows to send one rather than look for OAuth.
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"cairn\""),
+            );
+        }
         response
     }
 }
@@ -253,6 +261,59 @@ pub async fn refuse_cross_site(req: Request, next: axum::middleware::Next) -> Re
             "a write sent by another site's page is refused: call the API from a client, not a web page",
         )
         .into_response();
+    }
+    next.run(req).await
+}
+
+/// The host names an open (tokenless, loopback-only) server answers to.
+const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
+
+/// Whether `authority` (`host[:port]`) names this machine's loopback.
+fn is_loopback_authority(authority: &str) -> bool {
+    authority
+        .parse::<axum::http::uri::Authority>()
+        .is_ok_and(|a| LOOPBACK_NAMES.iter().any(|n| a.host().eq_ignore_ascii_case(n)))
+}
+
+/// Middleware: an open server (no tokens, so loopback only) answers only
+/// requests addressed to a loopback name and, when a browser says which page
+/// sent them (`Origin`), sent by a loopback page; anything else is 403
+/// `forbidden`. A page on another site that re-points its own name at
+/// 127.0.0.1 (DNS rebinding) sends its own name as `Host`, and its requests
+/// are then same-origin to the browser, so only this check stops it. A server
+/// with tokens answers any host: a page cannot know a token.
+pub async fn refuse_foreign_hosts(
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<super::AppState>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !state.auth.is_open() {
+        return next.run(req).await;
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(ToString::to_string));
+    if let Some(host) = host.filter(|h| !is_loopback_authority(h)) {
+        return ApiError::forbidden(format!(
+            "this server has no tokens, so it answers only requests addressed to localhost, 127.0.0.1 or [::1], \
+             not `{host}`"
+        ))
+        .into_response();
+    }
+    let origin = req.headers().get(header::ORIGIN).map(|v| v.to_str().unwrap_or("?"));
+    if let Some(origin) = origin {
+        let loopback = origin
+            .split_once("://")
+            .is_some_and(|(scheme, rest)| matches!(scheme, "http" | "https") && is_loopback_authority(rest));
+        if !loopback {
+            return ApiError::forbidden(format!(
+                "this server has no tokens, so it answers no page but its own (`Origin: {origin}`)"
+            ))
+            .into_response();
+        }
     }
     next.run(req).await
 }

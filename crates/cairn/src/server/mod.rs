@@ -115,6 +115,10 @@ pub fn router(state: Arc<AppState>, dashboard: &Dashboard) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            api::refuse_foreign_hosts,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             metrics::count_requests,
         ))
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
