@@ -13,7 +13,7 @@ use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::tools::{await_bound, ToolKind};
+use crate::tools::ToolKind;
 use crate::{Answer, Failure, SharedCairn};
 
 /// Picks the [`crate::Cairn`] view an HTTP request speaks to, from the
@@ -90,7 +90,7 @@ impl McpServer {
                 ),
             ));
         }
-        let timeout_ms = arguments.get("timeout_ms").and_then(Value::as_u64);
+        let started = std::time::Instant::now();
         let answer: Answer = kind.call(cairn.as_ref(), arguments).await;
         match answer {
             Ok(value) => {
@@ -98,9 +98,11 @@ impl McpServer {
                     kind == ToolKind::Await && value.get("status").and_then(Value::as_str) == Some("running");
                 let mut result = CallToolResult::structured(value);
                 if still_running {
+                    // The wait that happened, which the server may have cut
+                    // short (`--max-await`), not the one asked for.
                     result.content.push(ContentBlock::text(format!(
                         "The process is still running after waiting {} ms: call process_await again to keep waiting.",
-                        await_bound(timeout_ms).as_millis()
+                        started.elapsed().as_millis()
                     )));
                 }
                 result
@@ -108,6 +110,27 @@ impl McpServer {
             Err(f) => failure(&f),
         }
     }
+}
+
+/// What the params of a request method MCP defines look like, for the
+/// answer to params that do not fit; `None` for a method MCP does not define.
+fn expected_params(method: &str) -> Option<&'static str> {
+    Some(match method {
+        "initialize" => {
+            "an object with `protocolVersion` (a string), `capabilities` (an object) and `clientInfo` \
+             (`name` and `version`)"
+        }
+        "tools/call" => "an object with `name` (a string) and, optionally, `arguments` (an object)",
+        "tools/list" | "resources/list" | "resources/templates/list" | "prompts/list" => {
+            "an optional object with an optional `cursor` (a string)"
+        }
+        "ping" => "no params, or an object",
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => "an object with `uri` (a string)",
+        "prompts/get" => "an object with `name` (a string) and, optionally, `arguments` (an object of strings)",
+        "completion/complete" => "an object with `ref` and `argument`",
+        "logging/setLevel" => "an object with `level` (a string)",
+        _ => return None,
+    })
 }
 
 /// A cairn error as a tool result: `isError`, and the HTTP API's error body as
@@ -131,10 +154,40 @@ impl ServerHandler for McpServer {
 
     async fn list_tools(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
+        // One page holds every tool and no answer carries a `nextCursor`, so
+        // any cursor is one this server never gave (MCP: invalid params).
+        if let Some(cursor) = request.and_then(|r| r.cursor) {
+            return Err(ErrorData::invalid_params(
+                format!("unknown cursor `{cursor}`: tools/list answers every tool in one page"),
+                None,
+            ));
+        }
         Ok(ListToolsResult::with_all_items(self.tools.as_ref().clone()))
+    }
+
+    /// A request the protocol library could not read as any method it knows.
+    /// A method MCP defines reached here because its params did not fit it:
+    /// invalid params (`-32602`), not "method not found".
+    async fn on_custom_request(
+        &self,
+        request: rmcp::model::CustomRequest,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CustomResult, ErrorData> {
+        let method = request.method;
+        match expected_params(&method) {
+            Some(shape) => Err(ErrorData::invalid_params(
+                format!("invalid params for `{method}`: it takes {shape}"),
+                None,
+            )),
+            None => Err(ErrorData::new(
+                rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+                format!("method not found: `{method}`"),
+                None,
+            )),
+        }
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {

@@ -755,6 +755,34 @@ async fn malformed_posts_get_jsonrpc_errors() {
             -32600,
             Value::Null,
         ),
+        // MCP: an id is never null; JSON-RPC: never fractional.
+        (
+            r#"{"jsonrpc": "2.0", "id": null, "method": "ping"}"#,
+            -32600,
+            Value::Null,
+        ),
+        (
+            r#"{"jsonrpc": "2.0", "id": 1.5, "method": "ping"}"#,
+            -32600,
+            Value::Null,
+        ),
+        (
+            r#"{"jsonrpc": "2.0", "id": 18446744073709551615, "method": "ping"}"#,
+            -32600,
+            Value::Null,
+        ),
+        (r#"{"jsonrpc": "2.0", "id": 5}"#, -32600, json!(5)),
+        (r#"{"jsonrpc": "2.0", "id": 5, "method": 7}"#, -32600, json!(5)),
+        (
+            r#"{"jsonrpc": "2.0", "id": "a", "method": "tools/call", "params": "x"}"#,
+            -32600,
+            json!("a"),
+        ),
+        (
+            r#"{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": []}"#,
+            -32602,
+            json!(1),
+        ),
     ] {
         let response = post(body).await.expect("answered");
         assert_eq!(response.status().as_u16(), 400, "{body}");
@@ -762,6 +790,32 @@ async fn malformed_posts_get_jsonrpc_errors() {
         assert_eq!(answer["jsonrpc"], "2.0", "{body}: {answer}");
         assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
         assert_eq!(answer["id"], id, "{body}: {answer}");
+    }
+    // Params that do not fit a method MCP defines are invalid params, not an
+    // unknown method; an unknown method is one; tools/list gives no cursors.
+    for (body, code) in [
+        (
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"process_get","arguments":[1]}}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":5}}"#,
+            -32602,
+        ),
+        (r#"{"jsonrpc":"2.0","id":2,"method":"tools/call"}"#, -32602),
+        (r#"{"jsonrpc":"2.0","id":2,"method":"initialize","params":{}}"#, -32602),
+        (
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"cursor":"bogus"}}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":2,"method":"no/such/method","params":{}}"#,
+            -32601,
+        ),
+    ] {
+        let answer: Value = post(body).await.expect("answered").json().await.expect("a JSON body");
+        assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
+        assert_eq!(answer["id"], 2, "{body}: {answer}");
     }
     // A well-formed message still reaches the endpoint.
     let response = post(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#)

@@ -72,18 +72,61 @@ pub async fn jsonrpc_errors(limit: usize, req: axum::extract::Request, next: axu
             -32700,
             &format!("parse error: {e}"),
         ),
-        Ok(message) => {
-            let id = message.get("id").cloned().unwrap_or(Value::Null);
-            let id_ok = id.is_string() || id.is_number() || id.is_null();
-            if !message.is_object() || message.get("jsonrpc") != Some(&Value::from("2.0")) || !id_ok {
-                let id = if id_ok { id } else { Value::Null };
-                let text = "invalid request: each POST carries one JSON-RPC 2.0 message, an object with \
-                            \"jsonrpc\": \"2.0\" and a string or number id";
-                return rpc_error(axum::http::StatusCode::BAD_REQUEST, id, -32600, text);
+        Ok(message) => match message_fault(&message) {
+            Some((status, code, text)) => {
+                // Echo the id when it is one a client could match.
+                let id = message
+                    .get("id")
+                    .filter(|id| id.is_string() || id.is_i64())
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                rpc_error(status, id, code, &text)
             }
-            next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes)))
-                .await
+            None => {
+                next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes)))
+                    .await
+            }
+        },
+    }
+}
+
+/// What is wrong with `message` as one JSON-RPC 2.0 message, if anything: the
+/// status, the JSON-RPC error code and its message. Requests need a string
+/// method, an id (if any) that is a string or an integer (never `null`, as MCP
+/// has it) and params (if any) that are an object; a message without a method
+/// is a response and carries `result` or `error`.
+fn message_fault(message: &Value) -> Option<(axum::http::StatusCode, i64, String)> {
+    let bad = |code: i64, text: &str| Some((axum::http::StatusCode::BAD_REQUEST, code, text.to_string()));
+    let Some(object) = message.as_object() else {
+        return bad(
+            -32600,
+            "invalid request: each POST carries one JSON-RPC 2.0 message, an object with \"jsonrpc\": \"2.0\"",
+        );
+    };
+    if object.get("jsonrpc") != Some(&Value::from("2.0")) {
+        return bad(-32600, "invalid request: the message must say \"jsonrpc\": \"2.0\"");
+    }
+    if let Some(id) = object.get("id") {
+        if !(id.is_string() || id.is_i64()) {
+            return bad(
+                -32600,
+                "invalid request: `id` is a string or an integer (a signed 64-bit one), never null",
+            );
         }
+    }
+    match object.get("method") {
+        Some(Value::String(_)) => match object.get("params") {
+            None | Some(Value::Object(_)) => None,
+            Some(Value::Array(_)) => bad(-32602, "invalid params: MCP's params are an object, not an array"),
+            Some(_) => bad(-32600, "invalid request: `params` is an object"),
+        },
+        Some(_) => bad(-32600, "invalid request: `method` is a string"),
+        None if object.contains_key("result") || object.contains_key("error") => None,
+        None => bad(
+            -32600,
+            "invalid request: a message names a `method` (a request or notification), or carries `result` or \
+             `error` (a response)",
+        ),
     }
 }
 
