@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -81,6 +82,22 @@ pub(crate) struct StartSlot {
 
 /// A claim counted in [`Worker::unplaced`]; dropping it uncounts it.
 struct Unplaced(Arc<Worker>);
+
+/// A run in flight: while it lives its guard renews the lease; dropped,
+/// the guard stops and the run leaves the in-flight set.
+struct Running<'a> {
+    worker: &'a Worker,
+    id: String,
+    guard: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.guard.abort();
+        self.worker.in_flight.lock().remove(&self.id);
+        self.worker.idle.notify_waiters();
+    }
+}
 
 impl Drop for Unplaced {
     fn drop(&mut self) {
@@ -522,7 +539,13 @@ impl Worker {
             ctx.stop(StopReason::Shutdown);
         }
 
-        let guard = tokio::spawn(Self::guard_run(self.clone(), ctx.clone()));
+        // Dropped when the run ends, also by a panic: the lease is no longer
+        // renewed and a drain does not wait for it.
+        let running = Running {
+            worker: self,
+            id: id.clone(),
+            guard: tokio::spawn(Self::guard_run(self.clone(), ctx.clone())),
+        };
         let run: std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>> = match runner {
             Runner::Tool(tool, args) => {
                 let ctx = ctx.clone();
@@ -539,9 +562,25 @@ impl Worker {
                 })
             }
         };
+        // A runner that panics fails its process rather than leaving it
+        // running under a lease nobody ends.
+        let process_id = id.clone();
+        let run: std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>> = Box::pin(async move {
+            match std::panic::AssertUnwindSafe(run).catch_unwind().await {
+                Ok(outcome) => outcome,
+                Err(panic) => {
+                    let said = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "no message".into());
+                    tracing::error!(%process_id, "a run panicked: {said}");
+                    Outcome::failure("runtime", "panicked", format!("the run panicked: {said}"))
+                }
+            }
+        });
         let outcome = self.run_tool(&ctx, run).await;
-        guard.abort();
-        self.in_flight.lock().remove(&id);
+        drop(running);
 
         let lease = ctx.lease();
         match ctx.stop_reason() {

@@ -217,6 +217,13 @@ impl State {
         json!({"error": {"class": "script", "code": code, "message": message}}).to_string()
     }
 
+    fn over_the_limit(&self) -> String {
+        format!(
+            "the script made more than {} journaled calls (`ctx.log` lines count as calls)",
+            self.max_calls
+        )
+    }
+
     fn fresh(&self, kind: &str) -> Value {
         match kind {
             "now" => json!(self.ctx.now_ms()),
@@ -230,13 +237,28 @@ impl State {
     fn native(&mut self, kind: &str, payload: &str) -> String {
         match kind {
             "cancelled" => return self.cancelled.to_string(),
+            // A log line is journaled, so it counts against the journaled
+            // calls; one too large to journal is refused (its promise
+            // rejects `payload_too_large`) and the script goes on, as a call
+            // too large is. Neither depends on anything but the script, so a
+            // replay counts and refuses alike.
             "log" => {
+                if let Some((code, message)) = &self.fatal {
+                    return json!({"error": {"class": "script", "code": code, "message": message}}).to_string();
+                }
+                if self.n + self.logs >= self.max_calls {
+                    return self.set_fatal("journal_limit", self.over_the_limit());
+                }
+                let mut p: Value = serde_json::from_str(payload).unwrap_or_else(|_| json!({}));
+                if let Some(m) = p.as_object_mut() {
+                    m.insert("ordinal".into(), json!(self.logs + 1));
+                }
+                if let Err(e) = cairn_core::validate::check_size(&format!("payload of `{SCRIPT_LOG}`"), &p) {
+                    return json!({"error": {"class": "cairn", "code": e.code(), "message": e.to_string()}})
+                        .to_string();
+                }
                 self.logs += 1;
                 if self.logs > self.journal.logs {
-                    let mut p: Value = serde_json::from_str(payload).unwrap_or_else(|_| json!({}));
-                    if let Some(m) = p.as_object_mut() {
-                        m.insert("ordinal".into(), json!(self.logs));
-                    }
                     self.entries.push(Entry::Log(self.logs, p));
                 }
                 return "{}".into();
@@ -248,11 +270,8 @@ impl State {
         }
         self.n += 1;
         let n = self.n;
-        if n > self.max_calls {
-            return self.set_fatal(
-                "journal_limit",
-                format!("the script made more than {} journaled calls", self.max_calls),
-            );
+        if n + self.logs > self.max_calls {
+            return self.set_fatal("journal_limit", self.over_the_limit());
         }
         let mut call = serde_json::from_str::<Value>(payload).unwrap_or_else(|_| json!({}));
         let Some(map) = call.as_object_mut() else {
@@ -366,13 +385,17 @@ pub(crate) fn thread_cpu() -> Duration {
 
 /// A fresh runtime under the limits, its interrupt handler watching `stop`
 /// and the CPU time this thread spends from now on.
-pub(crate) fn runtime(limits: &Limits, stop: Arc<AtomicU8>) -> rquickjs::Result<Runtime> {
+pub(crate) fn runtime(limits: &Limits, stop: Arc<AtomicU8>) -> Result<Runtime, String> {
+    // Below the minimum QuickJS cannot build its intrinsics, and a refused
+    // allocation while it does is not always checked: never try.
+    limits.check()?;
     let rt = Runtime::new_with_alloc(Heap {
         inner: rquickjs::allocator::RustAllocator,
         used: 0,
         limit: limits.heap_bytes,
         stop: stop.clone(),
-    })?;
+    })
+    .map_err(|e| e.to_string())?;
     rt.set_max_stack_size(1 << 20);
     let started = thread_cpu();
     let cpu = limits.cpu;
@@ -456,7 +479,7 @@ fn failure(stop: &AtomicU8, limits: &Limits, err: &Value) -> Outcome {
 pub(crate) fn exports(limits: &Limits, source: &str) -> Result<Vec<String>, (bool, Value)> {
     let stop = Arc::new(AtomicU8::new(RUN));
     let fail = |m: String| (false, json!({"code": "script_engine", "message": m, "stack": null}));
-    let rt = runtime(limits, stop.clone()).map_err(|e| fail(e.to_string()))?;
+    let rt = runtime(limits, stop.clone()).map_err(fail)?;
     let context = Context::full(&rt).map_err(|e| fail(e.to_string()))?;
     context.with(|ctx| {
         let declared = Module::declare(ctx.clone(), MODULE_NAME, source).map_err(|_| (true, caught(&ctx, None)))?;
@@ -500,7 +523,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
     };
     let rt = match runtime(&limits, stop.clone()) {
         Ok(rt) => rt,
-        Err(e) => return end(engine_failure(e.to_string()), Vec::new()),
+        Err(e) => return end(engine_failure(e), Vec::new()),
     };
     let context = match Context::full(&rt) {
         Ok(c) => c,

@@ -46,6 +46,33 @@ pub struct Limits {
     pub max_calls: u64,
 }
 
+impl Limits {
+    /// The smallest heap an activation may be given (1 MiB): below it
+    /// QuickJS cannot build its runtime and intrinsics (and does not always
+    /// check a refused allocation while it tries).
+    pub const MIN_HEAP_BYTES: usize = 1 << 20;
+
+    /// Whether these limits can run a script: a heap of at least
+    /// [`MIN_HEAP_BYTES`](Self::MIN_HEAP_BYTES), some CPU time and at least
+    /// one journaled call. The error says which limit is wrong and why.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.heap_bytes < Self::MIN_HEAP_BYTES {
+            return Err(format!(
+                "the script heap limit is {} bytes; it must be at least {} (1 MiB)",
+                self.heap_bytes,
+                Self::MIN_HEAP_BYTES
+            ));
+        }
+        if self.cpu.is_zero() {
+            return Err("the script CPU limit is 0; it must be more".into());
+        }
+        if self.max_calls == 0 {
+            return Err("the script call limit is 0; it must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for Limits {
     /// SPEC's defaults: 64 MiB, 10 s, 10,000 calls.
     fn default() -> Self {
@@ -64,9 +91,19 @@ pub struct QuickJs {
 }
 
 impl QuickJs {
-    /// An engine under `limits`.
+    /// An engine under `limits`, unchecked: limits that cannot run a script
+    /// ([`Limits::check`]) make every compile and activation fail, saying
+    /// why. [`try_new`](Self::try_new) refuses them instead.
     pub fn new(limits: Limits) -> Self {
         Self { limits }
+    }
+
+    /// An engine under `limits`, or `invalid_request` saying which limit
+    /// cannot run a script ([`Limits::check`]): what a server checks its
+    /// configuration with before it starts.
+    pub fn try_new(limits: Limits) -> Result<Self> {
+        limits.check().map_err(CairnError::InvalidRequest)?;
+        Ok(Self { limits })
     }
 
     /// The limits it runs under.
@@ -89,6 +126,8 @@ fn position(stack: &str) -> Option<String> {
 impl cairn_core::ScriptEngine for QuickJs {
     fn exports(&self, source: &str) -> Result<Vec<String>> {
         cairn_core::script::check_source(source)?;
+        // The engine's configuration, not the module, is wrong.
+        self.limits.check().map_err(CairnError::Unavailable)?;
         let limits = self.limits.clone();
         let source = source.to_string();
         // The engine's thread has a stack of known size (its limit is set below it).
@@ -229,6 +268,25 @@ fn error_result(n: u64, e: &CairnError) -> Value {
     json!({"n": n, "error": {"class": "cairn", "code": e.code(), "message": e.to_string()}})
 }
 
+/// Why `ctx.emit` may not append `event_type`, when it is a type cairn
+/// writes itself: the core namespaces (`process.*` and the `script.*`
+/// journal, [`cairn_core::events::is_core_event_type`]: no producer declares
+/// them and the HTTP append refuses them), signals (`signal.*`, sent through
+/// the signal route with a signal id) and a session turn's `turn.*`. Under
+/// the run's lease the core would take them, so a script could forge its own
+/// journal or end its process with an outcome it made up.
+fn reserved_for_emit(event_type: &str) -> Option<CairnError> {
+    let reserved = cairn_core::events::is_core_event_type(event_type)
+        || event_type.starts_with(cairn_core::events::SIGNAL_PREFIX)
+        || event_type.starts_with("turn.");
+    reserved.then(|| {
+        CairnError::ReservedEventType(format!(
+            "ctx.emit(\"{event_type}\"): `process.*`, `script.*`, `signal.*` and `turn.*` are written \
+             only by cairn; emit a type this process declared (send a signal with its own route)"
+        ))
+    })
+}
+
 fn is_wait(kind: &str) -> bool {
     matches!(kind, "sleep" | "wait_signal" | "tool" | "turn" | "wait")
 }
@@ -269,6 +327,12 @@ impl Driver<'_> {
                 return match (&self.cancelled, outcome) {
                     (Some(message), Outcome::Success { .. } | Outcome::Failure { .. }) => {
                         Outcome::cancelled(message.clone())
+                    }
+                    // Cancelled while busy in synchronous code, before a step
+                    // could tell it: the limit or the error that ended it came
+                    // after the request, so the process ends `cancelled`.
+                    (None, Outcome::Failure { .. }) if self.stop_is_cancel() => {
+                        Outcome::cancelled(self.cancel_message().unwrap_or_else(|| "cancelled".into()))
                     }
                     (_, o) => o,
                 };
@@ -379,6 +443,9 @@ impl Driver<'_> {
         match kind(call) {
             "emit" => {
                 let t = call.get("type").and_then(Value::as_str).unwrap_or("");
+                if let Some(e) = reserved_for_emit(t) {
+                    return error_result(n, &e);
+                }
                 let payload = call.get("payload").cloned().unwrap_or(Value::Null);
                 match self.ctx.append_once(t, payload, &format!("script.emit:{n}")).await {
                     Ok(_) => json!({"n": n, "value": null}),
@@ -540,10 +607,23 @@ impl Driver<'_> {
             Ok(FirstOf::Children(records)) => answers.extend(child_answers(&children, records)),
             Ok(FirstOf::TimedOut) => answers.extend(self.settle_due(&timers, &signals).await?),
             Err(_) if self.ctx.is_stopped() => return Err(Held::Stopped),
-            // A bad id (not a child of this process): that call rejects.
+            // A `ctx.wait` that names no child of this process (an unknown
+            // id, another process, its own): those calls reject, saying so,
+            // and the others wait on in the next round.
             Err(e) => {
-                let n = children.first().map_or(firsts[0].0, |(n, _)| *n);
-                answers.push((n, error_result(n, &e)));
+                answers.extend(refused_waits(&children, &e));
+                if answers.is_empty() {
+                    // Nothing names a call (the registry failed): the first
+                    // pending wait rejects with the error, so the run moves on.
+                    let first = children
+                        .first()
+                        .map(|(n, _)| *n)
+                        .or_else(|| firsts.first().map(|f| f.0));
+                    match first {
+                        Some(n) => answers.push((n, error_result(n, &e))),
+                        None => answers.extend(waits.iter().map(|(n, _)| (*n, error_result(*n, &e)))),
+                    }
+                }
             }
         }
         Ok(answers)
@@ -650,6 +730,27 @@ fn child_answers(calls: &[(u64, Value)], records: Vec<cairn_core::ProcessRecord>
         answers.push((*n, result));
     }
     answers
+}
+
+/// The rejections of the pending `ctx.wait` calls that `error` (of a wait
+/// for the children `calls`) names: each id the core refused as unknown or
+/// as not a child of this process.
+fn refused_waits(calls: &[(u64, Value)], error: &CairnError) -> Vec<(u64, Value)> {
+    let said = error.to_string();
+    calls
+        .iter()
+        .filter(|(_, c)| kind(c) == "wait")
+        .filter_map(|(n, c)| {
+            let id = c.get("id").and_then(Value::as_str)?;
+            said.contains(&format!("`{id}`")).then(|| {
+                let message = format!("ctx.wait({id:?}) awaits a child this process started: {said}");
+                (
+                    *n,
+                    json!({"n": n, "error": {"class": "cairn", "code": error.code(), "message": message}}),
+                )
+            })
+        })
+        .collect()
 }
 
 /// The signal name of a `wait_signal` call.

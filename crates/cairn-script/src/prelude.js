@@ -54,8 +54,10 @@
     now: () => call("now"),
     random: () => call("random"),
     uuid: () => call("uuid"),
+    // Resolves at once; rejects (payload_too_large) for a line too large to journal.
     log: (...parts) => {
-      native("log", JSON.stringify({ message: parts.map(text).join(" ") }));
+      const answer = JSON.parse(native("log", JSON.stringify({ message: parts.map(text).join(" ") })));
+      return "error" in answer ? Promise.reject(fail(answer.error)) : Promise.resolve();
     },
   });
 
@@ -102,10 +104,14 @@
       }
       p.then(
         (v) => {
+          const invalid = (why) =>
+            JSON.stringify({ err: { code: "invalid_result", message: "the returned value is not JSON: " + why, stack: null } });
           try {
-            outcome = JSON.stringify({ ok: v === undefined ? null : v });
+            const json = v === undefined ? "null" : JSON.stringify(v);
+            // A function or a Symbol (or a toJSON that answers one) has no JSON.
+            outcome = json === undefined ? invalid("a " + typeof v) : '{"ok":' + json + "}";
           } catch (e) {
-            outcome = JSON.stringify({ err: { code: "invalid_result", message: "the returned value is not JSON: " + text(e.message), stack: null } });
+            outcome = invalid(text(e.message));
           }
         },
         (e) => {

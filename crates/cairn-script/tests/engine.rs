@@ -973,3 +973,274 @@ async fn raced_signals_settle_in_the_order_they_came() {
     let rec = p.await_output("ab", Duration::from_secs(10)).await.unwrap();
     assert_eq!(rec.outcome, Some(Outcome::success(json!({"b": "B"}))));
 }
+
+/// `ctx.emit` of a type cairn writes itself (the journal, a terminal, a
+/// signal, a turn's) rejects `reserved_event_type`, journaled like any refused
+/// call, and appends nothing: the journal cannot be forged, and the process
+/// does not end with an outcome the script made up.
+#[tokio::test]
+async fn emit_refuses_the_types_cairn_writes() {
+    let p = runtime_with_gate();
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const codes = [];
+            for (const t of ["script.result", "script.call", "script.log", "process.completed",
+                             "process.failed", "process.cancel_requested", "signal.go", "turn.response"]) {
+                try { await ctx.emit(t, {n: 3, value: "forged", await_output: {type: "success", value: "forged"}}); codes.push("appended " + t); }
+                catch (e) { codes.push(e.class + "/" + e.code); }
+            }
+            const real = await ctx.tool("gate", {fail: "real"}).catch(e => e.code);
+            return {codes, real};
+        }"#,
+    )
+    .await;
+    let rec = run(&p, script("em", &m, "main", json!({}))).await;
+    let refused = json!("cairn/reserved_event_type");
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::success(json!({"codes": vec![refused; 8], "real": "real"}))),
+        "{rec:?}"
+    );
+    let log = p.events("em", 0, None).await.unwrap().events;
+    let appended: Vec<_> = log.iter().map(|e| e.event_type.as_str()).collect();
+    assert!(
+        !appended.contains(&"signal.go") && !appended.contains(&"turn.response"),
+        "{appended:?}"
+    );
+    assert!(
+        !appended.contains(&"process.failed") && !appended.contains(&"process.cancel_requested"),
+        "{appended:?}"
+    );
+    assert_eq!(
+        appended.iter().filter(|t| **t == "process.completed").count(),
+        1,
+        "{appended:?}"
+    );
+    assert_eq!(appended.last(), Some(&"process.completed"), "ended by its own return");
+    let results = events(&p, "em", "script.result").await;
+    assert_eq!(results.len(), 9, "every call has its one result: {results:?}");
+    assert!(
+        results[..8].iter().all(|r| r["error"]["code"] == "reserved_event_type"),
+        "{results:?}"
+    );
+}
+
+/// `ctx.wait` of an id that is no child of this process (unknown, another
+/// process, its own) rejects, saying so, and the script goes on; a child
+/// awaited with it in the same round still answers.
+#[tokio::test]
+async fn waiting_on_a_process_that_is_not_a_child_rejects() {
+    let p = runtime_with_gate();
+    let m = put(
+        &p,
+        r#"export async function other() { return "other"; }
+        export async function main(ctx, args) {
+            const bad = async (id) => { try { await ctx.wait(id); return "awaited"; } catch (e) { return e.code + ": " + e.message; } };
+            const unknown = await bad("no-such-process");
+            const stranger = await bad(args.other);
+            const itself = await bad(ctx.processId);
+            const id = await ctx.start({input: {type: "tool_call", tool: "gate", args: {fail: "child"}}, disposition: "rerunnable"});
+            const [mixed, child] = await Promise.all([bad("no-such-process"), ctx.wait(id)]);
+            return {unknown, stranger, itself, mixed, child: child.code};
+        }"#,
+    )
+    .await;
+    run(&p, script("stranger", &m, "other", json!({}))).await;
+    let rec = run(&p, script("w", &m, "main", json!({"other": "stranger"}))).await;
+    let Some(Outcome::Success { value }) = &rec.outcome else {
+        panic!("{rec:?}")
+    };
+    for (k, code, id) in [
+        ("unknown", "unknown_process", "no-such-process"),
+        ("stranger", "invalid_request", "stranger"),
+        ("itself", "invalid_request", "w"),
+        ("mixed", "unknown_process", "no-such-process"),
+    ] {
+        let said = value[k].as_str().unwrap();
+        assert!(said.starts_with(code), "{k}: {said}");
+        assert!(
+            said.contains(&format!("ctx.wait(\"{id}\")")),
+            "{k} names the id: {said}"
+        );
+    }
+    assert_eq!(value["child"], "child", "{value}");
+}
+
+/// An engine that panics in its run, as a bug in a runner would.
+struct Panicking;
+
+#[cairn_core::async_trait]
+impl cairn_core::ScriptEngine for Panicking {
+    fn exports(&self, source: &str) -> cairn_core::Result<Vec<String>> {
+        QuickJs::default().exports(source)
+    }
+
+    async fn run(&self, _: cairn_core::ToolContext, _: cairn_core::Module, _: String, _: Value) -> Outcome {
+        let none: Vec<u8> = Vec::new();
+        panic!("a bug: {}", none[usize::from(none.is_empty())]);
+    }
+}
+
+/// A run that panics fails its process (`runtime`/`panicked`) instead of
+/// leaving it running under a lease renewed forever, and the worker still
+/// drains.
+#[tokio::test]
+async fn a_run_that_panics_fails_its_process_and_the_worker_drains() {
+    let p = Processes::builder(Arc::new(MemoryRegistry::new()))
+        .script_engine(Arc::new(Panicking))
+        .start();
+    let m = put(&p, "export async function main() { return 1; }").await;
+    let rec = run(&p, script("pn", &m, "main", json!({}))).await;
+    let Some(Outcome::Failure {
+        class, code, message, ..
+    }) = &rec.outcome
+    else {
+        panic!("{rec:?}")
+    };
+    assert_eq!((class.as_str(), code.as_str()), ("runtime", "panicked"), "{message}");
+    assert!(message.contains("index out of bounds"), "{message}");
+    assert!(rec.lease.is_none(), "{rec:?}");
+    tokio::time::timeout(Duration::from_secs(10), p.shutdown())
+        .await
+        .expect("the worker drained");
+}
+
+/// A script cancelled while busy in synchronous code ends `cancelled`, not
+/// with the CPU limit that stopped it.
+#[tokio::test]
+async fn a_script_cancelled_while_computing_ends_cancelled() {
+    let p = runtime(Limits {
+        cpu: Duration::from_millis(500),
+        ..Limits::default()
+    });
+    let m = put(
+        &p,
+        r#"export async function main(ctx) { await ctx.emit("busy", {}); for (;;) {} }"#,
+    )
+    .await;
+    let req = script("cb", &m, "main", json!({})).with_event_type(cairn_core::EventType::plain("busy"));
+    p.start(req).await.unwrap();
+    p.await_event("cb", "busy", 0, Duration::from_secs(10)).await.unwrap();
+    p.cancel("cb", Some("stop".into())).await.unwrap();
+    let rec = p.await_output("cb", Duration::from_secs(20)).await.unwrap();
+    assert_eq!(rec.outcome, Some(Outcome::cancelled("stop")));
+}
+
+/// Limits that cannot run a script are refused where the engine is
+/// configured, and an engine made with them anyway says so rather than
+/// crashing or blaming the module.
+#[tokio::test]
+async fn a_heap_too_small_is_refused_not_a_crash() {
+    for heap_bytes in [0, 100, 20_000, 150_000, Limits::MIN_HEAP_BYTES - 1] {
+        let limits = Limits {
+            heap_bytes,
+            ..Limits::default()
+        };
+        let e = QuickJs::try_new(limits.clone()).expect_err("refused");
+        assert_eq!(e.code(), "invalid_request");
+        assert!(e.to_string().contains("at least 1048576"), "{e}");
+        let p = runtime(limits);
+        let e = p
+            .put_module("export async function f() { return 1; }".into(), None)
+            .await
+            .expect_err("no engine under that heap");
+        assert_eq!(e.code(), "unavailable", "{e}");
+    }
+    for bad in [
+        Limits {
+            cpu: Duration::ZERO,
+            ..Limits::default()
+        },
+        Limits {
+            max_calls: 0,
+            ..Limits::default()
+        },
+    ] {
+        assert_eq!(QuickJs::try_new(bad).unwrap_err().code(), "invalid_request");
+    }
+    // The smallest heap runs a script.
+    let engine = QuickJs::try_new(Limits {
+        heap_bytes: Limits::MIN_HEAP_BYTES,
+        ..Limits::default()
+    })
+    .unwrap();
+    let p = Processes::builder(Arc::new(MemoryRegistry::new()))
+        .script_engine(Arc::new(engine))
+        .start();
+    let m = put(
+        &p,
+        "export async function f(ctx) { ctx.log('hi'); await ctx.sleep(1); return ctx.now() > 0; }",
+    )
+    .await;
+    let rec = run(&p, script("small", &m, "f", json!({}))).await;
+    assert_eq!(rec.outcome, Some(Outcome::success(json!(true))));
+}
+
+/// `ctx.log` lines count against the journaled calls, and a line too large
+/// to journal rejects (catchable; not awaited, ignored) and the script goes on.
+#[tokio::test]
+async fn log_lines_count_as_calls_and_an_oversized_one_rejects() {
+    let p = runtime(Limits {
+        max_calls: 5,
+        ..Limits::default()
+    });
+    let m = put(
+        &p,
+        r#"export async function chatty(ctx) { for (let i = 0; i < 20; i++) ctx.log("line", i); return "logged"; }
+        export async function big(ctx) {
+            let code = null;
+            try { await ctx.log("x".repeat(2 << 20)); } catch (e) { code = e.class + "/" + e.code; }
+            ctx.log("y".repeat(2 << 20));
+            ctx.log("small");
+            await ctx.sleep(1);
+            return code;
+        }"#,
+    )
+    .await;
+    let rec = run(&p, script("ch", &m, "chatty", json!({}))).await;
+    let Some(Outcome::Failure { code, .. }) = &rec.outcome else {
+        panic!("{rec:?}")
+    };
+    assert_eq!(code, "journal_limit");
+    assert!(events(&p, "ch", "script.log").await.len() <= 5);
+    let rec = run(&p, script("bg", &m, "big", json!({}))).await;
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::success(json!("cairn/payload_too_large"))),
+        "{rec:?}"
+    );
+    let logs = events(&p, "bg", "script.log").await;
+    assert_eq!(
+        logs,
+        [json!({"message": "small", "ordinal": 1})],
+        "written once, across the replay"
+    );
+}
+
+/// A returned function or Symbol is the script's error (`invalid_result`),
+/// not the engine's.
+#[tokio::test]
+async fn returning_a_function_or_a_symbol_is_invalid_result() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function fn() { return function () {}; }
+        export async function sym() { return Symbol("x"); }
+        export async function undef() { return undefined; }"#,
+    )
+    .await;
+    for (id, name, what) in [("fn", "fn", "a function"), ("sym", "sym", "a symbol")] {
+        let rec = run(&p, script(id, &m, name, json!({}))).await;
+        let Some(Outcome::Failure {
+            class, code, message, ..
+        }) = &rec.outcome
+        else {
+            panic!("{rec:?}")
+        };
+        assert_eq!((class.as_str(), code.as_str()), ("script", "invalid_result"), "{id}");
+        assert_eq!(message, &format!("the returned value is not JSON: {what}"));
+    }
+    let rec = run(&p, script("undef", &m, "undef", json!({}))).await;
+    assert_eq!(rec.outcome, Some(Outcome::success(Value::Null)));
+}

@@ -36,8 +36,9 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
         (
             CairnError::ReservedEventType(s()),
             "an append of a type only cairn writes (`process.started`, `process.waiting`, `process.resumed`, \
-             `process.cancel_requested`, `process.abandon_requested`, `process.abandoned`, `script.*`), or a \
-             registration declaring a `process.*` or `script.*` type",
+             `process.cancel_requested`, `process.abandon_requested`, `process.abandoned`, `script.*`), a \
+             registration declaring a `process.*` or `script.*` type, or a script's `ctx.emit` of a \
+             `process.*`, `script.*`, `signal.*` or `turn.*` type",
         ),
         (
             CairnError::InvalidSchema {
@@ -246,6 +247,16 @@ fn event_meaning(name: &str) -> &'static str {
         cairn_core::events::FAILED => "terminal: failure, with class, code and message",
         cairn_core::events::CANCELLED => "terminal: cancelled",
         cairn_core::events::ABANDONED => "terminal: abandoned, with the evidence (written only by cairn)",
+        cairn_core::script::SCRIPT_CALL => {
+            "a script's journaled context call (script processes): `{n, kind, ...}`, the call's arguments"
+        }
+        cairn_core::script::SCRIPT_RESULT => {
+            "the answer of script call `n`: `{n, value}` or `{n, error: {class, code, message}}`, with \
+             `batch` (the answers delivered together) and, for a `waitSignal`, `signal` (the ordinal it took)"
+        }
+        cairn_core::script::SCRIPT_LOG => {
+            "a script's `ctx.log(...)` line: `{message, ordinal}` (written once, not again on replay)"
+        }
         cairn_tools::shell::OUTPUT_EVENT => {
             "output lines of a `shell` command: `{stream: stdout|stderr, lines: [...]}`"
         }
@@ -383,6 +394,7 @@ pub fn render() -> String {
         .into_iter()
         .map(|t| t.name)
         .collect();
+    types.extend(cairn_core::script::script_event_types().into_iter().map(|t| t.name));
     for name in &names {
         if let Some(tool) = tools.get(name) {
             types.extend(tool.event_types().into_iter().map(|t| t.name));

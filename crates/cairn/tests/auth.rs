@@ -269,6 +269,20 @@ fn refuses_open_non_loopback_and_unbuilt_backends() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refusing to listen on non-loopback"), "{err}");
 
+    // A script heap no script can run in is refused at start, not met later.
+    let out = run(&[
+        "serve",
+        "--db",
+        "memory",
+        "--listen",
+        "127.0.0.1:0",
+        "--script-heap-bytes",
+        "20000",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--script-heap-bytes") && err.contains("at least"), "{err}");
+
     let foreign = std::env::temp_dir().join(format!("cairn-foreign-{}.txt", std::process::id()));
     std::fs::write(
         &foreign,

@@ -109,6 +109,26 @@ async fn scenario(db: &str) {
         1,
         "nothing else stored"
     );
+    // Pages follow a module ref; anything else in `after` is a clear 400,
+    // and the OpenAPI document says so.
+    let (s, page) = c.get(&format!("/v1/modules?after={module_ref}")).await;
+    assert_eq!((s, page["modules"].as_array().map(Vec::len)), (200, Some(0)), "{page}");
+    let (s, page) = c.get(&format!("/v1/modules?after={missing}")).await;
+    assert_eq!((s, page["modules"].as_array().map(Vec::len)), (200, Some(1)), "{page}");
+    for bad in ["zzz", "1"] {
+        let (s, e) = c.get(&format!("/v1/modules?after={bad}")).await;
+        assert_eq!((s, e["error"]["code"].as_str()), (400, Some("invalid_page")), "{e}");
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains("module:sha256:"),
+            "{e}"
+        );
+    }
+    let (s, doc) = c.get("/openapi.json").await;
+    assert_eq!(s, 200);
+    let params = doc["paths"]["/v1/modules"]["get"]["parameters"].as_array().unwrap();
+    let after = params.iter().find(|p| p["name"] == "after").unwrap();
+    assert_eq!(after["schema"]["type"], "string", "{after}");
+    assert_eq!(after["schema"]["pattern"], "^module:sha256:[0-9a-f]{64}$", "{after}");
 
     // Start checks.
     let (s, e) = c.start(script("x", &missing, "deploy", json!({}))).await;

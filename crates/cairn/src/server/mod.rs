@@ -219,14 +219,19 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let turns = cairn_turn::TurnRunner::new(models, tools.clone());
     tools.register_runner("session_turn", Arc::new(turns));
     let tool_names = tools.names();
+    let limits = cairn_script::Limits {
+        heap_bytes: args.script_heap_bytes,
+        cpu: args.script_cpu,
+        max_calls: args.script_max_calls,
+    };
+    let engine = limits
+        .check()
+        .map(|()| cairn_script::QuickJs::new(limits))
+        .map_err(|e| ServeError::Config(format!("{e} (--script-heap-bytes, --script-cpu, --script-max-calls)")))?;
     let processes = Processes::builder(backend.registry)
         .hub(backend.hub)
         .tools(tools)
-        .script_engine(Arc::new(cairn_script::QuickJs::new(cairn_script::Limits {
-            heap_bytes: args.script_heap_bytes,
-            cpu: args.script_cpu,
-            max_calls: args.script_max_calls,
-        })))
+        .script_engine(Arc::new(engine))
         .worker_config(worker)
         .end_sink(Arc::new(TerminalCounter(metrics.clone())))
         .start();

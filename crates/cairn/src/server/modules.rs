@@ -28,7 +28,7 @@ pub struct ModuleBody {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ModulesQuery {
-    /// The last ref of the previous page.
+    /// The last module ref of the previous page (`module:sha256:{hex}`).
     pub after: Option<String>,
     /// Page size (default 100, at most 1000).
     pub limit: Option<usize>,
@@ -67,12 +67,17 @@ pub async fn put(
 #[utoipa::path(get, path = "/v1/modules", tag = "modules", params(ModulesQuery),
     responses(
         (status = 200, description = "One page, in ref order", body = ModulesPage),
-        (status = 400, description = "invalid_page", body = ErrorSchema)))]
+        (status = 400, description = "invalid_page: a bad `limit`, or an `after` that is not a module ref", body = ErrorSchema)))]
 pub async fn list(
     State(state): Shared,
     Extension(_caller): Extension<Caller>,
     ApiQuery(q): ApiQuery<ModulesQuery>,
 ) -> ApiResult<Json<ModulesPage>> {
+    if let Some(after) = &q.after {
+        cairn_core::script::validate_module_ref(after).map_err(|e| {
+            cairn_core::CairnError::InvalidPage(format!("`after` is the last module ref of a page: {e}"))
+        })?;
+    }
     Ok(Json(ModulesPage {
         modules: state.processes.list_modules(q.after.as_deref(), q.limit).await?,
     }))

@@ -222,6 +222,10 @@ fn constrain_parameters(op: &mut Value, path: &str) {
             "id" | "session_id" | "wake_id" | "granted_to" | "originated_by" | "after_id" => id_schema(&description),
             // Schedules page by id, not by cursor.
             "after" if path == "/v1/schedules" => id_schema(&description),
+            // Modules page by module ref.
+            "after" if path == "/v1/modules" => json!({
+                "type": "string", "pattern": "^module:sha256:[0-9a-f]{64}$", "description": description,
+            }),
             "name" => json!({"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9_-]+$"}),
             "limit" => json!({"type": "integer", "minimum": 1, "maximum": cairn_core::MAX_PAGE_SIZE}),
             "after" | "cursor" | "Last-Event-ID" | "timeout_ms" | "created_from_ms" | "created_before_ms" => {
