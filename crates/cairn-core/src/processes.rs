@@ -159,7 +159,7 @@ impl StartRequest {
 }
 
 /// Check a start against `tools` (a `tool_call`'s tool, or the runner of the
-/// input's kind: [`crate::Tool::check_start`], and its event types declared;
+/// input's kind: [`crate::Tool::check_start_of`], and its event types declared;
 /// a tool outside them is `unknown_tool` when `require_tool`), store its env
 /// and register it: a host's start and a parent's start of a child alike.
 pub(crate) async fn register_start(
@@ -202,7 +202,7 @@ async fn prepare_registration(
 }
 
 /// The registration, grant and env spec `req` asks for, checked by what runs
-/// it ([`crate::Tool::check_start`]) and with its event types declared.
+/// it ([`crate::Tool::check_start_of`]) and with its event types declared.
 async fn prepare_start(
     registry: &dyn ProcessRegistry,
     tools: &ToolRegistry,
@@ -220,7 +220,7 @@ async fn prepare_start(
         )));
     }
     if let Some((runs, args)) = tools.resolve(&req.input) {
-        runs.check_start(&args, req.disposition).await?;
+        runs.check_start_of(&req.id, &args, req.disposition).await?;
         for declared in runs.event_types() {
             if !event_types.iter().any(|e| e.name == declared.name) {
                 event_types.push(declared);

@@ -55,6 +55,13 @@ pub trait Tool: Send + Sync + 'static {
         self.validate_args(args)
     }
 
+    /// [`check_start`](Self::check_start) for the process `id`, for a runner
+    /// whose check needs the id (a session turn names its tool calls' children
+    /// after it). Default: [`check_start`](Self::check_start).
+    async fn check_start_of(&self, _id: &str, args: &Value, disposition: Disposition) -> Result<()> {
+        self.check_start(args, disposition).await
+    }
+
     /// Run once. Return success, failure or cancelled; abandoned is cairn's to write.
     async fn run(&self, ctx: ToolContext, args: Value) -> Outcome;
 }

@@ -47,6 +47,28 @@ pub enum Reply {
         /// What arrives before the break.
         partial: String,
     },
+    /// Stream `text` as content, ending with `finish_reason` (`length` for
+    /// an answer cut off at the token limit).
+    TextEnding {
+        /// The content.
+        text: String,
+        /// The `finish_reason` of the last chunk.
+        finish_reason: String,
+    },
+    /// Stream these chunks as they are (each a `data:` line), then the usage
+    /// chunk and `[DONE]`: an `{"error": ...}` chunk, tool-call deltas
+    /// without `index`, and other shapes real endpoints send.
+    Chunks(Vec<Value>),
+    /// Ignore `stream: true`: answer `text` as one `chat.completion` JSON
+    /// object (`Content-Type: application/json`).
+    NotStreamed(String),
+    /// Answer an HTTP error with `body` as it is (an HTML page, say).
+    StatusBody {
+        /// The status code.
+        status: u16,
+        /// The body.
+        body: String,
+    },
 }
 
 /// A request the server received.
@@ -134,7 +156,31 @@ async fn completions(State(script): State<Arc<Mutex<Script>>>, headers: HeaderMa
             retry_after,
             message,
         } => return error(status, retry_after, &message),
+        Reply::StatusBody { status, body } => {
+            return Response::builder()
+                .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+                .header("content-type", "text/html")
+                .body(Body::from(body))
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        }
+        Reply::NotStreamed(text) => {
+            let body = json!({"id": "chatcmpl-fake", "object": "chat.completion", "model": "fake",
+                              "choices": [{"index": 0, "finish_reason": "stop",
+                                           "message": {"role": "assistant", "content": text}}],
+                              "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}});
+            return Response::builder()
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        }
         Reply::Text(text) => (text_chunks(&text), Duration::ZERO, false),
+        Reply::TextEnding { text, finish_reason } => {
+            let mut chunks = text_chunks(&text);
+            chunks.pop();
+            chunks.push(chunk(json!({}), Some(&finish_reason)));
+            (chunks, Duration::ZERO, false)
+        }
+        Reply::Chunks(given) => (given.iter().map(Value::to_string).collect(), Duration::ZERO, false),
         Reply::SlowText { text, delay } => (text_chunks(&text), delay, false),
         Reply::Disconnect { partial } => (text_chunks(&partial), Duration::ZERO, true),
         Reply::ToolCalls(calls) => (tool_call_chunks(&calls), Duration::ZERO, false),

@@ -5,6 +5,7 @@
 //! child process), so all it needs is one request and the SSE framing of the
 //! answer (ADR 0019).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use eventsource_stream::Eventsource;
@@ -21,6 +22,9 @@ pub struct ChatAnswer {
     pub message: Value,
     /// The usage the endpoint reported (`null` when it reported none).
     pub usage: Value,
+    /// Why the endpoint stopped (`stop`, `tool_calls`, `length`, ...; `null`
+    /// when it did not say).
+    pub finish_reason: Value,
 }
 
 /// Why a model call failed.
@@ -80,7 +84,9 @@ pub(crate) struct ChatRequest<'a> {
 }
 
 /// Call the model once, streaming: `on_delta` sees each piece of content as
-/// it arrives. Tool-call arguments split across chunks are joined by index.
+/// it arrives. Tool-call arguments split across chunks are joined by index
+/// (or by `id`, for endpoints that send none). A 200 with a JSON body instead
+/// of an event stream is read as a whole chat completion.
 pub(crate) async fn chat(
     http: &reqwest::Client,
     spec: &ModelSpec,
@@ -123,7 +129,7 @@ pub(crate) async fn chat(
             .ok()
             .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(String::from))
             .unwrap_or(text);
-        let message = format!("model `{}` answered {status}: {message}", spec.name);
+        let message = format!("model `{}` answered {status}: {}", spec.name, clip(&message));
         return Err(if status.as_u16() == 429 || status.is_server_error() {
             ModelFault::Transient { message, retry_after }
         } else {
@@ -133,10 +139,26 @@ pub(crate) async fn chat(
             }
         });
     }
+    // An endpoint that ignores `stream: true` answers one JSON chat
+    // completion: a whole answer, taken as it is (calling again would only
+    // buy the same answer again).
+    let json_body = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    if json_body {
+        let text = response
+            .text()
+            .await
+            .map_err(|e| ModelFault::transient(format!("model `{}`: broken answer: {}", spec.name, without_url(&e))))?;
+        return completion(spec, &text, on_delta);
+    }
     let mut events = response.bytes_stream().eventsource();
     let mut content = String::new();
-    let mut calls: Vec<Value> = Vec::new();
+    let mut calls = ToolCalls::default();
     let mut usage = Value::Null;
+    let mut finish_reason = Value::Null;
     let mut done = false;
     while let Some(event) = events.next().await {
         let event = event.map_err(|e| ModelFault::transient(format!("model `{}`: broken stream: {e}", spec.name)))?;
@@ -146,12 +168,20 @@ pub(crate) async fn chat(
         }
         let chunk: Value = serde_json::from_str(&event.data)
             .map_err(|e| ModelFault::transient(format!("model `{}`: unreadable chunk: {e}", spec.name)))?;
+        // A failure during generation comes as a chunk `{"error": {...}}`:
+        // the answer so far is not an answer.
+        if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
+            return Err(stream_error(spec, error));
+        }
         if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
             usage = u.clone();
         }
         let Some(choice) = chunk.pointer("/choices/0") else {
             continue;
         };
+        if let Some(reason) = choice.get("finish_reason").filter(|r| !r.is_null()) {
+            finish_reason = reason.clone();
+        }
         let delta = &choice["delta"];
         if let Some(text) = delta.get("content").and_then(Value::as_str) {
             if !text.is_empty() {
@@ -160,7 +190,7 @@ pub(crate) async fn chat(
             }
         }
         for call in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
-            merge_tool_call(&mut calls, call);
+            calls.merge(call);
         }
     }
     if !done {
@@ -170,26 +200,147 @@ pub(crate) async fn chat(
         )));
     }
     let mut message = json!({"role": "assistant", "content": content});
-    if !calls.is_empty() {
-        message["tool_calls"] = Value::Array(calls);
+    if !calls.calls.is_empty() {
+        message["tool_calls"] = Value::Array(calls.calls);
     }
-    Ok(ChatAnswer { message, usage })
+    Ok(ChatAnswer {
+        message,
+        usage,
+        finish_reason,
+    })
 }
 
-/// Fold one streamed tool-call fragment into the calls by its `index`.
-fn merge_tool_call(calls: &mut Vec<Value>, fragment: &Value) {
-    let index = fragment.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
-    while calls.len() <= index {
-        calls.push(json!({"id": "", "type": "function", "function": {"name": "", "arguments": ""}}));
+/// A whole (not streamed) chat completion `text`, read as the answer.
+fn completion(spec: &ModelSpec, text: &str, on_delta: &mut (dyn FnMut(&str) + Send)) -> Result<ChatAnswer, ModelFault> {
+    let not_an_answer = |why: &str| ModelFault::Rejected {
+        status: 200,
+        message: format!(
+            "model `{}` answered application/json, not an event stream, and {why}: {}",
+            spec.name,
+            clip(text)
+        ),
+    };
+    let body: Value = serde_json::from_str(text).map_err(|_| not_an_answer("the body is not JSON"))?;
+    if let Some(error) = body.get("error").filter(|e| !e.is_null()) {
+        return Err(stream_error(spec, error));
     }
-    let call = &mut calls[index];
-    if let Some(id) = fragment.get("id").and_then(Value::as_str) {
-        call["id"] = json!(id);
+    let choice = body
+        .pointer("/choices/0")
+        .ok_or_else(|| not_an_answer("the body is not a chat completion"))?;
+    let given = &choice["message"];
+    let content = given.get("content").and_then(Value::as_str).unwrap_or_default();
+    if !content.is_empty() {
+        on_delta(content);
     }
-    for field in ["name", "arguments"] {
-        if let Some(piece) = fragment.pointer(&format!("/function/{field}")).and_then(Value::as_str) {
-            let joined = format!("{}{piece}", call["function"][field].as_str().unwrap_or_default());
-            call["function"][field] = json!(joined);
+    let mut message = json!({"role": "assistant", "content": content});
+    if let Some(calls) = given
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .filter(|c| !c.is_empty())
+    {
+        let mut joined = ToolCalls::default();
+        for call in calls {
+            joined.merge(call);
+        }
+        message["tool_calls"] = Value::Array(joined.calls);
+    }
+    Ok(ChatAnswer {
+        message,
+        usage: body.get("usage").cloned().unwrap_or(Value::Null),
+        finish_reason: choice.get("finish_reason").cloned().unwrap_or(Value::Null),
+    })
+}
+
+/// The fault an `{"error": {...}}` object the endpoint sent with a 200 means:
+/// refused for good when it names a client error (an `invalid_request_error`
+/// and the like, or a 4xx code other than 408 and 429), else worth retrying.
+fn stream_error(spec: &ModelSpec, error: &Value) -> ModelFault {
+    let text = error
+        .get("message")
+        .and_then(Value::as_str)
+        .map(String::from)
+        .unwrap_or_else(|| error.to_string());
+    let message = format!("model `{}` failed while answering: {}", spec.name, clip(&text));
+    let status = ["code", "status"]
+        .iter()
+        .find_map(|k| {
+            let v = error.get(*k)?;
+            v.as_u64().or_else(|| v.as_str()?.parse().ok())
+        })
+        .and_then(|s| u16::try_from(s).ok());
+    let kind = error.get("type").and_then(Value::as_str).unwrap_or_default();
+    let refused_kind = matches!(
+        kind,
+        "invalid_request_error" | "authentication_error" | "permission_error" | "not_found_error"
+    );
+    match status {
+        Some(s) if (400..500).contains(&s) && s != 408 && s != 429 => ModelFault::Rejected { status: s, message },
+        _ if refused_kind => ModelFault::Rejected { status: 200, message },
+        _ => ModelFault::transient(message),
+    }
+}
+
+/// The most of an endpoint's text a failure message holds.
+pub(crate) const MESSAGE_LIMIT: usize = 4096;
+
+/// `text` cut to [`MESSAGE_LIMIT`] bytes on a char boundary (an endpoint's
+/// error page can be megabytes of HTML; a failure carries its start).
+fn clip(text: &str) -> String {
+    if text.len() <= MESSAGE_LIMIT {
+        return text.to_string();
+    }
+    let mut end = MESSAGE_LIMIT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes in all)", &text[..end], text.len())
+}
+
+/// The tool calls of an answer, joined from their streamed fragments: by
+/// `index`, and, where a fragment has none (or names a call another already
+/// holds at that index), by `id`: a fragment with a new `id` starts a new call.
+#[derive(Default)]
+struct ToolCalls {
+    calls: Vec<Value>,
+    by_index: HashMap<u64, usize>,
+    last: Option<usize>,
+}
+
+impl ToolCalls {
+    /// Fold one streamed tool-call fragment in.
+    fn merge(&mut self, fragment: &Value) {
+        let index = fragment.get("index").and_then(Value::as_u64);
+        let id = fragment.get("id").and_then(Value::as_str).filter(|id| !id.is_empty());
+        let current = match index {
+            Some(i) => self.by_index.get(&i).copied(),
+            None => self.last,
+        };
+        // A call already holding another id is another call.
+        let same = |at: usize| match (id, self.calls[at]["id"].as_str()) {
+            (Some(new), Some(held)) => held.is_empty() || held == new,
+            _ => true,
+        };
+        let at = match current {
+            Some(at) if same(at) => at,
+            _ => {
+                self.calls
+                    .push(json!({"id": "", "type": "function", "function": {"name": "", "arguments": ""}}));
+                self.calls.len() - 1
+            }
+        };
+        if let Some(i) = index {
+            self.by_index.insert(i, at);
+        }
+        self.last = Some(at);
+        let call = &mut self.calls[at];
+        if let Some(id) = id {
+            call["id"] = json!(id);
+        }
+        for field in ["name", "arguments"] {
+            if let Some(piece) = fragment.pointer(&format!("/function/{field}")).and_then(Value::as_str) {
+                let joined = format!("{}{piece}", call["function"][field].as_str().unwrap_or_default());
+                call["function"][field] = json!(joined);
+            }
         }
     }
 }
@@ -222,18 +373,76 @@ mod tests {
 
     #[test]
     fn tool_call_fragments_join_by_index() {
-        let mut calls = Vec::new();
+        let mut calls = ToolCalls::default();
         for f in [
             json!({"index": 0, "id": "a", "function": {"name": "echo", "arguments": "{\"val"}}),
             json!({"index": 1, "id": "b", "function": {"name": "sleep", "arguments": ""}}),
             json!({"index": 0, "function": {"arguments": "ue\": 1}"}}),
             json!({"index": 1, "function": {"arguments": "{\"ms\": 5}"}}),
         ] {
-            merge_tool_call(&mut calls, &f);
+            calls.merge(&f);
         }
+        let calls = calls.calls;
         assert_eq!(calls[0]["function"]["arguments"], "{\"value\": 1}");
         assert_eq!(calls[0]["id"], "a");
         assert_eq!(calls[1]["function"]["name"], "sleep");
         assert_eq!(calls[1]["function"]["arguments"], "{\"ms\": 5}");
+    }
+
+    #[test]
+    fn tool_calls_without_an_index_are_told_apart_by_id() {
+        let mut calls = ToolCalls::default();
+        for f in [
+            json!({"id": "a1", "type": "function", "function": {"name": "echo", "arguments": "{\"value\": 1}"}}),
+            json!({"id": "b2", "type": "function", "function": {"name": "echo", "arguments": "{\"value\""}}),
+            json!({"function": {"arguments": ": 2}"}}),
+            // One index for every call, each with its own id.
+            json!({"index": 0, "id": "c3", "function": {"name": "sleep", "arguments": "{}"}}),
+            json!({"index": 0, "id": "d4", "function": {"name": "echo", "arguments": "{\"val"}}),
+            json!({"index": 0, "function": {"arguments": "ue\": 4}"}}),
+        ] {
+            calls.merge(&f);
+        }
+        let got: Vec<(String, String, String)> = calls
+            .calls
+            .iter()
+            .map(|c| {
+                (
+                    c["id"].as_str().unwrap().to_string(),
+                    c["function"]["name"].as_str().unwrap().to_string(),
+                    c["function"]["arguments"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let want = [
+            ("a1", "echo", "{\"value\": 1}"),
+            ("b2", "echo", "{\"value\": 2}"),
+            ("c3", "sleep", "{}"),
+            ("d4", "echo", "{\"value\": 4}"),
+        ]
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()));
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn long_texts_are_clipped_on_a_char_boundary() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(MESSAGE_LIMIT);
+        let clipped = clip(&long);
+        assert!(clipped.len() < MESSAGE_LIMIT + 64, "{}", clipped.len());
+        assert!(clipped.starts_with("éé") && clipped.ends_with(&format!("({} bytes in all)", long.len())));
+    }
+
+    #[test]
+    fn an_error_in_the_stream_is_retried_or_refused_by_its_kind() {
+        let spec: ModelSpec = "m=http://h/v1".parse().expect("spec");
+        let transient = |e: Value| matches!(stream_error(&spec, &e), ModelFault::Transient { .. });
+        assert!(transient(
+            json!({"message": "overloaded", "type": "server_error", "code": null})
+        ));
+        assert!(transient(json!({"message": "slow down", "code": 429})));
+        assert!(transient(json!({"message": "?"})));
+        assert!(!transient(json!({"message": "bad", "type": "invalid_request_error"})));
+        assert!(!transient(json!({"message": "bad", "code": "400"})));
     }
 }

@@ -22,15 +22,16 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
-    /// The bearer key, read from the environment now; `None` without `key_env`.
-    pub(crate) fn key(&self) -> Result<Option<String>> {
+    /// The bearer key, read from the environment now; `None` without
+    /// `key_env`; why not when the variable is not set.
+    pub(crate) fn key(&self) -> std::result::Result<Option<String>, String> {
         match &self.key_env {
             None => Ok(None),
             Some(var) => std::env::var(var).map(Some).map_err(|_| {
-                CairnError::Unavailable(format!(
+                format!(
                     "model `{}`: the environment variable `{var}` holding its key is not set",
                     self.name
-                ))
+                )
             }),
         }
     }
@@ -54,17 +55,32 @@ impl FromStr for ModelSpec {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(bad("the base URL must be http or https"));
         }
+        // Requests go to `{base_url}/chat/completions`: a query or a fragment
+        // would end up before that path, or be dropped.
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(bad("the base URL may have no query (`?`) or fragment (`#`)"));
+        }
         let mut spec = ModelSpec {
             name: name.to_string(),
             base_url,
             model: name.to_string(),
             key_env: None,
         };
+        let mut seen = std::collections::BTreeSet::new();
         for part in parts {
-            match part.split_once('=') {
-                Some(("model", id)) if !id.is_empty() => spec.model = id.to_string(),
-                Some(("key_env", var)) if !var.is_empty() => spec.key_env = Some(var.to_string()),
+            let option = match part.split_once('=') {
+                Some(("model", id)) if !id.is_empty() => {
+                    spec.model = id.to_string();
+                    "model"
+                }
+                Some(("key_env", var)) if !var.is_empty() => {
+                    spec.key_env = Some(var.to_string());
+                    "key_env"
+                }
                 _ => return Err(bad(&format!("unknown option `{part}`"))),
+            };
+            if !seen.insert(option) {
+                return Err(bad(&format!("`{option}=` is given twice")));
             }
         }
         Ok(spec)
@@ -78,10 +94,12 @@ pub struct Models {
 }
 
 impl Models {
-    /// The models `specs` name; a name given twice is refused.
+    /// The models `specs` name; a name given twice is refused, and so is a
+    /// model whose `key_env` variable is not set (no call to it could succeed).
     pub fn new(specs: impl IntoIterator<Item = ModelSpec>) -> Result<Self> {
         let mut by_name = BTreeMap::new();
         for spec in specs {
+            spec.key().map_err(CairnError::InvalidRequest)?;
             let name = spec.name.clone();
             if by_name.insert(name.clone(), spec).is_some() {
                 return Err(CairnError::InvalidRequest(format!(
@@ -127,6 +145,10 @@ mod tests {
             "x=not a url",
             "x=http://h,colour=red",
             "=http://h",
+            "x=http://h/v1?api_key=k",
+            "x=http://h/v1#frag",
+            "x=http://h/v1,key_env=A,key_env=B",
+            "x=http://h/v1,model=a,model=b",
         ] {
             assert!(bad.parse::<ModelSpec>().is_err(), "{bad} should be refused");
         }
@@ -139,5 +161,14 @@ mod tests {
         assert_eq!(models.get(None).expect("default").name, "default");
         assert_eq!(models.get(Some("other")).expect_err("unknown").code(), "unknown_model");
         assert!(Models::new([a.clone(), a]).is_err());
+        let unset: ModelSpec = "k=http://h/v1,key_env=CAIRN_TURN_CONFIG_TEST_UNSET"
+            .parse()
+            .expect("parse");
+        let e = Models::new([unset]).expect_err("an unset key variable");
+        assert!(
+            e.to_string()
+                .contains("the environment variable `CAIRN_TURN_CONFIG_TEST_UNSET` holding its key is not set"),
+            "{e}"
+        );
     }
 }

@@ -16,4 +16,4 @@ mod runner;
 
 pub use client::{ChatAnswer, ModelFault};
 pub use config::{ModelSpec, Models};
-pub use runner::{RetryPolicy, TurnRunner, DELTA, RESPONSE};
+pub use runner::{RetryPolicy, TurnRunner, DELTA, MAX_REPAIR_ATTEMPTS, MAX_STEPS, RESPONSE};

@@ -18,7 +18,8 @@ use tokio::sync::mpsc;
 use crate::client::{chat, ChatAnswer, ChatRequest, ModelFault};
 use crate::config::{ModelSpec, Models};
 
-/// The event journaling each model answer: `{step, message, usage}`.
+/// The event journaling each model answer: `{step, message, usage}`, and the
+/// endpoint's `finish_reason` when it gave one.
 pub const RESPONSE: &str = "turn.response";
 /// Streamed content while a model answers: `{step, text}`, at most one per 100 ms.
 pub const DELTA: &str = "turn.delta";
@@ -134,7 +135,15 @@ impl Contract {
     }
 }
 
-/// The roles a message of a turn's `input` may have.
+/// The most model calls a turn may be given (`max_steps`).
+pub const MAX_STEPS: u32 = 64;
+/// The most repairs a `json_schema` contract may allow (`repair_attempts`).
+pub const MAX_REPAIR_ATTEMPTS: u32 = 5;
+/// The roles a message of a turn's `input` may have when it starts.
+const START_ROLES: [&str; 3] = ["system", "user", "assistant"];
+
+/// The roles a message of a turn's `input` may have (a turn started before
+/// [`START_ROLES`] narrowed them still runs).
 const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
 /// A turn's `input`: a non-empty string, or a non-empty array of messages,
@@ -192,6 +201,53 @@ impl Turn {
             input,
             contract: Contract::parse(&output_contract)?,
         })
+    }
+
+    /// The bounds a start must meet (the OpenAPI document states them):
+    /// checked when a turn starts, not when it runs, so a turn started under
+    /// looser bounds still runs to its end.
+    fn check_bounds(&self) -> cairn_core::Result<()> {
+        let bad = |why: String| Err(CairnError::InvalidRequest(why));
+        if self.session.model.as_deref() == Some("") {
+            return bad(
+                "a turn's `session.model` is empty: name a configured model, or leave it out for `default`".into(),
+            );
+        }
+        if let Some(n) = self.session.max_steps.filter(|n| !(1..=MAX_STEPS).contains(n)) {
+            return bad(format!("a turn's `max_steps` is 1 to {MAX_STEPS}, not {n}"));
+        }
+        if let Some(t) = self.session.temperature.filter(|t| !(0.0..=2.0).contains(t)) {
+            return bad(format!("a turn's `temperature` is 0 to 2, not {t}"));
+        }
+        if let Contract::JsonSchema {
+            schema,
+            repair_attempts,
+        } = &self.contract
+        {
+            if !schema.is_object() {
+                return bad(format!(
+                    "a `json_schema` output_contract's `schema` is an object, not {schema}"
+                ));
+            }
+            if *repair_attempts > MAX_REPAIR_ATTEMPTS {
+                return bad(format!(
+                    "`repair_attempts` is 0 to {MAX_REPAIR_ATTEMPTS}, not {repair_attempts}"
+                ));
+            }
+        }
+        for (i, m) in self.input.as_array().into_iter().flatten().enumerate() {
+            let role = m["role"].as_str().unwrap_or_default();
+            if !START_ROLES.contains(&role) {
+                return bad(format!(
+                    "a turn's `input` message {i} has the role `{role}`; a start gives {}",
+                    START_ROLES.join(", ")
+                ));
+            }
+            if !m["content"].is_string() {
+                return bad(format!("a turn's `input` message {i} has no string `content`: {m}"));
+            }
+        }
+        Ok(())
     }
 
     /// The conversation before the first model call.
@@ -294,19 +350,25 @@ impl TurnRunner {
     async fn run_turn(&self, ctx: &ToolContext, turn: Turn) -> cairn_core::Result<Outcome> {
         let spec = self.models.get(turn.session.model.as_deref())?;
         let max_steps = turn.session.max_steps.unwrap_or(DEFAULT_MAX_STEPS);
-        let journal: HashMap<u64, Value> = ctx
+        let journal: HashMap<u64, (Value, Value)> = ctx
             .log()
             .await?
             .into_iter()
             .filter(|e: &ProcessEvent| e.event_type == RESPONSE)
-            .filter_map(|e| Some((e.payload.get("step")?.as_u64()?, e.payload.get("message")?.clone())))
+            .filter_map(|e| {
+                let finish = e.payload.get("finish_reason").cloned().unwrap_or(Value::Null);
+                Some((
+                    e.payload.get("step")?.as_u64()?,
+                    (e.payload.get("message")?.clone(), finish),
+                ))
+            })
             .collect();
         let mut messages = turn.first_messages();
         let tool_defs = turn.tool_defs(&self.tools);
         let response_format = turn.contract.response_format();
         let mut repairs = 0;
         for step in 1u64.. {
-            let message = match journal.get(&step) {
+            let (message, finish_reason) = match journal.get(&step) {
                 Some(m) => m.clone(),
                 None => {
                     if step > u64::from(max_steps) {
@@ -325,8 +387,8 @@ impl TurnRunner {
                     // An endpoint that asks to be called again later than the
                     // retries wait in process is waited out durably: a
                     // rerunnable turn suspends, holding no slot, and calls
-                    // again when it resumes.
-                    let mut long_waits = 0;
+                    // again when it resumes. The step's waits so far are
+                    // counted in the log, so the bound holds across runs.
                     let answer = loop {
                         let answer = tokio::select! {
                             r = self.call_model(ctx, spec, step, &request) => r,
@@ -337,12 +399,19 @@ impl TurnRunner {
                                 retry_after: Some(after),
                                 message,
                             }) if after > self.retry.max_delay => {
-                                long_waits += 1;
-                                if after > LONGEST_RETRY_AFTER || long_waits > self.retry.retries {
+                                let waited = step_waits(ctx, step).await?;
+                                if after > LONGEST_RETRY_AFTER {
                                     return Ok(Outcome::failure("model", "model_unavailable", message));
                                 }
+                                if waited >= self.retry.retries as u64 {
+                                    return Ok(Outcome::failure(
+                                        "model",
+                                        "model_unavailable",
+                                        format!("{message} (still unavailable after {waited} waits for this step)"),
+                                    ));
+                                }
                                 tracing::warn!(process_id = %ctx.process_id(), step, ?after, "the model endpoint asked to be called again later; waiting durably");
-                                self.wait_out(ctx, step, after).await?;
+                                ctx.sleep_nth(step.saturating_mul(1000) + waited + 1, after).await?;
                             }
                             other => break other,
                         }
@@ -356,10 +425,13 @@ impl TurnRunner {
                             return Ok(Outcome::failure("model", "model_error", message))
                         }
                     };
-                    let payload = json!({"step": step, "message": answer.message, "usage": answer.usage});
+                    let mut payload = json!({"step": step, "message": answer.message, "usage": answer.usage});
+                    if !answer.finish_reason.is_null() {
+                        payload["finish_reason"] = answer.finish_reason.clone();
+                    }
                     ctx.append_once(RESPONSE, payload, &format!("{RESPONSE}/{step}"))
                         .await?;
-                    answer.message
+                    (answer.message, answer.finish_reason)
                 }
             };
             messages.push(message.clone());
@@ -389,7 +461,16 @@ impl TurnRunner {
                 continue;
             }
             let content = message.get("content").and_then(Value::as_str).unwrap_or_default();
-            match turn.contract.check(content) {
+            // An answer the endpoint cut off is not the model's final answer,
+            // whatever the contract: it goes through repair like any other
+            // answer that does not meet it.
+            let checked = match finish_reason.as_str() {
+                Some(reason @ ("length" | "content_filter")) => Err(format!(
+                    "the endpoint cut the answer off (finish_reason `{reason}`); give a complete, shorter answer"
+                )),
+                _ => turn.contract.check(content),
+            };
+            match checked {
                 Ok(value) => return Ok(Outcome::success(value)),
                 Err(why) => {
                     let allowed = match &turn.contract {
@@ -407,28 +488,19 @@ impl TurnRunner {
                         });
                     }
                     repairs += 1;
+                    let again = match &turn.contract {
+                        Contract::JsonSchema { .. } => {
+                            "Answer again with JSON that matches the schema, and nothing else."
+                        }
+                        Contract::Text => "Answer again.",
+                    };
                     messages.push(json!({"role": "user", "content": format!(
-                        "Your answer does not meet the required output: {why}. Answer again with JSON that matches the schema, and nothing else."
+                        "Your answer does not meet the required output: {why}. {again}"
                     )}));
                 }
             }
         }
         unreachable!("the step loop only ends by returning")
-    }
-
-    /// Wait `after` durably before step `step` calls the model again: the
-    /// step's next timer (ordinals `step * 1000 + k`, `k` counting the step's
-    /// timers in the log, so a re-run after the wait numbers a later one anew).
-    async fn wait_out(&self, ctx: &ToolContext, step: u64, after: Duration) -> cairn_core::Result<()> {
-        let base = step.saturating_mul(1000);
-        let log = ctx.read_log().await?;
-        let earlier = log
-            .iter()
-            .filter(|e| e.event_type == cairn_core::events::WAITING && e.payload["kind"] == "timer")
-            .filter_map(|e| e.payload["ordinal"].as_u64())
-            .filter(|o| *o > base && *o < base + 1000)
-            .count() as u64;
-        ctx.sleep_nth(base + earlier + 1, after).await
     }
 
     /// One model call, retried by the policy; deltas are appended as they
@@ -440,10 +512,9 @@ impl TurnRunner {
         step: u64,
         request: &ChatRequest<'_>,
     ) -> Result<ChatAnswer, ModelFault> {
-        let key = spec.key().map_err(|e| ModelFault::Rejected {
-            status: 0,
-            message: e.to_string(),
-        })?;
+        let key = spec
+            .key()
+            .map_err(|message| ModelFault::Rejected { status: 0, message })?;
         let (tx, rx) = mpsc::unbounded_channel::<(u64, String)>();
         // The closure owns the sender: once the retries end and it is dropped,
         // the flusher drains what is left and ends. Each call is numbered, so
@@ -471,7 +542,7 @@ impl TurnRunner {
             attempt
                 .retry(backoff)
                 // A `Retry-After` past the longest backoff ends the retries
-                // here: the step waits it out durably (`wait_out`).
+                // here: the step waits it out durably (`sleep_nth`).
                 .when(|e| match e {
                     ModelFault::Transient { retry_after, .. } => retry_after.is_none_or(|a| a <= max_delay),
                     ModelFault::Rejected { .. } => false,
@@ -551,6 +622,20 @@ impl TurnRunner {
     }
 }
 
+/// How many durable waits step `step` made so far: its timers in the log
+/// (ordinals `step * 1000 + k`, `k` from 1). The next wait is numbered after
+/// them, so a re-run after a wait makes a new one.
+async fn step_waits(ctx: &ToolContext, step: u64) -> cairn_core::Result<u64> {
+    let base = step.saturating_mul(1000);
+    let log = ctx.read_log().await?;
+    Ok(log
+        .iter()
+        .filter(|e| e.event_type == cairn_core::events::WAITING && e.payload["kind"] == "timer")
+        .filter_map(|e| e.payload["ordinal"].as_u64())
+        .filter(|o| *o > base && *o < base + 1000)
+        .count() as u64)
+}
+
 /// What the model reads of a child's outcome.
 fn outcome_content(record: &ProcessRecord) -> String {
     match &record.outcome {
@@ -610,8 +695,29 @@ impl Tool for TurnRunner {
         vec![EventType::plain(RESPONSE), EventType::plain(DELTA)]
     }
 
+    async fn check_start_of(&self, id: &str, input: &Value, disposition: Disposition) -> cairn_core::Result<()> {
+        self.check_start(input, disposition).await?;
+        let turn = Turn::parse(input)?;
+        // Each tool call is a child `{id}/{step}.{k}`: the id leaves room for
+        // the last step's and for up to 999 calls a step.
+        if !turn.session.tools.is_empty() {
+            let steps = turn.session.max_steps.unwrap_or(DEFAULT_MAX_STEPS);
+            let suffix = format!("/{steps}.999").len();
+            let most = cairn_core::validate::MAX_ID_BYTES.saturating_sub(suffix);
+            if id.len() > most {
+                return Err(CairnError::InvalidId(format!(
+                    "a turn with tools names its tool calls `{{id}}/{{step}}.{{k}}`, so its id is at most {most} bytes \
+                     (with max_steps {steps}), not {}",
+                    id.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     async fn check_start(&self, input: &Value, _disposition: Disposition) -> cairn_core::Result<()> {
         let turn = Turn::parse(input)?;
+        turn.check_bounds()?;
         self.models.get(turn.session.model.as_deref())?;
         for tool in &turn.session.tools {
             if self.tools.get(tool).is_none() {

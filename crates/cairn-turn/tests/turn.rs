@@ -26,7 +26,22 @@ struct Setup {
 /// How long the runner under test lets a model call go silent.
 const IDLE: Duration = Duration::from_secs(2);
 
+/// The retries the runner under test makes: fast, and few.
+fn test_retry() -> RetryPolicy {
+    RetryPolicy {
+        retries: 3,
+        min_delay: Duration::from_millis(10),
+        max_delay: Duration::from_secs(2),
+    }
+}
+
 async fn setup() -> Setup {
+    setup_with(test_retry(), &[]).await
+}
+
+/// A setup retrying by `retry`, with `extra` models (`NAME,OPTIONS` given
+/// the fake's base URL: `("other", ",key_env=V")`) beside `default`.
+async fn setup_with(retry: RetryPolicy, extra: &[(&str, &str)]) -> Setup {
     // Every test sets the same value, so tests running at once agree.
     std::env::set_var(KEY_ENV, KEY);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -35,13 +50,13 @@ async fn setup() -> Setup {
     let spec: ModelSpec = format!("default={},model=fake-1,key_env={KEY_ENV}", fake.base_url())
         .parse()
         .expect("spec");
+    let mut specs = vec![spec];
+    for (name, options) in extra {
+        specs.push(format!("{name}={}{options}", fake.base_url()).parse().expect("spec"));
+    }
     let mut tools = cairn_tools::builtin_tools(false);
-    let runner = TurnRunner::new(Models::new([spec]).expect("models"), tools.clone())
-        .with_retry(RetryPolicy {
-            retries: 3,
-            min_delay: Duration::from_millis(10),
-            max_delay: Duration::from_secs(2),
-        })
+    let runner = TurnRunner::new(Models::new(specs).expect("models"), tools.clone())
+        .with_retry(retry)
         // Every scripted pause is under a second; a stall test pauses far longer.
         .with_idle_timeout(IDLE);
     tools.register_runner("session_turn", Arc::new(runner));
@@ -352,7 +367,30 @@ async fn bad_turns_are_refused_at_start() {
         }
         req
     };
+    let with_session = |id: &str, f: &dyn Fn(&mut TurnSession)| {
+        let mut req = turn(id, &[], "hi", Value::Null);
+        if let ProcessInput::SessionTurn { session, .. } = &mut req.input {
+            f(session);
+        }
+        req
+    };
+    let object = json!({"type": "object"});
     let refused = [
+        // The bounds the OpenAPI document states.
+        with_session("b1", &|s| s.max_steps = Some(65)),
+        with_session("b2", &|s| s.temperature = Some(9.5)),
+        with_session("b3", &|s| s.temperature = Some(-3.0)),
+        with_session("b4", &|s| s.model = Some(String::new())),
+        turn(
+            "b5",
+            &[],
+            "hi",
+            json!({"type": "json_schema", "schema": object, "repair_attempts": 6}),
+        ),
+        turn("b6", &[], "hi", json!({"type": "json_schema", "schema": true})),
+        with_input("b7", json!([{"role": "user"}])),
+        with_input("b8", json!([{"role": "user", "content": 123}])),
+        with_input("b9", json!([{"role": "tool", "content": "x"}])),
         with_input("i1", json!([1, 2, 3])),
         with_input("i2", json!([{"role": "wizard", "content": "x"}])),
         with_input("i3", json!("  ")),
@@ -371,6 +409,21 @@ async fn bad_turns_are_refused_at_start() {
         assert_eq!(s.p.get(id).await.expect_err("not stored").code(), "unknown_process");
     }
     assert!(s.fake.received().is_empty());
+    // The bounds themselves are allowed.
+    s.p.start(with_session("edge", &|s| {
+        s.max_steps = Some(64);
+        s.temperature = Some(2.0);
+    }))
+    .await
+    .expect("max_steps 64, temperature 2");
+    s.p.start(turn(
+        "edge2",
+        &[],
+        "hi",
+        json!({"type": "json_schema", "schema": {"type": "object"}, "repair_attempts": 5}),
+    ))
+    .await
+    .expect("repair_attempts 5");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -523,4 +576,271 @@ async fn a_long_retry_after_is_waited_out_suspended() {
     let r = finished(&s.p, "impatient").await;
     assert_eq!(failure_code(&r), "model_unavailable");
     assert_eq!(s.fake.received().len(), 3, "no retry of a wait past an hour");
+}
+
+/// A `Retry-After` past the in-process backoff is waited out at most
+/// `retries` times a step, however many runs those waits take (each wait
+/// suspends the turn and ends its run): then the turn fails `model_unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_retry_afters_are_bounded_across_suspensions() {
+    let s = setup_with(
+        RetryPolicy {
+            retries: 1,
+            min_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(500),
+        },
+        &[],
+    )
+    .await;
+    for _ in 0..4 {
+        s.fake.push(Reply::Status {
+            status: 429,
+            retry_after: Some(1),
+            message: "come back in 1 s".into(),
+        });
+    }
+    s.p.start(turn("bounded", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "bounded").await;
+    assert_eq!(failure_code(&r), "model_unavailable", "{r:?}");
+    assert_eq!(s.fake.received().len(), 2, "one durable wait, then the failure");
+    let waits = types(&s.p, "bounded")
+        .await
+        .into_iter()
+        .filter(|t| t == "process.waiting")
+        .count();
+    assert_eq!(waits, 1);
+}
+
+/// An `{"error": ...}` chunk inside the stream is a failed model call, not an
+/// answer: retried when it is a server error, refused when it is the request's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_inside_the_stream_is_a_failed_call() {
+    let s = setup().await;
+    let content = |text: &str| json!({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]});
+    s.fake.push(Reply::Chunks(vec![
+        content("partial"),
+        json!({"error": {"message": "The server had an error while processing your request.",
+                         "type": "server_error", "code": null}}),
+    ]));
+    s.fake.push(Reply::Text("whole answer".into()));
+    s.p.start(turn("stream-err", &[], "hi", Value::Null))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "stream-err").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "whole answer"}))));
+    assert_eq!(s.fake.received().len(), 2, "the failed call was made again");
+    let responses = types(&s.p, "stream-err")
+        .await
+        .into_iter()
+        .filter(|t| t == "turn.response")
+        .count();
+    assert_eq!(responses, 1, "only the whole answer is journaled");
+
+    s.fake.push(Reply::Chunks(vec![json!({"error": {
+        "message": "This model's maximum context length is exceeded.",
+        "type": "invalid_request_error", "code": "context_length_exceeded"}})]));
+    s.p.start(turn("stream-refused", &[], "hi", Value::Null))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "stream-refused").await;
+    assert_eq!(failure_code(&r), "model_error");
+    match &r.outcome {
+        Some(Outcome::Failure { class, message, .. }) => {
+            assert_eq!(class, "model");
+            assert!(message.contains("maximum context length"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.fake.received().len(), 3, "a refused call is not made again");
+}
+
+/// An answer the endpoint cut off (`finish_reason: "length"`) is not a final
+/// answer: under `text` it fails `output_contract_violation` with the cut-off
+/// answer in `raw`; under `json_schema` it is sent back for repair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_answer_is_not_a_final_answer() {
+    let s = setup().await;
+    s.fake.push(Reply::TextEnding {
+        text: "{\"answer\": \"trunc".into(),
+        finish_reason: "length".into(),
+    });
+    s.p.start(turn("cut", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "cut").await;
+    assert_eq!(failure_code(&r), "output_contract_violation");
+    match &r.outcome {
+        Some(Outcome::Failure {
+            message,
+            raw: Some(raw),
+            ..
+        }) => {
+            assert!(message.contains("`length`"), "{message}");
+            assert_eq!(raw["content"], "{\"answer\": \"trunc");
+        }
+        other => panic!("the cut-off answer belongs in raw: {other:?}"),
+    }
+    let events = s.p.events("cut", 0, Some(1000)).await.expect("events").events;
+    let response = events
+        .iter()
+        .find(|e| e.event_type == "turn.response")
+        .expect("response");
+    assert_eq!(response.payload["finish_reason"], "length", "journaled with the answer");
+
+    let contract = json!({"type": "json_schema", "repair_attempts": 1, "schema": {"type": "object"}});
+    s.fake.push(Reply::TextEnding {
+        text: "{\"a\": 1, \"b\": [1, 2".into(),
+        finish_reason: "length".into(),
+    });
+    s.fake.push(Reply::Text("{\"a\": 1}".into()));
+    s.p.start(turn("cut-repaired", &[], "hi", contract))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "cut-repaired").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"a": 1}))));
+    let received = s.fake.received();
+    let repair = received.last().expect("request").body["messages"]
+        .as_array()
+        .expect("messages")
+        .last()
+        .cloned()
+        .expect("repair");
+    assert_eq!(repair["role"], "user");
+    assert!(
+        repair["content"].as_str().unwrap().contains("cut the answer off"),
+        "{repair}"
+    );
+}
+
+/// A huge error page from the endpoint is clipped in the failure, which
+/// stays class `model`, code `model_error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_error_body_is_clipped() {
+    let s = setup().await;
+    s.fake.push(Reply::StatusBody {
+        status: 404,
+        body: format!("<html>{}</html>", "x".repeat(3_000_000)),
+    });
+    s.p.start(turn("big", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "big").await;
+    assert_eq!(failure_code(&r), "model_error", "{:?}", r.status);
+    match &r.outcome {
+        Some(Outcome::Failure { class, message, .. }) => {
+            assert_eq!(class, "model");
+            assert!(
+                message.starts_with("model `default` answered 404 Not Found: <html>xxx"),
+                "{}",
+                &message[..100]
+            );
+            assert!(message.len() < 8 * 1024, "{} bytes", message.len());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// An endpoint that ignores `stream: true` and answers one JSON chat
+/// completion is taken at its word: one call, its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_answer_to_a_streamed_call_is_the_answer() {
+    let s = setup().await;
+    s.fake.push(Reply::NotStreamed("plain json answer".into()));
+    s.p.start(turn("plain", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "plain").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "plain json answer"}))));
+    assert_eq!(s.fake.received().len(), 1);
+    let events = s.p.events("plain", 0, Some(1000)).await.expect("events").events;
+    let response = events
+        .iter()
+        .find(|e| e.event_type == "turn.response")
+        .expect("response");
+    assert_eq!(response.payload["usage"]["total_tokens"], 15);
+}
+
+/// Tool calls streamed without `index`, each whole with its own `id`, are
+/// separate calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_calls_without_an_index_are_separate_calls() {
+    let s = setup().await;
+    let call = |id: &str, value: u64| {
+        json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"id": id, "type": "function",
+               "function": {"name": "echo", "arguments": json!({"value": value}).to_string()}}]}}]})
+    };
+    s.fake.push(Reply::Chunks(vec![call("a1", 1), call("b2", 2)]));
+    s.fake.push(Reply::Text("ok".into()));
+    s.p.start(turn("noindex", &["echo"], "go", Value::Null))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "noindex").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "ok"}))));
+    for (id, value) in [("noindex/1.1", 1), ("noindex/1.2", 2)] {
+        let child = s.p.get(id).await.expect("child");
+        assert_eq!(child.outcome, Some(Outcome::success(json!(value))));
+    }
+    let tool_ids: Vec<Value> = s.fake.received()[1].body["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["tool_call_id"].clone())
+        .collect();
+    assert_eq!(tool_ids, [json!("a1"), json!("b2")]);
+}
+
+/// A model whose key variable went missing fails `model_error`, and its
+/// message says what is missing without calling it unavailable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_key_is_a_model_error() {
+    const VAR: &str = "CAIRN_TURN_TEST_GONE_KEY";
+    std::env::set_var(VAR, "sk-soon-gone");
+    let s = setup_with(test_retry(), &[("gone", ",key_env=CAIRN_TURN_TEST_GONE_KEY")]).await;
+    std::env::remove_var(VAR);
+    let mut req = turn("nokey", &[], "hi", Value::Null);
+    if let ProcessInput::SessionTurn { session, .. } = &mut req.input {
+        session.model = Some("gone".into());
+    }
+    s.p.start(req).await.expect("start");
+    let r = finished(&s.p, "nokey").await;
+    assert_eq!(failure_code(&r), "model_error");
+    match &r.outcome {
+        Some(Outcome::Failure { class, message, .. }) => {
+            assert_eq!(class, "model");
+            assert_eq!(
+                message,
+                "model `gone`: the environment variable `CAIRN_TURN_TEST_GONE_KEY` holding its key is not set"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(s.fake.received().is_empty());
+}
+
+/// A turn with tools whose id leaves no room for its tool calls' ids
+/// `{id}/{step}.{k}` is refused at start; without tools it may use them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_id_leaves_room_for_its_tool_calls() {
+    let s = setup().await;
+    // max_steps 4: room for `/4.999`, 6 bytes.
+    let long = "L".repeat(251);
+    let e =
+        s.p.start(turn(&long, &["echo"], "go", Value::Null))
+            .await
+            .expect_err("refused");
+    assert_eq!(e.code(), "invalid_id", "{e}");
+    assert!(e.to_string().contains("at most 250 bytes"), "{e}");
+    assert_eq!(s.p.get(&long).await.expect_err("not stored").code(), "unknown_process");
+    let fits = "L".repeat(250);
+    s.fake
+        .push(Reply::ToolCalls(vec![("echo".into(), json!({"value": 1}))]));
+    s.fake.push(Reply::Text("ok".into()));
+    s.p.start(turn(&fits, &["echo"], "go", Value::Null))
+        .await
+        .expect("start");
+    assert_eq!(
+        finished(&s.p, &fits).await.outcome,
+        Some(Outcome::success(json!({"text": "ok"})))
+    );
+    let child = s.p.get(&format!("{fits}/1.1")).await.expect("child");
+    assert_eq!(child.outcome, Some(Outcome::success(json!(1))));
+    s.fake.push(Reply::Text("no tools".into()));
+    s.p.start(turn(&"N".repeat(256), &[], "hi", Value::Null))
+        .await
+        .expect("no tools, no children");
 }

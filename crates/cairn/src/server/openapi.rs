@@ -385,7 +385,7 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
                             "model": id_schema("A model configured on the server (`unknown_model` otherwise)."),
                             "system": {"type": "string"},
                             "tools": {"type": "array", "items": {"type": "string", "enum": tools}},
-                            "max_steps": {"type": "integer", "minimum": 1, "maximum": 64},
+                            "max_steps": {"type": "integer", "minimum": 1, "maximum": cairn_turn::MAX_STEPS},
                             "temperature": {"type": "number", "minimum": 0, "maximum": 2},
                         },
                     });
@@ -406,7 +406,7 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
                             {"type": "object", "additionalProperties": false, "required": ["type", "schema"],
                              "properties": {"type": {"type": "string", "enum": ["json_schema"]},
                                             "schema": {"type": "object"},
-                                            "repair_attempts": {"type": "integer", "minimum": 0, "maximum": 5}}},
+                                            "repair_attempts": {"type": "integer", "minimum": 0, "maximum": cairn_turn::MAX_REPAIR_ATTEMPTS}}},
                         ],
                     });
                     refined.push(v);
