@@ -468,10 +468,37 @@ pub fn json_schema<T: ToSchema>() -> Arc<JsonObject> {
         // Argument and result types are all structs: their schemas are objects.
         other => JsonObject::from_iter([("allOf".to_string(), Value::Array(vec![other]))]),
     };
+    close_tagged_variants(&mut defs);
     if !defs.is_empty() {
         object.insert("$defs".to_string(), Value::Object(defs));
     }
     Arc::new(object)
+}
+
+/// The tagged enums whose variants take no fields beyond their own: the
+/// internally tagged ones deny unknown fields, and an externally tagged
+/// variant is an object of exactly its one key.
+pub const CLOSED_ENUMS: [&str; 5] = ["ProcessInput", "Originator", "Outcome", "Selector", "DedupeKey"];
+
+/// Mark the object variants of [`CLOSED_ENUMS`] among `schemas` (schema name
+/// to schema) `additionalProperties: false`, as their serde types refuse
+/// unknown fields: arguments the schema accepts are arguments the server
+/// reads. The schema generator leaves the variants open.
+pub fn close_tagged_variants(schemas: &mut JsonObject) {
+    for name in CLOSED_ENUMS {
+        let Some(variants) = schemas
+            .get_mut(name)
+            .and_then(|s| s.get_mut("oneOf"))
+            .and_then(Value::as_array_mut)
+        else {
+            continue;
+        };
+        for variant in variants {
+            if let Some(v) = variant.as_object_mut().filter(|v| v.contains_key("properties")) {
+                v.entry("additionalProperties").or_insert(Value::Bool(false));
+            }
+        }
+    }
 }
 
 fn rewrite_refs(value: &mut Value) {
@@ -495,6 +522,7 @@ fn rewrite_refs(value: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn refs(value: &Value, out: &mut Vec<String>) {
         match value {
@@ -548,6 +576,43 @@ mod tests {
             .collect();
         assert!(required.contains(&"id") && required.contains(&"input") && required.contains(&"disposition"));
         assert!(schema["$defs"].get("ProcessInput").is_some());
+    }
+
+    /// A variant of a closed enum with a field it does not know is refused by
+    /// serde, and so by the schema every tool advertises.
+    #[test]
+    fn tagged_variants_take_no_unknown_fields() {
+        let refused = [
+            serde_json::from_value::<cairn_core::ProcessInput>(json!({"type": "external", "bogus": 1})).is_err(),
+            serde_json::from_value::<cairn_core::Originator>(json!({"type": "host", "bogus": 1})).is_err(),
+            serde_json::from_value::<cairn_core::Outcome>(json!({"type": "success", "value": 1, "x": 2})).is_err(),
+            serde_json::from_value::<cairn_core::events::Selector>(json!({"pointer": "/a", "x": 1})).is_err(),
+            serde_json::from_value::<cairn_core::events::DedupeKey>(json!({"selector": "payload", "x": 1})).is_err(),
+        ];
+        assert_eq!(refused, [true; 5], "every closed enum refuses an unknown field");
+        let mut closed = 0;
+        for kind in ToolKind::ALL {
+            let schema = kind.input_schema();
+            for name in CLOSED_ENUMS {
+                let Some(variants) = schema
+                    .get("$defs")
+                    .and_then(|d| d.get(name))
+                    .and_then(|s| s.get("oneOf"))
+                else {
+                    continue;
+                };
+                for v in variants.as_array().expect("variants") {
+                    if v.get("properties").is_some() {
+                        assert_eq!(v["additionalProperties"], json!(false), "{}: {name}: {v}", kind.name());
+                        closed += 1;
+                    }
+                }
+            }
+        }
+        assert!(
+            closed > 10,
+            "the closed enums appear in the tools' schemas ({closed} variants)"
+        );
     }
 
     #[test]

@@ -635,6 +635,18 @@ async fn health_metrics_and_openapi() {
     ] {
         assert!(doc["paths"][path].is_object(), "openapi lacks {path}");
     }
+    // The variants of the tagged enums take no fields beyond their own, as
+    // the server reads them.
+    for name in ["Originator", "Outcome"] {
+        let variants = doc["components"]["schemas"][name]["oneOf"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(!variants.is_empty(), "{name}");
+        for v in variants {
+            assert_eq!(v["additionalProperties"], json!(false), "{name}: {v}");
+        }
+    }
     // A parameter is described as the server reads it: events page by
     // sequence, schedules by id.
     let parameter = |path: &str, name: &str| {

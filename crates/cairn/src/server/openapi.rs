@@ -243,6 +243,9 @@ fn constrain_parameters(op: &mut Value, path: &str) {
 /// Limits inside the component schemas.
 fn constrain_schemas(doc: &mut Value, tools: &[String]) {
     let schemas = &mut doc["components"]["schemas"];
+    if let Some(all) = schemas.as_object_mut() {
+        cairn_mcp::tools::close_tagged_variants(all);
+    }
     let set = |schemas: &mut Value, pointer: &str, schema: Value| {
         if let Some(slot) = schemas.pointer_mut(pointer) {
             let description = slot.get("description").cloned();
