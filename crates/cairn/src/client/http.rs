@@ -94,6 +94,21 @@ const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
+/// Refuse a path with a `.` or `..` segment (an id or name of just dots):
+/// URL parsing resolves those away, so the request would reach another
+/// route, and no id or name can be one (the server refuses them as ids).
+fn no_dot_segments(path: &str) -> Result<(), ClientError> {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    match path.split('/').find(|s| matches!(*s, "." | "..")) {
+        Some(dots) => Err(ClientError::Api {
+            status: 400,
+            code: "invalid_id".into(),
+            message: format!("`{dots}` is not an id or a name: no URL path can carry it"),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Percent-encode one path segment (ids may hold `/`, `?`, spaces, ...).
 pub fn segment(raw: &str) -> String {
     percent_encoding::utf8_percent_encode(raw, SEGMENT).to_string()
@@ -166,16 +181,19 @@ impl Client {
 
     /// `GET path`, answering the JSON body.
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        no_dot_segments(path)?;
         Ok(self.send(self.request(reqwest::Method::GET, path)).await?.1)
     }
 
     /// `POST path` with a JSON body, answering the status and the JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> Result<(StatusCode, Value), ClientError> {
+        no_dot_segments(path)?;
         self.send(self.request(reqwest::Method::POST, path).json(body)).await
     }
 
     /// `DELETE path`, answering the status.
     pub async fn delete(&self, path: &str) -> Result<StatusCode, ClientError> {
+        no_dot_segments(path)?;
         Ok(self.send(self.request(reqwest::Method::DELETE, path)).await?.0)
     }
 
@@ -184,6 +202,7 @@ impl Client {
     /// the stream drops early (a server restart, a proxy timeout).
     pub async fn follow(&self, id: &str, after: u64, mut on_event: impl FnMut(&Value)) -> Result<(), ClientError> {
         let path = format!("/v1/processes/{}/events", segment(id));
+        no_dot_segments(&path)?;
         let mut last = after;
         let mut retries = reconnect_delays();
         loop {
@@ -283,5 +302,30 @@ mod tests {
     fn encodes_segments() {
         assert_eq!(segment("a/b c?"), "a%2Fb%20c%3F");
         assert_eq!(segment("build-42_x.y~"), "build-42_x.y~");
+    }
+
+    /// An id of just dots would be resolved away by URL parsing and reach
+    /// another route (`/v1/processes/./await` is `/v1/processes/await`):
+    /// refused before anything is sent, as the server refuses such ids.
+    #[tokio::test]
+    async fn dot_segments_are_refused_before_sending() {
+        // Nothing listens on port 1: a request that went out would be unreachable.
+        let client = Client::new("http://127.0.0.1:1", None).expect("client");
+        for path in [
+            format!("/v1/processes/{}/await", segment(".")),
+            format!("/v1/processes/{}", segment("..")),
+            format!("/v1/processes/p/signals/{}", segment(".")),
+        ] {
+            match client.get(&path).await {
+                Err(ClientError::Api { code, status: 400, .. }) => assert_eq!(code, "invalid_id", "{path}"),
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+        assert!(no_dot_segments(&format!("/v1/processes/{}", segment("..."))).is_ok());
+        assert!(no_dot_segments(&format!("/v1/processes/{}/events?after=.", segment("a.b"))).is_ok());
+        assert!(matches!(
+            client.post("/v1/processes/./cancel", &Value::Null).await,
+            Err(ClientError::Api { status: 400, .. })
+        ));
     }
 }
