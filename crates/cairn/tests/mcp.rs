@@ -809,6 +809,14 @@ async fn malformed_posts_get_jsonrpc_errors() {
             -32602,
         ),
         (
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"cursor":5}}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"cursor":{}}}"#,
+            -32602,
+        ),
+        (
             r#"{"jsonrpc":"2.0","id":2,"method":"no/such/method","params":{}}"#,
             -32601,
         ),
@@ -817,6 +825,14 @@ async fn malformed_posts_get_jsonrpc_errors() {
         assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
         assert_eq!(answer["id"], 2, "{body}: {answer}");
     }
+    // An integral id written with an exponent is an integer id.
+    let answer: Value = post(r#"{"jsonrpc":"2.0","id":1e3,"method":"ping"}"#)
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("a JSON body");
+    assert!(answer.get("error").is_none(), "{answer}");
     // A well-formed message still reaches the endpoint.
     let response = post(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#)
         .await

@@ -75,11 +75,7 @@ pub async fn jsonrpc_errors(limit: usize, req: axum::extract::Request, next: axu
         Ok(message) => match message_fault(&message) {
             Some((status, code, text)) => {
                 // Echo the id when it is one a client could match.
-                let id = message
-                    .get("id")
-                    .filter(|id| id.is_string() || id.is_i64())
-                    .cloned()
-                    .unwrap_or(Value::Null);
+                let id = message.get("id").filter(|id| id_ok(id)).cloned().unwrap_or(Value::Null);
                 rpc_error(status, id, code, &text)
             }
             None => {
@@ -107,7 +103,7 @@ fn message_fault(message: &Value) -> Option<(axum::http::StatusCode, i64, String
         return bad(-32600, "invalid request: the message must say \"jsonrpc\": \"2.0\"");
     }
     if let Some(id) = object.get("id") {
-        if !(id.is_string() || id.is_i64()) {
+        if !id_ok(id) {
             return bad(
                 -32600,
                 "invalid request: `id` is a string or an integer (a signed 64-bit one), never null",
@@ -115,7 +111,12 @@ fn message_fault(message: &Value) -> Option<(axum::http::StatusCode, i64, String
         }
     }
     match object.get("method") {
-        Some(Value::String(_)) => match object.get("params") {
+        Some(Value::String(method)) => match object.get("params") {
+            Some(Value::Object(params))
+                if method == "tools/list" && params.get("cursor").is_some_and(|c| !c.is_string()) =>
+            {
+                bad(-32602, "invalid params: a `cursor` is a string")
+            }
             None | Some(Value::Object(_)) => None,
             Some(Value::Array(_)) => bad(-32602, "invalid params: MCP's params are an object, not an array"),
             Some(_) => bad(-32600, "invalid request: `params` is an object"),
@@ -128,6 +129,12 @@ fn message_fault(message: &Value) -> Option<(axum::http::StatusCode, i64, String
              `error` (a response)",
         ),
     }
+}
+
+/// A request id a client can match: a string, or an integer (`1e3` included)
+/// that fits a signed 64-bit one.
+fn id_ok(id: &Value) -> bool {
+    id.is_string() || id.is_i64() || id.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 9.2e18)
 }
 
 fn rpc_error(status: axum::http::StatusCode, id: Value, code: i64, message: &str) -> Response {
