@@ -42,9 +42,11 @@ impl FromStr for ModelSpec {
 
     /// Parse `NAME=BASE_URL[,model=ID][,key_env=VAR]`.
     fn from_str(s: &str) -> Result<Self> {
+        // Named by its name only: the rest may carry a secret (a key in a query).
+        let shown = s.split_once('=').map_or(s, |(name, _)| name);
         let bad = |why: &str| {
             CairnError::InvalidRequest(format!(
-                "model `{s}`: {why} (expected NAME=BASE_URL[,model=ID][,key_env=VAR])"
+                "model `{shown}`: {why} (expected NAME=BASE_URL[,model=ID][,key_env=VAR])"
             ))
         };
         let (name, rest) = s.split_once('=').ok_or_else(|| bad("no `=`"))?;
@@ -152,6 +154,14 @@ mod tests {
         ] {
             assert!(bad.parse::<ModelSpec>().is_err(), "{bad} should be refused");
         }
+        // The refusal names the model, never the rest (a key in a query).
+        let e = "x=http://h/v1?api_key=sk-secret"
+            .parse::<ModelSpec>()
+            .expect_err("a query");
+        assert!(
+            e.to_string().contains("model `x`") && !e.to_string().contains("sk-secret"),
+            "{e}"
+        );
     }
 
     #[test]
