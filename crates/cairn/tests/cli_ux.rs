@@ -469,3 +469,38 @@ fn a_server_that_is_not_a_url_is_a_usage_error() {
         );
     }
 }
+
+/// `module ls` lists every module, across as many pages as the server has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn module_ls_reads_every_page() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    // One more than the client's page of 1,000.
+    let stored: Vec<(u16, serde_json::Value)> = futures::future::join_all((0..1001).map(|i| {
+        let c = c.clone();
+        async move {
+            c.post(
+                "/v1/modules",
+                json!({ "source": format!("export async function f() {{ return {i}; }}") }),
+            )
+            .await
+        }
+    }))
+    .await;
+    assert!(stored.iter().all(|(s, _)| *s == 201), "every module stored");
+    let out = run_cli(&server.base, None, &["--json", "module", "ls"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let doc = out.json();
+    let mut listed: Vec<&str> = doc["modules"]
+        .as_array()
+        .expect("modules")
+        .iter()
+        .map(|m| m["module_ref"].as_str().expect("ref"))
+        .collect();
+    assert_eq!(listed.len(), 1001, "every module listed once");
+    listed.dedup();
+    assert_eq!(listed.len(), 1001, "no module listed twice");
+    let out = run_cli(&server.base, None, &["module", "ls"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.lines().count(), 1002, "a header and a row per module");
+}

@@ -123,6 +123,35 @@ async fn scenario(db: &str) {
             "{e}"
         );
     }
+    // A full page names where the next begins; the last page names nothing.
+    assert_eq!(list["next_after"], Value::Null, "{list}");
+    let mut refs = vec![module_ref.clone()];
+    for i in 0..2 {
+        let source = format!("export async function f{i}() {{ return {i}; }}");
+        let (s, m) = c.post("/v1/modules", json!({ "source": source })).await;
+        assert_eq!(s, 201, "{m}");
+        refs.push(m["module_ref"].as_str().unwrap().to_string());
+    }
+    refs.sort();
+    let (s, first) = c.get("/v1/modules?limit=2").await;
+    assert_eq!(s, 200, "{first}");
+    let listed: Vec<&str> = first["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["module_ref"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [refs[0].as_str(), refs[1].as_str()], "{first}");
+    assert_eq!(first["next_after"].as_str(), Some(refs[1].as_str()), "{first}");
+    let (s, last) = c.get(&format!("/v1/modules?limit=2&after={}", refs[1])).await;
+    assert_eq!(s, 200, "{last}");
+    assert_eq!(last["modules"].as_array().unwrap().len(), 1, "{last}");
+    assert_eq!(last["modules"][0]["module_ref"].as_str(), Some(refs[2].as_str()));
+    assert_eq!(last["next_after"], Value::Null, "{last}");
+    for bad in ["0", "1001", "x"] {
+        let (s, e) = c.get(&format!("/v1/modules?limit={bad}")).await;
+        assert_eq!(s, 400, "limit={bad}: {e}");
+    }
     let (s, doc) = c.get("/openapi.json").await;
     assert_eq!(s, 200);
     let params = doc["paths"]["/v1/modules"]["get"]["parameters"].as_array().unwrap();

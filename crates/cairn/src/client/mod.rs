@@ -817,15 +817,32 @@ async fn module(client: &Client, json: bool, command: ModuleCommand) -> Result<E
             }
         }
         ModuleCommand::Ls => {
-            let page = client.get("/v1/modules").await?;
+            // Every page, so a long listing is never cut at the first.
+            let mut all: Vec<Value> = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let mut pairs = vec![("limit", "1000".to_string())];
+                if let Some(a) = &after {
+                    pairs.push(("after", a.clone()));
+                }
+                let page = client.get(&format!("/v1/modules?{}", query(pairs))).await?;
+                all.extend(
+                    page.get("modules")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .cloned(),
+                );
+                match page.get("next_after").and_then(Value::as_str) {
+                    Some(next) => after = Some(next.to_string()),
+                    None => break,
+                }
+            }
             if json {
-                print_json(&page);
+                print_json(&json!({ "modules": all }));
             } else {
-                let rows: Vec<Vec<String>> = page
-                    .get("modules")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
+                let rows: Vec<Vec<String>> = all
+                    .iter()
                     .map(|m| {
                         vec![
                             str_at(m, "/module_ref"),

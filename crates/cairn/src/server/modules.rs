@@ -39,6 +39,8 @@ pub struct ModulesQuery {
 pub struct ModulesPage {
     /// The modules.
     pub modules: Vec<ModuleInfo>,
+    /// The ref to pass as `after` for the next page; null on the last page.
+    pub next_after: Option<String>,
 }
 
 /// `POST /v1/modules`: compile and store a module; 201, or 200 when that
@@ -78,9 +80,12 @@ pub async fn list(
             cairn_core::CairnError::InvalidPage(format!("`after` is the last module ref of a page: {e}"))
         })?;
     }
-    Ok(Json(ModulesPage {
-        modules: state.processes.list_modules(q.after.as_deref(), q.limit).await?,
-    }))
+    let limit = cairn_core::model::page_limit(q.limit)?;
+    let modules = state.processes.list_modules(q.after.as_deref(), Some(limit)).await?;
+    let next_after = (modules.len() == limit)
+        .then(|| modules.last().map(|m| m.module_ref.clone()))
+        .flatten();
+    Ok(Json(ModulesPage { modules, next_after }))
 }
 
 /// `GET /v1/modules/{ref}`: one module with its source.
