@@ -19,7 +19,7 @@ use crate::ops::admin::{self, AdminTx, Deleted, GrantState, PruneCandidate};
 use crate::ops::{self, at_once, Answer, Op, Row, WriteTx};
 use crate::registry::{prune_status, CancelAnswer, ProcessRegistry, Registered};
 use crate::schedule::{Schedule, ScheduleAdvance};
-use crate::validate::{self, validate_id, validate_scope};
+use crate::validate::{self, validate_id, validate_scope, validate_session_id};
 use crate::{CairnError, Result};
 
 struct Entry {
@@ -547,14 +547,14 @@ impl ProcessRegistry for MemoryRegistry {
     }
 
     async fn delete_session(&self, session_id: &str) -> Result<SessionDeleteReport> {
-        validate_id("session id", session_id)?;
+        validate_session_id(session_id)?;
         let now = self.now();
         let mut st = self.state.lock();
         at_once(admin::delete_session(&mut Tx { st: &mut st, now }, session_id))
     }
 
     async fn pending_wakes(&self, session_id: &str, limit: Option<usize>) -> Result<Vec<WakeDelivery>> {
-        validate_id("session id", session_id)?;
+        validate_session_id(session_id)?;
         let limit = page_limit(limit)?;
         let st = self.state.lock();
         let mut rows: Vec<&WakeRow> = st
@@ -567,7 +567,7 @@ impl ProcessRegistry for MemoryRegistry {
     }
 
     async fn ack_wake(&self, session_id: &str, wake_id: &str) -> Result<bool> {
-        validate_id("session id", session_id)?;
+        validate_session_id(session_id)?;
         validate_id("wake id", wake_id)?;
         let mut st = self.state.lock();
         match st.wakes.get_mut(wake_id) {

@@ -57,9 +57,28 @@ pub fn validate_id(what: &str, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// What separates a session id from its frame in a scope id (SPEC §1:
+/// `session:{session_id}/frame:{frame}`).
+pub const FRAME_SEPARATOR: &str = "/frame:";
+
+/// Check a session id: an id ([`validate_id`]) that does not hold
+/// [`FRAME_SEPARATOR`]. Grants and wakes are keyed by scope id, so a session
+/// named `s/frame:f` would share its key with frame `f` of session `s`, and
+/// its token would reach that frame's processes.
+pub fn validate_session_id(id: &str) -> Result<()> {
+    validate_id("session id", id)?;
+    if id.contains(FRAME_SEPARATOR) {
+        return Err(CairnError::InvalidId(format!(
+            "session id `{id}` contains `{FRAME_SEPARATOR}`, which separates a session from its frame in a \
+             scope id (`session:{{session_id}}/frame:{{frame}}`); choose another"
+        )));
+    }
+    Ok(())
+}
+
 /// Check a session scope's ids.
 pub fn validate_scope(scope: &SessionScope) -> Result<()> {
-    validate_id("session id", &scope.session_id)?;
+    validate_session_id(&scope.session_id)?;
     if let Some(frame) = &scope.agent_frame_id {
         validate_id("agent frame id", frame)?;
     }

@@ -59,7 +59,7 @@ use cairn_core::model::{
     WorkAction, WorkItem,
 };
 use cairn_core::registry::{prune_status, CancelAnswer, ProcessRegistry, Registered};
-use cairn_core::validate::{self, validate_id, validate_scope};
+use cairn_core::validate::{self, validate_id, validate_scope, validate_session_id};
 use cairn_core::{CairnError, ChangeHub, Result};
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -403,7 +403,7 @@ impl ProcessRegistry for PostgresRegistry {
     }
 
     async fn delete_session(&self, session_id: &str) -> Result<SessionDeleteReport> {
-        validate_id("session id", session_id)?;
+        validate_session_id(session_id)?;
         self.transaction("the session's deletion", move |tx, now| {
             let session_id = session_id.to_string();
             Box::pin(async move {
@@ -416,7 +416,7 @@ impl ProcessRegistry for PostgresRegistry {
     }
 
     async fn pending_wakes(&self, session_id: &str, limit: Option<usize>) -> Result<Vec<WakeDelivery>> {
-        validate_id("session id", session_id)?;
+        validate_session_id(session_id)?;
         let limit = page_limit(limit)?;
         self.shared
             .run(|c| async move { read::pending_wakes(&c, session_id, limit).await })
@@ -424,7 +424,7 @@ impl ProcessRegistry for PostgresRegistry {
     }
 
     async fn ack_wake(&self, session_id: &str, wake_id: &str) -> Result<bool> {
-        validate_id("session id", session_id)?;
+        validate_session_id(session_id)?;
         validate_id("wake id", wake_id)?;
         self.shared
             .run_flag("acknowledging the wake", "it is acknowledged now", |c| async move {

@@ -51,7 +51,7 @@ use cairn_core::model::{
 };
 use cairn_core::ops::{self, admin, at_once, Answer, Op};
 use cairn_core::registry::{prune_status, CancelAnswer, ProcessRegistry, Registered};
-use cairn_core::validate::{self, validate_id, validate_scope};
+use cairn_core::validate::{self, validate_id, validate_scope, validate_session_id};
 use cairn_core::{CairnError, ChangeHub, Result};
 use parking_lot::Mutex;
 use rusqlite::{Connection, Transaction};
@@ -377,7 +377,7 @@ impl ProcessRegistry for SqliteRegistry {
     }
 
     async fn delete_session(&self, session_id: &str) -> Result<SessionDeleteReport> {
-        validate_id("session id", session_id)?;
+        validate_session_id(session_id)?;
         let session_id = session_id.to_string();
         self.write(move |conn, now| {
             Ok(at_once(admin::delete_session(
@@ -389,7 +389,7 @@ impl ProcessRegistry for SqliteRegistry {
     }
 
     async fn pending_wakes(&self, session_id: &str, limit: Option<usize>) -> Result<Vec<WakeDelivery>> {
-        validate_id("session id", session_id)?;
+        validate_session_id(session_id)?;
         let limit = page_limit(limit)?;
         let session_id = session_id.to_string();
         self.read(move |tx, _| store::pending_wakes(tx, &session_id, limit))
@@ -397,7 +397,7 @@ impl ProcessRegistry for SqliteRegistry {
     }
 
     async fn ack_wake(&self, session_id: &str, wake_id: &str) -> Result<bool> {
-        validate_id("session id", session_id)?;
+        validate_session_id(session_id)?;
         validate_id("wake id", wake_id)?;
         let (session_id, wake_id) = (session_id.to_string(), wake_id.to_string());
         self.write(move |tx, _| store::ack_wake(tx, &session_id, &wake_id))

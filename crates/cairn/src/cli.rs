@@ -674,6 +674,7 @@ pub struct PruneArgs {
 pub fn parse_session_token(raw: &str) -> Result<(String, String), String> {
     match raw.split_once('=') {
         Some((session, token)) if !session.is_empty() && !token.is_empty() => {
+            cairn_core::validate::validate_session_id(session).map_err(|e| e.to_string())?;
             Ok((session.to_string(), token.to_string()))
         }
         _ => Err("expected SESSION=TOKEN with both parts non-empty".to_string()),
@@ -840,6 +841,18 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_session_token_names_a_session_that_cannot_pass_for_a_frame() {
+        assert_eq!(
+            parse_session_token("s1=secret"),
+            Ok(("s1".to_string(), "secret".to_string()))
+        );
+        let refused = Cli::try_parse_from(["cairn", "serve", "--session-token", "s1/frame:f1=secret"])
+            .expect_err("a session id holding `/frame:` is refused");
+        assert!(refused.to_string().contains("`/frame:`"), "{refused}");
+        assert!(parse_session_token("=secret").is_err());
     }
 
     /// Every client command, leaf subcommands included, with a place for the

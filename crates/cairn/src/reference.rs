@@ -19,7 +19,7 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
     vec![
         (
             CairnError::InvalidId(s()),
-            "an id is empty, over 256 bytes or holds a control character",
+            "an id is empty, over 256 bytes, `.` or `..`, or holds a control character; or a session id holds `/frame:`",
         ),
         (
             CairnError::InvalidRequest(s()),

@@ -76,6 +76,33 @@ pub async fn grant_and_revoke(factory: &dyn StoreFactory) {
             .grant(&SessionScope::session(""), "p", descriptor("k", "l")),
     )
     .await;
+    // A session id holding the frame separator would share its scope id
+    // with frame `f1` of `s1`, and reach that frame's grants.
+    let lookalike = SessionScope::session("s1/frame:f1");
+    assert_eq!(lookalike.scope_id(), frame.scope_id());
+    h.rejects(
+        "invalid_id",
+        "grant to a session named like a frame",
+        h.registry().grant(&lookalike, "p", descriptor("k", "l")),
+    )
+    .await;
+    ok(
+        h.registry().grant(&frame, "p", descriptor("k", "l")).await,
+        "grant to the frame",
+    );
+    h.rejects(
+        "invalid_id",
+        "list what a session named like a frame may address",
+        h.registry().list_granted_to(&lookalike, &ProcessFilter::any()),
+    )
+    .await;
+    h.rejects(
+        "invalid_id",
+        "pending wakes of a session named like a frame",
+        h.registry().pending_wakes("s1/frame:f1", None),
+    )
+    .await;
+    assert!(ok(h.registry().revoke(&frame, "p").await, "revoke the frame's grant"));
     assert_eq!(h.check("p").await, before);
 }
 
