@@ -296,11 +296,15 @@ pub enum Command {
     /// Delete terminal processes older than a cutoff (leaves tombstones).
     #[command(after_help = "Example:\n  cairn prune --older-than 7d --status completed")]
     Prune(PruneArgs),
-    /// List a session's pending wakes.
+    /// List a session's pending wakes, oldest first.
     Wakes {
         /// Session id.
         #[arg(value_parser = non_empty)]
         session: String,
+        /// Show at most this many (default 100, at most 1000); acknowledged
+        /// wakes leave the list, so later ones come after.
+        #[arg(long, value_parser = at_least_one)]
+        limit: Option<usize>,
         /// `--server`, `--token`, `--json`.
         #[command(flatten)]
         client: ClientOpts,

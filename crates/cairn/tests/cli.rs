@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{waiter, Server};
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_drives_the_server() {
@@ -118,6 +118,34 @@ async fn cli_drives_the_server() {
     assert_eq!(out.stdout.trim(), format!("acknowledged {wake_id}"));
     let out = server.cli(&["ack", "s1", &wake_id], None).await;
     assert!(out.stdout.contains("already"), "{}", out.stdout);
+    // A full page of wakes says there may be more; a shorter one does not.
+    for t in ["one", "two", "three"] {
+        let (s, _) = server
+            .client()
+            .post(
+                "/v1/processes/c2/events",
+                json!({"event_type": "note", "payload": {"t": t}}),
+            )
+            .await;
+        assert_eq!(s, 200);
+    }
+    let out = server.cli(&["--json", "wakes", "s1", "--limit", "2"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let inputs: Vec<Value> = out.json()["wakes"]
+        .as_array()
+        .expect("wakes")
+        .iter()
+        .map(|w| w["input"].clone())
+        .collect();
+    assert_eq!(inputs, [json!("one"), json!("two")], "oldest first");
+    assert!(out.stderr.contains("there may be more"), "{}", out.stderr);
+    let out = server.cli(&["wakes", "s1", "--limit", "3"], None).await;
+    assert_eq!(out.stdout.lines().count(), 4, "{}", out.stdout);
+    assert!(out.stderr.contains("there may be more"), "{}", out.stderr);
+    let out = server.cli(&["wakes", "s1"], None).await;
+    assert_eq!(out.stdout.lines().count(), 4, "{}", out.stdout);
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+    assert_eq!(server.cli(&["wakes", "s1", "--limit", "0"], None).await.code, 2);
 
     // cancel and abandon.
     assert_eq!(server.client().start(waiter("c3")).await.0, 201);

@@ -290,8 +290,20 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
         Command::Prune(args) => prune(client, json, args).await,
         Command::Schedule { action, .. } => schedule::execute(client, json, action).await,
         Command::Module { action, .. } => module(client, json, action).await,
-        Command::Wakes { session, .. } => {
-            let page = client.get(&format!("/v1/sessions/{}/wakes", segment(&session))).await?;
+        Command::Wakes { session, limit, .. } => {
+            let mut path = format!("/v1/sessions/{}/wakes", segment(&session));
+            if let Some(limit) = limit {
+                path.push_str(&format!("?limit={limit}"));
+            }
+            let page = client.get(&path).await?;
+            let shown = page.get("wakes").and_then(Value::as_array).map_or(0, Vec::len);
+            if shown == limit.unwrap_or(cairn_core::model::DEFAULT_PAGE_SIZE) {
+                // The route has no cursor: pending wakes leave it when acknowledged.
+                eprintln!(
+                    "(the oldest {shown} pending wakes; there may be more: acknowledge these, or pass a larger \
+                     --limit, up to 1000)"
+                );
+            }
             if json {
                 print_json(&page);
             } else {
