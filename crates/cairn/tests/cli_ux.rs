@@ -405,15 +405,20 @@ async fn help_completions_and_an_unreachable_server() {
         out.stderr
     );
 
-    // A server that is not there: exit 1 and a hint.
-    let out = run_cli("http://127.0.0.1:9", None, &["ls"], None).await;
-    assert_eq!(out.code, 1);
-    assert!(
-        out.stderr
-            .contains("hint: is `cairn serve` running at http://127.0.0.1:9?"),
-        "{}",
-        out.stderr
-    );
+    // A server that is not there: exit 1 and a hint, at once, also for a
+    // stream that never opened (resuming is for one that broke).
+    for args in [&["ls"][..], &["events", "x", "--follow"][..]] {
+        let started = Instant::now();
+        let out = run_cli("http://127.0.0.1:9", None, args, None).await;
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .contains("hint: is `cairn serve` running at http://127.0.0.1:9?"),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(started.elapsed() < Duration::from_secs(10), "{args:?} retried");
+    }
 }
 
 /// A client whose reader went away (`cairn completions bash | head -1`) ends

@@ -205,6 +205,9 @@ impl Client {
         no_dot_segments(&path)?;
         let mut last = after;
         let mut retries = reconnect_delays();
+        // A server never reached is said at once (with its hint); resuming
+        // is for a stream that was open.
+        let mut opened = false;
         loop {
             let attempt = async {
                 let resp = self
@@ -219,6 +222,7 @@ impl Client {
                     let body = resp.json::<Value>().await.unwrap_or(Value::Null);
                     return Err(api_error(status.as_u16(), &body));
                 }
+                opened = true;
                 let mut stream = sse_stream::SseStream::from_bytes_stream(resp.bytes_stream());
                 while let Some(item) = stream.next().await {
                     let ev = item.map_err(|e| ClientError::Interrupted(format!("event stream of {id}: {e}")))?;
@@ -244,6 +248,7 @@ impl Client {
             };
             match attempt.await {
                 Ok(true) => return Ok(()),
+                Err(e @ ClientError::Unreachable { .. }) if !opened => return Err(e),
                 Ok(false)
                 | Err(ClientError::Http(_) | ClientError::Unreachable { .. } | ClientError::Interrupted(_)) => {
                     // The stream ended without the terminal: done if the log ends here, else resume.
