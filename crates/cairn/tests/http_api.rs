@@ -635,6 +635,15 @@ async fn health_metrics_and_openapi() {
     ] {
         assert!(doc["paths"][path].is_object(), "openapi lacks {path}");
     }
+    // Every id the server takes fits the schema's ids: 256 bytes of ASCII
+    // are 256 characters.
+    let id = &doc["components"]["schemas"]["StartRequest"]["properties"]["id"];
+    assert_eq!(id["maxLength"], 256, "{id}");
+    let long = "i".repeat(256);
+    let (s, _) = c
+        .start(json!({"id": long, "input": {"type": "external"}, "disposition": "externally_owned"}))
+        .await;
+    assert_eq!(s, 201);
     // The variants of the tagged enums take no fields beyond their own, as
     // the server reads them.
     for name in ["Originator", "Outcome"] {

@@ -62,10 +62,13 @@ pub struct ApiDoc;
 /// The largest cursor or sequence the API takes: signed 64-bit, like the stores.
 pub const MAX_CURSOR: i64 = i64::MAX;
 
-/// An id's schema: 1-64 characters (at most the core's 256 bytes), no control characters.
+/// An id's schema: 1-256 characters, no control characters. The core's limit
+/// is 256 bytes, which a schema cannot state (`maxLength` counts characters):
+/// every valid id fits this one, and an id of 256 characters that is longer
+/// than 256 bytes is refused by the server (`invalid_id`).
 fn id_schema(description: &str) -> Value {
     json!({
-        "type": "string", "minLength": 1, "maxLength": 64,
+        "type": "string", "minLength": 1, "maxLength": cairn_core::validate::MAX_ID_BYTES,
         "pattern": "^[^\\u0000-\\u001F\\u007F-\\u009F]+$",
         "description": description,
     })
