@@ -144,7 +144,8 @@ impl ServerHandler for McpServer {
         let mut info = ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_instructions(
             "cairn runs durable background processes. Start one with process_start (pick a unique id: \
              repeating a start is safe), follow it with process_get, process_events or process_await, \
-             and steer it with process_signal, process_cancel or process_complete. schedule_list, \
+             and steer it with process_signal, process_cancel or process_complete. module_put stores a \
+             JavaScript module whose exports process_start can run as durable scripts. schedule_list, \
              schedule_pause and schedule_resume manage the schedules that start processes (host token). \
              Errors carry cairn's code, e.g. unknown_process.",
         );
