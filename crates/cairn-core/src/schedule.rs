@@ -17,7 +17,8 @@
 //! - `every` fires at `created_ms + k × every` (k ≥ 1); `cron` is a 5-field
 //!   expression (parsed by `croner`) evaluated in an IANA timezone (`chrono-tz`),
 //!   default `UTC`. Across a daylight-saving change a wall-clock time that does
-//!   not exist fires just after the change, and one that occurs twice fires once.
+//!   not exist fires at the change (several such times fire there once), and
+//!   one that occurs twice fires once, at its first occurrence.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -237,11 +238,7 @@ impl ScheduleSpec {
                 let k = (after_ms - created_ms) / every + 1;
                 created_ms.checked_add(k.checked_mul(*every)?)
             }
-            Self::Cron(cron, tz) => {
-                let at = Utc.timestamp_millis_opt(i64::try_from(after_ms).ok()?).single()?;
-                let next = cron.find_next_occurrence(&at.with_timezone(tz), false).ok()?;
-                u64::try_from(next.timestamp_millis()).ok()
-            }
+            Self::Cron(cron, tz) => cron_next(cron, *tz, after_ms),
         }
     }
 
@@ -249,6 +246,51 @@ impl ScheduleSpec {
     pub fn next_after(&self, after_ms: u64) -> Option<u64> {
         self.next_after_from(0, after_ms)
     }
+}
+
+/// Most wall-clock matches [`cron_next`] passes over before answering: each
+/// one passed over is a time already fired in a daylight-saving change, at
+/// most a skipped day's minutes.
+const MAX_PASSED_OVER: usize = 10_000;
+
+/// The first fire of `cron` in `tz` strictly after `after_ms`.
+///
+/// The pattern is matched against wall-clock times (never against instants,
+/// so a change of offset cannot skip or repeat a match), and each match is
+/// placed in time: a wall-clock time that occurs twice fires at its first
+/// occurrence only, and one that does not exist (the clock skipped it) fires
+/// at the instant of the change; several skipped times fire there once.
+fn cron_next(cron: &croner::Cron, tz: chrono_tz::Tz, after_ms: u64) -> Option<u64> {
+    use chrono::LocalResult;
+    let after = Utc.timestamp_millis_opt(i64::try_from(after_ms).ok()?).single()?;
+    // Wall-clock times are carried as UTC values, which have no changes.
+    let mut wall = Utc.from_utc_datetime(&after.with_timezone(&tz).naive_local());
+    for _ in 0..MAX_PASSED_OVER {
+        wall = cron.find_next_occurrence(&wall, false).ok()?;
+        let at = match tz.from_local_datetime(&wall.naive_utc()) {
+            LocalResult::Single(at) | LocalResult::Ambiguous(at, _) => at.with_timezone(&Utc),
+            LocalResult::None => change_after(tz, wall.naive_utc())?,
+        };
+        if at > after {
+            return u64::try_from(at.timestamp_millis()).ok();
+        }
+    }
+    None
+}
+
+/// The instant a skipped wall-clock time `skipped` falls in: the end of the
+/// gap, found from the last minute before it (a gap is at most a day: Samoa
+/// skipped 30 December 2011).
+fn change_after(tz: chrono_tz::Tz, skipped: chrono::NaiveDateTime) -> Option<chrono::DateTime<Utc>> {
+    let minute = chrono::TimeDelta::minutes(1);
+    let mut before = skipped;
+    for _ in 0..(2 * 24 * 60) {
+        before -= minute;
+        if let Some(at) = tz.from_local_datetime(&before).latest() {
+            return Some(at.with_timezone(&Utc) + minute);
+        }
+    }
+    None
 }
 
 /// A stored schedule: its definition and its state (the wire shape of
@@ -554,6 +596,61 @@ mod tests {
             spec.next_after(first).unwrap(),
             ms("2026-10-26T01:30:00Z"),
             "not again at 02:30 CET"
+        );
+        // Several times in a changing hour: each wall-clock time fires once.
+        let fires = |cron: &str, tz: &str, from: &str, n: usize| {
+            let spec = request(Some(cron), None, Some(tz)).validate().unwrap();
+            let mut at = ms(from);
+            (0..n)
+                .map(|_| {
+                    at = spec.next_after(at).unwrap();
+                    at
+                })
+                .collect::<Vec<u64>>()
+        };
+        // New York skips 02:00-03:00 on 2027-03-14: 02:00 and 02:30 fire
+        // once, at the change (03:00 EDT), and the day after as usual.
+        assert_eq!(
+            fires("*/30 2 * * *", "America/New_York", "2027-03-13T07:30:00Z", 2),
+            [ms("2027-03-14T07:00:00Z"), ms("2027-03-15T06:00:00Z")]
+        );
+        assert_eq!(
+            fires("0,30 2 14 3 *", "America/New_York", "2027-01-01T00:00:00Z", 1),
+            [ms("2027-03-14T07:00:00Z")],
+            "this year's change, not next year's 02:00 EDT"
+        );
+        // Every minute: the skipped hour and 03:00 are one fire.
+        assert_eq!(
+            fires("* * * * *", "America/New_York", "2027-03-14T06:59:00Z", 2),
+            [ms("2027-03-14T07:00:00Z"), ms("2027-03-14T07:01:00Z")]
+        );
+        // New York repeats 01:00-02:00 on 2027-11-07: 01:00 and 01:30 fire in
+        // the first pass (EDT) only.
+        assert_eq!(
+            fires("0,30 1 * * *", "America/New_York", "2027-11-07T04:00:00Z", 3),
+            [
+                ms("2027-11-07T05:00:00Z"),
+                ms("2027-11-07T05:30:00Z"),
+                ms("2027-11-08T06:00:00Z")
+            ]
+        );
+        assert_eq!(
+            fires("0,30 2 * * *", "Europe/Paris", "2026-10-24T23:59:00Z", 3),
+            [
+                ms("2026-10-25T00:00:00Z"),
+                ms("2026-10-25T00:30:00Z"),
+                ms("2026-10-26T01:00:00Z")
+            ]
+        );
+        // Hourly: the repeated hour fires once, so 01:00 EST is not a fire.
+        assert_eq!(
+            fires("0 * * * *", "America/New_York", "2027-11-07T04:30:00Z", 2),
+            [ms("2027-11-07T05:00:00Z"), ms("2027-11-07T07:00:00Z")]
+        );
+        // Started during the second pass, the repeated times are past.
+        assert_eq!(
+            fires("0,30 1 * * *", "America/New_York", "2027-11-07T06:10:00Z", 1),
+            [ms("2027-11-08T06:00:00Z")]
         );
         // The same cron in UTC ignores Paris's changes.
         let utc = request(Some("30 2 * * *"), None, None).validate().unwrap();
