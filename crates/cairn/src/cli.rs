@@ -413,8 +413,8 @@ pub enum ScheduleAction {
         /// A 5-field cron expression (minute hour day-of-month month day-of-week).
         #[arg(long, conflicts_with = "every", required_unless_present = "every")]
         cron: Option<String>,
-        /// An interval such as 30s, 5m or 1h (at least 1s).
-        #[arg(long)]
+        /// An interval such as 30s, 5m or 1h (at least 1s; a bare number is milliseconds).
+        #[arg(long, value_parser = interval)]
         every: Option<String>,
         /// The IANA timezone a cron expression is read in (default UTC).
         #[arg(long, requires = "cron")]
@@ -674,6 +674,12 @@ pub struct PruneArgs {
     pub client: ClientOpts,
 }
 
+/// A schedule's `--every`, read as every duration flag is ([`parse_duration`]:
+/// bare milliseconds, `1.5s`) and sent in the server's spelling (`1s 500ms`).
+fn interval(raw: &str) -> Result<String, String> {
+    parse_duration(raw).map(|d| humantime::format_duration(d).to_string())
+}
+
 /// Parse `SESSION=TOKEN`.
 pub fn parse_session_token(raw: &str) -> Result<(String, String), String> {
     match raw.split_once('=') {
@@ -845,6 +851,14 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn an_interval_is_read_as_every_duration_flag() {
+        assert_eq!(interval("5000").as_deref(), Ok("5s"));
+        assert_eq!(interval("1.5s").as_deref(), Ok("1s 500ms"));
+        assert_eq!(interval("1h 30m").as_deref(), Ok("1h 30m"));
+        assert!(interval("soon").is_err());
     }
 
     #[test]
