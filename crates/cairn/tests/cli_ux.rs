@@ -318,6 +318,14 @@ async fn section_three_exit_codes_json_shapes_and_messages() {
     let out = cli(&["transfer", "--from", "s1", "--to", "s2", "x1", "w1"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.stdout.lines().next(), Some("moved: x1"), "{}", out.stdout);
+    let out = cli(&["transfer", "--from", "s1", "--to", "s2", "x1"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.lines().collect::<Vec<_>>(),
+        ["moved: none", "not granted to the source (left alone): x1"],
+        "{}",
+        out.stdout
+    );
     let out = cli(&[
         "--json",
         "complete",

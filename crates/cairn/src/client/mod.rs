@@ -250,7 +250,8 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                         .map(|a| a.iter().map(|v| str_at(v, "")).collect::<Vec<_>>().join(", "))
                         .unwrap_or_default()
                 };
-                println!("moved: {}", list("moved"));
+                let moved = list("moved");
+                println!("moved: {}", if moved.is_empty() { "none" } else { &moved });
                 let not_granted = list("not_granted");
                 if !not_granted.is_empty() {
                     println!("not granted to the source (left alone): {not_granted}");
