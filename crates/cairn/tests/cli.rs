@@ -141,6 +141,11 @@ async fn cli_drives_the_server() {
     assert!(out.stderr.contains("there may be more"), "{}", out.stderr);
     let out = server.cli(&["wakes", "s1", "--limit", "3"], None).await;
     assert_eq!(out.stdout.lines().count(), 4, "{}", out.stdout);
+    assert!(
+        out.stdout.starts_with("WAKE") && out.stdout.contains("FRAME"),
+        "{}",
+        out.stdout
+    );
     assert!(out.stderr.contains("there may be more"), "{}", out.stderr);
     let out = server.cli(&["wakes", "s1"], None).await;
     assert_eq!(out.stdout.lines().count(), 4, "{}", out.stdout);

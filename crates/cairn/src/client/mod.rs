@@ -316,6 +316,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                     .map(|w| {
                         vec![
                             str_at(w, "/wake_id"),
+                            str_at(w, "/target_scope/agent_frame_id"),
                             str_at(w, "/process_id"),
                             num_at(w, "/sequence"),
                             str_at(w, "/event_type"),
@@ -324,7 +325,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                         ]
                     })
                     .collect();
-                print_table(&["WAKE", "PROCESS", "SEQ", "TYPE", "AGE", "INPUT"], &rows);
+                print_table(&["WAKE", "FRAME", "PROCESS", "SEQ", "TYPE", "AGE", "INPUT"], &rows);
             }
             Ok(ExitCode::SUCCESS)
         }
