@@ -130,6 +130,26 @@ async fn start_is_idempotent_and_errors_have_their_classes() {
     assert_eq!((s, code(&err)), (400, "invalid_page"));
     let (s, err) = c.get("/v1/processes/p1/await?wat=1").await;
     assert_eq!((s, code(&err)), (400, "invalid_request"));
+    // A number field given something else says which field wants what.
+    for (query, said) in [
+        (
+            "/v1/processes/p1/events?after=x",
+            "`after` must be a non-negative integer, got `x`",
+        ),
+        (
+            "/v1/processes/p1/await?timeout_ms=-1",
+            "`timeout_ms` must be a non-negative integer, got `-1`",
+        ),
+        ("/v1/changes?cursor=", "`cursor` must be a non-negative integer, got ``"),
+        (
+            "/v1/schedules?limit=99999999999999999999999",
+            "`limit` is over the largest accepted value, got `99999999999999999999999`",
+        ),
+    ] {
+        let (s, err) = c.get(query).await;
+        assert_eq!((s, code(&err)), (400, "invalid_request"), "{query}: {err}");
+        assert_eq!(err["error"]["message"], said, "{query}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

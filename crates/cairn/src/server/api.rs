@@ -380,8 +380,37 @@ where
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| ApiQuery(q.0))
-            .map_err(|e: QueryRejection| ApiError::invalid_request(e.body_text()))
+            .map_err(|e: QueryRejection| ApiError::invalid_request(query_error(&e.body_text(), parts.uri.query())))
     }
+}
+
+/// A query's parse error in words: a number field given something else says
+/// which field wants what (the parser says only "invalid digit found in string").
+fn query_error(text: &str, query: Option<&str>) -> String {
+    let detail = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(text);
+    let numeric = [
+        ("invalid digit found in string", "must be a non-negative integer"),
+        (
+            "cannot parse integer from empty string",
+            "must be a non-negative integer",
+        ),
+        (
+            "number too large to fit in target type",
+            "is over the largest accepted value",
+        ),
+    ];
+    for (said, meant) in numeric {
+        if let Some(field) = detail.strip_suffix(said).and_then(|f| f.strip_suffix(": ")) {
+            let given = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                .find(|(k, _)| k == field)
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            return format!("`{field}` {meant}, got `{given}`");
+        }
+    }
+    text.to_string()
 }
 
 /// Path parameters; errors are 400 `invalid_request`.
