@@ -114,18 +114,30 @@ impl StartRequest {
 
     /// Make the start one that session `scope` may make (SPEC §4): started as
     /// the session (an originator naming the same session stays as given),
-    /// granted to it (with the descriptor asked for), and waking no other
-    /// session (`invalid_request`).
+    /// granted to it (with the descriptor asked for). An originator, grant or
+    /// wake target naming another session is refused (`invalid_request`):
+    /// the caller would believe it had handed the process on.
     pub fn confine_to_session(&mut self, scope: &SessionScope) -> Result<()> {
-        if self
-            .wake_target
-            .as_ref()
-            .is_some_and(|w| w.session_id != scope.session_id)
-        {
-            return Err(CairnError::InvalidRequest(format!(
-                "a start for session `{}` may only set a wake target in that session",
+        let other = |what: &str, named: &str| {
+            Err(CairnError::InvalidRequest(format!(
+                "a start for session `{}` may only {what} that session, not `{named}`",
                 scope.session_id
-            )));
+            )))
+        };
+        if let Some(w) = self.wake_target.as_ref().filter(|w| w.session_id != scope.session_id) {
+            return other("set a wake target in", &w.session_id);
+        }
+        if let Some(g) = self
+            .grant
+            .as_ref()
+            .filter(|g| g.session_scope.session_id != scope.session_id)
+        {
+            return other("grant the process to", &g.session_scope.session_id);
+        }
+        if let Originator::Session { scope: named } = &self.originator {
+            if named.session_id != scope.session_id {
+                return other("name as its originator", &named.session_id);
+            }
         }
         let own = matches!(&self.originator, Originator::Session { scope: s } if s.session_id == scope.session_id);
         if !own {

@@ -436,9 +436,10 @@ impl ToolContext {
     /// `registration_conflict`.
     ///
     /// A child of a process a session started acts for that session, as the
-    /// session's own starts do (SPEC §4): it is started as the session, granted
-    /// to it (so the session sees it), and may only wake it. A host's process
-    /// may start children as anyone, as the host may.
+    /// session's own starts do (SPEC §4): it is started as the session and
+    /// granted to it (so the session sees it), and a request that names
+    /// another session as its originator, grantee or wake target is refused.
+    /// A host's process may start children as anyone, as the host may.
     pub async fn start_child(&self, mut request: StartRequest) -> Result<ProcessRecord> {
         request.caused_by = Some(crate::model::CausalRef::process(self.process_id()));
         if let crate::model::Originator::Session { scope } = &self.inner.record.provenance.originator {

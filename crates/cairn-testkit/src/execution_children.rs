@@ -217,8 +217,7 @@ impl Tool for Spoofer {
                 Disposition::Rerunnable,
             )
         };
-        let as_host = child(1).with_grant(cairn_core::SessionScope::session("s2"), Default::default());
-        let mut as_host = as_host;
+        let mut as_host = child(1);
         as_host.originator = cairn_core::Originator::host();
         if let Err(e) = ctx.start_child(as_host).await {
             return Outcome::failure("test", e.code(), e.to_string());
@@ -227,17 +226,24 @@ impl Tool for Spoofer {
         let waking_another = ctx
             .start_child(child(2).with_wake_target(cairn_core::SessionScope::session("s2")))
             .await;
+        let granting_another = ctx
+            .start_child(child(3).with_grant(cairn_core::SessionScope::session("s2"), Default::default()))
+            .await;
         let foreign = ctx
             .wait_children(&["foreign".to_string()], ChildrenMode::Any, None)
             .await;
-        Outcome::success(json!({"wake": code(waking_another.map(|_| ())), "wait": code(foreign.map(|_| ()))}))
+        Outcome::success(json!({
+            "wake": code(waking_another.map(|_| ())),
+            "grant": code(granting_another.map(|_| ())),
+            "wait": code(foreign.map(|_| ())),
+        }))
     }
 }
 
 /// A process a session started acts for that session: its children are
-/// started as the session and granted to it whatever their request says,
-/// may not wake another session, and it may not await (and so read the end
-/// of) a process that is not its child, ended or not (SPEC §4, §13).
+/// started as the session and granted to it, may not be granted to or wake
+/// another session, and it may not await (and so read the end of) a process
+/// that is not its child, ended or not (SPEC §4, §13).
 pub async fn a_sessions_process_acts_only_for_that_session(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;
     let p = runtime(&store, "w1", vec![Arc::new(Spoofer)]);
@@ -257,7 +263,7 @@ pub async fn a_sessions_process_acts_only_for_that_session(factory: &dyn StoreFa
     assert_eq!(
         r.outcome,
         Some(Outcome::success(
-            json!({"wake": "invalid_request", "wait": "invalid_request"})
+            json!({"wake": "invalid_request", "grant": "invalid_request", "wait": "invalid_request"})
         ))
     );
     let child = p.get("sp/1").await.expect("child");
@@ -280,13 +286,12 @@ pub async fn a_sessions_process_acts_only_for_that_session(factory: &dyn StoreFa
         granted("s1").await.contains(&"sp/1".to_string()),
         "granted to its session"
     );
-    assert!(
-        !granted("s2").await.contains(&"sp/1".to_string()),
-        "not to the one it named"
-    );
-    assert!(
-        p.get("sp/2").await.is_err(),
-        "the child that would wake another session was not started"
-    );
+    assert!(granted("s2").await.is_empty(), "nothing reached another session");
+    for (id, why) in [("sp/2", "wake"), ("sp/3", "be granted to")] {
+        assert!(
+            p.get(id).await.is_err(),
+            "the child that would {why} another session was not started"
+        );
+    }
     p.shutdown().await;
 }

@@ -123,10 +123,27 @@ async fn session_tokens_see_only_their_grants() {
     let (s, rec) = s2.get("/v1/processes/p-s2/await?timeout_ms=5000").await;
     assert_eq!((s, rec["status"].as_str()), (200, Some("completed")));
 
-    // A session's start is forced to originate from and be granted to that session.
+    // A session's start may not hand the process to another session: an
+    // originator or grant naming one is refused, as a wake target is, and
+    // nothing is started.
     let mut body = waiter("p-s1");
     body["originator"] = json!({"type": "host"});
-    body["grant"] = json!({"session_scope": {"session_id": "s2"}, "descriptor": {"label": "mine"}});
+    for (field, value) in [
+        (
+            "grant",
+            json!({"session_scope": {"session_id": "s2"}, "descriptor": {"label": "mine"}}),
+        ),
+        ("originator", json!({"type": "session", "scope": {"session_id": "s2"}})),
+    ] {
+        let mut elsewhere = body.clone();
+        elsewhere[field] = value;
+        let (s, err) = s1.start(elsewhere).await;
+        assert_eq!((s, code(&err)), (400, "invalid_request"), "{field}: {err}");
+        assert!(err["error"]["message"].as_str().unwrap().contains("not `s2`"), "{err}");
+    }
+    assert_eq!(host.get("/v1/processes/p-s1").await.0, 404);
+    // Otherwise it is forced to originate from and be granted to that session.
+    body["grant"] = json!({"session_scope": {"session_id": "s1"}, "descriptor": {"label": "mine"}});
     let (s, rec) = s1.start(body.clone()).await;
     assert_eq!(s, 201, "{rec}");
     assert_eq!(
@@ -138,10 +155,11 @@ async fn session_tokens_see_only_their_grants() {
     assert_eq!(page["grants"][0]["descriptor"]["label"], "mine");
     let (s, _) = s2.get("/v1/processes/p-s1").await;
     assert_eq!(s, 404);
-    // Repeating it is idempotent for s1; another session's identical start conflicts.
+    // Repeating it is idempotent for s1; another session's start of that id conflicts.
     assert_eq!(s1.start(body.clone()).await.0, 200);
-    let (s, err) = s2.start(body).await;
+    let (s, err) = s2.start(waiter("p-s1")).await;
     assert_eq!((s, code(&err)), (409, "registration_conflict"));
+    assert_eq!(err["error"]["message"], "process id `p-s1` is taken; choose another");
     let mut wake_elsewhere = waiter("p-s1-b");
     wake_elsewhere["wake_target"] = json!({"session_id": "s2"});
     let (s, err) = s1.start(wake_elsewhere).await;
@@ -217,6 +235,15 @@ async fn session_tokens_see_only_their_grants() {
     let gone = json!({"id": "gone-1", "input": {"type": "external"}, "disposition": "externally_owned",
                       "grant": {"session_scope": {"session_id": "s2"}}});
     assert_eq!(host.start(gone.clone()).await.0, 201);
+    let own = json!({"id": "own-1", "input": {"type": "external"}, "disposition": "externally_owned"});
+    assert_eq!(s1.start(own.clone()).await.0, 201);
+    let (s, _) = s1
+        .post(
+            "/v1/processes/own-1/complete",
+            json!({"outcome": {"type": "success", "value": 1}}),
+        )
+        .await;
+    assert_eq!(s, 200);
     let (s, _) = host
         .post(
             "/v1/processes/gone-1/complete",
@@ -231,9 +258,17 @@ async fn session_tokens_see_only_their_grants() {
         )
         .await;
     assert!(s == 200 && rep["pruned"].as_u64() >= Some(1), "{rep}");
-    let (s, err) = s1.start(gone.clone()).await;
+    let mut gone_for_s1 = gone.clone();
+    gone_for_s1.as_object_mut().unwrap().remove("grant");
+    let (s, err) = s1.start(gone_for_s1.clone()).await;
     assert_eq!((s, code(&err)), (409, "registration_conflict"), "{err}");
+    // The same words as for a live process it cannot see.
+    assert_eq!(err["error"]["message"], "process id `gone-1` is taken; choose another");
     assert!(err["error"].get("tombstone").is_none(), "{err}");
+    // Its own start repeated after the prune: taken, not "a different registration".
+    let (s, err) = s1.start(own).await;
+    assert_eq!((s, code(&err)), (409, "registration_conflict"), "{err}");
+    assert_eq!(err["error"]["message"], "process id `own-1` is taken; choose another");
     let (s, err) = host.start(gone).await;
     assert_eq!((s, code(&err)), (410, "no_longer_retained"));
     assert_eq!(err["error"]["tombstone"]["status"], "completed");

@@ -200,6 +200,16 @@ fn scope_of_session(caller: &Caller) -> Option<SessionScope> {
     caller.session_scope()
 }
 
+/// 409 `registration_conflict` for a session whose start names an id it may
+/// not address: the same words for a live process and a pruned one.
+fn id_taken(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "registration_conflict",
+        format!("process id `{id}` is taken; choose another"),
+    )
+}
+
 /// `POST /v1/processes`: 201 created, 200 for a repeated identical start.
 #[utoipa::path(post, path = "/v1/processes", tag = "processes",
     request_body = StartRequest,
@@ -233,10 +243,16 @@ pub async fn start(
     let id = req.id.clone();
     let registered = match state.processes.start(req).await {
         Ok(r) => r,
-        // A pruned id's tombstone says how someone's process ended and when: a
-        // session learns only that the id is taken, as for a live process it cannot see.
-        Err(cairn_core::CairnError::NoLongerRetained(_)) if scope_of_session(&caller).is_some() => {
-            return Err(cairn_core::CairnError::RegistrationConflict { id }.into())
+        // A pruned id's tombstone says how someone's process ended and when,
+        // and a conflict says a process is there: a session learns only that
+        // the id is taken, in the same words whatever holds it.
+        Err(
+            e @ (cairn_core::CairnError::NoLongerRetained(_) | cairn_core::CairnError::RegistrationConflict { .. }),
+        ) if scope_of_session(&caller).is_some() => {
+            if check_visible(&state, &caller, &id).await.is_err() {
+                return Err(id_taken(&id));
+            }
+            return Err(e.into());
         }
         Err(e) => return Err(e.into()),
     };
@@ -246,7 +262,7 @@ pub async fn start(
     }
     // A repeated start must not reveal a process the session can no longer address.
     if check_visible(&state, &caller, &id).await.is_err() {
-        return Err(cairn_core::CairnError::RegistrationConflict { id }.into());
+        return Err(id_taken(&id));
     }
     Ok((StatusCode::OK, Json(registered.process)).into_response())
 }
