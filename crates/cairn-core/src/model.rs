@@ -1324,9 +1324,33 @@ impl ProcessFilter {
         Self::from_json(Value::Object(map))
     }
 
-    /// Check the page size.
+    /// Check the page size, and that `definition` and `originator` have a
+    /// shape some process can have (a value none can have would list nothing
+    /// and say nothing: a typo, or one lens's form given to another).
     pub fn validate(&self) -> crate::Result<()> {
-        page_limit(self.limit).map(|_| ())
+        page_limit(self.limit)?;
+        let named = |rest: Option<&str>| rest.is_some_and(|r| !r.is_empty());
+        if let Some(d) = &self.definition {
+            let ok = matches!(d.as_str(), "session_turn" | "external")
+                || named(d.strip_prefix("tool:"))
+                || d.strip_prefix("script:")
+                    .and_then(|r| r.split_once('#'))
+                    .is_some_and(|(m, n)| !m.is_empty() && !n.is_empty());
+            if !ok {
+                return Err(crate::CairnError::InvalidFilter(format!(
+                    "`definition` `{d}` is none of `tool:NAME`, `script:MODULE_REF#EXPORT`, `session_turn`, `external`"
+                )));
+            }
+        }
+        if let Some(o) = &self.originator {
+            let ok = o == "host" || named(o.strip_prefix("host:")) || named(o.strip_prefix("session:"));
+            if !ok {
+                return Err(crate::CairnError::InvalidFilter(format!(
+                    "`originator` `{o}` is none of `host`, `host:SCOPE`, `session:ID`, `session:ID/frame:FRAME`"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The effective page size.

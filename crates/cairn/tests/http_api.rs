@@ -214,6 +214,12 @@ async fn list_filters_and_paging() {
         ("status=sleeping", "invalid_filter"),
         ("granted_to=s1&originated_by=s1", "invalid_filter"),
         ("granted_to=s1&granted_to=s2", "invalid_filter"),
+        // Values no process can have: a typo, or another lens's form.
+        ("originator=s1", "invalid_filter"),
+        ("originator=session:", "invalid_filter"),
+        ("definition=echo", "invalid_filter"),
+        ("definition=tool:", "invalid_filter"),
+        ("definition=script:module:sha256:00", "invalid_filter"),
         ("limit=0", "invalid_page"),
         ("limit=100000", "invalid_page"),
     ] {
