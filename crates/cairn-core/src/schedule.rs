@@ -317,7 +317,9 @@ pub struct Schedule {
     pub created_ms: u64,
     /// Paused schedules do not fire.
     pub paused: bool,
-    /// The next fire time, epoch milliseconds.
+    /// The next fire time, epoch milliseconds. While paused, the time that
+    /// was next when it was paused, which may be past: a paused schedule
+    /// never fires, and `resume` sets the first fire time after now.
     pub next_fire_ms: u64,
     /// The last fire that started a process, epoch milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
