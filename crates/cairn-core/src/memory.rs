@@ -1,6 +1,7 @@
 //! The in-memory registry: for tests and ephemeral hosts. One mutex over the
 //! whole state makes every operation a transaction.
 
+use crate::PruneFilter;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use async_trait::async_trait;
@@ -17,7 +18,7 @@ use crate::model::{
 };
 use crate::ops::admin::{self, AdminTx, Deleted, GrantState, PruneCandidate};
 use crate::ops::{self, at_once, Answer, Op, Row, WriteTx};
-use crate::registry::{prune_status, CancelAnswer, ProcessRegistry, Registered};
+use crate::registry::{CancelAnswer, ProcessRegistry, Registered};
 use crate::schedule::{Schedule, ScheduleAdvance};
 use crate::validate::{self, validate_id, validate_scope, validate_session_id};
 use crate::{CairnError, Result};
@@ -385,6 +386,9 @@ impl AdminTx for Tx<'_> {
                         .as_ref()
                         .and_then(crate::model::CausalRef::parent_process)
                         .map(str::to_string),
+                    definition: r.input.definition(),
+                    originator: r.provenance.originator.scope_id(),
+                    created_at_ms: r.created_at_ms,
                 })
             })
             .collect())
@@ -719,11 +723,16 @@ impl ProcessRegistry for MemoryRegistry {
             .into_record()
     }
 
-    async fn prune(&self, cutoff_ms: u64, status: StatusFilter, watermark: Watermark) -> Result<PruneReport> {
-        let status = prune_status(status)?;
+    async fn prune(&self, cutoff_ms: u64, filter: PruneFilter, watermark: Watermark) -> Result<PruneReport> {
+        filter.validate()?;
         let now = self.now();
         let mut st = self.state.lock();
-        at_once(admin::prune(&mut Tx { st: &mut st, now }, cutoff_ms, status, watermark))
+        at_once(admin::prune(
+            &mut Tx { st: &mut st, now },
+            cutoff_ms,
+            &filter,
+            watermark,
+        ))
     }
 
     async fn changed_since(&self, cursor: u64, limit: Option<usize>) -> Result<ChangePage> {

@@ -1329,28 +1329,8 @@ impl ProcessFilter {
     /// and say nothing: a typo, or one lens's form given to another).
     pub fn validate(&self) -> crate::Result<()> {
         page_limit(self.limit)?;
-        let named = |rest: Option<&str>| rest.is_some_and(|r| !r.is_empty());
-        if let Some(d) = &self.definition {
-            let ok = matches!(d.as_str(), "session_turn" | "external")
-                || named(d.strip_prefix("tool:"))
-                || d.strip_prefix("script:")
-                    .and_then(|r| r.split_once('#'))
-                    .is_some_and(|(m, n)| !m.is_empty() && !n.is_empty());
-            if !ok {
-                return Err(crate::CairnError::InvalidFilter(format!(
-                    "`definition` `{d}` is none of `tool:NAME`, `script:MODULE_REF#EXPORT`, `session_turn`, `external`"
-                )));
-            }
-        }
-        if let Some(o) = &self.originator {
-            let ok = o == "host" || named(o.strip_prefix("host:")) || named(o.strip_prefix("session:"));
-            if !ok {
-                return Err(crate::CairnError::InvalidFilter(format!(
-                    "`originator` `{o}` is none of `host`, `host:SCOPE`, `session:ID`, `session:ID/frame:FRAME`"
-                )));
-            }
-        }
-        Ok(())
+        check_definition(self.definition.as_deref())?;
+        check_originator(self.originator.as_deref())
     }
 
     /// The effective page size.
@@ -1386,6 +1366,104 @@ pub fn page_limit(limit: Option<usize>) -> crate::Result<usize> {
             "page size {n} is over the maximum {MAX_PAGE_SIZE}"
         ))),
         Some(n) => Ok(n),
+    }
+}
+
+/// Check a `definition` filter: `tool:NAME`, `script:MODULE_REF#EXPORT`,
+/// `session_turn` or `external` ([`ProcessInput::definition`]).
+pub fn check_definition(definition: Option<&str>) -> crate::Result<()> {
+    let Some(d) = definition else { return Ok(()) };
+    let named = |rest: Option<&str>| rest.is_some_and(|r| !r.is_empty());
+    let ok = matches!(d, "session_turn" | "external")
+        || named(d.strip_prefix("tool:"))
+        || d.strip_prefix("script:")
+            .and_then(|r| r.split_once('#'))
+            .is_some_and(|(m, n)| !m.is_empty() && !n.is_empty());
+    if ok {
+        return Ok(());
+    }
+    Err(crate::CairnError::InvalidFilter(format!(
+        "`definition` `{d}` is none of `tool:NAME`, `script:MODULE_REF#EXPORT`, `session_turn`, `external`"
+    )))
+}
+
+/// Check an `originator` filter: `host`, `host:SCOPE`, `session:ID` or
+/// `session:ID/frame:FRAME` ([`Originator::scope_id`]).
+pub fn check_originator(originator: Option<&str>) -> crate::Result<()> {
+    let Some(o) = originator else { return Ok(()) };
+    let named = |rest: Option<&str>| rest.is_some_and(|r| !r.is_empty());
+    if o == "host" || named(o.strip_prefix("host:")) || named(o.strip_prefix("session:")) {
+        return Ok(());
+    }
+    Err(crate::CairnError::InvalidFilter(format!(
+        "`originator` `{o}` is none of `host`, `host:SCOPE`, `session:ID`, `session:ID/frame:FRAME`"
+    )))
+}
+
+/// Which ended processes a prune deletes (SPEC §7, with the filters of §4
+/// that describe how a process started): a terminal status (default every
+/// one; `running` is refused) and, when set, its definition, originator
+/// ([`Originator::scope_id`]), parent and creation time (from inclusive,
+/// before exclusive). Unset parts match every process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PruneFilter {
+    /// Which terminal statuses.
+    pub status: StatusFilter,
+    /// `tool:NAME`, `script:MODULE_REF#EXPORT`, `session_turn` or `external`.
+    pub definition: Option<String>,
+    /// `host`, `host:SCOPE`, `session:ID` or `session:ID/frame:FRAME`.
+    pub originator: Option<String>,
+    /// The parent's id.
+    pub caused_by: Option<String>,
+    /// Created at or after.
+    pub created_from_ms: Option<u64>,
+    /// Created before.
+    pub created_before_ms: Option<u64>,
+}
+
+impl Default for PruneFilter {
+    fn default() -> Self {
+        Self::from(StatusFilter::Any)
+    }
+}
+
+impl From<StatusFilter> for PruneFilter {
+    fn from(status: StatusFilter) -> Self {
+        Self {
+            status,
+            definition: None,
+            originator: None,
+            caused_by: None,
+            created_from_ms: None,
+            created_before_ms: None,
+        }
+    }
+}
+
+impl PruneFilter {
+    /// Refuse `running` and values no process can have (`invalid_filter`).
+    pub fn validate(&self) -> crate::Result<()> {
+        if self.status == StatusFilter::Running {
+            return Err(crate::CairnError::InvalidFilter(
+                "prune never touches running processes".into(),
+            ));
+        }
+        check_definition(self.definition.as_deref())?;
+        check_originator(self.originator.as_deref())?;
+        if let Some(parent) = &self.caused_by {
+            crate::validate::validate_id("`caused_by`", parent)
+                .map_err(|e| crate::CairnError::InvalidFilter(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Whether an ended process with these traits passes every part but the status.
+    pub fn admits(&self, definition: &str, originator: &str, parent: Option<&str>, created_at_ms: u64) -> bool {
+        self.definition.as_deref().is_none_or(|d| d == definition)
+            && self.originator.as_deref().is_none_or(|o| o == originator)
+            && self.caused_by.as_deref().is_none_or(|c| Some(c) == parent)
+            && self.created_from_ms.is_none_or(|f| created_at_ms >= f)
+            && self.created_before_ms.is_none_or(|b| created_at_ms < b)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The host API (SPEC §9): the [`Processes`] facade over a registry, the
 //! awaiter and the worker.
 
+use crate::PruneFilter;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use crate::events::{self, AppendRequest, AppendResult, EventPage, EventType, Pro
 use crate::model::{
     CausalRef, ChangePage, Claim, Disposition, EnvSpec, ExternalRef, Grant, GrantDescriptor, GrantedProcess,
     Originator, Outcome, ProcessFilter, ProcessInput, ProcessRecord, Provenance, PruneReport, Registration,
-    SessionDeleteReport, SessionScope, StartGrant, StatusFilter, TransferReport, WakeDelivery, Watermark,
+    SessionDeleteReport, SessionScope, StartGrant, TransferReport, WakeDelivery, Watermark,
 };
 use crate::registry::{ProcessRegistry, Registered};
 use crate::script::{Module, ModuleInfo, ModulePut, ScriptEngine};
@@ -772,9 +773,16 @@ impl Processes {
         self.inner.registry.delete_session(session_id).await
     }
 
-    /// Delete terminal processes older than `cutoff_ms`, leaving tombstones ([`ProcessRegistry::prune`]).
-    pub async fn prune(&self, cutoff_ms: u64, status: StatusFilter, watermark: Watermark) -> Result<PruneReport> {
-        self.inner.registry.prune(cutoff_ms, status, watermark).await
+    /// Delete terminal processes older than `cutoff_ms` that pass `filter` (a
+    /// [`PruneFilter`], or just a [`crate::StatusFilter`]), leaving tombstones
+    /// ([`ProcessRegistry::prune`]).
+    pub async fn prune(
+        &self,
+        cutoff_ms: u64,
+        filter: impl Into<PruneFilter>,
+        watermark: Watermark,
+    ) -> Result<PruneReport> {
+        self.inner.registry.prune(cutoff_ms, filter.into(), watermark).await
     }
 
     /// Record an abandon request; the worker reconciles it once the lease lapses.

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use crate::events::{AppendRequest, AppendResult, EventPage};
 use crate::model::{
     ChangePage, Claim, EnvRef, EnvSpec, Gauges, Grant, GrantDescriptor, GrantedProcess, Lease, NodeIdentity,
-    NodeLiveness, Outcome, ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope,
-    StartGrant, StatusFilter, SweepItem, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
+    NodeLiveness, Outcome, ProcessFilter, ProcessRecord, PruneFilter, PruneReport, Registration, SessionDeleteReport,
+    SessionScope, StartGrant, SweepItem, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
 };
 use crate::schedule::{Schedule, ScheduleAdvance};
 use crate::script::{Module, ModuleInfo, ModulePut};
@@ -242,11 +242,11 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<ProcessRecord>;
 
     /// Delete terminal processes whose terminal time is before `cutoff_ms` and
-    /// whose status passes `status` (`running` is `invalid_filter`), with their
-    /// events, grants, wakes and lease, leaving tombstones. With a cursor
-    /// watermark only processes whose last change is at or before it go.
-    /// Never touches a running process.
-    async fn prune(&self, cutoff_ms: u64, status: StatusFilter, watermark: Watermark) -> Result<PruneReport>;
+    /// that pass `filter` (checked by [`PruneFilter::validate`]: `running` is
+    /// `invalid_filter`), with their events, grants, wakes and lease, leaving
+    /// tombstones. With a cursor watermark only processes whose last change is
+    /// at or before it go. Never touches a running process.
+    async fn prune(&self, cutoff_ms: u64, filter: PruneFilter, watermark: Watermark) -> Result<PruneReport>;
 
     /// Records changed after `cursor`, each once at its latest change, in cursor
     /// order, at most `limit`, with the cursor to read on from.
@@ -336,14 +336,4 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// earliest first, at most `limit`. Answered from an index on the next
     /// fire time, never a scan of every schedule.
     async fn due_schedules(&self, now_ms: u64, limit: usize) -> Result<Vec<Schedule>>;
-}
-
-/// Check a prune status filter.
-pub fn prune_status(status: StatusFilter) -> Result<StatusFilter> {
-    if status == StatusFilter::Running {
-        return Err(crate::CairnError::InvalidFilter(
-            "prune never touches running processes".into(),
-        ));
-    }
-    Ok(status)
 }

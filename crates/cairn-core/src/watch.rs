@@ -1,6 +1,7 @@
 //! The in-process change hub, the watched-registry decorator that feeds it, and
 //! the best-effort event sink.
 
+use crate::PruneFilter;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use crate::events::{AppendRequest, AppendResult, EventPage, ProcessEvent};
 use crate::model::{
     CausalRef, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, NodeIdentity,
     NodeLiveness, Outcome, ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope,
-    StartGrant, StatusFilter, SweepItem, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
+    StartGrant, SweepItem, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
 };
 use crate::registry::{CancelAnswer, ProcessRegistry, Registered};
 use crate::schedule::{Schedule, ScheduleAdvance};
@@ -741,8 +742,8 @@ impl ProcessRegistry for WatchedRegistry {
         Ok(r)
     }
 
-    async fn prune(&self, cutoff_ms: u64, status: StatusFilter, watermark: Watermark) -> Result<PruneReport> {
-        let r = self.inner.prune(cutoff_ms, status, watermark).await?;
+    async fn prune(&self, cutoff_ms: u64, filter: PruneFilter, watermark: Watermark) -> Result<PruneReport> {
+        let r = self.inner.prune(cutoff_ms, filter, watermark).await?;
         if r.pruned > 0 {
             // Waiters on a pruned process learn it is gone by reading again.
             self.hub.forget_ends();

@@ -143,7 +143,8 @@ impl AdminTx for Admin<'_> {
         let tx = self.tx;
         let rows = tx
             .query(
-                "SELECT id, status, terminal_at_ms, change_cursor, caused_by FROM processes \
+                "SELECT id, status, terminal_at_ms, change_cursor, caused_by, definition, originator, created_at_ms \
+                 FROM processes \
                  WHERE terminal_at_ms IS NOT NULL AND terminal_at_ms < $1::int8 AND status <> 'running' \
                  AND ($2::text IS NULL OR status = $2::text) ORDER BY id FOR UPDATE",
                 &[&to_sql(cutoff_ms), &status_label(status)],
@@ -162,6 +163,9 @@ impl AdminTx for Admin<'_> {
                     terminal_at_ms: from_sql(row.try_get(2).map_err(|e| self.pg(e))?),
                     change_cursor: from_sql(row.try_get(3).map_err(|e| self.pg(e))?),
                     parent: row.try_get(4).map_err(|e| self.pg(e))?,
+                    definition: row.try_get(5).map_err(|e| self.pg(e))?,
+                    originator: row.try_get(6).map_err(|e| self.pg(e))?,
+                    created_at_ms: from_sql(row.try_get(7).map_err(|e| self.pg(e))?),
                 })
             })
             .collect()

@@ -54,11 +54,11 @@ use cairn_core::clock::SharedClock;
 use cairn_core::events::{AppendRequest, AppendResult, EventPage};
 use cairn_core::model::{
     page_limit, Change, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease,
-    NodeIdentity, NodeLiveness, Outcome, ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport,
-    SessionScope, StartGrant, StatusFilter, SweepItem, TransferReport, WaitRequest, WakeDelivery, Watermark,
+    NodeIdentity, NodeLiveness, Outcome, ProcessFilter, ProcessRecord, PruneFilter, PruneReport, Registration,
+    SessionDeleteReport, SessionScope, StartGrant, SweepItem, TransferReport, WaitRequest, WakeDelivery, Watermark,
     WorkAction, WorkItem,
 };
-use cairn_core::registry::{prune_status, CancelAnswer, ProcessRegistry, Registered};
+use cairn_core::registry::{CancelAnswer, ProcessRegistry, Registered};
 use cairn_core::validate::{self, validate_id, validate_scope, validate_session_id};
 use cairn_core::{CairnError, ChangeHub, Result};
 use parking_lot::Mutex;
@@ -539,14 +539,14 @@ impl ProcessRegistry for PostgresRegistry {
             .into_record()
     }
 
-    async fn prune(&self, cutoff_ms: u64, status: StatusFilter, watermark: Watermark) -> Result<PruneReport> {
-        let status = prune_status(status)?;
+    async fn prune(&self, cutoff_ms: u64, filter: PruneFilter, watermark: Watermark) -> Result<PruneReport> {
+        filter.validate()?;
         let channel = self.channel.clone();
         self.transaction("the prune", move |tx, now| {
-            let channel = channel.clone();
+            let (channel, filter) = (channel.clone(), filter.clone());
             Box::pin(async move {
                 let mut a = Admin::new(tx, now);
-                let out = admin::prune(&mut a, cutoff_ms, status, watermark).await;
+                let out = admin::prune(&mut a, cutoff_ms, &filter, watermark).await;
                 if out.as_ref().is_ok_and(|r| r.pruned > 0) {
                     // Every node forgets the ends its hub keeps (listen::deliver):
                     // some may be of processes pruned here.

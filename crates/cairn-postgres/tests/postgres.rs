@@ -304,7 +304,7 @@ async fn a_prune_on_another_node_is_not_answered_from_recent_ends() {
 
     clock.advance(10);
     let report = there
-        .prune(clock.now_ms(), StatusFilter::Any, Watermark::NoProjector)
+        .prune(clock.now_ms(), StatusFilter::Any.into(), Watermark::NoProjector)
         .await
         .expect("their prune");
     assert_eq!(report.pruned, 1, "{report:?}");
@@ -647,7 +647,7 @@ async fn a_registration_batch_answers_each_registration_as_if_alone() {
         .expect("complete gone");
     clock.advance(100);
     let report = reg
-        .prune(clock.now_ms(), StatusFilter::Any, Watermark::NoProjector)
+        .prune(clock.now_ms(), StatusFilter::Any.into(), Watermark::NoProjector)
         .await
         .expect("prune");
     assert_eq!(report.pruned, 1);
@@ -969,7 +969,7 @@ async fn admin_transactions_retry_before_the_commit_and_never_after_it() {
     }
     let lost = proxy.lose_reply_to("COMMIT");
     let said = assert_unknown_outcome(
-        reg.prune(1_001, StatusFilter::Any, Watermark::NoProjector).await,
+        reg.prune(1_001, StatusFilter::Any.into(), Watermark::NoProjector).await,
         "prune",
     );
     lost.await.expect("the proxy lost the reply");

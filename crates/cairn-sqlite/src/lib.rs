@@ -45,12 +45,12 @@ use cairn_core::clock::SharedClock;
 use cairn_core::events::{AppendRequest, AppendResult, EventPage};
 use cairn_core::model::{
     page_limit, Change, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease,
-    NodeIdentity, NodeLiveness, Outcome, ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport,
-    SessionScope, StartGrant, StatusFilter, SweepItem, TransferReport, WaitRequest, WakeDelivery, Watermark,
+    NodeIdentity, NodeLiveness, Outcome, ProcessFilter, ProcessRecord, PruneFilter, PruneReport, Registration,
+    SessionDeleteReport, SessionScope, StartGrant, SweepItem, TransferReport, WaitRequest, WakeDelivery, Watermark,
     WorkAction, WorkItem,
 };
 use cairn_core::ops::{self, admin, at_once, Answer, Op};
-use cairn_core::registry::{prune_status, CancelAnswer, ProcessRegistry, Registered};
+use cairn_core::registry::{CancelAnswer, ProcessRegistry, Registered};
 use cairn_core::validate::{self, validate_id, validate_scope, validate_session_id};
 use cairn_core::{CairnError, ChangeHub, Result};
 use parking_lot::Mutex;
@@ -494,13 +494,13 @@ impl ProcessRegistry for SqliteRegistry {
             .into_record()
     }
 
-    async fn prune(&self, cutoff_ms: u64, status: StatusFilter, watermark: Watermark) -> Result<PruneReport> {
-        let status = prune_status(status)?;
+    async fn prune(&self, cutoff_ms: u64, filter: PruneFilter, watermark: Watermark) -> Result<PruneReport> {
+        filter.validate()?;
         self.write(move |conn, now| {
             Ok(at_once(admin::prune(
                 &mut tx::Tx::new(conn, now),
                 cutoff_ms,
-                status,
+                &filter,
                 watermark,
             ))?)
         })

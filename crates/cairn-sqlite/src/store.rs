@@ -849,8 +849,8 @@ pub(crate) fn grant_state(conn: &Connection, id: &str) -> R<(bool, bool)> {
 /// Terminal processes whose terminal time is before `cutoff_ms`, from the prune index.
 pub(crate) fn prune_candidates(conn: &Connection, cutoff_ms: u64, status: StatusFilter) -> R<Vec<PruneCandidate>> {
     let mut sql = String::from(
-        "SELECT id, status, terminal_at_ms, change_cursor, caused_by FROM processes
-         WHERE terminal_at_ms IS NOT NULL AND terminal_at_ms < ?1 AND status <> 'running'",
+        "SELECT id, status, terminal_at_ms, change_cursor, caused_by, definition, originator, created_at_ms
+         FROM processes WHERE terminal_at_ms IS NOT NULL AND terminal_at_ms < ?1 AND status <> 'running'",
     );
     let mut args = vec![SqlValue::Integer(to_sql(cutoff_ms))];
     if let Some(s) = status_label(status) {
@@ -866,21 +866,29 @@ pub(crate) fn prune_candidates(conn: &Connection, cutoff_ms: u64, status: Status
                 r.get::<_, i64>(2)?,
                 r.get::<_, i64>(3)?,
                 r.get::<_, Option<String>>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, i64>(7)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     rows.into_iter()
-        .map(|(id, status, terminal_at, cursor, parent)| {
-            let status = ProcessStatus::parse(&status)
-                .ok_or_else(|| CairnError::storage(format!("process `{id}` has an unknown status `{status}`")))?;
-            Ok(PruneCandidate {
-                id,
-                status,
-                terminal_at_ms: from_sql(terminal_at),
-                change_cursor: from_sql(cursor),
-                parent,
-            })
-        })
+        .map(
+            |(id, status, terminal_at, cursor, parent, definition, originator, created_at)| {
+                let status = ProcessStatus::parse(&status)
+                    .ok_or_else(|| CairnError::storage(format!("process `{id}` has an unknown status `{status}`")))?;
+                Ok(PruneCandidate {
+                    id,
+                    status,
+                    terminal_at_ms: from_sql(terminal_at),
+                    change_cursor: from_sql(cursor),
+                    parent,
+                    definition,
+                    originator,
+                    created_at_ms: from_sql(created_at),
+                })
+            },
+        )
         .collect()
 }
 

@@ -357,7 +357,7 @@ async fn reopening_preserves_everything() {
     reg.register(e, None).await.expect("e");
     clock.advance(10);
     let report = reg
-        .prune(clock.now_ms(), StatusFilter::Cancelled, Watermark::NoProjector)
+        .prune(clock.now_ms(), StatusFilter::Cancelled.into(), Watermark::NoProjector)
         .await
         .expect("prune");
     assert_eq!(report.pruned, 1);
@@ -992,22 +992,22 @@ async fn sqlite_answers_like_memory() {
     let cutoff = p.clock.now_ms();
     both!(p, "prune running", |r| r.prune(
         cutoff,
-        StatusFilter::Running,
+        StatusFilter::Running.into(),
         Watermark::NoProjector
     ));
     both!(p, "prune held", |r| r.prune(
         cutoff,
-        StatusFilter::Any,
+        StatusFilter::Any.into(),
         Watermark::Cursor { cursor: mid }
     ));
     both!(p, "prune completed", |r| r.prune(
         cutoff,
-        StatusFilter::Completed,
+        StatusFilter::Completed.into(),
         Watermark::NoProjector
     ));
     both!(p, "prune all", |r| r.prune(
         cutoff,
-        StatusFilter::Any,
+        StatusFilter::Any.into(),
         Watermark::NoProjector
     ));
     both!(p, "get pruned", |r| r.get("c-1"));
@@ -1085,7 +1085,7 @@ async fn a_prune_by_another_writer_is_not_answered_from_recent_ends() {
     let mut resync = hub.subscribe_resync();
     clock.advance(10);
     let report = theirs
-        .prune(clock.now_ms(), StatusFilter::Any, Watermark::NoProjector)
+        .prune(clock.now_ms(), StatusFilter::Any.into(), Watermark::NoProjector)
         .await
         .expect("their prune");
     assert_eq!(report.pruned, 1, "{report:?}");
@@ -1335,7 +1335,7 @@ async fn event_logs_keyed_by_process_id_are_upgraded() {
     assert_eq!(version, SCHEMA_VERSION.to_string());
     clock.advance(10);
     let report = reg
-        .prune(clock.now_ms(), StatusFilter::Completed, Watermark::NoProjector)
+        .prune(clock.now_ms(), StatusFilter::Completed.into(), Watermark::NoProjector)
         .await
         .expect("prune");
     assert_eq!((report.pruned, report.events_deleted), (1, 1));

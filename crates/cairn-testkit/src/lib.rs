@@ -304,6 +304,7 @@ macro_rules! conformance_suite {
                 prune_leaves_tombstones,
                 prune_never_touches_running,
                 prune_respects_cutoff_and_status,
+                prune_by_filter,
                 prune_respects_watermark,
                 prune_keeps_the_ended_children_of_a_running_parent,
                 change_feed_order_and_paging,

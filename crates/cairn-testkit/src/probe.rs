@@ -17,7 +17,7 @@ use cairn_core::registry::{CancelAnswer, Registered};
 use cairn_core::{
     ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, NodeIdentity, NodeLiveness,
     Outcome, ProcessFilter, ProcessRecord, ProcessRegistry, PruneReport, Registration, Result, SessionDeleteReport,
-    SessionScope, StartGrant, StatusFilter, SweepItem, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
+    SessionScope, StartGrant, SweepItem, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
 };
 use tokio::sync::watch;
 
@@ -179,8 +179,13 @@ impl ProcessRegistry for ReadProbe {
     async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<ProcessRecord> {
         self.inner.complete_external(id, outcome, authority).await
     }
-    async fn prune(&self, cutoff_ms: u64, status: StatusFilter, watermark: Watermark) -> Result<PruneReport> {
-        self.inner.prune(cutoff_ms, status, watermark).await
+    async fn prune(
+        &self,
+        cutoff_ms: u64,
+        filter: cairn_core::PruneFilter,
+        watermark: Watermark,
+    ) -> Result<PruneReport> {
+        self.inner.prune(cutoff_ms, filter, watermark).await
     }
     async fn changed_since(&self, cursor: u64, limit: Option<usize>) -> Result<ChangePage> {
         self.inner.changed_since(cursor, limit).await

@@ -458,7 +458,7 @@ async fn call(registry: &dyn ProcessRegistry, op: &Op, cx: &Context<'_>) -> Repl
             } else {
                 Watermark::NoProjector
             };
-            Reply::of(registry.prune(cx.now, status, watermark).await)
+            Reply::of(registry.prune(cx.now, status.into(), watermark).await)
         }
         Op::AckWake { s, wake } => {
             let session = session_id(*s);

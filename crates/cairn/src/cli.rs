@@ -666,6 +666,15 @@ pub struct PruneArgs {
     /// Which terminal statuses (any, completed, failed, cancelled, abandoned).
     #[arg(long, default_value = "any")]
     pub status: String,
+    /// Only processes of this definition (`tool:NAME`, `script:MODULE#NAME`, `session_turn`, `external`).
+    #[arg(long, value_parser = non_empty)]
+    pub definition: Option<String>,
+    /// Only processes of this originator scope id (`host`, `session:ID`, ...).
+    #[arg(long, value_parser = non_empty)]
+    pub originator: Option<String>,
+    /// Only the children of this process.
+    #[arg(long, value_name = "ID", value_parser = non_empty)]
+    pub caused_by: Option<String>,
     /// Change-feed cursor a projector has read up to; without it, prune by cutoff alone.
     #[arg(long)]
     pub watermark: Option<u64>,

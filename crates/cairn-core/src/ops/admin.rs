@@ -26,6 +26,12 @@ pub struct PruneCandidate {
     pub change_cursor: u64,
     /// The process that started it (`caused_by`), if one did.
     pub parent: Option<String>,
+    /// Its definition name ([`crate::model::ProcessInput::definition`]).
+    pub definition: String,
+    /// Its originator's scope id ([`crate::model::Originator::scope_id`]).
+    pub originator: String,
+    /// When it was created.
+    pub created_at_ms: u64,
 }
 
 /// What deleting pruned processes removed beside them.
@@ -149,15 +155,16 @@ pub async fn delete_session<T: AdminTx + ?Sized>(tx: &mut T, session_id: &str) -
 /// Delete terminal processes older than the cutoff, except those a cursor
 /// watermark holds back and children whose parent still runs (it may yet
 /// read how they ended), leaving tombstones. `status` is checked by
-/// [`crate::registry::prune_status`].
+/// [`crate::model::PruneFilter::validate`].
 pub async fn prune<T: AdminTx + ?Sized>(
     tx: &mut T,
     cutoff_ms: u64,
-    status: StatusFilter,
+    filter: &crate::model::PruneFilter,
     watermark: Watermark,
 ) -> Result<PruneReport> {
     let mut report = PruneReport::default();
-    let mut victims = tx.prune_candidates(cutoff_ms, status).await?;
+    let mut victims = tx.prune_candidates(cutoff_ms, filter.status).await?;
+    victims.retain(|v| filter.admits(&v.definition, &v.originator, v.parent.as_deref(), v.created_at_ms));
     victims.retain(|v| match watermark {
         Watermark::Cursor { cursor } if v.change_cursor > cursor => {
             report.held_by_watermark += 1;

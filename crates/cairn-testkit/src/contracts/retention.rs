@@ -1,6 +1,8 @@
 //! Retention (prune, tombstones, watermark), the change feed and the env store.
 
-use cairn_core::{EnvSpec, Outcome, ProcessFilter, ProcessRecord, ProcessStatus, StatusFilter, Tombstone, Watermark};
+use cairn_core::{
+    EnvSpec, Outcome, ProcessFilter, ProcessRecord, ProcessStatus, PruneFilter, StatusFilter, Tombstone, Watermark,
+};
 use serde_json::json;
 
 use crate::builders::*;
@@ -46,7 +48,7 @@ pub async fn prune_leaves_tombstones(factory: &dyn StoreFactory) {
 
     let report = ok(
         h.registry()
-            .prune(cutoff, StatusFilter::Any, Watermark::NoProjector)
+            .prune(cutoff, StatusFilter::Any.into(), Watermark::NoProjector)
             .await,
         "prune",
     );
@@ -144,7 +146,8 @@ pub async fn prune_never_touches_running(factory: &dyn StoreFactory) {
     let report = h
         .no_change(
             "prune with only running processes",
-            h.registry().prune(u64::MAX, StatusFilter::Any, Watermark::NoProjector),
+            h.registry()
+                .prune(u64::MAX, StatusFilter::Any.into(), Watermark::NoProjector),
         )
         .await;
     assert_eq!(report.pruned, 0);
@@ -153,9 +156,116 @@ pub async fn prune_never_touches_running(factory: &dyn StoreFactory) {
         "invalid_filter",
         "prune running",
         h.registry()
-            .prune(u64::MAX, StatusFilter::Running, Watermark::NoProjector),
+            .prune(u64::MAX, StatusFilter::Running.into(), Watermark::NoProjector),
     )
     .await;
+}
+
+/// A prune's filter (SPEC §7 with §4): definition, originator, parent and
+/// creation time narrow what goes; a value no process can have is refused
+/// and prunes nothing.
+pub async fn prune_by_filter(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let s1 = session("s1");
+    // e-old (external, host) | e-s1 (external, session s1) | t-1 (tool echo, host)
+    h.register(external("e-old")).await;
+    h.advance(10);
+    let created_mid = h.now();
+    h.register(originated_by(external("e-s1"), &s1)).await;
+    h.register(rerunnable("t-1")).await;
+    for id in ["e-old", "e-s1"] {
+        finish(&h, id).await;
+    }
+    let lease = h.claim("t-1", "w", TTL).await;
+    ok(
+        h.registry().complete(&lease, Outcome::success(json!(1))).await,
+        "complete t-1",
+    );
+    h.check("t-1").await;
+    h.advance(10);
+    let cutoff = h.now();
+    let prune = |filter: PruneFilter| h.registry().prune(cutoff, filter, Watermark::NoProjector);
+
+    for (what, bad) in [
+        (
+            "a definition no process has",
+            PruneFilter {
+                definition: Some("echo".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "an originator no process has",
+            PruneFilter {
+                originator: Some("s1".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "a bad parent id",
+            PruneFilter {
+                caused_by: Some(String::new()),
+                ..Default::default()
+            },
+        ),
+    ] {
+        h.rejects("invalid_filter", what, prune(bad)).await;
+    }
+    for id in ["e-old", "e-s1", "t-1"] {
+        h.check(id).await;
+    }
+
+    // Each step prunes what its filter admits of what is left, and nothing else.
+    let any = PruneFilter::default;
+    let steps: [(&str, PruneFilter, &[&str]); 5] = [
+        (
+            "tool:echo",
+            PruneFilter {
+                definition: Some("tool:echo".into()),
+                ..any()
+            },
+            &["t-1"],
+        ),
+        (
+            "session:s1",
+            PruneFilter {
+                originator: Some(s1.scope_id()),
+                ..any()
+            },
+            &["e-s1"],
+        ),
+        (
+            "created later",
+            PruneFilter {
+                created_from_ms: Some(created_mid),
+                ..any()
+            },
+            &[],
+        ),
+        (
+            "children of nobody",
+            PruneFilter {
+                caused_by: Some("nobody".into()),
+                ..any()
+            },
+            &[],
+        ),
+        (
+            "created before",
+            PruneFilter {
+                created_before_ms: Some(created_mid),
+                ..any()
+            },
+            &["e-old"],
+        ),
+    ];
+    for (what, filter, gone) in steps {
+        let report = ok(prune(filter).await, what);
+        assert_eq!(report.pruned, gone.len() as u64, "{what}: {report:?}");
+        for id in gone {
+            h.rejects("no_longer_retained", what, h.registry().get(id)).await;
+        }
+    }
 }
 
 /// Only terminal times strictly before the cutoff go, and only of the given status.
@@ -177,7 +287,7 @@ pub async fn prune_respects_cutoff_and_status(factory: &dyn StoreFactory) {
     h.advance(10);
     let report = ok(
         h.registry()
-            .prune(t2, StatusFilter::Completed, Watermark::NoProjector)
+            .prune(t2, StatusFilter::Completed.into(), Watermark::NoProjector)
             .await,
         "prune completed",
     );
@@ -192,7 +302,7 @@ pub async fn prune_respects_cutoff_and_status(factory: &dyn StoreFactory) {
     assert_eq!(h.get("f1").await.status, ProcessStatus::Failed, "another status stays");
     let report = ok(
         h.registry()
-            .prune(t2 + 1, StatusFilter::Failed, Watermark::NoProjector)
+            .prune(t2 + 1, StatusFilter::Failed.into(), Watermark::NoProjector)
             .await,
         "prune failed",
     );
@@ -215,7 +325,11 @@ pub async fn prune_respects_watermark(factory: &dyn StoreFactory) {
     let cutoff = h.now();
     let report = ok(
         h.registry()
-            .prune(cutoff, StatusFilter::Any, Watermark::Cursor { cursor: projected })
+            .prune(
+                cutoff,
+                StatusFilter::Any.into(),
+                Watermark::Cursor { cursor: projected },
+            )
             .await,
         "prune",
     );
@@ -225,7 +339,7 @@ pub async fn prune_respects_watermark(factory: &dyn StoreFactory) {
     h.get("unseen").await;
     let report = ok(
         h.registry()
-            .prune(cutoff, StatusFilter::Any, Watermark::Cursor { cursor: 0 })
+            .prune(cutoff, StatusFilter::Any.into(), Watermark::Cursor { cursor: 0 })
             .await,
         "prune at 0",
     );
@@ -233,7 +347,7 @@ pub async fn prune_respects_watermark(factory: &dyn StoreFactory) {
     let head = feed_head(h.registry()).await;
     let report = ok(
         h.registry()
-            .prune(cutoff, StatusFilter::Any, Watermark::Cursor { cursor: head })
+            .prune(cutoff, StatusFilter::Any.into(), Watermark::Cursor { cursor: head })
             .await,
         "prune at head",
     );
@@ -355,7 +469,7 @@ pub async fn prune_keeps_the_ended_children_of_a_running_parent(factory: &dyn St
     h.advance(10);
     let report = ok(
         h.registry()
-            .prune(h.now(), StatusFilter::Any, Watermark::NoProjector)
+            .prune(h.now(), StatusFilter::Any.into(), Watermark::NoProjector)
             .await,
         "prune",
     );
@@ -365,7 +479,7 @@ pub async fn prune_keeps_the_ended_children_of_a_running_parent(factory: &dyn St
     h.advance(10);
     let report = ok(
         h.registry()
-            .prune(h.now(), StatusFilter::Any, Watermark::NoProjector)
+            .prune(h.now(), StatusFilter::Any.into(), Watermark::NoProjector)
             .await,
         "prune after the parent ended",
     );

@@ -768,7 +768,16 @@ async fn prune(client: &Client, json: bool, args: PruneArgs) -> Result<ExitCode,
         Some(cursor) => json!({"type": "cursor", "cursor": cursor}),
         None => json!({"type": "no_projector"}),
     };
-    let body = json!({"cutoff_ms": cutoff, "status": args.status, "watermark": watermark});
+    let mut body = json!({"cutoff_ms": cutoff, "status": args.status, "watermark": watermark});
+    for (key, value) in [
+        ("definition", args.definition),
+        ("originator", args.originator),
+        ("caused_by", args.caused_by),
+    ] {
+        if let Some(v) = value {
+            body[key] = Value::String(v);
+        }
+    }
     let (_, report) = client.post("/v1/prune", &body).await?;
     if json {
         print_json(&report);

@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use cairn_core::{
     AppendRequest, AppendResult, ChangePage, EventPage, ListPage, Outcome, ProcessEvent, ProcessFilter, ProcessRecord,
-    PruneReport, SessionDeleteReport, SessionScope, StartRequest, StatusFilter, TransferReport, WakeDelivery,
-    Watermark,
+    PruneFilter, PruneReport, SessionDeleteReport, SessionScope, StartRequest, StatusFilter, TransferReport,
+    WakeDelivery, Watermark,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -111,6 +111,23 @@ pub struct PruneBody {
     /// Which terminal statuses (default `any`; `running` is refused).
     #[serde(default = "any_status")]
     pub status: StatusFilter,
+    /// Only processes of this definition (`tool:NAME`, `script:MODULE_REF#EXPORT`,
+    /// `session_turn`, `external`), as the list filter.
+    #[serde(default)]
+    pub definition: Option<String>,
+    /// Only processes started by this originator scope id (`host`, `host:SCOPE`,
+    /// `session:ID`, `session:ID/frame:FRAME`), as the list filter.
+    #[serde(default)]
+    pub originator: Option<String>,
+    /// Only the children of this process.
+    #[serde(default)]
+    pub caused_by: Option<String>,
+    /// Only processes created at or after this time (epoch ms).
+    #[serde(default)]
+    pub created_from_ms: Option<u64>,
+    /// Only processes created before this time (epoch ms).
+    #[serde(default)]
+    pub created_before_ms: Option<u64>,
     /// `{"type":"no_projector"}` or `{"type":"cursor","cursor":N}`: required, never implied.
     pub watermark: Watermark,
 }
@@ -656,7 +673,7 @@ pub async fn ack_wake(
     request_body = PruneBody,
     responses(
         (status = 200, description = "What was deleted", body = PruneReport),
-        (status = 400, description = "invalid_filter (status running)", body = ErrorSchema),
+        (status = 400, description = "invalid_filter: status running, or a definition or originator no process can have", body = ErrorSchema),
         (status = 403, description = "Host only", body = ErrorSchema)))]
 pub async fn prune(
     State(state): Shared,
@@ -668,11 +685,18 @@ pub async fn prune(
     if let Watermark::Cursor { cursor } = &body.watermark {
         within_int64("watermark.cursor", Some(*cursor))?;
     }
+    within_int64("created_from_ms", body.created_from_ms)?;
+    within_int64("created_before_ms", body.created_before_ms)?;
+    let filter = PruneFilter {
+        status: body.status,
+        definition: body.definition,
+        originator: body.originator,
+        caused_by: body.caused_by,
+        created_from_ms: body.created_from_ms,
+        created_before_ms: body.created_before_ms,
+    };
     Ok(Json(
-        state
-            .processes
-            .prune(body.cutoff_ms, body.status, body.watermark)
-            .await?,
+        state.processes.prune(body.cutoff_ms, filter, body.watermark).await?,
     ))
 }
 
