@@ -294,7 +294,9 @@ pub enum Command {
         client: ClientOpts,
     },
     /// Delete terminal processes older than a cutoff (leaves tombstones).
-    #[command(after_help = "Example:\n  cairn prune --older-than 7d --status completed")]
+    #[command(
+        after_help = "Examples:\n  cairn prune --older-than 7d --status completed --no-projector\n  cairn prune --older-than 30d --watermark 18446744"
+    )]
     Prune(PruneArgs),
     /// List a session's pending wakes, oldest first.
     Wakes {
@@ -657,8 +659,10 @@ pub struct CompleteArgs {
     pub client: ClientOpts,
 }
 
-/// `cairn prune` settings.
+/// `cairn prune` settings. The watermark is explicit (SPEC §7): a cursor, or
+/// `--no-projector`; neither is a usage error, never a guess.
 #[derive(Debug, Args)]
+#[group(id = "watermark_choice", required = true, multiple = false, args = ["watermark", "no_projector"])]
 pub struct PruneArgs {
     /// Prune processes that ended longer ago than this (e.g. 7d, 12h).
     #[arg(long, value_parser = parse_duration)]
@@ -675,9 +679,12 @@ pub struct PruneArgs {
     /// Only the children of this process.
     #[arg(long, value_name = "ID", value_parser = non_empty)]
     pub caused_by: Option<String>,
-    /// Change-feed cursor a projector has read up to; without it, prune by cutoff alone.
+    /// Change-feed cursor a projector has read up to: what changed after it stays.
     #[arg(long)]
     pub watermark: Option<u64>,
+    /// No projector reads the change feed: prune by cutoff alone.
+    #[arg(long)]
+    pub no_projector: bool,
     /// `--server`, `--token`, `--json`.
     #[command(flatten)]
     pub client: ClientOpts,
@@ -900,7 +907,7 @@ mod tests {
             &["abandon", "p", "--reason", "r"],
             &["transfer", "--from", "a", "--to", "b", "p"],
             &["changes"],
-            &["prune", "--older-than", "1d"],
+            &["prune", "--older-than", "1d", "--no-projector"],
             &["wakes", "s"],
             &["ack", "s", "w"],
             &["schedule", "add", "n", "--every", "1m", "{}"],

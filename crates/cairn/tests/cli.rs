@@ -165,15 +165,32 @@ async fn cli_drives_the_server() {
     // prune everything terminal (cutoff in the future relative to their end).
     tokio::time::sleep(Duration::from_millis(20)).await;
     let out = server
-        .cli(&["prune", "--older-than", "0s", "--definition", "echo"], None)
+        .cli(
+            &["prune", "--older-than", "0s", "--definition", "echo", "--no-projector"],
+            None,
+        )
         .await;
     assert_eq!(out.code, 2, "a definition no process has: {}", out.stderr);
     assert!(out.stderr.contains("invalid_filter"), "{}", out.stderr);
-    let by_definition = ["--json", "prune", "--older-than", "0s", "--definition", "external"];
+    let by_definition = [
+        "--json",
+        "prune",
+        "--older-than",
+        "0s",
+        "--definition",
+        "external",
+        "--no-projector",
+    ];
     let out = server.cli(&by_definition, None).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.json()["pruned"], 1, "only c2 is external");
-    let out = server.cli(&["--json", "prune", "--older-than", "0s"], None).await;
+    // The watermark is explicit: neither a cursor nor --no-projector is a usage error.
+    let out = server.cli(&["prune", "--older-than", "0s"], None).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--no-projector"), "{}", out.stderr);
+    let out = server
+        .cli(&["--json", "prune", "--older-than", "0s", "--no-projector"], None)
+        .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.json()["pruned"], 2);
     let out = server.cli(&["get", "c1"], None).await;
