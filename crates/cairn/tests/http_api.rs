@@ -309,16 +309,34 @@ async fn events_signals_and_sse_resume() {
     assert_eq!(rec["status"], "completed");
     assert_eq!(rec["outcome"], json!({"type": "success", "value": {"n": 1}}));
 
-    // A bad Last-Event-ID is a 400, an unknown id a 404, before any stream starts.
-    let r = c
-        .http
-        .get(c.url("/v1/processes/w/events"))
-        .header("accept", "text/event-stream")
-        .header("last-event-id", "abc")
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(r.status().as_u16(), 400);
+    // A bad Last-Event-ID is a 400 saying what is wrong, in the words `after`
+    // gets; an unknown id a 404; both before any stream starts.
+    for (given, said) in [
+        (
+            "abc",
+            "`Last-Event-ID` must be a non-negative integer (an event sequence number), got `abc`",
+        ),
+        (
+            "99999999999999999999",
+            "`Last-Event-ID` is 99999999999999999999, over the largest accepted value 9223372036854775807",
+        ),
+        (
+            "9223372036854775808",
+            "`Last-Event-ID` is 9223372036854775808, over the largest accepted value 9223372036854775807",
+        ),
+    ] {
+        let r = c
+            .http
+            .get(c.url("/v1/processes/w/events"))
+            .header("accept", "text/event-stream")
+            .header("last-event-id", given)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status().as_u16(), 400, "{given}");
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(body["error"]["message"], said, "{given}");
+    }
     let r = c
         .http
         .get(c.url("/v1/processes/nope/events"))

@@ -426,12 +426,23 @@ pub async fn events(
         .any(|v| v.contains("text/event-stream"));
     if wants_stream {
         let after = match headers.get("last-event-id") {
-            Some(v) => v
-                .to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .filter(|n| i64::try_from(*n).is_ok())
-                .ok_or_else(|| ApiError::invalid_request("Last-Event-ID must be an event sequence number"))?,
+            Some(v) => {
+                let given = String::from_utf8_lossy(v.as_bytes()).trim().to_string();
+                let n = given.parse::<u64>().map_err(|_| {
+                    ApiError::invalid_request(if !given.is_empty() && given.bytes().all(|b| b.is_ascii_digit()) {
+                        format!(
+                            "`Last-Event-ID` is {given}, over the largest accepted value {}",
+                            i64::MAX
+                        )
+                    } else {
+                        format!(
+                            "`Last-Event-ID` must be a non-negative integer (an event sequence number), got `{given}`"
+                        )
+                    })
+                })?;
+                within_int64("Last-Event-ID", Some(n))?;
+                n
+            }
             None => q.after.unwrap_or(0),
         };
         // Fail fast on an unknown or pruned id before committing to a stream.
