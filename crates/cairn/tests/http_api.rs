@@ -142,6 +142,14 @@ async fn start_is_idempotent_and_errors_have_their_classes() {
         ),
         ("/v1/changes?cursor=", "`cursor` must be a non-negative integer, got ``"),
         (
+            "/v1/schedules?after=%FF",
+            "the query holds `%FF`, which does not decode to UTF-8 text",
+        ),
+        (
+            "/v1/processes?originator=session:%C3",
+            "the query holds `session:%C3`, which does not decode to UTF-8 text",
+        ),
+        (
             "/v1/schedules?limit=99999999999999999999999",
             "`limit` is over the largest accepted value, got `99999999999999999999999`",
         ),

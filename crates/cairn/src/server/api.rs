@@ -377,10 +377,27 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        utf8_query(parts.uri.query())?;
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| ApiQuery(q.0))
             .map_err(|e: QueryRejection| ApiError::invalid_request(query_error(&e.body_text(), parts.uri.query())))
+    }
+}
+
+/// Refuse a query whose keys or values do not decode to UTF-8. The form
+/// decoder would replace the bytes, so a value would silently become another;
+/// a path id with them is a 400, and so is a query.
+pub fn utf8_query(raw: Option<&str>) -> Result<(), ApiError> {
+    let bad = raw
+        .unwrap_or("")
+        .split(['&', '='])
+        .find(|part| percent_encoding::percent_decode_str(part).decode_utf8().is_err());
+    match bad {
+        Some(part) => Err(ApiError::invalid_request(format!(
+            "the query holds `{part}`, which does not decode to UTF-8 text"
+        ))),
+        None => Ok(()),
     }
 }
 

@@ -308,6 +308,7 @@ pub async fn list(
     Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<ListPage>> {
+    super::api::utf8_query(query.as_deref())?;
     let raw = query.unwrap_or_default();
     let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.as_bytes()).into_owned().collect();
     let mut granted_to = None;
