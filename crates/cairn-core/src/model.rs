@@ -1390,14 +1390,33 @@ pub fn check_definition(definition: Option<&str>) -> crate::Result<()> {
 /// Check an `originator` filter: `host`, `host:SCOPE`, `session:ID` or
 /// `session:ID/frame:FRAME` ([`Originator::scope_id`]).
 pub fn check_originator(originator: Option<&str>) -> crate::Result<()> {
+    use crate::validate::{validate_id, FRAME_SEPARATOR};
     let Some(o) = originator else { return Ok(()) };
-    let named = |rest: Option<&str>| rest.is_some_and(|r| !r.is_empty());
-    if o == "host" || named(o.strip_prefix("host:")) || named(o.strip_prefix("session:")) {
-        return Ok(());
-    }
-    Err(crate::CairnError::InvalidFilter(format!(
-        "`originator` `{o}` is none of `host`, `host:SCOPE`, `session:ID`, `session:ID/frame:FRAME`"
-    )))
+    let valid = if o == "host" {
+        Ok(())
+    } else if let Some(scope) = o.strip_prefix("host:") {
+        validate_id("host scope", scope)
+    } else if let Some(rest) = o.strip_prefix("session:") {
+        // The first separator ends the session id: a session id never holds one.
+        match rest.split_once(FRAME_SEPARATOR) {
+            Some((session, frame)) => {
+                validate_id("session id", session).and_then(|()| validate_id("agent frame id", frame))
+            }
+            None => validate_id("session id", rest),
+        }
+    } else {
+        Err(crate::CairnError::InvalidFilter(String::new()))
+    };
+    valid.map_err(|e| {
+        let why = match e {
+            crate::CairnError::InvalidId(why) => format!(": {why}"),
+            _ => String::new(),
+        };
+        crate::CairnError::InvalidFilter(format!(
+            "`originator` `{}` is none of `host`, `host:SCOPE`, `session:ID`, `session:ID/frame:FRAME`{why}",
+            o.escape_debug()
+        ))
+    })
 }
 
 /// Which ended processes a prune deletes (SPEC §7, with the filters of §4

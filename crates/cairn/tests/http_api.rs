@@ -225,6 +225,10 @@ async fn list_filters_and_paging() {
         // Values no process can have: a typo, or another lens's form.
         ("originator=s1", "invalid_filter"),
         ("originator=session:", "invalid_filter"),
+        ("originator=session:s1/frame:", "invalid_filter"),
+        ("originator=session:/frame:f", "invalid_filter"),
+        ("originator=host:", "invalid_filter"),
+        ("originator=session:s%01", "invalid_filter"),
         ("definition=echo", "invalid_filter"),
         ("definition=tool:", "invalid_filter"),
         ("definition=script:module:sha256:00", "invalid_filter"),
@@ -233,6 +237,13 @@ async fn list_filters_and_paging() {
     ] {
         let (s, err) = c.get(&format!("/v1/processes?{q}")).await;
         assert_eq!((s, code(&err)), (400, want), "{q}: {err}");
+    }
+    for q in [
+        "originator=session:s1/frame:f1",
+        "originator=host:ops",
+        "originator=host",
+    ] {
+        assert_eq!(c.get(&format!("/v1/processes?{q}")).await.0, 200, "{q}");
     }
 }
 
