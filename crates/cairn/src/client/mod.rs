@@ -300,10 +300,12 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             let shown = page.get("wakes").and_then(Value::as_array).map_or(0, Vec::len);
             if shown == limit.unwrap_or(cairn_core::model::DEFAULT_PAGE_SIZE) {
                 // The route has no cursor: pending wakes leave it when acknowledged.
-                eprintln!(
-                    "(the oldest {shown} pending wakes; there may be more: acknowledge these, or pass a larger \
-                     --limit, up to 1000)"
-                );
+                let larger = if shown < cairn_core::model::MAX_PAGE_SIZE {
+                    ", or pass a larger --limit, up to 1000"
+                } else {
+                    ""
+                };
+                eprintln!("(the oldest {shown} pending wakes; there may be more: acknowledge these{larger})");
             }
             if json {
                 print_json(&page);

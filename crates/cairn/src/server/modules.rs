@@ -39,7 +39,8 @@ pub struct ModulesQuery {
 pub struct ModulesPage {
     /// The modules.
     pub modules: Vec<ModuleInfo>,
-    /// The ref to pass as `after` for the next page; null on the last page.
+    /// The ref to pass as `after` for the next page: set whenever the page is
+    /// full (the next page may then be empty), null on a shorter one.
     pub next_after: Option<String>,
 }
 
