@@ -185,6 +185,26 @@ impl Client {
         Ok(self.send(self.request(reqwest::Method::GET, path)).await?.1)
     }
 
+    /// Every item of a listing paged by `after` and `next_after` (schedules,
+    /// modules): `GET path?limit=1000[&after=...]` until a page names no next,
+    /// the items of each page under `key`.
+    pub async fn every_page(&self, path: &str, key: &str) -> Result<Vec<Value>, ClientError> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut pairs = vec![("limit", "1000".to_string())];
+            if let Some(a) = after.take() {
+                pairs.push(("after", a));
+            }
+            let page = self.get(&format!("{path}?{}", query(pairs))).await?;
+            all.extend(page.get(key).and_then(Value::as_array).into_iter().flatten().cloned());
+            match page.get("next_after").and_then(Value::as_str) {
+                Some(next) => after = Some(next.to_string()),
+                None => return Ok(all),
+            }
+        }
+    }
+
     /// `POST path` with a JSON body, answering the status and the JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> Result<(StatusCode, Value), ClientError> {
         no_dot_segments(path)?;

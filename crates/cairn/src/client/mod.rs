@@ -843,26 +843,7 @@ async fn module(client: &Client, json: bool, command: ModuleCommand) -> Result<E
         }
         ModuleCommand::Ls => {
             // Every page, so a long listing is never cut at the first.
-            let mut all: Vec<Value> = Vec::new();
-            let mut after: Option<String> = None;
-            loop {
-                let mut pairs = vec![("limit", "1000".to_string())];
-                if let Some(a) = &after {
-                    pairs.push(("after", a.clone()));
-                }
-                let page = client.get(&format!("/v1/modules?{}", query(pairs))).await?;
-                all.extend(
-                    page.get("modules")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                        .cloned(),
-                );
-                match page.get("next_after").and_then(Value::as_str) {
-                    Some(next) => after = Some(next.to_string()),
-                    None => break,
-                }
-            }
+            let all = client.every_page("/v1/modules", "modules").await?;
             if json {
                 print_json(&json!({ "modules": all }));
             } else {

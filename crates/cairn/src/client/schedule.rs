@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use serde_json::{json, Value};
 
-use super::http::{query, segment, Client, ClientError};
+use super::http::{segment, Client, ClientError};
 use super::{parse_json_arg, print_json, print_table, read_stdin, str_at, timestamp};
 use crate::cli::ScheduleAction;
 
@@ -82,24 +82,8 @@ pub(super) async fn execute(client: &Client, json: bool, action: ScheduleAction)
             }
         }
         ScheduleAction::Ls => {
-            let mut rows = Vec::new();
-            let mut all = Vec::new();
-            let mut after: Option<String> = None;
-            loop {
-                let mut pairs = vec![("limit", "1000".to_string())];
-                if let Some(a) = &after {
-                    pairs.push(("after", a.clone()));
-                }
-                let page = client.get(&format!("/v1/schedules?{}", query(pairs))).await?;
-                for s in page.get("schedules").and_then(Value::as_array).into_iter().flatten() {
-                    rows.push(row(s));
-                    all.push(s.clone());
-                }
-                match page.get("next_after").and_then(Value::as_str) {
-                    Some(next) => after = Some(next.to_string()),
-                    None => break,
-                }
-            }
+            let all = client.every_page("/v1/schedules", "schedules").await?;
+            let rows: Vec<Vec<String>> = all.iter().map(row).collect();
             if json {
                 print_json(&Value::Array(all));
             } else {
