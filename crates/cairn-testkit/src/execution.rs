@@ -1241,6 +1241,7 @@ pub async fn hub_fed_await_does_not_poll(factory: &dyn StoreFactory) {
 pub async fn an_await_of_an_end_just_written_here_reads_nothing(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;
     let (probe, p) = probed_runtime(&store, config("w1"));
+    let mut watching = p.hub().subscribe("quick");
     p.start(StartRequest::tool(
         "quick",
         "echo",
@@ -1251,6 +1252,16 @@ pub async fn an_await_of_an_end_just_written_here_reads_nothing(factory: &dyn St
     .expect("start");
     let first = terminal(&p, "quick").await;
     assert_eq!(first.status, ProcessStatus::Completed);
+    // The hub hears of the end just after its commit, so the first await may
+    // have read it from the store first: wait until the hub has it, as a
+    // host's await a round trip later finds it, then stop watching.
+    while watching.ended().is_none() {
+        tokio::time::timeout(WAIT, watching.changed())
+            .await
+            .expect("the end reached the hub in time")
+            .expect("hub open");
+    }
+    drop(watching);
     let before = *probe.gets().borrow();
     let again = p.await_output("quick", WAIT).await.expect("await again");
     assert_eq!(again, first, "the same terminal record");
