@@ -385,6 +385,14 @@ where
     }
 }
 
+/// The cursor of the next page of a listing paged by key: the last item's
+/// key when the page is full (the next page may then be empty), else none.
+pub fn next_page<T>(items: &[T], limit: usize, key: impl Fn(&T) -> &str) -> Option<String> {
+    (items.len() >= limit)
+        .then(|| items.last().map(|i| key(i).to_string()))
+        .flatten()
+}
+
 /// Refuse a query whose keys or values do not decode to UTF-8. The form
 /// decoder would replace the bytes, so a value would silently become another;
 /// a path id with them is a 400, and so is a query.

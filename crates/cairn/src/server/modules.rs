@@ -83,9 +83,7 @@ pub async fn list(
     }
     let limit = cairn_core::model::page_limit(q.limit)?;
     let modules = state.processes.list_modules(q.after.as_deref(), Some(limit)).await?;
-    let next_after = (modules.len() == limit)
-        .then(|| modules.last().map(|m| m.module_ref.clone()))
-        .flatten();
+    let next_after = super::api::next_page(&modules, limit, |m| &m.module_ref);
     Ok(Json(ModulesPage { modules, next_after }))
 }
 

@@ -381,9 +381,7 @@ pub async fn list(
             next_after_id: None,
         },
     };
-    let next_after_id = (page.processes.len() >= limit)
-        .then(|| page.processes.last().map(|p| p.id.clone()))
-        .flatten();
+    let next_after_id = super::api::next_page(&page.processes, limit, |p| &p.id);
     Ok(Json(ListPage { next_after_id, ..page }))
 }
 

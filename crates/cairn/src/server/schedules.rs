@@ -69,9 +69,7 @@ pub async fn list(
     caller.require_host(WHAT)?;
     let limit = cairn_core::model::page_limit(q.limit)?;
     let schedules = state.processes.list_schedules(q.after.as_deref(), Some(limit)).await?;
-    let next_after = (schedules.len() == limit)
-        .then(|| schedules.last().map(|s| s.id.clone()))
-        .flatten();
+    let next_after = super::api::next_page(&schedules, limit, |s| &s.id);
     Ok(Json(SchedulePage { schedules, next_after }))
 }
 
