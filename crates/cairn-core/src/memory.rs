@@ -1,7 +1,6 @@
 //! The in-memory registry: for tests and ephemeral hosts. One mutex over the
 //! whole state makes every operation a transaction.
 
-use crate::PruneFilter;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use async_trait::async_trait;
@@ -12,9 +11,9 @@ use crate::events::{AppendRequest, AppendResult, EventPage, ProcessEvent};
 use crate::fold;
 use crate::model::{
     page_limit, CausalRef, Change, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease,
-    NodeIdentity, NodeLiveness, Outcome, ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport,
-    SessionScope, StartGrant, StatusFilter, SweepItem, Tombstone, TransferReport, WaitRequest, WakeDelivery, Watermark,
-    WorkAction, WorkItem,
+    NodeIdentity, NodeLiveness, Outcome, ProcessFilter, ProcessRecord, PruneFilter, PruneReport, Registration,
+    SessionDeleteReport, SessionScope, StartGrant, StatusFilter, SweepItem, Tombstone, TransferReport, WaitRequest,
+    WakeDelivery, Watermark, WorkAction, WorkItem,
 };
 use crate::ops::admin::{self, AdminTx, Deleted, GrantState, PruneCandidate};
 use crate::ops::{self, at_once, Answer, Op, Row, WriteTx};

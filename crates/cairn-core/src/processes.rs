@@ -1,7 +1,6 @@
 //! The host API (SPEC §9): the [`Processes`] facade over a registry, the
 //! awaiter and the worker.
 
-use crate::PruneFilter;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +12,8 @@ use crate::clock::{system_clock, SharedClock};
 use crate::events::{self, AppendRequest, AppendResult, EventPage, EventType, ProcessEvent};
 use crate::model::{
     CausalRef, ChangePage, Claim, Disposition, EnvSpec, ExternalRef, Grant, GrantDescriptor, GrantedProcess,
-    Originator, Outcome, ProcessFilter, ProcessInput, ProcessRecord, Provenance, PruneReport, Registration,
-    SessionDeleteReport, SessionScope, StartGrant, TransferReport, WakeDelivery, Watermark,
+    Originator, Outcome, ProcessFilter, ProcessInput, ProcessRecord, Provenance, PruneFilter, PruneReport,
+    Registration, SessionDeleteReport, SessionScope, StartGrant, TransferReport, WakeDelivery, Watermark,
 };
 use crate::registry::{ProcessRegistry, Registered};
 use crate::script::{Module, ModuleInfo, ModulePut, ScriptEngine};

@@ -1,7 +1,6 @@
 //! The in-process change hub, the watched-registry decorator that feeds it, and
 //! the best-effort event sink.
 
-use crate::PruneFilter;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -12,8 +11,8 @@ use tokio::sync::{mpsc, watch, Notify};
 use crate::events::{AppendRequest, AppendResult, EventPage, ProcessEvent};
 use crate::model::{
     CausalRef, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, NodeIdentity,
-    NodeLiveness, Outcome, ProcessFilter, ProcessRecord, PruneReport, Registration, SessionDeleteReport, SessionScope,
-    StartGrant, SweepItem, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
+    NodeLiveness, Outcome, ProcessFilter, ProcessRecord, PruneFilter, PruneReport, Registration, SessionDeleteReport,
+    SessionScope, StartGrant, SweepItem, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
 };
 use crate::registry::{CancelAnswer, ProcessRegistry, Registered};
 use crate::schedule::{Schedule, ScheduleAdvance};
