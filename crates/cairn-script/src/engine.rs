@@ -159,6 +159,9 @@ pub(crate) struct Step {
     pub(crate) pending: Vec<(u64, Value)>,
     /// Set when the function settled or the activation failed.
     pub(crate) end: Option<Outcome>,
+    /// The function itself returned or threw (not a limit, a refused call or
+    /// the engine): the calls it left pending are still made.
+    pub(crate) settled: bool,
 }
 
 /// The driver's answer to a step.
@@ -519,6 +522,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
             entries,
             pending: Vec::new(),
             end: Some(o),
+            settled: false,
         });
     };
     let rt = match runtime(&limits, stop.clone()) {
@@ -617,6 +621,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
                     s.fatal.clone(),
                 )
             };
+            let mut settled = false;
             let end_with = if let Some((code, message)) = fatal {
                 Some(Outcome::failure("script", code, message))
             } else if matches!(stop.load(Ordering::SeqCst), CPU | MEMORY) {
@@ -624,6 +629,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
             } else {
                 match outcome {
                     Ok(Some(json)) => {
+                        settled = true;
                         let v: Value = serde_json::from_str(&json).unwrap_or(Value::Null);
                         match (v.get("ok"), v.get("err")) {
                             (Some(ok), _) => Some(Outcome::success(ok.clone())),
@@ -649,6 +655,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
                     entries,
                     pending,
                     end: end_with,
+                    settled,
                 })
                 .is_err()
                 || done

@@ -324,6 +324,9 @@ impl Driver<'_> {
                 }
             }
             if let Some(outcome) = step.end {
+                if step.settled && self.cancelled.is_none() && !self.stop_is_cancel() {
+                    self.make_unawaited(&step.pending, &refused).await;
+                }
                 return match (&self.cancelled, outcome) {
                     (Some(message), Outcome::Success { .. } | Outcome::Failure { .. }) => {
                         Outcome::cancelled(message.clone())
@@ -476,6 +479,31 @@ impl Driver<'_> {
 
     fn child_id(&self, n: u64) -> String {
         format!("{}/{n}", self.ctx.process_id())
+    }
+
+    /// Make the calls a function left pending when it returned or threw: it
+    /// made them, so an `emit` appends, a `start` starts, and a `tool` or
+    /// `turn` child starts and runs on its own; a wait (`sleep`,
+    /// `waitSignal`, `wait`) has no effect to make. Nobody awaits their
+    /// answers, so none is journaled, and a failure is only logged, as an
+    /// unhandled rejection is. Each is idempotent, so a run that ends again
+    /// after a crash makes them once.
+    async fn make_unawaited(&self, pending: &[(u64, Value)], refused: &[(u64, CairnError)]) {
+        for (n, call) in pending.iter().filter(|(n, _)| !refused.iter().any(|(r, _)| r == n)) {
+            let failed = match kind(call) {
+                "tool" | "turn" => self.start_tool(*n, call).await,
+                k if !is_wait(k) => Some(self.perform(*n, call).await).filter(|r| r.get("error").is_some()),
+                _ => None,
+            };
+            if let Some(error) = failed {
+                tracing::warn!(
+                    process_id = self.ctx.process_id(),
+                    call = n,
+                    error = %error,
+                    "a context call the script did not await failed"
+                );
+            }
+        }
     }
 
     /// Start the child of a pending `ctx.tool` call (idempotent: a replayed

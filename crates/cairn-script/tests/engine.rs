@@ -1244,3 +1244,61 @@ async fn returning_a_function_or_a_symbol_is_invalid_result() {
     let rec = run(&p, script("undef", &m, "undef", json!({}))).await;
     assert_eq!(rec.outcome, Some(Outcome::success(Value::Null)));
 }
+
+struct Echo;
+
+#[cairn_core::async_trait]
+impl cairn_core::Tool for Echo {
+    fn name(&self) -> &str {
+        "echo"
+    }
+    async fn run(&self, _ctx: cairn_core::ToolContext, args: Value) -> Outcome {
+        Outcome::success(args["value"].clone())
+    }
+}
+
+/// A call the function did not await before it returned or threw is still
+/// made: the event is appended, the children start and run on their own; a
+/// pending wait has nothing to make. A failing one is only logged.
+#[tokio::test]
+async fn calls_left_pending_at_the_end_are_still_made() {
+    let p = Processes::builder(Arc::new(MemoryRegistry::new()))
+        .script_engine(Arc::new(QuickJs::default()))
+        .tools(cairn_core::ToolRegistry::new().with(Arc::new(Echo)))
+        .start();
+    let m = put(
+        &p,
+        r#"export async function returns(ctx) {
+            ctx.emit("note", {text: "not awaited"});
+            ctx.tool("echo", {value: 7});
+            ctx.start({input: {type: "tool_call", tool: "echo", args: {value: 8}}, disposition: "rerunnable"});
+            ctx.emit("undeclared", {});
+            ctx.sleep(60000);
+            return "returned";
+        }
+        export async function throws(ctx) {
+            ctx.emit("note", {text: "before the throw"});
+            ctx.tool("echo", {value: 9});
+            throw Object.assign(new Error("boom"), {code: "boom"});
+        }"#,
+    )
+    .await;
+    let note = cairn_core::EventType::plain("note");
+    let rec = run(&p, script("r", &m, "returns", json!({})).with_event_type(note.clone())).await;
+    assert_eq!(rec.outcome, Some(Outcome::success(json!("returned"))), "{rec:?}");
+    assert_eq!(events(&p, "r", "note").await, [json!({"text": "not awaited"})]);
+    for (child, value) in [("r/2", 7), ("r/3", 8)] {
+        let c = p.await_output(child, Duration::from_secs(20)).await.expect("child");
+        assert_eq!(c.outcome, Some(Outcome::success(json!(value))), "{c:?}");
+    }
+    assert!(p.get("r/5").await.is_err(), "a sleep starts nothing");
+
+    let rec = run(&p, script("t", &m, "throws", json!({})).with_event_type(note)).await;
+    assert!(
+        matches!(&rec.outcome, Some(Outcome::Failure { code, .. }) if code == "boom"),
+        "{rec:?}"
+    );
+    assert_eq!(events(&p, "t", "note").await, [json!({"text": "before the throw"})]);
+    let c = p.await_output("t/2", Duration::from_secs(20)).await.expect("child");
+    assert_eq!(c.outcome, Some(Outcome::success(json!(9))), "{c:?}");
+}
