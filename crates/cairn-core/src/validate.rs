@@ -28,6 +28,10 @@ pub const MAX_EVENT_TYPES: usize = 256;
 /// Most children one `children` wait may name (its ids stay well inside
 /// [`MAX_PAYLOAD_BYTES`]).
 pub const MAX_AWAITED_CHILDREN: usize = 1000;
+/// Longest durable sleep or wait timeout, in ms (a year: waits run for days,
+/// SPEC §13; a due time far past it no longer fits the signed 64-bit integers
+/// that store due times).
+pub const LONGEST_WAIT_MS: u64 = 365 * 86_400_000;
 
 /// Check an id: non-empty, at most [`MAX_ID_BYTES`], no control characters,
 /// and neither `.` nor `..` (a URL path cannot carry those as a segment: every

@@ -719,10 +719,14 @@ impl Driver<'_> {
 /// call reject with `invalid_request`, as a silent zero or a wait without its
 /// deadline would not say.
 fn millis(given: Option<&Value>, what: &str) -> Result<u64> {
+    let longest = cairn_core::validate::LONGEST_WAIT_MS;
     let ms = given.and_then(Value::as_f64).filter(|ms| ms.is_finite() && *ms >= 0.0);
     match ms {
-        // JavaScript's largest exact integer (about 285,000 years).
-        Some(ms) if ms.ceil() <= 9_007_199_254_740_991.0 => Ok(ms.ceil() as u64),
+        Some(ms) if ms.ceil() <= longest as f64 => Ok(ms.ceil() as u64),
+        Some(_) => Err(CairnError::InvalidRequest(format!(
+            "{what} takes at most {longest} ms (a year), not {}",
+            given.map_or_else(String::new, Value::to_string)
+        ))),
         _ => Err(CairnError::InvalidRequest(format!(
             "{what} takes a number of milliseconds from 0 up, not {}",
             given.map_or_else(|| "nothing".to_string(), Value::to_string)

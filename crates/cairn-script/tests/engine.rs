@@ -148,10 +148,11 @@ async fn durations_round_up_and_bad_ones_reject() {
         &p,
         r#"export async function main(ctx) {
             const bad = [];
-            for (const ms of [-5, "abc", 1e300, undefined]) {
+            for (const ms of [-5, "abc", 1e300, undefined, 365 * 86400000 + 1]) {
                 try { await ctx.sleep(ms); bad.push("resolved"); } catch (e) { bad.push(e.code); }
             }
             try { await ctx.waitSignal("never", {timeoutMs: -1}); bad.push("resolved"); } catch (e) { bad.push(e.code); }
+            try { await ctx.waitSignal("never", {timeoutMs: 2 ** 53}); bad.push("resolved"); } catch (e) { bad.push(e.message); }
             const t0 = ctx.now();
             await ctx.sleep(2.5);
             const slept = ctx.now() - t0;
@@ -164,9 +165,9 @@ async fn durations_round_up_and_bad_ones_reject() {
     let bad = "invalid_request";
     assert_eq!(
         rec.outcome,
-        Some(Outcome::success(
-            json!({"bad": [bad, bad, bad, bad, bad], "slept": true, "timedOut": null})
-        ))
+        Some(Outcome::success(json!({"bad": [bad, bad, bad, bad, bad, bad,
+                "invalid request: ctx.waitSignal's timeoutMs takes at most 31536000000 ms (a year), not 9007199254740992"],
+                "slept": true, "timedOut": null})))
     );
 }
 

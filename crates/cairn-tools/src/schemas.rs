@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 /// Longest `sleep` or timeout the tools take (a year: durable sleeps and
 /// waits run for days, SPEC §13); a longer one is refused at start.
-pub const LONGEST_MS: u64 = 365 * 86_400_000;
+pub const LONGEST_MS: u64 = cairn_core::validate::LONGEST_WAIT_MS;
 
 /// The `args` schema of built-in tool `name`, or `None` for another name.
 pub fn args_schema(name: &str) -> Option<Value> {
