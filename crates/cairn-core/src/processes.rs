@@ -288,10 +288,10 @@ async fn check_script_start(
             disposition.label()
         )));
     }
-    let module = match registry.get_module(module_ref).await {
-        Err(CairnError::InvalidId(_)) => return Err(CairnError::UnknownModule(module_ref.to_string())),
-        other => other?,
-    };
+    // A ref that is no module ref is `invalid_id`, as `GET /v1/modules/{ref}`
+    // answers it; a well-formed one nobody stored is `unknown_module`.
+    crate::script::validate_module_ref(module_ref)?;
+    let module = registry.get_module(module_ref).await?;
     if !module.info.exports.iter().any(|e| e == process_name) {
         return Err(CairnError::UnknownExport {
             module_ref: module_ref.to_string(),

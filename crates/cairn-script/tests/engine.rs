@@ -94,6 +94,12 @@ async fn start_checks_module_export_and_disposition() {
     let missing = format!("module:sha256:{}", "0".repeat(64));
     let e = p.start(script("a", &missing, "main", json!({}))).await.unwrap_err();
     assert_eq!(e.code(), "unknown_module");
+    for malformed in ["deploy.js", "module:sha256:abc", &m.to_uppercase()] {
+        let e = p.start(script("a", malformed, "main", json!({}))).await.unwrap_err();
+        assert_eq!(e.code(), "invalid_id", "{malformed}: {e}");
+        assert!(e.to_string().contains("64 lowercase hex digits"), "{e}");
+    }
+    assert!(p.get("a").await.is_err(), "nothing started");
     let e = p.start(script("a", &m, "nope", json!({}))).await.unwrap_err();
     assert_eq!(e.code(), "unknown_export");
     let mut req = script("a", &m, "main", json!({}));
