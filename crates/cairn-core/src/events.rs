@@ -418,6 +418,11 @@ pub const ABANDONED: &str = "process.abandoned";
 /// The prefix of signal event types.
 pub const SIGNAL_PREFIX: &str = "signal.";
 
+/// The namespace of a session turn's journal (`turn.response`, `turn.delta`,
+/// SPEC §15): on a `session_turn` process only the turn's run writes it,
+/// under its lease (see [`crate::fold::prepare_append`]).
+pub const TURN_PREFIX: &str = "turn.";
+
 /// Core types only cairn's own operations write (claims, waits and resumptions,
 /// cancellation and abandon requests, reconciliation); `append_event` refuses
 /// them. A cancellation request appended as a plain event would be recorded

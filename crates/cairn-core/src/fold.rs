@@ -384,6 +384,17 @@ pub fn prepare_append(
             req.event_type
         )));
     }
+    // A turn replays its journaled model answers instead of asking again, so
+    // an answer appended by anyone else would be taken as the model's.
+    if matches!(record.input, crate::model::ProcessInput::SessionTurn { .. })
+        && req.event_type.starts_with(crate::events::TURN_PREFIX)
+        && req.lease.is_none()
+    {
+        return Err(CairnError::ReservedEventType(format!(
+            "`{}` is the session turn's journal: only the turn's run writes it, under its lease",
+            req.event_type
+        )));
+    }
     validate::check_payload(&t, &req.payload)?;
     if let Some(scope) = &req.wake_target {
         validate::validate_scope(scope)?;

@@ -278,7 +278,7 @@ fn error_result(n: u64, e: &CairnError) -> Value {
 fn reserved_for_emit(event_type: &str) -> Option<CairnError> {
     let reserved = cairn_core::events::is_core_event_type(event_type)
         || event_type.starts_with(cairn_core::events::SIGNAL_PREFIX)
-        || event_type.starts_with("turn.");
+        || event_type.starts_with(cairn_core::events::TURN_PREFIX);
     reserved.then(|| {
         CairnError::ReservedEventType(format!(
             "ctx.emit(\"{event_type}\"): `process.*`, `script.*`, `signal.*` and `turn.*` are written \
