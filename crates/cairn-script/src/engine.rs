@@ -320,6 +320,18 @@ impl State {
 }
 
 impl State {
+    /// When the function settles having made fewer calls than the journal
+    /// holds, the replay took another path than the run that journaled
+    /// them (whose effects may have happened): the message naming the first
+    /// call it did not make.
+    fn unreplayed(&self) -> Option<String> {
+        let (n, call) = self.journal.calls.range(self.n + 1..).next()?;
+        Some(format!(
+            "the replay settled after {} call(s), but the journal has call {n}: {call}",
+            self.n
+        ))
+    }
+
     /// The next batch of journaled results to deliver at a quiet point: the
     /// next batch of the journal when every call of it is pending, as it was
     /// when first delivered (results without a batch: the longest run of
@@ -628,6 +640,10 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
                 Some(failure(&stop, &limits, &json!({})))
             } else {
                 match outcome {
+                    Ok(Some(_)) if state.borrow().unreplayed().is_some() => {
+                        let message = state.borrow().unreplayed().unwrap_or_default();
+                        Some(Outcome::failure("script", "nondeterminism", message))
+                    }
                     Ok(Some(json)) => {
                         settled = true;
                         let v: Value = serde_json::from_str(&json).unwrap_or(Value::Null);

@@ -413,6 +413,46 @@ async fn a_replay_that_changes_its_calls_fails_nondeterminism() {
     );
 }
 
+/// A replay that settles before making every journaled call took another
+/// path than the run whose effects are journaled: it fails, naming the call.
+#[tokio::test]
+async fn a_replay_that_makes_fewer_calls_fails_nondeterminism() {
+    let p = Processes::builder(Arc::new(MemoryRegistry::new()))
+        .script_engine(Arc::new(Switching {
+            inner: QuickJs::default(),
+            runs: Default::default(),
+        }))
+        .start();
+    let m = put(
+        &p,
+        r#"export async function main(ctx, args) {
+            if (args.switch) return "a shortcut the first run never took";
+            await ctx.emit("other", {});
+            await ctx.sleep(50);
+            return "done";
+        }"#,
+    )
+    .await;
+    let req = script("fewer", &m, "main", json!({})).with_event_type(cairn_core::EventType::plain("other"));
+    p.start(req).await.unwrap();
+    let rec = p.await_output("fewer", Duration::from_secs(10)).await.unwrap();
+    let Some(Outcome::Failure {
+        class, code, message, ..
+    }) = rec.outcome
+    else {
+        panic!("{rec:?}")
+    };
+    assert_eq!(
+        (class.as_str(), code.as_str()),
+        ("script", "nondeterminism"),
+        "{message}"
+    );
+    assert!(
+        message.contains("after 0 call(s)") && message.contains("call 1") && message.contains("emit"),
+        "names the first call it did not make: {message}"
+    );
+}
+
 /// A tool whose runs all wait at one barrier: three of them return only when
 /// three run at once. `{"fail": code}` fails with that code instead.
 struct Gate(Arc<tokio::sync::Barrier>);
