@@ -516,6 +516,17 @@ pub fn resumable_at(record: &ProcessRecord) -> Option<u64> {
     wait.until_ms
 }
 
+/// When the worklist may take a record that holds no live lease: at once
+/// for a pending abandon request (a suspension holds no lease that could
+/// lapse later, SPEC §5), else when a claim may resume it ([`resumable_at`]);
+/// `None`: not until a write wakes it.
+pub fn due_at(record: &ProcessRecord) -> Option<u64> {
+    if is_abandon_candidate(record) {
+        return Some(0);
+    }
+    resumable_at(record)
+}
+
 /// Why a claim at `now_ms` resumes a suspended record (the `reason` of its
 /// `process.resumed`); `None` when it is not suspended or not yet resumable.
 pub fn resume_reason(record: &ProcessRecord, now_ms: u64) -> Option<&'static str> {

@@ -361,7 +361,7 @@ impl Changes {
             worklist: release_lease
                 || fold::is_run_candidate(old) != fold::is_run_candidate(new)
                 || fold::is_abandon_candidate(old) != fold::is_abandon_candidate(new)
-                || fold::resumable_at(old) != fold::resumable_at(new),
+                || fold::due_at(old) != fold::due_at(new),
             sweep: fold::sweep_owner(old) != fold::sweep_owner(new),
         }
     }

@@ -234,6 +234,7 @@ macro_rules! conformance_suite {
                 signal_wakes_a_suspension,
                 wait_refuses_a_stale_view,
                 timer_is_due_at_its_deadline,
+                abandon_request_on_a_suspension_is_due_at_once,
                 signal_wait_deadline_times_out,
                 cancel_wakes_a_suspension,
                 only_rerunnable_processes_suspend,

@@ -70,7 +70,7 @@ pub struct IndexColumns {
     pub run_candidate: bool,
     /// [`fold::is_abandon_candidate`].
     pub abandon_candidate: bool,
-    /// [`fold::resumable_at`] when it is a time: a suspension's deadline. The
+    /// [`fold::due_at`] when it is a time: a suspension's deadline. The
     /// claimable time of a row is its lease expiry, else this, else 0.
     pub wake_at: Option<i64>,
     /// [`fold::sweep_owner`]'s node: the sweep worklist index holds the row.
@@ -104,7 +104,7 @@ impl IndexColumns {
             last_sequence: to_i64(record.last_sequence),
             run_candidate: fold::is_run_candidate(record),
             abandon_candidate: fold::is_abandon_candidate(record),
-            wake_at: fold::resumable_at(record).filter(|t| *t > 0).map(to_i64),
+            wake_at: fold::due_at(record).filter(|t| *t > 0).map(to_i64),
             sweep_node: sweep.as_ref().map(|o| o.node.clone()),
             sweep_incarnation: sweep.map(|o| to_i64(o.incarnation)),
         })

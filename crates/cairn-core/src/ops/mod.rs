@@ -56,12 +56,13 @@ impl Row {
         self.record.lease = self.lease.as_ref().map(Lease::view);
     }
 
-    /// When a worklist row may be taken: its lease's expiry, else its
-    /// suspension's deadline, else 0 (the `claimable_at_ms` of SQL stores).
+    /// When a worklist row may be taken: its lease's expiry, else
+    /// [`fold::due_at`] (a suspension's deadline), else 0 (the
+    /// `claimable_at_ms` of SQL stores).
     pub fn claimable_at(&self) -> u64 {
         match &self.lease {
             Some(l) => l.expires_at_ms,
-            None => fold::resumable_at(&self.record).unwrap_or(0),
+            None => fold::due_at(&self.record).unwrap_or(0),
         }
     }
 }

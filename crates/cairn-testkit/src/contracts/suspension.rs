@@ -206,6 +206,37 @@ pub async fn timer_is_due_at_its_deadline(factory: &dyn StoreFactory) {
     assert_eq!(resumed.payload["until_ms"], json!(until));
 }
 
+/// An abandon request on a suspension is on the worklist at once, whatever
+/// its wait's deadline: a suspension holds no lease that could lapse later
+/// (SPEC §5), so nothing holds the reconciliation off; no claim runs it.
+pub async fn abandon_request_on_a_suspension_is_due_at_once(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let day = 86_400_000;
+    h.register(rerunnable("timer")).await;
+    h.register(rerunnable("deadline")).await;
+    suspended(&h, "timer", WaitRequest::timer(1, h.now() + day)).await;
+    suspended(&h, "deadline", WaitRequest::signal("go", 1, Some(h.now() + day))).await;
+    for id in ["timer", "deadline"] {
+        ok(h.registry().request_abandon(id, "op", "gone").await, "request_abandon");
+        h.check(id).await;
+    }
+    let work = ok(h.registry().worklist(10).await, "worklist");
+    let mut due: Vec<_> = work
+        .iter()
+        .filter(|w| w.action == cairn_core::WorkAction::ReconcileAbandon)
+        .map(|w| w.process_id.as_str())
+        .collect();
+    due.sort_unstable();
+    assert_eq!(due, ["deadline", "timer"], "{work:?}");
+    assert!(claimed_ids(&h, "w2").await.is_empty(), "no claim resumes them");
+    for id in ["timer", "deadline"] {
+        let rec = ok(h.registry().reconcile_abandon(id).await, "reconcile").expect("no lease holds it off");
+        h.check(id).await;
+        assert_eq!(rec.status, ProcessStatus::Abandoned, "{id}");
+    }
+    assert!(ok(h.registry().worklist(10).await, "worklist").is_empty());
+}
+
 /// A signal wait with a deadline resumes `timed_out` once it passes; a signal
 /// before it resumes it `signal`.
 pub async fn signal_wait_deadline_times_out(factory: &dyn StoreFactory) {
