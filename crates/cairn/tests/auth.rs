@@ -304,6 +304,20 @@ fn refuses_open_non_loopback_and_unbuilt_backends() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refusing to listen on non-loopback"), "{err}");
 
+    // A session token that is the host token, or shared by two sessions,
+    // would give its holder more than its session.
+    for tokens in [
+        &["--token", "A", "--session-token", "s1=A"][..],
+        &["--token", "A", "--session-token", "s1=B", "--session-token", "s2=B"][..],
+    ] {
+        let mut args = vec!["serve", "--db", "memory", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(tokens);
+        let out = run(&args);
+        assert!(!out.status.success(), "{tokens:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--session-token"), "{tokens:?}: {err}");
+    }
+
     // A script heap no script can run in is refused at start, not met later.
     let out = run(&[
         "serve",

@@ -119,6 +119,31 @@ impl Auth {
             .ok_or_else(|| ApiError::unauthorized("unknown token"))
     }
 
+    /// Refuse tokens that would give a holder more than its session: a
+    /// session token that is also the host token (its holder is the host), or
+    /// one token for two sessions (its holder would act as whichever is
+    /// listed first).
+    pub fn check_tokens(&self) -> Result<(), String> {
+        for (i, (token, session)) in self.session_tokens.iter().enumerate() {
+            if self.host_token.as_deref() == Some(token.as_str()) {
+                return Err(format!(
+                    "--session-token for `{session}` is the host token: its holder would have host access; \
+                     give the session a token of its own"
+                ));
+            }
+            if let Some((_, other)) = self.session_tokens[..i]
+                .iter()
+                .find(|(t, s)| t == token && s != session)
+            {
+                return Err(format!(
+                    "--session-token gives sessions `{other}` and `{session}` the same token: \
+                     its holder could act only as one of them; give each session its own token"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Refuse configurations that would expose an open server beyond this machine.
     pub fn check_bind(&self, addr: &SocketAddr) -> Result<(), String> {
         if !addr.ip().is_loopback() && !self.has_host_token() {
@@ -144,8 +169,7 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, 
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
+        .and_then(bearer_token);
     match state.auth.resolve(bearer) {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
@@ -153,6 +177,13 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, 
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// The token of an `Authorization: Bearer TOKEN` value; the scheme's name
+/// is case-insensitive (RFC 9110 §11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Whether `caller` may address process `id`: the host always; a session when
@@ -218,6 +249,39 @@ mod tests {
         assert_eq!(auth.resolve(Some("t1")).ok(), Some(Caller::Session("s1".into())));
         assert!(auth.resolve(Some("nope")).is_err());
         assert!(auth.resolve(None).is_err());
+    }
+
+    #[test]
+    fn refuses_tokens_that_give_more_than_a_session() {
+        let pairs = |p: &[(&str, &str)]| {
+            p.iter()
+                .map(|(s, t)| (s.to_string(), t.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let host_as_session = Auth::new(Some("h".into()), &pairs(&[("s1", "h")]));
+        assert!(host_as_session.check_tokens().unwrap_err().contains("host token"));
+        let shared = Auth::new(Some("h".into()), &pairs(&[("s1", "t"), ("s2", "t")]));
+        let e = shared.check_tokens().unwrap_err();
+        assert!(e.contains("`s1`") && e.contains("`s2`"), "{e}");
+        let fine = Auth::new(
+            Some("h".into()),
+            &pairs(&[("s1", "t1"), ("s1", "t2"), ("s1", "t1"), ("s2", "t3")]),
+        );
+        assert!(
+            fine.check_tokens().is_ok(),
+            "two tokens for one session, or one repeated, give no more"
+        );
+        assert!(Auth::new(None, &pairs(&[("s1", "t1")])).check_tokens().is_ok());
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer t", "bearer t", "BEARER t", "bEaReR  t ", " Bearer t"] {
+            assert_eq!(bearer_token(v), Some("t"), "{v:?}");
+        }
+        for v in ["Basic dDp0", "Bearert", "Token t", ""] {
+            assert_eq!(bearer_token(v), None, "{v:?}");
+        }
     }
 
     #[test]

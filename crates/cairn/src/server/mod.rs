@@ -184,6 +184,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let addr = *addrs
         .first()
         .ok_or_else(|| ServeError::Config(format!("--listen `{}` resolves to no address", args.listen)))?;
+    auth.check_tokens().map_err(ServeError::Config)?;
     for a in &addrs {
         auth.check_bind(a).map_err(ServeError::Config)?;
     }
