@@ -449,6 +449,18 @@ impl Driver<'_> {
                 if let Some(e) = reserved_for_emit(t) {
                     return error_result(n, &e);
                 }
+                // A script ends by returning or throwing (SPEC §14): an event
+                // that would end it mid-run, its children still running, is refused.
+                let ends = self.ctx.record().event_types.iter().any(|d| d.name == t && d.semantics.terminal.is_some());
+                if ends {
+                    return error_result(
+                        n,
+                        &CairnError::InvalidRequest(format!(
+                            "ctx.emit(\"{t}\"): `{t}` ends its process (it has terminal semantics); \
+                             a script ends by returning or throwing"
+                        )),
+                    );
+                }
                 let payload = call.get("payload").cloned().unwrap_or(Value::Null);
                 match self.ctx.append_once(t, payload, &format!("script.emit:{n}")).await {
                     Ok(_) => json!({"n": n, "value": null}),

@@ -1349,3 +1349,30 @@ async fn calls_left_pending_at_the_end_are_still_made() {
     let c = p.await_output("t/2", Duration::from_secs(20)).await.expect("child");
     assert_eq!(c.outcome, Some(Outcome::success(json!(9))), "{c:?}");
 }
+
+/// A script ends by returning or throwing: `ctx.emit` of a declared type
+/// with terminal semantics rejects (catchable) and appends nothing.
+#[tokio::test]
+async fn emit_refuses_a_type_that_would_end_the_script() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const code = await ctx.emit("done", {result: 42}).then(() => "appended", e => e.code);
+            return {code};
+        }"#,
+    )
+    .await;
+    let done: cairn_core::EventType = serde_json::from_value(json!({
+        "name": "done",
+        "semantics": {"terminal": {"state": "completed", "await_output": {"pointer": "/result"}}}
+    }))
+    .expect("a terminal type");
+    let rec = run(&p, script("term", &m, "main", json!({})).with_event_type(done)).await;
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::success(json!({"code": "invalid_request"}))),
+        "{rec:?}"
+    );
+    assert!(events(&p, "term", "done").await.is_empty());
+}
