@@ -67,21 +67,95 @@
   const EngineDate = Date;
   function JournaledDate(...parts) {
     if (new.target === undefined) return new EngineDate(ctx.now()).toString();
-    return Reflect.construct(EngineDate, parts.length === 0 ? [ctx.now()] : parts, new.target);
+    // Parts of a date are read in UTC, the only time zone a script has.
+    const time = parts.length === 0 ? [ctx.now()] : parts.length === 1 ? [utcTime(parts[0])] : [EngineDate.UTC(...parts)];
+    return Reflect.construct(EngineDate, time, new.target);
+  }
+  // Local time is UTC: the server's time zone is no journaled input, so a
+  // replay on a node in another zone (or after a zone change) would otherwise
+  // see other hours and take another path. Every local method answers as its
+  // UTC twin; a date-time string without an offset is read as UTC.
+  const P = EngineDate.prototype;
+  const engineOffset = P.getTimezoneOffset;
+  for (const part of ["FullYear", "Month", "Date", "Day", "Hours", "Minutes", "Seconds", "Milliseconds"]) {
+    Object.defineProperty(P, "get" + part, { value: P["getUTC" + part], writable: true, configurable: true });
+    if (part !== "Day") {
+      Object.defineProperty(P, "set" + part, { value: P["setUTC" + part], writable: true, configurable: true });
+    }
+  }
+  const DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+  const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+  const pad = (n, w) => String(n).padStart(w, "0");
+  function dateString(d) {
+    const y = d.getUTCFullYear();
+    const year = y < 0 ? "-" + pad(-y, 6) : pad(y, 4);
+    return DAYS[d.getUTCDay()] + " " + MONTHS[d.getUTCMonth()] + " " + pad(d.getUTCDate(), 2) + " " + year;
+  }
+  function timeString(d) {
+    return pad(d.getUTCHours(), 2) + ":" + pad(d.getUTCMinutes(), 2) + ":" + pad(d.getUTCSeconds(), 2) + " GMT+0000";
+  }
+  const valid = (d) => !isNaN(EngineDate.prototype.getTime.call(d));
+  const methods = {
+    getTimezoneOffset() {
+      return valid(this) ? 0 : NaN;
+    },
+    toString() {
+      return valid(this) ? dateString(this) + " " + timeString(this) + " (Coordinated Universal Time)" : "Invalid Date";
+    },
+    toDateString() {
+      return valid(this) ? dateString(this) : "Invalid Date";
+    },
+    toTimeString() {
+      return valid(this) ? timeString(this) + " (Coordinated Universal Time)" : "Invalid Date";
+    },
+    toLocaleString() {
+      return valid(this) ? this.toISOString().replace("T", " ").replace(/\.\d+Z$/, "") : "Invalid Date";
+    },
+    toLocaleDateString() {
+      return valid(this) ? this.toISOString().slice(0, 10) : "Invalid Date";
+    },
+    toLocaleTimeString() {
+      return valid(this) ? this.toISOString().slice(11, 19) : "Invalid Date";
+    },
+  };
+  for (const [name, value] of Object.entries(methods)) {
+    Object.defineProperty(P, name, { value, writable: true, configurable: true });
+  }
+  // A string the engine read in local time is moved back by that time's
+  // offset; one with its own offset (or a date alone, which is UTC) is not.
+  function utcParse(text) {
+    const t = EngineDate.parse(text);
+    const s = String(text).trim();
+    const zoned = /(Z|[+-]\d\d:?\d\d|GMT|UTC|UT)\b|Z$/i.test(s) || /^[+-]?\d{4,6}(-\d\d){0,2}$/.test(s);
+    if (isNaN(t) || zoned) return t;
+    return t - engineOffset.call(new EngineDate(t)) * 60000;
+  }
+  function utcTime(v) {
+    return typeof v === "string" ? utcParse(v) : v instanceof EngineDate ? EngineDate.prototype.getTime.call(v) : v;
   }
   Object.defineProperty(JournaledDate, "name", { value: "Date" });
   Object.defineProperty(JournaledDate, "length", { value: 7 });
   JournaledDate.prototype = EngineDate.prototype;
   Object.defineProperty(EngineDate.prototype, "constructor", { value: JournaledDate, writable: true, configurable: true });
   JournaledDate.now = () => ctx.now();
-  JournaledDate.parse = EngineDate.parse;
+  JournaledDate.parse = utcParse;
   JournaledDate.UTC = EngineDate.UTC;
   globalThis.Date = JournaledDate;
   // The engine's monotonic clock would differ on every replay.
   delete globalThis.performance;
   Math.random = () => ctx.random();
 
+  // What a thrown value says; a value whose fields throw when read (a
+  // getter, a Proxy) is still an uncaught error, described as far as it can be.
   function describe(e) {
+    try {
+      return describeFields(e);
+    } catch (_) {
+      return { code: "uncaught", message: "the thrown value could not be read", stack: null };
+    }
+  }
+
+  function describeFields(e) {
     if (e !== null && typeof e === "object") {
       return {
         code: typeof e.code === "string" && e.code.length > 0 ? e.code : "uncaught",

@@ -1376,3 +1376,73 @@ async fn emit_refuses_a_type_that_would_end_the_script() {
     );
     assert!(events(&p, "term", "done").await.is_empty());
 }
+
+/// Local time is UTC, whatever the server's time zone (which no journal
+/// holds: a replay in another zone would see other hours). The script runs
+/// in a child of this test binary with `TZ` set nine hours east of UTC.
+#[test]
+fn local_time_is_utc_whatever_the_server_zone() {
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "local_time_in_a_zone_east_of_utc", "--ignored", "--test-threads=1"])
+        .env("TZ", "JST-9")
+        .output()
+        .expect("run the child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("1 passed"), "{stdout}");
+}
+
+#[tokio::test]
+#[ignore = "run by local_time_is_utc_whatever_the_server_zone, with TZ set"]
+async fn local_time_in_a_zone_east_of_utc() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const d = new Date(0);
+            return {
+                hours: d.getHours(), date: d.getDate(), offset: d.getTimezoneOffset(),
+                text: String(d), dateText: d.toDateString(), call: typeof Date(),
+                parts: new Date(2020, 0, 2, 3, 4, 5).getTime() === Date.UTC(2020, 0, 2, 3, 4, 5),
+                local: new Date("2020-01-02T03:04:05").getTime() === Date.UTC(2020, 0, 2, 3, 4, 5),
+                zoned: Date.parse("2020-01-02T03:04:05+09:00") === Date.UTC(2020, 0, 1, 18, 4, 5),
+                dateOnly: Date.parse("2020-01-02") === Date.UTC(2020, 0, 2),
+                set: (() => { const x = new Date(0); x.setHours(5); return x.getTime(); })(),
+            };
+        }"#,
+    )
+    .await;
+    let rec = run(&p, script("tz", &m, "main", json!({}))).await;
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::success(json!({
+            "hours": 0, "date": 1, "offset": 0,
+            "text": "Thu Jan 01 1970 00:00:00 GMT+0000 (Coordinated Universal Time)",
+            "dateText": "Thu Jan 01 1970", "call": "string",
+            "parts": true, "local": true, "zoned": true, "dateOnly": true, "set": 5 * 3_600_000,
+        }))),
+        "{rec:?}"
+    );
+}
+
+/// A thrown value whose fields throw when read is still an uncaught error.
+#[tokio::test]
+async fn a_thrown_value_that_cannot_be_read_is_uncaught() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function getter(ctx) {
+            const e = new Error("g");
+            Object.defineProperty(e, "code", {get() { throw new Error("boom"); }});
+            throw e;
+        }
+        export async function proxy(ctx) { throw new Proxy({}, {get() { throw new Error("trap"); }}); }"#,
+    )
+    .await;
+    for name in ["getter", "proxy"] {
+        let rec = run(&p, script(name, &m, name, json!({}))).await;
+        let Some(Outcome::Failure { class, code, .. }) = &rec.outcome else {
+            panic!("{rec:?}")
+        };
+        assert_eq!((class.as_str(), code.as_str()), ("script", "uncaught"), "{name}: {rec:?}");
+    }
+}
