@@ -496,7 +496,7 @@ pub(crate) fn exports(limits: &Limits, source: &str) -> Result<Vec<String>, (boo
     let fail = |m: String| (false, json!({"code": "script_engine", "message": m, "stack": null}));
     let rt = runtime(limits, stop.clone()).map_err(fail)?;
     let context = Context::full(&rt).map_err(|e| fail(e.to_string()))?;
-    context.with(|ctx| {
+    let answer = context.with(|ctx| {
         let declared = Module::declare(ctx.clone(), MODULE_NAME, source).map_err(|_| (true, caught(&ctx, None)))?;
         let (module, promise) = declared.eval().map_err(|_| (false, caught(&ctx, None)))?;
         run_jobs(&ctx);
@@ -514,7 +514,23 @@ pub(crate) fn exports(limits: &Limits, source: &str) -> Result<Vec<String>, (boo
         }
         names.sort();
         Ok(names)
-    })
+    });
+    // A top level stopped by a limit says which one, not where it stopped.
+    let limit = match stop.load(Ordering::SeqCst) {
+        CPU => Some(format!(
+            "its top level ran past the CPU limit of {:?} (`cairn serve --script-cpu`)",
+            limits.cpu
+        )),
+        MEMORY => Some(format!(
+            "its top level ran past the heap limit of {} bytes (`cairn serve --script-heap-bytes`)",
+            limits.heap_bytes
+        )),
+        _ => None,
+    };
+    match (answer, limit) {
+        (Err(_), Some(message)) => Err((false, json!({"message": message, "stack": null}))),
+        (answer, _) => answer,
+    }
 }
 
 /// One activation: runs until the function settles or the driver stops answering.

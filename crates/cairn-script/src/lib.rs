@@ -451,7 +451,12 @@ impl Driver<'_> {
                 }
                 // A script ends by returning or throwing (SPEC §14): an event
                 // that would end it mid-run, its children still running, is refused.
-                let ends = self.ctx.record().event_types.iter().any(|d| d.name == t && d.semantics.terminal.is_some());
+                let ends = self
+                    .ctx
+                    .record()
+                    .event_types
+                    .iter()
+                    .any(|d| d.name == t && d.semantics.terminal.is_some());
                 if ends {
                     return error_result(
                         n,

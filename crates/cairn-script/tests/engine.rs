@@ -53,6 +53,22 @@ async fn events(p: &Processes, id: &str, t: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A module whose top level never ends is refused naming the limit it hit.
+#[tokio::test]
+async fn a_top_level_past_the_cpu_limit_names_the_limit() {
+    let p = runtime(Limits {
+        cpu: Duration::from_millis(200),
+        ..Limits::default()
+    });
+    let err = p
+        .put_module("while (true) {}\nexport async function f() {}".into(), None)
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), "invalid_module");
+    assert!(err.to_string().contains("CPU limit of 200ms"), "{err}");
+    assert!(p.list_modules(None, None).await.unwrap().is_empty(), "nothing stored");
+}
+
 #[tokio::test]
 async fn a_syntax_error_names_line_and_column() {
     let p = runtime(Limits::default());
@@ -1383,7 +1399,12 @@ async fn emit_refuses_a_type_that_would_end_the_script() {
 #[test]
 fn local_time_is_utc_whatever_the_server_zone() {
     let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "local_time_in_a_zone_east_of_utc", "--ignored", "--test-threads=1"])
+        .args([
+            "--exact",
+            "local_time_in_a_zone_east_of_utc",
+            "--ignored",
+            "--test-threads=1",
+        ])
         .env("TZ", "JST-9")
         .output()
         .expect("run the child");
@@ -1443,6 +1464,10 @@ async fn a_thrown_value_that_cannot_be_read_is_uncaught() {
         let Some(Outcome::Failure { class, code, .. }) = &rec.outcome else {
             panic!("{rec:?}")
         };
-        assert_eq!((class.as_str(), code.as_str()), ("script", "uncaught"), "{name}: {rec:?}");
+        assert_eq!(
+            (class.as_str(), code.as_str()),
+            ("script", "uncaught"),
+            "{name}: {rec:?}"
+        );
     }
 }
