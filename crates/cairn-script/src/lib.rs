@@ -445,7 +445,10 @@ impl Driver<'_> {
     async fn perform(&self, n: u64, call: &Value) -> Value {
         match kind(call) {
             "emit" => {
-                let t = call.get("type").and_then(Value::as_str).unwrap_or("");
+                let t = match string_arg(call, "type", "ctx.emit(type, payload)") {
+                    Ok(t) => t,
+                    Err(e) => return error_result(n, &e),
+                };
                 if let Some(e) = reserved_for_emit(t) {
                     return error_result(n, &e);
                 }
@@ -526,7 +529,13 @@ impl Driver<'_> {
     /// Start the child of a pending `ctx.tool` call (idempotent: a replayed
     /// start answers the stored child); an error result when it cannot start.
     async fn start_tool(&self, n: u64, call: &Value) -> Option<Value> {
-        let name = call.get("name").and_then(Value::as_str).unwrap_or("");
+        let name = match kind(call) {
+            "tool" => match string_arg(call, "name", "ctx.tool(name, args)") {
+                Ok(name) => name,
+                Err(e) => return Some(error_result(n, &e)),
+            },
+            _ => "",
+        };
         let args = call.get("args").cloned().unwrap_or(Value::Null);
         let disposition = match call.get("disposition").cloned().map(serde_json::from_value) {
             None => cairn_core::Disposition::Rerunnable,
@@ -595,8 +604,9 @@ impl Driver<'_> {
                         given => millis(given, "ctx.waitSignal's timeoutMs")
                             .map(|ms| Some(self.called_at(*n).saturating_add(ms))),
                     };
-                    match own.and_then(|own| cairn_core::events::validate_signal_name(signal_name(call)).map(|()| own))
-                    {
+                    let named = string_arg(call, "name", "ctx.waitSignal(name)")
+                        .and_then(cairn_core::events::validate_signal_name);
+                    match own.and_then(|own| named.map(|()| own)) {
                         Ok(own) => signals.push((*n, call, own)),
                         Err(e) => answers.push((*n, error_result(*n, &e))),
                     }
@@ -735,6 +745,20 @@ impl Driver<'_> {
 /// rounded up (a wait is never shorter than asked); anything else makes the
 /// call reject with `invalid_request`, as a silent zero or a wait without its
 /// deadline would not say.
+/// The string `field` of a call, or an error naming what was given instead
+/// (a number passed for a name is no empty name).
+fn string_arg<'a>(call: &'a Value, field: &str, what: &str) -> Result<&'a str> {
+    match call.get(field) {
+        Some(Value::String(s)) => Ok(s),
+        given => Err(CairnError::InvalidRequest(format!(
+            "{what} takes a string, not {}",
+            given
+                .filter(|v| !v.is_null())
+                .map_or_else(|| "nothing".to_string(), Value::to_string)
+        ))),
+    }
+}
+
 fn millis(given: Option<&Value>, what: &str) -> Result<u64> {
     let longest = cairn_core::validate::LONGEST_WAIT_MS;
     let ms = given.and_then(Value::as_f64).filter(|ms| ms.is_finite() && *ms >= 0.0);

@@ -1471,3 +1471,27 @@ async fn a_thrown_value_that_cannot_be_read_is_uncaught() {
         );
     }
 }
+
+/// A name that is not a string is refused saying what was given.
+#[tokio::test]
+async fn a_name_that_is_not_a_string_is_named_in_the_refusal() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const msg = (p) => p.then(() => "resolved", (e) => e.code + ": " + e.message);
+            return [await msg(ctx.tool(5, {})), await msg(ctx.emit(5, {})), await msg(ctx.waitSignal(5))];
+        }"#,
+    )
+    .await;
+    let rec = run(&p, script("names", &m, "main", json!({}))).await;
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::success(json!([
+            "invalid_request: invalid request: ctx.tool(name, args) takes a string, not 5",
+            "invalid_request: invalid request: ctx.emit(type, payload) takes a string, not 5",
+            "invalid_request: invalid request: ctx.waitSignal(name) takes a string, not 5",
+        ]))),
+        "{rec:?}"
+    );
+}
