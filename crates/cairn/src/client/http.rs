@@ -97,16 +97,25 @@ const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
 /// Refuse a path with a `.` or `..` segment (an id or name of just dots):
 /// URL parsing resolves those away, so the request would reach another
 /// route, and no id or name can be one (the server refuses them as ids).
+/// An empty segment (an empty id or name) is refused too: the request would
+/// reach another route or none, where the server refuses an empty id.
 fn no_dot_segments(path: &str) -> Result<(), ClientError> {
     let path = path.split(['?', '#']).next().unwrap_or_default();
-    match path.split('/').find(|s| matches!(*s, "." | "..")) {
-        Some(dots) => Err(ClientError::Api {
+    let refuse = |message: String| {
+        Err(ClientError::Api {
             status: 400,
             code: "invalid_id".into(),
-            message: format!("`{dots}` is not an id or a name: no URL path can carry it"),
-        }),
-        None => Ok(()),
+            message,
+        })
+    };
+    for s in path.split('/').skip(1) {
+        match s {
+            "" => return refuse("an id or a name must not be empty".into()),
+            "." | ".." => return refuse(format!("`{s}` is not an id or a name: no URL path can carry it")),
+            _ => {}
+        }
     }
+    Ok(())
 }
 
 /// Percent-encode one path segment (ids may hold `/`, `?`, spaces, ...).
@@ -340,6 +349,8 @@ mod tests {
             format!("/v1/processes/{}/await", segment(".")),
             format!("/v1/processes/{}", segment("..")),
             format!("/v1/processes/p/signals/{}", segment(".")),
+            format!("/v1/processes/{}", segment("")),
+            format!("/v1/processes/{}/events", segment("")),
         ] {
             match client.get(&path).await {
                 Err(ClientError::Api { code, status: 400, .. }) => assert_eq!(code, "invalid_id", "{path}"),
