@@ -69,6 +69,15 @@ pub enum Reply {
         /// The body.
         body: String,
     },
+    /// Refuse: stream `refusal` in pieces as `delta.refusal` (content `null`),
+    /// ending with `finish_reason` `stop`, as OpenAI streams a refusal.
+    Refusal(String),
+    /// Ignore `stream: true`: answer this JSON body as it is
+    /// (`Content-Type: application/json`): a `message.refusal`, no choices.
+    Completion(Value),
+    /// Stream these `data:` payloads exactly (`"[DONE]"` only where given),
+    /// nothing else, then end the body cleanly.
+    Raw(Vec<String>),
 }
 
 /// A request the server received.
@@ -150,43 +159,12 @@ async fn completions(State(script): State<Arc<Mutex<Script>>>, headers: HeaderMa
     let Some(reply) = reply else {
         return error(500, None, "the fake server has no scripted reply left");
     };
-    let (chunks, delay, broken) = match reply {
-        Reply::Status {
-            status,
-            retry_after,
-            message,
-        } => return error(status, retry_after, &message),
-        Reply::StatusBody { status, body } => {
-            return Response::builder()
-                .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
-                .header("content-type", "text/html")
-                .body(Body::from(body))
-                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-        }
-        Reply::NotStreamed(text) => {
-            let body = json!({"id": "chatcmpl-fake", "object": "chat.completion", "model": "fake",
-                              "choices": [{"index": 0, "finish_reason": "stop",
-                                           "message": {"role": "assistant", "content": text}}],
-                              "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}});
-            return Response::builder()
-                .header("content-type", "application/json")
-                .body(Body::from(body.to_string()))
-                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
-        }
-        Reply::Text(text) => (text_chunks(&text), Duration::ZERO, false),
-        Reply::TextEnding { text, finish_reason } => {
-            let mut chunks = text_chunks(&text);
-            chunks.pop();
-            chunks.push(chunk(json!({}), Some(&finish_reason)));
-            (chunks, Duration::ZERO, false)
-        }
-        Reply::Chunks(given) => (given.iter().map(Value::to_string).collect(), Duration::ZERO, false),
-        Reply::SlowText { text, delay } => (text_chunks(&text), delay, false),
-        Reply::Disconnect { partial } => (text_chunks(&partial), Duration::ZERO, true),
-        Reply::ToolCalls(calls) => (tool_call_chunks(&calls), Duration::ZERO, false),
+    let (chunks, delay, ending) = match streamed(reply) {
+        Ok(stream) => stream,
+        Err(whole) => return *whole,
     };
     let mut frames: Vec<String> = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
-    if !broken {
+    if ending == Ending::UsageAndDone {
         frames.push(format!(
             "data: {}\n\n",
             json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [],
@@ -200,7 +178,7 @@ async fn completions(State(script): State<Arc<Mutex<Script>>>, headers: HeaderMa
         }
         Ok::<_, std::io::Error>(Bytes::from(frame))
     });
-    let body = if broken {
+    let body = if ending == Ending::Break {
         // The break comes after what was sent went out (a pause flushes it),
         // as when a connection drops mid-answer.
         let fail = futures::stream::once(async {
@@ -217,6 +195,71 @@ async fn completions(State(script): State<Arc<Mutex<Script>>>, headers: HeaderMa
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+/// What follows a streamed reply's chunks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The usage chunk, then `[DONE]`, then a clean end of the body.
+    UsageAndDone,
+    /// A broken connection.
+    Break,
+    /// A clean end of the body, at once.
+    Nothing,
+}
+
+/// A reply as the chunks of a stream, the pause between them and what
+/// follows them; or, when it is not streamed, the whole response.
+fn streamed(reply: Reply) -> Result<(Vec<String>, Duration, Ending), Box<Response>> {
+    let whole = |response: Response| Err(Box::new(response));
+    Ok(match reply {
+        Reply::Status {
+            status,
+            retry_after,
+            message,
+        } => return whole(error(status, retry_after, &message)),
+        Reply::StatusBody { status, body } => {
+            return whole(
+                Response::builder()
+                    .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+                    .header("content-type", "text/html")
+                    .body(Body::from(body))
+                    .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
+            )
+        }
+        Reply::NotStreamed(text) => {
+            let body = json!({"id": "chatcmpl-fake", "object": "chat.completion", "model": "fake",
+                              "choices": [{"index": 0, "finish_reason": "stop",
+                                           "message": {"role": "assistant", "content": text}}],
+                              "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}});
+            return whole(json_response(&body));
+        }
+        Reply::Completion(body) => return whole(json_response(&body)),
+        Reply::Text(text) => (text_chunks(&text), Duration::ZERO, Ending::UsageAndDone),
+        Reply::TextEnding { text, finish_reason } => {
+            let mut chunks = text_chunks(&text);
+            chunks.pop();
+            chunks.push(chunk(json!({}), Some(&finish_reason)));
+            (chunks, Duration::ZERO, Ending::UsageAndDone)
+        }
+        Reply::Chunks(given) => (
+            given.iter().map(Value::to_string).collect(),
+            Duration::ZERO,
+            Ending::UsageAndDone,
+        ),
+        Reply::SlowText { text, delay } => (text_chunks(&text), delay, Ending::UsageAndDone),
+        Reply::Disconnect { partial } => (text_chunks(&partial), Duration::ZERO, Ending::Break),
+        Reply::ToolCalls(calls) => (tool_call_chunks(&calls), Duration::ZERO, Ending::UsageAndDone),
+        Reply::Refusal(refusal) => (refusal_chunks(&refusal), Duration::ZERO, Ending::UsageAndDone),
+        Reply::Raw(payloads) => (payloads, Duration::ZERO, Ending::Nothing),
+    })
+}
+
+fn json_response(body: &Value) -> Response {
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
 fn chunk(delta: Value, finish: Option<&str>) -> String {
     json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": "fake",
            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
@@ -228,6 +271,19 @@ fn text_chunks(text: &str) -> Vec<String> {
     let mut out = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
     for piece in chars.chunks(4) {
         out.push(chunk(json!({"content": piece.iter().collect::<String>()}), None));
+    }
+    out.push(chunk(json!({}), Some("stop")));
+    out
+}
+
+fn refusal_chunks(refusal: &str) -> Vec<String> {
+    let chars: Vec<char> = refusal.chars().collect();
+    let mut out = vec![chunk(
+        json!({"role": "assistant", "content": null, "refusal": ""}),
+        None,
+    )];
+    for piece in chars.chunks(4) {
+        out.push(chunk(json!({"refusal": piece.iter().collect::<String>()}), None));
     }
     out.push(chunk(json!({}), Some("stop")));
     out

@@ -14,11 +14,12 @@ use serde_json::{json, Value};
 
 use crate::config::ModelSpec;
 
-/// What one model call answered: the assistant message (`content`, and
-/// `tool_calls` when it asked for any) and the endpoint's usage counts.
+/// What one model call answered: the assistant message (`content`,
+/// `tool_calls` when it asked for any, `refusal` when it refused) and the
+/// endpoint's usage counts.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChatAnswer {
-    /// `{"role": "assistant", "content", "tool_calls"?}`.
+    /// `{"role": "assistant", "content", "tool_calls"?, "refusal"?}`.
     pub message: Value,
     /// The usage the endpoint reported (`null` when it reported none).
     pub usage: Value,
@@ -30,7 +31,8 @@ pub struct ChatAnswer {
 /// Why a model call failed.
 #[derive(Debug)]
 pub enum ModelFault {
-    /// Worth retrying: 429, 5xx, a broken connection or stream.
+    /// Worth retrying: 429, 5xx, a broken connection or stream, an answer
+    /// without any choice.
     Transient {
         /// What happened.
         message: String,
@@ -84,9 +86,12 @@ pub(crate) struct ChatRequest<'a> {
 }
 
 /// Call the model once, streaming: `on_delta` sees each piece of content as
-/// it arrives. Tool-call arguments split across chunks are joined by index
-/// (or by `id`, for endpoints that send none). A 200 with a JSON body instead
-/// of an event stream is read as a whole chat completion.
+/// it arrives (a refusal is not content: it is kept in the message only).
+/// Tool-call arguments split across chunks are joined by index (or by `id`,
+/// for endpoints that send none). A 200 with a JSON body instead of an event
+/// stream is read as a whole chat completion.
+///
+/// An answer without any choice is no answer (see [`no_choice`]).
 pub(crate) async fn chat(
     http: &reqwest::Client,
     spec: &ModelSpec,
@@ -156,6 +161,8 @@ pub(crate) async fn chat(
     }
     let mut events = response.bytes_stream().eventsource();
     let mut content = String::new();
+    let mut refusal = String::new();
+    let mut chose = false;
     let mut calls = ToolCalls::default();
     let mut usage = Value::Null;
     let mut finish_reason = Value::Null;
@@ -179,6 +186,7 @@ pub(crate) async fn chat(
         let Some(choice) = chunk.pointer("/choices/0") else {
             continue;
         };
+        chose = true;
         if let Some(reason) = choice.get("finish_reason").filter(|r| !r.is_null()) {
             finish_reason = reason.clone();
         }
@@ -188,6 +196,9 @@ pub(crate) async fn chat(
                 content.push_str(text);
                 on_delta(text);
             }
+        }
+        if let Some(text) = delta.get("refusal").and_then(Value::as_str) {
+            refusal.push_str(text);
         }
         for call in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
             calls.merge(call);
@@ -199,9 +210,15 @@ pub(crate) async fn chat(
             spec.name
         )));
     }
+    if !chose {
+        return Err(no_choice(spec));
+    }
     let mut message = json!({"role": "assistant", "content": content});
     if !calls.calls.is_empty() {
         message["tool_calls"] = Value::Array(calls.calls);
+    }
+    if !refusal.is_empty() {
+        message["refusal"] = json!(refusal);
     }
     Ok(ChatAnswer {
         message,
@@ -224,6 +241,13 @@ fn completion(spec: &ModelSpec, text: &str, on_delta: &mut (dyn FnMut(&str) + Se
     if let Some(error) = body.get("error").filter(|e| !e.is_null()) {
         return Err(stream_error(spec, error));
     }
+    if body
+        .get("choices")
+        .and_then(Value::as_array)
+        .is_some_and(|choices| choices.is_empty())
+    {
+        return Err(no_choice(spec));
+    }
     let choice = body
         .pointer("/choices/0")
         .ok_or_else(|| not_an_answer("the body is not a chat completion"))?;
@@ -244,11 +268,28 @@ fn completion(spec: &ModelSpec, text: &str, on_delta: &mut (dyn FnMut(&str) + Se
         }
         message["tool_calls"] = Value::Array(joined.calls);
     }
+    if let Some(refusal) = given.get("refusal").and_then(Value::as_str).filter(|r| !r.is_empty()) {
+        message["refusal"] = json!(refusal);
+    }
     Ok(ChatAnswer {
         message,
         usage: body.get("usage").cloned().unwrap_or(Value::Null),
         finish_reason: choice.get("finish_reason").cloned().unwrap_or(Value::Null),
     })
+}
+
+/// The fault of an answer that holds no choice at all (a stream of nothing
+/// but `[DONE]`, or `"choices": []`): the endpoint neither answered nor said
+/// why. Taken as a broken stream, so retried within the policy's bound, then
+/// `model_unavailable`: like a stream that ends before its answer, it carries
+/// no answer and no error, so another call wastes nothing and may
+/// get one (an endpoint that knows the request is wrong says so with a 4xx or
+/// an `{"error"}`, which are refused for good).
+fn no_choice(spec: &ModelSpec) -> ModelFault {
+    ModelFault::transient(format!(
+        "model `{}` answered without any choice: no content, no finish_reason",
+        spec.name
+    ))
 }
 
 /// The fault an `{"error": {...}}` object the endpoint sent with a 200 means:
@@ -285,7 +326,7 @@ pub(crate) const MESSAGE_LIMIT: usize = 4096;
 
 /// `text` cut to [`MESSAGE_LIMIT`] bytes on a char boundary (an endpoint's
 /// error page can be megabytes of HTML; a failure carries its start).
-fn clip(text: &str) -> String {
+pub(crate) fn clip(text: &str) -> String {
     if text.len() <= MESSAGE_LIMIT {
         return text.to_string();
     }

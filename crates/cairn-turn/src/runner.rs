@@ -15,7 +15,7 @@ use cairn_core::{
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::client::{chat, ChatAnswer, ChatRequest, ModelFault};
+use crate::client::{chat, clip, ChatAnswer, ChatRequest, ModelFault};
 use crate::config::{ModelSpec, Models};
 
 /// The event journaling each model answer: `{step, message, usage}`, and the
@@ -23,6 +23,9 @@ use crate::config::{ModelSpec, Models};
 pub const RESPONSE: &str = "turn.response";
 /// Streamed content while a model answers: `{step, text}`, at most one per 100 ms.
 pub const DELTA: &str = "turn.delta";
+/// The failure code of a turn whose model refused (class `turn`; the message
+/// holds the refusal, `raw` the journaled answer).
+const REFUSED: &str = "model_refused";
 const DELTA_EVERY: Duration = Duration::from_millis(100);
 const DEFAULT_MAX_STEPS: u32 = 8;
 
@@ -434,6 +437,19 @@ impl TurnRunner {
                     (answer.message, answer.finish_reason)
                 }
             };
+            // A refusal (OpenAI's `refusal`, journaled with the answer) is
+            // the model declining, not an answer to check or repair, nor a
+            // request for tools: the turn fails with the refusal's text, as a
+            // cut-off answer does (class `turn`, the message in `raw`), under
+            // a code of its own so a caller can tell it from a bad answer.
+            if let Some(refusal) = message.get("refusal").and_then(Value::as_str).filter(|r| !r.is_empty()) {
+                return Ok(Outcome::Failure {
+                    class: "turn".into(),
+                    code: REFUSED.into(),
+                    message: format!("the model refused: {}", clip(refusal)),
+                    raw: Some(message),
+                });
+            }
             messages.push(message.clone());
             let calls = message
                 .get("tool_calls")

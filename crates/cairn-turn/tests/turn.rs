@@ -861,3 +861,111 @@ async fn a_turn_id_leaves_room_for_its_tool_calls() {
         .await
         .expect("no tools, no children");
 }
+
+/// The journaled answer of a turn's step `step`.
+async fn response(p: &Processes, id: &str, step: u64) -> Value {
+    let events = p.events(id, 0, Some(1000)).await.expect("events").events;
+    events
+        .into_iter()
+        .find(|e| e.event_type == "turn.response" && e.payload["step"] == step)
+        .map(|e| e.payload)
+        .unwrap_or_else(|| panic!("{id} journaled no answer for step {step}"))
+}
+
+/// A refusal (OpenAI's `refusal`, streamed as `delta.refusal` or whole as
+/// `message.refusal`) is journaled with the answer and fails the turn
+/// `model_refused` (class `turn`, the refusal in the message, the answer in
+/// `raw`); under `json_schema` it is not sent back for repair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_fails_the_turn_with_its_text_journaled() {
+    let s = setup().await;
+    const NO: &str = "I cannot help with that.";
+    s.fake.push(Reply::Refusal(NO.into()));
+    s.p.start(turn("refused", &["echo"], "hi", json!({"type": "text"})))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "refused").await;
+    match &r.outcome {
+        Some(Outcome::Failure {
+            class,
+            code,
+            message,
+            raw: Some(raw),
+        }) => {
+            assert_eq!((class.as_str(), code.as_str()), ("turn", "model_refused"));
+            assert!(message.contains(NO), "{message}");
+            assert_eq!(raw["refusal"], NO);
+        }
+        other => panic!("a refusal is a failure with the answer in raw: {other:?}"),
+    }
+    let journaled = response(&s.p, "refused", 1).await;
+    assert_eq!(journaled["message"]["refusal"], NO, "{journaled}");
+    assert_eq!(journaled["message"]["content"], "");
+    assert_eq!(journaled["finish_reason"], "stop");
+    assert!(
+        !types(&s.p, "refused").await.contains(&"turn.delta".to_string()),
+        "a refusal is not streamed as content"
+    );
+
+    let contract = json!({"type": "json_schema", "repair_attempts": 2, "schema": {"type": "object"}});
+    s.fake.push(Reply::Completion(json!({
+        "id": "chatcmpl-fake", "object": "chat.completion", "model": "fake",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": null, "refusal": NO}}]})));
+    s.p.start(turn("refused-whole", &[], "hi", contract))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "refused-whole").await;
+    assert_eq!(failure_code(&r), "model_refused");
+    match &r.outcome {
+        Some(Outcome::Failure { message, raw, .. }) => {
+            assert!(message.contains(NO), "{message}");
+            assert_eq!(raw.as_ref().map(|m| m["refusal"].clone()), Some(json!(NO)));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(response(&s.p, "refused-whole", 1).await["message"]["refusal"], NO);
+    assert_eq!(s.fake.received().len(), 2, "one call each: a refusal is not repaired");
+}
+
+/// An answer without any choice (a stream of nothing but `[DONE]`, one whose
+/// only chunk is the usage, a whole body with `"choices": []`) is no answer:
+/// a failed call, retried like a broken stream, then `model_unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_without_a_choice_is_a_failed_call() {
+    let s = setup().await;
+    s.fake.push(Reply::Raw(vec!["[DONE]".into()]));
+    s.fake.push(Reply::Text("whole answer".into()));
+    s.p.start(turn("empty-once", &[], "hi", Value::Null))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "empty-once").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "whole answer"}))));
+    assert_eq!(s.fake.received().len(), 2, "the empty call was made again");
+    let responses = types(&s.p, "empty-once")
+        .await
+        .into_iter()
+        .filter(|t| t == "turn.response")
+        .count();
+    assert_eq!(responses, 1, "only the whole answer is journaled");
+
+    // The setup retries 3 times: 4 calls, none answered.
+    s.fake.push(Reply::Raw(vec!["[DONE]".into()]));
+    s.fake.push(Reply::Chunks(vec![]));
+    s.fake
+        .push(Reply::Completion(json!({"object": "chat.completion", "choices": []})));
+    s.fake.push(Reply::Raw(vec!["[DONE]".into()]));
+    s.p.start(turn("empty", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "empty").await;
+    match &r.outcome {
+        Some(Outcome::Failure {
+            class, code, message, ..
+        }) => {
+            assert_eq!((class.as_str(), code.as_str()), ("model", "model_unavailable"));
+            assert!(message.contains("without any choice"), "{message}");
+        }
+        other => panic!("no answer is not a success: {other:?}"),
+    }
+    assert_eq!(s.fake.received().len(), 6);
+    assert!(!types(&s.p, "empty").await.contains(&"turn.response".to_string()));
+}
