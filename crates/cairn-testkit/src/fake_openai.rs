@@ -75,6 +75,10 @@ pub enum Reply {
     /// Ignore `stream: true`: answer this JSON body as it is
     /// (`Content-Type: application/json`): a `message.refusal`, no choices.
     Completion(Value),
+    /// A streamed reply whose body ends cleanly after its last chunk (and
+    /// the usage chunk) without the `[DONE]` line, as some endpoints and
+    /// proxies answer; a reply that is not streamed is answered as it is.
+    WithoutDone(Box<Reply>),
     /// Stream these `data:` payloads exactly (`"[DONE]"` only where given),
     /// nothing else, then end the body cleanly.
     Raw(Vec<String>),
@@ -164,12 +168,14 @@ async fn completions(State(script): State<Arc<Mutex<Script>>>, headers: HeaderMa
         Err(whole) => return *whole,
     };
     let mut frames: Vec<String> = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
-    if ending == Ending::UsageAndDone {
+    if matches!(ending, Ending::UsageAndDone | Ending::Usage) {
         frames.push(format!(
             "data: {}\n\n",
             json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [],
                    "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
         ));
+    }
+    if ending == Ending::UsageAndDone {
         frames.push("data: [DONE]\n\n".into());
     }
     let stream = futures::stream::iter(frames.into_iter().enumerate()).then(move |(i, frame)| async move {
@@ -200,6 +206,8 @@ async fn completions(State(script): State<Arc<Mutex<Script>>>, headers: HeaderMa
 enum Ending {
     /// The usage chunk, then `[DONE]`, then a clean end of the body.
     UsageAndDone,
+    /// The usage chunk, then a clean end of the body.
+    Usage,
     /// A broken connection.
     Break,
     /// A clean end of the body, at once.
@@ -249,6 +257,14 @@ fn streamed(reply: Reply) -> Result<(Vec<String>, Duration, Ending), Box<Respons
         Reply::Disconnect { partial } => (text_chunks(&partial), Duration::ZERO, Ending::Break),
         Reply::ToolCalls(calls) => (tool_call_chunks(&calls), Duration::ZERO, Ending::UsageAndDone),
         Reply::Refusal(refusal) => (refusal_chunks(&refusal), Duration::ZERO, Ending::UsageAndDone),
+        Reply::WithoutDone(reply) => {
+            let (chunks, delay, ending) = streamed(*reply)?;
+            let ending = match ending {
+                Ending::UsageAndDone => Ending::Usage,
+                other => other,
+            };
+            (chunks, delay, ending)
+        }
         Reply::Raw(payloads) => (payloads, Duration::ZERO, Ending::Nothing),
     })
 }

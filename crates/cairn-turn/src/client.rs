@@ -91,7 +91,10 @@ pub(crate) struct ChatRequest<'a> {
 /// for endpoints that send none). A 200 with a JSON body instead of an event
 /// stream is read as a whole chat completion.
 ///
-/// An answer without any choice is no answer (see [`no_choice`]).
+/// The answer is whole when the stream says `[DONE]`, or when its body ends
+/// cleanly after a choice gave its `finish_reason` (some endpoints and
+/// proxies never send `[DONE]`); a body that ends before either is a broken
+/// stream. An answer without any choice is no answer (see [`no_choice`]).
 pub(crate) async fn chat(
     http: &reqwest::Client,
     spec: &ModelSpec,
@@ -204,9 +207,9 @@ pub(crate) async fn chat(
             calls.merge(call);
         }
     }
-    if !done {
+    if !done && finish_reason.is_null() {
         return Err(ModelFault::transient(format!(
-            "model `{}`: the stream ended before [DONE]",
+            "model `{}`: the stream ended before [DONE] and before any finish_reason",
             spec.name
         )));
     }
@@ -281,8 +284,8 @@ fn completion(spec: &ModelSpec, text: &str, on_delta: &mut (dyn FnMut(&str) + Se
 /// The fault of an answer that holds no choice at all (a stream of nothing
 /// but `[DONE]`, or `"choices": []`): the endpoint neither answered nor said
 /// why. Taken as a broken stream, so retried within the policy's bound, then
-/// `model_unavailable`: like a stream that ends before its answer, it carries
-/// no answer and no error, so another call wastes nothing and may
+/// `model_unavailable`: like a stream that ends before any `finish_reason`, it
+/// carries no answer and no error, so another call wastes nothing and may
 /// get one (an endpoint that knows the request is wrong says so with a 4xx or
 /// an `{"error"}`, which are refused for good).
 fn no_choice(spec: &ModelSpec) -> ModelFault {

@@ -969,3 +969,51 @@ async fn an_answer_without_a_choice_is_a_failed_call() {
     assert_eq!(s.fake.received().len(), 6);
     assert!(!types(&s.p, "empty").await.contains(&"turn.response".to_string()));
 }
+
+/// A stream whose body ends cleanly after a choice gave its `finish_reason`
+/// is a whole answer, `[DONE]` or not; one that ends before any
+/// `finish_reason` is a broken stream and is asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ending_cleanly_after_its_finish_reason_is_whole() {
+    let s = setup().await;
+    s.fake.push(Reply::WithoutDone(Box::new(Reply::ToolCalls(vec![(
+        "echo".into(),
+        json!({"value": 7}),
+    )]))));
+    s.fake
+        .push(Reply::WithoutDone(Box::new(Reply::Text("complete answer".into()))));
+    s.p.start(turn("no-done", &["echo"], "hi", Value::Null))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "no-done").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "complete answer"}))));
+    assert_eq!(s.fake.received().len(), 2, "one call a step");
+    let child = s.p.get("no-done/1.1").await.expect("child");
+    assert_eq!(child.outcome, Some(Outcome::success(json!(7))));
+    let journaled = response(&s.p, "no-done", 2).await;
+    assert_eq!(journaled["finish_reason"], "stop");
+    assert_eq!(
+        journaled["usage"]["total_tokens"], 15,
+        "the usage after the finish is kept"
+    );
+
+    let content = |text: &str| json!({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]});
+    s.fake.push(Reply::WithoutDone(Box::new(Reply::Chunks(vec![content(
+        "half an ans",
+    )]))));
+    s.fake.push(Reply::Text("whole answer".into()));
+    s.p.start(turn("cut-short", &[], "hi", Value::Null))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "cut-short").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "whole answer"}))));
+    assert_eq!(
+        s.fake.received().len(),
+        4,
+        "the stream without a finish_reason was asked again"
+    );
+    assert_eq!(
+        response(&s.p, "cut-short", 1).await["message"]["content"],
+        "whole answer"
+    );
+}
