@@ -385,14 +385,19 @@ impl cairn_core::ScriptEngine for Switching {
     }
 }
 
-#[tokio::test]
-async fn a_replay_that_changes_its_calls_fails_nondeterminism() {
-    let p = Processes::builder(Arc::new(MemoryRegistry::new()))
+/// A runtime whose script runs after the first are given `switch: true`.
+fn switching_runtime() -> Processes {
+    Processes::builder(Arc::new(MemoryRegistry::new()))
         .script_engine(Arc::new(Switching {
             inner: QuickJs::default(),
             runs: Default::default(),
         }))
-        .start();
+        .start()
+}
+
+#[tokio::test]
+async fn a_replay_that_changes_its_calls_fails_nondeterminism() {
+    let p = switching_runtime();
     let m = put(
         &p,
         r#"export async function main(ctx, args) {
@@ -433,12 +438,7 @@ async fn a_replay_that_changes_its_calls_fails_nondeterminism() {
 /// path than the run whose effects are journaled: it fails, naming the call.
 #[tokio::test]
 async fn a_replay_that_makes_fewer_calls_fails_nondeterminism() {
-    let p = Processes::builder(Arc::new(MemoryRegistry::new()))
-        .script_engine(Arc::new(Switching {
-            inner: QuickJs::default(),
-            runs: Default::default(),
-        }))
-        .start();
+    let p = switching_runtime();
     let m = put(
         &p,
         r#"export async function main(ctx, args) {
