@@ -13,7 +13,9 @@
 //! when the run is told to stop, when the timeout passes, when an append finds
 //! the lease lost, and when the command itself exits while other members of
 //! its group are still alive: nothing the command started in its group
-//! outlives the run.
+//! outlives the run. The group of a `rerunnable` run also dies with this
+//! process, however it dies (a [`Sentinel`] in the group, ADR 0025), so the
+//! rerun after a restart never runs beside it.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -33,7 +35,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, Instant};
 
-use cairn_core::{CairnError, EventType, Outcome, Result, Tool, ToolContext};
+use cairn_core::{CairnError, Disposition, EventType, Outcome, Result, Tool, ToolContext};
 
 use crate::{bad_args, parse_args, stopped_outcome};
 
@@ -254,6 +256,12 @@ async fn run_child(ctx: &ToolContext, args: &ShellArgs, grace: Duration) -> Outc
         let _ = child.kill().await;
         return Outcome::failure("tool", "spawn_failed", format!("`{program}` started without a pid"));
     };
+    // A rerunnable run is run again after its owner is lost: the group must
+    // not outlive this process, or the rerun would race it.
+    let mut sentinel = match ctx.record().disposition {
+        Disposition::Rerunnable => Sentinel::spawn(pgid),
+        _ => None,
+    };
     let mut guard = GroupGuard {
         pgid,
         armed: true,
@@ -301,6 +309,11 @@ async fn run_child(ctx: &ToolContext, args: &ShellArgs, grace: Duration) -> Outc
             },
         }
     };
+
+    // The run ends here, so the group's end is this run's to make.
+    if let Some(sentinel) = sentinel.take() {
+        sentinel.disarm().await;
+    }
 
     // Stopping: end the group (all of it after a stop; survivors after an
     // exit) while still collecting its output.
@@ -548,6 +561,44 @@ async fn settle(
 
 /// Kills the group and stops the pipe readers if the run is dropped or ends
 /// without seeing the group empty.
+/// A member of a rerunnable run's group that ends the group when this
+/// process dies, however it dies (a SIGKILL runs no destructor, so nothing
+/// here could). It blocks reading a pipe whose only writer is this process
+/// (the write end is close-on-exec, so no child holds it); the read ends when
+/// the last copy of the write end closes, and then it kills its own group.
+/// Without it, a command outlives a crash and its rerun after the restart
+/// runs beside it. (A crash between the command's spawn and the sentinel's
+/// leaves that one command running, as before.) Owner-bound runs have none:
+/// they are never run again, and their command may still finish its work.
+struct Sentinel {
+    child: Child,
+    _writer: std::io::PipeWriter,
+}
+
+impl Sentinel {
+    /// A sentinel in group `pgid`, or `None` when it cannot join it (the
+    /// group is already gone).
+    fn spawn(pgid: libc::pid_t) -> Option<Self> {
+        let (reader, writer) = std::io::pipe().ok()?;
+        let child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg("read line; kill -9 0")
+            .stdin(Stdio::from(reader))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(pgid)
+            .kill_on_drop(true)
+            .spawn()
+            .ok()?;
+        Some(Self { child, _writer: writer })
+    }
+
+    /// Stop the sentinel alone (and reap it) before its pipe closes.
+    async fn disarm(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
 struct GroupGuard {
     pgid: libc::pid_t,
     armed: bool,

@@ -191,10 +191,22 @@ async fn suspended_processes_survive_sigkill_and_resume_once() {
     assert_eq!(resumed[0]["payload"]["reason"], "signal");
 }
 
-/// Whether any process of group `pgid` is alive.
+/// Whether any process of group `pgid` is alive: a zombie is not (its
+/// parent died, and whether it is reaped is up to this machine's init).
 fn group_alive(pgid: i32) -> bool {
-    // SAFETY: signal 0 only checks the group this test's server spawned.
-    unsafe { libc::kill(-pgid, 0) == 0 }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        // SAFETY: signal 0 only checks the group this test's server spawned.
+        return unsafe { libc::kill(-pgid, 0) == 0 };
+    };
+    dir.flatten().any(|entry| {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // `pid (comm) state ppid pgrp ...`; comm may hold spaces and parens.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().take(3).collect();
+        matches!(fields.as_slice(), [state, _, pgrp] if pgrp.parse() == Ok(pgid) && !matches!(*state, "Z" | "X"))
+    })
 }
 
 /// Read the pid a shell command wrote (its process group: the shell tool
@@ -308,6 +320,53 @@ async fn sigkill_restart_sweeps_owner_bound_shell_run() {
     );
     assert_eq!(types.last(), Some(&"process.abandoned"), "{types:?}");
     drop(orphans);
+}
+
+/// SIGKILL `cairn serve` during a rerunnable shell run: the run's group dies
+/// with the server (its sentinel sees the server's pipe close), so when the
+/// restart runs it again once the lease lapses, the first run is not still
+/// going beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_ends_a_rerunnable_shell_run_before_its_rerun() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("cairn.db").display());
+    let flags = ["--node-id", "box-1", "--lease-ttl", "1s"];
+    let server = Server::start_on(&db, &flags).await;
+    let c = server.client();
+    let (s, rec) = c
+        .start(tool_start("rr", "shell", idle_shell(dir.path()), "rerunnable"))
+        .await;
+    assert_eq!(s, 201, "{rec}");
+    let pid_file = dir.path().join("pid");
+    let first = Orphans(shell_pgid(&pid_file).await);
+    std::fs::remove_file(&pid_file).expect("pid file");
+
+    // SAFETY: signalling a child process this test spawned.
+    assert_eq!(unsafe { libc::kill(server.pid() as i32, libc::SIGKILL) }, 0);
+    drop(server);
+    // Bounded: the sentinel kills the group as soon as the kernel closes the
+    // dead server's descriptors.
+    for _ in 0..500 {
+        if !group_alive(first.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!group_alive(first.0), "the first run's group outlived the server");
+
+    let server = Server::start_on(&db, &flags).await;
+    let c = server.client();
+    let second = Orphans(shell_pgid(&pid_file).await);
+    assert_ne!(second.0, first.0, "a new run");
+    let runs = std::fs::read_to_string(dir.path().join("runs")).expect("runs file");
+    assert_eq!(runs.lines().count(), 2, "run again once: {runs:?}");
+    let rec = until(&c, "rr", "the rerun's start", |r| r["started"]["attempt"] == 2).await;
+    assert_eq!(rec["status"], "running", "{rec}");
+    let (s, _) = c.post("/v1/processes/rr/cancel", json!({})).await;
+    assert_eq!(s, 200);
+    let (_, ended) = c.get("/v1/processes/rr/await?timeout_ms=20000").await;
+    assert_eq!(ended["status"], "cancelled", "{ended}");
+    assert!(!group_alive(second.0), "a cancel stops the rerun's group");
 }
 
 /// A revenant: `cairn serve` frozen (SIGSTOP) mid-run while a restart of the
