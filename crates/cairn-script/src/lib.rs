@@ -113,28 +113,56 @@ impl QuickJs {
 }
 
 /// `line L, column C` from the first `script.js:L:C` of a stack.
-fn position(stack: &str) -> Option<String> {
+fn position(stack: &str) -> Option<(u64, u64)> {
     let at = stack.find(engine::MODULE_NAME)? + engine::MODULE_NAME.len();
     let mut parts = stack[at..].strip_prefix(':')?.splitn(2, ':');
-    let line: u32 = parts.next()?.parse().ok()?;
+    let line = parts.next()?.parse().ok()?;
     let column: String = parts.next()?.chars().take_while(char::is_ascii_digit).collect();
-    let column: u32 = column.parse().ok()?;
-    Some(format!("line {line}, column {column}"))
+    Some((line, column.parse().ok()?))
+}
+
+/// "line L, column C" for the engine's 1-based line and byte column, the
+/// column counted in characters, as editors count it.
+fn located(source: &str, line: u64, byte_column: u64) -> String {
+    let text = usize::try_from(line.saturating_sub(1))
+        .ok()
+        .and_then(|skip| source.split('\n').nth(skip))
+        .unwrap_or("");
+    let bytes = usize::try_from(byte_column.saturating_sub(1)).unwrap_or(usize::MAX);
+    let column = match text.get(..bytes.min(text.len())) {
+        Some(before) if bytes <= text.len() => before.chars().count() as u64 + 1,
+        _ => byte_column,
+    };
+    format!("line {line}, column {column}")
+}
+
+/// The place of the first NUL in `source`: the engine reads a source only up
+/// to it, so a module holding one would be judged on a part of itself.
+fn nul_at(source: &str) -> Option<String> {
+    let i = source.find('\0')?;
+    let line = source[..i].matches('\n').count() as u64 + 1;
+    let start = source[..i].rfind('\n').map_or(0, |n| n + 1);
+    Some(located(source, line, (i - start) as u64 + 1))
 }
 
 #[async_trait]
 impl cairn_core::ScriptEngine for QuickJs {
     fn exports(&self, source: &str) -> Result<Vec<String>> {
         cairn_core::script::check_source(source)?;
+        if let Some(at) = nul_at(source) {
+            return Err(CairnError::InvalidModule(format!(
+                "the source holds a NUL character at {at}; write it as `\\0` inside a string"
+            )));
+        }
         // The engine's configuration, not the module, is wrong.
         self.limits.check().map_err(CairnError::Unavailable)?;
         let limits = self.limits.clone();
-        let source = source.to_string();
+        let text = source.to_string();
         // The engine's thread has a stack of known size (its limit is set below it).
         let answer = std::thread::Builder::new()
             .name("cairn-script-compile".into())
             .stack_size(8 << 20)
-            .spawn(move || engine::exports(&limits, &source))
+            .spawn(move || engine::exports(&limits, &text))
             .map_err(|e| CairnError::Unavailable(format!("cannot start the script engine: {e}")))?
             .join()
             .map_err(|_| CairnError::Unavailable("the script engine panicked".into()))?;
@@ -144,9 +172,10 @@ impl cairn_core::ScriptEngine for QuickJs {
                 err.get("line").and_then(Value::as_u64),
                 err.get("column").and_then(Value::as_u64),
             ) {
-                (Some(line), Some(column)) => Some(format!("line {line}, column {column}")),
+                (Some(line), Some(column)) => Some((line, column)),
                 _ => err.get("stack").and_then(Value::as_str).and_then(position),
-            };
+            }
+            .map(|(line, column)| located(source, line, column));
             match (syntax, at) {
                 (true, Some(at)) => CairnError::InvalidModule(format!("{message} at {at}")),
                 (_, Some(at)) => CairnError::InvalidModule(format!("loading the module failed: {message} at {at}")),

@@ -78,6 +78,19 @@ async fn a_syntax_error_names_line_and_column() {
         .expect_err("a syntax error");
     assert_eq!(err.code(), "invalid_module");
     assert!(err.to_string().contains("line 2"), "{err}");
+    // Columns count characters, as an editor does, not UTF-8 bytes.
+    let err = p
+        .put_module("const s = 'éééé'; let x = ;".into(), None)
+        .await
+        .expect_err("a syntax error");
+    assert!(err.to_string().ends_with("line 1, column 27"), "{err}");
+    // The engine reads a source only up to a NUL: one is refused where it is.
+    let err = p
+        .put_module("export async function f() {\n  return 'a\u{0}b';\n}".into(), None)
+        .await
+        .expect_err("a NUL");
+    assert_eq!(err.code(), "invalid_module");
+    assert!(err.to_string().contains("NUL character at line 2, column 12"), "{err}");
     assert!(p.list_modules(None, None).await.unwrap().is_empty(), "nothing stored");
 }
 
