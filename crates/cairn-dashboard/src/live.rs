@@ -211,6 +211,9 @@ pub(crate) struct LiveQuery {
 
 struct Follow {
     d: Arc<Inner>,
+    /// Asked again before each page: a session whose grant is revoked or
+    /// moved while it follows stops reading the log then.
+    viewer: Viewer,
     id: String,
     after: u64,
     pending: VecDeque<ProcessEvent>,
@@ -247,6 +250,7 @@ pub(crate) async fn process_stream(
         .unwrap_or(0);
     let follow = Follow {
         d,
+        viewer: visitor.viewer.clone(),
         id,
         after,
         pending: VecDeque::new(),
@@ -300,6 +304,9 @@ fn timeline(follow: Follow) -> impl Stream<Item = Result<Event, Infallible>> {
                     Err(e) => return Some((Ok(failed(&e)), f.finish())),
                 },
                 Ok(page) => {
+                    if let Err(e) = f.d.access.check_visible(&f.viewer, &f.id).await {
+                        return Some((Ok(failed(&e)), f.finish()));
+                    }
                     f.pending.extend(page.events);
                     f.record_due = true;
                 }

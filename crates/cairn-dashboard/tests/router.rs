@@ -873,3 +873,65 @@ async fn a_process_that_has_ended_offers_no_actions() {
         );
     }
 }
+
+/// A session following a process's live page stops reading its log once the
+/// grant is gone: the next page of events is refused, and the stream ends.
+#[tokio::test]
+async fn a_session_live_stream_stops_when_its_grant_is_revoked() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let scope = SessionScope::session("s1");
+    p.start(
+        StartRequest::external("mine", json!({}))
+            .with_event_type(cairn_core::EventType::plain("note"))
+            .with_grant(scope.clone(), GrantDescriptor::default()),
+    )
+    .await
+    .unwrap();
+    let app = app(&p, false);
+    let req = Request::get("/ui/processes/mine/live")
+        .header(header::COOKIE, "cairn_ui=s1-token")
+        .body(Body::empty())
+        .unwrap();
+    let r = app.clone().oneshot(req).await.expect("answered");
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut body = r.into_body().into_data_stream();
+    let mut seen = String::new();
+    p.append_event("mine", cairn_core::AppendRequest::new("note", json!({"n": "first"})))
+        .await
+        .unwrap();
+    assert!(
+        read_until(&mut body, &mut seen, "first").await,
+        "the first note is shown"
+    );
+    assert!(p.revoke(&scope, "mine").await.unwrap());
+    p.append_event("mine", cairn_core::AppendRequest::new("note", json!({"n": "second"})))
+        .await
+        .unwrap();
+    assert!(
+        read_until(&mut body, &mut seen, "event: failed").await,
+        "the next page is refused"
+    );
+    assert!(
+        !read_until(&mut body, &mut seen, "second").await,
+        "and the stream ends without it"
+    );
+    assert!(seen.contains("unknown_process"), "{seen}");
+}
+
+/// Read `body` into `seen` until it holds `want` (`true`) or the body ends
+/// (`false`); bounded.
+async fn read_until(body: &mut axum::body::BodyDataStream, seen: &mut String, want: &str) -> bool {
+    use futures::StreamExt;
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !seen.contains(want) {
+            match body.next().await {
+                Some(Ok(bytes)) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+                _ => return false,
+            }
+        }
+        true
+    })
+    .await
+    .expect("in time")
+}

@@ -274,6 +274,44 @@ async fn session_tokens_see_only_their_grants() {
     assert_eq!(err["error"]["tombstone"]["status"], "completed");
 }
 
+/// A session following a process's events stops reading them once its grant
+/// is moved away: the next page is refused as the process is to it now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_stream_stops_when_its_grant_moves() {
+    let server = Server::start(&["--token", "host", "--session-token", "s1=tok-1"]).await;
+    let host = server.with_token("host");
+    let s1 = server.with_token("tok-1");
+    let start = json!({
+        "id": "live", "disposition": "externally_owned", "input": {"type": "external", "metadata": {}},
+        "event_types": [{"name": "note"}], "grant": {"session_scope": {"session_id": "s1"}}
+    });
+    assert_eq!(host.start(start).await.0, 201);
+    let mut stream = s1.sse("live", "", None).await;
+    let note = |n: u64| json!({"event_type": "note", "payload": {"n": n}});
+    assert_eq!(host.post("/v1/processes/live/events", note(1)).await.0, 200);
+    loop {
+        let e = stream.next(Duration::from_secs(10)).await.expect("an event");
+        if e.data.contains("\"note\"") {
+            break;
+        }
+    }
+    let (s, moved) = host
+        .post(
+            "/v1/grants/transfer",
+            json!({"from": {"session_id": "s1"}, "to": {"session_id": "s2"}, "process_ids": ["live"]}),
+        )
+        .await;
+    assert_eq!((s, moved["moved"].clone()), (200, json!(["live"])));
+    assert_eq!(host.post("/v1/processes/live/events", note(2)).await.0, 200);
+    let e = stream.next(Duration::from_secs(10)).await.expect("the refusal");
+    assert_eq!(e.event.as_deref(), Some("error"), "{}", e.data);
+    assert!(e.data.contains("unknown_process"), "{}", e.data);
+    assert!(
+        stream.next(Duration::from_secs(10)).await.is_none(),
+        "the stream closed"
+    );
+}
+
 #[test]
 fn refuses_open_non_loopback_and_unbuilt_backends() {
     let run = |args: &[&str]| {

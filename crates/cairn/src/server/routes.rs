@@ -447,7 +447,7 @@ pub async fn events(
         // Fail fast on an unknown or pruned id before committing to a stream.
         state.processes.get(&id).await?;
         cairn_core::page_limit(q.limit)?;
-        return Ok(sse::stream(state.clone(), id, after, q.limit).into_response());
+        return Ok(sse::stream(state.clone(), caller, id, after, q.limit).into_response());
     }
     let page = state.processes.events(&id, q.after.unwrap_or(0), q.limit).await?;
     Ok(Json(page).into_response())

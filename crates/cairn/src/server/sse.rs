@@ -17,6 +17,7 @@ use cairn_core::{CairnError, ProcessEvent};
 use futures::Stream;
 
 use super::api::status_of;
+use super::auth::{visible, Caller};
 use super::AppState;
 
 /// How long one follow waits before re-checking the record (the stream stays
@@ -27,6 +28,9 @@ const FOLLOW_WAIT: Duration = Duration::from_secs(3600);
 
 struct Follow {
     state: Arc<AppState>,
+    /// Asked again before each page: a session whose grant is revoked or
+    /// moved while it follows stops reading the log then.
+    caller: Caller,
     id: String,
     after: u64,
     limit: Option<usize>,
@@ -35,9 +39,10 @@ struct Follow {
 }
 
 /// The SSE response following process `id` from sequence `after`.
-pub fn stream(state: Arc<AppState>, id: String, after: u64, limit: Option<usize>) -> Response {
+pub fn stream(state: Arc<AppState>, caller: Caller, id: String, after: u64, limit: Option<usize>) -> Response {
     let follow = Follow {
         state,
+        caller,
         id,
         after,
         limit,
@@ -80,7 +85,13 @@ fn events(follow: Follow) -> impl Stream<Item = Result<Event, Infallible>> {
                         }
                     }
                 }
-                Ok(page) => f.pending.extend(page.events),
+                Ok(page) => {
+                    if let Err(e) = visible(&f.state.processes, &f.caller, &f.id).await {
+                        f.done = true;
+                        return Some((Ok(error_event(&e)), f));
+                    }
+                    f.pending.extend(page.events);
+                }
                 Err(e) => {
                     f.done = true;
                     return Some((Ok(error_event(&e)), f));
