@@ -209,8 +209,9 @@ async fn newest_page(p: &Processes, plan: &Plan) -> cairn_core::Result<(Vec<Row>
     let base = &plan.filter;
     let floor = base.created_from_ms.unwrap_or(0);
     let ceiling = match (&plan.before, base.created_before_ms) {
-        (Some(c), Some(b)) => Some((c.ms + 1).min(b)),
-        (Some(c), None) => Some(c.ms + 1),
+        // Saturating: a cursor at the largest time admits every row.
+        (Some(c), Some(b)) => Some(c.ms.saturating_add(1).min(b)),
+        (Some(c), None) => Some(c.ms.saturating_add(1)),
         (None, b) => b,
     };
     let top = ceiling.unwrap_or_else(|| time::now_ms() + 1);

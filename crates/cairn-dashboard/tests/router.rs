@@ -137,6 +137,10 @@ async fn pages_list_newest_first_across_sparse_and_crowded_times() {
         assert!(seen.len() <= expected.len(), "paging repeats rows: {seen:?}");
     }
     assert_eq!(seen, expected);
+    // A cursor at the largest time admits every row (its bound does not wrap).
+    let (status, html, _) = get(&app, &format!("/ui/list/rows?size=100&before={}:x", u64::MAX), None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert_eq!(listed(&html), expected);
 }
 
 #[tokio::test]
