@@ -114,7 +114,9 @@ pub async fn transfer<T: AdminTx + ?Sized>(
 ) -> Result<TransferReport> {
     let now = tx.now();
     let mut report = TransferReport::default();
-    for id in ids {
+    // An id named twice is one grant to move, reported once.
+    let mut seen = std::collections::HashSet::new();
+    for id in ids.iter().filter(|id| seen.insert(id.as_str())) {
         match tx.take_grant(from, id).await? {
             Some(grant) => {
                 tx.put_grant(&grant.moved_to(to, now)).await?;

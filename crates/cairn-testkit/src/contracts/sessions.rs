@@ -121,9 +121,10 @@ pub async fn transfer_moves_grants_only(factory: &dyn StoreFactory) {
     h.append("p1", progress(1)).await;
     let before = folds(&h, &["p1", "p2", "p3"]).await;
     h.advance(10);
+    // An id named twice is moved, or reported, once.
     let report = ok(
         h.registry()
-            .transfer(&s1, &s2, &ids(&["p1", "p2", "p3", "missing"]))
+            .transfer(&s1, &s2, &ids(&["p1", "p2", "p3", "missing", "p1", "missing"]))
             .await,
         "transfer",
     );
