@@ -39,10 +39,11 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
 /// fault (4xx) or the store's (5xx).
 pub(crate) fn status_for(e: &CairnError) -> StatusCode {
     match e.code() {
-        "unknown_process" | "unknown_wake" | "unknown_tool" | "unknown_env" | "unknown_schedule" | "unknown_module" => {
-            StatusCode::NOT_FOUND
-        }
+        "unknown_process" | "unknown_wake" | "unknown_tool" | "unknown_env" | "unknown_schedule" | "unknown_module"
+        | "unknown_export" | "unknown_model" => StatusCode::NOT_FOUND,
         "no_longer_retained" => StatusCode::GONE,
+        "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+        "timeout" => StatusCode::GATEWAY_TIMEOUT,
         "storage" | "corrupt_env" => StatusCode::INTERNAL_SERVER_ERROR,
         "unavailable" | "outcome_unknown" => StatusCode::SERVICE_UNAVAILABLE,
         "registration_conflict"
@@ -299,6 +300,39 @@ fn actions(r: &ProcessRecord, path: &str) -> Markup {
                 }
                 button type="submit" { "Complete" }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    /// The dashboard answers an error with the status the API gives it.
+    #[test]
+    fn statuses_are_the_apis() {
+        let cases = [
+            (
+                CairnError::PayloadTooLarge {
+                    what: "reason".into(),
+                    size: 2,
+                    limit: 1,
+                },
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+            (
+                CairnError::UnknownExport {
+                    module_ref: "m".into(),
+                    process_name: "f".into(),
+                },
+                StatusCode::NOT_FOUND,
+            ),
+            (CairnError::UnknownModel("m".into()), StatusCode::NOT_FOUND),
+            (CairnError::UnknownProcess("p".into()), StatusCode::NOT_FOUND),
+            (CairnError::InvalidRequest("x".into()), StatusCode::BAD_REQUEST),
+        ];
+        for (e, want) in cases {
+            assert_eq!(status_for(&e), want, "{e}");
         }
     }
 }
