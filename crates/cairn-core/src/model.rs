@@ -1330,7 +1330,8 @@ impl ProcessFilter {
     pub fn validate(&self) -> crate::Result<()> {
         page_limit(self.limit)?;
         check_definition(self.definition.as_deref())?;
-        check_originator(self.originator.as_deref())
+        check_originator(self.originator.as_deref())?;
+        check_caused_by(self.caused_by.as_deref())
     }
 
     /// The effective page size.
@@ -1366,6 +1367,15 @@ pub fn page_limit(limit: Option<usize>) -> crate::Result<usize> {
             "page size {n} is over the maximum {MAX_PAGE_SIZE}"
         ))),
         Some(n) => Ok(n),
+    }
+}
+
+/// Check a `caused_by` filter: a parent's id, which is never empty.
+pub fn check_caused_by(parent: Option<&str>) -> crate::Result<()> {
+    match parent {
+        Some(parent) => crate::validate::validate_id("`caused_by`", parent)
+            .map_err(|e| crate::CairnError::InvalidFilter(e.to_string())),
+        None => Ok(()),
     }
 }
 
@@ -1469,11 +1479,7 @@ impl PruneFilter {
         }
         check_definition(self.definition.as_deref())?;
         check_originator(self.originator.as_deref())?;
-        if let Some(parent) = &self.caused_by {
-            crate::validate::validate_id("`caused_by`", parent)
-                .map_err(|e| crate::CairnError::InvalidFilter(e.to_string()))?;
-        }
-        Ok(())
+        check_caused_by(self.caused_by.as_deref())
     }
 
     /// Whether an ended process with these traits passes every part but the status.

@@ -232,6 +232,7 @@ async fn list_filters_and_paging() {
         ("definition=echo", "invalid_filter"),
         ("definition=tool:", "invalid_filter"),
         ("definition=script:module:sha256:00", "invalid_filter"),
+        ("caused_by=", "invalid_filter"),
         ("limit=0", "invalid_page"),
         ("limit=100000", "invalid_page"),
     ] {
