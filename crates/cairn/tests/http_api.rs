@@ -617,6 +617,22 @@ async fn abandon_transfer_and_session_delete() {
     assert_eq!(report["moved"], json!(["x"]));
     assert_eq!(report["not_granted"], json!(["nope"]));
 
+    // A body other than none or `{}` is refused, as the ack's is, and deletes nothing.
+    for (content_type, body) in [("text/plain", "hello"), ("application/json", r#"{"x": 1}"#)] {
+        let r = c
+            .http
+            .delete(c.url("/v1/sessions/s1"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("answered");
+        assert!(
+            matches!(r.status().as_u16(), 400 | 415),
+            "{content_type}: {}",
+            r.status()
+        );
+    }
     let (s, report) = c.delete("/v1/sessions/s1").await;
     assert_eq!(s, 200, "{report}");
     assert_eq!(report["revoked_grants"], 1);

@@ -62,7 +62,8 @@ pub struct CancelBody {
     pub reason: Option<String>,
 }
 
-/// Body of `POST /v1/sessions/{session_id}/wakes/{wake_id}/ack`: empty, or `{}`.
+/// Body of `POST /v1/sessions/{session_id}/wakes/{wake_id}/ack` and of
+/// `DELETE /v1/sessions/{session_id}`: empty, or `{}`.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckBody {}
@@ -635,6 +636,8 @@ pub async fn delete_session(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
     ApiPath(session_id): ApiPath<String>,
+    // Read only to refuse what is not an empty body or `{}`.
+    ApiJson(AckBody {}): ApiJson<AckBody>,
 ) -> ApiResult<Json<SessionDeleteReport>> {
     caller.require_session(&session_id)?;
     Ok(Json(state.processes.delete_session(&session_id).await?))
