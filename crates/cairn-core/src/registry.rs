@@ -199,7 +199,8 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     }
 
     /// Record an abandon request as a `process.abandon_requested` event (first
-    /// request wins; repeats return the record unchanged). Terminal: `process_terminal`.
+    /// request wins; repeats return the record unchanged, also after it ended).
+    /// Ended without a request: `process_terminal`.
     async fn request_abandon(&self, id: &str, requested_by: &str, reason: &str) -> Result<ProcessRecord>;
 
     /// Turn a pending abandon request into `abandoned {reconciled_request}` if the

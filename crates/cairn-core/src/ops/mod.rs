@@ -1065,11 +1065,13 @@ fn request_abandon<T: WriteTx + ?Sized>(
     reason: &str,
 ) -> Result<ProcessRecord> {
     let record = &existing(tx, id)?.record;
-    if record.is_terminal() {
-        return Err(CairnError::ProcessTerminal(id.to_string()));
-    }
+    // The first request wins and a repeat changes nothing, also once the
+    // request took effect: a retry whose first answer was lost reads it.
     if record.abandon_request.is_some() {
         return Ok(record.clone());
+    }
+    if record.is_terminal() {
+        return Err(CairnError::ProcessTerminal(id.to_string()));
     }
     let request = AppendRequest::new(
         events::ABANDON_REQUESTED,

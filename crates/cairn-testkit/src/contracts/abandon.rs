@@ -115,6 +115,14 @@ pub async fn reconcile_abandon_waits_for_lease(factory: &dyn StoreFactory) {
         .no_change("reconcile again", h.registry().reconcile_abandon("p"))
         .await
         .is_none());
+    // A retry of the request after it took effect reads the ended record.
+    let again = h
+        .no_change(
+            "request again after it took effect",
+            h.registry().request_abandon("p", "operator", "stuck"),
+        )
+        .await;
+    assert_eq!(again, rec);
     h.rejects_any(
         &["process_terminal", "lease_fenced"],
         "the lapsed owner's completion",
