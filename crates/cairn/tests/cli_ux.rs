@@ -36,12 +36,14 @@ impl Running {
     /// The next stderr line containing `needle` (bounded).
     async fn stderr_line(&mut self, needle: &str) -> String {
         tokio::time::timeout(Duration::from_secs(60), async {
+            let mut seen = Vec::new();
             while let Some(line) = self.stderr.next_line().await.expect("read stderr") {
                 if line.contains(needle) {
                     return line;
                 }
+                seen.push(line);
             }
-            panic!("stderr closed before a line with `{needle}`");
+            panic!("stderr closed before a line with `{needle}`; it said: {seen:?}");
         })
         .await
         .unwrap_or_else(|_| panic!("no stderr line with `{needle}` in time"))

@@ -228,15 +228,24 @@ impl Client {
 
     /// Follow a process's events over SSE from `after`, calling `on_event` with each
     /// event JSON, until the terminal event. Reconnects with `Last-Event-ID` when
-    /// the stream drops early (a server restart, a proxy timeout).
-    pub async fn follow(&self, id: &str, after: u64, mut on_event: impl FnMut(&Value)) -> Result<(), ClientError> {
+    /// the stream drops early (a server restart, a proxy timeout). `reached` says
+    /// the caller has already reached this server (`run` just started the
+    /// process): a server gone before the stream opened is then a restart to
+    /// ride out, not a wrong address to report at once.
+    pub async fn follow(
+        &self,
+        id: &str,
+        after: u64,
+        reached: bool,
+        mut on_event: impl FnMut(&Value),
+    ) -> Result<(), ClientError> {
         let path = format!("/v1/processes/{}/events", segment(id));
         no_dot_segments(&path)?;
         let mut last = after;
         let mut retries = reconnect_delays();
         // A server never reached is said at once (with its hint); resuming
         // is for a stream that was open.
-        let mut opened = false;
+        let mut opened = reached;
         loop {
             let attempt = async {
                 let resp = self

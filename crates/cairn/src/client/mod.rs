@@ -92,7 +92,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             if follow {
                 // A stream has no end to wait for before printing: one JSON event per line.
                 client
-                    .follow(&id, after, |event| {
+                    .follow(&id, after, false, |event| {
                         if json {
                             println!("{event}");
                         } else {
@@ -515,7 +515,7 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
         eprintln!("{verb} {id} (Ctrl-C cancels it)");
     }
     // Output lines go where the command wrote them; the rest of the log is not the command's output.
-    let follow = client.follow(&id, 0, |event| {
+    let follow = client.follow(&id, 0, true, |event| {
         if json || event.get("event_type").and_then(Value::as_str) != Some("shell.output") {
             return;
         }
