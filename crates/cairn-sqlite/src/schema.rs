@@ -25,7 +25,16 @@ const APPLICATION_NAME: &str = "cairn";
 /// tell another application's database from an empty one; cairn must refuse a
 /// foreign, corrupt or newer file before writing anything (`application_id` and
 /// `cairn_meta`), and runs the steps in the same immediate transaction as that check.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V_SWEEP, V_MODULES, V_TYPE_LISTS, V_LOG_KEYS];
+const MIGRATIONS: &[&str] = &[
+    V1,
+    V2,
+    V3,
+    V_SWEEP,
+    V_MODULES,
+    V_TYPE_LISTS,
+    V_LOG_KEYS,
+    V_PARTIAL_LISTING_INDEXES,
+];
 
 const V1: &str = r#"
 CREATE TABLE cairn_meta (
@@ -67,7 +76,8 @@ CREATE TABLE processes (
     -- When the row becomes claimable: 0 with no lease, else the lease expiry.
     claimable_at_ms     INTEGER GENERATED ALWAYS AS (COALESCE(lease_expires_at_ms, 0)) VIRTUAL
 );
--- Listing by status in id order; live rows stay cheap however many terminal rows pile up.
+-- Listing by status in id order; live rows stay cheap however many terminal rows pile up
+-- (V_PARTIAL_LISTING_INDEXES makes it and the next one partial).
 CREATE INDEX processes_status_id ON processes (status, id);
 CREATE INDEX processes_originator_id ON processes (originator, id);
 CREATE UNIQUE INDEX processes_change_cursor ON processes (change_cursor);
@@ -228,6 +238,22 @@ DROP TABLE events;
 ALTER TABLE events_by_log_key RENAME TO events;
 CREATE UNIQUE INDEX events_log ON events (log_key, sequence);
 CREATE UNIQUE INDEX events_replay_key ON events (log_key, replay_key) WHERE replay_key IS NOT NULL;
+"#;
+
+/// Two id-ordered indexes made partial (ADR 0026). Ids land anywhere in an
+/// id-keyed index, so each process dirtied a leaf page of its own in both, at
+/// its registration and again when it ended: together half of a busy commit's
+/// bytes. The status index now leaves out `completed` rows, so it holds the
+/// live ones (which share a few pages) and the rarer failed, cancelled and
+/// abandoned ones; the originator index holds the processes sessions started,
+/// which a session lists as its own. A listing of completed processes, or of
+/// the host's, walks another index and skips what does not match, as a
+/// listing by definition or creation time always has.
+const V_PARTIAL_LISTING_INDEXES: &str = r#"
+DROP INDEX processes_status_id;
+CREATE INDEX processes_status_id ON processes (status, id) WHERE status <> 'completed';
+DROP INDEX processes_originator_id;
+CREATE INDEX processes_originator_id ON processes (originator, id) WHERE originator_scope IS NOT NULL;
 "#;
 
 /// What a file holds before cairn touches it.

@@ -539,13 +539,14 @@ const WORKLIST_SQL: &str = "SELECT id, abandon_candidate FROM processes
      WHERE (run_candidate = 1 OR abandon_candidate = 1) AND claimable_at_ms <= ?1
      ORDER BY claimable_at_ms, id LIMIT ?2";
 
+/// Counts of running rows, by the status index (its term stated, see [`NOT_COMPLETED`]).
+const RUNNING_GAUGES_SQL: &str = "SELECT count(*), coalesce(sum(waiting), 0), coalesce(sum(lease_owner IS NOT NULL), 0)
+     FROM processes WHERE status = 'running' AND status <> 'completed'";
+
 /// Counts of the live state (running rows by the status index; wakes by theirs).
 pub(crate) fn gauges(conn: &Connection) -> R<cairn_core::Gauges> {
     let (running, waiting, leased): (i64, i64, i64) = conn
-        .prepare_cached(
-            "SELECT count(*), coalesce(sum(waiting), 0), coalesce(sum(lease_owner IS NOT NULL), 0)
-         FROM processes WHERE status = 'running'",
-        )?
+        .prepare_cached(RUNNING_GAUGES_SQL)?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     let pending: i64 = conn
         .prepare_cached("SELECT count(*) FROM wakes WHERE acked = 0")?
@@ -635,11 +636,20 @@ pub(crate) fn take_grant(conn: &Connection, scope: &SessionScope, id: &str) -> R
 
 // ---------------------------------------------------------------- listings
 
+/// The WHERE term of the partial status index (schema `V_PARTIAL_LISTING_INDEXES`):
+/// SQLite uses a partial index only for a query that states its term.
+const NOT_COMPLETED: &str = " AND p.status <> 'completed'";
+
 /// Append the SQL predicates of `filter` over the `p` alias.
 fn filter_sql(filter: &ProcessFilter, sql: &mut String, args: &mut Vec<SqlValue>) {
     if let Some(status) = status_label(filter.status) {
         sql.push_str(" AND p.status = ?");
         args.push(SqlValue::Text(status.into()));
+        if filter.status != StatusFilter::Completed {
+            // The status index leaves out completed rows; this term, which
+            // the bound status implies, is what lets SQLite use it.
+            sql.push_str(NOT_COMPLETED);
+        }
     }
     if let Some(d) = &filter.definition {
         sql.push_str(" AND p.definition = ?");
@@ -652,6 +662,10 @@ fn filter_sql(filter: &ProcessFilter, sql: &mut String, args: &mut Vec<SqlValue>
     if let Some(o) = &filter.originator {
         sql.push_str(" AND p.originator = ?");
         args.push(SqlValue::Text(o.clone()));
+        if o.starts_with("session:") {
+            // A session's scope id: the originator index holds its rows (see NOT_COMPLETED).
+            sql.push_str(" AND p.originator_scope IS NOT NULL");
+        }
     }
     if let Some(c) = &filter.caused_by {
         sql.push_str(" AND p.caused_by = ?");
@@ -712,13 +726,8 @@ pub(crate) fn list(conn: &Connection, filter: &ProcessFilter, limit: usize) -> R
         .collect())
 }
 
-/// `list_originated_by`: records whose originator is exactly `scope`.
-pub(crate) fn list_originated_by(
-    conn: &Connection,
-    scope: &SessionScope,
-    filter: &ProcessFilter,
-    limit: usize,
-) -> R<Vec<ProcessRecord>> {
+/// The query of `list_originated_by`, on the (partial) originator index.
+fn originated_by_query(scope: &SessionScope, filter: &ProcessFilter, limit: usize) -> R<(String, Vec<SqlValue>)> {
     let mut sql = format!("SELECT {ENTRY_COLUMNS} FROM processes p WHERE p.originator = ? AND p.originator_scope = ?");
     let mut args = vec![
         SqlValue::Text(scope.scope_id()),
@@ -727,6 +736,17 @@ pub(crate) fn list_originated_by(
     filter_sql(filter, &mut sql, &mut args);
     sql.push_str(" ORDER BY p.id LIMIT ?");
     args.push(SqlValue::Integer(to_sql_usize(limit)));
+    Ok((sql, args))
+}
+
+/// `list_originated_by`: records whose originator is exactly `scope`.
+pub(crate) fn list_originated_by(
+    conn: &Connection,
+    scope: &SessionScope,
+    filter: &ProcessFilter,
+    limit: usize,
+) -> R<Vec<ProcessRecord>> {
+    let (sql, args) = originated_by_query(scope, filter, limit)?;
     Ok(collect_entries(conn, &sql, args, 0)?
         .into_iter()
         .map(|(_, e)| e.record)
@@ -1021,7 +1041,7 @@ mod tests {
     #[test]
     fn status_listing_walks_the_status_index_in_id_order() {
         let (_dir, conn) = fresh();
-        for status in [StatusFilter::Running, StatusFilter::Completed] {
+        for status in [StatusFilter::Running, StatusFilter::Failed, StatusFilter::Abandoned] {
             let filter = ProcessFilter {
                 status,
                 after_id: Some("a".into()),
@@ -1032,6 +1052,56 @@ mod tests {
             assert!(p.contains("processes_status_id"), "{p}");
             assert!(!p.contains("TEMP B-TREE"), "{p}");
         }
+        // Completed rows are not in the (partial) status index: their listing
+        // walks the id index, still without sorting.
+        let filter = ProcessFilter {
+            status: StatusFilter::Completed,
+            after_id: Some("a".into()),
+            ..ProcessFilter::default()
+        };
+        let (sql, args) = list_query(&filter, 100);
+        let p = plan(&conn, &sql, args);
+        assert!(p.contains("sqlite_autoindex_processes_1"), "{p}");
+        assert!(!p.contains("TEMP B-TREE"), "{p}");
+    }
+
+    #[test]
+    fn a_session_originator_listing_walks_the_partial_originator_index() {
+        let (_dir, conn) = fresh();
+        let filter = |originator: &str| ProcessFilter {
+            status: StatusFilter::Any,
+            originator: Some(originator.into()),
+            after_id: Some("a".into()),
+            ..ProcessFilter::default()
+        };
+        let (sql, args) = list_query(&filter("session:s1"), 100);
+        let p = plan(&conn, &sql, args);
+        assert!(p.contains("processes_originator_id"), "{p}");
+        assert!(!p.contains("TEMP B-TREE"), "{p}");
+        // The host's processes are not in it: their listing walks the id index.
+        let (sql, args) = list_query(&filter("host"), 100);
+        let p = plan(&conn, &sql, args);
+        assert!(!p.contains("processes_originator_id"), "{p}");
+        assert!(!p.contains("TEMP B-TREE"), "{p}");
+        let scope = SessionScope {
+            session_id: "s1".into(),
+            agent_frame_id: None,
+        };
+        let any = ProcessFilter {
+            status: StatusFilter::Any,
+            ..ProcessFilter::default()
+        };
+        let (sql, args) = originated_by_query(&scope, &any, 10).expect("query");
+        let p = plan(&conn, &sql, args);
+        assert!(p.contains("processes_originator_id"), "{p}");
+    }
+
+    #[test]
+    fn gauges_count_running_rows_by_the_status_index() {
+        let (_dir, conn) = fresh();
+        let p = plan(&conn, RUNNING_GAUGES_SQL, Vec::new());
+        assert!(p.contains("processes_status_id"), "{p}");
+        assert!(gauges(&conn).is_ok());
     }
 
     #[test]

@@ -988,6 +988,37 @@ async fn sqlite_answers_like_memory() {
         .mem
         .expect("changes");
     let mid = page.changes[page.changes.len() / 2].cursor;
+    // Every status and originator listing over ended rows of each kind (the
+    // completed and the host's are outside the partial indexes, ADR 0026).
+    let by_session = |id: &str| Registration {
+        provenance: Provenance {
+            originator: Originator::session(SessionScope::session("s1")),
+            caused_by: None,
+        },
+        ..external(id)
+    };
+    for reg in [external("done-host"), by_session("done-s1")] {
+        let id = reg.id.clone();
+        both!(p, &format!("register {id}"), |r| r.register(reg.clone(), None));
+        both!(p, &format!("complete {id}"), |r| r.complete_external(
+            &id,
+            Outcome::success(json!(1)),
+            "host"
+        ));
+    }
+    for status in ["running", "completed", "failed", "cancelled", "abandoned", "any"] {
+        for originator in [None, Some("host"), Some("session:s1"), Some("session:s2")] {
+            let mut f = json!({"status": status});
+            if let Some(o) = originator {
+                f["originator"] = json!(o);
+            }
+            let filter = ProcessFilter::from_json(f.clone()).expect("filter");
+            let listed = both!(p, &format!("list ended {f}"), |r| r.list(&filter)).mem;
+            if originator.is_none() {
+                assert!(!listed.expect("list").is_empty(), "some rows are {status}");
+            }
+        }
+    }
     p.clock.advance(1_000);
     let cutoff = p.clock.now_ms();
     both!(p, "prune running", |r| r.prune(
@@ -1343,6 +1374,60 @@ async fn event_logs_keyed_by_process_id_are_upgraded() {
         .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
         .expect("count");
     assert_eq!(left, 4, "old-a's three events and new-c's one");
+}
+
+/// A file whose status and originator indexes hold every row (schema
+/// versions before ADR 0026) has them made partial when opened, and lists as
+/// before.
+#[tokio::test]
+async fn listing_indexes_are_made_partial_on_upgrade() {
+    /// The schema version whose migration makes the listing indexes partial.
+    const PARTIAL_FROM: u32 = 7;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let clock = ManualClock::new(T0);
+    let reg = open(&path, &clock);
+    for id in ["a-done", "b-live"] {
+        reg.register(external(id), None).await.expect("register");
+    }
+    reg.complete_external("a-done", Outcome::success(json!(1)), "host")
+        .await
+        .expect("complete");
+    drop(reg);
+    let raw = Connection::open(&path).expect("raw");
+    raw.execute_batch(&format!(
+        "DROP INDEX processes_status_id;
+         CREATE INDEX processes_status_id ON processes (status, id);
+         DROP INDEX processes_originator_id;
+         CREATE INDEX processes_originator_id ON processes (originator, id);
+         UPDATE cairn_meta SET value = '{PARTIAL_FROM}' WHERE key = 'schema_version';"
+    ))
+    .expect("make the older shape");
+    drop(raw);
+
+    let reg = open(&path, &clock);
+    let ids = |status: &str| {
+        let filter = ProcessFilter::from_json(json!({"status": status, "originator": "host"})).expect("filter");
+        let reg = &reg;
+        async move {
+            reg.list(&filter)
+                .await
+                .expect("list")
+                .into_iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(ids("completed").await, ["a-done"]);
+    assert_eq!(ids("running").await, ["b-live"]);
+    assert_eq!(ids("any").await, ["a-done", "b-live"]);
+    let raw = Connection::open(&path).expect("raw");
+    for index in ["processes_status_id", "processes_originator_id"] {
+        let sql: String = raw
+            .query_row("SELECT sql FROM sqlite_master WHERE name = ?1", [index], |r| r.get(0))
+            .expect("index");
+        assert!(sql.contains("WHERE"), "{index} is partial: {sql}");
+    }
 }
 
 /// A row stores its record without the type list, which is stored once per
