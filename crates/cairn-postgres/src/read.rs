@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use cairn_core::events::ProcessEvent;
 use cairn_core::model::{
-    GrantedProcess, NodeLiveness, ProcessFilter, ProcessRecord, SessionScope, SweepItem, WakeDelivery,
+    GrantedProcess, NodeLiveness, ProcessFilter, ProcessRecord, SessionScope, StatusFilter, SweepItem, WakeDelivery,
 };
 use cairn_core::CairnError;
 use tokio_postgres::types::ToSql;
@@ -19,7 +19,7 @@ pub(crate) type R<T> = std::result::Result<T, Fault>;
 
 type Param = Box<dyn ToSql + Sync + Send>;
 
-fn params(args: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
+pub(crate) fn params(args: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
     args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect()
 }
 
@@ -55,6 +55,11 @@ fn filter_sql(filter: &ProcessFilter, sql: &mut String, args: &mut Vec<Param>) {
     };
     if let Some(status) = status_label(filter.status) {
         push(sql, " AND p.status = ?::text", Box::new(status));
+        if filter.status != StatusFilter::Completed {
+            // The status index leaves out completed rows (ADR 0026); a plan
+            // for any bound status may use it only if the query says so.
+            sql.push_str(" AND p.status <> 'completed'");
+        }
     }
     if let Some(d) = &filter.definition {
         push(sql, " AND p.definition = ?::text", Box::new(d.clone()));
@@ -64,6 +69,10 @@ fn filter_sql(filter: &ProcessFilter, sql: &mut String, args: &mut Vec<Param>) {
     }
     if let Some(o) = &filter.originator {
         push(sql, " AND p.originator = ?::text", Box::new(o.clone()));
+        if o.starts_with("session:") {
+            // The originator index holds only the processes sessions started (ADR 0026).
+            sql.push_str(" AND p.originator_scope IS NOT NULL");
+        }
     }
     if let Some(c) = &filter.caused_by {
         push(sql, " AND p.caused_by = ?::text", Box::new(c.clone()));

@@ -14,7 +14,7 @@ const APPLICATION_NAME: &str = "cairn";
 /// Migration `i` takes a schema from version `i` to `i + 1`. Never edit a
 /// released entry: append a new one. Each runs inside the migrating transaction
 /// with `search_path` set to cairn's schema.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V_SWEEP, V_MODULES];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V_SWEEP, V_MODULES, V_PARTIAL_LISTING_INDEXES];
 
 // Ids are `COLLATE "C"`: listings page in byte order whatever the database's
 // default collation, as every other backend does.
@@ -199,6 +199,17 @@ CREATE TABLE modules (
     source        text NOT NULL,
     created_at_ms bigint NOT NULL
 );
+"#;
+
+/// The listing indexes leave out completed rows and the host's rows (ADR
+/// 0026): an update that ends a process, or the insert of a host's process,
+/// no longer adds an entry to them. The listing queries state the index terms,
+/// so a generic plan may use them too.
+const V_PARTIAL_LISTING_INDEXES: &str = r#"
+DROP INDEX processes_status_id;
+CREATE INDEX processes_status_id ON processes (status, id) WHERE status <> 'completed';
+DROP INDEX processes_originator_id;
+CREATE INDEX processes_originator_id ON processes (originator, id) WHERE originator_scope IS NOT NULL;
 "#;
 
 /// Check a schema name: a plain lower-case SQL identifier, so it never needs

@@ -95,6 +95,47 @@ pub async fn plan_on(url: &str, schema: &str, role: &str, sql: &str) -> Result<S
         .join("\n"))
 }
 
+/// `EXPLAIN` of the listing query of `filter` (one page of 100) on a read
+/// connection, as a generic plan: the plan a cached statement settles on, which
+/// knows none of its bound values (so a partial index serves it only if the
+/// query states the index's term).
+pub async fn listing_plan(url: &str, schema: &str, filter: &cairn_core::model::ProcessFilter) -> Result<String> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| cairn_core::CairnError::InvalidRequest(format!("bad postgres url: {e}")))?;
+    let conn = crate::conn::open_retrying(&config, schema, "read", 1).await?;
+    let (sql, args) = crate::read::list_query(filter, 100);
+    // The values as SQL literals (texts and integers are all a listing binds).
+    let values = args
+        .iter()
+        .map(|a| {
+            let shown = format!("{a:?}");
+            match serde_json::from_str::<String>(&shown) {
+                Ok(text) => format!("'{}'", text.replace('\'', "''")),
+                Err(_) => shown,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let err = |e: tokio_postgres::Error| cairn_core::CairnError::storage_caused_by(crate::conn::describe(&e), e);
+    conn.client
+        .batch_execute(&format!(
+            "SET plan_cache_mode = force_generic_plan; PREPARE listing AS {sql}"
+        ))
+        .await
+        .map_err(err)?;
+    let rows = conn
+        .client
+        .query(&format!("EXPLAIN EXECUTE listing({values})"), &[])
+        .await
+        .map_err(err)?;
+    Ok(rows
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
 /// A uniquely named schema, dropped (with everything in it) when this is dropped.
 pub struct TestSchema {
     /// The server URL.

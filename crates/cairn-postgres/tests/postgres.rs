@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_core::{ChangeHub, ManualClock, ProcessRegistry, SystemClock};
+use cairn_core::{ChangeHub, ManualClock, ProcessFilter, ProcessRegistry, SystemClock};
 use cairn_postgres::testing::{self, TestSchema};
 use cairn_postgres::{PostgresOptions, PostgresRegistry, SCHEMA_VERSION};
 use cairn_testkit::{external, note, rerunnable};
@@ -582,6 +582,51 @@ async fn claims_and_worklists_read_their_partial_indexes() {
         assert!(plan.contains(index), "{name} should use {index}:\n{plan}");
         assert!(!plan.contains("Seq Scan"), "{name} scans the table:\n{plan}");
     }
+}
+
+/// The listing indexes are partial (ADR 0026): a listing of running, failed
+/// or a session's processes still walks its index in id order among many
+/// completed rows, which are in neither.
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test]
+async fn listings_read_their_partial_indexes() {
+    if !testing::enabled() {
+        return;
+    }
+    let (reg, schema) = testing::fresh(clock()).await;
+    reg.register(rerunnable("run-00"), None).await.expect("register");
+    schema
+        .execute(&format!(
+            "INSERT INTO \"{s}\".processes (id, record, status, disposition, definition, originator, waiting, \
+             created_at_ms, terminal_at_ms, last_sequence, change_cursor, run_candidate, abandon_candidate, \
+             fencing_counter, types_key) \
+             SELECT 'done-' || g, record, 'completed', disposition, definition, originator, false, created_at_ms, \
+             created_at_ms, 2, 0, false, false, 1, types_key FROM \"{s}\".processes, generate_series(1, 20000) g \
+             WHERE id = 'run-00'; ANALYZE \"{s}\".processes",
+            s = schema.name
+        ))
+        .await
+        .expect("fill");
+    for (f, index) in [
+        (json!({"status": "running"}), "processes_status_id"),
+        (json!({"status": "failed", "after_id": "a"}), "processes_status_id"),
+        (
+            json!({"status": "any", "originator": "session:s1"}),
+            "processes_originator_id",
+        ),
+    ] {
+        let filter = ProcessFilter::from_json(f.clone()).expect("filter");
+        let plan = testing::listing_plan(&schema.url, &schema.name, &filter)
+            .await
+            .expect("plan");
+        assert!(plan.contains(index), "{f} should use {index}:\n{plan}");
+        assert!(!plan.contains("Seq Scan"), "{f} scans the table:\n{plan}");
+    }
+    let filter = ProcessFilter::from_json(json!({"status": "completed"})).expect("filter");
+    assert_eq!(reg.list(&filter).await.expect("list").len(), 100);
 }
 
 /// Lane and read connections price sequential scans out: on a tiny table (where
