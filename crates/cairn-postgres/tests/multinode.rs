@@ -514,7 +514,11 @@ fn a_restarted_node_sweeps_its_dead_incarnations_work_once() {
         let (a_work, b_work) = loop {
             let records = list_all(&reg, "ob-").await;
             let (a_work, b_work) = (started_by(&records, "node-a#1"), started_by(&records, "node-b#1"));
-            if a_work.len() + b_work.len() == ids.len() && !a_work.is_empty() && !b_work.is_empty() {
+            // Started (claimed) and running: each run has recorded its hit, so
+            // the kill below never lands between a claim and its run's start.
+            let ran = hits(&db, &schema.name).await.len();
+            if a_work.len() + b_work.len() == ids.len() && ran == ids.len() && !a_work.is_empty() && !b_work.is_empty()
+            {
                 break (a_work, b_work);
             }
             assert!(
