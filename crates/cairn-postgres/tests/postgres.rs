@@ -536,6 +536,23 @@ async fn type_lists_are_stored_once_apart_from_the_rows_and_read_back() {
     assert!(err.to_string().contains("content address"), "{err}");
 }
 
+/// Many finished rows copied from `run-00`, as a long-lived database has,
+/// with fresh planner statistics.
+async fn fill_completed_like_run_00(schema: &TestSchema) {
+    schema
+        .execute(&format!(
+            "INSERT INTO \"{s}\".processes (id, record, status, disposition, definition, originator, waiting, \
+             created_at_ms, terminal_at_ms, last_sequence, change_cursor, run_candidate, abandon_candidate, \
+             fencing_counter, types_key) \
+             SELECT 'done-' || g, record, 'completed', disposition, definition, originator, false, created_at_ms, \
+             created_at_ms, 2, 0, false, false, 1, types_key FROM \"{s}\".processes, generate_series(1, 20000) g \
+             WHERE id = 'run-00'; ANALYZE \"{s}\".processes",
+            s = schema.name
+        ))
+        .await
+        .expect("fill");
+}
+
 #[cfg_attr(
     cairn_no_postgres,
     ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
@@ -554,18 +571,7 @@ async fn claims_and_worklists_read_their_partial_indexes() {
     reg.register(external("ext"), None).await.expect("register");
     reg.request_abandon("ext", "op", "x").await.expect("abandon");
     // Many finished rows around them, as a long-lived database has.
-    schema
-        .execute(&format!(
-            "INSERT INTO \"{s}\".processes (id, record, status, disposition, definition, originator, waiting, \
-             created_at_ms, terminal_at_ms, last_sequence, change_cursor, run_candidate, abandon_candidate, \
-             fencing_counter, types_key) \
-             SELECT 'done-' || g, record, 'completed', disposition, definition, originator, false, created_at_ms, \
-             created_at_ms, 2, 0, false, false, 1, types_key FROM \"{s}\".processes, generate_series(1, 20000) g \
-             WHERE id = 'run-00'; ANALYZE \"{s}\".processes",
-            s = schema.name
-        ))
-        .await
-        .expect("fill");
+    fill_completed_like_run_00(&schema).await;
     let c = client(&schema.url).await;
     c.batch_execute(&format!("SET search_path TO \"{}\"", schema.name))
         .await
@@ -598,18 +604,7 @@ async fn listings_read_their_partial_indexes() {
     }
     let (reg, schema) = testing::fresh(clock()).await;
     reg.register(rerunnable("run-00"), None).await.expect("register");
-    schema
-        .execute(&format!(
-            "INSERT INTO \"{s}\".processes (id, record, status, disposition, definition, originator, waiting, \
-             created_at_ms, terminal_at_ms, last_sequence, change_cursor, run_candidate, abandon_candidate, \
-             fencing_counter, types_key) \
-             SELECT 'done-' || g, record, 'completed', disposition, definition, originator, false, created_at_ms, \
-             created_at_ms, 2, 0, false, false, 1, types_key FROM \"{s}\".processes, generate_series(1, 20000) g \
-             WHERE id = 'run-00'; ANALYZE \"{s}\".processes",
-            s = schema.name
-        ))
-        .await
-        .expect("fill");
+    fill_completed_like_run_00(&schema).await;
     for (f, index) in [
         (json!({"status": "running"}), "processes_status_id"),
         (json!({"status": "failed", "after_id": "a"}), "processes_status_id"),
