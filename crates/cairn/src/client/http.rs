@@ -373,4 +373,62 @@ mod tests {
             Err(ClientError::Api { status: 400, .. })
         ));
     }
+
+    /// A free port on loopback, nothing listening on it.
+    fn free_port() -> u16 {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        probe.local_addr().expect("addr").port()
+    }
+
+    /// A follower that has reached the server before (`run` just started the
+    /// process) waits out a server that is down when the stream first opens,
+    /// and reads the stream once it is back; one that never reached it says
+    /// so at once.
+    #[tokio::test]
+    async fn a_follower_that_reached_the_server_rides_out_its_restart() {
+        let port = free_port();
+        let client = Client::new(&format!("http://127.0.0.1:{port}"), None).expect("client");
+        assert!(matches!(
+            client.follow("p", 0, false, |_| {}).await,
+            Err(ClientError::Unreachable { .. })
+        ));
+        let mut follower = tokio::spawn(async move {
+            let mut types = Vec::new();
+            let done = client
+                .follow("p", 0, true, |event| {
+                    types.push(event["event_type"].as_str().unwrap_or_default().to_string());
+                })
+                .await;
+            (done, types)
+        });
+        // The server comes back after the follower's first attempt (a refused
+        // connect, microseconds after the spawn) and before its first retry,
+        // which waits at least 250 ms.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind again");
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted.expect("accept"),
+            ended = &mut follower => panic!("the follower gave up instead of retrying: {:?}", ended.map(|e| e.0)),
+        };
+        let (mut socket, _) = accepted;
+        let mut request = vec![0u8; 4096];
+        let n = tokio::io::AsyncReadExt::read(&mut socket, &mut request)
+            .await
+            .expect("read");
+        assert!(String::from_utf8_lossy(&request[..n]).starts_with("GET /v1/processes/p/events"));
+        let event = r#"{"sequence":1,"event_type":"process.completed","semantics":{"terminal":{"state":"completed"}}}"#;
+        let body = format!("event: event\ndata: {event}\n\n");
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut socket, response.as_bytes())
+            .await
+            .expect("write");
+        let (done, types) = follower.await.expect("follower");
+        assert!(done.is_ok(), "{done:?}");
+        assert_eq!(types, ["process.completed"]);
+    }
 }
