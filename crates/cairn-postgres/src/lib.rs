@@ -38,6 +38,7 @@ mod admin_tx;
 mod conn;
 mod lanes;
 mod listen;
+mod node_hold;
 mod options;
 mod read;
 mod rows;
@@ -65,6 +66,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_postgres::Config;
 
+pub use node_hold::NodeHold;
 pub use options::{redact, split_schema, PostgresOptions};
 pub use schema::{validate_schema_name, SCHEMA_VERSION};
 
@@ -133,6 +135,15 @@ impl std::fmt::Debug for PostgresRegistry {
 }
 
 impl PostgresRegistry {
+    /// Hold `node` as the node id of one live runtime over this schema, until
+    /// the answer is dropped or its connection ends (ADR 0027), asking again
+    /// for up to `wait` while another connection holds it. Fails with
+    /// [`CairnError::Unavailable`] after that: a runtime that registers a node
+    /// id it does not hold could sweep a live runtime's `owner_bound` work.
+    pub async fn hold_node(&self, node: &str, wait: std::time::Duration) -> Result<NodeHold> {
+        node_hold::hold(&self.config, &self.schema, node, wait).await
+    }
+
     /// Connect to `url` with default options, creating or migrating the schema.
     pub async fn connect(url: &str, clock: SharedClock) -> Result<Self> {
         Self::connect_with(PostgresOptions::new(url, clock)).await

@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 mod modules;
+mod node_hold;
 mod nodes;
 mod others;
 mod schedules;
@@ -56,6 +57,7 @@ use cairn_core::{CairnError, ChangeHub, Result};
 use parking_lot::Mutex;
 use rusqlite::{Connection, Transaction};
 
+pub use node_hold::NodeHold;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use writer::WriteStats;
 
@@ -190,6 +192,15 @@ impl SqliteRegistry {
             watcher: Mutex::new(None),
             read_slots: tokio::sync::Semaphore::new(options.read_connections.max(1)),
         })
+    }
+
+    /// Hold `node` as the node id of one live runtime over this file, until
+    /// the answer is dropped or this OS process ends (ADR 0027). Fails with
+    /// [`CairnError::Unavailable`], naming the holder's pid, while another
+    /// live process holds it: a runtime that registers a node id it does not
+    /// hold could sweep a live runtime's `owner_bound` work.
+    pub fn hold_node(&self, node: &str) -> Result<NodeHold> {
+        node_hold::hold(&self.readers.path, node)
     }
 
     /// Feed `hub` with what other OS processes commit to this file (a second
