@@ -479,6 +479,7 @@ pub struct ServeArgs {
     /// This server's node id: stable across restarts and unique among the servers of one
     /// database (1-64 of `A-Z a-z 0-9 . _ -`; default: the host name). Each start registers a
     /// new incarnation of it, and sweeps the `owner_bound` work earlier ones left running.
+    /// A second live server under the same id on the same database is refused.
     #[arg(long, env = "CAIRN_NODE_ID")]
     pub node_id: Option<String>,
     /// A session token, `SESSION=TOKEN` (repeatable): it sees only processes granted to SESSION.

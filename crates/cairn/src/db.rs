@@ -33,6 +33,50 @@ pub struct Backend {
     pub registry: Arc<dyn ProcessRegistry>,
     /// The hub to give [`cairn_core::RuntimeBuilder::hub`].
     pub hub: ChangeHub,
+    /// Who keeps node ids unique among live runtimes on this database.
+    node_ids: NodeIds,
+}
+
+enum NodeIds {
+    /// A memory database: no other runtime can see it.
+    Private,
+    Sqlite(Arc<SqliteRegistry>),
+    Postgres(Arc<PostgresRegistry>),
+}
+
+/// A node id held on a backend's database ([`Backend::hold_node`]); the hold
+/// ends when this is dropped or the OS process ends.
+#[derive(Debug)]
+pub enum NodeHold {
+    /// Nothing to hold: the database is this process's own.
+    Private,
+    /// A lock file beside the SQLite file.
+    Sqlite(cairn_sqlite::NodeHold),
+    /// A session advisory lock on a connection of its own.
+    Postgres(cairn_postgres::NodeHold),
+}
+
+/// How long a PostgreSQL node id that another connection holds is asked for
+/// again before giving up: a killed holder's connection ends within moments,
+/// a vanished host's once the server's keepalives give up on it (ADR 0027).
+pub const NODE_HOLD_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Backend {
+    /// Hold `node` as the node id of this OS process's runtime on the database
+    /// (ADR 0027): a second live runtime under the same id would sweep this
+    /// one's `owner_bound` work as if it had died. Refused with
+    /// [`cairn_core::CairnError::Unavailable`] while another live runtime
+    /// holds it (on PostgreSQL, after asking again for [`NODE_HOLD_WAIT`]).
+    pub async fn hold_node(&self, node: &str) -> cairn_core::Result<NodeHold> {
+        match &self.node_ids {
+            NodeIds::Private => {
+                cairn_core::NodeIdentity::validate_node_id(node)?;
+                Ok(NodeHold::Private)
+            }
+            NodeIds::Sqlite(r) => r.hold_node(node).map(NodeHold::Sqlite),
+            NodeIds::Postgres(r) => r.hold_node(node, NODE_HOLD_WAIT).await.map(NodeHold::Postgres),
+        }
+    }
 }
 
 /// Whether `url` names a PostgreSQL database.
@@ -53,9 +97,11 @@ pub async fn open_backend(url: &str) -> Result<Backend, OpenError> {
                 source,
             })?;
         registry.listen(hub.clone());
+        let registry = Arc::new(registry);
         return Ok(Backend {
-            registry: Arc::new(registry),
+            registry: registry.clone(),
             hub,
+            node_ids: NodeIds::Postgres(registry),
         });
     }
     if let Some(path) = url.strip_prefix("sqlite:") {
@@ -68,13 +114,19 @@ pub async fn open_backend(url: &str) -> Result<Backend, OpenError> {
                 url: url.to_string(),
                 source,
             })?;
+        let registry = Arc::new(registry);
         return Ok(Backend {
-            registry: Arc::new(registry),
+            registry: registry.clone(),
             hub,
+            node_ids: NodeIds::Sqlite(registry),
         });
     }
     let registry = open_registry(url)?;
-    Ok(Backend { registry, hub })
+    Ok(Backend {
+        registry,
+        hub,
+        node_ids: NodeIds::Private,
+    })
 }
 
 /// Open an embedded registry a database URL names: `memory` (ephemeral) or

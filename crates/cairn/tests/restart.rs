@@ -369,9 +369,84 @@ async fn sigkill_ends_a_rerunnable_shell_run_before_its_rerun() {
     assert!(!group_alive(second.0), "a cancel stops the rerun's group");
 }
 
+/// `cairn serve ARGS`, which must refuse to start: its exit status and stderr.
+fn refused_serve(args: &[&str]) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .env_remove("CAIRN_TOKEN")
+        .env_remove("CAIRN_NODE_ID")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn cairn serve");
+    for _ in 0..2_000 {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut stderr = String::new();
+            child
+                .stderr
+                .take()
+                .expect("stderr piped")
+                .read_to_string(&mut stderr)
+                .expect("read stderr");
+            return (status, stderr);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("`cairn serve {args:?}` was to refuse to start, and ran for 20 s");
+}
+
+/// A second live `cairn serve` under a node id another holds on the same file
+/// would sweep the first one's `owner_bound` work as if it had died: it is
+/// refused, naming the holder, and the work runs on. Another node id serves
+/// beside it, and once the holder is killed its id is free for the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_under_a_live_node_id_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("cairn.db").display());
+    let first = Server::start_on(&db, &["--node-id", "box-1"]).await;
+    let c = first.client();
+    let (s, rec) = c
+        .start(tool_start("ob", "shell", idle_shell(dir.path()), "owner_bound"))
+        .await;
+    assert_eq!(s, 201, "{rec}");
+    let orphans = Orphans(shell_pgid(&dir.path().join("pid")).await);
+    until(&c, "ob", "started", |r| !r["started"].is_null()).await;
+
+    let (status, stderr) = refused_serve(&["--db", &db, "--listen", "127.0.0.1:0", "--node-id", "box-1"]);
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("node id `box-1` is in use") && stderr.contains(&format!("process {}", first.pid())),
+        "{stderr}"
+    );
+    // The host name default is a node id too.
+    let _default = Server::start_on(&db, &[]).await;
+    let (status, stderr) = refused_serve(&["--db", &db, "--listen", "127.0.0.1:0"]);
+    assert!(!status.success() && stderr.contains("is in use"), "{stderr}");
+
+    let other = Server::start_on(&db, &["--node-id", "box-2"]).await;
+    let (_, rec) = other.client().get("/v1/processes/ob").await;
+    assert_eq!(rec["status"], "running", "nothing swept the live run: {rec}");
+    assert_eq!(rec["started"]["owner_id"], "box-1#1", "{rec}");
+    assert!(group_alive(orphans.0), "the live run's shell runs on");
+
+    // SAFETY: signalling a child process this test spawned.
+    assert_eq!(unsafe { libc::kill(first.pid() as i32, libc::SIGKILL) }, 0);
+    drop(first);
+    let restarted = Server::start_on(&db, &["--node-id", "box-1"]).await;
+    let (_, ended) = restarted.client().get("/v1/processes/ob/await?timeout_ms=30000").await;
+    assert_eq!(ended["outcome"]["evidence"]["writer"], "sweep", "{ended}");
+}
+
 /// A revenant: `cairn serve` frozen (SIGSTOP) mid-run while a restart of the
-/// same node sweeps its work. Thawed, the old incarnation writes nothing more
-/// (its lease went with the sweep) and stops its shell's process group.
+/// same node sweeps its work. The frozen server still holds its node id, so
+/// the restart is refused until the hold is defeated (its lock file removed,
+/// as a careless cleanup might). Thawed, the old incarnation writes nothing
+/// more (its lease went with the sweep) and stops its shell's process group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revenant_incarnation_is_fenced_after_the_sweep() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -387,6 +462,9 @@ async fn revenant_incarnation_is_fenced_after_the_sweep() {
 
     // SAFETY: signalling a child process this test spawned.
     assert_eq!(unsafe { libc::kill(old.pid() as i32, libc::SIGSTOP) }, 0);
+    let (status, stderr) = refused_serve(&["--db", &db, "--listen", "127.0.0.1:0", "--node-id", "box-1"]);
+    assert!(!status.success() && stderr.contains("is in use"), "{stderr}");
+    std::fs::remove_file(dir.path().join("cairn.db-node-box-1.lock")).expect("remove the lock file");
     let new = Server::start_on(&db, &["--node-id", "box-1"]).await;
     let nc = new.client();
     let (_, ended) = nc.get("/v1/processes/ob/await?timeout_ms=30000").await;

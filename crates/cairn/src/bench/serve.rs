@@ -48,8 +48,16 @@ impl Serve {
     /// Spawn it and read its address.
     pub async fn spawn(url: &str) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+        // A node id of its own: one that a child killed on an error path
+        // still held would refuse the next (ADR 0027).
+        static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let node = format!(
+            "bench-{}-{}",
+            std::process::id(),
+            SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let mut child = Command::new(exe)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--node-id", &node])
             // The URL goes through the environment: a PostgreSQL URL may carry a password.
             .env("CAIRN_DATABASE_URL", url)
             .env_remove("CAIRN_TOKEN")

@@ -200,6 +200,15 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     };
     cairn_core::NodeIdentity::validate_node_id(&node_id).map_err(|e| ServeError::Config(format!("--node-id: {e}")))?;
     let backend = db::open_backend(&args.db).await?;
+    // Held until this function returns (after the worker drained), or until
+    // the process dies: a second server under this node id is refused.
+    let _node_hold = backend.hold_node(&node_id).await.map_err(|e| {
+        let why = match e {
+            cairn_core::CairnError::Unavailable(m) => m,
+            other => other.to_string(),
+        };
+        ServeError::Config(format!("{why} (--node-id NAME)"))
+    })?;
     let backend_kind = args.db.split(':').next().unwrap_or("unknown");
     let metrics = Arc::new(Metrics::new(match backend_kind {
         "postgres" | "postgresql" => "postgres",
