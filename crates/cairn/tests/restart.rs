@@ -400,6 +400,18 @@ fn refused_serve(args: &[&str]) -> (std::process::ExitStatus, String) {
     panic!("`cairn serve {args:?}` was to refuse to start, and ran for 20 s");
 }
 
+/// `cairn serve --node-id box-1` on `db`, running the owner_bound shell `ob`
+/// (started) in `dir`; with the shell's group, killed when dropped.
+async fn box_1_running_ob(db: &str, dir: &std::path::Path) -> (Server, Orphans) {
+    let server = Server::start_on(db, &["--node-id", "box-1"]).await;
+    let c = server.client();
+    let (s, rec) = c.start(tool_start("ob", "shell", idle_shell(dir), "owner_bound")).await;
+    assert_eq!(s, 201, "{rec}");
+    let orphans = Orphans(shell_pgid(&dir.join("pid")).await);
+    until(&c, "ob", "started", |r| !r["started"].is_null()).await;
+    (server, orphans)
+}
+
 /// A second live `cairn serve` under a node id another holds on the same file
 /// would sweep the first one's `owner_bound` work as if it had died: it is
 /// refused, naming the holder, and the work runs on. Another node id serves
@@ -408,14 +420,7 @@ fn refused_serve(args: &[&str]) -> (std::process::ExitStatus, String) {
 async fn a_second_server_under_a_live_node_id_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = format!("sqlite:{}", dir.path().join("cairn.db").display());
-    let first = Server::start_on(&db, &["--node-id", "box-1"]).await;
-    let c = first.client();
-    let (s, rec) = c
-        .start(tool_start("ob", "shell", idle_shell(dir.path()), "owner_bound"))
-        .await;
-    assert_eq!(s, 201, "{rec}");
-    let orphans = Orphans(shell_pgid(&dir.path().join("pid")).await);
-    until(&c, "ob", "started", |r| !r["started"].is_null()).await;
+    let (first, orphans) = box_1_running_ob(&db, dir.path()).await;
 
     let (status, stderr) = refused_serve(&["--db", &db, "--listen", "127.0.0.1:0", "--node-id", "box-1"]);
     assert!(!status.success(), "{stderr}");
@@ -451,14 +456,7 @@ async fn a_second_server_under_a_live_node_id_is_refused() {
 async fn revenant_incarnation_is_fenced_after_the_sweep() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = format!("sqlite:{}", dir.path().join("cairn.db").display());
-    let old = Server::start_on(&db, &["--node-id", "box-1"]).await;
-    let c = old.client();
-    let (s, rec) = c
-        .start(tool_start("ob", "shell", idle_shell(dir.path()), "owner_bound"))
-        .await;
-    assert_eq!(s, 201, "{rec}");
-    let orphans = Orphans(shell_pgid(&dir.path().join("pid")).await);
-    until(&c, "ob", "started", |r| !r["started"].is_null()).await;
+    let (old, orphans) = box_1_running_ob(&db, dir.path()).await;
 
     // SAFETY: signalling a child process this test spawned.
     assert_eq!(unsafe { libc::kill(old.pid() as i32, libc::SIGSTOP) }, 0);
