@@ -9,47 +9,141 @@
 //! host vanishes (the connection asks the server for TCP keepalives 10 s idle,
 //! then 3 probes 5 s apart).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_core::{CairnError, NodeIdentity, Result};
+use tokio::sync::{oneshot, watch};
 use tokio_postgres::{Client, Config, NoTls};
 
 use crate::conn::{describe, storage};
 
-/// How often a runtime asks again for a node id another connection holds.
+/// How often a runtime asks again for a node id another connection holds,
+/// and how often a holder whose connection ended tries to reconnect.
 const RETRY: Duration = Duration::from_millis(500);
 
-/// A held node id: the lock lasts as long as this value, or its connection.
+/// Where a runtime's hold on its node id stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldState {
+    /// The lock is held on a live connection.
+    Held,
+    /// The connection that held it ended (a restarted server, a broken
+    /// network): the holder is reconnecting to take the id again.
+    Retaking,
+    /// Another connection took the id while this holder's was down: this
+    /// runtime must stop, since the other one may sweep its work. Final.
+    Lost,
+}
+
+/// A held node id: the lock lasts as long as this value. When its connection
+/// ends while the value lives, the hold reconnects and takes the id again;
+/// when another runtime took it meanwhile, the hold is [`HoldState::Lost`].
 pub struct NodeHold {
-    client: Client,
-    released: Arc<AtomicBool>,
+    state: watch::Receiver<HoldState>,
+    keeper: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for NodeHold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeHold").finish_non_exhaustive()
+        f.debug_struct("NodeHold").field("state", &self.state()).finish()
     }
 }
 
 impl NodeHold {
-    /// Whether the connection that holds the lock is still open (once it is
-    /// not, the server has released the lock).
+    /// Whether the lock is held now (on a connection still open).
     pub fn is_held(&self) -> bool {
-        !self.client.is_closed()
+        self.state() == HoldState::Held
+    }
+
+    /// Where the hold stands now.
+    pub fn state(&self) -> HoldState {
+        *self.state.borrow()
+    }
+
+    /// Resolves once `state` satisfies `pred` (at once if it does now); never
+    /// when no later state can (the hold lost, or its keeper gone).
+    pub async fn reached(&self, pred: impl Fn(HoldState) -> bool) -> HoldState {
+        let mut rx = self.state.clone();
+        let reached = rx.wait_for(|s| pred(*s)).await.map(|s| *s);
+        match reached {
+            Ok(s) => s,
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Resolves when another runtime took this node id: the runtime holding
+    /// this value must stop (`cairn serve` shuts down with an error).
+    pub async fn lost(&self) {
+        self.reached(|s| s == HoldState::Lost).await;
     }
 }
 
 impl Drop for NodeHold {
     fn drop(&mut self) {
-        self.released.store(true, Ordering::Relaxed);
+        // The keeper owns the client: dropping it closes the connection, and
+        // the server releases the lock.
+        self.keeper.abort();
     }
 }
 
 /// The advisory lock's key text: the schema and the node id.
 fn key(schema: &str, node: &str) -> String {
     format!("cairn node {schema} {node}")
+}
+
+/// A connection of the hold's own, with server-side keepalives, and a
+/// receiver that answers (with the reason, if any) when it ends.
+async fn connect(config: &Config) -> Result<(Client, oneshot::Receiver<Option<String>>)> {
+    let (client, connection) = config.connect(NoTls).await.map_err(storage)?;
+    let (ended_tx, ended) = oneshot::channel();
+    tokio::spawn(async move {
+        let why = connection.await.err().map(|e| describe(&e));
+        let _ = ended_tx.send(why);
+    });
+    client
+        .batch_execute("SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3")
+        .await
+        .map_err(storage)?;
+    Ok((client, ended))
+}
+
+/// Try the lock on `client`: whether it was taken, and the server process
+/// of `client`'s session.
+async fn try_lock(client: &Client, key: &str) -> Result<(bool, i32)> {
+    let row = client
+        .query_one(
+            "SELECT pg_try_advisory_lock(hashtextextended($1::text, 0)), pg_backend_pid()",
+            &[&key],
+        )
+        .await
+        .map_err(storage)?;
+    Ok((row.try_get(0).map_err(storage)?, row.try_get(1).map_err(storage)?))
+}
+
+/// The server process of the session that holds the lock, if any.
+const HOLDER: &str = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+    AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+    AND ((classid::int8 << 32) | objid::int8) = hashtextextended($1::text, 0)";
+
+/// After a failed try: whether to ask again. Yes when nobody holds the lock
+/// now, or when `old` does, this holder's own earlier session, which the
+/// server has not yet seen end (a network fault the client noticed first):
+/// that session is ended first. Any other holder is another runtime.
+async fn may_ask_again(client: &Client, key: &str, old: i32) -> Result<bool> {
+    let holder: Option<i32> = client
+        .query_opt(HOLDER, &[&key])
+        .await
+        .map_err(storage)?
+        .map(|r| r.try_get(0))
+        .transpose()
+        .map_err(storage)?;
+    if holder != Some(old) {
+        return Ok(holder.is_none());
+    }
+    client
+        .query_one("SELECT pg_terminate_backend($1)", &[&old])
+        .await
+        .map_err(storage)?;
+    Ok(true)
 }
 
 /// Take `node` over `schema`, asking again for up to `wait` while another
@@ -61,37 +155,18 @@ pub(crate) async fn hold(config: &Config, schema: &str, node: &str, wait: Durati
         .application_name(format!("cairn-node-{schema}"))
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(10));
-    let (client, connection) = config.connect(NoTls).await.map_err(storage)?;
-    let released = Arc::new(AtomicBool::new(false));
-    let watching = released.clone();
-    let owned = node.to_string();
-    tokio::spawn(async move {
-        let ended = connection.await;
-        if !watching.load(Ordering::Relaxed) {
-            tracing::error!(
-                node = %owned,
-                error = ?ended.err().map(|e| describe(&e)),
-                "the connection holding this node id ended: another runtime may now take the id"
-            );
-        }
-    });
-    client
-        .batch_execute("SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3")
-        .await
-        .map_err(storage)?;
+    let (client, ended) = connect(&config).await?;
     let key = key(schema, node);
     let deadline = tokio::time::Instant::now() + wait;
     let mut warned = false;
     loop {
-        let row = client
-            .query_one("SELECT pg_try_advisory_lock(hashtextextended($1::text, 0))", &[&key])
-            .await
-            .map_err(storage)?;
-        if row.try_get::<_, bool>(0).map_err(storage)? {
-            return Ok(NodeHold { client, released });
+        let (taken, pid) = try_lock(&client, &key).await?;
+        if taken {
+            let (state_tx, state) = watch::channel(HoldState::Held);
+            let keeper = tokio::spawn(keep(config, key, node.to_string(), (client, ended, pid), state_tx));
+            return Ok(NodeHold { state, keeper });
         }
         if tokio::time::Instant::now() + RETRY > deadline {
-            released.store(true, Ordering::Relaxed);
             return Err(CairnError::Unavailable(format!(
                 "node id `{node}` is in use over schema `{schema}` by another live connection: two live \
                  runtimes under one node id would sweep each other's owner_bound work; stop the other one \
@@ -103,6 +178,54 @@ pub(crate) async fn hold(config: &Config, schema: &str, node: &str, wait: Durati
             warned = true;
         }
         tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// Keep the hold: each time its connection ends, reconnect and take the id
+/// again, until another runtime's session is found holding it.
+async fn keep(
+    config: Config,
+    key: String,
+    node: String,
+    held: (Client, oneshot::Receiver<Option<String>>, i32),
+    state: watch::Sender<HoldState>,
+) {
+    let (mut client, mut ended, mut pid) = held;
+    loop {
+        let why = (&mut ended).await.ok().flatten();
+        drop(client);
+        state.send_replace(HoldState::Retaking);
+        tracing::warn!(node = %node, error = ?why, "the connection holding this node id ended; taking the id again");
+        loop {
+            let attempt = async {
+                let (c, e) = connect(&config).await?;
+                let (taken, new_pid) = try_lock(&c, &key).await?;
+                let own = !taken && may_ask_again(&c, &key, pid).await?;
+                Ok::<_, CairnError>((c, e, taken, new_pid, own))
+            };
+            match attempt.await {
+                Ok((c, e, true, new_pid, _)) => {
+                    (client, ended, pid) = (c, e, new_pid);
+                    break;
+                }
+                Ok((_, _, false, _, true)) => {
+                    tracing::debug!(node = %node, "this holder's old session still holds the node id; ending it");
+                }
+                Ok((_, _, false, _, false)) => {
+                    tracing::error!(
+                        node = %node,
+                        "another runtime took this node id while its hold was down: it may sweep this \
+                         runtime's owner_bound work, so this runtime must stop"
+                    );
+                    state.send_replace(HoldState::Lost);
+                    return;
+                }
+                Err(e) => tracing::debug!(node = %node, error = %e, "taking the node id again failed"),
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+        state.send_replace(HoldState::Held);
+        tracing::info!(node = %node, "node id held again");
     }
 }
 
@@ -148,5 +271,120 @@ mod tests {
             registry.hold_node("a/b", Duration::ZERO).await,
             Err(CairnError::InvalidId(_))
         ));
+    }
+
+    /// A connection of the test's own to the test server.
+    async fn connect_admin(url: &str) -> Client {
+        let (client, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+        tokio::spawn(conn);
+        client
+    }
+
+    /// The server process holding `key`'s lock, if any.
+    async fn holder(admin: &Client, key: &str) -> Option<i32> {
+        admin
+            .query_opt(HOLDER, &[&key])
+            .await
+            .expect("holder query")
+            .map(|r| r.get(0))
+    }
+
+    #[tokio::test]
+    async fn a_hold_whose_connection_ends_takes_the_id_again() {
+        if !enabled() {
+            return;
+        }
+        let (registry, schema) = fresh(Arc::new(SystemClock)).await;
+        let admin = connect_admin(&schema.url).await;
+        let key = key(&schema.name, "box-1");
+        let hold = registry.hold_node("box-1", Duration::ZERO).await.expect("hold");
+        let first = holder(&admin, &key).await.expect("held");
+        let ended: bool = admin
+            .query_one("SELECT pg_terminate_backend($1)", &[&first])
+            .await
+            .expect("terminate")
+            .get(0);
+        assert!(ended);
+        // The keeper reconnects and takes the lock on a new session.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match holder(&admin, &key).await {
+                Some(pid) if pid != first => break,
+                _ => assert!(tokio::time::Instant::now() < deadline, "the id was not taken again"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::timeout(Duration::from_secs(5), hold.reached(|s| s == HoldState::Held))
+            .await
+            .expect("held again");
+        let err = registry
+            .hold_node("box-1", Duration::ZERO)
+            .await
+            .expect_err("still held: another runtime is refused");
+        assert!(matches!(err, CairnError::Unavailable(_)), "{err}");
+        // Dropping the hold releases the lock.
+        drop(hold);
+        let _again = registry
+            .hold_node("box-1", Duration::from_secs(10))
+            .await
+            .expect("free once dropped");
+    }
+
+    #[tokio::test]
+    async fn a_hold_taken_by_another_while_its_connection_was_down_is_lost() {
+        if !enabled() {
+            return;
+        }
+        let (registry, schema) = fresh(Arc::new(SystemClock)).await;
+        let admin = connect_admin(&schema.url).await;
+        let key = key(&schema.name, "box-1");
+        let hold = registry.hold_node("box-1", Duration::ZERO).await.expect("hold");
+        let first = holder(&admin, &key).await.expect("held");
+        // Another runtime queues for the lock; the server grants it the
+        // moment the holder's session ends, before the holder can reconnect.
+        let rival = connect_admin(&schema.url).await;
+        let rival_pid: i32 = rival
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .expect("pid")
+            .get(0);
+        let waiting = {
+            let key = key.clone();
+            tokio::spawn(async move {
+                rival
+                    .execute("SELECT pg_advisory_lock(hashtextextended($1::text, 0))", &[&key])
+                    .await
+                    .expect("rival's lock");
+                rival
+            })
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let queued = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'advisory' AND NOT granted",
+                    &[&rival_pid],
+                )
+                .await
+                .expect("pg_locks")
+                .get::<_, i64>(0);
+            if queued == 1 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the rival never queued");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        admin
+            .query_one("SELECT pg_terminate_backend($1)", &[&first])
+            .await
+            .expect("terminate");
+        let _rival = waiting.await.expect("rival task");
+        assert_eq!(holder(&admin, &key).await, Some(rival_pid));
+        tokio::time::timeout(Duration::from_secs(20), hold.lost())
+            .await
+            .expect("the hold reports the id lost");
+        assert_eq!(hold.state(), HoldState::Lost);
+        assert!(!hold.is_held());
+        assert_eq!(holder(&admin, &key).await, Some(rival_pid), "the rival keeps it");
     }
 }

@@ -56,6 +56,19 @@ pub enum NodeHold {
     Postgres(cairn_postgres::NodeHold),
 }
 
+impl NodeHold {
+    /// Resolves when another runtime took the node id from this one (a
+    /// PostgreSQL hold whose connection ended and could not be taken again,
+    /// ADR 0027): the runtime must stop. Never on SQLite (the kernel keeps a
+    /// lock file's lock as long as the process) or a memory database.
+    pub async fn lost(&self) {
+        match self {
+            Self::Postgres(hold) => hold.lost().await,
+            Self::Private | Self::Sqlite(_) => std::future::pending().await,
+        }
+    }
+}
+
 /// How long a PostgreSQL node id that another connection holds is asked for
 /// again before giving up: a killed holder's connection ends within moments,
 /// a vanished host's once the server's keepalives give up on it (ADR 0027).

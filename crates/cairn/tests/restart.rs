@@ -1,5 +1,6 @@
 //! `cairn serve` killed with SIGKILL mid-run and restarted on the same SQLite
-//! database: recovery follows each process's disposition.
+//! database: recovery follows each process's disposition. And a server's hold
+//! on its node id (ADR 0027), on SQLite and PostgreSQL.
 
 mod common;
 
@@ -489,4 +490,135 @@ async fn revenant_incarnation_is_fenced_after_the_sweep() {
     );
     assert_eq!(rec["outcome"], ended["outcome"]);
     drop(old);
+}
+
+/// The server process holding the advisory lock of `node` over `schema`.
+async fn pg_holder(admin: &tokio_postgres::Client, schema: &str, node: &str) -> Option<i32> {
+    admin
+        .query_opt(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+             AND ((classid::int8 << 32) | objid::int8) = hashtextextended($1::text, 0)",
+            &[&format!("cairn node {schema} {node}")],
+        )
+        .await
+        .expect("pg_locks")
+        .map(|r| r.get(0))
+}
+
+/// On PostgreSQL a server holds its node id on a connection of its own. When
+/// that connection ends (a restarted database, a broken network), the server
+/// takes the id again and serves on; when another runtime took the id in the
+/// meantime, the server stops with an error instead of running beside it.
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_node_id_is_taken_while_its_hold_is_down_stops() {
+    let Some(url) = cairn_postgres::testing::test_url() else {
+        return;
+    };
+    let schema = cairn_postgres::testing::TestSchema::new("cairn_node_lost");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let db = format!("{url}{sep}schema={}", schema.name);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("serve.log");
+    let mut server = Server::serve_logging_to(
+        &[
+            "--db",
+            &db,
+            "--allow-shell",
+            "--listen",
+            "127.0.0.1:0",
+            "--node-id",
+            "box-1",
+        ],
+        &log,
+    )
+    .await;
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let terminate = |pid: i32| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+                .await
+                .expect("terminate")
+                .get::<_, bool>(0)
+        }
+    };
+
+    // The hold's connection ends: the server takes the id again.
+    let first = pg_holder(&admin, &schema.name, "box-1").await.expect("held");
+    assert!(terminate(first).await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match pg_holder(&admin, &schema.name, "box-1").await {
+            Some(pid) if pid != first => break,
+            _ => assert!(
+                std::time::Instant::now() < deadline,
+                "the server never took its id again"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = server.client();
+    let (s, rec) = c
+        .start(tool_start("e", "echo", json!({"value": 1}), "rerunnable"))
+        .await;
+    assert_eq!(s, 201, "{rec}");
+    let (_, ended) = c.get("/v1/processes/e/await?timeout_ms=20000").await;
+    assert_eq!(ended["status"], "completed", "the server serves on: {ended}");
+
+    // Another runtime queues for the id; the database grants it the moment the
+    // server's hold connection ends, before the server can take it again.
+    let held = pg_holder(&admin, &schema.name, "box-1").await.expect("held again");
+    let (rival, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let rival_pid: i32 = rival
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    let key = format!("cairn node {} box-1", schema.name);
+    let rival_lock = tokio::spawn(async move {
+        rival
+            .execute("SELECT pg_advisory_lock(hashtextextended($1::text, 0))", &[&key])
+            .await
+            .expect("the rival's lock");
+        rival
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let queued: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'advisory' AND NOT granted",
+                &[&rival_pid],
+            )
+            .await
+            .expect("pg_locks")
+            .get(0);
+        if queued == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the rival never queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(terminate(held).await);
+    let _rival = rival_lock.await.expect("rival task");
+    let status = server
+        .wait_exit(Duration::from_secs(30))
+        .expect("the server stops once its id is taken");
+    assert!(!status.success(), "{status}");
+    let stderr = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        stderr.contains("node id `box-1` was taken by another runtime"),
+        "{stderr}"
+    );
+    assert_eq!(pg_holder(&admin, &schema.name, "box-1").await, Some(rival_pid));
 }

@@ -145,6 +145,13 @@ pub enum ServeError {
     /// The server failed while running.
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+    /// Another runtime took this server's node id while it ran (ADR 0027):
+    /// the server stopped, as it may no longer claim the id's work.
+    #[error(
+        "node id `{0}` was taken by another runtime while this server's hold on it was down; \
+         this server stopped so that only one live runtime runs under the id"
+    )]
+    NodeLost(String),
 }
 
 /// The node id a server takes without `--node-id`: the host name, with any
@@ -202,7 +209,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let backend = db::open_backend(&args.db).await?;
     // Held until this function returns (after the worker drained), or until
     // the process dies: a second server under this node id is refused.
-    let _node_hold = backend.hold_node(&node_id).await.map_err(|e| {
+    let node_hold = backend.hold_node(&node_id).await.map_err(|e| {
         let why = match e {
             cairn_core::CairnError::Unavailable(m) => m,
             other => other.to_string(),
@@ -218,7 +225,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         lease_ttl: args.lease_ttl,
         concurrency: args.workers,
         batch_size: args.workers.min(WorkerConfig::default().batch_size),
-        node_id: Some(node_id),
+        node_id: Some(node_id.clone()),
         ..WorkerConfig::default()
     };
     // The dashboard's list follows the hub, and the one sink takes terminal
@@ -285,6 +292,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         .header_read_timeout(args.header_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stop = std::pin::pin!(wait_for_signal());
+    let mut lost = std::pin::pin!(node_hold.lost());
+    let mut node_lost = false;
     loop {
         let (stream, _peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -297,6 +306,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
                 }
             },
             () = &mut stop => break,
+            () = &mut lost => {
+                node_lost = true;
+                break;
+            }
         };
         let Some(permit) = connections.try_open() else {
             tokio::spawn(conn::refuse_busy(stream));
@@ -322,6 +335,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         }
     }
     processes.shutdown().await;
+    if node_lost {
+        return Err(ServeError::NodeLost(node_id));
+    }
     tracing::info!("worker drained; bye");
     Ok(())
 }
