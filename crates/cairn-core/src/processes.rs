@@ -825,6 +825,16 @@ impl Processes {
         }
     }
 
+    /// Resolves once this runtime's worker found a newer incarnation of its
+    /// node id registered ([`Worker::superseded`]): another runtime runs under
+    /// the id, and this one has stopped claiming. Never without a worker.
+    pub async fn superseded(&self) {
+        match &self.inner.driver {
+            Some(d) => d.worker().superseded().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Graceful shutdown: stop claiming, drain per disposition, return when done.
     pub async fn shutdown(&self) {
         if let Some(d) = &self.inner.driver {

@@ -130,6 +130,9 @@ pub struct Worker {
     unplaced: AtomicUsize,
     /// This start's node incarnation and its owner id, once registered.
     identity: std::sync::OnceLock<(NodeIdentity, String)>,
+    /// Cancelled once a newer incarnation of this worker's node id is found
+    /// registered: another runtime runs under the id ([`Self::superseded`]).
+    superseded: tokio_util::sync::CancellationToken,
 }
 
 impl Worker {
@@ -159,6 +162,7 @@ impl Worker {
             idle: Notify::new(),
             unplaced: AtomicUsize::new(0),
             identity: std::sync::OnceLock::new(),
+            superseded: tokio_util::sync::CancellationToken::new(),
         })
     }
 
@@ -208,16 +212,7 @@ impl Worker {
     /// (this node after a restart, or a peer that restarted). Answers how many
     /// it ended.
     pub async fn sweep(&self) -> Result<usize> {
-        if let Some(identity) = self.identity() {
-            if !self.registry.heartbeat(identity).await? {
-                tracing::error!(
-                    node = %identity.node,
-                    incarnation = identity.incarnation,
-                    "a newer incarnation of this node id registered: another runtime uses the same node id, \
-                     and this one's owner_bound work is swept"
-                );
-            }
-        }
+        self.check_superseded().await?;
         let mut swept = 0;
         loop {
             let items = self.registry.sweep_worklist(self.config.batch_size.max(1)).await?;
@@ -243,6 +238,51 @@ impl Worker {
                 return Ok(swept);
             }
         }
+    }
+
+    /// Heartbeat this node's liveness row; when a newer incarnation of the
+    /// node id has registered since this one, the worker is superseded: it
+    /// stops claiming (as a drain does, leaving its runs to end as they
+    /// will: a sweep by the newer one has fenced its `owner_bound` leases)
+    /// and [`Self::superseded`] resolves, for the host to stop.
+    async fn check_superseded(&self) -> Result<()> {
+        let Some(identity) = self.identity() else {
+            return Ok(());
+        };
+        if self.registry.heartbeat(identity).await? || self.superseded.is_cancelled() {
+            return Ok(());
+        }
+        tracing::error!(
+            node = %identity.node,
+            incarnation = identity.incarnation,
+            "a newer incarnation of this node id registered: another runtime uses the same node id and \
+             sweeps this one's owner_bound work; this worker claims nothing more"
+        );
+        self.draining.store(true, Ordering::SeqCst);
+        self.superseded.cancel();
+        self.idle.notify_waiters();
+        Ok(())
+    }
+
+    /// [`Self::check_superseded`] when a run lost its process to another
+    /// writer; a failure to ask is left to the next sweep.
+    async fn check_superseded_after_loss(&self) {
+        if let Err(e) = self.check_superseded().await {
+            tracing::warn!(error = %e, "could not heartbeat this node after a run lost its lease");
+        }
+    }
+
+    /// Resolves once this worker found a newer incarnation of its node id
+    /// registered (at a sweep, or when a run's process was ended by another
+    /// writer): two runtimes share the node id, and this one has stopped
+    /// claiming. A host should stop this runtime (`cairn serve` exits).
+    pub async fn superseded(&self) {
+        self.superseded.cancelled().await;
+    }
+
+    /// Whether [`Self::superseded`] has resolved.
+    pub fn is_superseded(&self) -> bool {
+        self.superseded.is_cancelled()
     }
 
     /// The configuration this worker was built with.
@@ -670,7 +710,10 @@ impl Worker {
                         ctx.stop(StopReason::Cancelled { reason: c.reason });
                         changes = None;
                     } else if r.is_terminal() {
+                        // Ended by another writer while it ran: perhaps a
+                        // sweep by a newer incarnation of this node id.
                         ctx.stop(StopReason::LeaseLost);
+                        self.check_superseded_after_loss().await;
                         return;
                     }
                 }
@@ -681,6 +724,7 @@ impl Worker {
                     Ok(l) => ctx.set_lease(l),
                     Err(CairnError::LeaseFenced(_)) => {
                         ctx.stop(StopReason::LeaseLost);
+                        self.check_superseded_after_loss().await;
                         return;
                     }
                     Err(e) => tracing::warn!(process_id = %id, error = %e, "lease renewal failed; will retry"),

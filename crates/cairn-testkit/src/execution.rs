@@ -477,8 +477,9 @@ pub async fn revenant_worker_cannot_write(factory: &dyn StoreFactory) {
 /// A runtime started again as the same node (`node_id`) sweeps the
 /// `owner_bound` run its earlier incarnation left: `abandoned {sweep}` naming
 /// that incarnation, answered to awaiters, at once (the old lease is still
-/// live). The earlier runtime, still alive here, is a revenant: its drain's
-/// `owner_drain` completion is fenced and the log stays as the sweep left it.
+/// live). The earlier runtime, still alive here, is a revenant: it finds
+/// itself superseded and claims nothing more, its drain's `owner_drain`
+/// completion is fenced, and the log stays as the sweep left it.
 pub async fn restarted_node_sweeps_its_earlier_incarnation(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;
     let reg = store.registry.clone();
@@ -521,6 +522,24 @@ pub async fn restarted_node_sweeps_its_earlier_incarnation(factory: &dyn StoreFa
         second.worker().and_then(|w| w.identity()).map(|i| i.incarnation),
         Some(2)
     );
+
+    // At its next sweep the earlier runtime finds a newer incarnation of its
+    // node id: it claims nothing more, and says so for its host to stop.
+    tokio::time::timeout(Duration::from_secs(10), first.superseded())
+        .await
+        .expect("the earlier runtime finds itself superseded");
+    assert!(first.worker().is_some_and(|w| w.is_superseded() && w.is_draining()));
+    assert!(second.worker().is_some_and(|w| !w.is_superseded()));
+    first
+        .start(StartRequest::tool("later", "block", json!({}), Disposition::Rerunnable))
+        .await
+        .expect("start through the earlier runtime");
+    second
+        .await_event("later", cairn_core::events::STARTED, 0, Duration::from_secs(10))
+        .await
+        .expect("the live runtime runs new work");
+    let later = reg.get("later").await.expect("get");
+    assert_eq!(later.started.as_ref().map(|s| s.owner_id.as_str()), Some("node-1#2"));
 
     first.shutdown().await;
     let after = reg.get("ob").await.expect("get");

@@ -452,12 +452,13 @@ async fn a_second_server_under_a_live_node_id_is_refused() {
 /// same node sweeps its work. The frozen server still holds its node id, so
 /// the restart is refused until the hold is defeated (its lock file removed,
 /// as a careless cleanup might). Thawed, the old incarnation writes nothing
-/// more (its lease went with the sweep) and stops its shell's process group.
+/// more (its lease went with the sweep), stops its shell's process group,
+/// and, superseded, exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revenant_incarnation_is_fenced_after_the_sweep() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = format!("sqlite:{}", dir.path().join("cairn.db").display());
-    let (old, orphans) = box_1_running_ob(&db, dir.path()).await;
+    let (mut old, orphans) = box_1_running_ob(&db, dir.path()).await;
 
     // SAFETY: signalling a child process this test spawned.
     assert_eq!(unsafe { libc::kill(old.pid() as i32, libc::SIGSTOP) }, 0);
@@ -489,7 +490,12 @@ async fn revenant_incarnation_is_fenced_after_the_sweep() {
         "the old incarnation wrote nothing after the sweep: {rec}"
     );
     assert_eq!(rec["outcome"], ended["outcome"]);
-    drop(old);
+    // Its run ended by another writer, the old server finds a newer
+    // incarnation of its node id and stops by itself.
+    let status = old
+        .wait_exit(Duration::from_secs(30))
+        .expect("the superseded server stops");
+    assert!(!status.success(), "{status}");
 }
 
 /// The server process holding the advisory lock of `node` over `schema`.
@@ -617,7 +623,7 @@ async fn a_server_whose_node_id_is_taken_while_its_hold_is_down_stops() {
     assert!(!status.success(), "{status}");
     let stderr = std::fs::read_to_string(&log).expect("log");
     assert!(
-        stderr.contains("node id `box-1` was taken by another runtime"),
+        stderr.contains("node id `box-1` was taken by another runtime while this server ran"),
         "{stderr}"
     );
     assert_eq!(pg_holder(&admin, &schema.name, "box-1").await, Some(rival_pid));

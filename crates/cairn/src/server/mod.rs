@@ -148,8 +148,8 @@ pub enum ServeError {
     /// Another runtime took this server's node id while it ran (ADR 0027):
     /// the server stopped, as it may no longer claim the id's work.
     #[error(
-        "node id `{0}` was taken by another runtime while this server's hold on it was down; \
-         this server stopped so that only one live runtime runs under the id"
+        "node id `{0}` was taken by another runtime while this server ran; this server stopped so that \
+         only one live runtime runs under the id"
     )]
     NodeLost(String),
 }
@@ -292,7 +292,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         .header_read_timeout(args.header_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stop = std::pin::pin!(wait_for_signal());
+    // Another runtime took this server's node id: its hold was lost, or a
+    // newer incarnation of the id registered (the worker stopped claiming).
     let mut lost = std::pin::pin!(node_hold.lost());
+    let superseding = processes.clone();
+    let mut superseded = std::pin::pin!(superseding.superseded());
     let mut node_lost = false;
     loop {
         let (stream, _peer) = tokio::select! {
@@ -307,6 +311,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             },
             () = &mut stop => break,
             () = &mut lost => {
+                node_lost = true;
+                break;
+            }
+            () = &mut superseded => {
                 node_lost = true;
                 break;
             }
