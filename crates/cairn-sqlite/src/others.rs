@@ -17,9 +17,10 @@
 //! A notice may come before the commit it announces is visible (the WAL's
 //! frames are written before the wal-index, a mapped file that raises no
 //! notice, says they are committed), so after each notice the watcher reads
-//! again at 1, 2, 4, ... up to [`CHASE_UNTIL`] ms. Our own commits raise
-//! notices too; the watcher reads at most once per [`MIN_GAP`], so a busy
-//! writer costs it a bounded number of reads. A foreign commit that lands
+//! again at 1, 2, 4, ... up to [`CHASE_UNTIL`] ms, every [`FINE_GAP`] for
+//! the first 2 ms while this process's own writer is quiet. Our own commits
+//! raise notices too; while our writer commits, the watcher reads at most once
+//! per [`MIN_GAP`], so a busy writer costs it a bounded number of reads. A foreign commit that lands
 //! beside ours is told apart by the cursor when it changed a process (a
 //! prune moves it too); one that changed none (an acknowledged wake, a
 //! grant) is not announced, and no waiter waits on it. A read every [`BACKSTOP`] catches a commit that came
@@ -36,8 +37,14 @@ use rusqlite::Connection;
 
 use crate::writer::OwnCommits;
 
-/// The least time between two reads of `data_version`.
+/// The least time between two reads of `data_version` while this process's
+/// own writer commits (its commits raise notices too).
 pub(crate) const MIN_GAP: Duration = Duration::from_millis(1);
+/// The first gap of the reads that follow a notice while this process's own
+/// writer is quiet: the notice is then another process's commit, which an
+/// awaiter here is waiting to hear of, and that commit becomes visible once
+/// its sync ends (a few tenths of a millisecond after its first write).
+pub(crate) const FINE_GAP: Duration = Duration::from_micros(250);
 /// The longest gap of the reads that follow a notice.
 pub(crate) const CHASE_UNTIL: Duration = Duration::from_millis(64);
 /// How often the watcher reads without a notice, when notices arrive.
@@ -91,27 +98,47 @@ impl Watcher {
                 let mut last = Instant::now();
                 // After a notice, the next read is due this long after the last.
                 let mut chase: Option<Duration> = None;
+                // The least gap between reads: fine while no commit of ours
+                // began since the last reading (the notices are another
+                // process's), coarse while our writer is busy.
+                let gap = |seen: &Reading| if own.begun() == seen.ended { FINE_GAP } else { MIN_GAP };
+                let mut noticed = Instant::now();
                 loop {
                     match rx.recv_timeout(chase.unwrap_or(every)) {
                         // The commit whose write raised the notice may not be
                         // visible yet (WAL frames are written before the
                         // wal-index says they are committed, and the index is
-                        // a mapped file that raises no notice): read again at
-                        // 1, 2, 4, ... 64 ms after it.
-                        Ok(Msg::Changed) => chase = Some(MIN_GAP),
+                        // a mapped file that raises no notice): read again
+                        // every 0.25 ms for 2 ms after it (every 1 ms while our
+                        // writer is busy), then at 4, 8, ... 64 ms.
+                        Ok(Msg::Changed) => {
+                            chase = Some(gap(&seen));
+                            noticed = Instant::now();
+                        }
                         Err(RecvTimeoutError::Timeout) => {
-                            chase = chase.map(|d| d * 2).filter(|d| *d <= CHASE_UNTIL);
+                            chase = chase
+                                .map(|d| {
+                                    if d < MIN_GAP && noticed.elapsed() < 2 * MIN_GAP {
+                                        d
+                                    } else {
+                                        (d * 2).max(2 * MIN_GAP)
+                                    }
+                                })
+                                .filter(|d| *d <= CHASE_UNTIL);
                         }
                         Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                     }
-                    if let Some(wait) = MIN_GAP.checked_sub(last.elapsed()) {
+                    if let Some(wait) = gap(&seen).checked_sub(last.elapsed()) {
                         std::thread::sleep(wait);
                     }
                     // One read answers every notice that came before it.
                     while let Ok(msg) = rx.try_recv() {
                         match msg {
                             Msg::Stop => return,
-                            Msg::Changed => chase = Some(MIN_GAP),
+                            Msg::Changed => {
+                                chase = Some(gap(&seen));
+                                noticed = Instant::now();
+                            }
                         }
                     }
                     let now = read();
