@@ -86,7 +86,7 @@ impl Drop for NodeHold {
 }
 
 /// The advisory lock's key text: the schema and the node id.
-fn key(schema: &str, node: &str) -> String {
+pub(crate) fn key(schema: &str, node: &str) -> String {
     format!("cairn node {schema} {node}")
 }
 
@@ -120,7 +120,7 @@ async fn try_lock(client: &Client, key: &str) -> Result<(bool, i32)> {
 }
 
 /// The server process of the session that holds the lock, if any.
-const HOLDER: &str = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+pub(crate) const HOLDER: &str = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
     AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
     AND ((classid::int8 << 32) | objid::int8) = hashtextextended($1::text, 0)";
 
@@ -236,7 +236,7 @@ mod tests {
     use cairn_core::SystemClock;
 
     use super::*;
-    use crate::testing::{enabled, fresh};
+    use crate::testing::{enabled, fresh, node_holder, retaken, terminate, test_client, NodeRival, TestSchema};
 
     #[tokio::test]
     async fn a_node_id_is_held_once_per_schema_and_free_again_when_dropped() {
@@ -273,20 +273,14 @@ mod tests {
         ));
     }
 
-    /// A connection of the test's own to the test server.
-    async fn connect_admin(url: &str) -> Client {
-        let (client, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect");
-        tokio::spawn(conn);
-        client
-    }
-
-    /// The server process holding `key`'s lock, if any.
-    async fn holder(admin: &Client, key: &str) -> Option<i32> {
-        admin
-            .query_opt(HOLDER, &[&key])
-            .await
-            .expect("holder query")
-            .map(|r| r.get(0))
+    /// A registry on a fresh schema holding `box-1`, a connection of the
+    /// test's own, and the server process of the hold's session.
+    async fn box_1_held() -> (NodeHold, Arc<crate::PostgresRegistry>, TestSchema, Client, i32) {
+        let (registry, schema) = fresh(Arc::new(SystemClock)).await;
+        let admin = test_client(&schema.url).await;
+        let hold = registry.hold_node("box-1", Duration::ZERO).await.expect("hold");
+        let first = node_holder(&admin, &schema.name, "box-1").await.expect("held");
+        (hold, registry, schema, admin, first)
     }
 
     #[tokio::test]
@@ -294,26 +288,10 @@ mod tests {
         if !enabled() {
             return;
         }
-        let (registry, schema) = fresh(Arc::new(SystemClock)).await;
-        let admin = connect_admin(&schema.url).await;
-        let key = key(&schema.name, "box-1");
-        let hold = registry.hold_node("box-1", Duration::ZERO).await.expect("hold");
-        let first = holder(&admin, &key).await.expect("held");
-        let ended: bool = admin
-            .query_one("SELECT pg_terminate_backend($1)", &[&first])
-            .await
-            .expect("terminate")
-            .get(0);
-        assert!(ended);
+        let (hold, registry, schema, admin, first) = box_1_held().await;
+        assert!(terminate(&admin, first).await);
         // The keeper reconnects and takes the lock on a new session.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            match holder(&admin, &key).await {
-                Some(pid) if pid != first => break,
-                _ => assert!(tokio::time::Instant::now() < deadline, "the id was not taken again"),
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        retaken(&admin, &schema.name, "box-1", first).await;
         tokio::time::timeout(Duration::from_secs(5), hold.reached(|s| s == HoldState::Held))
             .await
             .expect("held again");
@@ -335,56 +313,22 @@ mod tests {
         if !enabled() {
             return;
         }
-        let (registry, schema) = fresh(Arc::new(SystemClock)).await;
-        let admin = connect_admin(&schema.url).await;
-        let key = key(&schema.name, "box-1");
-        let hold = registry.hold_node("box-1", Duration::ZERO).await.expect("hold");
-        let first = holder(&admin, &key).await.expect("held");
+        let (hold, _registry, schema, admin, first) = box_1_held().await;
         // Another runtime queues for the lock; the server grants it the
         // moment the holder's session ends, before the holder can reconnect.
-        let rival = connect_admin(&schema.url).await;
-        let rival_pid: i32 = rival
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await
-            .expect("pid")
-            .get(0);
-        let waiting = {
-            let key = key.clone();
-            tokio::spawn(async move {
-                rival
-                    .execute("SELECT pg_advisory_lock(hashtextextended($1::text, 0))", &[&key])
-                    .await
-                    .expect("rival's lock");
-                rival
-            })
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let queued = admin
-                .query_one(
-                    "SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'advisory' AND NOT granted",
-                    &[&rival_pid],
-                )
-                .await
-                .expect("pg_locks")
-                .get::<_, i64>(0);
-            if queued == 1 {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "the rival never queued");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        admin
-            .query_one("SELECT pg_terminate_backend($1)", &[&first])
-            .await
-            .expect("terminate");
-        let _rival = waiting.await.expect("rival task");
-        assert_eq!(holder(&admin, &key).await, Some(rival_pid));
+        let rival = NodeRival::queue(&schema.url, &schema.name, "box-1").await;
+        assert!(terminate(&admin, first).await);
+        let rival = rival.holds().await;
+        assert_eq!(node_holder(&admin, &schema.name, "box-1").await, Some(rival.pid));
         tokio::time::timeout(Duration::from_secs(20), hold.lost())
             .await
             .expect("the hold reports the id lost");
         assert_eq!(hold.state(), HoldState::Lost);
         assert!(!hold.is_held());
-        assert_eq!(holder(&admin, &key).await, Some(rival_pid), "the rival keeps it");
+        assert_eq!(
+            node_holder(&admin, &schema.name, "box-1").await,
+            Some(rival.pid),
+            "the rival keeps it"
+        );
     }
 }

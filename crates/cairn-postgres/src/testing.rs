@@ -209,3 +209,110 @@ pub async fn fresh(clock: SharedClock) -> (Arc<PostgresRegistry>, TestSchema) {
         .expect("connect to the test PostgreSQL server");
     (Arc::new(registry), schema)
 }
+
+/// A connection of a test's own to the server at `url`.
+pub async fn test_client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test PostgreSQL server");
+    tokio::spawn(conn);
+    client
+}
+
+/// The server process whose session holds node id `node` over `schema`
+/// ([`PostgresRegistry::hold_node`]), if any.
+pub async fn node_holder(client: &tokio_postgres::Client, schema: &str, node: &str) -> Option<i32> {
+    client
+        .query_opt(crate::node_hold::HOLDER, &[&crate::node_hold::key(schema, node)])
+        .await
+        .expect("the holder of a node id")
+        .map(|r| r.get(0))
+}
+
+/// Wait (up to 20 s) until node id `node` over `schema` is held again by a
+/// session other than `old`'s; answers its server process.
+pub async fn retaken(client: &tokio_postgres::Client, schema: &str, node: &str, old: i32) -> i32 {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match node_holder(client, schema, node).await {
+            Some(pid) if pid != old => return pid,
+            _ => assert!(
+                tokio::time::Instant::now() < deadline,
+                "node id `{node}` was not taken again"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// End the session of server process `pid` (as a restarted server or a broken
+/// network would); whether there was one.
+pub async fn terminate(client: &tokio_postgres::Client, pid: i32) -> bool {
+    client
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .expect("pg_terminate_backend")
+        .get(0)
+}
+
+/// Another runtime's session waiting for a node id's lock.
+pub struct NodeRival {
+    /// Its server process.
+    pub pid: i32,
+    waiting: tokio::task::JoinHandle<tokio_postgres::Client>,
+}
+
+/// A rival that holds the node id; it lets go when dropped.
+pub struct HeldByRival {
+    /// Its server process.
+    pub pid: i32,
+    _client: tokio_postgres::Client,
+}
+
+impl NodeRival {
+    /// A session that asks for `node`'s lock over `schema` and waits for it;
+    /// answers once the server has it queued, so it takes the lock the
+    /// moment the holder's session ends.
+    pub async fn queue(url: &str, schema: &str, node: &str) -> Self {
+        let client = test_client(url).await;
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .expect("pid")
+            .get(0);
+        let key = crate::node_hold::key(schema, node);
+        let waiting = tokio::spawn(async move {
+            client
+                .execute("SELECT pg_advisory_lock(hashtextextended($1::text, 0))", &[&key])
+                .await
+                .expect("the rival's lock");
+            client
+        });
+        let watcher = test_client(url).await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let queued: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'advisory' AND NOT granted",
+                    &[&pid],
+                )
+                .await
+                .expect("pg_locks")
+                .get(0);
+            if queued == 1 {
+                return Self { pid, waiting };
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the rival never queued");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait until the rival holds the lock.
+    pub async fn holds(self) -> HeldByRival {
+        let client = self.waiting.await.expect("the rival's task");
+        HeldByRival {
+            pid: self.pid,
+            _client: client,
+        }
+    }
+}

@@ -498,19 +498,6 @@ async fn revenant_incarnation_is_fenced_after_the_sweep() {
     assert!(!status.success(), "{status}");
 }
 
-/// The server process holding the advisory lock of `node` over `schema`.
-async fn pg_holder(admin: &tokio_postgres::Client, schema: &str, node: &str) -> Option<i32> {
-    admin
-        .query_opt(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
-             AND ((classid::int8 << 32) | objid::int8) = hashtextextended($1::text, 0)",
-            &[&format!("cairn node {schema} {node}")],
-        )
-        .await
-        .expect("pg_locks")
-        .map(|r| r.get(0))
-}
-
 /// On PostgreSQL a server holds its node id on a connection of its own. When
 /// that connection ends (a restarted database, a broken network), the server
 /// takes the id again and serves on; when another runtime took the id in the
@@ -521,6 +508,7 @@ async fn pg_holder(admin: &tokio_postgres::Client, schema: &str, node: &str) -> 
 )]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_whose_node_id_is_taken_while_its_hold_is_down_stops() {
+    use cairn_postgres::testing::{node_holder, retaken, terminate, test_client, NodeRival};
     let Some(url) = cairn_postgres::testing::test_url() else {
         return;
     };
@@ -542,35 +530,12 @@ async fn a_server_whose_node_id_is_taken_while_its_hold_is_down_stops() {
         &log,
     )
     .await;
-    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
-    let terminate = |pid: i32| {
-        let admin = &admin;
-        async move {
-            admin
-                .query_one("SELECT pg_terminate_backend($1)", &[&pid])
-                .await
-                .expect("terminate")
-                .get::<_, bool>(0)
-        }
-    };
+    let admin = test_client(&url).await;
 
     // The hold's connection ends: the server takes the id again.
-    let first = pg_holder(&admin, &schema.name, "box-1").await.expect("held");
-    assert!(terminate(first).await);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match pg_holder(&admin, &schema.name, "box-1").await {
-            Some(pid) if pid != first => break,
-            _ => assert!(
-                std::time::Instant::now() < deadline,
-                "the server never took its id again"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let first = node_holder(&admin, &schema.name, "box-1").await.expect("held");
+    assert!(terminate(&admin, first).await);
+    let held = retaken(&admin, &schema.name, "box-1", first).await;
     let c = server.client();
     let (s, rec) = c
         .start(tool_start("e", "echo", json!({"value": 1}), "rerunnable"))
@@ -581,42 +546,9 @@ async fn a_server_whose_node_id_is_taken_while_its_hold_is_down_stops() {
 
     // Another runtime queues for the id; the database grants it the moment the
     // server's hold connection ends, before the server can take it again.
-    let held = pg_holder(&admin, &schema.name, "box-1").await.expect("held again");
-    let (rival, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
-    let rival_pid: i32 = rival
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0);
-    let key = format!("cairn node {} box-1", schema.name);
-    let rival_lock = tokio::spawn(async move {
-        rival
-            .execute("SELECT pg_advisory_lock(hashtextextended($1::text, 0))", &[&key])
-            .await
-            .expect("the rival's lock");
-        rival
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let queued: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'advisory' AND NOT granted",
-                &[&rival_pid],
-            )
-            .await
-            .expect("pg_locks")
-            .get(0);
-        if queued == 1 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the rival never queued");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(terminate(held).await);
-    let _rival = rival_lock.await.expect("rival task");
+    let rival = NodeRival::queue(&url, &schema.name, "box-1").await;
+    assert!(terminate(&admin, held).await);
+    let rival = rival.holds().await;
     let status = server
         .wait_exit(Duration::from_secs(30))
         .expect("the server stops once its id is taken");
@@ -626,5 +558,5 @@ async fn a_server_whose_node_id_is_taken_while_its_hold_is_down_stops() {
         stderr.contains("node id `box-1` was taken by another runtime while this server ran"),
         "{stderr}"
     );
-    assert_eq!(pg_holder(&admin, &schema.name, "box-1").await, Some(rival_pid));
+    assert_eq!(node_holder(&admin, &schema.name, "box-1").await, Some(rival.pid));
 }
