@@ -18,7 +18,8 @@
 //! frames are written before the wal-index, a mapped file that raises no
 //! notice, says they are committed), so after each notice the watcher reads
 //! again at 1, 2, 4, ... up to [`CHASE_UNTIL`] ms, every [`FINE_GAP`] for
-//! the first 2 ms while this process's own writer is quiet. Our own commits
+//! the first 2 ms after a first notice while this process's own writer is
+//! quiet. Our own commits
 //! raise notices too; while our writer commits, the watcher reads at most once
 //! per [`MIN_GAP`], so a busy writer costs it a bounded number of reads. A foreign commit that lands
 //! beside ours is told apart by the cursor when it changed a process (a
@@ -98,37 +99,28 @@ impl Watcher {
                 let mut last = Instant::now();
                 // After a notice, the next read is due this long after the last.
                 let mut chase: Option<Duration> = None;
-                // The least gap between reads: fine while no commit of ours
-                // began since the last reading (the notices are another
-                // process's), coarse while our writer is busy.
-                let gap = |seen: &Reading| if own.begun() == seen.ended { FINE_GAP } else { MIN_GAP };
                 let mut noticed = Instant::now();
+                // No commit of ours began since the last reading: a notice is
+                // then another process's.
+                let quiet = |seen: &Reading| own.begun() == seen.ended;
                 loop {
                     match rx.recv_timeout(chase.unwrap_or(every)) {
                         // The commit whose write raised the notice may not be
                         // visible yet (WAL frames are written before the
                         // wal-index says they are committed, and the index is
                         // a mapped file that raises no notice): read again
-                        // every 0.25 ms for 2 ms after it (every 1 ms while our
-                        // writer is busy), then at 4, 8, ... 64 ms.
+                        // after it, as `chase_after_notice` and `chase_next` say.
                         Ok(Msg::Changed) => {
-                            chase = Some(gap(&seen));
+                            chase = Some(chase_after_notice(quiet(&seen), noticed.elapsed()));
                             noticed = Instant::now();
                         }
                         Err(RecvTimeoutError::Timeout) => {
-                            chase = chase
-                                .map(|d| {
-                                    if d < MIN_GAP && noticed.elapsed() < 2 * MIN_GAP {
-                                        d
-                                    } else {
-                                        (d * 2).max(2 * MIN_GAP)
-                                    }
-                                })
-                                .filter(|d| *d <= CHASE_UNTIL);
+                            chase = chase.and_then(|d| chase_next(d, noticed.elapsed()));
                         }
                         Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                     }
-                    if let Some(wait) = gap(&seen).checked_sub(last.elapsed()) {
+                    let least = chase.map_or(MIN_GAP, |d| d.min(MIN_GAP));
+                    if let Some(wait) = least.checked_sub(last.elapsed()) {
                         std::thread::sleep(wait);
                     }
                     // One read answers every notice that came before it.
@@ -136,7 +128,7 @@ impl Watcher {
                         match msg {
                             Msg::Stop => return,
                             Msg::Changed => {
-                                chase = Some(gap(&seen));
+                                chase = Some(chase_after_notice(quiet(&seen), noticed.elapsed()));
                                 noticed = Instant::now();
                             }
                         }
@@ -158,6 +150,34 @@ impl Watcher {
             fs,
         })
     }
+}
+
+/// How long the quarter-millisecond reads after a foreign notice last.
+const FINE_FOR: Duration = Duration::from_millis(2);
+
+/// The gap before the first read after a notice: [`FINE_GAP`] when our
+/// writer is `quiet` (the notice is another process's commit) and the last
+/// notice came at least [`FINE_FOR`] before (a first notice, not one more of
+/// a busy writer's, which come a millisecond apart); else [`MIN_GAP`], so a
+/// busy writer, ours or another's, costs at most about a read a millisecond.
+fn chase_after_notice(quiet: bool, since_last_notice: Duration) -> Duration {
+    if quiet && since_last_notice >= FINE_FOR {
+        FINE_GAP
+    } else {
+        MIN_GAP
+    }
+}
+
+/// The gap before the next read of a chase whose last gap was `gap`, its
+/// notice `since_notice` ago: fine gaps for [`FINE_FOR`], then doubling from
+/// 2 ms; none past [`CHASE_UNTIL`] (the backstop reads on).
+fn chase_next(gap: Duration, since_notice: Duration) -> Option<Duration> {
+    let next = if gap < MIN_GAP && since_notice < FINE_FOR {
+        gap
+    } else {
+        (gap * 2).max(2 * MIN_GAP)
+    };
+    (next <= CHASE_UNTIL).then_some(next)
 }
 
 /// One look at the file. Our ended commit attempts (and how far they moved
@@ -400,6 +420,40 @@ mod tests {
             ended,
             moved,
             cursor: Some(cursor),
+        }
+    }
+
+    /// The reads a chase makes after a notice, as times since the notice
+    /// (the first read, at the notice itself, left out).
+    fn schedule(first: Duration) -> Vec<Duration> {
+        let (mut at, mut gap, mut reads) = (Duration::ZERO, Some(first), Vec::new());
+        while let Some(g) = gap {
+            at += g;
+            reads.push(at);
+            gap = chase_next(g, at);
+        }
+        reads
+    }
+
+    #[test]
+    fn a_first_foreign_notice_is_chased_every_quarter_millisecond_for_two() {
+        let ms = Duration::from_millis;
+        let us = Duration::from_micros;
+        // Our writer quiet, no notice for a while: another process committed.
+        let first = chase_after_notice(true, ms(50));
+        assert_eq!(first, FINE_GAP);
+        let fine = schedule(first);
+        assert_eq!(&fine[..8], &(1..=8).map(|k| us(250 * k)).collect::<Vec<_>>()[..]);
+        assert_eq!(&fine[8..], &[ms(4), ms(8), ms(16), ms(32), ms(64), ms(128)]);
+        // Our writer busy, or one more notice of a busy writer: 1 ms apart,
+        // then doubling, as before.
+        for first in [chase_after_notice(false, ms(50)), chase_after_notice(true, ms(1))] {
+            assert_eq!(first, MIN_GAP);
+            assert_eq!(
+                schedule(first),
+                [1, 3, 7, 15, 31, 63, 127].map(ms).to_vec(),
+                "the reads of a busy writer's chase"
+            );
         }
     }
 
