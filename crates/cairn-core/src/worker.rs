@@ -7,7 +7,7 @@
 //! and writes nothing more.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +48,8 @@ pub struct WorkerConfig {
     /// The longest the driver sleeps without a notice or a due time: a
     /// backstop, since due times (lease expiries, deadlines) wake it exactly.
     /// It is also how often the driver sweeps (after the sweep at start) and
-    /// heartbeats its node's liveness row.
+    /// heartbeats its node's liveness row; a worker that claims heartbeats
+    /// before its claims as well, at most once a second.
     pub sweep_interval: Duration,
     /// How long a stopped tool gets to return before its task is aborted.
     pub stop_grace: Duration,
@@ -71,6 +72,13 @@ impl Default for WorkerConfig {
 /// How long a run's guard trusts the record its claim carried before reading it
 /// once (see `guard_run`).
 const FIRST_CHECK: Duration = Duration::from_millis(100);
+
+/// A worker with a node id heartbeats its liveness row before it claims when
+/// it last did so this long ago (by its clock): a runtime whose node id a
+/// newer incarnation took stops claiming within this much of its claiming,
+/// not at its next sweep. A busy worker pays one write a second for it; an
+/// idle one claims nothing and pays nothing.
+const LIVENESS_EVERY_MS: u64 = 1_000;
 
 /// A worker slot a start reserved ([`Worker::slot_for_start`]): the owner and
 /// lease time its claim takes; dropping it frees the slot.
@@ -133,6 +141,8 @@ pub struct Worker {
     /// Cancelled once a newer incarnation of this worker's node id is found
     /// registered: another runtime runs under the id ([`Self::superseded`]).
     superseded: tokio_util::sync::CancellationToken,
+    /// When (clock ms) a heartbeat last found this incarnation current.
+    liveness_checked_ms: AtomicU64,
 }
 
 impl Worker {
@@ -163,6 +173,7 @@ impl Worker {
             unplaced: AtomicUsize::new(0),
             identity: std::sync::OnceLock::new(),
             superseded: tokio_util::sync::CancellationToken::new(),
+            liveness_checked_ms: AtomicU64::new(0),
         })
     }
 
@@ -249,7 +260,12 @@ impl Worker {
         let Some(identity) = self.identity() else {
             return Ok(());
         };
-        if self.registry.heartbeat(identity).await? || self.superseded.is_cancelled() {
+        let now = self.clock.now_ms();
+        if self.registry.heartbeat(identity).await? {
+            self.liveness_checked_ms.fetch_max(now, Ordering::SeqCst);
+            return Ok(());
+        }
+        if self.superseded.is_cancelled() {
             return Ok(());
         }
         tracing::error!(
@@ -264,6 +280,17 @@ impl Worker {
         Ok(())
     }
 
+    /// Whether this worker has a node incarnation whose liveness it last
+    /// checked [`LIVENESS_EVERY_MS`] ago or more: it checks before it claims.
+    fn liveness_due(&self) -> bool {
+        self.identity().is_some()
+            && self
+                .clock
+                .now_ms()
+                .saturating_sub(self.liveness_checked_ms.load(Ordering::SeqCst))
+                >= LIVENESS_EVERY_MS
+    }
+
     /// [`Self::check_superseded`] when a run lost its process to another
     /// writer; a failure to ask is left to the next sweep.
     async fn check_superseded_after_loss(&self) {
@@ -273,8 +300,8 @@ impl Worker {
     }
 
     /// Resolves once this worker found a newer incarnation of its node id
-    /// registered (at a sweep, or when a run's process was ended by another
-    /// writer): two runtimes share the node id, and this one has stopped
+    /// registered (at a sweep, before a claim, or when a run's process was
+    /// ended by another writer): two runtimes share the node id, and this one has stopped
     /// claiming. A host should stop this runtime (`cairn serve` exits).
     pub async fn superseded(&self) {
         self.superseded.cancelled().await;
@@ -334,6 +361,15 @@ impl Worker {
             let _unplaced = self.unplaced();
             if self.draining.load(Ordering::SeqCst) {
                 break;
+            }
+            if self.liveness_due() {
+                if let Err(e) = self.check_superseded().await {
+                    self.backlog.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
+                if self.draining.load(Ordering::SeqCst) {
+                    break;
+                }
             }
             let free = self.slots.available_permits().min(self.config.batch_size);
             if free == 0 {
@@ -436,6 +472,11 @@ impl Worker {
             return None;
         }
         if self.config.node_id.is_some() && self.identity.get().is_none() {
+            return None;
+        }
+        // A liveness check is due: the drive this start wakes makes it
+        // before it claims, so the start does not wait for the heartbeat.
+        if self.liveness_due() {
             return None;
         }
         let permit = self.slots.clone().try_acquire_owned().ok()?;

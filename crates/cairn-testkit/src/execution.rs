@@ -548,6 +548,65 @@ pub async fn restarted_node_sweeps_its_earlier_incarnation(factory: &dyn StoreFa
     second.shutdown().await;
 }
 
+/// A runtime whose node id a newer incarnation took finds out before its next
+/// claim, not at its next sweep: once its last liveness check is a second old
+/// (by its clock) it heartbeats before it claims, finds itself superseded and
+/// claims nothing, so a start through it is run by the newer incarnation. No
+/// sweep runs here (an hour apart) and no run of it is swept.
+pub async fn an_earlier_incarnation_stops_claiming_before_its_next_sweep(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let reg = store.registry.clone();
+    let first = Processes::builder(reg.clone())
+        .tools(tools(vec![Arc::new(BlockTool { finish: true })]))
+        .clock(Arc::new(store.clock.clone()))
+        .worker_config(WorkerConfig {
+            node_id: Some("node-1".into()),
+            sweep_interval: Duration::from_secs(3_600),
+            ..config("ignored")
+        })
+        .start();
+    // Run one process through it, so its incarnation is registered (and its
+    // liveness checked) before another runtime registers the next one.
+    first
+        .start(StartRequest::tool("early", "block", json!({}), Disposition::Rerunnable))
+        .await
+        .expect("start");
+    let early = first
+        .await_output("early", Duration::from_secs(10))
+        .await
+        .expect("await");
+    assert_eq!(early.started.as_ref().map(|s| s.owner_id.as_str()), Some("node-1#1"));
+
+    let newer = reg.register_node("node-1").await.expect("register");
+    assert_eq!(newer.incarnation, 2);
+    assert!(
+        first.worker().is_some_and(|w| !w.is_superseded()),
+        "nothing told the first yet"
+    );
+
+    store.clock.advance(1_000);
+    first
+        .start(StartRequest::tool("later", "block", json!({}), Disposition::Rerunnable))
+        .await
+        .expect("start through the earlier runtime");
+    tokio::time::timeout(Duration::from_secs(10), first.superseded())
+        .await
+        .expect("the earlier runtime finds itself superseded before claiming");
+    assert!(first.worker().is_some_and(|w| w.is_superseded() && w.is_draining()));
+    let later = reg.get("later").await.expect("get");
+    assert_eq!(later.status, ProcessStatus::Running, "{later:?}");
+    assert!(
+        later.started.is_none() && later.lease.is_none(),
+        "nothing claimed it: {later:?}"
+    );
+    first.shutdown().await;
+    assert_eq!(
+        reg.get("later").await.expect("get"),
+        later,
+        "it is left for the newer incarnation"
+    );
+}
+
 /// A worker whose lease is taken over stops its run and writes nothing more.
 pub async fn worker_losing_lease_stops_run(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;

@@ -389,6 +389,7 @@ macro_rules! execution_suite {
                 externally_owned_is_never_claimed,
                 revenant_worker_cannot_write,
                 restarted_node_sweeps_its_earlier_incarnation,
+                an_earlier_incarnation_stops_claiming_before_its_next_sweep,
                 worker_losing_lease_stops_run,
                 two_workers_run_each_process_once,
                 drain_abandons_owner_bound_and_hands_over_rerunnable,
