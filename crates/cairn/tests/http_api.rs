@@ -367,6 +367,62 @@ async fn events_signals_and_sse_resume() {
     assert_eq!(r.status().as_u16(), 404);
 }
 
+/// `GET .../events` streams only when the client's `Accept` prefers
+/// `text/event-stream` to JSON: quality values count, `q=0` refuses, ties go
+/// to the type listed first, and `*/*` or an `Accept` naming neither get JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_negotiate_the_accept_header() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    assert_eq!(
+        c.start(tool_start("e", "echo", json!({"value": 1}), "rerunnable"))
+            .await
+            .0,
+        201
+    );
+    let (_, rec) = c.get("/v1/processes/e/await?timeout_ms=10000").await;
+    assert_eq!(rec["status"], "completed", "{rec}");
+    const SSE: &str = "text/event-stream";
+    const JSON: &str = "application/json";
+    for (accept, expected) in [
+        (vec![SSE], SSE),
+        (vec!["text/event-stream; charset=utf-8"], SSE),
+        (vec!["Text/Event-Stream; Charset=UTF-8"], SSE),
+        (vec!["application/json; charset=utf-8, text/event-stream;q=0.5"], JSON),
+        (vec!["text/event-stream; charset=latin1"], JSON),
+        (vec![JSON], JSON),
+        (vec![], JSON),
+        (vec!["*/*"], JSON),
+        (vec!["text/event-stream;q=0, application/json"], JSON),
+        (vec!["text/event-stream;q=0"], JSON),
+        (vec!["text/event-stream;q=0, */*"], JSON),
+        (vec!["application/json;q=0.5, text/event-stream"], SSE),
+        (vec!["application/json, text/event-stream"], JSON),
+        (vec!["text/event-stream, application/json"], SSE),
+        (vec!["text/*"], SSE),
+        (vec!["text/html"], JSON),
+        (vec!["application/json;q=0.1", SSE], SSE),
+        (vec!["text/event-stream, not a media type"], JSON),
+    ] {
+        let mut r = c.http.get(c.url("/v1/processes/e/events"));
+        for a in &accept {
+            r = r.header("accept", *a);
+        }
+        let r = r.send().await.expect("request");
+        assert_eq!(r.status().as_u16(), 200, "{accept:?}");
+        let ty = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        assert!(ty.starts_with(expected), "Accept {accept:?}: got {ty}");
+        // Either way the body is the whole log (the stream closes after the terminal event).
+        let body = r.text().await.expect("body");
+        assert!(body.contains("process.completed"), "{accept:?}: {body}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_and_await_with_timeout() {
     let server = Server::start(&[]).await;

@@ -419,12 +419,7 @@ pub async fn events(
 ) -> ApiResult<Response> {
     within_int64("after", q.after)?;
     check_visible(&state, &caller, &id).await?;
-    let wants_stream = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("text/event-stream"));
-    if wants_stream {
+    if wants_event_stream(&headers) {
         let after = match headers.get("last-event-id") {
             Some(v) => {
                 let given = String::from_utf8_lossy(v.as_bytes()).trim().to_string();
@@ -452,6 +447,40 @@ pub async fn events(
     }
     let page = state.processes.events(&id, q.after.unwrap_or(0), q.limit).await?;
     Ok(Json(page).into_response())
+}
+
+/// Whether the client's `Accept` prefers `text/event-stream` to JSON (RFC 9110
+/// §12.5.1: quality values, `q=0` refuses a type, the more specific range
+/// wins, ties go to the one listed first). `*/*`, no `Accept`, one that names
+/// neither, or one that does not parse get JSON. Either type may name
+/// `charset=utf-8`, the only one served.
+fn wants_event_stream(headers: &HeaderMap) -> bool {
+    use mediatype::{names, MediaType, Value};
+    let Some(utf_8) = Value::new("utf-8") else {
+        return false;
+    };
+    let utf_8 = [(names::CHARSET, utf_8)];
+    let served = [
+        MediaType::new(names::APPLICATION, names::JSON),
+        MediaType::from_parts(names::APPLICATION, names::JSON, None, &utf_8),
+        MediaType::new(names::TEXT, names::EVENT_STREAM),
+        MediaType::from_parts(names::TEXT, names::EVENT_STREAM, None, &utf_8),
+    ];
+    let values: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if values.is_empty() {
+        return false;
+    }
+    // Media types and charset names are case-insensitive: one case matches.
+    match values.join(", ").to_ascii_lowercase().parse::<headers_accept::Accept>() {
+        Ok(accept) => accept
+            .negotiate(&served)
+            .is_some_and(|m| m.subty == names::EVENT_STREAM),
+        Err(_) => false,
+    }
 }
 
 /// `GET /v1/processes/{id}/await`: the record once terminal, or the still-running
