@@ -155,6 +155,13 @@ impl TestSchema {
         }
     }
 
+    /// A database URL that opens this schema: the test server's URL with
+    /// `schema=` added, as `cairn serve --db` takes it.
+    pub fn db_url(&self) -> String {
+        let sep = if self.url.contains('?') { '&' } else { '?' };
+        format!("{}{sep}schema={}", self.url, self.name)
+    }
+
     /// Options for a registry on this schema.
     pub fn options(&self, clock: SharedClock) -> PostgresOptions {
         PostgresOptions::new(&self.url, clock).with_schema(self.name.clone())

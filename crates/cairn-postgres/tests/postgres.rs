@@ -89,12 +89,7 @@ async fn url_parameters_size_a_nodes_connections() {
         return;
     }
     let schema = TestSchema::new("cairn_t");
-    let url = format!(
-        "{}{}schema={}&write_lanes=3&read_connections=1",
-        schema.url,
-        if schema.url.contains('?') { "&" } else { "?" },
-        schema.name
-    );
+    let url = format!("{}&write_lanes=3&read_connections=1", schema.db_url());
     let node = PostgresRegistry::connect(&url, clock()).await.expect("connect");
     node.register(rerunnable("sized"), None).await.expect("register");
     assert_eq!(node.get("sized").await.expect("get").id, "sized");

@@ -187,14 +187,11 @@ mod postgres_tests {
 
     #[tokio::test]
     async fn postgres_urls_open_with_a_fed_hub_and_bad_ones_say_why() {
-        let Some(url) = cairn_postgres::testing::test_url() else {
+        if !cairn_postgres::testing::enabled() {
             return;
-        };
+        }
         let schema = cairn_postgres::testing::TestSchema::new("cairn_db");
-        let sep = if url.contains('?') { '&' } else { '?' };
-        let backend = open_backend(&format!("{url}{sep}schema={}", schema.name))
-            .await
-            .expect("open postgres");
+        let backend = open_backend(&schema.db_url()).await.expect("open postgres");
         assert!(backend
             .registry
             .list(&Default::default())

@@ -513,8 +513,7 @@ async fn a_server_whose_node_id_is_taken_while_its_hold_is_down_stops() {
         return;
     };
     let schema = cairn_postgres::testing::TestSchema::new("cairn_node_lost");
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let db = format!("{url}{sep}schema={}", schema.name);
+    let db = schema.db_url();
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("serve.log");
     let mut server = Server::serve_logging_to(

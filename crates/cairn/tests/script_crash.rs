@@ -374,10 +374,9 @@ async fn a_script_killed_while_racing_a_signal_and_a_timer_resumes_on_sqlite() {
 
 /// The same database URL for both servers: a throwaway schema of the test server.
 fn postgres_db(name: &str) -> Option<(String, cairn_postgres::testing::TestSchema)> {
-    let url = cairn_postgres::testing::test_url()?;
+    cairn_postgres::testing::test_url()?;
     let schema = cairn_postgres::testing::TestSchema::new(name);
-    let sep = if url.contains('?') { '&' } else { '?' };
-    Some((format!("{url}{sep}schema={}", schema.name), schema))
+    Some((schema.db_url(), schema))
 }
 
 #[cfg_attr(

@@ -365,12 +365,11 @@ async fn scripts_run_durably_on_sqlite() {
 )]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_run_durably_on_postgres() {
-    let Some(url) = cairn_postgres::testing::test_url() else {
+    if !cairn_postgres::testing::enabled() {
         return;
-    };
+    }
     let schema = cairn_postgres::testing::TestSchema::new("cairn_scripts");
-    let sep = if url.contains('?') { '&' } else { '?' };
-    scenario(&format!("{url}{sep}schema={}", schema.name)).await;
+    scenario(&schema.db_url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,10 +385,9 @@ async fn a_script_cancelled_while_suspended_cleans_up_on_sqlite() {
 )]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_script_cancelled_while_suspended_cleans_up_on_postgres() {
-    let Some(url) = cairn_postgres::testing::test_url() else {
+    if !cairn_postgres::testing::enabled() {
         return;
-    };
+    }
     let schema = cairn_postgres::testing::TestSchema::new("cairn_script_cancel");
-    let sep = if url.contains('?') { '&' } else { '?' };
-    cancel_scenario(&format!("{url}{sep}schema={}", schema.name)).await;
+    cancel_scenario(&schema.db_url()).await;
 }
