@@ -484,8 +484,27 @@ fn failure(stop: &AtomicU8, limits: &Limits, err: &Value) -> Outcome {
         class: "script".into(),
         code,
         message,
-        raw: err.get("stack").filter(|s| !s.is_null()).map(|s| json!({ "stack": s })),
+        raw: err
+            .get("stack")
+            .and_then(Value::as_str)
+            .and_then(script_stack)
+            .map(|s| json!({ "stack": s })),
     }
+}
+
+/// Where a stack frame of the prelude points: it is evaluated as a script
+/// QuickJS names `eval_script`, and the module is `script.js`.
+const PRELUDE_FRAME: &str = "(eval_script:";
+
+/// `stack` without the prelude's frames (the engine's own calls into and out
+/// of the script, which say nothing about it); `None` when no frame is left.
+fn script_stack(stack: &str) -> Option<String> {
+    let kept: String = stack
+        .lines()
+        .filter(|l| !l.contains(PRELUDE_FRAME) && !l.trim().is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    (!kept.is_empty()).then_some(kept)
 }
 
 /// Compile `source` in a fresh runtime under `limits` and answer its exported

@@ -1508,3 +1508,48 @@ async fn a_name_that_is_not_a_string_is_named_in_the_refusal() {
         "{rec:?}"
     );
 }
+
+/// A failure's `raw.stack` shows the script's frames (and native ones it
+/// called through), never the engine's own prelude; a failure with no frame
+/// of the script (a tool call's error, thrown by the engine) carries no stack.
+#[tokio::test]
+async fn a_failure_stack_shows_only_the_scripts_frames() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        "function inner() { throw new Error('boom'); }\n\
+         export async function later(ctx) { await ctx.sleep(1); [1].map(() => inner()); }\n\
+         export function now(ctx) { inner(); }\n\
+         export async function tool(ctx) { await ctx.tool('nope', {}); }\n",
+    )
+    .await;
+    let stack = |rec: &cairn_core::ProcessRecord| match &rec.outcome {
+        Some(Outcome::Failure { raw, .. }) => raw.as_ref().map(|r| r["stack"].as_str().expect("a string").to_string()),
+        other => panic!("expected a failure, got {other:?}"),
+    };
+    let rec = run(&p, script("st-later", &m, "later", json!({}))).await;
+    let s = stack(&rec).expect("a stack");
+    assert_eq!(
+        s.lines().map(str::trim).collect::<Vec<_>>(),
+        [
+            "at inner (script.js:1:30)",
+            "at <anonymous> (script.js:2:70)",
+            "at map (native)",
+            "at later (script.js:2:60)"
+        ],
+        "{s}"
+    );
+    let rec = run(&p, script("st-now", &m, "now", json!({}))).await;
+    let s = stack(&rec).expect("a stack");
+    assert_eq!(
+        s.lines().map(str::trim).collect::<Vec<_>>(),
+        ["at inner (script.js:1:30)", "at now (script.js:3:28)"],
+        "{s}"
+    );
+    let rec = run(&p, script("st-tool", &m, "tool", json!({}))).await;
+    assert!(
+        matches!(&rec.outcome, Some(Outcome::Failure { code, .. }) if code == "unknown_tool"),
+        "{rec:?}"
+    );
+    assert_eq!(stack(&rec), None);
+}
