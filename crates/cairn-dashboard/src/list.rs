@@ -130,7 +130,8 @@ fn plan(q: &ListQuery, viewer: &Viewer) -> Result<Plan, CairnError> {
     }
     // The same parser and checks as `GET /v1/processes`.
     let filter = ProcessFilter::from_query(pairs.iter().map(|(k, v)| (*k, v.as_str())))?;
-    let session = q.session.trim();
+    // Taken as given: an id may begin or end with a space.
+    let session = q.session.as_str();
     let mut lens = match (q.lens.as_str(), session) {
         ("" | "all", _) => Lens::All,
         ("granted_to" | "originated_by", "") => return Err(bad(format!("the `{}` lens needs a session id", q.lens))),

@@ -40,7 +40,8 @@ pub(crate) async fn page(
     q: Result<Query<SessionQuery>, QueryRejection>,
 ) -> Response {
     let asked = match q {
-        Ok(Query(q)) => q.session.trim().to_string(),
+        // Taken as given: an id may begin or end with a space.
+        Ok(Query(q)) => q.session,
         Err(e) => {
             return (
                 StatusCode::BAD_REQUEST,

@@ -353,6 +353,43 @@ async fn the_session_page_lists_pending_wakes_and_acknowledges_them() {
     assert!(html.contains("No pending wake."));
 }
 
+/// A session id is taken as given: ` s1` (a leading space is allowed in an
+/// id) is another session than `s1`, on the session page and in the list's
+/// lenses.
+#[tokio::test]
+async fn session_ids_are_not_trimmed() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    for (id, session) in [("plain-1", "s1"), ("spaced-1", " s1")] {
+        let start = StartRequest::from_json(json!({
+            "id": id,
+            "input": {"type": "external", "metadata": {}},
+            "disposition": "externally_owned",
+            "originator": {"type": "session", "scope": {"session_id": session}},
+            "grant": {"session_scope": {"session_id": session}},
+        }))
+        .unwrap();
+        p.start(start).await.unwrap();
+    }
+    let app = app(&p, true);
+    for (query, shown, hidden) in [("s1", "plain-1", "spaced-1"), ("%20s1", "spaced-1", "plain-1")] {
+        let (status, html, _) = get(&app, &format!("/ui/sessions?session={query}"), None).await;
+        assert_eq!(status, StatusCode::OK, "{html}");
+        assert!(
+            html.contains(shown) && !html.contains(hidden),
+            "session={query}: {html}"
+        );
+        for lens in ["granted_to", "originated_by"] {
+            let (status, html, _) = get(&app, &format!("/ui/list/rows?lens={lens}&session={query}"), None).await;
+            assert_eq!(status, StatusCode::OK, "{html}");
+            assert!(
+                html.contains(shown) && !html.contains(hidden),
+                "{lens} session={query}: {html}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_process_page_lists_its_children_and_links_its_parent() {
     let clock = Arc::new(ManualClock::new(T0));
