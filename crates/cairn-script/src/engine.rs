@@ -596,6 +596,13 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
         ctx: tool_ctx,
         stop: stop.clone(),
     }));
+    // How a call that threw ends the activation: a limit the context's calls
+    // hit (`journal_limit`, say) interrupts the script, and QuickJS reports
+    // the interruption as the thrown value; the limit is what ended it.
+    let thrown = |err: &Value| match state.borrow().fatal.clone() {
+        Some((code, message)) => Outcome::failure("script", code, message),
+        None => failure(&stop, &limits, err),
+    };
     context.with(|ctx| {
         let native = {
             let state = state.clone();
@@ -631,7 +638,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
         if start.is_err() {
             let err = caught(&ctx, Some(&api));
             let entries = std::mem::take(&mut state.borrow_mut().entries);
-            return end(failure(&stop, &limits, &err), entries);
+            return end(thrown(&err), entries);
         }
         let Ok(deliver) = api.get::<_, Function>("deliver") else {
             return end(
@@ -652,7 +659,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
                     if deliver.call::<_, ()>((n, result.to_string())).is_err() {
                         let err = caught(&ctx, Some(&api));
                         let entries = std::mem::take(&mut state.borrow_mut().entries);
-                        return end(failure(&stop, &limits, &err), entries);
+                        return end(thrown(&err), entries);
                     }
                 }
                 run_jobs(&ctx);

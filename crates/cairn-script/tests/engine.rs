@@ -1553,3 +1553,40 @@ async fn a_failure_stack_shows_only_the_scripts_frames() {
     );
     assert_eq!(stack(&rec), None);
 }
+
+/// A script past its journaled calls ends `journal_limit`, whether the call
+/// over the limit came from a synchronous function or after an await, and
+/// whether the script then returned, kept computing (the limit interrupts
+/// it) or caught the refusal.
+#[tokio::test]
+async fn the_call_limit_ends_a_script_whatever_it_does_next() {
+    let p = runtime(Limits {
+        max_calls: 5,
+        cpu: Duration::from_secs(2),
+        ..Limits::default()
+    });
+    let m = put(
+        &p,
+        "export function returns(ctx) { for (let i = 0; i < 10; i++) ctx.log('x' + i); return 1; }\n\
+         export function spins(ctx) { for (let i = 0; i < 10; i++) ctx.log('x' + i); while (true) {} }\n\
+         export function catches(ctx) { for (let i = 0; i < 10; i++) { try { ctx.log('x' + i); } catch (e) {} } return 1; }\n\
+         export async function later(ctx) { await ctx.sleep(1); for (let i = 0; i < 10; i++) ctx.log('x' + i); while (true) {} }\n",
+    )
+    .await;
+    for f in ["returns", "spins", "catches", "later"] {
+        let rec = run(&p, script(&format!("limit-{f}"), &m, f, json!({}))).await;
+        match &rec.outcome {
+            Some(Outcome::Failure {
+                class, code, message, ..
+            }) => {
+                assert_eq!(
+                    (class.as_str(), code.as_str()),
+                    ("script", "journal_limit"),
+                    "{f}: {message}"
+                );
+                assert!(message.contains("more than 5 journaled calls"), "{f}: {message}");
+            }
+            other => panic!("{f}: expected journal_limit, got {other:?}"),
+        }
+    }
+}
