@@ -308,6 +308,131 @@ mod tests {
             .expect("free once dropped");
     }
 
+    /// A TCP relay to the test server whose client sides can be cut while
+    /// their server sides stay open: a network fault the client sees and the
+    /// server does not, so the server keeps the cut sessions (and their locks).
+    struct Relay {
+        addr: std::net::SocketAddr,
+        cut: tokio::sync::watch::Sender<u64>,
+        /// The server sides of cut connections, kept open.
+        frozen: Arc<parking_lot::Mutex<Vec<tokio::net::TcpStream>>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Relay {
+        async fn to(server: std::net::SocketAddr) -> Self {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let (cut, cuts) = tokio::sync::watch::channel(0u64);
+            let frozen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+            let kept = frozen.clone();
+            let task = tokio::spawn(async move {
+                loop {
+                    let Ok((mut client, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let Ok(mut upstream) = tokio::net::TcpStream::connect(server).await else {
+                        return;
+                    };
+                    let mut cuts = cuts.clone();
+                    cuts.mark_unchanged();
+                    let kept = kept.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                            _ = cuts.changed() => kept.lock().push(upstream),
+                        }
+                    });
+                }
+            });
+            Self {
+                addr,
+                cut,
+                frozen,
+                task,
+            }
+        }
+
+        /// Close the client side of every connection open now; keep their
+        /// server sides open.
+        fn cut(&self) {
+            self.cut.send_modify(|n| *n += 1);
+        }
+    }
+
+    impl Drop for Relay {
+        fn drop(&mut self) {
+            self.task.abort();
+            self.frozen.lock().clear();
+        }
+    }
+
+    /// Whether the server still has a session with server process `pid`.
+    async fn alive(admin: &Client, pid: i32) -> bool {
+        admin
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&pid])
+            .await
+            .expect("pg_stat_activity")
+            .get::<_, i64>(0)
+            == 1
+    }
+
+    /// When the hold's connection ends on the client's side only (a network
+    /// fault the server has not seen), the server still grants the lock to
+    /// the hold's old session: the keeper ends that session and takes the id
+    /// on a new one, rather than taking it for another runtime's.
+    #[tokio::test]
+    async fn a_hold_whose_old_session_outlives_its_connection_ends_it_and_takes_the_id_again() {
+        if !enabled() {
+            return;
+        }
+        let schema = TestSchema::new("cairn_t");
+        let config: Config = schema.url.parse().expect("test URL");
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            other => panic!("this test needs a TCP test URL, not {other:?}"),
+        };
+        let server = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .expect("resolve the test server")
+            .next()
+            .expect("an address");
+        let relay = Relay::to(server).await;
+        let direct = format!("{host}:{port}");
+        assert!(
+            schema.url.contains(&direct),
+            "the test URL names `{direct}`: {}",
+            schema.url
+        );
+        let relayed = schema.url.replacen(&direct, &relay.addr.to_string(), 1);
+        let registry = crate::PostgresRegistry::connect_with(
+            crate::PostgresOptions::new(&relayed, Arc::new(SystemClock)).with_schema(schema.name.clone()),
+        )
+        .await
+        .expect("connect through the relay");
+        let admin = test_client(&schema.url).await;
+        let hold = registry.hold_node("box-1", Duration::ZERO).await.expect("hold");
+        let first = node_holder(&admin, &schema.name, "box-1").await.expect("held");
+
+        relay.cut();
+        tokio::time::timeout(Duration::from_secs(10), hold.reached(|s| s == HoldState::Retaking))
+            .await
+            .expect("the hold sees its connection end");
+        tokio::time::timeout(Duration::from_secs(10), hold.reached(|s| s == HoldState::Held))
+            .await
+            .expect("held again");
+        let second = retaken(&admin, &schema.name, "box-1", first).await;
+        assert_ne!(second, first);
+        // The relay still holds the old session's socket open, so the server
+        // saw no end of it (keepalives would take 25 s): the keeper ended it.
+        assert!(!alive(&admin, first).await, "the keeper ended its old session");
+        assert!(hold.is_held());
+        drop(hold);
+        drop(registry);
+        drop(relay);
+    }
+
     #[tokio::test]
     async fn a_hold_taken_by_another_while_its_connection_was_down_is_lost() {
         if !enabled() {
