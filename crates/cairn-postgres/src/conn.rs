@@ -75,8 +75,15 @@ impl Conn {
         // table was tiny may be a sequential scan that then reads every row of
         // the grown table on each batch. Scans are never what these statements
         // want, so they are priced out here (DDL and admin work keep them).
+        //
+        // They also always take the generic plan. Left to choose, PostgreSQL
+        // plans a statement whose arrays hold one id again at every execution
+        // (its custom plan looks cheaper than a generic plan sized for ten),
+        // which cost a lone write 0.2..0.4 ms of planning for the same index
+        // plan (docs/BENCHMARKS.md). Every statement these connections run is
+        // an index lookup whose plan does not depend on the values bound.
         let planner = if role == "write" || role == "read" {
-            "; SET enable_seqscan = off"
+            "; SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan"
         } else {
             ""
         };

@@ -95,6 +95,35 @@ pub async fn plan_on(url: &str, schema: &str, role: &str, sql: &str) -> Result<S
         .join("\n"))
 }
 
+/// The statement that loads a write batch's rows (ids in `$1` and `$2`).
+pub const LOAD_ROWS: &str = crate::uow::LOAD_ROWS;
+
+/// Run `sql` (taking the id arrays `$1` and `$2`) `times` times with one id,
+/// as a lone write does, as a prepared statement on a connection opened as
+/// cairn opens one for `role`; answer how many generic and custom plans that
+/// connection made for it (`pg_prepared_statements`).
+pub async fn plans_made(url: &str, schema: &str, role: &str, sql: &str, id: &str, times: usize) -> Result<(i64, i64)> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| cairn_core::CairnError::InvalidRequest(format!("bad postgres url: {e}")))?;
+    let conn = crate::conn::open_retrying(&config, schema, role, 1).await?;
+    let err = |e: tokio_postgres::Error| cairn_core::CairnError::storage_caused_by(crate::conn::describe(&e), e);
+    let stmt = conn.stmt(sql).await.map_err(err)?;
+    let ids = vec![id.to_string()];
+    for _ in 0..times {
+        conn.client.query(&stmt, &[&ids, &ids]).await.map_err(err)?;
+    }
+    let row = conn
+        .client
+        .query_one(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+            &[&sql],
+        )
+        .await
+        .map_err(err)?;
+    Ok((row.get(0), row.get(1)))
+}
+
 /// `EXPLAIN` of the listing query of `filter` (one page of 100) on a read
 /// connection, as a generic plan: the plan a cached statement settles on, which
 /// knows none of its bound values (so a partial index serves it only if the

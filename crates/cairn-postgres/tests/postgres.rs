@@ -655,6 +655,40 @@ async fn lane_and_read_connections_plan_index_lookups_even_on_a_tiny_table() {
     }
 }
 
+/// Lane and read connections take the generic plan of every statement: a lone
+/// write (one id in its arrays) does not plan its statements again at each
+/// execution. An admin connection, which keeps the planner's default, shows
+/// the custom plans the setting saves (and that the count is read right).
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test]
+async fn lane_and_read_connections_do_not_plan_a_lone_write_again_at_each_execution() {
+    if !testing::enabled() {
+        return;
+    }
+    let (reg, schema) = testing::fresh(clock()).await;
+    reg.register(rerunnable("run-00"), None).await.expect("register");
+    fill_completed_like_run_00(&schema).await;
+    let sql = testing::LOAD_ROWS;
+    let (_, custom) = testing::plans_made(&schema.url, &schema.name, "admin", sql, "run-00", 12)
+        .await
+        .expect("plans");
+    // PostgreSQL plans the first five executions anew whatever follows; on a
+    // larger table (the bench's) it keeps doing so for a one-id load.
+    assert!(
+        custom >= 5,
+        "control: with the planner's default, a one-id load is planned anew at its first executions ({custom} of 12)"
+    );
+    for role in ["write", "read"] {
+        let (generic, custom) = testing::plans_made(&schema.url, &schema.name, role, sql, "run-00", 12)
+            .await
+            .expect("plans");
+        assert_eq!((generic, custom), (12, 0), "{role}: plans made (generic, custom)");
+    }
+}
+
 /// Registrations queued together commit as one batch; each must be answered as
 /// it would be alone, whether its id is new, exists with the same or another
 /// registration, was pruned, names an env that does or does not exist, or

@@ -45,7 +45,7 @@ pub(crate) use write::NOTIFY;
 
 /// The rows a batch names, and the parents of those whose operation may end
 /// them (a child's end may end its parent's `children` wait), locked in id order.
-const LOAD_ROWS: &str = "SELECT p.id, p.record, p.lease_owner, p.lease_token, p.lease_fencing, \
+pub(crate) const LOAD_ROWS: &str = "SELECT p.id, p.record, p.lease_owner, p.lease_token, p.lease_fencing, \
     p.lease_claimed_at_ms, p.lease_expires_at_ms, p.fencing_counter, p.types_key \
     FROM processes p WHERE p.id = ANY($1::text[] || ARRAY(SELECT c.caused_by FROM processes c \
     WHERE c.id = ANY($2::text[]) AND c.caused_by IS NOT NULL)) ORDER BY p.id FOR UPDATE";
