@@ -670,6 +670,14 @@ pub fn is_run_candidate(record: &ProcessRecord) -> bool {
         }
 }
 
+/// Whether a write that left `record` so may have given a driver something to
+/// do: the process may be claimed (to run or to reconcile an abandon
+/// request), or it ended (its end may wake a parent). A running externally
+/// owned process with no abandon request gives none: no worker ever runs it.
+pub fn may_be_work(record: &ProcessRecord) -> bool {
+    record.is_terminal() || is_run_candidate(record) || is_abandon_candidate(record)
+}
+
 /// Whether a record belongs on the worklist for abandon reconciliation (ignoring its lease).
 pub fn is_abandon_candidate(record: &ProcessRecord) -> bool {
     !record.is_terminal() && record.abandon_request.is_some()

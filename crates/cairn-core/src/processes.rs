@@ -567,9 +567,11 @@ impl Processes {
         let Some(driver) = &self.inner.driver else {
             return self.inner.starter.start(req).await;
         };
+        // A new process no worker runs (an externally owned one) is nothing
+        // to drive for.
         let Some(slot) = driver.worker().slot_for_start() else {
             let registered = self.inner.starter.start(req).await?;
-            if registered.created {
+            if registered.created && crate::fold::may_be_work(&registered.process) {
                 driver.nudge();
             }
             return Ok(registered);
@@ -577,7 +579,7 @@ impl Processes {
         let (registered, claim) = self.inner.starter.start_claimed(req, &slot).await?;
         match claim {
             Some(claim) => driver.worker().run_started(claim, slot),
-            None if registered.created => driver.nudge(),
+            None if registered.created && crate::fold::may_be_work(&registered.process) => driver.nudge(),
             None => {}
         }
         Ok(registered)

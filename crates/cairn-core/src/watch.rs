@@ -521,7 +521,9 @@ impl ProcessRegistry for WatchedRegistry {
             if r.process.is_terminal() {
                 self.sink_cancelled_tail(&r.process).await;
             }
-            self.hub.notify_work();
+            if crate::fold::may_be_work(&r.process) {
+                self.hub.notify_work();
+            }
         }
         Ok(r)
     }
@@ -546,7 +548,8 @@ impl ProcessRegistry for WatchedRegistry {
             match &claim {
                 // As `claim_batch` tells of its claims; the work is taken.
                 Some(c) => self.after_write(&c.process, 2).await,
-                None => self.hub.notify_work(),
+                None if crate::fold::may_be_work(&r.process) => self.hub.notify_work(),
+                None => {}
             }
         }
         Ok((r, claim))
@@ -857,18 +860,7 @@ mod tests {
     use crate::model::{Disposition, ProcessInput, ProcessRecord, ProcessStatus, Registration};
 
     fn ended(id: &str) -> ProcessRecord {
-        let reg = Registration {
-            id: id.into(),
-            input: ProcessInput::External {
-                metadata: serde_json::json!({}),
-            },
-            disposition: Disposition::ExternallyOwned,
-            event_types: Vec::new(),
-            provenance: Default::default(),
-            wake_target: None,
-            env_ref: None,
-            external_ref: None,
-        };
+        let reg = registration(id, Disposition::ExternallyOwned);
         let mut r = crate::fold::initial_record(&reg, 5).expect("record");
         r.status = ProcessStatus::Completed;
         r.last_sequence = 1;
@@ -930,5 +922,49 @@ mod tests {
         drop(b);
         assert!(!hub.inner.watchers.lock().contains_key("p"), "nothing left of p");
         assert_eq!(hub.inner.watchers.lock().len(), 1);
+    }
+
+    fn registration(id: &str, disposition: Disposition) -> Registration {
+        Registration {
+            id: id.into(),
+            input: ProcessInput::External {
+                metadata: serde_json::json!({}),
+            },
+            disposition,
+            event_types: Vec::new(),
+            provenance: Default::default(),
+            wake_target: None,
+            env_ref: None,
+            external_ref: None,
+        }
+    }
+
+    /// Whether the hub holds a work notice (a driver waiting now would wake).
+    fn work_noticed(hub: &ChangeHub) -> bool {
+        use futures::FutureExt;
+        hub.work_available().now_or_never().is_some()
+    }
+
+    /// A registration a worker may claim tells the drivers of work; an
+    /// externally owned one, which no worker ever runs, does not (each notice
+    /// costs every driver a claim that finds nothing).
+    #[tokio::test]
+    async fn only_a_registration_a_worker_may_claim_tells_of_work() {
+        use crate::registry::ProcessRegistry;
+        let hub = ChangeHub::default();
+        let watched = super::WatchedRegistry::new(std::sync::Arc::new(crate::MemoryRegistry::new()), hub.clone(), None);
+        assert!(!work_noticed(&hub), "a fresh hub holds no notice");
+        let r = watched
+            .register(registration("ext", Disposition::ExternallyOwned), None)
+            .await
+            .expect("register");
+        assert!(r.created);
+        assert!(!work_noticed(&hub), "an externally owned registration told of work");
+        for d in [Disposition::Rerunnable, Disposition::OwnerBound] {
+            let id = format!("{d:?}");
+            watched.register(registration(&id, d), None).await.expect("register");
+            assert!(work_noticed(&hub), "{id}: a claimable registration told of no work");
+            assert!(!work_noticed(&hub), "the notice was taken");
+        }
     }
 }
