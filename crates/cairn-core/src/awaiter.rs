@@ -82,7 +82,7 @@ impl Awaiter {
             if record.is_terminal() {
                 return Ok(record);
             }
-            wait.next().await;
+            wait.next(record.last_sequence).await;
             if let Some(ended) = wait.ended() {
                 return Ok(Arc::unwrap_or_clone(ended));
             }
@@ -122,7 +122,7 @@ impl Awaiter {
                 return Err(crate::CairnError::ProcessTerminal(id.to_string()));
             }
             if !more {
-                wait.next().await;
+                wait.next(cursor).await;
             }
         }
     }
@@ -141,7 +141,7 @@ impl Awaiter {
                 return Ok(page);
             }
             if record.last_sequence <= after {
-                wait.next().await;
+                wait.next(record.last_sequence).await;
             }
         }
     }
@@ -170,24 +170,35 @@ impl ChangeWait {
         self.rx.as_ref().and_then(|(changes, _)| changes.ended())
     }
 
-    async fn next(&mut self) {
+    /// Wait for a change past `seen`, the log sequence the waiter has read.
+    /// A notice of a sequence it has read already (PostgreSQL's echo of this
+    /// node's own write, which the hub announced at the commit) is passed over.
+    async fn next(&mut self, seen: u64) {
         let delay = self.delay;
         match self.rx.as_mut() {
             Some((changes, resync)) => {
-                tokio::select! {
-                    changed = changes.changed() => {
-                        if changed.is_err() {
-                            self.rx = None;
+                let backstop = tokio::time::sleep(HUB_BACKSTOP);
+                tokio::pin!(backstop);
+                loop {
+                    tokio::select! {
+                        changed = changes.changed() => {
+                            if changed.is_err() {
+                                self.rx = None;
+                                return;
+                            }
+                            if *changes.borrow_and_update() > seen {
+                                return;
+                            }
                         }
-                    }
-                    r = resync.changed() => {
-                        if r.is_err() {
-                            self.rx = None;
+                        r = resync.changed() => {
+                            if r.is_err() {
+                                self.rx = None;
+                            }
+                            return;
                         }
+                        _ = &mut backstop => return,
                     }
-                    _ = tokio::time::sleep(HUB_BACKSTOP) => {}
                 }
-                return;
             }
             None => tokio::time::sleep(delay).await,
         }

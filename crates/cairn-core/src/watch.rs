@@ -192,7 +192,11 @@ impl ChangeHub {
                     // Set before the notice goes out: a woken waiter finds it.
                     w.ended = Some(record);
                 }
-                w.tx.send_replace(sequence);
+                // Every publish is a notice, but the sequence it carries
+                // never goes back: a late echo of an earlier write (a
+                // PostgreSQL notification of this node's own commit) must not
+                // hide a later one from a waiter that skips what it has read.
+                w.tx.send_modify(|seen| *seen = (*seen).max(sequence));
             }
         }
     }

@@ -42,3 +42,53 @@ fn corrupt_env_is_detected() {
 }
 
 cairn_testkit::execution_suite!(memory_store);
+
+/// An awaiter passes over a notice of a sequence it has read already (on
+/// PostgreSQL, the echo of this node's own commit, which the hub announced
+/// at the commit) and reads again only for a change past it. A current-thread
+/// runtime and an in-memory registry make "it did not read" exact: a woken
+/// awaiter runs, and reads, whenever the test yields.
+#[tokio::test(flavor = "current_thread")]
+async fn an_awaiter_passes_over_a_notice_of_what_it_has_read() {
+    use cairn_core::{Awaiter, ChangeHub, Outcome};
+    let registry = Arc::new(MemoryRegistry::with_clock(Arc::new(ManualClock::new(1_000))));
+    registry
+        .register(cairn_testkit::builders::external("x"), None)
+        .await
+        .expect("register");
+    let seen = registry.get("x").await.expect("get").last_sequence;
+    let probe = cairn_testkit::probe::ReadProbe::new(registry.clone());
+    let hub = ChangeHub::default();
+    let awaiter = Awaiter::new(probe.clone(), Some(hub.clone()));
+    let waiter = tokio::spawn(async move { awaiter.await_terminal("x").await });
+    probe.answered_gets(1).await;
+    let settle = || async {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    };
+    for _ in 0..3 {
+        hub.publish("x", seen);
+        settle().await;
+    }
+    assert_eq!(
+        *probe.gets().borrow(),
+        1,
+        "an echo of the sequence read made the awaiter read again"
+    );
+    registry
+        .complete_external("x", Outcome::success(serde_json::json!(1)), "test")
+        .await
+        .expect("complete");
+    // The change, then a late echo of the earlier sequence before the awaiter runs:
+    // the notice it keeps carries the later one.
+    hub.publish("x", seen + 1);
+    hub.publish("x", seen);
+    let r = tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+        .await
+        .expect("the later change was lost behind the echo")
+        .expect("join")
+        .expect("await");
+    assert!(r.is_terminal(), "{r:?}");
+    assert_eq!(*probe.gets().borrow(), 2);
+}
