@@ -569,9 +569,10 @@ impl Processes {
         };
         // A new process no worker runs (an externally owned one) is nothing
         // to drive for.
+        let wants_a_drive = |r: &Registered| r.created && crate::fold::may_be_work(&r.process);
         let Some(slot) = driver.worker().slot_for_start() else {
             let registered = self.inner.starter.start(req).await?;
-            if registered.created && crate::fold::may_be_work(&registered.process) {
+            if wants_a_drive(&registered) {
                 driver.nudge();
             }
             return Ok(registered);
@@ -579,7 +580,7 @@ impl Processes {
         let (registered, claim) = self.inner.starter.start_claimed(req, &slot).await?;
         match claim {
             Some(claim) => driver.worker().run_started(claim, slot),
-            None if registered.created && crate::fold::may_be_work(&registered.process) => driver.nudge(),
+            None if wants_a_drive(&registered) => driver.nudge(),
             None => {}
         }
         Ok(registered)
