@@ -10,12 +10,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_core::{Disposition, Processes, StartRequest, WorkerConfig};
+use cairn_core::{Disposition, Outcome as Ended, ProcessStatus, Processes, StartRequest, WorkerConfig};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
 use super::report::{Bound, Figure, Outcome, ScenarioReport};
-use super::serve::{start_new_over_http, Serve};
+use super::serve::{Conn, Serve};
+use super::suspended::cpu_seconds;
 use super::{start_new, Ctx, AWAIT_TIMEOUT};
 
 /// Concurrent clients, as `throughput` has starters.
@@ -54,6 +56,20 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> ScenarioReport {
         bound: Bound::Target(50.0, "%", "issue 24: at least 50% of the in-process figure"),
         samples_per_run: None,
     };
+    let cores = |key: &str, label: &str| Figure {
+        key: key.into(),
+        label: label.into(),
+        unit: "cores",
+        higher_is_better: false,
+        runs: Vec::new(),
+        bound: Bound::NotApplicable("the clients and the server share this machine's cores"),
+        samples_per_run: None,
+    };
+    let mut server_cpu = cores("http.server_cpu", "CPU of the served child over the HTTP run");
+    let mut client_cpu = cores(
+        "http.client_cpu",
+        "CPU of this process (the HTTP clients) over the HTTP run",
+    );
     for (label, measured) in ctx.runs() {
         let count = if measured { n } else { n.min(WARMUP_N) };
         ctx.progress.detail(format!(
@@ -63,15 +79,26 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> ScenarioReport {
         let rates = async {
             let local = local_run(ctx, &label, count).await?;
             let server = Serve::spawn(ctx.url).await?;
-            let remote = served_run(&server.base, &ctx.prefix("http", &format!("{label}-served")), count).await;
+            let over_http = async {
+                let before = (server.cpu_seconds()?, cpu_seconds()?);
+                let prefix = ctx.prefix("http", &format!("{label}-served"));
+                let (rate, secs) = served_run(&server.base, &prefix, count).await?;
+                let server_cores = (server.cpu_seconds()? - before.0) / secs;
+                let client_cores = (cpu_seconds()? - before.1) / secs;
+                Ok::<_, String>((rate, server_cores, client_cores))
+            }
+            .await;
             server.stop().await;
-            Ok::<(f64, f64), String>((local, remote?))
+            let (remote, server_cores, client_cores) = over_http?;
+            Ok::<_, String>((local, remote, server_cores, client_cores))
         };
         match rates.await {
-            Ok((local, remote)) if measured => {
+            Ok((local, remote, server_cores, client_cores)) if measured => {
                 in_process.runs.push(local);
                 served.runs.push(remote);
                 share.runs.push(remote / local * 100.0);
+                server_cpu.runs.push(server_cores);
+                client_cpu.runs.push(client_cores);
             }
             Ok(_) => {}
             Err(e) => {
@@ -80,7 +107,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> ScenarioReport {
             }
         }
     }
-    r.figures.extend([served, in_process, share]);
+    r.figures.extend([served, in_process, share, server_cpu, client_cpu]);
     r
 }
 
@@ -90,11 +117,16 @@ async fn local_run(ctx: &Ctx<'_>, label: &str, n: usize) -> Result<f64, String> 
     let p = ctx.runtime(format!("{prefix}-worker"), defaults.concurrency, defaults.batch_size);
     let result = {
         let (p, prefix) = (p.clone(), prefix.clone());
-        clients(n, move |i| {
-            let (p, id) = (p.clone(), format!("{prefix}-{i:07}"));
-            async move { local_one(&p, &id, i).await }
-        })
+        clients(
+            n,
+            || async { Ok(()) },
+            move |(), i| {
+                let (p, id) = (p.clone(), format!("{prefix}-{i:07}"));
+                async move { local_one(&p, &id, i).await }
+            },
+        )
         .await
+        .map(|(rate, _)| rate)
     };
     p.shutdown().await;
     result
@@ -107,60 +139,96 @@ async fn local_one(p: &Processes, id: &str, i: usize) -> Result<(), String> {
         .await_output(id, AWAIT_TIMEOUT)
         .await
         .map_err(|e| format!("await `{id}`: {e}"))?;
-    check_outcome(id, &serde_json::to_value(&rec).map_err(|e| e.to_string())?, i)
+    let value = match (&rec.status, &rec.outcome) {
+        (ProcessStatus::Completed, Some(Ended::Success { value })) => Some(value),
+        _ => None,
+    };
+    check_outcome(id, rec.status.label(), value, i)
 }
 
-async fn served_run(base: &str, prefix: &str, n: usize) -> Result<f64, String> {
-    // One pooled client: each of the 32 clients keeps its connection alive.
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(CLIENTS)
-        .build()
-        .map_err(|e| format!("http client: {e}"))?;
-    let (base, prefix) = (Arc::new(base.to_string()), Arc::new(prefix.to_string()));
-    clients(n, move |i| {
-        let (http, base, id) = (http.clone(), base.clone(), format!("{prefix}-{i:07}"));
-        async move { served_one(&http, &base, &id, i).await }
-    })
+/// The served run: processes per second and its length in seconds.
+async fn served_run(base: &str, prefix: &str, n: usize) -> Result<(f64, f64), String> {
+    let base = Arc::new(base.to_string());
+    let prefix = Arc::new(prefix.to_string());
+    clients(
+        n,
+        || Conn::open(&base),
+        move |conn, i| {
+            let id = format!("{prefix}-{i:07}");
+            async move { served_one(conn, &id, i).await }
+        },
+    )
     .await
 }
 
-async fn served_one(http: &reqwest::Client, base: &str, id: &str, i: usize) -> Result<(), String> {
-    start_new_over_http(http, base, id, "echo", json!({"value": i})).await?;
-    let timeout_ms = AWAIT_TIMEOUT.as_millis();
-    let rec: Value = http
-        .get(format!("{base}/v1/processes/{id}/await?timeout_ms={timeout_ms}"))
-        .timeout(AWAIT_TIMEOUT + Duration::from_secs(10))
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| format!("await `{id}`: {e}"))?
-        .json()
-        .await
-        .map_err(|e| format!("await `{id}`: {e}"))?;
-    check_outcome(id, &rec, i)
+/// What the bench reads of an awaited record: serde skips the rest.
+#[derive(Deserialize)]
+struct Awaited {
+    status: String,
+    outcome: Option<AwaitedOutcome>,
 }
 
-fn check_outcome(id: &str, rec: &Value, i: usize) -> Result<(), String> {
-    if rec["status"] != "completed" || rec["outcome"]["value"] != json!(i) {
-        return Err(format!("`{id}` did not complete with its value: {rec}"));
+#[derive(Deserialize)]
+struct AwaitedOutcome {
+    value: Option<Value>,
+}
+
+async fn served_one(mut conn: Conn, id: &str, i: usize) -> Result<Conn, String> {
+    let body = json!({"id": id, "disposition": "rerunnable",
+        "input": {"type": "tool_call", "tool": "echo", "args": {"value": i}}});
+    let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+    let (status, text) = conn.call("/v1/processes", Some(body), AWAIT_TIMEOUT).await?;
+    if status != hyper::StatusCode::CREATED {
+        return Err(format!(
+            "start `{id}`: {status} {} (ids must be new: use a fresh database or another --seed)",
+            String::from_utf8_lossy(&text)
+        ));
+    }
+    let timeout_ms = AWAIT_TIMEOUT.as_millis();
+    let path = format!("/v1/processes/{id}/await?timeout_ms={timeout_ms}");
+    let (status, text) = conn
+        .call(&path, None, AWAIT_TIMEOUT + Duration::from_secs(10))
+        .await
+        .map_err(|e| format!("await `{id}`: {e}"))?;
+    if status != hyper::StatusCode::OK {
+        return Err(format!("await `{id}`: {status} {}", String::from_utf8_lossy(&text)));
+    }
+    let rec: Awaited = serde_json::from_slice(&text).map_err(|e| format!("await `{id}`: {e}"))?;
+    let value = rec.outcome.as_ref().and_then(|o| o.value.as_ref());
+    check_outcome(id, &rec.status, value, i)?;
+    Ok(conn)
+}
+
+fn check_outcome(id: &str, status: &str, value: Option<&Value>, i: usize) -> Result<(), String> {
+    if status != "completed" || value != Some(&json!(i)) {
+        return Err(format!("`{id}` did not complete with its value: {status}, {value:?}"));
     }
     Ok(())
 }
 
-/// Run `one(i)` for i in 0..n from [`CLIENTS`] concurrent clients, each taking
-/// every CLIENTS-th index; answers processes per second.
-async fn clients<F, Fut>(n: usize, one: F) -> Result<f64, String>
+/// Run `one(state, i)` for i in 0..n from [`CLIENTS`] concurrent clients,
+/// each with a state `make` gave it before the clock started (its
+/// connection), taking every CLIENTS-th index; answers processes per second
+/// and the seconds it took.
+async fn clients<S, M, MF, F, Fut>(n: usize, make: M, one: F) -> Result<(f64, f64), String>
 where
-    F: Fn(usize) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    S: Send + 'static,
+    M: Fn() -> MF,
+    MF: std::future::Future<Output = Result<S, String>>,
+    F: Fn(S, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<S, String>> + Send + 'static,
 {
+    let mut states = Vec::new();
+    for _ in 0..CLIENTS.min(n) {
+        states.push(make().await?);
+    }
     let t = Instant::now();
     let mut tasks = JoinSet::new();
-    for c in 0..CLIENTS.min(n) {
+    for (c, mut state) in states.into_iter().enumerate() {
         let one = one.clone();
         tasks.spawn(async move {
             for i in (c..n).step_by(CLIENTS) {
-                one(i).await?;
+                state = one(state, i).await?;
             }
             Ok::<(), String>(())
         });
@@ -168,5 +236,6 @@ where
     while let Some(joined) = tasks.join_next().await {
         joined.map_err(|e| format!("client task: {e}"))??;
     }
-    Ok(n as f64 / t.elapsed().as_secs_f64())
+    let secs = t.elapsed().as_secs_f64();
+    Ok((n as f64 / secs, secs))
 }

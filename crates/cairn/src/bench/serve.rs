@@ -100,3 +100,70 @@ impl Serve {
         let _ = self.child.wait().await;
     }
 }
+
+/// One keep-alive HTTP/1.1 connection to a served child, as a load generator
+/// holds it: hyper's connection API without a pool, a URL parser or a JSON
+/// tree per answer. The clients share the machine with the server they
+/// measure, so what they spend is taken from it (reqwest cost about twice
+/// as much a request here).
+pub(crate) struct Conn {
+    send: hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>,
+    /// `HOST:PORT`, sent as the `host` header.
+    authority: String,
+}
+
+impl Conn {
+    /// Connect to the server at `base` (`http://HOST:PORT`).
+    pub async fn open(base: &str) -> Result<Self, String> {
+        let authority = base
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("`{base}` is not an http:// address"))?
+            .trim_end_matches('/')
+            .to_string();
+        let stream = tokio::net::TcpStream::connect(&authority)
+            .await
+            .map_err(|e| format!("connect to {authority}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| format!("TCP_NODELAY: {e}"))?;
+        let (send, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP handshake with {authority}: {e}"))?;
+        // Drives the connection until this `Conn` is dropped.
+        tokio::spawn(connection);
+        Ok(Self { send, authority })
+    }
+
+    /// `POST path` with a JSON body, or `GET path` without one: the answer's
+    /// status and body, within `timeout`.
+    pub async fn call(
+        &mut self,
+        path: &str,
+        json: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<(hyper::StatusCode, hyper::body::Bytes), String> {
+        use http_body_util::BodyExt;
+        let mut req = hyper::Request::builder()
+            .uri(path)
+            .header(hyper::header::HOST, &self.authority);
+        if json.is_some() {
+            req = req
+                .method(hyper::Method::POST)
+                .header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(http_body_util::Full::new(hyper::body::Bytes::from(
+                json.unwrap_or_default(),
+            )))
+            .map_err(|e| format!("{path}: {e}"))?;
+        let exchange = async {
+            self.send.ready().await?;
+            let answer = self.send.send_request(req).await?;
+            let status = answer.status();
+            let body = answer.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, body))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| format!("{path}: no answer within {timeout:?}"))?
+            .map_err(|e| format!("{path}: {e}"))
+    }
+}
