@@ -375,7 +375,7 @@ fn http_scenario_serves_a_child_beside_the_in_process_path() {
     let got = share["value"].as_f64().expect("share");
     assert!((got - expected).abs() < 1e-6 * expected.max(1.0), "{got} vs {expected}");
     // What the server and the clients spent of the machine they share.
-    for key in ["http.server_cpu", "http.client_cpu"] {
+    for key in ["http.in_process_cpu", "http.server_cpu", "http.client_cpu"] {
         let f = figure(s, key);
         assert_eq!(f["unit"], "cores", "{f}");
         let cores = f["value"].as_f64().expect(key);

@@ -65,6 +65,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> ScenarioReport {
         bound: Bound::NotApplicable("the clients and the server share this machine's cores"),
         samples_per_run: None,
     };
+    let mut in_process_cpu = cores("http.in_process_cpu", "CPU of this process over the in-process run");
     let mut server_cpu = cores("http.server_cpu", "CPU of the served child over the HTTP run");
     let mut client_cpu = cores(
         "http.client_cpu",
@@ -77,7 +78,9 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> ScenarioReport {
             ctx.tag()
         ));
         let rates = async {
-            let local = local_run(ctx, &label, count).await?;
+            let before = cpu_seconds()?;
+            let (local, secs) = local_run(ctx, &label, count).await?;
+            let local_cores = (cpu_seconds()? - before) / secs;
             let server = Serve::spawn(ctx.url).await?;
             let over_http = async {
                 let before = (server.cpu_seconds()?, cpu_seconds()?);
@@ -90,10 +93,11 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> ScenarioReport {
             .await;
             server.stop().await;
             let (remote, server_cores, client_cores) = over_http?;
-            Ok::<_, String>((local, remote, server_cores, client_cores))
+            Ok::<_, String>((local, local_cores, remote, server_cores, client_cores))
         };
         match rates.await {
-            Ok((local, remote, server_cores, client_cores)) if measured => {
+            Ok((local, local_cores, remote, server_cores, client_cores)) if measured => {
+                in_process_cpu.runs.push(local_cores);
                 in_process.runs.push(local);
                 served.runs.push(remote);
                 share.runs.push(remote / local * 100.0);
@@ -107,11 +111,13 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> ScenarioReport {
             }
         }
     }
-    r.figures.extend([served, in_process, share, server_cpu, client_cpu]);
+    r.figures
+        .extend([served, in_process, share, in_process_cpu, server_cpu, client_cpu]);
     r
 }
 
-async fn local_run(ctx: &Ctx<'_>, label: &str, n: usize) -> Result<f64, String> {
+/// The in-process run: processes per second and its length in seconds.
+async fn local_run(ctx: &Ctx<'_>, label: &str, n: usize) -> Result<(f64, f64), String> {
     let prefix = ctx.prefix("http", &format!("{label}-local"));
     let defaults = WorkerConfig::default();
     let p = ctx.runtime(format!("{prefix}-worker"), defaults.concurrency, defaults.batch_size);
@@ -126,7 +132,6 @@ async fn local_run(ctx: &Ctx<'_>, label: &str, n: usize) -> Result<f64, String> 
             },
         )
         .await
-        .map(|(rate, _)| rate)
     };
     p.shutdown().await;
     result
