@@ -455,6 +455,58 @@ fn acknowledged_writes_survive_a_crash() {
     });
 }
 
+/// The child half of `commits_sync_the_wal_with_fdatasync`: commits a few
+/// writes and exits. Run only by that test.
+#[tokio::test]
+#[ignore = "child process of commits_sync_the_wal_with_fdatasync"]
+async fn sync_child() {
+    let path = std::env::var("CAIRN_SQLITE_SYNC_DB").expect("the child needs the database path");
+    let reg = open(Path::new(&path), &ManualClock::new(T0));
+    reg.register(waking("synced"), None).await.expect("register");
+    for n in 0..5 {
+        reg.append_event(
+            "synced",
+            AppendRequest::new("progress", json!({"text": format!("{n}")})),
+        )
+        .await
+        .expect("append");
+    }
+}
+
+/// Every commit syncs the WAL with `fdatasync`, not `fsync`: SQLite's bundled
+/// build uses `fsync` unless built with `HAVE_FDATASYNC` (set for the
+/// workspace in `.cargo/config.toml`, ADR 0028), and `fsync` also writes the
+/// file's timestamps, a journal commit of its own on ext4 and XFS.
+#[cfg(target_os = "linux")]
+#[test]
+#[cfg_attr(cairn_no_strace, ignore = "strace is not installed (.ci/run installs it)")]
+fn commits_sync_the_wal_with_fdatasync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let trace = dir.path().join("syncs.txt");
+    let status = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .arg(std::env::current_exe().expect("exe"))
+        .args(["--exact", "sync_child", "--ignored", "--test-threads=1"])
+        .env("CAIRN_SQLITE_SYNC_DB", &path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run strace");
+    assert!(status.success(), "the traced child commits and exits");
+    let text = std::fs::read_to_string(&trace).expect("trace");
+    let wal = format!("{}-wal>", path.display());
+    let syncs: Vec<&str> = text.lines().filter(|l| l.contains(&wal)).collect();
+    let data_syncs = syncs.iter().filter(|l| l.contains(" fdatasync(")).count();
+    // The migration's commit, the registration and five appends.
+    assert!(data_syncs >= 7, "each commit syncs the WAL with fdatasync:\n{text}");
+    assert!(
+        !syncs.iter().any(|l| l.contains(" fsync(")),
+        "no commit syncs the WAL with fsync:\n{text}"
+    );
+}
+
 // ------------------------------------------------------------------ group commit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
