@@ -23,6 +23,11 @@ pub const MAX_ID_BYTES: usize = 256;
 pub const MAX_EVENT_TYPE_BYTES: usize = 128;
 /// Largest event payload, process input or env spec, as serialized JSON.
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+/// Deepest nesting of arrays and objects in a payload, process input or env
+/// spec. A stored record wraps a payload in a few levels of its own, and every
+/// JSON decoder on the read path (serde_json's included) stops at 128 levels:
+/// a value accepted near that limit could be written but never read back.
+pub const MAX_JSON_DEPTH: usize = 64;
 /// Most event types one registration may declare.
 pub const MAX_EVENT_TYPES: usize = 256;
 /// Most children one `children` wait may name (its ids stay well inside
@@ -94,36 +99,77 @@ pub fn check_size(what: &str, value: &impl Serialize) -> Result<()> {
     check_size_of(|| what.to_string(), value)
 }
 
-/// [`check_size`], naming the value only when it is refused.
+/// [`check_size`], naming the value only when it is refused. Also refuses a
+/// value nested deeper than [`MAX_JSON_DEPTH`].
 fn check_size_of(what: impl FnOnce() -> String, value: &impl Serialize) -> Result<()> {
-    let size = serialized_len(value);
-    if size > MAX_PAYLOAD_BYTES {
+    let shape = serialized_shape(value);
+    if shape.len > MAX_PAYLOAD_BYTES {
         return Err(CairnError::PayloadTooLarge {
             what: what(),
-            size,
+            size: shape.len,
             limit: MAX_PAYLOAD_BYTES,
         });
+    }
+    if shape.depth > MAX_JSON_DEPTH {
+        return Err(CairnError::InvalidRequest(format!(
+            "{} nests arrays and objects {} levels deep, over the {MAX_JSON_DEPTH} level limit",
+            what(),
+            shape.depth
+        )));
     }
     Ok(())
 }
 
-/// The length of a value's compact JSON, counted without building it.
-fn serialized_len(value: &impl Serialize) -> usize {
-    struct Count(usize);
-    impl io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
+/// The length and deepest nesting of a value's compact JSON, counted as it is
+/// written, without building it.
+#[derive(Default)]
+struct Shape {
+    len: usize,
+    depth: usize,
+    open: usize,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl io::Write for Shape {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.len += buf.len();
+        // Compact JSON from serde_json: brackets count unless inside a
+        // string, where a quote ends it unless a backslash escapes it.
+        for &b in buf {
+            if self.in_string {
+                if self.escaped {
+                    self.escaped = false;
+                } else if b == b'\\' {
+                    self.escaped = true;
+                } else if b == b'"' {
+                    self.in_string = false;
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'[' | b'{' => {
+                    self.open += 1;
+                    self.depth = self.depth.max(self.open);
+                }
+                b']' | b'}' => self.open = self.open.saturating_sub(1),
+                _ => {}
+            }
         }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
+        Ok(buf.len())
     }
-    let mut count = Count(0);
-    match serde_json::to_writer(&mut count, value) {
-        Ok(()) => count.0,
-        Err(_) => usize::MAX,
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
+}
+
+fn serialized_shape(value: &impl Serialize) -> Shape {
+    let mut shape = Shape::default();
+    if serde_json::to_writer(&mut shape, value).is_err() {
+        shape.len = usize::MAX;
+    }
+    shape
 }
 
 /// Check an event type name: 1..=128 bytes of `[A-Za-z0-9._-]`.
@@ -506,5 +552,34 @@ mod tests {
             other => panic!("expected payload_too_large, got {other:?}"),
         }
         assert!(check_size("payload", &json!({"s": "x"})).is_ok());
+    }
+
+    /// `depth` arrays nested in one another around `inner`.
+    fn nested(depth: usize, inner: Value) -> Value {
+        (0..depth).fold(inner, |v, _| json!([v]))
+    }
+
+    #[test]
+    fn payloads_nested_past_the_depth_limit_are_refused_with_their_depth() {
+        assert!(check_size("payload", &nested(MAX_JSON_DEPTH, json!(1))).is_ok());
+        match check_size("payload", &nested(MAX_JSON_DEPTH + 1, json!(1))) {
+            Err(CairnError::InvalidRequest(m)) => {
+                assert_eq!(
+                    m,
+                    format!("payload nests arrays and objects 65 levels deep, over the {MAX_JSON_DEPTH} level limit")
+                );
+            }
+            other => panic!("expected invalid_request, got {other:?}"),
+        }
+        // Brackets, quotes and backslashes inside strings are text, not nesting.
+        let text = json!({"s": "[[[[{{{{\\\"[[[[".repeat(100)});
+        assert!(check_size("payload", &nested(MAX_JSON_DEPTH - 1, text.clone())).is_ok());
+        assert!(check_size("payload", &nested(MAX_JSON_DEPTH, text)).is_err());
+        // Objects count as arrays do.
+        let objects = (0..=MAX_JSON_DEPTH).fold(json!(null), |v, _| json!({"k": v}));
+        assert!(matches!(
+            check_size("payload", &objects),
+            Err(CairnError::InvalidRequest(_))
+        ));
     }
 }

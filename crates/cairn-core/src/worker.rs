@@ -787,7 +787,7 @@ impl Worker {
 
     /// The fenced completion; a stale lease writes nothing.
     ///
-    /// An outcome the registry refuses as such (over the size limit, against
+    /// An outcome the registry refuses as such (over the size or depth limit, against
     /// the declared schema of its terminal event) could never be written: the
     /// run would be claimed again at every lease expiry, fail the same way, and
     /// not even a cancellation could end it. The process fails instead, with
@@ -795,7 +795,11 @@ impl Worker {
     async fn finish(&self, lease: &crate::model::Lease, outcome: Outcome) {
         let refused = match self.registry.complete(lease, outcome).await {
             Ok(_) => return,
-            Err(e @ (CairnError::PayloadTooLarge { .. } | CairnError::SchemaViolation { .. })) => e,
+            Err(
+                e @ (CairnError::PayloadTooLarge { .. }
+                | CairnError::SchemaViolation { .. }
+                | CairnError::InvalidRequest(_)),
+            ) => e,
             Err(e) => return self.finish_failed(lease, e),
         };
         tracing::warn!(process_id = %lease.process_id, error = %refused, "outcome refused; the process fails instead");

@@ -252,7 +252,10 @@ impl State {
                 if self.n + self.logs >= self.max_calls {
                     return self.set_fatal("journal_limit", self.over_the_limit());
                 }
-                let mut p: Value = serde_json::from_str(payload).unwrap_or_else(|_| json!({}));
+                let mut p: Value = match parse_call(payload) {
+                    Ok(p) => p,
+                    Err(refusal) => return refusal,
+                };
                 if let Some(m) = p.as_object_mut() {
                     m.insert("ordinal".into(), json!(self.logs + 1));
                 }
@@ -271,12 +274,16 @@ impl State {
         if let Some((code, message)) = &self.fatal {
             return json!({"error": {"class": "script", "code": code, "message": message}}).to_string();
         }
+        // Refused before it counts: a replay parses the same text the same way.
+        let mut call = match parse_call(payload) {
+            Ok(call) => call,
+            Err(refusal) => return refusal,
+        };
         self.n += 1;
         let n = self.n;
         if n + self.logs > self.max_calls {
             return self.set_fatal("journal_limit", self.over_the_limit());
         }
-        let mut call = serde_json::from_str::<Value>(payload).unwrap_or_else(|_| json!({}));
         let Some(map) = call.as_object_mut() else {
             return self.set_fatal("invalid_call", format!("call {n} (`{kind}`) is not an object"));
         };
@@ -317,6 +324,16 @@ impl State {
         self.pending.insert(n, call);
         json!({ "pending": n }).to_string()
     }
+}
+
+/// A call's arguments as the prelude serialized them, or the answer that
+/// rejects the call: JSON nested past what a decoder reads (or a string
+/// holding a lone surrogate) is refused, never taken as empty arguments.
+fn parse_call(payload: &str) -> std::result::Result<Value, String> {
+    serde_json::from_str(payload).map_err(|e| {
+        let message = format!("the call's arguments cannot be journaled: {e}");
+        json!({"error": {"class": "cairn", "code": "invalid_request", "message": message}}).to_string()
+    })
 }
 
 impl State {

@@ -337,9 +337,10 @@ impl Driver<'_> {
                     return self.stopped_outcome();
                 }
             };
-            // A call too large to journal is not made: it rejects with
-            // `payload_too_large` and the script goes on (a replay makes the
-            // same call and is refused the same way).
+            // A call too large or too deeply nested to journal is not made:
+            // it rejects with `payload_too_large` or `invalid_request` and the
+            // script goes on (a replay makes the same call and is refused the
+            // same way).
             let mut refused: Vec<(u64, CairnError)> = Vec::new();
             for entry in step.entries {
                 let call = match &entry {
@@ -348,7 +349,9 @@ impl Driver<'_> {
                 };
                 match (self.journal(entry).await, call) {
                     (Ok(()), _) => {}
-                    (Err(e @ CairnError::PayloadTooLarge { .. }), Some(n)) => refused.push((n, e)),
+                    (Err(e @ (CairnError::PayloadTooLarge { .. } | CairnError::InvalidRequest(_))), Some(n)) => {
+                        refused.push((n, e))
+                    }
                     (Err(e), _) => return Outcome::failure("runtime", e.code(), e.to_string()),
                 }
             }

@@ -847,6 +847,43 @@ async fn a_call_too_large_to_journal_rejects_and_the_script_goes_on() {
     );
 }
 
+/// Arguments nested past the journal's depth limit reject the call with
+/// `invalid_request` and the script goes on; so do arguments nested past what
+/// a JSON decoder reads at all, rather than running with no arguments.
+#[tokio::test]
+async fn a_call_too_deep_to_journal_rejects_and_the_script_goes_on() {
+    let p = runtime_with_gate();
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const deep = (n) => { let v = 1; for (let i = 0; i < n; i++) v = [v]; return v; };
+            const codes = [];
+            for (const n of [100, 500]) {
+                await ctx.tool("gate", {v: deep(n)}).catch(e => codes.push([e.code, /levels deep|recursion/.test(e.message)]));
+            }
+            await ctx.sleep(1);
+            const after = await ctx.tool("gate", {fail: "small"}).catch(e => e.code);
+            return {codes, after};
+        }"#,
+    )
+    .await;
+    let rec = run(&p, script("deep", &m, "main", json!({}))).await;
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::success(json!({
+            "codes": [["invalid_request", true], ["invalid_request", true]],
+            "after": "small"
+        })))
+    );
+    let calls = events(&p, "deep", "script.call").await;
+    let kinds: Vec<_> = calls.iter().map(|c| c["kind"].clone()).collect();
+    assert_eq!(
+        kinds,
+        [json!("sleep"), json!("tool")],
+        "the refused calls were not journaled"
+    );
+}
+
 /// A `waitSignal` that timed out took no signal: the next call of that name
 /// gets the next signal sent (a retry loop around an approval does not miss
 /// it), and calls waiting together take the signals in the order they came.

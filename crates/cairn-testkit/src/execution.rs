@@ -886,53 +886,60 @@ pub async fn start_rejects_bad_tool_input(factory: &dyn StoreFactory) {
     p.shutdown().await;
 }
 
-/// Succeeds with a string of `bytes` bytes.
-struct OversizeTool {
-    bytes: usize,
+/// Succeeds with the result it was made with.
+struct UnwritableTool {
+    result: Value,
 }
 
 #[async_trait]
-impl Tool for OversizeTool {
+impl Tool for UnwritableTool {
     fn name(&self) -> &str {
-        "oversize"
+        "unwritable"
     }
 
     async fn run(&self, _ctx: ToolContext, _args: Value) -> Outcome {
-        Outcome::success(json!("x".repeat(self.bytes)))
+        Outcome::success(self.result.clone())
     }
 }
 
-/// A run whose outcome could never be written (over the payload limit) fails
-/// the process with `payload_too_large` at once, instead of leaving it running
-/// to be claimed and refused again at every lease expiry.
+/// A run whose outcome could never be written (over the payload size or depth
+/// limit) fails the process with the refusal's code at once, instead of
+/// leaving it running to be claimed and refused again at every lease expiry.
 pub async fn an_outcome_over_the_size_limit_fails_the_process(factory: &dyn StoreFactory) {
-    let store = factory.create(ManualClock::new(1_000)).await;
-    let p = runtime(&store, "w1", vec![Arc::new(OversizeTool { bytes: 2 << 20 })]);
-    p.start(StartRequest::tool(
-        "too-big",
-        "oversize",
-        json!({}),
-        Disposition::Rerunnable,
-    ))
-    .await
-    .expect("start");
-    let r = terminal(&p, "too-big").await;
-    match r.outcome {
-        Some(Outcome::Failure {
-            class, code, message, ..
-        }) => {
-            assert_eq!((class.as_str(), code.as_str()), ("runtime", "payload_too_large"));
-            assert!(message.contains("1048576"), "the limit is named: {message}");
+    let depth = cairn_core::validate::MAX_JSON_DEPTH;
+    let cases = [
+        ("too-big", json!("x".repeat(2 << 20)), "payload_too_large", "1048576"),
+        (
+            "too-deep",
+            (0..depth).fold(json!(1), |v, _| json!([v])),
+            "invalid_request",
+            "levels deep",
+        ),
+    ];
+    for (id, result, expected, named) in cases {
+        let store = factory.create(ManualClock::new(1_000)).await;
+        let p = runtime(&store, "w1", vec![Arc::new(UnwritableTool { result })]);
+        p.start(StartRequest::tool(id, "unwritable", json!({}), Disposition::Rerunnable))
+            .await
+            .expect("start");
+        let r = terminal(&p, id).await;
+        match r.outcome {
+            Some(Outcome::Failure {
+                class, code, message, ..
+            }) => {
+                assert_eq!((class.as_str(), code.as_str()), ("runtime", expected));
+                assert!(message.contains(named), "the limit is named: {message}");
+            }
+            other => panic!("{id}: expected a {expected} failure, got {other:?}"),
         }
-        other => panic!("expected a payload_too_large failure, got {other:?}"),
+        let events = p.events(id, 0, Some(100)).await.expect("events").events;
+        assert_eq!(
+            types_of(&events),
+            ["process.started", "process.failed"],
+            "{id}: run once, then failed"
+        );
+        p.shutdown().await;
     }
-    let events = p.events("too-big", 0, Some(100)).await.expect("events").events;
-    assert_eq!(
-        types_of(&events),
-        ["process.started", "process.failed"],
-        "run once, then failed"
-    );
-    p.shutdown().await;
 }
 
 /// An event sink that writes down what it is given, as `label` makes it.

@@ -219,6 +219,7 @@ macro_rules! conformance_suite {
                 append_rejects_undeclared_type,
                 append_rejects_schema_violation,
                 append_rejects_oversize_payload,
+                append_rejects_over_deep_payload,
                 append_rejects_reserved_types,
                 terminal_append_needs_authority,
                 producer_terminal_type_ends_process,

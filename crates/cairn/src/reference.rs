@@ -23,7 +23,7 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
         ),
         (
             CairnError::InvalidRequest(s()),
-            "the request is malformed or its content invalid (also: a tool's args)",
+            "the request is malformed or its content invalid (also: a tool's args; a payload, input, result or env spec nesting arrays and objects more than 64 levels deep, which a stored record could not be read back with)",
         ),
         (
             CairnError::InvalidEventTypeName(s()),

@@ -111,6 +111,34 @@ async fn start_is_idempotent_and_errors_have_their_classes() {
         )
         .await;
     assert_eq!((s, code(&err)), (413, "payload_too_large"));
+    // A payload nested past 64 levels is refused (a stored record wraps it in
+    // levels of its own, and no read could decode it); so is a body nested
+    // past what the JSON reader takes. The process reads as before.
+    let deep = |n: usize| (0..n).fold(json!(1), |v, _| json!([v]));
+    let (s, err) = c
+        .post(
+            "/v1/processes/ext/signals/go",
+            json!({"signal_id": "deep", "payload": deep(100)}),
+        )
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("levels deep"),
+        "{err}"
+    );
+    let body = format!(
+        r#"{{"signal_id": "deeper", "payload": {}1{}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let (s, err) = c
+        .post_raw("/v1/processes/ext/signals/go", "application/json", body.into_bytes())
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+    let (s, got) = c.get("/v1/processes/ext").await;
+    assert_eq!((s, got["last_sequence"].as_u64()), (200, Some(0)), "{got}");
+    let (s, page) = c.get("/v1/processes/ext/events").await;
+    assert_eq!((s, page["events"].as_array().map(Vec::len)), (200, Some(0)), "{page}");
     // Unknown tool.
     let (s, err) = c.start(tool_start("p3", "nope", json!({}), "rerunnable")).await;
     assert_eq!((s, code(&err)), (404, "unknown_tool"));

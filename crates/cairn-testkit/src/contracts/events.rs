@@ -120,6 +120,67 @@ pub async fn append_rejects_oversize_payload(factory: &dyn StoreFactory) {
     assert_eq!(res.event.payload, fits, "a large payload round-trips intact");
 }
 
+/// A payload, result or input nested past [`MAX_JSON_DEPTH`] is
+/// `invalid_request` and writes nothing; the deepest accepted ones are stored,
+/// then read back by get, list and the event log.
+///
+/// [`MAX_JSON_DEPTH`]: cairn_core::validate::MAX_JSON_DEPTH
+pub async fn append_rejects_over_deep_payload(factory: &dyn StoreFactory) {
+    let max = cairn_core::validate::MAX_JSON_DEPTH;
+    let nested = |depth: usize| (0..depth).fold(json!("leaf"), |v, _| json!([v]));
+    let h = Harness::new(factory).await;
+    h.register(rerunnable("p")).await;
+    h.register(external("e")).await;
+    let err = h
+        .rejects(
+            "invalid_request",
+            "a note one level too deep",
+            h.registry().append_event("p", note(nested(max + 1))),
+        )
+        .await;
+    assert!(err.to_string().contains("levels deep"), "{err}");
+    // The completion's payload wraps the result in two objects of its own.
+    let too_deep = AppendRequest::new(
+        ev::COMPLETED,
+        json!({"await_output": Outcome::success(nested(max - 1))}),
+    );
+    h.rejects(
+        "invalid_request",
+        "a result one level too deep",
+        h.registry().append_event("e", too_deep),
+    )
+    .await;
+    // The input wraps its metadata in one object of its own.
+    let deep_input = |depth: usize| {
+        let mut reg = external("q");
+        reg.input = cairn_core::ProcessInput::External {
+            metadata: nested(depth),
+        };
+        reg
+    };
+    h.rejects(
+        "invalid_request",
+        "an input one level too deep",
+        h.registry().register(deep_input(max), None),
+    )
+    .await;
+
+    h.append("p", note(nested(max))).await;
+    let result = nested(max - 2);
+    h.append(
+        "e",
+        AppendRequest::new(ev::COMPLETED, json!({"await_output": Outcome::success(result.clone())})),
+    )
+    .await;
+    h.register(deep_input(max - 1)).await;
+    // Every read path decodes what was stored.
+    assert_eq!(h.get("e").await.outcome, Some(Outcome::success(result)));
+    assert_eq!(h.get("q").await.input, deep_input(max - 1).input);
+    let events = h.check("p").await.events;
+    assert_eq!(events.last().map(|e| &e.payload), Some(&nested(max)));
+    assert_eq!(crate::harness::list_all(h.registry()).await.len(), 3);
+}
+
 /// `process.started`, `process.cancel_requested`, `process.abandon_requested`
 /// and `process.abandoned` are written only by cairn's own operations (`reserved_event_type`), even under a lease.
 pub async fn append_rejects_reserved_types(factory: &dyn StoreFactory) {
