@@ -22,6 +22,20 @@
     return new Promise((resolve, reject) => pending.set(answer.pending, { resolve, reject }));
   }
 
+  // Options a call does not take are refused, not ignored: a misspelt
+  // `timeoutMs` would otherwise wait for ever.
+  function badOptions(what, opts, known) {
+    if (opts === undefined || opts === null) return null;
+    if (typeof opts !== "object" || Array.isArray(opts)) return `${what}'s options must be an object`;
+    const unknown = Object.keys(opts).filter((k) => !known.includes(k));
+    if (unknown.length === 0) return null;
+    return `${what} takes no option \`${unknown[0]}\` (its options: ${known.map((k) => `\`${k}\``).join(", ")})`;
+  }
+
+  function refuse(message) {
+    return Promise.reject(fail({ class: "cairn", code: "invalid_request", message }));
+  }
+
   function text(v) {
     if (typeof v === "string") return v;
     try {
@@ -38,14 +52,19 @@
     get cancelled() {
       return native("cancelled", "{}") === "true";
     },
-    tool: (name, toolArgs, opts) =>
-      call("tool", { name, args: toolArgs === undefined ? null : toolArgs, disposition: (opts && opts.disposition) || "rerunnable" }),
+    tool: (name, toolArgs, opts) => {
+      const bad = badOptions("ctx.tool", opts, ["disposition"]);
+      if (bad) return refuse(bad);
+      return call("tool", { name, args: toolArgs === undefined ? null : toolArgs, disposition: (opts && opts.disposition) || "rerunnable" });
+    },
     start: (request) => call("start", { request }),
     wait: (id) => call("wait", { id }),
     turn: (session, input, outputContract) =>
       call("turn", { session, input: input === undefined ? null : input, output_contract: outputContract === undefined ? null : outputContract }),
     sleep: (ms) => call("sleep", { ms }),
     waitSignal: (name, opts) => {
+      const bad = badOptions("ctx.waitSignal", opts, ["timeoutMs"]);
+      if (bad) return refuse(bad);
       const p = { name };
       if (opts && opts.timeoutMs !== undefined) p.timeout_ms = opts.timeoutMs;
       return call("wait_signal", p);

@@ -884,6 +884,47 @@ async fn a_call_too_deep_to_journal_rejects_and_the_script_goes_on() {
     );
 }
 
+/// An option a call does not take rejects the call with `invalid_request`
+/// naming it, instead of being ignored (a misspelt `timeoutMs` would wait for
+/// ever); nothing is journaled for it.
+#[tokio::test]
+async fn unknown_call_options_are_refused() {
+    let p = runtime_with_gate();
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const seen = [];
+            const note = (e) => seen.push([e.code, e.message]);
+            await ctx.waitSignal("go", {timeout: 5}).catch(note);
+            await ctx.waitSignal("go", 5).catch(note);
+            await ctx.tool("gate", {}, {dispositon: "owner_bound"}).catch(note);
+            const ok = await ctx.waitSignal("go", {timeoutMs: 1});
+            return {seen, ok};
+        }"#,
+    )
+    .await;
+    let rec = run(&p, script("opts", &m, "main", json!({}))).await;
+    let Some(Outcome::Success { value, .. }) = rec.outcome else {
+        panic!("expected success, got {:?}", rec.outcome);
+    };
+    assert_eq!(
+        value["seen"],
+        json!([
+            [
+                "invalid_request",
+                "ctx.waitSignal takes no option `timeout` (its options: `timeoutMs`)"
+            ],
+            ["invalid_request", "ctx.waitSignal's options must be an object"],
+            [
+                "invalid_request",
+                "ctx.tool takes no option `dispositon` (its options: `disposition`)"
+            ],
+        ])
+    );
+    let calls = events(&p, "opts", "script.call").await;
+    assert_eq!(calls.len(), 1, "only the valid wait was journaled: {calls:?}");
+}
+
 /// A `waitSignal` that timed out took no signal: the next call of that name
 /// gets the next signal sent (a retry loop around an approval does not miss
 /// it), and calls waiting together take the signals in the order they came.
