@@ -31,6 +31,17 @@ pub enum ClientError {
         /// The message.
         message: String,
     },
+    /// The server answered success with a body that is not JSON: not a
+    /// cairn server, or something between us rewrote the answer.
+    #[error("the server at {server} answered HTTP {status} with a body that is not JSON (`{start}`)")]
+    NotJson {
+        /// The base URL asked.
+        server: String,
+        /// HTTP status.
+        status: u16,
+        /// The body's first characters.
+        start: String,
+    },
     /// The command line or its input is wrong.
     #[error("{0}")]
     Usage(String),
@@ -65,6 +76,7 @@ impl ClientError {
                 Some("the server runs the `shell` tool only when started with `--allow-shell`".into())
             }
             Self::Api { status: 401, .. } => Some("pass the server's token with --token or CAIRN_TOKEN".into()),
+            Self::NotJson { .. } => Some("is --server (or CAIRN_SERVER) the address of `cairn serve`?".into()),
             _ => None,
         }
     }
@@ -179,7 +191,27 @@ impl Client {
         let body: Value = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+            match serde_json::from_slice(&bytes) {
+                Ok(body) => body,
+                // Success means the answer is the JSON the command prints:
+                // anything else is not taken as an empty answer.
+                Err(_) if status.is_success() => {
+                    let text = String::from_utf8_lossy(&bytes);
+                    let start: String = text
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                        .chars()
+                        .take(60)
+                        .collect();
+                    return Err(ClientError::NotJson {
+                        server: self.base.clone(),
+                        status: status.as_u16(),
+                        start,
+                    });
+                }
+                Err(_) => Value::String(String::from_utf8_lossy(&bytes).into()),
+            }
         };
         if status.is_success() {
             Ok((status, body))
@@ -340,6 +372,35 @@ fn api_error(status: u16, body: &Value) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A success whose body is not JSON (a web page where the server should
+    /// be) is an error naming the server and the body, not an empty answer.
+    #[tokio::test]
+    async fn a_success_that_is_not_json_is_an_error() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let page = "<html>\n  <body>It works!</body></html>";
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.expect("accept");
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                page.len()
+            );
+            conn.write_all(answer.as_bytes()).await.expect("answer");
+        });
+        let server = format!("http://{addr}");
+        let client = Client::new(&server, None).expect("client");
+        let err = client.get("/v1/processes").await.expect_err("not JSON");
+        assert_eq!(
+            err.to_string(),
+            format!("the server at {server} answered HTTP 200 with a body that is not JSON (`<html> <body>It works!</body></html>`)")
+        );
+        assert_eq!(err.exit_code(), 1);
+        assert!(err.hint().is_some_and(|h| h.contains("--server")));
+    }
 
     #[test]
     fn encodes_segments() {
