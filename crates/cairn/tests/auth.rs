@@ -370,6 +370,15 @@ fn refuses_open_non_loopback_and_unbuilt_backends() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--script-heap-bytes") && err.contains("at least"), "{err}");
 
+    // No worker, or a lease that ends before its first renewal, would start a
+    // healthy server that never runs anything: refused at start.
+    for (flag, value) in [("--workers", "0"), ("--lease-ttl", "0s"), ("--lease-ttl", "99ms")] {
+        let out = run(&["serve", "--db", "memory", "--listen", "127.0.0.1:0", flag, value]);
+        assert!(!out.status.success(), "{flag} {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag) && err.contains("at least"), "{flag} {value}: {err}");
+    }
+
     let foreign = std::env::temp_dir().join(format!("cairn-foreign-{}.txt", std::process::id()));
     std::fs::write(
         &foreign,

@@ -31,6 +31,10 @@ pub mod ui;
 use auth::Auth;
 use metrics::{Metrics, TerminalCounter};
 
+/// Shortest `--lease-ttl` a server takes (its worker renews every third of
+/// the ttl, a durable write each time).
+pub const MIN_LEASE_TTL: Duration = Duration::from_millis(100);
+
 /// Request limits.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -200,6 +204,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     }
     if args.workers == 0 {
         return Err(ServeError::Config("--workers must be at least 1".into()));
+    }
+    if args.lease_ttl < MIN_LEASE_TTL {
+        return Err(ServeError::Config(format!(
+            "--lease-ttl must be at least {MIN_LEASE_TTL:?}: the worker renews a lease every third of it, \
+             and a shorter lease ends before its renewal is written"
+        )));
     }
     let node_id = match &args.node_id {
         Some(n) => n.clone(),
