@@ -580,7 +580,8 @@ pub struct RunArgs {
     /// Kill the command after this long (passed to the shell tool).
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
-    /// Working directory of the command on the server's machine (default: this directory).
+    /// Working directory of the command on the server's machine (default: this
+    /// directory; a relative path is taken from this directory).
     #[arg(long)]
     pub cwd: Option<String>,
     /// Forward an environment variable: `KEY` (its value here) or `KEY=VALUE` (repeatable).

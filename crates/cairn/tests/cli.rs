@@ -206,6 +206,36 @@ async fn cli_drives_the_server() {
     assert_eq!(rec["input"]["args"]["argv"], json!(["echo", "hi"]));
     assert_eq!(rec["disposition"], "owner_bound");
 
+    // A relative --cwd is the caller's directory joined to it: the server's
+    // own working directory means nothing to the caller.
+    let here = std::env::temp_dir().join(format!("cairn-cwd-{}", std::process::id()));
+    std::fs::create_dir_all(here.join("sub")).expect("dirs");
+    let out = std::process::Command::new(common::BIN)
+        .current_dir(&here)
+        .args([
+            "--server",
+            &server.url(""),
+            "run",
+            "--detach",
+            "--id",
+            "rel-cwd",
+            "--cwd",
+            "sub",
+            "--",
+            "true",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("cli ran");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, rec) = server.client().get("/v1/processes/rel-cwd").await;
+    assert_eq!(
+        rec["input"]["args"]["cwd"],
+        json!(here.join("sub").to_str().unwrap()),
+        "{rec}"
+    );
+    let _ = std::fs::remove_dir_all(&here);
+
     // run in the foreground follows to the end and answers the outcome as its exit code.
     let out = server.cli(&["run", "--id", "fg-1", "--", "true"], None).await;
     let (_, rec) = server.client().get("/v1/processes/fg-1").await;

@@ -466,8 +466,18 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
         .clone()
         .unwrap_or_else(|| format!("run-{}", uuid::Uuid::new_v4().simple()));
     let mut tool_args = json!({"argv": args.argv});
+    // The server resolves a relative directory against its own, which the
+    // caller does not know: a relative --cwd is taken from here.
     let cwd = match &args.cwd {
-        Some(cwd) => Some(cwd.clone()),
+        Some(cwd) => {
+            let path = std::path::absolute(cwd)
+                .map_err(|e| ClientError::Usage(format!("--cwd `{cwd}` cannot be made absolute: {e}")))?;
+            Some(
+                path.to_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| ClientError::Usage(format!("--cwd `{}` is not UTF-8 text", path.display())))?,
+            )
+        }
         None => std::env::current_dir()
             .ok()
             .and_then(|d| d.to_str().map(str::to_string)),
