@@ -65,6 +65,7 @@ pub struct ListArgs {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_id: Option<String>,
     /// Page size (default 100, at most 1000).
+    #[schema(minimum = 1, maximum = 1000)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
 }
@@ -108,6 +109,7 @@ pub struct EventsArgs {
     #[serde(default)]
     pub after: Option<u64>,
     /// Page size (default 100, at most 1000).
+    #[schema(minimum = 1, maximum = 1000)]
     #[serde(default)]
     pub limit: Option<usize>,
 }
@@ -182,6 +184,7 @@ pub struct ScheduleListArgs {
     #[serde(default)]
     pub after: Option<String>,
     /// Page size (default 100, at most 1000).
+    #[schema(minimum = 1, maximum = 1000)]
     #[serde(default)]
     pub limit: Option<usize>,
 }
@@ -562,6 +565,22 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// Every page size the schemas advertise is one the server takes (it
+    /// refuses 0 and more than 1000 with `invalid_page`).
+    #[test]
+    fn page_sizes_are_advertised_with_the_server_bounds() {
+        for kind in [ToolKind::List, ToolKind::Events, ToolKind::ScheduleList] {
+            let schema = kind.input_schema();
+            let limit = &schema["properties"]["limit"];
+            assert_eq!(
+                (limit.get("minimum"), limit.get("maximum")),
+                (Some(&json!(1)), Some(&json!(1000))),
+                "{}: {limit}",
+                kind.name()
+            );
         }
     }
 
