@@ -725,8 +725,19 @@ impl Processes {
     /// Send signal `name` with an idempotency id; a repeated id returns the same event.
     pub async fn signal(&self, id: &str, name: &str, signal_id: &str, payload: Value) -> Result<ProcessEvent> {
         validate_id("signal id", signal_id)?;
-        let req = AppendRequest::new(events::signal_event_type(name)?, payload)
-            .with_replay_key(events::signal_replay_key(name, signal_id));
+        let event_type = events::signal_event_type(name)?;
+        // The replay key is `signal:{name}:{signal_id}`, an id itself: the
+        // signal id gets what the name leaves of it.
+        let key = events::signal_replay_key(name, signal_id);
+        if key.len() > crate::validate::MAX_ID_BYTES {
+            let room = crate::validate::MAX_ID_BYTES - (key.len() - signal_id.len());
+            return Err(CairnError::InvalidId(format!(
+                "signal id is {} bytes, over the {room} bytes a signal named `{name}` leaves of {}",
+                signal_id.len(),
+                crate::validate::MAX_ID_BYTES
+            )));
+        }
+        let req = AppendRequest::new(event_type, payload).with_replay_key(key);
         Ok(self.inner.registry.append_event(id, req).await?.event)
     }
 

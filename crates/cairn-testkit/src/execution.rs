@@ -310,6 +310,21 @@ pub async fn wait_signal_resumes_with_payload(factory: &dyn StoreFactory) {
         .await
         .expect("signal again");
     assert_eq!(first, again, "a repeated signal id returns the same event");
+    // A signal id is at most 256 bytes less its name's share of the replay
+    // key; the refusal names that bound and the signal id, not the key.
+    let room = cairn_core::validate::MAX_ID_BYTES - "signal:go:".len();
+    let err = p
+        .signal("ws", "go", &"i".repeat(room + 1), json!(1))
+        .await
+        .expect_err("too long");
+    assert_eq!(err.code(), "invalid_id");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "invalid id: signal id is {} bytes, over the {room} bytes a signal named `go` leaves of 256",
+            room + 1
+        )
+    );
     let r = terminal(&p, "ws").await;
     assert_eq!(r.outcome, Some(Outcome::success(json!({"answer": 42}))));
     assert!(r.wait.is_none());
