@@ -886,6 +886,23 @@ pub async fn start_rejects_bad_tool_input(factory: &dyn StoreFactory) {
         ))
         .await;
     assert_eq!(bad.map_err(|e| e.code()).err(), Some("invalid_request"));
+    // Not read by position: `[5]` is not `{"ms": 5}`.
+    let positional = p
+        .start(StartRequest::tool(
+            "bad-args",
+            "sleep",
+            json!([5]),
+            Disposition::Rerunnable,
+        ))
+        .await
+        .expect_err("an array of args");
+    assert_eq!(
+        (positional.code(), positional.to_string()),
+        (
+            "invalid_request",
+            "invalid request: `sleep` args must be a JSON object of named fields, not an array".to_string()
+        )
+    );
     let unknown = p
         .start(StartRequest::tool(
             "bad-tool",

@@ -49,7 +49,14 @@ pub fn builtin_tools(allow_shell: bool) -> ToolRegistry {
 }
 
 /// Parse tool args into `T`, as an `invalid_request` error naming the tool.
+/// Args are an object: serde would otherwise read an array into `T`'s fields
+/// by position (`[5]` as `{"ms": 5}`).
 pub fn parse_args<T: for<'de> Deserialize<'de>>(tool: &str, args: &Value) -> Result<T> {
+    if args.is_array() {
+        return Err(CairnError::InvalidRequest(format!(
+            "`{tool}` args must be a JSON object of named fields, not an array"
+        )));
+    }
     serde_json::from_value(args.clone()).map_err(|e| CairnError::InvalidRequest(format!("`{tool}` args: {e}")))
 }
 

@@ -273,6 +273,7 @@ fn bad_args_are_rejected() {
         json!({"command": "true", "timeout_ms": -1}),
         json!({"argv": "true"}),
         json!("true"),
+        json!([["true"]]),
     ] {
         match tool.validate_args(&args) {
             Err(CairnError::InvalidRequest(_)) => {}
