@@ -113,7 +113,7 @@ pub enum Command {
     Serve(ServeArgs),
     /// Start a process from a raw start request (JSON argument, or stdin when absent or `-`).
     #[command(after_help = "Example:\n  \
-        cairn start '{\"id\": \"ci-7\", \"disposition\": \"externally_owned\", \"input\": {\"type\": \"external\"}}'")]
+        cairn start '{\"id\": \"ci-7\", \"disposition\": \"externally_owned\", \"input\": {\"type\": \"external\"}, \"event_types\": [{\"name\": \"progress\"}]}'")]
     Start {
         /// The start request JSON (`StartRequest`: see docs/reference.md or the server's /openapi.json).
         body: Option<String>,

@@ -214,3 +214,37 @@ async fn the_readme_tour_runs_as_written() {
     }
     assert_eq!(checked, 9, "the tour's commands: {tour:#?}");
 }
+
+/// The examples `cairn start --help`, `append --help` and `complete --help`
+/// print tell one story about process `ci-7`: run in order, as printed, each
+/// succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_external_work_help_examples_run_as_written() {
+    let server = Server::serve(&["--db", "memory", "--listen", "127.0.0.1:0"]).await;
+    for command in ["start", "append", "complete"] {
+        let help = common::run_cli(&server.base, None, &[command, "--help"], None).await;
+        assert_eq!(help.code, 0, "{}", help.stderr);
+        let examples = help
+            .stdout
+            .split_once("Example")
+            .unwrap_or_else(|| panic!("`{command} --help` has examples"))
+            .1;
+        let first = examples
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("cairn "))
+            .unwrap_or_else(|| panic!("`{command} --help` has an example command: {examples}"));
+        let ran = sh(&server, first).await;
+        assert_eq!(ran.code, 0, "`{first}`: {}{}", ran.stdout, ran.stderr);
+    }
+    let (_, record) = server.client().get("/v1/processes/ci-7").await;
+    assert_eq!(record["status"], "completed", "{record}");
+    let (_, page) = server.client().get("/v1/processes/ci-7/events").await;
+    let types: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["event_type"].as_str())
+        .collect();
+    assert_eq!(types, ["progress", "process.completed"], "{page}");
+}
