@@ -312,7 +312,7 @@ async fn client_options_go_anywhere_after_cairn() {
     let line = "schedule add nightly --every 1h TEMPLATE --json --server URL --token host-secret";
     assert_eq!(json_of(line, &with).await["id"], "nightly");
     let line = "schedule ls --json --server URL --token host-secret";
-    assert_eq!(json_of(line, &with).await[0]["id"], "nightly");
+    assert_eq!(json_of(line, &with).await["schedules"][0]["id"], "nightly");
     let line = "schedule get nightly --server URL --json --token host-secret";
     assert_eq!(json_of(line, &with).await["paused"], json!(false));
     let line = "module put FILE --json --server URL --token host-secret";
@@ -329,7 +329,7 @@ async fn client_options_go_anywhere_after_cairn() {
 
     // Between the command and its subcommand, and split across the places.
     let line = "schedule --json --server URL --token host-secret ls";
-    assert_eq!(json_of(line, &with).await[0]["id"], "nightly");
+    assert_eq!(json_of(line, &with).await["schedules"][0]["id"], "nightly");
     let line = "--server URL schedule --token host-secret pause nightly --json";
     assert_eq!(json_of(line, &with).await["paused"], json!(true));
     let line = "module --json --server URL --token host-secret get REF";
@@ -342,7 +342,7 @@ async fn client_options_go_anywhere_after_cairn() {
 
     // Before the command, and after a command without subcommands, as before.
     let line = "--json --server URL --token host-secret schedule ls";
-    assert_eq!(json_of(line, &with).await[0]["id"], "nightly");
+    assert_eq!(json_of(line, &with).await["schedules"][0]["id"], "nightly");
     let line = "--server URL --token host-secret ls --json --status any";
     assert!(json_of(line, &with).await["processes"].is_array());
 

@@ -139,10 +139,9 @@ async fn cairn_schedule_commands() {
 
     let out = server.cli(&["--json", "schedule", "ls"], None).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let ids: Vec<String> = out
-        .json()
+    let ids: Vec<String> = out.json()["schedules"]
         .as_array()
-        .expect("a list")
+        .expect("a list under `schedules`")
         .iter()
         .map(|s| s["id"].as_str().unwrap().to_string())
         .collect();

@@ -85,7 +85,9 @@ pub(super) async fn execute(client: &Client, json: bool, action: ScheduleAction)
             let all = client.every_page("/v1/schedules", "schedules").await?;
             let rows: Vec<Vec<String>> = all.iter().map(row).collect();
             if json {
-                print_json(&Value::Array(all));
+                // As `ls` and `module ls` do: the items under their name,
+                // the shape of the API's page.
+                print_json(&serde_json::json!({ "schedules": all }));
             } else {
                 print_table(&HEADERS, &rows);
             }
