@@ -57,7 +57,14 @@
       if (bad) return refuse(bad);
       return call("tool", { name, args: toolArgs === undefined ? null : toolArgs, disposition: (opts && opts.disposition) || "rerunnable" });
     },
-    start: (request) => call("start", { request }),
+    // A child's id is `{processId}/{n}` (SPEC §14): an id of the caller's
+    // choosing would be replaced, so it is refused instead.
+    start: (request) => {
+      if (request !== null && typeof request === "object" && "id" in request) {
+        return refuse(`ctx.start names its child \`${processId}/{n}\` itself: leave \`id\` out of the request`);
+      }
+      return call("start", { request });
+    },
     wait: (id) => call("wait", { id }),
     turn: (session, input, outputContract) =>
       call("turn", { session, input: input === undefined ? null : input, output_contract: outputContract === undefined ? null : outputContract }),

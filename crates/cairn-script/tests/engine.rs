@@ -886,7 +886,8 @@ async fn a_call_too_deep_to_journal_rejects_and_the_script_goes_on() {
 
 /// An option a call does not take rejects the call with `invalid_request`
 /// naming it, instead of being ignored (a misspelt `timeoutMs` would wait for
-/// ever); nothing is journaled for it.
+/// ever), as does an `id` for a `ctx.start` child, whose id is its call's;
+/// nothing is journaled for them.
 #[tokio::test]
 async fn unknown_call_options_are_refused() {
     let p = runtime_with_gate();
@@ -898,6 +899,7 @@ async fn unknown_call_options_are_refused() {
             await ctx.waitSignal("go", {timeout: 5}).catch(note);
             await ctx.waitSignal("go", 5).catch(note);
             await ctx.tool("gate", {}, {dispositon: "owner_bound"}).catch(note);
+            await ctx.start({id: "mine", input: {type: "external"}, disposition: "externally_owned"}).catch(note);
             const ok = await ctx.waitSignal("go", {timeoutMs: 1});
             return {seen, ok};
         }"#,
@@ -918,6 +920,10 @@ async fn unknown_call_options_are_refused() {
             [
                 "invalid_request",
                 "ctx.tool takes no option `dispositon` (its options: `disposition`)"
+            ],
+            [
+                "invalid_request",
+                "ctx.start names its child `opts/{n}` itself: leave `id` out of the request"
             ],
         ])
     );
