@@ -833,6 +833,42 @@ async fn malformed_posts_get_jsonrpc_errors() {
         .await
         .expect("a JSON body");
     assert!(answer.get("error").is_none(), "{answer}");
+    // What the endpoint refuses before reading a message (another method, a
+    // body that is not JSON, an Accept it cannot answer) is a JSON-RPC error
+    // too, with the endpoint's reason and status.
+    let http = reqwest::Client::new();
+    let initialize = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    for (request, status) in [
+        (http.get(server.url("/mcp")).header("Accept", "text/event-stream"), 405),
+        (http.delete(server.url("/mcp")), 405),
+        (
+            http.post(server.url("/mcp"))
+                .header("Content-Type", "application/json")
+                .header("Accept", "application/json")
+                .body(initialize),
+            406,
+        ),
+        (
+            http.post(server.url("/mcp"))
+                .header("Content-Type", "text/plain")
+                .header("Accept", "application/json, text/event-stream")
+                .body(initialize),
+            415,
+        ),
+    ] {
+        let response = request.send().await.expect("answered");
+        assert_eq!(response.status().as_u16(), status);
+        let answer: Value = response.json().await.expect("a JSON body");
+        assert_eq!(answer["jsonrpc"], "2.0", "{status}: {answer}");
+        assert_eq!(answer["error"]["code"], -32600, "{status}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or("");
+        let says = match status {
+            405 => "takes POST",
+            406 => "accept both application/json and text/event-stream",
+            _ => "Content-Type must be application/json",
+        };
+        assert!(message.contains(says), "{status}: {answer}");
+    }
     // A well-formed message still reaches the endpoint.
     let response = post(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#)
         .await

@@ -55,7 +55,7 @@ pub async fn jsonrpc_errors(limit: usize, req: axum::extract::Request, next: axu
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
     if req.method() != axum::http::Method::POST || !json {
-        return next.run(req).await;
+        return transport_errors_as_jsonrpc(next.run(req).await).await;
     }
     let (parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, limit).await {
@@ -79,8 +79,10 @@ pub async fn jsonrpc_errors(limit: usize, req: axum::extract::Request, next: axu
                 rpc_error(status, id, code, &text)
             }
             None => {
-                next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes)))
-                    .await
+                let response = next
+                    .run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes)))
+                    .await;
+                transport_errors_as_jsonrpc(response).await
             }
         },
     }
@@ -135,6 +137,36 @@ fn message_fault(message: &Value) -> Option<(axum::http::StatusCode, i64, String
 /// that fits a signed 64-bit one.
 fn id_ok(id: &Value) -> bool {
     id.is_string() || id.is_i64() || id.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 9.2e18)
+}
+
+/// The endpoint's own refusals of a request it will not read as a message (a
+/// GET or DELETE, a body that is not JSON, an `Accept` without both JSON and
+/// event streams) come as plain text: rewritten as the JSON-RPC error every
+/// other refusal is, keeping the status and the `Allow` header.
+async fn transport_errors_as_jsonrpc(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !status.is_client_error() || is_json {
+        return response;
+    }
+    let allow = response.headers().get(axum::http::header::ALLOW).cloned();
+    // The refusals are one short line; anything longer is cut, not buffered.
+    let mut text = match axum::body::to_bytes(response.into_body(), 4096).await {
+        Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).trim().to_string(),
+        _ => status.canonical_reason().unwrap_or("refused").to_string(),
+    };
+    if let Some(methods) = allow.as_ref().and_then(|a| a.to_str().ok()) {
+        text.push_str(&format!(" (this endpoint takes {methods})"));
+    }
+    let mut answer = rpc_error(status, Value::Null, -32600, &format!("invalid request: {text}"));
+    if let Some(allow) = allow {
+        answer.headers_mut().insert(axum::http::header::ALLOW, allow);
+    }
+    answer
 }
 
 fn rpc_error(status: axum::http::StatusCode, id: Value, code: i64, message: &str) -> Response {
