@@ -78,7 +78,8 @@ pub struct ModuleInfo {
     /// The name given when it was first stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// The names of its exported functions: the process definitions it holds.
+    /// The names of its exported functions (not classes or generators): the
+    /// process definitions it holds.
     pub exports: Vec<String>,
     /// When it was first stored, in epoch milliseconds.
     pub created_at_ms: u64,

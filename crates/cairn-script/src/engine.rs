@@ -540,11 +540,22 @@ pub(crate) fn exports(limits: &Limits, source: &str) -> Result<Vec<String>, (boo
             return Err((false, caught(&ctx, None)));
         }
         let ns = module.namespace().map_err(|_| (false, caught(&ctx, None)))?;
+        // A class needs `new` and a generator answers an iterator, never the
+        // script's value: functions to JavaScript, but none a start can run.
+        let runnable: Function = ctx
+            .eval(
+                r#"(f) => {
+                    if (/^class\b/.test(Function.prototype.toString.call(f))) return false;
+                    const kind = Object.getPrototypeOf(f)?.constructor?.name;
+                    return kind !== "GeneratorFunction" && kind !== "AsyncGeneratorFunction";
+                }"#,
+            )
+            .map_err(|e| fail(e.to_string()))?;
         let mut names = Vec::new();
         for key in ns.keys::<String>() {
             let key = key.map_err(|e| fail(e.to_string()))?;
             let v: JsValue = ns.get(key.as_str()).map_err(|_| (false, caught(&ctx, None)))?;
-            if v.is_function() {
+            if v.is_function() && runnable.call::<_, bool>((v,)).map_err(|e| fail(e.to_string()))? {
                 names.push(key);
             }
         }

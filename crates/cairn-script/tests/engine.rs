@@ -114,6 +114,19 @@ async fn exports_are_the_exported_functions() {
         .await
         .unwrap();
     assert!(!again.created);
+    // A class or a generator function is a function to JavaScript, but not one
+    // a start can run: a class needs `new`, a generator answers an iterator.
+    let put = p
+        .put_module(
+            "export class C {}\nexport function* g() {}\nexport async function* ag() {}\n\
+             export const arrow = async () => 1;\nexport function plain() {}\n\
+             export const bound = plain.bind(null);"
+                .into(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(put.module.exports, ["arrow", "bound", "plain"]);
 }
 
 #[tokio::test]

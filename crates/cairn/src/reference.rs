@@ -174,7 +174,7 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
                 module_ref: s(),
                 process_name: s(),
             },
-            "the module exports no function of that name",
+            "the module exports no function of that name (a class or a generator is none)",
         ),
         (CairnError::UnknownSchedule(s()), "no schedule is stored under that id"),
         (
