@@ -170,6 +170,18 @@
   // The engine's monotonic clock would differ on every replay.
   delete globalThis.performance;
   Math.random = () => ctx.random();
+  // `console` writes what `ctx.log` writes (journaled, counted as a call,
+  // not repeated on replay); it answers nothing, as a console does.
+  const consoleLine = (...parts) => {
+    ctx.log(...parts);
+  };
+  globalThis.console = Object.freeze({
+    log: consoleLine,
+    info: consoleLine,
+    warn: consoleLine,
+    error: consoleLine,
+    debug: consoleLine,
+  });
 
   // What a thrown value says; a value whose fields throw when read (a
   // getter, a Proxy) is still an uncaught error, described as far as it can be.

@@ -1391,6 +1391,32 @@ async fn log_lines_count_as_calls_and_an_oversized_one_rejects() {
     );
 }
 
+/// `console.log` and its kin write `script.log` lines as `ctx.log` does,
+/// once across a replay.
+#[tokio::test]
+async fn console_writes_script_log_lines() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            console.log("hello", {a: 1});
+            const answered = console.error("oops");
+            await ctx.sleep(1);
+            console.warn("after", 2);
+            return answered === undefined;
+        }"#,
+    )
+    .await;
+    let rec = run(&p, script("con", &m, "main", json!({}))).await;
+    assert_eq!(rec.outcome, Some(Outcome::success(json!(true))), "{rec:?}");
+    let messages: Vec<Value> = events(&p, "con", "script.log")
+        .await
+        .into_iter()
+        .map(|l| l["message"].clone())
+        .collect();
+    assert_eq!(messages, [json!("hello {\"a\":1}"), json!("oops"), json!("after 2")]);
+}
+
 /// A returned function or Symbol is the script's error (`invalid_result`),
 /// not the engine's.
 #[tokio::test]
