@@ -716,11 +716,19 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
                     }
                     Ok(Some(json)) => {
                         settled = true;
-                        let v: Value = serde_json::from_str(&json).unwrap_or(Value::Null);
-                        match (v.get("ok"), v.get("err")) {
-                            (Some(ok), _) => Some(Outcome::success(ok.clone())),
-                            (None, Some(err)) => Some(failure(&stop, &limits, err)),
-                            _ => Some(engine_failure("the script settled without a value".into())),
+                        // A value nested past what a decoder reads (or holding
+                        // a lone surrogate) is no value cairn could store.
+                        match serde_json::from_str::<Value>(&json) {
+                            Err(e) => Some(Outcome::failure(
+                                "runtime",
+                                "invalid_request",
+                                format!("the script's value cannot be stored: {e}"),
+                            )),
+                            Ok(v) => match (v.get("ok"), v.get("err")) {
+                                (Some(ok), _) => Some(Outcome::success(ok.clone())),
+                                (None, Some(err)) => Some(failure(&stop, &limits, err)),
+                                _ => Some(engine_failure("the script settled without a value".into())),
+                            },
                         }
                     }
                     Ok(None) if pending.is_empty() => Some(Outcome::failure(

@@ -1391,6 +1391,38 @@ async fn log_lines_count_as_calls_and_an_oversized_one_rejects() {
     );
 }
 
+/// A value nested too deep to store fails the script with `invalid_request`
+/// saying so: past the payload depth limit, and past what a decoder reads.
+#[tokio::test]
+async fn a_value_nested_too_deep_fails_saying_so() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            let v = 1;
+            for (let i = 0; i < ctx.args.depth; i++) v = [v];
+            return v;
+        }"#,
+    )
+    .await;
+    for (id, depth, says) in [("d80", 80, "levels deep"), ("d300", 300, "cannot be stored")] {
+        let rec = run(&p, script(id, &m, "main", json!({ "depth": depth }))).await;
+        match &rec.outcome {
+            Some(Outcome::Failure {
+                class, code, message, ..
+            }) => {
+                assert_eq!(
+                    (class.as_str(), code.as_str()),
+                    ("runtime", "invalid_request"),
+                    "{message}"
+                );
+                assert!(message.contains(says), "{id}: {message}");
+            }
+            other => panic!("{id}: expected a failure, got {other:?}"),
+        }
+    }
+}
+
 /// `console.log` and its kin write `script.log` lines as `ctx.log` does,
 /// once across a replay.
 #[tokio::test]
