@@ -121,42 +121,18 @@ fn check_size_of(what: impl FnOnce() -> String, value: &impl Serialize) -> Resul
 }
 
 /// The length and deepest nesting of a value's compact JSON, counted as it is
-/// written, without building it.
-#[derive(Default)]
+/// written, without building it: the writer counts bytes, the formatter the
+/// arrays and objects open (serde_json's default formatting is compact).
 struct Shape {
     len: usize,
     depth: usize,
-    open: usize,
-    in_string: bool,
-    escaped: bool,
 }
 
-impl io::Write for Shape {
+struct CountBytes(usize);
+
+impl io::Write for CountBytes {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.len += buf.len();
-        // Compact JSON from serde_json: brackets count unless inside a
-        // string, where a quote ends it unless a backslash escapes it.
-        for &b in buf {
-            if self.in_string {
-                if self.escaped {
-                    self.escaped = false;
-                } else if b == b'\\' {
-                    self.escaped = true;
-                } else if b == b'"' {
-                    self.in_string = false;
-                }
-                continue;
-            }
-            match b {
-                b'"' => self.in_string = true,
-                b'[' | b'{' => {
-                    self.open += 1;
-                    self.depth = self.depth.max(self.open);
-                }
-                b']' | b'}' => self.open = self.open.saturating_sub(1),
-                _ => {}
-            }
-        }
+        self.0 += buf.len();
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -164,12 +140,52 @@ impl io::Write for Shape {
     }
 }
 
-fn serialized_shape(value: &impl Serialize) -> Shape {
-    let mut shape = Shape::default();
-    if serde_json::to_writer(&mut shape, value).is_err() {
-        shape.len = usize::MAX;
+struct CountDepth<'a> {
+    open: usize,
+    deepest: &'a mut usize,
+}
+
+impl CountDepth<'_> {
+    fn open<W: ?Sized + io::Write>(&mut self, writer: &mut W, bracket: &[u8]) -> io::Result<()> {
+        self.open += 1;
+        *self.deepest = (*self.deepest).max(self.open);
+        writer.write_all(bracket)
     }
-    shape
+
+    fn close<W: ?Sized + io::Write>(&mut self, writer: &mut W, bracket: &[u8]) -> io::Result<()> {
+        self.open -= 1;
+        writer.write_all(bracket)
+    }
+}
+
+impl serde_json::ser::Formatter for CountDepth<'_> {
+    fn begin_array<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.open(writer, b"[")
+    }
+    fn end_array<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.close(writer, b"]")
+    }
+    fn begin_object<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.open(writer, b"{")
+    }
+    fn end_object<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.close(writer, b"}")
+    }
+}
+
+fn serialized_shape(value: &impl Serialize) -> Shape {
+    let mut bytes = CountBytes(0);
+    let mut depth = 0;
+    let formatter = CountDepth {
+        open: 0,
+        deepest: &mut depth,
+    };
+    let mut serializer = serde_json::Serializer::with_formatter(&mut bytes, formatter);
+    let len = match value.serialize(&mut serializer) {
+        Ok(()) => bytes.0,
+        Err(_) => usize::MAX,
+    };
+    Shape { len, depth }
 }
 
 /// Check an event type name: 1..=128 bytes of `[A-Za-z0-9._-]`.
