@@ -35,8 +35,11 @@ pub struct GetArgs {
 #[serde(deny_unknown_fields)]
 pub struct ListArgs {
     /// Which statuses: `running` (default), `completed`, `failed`, `cancelled`, `abandoned` or `any`.
+    /// Passed on as the query's text, so an unknown one is the HTTP API's
+    /// `invalid_filter`, not a shape error of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<StatusFilter>,
+    #[schema(value_type = Option<StatusFilter>)]
+    pub status: Option<String>,
     /// Session id: what that session may address (the security lens).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub granted_to: Option<String>,
@@ -79,12 +82,7 @@ impl ListArgs {
                 pairs.push((key, v));
             }
         };
-        push(
-            "status",
-            self.status
-                .and_then(|s| serde_json::to_value(s).ok())
-                .and_then(|v| v.as_str().map(str::to_string)),
-        );
+        push("status", self.status.clone());
         push("granted_to", self.granted_to.clone());
         push("originated_by", self.originated_by.clone());
         push("waiting", self.waiting.map(|w| w.to_string()));
@@ -683,5 +681,12 @@ mod tests {
         );
         let err = serde_json::from_value::<ListArgs>(serde_json::json!({"colour": "red"})).unwrap_err();
         assert!(err.to_string().contains("colour"));
+        // A status the server does not know reaches it, to be refused there
+        // as `invalid_filter`, while the schema still lists the known ones.
+        let args: ListArgs = serde_json::from_value(serde_json::json!({"status": "bogus"})).unwrap();
+        assert_eq!(args.query_pairs(), vec![("status", "bogus".to_string())]);
+        let schema = ToolKind::List.input_schema();
+        let status = serde_json::to_string(&schema["properties"]["status"]).unwrap();
+        assert!(status.contains("StatusFilter"), "{status}");
     }
 }

@@ -427,6 +427,10 @@ async fn bad_input(server: &Server, client: &McpClient, tools: &[Tool], transpor
     assert!(message.contains("signal_id"), "{message}");
     let (code, _) = err(client, "process_events", json!({"id": "e1", "after": "first"})).await;
     assert_eq!(code, "invalid_request");
+    // A filter value the server does not know is its `invalid_filter`, as over HTTP.
+    let (code, message) = err(client, "process_list", json!({"status": "bogus"})).await;
+    assert_eq!(code, "invalid_filter");
+    assert!(message.contains("bogus"), "{message}");
     let (code, _) = err(
         client,
         "process_start",
