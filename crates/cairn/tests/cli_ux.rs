@@ -519,3 +519,18 @@ async fn module_ls_reads_every_page() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.stdout.lines().count(), 1002, "a header and a row per module");
 }
+
+/// An empty `ls` says that it lists running processes only, and how to see
+/// the ended ones; with `--status` given, an empty table says nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_ls_says_it_shows_running_processes_only() {
+    let server = Server::start(&[]).await;
+    let out = server.cli(&["ls"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("ID"), "{}", out.stdout);
+    assert!(out.stderr.contains("`--status any`"), "{}", out.stderr);
+    let out = server.cli(&["ls", "--status", "any"], None).await;
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""));
+    let out = server.cli(&["--json", "ls"], None).await;
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""), "JSON stays quiet");
+}

@@ -639,6 +639,7 @@ fn abandonment(outcome: &Value) -> String {
 const LS_SCAN_LIMIT: usize = 10_000;
 
 async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, ClientError> {
+    let running_only = args.status.is_none();
     let mut pairs: Vec<(&str, String)> = Vec::new();
     let mut add = |k: &'static str, v: Option<String>| {
         if let Some(v) = v {
@@ -740,6 +741,11 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
         &["ID", "STATUS", "DISPOSITION", "DEFINITION", "CREATED", "WAITING"],
         &table,
     );
+    if table.is_empty() && running_only {
+        // The default lists running processes only: say so, or an empty
+        // table reads as "nothing was ever started".
+        eprintln!("(nothing running matches; `--status any` lists ended processes too)");
+    }
     match truncated {
         Some(next) if paged => eprintln!("(more: --after-id {next})"),
         Some(next) => eprintln!(
