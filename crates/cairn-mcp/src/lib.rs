@@ -27,6 +27,7 @@ use async_trait::async_trait;
 use cairn_core::{CairnError, Outcome, StartRequest};
 use serde_json::{json, Value};
 
+pub mod message;
 mod server;
 pub mod tools;
 

@@ -215,15 +215,87 @@ impl ServerHandler for McpServer {
 
 /// Serve MCP on this process's stdin/stdout until the client closes it.
 pub async fn serve_stdio(server: McpServer) -> std::io::Result<()> {
-    let running = server
-        .serve(rmcp::transport::stdio())
-        .await
-        .map_err(|e| std::io::Error::other(format!("MCP initialization failed: {e}")))?;
-    running
-        .waiting()
-        .await
-        .map_err(|e| std::io::Error::other(format!("MCP service stopped: {e}")))?;
-    Ok(())
+    serve_lines(server, tokio::io::stdin(), tokio::io::stdout()).await
+}
+
+/// Serve MCP over newline-delimited JSON-RPC on `input` and `output`. A line
+/// that is not one JSON-RPC 2.0 message is answered here with its error
+/// ([`crate::message`]); the protocol library would drop it unanswered.
+pub async fn serve_lines<R, W>(server: McpServer, input: R, output: W) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    const PIPE: usize = 1 << 16;
+    let (to_library, library_in) = tokio::io::duplex(PIPE);
+    let (library_out, from_library) = tokio::io::duplex(PIPE);
+    let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel::<String>();
+    // Output: the library's lines and this filter's answers, a whole line at a time.
+    let writer = tokio::spawn(async move {
+        let mut output = output;
+        let mut from_library = BufReader::new(from_library).lines();
+        let (mut library_open, mut answers_open) = (true, true);
+        loop {
+            let line = tokio::select! {
+                l = from_library.next_line(), if library_open => match l {
+                    Ok(Some(l)) => l,
+                    _ => { library_open = false; continue; }
+                },
+                a = answered.recv(), if answers_open => match a {
+                    Some(a) => a,
+                    None => { answers_open = false; continue; }
+                },
+                else => break,
+            };
+            if output.write_all(format!("{line}\n").as_bytes()).await.is_err() || output.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    // Input: each line checked, passed on whole or answered here.
+    let reader = tokio::spawn(async move {
+        let mut to_library = to_library;
+        let mut lines = BufReader::new(input).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let fault = match serde_json::from_str::<Value>(&line) {
+                Err(e) => Some((Value::Null, -32700, format!("parse error: {e}"))),
+                Ok(message) => crate::message::fault(&message, "each line carries")
+                    .map(|(code, text)| (crate::message::answerable_id(&message), code, text)),
+            };
+            match fault {
+                Some((id, code, text)) => {
+                    let _ = answers.send(crate::message::error_line(id, code, &text));
+                }
+                None => {
+                    if to_library.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        // End of input ends the library's input; its answers still drain.
+        let _ = to_library.shutdown().await;
+        drop(answers);
+    });
+    let served = async {
+        let running = server
+            .serve((library_in, library_out))
+            .await
+            .map_err(|e| std::io::Error::other(format!("MCP initialization failed: {e}")))?;
+        running
+            .waiting()
+            .await
+            .map_err(|e| std::io::Error::other(format!("MCP service stopped: {e}")))?;
+        Ok(())
+    }
+    .await;
+    reader.abort();
+    let _ = writer.await;
+    served
 }
 
 /// How the streamable HTTP endpoint behaves.

@@ -879,3 +879,68 @@ async fn malformed_posts_get_jsonrpc_errors() {
         .expect("answered");
     assert_eq!(response.status().as_u16(), 200);
 }
+
+/// Over stdio, a line that is not JSON, or not one JSON-RPC 2.0 message, is
+/// answered with its JSON-RPC error (the id echoed when it is one), as over
+/// HTTP, instead of being dropped unanswered; good lines around it still work.
+#[tokio::test]
+async fn stdio_answers_malformed_lines() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["mcp", "--server", "http://127.0.0.1:1"])
+        .env_remove("CAIRN_TOKEN")
+        .env("RUST_LOG", "off")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let lines = [
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+        "not json",
+        "[1]",
+        r#"{"jsonrpc": "1.0", "id": 3, "method": "ping"}"#,
+        r#"{"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": "x"}"#,
+        r#"{"jsonrpc": "2.0", "id": 5, "method": "ping"}"#,
+    ];
+    for line in lines {
+        stdin.write_all(format!("{line}\n").as_bytes()).await.expect("write");
+    }
+    stdin.flush().await.expect("flush");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut answers = Vec::new();
+    while answers.len() < lines.len() {
+        let line = tokio::time::timeout(Duration::from_secs(10), out.next_line())
+            .await
+            .expect("answered in time")
+            .expect("read")
+            .expect("a line per message");
+        let answer: Value = serde_json::from_str(&line).expect("a JSON line");
+        answers.push((answer["id"].clone(), answer["error"]["code"].clone()));
+        if answer["id"] == 1 {
+            stdin
+                .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n")
+                .await
+                .expect("write");
+        }
+    }
+    answers.sort_by_key(|(id, code)| (id.to_string(), code.to_string()));
+    assert_eq!(
+        answers,
+        [
+            (json!(1), Value::Null),
+            (json!(3), json!(-32600)),
+            (json!(4), json!(-32600)),
+            (json!(5), Value::Null),
+            (Value::Null, json!(-32600)),
+            (Value::Null, json!(-32700)),
+        ]
+    );
+    drop(stdin);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits when its input ends")
+        .expect("status");
+    assert!(status.success(), "{status}");
+}

@@ -72,12 +72,13 @@ pub async fn jsonrpc_errors(limit: usize, req: axum::extract::Request, next: axu
             -32700,
             &format!("parse error: {e}"),
         ),
-        Ok(message) => match message_fault(&message) {
-            Some((status, code, text)) => {
-                // Echo the id when it is one a client could match.
-                let id = message.get("id").filter(|id| id_ok(id)).cloned().unwrap_or(Value::Null);
-                rpc_error(status, id, code, &text)
-            }
+        Ok(message) => match cairn_mcp::message::fault(&message, "each POST carries") {
+            Some((code, text)) => rpc_error(
+                axum::http::StatusCode::BAD_REQUEST,
+                cairn_mcp::message::answerable_id(&message),
+                code,
+                &text,
+            ),
             None => {
                 let response = next
                     .run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes)))
@@ -86,57 +87,6 @@ pub async fn jsonrpc_errors(limit: usize, req: axum::extract::Request, next: axu
             }
         },
     }
-}
-
-/// What is wrong with `message` as one JSON-RPC 2.0 message, if anything: the
-/// status, the JSON-RPC error code and its message. Requests need a string
-/// method, an id (if any) that is a string or an integer (never `null`, as MCP
-/// has it) and params (if any) that are an object; a message without a method
-/// is a response and carries `result` or `error`.
-fn message_fault(message: &Value) -> Option<(axum::http::StatusCode, i64, String)> {
-    let bad = |code: i64, text: &str| Some((axum::http::StatusCode::BAD_REQUEST, code, text.to_string()));
-    let Some(object) = message.as_object() else {
-        return bad(
-            -32600,
-            "invalid request: each POST carries one JSON-RPC 2.0 message, an object with \"jsonrpc\": \"2.0\"",
-        );
-    };
-    if object.get("jsonrpc") != Some(&Value::from("2.0")) {
-        return bad(-32600, "invalid request: the message must say \"jsonrpc\": \"2.0\"");
-    }
-    if let Some(id) = object.get("id") {
-        if !id_ok(id) {
-            return bad(
-                -32600,
-                "invalid request: `id` is a string or an integer (a signed 64-bit one), never null",
-            );
-        }
-    }
-    match object.get("method") {
-        Some(Value::String(method)) => match object.get("params") {
-            Some(Value::Object(params))
-                if method == "tools/list" && params.get("cursor").is_some_and(|c| !c.is_string()) =>
-            {
-                bad(-32602, "invalid params: a `cursor` is a string")
-            }
-            None | Some(Value::Object(_)) => None,
-            Some(Value::Array(_)) => bad(-32602, "invalid params: MCP's params are an object, not an array"),
-            Some(_) => bad(-32600, "invalid request: `params` is an object"),
-        },
-        Some(_) => bad(-32600, "invalid request: `method` is a string"),
-        None if object.contains_key("result") || object.contains_key("error") => None,
-        None => bad(
-            -32600,
-            "invalid request: a message names a `method` (a request or notification), or carries `result` or \
-             `error` (a response)",
-        ),
-    }
-}
-
-/// A request id a client can match: a string, or an integer (`1e3` included)
-/// that fits a signed 64-bit one.
-fn id_ok(id: &Value) -> bool {
-    id.is_string() || id.is_i64() || id.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 9.2e18)
 }
 
 /// The endpoint's own refusals of a request it will not read as a message (a

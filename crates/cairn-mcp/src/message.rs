@@ -1,0 +1,69 @@
+//! One JSON-RPC 2.0 message as MCP has it, checked before the protocol
+//! library reads it: the library drops what it cannot parse without an
+//! answer, and a client waiting for one would wait for ever. Both transports
+//! answer these faults themselves, with the JSON-RPC error for each.
+
+use serde_json::Value;
+
+/// What is wrong with `message` as one JSON-RPC 2.0 message, if anything: the
+/// JSON-RPC error code and its message (`carrier` says what carries one
+/// message: "each POST carries", "each line carries"). Requests need a string
+/// method, an id (if any) that is a string or an integer (never `null`, as MCP
+/// has it) and params (if any) that are an object; a message without a method
+/// is a response and carries `result` or `error`.
+pub fn fault(message: &Value, carrier: &str) -> Option<(i64, String)> {
+    let bad = |code: i64, text: &str| Some((code, text.to_string()));
+    let Some(object) = message.as_object() else {
+        return Some((
+            -32600,
+            format!("invalid request: {carrier} one JSON-RPC 2.0 message, an object with \"jsonrpc\": \"2.0\""),
+        ));
+    };
+    if object.get("jsonrpc") != Some(&Value::from("2.0")) {
+        return bad(-32600, "invalid request: the message must say \"jsonrpc\": \"2.0\"");
+    }
+    if let Some(id) = object.get("id") {
+        if !id_ok(id) {
+            return bad(
+                -32600,
+                "invalid request: `id` is a string or an integer (a signed 64-bit one), never null",
+            );
+        }
+    }
+    match object.get("method") {
+        Some(Value::String(method)) => match object.get("params") {
+            Some(Value::Object(params))
+                if method == "tools/list" && params.get("cursor").is_some_and(|c| !c.is_string()) =>
+            {
+                bad(-32602, "invalid params: a `cursor` is a string")
+            }
+            None | Some(Value::Object(_)) => None,
+            Some(Value::Array(_)) => bad(-32602, "invalid params: MCP's params are an object, not an array"),
+            Some(_) => bad(-32600, "invalid request: `params` is an object"),
+        },
+        Some(_) => bad(-32600, "invalid request: `method` is a string"),
+        None if object.contains_key("result") || object.contains_key("error") => None,
+        None => bad(
+            -32600,
+            "invalid request: a message names a `method` (a request or notification), or carries `result` or \
+             `error` (a response)",
+        ),
+    }
+}
+
+/// A request id a client can match: a string, or an integer (`1e3` included)
+/// that fits a signed 64-bit one.
+fn id_ok(id: &Value) -> bool {
+    id.is_string() || id.is_i64() || id.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 9.2e18)
+}
+
+/// The id to answer a faulty message with: its own when a client could match
+/// it, else `null`.
+pub fn answerable_id(message: &Value) -> Value {
+    message.get("id").filter(|id| id_ok(id)).cloned().unwrap_or(Value::Null)
+}
+
+/// A JSON-RPC error answer, as one line of JSON.
+pub fn error_line(id: Value, code: i64, message: &str) -> String {
+    serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}).to_string()
+}
