@@ -162,6 +162,9 @@ pub(crate) struct Step {
     /// The function itself returned or threw (not a limit, a refused call or
     /// the engine): the calls it left pending are still made.
     pub(crate) settled: bool,
+    /// The script has seen `ctx.cancelled` true (or its calls rejected
+    /// `cancelled`): however it ends, it ends cancelled.
+    pub(crate) saw_cancel: bool,
 }
 
 /// The driver's answer to a step.
@@ -239,7 +242,15 @@ impl State {
 
     fn native(&mut self, kind: &str, payload: &str) -> String {
         match kind {
-            "cancelled" => return self.cancelled.to_string(),
+            // Live, not only at the script's next call: a synchronous loop
+            // that polls `ctx.cancelled` sees the request as soon as the run
+            // is stopped for it.
+            "cancelled" => {
+                if !self.cancelled && matches!(self.ctx.stop_reason(), Some(cairn_core::StopReason::Cancelled { .. })) {
+                    self.cancelled = true;
+                }
+                return self.cancelled.to_string();
+            }
             // A log line is journaled, so it counts against the journaled
             // calls; one too large to journal is refused (its promise
             // rejects `payload_too_large`) and the script goes on, as a call
@@ -598,6 +609,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
             pending: Vec::new(),
             end: Some(o),
             settled: false,
+            saw_cancel: false,
         });
     };
     let rt = match runtime(&limits, stop.clone()) {
@@ -750,6 +762,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
                     pending,
                     end: end_with,
                     settled,
+                    saw_cancel: state.borrow().cancelled,
                 })
                 .is_err()
                 || done

@@ -356,6 +356,11 @@ impl Driver<'_> {
                 }
             }
             if let Some(outcome) = step.end {
+                // It saw `ctx.cancelled` turn true in synchronous code, before
+                // a step could tell it: it ended knowing, so it ends cancelled.
+                if step.saw_cancel && self.cancelled.is_none() {
+                    self.cancelled = self.cancel_message();
+                }
                 if step.settled && self.cancelled.is_none() && !self.stop_is_cancel() {
                     self.make_unawaited(&step.pending, &refused).await;
                 }

@@ -1423,6 +1423,37 @@ async fn a_value_nested_too_deep_fails_saying_so() {
     }
 }
 
+/// `ctx.cancelled` turns true while the script is busy in synchronous code,
+/// not only at its next call: a loop that polls it ends, and the script, which
+/// returned knowing, ends `cancelled`.
+#[tokio::test]
+async fn ctx_cancelled_is_live_in_a_synchronous_loop() {
+    let p = runtime(Limits {
+        cpu: Duration::from_secs(30),
+        ..Limits::default()
+    });
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            await ctx.emit("looping", {});
+            let turns = 0;
+            while (!ctx.cancelled) { turns++; }
+            return turns;
+        }"#,
+    )
+    .await;
+    let looping = cairn_core::EventType::plain("looping");
+    p.start(script("busy", &m, "main", json!({})).with_event_type(looping))
+        .await
+        .expect("started");
+    p.await_event("busy", "looping", 0, Duration::from_secs(10))
+        .await
+        .expect("looping");
+    p.cancel("busy", Some("enough".into())).await.expect("cancel");
+    let rec = p.await_output("busy", Duration::from_secs(20)).await.expect("awaited");
+    assert_eq!(rec.outcome, Some(Outcome::cancelled("enough")), "{rec:?}");
+}
+
 /// `console.log` and its kin write `script.log` lines as `ctx.log` does,
 /// once across a replay.
 #[tokio::test]
