@@ -256,12 +256,22 @@ where
     // Input: each line checked, passed on whole or answered here.
     let reader = tokio::spawn(async move {
         let mut to_library = to_library;
-        let mut lines = BufReader::new(input).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
+        let mut input = BufReader::new(input);
+        let mut bytes = Vec::new();
+        loop {
+            bytes.clear();
+            match input.read_until(b'\n', &mut bytes).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            // Bytes that are not UTF-8 are a parse error of their line, not
+            // the end of the input.
+            let line = String::from_utf8_lossy(&bytes);
+            let line = line.trim_end_matches(['\n', '\r']);
             if line.trim().is_empty() {
                 continue;
             }
-            let fault = match serde_json::from_str::<Value>(&line) {
+            let fault = match serde_json::from_slice::<Value>(&bytes) {
                 Err(e) => Some((Value::Null, -32700, format!("parse error: {e}"))),
                 Ok(message) => crate::message::fault(&message, "each line carries")
                     .map(|(code, text)| (crate::message::answerable_id(&message), code, text)),

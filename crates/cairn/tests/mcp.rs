@@ -907,10 +907,20 @@ async fn stdio_answers_malformed_lines() {
     for line in lines {
         stdin.write_all(format!("{line}\n").as_bytes()).await.expect("write");
     }
+    // Bytes that are not UTF-8 are that line's parse error, and the lines
+    // after it are still read.
+    stdin
+        .write_all(b"{\"jsonrpc\": \"2.0\", \"id\": \"\xff\"}\n")
+        .await
+        .expect("write");
+    stdin
+        .write_all(b"{\"jsonrpc\": \"2.0\", \"id\": 6, \"method\": \"ping\"}\n")
+        .await
+        .expect("write");
     stdin.flush().await.expect("flush");
     let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let mut answers = Vec::new();
-    while answers.len() < lines.len() {
+    while answers.len() < lines.len() + 2 {
         let line = tokio::time::timeout(Duration::from_secs(10), out.next_line())
             .await
             .expect("answered in time")
@@ -933,7 +943,9 @@ async fn stdio_answers_malformed_lines() {
             (json!(3), json!(-32600)),
             (json!(4), json!(-32600)),
             (json!(5), Value::Null),
+            (json!(6), Value::Null),
             (Value::Null, json!(-32600)),
+            (Value::Null, json!(-32700)),
             (Value::Null, json!(-32700)),
         ]
     );
