@@ -39,7 +39,7 @@ pub(crate) async fn start_new_over_http(
 /// A `cairn serve` child on the bench's database, killed when dropped.
 pub(crate) struct Serve {
     child: Child,
-    pid: String,
+    pid: u32,
     /// `http://ADDR`, as the server printed it.
     pub base: String,
 }
@@ -69,7 +69,7 @@ impl Serve {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot spawn cairn serve: {e}"))?;
-        let pid = child.id().ok_or("cairn serve exited at once")?.to_string();
+        let pid = child.id().ok_or("cairn serve exited at once")?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut line = String::new();
         tokio::time::timeout(Duration::from_secs(60), BufReader::new(stdout).read_line(&mut line))
@@ -86,12 +86,12 @@ impl Serve {
 
     /// Its resident set size, in bytes.
     pub fn rss(&self) -> Result<u64, String> {
-        status_kib_of(&self.pid, "VmRSS:")
+        status_kib_of(&self.pid.to_string(), "VmRSS:")
     }
 
     /// Its CPU time so far, in seconds.
     pub fn cpu_seconds(&self) -> Result<f64, String> {
-        cpu_seconds_of(&self.pid)
+        cpu_seconds_of(self.pid)
     }
 
     /// Kill it and reap it.

@@ -8,7 +8,7 @@
 //! `wait_signal` processes and waits until each has suspended, then reads the
 //! server's RSS (`/proc/{pid}/status`), opens one SSE stream on each process
 //! and reads the first event of each, reads the RSS again and the server's CPU
-//! time (`/proc/{pid}/stat`) over an idle window, closes every stream and
+//! time (its kernel CPU-time clock) over an idle window, closes every stream and
 //! reads the RSS once the server has let them go.
 
 use std::time::{Duration, Instant};

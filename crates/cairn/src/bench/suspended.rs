@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use cairn_core::{events, Disposition, Processes, StartRequest, WorkerConfig};
 use cairn_tools::builtin_tools;
+use nix::time::{clock_getcpuclockid, clock_gettime, ClockId};
+use nix::unistd::Pid;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
@@ -168,30 +170,25 @@ async fn one_run(ctx: &Ctx<'_>, label: &str, processes: usize, idle: u64, sample
 
 // ------------------------------------------------------------- the child's side
 
-/// CPU time this process has used, in seconds (`/proc/self/stat` utime + stime,
-/// in the kernel's USER_HZ ticks, which Linux fixes at 100 for user space).
+/// CPU time this process has used, in seconds, from the kernel's CPU-time
+/// clock (`CLOCK_PROCESS_CPUTIME_ID`, every thread, nanosecond accounting).
+/// `/proc/self/stat`'s utime + stime count 10 ms ticks, which read 0 over a
+/// short run.
 pub(crate) fn cpu_seconds() -> Result<f64, String> {
-    cpu_seconds_of("self")
+    cpu_clock_seconds(ClockId::CLOCK_PROCESS_CPUTIME_ID, "this process")
 }
 
-/// CPU time process `pid` (or `self`) has used, in seconds, as [`cpu_seconds`].
-pub(crate) fn cpu_seconds_of(pid: &str) -> Result<f64, String> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    // Fields after the command name (which may hold spaces) start after ')'.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| format!("no `)` in {path}"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line; 12 and 13 after the state field's start.
-    let tick = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .ok_or_else(|| format!("no field {i} in {path}"))
-    };
-    Ok((tick(11)? + tick(12)?) / 100.0)
+/// CPU time process `pid` has used, in seconds, as [`cpu_seconds`] (its
+/// clock from `clock_getcpuclockid`).
+pub(crate) fn cpu_seconds_of(pid: u32) -> Result<f64, String> {
+    let raw = i32::try_from(pid).map_err(|_| format!("process id {pid} is out of range"))?;
+    let clock = clock_getcpuclockid(Pid::from_raw(raw)).map_err(|e| format!("no CPU clock for process {pid}: {e}"))?;
+    cpu_clock_seconds(clock, &format!("process {pid}"))
+}
+
+fn cpu_clock_seconds(clock: ClockId, whose: &str) -> Result<f64, String> {
+    let t = clock_gettime(clock).map_err(|e| format!("cannot read the CPU clock of {whose}: {e}"))?;
+    Ok(t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
 }
 
 pub(crate) async fn child_role(url: &str, processes: usize, prefix: &str, idle: u64, samples: usize) -> ExitCode {
