@@ -259,6 +259,7 @@ pub fn validate_registration(reg: &Registration) -> Result<EventTypes> {
     if let Some(ext) = &reg.external_ref {
         validate_id("external_ref.backend", &ext.backend)?;
         validate_id("external_ref.id", &ext.id)?;
+        check_size("external_ref", ext)?;
     }
     if reg.event_types.len() > MAX_EVENT_TYPES {
         return Err(CairnError::InvalidRequest(format!(
@@ -288,6 +289,9 @@ pub fn validate_registration(reg: &Registration) -> Result<EventTypes> {
             return Err(CairnError::DuplicateEventType(t.name.clone()));
         }
         check_size("payload schema", &t.payload_schema)?;
+        // Selectors may carry constants: bounded like a payload, since the
+        // record stores them and every read decodes them.
+        check_size_of(|| format!("the semantics of `{}`", t.name), &t.semantics)?;
         compiled_schema(&t.name, &t.payload_schema)?;
         validate_semantics(t)?;
     }

@@ -209,6 +209,7 @@ macro_rules! conformance_suite {
                 register_rejects_reserved_event_types,
                 register_rejects_bad_event_type_names,
                 register_rejects_uncompilable_schema,
+                register_rejects_over_deep_declarations,
                 register_rejects_bad_semantics,
                 register_rejects_bad_signal_declarations,
                 register_requires_stored_env,

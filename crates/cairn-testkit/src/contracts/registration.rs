@@ -319,6 +319,55 @@ pub async fn register_rejects_bad_semantics(factory: &dyn StoreFactory) {
     }
 }
 
+/// A selector constant or an `external_ref`'s metadata nested past
+/// [`MAX_JSON_DEPTH`] is `invalid_request` and registers nothing: the record
+/// stores them, and one that could not be read back would break every list
+/// that holds it.
+///
+/// [`MAX_JSON_DEPTH`]: cairn_core::validate::MAX_JSON_DEPTH
+pub async fn register_rejects_over_deep_declarations(factory: &dyn StoreFactory) {
+    let max = cairn_core::validate::MAX_JSON_DEPTH;
+    let nested = |depth: usize| (0..depth).fold(json!("leaf"), |v, _| json!([v]));
+    let h = Harness::new(factory).await;
+    let deep_const = |depth: usize| {
+        with_types(
+            rerunnable("c"),
+            [wake_type(
+                "w",
+                cairn_core::Selector::Const(nested(depth)),
+                DedupeKey::EventIdentity,
+            )],
+        )
+    };
+    let deep_metadata = |depth: usize| {
+        let mut reg = external("m");
+        reg.external_ref = Some(cairn_core::ExternalRef {
+            backend: "ci".into(),
+            id: "7".into(),
+            metadata: Some(nested(depth)),
+        });
+        reg
+    };
+    for (what, reg) in [
+        ("a wake input constant too deep", deep_const(max + 1)),
+        ("external_ref metadata too deep", deep_metadata(max + 1)),
+    ] {
+        let err = h
+            .rejects("invalid_request", what, h.registry().register(reg, None))
+            .await;
+        assert!(err.to_string().contains("levels deep"), "{what}: {err}");
+    }
+    assert!(
+        crate::harness::list_all(h.registry()).await.is_empty(),
+        "nothing registered"
+    );
+    // Within the limit both are stored and read back by get and list.
+    h.register(deep_const(max - 4)).await;
+    h.register(deep_metadata(max - 2)).await;
+    assert_eq!(h.get("m").await.external_ref, deep_metadata(max - 2).external_ref);
+    assert_eq!(crate::harness::list_all(h.registry()).await.len(), 2);
+}
+
 /// Declared `signal.{name}` types need a valid signal name (`invalid_signal_name`).
 pub async fn register_rejects_bad_signal_declarations(factory: &dyn StoreFactory) {
     let h = Harness::new(factory).await;
