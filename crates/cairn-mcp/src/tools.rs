@@ -46,7 +46,7 @@ pub struct ListArgs {
     /// Session id: what that session started (the provenance lens; host token only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub originated_by: Option<String>,
-    /// Only processes waiting for a signal (true) or not (false).
+    /// Only processes waiting (true: for a signal, a timer or children) or not (false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<bool>,
     /// `tool:NAME`, `script:MODULE#NAME`, `session_turn` or `external`.
@@ -333,8 +333,9 @@ impl ToolKind {
             Self::Await => ("Await a process", true, false, true),
             Self::Signal => ("Signal a process", false, false, true),
             Self::Cancel => ("Cancel a process", false, true, true),
-            // A second completion is refused (`process_terminal`), not repeated.
-            Self::Complete => ("Complete a process", false, true, false),
+            // The same completion again answers the record and writes
+            // nothing; another outcome is refused (`process_terminal`).
+            Self::Complete => ("Complete a process", false, true, true),
             Self::ModulePut => ("Store a script module", false, false, true),
             Self::ScheduleList => ("List schedules", true, false, true),
             Self::SchedulePause => ("Pause a schedule", false, false, true),
@@ -357,7 +358,7 @@ impl ToolKind {
             Self::Await => json_schema::<AwaitArgs>(),
             Self::Signal => json_schema::<SignalArgs>(),
             Self::Cancel => json_schema::<CancelArgs>(),
-            Self::Complete => json_schema::<CompleteArgs>(),
+            Self::Complete => complete_schema(),
             Self::ModulePut => json_schema::<ModulePutArgs>(),
             Self::ScheduleList => json_schema::<ScheduleListArgs>(),
             Self::SchedulePause | Self::ScheduleResume => json_schema::<ScheduleIdArgs>(),
@@ -476,6 +477,64 @@ pub fn json_schema<T: ToSchema>() -> Arc<JsonObject> {
     Arc::new(object)
 }
 
+/// `process_complete`'s schema: [`CompleteArgs`], with the outcome's
+/// `abandoned` variant left out. Only cairn writes that one (an external
+/// completion cannot abandon; an abandon request does), so an outcome the
+/// schema offers is one the tool takes.
+fn complete_schema() -> Arc<JsonObject> {
+    let mut schema = Arc::unwrap_or_clone(json_schema::<CompleteArgs>());
+    let defs = schema.get_mut("$defs").and_then(Value::as_object_mut);
+    if let Some(defs) = defs {
+        if let Some(variants) = defs
+            .get_mut("Outcome")
+            .and_then(|o| o.get_mut("oneOf"))
+            .and_then(Value::as_array_mut)
+        {
+            variants.retain(|v| v.pointer("/properties/type/enum") != Some(&serde_json::json!(["abandoned"])));
+        }
+    }
+    drop_unreferenced_defs(&mut schema);
+    Arc::new(schema)
+}
+
+/// Remove the `$defs` entries nothing reachable from the schema's root refers to.
+fn drop_unreferenced_defs(schema: &mut JsonObject) {
+    let Some(Value::Object(mut defs)) = schema.remove("$defs") else {
+        return;
+    };
+    let refs = |v: &Value| {
+        let mut out = Vec::new();
+        collect_refs(v, &mut out);
+        out
+    };
+    let mut reached = std::collections::BTreeSet::new();
+    let mut todo = refs(&Value::Object(schema.clone()));
+    while let Some(name) = todo.pop() {
+        if reached.insert(name.clone()) {
+            if let Some(def) = defs.get(&name) {
+                todo.extend(refs(def));
+            }
+        }
+    }
+    defs.retain(|name, _| reached.contains(name));
+    schema.insert("$defs".to_string(), Value::Object(defs));
+}
+
+fn collect_refs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                match v.as_str().and_then(|r| r.strip_prefix("#/$defs/")) {
+                    Some(name) if key == "$ref" => out.push(name.to_string()),
+                    _ => collect_refs(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_refs(v, out)),
+        _ => {}
+    }
+}
+
 /// The tagged enums whose variants take no fields beyond their own: the
 /// internally tagged ones deny unknown fields, and an externally tagged
 /// variant is an object of exactly its one key.
@@ -579,6 +638,33 @@ mod tests {
                 "{}: {limit}",
                 kind.name()
             );
+        }
+    }
+
+    /// `process_complete` offers the outcomes an external completion may
+    /// write, and no `abandoned` (refused as `invalid_outcome`).
+    #[test]
+    fn complete_schema_leaves_out_abandoned() {
+        let schema = ToolKind::Complete.input_schema();
+        let types: Vec<Value> = schema["$defs"]["Outcome"]["oneOf"]
+            .as_array()
+            .expect("Outcome variants")
+            .iter()
+            .filter_map(|v| v.pointer("/properties/type/enum").cloned())
+            .collect();
+        assert_eq!(
+            types,
+            vec![json!(["success"]), json!(["failure"]), json!(["cancelled"])],
+            "{schema:?}"
+        );
+        let defs = schema["$defs"].as_object().unwrap();
+        assert!(
+            defs.contains_key("Outcome") && !defs.contains_key("AbandonEvidence"),
+            "{defs:?}"
+        );
+        let text = serde_json::to_string(&*schema).unwrap();
+        for name in defs.keys() {
+            assert!(text.contains(&format!("\"#/$defs/{name}\"")), "{name} unused");
         }
     }
 

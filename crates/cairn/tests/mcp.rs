@@ -203,7 +203,7 @@ fn check_tool_list(tools: &[Tool]) {
     assert_eq!(hints("process_start"), (Some(false), Some(false), Some(true)));
     assert_eq!(hints("process_signal"), (Some(false), Some(false), Some(true)));
     assert_eq!(hints("process_cancel"), (Some(false), Some(true), Some(true)));
-    assert_eq!(hints("process_complete"), (Some(false), Some(true), Some(false)));
+    assert_eq!(hints("process_complete"), (Some(false), Some(true), Some(true)));
     assert_eq!(hints("schedule_list").0, Some(true), "schedule_list is read-only");
     assert_eq!(hints("schedule_pause"), (Some(false), Some(false), Some(true)));
     assert_eq!(hints("schedule_resume"), (Some(false), Some(false), Some(true)));
