@@ -50,14 +50,20 @@ pub fn builtin_tools(allow_shell: bool) -> ToolRegistry {
 
 /// Parse tool args into `T`, as an `invalid_request` error naming the tool.
 /// Args are an object: serde would otherwise read an array into `T`'s fields
-/// by position (`[5]` as `{"ms": 5}`).
+/// by position (`[5]` as `{"ms": 5}`). Absent args (`null`) are no fields, so
+/// a tool whose fields are all optional runs without any.
 pub fn parse_args<T: for<'de> Deserialize<'de>>(tool: &str, args: &Value) -> Result<T> {
     if args.is_array() {
         return Err(CairnError::InvalidRequest(format!(
             "`{tool}` args must be a JSON object of named fields, not an array"
         )));
     }
-    serde_json::from_value(args.clone()).map_err(|e| CairnError::InvalidRequest(format!("`{tool}` args: {e}")))
+    let args = if args.is_null() {
+        Value::Object(Default::default())
+    } else {
+        args.clone()
+    };
+    serde_json::from_value(args).map_err(|e| CairnError::InvalidRequest(format!("`{tool}` args: {e}")))
 }
 
 /// Refuse a duration past [`schemas::LONGEST_MS`] (a year): a due time
@@ -194,5 +200,27 @@ impl Tool for WaitSignalTool {
             Err(_) if ctx.is_stopped() => stopped_outcome(&ctx),
             Err(e) => Outcome::failure("runtime", e.code(), e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Absent args are no fields: a tool whose fields are all optional takes
+    /// them, one with a required field names it; an array is never read by position.
+    #[test]
+    fn absent_args_are_no_fields() {
+        let echo = parse_args::<EchoArgs>("echo", &Value::Null).expect("echo without args");
+        assert_eq!(echo.value, Value::Null);
+        let err = parse_args::<WaitSignalArgs>("wait_signal", &Value::Null)
+            .err()
+            .expect("wait_signal needs a name");
+        assert_eq!(
+            err.to_string(),
+            "invalid request: `wait_signal` args: missing field `name`"
+        );
+        assert!(parse_args::<EchoArgs>("echo", &json!([1])).is_err());
     }
 }
