@@ -1261,7 +1261,8 @@ pub struct ListPage {
     /// With `granted_to` (and always for session callers): the grant behind each listed process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grants: Option<Vec<Grant>>,
-    /// Pass as `after_id` for the next page; absent when this page is the last.
+    /// Pass as `after_id` for the next page: set whenever the page is full
+    /// (the next page may then be empty), absent when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_after_id: Option<String>,
 }

@@ -232,6 +232,62 @@ const SERVER_ERRORS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The failure codes scripts and session turns end with: class, code, when.
+const FAILURE_CODES: &[(&str, &str, &str)] = &[
+    (
+        "script",
+        "uncaught",
+        "the function threw or rejected and did not catch it; an error with a string `code` keeps that \
+         code instead, and a rejected context call's error keeps its own class and code; the JavaScript \
+         stack is in `raw`",
+    ),
+    ("script", "invalid_result", "the function returned a value that is not JSON"),
+    (
+        "script",
+        "nondeterminism",
+        "on replay the function made another call than its journal records at that position",
+    ),
+    (
+        "script",
+        "journal_limit",
+        "the script made more journaled calls than its limit (`ctx.log` lines count)",
+    ),
+    ("script", "cpu_limit", "one activation used more CPU than its limit"),
+    ("script", "memory_limit", "the activation's heap went over its limit"),
+    (
+        "script",
+        "stuck",
+        "the function awaits something no context call will ever settle",
+    ),
+    (
+        "runtime",
+        "script_engine",
+        "the script engine itself failed (not the script)",
+    ),
+    (
+        "turn",
+        "max_steps",
+        "the turn made `max_steps` model calls without a final answer",
+    ),
+    (
+        "turn",
+        "output_contract_violation",
+        "the final answer does not meet the output contract after the repairs allowed, or the \
+         endpoint cut it off (`finish_reason` `length` or `content_filter`); the answer is in `raw`",
+    ),
+    ("turn", "model_refused", "the model refused (its `refusal`); the answer is in `raw`"),
+    (
+        "model",
+        "model_unavailable",
+        "the endpoint did not answer, or kept answering 429 or 5xx, past the retries",
+    ),
+    (
+        "model",
+        "model_error",
+        "the endpoint refused the request for good (a 4xx other than 408 and 429, or an answer that is not a chat completion)",
+    ),
+];
+
 /// What each event type cairn writes means.
 fn event_meaning(name: &str) -> &'static str {
     match name {
@@ -260,6 +316,14 @@ fn event_meaning(name: &str) -> &'static str {
         }
         cairn_tools::shell::OUTPUT_EVENT => {
             "output lines of a `shell` command: `{stream: stdout|stderr, lines: [...]}`"
+        }
+        cairn_turn::RESPONSE => {
+            "a session turn's model answer for step `step` (journaled once; a replay reads it instead of \
+             calling the model): `{step, message, usage, finish_reason?}`"
+        }
+        cairn_turn::DELTA => {
+            "streamed text of a session turn's model call, at most one per 100 ms (a live view; the \
+             `turn.response` is the record): `{step, run, attempt, text}`"
         }
         _ => "",
     }
@@ -401,10 +465,26 @@ pub fn render() -> String {
             types.extend(tool.event_types().into_iter().map(|t| t.name));
         }
     }
+    // A session turn's types (the `session_turn` tool, wired when models are configured).
+    types.extend([cairn_turn::RESPONSE.to_string(), cairn_turn::DELTA.to_string()]);
     for t in &types {
         let _ = writeln!(w, "| `{t}` | {} |", cell(event_meaning(t)));
     }
     let _ = writeln!(w, "| `signal.{{name}}` | a signal: its payload as sent; the signal id is in the event's `replay_key`, `signal:{{name}}:{{signal_id}}` |\n");
+
+    let _ = writeln!(w, "## Failure codes of scripts and turns\n");
+    let _ = writeln!(
+        w,
+        "A failed process's outcome is `{{\"type\": \"failure\", class, code, message, raw?}}`. Besides a\n\
+         tool's own codes (`shell`'s `exit_status`, ...), scripts (SPEC §14) and session turns\n\
+         (SPEC §15) end with these:\n"
+    );
+    let _ = writeln!(w, "| class | code | when |");
+    let _ = writeln!(w, "| --- | --- | --- |");
+    for (class, code, when) in FAILURE_CODES {
+        let _ = writeln!(w, "| `{class}` | `{code}` | {} |", cell(when));
+    }
+    let _ = writeln!(w);
 
     let _ = writeln!(w, "## Wire shapes\n");
     let _ = writeln!(w, "The named shapes of `/openapi.json` (`components.schemas`):\n");

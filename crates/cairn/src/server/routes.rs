@@ -658,6 +658,7 @@ pub async fn transfer(
 /// `DELETE /v1/sessions/{session_id}`: remove a session's grants and pending wakes.
 #[utoipa::path(delete, path = "/v1/sessions/{session_id}", tag = "sessions",
     params(("session_id" = String, Path, description = "Session id")),
+    request_body = AckBody,
     responses(
         (status = 200, description = "What was removed; never cancels anything", body = SessionDeleteReport),
         (status = 403, description = "A session token naming another session", body = ErrorSchema)))]

@@ -38,9 +38,9 @@ pub struct ScheduleListQuery {
     responses(
         (status = 201, description = "Created: the schedule", body = Schedule),
         (status = 200, description = "The same schedule created again: the stored one", body = Schedule),
-        (status = 400, description = "invalid_request: a bad cron, timezone or interval, or a start template a start would refuse", body = ErrorSchema),
+        (status = 400, description = "invalid_request: a bad cron, timezone or interval, or a template with `id`; a template a start would refuse answers the start's own 400 code (invalid_disposition, invalid_id, invalid_schema, reserved_event_type, ...)", body = ErrorSchema),
         (status = 403, description = "A session token", body = ErrorSchema),
-        (status = 404, description = "unknown_tool: the template names a tool this server does not run", body = ErrorSchema),
+        (status = 404, description = "unknown_tool, unknown_module or unknown_model: the template names what this server does not have", body = ErrorSchema),
         (status = 409, description = "schedule_conflict: the id exists with another definition", body = ErrorSchema)))]
 pub async fn create(
     State(state): Shared,
