@@ -370,6 +370,9 @@ impl TurnRunner {
         let tool_defs = turn.tool_defs(&self.tools);
         let response_format = turn.contract.response_format();
         let mut repairs = 0;
+        // When the run last appended a `turn.delta`: the 100 ms between two
+        // holds across the run's model calls, not just within one.
+        let mut last_delta: Option<tokio::time::Instant> = None;
         for step in 1u64.. {
             let (message, finish_reason) = match journal.get(&step) {
                 Some(m) => m.clone(),
@@ -394,7 +397,7 @@ impl TurnRunner {
                     // counted in the log, so the bound holds across runs.
                     let answer = loop {
                         let answer = tokio::select! {
-                            r = self.call_model(ctx, spec, step, &request) => r,
+                            r = self.call_model(ctx, spec, step, &request, &mut last_delta) => r,
                             _ = ctx.stopped() => return Ok(ctx.stopped_outcome()),
                         };
                         match answer {
@@ -520,13 +523,15 @@ impl TurnRunner {
     }
 
     /// One model call, retried by the policy; deltas are appended as they
-    /// stream, at most one `turn.delta` per 100 ms.
+    /// stream, at most one `turn.delta` per 100 ms: `last_delta` is when the
+    /// run appended its last one, whichever call it was of.
     async fn call_model(
         &self,
         ctx: &ToolContext,
         spec: &ModelSpec,
         step: u64,
         request: &ChatRequest<'_>,
+        last_delta: &mut Option<tokio::time::Instant>,
     ) -> Result<ChatAnswer, ModelFault> {
         let key = spec
             .key()
@@ -573,7 +578,7 @@ impl TurnRunner {
                 .notify(|e, after| tracing::warn!(error = %e, ?after, "model call failed; retrying"))
                 .await
         };
-        let (answer, ()) = tokio::join!(call, flush_deltas(ctx, step, rx));
+        let (answer, ()) = tokio::join!(call, flush_deltas(ctx, step, rx, last_delta));
         answer
     }
 
@@ -667,13 +672,21 @@ fn error_content(code: &str, message: &str) -> String {
 
 /// Append the streamed pieces as `turn.delta {step, run, attempt, text}`,
 /// coalesced so that at most one is written per [`DELTA_EVERY`]; ends when the
-/// sender is dropped. `run` is the process's run (`started.attempt`: a re-run
-/// after a crash streams the step again) and `attempt` the model call within
-/// it (a retry streams the answer again): a watcher joining a step's texts
-/// starts over when either changes.
-async fn flush_deltas(ctx: &ToolContext, step: u64, mut rx: mpsc::UnboundedReceiver<(u64, String)>) {
+/// sender is dropped, every piece written. `last` is when the run wrote its
+/// last delta, read and kept across the run's model calls: a call right after
+/// another waits out the window before its first delta too, gathering what
+/// streams meanwhile into it (its answer, appended after its deltas, waits at
+/// most that window, as the last delta of any call does). `run` is the
+/// process's run (`started.attempt`: a re-run after a crash streams the step
+/// again) and `attempt` the model call within it (a retry streams the answer
+/// again): a watcher joining a step's texts starts over when either changes.
+async fn flush_deltas(
+    ctx: &ToolContext,
+    step: u64,
+    mut rx: mpsc::UnboundedReceiver<(u64, String)>,
+    last: &mut Option<tokio::time::Instant>,
+) {
     let run = ctx.attempt();
-    let mut last: Option<tokio::time::Instant> = None;
     // A piece of the next call, taken while gathering the one before.
     let mut held: Option<(u64, String)> = None;
     loop {
@@ -684,7 +697,7 @@ async fn flush_deltas(ctx: &ToolContext, step: u64, mut rx: mpsc::UnboundedRecei
                 None => return,
             },
         };
-        if let Some(at) = last {
+        if let Some(at) = *last {
             tokio::time::sleep_until(at + DELTA_EVERY).await;
         }
         while let Ok((k, more)) = rx.try_recv() {
@@ -697,7 +710,7 @@ async fn flush_deltas(ctx: &ToolContext, step: u64, mut rx: mpsc::UnboundedRecei
         // Best effort: a delta is a live view, the response event is the record.
         let payload = json!({"step": step, "run": run, "attempt": attempt, "text": text});
         let _ = ctx.append(DELTA, payload).await;
-        last = Some(tokio::time::Instant::now());
+        *last = Some(tokio::time::Instant::now());
     }
 }
 

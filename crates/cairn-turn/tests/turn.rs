@@ -355,6 +355,57 @@ async fn deltas_stream_before_the_answer() {
     assert!(events.iter().position(|e| e.event_type == "turn.delta").expect("delta") < response);
 }
 
+/// The 100 ms between two deltas hold across the turn's model calls: quick
+/// calls one after another (two repairs) do not each start with a delta at
+/// once, and every call's text still arrives whole, before its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deltas_stay_100ms_apart_across_model_calls() {
+    let s = setup().await;
+    let contract = json!({"type": "json_schema", "repair_attempts": 2, "schema": {
+        "type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}}});
+    let answers = ["not json at all", "{\"ok\": \"yes\"}", "{\"ok\": true}"];
+    for answer in answers {
+        s.fake.push(Reply::Text(answer.into()));
+    }
+    s.p.start(turn("quick", &[], "Are we ok?", contract))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "quick").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"ok": true}))));
+    assert_eq!(s.fake.received().len(), 3, "two repairs: three model calls");
+    let events = s.p.events("quick", 0, Some(1000)).await.expect("events").events;
+    let deltas: Vec<_> = events.iter().filter(|e| e.event_type == "turn.delta").collect();
+    for pair in deltas.windows(2) {
+        assert!(
+            pair[1].occurred_at_ms >= pair[0].occurred_at_ms + 100,
+            "at most one delta per 100 ms across the turn's calls: step {} at {} ms, then step {} at {} ms",
+            pair[0].payload["step"],
+            pair[0].occurred_at_ms,
+            pair[1].payload["step"],
+            pair[1].occurred_at_ms
+        );
+    }
+    // No text is lost: each step's deltas join into its answer, all written
+    // before that step's `turn.response`.
+    for (step, answer) in (1u64..).zip(answers) {
+        let text: String = deltas
+            .iter()
+            .filter(|d| d.payload["step"] == step)
+            .filter_map(|d| d.payload["text"].as_str())
+            .collect();
+        assert_eq!(text, answer, "step {step}'s deltas");
+        let response = events
+            .iter()
+            .position(|e| e.event_type == "turn.response" && e.payload["step"] == step)
+            .expect("response");
+        let last_delta = events
+            .iter()
+            .rposition(|e| e.event_type == "turn.delta" && e.payload["step"] == step)
+            .expect("delta");
+        assert!(last_delta < response, "step {step}'s deltas come before its answer");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_turns_are_refused_at_start() {
     let s = setup().await;
