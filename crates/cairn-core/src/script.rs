@@ -75,8 +75,9 @@ pub fn script_core_types() -> crate::events::EventTypes {
 pub struct ModuleInfo {
     /// `module:sha256:{hex}` of the source's UTF-8 bytes.
     pub module_ref: String,
-    /// The name given when it was first stored.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The name given when it was first stored (`null` when none was: SPEC
+    /// §14 lists the field in every answer).
+    #[serde(default)]
     pub name: Option<String>,
     /// The names of its exported functions (not classes or generators): the
     /// process definitions it holds.

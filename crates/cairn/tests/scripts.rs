@@ -130,6 +130,8 @@ async fn scenario(db: &str) {
         let source = format!("export async function f{i}() {{ return {i}; }}");
         let (s, m) = c.post("/v1/modules", json!({ "source": source })).await;
         assert_eq!(s, 201, "{m}");
+        // SPEC §14 lists `name` in every answer: null when none was given.
+        assert_eq!(m.get("name"), Some(&Value::Null), "{m}");
         refs.push(m["module_ref"].as_str().unwrap().to_string());
     }
     refs.sort();
