@@ -36,6 +36,8 @@ struct HubInner {
     resync: watch::Sender<u64>,
     /// Bumped on every publish (see [`ChangeHub::subscribe_all`]).
     any: watch::Sender<u64>,
+    /// Bumped on a change no record shows (see [`ChangeHub::listings_changed`]).
+    listings: watch::Sender<u64>,
     /// The terminal records the latest ends written by this node answered,
     /// watched or not (see [`Subscription::ended`]).
     recent_ends: Mutex<RecentEnds>,
@@ -125,6 +127,7 @@ impl Default for HubInner {
             work: Notify::new(),
             resync: watch::channel(0).0,
             any: watch::channel(0).0,
+            listings: watch::channel(0).0,
             recent_ends: Mutex::default(),
         }
     }
@@ -222,6 +225,18 @@ impl ChangeHub {
     /// (its value is a counter, nothing more).
     pub fn subscribe_all(&self) -> watch::Receiver<u64> {
         self.inner.any.subscribe()
+    }
+
+    /// Say that listings may differ by a change no record's cursor shows:
+    /// grants given, moved or revoked, a session deleted, processes pruned. A
+    /// follower of the change feed (the dashboard's lists) renders again.
+    pub fn listings_changed(&self) {
+        self.inner.listings.send_modify(|g| *g += 1);
+    }
+
+    /// A receiver that changes on every [`listings_changed`](Self::listings_changed).
+    pub fn subscribe_listings(&self) -> watch::Receiver<u64> {
+        self.inner.listings.subscribe()
     }
 
     /// A receiver that changes on every [`resync`](Self::resync).
@@ -622,15 +637,25 @@ impl ProcessRegistry for WatchedRegistry {
     }
 
     async fn grant(&self, scope: &SessionScope, id: &str, descriptor: GrantDescriptor) -> Result<Grant> {
-        self.inner.grant(scope, id, descriptor).await
+        let g = self.inner.grant(scope, id, descriptor).await?;
+        self.hub.listings_changed();
+        Ok(g)
     }
 
     async fn revoke(&self, scope: &SessionScope, id: &str) -> Result<bool> {
-        self.inner.revoke(scope, id).await
+        let revoked = self.inner.revoke(scope, id).await?;
+        if revoked {
+            self.hub.listings_changed();
+        }
+        Ok(revoked)
     }
 
     async fn transfer(&self, from: &SessionScope, to: &SessionScope, ids: &[String]) -> Result<TransferReport> {
-        self.inner.transfer(from, to, ids).await
+        let r = self.inner.transfer(from, to, ids).await?;
+        if !r.moved.is_empty() {
+            self.hub.listings_changed();
+        }
+        Ok(r)
     }
 
     async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {
@@ -645,6 +670,7 @@ impl ProcessRegistry for WatchedRegistry {
         let r = self.inner.delete_session(session_id).await?;
         // It cancels and revokes across processes: every waiter reads again.
         self.hub.resync();
+        self.hub.listings_changed();
         Ok(r)
     }
 
@@ -754,6 +780,7 @@ impl ProcessRegistry for WatchedRegistry {
             // Waiters on a pruned process learn it is gone by reading again.
             self.hub.forget_ends();
             self.hub.resync();
+            self.hub.listings_changed();
         }
         Ok(r)
     }

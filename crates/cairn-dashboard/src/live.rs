@@ -41,6 +41,8 @@ const VISIBILITY_CHECKS: usize = 64;
 pub struct ChangeNotice {
     notify: Arc<Notify>,
     hub: Option<watch::Receiver<u64>>,
+    /// Rung by changes no record shows (grants moved, sessions deleted, prunes).
+    listings: Option<watch::Receiver<u64>>,
 }
 
 impl ChangeNotice {
@@ -57,6 +59,7 @@ impl ChangeNotice {
         Self {
             notify: Arc::default(),
             hub: Some(hub.subscribe_all()),
+            listings: Some(hub.subscribe_listings()),
         }
     }
 
@@ -109,7 +112,11 @@ async fn follow(
     // Where the feed was last read. Changes made while nobody listened are read
     // (and broadcast) once someone does; a new stream re-renders its list on
     // connecting anyway, so at worst a list renders once more than needed.
-    let ChangeNotice { notify, mut hub } = notice;
+    let ChangeNotice {
+        notify,
+        mut hub,
+        mut listings,
+    } = notice;
     let mut cursor = 0u64;
     loop {
         while tx.receiver_count() == 0 {
@@ -148,9 +155,23 @@ async fn follow(
                 std::future::pending::<()>().await;
             }
         };
+        let listings_rang = async {
+            let rang = match listings.as_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => false,
+            };
+            if !rang {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             _ = notify.notified() => {}
             _ = hub_rang => {}
+            _ = listings_rang => {
+                // No record changed, so the feed names none: every list
+                // renders again (an empty batch means "anything").
+                let _ = tx.send(Arc::new(Vec::new()));
+            }
             _ = tokio::time::sleep(FALLBACK_READ) => {}
             _ = shutdown.cancelled() => return,
         }
@@ -172,6 +193,8 @@ pub(crate) async fn list_stream(axum::extract::State(d): Shared, Extension(visit
                 _ = d.shutdown.cancelled() => return None,
             };
             let show = match ids {
+                // Grants or sessions changed, or processes were pruned.
+                Ok(ids) if ids.is_empty() => true,
                 Ok(ids) => visible_any(&d, &viewer, &ids).await,
                 // Fell behind: something changed, say so.
                 Err(broadcast::error::RecvError::Lagged(_)) => true,

@@ -976,3 +976,68 @@ async fn read_until(body: &mut axum::body::BodyDataStream, seen: &mut String, wa
     .await
     .expect("in time")
 }
+
+/// A live list renders again when a grant moves, is revoked or its session is
+/// deleted: no record changes, so the change feed alone never says so.
+#[tokio::test]
+async fn live_lists_hear_grants_move_and_sessions_go() {
+    use futures::StreamExt;
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    p.start(
+        StartRequest::external("moved", json!({})).with_grant(SessionScope::session("s2"), GrantDescriptor::default()),
+    )
+    .await
+    .unwrap();
+    let access = Arc::new(TestAccess {
+        processes: p.clone(),
+        open: false,
+    });
+    let app = Dashboard::new(p.clone(), access, ChangeNotice::from_hub(p.hub()), Default::default()).router();
+    let cookie = Some("cairn_ui=s1-token");
+    let r = app
+        .clone()
+        .oneshot(
+            Request::get("/ui/list/live")
+                .header(header::COOKIE, "cairn_ui=s1-token")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut stream = r.into_body().into_data_stream();
+    // The next `changed` event; keep-alive comments are skipped. Without one
+    // within the bound the list would stay stale, which is the failure.
+    let mut changed = async || {
+        tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            loop {
+                let chunk = stream.next().await.expect("the stream stays open").expect("a chunk");
+                if String::from_utf8_lossy(&chunk).contains("event: changed") {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("a `changed` event")
+    };
+    changed().await; // the one on connecting
+    let (_, html, _) = get(&app, "/ui/list/rows", cookie).await;
+    assert!(listed(&html).is_empty(), "{html}");
+
+    p.transfer(
+        &SessionScope::session("s2"),
+        &SessionScope::session("s1"),
+        &["moved".into()],
+    )
+    .await
+    .unwrap();
+    changed().await;
+    let (_, html, _) = get(&app, "/ui/list/rows", cookie).await;
+    assert_eq!(listed(&html), vec!["moved"]);
+
+    p.delete_session("s1").await.unwrap();
+    changed().await;
+    let (_, html, _) = get(&app, "/ui/list/rows", cookie).await;
+    assert!(listed(&html).is_empty(), "{html}");
+}
