@@ -85,21 +85,43 @@ pub(crate) async fn page(
 
 async fn section(d: &crate::Inner, viewer: &Viewer, session: &str) -> cairn_core::Result<Markup> {
     let scope = SessionScope::session(session);
+    // One more than shown, to tell a full list from a longer one.
     let filter = ProcessFilter {
         status: StatusFilter::Any,
-        limit: Some(SHOWN),
+        limit: Some(SHOWN + 1),
         ..ProcessFilter::default()
     };
-    let granted = d.processes.list_granted_to(&scope, &filter).await?;
+    let mut granted = d.processes.list_granted_to(&scope, &filter).await?;
+    let granted_more = granted.len() > SHOWN;
+    granted.truncate(SHOWN);
     let originated = match viewer {
         // As in the API, the provenance lens needs the host token.
-        Viewer::Host => Some(d.processes.list_originated_by(&scope, &filter).await?),
+        Viewer::Host => {
+            let mut o = d.processes.list_originated_by(&scope, &filter).await?;
+            let more = o.len() > SHOWN;
+            o.truncate(SHOWN);
+            Some((o, more))
+        }
         Viewer::Session(_) => None,
     };
-    let wakes = d.processes.wakes(session, Some(SHOWN)).await?;
+    let mut wakes = d.processes.wakes(session, Some(SHOWN + 1)).await?;
+    let wakes_more = wakes.len() > SHOWN;
+    wakes.truncate(SHOWN);
     let sid = encode_path(session);
+    let q = encode_path(session);
+    // The whole list, newest first and paged, is the processes page's lens.
+    let all = |lens: &str, n: usize, more: bool| {
+        html! {
+            @if more {
+                p.hint.more { "The first " (n) " by id. "
+                    a href={ "/ui/processes?status=any&lens=" (lens) "&session=" (q) } { "All of them, newest first" } }
+            }
+        }
+    };
+    let count = |n: usize, more: bool| if more { format!("(first {n})") } else { format!("({n})") };
     Ok(html! {
-        h2 { "Pending wakes " span.count { "(" (wakes.len()) ")" } }
+        h2 { "Pending wakes " span.count { (count(wakes.len(), wakes_more)) } }
+        @if wakes_more { p.hint.more { "The oldest " (SHOWN) "; acknowledging them shows the next." } }
         @if wakes.is_empty() { p.empty { "No pending wake." } } @else {
             div.tablewrap { table.wakes {
                 thead { tr { th { "Wake" } th { "Process" } th { "Event" } th { "Input" } th { "Created" } th {} } }
@@ -118,12 +140,14 @@ async fn section(d: &crate::Inner, viewer: &Viewer, session: &str) -> cairn_core
                 }
             } }
         }
-        h2 { "Granted to " code { (session) } " " span.count { "(" (granted.len()) ")" } }
+        h2 { "Granted to " code { (session) } " " span.count { (count(granted.len(), granted_more)) } }
         p.hint { "What the session may address (the security lens)." }
+        (all("granted_to", granted.len(), granted_more))
         (records(granted.iter().map(|g| (&g.process, g.grant.descriptor.label.as_deref()))))
-        @if let Some(originated) = &originated {
-            h2 { "Originated by " code { (session) } " " span.count { "(" (originated.len()) ")" } }
+        @if let Some((originated, more)) = &originated {
+            h2 { "Originated by " code { (session) } " " span.count { (count(originated.len(), *more)) } }
             p.hint { "What the session created, even if its grant moved (the provenance lens)." }
+            (all("originated_by", originated.len(), *more))
             (records(originated.iter().map(|r| (r, None))))
         }
     })

@@ -1041,3 +1041,35 @@ async fn live_lists_hear_grants_move_and_sessions_go() {
     let (_, html, _) = get(&app, "/ui/list/rows", cookie).await;
     assert!(listed(&html).is_empty(), "{html}");
 }
+
+/// A session page shows at most 200 rows a list; past that it says so and
+/// links to the whole list, newest first, instead of cutting it silently.
+#[tokio::test]
+async fn a_long_session_list_says_it_is_cut_and_links_to_all() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    for i in 0..201 {
+        let start = StartRequest::external(format!("g{i}"), json!({}))
+            .with_grant(SessionScope::session("big s"), GrantDescriptor::default());
+        p.start(start).await.unwrap();
+    }
+    p.start(
+        StartRequest::external("one", json!({})).with_grant(SessionScope::session("small"), GrantDescriptor::default()),
+    )
+    .await
+    .unwrap();
+    let app = app(&p, true);
+    let (status, html, _) = get(&app, "/ui/sessions?session=big%20s", None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert_eq!(listed(&html).len(), 200);
+    assert!(html.contains("(first 200)"), "{html}");
+    let (status, all, _) = get(&app, "/ui/processes?status=any&lens=granted_to&session=big%20s", None).await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    assert!(
+        html.contains("href=\"/ui/processes?status=any&amp;lens=granted_to&amp;session=big%20s\""),
+        "{html}"
+    );
+    let (_, html, _) = get(&app, "/ui/sessions?session=small", None).await;
+    assert_eq!(listed(&html), vec!["one"]);
+    assert!(html.contains("(1)") && !html.contains("All of them"), "{html}");
+}
