@@ -162,17 +162,18 @@ pub(crate) struct Step {
     /// The function itself returned or threw (not a limit, a refused call or
     /// the engine): the calls it left pending are still made.
     pub(crate) settled: bool,
-    /// The script has seen `ctx.cancelled` true (or its calls rejected
-    /// `cancelled`): however it ends, it ends cancelled.
+    /// The script has seen `ctx.cancelled` true: however it ends, it ends
+    /// cancelled.
     pub(crate) saw_cancel: bool,
 }
 
-/// The driver's answer to a step.
+/// The driver's answer to a step: the results (`{n, value}` or `{n,
+/// error}`) of pending calls, in the order it journaled them. A
+/// cancellation is told this way too: each pending wait rejects `cancelled`
+/// (a journaled result like any other, so a replay delivers it in the same
+/// batch and order), while a call that does not wait is made as usual.
 pub(crate) enum Reply {
-    /// Results (`{n, value}` or `{n, error}`) of pending calls.
     Answers(Vec<(u64, Value)>),
-    /// The process was cancelled: reject every pending call with `cancelled`.
-    Cancel(String),
 }
 
 pub(crate) struct Setup {
@@ -193,6 +194,136 @@ fn call_kind(call: &Value) -> &str {
 /// performed by the driver.
 fn is_sync(kind: &str) -> bool {
     matches!(kind, "now" | "random" | "uuid")
+}
+
+/// A new value for a call answered at once (`now` is `now_ms`).
+fn fresh(kind: &str, now_ms: u64) -> Value {
+    match kind {
+        "now" => json!(now_ms),
+        // 53 random bits as a float in [0, 1), like Math.random; the uuid
+        // crate's generator is already here, so no other one is pulled in.
+        "random" => json!((uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64),
+        _ => json!(uuid::Uuid::new_v4().to_string()),
+    }
+}
+
+/// Build the script context in `ctx` with the prelude: the globals every
+/// evaluation of a module runs with (the journaled `Date` and
+/// `Math.random`, `console`, no `performance`), at store time as at run
+/// time, and the handle the runner drives an activation with.
+fn prelude<'js>(
+    ctx: &Ctx<'js>,
+    native: Function<'js>,
+    process_id: &str,
+    args: &Value,
+) -> rquickjs::Result<Object<'js>> {
+    let factory: Function = ctx.eval(PRELUDE)?;
+    let js_args = ctx.json_parse(args.to_string())?;
+    factory.call((native, process_id, js_args))
+}
+
+/// The context calls of a module's top level at store time, when no
+/// process runs it: the clock and randomness answer fresh values, as a
+/// first run would, and `console` lines are dropped (nothing is written
+/// anywhere). The top level has no `ctx`, so nothing else is asked.
+fn loading_native(kind: String, _payload: String) -> String {
+    match kind.as_str() {
+        "now" | "random" | "uuid" => {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            json!({ "sync": fresh(&kind, now_ms) }).to_string()
+        }
+        "log" => "{}".into(),
+        "cancelled" => "false".into(),
+        other => {
+            let message = format!("ctx.{other} cannot be called while the module loads");
+            json!({"error": {"class": "cairn", "code": "invalid_request", "message": message}}).to_string()
+        }
+    }
+}
+
+thread_local! {
+    /// The specifier of the last import this thread's engine refused.
+    static REFUSED_IMPORT: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Why an import of `specifier` fails.
+fn import_refused(specifier: &str) -> String {
+    format!(
+        "scripts cannot import modules (SPEC §14), and this one imports {}",
+        Value::String(specifier.to_string())
+    )
+}
+
+/// The runtime's module resolver and loader: scripts have no imports, so
+/// every import (a static one when the module is compiled, `import()` when it
+/// runs) throws a `ReferenceError` saying so and naming the specifier, rather
+/// than the engine's "could not load module".
+struct NoImports;
+
+impl NoImports {
+    fn refuse(ctx: &Ctx<'_>, specifier: &str) -> rquickjs::Error {
+        REFUSED_IMPORT.with(|r| *r.borrow_mut() = Some(specifier.to_string()));
+        rquickjs::Exception::throw_reference(ctx, &import_refused(specifier))
+    }
+}
+
+impl rquickjs::loader::Resolver for NoImports {
+    fn resolve<'js>(
+        &mut self,
+        ctx: &Ctx<'js>,
+        _base: &str,
+        name: &str,
+        _attributes: Option<rquickjs::loader::ImportAttributes<'js>>,
+    ) -> rquickjs::Result<String> {
+        Err(Self::refuse(ctx, name))
+    }
+}
+
+impl rquickjs::loader::Loader for NoImports {
+    fn load<'js>(
+        &mut self,
+        ctx: &Ctx<'js>,
+        name: &str,
+        _attributes: Option<rquickjs::loader::ImportAttributes<'js>>,
+    ) -> rquickjs::Result<Module<'js, rquickjs::module::Declared>> {
+        Err(Self::refuse(ctx, name))
+    }
+}
+
+/// Where the import of `specifier` that QuickJS refused first is in
+/// `source` (1-based line and byte column of its opening quote), found
+/// without parsing JavaScript here: each place the quoted specifier is
+/// written, in order, is replaced by another name and the module compiled
+/// again; the first whose new name the engine then refuses is the import
+/// (one in a comment or a string changes nothing). Only the first few
+/// places are tried.
+fn import_at(rt: &Runtime, source: &str, specifier: &str) -> Option<(u64, u64)> {
+    const TRIES: usize = 16;
+    let probe = format!("cairn-import-probe-{}", uuid::Uuid::new_v4().simple());
+    let mut places: Vec<usize> = Vec::new();
+    for q in ['"', '\''] {
+        let quoted = format!("{q}{specifier}{q}");
+        places.extend(source.match_indices(&quoted).map(|(at, _)| at));
+    }
+    places.sort_unstable();
+    places.into_iter().take(TRIES).find_map(|at| {
+        let inner = at + 1;
+        let probed = format!("{}{probe}{}", &source[..inner], &source[inner + specifier.len()..]);
+        let context = Context::full(rt).ok()?;
+        REFUSED_IMPORT.with(|r| r.borrow_mut().take());
+        let refused = context.with(|ctx| {
+            let _ = Module::declare(ctx.clone(), MODULE_NAME, probed);
+            let _ = ctx.catch();
+            REFUSED_IMPORT.with(|r| r.borrow_mut().take())
+        });
+        (refused.as_deref() == Some(probe.as_str())).then(|| {
+            let line = source[..at].matches('\n').count() as u64 + 1;
+            let start = source[..at].rfind('\n').map_or(0, |n| n + 1);
+            (line, (at - start) as u64 + 1)
+        })
+    })
 }
 
 struct State {
@@ -231,13 +362,7 @@ impl State {
     }
 
     fn fresh(&self, kind: &str) -> Value {
-        match kind {
-            "now" => json!(self.ctx.now_ms()),
-            // 53 random bits as a float in [0, 1), like Math.random; the uuid
-            // crate's generator is already here, so no other one is pulled in.
-            "random" => json!((uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64),
-            _ => json!(uuid::Uuid::new_v4().to_string()),
-        }
+        fresh(kind, self.ctx.now_ms())
     }
 
     fn native(&mut self, kind: &str, payload: &str) -> String {
@@ -440,6 +565,7 @@ pub(crate) fn runtime(limits: &Limits, stop: Arc<AtomicU8>) -> Result<Runtime, S
     })
     .map_err(|e| e.to_string())?;
     rt.set_max_stack_size(1 << 20);
+    rt.set_loader(NoImports, NoImports);
     let started = thread_cpu();
     let cpu = limits.cpu;
     rt.set_interrupt_handler(Some(Box::new(move || {
@@ -543,7 +669,11 @@ pub(crate) fn exports(limits: &Limits, source: &str) -> Result<Vec<String>, (boo
     let fail = |m: String| (false, json!({"code": "script_engine", "message": m, "stack": null}));
     let rt = runtime(limits, stop.clone()).map_err(fail)?;
     let context = Context::full(&rt).map_err(|e| fail(e.to_string()))?;
+    REFUSED_IMPORT.with(|r| r.borrow_mut().take());
     let answer = context.with(|ctx| {
+        // The module loads with the globals an activation gives it.
+        let native = Function::new(ctx.clone(), loading_native).map_err(|e| fail(e.to_string()))?;
+        prelude(&ctx, native, "", &Value::Null).map_err(|e| fail(e.to_string()))?;
         let declared = Module::declare(ctx.clone(), MODULE_NAME, source).map_err(|_| (true, caught(&ctx, None)))?;
         let (module, promise) = declared.eval().map_err(|_| (false, caught(&ctx, None)))?;
         run_jobs(&ctx);
@@ -573,6 +703,19 @@ pub(crate) fn exports(limits: &Limits, source: &str) -> Result<Vec<String>, (boo
         names.sort();
         Ok(names)
     });
+    // A refused import is named where it is, which the engine does not say
+    // (found once this context is done with: the runtime runs one at a time).
+    let refused = REFUSED_IMPORT.with(|r| r.borrow_mut().take());
+    let answer = match (answer, refused) {
+        (Err((true, mut err)), Some(specifier)) => {
+            if let (Some((line, column)), Some(m)) = (import_at(&rt, source, &specifier), err.as_object_mut()) {
+                m.insert("line".into(), json!(line));
+                m.insert("column".into(), json!(column));
+            }
+            Err((true, err))
+        }
+        (answer, _) => answer,
+    };
     // A top level stopped by a limit says which one, not where it stopped.
     let limit = match stop.load(Ordering::SeqCst) {
         CPU => Some(format!(
@@ -651,10 +794,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
             })
         };
         let setup = (|| -> rquickjs::Result<(Object<'_>, Object<'_>)> {
-            let native = native?;
-            let factory: Function = ctx.eval(PRELUDE)?;
-            let js_args = ctx.json_parse(args.to_string())?;
-            let api: Object = factory.call((native, process_id.as_str(), js_args))?;
+            let api = prelude(&ctx, native?, process_id.as_str(), &args)?;
             let declared = Module::declare(ctx.clone(), MODULE_NAME, source.as_str())?;
             let (module, promise) = declared.eval()?;
             run_jobs(&ctx);
@@ -770,18 +910,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
                 return;
             }
             let Ok(reply) = replies.recv() else { return };
-            let answers = match reply {
-                Reply::Answers(a) => a,
-                Reply::Cancel(message) => {
-                    let mut s = state.borrow_mut();
-                    s.cancelled = true;
-                    let error = json!({"class": "cairn", "code": "cancelled", "message": message});
-                    std::mem::take(&mut s.pending)
-                        .into_keys()
-                        .map(|n| (n, json!({"n": n, "error": error})))
-                        .collect()
-                }
-            };
+            let Reply::Answers(answers) = reply;
             for (n, result) in answers {
                 state.borrow_mut().pending.remove(&n);
                 if deliver.call::<_, ()>((n, result.to_string())).is_err() {

@@ -3,8 +3,10 @@
 //! [`QuickJs`] is a [`cairn_core::ScriptEngine`]: it compiles modules to
 //! learn their exports and runs one activation of a `script` process at a
 //! time. An activation is a fresh runtime and context on a thread of its own
-//! (QuickJS is single-threaded and not `Send`): no module loader, no timers, no
-//! network or file system, a heap limit and a CPU-time interrupt. The function
+//! (QuickJS is single-threaded and not `Send`): no module loader (an import
+//! fails, saying scripts have none), no timers, no network or file system, a
+//! heap limit and a CPU-time interrupt. A module is stored only if its top
+//! level loads with the globals an activation gives it. The function
 //! runs from the top; each context call is numbered, and a call the journal
 //! (the `script.call` / `script.result` events of the log) already holds is
 //! answered from it, so a finished effect never happens twice. New calls are
@@ -222,6 +224,8 @@ impl cairn_core::ScriptEngine for QuickJs {
         let mut answered = HashSet::new();
         let mut signal_calls: HashMap<u64, String> = HashMap::new();
         let mut taken: HashMap<String, u64> = HashMap::new();
+        // The message of a cancellation an earlier activation told the script.
+        let mut told: Option<String> = None;
         for e in &log {
             let n = e.payload.get("n").and_then(Value::as_u64);
             match (e.event_type.as_str(), n) {
@@ -233,6 +237,9 @@ impl cairn_core::ScriptEngine for QuickJs {
                 }
                 (SCRIPT_RESULT, Some(n)) => {
                     answered.insert(n);
+                    if let Some(message) = e.payload.get("cancelled").and_then(Value::as_str) {
+                        told.get_or_insert_with(|| message.to_string());
+                    }
                     // A result that took a signal says which; one journaled
                     // before results said so took one if it has a value.
                     let took = match e.payload.get("signal") {
@@ -250,7 +257,9 @@ impl cairn_core::ScriptEngine for QuickJs {
             ctx: &ctx,
             steps: step_rx,
             replies: reply_tx,
-            cancelled: None,
+            // A script told of its cancellation before stays told: however
+            // its replay ends, it ends cancelled, as the told run would have.
+            cancelled: told,
             called_at,
             answered,
             taken,
@@ -377,15 +386,20 @@ impl Driver<'_> {
                     (_, o) => o,
                 };
             }
-            if let Some(message) = self.cancel_message() {
-                if self.cancelled.is_none() {
-                    self.cancelled = Some(message.clone());
-                    if self.replies.send(Reply::Cancel(message)).is_err() {
-                        return self.stopped_outcome();
-                    }
-                    continue;
+            // A cancellation is told to the script at this step: the waits
+            // it has pending reject `cancelled` below, while the calls that
+            // do not wait (an `emit` it made in synchronous code after
+            // `ctx.cancelled` turned true, say) are made as any other.
+            // The results of the step that tells it say so (`cancelled`, the
+            // message): a replay that reaches the end from the journal alone
+            // still ends cancelled, as this run would.
+            let told = match &self.cancelled {
+                None => {
+                    self.cancelled = self.cancel_message();
+                    self.cancelled.clone()
                 }
-            }
+                Some(_) => None,
+            };
             let mut answers: Vec<(u64, Value)> = refused.iter().map(|(n, e)| (*n, error_result(*n, e))).collect();
             let pending: Vec<(u64, Value)> = step
                 .pending
@@ -415,7 +429,18 @@ impl Driver<'_> {
                     answers.push((*n, error_result(*n, &e)));
                 }
             }
-            if answers.is_empty() {
+            if let Some(message) = &self.cancelled {
+                // A cancelled script waits for nothing: each pending wait
+                // rejects `cancelled` now, journaled in the same batch as the
+                // calls made beside it, so a replay delivers them together
+                // and in the same order.
+                let e = json!({"class": "cairn", "code": "cancelled", "message": message});
+                for (n, _) in pending.iter().filter(|(_, c)| is_wait(kind(c))) {
+                    if !answers.iter().any(|(a, _)| a == n) {
+                        answers.push((*n, json!({"n": n, "error": e})));
+                    }
+                }
+            } else if answers.is_empty() {
                 match self.race(&pending).await {
                     Ok(results) => answers.extend(results),
                     Err(Held::Stopped) => {
@@ -434,6 +459,9 @@ impl Driver<'_> {
                 let mut result = result.clone();
                 if let Some(m) = result.as_object_mut() {
                     m.insert("batch".into(), json!(batch));
+                    if let Some(message) = &told {
+                        m.insert("cancelled".into(), json!(message));
+                    }
                 }
                 if let Err(e) = self.journal(Entry::Result(*n, result)).await {
                     return Outcome::failure("runtime", e.code(), e.to_string());
@@ -620,10 +648,6 @@ impl Driver<'_> {
     /// only timers are pending, for the earliest of them.
     async fn race(&mut self, pending: &[(u64, Value)]) -> std::result::Result<Vec<(u64, Value)>, Held> {
         let waits: Vec<&(u64, Value)> = pending.iter().filter(|(_, c)| is_wait(kind(c))).collect();
-        if let Some(message) = &self.cancelled {
-            let e = json!({"class": "cairn", "code": "cancelled", "message": message});
-            return Ok(waits.iter().map(|(n, _)| (*n, json!({"n": n, "error": e}))).collect());
-        }
         // Each timer's due time and each signal's own deadline; a bad
         // duration or signal name rejects its call now.
         let mut answers = Vec::new();

@@ -94,6 +94,96 @@ async fn a_syntax_error_names_line_and_column() {
     assert!(p.list_modules(None, None).await.unwrap().is_empty(), "nothing stored");
 }
 
+/// A module's top level is judged at store time with the globals it runs
+/// with: `console` is there (a line written at store time goes nowhere; at
+/// run time it is a `script.log` line), the journaled `Date.now()` and
+/// `Math.random()` answer, and `performance`, which no activation has, is
+/// refused at store rather than failing every start.
+#[tokio::test]
+async fn a_module_is_stored_with_the_globals_it_runs_with() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"console.log("loaded");
+        const t = Date.now(), r = Math.random();
+        export async function f(ctx) { return [typeof t, typeof r, typeof performance]; }"#,
+    )
+    .await;
+    let rec = run(&p, script("globals", &m, "f", json!({}))).await;
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::success(json!(["number", "number", "undefined"])))
+    );
+    let logs: Vec<Value> = events(&p, "globals", "script.log")
+        .await
+        .into_iter()
+        .map(|l| l["message"].clone())
+        .collect();
+    assert_eq!(logs, [json!("loaded")], "the run's line only");
+    let err = p
+        .put_module(
+            "const t0 = performance.now();\nexport async function f(ctx) { return 1; }".into(),
+            None,
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), "invalid_module");
+    assert!(
+        err.to_string()
+            .contains("performance is not defined at line 1, column 12"),
+        "{err}"
+    );
+    assert_eq!(
+        p.list_modules(None, None).await.unwrap().len(),
+        1,
+        "only the first stored"
+    );
+}
+
+/// Scripts have no `import` (SPEC §14): a static import is refused at store
+/// naming its specifier and where it is (not a mention in a comment or a
+/// string), and `import()` fails at run time saying the same.
+#[tokio::test]
+async fn imports_are_refused_saying_scripts_have_none() {
+    let p = runtime(Limits::default());
+    for (source, at) in [
+        ("import x from \"y\"; export async function f() {}", "line 1, column 15"),
+        (
+            "// import x from \"y\"\nconst s = 'from \"y\"';\n  import {x} from \"y\";\nexport async function f() {}",
+            "line 3, column 19",
+        ),
+        ("export * from 'y';\nexport async function f() {}", "line 1, column 15"),
+    ] {
+        let err = p.put_module(source.into(), None).await.expect_err("an import");
+        assert_eq!(err.code(), "invalid_module", "{source}");
+        let said = err.to_string();
+        assert!(
+            said.contains("scripts cannot import modules (SPEC §14), and this one imports \"y\""),
+            "{said}"
+        );
+        assert!(said.ends_with(at), "{source}: {said}");
+    }
+    assert!(p.list_modules(None, None).await.unwrap().is_empty(), "nothing stored");
+    let m = put(
+        &p,
+        r#"export async function caught(ctx) {
+            try { await import("y"); } catch (e) { return e.message; }
+        }
+        export async function uncaught(ctx) { return await import("y"); }"#,
+    )
+    .await;
+    let refused = "scripts cannot import modules (SPEC §14), and this one imports \"y\"";
+    let rec = run(&p, script("imp1", &m, "caught", json!({}))).await;
+    assert_eq!(rec.outcome, Some(Outcome::success(json!(refused))));
+    let rec = run(&p, script("imp2", &m, "uncaught", json!({}))).await;
+    match rec.outcome {
+        Some(Outcome::Failure { class, message, .. }) => {
+            assert_eq!((class.as_str(), message.as_str()), ("script", refused));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn exports_are_the_exported_functions() {
     let p = runtime(Limits::default());
@@ -1452,6 +1542,154 @@ async fn ctx_cancelled_is_live_in_a_synchronous_loop() {
     p.cancel("busy", Some("enough".into())).await.expect("cancel");
     let rec = p.await_output("busy", Duration::from_secs(20)).await.expect("awaited");
     assert_eq!(rec.outcome, Some(Outcome::cancelled("enough")), "{rec:?}");
+}
+
+/// A cancellation seen while the script is busy in synchronous code lets its
+/// cleanup append: the `ctx.emit` it then makes appends its event and
+/// resolves, `ctx.log` writes, while a wait (`ctx.sleep`) rejects
+/// `cancelled` at once; the script still ends `cancelled`.
+#[tokio::test]
+async fn a_cleanup_after_a_cancel_seen_while_busy_emits_and_its_waits_reject() {
+    let p = runtime(Limits {
+        cpu: Duration::from_secs(30),
+        ..Limits::default()
+    });
+    let m = put(
+        &p,
+        r#"export async function poll2(ctx) {
+            await ctx.emit("looping", {});
+            while (!ctx.cancelled) {}
+            try {
+                await ctx.emit("progress", {cleanup: true});
+                ctx.log("emit ok");
+            } catch (e) {
+                ctx.log("emit rejected:", e.code);
+            }
+            try {
+                await ctx.sleep(60000);
+                ctx.log("slept");
+            } catch (e) {
+                ctx.log("sleep rejected:", e.code);
+            }
+            return "after";
+        }"#,
+    )
+    .await;
+    let req = script("poll2", &m, "poll2", json!({}))
+        .with_event_type(cairn_core::EventType::plain("looping"))
+        .with_event_type(cairn_core::EventType::plain("progress"));
+    p.start(req).await.expect("started");
+    p.await_event("poll2", "looping", 0, Duration::from_secs(10))
+        .await
+        .expect("looping");
+    p.cancel("poll2", Some("enough".into())).await.expect("cancel");
+    let rec = p.await_output("poll2", Duration::from_secs(20)).await.expect("awaited");
+    assert_eq!(rec.outcome, Some(Outcome::cancelled("enough")), "{rec:?}");
+    assert_eq!(events(&p, "poll2", "progress").await, [json!({"cleanup": true})]);
+    let logs: Vec<Value> = events(&p, "poll2", "script.log")
+        .await
+        .into_iter()
+        .map(|l| l["message"].clone())
+        .collect();
+    assert_eq!(logs, [json!("emit ok"), json!("sleep rejected: cancelled")]);
+}
+
+/// Busy until its cancellation in its first activation only (`args.first`,
+/// which the engine below sets): a replay runs straight through from the
+/// journal, as a script that never polled `ctx.cancelled` would. Then an
+/// emit and a wait made together race, and the winner is emitted.
+const TIDY: &str = r#"export async function tidy(ctx, args) {
+    await ctx.emit("looping", {});
+    if (args.first) while (!ctx.cancelled) {}
+    const winner = await Promise.race([
+        ctx.emit("progress", {cleanup: true}).then(() => "emitted"),
+        ctx.sleep(60000).then(() => "slept", (e) => "sleep " + e.code),
+    ]);
+    await ctx.emit("done", {winner});
+    if (args.first) for (;;) {}
+    return winner;
+}"#;
+
+/// An engine whose first activation runs with `args.first` and, once its
+/// `done` event is written, loses its lease (as a crash's lease expiry
+/// would) and returns: a later claim replays the script from the log.
+struct CrashWhenDone {
+    inner: QuickJs,
+    processes: Arc<std::sync::OnceLock<Processes>>,
+    crashed: std::sync::atomic::AtomicBool,
+}
+
+#[cairn_core::async_trait]
+impl cairn_core::ScriptEngine for CrashWhenDone {
+    fn exports(&self, source: &str) -> cairn_core::Result<Vec<String>> {
+        self.inner.exports(source)
+    }
+
+    async fn run(
+        &self,
+        ctx: cairn_core::ToolContext,
+        module: cairn_core::Module,
+        name: String,
+        mut args: Value,
+    ) -> Outcome {
+        if self.crashed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return self.inner.run(ctx, module, name, args).await;
+        }
+        args["first"] = json!(true);
+        let p = self.processes.get().expect("the runtime is set").clone();
+        let id = ctx.process_id().to_string();
+        tokio::select! {
+            o = self.inner.run(ctx.clone(), module, name, args) => o,
+            e = p.await_event(&id, "done", 0, Duration::from_secs(10)) => {
+                e.expect("the cleanup emitted done");
+                assert!(p.registry().release(&ctx.lease()).await.expect("released"));
+                Outcome::failure("test", "crashed", "the run went away after its cleanup")
+            }
+        }
+    }
+}
+
+/// The calls a script makes together once it saw its cancellation are
+/// answered together: the emit appends, the wait rejects `cancelled`, both
+/// journaled, so a replay after a crash delivers them in the same order (the
+/// race has the same winner, no `nondeterminism`), appends nothing twice,
+/// and ends `cancelled` though the replay itself never saw the cancellation.
+#[tokio::test]
+async fn a_cleanup_after_a_cancel_seen_while_busy_replays_the_same_across_a_crash() {
+    let engine = Arc::new(CrashWhenDone {
+        inner: QuickJs::new(Limits {
+            cpu: Duration::from_secs(30),
+            ..Limits::default()
+        }),
+        processes: Default::default(),
+        crashed: Default::default(),
+    });
+    let p = Processes::builder(Arc::new(MemoryRegistry::new()))
+        .script_engine(engine.clone())
+        .start();
+    engine.processes.set(p.clone()).ok().expect("set once");
+    let m = put(&p, TIDY).await;
+    let mut req = script("tidy", &m, "tidy", json!({}));
+    for t in ["looping", "progress", "done"] {
+        req = req.with_event_type(cairn_core::EventType::plain(t));
+    }
+    p.start(req).await.expect("started");
+    p.await_event("tidy", "looping", 0, Duration::from_secs(10))
+        .await
+        .expect("looping");
+    p.cancel("tidy", Some("enough".into())).await.expect("cancel");
+    let rec = p.await_output("tidy", Duration::from_secs(20)).await.expect("awaited");
+    assert_eq!(rec.outcome, Some(Outcome::cancelled("enough")), "{rec:?}");
+    assert_eq!(events(&p, "tidy", "progress").await, [json!({"cleanup": true})]);
+    assert_eq!(events(&p, "tidy", "done").await, [json!({"winner": "emitted"})]);
+    let results = events(&p, "tidy", "script.result").await;
+    let slept = results.iter().find(|r| r["n"] == json!(3)).expect("the sleep's result");
+    assert_eq!(slept["error"]["code"], json!("cancelled"), "{results:?}");
+    assert_eq!(
+        events(&p, "tidy", "process.started").await.len(),
+        2,
+        "the first run, cut short after its cleanup, and the replay"
+    );
 }
 
 /// `console.log` and its kin write `script.log` lines as `ctx.log` does,

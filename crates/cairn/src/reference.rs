@@ -309,7 +309,8 @@ fn event_meaning(name: &str) -> &'static str {
         }
         cairn_core::script::SCRIPT_RESULT => {
             "the answer of script call `n`: `{n, value}` or `{n, error: {class, code, message}}`, with \
-             `batch` (the answers delivered together) and, for a `waitSignal`, `signal` (the ordinal it took)"
+             `batch` (the answers delivered together), for a `waitSignal` `signal` (the ordinal it took), and \
+             on the results of the step that told the script of its cancellation `cancelled` (the message)"
         }
         cairn_core::script::SCRIPT_LOG => {
             "a script's `ctx.log(...)` line: `{message, ordinal}` (written once, not again on replay)"
