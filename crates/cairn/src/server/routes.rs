@@ -233,7 +233,7 @@ fn id_taken(id: &str) -> ApiError {
     request_body = StartRequest,
     responses(
         (status = 201, description = "Created: the process record", body = ProcessRecord),
-        (status = 200, description = "The same start repeated: the existing record", body = ProcessRecord),
+        (status = 200, description = "The same start repeated (the registration hash, which leaves out `grant`, matches): the existing record; the repeat's `grant` is not applied, grants move with `/v1/grants/transfer`", body = ProcessRecord),
         (status = 400, description = "Malformed or invalid request", body = ErrorSchema),
         (status = 404, description = "unknown_tool, unknown_model or unknown_env", body = ErrorSchema),
         (status = 409, description = "registration_conflict", body = ErrorSchema),
