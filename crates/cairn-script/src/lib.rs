@@ -838,32 +838,35 @@ fn millis(given: Option<&Value>, what: &str) -> Result<u64> {
 
 /// The results of the calls whose child ended (`tool` and `turn` reject
 /// unless it succeeded; `wait` never rejects), from the children's records in
-/// the order of the calls.
+/// the order of the calls. A rejection keeps the child's `class` and `code`
+/// and names the child, in its message and its `process_id`: journaled so, a
+/// replay rejects with the very error the first run had.
 fn child_answers(calls: &[(u64, Value)], records: Vec<cairn_core::ProcessRecord>) -> Vec<(u64, Value)> {
     let mut answers = Vec::new();
     for ((n, call), record) in calls.iter().zip(records) {
         let Some(outcome) = record.outcome else { continue };
-        let result = if kind(call) == "wait" {
-            json!({"n": n, "value": outcome})
-        } else {
-            match outcome {
-                Outcome::Success { value } => json!({"n": n, "value": value}),
-                Outcome::Failure {
-                    class, code, message, ..
-                } => {
-                    json!({"n": n, "error": {"class": class, "code": code, "message": message}})
-                }
-                Outcome::Cancelled { message, .. } => {
-                    json!({"n": n, "error": {"class": "cairn", "code": "cancelled", "message": message}})
-                }
-                Outcome::Abandoned { .. } => json!({"n": n, "error": {
-                    "class": "cairn", "code": "abandoned", "message": format!("child `{}` was abandoned", record.id)
-                }}),
+        let id = record.id.as_str();
+        let result = match outcome {
+            outcome if kind(call) == "wait" => json!({"n": n, "value": outcome}),
+            Outcome::Success { value } => json!({"n": n, "value": value}),
+            Outcome::Failure {
+                class, code, message, ..
+            } => child_error(*n, id, &class, &code, &format!("failed: {message}")),
+            Outcome::Cancelled { message, .. } => {
+                child_error(*n, id, "cairn", "cancelled", &format!("was cancelled: {message}"))
             }
+            Outcome::Abandoned { .. } => child_error(*n, id, "cairn", "abandoned", "was abandoned"),
         };
         answers.push((*n, result));
     }
     answers
+}
+
+/// The rejection of call `n` by its child `id`, which `what` (`failed: ...`).
+fn child_error(n: u64, id: &str, class: &str, code: &str, what: &str) -> Value {
+    json!({"n": n, "error": {
+        "class": class, "code": code, "message": format!("child `{id}` {what}"), "process_id": id
+    }})
 }
 
 /// The rejections of the pending `ctx.wait` calls that `error` (of a wait

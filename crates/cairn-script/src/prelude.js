@@ -6,20 +6,74 @@
   "use strict";
   const pending = new Map();
   let outcome = null;
+  // The engine's own, whatever a script later makes of the global `Error`.
+  const EngineError = Error;
+  // Where a stack frame of this prelude points (QuickJS names it so).
+  const PRELUDE_FRAME = "(eval_script:";
 
-  function fail(err) {
-    const e = new Error(err.message);
+  // An engine Error without the script's `Error.prepareStackTrace`: a
+  // context call runs no script code, and its stack is in the engine's own
+  // format (the one a failure's `raw.stack` holds).
+  function engineError(message) {
+    let prepare;
+    try {
+      prepare = EngineError.prepareStackTrace;
+    } catch (_) {
+      prepare = undefined;
+    }
+    if (typeof prepare !== "function") return new EngineError(message);
+    try {
+      EngineError.prepareStackTrace = undefined;
+      return new EngineError(message);
+    } finally {
+      EngineError.prepareStackTrace = prepare;
+    }
+  }
+
+  // The stack where a call is made: the script's frames of the call (its
+  // await site), which an answer delivered later, from no frame of the
+  // script, has nowhere else. Not journaled: a replay runs the same code and
+  // captures the same stack.
+  function callSite() {
+    try {
+      const stack = engineError().stack;
+      return typeof stack === "string" ? stack : undefined;
+    } catch (_) {
+      return undefined;
+    }
+  }
+
+  // A call's rejection: an Error with the answer's `class`, `code` and
+  // `message`, for a child's failure its `process_id`, and the stack of the
+  // call (`site`, else where it is made now) without this prelude's frames.
+  function fail(err, site) {
+    const e = engineError(err.message);
     e.class = err.class;
     e.code = err.code;
+    if (typeof err.process_id === "string") e.process_id = err.process_id;
+    const stack = site === undefined ? callSite() : site;
+    if (stack !== undefined) {
+      const own = stack
+        .split("\n")
+        .filter((l) => l.trim() !== "" && !l.includes(PRELUDE_FRAME))
+        .map((l) => l + "\n")
+        .join("");
+      Object.defineProperty(e, "stack", { value: own, writable: true, configurable: true });
+    }
     return e;
   }
 
+  // The clock and randomness are answered at once (`Date.now()` and
+  // `Math.random()` read them, maybe in a hot loop): no stack is taken.
+  const AT_ONCE = ["now", "random", "uuid"];
+
   function call(kind, payload) {
+    const site = AT_ONCE.includes(kind) ? undefined : callSite();
     const answer = JSON.parse(native(kind, JSON.stringify(payload === undefined ? {} : payload)));
     if ("sync" in answer) return answer.sync;
     if ("value" in answer) return Promise.resolve(answer.value);
-    if ("error" in answer) return Promise.reject(fail(answer.error));
-    return new Promise((resolve, reject) => pending.set(answer.pending, { resolve, reject }));
+    if ("error" in answer) return Promise.reject(fail(answer.error, site));
+    return new Promise((resolve, reject) => pending.set(answer.pending, { resolve, reject, site }));
   }
 
   // Options a call does not take are refused, not ignored: a misspelt
@@ -237,7 +291,7 @@
       if (!slot) return;
       pending.delete(n);
       const answer = JSON.parse(json);
-      if ("error" in answer) slot.reject(fail(answer.error));
+      if ("error" in answer) slot.reject(fail(answer.error, slot.site));
       else slot.resolve(answer.value);
     },
   };

@@ -1934,8 +1934,8 @@ async fn a_name_that_is_not_a_string_is_named_in_the_refusal() {
 }
 
 /// A failure's `raw.stack` shows the script's frames (and native ones it
-/// called through), never the engine's own prelude; a failure with no frame
-/// of the script (a tool call's error, thrown by the engine) carries no stack.
+/// called through), never the engine's own prelude; a context call's
+/// rejection, answered by the engine, shows the frames where it was called.
 #[tokio::test]
 async fn a_failure_stack_shows_only_the_scripts_frames() {
     let p = runtime(Limits::default());
@@ -1975,7 +1975,80 @@ async fn a_failure_stack_shows_only_the_scripts_frames() {
         matches!(&rec.outcome, Some(Outcome::Failure { code, .. }) if code == "unknown_tool"),
         "{rec:?}"
     );
-    assert_eq!(stack(&rec), None);
+    let s = stack(&rec).expect("a stack");
+    assert_eq!(
+        s.lines().map(str::trim).collect::<Vec<_>>(),
+        ["at tool (script.js:4:45)"],
+        "{s}"
+    );
+}
+
+/// A failed child the script does not catch fails it with the child's code,
+/// a message naming the child, and the stack of the call it awaited (the
+/// engine answers it after the await, from no frame of the script); the
+/// journaled answer names the child too, so a replay rejects alike. A
+/// script that catches it sees the same.
+#[tokio::test]
+async fn an_uncaught_failed_child_names_it_and_the_call_in_its_stack() {
+    let p = runtime_with_gate();
+    let m = put(
+        &p,
+        "export async function main(ctx) {\n\
+         \x20 await ctx.sleep(1);\n\
+         \x20 await ctx.tool('gate', {fail: 'exit_status'});\n\
+         \x20 return 1;\n\
+         }\n\
+         export async function caught(ctx) {\n\
+         \x20 try { await ctx.tool('gate', {fail: 'exit_status'}); }\n\
+         \x20 catch (e) { return [e.class, e.code, e.process_id, e.message, e.stack]; }\n\
+         }\n",
+    )
+    .await;
+    let rec = run(&p, script("uc", &m, "main", json!({}))).await;
+    let Some(Outcome::Failure {
+        class,
+        code,
+        message,
+        raw,
+    }) = &rec.outcome
+    else {
+        panic!("{rec:?}")
+    };
+    assert_eq!(
+        (class.as_str(), code.as_str(), message.as_str()),
+        ("script", "exit_status", "child `uc/2` failed: the gate refused")
+    );
+    let s = raw.as_ref().and_then(|r| r["stack"].as_str()).expect("a stack");
+    assert_eq!(
+        s.lines().map(str::trim).collect::<Vec<_>>(),
+        ["at main (script.js:3:13)"],
+        "{s}"
+    );
+    let results = events(&p, "uc", "script.result").await;
+    let failed = results.iter().find(|r| r["n"] == 2).expect("call 2's result");
+    assert_eq!(
+        failed["error"],
+        json!({
+            "class": "tool",
+            "code": "exit_status",
+            "message": "child `uc/2` failed: the gate refused",
+            "process_id": "uc/2"
+        }),
+        "{failed}"
+    );
+
+    let rec = run(&p, script("uc-caught", &m, "caught", json!({}))).await;
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::success(json!([
+            "tool",
+            "exit_status",
+            "uc-caught/1",
+            "child `uc-caught/1` failed: the gate refused",
+            "    at caught (script.js:7:19)\n"
+        ]))),
+        "{rec:?}"
+    );
 }
 
 /// A script past its journaled calls ends `journal_limit`, whether the call

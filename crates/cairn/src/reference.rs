@@ -308,7 +308,8 @@ fn event_meaning(name: &str) -> &'static str {
             "a script's journaled context call (script processes): `{n, kind, ...}`, the call's arguments"
         }
         cairn_core::script::SCRIPT_RESULT => {
-            "the answer of script call `n`: `{n, value}` or `{n, error: {class, code, message}}`, with \
+            "the answer of script call `n`: `{n, value}` or `{n, error: {class, code, message, process_id?}}` \
+             (`process_id`: the child whose failure, cancellation or abandonment rejects the call), with \
              `batch` (the answers delivered together), for a `waitSignal` `signal` (the ordinal it took), and \
              on the results of the step that told the script of its cancellation `cancelled` (the message)"
         }
