@@ -29,6 +29,8 @@ pub(crate) struct ListQuery {
     session: String,
     definition: String,
     originator: String,
+    /// A parent process: only the processes it started.
+    caused_by: String,
     created_from: String,
     created_before: String,
     /// Paging: `{created_at_ms}:{id}` of the last row of the previous page.
@@ -43,6 +45,15 @@ impl ListQuery {
             status: "any".into(),
             definition: definition.into(),
             size: size.map(|n| n.to_string()).unwrap_or_default(),
+            ..Self::default()
+        }
+    }
+
+    /// Every process `parent` started, in any status.
+    fn children_of(parent: &str) -> Self {
+        Self {
+            status: "any".into(),
+            caused_by: parent.into(),
             ..Self::default()
         }
     }
@@ -127,6 +138,10 @@ fn plan(q: &ListQuery, viewer: &Viewer) -> Result<Plan, CairnError> {
         if !value.trim().is_empty() {
             pairs.push((key, time::parse_bound(value).map_err(bad)?.to_string()));
         }
+    }
+    // Taken as given, as a session id is: an id may begin or end with a space.
+    if !q.caused_by.is_empty() {
+        pairs.push(("caused_by", q.caused_by.clone()));
     }
     // The same parser and checks as `GET /v1/processes`.
     let filter = ProcessFilter::from_query(pairs.iter().map(|(k, v)| (*k, v.as_str())))?;
@@ -294,6 +309,14 @@ pub(crate) fn definition_href(definition: &str) -> String {
     )
 }
 
+/// The list page of every process `parent` started, in any status.
+pub(crate) fn children_href(parent: &str) -> String {
+    format!(
+        "/ui/processes?{}",
+        serde_urlencoded_query(&ListQuery::children_of(parent))
+    )
+}
+
 /// `GET /ui/processes`: the whole page.
 pub(crate) async fn page(
     axum::extract::State(d): Shared,
@@ -340,6 +363,7 @@ fn serde_urlencoded_query(q: &ListQuery) -> String {
         ("session", &q.session),
         ("definition", &q.definition),
         ("originator", &q.originator),
+        ("caused_by", &q.caused_by),
         ("created_from", &q.created_from),
         ("created_before", &q.created_before),
         ("before", &q.before),
@@ -479,6 +503,9 @@ fn filters(q: &ListQuery, viewer: &Viewer) -> Markup {
             }
             label { span { "Originator" }
                 input type="text" name="originator" value=(q.originator) placeholder="host, session:s1" size="14";
+            }
+            label { span { "Parent process" }
+                input type="text" name="caused_by" value=(q.caused_by) placeholder="a process id" size="14";
             }
             label { span { "Created from (UTC)" }
                 input type="datetime-local" name="created_from" value=(bound(&q.created_from));

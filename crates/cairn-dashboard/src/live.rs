@@ -1,7 +1,8 @@
 //! Live updates over SSE: the list follows the change feed, a process page
 //! follows its log. Nothing in the browser re-fetches on a timer: a list
-//! re-renders when the server says something it may see changed, and a timeline
-//! grows by the events the server pushes.
+//! re-renders when the server says something it may see changed, a timeline
+//! grows by the events the server pushes, and a record re-renders when the
+//! server says so (after its events, and after a quiet [`FOLLOW_WAIT`]).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -30,6 +31,10 @@ use crate::{pages, process, Inner, Shared};
 /// and that waiter must be the worker's driver.)
 const FALLBACK_READ: Duration = Duration::from_secs(5);
 /// How long one follow of a process log waits before checking the record.
+/// While the process runs, a follow that hears nothing in this time sends a
+/// `record` notice anyway: a lease renewal, or a child started or ended,
+/// changes what the page shows without appending to this process's log.
+/// One record read (and one fragment render) per open page per wait.
 const FOLLOW_WAIT: Duration = Duration::from_secs(15);
 /// Most changed ids a session viewer's stream checks for visibility per batch.
 const VISIBILITY_CHECKS: usize = 64;
@@ -240,7 +245,8 @@ struct Follow {
     id: String,
     after: u64,
     pending: VecDeque<ProcessEvent>,
-    /// A page of events was sent: send `record` once they are out.
+    /// A page of events was sent, or a quiet [`FOLLOW_WAIT`] passed: send
+    /// `record` once the events are out.
     record_due: bool,
     /// After the terminal event: send `end`, then stop.
     ending: bool,
@@ -250,8 +256,10 @@ struct Follow {
 /// `GET /ui/processes/{id}/live`: the log as SSE, history first, then live.
 /// Each event is a `timeline` event whose data is the rendered entry and whose
 /// id is its sequence (so a reconnect resumes with `Last-Event-ID`); each page
-/// of events is followed by a `record` event (the record panel re-renders);
-/// after the terminal event an `end` event tells the page to close the stream.
+/// of events is followed by a `record` event (the record panel re-renders), as
+/// is every [`FOLLOW_WAIT`] without events while the process runs (its lease
+/// and children change without an event of its own); after the terminal event
+/// an `end` event tells the page to close the stream.
 pub(crate) async fn process_stream(
     axum::extract::State(d): Shared,
     Extension(visitor): Extension<Visitor>,
@@ -323,6 +331,10 @@ fn timeline(follow: Follow) -> impl Stream<Item = Result<Event, Infallible>> {
                 Ok(page) if page.events.is_empty() => match f.d.processes.get(&f.id).await {
                     // Ended at or before `after` (a reconnect after the end): nothing more comes.
                     Ok(r) if r.is_terminal() && r.last_sequence <= f.after => f.ending = true,
+                    // Quiet, still running: its lease may have been renewed and its
+                    // children started or ended, none of which appends here.
+                    Ok(r) if !r.is_terminal() => f.record_due = true,
+                    // Ended past `after`: the next follow reads those events.
                     Ok(_) => {}
                     Err(e) => return Some((Ok(failed(&e)), f.finish())),
                 },

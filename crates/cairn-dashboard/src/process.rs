@@ -93,20 +93,7 @@ pub(crate) async fn page(
             section #record hx-get={ "/ui/processes/" (path) "/record" } hx-trigger="sse:record delay:100ms" hx-swap="innerHTML" {
                 (record_panel(&record))
             }
-            @if !children.is_empty() {
-                section.children {
-                    h2 { "Children" }
-                    ul {
-                        @for c in &children {
-                            li data-child=(c.id) {
-                                (pages::status_of(c)) " "
-                                a href={ "/ui/processes/" (encode_path(&c.id)) } { code { (c.id) } }
-                                " " code { (c.input.definition()) }
-                            }
-                        }
-                    }
-                }
-            }
+            (children_section(&record.id, &children, false))
             section.actions {
                 h2 { "Actions" }
                 div #action-result aria-live="polite" {}
@@ -122,25 +109,75 @@ pub(crate) async fn page(
     pages::layout(&record.id, &visitor, Nav::Processes, body).into_response()
 }
 
-/// The first 100 processes whose provenance names `id` as their parent, in
-/// any status, that the visitor may see.
-async fn children_of(d: &crate::Inner, visitor: &Visitor, id: &str) -> Vec<ProcessRecord> {
+/// Most children a process page lists; past that it links to the list of all.
+const CHILDREN_SHOWN: usize = 100;
+
+/// The children a process page lists.
+struct Children {
+    /// The first [`CHILDREN_SHOWN`] by id, those the visitor may see.
+    shown: Vec<ProcessRecord>,
+    /// More exist past the first [`CHILDREN_SHOWN`].
+    more: bool,
+}
+
+/// The first [`CHILDREN_SHOWN`] processes whose provenance names `id` as their
+/// parent, in any status, that the visitor may see, and whether there are more.
+async fn children_of(d: &crate::Inner, visitor: &Visitor, id: &str) -> Children {
     let filter = ProcessFilter {
         status: StatusFilter::Any,
         caused_by: Some(id.to_string()),
-        limit: Some(100),
+        limit: Some(CHILDREN_SHOWN + 1),
         ..ProcessFilter::default()
     };
-    let mut visible = Vec::new();
-    for c in d.processes.list(&filter).await.unwrap_or_default() {
+    let mut listed = d.processes.list(&filter).await.unwrap_or_default();
+    let more = listed.len() > CHILDREN_SHOWN;
+    listed.truncate(CHILDREN_SHOWN);
+    let mut shown = Vec::new();
+    for c in listed {
         if d.access.check_visible(&visitor.viewer, &c.id).await.is_ok() {
-            visible.push(c);
+            shown.push(c);
         }
     }
-    visible
+    Children { shown, more }
 }
 
-/// `GET /ui/processes/{id}/record`: the record panel (re-rendered live).
+/// The children section, `#children`: on the page, and out of band in every
+/// record fragment, so children started or ended since the page loaded show
+/// (a child's start appends nothing to its parent; the live stream's periodic
+/// `record` notice covers it). Hidden while there is nothing to list, so the
+/// fragment always has a target.
+fn children_section(id: &str, children: &Children, oob: bool) -> Markup {
+    let Children { shown, more } = children;
+    let empty = shown.is_empty() && !more;
+    let count = if *more {
+        format!("(first {})", shown.len())
+    } else {
+        format!("({})", shown.len())
+    };
+    html! {
+        section #children .children hidden[empty] hx-swap-oob=[oob.then_some("true")] {
+            @if !empty {
+                h2 { "Children " span.count { (count) } }
+                @if *more {
+                    p.hint.more { "The first " (CHILDREN_SHOWN) " by id. "
+                        a href=(crate::list::children_href(id)) { "All of them, newest first" } }
+                }
+                ul {
+                    @for c in shown {
+                        li data-child=(c.id) {
+                            (pages::status_of(c)) " "
+                            a href={ "/ui/processes/" (encode_path(&c.id)) } { code { (c.id) } }
+                            " " code { (c.input.definition()) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `GET /ui/processes/{id}/record`: the record panel (re-rendered live), and
+/// the children section out of band.
 pub(crate) async fn record(
     axum::extract::State(d): Shared,
     Extension(visitor): Extension<Visitor>,
@@ -150,17 +187,21 @@ pub(crate) async fn record(
         Ok(()) => d.processes.get(&id).await,
         Err(e) => Err(e),
     };
-    match record {
+    let r = match record {
+        Ok(r) => r,
+        Err(e) => return refused(&e),
+    };
+    let children = children_of(&d, &visitor, &r.id).await;
+    html! {
+        (record_panel(&r))
+        (children_section(&r.id, &children, true))
         // Once the process has ended, its action forms go too (out of band:
         // `#action-result` keeps what the last action said).
-        Ok(r) if r.is_terminal() => html! {
-            (record_panel(&r))
+        @if r.is_terminal() {
             div #action-forms hx-swap-oob="true" { (ended()) }
         }
-        .into_response(),
-        Ok(r) => record_panel(&r).into_response(),
-        Err(e) => refused(&e),
     }
+    .into_response()
 }
 
 fn disposition_label(d: Disposition) -> String {

@@ -414,6 +414,126 @@ async fn a_process_page_lists_its_children_and_links_its_parent() {
     assert!(!html.contains("data-child="), "a leaf lists no children");
 }
 
+async fn child(p: &Processes, id: &str, parent: &str) {
+    let mut req = StartRequest::external(id, json!({}));
+    req.caused_by = Some(cairn_core::CausalRef::process(parent));
+    p.start(req).await.expect("start child");
+}
+
+/// A child started after the parent's page was rendered, and a child's end,
+/// reach an open page: the live record fragment carries the children section
+/// out of band.
+#[tokio::test]
+async fn the_record_fragment_lists_children_started_after_the_page() {
+    use cairn_core::Outcome;
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    external(&p, "parent").await;
+    let app = app(&p, true);
+    let (status, html, _) = get(&app, "/ui/processes/parent", None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(!html.contains("data-child="), "{html}");
+    // The (hidden) target the fragment swaps out of band is on the page.
+    assert!(
+        html.contains("<section class=\"children\" id=\"children\" hidden>"),
+        "{html}"
+    );
+
+    child(&p, "late-kid", "parent").await;
+    let (status, fragment, _) = get(&app, "/ui/processes/parent/record", None).await;
+    assert_eq!(status, StatusCode::OK, "{fragment}");
+    let section = fragment
+        .split("<section class=\"children\" id=\"children\" hx-swap-oob=\"true\">")
+        .nth(1)
+        .expect("the children section, out of band");
+    assert!(section.contains("data-child=\"late-kid\""), "{fragment}");
+    assert!(section.contains("(1)"), "{section}");
+    assert!(!fragment.contains("action-forms"), "the parent runs: {fragment}");
+
+    p.complete_external("late-kid", Outcome::success(json!(1)), "host")
+        .await
+        .expect("complete");
+    let (_, fragment, _) = get(&app, "/ui/processes/parent/record", None).await;
+    let kid = fragment.split("data-child=\"late-kid\"").nth(1).expect("still listed");
+    assert!(
+        kid.starts_with("><span class=\"status s-completed\""),
+        "its status follows: {kid}"
+    );
+}
+
+/// Past 100 children the page says the list is cut and links to the list of
+/// all of them, which the processes list filters by parent.
+#[tokio::test]
+async fn a_cut_children_list_says_so_and_links_to_all() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    external(&p, "big parent").await;
+    for i in 0..101 {
+        child(&p, &format!("kid-{i:03}"), "big parent").await;
+    }
+    external(&p, "small").await;
+    child(&p, "only-kid", "small").await;
+    external(&p, "stranger").await;
+    let app = app(&p, true);
+    let link = "href=\"/ui/processes?status=any&amp;caused_by=big+parent\"";
+    let (status, html, _) = get(&app, "/ui/processes/big%20parent", None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let (_, fragment, _) = get(&app, "/ui/processes/big%20parent/record", None).await;
+    for html in [&html, &fragment] {
+        assert_eq!(html.matches("data-child=").count(), 100, "{html}");
+        assert!(html.contains("(first 100)"), "{html}");
+        assert!(html.contains("The first 100 by id."), "{html}");
+        assert!(html.contains(link), "{html}");
+        assert!(!html.contains("data-child=\"kid-100\""), "{html}");
+    }
+    // The link lists the children, and only them.
+    let (status, all, _) = get(&app, "/ui/processes?status=any&caused_by=big+parent&size=200", None).await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    let ids = listed(&all);
+    assert_eq!(ids.len(), 101, "{all}");
+    assert!(ids.iter().all(|id| id.starts_with("kid-")), "{ids:?}");
+    assert!(
+        all.contains("name=\"caused_by\" value=\"big parent\""),
+        "the filter shows: {all}"
+    );
+
+    let (_, html, _) = get(&app, "/ui/processes/small", None).await;
+    assert_eq!(html.matches("data-child=").count(), 1, "{html}");
+    assert!(html.contains("(1)") && !html.contains("The first 100"), "{html}");
+}
+
+/// An open process page hears of what appends nothing to the log (a lease
+/// renewed, a child started): a quiet stream still sends `record` while the
+/// process runs.
+#[tokio::test]
+async fn a_quiet_live_stream_still_refreshes_the_record() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    external(&p, "parent").await;
+    let app = app(&p, true);
+    let r = app
+        .clone()
+        .oneshot(Request::get("/ui/processes/parent/live").body(Body::empty()).unwrap())
+        .await
+        .expect("answered");
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut body = r.into_body().into_data_stream();
+    // An external process's log is empty: nothing to send, and a child's
+    // start appends nothing to it.
+    let last = p.get("parent").await.unwrap().last_sequence;
+    child(&p, "kid", "parent").await;
+    let mut seen = String::new();
+    // A `record` comes after a quiet FOLLOW_WAIT (15 s) all the same.
+    assert!(
+        read_until_within(&mut body, &mut seen, "event: record", 20).await,
+        "{seen}"
+    );
+    assert!(!seen.contains("event: timeline"), "{seen}");
+    assert_eq!(p.get("parent").await.unwrap().last_sequence, last);
+    let (_, fragment, _) = get(&app, "/ui/processes/parent/record", None).await;
+    assert!(fragment.contains("data-child=\"kid\""), "{fragment}");
+}
+
 fn csrf_of(html: &str) -> String {
     html.split("name=\"cairn-csrf\" content=\"")
         .nth(1)
@@ -963,8 +1083,13 @@ async fn a_session_live_stream_stops_when_its_grant_is_revoked() {
 /// Read `body` into `seen` until it holds `want` (`true`) or the body ends
 /// (`false`); bounded.
 async fn read_until(body: &mut axum::body::BodyDataStream, seen: &mut String, want: &str) -> bool {
+    read_until_within(body, seen, want, 10).await
+}
+
+/// [`read_until`], bounded by `secs`.
+async fn read_until_within(body: &mut axum::body::BodyDataStream, seen: &mut String, want: &str, secs: u64) -> bool {
     use futures::StreamExt;
-    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+    tokio::time::timeout(std::time::Duration::from_secs(secs), async {
         while !seen.contains(want) {
             match body.next().await {
                 Some(Ok(bytes)) => seen.push_str(&String::from_utf8_lossy(&bytes)),
