@@ -694,18 +694,35 @@ fn guarded(id: &str, module_ref: &str) -> StartRequest {
     script(id, module_ref, "guarded", json!({})).with_event_type(cairn_core::EventType::plain("cleanup"))
 }
 
-/// An engine whose first activation with a cancellation in force hangs in its
-/// cleanup and, once the cleanup's event is written, loses its lease (the
-/// release a crash's lease expiry amounts to) and returns: the worker's
-/// completion is fenced and a later claim runs the cleanup again from the log.
-struct CrashInCleanup {
+/// An engine whose first activation (with a cancellation in force, when
+/// `only_cancelled`) runs with `args[flag]` true and, once its `event` is
+/// written, loses its lease (the release a crash's lease expiry amounts to)
+/// and returns: the worker's completion is fenced and a later claim replays
+/// the script from the log.
+struct CrashAfterEvent {
     inner: QuickJs,
     processes: Arc<std::sync::OnceLock<Processes>>,
     crashed: std::sync::atomic::AtomicBool,
+    only_cancelled: bool,
+    flag: &'static str,
+    event: &'static str,
+}
+
+impl CrashAfterEvent {
+    fn new(inner: QuickJs, only_cancelled: bool, flag: &'static str, event: &'static str) -> Self {
+        Self {
+            inner,
+            processes: Default::default(),
+            crashed: Default::default(),
+            only_cancelled,
+            flag,
+            event,
+        }
+    }
 }
 
 #[cairn_core::async_trait]
-impl cairn_core::ScriptEngine for CrashInCleanup {
+impl cairn_core::ScriptEngine for CrashAfterEvent {
     fn exports(&self, source: &str) -> cairn_core::Result<Vec<String>> {
         self.inner.exports(source)
     }
@@ -718,18 +735,18 @@ impl cairn_core::ScriptEngine for CrashInCleanup {
         mut args: Value,
     ) -> Outcome {
         let cancelled = matches!(ctx.stop_reason(), Some(cairn_core::StopReason::Cancelled { .. }));
-        if !cancelled || self.crashed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        if (self.only_cancelled && !cancelled) || self.crashed.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return self.inner.run(ctx, module, name, args).await;
         }
-        args["hang"] = json!(true);
+        args[self.flag] = json!(true);
         let p = self.processes.get().expect("the runtime is set").clone();
         let id = ctx.process_id().to_string();
         tokio::select! {
             o = self.inner.run(ctx.clone(), module, name, args) => o,
-            e = p.await_event(&id, "cleanup", 0, Duration::from_secs(10)) => {
-                e.expect("the cleanup emitted");
+            e = p.await_event(&id, self.event, 0, Duration::from_secs(10)) => {
+                e.expect("the script wrote its event");
                 assert!(p.registry().release(&ctx.lease()).await.expect("released"));
-                Outcome::failure("test", "crashed", "the run went away during its cleanup")
+                Outcome::failure("test", "crashed", "the run went away after its event")
             }
         }
     }
@@ -737,11 +754,7 @@ impl cairn_core::ScriptEngine for CrashInCleanup {
 
 #[tokio::test]
 async fn a_script_cancelled_while_suspended_runs_its_cleanup_once_across_a_crash() {
-    let engine = Arc::new(CrashInCleanup {
-        inner: QuickJs::default(),
-        processes: Default::default(),
-        crashed: Default::default(),
-    });
+    let engine = Arc::new(CrashAfterEvent::new(QuickJs::default(), true, "hang", "cleanup"));
     let p = Processes::builder(Arc::new(MemoryRegistry::new()))
         .script_engine(engine.clone())
         .start();
@@ -1610,45 +1623,6 @@ const TIDY: &str = r#"export async function tidy(ctx, args) {
     return winner;
 }"#;
 
-/// An engine whose first activation runs with `args.first` and, once its
-/// `done` event is written, loses its lease (as a crash's lease expiry
-/// would) and returns: a later claim replays the script from the log.
-struct CrashWhenDone {
-    inner: QuickJs,
-    processes: Arc<std::sync::OnceLock<Processes>>,
-    crashed: std::sync::atomic::AtomicBool,
-}
-
-#[cairn_core::async_trait]
-impl cairn_core::ScriptEngine for CrashWhenDone {
-    fn exports(&self, source: &str) -> cairn_core::Result<Vec<String>> {
-        self.inner.exports(source)
-    }
-
-    async fn run(
-        &self,
-        ctx: cairn_core::ToolContext,
-        module: cairn_core::Module,
-        name: String,
-        mut args: Value,
-    ) -> Outcome {
-        if self.crashed.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            return self.inner.run(ctx, module, name, args).await;
-        }
-        args["first"] = json!(true);
-        let p = self.processes.get().expect("the runtime is set").clone();
-        let id = ctx.process_id().to_string();
-        tokio::select! {
-            o = self.inner.run(ctx.clone(), module, name, args) => o,
-            e = p.await_event(&id, "done", 0, Duration::from_secs(10)) => {
-                e.expect("the cleanup emitted done");
-                assert!(p.registry().release(&ctx.lease()).await.expect("released"));
-                Outcome::failure("test", "crashed", "the run went away after its cleanup")
-            }
-        }
-    }
-}
-
 /// The calls a script makes together once it saw its cancellation are
 /// answered together: the emit appends, the wait rejects `cancelled`, both
 /// journaled, so a replay after a crash delivers them in the same order (the
@@ -1656,14 +1630,11 @@ impl cairn_core::ScriptEngine for CrashWhenDone {
 /// and ends `cancelled` though the replay itself never saw the cancellation.
 #[tokio::test]
 async fn a_cleanup_after_a_cancel_seen_while_busy_replays_the_same_across_a_crash() {
-    let engine = Arc::new(CrashWhenDone {
-        inner: QuickJs::new(Limits {
-            cpu: Duration::from_secs(30),
-            ..Limits::default()
-        }),
-        processes: Default::default(),
-        crashed: Default::default(),
-    });
+    let limits = Limits {
+        cpu: Duration::from_secs(30),
+        ..Limits::default()
+    };
+    let engine = Arc::new(CrashAfterEvent::new(QuickJs::new(limits), false, "first", "done"));
     let p = Processes::builder(Arc::new(MemoryRegistry::new()))
         .script_engine(engine.clone())
         .start();
