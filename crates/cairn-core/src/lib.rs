@@ -78,7 +78,9 @@ pub use memory::MemoryRegistry;
 pub use model::*;
 pub use processes::{Processes, RuntimeBuilder, StartRequest};
 pub use registry::{CancelAnswer, ProcessRegistry, Registered};
-pub use schedule::{FireReport, Overlap, Schedule, ScheduleAdvance, SchedulePage, ScheduleRequest, StartTemplate};
+pub use schedule::{
+    FireRefusal, FireReport, Overlap, Schedule, ScheduleAdvance, SchedulePage, ScheduleRequest, StartTemplate,
+};
 pub use script::{Module, ModuleInfo, ModulePut, ScriptEngine};
 pub use tool::{FirstOf, StopReason, Tool, ToolContext, ToolRegistry};
 pub use watch::{ChangeHub, EndSink, EventSink, Subscription, WatchedRegistry};

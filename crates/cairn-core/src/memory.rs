@@ -906,6 +906,10 @@ impl ProcessRegistry for MemoryRegistry {
         if let Some((at, pid)) = &advance.fired {
             s.last_fire_ms = Some(*at);
             s.last_process_id = Some(pid.clone());
+            s.last_refusal = None;
+        }
+        if let Some(refused) = &advance.refused {
+            s.last_refusal = Some(refused.clone());
         }
         st.put_schedule(s);
         Ok(true)

@@ -327,6 +327,24 @@ pub struct Schedule {
     /// The process the last fire started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_process_id: Option<String>,
+    /// The latest fire the start path refused (its tool gone from the
+    /// server, its id taken, ...), until a later fire starts a process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refusal: Option<FireRefusal>,
+}
+
+/// A fire whose start was refused: skipped, and recorded on its schedule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FireRefusal {
+    /// The fire time, epoch milliseconds.
+    pub fire_ms: u64,
+    /// The process id the fire would have started.
+    pub process_id: String,
+    /// The start's error code (`unknown_tool`, ...).
+    pub code: String,
+    /// The start's error message.
+    pub message: String,
 }
 
 impl Schedule {
@@ -347,6 +365,7 @@ impl Schedule {
             next_fire_ms: next,
             last_fire_ms: None,
             last_process_id: None,
+            last_refusal: None,
         })
     }
 
@@ -384,8 +403,13 @@ pub struct ScheduleAdvance {
     /// stays, paused).
     pub next_fire_ms: Option<u64>,
     /// The fire time and process id when this fire started one (a skipped fire
-    /// leaves the last fire as it was).
+    /// leaves the last fire as it was). A fire that started one clears the
+    /// last refusal.
     pub fired: Option<(u64, String)>,
+    /// The refusal when the start path refused this fire's start (recorded
+    /// as the last refusal; `None` leaves it as it was).
+    #[serde(default)]
+    pub refused: Option<FireRefusal>,
 }
 
 /// What a due fire does.
@@ -426,6 +450,7 @@ pub fn plan_fire(schedule: &Schedule, now_ms: u64, previous_running: bool) -> Re
             advance: ScheduleAdvance {
                 next_fire_ms,
                 fired: None,
+                refused: None,
             },
         });
     }
@@ -435,6 +460,7 @@ pub fn plan_fire(schedule: &Schedule, now_ms: u64, previous_running: bool) -> Re
         advance: ScheduleAdvance {
             next_fire_ms,
             fired: Some((fire_ms, process_id.clone())),
+            refused: None,
         },
         process_id,
     })
@@ -459,6 +485,9 @@ pub struct FireReport {
     /// Fires skipped because the previous fire's process was running, as
     /// `{schedule_id}@{fire_time_ms}`.
     pub skipped: Vec<String>,
+    /// Fires whose start was refused (recorded as the schedule's
+    /// `last_refusal`), as `{schedule_id}@{fire_time_ms}`.
+    pub refused: Vec<String>,
 }
 
 #[cfg(test)]

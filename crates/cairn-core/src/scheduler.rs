@@ -15,7 +15,7 @@ use crate::clock::SharedClock;
 use crate::model::{ProcessStatus, MAX_PAGE_SIZE};
 use crate::processes::{Processes, Starter};
 use crate::registry::ProcessRegistry;
-use crate::schedule::{plan_fire, FirePlan, FireReport, Schedule, ScheduleRequest};
+use crate::schedule::{plan_fire, FirePlan, FireRefusal, FireReport, Schedule, ScheduleRequest};
 use crate::{CairnError, Result};
 
 /// How many due schedules one read takes.
@@ -82,7 +82,9 @@ impl Scheduler {
                 }
             }
             FirePlan::Start {
-                process_id, advance, ..
+                fire_ms,
+                process_id,
+                advance,
             } => {
                 let mut advance = advance;
                 match self
@@ -94,9 +96,18 @@ impl Scheduler {
                     // A fire that can never start (its tool is gone from this
                     // server, its id taken by another start) must not hold the
                     // schedule: it is skipped, and said so.
+                    // The refusal is recorded on the schedule, where its
+                    // reader sees it, until a later fire starts a process.
                     Err(e) if e.is_client_error() => {
                         tracing::warn!(schedule = %schedule.id, process_id = %process_id, error = %e, "a schedule's fire could not start; skipped");
                         advance.fired = None;
+                        advance.refused = Some(FireRefusal {
+                            fire_ms,
+                            process_id: process_id.clone(),
+                            code: e.code().to_string(),
+                            message: e.to_string(),
+                        });
+                        report.refused.push(process_id);
                     }
                     Err(e) => return Err(e),
                 }

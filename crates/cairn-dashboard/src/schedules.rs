@@ -123,10 +123,18 @@ fn row(s: &Schedule) -> Markup {
             td { @if s.paused { span.status.s-paused { "paused" } } @else { span.status.s-active { "active" } } }
             td { @if s.paused { span.hint { "none while paused" } } @else { (time::when(s.next_fire_ms)) } }
             td { @match s.last_fire_ms { Some(ms) => (time::when(ms)), None => span.hint { "never" } } }
-            td { @match &s.last_process_id {
-                Some(p) => a href={ "/ui/processes/" (encode_path(p)) } { (p) },
-                None => span.hint { "none" },
-            } }
+            td {
+                @match &s.last_process_id {
+                    Some(p) => a href={ "/ui/processes/" (encode_path(p)) } { (p) },
+                    None => span.hint { "none" },
+                }
+                // A refused fire is skipped: the row says so until one starts.
+                @if let Some(r) = &s.last_refusal {
+                    div.refused title=(r.message) {
+                        span.status.s-failed { "refused" } " " (time::when(r.fire_ms)) ": " code { (r.code) }
+                    }
+                }
+            }
             td {
                 @if s.paused {
                     button hx-post={ "/ui/schedules/" (path) "/resume" } hx-target="closest tr" hx-swap="outerHTML" {

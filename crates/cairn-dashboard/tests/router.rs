@@ -1198,3 +1198,43 @@ async fn a_long_session_list_says_it_is_cut_and_links_to_all() {
     assert_eq!(listed(&html), vec!["one"]);
     assert!(html.contains("(1)") && !html.contains("All of them"), "{html}");
 }
+
+/// A fire the start path refused shows on its schedule's row, code and
+/// message, until a fire starts a process.
+#[tokio::test]
+async fn a_refused_fire_shows_on_its_schedule_row() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let template = json!({"input": {"type": "external", "metadata": {}}, "disposition": "externally_owned"});
+    schedule(
+        &p,
+        json!({"id": "tick", "every": "10s", "start": template, "overlap": "allow"}),
+    )
+    .await;
+    // Another start takes the first fire's id, so that fire is refused.
+    p.start(StartRequest::external(
+        format!("tick@{}", T0 + 10_000),
+        json!({"other": true}),
+    ))
+    .await
+    .expect("start");
+    clock.set(T0 + 10_000);
+    let fired = p.fire_schedules().await.expect("fire");
+    assert_eq!(fired.refused, vec![format!("tick@{}", T0 + 10_000)]);
+    let app = app(&p, false);
+    let (status, html, _) = get(&app, "/ui/schedules", Some("cairn_ui=host")).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let row = html.split("<tr data-schedule=\"tick\"").nth(1).expect("the row");
+    assert!(
+        row.contains("refused") && row.contains("registration_conflict"),
+        "{row}"
+    );
+    clock.set(T0 + 20_000);
+    assert_eq!(p.fire_schedules().await.expect("fire").started.len(), 1);
+    let (_, html, _) = get(&app, "/ui/schedules", Some("cairn_ui=host")).await;
+    let row = html.split("<tr data-schedule=\"tick\"").nth(1).expect("the row");
+    assert!(
+        !row.contains("registration_conflict"),
+        "cleared once a fire started: {row}"
+    );
+}

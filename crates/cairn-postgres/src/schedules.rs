@@ -14,7 +14,7 @@ use crate::conn::Conn;
 use crate::read::R;
 use crate::rows::{from_sql, to_sql, to_sql_usize};
 
-const COLUMNS: &str = "schedule, paused, next_fire_ms, last_fire_ms, last_process_id";
+const COLUMNS: &str = "schedule, paused, next_fire_ms, last_fire_ms, last_process_id, last_refusal";
 
 fn assemble(row: &Row) -> R<Schedule> {
     let mut s: Schedule = serde_json::from_str(row.try_get::<_, &str>(0)?)?;
@@ -22,6 +22,10 @@ fn assemble(row: &Row) -> R<Schedule> {
     s.next_fire_ms = from_sql(row.try_get(2)?);
     s.last_fire_ms = row.try_get::<_, Option<i64>>(3)?.map(from_sql);
     s.last_process_id = row.try_get(4)?;
+    s.last_refusal = row
+        .try_get::<_, Option<&str>>(5)?
+        .map(serde_json::from_str)
+        .transpose()?;
     Ok(s)
 }
 
@@ -111,7 +115,8 @@ pub(crate) async fn advance(conn: &Conn, id: &str, expected: u64, a: &ScheduleAd
                  next_fire_ms = COALESCE($3::int8, next_fire_ms), \
                  paused = $3::int8 IS NULL, \
                  last_fire_ms = COALESCE($4::int8, last_fire_ms), \
-                 last_process_id = COALESCE($5::text, last_process_id) \
+                 last_process_id = COALESCE($5::text, last_process_id), \
+                 last_refusal = CASE WHEN $4::int8 IS NOT NULL THEN NULL ELSE COALESCE($6::text, last_refusal) END \
              WHERE id = $1::text AND NOT paused AND next_fire_ms = $2::int8",
         )
         .await?;
@@ -119,9 +124,13 @@ pub(crate) async fn advance(conn: &Conn, id: &str, expected: u64, a: &ScheduleAd
         Some((at, pid)) => (Some(to_sql(*at)), Some(pid.as_str())),
         None => (None, None),
     };
+    let refused = a.refused.as_ref().map(serde_json::to_string).transpose()?;
     let n = conn
         .client
-        .execute(&stmt, &[&id, &to_sql(expected), &a.next_fire_ms.map(to_sql), &at, &pid])
+        .execute(
+            &stmt,
+            &[&id, &to_sql(expected), &a.next_fire_ms.map(to_sql), &at, &pid, &refused],
+        )
         .await?;
     Ok(n > 0)
 }

@@ -14,7 +14,23 @@ const APPLICATION_NAME: &str = "cairn";
 /// Migration `i` takes a schema from version `i` to `i + 1`. Never edit a
 /// released entry: append a new one. Each runs inside the migrating transaction
 /// with `search_path` set to cairn's schema.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V_SWEEP, V_MODULES, V_PARTIAL_LISTING_INDEXES];
+const MIGRATIONS: &[&str] = &[
+    V1,
+    V2,
+    V3,
+    V4,
+    V5,
+    V_SWEEP,
+    V_MODULES,
+    V_PARTIAL_LISTING_INDEXES,
+    V_SCHEDULE_REFUSALS,
+];
+
+/// A schedule's last refused fire (a `FireRefusal` as JSON), until a later
+/// fire starts a process.
+const V_SCHEDULE_REFUSALS: &str = r#"
+ALTER TABLE schedules ADD COLUMN last_refusal text;
+"#;
 
 // Ids are `COLLATE "C"`: listings page in byte order whatever the database's
 // default collation, as every other backend does.

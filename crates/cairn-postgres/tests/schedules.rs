@@ -115,6 +115,7 @@ async fn two_nodes_start_each_fire_exactly_once() {
     let advance = ScheduleAdvance {
         next_fire_ms: Some(s.next_fire_ms + 10_000),
         fired: None,
+        refused: None,
     };
     let (wa, wb) = tokio::join!(
         cairn_core::ProcessRegistry::advance_schedule(a_reg.as_ref(), "s00", s.next_fire_ms, &advance),

@@ -10,22 +10,23 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::store::R;
 
-const COLUMNS: &str = "schedule, paused, next_fire_ms, last_fire_ms, last_process_id";
+const COLUMNS: &str = "schedule, paused, next_fire_ms, last_fire_ms, last_process_id, last_refusal";
 
-/// A row: the document, paused, next fire, last fire, last process.
-type Columns = (String, bool, i64, Option<i64>, Option<String>);
+/// A row: the document, paused, next fire, last fire, last process, last refusal.
+type Columns = (String, bool, i64, Option<i64>, Option<String>, Option<String>);
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Columns> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
 }
 
 fn assemble(row: Columns) -> R<Schedule> {
-    let (doc, paused, next, last, last_pid) = row;
+    let (doc, paused, next, last, last_pid, refusal) = row;
     let mut s: Schedule = serde_json::from_str(&doc)?;
     s.paused = paused;
     s.next_fire_ms = from_i64(next);
     s.last_fire_ms = last.map(from_i64);
     s.last_process_id = last_pid;
+    s.last_refusal = refusal.map(|r| serde_json::from_str(&r)).transpose()?;
     Ok(s)
 }
 
@@ -86,13 +87,15 @@ pub(crate) fn advance(conn: &Connection, id: &str, expected: u64, a: &ScheduleAd
         Some((at, pid)) => (Some(to_i64(*at)), Some(pid.as_str())),
         None => (None, None),
     };
+    let refused = a.refused.as_ref().map(serde_json::to_string).transpose()?;
     let n = conn
         .prepare_cached(
             "UPDATE schedules SET
                  next_fire_ms = COALESCE(?3, next_fire_ms),
                  paused = ?3 IS NULL,
                  last_fire_ms = COALESCE(?4, last_fire_ms),
-                 last_process_id = COALESCE(?5, last_process_id)
+                 last_process_id = COALESCE(?5, last_process_id),
+                 last_refusal = CASE WHEN ?4 IS NOT NULL THEN NULL ELSE COALESCE(?6, last_refusal) END
              WHERE id = ?1 AND paused = 0 AND next_fire_ms = ?2",
         )?
         .execute(params![
@@ -100,7 +103,8 @@ pub(crate) fn advance(conn: &Connection, id: &str, expected: u64, a: &ScheduleAd
             to_i64(expected),
             a.next_fire_ms.map(to_i64),
             fired_at,
-            fired_pid
+            fired_pid,
+            refused
         ])?;
     Ok(n > 0)
 }

@@ -34,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     V_TYPE_LISTS,
     V_LOG_KEYS,
     V_PARTIAL_LISTING_INDEXES,
+    V_SCHEDULE_REFUSALS,
 ];
 
 const V1: &str = r#"
@@ -249,6 +250,12 @@ CREATE UNIQUE INDEX events_replay_key ON events (log_key, replay_key) WHERE repl
 /// which a session lists as its own. A listing of completed processes, or of
 /// the host's, walks another index and skips what does not match, as a
 /// listing by definition or creation time always has.
+/// A schedule's last refused fire (a `FireRefusal` as JSON), until a later
+/// fire starts a process.
+const V_SCHEDULE_REFUSALS: &str = r#"
+ALTER TABLE schedules ADD COLUMN last_refusal TEXT;
+"#;
+
 const V_PARTIAL_LISTING_INDEXES: &str = r#"
 DROP INDEX processes_status_id;
 CREATE INDEX processes_status_id ON processes (status, id) WHERE status <> 'completed';

@@ -417,6 +417,7 @@ macro_rules! execution_suite {
                 skip_skips_while_the_last_run_is_running,
                 pause_and_resume,
                 one_catch_up_after_downtime,
+                a_refused_fire_is_recorded_until_one_starts,
                 schedule_rejects_bad_input,
             );
         }

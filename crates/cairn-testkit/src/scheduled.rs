@@ -125,6 +125,42 @@ pub async fn every_fires_on_time_once_per_fire(factory: &dyn StoreFactory) {
     p.shutdown().await;
 }
 
+/// A fire whose start the start path refuses (here its id is taken by
+/// another start) is skipped and recorded on the schedule as its
+/// `last_refusal`, with the start's code; the next fire that starts a
+/// process clears it.
+pub async fn a_refused_fire_is_recorded_until_one_starts(factory: &dyn StoreFactory) {
+    let store = factory.create(cairn_core::ManualClock::new(1_000_000)).await;
+    let p = runtime(&store, "w1");
+    let t0 = store.clock.now_ms();
+    create(&p, echo_every("held", "10s")).await;
+    let taken = format!("held@{}", t0 + 10_000);
+    p.start(cairn_core::StartRequest::external(&taken, json!({})))
+        .await
+        .expect("another start takes the fire's id");
+    store.clock.advance(10_000);
+    let report = p.fire_schedules().await.expect("fire");
+    assert_eq!(report.refused, vec![taken.clone()], "{report:?}");
+    let s = p.get_schedule("held").await.expect("get");
+    let refusal = s.last_refusal.expect("the refusal is on the schedule");
+    assert_eq!(
+        (refusal.fire_ms, refusal.process_id.as_str(), refusal.code.as_str()),
+        (t0 + 10_000, taken.as_str(), "registration_conflict")
+    );
+    assert!(refusal.message.contains(&taken), "{}", refusal.message);
+    assert_eq!(s.last_process_id, None, "no fire started a process");
+    assert_eq!(s.next_fire_ms, t0 + 20_000, "the refused fire is passed over");
+
+    store.clock.advance(10_000);
+    let report = p.fire_schedules().await.expect("fire");
+    let next = format!("held@{}", t0 + 20_000);
+    assert_eq!(report.started, vec![next.clone()], "{report:?}");
+    let s = p.get_schedule("held").await.expect("get");
+    assert_eq!(s.last_refusal, None, "a fire that started clears it");
+    assert_eq!(s.last_process_id.as_deref(), Some(next.as_str()));
+    p.shutdown().await;
+}
+
 /// `overlap: skip`: no fire starts while the previous fire's process is
 /// running (here suspended on a signal); the first fire after it ended does.
 pub async fn skip_skips_while_the_last_run_is_running(factory: &dyn StoreFactory) {

@@ -103,6 +103,7 @@ pub async fn schedule_advance_is_compare_and_set(factory: &dyn StoreFactory) {
     let advance = ScheduleAdvance {
         next_fire_ms: Some(now + 20_000),
         fired: Some(fire.clone()),
+        refused: None,
     };
     assert!(ok(r.advance_schedule("fast", now + 10_000, &advance).await, "advance"));
     assert!(
@@ -114,13 +115,63 @@ pub async fn schedule_advance_is_compare_and_set(factory: &dyn StoreFactory) {
     );
     let got = ok(r.get_schedule("fast").await, "get").expect("fast");
     assert_eq!(got.next_fire_ms, now + 20_000);
-    assert_eq!((got.last_fire_ms, got.last_process_id), (Some(fire.0), Some(fire.1)));
+    assert_eq!(
+        (got.last_fire_ms, got.last_process_id),
+        (Some(fire.0), Some(fire.1.clone()))
+    );
     assert_eq!(ok(r.next_due(now + 10_000).await, "next_due"), Some(now + 20_000));
+
+    // A refused fire is recorded and leaves the last fire; a started one clears it.
+    let refusal = cairn_core::FireRefusal {
+        fire_ms: now + 20_000,
+        process_id: format!("fast@{}", now + 20_000),
+        code: "unknown_tool".into(),
+        message: "unknown tool `gone`".into(),
+    };
+    let refused = ScheduleAdvance {
+        next_fire_ms: Some(now + 30_000),
+        fired: None,
+        refused: Some(refusal.clone()),
+    };
+    assert!(ok(
+        r.advance_schedule("fast", now + 20_000, &refused).await,
+        "advance refused"
+    ));
+    let got = ok(r.get_schedule("fast").await, "get").expect("fast");
+    assert_eq!(got.last_refusal, Some(refusal.clone()));
+    assert_eq!(
+        got.last_process_id.as_deref(),
+        Some(fire.1.as_str()),
+        "the last fire stays"
+    );
+    let quiet = ScheduleAdvance {
+        next_fire_ms: Some(now + 40_000),
+        fired: None,
+        refused: None,
+    };
+    assert!(ok(
+        r.advance_schedule("fast", now + 30_000, &quiet).await,
+        "advance skipped"
+    ));
+    let got = ok(r.get_schedule("fast").await, "get").expect("fast");
+    assert_eq!(got.last_refusal, Some(refusal), "a skip keeps it");
+    let started = ScheduleAdvance {
+        next_fire_ms: Some(now + 50_000),
+        fired: Some((now + 40_000, format!("fast@{}", now + 40_000))),
+        refused: None,
+    };
+    assert!(ok(
+        r.advance_schedule("fast", now + 40_000, &started).await,
+        "advance started"
+    ));
+    let got = ok(r.get_schedule("fast").await, "get").expect("fast");
+    assert_eq!(got.last_refusal, None, "a started fire clears it");
 
     // A skip leaves the last fire; a schedule that never fires again pauses.
     let skip = ScheduleAdvance {
         next_fire_ms: None,
         fired: None,
+        refused: None,
     };
     ok(r.set_schedule_paused("slow", true, None).await, "pause slow");
     assert!(

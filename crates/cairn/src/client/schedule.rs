@@ -35,11 +35,15 @@ fn row(s: &Value) -> Vec<String> {
     } else {
         timestamp(s.get("next_fire_ms"))
     };
+    let mut state = (if paused { "paused" } else { "active" }).to_string();
+    if let Some(code) = s.pointer("/last_refusal/code").and_then(Value::as_str) {
+        state.push_str(&format!(", last fire refused ({code})"));
+    }
     vec![
         str_at(s, "/id"),
         when(s),
         str_at(s, "/overlap"),
-        (if paused { "paused" } else { "active" }).to_string(),
+        state,
         next,
         str_at(s, "/last_process_id"),
     ]
@@ -49,6 +53,17 @@ const HEADERS: [&str; 6] = ["ID", "WHEN", "OVERLAP", "STATE", "NEXT FIRE", "LAST
 
 fn print_one(s: &Value) {
     print_table(&HEADERS, &[row(s)]);
+    // A fire the start path refused is skipped: say which and why, or the
+    // schedule reads as healthy while nothing starts.
+    if let Some(r) = s.get("last_refusal").filter(|r| r.is_object()) {
+        println!(
+            "last refused fire: {} at {}: {}: {}",
+            str_at(r, "/process_id"),
+            timestamp(r.get("fire_ms")),
+            str_at(r, "/code"),
+            str_at(r, "/message")
+        );
+    }
 }
 
 pub(super) async fn execute(client: &Client, json: bool, action: ScheduleAction) -> Result<ExitCode, ClientError> {
@@ -123,4 +138,20 @@ async fn flip(client: &Client, json: bool, id: &str, action: &str, done: &str) -
         print_one(&s);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A schedule whose last fire was refused says so in its state, not only
+    /// in its JSON.
+    #[test]
+    fn a_refused_fire_shows_in_the_state_column() {
+        let mut s = json!({"id": "tick", "every": "10s", "overlap": "allow", "paused": false, "next_fire_ms": 0});
+        assert_eq!(row(&s)[3], "active");
+        s["last_refusal"] =
+            json!({"fire_ms": 0, "process_id": "tick@0", "code": "unknown_tool", "message": "unknown tool"});
+        assert_eq!(row(&s)[3], "active, last fire refused (unknown_tool)");
+    }
 }
