@@ -150,29 +150,10 @@ async fn follow(
                 }
             }
         }
-        let hub_rang = async {
-            let rang = match hub.as_mut() {
-                Some(rx) => rx.changed().await.is_ok(),
-                None => false,
-            };
-            if !rang {
-                // No hub, or its sender is gone: only the other rings remain.
-                std::future::pending::<()>().await;
-            }
-        };
-        let listings_rang = async {
-            let rang = match listings.as_mut() {
-                Some(rx) => rx.changed().await.is_ok(),
-                None => false,
-            };
-            if !rang {
-                std::future::pending::<()>().await;
-            }
-        };
         tokio::select! {
             _ = notify.notified() => {}
-            _ = hub_rang => {}
-            _ = listings_rang => {
+            _ = rang(hub.as_mut()) => {}
+            _ = rang(listings.as_mut()) => {
                 // No record changed, so the feed names none: every list
                 // renders again (an empty batch means "anything").
                 let _ = tx.send(Arc::new(Vec::new()));
@@ -180,6 +161,18 @@ async fn follow(
             _ = tokio::time::sleep(FALLBACK_READ) => {}
             _ = shutdown.cancelled() => return,
         }
+    }
+}
+
+/// Resolves when `rx` changes; never when there is none, or its sender is
+/// gone (only the other rings remain).
+async fn rang(rx: Option<&mut watch::Receiver<u64>>) {
+    let changed = match rx {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => false,
+    };
+    if !changed {
+        std::future::pending::<()>().await;
     }
 }
 
