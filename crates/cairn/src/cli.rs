@@ -588,7 +588,8 @@ pub struct RunArgs {
     /// Without `--env`/`--env-all` the command sees only the server's environment.
     #[arg(long = "env", value_name = "KEY[=VALUE]")]
     pub env: Vec<String>,
-    /// Forward this whole environment.
+    /// Forward this whole environment but cairn's own `CAIRN_*` variables
+    /// (forwarded values are stored in the process's record).
     #[arg(long)]
     pub env_all: bool,
     /// `--server`, `--token`, `--json`.

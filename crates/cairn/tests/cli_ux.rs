@@ -104,7 +104,8 @@ async fn run_prints_its_id_and_forwards_cwd_and_opted_in_env() {
     assert_eq!(status, 200);
     assert_eq!(record["disposition"], "owner_bound");
 
-    // --env-all forwards everything; a named variable that is not set is bad input.
+    // --env-all forwards everything but cairn's own variables (the record
+    // keeps what is forwarded); a named variable that is not set is bad input.
     let out = tokio::process::Command::new(BIN)
         .args([
             "--server",
@@ -114,14 +115,15 @@ async fn run_prints_its_id_and_forwards_cwd_and_opted_in_env() {
             "--",
             "sh",
             "-c",
-            "echo $CAIRN_T_C",
+            "echo $T_ALL_C/${CAIRN_T_OWN:-none}",
         ])
-        .env("CAIRN_T_C", "all-of-it")
+        .env("T_ALL_C", "all-of-it")
+        .env("CAIRN_T_OWN", "secret")
         .stdin(Stdio::null())
         .output()
         .await
         .expect("cairn run");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "all-of-it\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "all-of-it/none\n");
     let out = run_cli(
         &server.base,
         None,

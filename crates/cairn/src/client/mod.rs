@@ -428,10 +428,15 @@ fn stdin_has_input() -> bool {
 fn forwarded_env(args: &RunArgs) -> Result<serde_json::Map<String, Value>, ClientError> {
     let mut env = serde_json::Map::new();
     if args.env_all {
-        // Variables that are not UTF-8 cannot travel in JSON; they are left out.
+        // Variables that are not UTF-8 cannot travel in JSON; they are left
+        // out. So is the client's own configuration (`CAIRN_TOKEN`, a
+        // database URL's password): what is forwarded is stored in the
+        // process's record, which every reader of the process sees.
         for (k, v) in std::env::vars_os() {
             if let (Some(k), Some(v)) = (k.to_str(), v.to_str()) {
-                env.insert(k.to_string(), Value::String(v.to_string()));
+                if !k.starts_with("CAIRN_") {
+                    env.insert(k.to_string(), Value::String(v.to_string()));
+                }
             }
         }
     }
