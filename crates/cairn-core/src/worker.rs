@@ -103,6 +103,23 @@ impl Drop for Running<'_> {
     fn drop(&mut self) {
         self.guard.abort();
         self.worker.in_flight.lock().remove(&self.id);
+        // The slot is still held (the run's completion is written next):
+        // the driver and `wait_idle` are told when it is released (`Held`).
+    }
+}
+
+/// A run's slot: dropped (when the run's task ends, by a panic too), it
+/// releases the permit and then tells the driver and `wait_idle`, in that
+/// order, so whoever wakes finds the slot free.
+struct Held {
+    permit: Option<OwnedSemaphorePermit>,
+    worker: Arc<Worker>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.worker.slot_freed.notify_waiters();
         self.worker.idle.notify_waiters();
     }
 }
@@ -132,6 +149,9 @@ pub struct Worker {
     /// is set a start does not claim its own process (older work goes first).
     backlog: AtomicBool,
     idle: Notify,
+    /// Told when a run releases its slot, and only then: the driver listens
+    /// for it (from before each drive) while work may be waiting for a slot.
+    slot_freed: Notify,
     /// Claims made, or being made, that hold no slot yet: a drive's claim
     /// before it is placed, and a claim waiting for a slot a start took. A
     /// drain waits for them as for runs (each is, or will be, started).
@@ -170,6 +190,7 @@ impl Worker {
             draining: AtomicBool::new(false),
             backlog: AtomicBool::new(true),
             idle: Notify::new(),
+            slot_freed: Notify::new(),
             unplaced: AtomicUsize::new(0),
             identity: std::sync::OnceLock::new(),
             superseded: tokio_util::sync::CancellationToken::new(),
@@ -411,10 +432,13 @@ impl Worker {
     /// Run `claim` on its own task in the slot `permit` holds.
     fn run_in(self: &Arc<Self>, claim: Claim, permit: OwnedSemaphorePermit) {
         let this = self.clone();
+        let held = Held {
+            permit: Some(permit),
+            worker: self.clone(),
+        };
         self.tasks.lock().spawn(async move {
             this.run_claim(claim).await;
-            drop(permit);
-            this.idle.notify_waiters();
+            drop(held);
         });
     }
 
@@ -448,10 +472,13 @@ impl Worker {
                     }
                 }
             };
+            let held = Held {
+                permit: Some(permit),
+                worker: this.clone(),
+            };
             drop(unplaced);
             this.run_claim(claim).await;
-            drop(permit);
-            this.idle.notify_waiters();
+            drop(held);
         });
     }
 
@@ -882,6 +909,11 @@ impl WorkDriver {
                     }
                     next_sweep = tokio::time::Instant::now() + interval;
                 }
+                // Listening for a freed slot starts before the drive counts
+                // the free ones: a run that ends while the loop drives or
+                // reads the next due time is heard at the `select!` below.
+                let slot_freed = worker.slot_freed.notified();
+                tokio::pin!(slot_freed);
                 let looked_at = worker.clock.now_ms();
                 if let Some(due) = &due {
                     if !worker.is_draining() {
@@ -921,7 +953,7 @@ impl WorkDriver {
                     _ = stop.cancelled() => break,
                     _ = nudge.notified() => {}
                     _ = hub_work => {}
-                    _ = worker.idle.notified(), if slot_wanted => {}
+                    _ = &mut slot_freed, if slot_wanted => {}
                     _ = tokio::time::sleep(pause) => {}
                 }
             }

@@ -1485,6 +1485,47 @@ pub async fn a_start_claims_into_an_idle_slot(factory: &dyn StoreFactory) {
     p.shutdown().await;
 }
 
+/// A worker whose every slot is busy runs its queued work as slots free, not
+/// at its next sweep: one slot, claim batches of one, a sweep an hour apart,
+/// and forty starts at once, each of which must end. (A slot freed while the
+/// driver was between listening for one was once heard by nobody, and the
+/// queued work waited for the sweep.)
+pub async fn a_full_worker_runs_queued_work_as_slots_free(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let p = Processes::builder(store.registry.clone())
+        .tools(tools(vec![]))
+        .clock(Arc::new(store.clock.clone()))
+        .worker_config(WorkerConfig {
+            concurrency: 1,
+            batch_size: 1,
+            sweep_interval: Duration::from_secs(3_600),
+            ..config("w1")
+        })
+        .start();
+    let ids: Vec<String> = (0..40).map(|i| format!("q{i}")).collect();
+    let starts = ids.iter().enumerate().map(|(i, id)| {
+        p.start(StartRequest::tool(
+            id,
+            "echo",
+            json!({"value": i}),
+            Disposition::Rerunnable,
+        ))
+    });
+    for started in futures::future::join_all(starts).await {
+        started.expect("start");
+    }
+    let ends = ids.iter().map(|id| p.await_output(id, WAIT));
+    for (id, ended) in ids.iter().zip(futures::future::join_all(ends).await) {
+        let r = ended.expect("await");
+        assert_eq!(
+            r.status,
+            ProcessStatus::Completed,
+            "{id} did not end within {WAIT:?}: {r:?}"
+        );
+    }
+    p.shutdown().await;
+}
+
 /// A runtime of one slot and claim batches of one, over a probe, whose first
 /// drive found the worklist empty (so a start may claim for itself).
 async fn one_slot_runtime(store: &TestStore) -> (Arc<crate::probe::ReadProbe>, Processes) {

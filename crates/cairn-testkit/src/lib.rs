@@ -384,6 +384,7 @@ macro_rules! execution_suite {
                 rerunnable_reruns_after_lease_expiry,
                 owner_bound_started_is_never_rerun,
                 a_start_claims_into_an_idle_slot,
+                a_full_worker_runs_queued_work_as_slots_free,
                 a_start_racing_a_drive_leaves_no_claim_without_a_slot,
                 a_drain_waits_for_a_claim_waiting_for_a_slot,
                 a_drain_waits_for_a_drive_claiming,
