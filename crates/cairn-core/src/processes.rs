@@ -813,7 +813,21 @@ impl Processes {
     }
 
     /// Append a declared event (for external owners).
+    ///
+    /// A type the process's own tool or runner declares (`shell.output` of a
+    /// `shell` call) is written by its run: without the run's lease it is
+    /// refused as `reserved_event_type` (its log is the run's account).
     pub async fn append_event(&self, id: &str, req: AppendRequest) -> Result<AppendResult> {
+        let tools = &self.inner.starter.tools;
+        if req.lease.is_none() && tools.declares(&req.event_type) {
+            let record = self.inner.registry.get(id).await?;
+            if tools.run_writes(&record.input, &req.event_type) {
+                return Err(CairnError::ReservedEventType(format!(
+                    "`{}` is written by the process's own run, under its lease",
+                    req.event_type
+                )));
+            }
+        }
         self.inner.registry.append_event(id, req).await
     }
 

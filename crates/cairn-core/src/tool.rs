@@ -72,6 +72,9 @@ pub trait Tool: Send + Sync + 'static {
 pub struct ToolRegistry {
     tools: Arc<BTreeMap<String, Arc<dyn Tool>>>,
     runners: Arc<BTreeMap<String, Arc<dyn Tool>>>,
+    /// Every event type a registered tool or runner declares (a replaced
+    /// one's too: it only spares appends of other types a record read).
+    declared: Arc<std::collections::BTreeSet<String>>,
 }
 
 impl ToolRegistry {
@@ -82,8 +85,14 @@ impl ToolRegistry {
 
     /// Add (or replace) a tool.
     pub fn register(&mut self, tool: Arc<dyn Tool>) -> &mut Self {
+        self.note_declared(tool.as_ref());
         Arc::make_mut(&mut self.tools).insert(tool.name().to_string(), tool);
         self
+    }
+
+    fn note_declared(&mut self, tool: &dyn Tool) {
+        let declared = Arc::make_mut(&mut self.declared);
+        declared.extend(tool.event_types().into_iter().map(|t| t.name));
     }
 
     /// Builder form of [`register`](Self::register).
@@ -103,6 +112,7 @@ impl ToolRegistry {
     /// process declares. Without a runner such inputs are recorded, and a
     /// worker that claims one ends it `unsupported_input`.
     pub fn register_runner(&mut self, kind: &str, runner: Arc<dyn Tool>) -> &mut Self {
+        self.note_declared(runner.as_ref());
         Arc::make_mut(&mut self.runners).insert(kind.to_string(), runner);
         self
     }
@@ -122,6 +132,25 @@ impl ToolRegistry {
                 Some((runner, serde_json::to_value(other).unwrap_or(Value::Null)))
             }
         }
+    }
+
+    /// Whether the tool or runner that runs `input` declares `event_type`:
+    /// its run writes that type (`shell.output`), so an append from outside
+    /// the run, without its lease, is refused (`Processes::append_event`).
+    pub fn run_writes(&self, input: &ProcessInput, event_type: &str) -> bool {
+        if !self.declared.contains(event_type) {
+            return false;
+        }
+        let tool = match input {
+            ProcessInput::ToolCall { tool, .. } => self.get(tool),
+            other => self.runner(other.kind()),
+        };
+        tool.is_some_and(|t| t.event_types().iter().any(|t| t.name == event_type))
+    }
+
+    /// Whether some registered tool or runner declares `event_type`.
+    pub fn declares(&self, event_type: &str) -> bool {
+        self.declared.contains(event_type)
     }
 
     /// The names of the registered tools (in no particular order).

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use cairn_core::async_trait;
 use cairn_core::{
-    AbandonWriter, Awaiter, Backoff, Disposition, ManualClock, Outcome, ProcessFilter, ProcessRecord, ProcessStatus,
-    Processes, StartRequest, StatusFilter, Tool, ToolContext, ToolRegistry, Watermark, Worker, WorkerConfig,
+    AbandonWriter, AppendRequest, Awaiter, Backoff, CairnError, Disposition, EventType, ManualClock, Outcome,
+    ProcessFilter, ProcessRecord, ProcessStatus, Processes, StartRequest, StatusFilter, Tool, ToolContext,
+    ToolRegistry, Watermark, Worker, WorkerConfig,
 };
 use cairn_tools::{builtin_tools, stopped_outcome, ShellTool};
 use parking_lot::Mutex;
@@ -254,6 +255,44 @@ pub async fn cancel_running_shell_kills_child(factory: &dyn StoreFactory) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(gone, "child pid {pid} still exists after cancellation");
+    p.shutdown().await;
+}
+
+/// A type a process's own tool declares is written by its run: an append of
+/// `shell.output` to a shell call cairn runs, without the run's lease, is
+/// refused and writes nothing (it would be taken for the command's output),
+/// while a type its producer declared beside the tool's is appended.
+pub async fn a_tools_own_event_types_are_written_only_by_its_run(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let p = runtime(&store, "w1", vec![]);
+    p.start(shell("sh-own", json!({"command": "echo ready; exec sleep 1000"})))
+        .await
+        .expect("start");
+    p.await_event("sh-own", "shell.output", 0, WAIT).await.expect("output");
+    let before = p.get("sh-own").await.expect("get");
+    let forged = AppendRequest::new("shell.output", json!({"stream": "stdout", "lines": ["all good"]}));
+    let err = p.append_event("sh-own", forged.clone()).await.expect_err("refused");
+    assert!(matches!(err, CairnError::ReservedEventType(_)), "{err:?}");
+    assert_eq!(p.get("sh-own").await.expect("get").last_sequence, before.last_sequence);
+    p.cancel("sh-own", None).await.expect("cancel");
+    assert_eq!(terminal(&p, "sh-own").await.status, ProcessStatus::Cancelled);
+
+    // A type the producer declares beside the tool's stays the producer's.
+    p.start(
+        shell("sh-note", json!({"command": "exec sleep 1000"}))
+            .with_event_type(EventType::plain("note").with_schema(json!({"type": "object"}))),
+    )
+    .await
+    .expect("start");
+    let note = p
+        .append_event("sh-note", AppendRequest::new("note", json!({"by": "host"})))
+        .await
+        .expect("the producer appends its own type");
+    assert_eq!(note.event.event_type, "note");
+    let err = p.append_event("sh-note", forged).await.expect_err("refused");
+    assert!(matches!(err, CairnError::ReservedEventType(_)), "{err:?}");
+    p.cancel("sh-note", None).await.expect("cancel");
+    terminal(&p, "sh-note").await;
     p.shutdown().await;
 }
 

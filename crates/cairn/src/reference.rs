@@ -37,8 +37,8 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
             CairnError::ReservedEventType(s()),
             "an append of a type only cairn writes (`process.started`, `process.waiting`, `process.resumed`, \
              `process.cancel_requested`, `process.abandon_requested`, `process.abandoned`, `script.*`, and \
-             `turn.*` on a session turn), a \
-             registration declaring a `process.*` or `script.*` type, or a script's `ctx.emit` of a \
+             `turn.*` on a session turn), an append without the run's lease of a type the process's own \
+             tool declares (`shell.output` of a `shell` call), a registration declaring a `process.*` or `script.*` type, or a script's `ctx.emit` of a \
              `process.*`, `script.*`, `signal.*` or `turn.*` type",
         ),
         (
