@@ -337,8 +337,9 @@ fn refuses_open_non_loopback_and_unbuilt_backends() {
         }
         child.wait_with_output().expect("output")
     };
+    // Bad settings are bad input: exit 2, as for any command (`--help`).
     let out = run(&["serve", "--db", "memory", "--listen", "0.0.0.0:0"]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refusing to listen on non-loopback"), "{err}");
 
@@ -351,7 +352,7 @@ fn refuses_open_non_loopback_and_unbuilt_backends() {
         let mut args = vec!["serve", "--db", "memory", "--listen", "127.0.0.1:0"];
         args.extend_from_slice(tokens);
         let out = run(&args);
-        assert!(!out.status.success(), "{tokens:?}");
+        assert_eq!(out.status.code(), Some(2), "{tokens:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("--session-token"), "{tokens:?}: {err}");
     }
@@ -366,7 +367,7 @@ fn refuses_open_non_loopback_and_unbuilt_backends() {
         "--script-heap-bytes",
         "20000",
     ]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--script-heap-bytes") && err.contains("at least"), "{err}");
 
@@ -374,7 +375,7 @@ fn refuses_open_non_loopback_and_unbuilt_backends() {
     // healthy server that never runs anything: refused at start.
     for (flag, value) in [("--workers", "0"), ("--lease-ttl", "0s"), ("--lease-ttl", "99ms")] {
         let out = run(&["serve", "--db", "memory", "--listen", "127.0.0.1:0", flag, value]);
-        assert!(!out.status.success(), "{flag} {value}");
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(flag) && err.contains("at least"), "{flag} {value}: {err}");
     }
@@ -388,7 +389,13 @@ fn refuses_open_non_loopback_and_unbuilt_backends() {
     let db = format!("sqlite:{}", foreign.display());
     let out = run(&["serve", "--db", &db, "--listen", "127.0.0.1:0"]);
     let _ = std::fs::remove_file(&foreign);
-    assert!(!out.status.success());
+    // A database that cannot be opened is not a flag's fault: exit 1.
+    assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot open"), "{err}");
+    // A database URL without its scheme is one.
+    let out = run(&["serve", "--db", "my.db", "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unsupported database URL `my.db`"), "{err}");
 }

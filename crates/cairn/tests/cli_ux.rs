@@ -222,6 +222,156 @@ async fn a_server_restart_abandonment_is_said_in_words() {
     assert_eq!(run.exit_code().await, 1);
 }
 
+/// A rerunnable run whose server stops runs again after the restart, and
+/// `cairn run` says so before the new run's output: the first run's line and
+/// the second's are both printed, with the attempt named between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerunnable_run_started_over_is_said() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("c.db").display());
+    let mark = dir.path().join("ran-once");
+    let script = format!(
+        "if [ -e {m} ]; then echo second; else touch {m}; echo first; exec sleep 30; fi",
+        m = mark.display()
+    );
+    let mut server = Server::start_on(&db, &[]).await;
+    let port = server.base.rsplit(':').next().expect("port").to_string();
+    let mut run = Running::spawn(
+        &server.base,
+        &[
+            "run",
+            "--id",
+            "re",
+            "--disposition",
+            "rerunnable",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    let mut stdout = BufReader::new(run.child.stdout.take().expect("stdout")).lines();
+    let first = tokio::time::timeout(Duration::from_secs(60), stdout.next_line())
+        .await
+        .expect("the first run printed in time")
+        .expect("read stdout");
+    assert_eq!(first.as_deref(), Some("first"));
+    // SAFETY: sending SIGTERM to our own child process by its pid.
+    assert_eq!(unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGTERM) }, 0);
+    assert!(server.wait_exit(Duration::from_secs(20)).is_some_and(|s| s.success()));
+    drop(server);
+    let listen = format!("127.0.0.1:{port}");
+    let _again = Server::serve(&["--db", &db, "--allow-shell", "--listen", &listen]).await;
+    let said = run.stderr_line("re runs again").await;
+    assert!(said.contains("attempt 2") && said.contains("new run's"), "{said}");
+    let second = tokio::time::timeout(Duration::from_secs(60), stdout.next_line())
+        .await
+        .expect("the second run printed in time")
+        .expect("read stdout");
+    assert_eq!(second.as_deref(), Some("second"));
+    assert_eq!(run.exit_code().await, 0);
+}
+
+/// `cairn run --id X` of an X that already ended says it already ran (and
+/// prints its output again, ending with its exit code), rather than offering
+/// to stop it; so does `--detach`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_an_ended_id_says_it_already_ran() {
+    let server = Server::start(&[]).await;
+    let args = ["run", "--id", "once", "--", "sh", "-c", "echo hello; exit 3"];
+    let out = server.cli(&args, None).await;
+    assert_eq!((out.code, out.stdout.as_str()), (3, "hello\n"), "{}", out.stderr);
+    assert!(out.stderr.contains("started once"), "{}", out.stderr);
+    let again = server.cli(&args, None).await;
+    assert_eq!((again.code, again.stdout.as_str()), (3, "hello\n"), "{}", again.stderr);
+    assert!(
+        again.stderr.contains("once already ran and ended failed"),
+        "{}",
+        again.stderr
+    );
+    let detached = server
+        .cli(
+            &[
+                "run",
+                "--detach",
+                "--id",
+                "once",
+                "--",
+                "sh",
+                "-c",
+                "echo hello; exit 3",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (detached.code, detached.stdout.trim()),
+        (0, "once"),
+        "{}",
+        detached.stderr
+    );
+    assert!(detached.stderr.contains("once already ran"), "{}", detached.stderr);
+    assert!(!detached.stderr.contains("cancel"), "{}", detached.stderr);
+    // `cairn start` of an ended id says the same.
+    let body = common::tool_start("e1", "echo", json!({"value": 1}), "rerunnable").to_string();
+    assert_eq!(server.cli(&["start", &body], None).await.code, 0);
+    assert_eq!(server.cli(&["await", "e1"], None).await.code, 0);
+    let repeat = server.cli(&["start", &body], None).await;
+    assert_eq!(
+        (repeat.code, repeat.stdout.trim()),
+        (0, "already ran e1 (completed)"),
+        "{}",
+        repeat.stderr
+    );
+}
+
+/// A server shut down while `cairn await` waits ends the wait with words that
+/// say so (exit 1), not with "cannot reach the server": the server answers
+/// the open wait as it stops, and refuses the client's next ask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_during_await_is_said() {
+    let mut server = Server::start(&[]).await;
+    let c = server.client();
+    let (s, _) = c.start(waiter("w")).await;
+    assert_eq!(s, 201);
+    let open = |c: common::Client| async move {
+        let text = c
+            .http
+            .get(c.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .find_map(|l| l.strip_prefix("cairn_http_connections_open "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .expect("the open connections gauge")
+    };
+    let before = open(c.clone()).await;
+    let mut wait = Running::spawn(&server.base, &["await", "w", "--timeout", "60s"]);
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while open(c.clone()).await <= before {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the await's connection opened");
+    // A wait the server ends at once reads as a shutdown by its speed alone;
+    // this one has been open a while, as most are when a server stops.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // SAFETY: sending SIGTERM to our own child process by its pid.
+    assert_eq!(unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGTERM) }, 0);
+    let said = wait.stderr_line("error:").await;
+    assert!(
+        said.contains("ended the wait early") && said.contains("w is still running"),
+        "{said}"
+    );
+    assert_eq!(wait.exit_code().await, 1);
+    assert!(server.wait_exit(Duration::from_secs(20)).is_some());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn section_three_exit_codes_json_shapes_and_messages() {
     let server = Server::start(&["--max-await", "300ms"]).await;

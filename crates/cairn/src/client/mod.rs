@@ -67,11 +67,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             if json {
                 print_json(&record);
             } else {
-                let verb = if status.as_u16() == 201 {
-                    "started"
-                } else {
-                    "already started"
-                };
+                let verb = start_verb(status, &record);
                 println!("{verb} {} ({})", str_at(&record, "/id"), str_at(&record, "/status"));
             }
             Ok(ExitCode::SUCCESS)
@@ -354,27 +350,40 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
 /// the caller's whole timeout has passed, so a long timeout is never cut short.
 async fn await_command(client: &Client, json: bool, id: &str, timeout: Duration) -> Result<ExitCode, ClientError> {
     let deadline = Instant::now() + timeout;
+    let ended_early = || {
+        ClientError::Interrupted(format!(
+            "the server ended the wait early (is it shutting down?); {id} is still running"
+        ))
+    };
+    let mut asked_again = false;
     let record = loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let asked = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX);
         let sent = Instant::now();
-        let record = client
+        let answer = client
             .get(&format!(
                 "{}/await?{}",
                 proc_path(id),
                 query([("timeout_ms", asked.to_string())])
             ))
-            .await?;
+            .await;
+        let record = match answer {
+            Ok(record) => record,
+            // Asked again after an early answer, and the server is gone: it
+            // was shutting down, not at its cap.
+            Err(ClientError::Unreachable { .. } | ClientError::Http(_)) if asked_again => return Err(ended_early()),
+            Err(e) => return Err(e),
+        };
         if str_at(&record, "/status") != "running" || Instant::now() >= deadline {
             break record;
         }
         // The server answered "running" before our deadline: its cap, or it is
-        // shutting down. A cap answers after waiting; a shutdown answers at once.
+        // shutting down. A cap answers after waiting; a shutdown answers at
+        // once, or (a wait it ended partway) refuses the next ask.
         if sent.elapsed() < Duration::from_millis(50) && asked >= 1000 {
-            return Err(ClientError::Interrupted(format!(
-                "the server ended the wait early (is it shutting down?); {id} is still running"
-            )));
+            return Err(ended_early());
         }
+        asked_again = true;
     };
     if json {
         print_json(&record);
@@ -503,20 +512,24 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
         "disposition": args.disposition.wire(),
     });
     let (status, record) = client.post("/v1/processes", &body).await?;
-    let verb = if status.as_u16() == 201 {
-        "started"
-    } else {
-        "already started"
-    };
+    let verb = start_verb(status, &record);
+    let ended = str_at(&record, "/status") != "running";
     if args.detach {
         if json {
             print_json(&record);
         } else {
             println!("{id}");
-            eprintln!(
-                "{verb} {id} in the background; follow it with `cairn events {id} --follow`, \
-                 wait with `cairn await {id}`, stop it with `cairn cancel {id}`"
-            );
+            if ended {
+                eprintln!(
+                    "{id} already ran: it ended {}; see how with `cairn get {id}`, its output with `cairn events {id}`",
+                    str_at(&record, "/status")
+                );
+            } else {
+                eprintln!(
+                    "{verb} {id} in the background; follow it with `cairn events {id} --follow`, \
+                     wait with `cairn await {id}`, stop it with `cairn cancel {id}`"
+                );
+            }
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -527,12 +540,35 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
         ctrl_c.set(tokio::signal::ctrl_c());
     }
     if !json {
-        eprintln!("{verb} {id} (Ctrl-C cancels it)");
+        if ended {
+            eprintln!(
+                "{id} already ran and ended {}; its output again:",
+                str_at(&record, "/status")
+            );
+        } else {
+            eprintln!("{verb} {id} (Ctrl-C cancels it)");
+        }
     }
-    // Output lines go where the command wrote them; the rest of the log is not the command's output.
+    // Output lines go where the command wrote them; the rest of the log is not
+    // the command's output, except that a new attempt is said (a rerunnable
+    // run whose server stopped runs again from the start).
     let follow = client.follow(&id, 0, true, |event| {
-        if json || event.get("event_type").and_then(Value::as_str) != Some("shell.output") {
+        if json {
             return;
+        }
+        match event.get("event_type").and_then(Value::as_str) {
+            Some("shell.output") => {}
+            Some("process.started") => {
+                let attempt = event.pointer("/payload/attempt").and_then(Value::as_u64).unwrap_or(1);
+                if attempt > 1 {
+                    eprintln!(
+                        "{id} runs again (attempt {attempt}): its last run did not end (its server stopped \
+                         or lost it), and a rerunnable run starts over; the output below is the new run's"
+                    );
+                }
+                return;
+            }
+            _ => return,
         }
         let to_stderr = event.pointer("/payload/stream").and_then(Value::as_str) == Some("stderr");
         for line in event
@@ -585,6 +621,18 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
             code
         },
     )
+}
+
+/// How a start's answer is said: `started` (201), `already started` for a
+/// repeat of one still running, `already ran` for one that has ended.
+fn start_verb(status: reqwest::StatusCode, record: &Value) -> &'static str {
+    if status.as_u16() == 201 {
+        "started"
+    } else if str_at(record, "/status") == "running" {
+        "already started"
+    } else {
+        "already ran"
+    }
 }
 
 /// The exit code a finished `run` reports: the command's own when the outcome

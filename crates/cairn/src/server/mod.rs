@@ -156,6 +156,21 @@ pub enum ServeError {
          only one live runtime runs under the id"
     )]
     NodeLost(String),
+    /// Another live runtime holds the node id (`--node-id`).
+    #[error("{0}")]
+    NodeHeld(String),
+}
+
+impl ServeError {
+    /// The exit code `cairn serve` ends with: 2 for bad settings (a flag's
+    /// value, a database URL this binary does not understand), as for any
+    /// command's bad input; 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_) | Self::Db(db::OpenError::Unsupported(_)) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// The node id a server takes without `--node-id`: the host name, with any
@@ -224,7 +239,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             cairn_core::CairnError::Unavailable(m) => m,
             other => other.to_string(),
         };
-        ServeError::Config(format!("{why} (--node-id NAME)"))
+        ServeError::NodeHeld(format!("{why} (--node-id NAME)"))
     })?;
     let backend_kind = args.db.split(':').next().unwrap_or("unknown");
     let metrics = Arc::new(Metrics::new(match backend_kind {
