@@ -436,6 +436,39 @@ impl ToolKind {
     }
 }
 
+/// `arguments` with each whole-number float (`1000.0`) in a top-level field
+/// the schema types `integer` made an integer: JSON Schema's `integer` is any
+/// number with a zero fraction, and clients that hold every number as a
+/// double send them so. Serde's integer fields would refuse them. Only exact
+/// integers (|n| ≤ 2^53) are taken; anything else is left to be refused.
+fn whole_numbers_as_integers(schema: &JsonObject, mut arguments: Value) -> Value {
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+        return arguments;
+    };
+    let Some(fields) = arguments.as_object_mut() else {
+        return arguments;
+    };
+    for (name, value) in fields.iter_mut() {
+        let integer = props.get(name).and_then(|p| p.get("type")).is_some_and(|t| match t {
+            Value::String(t) => t == "integer",
+            Value::Array(ts) => ts.iter().any(|t| t == "integer"),
+            _ => false,
+        });
+        let Some(f) = value.as_f64().filter(|_| integer && value.is_f64()) else {
+            continue;
+        };
+        if f.fract() == 0.0 && f.abs() <= EXACT {
+            *value = if f < 0.0 {
+                Value::from(f as i64)
+            } else {
+                Value::from(f as u64)
+            };
+        }
+    }
+    arguments
+}
+
 /// How long one `process_await` waits for `timeout_ms`.
 pub fn await_bound(timeout_ms: Option<u64>) -> Duration {
     timeout_ms
@@ -445,6 +478,7 @@ pub fn await_bound(timeout_ms: Option<u64>) -> Duration {
 }
 
 fn parse<T: DeserializeOwned>(kind: ToolKind, arguments: Value) -> Result<T, Failure> {
+    let arguments = whole_numbers_as_integers(&kind.input_schema(), arguments);
     serde_json::from_value(arguments)
         .map_err(|e| Failure::new("invalid_request", format!("arguments of `{}`: {e}", kind.name())))
 }
@@ -774,5 +808,26 @@ mod tests {
         let schema = ToolKind::List.input_schema();
         let status = serde_json::to_string(&schema["properties"]["status"]).unwrap();
         assert!(status.contains("StatusFilter"), "{status}");
+    }
+
+    /// An integer field takes a whole number written as a float (`1000.0`,
+    /// an `integer` to JSON Schema), and refuses a fraction; a number the
+    /// caller sends as data (a completion's `value`) is passed on as sent.
+    #[test]
+    fn integer_fields_take_whole_number_floats() {
+        let a: AwaitArgs = parse(ToolKind::Await, json!({"id": "p", "timeout_ms": 1000.0})).unwrap();
+        assert_eq!(a.timeout_ms, Some(1000));
+        let e: EventsArgs = parse(ToolKind::Events, json!({"id": "p", "after": 3.0, "limit": 2.0})).unwrap();
+        assert_eq!((e.after, e.limit), (Some(3), Some(2)));
+        let err = parse::<AwaitArgs>(ToolKind::Await, json!({"id": "p", "timeout_ms": 1000.5})).unwrap_err();
+        assert!(format!("{err:?}").contains("invalid_request"), "{err:?}");
+        assert!(parse::<EventsArgs>(ToolKind::Events, json!({"id": "p", "after": -1.0})).is_err());
+        let c: CompleteArgs = parse(
+            ToolKind::Complete,
+            json!({"id": "p", "outcome": {"type": "success", "value": 2.0}, "authority": "ci"}),
+        )
+        .unwrap();
+        let sent = serde_json::to_value(&c.outcome).unwrap();
+        assert!(sent["value"].is_f64(), "{sent}");
     }
 }
