@@ -118,6 +118,11 @@ pub(crate) struct Journal {
     /// written before results said so): a replay delivers them the same way.
     order: Vec<(u64, Option<u64>)>,
     logs: u64,
+    /// The highest call number the journal holds (a call's or a result's).
+    last_n: u64,
+    /// Which read of `ctx.cancelled` first answered true in the run that
+    /// journaled it (`cancel_seen` on the next call or log line it made).
+    cancel_seen: Option<u64>,
 }
 
 impl Journal {
@@ -125,6 +130,12 @@ impl Journal {
         let mut j = Self::default();
         for e in log {
             let n = e.payload.get("n").and_then(Value::as_u64);
+            if matches!(e.event_type.as_str(), SCRIPT_CALL | SCRIPT_LOG) && j.cancel_seen.is_none() {
+                j.cancel_seen = e.payload.get(CANCEL_SEEN).and_then(Value::as_u64);
+            }
+            if matches!(e.event_type.as_str(), SCRIPT_CALL | SCRIPT_RESULT) {
+                j.last_n = j.last_n.max(n.unwrap_or(0));
+            }
             match (e.event_type.as_str(), n) {
                 (SCRIPT_CALL, Some(n)) => {
                     j.calls.insert(n, e.payload.clone());
@@ -143,6 +154,13 @@ impl Journal {
         j
     }
 }
+
+/// The field of the first call or log line a script made after it first
+/// read `ctx.cancelled` as true: which read that was (1 for the first). A
+/// replay answers its reads from it, as the journaling run saw them; a
+/// replay of a journal without it answers `false` until the journal is
+/// replayed (the run saw `true` only after its last journaled entry).
+const CANCEL_SEEN: &str = "cancel_seen";
 
 /// A new journal entry, to append in order.
 #[derive(Debug)]
@@ -341,11 +359,22 @@ struct State {
     signal_counts: HashMap<String, u64>,
     fatal: Option<(String, String)>,
     cancelled: bool,
+    /// How many times the script read `ctx.cancelled`.
+    cancel_reads: u64,
+    /// The read that first answered true, until the next call or log line
+    /// records it (`CANCEL_SEEN`).
+    cancel_seen: Option<u64>,
     ctx: ToolContext,
     stop: Arc<AtomicU8>,
 }
 
 impl State {
+    /// Whether the journal holds more than this activation has replayed:
+    /// calls or log lines it has not made again, or results not delivered.
+    fn replaying(&self) -> bool {
+        self.n < self.journal.last_n || self.logs < self.journal.logs || self.replayed < self.journal.order.len()
+    }
+
     fn set_fatal(&mut self, code: &str, message: String) -> String {
         if self.fatal.is_none() {
             self.fatal = Some((code.to_string(), message.clone()));
@@ -370,9 +399,21 @@ impl State {
             // Live, not only at the script's next call: a synchronous loop
             // that polls `ctx.cancelled` sees the request as soon as the run
             // is stopped for it.
+            // A replay answers as the journaling run was answered
+            // (`CANCEL_SEEN`), though the cancellation is in force from its
+            // start: a script that branches on it replays the same calls.
             "cancelled" => {
-                if !self.cancelled && matches!(self.ctx.stop_reason(), Some(cairn_core::StopReason::Cancelled { .. })) {
-                    self.cancelled = true;
+                self.cancel_reads += 1;
+                if !self.cancelled {
+                    let seen = match self.journal.cancel_seen {
+                        Some(read) => self.cancel_reads >= read,
+                        None if self.replaying() => false,
+                        None => matches!(self.ctx.stop_reason(), Some(cairn_core::StopReason::Cancelled { .. })),
+                    };
+                    if seen {
+                        self.cancelled = true;
+                        self.cancel_seen = Some(self.cancel_reads);
+                    }
                 }
                 return self.cancelled.to_string();
             }
@@ -398,6 +439,9 @@ impl State {
                 if let Err(e) = cairn_core::validate::check_size(&format!("payload of `{SCRIPT_LOG}`"), &p) {
                     return json!({"error": {"class": "cairn", "code": e.code(), "message": e.to_string()}})
                         .to_string();
+                }
+                if let (Some(m), Some(read)) = (p.as_object_mut(), self.cancel_seen.take()) {
+                    m.insert(CANCEL_SEEN.into(), json!(read));
                 }
                 self.logs += 1;
                 if self.logs > self.journal.logs {
@@ -431,6 +475,9 @@ impl State {
         }
         map.insert("n".into(), json!(n));
         map.insert("kind".into(), json!(kind));
+        if let Some(read) = self.cancel_seen.take() {
+            map.insert(CANCEL_SEEN.into(), json!(read));
+        }
         match self.journal.calls.get(&n) {
             Some(journaled) if *journaled != call => {
                 let message = format!("call {n} replayed as {call} but the journal has {journaled}");
@@ -776,6 +823,8 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
         signal_counts: HashMap::new(),
         fatal: None,
         cancelled: false,
+        cancel_reads: 0,
+        cancel_seen: None,
         ctx: tool_ctx,
         stop: stop.clone(),
     }));

@@ -1663,6 +1663,106 @@ async fn a_cleanup_after_a_cancel_seen_while_busy_replays_the_same_across_a_cras
     );
 }
 
+/// Reads `ctx.cancelled` before its cancellation, emits what it read, then
+/// polls until it turns true; the first activation (`args.first`) then spins
+/// and is cut short.
+const BRANCHY: &str = r#"export async function branchy(ctx, args) {
+    const before = ctx.cancelled;
+    await ctx.emit("ready", {before});
+    while (!ctx.cancelled) {}
+    await ctx.emit("seen", {});
+    if (args.first) for (;;) {}
+    return "done";
+}"#;
+
+/// A replay answers `ctx.cancelled` as the run that journaled it was
+/// answered, though the cancellation is in force from the replay's start:
+/// the read before the cancel is `false` again, so the replayed emit matches
+/// its journaled call (no `nondeterminism`), and the process ends `cancelled`.
+#[tokio::test]
+async fn a_replay_reads_ctx_cancelled_as_the_journaling_run_did() {
+    let limits = Limits {
+        cpu: Duration::from_secs(30),
+        ..Limits::default()
+    };
+    let engine = Arc::new(CrashAfterEvent::new(QuickJs::new(limits), false, "first", "seen"));
+    let p = Processes::builder(Arc::new(MemoryRegistry::new()))
+        .script_engine(engine.clone())
+        .start();
+    engine.processes.set(p.clone()).ok().expect("set once");
+    let m = put(&p, BRANCHY).await;
+    let mut req = script("branchy", &m, "branchy", json!({}));
+    for t in ["ready", "seen"] {
+        req = req.with_event_type(cairn_core::EventType::plain(t));
+    }
+    p.start(req).await.expect("started");
+    p.await_event("branchy", "ready", 0, Duration::from_secs(10))
+        .await
+        .expect("ready");
+    p.cancel("branchy", Some("enough".into())).await.expect("cancel");
+    let rec = p
+        .await_output("branchy", Duration::from_secs(20))
+        .await
+        .expect("awaited");
+    assert_eq!(rec.outcome, Some(Outcome::cancelled("enough")), "{rec:?}");
+    assert!(
+        engine.crashed.load(std::sync::atomic::Ordering::SeqCst),
+        "cut short once"
+    );
+    assert_eq!(events(&p, "branchy", "ready").await, [json!({"before": false})]);
+    assert_eq!(events(&p, "branchy", "seen").await.len(), 1);
+    let calls = events(&p, "branchy", "script.call").await;
+    let seen_at = calls[1]["cancel_seen"]
+        .as_u64()
+        .expect("the call after the true read says which read");
+    assert!(seen_at >= 2, "{calls:?}");
+    assert_eq!(events(&p, "branchy", "process.started").await.len(), 2);
+}
+
+/// Reads `ctx.cancelled` before it suspends on a signal, and cleans up when
+/// the wait rejects.
+const CAREFUL: &str = r#"export async function careful(ctx) {
+    const before = ctx.cancelled;
+    await ctx.emit("ready", {before});
+    try {
+        await ctx.waitSignal("go");
+        return "went";
+    } catch (e) {
+        await ctx.emit("cleanup", {code: e.code, now: ctx.cancelled});
+        throw e;
+    }
+}"#;
+
+/// A script cancelled while suspended is replayed with the cancellation in
+/// force; its read of `ctx.cancelled` before the wait answers `false` as it
+/// did, so the replay reaches the wait and the cleanup runs (before, the
+/// replayed emit differed from the journal and the run ended at
+/// `nondeterminism` without its cleanup).
+#[tokio::test]
+async fn a_script_that_read_ctx_cancelled_before_suspending_cleans_up_when_cancelled() {
+    let p = runtime(Limits::default());
+    let m = put(&p, CAREFUL).await;
+    let mut req = script("careful", &m, "careful", json!({}));
+    for t in ["ready", "cleanup"] {
+        req = req.with_event_type(cairn_core::EventType::plain(t));
+    }
+    p.start(req).await.expect("started");
+    p.await_event("careful", cairn_core::events::WAITING, 0, Duration::from_secs(10))
+        .await
+        .expect("suspended on the signal");
+    p.cancel("careful", Some("not now".into())).await.expect("cancel");
+    let rec = p
+        .await_output("careful", Duration::from_secs(20))
+        .await
+        .expect("awaited");
+    assert_eq!(rec.outcome, Some(Outcome::cancelled("not now")), "{rec:?}");
+    assert_eq!(events(&p, "careful", "ready").await, [json!({"before": false})]);
+    assert_eq!(
+        events(&p, "careful", "cleanup").await,
+        [json!({"code": "cancelled", "now": true})]
+    );
+}
+
 /// `console.log` and its kin write `script.log` lines as `ctx.log` does,
 /// once across a replay.
 #[tokio::test]

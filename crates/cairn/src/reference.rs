@@ -305,7 +305,9 @@ fn event_meaning(name: &str) -> &'static str {
         cairn_core::events::CANCELLED => "terminal: cancelled",
         cairn_core::events::ABANDONED => "terminal: abandoned, with the evidence (written only by cairn)",
         cairn_core::script::SCRIPT_CALL => {
-            "a script's journaled context call (script processes): `{n, kind, ...}`, the call's arguments"
+            "a script's journaled context call (script processes): `{n, kind, ...}`, the call's arguments; \
+             the first call (or `script.log` line) after the script first read `ctx.cancelled` as true \
+             carries `cancel_seen`, which read that was, so a replay answers its reads the same"
         }
         cairn_core::script::SCRIPT_RESULT => {
             "the answer of script call `n`: `{n, value}` or `{n, error: {class, code, message, process_id?}}` \
