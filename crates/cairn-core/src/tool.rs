@@ -384,7 +384,7 @@ impl ToolContext {
                 }
                 return Ok(Some(signal.payload.clone()));
             }
-            self.check_stopped(name)?;
+            self.check_stopped_by(&log, name)?;
             match self.pend(&mut wait, waited, deadline, seen).await? {
                 Pending::TimedOut => return Ok(None),
                 Pending::ReadAgain => continue,
@@ -437,7 +437,7 @@ impl ToolContext {
                 }
                 return Ok(());
             }
-            self.check_stopped("timer")?;
+            self.check_stopped_by(&log, "timer")?;
             if self.suspends() {
                 if self.suspend(&wait, seen).await? {
                     return Err(self.suspended_error());
@@ -533,7 +533,7 @@ impl ToolContext {
                 }
                 return Ok(Some(children));
             }
-            self.check_stopped("children")?;
+            self.check_stopped_by(&log, "children")?;
             match self.pend(&mut wait, waited, deadline, seen).await? {
                 Pending::TimedOut => return Ok(None),
                 Pending::ReadAgain => continue,
@@ -699,7 +699,7 @@ impl ToolContext {
                 }
                 _ => {}
             }
-            self.check_stopped("the first of several waits")?;
+            self.check_stopped_by(&log, "the first of several waits")?;
             match self.pend(&mut wait, waited, deadline, seen).await? {
                 Pending::TimedOut => return Ok(FirstOf::TimedOut),
                 Pending::ReadAgain => continue,
@@ -781,6 +781,24 @@ impl ToolContext {
     /// The time on this run's clock, in epoch milliseconds.
     pub fn now_ms(&self) -> u64 {
         self.inner.clock.now_ms()
+    }
+
+    /// Stopped, or cancelled by a request `log` holds: the run stops for it
+    /// now rather than when its guard hears of it. A wait that would suspend
+    /// is refused while a cancellation is pending, and without this its loop
+    /// would read and ask again until the guard told it.
+    fn check_stopped_by(&self, log: &[ProcessEvent], what: &str) -> Result<()> {
+        if !self.is_stopped() {
+            if let Some(request) = log.iter().rev().find(|e| e.event_type == events::CANCEL_REQUESTED) {
+                let reason = request
+                    .payload
+                    .get("reason")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                self.stop(StopReason::Cancelled { reason });
+            }
+        }
+        self.check_stopped(what)
     }
 
     fn check_stopped(&self, what: &str) -> Result<()> {

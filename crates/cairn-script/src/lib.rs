@@ -393,7 +393,7 @@ impl Driver<'_> {
             // The results of the step that tells it say so (`cancelled`, the
             // message): a replay that reaches the end from the journal alone
             // still ends cancelled, as this run would.
-            let told = match &self.cancelled {
+            let mut told = match &self.cancelled {
                 None => {
                     self.cancelled = self.cancel_message();
                     self.cancelled.clone()
@@ -429,6 +429,20 @@ impl Driver<'_> {
                     answers.push((*n, error_result(*n, &e)));
                 }
             }
+            if self.cancelled.is_none() && answers.is_empty() {
+                match self.race(&pending).await {
+                    Ok(results) => answers.extend(results),
+                    // Cancelled while it waited (or on its way to suspending,
+                    // which the cancellation refused): told now, in this run.
+                    Err(Held::Stopped) => match self.cancel_message() {
+                        Some(message) => {
+                            self.cancelled = Some(message.clone());
+                            told = Some(message);
+                        }
+                        None => return self.stopped_outcome(),
+                    },
+                }
+            }
             if let Some(message) = &self.cancelled {
                 // A cancelled script waits for nothing: each pending wait
                 // rejects `cancelled` now, journaled in the same batch as the
@@ -438,16 +452,6 @@ impl Driver<'_> {
                 for (n, _) in pending.iter().filter(|(_, c)| is_wait(kind(c))) {
                     if !answers.iter().any(|(a, _)| a == n) {
                         answers.push((*n, json!({"n": n, "error": e})));
-                    }
-                }
-            } else if answers.is_empty() {
-                match self.race(&pending).await {
-                    Ok(results) => answers.extend(results),
-                    Err(Held::Stopped) => {
-                        if self.cancel_message().is_some() {
-                            continue;
-                        }
-                        return self.stopped_outcome();
                     }
                 }
             }

@@ -1763,6 +1763,52 @@ async fn a_script_that_read_ctx_cancelled_before_suspending_cleans_up_when_cance
     );
 }
 
+/// A cancellation that lands while the script's wait is on its way to
+/// suspending (the run has decided to suspend and not yet written it, so the
+/// suspension is refused) rejects the wait `cancelled` in that same run and
+/// its cleanup runs; before, the run sat until the stop grace ran out and
+/// was cut off without its cleanup.
+#[tokio::test]
+async fn a_cancel_landing_as_a_wait_suspends_rejects_it_and_the_cleanup_runs() {
+    let probe = cairn_testkit::probe::ReadProbe::new(Arc::new(MemoryRegistry::new()));
+    let p = Processes::builder(probe.clone())
+        .script_engine(Arc::new(QuickJs::new(Limits::default())))
+        .worker_config(cairn_core::WorkerConfig {
+            stop_grace: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .start();
+    let canceller = p.clone();
+    probe.before_next_wait(Box::new(move || {
+        Box::pin(async move {
+            canceller
+                .cancel("landing", Some("not now".into()))
+                .await
+                .expect("cancel");
+        })
+    }));
+    let m = put(&p, CAREFUL).await;
+    let mut req = script("landing", &m, "careful", json!({}));
+    for t in ["ready", "cleanup"] {
+        req = req.with_event_type(cairn_core::EventType::plain(t));
+    }
+    p.start(req).await.expect("started");
+    let rec = p
+        .await_output("landing", Duration::from_secs(20))
+        .await
+        .expect("awaited");
+    assert_eq!(rec.outcome, Some(Outcome::cancelled("not now")), "{rec:?}");
+    assert_eq!(
+        events(&p, "landing", "cleanup").await,
+        [json!({"code": "cancelled", "now": true})]
+    );
+    assert_eq!(
+        events(&p, "landing", "process.started").await.len(),
+        1,
+        "one run: it never suspended"
+    );
+}
+
 /// `console.log` and its kin write `script.log` lines as `ctx.log` does,
 /// once across a replay.
 #[tokio::test]

@@ -21,8 +21,9 @@ use cairn_core::{
 };
 use tokio::sync::watch;
 
-/// Work a test runs once, when the next `claim_batch` call arrives, before it
-/// reaches the inner registry ([`ReadProbe::before_next_claim_batch`]).
+/// Work a test runs once, when the next `claim_batch` (or `wait`) call
+/// arrives, before it reaches the inner registry
+/// ([`ReadProbe::before_next_claim_batch`], [`ReadProbe::before_next_wait`]).
 pub type ClaimHook = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>;
 
 /// Counts the `get` calls that have answered, per probe; every other method
@@ -32,6 +33,7 @@ pub struct ReadProbe {
     inner: Arc<dyn ProcessRegistry>,
     gets: watch::Sender<u64>,
     claim_hook: parking_lot::Mutex<Option<ClaimHook>>,
+    wait_hook: parking_lot::Mutex<Option<ClaimHook>>,
     claim_batches: std::sync::atomic::AtomicU64,
 }
 
@@ -42,6 +44,7 @@ impl ReadProbe {
             inner,
             gets: watch::channel(0).0,
             claim_hook: parking_lot::Mutex::new(None),
+            wait_hook: parking_lot::Mutex::new(None),
             claim_batches: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -56,6 +59,13 @@ impl ReadProbe {
     /// not yet claimed.
     pub fn before_next_claim_batch(&self, hook: ClaimHook) {
         *self.claim_hook.lock() = Some(hook);
+    }
+
+    /// Run `hook` when the next `wait` (a run's suspension) arrives, before
+    /// passing it on: a test's way into the moment a run has decided to
+    /// suspend and not yet written it.
+    pub fn before_next_wait(&self, hook: ClaimHook) {
+        *self.wait_hook.lock() = Some(hook);
     }
 
     /// A receiver of the number of `get` calls answered so far.
@@ -210,6 +220,10 @@ impl ProcessRegistry for ReadProbe {
     }
 
     async fn wait(&self, lease: &Lease, wait: WaitRequest, seen_sequence: u64) -> Result<bool> {
+        let hook = self.wait_hook.lock().take();
+        if let Some(hook) = hook {
+            hook().await;
+        }
         self.inner.wait(lease, wait, seen_sequence).await
     }
 
