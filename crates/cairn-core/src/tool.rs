@@ -789,7 +789,8 @@ impl ToolContext {
     /// would read and ask again until the guard told it.
     fn check_stopped_by(&self, log: &[ProcessEvent], what: &str) -> Result<()> {
         if !self.is_stopped() {
-            if let Some(request) = log.iter().rev().find(|e| e.event_type == events::CANCEL_REQUESTED) {
+            // The first request's reason, as the record keeps it.
+            if let Some(request) = log.iter().find(|e| e.event_type == events::CANCEL_REQUESTED) {
                 let reason = request
                     .payload
                     .get("reason")

@@ -130,7 +130,7 @@ impl Journal {
         let mut j = Self::default();
         for e in log {
             let n = e.payload.get("n").and_then(Value::as_u64);
-            if matches!(e.event_type.as_str(), SCRIPT_CALL | SCRIPT_LOG) && j.cancel_seen.is_none() {
+            if matches!(e.event_type.as_str(), SCRIPT_CALL | SCRIPT_LOG | SCRIPT_RESULT) && j.cancel_seen.is_none() {
                 j.cancel_seen = e.payload.get(CANCEL_SEEN).and_then(Value::as_u64);
             }
             if matches!(e.event_type.as_str(), SCRIPT_CALL | SCRIPT_RESULT) {
@@ -155,12 +155,14 @@ impl Journal {
     }
 }
 
-/// The field of the first call or log line a script made after it first
-/// read `ctx.cancelled` as true: which read that was (1 for the first). A
+/// The field of the first entry journaled after a script first read
+/// `ctx.cancelled` as true (the next call or log line it made, else the
+/// results the driver journals at that step; a refused call's result
+/// carries it for the call): which read that was (1 for the first). A
 /// replay answers its reads from it, as the journaling run saw them; a
 /// replay of a journal without it answers `false` until the journal is
 /// replayed (the run saw `true` only after its last journaled entry).
-const CANCEL_SEEN: &str = "cancel_seen";
+pub(crate) const CANCEL_SEEN: &str = "cancel_seen";
 
 /// A new journal entry, to append in order.
 #[derive(Debug)]
@@ -183,6 +185,10 @@ pub(crate) struct Step {
     /// The script has seen `ctx.cancelled` true: however it ends, it ends
     /// cancelled.
     pub(crate) saw_cancel: bool,
+    /// The read of `ctx.cancelled` that first answered true, when no call
+    /// or log line of this step recorded it: the driver journals it on the
+    /// step's results (`CANCEL_SEEN`).
+    pub(crate) cancel_seen: Option<u64>,
 }
 
 /// The driver's answer to a step: the results (`{n, value}` or `{n,
@@ -356,6 +362,8 @@ struct State {
     held: BTreeSet<u64>,
     /// How far into `journal.order` the replay has delivered.
     replayed: usize,
+    /// How many journaled results the replay has delivered, in order or not.
+    delivered: usize,
     signal_counts: HashMap<String, u64>,
     fatal: Option<(String, String)>,
     cancelled: bool,
@@ -372,7 +380,7 @@ impl State {
     /// Whether the journal holds more than this activation has replayed:
     /// calls or log lines it has not made again, or results not delivered.
     fn replaying(&self) -> bool {
-        self.n < self.journal.last_n || self.logs < self.journal.logs || self.replayed < self.journal.order.len()
+        self.n < self.journal.last_n || self.logs < self.journal.logs || self.delivered < self.journal.order.len()
     }
 
     fn set_fatal(&mut self, code: &str, message: String) -> String {
@@ -568,13 +576,16 @@ impl State {
                 .collect();
             held
         };
-        ns.into_iter()
+        let delivered: Vec<(u64, Value)> = ns
+            .into_iter()
             .filter_map(|n| {
                 self.held.remove(&n);
                 self.pending.remove(&n);
                 Some((n, self.journal.results.get(&n)?.clone()))
             })
-            .collect()
+            .collect();
+        self.delivered += delivered.len();
+        delivered
     }
 }
 
@@ -800,6 +811,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
             end: Some(o),
             settled: false,
             saw_cancel: false,
+            cancel_seen: None,
         });
     };
     let rt = match runtime(&limits, stop.clone()) {
@@ -820,6 +832,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
         pending: BTreeMap::new(),
         held: BTreeSet::new(),
         replayed: 0,
+        delivered: 0,
         signal_counts: HashMap::new(),
         fatal: None,
         cancelled: false,
@@ -945,13 +958,18 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
                 }
             };
             let done = end_with.is_some();
+            let (saw_cancel, cancel_seen) = {
+                let mut s = state.borrow_mut();
+                (s.cancelled, s.cancel_seen.take())
+            };
             if steps
                 .send(Step {
                     entries,
                     pending,
                     end: end_with,
                     settled,
-                    saw_cancel: state.borrow().cancelled,
+                    saw_cancel,
+                    cancel_seen,
                 })
                 .is_err()
                 || done

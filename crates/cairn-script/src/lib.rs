@@ -351,14 +351,22 @@ impl Driver<'_> {
             // script goes on (a replay makes the same call and is refused the
             // same way).
             let mut refused: Vec<(u64, CairnError)> = Vec::new();
+            // The first read of `ctx.cancelled` that answered true, when no
+            // journaled call or log line of this step records it: the
+            // results journaled at this step do.
+            let mut cancel_seen = step.cancel_seen;
             for entry in step.entries {
                 let call = match &entry {
-                    Entry::Call(n, _) => Some(*n),
+                    Entry::Call(n, c) => Some((*n, c.get(engine::CANCEL_SEEN).and_then(Value::as_u64))),
                     _ => None,
                 };
                 match (self.journal(entry).await, call) {
                     (Ok(()), _) => {}
-                    (Err(e @ (CairnError::PayloadTooLarge { .. } | CairnError::InvalidRequest(_))), Some(n)) => {
+                    (
+                        Err(e @ (CairnError::PayloadTooLarge { .. } | CairnError::InvalidRequest(_))),
+                        Some((n, seen)),
+                    ) => {
+                        cancel_seen = cancel_seen.or(seen);
                         refused.push((n, e))
                     }
                     (Err(e), _) => return Outcome::failure("runtime", e.code(), e.to_string()),
@@ -465,6 +473,9 @@ impl Driver<'_> {
                     m.insert("batch".into(), json!(batch));
                     if let Some(message) = &told {
                         m.insert("cancelled".into(), json!(message));
+                    }
+                    if let Some(read) = cancel_seen.take() {
+                        m.insert(engine::CANCEL_SEEN.into(), json!(read));
                     }
                 }
                 if let Err(e) = self.journal(Entry::Result(*n, result)).await {

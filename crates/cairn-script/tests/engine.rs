@@ -1719,6 +1719,60 @@ async fn a_replay_reads_ctx_cancelled_as_the_journaling_run_did() {
     assert_eq!(events(&p, "branchy", "process.started").await.len(), 2);
 }
 
+/// Starts a long sleep, then polls `ctx.cancelled` with no call after its
+/// first true read until it awaits the sleep (which rejects `cancelled`);
+/// the first activation (`args.first`) spins after its `done`.
+const POLLER: &str = r#"export async function poller(ctx, args) {
+    await ctx.emit("looping", {});
+    const slept = ctx.sleep(60000).then(() => "slept", (e) => e.code);
+    while (!ctx.cancelled) {}
+    const r = await slept;
+    await ctx.emit("done", {r});
+    if (args.first) for (;;) {}
+    return r;
+}"#;
+
+/// A first true read of `ctx.cancelled` that no call or log line follows is
+/// journaled on the results of that step, so a replay after a crash answers
+/// that read `true` as the run did and runs straight to its end (before, the
+/// replay read `false` forever and spun until the CPU limit).
+#[tokio::test]
+async fn a_true_read_followed_by_no_call_is_journaled_on_the_steps_results() {
+    let limits = Limits {
+        cpu: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let engine = Arc::new(CrashAfterEvent::new(QuickJs::new(limits), false, "first", "done"));
+    let p = Processes::builder(Arc::new(MemoryRegistry::new()))
+        .script_engine(engine.clone())
+        .start();
+    engine.processes.set(p.clone()).ok().expect("set once");
+    let m = put(&p, POLLER).await;
+    let mut req = script("poller", &m, "poller", json!({}));
+    for t in ["looping", "done"] {
+        req = req.with_event_type(cairn_core::EventType::plain(t));
+    }
+    p.start(req).await.expect("started");
+    p.await_event("poller", "looping", 0, Duration::from_secs(10))
+        .await
+        .expect("looping");
+    p.cancel("poller", Some("enough".into())).await.expect("cancel");
+    let rec = p
+        .await_output("poller", Duration::from_secs(20))
+        .await
+        .expect("awaited");
+    assert_eq!(rec.outcome, Some(Outcome::cancelled("enough")), "{rec:?}");
+    assert!(
+        engine.crashed.load(std::sync::atomic::Ordering::SeqCst),
+        "cut short once"
+    );
+    assert_eq!(events(&p, "poller", "done").await, [json!({"r": "cancelled"})]);
+    let results = events(&p, "poller", "script.result").await;
+    let slept = results.iter().find(|r| r["n"] == json!(2)).expect("the sleep's result");
+    assert!(slept["cancel_seen"].as_u64().is_some(), "{results:?}");
+    assert_eq!(events(&p, "poller", "process.started").await.len(), 2);
+}
+
 /// Reads `ctx.cancelled` before it suspends on a signal, and cleans up when
 /// the wait rejects.
 const CAREFUL: &str = r#"export async function careful(ctx) {

@@ -313,7 +313,8 @@ fn event_meaning(name: &str) -> &'static str {
             "the answer of script call `n`: `{n, value}` or `{n, error: {class, code, message, process_id?}}` \
              (`process_id`: the child whose failure, cancellation or abandonment rejects the call), with \
              `batch` (the answers delivered together), for a `waitSignal` `signal` (the ordinal it took), and \
-             on the results of the step that told the script of its cancellation `cancelled` (the message)"
+             on the results of the step that told the script of its cancellation `cancelled` (the message); \
+             `cancel_seen` (see `script.call`) when no call or log line after that read was journaled"
         }
         cairn_core::script::SCRIPT_LOG => {
             "a script's `ctx.log(...)` line: `{message, ordinal}` (written once, not again on replay)"
