@@ -83,7 +83,7 @@ const LIVENESS_EVERY_MS: u64 = 1_000;
 /// A worker slot a start reserved ([`Worker::slot_for_start`]): the owner and
 /// lease time its claim takes; dropping it frees the slot.
 pub(crate) struct StartSlot {
-    permit: OwnedSemaphorePermit,
+    held: Held,
     pub(crate) owner: String,
     pub(crate) ttl_ms: u64,
 }
@@ -108,9 +108,10 @@ impl Drop for Running<'_> {
     }
 }
 
-/// A run's slot: dropped (when the run's task ends, by a panic too), it
-/// releases the permit and then tells the driver and `wait_idle`, in that
-/// order, so whoever wakes finds the slot free.
+/// A run's slot, or one a start reserved: dropped (when the run's task
+/// ends, by a panic too, or when the start claimed nothing), it releases the
+/// permit and then tells the driver and `wait_idle`, in that order, so
+/// whoever wakes finds the slot free.
 struct Held {
     permit: Option<OwnedSemaphorePermit>,
     worker: Arc<Worker>,
@@ -409,7 +410,7 @@ impl Worker {
             self.backlog.store(n >= free, Ordering::SeqCst);
             for claim in claims {
                 match self.slots.clone().try_acquire_owned() {
-                    Ok(permit) => self.run_in(claim, permit),
+                    Ok(permit) => self.run_in(claim, self.hold(permit)),
                     // A start took the slot since it was counted
                     // (`slot_for_start`). The claim is made and, for an
                     // owner-bound process, started: it cannot be handed back,
@@ -429,13 +430,16 @@ impl Worker {
         self.config.lease_ttl.as_millis() as u64
     }
 
-    /// Run `claim` on its own task in the slot `permit` holds.
-    fn run_in(self: &Arc<Self>, claim: Claim, permit: OwnedSemaphorePermit) {
-        let this = self.clone();
-        let held = Held {
+    fn hold(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Held {
+        Held {
             permit: Some(permit),
             worker: self.clone(),
-        };
+        }
+    }
+
+    /// Run `claim` on its own task in the slot `held` holds.
+    fn run_in(self: &Arc<Self>, claim: Claim, held: Held) {
+        let this = self.clone();
         self.tasks.lock().spawn(async move {
             this.run_claim(claim).await;
             drop(held);
@@ -472,10 +476,7 @@ impl Worker {
                     }
                 }
             };
-            let held = Held {
-                permit: Some(permit),
-                worker: this.clone(),
-            };
+            let held = this.hold(permit);
             drop(unplaced);
             this.run_claim(claim).await;
             drop(held);
@@ -494,7 +495,7 @@ impl Worker {
     /// node incarnation is registered (leases name it), and its last drive
     /// emptied the worklist. The caller runs the claim with [`Self::run_started`]
     /// or drops the slot.
-    pub(crate) fn slot_for_start(&self) -> Option<StartSlot> {
+    pub(crate) fn slot_for_start(self: &Arc<Self>) -> Option<StartSlot> {
         if self.draining.load(Ordering::SeqCst) || self.backlog.load(Ordering::SeqCst) {
             return None;
         }
@@ -508,7 +509,7 @@ impl Worker {
         }
         let permit = self.slots.clone().try_acquire_owned().ok()?;
         Some(StartSlot {
-            permit,
+            held: self.hold(permit),
             owner: self.owner_id().to_string(),
             ttl_ms: self.ttl_ms(),
         })
@@ -516,7 +517,7 @@ impl Worker {
 
     /// Run what a start claimed in the slot it reserved.
     pub(crate) fn run_started(self: &Arc<Self>, claim: Claim, slot: StartSlot) {
-        self.run_in(claim, slot.permit);
+        self.run_in(claim, slot.held);
     }
 
     fn reap_finished(&self) {
