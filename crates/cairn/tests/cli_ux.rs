@@ -365,7 +365,7 @@ async fn a_shutdown_during_await_is_said() {
     assert_eq!(unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGTERM) }, 0);
     let said = wait.stderr_line("error:").await;
     assert!(
-        said.contains("ended the wait early") && said.contains("w is still running"),
+        said.contains("the server ended the wait") && said.contains("w was still running"),
         "{said}"
     );
     assert_eq!(wait.exit_code().await, 1);

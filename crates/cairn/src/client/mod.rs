@@ -369,9 +369,14 @@ async fn await_command(client: &Client, json: bool, id: &str, timeout: Duration)
             .await;
         let record = match answer {
             Ok(record) => record,
-            // Asked again after an early answer, and the server is gone: it
-            // was shutting down, not at its cap.
-            Err(ClientError::Unreachable { .. } | ClientError::Http(_)) if asked_again => return Err(ended_early()),
+            // Asked again after a "running" answer, and the server is gone:
+            // that answer was its shutdown's (or it stopped since).
+            Err(e @ (ClientError::Unreachable { .. } | ClientError::Http(_))) if asked_again => {
+                return Err(ClientError::Interrupted(format!(
+                    "the server ended the wait and stopped answering (it shut down or restarted: {e}); \
+                     {id} was still running when it last answered: `cairn await {id}` again once it is back"
+                )))
+            }
             Err(e) => return Err(e),
         };
         if str_at(&record, "/status") != "running" || Instant::now() >= deadline {
@@ -560,7 +565,12 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
             Some("shell.output") => {}
             Some("process.started") => {
                 let attempt = event.pointer("/payload/attempt").and_then(Value::as_u64).unwrap_or(1);
-                if attempt > 1 {
+                if attempt > 1 && ended {
+                    eprintln!(
+                        "{id} ran again (attempt {attempt}): the run before did not end (its server stopped \
+                         or lost it), and a rerunnable run starts over; the output below is that run's"
+                    );
+                } else if attempt > 1 {
                     eprintln!(
                         "{id} runs again (attempt {attempt}): its last run did not end (its server stopped \
                          or lost it), and a rerunnable run starts over; the output below is the new run's"
