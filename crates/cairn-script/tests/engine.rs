@@ -1607,6 +1607,47 @@ async fn a_cleanup_after_a_cancel_seen_while_busy_emits_and_its_waits_reject() {
     assert_eq!(logs, [json!("emit ok"), json!("sleep rejected: cancelled")]);
 }
 
+/// Run `source`'s `name` as `id` (declaring `types`) on an engine that is
+/// cut short once after `event` in its first activation (`args.first`
+/// set, `cpu` per activation); once the script wrote `started_on`, cancel it
+/// ("enough") and check that it ended `cancelled`, cut short once.
+async fn cancel_across_a_crash(
+    source: &str,
+    name: &str,
+    id: &str,
+    types: &[&str],
+    started_on: &str,
+    event: &'static str,
+    cpu: Duration,
+) -> Processes {
+    let limits = Limits {
+        cpu,
+        ..Limits::default()
+    };
+    let engine = Arc::new(CrashAfterEvent::new(QuickJs::new(limits), false, "first", event));
+    let p = Processes::builder(Arc::new(MemoryRegistry::new()))
+        .script_engine(engine.clone())
+        .start();
+    engine.processes.set(p.clone()).ok().expect("set once");
+    let m = put(&p, source).await;
+    let mut req = script(id, &m, name, json!({}));
+    for t in types {
+        req = req.with_event_type(cairn_core::EventType::plain(*t));
+    }
+    p.start(req).await.expect("started");
+    p.await_event(id, started_on, 0, Duration::from_secs(10))
+        .await
+        .expect("the script's first event");
+    p.cancel(id, Some("enough".into())).await.expect("cancel");
+    let rec = p.await_output(id, Duration::from_secs(20)).await.expect("awaited");
+    assert_eq!(rec.outcome, Some(Outcome::cancelled("enough")), "{rec:?}");
+    assert!(
+        engine.crashed.load(std::sync::atomic::Ordering::SeqCst),
+        "cut short once"
+    );
+    p
+}
+
 /// Busy until its cancellation in its first activation only (`args.first`,
 /// which the engine below sets): a replay runs straight through from the
 /// journal, as a script that never polled `ctx.cancelled` would. Then an
@@ -1630,27 +1671,16 @@ const TIDY: &str = r#"export async function tidy(ctx, args) {
 /// and ends `cancelled` though the replay itself never saw the cancellation.
 #[tokio::test]
 async fn a_cleanup_after_a_cancel_seen_while_busy_replays_the_same_across_a_crash() {
-    let limits = Limits {
-        cpu: Duration::from_secs(30),
-        ..Limits::default()
-    };
-    let engine = Arc::new(CrashAfterEvent::new(QuickJs::new(limits), false, "first", "done"));
-    let p = Processes::builder(Arc::new(MemoryRegistry::new()))
-        .script_engine(engine.clone())
-        .start();
-    engine.processes.set(p.clone()).ok().expect("set once");
-    let m = put(&p, TIDY).await;
-    let mut req = script("tidy", &m, "tidy", json!({}));
-    for t in ["looping", "progress", "done"] {
-        req = req.with_event_type(cairn_core::EventType::plain(t));
-    }
-    p.start(req).await.expect("started");
-    p.await_event("tidy", "looping", 0, Duration::from_secs(10))
-        .await
-        .expect("looping");
-    p.cancel("tidy", Some("enough".into())).await.expect("cancel");
-    let rec = p.await_output("tidy", Duration::from_secs(20)).await.expect("awaited");
-    assert_eq!(rec.outcome, Some(Outcome::cancelled("enough")), "{rec:?}");
+    let p = cancel_across_a_crash(
+        TIDY,
+        "tidy",
+        "tidy",
+        &["looping", "progress", "done"],
+        "looping",
+        "done",
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(events(&p, "tidy", "progress").await, [json!({"cleanup": true})]);
     assert_eq!(events(&p, "tidy", "done").await, [json!({"winner": "emitted"})]);
     let results = events(&p, "tidy", "script.result").await;
@@ -1681,34 +1711,16 @@ const BRANCHY: &str = r#"export async function branchy(ctx, args) {
 /// its journaled call (no `nondeterminism`), and the process ends `cancelled`.
 #[tokio::test]
 async fn a_replay_reads_ctx_cancelled_as_the_journaling_run_did() {
-    let limits = Limits {
-        cpu: Duration::from_secs(30),
-        ..Limits::default()
-    };
-    let engine = Arc::new(CrashAfterEvent::new(QuickJs::new(limits), false, "first", "seen"));
-    let p = Processes::builder(Arc::new(MemoryRegistry::new()))
-        .script_engine(engine.clone())
-        .start();
-    engine.processes.set(p.clone()).ok().expect("set once");
-    let m = put(&p, BRANCHY).await;
-    let mut req = script("branchy", &m, "branchy", json!({}));
-    for t in ["ready", "seen"] {
-        req = req.with_event_type(cairn_core::EventType::plain(t));
-    }
-    p.start(req).await.expect("started");
-    p.await_event("branchy", "ready", 0, Duration::from_secs(10))
-        .await
-        .expect("ready");
-    p.cancel("branchy", Some("enough".into())).await.expect("cancel");
-    let rec = p
-        .await_output("branchy", Duration::from_secs(20))
-        .await
-        .expect("awaited");
-    assert_eq!(rec.outcome, Some(Outcome::cancelled("enough")), "{rec:?}");
-    assert!(
-        engine.crashed.load(std::sync::atomic::Ordering::SeqCst),
-        "cut short once"
-    );
+    let p = cancel_across_a_crash(
+        BRANCHY,
+        "branchy",
+        "branchy",
+        &["ready", "seen"],
+        "ready",
+        "seen",
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(events(&p, "branchy", "ready").await, [json!({"before": false})]);
     assert_eq!(events(&p, "branchy", "seen").await.len(), 1);
     let calls = events(&p, "branchy", "script.call").await;
@@ -1738,34 +1750,16 @@ const POLLER: &str = r#"export async function poller(ctx, args) {
 /// replay read `false` forever and spun until the CPU limit).
 #[tokio::test]
 async fn a_true_read_followed_by_no_call_is_journaled_on_the_steps_results() {
-    let limits = Limits {
-        cpu: Duration::from_secs(60),
-        ..Limits::default()
-    };
-    let engine = Arc::new(CrashAfterEvent::new(QuickJs::new(limits), false, "first", "done"));
-    let p = Processes::builder(Arc::new(MemoryRegistry::new()))
-        .script_engine(engine.clone())
-        .start();
-    engine.processes.set(p.clone()).ok().expect("set once");
-    let m = put(&p, POLLER).await;
-    let mut req = script("poller", &m, "poller", json!({}));
-    for t in ["looping", "done"] {
-        req = req.with_event_type(cairn_core::EventType::plain(t));
-    }
-    p.start(req).await.expect("started");
-    p.await_event("poller", "looping", 0, Duration::from_secs(10))
-        .await
-        .expect("looping");
-    p.cancel("poller", Some("enough".into())).await.expect("cancel");
-    let rec = p
-        .await_output("poller", Duration::from_secs(20))
-        .await
-        .expect("awaited");
-    assert_eq!(rec.outcome, Some(Outcome::cancelled("enough")), "{rec:?}");
-    assert!(
-        engine.crashed.load(std::sync::atomic::Ordering::SeqCst),
-        "cut short once"
-    );
+    let p = cancel_across_a_crash(
+        POLLER,
+        "poller",
+        "poller",
+        &["looping", "done"],
+        "looping",
+        "done",
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(events(&p, "poller", "done").await, [json!({"r": "cancelled"})]);
     let results = events(&p, "poller", "script.result").await;
     let slept = results.iter().find(|r| r["n"] == json!(2)).expect("the sleep's result");

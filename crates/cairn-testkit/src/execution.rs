@@ -142,6 +142,15 @@ pub(crate) fn runtime(store: &TestStore, owner: &str, extra: Vec<Arc<dyn Tool>>)
         .start()
 }
 
+/// A runtime of the built-in tools whose worker runs with `config`.
+fn runtime_with(store: &TestStore, config: WorkerConfig) -> Processes {
+    Processes::builder(store.registry.clone())
+        .tools(tools(vec![]))
+        .clock(Arc::new(store.clock.clone()))
+        .worker_config(config)
+        .start()
+}
+
 /// A runtime whose worker runs with `config`, over a [`crate::probe::ReadProbe`]
 /// of the store's registry, so a test sees and steps into its claims.
 fn probed_runtime(store: &TestStore, config: WorkerConfig) -> (Arc<crate::probe::ReadProbe>, Processes) {
@@ -1211,15 +1220,14 @@ pub(crate) fn types_of(events: &[cairn_core::ProcessEvent]) -> Vec<&str> {
 /// from its log, and completed with the payload (SPEC §13).
 pub async fn suspended_wait_frees_its_worker_slot(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;
-    let p = Processes::builder(store.registry.clone())
-        .tools(tools(vec![]))
-        .clock(Arc::new(store.clock.clone()))
-        .worker_config(WorkerConfig {
+    let p = runtime_with(
+        &store,
+        WorkerConfig {
             concurrency: 1,
             batch_size: 1,
             ..config("w1")
-        })
-        .start();
+        },
+    );
     p.start(StartRequest::tool(
         "waits",
         "wait_signal",
@@ -1531,16 +1539,15 @@ pub async fn a_start_claims_into_an_idle_slot(factory: &dyn StoreFactory) {
 /// queued work waited for the sweep.)
 pub async fn a_full_worker_runs_queued_work_as_slots_free(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;
-    let p = Processes::builder(store.registry.clone())
-        .tools(tools(vec![]))
-        .clock(Arc::new(store.clock.clone()))
-        .worker_config(WorkerConfig {
+    let p = runtime_with(
+        &store,
+        WorkerConfig {
             concurrency: 1,
             batch_size: 1,
             sweep_interval: Duration::from_secs(3_600),
             ..config("w1")
-        })
-        .start();
+        },
+    );
     let ids: Vec<String> = (0..40).map(|i| format!("q{i}")).collect();
     let starts = ids.iter().enumerate().map(|(i, id)| {
         p.start(StartRequest::tool(

@@ -335,16 +335,9 @@ async fn a_shutdown_during_await_is_said() {
     let (s, _) = c.start(waiter("w")).await;
     assert_eq!(s, 201);
     let open = |c: common::Client| async move {
-        let text = c
-            .http
-            .get(c.url("/metrics"))
-            .send()
+        c.metrics()
             .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        text.lines()
+            .lines()
             .find_map(|l| l.strip_prefix("cairn_http_connections_open "))
             .and_then(|v| v.trim().parse::<f64>().ok())
             .expect("the open connections gauge")

@@ -755,15 +755,7 @@ async fn health_metrics_and_openapi() {
         .await;
     let _ = c.get("/v1/processes/w/await?timeout_ms=5000").await;
 
-    let text = c
-        .http
-        .get(c.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = c.metrics().await;
     assert!(text.contains("cairn_processes_started_total 2"), "{text}");
     assert!(
         text.contains("cairn_processes_ended_total{status=\"completed\"}"),

@@ -123,15 +123,7 @@ async fn readiness_gauges_latency_and_build_info() {
     // g1's run ends just after its wait is written: observe (bounded) until the
     // worker has let it go, so the scrape below sees the settled state.
     for _ in 0..200 {
-        let text = c
-            .http
-            .get(c.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let text = c.metrics().await;
         if text.lines().any(|l| l == "cairn_worker_runs 1") {
             break;
         }

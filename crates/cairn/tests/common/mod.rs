@@ -213,6 +213,17 @@ impl Client {
         decode(r).await
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.auth(self.http.get(self.url("/metrics")))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let r = self
             .auth(self.http.post(self.url(path)).json(&body))
