@@ -21,7 +21,9 @@ use crate::duration::parse_duration;
         (`cairn --json schedule ls`, `cairn schedule ls --json`).\n\
         Exit codes: 0 ok; 1 the server answered an error or could not be reached; 2 bad input\n\
         (the command line, or a request the server refused as invalid: HTTP 400/413/415);\n\
-        3 `await` timed out with the process still running; 130 `run` interrupted by Ctrl-C."
+        3 `await` timed out with the process still running; 130 `run` interrupted by Ctrl-C.\n\
+        A process that ended otherwise than completed: `await` exits 1, `run` the command's\n\
+        exit code (else 1); how it ended is said on stderr."
 )]
 pub struct Cli {
     /// Client options given before the command (the same options are accepted after it).
@@ -166,8 +168,9 @@ pub enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
-    /// Wait for a process to end and print its record. Exit code 3 (and a message on
-    /// stderr) when it is still running at the timeout.
+    /// Wait for a process to end and print its record. Exit code 0 when it completed,
+    /// 1 when it ended otherwise (said on stderr), 3 (and a message on stderr) when it
+    /// is still running at the timeout.
     #[command(after_help = "Examples:\n  \
         cairn await build-42\n  \
         cairn await build-42 --timeout 1.5s\n  \

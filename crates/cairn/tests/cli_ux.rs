@@ -312,6 +312,15 @@ async fn a_run_of_an_ended_id_says_it_already_ran() {
     );
     assert!(detached.stderr.contains("once already ran"), "{}", detached.stderr);
     assert!(!detached.stderr.contains("cancel"), "{}", detached.stderr);
+    // `await` of a process that failed exits 1 and says how it ended (the
+    // command's own 3 would read as "still running" here).
+    let awaited = server.cli(&["await", "once"], None).await;
+    assert_eq!(awaited.code, 1, "{}", awaited.stderr);
+    assert!(
+        awaited.stderr.contains("once failed: exit_status"),
+        "{}",
+        awaited.stderr
+    );
     // `cairn start` of an ended id says the same.
     let body = common::tool_start("e1", "echo", json!({"value": 1}), "rerunnable").to_string();
     assert_eq!(server.cli(&["start", &body], None).await.code, 0);

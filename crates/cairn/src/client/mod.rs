@@ -402,7 +402,13 @@ async fn await_command(client: &Client, json: bool, id: &str, timeout: Duration)
         );
         return Ok(ExitCode::from(EXIT_STILL_RUNNING));
     }
-    Ok(ExitCode::SUCCESS)
+    // Ended: 0 only for a success, so `cairn await build-42 && deploy`
+    // deploys only what succeeded (a command's own exit code is not passed
+    // on: 2 and 3 mean other things here).
+    Ok(match exit_code_of(&record, false) {
+        code if code == ExitCode::SUCCESS => code,
+        _ => ExitCode::FAILURE,
+    })
 }
 
 /// Whether stdin carries data `run` would silently drop: a non-empty file, or a
@@ -623,7 +629,7 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
     if json {
         print_json(&record);
     }
-    let code = exit_code_of(&record);
+    let code = exit_code_of(&record, true);
     Ok(
         if interrupted && record.pointer("/outcome/type").and_then(Value::as_str) == Some("cancelled") {
             ExitCode::from(EXIT_INTERRUPTED)
@@ -645,15 +651,21 @@ fn start_verb(status: reqwest::StatusCode, record: &Value) -> &'static str {
     }
 }
 
-/// The exit code a finished `run` reports: the command's own when the outcome
-/// carries it; otherwise 1, after saying on stderr how the process ended.
-fn exit_code_of(record: &Value) -> ExitCode {
+/// The exit code a finished `run` reports: 0 for success, the command's own
+/// when the outcome carries it (and `command_code`: `run` printed the
+/// command's output, which says the rest); otherwise 1, after saying on
+/// stderr how the process ended.
+fn exit_code_of(record: &Value, command_code: bool) -> ExitCode {
     let outcome = record.get("outcome").unwrap_or(&Value::Null);
     let id = str_at(record, "/id");
     match outcome.get("type").and_then(Value::as_str) {
         Some("success") => ExitCode::SUCCESS,
         Some("failure") => {
-            if let Some(code) = outcome.pointer("/raw/exit_code").and_then(Value::as_u64) {
+            if let Some(code) = outcome
+                .pointer("/raw/exit_code")
+                .and_then(Value::as_u64)
+                .filter(|_| command_code)
+            {
                 return ExitCode::from(u8::try_from(code).ok().filter(|c| *c != 0).unwrap_or(1));
             }
             eprintln!(
