@@ -253,6 +253,10 @@ where
             }
         }
     });
+    // Whether any message reached the protocol: input that ends before one
+    // did (a client that connected and left) is no failed initialization.
+    let forwarded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let forwarding = forwarded.clone();
     // Input: each line checked, passed on whole or answered here.
     let reader = tokio::spawn(async move {
         let mut to_library = to_library;
@@ -281,6 +285,7 @@ where
                     let _ = answers.send(crate::message::error_line(id, code, &text));
                 }
                 None => {
+                    forwarding.store(true, std::sync::atomic::Ordering::SeqCst);
                     if to_library.write_all(format!("{line}\n").as_bytes()).await.is_err() {
                         break;
                     }
@@ -292,10 +297,11 @@ where
         drop(answers);
     });
     let served = async {
-        let running = server
-            .serve((library_in, library_out))
-            .await
-            .map_err(|e| std::io::Error::other(format!("MCP initialization failed: {e}")))?;
+        let running = match server.serve((library_in, library_out)).await {
+            Ok(running) => running,
+            Err(_) if !forwarded.load(std::sync::atomic::Ordering::SeqCst) => return Ok(()),
+            Err(e) => return Err(std::io::Error::other(format!("MCP initialization failed: {e}"))),
+        };
         running
             .waiting()
             .await

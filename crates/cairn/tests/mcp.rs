@@ -956,3 +956,18 @@ async fn stdio_answers_malformed_lines() {
         .expect("status");
     assert!(status.success(), "{status}");
 }
+
+/// Input that ends before any message (a client that connected and left, or
+/// `cairn mcp < /dev/null`) ends `cairn mcp` quietly with 0; an input whose
+/// first message is not an `initialize` is a failed initialization, exit 2.
+#[tokio::test]
+async fn stdio_input_that_ends_before_a_message_exits_zero() {
+    for (input, code) in [
+        ("", 0),
+        ("\n\n", 0),
+        ("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\n", 2),
+    ] {
+        let out = common::run_cli("http://127.0.0.1:1", None, &["mcp"], Some(input)).await;
+        assert_eq!(out.code, code, "{input:?}: {}", out.stderr);
+    }
+}
