@@ -393,6 +393,13 @@ fn refuses_open_non_loopback_and_unbuilt_backends() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot open"), "{err}");
+    // A malformed --listen is bad input; a host name that does not resolve
+    // is not the flag's fault.
+    let out = run(&["serve", "--db", "memory", "--listen", "127.0.0.1:notaport"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["serve", "--db", "memory", "--listen", "cairn-test.invalid:7070"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot resolve --listen"));
     // A database URL without its scheme is one.
     let out = run(&["serve", "--db", "my.db", "--listen", "127.0.0.1:0"]);
     assert_eq!(out.status.code(), Some(2));

@@ -159,6 +159,9 @@ pub enum ServeError {
     /// Another live runtime holds the node id (`--node-id`).
     #[error("{0}")]
     NodeHeld(String),
+    /// The `--listen` host name did not resolve.
+    #[error("{0}")]
+    Lookup(String),
 }
 
 impl ServeError {
@@ -205,7 +208,16 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let auth = Auth::new(args.token.clone(), &args.session_tokens);
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&args.listen)
         .await
-        .map_err(|e| ServeError::Config(format!("cannot resolve --listen `{}`: {e}", args.listen)))?
+        .map_err(|e| {
+            let said = format!("cannot resolve --listen `{}`: {e}", args.listen);
+            // A malformed address is the flag's fault; a name that did not
+            // resolve (now) is the network's.
+            if e.kind() == std::io::ErrorKind::InvalidInput {
+                ServeError::Config(said)
+            } else {
+                ServeError::Lookup(said)
+            }
+        })?
         .collect();
     let addr = *addrs
         .first()
