@@ -31,6 +31,10 @@ pub trait Tool: Send + Sync + 'static {
 
     /// Event types this tool appends; added to the registration of every
     /// process that calls it (unless the producer declares the same name).
+    /// Only the tool's run writes them: an append of one without the run's
+    /// lease is refused (`reserved_event_type`, see
+    /// `Processes::append_event`). A type others should append is the
+    /// producer's to declare.
     fn event_types(&self) -> Vec<EventType> {
         Vec::new()
     }
