@@ -122,6 +122,15 @@ fn tools(extra: Vec<Arc<dyn Tool>>) -> ToolRegistry {
     t
 }
 
+/// One slot, claim batches of one, owner `w1`.
+fn one_slot() -> WorkerConfig {
+    WorkerConfig {
+        concurrency: 1,
+        batch_size: 1,
+        ..config("w1")
+    }
+}
+
 fn config(owner: &str) -> WorkerConfig {
     WorkerConfig {
         owner_id: owner.to_string(),
@@ -1220,14 +1229,7 @@ pub(crate) fn types_of(events: &[cairn_core::ProcessEvent]) -> Vec<&str> {
 /// from its log, and completed with the payload (SPEC §13).
 pub async fn suspended_wait_frees_its_worker_slot(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;
-    let p = runtime_with(
-        &store,
-        WorkerConfig {
-            concurrency: 1,
-            batch_size: 1,
-            ..config("w1")
-        },
-    );
+    let p = runtime_with(&store, one_slot());
     p.start(StartRequest::tool(
         "waits",
         "wait_signal",
@@ -1542,10 +1544,8 @@ pub async fn a_full_worker_runs_queued_work_as_slots_free(factory: &dyn StoreFac
     let p = runtime_with(
         &store,
         WorkerConfig {
-            concurrency: 1,
-            batch_size: 1,
             sweep_interval: Duration::from_secs(3_600),
-            ..config("w1")
+            ..one_slot()
         },
     );
     let ids: Vec<String> = (0..40).map(|i| format!("q{i}")).collect();
@@ -1575,14 +1575,7 @@ pub async fn a_full_worker_runs_queued_work_as_slots_free(factory: &dyn StoreFac
 /// A runtime of one slot and claim batches of one, over a probe, whose first
 /// drive found the worklist empty (so a start may claim for itself).
 async fn one_slot_runtime(store: &TestStore) -> (Arc<crate::probe::ReadProbe>, Processes) {
-    let (probe, p) = probed_runtime(
-        store,
-        WorkerConfig {
-            concurrency: 1,
-            batch_size: 1,
-            ..config("w1")
-        },
-    );
+    let (probe, p) = probed_runtime(store, one_slot());
     p.worker().expect("a worker").drive_once().await.expect("drive");
     (probe, p)
 }
