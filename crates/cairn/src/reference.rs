@@ -317,7 +317,7 @@ fn event_meaning(name: &str) -> &'static str {
              `cancel_seen` (see `script.call`) when no call or log line after that read was journaled"
         }
         cairn_core::script::SCRIPT_LOG => {
-            "a script's `ctx.log(...)` line: `{message, ordinal}` (written once, not again on replay)"
+            "a script's `ctx.log(...)` line: `{message, ordinal}` (and `cancel_seen`, see `script.call`; written once, not again on replay)"
         }
         cairn_tools::shell::OUTPUT_EVENT => {
             "output lines of a `shell` command: `{stream: stdout|stderr, lines: [...]}`"
