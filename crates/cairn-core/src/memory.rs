@@ -897,6 +897,13 @@ impl ProcessRegistry for MemoryRegistry {
             return Ok(false);
         };
         if s.paused || s.next_fire_ms != expected_next_fire_ms {
+            if let Some((at, pid)) = &advance.fired {
+                if s.last_fire_ms.is_none_or(|last| last < *at) {
+                    s.last_fire_ms = Some(*at);
+                    s.last_process_id = Some(pid.clone());
+                    st.put_schedule(s);
+                }
+            }
             return Ok(false);
         }
         match advance.next_fire_ms {

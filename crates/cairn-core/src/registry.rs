@@ -330,7 +330,10 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// (the new next fire time, or paused when there is none; the last fire
     /// when it started one) and answer `true`; otherwise write nothing and
     /// answer `false` (another node advanced it, or it was paused, resumed or
-    /// deleted meanwhile).
+    /// deleted meanwhile). A losing advance that started a process still
+    /// records that fire as the last one when it is later than the recorded
+    /// last fire (and changes nothing else): the process exists and runs, and
+    /// the next fire's `overlap: skip` check must see it, whichever node won.
     async fn advance_schedule(&self, id: &str, expected_next_fire_ms: u64, advance: &ScheduleAdvance) -> Result<bool>;
 
     /// Unpaused schedules whose `next_fire_ms` is at or before `now_ms`,

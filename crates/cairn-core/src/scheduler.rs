@@ -8,6 +8,10 @@
 //! compare-and-set `ProcessRegistry::advance_schedule`). The process id is
 //! fixed by the stored next fire time, so a crash between the two, or two
 //! nodes firing together, start the same process once; only one advance wins.
+//! Two nodes may also decide a fire differently (one sees the previous fire's
+//! process running and skips, the other sees it ended and starts): the losing
+//! advance still records the fire it started as the last one, so the next
+//! fire's `overlap: skip` check sees that process.
 
 use std::sync::Arc;
 

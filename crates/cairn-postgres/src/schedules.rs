@@ -132,6 +132,17 @@ pub(crate) async fn advance(conn: &Conn, id: &str, expected: u64, a: &ScheduleAd
             &[&id, &to_sql(expected), &a.next_fire_ms.map(to_sql), &at, &pid, &refused],
         )
         .await?;
+    if n == 0 && at.is_some() {
+        // Lost: a fire this node started is still the last one if it is the
+        // latest (see `ProcessRegistry::advance_schedule`).
+        let stmt = conn
+            .stmt(
+                "UPDATE schedules SET last_fire_ms = $2::int8, last_process_id = $3::text \
+                 WHERE id = $1::text AND (last_fire_ms IS NULL OR last_fire_ms < $2::int8)",
+            )
+            .await?;
+        conn.client.execute(&stmt, &[&id, &at, &pid]).await?;
+    }
     Ok(n > 0)
 }
 

@@ -106,6 +106,15 @@ pub(crate) fn advance(conn: &Connection, id: &str, expected: u64, a: &ScheduleAd
             fired_pid,
             refused
         ])?;
+    if n == 0 && fired_at.is_some() {
+        // Lost: a fire this node started is still the last one if it is the
+        // latest (see `ProcessRegistry::advance_schedule`).
+        conn.prepare_cached(
+            "UPDATE schedules SET last_fire_ms = ?2, last_process_id = ?3
+             WHERE id = ?1 AND (last_fire_ms IS NULL OR last_fire_ms < ?2)",
+        )?
+        .execute(params![id, fired_at, fired_pid])?;
+    }
     Ok(n > 0)
 }
 

@@ -167,6 +167,62 @@ pub async fn schedule_advance_is_compare_and_set(factory: &dyn StoreFactory) {
     let got = ok(r.get_schedule("fast").await, "get").expect("fast");
     assert_eq!(got.last_refusal, None, "a started fire clears it");
 
+    // Two nodes decide one fire differently: one skips it (the previous
+    // fire's process still ran when it looked) and wins the advance; the
+    // other started the fire's process. Its losing advance still records
+    // that process as the last fire, so the next fire's overlap check sees it.
+    let skipped = ScheduleAdvance {
+        next_fire_ms: Some(now + 60_000),
+        fired: None,
+        refused: None,
+    };
+    assert!(ok(r.advance_schedule("fast", now + 50_000, &skipped).await, "skip"));
+    let late = (now + 50_000, format!("fast@{}", now + 50_000));
+    let lost = ScheduleAdvance {
+        next_fire_ms: Some(now + 60_000),
+        fired: Some(late.clone()),
+        refused: None,
+    };
+    assert!(
+        !ok(r.advance_schedule("fast", now + 50_000, &lost).await, "lost start"),
+        "the start's advance loses"
+    );
+    let got = ok(r.get_schedule("fast").await, "get").expect("fast");
+    assert_eq!(got.next_fire_ms, now + 60_000, "the winner's next fire stands");
+    assert_eq!(
+        (got.last_fire_ms, got.last_process_id.as_deref()),
+        (Some(late.0), Some(late.1.as_str())),
+        "the started fire is the last one"
+    );
+    // An older fire's losing advance leaves a later one recorded.
+    let stale = ScheduleAdvance {
+        next_fire_ms: Some(now + 50_000),
+        fired: Some((now + 40_000, format!("fast@{}", now + 40_000))),
+        refused: None,
+    };
+    assert!(!ok(r.advance_schedule("fast", now + 40_000, &stale).await, "stale"));
+    let got = ok(r.get_schedule("fast").await, "get").expect("fast");
+    assert_eq!(
+        got.last_process_id.as_deref(),
+        Some(late.1.as_str()),
+        "a later fire stays"
+    );
+    // A pause that lands between a fire's start and its advance: the advance
+    // loses, and the fire it started is still recorded.
+    ok(r.set_schedule_paused("fast", true, None).await, "pause fast");
+    let paused_fire = ScheduleAdvance {
+        next_fire_ms: Some(now + 70_000),
+        fired: Some((now + 60_000, format!("fast@{}", now + 60_000))),
+        refused: None,
+    };
+    assert!(!ok(
+        r.advance_schedule("fast", now + 60_000, &paused_fire).await,
+        "paused"
+    ));
+    let got = ok(r.get_schedule("fast").await, "get").expect("fast");
+    assert!(got.paused, "{got:?}");
+    assert_eq!(got.last_fire_ms, Some(now + 60_000), "{got:?}");
+
     // A skip leaves the last fire; a schedule that never fires again pauses.
     let skip = ScheduleAdvance {
         next_fire_ms: None,
