@@ -359,6 +359,41 @@ fn check_signal_id(req: &AppendRequest) -> Result<()> {
     )))
 }
 
+/// The replay keys cairn's own appends use are refused on any other append:
+/// an event that took one first would make that cancellation, signal or
+/// journal entry a `replay_conflict` for good (a process nobody could cancel
+/// without a reason, a signal id nobody could send). A cancellation's key
+/// (`cancel:…`) is `process.cancel_requested`'s; a signal's
+/// (`signal:{name}:…`) is `signal.{name}`'s; a script's or a turn's journal
+/// keys (`script.…`, `turn.…`) are its run's, under the lease.
+fn check_own_replay_key(req: &AppendRequest) -> Result<()> {
+    let Some(key) = req.replay_key.as_deref() else {
+        return Ok(());
+    };
+    let owner = if key.starts_with(CANCEL_KEY_PREFIX) {
+        (req.event_type != events::CANCEL_REQUESTED).then_some("a cancellation's")
+    } else if let Some(rest) = key.strip_prefix("signal:") {
+        let own = req
+            .event_type
+            .strip_prefix(events::SIGNAL_PREFIX)
+            .and_then(|name| rest.strip_prefix(name))
+            .is_some_and(|after| after.starts_with(':'));
+        (!own).then_some("a signal's")
+    } else if key.starts_with(crate::script::SCRIPT_PREFIX) || key.starts_with(events::TURN_PREFIX) {
+        req.lease.is_none().then_some("a run's journal")
+    } else {
+        None
+    };
+    match owner {
+        Some(whose) => Err(CairnError::InvalidRequest(format!(
+            "the replay key `{key}` is of the form {whose} appends use, and a `{}` event may not take it: \
+             choose a key that does not begin `cancel:`, `signal:`, `script.` or `turn.`",
+            req.event_type
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Prepare an append against the current record and stored lease. Replay keys
 /// are checked by the caller first ([`check_replay`]); this checks everything
 /// else and writes nothing.
@@ -372,6 +407,7 @@ pub fn prepare_append(
     validate_replay_key(req)?;
     let t = declared_type(record, &req.event_type)?;
     check_signal_id(req)?;
+    check_own_replay_key(req)?;
     if authority == Authority::Caller && RESERVED_FOR_CAIRN.contains(&req.event_type.as_str()) {
         return Err(CairnError::ReservedEventType(format!(
             "`{}` is written only by cairn's own operations",
@@ -480,9 +516,15 @@ pub fn started_request(record: &ProcessRecord, lease: &Lease) -> AppendRequest {
     .with_lease(lease.clone())
 }
 
+/// The prefix of a cancellation request's replay key.
+const CANCEL_KEY_PREFIX: &str = "cancel:";
+
 /// The replay key of a cancellation request: one request per distinct reason.
 pub fn cancel_replay_key(reason: Option<&str>) -> String {
-    format!("cancel:{}", &sha256_hex(reason.unwrap_or("").as_bytes())[..16])
+    format!(
+        "{CANCEL_KEY_PREFIX}{}",
+        &sha256_hex(reason.unwrap_or("").as_bytes())[..16]
+    )
 }
 
 /// Whether a cancellation request ends the process at once: nobody holds a live

@@ -226,6 +226,7 @@ macro_rules! conformance_suite {
                 producer_terminal_type_ends_process,
                 replay_key_is_idempotent,
                 replay_key_conflict,
+                cairns_own_replay_keys_are_refused_on_other_appends,
                 sequences_are_gap_free_and_ordered,
                 events_after_pages,
                 events_after_rejects_bad_page_sizes,

@@ -394,6 +394,46 @@ pub async fn replay_key_conflict(factory: &dyn StoreFactory) {
     assert_eq!(other.event.process_id, "q");
 }
 
+/// The replay keys cairn's own cancel, signal and journal appends use are
+/// refused on any other append, so no event can take one first and make that
+/// cancellation or signal a `replay_conflict` for good.
+pub async fn cairns_own_replay_keys_are_refused_on_other_appends(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    h.register(rerunnable("p")).await;
+    let taken = [
+        cairn_core::fold::cancel_replay_key(None),
+        cairn_core::fold::cancel_replay_key(Some("stop")),
+        signal_replay_key("go", "s1"),
+        "script.call:1".to_string(),
+        "turn.response/1".to_string(),
+    ];
+    for key in taken {
+        h.rejects(
+            "invalid_request",
+            "a key of cairn's own on another type",
+            h.registry().append_event("p", progress(1).with_replay_key(key.clone())),
+        )
+        .await;
+    }
+    h.rejects(
+        "invalid_request",
+        "another signal's key",
+        h.registry().append_event(
+            "p",
+            AppendRequest::new("signal.go-on", json!({})).with_replay_key(signal_replay_key("go", "s1")),
+        ),
+    )
+    .await;
+    // Keys that merely look alike stay the producer's.
+    h.append("p", progress(1).with_replay_key("cancelled:1")).await;
+    h.append("p", progress(2).with_replay_key("signals:go:s1")).await;
+    // The signal and the cancellation those keys belong to go through.
+    let signal = AppendRequest::new("signal.go", json!({})).with_replay_key(signal_replay_key("go", "s1"));
+    assert!(!h.append("p", signal).await.replayed);
+    let answer = ok(h.registry().request_cancel("p", None).await, "cancel");
+    assert_eq!(answer.process.status, ProcessStatus::Cancelled);
+}
+
 /// Sequences start at 1 and rise by one per process, whatever fails in between.
 pub async fn sequences_are_gap_free_and_ordered(factory: &dyn StoreFactory) {
     let h = Harness::new(factory).await;

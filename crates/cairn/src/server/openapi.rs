@@ -281,7 +281,7 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
     set(
         schemas,
         "/AppendBody/properties/replay_key",
-        json!({"oneOf": [{"type": "null"}, id_schema("Makes the append idempotent.")]}),
+        json!({"oneOf": [{"type": "null"}, id_schema("Makes the append idempotent. Keys beginning `cancel:`, `signal:`, `script.` or `turn.` are cairn's own: on another event they are `invalid_request`.")]}),
     );
     set(
         schemas,

@@ -34,6 +34,9 @@ pub struct AppendBody {
     #[schema(value_type = Object)]
     pub payload: Value,
     /// Makes the append idempotent: a retry with the same payload returns the original event.
+    /// Keys beginning `cancel:`, `signal:`, `script.` or `turn.` are cairn's own
+    /// (a cancellation's, a signal's, a run's journal): on another event they are
+    /// `invalid_request`.
     #[serde(default)]
     pub replay_key: Option<String>,
     /// Overrides the record's wake target for this event's wake.
