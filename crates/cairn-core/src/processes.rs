@@ -208,6 +208,10 @@ async fn prepare_registration(
 ) -> Result<(Registration, Option<StartGrant>)> {
     let (mut registration, grant, env_spec) = prepare_start(registry, tools, require_tool, req).await?;
     if let Some(spec) = &env_spec {
+        // What the registration alone is refused for is found before the env
+        // is stored: a refused start stores nothing. (A start refused by what
+        // is stored, a conflict or a pruned id, may leave its env behind.)
+        crate::validate::validate_registration(&registration)?;
         registration.env_ref = Some(registry.put_env(spec).await?);
     }
     Ok((registration, grant))

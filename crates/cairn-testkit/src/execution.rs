@@ -314,6 +314,31 @@ pub async fn a_tools_own_event_types_are_written_only_by_its_run(factory: &dyn S
     p.shutdown().await;
 }
 
+/// A start refused for its own content stores nothing, not even the env it
+/// names (envs are content-addressed and never pruned).
+pub async fn a_refused_start_stores_no_env(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let p = Processes::builder(store.registry.clone()).without_worker().start();
+    let env = cairn_core::EnvSpec {
+        plugin_options: json!({"image": "refused"}),
+        policy: json!({}),
+    };
+    let (env_ref, _) = cairn_core::validate::env_ref_and_bytes(&env).expect("env ref");
+    let refused = StartRequest::tool("env-refused", "sleep", json!({"ms": 1}), Disposition::Rerunnable)
+        .with_env(env.clone())
+        .with_event_type(EventType::plain("process.mine"));
+    let err = p.start(refused).await.expect_err("a reserved type is refused");
+    assert!(matches!(err, CairnError::ReservedEventType(_)), "{err:?}");
+    let err = p.registry().get_env(&env_ref).await.expect_err("no env stored");
+    assert_eq!(err.code(), "unknown_env", "{err:?}");
+    let started = p
+        .start(StartRequest::tool("env-ok", "sleep", json!({"ms": 1}), Disposition::Rerunnable).with_env(env))
+        .await
+        .expect("start");
+    assert_eq!(started.process.env_ref.as_deref(), Some(env_ref.as_str()));
+    p.shutdown().await;
+}
+
 /// Cancelling a process nobody started ends it `cancelled` at once.
 pub async fn cancel_before_start_is_immediate(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;

@@ -381,6 +381,7 @@ macro_rules! execution_suite {
                 shell_failure_is_exit_status,
                 cancel_running_shell_kills_child,
                 cancel_before_start_is_immediate,
+                a_refused_start_stores_no_env,
                 a_tools_own_event_types_are_written_only_by_its_run,
                 wait_signal_resumes_with_payload,
                 rerunnable_reruns_after_lease_expiry,
