@@ -312,6 +312,41 @@ async fn a_session_stream_stops_when_its_grant_moves() {
     );
 }
 
+/// An await that began while the session held the grant answers what a
+/// session without it gets once the grant has moved: `unknown_process`, not
+/// the outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_await_ends_unknown_when_its_grant_moves() {
+    let server = Server::start(&["--token", "host", "--session-token", "s1=tok-1"]).await;
+    let host = server.with_token("host");
+    let s1 = server.with_token("tok-1");
+    let start = json!({
+        "id": "moving", "disposition": "externally_owned", "input": {"type": "external", "metadata": {}},
+        "grant": {"session_scope": {"session_id": "s1"}}
+    });
+    assert_eq!(host.start(start).await.0, 201);
+    let waiting = tokio::spawn(async move { s1.get("/v1/processes/moving/await?timeout_ms=20000").await });
+    // The answer is the same whether the await begins before the grant moves
+    // or after; the pause lets it begin before, the case the check after the
+    // wait is for.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (s, _) = host
+        .post(
+            "/v1/grants/transfer",
+            json!({"from": {"session_id": "s1"}, "to": {"session_id": "s2"}, "process_ids": ["moving"]}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let complete = json!({"outcome": {"type": "success", "value": "secret"}, "authority": "ci"});
+    assert_eq!(host.post("/v1/processes/moving/complete", complete).await.0, 200);
+    let (status, body) = tokio::time::timeout(Duration::from_secs(15), waiting)
+        .await
+        .expect("the await answers when the process ends")
+        .expect("join");
+    assert_eq!((status, code(&body)), (404, "unknown_process"), "{body}");
+    assert!(!body.to_string().contains("secret"), "{body}");
+}
+
 #[test]
 fn refuses_open_non_loopback_and_unbuilt_backends() {
     let run = |args: &[&str]| {

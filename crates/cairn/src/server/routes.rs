@@ -512,6 +512,10 @@ pub async fn await_terminal(
         _ = state.shutdown.cancelled() => state.processes.get(&id).await?,
     };
     state.metrics.await_latency.observe(started.elapsed().as_secs_f64());
+    // A grant moved or revoked while the session waited: what it answers is
+    // no longer the session's to read (the event stream asks again before
+    // each page, too).
+    check_visible(&state, &caller, &id).await?;
     Ok(Json(record))
 }
 
