@@ -57,6 +57,15 @@ fn id_ok(id: &Value) -> bool {
     id.is_string() || id.is_i64() || id.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 9.2e18)
 }
 
+/// Whether `message` is a JSON-RPC 2.0 notification (a string `method` and no
+/// `id`): one that is never answered, not even with an error, whatever is
+/// wrong with its params.
+pub fn is_notification(message: &Value) -> bool {
+    message.get("jsonrpc") == Some(&Value::from("2.0"))
+        && message.get("method").is_some_and(Value::is_string)
+        && message.get("id").is_none()
+}
+
 /// The id to answer a faulty message with: its own when a client could match
 /// it, else `null`.
 pub fn answerable_id(message: &Value) -> Value {

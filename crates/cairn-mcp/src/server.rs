@@ -277,8 +277,16 @@ where
             }
             let fault = match serde_json::from_slice::<Value>(&bytes) {
                 Err(e) => Some((Value::Null, -32700, format!("parse error: {e}"))),
-                Ok(message) => crate::message::fault(&message, "each line carries")
-                    .map(|(code, text)| (crate::message::answerable_id(&message), code, text)),
+                // A notification whose params are wrong is dropped: JSON-RPC
+                // never answers a notification (over HTTP its POST is refused
+                // with a status instead).
+                Ok(message) => match crate::message::fault(&message, "each line carries") {
+                    Some((-32602, text)) if crate::message::is_notification(&message) => {
+                        tracing::debug!(error = %text, "a notification with faulty params was dropped");
+                        continue;
+                    }
+                    fault => fault.map(|(code, text)| (crate::message::answerable_id(&message), code, text)),
+                },
             };
             match fault {
                 Some((id, code, text)) => {
