@@ -157,10 +157,9 @@ pub struct CompleteArgs {
     pub id: String,
     /// `success`, `failure` or `cancelled` (SPEC §12 outcome shape).
     pub outcome: Outcome,
-    /// Who completes it (recorded in the terminal payload); defaults to the
-    /// caller, and a session token is always recorded as its session.
-    #[serde(default)]
-    pub authority: Option<String>,
+    /// Who completes it (recorded in the terminal payload). A session
+    /// token is always recorded as its session, whatever it names.
+    pub authority: String,
 }
 
 /// Arguments of `module_put`.
@@ -414,7 +413,7 @@ impl ToolKind {
             }
             Self::Complete => {
                 let a: CompleteArgs = parse(self, arguments)?;
-                cairn.complete(&a.id, a.outcome, a.authority).await
+                cairn.complete(&a.id, a.outcome, Some(a.authority)).await
             }
             Self::ModulePut => {
                 let a: ModulePutArgs = parse(self, arguments)?;
@@ -829,5 +828,20 @@ mod tests {
         .unwrap();
         let sent = serde_json::to_value(&c.outcome).unwrap();
         assert!(sent["value"].is_f64(), "{sent}");
+    }
+
+    /// `process_complete` names its authority (SPEC §16): the schema requires
+    /// it and a call without it is refused before it reaches the server.
+    #[test]
+    fn a_completion_names_its_authority() {
+        let schema = ToolKind::Complete.input_schema();
+        let required = schema["required"].as_array().expect("required");
+        assert!(required.contains(&json!("authority")), "{schema:?}");
+        let err = parse::<CompleteArgs>(
+            ToolKind::Complete,
+            json!({"id": "p", "outcome": {"type": "cancelled", "message": "no"}}),
+        )
+        .unwrap_err();
+        assert!(format!("{err:?}").contains("authority"), "{err:?}");
     }
 }

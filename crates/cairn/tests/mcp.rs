@@ -367,7 +367,7 @@ async fn drive(transport: Transport) {
         &client,
         &tools,
         "process_complete",
-        json!({"id": "x1", "outcome": outcome}),
+        json!({"id": "x1", "outcome": outcome, "authority": "ci"}),
     )
     .await;
     assert_eq!(ended["status"], "completed");
@@ -375,12 +375,17 @@ async fn drive(transport: Transport) {
         &client,
         &tools,
         "process_complete",
-        json!({"id": "x1", "outcome": outcome}),
+        json!({"id": "x1", "outcome": outcome, "authority": "ci"}),
     )
     .await;
     assert_eq!(again, ended);
     let other = json!({"type": "success", "value": 43});
-    let (code, _) = err(&client, "process_complete", json!({"id": "x1", "outcome": other})).await;
+    let (code, _) = err(
+        &client,
+        "process_complete",
+        json!({"id": "x1", "outcome": other, "authority": "ci"}),
+    )
+    .await;
     assert_eq!(code, "process_terminal");
 
     // module_put stores a module (the same source again answers it) and names
@@ -519,7 +524,10 @@ async fn session_isolation(transport: Transport) {
         ("process_await", json!({"timeout_ms": 10})),
         ("process_signal", json!({"name": "go", "signal_id": "x", "payload": 1})),
         ("process_cancel", json!({"reason": "not yours"})),
-        ("process_complete", json!({"outcome": {"type": "success", "value": 1}})),
+        (
+            "process_complete",
+            json!({"outcome": {"type": "success", "value": 1}, "authority": "s2"}),
+        ),
     ];
     for (tool, extra) in calls {
         let with_id = |id: &str| {
