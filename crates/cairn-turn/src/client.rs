@@ -55,6 +55,33 @@ impl ModelFault {
             retry_after: None,
         }
     }
+
+    /// This fault with `key` taken out of its message: an endpoint (a
+    /// gateway, say) may quote the key it was sent in its error text, and
+    /// the message is stored in the turn's failure and logged (SPEC §15: the
+    /// key is never stored in a record or an event).
+    fn without_key(self, key: Option<&str>) -> Self {
+        let Some(key) = key.filter(|k| !k.is_empty()) else {
+            return self;
+        };
+        let clean = |m: String| {
+            if m.contains(key) {
+                m.replace(key, "[redacted]")
+            } else {
+                m
+            }
+        };
+        match self {
+            Self::Transient { message, retry_after } => Self::Transient {
+                message: clean(message),
+                retry_after,
+            },
+            Self::Rejected { status, message } => Self::Rejected {
+                status,
+                message: clean(message),
+            },
+        }
+    }
 }
 
 impl std::fmt::Display for ModelFault {
@@ -96,6 +123,19 @@ pub(crate) struct ChatRequest<'a> {
 /// proxies never send `[DONE]`); a body that ends before either is a broken
 /// stream. An answer without any choice is no answer (see [`no_choice`]).
 pub(crate) async fn chat(
+    http: &reqwest::Client,
+    spec: &ModelSpec,
+    key: Option<&str>,
+    request: &ChatRequest<'_>,
+    on_delta: &mut (dyn FnMut(&str) + Send),
+) -> Result<ChatAnswer, ModelFault> {
+    ask(http, spec, key, request, on_delta)
+        .await
+        .map_err(|fault| fault.without_key(key))
+}
+
+/// [`chat`], with faults as the endpoint worded them.
+async fn ask(
     http: &reqwest::Client,
     spec: &ModelSpec,
     key: Option<&str>,

@@ -308,6 +308,22 @@ async fn faults_are_retried_or_fail_by_kind() {
         other => panic!("{other:?}"),
     }
 
+    // An endpoint that quotes the key it was sent: the failure says what it
+    // said, without the key.
+    s.fake.push(Reply::Status {
+        status: 401,
+        retry_after: None,
+        message: format!("invalid key {KEY} for this gateway"),
+    });
+    s.p.start(turn("quoted", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "quoted").await;
+    assert_eq!(failure_code(&r), "model_error");
+    let record = serde_json::to_string(&r).expect("json");
+    let events =
+        serde_json::to_string(&s.p.events("quoted", 0, Some(1000)).await.expect("events").events).expect("json");
+    assert!(!record.contains(KEY) && !events.contains(KEY), "{record}");
+    assert!(record.contains("invalid key [redacted] for this gateway"), "{record}");
+
     for _ in 0..4 {
         s.fake.push(Reply::Status {
             status: 503,
