@@ -305,11 +305,9 @@ fn completion(spec: &ModelSpec, text: &str, on_delta: &mut (dyn FnMut(&str) + Se
         .and_then(Value::as_array)
         .filter(|c| !c.is_empty())
     {
-        let mut joined = ToolCalls::default();
-        for call in calls {
-            joined.merge(call);
-        }
-        message["tool_calls"] = Value::Array(joined.calls);
+        // Each element is a whole call here, not a fragment to join, even
+        // without an id or an index.
+        message["tool_calls"] = Value::Array(calls.iter().map(whole_call).collect());
     }
     if let Some(refusal) = given.get("refusal").and_then(Value::as_str).filter(|r| !r.is_empty()) {
         message["refusal"] = json!(refusal);
@@ -318,6 +316,23 @@ fn completion(spec: &ModelSpec, text: &str, on_delta: &mut (dyn FnMut(&str) + Se
         message,
         usage: body.get("usage").cloned().unwrap_or(Value::Null),
         finish_reason: choice.get("finish_reason").cloned().unwrap_or(Value::Null),
+    })
+}
+
+/// One tool call of an answer that was not streamed, in the shape the
+/// stream's calls are joined into. Arguments sent as a JSON value rather than
+/// the string OpenAI's shape has are taken as that value's text.
+fn whole_call(call: &Value) -> Value {
+    let text = |pointer: &str| call.pointer(pointer).and_then(Value::as_str).unwrap_or_default();
+    let arguments = match call.pointer("/function/arguments") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    json!({
+        "id": text("/id"),
+        "type": "function",
+        "function": {"name": text("/function/name"), "arguments": arguments}
     })
 }
 
@@ -515,6 +530,27 @@ mod tests {
         let clipped = clip(&long);
         assert!(clipped.len() < MESSAGE_LIMIT + 64, "{}", clipped.len());
         assert!(clipped.starts_with("éé") && clipped.ends_with(&format!("({} bytes in all)", long.len())));
+    }
+
+    #[test]
+    fn an_answer_not_streamed_keeps_each_tool_call_apart() {
+        let spec: ModelSpec = "m=http://h/v1".parse().expect("spec");
+        let body = json!({"choices": [{"finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
+        "tool_calls": [
+            {"id": "", "type": "function", "function": {"name": "echo", "arguments": "{\"value\":1}"}},
+            {"type": "function", "function": {"name": "echo", "arguments": {"value": 2}}}
+        ]}}]});
+        let answer = completion(&spec, &body.to_string(), &mut |_| {}).expect("an answer");
+        let calls = answer.message["tool_calls"].as_array().expect("calls");
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        let args: Vec<Value> = calls
+            .iter()
+            .map(|c| {
+                assert_eq!(c["function"]["name"], "echo");
+                serde_json::from_str(c["function"]["arguments"].as_str().expect("a string")).expect("JSON")
+            })
+            .collect();
+        assert_eq!(args, [json!({"value": 1}), json!({"value": 2})]);
     }
 
     #[test]
