@@ -901,6 +901,9 @@ impl ProcessRegistry for MemoryRegistry {
                 if s.last_fire_ms.is_none_or(|last| last < *at) {
                     s.last_fire_ms = Some(*at);
                     s.last_process_id = Some(pid.clone());
+                    if s.last_refusal.as_ref().is_some_and(|r| r.fire_ms <= *at) {
+                        s.last_refusal = None;
+                    }
                     st.put_schedule(s);
                 }
             }

@@ -137,7 +137,9 @@ pub(crate) async fn advance(conn: &Conn, id: &str, expected: u64, a: &ScheduleAd
         // latest (see `ProcessRegistry::advance_schedule`).
         let stmt = conn
             .stmt(
-                "UPDATE schedules SET last_fire_ms = $2::int8, last_process_id = $3::text \
+                "UPDATE schedules SET last_fire_ms = $2::int8, last_process_id = $3::text, \
+                     last_refusal = CASE WHEN (last_refusal::jsonb ->> 'fire_ms')::int8 <= $2::int8 THEN NULL \
+                                         ELSE last_refusal END \
                  WHERE id = $1::text AND (last_fire_ms IS NULL OR last_fire_ms < $2::int8)",
             )
             .await?;

@@ -110,7 +110,9 @@ pub(crate) fn advance(conn: &Connection, id: &str, expected: u64, a: &ScheduleAd
         // Lost: a fire this node started is still the last one if it is the
         // latest (see `ProcessRegistry::advance_schedule`).
         conn.prepare_cached(
-            "UPDATE schedules SET last_fire_ms = ?2, last_process_id = ?3
+            "UPDATE schedules SET last_fire_ms = ?2, last_process_id = ?3,
+                 last_refusal = CASE WHEN json_extract(last_refusal, '$.fire_ms') <= ?2 THEN NULL
+                                     ELSE last_refusal END
              WHERE id = ?1 AND (last_fire_ms IS NULL OR last_fire_ms < ?2)",
         )?
         .execute(params![id, fired_at, fired_pid])?;

@@ -194,6 +194,34 @@ pub async fn schedule_advance_is_compare_and_set(factory: &dyn StoreFactory) {
         (Some(late.0), Some(late.1.as_str())),
         "the started fire is the last one"
     );
+    // A winner refused the start (its tool missing on that node) while the
+    // loser started the fire's process: the refusal goes, the process is there.
+    let refused_then_started = ScheduleAdvance {
+        next_fire_ms: Some(now + 70_000),
+        fired: None,
+        refused: Some(cairn_core::FireRefusal {
+            fire_ms: now + 60_000,
+            process_id: format!("fast@{}", now + 60_000),
+            code: "unknown_tool".into(),
+            message: "unknown tool `echo` on this node".into(),
+        }),
+    };
+    assert!(ok(
+        r.advance_schedule("fast", now + 60_000, &refused_then_started).await,
+        "refused"
+    ));
+    let started_elsewhere = ScheduleAdvance {
+        next_fire_ms: Some(now + 70_000),
+        fired: Some((now + 60_000, format!("fast@{}", now + 60_000))),
+        refused: None,
+    };
+    assert!(!ok(
+        r.advance_schedule("fast", now + 60_000, &started_elsewhere).await,
+        "started elsewhere"
+    ));
+    let got = ok(r.get_schedule("fast").await, "get").expect("fast");
+    assert_eq!(got.last_fire_ms, Some(now + 60_000), "{got:?}");
+    assert_eq!(got.last_refusal, None, "the fire's process exists: {got:?}");
     // An older fire's losing advance leaves a later one recorded.
     let stale = ScheduleAdvance {
         next_fire_ms: Some(now + 50_000),
@@ -203,25 +231,25 @@ pub async fn schedule_advance_is_compare_and_set(factory: &dyn StoreFactory) {
     assert!(!ok(r.advance_schedule("fast", now + 40_000, &stale).await, "stale"));
     let got = ok(r.get_schedule("fast").await, "get").expect("fast");
     assert_eq!(
-        got.last_process_id.as_deref(),
-        Some(late.1.as_str()),
+        got.last_process_id,
+        Some(format!("fast@{}", now + 60_000)),
         "a later fire stays"
     );
     // A pause that lands between a fire's start and its advance: the advance
     // loses, and the fire it started is still recorded.
     ok(r.set_schedule_paused("fast", true, None).await, "pause fast");
     let paused_fire = ScheduleAdvance {
-        next_fire_ms: Some(now + 70_000),
-        fired: Some((now + 60_000, format!("fast@{}", now + 60_000))),
+        next_fire_ms: Some(now + 80_000),
+        fired: Some((now + 70_000, format!("fast@{}", now + 70_000))),
         refused: None,
     };
     assert!(!ok(
-        r.advance_schedule("fast", now + 60_000, &paused_fire).await,
+        r.advance_schedule("fast", now + 70_000, &paused_fire).await,
         "paused"
     ));
     let got = ok(r.get_schedule("fast").await, "get").expect("fast");
     assert!(got.paused, "{got:?}");
-    assert_eq!(got.last_fire_ms, Some(now + 60_000), "{got:?}");
+    assert_eq!(got.last_fire_ms, Some(now + 70_000), "{got:?}");
 
     // A skip leaves the last fire; a schedule that never fires again pauses.
     let skip = ScheduleAdvance {
