@@ -362,32 +362,34 @@ fn check_signal_id(req: &AppendRequest) -> Result<()> {
 /// The replay keys cairn's own appends use are refused on any other append:
 /// an event that took one first would make that cancellation, signal or
 /// journal entry a `replay_conflict` for good (a process nobody could cancel
-/// without a reason, a signal id nobody could send). A cancellation's key
-/// (`cancel:…`) is `process.cancel_requested`'s; a signal's
-/// (`signal:{name}:…`) is `signal.{name}`'s; a script's or a turn's journal
-/// keys (`script.…`, `turn.…`) are its run's, under the lease.
-fn check_own_replay_key(req: &AppendRequest) -> Result<()> {
+/// without a reason, a signal id nobody could send, a script or turn that
+/// could not journal its next step). A cancellation's key (`cancel:…`) is
+/// `process.cancel_requested`'s; a signal's (`signal:{name}:…`) is a signal's
+/// ([`check_signal_id`] holds `signal.{name}` to its own name); on a script
+/// or a session turn, the journal's keys (`script.…`, `turn.…`) are its run's,
+/// under the lease.
+fn check_own_replay_key(record: &ProcessRecord, req: &AppendRequest) -> Result<()> {
     let Some(key) = req.replay_key.as_deref() else {
         return Ok(());
     };
-    let owner = if key.starts_with(CANCEL_KEY_PREFIX) {
+    let journal = match record.input {
+        crate::model::ProcessInput::Script { .. } => Some(crate::script::SCRIPT_PREFIX),
+        crate::model::ProcessInput::SessionTurn { .. } => Some(events::TURN_PREFIX),
+        _ => None,
+    };
+    let whose = if key.starts_with(CANCEL_KEY_PREFIX) {
         (req.event_type != events::CANCEL_REQUESTED).then_some("a cancellation's")
-    } else if let Some(rest) = key.strip_prefix("signal:") {
-        let own = req
-            .event_type
-            .strip_prefix(events::SIGNAL_PREFIX)
-            .and_then(|name| rest.strip_prefix(name))
-            .is_some_and(|after| after.starts_with(':'));
-        (!own).then_some("a signal's")
-    } else if key.starts_with(crate::script::SCRIPT_PREFIX) || key.starts_with(events::TURN_PREFIX) {
-        req.lease.is_none().then_some("a run's journal")
+    } else if key.starts_with(SIGNAL_KEY_PREFIX) {
+        (!req.event_type.starts_with(events::SIGNAL_PREFIX)).then_some("a signal's")
+    } else if journal.is_some_and(|prefix| key.starts_with(prefix)) {
+        req.lease.is_none().then_some("the run's journal")
     } else {
         None
     };
-    match owner {
+    match whose {
         Some(whose) => Err(CairnError::InvalidRequest(format!(
             "the replay key `{key}` is of the form {whose} appends use, and a `{}` event may not take it: \
-             choose a key that does not begin `cancel:`, `signal:`, `script.` or `turn.`",
+             choose another key",
             req.event_type
         ))),
         None => Ok(()),
@@ -407,7 +409,7 @@ pub fn prepare_append(
     validate_replay_key(req)?;
     let t = declared_type(record, &req.event_type)?;
     check_signal_id(req)?;
-    check_own_replay_key(req)?;
+    check_own_replay_key(record, req)?;
     if authority == Authority::Caller && RESERVED_FOR_CAIRN.contains(&req.event_type.as_str()) {
         return Err(CairnError::ReservedEventType(format!(
             "`{}` is written only by cairn's own operations",
@@ -518,6 +520,9 @@ pub fn started_request(record: &ProcessRecord, lease: &Lease) -> AppendRequest {
 
 /// The prefix of a cancellation request's replay key.
 const CANCEL_KEY_PREFIX: &str = "cancel:";
+
+/// The prefix of a signal's replay key ([`events::signal_replay_key`]).
+const SIGNAL_KEY_PREFIX: &str = "signal:";
 
 /// The replay key of a cancellation request: one request per distinct reason.
 pub fn cancel_replay_key(reason: Option<&str>) -> String {

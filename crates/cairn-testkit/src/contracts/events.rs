@@ -404,8 +404,6 @@ pub async fn cairns_own_replay_keys_are_refused_on_other_appends(factory: &dyn S
         cairn_core::fold::cancel_replay_key(None),
         cairn_core::fold::cancel_replay_key(Some("stop")),
         signal_replay_key("go", "s1"),
-        "script.call:1".to_string(),
-        "turn.response/1".to_string(),
     ];
     for key in taken {
         h.rejects(
@@ -424,9 +422,31 @@ pub async fn cairns_own_replay_keys_are_refused_on_other_appends(factory: &dyn S
         ),
     )
     .await;
-    // Keys that merely look alike stay the producer's.
+    // Keys that merely look alike stay the producer's, and a journal's keys
+    // are free where there is no journal.
     h.append("p", progress(1).with_replay_key("cancelled:1")).await;
     h.append("p", progress(2).with_replay_key("signals:go:s1")).await;
+    h.append("p", progress(3).with_replay_key("script.call:1")).await;
+    h.append("p", progress(4).with_replay_key("turn.response/1")).await;
+    // A script's journal keys are its run's: refused without the lease,
+    // taken under it.
+    let mut script = rerunnable("s");
+    script.input = cairn_core::ProcessInput::Script {
+        module_ref: format!("module:sha256:{}", "0".repeat(64)),
+        process_name: "main".into(),
+        args: json!({}),
+    };
+    h.register(script).await;
+    h.rejects(
+        "invalid_request",
+        "a journal key without the lease",
+        h.registry()
+            .append_event("s", progress(1).with_replay_key("script.call:1")),
+    )
+    .await;
+    let lease = ok(h.registry().claim("s", "w1", TTL).await, "claim");
+    h.append("s", progress(1).with_replay_key("script.call:1").with_lease(lease))
+        .await;
     // The signal and the cancellation those keys belong to go through.
     let signal = AppendRequest::new("signal.go", json!({})).with_replay_key(signal_replay_key("go", "s1"));
     assert!(!h.append("p", signal).await.replayed);
