@@ -211,7 +211,7 @@ async fn prepare_registration(
         // What the registration alone is refused for is found before the env
         // is stored: a refused start stores nothing. (A start refused by what
         // is stored, a conflict or a pruned id, may leave its env behind.)
-        crate::validate::validate_registration(&registration)?;
+        crate::ops::Op::register(&registration, grant.clone(), 0)?;
         registration.env_ref = Some(registry.put_env(spec).await?);
     }
     Ok((registration, grant))

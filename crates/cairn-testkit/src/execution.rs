@@ -329,6 +329,18 @@ pub async fn a_refused_start_stores_no_env(factory: &dyn StoreFactory) {
         .with_event_type(EventType::plain("process.mine"));
     let err = p.start(refused).await.expect_err("a reserved type is refused");
     assert!(matches!(err, CairnError::ReservedEventType(_)), "{err:?}");
+    // A grant to a scope that is no scope.
+    let mut badly_granted =
+        StartRequest::tool("env-refused", "sleep", json!({"ms": 1}), Disposition::Rerunnable).with_env(env.clone());
+    badly_granted.grant = Some(cairn_core::StartGrant {
+        session_scope: cairn_core::SessionScope::session(""),
+        descriptor: cairn_core::GrantDescriptor::default(),
+    });
+    let err = p
+        .start(badly_granted)
+        .await
+        .expect_err("an empty session id is refused");
+    assert!(matches!(err, CairnError::InvalidId(_)), "{err:?}");
     let err = p.registry().get_env(&env_ref).await.expect_err("no env stored");
     assert_eq!(err.code(), "unknown_env", "{err:?}");
     let started = p
