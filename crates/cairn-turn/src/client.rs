@@ -61,16 +61,7 @@ impl ModelFault {
     /// the message is stored in the turn's failure and logged (SPEC §15: the
     /// key is never stored in a record or an event).
     fn without_key(self, key: Option<&str>) -> Self {
-        let Some(key) = key.filter(|k| !k.is_empty()) else {
-            return self;
-        };
-        let clean = |m: String| {
-            if m.contains(key) {
-                m.replace(key, "[redacted]")
-            } else {
-                m
-            }
-        };
+        let clean = |m: String| redact(&m, key).into_owned();
         match self {
             Self::Transient { message, retry_after } => Self::Transient {
                 message: clean(message),
@@ -90,6 +81,16 @@ impl std::fmt::Display for ModelFault {
             Self::Transient { message, .. } => f.write_str(message),
             Self::Rejected { status, message } => write!(f, "HTTP {status}: {message}"),
         }
+    }
+}
+
+/// `text` without `key` in it: an endpoint (a gateway, say) may quote the key
+/// it was sent in its error text, which is stored and logged. Taken out
+/// before a text is clipped, so no part of a key survives at the cut.
+fn redact<'a>(text: &'a str, key: Option<&str>) -> std::borrow::Cow<'a, str> {
+    match key {
+        Some(key) if !key.is_empty() && text.contains(key) => text.replace(key, "[redacted]").into(),
+        _ => text.into(),
     }
 }
 
@@ -177,7 +178,11 @@ async fn ask(
             .ok()
             .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(String::from))
             .unwrap_or(text);
-        let message = format!("model `{}` answered {status}: {}", spec.name, clip(&message));
+        let message = format!(
+            "model `{}` answered {status}: {}",
+            spec.name,
+            clip(&redact(&message, key))
+        );
         return Err(if status.as_u16() == 429 || status.is_server_error() {
             ModelFault::Transient { message, retry_after }
         } else {
@@ -200,7 +205,7 @@ async fn ask(
             .text()
             .await
             .map_err(|e| ModelFault::transient(format!("model `{}`: broken answer: {}", spec.name, without_url(&e))))?;
-        return completion(spec, &text, on_delta);
+        return completion(spec, &text, key, on_delta);
     }
     let mut events = response.bytes_stream().eventsource();
     let mut content = String::new();
@@ -221,7 +226,7 @@ async fn ask(
         // A failure during generation comes as a chunk `{"error": {...}}`:
         // the answer so far is not an answer.
         if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
-            return Err(stream_error(spec, error));
+            return Err(stream_error(spec, error, key));
         }
         if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
             usage = u.clone();
@@ -271,18 +276,23 @@ async fn ask(
 }
 
 /// A whole (not streamed) chat completion `text`, read as the answer.
-fn completion(spec: &ModelSpec, text: &str, on_delta: &mut (dyn FnMut(&str) + Send)) -> Result<ChatAnswer, ModelFault> {
+fn completion(
+    spec: &ModelSpec,
+    text: &str,
+    key: Option<&str>,
+    on_delta: &mut (dyn FnMut(&str) + Send),
+) -> Result<ChatAnswer, ModelFault> {
     let not_an_answer = |why: &str| ModelFault::Rejected {
         status: 200,
         message: format!(
             "model `{}` answered application/json, not an event stream, and {why}: {}",
             spec.name,
-            clip(text)
+            clip(&redact(text, key))
         ),
     };
     let body: Value = serde_json::from_str(text).map_err(|_| not_an_answer("the body is not JSON"))?;
     if let Some(error) = body.get("error").filter(|e| !e.is_null()) {
-        return Err(stream_error(spec, error));
+        return Err(stream_error(spec, error, key));
     }
     if body
         .get("choices")
@@ -353,13 +363,17 @@ fn no_choice(spec: &ModelSpec) -> ModelFault {
 /// The fault an `{"error": {...}}` object the endpoint sent with a 200 means:
 /// refused for good when it names a client error (an `invalid_request_error`
 /// and the like, or a 4xx code other than 408 and 429), else worth retrying.
-fn stream_error(spec: &ModelSpec, error: &Value) -> ModelFault {
+fn stream_error(spec: &ModelSpec, error: &Value, key: Option<&str>) -> ModelFault {
     let text = error
         .get("message")
         .and_then(Value::as_str)
         .map(String::from)
         .unwrap_or_else(|| error.to_string());
-    let message = format!("model `{}` failed while answering: {}", spec.name, clip(&text));
+    let message = format!(
+        "model `{}` failed while answering: {}",
+        spec.name,
+        clip(&redact(&text, key))
+    );
     let status = ["code", "status"]
         .iter()
         .find_map(|k| {
@@ -540,7 +554,7 @@ mod tests {
             {"id": "", "type": "function", "function": {"name": "echo", "arguments": "{\"value\":1}"}},
             {"type": "function", "function": {"name": "echo", "arguments": {"value": 2}}}
         ]}}]});
-        let answer = completion(&spec, &body.to_string(), &mut |_| {}).expect("an answer");
+        let answer = completion(&spec, &body.to_string(), None, &mut |_| {}).expect("an answer");
         let calls = answer.message["tool_calls"].as_array().expect("calls");
         assert_eq!(calls.len(), 2, "{calls:?}");
         let args: Vec<Value> = calls
@@ -553,10 +567,23 @@ mod tests {
         assert_eq!(args, [json!({"value": 1}), json!({"value": 2})]);
     }
 
+    /// A key the endpoint quotes is taken out before the text is clipped, so
+    /// none of it survives where the cut falls inside it.
+    #[test]
+    fn a_quoted_key_is_taken_out_before_the_cut() {
+        let spec: ModelSpec = "m=http://h/v1".parse().expect("spec");
+        let key = "sk-0123456789abcdef";
+        let text = format!("{}{key} is not valid", "x".repeat(MESSAGE_LIMIT - 8));
+        let fault = stream_error(&spec, &json!({"message": text}), Some(key));
+        assert!(!fault.to_string().contains(&key[..8]), "{fault}");
+        let fault = ModelFault::transient(format!("said {key}")).without_key(Some(key));
+        assert_eq!(fault.to_string(), "said [redacted]");
+    }
+
     #[test]
     fn an_error_in_the_stream_is_retried_or_refused_by_its_kind() {
         let spec: ModelSpec = "m=http://h/v1".parse().expect("spec");
-        let transient = |e: Value| matches!(stream_error(&spec, &e), ModelFault::Transient { .. });
+        let transient = |e: Value| matches!(stream_error(&spec, &e, None), ModelFault::Transient { .. });
         assert!(transient(
             json!({"message": "overloaded", "type": "server_error", "code": null})
         ));
