@@ -281,7 +281,7 @@ where
                 // never answers a notification (over HTTP its POST is refused
                 // with a status instead).
                 Ok(message) => match crate::message::fault(&message, "each line carries") {
-                    Some((-32602, text)) if crate::message::is_notification(&message) => {
+                    Some((_, text)) if crate::message::is_notification(&message) => {
                         tracing::debug!(error = %text, "a notification with faulty params was dropped");
                         continue;
                     }

@@ -917,13 +917,18 @@ async fn stdio_answers_malformed_lines() {
     }
     // Bytes that are not UTF-8 are that line's parse error, and the lines
     // after it are still read. A notification with faulty params is never
-    // answered (an answer to it would stand among the counted ones).
+    // answered, whatever is wrong with them (an answer to it would stand
+    // among the counted ones).
     stdin
         .write_all(b"{\"jsonrpc\": \"2.0\", \"id\": \"\xff\"}\n")
         .await
         .expect("write");
     stdin
         .write_all(b"{\"jsonrpc\": \"2.0\", \"method\": \"notifications/progress\", \"params\": [1]}\n")
+        .await
+        .expect("write");
+    stdin
+        .write_all(b"{\"jsonrpc\": \"2.0\", \"method\": \"notifications/progress\", \"params\": \"x\"}\n")
         .await
         .expect("write");
     stdin
