@@ -585,6 +585,13 @@ impl State {
             })
             .collect();
         self.delivered += delivered.len();
+        // The journaling run took its first true read of `ctx.cancelled` at
+        // the step these results answered (the driver journaled it on them):
+        // that read is spent, and the calls after it were journaled without
+        // it, as a replay must make them.
+        if delivered.iter().any(|(_, r)| r.get(CANCEL_SEEN).is_some()) {
+            self.cancel_seen = None;
+        }
         delivered
     }
 }

@@ -1733,7 +1733,8 @@ async fn a_replay_reads_ctx_cancelled_as_the_journaling_run_did() {
 
 /// Starts a long sleep, then polls `ctx.cancelled` with no call after its
 /// first true read until it awaits the sleep (which rejects `cancelled`);
-/// the first activation (`args.first`) spins after its `done`.
+/// the first activation (`args.first`) spins after its `done`, and the
+/// replay goes on to `after`.
 const POLLER: &str = r#"export async function poller(ctx, args) {
     await ctx.emit("looping", {});
     const slept = ctx.sleep(60000).then(() => "slept", (e) => e.code);
@@ -1741,26 +1742,31 @@ const POLLER: &str = r#"export async function poller(ctx, args) {
     const r = await slept;
     await ctx.emit("done", {r});
     if (args.first) for (;;) {}
+    await ctx.emit("after", {r});
     return r;
 }"#;
 
 /// A first true read of `ctx.cancelled` that no call or log line follows is
 /// journaled on the results of that step, so a replay after a crash answers
 /// that read `true` as the run did and runs straight to its end (before, the
-/// replay read `false` forever and spun until the CPU limit).
+/// replay read `false` forever and spun until the CPU limit). The calls after
+/// those results replay as journaled, without the read on them, and the
+/// cleanup goes on past the crash (before, the replayed `done` carried it,
+/// differed from the journal, and `after` was never made).
 #[tokio::test]
 async fn a_true_read_followed_by_no_call_is_journaled_on_the_steps_results() {
     let p = cancel_across_a_crash(
         POLLER,
         "poller",
         "poller",
-        &["looping", "done"],
+        &["looping", "done", "after"],
         "looping",
         "done",
         Duration::from_secs(60),
     )
     .await;
     assert_eq!(events(&p, "poller", "done").await, [json!({"r": "cancelled"})]);
+    assert_eq!(events(&p, "poller", "after").await, [json!({"r": "cancelled"})]);
     let results = events(&p, "poller", "script.result").await;
     let slept = results.iter().find(|r| r["n"] == json!(2)).expect("the sleep's result");
     assert!(slept["cancel_seen"].as_u64().is_some(), "{results:?}");
