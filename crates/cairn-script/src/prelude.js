@@ -163,6 +163,21 @@
       Object.defineProperty(P, "set" + part, { value: P["setUTC" + part], writable: true, configurable: true });
     }
   }
+  // The legacy two-digit year methods read and write local time too (Annex B).
+  Object.defineProperty(P, "getYear", {
+    value: function getYear() { return this.getUTCFullYear() - 1900; },
+    writable: true,
+    configurable: true,
+  });
+  Object.defineProperty(P, "setYear", {
+    value: function setYear(year) {
+      const y = Number(year);
+      const whole = Math.trunc(y);
+      return this.setUTCFullYear(whole >= 0 && whole <= 99 ? 1900 + whole : y);
+    },
+    writable: true,
+    configurable: true,
+  });
   const DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
   const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
   const pad = (n, w) => String(n).padStart(w, "0");

@@ -2036,6 +2036,12 @@ async fn local_time_in_a_zone_east_of_utc() {
                 zoned: Date.parse("2020-01-02T03:04:05+09:00") === Date.UTC(2020, 0, 1, 18, 4, 5),
                 dateOnly: Date.parse("2020-01-02") === Date.UTC(2020, 0, 2),
                 set: (() => { const x = new Date(0); x.setHours(5); return x.getTime(); })(),
+                year: new Date(Date.UTC(2020, 11, 31, 20)).getYear(),
+                setYear: (() => {
+                    const x = new Date(Date.UTC(2020, 11, 31, 20));
+                    x.setYear(99);
+                    return x.getTime() === Date.UTC(1999, 11, 31, 20);
+                })(),
             };
         }"#,
     )
@@ -2048,6 +2054,7 @@ async fn local_time_in_a_zone_east_of_utc() {
             "text": "Thu Jan 01 1970 00:00:00 GMT+0000 (Coordinated Universal Time)",
             "dateText": "Thu Jan 01 1970", "call": "string",
             "parts": true, "local": true, "zoned": true, "dateOnly": true, "set": 5 * 3_600_000,
+            "year": 120, "setYear": true,
         }))),
         "{rec:?}"
     );
