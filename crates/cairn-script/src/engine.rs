@@ -687,7 +687,10 @@ fn failure(stop: &AtomicU8, limits: &Limits, err: &Value) -> Outcome {
             format!("the activation used more than {:?} of CPU", limits.cpu),
         );
     }
-    if stop.load(Ordering::SeqCst) == MEMORY || message == "out of memory" {
+    // The engine's own "out of memory" error carries no code; a script's
+    // error that merely says so keeps its own.
+    let engines_oom = message == "out of memory" && err.get("code").is_none_or(Value::is_null);
+    if stop.load(Ordering::SeqCst) == MEMORY || engines_oom {
         return Outcome::failure(
             "script",
             "memory_limit",

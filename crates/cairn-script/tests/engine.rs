@@ -450,13 +450,15 @@ async fn limits_fail_with_their_codes() {
         &p,
         r#"export async function spin() { for (;;) {} }
         export async function hog() { const a = []; for (;;) a.push(new Array(10000).fill(1)); }
-        export async function chatty(ctx) { for (let i = 0; i < 10; i++) ctx.now(); return 1; }"#,
+        export async function chatty(ctx) { for (let i = 0; i < 10; i++) ctx.now(); return 1; }
+        export async function says() { throw Object.assign(new Error("out of memory"), {code: "quota"}); }"#,
     )
     .await;
     for (id, name, code) in [
         ("c", "spin", "cpu_limit"),
         ("m", "hog", "memory_limit"),
         ("j", "chatty", "journal_limit"),
+        ("q", "says", "quota"),
     ] {
         let rec = run(&p, script(id, &m, name, json!({}))).await;
         assert_eq!(rec.status, ProcessStatus::Failed, "{id}");
