@@ -467,18 +467,33 @@ impl Driver<'_> {
             // (`batch`, numbered by the calls answered before them), and a
             // replay delivers them together again, so a race replays as it ran.
             let batch = self.answered.len() as u64 + 1;
-            for (n, result) in &answers {
-                let mut result = result.clone();
-                if let Some(m) = result.as_object_mut() {
-                    m.insert("batch".into(), json!(batch));
-                    if let Some(message) = &told {
-                        m.insert("cancelled".into(), json!(message));
+            for (n, answer) in answers.iter_mut() {
+                let mark = |mut result: Value, cancel_seen: Option<u64>| {
+                    if let Some(m) = result.as_object_mut() {
+                        m.insert("batch".into(), json!(batch));
+                        if let Some(message) = &told {
+                            m.insert("cancelled".into(), json!(message));
+                        }
+                        if let Some(read) = cancel_seen {
+                            m.insert(engine::CANCEL_SEEN.into(), json!(read));
+                        }
                     }
-                    if let Some(read) = cancel_seen.take() {
-                        m.insert(engine::CANCEL_SEEN.into(), json!(read));
+                    result
+                };
+                let read = cancel_seen.take();
+                let journaled = match self.journal(Entry::Result(*n, mark(answer.clone(), read))).await {
+                    // An answer too large or too deeply nested to journal (a
+                    // signal's payload at the limits, wrapped in its result)
+                    // is no answer the script could replay: its call rejects
+                    // with the reason, and the script goes on, as a call too
+                    // large to journal does.
+                    Err(e @ (CairnError::PayloadTooLarge { .. } | CairnError::InvalidRequest(_))) => {
+                        *answer = error_result(*n, &e);
+                        self.journal(Entry::Result(*n, mark(answer.clone(), read))).await
                     }
-                }
-                if let Err(e) = self.journal(Entry::Result(*n, result)).await {
+                    other => other,
+                };
+                if let Err(e) = journaled {
                     return Outcome::failure("runtime", e.code(), e.to_string());
                 }
             }

@@ -1002,6 +1002,48 @@ async fn a_call_too_deep_to_journal_rejects_and_the_script_goes_on() {
     );
 }
 
+/// A signal at the payload depth limit is one level deeper inside its wait's
+/// result, too deep to journal: the wait rejects with the reason and the
+/// script goes on to the next signal (before, the run failed for good).
+#[tokio::test]
+async fn a_signal_too_deep_to_journal_as_a_result_rejects_the_wait() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const got = await ctx.waitSignal("go").then(() => "taken", e => e.code);
+            const next = await ctx.waitSignal("go");
+            return {got, next};
+        }"#,
+    )
+    .await;
+    p.start(script("deep-signal", &m, "main", json!({})))
+        .await
+        .expect("started");
+    p.await_event("deep-signal", cairn_core::events::WAITING, 0, Duration::from_secs(10))
+        .await
+        .expect("waiting");
+    let mut deep = json!(1);
+    for _ in 0..cairn_core::validate::MAX_JSON_DEPTH {
+        deep = json!([deep]);
+    }
+    p.signal("deep-signal", "go", "s1", deep)
+        .await
+        .expect("a signal at the limit is taken");
+    p.signal("deep-signal", "go", "s2", json!({"ok": 1}))
+        .await
+        .expect("signal");
+    let rec = p
+        .await_output("deep-signal", Duration::from_secs(20))
+        .await
+        .expect("awaited");
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::success(json!({"got": "invalid_request", "next": {"ok": 1}}))),
+        "{rec:?}"
+    );
+}
+
 /// An option a call does not take rejects the call with `invalid_request`
 /// naming it, instead of being ignored (a misspelt `timeoutMs` would wait for
 /// ever), as does an `id` for a `ctx.start` child, whose id is its call's;
