@@ -145,8 +145,12 @@ fn plan(q: &ListQuery, viewer: &Viewer) -> Result<Plan, CairnError> {
     }
     // The same parser and checks as `GET /v1/processes`.
     let filter = ProcessFilter::from_query(pairs.iter().map(|(k, v)| (*k, v.as_str())))?;
-    // Taken as given: an id may begin or end with a space.
-    let session = q.session.as_str();
+    // Taken as given: an id may begin or end with a space. A session
+    // viewer's form offers `granted_to` with the session box empty: its own.
+    let session = match viewer {
+        Viewer::Session(own) if q.session.is_empty() => own.as_str(),
+        _ => q.session.as_str(),
+    };
     let mut lens = match (q.lens.as_str(), session) {
         ("" | "all", _) => Lens::All,
         ("granted_to" | "originated_by", "") => return Err(bad(format!("the `{}` lens needs a session id", q.lens))),

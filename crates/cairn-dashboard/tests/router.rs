@@ -259,6 +259,11 @@ async fn a_session_token_sees_only_its_sessions_processes() {
     assert_eq!(listed(&html), vec!["mine"]);
     let (_, html, _) = get(&app, "/ui/list/rows?lens=granted_to&session=s2", cookie).await;
     assert!(listed(&html).is_empty());
+    // What the filter form sends for a session viewer: the lens it offers,
+    // the session box left empty.
+    let (status, html, _) = get(&app, "/ui/list/rows?status=any&lens=granted_to&session=", cookie).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert_eq!(listed(&html), vec!["mine"]);
     let (status, html, _) = get(&app, "/ui/list/rows?lens=originated_by&session=s2", cookie).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
     let (status, html, _) = get(&app, "/ui/processes/theirs", cookie).await;
