@@ -1109,6 +1109,60 @@ async fn read_until_within(body: &mut axum::body::BodyDataStream, seen: &mut Str
 
 /// A live list renders again when a grant moves, is revoked or its session is
 /// deleted: no record changes, so the change feed alone never says so.
+/// One write that changes more processes than a session viewer's stream
+/// checks one by one (a tree cancel of a host's fan-out) still tells the
+/// viewer's list when one of its own is among them, however far down.
+#[tokio::test]
+async fn a_session_list_hears_its_own_change_in_a_crowded_batch() {
+    use futures::StreamExt;
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    p.start(StartRequest::external("fan", json!({}))).await.unwrap();
+    // The session's child first (so the history names it early) and last
+    // in the cancel's order (children by id).
+    let mut own =
+        StartRequest::external("fan/zz", json!({})).with_grant(SessionScope::session("s1"), GrantDescriptor::default());
+    own.caused_by = Some(cairn_core::CausalRef::process("fan"));
+    p.start(own).await.unwrap();
+    for i in 0..80 {
+        child(&p, &format!("fan/{i:02}"), "fan").await;
+    }
+    let access = Arc::new(TestAccess {
+        processes: p.clone(),
+        open: false,
+    });
+    let app = Dashboard::new(p.clone(), access, ChangeNotice::from_hub(p.hub()), Default::default()).router();
+    let r = app
+        .clone()
+        .oneshot(
+            Request::get("/ui/list/live")
+                .header(header::COOKIE, "cairn_ui=s1-token")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut stream = r.into_body().into_data_stream();
+    let mut changed = async || {
+        tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            loop {
+                let chunk = stream.next().await.expect("the stream stays open").expect("a chunk");
+                if String::from_utf8_lossy(&chunk).contains("event: changed") {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("a `changed` event")
+    };
+    changed().await; // the one on connecting
+    changed().await; // the history, which names the session's child first
+    let cancelled = p.registry().request_cancel("fan", Some("enough".into())).await.unwrap();
+    assert_eq!(cancelled.descendants.len(), 81);
+    changed().await;
+}
+
 #[tokio::test]
 async fn live_lists_hear_grants_move_and_sessions_go() {
     use futures::StreamExt;
