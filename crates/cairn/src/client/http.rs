@@ -279,6 +279,9 @@ impl Client {
         // is for a stream that was open.
         let mut opened = reached;
         loop {
+            // Each outage has the whole budget of retries: one that reopened
+            // the stream and read on from it spent none of the next one's.
+            let read_from = last;
             let attempt = async {
                 let resp = self
                     .request(reqwest::Method::GET, &path)
@@ -329,6 +332,9 @@ impl Client {
                             return Ok(());
                         }
                     }
+                    if last > read_from {
+                        retries = reconnect_delays();
+                    }
                     match retries.next() {
                         Some(delay) => tokio::time::sleep(delay).await,
                         None => {
@@ -346,6 +352,7 @@ impl Client {
 
 /// Waits between attempts to resume a broken event stream: long enough to ride
 /// out a server restart (about 40 s in all), short at first for a dropped proxy.
+/// A stream that reopens and delivers starts the next outage's waits afresh.
 fn reconnect_delays() -> impl Iterator<Item = Duration> {
     use backon::BackoffBuilder;
     backon::ExponentialBuilder::default()
@@ -439,6 +446,54 @@ mod tests {
     fn free_port() -> u16 {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         probe.local_addr().expect("addr").port()
+    }
+
+    /// Outages one after another, more than one outage's retries in all, each
+    /// ended by a stream that delivers: the follower rides out every one.
+    #[tokio::test]
+    async fn each_outage_has_the_whole_budget_of_retries() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let drops = 16u64;
+        let server = tokio::spawn(async move {
+            let mut sent = 0u64;
+            loop {
+                let (mut socket, _) = listener.accept().await.expect("accept");
+                let mut request = vec![0u8; 4096];
+                let n = socket.read(&mut request).await.expect("read");
+                let request = String::from_utf8_lossy(&request[..n]).to_string();
+                let (content_type, body) = if request.starts_with("GET /v1/processes/p/events") {
+                    sent += 1;
+                    let terminal = if sent > drops {
+                        r#","semantics":{"terminal":{"state":"completed"}}"#
+                    } else {
+                        ""
+                    };
+                    let event = format!(r#"{{"sequence":{sent},"event_type":"note{sent}"{terminal}}}"#);
+                    ("text/event-stream", format!("event: event\ndata: {event}\n\n"))
+                } else {
+                    (
+                        "application/json",
+                        format!(r#"{{"status":"running","last_sequence":{}}}"#, sent + 1),
+                    )
+                };
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                socket.write_all(response.as_bytes()).await.expect("write");
+                if sent > drops {
+                    return;
+                }
+            }
+        });
+        let client = Client::new(&format!("http://127.0.0.1:{port}"), None).expect("client");
+        let mut seen = 0;
+        let done = client.follow("p", 0, true, |_| seen += 1).await;
+        assert!(done.is_ok(), "{done:?}");
+        assert_eq!(seen, drops + 1);
+        server.await.expect("server");
     }
 
     /// A follower that has reached the server before (`run` just started the
