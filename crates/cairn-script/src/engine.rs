@@ -164,6 +164,16 @@ impl Journal {
 /// replayed (the run saw `true` only after its last journaled entry).
 pub(crate) const CANCEL_SEEN: &str = "cancel_seen";
 
+/// Where a refused call's result records the call it refused
+/// (`{"refused": {"digest"}}`, [`call_digest`]).
+pub(crate) const REFUSED_DIGEST: &str = "/refused/digest";
+
+/// The digest of a call as the engine made it: a replay that makes another
+/// call where the journal holds a refused one is told apart by it.
+pub(crate) fn call_digest(call: &Value) -> String {
+    cairn_core::validate::sha256_hex(call.to_string().as_bytes())
+}
+
 /// A new journal entry, to append in order.
 #[derive(Debug)]
 pub(crate) enum Entry {
@@ -492,9 +502,17 @@ impl State {
                 return self.set_fatal("nondeterminism", message);
             }
             Some(_) => {}
-            // A call refused before it was journaled (too large) has only its result.
-            None if self.journal.results.contains_key(&n) => {}
-            None => self.entries.push(Entry::Call(n, call.clone())),
+            // A call refused before it was journaled (too large) has only its
+            // result, which names the call by its digest (results journaled
+            // before it did are taken as they are).
+            None => match self.journal.results.get(&n).map(|r| r.pointer(REFUSED_DIGEST)) {
+                Some(Some(digest)) if *digest != json!(call_digest(&call)) => {
+                    let message = format!("call {n} replayed as {call} but the journal refused another call there");
+                    return self.set_fatal("nondeterminism", message);
+                }
+                Some(_) => {}
+                None => self.entries.push(Entry::Call(n, call.clone())),
+            },
         }
         if let Some(result) = self.journal.results.get(&n) {
             if is_sync(kind) {

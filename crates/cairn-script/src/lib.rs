@@ -351,13 +351,17 @@ impl Driver<'_> {
             // script goes on (a replay makes the same call and is refused the
             // same way).
             let mut refused: Vec<(u64, CairnError)> = Vec::new();
+            let mut refused_digests: HashMap<u64, String> = HashMap::new();
             // The first read of `ctx.cancelled` that answered true, when no
             // journaled call or log line of this step records it: the
             // results journaled at this step do.
             let mut cancel_seen = step.cancel_seen;
             for entry in step.entries {
                 let call = match &entry {
-                    Entry::Call(n, c) => Some((*n, c.get(engine::CANCEL_SEEN).and_then(Value::as_u64))),
+                    Entry::Call(n, c) => {
+                        refused_digests.insert(*n, engine::call_digest(c));
+                        Some((*n, c.get(engine::CANCEL_SEEN).and_then(Value::as_u64)))
+                    }
                     _ => None,
                 };
                 match (self.journal(entry).await, call) {
@@ -408,7 +412,16 @@ impl Driver<'_> {
                 }
                 Some(_) => None,
             };
-            let mut answers: Vec<(u64, Value)> = refused.iter().map(|(n, e)| (*n, error_result(*n, e))).collect();
+            let mut answers: Vec<(u64, Value)> = refused
+                .iter()
+                .map(|(n, e)| {
+                    let mut result = error_result(*n, e);
+                    if let Some(digest) = refused_digests.get(n) {
+                        result["refused"] = json!({ "digest": digest });
+                    }
+                    (*n, result)
+                })
+                .collect();
             let pending: Vec<(u64, Value)> = step
                 .pending
                 .into_iter()

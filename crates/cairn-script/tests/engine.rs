@@ -552,6 +552,42 @@ async fn a_replay_that_changes_its_calls_fails_nondeterminism() {
     );
 }
 
+/// A replay that makes another call where the first run's call was refused
+/// (too large to journal, so only its result is journaled) took another
+/// path: it fails, instead of taking the refusal as its own call's answer.
+#[tokio::test]
+async fn a_replay_that_changes_a_refused_call_fails_nondeterminism() {
+    let p = switching_runtime();
+    let m = put(
+        &p,
+        r#"export async function main(ctx, args) {
+            if (!args.switch) await ctx.emit("other", {big: "x".repeat(1100000)}).catch(e => e.code);
+            else await ctx.emit("other", {small: true}).catch(e => e.code);
+            await ctx.sleep(50);
+            await ctx.waitSignal("go");
+            return "unreachable";
+        }"#,
+    )
+    .await;
+    let req = script("nd-refused", &m, "main", json!({})).with_event_type(cairn_core::EventType::plain("other"));
+    p.start(req).await.unwrap();
+    let rec = p.await_output("nd-refused", Duration::from_secs(10)).await.unwrap();
+    let results = events(&p, "nd-refused", "script.result").await;
+    assert_eq!(results[0]["error"]["code"], "payload_too_large", "{results:?}");
+    let Some(Outcome::Failure {
+        class, code, message, ..
+    }) = &rec.outcome
+    else {
+        panic!("{rec:?}")
+    };
+    assert_eq!((class.as_str(), code.as_str()), ("script", "nondeterminism"), "{rec:?}");
+    assert!(message.contains("refused another call"), "{message}");
+    assert!(
+        events(&p, "nd-refused", "other").await.is_empty(),
+        "the changed call had no effect"
+    );
+}
+
 /// A replay that settles before making every journaled call took another
 /// path than the run whose effects are journaled: it fails, naming the call.
 #[tokio::test]

@@ -314,7 +314,10 @@ fn event_meaning(name: &str) -> &'static str {
              (`process_id`: the child whose failure, cancellation or abandonment rejects the call), with \
              `batch` (the answers delivered together), for a `waitSignal` `signal` (the ordinal it took), and \
              on the results of the step that told the script of its cancellation `cancelled` (the message); \
-             `cancel_seen` (see `script.call`) when no call or log line after that read was journaled"
+             `cancel_seen` (see `script.call`) when no call or log line after that read was journaled; \
+             a call refused before it was journaled (too large or too deeply nested) has only its result, \
+             whose `refused: {digest}` names the call, so a replay that makes another call there fails \
+             `nondeterminism`"
         }
         cairn_core::script::SCRIPT_LOG => {
             "a script's `ctx.log(...)` line: `{message, ordinal}` (and `cancel_seen`, see `script.call`; written once, not again on replay)"
