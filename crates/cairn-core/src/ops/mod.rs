@@ -473,6 +473,7 @@ impl Op {
                 | Op::Complete { .. }
                 | Op::RequestAbandon { .. }
                 | Op::ReconcileAbandon { .. }
+                | Op::Sweep { .. }
                 | Op::CompleteExternal { .. }
         )
     }

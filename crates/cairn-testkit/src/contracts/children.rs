@@ -432,3 +432,30 @@ pub async fn a_wait_naming_other_signals_wakes_on_any_of_them(factory: &dyn Stor
     )
     .await;
 }
+
+/// A child the sweep ends (`abandoned {sweep}`: its node restarted) wakes a
+/// parent waiting on it, in the same write, as any other end does.
+pub async fn a_swept_child_wakes_its_parent(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let r = h.registry();
+    let old = ok(r.register_node("n1").await, "register n1");
+    h.register(rerunnable("p")).await;
+    let mut child = owner_bound("p/1");
+    child.provenance.caused_by = Some(CausalRef::process("p"));
+    h.register(child).await;
+    h.claim_started("p/1", &old.owner_id(), TTL).await;
+    let wait = WaitRequest::children(ids(&["p/1"]), ChildrenMode::All, 1, None);
+    assert!(try_suspend(&h, "p", wait).await, "the wait is recorded");
+
+    h.advance(3);
+    ok(r.register_node("n1").await, "register n1 again");
+    let swept = ok(r.sweep("p/1", "n1", 2).await, "sweep").expect("the child is swept");
+    assert_eq!(swept.status, ProcessStatus::Abandoned);
+    let events = log(&h, "p").await;
+    let last = events.last().expect("a log");
+    assert_eq!(last.event_type, ev::RESUMED, "the sweep resumed the parent");
+    assert_eq!(reason(last), Some("children"));
+    assert!(h.get("p").await.wait.is_none());
+    h.check("p").await;
+    assert_eq!(claimed_ids(&h).await, ["p"], "the parent is claimable at once");
+}
