@@ -441,6 +441,10 @@ impl ProcessRegistry for SqliteRegistry {
         self.submit(Op::complete(lease, outcome)).await?.into_record()
     }
 
+    async fn abandon_worklist(&self, limit: usize) -> Result<Vec<String>> {
+        self.read(move |tx, now| store::abandon_worklist(tx, now, limit)).await
+    }
+
     async fn worklist(&self, limit: usize) -> Result<Vec<WorkItem>> {
         self.read(move |tx, now| {
             Ok(store::worklist(tx, now, limit)?

@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     V_LOG_KEYS,
     V_PARTIAL_LISTING_INDEXES,
     V_SCHEDULE_REFUSALS,
+    V_ABANDON_INDEX,
 ];
 
 const V1: &str = r#"
@@ -254,6 +255,15 @@ CREATE UNIQUE INDEX events_replay_key ON events (log_key, replay_key) WHERE repl
 /// fire starts a process.
 const V_SCHEDULE_REFUSALS: &str = r#"
 ALTER TABLE schedules ADD COLUMN last_refusal TEXT;
+"#;
+
+/// Abandon requests waiting for their lease to lapse, by when it does: the
+/// driver's `abandon_worklist` reads them on every drive, and through the
+/// worklist index it would walk past every claimable run candidate first
+/// (a backlog of queued work hid them). Tiny: a row is in it only while an
+/// abandon request is pending.
+const V_ABANDON_INDEX: &str = r#"
+CREATE INDEX processes_abandon ON processes (claimable_at_ms, id) WHERE abandon_candidate = 1;
 "#;
 
 const V_PARTIAL_LISTING_INDEXES: &str = r#"

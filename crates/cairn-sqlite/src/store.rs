@@ -534,6 +534,12 @@ const RUN_CANDIDATES_SQL: &str = "SELECT id FROM processes
      WHERE run_candidate = 1 AND claimable_at_ms <= ?1
      ORDER BY claimable_at_ms, id LIMIT ?2";
 
+/// Abandon requests whose lease is free or lapsed at ?1, from their own
+/// partial index.
+const ABANDON_CANDIDATES_SQL: &str = "SELECT id FROM processes
+     WHERE abandon_candidate = 1 AND claimable_at_ms <= ?1
+     ORDER BY claimable_at_ms, id LIMIT ?2";
+
 /// Worklist rows claimable at ?1, from the partial worklist index.
 const WORKLIST_SQL: &str = "SELECT id, abandon_candidate FROM processes
      WHERE (run_candidate = 1 OR abandon_candidate = 1) AND claimable_at_ms <= ?1
@@ -600,6 +606,15 @@ pub(crate) fn worklist(conn: &Connection, now: u64, limit: usize) -> R<Vec<(Stri
             Ok((r.get(0)?, r.get(1)?))
         })?
         .collect::<rusqlite::Result<Vec<(String, bool)>>>()?;
+    Ok(rows)
+}
+
+/// [`ABANDON_CANDIDATES_SQL`]: the ids, earliest first.
+pub(crate) fn abandon_worklist(conn: &Connection, now: u64, limit: usize) -> R<Vec<String>> {
+    let mut stmt = conn.prepare_cached(ABANDON_CANDIDATES_SQL)?;
+    let rows = stmt
+        .query_map(params![to_sql(now), to_sql_usize(limit)], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
     Ok(rows)
 }
 
@@ -1036,6 +1051,14 @@ mod tests {
             assert!(p.contains("processes_worklist"), "{sql}: {p}");
             assert!(!p.contains("TEMP B-TREE"), "{sql}: {p}");
         }
+    }
+
+    #[test]
+    fn the_abandon_worklist_uses_its_own_index() {
+        let (_dir, conn) = fresh();
+        let p = plan(&conn, ABANDON_CANDIDATES_SQL, vec![SqlValue::Integer(0), SqlValue::Integer(10)]);
+        assert!(p.contains("processes_abandon"), "{p}");
+        assert!(!p.contains("TEMP B-TREE"), "{p}");
     }
 
     #[test]

@@ -298,6 +298,7 @@ macro_rules! conformance_suite {
                 worklist_is_bounded,
                 // abandon and external completion
                 request_abandon_is_an_event,
+                abandon_worklist_is_not_hidden_by_queued_work,
                 reconcile_abandon_waits_for_lease,
                 live_owner_may_finish_despite_abandon_request,
                 complete_external_only_for_externally_owned,

@@ -67,6 +67,27 @@ pub async fn request_abandon_is_an_event(factory: &dyn StoreFactory) {
     }
 }
 
+/// A pending abandon request whose lease lapsed is on the abandon worklist
+/// behind any backlog of queued work: a page of it is never taken up by run
+/// candidates that became claimable earlier.
+pub async fn abandon_worklist_is_not_hidden_by_queued_work(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    for i in 0..5 {
+        h.register(rerunnable(&format!("queued-{i}"))).await;
+    }
+    h.register(owner_bound("stuck")).await;
+    h.claim_started("stuck", "w1", TTL).await;
+    ok(
+        h.registry().request_abandon("stuck", "operator", "stuck").await,
+        "request_abandon",
+    );
+    h.advance(TTL);
+    let items = h
+        .no_change("abandon worklist", h.registry().abandon_worklist(2))
+        .await;
+    assert_eq!(items, ["stuck"], "found past the queued work");
+}
+
 /// `reconcile_abandon` answers `None` while the lease is live (or without a request),
 /// and writes `abandoned {reconciled_request}` once the lease lapsed.
 pub async fn reconcile_abandon_waits_for_lease(factory: &dyn StoreFactory) {
