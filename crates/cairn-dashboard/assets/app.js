@@ -35,6 +35,16 @@
     if (first) { e.preventDefault(); first.focus(); }
   });
 
+  // A timeline stream opened afresh (the browser gives up on one answered
+  // with an error, a proxy's 502 say, and the stream is opened again from
+  // the first event) appends nothing the timeline already shows.
+  document.addEventListener("htmx:sseBeforeMessage", function (e) {
+    var m = e.detail;
+    if (m && m.type === "timeline" && m.lastEventId && document.getElementById("ev-" + m.lastEventId)) {
+      e.preventDefault();
+    }
+  });
+
   // A new signal id after each signal sent, so the next one is not a repeat.
   document.addEventListener("htmx:afterRequest", function (e) {
     var form = e.detail.elt;

@@ -353,6 +353,18 @@ async fn the_process_page_streams_events_and_a_signal_from_it_completes_the_proc
         .await;
         wait_for(&c, Locator::Css("#record .s-waiting")).await;
         c.execute("window.__cairnSamePage = true;", vec![]).await.unwrap();
+        // A stream opened afresh from the first event (after a proxy's 502,
+        // say) appends nothing the timeline already shows; a new one it does.
+        let kept = in_page(
+            &c,
+            "var t = document.getElementById('timeline');
+             var told = function (seq) {
+               return htmx.trigger(t, 'htmx:sseBeforeMessage', new MessageEvent('timeline', {data: '', lastEventId: seq}));
+             };
+             return [told('1'), told('99')];",
+        )
+        .await;
+        assert_eq!(kept, serde_json::json!([false, true]));
 
         // The signal form is prefilled with the name the process waits for.
         let name = c.find(Locator::Css("#signal-form input[name=name]")).await.unwrap();
