@@ -229,6 +229,12 @@ impl ToolContext {
         }
     }
 
+    /// Whether `other` is this very run's context (a clone of it), not
+    /// another run's of the same process.
+    pub fn is_same_run(&self, other: &ToolContext) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// The same context reading time from `clock` (deadlines of waits and
     /// timers). Call before the run starts.
     pub fn with_clock(self, clock: SharedClock) -> Self {

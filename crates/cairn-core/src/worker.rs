@@ -96,13 +96,22 @@ struct Unplaced(Arc<Worker>);
 struct Running<'a> {
     worker: &'a Worker,
     id: String,
+    /// This run's context: the in-flight entry it removes, and no other.
+    ctx: ToolContext,
     guard: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
         self.guard.abort();
-        self.worker.in_flight.lock().remove(&self.id);
+        // A newer run of the same process (claimed again here while this
+        // one wound down: it suspended and a signal came, or it lost its
+        // lease and this worker took the process back) holds the entry now;
+        // a drain must still find and stop it.
+        let mut in_flight = self.worker.in_flight.lock();
+        if in_flight.get(&self.id).is_some_and(|c| c.is_same_run(&self.ctx)) {
+            in_flight.remove(&self.id);
+        }
         // The slot is still held (the run's completion is written next):
         // the driver and `wait_idle` are told when it is released (`Held`).
     }
@@ -653,6 +662,7 @@ impl Worker {
         let running = Running {
             worker: self,
             id: id.clone(),
+            ctx: ctx.clone(),
             guard: tokio::spawn(Self::guard_run(self.clone(), ctx.clone())),
         };
         let run: std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>> = match runner {
@@ -981,5 +991,63 @@ impl WorkDriver {
             let _ = t.await;
         }
         self.worker.drain().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryRegistry;
+
+    /// A run that ends after the same process was claimed again here leaves
+    /// the newer run in flight, where a drain finds it.
+    #[tokio::test]
+    async fn an_ending_run_leaves_a_newer_run_of_its_process_in_flight() {
+        let registry: Arc<dyn ProcessRegistry> = Arc::new(MemoryRegistry::new());
+        let registration = crate::model::Registration {
+            id: "p".into(),
+            input: ProcessInput::ToolCall {
+                tool: "echo".into(),
+                args: serde_json::json!({}),
+            },
+            disposition: Disposition::Rerunnable,
+            event_types: Vec::new(),
+            provenance: Default::default(),
+            wake_target: None,
+            env_ref: None,
+            external_ref: None,
+        };
+        registry.register(registration, None).await.expect("register");
+        let awaiter = Awaiter::new(registry.clone(), None);
+        let worker = Worker::new(
+            registry.clone(),
+            ToolRegistry::new(),
+            awaiter.clone(),
+            None,
+            crate::clock::system_clock(),
+            WorkerConfig::default(),
+        );
+        let context = |lease: crate::model::Lease| async {
+            let record = registry.get("p").await.expect("get");
+            ToolContext::new(record, None, registry.clone(), awaiter.clone(), lease)
+        };
+        let first = context(registry.claim("p", "w", 30_000).await.expect("claim")).await;
+        worker.in_flight.lock().insert("p".into(), first.clone());
+        let older = Running {
+            worker: &worker,
+            id: "p".into(),
+            ctx: first,
+            guard: tokio::spawn(async {}),
+        };
+        let second = context(registry.claim("p", "w", 30_000).await.expect("claim again")).await;
+        worker.in_flight.lock().insert("p".into(), second.clone());
+        drop(older);
+        let left = worker
+            .in_flight
+            .lock()
+            .get("p")
+            .cloned()
+            .expect("the newer run is in flight");
+        assert!(left.is_same_run(&second));
     }
 }
