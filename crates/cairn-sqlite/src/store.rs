@@ -1056,7 +1056,11 @@ mod tests {
     #[test]
     fn the_abandon_worklist_uses_its_own_index() {
         let (_dir, conn) = fresh();
-        let p = plan(&conn, ABANDON_CANDIDATES_SQL, vec![SqlValue::Integer(0), SqlValue::Integer(10)]);
+        let p = plan(
+            &conn,
+            ABANDON_CANDIDATES_SQL,
+            vec![SqlValue::Integer(0), SqlValue::Integer(10)],
+        );
         assert!(p.contains("processes_abandon"), "{p}");
         assert!(!p.contains("TEMP B-TREE"), "{p}");
     }

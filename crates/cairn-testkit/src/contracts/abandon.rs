@@ -82,9 +82,7 @@ pub async fn abandon_worklist_is_not_hidden_by_queued_work(factory: &dyn StoreFa
         "request_abandon",
     );
     h.advance(TTL);
-    let items = h
-        .no_change("abandon worklist", h.registry().abandon_worklist(2))
-        .await;
+    let items = h.no_change("abandon worklist", h.registry().abandon_worklist(2)).await;
     assert_eq!(items, ["stuck"], "found past the queued work");
 }
 
