@@ -581,13 +581,22 @@ impl Processes {
             }
             return Ok(registered);
         };
-        let (registered, claim) = self.inner.starter.start_claimed(req, &slot).await?;
-        match claim {
-            Some(claim) => driver.worker().run_started(claim, slot),
-            None if wants_a_drive(&registered) => driver.nudge(),
-            None => {}
-        }
-        Ok(registered)
+        // The claim and the run it hands over are one task of their own: a
+        // caller that goes (a timeout, a client that hung up) once the write
+        // is under way must not leave a process claimed and `started` that
+        // nobody runs (an owner-bound one could never be run again).
+        let (starter, driver) = (self.inner.starter.clone(), driver.clone());
+        tokio::spawn(async move {
+            let (registered, claim) = starter.start_claimed(req, &slot).await?;
+            match claim {
+                Some(claim) => driver.worker().run_started(claim, slot),
+                None if wants_a_drive(&registered) => driver.nudge(),
+                None => {}
+            }
+            Ok(registered)
+        })
+        .await
+        .map_err(|e| CairnError::Unavailable(format!("the start stopped: {e}")))?
     }
 
     /// Compile and store a script module (SPEC §14): answers the stored module

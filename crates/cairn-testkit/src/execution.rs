@@ -314,6 +314,50 @@ pub async fn a_tools_own_event_types_are_written_only_by_its_run(factory: &dyn S
     p.shutdown().await;
 }
 
+/// A start whose caller goes once its claiming write is under way (a
+/// timeout, a client that hung up) still runs what it claimed: an
+/// owner-bound process claimed and `started` that nobody ran could never be
+/// run again.
+pub async fn a_start_whose_caller_goes_still_runs_what_it_claimed(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let (probe, p) = probed_runtime(&store, config("w1"));
+    let (entered_tx, mut entered) = tokio::sync::oneshot::channel::<()>();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let held = release.clone();
+    probe.after_next_register_claimed(Box::new(move || {
+        Box::pin(async move {
+            let _ = entered_tx.send(());
+            held.notified().await;
+        })
+    }));
+    // A start claims only into an idle slot with no drive under way: the
+    // first starts may be registered for the driver instead.
+    let mut left = None;
+    for i in 0..10 {
+        let id = format!("left-{i}");
+        let starter = p.clone();
+        let start = StartRequest::tool(&id, "echo", json!({"value": i}), Disposition::OwnerBound);
+        let mut caller = tokio::spawn(async move { starter.start(start).await });
+        tokio::select! {
+            _ = &mut entered => {
+                caller.abort();
+                assert!((&mut caller).await.is_err_and(|e| e.is_cancelled()), "the caller went");
+                left = Some((id, i));
+                break;
+            }
+            done = &mut caller => {
+                done.expect("join").expect("start");
+                assert_eq!(terminal(&p, &id).await.status, ProcessStatus::Completed);
+            }
+        }
+    }
+    let (id, i) = left.expect("no start claimed its process in its own write in 10 attempts");
+    release.notify_one();
+    let r = terminal(&p, &id).await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!(i))), "{r:?}");
+    p.shutdown().await;
+}
+
 /// A start refused for its own content stores nothing, not even the env it
 /// names (envs are content-addressed and never pruned).
 pub async fn a_refused_start_stores_no_env(factory: &dyn StoreFactory) {

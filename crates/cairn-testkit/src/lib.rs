@@ -384,6 +384,7 @@ macro_rules! execution_suite {
                 cancel_running_shell_kills_child,
                 cancel_before_start_is_immediate,
                 a_refused_start_stores_no_env,
+                a_start_whose_caller_goes_still_runs_what_it_claimed,
                 a_tools_own_event_types_are_written_only_by_its_run,
                 wait_signal_resumes_with_payload,
                 rerunnable_reruns_after_lease_expiry,

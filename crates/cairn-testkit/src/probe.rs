@@ -34,6 +34,7 @@ pub struct ReadProbe {
     gets: watch::Sender<u64>,
     claim_hook: parking_lot::Mutex<Option<ClaimHook>>,
     wait_hook: parking_lot::Mutex<Option<ClaimHook>>,
+    registered_hook: parking_lot::Mutex<Option<ClaimHook>>,
     claim_batches: std::sync::atomic::AtomicU64,
 }
 
@@ -45,6 +46,7 @@ impl ReadProbe {
             gets: watch::channel(0).0,
             claim_hook: parking_lot::Mutex::new(None),
             wait_hook: parking_lot::Mutex::new(None),
+            registered_hook: parking_lot::Mutex::new(None),
             claim_batches: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -66,6 +68,13 @@ impl ReadProbe {
     /// suspend and not yet written it.
     pub fn before_next_wait(&self, hook: ClaimHook) {
         *self.wait_hook.lock() = Some(hook);
+    }
+
+    /// Run `hook` when the next `register_claimed` has been written, before
+    /// it answers: a test's way into the moment a start's claim is durable
+    /// and its caller has not heard (and may have gone).
+    pub fn after_next_register_claimed(&self, hook: ClaimHook) {
+        *self.registered_hook.lock() = Some(hook);
     }
 
     /// A receiver of the number of `get` calls answered so far.
@@ -93,7 +102,12 @@ impl ProcessRegistry for ReadProbe {
         owner_id: &str,
         ttl_ms: u64,
     ) -> Result<(Registered, Option<Claim>)> {
-        self.inner.register_claimed(registration, grant, owner_id, ttl_ms).await
+        let answer = self.inner.register_claimed(registration, grant, owner_id, ttl_ms).await;
+        let hook = self.registered_hook.lock().take();
+        if let Some(hook) = hook {
+            hook().await;
+        }
+        answer
     }
     async fn get(&self, id: &str) -> Result<ProcessRecord> {
         let answer = self.inner.get(id).await;
