@@ -806,6 +806,15 @@ impl Worker {
                         self.check_superseded_after_loss().await;
                         return;
                     }
+                    // A lease nobody could renew lapses: past its expiry (by
+                    // this node's clock) a peer may run the process, so this
+                    // run stops, as after a fenced renewal (its writes are
+                    // fenced either way).
+                    Err(e) if self.clock.now_ms() >= ctx.lease().expires_at_ms => {
+                        tracing::warn!(process_id = %id, error = %e, "lease renewals failed until the lease lapsed; the run stops");
+                        ctx.stop(StopReason::LeaseLost);
+                        return;
+                    }
                     Err(e) => tracing::warn!(process_id = %id, error = %e, "lease renewal failed; will retry"),
                 }
                 next_renew = tokio::time::Instant::now() + every;

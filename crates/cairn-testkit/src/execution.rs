@@ -788,6 +788,42 @@ pub async fn worker_losing_lease_stops_run(factory: &dyn StoreFactory) {
     assert_eq!(r.lease.map(|l| l.fencing_token), Some(taken.fencing_token));
 }
 
+/// A run whose lease renewals fail (the store is out of reach of this node)
+/// stops once the lease has lapsed by this node's clock, when a peer may take
+/// the process: it does not go on beside a peer's run. It writes nothing.
+pub async fn a_run_whose_renewals_fail_stops_when_its_lease_lapses(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let reg = store.registry.clone();
+    let p = Processes::builder(reg.clone()).without_worker().start();
+    p.start(StartRequest::tool(
+        "cut-off",
+        "block",
+        json!({}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start");
+    let probe = crate::probe::ReadProbe::new(reg.clone());
+    let mut cfg = config("cut-off-owner");
+    cfg.lease_ttl = Duration::from_millis(90);
+    let worker = Worker::new(
+        probe.clone(),
+        tools(vec![Arc::new(BlockTool { finish: false })]),
+        Awaiter::new(reg.clone(), None),
+        None,
+        Arc::new(store.clock.clone()),
+        cfg,
+    );
+    assert_eq!(worker.drive_once().await.expect("drive"), 1);
+    probe.fail_renewals(true);
+    store.clock.advance(1_000);
+    tokio::time::timeout(WAIT, worker.wait_idle())
+        .await
+        .expect("the run stopped once its lease lapsed unrenewed");
+    let r = reg.get("cut-off").await.expect("get");
+    assert_eq!(r.status, ProcessStatus::Running, "the stopped run wrote no terminal");
+}
+
 /// Two workers on one store race over 500 processes: both run some, and every
 /// process runs exactly once. Runs wait until both workers have begun one, so a
 /// worker that claims nothing hangs the test (and its time bound fails it)

@@ -400,6 +400,7 @@ macro_rules! execution_suite {
                 restarted_node_sweeps_its_earlier_incarnation,
                 an_earlier_incarnation_stops_claiming_before_its_next_sweep,
                 worker_losing_lease_stops_run,
+                a_run_whose_renewals_fail_stops_when_its_lease_lapses,
                 two_workers_run_each_process_once,
                 drain_abandons_owner_bound_and_hands_over_rerunnable,
                 await_resolves_through_hub,

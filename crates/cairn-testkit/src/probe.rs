@@ -36,6 +36,7 @@ pub struct ReadProbe {
     wait_hook: parking_lot::Mutex<Option<ClaimHook>>,
     registered_hook: parking_lot::Mutex<Option<ClaimHook>>,
     claim_batches: std::sync::atomic::AtomicU64,
+    failing_renewals: std::sync::atomic::AtomicBool,
 }
 
 impl ReadProbe {
@@ -48,6 +49,7 @@ impl ReadProbe {
             wait_hook: parking_lot::Mutex::new(None),
             registered_hook: parking_lot::Mutex::new(None),
             claim_batches: std::sync::atomic::AtomicU64::new(0),
+            failing_renewals: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -68,6 +70,14 @@ impl ReadProbe {
     /// suspend and not yet written it.
     pub fn before_next_wait(&self, hook: ClaimHook) {
         *self.wait_hook.lock() = Some(hook);
+    }
+
+    /// From now on, every `renew` fails `unavailable` without reaching the
+    /// inner registry (`false` lets them through again): a store a node
+    /// cannot reach, while the rest of the test can.
+    pub fn fail_renewals(&self, failing: bool) {
+        self.failing_renewals
+            .store(failing, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Run `hook` when the next `register_claimed` has been written, before
@@ -165,6 +175,9 @@ impl ProcessRegistry for ReadProbe {
         self.inner.record_started(lease).await
     }
     async fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<Lease> {
+        if self.failing_renewals.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(cairn_core::CairnError::Unavailable("the probe fails renewals".into()));
+        }
         self.inner.renew(lease, ttl_ms).await
     }
     async fn release(&self, lease: &Lease) -> Result<bool> {
