@@ -840,7 +840,7 @@ impl Worker {
     /// not even a cancellation could end it. The process fails instead, with
     /// the refusal as its error.
     async fn finish(&self, lease: &crate::model::Lease, outcome: Outcome) {
-        let refused = match self.registry.complete(lease, outcome).await {
+        let refused = match self.complete_retrying(lease, outcome).await {
             Ok(_) => return,
             Err(
                 e @ (CairnError::PayloadTooLarge { .. }
@@ -851,9 +851,34 @@ impl Worker {
         };
         tracing::warn!(process_id = %lease.process_id, error = %refused, "outcome refused; the process fails instead");
         let failure = Outcome::failure("runtime", refused.code(), refused.to_string());
-        if let Err(e) = self.registry.complete(lease, failure).await {
+        if let Err(e) = self.complete_retrying(lease, failure).await {
             self.finish_failed(lease, e);
         }
+    }
+
+    /// `complete`, tried again while the store fails or its answer is lost
+    /// and the lease has not lapsed: the run's outcome is known here and
+    /// nowhere else (an owner-bound process is never run again). A retry of
+    /// a completion that did commit finds the lease released and is fenced.
+    async fn complete_retrying(
+        &self,
+        lease: &crate::model::Lease,
+        outcome: Outcome,
+    ) -> Result<crate::model::ProcessRecord> {
+        use backon::{ExponentialBuilder, Retryable};
+        let attempt = || self.registry.complete(lease, outcome.clone());
+        attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(50))
+                    .with_max_delay(Duration::from_secs(2))
+                    .with_max_times(10),
+            )
+            .when(|e: &CairnError| !e.is_client_error() && self.clock.now_ms() < lease.expires_at_ms)
+            .notify(|e, after| {
+                tracing::warn!(process_id = %lease.process_id, error = %e, ?after, "completion failed; retrying")
+            })
+            .await
     }
 
     fn finish_failed(&self, lease: &crate::model::Lease, e: CairnError) {

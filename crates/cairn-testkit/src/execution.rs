@@ -824,6 +824,26 @@ pub async fn a_run_whose_renewals_fail_stops_when_its_lease_lapses(factory: &dyn
     assert_eq!(r.status, ProcessStatus::Running, "the stopped run wrote no terminal");
 }
 
+/// A run's completion that the store fails (a dropped connection, a lost
+/// commit reply) is tried again while the lease holds: the outcome is known
+/// only here, and an owner-bound process is never run again.
+pub async fn a_completion_the_store_fails_is_tried_again(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let (probe, p) = probed_runtime(&store, config("w1"));
+    probe.fail_next_completes(2);
+    p.start(StartRequest::tool(
+        "retried",
+        "echo",
+        json!({"value": 5}),
+        Disposition::OwnerBound,
+    ))
+    .await
+    .expect("start");
+    let r = terminal(&p, "retried").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!(5))), "{r:?}");
+    p.shutdown().await;
+}
+
 /// Two workers on one store race over 500 processes: both run some, and every
 /// process runs exactly once. Runs wait until both workers have begun one, so a
 /// worker that claims nothing hangs the test (and its time bound fails it)

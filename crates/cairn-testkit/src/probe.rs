@@ -37,6 +37,7 @@ pub struct ReadProbe {
     registered_hook: parking_lot::Mutex<Option<ClaimHook>>,
     claim_batches: std::sync::atomic::AtomicU64,
     failing_renewals: std::sync::atomic::AtomicBool,
+    failing_completes: std::sync::atomic::AtomicU64,
 }
 
 impl ReadProbe {
@@ -50,6 +51,7 @@ impl ReadProbe {
             registered_hook: parking_lot::Mutex::new(None),
             claim_batches: std::sync::atomic::AtomicU64::new(0),
             failing_renewals: std::sync::atomic::AtomicBool::new(false),
+            failing_completes: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -78,6 +80,12 @@ impl ReadProbe {
     pub fn fail_renewals(&self, failing: bool) {
         self.failing_renewals
             .store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The next `n` calls of `complete` fail `unavailable` without reaching
+    /// the inner registry: a store fault at the moment a run ends.
+    pub fn fail_next_completes(&self, n: u64) {
+        self.failing_completes.store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Run `hook` when the next `register_claimed` has been written, before
@@ -184,6 +192,19 @@ impl ProcessRegistry for ReadProbe {
         self.inner.release(lease).await
     }
     async fn complete(&self, lease: &Lease, outcome: Outcome) -> Result<ProcessRecord> {
+        let failing = self
+            .failing_completes
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        if failing {
+            return Err(cairn_core::CairnError::Unavailable(
+                "the probe fails this completion".into(),
+            ));
+        }
         self.inner.complete(lease, outcome).await
     }
     async fn worklist(&self, limit: usize) -> Result<Vec<WorkItem>> {
