@@ -41,10 +41,22 @@ impl From<serde_json::Error> for Fault {
     }
 }
 
+/// Whether `e` is SQLite giving up on a lock another connection held past
+/// the busy timeout: nothing was done, and the same call may be made again.
+pub(crate) fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 impl From<Fault> for CairnError {
     fn from(f: Fault) -> Self {
         match f {
             Fault::Cairn(e) => e,
+            Fault::Sql(e) if is_busy(&e) => CairnError::Unavailable(format!(
+                "sqlite: the database is locked by another connection; nothing was written, try again ({e})"
+            )),
             Fault::Sql(e) => CairnError::storage_caused_by(format!("sqlite: {e}"), e),
             Fault::Json(e) => CairnError::storage(format!("stored data does not decode: {e}")),
         }

@@ -332,7 +332,15 @@ fn run_batch(conn: &mut Connection, jobs: Vec<Box<dyn Job>>, counters: &Counters
         let tx = match begun {
             Ok(tx) => tx,
             Err(e) => {
-                let failure = CairnError::storage(format!("sqlite: cannot begin a write transaction: {e}"));
+                // Another process held the file's write lock past the busy
+                // timeout: nothing was written, and the caller may try again.
+                let failure = if store::is_busy(&e) {
+                    CairnError::Unavailable(format!(
+                        "sqlite: another process holds the database's write lock; nothing was written, try again ({e})"
+                    ))
+                } else {
+                    CairnError::storage(format!("sqlite: cannot begin a write transaction: {e}"))
+                };
                 counters.jobs.fetch_add(queue.len() as u64, Ordering::Relaxed);
                 for job in queue {
                     job.finish(Some(failure.clone()));

@@ -546,6 +546,26 @@ async fn concurrent_appends_share_commits_and_stay_gap_free() {
     );
 }
 
+/// A write lock another process holds past the busy timeout is
+/// `unavailable` (nothing was written, try again), not a storage fault; the
+/// same write goes through once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_lock_held_elsewhere_is_unavailable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = SqliteOptions::new(Arc::new(ManualClock::new(T0)));
+    options.busy_timeout = std::time::Duration::from_millis(100);
+    let reg = SqliteRegistry::open_with(db(&dir), options).expect("open");
+    let blocker = Connection::open(db(&dir)).expect("raw open");
+    blocker.execute_batch("BEGIN IMMEDIATE").expect("take the write lock");
+    let err = reg.register(waking("locked-out"), None).await.expect_err("locked");
+    assert_eq!(err.code(), "unavailable", "{err:?}");
+    blocker.execute_batch("ROLLBACK").expect("release the write lock");
+    assert!(reg.get("locked-out").await.is_err(), "nothing was written");
+    reg.register(waking("locked-out"), None)
+        .await
+        .expect("register once the lock is gone");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_job_rolls_back_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
