@@ -1402,6 +1402,7 @@ async fn event_logs_keyed_by_process_id_are_upgraded() {
          CREATE UNIQUE INDEX events_replay_key ON events (process_id, replay_key) WHERE replay_key IS NOT NULL;
          ALTER TABLE processes DROP COLUMN log_key;
          ALTER TABLE schedules DROP COLUMN last_refusal;
+         DROP INDEX processes_abandon;
          UPDATE cairn_meta SET value = '{LOG_KEYS_FROM}' WHERE key = 'schema_version';"
     ))
     .expect("make the older shape");
@@ -1474,6 +1475,7 @@ async fn listing_indexes_are_made_partial_on_upgrade() {
          DROP INDEX processes_originator_id;
          CREATE INDEX processes_originator_id ON processes (originator, id);
          ALTER TABLE schedules DROP COLUMN last_refusal;
+         DROP INDEX processes_abandon;
          UPDATE cairn_meta SET value = '{PARTIAL_FROM}' WHERE key = 'schema_version';"
     ))
     .expect("make the older shape");
