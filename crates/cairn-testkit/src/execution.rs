@@ -760,25 +760,39 @@ pub async fn an_earlier_incarnation_stops_claiming_before_its_next_sweep(factory
     );
 }
 
-/// A worker whose lease is taken over stops its run and writes nothing more.
-pub async fn worker_losing_lease_stops_run(factory: &dyn StoreFactory) {
-    let store = factory.create(ManualClock::new(1_000)).await;
+/// A `block` process `id`, started by a runtime without a worker, being run
+/// by a worker of `owner` with a 90 ms lease that reaches the store through
+/// `registry` (the store's, or a probe of it).
+async fn a_blocked_run(
+    store: &TestStore,
+    id: &str,
+    owner: &str,
+    registry: Arc<dyn cairn_core::ProcessRegistry>,
+) -> Arc<Worker> {
     let reg = store.registry.clone();
     let p = Processes::builder(reg.clone()).without_worker().start();
-    p.start(StartRequest::tool("lost", "block", json!({}), Disposition::Rerunnable))
+    p.start(StartRequest::tool(id, "block", json!({}), Disposition::Rerunnable))
         .await
         .expect("start");
-    let mut cfg = config("slow-owner");
+    let mut cfg = config(owner);
     cfg.lease_ttl = Duration::from_millis(90);
     let worker = Worker::new(
-        reg.clone(),
+        registry,
         tools(vec![Arc::new(BlockTool { finish: false })]),
-        Awaiter::new(reg.clone(), None),
+        Awaiter::new(reg, None),
         None,
         Arc::new(store.clock.clone()),
         cfg,
     );
     assert_eq!(worker.drive_once().await.expect("drive"), 1);
+    worker
+}
+
+/// A worker whose lease is taken over stops its run and writes nothing more.
+pub async fn worker_losing_lease_stops_run(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let reg = store.registry.clone();
+    let worker = a_blocked_run(&store, "lost", "slow-owner", reg.clone()).await;
     store.clock.advance(1_000);
     let taken = reg.claim("lost", "thief", 60_000).await.expect("takeover");
     worker.wait_idle().await;
@@ -793,34 +807,14 @@ pub async fn worker_losing_lease_stops_run(factory: &dyn StoreFactory) {
 /// the process: it does not go on beside a peer's run. It writes nothing.
 pub async fn a_run_whose_renewals_fail_stops_when_its_lease_lapses(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;
-    let reg = store.registry.clone();
-    let p = Processes::builder(reg.clone()).without_worker().start();
-    p.start(StartRequest::tool(
-        "cut-off",
-        "block",
-        json!({}),
-        Disposition::Rerunnable,
-    ))
-    .await
-    .expect("start");
-    let probe = crate::probe::ReadProbe::new(reg.clone());
-    let mut cfg = config("cut-off-owner");
-    cfg.lease_ttl = Duration::from_millis(90);
-    let worker = Worker::new(
-        probe.clone(),
-        tools(vec![Arc::new(BlockTool { finish: false })]),
-        Awaiter::new(reg.clone(), None),
-        None,
-        Arc::new(store.clock.clone()),
-        cfg,
-    );
-    assert_eq!(worker.drive_once().await.expect("drive"), 1);
+    let probe = crate::probe::ReadProbe::new(store.registry.clone());
+    let worker = a_blocked_run(&store, "cut-off", "cut-off-owner", probe.clone()).await;
     probe.fail_renewals(true);
     store.clock.advance(1_000);
     tokio::time::timeout(WAIT, worker.wait_idle())
         .await
         .expect("the run stopped once its lease lapsed unrenewed");
-    let r = reg.get("cut-off").await.expect("get");
+    let r = store.registry.get("cut-off").await.expect("get");
     assert_eq!(r.status, ProcessStatus::Running, "the stopped run wrote no terminal");
 }
 
