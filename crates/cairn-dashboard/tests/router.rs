@@ -1107,14 +1107,48 @@ async fn read_until_within(body: &mut axum::body::BodyDataStream, seen: &mut Str
     .expect("in time")
 }
 
-/// A live list renders again when a grant moves, is revoked or its session is
-/// deleted: no record changes, so the change feed alone never says so.
+/// A live list (`/ui/list/live`) of the viewer `cookie` names, over `p`.
+async fn live_list(p: &Processes, cookie: &str) -> (Router, axum::body::BodyDataStream) {
+    let access = Arc::new(TestAccess {
+        processes: p.clone(),
+        open: false,
+    });
+    let app = Dashboard::new(p.clone(), access, ChangeNotice::from_hub(p.hub()), Default::default()).router();
+    let r = app
+        .clone()
+        .oneshot(
+            Request::get("/ui/list/live")
+                .header(header::COOKIE, cookie)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    (app, r.into_body().into_data_stream())
+}
+
+/// The next `changed` event of a live list; keep-alive comments are skipped.
+/// Without one within the bound the list would stay stale, which is the failure.
+async fn changed(stream: &mut axum::body::BodyDataStream) {
+    use futures::StreamExt;
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            let chunk = stream.next().await.expect("the stream stays open").expect("a chunk");
+            if String::from_utf8_lossy(&chunk).contains("event: changed") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("a `changed` event")
+}
+
 /// One write that changes more processes than a session viewer's stream
 /// checks one by one (a tree cancel of a host's fan-out) still tells the
 /// viewer's list when one of its own is among them, however far down.
 #[tokio::test]
 async fn a_session_list_hears_its_own_change_in_a_crowded_batch() {
-    use futures::StreamExt;
     let clock = Arc::new(ManualClock::new(T0));
     let p = runtime(&clock);
     p.start(StartRequest::external("fan", json!({}))).await.unwrap();
@@ -1127,45 +1161,18 @@ async fn a_session_list_hears_its_own_change_in_a_crowded_batch() {
     for i in 0..80 {
         child(&p, &format!("fan/{i:02}"), "fan").await;
     }
-    let access = Arc::new(TestAccess {
-        processes: p.clone(),
-        open: false,
-    });
-    let app = Dashboard::new(p.clone(), access, ChangeNotice::from_hub(p.hub()), Default::default()).router();
-    let r = app
-        .clone()
-        .oneshot(
-            Request::get("/ui/list/live")
-                .header(header::COOKIE, "cairn_ui=s1-token")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let mut stream = r.into_body().into_data_stream();
-    let mut changed = async || {
-        tokio::time::timeout(std::time::Duration::from_secs(20), async {
-            loop {
-                let chunk = stream.next().await.expect("the stream stays open").expect("a chunk");
-                if String::from_utf8_lossy(&chunk).contains("event: changed") {
-                    return;
-                }
-            }
-        })
-        .await
-        .expect("a `changed` event")
-    };
-    changed().await; // the one on connecting
-    changed().await; // the history, which names the session's child first
+    let (_app, mut stream) = live_list(&p, "cairn_ui=s1-token").await;
+    changed(&mut stream).await; // the one on connecting
+    changed(&mut stream).await; // the history, which names the session's child first
     let cancelled = p.registry().request_cancel("fan", Some("enough".into())).await.unwrap();
     assert_eq!(cancelled.descendants.len(), 81);
-    changed().await;
+    changed(&mut stream).await;
 }
 
+/// A live list renders again when a grant moves, is revoked or its session is
+/// deleted: no record changes, so the change feed alone never says so.
 #[tokio::test]
 async fn live_lists_hear_grants_move_and_sessions_go() {
-    use futures::StreamExt;
     let clock = Arc::new(ManualClock::new(T0));
     let p = runtime(&clock);
     p.start(
@@ -1173,39 +1180,9 @@ async fn live_lists_hear_grants_move_and_sessions_go() {
     )
     .await
     .unwrap();
-    let access = Arc::new(TestAccess {
-        processes: p.clone(),
-        open: false,
-    });
-    let app = Dashboard::new(p.clone(), access, ChangeNotice::from_hub(p.hub()), Default::default()).router();
     let cookie = Some("cairn_ui=s1-token");
-    let r = app
-        .clone()
-        .oneshot(
-            Request::get("/ui/list/live")
-                .header(header::COOKIE, "cairn_ui=s1-token")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let mut stream = r.into_body().into_data_stream();
-    // The next `changed` event; keep-alive comments are skipped. Without one
-    // within the bound the list would stay stale, which is the failure.
-    let mut changed = async || {
-        tokio::time::timeout(std::time::Duration::from_secs(20), async {
-            loop {
-                let chunk = stream.next().await.expect("the stream stays open").expect("a chunk");
-                if String::from_utf8_lossy(&chunk).contains("event: changed") {
-                    return;
-                }
-            }
-        })
-        .await
-        .expect("a `changed` event")
-    };
-    changed().await; // the one on connecting
+    let (app, mut stream) = live_list(&p, "cairn_ui=s1-token").await;
+    changed(&mut stream).await; // the one on connecting
     let (_, html, _) = get(&app, "/ui/list/rows", cookie).await;
     assert!(listed(&html).is_empty(), "{html}");
 
@@ -1216,12 +1193,12 @@ async fn live_lists_hear_grants_move_and_sessions_go() {
     )
     .await
     .unwrap();
-    changed().await;
+    changed(&mut stream).await;
     let (_, html, _) = get(&app, "/ui/list/rows", cookie).await;
     assert_eq!(listed(&html), vec!["moved"]);
 
     p.delete_session("s1").await.unwrap();
-    changed().await;
+    changed(&mut stream).await;
     let (_, html, _) = get(&app, "/ui/list/rows", cookie).await;
     assert!(listed(&html).is_empty(), "{html}");
 }
