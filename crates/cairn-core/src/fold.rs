@@ -268,7 +268,7 @@ fn resolve_outcome(t: &EventType, payload: &Value) -> Result<Option<Outcome>> {
         .await_output
         .as_ref()
         .unwrap_or(&Selector::Payload)
-        .select(payload)
+        .select(payload)?
         .ok_or_else(|| bad("the await_output selector found nothing in the payload".into()))?;
     let parsed = serde_json::from_value::<Outcome>(selected.clone());
     let outcome = match parsed {
@@ -299,25 +299,31 @@ fn resolve_outcome(t: &EventType, payload: &Value) -> Result<Option<Outcome>> {
     Ok(Some(outcome))
 }
 
-fn resolve_wake(t: &EventType, process_id: &str, sequence: u64, payload: &Value) -> Option<ResolvedWake> {
-    let spec = t.semantics.wake.as_ref()?;
+fn resolve_wake(t: &EventType, process_id: &str, sequence: u64, payload: &Value) -> Result<Option<ResolvedWake>> {
+    let Some(spec) = t.semantics.wake.as_ref() else {
+        return Ok(None);
+    };
     if let Some(when) = &spec.when {
-        if !truthy(when.select(payload).as_ref()) {
-            return None;
+        if !truthy(when.select(payload)?.as_ref()) {
+            return Ok(None);
         }
     }
     let identity = || format!("{process_id}:{sequence}");
     let dedupe_key = match &spec.dedupe_key {
         DedupeKey::EventIdentity => identity(),
-        // A key the payload does not hold dedupes nothing: the event wakes
-        // once by its identity, rather than every such event sharing "".
-        DedupeKey::Selector(sel) => sel.select(payload).map_or_else(identity, |v| render_text(Some(&v))),
+        // A key the payload does not hold (missing, null, or rendering as
+        // "") dedupes nothing: the event wakes once by its identity, rather
+        // than every such event sharing "".
+        DedupeKey::Selector(sel) => match render_text(sel.select(payload)?.as_ref()) {
+            key if key.is_empty() => identity(),
+            key => key,
+        },
         DedupeKey::Const(s) => s.clone(),
     };
-    Some(ResolvedWake {
-        input: render_text(spec.input.select(payload).as_ref()),
+    Ok(Some(ResolvedWake {
+        input: render_text(spec.input.select(payload)?.as_ref()),
         dedupe_key,
-    })
+    }))
 }
 
 /// The wake id for a (target scope, dedupe key) pair.
@@ -452,7 +458,7 @@ pub fn prepare_append(
     {
         return Err(CairnError::TerminalNeedsAuthority(record.id.clone()));
     }
-    let wake_sem = resolve_wake(&t, &record.id, sequence, &req.payload);
+    let wake_sem = resolve_wake(&t, &record.id, sequence, &req.payload)?;
     let event = ProcessEvent {
         process_id: record.id.clone(),
         sequence,
@@ -851,7 +857,8 @@ mod tests {
     use crate::events::{Selector, SemanticsSpec, WakeSpec};
 
     /// A dedupe key read from the payload dedupes events that carry the same
-    /// key; an event whose payload lacks it wakes by its own identity.
+    /// key; an event whose payload lacks it (missing, null, or rendering as
+    /// "") wakes by its own identity, so such events never share one key.
     #[test]
     fn a_dedupe_key_the_payload_lacks_falls_back_to_the_event() {
         let t = EventType::plain("note").with_semantics(SemanticsSpec {
@@ -862,10 +869,40 @@ mod tests {
                 dedupe_key: DedupeKey::Selector(Selector::Pointer("/key".into())),
             }),
         });
-        let key = |seq, payload: Value| resolve_wake(&t, "p", seq, &payload).map(|w| w.dedupe_key);
+        let key = |seq, payload: Value| {
+            resolve_wake(&t, "p", seq, &payload)
+                .expect("resolved")
+                .map(|w| w.dedupe_key)
+        };
         assert_eq!(key(3, json!({"key": "k1"})), Some("k1".into()));
         assert_eq!(key(4, json!({"key": "k1"})), Some("k1".into()));
         assert_eq!(key(5, json!({})), Some("p:5".into()));
         assert_eq!(key(6, json!({"other": 1})), Some("p:6".into()));
+        assert_eq!(key(7, json!({"key": null})), Some("p:7".into()));
+        assert_eq!(key(8, json!({"key": ""})), Some("p:8".into()));
+    }
+
+    /// A wake whose template renders past the payload limit (templates of
+    /// templates double their text at every level) refuses the append,
+    /// without rendering it.
+    #[test]
+    fn a_template_that_renders_past_the_limit_is_refused() {
+        let mut input = Selector::Pointer("/x".into());
+        for _ in 0..24 {
+            input = Selector::Template {
+                template: "{a}{a}{a}{a}".into(),
+                fields: [("a".to_string(), input)].into_iter().collect(),
+            };
+        }
+        let t = EventType::plain("note").with_semantics(SemanticsSpec {
+            terminal: None,
+            wake: Some(WakeSpec {
+                when: None,
+                input,
+                dedupe_key: DedupeKey::EventIdentity,
+            }),
+        });
+        let err = resolve_wake(&t, "p", 1, &json!({"x": "y"})).expect_err("refused");
+        assert_eq!(err.code(), "payload_too_large", "{err:?}");
     }
 }

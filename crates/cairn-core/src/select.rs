@@ -8,45 +8,68 @@
 use serde_json::Value;
 
 use crate::events::Selector;
+use crate::validate::MAX_PAYLOAD_BYTES;
+use crate::{CairnError, Result};
 
 impl Selector {
-    /// Select from `payload`; `None` when a pointer does not resolve.
-    pub fn select(&self, payload: &Value) -> Option<Value> {
-        match self {
+    /// Select from `payload`; `Ok(None)` when a pointer does not resolve. A
+    /// template renders at most [`MAX_PAYLOAD_BYTES`] of text, nested
+    /// templates' included: past it (a template of templates doubles its
+    /// text at every level) the selection is refused, `payload_too_large`.
+    pub fn select(&self, payload: &Value) -> Result<Option<Value>> {
+        let mut budget = MAX_PAYLOAD_BYTES;
+        self.select_within(payload, &mut budget)
+    }
+
+    fn select_within(&self, payload: &Value, budget: &mut usize) -> Result<Option<Value>> {
+        Ok(match self {
             Self::Payload => Some(payload.clone()),
             Self::Pointer(p) => payload.pointer(p).cloned(),
             Self::Const(v) => Some(v.clone()),
             Self::Present(p) => Some(Value::Bool(payload.pointer(p).is_some())),
             Self::Template { template, fields } => {
-                let mut out = String::with_capacity(template.len());
+                let mut out = String::with_capacity(template.len().min(*budget));
                 let mut rest = template.as_str();
                 while let Some(open) = rest.find('{') {
-                    out.push_str(&rest[..open]);
+                    push(&mut out, &rest[..open], budget)?;
                     let after = &rest[open + 1..];
                     match after.find('}') {
                         Some(close) => {
                             let name = &after[..close];
                             match fields.get(name) {
-                                Some(sel) => out.push_str(&render_text(sel.select(payload).as_ref())),
-                                None => {
-                                    out.push('{');
-                                    out.push_str(name);
-                                    out.push('}');
+                                Some(sel) => {
+                                    let value = sel.select_within(payload, budget)?;
+                                    push(&mut out, &render_text(value.as_ref()), budget)?;
                                 }
+                                None => push(&mut out, &format!("{{{name}}}"), budget)?,
                             }
                             rest = &after[close + 1..];
                         }
                         None => {
-                            out.push_str(&rest[open..]);
+                            push(&mut out, &rest[open..], budget)?;
                             rest = "";
                         }
                     }
                 }
-                out.push_str(rest);
+                push(&mut out, rest, budget)?;
                 Some(Value::String(out))
             }
-        }
+        })
     }
+}
+
+/// Append `text` to a template's output while the rendering budget holds.
+fn push(out: &mut String, text: &str, budget: &mut usize) -> Result<()> {
+    if text.len() > *budget {
+        return Err(CairnError::PayloadTooLarge {
+            what: "the text a template selector renders".into(),
+            size: out.len() + text.len(),
+            limit: MAX_PAYLOAD_BYTES,
+        });
+    }
+    *budget -= text.len();
+    out.push_str(text);
+    Ok(())
 }
 
 /// Render a selected value as wake text: strings as they are, other JSON compactly, nothing as "".
