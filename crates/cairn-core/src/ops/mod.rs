@@ -245,7 +245,9 @@ impl Op {
         validate_id("process id", id)?;
         Ok(Self::Cancel {
             id: id.to_string(),
-            reason,
+            // An empty reason is no reason: one request, one replay key and
+            // one payload (`{"reason": null}`), not two that conflict.
+            reason: reason.filter(|r| !r.is_empty()),
         })
     }
 

@@ -126,6 +126,12 @@ pub async fn cancel_is_idempotent_per_reason(factory: &dyn StoreFactory) {
     assert_eq!(none.process.last_sequence, seq + 2);
     h.no_change("cancel without reason again", h.registry().request_cancel("p", None))
         .await;
+    // An empty reason is no reason: the same request, not a conflicting one.
+    h.no_change(
+        "cancel with an empty reason",
+        h.registry().request_cancel("p", Some(String::new())),
+    )
+    .await;
     let rec = h.get("p").await;
     assert_eq!(
         rec.cancel_request.and_then(|c| c.reason).as_deref(),
