@@ -122,6 +122,13 @@ impl Awaiter {
                 return Err(crate::CairnError::ProcessTerminal(id.to_string()));
             }
             if !more {
+                // Nothing after the cursor: a process that has ended with
+                // its log at or before it never will have one (its terminal
+                // event came before `after_sequence`, so no page shows it).
+                let record = self.registry.get(id).await?;
+                if record.is_terminal() && record.last_sequence <= cursor {
+                    return Err(crate::CairnError::ProcessTerminal(id.to_string()));
+                }
                 wait.next(cursor).await;
             }
         }

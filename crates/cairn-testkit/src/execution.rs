@@ -973,6 +973,27 @@ pub async fn await_resolves_through_hub(factory: &dyn StoreFactory) {
     p.shutdown().await;
 }
 
+/// Awaiting an event after the last one of a process that has ended answers
+/// `process_terminal` at once, not after the whole timeout: no page after
+/// that cursor will ever hold the terminal event.
+pub async fn await_event_past_an_ended_log_answers_terminal(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let p = Processes::builder(store.registry.clone()).without_worker().start();
+    p.start(StartRequest::external("ended", json!({})))
+        .await
+        .expect("start");
+    let ended = p
+        .complete_external("ended", Outcome::success(json!(1)), "ci")
+        .await
+        .expect("complete");
+    let hour = Duration::from_secs(3600);
+    let answer = tokio::time::timeout(WAIT, p.await_event("ended", "note", ended.last_sequence, hour))
+        .await
+        .expect("answered before the timeout");
+    assert!(matches!(answer, Err(CairnError::ProcessTerminal(_))), "{answer:?}");
+    p.shutdown().await;
+}
+
 /// A write of this node that ends a process hands its awaiters the record it
 /// answered: they resolve without reading the process again, with the record
 /// a read would give. Two awaiters of one process both get it; an awaiter of

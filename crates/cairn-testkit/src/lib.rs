@@ -406,6 +406,7 @@ macro_rules! execution_suite {
                 drain_abandons_owner_bound_and_hands_over_rerunnable,
                 await_resolves_through_hub,
                 await_resolves_from_the_ending_write,
+                await_event_past_an_ended_log_answers_terminal,
                 await_resolves_without_hub,
                 await_terminal_and_timeout,
                 start_rejects_bad_tool_input,
