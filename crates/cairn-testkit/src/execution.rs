@@ -223,6 +223,46 @@ pub async fn shell_output_in_order_and_exit_code(factory: &dyn StoreFactory) {
     p.shutdown().await;
 }
 
+/// What a command wrote before it exited is read to its end even when the
+/// store takes its time over each append: the end of a build log, where its
+/// errors are, is not cut off (before, reading stopped 250 ms after the
+/// exit, appends included).
+pub async fn a_shell_commands_last_lines_survive_slow_appends(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let (probe, p) = probed_runtime(&store, config("w1"));
+    probe.slow_appends(Duration::from_millis(3));
+    p.start(shell("sh-long", json!({"command": "seq 1 30000; echo END"})))
+        .await
+        .expect("start");
+    let r = terminal(&p, "sh-long").await;
+    let Some(Outcome::Success { value }) = &r.outcome else {
+        panic!("{r:?}")
+    };
+    assert!(
+        value["stdout_tail"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("END") || t.ends_with("END\n")),
+        "{value}"
+    );
+    let mut lines = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = p.events("sh-long", after, Some(1000)).await.expect("events");
+        for e in &page.events {
+            if e.event_type == "shell.output" && e.payload["stream"] == "stdout" {
+                lines.extend(e.payload["lines"].as_array().cloned().unwrap_or_default());
+            }
+        }
+        match page.next_after {
+            Some(n) => after = n,
+            None => break,
+        }
+    }
+    assert_eq!(lines.len(), 30_001, "every line, the last included");
+    assert_eq!(lines.last(), Some(&json!("END")));
+    p.shutdown().await;
+}
+
 /// A failing command ends `failed` with code `exit_status`.
 pub async fn shell_failure_is_exit_status(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;

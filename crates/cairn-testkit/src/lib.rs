@@ -380,6 +380,7 @@ macro_rules! execution_suite {
 
             $crate::__execution_tests!($factory, $enabled, $skip;
                 shell_output_in_order_and_exit_code,
+                a_shell_commands_last_lines_survive_slow_appends,
                 shell_failure_is_exit_status,
                 cancel_running_shell_kills_child,
                 cancel_before_start_is_immediate,

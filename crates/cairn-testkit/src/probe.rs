@@ -38,6 +38,7 @@ pub struct ReadProbe {
     claim_batches: std::sync::atomic::AtomicU64,
     failing_renewals: std::sync::atomic::AtomicBool,
     failing_completes: std::sync::atomic::AtomicU64,
+    append_delay: parking_lot::Mutex<std::time::Duration>,
 }
 
 impl ReadProbe {
@@ -52,6 +53,7 @@ impl ReadProbe {
             claim_batches: std::sync::atomic::AtomicU64::new(0),
             failing_renewals: std::sync::atomic::AtomicBool::new(false),
             failing_completes: std::sync::atomic::AtomicU64::new(0),
+            append_delay: parking_lot::Mutex::new(std::time::Duration::ZERO),
         })
     }
 
@@ -80,6 +82,12 @@ impl ReadProbe {
     pub fn fail_renewals(&self, failing: bool) {
         self.failing_renewals
             .store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Every `append_event` from now on waits `delay` before it is passed on:
+    /// a store that takes its time over each append (a slow disk).
+    pub fn slow_appends(&self, delay: std::time::Duration) {
+        *self.append_delay.lock() = delay;
     }
 
     /// The next `n` calls of `complete` fail `unavailable` without reaching
@@ -139,6 +147,10 @@ impl ProcessRegistry for ReadProbe {
         self.inner.events_after(id, after, limit).await
     }
     async fn append_event(&self, id: &str, request: AppendRequest) -> Result<AppendResult> {
+        let delay = *self.append_delay.lock();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         self.inner.append_event(id, request).await
     }
     async fn request_cancel(&self, id: &str, reason: Option<String>) -> Result<CancelAnswer> {

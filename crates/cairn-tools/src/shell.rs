@@ -60,9 +60,13 @@ const TAIL_MAX_BYTES: usize = 8 * 1024;
 const POLL: Duration = Duration::from_millis(20);
 /// How long to wait for the group to vanish after SIGKILL before giving up.
 const KILL_SETTLE: Duration = Duration::from_secs(5);
-/// How long to keep reading pipes after the group is gone (a process outside
-/// the group may hold them open).
+/// How long to keep reading pipes after the group is gone with no new line
+/// in them (a process outside the group may hold them open) ...
 const DRAIN: Duration = Duration::from_millis(250);
+/// ... and at most this long in all while lines keep coming: what the
+/// command wrote before it exited (up to a pipe and a reader's buffers) is
+/// read to its end however slowly the store takes it.
+const DRAIN_MAX: Duration = Duration::from_secs(10);
 /// Lines in flight between a pipe reader and the run loop.
 const CHANNEL_LINES: usize = 256;
 /// The default time between SIGTERM and SIGKILL.
@@ -344,7 +348,8 @@ async fn run_child(ctx: &ToolContext, args: &ShellArgs, grace: Duration) -> Outc
 
     // Draining: the pipes close once every writer is gone; bounded, since a
     // process that left the group may still hold them.
-    let drain_until = Instant::now() + DRAIN;
+    let drain_end = Instant::now() + DRAIN_MAX;
+    let mut drain_until = Instant::now() + DRAIN;
     while rx_open {
         tokio::select! {
             line = rx.recv() => match line {
@@ -353,6 +358,9 @@ async fn run_child(ctx: &ToolContext, args: &ShellArgs, grace: Duration) -> Outc
                     if out.push(line) {
                         out.flush(ctx, stream).await;
                     }
+                    // The quiet gap counts from the last line, after its
+                    // append: time the store takes is not time without output.
+                    drain_until = (Instant::now() + DRAIN).min(drain_end);
                 }
                 None => rx_open = false,
             },
