@@ -34,8 +34,8 @@ pub fn args_schema(name: &str) -> Option<Value> {
             "type": "object", "additionalProperties": false,
             "oneOf": [{"required": ["argv"]}, {"required": ["command"]}],
             "properties": {
-                "argv": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1},
-                         "description": "The program and its arguments (no shell)."},
+                "argv": {"type": "array", "minItems": 1, "items": {"type": "string"},
+                         "description": "The program (not empty) and its arguments (no shell)."},
                 "command": {"type": "string", "minLength": 1, "description": "A command line run by `/bin/sh -c`."},
                 "cwd": {"type": "string", "minLength": 1, "description": "Working directory (default: the server's)."},
                 "env": {"type": "object", "additionalProperties": {"type": "string"},
@@ -94,6 +94,14 @@ mod tests {
         command.as_object_mut().expect("object").remove("argv");
         command["command"] = json!("make test");
         assert!(tools.get("shell").expect("shell").validate_args(&command).is_ok());
+        // The program is named; an argument after it may be empty (`printf
+        // '%s\n' ''`), for the schema as for the tool.
+        let shell_schema = jsonschema::validator_for(&args_schema("shell").expect("shell")).expect("compiles");
+        let shell = tools.get("shell").expect("shell");
+        let empty_arg = json!({"argv": ["printf", "%s\n", ""]});
+        assert!(shell_schema.is_valid(&empty_arg));
+        assert!(shell.validate_args(&empty_arg).is_ok());
+        assert!(shell.validate_args(&json!({"argv": ["", "x"]})).is_err());
         assert!(args_schema("nope").is_none());
     }
 
