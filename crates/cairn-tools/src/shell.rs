@@ -466,7 +466,7 @@ fn signal_group(pgid: libc::pid_t, signal: Signal) {
 }
 
 /// Whether the group still has a member that is not a zombie.
-fn group_alive(pgid: libc::pid_t) -> bool {
+async fn group_alive(pgid: libc::pid_t) -> bool {
     // No signal: only checks that the group exists and may be signalled.
     match killpg(Pid::from_raw(pgid), None) {
         Ok(()) => {}
@@ -476,7 +476,12 @@ fn group_alive(pgid: libc::pid_t) -> bool {
     }
     // Zombies still count for killpg, and an init that does not reap them
     // would keep the group "alive" forever; look past them where we can.
-    live_member(pgid).unwrap_or(true)
+    // Reading every `/proc/{pid}/stat` blocks: not on the runtime's threads.
+    tokio::task::spawn_blocking(move || live_member(pgid))
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(true)
 }
 
 #[cfg(target_os = "linux")]
@@ -520,7 +525,7 @@ async fn stop_group(
     mut status: Option<ExitStatus>,
     grace: Duration,
 ) -> (Option<ExitStatus>, bool) {
-    if leader_done && !group_alive(pgid) {
+    if leader_done && !group_alive(pgid).await {
         return (status, true);
     }
     signal_group(pgid, Signal::SIGTERM);
@@ -545,7 +550,7 @@ async fn settle(
     deadline: Instant,
 ) -> bool {
     loop {
-        if *leader_done && !group_alive(pgid) {
+        if *leader_done && !group_alive(pgid).await {
             return true;
         }
         let now = Instant::now();
