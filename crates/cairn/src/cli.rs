@@ -507,6 +507,10 @@ pub struct ServeArgs {
     /// it opened or after its previous answer (so also an idle kept-alive connection).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
+    /// Answer 408 `request_timeout` (and close the connection) when a request's
+    /// body has not all arrived this long after its headers.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
     /// Most connections open at once; more are answered 503 `unavailable` and closed.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,

@@ -209,6 +209,11 @@ const SERVER_ERRORS: &[(&str, &str, &str)] = &[
         "malformed JSON, unknown fields, bad parameters; 415: a body without `Content-Type: application/json`",
     ),
     (
+        "request_timeout",
+        "408",
+        "the request body did not all arrive within `--body-timeout` of its headers (the connection closes)",
+    ),
+    (
         "unauthorized",
         "401",
         "a token is configured and none or an unknown one was given",

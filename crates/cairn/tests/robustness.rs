@@ -48,6 +48,32 @@ async fn silent_slow_and_idle_connections_are_closed() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
+/// A request whose body stalls after its headers (declared, never sent) is
+/// answered 408 `request_timeout` and its connection closed, so it holds no
+/// connection slot; a body that arrives in time is served as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stalls_is_answered_408_and_closed() {
+    let server = Server::start(&["--body-timeout", "300ms"]).await;
+    let mut stalled = connect(&server).await;
+    stalled
+        .write_all(
+            b"POST /v1/processes HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"id\":",
+        )
+        .await
+        .expect("write");
+    let answer = read_to_close(&mut stalled, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
+    let (status, _) = server
+        .client()
+        .start(serde_json::json!({
+            "id": "in-time", "input": {"type": "external", "metadata": {}}, "disposition": "externally_owned"
+        }))
+        .await;
+    assert_eq!(status, 201);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_limit_are_refused_with_503() {
     let server = Server::start(&["--max-connections", "2"]).await;

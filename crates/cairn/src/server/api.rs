@@ -345,6 +345,53 @@ pub async fn refuse_oversized(
     }
 }
 
+/// A request body that has not all arrived `--body-timeout` after the
+/// request's headers is answered 408 `request_timeout`, and the connection
+/// closes: a client that sends its headers and then stalls (or trickles its
+/// body) cannot hold a connection slot, or a shutdown, for ever. The body is
+/// read here, within the size limit, and handed on whole; a request without
+/// one passes straight through.
+pub async fn refuse_slow_bodies(
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<super::AppState>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if axum::body::HttpBody::size_hint(req.body()).exact() == Some(0) {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let within = state.limits.body_timeout;
+    match tokio::time::timeout(within, axum::body::to_bytes(body, state.limits.max_body_bytes)).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            let (status, code) = if too_large {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            } else {
+                (StatusCode::BAD_REQUEST, "invalid_request")
+            };
+            ApiError {
+                close_connection: true,
+                ..ApiError::new(status, code, format!("cannot read the request body: {e}"))
+            }
+            .into_response()
+        }
+        Err(_) => ApiError {
+            close_connection: true,
+            ..ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the request body did not all arrive within {within:?} of its headers"),
+            )
+        }
+        .into_response(),
+    }
+}
+
 fn body_rejection(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError {

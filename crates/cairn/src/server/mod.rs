@@ -42,6 +42,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Longest await a request may ask for.
     pub max_await: Duration,
+    /// Longest a request's body may take to arrive after its headers.
+    pub body_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -49,6 +51,7 @@ impl Default for Limits {
         Self {
             max_body_bytes: 2 * 1024 * 1024,
             max_await: Duration::from_secs(300),
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -113,6 +116,10 @@ pub fn router(state: Arc<AppState>, dashboard: &Dashboard) -> Router {
         .merge(dashboard.router())
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::wrong_method)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::refuse_slow_bodies,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             api::refuse_oversized,
@@ -303,6 +310,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         limits: Limits {
             max_body_bytes: args.max_body_bytes,
             max_await: args.max_await,
+            body_timeout: args.body_timeout,
         },
         shutdown: shutdown.clone(),
         tools: tool_names,
