@@ -989,3 +989,41 @@ async fn stdio_input_that_ends_before_a_message_exits_zero() {
         assert_eq!(out.code, code, "{input:?}: {}", out.stderr);
     }
 }
+
+/// A tool call in flight when the server is told to stop answers as its
+/// route does (an await ends with the running record), not with a 500 from
+/// the protocol library, which would leave the caller not knowing what a
+/// write it made did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_in_flight_at_shutdown_gets_its_answer() {
+    let server = Server::start(&[]).await;
+    let held = json!({"id": "held", "input": {"type": "external", "metadata": {}}, "disposition": "externally_owned"});
+    assert_eq!(server.client().start(held).await.0, 201);
+    let url = server.url("/mcp");
+    let call = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json, text/event-stream")
+            .body(
+                r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"process_await","arguments":{"id":"held","timeout_ms":40000}}}"#,
+            )
+            .send()
+            .await
+    });
+    // The pause lets the call reach its wait before the stop: no answer of
+    // the server says when a call waits.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // SAFETY: sending a signal to our own child process by its pid.
+    let rc = unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let response = tokio::time::timeout(Duration::from_secs(20), call)
+        .await
+        .expect("answered in time")
+        .expect("join")
+        .expect("an answer");
+    assert_eq!(response.status().as_u16(), 200);
+    let answer: Value = response.json().await.expect("a JSON body");
+    assert_eq!(answer["id"], 9, "{answer}");
+    assert_eq!(answer["result"]["structuredContent"]["status"], "running", "{answer}");
+}

@@ -38,7 +38,7 @@ pub fn service(state: &Arc<AppState>) -> HttpService {
         HttpOptions {
             max_body_bytes: state.limits.max_body_bytes,
             loopback_hosts_only: state.auth.is_open(),
-            shutdown: state.shutdown.child_token(),
+            shutdown: state.mcp_shutdown.child_token(),
         },
     )
 }

@@ -68,6 +68,11 @@ pub struct AppState {
     pub limits: Limits,
     /// Cancelled at shutdown so long waits and streams end and connections drain.
     pub shutdown: CancellationToken,
+    /// Cancelled once the connections have drained (or the grace passed): the
+    /// MCP endpoint's own, so a call in flight at shutdown answers as its
+    /// route does (an await ends with the running record) instead of with a
+    /// 500 from the protocol library, whatever its write did.
+    pub mcp_shutdown: CancellationToken,
     /// The names of the tools this server runs (what `/openapi.json` offers).
     pub tools: Vec<String>,
 }
@@ -313,6 +318,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             body_timeout: args.body_timeout,
         },
         shutdown: shutdown.clone(),
+        mcp_shutdown: CancellationToken::new(),
         tools: tool_names,
     });
     let listener = tokio::net::TcpListener::bind(addr)
@@ -387,6 +393,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             tracing::warn!("open connections outlived the shutdown grace; closing them");
         }
     }
+    state.mcp_shutdown.cancel();
     processes.shutdown().await;
     if node_lost {
         return Err(ServeError::NodeLost(node_id));
