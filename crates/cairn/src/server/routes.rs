@@ -786,11 +786,16 @@ pub async fn healthz(State(state): Shared) -> ApiResult<Json<Health>> {
             status: "ok".to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
         })),
-        Ok(Err(e)) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!("the database did not answer: {e}"),
-        )),
+        // The database's own words (a schema, a relation, a role) are the
+        // operator's, in the log; this route answers anyone.
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness probe: the database did not answer");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the database did not answer (the server's log says why)",
+            ))
+        }
         Err(_) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -802,7 +807,7 @@ pub async fn healthz(State(state): Shared) -> ApiResult<Json<Health>> {
 /// `GET /metrics` (host only): Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = "ops",
     responses(
-        (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+        (status = 200, description = "OpenMetrics text format", body = String, content_type = "application/openmetrics-text"),
         (status = 403, description = "Host only", body = ErrorSchema)))]
 pub async fn metrics(State(state): Shared, Extension(caller): Extension<Caller>) -> ApiResult<Response> {
     caller.require_host("metrics")?;
