@@ -35,6 +35,8 @@ pub(crate) fn is_transient(e: &tokio_postgres::Error) -> bool {
                 || *code == SqlState::LOCK_NOT_AVAILABLE
                 || *code == SqlState::ADMIN_SHUTDOWN
                 || *code == SqlState::CANNOT_CONNECT_NOW
+                // The server's connection slots are full: nothing was done.
+                || *code == SqlState::TOO_MANY_CONNECTIONS
                 || code.code().starts_with("08")
         }
         // No server code and not closed: an I/O error on the socket.

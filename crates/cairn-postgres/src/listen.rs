@@ -62,7 +62,16 @@ async fn listen_once(
     generation: &watch::Sender<u64>,
 ) -> Result<(), tokio_postgres::Error> {
     let mut config = config.clone();
-    config.application_name(format!("cairn-listen-{schema}"));
+    // The listener only reads: a path that dies without a FIN or RST (a NAT's
+    // idle timeout, a lost host) is found by keepalive probes in about 25 s,
+    // and the reconnect and its resync follow, rather than after the
+    // system's two idle hours.
+    config
+        .application_name(format!("cairn-listen-{schema}"))
+        .keepalives(true)
+        .keepalives_idle(std::time::Duration::from_secs(10))
+        .keepalives_interval(std::time::Duration::from_secs(5))
+        .keepalives_retries(3);
     let (client, mut connection) = config.connect(NoTls).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {

@@ -154,7 +154,11 @@ pub(crate) async fn hold(config: &Config, schema: &str, node: &str, wait: Durati
     config
         .application_name(format!("cairn-node-{schema}"))
         .keepalives(true)
-        .keepalives_idle(Duration::from_secs(10));
+        .keepalives_idle(Duration::from_secs(10))
+        // Probes as the server's side of the hold sends them: a dead path is
+        // found in about 25 s, not the system's default of minutes.
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3);
     let (client, ended) = connect(&config).await?;
     let key = key(schema, node);
     let deadline = tokio::time::Instant::now() + wait;
