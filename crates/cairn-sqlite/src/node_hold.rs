@@ -38,7 +38,10 @@ pub(crate) fn lock_path(db: &Path, node: &str) -> PathBuf {
 /// Take `node` for this OS process over the database at `db`, or say who has it.
 pub(crate) fn hold(db: &Path, node: &str) -> Result<NodeHold> {
     NodeIdentity::validate_node_id(node)?;
-    let path = lock_path(db, node);
+    // SQLite opens a database by its resolved path (symlinks followed), so
+    // the lock follows it too: two spellings of one file are one node id.
+    let db = std::fs::canonicalize(db).unwrap_or_else(|_| db.to_path_buf());
+    let path = lock_path(&db, node);
     let io = |e: std::io::Error| CairnError::storage(format!("node id lock `{}`: {e}", path.display()));
     let mut file = OpenOptions::new()
         .read(true)
@@ -95,6 +98,20 @@ mod tests {
         let _elsewhere = hold(&dir.path().join("other.db"), "box-1").expect("another database");
         drop(first);
         let _again = hold(&db, "box-1").expect("free once dropped");
+    }
+
+    /// Two spellings of one database file (one through a symlink) hold one
+    /// node id: SQLite opens both as the same file.
+    #[test]
+    fn a_node_id_is_held_once_whatever_the_path_spelling() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("cairn.db");
+        std::fs::write(&db, b"").expect("the database file");
+        let alias = dir.path().join("current.db");
+        std::os::unix::fs::symlink(&db, &alias).expect("symlink");
+        let _first = hold(&alias, "box-1").expect("first hold");
+        let err = hold(&db, "box-1").expect_err("the same file by its own name");
+        assert!(err.to_string().contains("`box-1`"), "{err}");
     }
 
     #[test]
