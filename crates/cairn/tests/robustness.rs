@@ -74,6 +74,23 @@ async fn a_body_that_stalls_is_answered_408_and_closed() {
     assert_eq!(status, 201);
 }
 
+/// A request refused before its body is read (no token) is refused at once:
+/// its body is never read, so a stalled one holds nothing until the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_without_a_token_is_refused_unread() {
+    let server = Server::start(&["--token", "host", "--body-timeout", "1h"]).await;
+    let mut stalled = connect(&server).await;
+    stalled
+        .write_all(
+            b"POST /v1/processes HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"id\":",
+        )
+        .await
+        .expect("write");
+    let answer = read_to_close(&mut stalled, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_limit_are_refused_with_503() {
     let server = Server::start(&["--max-connections", "2"]).await;

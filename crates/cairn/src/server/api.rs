@@ -346,11 +346,12 @@ pub async fn refuse_oversized(
 }
 
 /// A request body that has not all arrived `--body-timeout` after the
-/// request's headers is answered 408 `request_timeout`, and the connection
-/// closes: a client that sends its headers and then stalls (or trickles its
-/// body) cannot hold a connection slot, or a shutdown, for ever. The body is
-/// read here, within the size limit, and handed on whole; a request without
-/// one passes straight through.
+/// request's headers fails when it is read: a handler that reads it answers
+/// 408 `request_timeout`, and the connection closes (its body unread), so a
+/// client that sends its headers and then stalls, or trickles its body,
+/// cannot hold a connection slot or a shutdown for ever. Nothing is read
+/// here: a request refused before its body is read (no token, an unknown
+/// route) is refused without it, as before.
 pub async fn refuse_slow_bodies(
     axum::extract::State(state): axum::extract::State<std::sync::Arc<super::AppState>>,
     req: Request,
@@ -359,40 +360,57 @@ pub async fn refuse_slow_bodies(
     if axum::body::HttpBody::size_hint(req.body()).exact() == Some(0) {
         return next.run(req).await;
     }
-    let (parts, body) = req.into_parts();
     let within = state.limits.body_timeout;
-    match tokio::time::timeout(within, axum::body::to_bytes(body, state.limits.max_body_bytes)).await {
-        Ok(Ok(bytes)) => {
-            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-                .await
+    let deadline = tokio::time::Instant::now() + within;
+    let (parts, body) = req.into_parts();
+    let frames = futures::stream::unfold(Some(body.into_data_stream()), move |stream| async move {
+        let mut stream = stream?;
+        match tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut stream)).await {
+            Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(stream))),
+            Ok(Some(Err(e))) => Some((Err(axum::BoxError::from(e)), None)),
+            Ok(None) => None,
+            Err(_) => Some((Err(axum::BoxError::from(BodyTimedOut(within))), None)),
         }
-        Ok(Err(e)) => {
-            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit");
-            let (status, code) = if too_large {
-                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
-            } else {
-                (StatusCode::BAD_REQUEST, "invalid_request")
-            };
-            ApiError {
-                close_connection: true,
-                ..ApiError::new(status, code, format!("cannot read the request body: {e}"))
-            }
-            .into_response()
-        }
-        Err(_) => ApiError {
-            close_connection: true,
-            ..ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                format!("the request body did not all arrive within {within:?} of its headers"),
-            )
-        }
-        .into_response(),
+    });
+    next.run(Request::from_parts(parts, axum::body::Body::from_stream(frames)))
+        .await
+}
+
+/// The error a request body's read ends with past `--body-timeout`.
+#[derive(Debug)]
+pub struct BodyTimedOut(std::time::Duration);
+
+impl std::fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the request body did not all arrive within {:?} of its headers",
+            self.0
+        )
     }
 }
 
+impl std::error::Error for BodyTimedOut {}
+
+/// The [`BodyTimedOut`] somewhere in `e`'s chain of sources, if it is there.
+fn timed_out<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyTimedOut> {
+    let mut at = Some(e);
+    while let Some(e) = at {
+        if let Some(t) = e.downcast_ref::<BodyTimedOut>() {
+            return Some(t);
+        }
+        at = e.source();
+    }
+    None
+}
+
 fn body_rejection(rejection: BytesRejection) -> ApiError {
+    if let Some(t) = timed_out(&rejection) {
+        return ApiError {
+            close_connection: true,
+            ..ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", t.to_string())
+        };
+    }
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError {
             close_connection: true,
