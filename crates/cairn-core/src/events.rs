@@ -209,7 +209,8 @@ pub enum DedupeKey {
     #[default]
     EventIdentity,
     /// Rendered from the payload; an event whose payload holds no value there
-    /// wakes once by its identity, as [`DedupeKey::EventIdentity`].
+    /// (nothing, `null`, or a value that renders as `""`) wakes once by its
+    /// identity, as [`DedupeKey::EventIdentity`].
     Selector(Selector),
     /// A literal: the process wakes its target once for this type.
     Const(String),

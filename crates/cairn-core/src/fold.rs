@@ -904,5 +904,17 @@ mod tests {
         });
         let err = resolve_wake(&t, "p", 1, &json!({"x": "y"})).expect_err("refused");
         assert_eq!(err.code(), "payload_too_large", "{err:?}");
+        // Two levels around 600 KiB render 600 KiB: within the limit, each
+        // byte counted once.
+        let big = "b".repeat(600 * 1024);
+        let mut twice = Selector::Pointer("/x".into());
+        for _ in 0..2 {
+            twice = Selector::Template {
+                template: "{a}".into(),
+                fields: [("a".to_string(), twice)].into_iter().collect(),
+            };
+        }
+        let rendered = twice.select(&json!({"x": big})).expect("within the limit");
+        assert_eq!(rendered.and_then(|v| v.as_str().map(str::len)), Some(600 * 1024));
     }
 }

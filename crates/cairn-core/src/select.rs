@@ -13,9 +13,10 @@ use crate::{CairnError, Result};
 
 impl Selector {
     /// Select from `payload`; `Ok(None)` when a pointer does not resolve. A
-    /// template renders at most [`MAX_PAYLOAD_BYTES`] of text, nested
-    /// templates' included: past it (a template of templates doubles its
-    /// text at every level) the selection is refused, `payload_too_large`.
+    /// template renders at most [`MAX_PAYLOAD_BYTES`] of text, and a template
+    /// nested in it at most what is left of that: past it (a template of
+    /// templates doubles its text at every level) the selection is refused,
+    /// `payload_too_large`.
     pub fn select(&self, payload: &Value) -> Result<Option<Value>> {
         let mut budget = MAX_PAYLOAD_BYTES;
         self.select_within(payload, &mut budget)
@@ -38,7 +39,11 @@ impl Selector {
                             let name = &after[..close];
                             match fields.get(name) {
                                 Some(sel) => {
-                                    let value = sel.select_within(payload, budget)?;
+                                    // A nested template may render what is
+                                    // left of this one's room, counted once,
+                                    // here, as it is pasted in.
+                                    let mut room = *budget;
+                                    let value = sel.select_within(payload, &mut room)?;
                                     push(&mut out, &render_text(value.as_ref()), budget)?;
                                 }
                                 None => push(&mut out, &format!("{{{name}}}"), budget)?,
