@@ -104,6 +104,7 @@ impl Awaiter {
     pub async fn await_event(&self, id: &str, event_type: &str, after_sequence: u64) -> Result<ProcessEvent> {
         let mut wait = self.watch(id);
         let mut cursor = after_sequence;
+        let mut first = true;
         loop {
             let page = self
                 .registry
@@ -122,12 +123,14 @@ impl Awaiter {
                 return Err(crate::CairnError::ProcessTerminal(id.to_string()));
             }
             if !more {
-                // Nothing after the cursor: a process that has ended with
-                // its log at or before it never will have one (its terminal
-                // event came before `after_sequence`, so no page shows it).
-                let record = self.registry.get(id).await?;
-                if record.is_terminal() && record.last_sequence <= cursor {
-                    return Err(crate::CairnError::ProcessTerminal(id.to_string()));
+                // A process that had ended before `after_sequence` never
+                // shows its terminal event on a page: its record says so,
+                // once (a later end shows up on a page).
+                if std::mem::take(&mut first) {
+                    let record = self.registry.get(id).await?;
+                    if record.is_terminal() && record.last_sequence <= cursor {
+                        return Err(crate::CairnError::ProcessTerminal(id.to_string()));
+                    }
                 }
                 wait.next(cursor).await;
             }
