@@ -48,13 +48,10 @@ async fn silent_slow_and_idle_connections_are_closed() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
-/// A request whose body stalls after its headers (declared, never sent) is
-/// answered 408 `request_timeout` and its connection closed, so it holds no
-/// connection slot; a body that arrives in time is served as ever.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_body_that_stalls_is_answered_408_and_closed() {
-    let server = Server::start(&["--body-timeout", "300ms"]).await;
-    let mut stalled = connect(&server).await;
+/// A start whose body stalls after its headers (100 bytes declared, a few
+/// sent): what the server answers before it closes the connection.
+async fn stalled_start(server: &Server) -> String {
+    let mut stalled = connect(server).await;
     stalled
         .write_all(
             b"POST /v1/processes HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
@@ -62,7 +59,16 @@ async fn a_body_that_stalls_is_answered_408_and_closed() {
         )
         .await
         .expect("write");
-    let answer = read_to_close(&mut stalled, Duration::from_secs(5)).await;
+    read_to_close(&mut stalled, Duration::from_secs(5)).await
+}
+
+/// A request whose body stalls after its headers (declared, never sent) is
+/// answered 408 `request_timeout` and its connection closed, so it holds no
+/// connection slot; a body that arrives in time is served as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stalls_is_answered_408_and_closed() {
+    let server = Server::start(&["--body-timeout", "300ms"]).await;
+    let answer = stalled_start(&server).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
     let (status, _) = server
@@ -79,15 +85,7 @@ async fn a_body_that_stalls_is_answered_408_and_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_body_without_a_token_is_refused_unread() {
     let server = Server::start(&["--token", "host", "--body-timeout", "1h"]).await;
-    let mut stalled = connect(&server).await;
-    stalled
-        .write_all(
-            b"POST /v1/processes HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-              Content-Length: 100\r\n\r\n{\"id\":",
-        )
-        .await
-        .expect("write");
-    let answer = read_to_close(&mut stalled, Duration::from_secs(5)).await;
+    let answer = stalled_start(&server).await;
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
 }
 
