@@ -377,8 +377,8 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Tell `ends` of every process a write of this runtime ends, with the
-    /// ended record and without reading it back ([`EndSink`]).
+    /// Tell `ends` of every process a write of this runtime creates or ends,
+    /// with the record and without reading it back ([`EndSink`]).
     pub fn end_sink(mut self, ends: Arc<dyn EndSink>) -> Self {
         self.ends = Some(ends);
         self

@@ -334,7 +334,7 @@ pub trait EventSink: Send + Sync + 'static {
     }
 }
 
-/// A consumer of process ends that needs only the ended record: it gets the
+/// A consumer of process ends (and starts) that needs only the record: it gets the
 /// record a write of this runtime answered when that write ended its process,
 /// after the write committed, once per end. Unlike a `terminal_only`
 /// [`EventSink`], whose terminal event is read back from the store, it costs
@@ -344,6 +344,10 @@ pub trait EventSink: Send + Sync + 'static {
 pub trait EndSink: Send + Sync + 'static {
     /// `record` (terminal) was just ended by a write of this runtime.
     fn ended(&self, record: &ProcessRecord);
+
+    /// `record` was just created by a write of this runtime, whatever made
+    /// it (a start through any surface, a schedule's fire, a script's child).
+    fn created(&self, _record: &ProcessRecord) {}
 }
 
 const SINK_QUEUE: usize = 4096;
@@ -417,6 +421,15 @@ impl WatchedRegistry {
     /// Tell the end sink, when `record` is terminal: callers pass only a
     /// record the write they made changed (a write that appended nothing, or
     /// to a process already ended, never reaches here).
+    fn created(&self, record: &ProcessRecord) {
+        if let Some(ends) = &self.ends {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ends.created(record))).is_err() {
+                tracing::warn!(process_id = %record.id, "end sink panicked; a start was not counted");
+            }
+        }
+        self.ended(record);
+    }
+
     fn ended(&self, record: &ProcessRecord) {
         if let (Some(ends), true) = (&self.ends, record.is_terminal()) {
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ends.ended(record))).is_err() {
@@ -535,7 +548,7 @@ impl ProcessRegistry for WatchedRegistry {
         let r = self.inner.register(registration, grant).await?;
         if r.created {
             // Born cancelled under a cancelled parent: ended by this write.
-            self.ended(&r.process);
+            self.created(&r.process);
             self.changed(&r.process);
             if r.process.is_terminal() {
                 self.sink_cancelled_tail(&r.process).await;
@@ -559,7 +572,7 @@ impl ProcessRegistry for WatchedRegistry {
             .register_claimed(registration, grant, owner_id, ttl_ms)
             .await?;
         if r.created {
-            self.ended(&r.process);
+            self.created(&r.process);
             self.changed(&r.process);
             if r.process.is_terminal() {
                 self.sink_cancelled_tail(&r.process).await;

@@ -83,6 +83,22 @@ async fn schedules_over_http() {
     let first = format!("tick@{}", s["next_fire_ms"].as_u64().expect("next fire"));
     let done = c.wait_for(&first, |r| r["status"] == "completed").await;
     assert_eq!(done["outcome"]["value"], json!(1));
+    // A fire is a start like any other in the server's metrics: the count
+    // read around a listing of every process holds that listing's length.
+    let started = |text: String| -> u64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("cairn_processes_started_total "))
+            .unwrap_or_else(|| panic!("{text}"));
+        line.rsplit(' ').next().and_then(|n| n.parse().ok()).expect("a count")
+    };
+    let before = started(c.metrics().await);
+    let (status, all) = c.get("/v1/processes?status=any&limit=100").await;
+    assert_eq!(status, 200, "{all}");
+    let listed = all["processes"].as_array().expect("processes").len() as u64;
+    let after = started(c.metrics().await);
+    assert!(listed >= 2, "{all}");
+    assert!(before <= listed && listed <= after, "{before} <= {listed} <= {after}");
     let (status, again) = c.post("/v1/schedules", body).await;
     assert_eq!(status, 200, "the same create again: {again}");
     let (status, e) = c

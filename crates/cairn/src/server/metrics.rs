@@ -92,7 +92,7 @@ impl Metrics {
         let started = Counter::default();
         registry.register(
             "cairn_processes_started",
-            "Processes created by this server",
+            "Processes created by this server's runtime (starts through every surface, schedule fires, children)",
             started.clone(),
         );
         let ended = Family::<StatusLabel, Counter>::default();
@@ -181,11 +181,6 @@ impl Metrics {
         }
     }
 
-    /// A process was created through the API.
-    pub fn process_started(&self) {
-        self.started.inc();
-    }
-
     /// A connection was accepted.
     pub fn connection_opened(&self) {
         self.connections.inc();
@@ -214,11 +209,16 @@ impl Metrics {
     }
 }
 
-/// Counts the ends written by this server's runtime (by the worker as well as
-/// through the API) from the ended records it is handed, without a read.
+/// Counts the starts and ends written by this server's runtime (by the
+/// worker, the schedule driver and every surface) from the records it is
+/// handed, without a read.
 pub struct TerminalCounter(pub Arc<Metrics>);
 
 impl EndSink for TerminalCounter {
+    fn created(&self, _record: &ProcessRecord) {
+        self.0.started.inc();
+    }
+
     fn ended(&self, record: &ProcessRecord) {
         let status = match record.status {
             ProcessStatus::Completed => "completed",

@@ -278,7 +278,6 @@ pub async fn start(
         Err(e) => return Err(e.into()),
     };
     if registered.created {
-        state.metrics.process_started();
         return Ok((StatusCode::CREATED, Json(registered.process)).into_response());
     }
     // A repeated start must not reveal a process the session can no longer address.
