@@ -429,6 +429,11 @@ impl ToolContext {
     /// only tell timers apart: each must be used by one sleep.
     pub async fn sleep_nth(&self, ordinal: u64, duration: Duration) -> Result<()> {
         let mut wait = WaitRequest::timer(ordinal, 0);
+        // The deadline first fixed while the wait is not yet recorded: a wait
+        // the store refused (its deadline passed while the write queued, or
+        // the log moved) keeps it, so the sleep ends on time instead of
+        // moving its deadline on at every pass.
+        let mut fixed: Option<u64> = None;
         loop {
             let log = self.read_log().await?;
             let seen = log.last().map_or(0, |e| e.sequence);
@@ -439,7 +444,9 @@ impl ToolContext {
             let recorded = matching(events::WAITING);
             let until = recorded
                 .and_then(|e| e.payload.get("until_ms").and_then(Value::as_u64))
+                .or(fixed)
                 .unwrap_or_else(|| self.now_ms().saturating_add(duration_ms(duration)));
+            fixed = Some(until);
             wait.until_ms = Some(until);
             if until <= self.now_ms() {
                 if recorded.is_some() {
@@ -750,8 +757,12 @@ impl ToolContext {
     ) -> Result<Pending> {
         wait.until_ms = match deadline {
             Deadline::At(until) => until,
+            // Not yet recorded: the deadline an earlier pass fixed (the
+            // caller keeps `wait` across passes), so a wait the store refused
+            // times out on time instead of moving its deadline on.
             Deadline::After(timeout) => waited
                 .and_then(|e| e.payload.get("until_ms").and_then(Value::as_u64))
+                .or(wait.until_ms)
                 .or_else(|| timeout.map(|t| self.now_ms().saturating_add(duration_ms(t)))),
         };
         if wait.until_ms.is_some_and(|t| t <= self.now_ms()) {

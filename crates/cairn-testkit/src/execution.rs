@@ -1505,6 +1505,33 @@ pub async fn durable_sleep_resumes_at_its_due_time(factory: &dyn StoreFactory) {
     p.shutdown().await;
 }
 
+/// A sleep whose suspension reached the store after its deadline (the write
+/// queued behind a commit) is refused there, and ends on time: its deadline
+/// stays the one it first fixed, rather than moving on at every attempt.
+pub async fn a_sleep_whose_wait_came_late_ends_on_time(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let (probe, p) = probed_runtime(&store, config("w1"));
+    let clock = store.clock.clone();
+    probe.before_next_wait(Box::new(move || {
+        Box::pin(async move {
+            clock.advance(10);
+        })
+    }));
+    p.start(StartRequest::tool(
+        "late",
+        "sleep",
+        json!({"ms": 5}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start");
+    // The clock stands still from here: a sleep that moved its deadline on
+    // would suspend until a time that never comes.
+    let r = terminal(&p, "late").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"slept_ms": 5}))), "{r:?}");
+    p.shutdown().await;
+}
+
 /// Cancelling a suspended run resumes it to observe the request: it ends
 /// `cancelled`, and its log says why it resumed.
 pub async fn cancel_resumes_a_suspended_run(factory: &dyn StoreFactory) {

@@ -417,6 +417,7 @@ macro_rules! execution_suite {
                 end_sink_hears_each_end_once,
                 suspended_wait_frees_its_worker_slot,
                 durable_sleep_resumes_at_its_due_time,
+                a_sleep_whose_wait_came_late_ends_on_time,
                 cancel_resumes_a_suspended_run,
                 hub_fed_await_does_not_poll,
                 cancel_reaches_running_children,
