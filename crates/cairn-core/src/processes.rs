@@ -396,7 +396,9 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Without the in-process hub, waits ride the backoff point reads alone.
+    /// Without the in-process hub, awaits ride the backoff point reads
+    /// alone. The worker still hears of the work this runtime's writes make
+    /// (a start, a signal that satisfies a suspended wait) from the hub.
     pub fn without_hub(mut self) -> Self {
         self.use_hub = false;
         self
@@ -433,7 +435,7 @@ impl RuntimeBuilder {
                 registry.clone(),
                 self.tools.clone(),
                 awaiter.clone(),
-                awaiter_hub.clone(),
+                Some(hub.clone()),
                 self.clock.clone(),
                 self.worker.clone(),
             );
@@ -441,7 +443,7 @@ impl RuntimeBuilder {
                 Some(engine) => worker.with_script_engine(engine.clone()),
                 None => worker,
             };
-            WorkDriver::start_with(worker, awaiter_hub.clone(), Some(scheduler))
+            WorkDriver::start_with(worker, Some(hub.clone()), Some(scheduler))
         });
         Processes {
             inner: Arc::new(Inner {

@@ -1072,13 +1072,18 @@ pub async fn await_resolves_from_the_ending_write(factory: &dyn StoreFactory) {
     p.shutdown().await;
 }
 
-/// Without the hub, `await_output` still resolves through backoff point reads.
+/// Without the hub, `await_output` still resolves through backoff point
+/// reads, and the worker still hears of the work writes make (a signal that
+/// satisfies a suspended wait) at once, not at its next sweep.
 pub async fn await_resolves_without_hub(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;
     let p = Processes::builder(store.registry.clone())
         .tools(tools(vec![]))
         .clock(Arc::new(store.clock.clone()))
-        .worker_config(config("w1"))
+        .worker_config(WorkerConfig {
+            sweep_interval: Duration::from_secs(3_600),
+            ..config("w1")
+        })
         .without_hub()
         .start();
     p.start(StartRequest::tool(
@@ -1091,6 +1096,21 @@ pub async fn await_resolves_without_hub(factory: &dyn StoreFactory) {
     .expect("start");
     let r = p.await_output("nohub", WAIT).await.expect("await");
     assert_eq!(r.outcome, Some(Outcome::success(json!(5))));
+
+    p.start(StartRequest::tool(
+        "nohub-wait",
+        "wait_signal",
+        json!({"name": "go"}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start");
+    p.await_event("nohub-wait", "process.waiting", 0, WAIT)
+        .await
+        .expect("waiting");
+    p.signal("nohub-wait", "go", "s1", json!(7)).await.expect("signal");
+    let r = terminal(&p, "nohub-wait").await;
+    assert_eq!(r.status, ProcessStatus::Completed, "{r:?}");
     p.shutdown().await;
 }
 
