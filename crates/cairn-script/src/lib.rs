@@ -721,9 +721,13 @@ impl Driver<'_> {
         if !answers.is_empty() {
             return Ok(answers);
         }
+        // A children wait names at most `MAX_AWAITED_CHILDREN`: a round waits
+        // on the first of them still pending (it ends when any one ends), and
+        // the rest wait their turn in later rounds, the same in every activation.
         let children: Vec<(u64, Value)> = waits
             .iter()
             .filter(|(_, c)| matches!(kind(c), "tool" | "turn" | "wait"))
+            .take(cairn_core::validate::MAX_AWAITED_CHILDREN)
             .map(|w| (*w).clone())
             .collect();
         if children.is_empty() && signals.is_empty() {

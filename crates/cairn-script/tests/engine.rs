@@ -1278,6 +1278,35 @@ async fn a_race_replays_with_the_winner_it_had() {
     );
 }
 
+/// A script may wait on more children at once than one children wait names
+/// (1,000): a round waits on the first 1,000 still pending, and the rest wait
+/// their turn, so no call rejects for the number of its siblings.
+#[tokio::test]
+async fn more_pending_children_than_one_wait_names() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const ids = await Promise.all(Array.from({length: 1001},
+                () => ctx.start({input: {type: "external"}, disposition: "externally_owned"})));
+            const outs = await Promise.all(ids.map((id) => ctx.wait(id)));
+            return outs.filter((o) => o.type === "success").length;
+        }"#,
+    )
+    .await;
+    p.start(script("many", &m, "main", json!({}))).await.unwrap();
+    p.await_event("many", "process.waiting", 0, Duration::from_secs(30))
+        .await
+        .unwrap();
+    for i in (1..=1001).rev() {
+        p.complete_external(&format!("many/{i}"), Outcome::success(json!(i)), "ci")
+            .await
+            .unwrap();
+    }
+    let rec = p.await_output("many", Duration::from_secs(60)).await.unwrap();
+    assert_eq!(rec.outcome, Some(Outcome::success(json!(1001))), "{rec:?}");
+}
+
 /// A signal that comes after the deadline is too late, even when the run is
 /// resumed only after it came (a busy worker, a restart): the wait answers
 /// null, as a timeout does, and leaves the signal to the next call.
