@@ -481,6 +481,7 @@ impl Starter {
         }
         // The write checks the parent under its lock; a check ahead of it
         // (a schedule's template) must find it too, or every fire would fail.
+        // A pruned parent's tombstone stands for it, as in the write.
         if let Some(parent) = registration
             .provenance
             .caused_by
@@ -488,7 +489,8 @@ impl Starter {
             .and_then(CausalRef::parent_process)
         {
             match self.registry.get(parent).await {
-                Err(CairnError::UnknownProcess(_) | CairnError::NoLongerRetained(_)) => {
+                Err(CairnError::NoLongerRetained(_)) => {}
+                Err(CairnError::UnknownProcess(_)) => {
                     return Err(CairnError::InvalidRequest(format!(
                         "`caused_by` names process `{parent}`, which does not exist: a child names an existing parent"
                     )))

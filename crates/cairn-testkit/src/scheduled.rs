@@ -321,5 +321,31 @@ pub async fn schedule_rejects_bad_input(factory: &dyn StoreFactory) {
     assert!(!created && again == first, "the same create");
     let e = p.create_schedule(echo_every("g", "20s")).await.unwrap_err();
     assert_eq!(e.code(), "schedule_conflict");
+
+    // A template's parent that ended and was pruned is still a parent (its
+    // tombstone stands, and a start under it is taken): a create, and the
+    // same create retried, are answered as any other.
+    p.start(cairn_core::StartRequest::external("parent", json!({})))
+        .await
+        .expect("parent");
+    p.complete_external("parent", cairn_core::Outcome::success(json!(1)), "test")
+        .await
+        .expect("ended");
+    let mut child = echo_every("h", "1h");
+    child.start.caused_by = Some(cairn_core::model::CausalRef::process("parent"));
+    let (first, created) = p.create_schedule(child.clone()).await.expect("create");
+    assert!(created);
+    store.clock.advance(1);
+    let report = p
+        .prune(
+            store.clock.now_ms(),
+            cairn_core::StatusFilter::Any,
+            cairn_core::Watermark::NoProjector,
+        )
+        .await
+        .expect("prune");
+    assert_eq!(report.pruned, 1, "{report:?}");
+    let (again, created) = p.create_schedule(child).await.expect("the same create, retried");
+    assert!(!created && again == first, "the same create");
     p.shutdown().await;
 }
