@@ -15,7 +15,7 @@ use crate::model::{
     SessionDeleteReport, SessionScope, StartGrant, StatusFilter, SweepItem, Tombstone, TransferReport, WaitRequest,
     WakeDelivery, Watermark, WorkAction, WorkItem,
 };
-use crate::ops::admin::{self, AdminTx, Deleted, GrantState, PruneCandidate};
+use crate::ops::admin::{self, AdminTx, Deleted, GrantState, PruneCandidate, PrunePosition};
 use crate::ops::{self, at_once, Answer, Op, Row, WriteTx};
 use crate::registry::{CancelAnswer, ProcessRegistry, Registered};
 use crate::schedule::{Schedule, ScheduleAdvance};
@@ -365,8 +365,14 @@ impl AdminTx for Tx<'_> {
             .collect())
     }
 
-    async fn prune_candidates(&mut self, cutoff_ms: u64, status: StatusFilter) -> Result<Vec<PruneCandidate>> {
-        Ok(self
+    async fn prune_candidates(
+        &mut self,
+        cutoff_ms: u64,
+        status: StatusFilter,
+        after: Option<&PrunePosition>,
+        limit: usize,
+    ) -> Result<Vec<PruneCandidate>> {
+        let mut candidates: Vec<PruneCandidate> = self
             .st
             .entries
             .values()
@@ -390,7 +396,11 @@ impl AdminTx for Tx<'_> {
                     created_at_ms: r.created_at_ms,
                 })
             })
-            .collect())
+            .filter(|c| c.is_after(after))
+            .collect();
+        candidates.sort_by(|a, b| (a.terminal_at_ms, &a.id).cmp(&(b.terminal_at_ms, &b.id)));
+        candidates.truncate(limit);
+        Ok(candidates)
     }
 
     async fn delete_pruned(&mut self, victims: &[PruneCandidate]) -> Result<Deleted> {
@@ -724,14 +734,26 @@ impl ProcessRegistry for MemoryRegistry {
 
     async fn prune(&self, cutoff_ms: u64, filter: PruneFilter, watermark: Watermark) -> Result<PruneReport> {
         filter.validate()?;
-        let now = self.now();
-        let mut st = self.state.lock();
-        at_once(admin::prune(
-            &mut Tx { st: &mut st, now },
-            cutoff_ms,
-            &filter,
-            watermark,
-        ))
+        let mut report = PruneReport::default();
+        let mut after = None;
+        loop {
+            // A chunk at a time, as the other backends: other writes go on
+            // between the chunks.
+            let now = self.now();
+            let mut st = self.state.lock();
+            let (chunk, next) = at_once(admin::prune(
+                &mut Tx { st: &mut st, now },
+                cutoff_ms,
+                &filter,
+                watermark,
+                after.as_ref(),
+            ))?;
+            report.add(&chunk);
+            match next {
+                Some(next) => after = Some(next),
+                None => return Ok(report),
+            }
+        }
     }
 
     async fn changed_since(&self, cursor: u64, limit: Option<usize>) -> Result<ChangePage> {

@@ -975,6 +975,18 @@ pub struct PruneReport {
     pub held_by_running_parent: u64,
 }
 
+impl PruneReport {
+    /// Add what another chunk of the same prune did.
+    pub fn add(&mut self, chunk: &PruneReport) {
+        self.pruned += chunk.pruned;
+        self.events_deleted += chunk.events_deleted;
+        self.grants_deleted += chunk.grants_deleted;
+        self.wakes_deleted += chunk.wakes_deleted;
+        self.held_by_watermark += chunk.held_by_watermark;
+        self.held_by_running_parent += chunk.held_by_running_parent;
+    }
+}
+
 /// One entry of the change feed: a record at the cursor of its latest change.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -246,7 +246,9 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// that pass `filter` (checked by [`PruneFilter::validate`]: `running` is
     /// `invalid_filter`), with their events, grants, wakes and lease, leaving
     /// tombstones. With a cursor watermark only processes whose last change is
-    /// at or before it go. Never touches a running process.
+    /// at or before it go. Never touches a running process. It commits a
+    /// chunk at a time ([`crate::ops::admin::prune`]): on an error, the
+    /// chunks before it stand.
     async fn prune(&self, cutoff_ms: u64, filter: PruneFilter, watermark: Watermark) -> Result<PruneReport>;
 
     /// Records changed after `cursor`, each once at its latest change, in cursor

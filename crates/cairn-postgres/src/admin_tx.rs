@@ -6,7 +6,7 @@
 //! prune means lives here.
 
 use cairn_core::model::{Grant, ProcessStatus, SessionScope, StatusFilter};
-use cairn_core::ops::admin::{AdminTx, Deleted, GrantState, PruneCandidate};
+use cairn_core::ops::admin::{AdminTx, Deleted, GrantState, PruneCandidate, PrunePosition};
 use cairn_core::{CairnError, Result};
 use tokio_postgres::Transaction;
 
@@ -139,15 +139,26 @@ impl AdminTx for Admin<'_> {
             .collect()
     }
 
-    async fn prune_candidates(&mut self, cutoff_ms: u64, status: StatusFilter) -> Result<Vec<PruneCandidate>> {
+    async fn prune_candidates(
+        &mut self,
+        cutoff_ms: u64,
+        status: StatusFilter,
+        after: Option<&PrunePosition>,
+        limit: usize,
+    ) -> Result<Vec<PruneCandidate>> {
         let tx = self.tx;
+        let after_at = after.map_or(i64::MIN, |a| to_sql(a.terminal_at_ms));
+        let after_id = after.map_or("", |a| a.id.as_str());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = tx
             .query(
                 "SELECT id, status, terminal_at_ms, change_cursor, caused_by, definition, originator, created_at_ms \
                  FROM processes \
                  WHERE terminal_at_ms IS NOT NULL AND terminal_at_ms < $1::int8 AND status <> 'running' \
-                 AND ($2::text IS NULL OR status = $2::text) ORDER BY id FOR UPDATE",
-                &[&to_sql(cutoff_ms), &status_label(status)],
+                 AND ($2::text IS NULL OR status = $2::text) \
+                 AND (terminal_at_ms, id) > ($3::int8, $4::text) \
+                 ORDER BY terminal_at_ms, id LIMIT $5::int8 FOR UPDATE",
+                &[&to_sql(cutoff_ms), &status_label(status), &after_at, &after_id, &limit],
             )
             .await
             .map_err(|e| self.pg(e))?;

@@ -552,21 +552,35 @@ impl ProcessRegistry for PostgresRegistry {
 
     async fn prune(&self, cutoff_ms: u64, filter: PruneFilter, watermark: Watermark) -> Result<PruneReport> {
         filter.validate()?;
-        let channel = self.channel.clone();
-        self.transaction("the prune", move |tx, now| {
-            let (channel, filter) = (channel.clone(), filter.clone());
-            Box::pin(async move {
-                let mut a = Admin::new(tx, now);
-                let out = admin::prune(&mut a, cutoff_ms, &filter, watermark).await;
-                if out.as_ref().is_ok_and(|r| r.pruned > 0) {
-                    // Every node forgets the ends its hub keeps (listen::deliver):
-                    // some may be of processes pruned here.
-                    tx.execute(crate::uow::NOTIFY, &[&channel, &"f"]).await?;
-                }
-                a.finish(out)
-            })
-        })
-        .await
+        let mut report = PruneReport::default();
+        let mut after: Option<admin::PrunePosition> = None;
+        loop {
+            // One transaction per chunk: it locks a chunk's rows, not every
+            // ended row before the cutoff, and lanes' batches that touch one
+            // wait for a chunk, never for the whole prune.
+            let (channel, filter) = (self.channel.clone(), filter.clone());
+            let from = after.clone();
+            let (chunk, next) = self
+                .transaction("the prune", move |tx, now| {
+                    let (channel, filter, from) = (channel.clone(), filter.clone(), from.clone());
+                    Box::pin(async move {
+                        let mut a = Admin::new(tx, now);
+                        let out = admin::prune(&mut a, cutoff_ms, &filter, watermark, from.as_ref()).await;
+                        if out.as_ref().is_ok_and(|(r, _)| r.pruned > 0) {
+                            // Every node forgets the ends its hub keeps (listen::deliver):
+                            // some may be of processes pruned here.
+                            tx.execute(crate::uow::NOTIFY, &[&channel, &"f"]).await?;
+                        }
+                        a.finish(out)
+                    })
+                })
+                .await?;
+            report.add(&chunk);
+            match next {
+                Some(next) => after = Some(next),
+                None => return Ok(report),
+            }
+        }
     }
 
     async fn changed_since(&self, cursor: u64, limit: Option<usize>) -> Result<ChangePage> {

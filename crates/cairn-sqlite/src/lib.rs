@@ -511,15 +511,29 @@ impl ProcessRegistry for SqliteRegistry {
 
     async fn prune(&self, cutoff_ms: u64, filter: PruneFilter, watermark: Watermark) -> Result<PruneReport> {
         filter.validate()?;
-        self.write(move |conn, now| {
-            Ok(at_once(admin::prune(
-                &mut tx::Tx::new(conn, now),
-                cutoff_ms,
-                &filter,
-                watermark,
-            ))?)
-        })
-        .await
+        let mut report = PruneReport::default();
+        let mut after = None;
+        loop {
+            // One write job per chunk: the writes of live work (renewals,
+            // completions) queue behind one chunk, never behind the whole prune.
+            let filter = filter.clone();
+            let (chunk, next) = self
+                .write(move |conn, now| {
+                    Ok(at_once(admin::prune(
+                        &mut tx::Tx::new(conn, now),
+                        cutoff_ms,
+                        &filter,
+                        watermark,
+                        after.as_ref(),
+                    ))?)
+                })
+                .await?;
+            report.add(&chunk);
+            match next {
+                Some(next) => after = Some(next),
+                None => return Ok(report),
+            }
+        }
     }
 
     async fn changed_since(&self, cursor: u64, limit: Option<usize>) -> Result<ChangePage> {

@@ -8,7 +8,7 @@ use cairn_core::model::{
     Grant, GrantedProcess, Lease, ProcessFilter, ProcessRecord, ProcessStatus, SessionScope, StatusFilter, Tombstone,
     WakeDelivery,
 };
-use cairn_core::ops::admin::PruneCandidate;
+use cairn_core::ops::admin::{PruneCandidate, PrunePosition};
 use cairn_core::ops::Row;
 use cairn_core::CairnError;
 use rusqlite::types::Value as SqlValue;
@@ -893,18 +893,29 @@ pub(crate) fn grant_state(conn: &Connection, id: &str) -> R<(bool, bool)> {
 
 // ---------------------------------------------------------------- retention and the change feed
 
-/// Terminal processes whose terminal time is before `cutoff_ms`, from the prune index.
-pub(crate) fn prune_candidates(conn: &Connection, cutoff_ms: u64, status: StatusFilter) -> R<Vec<PruneCandidate>> {
-    let mut sql = String::from(
+/// At most `limit` terminal processes whose terminal time is before
+/// `cutoff_ms`, after `after` in (terminal time, id) order, from the prune
+/// index (its range, then the ids of one terminal time sorted).
+pub(crate) fn prune_candidates(
+    conn: &Connection,
+    cutoff_ms: u64,
+    status: StatusFilter,
+    after: Option<&PrunePosition>,
+    limit: usize,
+) -> R<Vec<PruneCandidate>> {
+    const SQL: &str =
         "SELECT id, status, terminal_at_ms, change_cursor, caused_by, definition, originator, created_at_ms
-         FROM processes WHERE terminal_at_ms IS NOT NULL AND terminal_at_ms < ?1 AND status <> 'running'",
-    );
-    let mut args = vec![SqlValue::Integer(to_sql(cutoff_ms))];
-    if let Some(s) = status_label(status) {
-        sql.push_str(" AND status = ?2");
-        args.push(SqlValue::Text(s.into()));
-    }
-    let mut stmt = conn.prepare_cached(&sql)?;
+         FROM processes WHERE terminal_at_ms IS NOT NULL AND terminal_at_ms < ?1 AND status <> 'running'
+         AND terminal_at_ms >= ?2 AND (terminal_at_ms > ?2 OR id > ?3) AND (?4 IS NULL OR status = ?4)
+         ORDER BY terminal_at_ms, id LIMIT ?5";
+    let args = vec![
+        SqlValue::Integer(to_sql(cutoff_ms)),
+        SqlValue::Integer(after.map_or(i64::MIN, |a| to_sql(a.terminal_at_ms))),
+        SqlValue::Text(after.map_or_else(String::new, |a| a.id.clone())),
+        status_label(status).map_or(SqlValue::Null, |s| SqlValue::Text(s.into())),
+        SqlValue::Integer(to_sql_usize(limit)),
+    ];
+    let mut stmt = conn.prepare_cached(SQL)?;
     let rows = stmt
         .query_map(params_from_iter(args), |r| {
             Ok((

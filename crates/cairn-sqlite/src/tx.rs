@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use cairn_core::events::ProcessEvent;
 use cairn_core::model::{Grant, Lease, ProcessRecord, SessionScope, StatusFilter, Tombstone, WakeDelivery};
-use cairn_core::ops::admin::{AdminTx, Deleted, GrantState, PruneCandidate};
+use cairn_core::ops::admin::{AdminTx, Deleted, GrantState, PruneCandidate, PrunePosition};
 use cairn_core::ops::{Row, WriteTx};
 use cairn_core::{CairnError, Result};
 use rusqlite::Connection;
@@ -319,8 +319,14 @@ impl AdminTx for Tx<'_> {
             .collect()
     }
 
-    async fn prune_candidates(&mut self, cutoff_ms: u64, status: StatusFilter) -> Result<Vec<PruneCandidate>> {
-        Ok(store::prune_candidates(self.conn, cutoff_ms, status)?)
+    async fn prune_candidates(
+        &mut self,
+        cutoff_ms: u64,
+        status: StatusFilter,
+        after: Option<&PrunePosition>,
+        limit: usize,
+    ) -> Result<Vec<PruneCandidate>> {
+        Ok(store::prune_candidates(self.conn, cutoff_ms, status, after, limit)?)
     }
 
     async fn delete_pruned(&mut self, victims: &[PruneCandidate]) -> Result<Deleted> {

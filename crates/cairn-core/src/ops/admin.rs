@@ -34,6 +34,36 @@ pub struct PruneCandidate {
     pub created_at_ms: u64,
 }
 
+impl PruneCandidate {
+    /// Its place in a prune's walk.
+    pub fn position(&self) -> PrunePosition {
+        PrunePosition {
+            terminal_at_ms: self.terminal_at_ms,
+            id: self.id.clone(),
+        }
+    }
+
+    /// Whether it comes after `after` in a prune's walk (all do after none).
+    pub fn is_after(&self, after: Option<&PrunePosition>) -> bool {
+        after.is_none_or(|a| (self.terminal_at_ms, self.id.as_str()) > (a.terminal_at_ms, a.id.as_str()))
+    }
+}
+
+/// Where a prune's walk over the candidates stands: it goes in (terminal
+/// time, id) order, a chunk at a time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrunePosition {
+    /// The last candidate's terminal time.
+    pub terminal_at_ms: u64,
+    /// The last candidate's id.
+    pub id: String,
+}
+
+/// How many candidates one prune transaction takes: a prune commits chunk by
+/// chunk, so the writes of live work (lease renewals, completions) go on
+/// between its chunks, however much there is to delete.
+pub const PRUNE_CHUNK: usize = 256;
+
 /// What deleting pruned processes removed beside them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Deleted {
@@ -79,9 +109,16 @@ pub trait AdminTx {
     /// The state of each id, in the order given.
     async fn grant_states(&mut self, ids: &[String]) -> Result<Vec<GrantState>>;
 
-    /// Terminal processes whose terminal time is before `cutoff_ms` and whose
-    /// status passes `status`, locked for deletion.
-    async fn prune_candidates(&mut self, cutoff_ms: u64, status: StatusFilter) -> Result<Vec<PruneCandidate>>;
+    /// At most `limit` terminal processes whose terminal time is before
+    /// `cutoff_ms` and whose status passes `status`, after `after` in
+    /// (terminal time, id) order and in that order, locked for deletion.
+    async fn prune_candidates(
+        &mut self,
+        cutoff_ms: u64,
+        status: StatusFilter,
+        after: Option<&PrunePosition>,
+        limit: usize,
+    ) -> Result<Vec<PruneCandidate>>;
 
     /// Delete these processes with their events, grants, wakes and lease, and
     /// leave a tombstone for each, pruned at `now`.
@@ -154,18 +191,28 @@ pub async fn delete_session<T: AdminTx + ?Sized>(tx: &mut T, session_id: &str) -
     })
 }
 
-/// Delete terminal processes older than the cutoff, except those a cursor
-/// watermark holds back and children whose parent still runs (it may yet
-/// read how they ended), leaving tombstones. `status` is checked by
-/// [`crate::model::PruneFilter::validate`].
+/// One chunk of a prune, in one transaction: of the next [`PRUNE_CHUNK`]
+/// terminal processes older than the cutoff after `after`, delete those the
+/// filter admits, except those a cursor watermark holds back and children
+/// whose parent still runs (it may yet read how they ended), leaving
+/// tombstones. Answers what it did and where the next chunk starts (`None`
+/// when the walk is done). `status` is checked by
+/// [`crate::model::PruneFilter::validate`]. A backend's prune runs chunks in
+/// transactions of their own until the walk is done ([`PruneReport::add`]).
 pub async fn prune<T: AdminTx + ?Sized>(
     tx: &mut T,
     cutoff_ms: u64,
     filter: &crate::model::PruneFilter,
     watermark: Watermark,
-) -> Result<PruneReport> {
+    after: Option<&PrunePosition>,
+) -> Result<(PruneReport, Option<PrunePosition>)> {
     let mut report = PruneReport::default();
-    let mut victims = tx.prune_candidates(cutoff_ms, filter.status).await?;
+    let mut victims = tx
+        .prune_candidates(cutoff_ms, filter.status, after, PRUNE_CHUNK)
+        .await?;
+    let next = (victims.len() >= PRUNE_CHUNK)
+        .then(|| victims.last().map(PruneCandidate::position))
+        .flatten();
     victims.retain(|v| filter.admits(&v.definition, &v.originator, v.parent.as_deref(), v.created_at_ms));
     victims.retain(|v| match watermark {
         Watermark::Cursor { cursor } if v.change_cursor > cursor => {
@@ -194,12 +241,12 @@ pub async fn prune<T: AdminTx + ?Sized>(
         });
     }
     if victims.is_empty() {
-        return Ok(report);
+        return Ok((report, next));
     }
     let deleted = tx.delete_pruned(&victims).await?;
     report.pruned = victims.len() as u64;
     report.events_deleted = deleted.events;
     report.grants_deleted = deleted.grants;
     report.wakes_deleted = deleted.wakes;
-    Ok(report)
+    Ok((report, next))
 }

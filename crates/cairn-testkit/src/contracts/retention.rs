@@ -487,3 +487,60 @@ pub async fn prune_keeps_the_ended_children_of_a_running_parent(factory: &dyn St
     h.rejects("no_longer_retained", "the child pruned", h.registry().get("parent/1"))
         .await;
 }
+
+/// A prune goes a chunk at a time (a transaction each, so live work's writes
+/// go on between them), in (terminal time, id) order: it walks past what it
+/// keeps (children of a running parent spread through every chunk, ties of
+/// one terminal time across a chunk's edge) and deletes every other row,
+/// reporting the totals of all its chunks.
+pub async fn a_prune_walks_every_chunk_past_what_it_keeps(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    h.register(external("parent")).await;
+    let total = 2 * cairn_core::ops::admin::PRUNE_CHUNK + 7;
+    let ids: Vec<String> = (0..total).map(|i| format!("p-{i:04}")).collect();
+    let (kept, gone): (Vec<String>, Vec<String>) =
+        ids.iter().cloned().partition(|id| id.ends_with(['0', '3', '6', '9']));
+    // A hundred at a time, each hundred ending at one time: runs of ties, so
+    // a chunk's edge falls inside one terminal time.
+    for group in ids.chunks(100) {
+        futures::future::join_all(group.iter().map(|id| {
+            let mut rec = external(id);
+            if kept.contains(id) {
+                rec.provenance.caused_by = Some(cairn_core::model::CausalRef::process("parent"));
+            }
+            h.register(rec)
+        }))
+        .await;
+        for done in futures::future::join_all(
+            group
+                .iter()
+                .map(|id| h.registry().complete_external(id, Outcome::success(json!(id)), "ci")),
+        )
+        .await
+        {
+            ok(done, "complete_external");
+        }
+        h.advance(1);
+    }
+    h.advance(10);
+    let report = ok(
+        h.registry()
+            .prune(h.now(), StatusFilter::Any.into(), Watermark::NoProjector)
+            .await,
+        "prune",
+    );
+    assert_eq!(
+        (report.pruned, report.held_by_running_parent),
+        (gone.len() as u64, kept.len() as u64),
+        "{report:?}"
+    );
+    for id in &gone {
+        let e = h.registry().get(id).await.expect_err("pruned");
+        assert_eq!(e.code(), "no_longer_retained", "{id}: {e}");
+    }
+    for id in &kept {
+        let r = ok(h.registry().get(id).await, "get");
+        assert_eq!(r.status, ProcessStatus::Completed, "{id} kept");
+    }
+    assert_eq!(h.get("parent").await.status, ProcessStatus::Running);
+}
