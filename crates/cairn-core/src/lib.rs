@@ -58,6 +58,7 @@ pub mod model;
 pub mod ops;
 pub mod processes;
 pub mod registry;
+mod retry;
 pub mod schedule;
 mod scheduler;
 pub mod script;

@@ -881,12 +881,16 @@ impl ToolContext {
     pub async fn read_log(&self) -> Result<Vec<ProcessEvent>> {
         let mut all = Vec::new();
         let mut after = 0;
+        let lease = self.lease();
         loop {
-            let page = self
-                .inner
-                .registry
-                .events_after(self.process_id(), after, Some(crate::model::MAX_PAGE_SIZE))
-                .await?;
+            // A store fault of the moment is tried again while the lease
+            // holds: a run that cannot read its log cannot go on.
+            let page = crate::retry::while_lease_holds(&self.inner.clock, &lease, "reading the log", || {
+                self.inner
+                    .registry
+                    .events_after(self.process_id(), after, Some(crate::model::MAX_PAGE_SIZE))
+            })
+            .await?;
             all.extend(page.events);
             match page.next_after {
                 Some(n) => after = n,

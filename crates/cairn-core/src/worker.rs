@@ -615,13 +615,19 @@ impl Worker {
                 module_ref,
                 process_name,
                 args,
-            } if self.scripts.is_some() => match self.registry.get_module(module_ref).await {
+            } if self.scripts.is_some() => match self
+                .load(&lease, process.disposition, "reading the module", || {
+                    self.registry.get_module(module_ref)
+                })
+                .await
+            {
                 Ok(module) => Runner::Script(module, process_name.clone(), args.clone()),
-                Err(e) => {
+                Err(Some(e)) => {
                     self.finish(&lease, Outcome::failure("runtime", e.code(), e.to_string()))
                         .await;
                     return;
                 }
+                Err(None) => return,
             },
             other => match self.tools.resolve(other) {
                 Some((runner, input)) => Runner::Tool(runner, input),
@@ -634,13 +640,19 @@ impl Worker {
             },
         };
         let env = match &process.env_ref {
-            Some(r) => match self.registry.get_env(r).await {
+            Some(r) => match self
+                .load(&lease, process.disposition, "reading the env", || {
+                    self.registry.get_env(r)
+                })
+                .await
+            {
                 Ok(env) => Some(env),
-                Err(e) => {
+                Err(Some(e)) => {
                     self.finish(&lease, Outcome::failure("runtime", e.code(), e.to_string()))
                         .await;
                     return;
                 }
+                Err(None) => return,
             },
             None => None,
         };
@@ -865,20 +877,40 @@ impl Worker {
         lease: &crate::model::Lease,
         outcome: Outcome,
     ) -> Result<crate::model::ProcessRecord> {
-        use backon::{ExponentialBuilder, Retryable};
-        let attempt = || self.registry.complete(lease, outcome.clone());
-        attempt
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(50))
-                    .with_max_delay(Duration::from_secs(2))
-                    .with_max_times(10),
-            )
-            .when(|e: &CairnError| !e.is_client_error() && self.clock.now_ms() < lease.expires_at_ms)
-            .notify(|e, after| {
-                tracing::warn!(process_id = %lease.process_id, error = %e, ?after, "completion failed; retrying")
-            })
-            .await
+        crate::retry::while_lease_holds(&self.clock, lease, "the completion", || {
+            self.registry.complete(lease, outcome.clone())
+        })
+        .await
+    }
+
+    /// Read what a run needs before it starts (its module, its env), a store
+    /// fault tried again while the lease holds. `Err(Some)`: a client error
+    /// (a missing or corrupt env), which fails the run. `Err(None)`: the
+    /// store stayed down; a `rerunnable` lease is released for a later claim
+    /// (nothing of the run has happened), an `owner_bound` run fails, as it
+    /// cannot run again.
+    async fn load<T, Fut, F>(
+        &self,
+        lease: &crate::model::Lease,
+        disposition: Disposition,
+        what: &str,
+        read: F,
+    ) -> std::result::Result<T, Option<CairnError>>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        match crate::retry::while_lease_holds(&self.clock, lease, what, read).await {
+            Ok(v) => Ok(v),
+            Err(e) if e.is_client_error() || disposition != Disposition::Rerunnable => Err(Some(e)),
+            Err(e) => {
+                tracing::warn!(process_id = %lease.process_id, error = %e, "{what} could not be read; the lease is released for a later claim");
+                if let Err(e) = self.registry.release(lease).await {
+                    tracing::warn!(process_id = %lease.process_id, error = %e, "lease release failed");
+                }
+                Err(None)
+            }
+        }
     }
 
     fn finish_failed(&self, lease: &crate::model::Lease, e: CairnError) {

@@ -878,6 +878,38 @@ pub async fn a_completion_the_store_fails_is_tried_again(factory: &dyn StoreFact
     p.shutdown().await;
 }
 
+/// A run whose env or log the store fails to give for a moment is not failed
+/// for it: the reads are tried again while the lease holds, and the process
+/// ends as its tool says.
+pub async fn a_run_whose_reads_the_store_fails_runs(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let (probe, p) = probed_runtime(&store, config("w1"));
+    let env = cairn_core::EnvSpec {
+        plugin_options: json!({"image": "any"}),
+        policy: json!({}),
+    };
+    probe.fail_next_env_reads(2);
+    p.start(StartRequest::tool("with-env", "echo", json!({"value": 3}), Disposition::Rerunnable).with_env(env))
+        .await
+        .expect("start");
+    let r = terminal(&p, "with-env").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!(3))), "{r:?}");
+
+    // A sleep reads its log before it waits.
+    probe.fail_next_log_reads(2);
+    p.start(StartRequest::tool(
+        "reads-log",
+        "sleep",
+        json!({"ms": 0}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start");
+    let r = terminal(&p, "reads-log").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"slept_ms": 0}))), "{r:?}");
+    p.shutdown().await;
+}
+
 /// Two workers on one store race over 500 processes: both run some, and every
 /// process runs exactly once. Runs wait until both workers have begun one, so a
 /// worker that claims nothing hangs the test (and its time bound fails it)

@@ -404,6 +404,7 @@ macro_rules! execution_suite {
                 worker_losing_lease_stops_run,
                 a_run_whose_renewals_fail_stops_when_its_lease_lapses,
                 a_completion_the_store_fails_is_tried_again,
+                a_run_whose_reads_the_store_fails_runs,
                 two_workers_run_each_process_once,
                 drain_abandons_owner_bound_and_hands_over_rerunnable,
                 await_resolves_through_hub,

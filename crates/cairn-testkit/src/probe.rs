@@ -38,6 +38,8 @@ pub struct ReadProbe {
     claim_batches: std::sync::atomic::AtomicU64,
     failing_renewals: std::sync::atomic::AtomicBool,
     failing_completes: std::sync::atomic::AtomicU64,
+    failing_env_reads: std::sync::atomic::AtomicU64,
+    failing_log_reads: std::sync::atomic::AtomicU64,
     append_delay: parking_lot::Mutex<std::time::Duration>,
 }
 
@@ -53,6 +55,8 @@ impl ReadProbe {
             claim_batches: std::sync::atomic::AtomicU64::new(0),
             failing_renewals: std::sync::atomic::AtomicBool::new(false),
             failing_completes: std::sync::atomic::AtomicU64::new(0),
+            failing_env_reads: std::sync::atomic::AtomicU64::new(0),
+            failing_log_reads: std::sync::atomic::AtomicU64::new(0),
             append_delay: parking_lot::Mutex::new(std::time::Duration::ZERO),
         })
     }
@@ -94,6 +98,18 @@ impl ReadProbe {
     /// the inner registry: a store fault at the moment a run ends.
     pub fn fail_next_completes(&self, n: u64) {
         self.failing_completes.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The next `n` calls of `get_env` fail `unavailable` without reaching
+    /// the inner registry: a store fault as a run reads its env.
+    pub fn fail_next_env_reads(&self, n: u64) {
+        self.failing_env_reads.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The next `n` calls of `events_after` fail `unavailable` without
+    /// reaching the inner registry: a store fault as a run reads its log.
+    pub fn fail_next_log_reads(&self, n: u64) {
+        self.failing_log_reads.store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Run `hook` when the next `register_claimed` has been written, before
@@ -144,6 +160,11 @@ impl ProcessRegistry for ReadProbe {
         self.inner.list(filter).await
     }
     async fn events_after(&self, id: &str, after: u64, limit: Option<usize>) -> Result<EventPage> {
+        if take_one(&self.failing_log_reads) {
+            return Err(cairn_core::CairnError::Unavailable(
+                "the probe fails this log read".into(),
+            ));
+        }
         self.inner.events_after(id, after, limit).await
     }
     async fn append_event(&self, id: &str, request: AppendRequest) -> Result<AppendResult> {
@@ -264,6 +285,11 @@ impl ProcessRegistry for ReadProbe {
         self.inner.put_env(spec).await
     }
     async fn get_env(&self, env_ref: &str) -> Result<EnvSpec> {
+        if take_one(&self.failing_env_reads) {
+            return Err(cairn_core::CairnError::Unavailable(
+                "the probe fails this env read".into(),
+            ));
+        }
         self.inner.get_env(env_ref).await
     }
     async fn put_module(&self, module: &cairn_core::Module) -> Result<cairn_core::ModulePut> {
@@ -336,4 +362,15 @@ impl ProcessRegistry for ReadProbe {
     async fn due_schedules(&self, now_ms: u64, limit: usize) -> Result<Vec<cairn_core::Schedule>> {
         self.inner.due_schedules(now_ms, limit).await
     }
+}
+
+/// Take one from `counter` unless it is zero: whether a failure was due.
+fn take_one(counter: &std::sync::atomic::AtomicU64) -> bool {
+    counter
+        .fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |n| n.checked_sub(1),
+        )
+        .is_ok()
 }
