@@ -283,15 +283,17 @@ fn resolve_outcome(t: &EventType, payload: &Value) -> Result<Option<Outcome>> {
         Err(e) if events::is_core_event_type(&t.name) => return Err(bad(e.to_string())),
         Err(_) => match spec.state {
             crate::model::TerminalState::Completed => Outcome::Success { value: selected },
+            // A `null` is no raw value: stored records drop it (an absent
+            // field), and the record a write answers must equal the stored one.
             crate::model::TerminalState::Failed => Outcome::Failure {
                 class: "process".into(),
                 code: "failed".into(),
                 message: render_text(Some(&selected)),
-                raw: Some(selected),
+                raw: Some(selected).filter(|v| !v.is_null()),
             },
             crate::model::TerminalState::Cancelled => Outcome::Cancelled {
                 message: render_text(Some(&selected)),
-                raw: Some(selected),
+                raw: Some(selected).filter(|v| !v.is_null()),
             },
             crate::model::TerminalState::Abandoned => return Err(bad("only cairn writes abandoned terminals".into())),
         },

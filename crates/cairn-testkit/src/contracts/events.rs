@@ -305,6 +305,22 @@ pub async fn producer_terminal_type_ends_process(factory: &dyn StoreFactory) {
         rec.outcome
     );
     assert_eq!(rec.outcome, res.event.semantics.terminal);
+
+    // A selected `null` is an outcome without a raw value, the same in the
+    // write's answer, the stored record and the stored event.
+    let quit = terminal_type("quit", TerminalState::Cancelled, "/why");
+    h.register(with_types(external("g"), [quit])).await;
+    let res = h.append("g", AppendRequest::new("quit", json!({"why": null}))).await;
+    let rec = h.get("g").await;
+    assert_eq!(rec.status, ProcessStatus::Cancelled);
+    assert!(
+        matches!(&rec.outcome, Some(Outcome::Cancelled { raw: None, .. })),
+        "{:?}",
+        rec.outcome
+    );
+    assert_eq!(rec.outcome, res.event.semantics.terminal);
+    let stored = ok(h.registry().events_after("g", 0, None).await, "events").events;
+    assert_eq!(stored.last(), Some(&res.event));
 }
 
 /// A used replay key with the same type and payload returns the original event
