@@ -1342,6 +1342,14 @@ impl ProcessFilter {
     /// and say nothing: a typo, or one lens's form given to another).
     pub fn validate(&self) -> crate::Result<()> {
         page_limit(self.limit)?;
+        // No id holds a control character (`validate_id`), so a cursor with
+        // one is a mistake; and PostgreSQL takes no NUL in text at all.
+        if let Some(after) = self.after_id.as_deref().filter(|a| a.chars().any(char::is_control)) {
+            return Err(crate::CairnError::InvalidFilter(format!(
+                "`after_id` `{}` contains a control character, which no id holds",
+                after.escape_debug()
+            )));
+        }
         check_definition(self.definition.as_deref())?;
         check_originator(self.originator.as_deref())?;
         check_caused_by(self.caused_by.as_deref())
@@ -1396,17 +1404,18 @@ pub fn check_caused_by(parent: Option<&str>) -> crate::Result<()> {
 /// `session_turn` or `external` ([`ProcessInput::definition`]).
 pub fn check_definition(definition: Option<&str>) -> crate::Result<()> {
     let Some(d) = definition else { return Ok(()) };
-    let named = |rest: Option<&str>| rest.is_some_and(|r| !r.is_empty());
+    let named = |rest: Option<&str>| rest.is_some_and(|r| !r.is_empty() && !r.chars().any(char::is_control));
     let ok = matches!(d, "session_turn" | "external")
         || named(d.strip_prefix("tool:"))
         || d.strip_prefix("script:")
             .and_then(|r| r.split_once('#'))
-            .is_some_and(|(m, n)| !m.is_empty() && !n.is_empty());
+            .is_some_and(|(m, n)| named(Some(m)) && named(Some(n)));
     if ok {
         return Ok(());
     }
     Err(crate::CairnError::InvalidFilter(format!(
-        "`definition` `{d}` is none of `tool:NAME`, `script:MODULE_REF#EXPORT`, `session_turn`, `external`"
+        "`definition` `{}` is none of `tool:NAME`, `script:MODULE_REF#EXPORT`, `session_turn`, `external`",
+        d.escape_debug()
     )))
 }
 

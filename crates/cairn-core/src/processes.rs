@@ -633,11 +633,15 @@ impl Processes {
 
     /// One page of stored modules, without sources ([`ProcessRegistry::list_modules`]).
     pub async fn list_modules(&self, after: Option<&str>, limit: Option<usize>) -> Result<Vec<ModuleInfo>> {
+        if let Some(after) = after {
+            validate_id("module cursor", after)?;
+        }
         self.inner.registry.list_modules(after, limit).await
     }
 
     /// One module with its source ([`ProcessRegistry::get_module`]).
     pub async fn get_module(&self, module_ref: &str) -> Result<Module> {
+        validate_id("module ref", module_ref)?;
         self.inner.registry.get_module(module_ref).await
     }
 

@@ -166,6 +166,7 @@ impl Processes {
 
     /// The schedule `id` (`unknown_schedule` when there is none).
     pub async fn get_schedule(&self, id: &str) -> Result<Schedule> {
+        crate::validate::validate_id("schedule id", id)?;
         self.inner
             .registry
             .get_schedule(id)
@@ -176,6 +177,9 @@ impl Processes {
     /// One page of schedules in id order, after `after_id`.
     pub async fn list_schedules(&self, after_id: Option<&str>, limit: Option<usize>) -> Result<Vec<Schedule>> {
         let limit = crate::model::page_limit(limit)?;
+        if let Some(after) = after_id {
+            crate::validate::validate_id("schedule cursor", after)?;
+        }
         self.inner
             .registry
             .list_schedules(after_id, limit.min(MAX_PAGE_SIZE))
@@ -185,6 +189,7 @@ impl Processes {
     /// Remove a schedule (`unknown_schedule` when there is none). Processes it
     /// started are untouched.
     pub async fn delete_schedule(&self, id: &str) -> Result<()> {
+        crate::validate::validate_id("schedule id", id)?;
         if self.inner.registry.delete_schedule(id).await? {
             Ok(())
         } else {
@@ -194,6 +199,7 @@ impl Processes {
 
     /// Stop a schedule firing until it is resumed.
     pub async fn pause_schedule(&self, id: &str) -> Result<Schedule> {
+        crate::validate::validate_id("schedule id", id)?;
         self.inner
             .registry
             .set_schedule_paused(id, true, None)

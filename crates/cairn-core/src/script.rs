@@ -158,6 +158,18 @@ pub fn check_source(source: &str) -> Result<()> {
             limit: MAX_MODULE_SOURCE_BYTES,
         });
     }
+    // The engine reads a source only up to a NUL (a module holding one would
+    // be judged on a part of itself), and PostgreSQL takes no NUL in text:
+    // refused alike everywhere, where it is, before anything is stored.
+    if let Some(i) = source.find('\0') {
+        let before = &source[..i];
+        let line = before.matches('\n').count() + 1;
+        let start = before.rfind('\n').map_or(0, |n| n + 1);
+        let column = before[start..].chars().count() + 1;
+        return Err(CairnError::InvalidModule(format!(
+            "the source holds a NUL character at line {line}, column {column}; write it as `\\0` inside a string"
+        )));
+    }
     Ok(())
 }
 

@@ -321,6 +321,16 @@ pub async fn schedule_rejects_bad_input(factory: &dyn StoreFactory) {
     assert!(!created && again == first, "the same create");
     let e = p.create_schedule(echo_every("g", "20s")).await.unwrap_err();
     assert_eq!(e.code(), "schedule_conflict");
+    // No schedule id holds a control character: the same answer on every
+    // backend (PostgreSQL takes no NUL in text).
+    for e in [
+        p.get_schedule("a\0b").await.map(|_| ()).unwrap_err(),
+        p.pause_schedule("a\0b").await.map(|_| ()).unwrap_err(),
+        p.delete_schedule("a\0b").await.unwrap_err(),
+        p.list_schedules(Some("\0"), None).await.map(|_| ()).unwrap_err(),
+    ] {
+        assert_eq!(e.code(), "invalid_id", "{e}");
+    }
 
     // A template's parent that ended and was pruned is still a parent (its
     // tombstone stands, and a start under it is taken): a create, and the

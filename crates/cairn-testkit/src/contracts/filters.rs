@@ -334,6 +334,10 @@ pub async fn filter_parsing_errors(factory: &dyn StoreFactory) {
         json!({"created_from_ms": -1}),
         json!({"originator": {"type": "host"}}),
         json!(["status", "any"]),
+        // No id holds a control character (and PostgreSQL takes no NUL).
+        json!({"after_id": "a\u{0}b"}),
+        json!({"definition": "tool:\u{0}"}),
+        json!({"definition": "script:m\u{0}#main"}),
     ] {
         expect_code(
             ProcessFilter::from_json(bad.clone()),

@@ -74,5 +74,13 @@ pub async fn module_store_round_trip(factory: &dyn StoreFactory) {
     h.rejects("invalid_request", "ref of another source", reg.put_module(&forged))
         .await;
     assert_eq!(ok(reg.get_module(&b.info.module_ref).await, "b unchanged"), b);
+    let nul = module(
+        "export async function main(ctx) { return '\0'; }",
+        None,
+        &["main"],
+        4_000,
+    );
+    h.rejects("invalid_module", "a NUL in the source", reg.put_module(&nul))
+        .await;
     assert_eq!(ok(reg.list_modules(None, None).await, "still two").len(), 2);
 }
