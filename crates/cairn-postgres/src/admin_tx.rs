@@ -57,9 +57,16 @@ impl AdminTx for Admin<'_> {
 
     async fn take_grant(&mut self, scope: &SessionScope, id: &str) -> Result<Option<Grant>> {
         let tx = self.tx;
+        // The process row is locked (`FOR SHARE`) before its grant moves: a
+        // prune on another node locks it `FOR UPDATE` and deletes its grants
+        // from a snapshot, so a grant this transaction inserted beside its
+        // own would outlive the process. Under the lock the two are ordered;
+        // a process the prune took first is gone, and its grant not granted.
         let taken = tx
             .query_opt(
-                "DELETE FROM grants WHERE scope_id = $1::text AND process_id = $2::text RETURNING grant_json",
+                "WITH p AS (SELECT id FROM processes WHERE id = $2::text FOR SHARE) \
+                 DELETE FROM grants WHERE scope_id = $1::text AND process_id = (SELECT id FROM p) \
+                 RETURNING grant_json",
                 &[&scope.scope_id(), &id],
             )
             .await

@@ -1153,3 +1153,59 @@ async fn a_signal_on_one_node_resumes_a_suspension_made_by_another() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A transfer on one node racing a prune on another never leaves a grant on
+/// a pruned process: the transfer locks the process row before it moves the
+/// grant, so the prune (which locks it `FOR UPDATE` and deletes its grants)
+/// either sees the moved grant or leaves the transfer nothing to move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transfer_racing_a_prune_leaves_no_grant_behind() {
+    if !testing::enabled() {
+        return;
+    }
+    let schema = TestSchema::new("cairn_t");
+    let a = Arc::new(schema.connect(clock()).await.expect("node a"));
+    let b = Arc::new(schema.connect(clock()).await.expect("node b"));
+    let (s1, s2) = (cairn_testkit::session("s1"), cairn_testkit::session("s2"));
+    let n = 300;
+    let ids: Vec<String> = (0..n).map(|i| format!("t{i:04}")).collect();
+    for id in &ids {
+        a.register(external(id), Some(cairn_testkit::start_grant(&s1, "k", id)))
+            .await
+            .expect("register");
+        a.complete_external(id, cairn_core::Outcome::success(json!(1)), "ci")
+            .await
+            .expect("complete");
+    }
+    let cutoff = cairn_core::Clock::now_ms(&SystemClock) + 1;
+    let transfers = {
+        let (a, s1, s2, ids) = (a.clone(), s1.clone(), s2.clone(), ids.clone());
+        tokio::spawn(async move {
+            for id in ids {
+                a.transfer(&s1, &s2, std::slice::from_ref(&id)).await.expect("transfer");
+            }
+        })
+    };
+    let prunes = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let mut pruned = 0;
+            while pruned < n as u64 {
+                let r = b
+                    .prune(
+                        cutoff,
+                        cairn_core::StatusFilter::Any.into(),
+                        cairn_core::Watermark::NoProjector,
+                    )
+                    .await
+                    .expect("prune");
+                pruned += r.pruned;
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    transfers.await.expect("transfers");
+    prunes.await.expect("prunes");
+    let report = a.delete_session("s2").await.expect("delete session");
+    assert_eq!(report.revoked_grants, 0, "grants outlived their processes: {report:?}");
+}
