@@ -6,10 +6,10 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use cairn_core::{CairnError, Disposition, Originator, ProcessFilter, ProcessRecord, StatusFilter};
+use cairn_core::{CairnError, Disposition, Originator, ProcessFilter, ProcessRecord, SessionScope, StatusFilter};
 use maud::{html, Markup};
 
-use crate::auth::Visitor;
+use crate::auth::{Viewer, Visitor};
 use crate::list::encode_path;
 use crate::pages::{self, Nav};
 use crate::{time, Shared};
@@ -129,15 +129,20 @@ async fn children_of(d: &crate::Inner, visitor: &Visitor, id: &str) -> Children 
         limit: Some(CHILDREN_SHOWN + 1),
         ..ProcessFilter::default()
     };
-    let mut listed = d.processes.list(&filter).await.unwrap_or_default();
-    let more = listed.len() > CHILDREN_SHOWN;
-    listed.truncate(CHILDREN_SHOWN);
-    let mut shown = Vec::new();
-    for c in listed {
-        if d.access.check_visible(&visitor.viewer, &c.id).await.is_ok() {
-            shown.push(c);
-        }
-    }
+    // A session viewer reads through its grants, the lens `GET
+    // /v1/processes?caused_by=` gives it: what it may not see is neither
+    // shown nor counted.
+    let mut shown: Vec<ProcessRecord> = match &visitor.viewer {
+        Viewer::Session(own) => d
+            .processes
+            .list_granted_to(&SessionScope::session(own.as_str()), &filter)
+            .await
+            .map(|page| page.into_iter().map(|g| g.process).collect())
+            .unwrap_or_default(),
+        Viewer::Host => d.processes.list(&filter).await.unwrap_or_default(),
+    };
+    let more = shown.len() > CHILDREN_SHOWN;
+    shown.truncate(CHILDREN_SHOWN);
     Children { shown, more }
 }
 

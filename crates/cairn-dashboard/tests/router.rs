@@ -466,6 +466,36 @@ async fn the_record_fragment_lists_children_started_after_the_page() {
     );
 }
 
+/// A session viewer's children section lists the children granted to its
+/// session, through its grants: children it may not see are neither shown
+/// nor counted, and do not push its own out of the first 100.
+#[tokio::test]
+async fn a_session_viewer_sees_its_own_children_only() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    p.start(StartRequest::external("shared", json!({})).with_grant(SessionScope::session("s1"), GrantDescriptor::default()))
+        .await
+        .unwrap();
+    for i in 0..101 {
+        child(&p, &format!("a-hidden-{i:03}"), "shared").await;
+    }
+    for i in 0..3 {
+        let mut req = StartRequest::external(format!("z-mine-{i}"), json!({}))
+            .with_grant(SessionScope::session("s1"), GrantDescriptor::default());
+        req.caused_by = Some(cairn_core::CausalRef::process("shared"));
+        p.start(req).await.expect("start child");
+    }
+    let app = app(&p, false);
+    let (status, html, _) = get(&app, "/ui/processes/shared", Some("cairn_ui=s1-token")).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert_eq!(html.matches("data-child=").count(), 3, "{html}");
+    for i in 0..3 {
+        assert!(html.contains(&format!("data-child=\"z-mine-{i}\"")), "{html}");
+    }
+    assert!(!html.contains("a-hidden-"), "{html}");
+    assert!(html.contains("Children <span class=\"count\">(3)</span>"), "{html}");
+}
+
 /// Past 100 children the page says the list is cut and links to the list of
 /// all of them, which the processes list filters by parent.
 #[tokio::test]
