@@ -117,7 +117,31 @@ impl StartRequest {
     /// granted to it (with the descriptor asked for). An originator, grant or
     /// wake target naming another session is refused (`invalid_request`):
     /// the caller would believe it had handed the process on.
+    ///
+    /// Ids of the forms cairn gives its own starts are refused
+    /// (`invalid_id`), whatever exists: a schedule's fire
+    /// (`{schedule_id}@{fire_time_ms}`, SPEC §18), and a parent's child
+    /// (`{parent}/…`, SPEC §14, §15) unless `caused_by` names that parent.
+    /// A session taking one first would make the fire, or the parent's
+    /// start of its child, fail.
     pub fn confine_to_session(&mut self, scope: &SessionScope) -> Result<()> {
+        if let Some((_, millis)) = self.id.rsplit_once('@') {
+            if !millis.is_empty() && millis.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(CairnError::InvalidId(format!(
+                    "process id `{}` has the form of a schedule's fire (`SCHEDULE@MILLIS`), which only a schedule starts",
+                    self.id
+                )));
+            }
+        }
+        if let Some((parent, _)) = self.id.rsplit_once('/') {
+            let named = self.caused_by.as_ref().and_then(CausalRef::parent_process);
+            if named != Some(parent) {
+                return Err(CairnError::InvalidId(format!(
+                    "process id `{}` has the form of a child of `{parent}` (`PARENT/NAME`): such a start names `{parent}` in `caused_by`",
+                    self.id
+                )));
+            }
+        }
         let other = |what: &str, named: &str| {
             Err(CairnError::InvalidRequest(format!(
                 "a start for session `{}` may only {what} that session, not `{named}`",

@@ -473,9 +473,11 @@ async fn the_record_fragment_lists_children_started_after_the_page() {
 async fn a_session_viewer_sees_its_own_children_only() {
     let clock = Arc::new(ManualClock::new(T0));
     let p = runtime(&clock);
-    p.start(StartRequest::external("shared", json!({})).with_grant(SessionScope::session("s1"), GrantDescriptor::default()))
-        .await
-        .unwrap();
+    p.start(
+        StartRequest::external("shared", json!({})).with_grant(SessionScope::session("s1"), GrantDescriptor::default()),
+    )
+    .await
+    .unwrap();
     for i in 0..101 {
         child(&p, &format!("a-hidden-{i:03}"), "shared").await;
     }

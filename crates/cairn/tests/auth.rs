@@ -188,6 +188,17 @@ async fn session_tokens_see_only_their_grants() {
     assert_eq!(s1.get("/v1/processes/c-new").await.0, 404);
     let (_, page) = host.get("/v1/processes?caused_by=p-s2&status=any").await;
     assert_eq!(page["processes"], json!([]), "nothing grafted under p-s2");
+    // The ids cairn gives a schedule's fires and a parent's children are not
+    // a session's to take first (the fire, or the parent's start of its
+    // child, would fail), whether or not the schedule or parent exists.
+    for id in ["nightly@1767312000000", "p-s2/1", "no-such-parent/1.2"] {
+        let (s, err) = s1.start(waiter(id)).await;
+        assert_eq!((s, code(&err)), (400, "invalid_id"), "{id}: {err}");
+    }
+    assert_eq!(s1.start(waiter("mail@example")).await.0, 201, "not a fire's form");
+    let mut own_child = waiter("p-s1/1");
+    own_child["caused_by"] = json!({"process_id": "p-s1"});
+    assert_eq!(s1.start(own_child).await.0, 201, "a child of its own, named as such");
     let mut own_child = waiter("c-own");
     own_child["caused_by"] = json!({"process_id": "p-s1"});
     let (s, rec) = s1.start(own_child).await;
