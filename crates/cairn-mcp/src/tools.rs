@@ -348,7 +348,16 @@ impl ToolKind {
             .open_world(false)
     }
 
+    /// The tool's input schema, built once per process (every call's
+    /// arguments are read against it).
     fn input_schema(self) -> Arc<JsonObject> {
+        static SCHEMAS: std::sync::OnceLock<Vec<Arc<JsonObject>>> = std::sync::OnceLock::new();
+        let schemas = SCHEMAS.get_or_init(|| Self::ALL.iter().map(|k| k.build_input_schema()).collect());
+        let at = Self::ALL.iter().position(|k| *k == self).unwrap_or_default();
+        schemas[at].clone()
+    }
+
+    fn build_input_schema(self) -> Arc<JsonObject> {
         match self {
             Self::Start => json_schema::<StartRequest>(),
             Self::Get => json_schema::<GetArgs>(),
