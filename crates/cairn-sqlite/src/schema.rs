@@ -364,6 +364,19 @@ pub(crate) const WRITER_CACHE_KIB: i64 = 16 << 10;
 /// The size a restarted WAL file is cut back to.
 pub(crate) const WAL_SIZE_LIMIT_BYTES: i64 = 64 << 20;
 
+/// SQLite opens a file it may not write read-only, without an error, and a
+/// current schema needs no write to open: without this a server on it would
+/// look healthy and fail every write.
+fn check_writable(conn: &Connection, path: &Path) -> Result<()> {
+    if conn.is_readonly(rusqlite::MAIN_DB).map_err(|e| open_error(path, e))? {
+        return Err(CairnError::storage(format!(
+            "sqlite database `{}` is not writable (it opened read-only: check the file's owner and permissions)",
+            shown(path)
+        )));
+    }
+    Ok(())
+}
+
 /// Open (creating if absent) the write connection: refuse foreign, corrupt or
 /// newer files before writing a byte, then configure durability and migrate.
 pub(crate) fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connection> {
@@ -375,6 +388,7 @@ pub(crate) fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connect
     let mut conn =
         Connection::open_with_flags_and_vfs(path, flags, crate::vfs::NAME).map_err(|e| open_error(path, e))?;
     conn.busy_timeout(busy_timeout).map_err(|e| open_error(path, e))?;
+    check_writable(&conn, path)?;
     stable_plans(&conn).map_err(|e| open_error(path, e))?;
     inspect(&conn, path)?;
     // WAL: readers never block the writer and a commit is one append + fsync.
@@ -468,4 +482,25 @@ pub(crate) fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connect
 fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
         .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file SQLite could open only read-only (its mode, for any user but
+    /// root; here opened so) is refused as not writable, with the path.
+    #[test]
+    fn a_file_opened_read_only_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.db");
+        Connection::open(&path)
+            .and_then(|c| c.execute_batch("CREATE TABLE t (x)"))
+            .expect("create");
+        let writable = Connection::open(&path).expect("open");
+        assert!(check_writable(&writable, &path).is_ok());
+        let read_only = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open read-only");
+        let e = check_writable(&read_only, &path).expect_err("read-only");
+        assert!(e.to_string().contains("c.db` is not writable"), "{e}");
+    }
 }
