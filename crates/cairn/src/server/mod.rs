@@ -258,12 +258,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let backend = db::open_backend(&args.db).await?;
     // Held until this function returns (after the worker drained), or until
     // the process dies: a second server under this node id is refused.
-    let node_hold = backend.hold_node(&node_id).await.map_err(|e| {
-        let why = match e {
-            cairn_core::CairnError::Unavailable(m) => m,
-            other => other.to_string(),
-        };
-        ServeError::NodeHeld(format!("{why} (--node-id NAME)"))
+    // Another server holding the id is answered with the flag that picks
+    // another; a lock file that cannot be made (its directory's owner, say)
+    // is no matter of node ids.
+    let node_hold = backend.hold_node(&node_id).await.map_err(|e| match e {
+        cairn_core::CairnError::Unavailable(m) => ServeError::NodeHeld(format!("{m} (--node-id NAME)")),
+        other => ServeError::NodeHeld(other.to_string()),
     })?;
     let backend_kind = args.db.split(':').next().unwrap_or("unknown");
     let metrics = Arc::new(Metrics::new(match backend_kind {
