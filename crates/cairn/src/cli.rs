@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::duration::parse_duration;
+use crate::duration::{parse_duration, parse_duration_with_unit};
 
 /// cairn: a durable process runtime for AI agent hosts.
 #[derive(Debug, Parser)]
@@ -181,7 +181,7 @@ pub enum Command {
         id: String,
         /// How long to wait (e.g. 500ms, 1.5s, 10m, 2h). A wait longer than the server's
         /// `--max-await` is made of several requests.
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = parse_duration_with_unit)]
         timeout: Duration,
         /// `--server`, `--token`, `--json`.
         #[command(flatten)]
@@ -584,8 +584,8 @@ pub struct RunArgs {
     /// What a server restart does to it: `owner_bound` (abandoned) or `rerunnable` (run again).
     #[arg(long, value_enum, default_value = "owner-bound")]
     pub disposition: RunDisposition,
-    /// Kill the command after this long (passed to the shell tool).
-    #[arg(long, value_parser = parse_duration)]
+    /// Kill the command after this long (passed to the shell tool; e.g. 30s, 10m).
+    #[arg(long, value_parser = parse_duration_with_unit)]
     pub timeout: Option<Duration>,
     /// Working directory of the command on the server's machine (default: this
     /// directory; a relative path is taken from this directory).
@@ -674,8 +674,8 @@ pub struct CompleteArgs {
 #[derive(Debug, Args)]
 #[group(id = "watermark_choice", required = true, multiple = false, args = ["watermark", "no_projector"])]
 pub struct PruneArgs {
-    /// Prune processes that ended longer ago than this (e.g. 7d, 12h).
-    #[arg(long, value_parser = parse_duration)]
+    /// Prune processes that ended longer ago than this (e.g. 7d, 12h; a unit is required).
+    #[arg(long, value_parser = parse_duration_with_unit)]
     pub older_than: Duration,
     /// Which terminal statuses (any, completed, failed, cancelled, abandoned).
     #[arg(long, default_value = "any")]

@@ -20,6 +20,19 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     humantime::parse_duration(raw).map_err(|e| format!("`{raw}` is not a duration ({e}; {hint})"))
 }
 
+/// [`parse_duration`] without bare numbers: for a flag where a number read
+/// as milliseconds would surprise, or destroy (`prune --older-than 7` would
+/// prune what ended 7 ms ago), the unit is required.
+pub fn parse_duration_with_unit(raw: &str) -> Result<Duration, String> {
+    let trimmed = raw.trim();
+    if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "`{trimmed}` has no unit: write e.g. {trimmed}ms, {trimmed}s, {trimmed}m, {trimmed}h or {trimmed}d"
+        ));
+    }
+    parse_duration(raw)
+}
+
 /// `N.Mu` for one unit `u`: humantime takes integers only. `None` when `raw` is
 /// not of that form; `Some(None)` when it overflows.
 fn parse_fraction(raw: &str) -> Option<Option<Duration>> {
@@ -62,5 +75,14 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad} was accepted");
         }
         assert!(parse_duration("99999999999999999999").is_err());
+    }
+
+    #[test]
+    fn a_unit_is_required_where_it_must_be() {
+        let e = parse_duration_with_unit("7").expect_err("a bare number");
+        assert!(e.contains("`7` has no unit") && e.contains("7d"), "{e}");
+        assert_eq!(parse_duration_with_unit("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration_with_unit("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration_with_unit("soon").is_err());
     }
 }

@@ -411,6 +411,16 @@ async fn section_three_exit_codes_json_shapes_and_messages() {
     );
     let out = cli(&["await", "w1", "--timeout", "soon"]).await;
     assert_eq!(out.code, 2, "{}", out.stderr);
+    // A bare number would be milliseconds: where that surprises (or, for a
+    // prune, destroys), the unit is required and nothing is done.
+    for args in [
+        &["await", "w1", "--timeout", "30"][..],
+        &["prune", "--older-than", "7", "--no-projector"][..],
+    ] {
+        let out = cli(args).await;
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains("has no unit"), "{}", out.stderr);
+    }
 
     // Bad input the server catches exits 2; an unknown id is 1.
     let out = cli(&["ls", "--status", "bogus"]).await;
