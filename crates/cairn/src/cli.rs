@@ -128,7 +128,7 @@ pub enum Command {
     ///
     /// The command runs on the server's machine in this directory (`--cwd` to change it)
     /// with the server's environment plus what `--env`/`--env-all` forward; it never reads
-    /// stdin (input piped to it is refused). Ctrl-C asks the server to cancel it.
+    /// stdin (input piped to it within 100 ms is refused). Ctrl-C asks the server to cancel it.
     #[command(after_help = "Examples:\n  \
         cairn run -- make test\n  \
         cairn run --env PATH --env CI=1 -- sh -c 'echo $CI'\n  \
