@@ -290,7 +290,11 @@ fn open_error(path: &Path, e: rusqlite::Error) -> CairnError {
     let what = match e.sqlite_error_code() {
         Some(ErrorCode::NotADatabase) => "is not a cairn database (not an SQLite database at all)".to_string(),
         Some(ErrorCode::DatabaseCorrupt) => format!("is a corrupt database ({e})"),
-        Some(ErrorCode::CannotOpen) => format!("cannot be opened ({e})"),
+        // Say what is wrong with the place, where it can be told.
+        Some(ErrorCode::CannotOpen) => match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(dir) if !dir.is_dir() => format!("cannot be opened: its directory `{}` does not exist", dir.display()),
+            _ => format!("cannot be opened ({e})"),
+        },
         Some(ErrorCode::ReadOnly) | Some(ErrorCode::PermissionDenied) => format!("is not writable ({e})"),
         _ => format!("cannot be used ({e})"),
     };

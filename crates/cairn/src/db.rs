@@ -19,6 +19,12 @@ pub enum OpenError {
         #[source]
         source: cairn_core::CairnError,
     },
+    /// `sqlite://NAME`: the form other tools read as a relative path names
+    /// `/NAME` here (a path is taken as given), so it is refused.
+    #[error(
+        "`{0}` would name `/{1}` at the file system's root: write `sqlite:{1}` for a path from this directory, or `sqlite:/{1}` for that one"
+    )]
+    RootedName(String, String),
     /// The URL is not one this binary understands.
     #[error(
         "unsupported database URL `{0}`: use `memory`, `sqlite:PATH` or `postgres://USER@HOST:PORT/DB[?schema=NAME]`"
@@ -177,6 +183,27 @@ mod tests {
         assert!(err.is_some_and(|e| e.contains("cannot open")));
         assert!(matches!(open_registry("sqlite:"), Err(OpenError::Unsupported(_))));
         assert!(matches!(open_registry("mysql://x"), Err(OpenError::Unsupported(_))));
+        // `sqlite://NAME` would be `/NAME`: refused, saying what to write.
+        let err = open_registry("sqlite://cairn-rooted.db").err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("`/cairn-rooted.db`") && e.contains("`sqlite:cairn-rooted.db`")),
+            "{err:?}"
+        );
+        assert!(
+            !std::path::Path::new("/cairn-rooted.db").exists(),
+            "nothing made at the root"
+        );
+        // A directory that is not there is named.
+        let missing = dir.join("no-such-dir").join("x.db");
+        let err = open_registry(&format!("sqlite:{}", missing.display()))
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("no-such-dir` does not exist")),
+            "{err:?}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
@@ -210,6 +237,9 @@ mod postgres_tests {
 fn open_sqlite(url: &str, path: &str) -> Result<SqliteRegistry, OpenError> {
     if path.is_empty() {
         return Err(OpenError::Unsupported(url.to_string()));
+    }
+    if let Some(name) = path.strip_prefix("//").filter(|n| !n.starts_with('/')) {
+        return Err(OpenError::RootedName(url.to_string(), name.to_string()));
     }
     SqliteRegistry::open(path, Arc::new(SystemClock)).map_err(|source| OpenError::Open {
         url: url.to_string(),
