@@ -42,6 +42,17 @@ pub enum ClientError {
         /// The body's first characters.
         start: String,
     },
+    /// The server answered an error without a cairn error body: not a cairn
+    /// server (a web server, a proxy's page), or a path after its address.
+    #[error("the server at {server} answered HTTP {status} without a cairn error ({start})")]
+    NotCairn {
+        /// The base URL asked.
+        server: String,
+        /// HTTP status.
+        status: u16,
+        /// The body's first characters, or that there was none.
+        start: String,
+    },
     /// The command line or its input is wrong.
     #[error("{0}")]
     Usage(String),
@@ -76,7 +87,9 @@ impl ClientError {
                 Some("the server runs the `shell` tool only when started with `--allow-shell`".into())
             }
             Self::Api { status: 401, .. } => Some("pass the server's token with --token or CAIRN_TOKEN".into()),
-            Self::NotJson { .. } => Some("is --server (or CAIRN_SERVER) the address of `cairn serve`?".into()),
+            Self::NotJson { .. } | Self::NotCairn { .. } => {
+                Some("is --server (or CAIRN_SERVER) the address of `cairn serve`, with no path after it?".into())
+            }
             _ => None,
         }
     }
@@ -196,18 +209,10 @@ impl Client {
                 // Success means the answer is the JSON the command prints:
                 // anything else is not taken as an empty answer.
                 Err(_) if status.is_success() => {
-                    let text = String::from_utf8_lossy(&bytes);
-                    let start: String = text
-                        .split_whitespace()
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                        .chars()
-                        .take(60)
-                        .collect();
                     return Err(ClientError::NotJson {
                         server: self.base.clone(),
                         status: status.as_u16(),
-                        start,
+                        start: first_words(&String::from_utf8_lossy(&bytes)),
                     });
                 }
                 Err(_) => Value::String(String::from_utf8_lossy(&bytes).into()),
@@ -216,7 +221,29 @@ impl Client {
         if status.is_success() {
             Ok((status, body))
         } else {
-            Err(api_error(status.as_u16(), &body))
+            Err(self.error_answer(status.as_u16(), &body))
+        }
+    }
+
+    /// A failure's answer: cairn's error, or (a body without one) that the
+    /// server is not cairn.
+    fn error_answer(&self, status: u16, body: &Value) -> ClientError {
+        if body.pointer("/error/code").and_then(Value::as_str).is_some() {
+            return api_error(status, body);
+        }
+        let text = match body {
+            Value::Null => String::new(),
+            Value::String(s) => first_words(s),
+            other => first_words(&other.to_string()),
+        };
+        ClientError::NotCairn {
+            server: self.base.clone(),
+            status,
+            start: if text.is_empty() {
+                "no body".into()
+            } else {
+                format!("`{text}`")
+            },
         }
     }
 
@@ -292,8 +319,10 @@ impl Client {
                     .map_err(|e| self.send_error(e))?;
                 let status = resp.status();
                 if !status.is_success() {
-                    let body = resp.json::<Value>().await.unwrap_or(Value::Null);
-                    return Err(api_error(status.as_u16(), &body));
+                    let bytes = resp.bytes().await.unwrap_or_default();
+                    let body = serde_json::from_slice::<Value>(&bytes)
+                        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+                    return Err(self.error_answer(status.as_u16(), &body));
                 }
                 opened = true;
                 let mut stream = sse_stream::SseStream::from_bytes_stream(resp.bytes_stream());
@@ -362,6 +391,16 @@ fn reconnect_delays() -> impl Iterator<Item = Duration> {
         .build()
 }
 
+/// The first 60 characters of `text`, its runs of white space made one space.
+fn first_words(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(60)
+        .collect()
+}
+
 fn api_error(status: u16, body: &Value) -> ClientError {
     let code = body
         .pointer("/error/code")
@@ -407,6 +446,42 @@ mod tests {
         );
         assert_eq!(err.exit_code(), 1);
         assert!(err.hint().is_some_and(|h| h.contains("--server")));
+    }
+
+    /// An error whose body is not cairn's (a web server's page, an empty
+    /// body) says the server is not cairn, not the page's text as a code.
+    #[tokio::test]
+    async fn an_error_without_a_cairn_body_says_the_server_is_not_cairn() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for (page, shown) in [
+            (
+                "<!DOCTYPE HTML>\n<html>\n  <body>Nothing here</body></html>",
+                "(`<!DOCTYPE HTML> <html> <body>Nothing here</body></html>`)",
+            ),
+            ("", "(no body)"),
+        ] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            tokio::spawn(async move {
+                let (mut conn, _) = listener.accept().await.expect("accept");
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 404 Not Found\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                conn.write_all(answer.as_bytes()).await.expect("answer");
+            });
+            let server = format!("http://{addr}");
+            let client = Client::new(&server, None).expect("client");
+            let err = client.get("/v1/processes").await.expect_err("not cairn");
+            assert_eq!(
+                err.to_string(),
+                format!("the server at {server} answered HTTP 404 without a cairn error {shown}")
+            );
+            assert_eq!(err.exit_code(), 1);
+            assert!(err.hint().is_some_and(|h| h.contains("--server")));
+        }
     }
 
     #[test]

@@ -28,9 +28,10 @@ struct Forwarding {
 fn failure(e: ClientError) -> Failure {
     match e {
         ClientError::Api { code, message, .. } => Failure::new(code, message),
-        e @ (ClientError::Unreachable { .. } | ClientError::Interrupted(_) | ClientError::NotJson { .. }) => {
-            Failure::new("unavailable", e.to_string())
-        }
+        e @ (ClientError::Unreachable { .. }
+        | ClientError::Interrupted(_)
+        | ClientError::NotJson { .. }
+        | ClientError::NotCairn { .. }) => Failure::new("unavailable", e.to_string()),
         ClientError::Http(e) => Failure::new("unavailable", format!("cannot reach the cairn server: {e}")),
         ClientError::Usage(message) => Failure::new("invalid_request", message),
     }
