@@ -443,6 +443,13 @@ fn refuses_open_non_loopback_and_unbuilt_backends() {
     // is not the flag's fault.
     let out = run(&["serve", "--db", "memory", "--listen", "127.0.0.1:notaport"]);
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    // A host or a port left out is the flag's fault, said with its shape.
+    for listen in ["localhost", ":7070", "localhost:"] {
+        let out = run(&["serve", "--db", "memory", "--listen", listen]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{listen}: {err}");
+        assert!(err.contains("expected HOST:PORT"), "{listen}: {err}");
+    }
     let out = run(&["serve", "--db", "memory", "--listen", "cairn-test.invalid:7070"]);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot resolve --listen"));

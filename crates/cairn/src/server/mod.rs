@@ -218,10 +218,17 @@ pub fn default_node_id() -> String {
 /// disposition and return.
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let auth = Auth::new(args.token.clone(), &args.session_tokens);
+    // HOST:PORT, both there: `localhost` or `:7070` is the flag's fault,
+    // said as such, not a failed lookup.
+    let shape = "expected HOST:PORT, e.g. 127.0.0.1:7070 or [::1]:7070";
+    match args.listen.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !port.is_empty() => {}
+        _ => return Err(ServeError::Config(format!("--listen `{}`: {shape}", args.listen))),
+    }
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&args.listen)
         .await
         .map_err(|e| {
-            let said = format!("cannot resolve --listen `{}`: {e}", args.listen);
+            let said = format!("cannot resolve --listen `{}`: {e} ({shape})", args.listen);
             // A malformed address is the flag's fault; a name that did not
             // resolve (now) is the network's.
             if e.kind() == std::io::ErrorKind::InvalidInput {
