@@ -141,6 +141,7 @@ pub enum Command {
         cairn --json ls --definition tool:shell")]
     Ls(LsArgs),
     /// Show one process.
+    #[command(after_help = "Examples:\n  cairn get build-42\n  cairn --json get build-42 | jq .status")]
     Get {
         /// Process id.
         #[arg(value_parser = non_empty)]
@@ -235,6 +236,7 @@ pub enum Command {
         cairn complete ci-7 --outcome '{\"type\": \"cancelled\", \"message\": \"superseded\"}'")]
     Complete(CompleteArgs),
     /// Request cancellation of a process.
+    #[command(after_help = "Example:\n  cairn cancel build-42 --reason 'superseded by build-43'")]
     Cancel {
         /// Process id.
         #[arg(value_parser = non_empty)]
@@ -247,6 +249,7 @@ pub enum Command {
         client: ClientOpts,
     },
     /// Record an abandon request (reconciled once the process's lease lapses).
+    #[command(after_help = "Example:\n  cairn abandon ci-7 --reason 'the CI job was deleted'")]
     Abandon {
         /// Process id.
         #[arg(value_parser = non_empty)]
@@ -302,6 +305,7 @@ pub enum Command {
     )]
     Prune(PruneArgs),
     /// List a session's pending wakes, oldest first.
+    #[command(after_help = "Examples:\n  cairn wakes s1\n  cairn --json wakes s1 --limit 10")]
     Wakes {
         /// Session id.
         #[arg(value_parser = non_empty)]
@@ -315,6 +319,7 @@ pub enum Command {
         client: ClientOpts,
     },
     /// Acknowledge a wake.
+    #[command(after_help = "Example:\n  cairn ack s1 wake:0f3a...   # an id `cairn wakes s1` printed")]
     Ack {
         /// Session id.
         #[arg(value_parser = non_empty)]
@@ -357,6 +362,9 @@ pub enum Command {
     },
     /// Serve MCP (Model Context Protocol) on stdin/stdout: every tool call is
     /// forwarded to the server with `--server` and `--token`.
+    #[command(
+        after_help = "Example:\n  cairn mcp --server http://127.0.0.1:7070 --token \"$CAIRN_TOKEN\"   # as an MCP client's command"
+    )]
     Mcp {
         /// `--server`, `--token`, `--json`.
         #[command(flatten)]
@@ -372,6 +380,9 @@ pub enum Command {
     },
     /// Measure throughput, latency, scale and memory over real backends, each
     /// figure beside the storage limit it is held against (see docs/BENCHMARKS.md).
+    #[command(
+        after_help = "Examples:\n  cairn bench --scenario throughput --db sqlite --runs 3\n  cairn bench --scenario http --db sqlite"
+    )]
     Bench(BenchArgs),
     /// Internal: the second OS process of `cairn bench`.
     #[command(hide = true)]
@@ -411,6 +422,10 @@ impl Command {
 pub enum ScheduleAction {
     /// Create a schedule; its start template (a start request without `id`) is the
     /// JSON argument, or stdin when absent or `-`.
+    #[command(after_help = "Examples:\n  \
+        cairn schedule add nightly --cron '0 3 * * *' --timezone Europe/Paris \\\n    \
+          '{\"input\": {\"type\": \"tool_call\", \"tool\": \"echo\", \"args\": {\"value\": 1}}, \"disposition\": \"rerunnable\"}'\n  \
+        cairn schedule add sync --every 30m --overlap allow < template.json")]
     Add {
         /// Schedule id.
         #[arg(value_parser = non_empty)]
@@ -431,26 +446,31 @@ pub enum ScheduleAction {
         template: Option<String>,
     },
     /// List schedules.
+    #[command(after_help = "Example:\n  cairn schedule ls")]
     Ls,
     /// Show one schedule.
+    #[command(after_help = "Example:\n  cairn schedule get nightly")]
     Get {
         /// Schedule id.
         #[arg(value_parser = non_empty)]
         id: String,
     },
     /// Delete a schedule (the processes it started stay).
+    #[command(after_help = "Example:\n  cairn schedule rm nightly")]
     Rm {
         /// Schedule id.
         #[arg(value_parser = non_empty)]
         id: String,
     },
     /// Stop a schedule firing.
+    #[command(after_help = "Example:\n  cairn schedule pause nightly")]
     Pause {
         /// Schedule id.
         #[arg(value_parser = non_empty)]
         id: String,
     },
     /// Let a paused schedule fire again, from its next fire time after now.
+    #[command(after_help = "Example:\n  cairn schedule resume nightly")]
     Resume {
         /// Schedule id.
         #[arg(value_parser = non_empty)]
@@ -533,6 +553,9 @@ pub struct ServeArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum ModuleCommand {
     /// Compile and store a module file; prints its ref and exports.
+    #[command(
+        after_help = "Examples:\n  cairn module put examples/deploy.js\n  cat deploy.js | cairn module put - --name deploy.js"
+    )]
     Put {
         /// The JavaScript file (`-` for stdin).
         file: String,
@@ -541,8 +564,10 @@ pub enum ModuleCommand {
         name: Option<String>,
     },
     /// List stored modules (without sources).
+    #[command(after_help = "Example:\n  cairn module ls")]
     Ls,
     /// Print a module's source (`--json`: the whole module).
+    #[command(after_help = "Example:\n  cairn module get module:sha256:...")]
     Get {
         /// The module ref (`module:sha256:{hex}`).
         module_ref: String,
@@ -877,6 +902,29 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    /// The README's word: every command's `--help` shows examples.
+    #[test]
+    fn every_command_has_examples() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd
+                .get_subcommands()
+                .filter(|c| !c.is_hide_set() && c.get_name() != "help")
+            {
+                let name = format!("{path} {}", sub.get_name());
+                let examples = sub
+                    .get_after_help()
+                    .is_some_and(|h| h.to_string().starts_with("Example"));
+                if !examples {
+                    missing.push(name.clone());
+                }
+                walk(sub, &name, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "cairn", &mut missing);
+        assert!(missing.is_empty(), "no examples in --help: {missing:?}");
     }
 
     #[test]
