@@ -488,7 +488,13 @@ impl Driver<'_> {
                     // with the reason, and the script goes on, as a call too
                     // large to journal does.
                     Err(e @ (CairnError::PayloadTooLarge { .. } | CairnError::InvalidRequest(_))) => {
+                        // The signal it took stays taken (`signal` kept): a
+                        // replay counts it, and the next wait takes the next.
+                        let took = answer.get("signal").cloned();
                         *answer = error_result(*n, &e);
+                        if let (Some(took), Some(m)) = (took, answer.as_object_mut()) {
+                            m.insert("signal".into(), took);
+                        }
                         self.journal(Entry::Result(*n, mark(answer.clone(), read))).await
                     }
                     other => other,

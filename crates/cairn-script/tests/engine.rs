@@ -1056,7 +1056,8 @@ async fn a_signal_too_deep_to_journal_as_a_result_rejects_the_wait() {
     p.start(script("deep-signal", &m, "main", json!({})))
         .await
         .expect("started");
-    p.await_event("deep-signal", cairn_core::events::WAITING, 0, Duration::from_secs(10))
+    let first = p
+        .await_event("deep-signal", cairn_core::events::WAITING, 0, Duration::from_secs(10))
         .await
         .expect("waiting");
     let mut deep = json!(1);
@@ -1066,6 +1067,16 @@ async fn a_signal_too_deep_to_journal_as_a_result_rejects_the_wait() {
     p.signal("deep-signal", "go", "s1", deep)
         .await
         .expect("a signal at the limit is taken");
+    // The second wait suspends before s2 comes: the run that takes s2 is a
+    // replay, which must count s1 as taken by the first wait.
+    p.await_event(
+        "deep-signal",
+        cairn_core::events::WAITING,
+        first.sequence,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("the second wait");
     p.signal("deep-signal", "go", "s2", json!({"ok": 1}))
         .await
         .expect("signal");
