@@ -885,10 +885,10 @@ impl Worker {
 
     /// Read what a run needs before it starts (its module, its env), a store
     /// fault tried again while the lease holds. `Err(Some)`: a client error
-    /// (a missing or corrupt env), which fails the run. `Err(None)`: the
-    /// store stayed down; a `rerunnable` lease is released for a later claim
-    /// (nothing of the run has happened), an `owner_bound` run fails, as it
-    /// cannot run again.
+    /// (a missing or corrupt env) or a `storage` fault, which fails the run.
+    /// `Err(None)`: the store stayed unreachable; a `rerunnable` lease is
+    /// released for a later claim (nothing of the run has happened), an
+    /// `owner_bound` run fails, as it cannot run again.
     async fn load<T, Fut, F>(
         &self,
         lease: &crate::model::Lease,
@@ -902,14 +902,19 @@ impl Worker {
     {
         match crate::retry::while_lease_holds(&self.clock, lease, what, read).await {
             Ok(v) => Ok(v),
-            Err(e) if e.is_client_error() || disposition != Disposition::Rerunnable => Err(Some(e)),
-            Err(e) => {
+            // Only a store that could not be reached (or whose answer was
+            // lost) may do better later; a `storage` fault (a row that does
+            // not decode) would be claimed and released for ever.
+            Err(e @ (CairnError::Unavailable(_) | CairnError::OutcomeUnknown(_)))
+                if disposition == Disposition::Rerunnable =>
+            {
                 tracing::warn!(process_id = %lease.process_id, error = %e, "{what} could not be read; the lease is released for a later claim");
                 if let Err(e) = self.registry.release(lease).await {
                     tracing::warn!(process_id = %lease.process_id, error = %e, "lease release failed");
                 }
                 Err(None)
             }
+            Err(e) => Err(Some(e)),
         }
     }
 
