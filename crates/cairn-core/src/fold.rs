@@ -906,6 +906,11 @@ mod tests {
         });
         let err = resolve_wake(&t, "p", 1, &json!({"x": "y"})).expect_err("refused");
         assert_eq!(err.code(), "payload_too_large", "{err:?}");
+        // Holes that render nothing cost no room, but are counted: the same
+        // template over a payload without `/x` is refused, not rendered at
+        // 4^24 steps.
+        let err = resolve_wake(&t, "p", 1, &json!({})).expect_err("refused");
+        assert_eq!(err.code(), "payload_too_large", "{err:?}");
         // Two levels around 600 KiB render 600 KiB: within the limit, each
         // byte counted once.
         let big = "b".repeat(600 * 1024);

@@ -17,12 +17,18 @@ impl Selector {
     /// nested in it at most what is left of that: past it (a template of
     /// templates doubles its text at every level) the selection is refused,
     /// `payload_too_large`.
+    ///
+    /// A rendering also fills at most [`MAX_TEMPLATE_HOLES`] holes in all,
+    /// nested templates' included: a hole that renders nothing costs no
+    /// room, so without this a template of templates of empty holes would
+    /// render nothing at an exponential cost, inside the write that appends.
     pub fn select(&self, payload: &Value) -> Result<Option<Value>> {
         let mut budget = MAX_PAYLOAD_BYTES;
-        self.select_within(payload, &mut budget)
+        let mut holes = MAX_TEMPLATE_HOLES;
+        self.select_within(payload, &mut budget, &mut holes)
     }
 
-    fn select_within(&self, payload: &Value, budget: &mut usize) -> Result<Option<Value>> {
+    fn select_within(&self, payload: &Value, budget: &mut usize, holes: &mut usize) -> Result<Option<Value>> {
         Ok(match self {
             Self::Payload => Some(payload.clone()),
             Self::Pointer(p) => payload.pointer(p).cloned(),
@@ -39,11 +45,16 @@ impl Selector {
                             let name = &after[..close];
                             match fields.get(name) {
                                 Some(sel) => {
+                                    *holes = holes.checked_sub(1).ok_or_else(|| CairnError::PayloadTooLarge {
+                                        what: "the holes a template selector fills".into(),
+                                        size: MAX_TEMPLATE_HOLES + 1,
+                                        limit: MAX_TEMPLATE_HOLES,
+                                    })?;
                                     // A nested template may render what is
                                     // left of this one's room, counted once,
                                     // here, as it is pasted in.
                                     let mut room = *budget;
-                                    let value = sel.select_within(payload, &mut room)?;
+                                    let value = sel.select_within(payload, &mut room, holes)?;
                                     push(&mut out, &render_text(value.as_ref()), budget)?;
                                 }
                                 None => push(&mut out, &format!("{{{name}}}"), budget)?,
@@ -62,6 +73,9 @@ impl Selector {
         })
     }
 }
+
+/// The holes one rendering of a selector fills at most, nested ones included.
+pub const MAX_TEMPLATE_HOLES: usize = 10_000;
 
 /// Append `text` to a template's output while the rendering budget holds.
 fn push(out: &mut String, text: &str, budget: &mut usize) -> Result<()> {
