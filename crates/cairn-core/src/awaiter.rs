@@ -123,16 +123,24 @@ impl Awaiter {
                 return Err(crate::CairnError::ProcessTerminal(id.to_string()));
             }
             if !more {
-                // A process that had ended before `after_sequence` never
-                // shows its terminal event on a page: its record says so,
-                // once (a later end shows up on a page).
-                if std::mem::take(&mut first) {
+                // A process that ended at or before the cursor never shows
+                // its terminal event on a page: its record says so. Read it
+                // once, and again after each change while the log ends below
+                // the cursor (an `after_sequence` past the end): an end
+                // there comes below the cursor too. Once the log reaches the
+                // cursor, a later end shows up on a page.
+                let mut seen = cursor;
+                if first {
                     let record = self.registry.get(id).await?;
                     if record.is_terminal() && record.last_sequence <= cursor {
                         return Err(crate::CairnError::ProcessTerminal(id.to_string()));
                     }
+                    first = record.last_sequence < cursor;
+                    if first {
+                        seen = record.last_sequence;
+                    }
                 }
-                wait.next(cursor).await;
+                wait.next(seen).await;
             }
         }
     }

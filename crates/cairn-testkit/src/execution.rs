@@ -1063,6 +1063,24 @@ pub async fn await_event_past_an_ended_log_answers_terminal(factory: &dyn StoreF
         .await
         .expect("answered before the timeout");
     assert!(matches!(answer, Err(CairnError::ProcessTerminal(_))), "{answer:?}");
+
+    // A cursor past the end of a running log: the end comes below the
+    // cursor, never on a page, and still ends the wait, told by the hub.
+    let running = p
+        .start(StartRequest::external("running", json!({})))
+        .await
+        .expect("start");
+    let probe = crate::probe::ReadProbe::new(store.registry.clone());
+    let awaiter = Awaiter::new(probe.clone(), Some(p.hub().clone())).with_backoff(Backoff { floor: hour, cap: hour });
+    let after = running.process.last_sequence + 5;
+    let waiting =
+        tokio::spawn(async move { tokio::time::timeout(WAIT, awaiter.await_event("running", "note", after)).await });
+    probe.answered_gets(1).await;
+    p.complete_external("running", Outcome::success(json!(2)), "ci")
+        .await
+        .expect("complete");
+    let answer = waiting.await.expect("join").expect("answered before the timeout");
+    assert!(matches!(answer, Err(CairnError::ProcessTerminal(_))), "{answer:?}");
     p.shutdown().await;
 }
 
