@@ -371,7 +371,7 @@ impl AdminTx for Tx<'_> {
         status: StatusFilter,
         after: Option<&PrunePosition>,
         limit: usize,
-    ) -> Result<Vec<PruneCandidate>> {
+    ) -> Result<(Vec<PruneCandidate>, Option<PrunePosition>)> {
         let mut candidates: Vec<PruneCandidate> = self
             .st
             .entries
@@ -400,7 +400,8 @@ impl AdminTx for Tx<'_> {
             .collect();
         candidates.sort_by(|a, b| (a.terminal_at_ms, &a.id).cmp(&(b.terminal_at_ms, &b.id)));
         candidates.truncate(limit);
-        Ok(candidates)
+        let next = admin::next_position(&candidates, limit);
+        Ok((candidates, next))
     }
 
     async fn delete_pruned(&mut self, victims: &[PruneCandidate]) -> Result<Deleted> {

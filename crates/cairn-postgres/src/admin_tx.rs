@@ -57,16 +57,10 @@ impl AdminTx for Admin<'_> {
 
     async fn take_grant(&mut self, scope: &SessionScope, id: &str) -> Result<Option<Grant>> {
         let tx = self.tx;
-        // The process row is locked (`FOR SHARE`) before its grant moves: a
-        // prune on another node locks it `FOR UPDATE` and deletes its grants
-        // from a snapshot, so a grant this transaction inserted beside its
-        // own would outlive the process. Under the lock the two are ordered;
-        // a process the prune took first is gone, and its grant not granted.
+        // The process row is locked already (`lock_for_transfer`).
         let taken = tx
             .query_opt(
-                "WITH p AS (SELECT id FROM processes WHERE id = $2::text FOR SHARE) \
-                 DELETE FROM grants WHERE scope_id = $1::text AND process_id = (SELECT id FROM p) \
-                 RETURNING grant_json",
+                "DELETE FROM grants WHERE scope_id = $1::text AND process_id = $2::text RETURNING grant_json",
                 &[&scope.scope_id(), &id],
             )
             .await
@@ -152,24 +146,49 @@ impl AdminTx for Admin<'_> {
         status: StatusFilter,
         after: Option<&PrunePosition>,
         limit: usize,
-    ) -> Result<Vec<PruneCandidate>> {
+    ) -> Result<(Vec<PruneCandidate>, Option<PrunePosition>)> {
         let tx = self.tx;
         let after_at = after.map_or(i64::MIN, |a| to_sql(a.terminal_at_ms));
         let after_id = after.map_or("", |a| a.id.as_str());
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = tx
+        let asked = i64::try_from(limit).unwrap_or(i64::MAX);
+        // The chunk is read in walk order without locks (where the walk goes
+        // on comes from this read, whatever a concurrent prune deletes), then
+        // locked in id order, as every batch locks rows, so a prune never
+        // deadlocks with a lane's batch; a row deleted meanwhile is skipped.
+        let read = tx
             .query(
-                "SELECT id, status, terminal_at_ms, change_cursor, caused_by, definition, originator, created_at_ms \
-                 FROM processes \
+                "SELECT id, terminal_at_ms FROM processes \
                  WHERE terminal_at_ms IS NOT NULL AND terminal_at_ms < $1::int8 AND status <> 'running' \
                  AND ($2::text IS NULL OR status = $2::text) \
                  AND (terminal_at_ms, id) > ($3::int8, $4::text) \
-                 ORDER BY terminal_at_ms, id LIMIT $5::int8 FOR UPDATE",
-                &[&to_sql(cutoff_ms), &status_label(status), &after_at, &after_id, &limit],
+                 ORDER BY terminal_at_ms, id LIMIT $5::int8",
+                &[&to_sql(cutoff_ms), &status_label(status), &after_at, &after_id, &asked],
             )
             .await
             .map_err(|e| self.pg(e))?;
-        rows.iter()
+        let next = match read.last() {
+            Some(last) if read.len() >= limit => Some(PrunePosition {
+                id: last.try_get(0).map_err(|e| self.pg(e))?,
+                terminal_at_ms: from_sql(last.try_get(1).map_err(|e| self.pg(e))?),
+            }),
+            _ => None,
+        };
+        let ids: Vec<&str> = read
+            .iter()
+            .map(|r| r.try_get::<_, &str>(0))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.pg(e))?;
+        let rows = tx
+            .query(
+                "SELECT id, status, terminal_at_ms, change_cursor, caused_by, definition, originator, created_at_ms \
+                 FROM processes WHERE id = ANY($1::text[]) AND terminal_at_ms IS NOT NULL \
+                 ORDER BY id FOR UPDATE",
+                &[&ids],
+            )
+            .await
+            .map_err(|e| self.pg(e))?;
+        let candidates = rows
+            .iter()
             .map(|row| {
                 let id: String = row.try_get(0).map_err(|e| self.pg(e))?;
                 let s: &str = row.try_get(1).map_err(|e| self.pg(e))?;
@@ -186,7 +205,23 @@ impl AdminTx for Admin<'_> {
                     created_at_ms: from_sql(row.try_get(7).map_err(|e| self.pg(e))?),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        Ok((candidates, next))
+    }
+
+    async fn lock_for_transfer(&mut self, ids: &[&str]) -> Result<()> {
+        // In id order, as every batch locks rows: a grant moved under the
+        // lock and a prune on another node (which locks the row `FOR
+        // UPDATE` and deletes its grants from a snapshot) are ordered, so no
+        // moved grant outlives a pruned process.
+        self.tx
+            .execute(
+                "SELECT 1 FROM processes WHERE id = ANY($1::text[]) ORDER BY id FOR SHARE",
+                &[&ids],
+            )
+            .await
+            .map_err(|e| self.pg(e))?;
+        Ok(())
     }
 
     async fn delete_pruned(&mut self, victims: &[PruneCandidate]) -> Result<Deleted> {

@@ -325,8 +325,10 @@ impl AdminTx for Tx<'_> {
         status: StatusFilter,
         after: Option<&PrunePosition>,
         limit: usize,
-    ) -> Result<Vec<PruneCandidate>> {
-        Ok(store::prune_candidates(self.conn, cutoff_ms, status, after, limit)?)
+    ) -> Result<(Vec<PruneCandidate>, Option<PrunePosition>)> {
+        let chunk = store::prune_candidates(self.conn, cutoff_ms, status, after, limit)?;
+        let next = cairn_core::ops::admin::next_position(&chunk, limit);
+        Ok((chunk, next))
     }
 
     async fn delete_pruned(&mut self, victims: &[PruneCandidate]) -> Result<Deleted> {

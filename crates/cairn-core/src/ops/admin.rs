@@ -34,6 +34,14 @@ pub struct PruneCandidate {
     pub created_at_ms: u64,
 }
 
+/// Where a walk goes on after a chunk read from `read` (in walk order) when
+/// `limit` were asked: past the last, if the chunk was full.
+pub fn next_position(read: &[PruneCandidate], limit: usize) -> Option<PrunePosition> {
+    (read.len() >= limit)
+        .then(|| read.last().map(PruneCandidate::position))
+        .flatten()
+}
+
 impl PruneCandidate {
     /// Its place in a prune's walk.
     pub fn position(&self) -> PrunePosition {
@@ -109,16 +117,27 @@ pub trait AdminTx {
     /// The state of each id, in the order given.
     async fn grant_states(&mut self, ids: &[String]) -> Result<Vec<GrantState>>;
 
-    /// At most `limit` terminal processes whose terminal time is before
-    /// `cutoff_ms` and whose status passes `status`, after `after` in
-    /// (terminal time, id) order and in that order, locked for deletion.
+    /// The next chunk of a prune's walk: of the terminal processes whose
+    /// terminal time is before `cutoff_ms` and whose status passes `status`,
+    /// the first `limit` after `after` in (terminal time, id) order, locked
+    /// for deletion (a store with row locks takes them in id order, as its
+    /// other writes do, and skips a row another prune deleted meanwhile);
+    /// and where the walk goes on: the last of them read, when `limit` were
+    /// read (`None`: the walk is done).
     async fn prune_candidates(
         &mut self,
         cutoff_ms: u64,
         status: StatusFilter,
         after: Option<&PrunePosition>,
         limit: usize,
-    ) -> Result<Vec<PruneCandidate>>;
+    ) -> Result<(Vec<PruneCandidate>, Option<PrunePosition>)>;
+
+    /// Lock the rows of processes `ids` (sorted, distinct) against a
+    /// concurrent prune before their grants move, in id order. A store whose
+    /// transactions run one at a time needs nothing.
+    async fn lock_for_transfer(&mut self, _ids: &[&str]) -> Result<()> {
+        Ok(())
+    }
 
     /// Delete these processes with their events, grants, wakes and lease, and
     /// leave a tombstone for each, pruned at `now`.
@@ -151,6 +170,10 @@ pub async fn transfer<T: AdminTx + ?Sized>(
 ) -> Result<TransferReport> {
     let now = tx.now();
     let mut report = TransferReport::default();
+    let mut sorted: Vec<&str> = ids.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    tx.lock_for_transfer(&sorted).await?;
     // An id named twice is one grant to move, reported once.
     let mut seen = std::collections::HashSet::new();
     for id in ids.iter().filter(|id| seen.insert(id.as_str())) {
@@ -207,12 +230,9 @@ pub async fn prune<T: AdminTx + ?Sized>(
     after: Option<&PrunePosition>,
 ) -> Result<(PruneReport, Option<PrunePosition>)> {
     let mut report = PruneReport::default();
-    let mut victims = tx
+    let (mut victims, next) = tx
         .prune_candidates(cutoff_ms, filter.status, after, PRUNE_CHUNK)
         .await?;
-    let next = (victims.len() >= PRUNE_CHUNK)
-        .then(|| victims.last().map(PruneCandidate::position))
-        .flatten();
     victims.retain(|v| filter.admits(&v.definition, &v.originator, v.parent.as_deref(), v.created_at_ms));
     victims.retain(|v| match watermark {
         Watermark::Cursor { cursor } if v.change_cursor > cursor => {
