@@ -117,31 +117,7 @@ impl StartRequest {
     /// granted to it (with the descriptor asked for). An originator, grant or
     /// wake target naming another session is refused (`invalid_request`):
     /// the caller would believe it had handed the process on.
-    ///
-    /// Ids of the forms cairn gives its own starts are refused
-    /// (`invalid_id`), whatever exists: a schedule's fire
-    /// (`{schedule_id}@{fire_time_ms}`, SPEC §18), and a parent's child
-    /// (`{parent}/…`, SPEC §14, §15) unless `caused_by` names that parent.
-    /// A session taking one first would make the fire, or the parent's
-    /// start of its child, fail.
     pub fn confine_to_session(&mut self, scope: &SessionScope) -> Result<()> {
-        if let Some((_, millis)) = self.id.rsplit_once('@') {
-            if !millis.is_empty() && millis.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(CairnError::InvalidId(format!(
-                    "process id `{}` has the form of a schedule's fire (`SCHEDULE@MILLIS`), which only a schedule starts",
-                    self.id
-                )));
-            }
-        }
-        if let Some((parent, _)) = self.id.rsplit_once('/') {
-            let named = self.caused_by.as_ref().and_then(CausalRef::parent_process);
-            if named != Some(parent) {
-                return Err(CairnError::InvalidId(format!(
-                    "process id `{}` has the form of a child of `{parent}` (`PARENT/NAME`): such a start names `{parent}` in `caused_by`",
-                    self.id
-                )));
-            }
-        }
         let other = |what: &str, named: &str| {
             Err(CairnError::InvalidRequest(format!(
                 "a start for session `{}` may only {what} that session, not `{named}`",
@@ -172,6 +148,40 @@ impl StartRequest {
             session_scope: scope.clone(),
             descriptor,
         });
+        Ok(())
+    }
+
+    /// Refuse (`invalid_id`) an id of a form cairn gives its own starts, for
+    /// a start a session makes itself (not one its process makes, through
+    /// [`ToolContext::start_child`](crate::ToolContext::start_child)): a
+    /// schedule's fire (`{schedule_id}@{fire_time_ms}`, SPEC §18: `@` and 13
+    /// or more digits), and a script's or a turn's child (`{parent}/{n}`,
+    /// `{parent}/{step}.{k}`, SPEC §14, §15), whatever exists and whatever
+    /// `caused_by` says. A session taking one first would make the fire, or
+    /// the parent's start of its child, fail; other ids with `@` or `/`
+    /// (`retry@2`, `repo/issue-12`) are any caller's.
+    pub fn refuse_runtime_id_forms(&self) -> Result<()> {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if let Some((_, millis)) = self.id.rsplit_once('@') {
+            if millis.len() >= 13 && digits(millis) {
+                return Err(CairnError::InvalidId(format!(
+                    "process id `{}` has the form of a schedule's fire (`SCHEDULE@MILLIS`), which only a schedule starts",
+                    self.id
+                )));
+            }
+        }
+        if let Some((parent, last)) = self.id.rsplit_once('/') {
+            let child = match last.split_once('.') {
+                Some((step, k)) => digits(step) && digits(k),
+                None => digits(last),
+            };
+            if child {
+                return Err(CairnError::InvalidId(format!(
+                    "process id `{}` has the form of a child `{parent}` starts (`PARENT/N`, `PARENT/STEP.K`), which only its parent starts",
+                    self.id
+                )));
+            }
+        }
         Ok(())
     }
 

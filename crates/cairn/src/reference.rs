@@ -19,7 +19,7 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
     vec![
         (
             CairnError::InvalidId(s()),
-            "an id is empty, over 256 bytes, `.` or `..`, or holds a control character; or a session id holds `/frame:`; or a session's start takes the form of a schedule's fire (`NAME@DIGITS`) or of another parent's child (`PARENT/NAME` without `caused_by` naming `PARENT`)",
+            "an id is empty, over 256 bytes, `.` or `..`, or holds a control character; or a session id holds `/frame:`; or a session's start takes a form cairn gives its own starts: a schedule's fire (`NAME@` and 13 or more digits), a script's or turn's child (`PARENT/N`, `PARENT/STEP.K`)",
         ),
         (
             CairnError::InvalidRequest(s()),

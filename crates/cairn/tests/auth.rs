@@ -194,11 +194,14 @@ async fn session_tokens_see_only_their_grants() {
     for id in ["nightly@1767312000000", "p-s2/1", "no-such-parent/1.2"] {
         let (s, err) = s1.start(waiter(id)).await;
         assert_eq!((s, code(&err)), (400, "invalid_id"), "{id}: {err}");
+        // Naming the parent does not make the id the session's.
+        let mut named = waiter(id);
+        named["caused_by"] = json!({"process_id": "p-s1"});
+        assert_eq!(code(&s1.start(named).await.1), "invalid_id", "{id}");
     }
-    assert_eq!(s1.start(waiter("mail@example")).await.0, 201, "not a fire's form");
-    let mut own_child = waiter("p-s1/1");
-    own_child["caused_by"] = json!({"process_id": "p-s1"});
-    assert_eq!(s1.start(own_child).await.0, 201, "a child of its own, named as such");
+    for id in ["mail@example", "retry@2", "repo/issue-12", "v1.2/notes"] {
+        assert_eq!(s1.start(waiter(id)).await.0, 201, "{id}: not a form cairn gives");
+    }
     let mut own_child = waiter("c-own");
     own_child["caused_by"] = json!({"process_id": "p-s1"});
     let (s, rec) = s1.start(own_child).await;

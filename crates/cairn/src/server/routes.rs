@@ -250,6 +250,7 @@ pub async fn start(
     if let Some(scope) = scope_of_session(&caller) {
         // A session starts processes as itself, granted to itself, and may only
         // wake itself.
+        req.refuse_runtime_id_forms()?;
         req.confine_to_session(&scope)?;
         // A parent the session may not address is answered as a missing one
         // (the operation layer checks the parent first, so the answer is the
