@@ -418,9 +418,8 @@ impl WatchedRegistry {
         self.hub.publish_record(record);
     }
 
-    /// Tell the end sink, when `record` is terminal: callers pass only a
-    /// record the write they made changed (a write that appended nothing, or
-    /// to a process already ended, never reaches here).
+    /// Tell the end sink of a process a write of this runtime created (and,
+    /// when it was born ended, of its end).
     fn created(&self, record: &ProcessRecord) {
         if let Some(ends) = &self.ends {
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ends.created(record))).is_err() {
@@ -430,6 +429,9 @@ impl WatchedRegistry {
         self.ended(record);
     }
 
+    /// Tell the end sink, when `record` is terminal: callers pass only a
+    /// record the write they made changed (a write that appended nothing, or
+    /// to a process already ended, never reaches here).
     fn ended(&self, record: &ProcessRecord) {
         if let (Some(ends), true) = (&self.ends, record.is_terminal()) {
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ends.ended(record))).is_err() {
@@ -788,14 +790,16 @@ impl ProcessRegistry for WatchedRegistry {
     }
 
     async fn prune(&self, cutoff_ms: u64, filter: PruneFilter, watermark: Watermark) -> Result<PruneReport> {
-        let r = self.inner.prune(cutoff_ms, filter, watermark).await?;
-        if r.pruned > 0 {
+        let r = self.inner.prune(cutoff_ms, filter, watermark).await;
+        // A prune that failed may have committed chunks before it failed:
+        // told as one that pruned.
+        if r.as_ref().map_or(true, |r| r.pruned > 0) {
             // Waiters on a pruned process learn it is gone by reading again.
             self.hub.forget_ends();
             self.hub.resync();
             self.hub.listings_changed();
         }
-        Ok(r)
+        r
     }
 
     async fn changed_since(&self, cursor: u64, limit: Option<usize>) -> Result<ChangePage> {
