@@ -25,7 +25,8 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
 /// prune what ended 7 ms ago), the unit is required.
 pub fn parse_duration_with_unit(raw: &str) -> Result<Duration, String> {
     let trimmed = raw.trim();
-    if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) {
+    // Zero is zero in any unit (`await --timeout 0`: ask once).
+    if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) && trimmed.bytes().any(|b| b != b'0') {
         return Err(format!(
             "`{trimmed}` has no unit: write e.g. {trimmed}ms, {trimmed}s, {trimmed}m, {trimmed}h or {trimmed}d"
         ));
@@ -83,6 +84,7 @@ mod tests {
         assert!(e.contains("`7` has no unit") && e.contains("7d"), "{e}");
         assert_eq!(parse_duration_with_unit("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert_eq!(parse_duration_with_unit("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration_with_unit("0"), Ok(Duration::ZERO));
         assert!(parse_duration_with_unit("soon").is_err());
     }
 }
