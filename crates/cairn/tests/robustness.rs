@@ -71,6 +71,21 @@ async fn a_body_that_stalls_is_answered_408_and_closed() {
     let answer = stalled_start(&server).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
+    // On `/mcp` too, in JSON-RPC's shape: a slow body is not a large one.
+    let mut stalled = connect(&server).await;
+    stalled
+        .write_all(
+            b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+              Accept: application/json, text/event-stream\r\nContent-Length: 100\r\n\r\n{\"jsonrpc\":",
+        )
+        .await
+        .expect("write");
+    let answer = read_to_close(&mut stalled, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains(r#""jsonrpc":"2.0""#) && answer.contains("did not all arrive"),
+        "{answer}"
+    );
     let (status, _) = server
         .client()
         .start(serde_json::json!({

@@ -393,7 +393,7 @@ impl std::fmt::Display for BodyTimedOut {
 impl std::error::Error for BodyTimedOut {}
 
 /// The [`BodyTimedOut`] somewhere in `e`'s chain of sources, if it is there.
-fn timed_out<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyTimedOut> {
+pub(crate) fn timed_out<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyTimedOut> {
     let mut at = Some(e);
     while let Some(e) = at {
         if let Some(t) = e.downcast_ref::<BodyTimedOut>() {

@@ -60,9 +60,26 @@ pub async fn jsonrpc_errors(limit: usize, req: axum::extract::Request, next: axu
     let (parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
-        Err(_) => {
-            let message = format!("the request body is over {limit} bytes, or was cut off");
-            return rpc_error(axum::http::StatusCode::PAYLOAD_TOO_LARGE, Value::Null, -32600, &message);
+        // A body that did not all arrive within `--body-timeout` is 408, as
+        // on every route, and its connection closes: it is not too large.
+        Err(e) => {
+            let mut response = match super::api::timed_out(&e) {
+                Some(t) => rpc_error(
+                    axum::http::StatusCode::REQUEST_TIMEOUT,
+                    Value::Null,
+                    -32600,
+                    &t.to_string(),
+                ),
+                None => {
+                    let message = format!("the request body is over {limit} bytes, or was cut off");
+                    rpc_error(axum::http::StatusCode::PAYLOAD_TOO_LARGE, Value::Null, -32600, &message)
+                }
+            };
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            return response;
         }
     };
     match serde_json::from_slice::<Value>(&bytes) {
