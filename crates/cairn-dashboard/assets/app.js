@@ -45,12 +45,24 @@
     }
   });
 
+  // A random UUID (v4). `crypto.randomUUID` exists only in secure contexts
+  // (HTTPS, localhost); a page served over plain HTTP to another host has
+  // `crypto.getRandomValues` alone, which is enough.
+  function newUuid() {
+    if (crypto.randomUUID) return crypto.randomUUID();
+    var b = crypto.getRandomValues(new Uint8Array(16));
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    var h = Array.prototype.map.call(b, function (x) { return (x + 0x100).toString(16).slice(1); }).join("");
+    return h.slice(0, 8) + "-" + h.slice(8, 12) + "-" + h.slice(12, 16) + "-" + h.slice(16, 20) + "-" + h.slice(20);
+  }
+
   // A new signal id after each signal sent, so the next one is not a repeat.
   document.addEventListener("htmx:afterRequest", function (e) {
     var form = e.detail.elt;
     if (form && form.id === "signal-form" && e.detail.successful) {
       var id = form.querySelector("input[name=signal_id]");
-      if (id && window.crypto && crypto.randomUUID) id.value = crypto.randomUUID();
+      if (id) id.value = newUuid();
     }
   });
 })();

@@ -375,6 +375,20 @@ async fn the_process_page_streams_events_and_a_signal_from_it_completes_the_proc
             .unwrap();
         payload.clear().await.unwrap();
         payload.send_keys(r#"{"approved": true}"#).await.unwrap();
+        // As over plain HTTP to another host (no secure context), without
+        // `crypto.randomUUID`: the form still gets a new signal id for the
+        // next signal once this one is sent.
+        let first_id = in_page(
+            &c,
+            "Crypto.prototype.randomUUID = undefined;
+             document.addEventListener('htmx:afterRequest', function (e) {
+               if (e.detail.elt.id === 'signal-form') {
+                 window.__nextSignalId = e.detail.elt.querySelector('input[name=signal_id]').value;
+               }
+             });
+             return document.querySelector('#signal-form input[name=signal_id]').value;",
+        )
+        .await;
         c.find(Locator::Css("#signal-form button[type=submit]"))
             .await
             .unwrap()
@@ -382,6 +396,12 @@ async fn the_process_page_streams_events_and_a_signal_from_it_completes_the_proc
             .await
             .unwrap();
         wait_for(&c, Locator::Css("#action-result .result.ok")).await;
+        let next_id = in_page(&c, "return window.__nextSignalId || null;").await;
+        let next = next_id.as_str().unwrap_or_default();
+        assert!(
+            next.len() == 36 && next.chars().nth(14) == Some('4') && Some(next) != first_id.as_str(),
+            "{first_id} then {next_id}"
+        );
         // The live timeline shows the signal and the terminal; the record follows.
         wait_for(&c, Locator::XPath("//ol[@id='timeline']/li//code[text()='signal.go']")).await;
         wait_for(
