@@ -412,6 +412,7 @@ pub async fn get(
         ("Last-Event-ID" = Option<u64>, Header, description = "Streams: resume after this sequence (wins over `after`)")),
     responses(
         (status = 200, description = "JSON: one page of events. With `Accept: text/event-stream`: an SSE stream whose events carry `id` = sequence and `data` = the event JSON; it closes after the terminal event", content((EventPage = "application/json"), (String = "text/event-stream"))),
+        (status = 204, description = "With `Accept: text/event-stream`, of an ended process whose log ends at or before `Last-Event-ID` (or `after`): nothing more will come (an `EventSource` stops reconnecting)"),
         (status = 404, description = "unknown_process", body = ErrorSchema)))]
 pub async fn events(
     State(state): Shared,
@@ -444,8 +445,13 @@ pub async fn events(
             None => q.after.unwrap_or(0),
         };
         // Fail fast on an unknown or pruned id before committing to a stream.
-        state.processes.get(&id).await?;
+        let record = state.processes.get(&id).await?;
         cairn_core::page_limit(q.limit)?;
+        // An ended process's log has nothing after `after`: 204 tells an
+        // `EventSource` (which reconnects when a stream closes) to stop.
+        if record.is_terminal() && record.last_sequence <= after {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
         return Ok(sse::stream(state.clone(), caller, id, after, q.limit).into_response());
     }
     let page = state.processes.events(&id, q.after.unwrap_or(0), q.limit).await?;
