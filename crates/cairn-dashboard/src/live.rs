@@ -333,24 +333,32 @@ fn timeline(follow: Follow) -> impl Stream<Item = Result<Event, Infallible>> {
                     Ok(r) if !r.is_terminal() => f.record_due = true,
                     // Ended past `after`: the next follow reads those events.
                     Ok(_) => {}
-                    Err(e) => return Some((Ok(failed(&e)), f.finish())),
+                    Err(e) => return Some((Ok(failed(&e)), f.failed(&e))),
                 },
                 Ok(page) => {
                     if let Err(e) = f.d.access.check_visible(&f.viewer, &f.id).await {
-                        return Some((Ok(failed(&e)), f.finish()));
+                        return Some((Ok(failed(&e)), f.failed(&e)));
                     }
                     f.pending.extend(page.events);
                     f.record_due = true;
                 }
-                Err(e) => return Some((Ok(failed(&e)), f.finish())),
+                Err(e) => return Some((Ok(failed(&e)), f.failed(&e))),
             }
         }
     })
 }
 
 impl Follow {
-    fn finish(mut self) -> Self {
-        self.done = true;
+    /// After a failure: one the process's state answers (pruned, no longer
+    /// visible) sends `end` next, so the page stops reconnecting to a stream
+    /// that would only fail again; a store's fault of the moment ends the
+    /// stream, and the page reconnects and resumes.
+    fn failed(mut self, e: &cairn_core::CairnError) -> Self {
+        if e.is_client_error() {
+            self.ending = true;
+        } else {
+            self.done = true;
+        }
         self
     }
 }

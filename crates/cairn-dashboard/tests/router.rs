@@ -1111,6 +1111,10 @@ async fn a_session_live_stream_stops_when_its_grant_is_revoked() {
         "the next page is refused"
     );
     assert!(
+        read_until(&mut body, &mut seen, "event: end").await,
+        "then `end`, which closes the page's stream for good (not a reconnect to fail again)"
+    );
+    assert!(
         !read_until(&mut body, &mut seen, "second").await,
         "and the stream ends without it"
     );
