@@ -451,8 +451,12 @@ impl ToolCalls {
         }
         for field in ["name", "arguments"] {
             if let Some(piece) = fragment.pointer(&format!("/function/{field}")).and_then(Value::as_str) {
-                let joined = format!("{}{piece}", call["function"][field].as_str().unwrap_or_default());
-                call["function"][field] = json!(joined);
+                // Appended in place: arguments stream a few characters a
+                // fragment, and copying the whole so far at each is quadratic.
+                match &mut call["function"][field] {
+                    Value::String(so_far) => so_far.push_str(piece),
+                    other => *other = json!(piece),
+                }
             }
         }
     }
