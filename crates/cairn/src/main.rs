@@ -73,9 +73,35 @@ fn quit_on_closed_pipe() {
     }
 }
 
+/// The flags whose values may carry a secret (a model endpoint's key in its
+/// URL, a session's token): a value refused is not echoed, as clap would.
+const SECRET_FLAGS: [&str; 2] = ["--model", "--session-token"];
+
+/// Parse the command line; a refused value of a [`SECRET_FLAGS`] flag is
+/// said without the value, and exits 2 as any usage error.
+fn parse_cli() -> Cli {
+    use clap::error::{ContextKind, ErrorKind};
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.kind() == ErrorKind::ValueValidation => {
+            let arg = e
+                .get(ContextKind::InvalidArg)
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            if !SECRET_FLAGS.iter().any(|f| arg.starts_with(f)) {
+                e.exit()
+            }
+            let why = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
+            eprintln!("error: invalid value for '{arg}' (not shown: it may hold a secret): {why}\n\nFor more information, try '--help'.");
+            std::process::exit(2)
+        }
+        Err(e) => e.exit(),
+    }
+}
+
 fn main() -> ExitCode {
     tune_c_allocator();
-    let cli = Cli::parse();
+    let cli = parse_cli();
     // Client options before a non-client command would be ignored; a host token
     // ignored would leave the server open, so say so instead.
     if matches!(

@@ -541,6 +541,24 @@ async fn help_completions_and_an_unreachable_server() {
     assert!(!out.stdout.contains("--allow-shell"), "{}", out.stdout);
     assert!(out.stdout.contains("Examples:"), "{}", out.stdout);
 
+    // A refused value of a flag that may hold a secret is not echoed.
+    for (flag, value, secret) in [
+        (
+            "--model",
+            "gpt=https://api.example/v1?api_key=sk-live-123",
+            "sk-live-123",
+        ),
+        ("--session-token", "s1=", "s1="),
+    ] {
+        let out = run_cli("http://127.0.0.1:9", None, &["serve", flag, value], None).await;
+        assert_eq!(out.code, 2, "{}", out.stderr);
+        assert!(
+            out.stderr.contains(flag) && !out.stderr.contains(secret),
+            "{}",
+            out.stderr
+        );
+    }
+
     // A token before `serve` would not reach it: refused, not ignored.
     let out = tokio::process::Command::new(BIN)
         .args([
