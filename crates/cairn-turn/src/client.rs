@@ -215,7 +215,17 @@ async fn ask(
     let mut usage = Value::Null;
     let mut finish_reason = Value::Null;
     let mut done = false;
+    // What the answer holds so far (content, refusal, tool calls), in bytes.
+    let mut held = 0usize;
     while let Some(event) = events.next().await {
+        // An answer past what one journal entry holds could never be
+        // journaled: it is cut off here, as the model's own token limit cuts
+        // one (`finish_reason: length`), and nothing more is read of it.
+        if held > MAX_ANSWER_BYTES {
+            finish_reason = json!("length");
+            done = true;
+            break;
+        }
         let event = event.map_err(|e| ModelFault::transient(format!("model `{}`: broken stream: {e}", spec.name)))?;
         if event.data.trim() == "[DONE]" {
             done = true;
@@ -241,14 +251,20 @@ async fn ask(
         let delta = &choice["delta"];
         if let Some(text) = delta.get("content").and_then(Value::as_str) {
             if !text.is_empty() {
+                held += text.len();
                 content.push_str(text);
                 on_delta(text);
             }
         }
         if let Some(text) = delta.get("refusal").and_then(Value::as_str) {
+            held += text.len();
             refusal.push_str(text);
         }
         for call in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+            held += call
+                .pointer("/function/arguments")
+                .and_then(Value::as_str)
+                .map_or(0, str::len);
             calls.merge(call);
         }
     }
@@ -461,6 +477,11 @@ impl ToolCalls {
         }
     }
 }
+
+/// The most of one answer (content, refusal and tool calls, in bytes) read
+/// from a stream: well inside what one `turn.response` entry may hold
+/// ([`cairn_core::validate::MAX_PAYLOAD_BYTES`]) beside its other fields.
+pub const MAX_ANSWER_BYTES: usize = cairn_core::validate::MAX_PAYLOAD_BYTES / 4 * 3;
 
 /// A transport error's text without the URL's query (keys never travel in
 /// it, but an error should not echo more than it must).

@@ -794,6 +794,37 @@ async fn a_cut_off_answer_is_not_a_final_answer() {
     );
 }
 
+/// An answer that streams on past what one journal entry holds is cut off
+/// there, as the model's own limit cuts one (`finish_reason: length`): the
+/// rest is not read, and the turn ends as a cut-off answer does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_answer_is_cut_off_where_the_journal_ends() {
+    let s = setup().await;
+    let piece = "x".repeat(64 * 1024);
+    let chunks: Vec<Value> = (0..40)
+        .map(|_| {
+            json!({"id": "c", "object": "chat.completion.chunk", "model": "fake",
+                        "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]})
+        })
+        .collect();
+    s.fake.push(Reply::Chunks(chunks));
+    s.p.start(turn("endless", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "endless").await;
+    assert_eq!(failure_code(&r), "output_contract_violation", "{:?}", r.outcome);
+    let events = s.p.events("endless", 0, Some(1000)).await.expect("events").events;
+    let response = events
+        .iter()
+        .find(|e| e.event_type == "turn.response")
+        .expect("the cut-off answer is journaled");
+    assert_eq!(response.payload["finish_reason"], "length");
+    let kept = response.payload.to_string().len();
+    assert!(
+        kept <= cairn_turn::MAX_ANSWER_BYTES + 2 * piece.len(),
+        "{kept} bytes journaled of {}",
+        40 * piece.len()
+    );
+}
+
 /// A huge error page from the endpoint is clipped in the failure, which
 /// stays class `model`, code `model_error`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
