@@ -523,6 +523,15 @@ impl ProcessRegistry for MemoryRegistry {
         at_once(admin::transfer(&mut Tx { st: &mut st, now }, from, to, ids))
     }
 
+    async fn grants_of(&self, id: &str) -> Result<Vec<Grant>> {
+        crate::validate::validate_id("process id", id)?;
+        let st = self.state.lock();
+        if !st.entries.contains_key(id) {
+            return Ok(Vec::new());
+        }
+        Ok(st.grants.values().filter_map(|m| m.get(id).cloned()).collect())
+    }
+
     async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {
         validate_scope(scope)?;
         let limit = filter.page_size()?;

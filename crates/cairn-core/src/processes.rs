@@ -694,6 +694,11 @@ impl Processes {
         self.inner.registry.list(filter).await
     }
 
+    /// The grants held on process `id` ([`ProcessRegistry::grants_of`]).
+    pub async fn grants_of(&self, id: &str) -> Result<Vec<crate::model::Grant>> {
+        self.inner.registry.grants_of(id).await
+    }
+
     /// One page of the processes granted to `scope` ([`ProcessRegistry::list_granted_to`]).
     pub async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {
         self.inner.registry.list_granted_to(scope, filter).await

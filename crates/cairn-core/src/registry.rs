@@ -132,6 +132,10 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// Move grants from one scope to another. Processes never change.
     async fn transfer(&self, from: &SessionScope, to: &SessionScope, ids: &[String]) -> Result<TransferReport>;
 
+    /// The grants held on process `id`, in scope id order: none for an id
+    /// no process has (a pruned one's went with it). One point read.
+    async fn grants_of(&self, id: &str) -> Result<Vec<Grant>>;
+
     /// What `scope` may address (exact scope match), filtered, in process id order.
     async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>>;
 

@@ -673,6 +673,10 @@ impl ProcessRegistry for WatchedRegistry {
         Ok(r)
     }
 
+    async fn grants_of(&self, id: &str) -> Result<Vec<Grant>> {
+        self.inner.grants_of(id).await
+    }
+
     async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {
         self.inner.list_granted_to(scope, filter).await
     }

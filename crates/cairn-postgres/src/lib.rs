@@ -397,6 +397,11 @@ impl ProcessRegistry for PostgresRegistry {
         .await
     }
 
+    async fn grants_of(&self, id: &str) -> Result<Vec<Grant>> {
+        validate_id("process id", id)?;
+        self.shared.run(|c| async move { read::grants_of(&c, id).await }).await
+    }
+
     async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {
         validate_scope(scope)?;
         let limit = filter.page_size()?;

@@ -137,6 +137,22 @@ pub(crate) async fn list_originated_by(
         .collect())
 }
 
+/// The grants held on (existing) process `id`, in scope id order.
+pub(crate) async fn grants_of(conn: &Conn, id: &str) -> R<Vec<cairn_core::model::Grant>> {
+    let stmt = conn
+        .stmt(
+            "SELECT g.grant_json FROM grants g JOIN processes p ON p.id = g.process_id \
+             WHERE g.process_id = $1::text ORDER BY g.scope_id",
+        )
+        .await?;
+    let rows = conn.client.query(&stmt, &[&id]).await?;
+    let mut grants = Vec::with_capacity(rows.len());
+    for row in &rows {
+        grants.push(serde_json::from_str(row.try_get::<_, &str>(0)?)?);
+    }
+    Ok(grants)
+}
+
 pub(crate) async fn list_granted_to(
     conn: &Conn,
     scope: &SessionScope,

@@ -371,6 +371,12 @@ impl ProcessRegistry for SqliteRegistry {
             .await
     }
 
+    async fn grants_of(&self, id: &str) -> Result<Vec<Grant>> {
+        validate_id("process id", id)?;
+        let id = id.to_string();
+        self.read(move |tx, _| store::grants_of(tx, &id)).await
+    }
+
     async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {
         validate_scope(scope)?;
         let limit = filter.page_size()?;

@@ -661,6 +661,18 @@ pub(crate) fn take_grant(conn: &Connection, scope: &SessionScope, id: &str) -> R
     json.map(|j| grant_from_json(&j)).transpose()
 }
 
+/// The grants held on (existing) process `id`, in scope id order.
+pub(crate) fn grants_of(conn: &Connection, id: &str) -> R<Vec<Grant>> {
+    let json = conn
+        .prepare_cached(
+            "SELECT g.grant_json FROM grants g JOIN processes p ON p.id = g.process_id
+             WHERE g.process_id = ?1 ORDER BY g.scope_id",
+        )?
+        .query_map([id], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    json.iter().map(|j| grant_from_json(j)).collect()
+}
+
 // ---------------------------------------------------------------- listings
 
 /// The WHERE term of the partial status index (schema `V_PARTIAL_LISTING_INDEXES`):

@@ -186,6 +186,9 @@ impl ProcessRegistry for ReadProbe {
     async fn transfer(&self, from: &SessionScope, to: &SessionScope, ids: &[String]) -> Result<TransferReport> {
         self.inner.transfer(from, to, ids).await
     }
+    async fn grants_of(&self, id: &str) -> Result<Vec<Grant>> {
+        self.inner.grants_of(id).await
+    }
     async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {
         self.inner.list_granted_to(scope, filter).await
     }

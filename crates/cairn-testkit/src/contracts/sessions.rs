@@ -62,6 +62,24 @@ pub async fn grant_and_revoke(factory: &dyn StoreFactory) {
     assert_eq!(listed.len(), 1, "a grant is an upsert");
     assert_eq!(listed[0].grant.descriptor, descriptor("tool", "two"));
     assert!(granted_ids(&h, &frame).await.is_empty(), "scopes match exactly");
+    // A process's own grants, one point read, in scope id order.
+    ok(
+        h.registry().grant(&frame, "p", descriptor("tool", "f")).await,
+        "grant to a frame",
+    );
+    let held: Vec<_> = ok(h.registry().grants_of("p").await, "grants_of")
+        .into_iter()
+        .map(|g| (g.scope, g.descriptor))
+        .collect();
+    assert_eq!(
+        held,
+        vec![
+            (s1.clone(), descriptor("tool", "two")),
+            (frame.clone(), descriptor("tool", "f"))
+        ]
+    );
+    assert!(ok(h.registry().revoke(&frame, "p").await, "revoke the frame's"));
+    assert!(ok(h.registry().grants_of("nothing-here").await, "grants_of unknown").is_empty());
     assert_eq!(h.check("p").await, before, "grants never change the process");
     assert!(ok(h.registry().revoke(&s1, "p").await, "revoke"));
     assert!(
@@ -69,6 +87,7 @@ pub async fn grant_and_revoke(factory: &dyn StoreFactory) {
         "nothing left to revoke"
     );
     assert!(granted_ids(&h, &s1).await.is_empty());
+    assert!(ok(h.registry().grants_of("p").await, "grants_of after revoke").is_empty());
     h.rejects(
         "invalid_id",
         "grant to a bad scope",

@@ -8,7 +8,7 @@ use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use cairn_core::{CairnError, ProcessFilter, Processes, SessionScope, StatusFilter, MAX_PAGE_SIZE};
+use cairn_core::{CairnError, Processes, SessionScope};
 use std::sync::Arc;
 
 use super::api::ApiError;
@@ -206,34 +206,10 @@ pub async fn visible(processes: &Processes, caller: &Caller, id: &str) -> Result
     }
 }
 
-/// Whether `scope` holds a grant on `id`. The registry lists grants in id order
-/// from an `after_id` cursor, so starting just below `id` (at its prefix without
-/// the last character) reaches it within the first page in all but crowded
-/// neighbourhoods, and the walk stops as soon as it passes `id`.
+/// Whether `scope` holds a grant on `id`: one point read of the process's
+/// grants, however many the session holds.
 async fn granted(processes: &Processes, scope: &SessionScope, id: &str) -> Result<bool, CairnError> {
-    let mut chars = id.chars();
-    chars.next_back();
-    let prefix = chars.as_str();
-    let mut filter = ProcessFilter {
-        status: StatusFilter::Any,
-        after_id: (!prefix.is_empty()).then(|| prefix.to_string()),
-        limit: Some(MAX_PAGE_SIZE),
-        ..ProcessFilter::default()
-    };
-    loop {
-        let page = processes.list_granted_to(scope, &filter).await?;
-        for g in &page {
-            match g.process.id.as_str().cmp(id) {
-                std::cmp::Ordering::Equal => return Ok(true),
-                std::cmp::Ordering::Greater => return Ok(false),
-                std::cmp::Ordering::Less => {}
-            }
-        }
-        match page.last() {
-            Some(last) if page.len() >= MAX_PAGE_SIZE => filter.after_id = Some(last.process.id.clone()),
-            _ => return Ok(false),
-        }
-    }
+    Ok(processes.grants_of(id).await?.iter().any(|g| g.scope == *scope))
 }
 
 #[cfg(test)]
