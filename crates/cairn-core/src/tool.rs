@@ -482,16 +482,34 @@ impl ToolContext {
     /// `registration_conflict`.
     ///
     /// A child of a process a session started acts for that session, as the
-    /// session's own starts do (SPEC §4): it is started as the session and
-    /// granted to it (so the session sees it), and a request that names
-    /// another session as its originator, grantee or wake target is refused.
-    /// A host's process may start children as anyone, as the host may.
+    /// session's own starts do (SPEC §4): it is started as the session, and a
+    /// request that names another session as its originator, grantee or wake
+    /// target is refused. It is granted to the scopes that hold the parent
+    /// when it starts (a parent transferred to another session has its later
+    /// children seen there, not by the session that gave it away), or, when
+    /// none does, to the session that started the parent. A host's process
+    /// may start children as anyone, as the host may.
     pub async fn start_child(&self, mut request: StartRequest) -> Result<ProcessRecord> {
         request.caused_by = Some(crate::model::CausalRef::process(self.process_id()));
+        let mut also = Vec::new();
         if let crate::model::Originator::Session { scope } = &self.inner.record.provenance.originator {
             request.confine_to_session(scope)?;
+            let holders = self.inner.registry.grants_of(self.process_id()).await?;
+            if let (Some(first), Some(grant)) = (holders.first(), request.grant.as_mut()) {
+                grant.session_scope = first.scope.clone();
+                also = holders[1..].iter().map(|g| g.scope.clone()).collect();
+            }
         }
+        let descriptor = request.grant.as_ref().map(|g| g.descriptor.clone()).unwrap_or_default();
         let registered = register_start(self.inner.registry.as_ref(), &self.inner.tools, true, request).await?;
+        if registered.created {
+            for scope in also {
+                self.inner
+                    .registry
+                    .grant(&scope, &registered.process.id, descriptor.clone())
+                    .await?;
+            }
+        }
         Ok(registered.process)
     }
 

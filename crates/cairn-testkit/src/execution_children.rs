@@ -295,3 +295,44 @@ pub async fn a_sessions_process_acts_only_for_that_session(factory: &dyn StoreFa
     }
     p.shutdown().await;
 }
+
+/// A child of a session's process is granted to whoever holds the parent
+/// when the child starts: a parent transferred to another session before it
+/// ran has its children seen there, not by the session that gave it away.
+pub async fn a_transferred_parents_children_go_to_its_new_holder(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let (s1, s2) = (
+        cairn_core::SessionScope::session("s1"),
+        cairn_core::SessionScope::session("s2"),
+    );
+    let front = cairn_core::Processes::builder(store.registry.clone())
+        .clock(Arc::new(store.clock.clone()))
+        .without_worker()
+        .start();
+    let mut req = StartRequest::tool("moved", "fan_out", json!({"n": 1}), Disposition::Rerunnable)
+        .with_grant(s1.clone(), Default::default());
+    req.originator = cairn_core::Originator::session(s1.clone());
+    front.start(req).await.expect("start");
+    let report = front
+        .transfer(&s1, &s2, &["moved".to_string()])
+        .await
+        .expect("transfer");
+    assert_eq!(report.moved, vec!["moved".to_string()]);
+    let p = runtime(&store, "w1", vec![Arc::new(FanOut::default())]);
+    p.await_event("moved", "process.waiting", 0, WAIT)
+        .await
+        .expect("waiting on its child");
+    let holders: Vec<_> = p
+        .grants_of("moved/1")
+        .await
+        .expect("grants")
+        .into_iter()
+        .map(|g| g.scope)
+        .collect();
+    assert_eq!(holders, vec![s2], "the child goes where the parent is held");
+    let child = p.get("moved/1").await.expect("child");
+    assert_eq!(child.provenance.originator, cairn_core::Originator::session(s1));
+    assert!(p.grants_of("nobody").await.expect("grants").is_empty());
+    p.shutdown().await;
+    front.shutdown().await;
+}

@@ -425,6 +425,7 @@ macro_rules! execution_suite {
                 cancel_reaches_running_children,
                 parent_suspends_until_its_children_end,
                 a_sessions_process_acts_only_for_that_session,
+                a_transferred_parents_children_go_to_its_new_holder,
                 input_runner_runs_its_kind,
                 // schedules (scheduled.rs)
                 every_fires_on_time_once_per_fire,
