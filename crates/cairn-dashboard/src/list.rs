@@ -270,7 +270,12 @@ async fn newest_page(p: &Processes, plan: &Plan) -> cairn_core::Result<(Vec<Row>
         }
         if overflow {
             overflows = Some(w);
-            w = fits + (w - fits) / 2;
+            // Down to one millisecond past `fits`, the overflowing window is
+            // the one to read whole (uncapped, next pass): halving it again
+            // would read `fits`, without the crowded millisecond.
+            if w - fits > 1 {
+                w = fits + (w - fits) / 2;
+            }
             continue;
         }
         if rows.len() > plan.size || lo == floor || uncapped {
@@ -529,6 +534,37 @@ fn filters(q: &ListQuery, viewer: &Viewer) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// More than a capped read's rows created in one millisecond, the newest
+    /// there is: the page reads that millisecond whole and shows them.
+    #[tokio::test]
+    async fn a_crowded_millisecond_is_read_whole() {
+        let clock = std::sync::Arc::new(cairn_core::ManualClock::new(time::now_ms() - 5_000));
+        let p = Processes::builder(std::sync::Arc::new(cairn_core::MemoryRegistry::with_clock(
+            clock.clone(),
+        )))
+        .clock(clock.clone())
+        .without_worker()
+        .start();
+        p.start(cairn_core::StartRequest::external("older", serde_json::json!({})))
+            .await
+            .expect("start");
+        clock.advance(1);
+        for i in 0..(MAX_PAGE_SIZE * 2 + 100) {
+            p.start(cairn_core::StartRequest::external(
+                format!("c{i:04}"),
+                serde_json::json!({}),
+            ))
+            .await
+            .expect("start");
+        }
+        let plan = plan(&ListQuery::default(), &Viewer::Host).expect("plan");
+        let (rows, next) = newest_page(&p, &plan).await.expect("page");
+        assert_eq!(rows.len(), plan.size, "a full page of the crowded millisecond");
+        assert!(rows.iter().all(|r| r.record.id.starts_with('c')));
+        assert!(next.is_some(), "and older ones after it");
+        p.shutdown().await;
+    }
 
     #[test]
     fn a_session_viewer_lists_only_its_grants() {
