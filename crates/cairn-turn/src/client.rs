@@ -173,7 +173,9 @@ async fn ask(
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| retry_after(v, std::time::SystemTime::now()));
-        let text = response.text().await.unwrap_or_default();
+        // Read to a bound (a message is clipped anyway): an endpoint's error
+        // page of any size costs no more than that.
+        let text = body_within(response, ERROR_BODY_BYTES).await.unwrap_or_default();
         let message = serde_json::from_str::<Value>(&text)
             .ok()
             .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(String::from))
@@ -201,10 +203,20 @@ async fn ask(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/json"));
     if json_body {
-        let text = response
-            .text()
+        let status = status.as_u16();
+        let text = body_within(response, cairn_core::validate::MAX_PAYLOAD_BYTES)
             .await
             .map_err(|e| ModelFault::transient(format!("model `{}`: broken answer: {}", spec.name, without_url(&e))))?;
+        if text.len() >= cairn_core::validate::MAX_PAYLOAD_BYTES {
+            return Err(ModelFault::Rejected {
+                status,
+                message: format!(
+                    "model `{}` answered over {} bytes in one body, more than an answer can be journaled with",
+                    spec.name,
+                    cairn_core::validate::MAX_PAYLOAD_BYTES
+                ),
+            });
+        }
         return completion(spec, &text, key, on_delta);
     }
     let mut events = response.bytes_stream().eventsource();
@@ -482,6 +494,25 @@ impl ToolCalls {
 /// from a stream: well inside what one `turn.response` entry may hold
 /// ([`cairn_core::validate::MAX_PAYLOAD_BYTES`]) beside its other fields.
 pub const MAX_ANSWER_BYTES: usize = cairn_core::validate::MAX_PAYLOAD_BYTES / 4 * 3;
+
+/// How much of an endpoint's error body is read (its message is clipped).
+const ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// `response`'s body as text, read to `cap` bytes at most (what is past
+/// them is not read; a body that reaches `cap` comes back `cap` long).
+async fn body_within(response: reqwest::Response, cap: usize) -> Result<String, reqwest::Error> {
+    let mut stream = response.bytes_stream();
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        let room = cap - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= cap {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
 
 /// A transport error's text without the URL's query (keys never travel in
 /// it, but an error should not echo more than it must).

@@ -851,6 +851,17 @@ async fn a_large_error_body_is_clipped() {
     }
 }
 
+/// An answer in one JSON body larger than an answer can be journaled with
+/// is refused as the endpoint's fault (`model_error`), read no further.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_answer_past_the_journal_is_refused() {
+    let s = setup().await;
+    s.fake.push(Reply::NotStreamed("y".repeat(2 * 1024 * 1024)));
+    s.p.start(turn("huge", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "huge").await;
+    assert_eq!(failure_code(&r), "model_error", "{:?}", r.outcome);
+}
+
 /// An endpoint that ignores `stream: true` and answers one JSON chat
 /// completion is taken at its word: one call, its answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
