@@ -42,11 +42,17 @@ impl FromStr for ModelSpec {
 
     /// Parse `NAME=BASE_URL[,model=ID][,key_env=VAR]`.
     fn from_str(s: &str) -> Result<Self> {
-        // Named by its name only: the rest may carry a secret (a key in a query).
-        let shown = s.split_once('=').map_or(s, |(name, _)| name);
+        // Named by its name only: the rest may carry a secret (a key in a
+        // query, a key given as an option); without `=` nothing is shown.
+        let shown = s.split_once('=').map_or("", |(name, _)| name);
+        let who = if shown.is_empty() {
+            "a model".to_string()
+        } else {
+            format!("model `{shown}`")
+        };
         let bad = |why: &str| {
             CairnError::InvalidRequest(format!(
-                "model `{shown}`: {why} (expected NAME=BASE_URL[,model=ID][,key_env=VAR])"
+                "{who}: {why} (expected NAME=BASE_URL[,model=ID][,key_env=VAR])"
             ))
         };
         let (name, rest) = s.split_once('=').ok_or_else(|| bad("no `=`"))?;
@@ -79,7 +85,13 @@ impl FromStr for ModelSpec {
                     spec.key_env = Some(var.to_string());
                     "key_env"
                 }
-                _ => return Err(bad(&format!("unknown option `{part}`"))),
+                // Named by its key only: its value may be a secret.
+                _ => {
+                    return Err(bad(&match part.split_once('=') {
+                        Some((key, _)) => format!("unknown option `{key}=`"),
+                        None => "an option without `=`".to_string(),
+                    }))
+                }
             };
             if !seen.insert(option) {
                 return Err(bad(&format!("`{option}=` is given twice")));
@@ -154,14 +166,20 @@ mod tests {
         ] {
             assert!(bad.parse::<ModelSpec>().is_err(), "{bad} should be refused");
         }
-        // The refusal names the model, never the rest (a key in a query).
-        let e = "x=http://h/v1?api_key=sk-secret"
-            .parse::<ModelSpec>()
-            .expect_err("a query");
-        assert!(
-            e.to_string().contains("model `x`") && !e.to_string().contains("sk-secret"),
-            "{e}"
-        );
+        // The refusal names the model, never the rest (a key in a query, a
+        // key given as an option, a spec without its name).
+        for (given, named) in [
+            ("x=http://h/v1?api_key=sk-secret", "model `x`"),
+            ("x=http://h/v1,api_key=sk-secret", "unknown option `api_key=`"),
+            ("x=http://h/v1,sk-secret", "an option without `=`"),
+            ("https://user:sk-secret@h/v1", "no `=`"),
+        ] {
+            let e = given.parse::<ModelSpec>().expect_err("refused");
+            assert!(
+                e.to_string().contains(named) && !e.to_string().contains("sk-secret"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
