@@ -227,17 +227,10 @@ async fn ask(
     let mut usage = Value::Null;
     let mut finish_reason = Value::Null;
     let mut done = false;
-    // What the answer holds so far (content, refusal, tool calls), in bytes.
+    // What the answer holds so far (content, refusal, tool calls), in bytes
+    // as journaled (JSON-escaped).
     let mut held = 0usize;
     while let Some(event) = events.next().await {
-        // An answer past what one journal entry holds could never be
-        // journaled: it is cut off here, as the model's own token limit cuts
-        // one (`finish_reason: length`), and nothing more is read of it.
-        if held > MAX_ANSWER_BYTES {
-            finish_reason = json!("length");
-            done = true;
-            break;
-        }
         let event = event.map_err(|e| ModelFault::transient(format!("model `{}`: broken stream: {e}", spec.name)))?;
         if event.data.trim() == "[DONE]" {
             done = true;
@@ -257,26 +250,41 @@ async fn ask(
             continue;
         };
         chose = true;
+        let delta = &choice["delta"];
+        let text_of = |field: &str| delta.get(field).and_then(Value::as_str).filter(|t| !t.is_empty());
+        let tool_calls = delta.get("tool_calls").and_then(Value::as_array);
+        // An answer past what one journal entry holds could never be
+        // journaled: it is cut off before the chunk that would pass it, as
+        // the model's own token limit cuts one (`finish_reason: length`),
+        // and nothing more is read of it.
+        let adds = [text_of("content"), text_of("refusal")]
+            .into_iter()
+            .flatten()
+            .chain(
+                tool_calls
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c.pointer("/function/arguments").and_then(Value::as_str)),
+            )
+            .map(journaled_len)
+            .sum::<usize>();
+        if held + adds > MAX_ANSWER_BYTES {
+            finish_reason = json!("length");
+            done = true;
+            break;
+        }
+        held += adds;
         if let Some(reason) = choice.get("finish_reason").filter(|r| !r.is_null()) {
             finish_reason = reason.clone();
         }
-        let delta = &choice["delta"];
-        if let Some(text) = delta.get("content").and_then(Value::as_str) {
-            if !text.is_empty() {
-                held += text.len();
-                content.push_str(text);
-                on_delta(text);
-            }
+        if let Some(text) = text_of("content") {
+            content.push_str(text);
+            on_delta(text);
         }
-        if let Some(text) = delta.get("refusal").and_then(Value::as_str) {
-            held += text.len();
+        if let Some(text) = text_of("refusal") {
             refusal.push_str(text);
         }
-        for call in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
-            held += call
-                .pointer("/function/arguments")
-                .and_then(Value::as_str)
-                .map_or(0, str::len);
+        for call in tool_calls.into_iter().flatten() {
             calls.merge(call);
         }
     }
@@ -494,6 +502,12 @@ impl ToolCalls {
 /// from a stream: well inside what one `turn.response` entry may hold
 /// ([`cairn_core::validate::MAX_PAYLOAD_BYTES`]) beside its other fields.
 pub const MAX_ANSWER_BYTES: usize = cairn_core::validate::MAX_PAYLOAD_BYTES / 4 * 3;
+
+/// The bytes `text` takes in a journal entry: as a JSON string, escapes
+/// included (a run of newlines is twice its length there).
+fn journaled_len(text: &str) -> usize {
+    serde_json::to_string(text).map_or(text.len(), |j| j.len().saturating_sub(2))
+}
 
 /// How much of an endpoint's error body is read (its message is clipped).
 const ERROR_BODY_BYTES: usize = 64 * 1024;
