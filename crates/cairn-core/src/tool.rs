@@ -502,13 +502,14 @@ impl ToolContext {
         }
         let descriptor = request.grant.as_ref().map(|g| g.descriptor.clone()).unwrap_or_default();
         let registered = register_start(self.inner.registry.as_ref(), &self.inner.tools, true, request).await?;
-        if registered.created {
-            for scope in also {
-                self.inner
-                    .registry
-                    .grant(&scope, &registered.process.id, descriptor.clone())
-                    .await?;
-            }
+        // The other holders' grants come after the start's own (a grant is an
+        // upsert): made again by a re-run's start of the same child, so a
+        // crash between the two writes loses none.
+        for scope in also {
+            self.inner
+                .registry
+                .grant(&scope, &registered.process.id, descriptor.clone())
+                .await?;
         }
         Ok(registered.process)
     }

@@ -318,6 +318,11 @@ pub async fn a_transferred_parents_children_go_to_its_new_holder(factory: &dyn S
         .await
         .expect("transfer");
     assert_eq!(report.moved, vec!["moved".to_string()]);
+    let frame = cairn_core::SessionScope::frame("s2", "f1");
+    front
+        .grant(&frame, "moved", Default::default())
+        .await
+        .expect("grant to a frame");
     let p = runtime(&store, "w1", vec![Arc::new(FanOut::default())]);
     p.await_event("moved", "process.waiting", 0, WAIT)
         .await
@@ -329,7 +334,7 @@ pub async fn a_transferred_parents_children_go_to_its_new_holder(factory: &dyn S
         .into_iter()
         .map(|g| g.scope)
         .collect();
-    assert_eq!(holders, vec![s2], "the child goes where the parent is held");
+    assert_eq!(holders, vec![s2, frame], "the child goes where the parent is held");
     let child = p.get("moved/1").await.expect("child");
     assert_eq!(child.provenance.originator, cairn_core::Originator::session(s1));
     assert!(p.grants_of("nobody").await.expect("grants").is_empty());
