@@ -795,9 +795,10 @@ impl ProcessRegistry for WatchedRegistry {
 
     async fn prune(&self, cutoff_ms: u64, filter: PruneFilter, watermark: Watermark) -> Result<PruneReport> {
         let r = self.inner.prune(cutoff_ms, filter, watermark).await;
-        // A prune that failed may have committed chunks before it failed:
-        // told as one that pruned.
-        if r.as_ref().map_or(true, |r| r.pruned > 0) {
+        // A prune that failed on the store may have committed chunks before
+        // it failed: told as one that pruned. One refused (a bad filter)
+        // changed nothing.
+        if r.as_ref().map_or_else(|e| !e.is_client_error(), |r| r.pruned > 0) {
             // Waiters on a pruned process learn it is gone by reading again.
             self.hub.forget_ends();
             self.hub.resync();
