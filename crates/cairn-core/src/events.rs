@@ -267,9 +267,38 @@ impl Selector {
                     }
                     rest = &after[close + 1..];
                 }
+                // What a rendering would fill is fixed by the selector: past
+                // the limit, every append of the type would be refused.
+                let fills = self.fills();
+                if fills > crate::select::MAX_TEMPLATE_HOLES {
+                    return Err(format!(
+                        "the template fills {fills} holes when it renders, nested ones included, over the limit of {}",
+                        crate::select::MAX_TEMPLATE_HOLES
+                    ));
+                }
                 Ok(())
             }
         }
+    }
+
+    /// How many holes one rendering fills, nested templates' included
+    /// (saturating), counted without rendering: each field's count once.
+    fn fills(&self) -> usize {
+        let Self::Template { template, fields } = self else {
+            return 0;
+        };
+        let each: BTreeMap<&str, usize> = fields.iter().map(|(k, v)| (k.as_str(), v.fills())).collect();
+        let mut total = 0usize;
+        let mut rest = template.as_str();
+        while let Some(open) = rest.find('{') {
+            let after = &rest[open + 1..];
+            let Some(close) = after.find('}') else { break };
+            if let Some(n) = each.get(&after[..close]) {
+                total = total.saturating_add(1).saturating_add(*n);
+            }
+            rest = &after[close + 1..];
+        }
+        total
     }
 }
 

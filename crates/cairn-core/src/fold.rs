@@ -911,6 +911,18 @@ mod tests {
         // 4^24 steps.
         let err = resolve_wake(&t, "p", 1, &json!({})).expect_err("refused");
         assert_eq!(err.code(), "payload_too_large", "{err:?}");
+        // What a rendering fills is fixed by the selector: such a template is
+        // refused where it is declared, counted without rendering it.
+        let declared = t.semantics.wake.as_ref().expect("wake").input.validate();
+        assert!(declared.is_err_and(|e| e.contains("holes")));
+        let flat = |n: usize| Selector::Template {
+            template: "{a}".repeat(n),
+            fields: [("a".to_string(), Selector::Pointer("/x".into()))]
+                .into_iter()
+                .collect(),
+        };
+        assert!(flat(crate::select::MAX_TEMPLATE_HOLES).validate().is_ok());
+        assert!(flat(crate::select::MAX_TEMPLATE_HOLES + 1).validate().is_err());
         // Two levels around 600 KiB render 600 KiB: within the limit, each
         // byte counted once.
         let big = "b".repeat(600 * 1024);
