@@ -442,6 +442,11 @@ impl ProcessRegistry for MemoryRegistry {
             .into_registered()
     }
 
+    async fn register_granted(&self, registration: Registration, grants: Vec<StartGrant>) -> Result<Registered> {
+        self.submit(Op::register_granted(&registration, grants, self.now()))?
+            .into_registered()
+    }
+
     async fn register_claimed(
         &self,
         registration: Registration,

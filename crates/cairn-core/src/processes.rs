@@ -214,8 +214,31 @@ pub(crate) async fn register_start(
     require_tool: bool,
     req: StartRequest,
 ) -> Result<Registered> {
+    register_start_granted(registry, tools, require_tool, req, Vec::new()).await
+}
+
+/// [`register_start`], its grant made to each scope of `also` too (with the
+/// same descriptor), in the same transaction: an existing id writes none.
+pub(crate) async fn register_start_granted(
+    registry: &dyn ProcessRegistry,
+    tools: &ToolRegistry,
+    require_tool: bool,
+    req: StartRequest,
+    also: Vec<crate::model::SessionScope>,
+) -> Result<Registered> {
     let (registration, grant) = prepare_registration(registry, tools, require_tool, req).await?;
-    registry.register(registration, grant).await
+    if also.is_empty() {
+        return registry.register(registration, grant).await;
+    }
+    let descriptor = grant.as_ref().map(|g| g.descriptor.clone()).unwrap_or_default();
+    let grants = grant
+        .into_iter()
+        .chain(also.into_iter().map(|session_scope| StartGrant {
+            session_scope,
+            descriptor: descriptor.clone(),
+        }))
+        .collect();
+    registry.register_granted(registration, grants).await
 }
 
 /// [`register_start`], claiming what it creates for `slot` when it may run

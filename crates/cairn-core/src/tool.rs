@@ -14,7 +14,7 @@ use crate::awaiter::Awaiter;
 use crate::clock::{system_clock, SharedClock};
 use crate::events::{self, AppendRequest, EventType, ProcessEvent};
 use crate::model::{ChildrenMode, Disposition, EnvSpec, Lease, Outcome, ProcessInput, ProcessRecord, WaitRequest};
-use crate::processes::{register_start, StartRequest};
+use crate::processes::{register_start_granted, StartRequest};
 use crate::registry::ProcessRegistry;
 use crate::{CairnError, Result};
 
@@ -500,17 +500,11 @@ impl ToolContext {
                 also = holders[1..].iter().map(|g| g.scope.clone()).collect();
             }
         }
-        let descriptor = request.grant.as_ref().map(|g| g.descriptor.clone()).unwrap_or_default();
-        let registered = register_start(self.inner.registry.as_ref(), &self.inner.tools, true, request).await?;
-        // The other holders' grants come after the start's own (a grant is an
-        // upsert): made again by a re-run's start of the same child, so a
-        // crash between the two writes loses none.
-        for scope in also {
-            self.inner
-                .registry
-                .grant(&scope, &registered.process.id, descriptor.clone())
-                .await?;
-        }
+        // Every holder's grant is written with the child, in one
+        // transaction: a re-run's start of the same child writes none, so a
+        // grant revoked or moved since stays so.
+        let registered =
+            register_start_granted(self.inner.registry.as_ref(), &self.inner.tools, true, request, also).await?;
         Ok(registered.process)
     }
 

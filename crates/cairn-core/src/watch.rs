@@ -393,6 +393,21 @@ pub struct WatchedRegistry {
 }
 
 impl WatchedRegistry {
+    /// What a registration this registry made tells the hub.
+    async fn registered(&self, r: &Registered) {
+        if r.created {
+            // Born cancelled under a cancelled parent: ended by this write.
+            self.created(&r.process);
+            self.changed(&r.process);
+            if r.process.is_terminal() {
+                self.sink_cancelled_tail(&r.process).await;
+            }
+            if crate::fold::may_be_work(&r.process) {
+                self.hub.notify_work();
+            }
+        }
+    }
+
     /// Wrap `inner`; must be called inside a tokio runtime when a sink is given.
     pub fn new(inner: Arc<dyn ProcessRegistry>, hub: ChangeHub, sink: Option<Arc<dyn EventSink>>) -> Self {
         Self {
@@ -548,17 +563,13 @@ impl WatchedRegistry {
 impl ProcessRegistry for WatchedRegistry {
     async fn register(&self, registration: Registration, grant: Option<StartGrant>) -> Result<Registered> {
         let r = self.inner.register(registration, grant).await?;
-        if r.created {
-            // Born cancelled under a cancelled parent: ended by this write.
-            self.created(&r.process);
-            self.changed(&r.process);
-            if r.process.is_terminal() {
-                self.sink_cancelled_tail(&r.process).await;
-            }
-            if crate::fold::may_be_work(&r.process) {
-                self.hub.notify_work();
-            }
-        }
+        self.registered(&r).await;
+        Ok(r)
+    }
+
+    async fn register_granted(&self, registration: Registration, grants: Vec<StartGrant>) -> Result<Registered> {
+        let r = self.inner.register_granted(registration, grants).await?;
+        self.registered(&r).await;
         Ok(r)
     }
 

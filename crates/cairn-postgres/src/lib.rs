@@ -315,6 +315,12 @@ impl ProcessRegistry for PostgresRegistry {
             .into_registered()
     }
 
+    async fn register_granted(&self, registration: Registration, grants: Vec<StartGrant>) -> Result<Registered> {
+        self.submit(Op::register_granted(&registration, grants, self.clock.now_ms()))
+            .await?
+            .into_registered()
+    }
+
     async fn register_claimed(
         &self,
         registration: Registration,

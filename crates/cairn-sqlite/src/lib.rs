@@ -295,6 +295,12 @@ impl ProcessRegistry for SqliteRegistry {
             .into_registered()
     }
 
+    async fn register_granted(&self, registration: Registration, grants: Vec<StartGrant>) -> Result<Registered> {
+        self.submit(Op::register_granted(&registration, grants, self.clock.now_ms()))
+            .await?
+            .into_registered()
+    }
+
     async fn register_claimed(
         &self,
         registration: Registration,

@@ -334,10 +334,28 @@ pub async fn a_transferred_parents_children_go_to_its_new_holder(factory: &dyn S
         .into_iter()
         .map(|g| g.scope)
         .collect();
-    assert_eq!(holders, vec![s2, frame], "the child goes where the parent is held");
+    assert_eq!(
+        holders,
+        vec![s2.clone(), frame.clone()],
+        "the child goes where the parent is held"
+    );
     let child = p.get("moved/1").await.expect("child");
     assert_eq!(child.provenance.originator, cairn_core::Originator::session(s1));
     assert!(p.grants_of("nobody").await.expect("grants").is_empty());
+    // A grant revoked from the child stays revoked through the parent's
+    // re-run, whose start of the same child writes nothing.
+    assert!(p.revoke(&frame, "moved/1").await.expect("revoke"));
+    p.signal("moved/1", "go", "g1", json!({"v": 2})).await.expect("signal");
+    let parent = terminal(&p, "moved").await;
+    assert_eq!(parent.outcome, Some(Outcome::success(json!({"sum": 2}))));
+    let holders: Vec<_> = p
+        .grants_of("moved/1")
+        .await
+        .expect("grants")
+        .into_iter()
+        .map(|g| g.scope)
+        .collect();
+    assert_eq!(holders, vec![s2], "the revoked grant was not made again");
     p.shutdown().await;
     front.shutdown().await;
 }

@@ -144,7 +144,7 @@ pub enum Op {
     /// [`crate::ProcessRegistry::register_claimed`].
     Register {
         record: Box<ProcessRecord>,
-        grant: Option<Grant>,
+        grants: Vec<Grant>,
         claim_for: Option<ClaimFor>,
     },
     /// See [`crate::ProcessRegistry::append_event`].
@@ -190,19 +190,28 @@ pub enum Op {
 impl Op {
     /// A registration at `now_ms` with its optional initial grant.
     pub fn register(registration: &Registration, grant: Option<StartGrant>, now_ms: u64) -> Result<Self> {
+        Self::register_granted(registration, grant.into_iter().collect(), now_ms)
+    }
+
+    /// A registration at `now_ms` with its initial grants (see
+    /// [`crate::ProcessRegistry::register_granted`]).
+    pub fn register_granted(registration: &Registration, grants: Vec<StartGrant>, now_ms: u64) -> Result<Self> {
         let record = fold::initial_record(registration, now_ms)?;
-        if let Some(g) = &grant {
+        for g in &grants {
             validate_scope(&g.session_scope)?;
         }
-        let grant = grant.map(|g| Grant {
-            scope: g.session_scope,
-            process_id: record.id.clone(),
-            descriptor: g.descriptor,
-            granted_at_ms: now_ms,
-        });
+        let grants = grants
+            .into_iter()
+            .map(|g| Grant {
+                scope: g.session_scope,
+                process_id: record.id.clone(),
+                descriptor: g.descriptor,
+                granted_at_ms: now_ms,
+            })
+            .collect();
         Ok(Self::Register {
             record: Box::new(record),
-            grant,
+            grants,
             claim_for: None,
         })
     }
@@ -218,12 +227,12 @@ impl Op {
     ) -> Result<Self> {
         validate_id("owner id", owner)?;
         fold::check_ttl(ttl_ms)?;
-        let Self::Register { record, grant, .. } = Self::register(registration, grant, now_ms)? else {
+        let Self::Register { record, grants, .. } = Self::register(registration, grant, now_ms)? else {
             unreachable!("Op::register builds a registration")
         };
         Ok(Self::Register {
             record,
-            grant,
+            grants,
             claim_for: Some(ClaimFor {
                 owner: owner.to_string(),
                 ttl_ms,
@@ -581,15 +590,15 @@ pub fn run<T: WriteTx + ?Sized>(tx: &mut T, op: &Op) -> Result<Answer> {
     Ok(match op {
         Op::Register {
             record,
-            grant,
+            grants,
             claim_for: None,
-        } => Answer::Registered(register(tx, record, grant.as_ref())?),
+        } => Answer::Registered(register(tx, record, grants)?),
         Op::Register {
             record,
-            grant,
+            grants,
             claim_for: Some(c),
         } => {
-            let registered = register(tx, record, grant.as_ref())?;
+            let registered = register(tx, record, grants)?;
             // Only what this write created, and only when the worklist would
             // hand it out now (a child born cancelled is not a run candidate).
             let claim = if registered.created {
@@ -676,7 +685,7 @@ pub fn missing_parent(parent: &str) -> CairnError {
     ))
 }
 
-fn register<T: WriteTx + ?Sized>(tx: &mut T, record: &ProcessRecord, grant: Option<&Grant>) -> Result<Registered> {
+fn register<T: WriteTx + ?Sized>(tx: &mut T, record: &ProcessRecord, grants: &[Grant]) -> Result<Registered> {
     // A parent must exist (or have existed: a pruned one left its tombstone).
     // Under a parent whose cancellation was requested the child is born
     // cancelled, so no child escapes a tree cancel that committed before it.
@@ -712,7 +721,7 @@ fn register<T: WriteTx + ?Sized>(tx: &mut T, record: &ProcessRecord, grant: Opti
         }
     }
     tx.insert_row(record.clone())?;
-    if let Some(g) = grant {
+    for g in grants {
         tx.upsert_grant(g)?;
     }
     let process = match cancelled_parent {
