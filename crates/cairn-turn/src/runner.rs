@@ -126,15 +126,41 @@ impl Contract {
                     serde_json::from_str(content.trim()).map_err(|e| format!("the answer is not JSON: {e}"))?;
                 let validator =
                     cairn_core::validate::compiled_schema("output_contract", schema).map_err(|e| e.to_string())?;
+                let depth = nesting(&value);
+                if depth > MAX_ANSWER_DEPTH {
+                    return Err(format!(
+                        "the answer nests arrays and objects {depth} levels deep, over the {MAX_ANSWER_DEPTH} \
+                         levels a result may have"
+                    ));
+                }
                 match validator.validate(&value) {
                     Ok(()) => Ok(value),
-                    Err(e) => Err(format!(
+                    // The schema's complaint quotes the value it refuses (the
+                    // whole answer, for a wrong type): cut short, so the
+                    // failure (and a repair's request) stays small; the
+                    // answer itself goes in `raw`.
+                    Err(e) => Err(clip(&format!(
                         "the answer violates the schema at `{}`: {e}",
                         e.instance_path()
-                    )),
+                    ))),
                 }
             }
         }
+    }
+}
+
+/// The deepest a `json_schema` answer may nest: a result is stored inside
+/// its terminal event's payload, two levels down, under
+/// [`cairn_core::validate::MAX_JSON_DEPTH`].
+const MAX_ANSWER_DEPTH: usize = cairn_core::validate::MAX_JSON_DEPTH - 2;
+
+/// How deep `value` nests arrays and objects (a value parsed by serde_json is
+/// at most 128 deep, so the recursion is bounded).
+fn nesting(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(nesting).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(nesting).max().unwrap_or(0),
+        _ => 0,
     }
 }
 

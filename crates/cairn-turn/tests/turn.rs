@@ -797,6 +797,47 @@ async fn a_cut_off_answer_is_not_a_final_answer() {
 /// An answer that streams on past what one journal entry holds is cut off
 /// there, as the model's own limit cuts one (`finish_reason: length`): the
 /// rest is not read, and the turn ends as a cut-off answer does.
+/// A large answer that breaks its schema fails the turn as a violation with
+/// the answer in `raw`: the schema's complaint, which quotes the value it
+/// refuses, is cut short so the failure can be recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_answer_against_its_schema_is_a_violation() {
+    let s = setup().await;
+    let contract = json!({"type": "json_schema", "repair_attempts": 0, "schema": {"type": "object"}});
+    let answer = serde_json::to_string(&vec!["abcdefgh"; 50_000]).expect("answer");
+    s.fake.push(Reply::Text(answer.clone()));
+    s.p.start(turn("large", &[], "hi", contract)).await.expect("start");
+    let r = finished(&s.p, "large").await;
+    match &r.outcome {
+        Some(Outcome::Failure {
+            class,
+            code,
+            message,
+            raw: Some(raw),
+        }) => {
+            assert_eq!((class.as_str(), code.as_str()), ("turn", "output_contract_violation"));
+            assert!(message.len() < 8 * 1024, "{} bytes of message", message.len());
+            assert_eq!(raw["content"], answer.as_str());
+        }
+        other => panic!("a violation with the answer in raw: {other:?}"),
+    }
+    // An answer nested deeper than a result may be is a violation too.
+    let deep = format!("{}{}", "[".repeat(63), "]".repeat(63));
+    s.fake.push(Reply::Text(deep.clone()));
+    let contract = json!({"type": "json_schema", "repair_attempts": 0, "schema": {"type": "array"}});
+    s.p.start(turn("deep", &[], "hi", contract)).await.expect("start");
+    let r = finished(&s.p, "deep").await;
+    assert_eq!(failure_code(&r), "output_contract_violation", "{:?}", r.outcome);
+    // The deepest a result may be is taken as it is.
+    let deepest = format!("{}{}", "[".repeat(62), "]".repeat(62));
+    s.fake.push(Reply::Text(deepest.clone()));
+    let contract = json!({"type": "json_schema", "repair_attempts": 0, "schema": {"type": "array"}});
+    s.p.start(turn("deepest", &[], "hi", contract)).await.expect("start");
+    let r = finished(&s.p, "deepest").await;
+    let value: Value = serde_json::from_str(&deepest).expect("json");
+    assert_eq!(r.outcome, Some(Outcome::success(value)));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_answer_is_cut_off_where_the_journal_ends() {
     let s = setup().await;
