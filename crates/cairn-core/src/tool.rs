@@ -322,11 +322,18 @@ impl ToolContext {
     }
 
     /// Append with a replay key, so a re-run does not duplicate the event.
+    /// A store fault of the moment is tried again while the lease holds (the
+    /// replay key makes a second try of a write that did land answer it).
     pub async fn append_once(&self, event_type: &str, payload: Value, replay_key: &str) -> Result<ProcessEvent> {
+        let lease = self.lease();
         let req = AppendRequest::new(event_type, payload)
-            .with_lease(self.lease())
+            .with_lease(lease.clone())
             .with_replay_key(replay_key);
-        Ok(self.inner.registry.append_event(self.process_id(), req).await?.event)
+        let appended = crate::retry::while_lease_holds(&self.inner.clock, &lease, "an append", || {
+            self.inner.registry.append_event(self.process_id(), req.clone())
+        })
+        .await?;
+        Ok(appended.event)
     }
 
     /// Wait durably for the next signal `name` and answer its payload; `Ok(None)`
@@ -494,7 +501,11 @@ impl ToolContext {
         let mut also = Vec::new();
         if let crate::model::Originator::Session { scope } = &self.inner.record.provenance.originator {
             request.confine_to_session(scope)?;
-            let holders = self.inner.registry.grants_of(self.process_id()).await?;
+            let lease = self.lease();
+            let holders = crate::retry::while_lease_holds(&self.inner.clock, &lease, "reading grants", || {
+                self.inner.registry.grants_of(self.process_id())
+            })
+            .await?;
             if let (Some(first), Some(grant)) = (holders.first(), request.grant.as_mut()) {
                 grant.session_scope = first.scope.clone();
                 also = holders[1..].iter().map(|g| g.scope.clone()).collect();
@@ -503,8 +514,19 @@ impl ToolContext {
         // Every holder's grant is written with the child, in one
         // transaction: a re-run's start of the same child writes none, so a
         // grant revoked or moved since stays so.
-        let registered =
-            register_start_granted(self.inner.registry.as_ref(), &self.inner.tools, true, request, also).await?;
+        // A store fault of the moment is tried again while the lease holds
+        // (a second start of a child that did land answers it).
+        let lease = self.lease();
+        let registered = crate::retry::while_lease_holds(&self.inner.clock, &lease, "starting a child", || {
+            register_start_granted(
+                self.inner.registry.as_ref(),
+                &self.inner.tools,
+                true,
+                request.clone(),
+                also.clone(),
+            )
+        })
+        .await?;
         Ok(registered.process)
     }
 
@@ -606,7 +628,11 @@ impl ToolContext {
     /// only a child's end can satisfy a wait, ended or not (an ended process
     /// elsewhere is not this run's to read).
     async fn children_records(&self, ids: &[String]) -> Result<Vec<ProcessRecord>> {
-        let children = futures::future::try_join_all(ids.iter().map(|id| self.inner.registry.get(id))).await?;
+        let lease = self.lease();
+        let children = crate::retry::while_lease_holds(&self.inner.clock, &lease, "reading children", || {
+            futures::future::try_join_all(ids.iter().map(|id| self.inner.registry.get(id)))
+        })
+        .await?;
         if let Some(other) = children.iter().find(|c| {
             c.provenance
                 .caused_by

@@ -1983,6 +1983,43 @@ async fn a_cancel_landing_as_a_wait_suspends_rejects_it_and_the_cleanup_runs() {
     );
 }
 
+/// A write whose answer the store lost (it landed, the run did not hear) is
+/// tried again and answered by what landed: the journal, an emit and a
+/// child's start each happen once, and the script ends as if nothing had
+/// gone wrong (a lost answer is not an answer to journal, nor a failure).
+#[tokio::test]
+async fn writes_whose_answers_were_lost_happen_once() {
+    let probe = cairn_testkit::probe::ReadProbe::new(Arc::new(MemoryRegistry::new()));
+    let p = Processes::builder(probe.clone())
+        .script_engine(Arc::new(QuickJs::new(Limits::default())))
+        .start();
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            await ctx.emit("progress", {step: 1});
+            const child = await ctx.start({input: {type: "external"}, disposition: "externally_owned"});
+            return child;
+        }"#,
+    )
+    .await;
+    probe.lose_next_append_answers(3);
+    let rec = run(
+        &p,
+        script("lost", &m, "main", json!({})).with_event_type(cairn_core::EventType::plain("progress")),
+    )
+    .await;
+    assert_eq!(rec.outcome, Some(Outcome::success(json!("lost/2"))), "{rec:?}");
+    assert_eq!(events(&p, "lost", "progress").await, [json!({"step": 1})]);
+    let kinds: Vec<_> = events(&p, "lost", "script.call")
+        .await
+        .iter()
+        .map(|c| c["kind"].clone())
+        .collect();
+    assert_eq!(kinds, [json!("emit"), json!("start")]);
+    assert_eq!(events(&p, "lost", "script.result").await.len(), 2);
+    assert!(p.get("lost/2").await.is_ok(), "the child was started");
+}
+
 /// `console.log` and its kin write `script.log` lines as `ctx.log` does,
 /// once across a replay.
 #[tokio::test]

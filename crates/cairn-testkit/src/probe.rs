@@ -40,6 +40,7 @@ pub struct ReadProbe {
     failing_completes: std::sync::atomic::AtomicU64,
     failing_env_reads: std::sync::atomic::AtomicU64,
     failing_log_reads: std::sync::atomic::AtomicU64,
+    unanswered_appends: std::sync::atomic::AtomicU64,
     append_delay: parking_lot::Mutex<std::time::Duration>,
 }
 
@@ -57,6 +58,7 @@ impl ReadProbe {
             failing_completes: std::sync::atomic::AtomicU64::new(0),
             failing_env_reads: std::sync::atomic::AtomicU64::new(0),
             failing_log_reads: std::sync::atomic::AtomicU64::new(0),
+            unanswered_appends: std::sync::atomic::AtomicU64::new(0),
             append_delay: parking_lot::Mutex::new(std::time::Duration::ZERO),
         })
     }
@@ -110,6 +112,12 @@ impl ReadProbe {
     /// reaching the inner registry: a store fault as a run reads its log.
     pub fn fail_next_log_reads(&self, n: u64) {
         self.failing_log_reads.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Let the next `n` appends (`append_event`) be written and then answer
+    /// `outcome_unknown`, as a commit whose answer was lost does.
+    pub fn lose_next_append_answers(&self, n: u64) {
+        self.unanswered_appends.store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Run `hook` when the next `register_claimed` has been written, before
@@ -175,7 +183,13 @@ impl ProcessRegistry for ReadProbe {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        self.inner.append_event(id, request).await
+        let answer = self.inner.append_event(id, request).await?;
+        if take_one(&self.unanswered_appends) {
+            return Err(cairn_core::CairnError::OutcomeUnknown(
+                "the probe loses this append's answer".into(),
+            ));
+        }
+        Ok(answer)
     }
     async fn request_cancel(&self, id: &str, reason: Option<String>) -> Result<CancelAnswer> {
         self.inner.request_cancel(id, reason).await
