@@ -4,7 +4,9 @@
 //! a due fire does) are [`crate::schedule`]'s; this module reads, starts and
 //! writes what they compute.
 //!
-//! A fire starts its process first and advances the schedule second (the
+//! A fire reads its schedule again just before it decides (a pause or a
+//! delete that answered before then is never followed by its fire), starts
+//! its process first and advances the schedule second (the
 //! compare-and-set `ProcessRegistry::advance_schedule`). The process id is
 //! fixed by the stored next fire time, so a crash between the two, or two
 //! nodes firing together, start the same process once; only one advance wins.
@@ -72,7 +74,17 @@ impl Scheduler {
         }
     }
 
-    async fn fire(&self, schedule: &Schedule, now: u64, report: &mut FireReport) -> Result<()> {
+    async fn fire(&self, listed: &Schedule, now: u64, report: &mut FireReport) -> Result<()> {
+        // The schedule as it stands now, not as the page read it: a pause,
+        // a delete (and a schedule made again under the id) or another
+        // node's fire since then is seen, and this fire is not made.
+        let Some(schedule) = self.registry.get_schedule(&listed.id).await? else {
+            return Ok(());
+        };
+        if schedule.created_ms != listed.created_ms || schedule.next_fire_ms != listed.next_fire_ms {
+            return Ok(());
+        }
+        let schedule = &schedule;
         let running = self.previous_running(schedule).await?;
         match plan_fire(schedule, now, running)? {
             FirePlan::NotDue => {}

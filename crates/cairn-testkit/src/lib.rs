@@ -431,6 +431,7 @@ macro_rules! execution_suite {
                 every_fires_on_time_once_per_fire,
                 skip_skips_while_the_last_run_is_running,
                 pause_and_resume,
+                a_pause_landing_after_the_due_read_wins,
                 one_catch_up_after_downtime,
                 a_refused_fire_is_recorded_until_one_starts,
                 schedule_rejects_bad_input,

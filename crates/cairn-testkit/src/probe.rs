@@ -35,6 +35,7 @@ pub struct ReadProbe {
     claim_hook: parking_lot::Mutex<Option<ClaimHook>>,
     wait_hook: parking_lot::Mutex<Option<ClaimHook>>,
     registered_hook: parking_lot::Mutex<Option<ClaimHook>>,
+    due_hook: parking_lot::Mutex<Option<ClaimHook>>,
     claim_batches: std::sync::atomic::AtomicU64,
     failing_renewals: std::sync::atomic::AtomicBool,
     failing_completes: std::sync::atomic::AtomicU64,
@@ -53,6 +54,7 @@ impl ReadProbe {
             claim_hook: parking_lot::Mutex::new(None),
             wait_hook: parking_lot::Mutex::new(None),
             registered_hook: parking_lot::Mutex::new(None),
+            due_hook: parking_lot::Mutex::new(None),
             claim_batches: std::sync::atomic::AtomicU64::new(0),
             failing_renewals: std::sync::atomic::AtomicBool::new(false),
             failing_completes: std::sync::atomic::AtomicU64::new(0),
@@ -80,6 +82,13 @@ impl ReadProbe {
     /// suspend and not yet written it.
     pub fn before_next_wait(&self, hook: ClaimHook) {
         *self.wait_hook.lock() = Some(hook);
+    }
+
+    /// Run `hook` when the next `due_schedules` that finds a due schedule
+    /// has read it, before it answers: a test's way into the moment a fire
+    /// has been decided on and not yet made.
+    pub fn after_next_due_read(&self, hook: ClaimHook) {
+        *self.due_hook.lock() = Some(hook);
     }
 
     /// From now on, every `renew` fails `unavailable` without reaching the
@@ -380,7 +389,14 @@ impl ProcessRegistry for ReadProbe {
     }
 
     async fn due_schedules(&self, now_ms: u64, limit: usize) -> Result<Vec<cairn_core::Schedule>> {
-        self.inner.due_schedules(now_ms, limit).await
+        let due = self.inner.due_schedules(now_ms, limit).await?;
+        if !due.is_empty() {
+            let hook = self.due_hook.lock().take();
+            if let Some(hook) = hook {
+                hook().await;
+            }
+        }
+        Ok(due)
     }
 }
 

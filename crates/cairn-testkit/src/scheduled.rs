@@ -239,6 +239,45 @@ pub async fn pause_and_resume(factory: &dyn StoreFactory) {
     p.shutdown().await;
 }
 
+/// A pause or a delete that lands after a pass has read its due schedules
+/// and before it fires them wins: the fire starts nothing, and a schedule
+/// made again under the id does not take the old one's fire as its last.
+pub async fn a_pause_landing_after_the_due_read_wins(factory: &dyn StoreFactory) {
+    let store = factory.create(cairn_core::ManualClock::new(1_000_000)).await;
+    let probe = crate::probe::ReadProbe::new(store.registry.clone());
+    // No worker: the pass below is the only one (a drive's own pass could
+    // read the due schedules beside it).
+    let p = Processes::builder(probe.clone())
+        .tools(builtin_tools(false))
+        .clock(Arc::new(store.clock.clone()))
+        .without_worker()
+        .start();
+    let t0 = store.clock.now_ms();
+    create(&p, echo_every("late", "10s")).await;
+    create(&p, echo_every("gone", "10s")).await;
+    let registry = store.registry.clone();
+    probe.after_next_due_read(Box::new(move || {
+        Box::pin(async move {
+            registry
+                .set_schedule_paused("late", true, None)
+                .await
+                .expect("pause")
+                .expect("paused");
+            assert!(registry.delete_schedule("gone").await.expect("delete"));
+        })
+    }));
+    store.clock.advance(10_000);
+    let report = p.fire_schedules().await.expect("fire");
+    assert!(report.started.is_empty(), "{report:?}");
+    assert!(fired(&p, "late").await.is_empty(), "paused before its fire");
+    assert!(fired(&p, "gone").await.is_empty(), "deleted before its fire");
+    let late = p.get_schedule("late").await.expect("late");
+    assert!(late.paused);
+    assert_eq!((late.last_fire_ms, late.last_process_id), (None, None));
+    assert_eq!(late.next_fire_ms, t0 + 10_000, "the pause keeps the fire it stopped");
+    p.shutdown().await;
+}
+
 /// A runtime stopped for an hour and started again over the same store fires
 /// exactly one catch-up (the first missed fire), then keeps time from now.
 pub async fn one_catch_up_after_downtime(factory: &dyn StoreFactory) {
