@@ -274,6 +274,32 @@ async fn prepare_registration(
     Ok((registration, grant))
 }
 
+/// A start may declare a type that what runs it writes (`turn.response`,
+/// `shell.output`) again to give it wake semantics, and nothing else: made
+/// terminal, the first piece its runner writes would end the process with
+/// that piece as its result; given a schema, the runner's own writes could
+/// be refused after their work was done.
+fn check_redeclared(own: &crate::events::EventType, runner: &crate::events::EventType) -> Result<()> {
+    let bad = |message: String| CairnError::InvalidSemantics {
+        event_type: own.name.clone(),
+        message,
+    };
+    if own.semantics.terminal.is_some() && own.semantics.terminal != runner.semantics.terminal {
+        return Err(bad(format!(
+            "`{}` is written by what runs the process: a start may give it wake semantics, not make it terminal",
+            own.name
+        )));
+    }
+    if own.payload_schema != runner.payload_schema && !crate::validate::accepts_anything(&own.payload_schema) {
+        return Err(bad(format!(
+            "`{}` is written by what runs the process, under its own payload schema: a start may give it \
+             wake semantics, not another schema",
+            own.name
+        )));
+    }
+    Ok(())
+}
+
 /// The registration, grant and env spec `req` asks for, checked by what runs
 /// it ([`crate::Tool::check_start_of`]) and with its event types declared.
 async fn prepare_start(
@@ -295,8 +321,9 @@ async fn prepare_start(
     if let Some((runs, args)) = tools.resolve(&req.input) {
         runs.check_start_of(&req.id, &args, req.disposition).await?;
         for declared in runs.event_types() {
-            if !event_types.iter().any(|e| e.name == declared.name) {
-                event_types.push(declared);
+            match event_types.iter().find(|e| e.name == declared.name) {
+                None => event_types.push(declared),
+                Some(own) => check_redeclared(own, &declared)?,
             }
         }
     } else if let (ProcessInput::ToolCall { tool, .. }, true) = (&req.input, require_tool) {

@@ -492,7 +492,27 @@ async fn bad_turns_are_refused_at_start() {
     for id in ["m", "t", "c"] {
         assert_eq!(s.p.get(id).await.expect_err("not stored").code(), "unknown_process");
     }
-    assert!(s.fake.received().is_empty());
+    // The runner's types may be given wake semantics, nothing more: a
+    // terminal `turn.delta` would end the turn with its first piece, and a
+    // schema of the start's could refuse the runner's own writes.
+    let declared = |t: Value| serde_json::from_value::<cairn_core::EventType>(t).expect("event type");
+    let terminal = declared(json!({"name": "turn.delta", "semantics": {"terminal": {"state": "completed"}}}));
+    let schema = cairn_core::EventType::plain("turn.response").with_schema(json!({"required": ["nope"]}));
+    for (id, t) in [("r1", terminal), ("r2", schema)] {
+        let e =
+            s.p.start(turn(id, &[], "hi", Value::Null).with_event_type(t))
+                .await
+                .expect_err(id);
+        assert_eq!(e.code(), "invalid_semantics", "{id}: {e}");
+        assert_eq!(s.p.get(id).await.expect_err("not stored").code(), "unknown_process");
+    }
+    let waking = declared(
+        json!({"name": "turn.response", "semantics": {"wake": {"input": {"const": "answered"}, "dedupe_key": {"const": "r3"}}}}),
+    );
+    s.p.start(turn("r3", &[], "hi", Value::Null).with_event_type(waking))
+        .await
+        .expect("wake semantics on the runner's type");
+    assert!(s.fake.received().len() <= 1, "only r3 may have called the model");
     // The bounds themselves are allowed.
     s.p.start(with_session("edge", &|s| {
         s.max_steps = Some(64);

@@ -57,7 +57,7 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
                 event_type: s(),
                 message: s(),
             },
-            "an event type's semantics are invalid",
+            "an event type's semantics are invalid (also: a start declaring a type what runs it writes, such as `turn.response` or `shell.output`, made terminal or under another payload schema: it may only be given wake semantics)",
         ),
         (
             CairnError::RegistrationConflict { id: s() },
