@@ -175,7 +175,7 @@ async fn ask(
             .and_then(|v| retry_after(v, std::time::SystemTime::now()));
         // Read to a bound (a message is clipped anyway): an endpoint's error
         // page of any size costs no more than that.
-        let text = body_within(response, ERROR_BODY_BYTES).await.unwrap_or_default();
+        let (text, cut) = body_within(response, ERROR_BODY_BYTES).await.unwrap_or_default();
         let message = serde_json::from_str::<Value>(&text)
             .ok()
             .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(String::from))
@@ -183,7 +183,7 @@ async fn ask(
         let message = format!(
             "model `{}` answered {status}: {}",
             spec.name,
-            clip(&redact(&message, key))
+            clip_read(&redact(&message, key), cut)
         );
         return Err(if status.as_u16() == 429 || status.is_server_error() {
             ModelFault::Transient { message, retry_after }
@@ -204,7 +204,7 @@ async fn ask(
         .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/json"));
     if json_body {
         let status = status.as_u16();
-        let text = body_within(response, cairn_core::validate::MAX_PAYLOAD_BYTES)
+        let (text, _) = body_within(response, cairn_core::validate::MAX_PAYLOAD_BYTES)
             .await
             .map_err(|e| ModelFault::transient(format!("model `{}`: broken answer: {}", spec.name, without_url(&e))))?;
         if text.len() >= cairn_core::validate::MAX_PAYLOAD_BYTES {
@@ -435,14 +435,21 @@ pub(crate) const MESSAGE_LIMIT: usize = 4096;
 /// `text` cut to [`MESSAGE_LIMIT`] bytes on a char boundary (an endpoint's
 /// error page can be megabytes of HTML; a failure carries its start).
 pub(crate) fn clip(text: &str) -> String {
-    if text.len() <= MESSAGE_LIMIT {
+    clip_read(text, false)
+}
+
+/// [`clip`], of a text that was read only in part when `cut` (its length in
+/// all is not known, only that it is longer).
+fn clip_read(text: &str, cut: bool) -> String {
+    if text.len() <= MESSAGE_LIMIT && !cut {
         return text.to_string();
     }
-    let mut end = MESSAGE_LIMIT;
+    let mut end = MESSAGE_LIMIT.min(text.len());
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}... ({} bytes in all)", &text[..end], text.len())
+    let more = if cut { "more than " } else { "" };
+    format!("{}... ({more}{} bytes in all)", &text[..end], text.len())
 }
 
 /// The tool calls of an answer, joined from their streamed fragments: by
@@ -514,18 +521,20 @@ const ERROR_BODY_BYTES: usize = 64 * 1024;
 
 /// `response`'s body as text, read to `cap` bytes at most (what is past
 /// them is not read; a body that reaches `cap` comes back `cap` long).
-async fn body_within(response: reqwest::Response, cap: usize) -> Result<String, reqwest::Error> {
+async fn body_within(response: reqwest::Response, cap: usize) -> Result<(String, bool), reqwest::Error> {
     let mut stream = response.bytes_stream();
     let mut body = Vec::new();
+    let mut cut = false;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         let room = cap - body.len();
+        cut = chunk.len() > room;
         body.extend_from_slice(&chunk[..chunk.len().min(room)]);
         if body.len() >= cap {
             break;
         }
     }
-    Ok(String::from_utf8_lossy(&body).into_owned())
+    Ok((String::from_utf8_lossy(&body).into_owned(), cut))
 }
 
 /// A transport error's text without the URL's query (keys never travel in

@@ -891,6 +891,51 @@ async fn an_endless_answer_is_cut_off_where_the_journal_ends() {
     }
 }
 
+/// A huge error page from the endpoint is read to a bound and clipped in
+/// the failure, which stays class `model`, code `model_error`, and says the
+/// page was longer than what was read (not that it was that long).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_error_body_is_clipped() {
+    let s = setup().await;
+    s.fake.push(Reply::StatusBody {
+        status: 404,
+        body: format!("<html>{}</html>", "x".repeat(3_000_000)),
+    });
+    s.p.start(turn("big", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "big").await;
+    assert_eq!(failure_code(&r), "model_error", "{:?}", r.status);
+    match &r.outcome {
+        Some(Outcome::Failure { class, message, .. }) => {
+            assert_eq!(class, "model");
+            assert!(
+                message.starts_with("model `default` answered 404 Not Found: <html>xxx"),
+                "{}",
+                &message[..100]
+            );
+            assert!(message.len() < 8 * 1024, "{} bytes", message.len());
+            assert!(
+                message.ends_with("(more than 65536 bytes in all)"),
+                "{}",
+                &message[message.len() - 60..]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // A short one is given whole.
+    s.fake.push(Reply::StatusBody {
+        status: 404,
+        body: "no such model".into(),
+    });
+    s.p.start(turn("small", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "small").await;
+    match &r.outcome {
+        Some(Outcome::Failure { message, .. }) => {
+            assert_eq!(message, "model `default` answered 404 Not Found: no such model");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// An answer in one JSON body larger than an answer can be journaled with
 /// is refused as the endpoint's fault (`model_error`), read no further.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
