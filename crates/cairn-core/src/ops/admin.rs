@@ -174,15 +174,23 @@ pub async fn transfer<T: AdminTx + ?Sized>(
     sorted.sort_unstable();
     sorted.dedup();
     tx.lock_for_transfer(&sorted).await?;
-    // An id named twice is one grant to move, reported once.
+    // The grants are moved in id order too (two transfers of one scope's
+    // grants, named in other orders, take their rows in the same order), and
+    // reported in the order they were named; an id named twice is one grant
+    // to move, reported once.
+    let mut moved = std::collections::HashSet::new();
+    for id in &sorted {
+        if let Some(grant) = tx.take_grant(from, id).await? {
+            tx.put_grant(&grant.moved_to(to, now)).await?;
+            moved.insert(*id);
+        }
+    }
     let mut seen = std::collections::HashSet::new();
     for id in ids.iter().filter(|id| seen.insert(id.as_str())) {
-        match tx.take_grant(from, id).await? {
-            Some(grant) => {
-                tx.put_grant(&grant.moved_to(to, now)).await?;
-                report.moved.push(id.clone());
-            }
-            None => report.not_granted.push(id.clone()),
+        if moved.contains(id.as_str()) {
+            report.moved.push(id.clone());
+        } else {
+            report.not_granted.push(id.clone());
         }
     }
     Ok(report)
