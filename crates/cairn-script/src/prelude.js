@@ -216,13 +216,18 @@
   for (const [name, value] of Object.entries(methods)) {
     Object.defineProperty(P, name, { value, writable: true, configurable: true });
   }
-  // A string the engine read in local time is moved back by that time's
-  // offset; one with its own offset (or a date alone, which is UTC) is not.
+  // A string without an offset of its own (a date alone is UTC already) is
+  // read with UTC's: the engine would read it in local time, and moving
+  // that back by an offset is an hour out near a daylight saving change
+  // (the offset where the text was read is not the offset where it lands).
+  // Only a form that takes no offset is moved back by the local one.
   function utcParse(text) {
     const t = EngineDate.parse(text);
     const s = String(text).trim();
     const zoned = /(Z|[+-]\d\d:?\d\d|GMT|UTC|UT)\b|Z$/i.test(s) || /^[+-]?\d{4,6}(-\d\d){0,2}$/.test(s);
     if (isNaN(t) || zoned) return t;
+    const asUtc = EngineDate.parse(/^[+-]?\d{4,6}-\d\d-\d\dT/i.test(s) ? s + "Z" : s + " GMT");
+    if (!isNaN(asUtc)) return asUtc;
     return t - engineOffset.call(new EngineDate(t)) * 60000;
   }
   function utcTime(v) {

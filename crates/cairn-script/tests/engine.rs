@@ -2160,21 +2160,25 @@ async fn emit_refuses_a_type_that_would_end_the_script() {
 
 /// Local time is UTC, whatever the server's time zone (which no journal
 /// holds: a replay in another zone would see other hours). The script runs
-/// in a child of this test binary with `TZ` set nine hours east of UTC.
+/// in a child of this test binary with `TZ` set nine hours east of UTC, and
+/// in one with daylight saving time (a string read near its changes is read
+/// as UTC all the same).
 #[test]
 fn local_time_is_utc_whatever_the_server_zone() {
-    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--exact",
-            "local_time_in_a_zone_east_of_utc",
-            "--ignored",
-            "--test-threads=1",
-        ])
-        .env("TZ", "JST-9")
-        .output()
-        .expect("run the child");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.contains("1 passed"), "{stdout}");
+    for zone in ["JST-9", "EST5EDT,M3.2.0,M11.1.0"] {
+        let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "local_time_in_a_zone_east_of_utc",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env("TZ", zone)
+            .output()
+            .expect("run the child");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && stdout.contains("1 passed"), "{zone}: {stdout}");
+    }
 }
 
 #[tokio::test]
@@ -2192,6 +2196,17 @@ async fn local_time_in_a_zone_east_of_utc() {
                 local: new Date("2020-01-02T03:04:05").getTime() === Date.UTC(2020, 0, 2, 3, 4, 5),
                 zoned: Date.parse("2020-01-02T03:04:05+09:00") === Date.UTC(2020, 0, 1, 18, 4, 5),
                 dateOnly: Date.parse("2020-01-02") === Date.UTC(2020, 0, 2),
+                nearChanges: [
+                    ["2024-03-10T05:00:00", Date.UTC(2024, 2, 10, 5)],
+                    ["2024-03-10T06:30:00", Date.UTC(2024, 2, 10, 6, 30)],
+                    ["2024-03-10T02:30:00", Date.UTC(2024, 2, 10, 2, 30)],
+                    ["2024-11-03T01:30:00", Date.UTC(2024, 10, 3, 1, 30)],
+                    ["2024-11-03T05:30:00.250", Date.UTC(2024, 10, 3, 5, 30, 0, 250)],
+                    ["2024-11-02T23:00", Date.UTC(2024, 10, 2, 23)],
+                    ["Mar 10 2024 05:00:00", Date.UTC(2024, 2, 10, 5)],
+                    ["Sun Nov 03 2024 05:30:00", Date.UTC(2024, 10, 3, 5, 30)],
+                ].filter(([text, utc]) => Date.parse(text) !== utc || new Date(text).getTime() !== utc)
+                    .map(([text]) => text),
                 set: (() => { const x = new Date(0); x.setHours(5); return x.getTime(); })(),
                 year: new Date(Date.UTC(2020, 11, 31, 20)).getYear(),
                 setYear: (() => {
@@ -2210,7 +2225,8 @@ async fn local_time_in_a_zone_east_of_utc() {
             "hours": 0, "date": 1, "offset": 0,
             "text": "Thu Jan 01 1970 00:00:00 GMT+0000 (Coordinated Universal Time)",
             "dateText": "Thu Jan 01 1970", "call": "string",
-            "parts": true, "local": true, "zoned": true, "dateOnly": true, "set": 5 * 3_600_000,
+            "parts": true, "local": true, "zoned": true, "dateOnly": true, "nearChanges": [],
+            "set": 5 * 3_600_000,
             "year": 120, "setYear": true,
         }))),
         "{rec:?}"
