@@ -335,7 +335,8 @@ pub enum Command {
     /// process per fire, `{schedule_id}@{fire_time_ms}`.
     #[command(after_help = "Examples:\n  \
         cairn schedule add nightly --cron '0 3 * * *' --timezone Europe/Paris \\\n    \
-          '{\"input\": {\"type\": \"tool_call\", \"tool\": \"shell\", \"args\": {\"argv\": [\"./nightly.sh\"]}}, \"disposition\": \"rerunnable\"}'\n  \
+          '{\"input\": {\"type\": \"tool_call\", \"tool\": \"shell\", \"args\": {\"argv\": [\"/srv/jobs/nightly.sh\"]}}, \"disposition\": \"rerunnable\"}'\n    \
+          (a `shell` fire needs `cairn serve --allow-shell`, and runs in the server's directory unless its args give a `cwd`)\n  \
         cairn schedule add sync --every 30m --overlap allow < template.json\n  \
         cairn schedule ls\n  \
         cairn schedule pause nightly")]
@@ -582,6 +583,7 @@ fn parse_model(s: &str) -> Result<cairn_turn::ModelSpec, String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RunDisposition {
     /// Abandoned (never re-run) when the server stops or loses it mid-run.
+    #[value(alias = "owner_bound")]
     OwnerBound,
     /// Run again from the start after a crash or restart.
     Rerunnable,
@@ -606,7 +608,7 @@ pub struct RunArgs {
     /// Print the id and return at once instead of following the output.
     #[arg(long, short)]
     pub detach: bool,
-    /// What a server restart does to it: `owner_bound` (abandoned) or `rerunnable` (run again).
+    /// What a server restart does to it: `owner-bound` (abandoned; `owner_bound` too) or `rerunnable` (run again).
     #[arg(long, value_enum, default_value = "owner-bound")]
     pub disposition: RunDisposition,
     /// Kill the command after this long (passed to the shell tool; e.g. 30s, 10m).

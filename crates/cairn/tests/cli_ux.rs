@@ -665,6 +665,40 @@ fn a_server_that_is_not_a_url_is_a_usage_error() {
             "{server}: {stderr}"
         );
     }
+    // Given by the environment, it is named as the environment's too.
+    let out = std::process::Command::new(BIN)
+        .arg("ls")
+        .env("CAIRN_SERVER", "localhost:7070")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cairn");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("CAIRN_SERVER"), "{stderr}");
+}
+
+/// `--disposition` takes the wire spelling `owner_bound` as well as the
+/// flag's `owner-bound`.
+#[test]
+fn run_takes_either_spelling_of_owner_bound() {
+    for spelling in ["owner-bound", "owner_bound", "rerunnable"] {
+        let out = std::process::Command::new(BIN)
+            .args([
+                "--server",
+                "http://127.0.0.1:9",
+                "run",
+                "--disposition",
+                spelling,
+                "--",
+                "true",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run cairn");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("invalid value"), "{spelling}: {stderr}");
+        assert!(stderr.contains("is `cairn serve` running"), "{spelling}: {stderr}");
+    }
 }
 
 /// `module ls` lists every module, across as many pages as the server has.

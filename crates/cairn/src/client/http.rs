@@ -80,8 +80,9 @@ impl ClientError {
     pub fn hint(&self) -> Option<String> {
         match self {
             Self::Unreachable { server, .. } => Some(format!(
-                "is `cairn serve` running at {server}? Start it with `cairn serve`, \
-                 or point the client elsewhere with --server or CAIRN_SERVER"
+                "is `cairn serve` running at {server}? Start it with `cairn serve` (`cairn serve \
+                 --allow-shell` to take `cairn run`'s commands), or point the client elsewhere with --server \
+                 or CAIRN_SERVER"
             )),
             Self::Api { code, message, .. } if code == "unknown_tool" && message.contains("shell") => {
                 Some("the server runs the `shell` tool only when started with `--allow-shell`".into())
@@ -164,7 +165,7 @@ impl Client {
             .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()));
         if !url_ok {
             return Err(ClientError::Usage(format!(
-                "--server `{base}` is not an http:// or https:// URL (e.g. http://127.0.0.1:7070)"
+                "--server (or CAIRN_SERVER) `{base}` is not an http:// or https:// URL (e.g. http://127.0.0.1:7070)"
             )));
         }
         let http = reqwest::Client::builder()

@@ -59,7 +59,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
         }
         Command::Start { body, .. } => {
             let raw = match body.as_deref() {
-                None | Some("-") => read_stdin()?,
+                None | Some("-") => read_stdin("the start request")?,
                 Some(s) => s.to_string(),
             };
             let body = parse_json_arg("the start request", &raw)?;
@@ -888,11 +888,11 @@ async fn prune(client: &Client, json: bool, args: PruneArgs) -> Result<ExitCode,
     Ok(ExitCode::SUCCESS)
 }
 
-fn read_stdin() -> Result<String, ClientError> {
+/// Standard input, read whole: `what` is what it should hold, named when a
+/// terminal gives nothing to read.
+pub(crate) fn read_stdin(what: &str) -> Result<String, ClientError> {
     if std::io::stdin().is_terminal() {
-        return Err(ClientError::Usage(
-            "give the start request as an argument or on stdin".into(),
-        ));
+        return Err(ClientError::Usage(format!("give {what} as an argument or on stdin")));
     }
     let mut s = String::new();
     std::io::stdin()
@@ -906,7 +906,7 @@ async fn module(client: &Client, json: bool, command: ModuleCommand) -> Result<E
     match command {
         ModuleCommand::Put { file, name } => {
             let (source, default_name) = if file == "-" {
-                (read_stdin()?, None)
+                (read_stdin("the module source")?, None)
             } else {
                 let source = std::fs::read_to_string(&file)
                     .map_err(|e| ClientError::Usage(format!("cannot read {file}: {e}")))?;

@@ -77,7 +77,7 @@ pub(super) async fn execute(client: &Client, json: bool, action: ScheduleAction)
             template,
         } => {
             let raw = match template.as_deref() {
-                None | Some("-") => read_stdin()?,
+                None | Some("-") => read_stdin("the start template")?,
                 Some(s) => s.to_string(),
             };
             let start = parse_json_arg("the start template", &raw)?;
