@@ -339,6 +339,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on http://{local}");
+        let _ = writeln!(out, "dashboard at http://{local}/ui");
         let _ = out.flush();
     }
     tracing::info!(%local, db = %cairn_postgres::redact(&args.db), allow_shell = args.allow_shell, "cairn serving");
