@@ -218,21 +218,21 @@ impl WriteTx for Tx<'_> {
             .collect())
     }
 
-    fn running_children(&mut self, parent: &str) -> Result<Vec<String>> {
-        // A scan: the in-memory registry keeps no index of provenance.
+    fn tree_children(&mut self, parent: &str) -> Result<Vec<String>> {
+        // A scan: the in-memory registry keeps no index of provenance, so
+        // every child is answered, ended or not (ended ones may be walked).
         let mut ids: Vec<String> = self
             .st
             .entries
             .values()
             .filter(|e| {
-                !e.row.record.is_terminal()
-                    && e.row
-                        .record
-                        .provenance
-                        .caused_by
-                        .as_ref()
-                        .and_then(CausalRef::parent_process)
-                        == Some(parent)
+                e.row
+                    .record
+                    .provenance
+                    .caused_by
+                    .as_ref()
+                    .and_then(CausalRef::parent_process)
+                    == Some(parent)
             })
             .map(|e| e.row.record.id.clone())
             .collect();

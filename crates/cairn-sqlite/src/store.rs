@@ -599,11 +599,14 @@ pub(crate) fn run_candidates(conn: &Connection, now: u64, limit: usize) -> R<Vec
     Ok(ids)
 }
 
-/// The children of `parent` that have not ended, in id order (the
-/// `processes_caused_by` index).
-pub(crate) fn running_children(conn: &Connection, parent: &str) -> R<Vec<String>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT id FROM processes WHERE caused_by = ?1 AND status = 'running' ORDER BY id")?;
+/// The children of `parent` a tree cancel walks, in id order: those that
+/// have not ended, and ended ones with children of their own (the
+/// `processes_caused_by` index, both times).
+pub(crate) fn tree_children(conn: &Connection, parent: &str) -> R<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT p.id FROM processes p WHERE p.caused_by = ?1 AND (p.status = 'running' \
+         OR EXISTS (SELECT 1 FROM processes c WHERE c.caused_by = p.id)) ORDER BY p.id",
+    )?;
     let ids = stmt
         .query_map(params![parent], |r| r.get(0))?
         .collect::<rusqlite::Result<Vec<String>>>()?;

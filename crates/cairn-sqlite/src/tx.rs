@@ -218,9 +218,9 @@ impl WriteTx for Tx<'_> {
         Ok(store::run_candidates(self.conn, self.now, limit)?)
     }
 
-    fn running_children(&mut self, parent: &str) -> Result<Vec<String>> {
+    fn tree_children(&mut self, parent: &str) -> Result<Vec<String>> {
         self.finish()?;
-        Ok(store::running_children(self.conn, parent)?)
+        Ok(store::tree_children(self.conn, parent)?)
     }
 
     fn insert_row(&mut self, record: ProcessRecord) -> Result<()> {

@@ -1777,6 +1777,36 @@ pub async fn cancel_reaches_running_children(factory: &dyn StoreFactory) {
     let bystander = p.get("bystander").await.expect("get");
     assert_eq!(bystander.status, ProcessStatus::Running);
     assert!(bystander.cancel_request.is_none());
+
+    // A child that has ended leaves its own children the tree's: they are
+    // reached through it.
+    for (id, parent) in [
+        ("root", None),
+        ("root-done", Some("root")),
+        ("root-done-1", Some("root-done")),
+        ("root-done-1-x", Some("root-done-1")),
+    ] {
+        p.start(waiter(id, parent)).await.expect("start");
+        p.await_event(id, "process.waiting", 0, WAIT).await.expect("waiting");
+    }
+    p.signal("root-done", "go", "g", json!({})).await.expect("signal");
+    p.signal("root-done-1", "go", "g", json!({})).await.expect("signal");
+    for id in ["root-done", "root-done-1"] {
+        assert_eq!(terminal(&p, id).await.status, ProcessStatus::Completed, "{id}");
+    }
+    let answer = p
+        .registry()
+        .request_cancel("root", Some("all of it".into()))
+        .await
+        .expect("cancel");
+    assert_eq!(
+        answer.descendants.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["root-done-1-x"]
+    );
+    for id in ["root", "root-done-1-x"] {
+        let r = terminal(&p, id).await;
+        assert_eq!(r.status, ProcessStatus::Cancelled, "{id}: {r:?}");
+    }
     p.shutdown().await;
 }
 

@@ -92,10 +92,13 @@ pub trait WriteTx {
     /// whose lease is free or expired now. [`run`] checks each again.
     fn run_candidates(&mut self, limit: usize) -> Result<Vec<String>>;
 
-    /// The children of `parent` (rows whose `caused_by` names it) that have not
-    /// ended, as this transaction sees them, in id order. A batching backend
-    /// loads (and locks) them before a cancellation of `parent` runs.
-    fn running_children(&mut self, parent: &str) -> Result<Vec<String>>;
+    /// The children of `parent` (rows whose `caused_by` names it) a tree
+    /// cancel walks, as this transaction sees them, in id order: every one
+    /// that has not ended, and every ended one that has children of its own
+    /// (a running grandchild under an ended child is still the tree's); an
+    /// answer may hold other ended children too. A batching backend loads
+    /// (and locks) them before a cancellation of `parent` runs.
+    fn tree_children(&mut self, parent: &str) -> Result<Vec<String>>;
 
     /// Store a new row: `record`, no lease, fencing counter 0. It enters the
     /// change feed.
@@ -880,7 +883,7 @@ fn cancel<T: WriteTx + ?Sized>(tx: &mut T, id: &str, reason: Option<&str>) -> Re
     let mut parents = vec![id.to_string()];
     let mut descendants = Vec::new();
     while let Some(parent) = parents.pop() {
-        for child in tx.running_children(&parent)? {
+        for child in tx.tree_children(&parent)? {
             if !seen.insert(child.clone()) {
                 continue;
             }

@@ -49,10 +49,12 @@ pub(crate) const LOAD_ROWS: &str = "SELECT p.id, p.record, p.lease_owner, p.leas
     p.lease_claimed_at_ms, p.lease_expires_at_ms, p.fencing_counter, p.types_key \
     FROM processes p WHERE p.id = ANY($1::text[] || ARRAY(SELECT c.caused_by FROM processes c \
     WHERE c.id = ANY($2::text[]) AND c.caused_by IS NOT NULL)) ORDER BY p.id FOR UPDATE";
-/// The running children of a batch's cancelled processes, locked in id order.
+/// The children a tree cancel walks of a batch's cancelled processes (unended
+/// ones, and ended ones with children of their own), locked in id order.
 const LOAD_CHILDREN: &str = "SELECT p.id, p.record, p.lease_owner, p.lease_token, p.lease_fencing, \
     p.lease_claimed_at_ms, p.lease_expires_at_ms, p.fencing_counter, p.types_key \
-    FROM processes p WHERE p.caused_by = ANY($1::text[]) AND p.status = 'running' ORDER BY p.id FOR UPDATE";
+    FROM processes p WHERE p.caused_by = ANY($1::text[]) AND (p.status = 'running' \
+    OR EXISTS (SELECT 1 FROM processes c WHERE c.caused_by = p.id)) ORDER BY p.id FOR UPDATE";
 /// Rows read, not written: the children a wait names. Run after the locks
 /// are held, so (read committed) it sees every end committed before.
 const PEEK_ROWS: &str = "SELECT p.id, p.record, p.lease_owner, p.lease_token, p.lease_fencing, \

@@ -183,21 +183,22 @@ impl WriteTx for Uow {
 
     /// Candidates locked by the load, skipping those an earlier operation of
     /// the batch took or changed.
-    fn running_children(&mut self, parent: &str) -> Result<Vec<String>> {
-        // The batch loaded and locked the running descendants of every process
-        // it cancels (`load_descendants`); children it registered are slots too.
+    fn tree_children(&mut self, parent: &str) -> Result<Vec<String>> {
+        // The batch loaded and locked the tree of every process it cancels
+        // (`load_descendants`: unended descendants, through ended children
+        // that have children); children it registered are slots too. An
+        // ended slot is answered as well (walking it finds what was loaded).
         let mut ids: Vec<String> = self
             .slots
             .values()
             .filter_map(|s| s.entry.as_ref())
             .filter(|e| {
-                !e.record.is_terminal()
-                    && e.record
-                        .provenance
-                        .caused_by
-                        .as_ref()
-                        .and_then(CausalRef::parent_process)
-                        == Some(parent)
+                e.record
+                    .provenance
+                    .caused_by
+                    .as_ref()
+                    .and_then(CausalRef::parent_process)
+                    == Some(parent)
             })
             .map(|e| e.record.id.clone())
             .collect();
