@@ -442,8 +442,13 @@ impl ProcessRegistry for MemoryRegistry {
             .into_registered()
     }
 
-    async fn register_granted(&self, registration: Registration, grants: Vec<StartGrant>) -> Result<Registered> {
-        self.submit(Op::register_granted(&registration, grants, self.now()))?
+    async fn register_child(
+        &self,
+        registration: Registration,
+        grants: Vec<StartGrant>,
+        parent_lease: &Lease,
+    ) -> Result<Registered> {
+        self.submit(Op::register_child(&registration, grants, parent_lease, self.now()))?
             .into_registered()
     }
 

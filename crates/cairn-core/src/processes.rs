@@ -214,22 +214,22 @@ pub(crate) async fn register_start(
     require_tool: bool,
     req: StartRequest,
 ) -> Result<Registered> {
-    register_start_granted(registry, tools, require_tool, req, Vec::new()).await
+    let (registration, grant) = prepare_registration(registry, tools, require_tool, req).await?;
+    registry.register(registration, grant).await
 }
 
-/// [`register_start`], its grant made to each scope of `also` too (with the
-/// same descriptor), in the same transaction: an existing id writes none.
-pub(crate) async fn register_start_granted(
+/// [`register_start`] of a child by the run of its parent holding
+/// `parent_lease` ([`ProcessRegistry::register_child`]), its grant made to
+/// each scope of `also` too (with the same descriptor), in the same
+/// transaction: an existing id writes none.
+pub(crate) async fn register_child_start(
     registry: &dyn ProcessRegistry,
     tools: &ToolRegistry,
-    require_tool: bool,
     req: StartRequest,
     also: Vec<crate::model::SessionScope>,
+    parent_lease: &crate::model::Lease,
 ) -> Result<Registered> {
-    let (registration, grant) = prepare_registration(registry, tools, require_tool, req).await?;
-    if also.is_empty() {
-        return registry.register(registration, grant).await;
-    }
+    let (registration, grant) = prepare_registration(registry, tools, true, req).await?;
     let descriptor = grant.as_ref().map(|g| g.descriptor.clone()).unwrap_or_default();
     let grants = grant
         .into_iter()
@@ -238,7 +238,7 @@ pub(crate) async fn register_start_granted(
             descriptor: descriptor.clone(),
         }))
         .collect();
-    registry.register_granted(registration, grants).await
+    registry.register_child(registration, grants, parent_lease).await
 }
 
 /// [`register_start`], claiming what it creates for `slot` when it may run

@@ -63,12 +63,22 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// - The record, its grant and its change-feed entry commit together.
     async fn register(&self, registration: Registration, grant: Option<StartGrant>) -> Result<Registered>;
 
-    /// [`register`](Self::register) with several grants, written with the
-    /// record in one transaction (each an upsert of its scope's grant). As
-    /// for `register`, an existing id writes nothing: a grant revoked since
-    /// the first start stays revoked. A child a session's process starts is
-    /// registered so, granted to every scope that holds its parent.
-    async fn register_granted(&self, registration: Registration, grants: Vec<StartGrant>) -> Result<Registered>;
+    /// A child's registration by a run of its parent (`caused_by` names the
+    /// process `parent_lease` is of; `invalid_request` otherwise):
+    /// [`register`](Self::register), fenced by the run's lease
+    /// (`lease_fenced`, and nothing written, unless it is the parent's live
+    /// lease: a run that lost its lease starts no children), with several
+    /// grants written with the record in one transaction (each an upsert of
+    /// its scope's grant). As for `register`, an existing id writes nothing:
+    /// a grant revoked since the first start stays revoked. A child a
+    /// session's process starts is granted so to every scope that holds its
+    /// parent.
+    async fn register_child(
+        &self,
+        registration: Registration,
+        grants: Vec<StartGrant>,
+        parent_lease: &Lease,
+    ) -> Result<Registered>;
 
     /// [`register`](Self::register), and when the write created a process
     /// the worklist would hand out now (a run candidate with a free lease),

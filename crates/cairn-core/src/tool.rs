@@ -14,7 +14,7 @@ use crate::awaiter::Awaiter;
 use crate::clock::{system_clock, SharedClock};
 use crate::events::{self, AppendRequest, EventType, ProcessEvent};
 use crate::model::{ChildrenMode, Disposition, EnvSpec, Lease, Outcome, ProcessInput, ProcessRecord, WaitRequest};
-use crate::processes::{register_start_granted, StartRequest};
+use crate::processes::{register_child_start, StartRequest};
 use crate::registry::ProcessRegistry;
 use crate::{CairnError, Result};
 
@@ -518,12 +518,12 @@ impl ToolContext {
         // (a second start of a child that did land answers it).
         let lease = self.lease();
         let registered = crate::retry::while_lease_holds(&self.inner.clock, &lease, "starting a child", || {
-            register_start_granted(
+            register_child_start(
                 self.inner.registry.as_ref(),
                 &self.inner.tools,
-                true,
                 request.clone(),
                 also.clone(),
+                &lease,
             )
         })
         .await?;

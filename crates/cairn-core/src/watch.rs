@@ -567,8 +567,13 @@ impl ProcessRegistry for WatchedRegistry {
         Ok(r)
     }
 
-    async fn register_granted(&self, registration: Registration, grants: Vec<StartGrant>) -> Result<Registered> {
-        let r = self.inner.register_granted(registration, grants).await?;
+    async fn register_child(
+        &self,
+        registration: Registration,
+        grants: Vec<StartGrant>,
+        parent_lease: &Lease,
+    ) -> Result<Registered> {
+        let r = self.inner.register_child(registration, grants, parent_lease).await?;
         self.registered(&r).await;
         Ok(r)
     }

@@ -315,10 +315,20 @@ impl ProcessRegistry for PostgresRegistry {
             .into_registered()
     }
 
-    async fn register_granted(&self, registration: Registration, grants: Vec<StartGrant>) -> Result<Registered> {
-        self.submit(Op::register_granted(&registration, grants, self.clock.now_ms()))
-            .await?
-            .into_registered()
+    async fn register_child(
+        &self,
+        registration: Registration,
+        grants: Vec<StartGrant>,
+        parent_lease: &Lease,
+    ) -> Result<Registered> {
+        self.submit(Op::register_child(
+            &registration,
+            grants,
+            parent_lease,
+            self.clock.now_ms(),
+        ))
+        .await?
+        .into_registered()
     }
 
     async fn register_claimed(

@@ -201,6 +201,7 @@ macro_rules! conformance_suite {
                 // registration
                 register_creates_running_record,
                 register_is_idempotent,
+                register_child_is_fenced_by_the_parents_lease,
                 register_does_not_reapply_grant,
                 register_conflict_changes_nothing,
                 registration_hash_is_stable,

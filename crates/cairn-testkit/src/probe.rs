@@ -154,8 +154,13 @@ impl ProcessRegistry for ReadProbe {
     async fn register(&self, registration: Registration, grant: Option<StartGrant>) -> Result<Registered> {
         self.inner.register(registration, grant).await
     }
-    async fn register_granted(&self, registration: Registration, grants: Vec<StartGrant>) -> Result<Registered> {
-        self.inner.register_granted(registration, grants).await
+    async fn register_child(
+        &self,
+        registration: Registration,
+        grants: Vec<StartGrant>,
+        parent_lease: &Lease,
+    ) -> Result<Registered> {
+        self.inner.register_child(registration, grants, parent_lease).await
     }
     async fn register_claimed(
         &self,

@@ -149,6 +149,10 @@ pub enum Op {
         record: Box<ProcessRecord>,
         grants: Vec<Grant>,
         claim_for: Option<ClaimFor>,
+        /// A child's registration by a run of its parent: that run's lease,
+        /// checked against the parent's (see
+        /// [`crate::ProcessRegistry::register_child`]).
+        parent_lease: Option<Lease>,
     },
     /// See [`crate::ProcessRegistry::append_event`].
     Append { id: String, request: AppendRequest },
@@ -193,12 +197,38 @@ pub enum Op {
 impl Op {
     /// A registration at `now_ms` with its optional initial grant.
     pub fn register(registration: &Registration, grant: Option<StartGrant>, now_ms: u64) -> Result<Self> {
-        Self::register_granted(registration, grant.into_iter().collect(), now_ms)
+        Self::register_with(registration, grant.into_iter().collect(), None, now_ms)
     }
 
-    /// A registration at `now_ms` with its initial grants (see
-    /// [`crate::ProcessRegistry::register_granted`]).
-    pub fn register_granted(registration: &Registration, grants: Vec<StartGrant>, now_ms: u64) -> Result<Self> {
+    /// A child's registration at `now_ms` by the run of its parent holding
+    /// `parent_lease`, with its initial grants (see
+    /// [`crate::ProcessRegistry::register_child`]).
+    pub fn register_child(
+        registration: &Registration,
+        grants: Vec<StartGrant>,
+        parent_lease: &Lease,
+        now_ms: u64,
+    ) -> Result<Self> {
+        let parent = registration
+            .provenance
+            .caused_by
+            .as_ref()
+            .and_then(CausalRef::parent_process);
+        if parent != Some(parent_lease.process_id.as_str()) {
+            return Err(CairnError::InvalidRequest(format!(
+                "a child registered under the lease of `{}` names that process as its `caused_by`",
+                parent_lease.process_id
+            )));
+        }
+        Self::register_with(registration, grants, Some(parent_lease.clone()), now_ms)
+    }
+
+    fn register_with(
+        registration: &Registration,
+        grants: Vec<StartGrant>,
+        parent_lease: Option<Lease>,
+        now_ms: u64,
+    ) -> Result<Self> {
         let record = fold::initial_record(registration, now_ms)?;
         for g in &grants {
             validate_scope(&g.session_scope)?;
@@ -216,6 +246,7 @@ impl Op {
             record: Box::new(record),
             grants,
             claim_for: None,
+            parent_lease,
         })
     }
 
@@ -236,6 +267,7 @@ impl Op {
         Ok(Self::Register {
             record,
             grants,
+            parent_lease: None,
             claim_for: Some(ClaimFor {
                 owner: owner.to_string(),
                 ttl_ms,
@@ -595,13 +627,15 @@ pub fn run<T: WriteTx + ?Sized>(tx: &mut T, op: &Op) -> Result<Answer> {
             record,
             grants,
             claim_for: None,
-        } => Answer::Registered(register(tx, record, grants)?),
+            parent_lease,
+        } => Answer::Registered(register(tx, record, grants, parent_lease.as_ref())?),
         Op::Register {
             record,
             grants,
             claim_for: Some(c),
+            parent_lease,
         } => {
-            let registered = register(tx, record, grants)?;
+            let registered = register(tx, record, grants, parent_lease.as_ref())?;
             // Only what this write created, and only when the worklist would
             // hand it out now (a child born cancelled is not a run candidate).
             let claim = if registered.created {
@@ -688,7 +722,12 @@ pub fn missing_parent(parent: &str) -> CairnError {
     ))
 }
 
-fn register<T: WriteTx + ?Sized>(tx: &mut T, record: &ProcessRecord, grants: &[Grant]) -> Result<Registered> {
+fn register<T: WriteTx + ?Sized>(
+    tx: &mut T,
+    record: &ProcessRecord,
+    grants: &[Grant],
+    parent_lease: Option<&Lease>,
+) -> Result<Registered> {
     // A parent must exist (or have existed: a pruned one left its tombstone).
     // Under a parent whose cancellation was requested the child is born
     // cancelled, so no child escapes a tree cancel that committed before it.
@@ -697,6 +736,13 @@ fn register<T: WriteTx + ?Sized>(tx: &mut T, record: &ProcessRecord, grants: &[G
     // missing parent gets, whatever else is wrong with the start.
     let mut cancelled_parent = None;
     if let Some(parent) = record.provenance.caused_by.as_ref().and_then(CausalRef::parent_process) {
+        // A run that lost its parent's lease starts nothing more: its
+        // writes are fenced (SPEC §5), its children's too.
+        if let Some(lease) = parent_lease {
+            let now = tx.now();
+            let stored = tx.row(parent)?.and_then(|row| row.lease.clone());
+            fold::check_lease(parent, stored.as_ref(), lease, now)?;
+        }
         let found = tx
             .row(parent)?
             .map(|row| row.record.cancel_request.as_ref().map(|c| c.reason.clone()));

@@ -42,6 +42,56 @@ pub async fn register_creates_running_record(factory: &dyn StoreFactory) {
     assert_eq!(listed.len(), 3, "every new process is running");
 }
 
+/// A child registered by a run of its parent is fenced by that run's lease:
+/// a run that lost it starts nothing (`lease_fenced`, nothing written); the
+/// run holding it does, with every grant it names; a lease of another
+/// process is bad input.
+pub async fn register_child_is_fenced_by_the_parents_lease(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    h.register(rerunnable("parent")).await;
+    let first = h.claim("parent", "w1", 1_000).await;
+    let child = |id: &str| {
+        let mut reg = rerunnable(id);
+        reg.provenance.caused_by = Some(cairn_core::CausalRef::process("parent"));
+        reg
+    };
+    let (s1, s2) = (SessionScope::session("s1"), SessionScope::session("s2"));
+    let grants = vec![start_grant(&s1, "tool", "one"), start_grant(&s2, "tool", "two")];
+    let made = ok(
+        h.registry()
+            .register_child(child("parent/1"), grants.clone(), &first)
+            .await,
+        "register_child",
+    );
+    assert!(made.created);
+    let holders: Vec<_> = ok(h.registry().grants_of("parent/1").await, "grants_of")
+        .into_iter()
+        .map(|g| g.scope)
+        .collect();
+    assert_eq!(holders, vec![s1, s2]);
+    h.advance(1_001);
+    let second = h.claim("parent", "w2", 1_000).await;
+    h.rejects(
+        "lease_fenced",
+        "a child of a run that lost its lease",
+        h.registry().register_child(child("parent/2"), grants.clone(), &first),
+    )
+    .await;
+    h.rejects(
+        "invalid_request",
+        "a child under another process's lease",
+        h.registry().register_child(rerunnable("stray"), Vec::new(), &second),
+    )
+    .await;
+    let made = ok(
+        h.registry()
+            .register_child(child("parent/2"), Vec::new(), &second)
+            .await,
+        "register_child under the live lease",
+    );
+    assert!(made.created);
+}
+
 /// Starting the same id with the same registration answers `created: false` with the
 /// stored record and writes nothing, for every disposition and after events.
 pub async fn register_is_idempotent(factory: &dyn StoreFactory) {
