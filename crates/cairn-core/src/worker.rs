@@ -456,8 +456,10 @@ impl Worker {
     }
 
     /// Run `claim` once a slot frees, renewing its lease every third of its
-    /// time to live meanwhile (a run renews it from then on). A renewal that
-    /// fails means the lease is lost: nothing runs, and nothing more is written.
+    /// time to live meanwhile (a run renews it from then on). A fenced
+    /// renewal means the lease is lost: nothing runs, and nothing more is
+    /// written; one the store failed is tried again at the next third, as a
+    /// run's guard does, until the lease has lapsed by this node's clock.
     fn run_when_a_slot_frees(self: &Arc<Self>, mut claim: Claim) {
         let this = self.clone();
         let unplaced = self.unplaced();
@@ -476,10 +478,14 @@ impl Worker {
                                 claim.process.lease = Some(lease.view());
                                 claim.lease = lease;
                             }
-                            Err(e) => {
+                            Err(e) if e.is_client_error() || this.clock.now_ms() >= claim.lease.expires_at_ms => {
                                 tracing::warn!(process_id = %claim.process.id, error = %e,
                                     "a claim waiting for a slot lost its lease");
                                 return;
+                            }
+                            Err(e) => {
+                                tracing::warn!(process_id = %claim.process.id, error = %e,
+                                    "a claim waiting for a slot could not renew its lease; will retry");
                             }
                         }
                     }

@@ -1957,6 +1957,49 @@ pub async fn a_drain_waits_for_a_claim_waiting_for_a_slot(factory: &dyn StoreFac
     p.shutdown().await;
 }
 
+/// A claim waiting for a slot whose lease renewal the store fails keeps its
+/// claim and tries again, as a run's guard does: once the slot frees it runs
+/// (an owner-bound process left started with nobody to run it could never
+/// run again).
+pub async fn a_claim_waiting_for_a_slot_outlives_a_failed_renewal(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let (probe, p) = probed_runtime(
+        &store,
+        WorkerConfig {
+            lease_ttl: Duration::from_millis(300),
+            ..one_slot()
+        },
+    );
+    p.worker().expect("a worker").drive_once().await.expect("drive");
+    let (inner, starter) = (store.registry.clone(), p.clone());
+    let (hooked, hook_ran) = tokio::sync::oneshot::channel();
+    probe.before_next_claim_batch(Box::new(move || {
+        Box::pin(async move {
+            register_a_then_start_b(inner, &starter, "wait_signal", json!({"name": "go"})).await;
+            let _ = hooked.send(());
+        })
+    }));
+    p.hub().notify_work();
+    hook_ran.await.expect("the next drive claimed");
+    p.await_event("b", "process.waiting", 0, WAIT)
+        .await
+        .expect("b waits in its slot");
+    p.await_event("a", "process.started", 0, WAIT).await.expect("a claimed");
+    let mut failed = probe.failed_renewals();
+    probe.fail_renewals(true);
+    tokio::time::timeout(WAIT, failed.wait_for(|ids| ids.iter().any(|id| id == "a")))
+        .await
+        .expect("a's renewal was tried")
+        .expect("probe");
+    probe.fail_renewals(false);
+    p.signal("b", "go", "g", json!({})).await.expect("signal b");
+    let a = p.await_output("a", WAIT).await.expect("await a");
+    assert_eq!(a.outcome, Some(Outcome::success(json!("a"))), "{a:?}");
+    p.await_output("b", WAIT).await.expect("await b");
+    assert_ended_without_leases(&p, &store, &["a", "b"]).await;
+    p.shutdown().await;
+}
+
 /// A drain that begins while a drive is claiming waits for what the claim
 /// brings back: the drive's claim of `a` returns after the drain began and
 /// after the only other run (`b`) ended, so nothing is in flight and every

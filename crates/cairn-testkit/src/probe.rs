@@ -38,6 +38,7 @@ pub struct ReadProbe {
     due_hook: parking_lot::Mutex<Option<ClaimHook>>,
     claim_batches: std::sync::atomic::AtomicU64,
     failing_renewals: std::sync::atomic::AtomicBool,
+    failed_renewals: watch::Sender<Vec<String>>,
     failing_completes: std::sync::atomic::AtomicU64,
     failing_env_reads: std::sync::atomic::AtomicU64,
     failing_log_reads: std::sync::atomic::AtomicU64,
@@ -57,6 +58,7 @@ impl ReadProbe {
             due_hook: parking_lot::Mutex::new(None),
             claim_batches: std::sync::atomic::AtomicU64::new(0),
             failing_renewals: std::sync::atomic::AtomicBool::new(false),
+            failed_renewals: watch::channel(Vec::new()).0,
             failing_completes: std::sync::atomic::AtomicU64::new(0),
             failing_env_reads: std::sync::atomic::AtomicU64::new(0),
             failing_log_reads: std::sync::atomic::AtomicU64::new(0),
@@ -94,6 +96,12 @@ impl ReadProbe {
     /// From now on, every `renew` fails `unavailable` without reaching the
     /// inner registry (`false` lets them through again): a store a node
     /// cannot reach, while the rest of the test can.
+    /// A receiver of the process ids of every renewal failed so far by
+    /// [`fail_renewals`](Self::fail_renewals), in order.
+    pub fn failed_renewals(&self) -> watch::Receiver<Vec<String>> {
+        self.failed_renewals.subscribe()
+    }
+
     pub fn fail_renewals(&self, failing: bool) {
         self.failing_renewals
             .store(failing, std::sync::atomic::Ordering::SeqCst);
@@ -251,6 +259,8 @@ impl ProcessRegistry for ReadProbe {
     }
     async fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<Lease> {
         if self.failing_renewals.load(std::sync::atomic::Ordering::SeqCst) {
+            self.failed_renewals
+                .send_modify(|ids| ids.push(lease.process_id.clone()));
             return Err(cairn_core::CairnError::Unavailable("the probe fails renewals".into()));
         }
         self.inner.renew(lease, ttl_ms).await
