@@ -251,6 +251,32 @@ async fn session_tokens_see_only_their_grants() {
     assert_eq!(host.start(gone.clone()).await.0, 201);
     let own = json!({"id": "own-1", "input": {"type": "external"}, "disposition": "externally_owned"});
     assert_eq!(s1.start(own.clone()).await.0, 201);
+    // A session ends its external work through `complete`, which records it
+    // as the session: a core terminal event appended by hand could name
+    // anyone as its author, and is refused, changing nothing.
+    for (t, payload) in [
+        (
+            "process.completed",
+            json!({"await_output": {"type": "success", "value": 1}, "completed_by": "host"}),
+        ),
+        (
+            "process.failed",
+            json!({"await_output": {"type": "failure", "class": "", "code": "", "message": ""}}),
+        ),
+        (
+            "process.cancelled",
+            json!({"await_output": {"type": "cancelled", "reason": "x"}}),
+        ),
+    ] {
+        let (s, err) = s1
+            .post(
+                "/v1/processes/own-1/events",
+                json!({"event_type": t, "payload": payload}),
+            )
+            .await;
+        assert_eq!((s, code(&err)), (400, "invalid_request"), "{t}: {err}");
+    }
+    assert_eq!(s1.get("/v1/processes/own-1").await.1["status"], "running");
     let (s, _) = s1
         .post(
             "/v1/processes/own-1/complete",
@@ -258,6 +284,13 @@ async fn session_tokens_see_only_their_grants() {
         )
         .await;
     assert_eq!(s, 200);
+    let (_, events) = s1.get("/v1/processes/own-1/events").await;
+    let ended = events["events"]
+        .as_array()
+        .and_then(|e| e.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(ended["payload"]["completed_by"], "session:s1", "{events}");
     let (s, _) = host
         .post(
             "/v1/processes/gone-1/complete",

@@ -531,7 +531,7 @@ pub async fn await_terminal(
     request_body = AppendBody,
     responses(
         (status = 200, description = "The event, whether a replay key matched an earlier append, and the wake written with it", body = AppendResult),
-        (status = 400, description = "undeclared_event_type, reserved_event_type, schema_violation, terminal_needs_authority, invalid_outcome; invalid_request for a `signal.{name}` event without the replay key `signal:{name}:{signal_id}` (signals are sent with their id, through the signals route)", body = ErrorSchema),
+        (status = 400, description = "undeclared_event_type, reserved_event_type, schema_violation, terminal_needs_authority, invalid_outcome; invalid_request for a `signal.{name}` event without the replay key `signal:{name}:{signal_id}` (signals are sent with their id, through the signals route), and for a session token's `process.completed`, `process.failed` or `process.cancelled` (a session ends its external work with `/complete`, which records it as the session)", body = ErrorSchema),
         (status = 404, description = "unknown_process", body = ErrorSchema),
         (status = 409, description = "replay_conflict or process_terminal", body = ErrorSchema),
         (status = 413, description = "payload_too_large", body = ErrorSchema)))]
@@ -548,6 +548,22 @@ pub async fn append(
                 "a session token may only set a wake target in its own session",
             ));
         }
+    }
+    // A core terminal event names who ended the process; `complete` records
+    // a session as itself, and is the session's only way to write one.
+    if scope_of_session(&caller).is_some()
+        && [
+            cairn_core::events::COMPLETED,
+            cairn_core::events::FAILED,
+            cairn_core::events::CANCELLED,
+        ]
+        .contains(&body.event_type.as_str())
+    {
+        return Err(ApiError::invalid_request(format!(
+            "a session token ends an externally owned process with POST /v1/processes/{id}/complete \
+             (which records it as the session), not by appending `{}`",
+            body.event_type
+        )));
     }
     let req = AppendRequest {
         event_type: body.event_type,
