@@ -66,6 +66,34 @@ pub fn validate_id(what: &str, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// The most bytes of an `authority` or `requested_by`: an id, and room for
+/// the `session:` a session's own label puts before its id (a session id may
+/// be [`MAX_ID_BYTES`] long).
+pub const MAX_AUTHORITY_BYTES: usize = MAX_ID_BYTES + "session:".len();
+
+/// Check who a completion or an abandon request names as its author, as
+/// [`validate_id`] checks an id, up to [`MAX_AUTHORITY_BYTES`].
+pub fn validate_authority(what: &str, label: &str) -> Result<()> {
+    if label.len() > MAX_AUTHORITY_BYTES {
+        return Err(CairnError::InvalidId(format!(
+            "{what} is {} bytes, over the {MAX_AUTHORITY_BYTES} byte limit",
+            label.len()
+        )));
+    }
+    if label.len() <= MAX_ID_BYTES {
+        return validate_id(what, label);
+    }
+    // Longer than an id (so neither empty nor a path segment): the rest of
+    // an id's checks.
+    if label.chars().any(char::is_control) {
+        return Err(CairnError::InvalidId(format!(
+            "{what} `{}` contains a control character",
+            label.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
 /// What separates a session id from its frame in a scope id (SPEC §1:
 /// `session:{session_id}/frame:{frame}`).
 pub const FRAME_SEPARATOR: &str = "/frame:";

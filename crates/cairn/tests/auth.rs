@@ -323,6 +323,41 @@ async fn session_tokens_see_only_their_grants() {
 
 /// A session following a process's events stops reading them once its grant
 /// is moved away: the next page is refused as the process is to it now.
+/// A session whose id is as long as an id may be completes and asks to
+/// abandon its external work like any other: it is recorded as
+/// `session:{id}`, longer than an id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_with_the_longest_id_completes_its_work() {
+    let long = "s".repeat(256);
+    let server = Server::start(&["--token", "host", "--session-token", &format!("{long}=tok-long")]).await;
+    let s = server.with_token("tok-long");
+    for id in ["long-1", "long-2"] {
+        let start = json!({"id": id, "input": {"type": "external"}, "disposition": "externally_owned"});
+        assert_eq!(s.start(start).await.0, 201);
+    }
+    let (status, body) = s
+        .post(
+            "/v1/processes/long-1/complete",
+            json!({"outcome": {"type": "success", "value": 1}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, events) = s.get("/v1/processes/long-1/events").await;
+    let ended = events["events"]
+        .as_array()
+        .and_then(|e| e.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(ended["payload"]["completed_by"], format!("session:{long}"), "{events}");
+    let (status, body) = s
+        .post(
+            "/v1/processes/long-2/abandon-request",
+            json!({"reason": "the other system lost it"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_stream_stops_when_its_grant_moves() {
     let server = Server::start(&["--token", "host", "--session-token", "s1=tok-1"]).await;

@@ -366,7 +366,7 @@ impl Op {
     /// An abandon request.
     pub fn request_abandon(id: &str, requested_by: &str, reason: &str) -> Result<Self> {
         validate_id("process id", id)?;
-        validate_id("requested_by", requested_by)?;
+        crate::validate::validate_authority("requested_by", requested_by)?;
         if reason.trim().is_empty() {
             return Err(CairnError::InvalidRequest(format!(
                 "the abandon request for `{id}` needs a reason: it is recorded as the evidence behind `abandoned`"
@@ -399,7 +399,7 @@ impl Op {
     /// An external completion on behalf of `authority`.
     pub fn complete_external(id: &str, outcome: &Outcome, authority: &str) -> Result<Self> {
         validate_id("process id", id)?;
-        validate_id("authority", authority)?;
+        crate::validate::validate_authority("authority", authority)?;
         Ok(Self::CompleteExternal {
             id: id.to_string(),
             request: fold::external_completion(id, outcome, authority)?,
