@@ -415,7 +415,13 @@ async fn rows_markup(p: &Processes, visitor: &Visitor, q: &ListQuery) -> (Status
     } else {
         match newest_page(p, &plan).await {
             Ok(x) => x,
-            Err(e) => return (StatusCode::BAD_REQUEST, pages::error_fragment(e.code(), &e.to_string())),
+            // A read the store failed is the server's fault, not the query's.
+            Err(e) => {
+                return (
+                    crate::process::status_for(&e),
+                    pages::error_fragment(e.code(), &e.to_string()),
+                )
+            }
         }
     };
     let newest = ListQuery {

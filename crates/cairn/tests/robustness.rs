@@ -252,4 +252,7 @@ async fn readiness_fails_when_the_database_does_not_answer() {
         !message.contains(&schema.name) && !message.contains("relation"),
         "{message}"
     );
+    // The dashboard's list says the same: the server's fault, not the query's.
+    let (s, _) = c.get("/ui/list/rows").await;
+    assert!(s >= 500, "the dashboard's list answered {s}");
 }
