@@ -109,8 +109,41 @@ fn to_sse(event: &ProcessEvent) -> Event {
 /// A failure mid-stream (for example the process was pruned): an `error` event
 /// carrying the usual error body, after which the stream closes.
 fn error_event(err: &CairnError) -> Event {
-    let body = serde_json::json!({
+    Event::default().event("error").data(error_data(err).to_string())
+}
+
+/// The data of [`error_event`]: the error body a JSON route answers (with the
+/// `tombstone` of a pruned process), and its HTTP status.
+fn error_data(err: &CairnError) -> serde_json::Value {
+    let mut body = serde_json::json!({
         "error": {"code": err.code(), "message": err.to_string(), "status": status_of(err).as_u16()}
     });
-    Event::default().event("error").data(body.to_string())
+    if let CairnError::NoLongerRetained(tombstone) = err {
+        body["error"]["tombstone"] = serde_json::to_value(tombstone).unwrap_or_default();
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pruned_process_error_carries_its_tombstone() {
+        let tombstone = cairn_core::Tombstone {
+            id: "gone".into(),
+            status: cairn_core::ProcessStatus::Completed,
+            terminal_at_ms: 5,
+            pruned_at_ms: 9,
+        };
+        let data = error_data(&CairnError::NoLongerRetained(Box::new(tombstone)));
+        assert_eq!(data["error"]["code"], "no_longer_retained");
+        assert_eq!(data["error"]["status"], 410);
+        assert_eq!(
+            data["error"]["tombstone"],
+            serde_json::json!({"id": "gone", "status": "completed", "terminal_at_ms": 5, "pruned_at_ms": 9})
+        );
+        let data = error_data(&CairnError::UnknownProcess("x".into()));
+        assert!(data["error"].get("tombstone").is_none(), "{data}");
+    }
 }
