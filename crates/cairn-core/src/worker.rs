@@ -523,6 +523,13 @@ impl Worker {
             return None;
         }
         let permit = self.slots.clone().try_acquire_owned().ok()?;
+        // Read again with the slot held: a drain that began after the first
+        // read may have counted every slot free and returned, and a start
+        // must not claim after it (a drain that begins later waits for
+        // this slot).
+        if self.draining.load(Ordering::SeqCst) {
+            return None;
+        }
         Some(StartSlot {
             held: self.hold(permit),
             owner: self.owner_id().to_string(),
