@@ -26,6 +26,10 @@ use crate::tool::{StopReason, ToolContext, ToolRegistry};
 use crate::watch::ChangeHub;
 use crate::{CairnError, Result};
 
+/// The most pages of the abandon worklist one drive reconciles (the next
+/// drive goes on where it stopped).
+const ABANDON_PAGES_PER_DRIVE: usize = 16;
+
 /// Worker settings.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -374,10 +378,23 @@ impl Worker {
         Ok(started)
     }
 
+    /// Reconcile the abandon worklist page by page while pages come back
+    /// full (a burst of requests is not left for the sweep, which no notice
+    /// may wake), up to [`ABANDON_PAGES_PER_DRIVE`] pages, and not again
+    /// after a page of which nothing was reconciled.
     async fn reconcile_abandons(&self) -> Result<()> {
-        for id in self.registry.abandon_worklist(self.config.batch_size).await? {
-            if let Err(e) = self.registry.reconcile_abandon(&id).await {
-                tracing::warn!(process_id = %id, error = %e, "abandon reconciliation failed");
+        let page = self.config.batch_size.max(1);
+        for _ in 0..ABANDON_PAGES_PER_DRIVE {
+            let ids = self.registry.abandon_worklist(page).await?;
+            let mut reconciled = 0;
+            for id in &ids {
+                match self.registry.reconcile_abandon(id).await {
+                    Ok(_) => reconciled += 1,
+                    Err(e) => tracing::warn!(process_id = %id, error = %e, "abandon reconciliation failed"),
+                }
+            }
+            if ids.len() < page || reconciled == 0 {
+                break;
             }
         }
         Ok(())

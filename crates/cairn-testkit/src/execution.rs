@@ -598,6 +598,46 @@ pub async fn owner_bound_started_is_never_rerun(factory: &dyn StoreFactory) {
     crate::assert_fold(reg.as_ref(), "ob2").await;
 }
 
+/// A burst of abandon requests is reconciled by one drive, page after
+/// page, not one page per drive (the rest would wait for the sweep: no
+/// notice wakes a driver once the requests' notices have been taken).
+pub async fn a_burst_of_abandon_requests_is_reconciled_in_one_drive(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let reg = store.registry.clone();
+    let p = Processes::builder(reg.clone()).without_worker().start();
+    let ids: Vec<String> = (0..5).map(|i| format!("burst-{i}")).collect();
+    for id in &ids {
+        p.start(StartRequest::tool(id, "block", json!({}), Disposition::OwnerBound))
+            .await
+            .expect("start");
+    }
+    assert_eq!(
+        reg.claim_batch("gone-owner", 1_000, 10).await.expect("claim").len(),
+        ids.len()
+    );
+    for id in &ids {
+        p.request_abandon(id, "operator", "owner is gone")
+            .await
+            .expect("abandon");
+    }
+    store.clock.advance(1_001);
+    let worker = Worker::new(
+        reg.clone(),
+        tools(vec![Arc::new(BlockTool { finish: true })]),
+        Awaiter::new(reg.clone(), None),
+        None,
+        Arc::new(store.clock.clone()),
+        WorkerConfig {
+            batch_size: 2,
+            ..config("w2")
+        },
+    );
+    worker.drive_once().await.expect("drive");
+    for id in &ids {
+        assert_eq!(reg.get(id).await.expect("get").status, ProcessStatus::Abandoned, "{id}");
+    }
+}
+
 /// Recovery: externally owned work is never claimed and ends through external completion.
 pub async fn externally_owned_is_never_claimed(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;

@@ -391,6 +391,7 @@ macro_rules! execution_suite {
                 a_tools_own_event_types_are_written_only_by_its_run,
                 wait_signal_resumes_with_payload,
                 rerunnable_reruns_after_lease_expiry,
+                a_burst_of_abandon_requests_is_reconciled_in_one_drive,
                 owner_bound_started_is_never_rerun,
                 a_start_claims_into_an_idle_slot,
                 a_full_worker_runs_queued_work_as_slots_free,
