@@ -114,7 +114,8 @@ struct Plan {
     filter: ProcessFilter,
     before: Option<Cursor>,
     size: usize,
-    /// A session viewer asked for another session's grants: an empty list, as the API answers.
+    /// A session viewer asked for another session's grants (the list answers
+    /// 403, as the API does; a definition's page shows none).
     empty: bool,
 }
 
@@ -410,18 +411,22 @@ async fn rows_markup(p: &Processes, visitor: &Visitor, q: &ListQuery) -> (Status
         Ok(plan) => plan,
         Err(e) => return (StatusCode::BAD_REQUEST, pages::error_fragment(e.code(), &e.to_string())),
     };
-    let (rows, next) = if plan.empty {
-        (Vec::new(), None)
-    } else {
-        match newest_page(p, &plan).await {
-            Ok(x) => x,
-            // A read the store failed is the server's fault, not the query's.
-            Err(e) => {
-                return (
-                    crate::process::status_for(&e),
-                    pages::error_fragment(e.code(), &e.to_string()),
-                )
-            }
+    // Another session's grants are its state: 403, as the API answers (a
+    // definition's page, which lists through the same plan, shows none).
+    if plan.empty {
+        return (
+            StatusCode::FORBIDDEN,
+            pages::error_fragment("forbidden", "a session token may only list its own session's grants"),
+        );
+    }
+    let (rows, next) = match newest_page(p, &plan).await {
+        Ok(x) => x,
+        // A read the store failed is the server's fault, not the query's.
+        Err(e) => {
+            return (
+                crate::process::status_for(&e),
+                pages::error_fragment(e.code(), &e.to_string()),
+            )
         }
     };
     let newest = ListQuery {

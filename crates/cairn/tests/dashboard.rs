@@ -586,6 +586,17 @@ async fn the_login_gate_keeps_the_token_in_a_cookie_and_refuses_requests_without
         let cookies = c.execute("return document.cookie;", vec![]).await.unwrap();
         assert!(!cookies.as_str().unwrap_or("").contains("s1-secret"), "{cookies}");
 
+        // Another session's grants are refused, as the API refuses them.
+        let foreign = c
+            .execute_async(
+                r#"const done = arguments[0];
+                   fetch('/ui/list/rows?lens=granted_to&session=s2').then(r => done(r.status));"#,
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(foreign, json!(403), "{foreign}");
+
         // A state-changing request without the page's CSRF token is refused and changes nothing...
         let refused = c
             .execute_async(
