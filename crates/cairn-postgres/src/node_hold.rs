@@ -243,6 +243,10 @@ mod tests {
     use crate::testing::{enabled, fresh, node_holder, retaken, terminate, test_client, NodeRival, TestSchema};
 
     #[tokio::test]
+    #[cfg_attr(
+        cairn_no_postgres,
+        ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+    )]
     async fn a_node_id_is_held_once_per_schema_and_free_again_when_dropped() {
         if !enabled() {
             return;
@@ -288,6 +292,10 @@ mod tests {
     }
 
     #[tokio::test]
+    #[cfg_attr(
+        cairn_no_postgres,
+        ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+    )]
     async fn a_hold_whose_connection_ends_takes_the_id_again() {
         if !enabled() {
             return;
@@ -386,6 +394,10 @@ mod tests {
     /// the hold's old session: the keeper ends that session and takes the id
     /// on a new one, rather than taking it for another runtime's.
     #[tokio::test]
+    #[cfg_attr(
+        cairn_no_postgres,
+        ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+    )]
     async fn a_hold_whose_old_session_outlives_its_connection_ends_it_and_takes_the_id_again() {
         if !enabled() {
             return;
@@ -438,6 +450,10 @@ mod tests {
     }
 
     #[tokio::test]
+    #[cfg_attr(
+        cairn_no_postgres,
+        ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+    )]
     async fn a_hold_taken_by_another_while_its_connection_was_down_is_lost() {
         if !enabled() {
             return;

@@ -1159,6 +1159,10 @@ async fn a_signal_on_one_node_resumes_a_suspension_made_by_another() {
 /// grant, so the prune (which locks it `FOR UPDATE` and deletes its grants)
 /// either sees the moved grant or leaves the transfer nothing to move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
 async fn a_transfer_racing_a_prune_leaves_no_grant_behind() {
     if !testing::enabled() {
         return;

@@ -213,6 +213,10 @@ mod postgres_tests {
     use super::*;
 
     #[tokio::test]
+    #[cfg_attr(
+        cairn_no_postgres,
+        ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+    )]
     async fn postgres_urls_open_with_a_fed_hub_and_bad_ones_say_why() {
         if !cairn_postgres::testing::enabled() {
             return;
