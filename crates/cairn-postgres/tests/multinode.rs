@@ -397,7 +397,12 @@ fn three_nodes_run_every_process_once_and_survive_a_sigkill() {
         // SAFETY: kill(2) on our own child's pid.
         let rc = unsafe { libc::kill(victim.child.id() as i32, libc::SIGKILL) };
         assert_eq!(rc, 0);
-        let _ = victim.child.wait();
+        let status = victim.child.wait().expect("reap the victim");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "the victim was killed by SIGKILL: {status:?}"
+        );
         let records = list_all(&reg, "gated-").await;
         let orphaned_ob: Vec<String> = records
             .iter()

@@ -201,7 +201,12 @@ async fn sqlite_survives_sigkill() {
     );
     child.kill().expect("SIGKILL the child");
     let status = child.wait().expect("reap child");
-    assert!(!status.success(), "the child was killed, not finished");
+    // Killed by this SIGKILL, not ended some other way (a panic, an exit).
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "the child was killed by SIGKILL: {status:?}"
+    );
     assert_eq!(
         started.len(),
         total,

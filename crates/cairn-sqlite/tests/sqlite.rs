@@ -421,22 +421,39 @@ async fn crash_child() {
             .await
             .expect("append");
     }
-    // Acknowledged: now die like kill -9 (no destructors, no checkpoint).
-    std::process::abort();
+    // Acknowledged: say so, and wait for the parent's SIGKILL (no
+    // destructors, no checkpoint).
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ACKED").expect("stdout");
+    out.flush().expect("stdout");
+    drop(out);
+    std::future::pending::<()>().await;
 }
 
 #[test]
 fn acknowledged_writes_survive_a_crash() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = db(&dir);
-    let status = std::process::Command::new(std::env::current_exe().expect("exe"))
+    let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
         .args(["--exact", "crash_child", "--ignored", "--test-threads=1", "--nocapture"])
         .env("CAIRN_SQLITE_CRASH_DB", &path)
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
-        .status()
+        .spawn()
         .expect("spawn child");
-    assert!(!status.success(), "the child aborts");
+    let stdout = child.stdout.take().expect("child stdout");
+    let acked = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+        .map_while(Result::ok)
+        .any(|line| line.ends_with("ACKED"));
+    child.kill().expect("SIGKILL the child");
+    let status = child.wait().expect("reap the child");
+    assert!(acked, "the child acknowledged its writes: {status:?}");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "the child was killed by SIGKILL: {status:?}"
+    );
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let reg = open(&path, &ManualClock::new(T0));
