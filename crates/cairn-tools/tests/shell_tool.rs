@@ -354,10 +354,12 @@ async fn a_group_ignoring_sigterm_is_killed_after_the_grace() {
 #[tokio::test]
 async fn timeout_stops_the_group_and_fails_with_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let args = json!({"command": pid_script(dir.path(), "echo waiting;"), "timeout_ms": 300});
+    // Long enough for a loaded machine to start the shell and its child
+    // (their pid files are read below) before the timeout fires.
+    let args = json!({"command": pid_script(dir.path(), "echo waiting;"), "timeout_ms": 3000});
     let started = Instant::now();
     let (_reg, outcome) = run(args).await;
-    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(started.elapsed() >= Duration::from_millis(3000));
     let raw = expect_failure(&outcome, "timeout");
     assert_eq!(raw["stdout_tail"], "waiting\n");
     let (shell, grandchild) = pids(dir.path()).await;
