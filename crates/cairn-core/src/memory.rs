@@ -219,22 +219,31 @@ impl WriteTx for Tx<'_> {
     }
 
     fn tree_children(&mut self, parent: &str) -> Result<Vec<String>> {
-        // A scan: the in-memory registry keeps no index of provenance, so
-        // every child is answered, ended or not (ended ones may be walked).
-        let mut ids: Vec<String> = self
-            .st
-            .entries
-            .values()
-            .filter(|e| {
-                e.row
-                    .record
-                    .provenance
-                    .caused_by
-                    .as_ref()
-                    .and_then(CausalRef::parent_process)
-                    == Some(parent)
-            })
-            .map(|e| e.row.record.id.clone())
+        // A scan (the in-memory registry keeps no index of provenance): the
+        // children of `parent`, and which of them have children of their own.
+        let parent_of = |e: &Entry| {
+            e.row
+                .record
+                .provenance
+                .caused_by
+                .as_ref()
+                .and_then(CausalRef::parent_process)
+                .map(str::to_string)
+        };
+        let mut children = Vec::new();
+        let mut parents = std::collections::HashSet::new();
+        for e in self.st.entries.values() {
+            if let Some(p) = parent_of(e) {
+                if p == parent {
+                    children.push((e.row.record.id.clone(), e.row.record.is_terminal()));
+                }
+                parents.insert(p);
+            }
+        }
+        let mut ids: Vec<String> = children
+            .into_iter()
+            .filter(|(id, ended)| !ended || parents.contains(id))
+            .map(|(id, _)| id)
             .collect();
         ids.sort();
         Ok(ids)

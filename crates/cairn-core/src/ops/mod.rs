@@ -502,7 +502,8 @@ impl Op {
     }
 
     /// Whether the operation cancels a tree: a batching backend loads (and
-    /// locks) the running descendants of its process before running it.
+    /// locks) what [`WriteTx::tree_children`] walks below its process
+    /// before running it.
     pub fn cancels_tree(&self) -> bool {
         matches!(self, Op::Cancel { .. })
     }

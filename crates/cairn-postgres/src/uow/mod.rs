@@ -8,8 +8,8 @@
 //!    their tombstones, the events their replay keys name, the envs
 //!    registrations name, and claimable rows for claims (`FOR UPDATE SKIP LOCKED`
 //!    over the claimable index: a claim never waits for another node's claim).
-//!    A batch that cancels loads the running descendants of what it cancels,
-//!    level by level (`FOR UPDATE`: a deadlock with a batch that locked in id
+//!    A batch that cancels loads the running descendants of what it cancels
+//!    (through ended children that have children of their own), level by level (`FOR UPDATE`: a deadlock with a batch that locked in id
 //!    order is a transient fault, and the batch runs again).
 //! 2. **Decide** (no I/O): each operation runs in turn against the loaded rows,
 //!    asking [`cairn_core::fold`] what it means. An operation that fails is
@@ -214,7 +214,7 @@ async fn peek(conn: &Conn, ops: &[Op], uow: &mut Uow) -> std::result::Result<(),
 }
 
 /// Load and lock, level by level, the running descendants of every process
-/// the batch cancels: a cancellation requests theirs in the same write. Each
+/// the batch cancels (and the ended children on the way to them): a cancellation requests theirs in the same write. Each
 /// level is read after the level above is locked, and a child's registration
 /// locks its parent, so a child registered concurrently is either found here
 /// or finds its parent's request and is born cancelled. Costs a round trip
