@@ -508,6 +508,13 @@ impl Worker {
                     }
                 }
             };
+            // A lease whose renewals failed until it lapsed is not run on:
+            // a peer may hold the process by now.
+            if this.clock.now_ms() >= claim.lease.expires_at_ms {
+                tracing::warn!(process_id = %claim.process.id,
+                    "a claim waiting for a slot let its lease lapse; it does not run");
+                return;
+            }
             let held = this.hold(permit);
             drop(unplaced);
             this.run_claim(claim).await;
