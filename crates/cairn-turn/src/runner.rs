@@ -651,6 +651,9 @@ impl TurnRunner {
             let child = StartRequest::tool(&id, name, args, Disposition::Rerunnable);
             match ctx.start_child(child).await {
                 Ok(_) => children.push((k, id)),
+                // A run that lost its lease goes no further (the model is
+                // not called again with the refusal as a tool's result).
+                Err(e @ CairnError::LeaseFenced(_)) => return Err(e),
                 Err(e) if e.is_client_error() => contents[k] = Some(error_content(e.code(), &e.to_string())),
                 Err(e) => return Err(e),
             }
