@@ -508,6 +508,9 @@ impl Worker {
                     }
                 }
             };
+            // Held first: a slot given back unused is heard freed (by the
+            // driver and a drain) as any other.
+            let held = this.hold(permit);
             // A lease whose renewals failed until it lapsed is not run on:
             // a peer may hold the process by now.
             if this.clock.now_ms() >= claim.lease.expires_at_ms {
@@ -515,7 +518,6 @@ impl Worker {
                     "a claim waiting for a slot let its lease lapse; it does not run");
                 return;
             }
-            let held = this.hold(permit);
             drop(unplaced);
             this.run_claim(claim).await;
             drop(held);
@@ -546,16 +548,16 @@ impl Worker {
         if self.liveness_due() {
             return None;
         }
-        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        let held = self.hold(self.slots.clone().try_acquire_owned().ok()?);
         // Read again with the slot held: a drain that began after the first
         // read may have counted every slot free and returned, and a start
         // must not claim after it (a drain that begins later waits for
-        // this slot).
+        // this slot, and hears it freed when `held` drops).
         if self.draining.load(Ordering::SeqCst) {
             return None;
         }
         Some(StartSlot {
-            held: self.hold(permit),
+            held,
             owner: self.owner_id().to_string(),
             ttl_ms: self.ttl_ms(),
         })
