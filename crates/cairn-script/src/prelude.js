@@ -227,7 +227,7 @@
     // The engine reads these zone names too (the last one named wins, so
     // one is never followed by another).
     const zoned =
-      /(Z|[+-]\d\d:?\d\d|GMT|UTC|UT|[ECMP][SD]T|WEST?|CEST?|EEST?)\b|Z$/i.test(s) ||
+      /(Z|[+-]\d\d:?\d\d|GMT|UTC|UT|[ECMP][SD]T|WES?T|CES?T|EES?T)\b|Z$/i.test(s) ||
       /^[+-]?\d{4,6}(-\d\d){0,2}$/.test(s);
     if (isNaN(t) || zoned) return t;
     const asUtc = EngineDate.parse(/^[+-]?\d{4,6}-\d\d-\d\dT/i.test(s) ? s + "Z" : s + " GMT");

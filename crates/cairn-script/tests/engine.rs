@@ -2207,6 +2207,9 @@ async fn local_time_in_a_zone_east_of_utc() {
                     ["Sun Nov 03 2024 05:30:00", Date.UTC(2024, 10, 3, 5, 30)],
                     ["Tue, 10 Mar 2024 10:00:00 PDT", Date.UTC(2024, 2, 10, 17)],
                     ["March 10, 2024 10:00 EST", Date.UTC(2024, 2, 10, 15)],
+                    ["Mar 10 2024 10:00:00 CET", Date.UTC(2024, 2, 10, 9)],
+                    ["Mar 10 2024 10:00:00 EET", Date.UTC(2024, 2, 10, 8)],
+                    ["Jul 10 2024 10:00:00 CEST", Date.UTC(2024, 6, 10, 8)],
                 ].filter(([text, utc]) => Date.parse(text) !== utc || new Date(text).getTime() !== utc)
                     .map(([text]) => text),
                 set: (() => { const x = new Date(0); x.setHours(5); return x.getTime(); })(),
