@@ -738,44 +738,6 @@ async fn stdio_reports_an_unreachable_server_as_a_tool_error() {
     let _ = client.cancel().await;
 }
 
-/// A body over the server's limit is a JSON-RPC error whether its
-/// `Content-Length` says so up front or it is found as it is read.
-#[tokio::test]
-async fn an_oversized_post_gets_a_jsonrpc_error() {
-    let server = Server::start(&["--max-body-bytes", "1024"]).await;
-    let big = format!(
-        r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"pad":"{}"}}}}"#,
-        "x".repeat(4096)
-    );
-    let declared = reqwest::Client::new()
-        .post(server.url("/mcp"))
-        .header("Content-Type", "application/json")
-        .header("Accept", "application/json, text/event-stream")
-        .body(big.clone())
-        .send()
-        .await
-        .expect("answered");
-    let chunked = reqwest::Client::new()
-        .post(server.url("/mcp"))
-        .header("Content-Type", "application/json")
-        .header("Accept", "application/json, text/event-stream")
-        .body(reqwest::Body::wrap_stream(futures::stream::iter([Ok::<
-            _,
-            std::io::Error,
-        >(
-            big.into_bytes()
-        )])))
-        .send()
-        .await
-        .expect("answered");
-    for (how, response) in [("declared", declared), ("chunked", chunked)] {
-        assert_eq!(response.status().as_u16(), 413, "{how}");
-        let answer: Value = response.json().await.expect("a JSON body");
-        assert_eq!(answer["jsonrpc"], "2.0", "{how}: {answer}");
-        assert_eq!(answer["error"]["code"], -32600, "{how}: {answer}");
-    }
-}
-
 /// A POST that is not JSON, or not one JSON-RPC 2.0 message, is answered
 /// 400 with the JSON-RPC error a client can read: `-32700` parse error,
 /// `-32600` invalid request (the id echoed when it is one).

@@ -332,20 +332,6 @@ pub async fn refuse_oversized(
         .and_then(|v| v.trim().parse::<u64>().ok());
     let limit = u64::try_from(state.limits.max_body_bytes).unwrap_or(u64::MAX);
     match declared {
-        // The MCP endpoint's clients read JSON-RPC errors only, as for a
-        // body found too large as it is read.
-        Some(len) if len > limit && req.uri().path() == "/mcp" => {
-            let mut response = super::mcp::rpc_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                serde_json::Value::Null,
-                -32600,
-                &format!("the request body of {len} bytes is over the server's limit of {limit}"),
-            );
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, axum::http::HeaderValue::from_static("close"));
-            response
-        }
         Some(len) if len > limit => ApiError {
             close_connection: true,
             ..ApiError::new(

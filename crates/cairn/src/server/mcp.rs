@@ -136,7 +136,7 @@ async fn transport_errors_as_jsonrpc(response: Response) -> Response {
     answer
 }
 
-pub(crate) fn rpc_error(status: axum::http::StatusCode, id: Value, code: i64, message: &str) -> Response {
+fn rpc_error(status: axum::http::StatusCode, id: Value, code: i64, message: &str) -> Response {
     use axum::response::IntoResponse;
     let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
     (status, Json(body)).into_response()
