@@ -327,15 +327,15 @@ pub async fn a_transferred_parents_children_go_to_its_new_holder(factory: &dyn S
     p.await_event("moved", "process.waiting", 0, WAIT)
         .await
         .expect("waiting on its child");
-    let holders: Vec<_> = p
-        .grants_of("moved/1")
-        .await
-        .expect("grants")
-        .into_iter()
-        .map(|g| g.scope)
-        .collect();
+    let holders = |p: &cairn_core::Processes| {
+        let p = p.clone();
+        async move {
+            let grants = p.grants_of("moved/1").await.expect("grants");
+            grants.into_iter().map(|g| g.scope).collect::<Vec<_>>()
+        }
+    };
     assert_eq!(
-        holders,
+        holders(&p).await,
         vec![s2.clone(), frame.clone()],
         "the child goes where the parent is held"
     );
@@ -348,14 +348,7 @@ pub async fn a_transferred_parents_children_go_to_its_new_holder(factory: &dyn S
     p.signal("moved/1", "go", "g1", json!({"v": 2})).await.expect("signal");
     let parent = terminal(&p, "moved").await;
     assert_eq!(parent.outcome, Some(Outcome::success(json!({"sum": 2}))));
-    let holders: Vec<_> = p
-        .grants_of("moved/1")
-        .await
-        .expect("grants")
-        .into_iter()
-        .map(|g| g.scope)
-        .collect();
-    assert_eq!(holders, vec![s2], "the revoked grant was not made again");
+    assert_eq!(holders(&p).await, vec![s2], "the revoked grant was not made again");
     p.shutdown().await;
     front.shutdown().await;
 }

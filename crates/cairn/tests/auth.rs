@@ -8,6 +8,13 @@ use std::time::Duration;
 use common::{waiter, Server, BIN};
 use serde_json::{json, Value};
 
+/// Who the last event of `id`'s log (its end) says ended it.
+async fn completed_by(client: &common::Client, id: &str) -> Value {
+    let (_, events) = client.get(&format!("/v1/processes/{id}/events")).await;
+    let ended = events["events"].as_array().and_then(|e| e.last()).cloned();
+    ended.map(|e| e["payload"]["completed_by"].clone()).unwrap_or_default()
+}
+
 fn code(body: &Value) -> &str {
     body.pointer("/error/code").and_then(Value::as_str).unwrap_or("<none>")
 }
@@ -284,13 +291,7 @@ async fn session_tokens_see_only_their_grants() {
         )
         .await;
     assert_eq!(s, 200);
-    let (_, events) = s1.get("/v1/processes/own-1/events").await;
-    let ended = events["events"]
-        .as_array()
-        .and_then(|e| e.last())
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(ended["payload"]["completed_by"], "session:s1", "{events}");
+    assert_eq!(completed_by(&s1, "own-1").await, "session:s1");
     let (s, _) = host
         .post(
             "/v1/processes/gone-1/complete",
@@ -342,13 +343,7 @@ async fn a_session_with_the_longest_id_completes_its_work() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let (_, events) = s.get("/v1/processes/long-1/events").await;
-    let ended = events["events"]
-        .as_array()
-        .and_then(|e| e.last())
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(ended["payload"]["completed_by"], format!("session:{long}"), "{events}");
+    assert_eq!(completed_by(&s, "long-1").await, format!("session:{long}"));
     let (status, body) = s
         .post(
             "/v1/processes/long-2/abandon-request",
