@@ -404,9 +404,9 @@ async fn a_session_await_ends_unknown_when_its_grant_moves() {
     assert_eq!(host.start(start).await.0, 201);
     let waiting = tokio::spawn(async move { s1.get("/v1/processes/moving/await?timeout_ms=20000").await });
     // The answer is the same whether the await begins before the grant moves
-    // or after; the pause lets it begin before, the case the check after the
+    // or after; the grant moves once it waits, the case the check after the
     // wait is for.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    host.awaits_open(1).await;
     let (s, _) = host
         .post(
             "/v1/grants/transfer",

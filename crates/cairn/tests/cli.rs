@@ -361,7 +361,7 @@ async fn sigterm_drains_and_exits_zero() {
     // A long await in flight must not hold the shutdown up.
     let waiter_client = c.clone();
     let pending = tokio::spawn(async move { waiter_client.get("/v1/processes/long/await?timeout_ms=120000").await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.awaits_open(1).await;
     // SAFETY: sending a signal to our own child process by its pid.
     let rc = unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(rc, 0);

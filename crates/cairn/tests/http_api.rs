@@ -778,6 +778,10 @@ async fn health_metrics_and_openapi() {
     );
     assert!(text.contains("cairn_append_duration_seconds_count 1"), "{text}");
     assert!(text.contains("cairn_await_duration_seconds_count 1"), "{text}");
+    assert!(
+        text.lines().any(|l| l == "cairn_awaits_open 0"),
+        "an answered await is no longer open: {text}"
+    );
 
     let (s, doc) = c.get("/openapi.json").await;
     assert_eq!(s, 200);

@@ -1011,9 +1011,8 @@ async fn a_call_in_flight_at_shutdown_gets_its_answer() {
             .send()
             .await
     });
-    // The pause lets the call reach its wait before the stop: no answer of
-    // the server says when a call waits.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The stop comes once the call waits.
+    server.client().awaits_open(1).await;
     // SAFETY: sending a signal to our own child process by its pid.
     let rc = unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(rc, 0);

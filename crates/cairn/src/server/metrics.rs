@@ -71,6 +71,7 @@ pub struct Metrics {
     pub append_latency: Histogram,
     /// Await requests, from arrival to answer.
     pub await_latency: Histogram,
+    awaits_open: Gauge,
     connections: Gauge,
     running: Gauge,
     waiting: Gauge,
@@ -131,6 +132,11 @@ impl Metrics {
             g
         };
         let connections = gauge(&mut registry, "cairn_http_connections_open", "Open HTTP connections");
+        let awaits_open = gauge(
+            &mut registry,
+            "cairn_awaits_open",
+            "Await requests (HTTP and MCP) waiting for their process to end",
+        );
         let running = gauge(
             &mut registry,
             "cairn_processes_running",
@@ -172,6 +178,7 @@ impl Metrics {
             request_latency,
             append_latency,
             await_latency,
+            awaits_open,
             connections,
             running,
             waiting,
@@ -179,6 +186,13 @@ impl Metrics {
             worker_runs,
             pending_wakes,
         }
+    }
+
+    /// An await begins waiting; it counts in `cairn_awaits_open` until the
+    /// guard drops (answered, timed out, or its client went away).
+    pub fn await_opened(&self) -> OpenAwait {
+        self.awaits_open.inc();
+        OpenAwait(self.awaits_open.clone())
     }
 
     /// A connection was accepted.
@@ -206,6 +220,15 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .map_err(|_| cairn_core::CairnError::storage("cannot render metrics"))?;
         Ok(out)
+    }
+}
+
+/// One await counted open; dropping it counts it closed.
+pub struct OpenAwait(Gauge);
+
+impl Drop for OpenAwait {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

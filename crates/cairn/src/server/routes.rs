@@ -513,10 +513,12 @@ pub async fn await_terminal(
         .unwrap_or(DEFAULT_AWAIT)
         .min(state.limits.max_await);
     let started = Instant::now();
+    let open = state.metrics.await_opened();
     let record = tokio::select! {
         r = state.processes.await_output(&id, timeout) => r?,
         _ = state.shutdown.cancelled() => state.processes.get(&id).await?,
     };
+    drop(open);
     state.metrics.await_latency.observe(started.elapsed().as_secs_f64());
     // A grant moved or revoked while the session waited: what it answers is
     // no longer the session's to read (the event stream asks again before

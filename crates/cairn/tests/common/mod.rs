@@ -224,6 +224,19 @@ impl Client {
             .expect("metrics text")
     }
 
+    /// Wait (bounded) until the server counts `n` awaits waiting
+    /// (`cairn_awaits_open`): the barrier for "the await has begun".
+    pub async fn awaits_open(&self, n: u64) {
+        let want = format!("cairn_awaits_open {n}");
+        for _ in 0..400 {
+            if self.metrics().await.lines().any(|l| l == want) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the server never counted {n} awaits open");
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let r = self
             .auth(self.http.post(self.url(path)).json(&body))
