@@ -148,10 +148,16 @@ pub async fn claim_writes_no_event(factory: &dyn StoreFactory) {
     assert_eq!(after.record.lease, Some(lease.view()), "the record shows the lease");
     assert_eq!(after.record.started, None, "claiming is not starting");
     assert_eq!(feed_before, crate::harness::feed_head(h.registry()).await);
-    for (what, owner, ttl) in [("empty owner", "", TTL), ("zero ttl", "w2", 0)] {
-        let err = h.registry().claim("p", owner, ttl).await;
-        assert!(err.is_err(), "{what} must be refused");
-    }
+    // Bad claims are refused for what they are, on a process nobody holds
+    // (where a held lease could not be the reason), and write nothing.
+    h.register(rerunnable("free")).await;
+    let r = h.registry();
+    h.rejects("invalid_id", "empty owner", r.claim("free", "", TTL)).await;
+    h.rejects("invalid_request", "zero ttl", r.claim("free", "w2", 0)).await;
+    h.rejects("invalid_id", "batch: empty owner", r.claim_batch("", TTL, 8)).await;
+    h.rejects("invalid_request", "batch: zero ttl", r.claim_batch("w2", 0, 8)).await;
+    h.rejects("invalid_request", "renewal for 0 ms", r.renew(&lease, 0)).await;
+    assert_eq!(h.check("free").await.record.lease, None);
 }
 
 /// Claiming again under one's own live lease succeeds with a new lease and a higher
