@@ -220,6 +220,7 @@ pub fn remember_type_list(list: &EventTypes) {
 }
 
 /// Forget every cached list (tests of a store's read-through path).
+#[cfg(any(test, feature = "test-util"))]
 #[doc(hidden)]
 pub fn forget_type_lists() {
     TYPE_LISTS.write().clear();
