@@ -235,10 +235,11 @@ impl Drop for Orphans {
 }
 
 /// The owner_bound shell run a test crashes: it records each run in `runs`,
-/// its pid (= process group) in `pid`, then idles until killed.
+/// then its pid (= process group) in `pid` (so a test that has read the pid
+/// sees the run counted), then idles until killed.
 fn idle_shell(dir: &std::path::Path) -> Value {
     let command = format!(
-        "echo $$ > {pid}; echo run >> {runs}; while [ ! -f {go} ]; do sleep 0.05; done; echo after-go; sleep 30",
+        "echo run >> {runs}; echo $$ > {pid}; while [ ! -f {go} ]; do sleep 0.05; done; echo after-go; sleep 30",
         pid = dir.join("pid").display(),
         runs = dir.join("runs").display(),
         go = dir.join("go").display(),
