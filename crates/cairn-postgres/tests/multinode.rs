@@ -348,6 +348,8 @@ fn three_nodes_run_every_process_once_and_survive_a_sigkill() {
         assert!(twice.is_empty(), "no process ran twice: {twice:?}");
         let by_node: BTreeSet<&str> = counted.values().flat_map(|v| v.iter().map(String::as_str)).collect();
         eprintln!("phase 1: 2,000 processes over nodes {by_node:?}");
+        // "Once" must mean something: the nodes competed for the work.
+        assert!(by_node.len() >= 2, "one node ran everything: {by_node:?}");
         check_logs(&reg, &ids).await;
 
         // Phase 2: gated work, every other one owner-bound (so each node's 16
@@ -434,7 +436,9 @@ fn three_nodes_run_every_process_once_and_survive_a_sigkill() {
             .filter(|(i, id)| owner_bound(*i) && !orphaned_ob.contains(id))
             .map(|(_, id)| id.clone())
             .collect();
-        await_all(&awaiter, &others_ob).await;
+        for r in await_all(&awaiter, &others_ob).await {
+            assert_eq!(r.status, ProcessStatus::Completed, "{}", r.id);
+        }
         let now = SystemClock.now_ms();
         for id in &orphaned_ob {
             let r = reg.get(id).await.expect("get");
@@ -451,6 +455,9 @@ fn three_nodes_run_every_process_once_and_survive_a_sigkill() {
         let runs = hits(&db, &schema.name).await;
         for id in &orphaned_ob {
             assert_eq!(runs.get(id).map(Vec::len), Some(1), "{id} ran once, on the victim");
+        }
+        for id in &others_ob {
+            assert_eq!(runs.get(id).map(Vec::len), Some(1), "{id} ran once");
         }
         // An abandon request is reconciled by a surviving node's driver.
         for id in &orphaned_ob {

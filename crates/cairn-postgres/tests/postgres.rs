@@ -1213,3 +1213,29 @@ async fn a_transfer_racing_a_prune_leaves_no_grant_behind() {
     let report = a.delete_session("s2").await.expect("delete session");
     assert_eq!(report.revoked_grants, 0, "grants outlived their processes: {report:?}");
 }
+
+/// Stored env bytes that no longer match their address are `corrupt_env`, as
+/// on the other backends.
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test]
+async fn corrupt_env_is_detected() {
+    if !testing::enabled() {
+        return;
+    }
+    let schema = TestSchema::new("cairn_t");
+    let reg = schema.connect(clock()).await.expect("create");
+    let spec = cairn_core::EnvSpec {
+        plugin_options: json!({"image": "alpine"}),
+        policy: json!({}),
+    };
+    let env_ref = reg.put_env(&spec).await.expect("put_env");
+    assert_eq!(reg.get_env(&env_ref).await.expect("intact"), spec);
+    reg.corrupt_env_for_test(&env_ref, br#"{"plugin_options":{},"policy":{}}"#.to_vec())
+        .await
+        .expect("overwrite");
+    let err = reg.get_env(&env_ref).await.expect_err("corrupt bytes must not load");
+    assert_eq!(err.code(), "corrupt_env", "{err}");
+}
