@@ -154,9 +154,12 @@ pub async fn claim_writes_no_event(factory: &dyn StoreFactory) {
     let r = h.registry();
     h.rejects("invalid_id", "empty owner", r.claim("free", "", TTL)).await;
     h.rejects("invalid_request", "zero ttl", r.claim("free", "w2", 0)).await;
-    h.rejects("invalid_id", "batch: empty owner", r.claim_batch("", TTL, 8)).await;
-    h.rejects("invalid_request", "batch: zero ttl", r.claim_batch("w2", 0, 8)).await;
-    h.rejects("invalid_request", "renewal for 0 ms", r.renew(&lease, 0)).await;
+    h.rejects("invalid_id", "batch: empty owner", r.claim_batch("", TTL, 8))
+        .await;
+    h.rejects("invalid_request", "batch: zero ttl", r.claim_batch("w2", 0, 8))
+        .await;
+    h.rejects("invalid_request", "renewal for 0 ms", r.renew(&lease, 0))
+        .await;
     assert_eq!(h.check("free").await.record.lease, None);
 }
 

@@ -352,8 +352,15 @@ impl Client {
             match attempt.await {
                 Ok(true) => return Ok(()),
                 Err(e @ ClientError::Unreachable { .. }) if !opened => return Err(e),
+                // `unavailable` (503: the store faulted, or the server was
+                // full) changed nothing and says to ask again: so does a follower.
                 Ok(false)
-                | Err(ClientError::Http(_) | ClientError::Unreachable { .. } | ClientError::Interrupted(_)) => {
+                | Err(
+                    ClientError::Http(_)
+                    | ClientError::Unreachable { .. }
+                    | ClientError::Interrupted(_)
+                    | ClientError::Api { status: 503, .. },
+                ) => {
                     // The stream ended without the terminal: done if the log ends here, else resume.
                     if let Ok(record) = self.get(&format!("/v1/processes/{}", segment(id))).await {
                         let terminal = record.get("status").and_then(Value::as_str) != Some("running");
@@ -570,6 +577,82 @@ mod tests {
         assert!(done.is_ok(), "{done:?}");
         assert_eq!(seen, drops + 1);
         server.await.expect("server");
+    }
+
+    /// A stream the server ends with `unavailable` (a passing store fault),
+    /// or a reconnect it answers 503, is resumed where it broke off, not
+    /// given up.
+    #[tokio::test]
+    async fn an_unavailable_stream_is_resumed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            let mut streams = Vec::new();
+            loop {
+                let (mut socket, _) = listener.accept().await.expect("accept");
+                let mut request = vec![0u8; 4096];
+                let n = socket.read(&mut request).await.expect("read");
+                let request = String::from_utf8_lossy(&request[..n]).to_string();
+                let (status, content_type, body) = if request.starts_with("GET /v1/processes/p/events") {
+                    let last = request
+                        .lines()
+                        .find_map(|l| l.strip_prefix("last-event-id: "))
+                        .map(str::to_string);
+                    streams.push(last);
+                    let unavailable =
+                        r#"{"error":{"code":"unavailable","status":503,"message":"the store did not answer"}}"#;
+                    match streams.len() {
+                        1 => (
+                            "200 OK",
+                            "text/event-stream",
+                            format!(
+                                "event: event\ndata: {{\"sequence\":1,\"event_type\":\"note\"}}\n\nevent: error\ndata: {unavailable}\n\n"
+                            ),
+                        ),
+                        2 => ("503 Service Unavailable", "application/json", unavailable.to_string()),
+                        _ => (
+                            "200 OK",
+                            "text/event-stream",
+                            r#"event: event
+data: {"sequence":2,"event_type":"end","semantics":{"terminal":{"state":"completed"}}}
+
+"#
+                            .to_string(),
+                        ),
+                    }
+                } else {
+                    (
+                        "200 OK",
+                        "application/json",
+                        r#"{"status":"running","last_sequence":2}"#.to_string(),
+                    )
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                socket.write_all(response.as_bytes()).await.expect("write");
+                if streams.len() == 3 {
+                    return streams;
+                }
+            }
+        });
+        let client = Client::new(&format!("http://127.0.0.1:{port}"), None).expect("client");
+        let mut seen = Vec::new();
+        let done = client
+            .follow("p", 0, true, |e| {
+                seen.push(e["event_type"].as_str().unwrap_or_default().to_string())
+            })
+            .await;
+        assert!(done.is_ok(), "{done:?}");
+        assert_eq!(seen, ["note", "end"]);
+        let streams = server.await.expect("server");
+        assert_eq!(
+            streams[1..],
+            [Some("1".to_string()), Some("1".to_string())],
+            "resumed after 1"
+        );
     }
 
     /// A follower that has reached the server before (`run` just started the
