@@ -197,11 +197,30 @@ async fn ask(
     // An endpoint that ignores `stream: true` answers one JSON chat
     // completion: a whole answer, taken as it is (calling again would only
     // buy the same answer again).
-    let json_body = response
+    let content_type = response
         .headers()
         .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/json"));
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_ascii_lowercase());
+    let json_body = content_type
+        .as_deref()
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    // Anything else (a proxy's login page, a web app answering every path)
+    // is not an answer, and asking again buys the same page: refused at
+    // once, with the start of what came.
+    if let Some(ct) = content_type
+        .as_deref()
+        .filter(|ct| !json_body && !ct.starts_with("text/event-stream"))
+    {
+        let (text, cut) = body_within(response, ERROR_BODY_BYTES).await.unwrap_or_default();
+        return Err(ModelFault::Rejected {
+            status: status.as_u16(),
+            message: format!(
+                "model `{}` answered {status} `{ct}`, neither an event stream nor a JSON chat completion: {}",
+                spec.name,
+                clip_read(&redact(&text, key), cut)
+            ),
+        });
+    }
     if json_body {
         let status = status.as_u16();
         let (text, _) = body_within(response, cairn_core::validate::MAX_PAYLOAD_BYTES)

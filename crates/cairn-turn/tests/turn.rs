@@ -936,6 +936,32 @@ async fn a_large_error_body_is_clipped() {
     }
 }
 
+/// A 200 that is neither an event stream nor JSON (a proxy's login page) is
+/// no answer, and asking again buys the same page: `model_error` at once,
+/// with the start of the page, after one call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_is_not_an_answer_is_refused_at_once() {
+    let s = setup().await;
+    for _ in 0..4 {
+        s.fake.push(Reply::StatusBody {
+            status: 200,
+            body: "<html>sign in</html>".into(),
+        });
+    }
+    s.p.start(turn("page", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "page").await;
+    assert_eq!(failure_code(&r), "model_error", "{:?}", r.outcome);
+    match &r.outcome {
+        Some(Outcome::Failure { message, .. }) => assert_eq!(
+            message,
+            "model `default` answered 200 OK `text/html`, neither an event stream nor a JSON chat completion: \
+             <html>sign in</html>"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.fake.received().len(), 1, "not asked again");
+}
+
 /// An answer in one JSON body larger than an answer can be journaled with
 /// is refused as the endpoint's fault (`model_error`), read no further.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -289,7 +289,7 @@ const FAILURE_CODES: &[(&str, &str, &str)] = &[
     (
         "model",
         "model_error",
-        "the endpoint refused the request for good (a 4xx other than 408 and 429, or an answer that is not a chat completion)",
+        "the endpoint refused the request for good (an HTTP 4xx other than 429; in the stream, an error naming a client error other than 408 and 429), or answered something that is not a chat completion",
     ),
 ];
 
