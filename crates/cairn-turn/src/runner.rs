@@ -421,9 +421,13 @@ impl TurnRunner {
                     // rerunnable turn suspends, holding no slot, and calls
                     // again when it resumes. The step's waits so far are
                     // counted in the log, so the bound holds across runs.
+                    // The step's calls are numbered across the waits: an
+                    // owner-bound turn waits in its run, and a watcher must
+                    // tell the call after a wait from the one before it.
+                    let tries = std::sync::atomic::AtomicU64::new(0);
                     let answer = loop {
                         let answer = tokio::select! {
-                            r = self.call_model(ctx, spec, step, &request, &mut last_delta) => r,
+                            r = self.call_model(ctx, spec, step, &request, &tries, &mut last_delta) => r,
                             _ = ctx.stopped() => return Ok(ctx.stopped_outcome()),
                         };
                         match answer {
@@ -557,6 +561,7 @@ impl TurnRunner {
         spec: &ModelSpec,
         step: u64,
         request: &ChatRequest<'_>,
+        tries: &std::sync::atomic::AtomicU64,
         last_delta: &mut Option<tokio::time::Instant>,
     ) -> Result<ChatAnswer, ModelFault> {
         let key = spec
@@ -567,7 +572,6 @@ impl TurnRunner {
         // the flusher drains what is left and ends. Each call is numbered, so
         // a watcher knows a retry's text from the broken call's before it.
         let http = &self.http;
-        let tries = std::sync::atomic::AtomicU64::new(0);
         let attempt = move || {
             let tx = tx.clone();
             let key = key.clone();

@@ -2,6 +2,7 @@
 //! OpenAI-compatible server: tool calls as children, output contracts,
 //! retries, streaming, and the key kept out of every record and event.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -683,6 +684,51 @@ async fn a_long_retry_after_is_waited_out_suspended() {
 }
 
 /// A `Retry-After` past the in-process backoff is waited out at most
+/// An owner-bound turn waits out a long `Retry-After` in its run: the call
+/// after the wait is numbered on from the calls before it, so a watcher
+/// does not join its text to a broken call's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_after_a_wait_in_the_run_are_numbered_on() {
+    let s = setup_with(
+        RetryPolicy {
+            retries: 2,
+            min_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(500),
+        },
+        &[],
+    )
+    .await;
+    s.fake.push(Reply::Disconnect {
+        partial: "half an ans".into(),
+    });
+    s.fake.push(Reply::Status {
+        status: 429,
+        retry_after: Some(1),
+        message: "come back in 1 s".into(),
+    });
+    s.fake.push(Reply::Text("whole answer".into()));
+    let mut request = turn("held", &[], "hi", Value::Null);
+    request.disposition = Disposition::OwnerBound;
+    s.p.start(request).await.expect("start");
+    let r = finished(&s.p, "held").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "whole answer"}))));
+    assert_eq!(s.fake.received().len(), 3);
+    let events = s.p.events("held", 0, Some(1000)).await.expect("events").events;
+    let calls: Vec<(u64, u64, &str)> = events
+        .iter()
+        .filter(|e| e.event_type == "turn.delta")
+        .map(|d| {
+            (
+                d.payload["run"].as_u64().unwrap(),
+                d.payload["attempt"].as_u64().unwrap(),
+                d.payload["text"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let numbers: BTreeSet<(u64, u64)> = calls.iter().map(|(r, a, _)| (*r, *a)).collect();
+    assert_eq!(numbers, BTreeSet::from([(1, 1), (1, 3)]), "{calls:?}");
+}
+
 /// `retries` times a step, however many runs those waits take (each wait
 /// suspends the turn and ends its run): then the turn fails `model_unavailable`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
