@@ -1239,3 +1239,34 @@ async fn corrupt_env_is_detected() {
     let err = reg.get_env(&env_ref).await.expect_err("corrupt bytes must not load");
     assert_eq!(err.code(), "corrupt_env", "{err}");
 }
+
+/// A write that locks a due row and leaves it as it was (a replayed append)
+/// tells every node's drivers to look for work: a claim made while the lock
+/// was held passed over the row (SKIP LOCKED), and nothing else would say
+/// it is still there.
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_due_row_locked_and_left_as_it_was_is_announced_as_work() {
+    if !testing::enabled() {
+        return;
+    }
+    let schema = TestSchema::new("cairn_t");
+    let listener = schema.connect(clock()).await.expect("listening node");
+    let writer = schema.connect(clock()).await.expect("writing node");
+    let hub = ChangeHub::new();
+    let mut generation = listener.listener_generation();
+    listener.listen(hub.clone());
+    generation.wait_for(|g| *g >= 1).await.expect("first listen");
+    let heard = || tokio::time::timeout(Duration::from_secs(10), hub.work_available());
+    writer.register(rerunnable("due"), None).await.expect("register");
+    heard().await.expect("a registration is work");
+    let append = note(json!({})).with_replay_key("once");
+    let first = writer.append_event("due", append.clone()).await.expect("append");
+    heard().await.expect("the append left the process claimable");
+    let again = writer.append_event("due", append).await.expect("replayed append");
+    assert_eq!(again.event.sequence, first.event.sequence, "the replay wrote nothing");
+    heard().await.expect("the replay's lock was announced as work");
+}

@@ -65,6 +65,13 @@ impl Row {
             None => fold::due_at(&self.record).unwrap_or(0),
         }
     }
+
+    /// Whether a driver may take this row at `now_ms`: a run or abandon
+    /// candidate whose lease, if any, has lapsed and whose due time has come.
+    pub fn due_by(&self, now_ms: u64) -> bool {
+        (fold::is_run_candidate(&self.record) || fold::is_abandon_candidate(&self.record))
+            && self.claimable_at() <= now_ms
+    }
 }
 
 /// The storage primitives of one open write transaction.

@@ -318,8 +318,10 @@ async fn load_decide_write(
     // Rows, candidates and new registrations: sized once, never rehashed.
     uow.slots.reserve(rows.len() + candidates.len() + ops.len());
     let row_entries = entries_from_rows(conn, &rows, 1).await?;
+    let mut locked = Vec::with_capacity(rows.len());
     for (row, entry) in rows.iter().zip(row_entries) {
         let id: String = row.try_get(0).map_err(Fault::Pg)?;
+        locked.push(id.clone());
         uow.slots.insert(
             id,
             Slot {
@@ -366,6 +368,19 @@ async fn load_decide_write(
 
     // 2. Decide.
     let mut outs: Vec<Result<Answer>> = ops.iter().map(|op| uow.run(op)).collect();
+    // A row locked here and left as it was may be due now: a driver's claim
+    // meanwhile passed over it (SKIP LOCKED), and no write of it will tell
+    // the drivers. The work notice sends them to look again once the lock
+    // is gone.
+    // (Only the rows the batch names and their parents: an unclaimed
+    // candidate of a claim must not send every driver to claim again.)
+    if !uow.work {
+        uow.work = locked.iter().any(|id| {
+            uow.slots
+                .get(id)
+                .is_some_and(|slot| !slot.dirty && slot.entry.as_ref().is_some_and(|e| e.due_by(now)))
+        });
+    }
 
     // 3. Write and commit, pipelined.
     let (inserted_wakes, new_lists) = write_and_commit(conn, &uow, target).await?;
