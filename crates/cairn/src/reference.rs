@@ -243,8 +243,8 @@ const FAILURE_CODES: &[(&str, &str, &str)] = &[
         "script",
         "uncaught",
         "the function threw or rejected and did not catch it; an error with a string `code` keeps that \
-         code instead, and a rejected context call's error keeps its own class and code; the JavaScript \
-         stack is in `raw`",
+         code instead, as does a rejected context call's error (its class is on the JavaScript error, \
+         `e.class`; the outcome's class is `script`); the JavaScript stack is in `raw`",
     ),
     ("script", "invalid_result", "the function returned a value that is not JSON"),
     (
