@@ -224,10 +224,12 @@
   function utcParse(text) {
     const t = EngineDate.parse(text);
     const s = String(text).trim();
-    // The engine reads these zone names too (the last one named wins, so
-    // one is never followed by another).
+    // An offset follows a time of day (a dash between a date's parts is
+    // none); the engine reads these zone names too, as words of their own
+    // (the last one named wins, so one is never followed by another).
     const zoned =
-      /(Z|[+-]\d\d:?\d\d|GMT|UTC|UT|[ECMP][SD]T|WES?T|CES?T|EES?T)\b|Z$/i.test(s) ||
+      /\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d:?\d\d)\b|Z$/i.test(s) ||
+      /(?<![a-z])(GMT|UTC|UT|[ECMP][SD]T|WES?T|CES?T|EES?T)\b/i.test(s) ||
       /^[+-]?\d{4,6}(-\d\d){0,2}$/.test(s);
     if (isNaN(t) || zoned) return t;
     const asUtc = EngineDate.parse(/^[+-]?\d{4,6}-\d\d-\d\dT/i.test(s) ? s + "Z" : s + " GMT");
