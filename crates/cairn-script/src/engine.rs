@@ -180,6 +180,31 @@ pub(crate) enum Entry {
     Call(u64, Value),
     Result(u64, Value),
     Log(u64, Value),
+    /// A call too large to journal, refused where it was made (only its
+    /// digest is kept, not its arguments): the driver answers it as it
+    /// answers a call whose append was refused.
+    Refused {
+        n: u64,
+        digest: String,
+        cancel_seen: Option<u64>,
+        error: cairn_core::CairnError,
+    },
+}
+
+/// The stand-in kept pending for a refused call: its arguments are not
+/// held (a script making many such calls would hold them all outside its
+/// heap limit until the step ends).
+fn refused_stub(n: u64, kind: &str) -> Value {
+    json!({"n": n, "kind": kind})
+}
+
+/// Whether `call` (made from `text` bytes of arguments) is too large to be
+/// journaled; measured exactly only when it may be.
+fn too_large(text: &str, call: &Value) -> Option<cairn_core::CairnError> {
+    if text.len() + 1024 < cairn_core::validate::MAX_PAYLOAD_BYTES {
+        return None;
+    }
+    cairn_core::validate::check_size(&format!("payload of `{SCRIPT_CALL}`"), call).err()
 }
 
 /// What an activation reports each time its job queue is empty.
@@ -510,8 +535,20 @@ impl State {
                     let message = format!("call {n} replayed as {call} but the journal refused another call there");
                     return self.set_fatal("nondeterminism", message);
                 }
-                Some(_) => {}
-                None => self.entries.push(Entry::Call(n, call.clone())),
+                Some(Some(_)) => call = refused_stub(n, kind),
+                Some(None) => {}
+                None => match too_large(payload, &call) {
+                    Some(error) => {
+                        self.entries.push(Entry::Refused {
+                            n,
+                            digest: call_digest(&call),
+                            cancel_seen: call.get(CANCEL_SEEN).and_then(Value::as_u64),
+                            error,
+                        });
+                        call = refused_stub(n, kind);
+                    }
+                    None => self.entries.push(Entry::Call(n, call.clone())),
+                },
             },
         }
         if let Some(result) = self.journal.results.get(&n) {

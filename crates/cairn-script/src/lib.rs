@@ -344,6 +344,18 @@ impl Driver<'_> {
             // results journaled at this step do.
             let mut cancel_seen = step.cancel_seen;
             for entry in step.entries {
+                if let Entry::Refused {
+                    n,
+                    digest,
+                    cancel_seen: seen,
+                    error,
+                } = entry
+                {
+                    refused_digests.insert(n, digest);
+                    cancel_seen = cancel_seen.or(seen);
+                    refused.push((n, error));
+                    continue;
+                }
                 let call = match &entry {
                     Entry::Call(n, c) => {
                         refused_digests.insert(*n, engine::call_digest(c));
@@ -531,6 +543,7 @@ impl Driver<'_> {
             Entry::Call(n, p) => (SCRIPT_CALL, p, format!("script.call:{n}"), Some(n), None),
             Entry::Result(n, p) => (SCRIPT_RESULT, p, format!("script.result:{n}"), None, Some(n)),
             Entry::Log(k, p) => (SCRIPT_LOG, p, format!("script.log:{k}"), None, None),
+            Entry::Refused { .. } => return Ok(()),
         };
         let event = self.ctx.append_once(t, payload, &key).await?;
         if let Some(n) = call {

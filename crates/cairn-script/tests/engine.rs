@@ -967,6 +967,44 @@ async fn timers_run_from_their_calls_not_one_after_another() {
     }
 }
 
+/// This process's peak resident memory (`VmHWM`), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kib * 1024
+}
+
+/// Calls too large to journal are refused where they are made: a script
+/// making a hundred and fifty of them in one step (each a fresh 1.5 MiB string its heap
+/// limit lets it make and drop) does not make the server hold them all
+/// outside that limit until the step ends.
+#[tokio::test]
+async fn refused_calls_are_not_held_outside_the_heap_limit() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const refused = [];
+            for (let i = 0; i < 150; i++) {
+                refused.push(ctx.emit("t", {i, v: "x".repeat(3 << 19)}).catch(e => e.code));
+            }
+            const codes = await Promise.all(refused);
+            return codes.filter(c => c === "payload_too_large").length;
+        }"#,
+    )
+    .await;
+    let before = peak_rss();
+    let rec = run(&p, script("many", &m, "main", json!({}))).await;
+    assert_eq!(rec.outcome, Some(Outcome::success(json!(150))));
+    // Held, they would be 150 × 1.5 MiB three times over (675 MiB).
+    let grew = peak_rss().saturating_sub(before);
+    assert!(grew < 250 << 20, "the peak grew by {} MiB", grew >> 20);
+}
+
 /// A call too large to journal rejects with `payload_too_large`, and the
 /// script goes on; a replay (after the sleep's suspension) is refused the
 /// same call the same way.
