@@ -790,6 +790,16 @@ impl Worker {
                     Some(o) => o,
                     None => Outcome::failure("runtime", "tool_aborted", "the tool did not return"),
                 };
+                // A rerunnable run that failed only because the store could
+                // not be reached (past the retries) is not failed for good:
+                // what it wrote is in its log, and a later claim runs it again.
+                if disposition == Disposition::Rerunnable && store_unreachable(&outcome) {
+                    tracing::warn!(process_id = %id, outcome = ?outcome, "the run could not reach the store; the lease is released for a later claim");
+                    if let Err(e) = self.registry.release(&lease).await {
+                        tracing::warn!(process_id = %id, error = %e, "lease release failed");
+                    }
+                    return;
+                }
                 self.finish(&lease, outcome).await;
             }
         }
@@ -1102,6 +1112,14 @@ impl WorkDriver {
         }
         self.worker.drain().await;
     }
+}
+
+/// Whether a run's outcome says only that the store could not be reached
+/// (`runtime` class, `unavailable` or `outcome_unknown`): nothing the run
+/// decided, so a rerunnable process may be run again rather than failed.
+fn store_unreachable(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Failure { class, code, .. }
+        if class == "runtime" && matches!(code.as_str(), "unavailable" | "outcome_unknown"))
 }
 
 #[cfg(test)]

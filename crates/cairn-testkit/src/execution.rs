@@ -950,6 +950,44 @@ pub async fn a_run_whose_reads_the_store_fails_runs(factory: &dyn StoreFactory) 
     p.shutdown().await;
 }
 
+/// A rerunnable run that fails only because the store did not answer (the
+/// wait it records, past the retries) is not failed for good: its lease is
+/// released and a later claim runs it to its end. An owner-bound run, which
+/// cannot run again, fails.
+pub async fn a_run_the_store_failed_is_run_again(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let (probe, p) = probed_runtime(&store, config("w1"));
+    probe.fail_next_waits(1);
+    let go = json!({"name": "go"});
+    p.start(StartRequest::tool(
+        "again",
+        "wait_signal",
+        go.clone(),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start");
+    p.await_event("again", "process.waiting", 0, WAIT)
+        .await
+        .expect("the second run waits");
+    p.signal("again", "go", "g1", json!({"n": 1})).await.expect("signal");
+    let r = terminal(&p, "again").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"n": 1}))), "{r:?}");
+    // The run the store failed, the run that suspended, the run the signal woke.
+    assert_eq!(r.started.as_ref().map(|s| s.attempt), Some(3), "claimed again: {r:?}");
+
+    probe.fail_next_waits(1);
+    p.start(StartRequest::tool("held", "wait_signal", go, Disposition::OwnerBound))
+        .await
+        .expect("start");
+    let r = terminal(&p, "held").await;
+    assert!(
+        matches!(&r.outcome, Some(Outcome::Failure { class, code, .. }) if class == "runtime" && code == "unavailable"),
+        "{r:?}"
+    );
+    p.shutdown().await;
+}
+
 /// Two workers on one store race over 500 processes: both run some, and every
 /// process runs exactly once. Runs wait until both workers have begun one, so a
 /// worker that claims nothing hangs the test (and its time bound fails it)

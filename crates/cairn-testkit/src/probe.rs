@@ -42,6 +42,7 @@ pub struct ReadProbe {
     failing_completes: std::sync::atomic::AtomicU64,
     failing_env_reads: std::sync::atomic::AtomicU64,
     failing_log_reads: std::sync::atomic::AtomicU64,
+    failing_waits: std::sync::atomic::AtomicU64,
     unanswered_appends: std::sync::atomic::AtomicU64,
     append_delay: parking_lot::Mutex<std::time::Duration>,
 }
@@ -62,6 +63,7 @@ impl ReadProbe {
             failing_completes: std::sync::atomic::AtomicU64::new(0),
             failing_env_reads: std::sync::atomic::AtomicU64::new(0),
             failing_log_reads: std::sync::atomic::AtomicU64::new(0),
+            failing_waits: std::sync::atomic::AtomicU64::new(0),
             unanswered_appends: std::sync::atomic::AtomicU64::new(0),
             append_delay: parking_lot::Mutex::new(std::time::Duration::ZERO),
         })
@@ -129,6 +131,12 @@ impl ReadProbe {
     /// reaching the inner registry: a store fault as a run reads its log.
     pub fn fail_next_log_reads(&self, n: u64) {
         self.failing_log_reads.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The next `n` calls of `wait` fail `unavailable` without reaching the
+    /// inner registry: a store fault as a run records its wait.
+    pub fn fail_next_waits(&self, n: u64) {
+        self.failing_waits.store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Let the next `n` appends (`append_event`) be written and then answer
@@ -353,6 +361,11 @@ impl ProcessRegistry for ReadProbe {
         let hook = self.wait_hook.lock().take();
         if let Some(hook) = hook {
             hook().await;
+        }
+        if take_one(&self.failing_waits) {
+            return Err(cairn_core::CairnError::Unavailable(
+                "the store did not answer (probe)".into(),
+            ));
         }
         self.inner.wait(lease, wait, seen_sequence).await
     }

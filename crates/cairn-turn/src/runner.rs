@@ -797,6 +797,11 @@ impl Tool for TurnRunner {
         match self.run_turn(&ctx, turn).await {
             Ok(outcome) => outcome,
             Err(_) if ctx.is_stopped() => ctx.stopped_outcome(),
+            // The store, not the turn: a rerunnable turn is run again later
+            // (its answers so far are journaled).
+            Err(e @ (CairnError::Unavailable(_) | CairnError::OutcomeUnknown(_))) => {
+                Outcome::failure("runtime", e.code(), e.to_string())
+            }
             Err(e) => Outcome::failure("turn", e.code(), e.to_string()),
         }
     }
