@@ -285,13 +285,22 @@ fn prelude<'js>(
 /// process runs it: the clock and randomness answer fresh values, as a
 /// first run would, and `console` lines are dropped (nothing is written
 /// anywhere). The top level has no `ctx`, so nothing else is asked.
-fn loading_native(kind: String, _payload: String) -> String {
-    match kind.as_str() {
+fn loading_native(kind: &str, calls: u64, max_calls: u64) -> String {
+    // `calls` counts those an activation journals: a top level making more
+    // than a process may could never run.
+    if calls > max_calls && matches!(kind, "now" | "random" | "uuid" | "log") {
+        let message = format!(
+            "the module's top level makes more than {max_calls} journaled calls (the script call limit), \
+             so no activation of it could run"
+        );
+        return json!({"error": {"class": "script", "code": "journal_limit", "message": message}}).to_string();
+    }
+    match kind {
         "now" | "random" | "uuid" => {
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
-            json!({ "sync": fresh(&kind, now_ms) }).to_string()
+            json!({ "sync": fresh(kind, now_ms) }).to_string()
         }
         "log" => "{}".into(),
         "cancelled" => "false".into(),
@@ -795,15 +804,23 @@ pub(crate) fn exports(limits: &Limits, source: &str) -> Result<Vec<String>, (boo
     REFUSED_IMPORT.with(|r| r.borrow_mut().take());
     let answer = context.with(|ctx| {
         // The module loads with the globals an activation gives it.
-        let native = Function::new(ctx.clone(), loading_native).map_err(|e| fail(e.to_string()))?;
-        prelude(&ctx, native, "", &Value::Null).map_err(|e| fail(e.to_string()))?;
+        let calls = std::cell::Cell::new(0u64);
+        let max_calls = limits.max_calls;
+        let native = Function::new(ctx.clone(), move |kind: String, _payload: String| -> String {
+            if matches!(kind.as_str(), "now" | "random" | "uuid" | "log") {
+                calls.set(calls.get() + 1);
+            }
+            loading_native(&kind, calls.get(), max_calls)
+        })
+        .map_err(|e| fail(e.to_string()))?;
+        let api = prelude(&ctx, native, "", &Value::Null).map_err(|e| fail(e.to_string()))?;
         let declared = Module::declare(ctx.clone(), MODULE_NAME, source).map_err(|_| (true, caught(&ctx, None)))?;
-        let (module, promise) = declared.eval().map_err(|_| (false, caught(&ctx, None)))?;
+        let (module, promise) = declared.eval().map_err(|_| (false, caught(&ctx, Some(&api))))?;
         run_jobs(&ctx);
         if promise.result::<JsValue>().is_some_and(|r| r.is_err()) {
-            return Err((false, caught(&ctx, None)));
+            return Err((false, caught(&ctx, Some(&api))));
         }
-        let ns = module.namespace().map_err(|_| (false, caught(&ctx, None)))?;
+        let ns = module.namespace().map_err(|_| (false, caught(&ctx, Some(&api))))?;
         // A class needs `new` and a generator answers an iterator, never the
         // script's value: functions to JavaScript, but none a start can run.
         let runnable: Function = ctx
@@ -920,23 +937,30 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
                 state.borrow_mut().native(&kind, &payload)
             })
         };
-        let setup = (|| -> rquickjs::Result<(Object<'_>, Object<'_>)> {
-            let api = prelude(&ctx, native?, process_id.as_str(), &args)?;
+        let api = match native.and_then(|native| prelude(&ctx, native, process_id.as_str(), &args)) {
+            Ok(api) => api,
+            Err(_) => {
+                let err = caught(&ctx, None);
+                return end(failure(&stop, &limits, &err), Vec::new());
+            }
+        };
+        // The module's top level runs as the function does: what it throws
+        // is described alike, and a limit its calls hit is what ended it.
+        let setup = (|| -> rquickjs::Result<Object<'_>> {
             let declared = Module::declare(ctx.clone(), MODULE_NAME, source.as_str())?;
             let (module, promise) = declared.eval()?;
             run_jobs(&ctx);
             if promise.result::<JsValue>().is_some_and(|r| r.is_err()) {
                 return Err(rquickjs::Error::Exception);
             }
-            let ns = module.namespace()?;
-            Ok((api, ns))
+            module.namespace()
         })();
-        let (api, ns) = match setup {
-            Ok(x) => x,
+        let ns = match setup {
+            Ok(ns) => ns,
             Err(_) => {
-                let err = caught(&ctx, None);
+                let err = caught(&ctx, Some(&api));
                 let entries = std::mem::take(&mut state.borrow_mut().entries);
-                return end(failure(&stop, &limits, &err), entries);
+                return end(thrown(&err), entries);
             }
         };
         let start = api

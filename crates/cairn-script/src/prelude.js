@@ -71,6 +71,8 @@
     const site = AT_ONCE.includes(kind) ? undefined : callSite();
     const answer = JSON.parse(native(kind, JSON.stringify(payload === undefined ? {} : payload)));
     if ("sync" in answer) return answer.sync;
+    // A clock or randomness read refused (a limit): it throws where it was made.
+    if ("error" in answer && AT_ONCE.includes(kind)) throw fail(answer.error, site);
     if ("value" in answer) return Promise.resolve(answer.value);
     if ("error" in answer) return Promise.reject(fail(answer.error, site));
     return new Promise((resolve, reject) => pending.set(answer.pending, { resolve, reject, site }));

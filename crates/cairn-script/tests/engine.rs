@@ -69,6 +69,60 @@ async fn a_top_level_past_the_cpu_limit_names_the_limit() {
     assert!(p.list_modules(None, None).await.unwrap().is_empty(), "nothing stored");
 }
 
+/// A top level making more journaled calls than a process may is refused at
+/// store, naming the limit; stored under a higher limit, a start of it ends
+/// `journal_limit`, not as an interrupted script.
+#[tokio::test]
+async fn a_top_level_past_the_call_limit_names_the_limit() {
+    let source =
+        "const t = Array.from({length: 20}, () => Math.random());\nexport async function f() { return t.length; }";
+    let strict = runtime(Limits {
+        max_calls: 5,
+        ..Limits::default()
+    });
+    let err = strict.put_module(source.into(), None).await.expect_err("refused");
+    assert_eq!(err.code(), "invalid_module");
+    assert!(err.to_string().contains("more than 5 journaled calls"), "{err}");
+    assert!(
+        strict.list_modules(None, None).await.unwrap().is_empty(),
+        "nothing stored"
+    );
+
+    let store = Arc::new(MemoryRegistry::new());
+    let lenient = Processes::builder(store.clone())
+        .script_engine(Arc::new(QuickJs::new(Limits::default())))
+        .start();
+    let m = put(&lenient, source).await;
+    let strict = Processes::builder(store)
+        .script_engine(Arc::new(QuickJs::new(Limits {
+            max_calls: 5,
+            ..Limits::default()
+        })))
+        .start();
+    let rec = run(&strict, script("calls", &m, "f", json!({}))).await;
+    assert!(
+        matches!(&rec.outcome, Some(Outcome::Failure { class, code, .. }) if class == "script" && code == "journal_limit"),
+        "{:?}",
+        rec.outcome
+    );
+}
+
+/// What a module's top level throws is described as what a function throws:
+/// a plain object's message is kept.
+#[tokio::test]
+async fn what_a_top_level_throws_is_described() {
+    let p = runtime(Limits::default());
+    let err = p
+        .put_module(
+            "throw {message: \"needs config\"};\nexport async function f() {}".into(),
+            None,
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), "invalid_module");
+    assert!(err.to_string().contains("needs config"), "{err}");
+}
+
 #[tokio::test]
 async fn a_syntax_error_names_line_and_column() {
     let p = runtime(Limits::default());
