@@ -852,6 +852,10 @@ fn wake_parent<T: WriteTx + ?Sized>(tx: &mut T, child: &str, parent: &str) -> Re
     let Some(wait) = fold::children_wait_for(&row.record, child).cloned() else {
         return Ok(());
     };
+    // Past its deadline the wait timed out first: its claim says so.
+    if wait.until_ms.is_some_and(|until| until <= tx.now()) {
+        return Ok(());
+    }
     let mut ended = std::collections::HashSet::new();
     for id in wait.ids.as_deref().unwrap_or_default() {
         if has_ended(tx, id)? {

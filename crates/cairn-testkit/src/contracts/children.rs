@@ -226,6 +226,29 @@ pub async fn children_wait_deadline_times_out(factory: &dyn StoreFactory) {
         (last.event_type.as_str(), reason(&last)),
         (ev::RESUMED, Some("timed_out"))
     );
+
+    // A child that ends after the deadline, before a late claim, does not
+    // make the wait one its children ended: it timed out first.
+    h.register(rerunnable("q")).await;
+    h.register(external_child_of("q", "q/1")).await;
+    let until = h.now() + 5_000;
+    let wait = WaitRequest::children(ids(&["q/1"]), ChildrenMode::All, 1, Some(until));
+    assert!(try_suspend(&h, "q", wait).await);
+    h.advance(5_000);
+    ok(
+        h.registry()
+            .complete_external("q/1", Outcome::success(json!(1)), "ci")
+            .await,
+        "end the child",
+    );
+    let last = log(&h, "q").await.last().cloned().expect("a log");
+    assert_ne!(last.event_type, ev::RESUMED, "the child's end wrote no resumption");
+    assert_eq!(claimed_ids(&h).await, ["q"]);
+    let last = log(&h, "q").await.last().cloned().expect("a log");
+    assert_eq!(
+        (last.event_type.as_str(), reason(&last)),
+        (ev::RESUMED, Some("timed_out"))
+    );
 }
 
 fn cancel_reason(r: &cairn_core::ProcessRecord) -> Option<&str> {

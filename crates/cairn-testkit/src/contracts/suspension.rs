@@ -252,6 +252,16 @@ pub async fn signal_wait_deadline_times_out(factory: &dyn StoreFactory) {
     assert_eq!(claimed_ids(&h, "w2").await, ["late"]);
     assert_eq!(reason(&last_event(&h, "early").await), Some("signal"));
     assert_eq!(reason(&last_event(&h, "late").await), Some("timed_out"));
+
+    // A signal that comes after the deadline, before a late claim, does not
+    // make the wait one a signal ended: it timed out first.
+    h.register(rerunnable("after")).await;
+    let until = h.now() + 1_000;
+    suspended(&h, "after", WaitRequest::signal("go", 1, Some(until))).await;
+    h.advance(1_000);
+    h.append("after", signal("go", "s2", json!(2))).await;
+    assert_eq!(claimed_ids(&h, "w2").await, ["after"]);
+    assert_eq!(reason(&last_event(&h, "after").await), Some("timed_out"));
 }
 
 /// A cancellation request on a suspension does not end it at once: it makes it
