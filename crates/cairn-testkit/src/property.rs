@@ -19,7 +19,8 @@
 //! - the worklist only lists free or expired, claimable or reconcilable rows.
 //!
 //! The operations cover registration (new ids, repeats, conflicts, with an env
-//! and a grant), appends, signals, waits, cancellation, claims, leases, abandon,
+//! and a grant), appends, signals, waits under a lease (suspensions, woken by
+//! signals, deadlines and cancellation) and resumptions, cancellation, claims, leases, abandon,
 //! external completion, grants, revoke, transfer, delete_session, prune, wakes
 //! and their acks, and envs. The memory registry itself runs the invariants
 //! alone ([`Property::reference`] off): against itself the comparison proves nothing.
@@ -28,7 +29,6 @@
 //! comparison and the invariants share one model of a step; split apart they
 //! would have to agree on it across files.
 
-use cairn_core::events as ev;
 use cairn_core::{
     AppendRequest, CairnError, Clock, Disposition, EnvRef, EnvSpec, GrantDescriptor, Lease, MemoryRegistry, Outcome,
     ProcessRegistry, Registration, SessionScope, StartGrant, StatusFilter, Watermark, WorkAction,
@@ -136,9 +136,15 @@ pub enum Op {
         p: u8,
         outcome: u8,
     },
+    /// Record a wait under a lease (a rerunnable one suspends): for signal
+    /// `sig0`, without or with a deadline, or a timer.
     Wait {
-        p: u8,
-        resume: bool,
+        lease: u8,
+        kind: u8,
+    },
+    /// End the wait of a run that holds its lease (`process.resumed`).
+    Resume {
+        lease: u8,
     },
     Grant {
         p: u8,
@@ -192,7 +198,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => p.clone().prop_map(|p| Op::RequestAbandon { p }),
         1 => p.clone().prop_map(|p| Op::Reconcile { p }),
         1 => (p.clone(), 0u8..4).prop_map(|(p, outcome)| Op::CompleteExternal { p, outcome }),
-        1 => (p.clone(), any::<bool>()).prop_map(|(p, resume)| Op::Wait { p, resume }),
+        3 => (any::<u8>(), 0u8..3).prop_map(|(lease, kind)| Op::Wait { lease, kind }),
+        1 => any::<u8>().prop_map(|lease| Op::Resume { lease }),
         2 => (p.clone(), 0u8..4).prop_map(|(p, scope)| Op::Grant { p, scope }),
         1 => (p.clone(), 0u8..4).prop_map(|(p, scope)| Op::Revoke { p, scope }),
         1 => (0u8..4, 0u8..4, proptest::collection::vec(p.clone(), 0..4))
@@ -430,14 +437,26 @@ async fn call(registry: &dyn ProcessRegistry, op: &Op, cx: &Context<'_>) -> Repl
                 .complete_external(&pid(*p), outcome(*kind, cx.now, None), "prop")
                 .await,
         ),
-        Op::Wait { p, resume } => {
-            let req = if *resume {
-                AppendRequest::new(ev::RESUMED, json!({}))
-            } else {
-                AppendRequest::new(ev::WAITING, json!({"kind": "signal", "name": "sig0", "ordinal": 1}))
-            };
-            Reply::of(registry.append_event(&pid(*p), req).await)
-        }
+        Op::Wait { kind, .. } => match cx.lease {
+            Some(l) => {
+                // The wait has seen the log as it stands (both stores agree on it).
+                let seen = match registry.get(&l.process_id).await {
+                    Ok(r) => r.last_sequence,
+                    Err(e) => return Reply::of::<()>(Err(e)),
+                };
+                let wait = match kind {
+                    0 => cairn_core::WaitRequest::signal("sig0", 1, None),
+                    1 => cairn_core::WaitRequest::signal("sig0", 1, Some(cx.now + 500)),
+                    _ => cairn_core::WaitRequest::timer(1, cx.now + 500),
+                };
+                Reply::of(registry.wait(l, wait, seen).await)
+            }
+            None => Reply::nothing(),
+        },
+        Op::Resume { .. } => match cx.lease {
+            Some(l) => Reply::of(registry.resume(l, json!({"kind": "signal", "reason": "signal"})).await),
+            None => Reply::nothing(),
+        },
         Op::Grant { p, scope: g } => Reply::of(registry.grant(&scope(*g), &pid(*p), GrantDescriptor::default()).await),
         Op::Revoke { p, scope: g } => Reply::of(registry.revoke(&scope(*g), &pid(*p)).await),
         Op::Transfer { from, to, ps } => {
@@ -519,7 +538,9 @@ impl Driver {
             | Op::Renew { lease, .. }
             | Op::Release { lease }
             | Op::Complete { lease, .. }
-            | Op::FencedAppend { lease, .. } => *lease,
+            | Op::FencedAppend { lease, .. }
+            | Op::Wait { lease, .. }
+            | Op::Resume { lease } => *lease,
             _ => return None,
         };
         (!self.leases.is_empty()).then(|| usize::from(i) % self.leases.len())
@@ -700,7 +721,12 @@ fn check_leases(op: &Op, driver: &Driver, step: &Step, before: &StoreSnapshot, n
         });
         let presents_authority = matches!(
             op,
-            Op::Start { .. } | Op::Renew { .. } | Op::Complete { .. } | Op::FencedAppend { .. }
+            Op::Start { .. }
+                | Op::Renew { .. }
+                | Op::Complete { .. }
+                | Op::FencedAppend { .. }
+                | Op::Wait { .. }
+                | Op::Resume { .. }
         );
         if presents_authority && !live {
             assert!(step.is_err(), "{op:?}: a lease that is not the live one was accepted");
