@@ -333,10 +333,10 @@ pub(crate) async fn page(
     Extension(visitor): Extension<Visitor>,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Response {
-    let (q, body) = match q {
+    let (q, body, refused) = match q {
         Ok(Query(q)) => {
             let rows = rows_markup(&d.processes, &visitor, &q).await;
-            (q, rows)
+            (q, rows, false)
         }
         Err(e) => (
             ListQuery::default(),
@@ -344,6 +344,7 @@ pub(crate) async fn page(
                 StatusCode::BAD_REQUEST,
                 pages::error_fragment("invalid_filter", &e.body_text()),
             ),
+            true,
         ),
     };
     let live_query = serde_urlencoded_query(&q);
@@ -354,9 +355,15 @@ pub(crate) async fn page(
         html! {
             h1 { "Processes" }
             (filters(&q, &visitor.viewer))
-            div #live hx-ext="sse" sse-connect="/ui/list/live" {
-                div #rows hx-get={ "/ui/list/rows?" (live_query) } hx-trigger="sse:changed delay:150ms" hx-swap="innerHTML" {
-                    (body.1)
+            // A query that could not be read has no rows to keep live: the
+            // error stays, not a refresh of another list under its address.
+            @if refused {
+                div #live { div #rows { (body.1) } }
+            } @else {
+                div #live hx-ext="sse" sse-connect="/ui/list/live" {
+                    div #rows hx-get={ "/ui/list/rows?" (live_query) } hx-trigger="sse:changed delay:150ms" hx-swap="innerHTML" {
+                        (body.1)
+                    }
                 }
             }
         },

@@ -161,6 +161,19 @@ async fn filters_are_those_of_the_api_and_bad_ones_are_errors() {
     assert!(html.contains("invalid_filter"), "{html}");
     let (status, _, _) = get(&app, "/ui/list/rows?colour=blue", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A page whose query cannot be read shows the error and keeps it: no
+    // live refresh that would swap in another list under its address.
+    let (status, html, _) = get(&app, "/ui/processes?status=failed&limit=10", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("invalid_filter"), "{html}");
+    assert!(
+        !html.contains("sse-connect") && !html.contains("/ui/list/rows?"),
+        "{html}"
+    );
+    // A readable one is live.
+    let (status, html, _) = get(&app, "/ui/processes?status=failed", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains(r#"sse-connect="/ui/list/live""#), "{html}");
 }
 
 #[tokio::test]
