@@ -248,6 +248,9 @@ struct Follow {
     /// After the terminal event: send `end`, then stop.
     ending: bool,
     done: bool,
+    /// Send `cleared` first: a failure an earlier connection of the page
+    /// showed (a store's fault of the moment) is over once this one opens.
+    clear: bool,
 }
 
 /// `GET /ui/processes/{id}/live`: the log as SSE, history first, then live.
@@ -256,7 +259,8 @@ struct Follow {
 /// of events is followed by a `record` event (the record panel re-renders), as
 /// is every [`FOLLOW_WAIT`] without events while the process runs (its lease
 /// and children change without an event of its own); after the terminal event
-/// an `end` event tells the page to close the stream.
+/// an `end` event tells the page to close the stream. Each connection opens
+/// with `cleared`, which empties a failure an earlier one showed.
 pub(crate) async fn process_stream(
     axum::extract::State(d): Shared,
     Extension(visitor): Extension<Visitor>,
@@ -285,6 +289,7 @@ pub(crate) async fn process_stream(
         record_due: false,
         ending: false,
         done: false,
+        clear: true,
     };
     Sse::new(timeline(follow))
         .keep_alive(KeepAlive::default())
@@ -296,6 +301,10 @@ fn timeline(follow: Follow) -> impl Stream<Item = Result<Event, Infallible>> {
         loop {
             if f.done {
                 return None;
+            }
+            if f.clear {
+                f.clear = false;
+                return Some((Ok(Event::default().event("cleared").data("<span></span>")), f));
             }
             if let Some(event) = f.pending.pop_front() {
                 f.after = event.sequence;

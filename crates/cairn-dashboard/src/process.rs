@@ -102,7 +102,7 @@ pub(crate) async fn page(
             section.timeline-box {
                 h2 { "Timeline" }
                 ol #timeline sse-swap="timeline" hx-swap="beforeend" {}
-                div #timeline-failed sse-swap="failed" {}
+                div #timeline-failed sse-swap="failed,cleared" {}
             }
         }
     };

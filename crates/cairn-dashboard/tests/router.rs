@@ -579,7 +579,14 @@ async fn a_quiet_live_stream_still_refreshes_the_record() {
         "{seen}"
     );
     assert!(!seen.contains("event: timeline"), "{seen}");
+    // Each connection first empties what an earlier one showed failing.
+    assert!(seen.starts_with("event: cleared\n"), "{seen}");
     assert_eq!(p.get("parent").await.unwrap().last_sequence, last);
+    let (_, page, _) = get(&app, "/ui/processes/parent", None).await;
+    assert!(
+        page.contains(r#"id="timeline-failed" sse-swap="failed,cleared""#),
+        "{page}"
+    );
     let (_, fragment, _) = get(&app, "/ui/processes/parent/record", None).await;
     assert!(fragment.contains("data-child=\"kid\""), "{fragment}");
 }
