@@ -118,6 +118,8 @@ struct Children {
     shown: Vec<ProcessRecord>,
     /// More exist past the first [`CHILDREN_SHOWN`].
     more: bool,
+    /// The store failed to list them: said in the section, not shown as none.
+    failed: Option<cairn_core::CairnError>,
 }
 
 /// The first [`CHILDREN_SHOWN`] processes whose provenance names `id` as their
@@ -132,18 +134,21 @@ async fn children_of(d: &crate::Inner, visitor: &Visitor, id: &str) -> Children 
     // A session viewer reads through its grants, the lens `GET
     // /v1/processes?caused_by=` gives it: what it may not see is neither
     // shown nor counted.
-    let mut shown: Vec<ProcessRecord> = match &visitor.viewer {
+    let listed: cairn_core::Result<Vec<ProcessRecord>> = match &visitor.viewer {
         Viewer::Session(own) => d
             .processes
             .list_granted_to(&SessionScope::session(own.as_str()), &filter)
             .await
-            .map(|page| page.into_iter().map(|g| g.process).collect())
-            .unwrap_or_default(),
-        Viewer::Host => d.processes.list(&filter).await.unwrap_or_default(),
+            .map(|page| page.into_iter().map(|g| g.process).collect()),
+        Viewer::Host => d.processes.list(&filter).await,
+    };
+    let (mut shown, failed) = match listed {
+        Ok(shown) => (shown, None),
+        Err(e) => (Vec::new(), Some(e)),
     };
     let more = shown.len() > CHILDREN_SHOWN;
     shown.truncate(CHILDREN_SHOWN);
-    Children { shown, more }
+    Children { shown, more, failed }
 }
 
 /// The children section, `#children`: on the page, and out of band in every
@@ -152,8 +157,8 @@ async fn children_of(d: &crate::Inner, visitor: &Visitor, id: &str) -> Children 
 /// `record` notice covers it). Hidden while there is nothing to list, so the
 /// fragment always has a target.
 fn children_section(id: &str, children: &Children, oob: bool) -> Markup {
-    let Children { shown, more } = children;
-    let empty = shown.is_empty() && !more;
+    let Children { shown, more, failed } = children;
+    let empty = shown.is_empty() && !more && failed.is_none();
     let count = if *more {
         format!("(first {})", shown.len())
     } else {
@@ -161,7 +166,10 @@ fn children_section(id: &str, children: &Children, oob: bool) -> Markup {
     };
     html! {
         section #children .children hidden[empty] hx-swap-oob=[oob.then_some("true")] {
-            @if !empty {
+            @if let Some(e) = failed {
+                h2 { "Children" }
+                (pages::error_fragment(e.code(), &e.to_string()))
+            } @else if !empty {
                 h2 { "Children " span.count { (count) } }
                 @if *more {
                     p.hint.more { "The first " (CHILDREN_SHOWN) " by id. "

@@ -438,6 +438,32 @@ async fn child(p: &Processes, id: &str, parent: &str) {
     p.start(req).await.expect("start child");
 }
 
+/// A store that fails to list a process's children is said in the children
+/// section, not shown as a process without children.
+#[tokio::test]
+async fn a_failed_children_listing_is_said() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let probe = cairn_testkit::probe::ReadProbe::new(Arc::new(MemoryRegistry::with_clock(clock.clone())));
+    let p = Processes::builder(probe.clone())
+        .clock(clock.clone())
+        .without_worker()
+        .start();
+    external(&p, "parent").await;
+    child(&p, "kid", "parent").await;
+    let app = app(&p, true);
+    probe.fail_next_lists(1);
+    let (status, html, _) = get(&app, "/ui/processes/parent", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let section = html.split(r#"id="children""#).nth(1).expect("the section");
+    let section = section.split("</section>").next().unwrap_or_default();
+    assert!(
+        section.contains("unavailable") && !section.contains("hidden"),
+        "{section}"
+    );
+    let (_, html, _) = get(&app, "/ui/processes/parent", None).await;
+    assert!(html.contains(r#"data-child="kid""#), "{html}");
+}
+
 /// A child started after the parent's page was rendered, and a child's end,
 /// reach an open page: the live record fragment carries the children section
 /// out of band.

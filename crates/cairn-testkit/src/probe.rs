@@ -43,6 +43,7 @@ pub struct ReadProbe {
     failing_env_reads: std::sync::atomic::AtomicU64,
     failing_log_reads: std::sync::atomic::AtomicU64,
     failing_waits: std::sync::atomic::AtomicU64,
+    failing_lists: std::sync::atomic::AtomicU64,
     unanswered_appends: std::sync::atomic::AtomicU64,
     append_delay: parking_lot::Mutex<std::time::Duration>,
 }
@@ -64,6 +65,7 @@ impl ReadProbe {
             failing_env_reads: std::sync::atomic::AtomicU64::new(0),
             failing_log_reads: std::sync::atomic::AtomicU64::new(0),
             failing_waits: std::sync::atomic::AtomicU64::new(0),
+            failing_lists: std::sync::atomic::AtomicU64::new(0),
             unanswered_appends: std::sync::atomic::AtomicU64::new(0),
             append_delay: parking_lot::Mutex::new(std::time::Duration::ZERO),
         })
@@ -139,6 +141,12 @@ impl ReadProbe {
         self.failing_waits.store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// The next `n` listings (`list`, `list_granted_to`) fail `unavailable`
+    /// without reaching the inner registry.
+    pub fn fail_next_lists(&self, n: u64) {
+        self.failing_lists.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Let the next `n` appends (`append_event`) be written and then answer
     /// `outcome_unknown`, as a commit whose answer was lost does.
     pub fn lose_next_append_answers(&self, n: u64) {
@@ -198,6 +206,11 @@ impl ProcessRegistry for ReadProbe {
         answer
     }
     async fn list(&self, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>> {
+        if take_one(&self.failing_lists) {
+            return Err(cairn_core::CairnError::Unavailable(
+                "the store did not answer (probe)".into(),
+            ));
+        }
         self.inner.list(filter).await
     }
     async fn events_after(&self, id: &str, after: u64, limit: Option<usize>) -> Result<EventPage> {
@@ -237,6 +250,11 @@ impl ProcessRegistry for ReadProbe {
         self.inner.grants_of(id).await
     }
     async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {
+        if take_one(&self.failing_lists) {
+            return Err(cairn_core::CairnError::Unavailable(
+                "the store did not answer (probe)".into(),
+            ));
+        }
         self.inner.list_granted_to(scope, filter).await
     }
     async fn list_originated_by(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>> {
