@@ -165,6 +165,10 @@ pub fn refine(doc: &mut Value, tools: &[String]) {
                 );
             }
             if has_body {
+                add(
+                    "408",
+                    "request_timeout: the body did not arrive within the server's read timeout",
+                );
                 add("413", "payload_too_large: the body is over the server's limit");
                 add(
                     "415",
@@ -178,9 +182,18 @@ pub fn refine(doc: &mut Value, tools: &[String]) {
                     "no_longer_retained: the process was pruned (the body carries its tombstone)",
                 );
             }
-            if path.starts_with("/v1/sessions/") {
-                add("403", "forbidden: a session token naming another session");
+            // A server without tokens answers only loopback: any route.
+            let mut forbidden = vec![
+                "a server without tokens answers only requests addressed to a loopback name \
+                 (and, from a browser, sent by a loopback page)",
+            ];
+            if method != "get" {
+                forbidden.push("a write another site's page made a browser send (`Sec-Fetch-Site`)");
             }
+            if path.starts_with("/v1/sessions/") {
+                forbidden.push("a session token naming another session");
+            }
+            add("403", &format!("forbidden: {}", forbidden.join("; ")));
             if path.contains('{') {
                 add(
                     "404",
@@ -521,6 +534,11 @@ mod tests {
         for (method, path, op) in &ops {
             for status in ["500", "503"] {
                 assert!(op["responses"].get(status).is_some(), "{method} {path} lacks {status}");
+            }
+            // Any route may be refused on an open server, and a body may stall.
+            assert!(op["responses"].get("403").is_some(), "{method} {path} lacks 403");
+            if op.get("requestBody").is_some() {
+                assert!(op["responses"].get("408").is_some(), "{method} {path} lacks 408");
             }
         }
     }
