@@ -985,6 +985,20 @@ impl PruneReport {
         self.held_by_watermark += chunk.held_by_watermark;
         self.held_by_running_parent += chunk.held_by_running_parent;
     }
+
+    /// What a prune made of chunks answers when a chunk fails after this
+    /// much of it committed: the error as it is while nothing was removed
+    /// (it changed nothing), else `outcome_unknown`, which says what was
+    /// removed (a prune run again removes the rest).
+    pub fn interrupted_by(&self, e: crate::CairnError) -> crate::CairnError {
+        if self.pruned == 0 {
+            return e;
+        }
+        crate::CairnError::OutcomeUnknown(format!(
+            "the prune removed {} processes before the store failed ({e}); prune again to remove the rest",
+            self.pruned
+        ))
+    }
 }
 
 /// One entry of the change feed: a record at the cursor of its latest change.
@@ -1520,6 +1534,22 @@ pub type Metadata = BTreeMap<String, Value>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A prune's chunk that fails once an earlier one removed processes is
+    /// not "nothing changed": it is `outcome_unknown`, saying how many went.
+    #[test]
+    fn a_prune_failing_part_way_says_what_it_removed() {
+        let down = || crate::CairnError::Unavailable("the store did not answer".into());
+        let nothing = PruneReport::default();
+        assert_eq!(nothing.interrupted_by(down()).code(), "unavailable");
+        let some = PruneReport {
+            pruned: 256,
+            ..PruneReport::default()
+        };
+        let e = some.interrupted_by(down());
+        assert_eq!(e.code(), "outcome_unknown");
+        assert!(e.to_string().contains("removed 256 processes"), "{e}");
+    }
 
     #[test]
     fn a_watermark_refuses_fields_its_type_does_not_have() {

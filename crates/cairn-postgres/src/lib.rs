@@ -595,7 +595,8 @@ impl ProcessRegistry for PostgresRegistry {
                         a.finish(out)
                     })
                 })
-                .await?;
+                .await
+                .map_err(|e| report.interrupted_by(e))?;
             report.add(&chunk);
             match next {
                 Some(next) => after = Some(next),

@@ -549,7 +549,8 @@ impl ProcessRegistry for SqliteRegistry {
                         after.as_ref(),
                     ))?)
                 })
-                .await?;
+                .await
+                .map_err(|e| report.interrupted_by(e))?;
             report.add(&chunk);
             match next {
                 Some(next) => after = Some(next),
