@@ -256,3 +256,64 @@ async fn readiness_fails_when_the_database_does_not_answer() {
     let (s, _) = c.get("/ui/list/rows").await;
     assert!(s >= 500, "the dashboard's list answered {s}");
 }
+
+/// `cairn serve` raises its open-file limit to the hard one (a shell's soft
+/// limit would stop `accept` before `--max-connections`, leaving clients in
+/// the backlog instead of answered 503), and lowers a `--max-connections`
+/// the limit cannot hold, saying so.
+#[test]
+fn serve_fits_its_connections_to_the_open_file_limit() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    for (hard, lowered) in [(4096u64, false), (300, true)] {
+        let mut command = std::process::Command::new(common::BIN);
+        command
+            .args(["serve", "--db", "memory", "--listen", "127.0.0.1:0"])
+            .env_remove("CAIRN_TOKEN")
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        // SAFETY: setrlimit(2) in the child between fork and exec, async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: 64,
+                    rlim_max: hard,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().expect("spawn");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut lines = Vec::new();
+        while lines.len() < 2 {
+            let mut line = String::new();
+            assert!(
+                stdout.read_line(&mut line).expect("read") > 0,
+                "the server ended: {lines:?}"
+            );
+            lines.push(line);
+        }
+        assert!(lines[1].starts_with("dashboard at"), "{lines:?}");
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).expect("limits");
+        let open_files = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .expect("the open-file limit");
+        let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+        assert_eq!(numbers, [hard.to_string(), hard.to_string()], "{open_files}");
+        // The warning was written before the address was.
+        child.kill().expect("kill");
+        let out = child.wait_with_output().expect("exit");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.contains("at most 44 are held open"),
+            lowered,
+            "hard limit {hard}: {stderr}"
+        );
+    }
+}

@@ -44,6 +44,40 @@ impl Connections {
     }
 }
 
+/// Open files kept for everything but connections: the database's files, the
+/// node lock, logs, and the pipes of the shell runs the worker holds.
+const FILES_KEPT: u64 = 256;
+
+/// The most connections this process can hold open: its open-file limit is
+/// raised to the hard one (a shell's soft 1024 would stop `accept` near
+/// `--max-connections`' default, and clients would hang in the backlog rather
+/// than get the 503); `max` past what that leaves beside [`FILES_KEPT`] is
+/// lowered to it, said in a warning.
+pub fn fit_to_open_files(max: usize) -> usize {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return max;
+    };
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    let room = usize::try_from(limit.saturating_sub(FILES_KEPT))
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if max > room {
+        tracing::warn!(
+            max_connections = max,
+            open_file_limit = limit,
+            "--max-connections is past what the open-file limit leaves for connections; at most {room} are \
+             held open (raise the limit, `ulimit -n`, for more)"
+        );
+        return room;
+    }
+    max
+}
+
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.metrics.connection_closed();

@@ -328,6 +328,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         mcp_shutdown: CancellationToken::new(),
         tools: tool_names,
     });
+    // Before the address is printed: a server that says it listens holds
+    // the open-file limit it will run with.
+    let max_connections = conn::fit_to_open_files(args.max_connections);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Listen {
@@ -345,7 +348,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     tracing::info!(%local, db = %cairn_postgres::redact(&args.db), allow_shell = args.allow_shell, "cairn serving");
 
     let app = router(state.clone(), &dashboard);
-    let connections = conn::Connections::new(args.max_connections, state.metrics.clone());
+    let connections = conn::Connections::new(max_connections, state.metrics.clone());
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(args.header_timeout);
