@@ -518,6 +518,14 @@ impl Worker {
                     "a claim waiting for a slot let its lease lapse; it does not run");
                 return;
             }
+            // The record as it stands now, not as the claim read it: a
+            // cancellation requested while it waited ends it before anything
+            // runs (its guard would hear of it only after the tool began).
+            // A read the store fails leaves the claim's, and the guard.
+            if let Ok(mut record) = this.registry.get(&claim.process.id).await {
+                record.lease = Some(claim.lease.view());
+                claim.process = record;
+            }
             drop(unplaced);
             this.run_claim(claim).await;
             drop(held);

@@ -2035,6 +2035,44 @@ pub async fn a_drain_waits_for_a_claim_waiting_for_a_slot(factory: &dyn StoreFac
     p.shutdown().await;
 }
 
+/// A claim waiting for a slot reads its process again once it has one: a
+/// cancellation requested while it waited ends it before its tool runs (the
+/// claim's own record, read before the request, would have run it).
+pub async fn a_claim_waiting_for_a_slot_sees_a_cancel_before_it_runs(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let (probe, p) = one_slot_runtime(&store).await;
+    let (inner, starter) = (store.registry.clone(), p.clone());
+    let (hooked, hook_ran) = tokio::sync::oneshot::channel();
+    probe.before_next_claim_batch(Box::new(move || {
+        Box::pin(async move {
+            register_a_then_start_b(inner, &starter, "wait_signal", json!({"name": "go"})).await;
+            let _ = hooked.send(());
+        })
+    }));
+    p.hub().notify_work();
+    hook_ran.await.expect("the next drive claimed");
+    p.await_event("b", "process.waiting", 0, WAIT)
+        .await
+        .expect("b waits in its slot");
+    p.await_event("a", "process.started", 0, WAIT).await.expect("a claimed");
+    let a = p.cancel("a", Some("not now".into())).await.expect("cancel a");
+    assert_eq!(
+        a.status,
+        ProcessStatus::Running,
+        "a claim's live lease holds the end back: {a:?}"
+    );
+    p.signal("b", "go", "g", json!({})).await.expect("signal b");
+    let a = p.await_output("a", WAIT).await.expect("await a");
+    assert_eq!(
+        a.outcome,
+        Some(Outcome::cancelled("not now")),
+        "its echo never ran: {a:?}"
+    );
+    p.await_output("b", WAIT).await.expect("await b");
+    assert_ended_without_leases(&p, &store, &["a", "b"]).await;
+    p.shutdown().await;
+}
+
 /// A claim waiting for a slot whose lease renewal the store fails keeps its
 /// claim and tries again, as a run's guard does: once the slot frees it runs
 /// (an owner-bound process left started with nobody to run it could never

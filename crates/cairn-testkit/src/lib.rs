@@ -398,6 +398,7 @@ macro_rules! execution_suite {
                 a_start_racing_a_drive_leaves_no_claim_without_a_slot,
                 a_claim_waiting_for_a_slot_outlives_a_failed_renewal,
                 a_run_the_store_failed_is_run_again,
+                a_claim_waiting_for_a_slot_sees_a_cancel_before_it_runs,
                 a_drain_waits_for_a_claim_waiting_for_a_slot,
                 a_drain_waits_for_a_drive_claiming,
                 an_await_of_an_end_just_written_here_reads_nothing,
