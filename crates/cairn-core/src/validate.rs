@@ -94,6 +94,22 @@ pub fn validate_authority(what: &str, label: &str) -> Result<()> {
     Ok(())
 }
 
+/// The most bytes of a cancellation's or an abandon request's reason: it is
+/// written into the request and again into the outcome that ends the process
+/// (as its message), so it must leave an event room for both.
+pub const MAX_REASON_BYTES: usize = 64 * 1024;
+
+/// Check a reason against [`MAX_REASON_BYTES`].
+pub fn validate_reason(what: &str, reason: &str) -> Result<()> {
+    if reason.len() > MAX_REASON_BYTES {
+        return Err(CairnError::InvalidRequest(format!(
+            "{what} is {} bytes, over the {MAX_REASON_BYTES} byte limit",
+            reason.len()
+        )));
+    }
+    Ok(())
+}
+
 /// What separates a session id from its frame in a scope id (SPEC §1:
 /// `session:{session_id}/frame:{frame}`).
 pub const FRAME_SEPARATOR: &str = "/frame:";

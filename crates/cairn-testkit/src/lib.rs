@@ -266,6 +266,7 @@ macro_rules! conformance_suite {
                 cancel_never_claimed_ends_at_once,
                 cancel_started_records_request_only,
                 cancel_is_idempotent_per_reason,
+                a_cancel_reason_past_the_limit_changes_nothing,
                 cancel_externally_owned_records_request_only,
                 cancel_after_lease_lapse_follows_disposition,
                 // sessions and grants

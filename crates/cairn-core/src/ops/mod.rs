@@ -294,6 +294,9 @@ impl Op {
     /// A cancellation request.
     pub fn cancel(id: &str, reason: Option<String>) -> Result<Self> {
         validate_id("process id", id)?;
+        if let Some(reason) = &reason {
+            crate::validate::validate_reason("the cancel reason", reason)?;
+        }
         Ok(Self::Cancel {
             id: id.to_string(),
             // An empty reason is no reason: one request, one replay key and
@@ -374,6 +377,7 @@ impl Op {
     pub fn request_abandon(id: &str, requested_by: &str, reason: &str) -> Result<Self> {
         validate_id("process id", id)?;
         crate::validate::validate_authority("requested_by", requested_by)?;
+        crate::validate::validate_reason("the abandon reason", reason)?;
         if reason.trim().is_empty() {
             return Err(CairnError::InvalidRequest(format!(
                 "the abandon request for `{id}` needs a reason: it is recorded as the evidence behind `abandoned`"

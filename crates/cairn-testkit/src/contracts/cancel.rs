@@ -187,3 +187,31 @@ pub async fn cancel_after_lease_lapse_follows_disposition(factory: &dyn StoreFac
     assert_eq!(rec.status, ProcessStatus::Running);
     assert!(rec.cancel_request.is_some());
 }
+
+/// A reason is written twice when a cancellation ends a process at once (in
+/// the request and in the outcome): one past the reason limit is refused
+/// before anything is written, one at it ends the process with it whole.
+pub async fn a_cancel_reason_past_the_limit_changes_nothing(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    h.register(rerunnable("r")).await;
+    let limit = cairn_core::validate::MAX_REASON_BYTES;
+    h.rejects(
+        "invalid_request",
+        "a reason over the limit",
+        h.registry().request_cancel("r", Some("x".repeat(limit + 1))),
+    )
+    .await;
+    h.rejects(
+        "invalid_request",
+        "an abandon reason over the limit",
+        h.registry().request_abandon("r", "ops", &"x".repeat(limit + 1)),
+    )
+    .await;
+    let at_limit = "y".repeat(limit);
+    let answer = ok(
+        h.registry().request_cancel("r", Some(at_limit.clone())).await,
+        "request_cancel",
+    );
+    assert!(answer.cancelled_now);
+    assert_eq!(h.check("r").await.record.outcome, Some(Outcome::cancelled(at_limit)));
+}
