@@ -249,6 +249,7 @@ macro_rules! conformance_suite {
                 children_any_wakes_on_the_first_end,
                 children_wait_checks_its_children,
                 children_wait_deadline_times_out,
+                cancel_of_an_ended_parent_reaches_its_running_children,
                 a_wait_naming_other_signals_wakes_on_any_of_them,
                 cancel_reaches_the_tree_in_one_write,
                 a_child_of_a_cancelled_parent_is_born_cancelled,

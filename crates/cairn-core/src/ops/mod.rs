@@ -938,21 +938,56 @@ fn cancel<T: WriteTx + ?Sized>(tx: &mut T, id: &str, reason: Option<&str>) -> Re
                 descendants: Vec::new(),
             });
         }
-        return Err(CairnError::ProcessTerminal(id.to_string()));
+        // An ended parent's children may still run (a script's children it
+        // did not wait for): the request reaches them, as it would through
+        // the parent's own parent. With nothing left to reach, the answer
+        // is the parent's end, unless this request reached them before (a
+        // retry: its descendants carry its reason).
+        let (descendants, asked_before) = cancel_descendants(tx, id, reason)?;
+        if descendants.is_empty() && !asked_before {
+            return Err(CairnError::ProcessTerminal(id.to_string()));
+        }
+        return Ok(CancelAnswer {
+            process: record,
+            cancelled_now: false,
+            descendants,
+        });
     }
     let (_, cancelled_now) = cancel_one(tx, id, reason)?;
+    let (descendants, _) = cancel_descendants(tx, id, reason)?;
+    Ok(CancelAnswer {
+        process: current(tx, id)?,
+        cancelled_now,
+        descendants,
+    })
+}
+
+/// Request the cancellation of each descendant of `id` that has not ended
+/// and has no request yet, in the same write; answers their records as they
+/// stand at the end of it, and whether a descendant already carried a
+/// request for `reason`.
+fn cancel_descendants<T: WriteTx + ?Sized>(
+    tx: &mut T,
+    id: &str,
+    reason: Option<&str>,
+) -> Result<(Vec<ProcessRecord>, bool)> {
     let mut seen = std::collections::HashSet::from([id.to_string()]);
     let mut parents = vec![id.to_string()];
     let mut descendants = Vec::new();
+    let mut asked_before = false;
     while let Some(parent) = parents.pop() {
         for child in tx.tree_children(&parent)? {
             if !seen.insert(child.clone()) {
                 continue;
             }
             let record = &existing(tx, &child)?.record;
-            if !record.is_terminal() && record.cancel_request.is_none() {
-                cancel_one(tx, &child, reason)?;
-                descendants.push(child.clone());
+            match &record.cancel_request {
+                None if !record.is_terminal() => {
+                    cancel_one(tx, &child, reason)?;
+                    descendants.push(child.clone());
+                }
+                Some(c) => asked_before |= c.reason.as_deref() == reason,
+                None => {}
             }
             parents.push(child);
         }
@@ -963,11 +998,7 @@ fn cancel<T: WriteTx + ?Sized>(tx: &mut T, id: &str, reason: Option<&str>) -> Re
     for d in &descendants {
         records.push(current(tx, d)?);
     }
-    Ok(CancelAnswer {
-        process: current(tx, id)?,
-        cancelled_now,
-        descendants: records,
-    })
+    Ok((records, asked_before))
 }
 
 /// The cancellation request of one process: `process.cancel_requested`, then

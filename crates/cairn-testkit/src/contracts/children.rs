@@ -482,3 +482,35 @@ pub async fn a_swept_child_wakes_its_parent(factory: &dyn StoreFactory) {
     h.check("p").await;
     assert_eq!(claimed_ids(&h).await, ["p"], "the parent is claimable at once");
 }
+
+/// A parent that has ended may leave children running (a script's children
+/// it did not wait for): cancelling it reaches them, as cancelling its own
+/// parent would through it. A retry of the same request answers the same
+/// end and reaches nothing new; one that reaches nothing is `process_terminal`.
+pub async fn cancel_of_an_ended_parent_reaches_its_running_children(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    h.register(rerunnable("p")).await;
+    let (lease, _) = h.claim_started("p", "w1", TTL).await;
+    h.register(child_of("p", "p/1")).await;
+    h.claim_started("p/1", "w1", TTL).await;
+    ok(h.registry().complete(&lease, Outcome::success(json!(1))).await, "end p");
+    let answer = ok(h.registry().request_cancel("p", Some("stop".into())).await, "cancel p");
+    assert_eq!(
+        answer.process.status,
+        ProcessStatus::Completed,
+        "the parent's end stands"
+    );
+    assert!(!answer.cancelled_now);
+    let reached: Vec<&str> = answer.descendants.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(reached, ["p/1"]);
+    assert_eq!(cancel_reason(&h.check("p/1").await.record), Some("stop"));
+    h.check("p").await;
+    let again = ok(h.registry().request_cancel("p", Some("stop".into())).await, "retry");
+    assert!(again.descendants.is_empty(), "{again:?}");
+    h.rejects(
+        "process_terminal",
+        "another request reaching nothing",
+        h.registry().request_cancel("p", Some("other".into())),
+    )
+    .await;
+}
