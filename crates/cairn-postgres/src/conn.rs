@@ -44,6 +44,23 @@ pub(crate) fn is_transient(e: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// Whether `e` says the connection was lost (closed, an I/O fault, or a
+/// server error of the connection classes: `08…`, or the server shutting
+/// down or crashed, as a pooler in between reports it): a statement in
+/// flight then may or may not have run, and a `COMMIT` in flight may or may
+/// not have landed.
+pub(crate) fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() || e.as_db_error().is_none() {
+        return true;
+    }
+    e.code().is_some_and(|code| {
+        code.code().starts_with("08")
+            || *code == SqlState::ADMIN_SHUTDOWN
+            || *code == SqlState::CRASH_SHUTDOWN
+            || *code == SqlState::CANNOT_CONNECT_NOW
+    })
+}
+
 /// The cairn error for a PostgreSQL fault that was not retried (or ran out of retries).
 pub(crate) fn storage(e: tokio_postgres::Error) -> CairnError {
     if is_transient(&e) {
@@ -216,7 +233,7 @@ impl Shared {
             };
             match work(conn).await {
                 Err(crate::Fault::Pg(e)) if attempt < 2 && is_transient(&e) => {
-                    if e.as_db_error().is_none() {
+                    if connection_lost(&e) {
                         broke = Some(describe(&e));
                     }
                     attempt += 1;

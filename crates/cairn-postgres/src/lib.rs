@@ -290,7 +290,7 @@ impl PostgresRegistry {
             }
             .await;
             match outcome {
-                Err(Fault::Pg(e)) if committing && e.as_db_error().is_none() => {
+                Err(Fault::Pg(e)) if committing && conn::connection_lost(&e) => {
                     return Err(CairnError::OutcomeUnknown(format!(
                         "postgres: the connection broke while committing {what} ({}); it may or may not have \
                          landed: read the state it changes to find out",

@@ -800,7 +800,10 @@ async fn a_registration_batch_answers_each_registration_as_if_alone() {
 trait Upstream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Upstream for T {}
 
-type Trigger = Arc<std::sync::Mutex<Option<(String, tokio::sync::oneshot::Sender<()>)>>>;
+/// The completion tag to lose the reply to, the SQLSTATE of the error to
+/// answer in its place (a pooler's, when its server died) or none (a silent
+/// break), and who hears that it happened.
+type Trigger = Arc<std::sync::Mutex<Option<(String, Option<&'static str>, tokio::sync::oneshot::Sender<()>)>>>;
 
 /// A proxy between cairn and the test server that loses one reply on purpose,
 /// the way a network fault does. Armed with a completion tag, it lets the
@@ -857,7 +860,16 @@ impl LosingProxy {
     /// receiver hears when that happened.
     fn lose_reply_to(&self, tag: &str) -> tokio::sync::oneshot::Receiver<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        *self.trigger.lock().expect("trigger") = Some((tag.to_string(), tx));
+        *self.trigger.lock().expect("trigger") = Some((tag.to_string(), None, tx));
+        rx
+    }
+
+    /// As [`lose_reply_to`](Self::lose_reply_to), but answer a FATAL error
+    /// with `sqlstate` in the reply's place before the break, as a pooler
+    /// does for a server that died after the statement ran.
+    fn fail_reply_to(&self, tag: &str, sqlstate: &'static str) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        *self.trigger.lock().expect("trigger") = Some((tag.to_string(), Some(sqlstate), tx));
         rx
     }
 
@@ -880,27 +892,46 @@ async fn relay(client: tokio::net::TcpStream, server: Box<dyn Upstream>, trigger
     let (mut server_read, mut server_write) = tokio::io::split(server);
     let upstream = tokio::io::copy(&mut client_read, &mut server_write);
     let downstream = async {
-        let mut losing: Option<tokio::sync::oneshot::Sender<()>> = None;
+        let mut losing: Option<(Option<&'static str>, tokio::sync::oneshot::Sender<()>)> = None;
         loop {
             let mut message = vec![0u8; 5];
             server_read.read_exact(&mut message).await?;
             let len = u32::from_be_bytes([message[1], message[2], message[3], message[4]]) as usize;
             message.resize(1 + len.max(4), 0);
             server_read.read_exact(&mut message[5..]).await?;
-            if let Some(heard) = losing.take() {
+            if let Some((error, heard)) = losing.take() {
                 if message[0] == b'Z' {
-                    // Committed: now break the connection without a reply.
+                    // It ran: now break the connection, after the error if armed with one.
+                    if let Some(sqlstate) = error {
+                        let mut fields = Vec::new();
+                        for (kind, value) in [
+                            (b'S', "FATAL"),
+                            (b'V', "FATAL"),
+                            (b'C', sqlstate),
+                            (b'M', "server conn crashed?"),
+                        ] {
+                            fields.push(kind);
+                            fields.extend_from_slice(value.as_bytes());
+                            fields.push(0);
+                        }
+                        fields.push(0);
+                        let mut response = vec![b'E'];
+                        response.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
+                        response.extend_from_slice(&fields);
+                        client_write.write_all(&response).await?;
+                        client_write.flush().await?;
+                    }
                     let _ = heard.send(());
                     return Ok::<(), std::io::Error>(());
                 }
-                losing = Some(heard);
+                losing = Some((error, heard));
                 continue;
             }
             if message[0] == b'C' {
                 let tag = message[5..].split(|b| *b == 0).next().unwrap_or_default();
                 let mut armed = trigger.lock().expect("trigger");
-                if armed.as_ref().is_some_and(|(t, _)| t.as_bytes() == tag) {
-                    losing = armed.take().map(|(_, heard)| heard);
+                if armed.as_ref().is_some_and(|(t, _, _)| t.as_bytes() == tag) {
+                    losing = armed.take().map(|(_, error, heard)| (error, heard));
                     continue;
                 }
             }
@@ -1025,6 +1056,15 @@ async fn admin_transactions_retry_before_the_commit_and_never_after_it() {
     assert_eq!(granted(&s3).await, ids, "the transfer landed once");
     assert!(granted(&s2).await.is_empty());
 
+    // The same with a pooler's error for the lost server in the reply's place.
+    let lost = proxy.fail_reply_to("COMMIT", "57P01");
+    let said = assert_unknown_outcome(reg.transfer(&s3, &s2, &ids).await, "transfer");
+    lost.await.expect("the proxy failed the reply");
+    assert!(said.contains("transfer"), "{said}");
+    assert_eq!(granted(&s2).await, ids, "the transfer landed once");
+    let report = reg.transfer(&s2, &s3, &ids).await.expect("transfer back");
+    assert_eq!(report.moved, ids, "{report:?}");
+
     let lost = proxy.lose_reply_to("COMMIT");
     let said = assert_unknown_outcome(reg.delete_session("s3").await, "delete_session");
     lost.await.expect("the proxy lost the reply");
@@ -1089,6 +1129,18 @@ async fn a_lane_batch_runs_again_before_its_commit_and_is_unknown_after_it() {
     let events = reg.events_after("e", 0, None).await.expect("events");
     let seen: Vec<_> = events.events.iter().map(|e| e.payload["i"].clone()).collect();
     assert_eq!(seen, vec![json!(1), json!(2), json!(3)]);
+
+    // A pooler whose server died after the commit answers it with an error
+    // of the connection class: still unknown, never run again.
+    let lost = proxy.fail_reply_to("COMMIT", "08P01");
+    let said = assert_unknown_outcome(reg.append_event("e", note(json!({ "i": 4 }))).await, "append");
+    lost.await.expect("the proxy failed the commit's reply");
+    assert!(said.contains("may or may not"), "{said}");
+    assert_eq!(
+        reg.get("e").await.expect("get").last_sequence,
+        4,
+        "the append landed, once"
+    );
 }
 
 /// A process one node suspended resumes when another node writes its signal:

@@ -233,8 +233,11 @@ pub(super) async fn write_and_commit(
         None => futures::join!(writes, commit),
     };
     let answers = match (answers, committed) {
-        (Err(e), _) if e.as_db_error().is_some() => return Err(e.into()),
-        (_, Err(e)) if e.is_closed() || e.as_db_error().is_none() => return Err(BatchError::Ambiguous(e)),
+        // A write the server refused: the transaction aborted, and COMMIT
+        // rolled it back (unless the refusal says the connection was lost,
+        // with COMMIT sent behind it).
+        (Err(e), _) if !crate::conn::connection_lost(&e) => return Err(e.into()),
+        (_, Err(e)) if crate::conn::connection_lost(&e) => return Err(BatchError::Ambiguous(e)),
         (Err(e), _) => return Err(BatchError::Ambiguous(e)),
         (Ok(_), Err(e)) => return Err(e.into()),
         (Ok(answers), Ok(())) => answers,
