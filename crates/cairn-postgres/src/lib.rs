@@ -403,10 +403,16 @@ impl ProcessRegistry for PostgresRegistry {
     async fn transfer(&self, from: &SessionScope, to: &SessionScope, ids: &[String]) -> Result<TransferReport> {
         admin::check_transfer(from, to, ids)?;
         self.transaction("the transfer", move |tx, now| {
-            let (from, to, ids) = (from.clone(), to.clone(), ids.to_vec());
+            let (from, to, ids, channel) = (from.clone(), to.clone(), ids.to_vec(), self.channel.clone());
             Box::pin(async move {
                 let mut a = Admin::new(tx, now);
                 let out = admin::transfer(&mut a, &from, &to, &ids).await;
+                if out.as_ref().is_ok_and(|r| !r.moved.is_empty()) {
+                    // The moved processes' rows were locked (`FOR SHARE`): a
+                    // claim made meanwhile passed over them, and nothing
+                    // else will say they are still there to claim.
+                    tx.execute(crate::uow::NOTIFY, &[&channel, &"w"]).await?;
+                }
                 a.finish(out)
             })
         })

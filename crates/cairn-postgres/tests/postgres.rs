@@ -1292,10 +1292,10 @@ async fn corrupt_env_is_detected() {
     assert_eq!(err.code(), "corrupt_env", "{err}");
 }
 
-/// A write that locks a due row and leaves it as it was (a replayed append)
-/// tells every node's drivers to look for work: a claim made while the lock
-/// was held passed over the row (SKIP LOCKED), and nothing else would say
-/// it is still there.
+/// A write that locks a due row and leaves it as it was (a replayed append,
+/// a transfer of its grant) tells every node's drivers to look for work: a
+/// claim made while the lock was held passed over the row (SKIP LOCKED), and
+/// nothing else would say it is still there.
 #[cfg_attr(
     cairn_no_postgres,
     ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
@@ -1321,4 +1321,20 @@ async fn a_due_row_locked_and_left_as_it_was_is_announced_as_work() {
     let again = writer.append_event("due", append).await.expect("replayed append");
     assert_eq!(again.event.sequence, first.event.sequence, "the replay wrote nothing");
     heard().await.expect("the replay's lock was announced as work");
+
+    // A transfer locks the rows of the processes it moves (`FOR SHARE`), so
+    // it too tells the drivers to look again once it has moved them.
+    use cairn_testkit::{session, start_grant};
+    let (s1, s2) = (session("s1"), session("s2"));
+    writer
+        .register(rerunnable("queued"), Some(start_grant(&s1, "k", "queued")))
+        .await
+        .expect("register");
+    heard().await.expect("a registration is work");
+    let report = writer
+        .transfer(&s1, &s2, &["queued".to_string()])
+        .await
+        .expect("transfer");
+    assert_eq!(report.moved, ["queued"]);
+    heard().await.expect("the transfer was announced as work");
 }
