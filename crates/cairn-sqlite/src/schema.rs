@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     V_PARTIAL_LISTING_INDEXES,
     V_SCHEDULE_REFUSALS,
     V_ABANDON_INDEX,
+    V_UNACKED_WAKES,
 ];
 
 const V1: &str = r#"
@@ -264,6 +265,13 @@ ALTER TABLE schedules ADD COLUMN last_refusal TEXT;
 /// abandon request is pending.
 const V_ABANDON_INDEX: &str = r#"
 CREATE INDEX processes_abandon ON processes (claimable_at_ms, id) WHERE abandon_candidate = 1;
+"#;
+
+/// The wakes not yet acknowledged, the `cairn_wakes_pending` gauge's count:
+/// through `wakes_pending` (session first) it walked every wake ever stored.
+/// Tiny: a row is in it only until its session acknowledges it.
+const V_UNACKED_WAKES: &str = r#"
+CREATE INDEX wakes_unacked ON wakes (wake_order) WHERE acked = 0;
 "#;
 
 const V_PARTIAL_LISTING_INDEXES: &str = r#"

@@ -561,14 +561,15 @@ const WORKLIST_SQL: &str = "SELECT id, abandon_candidate FROM processes
 const RUNNING_GAUGES_SQL: &str = "SELECT count(*), coalesce(sum(waiting), 0), coalesce(sum(lease_owner IS NOT NULL), 0)
      FROM processes WHERE status = 'running' AND status <> 'completed'";
 
+/// The wakes not acknowledged, by their partial index (`wakes_unacked`).
+const PENDING_WAKES_SQL: &str = "SELECT count(*) FROM wakes WHERE acked = 0";
+
 /// Counts of the live state (running rows by the status index; wakes by theirs).
 pub(crate) fn gauges(conn: &Connection) -> R<cairn_core::Gauges> {
     let (running, waiting, leased): (i64, i64, i64) = conn
         .prepare_cached(RUNNING_GAUGES_SQL)?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-    let pending: i64 = conn
-        .prepare_cached("SELECT count(*) FROM wakes WHERE acked = 0")?
-        .query_row([], |r| r.get(0))?;
+    let pending: i64 = conn.prepare_cached(PENDING_WAKES_SQL)?.query_row([], |r| r.get(0))?;
     let n = cairn_core::ops::columns::from_i64;
     Ok(cairn_core::Gauges {
         running: n(running),
@@ -1166,6 +1167,9 @@ mod tests {
         let (_dir, conn) = fresh();
         let p = plan(&conn, RUNNING_GAUGES_SQL, Vec::new());
         assert!(p.contains("processes_status_id"), "{p}");
+        // Only the wakes not acknowledged, not every wake ever stored.
+        let p = plan(&conn, PENDING_WAKES_SQL, Vec::new());
+        assert!(p.contains("wakes_unacked"), "{p}");
         assert!(gauges(&conn).is_ok());
     }
 

@@ -1420,6 +1420,7 @@ async fn event_logs_keyed_by_process_id_are_upgraded() {
          ALTER TABLE processes DROP COLUMN log_key;
          ALTER TABLE schedules DROP COLUMN last_refusal;
          DROP INDEX processes_abandon;
+         DROP INDEX wakes_unacked;
          UPDATE cairn_meta SET value = '{LOG_KEYS_FROM}' WHERE key = 'schema_version';"
     ))
     .expect("make the older shape");
@@ -1493,6 +1494,7 @@ async fn listing_indexes_are_made_partial_on_upgrade() {
          CREATE INDEX processes_originator_id ON processes (originator, id);
          ALTER TABLE schedules DROP COLUMN last_refusal;
          DROP INDEX processes_abandon;
+         DROP INDEX wakes_unacked;
          UPDATE cairn_meta SET value = '{PARTIAL_FROM}' WHERE key = 'schema_version';"
     ))
     .expect("make the older shape");
