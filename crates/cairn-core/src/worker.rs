@@ -848,7 +848,7 @@ impl Worker {
             }
         }
         loop {
-            match self.registry.get(&id).await {
+            match self.until_lapse(&ctx, self.registry.get(&id)).await {
                 Ok(r) => {
                     if let Some(c) = r.cancel_request {
                         // A cancelled run may still clean up (a script does,
@@ -868,7 +868,10 @@ impl Worker {
                 Err(e) => tracing::warn!(process_id = %id, error = %e, "run guard could not read the record"),
             }
             if tokio::time::Instant::now() >= next_renew {
-                match self.registry.renew(&ctx.lease(), ttl.as_millis() as u64).await {
+                match self
+                    .until_lapse(&ctx, self.registry.renew(&ctx.lease(), ttl.as_millis() as u64))
+                    .await
+                {
                     Ok(l) => ctx.set_lease(l),
                     Err(CairnError::LeaseFenced(_)) => {
                         ctx.stop(StopReason::LeaseLost);
@@ -898,6 +901,22 @@ impl Worker {
                 }
                 None => sleep.await,
             }
+        }
+    }
+
+    /// `call` (a guard's read or renewal), given up as `unavailable` once the
+    /// run's lease has lapsed by this node's clock (and at least a second
+    /// after it began): a store that never answers (a connection gone
+    /// silent) must not keep a run going past its lease, while a peer may
+    /// already run the process.
+    async fn until_lapse<T>(&self, ctx: &ToolContext, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let left = ctx.lease().expires_at_ms.saturating_sub(self.clock.now_ms());
+        let within = Duration::from_millis(left).max(Duration::from_secs(1));
+        match tokio::time::timeout(within, call).await {
+            Ok(answer) => answer,
+            Err(_) => Err(CairnError::Unavailable(format!(
+                "the store did not answer within {within:?}, by when the lease lapses"
+            ))),
         }
     }
 

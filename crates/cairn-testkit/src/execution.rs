@@ -898,6 +898,22 @@ pub async fn a_run_whose_renewals_fail_stops_when_its_lease_lapses(factory: &dyn
     assert_eq!(r.status, ProcessStatus::Running, "the stopped run wrote no terminal");
 }
 
+/// A run whose lease renewals never answer (a store connection gone silent)
+/// stops once its lease has lapsed, as one whose renewals fail: a peer may
+/// run the process by then.
+pub async fn a_run_whose_renewals_hang_stops_when_its_lease_lapses(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let probe = crate::probe::ReadProbe::new(store.registry.clone());
+    let worker = a_blocked_run(&store, "hung", "hung-owner", probe.clone()).await;
+    probe.hang_renewals(true);
+    store.clock.advance(1_000);
+    tokio::time::timeout(WAIT, worker.wait_idle())
+        .await
+        .expect("the run stopped once its lease lapsed unrenewed");
+    let r = store.registry.get("hung").await.expect("get");
+    assert_eq!(r.status, ProcessStatus::Running, "the stopped run wrote no terminal");
+}
+
 /// A run's completion that the store fails (a dropped connection, a lost
 /// commit reply) is tried again while the lease holds: the outcome is known
 /// only here, and an owner-bound process is never run again.

@@ -410,6 +410,7 @@ macro_rules! execution_suite {
                 an_earlier_incarnation_stops_claiming_before_its_next_sweep,
                 worker_losing_lease_stops_run,
                 a_run_whose_renewals_fail_stops_when_its_lease_lapses,
+                a_run_whose_renewals_hang_stops_when_its_lease_lapses,
                 a_completion_the_store_fails_is_tried_again,
                 a_run_whose_reads_the_store_fails_runs,
                 two_workers_run_each_process_once,

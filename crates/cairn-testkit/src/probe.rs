@@ -44,6 +44,7 @@ pub struct ReadProbe {
     failing_log_reads: std::sync::atomic::AtomicU64,
     failing_waits: std::sync::atomic::AtomicU64,
     failing_lists: std::sync::atomic::AtomicU64,
+    hanging_renewals: std::sync::atomic::AtomicBool,
     unanswered_appends: std::sync::atomic::AtomicU64,
     append_delay: parking_lot::Mutex<std::time::Duration>,
 }
@@ -66,6 +67,7 @@ impl ReadProbe {
             failing_log_reads: std::sync::atomic::AtomicU64::new(0),
             failing_waits: std::sync::atomic::AtomicU64::new(0),
             failing_lists: std::sync::atomic::AtomicU64::new(0),
+            hanging_renewals: std::sync::atomic::AtomicBool::new(false),
             unanswered_appends: std::sync::atomic::AtomicU64::new(0),
             append_delay: parking_lot::Mutex::new(std::time::Duration::ZERO),
         })
@@ -139,6 +141,13 @@ impl ReadProbe {
     /// inner registry: a store fault as a run records its wait.
     pub fn fail_next_waits(&self, n: u64) {
         self.failing_waits.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Every `renew` from now on (while `hanging`) never answers: a store
+    /// whose connection went silent.
+    pub fn hang_renewals(&self, hanging: bool) {
+        self.hanging_renewals
+            .store(hanging, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The next `n` listings (`list`, `list_granted_to`) fail `unavailable`
@@ -284,6 +293,9 @@ impl ProcessRegistry for ReadProbe {
         self.inner.record_started(lease).await
     }
     async fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<Lease> {
+        if self.hanging_renewals.load(std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         if self.failing_renewals.load(std::sync::atomic::Ordering::SeqCst) {
             self.failed_renewals
                 .send_modify(|ids| ids.push(lease.process_id.clone()));
