@@ -115,13 +115,13 @@ pub fn apply_event(record: &mut ProcessRecord, event: &ProcessEvent) {
         t if t.starts_with(events::SIGNAL_PREFIX) && is_suspended(record) => {
             // A suspension for this name saw every earlier signal of it (see
             // `ops::wait`), so the next one is the one it waits for, unless
-            // it came at or after the wait's deadline: the wait timed out
-            // first (its claim, however late, says `timed_out`).
+            // it came after the wait's deadline: the wait timed out first
+            // (its claim, however late, says `timed_out`, as its run answers).
             let name = &t[events::SIGNAL_PREFIX.len()..];
             if let Some(w) = record.wait.as_mut() {
                 let named = (w.kind == "signal" && w.name.as_deref() == Some(name))
                     || w.signals.as_ref().is_some_and(|s| s.iter().any(|n| n == name));
-                let in_time = w.until_ms.is_none_or(|until| event.occurred_at_ms < until);
+                let in_time = w.until_ms.is_none_or(|until| event.occurred_at_ms <= until);
                 if named && in_time && w.woken.is_none() {
                     w.woken = Some("signal".into());
                 }

@@ -856,8 +856,9 @@ fn wake_parent<T: WriteTx + ?Sized>(tx: &mut T, child: &str, parent: &str) -> Re
     let Some(wait) = fold::children_wait_for(&row.record, child).cloned() else {
         return Ok(());
     };
-    // Past its deadline the wait timed out first: its claim says so.
-    if wait.until_ms.is_some_and(|until| until <= tx.now()) {
+    // Past its deadline the wait timed out first: its claim says so (an end
+    // at the deadline itself is in time, as the run takes it).
+    if wait.until_ms.is_some_and(|until| until < tx.now()) {
         return Ok(());
     }
     let mut ended = std::collections::HashSet::new();

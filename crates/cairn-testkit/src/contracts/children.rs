@@ -234,7 +234,7 @@ pub async fn children_wait_deadline_times_out(factory: &dyn StoreFactory) {
     let until = h.now() + 5_000;
     let wait = WaitRequest::children(ids(&["q/1"]), ChildrenMode::All, 1, Some(until));
     assert!(try_suspend(&h, "q", wait).await);
-    h.advance(5_000);
+    h.advance(5_001);
     ok(
         h.registry()
             .complete_external("q/1", Outcome::success(json!(1)), "ci")

@@ -258,10 +258,19 @@ pub async fn signal_wait_deadline_times_out(factory: &dyn StoreFactory) {
     h.register(rerunnable("after")).await;
     let until = h.now() + 1_000;
     suspended(&h, "after", WaitRequest::signal("go", 1, Some(until))).await;
-    h.advance(1_000);
+    h.advance(1_001);
     h.append("after", signal("go", "s2", json!(2))).await;
     assert_eq!(claimed_ids(&h, "w2").await, ["after"]);
     assert_eq!(reason(&last_event(&h, "after").await), Some("timed_out"));
+
+    // One at the deadline itself is in time, as a run takes it.
+    h.register(rerunnable("at")).await;
+    let until = h.now() + 1_000;
+    suspended(&h, "at", WaitRequest::signal("go", 1, Some(until))).await;
+    h.advance(1_000);
+    h.append("at", signal("go", "s3", json!(3))).await;
+    assert_eq!(claimed_ids(&h, "w2").await, ["at"]);
+    assert_eq!(reason(&last_event(&h, "at").await), Some("signal"));
 }
 
 /// A cancellation request on a suspension does not end it at once: it makes it
