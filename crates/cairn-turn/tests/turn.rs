@@ -683,7 +683,6 @@ async fn a_long_retry_after_is_waited_out_suspended() {
     assert_eq!(s.fake.received().len(), 3, "no retry of a wait past an hour");
 }
 
-/// A `Retry-After` past the in-process backoff is waited out at most
 /// An owner-bound turn waits out a long `Retry-After` in its run: the call
 /// after the wait is numbered on from the calls before it, so a watcher
 /// does not join its text to a broken call's.
@@ -729,6 +728,7 @@ async fn calls_after_a_wait_in_the_run_are_numbered_on() {
     assert_eq!(numbers, BTreeSet::from([(1, 1), (1, 3)]), "{calls:?}");
 }
 
+/// A `Retry-After` past the in-process backoff is waited out at most
 /// `retries` times a step, however many runs those waits take (each wait
 /// suspends the turn and ends its run): then the turn fails `model_unavailable`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

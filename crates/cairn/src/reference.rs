@@ -400,7 +400,7 @@ pub fn render() -> String {
             statuses.join(", ")
         );
     }
-    let _ = writeln!(w, "| GET | `/openapi.json` | | 200 |");
+    let _ = writeln!(w, "| GET | `/openapi.json` | | 200, 403 |");
     let _ = writeln!(w, "| POST | `/mcp` | | MCP over streamable HTTP (see ADR 0011) |\n");
 
     let _ = writeln!(w, "## Errors\n");
