@@ -45,27 +45,35 @@ impl Connections {
 }
 
 /// Open files kept for everything but connections: the database's files, the
-/// node lock, logs, and the pipes of the shell runs the worker holds.
+/// node lock, logs, and the pipes of the shell runs the worker holds (a
+/// quarter of a limit smaller than four times this).
 const FILES_KEPT: u64 = 256;
 
+/// The connections an open-file `limit` leaves room for.
+fn room_for(limit: u64) -> usize {
+    let kept = FILES_KEPT.min(limit / 4);
+    usize::try_from(limit - kept).unwrap_or(usize::MAX).max(1)
+}
+
 /// The most connections this process can hold open: its open-file limit is
-/// raised to the hard one (a shell's soft 1024 would stop `accept` near
-/// `--max-connections`' default, and clients would hang in the backlog rather
-/// than get the 503); `max` past what that leaves beside [`FILES_KEPT`] is
-/// lowered to it, said in a warning.
+/// raised as far as the system lets (to the hard limit; macOS caps an
+/// unlimited one at `OPEN_MAX`, 10,240), since a shell's soft 1024 would
+/// stop `accept` near `--max-connections`' default and clients would hang in
+/// the backlog rather than get the 503; `max` past what that leaves
+/// ([`room_for`]) is lowered to it, said in a warning.
 pub fn fit_to_open_files(max: usize) -> usize {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return max;
     };
-    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-        hard
-    } else {
-        soft
-    };
-    let room = usize::try_from(limit.saturating_sub(FILES_KEPT))
-        .unwrap_or(usize::MAX)
-        .max(1);
+    let mut limit = soft;
+    for want in [hard, hard.min(10_240)] {
+        if want > limit && setrlimit(Resource::RLIMIT_NOFILE, want, hard).is_ok() {
+            limit = want;
+            break;
+        }
+    }
+    let room = room_for(limit);
     if max > room {
         tracing::warn!(
             max_connections = max,
@@ -205,5 +213,21 @@ impl Drop for Lingering {
             })
             .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::room_for;
+
+    /// A small limit keeps a quarter for files of its own, a large one 256:
+    /// a soft 256 (macOS's) leaves most of it to connections, not one.
+    #[test]
+    fn an_open_file_limit_leaves_room_for_connections() {
+        assert_eq!(room_for(256), 192);
+        assert_eq!(room_for(300), 225);
+        assert_eq!(room_for(1024), 768);
+        assert_eq!(room_for(65_536), 65_280);
+        assert_eq!(room_for(0), 1);
     }
 }
