@@ -804,13 +804,14 @@ pub(crate) fn exports(limits: &Limits, source: &str) -> Result<Vec<String>, (boo
     REFUSED_IMPORT.with(|r| r.borrow_mut().take());
     let answer = context.with(|ctx| {
         // The module loads with the globals an activation gives it.
-        let calls = std::cell::Cell::new(0u64);
+        let calls = Rc::new(std::cell::Cell::new(0u64));
         let max_calls = limits.max_calls;
+        let counted = calls.clone();
         let native = Function::new(ctx.clone(), move |kind: String, _payload: String| -> String {
             if matches!(kind.as_str(), "now" | "random" | "uuid" | "log") {
-                calls.set(calls.get() + 1);
+                counted.set(counted.get() + 1);
             }
-            loading_native(&kind, calls.get(), max_calls)
+            loading_native(&kind, counted.get(), max_calls)
         })
         .map_err(|e| fail(e.to_string()))?;
         let api = prelude(&ctx, native, "", &Value::Null).map_err(|e| fail(e.to_string()))?;
@@ -819,6 +820,18 @@ pub(crate) fn exports(limits: &Limits, source: &str) -> Result<Vec<String>, (boo
         run_jobs(&ctx);
         if promise.result::<JsValue>().is_some_and(|r| r.is_err()) {
             return Err((false, caught(&ctx, Some(&api))));
+        }
+        // Past the limit in calls whose refusal the top level need not see
+        // (a `console.log` line's is dropped), it is refused all the same.
+        if calls.get() > max_calls {
+            let message = format!(
+                "the module's top level makes more than {max_calls} journaled calls (the script call limit), \
+                 so no activation of it could run"
+            );
+            return Err((
+                false,
+                json!({"code": "journal_limit", "message": message, "stack": null}),
+            ));
         }
         let ns = module.namespace().map_err(|_| (false, caught(&ctx, Some(&api))))?;
         // A class needs `new` and a generator answers an iterator, never the

@@ -83,6 +83,10 @@ async fn a_top_level_past_the_call_limit_names_the_limit() {
     let err = strict.put_module(source.into(), None).await.expect_err("refused");
     assert_eq!(err.code(), "invalid_module");
     assert!(err.to_string().contains("more than 5 journaled calls"), "{err}");
+    // Lines count too, though their refusal is dropped where they are written.
+    let logging = "for (let i = 0; i < 20; i++) console.log(i);\nexport async function f() { return 1; }";
+    let err = strict.put_module(logging.into(), None).await.expect_err("refused");
+    assert!(err.to_string().contains("more than 5 journaled calls"), "{err}");
     assert!(
         strict.list_modules(None, None).await.unwrap().is_empty(),
         "nothing stored"
