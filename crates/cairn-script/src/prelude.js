@@ -226,11 +226,16 @@
   function utcParse(text) {
     const t = EngineDate.parse(text);
     const s = String(text).trim();
-    // An offset follows a time of day (a dash between a date's parts is
-    // none); the engine reads these zone names too, as words of their own
-    // (the last one named wins, so one is never followed by another).
+    // An offset comes after a time of day, right after it or as a word of
+    // its own (a dash between a date's parts, before the time, is none; the
+    // engine takes `+1`, `+01`, `+0100`, `+01:00`, and U+2212 as a minus);
+    // the engine reads these zone names too, as words of their own (the
+    // last one named wins, so one is never followed by another).
+    const time = s.search(/\d:\d\d/);
     const zoned =
-      /\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d:?\d\d)\b|Z$/i.test(s) ||
+      (time >= 0 &&
+        /(?:\d:\d\d(?::\d\d(?:\.\d+)?)?\s*|\s)(?:Z|[+\-\u2212]\d{1,2}(?::?\d\d)?)\b/i.test(s.slice(time))) ||
+      /Z$/i.test(s) ||
       /(?<![a-z])(GMT|UTC|UT|[ECMP][SD]T|WES?T|CES?T|EES?T)\b/i.test(s) ||
       /^[+-]?\d{4,6}(-\d\d){0,2}$/.test(s);
     if (isNaN(t) || zoned) return t;

@@ -2310,6 +2310,9 @@ async fn local_time_in_a_zone_east_of_utc() {
                     ["05-Mar-2024 10:00", Date.UTC(2024, 2, 5, 10)],
                     ["2024-03-10T10:00:00.5-02:30", Date.UTC(2024, 2, 10, 12, 30, 0, 500)],
                     ["Mar 10 2024 10:00 +0100", Date.UTC(2024, 2, 10, 9)],
+                    ["Mar 10 2024 10:00 PM +0100", Date.UTC(2024, 2, 10, 21)],
+                    ["10:00:00 Mar 10 2024 +0100", Date.UTC(2024, 2, 10, 9)],
+                    ["Mar 10 2024 10:00 +01", Date.UTC(2024, 2, 10, 9)],
                 ].filter(([text, utc]) => Date.parse(text) !== utc || new Date(text).getTime() !== utc)
                     .map(([text]) => text),
                 set: (() => { const x = new Date(0); x.setHours(5); return x.getTime(); })(),
