@@ -407,10 +407,11 @@ impl ProcessRegistry for PostgresRegistry {
             Box::pin(async move {
                 let mut a = Admin::new(tx, now);
                 let out = admin::transfer(&mut a, &from, &to, &ids).await;
-                if out.as_ref().is_ok_and(|r| !r.moved.is_empty()) {
-                    // The moved processes' rows were locked (`FOR SHARE`): a
-                    // claim made meanwhile passed over them, and nothing
-                    // else will say they are still there to claim.
+                if out.is_ok() {
+                    // The named processes' rows were locked (`FOR SHARE`),
+                    // moved or not (a retry finds them moved): a claim made
+                    // meanwhile passed over them, and nothing else will say
+                    // they are still there to claim.
                     tx.execute(crate::uow::NOTIFY, &[&channel, &"w"]).await?;
                 }
                 a.finish(out)

@@ -1313,28 +1313,52 @@ async fn a_due_row_locked_and_left_as_it_was_is_announced_as_work() {
     listener.listen(hub.clone());
     generation.wait_for(|g| *g >= 1).await.expect("first listen");
     let heard = || tokio::time::timeout(Duration::from_secs(10), hub.work_available());
+    // The hub keeps one pending work notice: each write below is announced
+    // (its notification seen on the hub), then the notice spent, so what is
+    // heard after the next write is that write's own.
+    let spend = || async {
+        let _ = tokio::time::timeout(Duration::ZERO, hub.work_available()).await;
+    };
+    let mut due = hub.subscribe("due");
     writer.register(rerunnable("due"), None).await.expect("register");
-    heard().await.expect("a registration is work");
     let append = note(json!({})).with_replay_key("once");
     let first = writer.append_event("due", append.clone()).await.expect("append");
-    heard().await.expect("the append left the process claimable");
+    assert!(
+        announced(&mut due, first.event.sequence).await,
+        "the append reached the hub"
+    );
+    spend().await;
     let again = writer.append_event("due", append).await.expect("replayed append");
     assert_eq!(again.event.sequence, first.event.sequence, "the replay wrote nothing");
     heard().await.expect("the replay's lock was announced as work");
 
-    // A transfer locks the rows of the processes it moves (`FOR SHARE`), so
-    // it too tells the drivers to look again once it has moved them.
+    // A transfer locks the rows of the processes it names (`FOR SHARE`), so
+    // it too tells the drivers to look again.
     use cairn_testkit::{session, start_grant};
     let (s1, s2) = (session("s1"), session("s2"));
+    let mut queued = hub.subscribe("queued");
     writer
         .register(rerunnable("queued"), Some(start_grant(&s1, "k", "queued")))
         .await
         .expect("register");
-    heard().await.expect("a registration is work");
+    let noted = writer.append_event("queued", note(json!({}))).await.expect("append");
+    assert!(
+        announced(&mut queued, noted.event.sequence).await,
+        "the append reached the hub"
+    );
+    spend().await;
     let report = writer
         .transfer(&s1, &s2, &["queued".to_string()])
         .await
         .expect("transfer");
     assert_eq!(report.moved, ["queued"]);
     heard().await.expect("the transfer was announced as work");
+    // Retried, it moves nothing, and is announced all the same.
+    spend().await;
+    let report = writer
+        .transfer(&s1, &s2, &["queued".to_string()])
+        .await
+        .expect("transfer again");
+    assert_eq!(report.not_granted, ["queued"]);
+    heard().await.expect("the retried transfer was announced as work");
 }

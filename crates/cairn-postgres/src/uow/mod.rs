@@ -219,15 +219,16 @@ async fn peek(conn: &Conn, ops: &[Op], uow: &mut Uow) -> std::result::Result<(),
 /// locks its parent, so a child registered concurrently is either found here
 /// or finds its parent's request and is born cancelled. Costs a round trip
 /// per level, only when the batch cancels something.
-async fn load_descendants(conn: &Conn, ops: &[Op], uow: &mut Uow) -> std::result::Result<(), BatchError> {
+async fn load_descendants(conn: &Conn, ops: &[Op], uow: &mut Uow) -> std::result::Result<Vec<String>, BatchError> {
     let mut frontier: Vec<String> = ops
         .iter()
         .filter(|o| o.cancels_tree())
         .filter_map(|o| o.process_id().map(String::from))
         .filter(|id| uow.slots.contains_key(id))
         .collect();
+    let mut locked = Vec::new();
     if frontier.is_empty() {
-        return Ok(());
+        return Ok(locked);
     }
     let s_children = conn.stmt(LOAD_CHILDREN).await?;
     let mut seen: HashSet<String> = frontier.iter().cloned().collect();
@@ -243,6 +244,7 @@ async fn load_descendants(conn: &Conn, ops: &[Op], uow: &mut Uow) -> std::result
                 continue;
             }
             frontier.push(id.clone());
+            locked.push(id.clone());
             uow.slots.entry(id).or_insert(Slot {
                 entry: Some(entry),
                 stored: true,
@@ -251,7 +253,7 @@ async fn load_descendants(conn: &Conn, ops: &[Op], uow: &mut Uow) -> std::result
             });
         }
     }
-    Ok(())
+    Ok(locked)
 }
 
 struct Loads<'a> {
@@ -363,7 +365,7 @@ async fn load_decide_write(
         uow.candidates.push_back(id);
     }
 
-    load_descendants(conn, ops, &mut uow).await?;
+    locked.extend(load_descendants(conn, ops, &mut uow).await?);
     peek(conn, ops, &mut uow).await?;
 
     // 2. Decide.
@@ -372,8 +374,9 @@ async fn load_decide_write(
     // meanwhile passed over it (SKIP LOCKED), and no write of it will tell
     // the drivers. The work notice sends them to look again once the lock
     // is gone.
-    // (Only the rows the batch names and their parents: an unclaimed
-    // candidate of a claim must not send every driver to claim again.)
+    // (Only the rows the batch names, their parents and the descendants a
+    // cancel locks: an unclaimed candidate of a claim must not send every
+    // driver to claim again.)
     if !uow.work {
         uow.work = locked.iter().any(|id| {
             uow.slots
