@@ -833,6 +833,10 @@ impl Worker {
         let ttl = self.config.lease_ttl;
         let every = (ttl / 3).max(Duration::from_millis(10));
         let mut changes = self.hub.as_ref().map(|h| h.subscribe(&id));
+        // Another writer's commits (another OS process on the SQLite file,
+        // a PostgreSQL listener that reconnected) reach the hub as a resync,
+        // not as this process's change: a cancel among them is read then.
+        let mut resyncs = self.hub.as_ref().map(|h| h.subscribe_resync());
         let mut next_renew = tokio::time::Instant::now() + every;
         // The claim carried the record as it was when claimed (a cancel before
         // the claim is handled by `run_claim`: it ends the process, or starts
@@ -857,6 +861,7 @@ impl Worker {
                         // only at renewals.
                         ctx.stop(StopReason::Cancelled { reason: c.reason });
                         changes = None;
+                        resyncs = None;
                     } else if r.is_terminal() {
                         // Ended by another writer while it ran: perhaps a
                         // sweep by a newer incarnation of this node id.
@@ -892,14 +897,22 @@ impl Worker {
                 next_renew = tokio::time::Instant::now() + every;
             }
             let sleep = tokio::time::sleep_until(next_renew);
-            match changes.as_mut() {
-                Some(rx) => {
-                    tokio::select! {
-                        r = rx.changed() => if r.is_err() { changes = None; },
-                        _ = sleep => {}
-                    }
+            let change = async {
+                match changes.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
                 }
-                None => sleep.await,
+            };
+            let resync = async {
+                match resyncs.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                alive = change => if !alive { changes = None; },
+                alive = resync => if !alive { resyncs = None; },
+                _ = sleep => {}
             }
         }
     }

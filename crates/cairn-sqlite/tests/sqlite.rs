@@ -1603,3 +1603,42 @@ async fn type_lists_are_stored_once_and_older_rows_still_load() {
     let message = storage_message(reg.get("core-b").await.expect_err("a forged list"));
     assert!(message.contains("does not match its content address"), "{message}");
 }
+
+/// A cancel another OS process writes to the file stops a run here once the
+/// hub hears of the foreign commit (a resync), not at the run's next lease
+/// renewal (a third of a two-minute lease, here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_another_writer_makes_stops_a_run_here() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let clock = Arc::new(cairn_core::SystemClock);
+    let ours = Arc::new(SqliteRegistry::open(&path, clock.clone()).expect("open ours"));
+    let theirs = SqliteRegistry::open(&path, clock).expect("open theirs");
+    let p = cairn_core::Processes::builder(ours.clone())
+        .tools(cairn_tools::builtin_tools(false))
+        .worker_config(cairn_core::WorkerConfig {
+            lease_ttl: Duration::from_secs(120),
+            ..cairn_core::WorkerConfig::default()
+        })
+        .start();
+    ours.watch_other_writers(p.hub().clone()).expect("watch");
+    p.start(cairn_core::StartRequest::tool(
+        "long",
+        "sleep",
+        json!({"ms": 600_000}),
+        Disposition::OwnerBound,
+    ))
+    .await
+    .expect("start");
+    p.await_event("long", "process.waiting", 0, Duration::from_secs(10))
+        .await
+        .expect("the sleep waits in its run");
+    theirs
+        .request_cancel("long", Some("from there".into()))
+        .await
+        .expect("cancel from the other writer");
+    let r = p.await_output("long", Duration::from_secs(20)).await.expect("await");
+    assert_eq!(r.outcome, Some(Outcome::cancelled("from there")), "{r:?}");
+    p.shutdown().await;
+}
