@@ -162,6 +162,9 @@ pub struct Worker {
     /// until a drive finds fewer candidates than it had free slots. While it
     /// is set a start does not claim its own process (older work goes first).
     backlog: AtomicBool,
+    /// The last drive stopped reconciling abandon requests at its page cap
+    /// with more to do: the driver drives again at once.
+    abandons_left: AtomicBool,
     idle: Notify,
     /// Told when a run releases its slot, and only then: the driver listens
     /// for it (from before each drive) while work may be waiting for a slot.
@@ -203,6 +206,7 @@ impl Worker {
             tasks: Mutex::new(JoinSet::new()),
             draining: AtomicBool::new(false),
             backlog: AtomicBool::new(true),
+            abandons_left: AtomicBool::new(false),
             idle: Notify::new(),
             slot_freed: Notify::new(),
             unplaced: AtomicUsize::new(0),
@@ -384,6 +388,7 @@ impl Worker {
     /// after a page of which nothing was reconciled.
     async fn reconcile_abandons(&self) -> Result<()> {
         let page = self.config.batch_size.max(1);
+        self.abandons_left.store(false, Ordering::SeqCst);
         for _ in 0..ABANDON_PAGES_PER_DRIVE {
             let ids = self.registry.abandon_worklist(page).await?;
             let mut reconciled = 0;
@@ -394,9 +399,12 @@ impl Worker {
                 }
             }
             if ids.len() < page || reconciled == 0 {
-                break;
+                return Ok(());
             }
         }
+        // Full pages, each reconciled, up to the cap: the rest is for the
+        // next drive, at once (no notice would come for it).
+        self.abandons_left.store(true, Ordering::SeqCst);
         Ok(())
     }
 
@@ -1073,6 +1081,11 @@ impl WorkDriver {
                 retry = (retry * 2).min(interval);
             }
             let mut next_sweep = tokio::time::Instant::now();
+            // After a drive the store failed, the next comes after this
+            // (doubling to 5 s while they keep failing): work already due is
+            // before any due time the store will name, and may have no
+            // notice coming for it.
+            let mut after_failure: Option<Duration> = None;
             loop {
                 if tokio::time::Instant::now() >= next_sweep {
                     if let Err(e) = worker.sweep().await {
@@ -1091,8 +1104,14 @@ impl WorkDriver {
                         due.run_due().await;
                     }
                 }
-                if let Err(e) = worker.drive_once().await {
-                    tracing::warn!(error = %e, "work drive failed");
+                match worker.drive_once().await {
+                    Ok(_) => after_failure = None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "work drive failed");
+                        after_failure = Some(
+                            after_failure.map_or(Duration::from_millis(100), |d| (d * 2).min(Duration::from_secs(5))),
+                        );
+                    }
                 }
                 // Sleep until the earliest due time, but no longer than the sweep
                 // interval: a due time another node writes arrives by its notice.
@@ -1107,6 +1126,11 @@ impl WorkDriver {
                         tracing::warn!(error = %e, "could not read the next due time");
                         until_sweep
                     }
+                };
+                let pause = match after_failure {
+                    Some(retry) => pause.min(retry),
+                    None if worker.abandons_left.load(Ordering::SeqCst) => Duration::ZERO,
+                    None => pause,
                 };
                 let hub_work = async {
                     match &hub {

@@ -914,6 +914,40 @@ pub async fn a_run_whose_renewals_hang_stops_when_its_lease_lapses(factory: &dyn
     assert_eq!(r.status, ProcessStatus::Running, "the stopped run wrote no terminal");
 }
 
+/// A drive whose claim the store fails is tried again soon, not left for the
+/// next sweep: work already due has no later due time to wake the driver,
+/// and may have no notice coming (here: registered past the runtime, inside
+/// the failed claim).
+pub async fn a_failed_drive_is_tried_again_before_the_sweep(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let probe = crate::probe::ReadProbe::new(store.registry.clone());
+    let inner = store.registry.clone();
+    let (registered, hook_ran) = tokio::sync::oneshot::channel();
+    probe.before_next_claim_batch(Box::new(move || {
+        Box::pin(async move {
+            inner
+                .register(crate::builders::rerunnable("due"), None)
+                .await
+                .expect("register");
+            let _ = registered.send(());
+        })
+    }));
+    probe.fail_next_claim_batches(1);
+    let p = Processes::builder(probe.clone())
+        .tools(tools(vec![]))
+        .clock(Arc::new(store.clock.clone()))
+        .worker_config(WorkerConfig {
+            sweep_interval: Duration::from_secs(3_600),
+            ..config("w1")
+        })
+        .start();
+    hook_ran.await.expect("the first drive claimed");
+    let r = terminal(&p, "due").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!("due"))), "{r:?}");
+    assert!(probe.claim_batches() >= 2, "the failed claim was made again");
+    p.shutdown().await;
+}
+
 /// A run's completion that the store fails (a dropped connection, a lost
 /// commit reply) is tried again while the lease holds: the outcome is known
 /// only here, and an owner-bound process is never run again.

@@ -411,6 +411,7 @@ macro_rules! execution_suite {
                 worker_losing_lease_stops_run,
                 a_run_whose_renewals_fail_stops_when_its_lease_lapses,
                 a_run_whose_renewals_hang_stops_when_its_lease_lapses,
+                a_failed_drive_is_tried_again_before_the_sweep,
                 a_completion_the_store_fails_is_tried_again,
                 a_run_whose_reads_the_store_fails_runs,
                 two_workers_run_each_process_once,

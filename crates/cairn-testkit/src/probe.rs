@@ -45,6 +45,7 @@ pub struct ReadProbe {
     failing_waits: std::sync::atomic::AtomicU64,
     failing_lists: std::sync::atomic::AtomicU64,
     hanging_renewals: std::sync::atomic::AtomicBool,
+    failing_claim_batches: std::sync::atomic::AtomicU64,
     unanswered_appends: std::sync::atomic::AtomicU64,
     append_delay: parking_lot::Mutex<std::time::Duration>,
 }
@@ -68,6 +69,7 @@ impl ReadProbe {
             failing_waits: std::sync::atomic::AtomicU64::new(0),
             failing_lists: std::sync::atomic::AtomicU64::new(0),
             hanging_renewals: std::sync::atomic::AtomicBool::new(false),
+            failing_claim_batches: std::sync::atomic::AtomicU64::new(0),
             unanswered_appends: std::sync::atomic::AtomicU64::new(0),
             append_delay: parking_lot::Mutex::new(std::time::Duration::ZERO),
         })
@@ -141,6 +143,12 @@ impl ReadProbe {
     /// inner registry: a store fault as a run records its wait.
     pub fn fail_next_waits(&self, n: u64) {
         self.failing_waits.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The next `n` calls of `claim_batch` fail `unavailable` without
+    /// reaching the inner registry (after a hook set for the call runs).
+    pub fn fail_next_claim_batches(&self, n: u64) {
+        self.failing_claim_batches.store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Every `renew` from now on (while `hanging`) never answers: a store
@@ -286,6 +294,11 @@ impl ProcessRegistry for ReadProbe {
         let hook = self.claim_hook.lock().take();
         if let Some(hook) = hook {
             hook().await;
+        }
+        if take_one(&self.failing_claim_batches) {
+            return Err(cairn_core::CairnError::Unavailable(
+                "the store did not answer (probe)".into(),
+            ));
         }
         self.inner.claim_batch(owner_id, ttl_ms, limit).await
     }
