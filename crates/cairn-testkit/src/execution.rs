@@ -263,6 +263,30 @@ pub async fn a_shell_commands_last_lines_survive_slow_appends(factory: &dyn Stor
     p.shutdown().await;
 }
 
+/// A shell output batch whose append the store fails is tried again while
+/// the lease holds: no line is lost to a passing fault.
+pub async fn a_shell_output_append_the_store_fails_is_tried_again(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let (probe, p) = probed_runtime(&store, config("w1"));
+    probe.fail_next_appends(1);
+    p.start(shell("sh-retried", json!({"command": "echo a; echo b"})))
+        .await
+        .expect("start");
+    let r = terminal(&p, "sh-retried").await;
+    assert!(matches!(r.outcome, Some(Outcome::Success { .. })), "{r:?}");
+    let lines: Vec<Value> = p
+        .events("sh-retried", 0, Some(1000))
+        .await
+        .expect("events")
+        .events
+        .iter()
+        .filter(|e| e.event_type == "shell.output")
+        .flat_map(|e| e.payload["lines"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(lines, [json!("a"), json!("b")], "each line once");
+    p.shutdown().await;
+}
+
 /// A failing command ends `failed` with code `exit_status`.
 pub async fn shell_failure_is_exit_status(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;

@@ -385,6 +385,7 @@ macro_rules! execution_suite {
             $crate::__execution_tests!($factory, $enabled, $skip;
                 shell_output_in_order_and_exit_code,
                 a_shell_commands_last_lines_survive_slow_appends,
+                a_shell_output_append_the_store_fails_is_tried_again,
                 shell_failure_is_exit_status,
                 cancel_running_shell_kills_child,
                 cancel_before_start_is_immediate,

@@ -46,6 +46,7 @@ pub struct ReadProbe {
     failing_lists: std::sync::atomic::AtomicU64,
     hanging_renewals: std::sync::atomic::AtomicBool,
     failing_claim_batches: std::sync::atomic::AtomicU64,
+    failing_appends: std::sync::atomic::AtomicU64,
     unanswered_appends: std::sync::atomic::AtomicU64,
     append_delay: parking_lot::Mutex<std::time::Duration>,
 }
@@ -70,6 +71,7 @@ impl ReadProbe {
             failing_lists: std::sync::atomic::AtomicU64::new(0),
             hanging_renewals: std::sync::atomic::AtomicBool::new(false),
             failing_claim_batches: std::sync::atomic::AtomicU64::new(0),
+            failing_appends: std::sync::atomic::AtomicU64::new(0),
             unanswered_appends: std::sync::atomic::AtomicU64::new(0),
             append_delay: parking_lot::Mutex::new(std::time::Duration::ZERO),
         })
@@ -143,6 +145,12 @@ impl ReadProbe {
     /// inner registry: a store fault as a run records its wait.
     pub fn fail_next_waits(&self, n: u64) {
         self.failing_waits.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The next `n` calls of `append_event` fail `unavailable` without
+    /// reaching the inner registry: a store fault as a run writes its events.
+    pub fn fail_next_appends(&self, n: u64) {
+        self.failing_appends.store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The next `n` calls of `claim_batch` fail `unavailable` without
@@ -242,6 +250,11 @@ impl ProcessRegistry for ReadProbe {
         let delay = *self.append_delay.lock();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
+        }
+        if take_one(&self.failing_appends) {
+            return Err(cairn_core::CairnError::Unavailable(
+                "the store did not answer (probe)".into(),
+            ));
         }
         let answer = self.inner.append_event(id, request).await?;
         if take_one(&self.unanswered_appends) {

@@ -783,6 +783,10 @@ struct Output {
     /// Set when an append found the lease lost or the process ended; nothing
     /// more is appended after that.
     halted: Option<CairnError>,
+    /// Batches appended by this run: each batch's replay key
+    /// (`shell.output/{run}/{n}`), so an append the store failed is tried
+    /// again while the lease holds, and one whose answer was lost lands once.
+    appended: u64,
 }
 
 impl Output {
@@ -812,7 +816,9 @@ impl Output {
         }
         let count = batch.lines.len();
         let payload = json!({"stream": stream.label(), "lines": batch.lines});
-        match ctx.append(OUTPUT_EVENT, payload).await {
+        self.appended += 1;
+        let key = format!("{OUTPUT_EVENT}/{}/{}", ctx.attempt(), self.appended);
+        match ctx.append_once(OUTPUT_EVENT, payload, &key).await {
             Ok(_) => {}
             Err(e @ (CairnError::LeaseFenced(_) | CairnError::ProcessTerminal(_))) => self.halted = Some(e),
             Err(e) => tracing::warn!(

@@ -328,7 +328,8 @@ fn event_meaning(name: &str) -> &'static str {
             "a script's `ctx.log(...)` line: `{message, ordinal}` (and `cancel_seen`, see `script.call`; written once, not again on replay)"
         }
         cairn_tools::shell::OUTPUT_EVENT => {
-            "output lines of a `shell` command: `{stream: stdout|stderr, lines: [...]}`"
+            "output lines of a `shell` command: `{stream: stdout|stderr, lines: [...]}`, each batch under the \
+             replay key `shell.output/{run}/{n}` (tried again while the run's lease holds, written once)"
         }
         cairn_turn::RESPONSE => {
             "a session turn's model answer for step `step` (journaled once; a replay reads it instead of \
