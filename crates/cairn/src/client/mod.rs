@@ -604,6 +604,7 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
     });
     let mut follow = std::pin::pin!(follow);
     let mut interrupted = false;
+    let mut cancel_recorded = false;
     loop {
         tokio::select! {
             done = &mut follow => {
@@ -613,14 +614,21 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
             _ = ctrl_c.as_mut() => {
                 ctrl_c.set(tokio::signal::ctrl_c());
                 if interrupted {
-                    eprintln!("stopped following {id}; its cancellation is recorded: `cairn await {id}` shows how it ended");
+                    if cancel_recorded {
+                        eprintln!("stopped following {id}; its cancellation is recorded: `cairn await {id}` shows how it ended");
+                    } else {
+                        eprintln!("stopped following {id}, which may still run (its cancellation was not recorded): `cairn cancel {id}`");
+                    }
                     return Ok(ExitCode::from(EXIT_INTERRUPTED));
                 }
                 interrupted = true;
                 let body = json!({"reason": "interrupted: Ctrl-C in `cairn run`"});
                 match client.post(&format!("{}/cancel", proc_path(&id)), &body).await {
-                    Ok(_) => eprintln!("cancelling {id} (Ctrl-C); waiting for it to stop (Ctrl-C again to stop waiting)"),
-                    Err(e) => eprintln!("could not cancel {id}: {e}"),
+                    Ok(_) => {
+                        cancel_recorded = true;
+                        eprintln!("cancelling {id} (Ctrl-C); waiting for it to stop (Ctrl-C again to stop waiting)")
+                    }
+                    Err(e) => eprintln!("could not cancel {id}: {e} (Ctrl-C again to stop following it)"),
                 }
             }
         }
