@@ -522,7 +522,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 2 * 1024 * 1024)]
     pub max_body_bytes: usize,
     /// Longest wait one `await` request gets (longer asks are cut to it; `cairn await` asks again).
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    /// At least 100ms: a shorter cap answers every wait at once, which a
+    /// client reads as a server shutting down.
+    #[arg(long, default_value = "5m", value_parser = parse_max_await)]
     pub max_await: Duration,
     /// Close a connection whose request headers have not all arrived this long after
     /// it opened or after its previous answer (so also an idle kept-alive connection).
@@ -731,6 +733,18 @@ pub struct PruneArgs {
 /// bare milliseconds, `1.5s`) and sent in the server's spelling (`1s 500ms`).
 fn interval(raw: &str) -> Result<String, String> {
     parse_duration(raw).map(|d| humantime::format_duration(d).to_string())
+}
+
+/// `--max-await`: a duration of at least 100 ms.
+fn parse_max_await(raw: &str) -> Result<Duration, String> {
+    let d = parse_duration(raw)?;
+    if d < Duration::from_millis(100) {
+        return Err(format!(
+            "{raw} is under 100ms: every await would be answered at once, which `cairn await` reads as a server \
+             shutting down"
+        ));
+    }
+    Ok(d)
 }
 
 /// Parse `SESSION=TOKEN`.

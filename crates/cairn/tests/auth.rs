@@ -469,6 +469,20 @@ fn refuses_open_non_loopback_and_unbuilt_backends() {
         assert!(err.contains("--session-token"), "{tokens:?}: {err}");
     }
 
+    // An await cap that answers every wait at once would read as a shutdown.
+    let out = run(&[
+        "serve",
+        "--db",
+        "memory",
+        "--listen",
+        "127.0.0.1:0",
+        "--max-await",
+        "10ms",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("under 100ms"), "{err}");
+
     // A script heap no script can run in is refused at start, not met later.
     let out = run(&[
         "serve",
