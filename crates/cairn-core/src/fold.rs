@@ -378,7 +378,8 @@ fn check_signal_id(req: &AppendRequest) -> Result<()> {
 /// `process.cancel_requested`'s; a signal's (`signal:{name}:…`) is a signal's
 /// ([`check_signal_id`] holds `signal.{name}` to its own name); on a script
 /// or a session turn, the journal's keys (`script.…`, `turn.…`) are its run's,
-/// under the lease.
+/// under the lease; a key `{type}/…` naming a declared type is that type's
+/// appends' (a shell's output batches).
 fn check_own_replay_key(record: &ProcessRecord, req: &AppendRequest) -> Result<()> {
     let Some(key) = req.replay_key.as_deref() else {
         return Ok(());
@@ -394,6 +395,14 @@ fn check_own_replay_key(record: &ProcessRecord, req: &AppendRequest) -> Result<(
         (!req.event_type.starts_with(events::SIGNAL_PREFIX)).then_some("a signal's")
     } else if journal.is_some_and(|prefix| key.starts_with(prefix)) {
         req.lease.is_none().then_some("the run's journal")
+    } else if key
+        .split_once('/')
+        .is_some_and(|(t, _)| t != req.event_type && record.event_types.iter().any(|e| e.name == t))
+    {
+        // `{type}/…` is that type's (a shell run's output batches take
+        // `shell.output/{run}/{n}`): another type's append taking it first
+        // would refuse that batch for good.
+        Some("another declared type's")
     } else {
         None
     };

@@ -329,7 +329,8 @@ fn event_meaning(name: &str) -> &'static str {
         }
         cairn_tools::shell::OUTPUT_EVENT => {
             "output lines of a `shell` command: `{stream: stdout|stderr, lines: [...]}`, each batch under the \
-             replay key `shell.output/{run}/{n}` (tried again while the run's lease holds, written once)"
+             replay key `shell.output/{run}/{n}` (tried again while the run's lease holds, written once; a key \
+             `{type}/…` naming a declared type is refused on another type's append)"
         }
         cairn_turn::RESPONSE => {
             "a session turn's model answer for step `step` (journaled once; a replay reads it instead of \

@@ -450,6 +450,16 @@ pub async fn cairns_own_replay_keys_are_refused_on_other_appends(factory: &dyn S
         ),
     )
     .await;
+    // A key `{type}/…` naming another declared type is that type's (a
+    // shell's output batches take `shell.output/{run}/{n}`).
+    h.rejects(
+        "invalid_request",
+        "a key of another declared type's form",
+        h.registry()
+            .append_event("p", note(json!({})).with_replay_key("progress/1/1")),
+    )
+    .await;
+    h.append("p", progress(5).with_replay_key("progress/1/1")).await;
     // Keys that merely look alike stay the producer's, and a journal's keys
     // are free where there is no journal.
     h.append("p", progress(1).with_replay_key("cancelled:1")).await;
