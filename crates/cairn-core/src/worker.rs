@@ -519,20 +519,24 @@ impl Worker {
             // Held first: a slot given back unused is heard freed (by the
             // driver and a drain) as any other.
             let held = this.hold(permit);
-            // A lease whose renewals failed until it lapsed is not run on:
-            // a peer may hold the process by now.
+            // The record as it stands now, not as the claim read it: a
+            // cancellation requested while it waited ends it before anything
+            // runs (its guard would hear of it only after the tool began).
+            // A read the store fails (or that outlasts the lease) leaves the
+            // claim's, and the guard.
+            let left = claim.lease.expires_at_ms.saturating_sub(this.clock.now_ms());
+            let read = tokio::time::timeout(Duration::from_millis(left), this.registry.get(&claim.process.id));
+            if let Ok(Ok(mut record)) = read.await {
+                record.lease = Some(claim.lease.view());
+                claim.process = record;
+            }
+            // A lease whose renewals failed until it lapsed (or that lapsed
+            // while the record was read) is not run on: a peer may hold the
+            // process by now.
             if this.clock.now_ms() >= claim.lease.expires_at_ms {
                 tracing::warn!(process_id = %claim.process.id,
                     "a claim waiting for a slot let its lease lapse; it does not run");
                 return;
-            }
-            // The record as it stands now, not as the claim read it: a
-            // cancellation requested while it waited ends it before anything
-            // runs (its guard would hear of it only after the tool began).
-            // A read the store fails leaves the claim's, and the guard.
-            if let Ok(mut record) = this.registry.get(&claim.process.id).await {
-                record.lease = Some(claim.lease.view());
-                claim.process = record;
             }
             drop(unplaced);
             this.run_claim(claim).await;
@@ -859,7 +863,9 @@ impl Worker {
                 _ = tokio::time::sleep(FIRST_CHECK) => {}
             }
         }
+        let mut last_read;
         loop {
+            last_read = tokio::time::Instant::now();
             match self.until_lapse(&ctx, self.registry.get(&id)).await {
                 Ok(r) => {
                     if let Some(c) = r.cancel_request {
@@ -917,10 +923,17 @@ impl Worker {
                     None => std::future::pending().await,
                 }
             };
+            let mut resynced = false;
             tokio::select! {
                 alive = change => if !alive { changes = None; },
-                alive = resync => if !alive { resyncs = None; },
+                alive = resync => if alive { resynced = true } else { resyncs = None },
                 _ = sleep => {}
+            }
+            // Another writer's steady commits resync the hub again and again:
+            // a run reads its record for them at most every FIRST_CHECK
+            // (those that come meanwhile are one).
+            if resynced {
+                tokio::time::sleep_until(last_read + FIRST_CHECK).await;
             }
         }
     }
