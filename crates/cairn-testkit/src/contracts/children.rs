@@ -485,8 +485,9 @@ pub async fn a_swept_child_wakes_its_parent(factory: &dyn StoreFactory) {
 
 /// A parent that has ended may leave children running (a script's children
 /// it did not wait for): cancelling it reaches them, as cancelling its own
-/// parent would through it. A retry of the same request answers the same
-/// end and reaches nothing new; one that reaches nothing is `process_terminal`.
+/// parent would through it. A retry of the same request while they run
+/// answers the same end and reaches nothing new; one that reaches nothing is
+/// `process_terminal`.
 pub async fn cancel_of_an_ended_parent_reaches_its_running_children(factory: &dyn StoreFactory) {
     let h = Harness::new(factory).await;
     h.register(rerunnable("p")).await;
