@@ -319,6 +319,25 @@ async fn a_prune_on_another_node_is_not_answered_from_recent_ends() {
     assert_eq!(gone.code(), "no_longer_retained", "{gone}");
 }
 
+/// Two nodes on `schema`: one listening into the hub (its first LISTEN made),
+/// one to write; and the listener's generation.
+async fn listening_pair(
+    schema: &TestSchema,
+) -> (
+    PostgresRegistry,
+    PostgresRegistry,
+    ChangeHub,
+    tokio::sync::watch::Receiver<u64>,
+) {
+    let listener = schema.connect(clock()).await.expect("listening node");
+    let writer = schema.connect(clock()).await.expect("writing node");
+    let hub = ChangeHub::new();
+    let mut generation = listener.listener_generation();
+    listener.listen(hub.clone());
+    generation.wait_for(|g| *g >= 1).await.expect("first listen");
+    (listener, writer, hub, generation)
+}
+
 #[cfg_attr(
     cairn_no_postgres,
     ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
@@ -329,12 +348,7 @@ async fn notifications_reach_other_nodes_and_the_listener_reconnects() {
         return;
     }
     let schema = TestSchema::new("cairn_t");
-    let listener = schema.connect(clock()).await.expect("listening node");
-    let writer = schema.connect(clock()).await.expect("writing node");
-    let hub = ChangeHub::new();
-    let mut generation = listener.listener_generation();
-    listener.listen(hub.clone());
-    generation.wait_for(|g| *g >= 1).await.expect("first listen");
+    let (_listener, writer, hub, mut generation) = listening_pair(&schema).await;
     writer.register(external("x"), None).await.expect("register");
     let mut rx = hub.subscribe("x");
     writer.append_event("x", note(json!({}))).await.expect("append");
@@ -1306,12 +1320,7 @@ async fn a_due_row_locked_and_left_as_it_was_is_announced_as_work() {
         return;
     }
     let schema = TestSchema::new("cairn_t");
-    let listener = schema.connect(clock()).await.expect("listening node");
-    let writer = schema.connect(clock()).await.expect("writing node");
-    let hub = ChangeHub::new();
-    let mut generation = listener.listener_generation();
-    listener.listen(hub.clone());
-    generation.wait_for(|g| *g >= 1).await.expect("first listen");
+    let (_listener, writer, hub, _generation) = listening_pair(&schema).await;
     let heard = || tokio::time::timeout(Duration::from_secs(10), hub.work_available());
     // The hub keeps one pending work notice: each write below is announced
     // (its notification seen on the hub), then the notice spent, so what is

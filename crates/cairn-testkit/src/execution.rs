@@ -910,31 +910,28 @@ pub async fn worker_losing_lease_stops_run(factory: &dyn StoreFactory) {
 /// stops once the lease has lapsed by this node's clock, when a peer may take
 /// the process: it does not go on beside a peer's run. It writes nothing.
 pub async fn a_run_whose_renewals_fail_stops_when_its_lease_lapses(factory: &dyn StoreFactory) {
-    let store = factory.create(ManualClock::new(1_000)).await;
-    let probe = crate::probe::ReadProbe::new(store.registry.clone());
-    let worker = a_blocked_run(&store, "cut-off", "cut-off-owner", probe.clone()).await;
-    probe.fail_renewals(true);
-    store.clock.advance(1_000);
-    tokio::time::timeout(WAIT, worker.wait_idle())
-        .await
-        .expect("the run stopped once its lease lapsed unrenewed");
-    let r = store.registry.get("cut-off").await.expect("get");
-    assert_eq!(r.status, ProcessStatus::Running, "the stopped run wrote no terminal");
+    cut_off_run_stops(factory, "cut-off", |probe| probe.fail_renewals(true)).await;
 }
 
 /// A run whose lease renewals never answer (a store connection gone silent)
 /// stops once its lease has lapsed, as one whose renewals fail: a peer may
 /// run the process by then.
 pub async fn a_run_whose_renewals_hang_stops_when_its_lease_lapses(factory: &dyn StoreFactory) {
+    cut_off_run_stops(factory, "hung", |probe| probe.hang_renewals(true)).await;
+}
+
+/// A blocked run `id` whose renewals `cut` cuts off stops once its lease has
+/// lapsed by the node's clock, writing nothing.
+async fn cut_off_run_stops(factory: &dyn StoreFactory, id: &str, cut: impl FnOnce(&crate::probe::ReadProbe)) {
     let store = factory.create(ManualClock::new(1_000)).await;
     let probe = crate::probe::ReadProbe::new(store.registry.clone());
-    let worker = a_blocked_run(&store, "hung", "hung-owner", probe.clone()).await;
-    probe.hang_renewals(true);
+    let worker = a_blocked_run(&store, id, &format!("{id}-owner"), probe.clone()).await;
+    cut(&probe);
     store.clock.advance(1_000);
     tokio::time::timeout(WAIT, worker.wait_idle())
         .await
         .expect("the run stopped once its lease lapsed unrenewed");
-    let r = store.registry.get("hung").await.expect("get");
+    let r = store.registry.get(id).await.expect("get");
     assert_eq!(r.status, ProcessStatus::Running, "the stopped run wrote no terminal");
 }
 

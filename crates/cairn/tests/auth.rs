@@ -469,33 +469,17 @@ fn refuses_open_non_loopback_and_unbuilt_backends() {
         assert!(err.contains("--session-token"), "{tokens:?}: {err}");
     }
 
-    // An await cap that answers every wait at once would read as a shutdown.
-    let out = run(&[
-        "serve",
-        "--db",
-        "memory",
-        "--listen",
-        "127.0.0.1:0",
-        "--max-await",
-        "10ms",
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("under 100ms"), "{err}");
-
-    // A script heap no script can run in is refused at start, not met later.
-    let out = run(&[
-        "serve",
-        "--db",
-        "memory",
-        "--listen",
-        "127.0.0.1:0",
-        "--script-heap-bytes",
-        "20000",
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--script-heap-bytes") && err.contains("at least"), "{err}");
+    // An await cap that answers every wait at once would read as a shutdown;
+    // a script heap no script can run in is refused at start, not met later.
+    for (flag, value, said) in [
+        ("--max-await", "10ms", "under 100ms"),
+        ("--script-heap-bytes", "20000", "at least"),
+    ] {
+        let out = run(&["serve", "--db", "memory", "--listen", "127.0.0.1:0", flag, value]);
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag) && err.contains(said), "{flag}: {err}");
+    }
 
     // No worker, or a lease that ends before its first renewal, would start a
     // healthy server that never runs anything: refused at start.
