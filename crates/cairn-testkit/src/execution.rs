@@ -2067,6 +2067,25 @@ async fn register_a_then_start_b(
         .expect("start b");
 }
 
+/// With one slot: the next drive claims owner-bound `a` while a start of
+/// `b` (a `wait_signal` for `go`) takes the slot, so `a`'s claim waits for it.
+async fn a_waits_behind_b(store: &TestStore, probe: &crate::probe::ReadProbe, p: &Processes) {
+    let (inner, starter) = (store.registry.clone(), p.clone());
+    let (hooked, hook_ran) = tokio::sync::oneshot::channel();
+    probe.before_next_claim_batch(Box::new(move || {
+        Box::pin(async move {
+            register_a_then_start_b(inner, &starter, "wait_signal", json!({"name": "go"})).await;
+            let _ = hooked.send(());
+        })
+    }));
+    p.hub().notify_work();
+    hook_ran.await.expect("the next drive claimed");
+    p.await_event("b", "process.waiting", 0, WAIT)
+        .await
+        .expect("b waits in its slot");
+    p.await_event("a", "process.started", 0, WAIT).await.expect("a claimed");
+}
+
 /// `ids` ended, hold no lease, and their records fold from their logs.
 async fn assert_ended_without_leases(p: &Processes, store: &TestStore, ids: &[&str]) {
     for &id in ids {
@@ -2112,20 +2131,7 @@ pub async fn a_drain_waits_for_a_claim_waiting_for_a_slot(factory: &dyn StoreFac
 pub async fn a_claim_waiting_for_a_slot_sees_a_cancel_before_it_runs(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;
     let (probe, p) = one_slot_runtime(&store).await;
-    let (inner, starter) = (store.registry.clone(), p.clone());
-    let (hooked, hook_ran) = tokio::sync::oneshot::channel();
-    probe.before_next_claim_batch(Box::new(move || {
-        Box::pin(async move {
-            register_a_then_start_b(inner, &starter, "wait_signal", json!({"name": "go"})).await;
-            let _ = hooked.send(());
-        })
-    }));
-    p.hub().notify_work();
-    hook_ran.await.expect("the next drive claimed");
-    p.await_event("b", "process.waiting", 0, WAIT)
-        .await
-        .expect("b waits in its slot");
-    p.await_event("a", "process.started", 0, WAIT).await.expect("a claimed");
+    a_waits_behind_b(&store, &probe, &p).await;
     let a = p.cancel("a", Some("not now".into())).await.expect("cancel a");
     assert_eq!(
         a.status,
@@ -2158,20 +2164,7 @@ pub async fn a_claim_waiting_for_a_slot_outlives_a_failed_renewal(factory: &dyn 
         },
     );
     p.worker().expect("a worker").drive_once().await.expect("drive");
-    let (inner, starter) = (store.registry.clone(), p.clone());
-    let (hooked, hook_ran) = tokio::sync::oneshot::channel();
-    probe.before_next_claim_batch(Box::new(move || {
-        Box::pin(async move {
-            register_a_then_start_b(inner, &starter, "wait_signal", json!({"name": "go"})).await;
-            let _ = hooked.send(());
-        })
-    }));
-    p.hub().notify_work();
-    hook_ran.await.expect("the next drive claimed");
-    p.await_event("b", "process.waiting", 0, WAIT)
-        .await
-        .expect("b waits in its slot");
-    p.await_event("a", "process.started", 0, WAIT).await.expect("a claimed");
+    a_waits_behind_b(&store, &probe, &p).await;
     let mut failed = probe.failed_renewals();
     probe.fail_renewals(true);
     tokio::time::timeout(WAIT, failed.wait_for(|ids| ids.iter().any(|id| id == "a")))
