@@ -287,6 +287,44 @@ pub async fn a_shell_output_append_the_store_fails_is_tried_again(factory: &dyn 
     p.shutdown().await;
 }
 
+/// A shell output batch whose append is still in flight when the command's
+/// timeout passes is appended all the same: the failed run's log holds every
+/// line its tail shows (before, the cut-off append took its batch with it).
+pub async fn a_shell_batch_cut_off_by_its_timeout_is_still_appended(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let (probe, p) = probed_runtime(&store, config("w1"));
+    // The first batch is handed to the store 50 ms in; its append answers
+    // a second later, long after the 300 ms timeout.
+    probe.slow_appends(Duration::from_secs(1));
+    p.start(shell(
+        "sh-cut",
+        json!({"command": "echo a; exec sleep 30", "timeout_ms": 300}),
+    ))
+    .await
+    .expect("start");
+    let r = terminal(&p, "sh-cut").await;
+    let Some(Outcome::Failure { code, raw, .. }) = &r.outcome else {
+        panic!("{r:?}")
+    };
+    assert_eq!(code, "timeout", "{r:?}");
+    assert_eq!(
+        raw.as_ref().map(|v| v["stdout_tail"].clone()),
+        Some(json!("a\n")),
+        "{r:?}"
+    );
+    let lines: Vec<Value> = p
+        .events("sh-cut", 0, Some(1000))
+        .await
+        .expect("events")
+        .events
+        .iter()
+        .filter(|e| e.event_type == "shell.output")
+        .flat_map(|e| e.payload["lines"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(lines, [json!("a")], "the line is in the log, once");
+    p.shutdown().await;
+}
+
 /// A failing command ends `failed` with code `exit_status`.
 pub async fn shell_failure_is_exit_status(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;

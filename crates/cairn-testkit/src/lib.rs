@@ -386,6 +386,7 @@ macro_rules! execution_suite {
                 shell_output_in_order_and_exit_code,
                 a_shell_commands_last_lines_survive_slow_appends,
                 a_shell_output_append_the_store_fails_is_tried_again,
+                a_shell_batch_cut_off_by_its_timeout_is_still_appended,
                 shell_failure_is_exit_status,
                 cancel_running_shell_kills_child,
                 cancel_before_start_is_immediate,

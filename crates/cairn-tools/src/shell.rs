@@ -787,6 +787,17 @@ struct Output {
     /// (`shell.output/{run}/{n}`), so an append the store failed is tried
     /// again while the lease holds, and one whose answer was lost lands once.
     appended: u64,
+    /// The batch whose append was begun and not answered (its flush was
+    /// dropped): appended first by the next flush.
+    unsent: Option<Unsent>,
+}
+
+/// A batch handed to the store and not yet answered.
+struct Unsent {
+    key: String,
+    count: usize,
+    stream: Stream,
+    payload: Value,
 }
 
 impl Output {
@@ -809,22 +820,40 @@ impl Output {
             .map(|t| t + BATCH_MAX_AGE)
     }
 
+    /// Appends `stream`'s batch, after any batch whose append was cut off.
+    /// Cancel-safe: a flush dropped mid-append (the run told to stop, its
+    /// timeout) leaves its batch as `unsent`, and the next flush appends it
+    /// first under the same replay key, so it lands once and in order.
     async fn flush(&mut self, ctx: &ToolContext, stream: Stream) {
+        self.send_unsent(ctx).await;
         let batch = std::mem::take(&mut self.batches[stream as usize]);
         if batch.lines.is_empty() || self.halted.is_some() {
             return;
         }
-        let count = batch.lines.len();
-        let payload = json!({"stream": stream.label(), "lines": batch.lines});
         self.appended += 1;
-        let key = format!("{OUTPUT_EVENT}/{}/{}", ctx.attempt(), self.appended);
-        match ctx.append_once(OUTPUT_EVENT, payload, &key).await {
+        self.unsent = Some(Unsent {
+            key: format!("{OUTPUT_EVENT}/{}/{}", ctx.attempt(), self.appended),
+            count: batch.lines.len(),
+            stream,
+            payload: json!({"stream": stream.label(), "lines": batch.lines}),
+        });
+        self.send_unsent(ctx).await;
+    }
+
+    async fn send_unsent(&mut self, ctx: &ToolContext) {
+        let Some(u) = &self.unsent else { return };
+        if self.halted.is_some() {
+            return;
+        }
+        let result = ctx.append_once(OUTPUT_EVENT, u.payload.clone(), &u.key).await;
+        let Some(u) = self.unsent.take() else { return };
+        match result {
             Ok(_) => {}
             Err(e @ (CairnError::LeaseFenced(_) | CairnError::ProcessTerminal(_))) => self.halted = Some(e),
             Err(e) => tracing::warn!(
                 process_id = ctx.process_id(),
-                stream = stream.label(),
-                lines = count,
+                stream = u.stream.label(),
+                lines = u.count,
                 error = %e,
                 "shell output not recorded"
             ),
