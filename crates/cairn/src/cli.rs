@@ -181,7 +181,8 @@ pub enum Command {
         #[arg(value_parser = non_empty)]
         id: String,
         /// How long to wait (e.g. 500ms, 1.5s, 10m, 2h). A wait longer than the server's
-        /// `--max-await` is made of several requests.
+        /// `--max-await` is made of several requests; a server restart within it is ridden
+        /// out (asked again for about 40 s).
         #[arg(long, default_value = "30s", value_parser = parse_duration_with_unit)]
         timeout: Duration,
         /// `--server`, `--token`, `--json`.

@@ -7,8 +7,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{run_cli, waiter, Server, BIN};
-use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 /// A `cairn` client started in the background, its stderr read line by line.
 struct Running {
@@ -334,29 +334,74 @@ async fn a_run_of_an_ended_id_says_it_already_ran() {
     );
 }
 
-/// A server shut down while `cairn await` waits ends the wait with words that
-/// say so (exit 1), not with "cannot reach the server": the server answers
-/// the open wait as it stops, and refuses the client's next ask.
+/// A server shut down while `cairn await` waits, and not back within the
+/// caller's timeout, ends the wait with words that say so (exit 1), not with
+/// "cannot reach the server" nor as a timeout of a running process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_during_await_is_said() {
     let mut server = Server::start(&[]).await;
     let c = server.client();
     let (s, _) = c.start(waiter("w")).await;
     assert_eq!(s, 201);
-    let mut wait = Running::spawn(&server.base, &["await", "w", "--timeout", "60s"]);
+    let mut wait = Running::spawn(&server.base, &["await", "w", "--timeout", "5s"]);
     c.awaits_open(1).await;
     // A wait the server ends at once reads as a shutdown by its speed alone;
     // this one has been open a while, as most are when a server stops.
     tokio::time::sleep(Duration::from_millis(200)).await;
     // SAFETY: sending SIGTERM to our own child process by its pid.
     assert_eq!(unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGTERM) }, 0);
+    assert!(server.wait_exit(Duration::from_secs(20)).is_some());
     let said = wait.stderr_line("error:").await;
     assert!(
         said.contains("the server ended the wait") && said.contains("w was still running"),
         "{said}"
     );
     assert_eq!(wait.exit_code().await, 1);
-    assert!(server.wait_exit(Duration::from_secs(20)).is_some());
+}
+
+/// `cairn await` rides out a server restart: the wait its server ended as it
+/// stopped is asked again once the server is back over the same database, and
+/// the process's end is reported as if nothing had happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_await_rides_out_a_server_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("c.db").display());
+    let mut server = Server::start_on(&db, &[]).await;
+    let port = server.base.rsplit(':').next().expect("port").to_string();
+    let c = server.client();
+    assert_eq!(c.start(waiter("w")).await.0, 201);
+    let wait = Running::spawn(&server.base, &["--json", "await", "w", "--timeout", "60s"]);
+    c.awaits_open(1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // SAFETY: sending SIGTERM to our own child process by its pid.
+    assert_eq!(unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGTERM) }, 0);
+    assert!(server.wait_exit(Duration::from_secs(20)).is_some_and(|s| s.success()));
+    drop(server);
+    let listen = format!("127.0.0.1:{port}");
+    let again = Server::serve(&["--db", &db, "--listen", &listen]).await;
+    let c = again.client();
+    // The await is back on the new server before the process ends.
+    c.awaits_open(1).await;
+    let (s, body) = c
+        .post("/v1/processes/w/signals/go", json!({"signal_id": "s1", "payload": 1}))
+        .await;
+    assert!(s < 300, "{s} {body}");
+    let mut stdout = String::new();
+    let mut child = wait.child;
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut stdout)
+        .await
+        .expect("read stdout");
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("await exited in time")
+        .expect("wait");
+    let record: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(record["status"], "completed", "{record}");
+    assert_eq!(status.code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

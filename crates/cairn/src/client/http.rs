@@ -390,7 +390,7 @@ impl Client {
 /// Waits between attempts to resume a broken event stream: long enough to ride
 /// out a server restart (about 40 s in all), short at first for a dropped proxy.
 /// A stream that reopens and delivers starts the next outage's waits afresh.
-fn reconnect_delays() -> impl Iterator<Item = Duration> {
+pub(crate) fn reconnect_delays() -> impl Iterator<Item = Duration> {
     use backon::BackoffBuilder;
     backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(250))

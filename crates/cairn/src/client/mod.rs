@@ -348,14 +348,15 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
 
 /// `await`: one request per server cap (`--max-await`) until the process ends or
 /// the caller's whole timeout has passed, so a long timeout is never cut short.
+/// A server that stops partway (a shutdown or restart, or a 503) is asked
+/// again with the waits a broken event stream uses (about 40 s in all), within
+/// the caller's timeout: the process is durable, and so is waiting for it.
 async fn await_command(client: &Client, json: bool, id: &str, timeout: Duration) -> Result<ExitCode, ClientError> {
     let deadline = Instant::now() + timeout;
-    let ended_early = || {
-        ClientError::Interrupted(format!(
-            "the server ended the wait early (is it shutting down?); {id} is still running"
-        ))
-    };
-    let mut asked_again = false;
+    let mut reached = false;
+    let mut retries = http::reconnect_delays();
+    // What ended the first wait of the current outage, said if it outlasts us.
+    let mut outage: Option<String> = None;
     let record = loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let asked = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX);
@@ -367,28 +368,44 @@ async fn await_command(client: &Client, json: bool, id: &str, timeout: Duration)
                 query([("timeout_ms", asked.to_string())])
             ))
             .await;
-        let record = match answer {
-            Ok(record) => record,
-            // Asked again after a "running" answer, and the server is gone:
-            // that answer was its shutdown's (or it stopped since).
-            Err(e @ (ClientError::Unreachable { .. } | ClientError::Http(_))) if asked_again => {
-                return Err(ClientError::Interrupted(format!(
-                    "the server ended the wait and stopped answering (it shut down or restarted: {e}); \
-                     {id} was still running when it last answered: `cairn await {id}` again once it is back"
-                )))
+        let lost = match answer {
+            Ok(record) => {
+                reached = true;
+                // The server answered "running" before our deadline at once:
+                // a shutdown ends the waits it holds so (a cap answers after
+                // waiting). Ask again as after an outage.
+                let early = sent.elapsed() < Duration::from_millis(50) && asked >= 1000;
+                if str_at(&record, "/status") != "running" || Instant::now() >= deadline {
+                    break record;
+                }
+                if !early {
+                    retries = http::reconnect_delays();
+                    outage = None;
+                    continue;
+                }
+                "it answered at once, as a server shutting down does".to_string()
             }
+            // A server never reached is said at once, with its hint.
+            Err(e @ ClientError::Unreachable { .. }) if !reached => return Err(e),
+            Err(
+                e @ (ClientError::Unreachable { .. }
+                | ClientError::Http(_)
+                | ClientError::Interrupted(_)
+                | ClientError::Api { status: 503, .. }),
+            ) => format!("it stopped answering: {e}"),
             Err(e) => return Err(e),
         };
-        if str_at(&record, "/status") != "running" || Instant::now() >= deadline {
-            break record;
+        let lost = outage.get_or_insert(lost);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match retries.next() {
+            Some(delay) if !remaining.is_zero() => tokio::time::sleep(delay.min(remaining)).await,
+            _ => {
+                return Err(ClientError::Interrupted(format!(
+                    "the server ended the wait ({lost}) and did not answer again in time; {id} was still \
+                     running when it last answered: `cairn await {id}` again once the server is back"
+                )))
+            }
         }
-        // The server answered "running" before our deadline: its cap, or it is
-        // shutting down. A cap answers after waiting; a shutdown answers at
-        // once, or (a wait it ended partway) refuses the next ask.
-        if sent.elapsed() < Duration::from_millis(50) && asked >= 1000 {
-            return Err(ended_early());
-        }
-        asked_again = true;
     };
     if json {
         print_json(&record);
