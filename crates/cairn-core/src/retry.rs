@@ -14,7 +14,9 @@ use crate::error::{CairnError, Result};
 use crate::model::Lease;
 
 /// `op`, tried again while it fails with a store fault and `lease` has not
-/// lapsed by `clock` (about ten attempts over some eleven seconds at most).
+/// lapsed by `clock`: every 2 s at most once backed off, for as long as the
+/// lease lasts (a fixed count of tries would give up on an outage the lease
+/// outlives, and with it an outcome known nowhere else).
 pub(crate) async fn while_lease_holds<T, Fut, F>(clock: &SharedClock, lease: &Lease, what: &str, op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
@@ -24,7 +26,7 @@ where
         ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(50))
             .with_max_delay(Duration::from_secs(2))
-            .with_max_times(10),
+            .without_max_times(),
     )
     .when(|e: &CairnError| !e.is_client_error() && clock.now_ms() < lease.expires_at_ms)
     .notify(|e, after| {

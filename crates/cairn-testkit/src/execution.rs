@@ -1009,11 +1009,13 @@ pub async fn a_failed_drive_is_tried_again_before_the_sweep(factory: &dyn StoreF
 
 /// A run's completion that the store fails (a dropped connection, a lost
 /// commit reply) is tried again while the lease holds: the outcome is known
-/// only here, and an owner-bound process is never run again.
+/// only here, and an owner-bound process is never run again. However many
+/// tries it takes: eleven failures outlast the fixed ten retries (some 11 s)
+/// that once gave the outcome up with the lease still valid.
 pub async fn a_completion_the_store_fails_is_tried_again(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;
     let (probe, p) = probed_runtime(&store, config("w1"));
-    probe.fail_next_completes(2);
+    probe.fail_next_completes(11);
     p.start(StartRequest::tool(
         "retried",
         "echo",
@@ -1022,7 +1024,8 @@ pub async fn a_completion_the_store_fails_is_tried_again(factory: &dyn StoreFact
     ))
     .await
     .expect("start");
-    let r = terminal(&p, "retried").await;
+    // The twelfth try comes some 13 s in.
+    let r = p.await_output("retried", 3 * WAIT).await.expect("await");
     assert_eq!(r.outcome, Some(Outcome::success(json!(5))), "{r:?}");
     p.shutdown().await;
 }
