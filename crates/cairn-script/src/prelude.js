@@ -11,6 +11,31 @@
   // Where a stack frame of this prelude points (QuickJS names it so).
   const PRELUDE_FRAME = "(eval_script:";
 
+  // A stack frame's function is not the script's to have (V8 answers
+  // `undefined` for strict code too): a frame of the engine's own `Date`,
+  // reached through a `valueOf` it calls, would hand out a clock and a time
+  // zone no journal records, and a frame of this prelude its internals.
+  (function () {
+    const prepare = EngineError.prepareStackTrace;
+    let sites;
+    try {
+      EngineError.prepareStackTrace = (_, s) => s;
+      sites = new EngineError().stack;
+    } finally {
+      EngineError.prepareStackTrace = prepare;
+    }
+    const site = Array.isArray(sites) ? sites[0] : undefined;
+    if (site === undefined) throw new EngineError("the prelude found no stack frame to guard");
+    Object.defineProperty(Object.getPrototypeOf(site), "getFunction", {
+      value: function getFunction() {
+        return undefined;
+      },
+      writable: false,
+      enumerable: false,
+      configurable: false,
+    });
+  })();
+
   // An engine Error without the script's `Error.prepareStackTrace`: a
   // context call runs no script code, and its stack is in the engine's own
   // format (the one a failure's `raw.stack` holds).

@@ -534,6 +534,31 @@ async fn limits_fail_with_their_codes() {
     );
 }
 
+/// The engine's own `Date` (and so the host's clock and time zone) cannot be
+/// had from a stack frame: a frame's function is `undefined`.
+#[tokio::test]
+async fn the_engine_clock_is_not_reachable_through_stack_frames() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function f() {
+            let found = "none";
+            new Date({ valueOf() {
+                Error.prepareStackTrace = (e, s) => s;
+                const sites = new Error().stack;
+                Error.prepareStackTrace = undefined;
+                const fns = sites.map((c) => c.getFunction());
+                if (fns.some((g) => g !== undefined)) found = "a frame's function";
+                return 0;
+            } });
+            return found;
+        }"#,
+    )
+    .await;
+    let rec = run(&p, script("frames", &m, "f", json!({}))).await;
+    assert_eq!(rec.outcome, Some(Outcome::success(json!("none"))), "{rec:?}");
+}
+
 /// An engine whose second and later activations see `{"switch": true}` in
 /// their args: code that changes under replay, forced.
 struct Switching {
