@@ -22,6 +22,10 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::Limits;
 
 const PRELUDE: &str = include_str!("prelude.js");
+/// What a module whose top level never finishes is told (its top level
+/// awaits something only a context call could settle, and it has none).
+const PENDING_TOP_LEVEL: &str =
+    "the module's top level awaits something that never settles (it runs before any context exists)";
 /// The name the module is compiled under (it shows in stacks and syntax errors).
 pub(crate) const MODULE_NAME: &str = "script.js";
 
@@ -39,12 +43,30 @@ pub(crate) const MEMORY: u8 = 4;
 /// this records the refusal in `stop` (which also interrupts the script, so it
 /// cannot catch it and go on) and the failure is `memory_limit` whatever was
 /// thrown.
+///
+/// The CPU limit is checked here too, not only at the interrupt handler's
+/// polls, which a long native built-in (`JSON.stringify` of a large string)
+/// makes none of; and once the script is stopped, what still reaches this
+/// allocator (large blocks, new arenas: QuickJS serves small blocks from
+/// its own) is refused, so a built-in cannot go on working past the stop.
 struct Heap {
     inner: rquickjs::allocator::RustAllocator,
     used: usize,
     limit: usize,
     stop: Arc<AtomicU8>,
+    /// Set once the runtime's context is built: refusals past this point
+    /// are ones QuickJS checks (it does not always while building intrinsics).
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    /// The thread's CPU time when the activation began, and its allowance.
+    started: Duration,
+    cpu: Duration,
+    /// Allocations since the CPU time was last read.
+    since_check: u32,
 }
+
+/// Allocations (of the few that reach this allocator) between two reads of
+/// the thread's CPU time.
+const CPU_CHECK_EVERY: u32 = 8;
 
 impl Heap {
     fn refuse(&self) -> *mut u8 {
@@ -53,6 +75,26 @@ impl Heap {
             .compare_exchange(RUN, MEMORY, Ordering::SeqCst, Ordering::SeqCst);
         std::ptr::null_mut()
     }
+
+    /// Whether this allocation must be refused because the script is to
+    /// stop (already, or now: past its CPU time).
+    fn stopping(&mut self) -> bool {
+        if !self.armed.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self.stop.load(Ordering::Relaxed) != RUN {
+            return true;
+        }
+        self.since_check += 1;
+        if self.since_check >= CPU_CHECK_EVERY {
+            self.since_check = 0;
+            if thread_cpu().saturating_sub(self.started) > self.cpu {
+                let _ = self.stop.compare_exchange(RUN, CPU, Ordering::SeqCst, Ordering::SeqCst);
+                return true;
+            }
+        }
+        false
+    }
 }
 
 // SAFETY: every call is passed through to `RustAllocator` unchanged or
@@ -60,6 +102,9 @@ impl Heap {
 // the ones `RustAllocator::usable_size` reports for its own allocations.
 unsafe impl rquickjs::allocator::Allocator for Heap {
     fn alloc(&mut self, size: usize) -> *mut u8 {
+        if self.stopping() {
+            return std::ptr::null_mut();
+        }
         if self.used.saturating_add(size) > self.limit {
             return self.refuse();
         }
@@ -72,6 +117,9 @@ unsafe impl rquickjs::allocator::Allocator for Heap {
     }
 
     fn calloc(&mut self, count: usize, size: usize) -> *mut u8 {
+        if self.stopping() {
+            return std::ptr::null_mut();
+        }
         if self.used.saturating_add(count.saturating_mul(size)) > self.limit {
             return self.refuse();
         }
@@ -91,6 +139,9 @@ unsafe impl rquickjs::allocator::Allocator for Heap {
     }
 
     unsafe fn realloc(&mut self, ptr: *mut u8, new_size: usize) -> *mut u8 {
+        if self.stopping() {
+            return std::ptr::null_mut();
+        }
         let old = rquickjs::allocator::RustAllocator::usable_size(ptr);
         if self.used.saturating_sub(old).saturating_add(new_size) > self.limit {
             return self.refuse();
@@ -680,25 +731,63 @@ pub(crate) fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// A fresh runtime under the limits, its interrupt handler watching `stop`
-/// and the CPU time this thread spends from now on.
-pub(crate) fn runtime(limits: &Limits, stop: Arc<AtomicU8>) -> Result<Runtime, String> {
+/// Interruptions a stopped script may go on past before it is taken to have
+/// escaped them (each is 10,000 of the engine's polls of script code run
+/// after the stop; the engine's own unwinding runs none).
+const ESCAPES_ALLOWED: u32 = 16;
+
+/// A fresh runtime and its context under the limits, its interrupt handler
+/// (and its heap) watching `stop` and the CPU time this thread spends from
+/// now on.
+///
+/// QuickJS turns its interruption into a rejection inside a `Promise`
+/// executor (and a thenable's `then`), so a script spinning in executors
+/// runs on after it is stopped. A script that goes on past
+/// [`ESCAPES_ALLOWED`] interruptions is given up: `on_escape` tells the
+/// caller how it ended, and this thread is parked for good (it cannot be
+/// unwound): it holds its heap, at most the limit, and no processor.
+pub(crate) fn runtime(
+    limits: &Limits,
+    stop: Arc<AtomicU8>,
+    on_escape: Box<dyn FnOnce() + Send>,
+) -> Result<(Runtime, Context), String> {
     // Below the minimum QuickJS cannot build its intrinsics, and a refused
     // allocation while it does is not always checked: never try.
     limits.check()?;
+    let started = thread_cpu();
+    let cpu = limits.cpu;
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let rt = Runtime::new_with_alloc(Heap {
         inner: rquickjs::allocator::RustAllocator,
         used: 0,
         limit: limits.heap_bytes,
         stop: stop.clone(),
+        armed: armed.clone(),
+        started,
+        cpu,
+        since_check: 0,
     })
     .map_err(|e| e.to_string())?;
     rt.set_max_stack_size(1 << 20);
     rt.set_loader(NoImports, NoImports);
-    let started = thread_cpu();
-    let cpu = limits.cpu;
+    let context = Context::full(&rt).map_err(|e| e.to_string())?;
+    armed.store(true, Ordering::SeqCst);
+    let mut on_escape = Some(on_escape);
+    let mut after_stop = 0u32;
     rt.set_interrupt_handler(Some(Box::new(move || {
         if stop.load(Ordering::Relaxed) != RUN {
+            after_stop += 1;
+            if after_stop > ESCAPES_ALLOWED {
+                tracing::error!(
+                    "a script ran on past its stop (inside promise executors); its engine thread is parked until the process exits"
+                );
+                if let Some(tell) = on_escape.take() {
+                    tell();
+                }
+                loop {
+                    std::thread::park();
+                }
+            }
             return true;
         }
         if thread_cpu().saturating_sub(started) > cpu {
@@ -707,12 +796,12 @@ pub(crate) fn runtime(limits: &Limits, stop: Arc<AtomicU8>) -> Result<Runtime, S
         }
         false
     })));
-    Ok(rt)
+    Ok((rt, context))
 }
 
-/// Run the job queue until it is empty.
-fn run_jobs(ctx: &Ctx<'_>) {
-    while ctx.execute_pending_job() {}
+/// Run the job queue until it is empty, or the script is stopped.
+fn run_jobs(ctx: &Ctx<'_>, stop: &AtomicU8) {
+    while stop.load(Ordering::Relaxed) == RUN && ctx.execute_pending_job() {}
 }
 
 /// The thrown value of the last failed call, described by the prelude.
@@ -796,11 +885,30 @@ fn script_stack(stack: &str) -> Option<String> {
 /// Compile `source` in a fresh runtime under `limits` and answer its exported
 /// functions, or a description of the error (`{code, message, stack}`) and
 /// whether it was a syntax error.
-pub(crate) fn exports(limits: &Limits, source: &str) -> Result<Vec<String>, (bool, Value)> {
+///
+/// The answer goes to `answer`, once: a top level that escapes its stop
+/// (see [`runtime`]) is answered from the interrupt handler, and this thread
+/// goes no further.
+pub(crate) fn exports(limits: &Limits, source: &str, answer: std::sync::mpsc::Sender<ExportsAnswer>) {
     let stop = Arc::new(AtomicU8::new(RUN));
+    let on_escape: Box<dyn FnOnce() + Send> = {
+        let (answer, stop, limits) = (answer.clone(), stop.clone(), limits.clone());
+        Box::new(move || {
+            let message = top_level_limit(&stop, &limits)
+                .unwrap_or_else(|| "its top level ran on past the limit that stopped it".into());
+            let _ = answer.send(Err((false, json!({"message": message, "stack": null}))));
+        })
+    };
+    let _ = answer.send(compile(limits, source, stop, on_escape));
+}
+
+/// What [`exports`] answers: the exported functions, or a description of the
+/// error (`{code, message, stack}`) and whether it was a syntax error.
+pub(crate) type ExportsAnswer = Result<Vec<String>, (bool, Value)>;
+
+fn compile(limits: &Limits, source: &str, stop: Arc<AtomicU8>, on_escape: Box<dyn FnOnce() + Send>) -> ExportsAnswer {
     let fail = |m: String| (false, json!({"code": "script_engine", "message": m, "stack": null}));
-    let rt = runtime(limits, stop.clone()).map_err(fail)?;
-    let context = Context::full(&rt).map_err(|e| fail(e.to_string()))?;
+    let (rt, context) = runtime(limits, stop.clone(), on_escape).map_err(fail)?;
     REFUSED_IMPORT.with(|r| r.borrow_mut().take());
     let answer = context.with(|ctx| {
         // The module loads with the globals an activation gives it.
@@ -817,9 +925,18 @@ pub(crate) fn exports(limits: &Limits, source: &str) -> Result<Vec<String>, (boo
         let api = prelude(&ctx, native, "", &Value::Null).map_err(|e| fail(e.to_string()))?;
         let declared = Module::declare(ctx.clone(), MODULE_NAME, source).map_err(|_| (true, caught(&ctx, None)))?;
         let (module, promise) = declared.eval().map_err(|_| (false, caught(&ctx, Some(&api))))?;
-        run_jobs(&ctx);
-        if promise.result::<JsValue>().is_some_and(|r| r.is_err()) {
-            return Err((false, caught(&ctx, Some(&api))));
+        run_jobs(&ctx, &stop);
+        match promise.result::<JsValue>() {
+            Some(Ok(_)) => {}
+            Some(Err(_)) => return Err((false, caught(&ctx, Some(&api)))),
+            // Stopped by a limit (said below), or awaiting what nothing
+            // could ever settle: a top level has no context to wait on.
+            None => {
+                return Err((
+                    false,
+                    json!({"code": "uncaught", "message": PENDING_TOP_LEVEL, "stack": null}),
+                ))
+            }
         }
         // Past the limit in calls whose refusal the top level need not see
         // (a `console.log` line's is dropped), it is refused all the same.
@@ -870,7 +987,15 @@ pub(crate) fn exports(limits: &Limits, source: &str) -> Result<Vec<String>, (boo
         (answer, _) => answer,
     };
     // A top level stopped by a limit says which one, not where it stopped.
-    let limit = match stop.load(Ordering::SeqCst) {
+    match (answer, top_level_limit(&stop, limits)) {
+        (Err(_), Some(message)) => Err((false, json!({"message": message, "stack": null}))),
+        (answer, _) => answer,
+    }
+}
+
+/// The limit a stopped top level ran past, said as a store refuses it.
+fn top_level_limit(stop: &AtomicU8, limits: &Limits) -> Option<String> {
+    match stop.load(Ordering::SeqCst) {
         CPU => Some(format!(
             "its top level ran past the CPU limit of {:?} (`cairn serve --script-cpu`)",
             limits.cpu
@@ -880,10 +1005,6 @@ pub(crate) fn exports(limits: &Limits, source: &str) -> Result<Vec<String>, (boo
             limits.heap_bytes
         )),
         _ => None,
-    };
-    match (answer, limit) {
-        (Err(_), Some(message)) => Err((false, json!({"message": message, "stack": null}))),
-        (answer, _) => answer,
     }
 }
 
@@ -909,13 +1030,23 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
             cancel_seen: None,
         });
     };
-    let rt = match runtime(&limits, stop.clone()) {
-        Ok(rt) => rt,
-        Err(e) => return end(engine_failure(e), Vec::new()),
+    let on_escape: Box<dyn FnOnce() + Send> = {
+        let (steps, stop, limits) = (steps.clone(), stop.clone(), limits.clone());
+        Box::new(move || {
+            let err = json!({"message": "the script ran on past the limit that stopped it", "stack": null});
+            let _ = steps.send(Step {
+                entries: Vec::new(),
+                pending: Vec::new(),
+                end: Some(failure(&stop, &limits, &err)),
+                settled: false,
+                saw_cancel: false,
+                cancel_seen: None,
+            });
+        })
     };
-    let context = match Context::full(&rt) {
-        Ok(c) => c,
-        Err(e) => return end(engine_failure(e.to_string()), Vec::new()),
+    let (_rt, context) = match runtime(&limits, stop.clone(), on_escape) {
+        Ok(built) => built,
+        Err(e) => return end(engine_failure(e), Vec::new()),
     };
     let process_id = tool_ctx.process_id().to_string();
     let state = Rc::new(RefCell::new(State {
@@ -959,17 +1090,23 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
         };
         // The module's top level runs as the function does: what it throws
         // is described alike, and a limit its calls hit is what ended it.
-        let setup = (|| -> rquickjs::Result<Object<'_>> {
+        let setup = (|| -> rquickjs::Result<Option<Object<'_>>> {
             let declared = Module::declare(ctx.clone(), MODULE_NAME, source.as_str())?;
             let (module, promise) = declared.eval()?;
-            run_jobs(&ctx);
-            if promise.result::<JsValue>().is_some_and(|r| r.is_err()) {
-                return Err(rquickjs::Error::Exception);
+            run_jobs(&ctx, &stop);
+            match promise.result::<JsValue>() {
+                Some(Ok(_)) => module.namespace().map(Some),
+                Some(Err(_)) => Err(rquickjs::Error::Exception),
+                None => Ok(None),
             }
-            module.namespace()
         })();
         let ns = match setup {
-            Ok(ns) => ns,
+            Ok(Some(ns)) => ns,
+            Ok(None) => {
+                let err = json!({"code": "uncaught", "message": PENDING_TOP_LEVEL, "stack": null});
+                let entries = std::mem::take(&mut state.borrow_mut().entries);
+                return end(thrown(&err), entries);
+            }
             Err(_) => {
                 let err = caught(&ctx, Some(&api));
                 let entries = std::mem::take(&mut state.borrow_mut().entries);
@@ -991,7 +1128,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
             );
         };
         loop {
-            run_jobs(&ctx);
+            run_jobs(&ctx, &stop);
             // The journal's answers first, batch by batch, each followed by
             // what it set off, until the replay reaches what was never answered.
             loop {
@@ -1006,7 +1143,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
                         return end(thrown(&err), entries);
                     }
                 }
-                run_jobs(&ctx);
+                run_jobs(&ctx, &stop);
             }
             let outcome = api
                 .get::<_, Function>("outcome")

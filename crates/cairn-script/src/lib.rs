@@ -148,12 +148,16 @@ impl cairn_core::ScriptEngine for QuickJs {
         let limits = self.limits.clone();
         let text = source.to_string();
         // The engine's thread has a stack of known size (its limit is set below it).
-        let answer = std::thread::Builder::new()
+        // Its answer comes by channel, not by joining it: a top level that
+        // escapes its stop is answered and its thread parked for good.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
             .name("cairn-script-compile".into())
             .stack_size(8 << 20)
-            .spawn(move || engine::exports(&limits, &text))
-            .map_err(|e| CairnError::Unavailable(format!("cannot start the script engine: {e}")))?
-            .join()
+            .spawn(move || engine::exports(&limits, &text, tx))
+            .map_err(|e| CairnError::Unavailable(format!("cannot start the script engine: {e}")))?;
+        let answer = rx
+            .recv()
             .map_err(|_| CairnError::Unavailable("the script engine panicked".into()))?;
         answer.map_err(|(syntax, err)| {
             let message = err.get("message").and_then(Value::as_str).unwrap_or("invalid module");

@@ -534,6 +534,69 @@ async fn limits_fail_with_their_codes() {
     );
 }
 
+/// A limit holds where QuickJS would let the script past it: inside
+/// `Promise` executors (which turn the engine's interruption into a
+/// rejection, so a loop of them never stopped), in a native built-in that
+/// makes no interrupt polls (one `JSON.stringify` of a large string after
+/// another), and at a top level doing either.
+#[tokio::test]
+async fn limits_hold_against_promise_executors_and_native_built_ins() {
+    let limits = Limits {
+        cpu: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let p = runtime(limits.clone());
+    let m = put(
+        &p,
+        r#"export async function executors() { for (;;) new Promise(() => { for (;;) {} }); }
+        export async function caught() { for (;;) { try { new Promise(() => { for (;;) {} }); } catch (_) {} } }
+        export async function native() { const big = "x".repeat(4000000); for (;;) JSON.stringify(big); }"#,
+    )
+    .await;
+    for name in ["executors", "caught", "native"] {
+        let id = format!("cpu-{name}");
+        let rec = tokio::time::timeout(Duration::from_secs(60), run(&p, script(&id, &m, name, json!({}))))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: the script was never stopped"));
+        let Some(Outcome::Failure { code, .. }) = &rec.outcome else {
+            panic!("{rec:?}")
+        };
+        assert_eq!(code, "cpu_limit", "{name}: {:?}", rec.outcome);
+    }
+    for top in [
+        "for (;;) new Promise(() => { for (;;) {} });\nexport async function f() {}",
+        "const big = 'x'.repeat(4000000); for (;;) JSON.stringify(big);\nexport async function f() {}",
+    ] {
+        let err = tokio::time::timeout(Duration::from_secs(60), p.put_module(top.into(), None))
+            .await
+            .unwrap_or_else(|_| panic!("the top level was never stopped: {top}"))
+            .expect_err("refused");
+        assert_eq!(err.code(), "invalid_module");
+        assert!(err.to_string().contains("CPU limit of 300ms"), "{err}");
+    }
+    let ok = put(&p, "export async function f() { return 'fine'; }").await;
+    let rec = run(&p, script("after-cpu", &ok, "f", json!({}))).await;
+    assert_eq!(rec.outcome, Some(Outcome::success(json!("fine"))));
+}
+
+/// A top level awaiting what nothing can settle (it runs before any context
+/// exists) is refused when stored, saying so, rather than stored to fail
+/// every start with "not initialized".
+#[tokio::test]
+async fn a_top_level_that_never_settles_is_refused() {
+    let p = runtime(Limits::default());
+    let err = p
+        .put_module(
+            "const config = await new Promise(() => {});\nexport async function main() { return config; }".into(),
+            None,
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), "invalid_module");
+    assert!(err.to_string().contains("never settles"), "{err}");
+    assert!(p.list_modules(None, None).await.unwrap().is_empty(), "nothing stored");
+}
+
 /// The engine's own `Date` (and so the host's clock and time zone) cannot be
 /// had from a stack frame: a frame's function is `undefined`.
 #[tokio::test]
