@@ -894,7 +894,7 @@ async fn health_metrics_and_openapi() {
         .expect("after")
         .clone();
     assert_eq!(after["schema"]["maximum"], json!(i64::MAX));
-    let tools: Vec<Value> = doc["components"]["schemas"]["ProcessInput"]["oneOf"]
+    let tools: Vec<Value> = doc["components"]["schemas"]["StartInput"]["oneOf"]
         .as_array()
         .expect("variants")
         .iter()
@@ -1072,4 +1072,60 @@ async fn a_web_page_of_another_site_cannot_write() {
         (400, "invalid_request"),
         "pause and resume take no fields"
     );
+}
+
+/// What the server answers fits the document it serves: records (of every
+/// input kind, with the core event types and their `abandoned` terminal, a
+/// start's omitted `args` and `output_contract` read as null), listings and
+/// change pages validate against their schemas, while the document still
+/// narrows what a start may send (a start input per tool this server runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_fit_the_served_document() {
+    let server = Server::start(&["--model", "default=http://127.0.0.1:9/v1"]).await;
+    let c = server.client();
+    let (s, doc) = c.get("/openapi.json").await;
+    assert_eq!(s, 200);
+    let validator = |schema: &str| {
+        let root = json!({"$ref": format!("#/components/schemas/{schema}"), "components": doc["components"]});
+        jsonschema::validator_for(&root).unwrap_or_else(|e| panic!("{schema} compiles: {e}"))
+    };
+    let record = validator("ProcessRecord");
+    let starts = [
+        tool_start("with-args", "echo", json!({"value": 1}), "rerunnable"),
+        json!({"id": "no-args", "input": {"type": "tool_call", "tool": "echo"}, "disposition": "rerunnable"}),
+        json!({"id": "turn", "input": {"type": "session_turn", "session": {}, "input": "hi"}, "disposition": "rerunnable"}),
+        json!({"id": "ext", "input": {"type": "external"}, "disposition": "externally_owned",
+               "event_types": [{"name": "build.done", "semantics": {"terminal": {"state": "completed"}}}]}),
+    ];
+    for body in starts {
+        let (s, rec) = c.start(body.clone()).await;
+        assert_eq!(s, 201, "{body} -> {rec}");
+        let errors: Vec<String> = record
+            .iter_errors(&rec)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{rec}\n{errors:#?}");
+    }
+    c.wait_for("no-args", |r| r["status"] == "completed").await;
+    let (s, rec) = c.get("/v1/processes/no-args").await;
+    assert_eq!(s, 200);
+    assert!(record.is_valid(&rec), "{rec}");
+    let (s, page) = c.get("/v1/processes?status=any").await;
+    assert_eq!(s, 200);
+    let errors: Vec<String> = validator("ListPage")
+        .iter_errors(&page)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    let (s, changes) = c.get("/v1/changes").await;
+    assert_eq!(s, 200);
+    let errors: Vec<String> = validator("ChangePage")
+        .iter_errors(&changes)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    // A start still says which tools this server runs, with their args.
+    let start = validator("StartRequest");
+    assert!(start.is_valid(&tool_start("a", "echo", json!({"value": 1}), "rerunnable")));
+    assert!(!start.is_valid(&tool_start("a", "no_such_tool", json!({}), "rerunnable")));
 }

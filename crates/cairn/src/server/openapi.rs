@@ -323,11 +323,14 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
         json!({"type": ["object", "boolean"],
                "description": "A JSON Schema (an object or a boolean) for the payload; `{}` (the default) accepts anything."}),
     );
+    // Records list the core types too, `process.abandoned` among them: the
+    // state a start may not declare is said, not left out of the schema
+    // the records share.
     set(
         schemas,
         "/TerminalSpec/properties/state",
-        json!({"type": "string", "enum": ["completed", "failed", "cancelled"],
-               "description": "The terminal state the event ends the process in (`abandoned` is cairn's alone)."}),
+        json!({"type": "string", "enum": ["completed", "failed", "cancelled", "abandoned"],
+               "description": "The terminal state the event ends the process in. A start may not declare `abandoned` (cairn's alone: `invalid_request`)."}),
     );
     if let Some(variants) = schemas.pointer_mut("/Selector/oneOf").and_then(Value::as_array_mut) {
         for v in variants {
@@ -365,6 +368,30 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
         for v in variants {
             if v.pointer("/properties/cursor").is_some() {
                 v["properties"]["cursor"] = cursor_schema("The change-feed cursor the projector has read up to.");
+            }
+        }
+    }
+    // What a record says it runs stays as the derive has it, loosened to what
+    // records hold (any tool, even one this server does not run; `args` and
+    // `output_contract` null when the start left them out); what a start may
+    // send is `StartInput`, refined below.
+    let mut recorded = schemas.get("ProcessInput").cloned();
+    if let Some(variants) = recorded
+        .as_mut()
+        .and_then(|r| r.get_mut("oneOf"))
+        .and_then(Value::as_array_mut)
+    {
+        for v in variants {
+            for (field, description) in [
+                ("args", "The arguments the start gave (null when it gave none)."),
+                (
+                    "output_contract",
+                    "The contract the start gave (null when it gave none: `text`).",
+                ),
+            ] {
+                if v.pointer(&format!("/properties/{field}")).is_some() {
+                    v["properties"][field] = json!({"description": description});
+                }
             }
         }
     }
@@ -440,6 +467,20 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
             }
         }
         *variants = refined;
+    }
+    if let (Some(recorded), Some(all)) = (recorded, schemas.as_object_mut()) {
+        if let Some(mut start) = all.insert("ProcessInput".into(), recorded) {
+            start["description"] = json!("What a start runs, as this server accepts it: a `tool_call` of a tool it runs (with that tool's args), a script, a session turn or external work.");
+            all.insert("StartInput".into(), start);
+        }
+        let starts = json!({"$ref": "#/components/schemas/StartInput"});
+        for owner in ["StartRequest", "StartTemplate"] {
+            if let Some(input) = all.get_mut(owner).and_then(|o| o.pointer_mut("/properties/input")) {
+                if let Some(obj) = input.as_object_mut() {
+                    obj.insert("$ref".into(), starts["$ref"].clone());
+                }
+            }
+        }
     }
     // Internally tagged enums refuse unknown fields like the structs do.
     if let Some(all) = schemas.as_object_mut() {
