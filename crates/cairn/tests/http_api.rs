@@ -888,6 +888,24 @@ async fn health_metrics_and_openapi() {
     for status in ["201", "400", "401", "409", "413", "415", "500", "503"] {
         assert!(start["responses"][status].is_object(), "start lacks {status}");
     }
+    // A route without a body still says a declared body over the limit is 413.
+    assert!(doc["paths"]["/v1/processes"]["get"]["responses"]["413"].is_object());
+    // A body whose fields are all optional may be left out, and is said so;
+    // one with a required field is required.
+    for (path, method) in [
+        ("/v1/processes/{id}/cancel", "post"),
+        ("/v1/sessions/{session_id}", "delete"),
+        ("/v1/sessions/{session_id}/wakes/{wake_id}/ack", "post"),
+        ("/v1/schedules/{id}/pause", "post"),
+        ("/v1/schedules/{id}/resume", "post"),
+    ] {
+        assert_eq!(
+            doc["paths"][path][method]["requestBody"]["required"],
+            json!(false),
+            "{method} {path}"
+        );
+    }
+    assert_eq!(start["requestBody"]["required"], json!(true));
     let after = doc["paths"]["/v1/processes/{id}/events"]["get"]["parameters"]
         .as_array()
         .and_then(|ps| ps.iter().find(|p| p["name"] == "after"))

@@ -131,6 +131,17 @@ pub fn refine(doc: &mut Value, tools: &[String]) {
     });
     // Either a token, or none on an open server.
     doc["security"] = json!([{"bearer": []}, {}]);
+    // Bodies whose fields are all optional may be left out: an empty body
+    // reads as `{}` (`api::ApiJson`).
+    let optional_bodies: Vec<String> = doc["components"]["schemas"]
+        .as_object()
+        .map(|all| {
+            all.iter()
+                .filter(|(_, s)| s["type"] == "object" && s["required"].as_array().is_none_or(|r| r.is_empty()))
+                .map(|(name, _)| format!("#/components/schemas/{name}"))
+                .collect()
+        })
+        .unwrap_or_default();
     let error = json!({"$ref": "#/components/schemas/Error"});
     let answer = |description: &str| json!({"description": description, "content": {"application/json": {"schema": error.clone()}}});
     let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
@@ -147,6 +158,14 @@ pub fn refine(doc: &mut Value, tools: &[String]) {
                 op["security"] = json!([]);
             }
             let has_body = op.get("requestBody").is_some();
+            let body_ref = op
+                .pointer("/requestBody/content/application~1json/schema/$ref")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            if body_ref.is_some_and(|r| optional_bodies.contains(&r)) {
+                op["requestBody"]["required"] = json!(false);
+                op["requestBody"]["description"] = json!("May be left out: an empty body reads as `{}`.");
+            }
             let process_route = path.starts_with("/v1/processes/{id}");
             let mut add = |status: &str, description: &str| {
                 let responses = &mut op["responses"];
@@ -164,12 +183,13 @@ pub fn refine(doc: &mut Value, tools: &[String]) {
                     "unauthorized: a token is configured and none or an unknown one was given",
                 );
             }
+            // Any request may declare a body (`Content-Length`) over the limit.
+            add("413", "payload_too_large: the body is over the server's limit");
             if has_body {
                 add(
                     "408",
                     "request_timeout: the body did not arrive within the server's read timeout",
                 );
-                add("413", "payload_too_large: the body is over the server's limit");
                 add(
                     "415",
                     "invalid_request: bodies must be `Content-Type: application/json`",
