@@ -45,13 +45,17 @@ pub const MAX_AWAIT: Duration = Duration::from_millis(50_000);
 pub const DEFAULT_AWAIT: Duration = Duration::from_millis(30_000);
 
 /// A cairn error as a tool reports it: the stable machine code and the message,
-/// exactly as the HTTP API's `{"error":{"code","message"}}` carries them.
+/// exactly as the HTTP API's `{"error":{"code","message"}}` carries them (with
+/// the `tombstone` of a `no_longer_retained`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
     /// The stable code (`unknown_process`, `invalid_request`, ...).
     pub code: String,
     /// For humans (and models).
     pub message: String,
+    /// A pruned process's tombstone (`{id, status, terminal_at_ms,
+    /// pruned_at_ms}`), for `no_longer_retained`.
+    pub tombstone: Option<Value>,
 }
 
 impl Failure {
@@ -60,18 +64,33 @@ impl Failure {
         Self {
             code: code.into(),
             message: message.into(),
+            tombstone: None,
         }
+    }
+
+    /// This failure, carrying a pruned process's tombstone.
+    pub fn with_tombstone(mut self, tombstone: Option<Value>) -> Self {
+        self.tombstone = tombstone;
+        self
     }
 
     /// The HTTP API's error body for this failure.
     pub fn to_json(&self) -> Value {
-        json!({"error": {"code": self.code, "message": self.message}})
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(t) = &self.tombstone {
+            error["tombstone"] = t.clone();
+        }
+        json!({ "error": error })
     }
 }
 
 impl From<CairnError> for Failure {
     fn from(err: CairnError) -> Self {
-        Self::new(err.code(), err.to_string())
+        let tombstone = match &err {
+            CairnError::NoLongerRetained(t) => serde_json::to_value(t).ok(),
+            _ => None,
+        };
+        Self::new(err.code(), err.to_string()).with_tombstone(tombstone)
     }
 }
 

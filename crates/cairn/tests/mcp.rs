@@ -408,6 +408,27 @@ async fn drive(transport: Transport) {
     }
 
     bad_input(&fx.server, &client, &tools, transport).await;
+
+    // A pruned process answers `no_longer_retained` with its tombstone, as
+    // the HTTP API's 410 body does.
+    let host = fx.server.with_token(HOST);
+    let (s, report) = host
+        .post(
+            "/v1/prune",
+            json!({"cutoff_ms": u64::MAX / 2, "watermark": {"type": "no_projector"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{report}");
+    for tool in ["process_get", "process_await"] {
+        let result = call(&client, tool, json!({"id": "e1"}))
+            .await
+            .expect("tools/call answered");
+        assert_eq!(result.is_error, Some(true), "{tool}");
+        let body: Value = serde_json::from_str(&result.content[0].as_text().expect("text").text).expect("JSON");
+        assert_eq!(body["error"]["code"], "no_longer_retained", "{tool}: {body}");
+        assert_eq!(body["error"]["tombstone"]["id"], "e1", "{tool}: {body}");
+        assert_eq!(body["error"]["tombstone"]["status"], "completed", "{tool}: {body}");
+    }
     let _ = client.cancel().await;
 }
 

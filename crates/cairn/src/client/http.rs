@@ -30,6 +30,8 @@ pub enum ClientError {
         code: String,
         /// The message.
         message: String,
+        /// A pruned process's tombstone, with `no_longer_retained`.
+        tombstone: Option<Value>,
     },
     /// The server answered success with a body that is not JSON: not a
     /// cairn server, or something between us rewrote the answer.
@@ -132,6 +134,7 @@ fn no_dot_segments(path: &str) -> Result<(), ClientError> {
             status: 400,
             code: "invalid_id".into(),
             message,
+            tombstone: None,
         })
     };
     for s in path.split('/').skip(1) {
@@ -420,7 +423,13 @@ fn api_error(status: u16, body: &Value) -> ClientError {
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_else(|| body.to_string());
-    ClientError::Api { status, code, message }
+    let tombstone = body.pointer("/error/tombstone").cloned();
+    ClientError::Api {
+        status,
+        code,
+        message,
+        tombstone,
+    }
 }
 
 #[cfg(test)]

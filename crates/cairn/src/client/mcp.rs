@@ -27,7 +27,12 @@ struct Forwarding {
 
 fn failure(e: ClientError) -> Failure {
     match e {
-        ClientError::Api { code, message, .. } => Failure::new(code, message),
+        ClientError::Api {
+            code,
+            message,
+            tombstone,
+            ..
+        } => Failure::new(code, message).with_tombstone(tombstone),
         e @ (ClientError::Unreachable { .. }
         | ClientError::Interrupted(_)
         | ClientError::NotJson { .. }

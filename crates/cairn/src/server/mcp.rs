@@ -155,7 +155,8 @@ impl AsCaller {
 }
 
 fn failure(e: ApiError) -> Failure {
-    Failure::new(e.code, e.message)
+    let tombstone = e.tombstone.as_ref().and_then(|t| serde_json::to_value(t).ok());
+    Failure::new(e.code, e.message).with_tombstone(tombstone)
 }
 
 fn json<T: Serialize>(answer: Result<Json<T>, ApiError>) -> Answer {
