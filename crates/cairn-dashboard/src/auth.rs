@@ -201,10 +201,23 @@ pub(crate) struct LoginForm {
 /// posted from another site is refused (it would sign the browser in as
 /// whoever that site chose); browsers say where a request came from in
 /// `Sec-Fetch-Site`.
-pub(crate) async fn login(State(d): Shared, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+pub(crate) async fn login(
+    State(d): Shared,
+    headers: HeaderMap,
+    form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
     if d.access.is_open() {
         return Redirect::to("/ui/processes").into_response();
     }
+    // Not this page's form (no `token` field, another content type): said
+    // on the page, as a wrong token is.
+    let Ok(Form(form)) = form else {
+        return (
+            StatusCode::BAD_REQUEST,
+            pages::login(Some("the login form carried no token: sign in from this page")),
+        )
+            .into_response();
+    };
     if headers
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())

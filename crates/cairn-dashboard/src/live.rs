@@ -265,9 +265,13 @@ pub(crate) async fn process_stream(
     axum::extract::State(d): Shared,
     Extension(visitor): Extension<Visitor>,
     crate::process::IdPath(id): crate::process::IdPath,
-    Query(q): Query<LiveQuery>,
+    query: Result<Query<LiveQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return process::bad_request(&e.body_text()),
+    };
     if let Err(e) = d.access.check_visible(&visitor.viewer, &id).await {
         return process::refused(&e);
     }

@@ -23,16 +23,22 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match Path::<String>::from_request_parts(parts, state).await {
             Ok(Path(id)) => Ok(Self(id)),
-            Err(e) => Err({
+            Err(e) => {
                 let e: PathRejection = e;
-                (
-                    StatusCode::BAD_REQUEST,
-                    pages::error_fragment("invalid_request", &e.body_text()),
-                )
-                    .into_response()
-            }),
+                Err(bad_request(&e.body_text()))
+            }
         }
     }
+}
+
+/// A request the dashboard cannot read (a path or query that does not
+/// parse): 400 with the `invalid_request` fragment htmx shows in place.
+pub(crate) fn bad_request(message: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        pages::error_fragment("invalid_request", message),
+    )
+        .into_response()
 }
 
 /// The HTTP status the dashboard answers a refused call with: the request's

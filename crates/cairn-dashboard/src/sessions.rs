@@ -179,8 +179,12 @@ pub(crate) fn records<'a>(rows: impl Iterator<Item = (&'a ProcessRecord, Option<
 pub(crate) async fn ack(
     axum::extract::State(d): Shared,
     Extension(visitor): Extension<Visitor>,
-    Path((session_id, wake_id)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
 ) -> Response {
+    let Path((session_id, wake_id)) = match path {
+        Ok(p) => p,
+        Err(e) => return crate::process::bad_request(&e.body_text()),
+    };
     if matches!(&visitor.viewer, Viewer::Session(own) if *own != session_id) {
         return forbidden();
     }

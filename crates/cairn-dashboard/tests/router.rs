@@ -1356,3 +1356,41 @@ async fn a_refused_fire_shows_on_its_schedule_row() {
         "cleared once a fire started: {row}"
     );
 }
+
+/// A path, query or form the dashboard cannot read is answered 400 with the
+/// `invalid_request` fragment (or, for the login form, the login page saying
+/// why), never axum's plain-text rejection that htmx would swap in raw.
+#[tokio::test]
+async fn unreadable_paths_queries_and_forms_are_said_in_the_page() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    external(&p, "ext-1").await;
+    let open = app(&p, true);
+    let (_, page, _) = get(&open, "/ui/processes", None).await;
+    let ack = Request::post("/ui/sessions/%FF/wakes/w/ack")
+        .header("x-cairn-csrf", csrf_of(&page))
+        .body(Body::empty())
+        .unwrap();
+    let (status, html, _) = send(&open, ack).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    assert!(html.contains("invalid_request"), "{html}");
+    for query in ["after=x", "after=-1"] {
+        let (status, html, _) = get(&open, &format!("/ui/processes/ext-1/live?{query}"), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {html}");
+        assert!(html.contains("invalid_request"), "{query}: {html}");
+    }
+    let closed = app(&p, false);
+    for (content_type, body) in [
+        ("application/x-www-form-urlencoded", "user=host"),
+        ("text/plain", "token=host"),
+    ] {
+        let login = Request::post("/ui/login")
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body))
+            .unwrap();
+        let (status, html, headers) = send(&closed, login).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{content_type}: {html}");
+        assert!(html.contains("carried no token"), "{content_type}: {html}");
+        assert!(headers.get(header::SET_COOKIE).is_none());
+    }
+}
