@@ -413,9 +413,7 @@ impl ToolContext {
             let awaiter = self.inner.awaiter.clone();
             let signal_type = &signal_type;
             let arrived = async move { awaiter.await_event(&id, signal_type, seen).await.map(|_| ()) };
-            if self.hold(&wait, vec![Box::pin(arrived)]).await? {
-                return Ok(None);
-            }
+            self.hold(&wait, vec![Box::pin(arrived)]).await?;
         }
     }
 
@@ -598,29 +596,26 @@ impl ToolContext {
                 let id = r.id.clone();
                 Box::pin(async move { awaiter.await_terminal(&id).await.map(|_| ()) }) as Arrival<'_>
             });
-            if self.hold(&wait, pending.collect()).await? {
-                return Ok(None);
-            }
+            self.hold(&wait, pending.collect()).await?;
         }
     }
 
     /// An owner-bound run's wait, holding its lease: until one of `arrivals`
     /// (what the wait waits for) happens, the run is told to stop, or the
-    /// wait's deadline passes, which is recorded (`timed_out`) and answers
-    /// `true`. The caller's loop then reads the log and decides again.
-    async fn hold(&self, wait: &WaitRequest, arrivals: Vec<Arrival<'_>>) -> Result<bool> {
+    /// wait's deadline passes. The caller's loop then reads the log and
+    /// decides again: past the deadline, what came in time is answered (the
+    /// run may hear of it late: a notice, then a read) and only then is the
+    /// wait timed out (`pend`).
+    async fn hold(&self, wait: &WaitRequest, arrivals: Vec<Arrival<'_>>) -> Result<()> {
         let left = wait
             .until_ms
             .map(|t| Duration::from_millis(t.saturating_sub(self.now_ms())));
         tokio::select! {
             r = wait_with_timeout(futures::future::select_all(arrivals), left) => match r {
-                Some((r, _, _)) => r.map(|()| false),
-                None => {
-                    self.resume(wait, "timed_out").await?;
-                    Ok(true)
-                }
+                Some((r, _, _)) => r,
+                None => Ok(()),
             },
-            _ = self.stopped() => Ok(false),
+            _ = self.stopped() => Ok(()),
         }
     }
 
@@ -777,9 +772,7 @@ impl ToolContext {
                     async move { awaiter.await_terminal(&child).await.map(|_| ()) },
                 ));
             }
-            if self.hold(&wait, arrivals).await? {
-                return Ok(FirstOf::TimedOut);
-            }
+            self.hold(&wait, arrivals).await?;
         }
     }
 

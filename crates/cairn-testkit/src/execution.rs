@@ -1007,6 +1007,43 @@ pub async fn a_failed_drive_is_tried_again_before_the_sweep(factory: &dyn StoreF
     p.shutdown().await;
 }
 
+/// An owner-bound wait whose signal came in time is answered with it even
+/// when the run hears of the signal only after the deadline (its store slow
+/// to answer the read the signal's notice set off): the run reads the log
+/// again before it times the wait out, as a rerunnable process's wait
+/// would be decided (a signal at or before the deadline is in time).
+pub async fn an_owner_bound_signal_in_time_is_not_timed_out(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let (probe, p) = probed_runtime(&store, config("w1"));
+    p.start(StartRequest::tool(
+        "ob-in-time",
+        "wait_signal",
+        json!({"name": "go", "timeout_ms": 300}),
+        Disposition::OwnerBound,
+    ))
+    .await
+    .expect("start");
+    p.await_event("ob-in-time", "process.waiting", 0, WAIT)
+        .await
+        .expect("waiting");
+    let mut held = probe.held_log_reads();
+    probe.hold_log_reads(true);
+    store.clock.advance(100);
+    p.signal("ob-in-time", "go", "s1", json!({"ok": true}))
+        .await
+        .expect("signal");
+    // The run's read set off by the signal's notice waits, and so does the
+    // one it makes once its 300 ms have passed: then let them answer.
+    tokio::time::timeout(WAIT, held.wait_for(|n| *n >= 2))
+        .await
+        .expect("the run read the log again")
+        .expect("probe");
+    probe.hold_log_reads(false);
+    let r = terminal(&p, "ob-in-time").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"ok": true}))), "{r:?}");
+    p.shutdown().await;
+}
+
 /// A run's completion that the store fails (a dropped connection, a lost
 /// commit reply) is tried again while the lease holds: the outcome is known
 /// only here, and an owner-bound process is never run again. However many

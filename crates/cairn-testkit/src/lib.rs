@@ -394,6 +394,7 @@ macro_rules! execution_suite {
                 a_start_whose_caller_goes_still_runs_what_it_claimed,
                 a_tools_own_event_types_are_written_only_by_its_run,
                 wait_signal_resumes_with_payload,
+                an_owner_bound_signal_in_time_is_not_timed_out,
                 rerunnable_reruns_after_lease_expiry,
                 a_burst_of_abandon_requests_is_reconciled_in_one_drive,
                 owner_bound_started_is_never_rerun,

@@ -49,6 +49,8 @@ pub struct ReadProbe {
     failing_appends: std::sync::atomic::AtomicU64,
     unanswered_appends: std::sync::atomic::AtomicU64,
     append_delay: parking_lot::Mutex<std::time::Duration>,
+    log_gate: watch::Sender<bool>,
+    held_log_reads: watch::Sender<u64>,
 }
 
 impl ReadProbe {
@@ -74,6 +76,8 @@ impl ReadProbe {
             failing_appends: std::sync::atomic::AtomicU64::new(0),
             unanswered_appends: std::sync::atomic::AtomicU64::new(0),
             append_delay: parking_lot::Mutex::new(std::time::Duration::ZERO),
+            log_gate: watch::channel(false).0,
+            held_log_reads: watch::channel(0).0,
         })
     }
 
@@ -166,6 +170,17 @@ impl ReadProbe {
             .store(hanging, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// While `held`, every log read (`events_after`) waits until it is not:
+    /// a store slow to answer the reads made meanwhile.
+    pub fn hold_log_reads(&self, held: bool) {
+        self.log_gate.send_replace(held);
+    }
+
+    /// A receiver of the number of log reads that arrived while held.
+    pub fn held_log_reads(&self) -> watch::Receiver<u64> {
+        self.held_log_reads.subscribe()
+    }
+
     /// The next `n` listings (`list`, `list_granted_to`) fail `unavailable`
     /// without reaching the inner registry.
     pub fn fail_next_lists(&self, n: u64) {
@@ -239,6 +254,11 @@ impl ProcessRegistry for ReadProbe {
         self.inner.list(filter).await
     }
     async fn events_after(&self, id: &str, after: u64, limit: Option<usize>) -> Result<EventPage> {
+        let mut gate = self.log_gate.subscribe();
+        if *gate.borrow_and_update() {
+            self.held_log_reads.send_modify(|n| *n += 1);
+            let _ = gate.wait_for(|held| !held).await;
+        }
         if take_one(&self.failing_log_reads) {
             return Err(cairn_core::CairnError::Unavailable(
                 "the probe fails this log read".into(),
