@@ -43,8 +43,6 @@
 //! # }
 //! ```
 
-// `missing_docs` is on per module (each documented module's header) until
-// `fold` and `registry` document their last items; then it moves here.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod awaiter;

@@ -21,7 +21,7 @@ use crate::duration::{parse_duration, parse_duration_with_unit};
         (`cairn --json schedule ls`, `cairn schedule ls --json`).\n\
         Exit codes: 0 ok; 1 the server answered an error or could not be reached; 2 bad input\n\
         (the command line, or a request the server refused as invalid: HTTP 400/413/415);\n\
-        3 `await` timed out with the process still running; 130 `run` interrupted by Ctrl-C.\n\
+        3 `await` timed out with the process still running; 130 `run` cancelled by Ctrl-C.\n\
         A process that ended otherwise than completed: `await` exits 1, `run` the command's\n\
         exit code (else 1); how it ended is said on stderr."
 )]
@@ -759,8 +759,9 @@ pub fn parse_session_token(raw: &str) -> Result<(String, String), String> {
     }
 }
 
-/// `cairn bench` settings. The defaults finish every scenario on SQLite in well
-/// under ten minutes on a 2-core machine.
+/// `cairn bench` settings. The defaults finish a SQLite run in about six minutes
+/// on a 2-core machine, plus a few for `suspended`, `script` and `schedules`
+/// (crates/cairn/README.md, docs/BENCHMARKS.md).
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Print one JSON document with every figure instead of the table.
@@ -819,7 +820,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 500)]
     pub sse_streams: usize,
     /// script: three-step scripts per run, and as many `echo` processes beside them (the
-    /// issue's size is 10000; the default keeps the scenario near two minutes, see docs/BENCHMARKS.md).
+    /// issue's size is 10000; the default keeps the scenario near a minute and a half, see docs/BENCHMARKS.md).
     #[arg(long, default_value_t = 5_000)]
     pub script_n: usize,
     /// schedules: schedules created per run (none due during the run).
