@@ -484,11 +484,23 @@ impl TurnRunner {
                 });
             }
             messages.push(message.clone());
-            let calls = message
+            let mut calls = message
                 .get("tool_calls")
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
+            // The tool calls of an answer the endpoint cut off are not the
+            // model's whole request: a call's arguments may be cut (empty
+            // ones would read as `{}`) or calls left out. None is run; the
+            // answer goes through repair, or fails, as a cut-off answer does
+            // (and the repair's history holds no call without its result).
+            let cut = matches!(finish_reason.as_str(), Some("length" | "content_filter"));
+            if cut && !calls.is_empty() {
+                calls.clear();
+                if let Some(asked) = messages.last_mut().and_then(Value::as_object_mut) {
+                    asked.remove("tool_calls");
+                }
+            }
             // The last step allowed: no model call could read tool results,
             // so the tools are not run (their effects would be for nothing).
             let last = step >= u64::from(max_steps);

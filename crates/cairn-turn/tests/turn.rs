@@ -1283,3 +1283,51 @@ async fn a_stream_ending_cleanly_after_its_finish_reason_is_whole() {
         "whole answer"
     );
 }
+
+/// The tool calls of an answer the endpoint cut off (`finish_reason`
+/// `length`) are not run: a call cut before its arguments would otherwise
+/// run with `{}`, an action the model never named. The answer fails as a
+/// cut-off answer does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_answers_tool_calls_are_not_run() {
+    let s = setup().await;
+    s.fake.push(Reply::Chunks(vec![
+        json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_0", "type": "function",
+               "function": {"name": "echo", "arguments": ""}}]}}]}),
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}),
+    ]));
+    s.p.start(turn("cut-call", &["echo"], "go", Value::Null))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "cut-call").await;
+    assert_eq!(failure_code(&r), "output_contract_violation", "{r:?}");
+    let err = s.p.get("cut-call/1.1").await.expect_err("no child was started");
+    assert_eq!(err.code(), "unknown_process");
+    assert_eq!(s.fake.received().len(), 1, "no second model call");
+
+    // Under a contract with a repair, the repair's history holds no call
+    // without its result (an endpoint refuses such a history).
+    let contract = json!({"type": "json_schema", "repair_attempts": 1, "schema": {"type": "object"}});
+    s.fake.push(Reply::Chunks(vec![
+        json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_0", "type": "function",
+               "function": {"name": "echo", "arguments": "{\"val"}}]}}]}),
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}),
+    ]));
+    s.fake.push(Reply::Text("{\"a\": 1}".into()));
+    s.p.start(turn("cut-call-repaired", &["echo"], "go", contract))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "cut-call-repaired").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"a": 1}))), "{r:?}");
+    assert!(s.p.get("cut-call-repaired/1.1").await.is_err(), "no child was started");
+    let received = s.fake.received();
+    let history = received.last().expect("request").body["messages"].clone();
+    assert!(
+        history
+            .as_array()
+            .expect("messages")
+            .iter()
+            .all(|m| m.get("tool_calls").is_none()),
+        "{history}"
+    );
+}
