@@ -270,7 +270,7 @@ async fn ask(
         };
         chose = true;
         let delta = &choice["delta"];
-        let text_of = |field: &str| delta.get(field).and_then(Value::as_str).filter(|t| !t.is_empty());
+        let text_of = |field: &str| delta.get(field).and_then(text_parts).filter(|t| !t.is_empty());
         let tool_calls = delta.get("tool_calls").and_then(Value::as_array);
         // An answer past what one journal entry holds could never be
         // journaled: it is cut off before the chunk that would pass it, as
@@ -279,13 +279,14 @@ async fn ask(
         let adds = [text_of("content"), text_of("refusal")]
             .into_iter()
             .flatten()
+            .map(|t| journaled_len(&t))
             .chain(
                 tool_calls
                     .into_iter()
                     .flatten()
-                    .filter_map(|c| c.pointer("/function/arguments").and_then(Value::as_str)),
+                    .filter_map(|c| c.pointer("/function/arguments").and_then(Value::as_str))
+                    .map(journaled_len),
             )
-            .map(journaled_len)
             .sum::<usize>();
         if held + adds > MAX_ANSWER_BYTES {
             finish_reason = json!("length");
@@ -297,11 +298,11 @@ async fn ask(
             finish_reason = reason.clone();
         }
         if let Some(text) = text_of("content") {
-            content.push_str(text);
-            on_delta(text);
+            content.push_str(&text);
+            on_delta(&text);
         }
         if let Some(text) = text_of("refusal") {
-            refusal.push_str(text);
+            refusal.push_str(&text);
         }
         for call in tool_calls.into_iter().flatten() {
             calls.merge(call);
@@ -360,9 +361,13 @@ fn completion(
         .pointer("/choices/0")
         .ok_or_else(|| not_an_answer("the body is not a chat completion"))?;
     let given = &choice["message"];
-    let content = given.get("content").and_then(Value::as_str).unwrap_or_default();
+    let content = given
+        .get("content")
+        .and_then(text_parts)
+        .unwrap_or_default()
+        .into_owned();
     if !content.is_empty() {
-        on_delta(content);
+        on_delta(&content);
     }
     let mut message = json!({"role": "assistant", "content": content});
     if let Some(calls) = given
@@ -564,6 +569,22 @@ fn without_url(e: &reqwest::Error) -> String {
         e.truncate(i);
     }
     e
+}
+
+/// A message's text: a string, or (as some endpoints answer, and as OpenAI's
+/// requests may say it) an array of parts whose `text` parts are joined.
+fn text_parts(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
+    match v {
+        Value::String(s) => Some(std::borrow::Cow::Borrowed(s.as_str())),
+        Value::Array(parts) => Some(std::borrow::Cow::Owned(
+            parts
+                .iter()
+                .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect(),
+        )),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

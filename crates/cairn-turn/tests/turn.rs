@@ -1331,3 +1331,32 @@ async fn a_cut_off_answers_tool_calls_are_not_run() {
         "{history}"
     );
 }
+
+/// An answer whose `content` is an array of parts (as some endpoints answer)
+/// is read as the text of its `text` parts, streamed or not, rather than
+/// dropped for an empty answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_given_as_parts_is_read_as_text() {
+    let s = setup().await;
+    s.fake.push(Reply::Completion(json!({"choices": [{"index": 0, "finish_reason": "stop",
+        "message": {"role": "assistant", "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]}}]})));
+    s.p.start(turn("parts", &[], "hello", Value::Null))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "parts").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "hi there"}))), "{r:?}");
+    s.fake.push(Reply::Chunks(vec![
+        json!({"choices": [{"index": 0, "delta": {"content": [{"type": "text", "text": "streamed "}]}}]}),
+        json!({"choices": [{"index": 0, "delta": {"content": [{"type": "text", "text": "parts"}]}, "finish_reason": "stop"}]}),
+    ]));
+    s.p.start(turn("streamed-parts", &[], "hello", Value::Null))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "streamed-parts").await;
+    assert_eq!(
+        r.outcome,
+        Some(Outcome::success(json!({"text": "streamed parts"}))),
+        "{r:?}"
+    );
+    assert!(types(&s.p, "streamed-parts").await.contains(&"turn.delta".to_string()));
+}
