@@ -82,6 +82,13 @@ pub enum Reply {
     /// Stream these `data:` payloads exactly (`"[DONE]"` only where given),
     /// nothing else, then end the body cleanly.
     Raw(Vec<String>),
+    /// Stream nothing but an SSE comment (`: keep-alive`) every `every`, for
+    /// as long as the client reads: an endpoint (or a proxy before it) whose
+    /// upstream is stuck.
+    KeepAlive {
+        /// The pause between two comments.
+        every: Duration,
+    },
 }
 
 /// A request the server received.
@@ -241,6 +248,18 @@ fn streamed(reply: Reply) -> Result<(Vec<String>, Duration, Ending), Box<Respons
             return whole(json_response(&body));
         }
         Reply::Completion(body) => return whole(json_response(&body)),
+        Reply::KeepAlive { every } => {
+            let comments = futures::stream::unfold((), move |()| async move {
+                tokio::time::sleep(every).await;
+                Some((Ok::<_, std::io::Error>(Bytes::from_static(b": keep-alive\n\n")), ()))
+            });
+            return whole(
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(Body::from_stream(comments))
+                    .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
+            );
+        }
         Reply::Text(text) => (text_chunks(&text), Duration::ZERO, Ending::UsageAndDone),
         Reply::TextEnding { text, finish_reason } => {
             let mut chunks = text_chunks(&text);

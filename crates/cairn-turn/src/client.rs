@@ -125,12 +125,13 @@ pub(crate) struct ChatRequest<'a> {
 /// stream. An answer without any choice is no answer (see [`no_choice`]).
 pub(crate) async fn chat(
     http: &reqwest::Client,
+    idle: std::time::Duration,
     spec: &ModelSpec,
     key: Option<&str>,
     request: &ChatRequest<'_>,
     on_delta: &mut (dyn FnMut(&str) + Send),
 ) -> Result<ChatAnswer, ModelFault> {
-    ask(http, spec, key, request, on_delta)
+    ask(http, idle, spec, key, request, on_delta)
         .await
         .map_err(|fault| fault.without_key(key))
 }
@@ -138,6 +139,7 @@ pub(crate) async fn chat(
 /// [`chat`], with faults as the endpoint worded them.
 async fn ask(
     http: &reqwest::Client,
+    idle: std::time::Duration,
     spec: &ModelSpec,
     key: Option<&str>,
     request: &ChatRequest<'_>,
@@ -249,7 +251,18 @@ async fn ask(
     // What the answer holds so far (content, refusal, tool calls), in bytes
     // as journaled (JSON-escaped).
     let mut held = 0usize;
-    while let Some(event) = events.next().await {
+    // The stream must make progress (a piece of the answer, its end), not
+    // only bytes: comments and empty chunks keep a connection alive without
+    // it, and would hold the turn for good.
+    let mut progress_by = tokio::time::Instant::now() + idle;
+    loop {
+        let Ok(next) = tokio::time::timeout_at(progress_by, events.next()).await else {
+            return Err(ModelFault::transient(format!(
+                "model `{}`: the stream made no progress for {idle:?} (keep-alives only)",
+                spec.name
+            )));
+        };
+        let Some(event) = next else { break };
         let event = event.map_err(|e| ModelFault::transient(format!("model `{}`: broken stream: {e}", spec.name)))?;
         if event.data.trim() == "[DONE]" {
             done = true;
@@ -296,6 +309,10 @@ async fn ask(
         held += adds;
         if let Some(reason) = choice.get("finish_reason").filter(|r| !r.is_null()) {
             finish_reason = reason.clone();
+            progress_by = tokio::time::Instant::now() + idle;
+        }
+        if adds > 0 {
+            progress_by = tokio::time::Instant::now() + idle;
         }
         if let Some(text) = text_of("content") {
             content.push_str(&text);

@@ -328,12 +328,15 @@ pub struct TurnRunner {
     models: Models,
     tools: ToolRegistry,
     http: reqwest::Client,
+    /// How long a model call may go without progress (see [`IDLE_TIMEOUT`]).
+    idle: Duration,
     retry: RetryPolicy,
 }
 
 /// How long a model call may go without a byte (before its answer begins, or
-/// between two pieces of it) before it counts as a broken stream and is tried
-/// again: long enough for a model that reasons before it answers, short
+/// between two pieces of it), or a stream without a piece of its answer (an
+/// endpoint sending only keep-alive comments or empty chunks), before it
+/// counts as a broken stream and is tried again: long enough for a model that reasons before it answers, short
 /// enough that a hung endpoint cannot hold a turn (and its worker slot) for
 /// good.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(180);
@@ -359,6 +362,7 @@ impl TurnRunner {
             models,
             tools,
             http: http_client(IDLE_TIMEOUT),
+            idle: IDLE_TIMEOUT,
             retry: RetryPolicy::default(),
         }
     }
@@ -367,6 +371,7 @@ impl TurnRunner {
     /// [`IDLE_TIMEOUT`] (it is then retried like any broken stream).
     pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
         self.http = http_client(idle);
+        self.idle = idle;
         self
     }
 
@@ -583,7 +588,7 @@ impl TurnRunner {
         // The closure owns the sender: once the retries end and it is dropped,
         // the flusher drains what is left and ends. Each call is numbered, so
         // a watcher knows a retry's text from the broken call's before it.
-        let http = &self.http;
+        let (http, idle) = (&self.http, self.idle);
         let attempt = move || {
             let tx = tx.clone();
             let key = key.clone();
@@ -592,7 +597,7 @@ impl TurnRunner {
                 let mut on_delta = move |text: &str| {
                     let _ = tx.send((k, text.to_string()));
                 };
-                chat(http, spec, key.as_deref(), request, &mut on_delta).await
+                chat(http, idle, spec, key.as_deref(), request, &mut on_delta).await
             }
         };
         let max_delay = self.retry.max_delay;

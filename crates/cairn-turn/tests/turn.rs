@@ -1360,3 +1360,21 @@ async fn content_given_as_parts_is_read_as_text() {
     );
     assert!(types(&s.p, "streamed-parts").await.contains(&"turn.delta".to_string()));
 }
+
+/// An endpoint that keeps the connection alive with comments and never
+/// answers (a proxy whose upstream is stuck) is given up after the idle
+/// timeout, as a silent one is, and the call is tried again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_keep_alives_alone_is_given_up_and_tried_again() {
+    let s = setup().await;
+    s.fake.push(Reply::KeepAlive {
+        every: Duration::from_millis(200),
+    });
+    s.fake.push(Reply::Text("recovered".into()));
+    s.p.start(turn("kept-alive", &[], "hi", Value::Null))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "kept-alive").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "recovered"}))), "{r:?}");
+    assert_eq!(s.fake.received().len(), 2);
+}
