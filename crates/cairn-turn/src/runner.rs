@@ -802,6 +802,18 @@ impl Tool for TurnRunner {
             if self.tools.get(tool).is_none() {
                 return Err(CairnError::UnknownTool(tool.clone()));
             }
+            // The name goes to the endpoint as a function name, which
+            // OpenAI-compatible endpoints refuse past this pattern: refused
+            // here, before a process exists, not at the first model call.
+            let callable = (1..=64).contains(&tool.len())
+                && tool
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !callable {
+                return Err(CairnError::InvalidRequest(format!(
+                    "tool `{tool}` cannot be offered to a model: a function name is 1-64 of [A-Za-z0-9_-]"
+                )));
+            }
         }
         Ok(())
     }

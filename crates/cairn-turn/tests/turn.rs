@@ -1378,3 +1378,39 @@ async fn a_stream_of_keep_alives_alone_is_given_up_and_tried_again() {
     assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "recovered"}))), "{r:?}");
     assert_eq!(s.fake.received().len(), 2);
 }
+
+/// A tool a host registered under a name no model endpoint takes as a
+/// function name (`fs.read`) is refused when a turn offering it starts,
+/// before a process exists, rather than failing the turn at its first call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_name_no_endpoint_takes_is_refused_at_start() {
+    struct Named;
+    #[cairn_core::async_trait]
+    impl cairn_core::Tool for Named {
+        fn name(&self) -> &str {
+            "fs.read"
+        }
+        async fn run(&self, _ctx: cairn_core::ToolContext, _args: Value) -> Outcome {
+            Outcome::success(json!(null))
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = SqliteRegistry::open(dir.path().join("cairn.db"), Arc::new(SystemClock)).expect("open");
+    let spec: ModelSpec = "default=http://127.0.0.1:9/v1".parse().expect("spec");
+    let mut tools = cairn_tools::builtin_tools(false);
+    tools.register(Arc::new(Named));
+    let runner = TurnRunner::new(Models::new(vec![spec]).expect("models"), tools.clone());
+    tools.register_runner("session_turn", Arc::new(runner));
+    let p = Processes::builder(Arc::new(registry)).tools(tools).start();
+    let e = p
+        .start(turn("dotted", &["fs.read"], "hi", Value::Null))
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), "invalid_request");
+    assert!(e.to_string().contains("fs.read"), "{e}");
+    assert_eq!(
+        p.get("dotted").await.expect_err("nothing started").code(),
+        "unknown_process"
+    );
+    p.shutdown().await;
+}
