@@ -42,7 +42,8 @@ pub enum Reply {
         /// The error message.
         message: String,
     },
-    /// Stream `partial` as content, then, once it went out, break the connection.
+    /// Stream `partial` as content (no `finish_reason`), then, once it went
+    /// out, break the connection: an answer broken mid-way.
     Disconnect {
         /// What arrives before the break.
         partial: String,
@@ -273,7 +274,12 @@ fn streamed(reply: Reply) -> Result<(Vec<String>, Duration, Ending), Box<Respons
             Ending::UsageAndDone,
         ),
         Reply::SlowText { text, delay } => (text_chunks(&text), delay, Ending::UsageAndDone),
-        Reply::Disconnect { partial } => (text_chunks(&partial), Duration::ZERO, Ending::Break),
+        Reply::Disconnect { partial } => {
+            // Broken mid-answer: before the chunk with its `finish_reason`.
+            let mut chunks = text_chunks(&partial);
+            chunks.pop();
+            (chunks, Duration::ZERO, Ending::Break)
+        }
         Reply::ToolCalls(calls) => (tool_call_chunks(&calls), Duration::ZERO, Ending::UsageAndDone),
         Reply::Refusal(refusal) => (refusal_chunks(&refusal), Duration::ZERO, Ending::UsageAndDone),
         Reply::WithoutDone(reply) => {
@@ -328,7 +334,13 @@ fn tool_call_chunks(calls: &[(String, Value)]) -> Vec<String> {
     let mut out = vec![chunk(json!({"role": "assistant", "content": null}), None)];
     for (i, (name, args)) in calls.iter().enumerate() {
         let args = args.to_string();
-        let (a, b) = args.split_at(args.len() / 2);
+        // Split near the middle, on a character boundary (arguments may
+        // hold any text).
+        let mut mid = args.len() / 2;
+        while !args.is_char_boundary(mid) {
+            mid += 1;
+        }
+        let (a, b) = args.split_at(mid);
         out.push(chunk(
             json!({"tool_calls": [{"index": i, "id": format!("call_{i}"), "type": "function",
                                    "function": {"name": name, "arguments": a}}]}),

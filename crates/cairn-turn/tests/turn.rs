@@ -1414,3 +1414,20 @@ async fn a_tool_name_no_endpoint_takes_is_refused_at_start() {
     );
     p.shutdown().await;
 }
+
+/// Tool-call arguments holding any text reach the tool whole (the fake
+/// endpoint splits them across chunks on a character boundary).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_call_arguments_of_any_text_arrive_whole() {
+    let s = setup().await;
+    s.fake
+        .push(Reply::ToolCalls(vec![("echo".into(), json!({"value": "日本語"}))]));
+    s.fake.push(Reply::Text("ok".into()));
+    s.p.start(turn("utf8", &["echo"], "go", Value::Null))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "utf8").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "ok"}))), "{r:?}");
+    let child = s.p.get("utf8/1.1").await.expect("child");
+    assert_eq!(child.outcome, Some(Outcome::success(json!("日本語"))));
+}
