@@ -409,8 +409,12 @@ pub fn render() -> String {
     let _ = writeln!(
         w,
         "Every error answers `{{\"error\": {{\"code\", \"message\"}}}}` (plus `tombstone` on\n\
-         `no_longer_retained`) and changed nothing, except `outcome_unknown`. The CLI exits 2 on\n\
-         400, 413 and 415 (bad input) and 1 on the others.\n"
+         `no_longer_retained`) and changed nothing, except `outcome_unknown` (and a start refused\n\
+         for what is stored, `registration_conflict` or `no_longer_retained`, may leave the env it\n\
+         carried stored, unreferenced). A route that reads no query string refuses one\n\
+         (`invalid_request`). A request the HTTP layer cannot parse (a malformed request line or\n\
+         header, a URI or headers past its limits) gets its bare 400, 414 or 431 with an empty\n\
+         body. The CLI exits 2 on 400, 413 and 415 (bad input) and 1 on the others.\n"
     );
     let _ = writeln!(w, "| code | status | meaning |");
     let _ = writeln!(w, "| --- | --- | --- |");

@@ -1147,3 +1147,56 @@ async fn answers_fit_the_served_document() {
     assert!(start.is_valid(&tool_start("a", "echo", json!({"value": 1}), "rerunnable")));
     assert!(!start.is_valid(&tool_start("a", "no_such_tool", json!({}), "rerunnable")));
 }
+
+/// A write (or a read by id) given query parameters it does not read is
+/// refused and changes nothing: `POST /v1/prune?dry_run=true` must not prune.
+/// A schedule's delete reads its body as the other writes do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_a_route_does_not_read_are_refused() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let ext = json!({"id": "ext", "input": {"type": "external"}, "disposition": "externally_owned"});
+    assert_eq!(c.start(ext).await.0, 201);
+    let (s, _) = c
+        .post(
+            "/v1/processes/ext/complete",
+            json!({"outcome": {"type": "success", "value": 1}, "authority": "t"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let prune = json!({"cutoff_ms": u64::MAX / 2, "watermark": {"type": "no_projector"}});
+    let (s, err) = c.post("/v1/prune?dry_run=true", prune.clone()).await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("dry_run"), "{err}");
+    assert_eq!(c.get("/v1/processes/ext").await.0, 200, "nothing was pruned");
+    let (s, err) = c
+        .post(
+            "/v1/processes?dry_run=1",
+            tool_start("q", "echo", json!({"value": 1}), "rerunnable"),
+        )
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+    assert_eq!(c.get("/v1/processes/q").await.0, 404, "nothing was started");
+    let (s, err) = c.get("/v1/processes/ext?fields=id").await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+    // The listings still read theirs.
+    assert_eq!(c.get("/v1/processes?status=any").await.0, 200);
+    assert_eq!(c.get("/v1/processes/ext/events?after=0").await.0, 200);
+
+    let schedule = json!({"id": "nightly", "every": "1h", "overlap": "skip",
+        "start": {"input": {"type": "tool_call", "tool": "echo", "args": {"value": 1}}, "disposition": "rerunnable"}});
+    assert_eq!(c.post("/v1/schedules", schedule).await.0, 201);
+    let (s, err) = c.delete("/v1/schedules/nightly?confirm=false").await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+    let r = c
+        .http
+        .delete(c.url("/v1/schedules/nightly"))
+        .header("content-type", "text/plain")
+        .body("{\"confirm\": false")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 415);
+    assert_eq!(c.get("/v1/schedules/nightly").await.0, 200, "the schedule stays");
+    assert_eq!(c.delete("/v1/schedules/nightly").await.0, 204);
+}

@@ -243,6 +243,47 @@ fn unsupported_media_type() -> ApiError {
     )
 }
 
+/// Refuse a query string on an API route that reads none: every write, and
+/// a read by id. A parameter the client believes it sends (`POST
+/// /v1/prune?dry_run=true`) must not be ignored while the write goes ahead.
+/// The listings read theirs through [`ApiQuery`], which refuses unknown keys.
+pub async fn refuse_unread_query(req: Request, next: axum::middleware::Next) -> Response {
+    let path = req.uri().path();
+    if let Some(query) = req.uri().query().filter(|q| !q.is_empty()) {
+        if !takes_query(req.method(), path) {
+            let shown: String = query.chars().take(100).collect();
+            return ApiError::invalid_request(format!(
+                "`{} {path}` takes no query parameters (got `{shown}`): a write's fields go in its body",
+                req.method()
+            ))
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Whether the route at `path` reads a query string: the listings (and the
+/// routes off `/v1`, which read their own).
+fn takes_query(method: &axum::http::Method, path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/v1/") else {
+        return true;
+    };
+    if method != axum::http::Method::GET {
+        return false;
+    }
+    let segments: Vec<&str> = rest.split('/').collect();
+    matches!(
+        segments.as_slice(),
+        ["processes"]
+            | ["processes", _, "events"]
+            | ["processes", _, "await"]
+            | ["changes"]
+            | ["modules"]
+            | ["schedules"]
+            | ["sessions", _, "wakes"]
+    )
+}
+
 /// Middleware: a write that a page of another site made the browser send
 /// (`Sec-Fetch-Site: cross-site` or `same-site`) is refused with 403
 /// `forbidden`, before it is authenticated. A page may send a bodyless POST

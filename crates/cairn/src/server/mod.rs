@@ -109,6 +109,7 @@ pub fn router(state: Arc<AppState>, dashboard: &Dashboard) -> Router {
                     move |req, next| mcp::jsonrpc_errors(limit, req, next)
                 })),
         )
+        .route_layer(axum::middleware::from_fn(api::refuse_unread_query))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .route_layer(axum::middleware::from_fn(api::refuse_cross_site));
     // Health and the API description need no token: they reveal nothing about processes.

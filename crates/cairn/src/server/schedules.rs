@@ -92,6 +92,7 @@ pub async fn get(
 /// `DELETE /v1/schedules/{id}`: the processes it started stay.
 #[utoipa::path(delete, path = "/v1/schedules/{id}", tag = "schedules",
     params(("id" = String, Path, description = "Schedule id")),
+    request_body = EmptyBody,
     responses(
         (status = 204, description = "Deleted"),
         (status = 403, description = "A session token", body = ErrorSchema),
@@ -100,6 +101,8 @@ pub async fn delete(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<String>,
+    // Read only to refuse what is not an empty body or `{}`.
+    ApiJson(EmptyBody {}): ApiJson<EmptyBody>,
 ) -> ApiResult<StatusCode> {
     caller.require_host(WHAT)?;
     state.processes.delete_schedule(&id).await?;
