@@ -285,6 +285,7 @@ impl Op {
     /// An append by a caller of the public API.
     pub fn append(id: &str, request: AppendRequest) -> Result<Self> {
         validate_id("process id", id)?;
+        crate::validate::validate_event_type_name(&request.event_type)?;
         Ok(Self::Append {
             id: id.to_string(),
             request,

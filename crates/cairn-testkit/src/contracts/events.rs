@@ -67,6 +67,16 @@ pub async fn append_rejects_undeclared_type(factory: &dyn StoreFactory) {
         )
         .await;
     }
+    // A name no type could have is said as such, not as undeclared.
+    for t in ["a b".to_string(), String::new(), "x".repeat(129)] {
+        h.rejects(
+            "invalid_event_type_name",
+            &t,
+            h.registry()
+                .append_event("p", AppendRequest::new(t.as_str(), json!({"n": 1}))),
+        )
+        .await;
+    }
     h.register(rerunnable("q")).await;
     // Types are per process: a type only another process declares is undeclared.
     h.register(with_types(rerunnable("r"), [EventType::plain("only-r")]))
