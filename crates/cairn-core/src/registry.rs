@@ -33,6 +33,10 @@ pub struct CancelAnswer {
     pub process: ProcessRecord,
     /// True when the request ended the process at once (nobody had started it).
     pub cancelled_now: bool,
+    /// How many events this write appended to the process itself (its
+    /// request, and its end when `cancelled_now`): none for a repeat.
+    #[serde(default)]
+    pub appended: u64,
     /// The descendants whose cancellation the same write requested (those
     /// that had not ended and had no request yet), as they stand after it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -648,10 +648,11 @@ impl ProcessRegistry for WatchedRegistry {
     }
 
     async fn request_cancel(&self, id: &str, reason: Option<String>) -> Result<CancelAnswer> {
-        let before = self.sequence_if_sinking(id).await;
+        // What this write appended, as the write counted it: a read before
+        // it would count other writers' events too (a run's output, an end
+        // that raced a repeated request), sinking them twice.
         let r = self.inner.request_cancel(id, reason).await?;
-        self.after_write(&r.process, r.process.last_sequence.saturating_sub(before))
-            .await;
+        self.after_write(&r.process, r.appended).await;
         for d in &r.descendants {
             // A running descendant's run observes its request through the hub;
             // a suspended one became claimable.
@@ -766,7 +767,15 @@ impl ProcessRegistry for WatchedRegistry {
     async fn request_abandon(&self, id: &str, requested_by: &str, reason: &str) -> Result<ProcessRecord> {
         let before = self.sequence_if_sinking(id).await;
         let r = self.inner.request_abandon(id, requested_by, reason).await?;
-        self.after_write(&r, r.last_sequence.saturating_sub(before)).await;
+        // A request never ends its process (a reconcile does, and is told
+        // there): a terminal record here is a repeat, whatever else landed
+        // since the read before it.
+        let appended = if r.is_terminal() {
+            0
+        } else {
+            r.last_sequence.saturating_sub(before)
+        };
+        self.after_write(&r, appended).await;
         self.hub.notify_work();
         Ok(r)
     }

@@ -937,6 +937,7 @@ fn cancel<T: WriteTx + ?Sized>(tx: &mut T, id: &str, reason: Option<&str>) -> Re
             return Ok(CancelAnswer {
                 process: record,
                 cancelled_now: false,
+                appended: 0,
                 descendants: Vec::new(),
             });
         }
@@ -952,13 +953,17 @@ fn cancel<T: WriteTx + ?Sized>(tx: &mut T, id: &str, reason: Option<&str>) -> Re
         return Ok(CancelAnswer {
             process: record,
             cancelled_now: false,
+            appended: 0,
             descendants,
         });
     }
+    let before = record.last_sequence;
     let (_, cancelled_now) = cancel_one(tx, id, reason)?;
     let (descendants, _) = cancel_descendants(tx, id, reason)?;
+    let process = current(tx, id)?;
     Ok(CancelAnswer {
-        process: current(tx, id)?,
+        appended: process.last_sequence.saturating_sub(before),
+        process,
         cancelled_now,
         descendants,
     })

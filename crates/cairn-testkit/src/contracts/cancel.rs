@@ -23,6 +23,7 @@ pub async fn cancel_never_claimed_ends_at_once(factory: &dyn StoreFactory) {
         );
         let folded = h.check(&id).await;
         assert!(answer.cancelled_now, "`{id}`: never claimed, so cancelled at once");
+        assert_eq!(answer.appended, 2, "`{id}`: the request and the end");
         assert_eq!(answer.process, folded.record);
         assert_eq!(folded.record.status, ProcessStatus::Cancelled);
         assert!(matches!(folded.record.outcome, Some(Outcome::Cancelled { .. })));
@@ -45,6 +46,7 @@ pub async fn cancel_never_claimed_ends_at_once(factory: &dyn StoreFactory) {
         .no_change("cancel again", h.registry().request_cancel("c", None))
         .await;
     assert!(!again.cancelled_now && again.descendants.is_empty());
+    assert_eq!(again.appended, 0, "a repeat appends nothing");
     assert_eq!(again.process, h.get("c").await);
     h.rejects(
         "process_terminal",
@@ -83,6 +85,7 @@ pub async fn cancel_started_records_request_only(factory: &dyn StoreFactory) {
         );
         let folded = h.check(&id).await;
         assert!(!answer.cancelled_now, "`{id}`: a live owner ends it, not the request");
+        assert_eq!(answer.appended, 1, "`{id}`: the request alone");
         assert_eq!(answer.process, folded.record);
         assert_eq!(folded.record.status, ProcessStatus::Running);
         assert_eq!(folded.record.last_sequence, before.last_sequence + 1);
