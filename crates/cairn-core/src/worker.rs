@@ -776,6 +776,9 @@ impl Worker {
         match ctx.stop_reason() {
             Some(StopReason::LeaseLost) => {
                 tracing::info!(process_id = %id, "lease lost; the run wrote nothing more");
+                if disposition == Disposition::OwnerBound {
+                    self.abandon_lost(&lease);
+                }
             }
             Some(StopReason::Suspended) => {
                 tracing::debug!(process_id = %id, "suspended; the lease went with the wait");
@@ -952,6 +955,42 @@ impl Worker {
                 "the store did not answer within {within:?}, by when the lease lapses"
             ))),
         }
+    }
+
+    /// An owner-bound run this worker stopped because its lease lapsed (the
+    /// store out of reach): nobody may run it again and its outcome is lost,
+    /// so the owner files the abandon request it alone can make with
+    /// certainty (SPEC §2: the reconciled request, once the lease has
+    /// lapsed), tried again while the store stays out of reach. A process
+    /// that ended meanwhile, or already carries a request, is left as it is.
+    fn abandon_lost(self: &Arc<Self>, lease: &crate::model::Lease) {
+        use backon::Retryable;
+        let (registry, id, owner) = (self.registry.clone(), lease.process_id.clone(), lease.owner_id.clone());
+        tokio::spawn(async move {
+            let request = || {
+                registry.request_abandon(
+                    &id,
+                    &owner,
+                    "its owner-bound run was stopped when its lease lapsed (the store was out of reach); its outcome is unknown",
+                )
+            };
+            let filed = request
+                .retry(
+                    backon::ExponentialBuilder::default()
+                        .with_min_delay(Duration::from_millis(100))
+                        .with_max_delay(Duration::from_secs(5))
+                        .with_max_times(120),
+                )
+                .when(|e: &CairnError| !e.is_client_error())
+                .await;
+            match filed {
+                Ok(_) => tracing::warn!(process_id = %id, "abandon requested for a run stopped when its lease lapsed"),
+                Err(CairnError::ProcessTerminal(_)) => {}
+                Err(e) => {
+                    tracing::error!(process_id = %id, error = %e, "could not request the abandonment of a run stopped when its lease lapsed")
+                }
+            }
+        });
     }
 
     /// The fenced completion; a stale lease writes nothing.

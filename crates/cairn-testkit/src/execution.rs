@@ -911,9 +911,19 @@ async fn a_blocked_run(
     owner: &str,
     registry: Arc<dyn cairn_core::ProcessRegistry>,
 ) -> Arc<Worker> {
+    a_blocked_run_as(store, id, owner, registry, Disposition::Rerunnable).await
+}
+
+async fn a_blocked_run_as(
+    store: &TestStore,
+    id: &str,
+    owner: &str,
+    registry: Arc<dyn cairn_core::ProcessRegistry>,
+    disposition: Disposition,
+) -> Arc<Worker> {
     let reg = store.registry.clone();
     let p = Processes::builder(reg.clone()).without_worker().start();
-    p.start(StartRequest::tool(id, "block", json!({}), Disposition::Rerunnable))
+    p.start(StartRequest::tool(id, "block", json!({}), disposition))
         .await
         .expect("start");
     let mut cfg = config(owner);
@@ -971,6 +981,36 @@ async fn cut_off_run_stops(factory: &dyn StoreFactory, id: &str, cut: impl FnOnc
         .expect("the run stopped once its lease lapsed unrenewed");
     let r = store.registry.get(id).await.expect("get");
     assert_eq!(r.status, ProcessStatus::Running, "the stopped run wrote no terminal");
+}
+
+/// An owner-bound run stopped because its lease lapsed (the store out of
+/// reach) can never run again and its outcome is lost: its owner files the
+/// abandon request, and the process ends `abandoned` as a reconciled request
+/// once the store answers, instead of staying `running` with nobody to end it.
+pub async fn an_owner_bound_run_cut_off_from_the_store_is_abandoned(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let probe = crate::probe::ReadProbe::new(store.registry.clone());
+    let worker = a_blocked_run_as(&store, "ob-cut", "ob-owner", probe.clone(), Disposition::OwnerBound).await;
+    probe.fail_renewals(true);
+    store.clock.advance(1_000);
+    tokio::time::timeout(WAIT, worker.wait_idle())
+        .await
+        .expect("the run stopped once its lease lapsed unrenewed");
+    probe.fail_renewals(false);
+    // The worker writes past any hub here: an awaiter without one reads.
+    let awaiter = Awaiter::new(store.registry.clone(), None);
+    let request = tokio::time::timeout(WAIT, awaiter.await_event("ob-cut", "process.abandon_requested", 0))
+        .await
+        .expect("the owner requested the abandonment in time")
+        .expect("await");
+    assert_eq!(request.payload["requested_by"], "ob-owner");
+    worker.drive_once().await.expect("drive");
+    let r = store.registry.get("ob-cut").await.expect("get");
+    assert_eq!(r.status, ProcessStatus::Abandoned, "{r:?}");
+    match &r.outcome {
+        Some(Outcome::Abandoned { evidence }) => assert_eq!(evidence.writer, AbandonWriter::ReconciledRequest),
+        other => panic!("{other:?}"),
+    }
 }
 
 /// A drive whose claim the store fails is tried again soon, not left for the

@@ -403,6 +403,7 @@ macro_rules! execution_suite {
                 a_start_racing_a_drive_leaves_no_claim_without_a_slot,
                 a_claim_waiting_for_a_slot_outlives_a_failed_renewal,
                 a_run_the_store_failed_is_run_again,
+                an_owner_bound_run_cut_off_from_the_store_is_abandoned,
                 a_claim_waiting_for_a_slot_sees_a_cancel_before_it_runs,
                 a_drain_waits_for_a_claim_waiting_for_a_slot,
                 a_drain_waits_for_a_drive_claiming,
