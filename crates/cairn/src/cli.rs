@@ -21,7 +21,8 @@ use crate::duration::{parse_duration, parse_duration_with_unit};
         (`cairn --json schedule ls`, `cairn schedule ls --json`).\n\
         Exit codes: 0 ok; 1 the server answered an error or could not be reached; 2 bad input\n\
         (the command line, or a request the server refused as invalid: HTTP 400/413/415);\n\
-        3 `await` timed out with the process still running; 130 `run` cancelled by Ctrl-C.\n\
+        3 `await` timed out with the process still running; 130 `run` cancelled by Ctrl-C\n\
+        (143, 129, 141: by SIGTERM, SIGHUP, its output closing).\n\
         A process that ended otherwise than completed: `await` exits 1, `run` the command's\n\
         exit code (else 1); how it ended is said on stderr."
 )]

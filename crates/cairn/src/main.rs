@@ -117,9 +117,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    // `run` hears of a closed output itself (a write's broken pipe), to
+    // cancel what it runs before it stops.
     if !matches!(
         cli.command,
-        Command::Serve(_) | Command::Bench(_) | Command::BenchChild(_) | Command::Mcp { .. }
+        Command::Serve(_) | Command::Bench(_) | Command::BenchChild(_) | Command::Mcp { .. } | Command::Run(_)
     ) {
         quit_on_closed_pipe();
     }

@@ -780,3 +780,43 @@ async fn an_empty_ls_says_it_shows_running_processes_only() {
     let out = server.cli(&["--json", "ls"], None).await;
     assert_eq!((out.code, out.stderr.as_str()), (0, ""), "JSON stays quiet");
 }
+
+/// What ends a command run in a terminal ends it under `cairn run` too: the
+/// reader of its output going away (`| head`), SIGTERM (`timeout`, a CI job
+/// stopping) and SIGHUP (the terminal closing) cancel the process, and `run`
+/// exits 128 + the signal, instead of leaving the command running unseen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_stopped_by_a_closed_pipe_or_a_signal_cancels_its_process() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let loop_forever = ["sh", "-c", "while :; do echo y; sleep 0.01; done"];
+    // The reader goes away after one line.
+    let mut args = vec!["run", "--id", "piped", "--"];
+    args.extend(loop_forever);
+    let mut run = Running::spawn(&server.base, &args);
+    let mut stdout = BufReader::new(run.child.stdout.take().expect("stdout")).lines();
+    let first = tokio::time::timeout(Duration::from_secs(60), stdout.next_line())
+        .await
+        .expect("a line in time")
+        .expect("read");
+    assert_eq!(first.as_deref(), Some("y"));
+    drop(stdout);
+    let record = c.wait_for("piped", |r| r["status"] != "running").await;
+    assert_eq!(record["status"], "cancelled", "{record}");
+    assert_eq!(run.exit_code().await, 141);
+    // Signals.
+    for (id, signal, code) in [("termed", libc::SIGTERM, 143), ("hung-up", libc::SIGHUP, 129)] {
+        let mut args = vec!["run", "--id", id, "--"];
+        args.extend(loop_forever);
+        let mut run = Running::spawn(&server.base, &args);
+        run.stderr_line(&format!("started {id}")).await;
+        let pid = run.child.id().expect("running") as libc::pid_t;
+        // SAFETY: sending a signal to our own child process by its pid.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        let said = run.stderr_line(&format!("cancelled {id}")).await;
+        assert!(said.contains("was stopped"), "{said}");
+        assert_eq!(run.exit_code().await, code, "{id}");
+        let record = c.wait_for(id, |r| r["status"] != "running").await;
+        assert_eq!(record["status"], "cancelled", "{record}");
+    }
+}

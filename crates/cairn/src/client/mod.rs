@@ -428,6 +428,20 @@ async fn await_command(client: &Client, json: bool, id: &str, timeout: Duration)
     })
 }
 
+/// A stream of `kind` signals, or none where it cannot be installed (the
+/// run then goes on without hearing of them).
+fn unix_signal(kind: tokio::signal::unix::SignalKind) -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(kind).ok()
+}
+
+/// The next signal of `signal`; never, without one.
+async fn recv_signal(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Whether stdin carries data `run` would silently drop: a non-empty file, or a
 /// pipe or socket with input (or its end) within 100 ms. A terminal, `/dev/null`,
 /// or a pipe nobody writes to (`ssh host cairn run ...`) is fine: nothing is being sent.
@@ -567,6 +581,13 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
     if futures::poll!(ctrl_c.as_mut()).is_ready() {
         ctrl_c.set(tokio::signal::ctrl_c());
     }
+    // What ends a command run in a terminal ends it here too: the terminal
+    // closing (SIGHUP), a `timeout` or a CI job stopping (SIGTERM), the
+    // reader of its output going away (`cairn run ... | head`). Each cancels
+    // the process, then `run` exits at once (128 + the signal).
+    let mut terminate = unix_signal(tokio::signal::unix::SignalKind::terminate());
+    let mut hangup = unix_signal(tokio::signal::unix::SignalKind::hangup());
+    let output_closed = tokio::sync::Notify::new();
     if !json {
         if ended {
             eprintln!(
@@ -580,6 +601,7 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
     // Output lines go where the command wrote them; the rest of the log is not
     // the command's output, except that a new attempt is said (a rerunnable
     // run whose server stopped runs again from the start).
+    let closed = &output_closed;
     let follow = client.follow(&id, 0, true, |event| {
         if json {
             return;
@@ -611,23 +633,32 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
             .flatten()
         {
             let text = line.as_str().map(str::to_string).unwrap_or_else(|| line.to_string());
-            if to_stderr {
-                eprintln!("{text}");
+            let written = if to_stderr {
+                writeln!(std::io::stderr(), "{text}")
             } else {
-                println!("{text}");
+                writeln!(std::io::stdout(), "{text}")
+            };
+            if written.is_err() {
+                closed.notify_one();
+                return;
             }
         }
-        let _ = std::io::stdout().flush();
+        if std::io::stdout().flush().is_err() {
+            closed.notify_one();
+        }
     });
     let mut follow = std::pin::pin!(follow);
     let mut interrupted = false;
     let mut cancel_recorded = false;
     loop {
-        tokio::select! {
+        let ended_by = tokio::select! {
             done = &mut follow => {
                 done?;
                 break;
             }
+            _ = output_closed.notified() => ("its output was closed", 128 + 13),
+            Some(()) = recv_signal(&mut terminate) => ("SIGTERM", 128 + 15),
+            Some(()) = recv_signal(&mut hangup) => ("SIGHUP", 128 + 1),
             _ = ctrl_c.as_mut() => {
                 ctrl_c.set(tokio::signal::ctrl_c());
                 if interrupted {
@@ -647,8 +678,23 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
                     }
                     Err(e) => eprintln!("could not cancel {id}: {e} (Ctrl-C again to stop following it)"),
                 }
+                continue;
+            }
+        };
+        let (what, code) = ended_by;
+        let body = json!({"reason": format!("interrupted: {what} (`cairn run`)")});
+        match client.post(&format!("{}/cancel", proc_path(&id)), &body).await {
+            Ok(_) => {
+                let _ = writeln!(std::io::stderr(), "cancelled {id}: `cairn run` was stopped ({what})");
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "`cairn run` was stopped ({what}) and could not cancel {id}, which may still run: {e}"
+                );
             }
         }
+        return Ok(ExitCode::from(code));
     }
     let record = client.get(&proc_path(&id)).await?;
     if json {
