@@ -328,8 +328,9 @@ fn event_meaning(name: &str) -> &'static str {
             "a script's `ctx.log(...)` line: `{message, ordinal}` (and `cancel_seen`, see `script.call`; written once, not again on replay)"
         }
         cairn_tools::shell::OUTPUT_EVENT => {
-            "output lines of a `shell` command: `{stream: stdout|stderr, lines: [...]}`, each batch under the \
-             replay key `shell.output/{run}/{n}` (tried again while the run's lease holds, written once; a key \
+            "output lines of a `shell` command: `{stream: stdout|stderr, lines: [...]}` (lines without their \
+             newline and a `\\r` before it; bytes that are not UTF-8 as U+FFFD; a line over 16 KiB cut and \
+             marked `…[truncated]`), each batch under the replay key `shell.output/{run}/{n}` (tried again while the run's lease holds, written once; a key \
              `{type}/…` naming a declared type is refused on another type's append)"
         }
         cairn_turn::RESPONSE => {
