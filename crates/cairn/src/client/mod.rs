@@ -853,17 +853,12 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
         }
     }
     if json {
-        let has_grants = rows.iter().any(|(_, g)| g.is_some());
-        let (processes, grants): (Vec<Value>, Vec<Value>) =
-            rows.into_iter().map(|(p, g)| (p, g.unwrap_or(Value::Null))).unzip();
-        let mut doc = json!({ "processes": processes });
-        if has_grants {
-            doc["grants"] = Value::Array(grants);
+        if let (Some(next), false) = (&truncated, paged) {
+            eprintln!(
+                "(only the first {LS_SCAN_LIMIT} by id were sorted; narrow the filters or page with --after-id {next})"
+            );
         }
-        if paged {
-            doc["next_after_id"] = truncated.map(Value::String).unwrap_or(Value::Null);
-        }
-        print_json(&doc);
+        print_json(&ls_document(rows, truncated, paged));
         return Ok(ExitCode::SUCCESS);
     }
     let table: Vec<Vec<String>> = rows
@@ -900,6 +895,26 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
         None => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ls --json`: the rows (and their grants, when any), with `next_after_id`
+/// for a page of `--after-id`; a listing cut at the scan limit says so
+/// (`truncated`, and where to page on), as the table's note does for people.
+fn ls_document(rows: Vec<(Value, Option<Value>)>, truncated: Option<String>, paged: bool) -> Value {
+    let has_grants = rows.iter().any(|(_, g)| g.is_some());
+    let (processes, grants): (Vec<Value>, Vec<Value>) =
+        rows.into_iter().map(|(p, g)| (p, g.unwrap_or(Value::Null))).unzip();
+    let mut doc = json!({ "processes": processes });
+    if has_grants {
+        doc["grants"] = Value::Array(grants);
+    }
+    if paged {
+        doc["next_after_id"] = truncated.map(Value::String).unwrap_or(Value::Null);
+    } else if let Some(next) = truncated {
+        doc["truncated"] = json!(true);
+        doc["next_after_id"] = json!(next);
+    }
+    doc
 }
 
 async fn complete(client: &Client, json: bool, args: CompleteArgs) -> Result<ExitCode, ClientError> {
@@ -1222,5 +1237,28 @@ mod timestamp_tests {
             format!("{} ms after the epoch", u64::MAX)
         );
         assert_eq!(timestamp(None), "");
+    }
+}
+
+#[cfg(test)]
+mod ls_tests {
+    use super::*;
+
+    /// A listing cut at the scan limit says so in `--json` too, where a
+    /// script reads it, not only in the table's note.
+    #[test]
+    fn a_cut_listing_says_so_in_json() {
+        let rows = vec![(json!({"id": "a"}), None)];
+        let doc = ls_document(rows.clone(), Some("a".into()), false);
+        assert_eq!(doc["truncated"], true, "{doc}");
+        assert_eq!(doc["next_after_id"], "a", "{doc}");
+        let whole = ls_document(rows.clone(), None, false);
+        assert!(
+            whole.get("truncated").is_none() && whole.get("next_after_id").is_none(),
+            "{whole}"
+        );
+        let page = ls_document(rows, None, true);
+        assert_eq!(page["next_after_id"], Value::Null, "{page}");
+        assert!(page.get("truncated").is_none(), "{page}");
     }
 }
