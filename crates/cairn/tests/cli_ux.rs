@@ -627,6 +627,14 @@ async fn help_completions_and_an_unreachable_server() {
         out.stderr
     );
 
+    // A server address with a path after it (copied from a route or the
+    // dashboard) reaches cairn, which has no such route: the hint says why.
+    for path in ["/v1", "/ui"] {
+        let out = run_cli(&format!("{}{path}", no_shell.base), None, &["ls"], None).await;
+        assert_eq!(out.code, 1, "{path}: {}", out.stderr);
+        assert!(out.stderr.contains("with no path after it"), "{path}: {}", out.stderr);
+    }
+
     // A server that is not there: exit 1 and a hint, at once, also for a
     // stream that never opened (resuming is for one that broke).
     for args in [&["ls"][..], &["events", "x", "--follow"][..]] {

@@ -93,6 +93,11 @@ impl ClientError {
             Self::NotJson { .. } | Self::NotCairn { .. } => {
                 Some("is --server (or CAIRN_SERVER) the address of `cairn serve`, with no path after it?".into())
             }
+            // The client asks only for routes the server has: a route it
+            // does not is a base address with a path (`.../v1`, `.../ui`).
+            Self::Api { code, .. } if code == "not_found" => {
+                Some("is --server (or CAIRN_SERVER) the address of `cairn serve`, with no path after it?".into())
+            }
             _ => None,
         }
     }
