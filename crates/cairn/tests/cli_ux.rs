@@ -828,3 +828,27 @@ async fn a_run_stopped_by_a_closed_pipe_or_a_signal_cancels_its_process() {
         assert_eq!(record["status"], "cancelled", "{record}");
     }
 }
+
+/// JSON given on the command line is taken as written: a key given twice is
+/// refused (exit 2, nothing started) rather than quietly read as its last
+/// value, and the server's complaint about a start points at the line the
+/// caller wrote, not at a re-encoded body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_arguments_are_taken_as_written() {
+    let server = Server::start(&[]).await;
+    let twice = r#"{"id":"dup","id":"dup2","disposition":"rerunnable","input":{"type":"tool_call","tool":"echo","args":{"value":1}}}"#;
+    let out = server.cli(&["start", twice], None).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("given twice"), "{}", out.stderr);
+    for id in ["dup", "dup2"] {
+        assert_eq!(server.client().get(&format!("/v1/processes/{id}")).await.0, 404, "{id}");
+    }
+    let typo = "{\n  \"id\": \"t1\",\n  \"dispositon\": \"rerunnable\",\n  \"input\": {\"type\": \"external\"}\n}";
+    let out = server.cli(&["start", typo], None).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("dispositon") && out.stderr.contains("line 3"),
+        "{}",
+        out.stderr
+    );
+}

@@ -288,6 +288,18 @@ impl Client {
         self.send(self.request(reqwest::Method::POST, path).json(body)).await
     }
 
+    /// `POST path` with `text`, JSON the caller checked, sent as written: the
+    /// server's complaints then point at lines and columns of the caller's text.
+    pub async fn post_text(&self, path: &str, text: String) -> Result<(StatusCode, Value), ClientError> {
+        no_dot_segments(path)?;
+        self.send(
+            self.request(reqwest::Method::POST, path)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(text),
+        )
+        .await
+    }
+
     /// `DELETE path`, answering the status.
     pub async fn delete(&self, path: &str) -> Result<StatusCode, ClientError> {
         no_dot_segments(path)?;

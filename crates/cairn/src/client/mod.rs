@@ -48,8 +48,73 @@ fn proc_path(id: &str) -> String {
     format!("/v1/processes/{}", segment(id))
 }
 
+/// `raw` as JSON, refusing a key given twice in an object (serde_json keeps
+/// the last one; the server refuses it in its own bodies, and a command
+/// line must not quietly pick one: `{"id":"a","id":"b"}` would start `b`).
 fn parse_json_arg(what: &str, raw: &str) -> Result<Value, ClientError> {
-    serde_json::from_str(raw).map_err(|e| ClientError::Usage(format!("{what} is not JSON: {e}")))
+    serde_json::from_str::<StrictJson>(raw)
+        .map(|v| v.0)
+        .map_err(|e| ClientError::Usage(format!("{what} is not JSON: {e}")))
+}
+
+/// A JSON value whose objects hold each key once. Written here (some thirty
+/// lines over serde's visitor) because serde_json has no strict mode and no
+/// maintained crate adds one to a `Value`.
+struct StrictJson(Value);
+
+impl<'de> serde::Deserialize<'de> for StrictJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictJson)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictJson(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!("the key `{key}` is given twice")));
+            }
+            let StrictJson(v) = map.next_value()?;
+            object.insert(key, v);
+        }
+        Ok(Value::Object(object))
+    }
 }
 
 async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCode, ClientError> {
@@ -62,8 +127,9 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                 None | Some("-") => read_stdin("the start request")?,
                 Some(s) => s.to_string(),
             };
-            let body = parse_json_arg("the start request", &raw)?;
-            let (status, record) = client.post("/v1/processes", &body).await?;
+            parse_json_arg("the start request", &raw)?;
+            // Sent as written: the server's complaints point into it.
+            let (status, record) = client.post_text("/v1/processes", raw).await?;
             if json {
                 print_json(&record);
             } else {
