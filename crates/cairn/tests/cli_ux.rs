@@ -852,3 +852,41 @@ async fn json_arguments_are_taken_as_written() {
         out.stderr
     );
 }
+
+/// `run --id X` again from another directory is a different run under the
+/// same id: refused, saying what differs and what to do, not a bare 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_an_id_started_elsewhere_says_what_differs() {
+    let server = Server::start(&[]).await;
+    let a = tempfile::tempdir().expect("tempdir");
+    let b = tempfile::tempdir().expect("tempdir");
+    let run_in = |dir: &std::path::Path| {
+        let dir = dir.to_path_buf();
+        let base = server.base.clone();
+        async move {
+            tokio::process::Command::new(BIN)
+                .args(["--server", &base, "run", "--id", "here", "--", "true"])
+                .current_dir(dir)
+                .env_remove("CAIRN_TOKEN")
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .expect("run cairn")
+        }
+    };
+    let first = run_in(a.path()).await;
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let again = run_in(b.path()).await;
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("the directory (cwd)") && said.contains("new --id"),
+        "{said}"
+    );
+    assert!(!said.contains("the command"), "the command is the same: {said}");
+}

@@ -494,6 +494,43 @@ async fn await_command(client: &Client, json: bool, id: &str, timeout: Duration)
     })
 }
 
+/// `run --id X` of an `X` started otherwise: which of what identifies a run
+/// differs (its command, directory, forwarded environment, disposition,
+/// timeout), and what to do.
+async fn run_conflict(client: &Client, id: &str, body: &Value) -> ClientError {
+    let stored = client.get(&proc_path(id)).await.ok();
+    let mut differs = Vec::new();
+    if let Some(stored) = &stored {
+        let mine = |p: &str| body.pointer(p).cloned().unwrap_or(Value::Null);
+        let theirs = |p: &str| stored.pointer(p).cloned().unwrap_or(Value::Null);
+        for (pointer, what) in [
+            ("/input/args/argv", "the command"),
+            ("/input/args/cwd", "the directory (cwd)"),
+            ("/input/args/env", "the forwarded environment"),
+            ("/input/args/timeout_ms", "the timeout"),
+            ("/disposition", "the disposition"),
+            ("/input/tool", "the kind of process"),
+        ] {
+            if mine(pointer) != theirs(pointer) {
+                differs.push(what);
+            }
+        }
+    }
+    let which = if differs.is_empty() {
+        "its start request".to_string()
+    } else {
+        differs.join(", ")
+    };
+    ClientError::Api {
+        status: 409,
+        code: "registration_conflict".into(),
+        message: format!(
+            "{id} already exists, started with another {which}: an id names one run; give a new --id,              or see that one with `cairn get {id}` and `cairn events {id}`"
+        ),
+        tombstone: None,
+    }
+}
+
 /// A stream of `kind` signals, or none where it cannot be installed (the
 /// run then goes on without hearing of them).
 fn unix_signal(kind: tokio::signal::unix::SignalKind) -> Option<tokio::signal::unix::Signal> {
@@ -619,7 +656,12 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
         "input": {"type": "tool_call", "tool": "shell", "args": tool_args},
         "disposition": args.disposition.wire(),
     });
-    let (status, record) = client.post("/v1/processes", &body).await?;
+    let (status, record) = match client.post("/v1/processes", &body).await {
+        Err(ClientError::Api { code, .. }) if code == "registration_conflict" => {
+            return Err(run_conflict(client, &id, &body).await)
+        }
+        other => other?,
+    };
     let verb = start_verb(status, &record);
     let ended = str_at(&record, "/status") != "running";
     if args.detach {
