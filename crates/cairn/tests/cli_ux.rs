@@ -890,3 +890,28 @@ async fn a_run_of_an_id_started_elsewhere_says_what_differs() {
     );
     assert!(!said.contains("the command"), "the command is the same: {said}");
 }
+
+/// A start request that is empty (stdin with nothing on it) or the name of
+/// a file says so and how to give it, rather than "EOF while parsing".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_or_file_named_start_request_says_how_to_give_it() {
+    let server = Server::start(&[]).await;
+    let out = server.cli(&["start"], Some("")).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("is empty") && out.stderr.contains("- < FILE"),
+        "{}",
+        out.stderr
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("start.json");
+    std::fs::write(&file, "{}").expect("write");
+    let name = file.to_str().expect("utf-8").to_string();
+    let out = server.cli(&["start", &name], None).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("is a file") && out.stderr.contains(&format!("- < {name}")),
+        "{}",
+        out.stderr
+    );
+}

@@ -369,7 +369,12 @@ impl Client {
                 }
                 Ok(false)
             };
-            match attempt.await {
+            let answer = attempt.await;
+            let lost = match &answer {
+                Err(e) => Some(e.to_string()),
+                _ => None,
+            };
+            match answer {
                 Ok(true) => return Ok(()),
                 Err(e @ ClientError::Unreachable { .. }) if !opened => return Err(e),
                 // `unavailable` (503: the store faulted, or the server was
@@ -395,9 +400,13 @@ impl Client {
                     match retries.next() {
                         Some(delay) => tokio::time::sleep(delay).await,
                         None => {
+                            let why = lost.map_or_else(
+                                || "the server kept ending it early".to_string(),
+                                |e| format!("the last try: {e}"),
+                            );
                             return Err(ClientError::Interrupted(format!(
-                                "lost the event stream of {id} and could not resume it"
-                            )))
+                                "lost the event stream of {id} and could not resume it for about 40 s ({why});                                  `cairn events {id} --follow` picks it up again"
+                            )));
                         }
                     }
                 }

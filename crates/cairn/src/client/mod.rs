@@ -52,9 +52,21 @@ fn proc_path(id: &str) -> String {
 /// the last one; the server refuses it in its own bodies, and a command
 /// line must not quietly pick one: `{"id":"a","id":"b"}` would start `b`).
 fn parse_json_arg(what: &str, raw: &str) -> Result<Value, ClientError> {
-    serde_json::from_str::<StrictJson>(raw)
-        .map(|v| v.0)
-        .map_err(|e| ClientError::Usage(format!("{what} is not JSON: {e}")))
+    if raw.trim().is_empty() {
+        return Err(ClientError::Usage(format!(
+            "{what} is empty: give it as an argument, or on stdin (`- < FILE`)"
+        )));
+    }
+    serde_json::from_str::<StrictJson>(raw).map(|v| v.0).map_err(|e| {
+        // A file's name where its content was meant.
+        let file = std::path::Path::new(raw.trim()).is_file();
+        let hint = if file {
+            format!("; `{raw}` is a file: pipe it in with `- < {raw}`")
+        } else {
+            String::new()
+        };
+        ClientError::Usage(format!("{what} is not JSON: {e}{hint}"))
+    })
 }
 
 /// A JSON value whose objects hold each key once. Written here (some thirty
