@@ -285,7 +285,12 @@ impl Op {
     /// An append by a caller of the public API.
     pub fn append(id: &str, request: AppendRequest) -> Result<Self> {
         validate_id("process id", id)?;
-        crate::validate::validate_event_type_name(&request.event_type)?;
+        // A name no type could have is said as such (a signal's, as the
+        // signal name it is), not as undeclared.
+        match request.event_type.strip_prefix(crate::events::SIGNAL_PREFIX) {
+            Some(name) => crate::events::validate_signal_name(name)?,
+            None => crate::validate::validate_event_type_name(&request.event_type)?,
+        }
         Ok(Self::Append {
             id: id.to_string(),
             request,
