@@ -62,6 +62,10 @@ struct Heap {
     cpu: Duration,
     /// Allocations since the CPU time was last read.
     since_check: u32,
+    /// Bytes the activation holds outside this heap for the script: the
+    /// calls and log lines of the step not yet handed to the driver
+    /// ([`State::outside`]). They count against the limit as the heap does.
+    outside: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Allocations (of the few that reach this allocator) between two reads of
@@ -74,6 +78,11 @@ impl Heap {
             .stop
             .compare_exchange(RUN, MEMORY, Ordering::SeqCst, Ordering::SeqCst);
         std::ptr::null_mut()
+    }
+
+    /// What the activation holds: this heap, and its calls outside it.
+    fn held(&self) -> usize {
+        self.used.saturating_add(self.outside.load(Ordering::Relaxed))
     }
 
     /// Whether this allocation must be refused because the script is to
@@ -105,7 +114,7 @@ unsafe impl rquickjs::allocator::Allocator for Heap {
         if self.stopping() {
             return std::ptr::null_mut();
         }
-        if self.used.saturating_add(size) > self.limit {
+        if self.held().saturating_add(size) > self.limit {
             return self.refuse();
         }
         let ptr = self.inner.alloc(size);
@@ -120,7 +129,7 @@ unsafe impl rquickjs::allocator::Allocator for Heap {
         if self.stopping() {
             return std::ptr::null_mut();
         }
-        if self.used.saturating_add(count.saturating_mul(size)) > self.limit {
+        if self.held().saturating_add(count.saturating_mul(size)) > self.limit {
             return self.refuse();
         }
         let ptr = self.inner.calloc(count, size);
@@ -143,7 +152,7 @@ unsafe impl rquickjs::allocator::Allocator for Heap {
             return std::ptr::null_mut();
         }
         let old = rquickjs::allocator::RustAllocator::usable_size(ptr);
-        if self.used.saturating_sub(old).saturating_add(new_size) > self.limit {
+        if self.held().saturating_sub(old).saturating_add(new_size) > self.limit {
             return self.refuse();
         }
         let grown = self.inner.realloc(ptr, new_size);
@@ -469,6 +478,11 @@ struct State {
     cancel_seen: Option<u64>,
     ctx: ToolContext,
     stop: Arc<AtomicU8>,
+    /// The bytes of `entries` (each call's JSON, held as the entry and its
+    /// pending copy), counted against the heap limit ([`Heap`]) until the
+    /// step hands them to the driver: a script cannot pile calls up outside
+    /// the heap it is limited to.
+    outside: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl State {
@@ -495,6 +509,12 @@ impl State {
 
     fn fresh(&self, kind: &str) -> Value {
         fresh(kind, self.ctx.now_ms())
+    }
+
+    /// The step's entries, handed on: they are no longer held here.
+    fn take_entries(&mut self) -> Vec<Entry> {
+        self.outside.store(0, Ordering::Relaxed);
+        std::mem::take(&mut self.entries)
     }
 
     fn native(&mut self, kind: &str, payload: &str) -> String {
@@ -548,6 +568,7 @@ impl State {
                 }
                 self.logs += 1;
                 if self.logs > self.journal.logs {
+                    self.outside.fetch_add(payload.len(), Ordering::Relaxed);
                     self.entries.push(Entry::Log(self.logs, p));
                 }
                 return "{}".into();
@@ -607,7 +628,11 @@ impl State {
                         });
                         call = refused_stub(n, kind);
                     }
-                    None => self.entries.push(Entry::Call(n, call.clone())),
+                    None => {
+                        self.outside
+                            .fetch_add(payload.len().saturating_mul(2), Ordering::Relaxed);
+                        self.entries.push(Entry::Call(n, call.clone()));
+                    }
                 },
             },
         }
@@ -749,6 +774,7 @@ const ESCAPES_ALLOWED: u32 = 16;
 pub(crate) fn runtime(
     limits: &Limits,
     stop: Arc<AtomicU8>,
+    outside: Arc<std::sync::atomic::AtomicUsize>,
     on_escape: Box<dyn FnOnce() + Send>,
 ) -> Result<(Runtime, Context), String> {
     // Below the minimum QuickJS cannot build its intrinsics, and a refused
@@ -766,6 +792,7 @@ pub(crate) fn runtime(
         started,
         cpu,
         since_check: 0,
+        outside,
     })
     .map_err(|e| e.to_string())?;
     rt.set_max_stack_size(1 << 20);
@@ -908,7 +935,7 @@ pub(crate) type ExportsAnswer = Result<Vec<String>, (bool, Value)>;
 
 fn compile(limits: &Limits, source: &str, stop: Arc<AtomicU8>, on_escape: Box<dyn FnOnce() + Send>) -> ExportsAnswer {
     let fail = |m: String| (false, json!({"code": "script_engine", "message": m, "stack": null}));
-    let (rt, context) = runtime(limits, stop.clone(), on_escape).map_err(fail)?;
+    let (rt, context) = runtime(limits, stop.clone(), Arc::default(), on_escape).map_err(fail)?;
     REFUSED_IMPORT.with(|r| r.borrow_mut().take());
     let answer = context.with(|ctx| {
         // The module loads with the globals an activation gives it.
@@ -1044,7 +1071,8 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
             });
         })
     };
-    let (_rt, context) = match runtime(&limits, stop.clone(), on_escape) {
+    let outside = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (_rt, context) = match runtime(&limits, stop.clone(), outside.clone(), on_escape) {
         Ok(built) => built,
         Err(e) => return end(engine_failure(e), Vec::new()),
     };
@@ -1066,6 +1094,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
         cancel_seen: None,
         ctx: tool_ctx,
         stop: stop.clone(),
+        outside,
     }));
     // How a call that threw ends the activation: a limit the context's calls
     // hit (`journal_limit`, say) interrupts the script, and QuickJS reports
@@ -1104,12 +1133,12 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
             Ok(Some(ns)) => ns,
             Ok(None) => {
                 let err = json!({"code": "uncaught", "message": PENDING_TOP_LEVEL, "stack": null});
-                let entries = std::mem::take(&mut state.borrow_mut().entries);
+                let entries = state.borrow_mut().take_entries();
                 return end(thrown(&err), entries);
             }
             Err(_) => {
                 let err = caught(&ctx, Some(&api));
-                let entries = std::mem::take(&mut state.borrow_mut().entries);
+                let entries = state.borrow_mut().take_entries();
                 return end(thrown(&err), entries);
             }
         };
@@ -1118,7 +1147,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
             .and_then(|f| f.call::<_, ()>((ns, process_name.as_str())));
         if start.is_err() {
             let err = caught(&ctx, Some(&api));
-            let entries = std::mem::take(&mut state.borrow_mut().entries);
+            let entries = state.borrow_mut().take_entries();
             return end(thrown(&err), entries);
         }
         let Ok(deliver) = api.get::<_, Function>("deliver") else {
@@ -1139,7 +1168,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
                 for (n, result) in batch {
                     if deliver.call::<_, ()>((n, result.to_string())).is_err() {
                         let err = caught(&ctx, Some(&api));
-                        let entries = std::mem::take(&mut state.borrow_mut().entries);
+                        let entries = state.borrow_mut().take_entries();
                         return end(thrown(&err), entries);
                     }
                 }
@@ -1151,7 +1180,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
             let (entries, pending, fatal) = {
                 let mut s = state.borrow_mut();
                 (
-                    std::mem::take(&mut s.entries),
+                    s.take_entries(),
                     s.pending.iter().map(|(n, c)| (*n, c.clone())).collect::<Vec<_>>(),
                     s.fatal.clone(),
                 )

@@ -1151,6 +1151,32 @@ async fn refused_calls_are_not_held_outside_the_heap_limit() {
     assert!(grew < 250 << 20, "the peak grew by {} MiB", grew >> 20);
 }
 
+/// Calls a step makes count against the heap limit until the step hands
+/// them on: a script making many calls each just under the journal's limit
+/// in one step (the strings shared, so its heap stays small) ends
+/// `memory_limit` instead of making the server hold them all outside it.
+#[tokio::test]
+async fn a_steps_calls_count_against_the_heap_limit() {
+    let p = runtime(Limits {
+        heap_bytes: 16 << 20,
+        ..Limits::default()
+    });
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const big = "x".repeat(900000);
+            for (let i = 0; i < 200; i++) ctx.emit("t", {i, v: big});
+            return "held";
+        }"#,
+    )
+    .await;
+    let rec = run(&p, script("held", &m, "main", json!({}))).await;
+    let Some(Outcome::Failure { code, .. }) = &rec.outcome else {
+        panic!("{rec:?}")
+    };
+    assert_eq!(code, "memory_limit", "{rec:?}");
+}
+
 /// A call too large to journal rejects with `payload_too_large`, and the
 /// script goes on; a replay (after the sleep's suspension) is refused the
 /// same call the same way.
