@@ -538,6 +538,74 @@ pub fn check_payload(t: &EventType, payload: &Value) -> Result<()> {
     Ok(())
 }
 
+/// `bytes` as a JSON value, refusing an object that gives a key twice
+/// (serde_json keeps the last; a request must not quietly mean one of two
+/// values: `{"id":"a","id":"b"}`). The refusal is a data error
+/// (`serde_json::error::Category::Data`), any other a syntax error.
+pub fn parse_strict_json(bytes: &[u8]) -> std::result::Result<Value, serde_json::Error> {
+    serde_json::from_slice::<StrictJson>(bytes).map(|v| v.0)
+}
+
+/// A JSON value whose objects hold each key once. Written here (some thirty
+/// lines over serde's visitor) because serde_json has no strict mode and no
+/// maintained crate adds one to a `Value`.
+struct StrictJson(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for StrictJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictJson)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<serde_json::Value, E> {
+        Ok(serde_json::Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<serde_json::Value, E> {
+        Ok(serde_json::Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<serde_json::Value, E> {
+        Ok(serde_json::Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<serde_json::Value, E> {
+        Ok(serde_json::Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<serde_json::Value, E> {
+        Ok(serde_json::Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> std::result::Result<serde_json::Value, E> {
+        Ok(serde_json::Value::String(v))
+    }
+    fn visit_unit<E>(self) -> std::result::Result<serde_json::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<serde_json::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictJson(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<serde_json::Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!("the key `{key}` is given twice")));
+            }
+            let StrictJson(v) = map.next_value()?;
+            object.insert(key, v);
+        }
+        Ok(serde_json::Value::Object(object))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

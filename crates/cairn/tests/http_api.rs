@@ -1200,3 +1200,35 @@ async fn parameters_a_route_does_not_read_are_refused() {
     assert_eq!(c.get("/v1/schedules/nightly").await.0, 200, "the schedule stays");
     assert_eq!(c.delete("/v1/schedules/nightly").await.0, 204);
 }
+
+/// A key given twice anywhere in a body is refused and changes nothing, in
+/// an open field (a tool's `args`) and in a schedule's fields alike, not
+/// read as its last value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_given_twice_is_refused() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let args_twice = br#"{"id":"d1","disposition":"rerunnable","input":{"type":"tool_call","tool":"echo","args":{"value":1,"value":2}}}"#;
+    let (s, err) = c
+        .post_raw("/v1/processes", "application/json", args_twice.to_vec())
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("given twice"),
+        "{err}"
+    );
+    assert_eq!(c.get("/v1/processes/d1").await.0, 404);
+    let schedule_twice = br#"{"id":"nightly","id":"nightly-old","every":"1h","overlap":"skip","start":{"input":{"type":"tool_call","tool":"echo","args":{"value":1}},"disposition":"rerunnable"}}"#;
+    let (s, err) = c
+        .post_raw("/v1/schedules", "application/json", schedule_twice.to_vec())
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+    for id in ["nightly", "nightly-old"] {
+        assert_eq!(c.get(&format!("/v1/schedules/{id}")).await.0, 404, "{id}");
+    }
+    // Malformed JSON is still said as the parser says it.
+    let (s, err) = c
+        .post_raw("/v1/processes", "application/json", b"{\"id\": ".to_vec())
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+}

@@ -57,7 +57,7 @@ fn parse_json_arg(what: &str, raw: &str) -> Result<Value, ClientError> {
             "{what} is empty: give it as an argument, or on stdin (`- < FILE`)"
         )));
     }
-    serde_json::from_str::<StrictJson>(raw).map(|v| v.0).map_err(|e| {
+    cairn_core::validate::parse_strict_json(raw.as_bytes()).map_err(|e| {
         // A file's name where its content was meant.
         let file = std::path::Path::new(raw.trim()).is_file();
         let hint = if file {
@@ -67,66 +67,6 @@ fn parse_json_arg(what: &str, raw: &str) -> Result<Value, ClientError> {
         };
         ClientError::Usage(format!("{what} is not JSON: {e}{hint}"))
     })
-}
-
-/// A JSON value whose objects hold each key once. Written here (some thirty
-/// lines over serde's visitor) because serde_json has no strict mode and no
-/// maintained crate adds one to a `Value`.
-struct StrictJson(Value);
-
-impl<'de> serde::Deserialize<'de> for StrictJson {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(StrictJson)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> serde::de::Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_string()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(StrictJson(v)) = seq.next_element()? {
-            items.push(v);
-        }
-        Ok(Value::Array(items))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut object = serde_json::Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if object.contains_key(&key) {
-                return Err(serde::de::Error::custom(format_args!("the key `{key}` is given twice")));
-            }
-            let StrictJson(v) = map.next_value()?;
-            object.insert(key, v);
-        }
-        Ok(Value::Object(object))
-    }
 }
 
 async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCode, ClientError> {

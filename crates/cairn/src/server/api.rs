@@ -229,6 +229,14 @@ where
                 "request body: expected a JSON object, not an array",
             ));
         }
+        // A key given twice anywhere (a tool's args, a schedule's fields)
+        // is refused, not read as its last value; a typed field would be
+        // refused by serde, an open one (`args`) would not.
+        if let Err(e) = cairn_core::validate::parse_strict_json(&bytes) {
+            if e.classify() == serde_json::error::Category::Data {
+                return Err(ApiError::invalid_request(format!("request body: {e}")));
+            }
+        }
         serde_json::from_slice(&bytes)
             .map(ApiJson)
             .map_err(|e| ApiError::invalid_request(format!("request body: {e}")))
