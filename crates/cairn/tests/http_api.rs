@@ -1232,3 +1232,24 @@ async fn a_key_given_twice_is_refused() {
         .await;
     assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
 }
+
+/// A refused body names the field it is about, also where the parser's own
+/// words do not (a null where a disposition goes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_body_names_its_field() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let (s, err) = c
+        .start(json!({"id": "d1", "input": {"type": "external"}, "disposition": null}))
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("`disposition`"),
+        "{err}"
+    );
+    let (s, err) = c
+        .start(json!({"id": "d2", "input": {"type": "tool_call", "tool": 7}, "disposition": "rerunnable"}))
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("`input"), "{err}");
+}

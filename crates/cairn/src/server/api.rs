@@ -237,9 +237,18 @@ where
                 return Err(ApiError::invalid_request(format!("request body: {e}")));
             }
         }
-        serde_json::from_slice(&bytes)
-            .map(ApiJson)
-            .map_err(|e| ApiError::invalid_request(format!("request body: {e}")))
+        // The field a refusal is about is named (`disposition: ...`).
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let at = e.path().to_string();
+            match at.as_str() {
+                "" | "." => ApiError::invalid_request(format!("request body: {}", e.inner())),
+                _ => ApiError::invalid_request(format!("request body: `{at}`: {}", e.inner())),
+            }
+        })?;
+        de.end()
+            .map_err(|e| ApiError::invalid_request(format!("request body: {e}")))?;
+        Ok(ApiJson(value))
     }
 }
 
