@@ -578,6 +578,27 @@ impl ToolContext {
             }
             let children = self.children_records(ids).await?;
             if children_satisfied(&children, mode) {
+                // Satisfied only after the deadline (an owner-bound run that
+                // read late): the wait timed out first, as a suspended one's
+                // would (`wake_parent` takes no end past it).
+                let until = match deadline {
+                    Deadline::At(until) => until,
+                    Deadline::After(_) => waited.and_then(|e| e.payload.get("until_ms").and_then(Value::as_u64)),
+                };
+                let ends = children.iter().filter_map(|r| r.terminal_at_ms);
+                let satisfied_at = match mode {
+                    ChildrenMode::Any => ends.min(),
+                    ChildrenMode::All => ends.max(),
+                };
+                if let (Some(until), Some(at)) = (until, satisfied_at) {
+                    if at > until && resumed.is_none() {
+                        if waited.is_some() {
+                            wait.until_ms = Some(until);
+                            self.resume(&wait, "timed_out").await?;
+                        }
+                        return Ok(None);
+                    }
+                }
                 if waited.is_some() && resumed.is_none() {
                     self.resume(&wait, "children").await?;
                 }

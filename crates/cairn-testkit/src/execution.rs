@@ -113,7 +113,7 @@ impl Tool for BlockTool {
     }
 }
 
-fn tools(extra: Vec<Arc<dyn Tool>>) -> ToolRegistry {
+pub(crate) fn tools(extra: Vec<Arc<dyn Tool>>) -> ToolRegistry {
     let mut t = builtin_tools(false);
     t.register(Arc::new(ShellTool::default()));
     for tool in extra {
@@ -131,7 +131,7 @@ fn one_slot() -> WorkerConfig {
     }
 }
 
-fn config(owner: &str) -> WorkerConfig {
+pub(crate) fn config(owner: &str) -> WorkerConfig {
     WorkerConfig {
         owner_id: owner.to_string(),
         node_id: None,

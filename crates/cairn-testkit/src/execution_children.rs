@@ -352,3 +352,78 @@ pub async fn a_transferred_parents_children_go_to_its_new_holder(factory: &dyn S
     p.shutdown().await;
     front.shutdown().await;
 }
+
+/// Starts an externally owned child `{id}/1` and waits for it at most
+/// `timeout_ms`: succeeds `"children"` when the wait is answered with the
+/// child, `"timed_out"` when it timed out.
+struct WaitOneChild;
+
+#[async_trait]
+impl Tool for WaitOneChild {
+    fn name(&self) -> &str {
+        "wait_one_child"
+    }
+
+    async fn run(&self, ctx: ToolContext, args: Value) -> Outcome {
+        let id = format!("{}/1", ctx.process_id());
+        if let Err(e) = ctx.start_child(StartRequest::external(&id, json!({}))).await {
+            return Outcome::failure("test", e.code(), e.to_string());
+        }
+        let timeout = std::time::Duration::from_millis(args["timeout_ms"].as_u64().unwrap_or(300));
+        match ctx.wait_children(&[id], ChildrenMode::All, Some(timeout)).await {
+            Ok(Some(_)) => Outcome::success(json!("children")),
+            Ok(None) => Outcome::success(json!("timed_out")),
+            Err(e) => Outcome::failure("test", e.code(), e.to_string()),
+        }
+    }
+}
+
+/// An owner-bound wait for a child that ends only after the wait's deadline
+/// times out, even when the run reads the child's end before it records the
+/// timeout (its store slow to answer): as a suspended parent's wait would,
+/// whose deadline takes no later end.
+pub async fn an_owner_bound_wait_for_a_child_that_ends_late_times_out(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let probe = crate::probe::ReadProbe::new(store.registry.clone());
+    let p = Processes::builder(probe.clone())
+        .tools(crate::execution::tools(vec![Arc::new(WaitOneChild)]))
+        .clock(Arc::new(store.clock.clone()))
+        .worker_config(crate::execution::config("w1"))
+        .start();
+    p.start(StartRequest::tool(
+        "late",
+        "wait_one_child",
+        json!({"timeout_ms": 300}),
+        Disposition::OwnerBound,
+    ))
+    .await
+    .expect("start");
+    p.await_event("late", "process.waiting", 0, WAIT)
+        .await
+        .expect("waiting");
+    let mut held = probe.held_log_reads();
+    probe.hold_log_reads(true);
+    store.clock.advance(301);
+    // The run's read once its 300 ms have passed waits; then the child ends.
+    tokio::time::timeout(WAIT, held.wait_for(|n| *n >= 1))
+        .await
+        .expect("the run read the log again")
+        .expect("probe");
+    p.complete_external("late/1", Outcome::success(json!(1)), "test")
+        .await
+        .expect("complete the child");
+    probe.hold_log_reads(false);
+    let r = terminal(&p, "late").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!("timed_out"))), "{r:?}");
+    let resumed: Vec<Value> = p
+        .events("late", 0, Some(1000))
+        .await
+        .expect("events")
+        .events
+        .into_iter()
+        .filter(|e| e.event_type == "process.resumed")
+        .map(|e| e.payload["reason"].clone())
+        .collect();
+    assert_eq!(resumed, [json!("timed_out")]);
+    p.shutdown().await;
+}
