@@ -46,9 +46,9 @@ pub(crate) const MEMORY: u8 = 4;
 ///
 /// The CPU limit is checked here too, not only at the interrupt handler's
 /// polls, which a long native built-in (`JSON.stringify` of a large string)
-/// makes none of; and once the script is stopped, what still reaches this
-/// allocator (large blocks, new arenas: QuickJS serves small blocks from
-/// its own) is refused, so a built-in cannot go on working past the stop.
+/// makes none of; and once the script is stopped, a large block (a
+/// built-in's buffer) is refused, so a built-in cannot go on working past
+/// the stop.
 struct Heap {
     inner: rquickjs::allocator::RustAllocator,
     used: usize,
@@ -85,33 +85,41 @@ impl Heap {
         self.used.saturating_add(self.outside.load(Ordering::Relaxed))
     }
 
-    /// Whether this allocation must be refused because the script is to
-    /// stop (already, or now: past its CPU time).
-    fn stopping(&mut self) -> bool {
+    /// Whether an allocation of `size` bytes must be refused because the
+    /// script is to stop (already, or now: past its CPU time). Only a block
+    /// larger than an arena is: the native work a built-in does past the stop
+    /// is cut short, while the small blocks the engine's own unwinding needs
+    /// (its uncatchable "interrupted" error, a new 4 KiB arena for it) are
+    /// given: refused, the error would be a catchable `null`.
+    fn stopping(&mut self, size: usize) -> bool {
         if !self.armed.load(Ordering::Relaxed) {
             return false;
         }
         if self.stop.load(Ordering::Relaxed) != RUN {
-            return true;
+            return size > ENGINE_ARENA_BYTES;
         }
         self.since_check += 1;
         if self.since_check >= CPU_CHECK_EVERY {
             self.since_check = 0;
             if thread_cpu().saturating_sub(self.started) > self.cpu {
                 let _ = self.stop.compare_exchange(RUN, CPU, Ordering::SeqCst, Ordering::SeqCst);
-                return true;
+                return size > ENGINE_ARENA_BYTES;
             }
         }
         false
     }
 }
 
+/// The engine's arena size (QuickJS's `JS_ARENA_SIZE`): it serves blocks up
+/// to 512 bytes from arenas of this size, and asks for larger blocks alone.
+const ENGINE_ARENA_BYTES: usize = 4096;
+
 // SAFETY: every call is passed through to `RustAllocator` unchanged or
 // refused with a null pointer, which the trait allows; the sizes counted are
 // the ones `RustAllocator::usable_size` reports for its own allocations.
 unsafe impl rquickjs::allocator::Allocator for Heap {
     fn alloc(&mut self, size: usize) -> *mut u8 {
-        if self.stopping() {
+        if self.stopping(size) {
             return std::ptr::null_mut();
         }
         if self.held().saturating_add(size) > self.limit {
@@ -126,7 +134,7 @@ unsafe impl rquickjs::allocator::Allocator for Heap {
     }
 
     fn calloc(&mut self, count: usize, size: usize) -> *mut u8 {
-        if self.stopping() {
+        if self.stopping(count.saturating_mul(size)) {
             return std::ptr::null_mut();
         }
         if self.held().saturating_add(count.saturating_mul(size)) > self.limit {
@@ -148,7 +156,7 @@ unsafe impl rquickjs::allocator::Allocator for Heap {
     }
 
     unsafe fn realloc(&mut self, ptr: *mut u8, new_size: usize) -> *mut u8 {
-        if self.stopping() {
+        if self.stopping(new_size) {
             return std::ptr::null_mut();
         }
         let old = rquickjs::allocator::RustAllocator::usable_size(ptr);
@@ -1061,10 +1069,16 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
         let (steps, stop, limits) = (steps.clone(), stop.clone(), limits.clone());
         Box::new(move || {
             let err = json!({"message": "the script ran on past the limit that stopped it", "stack": null});
+            let mut end = failure(&stop, &limits, &err);
+            if let Outcome::Failure { message, .. } = &mut end {
+                message.push_str(
+                    "; it ran on past its stop (inside promise executors): its engine thread is held until the server stops",
+                );
+            }
             let _ = steps.send(Step {
                 entries: Vec::new(),
                 pending: Vec::new(),
-                end: Some(failure(&stop, &limits, &err)),
+                end: Some(end),
                 settled: false,
                 saw_cancel: false,
                 cancel_seen: None,

@@ -563,6 +563,37 @@ async fn limits_hold_against_promise_executors_and_native_built_ins() {
         };
         assert_eq!(code, "cpu_limit", "{name}: {:?}", rec.outcome);
     }
+    // A script that swallows every error it can catch, keeping what it
+    // makes, is still unwound by the stop (the engine's "interrupted" error
+    // is allocated, and uncatchable), not given up and held.
+    let big = Limits {
+        cpu: Duration::from_millis(300),
+        heap_bytes: 1 << 30,
+        ..Limits::default()
+    };
+    let keeper = runtime(big);
+    let m = put(
+        &keeper,
+        r#"export async function keep() {
+            const kept = [];
+            for (;;) { try { for (;;) kept.push({n: kept.length}); } catch (_) {} }
+        }"#,
+    )
+    .await;
+    let rec = tokio::time::timeout(
+        Duration::from_secs(60),
+        run(&keeper, script("keep", &m, "keep", json!({}))),
+    )
+    .await
+    .expect("the script was stopped");
+    let Some(Outcome::Failure { code, message, .. }) = &rec.outcome else {
+        panic!("{rec:?}")
+    };
+    assert_eq!(code, "cpu_limit", "{rec:?}");
+    assert!(
+        !message.contains("ran on past its stop"),
+        "unwound, not held: {message}"
+    );
     for top in [
         "for (;;) new Promise(() => { for (;;) {} });\nexport async function f() {}",
         "const big = 'x'.repeat(4000000); for (;;) JSON.stringify(big);\nexport async function f() {}",
