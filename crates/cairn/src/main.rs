@@ -57,22 +57,6 @@ fn tune_c_allocator() {
     }
 }
 
-/// A client command whose reader went away (`cairn --json ls | head -1`)
-/// ends quietly, as other command-line tools do, instead of panicking on the
-/// failed print. Rust ignores `SIGPIPE` so that a write reports the broken
-/// pipe; a client has nothing to do with that report but stop, which the
-/// default action does. The server keeps ignoring it (a client hanging up
-/// must not end it), and sockets never raise it (they are written with
-/// `MSG_NOSIGNAL`).
-fn quit_on_closed_pipe() {
-    #[cfg(unix)]
-    // SAFETY: restoring a signal's default action; called before any other
-    // thread exists.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-}
-
 /// The flags whose values may carry a secret (a model endpoint's key in its
 /// URL, a session's token): a value refused is not echoed, as clap would.
 const SECRET_FLAGS: [&str; 2] = ["--model", "--session-token"];
@@ -123,7 +107,7 @@ fn main() -> ExitCode {
         cli.command,
         Command::Serve(_) | Command::Bench(_) | Command::BenchChild(_) | Command::Mcp { .. } | Command::Run(_)
     ) {
-        quit_on_closed_pipe();
+        cairn::client::quit_on_closed_pipe();
     }
     let serving = matches!(cli.command, Command::Serve(_));
     // The server logs at info by default; client commands only say what went

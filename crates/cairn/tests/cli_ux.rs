@@ -915,3 +915,100 @@ async fn an_empty_or_file_named_start_request_says_how_to_give_it() {
         out.stderr
     );
 }
+
+/// `nohup cairn run ...` keeps its run through a hangup: a signal the caller
+/// set to be ignored stays ignored (no handler replaces the ignore).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_under_nohup_keeps_ignoring_hangups() {
+    use std::os::unix::process::CommandExt;
+    let server = Server::start(&[]).await;
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["--server", &server.base, "run", "--id", "nohup", "--", "sleep", "30"])
+        .env_remove("CAIRN_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: `signal` is async-signal-safe; the closure runs in the child
+    // between fork and exec, setting what `nohup` sets.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut child = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let started = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = stderr.next_line().await.expect("read") {
+            if line.contains("started nohup") {
+                return line;
+            }
+        }
+        panic!("stderr closed before `started nohup`");
+    })
+    .await
+    .expect("started in time");
+    assert!(started.contains("nohup"));
+    // The run is following: its signal handlers are in place. SIGHUP is
+    // still ignored, not caught.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id().expect("pid"))).expect("status");
+    let mask = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or_else(|| panic!("{name} in {status}"))
+    };
+    let hup = 1u64 << (libc::SIGHUP - 1);
+    assert_ne!(mask("SigIgn:") & hup, 0, "SIGHUP is still ignored");
+    assert_eq!(mask("SigCgt:") & hup, 0, "SIGHUP is not caught");
+    let term = 1u64 << (libc::SIGTERM - 1);
+    assert_ne!(
+        mask("SigCgt:") & term,
+        0,
+        "SIGTERM is caught: the handlers are in place"
+    );
+    let _ = child.kill().await;
+    let _ = server.client().post("/v1/processes/nohup/cancel", json!({})).await;
+}
+
+/// `cairn run --detach` whose output is already closed ends quietly, as
+/// other commands do, not with a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detached_run_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let server = Server::start(&[]).await;
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "--server",
+            &server.base,
+            "run",
+            "--detach",
+            "--id",
+            "detached",
+            "--",
+            "true",
+        ])
+        .env_remove("CAIRN_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        // Not `output()`, which pipes stdout itself.
+        .spawn()
+        .expect("spawn cairn")
+        .wait_with_output()
+        .await
+        .expect("run cairn");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!said.contains("panicked"), "{said}");
+    assert!(
+        out.status.signal() == Some(libc::SIGPIPE) || out.status.code() == Some(141),
+        "{:?}: {said}",
+        out.status
+    );
+}

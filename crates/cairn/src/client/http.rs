@@ -405,7 +405,7 @@ impl Client {
                                 |e| format!("the last try: {e}"),
                             );
                             return Err(ClientError::Interrupted(format!(
-                                "lost the event stream of {id} and could not resume it for about 40 s ({why});                                  `cairn events {id} --follow` picks it up again"
+                                "lost the event stream of {id} and could not resume it for about 40 s ({why}); `cairn events {id} --follow` picks it up again"
                             )));
                         }
                     }

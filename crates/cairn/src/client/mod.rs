@@ -477,15 +477,41 @@ async fn run_conflict(client: &Client, id: &str, body: &Value) -> ClientError {
         status: 409,
         code: "registration_conflict".into(),
         message: format!(
-            "{id} already exists, started with another {which}: an id names one run; give a new --id,              or see that one with `cairn get {id}` and `cairn events {id}`"
+            "{id} already exists, started with another {which}: an id names one run; give a new --id, or see that one with `cairn get {id}` and `cairn events {id}`"
         ),
         tombstone: None,
     }
 }
 
+/// A client command whose reader went away (`cairn --json ls | head -1`)
+/// ends quietly, as other command-line tools do, instead of panicking on the
+/// failed print. Rust ignores `SIGPIPE` so that a write reports the broken
+/// pipe; a client has nothing to do with that report but stop, which the
+/// default action does. The server keeps ignoring it (a client hanging up
+/// must not end it), and sockets never raise it (they are written with
+/// `MSG_NOSIGNAL`).
+pub fn quit_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default action (a plain `signal` call,
+    // which touches no memory of ours).
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// A stream of `kind` signals, or none where it cannot be installed (the
-/// run then goes on without hearing of them).
+/// run then goes on without hearing of them) or the caller set it to be
+/// ignored: `nohup cairn run ...` keeps its run through a hangup.
 fn unix_signal(kind: tokio::signal::unix::SignalKind) -> Option<tokio::signal::unix::Signal> {
+    // SAFETY: `sigaction` with a null new action only reads the current one
+    // into `old`, a zeroed struct of the right type.
+    let ignored = unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(kind.as_raw_value(), std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    };
+    if ignored {
+        return None;
+    }
     tokio::signal::unix::signal(kind).ok()
 }
 
@@ -617,6 +643,8 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
     let verb = start_verb(status, &record);
     let ended = str_at(&record, "/status") != "running";
     if args.detach {
+        // Nothing to cancel when the output closes: end quietly, as others do.
+        quit_on_closed_pipe();
         if json {
             print_json(&record);
         } else {
@@ -756,6 +784,9 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
         }
         return Ok(ExitCode::from(code));
     }
+    // The process has ended: a closed output now ends `run` quietly, as it
+    // does every other command.
+    quit_on_closed_pipe();
     let record = client.get(&proc_path(&id)).await?;
     if json {
         print_json(&record);
