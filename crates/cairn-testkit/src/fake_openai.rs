@@ -83,6 +83,13 @@ pub enum Reply {
     /// Stream these `data:` payloads exactly (`"[DONE]"` only where given),
     /// nothing else, then end the body cleanly.
     Raw(Vec<String>),
+    /// Like [`Reply::Chunks`], waiting `delay` between chunks.
+    SlowChunks {
+        /// The chunks, each a `data:` line.
+        chunks: Vec<Value>,
+        /// The pause between two of them.
+        delay: Duration,
+    },
     /// Stream nothing but an SSE comment (`: keep-alive`) every `every`, for
     /// as long as the client reads: an endpoint (or a proxy before it) whose
     /// upstream is stuck.
@@ -291,6 +298,11 @@ fn streamed(reply: Reply) -> Result<(Vec<String>, Duration, Ending), Box<Respons
             (chunks, delay, ending)
         }
         Reply::Raw(payloads) => (payloads, Duration::ZERO, Ending::Nothing),
+        Reply::SlowChunks { chunks, delay } => (
+            chunks.iter().map(Value::to_string).collect(),
+            delay,
+            Ending::UsageAndDone,
+        ),
     })
 }
 

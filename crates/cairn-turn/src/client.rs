@@ -311,7 +311,22 @@ async fn ask(
             finish_reason = reason.clone();
             progress_by = tokio::time::Instant::now() + idle;
         }
-        if adds > 0 {
+        // Any piece of a delta is progress: reasoning a model streams
+        // before its answer (`reasoning_content`, `reasoning`) too. Only
+        // comments and empty or role-only deltas keep a stream alive
+        // without it.
+        let moved = delta.as_object().is_some_and(|d| {
+            d.iter().any(|(k, v)| {
+                k != "role"
+                    && match v {
+                        Value::String(s) => !s.is_empty(),
+                        Value::Array(a) => !a.is_empty(),
+                        Value::Object(o) => !o.is_empty(),
+                        _ => false,
+                    }
+            })
+        });
+        if adds > 0 || moved {
             progress_by = tokio::time::Instant::now() + idle;
         }
         if let Some(text) = text_of("content") {

@@ -1431,3 +1431,23 @@ async fn tool_call_arguments_of_any_text_arrive_whole() {
     let child = s.p.get("utf8/1.1").await.expect("child");
     assert_eq!(child.outcome, Some(Outcome::success(json!("日本語"))));
 }
+
+/// A model that streams its reasoning (`reasoning_content`) for longer than
+/// the idle timeout before its answer is making progress: its call is not
+/// given up, and it is made once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_reasoning_is_progress() {
+    let s = setup().await;
+    let mut chunks: Vec<Value> = (0..15)
+        .map(|i| json!({"choices": [{"index": 0, "delta": {"reasoning_content": format!("step {i} ")}}]}))
+        .collect();
+    chunks.push(json!({"choices": [{"index": 0, "delta": {"content": "answer"}, "finish_reason": "stop"}]}));
+    s.fake.push(Reply::SlowChunks {
+        chunks,
+        delay: Duration::from_millis(200),
+    });
+    s.p.start(turn("reasons", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "reasons").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "answer"}))), "{r:?}");
+    assert_eq!(s.fake.received().len(), 1, "one model call");
+}
