@@ -961,7 +961,8 @@ impl Worker {
     /// store out of reach): nobody may run it again and its outcome is lost,
     /// so the owner files the abandon request it alone can make with
     /// certainty (SPEC §2: the reconciled request, once the lease has
-    /// lapsed), tried again while the store stays out of reach. A process
+    /// lapsed), tried again for as long as the store stays out of reach
+    /// (every 5 s once backed off). A process
     /// that ended meanwhile, or already carries a request, is left as it is.
     fn abandon_lost(self: &Arc<Self>, lease: &crate::model::Lease) {
         use backon::Retryable;
@@ -979,7 +980,7 @@ impl Worker {
                     backon::ExponentialBuilder::default()
                         .with_min_delay(Duration::from_millis(100))
                         .with_max_delay(Duration::from_secs(5))
-                        .with_max_times(120),
+                        .without_max_times(),
                 )
                 .when(|e: &CairnError| !e.is_client_error())
                 .await;
