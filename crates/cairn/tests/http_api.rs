@@ -1142,6 +1142,25 @@ async fn answers_fit_the_served_document() {
         .map(|e| e.to_string())
         .collect();
     assert!(errors.is_empty(), "{errors:#?}");
+    // Schedules hold their templates as stored: one without args, one turn
+    // without a contract.
+    for (id, input) in [
+        ("no-args", json!({"type": "tool_call", "tool": "echo"})),
+        ("turn", json!({"type": "session_turn", "session": {}, "input": "hi"})),
+    ] {
+        let body =
+            json!({"id": id, "every": "1h", "overlap": "skip", "start": {"input": input, "disposition": "rerunnable"}});
+        let (s, schedule) = c.post("/v1/schedules", body).await;
+        assert_eq!(s, 201, "{schedule}");
+        let errors: Vec<String> = validator("Schedule")
+            .iter_errors(&schedule)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{schedule}\n{errors:#?}");
+    }
+    let (s, page) = c.get("/v1/schedules").await;
+    assert_eq!(s, 200);
+    assert!(validator("SchedulePage").is_valid(&page), "{page}");
     // A start still says which tools this server runs, with their args.
     let start = validator("StartRequest");
     assert!(start.is_valid(&tool_start("a", "echo", json!({"value": 1}), "rerunnable")));

@@ -493,11 +493,25 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
             start["description"] = json!("What a start runs, as this server accepts it: a `tool_call` of a tool it runs (with that tool's args), a script, a session turn or external work.");
             all.insert("StartInput".into(), start);
         }
-        let starts = json!({"$ref": "#/components/schemas/StartInput"});
-        for owner in ["StartRequest", "StartTemplate"] {
+        // A schedule's record holds its template as stored (`StartTemplate`);
+        // what a schedule's request may say is `ScheduleStart`.
+        if let Some(mut template) = all.get("StartTemplate").cloned() {
+            template["description"] =
+                json!("A start request without an id, as a schedule's request gives it: what each fire starts.");
+            all.insert("ScheduleStart".into(), template);
+        }
+        if let Some(start) = all
+            .get_mut("ScheduleRequest")
+            .and_then(|o| o.pointer_mut("/properties/start"))
+        {
+            if let Some(obj) = start.as_object_mut() {
+                obj.insert("$ref".into(), json!("#/components/schemas/ScheduleStart"));
+            }
+        }
+        for owner in ["StartRequest", "ScheduleStart"] {
             if let Some(input) = all.get_mut(owner).and_then(|o| o.pointer_mut("/properties/input")) {
                 if let Some(obj) = input.as_object_mut() {
-                    obj.insert("$ref".into(), starts["$ref"].clone());
+                    obj.insert("$ref".into(), json!("#/components/schemas/StartInput"));
                 }
             }
         }
