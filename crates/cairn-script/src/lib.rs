@@ -291,6 +291,17 @@ struct Driver<'a> {
 enum Held {
     /// The run suspended (or was stopped): the activation ends here.
     Stopped,
+    /// The store could not be reached while a wait was decided: nothing
+    /// about the awaited calls is known, so nothing is journaled for them
+    /// and the activation ends (`runtime`, the fault's code): a rerunnable
+    /// run is released and replays the same waits later.
+    Store(CairnError),
+}
+
+/// Whether `e` says only that the store could not be reached (or its
+/// answer was lost): no answer of the awaited call, and none to journal.
+fn store_fault(e: &CairnError) -> bool {
+    matches!(e, CairnError::Unavailable(_) | CairnError::OutcomeUnknown(_))
 }
 
 fn error_result(n: u64, e: &CairnError) -> Value {
@@ -465,6 +476,7 @@ impl Driver<'_> {
                         }
                         None => return self.stopped_outcome(),
                     },
+                    Err(Held::Store(e)) => return Outcome::failure("runtime", e.code(), e.to_string()),
                 }
             }
             if let Some(message) = &self.cancelled {
@@ -780,6 +792,7 @@ impl Driver<'_> {
             Ok(FirstOf::Children(records)) => answers.extend(child_answers(&children, records)),
             Ok(FirstOf::TimedOut) => answers.extend(self.settle_due(&timers, &signals).await?),
             Err(_) if self.ctx.is_stopped() => return Err(Held::Stopped),
+            Err(e) if store_fault(&e) => return Err(Held::Store(e)),
             // A `ctx.wait` that names no child of this process (an unknown
             // id, another process, its own): those calls reject, saying so,
             // and the others wait on in the next round.
@@ -821,6 +834,7 @@ impl Driver<'_> {
         match waited {
             Ok(value) => Ok((n, json!({"n": n, "value": value}))),
             Err(_) if self.ctx.is_stopped() => Err(Held::Stopped),
+            Err(e) if store_fault(&e) => Err(Held::Store(e)),
             Err(e) => Ok((n, error_result(n, &e))),
         }
     }

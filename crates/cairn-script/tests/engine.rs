@@ -2691,3 +2691,33 @@ async fn the_call_limit_ends_a_script_whatever_it_does_next() {
         }
     }
 }
+
+/// A store fault while a script's wait is decided (its suspension refused
+/// `unavailable`) is no answer of the awaited call: nothing is journaled
+/// for it, the run is released, and a later claim replays the same wait,
+/// which the signal then answers.
+#[tokio::test]
+async fn a_store_fault_while_waiting_is_not_the_waits_answer() {
+    let probe = cairn_testkit::probe::ReadProbe::new(Arc::new(MemoryRegistry::new()));
+    let p = Processes::builder(probe.clone())
+        .script_engine(Arc::new(QuickJs::new(Limits::default())))
+        .start();
+    let m = put(
+        &p,
+        r#"export async function main(ctx) { return await ctx.waitSignal("go"); }"#,
+    )
+    .await;
+    probe.fail_next_waits(1);
+    p.start(script("faulted", &m, "main", json!({}))).await.expect("start");
+    p.await_event("faulted", "process.waiting", 0, Duration::from_secs(20))
+        .await
+        .expect("the replay waits");
+    p.signal("faulted", "go", "s1", json!({"ok": 1})).await.expect("signal");
+    let rec = p.await_output("faulted", Duration::from_secs(20)).await.expect("await");
+    assert_eq!(rec.outcome, Some(Outcome::success(json!({"ok": 1}))), "{rec:?}");
+    let results = events(&p, "faulted", "script.result").await;
+    assert!(
+        results.iter().all(|r| r.get("error").is_none()),
+        "no fault was journaled as an answer: {results:?}"
+    );
+}
