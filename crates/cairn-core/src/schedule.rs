@@ -488,6 +488,14 @@ pub struct FireReport {
     /// Fires whose start was refused (recorded as the schedule's
     /// `last_refusal`), as `{schedule_id}@{fire_time_ms}`.
     pub refused: Vec<String>,
+    /// Schedules whose fire failed for the store's sake (tried again by a
+    /// later pass; the others of this pass were fired all the same).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
+    /// The pass stopped at its page cap with schedules still due: the next
+    /// pass goes on at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
 }
 
 #[cfg(test)]

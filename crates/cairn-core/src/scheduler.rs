@@ -46,19 +46,35 @@ impl Scheduler {
         }
     }
 
-    /// Fire every schedule due now, once each.
+    /// Fire every schedule due now, once each. One schedule whose fire the
+    /// store fails does not hold the others back: it is named in the report
+    /// (`failed`) and tried again by a later pass.
     pub(crate) async fn fire_due(&self) -> Result<FireReport> {
         let now = self.clock.now_ms();
         let mut report = FireReport::default();
-        for _ in 0..MAX_PAGES_PER_PASS {
+        let mut failed = std::collections::HashSet::new();
+        for page in 0..MAX_PAGES_PER_PASS {
             let due = self.registry.due_schedules(now, DUE_PAGE).await?;
             let n = due.len();
+            let mut fired = 0;
             for schedule in due {
-                self.fire(&schedule, now, &mut report).await?;
+                if failed.contains(&schedule.id) {
+                    continue;
+                }
+                match self.fire(&schedule, now, &mut report).await {
+                    Ok(()) => fired += 1,
+                    Err(e) => {
+                        tracing::warn!(schedule = %schedule.id, error = %e, "a schedule's fire failed; a later pass tries it again");
+                        failed.insert(schedule.id.clone());
+                        report.failed.push(schedule.id.clone());
+                    }
+                }
             }
-            if n < DUE_PAGE {
+            // A page of nothing but failed schedules would be read again.
+            if n < DUE_PAGE || fired == 0 {
                 break;
             }
+            report.more = page + 1 == MAX_PAGES_PER_PASS;
         }
         Ok(report)
     }
@@ -138,9 +154,15 @@ impl Scheduler {
 
 #[async_trait::async_trait]
 impl crate::worker::DueWork for Scheduler {
-    async fn run_due(&self) {
-        if let Err(e) = self.fire_due().await {
-            tracing::warn!(error = %e, "firing due schedules failed");
+    async fn run_due(&self) -> crate::worker::DueLeft {
+        match self.fire_due().await {
+            Ok(report) if !report.failed.is_empty() => crate::worker::DueLeft::Failed,
+            Ok(report) if report.more => crate::worker::DueLeft::More,
+            Ok(_) => crate::worker::DueLeft::Nothing,
+            Err(e) => {
+                tracing::warn!(error = %e, "firing due schedules failed");
+                crate::worker::DueLeft::Failed
+            }
         }
     }
 }

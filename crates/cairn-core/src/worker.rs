@@ -1082,8 +1082,21 @@ impl Worker {
 /// the due schedules (SPEC §18), whose next fire times `next_due` names.
 #[async_trait::async_trait]
 pub trait DueWork: Send + Sync + 'static {
-    /// Do what is due now; failures are logged, the next drive tries again.
-    async fn run_due(&self);
+    /// Do what is due now; failures are logged. What is left says when the
+    /// driver comes back: at once for more already due, soon (backing off)
+    /// after a failure, else at the next due time.
+    async fn run_due(&self) -> DueLeft;
+}
+
+/// What a [`DueWork`] pass left due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DueLeft {
+    /// Nothing due now.
+    Nothing,
+    /// More is due now than one pass does.
+    More,
+    /// Something failed and is still due.
+    Failed,
 }
 
 /// What a claimed run executes.
@@ -1152,20 +1165,23 @@ impl WorkDriver {
                 let slot_freed = worker.slot_freed.notified();
                 tokio::pin!(slot_freed);
                 let looked_at = worker.clock.now_ms();
+                let mut due_left = DueLeft::Nothing;
                 if let Some(due) = &due {
                     if !worker.is_draining() {
-                        due.run_due().await;
+                        due_left = due.run_due().await;
                     }
                 }
-                match worker.drive_once().await {
-                    Ok(_) => after_failure = None,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "work drive failed");
-                        after_failure = Some(
-                            after_failure.map_or(Duration::from_millis(100), |d| (d * 2).min(Duration::from_secs(5))),
-                        );
-                    }
+                let drove = worker.drive_once().await;
+                if let Err(e) = &drove {
+                    tracing::warn!(error = %e, "work drive failed");
                 }
+                // Work (or a fire) already due has no later due time to wake
+                // the driver: a failure is tried again soon, backing off.
+                after_failure = match (drove.is_err() || due_left == DueLeft::Failed, after_failure) {
+                    (false, _) => None,
+                    (true, None) => Some(Duration::from_millis(100)),
+                    (true, Some(d)) => Some((d * 2).min(Duration::from_secs(5))),
+                };
                 // Sleep until the earliest due time, but no longer than the sweep
                 // interval: a due time another node writes arrives by its notice.
                 let until_sweep = next_sweep.saturating_duration_since(tokio::time::Instant::now());
@@ -1182,7 +1198,7 @@ impl WorkDriver {
                 };
                 let pause = match after_failure {
                     Some(retry) => pause.min(retry),
-                    None if worker.abandons_left.load(Ordering::SeqCst) => Duration::ZERO,
+                    None if worker.abandons_left.load(Ordering::SeqCst) || due_left == DueLeft::More => Duration::ZERO,
                     None => pause,
                 };
                 let hub_work = async {

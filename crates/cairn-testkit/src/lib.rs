@@ -443,6 +443,7 @@ macro_rules! execution_suite {
                 input_runner_runs_its_kind,
                 // schedules (scheduled.rs)
                 every_fires_on_time_once_per_fire,
+                a_fire_whose_advance_failed_refires_the_same_process,
                 skip_skips_while_the_last_run_is_running,
                 pause_and_resume,
                 a_pause_landing_after_the_due_read_wins,

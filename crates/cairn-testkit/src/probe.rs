@@ -49,6 +49,7 @@ pub struct ReadProbe {
     failing_appends: std::sync::atomic::AtomicU64,
     unanswered_appends: std::sync::atomic::AtomicU64,
     append_delay: parking_lot::Mutex<std::time::Duration>,
+    failing_advances: std::sync::atomic::AtomicU64,
     log_gate: watch::Sender<bool>,
     held_log_reads: watch::Sender<u64>,
 }
@@ -76,6 +77,7 @@ impl ReadProbe {
             failing_appends: std::sync::atomic::AtomicU64::new(0),
             unanswered_appends: std::sync::atomic::AtomicU64::new(0),
             append_delay: parking_lot::Mutex::new(std::time::Duration::ZERO),
+            failing_advances: std::sync::atomic::AtomicU64::new(0),
             log_gate: watch::channel(false).0,
             held_log_reads: watch::channel(0).0,
         })
@@ -168,6 +170,12 @@ impl ReadProbe {
     pub fn hang_renewals(&self, hanging: bool) {
         self.hanging_renewals
             .store(hanging, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The next `n` schedule advances fail `unavailable` without reaching the
+    /// inner registry: a fire whose start committed and whose advance did not.
+    pub fn fail_next_schedule_advances(&self, n: u64) {
+        self.failing_advances.store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// While `held`, every log read (`events_after`) waits until it is not:
@@ -489,6 +497,11 @@ impl ProcessRegistry for ReadProbe {
         expected_next_fire_ms: u64,
         advance: &cairn_core::ScheduleAdvance,
     ) -> Result<bool> {
+        if take_one(&self.failing_advances) {
+            return Err(cairn_core::CairnError::Unavailable(
+                "the probe fails this schedule advance".into(),
+            ));
+        }
         self.inner.advance_schedule(id, expected_next_fire_ms, advance).await
     }
 

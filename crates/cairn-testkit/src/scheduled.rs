@@ -398,3 +398,44 @@ pub async fn schedule_rejects_bad_input(factory: &dyn StoreFactory) {
     assert!(!created && again == first, "the same create");
     p.shutdown().await;
 }
+
+/// A fire whose start committed and whose advance the store failed does not
+/// hold the pass's other fires back, and the next pass fires it again under
+/// the same process id (SPEC §18: a crash between the start and the advance
+/// re-fires the same id, never another), then advances it.
+pub async fn a_fire_whose_advance_failed_refires_the_same_process(factory: &dyn StoreFactory) {
+    let store = factory.create(cairn_core::ManualClock::new(1_000_000)).await;
+    let probe = crate::probe::ReadProbe::new(store.registry.clone());
+    let p = Processes::builder(probe.clone())
+        .tools(builtin_tools(false))
+        .clock(Arc::new(store.clock.clone()))
+        .without_worker()
+        .start();
+    let a = create(&p, echo_every("a", "10s")).await;
+    let b = create(&p, echo_every("b", "10s")).await;
+    store.clock.advance(10_000);
+    probe.fail_next_schedule_advances(1);
+    let first = p.fire_schedules().await.expect("fire");
+    assert_eq!(first.failed.len(), 1, "{first:?}");
+    let failed = first.failed[0].clone();
+    let other = if failed == "a" { &b } else { &a };
+    assert!(
+        first.started.contains(&other.fire_id(other.next_fire_ms)),
+        "the other fired: {first:?}"
+    );
+    let held = p.get_schedule(&failed).await.expect("get");
+    let moved = p.get_schedule(&other.id).await.expect("get");
+    assert!(moved.next_fire_ms > other.next_fire_ms, "the other advanced");
+    let second = p.fire_schedules().await.expect("fire again");
+    let again = held.fire_id(held.next_fire_ms);
+    assert_eq!(second.started, vec![again.clone()], "the same process id: {second:?}");
+    assert!(second.failed.is_empty(), "{second:?}");
+    assert_eq!(
+        fired(&p, &failed).await,
+        vec![again.clone()],
+        "one process for the fire"
+    );
+    let now = p.get_schedule(&failed).await.expect("get");
+    assert!(now.next_fire_ms > held.next_fire_ms, "advanced by the second pass");
+    assert_eq!(now.last_process_id.as_deref(), Some(again.as_str()));
+}
