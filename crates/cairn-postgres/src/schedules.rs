@@ -41,8 +41,20 @@ pub(crate) async fn get(conn: &Conn, id: &str) -> R<Option<Schedule>> {
         .transpose()
 }
 
-/// Insert `s` unless its id is taken (answering the stored one then).
+/// Insert `s` unless its id is taken (answering the stored one then). A
+/// schedule deleted between the refused insert and the read of the stored
+/// one is no answer: the insert is made again (`None` means `s` is stored).
 pub(crate) async fn insert(conn: &Conn, channel: &str, s: &Schedule) -> R<Option<Schedule>> {
+    loop {
+        if let Some(stored) = insert_once(conn, channel, s).await? {
+            return Ok(stored);
+        }
+    }
+}
+
+/// One try of [`insert`]: `Some(answer)`, or `None` when the id's holder
+/// went between the two statements.
+async fn insert_once(conn: &Conn, channel: &str, s: &Schedule) -> R<Option<Option<Schedule>>> {
     let stmt = conn
         .stmt(
             "INSERT INTO schedules (id, schedule, paused, next_fire_ms, last_fire_ms, last_process_id) \
@@ -67,9 +79,9 @@ pub(crate) async fn insert(conn: &Conn, channel: &str, s: &Schedule) -> R<Option
         )
         .await?;
     if inserted.is_empty() {
-        return get(conn, &s.id).await;
+        return Ok(get(conn, &s.id).await?.map(Some));
     }
-    Ok(None)
+    Ok(Some(None))
 }
 
 pub(crate) async fn list(conn: &Conn, after_id: Option<&str>, limit: usize) -> R<Vec<Schedule>> {
