@@ -933,6 +933,8 @@ async fn a_run_under_nohup_keeps_ignoring_hangups() {
     unsafe {
         cmd.pre_exec(|| {
             libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            // What a shell sets for a background job.
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
             Ok(())
         });
     }
@@ -965,6 +967,9 @@ async fn a_run_under_nohup_keeps_ignoring_hangups() {
     let hup = 1u64 << (libc::SIGHUP - 1);
     assert_ne!(mask("SigIgn:") & hup, 0, "SIGHUP is still ignored");
     assert_eq!(mask("SigCgt:") & hup, 0, "SIGHUP is not caught");
+    let int = 1u64 << (libc::SIGINT - 1);
+    assert_ne!(mask("SigIgn:") & int, 0, "SIGINT is still ignored");
+    assert_eq!(mask("SigCgt:") & int, 0, "SIGINT is not caught");
     let term = 1u64 << (libc::SIGTERM - 1);
     assert_ne!(
         mask("SigCgt:") & term,
@@ -1011,4 +1016,32 @@ async fn a_detached_run_into_a_closed_pipe_ends_quietly() {
         "{:?}: {said}",
         out.status
     );
+}
+
+/// `cairn run --id X` of an `X` that ended, replaying its output into a pipe
+/// whose reader is gone, ends without a word about cancelling: nothing runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_run_into_a_closed_pipe_says_nothing_of_cancelling() {
+    let server = Server::start(&[]).await;
+    let args = ["run", "--id", "done", "--", "sh", "-c", "seq 1 20000"];
+    let first = server.cli(&args, None).await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = tokio::process::Command::new(BIN)
+        .arg("--server")
+        .arg(&server.base)
+        .args(args)
+        .env_remove("CAIRN_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cairn")
+        .wait_with_output()
+        .await
+        .expect("run cairn");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!said.contains("may still run") && !said.contains("cancel"), "{said}");
+    assert!(!said.contains("panicked"), "{said}");
 }

@@ -663,12 +663,10 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
         }
         return Ok(ExitCode::SUCCESS);
     }
-    // Install the Ctrl-C handler (on its first poll) before saying the run
-    // started, so an interrupt right after that line is never the default kill.
-    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
-    if futures::poll!(ctrl_c.as_mut()).is_ready() {
-        ctrl_c.set(tokio::signal::ctrl_c());
-    }
+    // Install the Ctrl-C handler before saying the run started, so an
+    // interrupt right after that line is never the default kill; one the
+    // caller set to be ignored (a shell's background job) stays ignored.
+    let mut ctrl_c = unix_signal(tokio::signal::unix::SignalKind::interrupt());
     // What ends a command run in a terminal ends it here too: the terminal
     // closing (SIGHUP), a `timeout` or a CI job stopping (SIGTERM), the
     // reader of its output going away (`cairn run ... | head`). Each cancels
@@ -747,8 +745,7 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
             _ = output_closed.notified() => ("its output was closed", 128 + 13),
             Some(()) = recv_signal(&mut terminate) => ("SIGTERM", 128 + 15),
             Some(()) = recv_signal(&mut hangup) => ("SIGHUP", 128 + 1),
-            _ = ctrl_c.as_mut() => {
-                ctrl_c.set(tokio::signal::ctrl_c());
+            Some(()) = recv_signal(&mut ctrl_c) => {
                 if interrupted {
                     if cancel_recorded {
                         eprintln!("stopped following {id}; its cancellation is recorded: `cairn await {id}` shows how it ended");
@@ -770,11 +767,17 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
             }
         };
         let (what, code) = ended_by;
+        // A run replaying the output of one that ended has nothing to cancel.
+        if ended {
+            return Ok(ExitCode::from(code));
+        }
         let body = json!({"reason": format!("interrupted: {what} (`cairn run`)")});
         match client.post(&format!("{}/cancel", proc_path(&id)), &body).await {
             Ok(_) => {
                 let _ = writeln!(std::io::stderr(), "cancelled {id}: `cairn run` was stopped ({what})");
             }
+            // It ended before the cancel: nothing runs, nothing to say.
+            Err(ClientError::Api { code: c, .. }) if c == "process_terminal" => {}
             Err(e) => {
                 let _ = writeln!(
                     std::io::stderr(),
