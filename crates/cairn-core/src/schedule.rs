@@ -138,7 +138,13 @@ impl ScheduleRequest {
                     .into(),
             ));
         }
-        serde_json::from_value(value).map_err(|e| CairnError::InvalidRequest(format!("schedule: {e}")))
+        serde_path_to_error::deserialize(&value).map_err(|e| {
+            let at = e.path().to_string();
+            match at.as_str() {
+                "" | "." => CairnError::InvalidRequest(format!("schedule: {}", e.inner())),
+                _ => CairnError::InvalidRequest(format!("schedule: `{at}`: {}", e.inner())),
+            }
+        })
     }
 
     /// Check the id and the timing (not the template: the runtime checks it

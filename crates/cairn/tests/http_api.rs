@@ -1271,4 +1271,20 @@ async fn a_refused_body_names_its_field() {
         .await;
     assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
     assert!(err["error"]["message"].as_str().unwrap().contains("`input"), "{err}");
+    // A schedule's, the most nested body, too.
+    let (s, err) = c
+        .post(
+            "/v1/schedules",
+            json!({"id": "s", "every": "1h", "overlap": "skip",
+                   "start": {"input": {"type": "external"}, "disposition": null}}),
+        )
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`start.disposition`"),
+        "{err}"
+    );
 }
