@@ -191,6 +191,18 @@ pub(crate) async fn terminal(p: &Processes, id: &str) -> ProcessRecord {
     r
 }
 
+/// Every line of `id`'s `shell.output` events, in log order.
+async fn output_lines(p: &Processes, id: &str) -> Vec<Value> {
+    p.events(id, 0, Some(1000))
+        .await
+        .expect("events")
+        .events
+        .iter()
+        .filter(|e| e.event_type == "shell.output")
+        .flat_map(|e| e.payload["lines"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
 fn shell(id: &str, args: Value) -> StartRequest {
     StartRequest::tool(id, "shell", args, Disposition::Rerunnable)
 }
@@ -274,15 +286,7 @@ pub async fn a_shell_output_append_the_store_fails_is_tried_again(factory: &dyn 
         .expect("start");
     let r = terminal(&p, "sh-retried").await;
     assert!(matches!(r.outcome, Some(Outcome::Success { .. })), "{r:?}");
-    let lines: Vec<Value> = p
-        .events("sh-retried", 0, Some(1000))
-        .await
-        .expect("events")
-        .events
-        .iter()
-        .filter(|e| e.event_type == "shell.output")
-        .flat_map(|e| e.payload["lines"].as_array().cloned().unwrap_or_default())
-        .collect();
+    let lines = output_lines(&p, "sh-retried").await;
     assert_eq!(lines, [json!("a"), json!("b")], "each line once");
     p.shutdown().await;
 }
@@ -312,15 +316,7 @@ pub async fn a_shell_batch_cut_off_by_its_timeout_is_still_appended(factory: &dy
         Some(json!("a\n")),
         "{r:?}"
     );
-    let lines: Vec<Value> = p
-        .events("sh-cut", 0, Some(1000))
-        .await
-        .expect("events")
-        .events
-        .iter()
-        .filter(|e| e.event_type == "shell.output")
-        .flat_map(|e| e.payload["lines"].as_array().cloned().unwrap_or_default())
-        .collect();
+    let lines = output_lines(&p, "sh-cut").await;
     assert_eq!(lines, [json!("a")], "the line is in the log, once");
     p.shutdown().await;
 }

@@ -980,25 +980,14 @@ async fn a_run_under_nohup_keeps_ignoring_hangups() {
     let _ = server.client().post("/v1/processes/nohup/cancel", json!({})).await;
 }
 
-/// `cairn run --detach` whose output is already closed ends quietly, as
-/// other commands do, not with a panic.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_detached_run_into_a_closed_pipe_ends_quietly() {
-    use std::os::unix::process::ExitStatusExt;
-    let server = Server::start(&[]).await;
+/// `cairn ARGS` against `base` with its stdout a pipe whose reader is gone.
+async fn into_closed_pipe(base: &str, args: &[&str]) -> std::process::Output {
     let (reader, writer) = std::io::pipe().expect("pipe");
     drop(reader);
-    let out = tokio::process::Command::new(BIN)
-        .args([
-            "--server",
-            &server.base,
-            "run",
-            "--detach",
-            "--id",
-            "detached",
-            "--",
-            "true",
-        ])
+    tokio::process::Command::new(BIN)
+        .arg("--server")
+        .arg(base)
+        .args(args)
         .env_remove("CAIRN_TOKEN")
         .stdin(Stdio::null())
         .stdout(writer)
@@ -1008,7 +997,16 @@ async fn a_detached_run_into_a_closed_pipe_ends_quietly() {
         .expect("spawn cairn")
         .wait_with_output()
         .await
-        .expect("run cairn");
+        .expect("run cairn")
+}
+
+/// `cairn run --detach` whose output is already closed ends quietly, as
+/// other commands do, not with a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detached_run_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let server = Server::start(&[]).await;
+    let out = into_closed_pipe(&server.base, &["run", "--detach", "--id", "detached", "--", "true"]).await;
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!said.contains("panicked"), "{said}");
     assert!(
@@ -1026,21 +1024,7 @@ async fn a_replayed_run_into_a_closed_pipe_says_nothing_of_cancelling() {
     let args = ["run", "--id", "done", "--", "sh", "-c", "seq 1 20000"];
     let first = server.cli(&args, None).await;
     assert_eq!(first.code, 0, "{}", first.stderr);
-    let (reader, writer) = std::io::pipe().expect("pipe");
-    drop(reader);
-    let out = tokio::process::Command::new(BIN)
-        .arg("--server")
-        .arg(&server.base)
-        .args(args)
-        .env_remove("CAIRN_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(writer)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn cairn")
-        .wait_with_output()
-        .await
-        .expect("run cairn");
+    let out = into_closed_pipe(&server.base, &args).await;
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!said.contains("may still run") && !said.contains("cancel"), "{said}");
     assert!(!said.contains("panicked"), "{said}");
