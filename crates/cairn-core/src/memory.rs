@@ -323,6 +323,10 @@ impl WriteTx for Tx<'_> {
             .insert(grant.process_id.clone(), grant.clone());
         Ok(())
     }
+
+    fn grants_of(&mut self, id: &str) -> Result<Vec<Grant>> {
+        Ok(self.st.grants.values().filter_map(|m| m.get(id).cloned()).collect())
+    }
 }
 
 impl AdminTx for Tx<'_> {

@@ -219,26 +219,18 @@ pub(crate) async fn register_start(
 }
 
 /// [`register_start`] of a child by the run of its parent holding
-/// `parent_lease` ([`ProcessRegistry::register_child`]), its grant made to
-/// each scope of `also` too (with the same descriptor), in the same
-/// transaction: an existing id writes none.
+/// `parent_lease` ([`ProcessRegistry::register_child`]): an existing id
+/// writes no grant.
 pub(crate) async fn register_child_start(
     registry: &dyn ProcessRegistry,
     tools: &ToolRegistry,
     req: StartRequest,
-    also: Vec<crate::model::SessionScope>,
     parent_lease: &crate::model::Lease,
 ) -> Result<Registered> {
     let (registration, grant) = prepare_registration(registry, tools, true, req).await?;
-    let descriptor = grant.as_ref().map(|g| g.descriptor.clone()).unwrap_or_default();
-    let grants = grant
-        .into_iter()
-        .chain(also.into_iter().map(|session_scope| StartGrant {
-            session_scope,
-            descriptor: descriptor.clone(),
-        }))
-        .collect();
-    registry.register_child(registration, grants, parent_lease).await
+    registry
+        .register_child(registration, grant.into_iter().collect(), parent_lease)
+        .await
 }
 
 /// [`register_start`], claiming what it creates for `slot` when it may run

@@ -74,9 +74,11 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// lease: a run that lost its lease starts no children), with several
     /// grants written with the record in one transaction (each an upsert of
     /// its scope's grant). As for `register`, an existing id writes nothing:
-    /// a grant revoked since the first start stays revoked. A child a
-    /// session's process starts is granted so to every scope that holds its
-    /// parent.
+    /// a grant revoked since the first start stays revoked. A child of a
+    /// session's process started for a session (its originator one) is
+    /// granted, with the first grant's descriptor, to every scope that holds
+    /// its parent as the same transaction reads them; `grants` are written
+    /// as given only when none does.
     async fn register_child(
         &self,
         registration: Registration,

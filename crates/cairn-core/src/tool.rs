@@ -496,18 +496,12 @@ impl ToolContext {
     /// may start children as anyone, as the host may.
     pub async fn start_child(&self, mut request: StartRequest) -> Result<ProcessRecord> {
         request.caused_by = Some(crate::model::CausalRef::process(self.process_id()));
-        let mut also = Vec::new();
         if let crate::model::Originator::Session { scope } = &self.inner.record.provenance.originator {
+            // Its grants are the parent's holders', read in the registering
+            // transaction (a transfer or revoke of the parent is wholly
+            // before or after it), or, when none holds the parent, this
+            // grant to the session.
             request.confine_to_session(scope)?;
-            let lease = self.lease();
-            let holders = crate::retry::while_lease_holds(&self.inner.clock, &lease, "reading grants", || {
-                self.inner.registry.grants_of(self.process_id())
-            })
-            .await?;
-            if let (Some(first), Some(grant)) = (holders.first(), request.grant.as_mut()) {
-                grant.session_scope = first.scope.clone();
-                also = holders[1..].iter().map(|g| g.scope.clone()).collect();
-            }
         }
         // Every holder's grant is written with the child, in one
         // transaction: a re-run's start of the same child writes none, so a
@@ -516,13 +510,7 @@ impl ToolContext {
         // (a second start of a child that did land answers it).
         let lease = self.lease();
         let registered = crate::retry::while_lease_holds(&self.inner.clock, &lease, "starting a child", || {
-            register_child_start(
-                self.inner.registry.as_ref(),
-                &self.inner.tools,
-                request.clone(),
-                also.clone(),
-                &lease,
-            )
+            register_child_start(self.inner.registry.as_ref(), &self.inner.tools, request.clone(), &lease)
         })
         .await?;
         Ok(registered.process)

@@ -283,6 +283,11 @@ impl WriteTx for Tx<'_> {
     fn upsert_grant(&mut self, grant: &Grant) -> Result<()> {
         Ok(store::upsert_grant(self.conn, grant)?)
     }
+
+    fn grants_of(&mut self, id: &str) -> Result<Vec<Grant>> {
+        self.finish()?;
+        Ok(store::grants_of(self.conn, id)?)
+    }
 }
 
 impl AdminTx for Tx<'_> {

@@ -353,6 +353,66 @@ pub async fn a_transferred_parents_children_go_to_its_new_holder(factory: &dyn S
     front.shutdown().await;
 }
 
+/// A parent transferred while its run is starting a child (after the run
+/// built the start, before the write) has the child granted to its new
+/// holder: the holders are read in the transaction that writes the child.
+pub async fn a_parent_transferred_as_its_child_starts_gives_the_child_to_its_new_holder(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let (s1, s2) = (
+        cairn_core::SessionScope::session("s1"),
+        cairn_core::SessionScope::session("s2"),
+    );
+    let front = cairn_core::Processes::builder(store.registry.clone())
+        .clock(Arc::new(store.clock.clone()))
+        .without_worker()
+        .start();
+    let mut req = StartRequest::tool("moving", "fan_out", json!({"n": 1}), Disposition::Rerunnable)
+        .with_grant(s1.clone(), Default::default());
+    req.originator = cairn_core::Originator::session(s1.clone());
+    front.start(req).await.expect("start");
+    let probe = crate::probe::ReadProbe::new(store.registry.clone());
+    let (moved_tx, moved_rx) = tokio::sync::oneshot::channel();
+    {
+        let (front, s1, s2) = (front.clone(), s1.clone(), s2.clone());
+        probe.before_next_child_registration(Box::new(move || {
+            Box::pin(async move {
+                let report = front
+                    .transfer(&s1, &s2, &["moving".to_string()])
+                    .await
+                    .expect("transfer");
+                let _ = moved_tx.send(report.moved);
+            })
+        }));
+    }
+    let p = Processes::builder(probe.clone())
+        .tools(crate::execution::tools(vec![Arc::new(FanOut::default())]))
+        .clock(Arc::new(store.clock.clone()))
+        .worker_config(crate::execution::config("w1"))
+        .start();
+    let moved = tokio::time::timeout(WAIT, moved_rx)
+        .await
+        .expect("the child's start reached the store")
+        .expect("transferred");
+    assert_eq!(moved, vec!["moving".to_string()]);
+    p.await_event("moving", "process.waiting", 0, WAIT)
+        .await
+        .expect("waiting on its child");
+    let holders: Vec<_> = p
+        .grants_of("moving/1")
+        .await
+        .expect("grants")
+        .into_iter()
+        .map(|g| g.scope)
+        .collect();
+    assert_eq!(
+        holders,
+        vec![s2],
+        "the child goes where the parent is held when it is written"
+    );
+    p.shutdown().await;
+    front.shutdown().await;
+}
+
 /// Starts an externally owned child `{id}/1` and waits for it at most
 /// `timeout_ms`: succeeds `"children"` when the wait is answered with the
 /// child, `"timed_out"` when it timed out.

@@ -35,6 +35,7 @@ pub struct ReadProbe {
     claim_hook: parking_lot::Mutex<Option<ClaimHook>>,
     wait_hook: parking_lot::Mutex<Option<ClaimHook>>,
     registered_hook: parking_lot::Mutex<Option<ClaimHook>>,
+    child_hook: parking_lot::Mutex<Option<ClaimHook>>,
     due_hook: parking_lot::Mutex<Option<ClaimHook>>,
     claim_batches: std::sync::atomic::AtomicU64,
     failing_renewals: std::sync::atomic::AtomicBool,
@@ -63,6 +64,7 @@ impl ReadProbe {
             claim_hook: parking_lot::Mutex::new(None),
             wait_hook: parking_lot::Mutex::new(None),
             registered_hook: parking_lot::Mutex::new(None),
+            child_hook: parking_lot::Mutex::new(None),
             due_hook: parking_lot::Mutex::new(None),
             claim_batches: std::sync::atomic::AtomicU64::new(0),
             failing_renewals: std::sync::atomic::AtomicBool::new(false),
@@ -208,6 +210,13 @@ impl ReadProbe {
         *self.registered_hook.lock() = Some(hook);
     }
 
+    /// Run `hook` when the next `register_child` arrives, before passing it
+    /// on: a test's way into the moment a run has built its child's start
+    /// and not yet written it.
+    pub fn before_next_child_registration(&self, hook: ClaimHook) {
+        *self.child_hook.lock() = Some(hook);
+    }
+
     /// A receiver of the number of `get` calls answered so far.
     pub fn gets(&self) -> watch::Receiver<u64> {
         self.gets.subscribe()
@@ -232,6 +241,10 @@ impl ProcessRegistry for ReadProbe {
         grants: Vec<StartGrant>,
         parent_lease: &Lease,
     ) -> Result<Registered> {
+        let hook = self.child_hook.lock().take();
+        if let Some(hook) = hook {
+            hook().await;
+        }
         self.inner.register_child(registration, grants, parent_lease).await
     }
     async fn register_claimed(

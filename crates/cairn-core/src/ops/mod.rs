@@ -20,8 +20,8 @@ use serde_json::json;
 use crate::events::{self, AppendRequest, AppendResult, ProcessEvent};
 use crate::fold::{self, Authority};
 use crate::model::{
-    CausalRef, Claim, Disposition, Grant, GrantDescriptor, Lease, Outcome, ProcessRecord, Registration, SessionScope,
-    StartGrant, Tombstone, WaitRequest, WaitState, WakeDelivery,
+    CausalRef, Claim, Disposition, Grant, GrantDescriptor, Lease, Originator, Outcome, ProcessRecord, Registration,
+    SessionScope, StartGrant, Tombstone, WaitRequest, WaitState, WakeDelivery,
 };
 use crate::registry::{CancelAnswer, Registered};
 use crate::validate::{validate_id, validate_scope, MAX_AWAITED_CHILDREN};
@@ -128,6 +128,12 @@ pub trait WriteTx {
 
     /// Insert or replace the grant of (scope, process).
     fn upsert_grant(&mut self, grant: &Grant) -> Result<()>;
+
+    /// The grants held on `id`, as this transaction sees them, in scope id
+    /// order. Asked only of the parent of a child a session's run registers
+    /// ([`Op::inherits_grants_from`]): a batching backend loads those
+    /// parents' grants with the batch.
+    fn grants_of(&mut self, id: &str) -> Result<Vec<Grant>>;
 }
 
 /// Who a registration claims what it creates for, and for how long (see
@@ -518,6 +524,26 @@ impl Op {
         }
     }
 
+    /// The parent whose grant holders a registration may take as its own: a
+    /// child a run registers for a session (see
+    /// [`crate::ProcessRegistry::register_child`]) is granted to whoever holds
+    /// its parent when it is written, so a batching backend loads the
+    /// parent's grants with the batch (after the parent's lock, which a
+    /// transfer takes too).
+    pub fn inherits_grants_from(&self) -> Option<&str> {
+        match self {
+            Op::Register {
+                record,
+                parent_lease: Some(_),
+                grants,
+                ..
+            } if !grants.is_empty() && matches!(record.provenance.originator, Originator::Session { .. }) => {
+                self.parent_id()
+            }
+            _ => None,
+        }
+    }
+
     /// Whether the operation cancels a tree: a batching backend loads (and
     /// locks) what [`WriteTx::tree_children`] walks below its process
     /// before running it.
@@ -753,6 +779,7 @@ fn register<T: WriteTx + ?Sized>(
     // not address as missing (see [`missing_parent`]) answers exactly what a
     // missing parent gets, whatever else is wrong with the start.
     let mut cancelled_parent = None;
+    let mut sessions_parent = false;
     if let Some(parent) = record.provenance.caused_by.as_ref().and_then(CausalRef::parent_process) {
         // A run that lost its parent's lease starts nothing more: its
         // writes are fenced (SPEC §5), its children's too.
@@ -761,9 +788,10 @@ fn register<T: WriteTx + ?Sized>(
             let stored = tx.row(parent)?.and_then(|row| row.lease.clone());
             fold::check_lease(parent, stored.as_ref(), lease, now)?;
         }
-        let found = tx
-            .row(parent)?
-            .map(|row| row.record.cancel_request.as_ref().map(|c| c.reason.clone()));
+        let found = tx.row(parent)?.map(|row| {
+            sessions_parent = matches!(row.record.provenance.originator, Originator::Session { .. });
+            row.record.cancel_request.as_ref().map(|c| c.reason.clone())
+        });
         match found {
             Some(request) => cancelled_parent = request,
             None if tx.tombstone(parent)?.is_some() => {}
@@ -788,6 +816,28 @@ fn register<T: WriteTx + ?Sized>(
         }
     }
     tx.insert_row(record.clone())?;
+    // A child a session's run starts is granted to the scopes that hold its
+    // parent now, read in this transaction (a transfer or revoke of the
+    // parent is before it or after it, never between the read and the
+    // write), or, when none does, as it asked (to the session).
+    let inherited = match (parent_lease, grants.first()) {
+        (Some(lease), Some(asked))
+            if sessions_parent && matches!(record.provenance.originator, Originator::Session { .. }) =>
+        {
+            let holders = tx.grants_of(&lease.process_id)?;
+            holders
+                .into_iter()
+                .map(|h| Grant {
+                    scope: h.scope,
+                    process_id: record.id.clone(),
+                    descriptor: asked.descriptor.clone(),
+                    granted_at_ms: asked.granted_at_ms,
+                })
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    let grants = if inherited.is_empty() { grants } else { &inherited };
     for g in grants {
         tx.upsert_grant(g)?;
     }

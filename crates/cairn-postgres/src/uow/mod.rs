@@ -11,6 +11,8 @@
 //!    A batch that cancels loads the running descendants of what it cancels
 //!    (through ended children that have children of their own), level by level (`FOR UPDATE`: a deadlock with a batch that locked in id
 //!    order is a transient fault, and the batch runs again).
+//!    A batch that registers a child for a session's process reads the
+//!    parent's grants after the locks (the child takes its holders).
 //! 2. **Decide** (no I/O): each operation runs in turn against the loaded rows,
 //!    asking [`cairn_core::fold`] what it means. An operation that fails is
 //!    undone from the overlay alone, so the others in the batch are unaffected.
@@ -65,6 +67,11 @@ const LOAD_TOMBSTONES: &str =
 const LOAD_REPLAYS: &str = "SELECT e.process_id, e.replay_key, e.event FROM events e \
     JOIN unnest($1::text[], $2::text[]) AS k(process_id, replay_key) \
     ON e.process_id = k.process_id AND e.replay_key = k.replay_key";
+/// The grants of parents ([`load_parent_grants`]), in scope order, locked
+/// (`FOR SHARE`): a revoke or a session's deletion that would remove one
+/// waits for the batch, or went before it.
+const LOAD_GRANTS: &str =
+    "SELECT process_id, grant_json FROM grants WHERE process_id = ANY($1::text[]) ORDER BY process_id, scope_id FOR SHARE";
 const LOAD_ENVS: &str = "SELECT env_ref FROM envs WHERE env_ref = ANY($1::text[])";
 /// Claimable rows, from the partial claimable index, never waiting on a row
 /// another transaction holds.
@@ -209,6 +216,36 @@ async fn peek(conn: &Conn, ops: &[Op], uow: &mut Uow) -> std::result::Result<(),
     for row in &tombs {
         let t = tombstone_from_row(row)?;
         uow.tombstones.insert(t.id.clone(), t);
+    }
+    Ok(())
+}
+
+/// Load the grants of the parents whose holders a child registered in the
+/// batch takes ([`Op::inherits_grants_from`]). Read after the parents' rows
+/// are locked (a transfer locks them too) and locked themselves, so no
+/// transfer, revoke or session deletion lands between this read and the
+/// child's grants. Costs a round trip only when such a child is in
+/// the batch.
+async fn load_parent_grants(conn: &Conn, ops: &[Op], uow: &mut Uow) -> std::result::Result<(), BatchError> {
+    let mut parents: Vec<String> = ops
+        .iter()
+        .filter_map(Op::inherits_grants_from)
+        .map(String::from)
+        .collect();
+    if parents.is_empty() {
+        return Ok(());
+    }
+    parents.sort();
+    parents.dedup();
+    let stmt = conn.stmt(LOAD_GRANTS).await?;
+    let rows = conn.client.query(&stmt, &[&parents]).await?;
+    for id in parents {
+        uow.parent_grants.insert(id, Vec::new());
+    }
+    for row in &rows {
+        let id: String = row.try_get(0).map_err(Fault::Pg)?;
+        let grant = serde_json::from_str(row.try_get::<_, &str>(1).map_err(Fault::Pg)?).map_err(Fault::Json)?;
+        uow.parent_grants.entry(id).or_default().push(grant);
     }
     Ok(())
 }
@@ -367,6 +404,7 @@ async fn load_decide_write(
 
     locked.extend(load_descendants(conn, ops, &mut uow).await?);
     peek(conn, ops, &mut uow).await?;
+    load_parent_grants(conn, ops, &mut uow).await?;
 
     // 2. Decide.
     let mut outs: Vec<Result<Answer>> = ops.iter().map(|op| uow.run(op)).collect();

@@ -47,6 +47,9 @@ pub(crate) struct Uow {
     pub(super) wakes: Vec<WakeDelivery>,
     pub(super) wake_ids: HashSet<String>,
     pub(super) grants: HashMap<(String, String), Grant>,
+    /// The stored grants of the parents whose holders a child may take
+    /// ([`Op::inherits_grants_from`]), loaded after their rows' locks.
+    pub(super) parent_grants: HashMap<String, Vec<Grant>>,
     /// Ids whose log moved, with their last sequence (for notifications).
     pub(super) touched: HashMap<String, u64>,
     pub(super) work: bool,
@@ -66,6 +69,7 @@ impl Uow {
             wakes: Vec::new(),
             wake_ids: HashSet::new(),
             grants: HashMap::new(),
+            parent_grants: HashMap::new(),
             touched: HashMap::new(),
             work: false,
             journal: Journal::default(),
@@ -298,6 +302,28 @@ impl WriteTx for Uow {
         let before = self.grants.insert(key.clone(), grant.clone());
         self.journal.grants.push((key, before));
         Ok(())
+    }
+
+    fn grants_of(&mut self, id: &str) -> Result<Vec<Grant>> {
+        // The stored grants (loaded for the parents that may be asked, none
+        // for a row this batch created), overlaid with this batch's.
+        let stored = match self.parent_grants.get(id) {
+            Some(stored) => stored.as_slice(),
+            None if self.slots.get(id).is_some_and(|s| !s.stored) => &[],
+            None => {
+                return Err(CairnError::storage(format!(
+                    "the grants of `{id}` were not loaded with the batch"
+                )))
+            }
+        };
+        let mut by_scope: std::collections::BTreeMap<String, Grant> =
+            stored.iter().map(|g| (g.scope.scope_id(), g.clone())).collect();
+        for ((scope_id, process_id), g) in &self.grants {
+            if process_id == id {
+                by_scope.insert(scope_id.clone(), g.clone());
+            }
+        }
+        Ok(by_scope.into_values().collect())
     }
 }
 
