@@ -84,6 +84,14 @@ const FIRST_CHECK: Duration = Duration::from_millis(100);
 /// idle one claims nothing and pays nothing.
 const LIVENESS_EVERY_MS: u64 = 1_000;
 
+/// Why an owner files the abandon request of an owner-bound run whose
+/// lease lapsed while the store was out of reach (`Worker::abandon_lost`).
+const STOPPED_AT_LAPSE: &str =
+    "its owner-bound run was stopped when its lease lapsed (the store was out of reach); its outcome is unknown";
+/// The same, for a run that ended but whose outcome could not be written.
+const UNWRITTEN_OUTCOME: &str =
+    "its owner-bound run ended, but its outcome could not be written before its lease lapsed (the store was out of reach); the outcome is lost";
+
 /// A worker slot a start reserved ([`Worker::slot_for_start`]): the owner and
 /// lease time its claim takes; dropping it frees the slot.
 pub(crate) struct StartSlot {
@@ -178,6 +186,9 @@ pub struct Worker {
     /// Cancelled once a newer incarnation of this worker's node id is found
     /// registered: another runtime runs under the id ([`Self::superseded`]).
     superseded: tokio_util::sync::CancellationToken,
+    /// Cancelled by [`Self::drain`]: the abandon requests still being filed
+    /// (`abandon_lost`) stop asking.
+    stopping: tokio_util::sync::CancellationToken,
     /// When (clock ms) a heartbeat last found this incarnation current.
     liveness_checked_ms: AtomicU64,
 }
@@ -212,6 +223,7 @@ impl Worker {
             unplaced: AtomicUsize::new(0),
             identity: std::sync::OnceLock::new(),
             superseded: tokio_util::sync::CancellationToken::new(),
+            stopping: tokio_util::sync::CancellationToken::new(),
             liveness_checked_ms: AtomicU64::new(0),
         })
     }
@@ -624,6 +636,7 @@ impl Worker {
         }
         self.wait_idle().await;
         self.reap_finished();
+        self.stopping.cancel();
     }
 
     /// Whether [`drain`](Self::drain) was called.
@@ -656,7 +669,8 @@ impl Worker {
                         "cancelled before it ran".into()
                     }
                 });
-                self.finish(&lease, Outcome::cancelled(message)).await;
+                self.finish(&lease, process.disposition, Outcome::cancelled(message))
+                    .await;
                 return;
             }
         }
@@ -665,8 +679,12 @@ impl Worker {
                 Some(t) => Runner::Tool(t, args.clone()),
                 None => {
                     let e = CairnError::UnknownTool(tool.clone());
-                    self.finish(&lease, Outcome::failure("runtime", e.code(), e.to_string()))
-                        .await;
+                    self.finish(
+                        &lease,
+                        process.disposition,
+                        Outcome::failure("runtime", e.code(), e.to_string()),
+                    )
+                    .await;
                     return;
                 }
             },
@@ -682,8 +700,12 @@ impl Worker {
             {
                 Ok(module) => Runner::Script(module, process_name.clone(), args.clone()),
                 Err(Some(e)) => {
-                    self.finish(&lease, Outcome::failure("runtime", e.code(), e.to_string()))
-                        .await;
+                    self.finish(
+                        &lease,
+                        process.disposition,
+                        Outcome::failure("runtime", e.code(), e.to_string()),
+                    )
+                    .await;
                     return;
                 }
                 Err(None) => return,
@@ -692,8 +714,12 @@ impl Worker {
                 Some((runner, input)) => Runner::Tool(runner, input),
                 None => {
                     let message = format!("`{}` inputs are not executable by this runtime", other.kind());
-                    self.finish(&lease, Outcome::failure("runtime", "unsupported_input", message))
-                        .await;
+                    self.finish(
+                        &lease,
+                        process.disposition,
+                        Outcome::failure("runtime", "unsupported_input", message),
+                    )
+                    .await;
                     return;
                 }
             },
@@ -707,8 +733,12 @@ impl Worker {
             {
                 Ok(env) => Some(env),
                 Err(Some(e)) => {
-                    self.finish(&lease, Outcome::failure("runtime", e.code(), e.to_string()))
-                        .await;
+                    self.finish(
+                        &lease,
+                        process.disposition,
+                        Outcome::failure("runtime", e.code(), e.to_string()),
+                    )
+                    .await;
                     return;
                 }
                 Err(None) => return,
@@ -777,7 +807,7 @@ impl Worker {
             Some(StopReason::LeaseLost) => {
                 tracing::info!(process_id = %id, "lease lost; the run wrote nothing more");
                 if disposition == Disposition::OwnerBound {
-                    self.abandon_lost(&lease);
+                    self.abandon_lost(&lease, STOPPED_AT_LAPSE);
                 }
             }
             Some(StopReason::Suspended) => {
@@ -790,7 +820,7 @@ impl Worker {
                         owner: Some(lease.owner()),
                         epoch_ms: self.clock.now_ms(),
                     };
-                    self.finish(&lease, Outcome::Abandoned { evidence }).await;
+                    self.finish(&lease, disposition, Outcome::Abandoned { evidence }).await;
                 }
                 _ => {
                     if let Err(e) = self.registry.release(&lease).await {
@@ -803,7 +833,7 @@ impl Worker {
                     Some(o @ (Outcome::Success { .. } | Outcome::Failure { .. } | Outcome::Cancelled { .. })) => o,
                     _ => Outcome::cancelled(reason.unwrap_or_else(|| "cancelled".into())),
                 };
-                self.finish(&lease, outcome).await;
+                self.finish(&lease, disposition, outcome).await;
             }
             None => {
                 let outcome = match outcome {
@@ -823,7 +853,7 @@ impl Worker {
                     }
                     return;
                 }
-                self.finish(&lease, outcome).await;
+                self.finish(&lease, disposition, outcome).await;
             }
         }
     }
@@ -964,17 +994,12 @@ impl Worker {
     /// lapsed), tried again for as long as the store stays out of reach
     /// (every 5 s once backed off). A process
     /// that ended meanwhile, or already carries a request, is left as it is.
-    fn abandon_lost(self: &Arc<Self>, lease: &crate::model::Lease) {
+    fn abandon_lost(&self, lease: &crate::model::Lease, reason: &'static str) {
         use backon::Retryable;
         let (registry, id, owner) = (self.registry.clone(), lease.process_id.clone(), lease.owner_id.clone());
+        let stopping = self.stopping.clone();
         tokio::spawn(async move {
-            let request = || {
-                registry.request_abandon(
-                    &id,
-                    &owner,
-                    "its owner-bound run was stopped when its lease lapsed (the store was out of reach); its outcome is unknown",
-                )
-            };
+            let request = || registry.request_abandon(&id, &owner, reason);
             let filed = request
                 .retry(
                     backon::ExponentialBuilder::default()
@@ -982,13 +1007,21 @@ impl Worker {
                         .with_max_delay(Duration::from_secs(5))
                         .without_max_times(),
                 )
-                .when(|e: &CairnError| !e.is_client_error())
-                .await;
+                .when(|e: &CairnError| !e.is_client_error());
+            // A drained worker stops asking: the sweep of this node's next
+            // incarnation abandons what it leaves (SPEC §5).
+            let filed = tokio::select! {
+                filed = filed => filed,
+                _ = stopping.cancelled() => {
+                    tracing::warn!(process_id = %id, "the worker stopped before the abandon request could be filed; the next incarnation's sweep ends it");
+                    return;
+                }
+            };
             match filed {
-                Ok(_) => tracing::warn!(process_id = %id, "abandon requested for a run stopped when its lease lapsed"),
+                Ok(_) => tracing::warn!(process_id = %id, "abandon requested: {reason}"),
                 Err(CairnError::ProcessTerminal(_)) => {}
                 Err(e) => {
-                    tracing::error!(process_id = %id, error = %e, "could not request the abandonment of a run stopped when its lease lapsed")
+                    tracing::error!(process_id = %id, error = %e, "could not request the abandonment of a run whose outcome is lost")
                 }
             }
         });
@@ -1001,7 +1034,7 @@ impl Worker {
     /// run would be claimed again at every lease expiry, fail the same way, and
     /// not even a cancellation could end it. The process fails instead, with
     /// the refusal as its error.
-    async fn finish(&self, lease: &crate::model::Lease, outcome: Outcome) {
+    async fn finish(&self, lease: &crate::model::Lease, disposition: Disposition, outcome: Outcome) {
         let refused = match self.complete_retrying(lease, outcome).await {
             Ok(_) => return,
             Err(
@@ -1009,12 +1042,12 @@ impl Worker {
                 | CairnError::SchemaViolation { .. }
                 | CairnError::InvalidRequest(_)),
             ) => e,
-            Err(e) => return self.finish_failed(lease, e),
+            Err(e) => return self.finish_failed(lease, disposition, e),
         };
         tracing::warn!(process_id = %lease.process_id, error = %refused, "outcome refused; the process fails instead");
         let failure = Outcome::failure("runtime", refused.code(), refused.to_string());
         if let Err(e) = self.complete_retrying(lease, failure).await {
-            self.finish_failed(lease, e);
+            self.finish_failed(lease, disposition, e);
         }
     }
 
@@ -1068,12 +1101,21 @@ impl Worker {
         }
     }
 
-    fn finish_failed(&self, lease: &crate::model::Lease, e: CairnError) {
+    /// A completion that could not be written. A rerunnable process is
+    /// claimed again once its lease lapses; an owner-bound one, which never
+    /// runs again, has its owner file the abandon request (its outcome is
+    /// lost), or it would stay `running` with nobody to end it.
+    fn finish_failed(&self, lease: &crate::model::Lease, disposition: Disposition, e: CairnError) {
         match e {
             CairnError::LeaseFenced(_) | CairnError::ProcessTerminal(_) => {
                 tracing::info!(process_id = %lease.process_id, "completion fenced: another owner or a terminal got there first");
             }
-            e => tracing::error!(process_id = %lease.process_id, error = %e, "completion failed"),
+            e => {
+                tracing::error!(process_id = %lease.process_id, error = %e, "completion failed");
+                if disposition == Disposition::OwnerBound {
+                    self.abandon_lost(lease, UNWRITTEN_OUTCOME);
+                }
+            }
         }
     }
 }

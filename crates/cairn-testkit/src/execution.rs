@@ -1009,6 +1009,68 @@ pub async fn an_owner_bound_run_cut_off_from_the_store_is_abandoned(factory: &dy
     }
 }
 
+/// An owner-bound run whose outcome cannot be written before its lease
+/// lapses (the store out of reach as it ends) has its owner file the abandon
+/// request: it is never run again, and would otherwise stay `running` with
+/// nobody to end it.
+pub async fn an_owner_bound_outcome_that_cannot_be_written_is_abandoned(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let probe = crate::probe::ReadProbe::new(store.registry.clone());
+    probe.fail_next_completes(u64::MAX);
+    let front = Processes::builder(store.registry.clone()).without_worker().start();
+    front
+        .start(StartRequest::tool("ob-lost", "echo", json!(1), Disposition::OwnerBound))
+        .await
+        .expect("start");
+    let mut cfg = config("ob-owner");
+    cfg.lease_ttl = Duration::from_millis(90);
+    let worker = Worker::new(
+        probe.clone(),
+        tools(vec![]),
+        Awaiter::new(store.registry.clone(), None),
+        None,
+        Arc::new(store.clock.clone()),
+        cfg,
+    );
+    assert_eq!(worker.drive_once().await.expect("drive"), 1);
+    store.clock.advance(1_000);
+    tokio::time::timeout(WAIT, worker.wait_idle())
+        .await
+        .expect("the run gave up its completion once its lease lapsed");
+    let awaiter = Awaiter::new(store.registry.clone(), None);
+    let request = tokio::time::timeout(WAIT, awaiter.await_event("ob-lost", "process.abandon_requested", 0))
+        .await
+        .expect("the owner requested the abandonment in time")
+        .expect("await");
+    assert_eq!(request.payload["requested_by"], "ob-owner");
+    worker.drive_once().await.expect("drive");
+    let r = store.registry.get("ob-lost").await.expect("get");
+    assert_eq!(r.status, ProcessStatus::Abandoned, "{r:?}");
+}
+
+/// A drained worker stops asking for the abandonment of a run it lost: the
+/// request's retries end with the worker (the next incarnation's sweep ends
+/// the process), not with the host process.
+pub async fn a_drained_worker_stops_filing_abandon_requests(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let probe = crate::probe::ReadProbe::new(store.registry.clone());
+    let worker = a_blocked_run_as(&store, "ob-drain", "ob-owner", probe.clone(), Disposition::OwnerBound).await;
+    probe.fail_abandon_requests(true);
+    let mut asked = probe.abandon_requests();
+    probe.fail_renewals(true);
+    store.clock.advance(1_000);
+    tokio::time::timeout(WAIT, asked.wait_for(|n| *n >= 2))
+        .await
+        .expect("the owner asked, and asked again after a failure")
+        .expect("probe");
+    tokio::time::timeout(WAIT, worker.drain()).await.expect("drained");
+    let after_drain = *asked.borrow_and_update();
+    // The retries back off from 100 ms to 5 s: two seconds would see at
+    // least one more unless they stopped.
+    let more = tokio::time::timeout(Duration::from_secs(2), asked.wait_for(|n| *n > after_drain)).await;
+    assert!(more.is_err(), "an abandon request was asked for after the drain");
+}
+
 /// A drive whose claim the store fails is tried again soon, not left for the
 /// next sweep: work already due has no later due time to wake the driver,
 /// and may have no notice coming (here: registered past the runtime, inside

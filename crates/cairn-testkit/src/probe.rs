@@ -41,6 +41,8 @@ pub struct ReadProbe {
     failing_renewals: std::sync::atomic::AtomicBool,
     failed_renewals: watch::Sender<Vec<String>>,
     failing_completes: std::sync::atomic::AtomicU64,
+    failing_abandon_requests: std::sync::atomic::AtomicBool,
+    abandon_requests: watch::Sender<u64>,
     failing_env_reads: std::sync::atomic::AtomicU64,
     failing_log_reads: std::sync::atomic::AtomicU64,
     failing_waits: std::sync::atomic::AtomicU64,
@@ -70,6 +72,8 @@ impl ReadProbe {
             failing_renewals: std::sync::atomic::AtomicBool::new(false),
             failed_renewals: watch::channel(Vec::new()).0,
             failing_completes: std::sync::atomic::AtomicU64::new(0),
+            failing_abandon_requests: std::sync::atomic::AtomicBool::new(false),
+            abandon_requests: watch::channel(0).0,
             failing_env_reads: std::sync::atomic::AtomicU64::new(0),
             failing_log_reads: std::sync::atomic::AtomicU64::new(0),
             failing_waits: std::sync::atomic::AtomicU64::new(0),
@@ -135,6 +139,18 @@ impl ReadProbe {
     /// the inner registry: a store fault at the moment a run ends.
     pub fn fail_next_completes(&self, n: u64) {
         self.failing_completes.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// From now on every `request_abandon` fails `unavailable` without
+    /// reaching the inner registry (`false` lets them through again).
+    pub fn fail_abandon_requests(&self, failing: bool) {
+        self.failing_abandon_requests
+            .store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A receiver of the number of `request_abandon` calls that arrived.
+    pub fn abandon_requests(&self) -> watch::Receiver<u64> {
+        self.abandon_requests.subscribe()
     }
 
     /// The next `n` calls of `get_env` fail `unavailable` without reaching
@@ -396,6 +412,12 @@ impl ProcessRegistry for ReadProbe {
         self.inner.abandon_worklist(limit).await
     }
     async fn request_abandon(&self, id: &str, requested_by: &str, reason: &str) -> Result<ProcessRecord> {
+        self.abandon_requests.send_modify(|n| *n += 1);
+        if self.failing_abandon_requests.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(cairn_core::CairnError::Unavailable(
+                "the probe fails this abandon request".into(),
+            ));
+        }
         self.inner.request_abandon(id, requested_by, reason).await
     }
     async fn reconcile_abandon(&self, id: &str) -> Result<Option<ProcessRecord>> {
