@@ -829,6 +829,64 @@ async fn a_run_stopped_by_a_closed_pipe_or_a_signal_cancels_its_process() {
     }
 }
 
+/// A `cairn run` whose stderr is closed (its reader gone) takes it as its
+/// output closing: it cancels its process and exits 141, instead of
+/// panicking on its first line and leaving the command running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_into_a_closed_stderr_cancels_its_process() {
+    let server = Server::start(&[]).await;
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let status = tokio::process::Command::new(BIN)
+        .args([
+            "--server",
+            &server.base,
+            "run",
+            "--id",
+            "no-stderr",
+            "--",
+            "sleep",
+            "30",
+        ])
+        .env_remove("CAIRN_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(writer)
+        .status();
+    let status = tokio::time::timeout(Duration::from_secs(60), status)
+        .await
+        .expect("cairn exited in time")
+        .expect("run cairn");
+    assert_eq!(status.code(), Some(141), "{status:?}");
+    let record = server
+        .client()
+        .wait_for("no-stderr", |r| r["status"] != "running")
+        .await;
+    assert_eq!(record["status"], "cancelled", "{record}");
+}
+
+/// A server that stops answering does not leave `cairn run` deaf to the
+/// signal that stops it: the cancel request it sends is given a few
+/// seconds, and `run` exits 143 saying the process may still run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_stopped_while_its_server_is_frozen_still_exits() {
+    let server = Server::start(&[]).await;
+    let mut run = Running::spawn(&server.base, &["run", "--id", "frozen", "--", "sleep", "60"]);
+    run.stderr_line("started frozen").await;
+    let server_pid = server.pid() as libc::pid_t;
+    // SAFETY: stopping and continuing our own child process by its pid.
+    assert_eq!(unsafe { libc::kill(server_pid, libc::SIGSTOP) }, 0);
+    let pid = run.child.id().expect("running") as libc::pid_t;
+    // SAFETY: sending a signal to our own child process by its pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let said = run.stderr_line("could not cancel frozen").await;
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(server_pid, libc::SIGCONT) }, 0);
+    assert!(said.contains("may") && said.contains("cairn cancel frozen"), "{said}");
+    assert_eq!(run.exit_code().await, 143);
+    let _ = server.client().post("/v1/processes/frozen/cancel", json!({})).await;
+}
+
 /// JSON given on the command line is taken as written: a key given twice is
 /// refused (exit 2, nothing started) rather than quietly read as its last
 /// value, and the server's complaint about a start points at the line the

@@ -35,9 +35,11 @@ pub async fn run(opts: &ResolvedClient, command: Command) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            // Not `eprintln!`: `run` ignores SIGPIPE, and a closed stderr
+            // must not turn its error into a panic.
+            let _ = writeln!(std::io::stderr(), "error: {e}");
             if let Some(hint) = e.hint() {
-                eprintln!("hint: {hint}");
+                let _ = writeln!(std::io::stderr(), "hint: {hint}");
             }
             ExitCode::from(e.exit_code())
         }
@@ -483,6 +485,16 @@ async fn run_conflict(client: &Client, id: &str, body: &Value) -> ClientError {
     }
 }
 
+/// How long `run` waits for the server to answer its cancel request once
+/// it was told to stop.
+const CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A line on stderr for `run`, which ignores SIGPIPE: `false` when stderr
+/// is closed (its reader gone), never a panic.
+fn note(line: std::fmt::Arguments<'_>) -> bool {
+    writeln!(std::io::stderr(), "{line}").is_ok()
+}
+
 /// A client command whose reader went away (`cairn --json ls | head -1`)
 /// ends quietly, as other command-line tools do, instead of panicking on the
 /// failed print. Rust ignores `SIGPIPE` so that a write reports the broken
@@ -674,14 +686,19 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
     let mut terminate = unix_signal(tokio::signal::unix::SignalKind::terminate());
     let mut hangup = unix_signal(tokio::signal::unix::SignalKind::hangup());
     let output_closed = tokio::sync::Notify::new();
+    // A closed stderr is a closed output too (`run` ignores SIGPIPE, so a
+    // write there fails rather than killing it): the process is cancelled.
     if !json {
-        if ended {
-            eprintln!(
+        let said = if ended {
+            note(format_args!(
                 "{id} already ran and ended {}; its output again:",
                 str_at(&record, "/status")
-            );
+            ))
         } else {
-            eprintln!("{verb} {id} (Ctrl-C cancels it)");
+            note(format_args!("{verb} {id} (Ctrl-C cancels it)"))
+        };
+        if !said {
+            output_closed.notify_one();
         }
     }
     // Output lines go where the command wrote them; the rest of the log is not
@@ -696,16 +713,21 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
             Some("shell.output") => {}
             Some("process.started") => {
                 let attempt = event.pointer("/payload/attempt").and_then(Value::as_u64).unwrap_or(1);
-                if attempt > 1 && ended {
-                    eprintln!(
+                let said = if attempt > 1 && ended {
+                    note(format_args!(
                         "{id} ran again (attempt {attempt}): the run before did not end (its server stopped \
                          or lost it), and a rerunnable run starts over; the output below is that run's"
-                    );
+                    ))
                 } else if attempt > 1 {
-                    eprintln!(
+                    note(format_args!(
                         "{id} runs again (attempt {attempt}): its last run did not end (its server stopped \
                          or lost it), and a rerunnable run starts over; the output below is the new run's"
-                    );
+                    ))
+                } else {
+                    true
+                };
+                if !said {
+                    closed.notify_one();
                 }
                 return;
             }
@@ -746,22 +768,37 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
             Some(()) = recv_signal(&mut terminate) => ("SIGTERM", 128 + 15),
             Some(()) = recv_signal(&mut hangup) => ("SIGHUP", 128 + 1),
             Some(()) = recv_signal(&mut ctrl_c) => {
-                if interrupted {
-                    if cancel_recorded {
-                        eprintln!("stopped following {id}; its cancellation is recorded: `cairn await {id}` shows how it ended");
+                let stopped_following = |recorded: bool| {
+                    if recorded {
+                        note(format_args!("stopped following {id}; its cancellation is recorded: `cairn await {id}` shows how it ended"));
                     } else {
-                        eprintln!("stopped following {id}, which may still run (its cancellation was not recorded): `cairn cancel {id}`");
+                        note(format_args!("stopped following {id}, which may still run (its cancellation was not recorded): `cairn cancel {id}`"));
                     }
-                    return Ok(ExitCode::from(EXIT_INTERRUPTED));
+                    Ok(ExitCode::from(EXIT_INTERRUPTED))
+                };
+                if interrupted {
+                    return stopped_following(cancel_recorded);
                 }
                 interrupted = true;
                 let body = json!({"reason": "interrupted: Ctrl-C in `cairn run`"});
-                match client.post(&format!("{}/cancel", proc_path(&id)), &body).await {
-                    Ok(_) => {
+                let cancel_path = format!("{}/cancel", proc_path(&id));
+                // A server that does not answer leaves the next Ctrl-C its
+                // meaning: stop following.
+                let posted = tokio::select! {
+                    posted = tokio::time::timeout(CANCEL_WAIT, client.post(&cancel_path, &body)) => posted,
+                    Some(()) = recv_signal(&mut ctrl_c) => return stopped_following(false),
+                };
+                match posted {
+                    Ok(Ok(_)) => {
                         cancel_recorded = true;
-                        eprintln!("cancelling {id} (Ctrl-C); waiting for it to stop (Ctrl-C again to stop waiting)")
+                        note(format_args!("cancelling {id} (Ctrl-C); waiting for it to stop (Ctrl-C again to stop waiting)"));
                     }
-                    Err(e) => eprintln!("could not cancel {id}: {e} (Ctrl-C again to stop following it)"),
+                    Ok(Err(e)) => {
+                        note(format_args!("could not cancel {id}: {e} (Ctrl-C again to stop following it)"));
+                    }
+                    Err(_) => {
+                        note(format_args!("could not cancel {id}: the server did not answer in {} s (Ctrl-C again to stop following it)", CANCEL_WAIT.as_secs()));
+                    }
                 }
                 continue;
             }
@@ -772,17 +809,32 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
             return Ok(ExitCode::from(code));
         }
         let body = json!({"reason": format!("interrupted: {what} (`cairn run`)")});
-        match client.post(&format!("{}/cancel", proc_path(&id)), &body).await {
-            Ok(_) => {
-                let _ = writeln!(std::io::stderr(), "cancelled {id}: `cairn run` was stopped ({what})");
+        // Bounded, and a second signal ends the wait: a server that does not
+        // answer must not leave `run` deaf to the signals that stop it.
+        let cancel_path = format!("{}/cancel", proc_path(&id));
+        let cancel = tokio::time::timeout(CANCEL_WAIT, client.post(&cancel_path, &body));
+        let posted = tokio::select! {
+            posted = cancel => posted.ok(),
+            Some(()) = recv_signal(&mut terminate) => None,
+            Some(()) = recv_signal(&mut hangup) => None,
+            Some(()) = recv_signal(&mut ctrl_c) => None,
+        };
+        match posted {
+            Some(Ok(_)) => {
+                note(format_args!("cancelled {id}: `cairn run` was stopped ({what})"));
             }
             // It ended before the cancel: nothing runs, nothing to say.
-            Err(ClientError::Api { code: c, .. }) if c == "process_terminal" => {}
-            Err(e) => {
-                let _ = writeln!(
-                    std::io::stderr(),
+            Some(Err(ClientError::Api { code: c, .. })) if c == "process_terminal" => {}
+            Some(Err(e)) => {
+                note(format_args!(
                     "`cairn run` was stopped ({what}) and could not cancel {id}, which may still run: {e}"
-                );
+                ));
+            }
+            None => {
+                note(format_args!(
+                    "`cairn run` was stopped ({what}) and could not cancel {id} (no answer in time), which may \
+                     still run: `cairn cancel {id}`"
+                ));
             }
         }
         return Ok(ExitCode::from(code));
@@ -790,7 +842,15 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
     // The process has ended: a closed output now ends `run` quietly, as it
     // does every other command.
     quit_on_closed_pipe();
-    let record = client.get(&proc_path(&id)).await?;
+    // The process has ended: a signal while its record is read ends `run`
+    // (128 + the signal) rather than waiting on a server that does not answer.
+    let path = proc_path(&id);
+    let record = tokio::select! {
+        record = client.get(&path) => record?,
+        Some(()) = recv_signal(&mut terminate) => return Ok(ExitCode::from(128 + 15)),
+        Some(()) = recv_signal(&mut hangup) => return Ok(ExitCode::from(128 + 1)),
+        Some(()) = recv_signal(&mut ctrl_c) => return Ok(ExitCode::from(EXIT_INTERRUPTED)),
+    };
     if json {
         print_json(&record);
     }
