@@ -484,6 +484,7 @@ impl ProcessRegistry for MemoryRegistry {
     }
 
     async fn list(&self, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>> {
+        filter.validate()?;
         let limit = filter.page_size()?;
         let st = self.state.lock();
         let start = filter.after_id.clone().unwrap_or_default();
@@ -557,6 +558,7 @@ impl ProcessRegistry for MemoryRegistry {
 
     async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {
         validate_scope(scope)?;
+        filter.validate()?;
         let limit = filter.page_size()?;
         let st = self.state.lock();
         let Some(grants) = st.grants.get(&scope.scope_id()) else {
@@ -576,6 +578,7 @@ impl ProcessRegistry for MemoryRegistry {
 
     async fn list_originated_by(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>> {
         validate_scope(scope)?;
+        filter.validate()?;
         let limit = filter.page_size()?;
         let st = self.state.lock();
         let start = filter.after_id.clone().unwrap_or_default();

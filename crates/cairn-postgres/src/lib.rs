@@ -356,6 +356,7 @@ impl ProcessRegistry for PostgresRegistry {
     }
 
     async fn list(&self, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>> {
+        filter.validate()?;
         let limit = filter.page_size()?;
         self.shared
             .run(|c| async move { read::list(&c, filter, limit).await })
@@ -427,6 +428,7 @@ impl ProcessRegistry for PostgresRegistry {
 
     async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {
         validate_scope(scope)?;
+        filter.validate()?;
         let limit = filter.page_size()?;
         self.shared
             .run(|c| async move { read::list_granted_to(&c, scope, filter, limit).await })
@@ -435,6 +437,7 @@ impl ProcessRegistry for PostgresRegistry {
 
     async fn list_originated_by(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>> {
         validate_scope(scope)?;
+        filter.validate()?;
         let limit = filter.page_size()?;
         self.shared
             .run(|c| async move { read::list_originated_by(&c, scope, filter, limit).await })

@@ -337,6 +337,7 @@ impl ProcessRegistry for SqliteRegistry {
     }
 
     async fn list(&self, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>> {
+        filter.validate()?;
         let limit = filter.page_size()?;
         let filter = filter.clone();
         self.read(move |tx, _| store::list(tx, &filter, limit)).await
@@ -395,6 +396,7 @@ impl ProcessRegistry for SqliteRegistry {
 
     async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {
         validate_scope(scope)?;
+        filter.validate()?;
         let limit = filter.page_size()?;
         let (scope, filter) = (scope.clone(), filter.clone());
         self.read(move |tx, _| store::list_granted_to(tx, &scope, &filter, limit))
@@ -403,6 +405,7 @@ impl ProcessRegistry for SqliteRegistry {
 
     async fn list_originated_by(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>> {
         validate_scope(scope)?;
+        filter.validate()?;
         let limit = filter.page_size()?;
         let (scope, filter) = (scope.clone(), filter.clone());
         self.read(move |tx, _| store::list_originated_by(tx, &scope, &filter, limit))

@@ -281,6 +281,7 @@ macro_rules! conformance_suite {
                 list_paging,
                 lens_listings_apply_filters,
                 filter_parsing_errors,
+                listings_check_a_filter_built_in_code,
                 // leases
                 claim_is_exclusive_under_race,
                 claim_batch_never_double_claims,

@@ -398,6 +398,42 @@ pub async fn filter_parsing_errors(factory: &dyn StoreFactory) {
     assert_eq!(listed(&h, &parsed).await, ids(&["e1"]));
 }
 
+/// A filter built in code, not parsed, is checked by every listing as a
+/// parsed one is: `invalid_filter` from each backend alike (PostgreSQL takes
+/// no NUL in text, and would otherwise fail as a storage error).
+pub async fn listings_check_a_filter_built_in_code(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    h.register(external("e1")).await;
+    let scope = cairn_core::SessionScope::session("s1");
+    let bad = [
+        ProcessFilter {
+            after_id: Some("a\u{0}".into()),
+            ..ProcessFilter::any()
+        },
+        ProcessFilter {
+            definition: Some("tool:x\u{0}".into()),
+            ..ProcessFilter::any()
+        },
+    ];
+    for filter in &bad {
+        expect_code(
+            h.registry().list(filter).await,
+            "invalid_filter",
+            &format!("list {filter:?}"),
+        );
+        expect_code(
+            h.registry().list_granted_to(&scope, filter).await,
+            "invalid_filter",
+            &format!("list_granted_to {filter:?}"),
+        );
+        expect_code(
+            h.registry().list_originated_by(&scope, filter).await,
+            "invalid_filter",
+            &format!("list_originated_by {filter:?}"),
+        );
+    }
+}
+
 /// `caused_by` lists a process's children (SPEC §13): those whose provenance
 /// names it as `{"process_id"}` or `{"kind": "process", "id"}`; a malformed
 /// `caused_by` is refused at registration.
