@@ -238,6 +238,23 @@ impl PostgresRegistry {
     /// Register `registrations` (no grants) as one write batch, the way a lane
     /// commits registrations queued together (see [`testing::register_together`]).
     #[cfg(any(test, feature = "test-util"))]
+    pub(crate) async fn claim_together(&self, claims: &[(&str, usize)]) -> Vec<Result<Vec<Claim>>> {
+        let mut ops = Vec::new();
+        for (owner, limit) in claims {
+            match Op::claim_batch(owner, 60_000, *limit) {
+                Ok(op) => ops.push(op),
+                Err(e) => return vec![Err(e)],
+            }
+        }
+        self.lanes
+            .run_together(ops)
+            .await
+            .into_iter()
+            .map(|out| out?.into_claims())
+            .collect()
+    }
+
+    #[cfg(any(test, feature = "test-util"))]
     pub(crate) async fn register_together(&self, registrations: &[Registration]) -> Vec<Result<Registered>> {
         let now = self.clock.now_ms();
         let mut answers: Vec<Option<Result<Registered>>> = Vec::new();

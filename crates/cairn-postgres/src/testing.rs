@@ -56,6 +56,15 @@ pub async fn register_together(
     registry.register_together(registrations).await
 }
 
+/// Claim batches for `(owner, limit)` as one write batch (leases of a
+/// minute), as a lane commits the claims queued together, and answer each.
+pub async fn claim_together(
+    registry: &PostgresRegistry,
+    claims: &[(&str, usize)],
+) -> Vec<Result<Vec<cairn_core::Claim>>> {
+    registry.claim_together(claims).await
+}
+
 /// The hot indexed queries, each with the index its plan must use:
 /// `(name, SQL taking $1 = now and $2 = limit as int8, index)`.
 pub fn indexed_queries() -> Vec<(&'static str, &'static str, &'static str)> {

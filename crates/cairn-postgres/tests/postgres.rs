@@ -1371,3 +1371,20 @@ async fn a_due_row_locked_and_left_as_it_was_is_announced_as_work() {
     assert_eq!(report.not_granted, ["queued"]);
     heard().await.expect("the retried transfer was announced as work");
 }
+
+/// A claim of "everything" (`usize::MAX`) queued beside another claim in one
+/// write batch claims every claimable row, as it does alone (the batch's
+/// candidate count saturates rather than overflowing).
+#[tokio::test]
+async fn a_claim_of_everything_beside_another_claims_all() {
+    if !testing::enabled() {
+        return;
+    }
+    let (reg, _schema) = testing::fresh(clock()).await;
+    for id in ["c1", "c2", "c3"] {
+        reg.register(rerunnable(id), None).await.expect("register");
+    }
+    let answers = testing::claim_together(&reg, &[("w1", usize::MAX), ("w2", 1)]).await;
+    let claimed: Vec<usize> = answers.into_iter().map(|a| a.expect("claims").len()).collect();
+    assert_eq!(claimed, vec![3, 0]);
+}

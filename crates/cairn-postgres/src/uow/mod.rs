@@ -144,7 +144,8 @@ pub(crate) async fn run_batch(
     ending.dedup();
     let (replay_ids, replay_keys): (Vec<String>, Vec<String>) = ops.iter().filter_map(Op::replay_key).unzip();
     let envs: Vec<String> = ops.iter().filter_map(|o| o.env_ref().map(String::from)).collect();
-    let want: usize = ops.iter().map(Op::candidates_wanted).sum();
+    // Saturating: a claim of "everything" (`usize::MAX`) beside another.
+    let want = ops.iter().map(Op::candidates_wanted).fold(0, usize::saturating_add);
     let now_sql = to_sql(now);
     let want_sql = crate::rows::to_sql_usize(want);
 
