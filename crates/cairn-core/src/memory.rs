@@ -721,6 +721,7 @@ impl ProcessRegistry for MemoryRegistry {
     }
 
     async fn heartbeat(&self, identity: &NodeIdentity) -> Result<bool> {
+        NodeIdentity::validate_node_id(&identity.node)?;
         let now = self.now();
         let mut st = self.state.lock();
         match st.nodes.get_mut(&identity.node) {
@@ -733,6 +734,7 @@ impl ProcessRegistry for MemoryRegistry {
     }
 
     async fn node(&self, node: &str) -> Result<Option<NodeLiveness>> {
+        NodeIdentity::validate_node_id(node)?;
         Ok(self.state.lock().nodes.get(node).cloned())
     }
 

@@ -64,6 +64,9 @@ pub async fn register_node_counts_incarnations(factory: &dyn StoreFactory) {
     for bad in ["", "a#1", "has space", &"x".repeat(65)] {
         h.rejects("invalid_id", "register a bad node id", r.register_node(bad))
             .await;
+        h.rejects("invalid_id", "read a bad node id", r.node(bad)).await;
+        h.rejects("invalid_id", "heartbeat a bad node id", r.heartbeat(&identity(bad, 1)))
+            .await;
         assert_eq!(ok(r.node("n1").await, "node n1").expect("n1").incarnation, 2);
     }
     h.rejects("invalid_id", "sweep naming a bad node id", r.sweep("p", "a b", 2))
