@@ -5,6 +5,30 @@
 
 use serde_json::Value;
 
+/// `bytes` as one JSON value, as the HTTP API reads a body: an object that
+/// gives a key twice is refused (`{"id":"mine","id":"other"}` must not quietly
+/// mean the second), as invalid request `-32600` with the message's id when
+/// a client could match it (`Err((id, code, text))`); bytes that are not
+/// JSON are a parse error `-32700`.
+pub fn parse(bytes: &[u8]) -> Result<Value, (Value, i64, String)> {
+    match cairn_core::validate::parse_strict_json(bytes) {
+        Ok(message) => Ok(message),
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            let id = serde_json::from_slice::<Value>(bytes)
+                .map(|m| answerable_id(&m))
+                .unwrap_or(Value::Null);
+            Err((id, -32600, format!("invalid request: {e}")))
+        }
+        Err(e) => Err((Value::Null, -32700, format!("parse error: {e}"))),
+    }
+}
+
+/// Whether `bytes` hold a notification (see [`is_notification`]), read
+/// leniently: one with a key given twice is dropped unanswered too.
+pub fn is_notification_bytes(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(bytes).is_ok_and(|m| is_notification(&m))
+}
+
 /// What is wrong with `message` as one JSON-RPC 2.0 message, if anything: the
 /// JSON-RPC error code and its message (`carrier` says what carries one
 /// message: "each POST carries", "each line carries"). Requests need a string
@@ -51,10 +75,13 @@ pub fn fault(message: &Value, carrier: &str) -> Option<(i64, String)> {
     }
 }
 
-/// A request id a client can match: a string, or an integer (`1e3` included)
-/// that fits a signed 64-bit one.
+/// A request id a client can match: a string, or an integer that fits a
+/// signed 64-bit one; written with a fraction or exponent (`1e3`), one a
+/// double holds exactly (below 2^53, as the protocol library takes it: it
+/// drops a larger one unanswered).
 fn id_ok(id: &Value) -> bool {
-    id.is_string() || id.is_i64() || id.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 9.2e18)
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    id.is_string() || id.is_i64() || id.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < EXACT)
 }
 
 /// Whether `message` is a JSON-RPC 2.0 notification (a string `method` and no

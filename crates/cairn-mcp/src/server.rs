@@ -275,8 +275,12 @@ where
             if line.trim().is_empty() {
                 continue;
             }
-            let fault = match serde_json::from_slice::<Value>(&bytes) {
-                Err(e) => Some((Value::Null, -32700, format!("parse error: {e}"))),
+            let fault = match crate::message::parse(&bytes) {
+                Err(_) if crate::message::is_notification_bytes(&bytes) => {
+                    tracing::debug!("a notification that gives a key twice was dropped");
+                    continue;
+                }
+                Err(fault) => Some(fault),
                 // A notification whose params are wrong is dropped: JSON-RPC
                 // never answers a notification (over HTTP its POST is refused
                 // with a status instead).

@@ -805,6 +805,11 @@ async fn malformed_posts_get_jsonrpc_errors() {
             Value::Null,
         ),
         (r#"{"jsonrpc": "2.0", "id": 5}"#, -32600, json!(5)),
+        (
+            r#"{"jsonrpc": "2.0", "id": 1e16, "method": "ping"}"#,
+            -32600,
+            Value::Null,
+        ),
         (r#"{"jsonrpc": "2.0", "id": 5, "method": 7}"#, -32600, json!(5)),
         (
             r#"{"jsonrpc": "2.0", "id": "a", "method": "tools/call", "params": "x"}"#,
@@ -902,6 +907,28 @@ async fn malformed_posts_get_jsonrpc_errors() {
         };
         assert!(message.contains(says), "{status}: {answer}");
     }
+    // A key given twice anywhere is refused, as the HTTP API refuses it, and
+    // nothing is done: not the first value, not the last.
+    let twice = r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"process_start","arguments":{"id":"twice-a","id":"twice-b","disposition":"rerunnable","input":{"type":"external"}}}}"#;
+    let response = post(twice).await.expect("answered");
+    assert_eq!(response.status().as_u16(), 400);
+    let answer: Value = response.json().await.expect("a JSON body");
+    assert_eq!(
+        (answer["id"].clone(), answer["error"]["code"].clone()),
+        (json!(9), json!(-32600)),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["message"].as_str().is_some_and(|m| m.contains("twice")),
+        "{answer}"
+    );
+    for id in ["twice-a", "twice-b"] {
+        let status = reqwest::get(server.url(&format!("/v1/processes/{id}")))
+            .await
+            .expect("get")
+            .status();
+        assert_eq!(status.as_u16(), 404, "{id}");
+    }
     // A well-formed message still reaches the endpoint.
     let response = post(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#)
         .await
@@ -932,6 +959,10 @@ async fn stdio_answers_malformed_lines() {
         r#"{"jsonrpc": "1.0", "id": 3, "method": "ping"}"#,
         r#"{"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": "x"}"#,
         r#"{"jsonrpc": "2.0", "id": 5, "method": "ping"}"#,
+        // A key given twice is refused, as the HTTP API refuses it.
+        r#"{"jsonrpc": "2.0", "id": 7, "method": "ping", "method": "tools/list"}"#,
+        // An id past 2^53 no client library matches exactly.
+        r#"{"jsonrpc": "2.0", "id": 1e16, "method": "ping"}"#,
     ];
     for line in lines {
         stdin.write_all(format!("{line}\n").as_bytes()).await.expect("write");
@@ -983,6 +1014,8 @@ async fn stdio_answers_malformed_lines() {
             (json!(4), json!(-32600)),
             (json!(5), Value::Null),
             (json!(6), Value::Null),
+            (json!(7), json!(-32600)),
+            (Value::Null, json!(-32600)),
             (Value::Null, json!(-32600)),
             (Value::Null, json!(-32700)),
             (Value::Null, json!(-32700)),

@@ -82,13 +82,8 @@ pub async fn jsonrpc_errors(limit: usize, req: axum::extract::Request, next: axu
             return response;
         }
     };
-    match serde_json::from_slice::<Value>(&bytes) {
-        Err(e) => rpc_error(
-            axum::http::StatusCode::BAD_REQUEST,
-            Value::Null,
-            -32700,
-            &format!("parse error: {e}"),
-        ),
+    match cairn_mcp::message::parse(&bytes) {
+        Err((id, code, text)) => rpc_error(axum::http::StatusCode::BAD_REQUEST, id, code, &text),
         Ok(message) => match cairn_mcp::message::fault(&message, "each POST carries") {
             Some((code, text)) => rpc_error(
                 axum::http::StatusCode::BAD_REQUEST,
