@@ -403,7 +403,13 @@ impl ToolKind {
                 let a: GetArgs = parse(self, arguments)?;
                 cairn.get(&a.id).await
             }
-            Self::List => cairn.list(&parse::<ListArgs>(self, arguments)?).await,
+            // A filter the HTTP API would refuse as a query (an unknown
+            // key, a value of the wrong type) is its `invalid_filter` here too.
+            Self::List => {
+                let filter =
+                    parse::<ListArgs>(self, arguments).map_err(|f| Failure::new("invalid_filter", f.message))?;
+                cairn.list(&filter).await
+            }
             Self::Events => {
                 let a: EventsArgs = parse(self, arguments)?;
                 cairn.events(&a.id, a.after.unwrap_or(0), a.limit).await

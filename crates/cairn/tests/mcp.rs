@@ -457,6 +457,16 @@ async fn bad_input(server: &Server, client: &McpClient, tools: &[Tool], transpor
     let (code, message) = err(client, "process_list", json!({"status": "bogus"})).await;
     assert_eq!(code, "invalid_filter");
     assert!(message.contains("bogus"), "{message}");
+    // So is an unknown key or a value of the wrong type, as over HTTP
+    // (`?colour=red`, `?waiting=yes`).
+    for bad in [
+        json!({"colour": "red"}),
+        json!({"waiting": "yes"}),
+        json!({"limit": "x"}),
+    ] {
+        let (code, message) = err(client, "process_list", bad.clone()).await;
+        assert_eq!(code, "invalid_filter", "{bad}: {message}");
+    }
     let (code, _) = err(
         client,
         "process_start",
