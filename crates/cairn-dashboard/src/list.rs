@@ -114,9 +114,10 @@ struct Plan {
     filter: ProcessFilter,
     before: Option<Cursor>,
     size: usize,
-    /// A session viewer asked for another session's grants (the list answers
-    /// 403, as the API does; a definition's page shows none).
-    empty: bool,
+    /// Why a session viewer may not have this list (another session's
+    /// grants, the provenance lens): the list answers 403 with it, as the
+    /// API does; a definition's page shows none.
+    forbidden: Option<&'static str>,
 }
 
 fn plan(q: &ListQuery, viewer: &Viewer) -> Result<Plan, CairnError> {
@@ -159,16 +160,16 @@ fn plan(q: &ListQuery, viewer: &Viewer) -> Result<Plan, CairnError> {
         ("originated_by", s) => Lens::OriginatedBy(SessionScope::session(s)),
         (other, _) => return Err(bad(format!("unknown lens `{other}`: all, granted_to or originated_by"))),
     };
-    let mut empty = false;
+    let mut forbidden = None;
     if let Viewer::Session(own) = viewer {
         // Session tokens list through the security lens only, as in the API.
         match &lens {
             Lens::OriginatedBy(_) => {
-                return Err(bad(
-                    "`originated_by` needs the host token; session tokens list what is granted to them".into(),
-                ))
+                forbidden = Some("`originated_by` needs the host token; session tokens list what is granted to them")
             }
-            Lens::GrantedTo(s) if s.session_id != *own => empty = true,
+            Lens::GrantedTo(s) if s.session_id != *own => {
+                forbidden = Some("a session token may only list its own session's grants")
+            }
             _ => {}
         }
         lens = Lens::GrantedTo(SessionScope::session(own.clone()));
@@ -188,7 +189,7 @@ fn plan(q: &ListQuery, viewer: &Viewer) -> Result<Plan, CairnError> {
         filter,
         before: Cursor::parse(q.before.trim()).map_err(bad)?,
         size,
-        empty,
+        forbidden,
     })
 }
 
@@ -304,7 +305,7 @@ pub(crate) async fn newest_of_definition(
     size: usize,
 ) -> cairn_core::Result<(Vec<Row>, bool)> {
     let plan = plan(&ListQuery::of_definition(definition, Some(size)), viewer)?;
-    if plan.empty {
+    if plan.forbidden.is_some() {
         return Ok((Vec::new(), false));
     }
     let (rows, next) = newest_page(p, &plan).await?;
@@ -420,11 +421,8 @@ async fn rows_markup(p: &Processes, visitor: &Visitor, q: &ListQuery) -> (Status
     };
     // Another session's grants are its state: 403, as the API answers (a
     // definition's page, which lists through the same plan, shows none).
-    if plan.empty {
-        return (
-            StatusCode::FORBIDDEN,
-            pages::error_fragment("forbidden", "a session token may only list its own session's grants"),
-        );
+    if let Some(why) = plan.forbidden {
+        return (StatusCode::FORBIDDEN, pages::error_fragment("forbidden", why));
     }
     let (rows, next) = match newest_page(p, &plan).await {
         Ok(x) => x,
@@ -594,13 +592,14 @@ mod tests {
             session: "s2".into(),
             ..ListQuery::default()
         };
-        assert!(plan(&other, &v).unwrap().empty);
+        assert!(plan(&other, &v).unwrap().forbidden.is_some());
         let orig = ListQuery {
             lens: "originated_by".into(),
             session: "s1".into(),
             ..ListQuery::default()
         };
-        assert_eq!(plan(&orig, &v).err().map(|e| e.code()), Some("invalid_filter"));
+        let refused = plan(&orig, &v).unwrap().forbidden.expect("forbidden");
+        assert!(refused.contains("host token"), "{refused}");
     }
 
     #[test]

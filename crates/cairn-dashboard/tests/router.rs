@@ -277,8 +277,10 @@ async fn a_session_token_sees_only_its_sessions_processes() {
     let (status, html, _) = get(&app, "/ui/list/rows?status=any&lens=granted_to&session=", cookie).await;
     assert_eq!(status, StatusCode::OK, "{html}");
     assert_eq!(listed(&html), vec!["mine"]);
+    // The provenance lens is the host's: 403, as the API answers.
     let (status, html, _) = get(&app, "/ui/list/rows?lens=originated_by&session=s2", cookie).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
+    assert!(html.contains("host token"), "{html}");
     let (status, html, _) = get(&app, "/ui/processes/theirs", cookie).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(html.contains("unknown_process"));
