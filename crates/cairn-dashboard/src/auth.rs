@@ -80,10 +80,15 @@ impl CsrfKey {
         Self(key)
     }
 
+    /// A logged-in visitor's basis is their token, a secret: it keys the
+    /// MAC itself, so every node behind one address (and a restarted one)
+    /// derives the same CSRF token for it, and a page drawn by one node may
+    /// post to another. The open server (no basis; loopback only) keys with
+    /// this start's random key.
     fn mac(&self, basis: &str) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        let key: &[u8] = if basis.is_empty() { &self.0 } else { basis.as_bytes() };
+        let mut mac = HmacSha256::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
         mac.update(b"cairn-ui-csrf\0");
-        mac.update(basis.as_bytes());
         mac
     }
 
@@ -278,7 +283,12 @@ mod tests {
         assert!(!key.verify("other", &t));
         assert!(!key.verify("tok", ""));
         assert!(!key.verify("tok", "not hex"));
-        assert!(!CsrfKey::random().verify("tok", &t));
+        // A login's token keys it: another node (another start) agrees.
+        assert!(CsrfKey::random().verify("tok", &t));
+        // The open server's is this start's own.
+        let open = key.token("");
+        assert!(key.verify("", &open));
+        assert!(!CsrfKey::random().verify("", &open));
     }
 
     #[test]

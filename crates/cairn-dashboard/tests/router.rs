@@ -619,6 +619,28 @@ async fn a_quiet_live_stream_still_refreshes_the_record() {
     assert!(fragment.contains("data-child=\"kid\""), "{fragment}");
 }
 
+/// Nodes behind one address share the login's CSRF token: a page drawn by
+/// one dashboard may post to another (and to a restarted one), as the login
+/// cookie works on any node.
+#[tokio::test]
+async fn a_page_drawn_by_one_node_posts_to_another() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    external(&p, "ext-1").await;
+    let (a, b) = (app(&p, false), app(&p, false));
+    let (status, html, _) = get(&a, "/ui/processes/ext-1", Some("cairn_ui=host")).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let cancel = Request::post("/ui/processes/ext-1/cancel")
+        .header(header::COOKIE, "cairn_ui=host")
+        .header("x-cairn-csrf", csrf_of(&html))
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from("reason=from+another+node"))
+        .unwrap();
+    let (status, fragment, _) = send(&b, cancel).await;
+    assert_eq!(status, StatusCode::OK, "{fragment}");
+    assert!(p.get("ext-1").await.unwrap().cancel_request.is_some());
+}
+
 fn csrf_of(html: &str) -> String {
     html.split("name=\"cairn-csrf\" content=\"")
         .nth(1)
