@@ -42,6 +42,19 @@ fn failure(e: ClientError) -> Failure {
     }
 }
 
+/// A write whose request went out and whose answer was lost may have been
+/// done: `outcome_unknown` (read the state first), not `unavailable`
+/// (nothing was done), which is kept for a server never reached.
+fn write_failure(e: ClientError) -> Failure {
+    match e {
+        e @ (ClientError::Http(_) | ClientError::Interrupted(_)) => Failure::new(
+            "outcome_unknown",
+            format!("the answer was lost after the request was sent; read the state before retrying: {e}"),
+        ),
+        e => failure(e),
+    }
+}
+
 fn proc_path(id: &str) -> String {
     format!("/v1/processes/{}", segment(id))
 }
@@ -56,7 +69,11 @@ impl Forwarding {
     }
 
     async fn post_json(&self, path: &str, body: Value) -> Answer {
-        self.client.post(path, &body).await.map(|(_, v)| v).map_err(failure)
+        self.client
+            .post(path, &body)
+            .await
+            .map(|(_, v)| v)
+            .map_err(write_failure)
     }
 }
 
