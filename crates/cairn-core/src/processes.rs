@@ -843,24 +843,35 @@ impl Processes {
         Ok(self.inner.registry.append_event(id, req).await?.event)
     }
 
-    /// Running processes and pending wakes of a session scope.
+    /// Running processes and pending wakes of a session scope: every running
+    /// process granted to it (paged to the end), and the oldest pending
+    /// wakes of its session, at most [`crate::model::MAX_PAGE_SIZE`] (a
+    /// frame's scope: those aimed at that frame); acknowledged ones make room
+    /// for later ones.
     pub async fn session_snapshot(&self, scope: &SessionScope) -> Result<SessionSnapshot> {
-        let running = self
-            .inner
-            .registry
-            .list_granted_to(
-                scope,
-                &ProcessFilter {
-                    limit: Some(crate::model::MAX_PAGE_SIZE),
-                    ..ProcessFilter::running()
-                },
-            )
-            .await?;
-        let wakes = self
+        let mut running = Vec::new();
+        let mut filter = ProcessFilter {
+            limit: Some(crate::model::MAX_PAGE_SIZE),
+            ..ProcessFilter::running()
+        };
+        loop {
+            let page = self.inner.registry.list_granted_to(scope, &filter).await?;
+            let full = page.len() >= crate::model::MAX_PAGE_SIZE;
+            let Some(last) = page.last() else { break };
+            filter.after_id = Some(last.process.id.clone());
+            running.extend(page);
+            if !full {
+                break;
+            }
+        }
+        let mut wakes = self
             .inner
             .registry
             .pending_wakes(&scope.session_id, Some(crate::model::MAX_PAGE_SIZE))
             .await?;
+        if scope.agent_frame_id.is_some() {
+            wakes.retain(|w| w.target_scope == *scope);
+        }
         Ok(SessionSnapshot {
             scope: scope.clone(),
             running,
@@ -970,5 +981,33 @@ impl Processes {
         if let Some(d) = &self.inner.driver {
             d.shutdown().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session snapshot holds every running process granted to the scope,
+    /// past one page of the listing.
+    #[tokio::test]
+    async fn a_session_snapshot_holds_every_running_process() {
+        let p = Processes::builder(Arc::new(crate::memory::MemoryRegistry::new()))
+            .without_worker()
+            .start();
+        let scope = SessionScope::session("s1");
+        let n = crate::model::MAX_PAGE_SIZE + 1;
+        for i in 0..n {
+            let req = StartRequest::external(&format!("e{i:05}"), serde_json::json!({}))
+                .with_grant(scope.clone(), Default::default());
+            p.start(req).await.expect("start");
+        }
+        let snapshot = p.session_snapshot(&scope).await.expect("snapshot");
+        assert_eq!(snapshot.running.len(), n);
+        let frame = p
+            .session_snapshot(&SessionScope::frame("s1", "f1"))
+            .await
+            .expect("frame snapshot");
+        assert!(frame.running.is_empty() && frame.wakes.is_empty());
     }
 }
