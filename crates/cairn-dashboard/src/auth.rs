@@ -180,7 +180,28 @@ fn to_login(req: &Request) -> Response {
         return r;
     }
     if matches!(*req.method(), Method::GET | Method::HEAD) {
-        return Redirect::to("/ui/login").into_response();
+        let here = req.uri().path_and_query().map_or("/ui", |pq| pq.as_str());
+        // A link followed from another site carries no `SameSite=Strict`
+        // cookie: a page that reloads itself (a same-site navigation, which
+        // carries it) sends a logged-in visitor on without asking again.
+        let from_elsewhere = req
+            .headers()
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes() == b"cross-site");
+        if from_elsewhere && safe_next(here).is_some() {
+            return pages::reload(here).into_response();
+        }
+        // The login sends the visitor back where they were going.
+        let login = match safe_next(here) {
+            Some(next) => format!(
+                "/ui/login?{}",
+                form_urlencoded::Serializer::new(String::new())
+                    .append_pair("next", next)
+                    .finish()
+            ),
+            None => "/ui/login".to_string(),
+        };
+        return Redirect::to(&login).into_response();
     }
     (
         StatusCode::UNAUTHORIZED,
@@ -189,17 +210,41 @@ fn to_login(req: &Request) -> Response {
         .into_response()
 }
 
+/// `next` when it is a dashboard page of this server to go back to after a
+/// login: a path under `/ui` (never another site, `//host`), in the URI
+/// characters a request line carries (so it makes a `Location` header).
+fn safe_next(next: &str) -> Option<&str> {
+    let under_ui = next == "/ui" || next.starts_with("/ui/") || next.starts_with("/ui?");
+    let plain = next.bytes().all(|b| b.is_ascii_graphic() && b != b'\\');
+    (under_ui && plain && !next.starts_with("/ui/login")).then_some(next)
+}
+
+#[derive(Deserialize)]
+pub(crate) struct LoginQuery {
+    #[serde(default)]
+    next: String,
+}
+
 /// `GET /ui/login`.
-pub(crate) async fn login_page(State(d): Shared) -> Response {
+pub(crate) async fn login_page(
+    State(d): Shared,
+    query: Result<axum::extract::Query<LoginQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    // A query that is not this page's is no reason to refuse the login.
+    let next = query.as_ref().ok().and_then(|q| safe_next(&q.next));
     if d.access.is_open() {
-        return Redirect::to("/ui/processes").into_response();
+        return Redirect::to(next.unwrap_or("/ui/processes")).into_response();
     }
-    pages::login(None).into_response()
+    pages::login(None, next).into_response()
 }
 
 #[derive(Deserialize)]
 pub(crate) struct LoginForm {
     token: String,
+    /// Where to go once logged in (a dashboard path; anything else goes to
+    /// the list).
+    #[serde(default)]
+    next: String,
 }
 
 /// `POST /ui/login`: check the token, then keep it in the cookie. A login
@@ -219,7 +264,7 @@ pub(crate) async fn login(
     let Ok(Form(form)) = form else {
         return (
             StatusCode::BAD_REQUEST,
-            pages::login(Some("the login form carried no token: sign in from this page")),
+            pages::login(Some("the login form carried no token: sign in from this page"), None),
         )
             .into_response();
     };
@@ -230,7 +275,10 @@ pub(crate) async fn login(
     {
         return (
             StatusCode::FORBIDDEN,
-            pages::login(Some("a login must be posted from this page, not from another site")),
+            pages::login(
+                Some("a login must be posted from this page, not from another site"),
+                None,
+            ),
         )
             .into_response();
     }
@@ -238,7 +286,10 @@ pub(crate) async fn login(
     if d.access.resolve(token).is_none() {
         return (
             StatusCode::UNAUTHORIZED,
-            pages::login(Some("unknown token: the server has no host or session token like it")),
+            pages::login(
+                Some("unknown token: the server has no host or session token like it"),
+                safe_next(&form.next),
+            ),
         )
             .into_response();
     }
@@ -247,7 +298,7 @@ pub(crate) async fn login(
         .http_only(true)
         .same_site(SameSite::Strict)
         .build();
-    let mut r = Redirect::to("/ui/processes").into_response();
+    let mut r = Redirect::to(safe_next(&form.next).unwrap_or("/ui/processes")).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie.encoded().to_string()) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }

@@ -57,7 +57,7 @@ pub(crate) fn layout(title: &str, visitor: &Visitor, nav: Nav, body: Markup) -> 
 }
 
 /// The login page (only shown when the server has tokens).
-pub(crate) fn login(problem: Option<&str>) -> Markup {
+pub(crate) fn login(problem: Option<&str>, next: Option<&str>) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -73,6 +73,9 @@ pub(crate) fn login(problem: Option<&str>) -> Markup {
                     form method="post" action="/ui/login" {
                         label for="token" { "Token (host or session)" }
                         input #token type="password" name="token" autocomplete="current-password" required autofocus;
+                        @if let Some(next) = next {
+                            input type="hidden" name="next" value=(next);
+                        }
                         button type="submit" { "Log in" }
                     }
                     @if let Some(p) = problem {
@@ -81,6 +84,23 @@ pub(crate) fn login(problem: Option<&str>) -> Markup {
                     p.hint { "The token is kept in an HttpOnly cookie for this site only." }
                 }
             }
+        }
+    }
+}
+
+/// A page that loads `here` again at once: what a link from another site
+/// gets, so the browser asks again as a same-site navigation, which carries
+/// the `SameSite=Strict` login cookie.
+pub(crate) fn reload(here: &str) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta http-equiv="refresh" content={ "0; url=" (here) };
+                title { "cairn" }
+            }
+            body { p { a href=(here) { "Continue to cairn" } } }
         }
     }
 }

@@ -185,7 +185,36 @@ async fn with_tokens_pages_need_a_login_and_writes_need_the_csrf_token() {
 
     let (status, _, headers) = get(&app, "/ui/processes", None).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
-    assert_eq!(headers[header::LOCATION], "/ui/login");
+    assert_eq!(headers[header::LOCATION], "/ui/login?next=%2Fui%2Fprocesses");
+    // The login goes back where the visitor was going: a page of this
+    // dashboard, never another site.
+    let (status, html, _) = get(&app, "/ui/login?next=%2Fui%2Fprocesses%2Fext-1", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains(r#"name="next" value="/ui/processes/ext-1""#), "{html}");
+    for (next, to) in [
+        ("%2Fui%2Fprocesses%2Fext-1%3Fx%3D1", "/ui/processes/ext-1?x=1"),
+        ("https%3A%2F%2Fevil.example%2Fui%2F", "/ui/processes"),
+        ("%2F%2Fevil.example%2Fui%2F", "/ui/processes"),
+        ("%2Fui%2F..%5C..%5Cevil", "/ui/processes"),
+    ] {
+        let back = Request::post("/ui/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("token=host&next={next}")))
+            .unwrap();
+        let (status, _, headers) = send(&app, back).await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{next}");
+        assert_eq!(headers[header::LOCATION], to, "{next}");
+    }
+    // A link followed from another site carries no `SameSite=Strict`
+    // cookie: the page reloads itself (same-site, which carries it).
+    let followed = Request::get("/ui/processes/ext-1")
+        .header("sec-fetch-site", "cross-site")
+        .body(Body::empty())
+        .unwrap();
+    let (status, html, _) = send(&app, followed).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains(r#"content="0; url=/ui/processes/ext-1""#), "{html}");
+    assert!(!html.contains("ext-1</"), "nothing of the process is shown: {html}");
 
     let login = |token: &str| {
         Request::post("/ui/login")
@@ -968,7 +997,11 @@ async fn the_modules_pages_need_a_login_and_show_a_session_only_its_scripts() {
         for cookie in [None, Some("cairn_ui=not-a-token")] {
             let (status, html, headers) = get(&app, path, cookie).await;
             assert_eq!(status, StatusCode::SEE_OTHER, "{path} with {cookie:?}");
-            assert_eq!(headers[header::LOCATION], "/ui/login", "{path}");
+            let location = headers[header::LOCATION].to_str().unwrap();
+            assert!(
+                location.starts_with("/ui/login?next=%2Fui%2Fmodules"),
+                "{path}: {location}"
+            );
             assert!(!html.contains("deploy"), "{path} leaked the module: {html}");
         }
     }
