@@ -40,6 +40,12 @@
   // the first event) appends nothing the timeline already shows.
   document.addEventListener("htmx:sseBeforeMessage", function (e) {
     var m = e.detail;
+    // The stream's login lapsed: log in again, and come back here.
+    if (m && m.type === "login") {
+      e.preventDefault();
+      window.location.assign("/ui/login?next=" + encodeURIComponent(location.pathname + location.search));
+      return;
+    }
     if (m && m.type === "timeline" && m.lastEventId && document.getElementById("ev-" + m.lastEventId)) {
       e.preventDefault();
     }

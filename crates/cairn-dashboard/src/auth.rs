@@ -179,6 +179,25 @@ fn to_login(req: &Request) -> Response {
             .insert("hx-redirect", HeaderValue::from_static("/ui/login"));
         return r;
     }
+    let wants_stream = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if wants_stream {
+        // A live stream (an `EventSource`, which sends no `HX-Request` and
+        // cannot follow a redirect to a page) whose login lapsed: a stream of
+        // one `login` event the page acts on; a redirect would leave it
+        // reconnecting for as long as the tab stays open.
+        return (
+            [
+                (header::CONTENT_TYPE, "text/event-stream"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            "event: login\ndata: log in again\n\n",
+        )
+            .into_response();
+    }
     if matches!(*req.method(), Method::GET | Method::HEAD) {
         let here = req.uri().path_and_query().map_or("/ui", |pq| pq.as_str());
         // A link followed from another site carries no `SameSite=Strict`

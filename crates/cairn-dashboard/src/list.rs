@@ -362,6 +362,7 @@ pub(crate) async fn page(
                 div #live { div #rows { (body.1) } }
             } @else {
                 div #live hx-ext="sse" sse-connect="/ui/list/live" {
+                    (crate::pages::login_listener())
                     div #rows hx-get={ "/ui/list/rows?" (live_query) } hx-trigger="sse:changed delay:150ms" hx-swap="innerHTML" {
                         (body.1)
                     }

@@ -105,6 +105,12 @@ pub(crate) fn reload(here: &str) -> Markup {
     }
 }
 
+/// Inside a live stream's element: what hears the stream's `login` event
+/// (its login lapsed; `app.js` sends the page to log in, and back).
+pub(crate) fn login_listener() -> Markup {
+    html! { div.login-listener hidden sse-swap="login" hx-swap="none" {} }
+}
+
 /// An error as the server gave it: its code and its message, verbatim.
 pub(crate) fn error_fragment(code: &str, message: &str) -> Markup {
     html! {

@@ -96,6 +96,7 @@ pub(crate) async fn page(
         p.crumbs { a href="/ui/processes" { "← Processes" } }
         h1.pid { code { (record.id) } }
         div.process hx-ext="sse" sse-connect={ "/ui/processes/" (path) "/live" } sse-close="end" {
+            (crate::pages::login_listener())
             section #record hx-get={ "/ui/processes/" (path) "/record" } hx-trigger="sse:record delay:100ms" hx-swap="innerHTML" {
                 (record_panel(&record))
             }

@@ -215,6 +215,19 @@ async fn with_tokens_pages_need_a_login_and_writes_need_the_csrf_token() {
     assert_eq!(status, StatusCode::OK);
     assert!(html.contains(r#"content="0; url=/ui/processes/ext-1""#), "{html}");
     assert!(!html.contains("ext-1</"), "nothing of the process is shown: {html}");
+    // A live stream whose login lapsed is told so in the stream (a redirect
+    // to a page would leave it reconnecting for ever); the pages hear it.
+    for stream in ["/ui/list/live", "/ui/processes/ext-1/live"] {
+        let lapsed = Request::get(stream)
+            .header(header::ACCEPT, "text/event-stream")
+            .header(header::COOKIE, "cairn_ui=lapsed")
+            .body(Body::empty())
+            .unwrap();
+        let (status, body, headers) = send(&app, lapsed).await;
+        assert_eq!(status, StatusCode::OK, "{stream}");
+        assert_eq!(headers[header::CONTENT_TYPE], "text/event-stream", "{stream}");
+        assert!(body.starts_with("event: login\n"), "{stream}: {body}");
+    }
 
     let login = |token: &str| {
         Request::post("/ui/login")
@@ -244,6 +257,12 @@ async fn with_tokens_pages_need_a_login_and_writes_need_the_csrf_token() {
     let cookie = "cairn_ui=host";
     let (status, html, _) = get(&app, "/ui/processes?status=any", Some(cookie)).await;
     assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains(r#"sse-swap="login""#),
+        "the list hears a lapsed login: {html}"
+    );
+    let (_, page, _) = get(&app, "/ui/processes/ext-1", Some(cookie)).await;
+    assert!(page.contains(r#"sse-swap="login""#), "the process page too: {page}");
     let csrf = html
         .split("name=\"cairn-csrf\" content=\"")
         .nth(1)
