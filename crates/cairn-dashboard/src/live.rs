@@ -115,8 +115,11 @@ async fn follow(
     shutdown: CancellationToken,
 ) {
     // Where the feed was last read. Changes made while nobody listened are read
-    // (and broadcast) once someone does; a new stream re-renders its list on
-    // connecting anyway, so at worst a list renders once more than needed.
+    // once someone does. A read that takes more than one page (catching up:
+    // the first stream after a start, or after a quiet spell) broadcasts one
+    // "anything" at its end rather than each page's ids, so open lists
+    // render once, not once a page; a new stream re-renders on connecting
+    // anyway.
     let ChangeNotice {
         notify,
         mut hub,
@@ -130,22 +133,30 @@ async fn follow(
                 _ = shutdown.cancelled() => return,
             }
         }
+        let mut caught_up = false;
         loop {
             match processes.changed_since(cursor, Some(MAX_PAGE_SIZE)).await {
                 Ok(page) => {
                     let full = page.changes.len() >= MAX_PAGE_SIZE;
                     cursor = page.next_cursor;
-                    if !page.changes.is_empty() {
+                    if full {
+                        caught_up = true;
+                        continue;
+                    }
+                    // No receiver left is fine: the next one re-renders on connect.
+                    if caught_up {
+                        let _ = tx.send(Arc::new(Vec::new()));
+                    } else if !page.changes.is_empty() {
                         let ids = page.changes.into_iter().map(|c| c.process.id).collect();
-                        // No receiver left is fine: the next one re-renders on connect.
                         let _ = tx.send(Arc::new(ids));
                     }
-                    if !full {
-                        break;
-                    }
+                    break;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "dashboard: reading the change feed failed");
+                    if caught_up {
+                        let _ = tx.send(Arc::new(Vec::new()));
+                    }
                     break;
                 }
             }
@@ -381,4 +392,33 @@ impl Follow {
 fn failed(e: &cairn_core::CairnError) -> Event {
     let html = pages::error_fragment(e.code(), &e.to_string()).into_string();
     Event::default().event("failed").data(html)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A follower catching up on more than a page of changes (the first
+    /// stream after a start) broadcasts one "anything", not each page's ids.
+    #[tokio::test]
+    async fn catching_up_broadcasts_once() {
+        let p = Processes::builder(Arc::new(cairn_core::MemoryRegistry::new()))
+            .without_worker()
+            .start();
+        for i in 0..MAX_PAGE_SIZE + 5 {
+            p.start(cairn_core::StartRequest::external(
+                &format!("e{i:05}"),
+                serde_json::json!({}),
+            ))
+            .await
+            .expect("start");
+        }
+        let feed = Feed::start(p.clone(), ChangeNotice::new(), CancellationToken::new());
+        let mut rx = feed.subscribe();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a broadcast in time")
+            .expect("broadcast");
+        assert!(first.is_empty(), "one \"anything\", not a page of {} ids", first.len());
+    }
 }
