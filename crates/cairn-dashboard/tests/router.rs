@@ -1470,3 +1470,39 @@ async fn unreadable_paths_queries_and_forms_are_said_in_the_page() {
         assert!(headers.get(header::SET_COOKIE).is_none());
     }
 }
+
+/// Vendored assets (versioned names) are cached for good; the stylesheet and
+/// page script are asked for again each time and answered 304 while the
+/// browser's copy is current.
+#[tokio::test]
+async fn assets_are_cached_by_version_or_by_tag() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let app = app(&p, true);
+    let (status, _, headers) = get(&app, "/ui/assets/htmx-2.0.11.min.js", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let cache = headers[header::CACHE_CONTROL].to_str().unwrap();
+    assert!(
+        cache.contains("max-age=31536000") && cache.contains("immutable"),
+        "{cache}"
+    );
+    for asset in ["/ui/assets/app.js", "/ui/assets/app.css"] {
+        let (status, body, headers) = get(&app, asset, None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(!body.is_empty());
+        assert_eq!(headers[header::CACHE_CONTROL], "no-cache");
+        let tag = headers[header::ETAG].to_str().unwrap().to_string();
+        let again = Request::get(asset)
+            .header(header::IF_NONE_MATCH, &tag)
+            .body(Body::empty())
+            .unwrap();
+        let (status, body, _) = send(&app, again).await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED, "{asset}");
+        assert!(body.is_empty(), "{asset}");
+        let stale = Request::get(asset)
+            .header(header::IF_NONE_MATCH, "\"old\"")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(send(&app, stale).await.0, StatusCode::OK, "{asset}");
+    }
+}
