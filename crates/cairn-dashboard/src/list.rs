@@ -498,6 +498,14 @@ fn filters(q: &ListQuery, viewer: &Viewer) -> Markup {
         Ok(ms) if !raw.is_empty() => time::input_value(ms),
         _ => raw.to_string(),
     };
+    // A bound finer than a minute asks the picker for seconds (or
+    // milliseconds), or the browser would refuse the value it was given.
+    let step = |value: &str| match value.len() {
+        0..=16 => None,
+        19 => Some("1"),
+        _ => Some("0.001"),
+    };
+    let (from, before) = (bound(&q.created_from), bound(&q.created_before));
     html! {
         form.filters method="get" action="/ui/processes" role="search" {
             label { span { "Status" }
@@ -534,10 +542,10 @@ fn filters(q: &ListQuery, viewer: &Viewer) -> Markup {
                 input type="text" name="caused_by" value=(q.caused_by) placeholder="a process id" size="14";
             }
             label { span { "Created from (UTC)" }
-                input type="datetime-local" name="created_from" value=(bound(&q.created_from));
+                input type="datetime-local" step=[step(&from)] name="created_from" value=(from);
             }
             label { span { "Created before (UTC)" }
-                input type="datetime-local" name="created_before" value=(bound(&q.created_before));
+                input type="datetime-local" step=[step(&before)] name="created_before" value=(before);
             }
             div.buttons {
                 button type="submit" accesskey="f" { "Filter" }
@@ -581,6 +589,24 @@ mod tests {
         assert!(rows.iter().all(|r| r.record.id.starts_with('c')));
         assert!(next.is_some(), "and older ones after it");
         p.shutdown().await;
+    }
+
+    #[test]
+    fn a_time_bound_is_shown_as_finely_as_it_was_given() {
+        let q = ListQuery {
+            created_before: "1700000045123".into(),
+            created_from: "1700000040000".into(),
+            ..ListQuery::default()
+        };
+        let html = filters(&q, &Viewer::Host).into_string();
+        assert!(
+            html.contains(r#"step="0.001" name="created_before" value="2023-11-14T22:14:05.123""#),
+            "{html}"
+        );
+        assert!(
+            html.contains(r#"name="created_from" value="2023-11-14T22:14""#),
+            "{html}"
+        );
     }
 
     #[test]

@@ -55,24 +55,41 @@ pub(crate) fn parse_bound(raw: &str) -> Result<u64, String> {
         return Ok(ms);
     }
     let parsed = NaiveDateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M")
-        .or_else(|_| NaiveDateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M:%S"))
+        .or_else(|_| NaiveDateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M:%S%.f"))
         .or_else(|_| NaiveDateTime::parse_from_str(&format!("{raw}T00:00"), "%Y-%m-%dT%H:%M"))
         .map_err(|_| format!("`{raw}` is not a time: use YYYY-MM-DDTHH:MM (UTC) or epoch milliseconds"))?;
     u64::try_from(parsed.and_utc().timestamp_millis()).map_err(|_| format!("`{raw}` is before 1970"))
 }
 
-/// The value a `datetime-local` input shows for `ms`.
+/// The value a `datetime-local` input shows for `ms`: to the minute, or as
+/// finely as `ms` needs (seconds, milliseconds), so a form sent again keeps
+/// the bound it was given.
 pub(crate) fn input_value(ms: u64) -> String {
+    let format = if ms % 60_000 == 0 {
+        "%Y-%m-%dT%H:%M"
+    } else if ms % 1_000 == 0 {
+        "%Y-%m-%dT%H:%M:%S"
+    } else {
+        "%Y-%m-%dT%H:%M:%S%.3f"
+    };
     i64::try_from(ms)
         .ok()
         .and_then(DateTime::from_timestamp_millis)
-        .map(|t| t.format("%Y-%m-%dT%H:%M").to_string())
+        .map(|t| t.format(format).to_string())
         .unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_input_value_reads_back_as_the_same_bound() {
+        for ms in [1_700_000_040_000, 1_700_000_045_000, 1_700_000_045_123] {
+            assert_eq!(parse_bound(&input_value(ms)), Ok(ms), "{}", input_value(ms));
+        }
+        assert_eq!(input_value(1_700_000_040_000), "2023-11-14T22:14");
+    }
 
     #[test]
     fn relative_and_absolute() {
