@@ -24,8 +24,25 @@ use sha2::Sha256;
 
 use crate::{pages, Inner, Shared};
 
-/// The login cookie's name.
+/// The login cookie's name, for a server reached without a port in its
+/// address; with one, `cairn_ui_{port}` ([`cookie_name`]).
 pub const COOKIE: &str = "cairn_ui";
+
+/// The login cookie's name for a request: browsers keep cookies by host,
+/// not port, so two servers on one machine (`:7070`, `:7071`) would take
+/// each other's login; the port in the address the browser used keeps them
+/// apart.
+pub fn cookie_name(headers: &HeaderMap) -> String {
+    let port = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
+        .and_then(|a| a.port_u16());
+    match port {
+        Some(port) => format!("{COOKIE}_{port}"),
+        None => COOKIE.to_string(),
+    }
+}
 /// The header every state-changing request carries its CSRF token in.
 pub const CSRF_HEADER: &str = "x-cairn-csrf";
 
@@ -117,13 +134,14 @@ pub(crate) struct Visitor {
 }
 
 fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    let name = cookie_name(headers);
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| Cookie::split_parse_encoded(v.to_string()))
         .filter_map(Result::ok)
-        .find(|c| c.name() == COOKIE)
+        .find(|c| c.name() == name)
         .map(|c| c.value().to_string())
 }
 
@@ -312,7 +330,7 @@ pub(crate) async fn login(
         )
             .into_response();
     }
-    let cookie = Cookie::build((COOKIE, token.to_string()))
+    let cookie = Cookie::build((cookie_name(&headers), token.to_string()))
         .path("/ui")
         .http_only(true)
         .same_site(SameSite::Strict)
@@ -325,8 +343,8 @@ pub(crate) async fn login(
 }
 
 /// `POST /ui/logout`: forget the cookie.
-pub(crate) async fn logout() -> Response {
-    let cookie = Cookie::build((COOKIE, ""))
+pub(crate) async fn logout(headers: HeaderMap) -> Response {
+    let cookie = Cookie::build((cookie_name(&headers), ""))
         .path("/ui")
         .http_only(true)
         .same_site(SameSite::Strict)

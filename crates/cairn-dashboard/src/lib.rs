@@ -45,7 +45,7 @@ mod schedules;
 mod sessions;
 mod time;
 
-pub use auth::{Access, Viewer, COOKIE, CSRF_HEADER};
+pub use auth::{cookie_name, Access, Viewer, COOKIE, CSRF_HEADER};
 pub use live::ChangeNotice;
 
 /// Where the dashboard is mounted; every route it serves starts with this.

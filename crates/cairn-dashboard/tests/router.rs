@@ -1506,3 +1506,33 @@ async fn assets_are_cached_by_version_or_by_tag() {
         assert_eq!(send(&app, stale).await.0, StatusCode::OK, "{asset}");
     }
 }
+
+/// Two servers on one machine keep their logins apart: the cookie is named
+/// by the port the browser reached (browsers keep cookies by host alone).
+#[tokio::test]
+async fn a_login_cookie_is_named_by_the_servers_port() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let app = app(&p, false);
+    let login = Request::post("/ui/login")
+        .header(header::HOST, "127.0.0.1:7070")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from("token=host"))
+        .unwrap();
+    let (_, _, headers) = send(&app, login).await;
+    let set = headers[header::SET_COOKIE].to_str().unwrap().to_string();
+    assert!(set.starts_with("cairn_ui_7070=host;"), "{set}");
+    let page = |host: &str| {
+        Request::get("/ui/processes")
+            .header(header::HOST, host)
+            .header(header::COOKIE, "cairn_ui_7070=host")
+            .body(Body::empty())
+            .unwrap()
+    };
+    assert_eq!(send(&app, page("127.0.0.1:7070")).await.0, StatusCode::OK);
+    assert_eq!(
+        send(&app, page("127.0.0.1:7071")).await.0,
+        StatusCode::SEE_OTHER,
+        "another port's login is not this server's"
+    );
+}
