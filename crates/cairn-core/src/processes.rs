@@ -666,8 +666,18 @@ impl Processes {
         // is under way must not leave a process claimed and `started` that
         // nobody runs (an owner-bound one could never be run again).
         let (starter, driver) = (self.inner.starter.clone(), driver.clone());
+        let asked_at_ms = self.inner.clock.now_ms();
         tokio::spawn(async move {
-            let (registered, claim) = starter.start_claimed(req, &slot).await?;
+            let id = req.id.clone();
+            let (registered, claim) = match starter.start_claimed(req, &slot).await {
+                Ok(answer) => answer,
+                Err(e @ CairnError::OutcomeUnknown(_)) => {
+                    drop(slot);
+                    driver.worker().settle_lost_start(id, asked_at_ms);
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
             match claim {
                 Some(claim) => driver.worker().run_started(claim, slot),
                 None if wants_a_drive(&registered) => driver.nudge(),

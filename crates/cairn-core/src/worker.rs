@@ -92,6 +92,10 @@ const STOPPED_AT_LAPSE: &str =
 const UNWRITTEN_OUTCOME: &str =
     "its owner-bound run ended, but its outcome could not be written before its lease lapsed (the store was out of reach); the outcome is lost";
 
+/// The same, for a start whose claim was written but whose answer was lost.
+const LOST_START: &str =
+    "its owner-bound start claimed it for this node, but the answer was lost (the store was out of reach), so it never ran";
+
 /// A worker slot a start reserved ([`Worker::slot_for_start`]): the owner and
 /// lease time its claim takes; dropping it frees the slot.
 pub(crate) struct StartSlot {
@@ -598,6 +602,56 @@ impl Worker {
     /// Run what a start claimed in the slot it reserved.
     pub(crate) fn run_started(self: &Arc<Self>, claim: Claim, slot: StartSlot) {
         self.run_in(claim, slot.held);
+    }
+
+    /// A start that claims for this worker whose answer was lost
+    /// (`outcome_unknown`): the write may have registered the process and
+    /// claimed it for this worker, which will never run it (the claim's
+    /// lease never reached it). An owner-bound process so claimed (and so
+    /// `started`) would stay `running` with nobody to end it: once the
+    /// store answers, its owner files the abandon request. A rerunnable one
+    /// is claimed again when the lease lapses; nothing is done for it.
+    pub(crate) fn settle_lost_start(self: &Arc<Self>, id: String, asked_at_ms: u64) {
+        use backon::Retryable;
+        let this = self.clone();
+        tokio::spawn(async move {
+            let read = || this.registry.get(&id);
+            let read = read
+                .retry(
+                    backon::ExponentialBuilder::default()
+                        .with_min_delay(Duration::from_millis(100))
+                        .with_max_delay(Duration::from_secs(5))
+                        .without_max_times(),
+                )
+                .when(|e: &CairnError| !e.is_client_error());
+            let record = tokio::select! {
+                record = read => record,
+                _ = this.stopping.cancelled() => return,
+            };
+            // Not registered (a client error: unknown), or not this start's.
+            let Ok(record) = record else { return };
+            let owner = this.owner_id();
+            let claimed_here = record.status == crate::model::ProcessStatus::Running
+                && record.disposition == Disposition::OwnerBound
+                && record.created_at_ms >= asked_at_ms
+                && record.lease.as_ref().is_some_and(|l| l.owner_id == owner)
+                && record
+                    .started
+                    .as_ref()
+                    .is_some_and(|s| s.owner_id == owner && s.attempt == 1)
+                && !this.in_flight.lock().contains_key(&id);
+            if claimed_here {
+                let lease = crate::model::Lease {
+                    process_id: id.clone(),
+                    owner_id: owner.to_string(),
+                    lease_token: String::new(),
+                    fencing_token: record.lease.as_ref().map_or(0, |l| l.fencing_token),
+                    claimed_at_ms: 0,
+                    expires_at_ms: 0,
+                };
+                this.abandon_lost(&lease, LOST_START);
+            }
+        });
     }
 
     fn reap_finished(&self) {

@@ -456,6 +456,46 @@ pub async fn a_start_whose_caller_goes_still_runs_what_it_claimed(factory: &dyn 
     p.shutdown().await;
 }
 
+/// An owner-bound start that claimed its process for this node in its own
+/// write, and whose answer was lost, never runs it (the claim never reached
+/// the worker): its owner files the abandon request once the store answers,
+/// and the process ends `abandoned` when the lease lapses, instead of
+/// staying `running` until the node restarts.
+pub async fn an_owner_bound_start_whose_answer_was_lost_is_abandoned(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let (probe, p) = probed_runtime(&store, config("w1"));
+    probe.lose_next_claimed_start_answers(1);
+    // A start claims only into an idle slot with no drive under way: the
+    // first starts may be registered for the driver instead.
+    let mut lost = None;
+    for i in 0..10 {
+        let id = format!("lost-{i}");
+        let start = StartRequest::tool(&id, "echo", json!({"value": i}), Disposition::OwnerBound);
+        match p.start(start).await {
+            Ok(_) => {
+                assert_eq!(terminal(&p, &id).await.status, ProcessStatus::Completed);
+            }
+            Err(e) => {
+                assert_eq!(e.code(), "outcome_unknown", "{e}");
+                lost = Some(id);
+                break;
+            }
+        }
+    }
+    let id = lost.expect("no start claimed its process in its own write in 10 attempts");
+    let awaiter = Awaiter::new(store.registry.clone(), None);
+    let request = tokio::time::timeout(WAIT, awaiter.await_event(&id, "process.abandon_requested", 0))
+        .await
+        .expect("the owner requested the abandonment in time")
+        .expect("await");
+    assert_eq!(request.payload["requested_by"], p.worker().expect("worker").owner_id());
+    store.clock.advance(config("w1").lease_ttl.as_millis() as u64 + 1);
+    p.worker().expect("worker").drive_once().await.expect("drive");
+    let r = terminal(&p, &id).await;
+    assert_eq!(r.status, ProcessStatus::Abandoned, "{r:?}");
+    p.shutdown().await;
+}
+
 /// A start refused for its own content stores nothing, not even the env it
 /// names (envs are content-addressed and never pruned).
 pub async fn a_refused_start_stores_no_env(factory: &dyn StoreFactory) {

@@ -393,6 +393,7 @@ macro_rules! execution_suite {
                 cancel_before_start_is_immediate,
                 a_refused_start_stores_no_env,
                 a_start_whose_caller_goes_still_runs_what_it_claimed,
+                an_owner_bound_start_whose_answer_was_lost_is_abandoned,
                 a_tools_own_event_types_are_written_only_by_its_run,
                 wait_signal_resumes_with_payload,
                 an_owner_bound_signal_in_time_is_not_timed_out,

@@ -51,6 +51,7 @@ pub struct ReadProbe {
     failing_claim_batches: std::sync::atomic::AtomicU64,
     failing_appends: std::sync::atomic::AtomicU64,
     unanswered_appends: std::sync::atomic::AtomicU64,
+    unanswered_claimed_starts: std::sync::atomic::AtomicU64,
     append_delay: parking_lot::Mutex<std::time::Duration>,
     failing_advances: std::sync::atomic::AtomicU64,
     log_gate: watch::Sender<bool>,
@@ -82,6 +83,7 @@ impl ReadProbe {
             failing_claim_batches: std::sync::atomic::AtomicU64::new(0),
             failing_appends: std::sync::atomic::AtomicU64::new(0),
             unanswered_appends: std::sync::atomic::AtomicU64::new(0),
+            unanswered_claimed_starts: std::sync::atomic::AtomicU64::new(0),
             append_delay: parking_lot::Mutex::new(std::time::Duration::ZERO),
             failing_advances: std::sync::atomic::AtomicU64::new(0),
             log_gate: watch::channel(false).0,
@@ -233,6 +235,13 @@ impl ReadProbe {
         *self.child_hook.lock() = Some(hook);
     }
 
+    /// Let the next `n` claiming starts (`register_claimed`) be written and
+    /// then answer `outcome_unknown`, as a commit whose answer was lost does.
+    pub fn lose_next_claimed_start_answers(&self, n: u64) {
+        self.unanswered_claimed_starts
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// A receiver of the number of `get` calls answered so far.
     pub fn gets(&self) -> watch::Receiver<u64> {
         self.gets.subscribe()
@@ -274,6 +283,11 @@ impl ProcessRegistry for ReadProbe {
         let hook = self.registered_hook.lock().take();
         if let Some(hook) = hook {
             hook().await;
+        }
+        if answer.is_ok() && take_one(&self.unanswered_claimed_starts) {
+            return Err(cairn_core::CairnError::OutcomeUnknown(
+                "the probe lost this start's answer".into(),
+            ));
         }
         answer
     }
