@@ -2,7 +2,8 @@
 //!
 //! Args: `{"argv": [...]}` or `{"command": "..."}` (run by `/bin/sh -c`),
 //! exactly one of the two, with optional `cwd`, `env` (added to the inherited
-//! environment) and `timeout_ms`.
+//! environment, from which the server's own `CAIRN_*` settings are removed)
+//! and `timeout_ms`.
 //!
 //! The child runs in its own process group with stdin closed. Its output is
 //! read line by line (lossy UTF-8, over-long lines truncated) and appended as
@@ -183,6 +184,16 @@ impl ShellArgs {
         };
         if let Some(cwd) = &self.cwd {
             cmd.current_dir(cwd);
+        }
+        // The server's own settings are not the command's: `CAIRN_TOKEN` (the
+        // host token) and `CAIRN_DATABASE_URL` (its password) would reach any
+        // caller who may run a command, a session included, and be written
+        // into its durable output by an `env`. The start's own `env` may still
+        // give a `CAIRN_*` variable.
+        for (name, _) in std::env::vars_os() {
+            if name.to_str().is_some_and(|n| n.starts_with("CAIRN_")) {
+                cmd.env_remove(name);
+            }
         }
         if let Some(env) = &self.env {
             cmd.envs(env);

@@ -373,3 +373,43 @@ async fn sigterm_drains_and_exits_zero() {
         .expect("task");
     assert_eq!((s, rec["status"].as_str()), (200, Some("running")));
 }
+
+/// A command run by the `shell` tool does not inherit the server's own
+/// settings: the host token and the database URL (its password) would reach
+/// any caller who may run a command and land in its durable output. A start
+/// may still give such a variable itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shell_command_does_not_inherit_the_servers_secrets() {
+    let server = common::Server::serve_with_env(
+        &["--db", "memory", "--allow-shell", "--listen", "127.0.0.1:0"],
+        &[("CAIRN_TOKEN", "host-secret"), ("CAIRN_WORKERS", "2")],
+    )
+    .await;
+    let c = server.with_token("host-secret");
+    let (status, _) = c
+        .post(
+            "/v1/processes",
+            json!({
+                "id": "env-probe",
+                "disposition": "rerunnable",
+                "input": {"type": "tool_call", "tool": "shell", "args": {
+                    "command": "echo \"token=${CAIRN_TOKEN:-unset} workers=${CAIRN_WORKERS:-unset} given=${CAIRN_GIVEN:-unset}\"",
+                    "env": {"CAIRN_GIVEN": "yes"}
+                }}
+            }),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let record = c.wait_for("env-probe", |r| r["status"] != "running").await;
+    assert_eq!(record["status"], "completed", "{record}");
+    let (_, page) = c.get("/v1/processes/env-probe/events?after=0").await;
+    let lines: Vec<String> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["event_type"] == "shell.output")
+        .flat_map(|e| e["payload"]["lines"].as_array().cloned().unwrap_or_default())
+        .filter_map(|l| l.as_str().map(String::from))
+        .collect();
+    assert_eq!(lines, vec!["token=unset workers=unset given=yes".to_string()]);
+}

@@ -55,13 +55,23 @@ impl Server {
         Self::spawn(args, "debug", Stdio::from(file)).await
     }
 
+    /// `cairn serve ARGS` with `env` set in its environment.
+    pub async fn serve_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::spawn_with(args, "warn", Stdio::null(), env).await
+    }
+
     async fn spawn(args: &[&str], rust_log: &str, stderr: Stdio) -> Server {
+        Self::spawn_with(args, rust_log, stderr, &[]).await
+    }
+
+    async fn spawn_with(args: &[&str], rust_log: &str, stderr: Stdio, env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
             .args(args)
             .env_remove("CAIRN_TOKEN")
             .env_remove("CAIRN_DATABASE_URL")
             .env_remove("CAIRN_LISTEN")
+            .envs(env.iter().copied())
             .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
