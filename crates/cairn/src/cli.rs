@@ -486,7 +486,13 @@ pub enum ScheduleAction {
 pub struct ServeArgs {
     /// Database URL: `memory`, `sqlite:PATH` or `postgres://USER@HOST:PORT/DB[?schema=NAME]`
     /// (PostgreSQL also takes `write_lanes=N`, `read_connections=N` and `max_batch=N`).
-    #[arg(long, env = "CAIRN_DATABASE_URL", default_value = "sqlite:cairn.db")]
+    /// (`--help` does not show the environment's value: it may hold a password.)
+    #[arg(
+        long,
+        env = "CAIRN_DATABASE_URL",
+        hide_env_values = true,
+        default_value = "sqlite:cairn.db"
+    )]
     pub db: String,
     /// Address to listen on (`HOST:PORT`; port 0 picks a free port). The bound
     /// address is printed on stdout as `listening on http://ADDR`.

@@ -157,7 +157,8 @@ pub fn open_registry(url: &str) -> Result<Arc<dyn ProcessRegistry>, OpenError> {
     if let Some(path) = url.strip_prefix("sqlite:") {
         return Ok(Arc::new(open_sqlite(url, path)?));
     }
-    Err(OpenError::Unsupported(url.to_string()))
+    // Said back redacted: a mistyped scheme may still carry a password.
+    Err(OpenError::Unsupported(cairn_postgres::redact(url)))
 }
 
 #[cfg(test)]
@@ -183,6 +184,8 @@ mod tests {
         assert!(err.is_some_and(|e| e.contains("cannot open")));
         assert!(matches!(open_registry("sqlite:"), Err(OpenError::Unsupported(_))));
         assert!(matches!(open_registry("mysql://x"), Err(OpenError::Unsupported(_))));
+        let err = open_registry("postgress://u:hunter2@h/db").err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| !e.contains("hunter2")), "{err:?}");
         // `sqlite://NAME` would be `/NAME`: refused, saying what to write.
         let err = open_registry("sqlite://cairn-rooted.db").err().map(|e| e.to_string());
         assert!(

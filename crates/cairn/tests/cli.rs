@@ -413,3 +413,18 @@ async fn a_shell_command_does_not_inherit_the_servers_secrets() {
         .collect();
     assert_eq!(lines, vec!["token=unset workers=unset given=yes".to_string()]);
 }
+
+/// `cairn serve --help` does not print the database URL the environment
+/// gives (it may carry a password).
+#[test]
+fn serve_help_does_not_show_the_database_url_of_the_environment() {
+    let out = std::process::Command::new(common::BIN)
+        .args(["serve", "--help"])
+        .env("CAIRN_DATABASE_URL", "postgres://bob:hunter2@db/cairn")
+        .output()
+        .expect("run cairn");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    assert!(help.contains("CAIRN_DATABASE_URL"), "{help}");
+    assert!(!help.contains("hunter2"), "{help}");
+}
