@@ -25,6 +25,13 @@ pub enum OpenError {
         "`{0}` would name `/{1}` at the file system's root: write `sqlite:{1}` for a path from this directory, or `sqlite:/{1}` for that one"
     )]
     RootedName(String, String),
+    /// A SQLite path SQLite would read as a URI (`file:...`) or that carries
+    /// parameters (`?mode=ro`): a path is a path here (the node id's lock
+    /// file is named from it).
+    #[error(
+        "`{0}` is not a plain path: `sqlite:` takes a file path alone (no `file:` URI, no `?` parameters), as in `sqlite:cairn.db`"
+    )]
+    NotAPath(String),
     /// The URL is not one this binary understands.
     #[error(
         "unsupported database URL `{0}`: use `memory`, `sqlite:PATH` or `postgres://USER@HOST:PORT/DB[?schema=NAME]`"
@@ -184,6 +191,13 @@ mod tests {
         assert!(err.is_some_and(|e| e.contains("cannot open")));
         assert!(matches!(open_registry("sqlite:"), Err(OpenError::Unsupported(_))));
         assert!(matches!(open_registry("mysql://x"), Err(OpenError::Unsupported(_))));
+        for not_a_path in ["sqlite:file:cairn-uri.db", "sqlite:cairn-q.db?mode=ro"] {
+            assert!(
+                matches!(open_registry(not_a_path), Err(OpenError::NotAPath(_))),
+                "{not_a_path}"
+            );
+        }
+        assert!(!std::path::Path::new("cairn-q.db?mode=ro").exists());
         let err = open_registry("postgress://u:hunter2@h/db").err().map(|e| e.to_string());
         assert!(err.as_deref().is_some_and(|e| !e.contains("hunter2")), "{err:?}");
         // `sqlite://NAME` would be `/NAME`: refused, saying what to write.
@@ -247,6 +261,12 @@ fn open_sqlite(url: &str, path: &str) -> Result<SqliteRegistry, OpenError> {
     }
     if let Some(name) = path.strip_prefix("//").filter(|n| !n.starts_with('/')) {
         return Err(OpenError::RootedName(url.to_string(), name.to_string()));
+    }
+    // SQLite reads a name beginning `file:` as a URI (its build enables
+    // them), so `sqlite:file:d.db` and `sqlite:d.db` would open one file
+    // under two node-id locks.
+    if path.starts_with("file:") || path.contains('?') {
+        return Err(OpenError::NotAPath(url.to_string()));
     }
     SqliteRegistry::open(path, Arc::new(SystemClock)).map_err(|source| OpenError::Open {
         url: url.to_string(),

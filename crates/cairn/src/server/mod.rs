@@ -183,7 +183,8 @@ impl ServeError {
     /// command's bad input; 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Config(_) | Self::Db(db::OpenError::Unsupported(_) | db::OpenError::RootedName(..)) => 2,
+            Self::Config(_)
+            | Self::Db(db::OpenError::Unsupported(_) | db::OpenError::RootedName(..) | db::OpenError::NotAPath(_)) => 2,
             _ => 1,
         }
     }
