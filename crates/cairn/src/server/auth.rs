@@ -79,7 +79,7 @@ impl Auth {
     /// Tokens from the command line: the host token and `(session, token)` pairs.
     pub fn new(host_token: Option<String>, session_tokens: &[(String, String)]) -> Self {
         Self {
-            host_token: host_token.filter(|t| !t.is_empty()),
+            host_token,
             session_tokens: session_tokens.iter().map(|(s, t)| (t.clone(), s.clone())).collect(),
         }
     }
@@ -124,6 +124,34 @@ impl Auth {
     /// one token for two sessions (its holder would act as whichever is
     /// listed first).
     pub fn check_tokens(&self) -> Result<(), String> {
+        // A token no client can present is a mistake to say at start: an
+        // empty one (an unset secret) would leave the server open, and one
+        // with surrounding whitespace (a secret file's newline) or bytes a
+        // header does not carry as text would refuse everyone.
+        let usable = |what: &str, token: &str| {
+            if token.is_empty() {
+                return Err(format!(
+                    "{what} is empty: give a token, or leave the option (and its variable) unset for an open server"
+                ));
+            }
+            if token.trim() != token {
+                return Err(format!(
+                    "{what} begins or ends with whitespace (a newline from a file?), which no request can carry"
+                ));
+            }
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(format!(
+                    "{what} holds a character other than visible ASCII, which a request's header cannot carry as text"
+                ));
+            }
+            Ok(())
+        };
+        if let Some(host) = &self.host_token {
+            usable("the host token (--token, CAIRN_TOKEN)", host)?;
+        }
+        for (token, session) in &self.session_tokens {
+            usable(&format!("--session-token for `{session}`"), token)?;
+        }
         for (i, (token, session)) in self.session_tokens.iter().enumerate() {
             if self.host_token.as_deref() == Some(token.as_str()) {
                 return Err(format!(
@@ -248,6 +276,12 @@ mod tests {
             "two tokens for one session, or one repeated, give no more"
         );
         assert!(Auth::new(None, &pairs(&[("s1", "t1")])).check_tokens().is_ok());
+        for bad in ["", "t\n", " t", "pässwörd", "a b"] {
+            let host = Auth::new(Some(bad.into()), &[]).check_tokens();
+            assert!(host.is_err(), "host token {bad:?}");
+            let session = Auth::new(None, &pairs(&[("s1", bad)])).check_tokens();
+            assert!(session.is_err(), "session token {bad:?}");
+        }
     }
 
     #[test]

@@ -347,7 +347,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         let _ = writeln!(out, "dashboard at http://{local}/ui");
         let _ = out.flush();
     }
-    tracing::info!(%local, db = %cairn_postgres::redact(&args.db), allow_shell = args.allow_shell, "cairn serving");
+    // Which tokens guard it, never the tokens: an open server says so.
+    let auth_mode = match (args.token.is_some(), args.session_tokens.len()) {
+        (false, 0) => "open".to_string(),
+        (true, 0) => "host token".to_string(),
+        (host, n) => format!("{}{n} session token(s)", if host { "host token, " } else { "" }),
+    };
+    tracing::info!(%local, db = %cairn_postgres::redact(&args.db), allow_shell = args.allow_shell, auth = %auth_mode, "cairn serving");
 
     let app = router(state.clone(), &dashboard);
     let connections = conn::Connections::new(max_connections, state.metrics.clone());
