@@ -981,6 +981,7 @@ async fn an_open_server_answers_only_loopback_hosts_and_pages() {
         (None, Some("http://evil.example".to_string())),
         (None, Some("null".to_string())),
         (Some("localhost.evil.example"), None),
+        (Some("127.0.0.1.evil.example"), None),
     ] {
         let r = send(reqwest::Method::POST, "/v1/processes", host, origin.as_deref())
             .await
@@ -1008,6 +1009,13 @@ async fn an_open_server_answers_only_loopback_hosts_and_pages() {
         ),
         (Some(format!("LOCALHOST:{port}")), None),
         (None, Some(format!("http://127.0.0.1:{port}"))),
+        // Any loopback address written out (an open server may listen on
+        // 127.0.0.2): no name a page could re-point.
+        (
+            Some(format!("127.0.0.2:{port}")),
+            Some(format!("http://127.0.0.2:{port}")),
+        ),
+        (Some(format!("[::1]:{port}")), None),
     ] {
         let r = send(
             reqwest::Method::GET,

@@ -326,11 +326,17 @@ pub async fn refuse_cross_site(req: Request, next: axum::middleware::Next) -> Re
 /// The host names an open (tokenless, loopback-only) server answers to.
 const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
 
-/// Whether `authority` (`host[:port]`) names this machine's loopback.
+/// Whether `authority` (`host[:port]`) names this machine's loopback: a
+/// loopback name, or any loopback address written out (`127.0.0.2`, which an
+/// open server may listen on; an address literal is no name a page could
+/// re-point).
 fn is_loopback_authority(authority: &str) -> bool {
-    authority
-        .parse::<axum::http::uri::Authority>()
-        .is_ok_and(|a| LOOPBACK_NAMES.iter().any(|n| a.host().eq_ignore_ascii_case(n)))
+    authority.parse::<axum::http::uri::Authority>().is_ok_and(|a| {
+        let host = a.host();
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        LOOPBACK_NAMES.iter().any(|n| host.eq_ignore_ascii_case(n))
+            || literal.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    })
 }
 
 /// Middleware: an open server (no tokens, so loopback only) answers only
@@ -356,7 +362,7 @@ pub async fn refuse_foreign_hosts(
         .or_else(|| req.uri().authority().map(ToString::to_string));
     if let Some(host) = host.filter(|h| !is_loopback_authority(h)) {
         return ApiError::forbidden(format!(
-            "this server has no tokens, so it answers only requests addressed to localhost, 127.0.0.1 or [::1], \
+            "this server has no tokens, so it answers only requests addressed to localhost or a loopback address, \
              not `{host}`"
         ))
         .into_response();
