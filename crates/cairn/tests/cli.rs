@@ -428,3 +428,57 @@ fn serve_help_does_not_show_the_database_url_of_the_environment() {
     assert!(help.contains("CAIRN_DATABASE_URL"), "{help}");
     assert!(!help.contains("hunter2"), "{help}");
 }
+
+/// A second SIGTERM during the shutdown grace ends the grace at once: a
+/// connection whose body never comes does not hold the server for its whole
+/// `--shutdown-grace`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_ends_the_shutdown_grace() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("serve.log");
+    let mut server = Server::serve_logging_to(
+        &[
+            "--db",
+            "memory",
+            "--listen",
+            "127.0.0.1:0",
+            "--shutdown-grace",
+            "120s",
+            "--body-timeout",
+            "120s",
+        ],
+        &log,
+    )
+    .await;
+    // Headers, then a body that never comes: the connection stays open.
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    slow.write_all(
+        b"POST /v1/processes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .await
+    .expect("write");
+    let pid = server.pid() as libc::pid_t;
+    // SAFETY: sending a signal to our own child process by its pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    // The server is in its grace once it says so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("shutting down")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never began its shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = server
+        .wait_exit(Duration::from_secs(20))
+        .expect("the second signal ended the 120 s grace");
+    assert!(status.success(), "{status:?}");
+    drop(slow);
+}

@@ -406,10 +406,15 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     tracing::info!("shutting down: no new connections; ending waits and streams");
     drop(listener);
     shutdown.cancel();
+    // A second SIGINT or SIGTERM ends the grace at once, as an operator
+    // pressing Ctrl-C again expects.
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(args.shutdown_grace) => {
             tracing::warn!("open connections outlived the shutdown grace; closing them");
+        }
+        () = wait_for_signal() => {
+            tracing::warn!("a second signal: closing open connections now");
         }
     }
     state.mcp_shutdown.cancel();
