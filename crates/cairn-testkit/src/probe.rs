@@ -42,6 +42,7 @@ pub struct ReadProbe {
     failed_renewals: watch::Sender<Vec<String>>,
     failing_completes: std::sync::atomic::AtomicU64,
     failing_abandon_requests: std::sync::atomic::AtomicBool,
+    failing_gauges: std::sync::atomic::AtomicBool,
     abandon_requests: watch::Sender<u64>,
     failing_env_reads: std::sync::atomic::AtomicU64,
     failing_log_reads: std::sync::atomic::AtomicU64,
@@ -74,6 +75,7 @@ impl ReadProbe {
             failed_renewals: watch::channel(Vec::new()).0,
             failing_completes: std::sync::atomic::AtomicU64::new(0),
             failing_abandon_requests: std::sync::atomic::AtomicBool::new(false),
+            failing_gauges: std::sync::atomic::AtomicBool::new(false),
             abandon_requests: watch::channel(0).0,
             failing_env_reads: std::sync::atomic::AtomicU64::new(0),
             failing_log_reads: std::sync::atomic::AtomicU64::new(0),
@@ -148,6 +150,12 @@ impl ReadProbe {
     pub fn fail_abandon_requests(&self, failing: bool) {
         self.failing_abandon_requests
             .store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// From now on every `gauges` fails `unavailable` without reaching the
+    /// inner registry (`false` lets them through again).
+    pub fn fail_gauges(&self, failing: bool) {
+        self.failing_gauges.store(failing, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// A receiver of the number of `request_abandon` calls that arrived.
@@ -512,6 +520,9 @@ impl ProcessRegistry for ReadProbe {
     }
 
     async fn gauges(&self) -> Result<cairn_core::Gauges> {
+        if self.failing_gauges.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(cairn_core::CairnError::Unavailable("the probe fails this count".into()));
+        }
         self.inner.gauges().await
     }
 

@@ -78,6 +78,7 @@ pub struct Metrics {
     leased: Gauge,
     worker_runs: Gauge,
     pending_wakes: Gauge,
+    store_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -162,6 +163,11 @@ impl Metrics {
             "cairn_wakes_pending",
             "Wake deliveries not acknowledged, over every session (read at scrape)",
         );
+        let store_up = gauge(
+            &mut registry,
+            "cairn_store_up",
+            "1 when the store answered this scrape's counts; 0 when it did not (the counts read at scrape keep their last values)",
+        );
         registry.register(
             "cairn_build",
             "Version and storage backend of this server",
@@ -185,6 +191,7 @@ impl Metrics {
             leased,
             worker_runs,
             pending_wakes,
+            store_up,
         }
     }
 
@@ -205,15 +212,25 @@ impl Metrics {
         self.connections.dec();
     }
 
-    /// Read the gauges that live in storage, then render everything.
+    /// Read the gauges that live in storage, then render everything. A store
+    /// that does not answer is said (`cairn_store_up 0`), not a failed
+    /// scrape: this server's own counters matter most then.
     pub async fn render(&self, processes: &Processes) -> Result<String, cairn_core::CairnError> {
         // Counted in the store (one indexed count each), never by reading rows.
-        let g = processes.gauges().await?;
         let set = |gauge: &Gauge, n: u64| gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
-        set(&self.running, g.running);
-        set(&self.waiting, g.waiting);
-        set(&self.leased, g.leased);
-        set(&self.pending_wakes, g.pending_wakes);
+        match processes.gauges().await {
+            Ok(g) => {
+                set(&self.running, g.running);
+                set(&self.waiting, g.waiting);
+                set(&self.leased, g.leased);
+                set(&self.pending_wakes, g.pending_wakes);
+                self.store_up.set(1);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: the store did not answer its counts");
+                self.store_up.set(0);
+            }
+        }
         let runs = processes.worker().map(|w| w.running().len()).unwrap_or(0);
         self.worker_runs.set(i64::try_from(runs).unwrap_or(i64::MAX));
         let mut out = String::new();
@@ -289,4 +306,24 @@ pub async fn count_requests(State(state): State<Arc<AppState>>, req: Request, ne
         })
         .inc();
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store that does not answer its counts leaves the scrape whole: this
+    /// server's own counters, and `cairn_store_up 0`.
+    #[tokio::test]
+    async fn a_scrape_without_the_store_still_renders() {
+        let probe = cairn_testkit::probe::ReadProbe::new(Arc::new(cairn_core::MemoryRegistry::new()));
+        let processes = Processes::builder(probe.clone()).without_worker().start();
+        let metrics = Metrics::new("memory");
+        let text = metrics.render(&processes).await.expect("rendered");
+        assert!(text.lines().any(|l| l == "cairn_store_up 1"), "{text}");
+        probe.fail_gauges(true);
+        let text = metrics.render(&processes).await.expect("rendered without the store");
+        assert!(text.lines().any(|l| l == "cairn_store_up 0"), "{text}");
+        assert!(text.contains("cairn_processes_started_total 0"), "{text}");
+    }
 }
