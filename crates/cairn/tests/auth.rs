@@ -483,11 +483,28 @@ fn refuses_open_non_loopback_and_unbuilt_backends() {
 
     // No worker, or a lease that ends before its first renewal, would start a
     // healthy server that never runs anything: refused at start.
-    for (flag, value) in [("--workers", "0"), ("--lease-ttl", "0s"), ("--lease-ttl", "99ms")] {
+    // Nor do no connections, no body, or a lease a crashed node's work
+    // would wait centuries out.
+    for (flag, value, said) in [
+        ("--workers", "0", "at least"),
+        ("--lease-ttl", "0s", "at least"),
+        ("--lease-ttl", "99ms", "at least"),
+        ("--lease-ttl", "300y", "at most"),
+        ("--max-connections", "0", "at least"),
+        ("--max-body-bytes", "0", "at least"),
+    ] {
         let out = run(&["serve", "--db", "memory", "--listen", "127.0.0.1:0", flag, value]);
         assert_eq!(out.status.code(), Some(2), "{flag} {value}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(flag) && err.contains("at least"), "{flag} {value}: {err}");
+        assert!(err.contains(flag) && err.contains(said), "{flag} {value}: {err}");
+    }
+    // A token no request could carry, or an empty one (an unset secret that
+    // would leave the server open), is refused at start too.
+    for token in ["", "padded\n", "pässwörd"] {
+        let out = run(&["serve", "--db", "memory", "--listen", "127.0.0.1:0", "--token", token]);
+        assert_eq!(out.status.code(), Some(2), "{token:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("host token"), "{token:?}: {err}");
     }
 
     let foreign = std::env::temp_dir().join(format!("cairn-foreign-{}.txt", std::process::id()));

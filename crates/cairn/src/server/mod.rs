@@ -35,6 +35,11 @@ use metrics::{Metrics, TerminalCounter};
 /// the ttl, a durable write each time).
 pub const MIN_LEASE_TTL: Duration = Duration::from_millis(100);
 
+/// The longest lease `--lease-ttl` takes: a rerunnable process a crashed
+/// node held is claimed again only once its lease lapses, and a day is past
+/// any renewal period worth having.
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// Request limits.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -258,6 +263,21 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             "--lease-ttl must be at least {MIN_LEASE_TTL:?}: the worker renews a lease every third of it, \
              and a shorter lease ends before its renewal is written"
         )));
+    }
+    if args.lease_ttl > MAX_LEASE_TTL {
+        return Err(ServeError::Config(
+            "--lease-ttl must be at most 24h: work a crashed node held waits that long to run again".into(),
+        ));
+    }
+    if args.max_connections == 0 {
+        return Err(ServeError::Config(
+            "--max-connections must be at least 1: with none, every request is refused".into(),
+        ));
+    }
+    if args.max_body_bytes == 0 {
+        return Err(ServeError::Config(
+            "--max-body-bytes must be at least 1: with 0, every request with a body is refused".into(),
+        ));
     }
     let node_id = match &args.node_id {
         Some(n) => n.clone(),
