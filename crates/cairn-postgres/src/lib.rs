@@ -159,8 +159,15 @@ impl PostgresRegistry {
             return Err(CairnError::InvalidRequest(problem.clone()));
         }
         validate_schema_name(&options.schema)?;
-        let config: Config = options.url.parse().map_err(|e| {
-            CairnError::InvalidRequest(format!("postgres URL `{}` is not valid: {e}", redact(&options.url)))
+        let config: Config = options.url.parse().map_err(|e: tokio_postgres::Error| {
+            // The parser's own words (which key, which value) are its source.
+            let why = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            CairnError::InvalidRequest(format!(
+                "postgres URL `{}` is not valid: {e}{why}",
+                redact(&options.url)
+            ))
         })?;
         let schema = options.schema.clone();
         {
@@ -814,6 +821,10 @@ mod tests {
                 "`write_lanes` must be a whole number from 1 to 64, not ``",
             ),
             ("write_lanes=2&write_lanes=3", "`write_lanes` is given twice"),
+            ("sslmode=require", "`sslmode` asks for TLS"),
+            ("sslmode=verify-full", "`sslmode` asks for TLS"),
+            ("sslrootcert=/ca.pem", "`sslrootcert` asks for TLS"),
+            ("shema=x", "shema"),
         ] {
             let Err(err) =
                 PostgresRegistry::connect_with(options(&format!("postgres://u@127.0.0.1:1/db?{query}"))).await

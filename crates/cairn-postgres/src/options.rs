@@ -66,6 +66,22 @@ impl PostgresOptions {
         let mut rest = Vec::new();
         for kv in query.split('&').filter(|kv| !kv.is_empty()) {
             let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+            // cairn connects without TLS: a setting that asks for it would
+            // fail later as a network fault, or not at all (`prefer` falls
+            // back to plain text, as libpq's does).
+            let tls_asked = match key {
+                "sslmode" => matches!(value, "require" | "verify-ca" | "verify-full"),
+                "sslrootcert" | "sslcert" | "sslkey" | "sslpassword" => true,
+                _ => false,
+            };
+            if tls_asked {
+                self.url_error.get_or_insert(format!(
+                    "postgres URL parameter `{key}` asks for TLS, which cairn's PostgreSQL connections do not \
+                     make: reach the server over a private network or a TLS-terminating proxy (`sslmode=disable` \
+                     or `prefer` connect in plain text)"
+                ));
+                continue;
+            }
             let Some(&(name, min, max)) = URL_PARAMETERS.iter().find(|(name, _, _)| *name == key) else {
                 rest.push(kv);
                 continue;
