@@ -483,8 +483,12 @@ impl ToolContext {
     /// Start a child of this process: `request` with `caused_by` naming this
     /// process (SPEC §13), checked like any start. The parent names it
     /// (`request.id`) deterministically, so a re-run's start of the same child
-    /// answers the stored one; a different request under that id is a
-    /// `registration_conflict`.
+    /// answers the stored one; a different request under an id no child of
+    /// this process holds is a `registration_conflict`.
+    ///
+    /// A start refused when the child already exists under this parent (a
+    /// re-run's start, after a tool or model it names changed) answers the
+    /// stored child.
     ///
     /// A child of a process a session started acts for that session, as the
     /// session's own starts do (SPEC §4): it is started as the session, and a
@@ -509,11 +513,35 @@ impl ToolContext {
         // A store fault of the moment is tried again while the lease holds
         // (a second start of a child that did land answers it).
         let lease = self.lease();
+        let id = request.id.clone();
         let registered = crate::retry::while_lease_holds(&self.inner.clock, &lease, "starting a child", || {
             register_child_start(self.inner.registry.as_ref(), &self.inner.tools, request.clone(), &lease)
         })
-        .await?;
-        Ok(registered.process)
+        .await;
+        match registered {
+            Ok(registered) => Ok(registered.process),
+            // A child an earlier run of this parent started stands as it
+            // is: a re-run's start of it is refused only by what changed
+            // around it since (a tool removed or redeclared, a model gone by
+            // an upgrade), which must not turn a child that may have run, or
+            // ended, into a failed start.
+            Err(e) if e.is_client_error() && !matches!(e, CairnError::LeaseFenced(_)) => {
+                match self.inner.registry.get(&id).await {
+                    Ok(existing)
+                        if existing
+                            .provenance
+                            .caused_by
+                            .as_ref()
+                            .and_then(crate::model::CausalRef::parent_process)
+                            == Some(self.process_id()) =>
+                    {
+                        Ok(existing)
+                    }
+                    _ => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Wait until the children `ids` end: all of them, or any one

@@ -413,6 +413,84 @@ pub async fn a_parent_transferred_as_its_child_starts_gives_the_child_to_its_new
     front.shutdown().await;
 }
 
+/// Starts a `child_tool` child `{id}/1`, then waits for the signal `go`.
+struct StartThenWait;
+
+#[async_trait]
+impl Tool for StartThenWait {
+    fn name(&self) -> &str {
+        "start_then_wait"
+    }
+
+    async fn run(&self, ctx: ToolContext, _args: Value) -> Outcome {
+        let id = format!("{}/1", ctx.process_id());
+        let child = StartRequest::tool(&id, "child_tool", json!({}), Disposition::Rerunnable);
+        if let Err(e) = ctx.start_child(child).await {
+            return Outcome::failure("test", e.code(), e.to_string());
+        }
+        match ctx.wait_signal("go", None).await {
+            Ok(_) => Outcome::success(json!(id)),
+            Err(e) => Outcome::failure("test", e.code(), e.to_string()),
+        }
+    }
+}
+
+/// Runs until stopped.
+struct ChildTool;
+
+#[async_trait]
+impl Tool for ChildTool {
+    fn name(&self) -> &str {
+        "child_tool"
+    }
+
+    async fn run(&self, ctx: ToolContext, _args: Value) -> Outcome {
+        ctx.stopped().await;
+        ctx.stopped_outcome()
+    }
+}
+
+/// A re-run's start of a child its parent already started answers the
+/// stored child, even when the start's checks would refuse it now (here: the
+/// runtime that re-runs the parent no longer has the child's tool, as after
+/// an upgrade): the child that may have run stands, and the parent goes on.
+pub async fn a_rerun_finds_its_child_though_its_start_would_now_be_refused(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let before = Processes::builder(store.registry.clone())
+        .tools(crate::execution::tools(vec![
+            Arc::new(StartThenWait),
+            Arc::new(ChildTool),
+        ]))
+        .clock(Arc::new(store.clock.clone()))
+        .worker_config(crate::execution::config("w1"))
+        .start();
+    before
+        .start(StartRequest::tool(
+            "upgraded",
+            "start_then_wait",
+            json!({}),
+            Disposition::Rerunnable,
+        ))
+        .await
+        .expect("start");
+    before
+        .await_event("upgraded", "process.waiting", 0, WAIT)
+        .await
+        .expect("waiting for its signal");
+    assert!(before.get("upgraded/1").await.is_ok(), "the child was started");
+    before.shutdown().await;
+    // The runtime after the upgrade has no `child_tool`.
+    let after = Processes::builder(store.registry.clone())
+        .tools(crate::execution::tools(vec![Arc::new(StartThenWait)]))
+        .clock(Arc::new(store.clock.clone()))
+        .worker_config(crate::execution::config("w2"))
+        .start();
+    after.signal("upgraded", "go", "g1", json!({})).await.expect("signal");
+    let r = terminal(&after, "upgraded").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!("upgraded/1"))), "{r:?}");
+    after.shutdown().await;
+}
+
 /// Starts an externally owned child `{id}/1` and waits for it at most
 /// `timeout_ms`: succeeds `"children"` when the wait is answered with the
 /// child, `"timed_out"` when it timed out.

@@ -445,6 +445,7 @@ macro_rules! execution_suite {
                 a_sessions_process_acts_only_for_that_session,
                 a_transferred_parents_children_go_to_its_new_holder,
                 a_parent_transferred_as_its_child_starts_gives_the_child_to_its_new_holder,
+                a_rerun_finds_its_child_though_its_start_would_now_be_refused,
                 input_runner_runs_its_kind,
                 // schedules (scheduled.rs)
                 every_fires_on_time_once_per_fire,
