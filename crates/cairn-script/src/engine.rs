@@ -329,14 +329,21 @@ fn fresh(kind: &str, now_ms: u64) -> Value {
         "now" => json!(now_ms),
         // 53 random bits as a float in [0, 1), like Math.random; the uuid
         // crate's generator is already here, so no other one is pulled in.
-        "random" => json!((uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64),
+        // A v4 UUID's version (bits 76-79) and variant (bits 62-63) are
+        // fixed: the top 48 bits and the low 5 are random.
+        "random" => {
+            let v = uuid::Uuid::new_v4().as_u128();
+            let bits = ((v >> 80) << 5) | (v & 0x1f);
+            json!(bits as f64 / (1u64 << 53) as f64)
+        }
         _ => json!(uuid::Uuid::new_v4().to_string()),
     }
 }
 
 /// Build the script context in `ctx` with the prelude: the globals every
 /// evaluation of a module runs with (the journaled `Date` and
-/// `Math.random`, `console`, no `performance`), at store time as at run
+/// `Math.random`, `console`, no `performance`, `WeakRef` or
+/// `FinalizationRegistry`), at store time as at run
 /// time, and the handle the runner drives an activation with.
 fn prelude<'js>(
     ctx: &Ctx<'js>,

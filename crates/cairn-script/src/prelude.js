@@ -279,8 +279,12 @@
   JournaledDate.parse = utcParse;
   JournaledDate.UTC = EngineDate.UTC;
   globalThis.Date = JournaledDate;
-  // The engine's monotonic clock would differ on every replay.
+  // The engine's monotonic clock would differ on every replay; so would
+  // what the collector has taken, which weak references and finalizers show
+  // (a replay allocates differently).
   delete globalThis.performance;
+  delete globalThis.WeakRef;
+  delete globalThis.FinalizationRegistry;
   Math.random = () => ctx.random();
   // `console` writes what `ctx.log` writes (journaled, counted as a call,
   // not repeated on replay); it answers nothing, as a console does.
