@@ -2734,3 +2734,70 @@ async fn a_store_fault_while_waiting_is_not_the_waits_answer() {
         "no fault was journaled as an answer: {results:?}"
     );
 }
+
+/// Children that all ended before their parent resumed settle in the order
+/// they ended, as they would have one by one: a race goes to the child that
+/// ended first, not to the one called first. So do timers that all came due.
+#[tokio::test]
+async fn a_late_resumption_settles_what_came_first_first() {
+    let clock = Arc::new(cairn_core::ManualClock::new(1_000));
+    let registry: Arc<dyn cairn_core::ProcessRegistry> = Arc::new(MemoryRegistry::with_clock(clock.clone()));
+    let with_worker = || {
+        Processes::builder(registry.clone())
+            .script_engine(Arc::new(QuickJs::default()))
+            .clock(clock.clone())
+            .start()
+    };
+    let before = with_worker();
+    let m = put(
+        &before,
+        r#"export async function children(ctx) {
+            const a = await ctx.start({input: {type: "external"}, disposition: "externally_owned"});
+            const b = await ctx.start({input: {type: "external"}, disposition: "externally_owned"});
+            return await Promise.race([ctx.wait(a).then(() => "a"), ctx.wait(b).then(() => "b")]);
+        }
+        export async function timers(ctx) {
+            return await Promise.race([ctx.sleep(2000).then(() => "escalate"), ctx.sleep(1000).then(() => "remind")]);
+        }"#,
+    )
+    .await;
+    before
+        .start(script("late-kids", &m, "children", json!({})))
+        .await
+        .unwrap();
+    before
+        .start(script("late-timers", &m, "timers", json!({})))
+        .await
+        .unwrap();
+    for id in ["late-kids", "late-timers"] {
+        before
+            .await_event(id, "process.waiting", 0, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    before.shutdown().await;
+    // While no runtime runs: the second child ends, then the first, and both
+    // timers come due.
+    let front = Processes::builder(registry.clone())
+        .clock(clock.clone())
+        .without_worker()
+        .start();
+    front
+        .complete_external("late-kids/2", Outcome::success(json!(2)), "test")
+        .await
+        .unwrap();
+    clock.advance(10);
+    front
+        .complete_external("late-kids/1", Outcome::success(json!(1)), "test")
+        .await
+        .unwrap();
+    clock.advance(5_000);
+    let after = with_worker();
+    let kids = after.await_output("late-kids", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(kids.outcome, Some(Outcome::success(json!("b"))), "{kids:?}");
+    let timers = after
+        .await_output("late-timers", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(timers.outcome, Some(Outcome::success(json!("remind"))), "{timers:?}");
+}
