@@ -115,13 +115,22 @@ fn main() -> ExitCode {
     // client's own mistake (which the client is answered) as a warning: only
     // its errors are the server's to show.
     let default_filter = if serving { "info,rmcp=error" } else { "warn,rmcp=error" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    // A `RUST_LOG` that does not parse is said, not quietly replaced.
+    let (filter, unreadable) = match std::env::var("RUST_LOG") {
+        Ok(given) if !given.trim().is_empty() => match tracing_subscriber::EnvFilter::try_new(&given) {
+            Ok(filter) => (filter, None),
+            Err(e) => (tracing_subscriber::EnvFilter::new(default_filter), Some((given, e))),
+        },
+        _ => (tracing_subscriber::EnvFilter::new(default_filter), None),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    if let Some((given, e)) = unreadable {
+        tracing::warn!("RUST_LOG `{given}` is not a filter ({e}); logging with `{default_filter}` instead");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_park(collect_when_idle)

@@ -482,3 +482,17 @@ async fn a_second_signal_ends_the_shutdown_grace() {
     assert!(status.success(), "{status:?}");
     drop(slow);
 }
+
+/// A `RUST_LOG` that does not parse is said on stderr, not quietly replaced
+/// by the default filter.
+#[test]
+fn an_unreadable_log_filter_is_said() {
+    let out = std::process::Command::new(common::BIN)
+        .args(["ls", "--server", "http://127.0.0.1:1"])
+        .env("RUST_LOG", "warn,cairn=loud")
+        .env_remove("CAIRN_TOKEN")
+        .output()
+        .expect("run cairn");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("RUST_LOG `warn,cairn=loud` is not a filter"), "{said}");
+}
