@@ -516,6 +516,20 @@ fn refuses_open_non_loopback_and_unbuilt_backends() {
     let db = format!("sqlite:{}", foreign.display());
     let out = run(&["serve", "--db", &db, "--listen", "127.0.0.1:0"]);
     let _ = std::fs::remove_file(&foreign);
+    // A database URL whose settings are refused before anything is opened
+    // is a bad setting: exit 2.
+    for url in [
+        "postgres://u@127.0.0.1:1/db?write_lanes=0",
+        "postgres://u@127.0.0.1:1/db?sslmode=require",
+    ] {
+        let out = run(&["serve", "--db", url, "--listen", "127.0.0.1:0"]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // A database that cannot be opened is not a flag's fault: exit 1.
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

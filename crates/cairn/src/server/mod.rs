@@ -190,6 +190,12 @@ impl ServeError {
         match self {
             Self::Config(_)
             | Self::Db(db::OpenError::Unsupported(_) | db::OpenError::RootedName(..) | db::OpenError::NotAPath(_)) => 2,
+            // A URL the backend refused before opening anything (a bad
+            // parameter, TLS asked for) is a bad setting too.
+            Self::Db(db::OpenError::Open {
+                source: cairn_core::CairnError::InvalidRequest(_),
+                ..
+            }) => 2,
             _ => 1,
         }
     }
