@@ -1036,6 +1036,18 @@ async fn an_open_server_answers_only_loopback_hosts_and_pages() {
     .await
     .expect("answered");
     assert_eq!(r.status().as_u16(), 201);
+    // The MCP endpoint answers any loopback address written out too.
+    let initialize = c
+        .http
+        .post(c.url("/mcp"))
+        .header("host", format!("127.0.0.2:{port}"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(initialize.status().as_u16(), 200);
 }
 
 /// An open loopback server takes no writes a web page of another site could

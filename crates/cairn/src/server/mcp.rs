@@ -37,7 +37,10 @@ pub fn service(state: &Arc<AppState>) -> HttpService {
         resolver,
         HttpOptions {
             max_body_bytes: state.limits.max_body_bytes,
-            loopback_hosts_only: state.auth.is_open(),
+            // The server's own `refuse_foreign_hosts` guards every route of
+            // an open server, this one included, and takes every loopback
+            // address (the library's list knows three names).
+            loopback_hosts_only: false,
             shutdown: state.mcp_shutdown.child_token(),
         },
     )
