@@ -612,24 +612,32 @@ impl Worker {
     /// store answers, its owner files the abandon request. A rerunnable one
     /// is claimed again when the lease lapses; nothing is done for it.
     pub(crate) fn settle_lost_start(self: &Arc<Self>, id: String, asked_at_ms: u64) {
-        use backon::Retryable;
         let this = self.clone();
         tokio::spawn(async move {
-            let read = || this.registry.get(&id);
-            let read = read
-                .retry(
-                    backon::ExponentialBuilder::default()
-                        .with_min_delay(Duration::from_millis(100))
-                        .with_max_delay(Duration::from_secs(5))
-                        .without_max_times(),
-                )
-                .when(|e: &CairnError| !e.is_client_error());
-            let record = tokio::select! {
-                record = read => record,
-                _ = this.stopping.cancelled() => return,
+            // Read until the store answers. Unknown is no answer at once: a
+            // commit whose answer was lost may still be finishing (a broken
+            // connection's `COMMIT`), so it is asked again a few times over
+            // some seconds before it is taken as "nothing was written".
+            let mut delay = Duration::from_millis(100);
+            let mut unknown_left = 6u32;
+            let record = loop {
+                let read = tokio::select! {
+                    read = this.registry.get(&id) => read,
+                    _ = this.stopping.cancelled() => return,
+                };
+                match read {
+                    Ok(record) => break record,
+                    Err(CairnError::UnknownProcess(_)) if unknown_left > 0 => unknown_left -= 1,
+                    // Not registered, or not this start's to settle.
+                    Err(e) if e.is_client_error() => return,
+                    Err(_) => {}
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = this.stopping.cancelled() => return,
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
             };
-            // Not registered (a client error: unknown), or not this start's.
-            let Ok(record) = record else { return };
             let owner = this.owner_id();
             let claimed_here = record.status == crate::model::ProcessStatus::Running
                 && record.disposition == Disposition::OwnerBound

@@ -460,11 +460,14 @@ pub async fn a_start_whose_caller_goes_still_runs_what_it_claimed(factory: &dyn 
 /// write, and whose answer was lost, never runs it (the claim never reached
 /// the worker): its owner files the abandon request once the store answers,
 /// and the process ends `abandoned` when the lease lapses, instead of
-/// staying `running` until the node restarts.
+/// staying `running` until the node restarts; a first read that finds
+/// nothing (a commit still finishing) is asked again.
 pub async fn an_owner_bound_start_whose_answer_was_lost_is_abandoned(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;
     let (probe, p) = probed_runtime(&store, config("w1"));
     probe.lose_next_claimed_start_answers(1);
+    // Its first reads find nothing yet, as a commit still finishing.
+    probe.hide_lost_starts_from_next_gets(2);
     // A start claims only into an idle slot with no drive under way: the
     // first starts may be registered for the driver instead.
     let mut lost = None;

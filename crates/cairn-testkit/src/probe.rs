@@ -53,6 +53,7 @@ pub struct ReadProbe {
     failing_appends: std::sync::atomic::AtomicU64,
     unanswered_appends: std::sync::atomic::AtomicU64,
     unanswered_claimed_starts: std::sync::atomic::AtomicU64,
+    hidden_after_lost_start: parking_lot::Mutex<(u64, Option<(String, u64)>)>,
     append_delay: parking_lot::Mutex<std::time::Duration>,
     failing_advances: std::sync::atomic::AtomicU64,
     log_gate: watch::Sender<bool>,
@@ -86,6 +87,7 @@ impl ReadProbe {
             failing_appends: std::sync::atomic::AtomicU64::new(0),
             unanswered_appends: std::sync::atomic::AtomicU64::new(0),
             unanswered_claimed_starts: std::sync::atomic::AtomicU64::new(0),
+            hidden_after_lost_start: parking_lot::Mutex::new((0, None)),
             append_delay: parking_lot::Mutex::new(std::time::Duration::ZERO),
             failing_advances: std::sync::atomic::AtomicU64::new(0),
             log_gate: watch::channel(false).0,
@@ -250,6 +252,13 @@ impl ReadProbe {
             .store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// After a claiming start whose answer [was lost](Self::lose_next_claimed_start_answers),
+    /// the next `n` `get`s of its id answer `unknown_process` without reaching
+    /// the inner registry: a commit still finishing when it is first read.
+    pub fn hide_lost_starts_from_next_gets(&self, n: u64) {
+        self.hidden_after_lost_start.lock().0 = n;
+    }
+
     /// A receiver of the number of `get` calls answered so far.
     pub fn gets(&self) -> watch::Receiver<u64> {
         self.gets.subscribe()
@@ -293,6 +302,12 @@ impl ProcessRegistry for ReadProbe {
             hook().await;
         }
         if answer.is_ok() && take_one(&self.unanswered_claimed_starts) {
+            let mut hidden = self.hidden_after_lost_start.lock();
+            if hidden.0 > 0 {
+                let id = answer.as_ref().map(|(r, _)| r.process.id.clone()).unwrap_or_default();
+                hidden.1 = Some((id, hidden.0));
+            }
+            drop(hidden);
             return Err(cairn_core::CairnError::OutcomeUnknown(
                 "the probe lost this start's answer".into(),
             ));
@@ -300,6 +315,15 @@ impl ProcessRegistry for ReadProbe {
         answer
     }
     async fn get(&self, id: &str) -> Result<ProcessRecord> {
+        {
+            let mut hidden = self.hidden_after_lost_start.lock();
+            if let Some((hid, left)) = hidden.1.as_mut().filter(|(h, n)| h == id && *n > 0) {
+                *left -= 1;
+                let id = hid.clone();
+                drop(hidden);
+                return Err(cairn_core::CairnError::UnknownProcess(id));
+            }
+        }
         let answer = self.inner.get(id).await;
         self.gets.send_modify(|n| *n += 1);
         answer
