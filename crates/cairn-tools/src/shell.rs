@@ -78,12 +78,17 @@ pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(2);
 pub struct ShellTool {
     /// Time between SIGTERM and SIGKILL when the group is stopped.
     pub kill_grace: Duration,
+    /// More of the server's own environment variables a command does not
+    /// inherit, beside every `CAIRN_*` one (the variables model keys are
+    /// read from, say).
+    pub hidden_env: Vec<String>,
 }
 
 impl Default for ShellTool {
     fn default() -> Self {
         Self {
             kill_grace: DEFAULT_KILL_GRACE,
+            hidden_env: Vec::new(),
         }
     }
 }
@@ -168,7 +173,7 @@ impl ShellArgs {
     }
 
     /// The program (for messages) and the command to spawn.
-    fn command(&self) -> (String, Command) {
+    fn command(&self, hidden_env: &[String]) -> (String, Command) {
         let (program, mut cmd) = match (&self.argv, &self.command) {
             (Some(argv), _) => {
                 let program = argv.first().cloned().unwrap_or_default();
@@ -194,6 +199,9 @@ impl ShellArgs {
             if name.to_str().is_some_and(|n| n.starts_with("CAIRN_")) {
                 cmd.env_remove(name);
             }
+        }
+        for name in hidden_env {
+            cmd.env_remove(name);
         }
         if let Some(env) = &self.env {
             cmd.envs(env);
@@ -240,7 +248,7 @@ impl Tool for ShellTool {
         if ctx.is_stopped() {
             return stopped_outcome(&ctx);
         }
-        run_child(&ctx, &args, self.kill_grace).await
+        run_child(&ctx, &args, self.kill_grace, &self.hidden_env).await
     }
 }
 
@@ -254,8 +262,8 @@ enum End {
     Halted,
 }
 
-async fn run_child(ctx: &ToolContext, args: &ShellArgs, grace: Duration) -> Outcome {
-    let (program, mut cmd) = args.command();
+async fn run_child(ctx: &ToolContext, args: &ShellArgs, grace: Duration, hidden_env: &[String]) -> Outcome {
+    let (program, mut cmd) = args.command(hidden_env);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

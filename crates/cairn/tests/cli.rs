@@ -381,8 +381,20 @@ async fn sigterm_drains_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shell_command_does_not_inherit_the_servers_secrets() {
     let server = common::Server::serve_with_env(
-        &["--db", "memory", "--allow-shell", "--listen", "127.0.0.1:0"],
-        &[("CAIRN_TOKEN", "host-secret"), ("CAIRN_WORKERS", "2")],
+        &[
+            "--db",
+            "memory",
+            "--allow-shell",
+            "--listen",
+            "127.0.0.1:0",
+            "--model",
+            "m=http://127.0.0.1:1/v1,key_env=MODEL_KEY_T",
+        ],
+        &[
+            ("CAIRN_TOKEN", "host-secret"),
+            ("CAIRN_WORKERS", "2"),
+            ("MODEL_KEY_T", "model-secret"),
+        ],
     )
     .await;
     let c = server.with_token("host-secret");
@@ -393,7 +405,7 @@ async fn a_shell_command_does_not_inherit_the_servers_secrets() {
                 "id": "env-probe",
                 "disposition": "rerunnable",
                 "input": {"type": "tool_call", "tool": "shell", "args": {
-                    "command": "echo \"token=${CAIRN_TOKEN:-unset} workers=${CAIRN_WORKERS:-unset} given=${CAIRN_GIVEN:-unset}\"",
+                    "command": "echo \"token=${CAIRN_TOKEN:-unset} workers=${CAIRN_WORKERS:-unset} key=${MODEL_KEY_T:-unset} given=${CAIRN_GIVEN:-unset}\"",
                     "env": {"CAIRN_GIVEN": "yes"}
                 }}
             }),
@@ -411,7 +423,7 @@ async fn a_shell_command_does_not_inherit_the_servers_secrets() {
         .flat_map(|e| e["payload"]["lines"].as_array().cloned().unwrap_or_default())
         .filter_map(|l| l.as_str().map(String::from))
         .collect();
-    assert_eq!(lines, vec!["token=unset workers=unset given=yes".to_string()]);
+    assert_eq!(lines, vec!["token=unset workers=unset key=unset given=yes".to_string()]);
 }
 
 /// `cairn serve --help` does not print the database URL the environment

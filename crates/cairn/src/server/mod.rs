@@ -316,6 +316,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     // events only: a write that does not end its process reads nothing back.
     let notice = ChangeNotice::from_hub(&backend.hub);
     let mut tools = builtin_tools(args.allow_shell);
+    if args.allow_shell {
+        // Nor the variables model keys are read from, beside `CAIRN_*`.
+        tools.register(Arc::new(cairn_tools::ShellTool {
+            hidden_env: args.models.iter().filter_map(|m| m.key_env.clone()).collect(),
+            ..Default::default()
+        }));
+    }
     let models = cairn_turn::Models::new(args.models.clone()).map_err(|e| ServeError::Config(e.to_string()))?;
     let turns = cairn_turn::TurnRunner::new(models, tools.clone());
     tools.register_runner("session_turn", Arc::new(turns));
