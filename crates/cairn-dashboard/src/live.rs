@@ -107,6 +107,10 @@ impl Feed {
     }
 }
 
+/// While catching up on a feed that keeps filling pages, open lists are
+/// told "anything" once every this many pages.
+const CATCH_UP_PAGES: u32 = 16;
+
 async fn follow(
     processes: Processes,
     notice: ChangeNotice,
@@ -134,13 +138,24 @@ async fn follow(
             }
         }
         let mut caught_up = false;
+        let mut pages = 0u32;
         loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
             match processes.changed_since(cursor, Some(MAX_PAGE_SIZE)).await {
                 Ok(page) => {
                     let full = page.changes.len() >= MAX_PAGE_SIZE;
                     cursor = page.next_cursor;
                     if full {
                         caught_up = true;
+                        // A feed that keeps filling pages (more than a page of
+                        // changes between reads) still refreshes open lists
+                        // now and then.
+                        pages += 1;
+                        if pages.is_multiple_of(CATCH_UP_PAGES) {
+                            let _ = tx.send(Arc::new(Vec::new()));
+                        }
                         continue;
                     }
                     // No receiver left is fine: the next one re-renders on connect.
