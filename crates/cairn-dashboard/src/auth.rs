@@ -190,11 +190,28 @@ pub(crate) async fn gate(State(d): State<Arc<Inner>>, mut req: Request, next: Ne
 
 fn to_login(req: &Request) -> Response {
     if is_htmx(req.headers()) {
-        // A fragment request (or a live stream) from a page whose login lapsed:
-        // htmx follows `HX-Redirect` with a full navigation.
+        // A fragment request from a page whose login lapsed: htmx follows
+        // `HX-Redirect` with a full navigation, to the login and back to the
+        // page (which htmx names in `HX-Current-URL`).
+        let page = req
+            .headers()
+            .get("hx-current-url")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|url| url.parse::<axum::http::Uri>().ok())
+            .and_then(|uri| uri.path_and_query().map(|pq| pq.as_str().to_string()));
+        let login = match page.as_deref().and_then(safe_next) {
+            Some(next) => format!(
+                "/ui/login?{}",
+                form_urlencoded::Serializer::new(String::new())
+                    .append_pair("next", next)
+                    .finish()
+            ),
+            None => "/ui/login".to_string(),
+        };
         let mut r = (StatusCode::UNAUTHORIZED, "log in again").into_response();
-        r.headers_mut()
-            .insert("hx-redirect", HeaderValue::from_static("/ui/login"));
+        if let Ok(v) = HeaderValue::from_str(&login) {
+            r.headers_mut().insert("hx-redirect", v);
+        }
         return r;
     }
     let wants_stream = req

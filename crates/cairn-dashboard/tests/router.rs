@@ -215,6 +215,19 @@ async fn with_tokens_pages_need_a_login_and_writes_need_the_csrf_token() {
     assert_eq!(status, StatusCode::OK);
     assert!(html.contains(r#"content="0; url=/ui/processes/ext-1""#), "{html}");
     assert!(!html.contains("ext-1</"), "nothing of the process is shown: {html}");
+    // A fragment request whose login lapsed is sent to log in and back to
+    // the page it came from.
+    let fragment = Request::get("/ui/list/rows")
+        .header("hx-request", "true")
+        .header("hx-current-url", "http://127.0.0.1:7070/ui/processes?status=any")
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, headers) = send(&app, fragment).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        headers["hx-redirect"],
+        "/ui/login?next=%2Fui%2Fprocesses%3Fstatus%3Dany"
+    );
     // A live stream whose login lapsed is told so in the stream (a redirect
     // to a page would leave it reconnecting for ever); the pages hear it.
     for stream in ["/ui/list/live", "/ui/processes/ext-1/live"] {
