@@ -3,10 +3,14 @@
 //! The cookie holds the token itself (HttpOnly, SameSite=Strict, path `/ui`):
 //! the server keeps no session table, a restart keeps everyone logged in, and
 //! the token is resolved by the embedding server's [`Access`] on every request,
-//! exactly as a bearer token is. The CSRF token is HMAC-SHA256 of the cookie's
-//! value under a key drawn when the dashboard starts; pages carry it in htmx's
-//! `hx-headers`, and every state-changing request must present it in
-//! [`CSRF_HEADER`]. A page from another origin can neither read it nor compute it.
+//! exactly as a bearer token is. The CSRF token is an HMAC-SHA256 keyed by the
+//! cookie's token (so every node behind one address, and a restarted one,
+//! derives the same), or, on an open server, by a key drawn when the dashboard
+//! starts; pages carry it in htmx's `hx-headers`, and every state-changing
+//! request must present it in [`CSRF_HEADER`]. A page from another origin can
+//! neither read it nor compute it. (Whoever sees it can test guesses of the
+//! token against it offline, as whoever sees the `Cookie` header beside it has
+//! the token itself: a token should be long and random.)
 
 use std::sync::Arc;
 

@@ -17,7 +17,8 @@
 //! an [`Access`] that resolves tokens and answers visibility exactly as its API does.
 //! With tokens configured, a login page takes a token once and keeps it in an
 //! HttpOnly, SameSite=Strict cookie; every state-changing request carries a CSRF
-//! token (an HMAC of the cookie under a key drawn at start).
+//! token (an HMAC keyed by the cookie's token; on an open server, by a key
+//! drawn at start).
 //!
 //! ```no_run
 //! # async fn demo(processes: cairn_core::Processes, access: std::sync::Arc<dyn cairn_dashboard::Access>) {
