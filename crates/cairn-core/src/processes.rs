@@ -1008,7 +1008,7 @@ mod tests {
         let scope = SessionScope::session("s1");
         let n = crate::model::MAX_PAGE_SIZE + 1;
         for i in 0..n {
-            let req = StartRequest::external(&format!("e{i:05}"), serde_json::json!({}))
+            let req = StartRequest::external(format!("e{i:05}"), serde_json::json!({}))
                 .with_grant(scope.clone(), Default::default());
             p.start(req).await.expect("start");
         }

@@ -422,7 +422,7 @@ mod tests {
             .start();
         for i in 0..MAX_PAGE_SIZE + 5 {
             p.start(cairn_core::StartRequest::external(
-                &format!("e{i:05}"),
+                format!("e{i:05}"),
                 serde_json::json!({}),
             ))
             .await
