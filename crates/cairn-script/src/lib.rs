@@ -847,37 +847,32 @@ impl Driver<'_> {
         signals: &[(u64, &Value, Option<u64>)],
     ) -> std::result::Result<Vec<(u64, Value)>, Held> {
         let now = self.ctx.now_ms();
-        // Every passed deadline settles now, in the order of their times (the
-        // call first on a tie), not in the order of the calls: the answers are
-        // delivered (and journaled, and replayed) in this order, so a run that
-        // resumes late, with several passed, settles a race as a timely one
-        // would have: it goes to what came first.
-        enum Due<'a> {
-            Timer(u64),
-            Signal(&'a Value, Option<u64>),
-        }
-        let mut due: Vec<(u64, u64, Due<'_>)> = timers
+        // Only the earliest deadline settles in this round (its call first on
+        // a tie): a run that resumes late, with several passed, must settle
+        // them in the order of their times, as a timely one would have,
+        // not in the order of the calls (a race goes to what came first).
+        // The others settle in the rounds after it.
+        let first_timer = timers
             .iter()
-            .filter(|(_, at)| *at <= now)
-            .map(|&(n, at)| (at, n, Due::Timer(at)))
-            .chain(
-                signals
-                    .iter()
-                    .filter_map(|&(n, call, own)| own.filter(|d| *d <= now).map(|d| (d, n, Due::Signal(call, own)))),
-            )
-            .collect();
-        due.sort_by_key(|(at, n, _)| (*at, *n));
+            .filter(|(_, due)| *due <= now)
+            .min_by_key(|(n, due)| (*due, *n))
+            .copied();
+        let first_signal = signals
+            .iter()
+            .filter_map(|&(n, call, own)| own.filter(|d| *d <= now).map(|d| (n, call, own, d)))
+            .min_by_key(|(n, _, _, d)| (*d, *n));
         let mut answers = Vec::new();
-        for (_, n, what) in due {
-            match what {
-                Due::Timer(at) => {
-                    // A timer recorded as a wait is ended by its own resumption.
-                    let left = Duration::from_millis(at.saturating_sub(now));
-                    let slept = self.ctx.sleep_nth(n, left).await.map(|()| Value::Null);
-                    answers.push(self.answered(n, slept)?);
-                }
-                Due::Signal(call, own) => answers.push(self.signal_wait(n, signal_name(call), own).await?),
-            }
+        let timer_first = match (first_timer, first_signal) {
+            (Some((n, due)), Some((sn, _, _, d))) => (due, n) <= (d, sn),
+            (timer, _) => timer.is_some(),
+        };
+        if let (true, Some((n, due))) = (timer_first, first_timer) {
+            // A timer recorded as a wait is ended by its own resumption.
+            let left = Duration::from_millis(due.saturating_sub(now));
+            let slept = self.ctx.sleep_nth(n, left).await.map(|()| Value::Null);
+            answers.push(self.answered(n, slept)?);
+        } else if let Some((n, call, own, _)) = first_signal {
+            answers.push(self.signal_wait(n, signal_name(call), own).await?);
         }
         Ok(answers)
     }
@@ -935,12 +930,21 @@ fn millis(given: Option<&Value>, what: &str) -> Result<u64> {
 /// and names the child, in its message and its `process_id`: journaled so, a
 /// replay rejects with the very error the first run had.
 fn child_answers(calls: &[(u64, Value)], records: Vec<cairn_core::ProcessRecord>) -> Vec<(u64, Value)> {
-    // In the order the children ended (the call first on a tie), not the
-    // order of the calls: the answers are delivered (and journaled, and
-    // replayed) in this order, so children that all ended before the run
-    // resumed settle a race as they would have one by one.
-    let mut ended: Vec<(u64, u64, Value)> = Vec::new();
+    // Only the child that ended first settles in this round (its call first
+    // on a tie): children that all ended before the run resumed settle in the
+    // order they ended, as they would have one by one (a race goes to the
+    // first to end, not to the first called). The others settle in the
+    // rounds after it.
+    let first = calls
+        .iter()
+        .zip(&records)
+        .filter_map(|((n, _), r)| r.terminal_at_ms.filter(|_| r.outcome.is_some()).map(|t| (t, *n)))
+        .min();
+    let mut answers = Vec::new();
     for ((n, call), record) in calls.iter().zip(records) {
+        if first.is_none_or(|(_, first_n)| first_n != *n) {
+            continue;
+        }
         let Some(outcome) = record.outcome else { continue };
         let id = record.id.as_str();
         let result = match outcome {
@@ -954,10 +958,9 @@ fn child_answers(calls: &[(u64, Value)], records: Vec<cairn_core::ProcessRecord>
             }
             Outcome::Abandoned { .. } => child_error(*n, id, "cairn", "abandoned", "was abandoned"),
         };
-        ended.push((record.terminal_at_ms.unwrap_or(0), *n, result));
+        answers.push((*n, result));
     }
-    ended.sort_by_key(|(at, n, _)| (*at, *n));
-    ended.into_iter().map(|(_, n, result)| (n, result)).collect()
+    answers
 }
 
 /// The rejection of call `n` by its child `id`, which `what` (`failed: ...`).
