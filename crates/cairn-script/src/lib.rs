@@ -847,31 +847,14 @@ impl Driver<'_> {
         signals: &[(u64, &Value, Option<u64>)],
     ) -> std::result::Result<Vec<(u64, Value)>, Held> {
         let now = self.ctx.now_ms();
-        // Only the earliest deadline settles in this round (its call first on
-        // a tie): a run that resumes late, with several passed, must settle
-        // them in the order of their times, as a timely one would have,
-        // not in the order of the calls (a race goes to what came first).
-        // The others settle in the rounds after it.
-        let first_timer = timers
-            .iter()
-            .filter(|(_, due)| *due <= now)
-            .min_by_key(|(n, due)| (*due, *n))
-            .copied();
-        let first_signal = signals
-            .iter()
-            .filter_map(|&(n, call, own)| own.filter(|d| *d <= now).map(|d| (n, call, own, d)))
-            .min_by_key(|(n, _, _, d)| (*d, *n));
         let mut answers = Vec::new();
-        let timer_first = match (first_timer, first_signal) {
-            (Some((n, due)), Some((sn, _, _, d))) => (due, n) <= (d, sn),
-            (timer, _) => timer.is_some(),
-        };
-        if let (true, Some((n, due))) = (timer_first, first_timer) {
+        for &(n, due) in timers.iter().filter(|(_, due)| *due <= now) {
             // A timer recorded as a wait is ended by its own resumption.
             let left = Duration::from_millis(due.saturating_sub(now));
             let slept = self.ctx.sleep_nth(n, left).await.map(|()| Value::Null);
             answers.push(self.answered(n, slept)?);
-        } else if let Some((n, call, own, _)) = first_signal {
+        }
+        for &(n, call, own) in signals.iter().filter(|(_, _, d)| d.is_some_and(|d| d <= now)) {
             answers.push(self.signal_wait(n, signal_name(call), own).await?);
         }
         Ok(answers)
@@ -930,21 +913,8 @@ fn millis(given: Option<&Value>, what: &str) -> Result<u64> {
 /// and names the child, in its message and its `process_id`: journaled so, a
 /// replay rejects with the very error the first run had.
 fn child_answers(calls: &[(u64, Value)], records: Vec<cairn_core::ProcessRecord>) -> Vec<(u64, Value)> {
-    // Only the child that ended first settles in this round (its call first
-    // on a tie): children that all ended before the run resumed settle in the
-    // order they ended, as they would have one by one (a race goes to the
-    // first to end, not to the first called). The others settle in the
-    // rounds after it.
-    let first = calls
-        .iter()
-        .zip(&records)
-        .filter_map(|((n, _), r)| r.terminal_at_ms.filter(|_| r.outcome.is_some()).map(|t| (t, *n)))
-        .min();
     let mut answers = Vec::new();
     for ((n, call), record) in calls.iter().zip(records) {
-        if first.is_none_or(|(_, first_n)| first_n != *n) {
-            continue;
-        }
         let Some(outcome) = record.outcome else { continue };
         let id = record.id.as_str();
         let result = match outcome {
