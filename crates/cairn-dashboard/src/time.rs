@@ -65,9 +65,9 @@ pub(crate) fn parse_bound(raw: &str) -> Result<u64, String> {
 /// finely as `ms` needs (seconds, milliseconds), so a form sent again keeps
 /// the bound it was given.
 pub(crate) fn input_value(ms: u64) -> String {
-    let format = if ms % 60_000 == 0 {
+    let format = if ms.is_multiple_of(60_000) {
         "%Y-%m-%dT%H:%M"
-    } else if ms % 1_000 == 0 {
+    } else if ms.is_multiple_of(1_000) {
         "%Y-%m-%dT%H:%M:%S"
     } else {
         "%Y-%m-%dT%H:%M:%S%.3f"
