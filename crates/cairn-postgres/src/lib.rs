@@ -863,9 +863,19 @@ mod tests {
             redact("postgres://h/db?user=u&password=secret&schema=s"),
             "postgres://h/db?user=u&password=***&schema=s"
         );
-        assert_eq!(redact("postgres://u:p@ss@h/db"), "postgres://u:***@ss@h/db");
-        assert!(!redact("postgres://u:pa?ss@h/db").contains("pa"));
-        assert!(!redact("postgres://h/db?password=x@y").contains("x@y"));
+        for url in [
+            "postgres://u:p@zq@h/db",
+            "postgres://u:pa?zq@h/db",
+            "postgres://h/db?password=x@zq",
+            "postgres://h:5432/db?application_name=a@b&password=zq",
+            "postgres://h:5432/db?password=x@zq",
+            "postgres://[::1]/db?password=p@zq",
+            "host=h user=u password=zq dbname=d",
+            "postgres:/u:zq@h/db",
+        ] {
+            assert!(!redact(url).contains("zq"), "{url} -> {}", redact(url));
+        }
         assert_eq!(redact("sqlite:cairn.db"), "sqlite:cairn.db");
+        assert_eq!(redact("sqlite:/home/a@b:c/x.db"), "sqlite:/home/a@b:c/x.db");
     }
 }

@@ -163,26 +163,53 @@ pub fn split_schema(url: &str) -> (String, Option<String>) {
 
 /// A URL with its password replaced, for logs and errors.
 pub fn redact(url: &str) -> String {
-    // The credentials first, as the URL's parser reads them: everything up
-    // to the first `@`, which a password may make hold a `?` (`u:pa?ss@h`).
-    let (prefix, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('@') {
-            Some((userinfo, after)) if userinfo.contains(':') => {
-                let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-                (format!("{scheme}://{user}:***@"), after)
+    // Hidden under every reading of the URL, since a password may hold `?`,
+    // `@` or `:` unencoded and the parser and a reader may split it apart
+    // differently: hiding too much is no harm here, showing any of it is.
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    // The credentials as the parser reads them: after the scheme, up to the
+    // first `@`, or to the last `@` before the host's end when more follow
+    // (`u:p@ss@h`); the password is what follows the first `:` in them.
+    let rest_at = url.find("://").map_or(0, |i| i + 3);
+    // A SQLite path is a path: an `@` in it names no credentials.
+    let credentials = !url.starts_with("sqlite:");
+    if let Some(first) = url[rest_at..].find('@').map(|i| rest_at + i).filter(|_| credentials) {
+        let mut at = first;
+        while let Some(next) = url[at + 1..].find('@').map(|i| at + 1 + i) {
+            if url[at + 1..next].contains(['/', '?']) {
+                break;
             }
-            _ => (format!("{scheme}://"), rest),
-        },
-        None => (String::new(), url),
-    };
-    let Some((base, query)) = rest.split_once('?') else {
-        return format!("{prefix}{rest}");
-    };
-    // A password may be given as a parameter too (`?password=...`).
-    let mut out = form_urlencoded::Serializer::new(String::new());
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        let secret = key.to_ascii_lowercase().contains("password");
-        out.append_pair(&key, if secret { "***" } else { &value });
+            at = next;
+        }
+        let colon = if rest_at > 0 {
+            url[rest_at..at].find(':').map(|i| rest_at + i)
+        } else {
+            url[..at].rfind(':')
+        };
+        if let Some(colon) = colon {
+            spans.push((colon + 1, at));
+        }
     }
-    format!("{prefix}{base}?{}", out.finish())
+    // Every `...password=VALUE` parameter or word, wherever it stands.
+    let lower = url.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(i) = lower[from..].find("password=").map(|i| from + i + "password=".len()) {
+        let end = url[i..].find(['&', ' ', ';']).map_or(url.len(), |e| i + e);
+        spans.push((i, end));
+        from = i;
+    }
+    spans.sort();
+    let mut out = String::with_capacity(url.len());
+    let mut shown = 0;
+    for (start, end) in spans {
+        let start = start.max(shown);
+        if end <= start {
+            continue;
+        }
+        out.push_str(&url[shown..start]);
+        out.push_str("***");
+        shown = end;
+    }
+    out.push_str(&url[shown..]);
+    out
 }
