@@ -203,15 +203,7 @@ fn to_login(req: &Request) -> Response {
             .and_then(|v| v.to_str().ok())
             .and_then(|url| url.parse::<axum::http::Uri>().ok())
             .and_then(|uri| uri.path_and_query().map(|pq| pq.as_str().to_string()));
-        let login = match page.as_deref().and_then(safe_next) {
-            Some(next) => format!(
-                "/ui/login?{}",
-                form_urlencoded::Serializer::new(String::new())
-                    .append_pair("next", next)
-                    .finish()
-            ),
-            None => "/ui/login".to_string(),
-        };
+        let login = login_href(page.as_deref().and_then(safe_next));
         let mut r = (StatusCode::UNAUTHORIZED, "log in again").into_response();
         if let Ok(v) = HeaderValue::from_str(&login) {
             r.headers_mut().insert("hx-redirect", v);
@@ -250,15 +242,7 @@ fn to_login(req: &Request) -> Response {
             return pages::reload(here).into_response();
         }
         // The login sends the visitor back where they were going.
-        let login = match safe_next(here) {
-            Some(next) => format!(
-                "/ui/login?{}",
-                form_urlencoded::Serializer::new(String::new())
-                    .append_pair("next", next)
-                    .finish()
-            ),
-            None => "/ui/login".to_string(),
-        };
+        let login = login_href(safe_next(here));
         return Redirect::to(&login).into_response();
     }
     (
@@ -266,6 +250,19 @@ fn to_login(req: &Request) -> Response {
         pages::error_fragment("unauthorized", "log in at /ui/login first"),
     )
         .into_response()
+}
+
+/// The login page, sending the visitor on to `next` once logged in.
+fn login_href(next: Option<&str>) -> String {
+    match next {
+        Some(next) => format!(
+            "/ui/login?{}",
+            form_urlencoded::Serializer::new(String::new())
+                .append_pair("next", next)
+                .finish()
+        ),
+        None => "/ui/login".to_string(),
+    }
 }
 
 /// `next` when it is a dashboard page of this server to go back to after a
