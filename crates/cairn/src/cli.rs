@@ -436,7 +436,7 @@ pub enum ScheduleAction {
         /// A 5-field cron expression (minute hour day-of-month month day-of-week).
         #[arg(long, conflicts_with = "every", required_unless_present = "every")]
         cron: Option<String>,
-        /// An interval such as 30s, 5m or 1h (at least 1s; a bare number is milliseconds).
+        /// An interval such as 30s, 5m or 1h (at least 1s; a unit is required).
         #[arg(long, value_parser = interval)]
         every: Option<String>,
         /// The IANA timezone a cron expression is read in (default UTC).
@@ -738,10 +738,12 @@ pub struct PruneArgs {
     pub client: ClientOpts,
 }
 
-/// A schedule's `--every`, read as every duration flag is ([`parse_duration`]:
-/// bare milliseconds, `1.5s`) and sent in the server's spelling (`1s 500ms`).
+/// A schedule's `--every`, read with its unit required
+/// ([`parse_duration_with_unit`]: `--every 3600` read as milliseconds would
+/// fire a job meant to run hourly every 3.6 s) and sent in the server's
+/// spelling (`1s 500ms`).
 fn interval(raw: &str) -> Result<String, String> {
-    parse_duration(raw).map(|d| humantime::format_duration(d).to_string())
+    parse_duration_with_unit(raw).map(|d| humantime::format_duration(d).to_string())
 }
 
 /// `--max-await`: a duration of at least 100 ms.
@@ -954,8 +956,10 @@ mod tests {
     }
 
     #[test]
-    fn an_interval_is_read_as_every_duration_flag() {
-        assert_eq!(interval("5000").as_deref(), Ok("5s"));
+    fn an_interval_needs_its_unit() {
+        let bare = interval("3600").expect_err("a bare number is refused");
+        assert!(bare.contains("has no unit"), "{bare}");
+        assert_eq!(interval("5000ms").as_deref(), Ok("5s"));
         assert_eq!(interval("1.5s").as_deref(), Ok("1s 500ms"));
         assert_eq!(interval("1h 30m").as_deref(), Ok("1h 30m"));
         assert!(interval("soon").is_err());
