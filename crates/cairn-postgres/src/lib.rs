@@ -67,7 +67,7 @@ use tokio::sync::watch;
 use tokio_postgres::Config;
 
 pub use node_hold::NodeHold;
-pub use options::{redact, split_schema, PostgresOptions};
+pub use options::{redact, secrets, split_schema, PostgresOptions};
 pub use schema::{validate_schema_name, SCHEMA_VERSION};
 
 use admin_tx::Admin;
@@ -871,6 +871,12 @@ mod tests {
             "postgres://h:5432/db?password=x@zq",
             "postgres://[::1]/db?password=p@zq",
             "host=h user=u password=zq dbname=d",
+            "host=h password = zq dbname=d",
+            "host=h password='a zq' dbname=d",
+            "host=h password='a\\' zq' dbname=d",
+            "postgres://h/db?%70assword=zq",
+            "postgres://h/db?PASS%57ORD=zq&schema=s",
+            "postgres://h/db?sslpassword=zq",
             "postgres:/u:zq@h/db",
         ] {
             assert!(!redact(url).contains("zq"), "{url} -> {}", redact(url));

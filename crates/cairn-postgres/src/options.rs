@@ -163,6 +163,34 @@ pub fn split_schema(url: &str) -> (String, Option<String>) {
 
 /// A URL with its password replaced, for logs and errors.
 pub fn redact(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    let mut shown = 0;
+    for (start, end) in secret_spans(url) {
+        let start = start.max(shown);
+        if end <= start {
+            continue;
+        }
+        out.push_str(&url[shown..start]);
+        out.push_str("***");
+        shown = end;
+    }
+    out.push_str(&url[shown..]);
+    out
+}
+
+/// The passwords a URL or libpq string may carry, under every reading
+/// [`redact`] hides: for a caller that must also hide them where a message
+/// quotes them apart from the URL.
+pub fn secrets(url: &str) -> Vec<&str> {
+    secret_spans(url)
+        .into_iter()
+        .map(|(start, end)| &url[start..end])
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// The byte spans [`redact`] hides, sorted by start.
+fn secret_spans(url: &str) -> Vec<(usize, usize)> {
     // Hidden under every reading of the URL, since a password may hold `?`,
     // `@` or `:` unencoded and the parser and a reader may split it apart
     // differently: hiding too much is no harm here, showing any of it is.
@@ -190,26 +218,46 @@ pub fn redact(url: &str) -> String {
             spans.push((colon + 1, at));
         }
     }
-    // Every `...password=VALUE` parameter or word, wherever it stands.
-    let lower = url.to_ascii_lowercase();
-    let mut from = 0;
-    while let Some(i) = lower[from..].find("password=").map(|i| from + i + "password=".len()) {
-        let end = url[i..].find(['&', ' ', ';']).map_or(url.len(), |e| i + e);
-        spans.push((i, end));
-        from = i;
-    }
+    spans.extend(password_values(url));
     spans.sort();
-    let mut out = String::with_capacity(url.len());
-    let mut shown = 0;
-    for (start, end) in spans {
-        let start = start.max(shown);
-        if end <= start {
+    spans
+}
+
+/// The spans of every `...password=VALUE` parameter or word, wherever it
+/// stands, under the readings a client gives them: a query key
+/// percent-encoded (`%70assword=`, which the parser decodes), and a libpq
+/// `key = value` word with spaces around its `=` or a quoted value.
+fn password_values(url: &str) -> Vec<(usize, usize)> {
+    let bytes = url.as_bytes();
+    let mut spans = Vec::new();
+    for (eq, _) in url.match_indices('=') {
+        // The key: back over spaces, then to the previous separator.
+        let key_end = url[..eq].trim_end().len();
+        let key_start = url[..key_end]
+            .rfind(['?', '&', ';', ' ', '\t', '\n'])
+            .map_or(0, |i| i + 1);
+        let key = form_urlencoded::parse(url[key_start..key_end].as_bytes())
+            .next()
+            .map(|(k, _)| k.to_ascii_lowercase())
+            .unwrap_or_default();
+        if !key.ends_with("password") {
             continue;
         }
-        out.push_str(&url[shown..start]);
-        out.push_str("***");
-        shown = end;
+        let start = eq + 1 + (url[eq + 1..].len() - url[eq + 1..].trim_start().len());
+        let end = if bytes.get(start) == Some(&b'\'') {
+            // A quoted libpq value ends at its closing quote (`\'` escapes
+            // one); unclosed, it runs to the end.
+            let mut i = start + 1;
+            while i < bytes.len() && bytes[i] != b'\'' {
+                i += if bytes[i] == b'\\' { 2 } else { 1 };
+            }
+            (i + 1).min(bytes.len())
+        } else {
+            url[start..]
+                .find(['&', ' ', ';', '\t', '\n'])
+                .map_or(url.len(), |e| start + e)
+        };
+        spans.push((start, end));
     }
-    out.push_str(&url[shown..]);
-    out
+    spans
 }
