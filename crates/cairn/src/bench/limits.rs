@@ -154,49 +154,20 @@ pub async fn postgres_commit_rate(url: &str) -> Result<Limit, String> {
     ))
 }
 
-/// The URL with any password replaced by `***` (userinfo and `password=` query parameters).
+/// The URL with any password replaced by `***`, under every reading the
+/// server's own log hides ([`cairn_postgres::redact`]).
 pub fn redact_url(url: &str) -> String {
-    let mut out = url.to_string();
-    if let Some(scheme_end) = out.find("://") {
-        let rest_start = scheme_end + 3;
-        let authority_end = out[rest_start..].find(['/', '?']).map_or(out.len(), |i| rest_start + i);
-        if let Some(at) = out[rest_start..authority_end].rfind('@') {
-            let userinfo = &out[rest_start..rest_start + at];
-            if let Some(colon) = userinfo.find(':') {
-                let pw_start = rest_start + colon + 1;
-                out.replace_range(pw_start..rest_start + at, "***");
-            }
-        }
-    }
-    if let Some(q) = out.find('?') {
-        let (head, query) = out.split_at(q + 1);
-        let redacted: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                _ => pair.to_string(),
-            })
-            .collect();
-        out = format!("{head}{}", redacted.join("&"));
-    }
-    out
+    cairn_postgres::redact(url)
 }
 
 /// `text` with `url` and its password (if any) redacted wherever they appear:
 /// backend errors may quote the URL they were given.
 pub fn redact_in(text: &str, url: &str) -> String {
     let mut out = text.replace(url, &redact_url(url));
-    if let Some(password) = password_of(url).filter(|p| p.len() >= 3) {
-        out = out.replace(&password, "***");
+    for secret in cairn_postgres::secrets(url).into_iter().filter(|p| p.len() >= 3) {
+        out = out.replace(secret, "***");
     }
     out
-}
-
-fn password_of(url: &str) -> Option<String> {
-    let rest = &url[url.find("://")? + 3..];
-    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
-    userinfo.split_once(':').map(|(_, p)| p.to_string())
 }
 
 /// A cairn PostgreSQL URL without cairn's own parameters (`schema`,
@@ -252,6 +223,16 @@ mod tests {
         );
         assert_eq!(redact_url("sqlite:/tmp/a.db"), "sqlite:/tmp/a.db");
         assert_eq!(redact_url("postgres://a:b@c@h/d"), "postgres://a:***@h/d");
+        // A password holding `/` or `?` unencoded, as the client reads it.
+        for url in [
+            "postgres://bob:pa/zq@db/c",
+            "postgres://bob:pa?zq@db/c",
+            "postgres://h/db?password=x@zq",
+        ] {
+            assert!(!redact_url(url).contains("zq"), "{url} -> {}", redact_url(url));
+            let said = redact_in(&format!("cannot connect to `{url}`"), url);
+            assert!(!said.contains("zq"), "{said}");
+        }
         let url = "postgres://bob:s3cret@db/cairn";
         assert_eq!(
             redact_in(&format!("cannot open `{url}`: password s3cret refused"), url),
