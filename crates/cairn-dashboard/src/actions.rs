@@ -60,7 +60,9 @@ pub(crate) async fn signal(
     let payload: Value = if form.payload.trim().is_empty() {
         Value::Null
     } else {
-        match serde_json::from_str(&form.payload) {
+        // Strict, as the API reads a body: a key given twice is refused, not
+        // taken at its last value.
+        match cairn_core::validate::parse_strict_json(form.payload.as_bytes()) {
             Ok(v) => v,
             Err(e) => return invalid(format!("payload is not JSON: {e}")),
         }
@@ -151,10 +153,11 @@ pub(crate) async fn complete(
         Ok(f) => f,
         Err(e) => return bad_form(e),
     };
-    let outcome: Outcome = match serde_json::from_str(&form.outcome) {
-        Ok(o) => o,
-        Err(e) => return invalid(format!("outcome: {e}")),
-    };
+    let outcome: Outcome =
+        match cairn_core::validate::parse_strict_json(form.outcome.as_bytes()).and_then(serde_json::from_value) {
+            Ok(o) => o,
+            Err(e) => return invalid(format!("outcome: {e}")),
+        };
     if let Err(e) = d.access.check_visible(&visitor.viewer, &id).await {
         return refused(&e);
     }

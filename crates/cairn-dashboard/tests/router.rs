@@ -306,6 +306,31 @@ async fn with_tokens_pages_need_a_login_and_writes_need_the_csrf_token() {
         "a refused request changed nothing"
     );
 
+    // A key given twice is refused, as the API refuses it, and changes nothing.
+    let twice = |path: &str, body: &str| {
+        Request::post(format!("/ui/processes/ext-1/{path}"))
+            .header(header::COOKIE, cookie)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header("x-cairn-csrf", csrf.as_str())
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let before = p.get("ext-1").await.unwrap().last_sequence;
+    for (path, body) in [
+        ("signal", "name=go&signal_id=g1&payload=%7B%22a%22%3A1%2C%22a%22%3A2%7D"),
+        (
+            "complete",
+            "outcome=%7B%22type%22%3A%22success%22%2C%22value%22%3A%7B%22a%22%3A1%2C%22a%22%3A2%7D%7D",
+        ),
+    ] {
+        let (status, html, _) = send(&app, twice(path, body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {html}");
+        assert!(html.contains("twice"), "{path}: {html}");
+    }
+    let after = p.get("ext-1").await.unwrap();
+    assert_eq!(after.last_sequence, before, "nothing was written");
+    assert!(!after.is_terminal());
+
     let (status, html, _) = send(&app, complete(Some(&csrf))).await;
     assert_eq!(status, StatusCode::OK, "{html}");
     assert!(p.get("ext-1").await.unwrap().is_terminal());
