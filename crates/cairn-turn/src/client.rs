@@ -5,6 +5,7 @@
 //! child process), so all it needs is one request and the SSE framing of the
 //! answer (ADR 0019).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -297,8 +298,8 @@ async fn ask(
                 tool_calls
                     .into_iter()
                     .flatten()
-                    .filter_map(|c| c.pointer("/function/arguments").and_then(Value::as_str))
-                    .map(journaled_len),
+                    .filter_map(arguments_piece)
+                    .map(|a| journaled_len(&a)),
             )
             .sum::<usize>();
         if held + adds > MAX_ANSWER_BYTES {
@@ -426,11 +427,7 @@ fn completion(
 /// the string OpenAI's shape has are taken as that value's text.
 fn whole_call(call: &Value) -> Value {
     let text = |pointer: &str| call.pointer(pointer).and_then(Value::as_str).unwrap_or_default();
-    let arguments = match call.pointer("/function/arguments") {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-    };
+    let arguments = arguments_piece(call).map(Cow::into_owned).unwrap_or_default();
     json!({
         "id": text("/id"),
         "type": "function",
@@ -548,16 +545,32 @@ impl ToolCalls {
         if let Some(id) = id {
             call["id"] = json!(id);
         }
-        for field in ["name", "arguments"] {
-            if let Some(piece) = fragment.pointer(&format!("/function/{field}")).and_then(Value::as_str) {
+        let name = fragment
+            .pointer("/function/name")
+            .and_then(Value::as_str)
+            .map(Cow::Borrowed);
+        for (field, piece) in [("name", name), ("arguments", arguments_piece(fragment))] {
+            if let Some(piece) = piece {
                 // Appended in place: arguments stream a few characters a
                 // fragment, and copying the whole so far at each is quadratic.
                 match &mut call["function"][field] {
-                    Value::String(so_far) => so_far.push_str(piece),
+                    Value::String(so_far) => so_far.push_str(&piece),
                     other => *other = json!(piece),
                 }
             }
         }
+    }
+}
+
+/// A streamed tool call fragment's arguments as text: a string as it is, and
+/// (as some endpoints stream them whole) a JSON object in its JSON text, as
+/// the whole answer's reading takes it ([`whole_call`]); dropping it would
+/// run the tool with arguments the model never gave.
+fn arguments_piece(fragment: &Value) -> Option<Cow<'_, str>> {
+    match fragment.pointer("/function/arguments")? {
+        Value::Null => None,
+        Value::String(s) => Some(Cow::Borrowed(s.as_str())),
+        other => Some(Cow::Owned(other.to_string())),
     }
 }
 

@@ -1067,6 +1067,34 @@ async fn tool_calls_without_an_index_are_separate_calls() {
     assert_eq!(tool_ids, [json!("a1"), json!("b2")]);
 }
 
+/// Tool call arguments streamed as a JSON object, not its text, are the
+/// arguments the tool runs with, as in a whole (not streamed) answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_object_arguments_are_the_calls_arguments() {
+    let s = setup().await;
+    s.fake.push(Reply::Chunks(vec![
+        json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c1", "type": "function",
+               "function": {"name": "echo", "arguments": {"value": 7}}}]}}]}),
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
+    ]));
+    s.fake.push(Reply::Text("done".into()));
+    s.p.start(turn("objargs", &["echo"], "go", Value::Null))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "objargs").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "done"}))));
+    let child = s.p.get("objargs/1.1").await.expect("child");
+    assert_eq!(child.outcome, Some(Outcome::success(json!(7))));
+    let tool: Vec<Value> = s.fake.received()[1].body["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["content"].clone())
+        .collect();
+    assert_eq!(tool, [json!("7")]);
+}
+
 /// A model whose key variable went missing fails `model_error`, and its
 /// message says what is missing without calling it unavailable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
