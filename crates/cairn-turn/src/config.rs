@@ -27,12 +27,25 @@ impl ModelSpec {
     pub(crate) fn key(&self) -> std::result::Result<Option<String>, String> {
         match &self.key_env {
             None => Ok(None),
-            Some(var) => std::env::var(var).map(Some).map_err(|_| {
-                format!(
-                    "model `{}`: the environment variable `{var}` holding its key is not set",
-                    self.name
-                )
-            }),
+            Some(var) => {
+                let key = std::env::var(var).map_err(|_| {
+                    format!(
+                        "model `{}`: the environment variable `{var}` holding its key is not set",
+                        self.name
+                    )
+                })?;
+                // A bearer header carries visible ASCII only: a key with a
+                // trailing newline (a secret made from a file) could never
+                // be sent, and would be tried again as an outage.
+                if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(format!(
+                        "model `{}`: the key in `{var}` is empty or holds a space, a control character \
+                         (a trailing newline?) or a non-ASCII character; its value is not shown",
+                        self.name
+                    ));
+                }
+                Ok(Some(key))
+            }
         }
     }
 }
@@ -81,11 +94,18 @@ impl FromStr for ModelSpec {
                     spec.model = id.to_string();
                     "model"
                 }
-                Some(("key_env", var)) if !var.is_empty() => {
+                Some(("key_env", var)) if is_variable_name(var) => {
                     spec.key_env = Some(var.to_string());
                     "key_env"
                 }
-                // Named by its key only: its value may be a secret.
+                // Named by its key only: its value may be a secret (a key
+                // given where its variable's name belongs).
+                Some(("key_env", _)) => {
+                    return Err(bad(
+                        "`key_env=` names an environment variable (letters, digits and `_`, \
+                         not starting with a digit); the value given is not shown",
+                    ))
+                }
                 _ => {
                     return Err(bad(&match part.split_once('=') {
                         Some((key, _)) => format!("unknown option `{key}=`"),
@@ -99,6 +119,12 @@ impl FromStr for ModelSpec {
         }
         Ok(spec)
     }
+}
+
+/// Whether `var` is an environment variable's name as shells write one.
+fn is_variable_name(var: &str) -> bool {
+    var.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// The configured models, by name.
@@ -173,6 +199,18 @@ mod tests {
             ("x=http://h/v1,api_key=sk-secret", "unknown option `api_key=`"),
             ("x=http://h/v1,sk-secret", "an option without `=`"),
             ("https://user:sk-secret@h/v1", "no `=`"),
+            (
+                "x=http://h/v1,key_env=sk-secret",
+                "`key_env=` names an environment variable",
+            ),
+            (
+                "x=http://h/v1,key_env=sk_secret/x",
+                "`key_env=` names an environment variable",
+            ),
+            (
+                "x=http://h/v1,key_env=9sk_secret",
+                "`key_env=` names an environment variable",
+            ),
         ] {
             let e = given.parse::<ModelSpec>().expect_err("refused");
             assert!(
@@ -180,6 +218,20 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn a_key_a_header_cannot_carry_is_refused_unshown() {
+        const VAR: &str = "CAIRN_TURN_CONFIG_TEST_NEWLINE_KEY";
+        std::env::set_var(VAR, "sk-from-a-file\n");
+        let spec: ModelSpec = format!("nl=http://h/v1,key_env={VAR}").parse().expect("parse");
+        let e = spec.key().expect_err("a trailing newline is refused");
+        assert!(e.contains("trailing newline") && e.contains(VAR), "{e}");
+        assert!(!e.contains("sk-from-a-file"), "{e}");
+        assert!(Models::new([spec.clone()]).is_err(), "refused at start too");
+        std::env::set_var(VAR, "sk-fine_1.2");
+        assert_eq!(spec.key(), Ok(Some("sk-fine_1.2".to_string())));
+        std::env::remove_var(VAR);
     }
 
     #[test]

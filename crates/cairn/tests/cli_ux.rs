@@ -578,6 +578,12 @@ async fn help_completions_and_an_unreachable_server() {
             "gpt=https://api.example/v1?api_key=sk-live-123",
             "sk-live-123",
         ),
+        // A key given where its variable's name belongs.
+        (
+            "--model",
+            "gpt=https://api.example/v1,key_env=sk-live-456",
+            "sk-live-456",
+        ),
         ("--session-token", "s1=", "s1="),
     ] {
         let out = run_cli("http://127.0.0.1:9", None, &["serve", flag, value], None).await;
