@@ -264,7 +264,13 @@ async fn ask(
             )));
         };
         let Some(event) = next else { break };
-        let event = event.map_err(|e| ModelFault::transient(format!("model `{}`: broken stream: {e}", spec.name)))?;
+        let event = event.map_err(|e| {
+            let why = match &e {
+                eventsource_stream::EventStreamError::Transport(t) => without_url(t),
+                other => other.to_string(),
+            };
+            ModelFault::transient(format!("model `{}`: broken stream: {why}", spec.name))
+        })?;
         if event.data.trim() == "[DONE]" {
             done = true;
             break;
@@ -606,14 +612,26 @@ async fn body_within(response: reqwest::Response, cap: usize) -> Result<(String,
     Ok((String::from_utf8_lossy(&body).into_owned(), cut))
 }
 
-/// A transport error's text without the URL's query (keys never travel in
-/// it, but an error should not echo more than it must).
+/// A transport error's text with its causes (reqwest's own text never
+/// shows them: "error sending request" says nothing of a refused
+/// connection, a name that did not resolve, a rejected certificate or a
+/// timeout), without the URL's query (keys never travel in it, but an error
+/// should not echo more than it must).
 fn without_url(e: &reqwest::Error) -> String {
-    let mut e = e.to_string();
-    if let Some(i) = e.find('?') {
-        e.truncate(i);
+    let mut text = e.to_string();
+    if let Some(i) = text.find('?') {
+        text.truncate(i);
     }
-    e
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// A message's text: a string, or (as some endpoints answer, and as OpenAI's

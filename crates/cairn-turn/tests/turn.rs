@@ -41,7 +41,8 @@ async fn setup() -> Setup {
 }
 
 /// A setup retrying by `retry`, with `extra` models (`NAME,OPTIONS` given
-/// the fake's base URL: `("other", ",key_env=V")`) beside `default`.
+/// the fake's base URL: `("other", ",key_env=V")`, or a base URL of their
+/// own: `("down", "http://...")`) beside `default`.
 async fn setup_with(retry: RetryPolicy, extra: &[(&str, &str)]) -> Setup {
     // Every test sets the same value, so tests running at once agree.
     std::env::set_var(KEY_ENV, KEY);
@@ -53,7 +54,12 @@ async fn setup_with(retry: RetryPolicy, extra: &[(&str, &str)]) -> Setup {
         .expect("spec");
     let mut specs = vec![spec];
     for (name, options) in extra {
-        specs.push(format!("{name}={}{options}", fake.base_url()).parse().expect("spec"));
+        let base = if options.starts_with("http") {
+            ""
+        } else {
+            fake.base_url()
+        };
+        specs.push(format!("{name}={base}{options}").parse().expect("spec"));
     }
     let mut tools = cairn_tools::builtin_tools(false);
     let runner = TurnRunner::new(Models::new(specs).expect("models"), tools.clone())
@@ -1093,6 +1099,31 @@ async fn streamed_object_arguments_are_the_calls_arguments() {
         .map(|m| m["content"].clone())
         .collect();
     assert_eq!(tool, [json!("7")]);
+}
+
+/// An endpoint that cannot be reached fails `model_unavailable` with a
+/// message saying why (the connection refused), not only that a request
+/// could not be sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_endpoint_says_why() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let url = format!("http://127.0.0.1:{port}/v1");
+    let s = setup_with(test_retry(), &[("down", url.as_str())]).await;
+    let mut req = turn("unreached", &[], "hi", Value::Null);
+    if let ProcessInput::SessionTurn { session, .. } = &mut req.input {
+        session.model = Some("down".into());
+    }
+    s.p.start(req).await.expect("start");
+    let r = finished(&s.p, "unreached").await;
+    assert_eq!(failure_code(&r), "model_unavailable");
+    match &r.outcome {
+        Some(Outcome::Failure { message, .. }) => {
+            assert!(message.contains("refused"), "the cause is named: {message}")
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 /// A model whose key variable went missing fails `model_error`, and its
