@@ -92,6 +92,10 @@ const STOPPED_AT_LAPSE: &str =
 const UNWRITTEN_OUTCOME: &str =
     "its owner-bound run ended, but its outcome could not be written before its lease lapsed (the store was out of reach); the outcome is lost";
 
+/// The same, for a claim whose lease lapsed while it waited for a slot.
+const LAPSED_WAITING: &str =
+    "its owner-bound claim's lease lapsed while it waited for a worker slot (the store was out of reach), so it never ran";
+
 /// The same, for a start whose claim was written but whose answer was lost.
 const LOST_START: &str =
     "its owner-bound start claimed it for this node, but the answer was lost (the store was out of reach), so it never ran";
@@ -522,6 +526,7 @@ impl Worker {
                             Err(e) if e.is_client_error() || this.clock.now_ms() >= claim.lease.expires_at_ms => {
                                 tracing::warn!(process_id = %claim.process.id, error = %e,
                                     "a claim waiting for a slot lost its lease");
+                                this.lapsed_unrun(&claim);
                                 return;
                             }
                             Err(e) => {
@@ -552,12 +557,23 @@ impl Worker {
             if this.clock.now_ms() >= claim.lease.expires_at_ms {
                 tracing::warn!(process_id = %claim.process.id,
                     "a claim waiting for a slot let its lease lapse; it does not run");
+                this.lapsed_unrun(&claim);
                 return;
             }
             drop(unplaced);
             this.run_claim(claim).await;
             drop(held);
         });
+    }
+
+    /// A claim that lost its lease before it ran: a rerunnable process is
+    /// claimed again by whoever comes next, but an owner-bound one is started
+    /// and can never run again, so its owner files the abandon request (it
+    /// would otherwise stay `running` with nobody to end it).
+    fn lapsed_unrun(&self, claim: &Claim) {
+        if claim.process.disposition == Disposition::OwnerBound {
+            self.abandon_lost(&claim.lease, LAPSED_WAITING);
+        }
     }
 
     /// Count a claim that holds no slot yet until the guard drops.

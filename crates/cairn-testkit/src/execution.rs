@@ -2399,6 +2399,59 @@ pub async fn a_claim_waiting_for_a_slot_outlives_a_failed_renewal(factory: &dyn 
     p.shutdown().await;
 }
 
+/// An owner-bound claim whose lease lapses while it waits for a slot (its
+/// renewals failing) never ran and can never run: its owner files the
+/// abandon request, and it ends `abandoned` as a reconciled request instead
+/// of staying `running` with nobody to end it.
+pub async fn an_owner_bound_claim_lapsed_waiting_for_a_slot_is_abandoned(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let (probe, p) = probed_runtime(
+        &store,
+        WorkerConfig {
+            lease_ttl: Duration::from_millis(300),
+            ..one_slot()
+        },
+    );
+    let worker = p.worker().expect("a worker").clone();
+    worker.drive_once().await.expect("drive");
+    a_waits_behind_b(&store, &probe, &p).await;
+    let mut failed = probe.failed_renewals();
+    probe.fail_renewals(true);
+    tokio::time::timeout(WAIT, failed.wait_for(|ids| ids.iter().any(|id| id == "a")))
+        .await
+        .expect("a's renewal was tried")
+        .expect("probe");
+    store.clock.advance(1_000);
+    let request = p
+        .await_event("a", "process.abandon_requested", 0, WAIT)
+        .await
+        .expect("the owner requested a's abandonment");
+    assert!(
+        request.payload["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("waited for a worker slot")),
+        "{request:?}"
+    );
+    probe.fail_renewals(false);
+    let a = tokio::time::timeout(WAIT, async {
+        loop {
+            worker.drive_once().await.expect("drive");
+            let a = p.get("a").await.expect("get a");
+            if a.is_terminal() {
+                break a;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("a ended");
+    match &a.outcome {
+        Some(Outcome::Abandoned { evidence }) => assert_eq!(evidence.writer, AbandonWriter::ReconciledRequest),
+        other => panic!("{other:?}"),
+    }
+    p.shutdown().await;
+}
+
 /// A drain that begins while a drive is claiming waits for what the claim
 /// brings back: the drive's claim of `a` returns after the drain began and
 /// after the only other run (`b`) ended, so nothing is in flight and every
