@@ -554,13 +554,17 @@ pub fn cancel_replay_key(reason: Option<&str>) -> String {
 
 /// Whether a cancellation request ends the process at once: nobody holds a live
 /// lease, no owner-bound run has begun (a started owner-bound process ends only
-/// through its owner or an abandon request) and it is not suspended (a
-/// suspended run is resumed to observe the request, SPEC §13).
+/// through its owner or an abandon request), it is not suspended (a
+/// suspended run is resumed to observe the request, SPEC §13), and it is not
+/// a script that began: one woken but not yet claimed again (its `children`
+/// wait ended by a child's end) or whose lease lapsed replays its journal
+/// with the request in force, so its cleanup runs before it ends (SPEC §14).
 pub fn cancels_at_once(record: &ProcessRecord, now_ms: u64) -> bool {
     record.disposition != Disposition::ExternallyOwned
         && !record.has_live_lease(now_ms)
         && !is_suspended(record)
         && (record.started.is_none() || record.disposition == Disposition::Rerunnable)
+        && !(record.started.is_some() && matches!(record.input, crate::model::ProcessInput::Script { .. }))
 }
 
 /// Whether the record is suspended: a `rerunnable` run that waits (SPEC §13).

@@ -1019,6 +1019,57 @@ async fn a_script_cancelled_while_suspended_runs_its_cleanup_once_across_a_crash
     );
 }
 
+/// A script woken by its child's end but not yet claimed again is not
+/// cancelled on the spot: like one a signal woke, the next claim replays it
+/// with the cancellation in force, so its cleanup runs before it ends.
+#[tokio::test]
+async fn a_script_woken_by_its_child_and_cancelled_runs_its_cleanup() {
+    let registry: Arc<dyn cairn_core::ProcessRegistry> = Arc::new(MemoryRegistry::new());
+    let engine = Arc::new(QuickJs::default());
+    let first = Processes::builder(registry.clone())
+        .script_engine(engine.clone())
+        .start();
+    let m = put(
+        &first,
+        r#"export async function parent(ctx) {
+            const id = await ctx.start({input: {type: "external"}, disposition: "externally_owned"});
+            try {
+                await ctx.wait(id);
+                await ctx.waitSignal("more");
+                return "not cancelled";
+            } catch (e) {
+                await ctx.emit("cleanup", {code: e.code});
+                throw e;
+            }
+        }"#,
+    )
+    .await;
+    first
+        .start(script("woken", &m, "parent", json!({})).with_event_type(cairn_core::EventType::plain("cleanup")))
+        .await
+        .unwrap();
+    first
+        .await_event("woken", cairn_core::events::WAITING, 0, Duration::from_secs(10))
+        .await
+        .expect("suspended on its child");
+    first.shutdown().await;
+
+    let host = Processes::builder(registry.clone())
+        .script_engine(engine.clone())
+        .without_worker()
+        .start();
+    host.complete_external("woken/1", Outcome::success(json!(1)), "ci")
+        .await
+        .expect("the child ends, waking its parent");
+    let rec = host.cancel("woken", Some("no longer needed".into())).await.unwrap();
+    assert!(!rec.is_terminal(), "not ended on the spot: {rec:?}");
+
+    let p = Processes::builder(registry).script_engine(engine).start();
+    let rec = p.await_output("woken", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(rec.outcome, Some(Outcome::cancelled("no longer needed")));
+    assert_eq!(events(&p, "woken", "cleanup").await, [json!({"code": "cancelled"})]);
+}
+
 #[tokio::test]
 async fn a_script_cancelled_before_it_ever_ran_runs_no_cleanup() {
     let registry: Arc<dyn cairn_core::ProcessRegistry> = Arc::new(MemoryRegistry::new());

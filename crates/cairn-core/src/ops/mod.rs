@@ -1075,7 +1075,12 @@ fn cancel_one<T: WriteTx + ?Sized>(tx: &mut T, id: &str, reason: Option<&str>) -
         .with_replay_key(fold::cancel_replay_key(reason));
     let record = append_record(tx, id, &request)?;
     if fold::cancels_at_once(&record, now) {
-        let outcome = Outcome::cancelled(reason.map_or_else(|| "cancelled before it started".into(), String::from));
+        let unsaid = if record.started.is_some() {
+            "cancelled while it was not running"
+        } else {
+            "cancelled before it started"
+        };
+        let outcome = Outcome::cancelled(reason.map_or_else(|| unsaid.into(), String::from));
         return Ok((append_record(tx, id, &fold::terminal_request(&outcome))?, true));
     }
     Ok((record, false))
