@@ -94,6 +94,20 @@ impl AdminTx for Admin<'_> {
 
     async fn delete_session_grants(&mut self, session_id: &str) -> Result<Vec<String>> {
         let tx = self.tx;
+        // The processes the session holds, locked first in id order as a
+        // transfer locks them: a batch registering a child of one (which
+        // holds the parent `FOR UPDATE` and gives the child its grants) is
+        // wholly before the delete, whose next statement then sees the
+        // child's grant too, or wholly after it. Deleting from a snapshot
+        // taken while the batch ran would miss the child's grant, leaving
+        // it granted to the deleted session.
+        tx.execute(
+            "SELECT 1 FROM processes WHERE id IN (SELECT process_id FROM grants WHERE session_id = $1::text) \
+             ORDER BY id FOR SHARE",
+            &[&session_id],
+        )
+        .await
+        .map_err(|e| self.pg(e))?;
         let removed = tx
             .query(
                 "DELETE FROM grants WHERE session_id = $1::text RETURNING process_id",

@@ -1388,3 +1388,91 @@ async fn a_claim_of_everything_beside_another_claims_all() {
     let claimed: Vec<usize> = answers.into_iter().map(|a| a.expect("claims").len()).collect();
     assert_eq!(claimed, vec![3, 0]);
 }
+
+/// A session's deletion racing a batch that registers a child of a process
+/// the session holds leaves no grant to the deleted session: the deletion
+/// locks the processes the session holds first, so it waits for the batch
+/// (which holds the parent `FOR UPDATE` and gives the child the parent's
+/// grants) and then deletes the child's grant too. Here a raw transaction
+/// plays the batch: it locks the parent and its grants as a batch does and
+/// grants another process to the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+async fn a_session_deletion_waits_for_a_batch_granting_a_child() {
+    if !testing::enabled() {
+        return;
+    }
+    let schema = TestSchema::new("cairn_t");
+    let reg = Arc::new(schema.connect(clock()).await.expect("connect"));
+    let s1 = cairn_testkit::session("s1");
+    reg.register(external("par"), Some(cairn_testkit::start_grant(&s1, "k", "par")))
+        .await
+        .expect("register the parent");
+    reg.register(external("kid"), None).await.expect("register the child");
+    let mut kid_grant = reg.grants_of("par").await.expect("grants").remove(0);
+    kid_grant.process_id = "kid".into();
+
+    let mut batch = client(&schema.url).await;
+    let tx = batch.transaction().await.expect("begin");
+    let name = &schema.name;
+    tx.execute(
+        &format!("SELECT 1 FROM \"{name}\".processes WHERE id = 'par' FOR UPDATE"),
+        &[],
+    )
+    .await
+    .expect("lock the parent");
+    tx.execute(
+        &format!("SELECT 1 FROM \"{name}\".grants WHERE process_id = 'par' FOR SHARE"),
+        &[],
+    )
+    .await
+    .expect("lock its grants");
+    tx.execute(
+        &format!(
+            "INSERT INTO \"{name}\".grants (scope_id, session_id, process_id, grant_json) VALUES ($1, $2, 'kid', $3)"
+        ),
+        &[
+            &kid_grant.scope.scope_id(),
+            &kid_grant.scope.session_id,
+            &serde_json::to_string(&kid_grant).expect("json"),
+        ],
+    )
+    .await
+    .expect("grant the child");
+
+    let deletion = {
+        let reg = reg.clone();
+        tokio::spawn(async move { reg.delete_session("s1").await })
+    };
+    // The deletion waits on the batch's locks before the batch commits.
+    let watcher = client(&schema.url).await;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                     AND datname = current_database() AND query LIKE '%grants WHERE session_id = $1%'",
+                    &[],
+                )
+                .await
+                .expect("activity")
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the deletion waits for the batch");
+    tx.commit().await.expect("commit the batch");
+    let report = deletion.await.expect("join").expect("delete session");
+    assert_eq!(report.revoked_grants, 2, "{report:?}");
+    assert!(
+        reg.grants_of("kid").await.expect("grants").is_empty(),
+        "the child's grant outlived its session"
+    );
+}
