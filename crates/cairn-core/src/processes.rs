@@ -986,6 +986,18 @@ impl Processes {
         }
     }
 
+    /// Stop taking new work, leaving the runs in flight alone: no claims, no
+    /// start claiming its own process, no schedule fires, from now on. For a
+    /// server's shutdown grace, before [`shutdown`](Self::shutdown) drains:
+    /// work claimed during the grace would only be stopped by the drain (an
+    /// owner-bound process abandoned, never having run) instead of being
+    /// left queued for the next start or a peer.
+    pub fn stop_claiming(&self) {
+        if let Some(d) = &self.inner.driver {
+            d.worker().stop_claiming();
+        }
+    }
+
     /// Graceful shutdown: stop claiming, drain per disposition, return when done.
     pub async fn shutdown(&self) {
         if let Some(d) = &self.inner.driver {

@@ -717,7 +717,15 @@ impl Worker {
         self.stopping.cancel();
     }
 
-    /// Whether [`drain`](Self::drain) was called.
+    /// Stop claiming (the drives, a start's own claim, schedule fires) but
+    /// leave the runs in flight to end as they would: the first half of a
+    /// [`drain`](Self::drain), which stops them. A claim already waiting for
+    /// a slot is stopped as it begins, as under a drain.
+    pub fn stop_claiming(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`drain`](Self::drain) or [`stop_claiming`](Self::stop_claiming) was called.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }

@@ -546,7 +546,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
     /// How long shutdown waits for open connections before draining the worker
-    /// anyway (a second SIGINT or SIGTERM ends the wait at once).
+    /// anyway (a second SIGINT or SIGTERM ends the wait at once). The worker
+    /// claims no new work during it; runs in flight go on.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     /// Heap limit of one script activation, in bytes (past it: `memory_limit`).

@@ -560,3 +560,120 @@ async fn a_server_whose_node_id_is_taken_while_its_hold_is_down_stops() {
     );
     assert_eq!(node_holder(&admin, &schema.name, "box-1").await, Some(rival.pid));
 }
+
+/// On `server` (one worker slot): the owner-bound `hold` (a sleep of
+/// `hold_ms`) in the only slot and the owner-bound `ob` queued behind it,
+/// never started.
+async fn ob_queued_behind_hold(server: &Server, hold_ms: u64) {
+    let c = server.client();
+    let (s, rec) = c
+        .start(tool_start("hold", "sleep", json!({"ms": hold_ms}), "owner_bound"))
+        .await;
+    assert_eq!(s, 201, "{rec}");
+    until(&c, "hold", "started", |r| !r["started"].is_null()).await;
+    let (s, rec) = c
+        .start(tool_start("ob", "sleep", json!({"ms": 600_000}), "owner_bound"))
+        .await;
+    assert_eq!(s, 201, "{rec}");
+    assert!(rec["started"].is_null(), "ob waits for the slot: {rec}");
+}
+
+/// A server in its shutdown grace claims no more work: queued owner-bound
+/// work stays queued for the next start, instead of being claimed when a
+/// run ends during the grace and then abandoned by the drain without having
+/// run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_in_its_shutdown_grace_claims_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("cairn.db");
+    let db = format!("sqlite:{}", path.display());
+    let log = dir.path().join("serve.log");
+    let mut server = Server::serve_logging_to(
+        &[
+            "--db",
+            &db,
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--shutdown-grace",
+            "120s",
+            "--body-timeout",
+            "120s",
+        ],
+        &log,
+    )
+    .await;
+    ob_queued_behind_hold(&server, 1_500).await;
+    // Headers, then a body that never comes: the grace runs until the
+    // second signal.
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    slow.write_all(
+        b"POST /v1/processes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .await
+    .expect("write");
+    // The server holds it (and the connection asking) before the signal.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = server
+            .http
+            .get(format!("{}/metrics", server.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let open = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("cairn_http_connections_open "))
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if open >= 2.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow connection was never accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = server.pid() as libc::pid_t;
+    // SAFETY: signalling a child process this test spawned.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    // `hold` ends during the grace (read from the file: the server takes
+    // no more requests), freeing the slot.
+    let reader = cairn_sqlite::SqliteRegistry::open(&path, std::sync::Arc::new(cairn_core::SystemClock))
+        .expect("open the database beside the server");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let hold = cairn_core::ProcessRegistry::get(&reader, "hold")
+            .await
+            .expect("get hold");
+        if hold.is_terminal() {
+            assert_eq!(hold.status, cairn_core::ProcessStatus::Completed, "{hold:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "hold never ended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("shutting down"),
+        "hold ended during the grace"
+    );
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = server.wait_exit(Duration::from_secs(30)).expect("exited");
+    assert!(status.success(), "{status:?}");
+    drop(slow);
+    let ob = cairn_core::ProcessRegistry::get(&reader, "ob").await.expect("get ob");
+    assert!(
+        ob.started.is_none() && !ob.is_terminal(),
+        "ob stays queued for the next start: {ob:?}"
+    );
+}

@@ -436,8 +436,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             drop(permit);
         });
     }
-    tracing::info!("shutting down: no new connections; ending waits and streams");
+    tracing::info!("shutting down: no new connections or work; ending waits and streams");
     drop(listener);
+    // Work claimed during the grace would only be stopped by the drain after
+    // it (an owner-bound process abandoned without having run): it stays
+    // queued for the next start or a peer instead. Runs in flight go on.
+    processes.stop_claiming();
     shutdown.cancel();
     // A second SIGINT or SIGTERM ends the grace at once, as an operator
     // pressing Ctrl-C again expects.
