@@ -336,6 +336,17 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         .check()
         .map(|()| cairn_script::QuickJs::new(limits))
         .map_err(|e| ServeError::Config(format!("{e} (--script-heap-bytes, --script-cpu, --script-max-calls)")))?;
+    // Before the address is printed: a server that says it listens holds
+    // the open-file limit it will run with. Bound before the worker starts:
+    // a port taken must not leave work claimed by a server that then exits
+    // without draining it.
+    let max_connections = conn::fit_to_open_files(args.max_connections);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: args.listen.clone(),
+            source,
+        })?;
     let processes = Processes::builder(backend.registry)
         .hub(backend.hub)
         .tools(tools)
@@ -363,15 +374,6 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         mcp_shutdown: CancellationToken::new(),
         tools: tool_names,
     });
-    // Before the address is printed: a server that says it listens holds
-    // the open-file limit it will run with.
-    let max_connections = conn::fit_to_open_files(args.max_connections);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Listen {
-            addr: args.listen.clone(),
-            source,
-        })?;
     let local = listener.local_addr()?;
     // Printed on stdout (logs go to stderr) so scripts and tests can find a port-0 server.
     {
