@@ -466,7 +466,7 @@ impl ToolContext {
                 }
                 continue;
             }
-            if recorded.is_none() && !self.inner.registry.wait(&self.lease(), wait.clone(), seen).await? {
+            if recorded.is_none() && !self.hold_wait(&wait, seen).await? {
                 continue;
             }
             let left = Duration::from_millis(until.saturating_sub(self.now_ms()));
@@ -649,6 +649,18 @@ impl ToolContext {
             .map(|t| Duration::from_millis(t.saturating_sub(self.now_ms())));
         tokio::select! {
             r = wait_with_timeout(futures::future::select_all(arrivals), left) => match r {
+                // A store fault of the moment while waiting (a read the
+                // awaiter made) is no end of the wait: the caller reads the
+                // log again (tried while the lease holds), after a pause so
+                // a store that keeps failing is not asked in a loop.
+                Some((Err(e), _, _)) if !e.is_client_error() => {
+                    tracing::warn!(process_id = %self.process_id(), error = %e, "waiting failed; reading again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(HOLD_RETRY) => {}
+                        _ = self.stopped() => {}
+                    }
+                    Ok(())
+                }
                 Some((r, _, _)) => r,
                 None => Ok(()),
             },
@@ -844,7 +856,7 @@ impl ToolContext {
             }
             return Ok(Pending::ReadAgain);
         }
-        if waited.is_none() && !self.inner.registry.wait(&self.lease(), wait.clone(), seen).await? {
+        if waited.is_none() && !self.hold_wait(wait, seen).await? {
             return Ok(Pending::ReadAgain);
         }
         Ok(Pending::Hold)
@@ -909,6 +921,19 @@ impl ToolContext {
         ))
     }
 
+    /// Record the wait an owner-bound run holds its lease through; `false`
+    /// when the log moved. A store fault of the moment is tried again while
+    /// the lease holds (the run cannot run again): a try whose answer was
+    /// lost but that landed moved the log, so the next answers `false` and
+    /// the caller reads the wait back from the log.
+    async fn hold_wait(&self, wait: &WaitRequest, seen: u64) -> Result<bool> {
+        let lease = self.lease();
+        crate::retry::while_lease_holds(&self.inner.clock, &lease, "recording a wait", || {
+            self.inner.registry.wait(&lease, wait.clone(), seen)
+        })
+        .await
+    }
+
     /// Record the wait and release the lease; `false` when the log moved.
     async fn suspend(&self, wait: &WaitRequest, seen: u64) -> Result<bool> {
         let suspended = self.inner.registry.wait(&self.lease(), wait.clone(), seen).await?;
@@ -923,8 +948,23 @@ impl ToolContext {
         if let Some(map) = payload.as_object_mut() {
             map.insert("reason".into(), json!(reason));
         }
-        self.inner.registry.resume(&self.lease(), payload).await?;
-        Ok(())
+        let lease = self.lease();
+        // A store fault of the moment is tried again while the lease holds
+        // (an owner-bound run cannot run again: failing here would lose the
+        // signal, child or timer that came). A try whose answer was lost may
+        // have landed: the record says so (its wait is gone), and the
+        // resumption is not written twice.
+        crate::retry::while_lease_holds(&self.inner.clock, &lease, "resuming", || async {
+            match self.inner.registry.resume(&lease, payload.clone()).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.is_client_error() => Err(e),
+                Err(e) => match self.inner.registry.get(self.process_id()).await {
+                    Ok(r) if r.wait.is_none() => Ok(()),
+                    _ => Err(e),
+                },
+            }
+        })
+        .await
     }
 
     /// What a run that stopped answers: `cancelled` with the request's reason,
@@ -991,6 +1031,10 @@ fn timed_out(resumed: Option<&ProcessEvent>) -> bool {
 
 /// Something an owner-bound wait waits to happen.
 type Arrival<'a> = futures::future::BoxFuture<'a, Result<()>>;
+
+/// How long an owner-bound wait whose awaiting read failed pauses before
+/// it reads its log again.
+const HOLD_RETRY: Duration = Duration::from_millis(200);
 
 /// What ended a [`ToolContext::wait_first`].
 #[derive(Clone, Debug)]

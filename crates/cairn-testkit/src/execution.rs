@@ -1241,9 +1241,10 @@ pub async fn a_run_whose_reads_the_store_fails_runs(factory: &dyn StoreFactory) 
 }
 
 /// A rerunnable run that fails only because the store did not answer (the
-/// wait it records, past the retries) is not failed for good: its lease is
+/// wait it records as it suspends) is not failed for good: its lease is
 /// released and a later claim runs it to its end. An owner-bound run, which
-/// cannot run again, fails.
+/// cannot run again, tries its store writes and reads again while its lease
+/// holds.
 pub async fn a_run_the_store_failed_is_run_again(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;
     let (probe, p) = probed_runtime(&store, config("w1"));
@@ -1266,15 +1267,41 @@ pub async fn a_run_the_store_failed_is_run_again(factory: &dyn StoreFactory) {
     // The run the store failed, the run that suspended, the run the signal woke.
     assert_eq!(r.started.as_ref().map(|s| s.attempt), Some(3), "claimed again: {r:?}");
 
+    // An owner-bound run cannot run again: its wait's write is tried again
+    // while its lease holds, and a read failing while it holds its lease
+    // sends it back to its log, not to a failure that would lose the signal.
     probe.fail_next_waits(1);
     p.start(StartRequest::tool("held", "wait_signal", go, Disposition::OwnerBound))
         .await
         .expect("start");
+    p.await_event("held", "process.waiting", 0, WAIT)
+        .await
+        .expect("the wait was recorded on a second try");
+    probe.fail_next_log_reads(1);
+    p.signal("held", "go", "g1", json!({"n": 2})).await.expect("signal");
     let r = terminal(&p, "held").await;
-    assert!(
-        matches!(&r.outcome, Some(Outcome::Failure { class, code, .. }) if class == "runtime" && code == "unavailable"),
-        "{r:?}"
-    );
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"n": 2}))), "{r:?}");
+    assert_eq!(r.started.as_ref().map(|s| s.attempt), Some(1), "one run: {r:?}");
+
+    // A resumption whose answer was lost but that landed is not written twice.
+    p.start(StartRequest::tool(
+        "lost-answer",
+        "wait_signal",
+        json!({"name": "go"}),
+        Disposition::OwnerBound,
+    ))
+    .await
+    .expect("start");
+    p.await_event("lost-answer", "process.waiting", 0, WAIT)
+        .await
+        .expect("waits");
+    probe.lose_next_resume_answers(1);
+    p.signal("lost-answer", "go", "g1", json!(3)).await.expect("signal");
+    let r = terminal(&p, "lost-answer").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!(3))), "{r:?}");
+    let log = p.events("lost-answer", 0, Some(100)).await.expect("events").events;
+    let resumed = log.iter().filter(|e| e.event_type == "process.resumed").count();
+    assert_eq!(resumed, 1, "{log:?}");
     p.shutdown().await;
 }
 

@@ -47,6 +47,7 @@ pub struct ReadProbe {
     failing_env_reads: std::sync::atomic::AtomicU64,
     failing_log_reads: std::sync::atomic::AtomicU64,
     failing_waits: std::sync::atomic::AtomicU64,
+    lost_resumes: std::sync::atomic::AtomicU64,
     failing_lists: std::sync::atomic::AtomicU64,
     hanging_renewals: std::sync::atomic::AtomicBool,
     failing_claim_batches: std::sync::atomic::AtomicU64,
@@ -81,6 +82,7 @@ impl ReadProbe {
             failing_env_reads: std::sync::atomic::AtomicU64::new(0),
             failing_log_reads: std::sync::atomic::AtomicU64::new(0),
             failing_waits: std::sync::atomic::AtomicU64::new(0),
+            lost_resumes: std::sync::atomic::AtomicU64::new(0),
             failing_lists: std::sync::atomic::AtomicU64::new(0),
             hanging_renewals: std::sync::atomic::AtomicBool::new(false),
             failing_claim_batches: std::sync::atomic::AtomicU64::new(0),
@@ -181,6 +183,12 @@ impl ReadProbe {
     /// inner registry: a store fault as a run records its wait.
     pub fn fail_next_waits(&self, n: u64) {
         self.failing_waits.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The next `n` calls of `resume` are written, and then answer
+    /// `outcome_unknown`: a resumption whose answer was lost.
+    pub fn lose_next_resume_answers(&self, n: u64) {
+        self.lost_resumes.store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The next `n` calls of `append_event` fail `unavailable` without
@@ -536,7 +544,13 @@ impl ProcessRegistry for ReadProbe {
     }
 
     async fn resume(&self, lease: &Lease, payload: serde_json::Value) -> Result<ProcessRecord> {
-        self.inner.resume(lease, payload).await
+        let r = self.inner.resume(lease, payload).await?;
+        if take_one(&self.lost_resumes) {
+            return Err(cairn_core::CairnError::OutcomeUnknown(
+                "the answer was lost (probe)".into(),
+            ));
+        }
+        Ok(r)
     }
 
     async fn next_due(&self, after_ms: u64) -> Result<Option<u64>> {
