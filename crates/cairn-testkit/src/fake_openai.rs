@@ -90,6 +90,13 @@ pub enum Reply {
         /// The pause between two of them.
         delay: Duration,
     },
+    /// Stream `text` as content with its `finish_reason` `stop`, then break
+    /// the connection before the usage chunk and `[DONE]`: a proxy that
+    /// resets a finished stream rather than closing it.
+    BrokenAfterFinish(String),
+    /// Stream `text` as content with its `finish_reason` `stop`, then
+    /// nothing but SSE comments: a stream stalled before its usage chunk.
+    StalledAfterFinish(String),
     /// Stream nothing but an SSE comment (`: keep-alive`) every `every`, for
     /// as long as the client reads: an endpoint (or a proxy before it) whose
     /// upstream is stuck.
@@ -207,6 +214,12 @@ async fn completions(State(script): State<Arc<Mutex<Script>>>, headers: HeaderMa
             Err::<Bytes, std::io::Error>(std::io::Error::other("the fake server broke the stream"))
         });
         Body::from_stream(stream.chain(fail))
+    } else if ending == Ending::Stall {
+        let comments = futures::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Some((Ok::<_, std::io::Error>(Bytes::from_static(b": keep-alive\n\n")), ()))
+        });
+        Body::from_stream(stream.chain(comments))
     } else {
         Body::from_stream(stream)
     };
@@ -227,6 +240,8 @@ enum Ending {
     Break,
     /// A clean end of the body, at once.
     Nothing,
+    /// SSE comments every 100 ms, for as long as the client reads.
+    Stall,
 }
 
 /// A reply as the chunks of a stream, the pause between them and what
@@ -287,6 +302,8 @@ fn streamed(reply: Reply) -> Result<(Vec<String>, Duration, Ending), Box<Respons
             chunks.pop();
             (chunks, Duration::ZERO, Ending::Break)
         }
+        Reply::BrokenAfterFinish(text) => (text_chunks(&text), Duration::ZERO, Ending::Break),
+        Reply::StalledAfterFinish(text) => (text_chunks(&text), Duration::ZERO, Ending::Stall),
         Reply::ToolCalls(calls) => (tool_call_chunks(&calls), Duration::ZERO, Ending::UsageAndDone),
         Reply::Refusal(refusal) => (refusal_chunks(&refusal), Duration::ZERO, Ending::UsageAndDone),
         Reply::WithoutDone(reply) => {

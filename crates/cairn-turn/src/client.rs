@@ -258,12 +258,23 @@ async fn ask(
     let mut progress_by = tokio::time::Instant::now() + idle;
     loop {
         let Ok(next) = tokio::time::timeout_at(progress_by, events.next()).await else {
+            // After its `finish_reason` the answer is whole: only its usage
+            // and `[DONE]` were to come, and a stream that stalls there (a
+            // proxy holding the connection) ends it as a clean end would.
+            if !finish_reason.is_null() {
+                break;
+            }
             return Err(ModelFault::transient(format!(
                 "model `{}`: the stream made no progress for {idle:?} (keep-alives only)",
                 spec.name
             )));
         };
         let Some(event) = next else { break };
+        // The same for a connection broken after the `finish_reason` (a
+        // proxy resetting it rather than closing it).
+        if event.is_err() && !finish_reason.is_null() {
+            break;
+        }
         let event = event.map_err(|e| {
             let why = match &e {
                 eventsource_stream::EventStreamError::Transport(t) => without_url(t),

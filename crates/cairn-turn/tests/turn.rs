@@ -1101,6 +1101,29 @@ async fn streamed_object_arguments_are_the_calls_arguments() {
     assert_eq!(tool, [json!("7")]);
 }
 
+/// A stream broken or stalled after its `finish_reason` (before its usage
+/// chunk and `[DONE]`) carried a whole answer: it is the answer, without
+/// usage, not a failed call asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_whose_stream_breaks_after_it_finished_is_kept() {
+    let s = setup().await;
+    s.fake.push(Reply::BrokenAfterFinish("whole".into()));
+    s.p.start(turn("broken", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "broken").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "whole"}))));
+    s.fake.push(Reply::StalledAfterFinish("also whole".into()));
+    s.p.start(turn("stalled", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "stalled").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "also whole"}))));
+    assert_eq!(s.fake.received().len(), 2, "one call each");
+    let events = s.p.events("broken", 0, Some(1000)).await.expect("events").events;
+    let response = events
+        .iter()
+        .find(|e| e.event_type == "turn.response")
+        .expect("response");
+    assert!(response.payload["usage"].is_null(), "{response:?}");
+}
+
 /// An endpoint that cannot be reached fails `model_unavailable` with a
 /// message saying why (the connection refused), not only that a request
 /// could not be sent.
