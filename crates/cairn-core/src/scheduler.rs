@@ -119,12 +119,20 @@ impl Scheduler {
                 advance,
             } => {
                 let mut advance = advance;
-                match self
-                    .starter
-                    .start(schedule.start.start_request(process_id.clone()))
-                    .await
-                {
-                    Ok(_) => report.started.push(process_id),
+                let request = schedule.start.start_request(process_id.clone());
+                let started = match self.starter.start(request.clone()).await {
+                    // This fire may have started its process before a crash
+                    // kept it from advancing the schedule, and the start's
+                    // checks may refuse it now (a tool since removed or
+                    // redeclared): the process this fire made is its answer.
+                    Err(e) if e.is_client_error() => match self.registry.get(&process_id).await {
+                        Ok(existing) if made_by(&existing, &request) => Ok(()),
+                        _ => Err(e),
+                    },
+                    other => other.map(|_| ()),
+                };
+                match started {
+                    Ok(()) => report.started.push(process_id),
                     // A fire that can never start (its tool is gone from this
                     // server, its id taken by another start) must not hold the
                     // schedule: it is skipped, and said so.
@@ -150,6 +158,16 @@ impl Scheduler {
         }
         Ok(())
     }
+}
+
+/// Whether `existing` is the process `request` starts (by an earlier try of
+/// the same fire): the same input, disposition, originator and cause, not
+/// another start that took the fire's id.
+fn made_by(existing: &crate::model::ProcessRecord, request: &crate::processes::StartRequest) -> bool {
+    existing.input == request.input
+        && existing.disposition == request.disposition
+        && existing.provenance.originator == request.originator
+        && existing.provenance.caused_by == request.caused_by
 }
 
 #[async_trait::async_trait]

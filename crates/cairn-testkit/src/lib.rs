@@ -456,6 +456,7 @@ macro_rules! execution_suite {
                 a_pause_landing_after_the_due_read_wins,
                 one_catch_up_after_downtime,
                 a_refused_fire_is_recorded_until_one_starts,
+                a_fire_made_before_a_crash_is_not_refused_again,
                 schedule_rejects_bad_input,
             );
         }

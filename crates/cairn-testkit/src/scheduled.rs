@@ -167,6 +167,69 @@ pub async fn a_refused_fire_is_recorded_until_one_starts(factory: &dyn StoreFact
     p.shutdown().await;
 }
 
+/// `echo` as a later version declares it: with an event type more.
+struct RedeclaredEcho;
+
+#[cairn_core::async_trait]
+impl cairn_core::Tool for RedeclaredEcho {
+    fn name(&self) -> &str {
+        "echo"
+    }
+
+    fn event_types(&self) -> Vec<cairn_core::EventType> {
+        vec![cairn_core::EventType::plain("echo.note")]
+    }
+
+    async fn run(&self, _ctx: cairn_core::ToolContext, args: Value) -> cairn_core::Outcome {
+        cairn_core::Outcome::success(args["value"].clone())
+    }
+}
+
+/// A fire that started its process but did not advance its schedule (a
+/// crash between the two) and is fired again on a node whose start checks
+/// now refuse it (its tool redeclared) is the fire that started: the process
+/// it made is its answer, not a refusal beside a process that runs.
+pub async fn a_fire_made_before_a_crash_is_not_refused_again(factory: &dyn StoreFactory) {
+    let store = factory.create(cairn_core::ManualClock::new(1_000_000)).await;
+    let before = Processes::builder(store.registry.clone())
+        .tools(builtin_tools(false))
+        .clock(Arc::new(store.clock.clone()))
+        .without_worker()
+        .start();
+    let t0 = store.clock.now_ms();
+    create(&before, echo_every("again", "10s")).await;
+    let fire = format!("again@{}", t0 + 10_000);
+    let template = before.get_schedule("again").await.expect("get").start;
+    before
+        .start(template.start_request(fire.clone()))
+        .await
+        .expect("the fire's start, before the crash");
+    // After the restart, this node's `echo` declares an event type more:
+    // the same start is a registration conflict now.
+    let mut tools = cairn_core::ToolRegistry::new();
+    tools.register(Arc::new(RedeclaredEcho));
+    let after = Processes::builder(store.registry.clone())
+        .tools(tools)
+        .clock(Arc::new(store.clock.clone()))
+        .without_worker()
+        .start();
+    let refused = after
+        .start(template.start_request(fire.clone()))
+        .await
+        .expect_err("the start's checks refuse it now");
+    assert!(refused.is_client_error(), "{refused}");
+    store.clock.advance(10_000);
+    let report = after.fire_schedules().await.expect("fire");
+    assert_eq!(report.started, vec![fire.clone()], "{report:?}");
+    assert!(report.refused.is_empty(), "{report:?}");
+    let s = after.get_schedule("again").await.expect("get");
+    assert_eq!(s.last_refusal, None);
+    assert_eq!(s.last_process_id.as_deref(), Some(fire.as_str()));
+    assert_eq!(s.next_fire_ms, t0 + 20_000);
+    before.shutdown().await;
+    after.shutdown().await;
+}
+
 /// `overlap: skip`: no fire starts while the previous fire's process is
 /// running (here suspended on a signal); the first fire after it ended does.
 pub async fn skip_skips_while_the_last_run_is_running(factory: &dyn StoreFactory) {
