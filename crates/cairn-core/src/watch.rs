@@ -355,7 +355,16 @@ const SINK_QUEUE: usize = 4096;
 struct SinkQueue {
     tx: mpsc::Sender<ProcessEvent>,
     terminal_only: bool,
+    /// The parents' wakes lately sunk (`id`, sequence): two children that
+    /// ended together may each find the one wake, which is sunk once.
+    wakes: Mutex<std::collections::VecDeque<(String, u64)>>,
 }
+
+/// How far back a parent's log is read for the wake a child's end wrote
+/// (the parent may have been claimed and gone on since), and how many
+/// wakes sunk are remembered.
+const WAKE_LOOKBACK: u64 = 8;
+const WAKES_REMEMBERED: usize = 1024;
 
 impl SinkQueue {
     fn start(sink: Arc<dyn EventSink>) -> Self {
@@ -370,7 +379,24 @@ impl SinkQueue {
                 }
             }
         });
-        Self { tx, terminal_only }
+        Self {
+            tx,
+            terminal_only,
+            wakes: Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    /// Whether the wake `(id, sequence)` is sunk for the first time now.
+    fn first_wake(&self, id: &str, sequence: u64) -> bool {
+        let mut wakes = self.wakes.lock();
+        if wakes.iter().any(|(i, s)| *s == sequence && i == id) {
+            return false;
+        }
+        if wakes.len() == WAKES_REMEMBERED {
+            wakes.pop_front();
+        }
+        wakes.push_back((id.to_string(), sequence));
+        true
     }
 
     fn push(&self, event: ProcessEvent) {
@@ -554,6 +580,39 @@ impl WatchedRegistry {
             }
             if p.wait.is_none() && !p.is_terminal() {
                 self.hub.notify_work();
+                self.sink_wake(record, &p).await;
+            }
+        }
+    }
+
+    /// Feed the sink the parent's `process.resumed` (reason `children`) that
+    /// the end of `child` wrote in its own transaction: stamped with the
+    /// child's end, naming it among the children it waited for (or waiting
+    /// for any), found among the parent's last events.
+    async fn sink_wake(&self, child: &ProcessRecord, parent: &ProcessRecord) {
+        let Some(sink) = self.sink.as_ref().filter(|s| !s.terminal_only) else {
+            return;
+        };
+        let after = parent.last_sequence.saturating_sub(WAKE_LOOKBACK);
+        let Ok(page) = self
+            .inner
+            .events_after(&parent.id, after, Some(WAKE_LOOKBACK as usize))
+            .await
+        else {
+            return;
+        };
+        let woke = page.events.into_iter().find(|e| {
+            e.event_type == crate::events::RESUMED
+                && e.payload.get("reason").and_then(serde_json::Value::as_str) == Some("children")
+                && Some(e.occurred_at_ms) == child.terminal_at_ms
+                && e.payload
+                    .get("ids")
+                    .and_then(serde_json::Value::as_array)
+                    .is_none_or(|ids| ids.iter().any(|i| i.as_str() == Some(child.id.as_str())))
+        });
+        if let Some(e) = woke {
+            if sink.first_wake(&e.process_id, e.sequence) {
+                sink.push(e);
             }
         }
     }

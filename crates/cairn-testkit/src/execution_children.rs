@@ -565,3 +565,56 @@ pub async fn an_owner_bound_wait_for_a_child_that_ends_late_times_out(factory: &
     assert_eq!(resumed, [json!("timed_out")]);
     p.shutdown().await;
 }
+
+/// An event sink that writes down `id#sequence` of what it is given.
+struct Sequences(Arc<Mutex<Vec<String>>>);
+
+impl cairn_core::EventSink for Sequences {
+    fn deliver(&self, event: &cairn_core::ProcessEvent) {
+        self.0.lock().push(format!("{}#{}", event.process_id, event.sequence));
+    }
+}
+
+/// The event sink receives the parent's `process.resumed` that its last
+/// child's end wrote in the same write, once: a host projecting the sink sees
+/// the parent's whole log, not `waiting` then `started` with a gap.
+pub async fn the_sink_receives_the_wake_a_childs_end_wrote(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let p = Processes::builder(store.registry.clone())
+        .tools(crate::execution::tools(vec![Arc::new(FanOut::default())]))
+        .clock(Arc::new(store.clock.clone()))
+        .worker_config(crate::execution::config("w1"))
+        .event_sink(Arc::new(Sequences(seen.clone())))
+        .start();
+    p.start(StartRequest::tool(
+        "fan",
+        "fan_out",
+        json!({"n": 2}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start");
+    p.await_event("fan", "process.waiting", 0, WAIT).await.expect("waiting");
+    for k in 1..=2 {
+        p.signal(&format!("fan/{k}"), "go", "g", json!({"v": k}))
+            .await
+            .expect("signal");
+    }
+    let r = terminal(&p, "fan").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"sum": 3}))), "{r:?}");
+    let expected: Vec<String> = (1..=r.last_sequence).map(|s| format!("fan#{s}")).collect();
+    let parents = || -> Vec<String> {
+        let mut sunk: Vec<String> = seen.lock().iter().filter(|s| s.starts_with("fan#")).cloned().collect();
+        sunk.sort_by_key(|s| s[4..].parse::<u64>().unwrap_or(0));
+        sunk
+    };
+    tokio::time::timeout(WAIT, async {
+        while parents() != expected {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the sink saw {:?}, expected {expected:?}", parents()));
+    p.shutdown().await;
+}
