@@ -1093,3 +1093,33 @@ async fn a_replayed_run_into_a_closed_pipe_says_nothing_of_cancelling() {
     assert!(!said.contains("may still run") && !said.contains("cancel"), "{said}");
     assert!(!said.contains("panicked"), "{said}");
 }
+
+/// A proxy named in the environment is not used for a server on this
+/// machine: it would be sent the requests and the bearer token in clear,
+/// and could not reach a loopback address of this machine anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_in_the_environment_is_not_used_for_a_loopback_server() {
+    let server = Server::start(&["--token", "host-secret"]).await;
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let proxy_url = format!("http://{}", proxy.local_addr().expect("addr"));
+    let ls = tokio::process::Command::new(BIN)
+        .args(["--server", &server.base, "ls"])
+        .env("CAIRN_TOKEN", "host-secret")
+        .env("http_proxy", &proxy_url)
+        .env("HTTP_PROXY", &proxy_url)
+        .env("ALL_PROXY", &proxy_url)
+        .env("all_proxy", &proxy_url)
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    // A proxy that takes the connection and never answers holds `ls`.
+    let out = tokio::time::timeout(Duration::from_secs(20), ls)
+        .await
+        .expect("cairn ls went to the proxy, which never answers")
+        .expect("run cairn ls");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reached = tokio::time::timeout(Duration::from_millis(1), proxy.accept()).await;
+    assert!(reached.is_err(), "the proxy was sent the request");
+}

@@ -122,7 +122,7 @@ async fn one_run(ctx: &Ctx<'_>, label: &str, n: usize, idle: u64) -> Result<Valu
 }
 
 async fn measure(server: &Serve, prefix: &str, n: usize, idle: u64) -> Result<Value, String> {
-    let http = reqwest::Client::new();
+    let http = local_client()?;
     // Warm up: a cycle of streams opened and closed, so the reading before
     // counts a server that has served streams (its buffers and arenas warm).
     let warm: Vec<String> = (0..WARM_STREAMS).map(|i| format!("{prefix}-warm-{i:03}")).collect();
@@ -156,10 +156,19 @@ async fn measure(server: &Serve, prefix: &str, n: usize, idle: u64) -> Result<Va
     }))
 }
 
+/// A client for the bench's own server on loopback: straight to it, past
+/// any proxy the environment names.
+fn local_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .map_err(|e| format!("http client: {e}"))
+}
+
 /// The server's open HTTP connections (`cairn_http_connections_open`), this
 /// request's own among them.
 async fn open_connections(base: &str) -> Result<f64, String> {
-    let text = reqwest::Client::new()
+    let text = local_client()?
         .get(format!("{base}/metrics"))
         .send()
         .await
@@ -214,6 +223,7 @@ async fn start_suspended(http: &reqwest::Client, base: &str, ids: &[String]) -> 
 async fn open_streams(base: &str, ids: &[String]) -> Result<Vec<reqwest::Response>, String> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
+        .no_proxy()
         .build()
         .map_err(|e| format!("http client: {e}"))?;
     let mut open = Vec::with_capacity(ids.len());

@@ -166,19 +166,35 @@ pub fn query<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> String {
     s.finish()
 }
 
+/// Whether `url` names this machine: `localhost` or a loopback address.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 impl Client {
     /// A client for `base` (e.g. `http://127.0.0.1:7070`) presenting `token` when given.
     pub fn new(base: &str, token: Option<&str>) -> Result<Self, ClientError> {
-        let url_ok = reqwest::Url::parse(base)
-            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()));
-        if !url_ok {
+        let url = reqwest::Url::parse(base)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()));
+        let Some(url) = url else {
             return Err(ClientError::Usage(format!(
                 "--server (or CAIRN_SERVER) `{base}` is not an http:// or https:// URL (e.g. http://127.0.0.1:7070)"
             )));
+        };
+        let mut http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        // A server on this machine is reached directly: a proxy the
+        // environment names (`http_proxy`, `ALL_PROXY`) would be sent the
+        // requests and their bearer token, in clear, and could not reach a
+        // loopback address of this machine anyway.
+        if is_loopback(&url) {
+            http = http.no_proxy();
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()?;
+        let http = http.build()?;
         Ok(Self {
             http,
             base: base.trim_end_matches('/').to_string(),
