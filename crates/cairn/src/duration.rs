@@ -7,6 +7,19 @@ use std::time::Duration;
 /// milliseconds (what `--lease-ttl 30000` always meant).
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
+    let d = parse_any(raw)?;
+    // Past this a deadline computed from it overflows the clock (`await
+    // --timeout 584000000000y` panicked), and no flag means it.
+    if d > MAX_DURATION {
+        return Err(format!("duration `{raw}` is too large (at most 100 years)"));
+    }
+    Ok(d)
+}
+
+/// The longest duration a flag takes: 100 years.
+pub const MAX_DURATION: Duration = Duration::from_secs(3_155_760_000); // humantime's 100y (365.25 d a year)
+
+fn parse_any(raw: &str) -> Result<Duration, String> {
     if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
         return raw
             .parse::<u64>()
@@ -76,6 +89,12 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad} was accepted");
         }
         assert!(parse_duration("99999999999999999999").is_err());
+        for huge in ["584000000000y", "101y", "18446744073709551615"] {
+            let e = parse_duration(huge).expect_err(huge);
+            assert!(e.contains("too large"), "{e}");
+            assert!(parse_duration_with_unit(huge).is_err(), "{huge}");
+        }
+        assert_eq!(parse_duration("100y").map(|d| d <= MAX_DURATION), Ok(true));
     }
 
     #[test]
