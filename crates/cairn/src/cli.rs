@@ -800,7 +800,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5_000)]
     pub n: usize,
     /// throughput: worker counts W to measure (comma-separated).
-    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 3])]
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
     pub workers: Vec<usize>,
     /// await, signal, scale: latency samples per run.
     #[arg(long, default_value_t = 100)]
@@ -934,6 +934,23 @@ mod tests {
     }
 
     /// The README's word: every command's `--help` shows examples.
+    /// A default that help shows is one the flag takes as written.
+    #[test]
+    fn bench_workers_default_reads_as_given() {
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("bench")
+            .expect("bench")
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("[default: 1,3]"), "{help}");
+        let cli = Cli::try_parse_from(["cairn", "bench"]).expect("parse");
+        match cli.command {
+            Command::Bench(args) => assert_eq!(args.workers, vec![1, 3]),
+            _ => panic!("not bench"),
+        }
+    }
+
     #[test]
     fn every_command_has_examples() {
         fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
