@@ -949,10 +949,10 @@ async fn a_run_of_an_id_started_elsewhere_says_what_differs() {
     let said = String::from_utf8_lossy(&again.stderr);
     assert_eq!(again.status.code(), Some(1), "{said}");
     assert!(
-        said.contains("the directory (cwd)") && said.contains("new --id"),
+        said.contains("started with a different directory (cwd)") && said.contains("new --id"),
         "{said}"
     );
-    assert!(!said.contains("the command"), "the command is the same: {said}");
+    assert!(!said.contains("command"), "the command is the same: {said}");
 }
 
 /// A start request that is empty (stdin with nothing on it) or the name of

@@ -458,29 +458,36 @@ async fn run_conflict(client: &Client, id: &str, body: &Value) -> ClientError {
         let mine = |p: &str| body.pointer(p).cloned().unwrap_or(Value::Null);
         let theirs = |p: &str| stored.pointer(p).cloned().unwrap_or(Value::Null);
         for (pointer, what) in [
-            ("/input/args/argv", "the command"),
-            ("/input/args/cwd", "the directory (cwd)"),
-            ("/input/args/env", "the forwarded environment"),
-            ("/input/args/timeout_ms", "the timeout"),
-            ("/disposition", "the disposition"),
-            ("/input/tool", "the kind of process"),
+            ("/input/args/argv", "command"),
+            ("/input/args/cwd", "directory (cwd)"),
+            ("/input/args/env", "forwarded environment"),
+            ("/input/args/timeout_ms", "timeout"),
+            ("/disposition", "disposition"),
+            ("/input/tool", "kind of process"),
         ] {
             if mine(pointer) != theirs(pointer) {
                 differs.push(what);
             }
         }
     }
-    let which = if differs.is_empty() {
-        "its start request".to_string()
-    } else {
-        differs.join(", ")
+    let said = match (&stored, differs.as_slice()) {
+        // Unreadable here (another session's, say): nothing to compare, and
+        // nothing to look at.
+        (None, _) => format!("{id} already exists, started otherwise: an id names one run; give a new --id"),
+        (Some(_), []) => format!(
+            "{id} already exists, started with a different start request: an id names one run; give a new --id, \
+             or see that one with `cairn get {id}` and `cairn events {id}`"
+        ),
+        (Some(_), differs) => format!(
+            "{id} already exists, started with a different {}: an id names one run; give a new --id, \
+             or see that one with `cairn get {id}` and `cairn events {id}`",
+            differs.join(", ")
+        ),
     };
     ClientError::Api {
         status: 409,
         code: "registration_conflict".into(),
-        message: format!(
-            "{id} already exists, started with another {which}: an id names one run; give a new --id, or see that one with `cairn get {id}` and `cairn events {id}`"
-        ),
+        message: said,
         tombstone: None,
     }
 }
