@@ -1218,9 +1218,13 @@ async fn parameters_a_route_does_not_read_are_refused() {
     assert_eq!(c.get("/v1/processes/q").await.0, 404, "nothing was started");
     let (s, err) = c.get("/v1/processes/ext?fields=id").await;
     assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
-    // The listings still read theirs.
+    // The listings still read theirs, on HEAD as on GET.
     assert_eq!(c.get("/v1/processes?status=any").await.0, 200);
     assert_eq!(c.get("/v1/processes/ext/events?after=0").await.0, 200);
+    for path in ["/v1/processes?status=any", "/v1/changes?limit=1"] {
+        let head = c.http.head(c.url(path)).send().await.expect("HEAD");
+        assert_eq!(head.status(), 200, "HEAD {path}");
+    }
 
     let schedule = json!({"id": "nightly", "every": "1h", "overlap": "skip",
         "start": {"input": {"type": "tool_call", "tool": "echo", "args": {"value": 1}}, "disposition": "rerunnable"}});

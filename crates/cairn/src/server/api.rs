@@ -285,7 +285,8 @@ fn takes_query(method: &axum::http::Method, path: &str) -> bool {
     let Some(rest) = path.strip_prefix("/v1/") else {
         return true;
     };
-    if method != axum::http::Method::GET {
+    // HEAD answers what GET would, without the body (RFC 9110).
+    if method != axum::http::Method::GET && method != axum::http::Method::HEAD {
         return false;
     }
     let segments: Vec<&str> = rest.split('/').collect();
