@@ -452,15 +452,21 @@ impl Driver<'_> {
                     }
                 }
             }
-            // `ctx.wait(id)` names a child by its id: anything but a string
-            // rejects now, saying so.
+            // `ctx.wait(id)` names a child by its id: anything but a string,
+            // or a string no process id can be, rejects now, saying so (the
+            // read of a malformed id would fail the whole wait, and another
+            // call would be rejected for it).
             for (n, call) in pending.iter().filter(|(_, c)| kind(c) == "wait") {
-                let named = call.get("id").and_then(Value::as_str).is_some_and(|s| !s.is_empty());
-                if !named {
-                    let given = call.get("id").map_or_else(|| "nothing".to_string(), Value::to_string);
-                    let e = CairnError::InvalidRequest(format!(
-                        "ctx.wait(id) takes the id of a child process (a string), not {given}"
-                    ));
+                let refused = match call.get("id").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+                    Some(id) => cairn_core::validate::validate_id("ctx.wait(id)", id).err(),
+                    None => {
+                        let given = call.get("id").map_or_else(|| "nothing".to_string(), Value::to_string);
+                        Some(CairnError::InvalidRequest(format!(
+                            "ctx.wait(id) takes the id of a child process (a string), not {given}"
+                        )))
+                    }
+                };
+                if let Some(e) = refused {
                     answers.push((*n, error_result(*n, &e)));
                 }
             }

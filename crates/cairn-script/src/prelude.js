@@ -94,7 +94,20 @@
 
   function call(kind, payload) {
     const site = AT_ONCE.includes(kind) ? undefined : callSite();
-    const answer = JSON.parse(native(kind, JSON.stringify(payload === undefined ? {} : payload)));
+    let sent;
+    try {
+      sent = JSON.stringify(payload === undefined ? {} : payload);
+    } catch (e) {
+      // A BigInt, a cycle, a getter or `toJSON` that throws: the call's
+      // arguments are not JSON, which its promise rejects with (as every
+      // other bad argument), not a throw where the call is made. Nothing
+      // is journaled, so a replay refuses the same way.
+      if (AT_ONCE.includes(kind)) throw e;
+      return Promise.reject(
+        fail({ class: "cairn", code: "invalid_request", message: `ctx.${kind}'s arguments are not JSON: ${e && e.message}` }, site),
+      );
+    }
+    const answer = JSON.parse(native(kind, sent));
     if ("sync" in answer) return answer.sync;
     // A clock or randomness read refused (a limit): it throws where it was made.
     if ("error" in answer && AT_ONCE.includes(kind)) throw fail(answer.error, site);
@@ -117,8 +130,24 @@
     return Promise.reject(fail({ class: "cairn", code: "invalid_request", message }));
   }
 
+  // A duration as it travels: JSON has no NaN or Infinity (they would
+  // arrive as null, which a timeout reads as none), so a number that is not
+  // finite goes as its text, refused as any other bad duration.
+  function duration(ms) {
+    return typeof ms === "number" && !Number.isFinite(ms) ? String(ms) : ms;
+  }
+
   function text(v) {
     if (typeof v === "string") return v;
+    // An error's message and stack are not its own enumerable fields:
+    // JSON would write `{}`.
+    if (v instanceof EngineError) {
+      const extra = ["code", "process_id"]
+        .filter((k) => typeof v[k] === "string")
+        .map((k) => ` (${k} ${v[k]})`)
+        .join("");
+      return `${v.name}: ${v.message}${extra}`;
+    }
     try {
       const s = JSON.stringify(v);
       return s === undefined ? String(v) : s;
@@ -149,12 +178,12 @@
     wait: (id) => call("wait", { id }),
     turn: (session, input, outputContract) =>
       call("turn", { session, input: input === undefined ? null : input, output_contract: outputContract === undefined ? null : outputContract }),
-    sleep: (ms) => call("sleep", { ms }),
+    sleep: (ms) => call("sleep", { ms: duration(ms) }),
     waitSignal: (name, opts) => {
       const bad = badOptions("ctx.waitSignal", opts, ["timeoutMs"]);
       if (bad) return refuse(bad);
       const p = { name };
-      if (opts && opts.timeoutMs !== undefined) p.timeout_ms = opts.timeoutMs;
+      if (opts && opts.timeoutMs !== undefined) p.timeout_ms = duration(opts.timeoutMs);
       return call("wait_signal", p);
     },
     emit: (type, payload) => call("emit", { type, payload: payload === undefined ? null : payload }),

@@ -362,6 +362,10 @@ async fn durations_round_up_and_bad_ones_reject() {
             }
             try { await ctx.waitSignal("never", {timeoutMs: -1}); bad.push("resolved"); } catch (e) { bad.push(e.code); }
             try { await ctx.waitSignal("never", {timeoutMs: 2 ** 53}); bad.push("resolved"); } catch (e) { bad.push(e.message); }
+            for (const t of [NaN, Infinity]) {
+                try { await ctx.waitSignal("never", {timeoutMs: t}); bad.push("resolved"); } catch (e) { bad.push(e.message); }
+            }
+            try { await ctx.sleep(NaN); bad.push("resolved"); } catch (e) { bad.push(e.message); }
             const t0 = ctx.now();
             await ctx.sleep(2.5);
             const slept = ctx.now() - t0;
@@ -375,8 +379,42 @@ async fn durations_round_up_and_bad_ones_reject() {
     assert_eq!(
         rec.outcome,
         Some(Outcome::success(json!({"bad": [bad, bad, bad, bad, bad, bad,
-                "invalid request: ctx.waitSignal's timeoutMs takes at most 31536000000 ms (a year), not 9007199254740992"],
+                "invalid request: ctx.waitSignal's timeoutMs takes at most 31536000000 ms (a year), not 9007199254740992",
+                "invalid request: ctx.waitSignal's timeoutMs takes a number of milliseconds from 0 up, not \"NaN\"",
+                "invalid request: ctx.waitSignal's timeoutMs takes a number of milliseconds from 0 up, not \"Infinity\"",
+                "invalid request: ctx.sleep(ms) takes a number of milliseconds from 0 up, not \"NaN\""],
                 "slept": true, "timedOut": null})))
+    );
+}
+
+/// Arguments that are not JSON (a BigInt, a cycle) reject the call, as any
+/// bad argument does, rather than throwing where it is made; and an error
+/// logged shows its message and code, not `{}`.
+#[tokio::test]
+async fn calls_whose_arguments_are_not_json_reject_and_errors_log_their_message() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const codes = [];
+            await ctx.emit("progress", {n: 1n}).catch(e => codes.push(e.code));
+            const o = {}; o.o = o;
+            await ctx.tool("echo", o).catch(e => codes.push(e.code));
+            try { await ctx.tool("nope", {}); } catch (e) { console.log("failed:", e); }
+            return codes;
+        }"#,
+    )
+    .await;
+    let rec = run(&p, script("nj", &m, "main", json!({}))).await;
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::success(json!(["invalid_request", "invalid_request"])))
+    );
+    let logged = events(&p, "nj", "script.log").await;
+    let line = logged[0]["message"].as_str().expect("a message");
+    assert!(
+        line.starts_with("failed: Error: ") && line.contains("nope") && line.contains("(code unknown_tool)"),
+        "{line}"
     );
 }
 
@@ -1743,7 +1781,9 @@ async fn waiting_on_a_process_that_is_not_a_child_rejects() {
             const itself = await bad(ctx.processId);
             const id = await ctx.start({input: {type: "tool_call", tool: "gate", args: {fail: "child"}}, disposition: "rerunnable"});
             const [mixed, child] = await Promise.all([bad("no-such-process"), ctx.wait(id)]);
-            return {unknown, stranger, itself, mixed, child: child.code};
+            const [own, long] = await Promise.allSettled([ctx.tool("gate", {fail: "own"}), ctx.wait("x".repeat(300))]);
+            return {unknown, stranger, itself, mixed, child: child.code,
+                    own: own.reason.code, long: long.status === "rejected" ? long.reason.code : long.status};
         }"#,
     )
     .await;
@@ -1766,6 +1806,8 @@ async fn waiting_on_a_process_that_is_not_a_child_rejects() {
         );
     }
     assert_eq!(value["child"], "child", "{value}");
+    assert_eq!(value["own"], "own", "a malformed id rejects its own call only: {value}");
+    assert_eq!(value["long"], "invalid_id", "{value}");
 }
 
 /// An engine that panics in its run, as a bug in a runner would.
