@@ -1185,6 +1185,14 @@ async fn answers_fit_the_served_document() {
     let start = validator("StartRequest");
     assert!(start.is_valid(&tool_start("a", "echo", json!({"value": 1}), "rerunnable")));
     assert!(!start.is_valid(&tool_start("a", "no_such_tool", json!({}), "rerunnable")));
+    // What the server took above without `args`, the document takes too.
+    let no_args = json!({"id": "no-args", "input": {"type": "tool_call", "tool": "echo"}, "disposition": "rerunnable"});
+    let errors: Vec<String> = start.iter_errors(&no_args).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    // A tool with a required argument still needs its `args`.
+    let sleep = json!({"id": "s", "input": {"type": "tool_call", "tool": "sleep"}, "disposition": "rerunnable"});
+    assert!(!start.is_valid(&sleep));
+    assert_eq!(c.start(sleep).await.0, 400, "the server refuses it too");
 }
 
 /// A write (or a read by id) given query parameters it does not read is

@@ -314,7 +314,7 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
     set(
         schemas,
         "/AppendBody/properties/replay_key",
-        json!({"oneOf": [{"type": "null"}, id_schema("Makes the append idempotent. Keys beginning `cancel:`, `signal:`, `script.` or `turn.` are cairn's own: on another event they are `invalid_request`.")]}),
+        json!({"oneOf": [{"type": "null"}, id_schema("Makes the append idempotent: a retry with the same payload returns the original event. Some keys are cairn's own and `invalid_request` here: `cancel:…` on any event but a cancellation, `signal:…` on any but a signal, `script.…` or `turn.…` on a script or session turn (its run's journal), and `{type}/…` naming another declared type of the process.")]}),
     );
     set(
         schemas,
@@ -428,10 +428,22 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
                 "tool_call" => {
                     for tool in tools {
                         let args = cairn_tools::args_schema(tool).unwrap_or_else(|| json!({}));
+                        // A tool none of whose arguments is required takes
+                        // its start without `args`, or with `null` (both
+                        // stored as `null`): the document says so.
+                        let optional = args
+                            .get("required")
+                            .and_then(Value::as_array)
+                            .is_none_or(|r| r.is_empty());
+                        let (required, args) = if optional {
+                            (json!(["type", "tool"]), json!({"oneOf": [{"type": "null"}, args]}))
+                        } else {
+                            (json!(["type", "tool", "args"]), args)
+                        };
                         refined.push(json!({
                             "type": "object", "additionalProperties": false,
                             "description": format!("The `{tool}` tool, run in the background."),
-                            "required": ["type", "tool", "args"],
+                            "required": required,
                             "properties": {
                                 "type": {"type": "string", "enum": ["tool_call"]},
                                 "tool": {"type": "string", "enum": [tool]},

@@ -34,9 +34,10 @@ pub struct AppendBody {
     #[schema(value_type = Object)]
     pub payload: Value,
     /// Makes the append idempotent: a retry with the same payload returns the original event.
-    /// Keys beginning `cancel:`, `signal:`, `script.` or `turn.` are cairn's own
-    /// (a cancellation's, a signal's, a run's journal): on another event they are
-    /// `invalid_request`.
+    /// Some keys are cairn's own and `invalid_request` here: `cancel:…` on any
+    /// event but a cancellation, `signal:…` on any but a signal, `script.…` or
+    /// `turn.…` on a script or session turn (its run's journal), and `{type}/…`
+    /// naming another declared type of the process.
     #[serde(default)]
     pub replay_key: Option<String>,
     /// Overrides the record's wake target for this event's wake.
