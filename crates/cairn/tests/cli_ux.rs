@@ -1123,3 +1123,31 @@ async fn a_proxy_in_the_environment_is_not_used_for_a_loopback_server() {
     let reached = tokio::time::timeout(Duration::from_millis(1), proxy.accept()).await;
     assert!(reached.is_err(), "the proxy was sent the request");
 }
+
+/// `cairn cancel` of a process that had ended says the request went to its
+/// running children, not "cancellation requested: … is completed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_an_ended_parent_says_it_reached_its_children() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let par = json!({"id": "par", "input": {"type": "external"}, "disposition": "externally_owned"});
+    assert_eq!(c.start(par).await.0, 201);
+    let kid = json!({"id": "par-kid", "input": {"type": "tool_call", "tool": "wait_signal", "args": {"name": "go"}},
+                     "disposition": "rerunnable", "caused_by": {"process_id": "par"}});
+    assert_eq!(c.start(kid).await.0, 201);
+    let (s, _) = c
+        .post(
+            "/v1/processes/par/complete",
+            json!({"outcome": {"type": "success", "value": 1}, "authority": "t"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let out = run_cli(&server.base, None, &["cancel", "par"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("had already ended (completed)") && out.stdout.contains("running children"),
+        "{}",
+        out.stdout
+    );
+    c.wait_for("par-kid", |r| r["status"] == "cancelled").await;
+}

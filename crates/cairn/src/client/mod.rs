@@ -214,7 +214,15 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             if json {
                 print_json(&record);
             } else {
-                println!("cancellation requested: {} is {}", id, str_at(&record, "/status"));
+                match str_at(&record, "/status").as_str() {
+                    // Answered for a process that had ended: the request
+                    // went to its running children (SPEC §13).
+                    status @ ("completed" | "failed" | "abandoned") => println!(
+                        "{id} had already ended ({status}); the cancellation went to its running children \
+                         (`cairn ls --caused-by {id}`)"
+                    ),
+                    status => println!("cancellation requested: {id} is {status}"),
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
