@@ -1220,15 +1220,24 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
                     Ok(Some(json)) => {
                         settled = true;
                         // A value nested past what a decoder reads (or holding
-                        // a lone surrogate) is no value cairn could store.
+                        // a lone surrogate) is no value cairn could store:
+                        // the script's result is not JSON (what it throws is
+                        // made storable before it gets here).
                         match serde_json::from_str::<Value>(&json) {
                             Err(e) => Some(Outcome::failure(
-                                "runtime",
-                                "invalid_request",
-                                format!("the script's value cannot be stored: {e}"),
+                                "script",
+                                "invalid_result",
+                                format!("the returned value is not JSON cairn can store: {e}"),
                             )),
                             Ok(v) => match (v.get("ok"), v.get("err")) {
-                                (Some(ok), _) => Some(Outcome::success(ok.clone())),
+                                // Nested past what a payload may be: not JSON
+                                // cairn stores either, said the same way.
+                                (Some(ok), _) => match cairn_core::validate::check_size("the returned value", ok) {
+                                    Err(cairn_core::CairnError::InvalidRequest(why)) => {
+                                        Some(Outcome::failure("script", "invalid_result", why))
+                                    }
+                                    _ => Some(Outcome::success(ok.clone())),
+                                },
                                 (None, Some(err)) => Some(failure(&stop, &limits, err)),
                                 _ => Some(engine_failure("the script settled without a value".into())),
                             },

@@ -338,15 +338,27 @@
     }
   }
 
+  // What a failure carries is text an outcome can hold: a lone surrogate
+  // (a string cut inside an emoji) is no JSON a store reads, and a message
+  // of megabytes (a command's whole output) would pass what one outcome may
+  // hold, losing the code with it. Cut to a bound, and made well-formed.
+  const MESSAGE_CHARS = 65536;
+  const STACK_CHARS = 16384;
+  function storable(s, most) {
+    let t = String(s);
+    if (t.length > most) t = t.slice(0, most) + "… (cut)";
+    return t.replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, "\uFFFD");
+  }
+
   function describeFields(e) {
     if (e !== null && typeof e === "object") {
       return {
-        code: typeof e.code === "string" && e.code.length > 0 ? e.code : "uncaught",
-        message: e.message === undefined ? text(e) : String(e.message),
-        stack: e.stack === undefined ? null : String(e.stack),
+        code: typeof e.code === "string" && e.code.length > 0 ? storable(e.code, 256) : "uncaught",
+        message: storable(e.message === undefined ? text(e) : String(e.message), MESSAGE_CHARS),
+        stack: e.stack === undefined ? null : storable(e.stack, STACK_CHARS),
       };
     }
-    return { code: "uncaught", message: text(e), stack: null };
+    return { code: "uncaught", message: storable(text(e), MESSAGE_CHARS), stack: null };
   }
 
   return {

@@ -1961,7 +1961,7 @@ async fn log_lines_count_as_calls_and_an_oversized_one_rejects() {
     );
 }
 
-/// A value nested too deep to store fails the script with `invalid_request`
+/// A value nested too deep to store fails the script with `invalid_result`
 /// saying so: past the payload depth limit, and past what a decoder reads.
 #[tokio::test]
 async fn a_value_nested_too_deep_fails_saying_so() {
@@ -1975,7 +1975,7 @@ async fn a_value_nested_too_deep_fails_saying_so() {
         }"#,
     )
     .await;
-    for (id, depth, says) in [("d80", 80, "levels deep"), ("d300", 300, "cannot be stored")] {
+    for (id, depth, says) in [("d80", 80, "levels deep"), ("d300", 300, "is not JSON cairn can store")] {
         let rec = run(&p, script(id, &m, "main", json!({ "depth": depth }))).await;
         match &rec.outcome {
             Some(Outcome::Failure {
@@ -1983,12 +1983,53 @@ async fn a_value_nested_too_deep_fails_saying_so() {
             }) => {
                 assert_eq!(
                     (class.as_str(), code.as_str()),
-                    ("runtime", "invalid_request"),
+                    ("script", "invalid_result"),
                     "{message}"
                 );
                 assert!(message.contains(says), "{id}: {message}");
             }
             other => panic!("{id}: expected a failure, got {other:?}"),
+        }
+    }
+}
+
+/// What a script throws keeps its code when its message is cut inside an
+/// emoji (a lone surrogate, no JSON a store reads) or runs to megabytes (a
+/// command's whole output): the text is made storable, the code kept. A
+/// returned lone surrogate is a result that is not JSON.
+#[tokio::test]
+async fn a_thrown_error_keeps_its_code_whatever_its_message() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function half() {
+            throw Object.assign(new Error("reply: " + "😀".slice(0, 1)), {code: "mine"});
+        }
+        export async function big() {
+            throw Object.assign(new Error("x".repeat(2 * 1024 * 1024)), {code: "big"});
+        }
+        export async function ret() {
+            return {summary: "😀".slice(0, 1)};
+        }"#,
+    )
+    .await;
+    for (id, name, class, code) in [
+        ("half", "half", "script", "mine"),
+        ("big", "big", "script", "big"),
+        ("ret", "ret", "script", "invalid_result"),
+    ] {
+        let rec = run(&p, script(id, &m, name, json!({}))).await;
+        match &rec.outcome {
+            Some(Outcome::Failure {
+                class: c,
+                code: k,
+                message,
+                ..
+            }) => {
+                assert_eq!((c.as_str(), k.as_str()), (class, code), "{id}: {message}");
+                assert!(message.len() < 100_000, "{id}: the message is cut");
+            }
+            other => panic!("{id}: {other:?}"),
         }
     }
 }
