@@ -604,6 +604,13 @@ pub struct Processes {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// The most bytes (as JSON) of events a page of [`Processes::events`] holds
+/// past its first event.
+pub const EVENT_PAGE_BYTES: usize = 8 * 1024 * 1024;
+/// How many events [`Processes::events`] reads at a time toward a page: a
+/// read of events of a mebibyte each holds this many at most.
+const EVENT_CHUNK: usize = 32;
+
 impl Processes {
     /// Start building a runtime over `registry`.
     pub fn builder(registry: Arc<dyn ProcessRegistry>) -> RuntimeBuilder {
@@ -762,8 +769,41 @@ impl Processes {
     }
 
     /// One page of the log after `after` ([`ProcessRegistry::events_after`]).
+    ///
+    /// A page holds at most `limit` events and, past its first event, at
+    /// most [`EVENT_PAGE_BYTES`] of them (events may be a mebibyte each: a
+    /// page of a thousand would be a gibibyte in memory); a page cut so says
+    /// where the next one starts, as a full one does.
     pub async fn events(&self, id: &str, after: u64, limit: Option<usize>) -> Result<EventPage> {
-        self.inner.registry.events_after(id, after, limit).await
+        let limit = crate::model::page_limit(limit)?;
+        let mut page = EventPage {
+            events: Vec::new(),
+            next_after: None,
+        };
+        let mut bytes = 0usize;
+        let mut from = after;
+        loop {
+            let want = (limit - page.events.len()).min(EVENT_CHUNK);
+            let chunk = self.inner.registry.events_after(id, from, Some(want)).await?;
+            let (got, log_goes_on) = (chunk.events.len(), chunk.next_after.is_some());
+            let mut taken = 0;
+            for event in chunk.events {
+                bytes = bytes.saturating_add(serde_json::to_vec(&event).map_or(0, |j| j.len()));
+                from = event.sequence;
+                page.events.push(event);
+                taken += 1;
+                if bytes >= EVENT_PAGE_BYTES {
+                    break;
+                }
+            }
+            if taken == got && !log_goes_on {
+                return Ok(page);
+            }
+            if bytes >= EVENT_PAGE_BYTES || page.events.len() >= limit {
+                page.next_after = Some(from);
+                return Ok(page);
+            }
+        }
     }
 
     /// The record once terminal, or the still-running record when `timeout` passes first.

@@ -1320,3 +1320,58 @@ async fn a_refused_body_names_its_field() {
         "{err}"
     );
 }
+
+/// A page of events is bounded in bytes as well as in events: a log of
+/// events near the payload limit comes back over several pages, each under
+/// the byte bound past its first event, in order, each event once; a
+/// stream of it sends them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_large_events_is_bounded_in_bytes() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let (s, _) = c
+        .start(
+            json!({"id": "big", "input": {"type": "external"}, "disposition": "externally_owned",
+                      "event_types": [{"name": "blob"}]}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let n = 12;
+    for i in 0..n {
+        let (s, err) = c
+            .post(
+                "/v1/processes/big/events",
+                json!({"event_type": "blob", "payload": {"i": i, "b": "z".repeat(900 * 1024)}}),
+            )
+            .await;
+        assert_eq!(s, 200, "{err}");
+    }
+    let bound = cairn_core::EVENT_PAGE_BYTES + 1024 * 1024;
+    let mut after = 0;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let r = c
+            .http
+            .get(c.url(&format!("/v1/processes/big/events?limit=1000&after={after}")))
+            .send()
+            .await
+            .expect("page");
+        assert_eq!(r.status(), 200);
+        let body = r.bytes().await.expect("body");
+        assert!(body.len() <= bound, "a page of {} bytes", body.len());
+        let page: Value = serde_json::from_slice(&body).expect("json");
+        pages += 1;
+        for e in page["events"].as_array().expect("events") {
+            if e["event_type"] == "blob" {
+                seen.push(e["payload"]["i"].as_u64().expect("i"));
+            }
+        }
+        match page["next_after"].as_u64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert!(pages > 1, "one page held it all");
+    assert_eq!(seen, (0..n).collect::<Vec<u64>>());
+}

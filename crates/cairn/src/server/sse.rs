@@ -70,7 +70,7 @@ fn events(follow: Follow) -> impl Stream<Item = Result<Event, Infallible>> {
                 return None;
             }
             let page = tokio::select! {
-                r = f.state.processes.follow(&f.id, f.after, f.limit, FOLLOW_WAIT) => r,
+                r = f.state.processes.follow(&f.id, f.after, Some(f.limit.unwrap_or(FOLLOW_CHUNK).min(FOLLOW_CHUNK)), FOLLOW_WAIT) => r,
                 _ = f.state.shutdown.cancelled() => return None,
             };
             match page {
@@ -100,6 +100,11 @@ fn events(follow: Follow) -> impl Stream<Item = Result<Event, Infallible>> {
         }
     })
 }
+
+/// The most events a stream holds read ahead of its client: events may be
+/// a mebibyte each, and a slow client of a whole page (up to 1,000) would
+/// hold a gibibyte.
+const FOLLOW_CHUNK: usize = 16;
 
 fn to_sse(event: &ProcessEvent) -> Event {
     let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".to_string());
