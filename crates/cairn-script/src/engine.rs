@@ -617,6 +617,14 @@ impl State {
         if let Some(read) = self.cancel_seen.take() {
             map.insert(CANCEL_SEEN.into(), json!(read));
         }
+        // A journal written before non-finite durations travelled as text
+        // holds `null` where the call now says `"NaN"` or `"Infinity"`: the
+        // same call, which keeps its journaled meaning.
+        if let Some(journaled) = self.journal.calls.get(&n) {
+            if *journaled != call && journaled_non_finite(journaled, &call) {
+                call = journaled.clone();
+            }
+        }
         match self.journal.calls.get(&n) {
             Some(journaled) if *journaled != call => {
                 let message = format!("call {n} replayed as {call} but the journal has {journaled}");
@@ -1285,4 +1293,46 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
             }
         }
     })
+}
+
+/// Whether `call` is `journaled` but for a duration (`ms`, `timeout_ms`)
+/// the journal holds as `null` and the call as a non-finite number's text:
+/// how such a duration travelled before it was refused.
+fn journaled_non_finite(journaled: &Value, call: &Value) -> bool {
+    ["ms", "timeout_ms"].into_iter().any(|key| {
+        let non_finite = call
+            .get(key)
+            .and_then(Value::as_str)
+            .is_some_and(|s| matches!(s, "NaN" | "Infinity" | "-Infinity"));
+        if !non_finite || journaled.get(key) != Some(&Value::Null) {
+            return false;
+        }
+        let mut as_before = call.clone();
+        as_before[key] = Value::Null;
+        as_before == *journaled
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A journal from before non-finite durations were refused replays: its
+    /// `null` and the call's `"Infinity"` are the same call; any other
+    /// difference is not.
+    #[test]
+    fn a_journaled_null_duration_is_the_non_finite_one() {
+        let journaled = json!({"name": "go", "timeout_ms": null, "ordinal": 1, "n": 1, "kind": "wait_signal"});
+        let call = json!({"name": "go", "timeout_ms": "Infinity", "ordinal": 1, "n": 1, "kind": "wait_signal"});
+        assert!(journaled_non_finite(&journaled, &call));
+        let slept = json!({"ms": null, "n": 2, "kind": "sleep"});
+        assert!(journaled_non_finite(
+            &slept,
+            &json!({"ms": "NaN", "n": 2, "kind": "sleep"})
+        ));
+        let other = json!({"name": "stop", "timeout_ms": "Infinity", "ordinal": 1, "n": 1, "kind": "wait_signal"});
+        assert!(!journaled_non_finite(&journaled, &other));
+        let finite = json!({"name": "go", "timeout_ms": 5, "ordinal": 1, "n": 1, "kind": "wait_signal"});
+        assert!(!journaled_non_finite(&journaled, &finite));
+    }
 }
