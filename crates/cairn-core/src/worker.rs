@@ -174,6 +174,10 @@ pub struct Worker {
     in_flight: Mutex<HashMap<String, ToolContext>>,
     tasks: Mutex<JoinSet<()>>,
     draining: AtomicBool,
+    /// Whether runs are stopped as they begin: set by a drain (and a
+    /// superseded node), not by [`Worker::stop_claiming`], under which the
+    /// claims already made still run.
+    stopping_runs: AtomicBool,
     /// Whether the worklist may hold work this worker has not claimed: set
     /// until a drive finds fewer candidates than it had free slots. While it
     /// is set a start does not claim its own process (older work goes first).
@@ -224,6 +228,7 @@ impl Worker {
             in_flight: Mutex::new(HashMap::new()),
             tasks: Mutex::new(JoinSet::new()),
             draining: AtomicBool::new(false),
+            stopping_runs: AtomicBool::new(false),
             backlog: AtomicBool::new(true),
             abandons_left: AtomicBool::new(false),
             idle: Notify::new(),
@@ -334,6 +339,7 @@ impl Worker {
              sweeps this one's owner_bound work; this worker claims nothing more"
         );
         self.draining.store(true, Ordering::SeqCst);
+        self.stopping_runs.store(true, Ordering::SeqCst);
         self.superseded.cancel();
         self.idle.notify_waiters();
         Ok(())
@@ -390,6 +396,9 @@ impl Worker {
     /// until the worklist is empty or every slot is busy. Answers how many runs it started.
     pub async fn drive_once(self: &Arc<Self>) -> Result<usize> {
         if self.draining.load(Ordering::SeqCst) {
+            // Nothing is left for a drive that claims nothing: the driver
+            // must not come straight back for reconciliations it skips.
+            self.abandons_left.store(false, Ordering::SeqCst);
             return Ok(0);
         }
         // Abandon requests are never run candidates, so reconciling them runs
@@ -708,6 +717,7 @@ impl Worker {
     /// peer takes them over at once. Returns when every run has ended.
     pub async fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        self.stopping_runs.store(true, Ordering::SeqCst);
         let ctxs: Vec<ToolContext> = self.in_flight.lock().values().cloned().collect();
         for ctx in ctxs {
             ctx.stop(StopReason::Shutdown);
@@ -718,9 +728,9 @@ impl Worker {
     }
 
     /// Stop claiming (the drives, a start's own claim, schedule fires) but
-    /// leave the runs in flight to end as they would: the first half of a
-    /// [`drain`](Self::drain), which stops them. A claim already waiting for
-    /// a slot is stopped as it begins, as under a drain.
+    /// leave the runs in flight, and the claims already made (a claim
+    /// waiting for a slot runs when one frees), to end as they would: the
+    /// first half of a [`drain`](Self::drain), which stops them.
     pub fn stop_claiming(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
@@ -840,7 +850,7 @@ impl Worker {
             ctx.stop(StopReason::Cancelled { reason });
         }
         self.in_flight.lock().insert(id.clone(), ctx.clone());
-        if self.draining.load(Ordering::SeqCst) {
+        if self.stopping_runs.load(Ordering::SeqCst) {
             ctx.stop(StopReason::Shutdown);
         }
 

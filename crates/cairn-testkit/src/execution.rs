@@ -2426,6 +2426,22 @@ pub async fn a_claim_waiting_for_a_slot_outlives_a_failed_renewal(factory: &dyn 
     p.shutdown().await;
 }
 
+/// A worker that stops claiming (a server's shutdown grace) still runs the
+/// claims it made: a claim waiting for a slot runs when the slot frees,
+/// rather than being stopped (an owner-bound one abandoned, never run).
+pub async fn a_claim_made_before_claiming_stopped_still_runs(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let (probe, p) = probed_runtime(&store, one_slot());
+    let worker = p.worker().expect("a worker").clone();
+    worker.drive_once().await.expect("drive");
+    a_waits_behind_b(&store, &probe, &p).await;
+    worker.stop_claiming();
+    p.signal("b", "go", "g", json!({})).await.expect("signal b");
+    let a = p.await_output("a", WAIT).await.expect("await a");
+    assert_eq!(a.outcome, Some(Outcome::success(json!("a"))), "{a:?}");
+    p.shutdown().await;
+}
+
 /// An owner-bound claim whose lease lapses while it waits for a slot (its
 /// renewals failing) never ran and can never run: its owner files the
 /// abandon request, and it ends `abandoned` as a reconciled request instead

@@ -405,6 +405,7 @@ macro_rules! execution_suite {
                 a_start_racing_a_drive_leaves_no_claim_without_a_slot,
                 a_claim_waiting_for_a_slot_outlives_a_failed_renewal,
                 an_owner_bound_claim_lapsed_waiting_for_a_slot_is_abandoned,
+                a_claim_made_before_claiming_stopped_still_runs,
                 a_run_the_store_failed_is_run_again,
                 an_owner_bound_run_cut_off_from_the_store_is_abandoned,
                 an_owner_bound_outcome_that_cannot_be_written_is_abandoned,
