@@ -403,6 +403,14 @@ impl SinkQueue {
         if self.terminal_only && event.semantics.terminal.is_none() {
             return;
         }
+        // A parent's wake by its children may reach the sink twice: with the
+        // write that appended it (a cancel ending a child at once) and read
+        // back for the child's end (`sink_wake`). It goes once.
+        let a_wake = event.event_type == crate::events::RESUMED
+            && event.payload.get("reason").and_then(serde_json::Value::as_str) == Some("children");
+        if a_wake && !self.first_wake(&event.process_id, event.sequence) {
+            return;
+        }
         if self.tx.try_send(event).is_err() {
             tracing::warn!("event sink is behind; an event was not delivered to it");
         }
@@ -575,12 +583,15 @@ impl WatchedRegistry {
             return;
         };
         if let Ok(p) = self.inner.get(parent).await {
+            // Sunk before the notices: a claim they bring must not reach the
+            // sink before the wake it follows. Looked for whatever the
+            // parent's state now (a peer may have claimed it already).
+            self.sink_wake(record, &p).await;
             if p.last_sequence > 0 {
                 self.hub.publish(parent, p.last_sequence);
             }
             if p.wait.is_none() && !p.is_terminal() {
                 self.hub.notify_work();
-                self.sink_wake(record, &p).await;
             }
         }
     }
@@ -611,9 +622,7 @@ impl WatchedRegistry {
                     .is_none_or(|ids| ids.iter().any(|i| i.as_str() == Some(child.id.as_str())))
         });
         if let Some(e) = woke {
-            if sink.first_wake(&e.process_id, e.sequence) {
-                sink.push(e);
-            }
+            sink.push(e);
         }
     }
 }

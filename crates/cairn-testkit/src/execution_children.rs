@@ -618,3 +618,51 @@ pub async fn the_sink_receives_the_wake_a_childs_end_wrote(factory: &dyn StoreFa
     .unwrap_or_else(|_| panic!("the sink saw {:?}, expected {expected:?}", parents()));
     p.shutdown().await;
 }
+
+/// A cancel of a parent suspended on a child nobody started ends the child
+/// at once, and the child's end wakes the parent in the same write: the sink
+/// receives the parent's wake once, though the cancel's own events and the
+/// child's end both bring it.
+pub async fn a_wake_a_cancel_wrote_is_sunk_once(factory: &dyn StoreFactory) {
+    let h = crate::Harness::new(factory).await;
+    let registry = h.registry();
+    registry
+        .register(crate::builders::rerunnable("cp"), None)
+        .await
+        .expect("register the parent");
+    let mut kid = crate::builders::rerunnable("cp/1");
+    kid.provenance.caused_by = Some(cairn_core::CausalRef::process("cp"));
+    registry.register(kid, None).await.expect("register the child");
+    let (lease, rec) = h.claim_started("cp", "w1", 30_000).await;
+    let wait = cairn_core::model::WaitRequest::children(vec!["cp/1".into()], ChildrenMode::All, 1, None);
+    assert!(
+        registry.wait(&lease, wait, rec.last_sequence).await.expect("wait"),
+        "suspended on its child"
+    );
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let p = Processes::builder(h.shared())
+        .clock(Arc::new(h.clock().clone()))
+        .without_worker()
+        .event_sink(Arc::new(Sequences(seen.clone())))
+        .start();
+    p.cancel("cp", None).await.expect("cancel");
+    let (parent, kid) = (p.get("cp").await.expect("get"), p.get("cp/1").await.expect("get"));
+    assert!(kid.is_terminal(), "the child ended at once: {kid:?}");
+    let last = [
+        format!("cp#{}", parent.last_sequence),
+        format!("cp/1#{}", kid.last_sequence),
+    ];
+    tokio::time::timeout(WAIT, async {
+        while !last.iter().all(|l| seen.lock().contains(l)) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the sink saw {:?}", seen.lock()));
+    let mut sunk = seen.lock().clone();
+    let all = sunk.len();
+    sunk.sort();
+    sunk.dedup();
+    assert_eq!(sunk.len(), all, "an event sunk twice: {:?}", seen.lock());
+    p.shutdown().await;
+}
