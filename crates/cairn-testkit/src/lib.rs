@@ -245,6 +245,7 @@ macro_rules! conformance_suite {
                 next_due_names_lease_expiry,
                 gauges_count_the_live_state,
                 children_all_wakes_on_the_last_end,
+                a_resumption_repeated_is_written_once,
                 a_swept_child_wakes_its_parent,
                 children_any_wakes_on_the_first_end,
                 children_wait_checks_its_children,

@@ -730,6 +730,16 @@ pub fn run<T: WriteTx + ?Sized>(tx: &mut T, op: &Op) -> Result<Answer> {
             seen_sequence,
         } => Answer::Bool(wait(tx, lease, w, *seen_sequence)?),
         Op::Resume { lease, payload } => {
+            // A run resumes a wait it recorded; one no longer recorded was
+            // resumed already (a retry of a resumption whose answer was
+            // lost): answered as it stands, under the same lease, not
+            // written twice.
+            let now = tx.now();
+            let row = existing(tx, &lease.process_id)?;
+            if row.record.wait.is_none() && fold::check_lease(&lease.process_id, row.lease.as_ref(), lease, now).is_ok()
+            {
+                return Ok(Answer::Record(row.record.clone()));
+            }
             let request = AppendRequest::new(events::RESUMED, payload.clone()).with_lease(lease.clone());
             Answer::Record(append_record(tx, &lease.process_id, &request)?)
         }

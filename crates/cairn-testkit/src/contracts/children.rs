@@ -515,3 +515,22 @@ pub async fn cancel_of_an_ended_parent_reaches_its_running_children(factory: &dy
     )
     .await;
 }
+
+/// A resumption of a wait already resumed under the same lease (a retry of
+/// one whose answer was lost) answers the record as it stands and writes no
+/// second `process.resumed`; under another lease it is fenced.
+pub async fn a_resumption_repeated_is_written_once(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    h.register(owner_bound("ob")).await;
+    let (lease, rec) = h.claim_started("ob", "w1", TTL).await;
+    let wait = WaitRequest::signal("go", 1, None);
+    assert!(ok(h.registry().wait(&lease, wait, rec.last_sequence).await, "wait"));
+    let payload = json!({"kind": "signal", "name": "go", "ordinal": 1, "reason": "timed_out"});
+    let first = ok(h.registry().resume(&lease, payload.clone()).await, "resume");
+    assert!(first.wait.is_none());
+    let again = ok(h.registry().resume(&lease, payload).await, "resume again");
+    assert_eq!(again.last_sequence, first.last_sequence, "nothing more was written");
+    let log = ok(h.registry().events_after("ob", 0, Some(100)).await, "events").events;
+    assert_eq!(log.iter().filter(|e| e.event_type == ev::RESUMED).count(), 1);
+    h.check("ob").await;
+}
