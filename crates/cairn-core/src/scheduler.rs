@@ -127,6 +127,10 @@ impl Scheduler {
                     // redeclared): the process this fire made is its answer.
                     Err(e) if e.is_client_error() => match self.registry.get(&process_id).await {
                         Ok(existing) if made_by(&existing, &request) => Ok(()),
+                        // Not known now: this pass fails and a later one
+                        // fires again, rather than a refusal recorded
+                        // beside a process that may run.
+                        Err(read) if !read.is_client_error() => return Err(read),
                         _ => Err(e),
                     },
                     other => other.map(|_| ()),
