@@ -471,10 +471,16 @@ impl ProcessRegistry for PostgresRegistry {
     async fn delete_session(&self, session_id: &str) -> Result<SessionDeleteReport> {
         validate_session_id(session_id)?;
         self.transaction("the session's deletion", move |tx, now| {
-            let session_id = session_id.to_string();
+            let (session_id, channel) = (session_id.to_string(), self.channel.clone());
             Box::pin(async move {
                 let mut a = Admin::new(tx, now);
                 let out = admin::delete_session(&mut a, &session_id).await;
+                if out.as_ref().is_ok_and(|r| r.revoked_grants > 0) {
+                    // The session's processes were locked (`FOR SHARE`), as a
+                    // transfer locks them: a claim made meanwhile passed over
+                    // them, and nothing else will say they are there to claim.
+                    tx.execute(crate::uow::NOTIFY, &[&channel, &"w"]).await?;
+                }
                 a.finish(out)
             })
         })

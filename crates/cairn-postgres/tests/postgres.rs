@@ -1370,6 +1370,11 @@ async fn a_due_row_locked_and_left_as_it_was_is_announced_as_work() {
         .expect("transfer again");
     assert_eq!(report.not_granted, ["queued"]);
     heard().await.expect("the retried transfer was announced as work");
+    // A session's deletion locks the processes it holds as well.
+    spend().await;
+    let report = writer.delete_session("s2").await.expect("delete session");
+    assert_eq!(report.revoked_grants, 1);
+    heard().await.expect("the session's deletion was announced as work");
 }
 
 /// A claim of "everything" (`usize::MAX`) queued beside another claim in one
