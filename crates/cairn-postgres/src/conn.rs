@@ -106,8 +106,14 @@ impl Conn {
         } else {
             ""
         };
+        // Transactions read what committed before each statement (READ
+        // COMMITTED): a batch's reads after its locks, and a session's
+        // deletion after the processes it holds, rely on it, whatever
+        // default the server or the URL's `options` set.
         client
-            .batch_execute(&format!("SET search_path TO \"{schema}\"{planner}"))
+            .batch_execute(&format!(
+                "SET search_path TO \"{schema}\"; SET default_transaction_isolation TO 'read committed'{planner}"
+            ))
             .await?;
         Ok(Self {
             client,

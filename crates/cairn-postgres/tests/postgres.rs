@@ -1410,8 +1410,22 @@ async fn a_session_deletion_waits_for_a_batch_granting_a_child() {
     if !testing::enabled() {
         return;
     }
+    session_deletion_racing_a_child_grant("").await;
+    // A server (or a URL) whose transactions default to another isolation
+    // level: cairn's own still read what committed before each statement.
+    session_deletion_racing_a_child_grant("options=-c%20default_transaction_isolation%3Drepeatable%5C%20read").await;
+}
+
+async fn session_deletion_racing_a_child_grant(url_params: &str) {
     let schema = TestSchema::new("cairn_t");
-    let reg = Arc::new(schema.connect(clock()).await.expect("connect"));
+    let url = if url_params.is_empty() {
+        schema.url.clone()
+    } else {
+        let sep = if schema.url.contains('?') { '&' } else { '?' };
+        format!("{}{sep}{url_params}", schema.url)
+    };
+    let options = PostgresOptions::new(&url, clock()).with_schema(schema.name.clone());
+    let reg = Arc::new(PostgresRegistry::connect_with(options).await.expect("connect"));
     let s1 = cairn_testkit::session("s1");
     reg.register(external("par"), Some(cairn_testkit::start_grant(&s1, "k", "par")))
         .await
