@@ -466,7 +466,7 @@ pub(crate) async fn put_module(conn: &Conn, module: &cairn_core::Module) -> R<ca
         .await?;
     let row = conn
         .client
-        .query_one(
+        .query_opt(
             &stmt,
             &[
                 &module.info.module_ref,
@@ -477,9 +477,22 @@ pub(crate) async fn put_module(conn: &Conn, module: &cairn_core::Module) -> R<ca
             ],
         )
         .await?;
+    if let Some(row) = row {
+        return Ok(cairn_core::ModulePut {
+            module: module_info(&row)?,
+            created: row.try_get(4)?,
+        });
+    }
+    // The same module stored by another statement while this one waited on
+    // it: the statement's snapshot predates that commit, so its row is read
+    // by a statement of its own.
+    let stmt = conn
+        .stmt("SELECT module_ref, name, exports, created_at_ms FROM modules WHERE module_ref = $1::text")
+        .await?;
+    let row = conn.client.query_one(&stmt, &[&module.info.module_ref]).await?;
     Ok(cairn_core::ModulePut {
         module: module_info(&row)?,
-        created: row.try_get(4)?,
+        created: false,
     })
 }
 

@@ -1495,3 +1495,68 @@ async fn session_deletion_racing_a_child_grant(url_params: &str) {
         "the child's grant outlived its session"
     );
 }
+
+/// Two stores of the same module at once: the one that waited on the
+/// other's insert answers the stored module (`created: false`), not a
+/// storage error (its statement's snapshot predates the other's commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+async fn a_module_stored_twice_at_once_answers_the_stored_one() {
+    if !testing::enabled() {
+        return;
+    }
+    let schema = TestSchema::new("cairn_t");
+    let reg = Arc::new(schema.connect(clock()).await.expect("connect"));
+    let source = "export async function main(ctx) { return 1; }";
+    let module = cairn_core::Module {
+        info: cairn_core::ModuleInfo {
+            module_ref: cairn_core::script::module_ref(source),
+            name: Some("m.js".into()),
+            exports: vec!["main".into()],
+            created_at_ms: 1_000,
+        },
+        source: source.to_string(),
+    };
+    let mut other = client(&schema.url).await;
+    let tx = other.transaction().await.expect("begin");
+    tx.execute(
+        &format!(
+            "INSERT INTO \"{}\".modules (module_ref, name, exports, source, created_at_ms) VALUES ($1, 'm.js', '[\"main\"]', $2, 1000)",
+            schema.name
+        ),
+        &[&module.info.module_ref, &source],
+    )
+    .await
+    .expect("the other store's insert");
+    let put = {
+        let (reg, module) = (reg.clone(), module.clone());
+        tokio::spawn(async move { reg.put_module(&module).await })
+    };
+    let watcher = client(&schema.url).await;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                     AND datname = current_database() AND query LIKE '%INSERT INTO modules%'",
+                    &[],
+                )
+                .await
+                .expect("activity")
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the store waits for the other");
+    tx.commit().await.expect("commit the other store");
+    let put = put.await.expect("join").expect("the second store answers");
+    assert!(!put.created);
+    assert_eq!(put.module.module_ref, module.info.module_ref);
+}
