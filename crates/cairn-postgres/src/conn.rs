@@ -219,6 +219,13 @@ impl Shared {
                 "postgres: the connection broke while {what} ({cause}) and, run again, it found nothing left \
                  to do: the lost attempt may have done it, so whether this call did is unknown ({now})"
             ))),
+            // A retry that could not be made (no connection) or that failed
+            // in turn: the lost attempt may have done it all the same, which
+            // `unavailable` ("nothing was done") would deny.
+            (Err(e), Some(cause)) if !e.is_client_error() => Err(CairnError::OutcomeUnknown(format!(
+                "postgres: the connection broke while {what} ({cause}), and asking again failed ({e}): \
+                 the lost attempt may have done it; read before retrying"
+            ))),
             (answer, _) => answer,
         }
     }
