@@ -243,8 +243,11 @@ fn is_ours(file: &std::ffi::OsStr, name: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
 }
 
-/// The database's name and directory.
+/// The database's name and directory, where SQLite keeps it: a symbolic
+/// link is followed (SQLite writes the `-wal` beside the file it names).
 fn name_and_dir(path: &Path) -> Option<(String, PathBuf)> {
+    let resolved = std::fs::canonicalize(path).ok();
+    let path = resolved.as_deref().unwrap_or(path);
     let name = path.file_name()?.to_string_lossy().into_owned();
     let dir: PathBuf = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),

@@ -1178,6 +1178,36 @@ async fn commits_by_another_writer_reach_the_hub() {
         .expect("hub alive");
 }
 
+/// A database opened through a symbolic link is watched where SQLite keeps
+/// it (beside the file the link names): another writer's commits reach the
+/// hub at once, not at the watch's backstop read, seconds apart.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_reach_a_hub_watching_through_a_symlink() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    let target = data.join("cairn.db");
+    let clock = ManualClock::new(1_000);
+    let theirs = open(&target, &clock);
+    let link = dir.path().join("current.db");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    let ours = open(&link, &clock);
+    let hub = cairn_core::ChangeHub::new();
+    ours.watch_other_writers(hub.clone()).expect("watch");
+    let mut resync = hub.subscribe_resync();
+    for i in 0..5 {
+        theirs
+            .register(external(&format!("theirs-{i}")), None)
+            .await
+            .expect("their write");
+        tokio::time::timeout(std::time::Duration::from_millis(500), resync.changed())
+            .await
+            .unwrap_or_else(|_| panic!("commit {i} reached the hub only at the backstop"))
+            .expect("hub alive");
+    }
+}
+
 /// An end this process wrote is not answered from the hub's recent ends once
 /// another OS process pruned it, even with a commit of ours beside the prune:
 /// the foreign commit has the hub forget them, so an await reads and finds
