@@ -124,6 +124,12 @@ where
     fn finish(self: Box<Self>, failure: Option<CairnError>) {
         let answer = match (self.result, failure) {
             (Some(Ok(_)), Some(failure)) => Err(failure),
+            // A refusal decided in a transaction that did not commit may
+            // rest on what that transaction wrote before it (a registration,
+            // an end, a claim): it says "this changed nothing and never
+            // will" of a state that never was. The transaction's own
+            // failure is the answer, and a retry decides again.
+            (Some(Err(e)), Some(failure)) if e.is_client_error() => Err(failure),
             (Some(result), _) => result,
             (None, Some(failure)) => Err(failure),
             (None, None) => Err(CairnError::storage("a write job was never run")),
@@ -441,6 +447,55 @@ mod tests {
     fn insert(tx: &Transaction<'_>, k: &str) -> std::result::Result<(), Fault> {
         tx.execute("INSERT INTO t (k) VALUES (?1)", [k])?;
         Ok(())
+    }
+
+    /// A refusal decided inside a transaction whose commit then fails is
+    /// not the answer: it may rest on what the transaction wrote before it,
+    /// which was never stored; the commit's failure is.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refusal_from_a_transaction_that_did_not_commit_is_its_failure() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("w.db");
+        let conn = crate::schema::open_writer(&path, std::time::Duration::from_secs(1)).expect("open");
+        conn.execute_batch(
+            "PRAGMA foreign_keys = ON; CREATE TABLE t (k TEXT PRIMARY KEY); \
+             CREATE TABLE parent (id TEXT PRIMARY KEY); \
+             CREATE TABLE child (p TEXT REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)",
+        )
+        .expect("tables");
+        let writer = Writer::start(conn, 64).expect("writer");
+        let gate = Arc::new(Barrier::new(2));
+        let held = gate.clone();
+        let mut first = Box::pin(writer.run(move |_| {
+            held.wait();
+            held.wait();
+            Ok(())
+        }));
+        assert!(futures::poll!(first.as_mut()).is_pending());
+        let gate_ = gate.clone();
+        tokio::task::spawn_blocking(move || gate_.wait()).await.expect("gate");
+        let mut x = Box::pin(writer.run_rerunnable(|tx| insert(tx, "x")));
+        let mut refused = Box::pin(writer.run_rerunnable(|tx| -> std::result::Result<(), Fault> {
+            let there: i64 = tx.query_row("SELECT count(*) FROM t WHERE k = 'x'", [], |r| r.get(0))?;
+            if there > 0 {
+                return Err(CairnError::InvalidRequest("x exists".into()).into());
+            }
+            Ok(())
+        }));
+        // Its commit fails: a child of no parent, checked at the commit.
+        let mut breaks = Box::pin(writer.run(|tx| -> std::result::Result<(), Fault> {
+            tx.execute("INSERT INTO child (p) VALUES ('missing')", [])?;
+            Ok(())
+        }));
+        assert!(futures::poll!(x.as_mut()).is_pending());
+        assert!(futures::poll!(refused.as_mut()).is_pending());
+        assert!(futures::poll!(breaks.as_mut()).is_pending());
+        gate.wait();
+        first.await.expect("first");
+        assert!(x.await.is_err(), "x was not stored");
+        let said = refused.await.expect_err("refused");
+        assert!(!said.is_client_error(), "answered from a state that never was: {said}");
+        assert!(breaks.await.is_err());
     }
 
     /// Jobs queued together (a, c, refused, b, d) share a transaction. One
