@@ -322,6 +322,8 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// Append `process.resumed` with `payload` (which names the wait and the
     /// `reason`) under `lease`: the end of a wait the run held its lease
     /// through. A suspended run's resumption is written by the claim instead.
+    /// The same resumption again under the same lease (a retry of one whose
+    /// answer was lost) is answered by the one written, writing nothing.
     async fn resume(&self, lease: &Lease, payload: serde_json::Value) -> Result<ProcessRecord>;
 
     /// The earliest claimable time after `after_ms` among worklist rows (a

@@ -949,8 +949,16 @@ impl ProcessRegistry for WatchedRegistry {
     }
 
     async fn resume(&self, lease: &Lease, payload: serde_json::Value) -> Result<ProcessRecord> {
+        let before = self.sequence_if_sinking(&lease.process_id).await;
         let r = self.inner.resume(lease, payload).await?;
-        self.after_write(&r, 1).await;
+        // A repeated resumption is answered by the one written: nothing new
+        // for the sink then.
+        let appended = if self.sink.is_some() {
+            r.last_sequence.saturating_sub(before).min(1)
+        } else {
+            1
+        };
+        self.after_write(&r, appended).await;
         Ok(r)
     }
 

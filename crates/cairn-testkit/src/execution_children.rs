@@ -666,3 +666,59 @@ pub async fn a_wake_a_cancel_wrote_is_sunk_once(factory: &dyn StoreFactory) {
     assert_eq!(sunk.len(), all, "an event sunk twice: {:?}", seen.lock());
     p.shutdown().await;
 }
+
+/// Waits for signal `a` with no time at all (it times out), then suspends
+/// for `b`; answers whether `a` timed out and what `b` carried.
+struct TimedOutThenWaits;
+
+#[async_trait]
+impl Tool for TimedOutThenWaits {
+    fn name(&self) -> &str {
+        "timed_out_then_waits"
+    }
+
+    async fn run(&self, ctx: ToolContext, _args: Value) -> Outcome {
+        let a = match ctx.wait_signal("a", Some(std::time::Duration::ZERO)).await {
+            Ok(a) => a,
+            Err(e) => return Outcome::failure("test", e.code(), e.to_string()),
+        };
+        match ctx.wait_signal("b", None).await {
+            Ok(b) => Outcome::success(json!({"a_timed_out": a.is_none(), "b": b})),
+            Err(e) => Outcome::failure("test", e.code(), e.to_string()),
+        }
+    }
+}
+
+/// A wait that timed out before it was ever recorded is recorded as timed
+/// out all the same, so the run resumed later (after `a` came too) takes
+/// the path the first run took.
+pub async fn a_wait_that_timed_out_unrecorded_replays_as_timed_out(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let p = runtime(&store, "w1", vec![Arc::new(TimedOutThenWaits)]);
+    p.start(StartRequest::tool(
+        "tw",
+        "timed_out_then_waits",
+        json!({}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start");
+    p.await_event("tw", "process.waiting", 0, WAIT)
+        .await
+        .expect("waits for b");
+    p.signal("tw", "a", "a1", json!("late")).await.expect("signal a");
+    p.signal("tw", "b", "b1", json!("B")).await.expect("signal b");
+    let r = terminal(&p, "tw").await;
+    assert_eq!(
+        r.outcome,
+        Some(Outcome::success(json!({"a_timed_out": true, "b": "B"}))),
+        "{r:?}"
+    );
+    let log = p.events("tw", 0, Some(100)).await.expect("events").events;
+    let timed_out = log
+        .iter()
+        .filter(|e| e.event_type == "process.resumed" && e.payload["reason"] == "timed_out")
+        .count();
+    assert_eq!(timed_out, 1, "{log:?}");
+    p.shutdown().await;
+}

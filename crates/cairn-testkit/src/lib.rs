@@ -446,6 +446,7 @@ macro_rules! execution_suite {
                 parent_suspends_until_its_children_end,
                 the_sink_receives_the_wake_a_childs_end_wrote,
                 a_wake_a_cancel_wrote_is_sunk_once,
+                a_wait_that_timed_out_unrecorded_replays_as_timed_out,
                 an_owner_bound_wait_for_a_child_that_ends_late_times_out,
                 a_sessions_process_acts_only_for_that_session,
                 a_transferred_parents_children_go_to_its_new_holder,

@@ -584,6 +584,7 @@ impl Op {
         match self {
             Op::Append { id, request } => request.replay_key.clone().map(|k| (id.clone(), k)),
             Op::Cancel { id, reason } => Some((id.clone(), fold::cancel_replay_key(reason.as_deref()))),
+            Op::Resume { lease, payload } => Some((lease.process_id.clone(), resume_replay_key(lease, payload))),
             _ => None,
         }
     }
@@ -730,20 +731,31 @@ pub fn run<T: WriteTx + ?Sized>(tx: &mut T, op: &Op) -> Result<Answer> {
             seen_sequence,
         } => Answer::Bool(wait(tx, lease, w, *seen_sequence)?),
         Op::Resume { lease, payload } => {
-            // A run resumes a wait it recorded; one no longer recorded was
-            // resumed already (a retry of a resumption whose answer was
-            // lost): answered as it stands, under the same lease, not
-            // written twice.
+            // Keyed by the claim and what it resumes: a retry of a
+            // resumption whose answer was lost is answered by the one
+            // written, not written twice (another resumption under the same
+            // claim resumes another wait, and says so).
+            // Fenced first: a stale lease is refused even where its key
+            // would find the resumption written.
             let now = tx.now();
-            let row = existing(tx, &lease.process_id)?;
-            if row.record.wait.is_none() && fold::check_lease(&lease.process_id, row.lease.as_ref(), lease, now).is_ok()
-            {
-                return Ok(Answer::Record(row.record.clone()));
-            }
-            let request = AppendRequest::new(events::RESUMED, payload.clone()).with_lease(lease.clone());
+            let stored = existing(tx, &lease.process_id)?.lease.clone();
+            fold::check_lease(&lease.process_id, stored.as_ref(), lease, now)?;
+            let request = AppendRequest::new(events::RESUMED, payload.clone())
+                .with_lease(lease.clone())
+                .with_replay_key(resume_replay_key(lease, payload));
             Answer::Record(append_record(tx, &lease.process_id, &request)?)
         }
     })
+}
+
+/// The replay keys of resumptions (`resume:{fencing}:{digest}`).
+pub const RESUME_KEY_PREFIX: &str = "resume:";
+
+/// A resumption's replay key: its claim (fencing token) and what it
+/// resumes (the payload's digest).
+fn resume_replay_key(lease: &Lease, payload: &serde_json::Value) -> String {
+    let digest = crate::validate::sha256_hex(payload.to_string().as_bytes());
+    format!("{RESUME_KEY_PREFIX}{}:{}", lease.fencing_token, &digest[..16])
 }
 
 /// The error for an id with no row: `no_longer_retained` when it was pruned.
