@@ -1240,7 +1240,10 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
                             Ok(v) => match (v.get("ok"), v.get("err")) {
                                 // Nested past what a payload may be: not JSON
                                 // cairn stores either, said the same way.
-                                (Some(ok), _) => match cairn_core::validate::check_size("the returned value", ok) {
+                                (Some(ok), _) => match cairn_core::validate::check_size(
+                                    "the returned value, as its process's outcome,",
+                                    &cairn_core::fold::terminal_payload(&Outcome::success(ok.clone()), None),
+                                ) {
                                     Err(cairn_core::CairnError::InvalidRequest(why)) => {
                                         Some(Outcome::failure("script", "invalid_result", why))
                                     }

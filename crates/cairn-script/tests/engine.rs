@@ -1975,7 +1975,11 @@ async fn a_value_nested_too_deep_fails_saying_so() {
         }"#,
     )
     .await;
-    for (id, depth, says) in [("d80", 80, "levels deep"), ("d300", 300, "is not JSON cairn can store")] {
+    for (id, depth, says) in [
+        ("d64", 64, "levels deep"),
+        ("d80", 80, "levels deep"),
+        ("d300", 300, "is not JSON cairn can store"),
+    ] {
         let rec = run(&p, script(id, &m, "main", json!({ "depth": depth }))).await;
         match &rec.outcome {
             Some(Outcome::Failure {
