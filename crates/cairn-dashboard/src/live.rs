@@ -360,7 +360,9 @@ fn timeline(follow: Follow) -> impl Stream<Item = Result<Event, Infallible>> {
                 return Some((Ok(Event::default().event("end").data("end")), f));
             }
             let page = tokio::select! {
-                r = f.d.processes.follow(&f.id, f.after, None, FOLLOW_WAIT) => r,
+                // A few events read ahead of the browser at most: events may
+                // be a mebibyte each.
+                r = f.d.processes.follow(&f.id, f.after, Some(16), FOLLOW_WAIT) => r,
                 _ = f.d.shutdown.cancelled() => return None,
             };
             match page {
