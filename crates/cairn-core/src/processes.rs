@@ -604,12 +604,12 @@ pub struct Processes {
     pub(crate) inner: Arc<Inner>,
 }
 
-/// The most bytes (as JSON) of events a page of [`Processes::events`] holds
-/// past its first event.
+/// The bytes (as JSON) of events at which a page of [`Processes::events`]
+/// stops.
 pub const EVENT_PAGE_BYTES: usize = 8 * 1024 * 1024;
-/// How many events [`Processes::events`] reads at a time toward a page: a
-/// read of events of a mebibyte each holds this many at most.
-const EVENT_CHUNK: usize = 32;
+/// How many events [`Processes::events`] reads first toward a page: a read
+/// of events of a mebibyte each holds this many at most.
+const EVENT_CHUNK: usize = 16;
 
 impl Processes {
     /// Start building a runtime over `registry`.
@@ -770,10 +770,11 @@ impl Processes {
 
     /// One page of the log after `after` ([`ProcessRegistry::events_after`]).
     ///
-    /// A page holds at most `limit` events and, past its first event, at
-    /// most [`EVENT_PAGE_BYTES`] of them (events may be a mebibyte each: a
-    /// page of a thousand would be a gibibyte in memory); a page cut so says
-    /// where the next one starts, as a full one does.
+    /// A page holds at most `limit` events, and stops once its events reach
+    /// [`EVENT_PAGE_BYTES`] as JSON (so it holds at most that and one event
+    /// more: events may be a mebibyte each, and a page of a thousand would
+    /// be a gibibyte in memory); a page cut so says where the next one
+    /// starts, as a full one does.
     pub async fn events(&self, id: &str, after: u64, limit: Option<usize>) -> Result<EventPage> {
         let limit = crate::model::page_limit(limit)?;
         let mut page = EventPage {
@@ -783,7 +784,17 @@ impl Processes {
         let mut bytes = 0usize;
         let mut from = after;
         loop {
-            let want = (limit - page.events.len()).min(EVENT_CHUNK);
+            // The first read takes a few; the next, as many as the bytes
+            // left hold at the size seen so far (small events: one more
+            // read for the rest of the page).
+            let left = limit - page.events.len();
+            let want = match page.events.len() {
+                0 => left.min(EVENT_CHUNK),
+                n => {
+                    let seen = (bytes / n).max(1);
+                    left.min(((EVENT_PAGE_BYTES - bytes.min(EVENT_PAGE_BYTES)) / seen).max(1))
+                }
+            };
             let chunk = self.inner.registry.events_after(id, from, Some(want)).await?;
             let (got, log_goes_on) = (chunk.events.len(), chunk.next_after.is_some());
             let mut taken = 0;
@@ -1049,6 +1060,40 @@ impl Processes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pages of small events hold `limit` each, every event once and in
+    /// order, and the last says the log ends there.
+    #[tokio::test]
+    async fn pages_of_small_events_hold_their_limit() {
+        let p = Processes::builder(Arc::new(crate::memory::MemoryRegistry::new()))
+            .without_worker()
+            .start();
+        p.start(StartRequest::external("log", serde_json::json!({})).with_event_type(EventType::plain("note")))
+            .await
+            .expect("start");
+        for i in 0..250 {
+            p.append_event("log", AppendRequest::new("note", serde_json::json!({ "i": i })))
+                .await
+                .expect("append");
+        }
+        let last = p.get("log").await.expect("get").last_sequence;
+        for limit in [1usize, 7, 100, 1000] {
+            let (mut after, mut seen) = (0, Vec::new());
+            loop {
+                let page = p.events("log", after, Some(limit)).await.expect("page");
+                assert!(page.events.len() <= limit);
+                seen.extend(page.events.iter().map(|e| e.sequence));
+                match page.next_after {
+                    Some(next) => {
+                        assert_eq!(page.events.len(), limit, "only a full page says more");
+                        after = next;
+                    }
+                    None => break,
+                }
+            }
+            assert_eq!(seen, (1..=last).collect::<Vec<u64>>(), "limit {limit}");
+        }
+    }
 
     /// A session snapshot holds every running process granted to the scope,
     /// past one page of the listing.
