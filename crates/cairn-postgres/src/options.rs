@@ -236,7 +236,7 @@ fn password_values(url: &str) -> Vec<(usize, usize)> {
         let key_start = url[..key_end]
             .rfind(['?', '&', ';', ' ', '\t', '\n'])
             .map_or(0, |i| i + 1);
-        let key = form_urlencoded::parse(url[key_start..key_end].as_bytes())
+        let key = form_urlencoded::parse(&url.as_bytes()[key_start..key_end])
             .next()
             .map(|(k, _)| k.to_ascii_lowercase())
             .unwrap_or_default();
