@@ -1467,26 +1467,9 @@ async fn session_deletion_racing_a_child_grant(url_params: &str) {
         tokio::spawn(async move { reg.delete_session("s1").await })
     };
     // The deletion waits on the batch's locks before the batch commits.
-    let watcher = client(&schema.url).await;
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let waiting: i64 = watcher
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-                     AND datname = current_database() AND query LIKE '%grants WHERE session_id = $1%'",
-                    &[],
-                )
-                .await
-                .expect("activity")
-                .get(0);
-            if waiting > 0 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the deletion waits for the batch");
+    waiting_on_a_lock(&schema.url, "%grants WHERE session_id = $1%")
+        .await
+        .expect("the deletion waits for the batch");
     tx.commit().await.expect("commit the batch");
     let report = deletion.await.expect("join").expect("delete session");
     assert_eq!(report.revoked_grants, 2, "{report:?}");
@@ -1535,28 +1518,35 @@ async fn a_module_stored_twice_at_once_answers_the_stored_one() {
         let (reg, module) = (reg.clone(), module.clone());
         tokio::spawn(async move { reg.put_module(&module).await })
     };
-    let watcher = client(&schema.url).await;
+    waiting_on_a_lock(&schema.url, "%INSERT INTO modules%")
+        .await
+        .expect("the store waits for the other");
+    tx.commit().await.expect("commit the other store");
+    let put = put.await.expect("join").expect("the second store answers");
+    assert!(!put.created);
+    assert_eq!(put.module.module_ref, module.info.module_ref);
+}
+
+/// Within 20 s, a statement whose text is `LIKE` `pattern` waits on a lock
+/// (another transaction holds what it needs).
+async fn waiting_on_a_lock(url: &str, pattern: &str) -> Result<(), tokio::time::error::Elapsed> {
+    let watcher = client(url).await;
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             let waiting: i64 = watcher
                 .query_one(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-                     AND datname = current_database() AND query LIKE '%INSERT INTO modules%'",
-                    &[],
+                     AND datname = current_database() AND query LIKE $1",
+                    &[&pattern],
                 )
                 .await
                 .expect("activity")
                 .get(0);
             if waiting > 0 {
-                break;
+                return;
             }
             tokio::task::yield_now().await;
         }
     })
     .await
-    .expect("the store waits for the other");
-    tx.commit().await.expect("commit the other store");
-    let put = put.await.expect("join").expect("the second store answers");
-    assert!(!put.created);
-    assert_eq!(put.module.module_ref, module.info.module_ref);
 }

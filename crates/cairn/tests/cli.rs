@@ -446,7 +446,6 @@ fn serve_help_does_not_show_the_database_url_of_the_environment() {
 /// `--shutdown-grace`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_ends_the_shutdown_grace() {
-    use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("serve.log");
     let mut server = Server::serve_logging_to(
@@ -463,14 +462,7 @@ async fn a_second_signal_ends_the_shutdown_grace() {
         &log,
     )
     .await;
-    // Headers, then a body that never comes: the connection stays open.
-    let addr = server.base.trim_start_matches("http://").to_string();
-    let mut slow = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-    slow.write_all(
-        b"POST /v1/processes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
-    )
-    .await
-    .expect("write");
+    let slow = server.hold_a_connection_open().await;
     let pid = server.pid() as libc::pid_t;
     // SAFETY: sending a signal to our own child process by its pid.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);

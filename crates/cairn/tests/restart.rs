@@ -584,7 +584,6 @@ async fn ob_queued_behind_hold(server: &Server, hold_ms: u64) {
 /// run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_in_its_shutdown_grace_claims_nothing() {
-    use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("cairn.db");
     let db = format!("sqlite:{}", path.display());
@@ -606,15 +605,8 @@ async fn a_server_in_its_shutdown_grace_claims_nothing() {
     )
     .await;
     ob_queued_behind_hold(&server, 1_500).await;
-    // Headers, then a body that never comes: the grace runs until the
-    // second signal.
-    let addr = server.base.trim_start_matches("http://").to_string();
-    let mut slow = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-    slow.write_all(
-        b"POST /v1/processes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
-    )
-    .await
-    .expect("write");
+    // The grace runs until the second signal.
+    let slow = server.hold_a_connection_open().await;
     // The server holds it (and the connection asking) before the signal.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {

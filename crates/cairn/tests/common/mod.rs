@@ -133,6 +133,20 @@ impl Server {
         format!("{}{}", self.base, path)
     }
 
+    /// A connection that sent a request's headers and then a body that
+    /// never comes: the server keeps it open (a shutdown grace runs on).
+    pub async fn hold_a_connection_open(&self) -> tokio::net::TcpStream {
+        use tokio::io::AsyncWriteExt;
+        let addr = self.base.trim_start_matches("http://").to_string();
+        let mut slow = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        slow.write_all(
+            b"POST /v1/processes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+        )
+        .await
+        .expect("write");
+        slow
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
