@@ -606,7 +606,11 @@ pub struct Processes {
 
 /// The bytes (as JSON) of events at which a page of [`Processes::events`]
 /// stops.
-pub const EVENT_PAGE_BYTES: usize = 8 * 1024 * 1024;
+///
+/// 4 MiB: a page, with its one event more, answered over MCP (which sends
+/// a result twice, as structured content and as its text) stays well under
+/// what an MCP client reads in one message (16 MiB for the official SDK).
+pub const EVENT_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// How many events [`Processes::events`] reads first toward a page: a read
 /// of events of a mebibyte each holds this many at most.
 const EVENT_CHUNK: usize = 16;

@@ -149,7 +149,7 @@ pub struct EventsQuery {
     /// Only events with a greater sequence (default 0). For streams, `Last-Event-ID` wins.
     pub after: Option<u64>,
     /// Page size (default 100, at most 1000). A page also stops once its
-    /// events reach 8 MiB of JSON (so it holds at most that and one event
+    /// events reach 4 MiB of JSON (so it holds at most that and one event
     /// more), saying where the next one starts in `next_after`.
     pub limit: Option<usize>,
 }
