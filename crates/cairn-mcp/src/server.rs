@@ -209,6 +209,16 @@ impl ServerHandler for McpServer {
         })?;
         let cairn = self.backend(&context.extensions)?;
         let arguments = Value::Object(request.arguments.unwrap_or_default());
+        // A wait the client gave up on (it cancelled the call, or its
+        // connection went away) ends with it: it would otherwise hold an
+        // await, past what the connection limit bounds, to its timeout.
+        // Writes run to their end either way.
+        if kind == ToolKind::Await {
+            return tokio::select! {
+                answer = self.run(kind, cairn, arguments) => Ok(answer.into()),
+                () = context.ct.cancelled() => Err(ErrorData::internal_error("the call was cancelled", None)),
+            };
+        }
         Ok(self.run(kind, cairn, arguments).await.into())
     }
 }

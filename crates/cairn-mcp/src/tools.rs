@@ -493,8 +493,20 @@ pub fn await_bound(timeout_ms: Option<u64>) -> Duration {
 
 fn parse<T: DeserializeOwned>(kind: ToolKind, arguments: Value) -> Result<T, Failure> {
     let arguments = whole_numbers_as_integers(&kind.input_schema(), arguments);
-    serde_json::from_value(arguments)
-        .map_err(|e| Failure::new("invalid_request", format!("arguments of `{}`: {e}", kind.name())))
+    // Named by the field it is about, as the HTTP API names it: a model
+    // corrects the argument the message points at.
+    serde_path_to_error::deserialize(arguments).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!("`{path}`: ")
+        };
+        Failure::new(
+            "invalid_request",
+            format!("arguments of `{}`: {at}{}", kind.name(), e.into_inner()),
+        )
+    })
 }
 
 /// A standalone JSON Schema for `T`: its utoipa schema with every referenced
@@ -858,5 +870,23 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{err:?}").contains("authority"), "{err:?}");
+    }
+
+    /// An argument of the wrong type is named by its field, as the HTTP API
+    /// names it.
+    #[test]
+    fn a_bad_argument_is_named_by_its_field() {
+        let err = parse::<cairn_core::StartRequest>(
+            ToolKind::Start,
+            json!({"id": 5, "input": {"type": "external"}, "disposition": "externally_owned"}),
+        )
+        .unwrap_err();
+        assert!(format!("{err:?}").contains("`id`"), "{err:?}");
+        let err = parse::<cairn_core::StartRequest>(
+            ToolKind::Start,
+            json!({"id": "a", "input": {"type": "external"}, "disposition": "forever"}),
+        )
+        .unwrap_err();
+        assert!(format!("{err:?}").contains("`disposition`"), "{err:?}");
     }
 }

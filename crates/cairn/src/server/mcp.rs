@@ -153,6 +153,11 @@ impl AsCaller {
 }
 
 fn failure(e: ApiError) -> Failure {
+    // Said in the server's log as the HTTP API says it: an MCP answer is a
+    // 200 whatever it carries, so nothing else would tell an operator.
+    if e.status.is_server_error() {
+        tracing::error!(code = e.code, message = %e.message, "MCP tool call failed");
+    }
     let tombstone = e.tombstone.as_ref().and_then(|t| serde_json::to_value(t).ok());
     Failure::new(e.code, e.message).with_tombstone(tombstone)
 }
