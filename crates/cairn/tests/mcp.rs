@@ -807,6 +807,49 @@ async fn stdio_reports_a_lost_answer_to_a_write_as_outcome_unknown() {
     stub.abort();
 }
 
+/// The same for a proxy before the server answering 502 once the request
+/// went out: a write is `outcome_unknown`; a read, which changes nothing,
+/// `unavailable`.
+#[tokio::test]
+async fn stdio_reports_a_proxys_502_to_a_write_as_outcome_unknown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    // Reads each request's head, then answers as a proxy whose server died.
+    let stub = tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let page = "<html>bad gateway</html>";
+            let answer = format!(
+                "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                page.len()
+            );
+            let _ = socket.write_all(answer.as_bytes()).await;
+        }
+    });
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(["mcp", "--server", &format!("http://127.0.0.1:{port}")])
+        .env_remove("CAIRN_TOKEN")
+        .env("RUST_LOG", "off");
+    let client = ().serve(TokioChildProcess::new(cmd).expect("spawn")).await.expect("initialize");
+    let (code, message) = err(&client, "process_cancel", json!({"id": "any"})).await;
+    assert_eq!(code, "outcome_unknown", "{message}");
+    let (code, message) = err(&client, "process_get", json!({"id": "any"})).await;
+    assert_eq!(code, "unavailable", "{message}");
+    let _ = client.cancel().await;
+    stub.abort();
+}
+
 /// A POST that is not JSON, or not one JSON-RPC 2.0 message, is answered
 /// 400 with the JSON-RPC error a client can read: `-32700` parse error,
 /// `-32600` invalid request (the id echoed when it is one).

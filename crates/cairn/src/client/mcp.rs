@@ -47,7 +47,12 @@ fn failure(e: ClientError) -> Failure {
 /// (nothing was done), which is kept for a server never reached.
 fn write_failure(e: ClientError) -> Failure {
     match e {
-        e @ (ClientError::Http(_) | ClientError::Interrupted(_)) => Failure::new(
+        // A proxy's 502/503/504 before the server, or a success whose body
+        // is not what cairn answers, came after the request went out.
+        e @ (ClientError::Http(_)
+        | ClientError::Interrupted(_)
+        | ClientError::NotCairn { status: 502..=504, .. }
+        | ClientError::NotJson { status: 200..=299, .. }) => Failure::new(
             "outcome_unknown",
             format!("the answer was lost after the request was sent; read the state before retrying: {e}"),
         ),
