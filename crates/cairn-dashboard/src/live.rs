@@ -207,9 +207,23 @@ async fn rang(rx: Option<&mut watch::Receiver<u64>>) {
 /// on each (`hx-trigger="sse:changed"`).
 pub(crate) async fn list_stream(axum::extract::State(d): Shared, Extension(visitor): Extension<Visitor>) -> Response {
     let rx = d.feed.subscribe();
-    let stream = futures::stream::unfold((d, visitor.viewer, rx, true), |(d, viewer, mut rx, first)| async move {
-        if first {
-            return Some((Ok::<_, Infallible>(changed()), (d, viewer, rx, false)));
+    let start = (d, visitor.viewer, rx, None::<tokio::time::Instant>);
+    let stream = futures::stream::unfold(start, |(d, viewer, mut rx, sent)| async move {
+        let Some(sent) = sent else {
+            let now = tokio::time::Instant::now();
+            return Some((Ok::<_, Infallible>(changed()), (d, viewer, rx, Some(now))));
+        };
+        // At most one `changed` per [`CHANGED_SPACING`], the last change of
+        // a burst told at its end: the list re-renders a moment after each
+        // (`delay:`, shorter than the spacing), and a steady stream of
+        // changes (a process printing) restarting that delay would keep it
+        // from ever re-rendering.
+        let since = sent.elapsed();
+        if since < CHANGED_SPACING {
+            tokio::select! {
+                () = tokio::time::sleep(CHANGED_SPACING - since) => {}
+                _ = d.shutdown.cancelled() => return None,
+            }
         }
         loop {
             let ids = tokio::select! {
@@ -225,12 +239,19 @@ pub(crate) async fn list_stream(axum::extract::State(d): Shared, Extension(visit
                 Err(broadcast::error::RecvError::Closed) => return None,
             };
             if show {
-                return Some((Ok(changed()), (d, viewer, rx, false)));
+                // What else queued meanwhile is told by this one too.
+                while matches!(rx.try_recv(), Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_))) {}
+                let now = tokio::time::Instant::now();
+                return Some((Ok(changed()), (d, viewer, rx, Some(now))));
             }
         }
     });
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }
+
+/// The least time between two `changed` events of a list stream; the
+/// list's own `delay:` is shorter.
+const CHANGED_SPACING: Duration = Duration::from_millis(300);
 
 fn changed() -> Event {
     Event::default().event("changed").data("changed")
