@@ -72,7 +72,7 @@ pub(crate) async fn signal(
     }
     match d
         .processes
-        .signal(&id, form.name.trim(), form.signal_id.trim(), payload)
+        .signal(&id, form.name.trim(), &form.signal_id, payload)
         .await
     {
         Ok(event) => pages::ok_fragment(&format!(

@@ -123,14 +123,16 @@ struct Plan {
 fn plan(q: &ListQuery, viewer: &Viewer) -> Result<Plan, CairnError> {
     let bad = CairnError::InvalidFilter;
     let mut pairs: Vec<(&str, String)> = Vec::new();
-    for (key, value) in [
-        ("status", &q.status),
-        ("waiting", &q.waiting),
-        ("definition", &q.definition),
-        ("originator", &q.originator),
-    ] {
+    for (key, value) in [("status", &q.status), ("waiting", &q.waiting)] {
         if !value.trim().is_empty() {
             pairs.push((key, value.trim().to_string()));
+        }
+    }
+    // Taken as given, as the API takes them: `session:s1 ` names another
+    // session than `session:s1`.
+    for (key, value) in [("definition", &q.definition), ("originator", &q.originator)] {
+        if !value.trim().is_empty() {
+            pairs.push((key, value.clone()));
         }
     }
     for (key, value) in [
@@ -154,6 +156,14 @@ fn plan(q: &ListQuery, viewer: &Viewer) -> Result<Plan, CairnError> {
         _ => q.session.as_str(),
     };
     let mut lens = match (q.lens.as_str(), session) {
+        // A session id with no lens to read it through would be ignored
+        // while the box still shows it: refused, as the API refuses a lens
+        // it cannot tell.
+        ("" | "all", _) if !q.session.is_empty() => {
+            return Err(bad(
+                "a session id needs a lens: granted_to (what it may act on) or originated_by (what it started)".into(),
+            ))
+        }
         ("" | "all", _) => Lens::All,
         ("granted_to" | "originated_by", "") => return Err(bad(format!("the `{}` lens needs a session id", q.lens))),
         ("granted_to", s) => Lens::GrantedTo(SessionScope::session(s)),
@@ -187,7 +197,8 @@ fn plan(q: &ListQuery, viewer: &Viewer) -> Result<Plan, CairnError> {
     Ok(Plan {
         lens,
         filter,
-        before: Cursor::parse(q.before.trim()).map_err(bad)?,
+        // A cursor's id is taken as given (it may end with a space).
+        before: Cursor::parse(if q.before.trim().is_empty() { "" } else { &q.before }).map_err(bad)?,
         size,
         forbidden,
     })

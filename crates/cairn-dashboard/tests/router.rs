@@ -493,7 +493,23 @@ async fn session_ids_are_not_trimmed() {
                 "{lens} session={query}: {html}"
             );
         }
+        // The originator filter takes the scope as given too.
+        let (status, html, _) = get(
+            &app,
+            &format!("/ui/list/rows?status=any&originator=session%3A{query}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{html}");
+        assert!(
+            html.contains(shown) && !html.contains(hidden),
+            "originator session:{query}: {html}"
+        );
     }
+    // A session id with no lens to read it would be ignored: refused.
+    let (status, html, _) = get(&app, "/ui/list/rows?lens=all&session=s1", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    assert!(html.contains("invalid_filter"), "{html}");
 }
 
 #[tokio::test]
@@ -1573,4 +1589,40 @@ async fn a_login_cookie_is_named_by_the_servers_port() {
         StatusCode::SEE_OTHER,
         "another port's login is not this server's"
     );
+}
+
+/// A process writing steadily does not flood a live list: its `changed`
+/// events come at most one per spacing (300 ms), so the list's own short
+/// delay ends between them and it re-renders; the last change is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_process_tells_a_live_list_at_a_steady_pace() {
+    use futures::StreamExt;
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    external(&p, "busy").await;
+    let (_app, mut stream) = live_list(&p, "cairn_ui=host").await;
+    changed(&mut stream).await; // the one on connecting
+    let writer = {
+        let p = p.clone();
+        tokio::spawn(async move {
+            for i in 0..30 {
+                p.signal("busy", "tick", &format!("t{i}"), json!(i))
+                    .await
+                    .expect("signal");
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            }
+        })
+    };
+    let mut told = Vec::new();
+    let until = tokio::time::Instant::now() + std::time::Duration::from_millis(2_500);
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(until, stream.next()).await {
+        if String::from_utf8_lossy(&chunk).contains("event: changed") {
+            told.push(tokio::time::Instant::now());
+        }
+    }
+    writer.await.expect("writer");
+    // 30 changes over about a second, read for 2.5 s: one `changed` per
+    // 300 ms at most is 9 (each change told alone would be about 30).
+    assert!(!told.is_empty(), "the changes were told");
+    assert!(told.len() <= 10, "{} `changed` events", told.len());
 }
