@@ -202,9 +202,10 @@ async fn rang(rx: Option<&mut watch::Receiver<u64>>) {
     }
 }
 
-/// `GET /ui/list/live`: SSE `changed` events, one when the stream opens and one
-/// per batch of changes the viewer may see. The list element re-renders itself
-/// on each (`hx-trigger="sse:changed"`).
+/// `GET /ui/list/live`: SSE `changed` events, one when the stream opens and
+/// one per batch of changes the viewer may see, at most one per
+/// [`CHANGED_SPACING`]. The list element re-renders itself a moment after
+/// each (`hx-trigger="sse:changed delay:150ms"`).
 pub(crate) async fn list_stream(axum::extract::State(d): Shared, Extension(visitor): Extension<Visitor>) -> Response {
     let rx = d.feed.subscribe();
     let start = (d, visitor.viewer, rx, None::<tokio::time::Instant>);
