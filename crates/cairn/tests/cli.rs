@@ -500,3 +500,17 @@ fn an_unreadable_log_filter_is_said() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("RUST_LOG `warn,cairn=loud` is not a filter"), "{said}");
 }
+
+/// A SIGTERM sent the moment the server says it listens is heard: it drains
+/// and exits 0, rather than dying by the signal's default action (its
+/// handlers are in place before it prints its address).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_as_soon_as_the_server_listens_is_heard() {
+    for _ in 0..5 {
+        let mut server = Server::serve(&["--db", "memory", "--listen", "127.0.0.1:0"]).await;
+        // SAFETY: sending a signal to our own child process by its pid.
+        assert_eq!(unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGTERM) }, 0);
+        let status = server.wait_exit(Duration::from_secs(20)).expect("it exits");
+        assert!(status.success(), "{status:?}");
+    }
+}

@@ -375,6 +375,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         tools: tool_names,
     });
     let local = listener.local_addr()?;
+    // Listened for before the server says it listens: a SIGTERM sent as soon
+    // as it does must be heard, not meet the default action (death, with
+    // no drain).
+    let mut signals = Signals::install();
     // Printed on stdout (logs go to stderr) so scripts and tests can find a port-0 server.
     {
         let mut out = std::io::stdout().lock();
@@ -396,47 +400,49 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(args.header_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut stop = std::pin::pin!(wait_for_signal());
-    // Another runtime took this server's node id: its hold was lost, or a
-    // newer incarnation of the id registered (the worker stopped claiming).
-    let mut lost = std::pin::pin!(node_hold.lost());
     let superseding = processes.clone();
-    let mut superseded = std::pin::pin!(superseding.superseded());
     let mut node_lost = false;
-    loop {
-        let (stream, _peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait for some to free up.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+    {
+        let mut stop = std::pin::pin!(signals.next());
+        // Another runtime took this server's node id: its hold was lost, or a
+        // newer incarnation of the id registered (the worker stopped claiming).
+        let mut lost = std::pin::pin!(node_hold.lost());
+        let mut superseded = std::pin::pin!(superseding.superseded());
+        loop {
+            let (stream, _peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait for some to free up.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = &mut stop => break,
+                () = &mut lost => {
+                    node_lost = true;
+                    break;
                 }
-            },
-            () = &mut stop => break,
-            () = &mut lost => {
-                node_lost = true;
-                break;
-            }
-            () = &mut superseded => {
-                node_lost = true;
-                break;
-            }
-        };
-        let Some(permit) = connections.try_open() else {
-            tokio::spawn(conn::refuse_busy(stream));
-            continue;
-        };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let io = hyper_util::rt::TokioIo::new(conn::Lingering::new(stream));
-        let conn = graceful.watch(http.serve_connection(io, service));
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-            drop(permit);
-        });
+                () = &mut superseded => {
+                    node_lost = true;
+                    break;
+                }
+            };
+            let Some(permit) = connections.try_open() else {
+                tokio::spawn(conn::refuse_busy(stream));
+                continue;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            let io = hyper_util::rt::TokioIo::new(conn::Lingering::new(stream));
+            let conn = graceful.watch(http.serve_connection(io, service));
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
     }
     tracing::info!("shutting down: no new connections or work; ending waits and streams");
     drop(listener);
@@ -452,7 +458,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         () = tokio::time::sleep(args.shutdown_grace) => {
             tracing::warn!("open connections outlived the shutdown grace; closing them");
         }
-        () = wait_for_signal() => {
+        () = signals.next() => {
             tracing::warn!("a second signal: closing open connections now");
         }
     }
@@ -465,29 +471,60 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
+/// SIGINT and SIGTERM, heard from the moment this is made (the handlers
+/// are in place then, not at the first wait).
+struct Signals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let listen = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for {name}");
+                    None
+                }
+            };
+            Self {
+                int: listen(SignalKind::interrupt(), "SIGINT"),
+                term: listen(SignalKind::terminate(), "SIGTERM"),
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// The next SIGINT or SIGTERM.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            let Self { int, term } = self;
+            tokio::select! {
+                () = one(int) => {}
+                () = one(term) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                tracing::error!(error = %e, "cannot listen for SIGINT");
                 std::future::pending::<()>().await;
             }
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
 }
