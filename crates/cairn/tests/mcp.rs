@@ -775,31 +775,9 @@ async fn stdio_reports_an_unreachable_server_as_a_tool_error() {
 /// which says nothing was done.
 #[tokio::test]
 async fn stdio_reports_a_lost_answer_to_a_write_as_outcome_unknown() {
-    use tokio::io::AsyncReadExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
     // Reads each request's head, then hangs up without a word.
-    let stub = tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
-                return;
-            };
-            let mut seen = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                match socket.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => seen.extend_from_slice(&buf[..n]),
-                }
-            }
-            drop(socket);
-        }
-    });
-    let mut cmd = tokio::process::Command::new(BIN);
-    cmd.args(["mcp", "--server", &format!("http://127.0.0.1:{port}")])
-        .env_remove("CAIRN_TOKEN")
-        .env("RUST_LOG", "off");
-    let client = ().serve(TokioChildProcess::new(cmd).expect("spawn")).await.expect("initialize");
+    let (port, stub) = stub_server(None).await;
+    let client = stdio_client(port).await;
     let (code, message) = err(&client, "process_cancel", json!({"id": "any"})).await;
     assert_eq!(code, "outcome_unknown", "{message}");
     assert!(message.contains("read the state"), "{message}");
@@ -812,10 +790,28 @@ async fn stdio_reports_a_lost_answer_to_a_write_as_outcome_unknown() {
 /// `unavailable`.
 #[tokio::test]
 async fn stdio_reports_a_proxys_502_to_a_write_as_outcome_unknown() {
+    let page = "<html>bad gateway</html>";
+    let answer = format!(
+        "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+        page.len()
+    );
+    // Reads each request's head, then answers as a proxy whose server died.
+    let (port, stub) = stub_server(Some(answer)).await;
+    let client = stdio_client(port).await;
+    let (code, message) = err(&client, "process_cancel", json!({"id": "any"})).await;
+    assert_eq!(code, "outcome_unknown", "{message}");
+    let (code, message) = err(&client, "process_get", json!({"id": "any"})).await;
+    assert_eq!(code, "unavailable", "{message}");
+    let _ = client.cancel().await;
+    stub.abort();
+}
+
+/// A stand-in for a server on a free loopback port: it reads each request's
+/// head, then writes `answer` (if any) and hangs up.
+async fn stub_server(answer: Option<String>) -> (u16, tokio::task::JoinHandle<()>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    // Reads each request's head, then answers as a proxy whose server died.
     let stub = tokio::spawn(async move {
         loop {
             let Ok((mut socket, _)) = listener.accept().await else {
@@ -829,25 +825,23 @@ async fn stdio_reports_a_proxys_502_to_a_write_as_outcome_unknown() {
                     Ok(n) => seen.extend_from_slice(&buf[..n]),
                 }
             }
-            let page = "<html>bad gateway</html>";
-            let answer = format!(
-                "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
-                page.len()
-            );
-            let _ = socket.write_all(answer.as_bytes()).await;
+            if let Some(answer) = &answer {
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
         }
     });
+    (port, stub)
+}
+
+/// `cairn mcp` over stdio, forwarding to a server on `port` of loopback.
+async fn stdio_client(port: u16) -> rmcp::service::RunningService<rmcp::RoleClient, ()> {
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.args(["mcp", "--server", &format!("http://127.0.0.1:{port}")])
         .env_remove("CAIRN_TOKEN")
         .env("RUST_LOG", "off");
-    let client = ().serve(TokioChildProcess::new(cmd).expect("spawn")).await.expect("initialize");
-    let (code, message) = err(&client, "process_cancel", json!({"id": "any"})).await;
-    assert_eq!(code, "outcome_unknown", "{message}");
-    let (code, message) = err(&client, "process_get", json!({"id": "any"})).await;
-    assert_eq!(code, "unavailable", "{message}");
-    let _ = client.cancel().await;
-    stub.abort();
+    ().serve(TokioChildProcess::new(cmd).expect("spawn"))
+        .await
+        .expect("initialize")
 }
 
 /// A POST that is not JSON, or not one JSON-RPC 2.0 message, is answered
