@@ -378,6 +378,43 @@ impl AdminTx for Tx<'_> {
             .collect())
     }
 
+    async fn with_running_descendants(&mut self, ids: &[String]) -> Result<std::collections::HashSet<String>> {
+        // A scan (the in-memory registry keeps no index of provenance): each
+        // process's children, then a walk down from each id.
+        let mut children: HashMap<&str, Vec<&Entry>> = HashMap::new();
+        for e in self.st.entries.values() {
+            if let Some(p) = e
+                .row
+                .record
+                .provenance
+                .caused_by
+                .as_ref()
+                .and_then(CausalRef::parent_process)
+            {
+                children.entry(p).or_default().push(e);
+            }
+        }
+        let mut above = std::collections::HashSet::new();
+        for id in ids {
+            let mut seen = std::collections::HashSet::new();
+            let mut stack: Vec<&str> = vec![id.as_str()];
+            while let Some(at) = stack.pop() {
+                for child in children.get(at).into_iter().flatten() {
+                    let child_id = child.row.record.id.as_str();
+                    if !child.row.record.is_terminal() {
+                        above.insert(id.clone());
+                        stack.clear();
+                        break;
+                    }
+                    if seen.insert(child_id) {
+                        stack.push(child_id);
+                    }
+                }
+            }
+        }
+        Ok(above)
+    }
+
     async fn prune_candidates(
         &mut self,
         cutoff_ms: u64,

@@ -973,6 +973,10 @@ pub struct PruneReport {
     /// runs: it may yet read how they ended (a script's `ctx.wait`).
     #[serde(default)]
     pub held_by_running_parent: u64,
+    /// Terminal processes older than the cutoff kept because one of their
+    /// descendants still runs: a cancel of the tree reaches it through them.
+    #[serde(default)]
+    pub held_by_running_descendant: u64,
 }
 
 impl PruneReport {
@@ -984,6 +988,7 @@ impl PruneReport {
         self.wakes_deleted += chunk.wakes_deleted;
         self.held_by_watermark += chunk.held_by_watermark;
         self.held_by_running_parent += chunk.held_by_running_parent;
+        self.held_by_running_descendant += chunk.held_by_running_descendant;
     }
 
     /// What a prune made of chunks answers when a chunk fails after this

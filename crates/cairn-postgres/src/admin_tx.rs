@@ -154,6 +154,23 @@ impl AdminTx for Admin<'_> {
             .collect()
     }
 
+    async fn with_running_descendants(&mut self, ids: &[String]) -> Result<std::collections::HashSet<String>> {
+        let tx = self.tx;
+        let rows = tx
+            .query(
+                "WITH RECURSIVE d(root, id) AS (\
+                 SELECT c.caused_by, c.id FROM processes c WHERE c.caused_by = ANY($1::text[]) \
+                 UNION SELECT d.root, c.id FROM processes c JOIN d ON c.caused_by = d.id) \
+                 SELECT DISTINCT d.root FROM d JOIN processes p ON p.id = d.id WHERE p.status = 'running'",
+                &[&ids],
+            )
+            .await
+            .map_err(|e| self.pg(e))?;
+        rows.iter()
+            .map(|row| row.try_get::<_, String>(0).map_err(|e| self.pg(e)))
+            .collect()
+    }
+
     async fn prune_candidates(
         &mut self,
         cutoff_ms: u64,

@@ -909,6 +909,18 @@ pub(crate) fn grant_state(conn: &Connection, id: &str) -> R<(bool, bool)> {
 
 // ---------------------------------------------------------------- retention and the change feed
 
+/// Whether a descendant of `id` (through ended children too) has not ended
+/// (the `processes_caused_by` index at each level).
+pub(crate) fn has_running_descendant(conn: &Connection, id: &str) -> R<bool> {
+    Ok(conn
+        .prepare_cached(
+            "WITH RECURSIVE d(id) AS (SELECT id FROM processes WHERE caused_by = ?1 \
+             UNION SELECT p.id FROM processes p JOIN d ON p.caused_by = d.id) \
+             SELECT EXISTS (SELECT 1 FROM d JOIN processes p ON p.id = d.id WHERE p.status = 'running')",
+        )?
+        .query_row([id], |r| r.get::<_, bool>(0))?)
+}
+
 /// At most `limit` terminal processes whose terminal time is before
 /// `cutoff_ms`, after `after` in (terminal time, id) order, from the prune
 /// index (its range, then the ids of one terminal time sorted).

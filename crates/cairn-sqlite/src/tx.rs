@@ -324,6 +324,16 @@ impl AdminTx for Tx<'_> {
             .collect()
     }
 
+    async fn with_running_descendants(&mut self, ids: &[String]) -> Result<std::collections::HashSet<String>> {
+        let mut above = std::collections::HashSet::new();
+        for id in ids {
+            if store::has_running_descendant(self.conn, id)? {
+                above.insert(id.clone());
+            }
+        }
+        Ok(above)
+    }
+
     async fn prune_candidates(
         &mut self,
         cutoff_ms: u64,

@@ -318,6 +318,7 @@ macro_rules! conformance_suite {
                 prune_by_filter,
                 prune_respects_watermark,
                 prune_keeps_the_ended_children_of_a_running_parent,
+                prune_keeps_the_ancestors_of_a_running_process,
                 a_prune_walks_every_chunk_past_what_it_keeps,
                 change_feed_order_and_paging,
                 change_feed_dedupes_to_latest,

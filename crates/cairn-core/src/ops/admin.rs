@@ -132,6 +132,11 @@ pub trait AdminTx {
         limit: usize,
     ) -> Result<(Vec<PruneCandidate>, Option<PrunePosition>)>;
 
+    /// Of the ended processes `ids`, those with a descendant that has not
+    /// ended (through ended children too): a cancel of the tree reaches it
+    /// through them.
+    async fn with_running_descendants(&mut self, ids: &[String]) -> Result<std::collections::HashSet<String>>;
+
     /// Lock the rows of processes `ids` (sorted, distinct) against a
     /// concurrent prune before their grants move, in id order. A store whose
     /// transactions run one at a time needs nothing.
@@ -224,9 +229,10 @@ pub async fn delete_session<T: AdminTx + ?Sized>(tx: &mut T, session_id: &str) -
 
 /// One chunk of a prune, in one transaction: of the next [`PRUNE_CHUNK`]
 /// terminal processes older than the cutoff after `after`, delete those the
-/// filter admits, except those a cursor watermark holds back and children
-/// whose parent still runs (it may yet read how they ended), leaving
-/// tombstones. Answers what it did and where the next chunk starts (`None`
+/// filter admits, except those a cursor watermark holds back, children
+/// whose parent still runs (it may yet read how they ended) and those with a
+/// descendant that still runs (a tree cancel reaches it through them),
+/// leaving tombstones. Answers what it did and where the next chunk starts (`None`
 /// when the walk is done). `status` is checked by
 /// [`crate::model::PruneFilter::validate`]. A backend's prune runs chunks in
 /// transactions of their own until the walk is done ([`PruneReport::add`]).
@@ -266,6 +272,15 @@ pub async fn prune<T: AdminTx + ?Sized>(
                 false
             }
             _ => true,
+        });
+    }
+    if !victims.is_empty() {
+        let ids: Vec<String> = victims.iter().map(|v| v.id.clone()).collect();
+        let above_running = tx.with_running_descendants(&ids).await?;
+        victims.retain(|v| {
+            let keep = above_running.contains(&v.id);
+            report.held_by_running_descendant += u64::from(keep);
+            !keep
         });
     }
     if victims.is_empty() {

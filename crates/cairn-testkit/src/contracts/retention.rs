@@ -488,6 +488,52 @@ pub async fn prune_keeps_the_ended_children_of_a_running_parent(factory: &dyn St
         .await;
 }
 
+/// An ended process whose descendant still runs stays, however far down the
+/// running one is (a cancel of the tree reaches it through them), counted
+/// as `held_by_running_descendant`; once that descendant has ended, all go.
+pub async fn prune_keeps_the_ancestors_of_a_running_process(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    h.register(external("root")).await;
+    for (id, parent) in [("root/1", "root"), ("root/1/1", "root/1"), ("root/2", "root")] {
+        let mut child = external(id);
+        child.provenance.caused_by = Some(cairn_core::model::CausalRef::process(parent));
+        h.register(child).await;
+    }
+    for id in ["root/2", "root/1", "root"] {
+        finish(&h, id).await;
+    }
+    h.advance(10);
+    let report = ok(
+        h.registry()
+            .prune(h.now(), StatusFilter::Any.into(), Watermark::NoProjector)
+            .await,
+        "prune",
+    );
+    assert_eq!(
+        (
+            report.pruned,
+            report.held_by_running_descendant,
+            report.held_by_running_parent
+        ),
+        (1, 2, 0),
+        "root/2 goes; root and root/1 stay above root/1/1: {report:?}"
+    );
+    h.rejects("no_longer_retained", "the ended leaf", h.registry().get("root/2"))
+        .await;
+    for id in ["root", "root/1"] {
+        assert_eq!(h.get(id).await.status, ProcessStatus::Completed, "{id} kept");
+    }
+    finish(&h, "root/1/1").await;
+    h.advance(10);
+    let report = ok(
+        h.registry()
+            .prune(h.now(), StatusFilter::Any.into(), Watermark::NoProjector)
+            .await,
+        "prune after the leaf ended",
+    );
+    assert_eq!((report.pruned, report.held_by_running_descendant), (3, 0), "{report:?}");
+}
+
 /// A prune goes a chunk at a time (a transaction each, so live work's writes
 /// go on between them), in (terminal time, id) order: it walks past what it
 /// keeps (children of a running parent spread through every chunk, ties of

@@ -1131,13 +1131,14 @@ async fn prune(client: &Client, json: bool, args: PruneArgs) -> Result<ExitCode,
         print_json(&report);
     } else {
         println!(
-            "pruned {} processes ({} events, {} grants, {} wakes); {} held by the watermark, {} by a running parent",
+            "pruned {} processes ({} events, {} grants, {} wakes); {} held by the watermark, {} by a running parent, {} by a running descendant",
             num_at(&report, "/pruned"),
             num_at(&report, "/events_deleted"),
             num_at(&report, "/grants_deleted"),
             num_at(&report, "/wakes_deleted"),
             num_at(&report, "/held_by_watermark"),
             num_at(&report, "/held_by_running_parent"),
+            num_at(&report, "/held_by_running_descendant"),
         );
     }
     Ok(ExitCode::SUCCESS)
