@@ -75,7 +75,7 @@ pub use events::{
 };
 pub use memory::MemoryRegistry;
 pub use model::*;
-pub use processes::{Processes, RuntimeBuilder, StartRequest, EVENT_PAGE_BYTES};
+pub use processes::{Listed, Processes, RuntimeBuilder, StartRequest, EVENT_PAGE_BYTES, LIST_PAGE_BYTES};
 pub use registry::{CancelAnswer, ProcessRegistry, Registered};
 pub use schedule::{
     FireRefusal, FireReport, Overlap, Schedule, ScheduleAdvance, SchedulePage, ScheduleRequest, StartTemplate,

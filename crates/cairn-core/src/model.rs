@@ -1293,7 +1293,8 @@ pub struct ListPage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grants: Option<Vec<Grant>>,
     /// Pass as `after_id` for the next page: set whenever the page is full
-    /// (the next page may then be empty), absent when it is not.
+    /// or was cut once its records reached 4 MiB of JSON (the next page may
+    /// then be empty), absent when it is the last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_after_id: Option<String>,
 }

@@ -615,6 +615,80 @@ pub const EVENT_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// of events of a mebibyte each holds this many at most.
 const EVENT_CHUNK: usize = 16;
 
+/// The bytes (as JSON) of records at which a page of [`Processes::list`],
+/// [`Processes::list_granted_to`] or [`Processes::list_originated_by`]
+/// stops, for the reason [`EVENT_PAGE_BYTES`] gives: a record may hold
+/// mebibytes (its input and outcome), and a page of a thousand would be
+/// gigabytes in memory and more than an MCP client reads.
+pub const LIST_PAGE_BYTES: usize = EVENT_PAGE_BYTES;
+
+/// One page of a listing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Listed<T> {
+    /// The items, in id order.
+    pub items: Vec<T>,
+    /// Where the next page starts (its `after_id`): the last item's id when
+    /// the page is full or was cut at [`LIST_PAGE_BYTES`], else `None`.
+    pub next_after_id: Option<String>,
+}
+
+/// Read one page of a listing in chunks through `read(after_id, limit)`
+/// (the registry's own paging, in id order): at most `limit` items, and
+/// none after those that bring it to [`LIST_PAGE_BYTES`] as JSON. The first
+/// read takes [`EVENT_CHUNK`]; the next, as many as the bytes left hold at
+/// the size seen so far.
+async fn list_in_chunks<T, F, Fut>(filter: &ProcessFilter, id_of: impl Fn(&T) -> &str, mut read: F) -> Result<Listed<T>>
+where
+    T: Serialize,
+    F: FnMut(ProcessFilter) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>>>,
+{
+    let limit = crate::model::page_limit(filter.limit)?;
+    let mut items: Vec<T> = Vec::new();
+    let mut bytes = 0usize;
+    let mut after = filter.after_id.clone();
+    loop {
+        let left = limit - items.len();
+        let want = match items.len() {
+            0 => left.min(EVENT_CHUNK),
+            n => {
+                let seen = (bytes / n).max(1);
+                left.min(((LIST_PAGE_BYTES - bytes.min(LIST_PAGE_BYTES)) / seen).max(1))
+            }
+        };
+        let chunk = read(ProcessFilter {
+            after_id: after.clone(),
+            limit: Some(want),
+            ..filter.clone()
+        })
+        .await?;
+        let got = chunk.len();
+        let mut taken = 0;
+        for item in chunk {
+            bytes = bytes.saturating_add(serde_json::to_vec(&item).map_or(0, |j| j.len()));
+            after = Some(id_of(&item).to_string());
+            items.push(item);
+            taken += 1;
+            if bytes >= LIST_PAGE_BYTES {
+                break;
+            }
+        }
+        let full = items.len() >= limit;
+        if taken == got && got < want && !full {
+            return Ok(Listed {
+                items,
+                next_after_id: None,
+            });
+        }
+        if full || bytes >= LIST_PAGE_BYTES {
+            return Ok(Listed {
+                next_after_id: items.last().map(|i| id_of(i).to_string()),
+                items,
+            });
+        }
+    }
+}
+
 impl Processes {
     /// Start building a runtime over `registry`.
     pub fn builder(registry: Arc<dyn ProcessRegistry>) -> RuntimeBuilder {
@@ -752,9 +826,16 @@ impl Processes {
         self.inner.registry.gauges().await
     }
 
-    /// One page of records ([`ProcessRegistry::list`]).
-    pub async fn list(&self, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>> {
-        self.inner.registry.list(filter).await
+    /// One page of records ([`ProcessRegistry::list`]), read in chunks and
+    /// cut at [`LIST_PAGE_BYTES`].
+    pub async fn list(&self, filter: &ProcessFilter) -> Result<Listed<ProcessRecord>> {
+        let registry = &self.inner.registry;
+        list_in_chunks(
+            filter,
+            |r: &ProcessRecord| r.id.as_str(),
+            |f| async move { registry.list(&f).await },
+        )
+        .await
     }
 
     /// The grants held on process `id` ([`ProcessRegistry::grants_of`]).
@@ -762,14 +843,38 @@ impl Processes {
         self.inner.registry.grants_of(id).await
     }
 
-    /// One page of the processes granted to `scope` ([`ProcessRegistry::list_granted_to`]).
-    pub async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {
-        self.inner.registry.list_granted_to(scope, filter).await
+    /// One page of the processes granted to `scope`
+    /// ([`ProcessRegistry::list_granted_to`]), read in chunks and cut at
+    /// [`LIST_PAGE_BYTES`].
+    pub async fn list_granted_to(
+        &self,
+        scope: &SessionScope,
+        filter: &ProcessFilter,
+    ) -> Result<Listed<GrantedProcess>> {
+        let registry = &self.inner.registry;
+        list_in_chunks(
+            filter,
+            |g: &GrantedProcess| g.process.id.as_str(),
+            |f| async move { registry.list_granted_to(scope, &f).await },
+        )
+        .await
     }
 
-    /// One page of the processes `scope` started ([`ProcessRegistry::list_originated_by`]).
-    pub async fn list_originated_by(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>> {
-        self.inner.registry.list_originated_by(scope, filter).await
+    /// One page of the processes `scope` started
+    /// ([`ProcessRegistry::list_originated_by`]), read in chunks and cut at
+    /// [`LIST_PAGE_BYTES`].
+    pub async fn list_originated_by(
+        &self,
+        scope: &SessionScope,
+        filter: &ProcessFilter,
+    ) -> Result<Listed<ProcessRecord>> {
+        let registry = &self.inner.registry;
+        list_in_chunks(
+            filter,
+            |r: &ProcessRecord| r.id.as_str(),
+            |f| async move { registry.list_originated_by(scope, &f).await },
+        )
+        .await
     }
 
     /// One page of the log after `after` ([`ProcessRegistry::events_after`]).

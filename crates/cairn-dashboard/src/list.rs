@@ -204,29 +204,27 @@ fn plan(q: &ListQuery, viewer: &Viewer) -> Result<Plan, CairnError> {
     })
 }
 
-async fn read(p: &Processes, lens: &Lens, f: &ProcessFilter) -> cairn_core::Result<Vec<Row>> {
+/// One page of rows, and where the next starts (`None`: the last page).
+async fn read(p: &Processes, lens: &Lens, f: &ProcessFilter) -> cairn_core::Result<(Vec<Row>, Option<String>)> {
     Ok(match lens {
-        Lens::All => p
-            .list(f)
-            .await?
-            .into_iter()
-            .map(|record| Row { record, grant: None })
-            .collect(),
-        Lens::GrantedTo(s) => p
-            .list_granted_to(s, f)
-            .await?
-            .into_iter()
-            .map(|g| Row {
+        Lens::All => {
+            let page = p.list(f).await?;
+            let rows = page.items.into_iter().map(|record| Row { record, grant: None });
+            (rows.collect(), page.next_after_id)
+        }
+        Lens::GrantedTo(s) => {
+            let page = p.list_granted_to(s, f).await?;
+            let rows = page.items.into_iter().map(|g| Row {
                 record: g.process,
                 grant: Some(g.grant),
-            })
-            .collect(),
-        Lens::OriginatedBy(s) => p
-            .list_originated_by(s, f)
-            .await?
-            .into_iter()
-            .map(|record| Row { record, grant: None })
-            .collect(),
+            });
+            (rows.collect(), page.next_after_id)
+        }
+        Lens::OriginatedBy(s) => {
+            let page = p.list_originated_by(s, f).await?;
+            let rows = page.items.into_iter().map(|record| Row { record, grant: None });
+            (rows.collect(), page.next_after_id)
+        }
     })
 }
 
@@ -265,21 +263,17 @@ async fn newest_page(p: &Processes, plan: &Plan) -> cairn_core::Result<(Vec<Row>
         let mut rows = Vec::new();
         let mut overflow = false;
         loop {
-            let page = read(p, &plan.lens, &f).await?;
-            let n = page.len();
-            let last = page.last().map(|r| r.record.id.clone());
+            let (page, next) = read(p, &plan.lens, &f).await?;
             rows.extend(
                 page.into_iter()
                     .filter(|r| plan.before.as_ref().is_none_or(|c| c.admits(&r.record))),
             );
-            if n < MAX_PAGE_SIZE {
-                break;
-            }
+            let Some(next) = next else { break };
             if rows.len() > MAX_PAGE_SIZE && !uncapped {
                 overflow = true;
                 break;
             }
-            f.after_id = last;
+            f.after_id = Some(next);
         }
         if overflow {
             overflows = Some(w);

@@ -141,19 +141,26 @@ async fn children_of(d: &crate::Inner, visitor: &Visitor, id: &str) -> Children 
     // A session viewer reads through its grants, the lens `GET
     // /v1/processes?caused_by=` gives it: what it may not see is neither
     // shown nor counted.
-    let listed: cairn_core::Result<Vec<ProcessRecord>> = match &visitor.viewer {
+    // A page cut at its bytes names a next page too, shorter than asked.
+    let listed: cairn_core::Result<(Vec<ProcessRecord>, bool)> = match &visitor.viewer {
         Viewer::Session(own) => d
             .processes
             .list_granted_to(&SessionScope::session(own.as_str()), &filter)
             .await
-            .map(|page| page.into_iter().map(|g| g.process).collect()),
-        Viewer::Host => d.processes.list(&filter).await,
+            .map(|page| {
+                let cut = page.next_after_id.is_some();
+                (page.items.into_iter().map(|g| g.process).collect(), cut)
+            }),
+        Viewer::Host => d.processes.list(&filter).await.map(|page| {
+            let cut = page.next_after_id.is_some();
+            (page.items, cut)
+        }),
     };
-    let (mut shown, failed) = match listed {
-        Ok(shown) => (shown, None),
-        Err(e) => (Vec::new(), Some(e)),
+    let (mut shown, cut, failed) = match listed {
+        Ok((shown, cut)) => (shown, cut, None),
+        Err(e) => (Vec::new(), false, Some(e)),
     };
-    let more = shown.len() > CHILDREN_SHOWN;
+    let more = shown.len() > CHILDREN_SHOWN || cut;
     shown.truncate(CHILDREN_SHOWN);
     Children { shown, more, failed }
 }

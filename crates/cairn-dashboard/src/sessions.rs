@@ -91,14 +91,17 @@ async fn section(d: &crate::Inner, viewer: &Viewer, session: &str) -> cairn_core
         limit: Some(SHOWN + 1),
         ..ProcessFilter::default()
     };
-    let mut granted = d.processes.list_granted_to(&scope, &filter).await?;
-    let granted_more = granted.len() > SHOWN;
+    // A page cut at its bytes names a next page too, shorter than asked.
+    let listed = d.processes.list_granted_to(&scope, &filter).await?;
+    let granted_more = listed.items.len() > SHOWN || listed.next_after_id.is_some();
+    let mut granted = listed.items;
     granted.truncate(SHOWN);
     let originated = match viewer {
         // As in the API, the provenance lens needs the host token.
         Viewer::Host => {
-            let mut o = d.processes.list_originated_by(&scope, &filter).await?;
-            let more = o.len() > SHOWN;
+            let listed = d.processes.list_originated_by(&scope, &filter).await?;
+            let more = listed.items.len() > SHOWN || listed.next_after_id.is_some();
+            let mut o = listed.items;
             o.truncate(SHOWN);
             Some((o, more))
         }

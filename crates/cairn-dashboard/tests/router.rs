@@ -44,7 +44,7 @@ impl Access for TestAccess {
             .processes
             .list_granted_to(&SessionScope::session(s.clone()), &filter)
             .await?;
-        if granted.iter().any(|g| g.process.id == id) {
+        if granted.items.iter().any(|g| g.process.id == id) {
             Ok(())
         } else {
             Err(CairnError::UnknownProcess(id.into()))

@@ -91,15 +91,15 @@ async fn two_nodes_start_each_fire_exactly_once() {
     };
     loop {
         let page = a.list(&filter).await.expect("list");
-        let Some(last) = page.last() else { break };
-        filter.after_id = Some(last.id.clone());
-        for r in page {
+        for r in page.items {
             let (sid, at) = r.id.split_once('@').expect("a fired id");
             per_schedule
                 .entry(sid.into())
                 .or_default()
                 .push(at.parse().expect("a time"));
         }
+        let Some(next) = page.next_after_id else { break };
+        filter.after_id = Some(next);
     }
     assert_eq!(per_schedule.len(), SCHEDULES);
     let expected: Vec<u64> = (1..=FIRES).map(|k| t0 + k * 10_000).collect();

@@ -897,7 +897,8 @@ async fn promise_all_of_three_tool_calls_runs_three_children_at_once() {
             ..Default::default()
         })
         .await
-        .unwrap();
+        .unwrap()
+        .items;
     let ids: Vec<_> = children.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(ids, ["pa/1", "pa/2", "pa/3"]);
     for c in &children {

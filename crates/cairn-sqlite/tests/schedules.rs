@@ -24,6 +24,7 @@ async fn fired(p: &Processes) -> Vec<String> {
         .list(&ProcessFilter::any())
         .await
         .expect("list")
+        .items
         .into_iter()
         .map(|r| r.id)
         .collect();

@@ -577,7 +577,7 @@ pub async fn wait_signal_resumes_with_payload(factory: &dyn StoreFactory) {
         })
         .await
         .expect("list");
-    assert!(waiting.iter().any(|r| r.id == "ws"), "record shows waiting");
+    assert!(waiting.items.iter().any(|r| r.id == "ws"), "record shows waiting");
     let rec = p.get("ws").await.expect("get");
     assert_eq!(rec.wait.as_ref().and_then(|w| w.name.clone()).as_deref(), Some("go"));
     let first = p
@@ -2161,7 +2161,7 @@ pub async fn cancel_reaches_running_children(factory: &dyn StoreFactory) {
         .await
         .expect("list");
     assert_eq!(
-        children.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        children.items.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
         ["tree-a", "tree-b"]
     );
     p.cancel("tree", Some("the whole tree".into())).await.expect("cancel");

@@ -88,7 +88,7 @@ pub async fn parent_suspends_until_its_children_end(factory: &dyn StoreFactory) 
         })
         .await
         .expect("list");
-    assert_eq!(listed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), kids);
+    assert_eq!(listed.items.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), kids);
     for (k, id) in kids.iter().enumerate() {
         p.await_event(id, "process.waiting", 0, WAIT)
             .await
@@ -279,7 +279,7 @@ pub async fn a_sessions_process_acts_only_for_that_session(factory: &dyn StoreFa
                 .list_granted_to(&cairn_core::SessionScope::session(s), &all)
                 .await
                 .expect("list");
-            listed.into_iter().map(|g| g.process.id).collect::<Vec<_>>()
+            listed.items.into_iter().map(|g| g.process.id).collect::<Vec<_>>()
         }
     };
     assert!(

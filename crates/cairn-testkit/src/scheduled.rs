@@ -56,7 +56,8 @@ fn echo_every(id: &str, every: &str) -> ScheduleRequest {
 /// Ids of every process the schedule `id` started, in id order.
 async fn fired(p: &Processes, id: &str) -> Vec<String> {
     let page = p.list(&ProcessFilter::any()).await.expect("list");
-    page.into_iter()
+    page.items
+        .into_iter()
         .map(|r| r.id)
         .filter(|pid| pid.starts_with(&format!("{id}@")))
         .collect()

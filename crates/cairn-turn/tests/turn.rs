@@ -632,7 +632,7 @@ async fn the_last_step_ends_with_what_it_got() {
         })
         .await
         .expect("list");
-    assert!(children.is_empty(), "no tool ran: {children:?}");
+    assert!(children.items.is_empty(), "no tool ran: {children:?}");
     assert_eq!(s.fake.received().len(), 2, "one model call each");
 }
 

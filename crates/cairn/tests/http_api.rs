@@ -1375,3 +1375,56 @@ async fn a_page_of_large_events_is_bounded_in_bytes() {
     assert!(pages > 1, "one page held it all");
     assert_eq!(seen, (0..n).collect::<Vec<u64>>());
 }
+
+/// A page of processes is bounded in bytes as well as in count: records
+/// near the payload limit come back over several pages, each under the
+/// byte bound past its first record, each naming where the next starts, in
+/// id order, each process once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_large_records_is_bounded_in_bytes() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let n = 8;
+    let ids: Vec<String> = (0..n).map(|i| format!("big-{i}")).collect();
+    for id in &ids {
+        let (s, err) = c
+            .start(
+                json!({"id": id, "disposition": "rerunnable", "input": {"type": "tool_call", "tool": "echo",
+                                               "args": {"value": "z".repeat(900 * 1024)}}}),
+            )
+            .await;
+        assert!(s == 201, "{err}");
+    }
+    let bound = cairn_core::LIST_PAGE_BYTES + 2 * 1024 * 1024;
+    let mut after: Option<String> = None;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let query = match &after {
+            Some(a) => format!("/v1/processes?status=any&limit=1000&after_id={a}"),
+            None => "/v1/processes?status=any&limit=1000".to_string(),
+        };
+        let r = c.http.get(c.url(&query)).send().await.expect("page");
+        assert_eq!(r.status(), 200);
+        let body = r.bytes().await.expect("body");
+        assert!(body.len() <= bound, "a page of {} bytes", body.len());
+        let page: Value = serde_json::from_slice(&body).expect("json");
+        pages += 1;
+        for p in page["processes"].as_array().expect("processes") {
+            seen.push(p["id"].as_str().expect("id").to_string());
+        }
+        match page["next_after_id"].as_str() {
+            Some(next) => {
+                assert_eq!(
+                    Some(next),
+                    seen.last().map(String::as_str),
+                    "the next page starts after the last"
+                );
+                after = Some(next.to_string());
+            }
+            None => break,
+        }
+    }
+    assert!(pages > 2, "{pages} pages held it all");
+    assert_eq!(seen, ids);
+}

@@ -205,10 +205,10 @@ async fn list_live(p: &Processes, session: &SessionScope) -> Result<usize, Strin
             .list_granted_to(session, &filter)
             .await
             .map_err(|e| format!("list_granted_to: {e}"))?;
-        found += page.len();
-        match page.last() {
-            Some(last) if page.len() == MAX_PAGE_SIZE => filter.after_id = Some(last.process.id.clone()),
-            _ => return Ok(found),
+        found += page.items.len();
+        match page.next_after_id {
+            Some(next) => filter.after_id = Some(next),
+            None => return Ok(found),
         }
     }
 }

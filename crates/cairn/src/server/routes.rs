@@ -340,7 +340,7 @@ pub async fn list(
         }
     }
     let filter = ProcessFilter::from_query(rest)?;
-    let limit = filter.page_size()?;
+    filter.page_size()?;
     if let Some(own) = scope_of_session(&caller) {
         // Session tokens list through the security lens only.
         if originated_by.is_some() {
@@ -355,6 +355,8 @@ pub async fn list(
         }
         granted_to = Some(own.session_id);
     }
+    // A page ends at its limit, or once its records reach
+    // `LIST_PAGE_BYTES`; either way it names where the next one starts.
     let page = match (granted_to, originated_by) {
         (Some(_), Some(_)) => {
             return Err(cairn_core::CairnError::InvalidFilter(
@@ -367,29 +369,34 @@ pub async fn list(
                 .processes
                 .list_granted_to(&SessionScope::session(session), &filter)
                 .await?;
-            let (grants, processes) = granted.into_iter().map(|g| (g.grant, g.process)).unzip();
+            let (grants, processes) = granted.items.into_iter().map(|g| (g.grant, g.process)).unzip();
             ListPage {
                 processes,
                 grants: Some(grants),
-                next_after_id: None,
+                next_after_id: granted.next_after_id,
             }
         }
-        (None, Some(session)) => ListPage {
-            processes: state
+        (None, Some(session)) => {
+            let listed = state
                 .processes
                 .list_originated_by(&SessionScope::session(session), &filter)
-                .await?,
-            grants: None,
-            next_after_id: None,
-        },
-        (None, None) => ListPage {
-            processes: state.processes.list(&filter).await?,
-            grants: None,
-            next_after_id: None,
-        },
+                .await?;
+            ListPage {
+                processes: listed.items,
+                grants: None,
+                next_after_id: listed.next_after_id,
+            }
+        }
+        (None, None) => {
+            let listed = state.processes.list(&filter).await?;
+            ListPage {
+                processes: listed.items,
+                grants: None,
+                next_after_id: listed.next_after_id,
+            }
+        }
     };
-    let next_after_id = super::api::next_page(&page.processes, limit, |p| &p.id);
-    Ok(Json(ListPage { next_after_id, ..page }))
+    Ok(Json(page))
 }
 
 /// `GET /v1/processes/{id}`.
