@@ -1200,10 +1200,22 @@ impl Worker {
     /// A completion that could not be written. A rerunnable process is
     /// claimed again once its lease lapses; an owner-bound one, which never
     /// runs again, has its owner file the abandon request (its outcome is
-    /// lost), or it would stay `running` with nobody to end it.
+    /// lost), or it would stay `running` with nobody to end it. That holds
+    /// for a fenced completion too: nobody else claims a started owner-bound
+    /// process, so its lease lapsed (a host asleep past it, renewals that
+    /// failed until then) and it is still running.
     fn finish_failed(&self, lease: &crate::model::Lease, disposition: Disposition, e: CairnError) {
         match e {
-            CairnError::LeaseFenced(_) | CairnError::ProcessTerminal(_) => {
+            CairnError::ProcessTerminal(_) => {
+                tracing::info!(process_id = %lease.process_id, "completion fenced: the process had ended");
+            }
+            CairnError::LeaseFenced(_) if disposition == Disposition::OwnerBound => {
+                tracing::warn!(process_id = %lease.process_id, "completion fenced: the lease lapsed before the outcome was written");
+                // A process a retry of its own landed completion ended
+                // answers the request `process_terminal`, which is ignored.
+                self.abandon_lost(lease, UNWRITTEN_OUTCOME);
+            }
+            CairnError::LeaseFenced(_) => {
                 tracing::info!(process_id = %lease.process_id, "completion fenced: another owner or a terminal got there first");
             }
             e => {

@@ -1091,6 +1091,75 @@ pub async fn an_owner_bound_outcome_that_cannot_be_written_is_abandoned(factory:
     assert_eq!(r.status, ProcessStatus::Abandoned, "{r:?}");
 }
 
+/// `gate`: a tool whose runs say they began, then succeed once opened.
+#[derive(Clone, Default)]
+struct GateTool {
+    began: Arc<tokio::sync::Notify>,
+    open: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait]
+impl Tool for GateTool {
+    fn name(&self) -> &str {
+        "gate"
+    }
+
+    async fn run(&self, _ctx: ToolContext, _args: Value) -> Outcome {
+        self.began.notify_one();
+        self.open.notified().await;
+        Outcome::success(json!("through"))
+    }
+}
+
+/// An owner-bound run that ends after its lease lapsed, before the renewal
+/// that would have found it (a host asleep past its lease), has its
+/// completion fenced: its owner files the abandon request, as for an
+/// outcome it could not write, instead of leaving it `running` with nobody
+/// to end it (nobody else may claim it).
+pub async fn an_owner_bound_run_ending_past_its_lease_is_abandoned(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let front = Processes::builder(store.registry.clone()).without_worker().start();
+    front
+        .start(StartRequest::tool(
+            "ob-late",
+            "gate",
+            json!({}),
+            Disposition::OwnerBound,
+        ))
+        .await
+        .expect("start");
+    let gate = GateTool::default();
+    let mut cfg = config("ob-owner");
+    // Its first renewal is due 20 s from now, by the runtime's own timer.
+    cfg.lease_ttl = Duration::from_secs(60);
+    let worker = Worker::new(
+        store.registry.clone(),
+        tools(vec![Arc::new(gate.clone())]),
+        Awaiter::new(store.registry.clone(), None),
+        None,
+        Arc::new(store.clock.clone()),
+        cfg,
+    );
+    assert_eq!(worker.drive_once().await.expect("drive"), 1);
+    tokio::time::timeout(WAIT, gate.began.notified())
+        .await
+        .expect("the run began");
+    store.clock.advance(61_000);
+    gate.open.notify_one();
+    tokio::time::timeout(WAIT, worker.wait_idle())
+        .await
+        .expect("the run ended");
+    let awaiter = Awaiter::new(store.registry.clone(), None);
+    let request = tokio::time::timeout(WAIT, awaiter.await_event("ob-late", "process.abandon_requested", 0))
+        .await
+        .expect("the owner requested the abandonment in time")
+        .expect("await");
+    assert_eq!(request.payload["requested_by"], "ob-owner");
+    worker.drive_once().await.expect("drive");
+    let r = store.registry.get("ob-late").await.expect("get");
+    assert_eq!(r.status, ProcessStatus::Abandoned, "{r:?}");
+}
+
 /// A drained worker stops asking for the abandonment of a run it lost: the
 /// request's retries end with the worker (the next incarnation's sweep ends
 /// the process), not with the host process.

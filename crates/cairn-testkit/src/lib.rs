@@ -411,6 +411,7 @@ macro_rules! execution_suite {
                 a_run_the_store_failed_is_run_again,
                 an_owner_bound_run_cut_off_from_the_store_is_abandoned,
                 an_owner_bound_outcome_that_cannot_be_written_is_abandoned,
+                an_owner_bound_run_ending_past_its_lease_is_abandoned,
                 a_drained_worker_stops_filing_abandon_requests,
                 a_claim_waiting_for_a_slot_sees_a_cancel_before_it_runs,
                 a_drain_waits_for_a_claim_waiting_for_a_slot,
