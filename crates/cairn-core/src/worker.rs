@@ -1388,6 +1388,10 @@ impl WorkDriver {
 
     /// Stop the loop, then drain the worker.
     pub async fn shutdown(&self) {
+        // Nothing more is claimed from here: a claim made while the loop
+        // winds down would only be stopped by the drain (an owner-bound one
+        // abandoned) without having run.
+        self.worker.stop_claiming();
         self.stop.cancel();
         let task = self.task.lock().take();
         if let Some(t) = task {
