@@ -146,17 +146,42 @@ pub fn check_size(what: &str, value: &impl Serialize) -> Result<()> {
 /// [`check_size`], naming the value only when it is refused. Also refuses a
 /// value nested deeper than [`MAX_JSON_DEPTH`].
 fn check_size_of(what: impl FnOnce() -> String, value: &impl Serialize) -> Result<()> {
+    check_shape_within(what, value, MAX_PAYLOAD_BYTES, MAX_JSON_DEPTH)
+}
+
+/// What the payload of a core terminal event (`process.completed` and the
+/// others) may hold beyond the limits, for its envelope around the outcome
+/// (`{"await_output": {"type": "success", "value": …}}`, a `completed_by`
+/// authority): an outcome whose value is as large or as deep as a payload
+/// may be (a signal's, returned by the tool that waited for it) is written.
+pub const TERMINAL_ENVELOPE_BYTES: usize = 1024 + MAX_AUTHORITY_BYTES;
+/// The levels of that envelope around an outcome's value.
+pub const TERMINAL_ENVELOPE_DEPTH: usize = 2;
+
+/// Check the payload of a core terminal event (`fold::terminal_payload`)
+/// against the limits with [`TERMINAL_ENVELOPE_BYTES`] and
+/// [`TERMINAL_ENVELOPE_DEPTH`] more: what a process's outcome may be.
+pub fn check_terminal_payload(what: impl FnOnce() -> String, payload: &impl Serialize) -> Result<()> {
+    check_shape_within(
+        what,
+        payload,
+        MAX_PAYLOAD_BYTES + TERMINAL_ENVELOPE_BYTES,
+        MAX_JSON_DEPTH + TERMINAL_ENVELOPE_DEPTH,
+    )
+}
+
+fn check_shape_within(what: impl FnOnce() -> String, value: &impl Serialize, bytes: usize, depth: usize) -> Result<()> {
     let shape = serialized_shape(value);
-    if shape.len > MAX_PAYLOAD_BYTES {
+    if shape.len > bytes {
         return Err(CairnError::PayloadTooLarge {
             what: what(),
             size: shape.len,
-            limit: MAX_PAYLOAD_BYTES,
+            limit: bytes,
         });
     }
-    if shape.depth > MAX_JSON_DEPTH {
+    if shape.depth > depth {
         return Err(CairnError::InvalidRequest(format!(
-            "{} nests arrays and objects {} levels deep, over the {MAX_JSON_DEPTH} level limit",
+            "{} nests arrays and objects {} levels deep, over the {depth} level limit",
             what(),
             shape.depth
         )));
@@ -524,7 +549,12 @@ pub fn compiled_schema(event_type: &str, schema: &Value) -> Result<CompiledSchem
 
 /// Check a payload against a declared type's schema.
 pub fn check_payload(t: &EventType, payload: &Value) -> Result<()> {
-    check_size_of(|| format!("payload of `{}`", t.name), payload)?;
+    let what = || format!("payload of `{}`", t.name);
+    if t.semantics.terminal.is_some() && crate::events::is_core_event_type(&t.name) {
+        check_terminal_payload(what, payload)?;
+    } else {
+        check_size_of(what, payload)?;
+    }
     if accepts_anything(&t.payload_schema) {
         return Ok(());
     }

@@ -1240,14 +1240,13 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
                             Ok(v) => match (v.get("ok"), v.get("err")) {
                                 // Nested past what a payload may be: not JSON
                                 // cairn stores either, said the same way.
-                                (Some(ok), _) => match cairn_core::validate::check_size(
-                                    "the returned value, as its process's outcome,",
+                                // Too large is no value cairn stores either.
+                                (Some(ok), _) => match cairn_core::validate::check_terminal_payload(
+                                    || "the returned value, as its process's outcome,".to_string(),
                                     &cairn_core::fold::terminal_payload(&Outcome::success(ok.clone()), None),
                                 ) {
-                                    Err(cairn_core::CairnError::InvalidRequest(why)) => {
-                                        Some(Outcome::failure("script", "invalid_result", why))
-                                    }
-                                    _ => Some(Outcome::success(ok.clone())),
+                                    Err(e) => Some(Outcome::failure("script", "invalid_result", e.to_string())),
+                                    Ok(()) => Some(Outcome::success(ok.clone())),
                                 },
                                 (None, Some(err)) => Some(failure(&stop, &limits, err)),
                                 _ => Some(engine_failure("the script settled without a value".into())),

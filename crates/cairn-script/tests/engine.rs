@@ -1962,8 +1962,9 @@ async fn log_lines_count_as_calls_and_an_oversized_one_rejects() {
     );
 }
 
-/// A value nested too deep to store fails the script with `invalid_result`
-/// saying so: past the payload depth limit, and past what a decoder reads.
+/// A value nested too deep or too large to store fails the script with
+/// `invalid_result` saying so: past the payload limits, and past what a
+/// decoder reads. A value at the limits is the outcome.
 #[tokio::test]
 async fn a_value_nested_too_deep_fails_saying_so() {
     let p = runtime(Limits::default());
@@ -1973,15 +1974,24 @@ async fn a_value_nested_too_deep_fails_saying_so() {
             let v = 1;
             for (let i = 0; i < ctx.args.depth; i++) v = [v];
             return v;
+        }
+        export async function wide(ctx) {
+            return "x".repeat(ctx.args.n);
         }"#,
     )
     .await;
-    for (id, depth, says) in [
-        ("d64", 64, "levels deep"),
-        ("d80", 80, "levels deep"),
-        ("d300", 300, "is not JSON cairn can store"),
+    let rec = run(&p, script("d64", &m, "main", json!({ "depth": 64 }))).await;
+    assert_eq!(rec.status, ProcessStatus::Completed, "{:?}", rec.outcome);
+    let limit = cairn_core::validate::MAX_PAYLOAD_BYTES;
+    let rec = run(&p, script("w-at", &m, "wide", json!({ "n": limit - 2 }))).await;
+    assert_eq!(rec.status, ProcessStatus::Completed, "{:?}", rec.outcome.map(|o| o.state()));
+    for (id, name, args, says) in [
+        ("d65", "main", json!({ "depth": 65 }), "levels deep"),
+        ("d80", "main", json!({ "depth": 80 }), "levels deep"),
+        ("d300", "main", json!({ "depth": 300 }), "is not JSON cairn can store"),
+        ("w-over", "wide", json!({ "n": 2 * limit }), "byte limit"),
     ] {
-        let rec = run(&p, script(id, &m, "main", json!({ "depth": depth }))).await;
+        let rec = run(&p, script(id, &m, name, args)).await;
         match &rec.outcome {
             Some(Outcome::Failure {
                 class, code, message, ..

@@ -613,6 +613,45 @@ pub async fn wait_signal_resumes_with_payload(factory: &dyn StoreFactory) {
     p.shutdown().await;
 }
 
+/// A signal as large and as deep as a payload may be is what `wait_signal`
+/// returns: the envelope its process's outcome puts around it is not counted
+/// against the limits the signal met (it failed the process).
+pub async fn a_signal_at_the_payload_limits_is_returned(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let p = runtime(&store, "w1", vec![]);
+    let big = json!("x".repeat(cairn_core::validate::MAX_PAYLOAD_BYTES - 2));
+    let mut deep = json!(1);
+    for _ in 0..cairn_core::validate::MAX_JSON_DEPTH {
+        deep = json!([deep]);
+    }
+    for (id, payload) in [("ws-big", big), ("ws-deep", deep)] {
+        p.start(StartRequest::tool(
+            id,
+            "wait_signal",
+            json!({"name": "go"}),
+            Disposition::Rerunnable,
+        ))
+        .await
+        .expect("start");
+        p.await_event(id, "process.waiting", 0, WAIT).await.expect("waiting");
+        p.signal(id, "go", "s1", payload.clone())
+            .await
+            .expect("a signal at the limits");
+        let r = terminal(&p, id).await;
+        assert_eq!(
+            r.status,
+            ProcessStatus::Completed,
+            "{id}: {:?}",
+            r.outcome.as_ref().map(|o| o.state())
+        );
+        assert!(
+            r.outcome == Some(Outcome::success(payload)),
+            "{id}: the signal is its value"
+        );
+    }
+    p.shutdown().await;
+}
+
 /// Recovery: a rerunnable process whose owner vanished re-runs after the lease expires.
 pub async fn rerunnable_reruns_after_lease_expiry(factory: &dyn StoreFactory) {
     let store = factory.create(ManualClock::new(1_000)).await;

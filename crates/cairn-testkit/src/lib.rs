@@ -398,6 +398,7 @@ macro_rules! execution_suite {
                 an_owner_bound_start_whose_answer_was_lost_is_abandoned,
                 a_tools_own_event_types_are_written_only_by_its_run,
                 wait_signal_resumes_with_payload,
+                a_signal_at_the_payload_limits_is_returned,
                 an_owner_bound_signal_in_time_is_not_timed_out,
                 rerunnable_reruns_after_lease_expiry,
                 a_burst_of_abandon_requests_is_reconciled_in_one_drive,

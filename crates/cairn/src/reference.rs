@@ -246,7 +246,7 @@ const FAILURE_CODES: &[(&str, &str, &str)] = &[
          code instead, as does a rejected context call's error (its class is on the JavaScript error, \
          `e.class`; the outcome's class is `script`); the JavaScript stack is in `raw`",
     ),
-    ("script", "invalid_result", "the function returned a value that is not JSON"),
+    ("script", "invalid_result", "the function returned a value that is not JSON, or larger or deeper than an outcome may be"),
     (
         "script",
         "nondeterminism",
