@@ -364,6 +364,18 @@ async fn a_shutdown_during_await_is_said() {
 /// the process's end is reported as if nothing had happened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_await_rides_out_a_server_restart() {
+    await_rides_out(libc::SIGTERM).await;
+}
+
+/// So it does when the server is killed (SIGKILL) while it holds the wait:
+/// the wait is cut off, and the restart's refused connections are an
+/// outage, not a server that was never there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_await_rides_out_a_server_killed_under_it() {
+    await_rides_out(libc::SIGKILL).await;
+}
+
+async fn await_rides_out(signal: libc::c_int) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = format!("sqlite:{}", dir.path().join("c.db").display());
     let mut server = Server::start_on(&db, &[]).await;
@@ -373,10 +385,20 @@ async fn an_await_rides_out_a_server_restart() {
     let wait = Running::spawn(&server.base, &["--json", "await", "w", "--timeout", "60s"]);
     c.awaits_open(1).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    // SAFETY: sending SIGTERM to our own child process by its pid.
-    assert_eq!(unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGTERM) }, 0);
-    assert!(server.wait_exit(Duration::from_secs(20)).is_some_and(|s| s.success()));
+    // SAFETY: sending a signal to our own child process by its pid.
+    assert_eq!(unsafe { libc::kill(server.pid() as libc::pid_t, signal) }, 0);
+    let exit = server.wait_exit(Duration::from_secs(20)).expect("the server exited");
+    assert_eq!(exit.success(), signal == libc::SIGTERM, "{exit:?}");
     drop(server);
+    // The client asks again 250 ms after its wait ended, then 500 ms
+    // later: by a second from here it has met the closed port (refused
+    // connections) at least once, and still waits.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut wait = wait;
+    assert!(
+        wait.child.try_wait().expect("try_wait").is_none(),
+        "the await gave up while the server was down"
+    );
     let listen = format!("127.0.0.1:{port}");
     let again = Server::serve(&["--db", &db, "--listen", &listen]).await;
     let c = again.client();

@@ -420,7 +420,13 @@ async fn await_command(client: &Client, json: bool, id: &str, timeout: Duration)
                 | ClientError::Http(_)
                 | ClientError::Interrupted(_)
                 | ClientError::Api { status: 503, .. }),
-            ) => format!("it stopped answering: {e}"),
+            ) => {
+                // A wait cut off (a server killed while it held it) or a
+                // 503 was a server reached: asked again, its restart's
+                // refused connections are an outage, not "never there".
+                reached = true;
+                format!("it stopped answering: {e}")
+            }
             Err(e) => return Err(e),
         };
         let lost = outage.get_or_insert(lost);
