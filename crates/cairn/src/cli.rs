@@ -205,7 +205,7 @@ pub enum Command {
         #[arg(long = "id")]
         signal_id: Option<String>,
         /// JSON payload.
-        #[arg(long, default_value = "null")]
+        #[arg(long, default_value = "null", allow_negative_numbers = true)]
         payload: String,
         /// `--server`, `--token`, `--json`.
         #[command(flatten)]
@@ -222,7 +222,7 @@ pub enum Command {
         /// A declared event type.
         event_type: String,
         /// JSON payload (checked against the type's schema).
-        #[arg(long, default_value = "null")]
+        #[arg(long, default_value = "null", allow_negative_numbers = true)]
         payload: String,
         /// Makes the append idempotent: a retry with the same key returns the original event.
         #[arg(long)]
@@ -689,7 +689,7 @@ pub struct CompleteArgs {
     #[arg(value_parser = non_empty)]
     pub id: String,
     /// Succeed with this JSON value.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub value: Option<String>,
     /// Fail with this code (class `process`).
     #[arg(long, value_name = "CODE")]

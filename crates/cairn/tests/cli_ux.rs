@@ -1173,3 +1173,38 @@ async fn cancelling_an_ended_parent_says_it_reached_its_children() {
     );
     c.wait_for("par-kid", |r| r["status"] == "cancelled").await;
 }
+
+/// A JSON value may be a negative number: `--value -1`, `--payload -5` are
+/// values, not unknown flags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_numbers_are_json_values() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let ext = json!({"id": "neg", "disposition": "externally_owned", "input": {"type": "external"},
+                     "event_types": [{"name": "level"}]});
+    assert_eq!(c.start(ext).await.0, 201);
+    assert_eq!(c.start(waiter("wneg")).await.0, 201);
+    c.wait_for("wneg", |r| !r["wait"].is_null()).await;
+    let out = run_cli(&server.base, None, &["append", "neg", "level", "--payload", "-5"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = run_cli(
+        &server.base,
+        None,
+        &["--json", "complete", "neg", "--value", "-1.5"],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["outcome"]["value"], json!(-1.5));
+    let out = run_cli(&server.base, None, &["signal", "wneg", "go", "--payload", "-2"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let done = c.wait_for("wneg", |r| r["status"] != "running").await;
+    assert_eq!(done["outcome"]["value"], json!(-2), "{done}");
+    let (_, events) = c.get("/v1/processes/neg/events").await;
+    let level = events["events"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["event_type"] == "level"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(level["payload"], json!(-5), "{events}");
+}
