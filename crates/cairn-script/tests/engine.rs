@@ -1984,7 +1984,12 @@ async fn a_value_nested_too_deep_fails_saying_so() {
     assert_eq!(rec.status, ProcessStatus::Completed, "{:?}", rec.outcome);
     let limit = cairn_core::validate::MAX_PAYLOAD_BYTES;
     let rec = run(&p, script("w-at", &m, "wide", json!({ "n": limit - 2 }))).await;
-    assert_eq!(rec.status, ProcessStatus::Completed, "{:?}", rec.outcome.map(|o| o.state()));
+    assert_eq!(
+        rec.status,
+        ProcessStatus::Completed,
+        "{:?}",
+        rec.outcome.map(|o| o.state())
+    );
     for (id, name, args, says) in [
         ("d65", "main", json!({ "depth": 65 }), "levels deep"),
         ("d80", "main", json!({ "depth": 80 }), "levels deep"),
