@@ -96,6 +96,10 @@ const UNWRITTEN_OUTCOME: &str =
 const LAPSED_WAITING: &str =
     "its owner-bound claim's lease lapsed while it waited for a worker slot (the store was out of reach), so it never ran";
 
+/// The same, for a claim whose lease lapsed while what it runs was read.
+const LAPSED_LOADING: &str =
+    "its owner-bound claim's lease lapsed while its module or env was read (the store was out of reach), so it never ran";
+
 /// The same, for a start whose claim was written but whose answer was lost.
 const LOST_START: &str =
     "its owner-bound start claimed it for this node, but the answer was lost (the store was out of reach), so it never ran";
@@ -841,6 +845,19 @@ impl Worker {
             },
             None => None,
         };
+        // Reads tried again while the store was out of reach may have used
+        // up the lease: a run under a lapsed one is not started (a peer, or
+        // this worker's next claim, may hold the process by now, and would
+        // run it beside this one).
+        if (process.env_ref.is_some() || matches!(runner, Runner::Script(..)))
+            && self.clock.now_ms() >= lease.expires_at_ms
+        {
+            tracing::warn!(process_id = %id, "the claim's lease lapsed while what it runs was read; it does not run");
+            if process.disposition == Disposition::OwnerBound {
+                self.abandon_lost(&lease, LAPSED_LOADING);
+            }
+            return;
+        }
         let disposition = process.disposition;
         let ctx = ToolContext::new(process, env, self.registry.clone(), self.awaiter.clone(), lease)
             .with_clock(self.clock.clone())
@@ -978,7 +995,11 @@ impl Worker {
         // a PostgreSQL listener that reconnected) reach the hub as a resync,
         // not as this process's change: a cancel among them is read then.
         let mut resyncs = self.hub.as_ref().map(|h| h.subscribe_resync());
-        let mut next_renew = tokio::time::Instant::now() + every;
+        // The first renewal comes when two of the lease's thirds are left, as
+        // every later one does: sooner when what the run reads before it
+        // starts (its module, its env) took some of the lease.
+        let left = Duration::from_millis(ctx.lease().expires_at_ms.saturating_sub(self.clock.now_ms()));
+        let mut next_renew = tokio::time::Instant::now() + every.min(left.saturating_sub(2 * every));
         // The claim carried the record as it was when claimed (a cancel before
         // the claim is handled by `run_claim`: it ends the process, or starts
         // a script's cleanup already stopped), and every later change reaches

@@ -1348,6 +1348,41 @@ pub async fn a_run_whose_reads_the_store_fails_runs(factory: &dyn StoreFactory) 
     p.shutdown().await;
 }
 
+/// A claim whose env read took the whole lease (a slow store) does not run:
+/// a peer, or this worker's next claim, may hold the process by now. An
+/// owner-bound one, which can never run again, has its owner file the
+/// abandon request.
+pub async fn a_claim_whose_reads_outlast_its_lease_does_not_run(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let (probe, p) = probed_runtime(&store, config("w1"));
+    let env = cairn_core::EnvSpec {
+        plugin_options: json!({"image": "any"}),
+        policy: json!({}),
+    };
+    let clock = store.clock.clone();
+    probe.after_next_env_read(Box::new(move || {
+        Box::pin(async move {
+            clock.advance(120_000);
+        })
+    }));
+    p.start(StartRequest::tool("slow-env", "echo", json!({"value": 3}), Disposition::OwnerBound).with_env(env))
+        .await
+        .expect("start");
+    let request = p
+        .await_event("slow-env", "process.abandon_requested", 0, WAIT)
+        .await
+        .expect("the owner requested the abandonment");
+    assert!(
+        request.payload["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("while its module or env was read")),
+        "{request:?}"
+    );
+    let r = p.get("slow-env").await.expect("get");
+    assert_ne!(r.outcome, Some(Outcome::success(json!(3))), "the echo did not run");
+    p.shutdown().await;
+}
+
 /// A rerunnable run that fails only because the store did not answer (the
 /// wait it records as it suspends) is not failed for good: its lease is
 /// released and a later claim runs it to its end. An owner-bound run, which

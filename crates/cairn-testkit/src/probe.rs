@@ -37,6 +37,7 @@ pub struct ReadProbe {
     registered_hook: parking_lot::Mutex<Option<ClaimHook>>,
     child_hook: parking_lot::Mutex<Option<ClaimHook>>,
     due_hook: parking_lot::Mutex<Option<ClaimHook>>,
+    env_hook: parking_lot::Mutex<Option<ClaimHook>>,
     claim_batches: std::sync::atomic::AtomicU64,
     failing_renewals: std::sync::atomic::AtomicBool,
     failed_renewals: watch::Sender<Vec<String>>,
@@ -72,6 +73,7 @@ impl ReadProbe {
             registered_hook: parking_lot::Mutex::new(None),
             child_hook: parking_lot::Mutex::new(None),
             due_hook: parking_lot::Mutex::new(None),
+            env_hook: parking_lot::Mutex::new(None),
             claim_batches: std::sync::atomic::AtomicU64::new(0),
             failing_renewals: std::sync::atomic::AtomicBool::new(false),
             failed_renewals: watch::channel(Vec::new()).0,
@@ -114,6 +116,12 @@ impl ReadProbe {
     /// suspend and not yet written it.
     pub fn before_next_wait(&self, hook: ClaimHook) {
         *self.wait_hook.lock() = Some(hook);
+    }
+
+    /// Run `hook` when the next `get_env` has read the env, before it
+    /// answers: a test's way into a read that took long.
+    pub fn after_next_env_read(&self, hook: ClaimHook) {
+        *self.env_hook.lock() = Some(hook);
     }
 
     /// Run `hook` when the next `due_schedules` that finds a due schedule
@@ -515,7 +523,12 @@ impl ProcessRegistry for ReadProbe {
                 "the probe fails this env read".into(),
             ));
         }
-        self.inner.get_env(env_ref).await
+        let env = self.inner.get_env(env_ref).await;
+        let hook = self.env_hook.lock().take();
+        if let Some(hook) = hook {
+            hook().await;
+        }
+        env
     }
     async fn put_module(&self, module: &cairn_core::Module) -> Result<cairn_core::ModulePut> {
         self.inner.put_module(module).await
