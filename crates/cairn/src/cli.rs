@@ -553,7 +553,7 @@ pub struct ServeArgs {
     /// Heap limit of one script activation, in bytes (past it: `memory_limit`).
     #[arg(long, env = "CAIRN_SCRIPT_HEAP_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub script_heap_bytes: usize,
-    /// CPU time of one script activation (past it: `cpu_limit`).
+    /// CPU time of one script activation, its replay included (past it: `cpu_limit`).
     #[arg(long, env = "CAIRN_SCRIPT_CPU", default_value = "10s", value_parser = parse_duration)]
     pub script_cpu: Duration,
     /// Journaled calls of one script process (past them: `journal_limit`).

@@ -19,7 +19,7 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
     vec![
         (
             CairnError::InvalidId(s()),
-            "an id is empty, over 256 bytes, `.` or `..`, or holds a control character; or a session id holds `/frame:`; or a session's start takes a form cairn gives its own starts: a schedule's fire (`NAME@` and 13 or more digits), a script's or turn's child (`PARENT/N`, `PARENT/STEP.K`)",
+            "an id is empty, over 256 bytes, `.` or `..`, or holds a control character; or a session id holds `/frame:`; or a session's start takes a form cairn gives its own starts: a schedule's fire (`NAME@` and 13 or more digits), a script's or turn's child (`PARENT/N`, `PARENT/STEP.K`); or a module ref is not `module:sha256:` and 64 lowercase hex digits",
         ),
         (
             CairnError::InvalidRequest(s()),
@@ -257,7 +257,7 @@ const FAILURE_CODES: &[(&str, &str, &str)] = &[
         "journal_limit",
         "the script made more journaled calls than its limit (`ctx.log` lines count)",
     ),
-    ("script", "cpu_limit", "one activation used more CPU than its limit"),
+    ("script", "cpu_limit", "one activation (its replay included) used more CPU than its limit"),
     ("script", "memory_limit", "the activation's heap went over its limit"),
     (
         "script",

@@ -617,7 +617,7 @@ pub async fn signal(
     params(("id" = String, Path, description = "Process id")),
     request_body(content = CancelBody, description = "May be empty"),
     responses(
-        (status = 200, description = "The record (cancelled at once when nobody had started it); also when the same request (same reason) was recorded before the process ended (a retried cancel writes nothing), and when it has ended but the request reached children of it still running", body = ProcessRecord),
+        (status = 200, description = "The record (cancelled at once when nobody had started it and it is not externally owned; an externally owned process records the request for its owner); also when the same request (same reason) was recorded before the process ended (a retried cancel writes nothing), and when it has ended but the request reached children of it still running", body = ProcessRecord),
         (status = 404, description = "unknown_process", body = ErrorSchema),
         (status = 409, description = "process_terminal: it ended, this request was never recorded, and no child of it still running was left to reach", body = ErrorSchema)))]
 pub async fn cancel(
