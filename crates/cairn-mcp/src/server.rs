@@ -241,6 +241,12 @@ where
     let (to_library, library_in) = tokio::io::duplex(PIPE);
     let (library_out, from_library) = tokio::io::duplex(PIPE);
     let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel::<String>();
+    // The ids of requests passed to the library and not yet answered: the
+    // end of input waits for them (the library gives requests in flight
+    // only a few seconds once its input ends, and an await takes up to
+    // its cap).
+    let in_flight = std::sync::Arc::new(InFlight::default());
+    let answering = in_flight.clone();
     // Output: the library's lines and this filter's answers, a whole line at a time.
     let writer = tokio::spawn(async move {
         let mut output = output;
@@ -249,7 +255,7 @@ where
         loop {
             let line = tokio::select! {
                 l = from_library.next_line(), if library_open => match l {
-                    Ok(Some(l)) => l,
+                    Ok(Some(l)) => { answering.answered(&l); l }
                     _ => { library_open = false; continue; }
                 },
                 a = answered.recv(), if answers_open => match a {
@@ -267,6 +273,7 @@ where
     // did (a client that connected and left) is no failed initialization.
     let forwarded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let forwarding = forwarded.clone();
+    let asking = in_flight.clone();
     // Input: each line checked, passed on whole or answered here.
     let reader = tokio::spawn(async move {
         let mut to_library = to_library;
@@ -299,6 +306,10 @@ where
                         tracing::debug!(error = %text, "a notification with faulty params was dropped");
                         continue;
                     }
+                    None => {
+                        asking.forwarded(&message);
+                        None
+                    }
                     fault => fault.map(|(code, text)| (crate::message::answerable_id(&message), code, text)),
                 },
             };
@@ -314,7 +325,10 @@ where
                 }
             }
         }
-        // End of input ends the library's input; its answers still drain.
+        // End of input ends the library's input once the requests in flight
+        // are answered (within a bound past the longest await); their
+        // answers still drain.
+        let _ = tokio::time::timeout(DRAIN_AT_END, asking.drained()).await;
         let _ = to_library.shutdown().await;
         drop(answers);
     });
@@ -334,6 +348,75 @@ where
     reader.abort();
     let _ = writer.await;
     served
+}
+
+/// How long the end of stdio input waits for the requests in flight to be
+/// answered: past the longest `process_await` (`MAX_AWAIT`) with room for
+/// the request that follows it.
+const DRAIN_AT_END: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// The requests passed to the protocol library and not answered yet, by
+/// their id's JSON.
+#[derive(Default)]
+struct InFlight {
+    ids: std::sync::Mutex<std::collections::HashSet<String>>,
+    changed: tokio::sync::Notify,
+}
+
+impl InFlight {
+    fn ids(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A message passed to the library: a request is in flight until its
+    /// answer; a cancellation (`notifications/cancelled`), which the
+    /// library answers with nothing, takes its request out.
+    fn forwarded(&self, message: &serde_json::Value) {
+        let Some(method) = message.get("method").and_then(serde_json::Value::as_str) else {
+            return;
+        };
+        match message.get("id") {
+            Some(id) => {
+                self.ids().insert(id.to_string());
+            }
+            None if method == "notifications/cancelled" => {
+                if let Some(id) = message.pointer("/params/requestId") {
+                    self.take(&id.to_string());
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn take(&self, id: &str) {
+        if self.ids().remove(id) {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// A line the library wrote: an answer takes its request out.
+    fn answered(&self, line: &str) {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            return;
+        };
+        if message.get("method").is_some() || !(message.get("result").is_some() || message.get("error").is_some()) {
+            return;
+        }
+        if let Some(id) = message.get("id") {
+            self.take(&id.to_string());
+        }
+    }
+
+    /// Resolves once no request is in flight.
+    async fn drained(&self) {
+        loop {
+            let changed = self.changed.notified();
+            if self.ids().is_empty() {
+                return;
+            }
+            changed.await;
+        }
+    }
 }
 
 /// How the streamable HTTP endpoint behaves.

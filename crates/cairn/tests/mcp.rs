@@ -1165,3 +1165,33 @@ async fn a_call_in_flight_at_shutdown_gets_its_answer() {
     assert_eq!(answer["id"], 9, "{answer}");
     assert_eq!(answer["result"]["structuredContent"]["status"], "running", "{answer}");
 }
+
+/// Over stdio, input that ends while a request is in flight (a client that
+/// wrote its calls and closed its end) still gets that request's answer
+/// before `cairn mcp` exits: here an await that outlasts the few seconds the
+/// protocol library gives requests once its input ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_answers_a_call_in_flight_when_input_ends() {
+    let server = Server::start(&[]).await;
+    let held = json!({"id": "held", "input": {"type": "external", "metadata": {}}, "disposition": "externally_owned"});
+    assert_eq!(server.client().start(held).await.0, 201);
+    let input = [
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"process_await","arguments":{"id":"held","timeout_ms":7000}}}"#,
+    ]
+    .join("\n")
+        + "\n";
+    let out = common::run_cli(&server.base, None, &["mcp"], Some(&input)).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let answer = out
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|m| m["id"] == 2)
+        .unwrap_or_else(|| panic!("no answer to the call: {}", out.stdout));
+    assert_eq!(
+        answer["result"]["structuredContent"]["status"], "running",
+        "the await timed out on a running process: {answer}"
+    );
+}
