@@ -61,6 +61,17 @@ pub fn fault(message: &Value, carrier: &str) -> Option<(i64, String)> {
             {
                 bad(-32602, "invalid params: a `cursor` is a string")
             }
+            // Said here, as for every method: over stdio the protocol
+            // library's handshake would answer it with a message about
+            // per-request `_meta` fields, which is not what is wrong.
+            Some(Value::Object(params)) if method == "initialize" && !initialize_params_fit(params) => Some((
+                -32602,
+                format!("invalid params for `initialize`: it takes {INITIALIZE_PARAMS}"),
+            )),
+            None if method == "initialize" => Some((
+                -32602,
+                format!("invalid params for `initialize`: it takes {INITIALIZE_PARAMS}"),
+            )),
             None | Some(Value::Object(_)) => None,
             Some(Value::Array(_)) => bad(-32602, "invalid params: MCP's params are an object, not an array"),
             Some(_) => bad(-32600, "invalid request: `params` is an object"),
@@ -73,6 +84,18 @@ pub fn fault(message: &Value, carrier: &str) -> Option<(i64, String)> {
              `error` (a response)",
         ),
     }
+}
+
+/// What `initialize` takes, said when its params do not fit.
+pub const INITIALIZE_PARAMS: &str = "an object with `protocolVersion` (a string), `capabilities` (an object) and \
+     `clientInfo` (`name` and `version`)";
+
+fn initialize_params_fit(params: &serde_json::Map<String, Value>) -> bool {
+    params.get("protocolVersion").is_some_and(Value::is_string)
+        && params.get("capabilities").is_some_and(Value::is_object)
+        && params.get("clientInfo").is_some_and(|c| {
+            c.get("name").is_some_and(Value::is_string) && c.get("version").is_some_and(Value::is_string)
+        })
 }
 
 /// A request id a client can match: a string, or an integer that fits a

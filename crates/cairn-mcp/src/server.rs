@@ -116,10 +116,7 @@ impl McpServer {
 /// answer to params that do not fit; `None` for a method MCP does not define.
 fn expected_params(method: &str) -> Option<&'static str> {
     Some(match method {
-        "initialize" => {
-            "an object with `protocolVersion` (a string), `capabilities` (an object) and `clientInfo` \
-             (`name` and `version`)"
-        }
+        "initialize" => crate::message::INITIALIZE_PARAMS,
         "tools/call" => "an object with `name` (a string) and, optionally, `arguments` (an object)",
         "tools/list" | "resources/list" | "resources/templates/list" | "prompts/list" => {
             "an optional object with an optional `cursor` (a string)"
@@ -315,6 +312,9 @@ where
             };
             match fault {
                 Some((id, code, text)) => {
+                    // A message, if a faulty one: input that ends after it
+                    // is a failed initialization, not one that never began.
+                    forwarding.store(true, std::sync::atomic::Ordering::SeqCst);
                     let _ = answers.send(crate::message::error_line(id, code, &text));
                 }
                 None => {

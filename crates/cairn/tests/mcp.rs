@@ -1123,9 +1123,37 @@ async fn stdio_input_that_ends_before_a_message_exits_zero() {
         ("", 0),
         ("\n\n", 0),
         ("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\n", 2),
+        ("not json\n", 2),
     ] {
         let out = common::run_cli("http://127.0.0.1:1", None, &["mcp"], Some(input)).await;
         assert_eq!(out.code, code, "{input:?}: {}", out.stderr);
+    }
+}
+
+/// Over stdio, an `initialize` whose params do not fit is answered with what
+/// it takes, as over HTTP (the protocol library's handshake named per-request
+/// `_meta` fields instead), and `cairn mcp` exits as after any failed
+/// initialization.
+#[tokio::test]
+async fn stdio_says_what_initialize_takes() {
+    for params in [
+        r#","params":{}"#,
+        r#""#,
+        r#","params":{"protocolVersion":7,"capabilities":{},"clientInfo":{"name":"t","version":"1"}}"#,
+        r#","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t"}}"#,
+    ] {
+        let input = format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\"{params}}}\n");
+        let out = common::run_cli("http://127.0.0.1:1", None, &["mcp"], Some(&input)).await;
+        let answer: Value = serde_json::from_str(out.stdout.lines().next().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{params}: {e}: {}", out.stdout));
+        assert_eq!(answer["error"]["code"], -32602, "{answer}");
+        assert!(
+            answer["error"]["message"].as_str().is_some_and(
+                |m| m.starts_with("invalid params for `initialize`: it takes an object with `protocolVersion`")
+            ),
+            "{answer}"
+        );
+        assert_eq!(out.code, 2, "{params}: {}", out.stderr);
     }
 }
 
