@@ -775,6 +775,23 @@ impl ProcessRegistry for MemoryRegistry {
         Ok(self.state.lock().nodes.get(node).cloned())
     }
 
+    async fn leases_of_earlier_incarnations(&self, node: &str, incarnation: u64, limit: usize) -> Result<Vec<Lease>> {
+        let st = self.state.lock();
+        Ok(st
+            .entries
+            .values()
+            .filter(|e| {
+                e.row.record.disposition == crate::model::Disposition::Rerunnable && !e.row.record.is_terminal()
+            })
+            .filter_map(|e| e.row.lease.clone())
+            .filter(|l| {
+                crate::model::NodeIdentity::parse_owner(&l.owner_id)
+                    .is_some_and(|o| o.node == node && o.incarnation < incarnation)
+            })
+            .take(limit)
+            .collect())
+    }
+
     async fn sweep_worklist(&self, limit: usize) -> Result<Vec<SweepItem>> {
         let st = self.state.lock();
         if st.nodes.is_empty() {

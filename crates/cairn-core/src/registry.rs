@@ -256,6 +256,13 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// newer incarnation. Backends answer from an index of such rows.
     async fn sweep_worklist(&self, limit: usize) -> Result<Vec<SweepItem>>;
 
+    /// At most `limit` leases that incarnations of `node` earlier than
+    /// `incarnation` hold on running `rerunnable` processes. Their owner is
+    /// gone (a newer incarnation of its node registered, ADR 0017), so the
+    /// newer one releases them ([`Self::release`], fenced by each lease's
+    /// token) for a claim at once, instead of waiting out their expiry.
+    async fn leases_of_earlier_incarnations(&self, node: &str, incarnation: u64, limit: usize) -> Result<Vec<Lease>>;
+
     /// Write `abandoned {sweep}` for `id` on the evidence that `node` has
     /// registered `incarnation` (from [`Self::register_node`] or a
     /// [`Self::sweep_worklist`] item): only when an earlier incarnation of

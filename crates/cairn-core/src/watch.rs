@@ -810,6 +810,12 @@ impl ProcessRegistry for WatchedRegistry {
         self.inner.renew(lease, ttl_ms).await
     }
 
+    async fn leases_of_earlier_incarnations(&self, node: &str, incarnation: u64, limit: usize) -> Result<Vec<Lease>> {
+        self.inner
+            .leases_of_earlier_incarnations(node, incarnation, limit)
+            .await
+    }
+
     async fn release(&self, lease: &Lease) -> Result<bool> {
         let released = self.inner.release(lease).await?;
         if released {

@@ -280,9 +280,51 @@ impl Worker {
         }
         let identity = self.registry.register_node(node).await?;
         tracing::info!(node = %identity.node, incarnation = identity.incarnation, "node registered");
+        self.release_earlier_leases(&identity).await;
         let owner = identity.owner_id();
         let _ = self.identity.set((identity, owner));
         Ok(self.identity().cloned())
+    }
+
+    /// Release the leases earlier incarnations of this node hold on running
+    /// rerunnable processes: their owner is gone (ADR 0017), so they are
+    /// claimed now, not once each lease expires (a restart after a crash
+    /// would otherwise wait out the lease before running them again). A
+    /// store that fails here leaves them to lapse, as before.
+    async fn release_earlier_leases(&self, identity: &NodeIdentity) {
+        let limit = self.config.batch_size.max(1);
+        let mut released = 0;
+        loop {
+            let leases = match self
+                .registry
+                .leases_of_earlier_incarnations(&identity.node, identity.incarnation, limit)
+                .await
+            {
+                Ok(leases) => leases,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the leases an earlier incarnation held; they lapse instead");
+                    break;
+                }
+            };
+            let mut now = 0;
+            for lease in &leases {
+                match self.registry.release(lease).await {
+                    Ok(true) => now += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(process_id = %lease.process_id, error = %e, "could not release an earlier incarnation's lease; it lapses instead")
+                    }
+                }
+            }
+            released += now;
+            // A full page that released nothing would come back unchanged.
+            if leases.len() < limit || now == 0 {
+                break;
+            }
+        }
+        if released > 0 {
+            tracing::info!(released, node = %identity.node, "released the leases an earlier incarnation of this node held");
+        }
     }
 
     /// One sweep: heartbeat this node's liveness row, then write

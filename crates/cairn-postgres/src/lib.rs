@@ -595,6 +595,16 @@ impl ProcessRegistry for PostgresRegistry {
         self.shared.run(|c| async move { read::node(&c, node).await }).await
     }
 
+    async fn leases_of_earlier_incarnations(&self, node: &str, incarnation: u64, limit: usize) -> Result<Vec<Lease>> {
+        let node = node.to_string();
+        self.shared
+            .run(|c| {
+                let node = node.clone();
+                async move { read::leases_of_earlier_incarnations(&c, &node, incarnation, limit).await }
+            })
+            .await
+    }
+
     async fn sweep_worklist(&self, limit: usize) -> Result<Vec<SweepItem>> {
         self.shared
             .run(|c| async move { read::sweep_worklist(&c, limit).await })

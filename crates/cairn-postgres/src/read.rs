@@ -399,6 +399,45 @@ pub(crate) async fn sweep_worklist(conn: &Conn, limit: usize) -> R<Vec<SweepItem
         .collect()
 }
 
+/// Leases held by earlier incarnations of a node on running rerunnable
+/// processes (the run candidates' partial index): the owner is `{node}#`
+/// and digits below the given incarnation.
+const EARLIER_LEASES_SQL: &str = "SELECT p.id, p.lease_owner, p.lease_token, p.lease_fencing, \
+    p.lease_claimed_at_ms, p.lease_expires_at_ms FROM processes p \
+    WHERE p.run_candidate AND p.disposition = 'rerunnable' AND p.status = 'running' \
+      AND left(p.lease_owner, length($1::text) + 1) = $1::text || '#' \
+      AND CASE WHEN substr(p.lease_owner, length($1::text) + 2) ~ '^[0-9]{1,18}$' \
+               THEN substr(p.lease_owner, length($1::text) + 2)::int8 END < $2::int8 \
+    LIMIT $3::int8";
+
+pub(crate) async fn leases_of_earlier_incarnations(
+    conn: &Conn,
+    node: &str,
+    incarnation: u64,
+    limit: usize,
+) -> R<Vec<cairn_core::model::Lease>> {
+    let stmt = conn.stmt(EARLIER_LEASES_SQL).await?;
+    let rows = conn
+        .client
+        .query(&stmt, &[&node, &to_sql(incarnation), &to_sql_usize(limit)])
+        .await?;
+    let mut leases = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let id: String = r.try_get(0)?;
+        if let Some(l) = cairn_core::ops::columns::lease_from_columns(
+            &id,
+            r.try_get(1)?,
+            r.try_get(2)?,
+            r.try_get(3)?,
+            r.try_get(4)?,
+            r.try_get(5)?,
+        ) {
+            leases.push(l);
+        }
+    }
+    Ok(leases)
+}
+
 pub(crate) async fn fencing_token(conn: &Conn, id: &str) -> R<u64> {
     let stmt = conn
         .stmt("SELECT fencing_counter FROM processes WHERE id = $1::text")

@@ -520,6 +520,12 @@ impl ProcessRegistry for SqliteRegistry {
         self.read(move |tx, _| nodes::node(tx, &node)).await
     }
 
+    async fn leases_of_earlier_incarnations(&self, node: &str, incarnation: u64, limit: usize) -> Result<Vec<Lease>> {
+        let node = node.to_string();
+        self.read(move |tx, _| nodes::leases_of_earlier_incarnations(tx, &node, incarnation, limit))
+            .await
+    }
+
     async fn sweep_worklist(&self, limit: usize) -> Result<Vec<SweepItem>> {
         self.read(move |tx, _| nodes::sweep_worklist(tx, limit)).await
     }

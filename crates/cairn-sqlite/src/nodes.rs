@@ -65,6 +65,42 @@ pub(crate) fn sweep_worklist(conn: &Connection, limit: usize) -> R<Vec<SweepItem
     Ok(rows)
 }
 
+/// Leases held by earlier incarnations of a node on running rerunnable
+/// processes (the run candidates' partial index): the owner is `{node}#`
+/// and digits below the given incarnation.
+const EARLIER_LEASES_SQL: &str = "SELECT p.id, p.lease_owner, p.lease_token, p.lease_fencing,
+     p.lease_claimed_at_ms, p.lease_expires_at_ms FROM processes p
+     WHERE p.run_candidate = 1 AND p.disposition = 'rerunnable' AND p.status = 'running'
+       AND substr(p.lease_owner, 1, length(?1) + 1) = ?1 || '#'
+       AND substr(p.lease_owner, length(?1) + 2) != ''
+       AND NOT substr(p.lease_owner, length(?1) + 2) GLOB '*[^0-9]*'
+       AND CAST(substr(p.lease_owner, length(?1) + 2) AS INTEGER) < ?2
+     LIMIT ?3";
+
+/// [`cairn_core::ProcessRegistry::leases_of_earlier_incarnations`].
+pub(crate) fn leases_of_earlier_incarnations(
+    conn: &Connection,
+    node: &str,
+    incarnation: u64,
+    limit: usize,
+) -> R<Vec<cairn_core::model::Lease>> {
+    let mut stmt = conn.prepare_cached(EARLIER_LEASES_SQL)?;
+    let rows = stmt
+        .query_map(params![node, to_sql(incarnation), to_sql_usize(limit)], |r| {
+            let id: String = r.get(0)?;
+            Ok(cairn_core::ops::columns::lease_from_columns(
+                &id,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows.into_iter().flatten().collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -310,6 +310,7 @@ macro_rules! conformance_suite {
                 // node identities and the sweep
                 register_node_counts_incarnations,
                 sweep_abandons_an_earlier_incarnations_work,
+                the_leases_of_earlier_incarnations_are_found_and_released,
                 sweep_never_takes_a_live_incarnations_work,
                 // retention and change feed
                 prune_leaves_tombstones,

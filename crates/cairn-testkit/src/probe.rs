@@ -448,6 +448,11 @@ impl ProcessRegistry for ReadProbe {
         }
         self.inner.renew(lease, ttl_ms).await
     }
+    async fn leases_of_earlier_incarnations(&self, node: &str, incarnation: u64, limit: usize) -> Result<Vec<Lease>> {
+        self.inner
+            .leases_of_earlier_incarnations(node, incarnation, limit)
+            .await
+    }
     async fn release(&self, lease: &Lease) -> Result<bool> {
         self.inner.release(lease).await
     }

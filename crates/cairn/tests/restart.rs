@@ -371,6 +371,45 @@ async fn sigkill_ends_a_rerunnable_shell_run_before_its_rerun() {
     assert!(!group_alive(second.0), "a cancel stops the rerun's group");
 }
 
+/// A restart under the same node id after SIGKILL runs the dead
+/// incarnation's rerunnable work again at once: its newer incarnation is
+/// the proof the lease's owner is gone, so it does not wait out the lease
+/// (two minutes here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_runs_its_earlier_incarnations_rerunnable_work_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("cairn.db").display());
+    let flags = ["--node-id", "box-1", "--lease-ttl", "120s"];
+    let server = Server::start_on(&db, &flags).await;
+    let c = server.client();
+    let (s, rec) = c
+        .start(tool_start("rr", "shell", idle_shell(dir.path()), "rerunnable"))
+        .await;
+    assert_eq!(s, 201, "{rec}");
+    let pid_file = dir.path().join("pid");
+    let _first = Orphans(shell_pgid(&pid_file).await);
+    std::fs::remove_file(&pid_file).expect("pid file");
+    let held = until(&c, "rr", "its first start", |r| r["started"]["attempt"] == 1).await;
+    let expires = held["lease"]["expires_at_ms"].as_u64().expect("a lease");
+
+    // SAFETY: signalling a child process this test spawned.
+    assert_eq!(unsafe { libc::kill(server.pid() as i32, libc::SIGKILL) }, 0);
+    drop(server);
+    let server = Server::start_on(&db, &flags).await;
+    let c = server.client();
+    let _second = Orphans(shell_pgid(&pid_file).await);
+    let rec = until(&c, "rr", "the rerun's start", |r| r["started"]["attempt"] == 2).await;
+    assert!(
+        now_ms() < expires,
+        "run again before the first lease would have lapsed: {rec}"
+    );
+    assert_eq!(rec["lease"]["owner_id"], "box-1#2", "{rec}");
+    let (s, _) = c.post("/v1/processes/rr/cancel", json!({})).await;
+    assert_eq!(s, 200);
+    let (_, ended) = c.get("/v1/processes/rr/await?timeout_ms=20000").await;
+    assert_eq!(ended["status"], "cancelled", "{ended}");
+}
+
 /// `cairn serve ARGS`, which must refuse to start: its exit status and stderr.
 fn refused_serve(args: &[&str]) -> (std::process::ExitStatus, String) {
     use std::io::Read;

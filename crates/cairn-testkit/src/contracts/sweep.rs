@@ -218,3 +218,74 @@ pub async fn sweep_never_takes_a_live_incarnations_work(factory: &dyn StoreFacto
     assert_eq!(rec.status, ProcessStatus::Abandoned);
     h.check("mine").await;
 }
+
+/// `leases_of_earlier_incarnations` answers the leases earlier incarnations
+/// of a node hold on running rerunnable processes, and nothing else (not
+/// the latest incarnation's, another node's whose name it begins, an
+/// owner-bound process's, an ended one's, an owner id that only looks like
+/// a node's); each released, its process is claimable at once.
+pub async fn the_leases_of_earlier_incarnations_are_found_and_released(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let r = h.registry();
+    let old = ok(r.register_node("n1").await, "register n1");
+    for reg in [
+        rerunnable("a"),
+        rerunnable("b"),
+        rerunnable("ended"),
+        rerunnable("latest"),
+        rerunnable("other"),
+        rerunnable("lookalike"),
+        owner_bound("ob"),
+    ] {
+        h.register(reg).await;
+    }
+    let (a, _) = h.claim_started("a", &old.owner_id(), TTL).await;
+    let (b, _) = h.claim_started("b", &old.owner_id(), TTL).await;
+    let (ended, _) = h.claim_started("ended", &old.owner_id(), TTL).await;
+    ok(r.complete(&ended, Outcome::success(json!(1))).await, "complete");
+    h.claim_started("other", "n1x#1", TTL).await;
+    h.claim_started("lookalike", "n1#x", TTL).await;
+    h.claim_started("ob", &old.owner_id(), TTL).await;
+    let new = ok(r.register_node("n1").await, "register n1 again");
+    h.claim_started("latest", &new.owner_id(), TTL).await;
+
+    let mut found = h
+        .no_change(
+            "leases of earlier incarnations",
+            r.leases_of_earlier_incarnations("n1", new.incarnation, 100),
+        )
+        .await;
+    found.sort_by(|x, y| x.process_id.cmp(&y.process_id));
+    assert_eq!(
+        found,
+        vec![a.clone(), b.clone()],
+        "only n1#1's leases on running rerunnable work"
+    );
+    let one = h
+        .no_change(
+            "a page of one",
+            r.leases_of_earlier_incarnations("n1", new.incarnation, 1),
+        )
+        .await;
+    assert_eq!(one.len(), 1);
+    assert!(h
+        .no_change("none before n1#1", r.leases_of_earlier_incarnations("n1", 1, 100))
+        .await
+        .is_empty());
+
+    for lease in [&a, &b] {
+        assert!(ok(r.release(lease).await, "release"), "{} released", lease.process_id);
+    }
+    let work: Vec<String> = ok(r.worklist(100).await, "worklist")
+        .into_iter()
+        .map(|w| w.process_id)
+        .collect();
+    for id in ["a", "b"] {
+        assert!(work.iter().any(|w| w == id), "{id} is claimable at once: {work:?}");
+    }
+    assert!(ok(
+        r.leases_of_earlier_incarnations("n1", new.incarnation, 100).await,
+        "after the release"
+    )
+    .is_empty());
+}
