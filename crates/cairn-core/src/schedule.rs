@@ -17,8 +17,11 @@
 //! - `every` fires at `created_ms + k × every` (k ≥ 1); `cron` is a 5-field
 //!   expression (parsed by `croner`) evaluated in an IANA timezone (`chrono-tz`),
 //!   default `UTC`. Across a daylight-saving change a wall-clock time that does
-//!   not exist fires at the change (several such times fire there once), and
-//!   one that occurs twice fires once, at its first occurrence.
+//!   not exist fires at the change (several such times fire there once); one
+//!   that occurs twice fires once, at its first occurrence, unless the
+//!   pattern fires every hour (`* * * * *`, `*/5 * * * *`, `0 * * * *`):
+//!   that one follows the clock through the repeated hour and fires at both
+//!   occurrences, as cron does, instead of pausing for an hour.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -266,22 +269,94 @@ const MAX_PASSED_OVER: usize = 10_000;
 /// placed in time: a wall-clock time that occurs twice fires at its first
 /// occurrence only, and one that does not exist (the clock skipped it) fires
 /// at the instant of the change; several skipped times fire there once.
+///
+/// A pattern that fires every hour fires at both occurrences of a repeated
+/// time: an every-minute pattern goes on through the hour the clock repeats
+/// (as cron does) instead of pausing for it, and an hourly one fires in
+/// each of the two hours that read 01:00.
 fn cron_next(cron: &croner::Cron, tz: chrono_tz::Tz, after_ms: u64) -> Option<u64> {
-    use chrono::LocalResult;
     let after = Utc.timestamp_millis_opt(i64::try_from(after_ms).ok()?).single()?;
+    let every_hour = (0..24).all(|h| cron.pattern.hour_match(h).unwrap_or(false));
+    let first = cron_next_wall(cron, tz, after, every_hour)?;
+    let next = if every_hour {
+        second_pass(cron, tz, after, first).unwrap_or(first)
+    } else {
+        first
+    };
+    u64::try_from(next.timestamp_millis()).ok()
+}
+
+/// [`cron_next`] by wall-clock matches from the wall-clock time of `after`:
+/// a repeated time at its first occurrence after `after`, or (`both`) its
+/// second when the first is past.
+fn cron_next_wall(
+    cron: &croner::Cron,
+    tz: chrono_tz::Tz,
+    after: chrono::DateTime<Utc>,
+    both: bool,
+) -> Option<chrono::DateTime<Utc>> {
+    use chrono::LocalResult;
     // Wall-clock times are carried as UTC values, which have no changes.
     let mut wall = Utc.from_utc_datetime(&after.with_timezone(&tz).naive_local());
     for _ in 0..MAX_PASSED_OVER {
         wall = cron.find_next_occurrence(&wall, false).ok()?;
         let at = match tz.from_local_datetime(&wall.naive_utc()) {
-            LocalResult::Single(at) | LocalResult::Ambiguous(at, _) => at.with_timezone(&Utc),
+            LocalResult::Single(at) => at.with_timezone(&Utc),
+            LocalResult::Ambiguous(early, late) => {
+                let (early, late) = (early.with_timezone(&Utc), late.with_timezone(&Utc));
+                if both && early <= after {
+                    late
+                } else {
+                    early
+                }
+            }
             LocalResult::None => change_after(tz, wall.naive_utc())?,
         };
         if at > after {
-            return u64::try_from(at.timestamp_millis()).ok();
+            return Some(at);
         }
     }
     None
+}
+
+/// For a pattern that fires every hour, the fire in the second pass of a
+/// repeated hour that comes before `first`: when the clock is set back
+/// between `after` and `first`, wall-clock matches from the moment of the
+/// change, placed at their second occurrence. (`first`, found by wall-clock
+/// time from `after`, would pass over the wall-clock times the clock reads
+/// again.)
+fn second_pass(
+    cron: &croner::Cron,
+    tz: chrono_tz::Tz,
+    after: chrono::DateTime<Utc>,
+    first: chrono::DateTime<Utc>,
+) -> Option<chrono::DateTime<Utc>> {
+    use chrono::{LocalResult, Offset};
+    let offset = |t: chrono::DateTime<Utc>| tz.offset_from_utc_datetime(&t.naive_utc()).fix().local_minus_utc();
+    if offset(first) >= offset(after) {
+        return None;
+    }
+    // The change: the first second at the later offset (one change between
+    // them; a bisection of the seconds).
+    let (mut lo, mut hi) = (after.timestamp(), first.timestamp());
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if offset(Utc.timestamp_opt(mid, 0).single()?) == offset(first) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    let change = Utc.timestamp_opt(hi, 0).single()?;
+    let from = Utc.from_utc_datetime(&change.with_timezone(&tz).naive_local());
+    let wall = cron.find_next_occurrence(&from, true).ok()?;
+    match tz.from_local_datetime(&wall.naive_utc()) {
+        LocalResult::Ambiguous(_, late) => {
+            let late = late.with_timezone(&Utc);
+            (late > after && late < first).then_some(late)
+        }
+        _ => None,
+    }
 }
 
 /// The instant a skipped wall-clock time `skipped` falls in: the end of the
@@ -687,10 +762,37 @@ mod tests {
                 ms("2026-10-26T01:00:00Z")
             ]
         );
-        // Hourly: the repeated hour fires once, so 01:00 EST is not a fire.
+        // A pattern that fires every hour follows the clock through the
+        // repeated hour: hourly fires at 01:00 EDT and 01:00 EST ...
         assert_eq!(
-            fires("0 * * * *", "America/New_York", "2027-11-07T04:30:00Z", 2),
-            [ms("2027-11-07T05:00:00Z"), ms("2027-11-07T07:00:00Z")]
+            fires("0 * * * *", "America/New_York", "2027-11-07T04:30:00Z", 3),
+            [
+                ms("2027-11-07T05:00:00Z"),
+                ms("2027-11-07T06:00:00Z"),
+                ms("2027-11-07T07:00:00Z")
+            ]
+        );
+        // ... and every minute goes on from 01:59 EDT to 01:00 EST, through
+        // the second pass, to 02:00 EST.
+        assert_eq!(
+            fires("* * * * *", "America/New_York", "2027-11-07T05:58:00Z", 3),
+            [
+                ms("2027-11-07T05:59:00Z"),
+                ms("2027-11-07T06:00:00Z"),
+                ms("2027-11-07T06:01:00Z")
+            ]
+        );
+        assert_eq!(
+            fires("*/30 * * * *", "America/New_York", "2027-11-07T06:10:00Z", 2),
+            [ms("2027-11-07T06:30:00Z"), ms("2027-11-07T07:00:00Z")]
+        );
+        assert_eq!(
+            fires("15 * * * *", "Europe/Paris", "2026-10-25T00:20:00Z", 3),
+            [
+                ms("2026-10-25T01:15:00Z"),
+                ms("2026-10-25T02:15:00Z"),
+                ms("2026-10-25T03:15:00Z")
+            ]
         );
         // Started during the second pass, the repeated times are past.
         assert_eq!(
