@@ -160,7 +160,15 @@ fn main() -> ExitCode {
                 cairn::bench::run(args, json).await
             }
             Command::Completions { shell } => {
-                let mut command = <Cli as clap::CommandFactory>::command();
+                // Without the hidden commands (`bench-child`): clap_complete's
+                // scripts list every subcommand, hidden or not, and clap has
+                // no way to remove one, so the root is built again without.
+                let full = <Cli as clap::CommandFactory>::command();
+                let mut command = clap::Command::new("cairn")
+                    .about(full.get_about().cloned().unwrap_or_default())
+                    .version(env!("CARGO_PKG_VERSION"))
+                    .args(full.get_arguments().cloned())
+                    .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
                 clap_complete::generate(shell, &mut command, "cairn", &mut std::io::stdout());
                 ExitCode::SUCCESS
             }

@@ -635,13 +635,18 @@ async fn help_completions_and_an_unreachable_server() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("client options"));
 
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run_cli("http://127.0.0.1:9", None, &["completions", shell], None).await;
+        assert_eq!(out.code, 0);
+        assert!(
+            out.stdout.contains("cairn") && out.stdout.contains("schedule"),
+            "{}",
+            out.stdout
+        );
+        assert!(!out.stdout.contains("bench-child"), "{shell} offers a hidden command");
+    }
     let out = run_cli("http://127.0.0.1:9", None, &["completions", "bash"], None).await;
-    assert_eq!(out.code, 0);
-    assert!(
-        out.stdout.contains("complete -F") && out.stdout.contains("cairn"),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains("complete -F"), "{}", out.stdout);
 
     // A server without --allow-shell says how to get `shell`.
     let no_shell = Server::serve(&["--db", "memory", "--listen", "127.0.0.1:0"]).await;
