@@ -154,6 +154,8 @@ fn check_size_of(what: impl FnOnce() -> String, value: &impl Serialize) -> Resul
 /// (`{"await_output": {"type": "success", "value": …}}`, a `completed_by`
 /// authority): an outcome whose value is as large or as deep as a payload
 /// may be (a signal's, returned by the tool that waited for it) is written.
+/// A script's `script.result` has the same room: it journals a child's
+/// outcome as `{"n", "value": …}`.
 pub const TERMINAL_ENVELOPE_BYTES: usize = 1024 + MAX_AUTHORITY_BYTES;
 /// The levels of that envelope around an outcome's value.
 pub const TERMINAL_ENVELOPE_DEPTH: usize = 2;
@@ -550,7 +552,10 @@ pub fn compiled_schema(event_type: &str, schema: &Value) -> Result<CompiledSchem
 /// Check a payload against a declared type's schema.
 pub fn check_payload(t: &EventType, payload: &Value) -> Result<()> {
     let what = || format!("payload of `{}`", t.name);
-    if t.semantics.terminal.is_some() && crate::events::is_core_event_type(&t.name) {
+    // A core terminal event, and a script's journaled answer (a child's
+    // whole outcome for `ctx.wait`), wrap a value that met the limits.
+    let wraps = t.semantics.terminal.is_some() || t.name == crate::script::SCRIPT_RESULT;
+    if wraps && crate::events::is_core_event_type(&t.name) {
         check_terminal_payload(what, payload)?;
     } else {
         check_size_of(what, payload)?;

@@ -2888,3 +2888,56 @@ async fn a_store_fault_while_waiting_is_not_the_waits_answer() {
         "no fault was journaled as an answer: {results:?}"
     );
 }
+
+/// `limit`: succeeds with a value at the payload limits, as deep
+/// (`{"deep": true}`) or as large as a payload may be.
+struct AtTheLimits;
+
+#[cairn_core::async_trait]
+impl cairn_core::Tool for AtTheLimits {
+    fn name(&self) -> &str {
+        "limit"
+    }
+    async fn run(&self, _ctx: cairn_core::ToolContext, args: Value) -> Outcome {
+        if args["deep"] == json!(true) {
+            let mut v = json!(1);
+            for _ in 0..cairn_core::validate::MAX_JSON_DEPTH {
+                v = json!([v]);
+            }
+            return Outcome::success(v);
+        }
+        Outcome::success(json!("x".repeat(cairn_core::validate::MAX_PAYLOAD_BYTES - 2)))
+    }
+}
+
+/// A child that ends with a value at the payload limits is a script's
+/// answer too: `ctx.wait` (the child's whole outcome) and `ctx.tool` (its
+/// value) journal it and resolve, rather than reject.
+#[tokio::test]
+async fn a_child_outcome_at_the_payload_limits_is_answered() {
+    let p = Processes::builder(Arc::new(MemoryRegistry::new()))
+        .script_engine(Arc::new(QuickJs::default()))
+        .tools(cairn_core::ToolRegistry::new().with(Arc::new(AtTheLimits)))
+        .start();
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const deep = await ctx.start({input: {type: "tool_call", tool: "limit", args: {deep: true}}, disposition: "rerunnable"});
+            const waited = await ctx.wait(deep);
+            const wide = await ctx.tool("limit", {});
+            let depth = 0;
+            for (let v = waited.value; Array.isArray(v); v = v[0]) depth++;
+            return {waited: waited.type, depth, wide: wide.length};
+        }"#,
+    )
+    .await;
+    let rec = run(&p, script("lim", &m, "main", json!({}))).await;
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::success(json!({
+            "waited": "success",
+            "depth": cairn_core::validate::MAX_JSON_DEPTH,
+            "wide": cairn_core::validate::MAX_PAYLOAD_BYTES - 2
+        })))
+    );
+}
