@@ -377,14 +377,23 @@ impl InFlight {
         };
         match message.get("id") {
             Some(id) => {
-                self.ids().insert(id.to_string());
+                self.ids().insert(Self::key(id));
             }
             None if method == "notifications/cancelled" => {
                 if let Some(id) = message.pointer("/params/requestId") {
-                    self.take(&id.to_string());
+                    self.take(&Self::key(id));
                 }
             }
             None => {}
+        }
+    }
+
+    /// An id as the library reads it: a number written `2.0` or `2e0` is
+    /// the integer 2, which its answer carries.
+    fn key(id: &serde_json::Value) -> String {
+        match id.as_f64() {
+            Some(f) if id.is_number() && !id.is_i64() && !id.is_u64() && f.fract() == 0.0 => (f as i64).to_string(),
+            _ => id.to_string(),
         }
     }
 
@@ -403,7 +412,7 @@ impl InFlight {
             return;
         }
         if let Some(id) = message.get("id") {
-            self.take(&id.to_string());
+            self.take(&Self::key(id));
         }
     }
 

@@ -1212,6 +1212,25 @@ async fn stdio_answers_a_call_in_flight_when_input_ends() {
         + "\n";
     let out = common::run_cli(&server.base, None, &["mcp"], Some(&input)).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
+    // An id written as a float is the integer its answer carries: the end
+    // of input does not wait on it past that answer.
+    let floats = [
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        r#"{"jsonrpc":"2.0","id":2.0,"method":"ping"}"#,
+        r#"{"jsonrpc":"2.0","id":3e0,"method":"ping"}"#,
+    ]
+    .join("\n")
+        + "\n";
+    let began = std::time::Instant::now();
+    let pinged = common::run_cli(&server.base, None, &["mcp"], Some(&floats)).await;
+    assert_eq!(pinged.code, 0, "{}", pinged.stderr);
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "waited {:?}",
+        began.elapsed()
+    );
+    assert_eq!(pinged.stdout.lines().count(), 3, "{}", pinged.stdout);
     let answer = out
         .stdout
         .lines()
