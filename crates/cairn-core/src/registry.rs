@@ -31,7 +31,8 @@ pub struct Registered {
 pub struct CancelAnswer {
     /// The record after the request.
     pub process: ProcessRecord,
-    /// True when the request ended the process at once (nobody had started it).
+    /// True when the request ended the process at once (nobody had started
+    /// it, and it is not externally owned: that one's owner ends it).
     pub cancelled_now: bool,
     /// How many events this write appended to the process itself (its
     /// request, and its end when `cancelled_now`): none for a repeat.

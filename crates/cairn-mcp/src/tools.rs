@@ -292,7 +292,8 @@ impl ToolKind {
             }
             Self::Cancel => {
                 "Request cancellation of a running process; answers its record (cancelled at once when \
-                 nothing had started it, otherwise once its runner stops)."
+                 nothing had started it, otherwise once its runner stops; an externally owned process \
+                 keeps running with the request recorded for its owner)."
             }
             Self::Complete => {
                 "End an externally owned process with an outcome ({\"type\":\"success\",\"value\":...}, \
