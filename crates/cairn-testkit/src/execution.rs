@@ -1797,10 +1797,10 @@ impl Tool for UnwritableTool {
 pub async fn an_outcome_over_the_size_limit_fails_the_process(factory: &dyn StoreFactory) {
     let depth = cairn_core::validate::MAX_JSON_DEPTH;
     let cases = [
-        ("too-big", json!("x".repeat(2 << 20)), "payload_too_large", "1048576"),
+        ("too-big", json!("x".repeat(2 << 20)), "payload_too_large", "byte limit"),
         (
             "too-deep",
-            (0..depth).fold(json!(1), |v, _| json!([v])),
+            (0..=depth).fold(json!(1), |v, _| json!([v])),
             "invalid_request",
             "levels deep",
         ),

@@ -149,10 +149,12 @@ pub async fn append_rejects_over_deep_payload(factory: &dyn StoreFactory) {
         )
         .await;
     assert!(err.to_string().contains("levels deep"), "{err}");
-    // The completion's payload wraps the result in two objects of its own.
+    // The completion's payload wraps the result in two objects of its own,
+    // which the limit leaves room for: a result as deep as a payload may be
+    // is written, one level deeper is refused.
     let too_deep = AppendRequest::new(
         ev::COMPLETED,
-        json!({"await_output": Outcome::success(nested(max - 1))}),
+        json!({"await_output": Outcome::success(nested(max + 1))}),
     );
     h.rejects(
         "invalid_request",
