@@ -952,17 +952,12 @@ impl ToolContext {
         // A store fault of the moment is tried again while the lease holds
         // (an owner-bound run cannot run again: failing here would lose the
         // signal, child or timer that came). A try whose answer was lost may
-        // have landed: the record says so (its wait is gone), and the
-        // resumption is not written twice.
+        // have landed: the resumption's replay key (its claim and its wait)
+        // answers the retry with it, writing nothing twice. (The record
+        // cannot tell: a wait that times out before it was recorded has none
+        // either way, and its `timed_out` marker is what a re-run replays.)
         crate::retry::while_lease_holds(&self.inner.clock, &lease, "resuming", || async {
-            match self.inner.registry.resume(&lease, payload.clone()).await {
-                Ok(_) => Ok(()),
-                Err(e) if e.is_client_error() => Err(e),
-                Err(e) => match self.inner.registry.get(self.process_id()).await {
-                    Ok(r) if r.wait.is_none() => Ok(()),
-                    _ => Err(e),
-                },
-            }
+            self.inner.registry.resume(&lease, payload.clone()).await.map(|_| ())
         })
         .await
     }

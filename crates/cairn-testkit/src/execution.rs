@@ -1445,6 +1445,27 @@ pub async fn a_run_the_store_failed_is_run_again(factory: &dyn StoreFactory) {
     let log = p.events("lost-answer", 0, Some(100)).await.expect("events").events;
     let resumed = log.iter().filter(|e| e.event_type == "process.resumed").count();
     assert_eq!(resumed, 1, "{log:?}");
+
+    // A wait that times out before it was recorded writes its `timed_out`
+    // marker (what a re-run replays) though the first try failed: the
+    // record, holding no wait either way, is no proof it landed.
+    probe.fail_next_resumes(1);
+    p.start(StartRequest::tool(
+        "timed-out",
+        "wait_signal",
+        json!({"name": "go", "timeout_ms": 0}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start");
+    let r = terminal(&p, "timed-out").await;
+    assert_eq!(r.status, ProcessStatus::Completed, "{r:?}");
+    let log = p.events("timed-out", 0, Some(100)).await.expect("events").events;
+    assert!(
+        log.iter()
+            .any(|e| e.event_type == "process.resumed" && e.payload["reason"] == "timed_out"),
+        "{log:?}"
+    );
     p.shutdown().await;
 }
 

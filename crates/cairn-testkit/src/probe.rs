@@ -49,6 +49,7 @@ pub struct ReadProbe {
     failing_log_reads: std::sync::atomic::AtomicU64,
     failing_waits: std::sync::atomic::AtomicU64,
     lost_resumes: std::sync::atomic::AtomicU64,
+    failing_resumes: std::sync::atomic::AtomicU64,
     failing_lists: std::sync::atomic::AtomicU64,
     hanging_renewals: std::sync::atomic::AtomicBool,
     failing_claim_batches: std::sync::atomic::AtomicU64,
@@ -85,6 +86,7 @@ impl ReadProbe {
             failing_log_reads: std::sync::atomic::AtomicU64::new(0),
             failing_waits: std::sync::atomic::AtomicU64::new(0),
             lost_resumes: std::sync::atomic::AtomicU64::new(0),
+            failing_resumes: std::sync::atomic::AtomicU64::new(0),
             failing_lists: std::sync::atomic::AtomicU64::new(0),
             hanging_renewals: std::sync::atomic::AtomicBool::new(false),
             failing_claim_batches: std::sync::atomic::AtomicU64::new(0),
@@ -197,6 +199,12 @@ impl ReadProbe {
     /// `outcome_unknown`: a resumption whose answer was lost.
     pub fn lose_next_resume_answers(&self, n: u64) {
         self.lost_resumes.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The next `n` calls of `resume` fail `unavailable` without reaching
+    /// the inner registry: a resumption that was not written.
+    pub fn fail_next_resumes(&self, n: u64) {
+        self.failing_resumes.store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The next `n` calls of `append_event` fail `unavailable` without
@@ -562,6 +570,11 @@ impl ProcessRegistry for ReadProbe {
     }
 
     async fn resume(&self, lease: &Lease, payload: serde_json::Value) -> Result<ProcessRecord> {
+        if take_one(&self.failing_resumes) {
+            return Err(cairn_core::CairnError::Unavailable(
+                "the probe fails this resumption".into(),
+            ));
+        }
         let r = self.inner.resume(lease, payload).await?;
         if take_one(&self.lost_resumes) {
             return Err(cairn_core::CairnError::OutcomeUnknown(
