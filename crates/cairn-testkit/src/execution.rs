@@ -1459,7 +1459,11 @@ pub async fn a_run_the_store_failed_is_run_again(factory: &dyn StoreFactory) {
     .await
     .expect("start");
     let r = terminal(&p, "timed-out").await;
-    assert_eq!(r.status, ProcessStatus::Completed, "{r:?}");
+    assert!(
+        matches!(&r.outcome, Some(Outcome::Failure { code, .. }) if code == "timeout"),
+        "{:?}",
+        r.outcome
+    );
     let log = p.events("timed-out", 0, Some(100)).await.expect("events").events;
     assert!(
         log.iter()
