@@ -241,7 +241,29 @@ async fn ask(
         }
         return completion(spec, &text, key, on_delta);
     }
-    let mut events = response.bytes_stream().eventsource();
+    // A line longer than an answer could be is cut where it passes that:
+    // the event parser keeps a line whole and scans it again at every
+    // network read (a line of megabytes took minutes of a core), and its
+    // content would pass `MAX_ANSWER_BYTES` anyway.
+    let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cutting = cut.clone();
+    let mut line = 0usize;
+    let mut events = response
+        .bytes_stream()
+        .scan((), move |_, chunk| {
+            if let Ok(bytes) = &chunk {
+                line = match bytes.iter().rposition(|b| *b == b'\n') {
+                    Some(at) => bytes.len() - at - 1,
+                    None => line.saturating_add(bytes.len()),
+                };
+                if line > MAX_STREAM_LINE_BYTES {
+                    cutting.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return futures::future::ready(None);
+                }
+            }
+            futures::future::ready(Some(chunk))
+        })
+        .eventsource();
     let mut content = String::new();
     let mut refusal = String::new();
     let mut chose = false;
@@ -311,13 +333,7 @@ async fn ask(
             .into_iter()
             .flatten()
             .map(|t| journaled_len(&t))
-            .chain(
-                tool_calls
-                    .into_iter()
-                    .flatten()
-                    .filter_map(arguments_piece)
-                    .map(|a| journaled_len(&a)),
-            )
+            .chain(tool_calls.into_iter().flatten().map(|f| calls.added_len(f)))
             .sum::<usize>();
         if held + adds > MAX_ANSWER_BYTES {
             finish_reason = json!("length");
@@ -357,6 +373,13 @@ async fn ask(
         for call in tool_calls.into_iter().flatten() {
             calls.merge(call);
         }
+    }
+    if cut.load(std::sync::atomic::Ordering::SeqCst) {
+        // Cut off in its line: an answer (what came before it) at its
+        // length, as past `MAX_ANSWER_BYTES`.
+        finish_reason = json!("length");
+        done = true;
+        chose = true;
     }
     if !done && finish_reason.is_null() {
         return Err(ModelFault::transient(format!(
@@ -537,18 +560,9 @@ impl ToolCalls {
     fn merge(&mut self, fragment: &Value) {
         let index = fragment.get("index").and_then(Value::as_u64);
         let id = fragment.get("id").and_then(Value::as_str).filter(|id| !id.is_empty());
-        let current = match index {
-            Some(i) => self.by_index.get(&i).copied(),
-            None => self.last,
-        };
-        // A call already holding another id is another call.
-        let same = |at: usize| match (id, self.calls[at]["id"].as_str()) {
-            (Some(new), Some(held)) => held.is_empty() || held == new,
-            _ => true,
-        };
-        let at = match current {
-            Some(at) if same(at) => at,
-            _ => {
+        let at = match self.slot(fragment) {
+            Some(at) => at,
+            None => {
                 self.calls
                     .push(json!({"id": "", "type": "function", "function": {"name": "", "arguments": ""}}));
                 self.calls.len() - 1
@@ -577,6 +591,40 @@ impl ToolCalls {
             }
         }
     }
+
+    /// The call a fragment continues (`None`: it begins one). A call already
+    /// holding another id is another call.
+    fn slot(&self, fragment: &Value) -> Option<usize> {
+        let index = fragment.get("index").and_then(Value::as_u64);
+        let id = fragment.get("id").and_then(Value::as_str).filter(|id| !id.is_empty());
+        let current = match index {
+            Some(i) => self.by_index.get(&i).copied(),
+            None => self.last,
+        }?;
+        match (id, self.calls[current]["id"].as_str()) {
+            (Some(new), Some(held)) if !held.is_empty() && held != new => None,
+            _ => Some(current),
+        }
+    }
+
+    /// The bytes `fragment` would add to the answer as journaled: its
+    /// arguments and name pieces, an id the call did not hold, and the room
+    /// of a call it begins (an endless run of new calls, or of name pieces,
+    /// is an answer too, however little each adds).
+    fn added_len(&self, fragment: &Value) -> usize {
+        let arguments = arguments_piece(fragment).map_or(0, |a| journaled_len(&a));
+        let name = fragment
+            .pointer("/function/name")
+            .and_then(Value::as_str)
+            .map_or(0, journaled_len);
+        let id = fragment.get("id").and_then(Value::as_str).unwrap_or_default();
+        let call = match self.slot(fragment) {
+            None => CALL_OVERHEAD_BYTES + journaled_len(id),
+            Some(at) if self.calls[at]["id"].as_str() != Some(id) && !id.is_empty() => journaled_len(id),
+            Some(_) => 0,
+        };
+        arguments + name + call
+    }
 }
 
 /// A streamed tool call fragment's arguments as text: a string as it is, and
@@ -590,6 +638,15 @@ fn arguments_piece(fragment: &Value) -> Option<Cow<'_, str>> {
         other => Some(Cow::Owned(other.to_string())),
     }
 }
+
+/// What a tool call takes in a journaled answer beside its id, name and
+/// arguments (`{"id", "type": "function", "function": {...}}`).
+const CALL_OVERHEAD_BYTES: usize = 64;
+
+/// The longest line of an event stream read: past it, the answer is cut off
+/// there (`finish_reason: length`). One chunk holding a whole answer of
+/// [`MAX_ANSWER_BYTES`], escaped, fits.
+const MAX_STREAM_LINE_BYTES: usize = 2 * MAX_ANSWER_BYTES + 64 * 1024;
 
 /// The most of one answer (content, refusal and tool calls, in bytes) read
 /// from a stream: well inside what one `turn.response` entry may hold

@@ -913,17 +913,35 @@ async fn a_large_answer_against_its_schema_is_a_violation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_answer_is_cut_off_where_the_journal_ends() {
     let s = setup().await;
+    let chunk = |delta: Value| {
+        json!({"id": "c", "object": "chat.completion.chunk", "model": "fake",
+               "choices": [{"index": 0, "delta": delta, "finish_reason": null}]})
+    };
+    let name = |piece: &str| json!({"tool_calls": [{"index": 0, "function": {"name": piece}}]});
+    let mut cases: Vec<(&str, Vec<Value>, usize)> = Vec::new();
     // Plain text, and newlines (twice their length once journaled).
     for (id, piece) in [
         ("endless", "x".repeat(64 * 1024)),
         ("endless-lines", "\n".repeat(64 * 1024)),
     ] {
-        let chunks: Vec<Value> = (0..40)
-            .map(|_| {
-                json!({"id": "c", "object": "chat.completion.chunk", "model": "fake",
-                            "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]})
-            })
-            .collect();
+        let chunks = (0..40).map(|_| chunk(json!({"content": piece}))).collect();
+        cases.push((id, chunks, 40 * piece.len()));
+    }
+    // A tool call's name streamed for ever counts as the answer it is.
+    let mut named = vec![chunk(
+        json!({"tool_calls": [{"index": 0, "id": "call-1", "type": "function",
+                                                      "function": {"name": "echo", "arguments": "{}"}}]}),
+    )];
+    named.extend((0..40).map(|_| chunk(name(&"x".repeat(64 * 1024)))));
+    cases.push(("endless-name", named, 40 * 64 * 1024));
+    // One line of 32 MiB is cut where it passes what an answer could be,
+    // not kept whole and scanned again at every read (minutes of a core).
+    cases.push((
+        "one-line",
+        vec![chunk(json!({"content": "y".repeat(32 << 20)}))],
+        32 << 20,
+    ));
+    for (id, chunks, sent) in cases {
         s.fake.push(Reply::Chunks(chunks));
         s.p.start(turn(id, &[], "hi", Value::Null)).await.expect("start");
         let r = finished(&s.p, id).await;
@@ -937,8 +955,7 @@ async fn an_endless_answer_is_cut_off_where_the_journal_ends() {
         let kept = response.payload.to_string().len();
         assert!(
             kept <= cairn_turn::MAX_ANSWER_BYTES + 4096,
-            "{id}: {kept} bytes journaled of {}",
-            40 * piece.len()
+            "{id}: {kept} bytes journaled of {sent}"
         );
     }
 }
