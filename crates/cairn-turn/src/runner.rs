@@ -643,6 +643,19 @@ impl TurnRunner {
         let mut contents: Vec<Option<String>> = vec![None; calls.len()];
         let mut children: Vec<(usize, String)> = Vec::new();
         for (k, call) in calls.iter().enumerate() {
+            // A step awaits its children in one wait, which names at most
+            // this many: a call past them is refused before anything starts
+            // (run, then failed on the wait, its effect was lost).
+            if k >= cairn_core::validate::MAX_AWAITED_CHILDREN {
+                contents[k] = Some(error_content(
+                    "too_many_tool_calls",
+                    &format!(
+                        "one answer may make at most {} tool calls; this one was not made",
+                        cairn_core::validate::MAX_AWAITED_CHILDREN
+                    ),
+                ));
+                continue;
+            }
             let name = call
                 .pointer("/function/name")
                 .and_then(Value::as_str)

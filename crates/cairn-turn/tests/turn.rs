@@ -1550,3 +1550,49 @@ async fn streamed_reasoning_is_progress() {
     assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "answer"}))), "{r:?}");
     assert_eq!(s.fake.received().len(), 1, "one model call");
 }
+
+/// An answer with more tool calls than a step can await makes the first
+/// ones and tells the model of the rest, instead of running them all and
+/// then failing on the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_calls_past_what_a_step_awaits_are_refused_before_they_run() {
+    let s = setup().await;
+    let max = cairn_core::validate::MAX_AWAITED_CHILDREN;
+    let calls = (0..=max).map(|i| ("echo".to_string(), json!({"value": i}))).collect();
+    s.fake.push(Reply::ToolCalls(calls));
+    s.fake.push(Reply::Text("done".into()));
+    s.p.start(turn("many", &["echo"], "call echo a lot", json!({"type": "text"})))
+        .await
+        .expect("start");
+    let r = p_finished(&s, "many").await;
+    assert_eq!(
+        r.outcome,
+        Some(Outcome::success(json!({"text": "done"}))),
+        "{:?}",
+        r.outcome
+    );
+    assert!(s.p.get(&format!("many/1.{max}")).await.is_ok(), "the first {max} ran");
+    let past = s.p.get(&format!("many/1.{}", max + 1)).await;
+    assert_eq!(past.expect_err("never started").code(), "unknown_process");
+    let received = s.fake.received();
+    let tools: Vec<&Value> = received[1].body["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .collect();
+    assert_eq!(tools.len(), max + 1);
+    assert!(
+        tools[max]["content"]
+            .as_str()
+            .is_some_and(|c| c.contains("too_many_tool_calls")),
+        "{}",
+        tools[max]
+    );
+}
+
+async fn p_finished(s: &Setup, id: &str) -> ProcessRecord {
+    let r = s.p.await_output(id, Duration::from_secs(120)).await.expect("await");
+    assert!(r.is_terminal(), "{id} did not end: {r:?}");
+    r
+}
