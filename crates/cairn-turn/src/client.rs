@@ -363,6 +363,13 @@ async fn ask(
         if adds > 0 || moved {
             progress_by = tokio::time::Instant::now() + idle;
         }
+        // After its `finish_reason` only the usage chunk and `[DONE]` are to
+        // come: a stream held open past a short grace ends the answer (a
+        // proxy holding the connection would hold the turn and its slot
+        // for the whole idle timeout).
+        if !finish_reason.is_null() {
+            progress_by = progress_by.min(tokio::time::Instant::now() + AFTER_FINISH.min(idle));
+        }
         if let Some(text) = text_of("content") {
             content.push_str(&text);
             on_delta(&text);
@@ -638,6 +645,10 @@ fn arguments_piece(fragment: &Value) -> Option<Cow<'_, str>> {
         other => Some(Cow::Owned(other.to_string())),
     }
 }
+
+/// How long a stream may stay open after its `finish_reason` with nothing
+/// more of it: its usage chunk and `[DONE]` follow at once when they come.
+const AFTER_FINISH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a tool call takes in a journaled answer beside its id, name and
 /// arguments (`{"id", "type": "function", "function": {...}}`).

@@ -44,6 +44,11 @@ async fn setup() -> Setup {
 /// the fake's base URL: `("other", ",key_env=V")`, or a base URL of their
 /// own: `("down", "http://...")`) beside `default`.
 async fn setup_with(retry: RetryPolicy, extra: &[(&str, &str)]) -> Setup {
+    setup_idle(retry, extra, IDLE).await
+}
+
+/// [`setup_with`], giving up on a model call silent for `idle`.
+async fn setup_idle(retry: RetryPolicy, extra: &[(&str, &str)], idle: Duration) -> Setup {
     // Every test sets the same value, so tests running at once agree.
     std::env::set_var(KEY_ENV, KEY);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -65,7 +70,7 @@ async fn setup_with(retry: RetryPolicy, extra: &[(&str, &str)]) -> Setup {
     let runner = TurnRunner::new(Models::new(specs).expect("models"), tools.clone())
         .with_retry(retry)
         // Every scripted pause is under a second; a stall test pauses far longer.
-        .with_idle_timeout(IDLE);
+        .with_idle_timeout(idle);
     tools.register_runner("session_turn", Arc::new(runner));
     let p = Processes::builder(Arc::new(registry)).tools(tools).start();
     Setup { _dir: dir, fake, p }
@@ -1595,4 +1600,18 @@ async fn p_finished(s: &Setup, id: &str) -> ProcessRecord {
     let r = s.p.await_output(id, Duration::from_secs(120)).await.expect("await");
     assert!(r.is_terminal(), "{id} did not end: {r:?}");
     r
+}
+
+/// A stream that stays open after its `finish_reason` (a proxy holding the
+/// connection) gives its answer a few seconds later, not after the whole
+/// idle timeout (three minutes by default; a minute here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_held_open_after_it_finished_is_taken_soon() {
+    let s = setup_idle(test_retry(), &[], Duration::from_secs(60)).await;
+    s.fake.push(Reply::StalledAfterFinish("whole".into()));
+    s.p.start(turn("held-open", &[], "hi", Value::Null))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "held-open").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "whole"}))));
 }
