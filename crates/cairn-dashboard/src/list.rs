@@ -131,7 +131,7 @@ fn plan(q: &ListQuery, viewer: &Viewer) -> Result<Plan, CairnError> {
     // Taken as given, as the API takes them: `session:s1 ` names another
     // session than `session:s1`.
     for (key, value) in [("definition", &q.definition), ("originator", &q.originator)] {
-        if !value.trim().is_empty() {
+        if !value.is_empty() {
             pairs.push((key, value.clone()));
         }
     }

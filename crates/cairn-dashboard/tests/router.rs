@@ -159,6 +159,13 @@ async fn filters_are_those_of_the_api_and_bad_ones_are_errors() {
     let (status, html, _) = get(&app, "/ui/list/rows?waiting=perhaps", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(html.contains("invalid_filter"), "{html}");
+    // A definition or originator of spaces is refused, as the API refuses
+    // it, not dropped while the box still shows it.
+    for bad in ["definition=%20", "originator=%20%20"] {
+        let (status, html, _) = get(&app, &format!("/ui/list/rows?status=any&{bad}"), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(html.contains("invalid_filter"), "{bad}: {html}");
+    }
     let (status, _, _) = get(&app, "/ui/list/rows?colour=blue", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     // A page whose query cannot be read shows the error and keeps it: no
