@@ -152,9 +152,16 @@ fn row(s: &Schedule) -> Markup {
 
 /// A refusal, shown above the table (the row stays as it was).
 fn refused_above(e: &cairn_core::CairnError) -> Response {
+    refused_into(e, "#schedule-result")
+}
+
+/// A refusal of a row's action, shown in `target` above its table instead
+/// of replacing the row (an error `div` is no table row, and the row would
+/// be gone).
+pub(crate) fn refused_into(e: &cairn_core::CairnError, target: &'static str) -> Response {
     let mut r = refused(e);
     let h = r.headers_mut();
-    h.insert("hx-retarget", HeaderValue::from_static("#schedule-result"));
+    h.insert("hx-retarget", HeaderValue::from_static(target));
     h.insert("hx-reswap", HeaderValue::from_static("innerHTML"));
     r
 }

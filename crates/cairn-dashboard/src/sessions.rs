@@ -12,7 +12,6 @@ use serde::Deserialize;
 use crate::auth::{Viewer, Visitor};
 use crate::list::encode_path;
 use crate::pages::{self, Nav};
-use crate::process::refused;
 use crate::{time, Shared};
 
 /// Rows shown per list on the session page.
@@ -126,6 +125,7 @@ async fn section(d: &crate::Inner, viewer: &Viewer, session: &str) -> cairn_core
         h2 { "Pending wakes " span.count { (count(wakes.len(), wakes_more)) } }
         @if wakes_more { p.hint.more { "The oldest " (SHOWN) "; acknowledging them shows the next." } }
         @if wakes.is_empty() { p.empty { "No pending wake." } } @else {
+            div #wake-result aria-live="polite" {}
             div.tablewrap { table.wakes {
                 thead { tr { th { "Wake" } th { "Process" } th { "Event" } th { "Input" } th { "Created" } th {} } }
                 tbody {
@@ -134,7 +134,11 @@ async fn section(d: &crate::Inner, viewer: &Viewer, session: &str) -> cairn_core
                             td { code { (w.wake_id) } }
                             td { a href={ "/ui/processes/" (encode_path(&w.process_id)) } { (w.process_id) } }
                             td { "#" (w.sequence) " " code { (w.event_type) } }
-                            td.input { (w.input) }
+                            // Its start, as the timeline shows a payload: an
+                            // input may be a mebibyte, and two hundred of them
+                            // made a page of hundreds of megabytes.
+                            td.input { (clip(&w.input)) " "
+                                a href={ "/ui/processes/" (encode_path(&w.process_id)) "#ev-" (w.sequence) } { "event" } }
                             td { (time::when(w.created_at_ms)) }
                             td { button hx-post={ "/ui/sessions/" (sid) "/wakes/" (encode_path(&w.wake_id)) "/ack" }
                                    hx-target="closest tr" hx-swap="outerHTML" { "Acknowledge" } }
@@ -201,6 +205,15 @@ pub(crate) async fn ack(
             }
         }
         .into_response(),
-        Err(e) => refused(&e),
+        Err(e) => crate::schedules::refused_into(&e, "#wake-result"),
     }
+}
+
+/// The start of a wake's input, as the timeline shows a payload's.
+fn clip(input: &str) -> String {
+    let mut short: String = input.chars().take(200).collect();
+    if short.len() < input.len() {
+        short.push('…');
+    }
+    short
 }

@@ -464,6 +464,52 @@ async fn the_session_page_lists_pending_wakes_and_acknowledges_them() {
     assert!(p.wakes("s1", None).await.unwrap().is_empty());
     let (_, html, _) = get(&app, "/ui/sessions?session=s1", None).await;
     assert!(html.contains("No pending wake."));
+
+    // A wake's input is shown by its start: an input of a mebibyte each,
+    // two hundred of them, made a page of hundreds of megabytes.
+    let big = "g".repeat(100_000);
+    let start = StartRequest::from_json(json!({
+        "id": "ci-2",
+        "input": {"type": "external", "metadata": {}},
+        "disposition": "externally_owned",
+        "grant": {"session_scope": {"session_id": "s1"}},
+        "wake_target": {"session_id": "s1"},
+        "event_types": [{"name": "progress", "payload_schema": {"type": "object"},
+                         "semantics": {"wake": {"input": {"pointer": "/text"}}}}]
+    }))
+    .unwrap();
+    p.start(start).await.unwrap();
+    p.append_event(
+        "ci-2",
+        serde_json::from_value(json!({"event_type": "progress", "payload": {"text": big}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let (status, html, _) = get(&app, "/ui/sessions?session=s1", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains(&"g".repeat(200)) && !html.contains(&"g".repeat(201)),
+        "clipped"
+    );
+    assert!(html.len() < 50_000, "a page of {} bytes", html.len());
+    // An ack the server refuses says so above the table; the row stays.
+    let wake_id = p.wakes("s1", None).await.unwrap()[0].wake_id.clone();
+    let csrf = csrf_of(&html);
+    p.delete_session("s1").await.unwrap();
+    let ack = Request::post(format!("/ui/sessions/s1/wakes/{wake_id}/ack"))
+        .header("x-cairn-csrf", csrf)
+        .body(Body::empty())
+        .unwrap();
+    let (status, html, headers) = send(&app, ack).await;
+    assert_ne!(status, StatusCode::OK, "{html}");
+    assert_eq!(
+        headers.get("hx-retarget").and_then(|v| v.to_str().ok()),
+        Some("#wake-result")
+    );
+    assert_eq!(
+        headers.get("hx-reswap").and_then(|v| v.to_str().ok()),
+        Some("innerHTML")
+    );
 }
 
 /// A session id is taken as given: ` s1` (a leading space is allowed in an
