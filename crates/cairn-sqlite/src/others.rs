@@ -23,8 +23,9 @@
 //! raise notices too; while our writer commits, the watcher reads at most once
 //! per [`MIN_GAP`], so a busy writer costs it a bounded number of reads. A foreign commit that lands
 //! beside ours is told apart by the cursor when it changed a process (a
-//! prune moves it too); one that changed none (an acknowledged wake, a
-//! grant) is not announced, and no waiter waits on it. A read every [`BACKSTOP`] catches a commit that came
+//! prune, and a lease let go, move it too); one that changed none (an
+//! acknowledged wake, a grant, a lease renewed) is not announced, and no
+//! waiter waits on it. A read every [`BACKSTOP`] catches a commit that came
 //! with no notice, as on a file system that sends none. Where no watch can be set
 //! up, the watcher reads every [`POLL_INTERVAL`] instead (ADR 0020).
 

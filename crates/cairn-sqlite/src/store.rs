@@ -289,6 +289,13 @@ fn originator_scope(scope: &SessionScope) -> R<String> {
     Ok(serde_json::to_string(scope)?)
 }
 
+/// Move the change cursor for a change no row's cursor records (a lease
+/// let go, a process pruned): another OS process's watcher tells a foreign
+/// commit beside its own by the cursor (see `others`).
+pub(crate) fn cursor_skip(conn: &Connection) -> R<()> {
+    next_cursor(conn).map(|_| ())
+}
+
 /// The change cursor of a write to a row not stored yet (see
 /// [`insert_process`]): its registration's is also its `log_key` (ADR 0021),
 /// so its events can be stored before the row.
@@ -984,7 +991,7 @@ pub(crate) fn prune_candidates(
 /// prune committed beside its own commits by it (see `others`).
 pub(crate) fn prune_one(conn: &Connection, victim: &PruneCandidate, now: u64) -> R<(u64, u64, u64)> {
     let id = victim.id.as_str();
-    next_cursor(conn)?;
+    cursor_skip(conn)?;
     let events = conn.prepare_cached(DELETE_EVENTS_SQL)?.execute([id])? as u64;
     let grants = conn
         .prepare_cached("DELETE FROM grants WHERE process_id = ?1")?

@@ -261,6 +261,13 @@ impl WriteTx for Tx<'_> {
     fn set_lease(&mut self, id: &str, lease: Option<Lease>, fencing: u64) -> Result<()> {
         if !self.fresh.contains_key(id) {
             store::store_lease(self.conn, id, lease.as_ref(), fencing)?;
+            if lease.is_none() {
+                // A lease let go may make work (a release hands the process
+                // to the next claim): the change cursor moves, as for a
+                // change of the record, so another OS process's watcher tells
+                // this commit from its own (`others`).
+                store::cursor_skip(self.conn)?;
+            }
         }
         let row = self.cached(id)?;
         row.lease = lease;

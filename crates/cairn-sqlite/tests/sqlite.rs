@@ -1303,6 +1303,35 @@ async fn foreign_commits_beside_our_own_reach_the_hub() {
     assert!(own > 10, "our writer committed only {own} registrations");
 }
 
+/// A lease let go moves the stored change cursor, as a change of a record
+/// does: another OS process's watcher tells a foreign commit that landed
+/// beside its own by the cursor (`others`), and a release makes work there
+/// (the process may be claimed now). A renewal makes none and moves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_let_go_moves_the_change_cursor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let clock = ManualClock::new(1_000);
+    let reg = open(&path, &clock);
+    let cursor = || {
+        Connection::open(&path)
+            .expect("open")
+            .query_row("SELECT value FROM counters WHERE name = 'change_cursor'", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .expect("cursor")
+    };
+    reg.register(tool("r", Disposition::Rerunnable), None)
+        .await
+        .expect("register");
+    let lease = reg.claim("r", "w1", 60_000).await.expect("claim");
+    let before = cursor();
+    let lease = reg.renew(&lease, 60_000).await.expect("renew");
+    assert_eq!(cursor(), before, "a renewal makes no work");
+    assert!(reg.release(&lease).await.expect("release"), "released");
+    assert!(cursor() > before, "a release moves the cursor");
+}
+
 /// The change feed's cursors keep growing when writes of two registries on
 /// one file interleave (each transaction takes the stored cursor under the
 /// write lock), when many writes share one transaction, when a job of that
