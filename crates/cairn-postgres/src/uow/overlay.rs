@@ -154,9 +154,16 @@ impl Uow {
     }
 
     /// Run one operation; on failure nothing it did remains in the overlay.
+    /// One that panics fails alone, as a SQLite write job does: the lane's
+    /// task (every later write of the lane) must not go down with it.
     pub(super) fn run(&mut self, op: &Op) -> Result<Answer> {
         self.begin();
-        let out = ops::run(self, op);
+        let out = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ops::run(self, op))) {
+            Ok(out) => out,
+            Err(_) => Err(cairn_core::CairnError::storage(
+                "a write operation panicked; it was undone",
+            )),
+        };
         if out.is_err() {
             self.undo();
         }
