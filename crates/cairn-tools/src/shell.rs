@@ -264,6 +264,17 @@ enum End {
 
 async fn run_child(ctx: &ToolContext, args: &ShellArgs, grace: Duration, hidden_env: &[String]) -> Outcome {
     let (program, mut cmd) = args.command(hidden_env);
+    // A rerunnable run is run again after its owner is lost: the group must
+    // not outlive this process, or the rerun would race it. Its sentinel
+    // leads the group before the command joins it, so a crash at any moment
+    // after the command starts ends it.
+    let mut sentinel = match ctx.record().disposition {
+        Disposition::Rerunnable => Sentinel::lead(),
+        _ => None,
+    };
+    if let Some(s) = &sentinel {
+        cmd.process_group(s.pgid);
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -274,16 +285,15 @@ async fn run_child(ctx: &ToolContext, args: &ShellArgs, grace: Duration, hidden_
             return Outcome::failure("tool", "spawn_failed", message);
         }
     };
-    // With `process_group(0)` the child leads a new group whose id is its pid.
-    let Some(pgid) = child.id().and_then(|p| libc::pid_t::try_from(p).ok()) else {
+    // With `process_group(0)` the child leads a new group whose id is its
+    // pid; with a sentinel, the sentinel's group is the run's.
+    let Some(pgid) = sentinel
+        .as_ref()
+        .map(|s| s.pgid)
+        .or_else(|| child.id().and_then(|p| libc::pid_t::try_from(p).ok()))
+    else {
         let _ = child.kill().await;
         return Outcome::failure("tool", "spawn_failed", format!("`{program}` started without a pid"));
-    };
-    // A rerunnable run is run again after its owner is lost: the group must
-    // not outlive this process, or the rerun would race it.
-    let mut sentinel = match ctx.record().disposition {
-        Disposition::Rerunnable => Sentinel::spawn(pgid),
-        _ => None,
     };
     let mut guard = GroupGuard {
         pgid,
@@ -599,18 +609,21 @@ async fn settle(
 /// (the write end is close-on-exec, so no child holds it); the read ends when
 /// the last copy of the write end closes, and then it kills its own group.
 /// Without it, a command outlives a crash and its rerun after the restart
-/// runs beside it. (A crash between the command's spawn and the sentinel's
-/// leaves that one command running, as before.) Owner-bound runs have none:
-/// they are never run again, and their command may still finish its work.
+/// runs beside it. It leads the group, and the command joins it: started
+/// first, it is in place whenever the command runs. (A group's id stays
+/// valid while any member lives, so the sentinel may be stopped alone and
+/// the group ended after.) Owner-bound runs have none: they are never run
+/// again, and their command may still finish its work.
 struct Sentinel {
     child: Child,
+    pgid: libc::pid_t,
     _writer: std::io::PipeWriter,
 }
 
 impl Sentinel {
-    /// A sentinel in group `pgid`, or `None` when it cannot join it (the
-    /// group is already gone).
-    fn spawn(pgid: libc::pid_t) -> Option<Self> {
+    /// A sentinel leading a new group, or `None` when it cannot start (the
+    /// command then leads its own group, unguarded, as it would without).
+    fn lead() -> Option<Self> {
         let (reader, writer) = std::io::pipe().ok()?;
         let child = Command::new("/bin/sh")
             .arg("-c")
@@ -618,11 +631,16 @@ impl Sentinel {
             .stdin(Stdio::from(reader))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .process_group(pgid)
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .ok()?;
-        Some(Self { child, _writer: writer })
+        let pgid = child.id().and_then(|p| libc::pid_t::try_from(p).ok())?;
+        Some(Self {
+            child,
+            pgid,
+            _writer: writer,
+        })
     }
 
     /// Stop the sentinel alone (and reap it) before its pipe closes.
