@@ -29,6 +29,20 @@ struct Entry {
     change_cursor: u64,
 }
 
+/// The first `limit` of `due` (entries with what to answer for each), in
+/// worklist order (ADR 0030): by [`Row::worklist_key`], then id. A sort of
+/// every due entry: this registry keeps no index by time.
+fn in_worklist_order<'a, T>(due: impl Iterator<Item = (&'a Entry, T)>, limit: usize) -> Vec<(String, T)> {
+    let mut due: Vec<(u64, &str, T)> = due
+        .map(|(e, t)| (e.row.worklist_key(), e.row.record.id.as_str(), t))
+        .collect();
+    due.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    due.into_iter()
+        .take(limit)
+        .map(|(_, id, t)| (id.to_string(), t))
+        .collect()
+}
+
 struct WakeRow {
     delivery: WakeDelivery,
     acked: bool,
@@ -205,17 +219,16 @@ impl WriteTx for Tx<'_> {
     fn run_candidates(&mut self, limit: usize) -> Result<Vec<String>> {
         let now = self.now;
         let st = &*self.st;
-        Ok(st
-            .candidates
-            .iter()
-            .filter(|id| {
-                st.entries
-                    .get(*id)
-                    .is_some_and(|e| fold::is_run_candidate(&e.row.record) && e.row.claimable_at() <= now)
-            })
-            .take(limit)
-            .cloned()
-            .collect())
+        Ok(in_worklist_order(
+            st.candidates.iter().filter_map(|id| {
+                let e = st.entries.get(id)?;
+                (fold::is_run_candidate(&e.row.record) && e.row.claimable_at() <= now).then_some((e, ()))
+            }),
+            limit,
+        )
+        .into_iter()
+        .map(|(id, ())| id)
+        .collect())
     }
 
     fn tree_children(&mut self, parent: &str) -> Result<Vec<String>> {
@@ -689,25 +702,21 @@ impl ProcessRegistry for MemoryRegistry {
     async fn worklist(&self, limit: usize) -> Result<Vec<WorkItem>> {
         let now = self.now();
         let st = self.state.lock();
-        Ok(st
-            .candidates
-            .iter()
-            .filter_map(|id| {
-                let e = st.entries.get(id)?;
-                if e.row.claimable_at() > now {
-                    return None;
-                }
-                let action = if fold::is_abandon_candidate(&e.row.record) {
-                    WorkAction::ReconcileAbandon
-                } else {
-                    WorkAction::Run
-                };
-                Some(WorkItem {
-                    process_id: id.clone(),
-                    action,
-                })
-            })
-            .take(limit)
+        let due = st.candidates.iter().filter_map(|id| {
+            let e = st.entries.get(id)?;
+            if e.row.claimable_at() > now {
+                return None;
+            }
+            let action = if fold::is_abandon_candidate(&e.row.record) {
+                WorkAction::ReconcileAbandon
+            } else {
+                WorkAction::Run
+            };
+            Some((e, action))
+        });
+        Ok(in_worklist_order(due, limit)
+            .into_iter()
+            .map(|(process_id, action)| WorkItem { process_id, action })
             .collect())
     }
 

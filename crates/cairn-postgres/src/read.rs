@@ -235,20 +235,25 @@ pub(crate) async fn ack_wake(conn: &Conn, session_id: &str, wake_id: &str) -> R<
     }
 }
 
-/// Worklist rows at `now`: (id, is an abandon candidate), merged from the
-/// claimable index and the abandon index (a row is never in both).
+/// Worklist rows at `now`: (id, is an abandon candidate), in the order they
+/// became claimable (ADR 0030), merged from the ready, claimable and abandon
+/// indexes (a row is in one of them at most).
 pub(crate) const WORKLIST_SQL: &str = "SELECT id, abandon FROM (\
-    (SELECT id, false AS abandon, claimable_at_ms FROM processes \
-     WHERE run_candidate AND claimable_at_ms <= $1::int8 ORDER BY claimable_at_ms, id LIMIT $2::int8) \
+    (SELECT id, false AS abandon, created_at_ms AS k FROM processes \
+     WHERE run_candidate AND claimable_at_ms = 0 ORDER BY created_at_ms, id LIMIT $2::int8) \
     UNION ALL \
-    (SELECT id, true AS abandon, claimable_at_ms FROM processes \
-     WHERE abandon_candidate AND claimable_at_ms <= $1::int8 ORDER BY claimable_at_ms, id LIMIT $2::int8)\
-    ) w ORDER BY claimable_at_ms, id LIMIT $2::int8";
+    (SELECT id, false AS abandon, claimable_at_ms AS k FROM processes \
+     WHERE run_candidate AND claimable_at_ms > 0 AND claimable_at_ms <= $1::int8 \
+     ORDER BY claimable_at_ms, id LIMIT $2::int8) \
+    UNION ALL \
+    (SELECT id, true AS abandon, CASE claimable_at_ms WHEN 0 THEN created_at_ms ELSE claimable_at_ms END AS k \
+     FROM processes WHERE abandon_candidate AND claimable_at_ms <= $1::int8 ORDER BY claimable_at_ms, id LIMIT $2::int8)\
+    ) w ORDER BY k, id LIMIT $2::int8";
 
 /// The earliest claimable time or schedule fire after $1, from the claimable,
 /// abandon and schedule due indexes.
 pub(crate) const NEXT_DUE_SQL: &str = "SELECT LEAST(\
-    (SELECT min(claimable_at_ms) FROM processes WHERE run_candidate AND claimable_at_ms > $1::int8), \
+    (SELECT min(claimable_at_ms) FROM processes WHERE run_candidate AND claimable_at_ms > 0 AND claimable_at_ms > $1::int8), \
     (SELECT min(claimable_at_ms) FROM processes WHERE abandon_candidate AND claimable_at_ms > $1::int8), \
     (SELECT min(next_fire_ms) FROM schedules WHERE NOT paused AND next_fire_ms > $1::int8))";
 

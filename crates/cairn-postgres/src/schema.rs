@@ -24,7 +24,20 @@ const MIGRATIONS: &[&str] = &[
     V_MODULES,
     V_PARTIAL_LISTING_INDEXES,
     V_SCHEDULE_REFUSALS,
+    V_WORKLIST_BY_TIME,
 ];
+
+/// The worklist served in the order work became claimable (ADR 0030). The
+/// claimable index was keyed `(claimable_at_ms, id)`, where a row claimable
+/// at once (no lease, no deadline) has 0: every fresh start came before a due
+/// timer or a lapsed lease, and fresh starts among themselves in id order.
+/// Rows claimable at once now have their own index, by registration time;
+/// rows claimable at a time keep theirs; a claim merges the two by that time.
+const V_WORKLIST_BY_TIME: &str = r#"
+DROP INDEX processes_claimable;
+CREATE INDEX processes_ready ON processes (created_at_ms, id) WHERE run_candidate AND claimable_at_ms = 0;
+CREATE INDEX processes_claimable ON processes (claimable_at_ms, id) WHERE run_candidate AND claimable_at_ms > 0;
+"#;
 
 /// A schedule's last refused fire (a `FireRefusal` as JSON), until a later
 /// fire starts a process.

@@ -69,13 +69,27 @@ pub async fn claim_together(
 /// `(name, SQL taking $1 = now and $2 = limit as int8, index)`.
 pub fn indexed_queries() -> Vec<(&'static str, &'static str, &'static str)> {
     vec![
-        ("claim candidates", crate::uow::LOAD_CANDIDATES, "processes_claimable"),
+        (
+            "claim candidates (ready half)",
+            crate::uow::LOAD_CANDIDATES,
+            "processes_ready",
+        ),
+        (
+            "claim candidates (timed half)",
+            crate::uow::LOAD_CANDIDATES,
+            "processes_claimable",
+        ),
         (
             "abandon worklist",
             crate::read::ABANDON_WORKLIST_SQL,
             "processes_abandon",
         ),
-        ("worklist (run half)", crate::read::WORKLIST_SQL, "processes_claimable"),
+        ("worklist (ready half)", crate::read::WORKLIST_SQL, "processes_ready"),
+        (
+            "worklist (timed half)",
+            crate::read::WORKLIST_SQL,
+            "processes_claimable",
+        ),
         (
             "worklist (abandon half)",
             crate::read::WORKLIST_SQL,

@@ -37,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     V_SCHEDULE_REFUSALS,
     V_ABANDON_INDEX,
     V_UNACKED_WAKES,
+    V_WORKLIST_BY_TIME,
 ];
 
 const V1: &str = r#"
@@ -272,6 +273,22 @@ CREATE INDEX processes_abandon ON processes (claimable_at_ms, id) WHERE abandon_
 /// Tiny: a row is in it only until its session acknowledges it.
 const V_UNACKED_WAKES: &str = r#"
 CREATE INDEX wakes_unacked ON wakes (wake_order) WHERE acked = 0;
+"#;
+
+/// The worklist served in the order work became claimable (ADR 0030). Its
+/// one index was keyed `(claimable_at_ms, id)`, where a row claimable at once
+/// (no lease, no deadline) has 0: every fresh start came before a due timer
+/// or a lapsed lease, and fresh starts among themselves came in id order, so
+/// under a backlog a due timer waited for the whole backlog (and an id that
+/// sorts late waited for every later start). Rows claimable at once now have
+/// their own index, by registration time; rows claimable at a time keep
+/// theirs; a read merges the two by that time.
+const V_WORKLIST_BY_TIME: &str = r#"
+DROP INDEX processes_worklist;
+CREATE INDEX processes_ready ON processes (created_at_ms, id)
+    WHERE (run_candidate = 1 OR abandon_candidate = 1) AND claimable_at_ms = 0;
+CREATE INDEX processes_worklist ON processes (claimable_at_ms, id)
+    WHERE (run_candidate = 1 OR abandon_candidate = 1) AND claimable_at_ms > 0;
 "#;
 
 const V_PARTIAL_LISTING_INDEXES: &str = r#"

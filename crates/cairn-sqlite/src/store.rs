@@ -547,11 +547,20 @@ pub(crate) fn insert_wake(conn: &Connection, wake: &WakeDelivery) -> R<bool> {
     Ok(true)
 }
 
-/// Run candidates claimable at ?1, from the partial worklist index (its WHERE
-/// term `run_candidate = 1` lets SQLite use the index; see the plan tests).
-const RUN_CANDIDATES_SQL: &str = "SELECT id FROM processes
-     WHERE run_candidate = 1 AND claimable_at_ms <= ?1
-     ORDER BY claimable_at_ms, id LIMIT ?2";
+/// Run candidates claimable at ?1, in the order they became claimable (ADR
+/// 0030): those claimable at once by registration time (`processes_ready`)
+/// merged with those whose lease lapsed or deadline came by that time
+/// (`processes_worklist`). Each half states its index's WHERE terms, which is
+/// what lets SQLite use it (see the plan tests); the merge sorts at most twice
+/// the limit.
+const RUN_CANDIDATES_SQL: &str = "SELECT id FROM (
+     SELECT * FROM (SELECT id, created_at_ms AS k FROM processes
+         WHERE run_candidate = 1 AND claimable_at_ms = 0 ORDER BY created_at_ms, id LIMIT ?2)
+     UNION ALL
+     SELECT * FROM (SELECT id, claimable_at_ms AS k FROM processes
+         WHERE run_candidate = 1 AND claimable_at_ms > 0 AND claimable_at_ms <= ?1
+         ORDER BY claimable_at_ms, id LIMIT ?2)
+     ) ORDER BY k, id LIMIT ?2";
 
 /// Abandon requests whose lease is free or lapsed at ?1, from their own
 /// partial index.
@@ -559,10 +568,17 @@ const ABANDON_CANDIDATES_SQL: &str = "SELECT id FROM processes
      WHERE abandon_candidate = 1 AND claimable_at_ms <= ?1
      ORDER BY claimable_at_ms, id LIMIT ?2";
 
-/// Worklist rows claimable at ?1, from the partial worklist index.
-const WORKLIST_SQL: &str = "SELECT id, abandon_candidate FROM processes
-     WHERE (run_candidate = 1 OR abandon_candidate = 1) AND claimable_at_ms <= ?1
-     ORDER BY claimable_at_ms, id LIMIT ?2";
+/// Worklist rows claimable at ?1, in the order they became claimable, as
+/// [`RUN_CANDIDATES_SQL`] merges them.
+const WORKLIST_SQL: &str = "SELECT id, a FROM (
+     SELECT * FROM (SELECT id, abandon_candidate AS a, created_at_ms AS k FROM processes
+         WHERE (run_candidate = 1 OR abandon_candidate = 1) AND claimable_at_ms = 0
+         ORDER BY created_at_ms, id LIMIT ?2)
+     UNION ALL
+     SELECT * FROM (SELECT id, abandon_candidate AS a, claimable_at_ms AS k FROM processes
+         WHERE (run_candidate = 1 OR abandon_candidate = 1) AND claimable_at_ms > 0 AND claimable_at_ms <= ?1
+         ORDER BY claimable_at_ms, id LIMIT ?2)
+     ) ORDER BY k, id LIMIT ?2";
 
 /// Counts of running rows, by the status index (its term stated, see [`NOT_COMPLETED`]).
 const RUNNING_GAUGES_SQL: &str = "SELECT count(*), coalesce(sum(waiting), 0), coalesce(sum(lease_owner IS NOT NULL), 0)
@@ -586,9 +602,10 @@ pub(crate) fn gauges(conn: &Connection) -> R<cairn_core::Gauges> {
     })
 }
 
-/// The earliest claimable time after ?1 on the worklist index.
+/// The earliest claimable time after ?1 on the worklist index (rows
+/// claimable at once are never after: `claimable_at_ms > 0` is the index's term).
 const NEXT_DUE_SQL: &str = "SELECT MIN(claimable_at_ms) FROM processes
-     WHERE (run_candidate = 1 OR abandon_candidate = 1) AND claimable_at_ms > ?1";
+     WHERE (run_candidate = 1 OR abandon_candidate = 1) AND claimable_at_ms > 0 AND claimable_at_ms > ?1";
 
 /// The earliest claimable time after `after` (a lease expiry or a deadline).
 pub(crate) fn next_due(conn: &Connection, after: u64) -> R<Option<u64>> {
@@ -1101,14 +1118,21 @@ mod tests {
     }
 
     #[test]
-    fn worklist_and_claims_use_the_partial_index() {
+    fn worklist_and_claims_use_the_partial_indexes() {
         let (_dir, conn) = fresh();
         let args = || vec![SqlValue::Integer(0), SqlValue::Integer(10)];
         for sql in [WORKLIST_SQL, RUN_CANDIDATES_SQL] {
             let p = plan(&conn, sql, args());
-            assert!(p.contains("processes_worklist"), "{sql}: {p}");
-            assert!(!p.contains("TEMP B-TREE"), "{sql}: {p}");
+            assert!(p.contains("SCAN processes USING INDEX processes_ready"), "{sql}: {p}");
+            assert!(
+                p.contains("SEARCH processes USING INDEX processes_worklist"),
+                "{sql}: {p}"
+            );
+            // Only the merge of the two halves (at most twice the limit) is sorted.
+            assert_eq!(p.matches("TEMP B-TREE").count(), 1, "{sql}: {p}");
         }
+        let p = plan(&conn, NEXT_DUE_SQL, vec![SqlValue::Integer(0)]);
+        assert!(p.contains("SEARCH processes USING INDEX processes_worklist"), "{p}");
     }
 
     #[test]

@@ -22,6 +22,13 @@ use serde_json::{json, Value};
 
 const T0: u64 = 1_700_000_000_000;
 
+/// The worklist index as schema versions before 12 made it (one index, a row
+/// claimable at once keyed 0), undoing `V_WORKLIST_BY_TIME`.
+const UNDO_WORKLIST_BY_TIME: &str = "DROP INDEX processes_ready;
+         DROP INDEX processes_worklist;
+         CREATE INDEX processes_worklist ON processes (claimable_at_ms, id)
+             WHERE run_candidate = 1 OR abandon_candidate = 1;";
+
 fn db(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("cairn.db")
 }
@@ -1480,6 +1487,7 @@ async fn event_logs_keyed_by_process_id_are_upgraded() {
          ALTER TABLE schedules DROP COLUMN last_refusal;
          DROP INDEX processes_abandon;
          DROP INDEX wakes_unacked;
+         {UNDO_WORKLIST_BY_TIME}
          UPDATE cairn_meta SET value = '{LOG_KEYS_FROM}' WHERE key = 'schema_version';"
     ))
     .expect("make the older shape");
@@ -1554,6 +1562,7 @@ async fn listing_indexes_are_made_partial_on_upgrade() {
          ALTER TABLE schedules DROP COLUMN last_refusal;
          DROP INDEX processes_abandon;
          DROP INDEX wakes_unacked;
+         {UNDO_WORKLIST_BY_TIME}
          UPDATE cairn_meta SET value = '{PARTIAL_FROM}' WHERE key = 'schema_version';"
     ))
     .expect("make the older shape");
@@ -1583,6 +1592,55 @@ async fn listing_indexes_are_made_partial_on_upgrade() {
             .query_row("SELECT sql FROM sqlite_master WHERE name = ?1", [index], |r| r.get(0))
             .expect("index");
         assert!(sql.contains("WHERE"), "{index} is partial: {sql}");
+    }
+}
+
+/// A file from before the worklist was served in time order (ADR 0030) has
+/// its worklist indexes rebuilt on open: its queued rows come in the order
+/// they were registered, and the claim reads the new indexes.
+#[tokio::test]
+async fn worklist_indexes_are_rebuilt_on_upgrade() {
+    /// The schema version whose migration rebuilds the worklist indexes.
+    const BY_TIME_FROM: u32 = 11;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let clock = ManualClock::new(T0);
+    let reg = open(&path, &clock);
+    for id in ["c-first", "b-second", "a-third"] {
+        reg.register(tool(id, Disposition::Rerunnable), None)
+            .await
+            .expect("register");
+        clock.advance(1);
+    }
+    drop(reg);
+    let raw = Connection::open(&path).expect("raw");
+    raw.execute_batch(&format!(
+        "{UNDO_WORKLIST_BY_TIME}
+         UPDATE cairn_meta SET value = '{BY_TIME_FROM}' WHERE key = 'schema_version';"
+    ))
+    .expect("make the older shape");
+    drop(raw);
+
+    let reg = open(&path, &clock);
+    let work: Vec<String> = reg
+        .worklist(10)
+        .await
+        .expect("worklist")
+        .into_iter()
+        .map(|w| w.process_id)
+        .collect();
+    assert_eq!(work, ["c-first", "b-second", "a-third"]);
+    let claims = reg.claim_batch("w", 30_000, 1).await.expect("claim");
+    assert_eq!(claims[0].process.id, "c-first");
+    let raw = Connection::open(&path).expect("raw");
+    for index in ["processes_ready", "processes_worklist"] {
+        let sql: String = raw
+            .query_row("SELECT sql FROM sqlite_master WHERE name = ?1", [index], |r| r.get(0))
+            .expect("index");
+        assert!(
+            sql.contains("claimable_at_ms"),
+            "{index} is partial by claimability: {sql}"
+        );
     }
 }
 

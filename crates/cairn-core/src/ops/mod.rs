@@ -66,6 +66,18 @@ impl Row {
         }
     }
 
+    /// Where a claimable row stands in the worklist (ADR 0030): when it became
+    /// claimable as far as the row tells, so work is served first come, first
+    /// served: its lease's expiry or its deadline, else (claimable at once)
+    /// its registration time. Ties go by id. A row claimable at once is
+    /// claimable whatever this says (a clock set back never holds it).
+    pub fn worklist_key(&self) -> u64 {
+        match self.claimable_at() {
+            0 => self.record.created_at_ms,
+            at => at,
+        }
+    }
+
     /// Whether a driver may take this row at `now_ms`: a run or abandon
     /// candidate whose lease, if any, has lapsed and whose due time has come.
     pub fn due_by(&self, now_ms: u64) -> bool {

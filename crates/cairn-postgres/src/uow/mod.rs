@@ -73,12 +73,21 @@ const LOAD_REPLAYS: &str = "SELECT e.process_id, e.replay_key, e.event FROM even
 const LOAD_GRANTS: &str =
     "SELECT process_id, grant_json FROM grants WHERE process_id = ANY($1::text[]) ORDER BY process_id, scope_id FOR SHARE";
 const LOAD_ENVS: &str = "SELECT env_ref FROM envs WHERE env_ref = ANY($1::text[])";
-/// Claimable rows, from the partial claimable index, never waiting on a row
-/// another transaction holds.
-pub(crate) const LOAD_CANDIDATES: &str = "SELECT p.id, p.record, p.lease_owner, p.lease_token, p.lease_fencing, \
+/// Claimable rows in the order they became claimable (ADR 0030), never
+/// waiting on a row another transaction holds: those claimable at once by
+/// registration time (`processes_ready`) merged with those whose lease lapsed
+/// or deadline came by that time (`processes_claimable`). Each half locks up
+/// to the limit; rows the merge leaves out stay locked until the batch ends,
+/// which only makes another node's claim skip them meanwhile.
+pub(crate) const LOAD_CANDIDATES: &str = "WITH ready AS (SELECT id, created_at_ms AS k FROM processes \
+    WHERE run_candidate AND claimable_at_ms = 0 ORDER BY created_at_ms, id LIMIT $2::int8 FOR UPDATE SKIP LOCKED), \
+    timed AS (SELECT id, claimable_at_ms AS k FROM processes \
+    WHERE run_candidate AND claimable_at_ms > 0 AND claimable_at_ms <= $1::int8 \
+    ORDER BY claimable_at_ms, id LIMIT $2::int8 FOR UPDATE SKIP LOCKED) \
+    SELECT p.id, p.record, p.lease_owner, p.lease_token, p.lease_fencing, \
     p.lease_claimed_at_ms, p.lease_expires_at_ms, p.fencing_counter, p.types_key \
-    FROM processes p WHERE p.run_candidate AND p.claimable_at_ms <= $1::int8 \
-    ORDER BY p.claimable_at_ms, p.id LIMIT $2::int8 FOR UPDATE SKIP LOCKED";
+    FROM (SELECT id, k FROM ready UNION ALL SELECT id, k FROM timed) w JOIN processes p ON p.id = w.id \
+    ORDER BY w.k, w.id LIMIT $2::int8";
 
 /// Why a batch did not commit.
 #[derive(Debug)]

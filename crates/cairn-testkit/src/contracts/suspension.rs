@@ -206,6 +206,39 @@ pub async fn timer_is_due_at_its_deadline(factory: &dyn StoreFactory) {
     assert_eq!(resumed.payload["until_ms"], json!(until));
 }
 
+/// Work is served in the order it became claimable (ADR 0030): a due timer
+/// and a lapsed lease come before starts registered after them, and starts
+/// come first come, first served, not by id. (Starts sorted first, by id:
+/// under a backlog a due timer waited for all of it.)
+pub async fn work_is_served_in_the_order_it_became_claimable(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    h.register(rerunnable("timer")).await;
+    suspended(&h, "timer", WaitRequest::timer(1, h.now() + 1_000)).await;
+    h.register(rerunnable("lapsed")).await;
+    h.claim_started("lapsed", "w1", 2_000).await;
+    h.advance(2_500);
+    h.register(rerunnable("z-first")).await;
+    h.advance(1);
+    h.register(rerunnable("a-second")).await;
+    let order = ["timer", "lapsed", "z-first", "a-second"];
+    let work: Vec<String> = ok(h.registry().worklist(10).await, "worklist")
+        .into_iter()
+        .map(|w| w.process_id)
+        .collect();
+    assert_eq!(work, order);
+    let first_two: Vec<String> = ok(h.registry().worklist(2).await, "worklist")
+        .into_iter()
+        .map(|w| w.process_id)
+        .collect();
+    assert_eq!(first_two, order[..2]);
+    for id in order {
+        let claims = ok(h.registry().claim_batch("w2", TTL, 1).await, "claim_batch");
+        let ids: Vec<&str> = claims.iter().map(|c| c.process.id.as_str()).collect();
+        assert_eq!(ids, [id], "claims go in worklist order");
+        h.check(id).await;
+    }
+}
+
 /// An abandon request on a suspension is on the worklist at once, whatever
 /// its wait's deadline: a suspension holds no lease that could lapse later
 /// (SPEC §5), so nothing holds the reconciliation off; no claim runs it.
