@@ -59,6 +59,8 @@ use rusqlite::{Connection, Transaction};
 
 pub use node_hold::NodeHold;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
+#[cfg(any(test, feature = "test-util"))]
+pub use writer::CommitUnderWay;
 pub use writer::WriteStats;
 
 use store::Fault;
@@ -224,6 +226,14 @@ impl SqliteRegistry {
     /// Commits and jobs the writer has carried so far.
     pub fn write_stats(&self) -> WriteStats {
         self.writer.stats()
+    }
+
+    /// Count a commit of this registry's writer as under way until the answer
+    /// drops: every reading the watcher of other writers takes meanwhile
+    /// meets it, as under a writer that commits without pause (tests).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn commit_under_way_for_test(&self) -> CommitUnderWay {
+        self.writer.own_commits().under_way()
     }
 
     /// Overwrite stored env bytes (to exercise corruption detection in tests).

@@ -23,7 +23,9 @@
 //! raise notices too; while our writer commits, the watcher reads at most once
 //! per [`MIN_GAP`], so a busy writer costs it a bounded number of reads. A foreign commit that lands
 //! beside ours is told apart by the cursor when it changed a process (a
-//! prune, and a lease let go, move it too); one that changed none (an
+//! prune, and a lease let go, move it too): in a reading, or, when every
+//! reading meets a commit of ours under way (which spoils it), by our writer,
+//! which finds the stored cursor moved as its next transaction begins. One that changed none (an
 //! acknowledged wake, a grant, a lease renewed) is not announced, and no
 //! waiter waits on it. A read every [`BACKSTOP`] catches a commit that came
 //! with no notice, as on a file system that sends none. Where no watch can be set
@@ -79,6 +81,9 @@ impl Watcher {
         // (taken later, by a thread that started late, it could include that
         // commit and never announce it). A commit of ours under way spoils a
         // reading: try again while it ends.
+        // Foreign moves our writer counted: read before the first reading, so
+        // one counted after it is news.
+        let mut heard = own.foreign_moves();
         let mut first = read(&conn, &own);
         for _ in 0..1000 {
             if first.is_some() {
@@ -136,11 +141,19 @@ impl Watcher {
                     }
                     let now = read();
                     last = Instant::now();
+                    // Our writer found another connection's cursor move as a
+                    // transaction of ours began: heard even when this reading
+                    // met a commit of ours and says nothing (with our writer
+                    // committing without pause, most readings do).
+                    let moves = own.foreign_moves();
+                    let mut foreign = moves != heard;
+                    heard = moves;
                     if let Some(now) = now {
-                        if foreign_between(&seen, &now) {
-                            hub.resync();
-                        }
+                        foreign |= foreign_between(&seen, &now);
                         seen = now;
+                    }
+                    if foreign {
+                        hub.resync();
                     }
                 }
             })

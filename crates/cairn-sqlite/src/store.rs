@@ -204,14 +204,15 @@ thread_local! {
 }
 
 /// Read the stored change cursor at the start of a write transaction (which
-/// holds the write lock, so no other connection moves it until it ends).
-pub(crate) fn cursor_begin(conn: &Connection) -> rusqlite::Result<()> {
+/// holds the write lock, so no other connection moves it until it ends), and
+/// answer it.
+pub(crate) fn cursor_begin(conn: &Connection) -> rusqlite::Result<u64> {
     let v: i64 = conn
         .prepare_cached("SELECT value FROM counters WHERE name = 'change_cursor'")?
         .query_row([], |r| r.get(0))?;
     let v = from_sql(v);
     CURSOR.set(Some((v, v)));
-    Ok(())
+    Ok(v)
 }
 
 /// Store the last change cursor handed out, before the transaction commits;

@@ -46,6 +46,10 @@ struct Counters {
     /// How far this writer's committed transactions moved the stored change
     /// cursor, in all; added before `attempts_ended` counts the commit.
     cursor_moved: AtomicU64,
+    /// Transactions that found the stored change cursor moved since this
+    /// writer's previous transaction left it: another connection changed a
+    /// process in between.
+    foreign_moves: AtomicU64,
 }
 
 /// What the watcher of other writers reads of this writer's commits.
@@ -70,6 +74,35 @@ impl OwnCommits {
     /// `ended()` counts is in it.
     pub(crate) fn cursor_moved(&self) -> u64 {
         self.0.cursor_moved.load(Ordering::SeqCst)
+    }
+
+    /// How many of this writer's transactions found, as they began, the
+    /// stored change cursor moved by another connection. It counts foreign
+    /// changes to processes however busy this writer is: the watcher cannot
+    /// tell them from ours in a reading taken while a commit of ours is
+    /// under way, and drops such a reading.
+    pub(crate) fn foreign_moves(&self) -> u64 {
+        self.0.foreign_moves.load(Ordering::SeqCst)
+    }
+
+    /// Count a commit of ours begun, and ended when the answer drops, so that
+    /// every reading the watcher takes meanwhile is spoilt (a test's way to
+    /// hold the race the watcher drops readings for).
+    #[cfg(any(test, feature = "test-util"))]
+    pub(crate) fn under_way(&self) -> CommitUnderWay {
+        self.0.attempts_begun.fetch_add(1, Ordering::SeqCst);
+        CommitUnderWay(self.0.clone())
+    }
+}
+
+/// See [`OwnCommits::under_way`].
+#[cfg(any(test, feature = "test-util"))]
+pub struct CommitUnderWay(Arc<Counters>);
+
+#[cfg(any(test, feature = "test-util"))]
+impl Drop for CommitUnderWay {
+    fn drop(&mut self) {
+        self.0.attempts_ended.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -245,6 +278,8 @@ impl Drop for Writer {
 }
 
 fn writer_loop(mut conn: Connection, receiver: mpsc::Receiver<Box<dyn Job>>, max_batch: usize, counters: &Counters) {
+    // The stored change cursor as this writer's last transaction left it.
+    let mut left = None;
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         while batch.len() < max_batch {
@@ -253,7 +288,7 @@ fn writer_loop(mut conn: Connection, receiver: mpsc::Receiver<Box<dyn Job>>, max
                 Err(_) => break,
             }
         }
-        run_batch(&mut conn, batch, counters);
+        run_batch(&mut conn, batch, counters, &mut left);
     }
     // The connection drops here; closing the last connection checkpoints the WAL.
 }
@@ -323,7 +358,12 @@ fn run_in_savepoint(tx: &Transaction<'_>, job: &mut dyn Job) -> Step {
 /// after writing has the transaction rolled back and its jobs run again, this
 /// time each in a savepoint. Once a job that cannot run again has run, the
 /// transaction's later jobs take savepoints too.
-fn run_batch(conn: &mut Connection, jobs: Vec<Box<dyn Job>>, counters: &Counters) {
+///
+/// `left` is the stored change cursor as the last transaction left it: a
+/// transaction that begins with another value counts a foreign move
+/// ([`OwnCommits::foreign_moves`]). The cursor only grows, and only this
+/// thread moves it in this process.
+fn run_batch(conn: &mut Connection, jobs: Vec<Box<dyn Job>>, counters: &Counters, left: &mut Option<u64>) {
     let mut queue: VecDeque<Box<dyn Job>> = jobs.into();
     // How many jobs at the front of the queue run in savepoints whatever they
     // are: those of a transaction rolled back to be run again.
@@ -333,10 +373,10 @@ fn run_batch(conn: &mut Connection, jobs: Vec<Box<dyn Job>>, counters: &Counters
         // same file waits (busy_timeout) at BEGIN rather than failing mid-batch.
         let begun = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .and_then(|tx| store::cursor_begin(&tx).map(|()| tx))
-            .and_then(|tx| crate::tx::cache_begin(&tx).map(|()| tx));
-        let tx = match begun {
-            Ok(tx) => tx,
+            .and_then(|tx| store::cursor_begin(&tx).map(|at| (tx, at)))
+            .and_then(|(tx, at)| crate::tx::cache_begin(&tx).map(|()| (tx, at)));
+        let (tx, at_begin) = match begun {
+            Ok(begun) => begun,
             Err(e) => {
                 // Another process held the file's write lock past the busy
                 // timeout: nothing was written, and the caller may try again.
@@ -354,6 +394,11 @@ fn run_batch(conn: &mut Connection, jobs: Vec<Box<dyn Job>>, counters: &Counters
                 break;
             }
         };
+        if left.is_some_and(|l| l != at_begin) {
+            counters.foreign_moves.fetch_add(1, Ordering::SeqCst);
+        }
+        // What a transaction that does not commit leaves.
+        *left = Some(at_begin);
         let mut ran: Vec<Box<dyn Job>> = Vec::new();
         let mut lost = None;
         let mut run_again = false;
@@ -405,6 +450,7 @@ fn run_batch(conn: &mut Connection, jobs: Vec<Box<dyn Job>>, counters: &Counters
                     let committed = tx.commit();
                     if committed.is_ok() {
                         counters.cursor_moved.fetch_add(moved, Ordering::SeqCst);
+                        *left = Some(at_begin + moved);
                     }
                     counters.attempts_ended.fetch_add(1, Ordering::SeqCst);
                     committed

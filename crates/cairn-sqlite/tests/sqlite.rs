@@ -1310,6 +1310,41 @@ async fn foreign_commits_beside_our_own_reach_the_hub() {
     assert!(own > 10, "our writer committed only {own} registrations");
 }
 
+/// A foreign commit reaches the hub even when every reading of the watcher
+/// meets a commit of ours under way (which spoils the reading): our writer
+/// finds the cursor moved as its next transaction begins. Commits of ours
+/// alone still have nobody read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_commit_is_heard_while_every_reading_meets_a_commit_of_ours() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let clock = ManualClock::new(1_000);
+    let ours = open(&path, &clock);
+    let theirs = open(&path, &clock);
+    let hub = cairn_core::ChangeHub::new();
+    ours.watch_other_writers(hub.clone()).expect("watch");
+    ours.register(external("own-0"), None).await.expect("own write");
+    let busy = ours.commit_under_way_for_test();
+    let mut resync = hub.subscribe_resync();
+    resync.borrow_and_update();
+    // Control: our own commits (each raising a notice, each reading spoilt)
+    // have nobody read again.
+    ours.register(external("own-1"), None).await.expect("own write");
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), resync.changed())
+            .await
+            .is_err(),
+        "our own commit was taken for a foreign one"
+    );
+    theirs.register(external("theirs"), None).await.expect("their write");
+    ours.register(external("own-2"), None).await.expect("own write");
+    tokio::time::timeout(std::time::Duration::from_secs(3), resync.changed())
+        .await
+        .expect("the foreign commit beside ours never reached the hub")
+        .expect("hub alive");
+    drop(busy);
+}
+
 /// A lease let go moves the stored change cursor, as a change of a record
 /// does: another OS process's watcher tells a foreign commit that landed
 /// beside its own by the cursor (`others`), and a release makes work there
