@@ -84,21 +84,42 @@ const FIRST_CHECK: Duration = Duration::from_millis(100);
 /// idle one claims nothing and pays nothing.
 const LIVENESS_EVERY_MS: u64 = 1_000;
 
+/// Why a lease lapsed under its holder, as the reasons below say it: a
+/// renewal that did not reach the store, or none sent (the node stopped,
+/// paused or asleep past the lease); the owner cannot tell which.
+macro_rules! lapse_cause {
+    () => {
+        "(no renewal reached the store in time: the store was out of reach, or this node was paused)"
+    };
+}
+
 /// Why an owner files the abandon request of an owner-bound run whose
-/// lease lapsed while the store was out of reach (`Worker::abandon_lost`).
-const STOPPED_AT_LAPSE: &str =
-    "its owner-bound run was stopped when its lease lapsed (the store was out of reach); its outcome is unknown";
+/// lease lapsed under it (`Worker::abandon_lost`).
+const STOPPED_AT_LAPSE: &str = concat!(
+    "its owner-bound run was stopped when its lease lapsed ",
+    lapse_cause!(),
+    "; its outcome is unknown"
+);
 /// The same, for a run that ended but whose outcome could not be written.
-const UNWRITTEN_OUTCOME: &str =
-    "its owner-bound run ended, but its outcome could not be written before its lease lapsed (the store was out of reach); the outcome is lost";
+const UNWRITTEN_OUTCOME: &str = concat!(
+    "its owner-bound run ended, but its outcome could not be written before its lease lapsed ",
+    lapse_cause!(),
+    "; the outcome is lost"
+);
 
 /// The same, for a claim whose lease lapsed while it waited for a slot.
-const LAPSED_WAITING: &str =
-    "its owner-bound claim's lease lapsed while it waited for a worker slot (the store was out of reach), so it never ran";
+const LAPSED_WAITING: &str = concat!(
+    "its owner-bound claim's lease lapsed while it waited for a worker slot ",
+    lapse_cause!(),
+    ", so it never ran"
+);
 
 /// The same, for a claim whose lease lapsed while what it runs was read.
-const LAPSED_LOADING: &str =
-    "its owner-bound claim's lease lapsed while its module or env was read (the store was out of reach), so it never ran";
+const LAPSED_LOADING: &str = concat!(
+    "its owner-bound claim's lease lapsed while its module or env was read ",
+    lapse_cause!(),
+    ", so it never ran"
+);
 
 /// The same, for a start whose claim was written but whose answer was lost.
 const LOST_START: &str =
