@@ -1377,6 +1377,49 @@ async fn a_due_row_locked_and_left_as_it_was_is_announced_as_work() {
     heard().await.expect("the session's deletion was announced as work");
 }
 
+/// A claim that locks more candidates than it answers (each half of the
+/// worklist locks up to the limit) tells the drivers to look for work: a
+/// claim on another node passed over the rows it left out while it held them,
+/// and nothing else would say they are there.
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn candidates_a_claim_locked_and_left_out_are_announced_as_work() {
+    if !testing::enabled() {
+        return;
+    }
+    let schema = TestSchema::new("cairn_t");
+    let (_listener, writer, hub, _generation) = listening_pair(&schema).await;
+    for id in ["ready-1", "ready-2", "timed-1", "timed-2"] {
+        writer.register(rerunnable(id), None).await.expect("register");
+    }
+    for id in ["timed-1", "timed-2"] {
+        writer.claim(id, "gone", 1).await.expect("claim");
+    }
+    // The leases of a millisecond have lapsed by the wall clock.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Every notice of the writes above reached the hub before the marker's
+    // (one listening connection, commit order); then the pending one is spent.
+    writer.register(external("marker"), None).await.expect("register");
+    let mut marker = hub.subscribe("marker");
+    writer.append_event("marker", note(json!({}))).await.expect("append");
+    assert!(announced(&mut marker, 1).await, "the marker reached the hub");
+    let _ = tokio::time::timeout(Duration::ZERO, hub.work_available()).await;
+    let claimed: Vec<String> = testing::claim_together(&writer, &[("w", 2)])
+        .await
+        .remove(0)
+        .expect("claims")
+        .into_iter()
+        .map(|c| c.process.id)
+        .collect();
+    assert_eq!(claimed, ["ready-1", "ready-2"], "registered first, claimed first");
+    tokio::time::timeout(Duration::from_secs(10), hub.work_available())
+        .await
+        .expect("the lapsed leases the claim locked and left were announced as work");
+}
+
 /// A claim of "everything" (`usize::MAX`) queued beside another claim in one
 /// write batch claims every claimable row, as it does alone (the batch's
 /// candidate count saturates rather than overflowing).

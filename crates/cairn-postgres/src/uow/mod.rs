@@ -7,7 +7,7 @@
 //!    in id order so batches on different nodes never deadlock on each other),
 //!    their tombstones, the events their replay keys name, the envs
 //!    registrations name, and claimable rows for claims (`FOR UPDATE SKIP LOCKED`
-//!    over the claimable index: a claim never waits for another node's claim).
+//!    over the ready and claimable indexes: a claim never waits for another node's claim).
 //!    A batch that cancels loads the running descendants of what it cancels
 //!    (through ended children that have children of their own), level by level (`FOR UPDATE`: a deadlock with a batch that locked in id
 //!    order is a transient fault, and the batch runs again).
@@ -77,17 +77,24 @@ const LOAD_ENVS: &str = "SELECT env_ref FROM envs WHERE env_ref = ANY($1::text[]
 /// waiting on a row another transaction holds: those claimable at once by
 /// registration time (`processes_ready`) merged with those whose lease lapsed
 /// or deadline came by that time (`processes_claimable`). Each half locks up
-/// to the limit; rows the merge leaves out stay locked until the batch ends,
-/// which only makes another node's claim skip them meanwhile.
-pub(crate) const LOAD_CANDIDATES: &str = "WITH ready AS (SELECT id, created_at_ms AS k FROM processes \
+/// to the limit and reads the row as it locked it (a row changed since the
+/// statement's snapshot is read as changed); the last column counts the rows
+/// locked, which may be more than the limit: those the merge leaves out stay
+/// locked until the batch ends, and the batch then tells the drivers to look
+/// for work (another node's claim passed over them meanwhile).
+pub(crate) const LOAD_CANDIDATES: &str = "WITH ready AS (SELECT id, record, lease_owner, lease_token, lease_fencing, \
+    lease_claimed_at_ms, lease_expires_at_ms, fencing_counter, types_key, created_at_ms AS k FROM processes \
     WHERE run_candidate AND claimable_at_ms = 0 ORDER BY created_at_ms, id LIMIT $2::int8 FOR UPDATE SKIP LOCKED), \
-    timed AS (SELECT id, claimable_at_ms AS k FROM processes \
+    timed AS (SELECT id, record, lease_owner, lease_token, lease_fencing, \
+    lease_claimed_at_ms, lease_expires_at_ms, fencing_counter, types_key, claimable_at_ms AS k FROM processes \
     WHERE run_candidate AND claimable_at_ms > 0 AND claimable_at_ms <= $1::int8 \
     ORDER BY claimable_at_ms, id LIMIT $2::int8 FOR UPDATE SKIP LOCKED) \
-    SELECT p.id, p.record, p.lease_owner, p.lease_token, p.lease_fencing, \
-    p.lease_claimed_at_ms, p.lease_expires_at_ms, p.fencing_counter, p.types_key \
-    FROM (SELECT id, k FROM ready UNION ALL SELECT id, k FROM timed) w JOIN processes p ON p.id = w.id \
-    ORDER BY w.k, w.id LIMIT $2::int8";
+    SELECT id, record, lease_owner, lease_token, lease_fencing, lease_claimed_at_ms, lease_expires_at_ms, \
+    fencing_counter, types_key, k, count(*) OVER () AS locked \
+    FROM (SELECT * FROM ready UNION ALL SELECT * FROM timed) w ORDER BY k, id LIMIT $2::int8";
+
+/// The column of [`LOAD_CANDIDATES`] that counts the rows it locked.
+const CANDIDATES_LOCKED: usize = 10;
 
 /// Why a batch did not commit.
 #[derive(Debug)]
@@ -395,6 +402,11 @@ async fn load_decide_write(
     for row in &envs {
         uow.envs.insert(row.try_get(0).map_err(Fault::Pg)?);
     }
+    // Candidates locked beyond those answered: passed over by any claim meanwhile.
+    let locked_beyond = match candidates.first() {
+        Some(row) => row.try_get::<_, i64>(CANDIDATES_LOCKED).map_err(Fault::Pg)? > candidates.len() as i64,
+        None => false,
+    };
     let candidate_entries = entries_from_rows(conn, &candidates, 1).await?;
     for (row, entry) in candidates.iter().zip(candidate_entries) {
         let id: String = row.try_get(0).map_err(Fault::Pg)?;
@@ -424,13 +436,15 @@ async fn load_decide_write(
     // is gone.
     // (Only the rows the batch names, their parents and the descendants a
     // cancel locks: an unclaimed candidate of a claim must not send every
-    // driver to claim again.)
+    // driver to claim again. Candidates locked and left out of the answer
+    // are another matter: no claim of this batch saw them.)
     if !uow.work {
-        uow.work = locked.iter().any(|id| {
-            uow.slots
-                .get(id)
-                .is_some_and(|slot| !slot.dirty && slot.entry.as_ref().is_some_and(|e| e.due_by(now)))
-        });
+        uow.work = locked_beyond
+            || locked.iter().any(|id| {
+                uow.slots
+                    .get(id)
+                    .is_some_and(|slot| !slot.dirty && slot.entry.as_ref().is_some_and(|e| e.due_by(now)))
+            });
     }
 
     // 3. Write and commit, pipelined.
