@@ -247,7 +247,7 @@ pub(crate) const WORKLIST_SQL: &str = "SELECT id, abandon FROM (\
      ORDER BY claimable_at_ms, id LIMIT $2::int8) \
     UNION ALL \
     (SELECT id, true AS abandon, CASE claimable_at_ms WHEN 0 THEN created_at_ms ELSE claimable_at_ms END AS k \
-     FROM processes WHERE abandon_candidate AND claimable_at_ms <= $1::int8 ORDER BY claimable_at_ms, id LIMIT $2::int8)\
+     FROM processes WHERE abandon_candidate AND claimable_at_ms <= $1::int8 ORDER BY k, id LIMIT $2::int8)\
     ) w ORDER BY k, id LIMIT $2::int8";
 
 /// The earliest claimable time or schedule fire after $1, from the claimable,

@@ -240,6 +240,7 @@ macro_rules! conformance_suite {
                 timer_is_due_at_its_deadline,
                 abandon_request_on_a_suspension_is_due_at_once,
                 work_is_served_in_the_order_it_became_claimable,
+                abandon_requests_are_listed_in_the_order_they_became_due,
                 signal_wait_deadline_times_out,
                 cancel_wakes_a_suspension,
                 only_rerunnable_processes_suspend,

@@ -239,6 +239,24 @@ pub async fn work_is_served_in_the_order_it_became_claimable(factory: &dyn Store
     }
 }
 
+/// Abandon requests come on the worklist in the order they became due too:
+/// two free of any lease by registration time, whatever their ids.
+pub async fn abandon_requests_are_listed_in_the_order_they_became_due(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    h.register(external("z-old")).await;
+    h.advance(1);
+    h.register(external("a-new")).await;
+    for id in ["z-old", "a-new"] {
+        ok(h.registry().request_abandon(id, "op", "gone").await, "request_abandon");
+        h.check(id).await;
+    }
+    let first: Vec<String> = ok(h.registry().worklist(1).await, "worklist")
+        .into_iter()
+        .map(|w| w.process_id)
+        .collect();
+    assert_eq!(first, ["z-old"]);
+}
+
 /// An abandon request on a suspension is on the worklist at once, whatever
 /// its wait's deadline: a suspension holds no lease that could lapse later
 /// (SPEC §5), so nothing holds the reconciliation off; no claim runs it.
