@@ -119,6 +119,10 @@ pub async fn plan_on(url: &str, schema: &str, role: &str, sql: &str) -> Result<S
         .join("\n"))
 }
 
+/// The statement that finds leases of a node's earlier incarnations (`$1`
+/// node id, `$2` incarnation, `$3` limit).
+pub const EARLIER_LEASES_SQL: &str = crate::read::EARLIER_LEASES_SQL;
+
 /// The statement that loads a write batch's rows (ids in `$1` and `$2`).
 pub const LOAD_ROWS: &str = crate::uow::LOAD_ROWS;
 

@@ -597,6 +597,20 @@ async fn claims_and_worklists_read_their_partial_indexes() {
         assert!(plan.contains(index), "{name} should use {index}:\n{plan}");
         assert!(!plan.contains("Seq Scan"), "{name} scans the table:\n{plan}");
     }
+    // A new incarnation's look for its earlier ones' leases reads leased rows
+    // alone, never every running one.
+    let plan: Vec<String> = c
+        .query(
+            &format!("EXPLAIN {}", testing::EARLIER_LEASES_SQL),
+            &[&"node", &2i64, &256i64],
+        )
+        .await
+        .expect("explain")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("processes_claimable"), "earlier leases:\n{plan}");
 }
 
 /// The listing indexes are partial (ADR 0026): a listing of running, failed

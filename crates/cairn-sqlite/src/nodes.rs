@@ -66,11 +66,12 @@ pub(crate) fn sweep_worklist(conn: &Connection, limit: usize) -> R<Vec<SweepItem
 }
 
 /// Leases held by earlier incarnations of a node on running rerunnable
-/// processes (the run candidates' partial index): the owner is `{node}#`
-/// and digits below the given incarnation.
+/// processes (the timed worklist index: a leased row is claimable at its
+/// lease's expiry, never at once): the owner is `{node}#` and digits below
+/// the given incarnation.
 const EARLIER_LEASES_SQL: &str = "SELECT p.id, p.lease_owner, p.lease_token, p.lease_fencing,
      p.lease_claimed_at_ms, p.lease_expires_at_ms FROM processes p
-     WHERE p.run_candidate = 1 AND p.disposition = 'rerunnable' AND p.status = 'running'
+     WHERE p.run_candidate = 1 AND p.claimable_at_ms > 0 AND p.disposition = 'rerunnable' AND p.status = 'running'
        AND substr(p.lease_owner, 1, length(?1) + 1) = ?1 || '#'
        AND substr(p.lease_owner, length(?1) + 2) != ''
        AND NOT substr(p.lease_owner, length(?1) + 2) GLOB '*[^0-9]*'
@@ -120,5 +121,22 @@ mod tests {
             .expect("plan")
             .join(" | ");
         assert!(plan.contains("SEARCH p USING INDEX processes_sweep"), "{plan}");
+    }
+
+    #[test]
+    fn earlier_leases_walk_the_timed_worklist_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn =
+            crate::schema::open_writer(&dir.path().join("plan.db"), std::time::Duration::from_secs(1)).expect("open");
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {EARLIER_LEASES_SQL}"))
+            .expect("explain");
+        let plan = stmt
+            .query_map(params!["node", 2, 10], |r| r.get::<_, String>(3))
+            .expect("plan rows")
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .expect("plan")
+            .join(" | ");
+        assert!(plan.contains("USING INDEX processes_worklist"), "{plan}");
     }
 }
