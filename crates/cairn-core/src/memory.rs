@@ -30,17 +30,20 @@ struct Entry {
 }
 
 /// The first `limit` of `due` (entries with what to answer for each), in
-/// worklist order (ADR 0030): by [`Row::worklist_key`], then id. A sort of
-/// every due entry: this registry keeps no index by time.
+/// worklist order (ADR 0030): by [`Row::worklist_key`], then id. This
+/// registry keeps no index by time: the first `limit` are selected in linear
+/// time, and only they are sorted.
 fn in_worklist_order<'a, T>(due: impl Iterator<Item = (&'a Entry, T)>, limit: usize) -> Vec<(String, T)> {
     let mut due: Vec<(u64, &str, T)> = due
         .map(|(e, t)| (e.row.worklist_key(), e.row.record.id.as_str(), t))
         .collect();
-    due.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    due.into_iter()
-        .take(limit)
-        .map(|(_, id, t)| (id.to_string(), t))
-        .collect()
+    let order = |a: &(u64, &str, T), b: &(u64, &str, T)| (a.0, a.1).cmp(&(b.0, b.1));
+    if limit < due.len() {
+        due.select_nth_unstable_by(limit, order);
+        due.truncate(limit);
+    }
+    due.sort_unstable_by(order);
+    due.into_iter().map(|(_, id, t)| (id.to_string(), t)).collect()
 }
 
 struct WakeRow {
