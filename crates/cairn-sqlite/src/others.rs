@@ -81,9 +81,6 @@ impl Watcher {
         // (taken later, by a thread that started late, it could include that
         // commit and never announce it). A commit of ours under way spoils a
         // reading: try again while it ends.
-        // Foreign moves our writer counted: read before the first reading, so
-        // one counted after it is news.
-        let mut heard = own.foreign_moves();
         let mut first = read(&conn, &own);
         for _ in 0..1000 {
             if first.is_some() {
@@ -102,6 +99,10 @@ impl Watcher {
                     moved: 0,
                     cursor: None,
                 });
+                // The stored cursor up to which foreign changes are told of:
+                // by a kept reading (compared with the one before it), or by
+                // a resync for what our writer found.
+                let mut told = seen.cursor.map_or(0, cursor_u64);
                 let mut last = Instant::now();
                 // After a notice, the next read is due this long after the last.
                 let mut chase: Option<Duration> = None;
@@ -141,16 +142,21 @@ impl Watcher {
                     }
                     let now = read();
                     last = Instant::now();
-                    // Our writer found another connection's cursor move as a
-                    // transaction of ours began: heard even when this reading
-                    // met a commit of ours and says nothing (with our writer
-                    // committing without pause, most readings do).
-                    let moves = own.foreign_moves();
-                    let mut foreign = moves != heard;
-                    heard = moves;
+                    let mut foreign = false;
                     if let Some(now) = now {
-                        foreign |= foreign_between(&seen, &now);
+                        foreign = foreign_between(&seen, &now);
+                        told = told.max(now.cursor.map_or(0, cursor_u64));
                         seen = now;
+                    }
+                    // Our writer found another connection's cursor move as a
+                    // transaction of ours began, past what readings told of:
+                    // heard even when this reading met a commit of ours and
+                    // says nothing (with our writer committing without pause,
+                    // most readings do).
+                    let found = own.foreign_upto();
+                    if found > told {
+                        foreign = true;
+                        told = found;
                     }
                     if foreign {
                         hub.resync();
@@ -214,6 +220,11 @@ fn read(conn: &Connection, own: &OwnCommits) -> Option<Reading> {
         moved,
         cursor,
     })
+}
+
+/// A stored cursor as the writer counts it (never negative).
+fn cursor_u64(cursor: i64) -> u64 {
+    u64::try_from(cursor).unwrap_or(0)
 }
 
 /// One look at the file, with this process's own commits around it.

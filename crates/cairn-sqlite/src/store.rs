@@ -203,14 +203,19 @@ thread_local! {
     static CURSOR: std::cell::Cell<Option<(u64, u64)>> = const { std::cell::Cell::new(None) };
 }
 
+/// The stored change cursor, read outside any transaction.
+pub(crate) fn cursor_stored(conn: &Connection) -> rusqlite::Result<u64> {
+    let v: i64 = conn
+        .prepare_cached("SELECT value FROM counters WHERE name = 'change_cursor'")?
+        .query_row([], |r| r.get(0))?;
+    Ok(from_sql(v))
+}
+
 /// Read the stored change cursor at the start of a write transaction (which
 /// holds the write lock, so no other connection moves it until it ends), and
 /// answer it.
 pub(crate) fn cursor_begin(conn: &Connection) -> rusqlite::Result<u64> {
-    let v: i64 = conn
-        .prepare_cached("SELECT value FROM counters WHERE name = 'change_cursor'")?
-        .query_row([], |r| r.get(0))?;
-    let v = from_sql(v);
+    let v = cursor_stored(conn)?;
     CURSOR.set(Some((v, v)));
     Ok(v)
 }

@@ -46,10 +46,10 @@ struct Counters {
     /// How far this writer's committed transactions moved the stored change
     /// cursor, in all; added before `attempts_ended` counts the commit.
     cursor_moved: AtomicU64,
-    /// Transactions that found the stored change cursor moved since this
-    /// writer's previous transaction left it: another connection changed a
-    /// process in between.
-    foreign_moves: AtomicU64,
+    /// The highest stored change cursor a transaction of this writer found
+    /// as it began, moved since this writer's previous transaction left it:
+    /// another connection changed a process in between. 0 while none did.
+    foreign_upto: AtomicU64,
 }
 
 /// What the watcher of other writers reads of this writer's commits.
@@ -76,13 +76,14 @@ impl OwnCommits {
         self.0.cursor_moved.load(Ordering::SeqCst)
     }
 
-    /// How many of this writer's transactions found, as they began, the
-    /// stored change cursor moved by another connection. It counts foreign
-    /// changes to processes however busy this writer is: the watcher cannot
-    /// tell them from ours in a reading taken while a commit of ours is
-    /// under way, and drops such a reading.
-    pub(crate) fn foreign_moves(&self) -> u64 {
-        self.0.foreign_moves.load(Ordering::SeqCst)
+    /// The highest stored change cursor one of this writer's transactions
+    /// found, as it began, moved by another connection (0 if none did). It
+    /// tells of foreign changes to processes however busy this writer is:
+    /// the watcher cannot tell them from ours in a reading taken while a
+    /// commit of ours is under way, and drops such a reading. A reading kept
+    /// at or past this cursor has told of them already.
+    pub(crate) fn foreign_upto(&self) -> u64 {
+        self.0.foreign_upto.load(Ordering::SeqCst)
     }
 
     /// Count a commit of ours begun, and ended when the answer drops, so that
@@ -278,8 +279,10 @@ impl Drop for Writer {
 }
 
 fn writer_loop(mut conn: Connection, receiver: mpsc::Receiver<Box<dyn Job>>, max_batch: usize, counters: &Counters) {
-    // The stored change cursor as this writer's last transaction left it.
-    let mut left = None;
+    // The stored change cursor as this writer's last transaction left it; at
+    // first, as it is when the thread starts (a foreign move after that is
+    // one; unreadable, the first transaction sets it).
+    let mut left = store::cursor_stored(&conn).ok();
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         while batch.len() < max_batch {
@@ -360,8 +363,8 @@ fn run_in_savepoint(tx: &Transaction<'_>, job: &mut dyn Job) -> Step {
 /// transaction's later jobs take savepoints too.
 ///
 /// `left` is the stored change cursor as the last transaction left it: a
-/// transaction that begins with another value counts a foreign move
-/// ([`OwnCommits::foreign_moves`]). The cursor only grows, and only this
+/// transaction that begins with another value tells of a foreign move
+/// ([`OwnCommits::foreign_upto`]). The cursor only grows, and only this
 /// thread moves it in this process.
 fn run_batch(conn: &mut Connection, jobs: Vec<Box<dyn Job>>, counters: &Counters, left: &mut Option<u64>) {
     let mut queue: VecDeque<Box<dyn Job>> = jobs.into();
@@ -395,7 +398,7 @@ fn run_batch(conn: &mut Connection, jobs: Vec<Box<dyn Job>>, counters: &Counters
             }
         };
         if left.is_some_and(|l| l != at_begin) {
-            counters.foreign_moves.fetch_add(1, Ordering::SeqCst);
+            counters.foreign_upto.fetch_max(at_begin, Ordering::SeqCst);
         }
         // What a transaction that does not commit leaves.
         *left = Some(at_begin);

@@ -1345,6 +1345,36 @@ async fn a_foreign_commit_is_heard_while_every_reading_meets_a_commit_of_ours() 
     drop(busy);
 }
 
+/// A foreign commit is told of once: the reading that follows its notice
+/// has waiters read again, and our writer, finding the cursor moved as its
+/// next transaction begins, does not have them read again for the same one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_commit_is_told_of_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let clock = ManualClock::new(1_000);
+    let ours = open(&path, &clock);
+    let theirs = open(&path, &clock);
+    let hub = cairn_core::ChangeHub::new();
+    ours.watch_other_writers(hub.clone()).expect("watch");
+    ours.register(external("own-0"), None).await.expect("own write");
+    let mut resync = hub.subscribe_resync();
+    resync.borrow_and_update();
+    theirs.register(external("theirs"), None).await.expect("their write");
+    tokio::time::timeout(std::time::Duration::from_secs(3), resync.changed())
+        .await
+        .expect("the foreign commit reached the hub")
+        .expect("hub alive");
+    resync.borrow_and_update();
+    ours.register(external("own-1"), None).await.expect("own write");
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), resync.changed())
+            .await
+            .is_err(),
+        "the same foreign commit had waiters read again"
+    );
+}
+
 /// A lease let go moves the stored change cursor, as a change of a record
 /// does: another OS process's watcher tells a foreign commit that landed
 /// beside its own by the cursor (`others`), and a release makes work there
