@@ -665,7 +665,18 @@ impl ProcessRegistry for MemoryRegistry {
             .filter(|w| !w.acked && w.delivery.target_session_id == session_id)
             .collect();
         rows.sort_by_key(|w| w.order);
-        Ok(rows.into_iter().take(limit).map(|w| w.delivery.clone()).collect())
+        // None after those that bring the page to LIST_PAGE_BYTES as JSON.
+        let mut bytes = 0usize;
+        Ok(rows
+            .into_iter()
+            .take(limit)
+            .take_while(|w| {
+                let under = bytes < crate::LIST_PAGE_BYTES;
+                bytes = bytes.saturating_add(serde_json::to_vec(&w.delivery).map_or(0, |j| j.len()));
+                under
+            })
+            .map(|w| w.delivery.clone())
+            .collect())
     }
 
     async fn ack_wake(&self, session_id: &str, wake_id: &str) -> Result<bool> {

@@ -1015,9 +1015,9 @@ impl Processes {
 
     /// Running processes and pending wakes of a session scope: every running
     /// process granted to it (paged to the end), and the oldest pending
-    /// wakes of its session, at most [`crate::model::MAX_PAGE_SIZE`] (a
-    /// frame's scope: those aimed at that frame); acknowledged ones make room
-    /// for later ones.
+    /// wakes of its session, at most [`crate::model::MAX_PAGE_SIZE`] and
+    /// [`LIST_PAGE_BYTES`] (a frame's scope: those of them aimed at that
+    /// frame); acknowledged ones make room for later ones.
     pub async fn session_snapshot(&self, scope: &SessionScope) -> Result<SessionSnapshot> {
         let mut running = Vec::new();
         let mut filter = ProcessFilter {

@@ -107,7 +107,12 @@ async fn section(d: &crate::Inner, viewer: &Viewer, session: &str) -> cairn_core
         Viewer::Session(_) => None,
     };
     let mut wakes = d.processes.wakes(session, Some(SHOWN + 1)).await?;
-    let wakes_more = wakes.len() > SHOWN;
+    // A page that reached its bytes was cut there (a later wake may wait).
+    let bytes: usize = wakes
+        .iter()
+        .map(|w| serde_json::to_vec(w).map_or(0, |j| j.len()))
+        .sum();
+    let wakes_more = wakes.len() > SHOWN || bytes >= cairn_core::LIST_PAGE_BYTES;
     wakes.truncate(SHOWN);
     let sid = encode_path(session);
     let q = encode_path(session);
@@ -123,7 +128,7 @@ async fn section(d: &crate::Inner, viewer: &Viewer, session: &str) -> cairn_core
     let count = |n: usize, more: bool| if more { format!("(first {n})") } else { format!("({n})") };
     Ok(html! {
         h2 { "Pending wakes " span.count { (count(wakes.len(), wakes_more)) } }
-        @if wakes_more { p.hint.more { "The oldest " (SHOWN) "; acknowledging them shows the next." } }
+        @if wakes_more { p.hint.more { "The oldest " (wakes.len()) "; acknowledging them shows the next." } }
         @if wakes.is_empty() { p.empty { "No pending wake." } } @else {
             div #wake-result aria-live="polite" {}
             div.tablewrap { table.wakes {

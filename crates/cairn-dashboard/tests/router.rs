@@ -512,6 +512,41 @@ async fn the_session_page_lists_pending_wakes_and_acknowledges_them() {
     );
 }
 
+/// A page of wakes cut at its bytes (inputs of most of a mebibyte) says it
+/// shows the oldest ones and that acknowledging them shows the next.
+#[tokio::test]
+async fn the_session_page_says_when_its_wakes_were_cut_at_their_bytes() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let app = app(&p, true);
+    let start = StartRequest::from_json(json!({
+        "id": "ci-big",
+        "input": {"type": "external", "metadata": {}},
+        "disposition": "externally_owned",
+        "grant": {"session_scope": {"session_id": "s1"}},
+        "wake_target": {"session_id": "s1"},
+        "event_types": [{"name": "progress", "payload_schema": {"type": "object"},
+                         "semantics": {"wake": {"input": {"pointer": "/text"}}}}]
+    }))
+    .unwrap();
+    p.start(start).await.unwrap();
+    for i in 0..6 {
+        let text = format!("{i}").repeat(900 * 1024);
+        p.append_event(
+            "ci-big",
+            serde_json::from_value(json!({"event_type": "progress", "payload": {"text": text}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let shown = p.wakes("s1", None).await.unwrap().len();
+    assert_eq!(shown, 5, "the page stops at its bytes");
+    let (status, html, _) = get(&app, "/ui/sessions?session=s1", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("(first 5)"), "{}", &html[..html.len().min(3000)]);
+    assert!(html.contains("The oldest 5; acknowledging them shows the next."));
+}
+
 /// A session id is taken as given: ` s1` (a leading space is allowed in an
 /// id) is another session than `s1`, on the session page and in the list's
 /// lenses.

@@ -207,14 +207,25 @@ pub(crate) async fn events_after(conn: &Conn, id: &str, after: u64, limit: usize
     Ok((events, last))
 }
 
+/// Pending wakes of a session, oldest first: at most `limit`, and none after
+/// those that bring the page to [`cairn_core::LIST_PAGE_BYTES`] as stored
+/// (the sizes are summed by the server, so what is left out is never sent).
 pub(crate) async fn pending_wakes(conn: &Conn, session_id: &str, limit: usize) -> R<Vec<WakeDelivery>> {
     let stmt = conn
         .stmt(
-            "SELECT delivery FROM wakes WHERE target_session_id = $1::text AND NOT acked \
-             ORDER BY wake_order LIMIT $2::int8",
+            "SELECT delivery FROM (SELECT delivery, wake_order, COALESCE(sum(octet_length(delivery)) \
+             OVER (ORDER BY wake_order ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before \
+             FROM wakes WHERE target_session_id = $1::text AND NOT acked ORDER BY wake_order LIMIT $2::int8) w \
+             WHERE before < $3::int8 ORDER BY wake_order",
         )
         .await?;
-    let rows = conn.client.query(&stmt, &[&session_id, &to_sql_usize(limit)]).await?;
+    let rows = conn
+        .client
+        .query(
+            &stmt,
+            &[&session_id, &to_sql_usize(limit), &to_sql_usize(cairn_core::LIST_PAGE_BYTES)],
+        )
+        .await?;
     rows.iter()
         .map(|r| Ok(serde_json::from_str(r.try_get::<_, &str>(0)?)?))
         .collect()

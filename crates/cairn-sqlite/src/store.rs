@@ -877,18 +877,22 @@ pub(crate) fn events_after(conn: &Connection, id: &str, after: u64, limit: usize
 
 // ---------------------------------------------------------------- sessions and wakes
 
-/// Pending wakes of a session, oldest first.
+/// Pending wakes of a session, oldest first: at most `limit`, and none after
+/// those that bring the page to [`cairn_core::LIST_PAGE_BYTES`] as stored.
 pub(crate) fn pending_wakes(conn: &Connection, session_id: &str, limit: usize) -> R<Vec<WakeDelivery>> {
     let mut stmt = conn.prepare_cached(
         "SELECT delivery FROM wakes WHERE target_session_id = ?1 AND acked = 0 ORDER BY wake_order LIMIT ?2",
     )?;
-    let jsons = stmt
-        .query_map(params![session_id, to_sql_usize(limit)], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<Vec<String>>>()?;
-    Ok(jsons
-        .iter()
-        .map(|j| serde_json::from_str(j))
-        .collect::<std::result::Result<Vec<WakeDelivery>, _>>()?)
+    let mut rows = stmt.query(params![session_id, to_sql_usize(limit)])?;
+    let mut wakes = Vec::new();
+    let mut bytes = 0usize;
+    while bytes < cairn_core::LIST_PAGE_BYTES {
+        let Some(row) = rows.next()? else { break };
+        let json = row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+        bytes = bytes.saturating_add(json.len());
+        wakes.push(serde_json::from_str(json)?);
+    }
+    Ok(wakes)
 }
 
 /// Acknowledge a wake; `true` when this call did.

@@ -266,6 +266,7 @@ macro_rules! conformance_suite {
                 wake_needs_a_target,
                 wake_default_dedupe_is_per_event,
                 pending_wakes_order_and_paging,
+                pending_wakes_stop_at_the_page_bytes,
                 // cancellation
                 cancel_never_claimed_ends_at_once,
                 cancel_started_records_request_only,

@@ -151,6 +151,24 @@ async fn cli_drives_the_server() {
     assert_eq!(out.stdout.lines().count(), 4, "{}", out.stdout);
     assert!(out.stderr.is_empty(), "{}", out.stderr);
     assert_eq!(server.cli(&["wakes", "s1", "--limit", "0"], None).await.code, 2);
+    // A page cut at its bytes (4 MiB) says there may be more, without the
+    // larger --limit that would not help.
+    for i in 0..6 {
+        let (s, _) = server
+            .client()
+            .post(
+                "/v1/processes/c2/events",
+                json!({"event_type": "note", "payload": {"t": format!("{i}").repeat(900 * 1024)}}),
+            )
+            .await;
+        assert_eq!(s, 200);
+    }
+    let out = server.cli(&["--json", "wakes", "s1"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let shown = out.json()["wakes"].as_array().expect("wakes").len();
+    assert_eq!(shown, 8, "three small ones, then five of the six big ones");
+    assert!(out.stderr.contains("there may be more"), "{}", out.stderr);
+    assert!(!out.stderr.contains("--limit"), "{}", out.stderr);
 
     // cancel and abandon.
     assert_eq!(server.client().start(waiter("c3")).await.0, 201);

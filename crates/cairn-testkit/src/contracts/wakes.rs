@@ -226,6 +226,31 @@ pub async fn wake_default_dedupe_is_per_event(factory: &dyn StoreFactory) {
     assert_eq!(pending_ids, ids);
 }
 
+/// A page of pending wakes stops at `LIST_PAGE_BYTES`: with inputs of most
+/// of a mebibyte, a page holds what brings it to the bound and no more, and
+/// acknowledging them brings the rest.
+pub async fn pending_wakes_stop_at_the_page_bytes(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    h.register(waking(rerunnable("p"), &session("s1"))).await;
+    let big = 900 * 1024;
+    let per_page = cairn_core::LIST_PAGE_BYTES.div_ceil(big);
+    let mut expected = Vec::new();
+    for i in 0..per_page + 2 {
+        let text = format!("{i:x}").repeat(big / format!("{i:x}").len());
+        let res = h.append("p", notify(&text)).await;
+        expected.push(res.wake.expect("wake").wake_id);
+    }
+    let ids = |page: Vec<cairn_core::WakeDelivery>| page.into_iter().map(|w| w.wake_id).collect::<Vec<_>>();
+    let first = ids(pending(&h, "s1").await);
+    assert_eq!(first, expected[..per_page].to_vec(), "cut where the bytes reach the bound");
+    let small = ids(ok(h.registry().pending_wakes("s1", Some(2)).await, "page of 2"));
+    assert_eq!(small, expected[..2].to_vec(), "a smaller limit still holds");
+    for id in &first {
+        assert!(ok(h.registry().ack_wake("s1", id).await, "ack"));
+    }
+    assert_eq!(ids(pending(&h, "s1").await), expected[per_page..].to_vec());
+}
+
 /// Pending wakes come oldest first, one page at a time.
 pub async fn pending_wakes_order_and_paging(factory: &dyn StoreFactory) {
     let h = Harness::new(factory).await;

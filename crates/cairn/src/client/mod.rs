@@ -321,10 +321,17 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                 path.push_str(&format!("?limit={limit}"));
             }
             let page = client.get(&path).await?;
-            let shown = page.get("wakes").and_then(Value::as_array).map_or(0, Vec::len);
-            if shown == limit.unwrap_or(cairn_core::model::DEFAULT_PAGE_SIZE) {
+            let wakes = page.get("wakes").and_then(Value::as_array);
+            let shown = wakes.map_or(0, Vec::len);
+            // A page also stops at LIST_PAGE_BYTES of wakes.
+            let bytes: usize = wakes
+                .into_iter()
+                .flatten()
+                .map(|w| serde_json::to_vec(w).map_or(0, |j| j.len()))
+                .sum();
+            if shown == limit.unwrap_or(cairn_core::model::DEFAULT_PAGE_SIZE) || bytes >= cairn_core::LIST_PAGE_BYTES {
                 // The route has no cursor: pending wakes leave it when acknowledged.
-                let larger = if shown < cairn_core::model::MAX_PAGE_SIZE {
+                let larger = if shown < cairn_core::model::MAX_PAGE_SIZE && bytes < cairn_core::LIST_PAGE_BYTES {
                     ", or pass a larger --limit, up to 1000"
                 } else {
                     ""
