@@ -29,21 +29,27 @@ struct Entry {
     change_cursor: u64,
 }
 
-/// The first `limit` of `due` (entries with what to answer for each), in
-/// worklist order (ADR 0030): by [`Row::worklist_key`], then id. This
-/// registry keeps no index by time: the first `limit` are selected in linear
-/// time, and only they are sorted.
-fn in_worklist_order<'a, T>(due: impl Iterator<Item = (&'a Entry, T)>, limit: usize) -> Vec<(String, T)> {
-    let mut due: Vec<(u64, &str, T)> = due
-        .map(|(e, t)| (e.row.worklist_key(), e.row.record.id.as_str(), t))
-        .collect();
-    let order = |a: &(u64, &str, T), b: &(u64, &str, T)| (a.0, a.1).cmp(&(b.0, b.1));
-    if limit < due.len() {
-        due.select_nth_unstable_by(limit, order);
-        due.truncate(limit);
+/// The first `limit` candidates due at `now` that `pick` takes, with what it
+/// answers for each, in worklist order (ADR 0030): by [`Row::worklist_key`],
+/// then id. The ready index (all due) and the timed index up to `now` are
+/// merged, so a read walks the rows it answers (and those `pick` leaves),
+/// never every candidate.
+fn in_worklist_order<T>(st: &State, now: u64, limit: usize, pick: impl Fn(&Entry) -> Option<T>) -> Vec<(String, T)> {
+    let mut ready = st.ready.iter().peekable();
+    let mut timed = st.timed.range(..(now.saturating_add(1), String::new())).peekable();
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let next = match (ready.peek(), timed.peek()) {
+            (Some(r), Some(t)) if t < r => timed.next(),
+            (Some(_), _) => ready.next(),
+            (None, _) => timed.next(),
+        };
+        let Some((_, id)) = next else { break };
+        if let Some(t) = st.entries.get(id).and_then(&pick) {
+            out.push((id.clone(), t));
+        }
     }
-    due.sort_unstable_by(order);
-    due.into_iter().map(|(_, id, t)| (id.to_string(), t)).collect()
+    out
 }
 
 struct WakeRow {
@@ -64,6 +70,12 @@ struct State {
     cursor: u64,
     /// Worklist index: ids that are run or abandon candidates (lease ignored).
     candidates: BTreeSet<String>,
+    /// The candidates claimable at once, by (registration time, id), and
+    /// those claimable at a time, by (that time, id) (ADR 0030); `placed`
+    /// says where each candidate is, as (timed, key).
+    ready: BTreeSet<(u64, String)>,
+    timed: BTreeSet<(u64, String)>,
+    placed: HashMap<String, (bool, u64)>,
     envs: HashMap<String, Vec<u8>>,
     schedules: BTreeMap<String, Schedule>,
     /// Due index: (next fire time, id) of every unpaused schedule.
@@ -164,14 +176,28 @@ impl State {
     }
 
     fn reindex(&mut self, id: &str) {
-        let candidate = self
-            .entries
-            .get(id)
-            .is_some_and(|e| fold::is_run_candidate(&e.row.record) || fold::is_abandon_candidate(&e.row.record));
-        if candidate {
+        let place = self.entries.get(id).and_then(|e| {
+            (fold::is_run_candidate(&e.row.record) || fold::is_abandon_candidate(&e.row.record))
+                .then(|| (e.row.claimable_at() > 0, e.row.worklist_key()))
+        });
+        if self.placed.get(id) == place.as_ref() {
+            return;
+        }
+        self.unindex(id);
+        if let Some((timed, key)) = place {
             self.candidates.insert(id.to_string());
-        } else {
-            self.candidates.remove(id);
+            let set = if timed { &mut self.timed } else { &mut self.ready };
+            set.insert((key, id.to_string()));
+            self.placed.insert(id.to_string(), (timed, key));
+        }
+    }
+
+    /// Take `id` out of the worklist indexes.
+    fn unindex(&mut self, id: &str) {
+        self.candidates.remove(id);
+        if let Some((timed, key)) = self.placed.remove(id) {
+            let set = if timed { &mut self.timed } else { &mut self.ready };
+            set.remove(&(key, id.to_string()));
         }
     }
 }
@@ -222,16 +248,12 @@ impl WriteTx for Tx<'_> {
     fn run_candidates(&mut self, limit: usize) -> Result<Vec<String>> {
         let now = self.now;
         let st = &*self.st;
-        Ok(in_worklist_order(
-            st.candidates.iter().filter_map(|id| {
-                let e = st.entries.get(id)?;
-                (fold::is_run_candidate(&e.row.record) && e.row.claimable_at() <= now).then_some((e, ()))
-            }),
-            limit,
+        Ok(
+            in_worklist_order(st, now, limit, |e| fold::is_run_candidate(&e.row.record).then_some(()))
+                .into_iter()
+                .map(|(id, ())| id)
+                .collect(),
         )
-        .into_iter()
-        .map(|(id, ())| id)
-        .collect())
     }
 
     fn tree_children(&mut self, parent: &str) -> Result<Vec<String>> {
@@ -303,6 +325,7 @@ impl WriteTx for Tx<'_> {
         row.lease = lease;
         row.fencing = fencing;
         row.normalise();
+        self.st.reindex(id);
         Ok(())
     }
 
@@ -476,7 +499,7 @@ impl AdminTx for Tx<'_> {
         for v in victims {
             let Some(e) = st.entries.remove(&v.id) else { continue };
             st.changes.remove(&e.change_cursor);
-            st.candidates.remove(&v.id);
+            st.unindex(&v.id);
             deleted.events += e.events.len() as u64;
             for m in st.grants.values_mut() {
                 if m.remove(&v.id).is_some() {
@@ -716,19 +739,14 @@ impl ProcessRegistry for MemoryRegistry {
     async fn worklist(&self, limit: usize) -> Result<Vec<WorkItem>> {
         let now = self.now();
         let st = self.state.lock();
-        let due = st.candidates.iter().filter_map(|id| {
-            let e = st.entries.get(id)?;
-            if e.row.claimable_at() > now {
-                return None;
-            }
-            let action = if fold::is_abandon_candidate(&e.row.record) {
+        let action = |e: &Entry| {
+            Some(if fold::is_abandon_candidate(&e.row.record) {
                 WorkAction::ReconcileAbandon
             } else {
                 WorkAction::Run
-            };
-            Some((e, action))
-        });
-        Ok(in_worklist_order(due, limit)
+            })
+        };
+        Ok(in_worklist_order(&st, now, limit, action)
             .into_iter()
             .map(|(process_id, action)| WorkItem { process_id, action })
             .collect())
@@ -971,10 +989,11 @@ impl ProcessRegistry for MemoryRegistry {
     async fn next_due(&self, after_ms: u64) -> Result<Option<u64>> {
         let st = self.state.lock();
         Ok(st
-            .candidates
-            .iter()
-            .filter_map(|id| st.entries.get(id).map(|e| e.row.claimable_at()))
-            .filter(|t| *t > after_ms)
+            .timed
+            .range((after_ms.saturating_add(1), String::new())..)
+            .next()
+            .map(|(t, _)| *t)
+            .into_iter()
             .chain(
                 st.schedule_due
                     .range((after_ms.saturating_add(1), String::new())..)

@@ -108,10 +108,7 @@ async fn section(d: &crate::Inner, viewer: &Viewer, session: &str) -> cairn_core
     };
     let mut wakes = d.processes.wakes(session, Some(SHOWN + 1)).await?;
     // A page that reached its bytes was cut there (a later wake may wait).
-    let bytes: usize = wakes
-        .iter()
-        .map(|w| serde_json::to_vec(w).map_or(0, |j| j.len()))
-        .sum();
+    let bytes: usize = wakes.iter().map(|w| serde_json::to_vec(w).map_or(0, |j| j.len())).sum();
     let wakes_more = wakes.len() > SHOWN || bytes >= cairn_core::LIST_PAGE_BYTES;
     wakes.truncate(SHOWN);
     let sid = encode_path(session);

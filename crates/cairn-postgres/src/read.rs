@@ -223,7 +223,11 @@ pub(crate) async fn pending_wakes(conn: &Conn, session_id: &str, limit: usize) -
         .client
         .query(
             &stmt,
-            &[&session_id, &to_sql_usize(limit), &to_sql_usize(cairn_core::LIST_PAGE_BYTES)],
+            &[
+                &session_id,
+                &to_sql_usize(limit),
+                &to_sql_usize(cairn_core::LIST_PAGE_BYTES),
+            ],
         )
         .await?;
     rows.iter()

@@ -242,7 +242,11 @@ pub async fn pending_wakes_stop_at_the_page_bytes(factory: &dyn StoreFactory) {
     }
     let ids = |page: Vec<cairn_core::WakeDelivery>| page.into_iter().map(|w| w.wake_id).collect::<Vec<_>>();
     let first = ids(pending(&h, "s1").await);
-    assert_eq!(first, expected[..per_page].to_vec(), "cut where the bytes reach the bound");
+    assert_eq!(
+        first,
+        expected[..per_page].to_vec(),
+        "cut where the bytes reach the bound"
+    );
     let small = ids(ok(h.registry().pending_wakes("s1", Some(2)).await, "page of 2"));
     assert_eq!(small, expected[..2].to_vec(), "a smaller limit still holds");
     for id in &first {
