@@ -325,10 +325,15 @@ fn resolve_wake(t: &EventType, process_id: &str, sequence: u64, payload: &Value)
         },
         DedupeKey::Const(s) => s.clone(),
     };
-    Ok(Some(ResolvedWake {
+    let wake = ResolvedWake {
         input: render_text(spec.input.select(payload)?.as_ref()),
         dedupe_key,
-    }))
+    };
+    // Each rendering has a payload's room as text, but the wake is stored
+    // (in its delivery and in the event) as JSON, where a control character
+    // takes six bytes, and with both renderings: held to a payload's size.
+    crate::validate::check_wake(&wake)?;
+    Ok(Some(wake))
 }
 
 /// The wake id for a (target scope, dedupe key) pair.
@@ -951,5 +956,44 @@ mod tests {
         }
         let rendered = twice.select(&json!({"x": big})).expect("within the limit");
         assert_eq!(rendered.and_then(|v| v.as_str().map(str::len)), Some(600 * 1024));
+    }
+
+    /// A wake is held to a payload's size as stored: the input and a dedupe
+    /// key rendered by one template each (each within its own room as text,
+    /// their JSON six times that for control characters) are refused; a wake
+    /// whose input is all of a payload at the limit is written.
+    #[test]
+    fn a_wake_is_held_to_a_payloads_size_as_json() {
+        let amplify = Selector::Template {
+            template: "{a}".repeat(50),
+            fields: [("a".to_string(), Selector::Pointer("/text".into()))]
+                .into_iter()
+                .collect(),
+        };
+        let typed = |input: Selector, dedupe_key: DedupeKey| {
+            EventType::plain("note").with_semantics(SemanticsSpec {
+                terminal: None,
+                wake: Some(WakeSpec {
+                    when: None,
+                    input,
+                    dedupe_key,
+                }),
+            })
+        };
+        let controls = json!({"text": "\u{1}".repeat(20_900)});
+        for t in [
+            typed(amplify.clone(), DedupeKey::Selector(amplify.clone())),
+            typed(amplify.clone(), DedupeKey::EventIdentity),
+            typed(Selector::Const("hi".into()), DedupeKey::Selector(amplify.clone())),
+        ] {
+            let err = resolve_wake(&t, "p", 1, &controls).expect_err("refused");
+            assert_eq!(err.code(), "payload_too_large", "{err:?}");
+        }
+        let text = "t".repeat(crate::validate::MAX_PAYLOAD_BYTES - r#"{"text":""}"#.len());
+        let full = json!({ "text": text });
+        crate::validate::check_size("payload", &full).expect("a payload at the limit");
+        let t = typed(Selector::Pointer("/text".into()), DedupeKey::EventIdentity);
+        let wake = resolve_wake(&t, "p", 1, &full).expect("written").expect("a wake");
+        assert_eq!(wake.input.len(), text.len());
     }
 }

@@ -172,6 +172,25 @@ pub fn check_terminal_payload(what: impl FnOnce() -> String, payload: &impl Seri
     )
 }
 
+/// What a wake (its input and dedupe key, `events::ResolvedWake`) may hold
+/// beyond [`MAX_PAYLOAD_BYTES`] as JSON: its field names and an event
+/// identity key (`{process_id}:{sequence}`) beside an input that is all of a
+/// payload at the limit.
+pub const WAKE_ENVELOPE_BYTES: usize = 1024;
+
+/// Check a wake as it is stored: its JSON within [`MAX_PAYLOAD_BYTES`] and
+/// [`WAKE_ENVELOPE_BYTES`] (`payload_too_large` otherwise). Each of its
+/// renderings is bounded as text; escaped, and the two together, they are
+/// bounded here.
+pub fn check_wake(wake: &impl Serialize) -> Result<()> {
+    check_shape_within(
+        || "the wake an event renders (its input and dedupe key, as JSON)".to_string(),
+        wake,
+        MAX_PAYLOAD_BYTES + WAKE_ENVELOPE_BYTES,
+        MAX_JSON_DEPTH,
+    )
+}
+
 fn check_shape_within(what: impl FnOnce() -> String, value: &impl Serialize, bytes: usize, depth: usize) -> Result<()> {
     let shape = serialized_shape(value);
     if shape.len > bytes {
