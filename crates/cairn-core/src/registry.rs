@@ -172,8 +172,8 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     async fn delete_session(&self, session_id: &str) -> Result<SessionDeleteReport>;
 
     /// Pending (unacknowledged) wakes for a session, oldest first, one page:
-    /// at most `limit`, and none after those that bring the page to
-    /// [`crate::LIST_PAGE_BYTES`] as JSON (a wake's input may be a mebibyte;
+    /// at most `limit`, and none after the one that brings the page to
+    /// [`crate::LIST_PAGE_BYTES`] as JSON (a wake may be a mebibyte;
     /// acknowledged ones make room for the next).
     async fn pending_wakes(&self, session_id: &str, limit: Option<usize>) -> Result<Vec<WakeDelivery>>;
 

@@ -52,7 +52,9 @@ const FIRE_TIME_DIGITS: usize = 20;
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Overlap {
-    /// No fire starts while the previous fire's process is running.
+    /// No fire starts while the previous fire's process is running: not
+    /// ended, whether a worker runs it yet or it still waits for one in a
+    /// backlog (such a fire is skipped, and the next one is due as usual).
     Skip,
     /// Every fire starts, whatever is still running.
     Allow,

@@ -313,8 +313,8 @@ pub enum Command {
         #[arg(value_parser = non_empty)]
         session: String,
         /// Show at most this many (default 100, at most 1000; a page also
-        /// stops at 4 MiB of wakes); acknowledged wakes leave the list, so
-        /// later ones come after.
+        /// stops at the wake that brings it to 4 MiB); acknowledged wakes
+        /// leave the list, so later ones come after.
         #[arg(long, value_parser = at_least_one)]
         limit: Option<usize>,
         /// `--server`, `--token`, `--json`.

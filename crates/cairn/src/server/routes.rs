@@ -168,9 +168,10 @@ pub struct AwaitQuery {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WakesQuery {
-    /// Page size (default 100, at most 1000). A page also stops once its wakes
-    /// come to 4 MiB as JSON, so a page shorter than the limit may have more
-    /// after it: acknowledging its wakes brings the next.
+    /// Page size (default 100, at most 1000). A page also stops at the wake
+    /// that brings it to 4 MiB as JSON (so at most that and one wake), so a
+    /// page shorter than the limit may have more after it: acknowledging its
+    /// wakes brings the next.
     pub limit: Option<usize>,
 }
 
