@@ -1338,7 +1338,12 @@ impl ProcessFilter {
                 },
                 "created_from_ms" | "created_before_ms" | "limit" => {
                     let n: u64 = raw.parse().map_err(|_| {
-                        crate::CairnError::InvalidFilter(format!("`{key}` must be a non-negative integer, got `{raw}`"))
+                        let want = if key == "limit" {
+                            format!("a whole number from 1 to {MAX_PAGE_SIZE}")
+                        } else {
+                            "a non-negative integer".to_string()
+                        };
+                        crate::CairnError::InvalidFilter(format!("`{key}` must be {want}, got `{raw}`"))
                     })?;
                     Value::from(n)
                 }

@@ -170,6 +170,10 @@ async fn start_is_idempotent_and_errors_have_their_classes() {
         ),
         ("/v1/changes?cursor=", "`cursor` must be a non-negative integer, got ``"),
         (
+            "/v1/sessions/s1/wakes?limit=-1",
+            "`limit` must be a whole number from 1 to 1000, got `-1`",
+        ),
+        (
             "/v1/schedules?after=%FF",
             "the query holds `%FF`, which does not decode to UTF-8 text",
         ),
@@ -624,6 +628,26 @@ async fn external_process_append_wakes_complete_and_prune() {
         .post(&format!("/v1/sessions/s1/wakes/{wake_id}/ack"), json!({"bogus": 1}))
         .await;
     assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+    // ... in words a client can act on (no Rust type names, no `?` path).
+    for (body, said) in [
+        (&b"null"[..], "request body: must be empty or `{}`, got null"),
+        (b"[]", "request body: expected a JSON object, not an array"),
+        (
+            b"{\"x\": 1}",
+            "request body: takes no fields (send no body, or `{}`), got `x`",
+        ),
+        (b"{bad", "request body: key must be a string at line 1 column 2"),
+    ] {
+        let (s, err) = c
+            .post_raw(
+                &format!("/v1/sessions/s1/wakes/{wake_id}/ack"),
+                "application/json",
+                body.to_vec(),
+            )
+            .await;
+        assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+        assert_eq!(err["error"]["message"], said);
+    }
     let (_, still) = c.get("/v1/sessions/s1/wakes").await;
     assert_eq!(still["wakes"][0]["wake_id"], json!(wake_id), "still pending");
     let (s, ack) = c.post(&format!("/v1/sessions/s1/wakes/{wake_id}/ack"), json!({})).await;

@@ -242,13 +242,26 @@ where
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let at = e.path().to_string();
             match at.as_str() {
-                "" | "." => ApiError::invalid_request(format!("request body: {}", e.inner())),
+                // `?`: a syntax error, at no field.
+                "" | "." | "?" => ApiError::invalid_request(format!("request body: {}", e.inner())),
                 _ => ApiError::invalid_request(format!("request body: `{at}`: {}", e.inner())),
             }
         })?;
         de.end()
             .map_err(|e| ApiError::invalid_request(format!("request body: {e}")))?;
         Ok(ApiJson(value))
+    }
+}
+
+/// What kind of JSON value `v` is, for messages.
+pub(crate) fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
     }
 }
 
@@ -558,6 +571,12 @@ fn query_error(text: &str, query: Option<&str>) -> String {
     ];
     for (said, meant) in numeric {
         if let Some(field) = detail.strip_suffix(said).and_then(|f| f.strip_suffix(": ")) {
+            // A page size is a count: 0 is refused too.
+            let meant = if field == "limit" && meant.contains("non-negative") {
+                format!("must be a whole number from 1 to {}", cairn_core::model::MAX_PAGE_SIZE)
+            } else {
+                meant.to_string()
+            };
             let given = form_urlencoded::parse(query.unwrap_or("").as_bytes())
                 .find(|(k, _)| k == field)
                 .map(|(_, v)| v.into_owned())

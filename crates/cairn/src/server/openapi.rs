@@ -217,7 +217,7 @@ pub fn refine(doc: &mut Value, tools: &[String]) {
             if path.contains('{') {
                 add(
                     "404",
-                    "unknown_wake, or not_found: no such route (an empty path segment)",
+                    "unknown_wake, or not_found: no such route (an empty id in the path is 400 invalid_id)",
                 );
             }
             if method == "post" && (process_route || path == "/v1/processes") {

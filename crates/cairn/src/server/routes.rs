@@ -68,9 +68,26 @@ pub struct CancelBody {
 
 /// Body of `POST /v1/sessions/{session_id}/wakes/{wake_id}/ack` and of
 /// `DELETE /v1/sessions/{session_id}`: empty, or `{}`.
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, utoipa::ToSchema)]
 pub struct AckBody {}
+
+/// Anything but `{}` is refused in words a client can act on (serde's own
+/// would name the Rust type: "expected struct AckBody").
+impl<'de> Deserialize<'de> for AckBody {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Object(m) if m.is_empty() => Ok(Self {}),
+            serde_json::Value::Object(m) => Err(serde::de::Error::custom(format!(
+                "takes no fields (send no body, or `{{}}`), got `{}`",
+                m.keys().next().map_or("", String::as_str)
+            ))),
+            other => Err(serde::de::Error::custom(format!(
+                "must be empty or `{{}}`, got {}",
+                crate::server::api::json_kind(&other)
+            ))),
+        }
+    }
+}
 
 /// Body of `POST /v1/processes/{id}/complete`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
