@@ -115,6 +115,40 @@ impl Default for MemoryRegistry {
 }
 
 impl MemoryRegistry {
+    /// Pending wakes of a session (of one of its frames, given one), oldest
+    /// first: at most `limit`, none after the one that brings the page to
+    /// [`crate::LIST_PAGE_BYTES`] as JSON.
+    fn pending_wakes_of(
+        &self,
+        session_id: &str,
+        frame_id: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<WakeDelivery>> {
+        let limit = page_limit(limit)?;
+        let st = self.state.lock();
+        let mut rows: Vec<&WakeRow> = st
+            .wakes
+            .values()
+            .filter(|w| {
+                !w.acked
+                    && w.delivery.target_session_id == session_id
+                    && frame_id.is_none_or(|f| w.delivery.target_scope.agent_frame_id.as_deref() == Some(f))
+            })
+            .collect();
+        rows.sort_by_key(|w| w.order);
+        let mut bytes = 0usize;
+        Ok(rows
+            .into_iter()
+            .take(limit)
+            .take_while(|w| {
+                let under = bytes < crate::LIST_PAGE_BYTES;
+                bytes = bytes.saturating_add(serde_json::to_vec(&w.delivery).map_or(0, |j| j.len()));
+                under
+            })
+            .map(|w| w.delivery.clone())
+            .collect())
+    }
+
     /// A registry on the system clock.
     pub fn new() -> Self {
         Self::with_clock(system_clock())
@@ -680,26 +714,18 @@ impl ProcessRegistry for MemoryRegistry {
 
     async fn pending_wakes(&self, session_id: &str, limit: Option<usize>) -> Result<Vec<WakeDelivery>> {
         validate_session_id(session_id)?;
-        let limit = page_limit(limit)?;
-        let st = self.state.lock();
-        let mut rows: Vec<&WakeRow> = st
-            .wakes
-            .values()
-            .filter(|w| !w.acked && w.delivery.target_session_id == session_id)
-            .collect();
-        rows.sort_by_key(|w| w.order);
-        // None after those that bring the page to LIST_PAGE_BYTES as JSON.
-        let mut bytes = 0usize;
-        Ok(rows
-            .into_iter()
-            .take(limit)
-            .take_while(|w| {
-                let under = bytes < crate::LIST_PAGE_BYTES;
-                bytes = bytes.saturating_add(serde_json::to_vec(&w.delivery).map_or(0, |j| j.len()));
-                under
-            })
-            .map(|w| w.delivery.clone())
-            .collect())
+        self.pending_wakes_of(session_id, None, limit)
+    }
+
+    async fn pending_frame_wakes(
+        &self,
+        session_id: &str,
+        frame_id: &str,
+        limit: Option<usize>,
+    ) -> Result<Vec<WakeDelivery>> {
+        validate_session_id(session_id)?;
+        validate_id("agent frame id", frame_id)?;
+        self.pending_wakes_of(session_id, Some(frame_id), limit)
     }
 
     async fn ack_wake(&self, session_id: &str, wake_id: &str) -> Result<bool> {

@@ -1016,8 +1016,9 @@ impl Processes {
     /// Running processes and pending wakes of a session scope: every running
     /// process granted to it (paged to the end), and the oldest pending
     /// wakes of its session, at most [`crate::model::MAX_PAGE_SIZE`] and
-    /// [`LIST_PAGE_BYTES`] (a frame's scope: those of them aimed at that
-    /// frame); acknowledged ones make room for later ones.
+    /// [`LIST_PAGE_BYTES`] (a frame's scope: the oldest aimed at that frame,
+    /// however many other frames' wait before them); acknowledged ones make
+    /// room for later ones.
     pub async fn session_snapshot(&self, scope: &SessionScope) -> Result<SessionSnapshot> {
         let mut running = Vec::new();
         let mut filter = ProcessFilter {
@@ -1034,14 +1035,16 @@ impl Processes {
                 break;
             }
         }
-        let mut wakes = self
-            .inner
-            .registry
-            .pending_wakes(&scope.session_id, Some(crate::model::MAX_PAGE_SIZE))
-            .await?;
-        if scope.agent_frame_id.is_some() {
-            wakes.retain(|w| w.target_scope == *scope);
-        }
+        let page = Some(crate::model::MAX_PAGE_SIZE);
+        let wakes = match &scope.agent_frame_id {
+            None => self.inner.registry.pending_wakes(&scope.session_id, page).await?,
+            Some(frame) => {
+                self.inner
+                    .registry
+                    .pending_frame_wakes(&scope.session_id, frame, page)
+                    .await?
+            }
+        };
         Ok(SessionSnapshot {
             scope: scope.clone(),
             running,

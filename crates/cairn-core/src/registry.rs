@@ -177,6 +177,22 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// acknowledged ones make room for the next).
     async fn pending_wakes(&self, session_id: &str, limit: Option<usize>) -> Result<Vec<WakeDelivery>>;
 
+    /// Pending wakes aimed at agent frame `frame_id` of a session (their
+    /// `target_scope` names that frame), oldest first, one page bounded as
+    /// [`Self::pending_wakes`] bounds it: other frames' wakes never hide
+    /// them. The default filters the session's first page (a page of other
+    /// frames' wakes may hide them); backends read past them.
+    async fn pending_frame_wakes(
+        &self,
+        session_id: &str,
+        frame_id: &str,
+        limit: Option<usize>,
+    ) -> Result<Vec<WakeDelivery>> {
+        let mut wakes = self.pending_wakes(session_id, limit).await?;
+        wakes.retain(|w| w.target_scope.agent_frame_id.as_deref() == Some(frame_id));
+        Ok(wakes)
+    }
+
     /// Acknowledge a wake: it stops being pending but keeps deduplicating.
     /// `true` when this call acknowledged it, `false` when it already was;
     /// `unknown_wake` when the session has no such wake.

@@ -491,7 +491,21 @@ impl ProcessRegistry for PostgresRegistry {
         validate_session_id(session_id)?;
         let limit = page_limit(limit)?;
         self.shared
-            .run(|c| async move { read::pending_wakes(&c, session_id, limit).await })
+            .run(|c| async move { read::pending_wakes(&c, session_id, None, limit).await })
+            .await
+    }
+
+    async fn pending_frame_wakes(
+        &self,
+        session_id: &str,
+        frame_id: &str,
+        limit: Option<usize>,
+    ) -> Result<Vec<WakeDelivery>> {
+        validate_session_id(session_id)?;
+        validate_id("agent frame id", frame_id)?;
+        let limit = page_limit(limit)?;
+        self.shared
+            .run(|c| async move { read::pending_wakes(&c, session_id, Some(frame_id), limit).await })
             .await
     }
 

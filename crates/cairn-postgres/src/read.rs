@@ -210,12 +210,21 @@ pub(crate) async fn events_after(conn: &Conn, id: &str, after: u64, limit: usize
 /// Pending wakes of a session, oldest first: at most `limit`, and none after
 /// those that bring the page to [`cairn_core::LIST_PAGE_BYTES`] as stored
 /// (the sizes are summed by the server, so what is left out is never sent).
-pub(crate) async fn pending_wakes(conn: &Conn, session_id: &str, limit: usize) -> R<Vec<WakeDelivery>> {
+/// Given a frame, its wakes alone, read past other frames' (the session's
+/// pending wakes, by their index, filtered).
+pub(crate) async fn pending_wakes(
+    conn: &Conn,
+    session_id: &str,
+    frame_id: Option<&str>,
+    limit: usize,
+) -> R<Vec<WakeDelivery>> {
     let stmt = conn
         .stmt(
             "SELECT delivery FROM (SELECT delivery, wake_order, COALESCE(sum(octet_length(delivery)) \
              OVER (ORDER BY wake_order ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before \
-             FROM wakes WHERE target_session_id = $1::text AND NOT acked ORDER BY wake_order LIMIT $2::int8) w \
+             FROM wakes WHERE target_session_id = $1::text AND NOT acked \
+             AND ($4::text IS NULL OR (delivery::jsonb #>> '{target_scope,agent_frame_id}') = $4::text) \
+             ORDER BY wake_order LIMIT $2::int8) w \
              WHERE before < $3::int8 ORDER BY wake_order",
         )
         .await?;
@@ -227,6 +236,7 @@ pub(crate) async fn pending_wakes(conn: &Conn, session_id: &str, limit: usize) -
                 &session_id,
                 &to_sql_usize(limit),
                 &to_sql_usize(cairn_core::LIST_PAGE_BYTES),
+                &frame_id,
             ],
         )
         .await?;

@@ -438,7 +438,21 @@ impl ProcessRegistry for SqliteRegistry {
         validate_session_id(session_id)?;
         let limit = page_limit(limit)?;
         let session_id = session_id.to_string();
-        self.read(move |tx, _| store::pending_wakes(tx, &session_id, limit))
+        self.read(move |tx, _| store::pending_wakes(tx, &session_id, None, limit))
+            .await
+    }
+
+    async fn pending_frame_wakes(
+        &self,
+        session_id: &str,
+        frame_id: &str,
+        limit: Option<usize>,
+    ) -> Result<Vec<WakeDelivery>> {
+        validate_session_id(session_id)?;
+        validate_id("agent frame id", frame_id)?;
+        let limit = page_limit(limit)?;
+        let (session_id, frame_id) = (session_id.to_string(), frame_id.to_string());
+        self.read(move |tx, _| store::pending_wakes(tx, &session_id, Some(&frame_id), limit))
             .await
     }
 

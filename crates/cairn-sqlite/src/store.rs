@@ -877,13 +877,30 @@ pub(crate) fn events_after(conn: &Connection, id: &str, after: u64, limit: usize
 
 // ---------------------------------------------------------------- sessions and wakes
 
-/// Pending wakes of a session, oldest first: at most `limit`, and none after
-/// those that bring the page to [`cairn_core::LIST_PAGE_BYTES`] as stored.
-pub(crate) fn pending_wakes(conn: &Connection, session_id: &str, limit: usize) -> R<Vec<WakeDelivery>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT delivery FROM wakes WHERE target_session_id = ?1 AND acked = 0 ORDER BY wake_order LIMIT ?2",
-    )?;
-    let mut rows = stmt.query(params![session_id, to_sql_usize(limit)])?;
+/// Pending wakes of a session (of one of its agent frames, given one), oldest
+/// first: at most `limit`, and none after the one that brings the page to
+/// [`cairn_core::LIST_PAGE_BYTES`] as stored. A frame's are read past other
+/// frames' (the session's pending wakes, by their index, filtered).
+pub(crate) fn pending_wakes(
+    conn: &Connection,
+    session_id: &str,
+    frame_id: Option<&str>,
+    limit: usize,
+) -> R<Vec<WakeDelivery>> {
+    let mut stmt = match frame_id {
+        None => conn.prepare_cached(
+            "SELECT delivery FROM wakes WHERE target_session_id = ?1 AND acked = 0 ORDER BY wake_order LIMIT ?2",
+        )?,
+        Some(_) => conn.prepare_cached(
+            "SELECT delivery FROM wakes WHERE target_session_id = ?1 AND acked = 0
+                 AND json_extract(delivery, '$.target_scope.agent_frame_id') = ?3
+             ORDER BY wake_order LIMIT ?2",
+        )?,
+    };
+    let mut rows = match frame_id {
+        None => stmt.query(params![session_id, to_sql_usize(limit)])?,
+        Some(frame) => stmt.query(params![session_id, to_sql_usize(limit), frame])?,
+    };
     let mut wakes = Vec::new();
     let mut bytes = 0usize;
     while bytes < cairn_core::LIST_PAGE_BYTES {

@@ -267,6 +267,7 @@ macro_rules! conformance_suite {
                 wake_default_dedupe_is_per_event,
                 pending_wakes_order_and_paging,
                 pending_wakes_stop_at_the_page_bytes,
+                frame_wakes_are_read_past_other_frames,
                 // cancellation
                 cancel_never_claimed_ends_at_once,
                 cancel_started_records_request_only,

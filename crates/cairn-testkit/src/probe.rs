@@ -423,6 +423,15 @@ impl ProcessRegistry for ReadProbe {
     async fn pending_wakes(&self, session_id: &str, limit: Option<usize>) -> Result<Vec<WakeDelivery>> {
         self.inner.pending_wakes(session_id, limit).await
     }
+
+    async fn pending_frame_wakes(
+        &self,
+        session_id: &str,
+        frame_id: &str,
+        limit: Option<usize>,
+    ) -> Result<Vec<WakeDelivery>> {
+        self.inner.pending_frame_wakes(session_id, frame_id, limit).await
+    }
     async fn ack_wake(&self, session_id: &str, wake_id: &str) -> Result<bool> {
         self.inner.ack_wake(session_id, wake_id).await
     }

@@ -255,6 +255,39 @@ pub async fn pending_wakes_stop_at_the_page_bytes(factory: &dyn StoreFactory) {
     assert_eq!(ids(pending(&h, "s1").await), expected[per_page..].to_vec());
 }
 
+/// A frame's pending wakes are read past other frames' of the same session:
+/// a page of a sibling frame's wakes (here cut at its bytes) does not hide
+/// them.
+pub async fn frame_wakes_are_read_past_other_frames(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let (f1, f2) = (SessionScope::frame("s1", "f1"), SessionScope::frame("s1", "f2"));
+    h.register(waking(rerunnable("busy"), &f2)).await;
+    h.register(waking(rerunnable("quiet"), &f1)).await;
+    let mut busy = Vec::new();
+    for i in 0..6 {
+        let res = h.append("busy", notify(&format!("{i}").repeat(900 * 1024))).await;
+        busy.push(res.wake.expect("wake").wake_id);
+    }
+    let quiet = h.append("quiet", notify("here")).await.wake.expect("wake");
+    let session_page = pending(&h, "s1").await;
+    assert!(
+        session_page.iter().all(|w| w.target_scope == f2),
+        "the session's first page holds the busy frame's wakes alone"
+    );
+    let ids = |page: Vec<cairn_core::WakeDelivery>| page.into_iter().map(|w| w.wake_id).collect::<Vec<_>>();
+    let of_f1 = ok(h.registry().pending_frame_wakes("s1", "f1", None).await, "f1");
+    assert_eq!(of_f1, vec![quiet]);
+    let of_f2 = ok(h.registry().pending_frame_wakes("s1", "f2", Some(2)).await, "f2");
+    assert_eq!(ids(of_f2), busy[..2].to_vec());
+    assert!(ok(h.registry().pending_frame_wakes("s2", "f1", None).await, "s2").is_empty());
+    h.rejects(
+        "invalid_id",
+        "an empty frame id",
+        h.registry().pending_frame_wakes("s1", "", None),
+    )
+    .await;
+}
+
 /// Pending wakes come oldest first, one page at a time.
 pub async fn pending_wakes_order_and_paging(factory: &dyn StoreFactory) {
     let h = Harness::new(factory).await;
