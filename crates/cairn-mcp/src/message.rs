@@ -19,8 +19,44 @@ pub fn parse(bytes: &[u8]) -> Result<Value, (Value, i64, String)> {
                 .unwrap_or(Value::Null);
             Err((id, -32600, format!("invalid request: {e}")))
         }
+        // Valid JSON nested past the parser's 128 levels: a request whose id
+        // its start shows is answered by that id.
+        Err(e) if e.to_string().starts_with("recursion limit exceeded") => Err((
+            leading_id(bytes),
+            -32600,
+            format!("invalid request: the message nests arrays and objects past 128 levels ({e})"),
+        )),
         Err(e) => Err((Value::Null, -32700, format!("parse error: {e}"))),
     }
+}
+
+/// The id of a message read from its start alone (the rest may be cut off,
+/// or nest past what a parser reads): the top-level `id` when it comes
+/// before anything unreadable and a client could match it, else `null`.
+pub fn leading_id(bytes: &[u8]) -> Value {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    /// Reads top-level keys until `id`, keeps its value, and stops there
+    /// (with an error, so nothing after it is read).
+    struct Find<'a>(&'a std::cell::RefCell<Option<Value>>);
+    impl<'de> Visitor<'de> for Find<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON-RPC message")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<String>()? {
+                if key == "id" {
+                    *self.0.borrow_mut() = Some(map.next_value::<Value>()?);
+                    return Err(serde::de::Error::custom("found"));
+                }
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
+    }
+    let found = std::cell::RefCell::new(None);
+    let _ = serde_json::Deserializer::from_slice(bytes).deserialize_map(Find(&found));
+    found.into_inner().filter(id_ok).unwrap_or(Value::Null)
 }
 
 /// Whether `bytes` hold a notification (see [`is_notification`]), read

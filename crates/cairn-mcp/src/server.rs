@@ -233,7 +233,7 @@ where
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     const PIPE: usize = 1 << 16;
     let (to_library, library_in) = tokio::io::duplex(PIPE);
     let (library_out, from_library) = tokio::io::duplex(PIPE);
@@ -278,9 +278,32 @@ where
         let mut bytes = Vec::new();
         loop {
             bytes.clear();
-            match input.read_until(b'\n', &mut bytes).await {
+            match (&mut input)
+                .take(MAX_LINE_BYTES as u64)
+                .read_until(b'\n', &mut bytes)
+                .await
+            {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
+            }
+            // A line the library would drop (it discards lines past its
+            // limit, unanswered) is answered here, by the id its start
+            // shows, and the rest of it is skipped, never held.
+            if bytes.len() >= MAX_LINE_BYTES && bytes.last() != Some(&b'\n') {
+                let id = crate::message::leading_id(&bytes);
+                forwarding.store(true, std::sync::atomic::Ordering::SeqCst);
+                let _ = answers.send(crate::message::error_line(
+                    id,
+                    -32600,
+                    &format!(
+                        "invalid request: a line carries one message of at most {} bytes",
+                        MAX_LINE_BYTES - 1
+                    ),
+                ));
+                if !skip_line(&mut input).await {
+                    break;
+                }
+                continue;
             }
             // Bytes that are not UTF-8 are a parse error of their line, not
             // the end of the input.
@@ -348,6 +371,28 @@ where
     reader.abort();
     let _ = writer.await;
     served
+}
+
+/// The longest line passed to the protocol library, its newline included:
+/// the library discards longer ones unanswered.
+const MAX_LINE_BYTES: usize = rmcp::transport::async_rw::DEFAULT_MAX_LINE_LENGTH;
+
+/// Skip the rest of a line; `false` when the input ends (or fails) first.
+async fn skip_line<R: tokio::io::AsyncBufRead + Unpin>(input: &mut R) -> bool {
+    use tokio::io::AsyncBufReadExt;
+    loop {
+        let (end, n) = match input.fill_buf().await {
+            Ok([]) | Err(_) => return false,
+            Ok(buf) => match buf.iter().position(|b| *b == b'\n') {
+                Some(i) => (true, i + 1),
+                None => (false, buf.len()),
+            },
+        };
+        input.consume(n);
+        if end {
+            return true;
+        }
+    }
 }
 
 /// How long the end of stdio input waits for the requests in flight to be

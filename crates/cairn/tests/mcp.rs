@@ -1114,6 +1114,74 @@ async fn stdio_answers_malformed_lines() {
     assert!(status.success(), "{status}");
 }
 
+/// A line longer than the protocol library reads (it would drop it
+/// unanswered, and the end of input would then wait for it) and a message
+/// nested past what a parser reads are answered by the id their start
+/// shows; the lines after them are read, and the end of input is not held.
+#[tokio::test]
+async fn stdio_answers_a_line_too_long_and_a_message_nested_too_deep() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["mcp", "--server", "http://127.0.0.1:1"])
+        .env_remove("CAIRN_TOKEN")
+        .env("RUST_LOG", "off")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let long = format!(
+        r#"{{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{{"name":"process_get","arguments":{{"id":"{}"}}}}}}"#,
+        "x".repeat(17 << 20)
+    );
+    let deep = format!(
+        r#"{{"jsonrpc":"2.0","id":"deep","method":"tools/call","params":{{"name":"process_get","arguments":{{"id":{}1{}}}}}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let lines = [
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#.to_string(),
+        long,
+        deep,
+        r#"{"jsonrpc":"2.0","id":10,"method":"ping"}"#.to_string(),
+    ];
+    let writing = tokio::spawn(async move {
+        for line in lines {
+            stdin.write_all(format!("{line}\n").as_bytes()).await.expect("write");
+        }
+        stdin.flush().await.expect("flush");
+        stdin
+    });
+    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut answers = Vec::new();
+    while answers.len() < 4 {
+        let line = tokio::time::timeout(Duration::from_secs(20), out.next_line())
+            .await
+            .expect("answered in time")
+            .expect("read")
+            .expect("a line per message");
+        let answer: Value = serde_json::from_str(&line).expect("a JSON line");
+        answers.push((answer["id"].clone(), answer["error"]["code"].clone()));
+    }
+    answers.sort_by_key(|(id, code)| (id.to_string(), code.to_string()));
+    assert_eq!(
+        answers,
+        [
+            (json!("deep"), json!(-32600)),
+            (json!(1), Value::Null),
+            (json!(10), Value::Null),
+            (json!(8), json!(-32600)),
+        ]
+    );
+    drop(writing.await.expect("writer"));
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits when its input ends, waiting for nothing")
+        .expect("status");
+    assert!(status.success(), "{status}");
+}
+
 /// Input that ends before any message (a client that connected and left, or
 /// `cairn mcp < /dev/null`) ends `cairn mcp` quietly with 0; an input whose
 /// first message is not an `initialize` is a failed initialization, exit 2.
