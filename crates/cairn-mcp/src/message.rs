@@ -122,6 +122,15 @@ pub fn fault(message: &Value, carrier: &str) -> Option<(i64, String)> {
     }
 }
 
+/// What is wrong with `message` as the first request of a session over
+/// stdio, if anything: a request (a method and an id) other than
+/// `initialize`, MCP's handshake.
+pub fn first_request_fault(message: &Value) -> Option<String> {
+    let method = message.get("method").and_then(Value::as_str)?;
+    (message.get("id").is_some() && method != "initialize")
+        .then(|| format!("invalid request: the first request is `initialize` (MCP's handshake), not `{method}`"))
+}
+
 /// What `initialize` takes, said when its params do not fit.
 pub const INITIALIZE_PARAMS: &str = "an object with `protocolVersion` (a string), `capabilities` (an object) and \
      `clientInfo` (`name` and `version`)";

@@ -276,6 +276,9 @@ where
         let mut to_library = to_library;
         let mut input = BufReader::new(input);
         let mut bytes = Vec::new();
+        // Whether a request went to the library (the first one is its
+        // `initialize`), and whether a first request other than it was refused.
+        let (mut initializing, mut handshake_refused) = (false, false);
         loop {
             bytes.clear();
             match (&mut input)
@@ -326,7 +329,17 @@ where
                         tracing::debug!(error = %text, "a notification with faulty params was dropped");
                         continue;
                     }
+                    // The handshake comes first: the library would answer any
+                    // other request with a message about per-request `_meta`
+                    // fields, which is not what is wrong. Said here, and the
+                    // input ends (a failed initialization, as before).
+                    None if !initializing && crate::message::first_request_fault(&message).is_some() => {
+                        handshake_refused = true;
+                        crate::message::first_request_fault(&message)
+                            .map(|text| (crate::message::answerable_id(&message), -32600, text))
+                    }
                     None => {
+                        initializing |= !crate::message::is_notification(&message);
                         asking.forwarded(&message);
                         None
                     }
@@ -339,6 +352,9 @@ where
                     // is a failed initialization, not one that never began.
                     forwarding.store(true, std::sync::atomic::Ordering::SeqCst);
                     let _ = answers.send(crate::message::error_line(id, code, &text));
+                    if handshake_refused {
+                        break;
+                    }
                 }
                 None => {
                     forwarding.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -1196,6 +1196,18 @@ async fn stdio_input_that_ends_before_a_message_exits_zero() {
         let out = common::run_cli("http://127.0.0.1:1", None, &["mcp"], Some(input)).await;
         assert_eq!(out.code, code, "{input:?}: {}", out.stderr);
     }
+    // A first request other than `initialize` is told so, by its id (the
+    // protocol library spoke of per-request `_meta` fields).
+    let input = "{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"tools/list\"}\n";
+    let out = common::run_cli("http://127.0.0.1:1", None, &["mcp"], Some(input)).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let answer: Value = serde_json::from_str(out.stdout.lines().next().unwrap_or_default()).expect("an answer");
+    assert_eq!(answer["id"], 4, "{answer}");
+    assert_eq!(answer["error"]["code"], -32600, "{answer}");
+    assert_eq!(
+        answer["error"]["message"],
+        "invalid request: the first request is `initialize` (MCP's handshake), not `tools/list`"
+    );
 }
 
 /// Over stdio, an `initialize` whose params do not fit is answered with what
