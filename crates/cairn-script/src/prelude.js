@@ -8,6 +8,11 @@
   let outcome = null;
   // The engine's own, whatever a script later makes of the global `Error`.
   const EngineError = Error;
+  // The engine's own JSON, whatever a script later makes of the global
+  // `JSON`: a script that replaced them had its own bug reported as the
+  // engine's, or a call it made read back wrong.
+  const stringify = JSON.stringify;
+  const parse = JSON.parse;
   // Where a stack frame of this prelude points (QuickJS names it so).
   const PRELUDE_FRAME = "(eval_script:";
 
@@ -96,7 +101,7 @@
     const site = AT_ONCE.includes(kind) ? undefined : callSite();
     let sent;
     try {
-      sent = JSON.stringify(payload === undefined ? {} : payload);
+      sent = stringify(payload === undefined ? {} : payload);
     } catch (e) {
       // A BigInt, a cycle, a getter or `toJSON` that throws: the call's
       // arguments are not JSON, which its promise rejects with (as every
@@ -107,7 +112,7 @@
         fail({ class: "cairn", code: "invalid_request", message: `ctx.${kind}'s arguments are not JSON: ${e && e.message}` }, site),
       );
     }
-    const answer = JSON.parse(native(kind, sent));
+    const answer = parse(native(kind, sent));
     if ("sync" in answer) return answer.sync;
     // A clock or randomness read refused (a limit): it throws where it was made.
     if ("error" in answer && AT_ONCE.includes(kind)) throw fail(answer.error, site);
@@ -149,7 +154,7 @@
       return `${v.name}: ${v.message}${extra}`;
     }
     try {
-      const s = JSON.stringify(v);
+      const s = stringify(v);
       return s === undefined ? String(v) : s;
     } catch (_) {
       return String(v);
@@ -192,7 +197,7 @@
     uuid: () => call("uuid"),
     // Resolves at once; rejects (payload_too_large) for a line too large to journal.
     log: (...parts) => {
-      const answer = JSON.parse(native("log", JSON.stringify({ message: parts.map(text).join(" ") })));
+      const answer = parse(native("log", stringify({ message: parts.map(text).join(" ") })));
       return "error" in answer ? Promise.reject(fail(answer.error)) : Promise.resolve();
     },
   });
@@ -362,8 +367,8 @@
   }
 
   return {
-    describe: (e) => JSON.stringify(describe(e)),
-    exportsOf: (ns) => JSON.stringify(Object.keys(ns).filter((k) => typeof ns[k] === "function").sort()),
+    describe: (e) => stringify(describe(e)),
+    exportsOf: (ns) => stringify(Object.keys(ns).filter((k) => typeof ns[k] === "function").sort()),
     start(ns, name) {
       let p;
       try {
@@ -374,9 +379,9 @@
       p.then(
         (v) => {
           const invalid = (why) =>
-            JSON.stringify({ err: { code: "invalid_result", message: "the returned value is not JSON: " + why, stack: null } });
+            stringify({ err: { code: "invalid_result", message: "the returned value is not JSON: " + why, stack: null } });
           try {
-            const json = v === undefined ? "null" : JSON.stringify(v);
+            const json = v === undefined ? "null" : stringify(v);
             // A function or a Symbol (or a toJSON that answers one) has no JSON.
             outcome = json === undefined ? invalid("a " + typeof v) : '{"ok":' + json + "}";
           } catch (e) {
@@ -384,7 +389,7 @@
           }
         },
         (e) => {
-          outcome = JSON.stringify({ err: describe(e) });
+          outcome = stringify({ err: describe(e) });
         }
       );
     },
@@ -393,7 +398,7 @@
       const slot = pending.get(n);
       if (!slot) return;
       pending.delete(n);
-      const answer = JSON.parse(json);
+      const answer = parse(json);
       if ("error" in answer) slot.reject(fail(answer.error, slot.site));
       else slot.resolve(answer.value);
     },

@@ -547,6 +547,43 @@ async fn an_uncaught_error_fails_with_class_script_and_its_code() {
     assert_eq!(code, "uncaught");
 }
 
+/// A script that replaces the global `JSON` has its own error reported, and
+/// its context calls read back right: the prelude keeps the engine's own
+/// `JSON.stringify` and `JSON.parse` (it reported the script's bug as the
+/// engine's, `runtime/script_engine`, or as `stuck`).
+#[tokio::test]
+async fn a_script_that_replaces_json_keeps_its_own_error_and_its_calls() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function broke(ctx) {
+            JSON.stringify = () => "{}";
+            throw new Error("my bug");
+        }
+        export async function parsed(ctx) {
+            JSON.parse = () => ({});
+            JSON.stringify = () => undefined;
+            ctx.log("still heard");
+            return Date.now() > 0;
+        }"#,
+    )
+    .await;
+    let rec = run(&p, script("j1", &m, "broke", json!({}))).await;
+    let Some(Outcome::Failure {
+        class, code, message, ..
+    }) = rec.outcome
+    else {
+        panic!("{rec:?}")
+    };
+    assert_eq!(
+        (class.as_str(), code.as_str(), message.as_str()),
+        ("script", "uncaught", "my bug")
+    );
+    let rec = run(&p, script("j2", &m, "parsed", json!({}))).await;
+    assert_eq!(rec.outcome, Some(Outcome::success(json!(true))), "{rec:?}");
+    assert_eq!(events(&p, "j2", "script.log").await.len(), 1);
+}
+
 #[tokio::test]
 async fn limits_fail_with_their_codes() {
     let limits = Limits {
