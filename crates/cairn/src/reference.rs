@@ -257,6 +257,12 @@ const FAILURE_CODES: &[(&str, &str, &str)] = &[
         "journal_limit",
         "the script made more journaled calls than its limit (`ctx.log` lines count)",
     ),
+    (
+        "script",
+        "invalid_call",
+        "a context call's arguments did not serialize as a JSON object (a `toJSON` the script set on \
+         `Object.prototype` answered something else)",
+    ),
     ("script", "cpu_limit", "one activation (its replay included) used more CPU than its limit"),
     ("script", "memory_limit", "the activation's heap went over its limit"),
     (
