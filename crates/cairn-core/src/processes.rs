@@ -790,6 +790,15 @@ impl Processes {
                 .await
                 .map_err(|e| CairnError::Unavailable(format!("the script compiler stopped: {e}")))??
         };
+        // A module no start could run is refused as it is stored, not at
+        // every start that names it.
+        if exports.is_empty() {
+            return Err(CairnError::InvalidModule(
+                "the module exports no function a script can run (an `export async function`, or a \
+                 function or arrow function exported by name)"
+                    .into(),
+            ));
+        }
         let module = Module {
             info: ModuleInfo {
                 module_ref: crate::script::module_ref(&source),

@@ -288,6 +288,15 @@ async fn exports_are_the_exported_functions() {
         .await
         .unwrap();
     assert_eq!(put.module.exports, ["arrow", "bound", "plain"]);
+    // A module that exports no function a start could run is refused, and
+    // nothing is stored.
+    for source in ["async function f() {}", "export const f = 1;", "export class C {}", ""] {
+        let err = p.put_module(source.into(), None).await.expect_err(source);
+        assert_eq!(err.code(), "invalid_module", "{source}: {err}");
+        assert!(err.to_string().contains("exports no function"), "{err}");
+        let stored = cairn_core::script::module_ref(source);
+        assert!(p.get_module(&stored).await.is_err(), "{source}: stored");
+    }
 }
 
 #[tokio::test]

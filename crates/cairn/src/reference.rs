@@ -167,7 +167,8 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
         ),
         (
             CairnError::InvalidModule(s()),
-            "the module does not compile (the message names line and column)",
+            "the module does not compile (the message names line and column), or exports no function a \
+             script can run",
         ),
         (
             CairnError::UnknownExport {
