@@ -256,7 +256,9 @@ const FAILURE_CODES: &[(&str, &str, &str)] = &[
     (
         "script",
         "journal_limit",
-        "the script made more journaled calls than its limit (`ctx.log` lines count)",
+        "the script made more journaled calls than its limit (`ctx.log` lines count); the calls the \
+         step that went over journaled before it are not made (their `script.call` events stay, \
+         with no child)",
     ),
     (
         "script",
