@@ -178,6 +178,11 @@ async fn cli_drives_the_server() {
     assert_eq!(rec["outcome"]["type"], "cancelled");
     let out = server.cli(&["abandon", "c2", "--reason", "gone"], None).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
+    // Externally owned, it holds no lease to wait for.
+    assert_eq!(
+        out.stdout.trim(),
+        "abandon requested: c2 is running (no lease holds it: reconciled shortly)"
+    );
     server.client().wait_for("c2", |r| r["status"] == "abandoned").await;
 
     // prune everything terminal (cutoff in the future relative to their end).

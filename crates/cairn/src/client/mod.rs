@@ -242,11 +242,15 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             if json {
                 print_json(&record);
             } else {
-                println!(
-                    "abandon requested: {} is {} (reconciled once its lease lapses)",
-                    id,
-                    str_at(&record, "/status")
-                );
+                let status = str_at(&record, "/status");
+                // When the worker reconciles it: it ended already, a lease
+                // holds it off until it lapses, or nothing does.
+                let when = match (status.as_str(), record.get("lease").is_some_and(Value::is_object)) {
+                    ("running", true) => " (reconciled once its lease lapses)",
+                    ("running", false) => " (no lease holds it: reconciled shortly)",
+                    _ => "",
+                };
+                println!("abandon requested: {id} is {status}{when}");
             }
             Ok(ExitCode::SUCCESS)
         }
