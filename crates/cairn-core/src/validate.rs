@@ -164,12 +164,25 @@ pub const TERMINAL_ENVELOPE_DEPTH: usize = 2;
 /// against the limits with [`TERMINAL_ENVELOPE_BYTES`] and
 /// [`TERMINAL_ENVELOPE_DEPTH`] more: what a process's outcome may be.
 pub fn check_terminal_payload(what: impl FnOnce() -> String, payload: &impl Serialize) -> Result<()> {
-    check_shape_within(
-        what,
-        payload,
-        MAX_PAYLOAD_BYTES + TERMINAL_ENVELOPE_BYTES,
-        MAX_JSON_DEPTH + TERMINAL_ENVELOPE_DEPTH,
-    )
+    let shape = serialized_shape(payload);
+    let bytes = MAX_PAYLOAD_BYTES + TERMINAL_ENVELOPE_BYTES;
+    if shape.len > bytes {
+        return Err(CairnError::PayloadTooLarge {
+            what: what(),
+            size: shape.len,
+            limit: bytes,
+        });
+    }
+    if shape.depth > MAX_JSON_DEPTH + TERMINAL_ENVELOPE_DEPTH {
+        // Said of the value, as the limit is documented: the envelope's
+        // levels are not the caller's.
+        return Err(CairnError::InvalidRequest(format!(
+            "{} nests arrays and objects {} levels deep, over the {MAX_JSON_DEPTH} level limit",
+            what(),
+            shape.depth - TERMINAL_ENVELOPE_DEPTH
+        )));
+    }
+    Ok(())
 }
 
 /// What a wake (its input and dedupe key, `events::ResolvedWake`) may hold

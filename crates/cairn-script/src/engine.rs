@@ -1245,6 +1245,11 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
                                     || "the returned value, as its process's outcome,".to_string(),
                                     &cairn_core::fold::terminal_payload(&Outcome::success(ok.clone()), None),
                                 ) {
+                                    // The code says what is wrong; the message
+                                    // needs no "invalid request:" before it.
+                                    Err(cairn_core::CairnError::InvalidRequest(m)) => {
+                                        Some(Outcome::failure("script", "invalid_result", m))
+                                    }
                                     Err(e) => Some(Outcome::failure("script", "invalid_result", e.to_string())),
                                     Ok(()) => Some(Outcome::success(ok.clone())),
                                 },

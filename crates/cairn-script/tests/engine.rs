@@ -2037,7 +2037,13 @@ async fn a_value_nested_too_deep_fails_saying_so() {
         rec.outcome.map(|o| o.state())
     );
     for (id, name, args, says) in [
-        ("d65", "main", json!({ "depth": 65 }), "levels deep"),
+        (
+            "d65",
+            "main",
+            json!({ "depth": 65 }),
+            "the returned value, as its process's outcome, nests arrays and objects 65 levels deep, over the 64 \
+             level limit",
+        ),
         ("d80", "main", json!({ "depth": 80 }), "levels deep"),
         ("d300", "main", json!({ "depth": 300 }), "is not JSON cairn can store"),
         ("w-over", "wide", json!({ "n": 2 * limit }), "byte limit"),
@@ -2053,6 +2059,7 @@ async fn a_value_nested_too_deep_fails_saying_so() {
                     "{message}"
                 );
                 assert!(message.contains(says), "{id}: {message}");
+                assert!(!message.starts_with("invalid request"), "{id}: {message}");
             }
             other => panic!("{id}: expected a failure, got {other:?}"),
         }
