@@ -247,7 +247,15 @@ const FAILURE_CODES: &[(&str, &str, &str)] = &[
          code instead, as does a rejected context call's error (its class is on the JavaScript error, \
          `e.class`; the outcome's class is `script`); the JavaScript stack is in `raw`",
     ),
-    ("script", "invalid_result", "the function returned a value that is not JSON, or larger or deeper than an outcome may be"),
+    (
+        "script",
+        "invalid_result",
+        "the function returned a value that is not JSON (a function, a symbol, a `BigInt`, a cycle), or \
+         larger or deeper than an outcome may be; a value is read as `JSON.stringify` reads it, so \
+         `undefined` and functions inside an object are left out, inside an array they are `null`, \
+         `undefined` itself is `null`, `NaN` is `null`, and a `Map` or `Set` is `{}` (a context call's \
+         arguments are read the same way)",
+    ),
     (
         "script",
         "nondeterminism",
