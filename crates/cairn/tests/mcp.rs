@@ -766,7 +766,37 @@ async fn stdio_reports_an_unreachable_server_as_a_tool_error() {
     let (code, message) = err(&client, "process_get", json!({"id": "any"})).await;
     assert_eq!(code, "unavailable");
     assert!(message.contains("cannot reach"), "{message}");
+    // With what the CLI would suggest.
+    assert!(message.contains("is `cairn serve` running at"), "{message}");
     let _ = client.cancel().await;
+}
+
+/// `cairn mcp` says on stderr, as it starts, that its server does not answer
+/// (it said nothing until the first tool call), and serves all the same.
+#[tokio::test]
+async fn stdio_says_at_once_that_its_server_does_not_answer() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["mcp", "--server", "http://127.0.0.1:1"])
+        .env_remove("CAIRN_TOKEN")
+        .env("RUST_LOG", "off")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut err = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), err.next_line())
+        .await
+        .expect("said in time")
+        .expect("read")
+        .expect("a line");
+    assert!(
+        line.starts_with("cairn mcp: the server does not answer as it should") && line.contains("cairn serve"),
+        "{line}"
+    );
+    assert!(child.try_wait().expect("status").is_none(), "still serving");
 }
 
 /// Over stdio, a write whose request reached the server and whose answer

@@ -14,6 +14,17 @@ use super::http::{query, segment, Client, ClientError};
 
 /// Serve MCP on stdio until the client closes it.
 pub async fn serve(client: &Client) -> Result<ExitCode, ClientError> {
+    // A server that cannot be reached, a path after its address or a missing
+    // token would otherwise show only at the first tool call: said on stderr
+    // (the MCP client's log) at once, and the tools are served all the same
+    // (the server may come up later).
+    let probe = client.clone();
+    tokio::spawn(async move {
+        if let Err(e) = probe.get("/v1/processes?limit=1").await {
+            let hint = e.hint().map(|h| format!(" ({h})")).unwrap_or_default();
+            eprintln!("cairn mcp: the server does not answer as it should: {e}{hint}");
+        }
+    });
     let server = McpServer::new(Arc::new(Forwarding { client: client.clone() }));
     cairn_mcp::serve_stdio(server)
         .await
@@ -26,6 +37,19 @@ struct Forwarding {
 }
 
 fn failure(e: ClientError) -> Failure {
+    // What the CLI would suggest, said in the tool's error too.
+    let hint = e.hint();
+    let failure = bare_failure(e);
+    match hint {
+        Some(hint) => {
+            let message = format!("{} ({hint})", failure.message);
+            Failure { message, ..failure }
+        }
+        None => failure,
+    }
+}
+
+fn bare_failure(e: ClientError) -> Failure {
     match e {
         ClientError::Api {
             code,
