@@ -374,7 +374,30 @@ impl ToolKind {
         }
     }
 
+    /// The tool's output schema, without descriptions: it says what the
+    /// answer's shape is, for clients that check it, and each record-returning
+    /// tool repeated the whole documented record schema (a `tools/list` of
+    /// 197 KB, sent to every client and often to its model). Built once.
     fn output_schema(self) -> Arc<JsonObject> {
+        static SCHEMAS: std::sync::OnceLock<Vec<Arc<JsonObject>>> = std::sync::OnceLock::new();
+        let schemas = SCHEMAS.get_or_init(|| {
+            Self::ALL
+                .iter()
+                .map(|k| {
+                    let mut schema = (*k.build_output_schema()).clone();
+                    if schema.get("description").is_some_and(Value::is_string) {
+                        schema.remove("description");
+                    }
+                    schema.values_mut().for_each(strip_descriptions);
+                    Arc::new(schema)
+                })
+                .collect()
+        });
+        let at = Self::ALL.iter().position(|k| *k == self).unwrap_or_default();
+        schemas[at].clone()
+    }
+
+    fn build_output_schema(self) -> Arc<JsonObject> {
         match self {
             Self::List => json_schema::<ListPage>(),
             Self::Events => json_schema::<EventPage>(),
@@ -508,6 +531,21 @@ fn parse<T: DeserializeOwned>(kind: ToolKind, arguments: Value) -> Result<T, Fai
             format!("arguments of `{}`: {at}{}", kind.name(), e.into_inner()),
         )
     })
+}
+
+/// Remove every `description` a schema gives (the keyword, a string; a
+/// property named `description` is an object and stays).
+fn strip_descriptions(schema: &mut Value) {
+    match schema {
+        Value::Object(o) => {
+            if o.get("description").is_some_and(Value::is_string) {
+                o.remove("description");
+            }
+            o.values_mut().for_each(strip_descriptions);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_descriptions),
+        _ => {}
+    }
 }
 
 /// A standalone JSON Schema for `T`: its utoipa schema with every referenced
@@ -658,6 +696,22 @@ mod tests {
             Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
             _ => {}
         }
+    }
+
+    /// `tools/list` stays small: the output schemas leave out descriptions
+    /// (197 KB with them), and say the same shapes.
+    #[test]
+    fn tool_definitions_stay_small() {
+        let size: usize = ToolKind::ALL
+            .iter()
+            .map(|k| serde_json::to_vec(&k.definition()).expect("definition").len())
+            .sum();
+        assert!(size < 112 * 1024, "tools/list is {size} bytes");
+        let record = ToolKind::Get.output_schema();
+        assert!(record.get("properties").is_some_and(Value::is_object));
+        assert!(!serde_json::to_string(&*record)
+            .expect("schema")
+            .contains("\"description\":\""));
     }
 
     #[test]
