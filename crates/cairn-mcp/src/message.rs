@@ -122,13 +122,20 @@ pub fn fault(message: &Value, carrier: &str) -> Option<(i64, String)> {
     }
 }
 
-/// What is wrong with `message` as the first request of a session over
-/// stdio, if anything: a request (a method and an id) other than
-/// `initialize`, MCP's handshake.
+/// What is wrong with `message` as a request before MCP's handshake over
+/// stdio, if anything: a request (a method and an id) the protocol library
+/// would answer with a message about per-request `_meta` fields. It serves
+/// `initialize`, `ping` and `discover` before the handshake, and a request
+/// that carries its protocol version in its `_meta`.
 pub fn first_request_fault(message: &Value) -> Option<String> {
     let method = message.get("method").and_then(Value::as_str)?;
-    (message.get("id").is_some() && method != "initialize")
-        .then(|| format!("invalid request: the first request is `initialize` (MCP's handshake), not `{method}`"))
+    let versioned = message
+        .pointer("/params/_meta")
+        .and_then(Value::as_object)
+        .is_some_and(|m| m.contains_key("io.modelcontextprotocol/protocolVersion"));
+    let served = matches!(method, "initialize" | "ping" | "discover") || versioned;
+    (message.get("id").is_some() && !served)
+        .then(|| format!("invalid request: send `initialize` (MCP's handshake) before `{method}`"))
 }
 
 /// What `initialize` takes, said when its params do not fit.

@@ -276,13 +276,12 @@ where
         let mut to_library = to_library;
         let mut input = BufReader::new(input);
         let mut bytes = Vec::new();
-        // Whether a request went to the library (the first one is its
-        // `initialize`), and whether a first request other than it was refused.
-        let (mut initializing, mut handshake_refused) = (false, false);
+        // Whether an `initialize` went to the library.
+        let mut initializing = false;
         loop {
             bytes.clear();
             match (&mut input)
-                .take(MAX_LINE_BYTES as u64)
+                .take(MAX_LINE_BYTES as u64 + 1)
                 .read_until(b'\n', &mut bytes)
                 .await
             {
@@ -292,16 +291,13 @@ where
             // A line the library would drop (it discards lines past its
             // limit, unanswered) is answered here, by the id its start
             // shows, and the rest of it is skipped, never held.
-            if bytes.len() >= MAX_LINE_BYTES && bytes.last() != Some(&b'\n') {
+            if bytes.len() > MAX_LINE_BYTES && bytes.last() != Some(&b'\n') {
                 let id = crate::message::leading_id(&bytes);
                 forwarding.store(true, std::sync::atomic::Ordering::SeqCst);
                 let _ = answers.send(crate::message::error_line(
                     id,
                     -32600,
-                    &format!(
-                        "invalid request: a line carries one message of at most {} bytes",
-                        MAX_LINE_BYTES - 1
-                    ),
+                    &format!("invalid request: a line carries one message of at most {MAX_LINE_BYTES} bytes"),
                 ));
                 if !skip_line(&mut input).await {
                     break;
@@ -329,17 +325,16 @@ where
                         tracing::debug!(error = %text, "a notification with faulty params was dropped");
                         continue;
                     }
-                    // The handshake comes first: the library would answer any
-                    // other request with a message about per-request `_meta`
-                    // fields, which is not what is wrong. Said here, and the
-                    // input ends (a failed initialization, as before).
+                    // The handshake comes first: the library would answer
+                    // another request before it with a message about
+                    // per-request `_meta` fields, which is not what is wrong.
+                    // Said here; the library goes on waiting for `initialize`.
                     None if !initializing && crate::message::first_request_fault(&message).is_some() => {
-                        handshake_refused = true;
                         crate::message::first_request_fault(&message)
                             .map(|text| (crate::message::answerable_id(&message), -32600, text))
                     }
                     None => {
-                        initializing |= !crate::message::is_notification(&message);
+                        initializing |= message.get("method").and_then(Value::as_str) == Some("initialize");
                         asking.forwarded(&message);
                         None
                     }
@@ -352,9 +347,6 @@ where
                     // is a failed initialization, not one that never began.
                     forwarding.store(true, std::sync::atomic::Ordering::SeqCst);
                     let _ = answers.send(crate::message::error_line(id, code, &text));
-                    if handshake_refused {
-                        break;
-                    }
                 }
                 None => {
                     forwarding.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -389,7 +381,7 @@ where
     served
 }
 
-/// The longest line passed to the protocol library, its newline included:
+/// The longest line passed to the protocol library, its newline left out:
 /// the library discards longer ones unanswered.
 const MAX_LINE_BYTES: usize = rmcp::transport::async_rw::DEFAULT_MAX_LINE_LENGTH;
 

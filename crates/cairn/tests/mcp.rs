@@ -1226,18 +1226,39 @@ async fn stdio_input_that_ends_before_a_message_exits_zero() {
         let out = common::run_cli("http://127.0.0.1:1", None, &["mcp"], Some(input)).await;
         assert_eq!(out.code, code, "{input:?}: {}", out.stderr);
     }
-    // A first request other than `initialize` is told so, by its id (the
-    // protocol library spoke of per-request `_meta` fields).
-    let input = "{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"tools/list\"}\n";
-    let out = common::run_cli("http://127.0.0.1:1", None, &["mcp"], Some(input)).await;
-    assert_eq!(out.code, 2, "{}", out.stderr);
-    let answer: Value = serde_json::from_str(out.stdout.lines().next().unwrap_or_default()).expect("an answer");
-    assert_eq!(answer["id"], 4, "{answer}");
-    assert_eq!(answer["error"]["code"], -32600, "{answer}");
+    // A request before `initialize` is told so, by its id (the protocol
+    // library spoke of per-request `_meta` fields), and the handshake that
+    // follows goes on: a `ping` before it is served, as MCP allows.
+    let input = [
+        r#"{"jsonrpc":"2.0","id":4,"method":"tools/list"}"#,
+        r#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#,
+        r#"{"jsonrpc":"2.0","id":6,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        r#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#,
+        "",
+    ]
+    .join("\n");
+    let out = common::run_cli("http://127.0.0.1:1", None, &["mcp"], Some(&input)).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let answers: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let by_id = |id: i64| {
+        answers
+            .iter()
+            .find(|a| a["id"] == id)
+            .unwrap_or_else(|| panic!("{id}: {answers:?}"))
+    };
+    assert_eq!(by_id(4)["error"]["code"], -32600);
     assert_eq!(
-        answer["error"]["message"],
-        "invalid request: the first request is `initialize` (MCP's handshake), not `tools/list`"
+        by_id(4)["error"]["message"],
+        "invalid request: send `initialize` (MCP's handshake) before `tools/list`"
     );
+    assert_eq!(by_id(5)["result"], json!({}));
+    assert!(by_id(6)["result"]["protocolVersion"].is_string(), "{answers:?}");
+    assert!(by_id(7)["result"]["tools"].is_array(), "{answers:?}");
 }
 
 /// Over stdio, an `initialize` whose params do not fit is answered with what
