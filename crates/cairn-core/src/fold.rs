@@ -331,8 +331,9 @@ fn resolve_wake(t: &EventType, process_id: &str, sequence: u64, payload: &Value)
     };
     // Each rendering has a payload's room as text, but the wake is stored
     // (in its delivery and in the event) as JSON, where a control character
-    // takes six bytes, and with both renderings: held to a payload's size.
-    crate::validate::check_wake(&wake)?;
+    // takes six bytes.
+    crate::validate::check_wake_rendering("the input a wake renders, as JSON", &wake.input)?;
+    crate::validate::check_wake_rendering("the dedupe key a wake renders, as JSON", &wake.dedupe_key)?;
     Ok(Some(wake))
 }
 
@@ -958,12 +959,13 @@ mod tests {
         assert_eq!(rendered.and_then(|v| v.as_str().map(str::len)), Some(600 * 1024));
     }
 
-    /// A wake is held to a payload's size as stored: the input and a dedupe
-    /// key rendered by one template each (each within its own room as text,
-    /// their JSON six times that for control characters) are refused; a wake
-    /// whose input is all of a payload at the limit is written.
+    /// A wake's renderings are held to twice a payload each as stored: one
+    /// rendered by a template repeating a hole over control characters
+    /// (within its room as text, its JSON six times that) is refused; one
+    /// that is all of a payload at the limit, a string or a value of quotes
+    /// (escaped again, twice its size), is written.
     #[test]
-    fn a_wake_is_held_to_a_payloads_size_as_json() {
+    fn a_wake_rendering_is_held_to_twice_a_payload_as_json() {
         let amplify = Selector::Template {
             template: "{a}".repeat(50),
             fields: [("a".to_string(), Selector::Pointer("/text".into()))]
@@ -995,5 +997,12 @@ mod tests {
         let t = typed(Selector::Pointer("/text".into()), DedupeKey::EventIdentity);
         let wake = resolve_wake(&t, "p", 1, &full).expect("written").expect("a wake");
         assert_eq!(wake.input.len(), text.len());
+        let quotes = json!({ "items": vec![""; (crate::validate::MAX_PAYLOAD_BYTES - 16) / 3] });
+        crate::validate::check_size("payload", &quotes).expect("a payload at the limit");
+        let t = typed(
+            Selector::Pointer("/items".into()),
+            DedupeKey::Selector(Selector::Pointer("/items".into())),
+        );
+        resolve_wake(&t, "p", 1, &quotes).expect("written").expect("a wake");
     }
 }

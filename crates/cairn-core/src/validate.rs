@@ -185,23 +185,19 @@ pub fn check_terminal_payload(what: impl FnOnce() -> String, payload: &impl Seri
     Ok(())
 }
 
-/// What a wake (its input and dedupe key, `events::ResolvedWake`) may hold
-/// beyond [`MAX_PAYLOAD_BYTES`] as JSON: its field names and an event
-/// identity key (`{process_id}:{sequence}`) beside an input that is all of a
-/// payload at the limit.
-pub const WAKE_ENVELOPE_BYTES: usize = 1024;
+/// What one rendering of a wake (its input, or its dedupe key) may be as
+/// stored, as a JSON string: twice a payload. A rendering of a payload's
+/// value is at most its JSON as text, and that text escaped again is at most
+/// twice it (every `"` and `\` doubled); a template repeating a hole over
+/// control characters, six bytes each escaped, made one wake 12 MB.
+pub const MAX_WAKE_RENDERING_BYTES: usize = 2 * MAX_PAYLOAD_BYTES;
 
-/// Check a wake as it is stored: its JSON within [`MAX_PAYLOAD_BYTES`] and
-/// [`WAKE_ENVELOPE_BYTES`] (`payload_too_large` otherwise). Each of its
-/// renderings is bounded as text; escaped, and the two together, they are
-/// bounded here.
-pub fn check_wake(wake: &impl Serialize) -> Result<()> {
-    check_shape_within(
-        || "the wake an event renders (its input and dedupe key, as JSON)".to_string(),
-        wake,
-        MAX_PAYLOAD_BYTES + WAKE_ENVELOPE_BYTES,
-        MAX_JSON_DEPTH,
-    )
+/// Check one rendering of a wake as it is stored (`what` names it): its JSON
+/// string within [`MAX_WAKE_RENDERING_BYTES`] (`payload_too_large`
+/// otherwise). Each rendering is bounded as text as it is made; escaped, it
+/// is bounded here.
+pub fn check_wake_rendering(what: &str, text: &str) -> Result<()> {
+    check_shape_within(|| what.to_string(), &text, MAX_WAKE_RENDERING_BYTES, MAX_JSON_DEPTH)
 }
 
 fn check_shape_within(what: impl FnOnce() -> String, value: &impl Serialize, bytes: usize, depth: usize) -> Result<()> {
