@@ -791,8 +791,20 @@ impl Processes {
                 .map_err(|e| CairnError::Unavailable(format!("the script compiler stopped: {e}")))??
         };
         // A module no start could run is refused as it is stored, not at
-        // every start that names it.
+        // every start that names it; one stored before this rule answers as
+        // any stored source does.
         if exports.is_empty() {
+            if let Ok(stored) = self
+                .inner
+                .registry
+                .get_module(&crate::script::module_ref(&source))
+                .await
+            {
+                return Ok(ModulePut {
+                    module: stored.info,
+                    created: false,
+                });
+            }
             return Err(CairnError::InvalidModule(
                 "the module exports no function a script can run (an `export async function`, or a \
                  function or arrow function exported by name)"

@@ -297,6 +297,30 @@ async fn exports_are_the_exported_functions() {
         let stored = cairn_core::script::module_ref(source);
         assert!(p.get_module(&stored).await.is_err(), "{source}: stored");
     }
+    // One stored before that rule answers as any stored source does.
+    let registry = Arc::new(MemoryRegistry::new());
+    let p = Processes::builder(registry.clone())
+        .script_engine(Arc::new(QuickJs::new(Limits::default())))
+        .start();
+    let source = "export const f = 1;";
+    let module = cairn_core::script::Module {
+        info: cairn_core::ModuleInfo {
+            module_ref: cairn_core::script::module_ref(source),
+            name: None,
+            exports: Vec::new(),
+            created_at_ms: 0,
+        },
+        source: source.into(),
+    };
+    cairn_core::ProcessRegistry::put_module(&*registry, &module)
+        .await
+        .expect("stored as an earlier build did");
+    let again = p
+        .put_module(source.into(), None)
+        .await
+        .expect("a stored source answers");
+    assert!(!again.created);
+    assert_eq!(again.module.module_ref, module.info.module_ref);
 }
 
 #[tokio::test]
