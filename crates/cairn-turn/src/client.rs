@@ -399,7 +399,9 @@ async fn ask(
     }
     let mut message = json!({"role": "assistant", "content": content});
     if !calls.calls.is_empty() {
-        message["tool_calls"] = Value::Array(calls.calls);
+        let mut calls = calls.calls;
+        with_distinct_ids(&mut calls);
+        message["tool_calls"] = Value::Array(calls);
     }
     if !refusal.is_empty() {
         message["refusal"] = json!(refusal);
@@ -457,7 +459,9 @@ fn completion(
     {
         // Each element is a whole call here, not a fragment to join, even
         // without an id or an index.
-        message["tool_calls"] = Value::Array(calls.iter().map(whole_call).collect());
+        let mut calls: Vec<Value> = calls.iter().map(whole_call).collect();
+        with_distinct_ids(&mut calls);
+        message["tool_calls"] = Value::Array(calls);
     }
     if let Some(refusal) = given.get("refusal").and_then(Value::as_str).filter(|r| !r.is_empty()) {
         message["refusal"] = json!(refusal);
@@ -467,6 +471,31 @@ fn completion(
         usage: body.get("usage").cloned().unwrap_or(Value::Null),
         finish_reason: choice.get("finish_reason").cloned().unwrap_or(Value::Null),
     })
+}
+
+/// Give every tool call of an answer an id of its own, before the answer is
+/// journaled (so a replay sends the same): an endpoint that sends none (some
+/// local servers) or repeats one left the model unable to tell the results
+/// apart, and a strict endpoint refuses the request that carries them. A
+/// call without an id, or with one an earlier call of the answer holds, gets
+/// `call_{k}` (its place; further on when another call holds that).
+fn with_distinct_ids(calls: &mut [Value]) {
+    let mut seen = std::collections::HashSet::new();
+    for k in 0..calls.len() {
+        let id = calls[k]["id"].as_str().unwrap_or_default().to_string();
+        if !id.is_empty() && seen.insert(id) {
+            continue;
+        }
+        let taken = |c: &str, seen: &std::collections::HashSet<String>| {
+            seen.contains(c) || calls.iter().any(|x| x["id"].as_str() == Some(c))
+        };
+        let fresh = (0..)
+            .map(|n: usize| format!("call_{}", k + n * calls.len()))
+            .find(|c| !taken(c, &seen))
+            .unwrap_or_default();
+        seen.insert(fresh.clone());
+        calls[k]["id"] = json!(fresh);
+    }
 }
 
 /// One tool call of an answer that was not streamed, in the shape the
@@ -761,6 +790,19 @@ mod tests {
         assert_eq!(calls[0]["id"], "a");
         assert_eq!(calls[1]["function"]["name"], "sleep");
         assert_eq!(calls[1]["function"]["arguments"], "{\"ms\": 5}");
+    }
+
+    /// Calls without an id, or repeating one, get ids of their own, and
+    /// none takes an id another call of the answer holds.
+    #[test]
+    fn every_tool_call_gets_an_id_of_its_own() {
+        let mut calls: Vec<Value> = ["", "", "same", "same", "call_1", ""]
+            .iter()
+            .map(|id| json!({"id": id, "type": "function", "function": {"name": "echo", "arguments": "{}"}}))
+            .collect();
+        with_distinct_ids(&mut calls);
+        let ids: Vec<&str> = calls.iter().map(|c| c["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["call_0", "call_7", "same", "call_3", "call_1", "call_5"]);
     }
 
     #[test]
