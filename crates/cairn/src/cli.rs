@@ -524,7 +524,9 @@ pub struct ServeArgs {
     /// A model session turns may call, `NAME=BASE_URL[,model=ID][,key_env=VAR]`
     /// (repeatable; a turn that names no model uses `default`). BASE_URL is an
     /// OpenAI-compatible endpoint such as `http://127.0.0.1:11434/v1`; the key is
-    /// read from the environment variable VAR at each call and stored nowhere.
+    /// read from the environment variable VAR at each call and stored nowhere
+    /// (VAR must hold one when the server starts: a missing key is refused then,
+    /// not at a turn's first call).
     #[arg(long = "model", value_name = "NAME=BASE_URL[,model=ID][,key_env=VAR]", value_parser = parse_model)]
     pub models: Vec<cairn_turn::ModelSpec>,
     /// Largest request body in bytes.
