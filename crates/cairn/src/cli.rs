@@ -130,6 +130,8 @@ pub enum Command {
     /// The command runs on the server's machine in this directory (`--cwd` to change it)
     /// with the server's environment plus what `--env`/`--env-all` forward; it never reads
     /// stdin (input piped to it within 100 ms is refused). Ctrl-C asks the server to cancel it.
+    /// With `--json` it prints the ended process's record instead of the output as it comes
+    /// (the output's end is in its outcome's `stdout_tail` and `stderr_tail`).
     #[command(after_help = "Examples:\n  \
         cairn run -- make test\n  \
         cairn run --env PATH --env CI=1 -- sh -c 'echo $CI'\n  \
