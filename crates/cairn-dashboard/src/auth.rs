@@ -323,11 +323,23 @@ pub(crate) async fn login(
         )
             .into_response();
     };
-    if headers
+    let cross_site = headers
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|site| site == "cross-site" || site == "same-site")
-    {
+        .is_some_and(|site| site == "cross-site" || site == "same-site");
+    // A browser without `Sec-Fetch-Site` still says where a POST came from
+    // in `Origin`: another origin than this server's (its `Host`) is
+    // another site's page.
+    let foreign_origin = headers.get("origin").is_some_and(|origin| {
+        let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or_default();
+        let origin = origin.to_str().unwrap_or_default();
+        let own = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .is_some_and(|o| !host.is_empty() && o == host);
+        !own
+    });
+    if cross_site || foreign_origin {
         return (
             StatusCode::FORBIDDEN,
             pages::login(

@@ -268,6 +268,26 @@ async fn with_tokens_pages_need_a_login_and_writes_need_the_csrf_token() {
     assert_eq!(status, StatusCode::FORBIDDEN, "a login posted from another site");
     assert!(headers.get(header::SET_COOKIE).is_none());
     assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY");
+    // A browser without `Sec-Fetch-Site` says where the form came from in
+    // `Origin`: another one than this server's is refused, its own is not.
+    for (origin, allowed) in [
+        ("http://evil.example", false),
+        ("null", false),
+        ("http://127.0.0.1:7070", true),
+    ] {
+        let mut posted = login("host");
+        posted.headers_mut().insert("origin", origin.parse().unwrap());
+        posted.headers_mut().insert("host", "127.0.0.1:7070".parse().unwrap());
+        let (status, _, headers) = send(&app, posted).await;
+        assert_eq!(
+            (
+                status == StatusCode::FORBIDDEN,
+                headers.get(header::SET_COOKIE).is_some()
+            ),
+            (!allowed, allowed),
+            "{origin}"
+        );
+    }
 
     let (_, _, headers) = send(&app, login("host")).await;
     let set = headers[header::SET_COOKIE].to_str().unwrap().to_string();
