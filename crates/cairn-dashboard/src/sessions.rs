@@ -38,16 +38,17 @@ pub(crate) async fn page(
     Extension(visitor): Extension<Visitor>,
     q: Result<Query<SessionQuery>, QueryRejection>,
 ) -> Response {
-    let asked = match q {
+    // A refusal is said in the page, as the other pages say theirs.
+    let (asked, mut refused) = match q {
         // Taken as given: an id may begin or end with a space.
-        Ok(Query(q)) => q.session,
-        Err(e) => {
-            return (
+        Ok(Query(q)) => (q.session, None),
+        Err(e) => (
+            String::new(),
+            Some((
                 StatusCode::BAD_REQUEST,
                 pages::error_fragment("invalid_request", &e.body_text()),
-            )
-                .into_response()
-        }
+            )),
+        ),
     };
     // A session viewer sees its own session, whatever it asks for.
     let session = match &visitor.viewer {
@@ -55,10 +56,16 @@ pub(crate) async fn page(
         _ => asked,
     };
     if matches!(&visitor.viewer, Viewer::Session(own) if *own != session) {
-        return forbidden();
+        refused = Some((
+            StatusCode::FORBIDDEN,
+            pages::error_fragment("forbidden", "a session token may only address its own session"),
+        ));
     }
     let mut status = StatusCode::OK;
-    let content = if session.is_empty() {
+    let content = if let Some((refusal, said)) = refused {
+        status = refusal;
+        said
+    } else if session.is_empty() {
         html! { p.hint { "Name a session to see its processes and pending wakes." } }
     } else {
         match section(&d, &visitor.viewer, &session).await {

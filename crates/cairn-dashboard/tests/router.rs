@@ -399,8 +399,13 @@ async fn a_session_token_sees_only_its_sessions_processes() {
     assert!(html.contains("unknown_process"));
     let (status, _, _) = get(&app, "/ui/processes/mine", cookie).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _, _) = get(&app, "/ui/sessions?session=s2", cookie).await;
+    // Refusals are said in the page, with its navigation, as other pages say theirs.
+    let (status, html, _) = get(&app, "/ui/sessions?session=s2", cookie).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(html.contains("<title>") && html.contains("forbidden"), "{html}");
+    let (status, html, _) = get(&app, "/ui/sessions?bogus=1", cookie).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("<title>") && html.contains("invalid_request"), "{html}");
     let (status, html, _) = get(&app, "/ui/sessions", cookie).await;
     assert_eq!(status, StatusCode::OK);
     assert!(html.contains("mine") && !html.contains("theirs"), "{html}");
