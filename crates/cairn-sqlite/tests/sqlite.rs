@@ -1310,12 +1310,15 @@ async fn foreign_commits_beside_our_own_reach_the_hub() {
     assert!(own > 10, "our writer committed only {own} registrations");
 }
 
-/// A foreign commit reaches the hub even when every reading of the watcher
-/// meets a commit of ours under way (which spoils the reading): our writer
-/// finds the cursor moved as its next transaction begins. Commits of ours
-/// alone still have nobody read again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_foreign_commit_is_heard_while_every_reading_meets_a_commit_of_ours() {
+/// Two registries on one file (ours watched into a hub; theirs as another OS
+/// process would be), our writer's first commit made, and the hub's resyncs
+/// heard from here on.
+async fn watched_pair() -> (
+    tempfile::TempDir,
+    SqliteRegistry,
+    SqliteRegistry,
+    tokio::sync::watch::Receiver<u64>,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = db(&dir);
     let clock = ManualClock::new(1_000);
@@ -1324,9 +1327,19 @@ async fn a_foreign_commit_is_heard_while_every_reading_meets_a_commit_of_ours() 
     let hub = cairn_core::ChangeHub::new();
     ours.watch_other_writers(hub.clone()).expect("watch");
     ours.register(external("own-0"), None).await.expect("own write");
-    let busy = ours.commit_under_way_for_test();
     let mut resync = hub.subscribe_resync();
     resync.borrow_and_update();
+    (dir, ours, theirs, resync)
+}
+
+/// A foreign commit reaches the hub even when every reading of the watcher
+/// meets a commit of ours under way (which spoils the reading): our writer
+/// finds the cursor moved as its next transaction begins. Commits of ours
+/// alone still have nobody read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_commit_is_heard_while_every_reading_meets_a_commit_of_ours() {
+    let (_dir, ours, theirs, mut resync) = watched_pair().await;
+    let busy = ours.commit_under_way_for_test();
     // Control: our own commits (each raising a notice, each reading spoilt)
     // have nobody read again.
     ours.register(external("own-1"), None).await.expect("own write");
@@ -1350,16 +1363,7 @@ async fn a_foreign_commit_is_heard_while_every_reading_meets_a_commit_of_ours() 
 /// next transaction begins, does not have them read again for the same one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_commit_is_told_of_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = db(&dir);
-    let clock = ManualClock::new(1_000);
-    let ours = open(&path, &clock);
-    let theirs = open(&path, &clock);
-    let hub = cairn_core::ChangeHub::new();
-    ours.watch_other_writers(hub.clone()).expect("watch");
-    ours.register(external("own-0"), None).await.expect("own write");
-    let mut resync = hub.subscribe_resync();
-    resync.borrow_and_update();
+    let (_dir, ours, theirs, mut resync) = watched_pair().await;
     theirs.register(external("theirs"), None).await.expect("their write");
     tokio::time::timeout(std::time::Duration::from_secs(3), resync.changed())
         .await

@@ -776,16 +776,7 @@ async fn stdio_reports_an_unreachable_server_as_a_tool_error() {
 #[tokio::test]
 async fn stdio_says_at_once_that_its_server_does_not_answer() {
     use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["mcp", "--server", "http://127.0.0.1:1"])
-        .env_remove("CAIRN_TOKEN")
-        .env("RUST_LOG", "off")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
+    let mut child = raw_stdio(true);
     let mut err = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
     let line = tokio::time::timeout(Duration::from_secs(10), err.next_line())
         .await
@@ -834,6 +825,22 @@ async fn stdio_reports_a_proxys_502_to_a_write_as_outcome_unknown() {
     assert_eq!(code, "unavailable", "{message}");
     let _ = client.cancel().await;
     stub.abort();
+}
+
+/// `cairn mcp` over stdio, its lines read and written by the test, against a
+/// server address where nothing listens; its stderr piped when asked.
+fn raw_stdio(stderr: bool) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(["mcp", "--server", "http://127.0.0.1:1"])
+        .env_remove("CAIRN_TOKEN")
+        .env("RUST_LOG", "off")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    if stderr {
+        cmd.stderr(std::process::Stdio::piped());
+    }
+    cmd.spawn().expect("spawn cairn mcp")
 }
 
 /// A stand-in for a server on a free loopback port: it reads each request's
@@ -1057,15 +1064,7 @@ async fn malformed_posts_get_jsonrpc_errors() {
 #[tokio::test]
 async fn stdio_answers_malformed_lines() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["mcp", "--server", "http://127.0.0.1:1"])
-        .env_remove("CAIRN_TOKEN")
-        .env("RUST_LOG", "off")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
+    let mut child = raw_stdio(false);
     let mut stdin = child.stdin.take().expect("stdin");
     let lines = [
         r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
@@ -1151,15 +1150,7 @@ async fn stdio_answers_malformed_lines() {
 #[tokio::test]
 async fn stdio_answers_a_line_too_long_and_a_message_nested_too_deep() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["mcp", "--server", "http://127.0.0.1:1"])
-        .env_remove("CAIRN_TOKEN")
-        .env("RUST_LOG", "off")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
+    let mut child = raw_stdio(false);
     let mut stdin = child.stdin.take().expect("stdin");
     let long = format!(
         r#"{{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{{"name":"process_get","arguments":{{"id":"{}"}}}}}}"#,
