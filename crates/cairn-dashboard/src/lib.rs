@@ -117,6 +117,8 @@ impl Dashboard {
             .route("/ui/schedules/{id}/pause", post(schedules::pause))
             .route("/ui/schedules/{id}/resume", post(schedules::resume))
             .route("/ui/logout", post(auth::logout))
+            // Any other path under /ui is a page that is not there, said as a page.
+            .route("/ui/{*rest}", axum::routing::any(pages::not_found))
             .route_layer(axum::middleware::from_fn_with_state(self.inner.clone(), auth::gate));
         let open = Router::new()
             .route("/ui/login", get(auth::login_page).post(auth::login))

@@ -17,6 +17,21 @@ pub(crate) enum Nav {
     Schedules,
 }
 
+/// Any other path under `/ui`: 404, said in a page with the navigation (the
+/// API's JSON answer is no page to a browser).
+pub(crate) async fn not_found(axum::Extension(visitor): axum::Extension<Visitor>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = html! {
+        h1 { "Not found" }
+        (error_fragment("not_found", "no such page: the navigation above lists the pages"))
+    };
+    (
+        axum::http::StatusCode::NOT_FOUND,
+        layout("Not found", &visitor, Nav::Processes, body),
+    )
+        .into_response()
+}
+
 /// A full page: head, nav and `body`. The CSRF token rides in `hx-headers`, so
 /// every htmx request from the page carries it.
 pub(crate) fn layout(title: &str, visitor: &Visitor, nav: Nav, body: Markup) -> Markup {

@@ -572,6 +572,29 @@ async fn the_session_page_says_when_its_wakes_were_cut_at_their_bytes() {
     assert!(html.contains("The oldest 5; acknowledging them shows the next."));
 }
 
+/// A path under `/ui` that is no page answers 404 as a page, with the
+/// navigation (the API's JSON answer was no page to a browser); without a
+/// login it is sent to log in first, as every page is.
+#[tokio::test]
+async fn an_unknown_dashboard_path_is_a_page_not_found() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let closed = app(&p, false);
+    let app = app(&p, true);
+    for path in ["/ui/nosuch", "/ui/processes/x/nosuch", "/ui/sessions/s1"] {
+        let (status, html, headers) = get(&app, path, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert!(
+            headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"),
+            "{path}"
+        );
+        assert!(html.contains("<title>") && html.contains("not_found"), "{path}: {html}");
+    }
+    let (status, _, headers) = get(&closed, "/ui/nosuch", None).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(headers[header::LOCATION].to_str().unwrap().starts_with("/ui/login"));
+}
+
 /// A session id is taken as given: ` s1` (a leading space is allowed in an
 /// id) is another session than `s1`, on the session page and in the list's
 /// lenses.
