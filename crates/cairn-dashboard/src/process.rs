@@ -69,12 +69,41 @@ pub(crate) fn refused(e: &CairnError) -> Response {
     (status_for(e), pages::error_fragment(e.code(), &e.to_string())).into_response()
 }
 
+/// The latest events a process page's timeline starts with; the earlier
+/// ones on asking (`?all=true`). A long shell run or script logs thousands,
+/// each up to a mebibyte, and a tab holding them all slows to a crawl.
+pub(crate) const TIMELINE_SHOWN: u64 = 500;
+
+/// Query of `GET /ui/processes/{id}`.
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct PageQuery {
+    /// The whole timeline, not its latest [`TIMELINE_SHOWN`] events.
+    all: bool,
+}
+
 /// `GET /ui/processes/{id}`.
 pub(crate) async fn page(
     axum::extract::State(d): Shared,
     Extension(visitor): Extension<Visitor>,
     IdPath(id): IdPath,
+    query: Result<axum::extract::Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    let all = match query {
+        Ok(axum::extract::Query(q)) => q.all,
+        Err(e) => {
+            let body = html! {
+                h1 { "Process " code { (id) } }
+                (pages::error_fragment("invalid_request", &e.body_text()))
+                p { a href="/ui/processes" { "← Processes" } }
+            };
+            return (
+                StatusCode::BAD_REQUEST,
+                pages::layout(&id, &visitor, Nav::Processes, body),
+            )
+                .into_response();
+        }
+    };
     let record = match d.access.check_visible(&visitor.viewer, &id).await {
         Ok(()) => d.processes.get(&id).await,
         Err(e) => Err(e),
@@ -92,10 +121,16 @@ pub(crate) async fn page(
     };
     let path = encode_path(&record.id);
     let children = children_of(&d, &visitor, &record.id).await;
+    // Events before this one are left out unless asked for.
+    let left_out = if all {
+        0
+    } else {
+        record.last_sequence.saturating_sub(TIMELINE_SHOWN)
+    };
     let body = html! {
         p.crumbs { a href="/ui/processes" { "← Processes" } }
         h1.pid { code { (record.id) } }
-        div.process hx-ext="sse" sse-connect={ "/ui/processes/" (path) "/live" } sse-close="end" {
+        div.process hx-ext="sse" sse-connect={ "/ui/processes/" (path) "/live?after=" (left_out) } sse-close="end" {
             (crate::pages::login_listener())
             section #record hx-get={ "/ui/processes/" (path) "/record" } hx-trigger="sse:record delay:100ms" hx-swap="innerHTML" {
                 (record_panel(&record))
@@ -108,6 +143,10 @@ pub(crate) async fn page(
             }
             section.timeline-box {
                 h2 { "Timeline" }
+                @if left_out > 0 {
+                    p.hint.more { "The earliest " (left_out) " events are left out. "
+                        a href={ "/ui/processes/" (path) "?all=true" } { "Show them all" } }
+                }
                 ol #timeline sse-swap="timeline" hx-swap="beforeend" {}
                 div #timeline-failed sse-swap="failed,cleared" {}
             }

@@ -572,6 +572,54 @@ async fn the_session_page_says_when_its_wakes_were_cut_at_their_bytes() {
     assert!(html.contains("The oldest 5; acknowledging them shows the next."));
 }
 
+/// A process page's timeline starts at its latest events (a long run logs
+/// thousands, each up to a mebibyte), says how many it left out and links to
+/// them all; a query the page does not take is refused in the page.
+#[tokio::test]
+async fn a_long_timeline_starts_at_its_latest_events() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let app = app(&p, true);
+    let start = StartRequest::from_json(json!({
+        "id": "long",
+        "input": {"type": "external", "metadata": {}},
+        "disposition": "externally_owned",
+        "event_types": [{"name": "progress", "payload_schema": {"type": "object"}}]
+    }))
+    .unwrap();
+    p.start(start).await.unwrap();
+    for i in 0..510 {
+        p.append_event(
+            "long",
+            serde_json::from_value(json!({"event_type": "progress", "payload": {"i": i}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let last = p.get("long").await.unwrap().last_sequence;
+    let left_out = last - 500;
+    let (status, html, _) = get(&app, "/ui/processes/long", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains(&format!(r#"sse-connect="/ui/processes/long/live?after={left_out}""#)),
+        "{html}"
+    );
+    assert!(
+        html.contains(&format!("The earliest {left_out} events are left out.")),
+        "{html}"
+    );
+    let (status, html, _) = get(&app, "/ui/processes/long?all=true", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains(r#"sse-connect="/ui/processes/long/live?after=0""#),
+        "{html}"
+    );
+    assert!(!html.contains("are left out"), "{html}");
+    let (status, html, _) = get(&app, "/ui/processes/long?bogus=1", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("<title>") && html.contains("invalid_request"), "{html}");
+}
+
 /// A path under `/ui` that is no page answers 404 as a page, with the
 /// navigation (the API's JSON answer was no page to a browser); without a
 /// login it is sent to log in first, as every page is.
