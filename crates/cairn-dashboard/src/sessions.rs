@@ -115,8 +115,7 @@ async fn section(d: &crate::Inner, viewer: &Viewer, session: &str) -> cairn_core
     };
     let mut wakes = d.processes.wakes(session, Some(SHOWN + 1)).await?;
     // A page that reached its bytes was cut there (a later wake may wait).
-    let bytes: usize = wakes.iter().map(|w| serde_json::to_vec(w).map_or(0, |j| j.len())).sum();
-    let wakes_more = wakes.len() > SHOWN || bytes >= cairn_core::LIST_PAGE_BYTES;
+    let wakes_more = more_wakes(&wakes);
     wakes.truncate(SHOWN);
     let sid = encode_path(session);
     let q = encode_path(session);
@@ -131,7 +130,7 @@ async fn section(d: &crate::Inner, viewer: &Viewer, session: &str) -> cairn_core
     };
     let count = |n: usize, more: bool| if more { format!("(first {n})") } else { format!("({n})") };
     Ok(html! {
-        h2 { "Pending wakes " span.count { (count(wakes.len(), wakes_more)) } }
+        h2 { "Pending wakes " span.count #wakes-count { (count(wakes.len(), wakes_more)) } }
         @if wakes_more { p.hint.more { "The oldest " (wakes.len()) "; acknowledging them shows the next." } }
         @if wakes.is_empty() { p.empty { "No pending wake." } } @else {
             div #wake-result aria-live="polite" {}
@@ -205,17 +204,39 @@ pub(crate) async fn ack(
         return forbidden();
     }
     match d.processes.ack_wake(&session_id, &wake_id).await {
-        Ok(acked) => html! {
-            tr.acked data-wake=(wake_id) {
-                td colspan="6" {
-                    code { (wake_id) } " "
-                    @if acked { "acknowledged" } @else { "was already acknowledged" }
+        Ok(acked) => {
+            // The heading's count, read again, goes with the row (out of
+            // band: a `template` keeps it whole beside a table row).
+            let left = d.processes.wakes(&session_id, Some(SHOWN + 1)).await.ok().map(|w| {
+                let n = w.len().min(SHOWN);
+                if more_wakes(&w) {
+                    format!("(first {n})")
+                } else {
+                    format!("({n})")
+                }
+            });
+            html! {
+                tr.acked data-wake=(wake_id) {
+                    td colspan="6" {
+                        code { (wake_id) } " "
+                        @if acked { "acknowledged" } @else { "was already acknowledged" }
+                    }
+                }
+                @if let Some(left) = left {
+                    template { span.count #wakes-count hx-swap-oob="true" { (left) } }
                 }
             }
+            .into_response()
         }
-        .into_response(),
         Err(e) => crate::schedules::refused_into(&e, "#wake-result"),
     }
+}
+
+/// Whether pending wakes past `wakes` (read as `SHOWN + 1`) may wait: more
+/// than shown, or a page that reached its bytes (cut there).
+fn more_wakes(wakes: &[cairn_core::WakeDelivery]) -> bool {
+    let bytes: usize = wakes.iter().map(|w| serde_json::to_vec(w).map_or(0, |j| j.len())).sum();
+    wakes.len() > SHOWN || bytes >= cairn_core::LIST_PAGE_BYTES
 }
 
 /// The start of a wake's input, as the timeline shows a payload's.

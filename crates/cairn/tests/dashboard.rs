@@ -214,6 +214,55 @@ fn row(id: &str) -> String {
     format!("tr[data-id='{id}']")
 }
 
+/// Acknowledging a wake on the sessions page replaces its row and brings the
+/// heading's count down with it (it stayed at what the page first showed).
+#[tokio::test]
+#[cfg_attr(
+    cairn_no_browser,
+    ignore = "chromedriver not installed (apt-get install chromium chromium-driver)"
+)]
+async fn acknowledging_a_wake_brings_the_count_down() {
+    let owned = Server::start(&[]).await;
+    let server = &owned;
+    let (status, body) = server
+        .client()
+        .post(
+            "/v1/processes",
+            json!({"id": "ci", "input": {"type": "external", "metadata": {}}, "disposition": "externally_owned",
+                   "wake_target": {"session_id": "s1"},
+                   "event_types": [{"name": "progress", "payload_schema": {"type": "object"},
+                                    "semantics": {"wake": {"input": {"pointer": "/text"}}}}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    for text in ["one", "two", "three"] {
+        let (status, body) = server
+            .client()
+            .post(
+                "/v1/processes/ci/events",
+                json!({"event_type": "progress", "payload": {"text": text}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    with_browser(|c| async move {
+        c.goto(&server.url("/ui/sessions?session=s1")).await.unwrap();
+        let heading = wait_for(&c, Locator::Css("#wakes-count")).await;
+        assert_eq!(heading.text().await.unwrap(), "(3)");
+        c.find(Locator::Css("table.wakes tbody tr button"))
+            .await
+            .expect("an acknowledge button")
+            .click()
+            .await
+            .unwrap();
+        wait_for(&c, Locator::Css("tr.acked")).await;
+        let counted = in_page(&c, "return document.querySelector('#wakes-count').innerText").await;
+        assert_eq!(counted, json!("(2)"));
+        assert_eq!(count(&c, "#wakes-count").await, 1, "one count, replaced in place");
+    })
+    .await;
+}
+
 #[tokio::test]
 #[cfg_attr(
     cairn_no_browser,
