@@ -329,15 +329,17 @@ where
                     // another request before it with a message about
                     // per-request `_meta` fields, which is not what is wrong.
                     // Said here; the library goes on waiting for `initialize`.
-                    None if !initializing && crate::message::first_request_fault(&message).is_some() => {
-                        crate::message::first_request_fault(&message)
-                            .map(|text| (crate::message::answerable_id(&message), -32600, text))
-                    }
-                    None => {
-                        initializing |= message.get("method").and_then(Value::as_str) == Some("initialize");
-                        asking.forwarded(&message);
-                        None
-                    }
+                    None => match (!initializing)
+                        .then(|| crate::message::first_request_fault(&message))
+                        .flatten()
+                    {
+                        Some(text) => Some((crate::message::answerable_id(&message), -32600, text)),
+                        None => {
+                            initializing |= message.get("method").and_then(Value::as_str) == Some("initialize");
+                            asking.forwarded(&message);
+                            None
+                        }
+                    },
                     fault => fault.map(|(code, text)| (crate::message::answerable_id(&message), code, text)),
                 },
             };
