@@ -634,9 +634,7 @@ pub struct Listed<T> {
 
 /// Read one page of a listing in chunks through `read(after_id, limit)`
 /// (the registry's own paging, in id order): at most `limit` items, and
-/// none after those that bring it to [`LIST_PAGE_BYTES`] as JSON. The first
-/// read takes [`EVENT_CHUNK`]; the next, as many as the bytes left hold at
-/// the size seen so far.
+/// none after those that bring it to [`LIST_PAGE_BYTES`] as JSON.
 async fn list_in_chunks<T, F, Fut>(filter: &ProcessFilter, id_of: impl Fn(&T) -> &str, mut read: F) -> Result<Listed<T>>
 where
     T: Serialize,
@@ -644,9 +642,51 @@ where
     Fut: std::future::Future<Output = Result<Vec<T>>>,
 {
     let limit = crate::model::page_limit(filter.limit)?;
+    let (items, more, _) = read_in_chunks(
+        limit,
+        filter.after_id.clone(),
+        |item: &T| Some(id_of(item).to_string()),
+        |after_id, want| {
+            read(ProcessFilter {
+                after_id,
+                limit: Some(want),
+                ..filter.clone()
+            })
+        },
+    )
+    .await?;
+    Ok(Listed {
+        next_after_id: if more {
+            items.last().map(|i| id_of(i).to_string())
+        } else {
+            None
+        },
+        items,
+    })
+}
+
+/// Read at most `limit` items in chunks through `read(after, want)`, where
+/// `after` is the position to read on from (`position_of` the last item
+/// read, `start` at first), and none after those that bring the page to
+/// [`LIST_PAGE_BYTES`] as JSON. The first read takes [`EVENT_CHUNK`]; the
+/// next, as many as the bytes left hold at the size seen so far. Answers
+/// the items, whether the page stopped short of the end (full, or cut at
+/// the bytes), and the position after the last item.
+async fn read_in_chunks<T, K, F, Fut>(
+    limit: usize,
+    start: K,
+    position_of: impl Fn(&T) -> K,
+    mut read: F,
+) -> Result<(Vec<T>, bool, K)>
+where
+    T: Serialize,
+    K: Clone,
+    F: FnMut(K, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>>>,
+{
     let mut items: Vec<T> = Vec::new();
     let mut bytes = 0usize;
-    let mut after = filter.after_id.clone();
+    let mut after = start;
     loop {
         let left = limit - items.len();
         let want = match items.len() {
@@ -656,17 +696,12 @@ where
                 left.min(((LIST_PAGE_BYTES - bytes.min(LIST_PAGE_BYTES)) / seen).max(1))
             }
         };
-        let chunk = read(ProcessFilter {
-            after_id: after.clone(),
-            limit: Some(want),
-            ..filter.clone()
-        })
-        .await?;
+        let chunk = read(after.clone(), want).await?;
         let got = chunk.len();
         let mut taken = 0;
         for item in chunk {
             bytes = bytes.saturating_add(serde_json::to_vec(&item).map_or(0, |j| j.len()));
-            after = Some(id_of(&item).to_string());
+            after = position_of(&item);
             items.push(item);
             taken += 1;
             if bytes >= LIST_PAGE_BYTES {
@@ -675,16 +710,10 @@ where
         }
         let full = items.len() >= limit;
         if taken == got && got < want && !full {
-            return Ok(Listed {
-                items,
-                next_after_id: None,
-            });
+            return Ok((items, false, after));
         }
         if full || bytes >= LIST_PAGE_BYTES {
-            return Ok(Listed {
-                next_after_id: items.last().map(|i| id_of(i).to_string()),
-                items,
-            });
+            return Ok((items, true, after));
         }
     }
 }
@@ -1148,9 +1177,22 @@ impl Processes {
         self.inner.registry.ack_wake(session_id, wake_id).await
     }
 
-    /// Records changed after `cursor` ([`ProcessRegistry::changed_since`]).
+    /// Records changed after `cursor` ([`ProcessRegistry::changed_since`]),
+    /// read in chunks so that a page stops at the record that brings it to
+    /// [`LIST_PAGE_BYTES`] as JSON: a record may hold mebibytes (its input
+    /// and outcome), and a thousand of them would be gigabytes. The page's
+    /// `next_cursor` is its last change's, so a cut page reads on from there.
     pub async fn changed_since(&self, cursor: u64, limit: Option<usize>) -> Result<ChangePage> {
-        self.inner.registry.changed_since(cursor, limit).await
+        let limit = crate::model::page_limit(limit)?;
+        let registry = &self.inner.registry;
+        let (changes, _, next_cursor) = read_in_chunks(
+            limit,
+            cursor,
+            |c: &crate::model::Change| c.cursor,
+            |after, want| async move { Ok(registry.changed_since(after, Some(want)).await?.changes) },
+        )
+        .await?;
+        Ok(ChangePage { changes, next_cursor })
     }
 
     /// Ask the worker to look for work now.

@@ -1452,3 +1452,56 @@ async fn a_page_of_large_records_is_bounded_in_bytes() {
     assert!(pages > 2, "{pages} pages held it all");
     assert_eq!(seen, ids);
 }
+
+/// A page of the change feed is bounded in bytes as well as in count:
+/// records near the payload limit come back over several pages, each under
+/// the byte bound past its first record, each naming the cursor of its last
+/// change, every process once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_the_change_feed_is_bounded_in_bytes() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let n = 8;
+    let ids: Vec<String> = (0..n).map(|i| format!("big-{i}")).collect();
+    for id in &ids {
+        let (s, err) = c
+            .start(json!({"id": id, "disposition": "externally_owned",
+                          "input": {"type": "external", "metadata": {"blob": "z".repeat(900 * 1024)}}}))
+            .await;
+        assert!(s == 201, "{err}");
+    }
+    let bound = cairn_core::LIST_PAGE_BYTES + 2 * 1024 * 1024;
+    let mut cursor = 0u64;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let r = c
+            .http
+            .get(c.url(&format!("/v1/changes?cursor={cursor}&limit=1000")))
+            .send()
+            .await
+            .expect("page");
+        assert_eq!(r.status(), 200);
+        let body = r.bytes().await.expect("body");
+        assert!(body.len() <= bound, "a page of {} bytes", body.len());
+        let page: Value = serde_json::from_slice(&body).expect("json");
+        let changes = page["changes"].as_array().expect("changes");
+        if changes.is_empty() {
+            assert_eq!(page["next_cursor"].as_u64(), Some(cursor), "nothing more: {page}");
+            break;
+        }
+        pages += 1;
+        for change in changes {
+            seen.push(change["process"]["id"].as_str().expect("id").to_string());
+        }
+        let last = changes.last().and_then(|c| c["cursor"].as_u64()).expect("a cursor");
+        assert_eq!(
+            page["next_cursor"].as_u64(),
+            Some(last),
+            "reads on after the last change"
+        );
+        cursor = last;
+    }
+    assert!(pages >= 2, "{pages} page held it all");
+    assert_eq!(seen, ids);
+}
