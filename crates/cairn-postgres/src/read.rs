@@ -207,39 +207,55 @@ pub(crate) async fn events_after(conn: &Conn, id: &str, after: u64, limit: usize
     Ok((events, last))
 }
 
+/// A page of pending wakes, oldest first (`$1` session, `$2` limit, and the
+/// terms `$and` adds), none after the one that brings the page to `$3` bytes
+/// as stored.
+macro_rules! wakes_page_sql {
+    ($and:literal) => {
+        concat!(
+            "SELECT delivery FROM (SELECT delivery, wake_order, COALESCE(sum(octet_length(delivery)) \
+             OVER (ORDER BY wake_order ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before \
+             FROM wakes WHERE target_session_id = $1::text AND NOT acked ",
+            $and,
+            " ORDER BY wake_order LIMIT $2::int8) w WHERE before < $3::int8 ORDER BY wake_order"
+        )
+    };
+}
+
+/// A session's pending wakes (through `wakes_pending`).
+const SESSION_WAKES_SQL: &str = wakes_page_sql!("");
+
+/// A frame's pending wakes (`$4`): the frame compared exactly as
+/// `wakes_frame_pending` holds it (`\u0000` made `\u0020` first, which
+/// `jsonb` would refuse), so the read walks that index.
+pub(crate) const FRAME_WAKES_SQL: &str = wakes_page_sql!(
+    "AND (replace(delivery, E'\\\\u0000', E'\\\\u0020')::jsonb #>> '{target_scope,agent_frame_id}') = $4::text"
+);
+
 /// Pending wakes of a session, oldest first: at most `limit`, and none after
 /// those that bring the page to [`cairn_core::LIST_PAGE_BYTES`] as stored
 /// (the sizes are summed by the server, so what is left out is never sent).
-/// Given a frame, its wakes alone, read past other frames' (the session's
-/// pending wakes, by their index, filtered).
+/// Given a frame, its wakes alone, read through their own index past other
+/// frames'.
 pub(crate) async fn pending_wakes(
     conn: &Conn,
     session_id: &str,
     frame_id: Option<&str>,
     limit: usize,
 ) -> R<Vec<WakeDelivery>> {
-    let stmt = conn
-        .stmt(
-            "SELECT delivery FROM (SELECT delivery, wake_order, COALESCE(sum(octet_length(delivery)) \
-             OVER (ORDER BY wake_order ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before \
-             FROM wakes WHERE target_session_id = $1::text AND NOT acked \
-             AND ($4::text IS NULL OR (delivery::jsonb #>> '{target_scope,agent_frame_id}') = $4::text) \
-             ORDER BY wake_order LIMIT $2::int8) w \
-             WHERE before < $3::int8 ORDER BY wake_order",
-        )
-        .await?;
-    let rows = conn
-        .client
-        .query(
-            &stmt,
-            &[
-                &session_id,
-                &to_sql_usize(limit),
-                &to_sql_usize(cairn_core::LIST_PAGE_BYTES),
-                &frame_id,
-            ],
-        )
-        .await?;
+    let (limit, bytes) = (to_sql_usize(limit), to_sql_usize(cairn_core::LIST_PAGE_BYTES));
+    let rows = match frame_id {
+        None => {
+            let stmt = conn.stmt(SESSION_WAKES_SQL).await?;
+            conn.client.query(&stmt, &[&session_id, &limit, &bytes]).await?
+        }
+        Some(frame_id) => {
+            let stmt = conn.stmt(FRAME_WAKES_SQL).await?;
+            conn.client
+                .query(&stmt, &[&session_id, &limit, &bytes, &frame_id])
+                .await?
+        }
+    };
     rows.iter()
         .map(|r| Ok(serde_json::from_str(r.try_get::<_, &str>(0)?)?))
         .collect()

@@ -25,7 +25,23 @@ const MIGRATIONS: &[&str] = &[
     V_PARTIAL_LISTING_INDEXES,
     V_SCHEDULE_REFUSALS,
     V_WORKLIST_BY_TIME,
+    V_FRAME_WAKES,
 ];
+
+/// A frame's pending wakes (`pending_frame_wakes`, read by every
+/// `session_snapshot`): through `wakes_pending` the read parsed every pending
+/// wake of the session as JSON to find the frame's. The index holds the frame
+/// as the read compares it, so the read walks only the frame's wakes, in order.
+/// `jsonb` takes no `\u0000` escape, which a wake's input may hold (it is
+/// rendered from a payload): each becomes `\u0020` before the cast, which
+/// keeps the text JSON (in `\\u0000`, an escaped backslash and `u0000`, it
+/// becomes `\\u0020`) and leaves the frame id (an id holds no control
+/// character) as it was.
+const V_FRAME_WAKES: &str = r#"
+CREATE INDEX wakes_frame_pending ON wakes
+    (target_session_id, (replace(delivery, E'\\u0000', E'\\u0020')::jsonb #>> '{target_scope,agent_frame_id}'),
+     wake_order) WHERE NOT acked;
+"#;
 
 /// The worklist served in the order work became claimable (ADR 0030). The
 /// claimable index was keyed `(claimable_at_ms, id)`, where a row claimable

@@ -123,6 +123,10 @@ pub async fn plan_on(url: &str, schema: &str, role: &str, sql: &str) -> Result<S
 /// node id, `$2` incarnation, `$3` limit).
 pub const EARLIER_LEASES_SQL: &str = crate::read::EARLIER_LEASES_SQL;
 
+/// The statement that reads a frame's pending wakes (`$1` session, `$2`
+/// limit, `$3` bytes, `$4` frame).
+pub const FRAME_WAKES_SQL: &str = crate::read::FRAME_WAKES_SQL;
+
 /// The statement that loads a write batch's rows (ids in `$1` and `$2`).
 pub const LOAD_ROWS: &str = crate::uow::LOAD_ROWS;
 

@@ -613,6 +613,42 @@ async fn claims_and_worklists_read_their_partial_indexes() {
     assert!(plan.contains("processes_claimable"), "earlier leases:\n{plan}");
 }
 
+/// A frame's pending wakes are read through their own index: the frame is
+/// compared as the index holds it, so the read never parses the session's
+/// other pending wakes. Sequential scans are turned off, so the plan shows
+/// whether the index can serve the query at all (a tiny table would be
+/// scanned whichever it could).
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frames_pending_wakes_are_read_through_their_own_index() {
+    if !testing::enabled() {
+        return;
+    }
+    let (_reg, schema) = testing::fresh(clock()).await;
+    let c = client(&schema.url).await;
+    c.batch_execute(&format!(
+        "SET search_path TO \"{}\"; SET enable_seqscan = off",
+        schema.name
+    ))
+    .await
+    .expect("search path");
+    let plan: Vec<String> = c
+        .query(
+            &format!("EXPLAIN {}", testing::FRAME_WAKES_SQL),
+            &[&"s1", &100i64, &(4i64 << 20), &"f1"],
+        )
+        .await
+        .expect("explain")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("wakes_frame_pending"), "a frame's wakes:\n{plan}");
+}
+
 /// The listing indexes are partial (ADR 0026): a listing of running, failed
 /// or a session's processes still walks its index in id order among many
 /// completed rows, which are in neither.

@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     V_ABANDON_INDEX,
     V_UNACKED_WAKES,
     V_WORKLIST_BY_TIME,
+    V_FRAME_WAKES,
 ];
 
 const V1: &str = r#"
@@ -289,6 +290,17 @@ CREATE INDEX processes_ready ON processes (created_at_ms, id)
     WHERE (run_candidate = 1 OR abandon_candidate = 1) AND claimable_at_ms = 0;
 CREATE INDEX processes_worklist ON processes (claimable_at_ms, id)
     WHERE (run_candidate = 1 OR abandon_candidate = 1) AND claimable_at_ms > 0;
+"#;
+
+/// A frame's pending wakes (`pending_frame_wakes`, read by every
+/// `session_snapshot`): through `wakes_pending` the read parsed every pending
+/// wake of the session as JSON to find the frame's, so thousands of large
+/// wakes aimed at a busy sibling frame were read to answer a quiet one. The
+/// index holds the frame as the read compares it, so the read walks only the
+/// frame's wakes, in order. Only pending wakes are in it.
+const V_FRAME_WAKES: &str = r#"
+CREATE INDEX wakes_frame_pending ON wakes
+    (target_session_id, json_extract(delivery, '$.target_scope.agent_frame_id'), wake_order) WHERE acked = 0;
 "#;
 
 const V_PARTIAL_LISTING_INDEXES: &str = r#"

@@ -877,10 +877,19 @@ pub(crate) fn events_after(conn: &Connection, id: &str, after: u64, limit: usize
 
 // ---------------------------------------------------------------- sessions and wakes
 
+/// A session's pending wakes, oldest first (through `wakes_pending`).
+const SESSION_WAKES_SQL: &str =
+    "SELECT delivery FROM wakes WHERE target_session_id = ?1 AND acked = 0 ORDER BY wake_order LIMIT ?2";
+
+/// A frame's pending wakes, oldest first: the frame compared exactly as
+/// `wakes_frame_pending` holds it, so the read walks that index.
+const FRAME_WAKES_SQL: &str = "SELECT delivery FROM wakes WHERE target_session_id = ?1 AND acked = 0
+     AND json_extract(delivery, '$.target_scope.agent_frame_id') = ?3 ORDER BY wake_order LIMIT ?2";
+
 /// Pending wakes of a session (of one of its agent frames, given one), oldest
 /// first: at most `limit`, and none after the one that brings the page to
-/// [`cairn_core::LIST_PAGE_BYTES`] as stored. A frame's are read past other
-/// frames' (the session's pending wakes, by their index, filtered).
+/// [`cairn_core::LIST_PAGE_BYTES`] as stored. A frame's are read through
+/// their own index, past other frames'.
 pub(crate) fn pending_wakes(
     conn: &Connection,
     session_id: &str,
@@ -888,14 +897,8 @@ pub(crate) fn pending_wakes(
     limit: usize,
 ) -> R<Vec<WakeDelivery>> {
     let mut stmt = match frame_id {
-        None => conn.prepare_cached(
-            "SELECT delivery FROM wakes WHERE target_session_id = ?1 AND acked = 0 ORDER BY wake_order LIMIT ?2",
-        )?,
-        Some(_) => conn.prepare_cached(
-            "SELECT delivery FROM wakes WHERE target_session_id = ?1 AND acked = 0
-                 AND json_extract(delivery, '$.target_scope.agent_frame_id') = ?3
-             ORDER BY wake_order LIMIT ?2",
-        )?,
+        None => conn.prepare_cached(SESSION_WAKES_SQL)?,
+        Some(_) => conn.prepare_cached(FRAME_WAKES_SQL)?,
     };
     let mut rows = match frame_id {
         None => stmt.query(params![session_id, to_sql_usize(limit)])?,
@@ -1160,6 +1163,26 @@ mod tests {
         }
         let p = plan(&conn, NEXT_DUE_SQL, vec![SqlValue::Integer(0)]);
         assert!(p.contains("SEARCH processes USING INDEX processes_worklist"), "{p}");
+    }
+
+    #[test]
+    fn a_frames_pending_wakes_are_read_through_their_own_index() {
+        let (_dir, conn) = fresh();
+        let args = vec![
+            SqlValue::Text("s".into()),
+            SqlValue::Integer(10),
+            SqlValue::Text("f".into()),
+        ];
+        let p = plan(&conn, FRAME_WAKES_SQL, args);
+        assert!(p.contains("USING INDEX wakes_frame_pending"), "{p}");
+        assert!(!p.contains("TEMP B-TREE"), "{p}");
+        let p = plan(
+            &conn,
+            SESSION_WAKES_SQL,
+            vec![SqlValue::Text("s".into()), SqlValue::Integer(10)],
+        );
+        assert!(p.contains("USING INDEX wakes_pending"), "{p}");
+        assert!(!p.contains("TEMP B-TREE"), "{p}");
     }
 
     #[test]

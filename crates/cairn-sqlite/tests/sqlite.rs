@@ -23,8 +23,10 @@ use serde_json::{json, Value};
 const T0: u64 = 1_700_000_000_000;
 
 /// The worklist index as schema versions before 12 made it (one index, a row
-/// claimable at once keyed 0), undoing `V_WORKLIST_BY_TIME`.
-const UNDO_WORKLIST_BY_TIME: &str = "DROP INDEX processes_ready;
+/// claimable at once keyed 0), undoing `V_WORKLIST_BY_TIME` (and the later
+/// `V_FRAME_WAKES`).
+const UNDO_WORKLIST_BY_TIME: &str = "DROP INDEX wakes_frame_pending;
+         DROP INDEX processes_ready;
          DROP INDEX processes_worklist;
          CREATE INDEX processes_worklist ON processes (claimable_at_ms, id)
              WHERE run_candidate = 1 OR abandon_candidate = 1;";

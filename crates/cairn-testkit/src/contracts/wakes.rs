@@ -257,7 +257,7 @@ pub async fn pending_wakes_stop_at_the_page_bytes(factory: &dyn StoreFactory) {
 
 /// A frame's pending wakes are read past other frames' of the same session:
 /// a page of a sibling frame's wakes (here cut at its bytes) does not hide
-/// them.
+/// them; and one rendered from a payload holding NUL is no different.
 pub async fn frame_wakes_are_read_past_other_frames(factory: &dyn StoreFactory) {
     let h = Harness::new(factory).await;
     let (f1, f2) = (SessionScope::frame("s1", "f1"), SessionScope::frame("s1", "f2"));
@@ -274,9 +274,16 @@ pub async fn frame_wakes_are_read_past_other_frames(factory: &dyn StoreFactory) 
         session_page.iter().all(|w| w.target_scope == f2),
         "the session's first page holds the busy frame's wakes alone"
     );
+    // A wake rendered from a payload holding NUL is written and read like
+    // any other (PostgreSQL's `jsonb` takes no `\u0000`), aimed at a frame
+    // or at a whole session.
+    let nul = h.append("quiet", notify("a\u{0}b")).await.wake.expect("wake");
+    h.register(waking(rerunnable("plain"), &session("s3"))).await;
+    let whole = h.append("plain", notify("\u{0}")).await.wake.expect("wake");
+    assert_eq!(pending(&h, "s3").await, vec![whole]);
     let ids = |page: Vec<cairn_core::WakeDelivery>| page.into_iter().map(|w| w.wake_id).collect::<Vec<_>>();
     let of_f1 = ok(h.registry().pending_frame_wakes("s1", "f1", None).await, "f1");
-    assert_eq!(of_f1, vec![quiet]);
+    assert_eq!(of_f1, vec![quiet, nul]);
     let of_f2 = ok(h.registry().pending_frame_wakes("s1", "f2", Some(2)).await, "f2");
     assert_eq!(ids(of_f2), busy[..2].to_vec());
     assert!(ok(h.registry().pending_frame_wakes("s2", "f1", None).await, "s2").is_empty());
