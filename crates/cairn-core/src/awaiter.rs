@@ -120,7 +120,7 @@ impl Awaiter {
                 ended |= e.semantics.terminal.is_some();
             }
             if ended {
-                return Err(crate::CairnError::ProcessTerminal(id.to_string()));
+                return Err(crate::CairnError::terminal(id));
             }
             if !more {
                 // A process that ended at or before the cursor never shows
@@ -133,7 +133,7 @@ impl Awaiter {
                 if first {
                     let record = self.registry.get(id).await?;
                     if record.is_terminal() && record.last_sequence <= cursor {
-                        return Err(crate::CairnError::ProcessTerminal(id.to_string()));
+                        return Err(crate::CairnError::terminal(id));
                     }
                     first = record.last_sequence < cursor;
                     if first {

@@ -108,7 +108,8 @@ pub enum CairnError {
         key: String,
     },
     /// The process is terminal; nothing more can be appended or claimed.
-    #[error("process `{0}` is terminal")]
+    /// Holds the whole message: build it with [`CairnError::terminal`].
+    #[error("{0}")]
     ProcessTerminal(String),
     /// Another owner holds an unexpired lease.
     #[error("process `{process_id}` is leased by another owner until {expires_at_ms}")]
@@ -252,6 +253,11 @@ impl PartialEq for ErrorSource {
 }
 
 impl CairnError {
+    /// `process_terminal` for the process `id`.
+    pub fn terminal(id: &str) -> Self {
+        Self::ProcessTerminal(format!("process `{id}` is terminal"))
+    }
+
     /// The stable machine code of this error.
     pub fn code(&self) -> &'static str {
         match self {

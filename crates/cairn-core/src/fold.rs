@@ -464,7 +464,7 @@ pub fn prepare_append(
         validate::validate_scope(scope)?;
     }
     if record.is_terminal() {
-        return Err(CairnError::ProcessTerminal(record.id.clone()));
+        return Err(CairnError::terminal(&record.id));
     }
     if let Some(lease) = &req.lease {
         check_lease(&record.id, stored_lease, lease, now_ms)?;
@@ -681,7 +681,7 @@ pub fn children_satisfied(wait: &WaitState, ended: impl Fn(&str) -> bool) -> boo
 pub fn claim_refusal(record: &ProcessRecord, owner_id: &str, now_ms: u64) -> Option<CairnError> {
     let id = record.id.clone();
     if record.is_terminal() {
-        return Some(CairnError::ProcessTerminal(id));
+        return Some(CairnError::terminal(&id));
     }
     let own_live = record
         .lease

@@ -735,6 +735,18 @@ pub fn run<T: WriteTx + ?Sized>(tx: &mut T, op: &Op) -> Result<Answer> {
             if fold::completes_as(record, request) {
                 return Ok(Answer::Record(record.clone()));
             }
+            // Another outcome: say which one stands, so a caller that lost
+            // a race (or its own earlier reply) learns it without a read.
+            if let Some(stored) = record.outcome.as_ref().filter(|_| record.is_terminal()) {
+                let detail = match stored {
+                    Outcome::Failure { class, code, .. } => format!(" ({class}/{code})"),
+                    _ => String::new(),
+                };
+                return Err(CairnError::ProcessTerminal(format!(
+                    "process `{id}` already ended {}{detail}; a completion with another outcome is refused",
+                    record.status.label()
+                )));
+            }
             Answer::Record(append_record(tx, id, request)?)
         }
         Op::Wait {
@@ -1037,7 +1049,7 @@ fn cancel<T: WriteTx + ?Sized>(tx: &mut T, id: &str, reason: Option<&str>) -> Re
         // retry: its descendants carry its reason).
         let (descendants, asked_before) = cancel_descendants(tx, id, reason)?;
         if descendants.is_empty() && !asked_before {
-            return Err(CairnError::ProcessTerminal(id.to_string()));
+            return Err(CairnError::terminal(id));
         }
         return Ok(CancelAnswer {
             process: record,
@@ -1103,7 +1115,7 @@ fn cancel_descendants<T: WriteTx + ?Sized>(
 fn cancel_one<T: WriteTx + ?Sized>(tx: &mut T, id: &str, reason: Option<&str>) -> Result<(ProcessRecord, bool)> {
     let now = tx.now();
     if existing(tx, id)?.record.is_terminal() {
-        return Err(CairnError::ProcessTerminal(id.to_string()));
+        return Err(CairnError::terminal(id));
     }
     let request = AppendRequest::new(events::CANCEL_REQUESTED, json!({ "reason": reason }))
         .with_replay_key(fold::cancel_replay_key(reason));
@@ -1196,7 +1208,7 @@ fn wait<T: WriteTx + ?Sized>(tx: &mut T, lease: &Lease, wait: &WaitRequest, seen
     let id = &lease.process_id;
     let row = existing(tx, id)?;
     if row.record.is_terminal() {
-        return Err(CairnError::ProcessTerminal(id.clone()));
+        return Err(CairnError::terminal(id));
     }
     fold::check_lease(id, row.lease.as_ref(), lease, now)?;
     let record = &row.record;
@@ -1280,7 +1292,7 @@ fn request_abandon<T: WriteTx + ?Sized>(
         return Ok(record.clone());
     }
     if record.is_terminal() {
-        return Err(CairnError::ProcessTerminal(id.to_string()));
+        return Err(CairnError::terminal(id));
     }
     let request = AppendRequest::new(
         events::ABANDON_REQUESTED,

@@ -278,6 +278,17 @@ pub async fn complete_external_only_for_externally_owned(factory: &dyn StoreFact
             .complete_external("e", Outcome::success(json!(2)), "ci-bot"),
     )
     .await;
+    // The refusal names the outcome that stands.
+    let said = h
+        .registry()
+        .complete_external("e2", Outcome::success(json!(2)), "ci")
+        .await
+        .expect_err("another outcome")
+        .to_string();
+    assert!(
+        said.contains("already ended failed (remote/E42)"),
+        "the refusal names the stored outcome: {said}"
+    );
     // External owners may also append their own terminal types without a lease.
     h.register(external("e3")).await;
     h.append("e3", AppendRequest::new(FINISHED, json!({"result": 3}))).await;
