@@ -720,6 +720,24 @@ fn a_limit_of_zero_is_a_usage_error() {
     }
 }
 
+/// `cairn mcp` prints the protocol's own JSON-RPC: `--json`, before or
+/// after the command, is a usage error that says so, not a flag ignored.
+#[test]
+fn mcp_refuses_json_output() {
+    for args in [&["mcp", "--json"][..], &["--json", "mcp"][..]] {
+        let out = std::process::Command::new(BIN)
+            .args(["--server", "http://127.0.0.1:9"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run cairn");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("`--json` does not apply"), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
+    }
+}
+
 /// A `--server` that is not an http(s) URL is a usage error that says so.
 #[test]
 fn a_server_that_is_not_a_url_is_a_usage_error() {

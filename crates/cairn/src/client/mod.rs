@@ -93,6 +93,11 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run_command(client, json, args).await,
+        // Its output is the protocol's own JSON-RPC: a `--json` accepted
+        // and ignored would promise a form it never prints.
+        Command::Mcp { .. } if json => Err(ClientError::Usage(
+            "`cairn mcp` speaks MCP (JSON-RPC) on stdin and stdout: `--json` does not apply to it".into(),
+        )),
         Command::Mcp { .. } => mcp::serve(client).await,
         Command::Ls(args) => ls(client, json, args).await,
         Command::Get { id, .. } => {
