@@ -113,7 +113,16 @@ pub(crate) async fn page(
         Err(e) => {
             let body = html! {
                 h1 { "Process " code { (id) } }
-                (pages::error_fragment(e.code(), &e.to_string()))
+                @if let CairnError::NoLongerRetained(gone) = &e {
+                    // What the tombstone says, with its times as people read them.
+                    div.result.err role="alert" {
+                        code.code { (e.code()) } ": it ended " (pages::status(gone.status)) " "
+                        (time::when(gone.terminal_at_ms)) " and was pruned "
+                        (time::when(gone.pruned_at_ms)) "; its record and events are gone."
+                    }
+                } @else {
+                    (pages::error_fragment(e.code(), &e.to_string()))
+                }
                 p { a href="/ui/processes" { "← Processes" } }
             };
             return (status_for(&e), pages::layout(&id, &visitor, Nav::Processes, body)).into_response();

@@ -643,6 +643,36 @@ async fn an_unknown_dashboard_path_is_a_page_not_found() {
     assert!(headers[header::LOCATION].to_str().unwrap().starts_with("/ui/login"));
 }
 
+/// A pruned process's page says how it ended and when it was pruned, as
+/// times people read, not as epoch milliseconds.
+#[tokio::test]
+async fn a_pruned_process_page_says_when_in_words() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let app = app(&p, true);
+    external(&p, "gone").await;
+    p.complete_external("gone", cairn_core::Outcome::success(json!(1)), "ci")
+        .await
+        .expect("complete");
+    clock.advance(60_000);
+    let report = p
+        .prune(
+            T0 + 1,
+            cairn_core::StatusFilter::Any,
+            cairn_core::Watermark::NoProjector,
+        )
+        .await
+        .expect("prune");
+    assert_eq!(report.pruned, 1, "{report:?}");
+    let (status, html, _) = get(&app, "/ui/processes/gone", None).await;
+    assert_eq!(status, StatusCode::GONE, "{html}");
+    assert!(html.contains("no_longer_retained"), "{html}");
+    assert!(html.contains("s-completed"), "how it ended, as a badge: {html}");
+    let raw = format!("pruned at {}", T0 + 60_000);
+    assert!(!html.contains(&raw), "raw milliseconds in the page: {html}");
+    assert!(html.contains("2026-09-21 14:14:20 UTC"), "the pruning time: {html}");
+}
+
 /// A session id is taken as given: ` s1` (a leading space is allowed in an
 /// id) is another session than `s1`, on the session page and in the list's
 /// lenses.
