@@ -161,8 +161,26 @@ pub(crate) fn status_of(r: &ProcessRecord) -> Markup {
 /// Pretty JSON in a `<pre>`.
 pub(crate) fn json(v: &Value) -> Markup {
     let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
-    html! { pre.json { (text) } }
+    if text.len() <= JSON_SHOWN_BYTES {
+        return html! { pre.json { (text) } };
+    }
+    let mut cut = JSON_SHOWN_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    html! {
+        pre.json { (&text[..cut]) "\n…" }
+        p.hint.cut {
+            "Shown: the first " (JSON_SHOWN_BYTES / 1024) " KiB of " (text.len()) " bytes. "
+            code { "cairn get" } " and " code { "cairn events" } " print it whole."
+        }
+    }
 }
+
+/// The most of one JSON value a page shows. An input, an outcome or an event
+/// may be a mebibyte (pretty-printed, more): a page showing them whole grew
+/// by megabytes each, and a timeline of them stalled the tab.
+pub(crate) const JSON_SHOWN_BYTES: usize = 64 * 1024;
 
 /// Anything serializable as pretty JSON.
 pub(crate) fn json_of<T: serde::Serialize>(v: &T) -> Markup {

@@ -673,6 +673,31 @@ async fn a_pruned_process_page_says_when_in_words() {
     assert!(html.contains("2026-09-21 14:14:20 UTC"), "the pruning time: {html}");
 }
 
+/// A large input, outcome or event payload is shown cut, with a word on
+/// where to read it whole: the page stays small however large they are.
+#[tokio::test]
+async fn large_values_are_shown_cut() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let app = app(&p, true);
+    let big = "é".repeat(450 * 1024);
+    p.start(StartRequest::external("big", json!({ "blob": big })))
+        .await
+        .expect("start");
+    p.complete_external("big", cairn_core::Outcome::success(json!({ "blob": big })), "ci")
+        .await
+        .expect("complete");
+    let (status, html, _) = get(&app, "/ui/processes/big", None).await;
+    assert_eq!(status, StatusCode::OK);
+    // Input, outcome and the terminal event's payload: three values of
+    // 900 KB each, shown at 64 KiB each.
+    assert!(html.len() < 400 * 1024, "a page of {} bytes", html.len());
+    assert!(html.matches("Shown: the first 64 KiB").count() >= 2, "the cut is said");
+    let (_, record, _) = get(&app, "/ui/processes/big/record", None).await;
+    assert!(record.len() < 300 * 1024, "a record panel of {} bytes", record.len());
+    assert!(record.contains("Shown: the first 64 KiB"), "the cut is said");
+}
+
 /// A session id is taken as given: ` s1` (a leading space is allowed in an
 /// id) is another session than `s1`, on the session page and in the list's
 /// lenses.
