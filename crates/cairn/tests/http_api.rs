@@ -1250,6 +1250,21 @@ async fn parameters_a_route_does_not_read_are_refused() {
     assert_eq!(c.get("/v1/processes/q").await.0, 404, "nothing was started");
     let (s, err) = c.get("/v1/processes/ext?fields=id").await;
     assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+    // A read has no body to move them to: it is not told to.
+    let said = err["error"]["message"].as_str().unwrap();
+    assert!(said.contains("fields=id") && !said.contains("body"), "{said}");
+    // A body left empty is read as `{}`: the field it lacks is named, with
+    // no line and column in a body never sent.
+    let r = c
+        .http
+        .post(c.url("/v1/processes/ext2/signals/go"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 400);
+    let err: Value = r.json().await.expect("json");
+    let said = err["error"]["message"].as_str().unwrap();
+    assert!(said.contains("signal_id") && !said.contains("line 1"), "{said}");
     // The listings still read theirs, on HEAD as on GET.
     assert_eq!(c.get("/v1/processes?status=any").await.0, 200);
     assert_eq!(c.get("/v1/processes/ext/events?after=0").await.0, 200);

@@ -215,9 +215,13 @@ where
             return Err(unsupported_media_type());
         }
         if bytes.is_empty() {
-            return serde_json::from_slice(b"{}")
-                .map(ApiJson)
-                .map_err(|e| ApiError::invalid_request(format!("request body is required: {e}")));
+            // Read as `{}`: the field it lacks is named, but not a line and
+            // column of a body that was never sent.
+            return serde_json::from_slice(b"{}").map(ApiJson).map_err(|e| {
+                let said = e.to_string();
+                let said = said.split(" at line ").next().unwrap_or(&said);
+                ApiError::invalid_request(format!("request body is required: {said}"))
+            });
         }
         if !content_type.as_deref().is_some_and(is_json_content_type) {
             return Err(unsupported_media_type());
@@ -282,8 +286,13 @@ pub async fn refuse_unread_query(req: Request, next: axum::middleware::Next) -> 
     if let Some(query) = req.uri().query().filter(|q| !q.is_empty()) {
         if !takes_query(req.method(), path) {
             let shown: String = query.chars().take(100).collect();
+            let hint = if req.method() == axum::http::Method::GET {
+                ""
+            } else {
+                ": a write's fields go in its body"
+            };
             return ApiError::invalid_request(format!(
-                "`{} {path}` takes no query parameters (got `{shown}`): a write's fields go in its body",
+                "`{} {path}` takes no query parameters (got `{shown}`){hint}",
                 req.method()
             ))
             .into_response();
