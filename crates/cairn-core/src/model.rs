@@ -1338,12 +1338,16 @@ impl ProcessFilter {
                 },
                 "created_from_ms" | "created_before_ms" | "limit" => {
                     let n: u64 = raw.parse().map_err(|_| {
-                        let want = if key == "limit" {
-                            format!("a whole number from 1 to {MAX_PAGE_SIZE}")
+                        if key == "limit" {
+                            // A page size that is no number is as bad a page as 0 is.
+                            crate::CairnError::InvalidPage(format!(
+                                "`limit` must be a whole number from 1 to {MAX_PAGE_SIZE}, got `{raw}`"
+                            ))
                         } else {
-                            "a non-negative integer".to_string()
-                        };
-                        crate::CairnError::InvalidFilter(format!("`{key}` must be {want}, got `{raw}`"))
+                            crate::CairnError::InvalidFilter(format!(
+                                "`{key}` must be a non-negative integer, got `{raw}`"
+                            ))
+                        }
                     })?;
                     Value::from(n)
                 }

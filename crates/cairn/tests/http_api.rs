@@ -185,9 +185,19 @@ async fn start_is_idempotent_and_errors_have_their_classes() {
             "/v1/schedules?limit=99999999999999999999999",
             "`limit` is over the largest accepted value, got `99999999999999999999999`",
         ),
+        (
+            "/v1/processes?limit=abc",
+            "`limit` must be a whole number from 1 to 1000, got `abc`",
+        ),
     ] {
         let (s, err) = c.get(query).await;
-        assert_eq!((s, code(&err)), (400, "invalid_request"), "{query}: {err}");
+        // A bad page size is `invalid_page` on every route, whatever it is.
+        let (want, said) = if said.starts_with("`limit`") {
+            ("invalid_page", format!("invalid page: {said}"))
+        } else {
+            ("invalid_request", said.to_string())
+        };
+        assert_eq!((s, code(&err)), (400, want), "{query}: {err}");
         assert_eq!(err["error"]["message"], said, "{query}");
     }
 }

@@ -346,10 +346,15 @@ pub async fn filter_parsing_errors(factory: &dyn StoreFactory) {
         );
     }
     expect_code(ProcessFilter::from_json(json!({"limit": 0})), "invalid_page", "limit 0");
-    let bad_queries: [&[(&str, &str)]; 6] = [
+    // A page size that is no number is as bad a page as 0 is, on every route.
+    expect_code(
+        ProcessFilter::from_query([("limit", "x")]),
+        "invalid_page",
+        "from_query limit x",
+    );
+    let bad_queries: [&[(&str, &str)]; 5] = [
         &[("nope", "1")],
         &[("waiting", "yes")],
-        &[("limit", "x")],
         &[("created_before_ms", "-5")],
         &[("status", "bogus")],
         &[("status", "any"), ("status", "running")],

@@ -533,7 +533,16 @@ where
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| ApiQuery(q.0))
-            .map_err(|e: QueryRejection| ApiError::invalid_request(query_error(&e.body_text(), parts.uri.query())))
+            .map_err(|e: QueryRejection| {
+                let said = query_error(&e.body_text(), parts.uri.query());
+                // A page size that is no number is as bad a page as 0 is,
+                // and said as `invalid_page` says it.
+                if said.starts_with("`limit` ") {
+                    ApiError::new(StatusCode::BAD_REQUEST, "invalid_page", format!("invalid page: {said}"))
+                } else {
+                    ApiError::invalid_request(said)
+                }
+            })
     }
 }
 
