@@ -115,7 +115,8 @@ impl StartTemplate {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleRequest {
-    /// The schedule id; each fire starts process `{id}@{fire_time_ms}`.
+    /// The schedule id, at most 235 bytes; each fire starts process
+    /// `{id}@{fire_time_ms}`, which must fit an id's 256.
     pub id: String,
     /// A 5-field cron expression (minute hour day-of-month month day-of-week).
     /// Exactly one of `cron` and `every`.

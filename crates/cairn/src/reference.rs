@@ -19,7 +19,7 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
     vec![
         (
             CairnError::InvalidId(s()),
-            "an id is empty, over 256 bytes, `.` or `..`, or holds a control character; or a session id holds `/frame:`; or a session's start takes a form cairn gives its own starts: a schedule's fire (`NAME@` and 13 or more digits), a script's or turn's child (`PARENT/N`, `PARENT/STEP.K`); or a module ref is not `module:sha256:` and 64 lowercase hex digits",
+            "an id is empty, over 256 bytes (a schedule's over 235: its fires add `@` and a time), `.` or `..`, or holds a control character; or a session id holds `/frame:`; or a session's start takes a form cairn gives its own starts: a schedule's fire (`NAME@` and 13 or more digits), a script's or turn's child (`PARENT/N`, `PARENT/STEP.K`); or a module ref is not `module:sha256:` and 64 lowercase hex digits",
         ),
         (
             CairnError::InvalidRequest(s()),
@@ -130,7 +130,7 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
         ),
         (
             CairnError::TerminalNeedsAuthority(s()),
-            "a terminal append must name its authority",
+            "a terminal event appended without the run's live lease to a process that is not externally owned (only its run ends it)",
         ),
         (
             CairnError::InvalidOutcome {
@@ -143,7 +143,7 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
             CairnError::InvalidFilter(s()),
             "an unknown filter key, a wrong value, or two lenses at once",
         ),
-        (CairnError::InvalidPage(s()), "a page size outside 1-1000"),
+        (CairnError::InvalidPage(s()), "a page size (`limit`) that is not a whole number from 1 to 1000"),
         (CairnError::UnknownWake(s()), "no such wake in that session"),
         (CairnError::UnknownEnv(s()), "no such execution environment"),
         (
