@@ -432,12 +432,13 @@ pub enum ScheduleAction {
         cairn schedule add nightly --cron '0 3 * * *' --timezone Europe/Paris \\\n    \
           '{\"input\": {\"type\": \"tool_call\", \"tool\": \"echo\", \"args\": {\"value\": 1}}, \"disposition\": \"rerunnable\"}'\n  \
         cairn schedule add sync --every 30m --overlap allow < template.json")]
+    #[command(group(clap::ArgGroup::new("when").required(true).args(["cron", "every"])))]
     Add {
         /// Schedule id.
         #[arg(value_parser = non_empty)]
         id: String,
         /// A 5-field cron expression (minute hour day-of-month month day-of-week).
-        #[arg(long, conflicts_with = "every", required_unless_present = "every")]
+        #[arg(long)]
         cron: Option<String>,
         /// An interval such as 30s, 5m or 1h (at least 1s; a unit is required).
         #[arg(long, value_parser = interval)]
@@ -657,11 +658,12 @@ pub struct LsArgs {
     /// running (default), completed, failed, cancelled, abandoned or any.
     #[arg(long)]
     pub status: Option<String>,
-    /// Only processes granted to this session.
-    #[arg(long)]
+    /// Only processes granted to this session (a session id).
+    #[arg(long, value_name = "SESSION")]
     pub granted_to: Option<String>,
-    /// Only processes this session started (host token only).
-    #[arg(long)]
+    /// Only processes this session started (a session id; host token only).
+    /// For the host's own, `--originator host`.
+    #[arg(long, value_name = "SESSION")]
     pub originated_by: Option<String>,
     /// Only waiting (true) or not waiting (false) processes.
     #[arg(long)]

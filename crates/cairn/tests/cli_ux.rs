@@ -738,6 +738,19 @@ fn mcp_refuses_json_output() {
     }
 }
 
+/// `schedule add` without a cron or an interval names both ways to give one.
+#[test]
+fn schedule_add_without_a_timing_names_both() {
+    let out = std::process::Command::new(BIN)
+        .args(["--server", "http://127.0.0.1:9", "schedule", "add", "q1", "{}"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cairn");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--cron") && stderr.contains("--every"), "{stderr}");
+}
+
 /// A `--server` that is not an http(s) URL is a usage error that says so.
 #[test]
 fn a_server_that_is_not_a_url_is_a_usage_error() {
