@@ -204,7 +204,10 @@ impl ScheduleSpec {
                     .year(croner::parser::Year::Disallowed)
                     .build()
                     .parse(expr)
-                    .map_err(|e| bad(format!("invalid cron `{expr}`: {e}")))?;
+                    .map_err(|e| {
+                        let why = cron_field_problem(expr).unwrap_or_else(|| e.to_string());
+                        bad(format!("invalid cron `{expr}`: {why}"))
+                    })?;
                 let spec = Self::Cron(Box::new(parsed), tz);
                 // A pattern that never matches (31 February) is refused too.
                 if spec.next_after(0).is_none() {
@@ -264,6 +267,47 @@ impl ScheduleSpec {
 /// one passed over is a time already fired in a daylight-saving change, at
 /// most a skipped day's minutes.
 const MAX_PASSED_OVER: usize = 10_000;
+
+/// The field of a 5-field cron pattern that holds a number out of its range,
+/// or a range that runs backwards, in words (`hour 24 is outside 0-23`):
+/// `croner` says only "Number out of bounds". Plain numbers and `a-b` ranges
+/// are checked (steps, names and `L`/`W`/`#` forms are left to `croner`);
+/// `None` when none of those is at fault.
+fn cron_field_problem(expr: &str) -> Option<String> {
+    const FIELDS: [(&str, u32, u32); 5] = [
+        ("minute", 0, 59),
+        ("hour", 0, 23),
+        ("day of month", 1, 31),
+        ("month", 1, 12),
+        ("day of week", 0, 7),
+    ];
+    for (field, (name, lo, hi)) in expr.split_whitespace().zip(FIELDS) {
+        for part in field.split(',') {
+            let range = part.split('/').next().unwrap_or(part);
+            let mut ends = range.splitn(2, '-');
+            let (Some(a), b) = (ends.next(), ends.next()) else {
+                continue;
+            };
+            let (Ok(a), b) = (a.parse::<u32>(), b.map(str::parse::<u32>)) else {
+                continue;
+            };
+            let b = match b {
+                Some(Ok(b)) => Some(b),
+                Some(Err(_)) => continue,
+                None => None,
+            };
+            for n in std::iter::once(a).chain(b) {
+                if n < lo || n > hi {
+                    return Some(format!("{name} {n} is outside {lo}-{hi}"));
+                }
+            }
+            if let Some(b) = b.filter(|b| *b < a) {
+                return Some(format!("{name} range {a}-{b} runs backwards"));
+            }
+        }
+    }
+    None
+}
 
 /// The first fire of `cron` in `tz` strictly after `after_ms`.
 ///
@@ -619,6 +663,19 @@ mod tests {
     #[test]
     fn bad_timing_is_refused_with_a_reason() {
         assert!(refused(Some("61 * * * *"), None, None).contains("invalid cron"));
+        // Which field is out of its range, or runs backwards, is said.
+        for (expr, said) in [
+            ("61 * * * *", "minute 61 is outside 0-59"),
+            ("* 24 * * *", "hour 24 is outside 0-23"),
+            ("0 5 0 * *", "day of month 0 is outside 1-31"),
+            ("0 5 * 13 *", "month 13 is outside 1-12"),
+            ("0 0 * * 8", "day of week 8 is outside 0-7"),
+            ("0 5 * * 5-1", "day of week range 5-1 runs backwards"),
+            ("0,70 5 * * *", "minute 70 is outside 0-59"),
+        ] {
+            let e = refused(Some(expr), None, None);
+            assert!(e.contains(said), "{expr}: {e}");
+        }
         assert!(refused(Some("* * * *"), None, None).contains("5 fields"));
         assert!(refused(Some("0 * * * * *"), None, None).contains("5 fields"));
         assert!(refused(Some("0 0 31 2 *"), None, None).contains("never fires"));
