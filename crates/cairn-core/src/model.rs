@@ -1020,7 +1020,9 @@ pub struct Change {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChangePage {
-    /// The changes, in cursor order.
+    /// The changes, in cursor order: at most `limit`, and none after the one
+    /// that brings the page to 4 MiB as JSON, so a page shorter than `limit`
+    /// is not the feed's end; an empty page is.
     pub changes: Vec<Change>,
     /// Pass this back to read on; equal to the given cursor when nothing changed.
     pub next_cursor: u64,

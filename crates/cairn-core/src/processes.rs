@@ -1183,16 +1183,24 @@ impl Processes {
     /// and outcome), and a thousand of them would be gigabytes. The page's
     /// `next_cursor` is its last change's, so a cut page reads on from there.
     pub async fn changed_since(&self, cursor: u64, limit: Option<usize>) -> Result<ChangePage> {
+        Ok(self.changed_since_more(cursor, limit).await?.0)
+    }
+
+    /// [`Processes::changed_since`], and whether more may follow the page:
+    /// it is full, or was cut at its bytes. A page shorter than `limit`
+    /// may still have been cut, so a reader that follows the feed to its
+    /// end reads on while this says so.
+    pub async fn changed_since_more(&self, cursor: u64, limit: Option<usize>) -> Result<(ChangePage, bool)> {
         let limit = crate::model::page_limit(limit)?;
         let registry = &self.inner.registry;
-        let (changes, _, next_cursor) = read_in_chunks(
+        let (changes, more, next_cursor) = read_in_chunks(
             limit,
             cursor,
             |c: &crate::model::Change| c.cursor,
             |after, want| async move { Ok(registry.changed_since(after, Some(want)).await?.changes) },
         )
         .await?;
-        Ok(ChangePage { changes, next_cursor })
+        Ok((ChangePage { changes, next_cursor }, more))
     }
 
     /// Ask the worker to look for work now.

@@ -143,9 +143,9 @@ async fn follow(
             if shutdown.is_cancelled() {
                 return;
             }
-            match processes.changed_since(cursor, Some(MAX_PAGE_SIZE)).await {
-                Ok(page) => {
-                    let full = page.changes.len() >= MAX_PAGE_SIZE;
+            match processes.changed_since_more(cursor, Some(MAX_PAGE_SIZE)).await {
+                // A page cut at its bytes is as full as one of MAX_PAGE_SIZE.
+                Ok((page, full)) => {
                     cursor = page.next_cursor;
                     if full {
                         caught_up = true;

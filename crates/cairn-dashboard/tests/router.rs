@@ -1620,6 +1620,40 @@ async fn a_session_list_hears_its_own_change_in_a_crowded_batch() {
     changed(&mut stream).await;
 }
 
+/// A page of the change feed cut at its bytes is not the feed's end: behind
+/// a history of large records (three pages of them), a session's list hears
+/// its own new process at once, not a fallback read later.
+#[tokio::test]
+async fn a_list_hears_a_change_behind_a_history_of_large_records() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let big = "z".repeat(900 * 1024);
+    for i in 0..12 {
+        p.start(StartRequest::external(format!("big-{i:02}"), json!({ "blob": big })))
+            .await
+            .unwrap();
+    }
+    let (_app, mut stream) = live_list(&p, "cairn_ui=s1-token").await;
+    changed(&mut stream).await; // the one on connecting
+    p.start(
+        StartRequest::external("mine", json!({})).with_grant(SessionScope::session("s1"), GrantDescriptor::default()),
+    )
+    .await
+    .unwrap();
+    use futures::StreamExt;
+    // Well inside the fallback read (5 s), which would also tell it.
+    let heard = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+        loop {
+            let chunk = stream.next().await.expect("the stream stays open").expect("a chunk");
+            if String::from_utf8_lossy(&chunk).contains("event: changed") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(heard.is_ok(), "the list did not hear its new process");
+}
+
 /// A live list renders again when a grant moves, is revoked or its session is
 /// deleted: no record changes, so the change feed alone never says so.
 #[tokio::test]
