@@ -501,10 +501,16 @@ impl Schedule {
     /// same create).
     pub fn same_definition(&self, other: &Schedule) -> bool {
         // Spelled differently, the same timing is the same definition: an
-        // omitted timezone is UTC, and `every` compares as a duration.
+        // omitted timezone is UTC, `every` compares as a duration, and a
+        // cron expression by its fields, whatever the spaces between them.
         let zone = |s: &Schedule| s.timezone.clone().unwrap_or_else(|| "UTC".into());
         let interval = |s: &Schedule| s.every.as_deref().map(humantime::parse_duration).and_then(|d| d.ok());
-        self.cron == other.cron
+        let fields = |s: &Schedule| {
+            s.cron
+                .as_deref()
+                .map(|c| c.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        };
+        fields(self) == fields(other)
             && self.every.is_some() == other.every.is_some()
             && interval(self) == interval(other)
             && (self.cron.is_none() || zone(self) == zone(other))
@@ -699,6 +705,8 @@ mod tests {
         let daily = make(Some("0 3 * * *"), None, None);
         assert!(daily.same_definition(&make(Some("0 3 * * *"), None, Some("UTC"))));
         assert!(!daily.same_definition(&make(Some("0 3 * * *"), None, Some("Europe/Paris"))));
+        assert!(daily.same_definition(&make(Some(" 0  3 * *\t* "), None, None)));
+        assert!(!daily.same_definition(&make(Some("0 3 * * 1"), None, None)));
         let every = make(None, Some("90m"), None);
         assert!(every.same_definition(&make(None, Some("1h 30m"), None)));
         assert!(!every.same_definition(&make(None, Some("1h"), None)));
