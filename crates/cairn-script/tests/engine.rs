@@ -1334,7 +1334,12 @@ fn peak_rss() -> u64 {
 /// outside that limit until the step ends.
 #[tokio::test]
 async fn refused_calls_are_not_held_outside_the_heap_limit() {
-    let p = runtime(Limits::default());
+    // About memory, not time: a debug build making these strings on a busy
+    // machine has taken past the default 10 s of CPU.
+    let p = runtime(Limits {
+        cpu: Duration::from_secs(60),
+        ..Limits::default()
+    });
     let m = put(
         &p,
         r#"export async function main(ctx) {
