@@ -1200,6 +1200,16 @@ impl Processes {
             |after, want| async move { Ok(registry.changed_since(after, Some(want)).await?.changes) },
         )
         .await?;
+        // Each chunk is its own read: a record that changed between two of
+        // them comes again, later, at its new cursor. The page lists each
+        // record once, at its latest change, as one read would.
+        let mut seen = std::collections::HashSet::new();
+        let mut changes: Vec<crate::model::Change> = changes
+            .into_iter()
+            .rev()
+            .filter(|c| seen.insert(c.process.id.clone()))
+            .collect();
+        changes.reverse();
         Ok((ChangePage { changes, next_cursor }, more))
     }
 

@@ -38,6 +38,7 @@ pub struct ReadProbe {
     child_hook: parking_lot::Mutex<Option<ClaimHook>>,
     due_hook: parking_lot::Mutex<Option<ClaimHook>>,
     env_hook: parking_lot::Mutex<Option<ClaimHook>>,
+    changes_hook: parking_lot::Mutex<Option<ClaimHook>>,
     claim_batches: std::sync::atomic::AtomicU64,
     failing_renewals: std::sync::atomic::AtomicBool,
     failed_renewals: watch::Sender<Vec<String>>,
@@ -75,6 +76,7 @@ impl ReadProbe {
             child_hook: parking_lot::Mutex::new(None),
             due_hook: parking_lot::Mutex::new(None),
             env_hook: parking_lot::Mutex::new(None),
+            changes_hook: parking_lot::Mutex::new(None),
             claim_batches: std::sync::atomic::AtomicU64::new(0),
             failing_renewals: std::sync::atomic::AtomicBool::new(false),
             failed_renewals: watch::channel(Vec::new()).0,
@@ -118,6 +120,12 @@ impl ReadProbe {
     /// suspend and not yet written it.
     pub fn before_next_wait(&self, hook: ClaimHook) {
         *self.wait_hook.lock() = Some(hook);
+    }
+
+    /// Run `hook` when the next `changed_since` has read its page, before
+    /// it answers: a test's way between two reads of one page of the feed.
+    pub fn after_next_changes(&self, hook: ClaimHook) {
+        *self.changes_hook.lock() = Some(hook);
     }
 
     /// Run `hook` when the next `get_env` has read the env, before it
@@ -534,7 +542,12 @@ impl ProcessRegistry for ReadProbe {
         self.inner.prune(cutoff_ms, filter, watermark).await
     }
     async fn changed_since(&self, cursor: u64, limit: Option<usize>) -> Result<ChangePage> {
-        self.inner.changed_since(cursor, limit).await
+        let page = self.inner.changed_since(cursor, limit).await;
+        let hook = self.changes_hook.lock().take();
+        if let Some(hook) = hook {
+            hook().await;
+        }
+        page
     }
     async fn put_env(&self, spec: &EnvSpec) -> Result<EnvRef> {
         self.inner.put_env(spec).await

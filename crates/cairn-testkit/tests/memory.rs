@@ -92,3 +92,37 @@ async fn an_awaiter_passes_over_a_notice_of_what_it_has_read() {
     assert!(r.is_terminal(), "{r:?}");
     assert_eq!(*probe.gets().borrow(), 2);
 }
+
+/// A page of the change feed read in several chunks lists each record once,
+/// at its latest change: one that changed between two chunk reads comes
+/// again in the later chunk, and only that entry stays.
+#[tokio::test]
+async fn a_change_feed_page_lists_a_record_once_though_it_changed_between_chunks() {
+    use cairn_core::{Outcome, ProcessRegistry, Processes};
+    let registry = Arc::new(MemoryRegistry::with_clock(Arc::new(ManualClock::new(1_000))));
+    let ids: Vec<String> = (0..20).map(|i| format!("x{i:02}")).collect();
+    for id in &ids {
+        registry
+            .register(cairn_testkit::builders::external(id), None)
+            .await
+            .expect("register");
+    }
+    let probe = cairn_testkit::probe::ReadProbe::new(registry.clone());
+    let p = Processes::builder(probe.clone()).without_worker().start();
+    let inner = registry.clone();
+    probe.after_next_changes(Box::new(move || {
+        Box::pin(async move {
+            inner
+                .complete_external("x00", Outcome::success(serde_json::json!(1)), "test")
+                .await
+                .expect("complete");
+        })
+    }));
+    let page = p.changed_since(0, Some(100)).await.expect("changes");
+    let listed: Vec<&str> = page.changes.iter().map(|c| c.process.id.as_str()).collect();
+    let mut want: Vec<&str> = ids[1..].iter().map(String::as_str).collect();
+    want.push("x00");
+    assert_eq!(listed, want, "each record once, at its latest change");
+    assert!(page.changes.last().expect("x00").process.is_terminal());
+    assert_eq!(page.next_cursor, page.changes.last().expect("x00").cursor);
+}
