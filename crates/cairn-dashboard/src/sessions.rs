@@ -117,6 +117,16 @@ async fn section(d: &crate::Inner, viewer: &Viewer, session: &str) -> cairn_core
     // A page that reached its bytes was cut there (a later wake may wait).
     let wakes_more = more_wakes(&wakes);
     wakes.truncate(SHOWN);
+    // A wake is the session's, but its process need not be: one aimed at the
+    // session by a process not granted to it is shown without a link the
+    // viewer could not open.
+    let mut openable = std::collections::HashSet::new();
+    let mut checked = std::collections::HashSet::new();
+    for w in &wakes {
+        if checked.insert(w.process_id.as_str()) && d.access.check_visible(viewer, &w.process_id).await.is_ok() {
+            openable.insert(w.process_id.as_str());
+        }
+    }
     let sid = encode_path(session);
     let q = encode_path(session);
     // The whole list, newest first and paged, is the processes page's lens.
@@ -140,13 +150,17 @@ async fn section(d: &crate::Inner, viewer: &Viewer, session: &str) -> cairn_core
                     @for w in &wakes {
                         tr data-wake=(w.wake_id) {
                             td { code { (w.wake_id) } }
-                            td { a href={ "/ui/processes/" (encode_path(&w.process_id)) } { (w.process_id) } }
+                            @let open = openable.contains(w.process_id.as_str());
+                            td {
+                                @if open { a href={ "/ui/processes/" (encode_path(&w.process_id)) } { (w.process_id) } }
+                                @else { code title="not granted to this session" { (w.process_id) } }
+                            }
                             td { "#" (w.sequence) " " code { (w.event_type) } }
                             // Its start, as the timeline shows a payload: an
                             // input may be a mebibyte, and two hundred of them
                             // made a page of hundreds of megabytes.
-                            td.input { (clip(&w.input)) " "
-                                a href={ "/ui/processes/" (encode_path(&w.process_id)) "#ev-" (w.sequence) } { "event" } }
+                            td.input { (clip(&w.input))
+                                @if open { " " a href={ "/ui/processes/" (encode_path(&w.process_id)) "#ev-" (w.sequence) } { "event" } } }
                             td { (time::when(w.created_at_ms)) }
                             td { button hx-post={ "/ui/sessions/" (sid) "/wakes/" (encode_path(&w.wake_id)) "/ack" }
                                    hx-target="closest tr" hx-swap="outerHTML" { "Acknowledge" } }

@@ -698,6 +698,59 @@ async fn large_values_are_shown_cut() {
     assert!(record.contains("Shown: the first 64 KiB"), "the cut is said");
 }
 
+/// A wake aimed at a session by a process not granted to it is the
+/// session's to see and acknowledge, but its process is not the session's to
+/// open: the page names it without a link that would answer 404.
+#[tokio::test]
+async fn a_wake_from_a_process_the_session_cannot_open_has_no_link() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    for (id, grant) in [
+        ("hosts", None),
+        ("mine", Some(json!({"session_scope": {"session_id": "s1"}}))),
+    ] {
+        let mut start = json!({
+            "id": id,
+            "input": {"type": "external", "metadata": {}},
+            "disposition": "externally_owned",
+            "wake_target": {"session_id": "s1", "agent_frame_id": "f1"},
+            "event_types": [{"name": "progress", "payload_schema": {"type": "object"},
+                             "semantics": {"wake": {"input": {"pointer": "/text"}}}}]
+        });
+        if let Some(g) = grant {
+            start["grant"] = g;
+        }
+        p.start(StartRequest::from_json(start).unwrap()).await.unwrap();
+        let text = format!("from {id}");
+        let appended = p
+            .append_event(
+                id,
+                serde_json::from_value(json!({"event_type": "progress", "payload": {"text": text}})).unwrap(),
+            )
+            .await
+            .unwrap();
+        assert!(appended.wake.is_some(), "{id}: a wake");
+    }
+    let app = app(&p, false);
+    let (status, html, _) = get(&app, "/ui/sessions?session=s1", Some("cairn_ui=s1-token")).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        html.contains("from hosts") && html.contains("from mine"),
+        "both wakes: {html}"
+    );
+    assert!(
+        html.contains("href=\"/ui/processes/mine\""),
+        "its own process is linked: {html}"
+    );
+    assert!(
+        !html.contains("href=\"/ui/processes/hosts"),
+        "no link to what it cannot open: {html}"
+    );
+    // The host opens both.
+    let (_, html, _) = get(&app, "/ui/sessions?session=s1", Some("cairn_ui=host")).await;
+    assert!(html.contains("href=\"/ui/processes/hosts\""), "{html}");
+}
+
 /// A session id is taken as given: ` s1` (a leading space is allowed in an
 /// id) is another session than `s1`, on the session page and in the list's
 /// lenses.
