@@ -704,18 +704,27 @@ fn a_closed_pipe_ends_a_client_command_quietly() {
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}: {stderr}", out.status);
 }
 
+/// Run `cairn ARGS` against a server nobody listens on, with no input:
+/// assert it is a usage error (exit 2) that prints nothing on stdout, and
+/// answer what it said on stderr.
+fn usage_error(args: &[&str]) -> String {
+    let out = std::process::Command::new(BIN)
+        .args(["--server", "http://127.0.0.1:9"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cairn");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
+    stderr
+}
+
 /// `--limit 0` asks for nothing: a usage error, not an empty table.
 #[test]
 fn a_limit_of_zero_is_a_usage_error() {
     for args in [&["ls", "--limit", "0"][..], &["changes", "--limit", "0"][..]] {
-        let out = std::process::Command::new(BIN)
-            .args(["--server", "http://127.0.0.1:9"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run cairn");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let stderr = usage_error(args);
         assert!(stderr.contains("at least 1"), "{args:?}: {stderr}");
     }
 }
@@ -725,29 +734,15 @@ fn a_limit_of_zero_is_a_usage_error() {
 #[test]
 fn mcp_refuses_json_output() {
     for args in [&["mcp", "--json"][..], &["--json", "mcp"][..]] {
-        let out = std::process::Command::new(BIN)
-            .args(["--server", "http://127.0.0.1:9"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run cairn");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let stderr = usage_error(args);
         assert!(stderr.contains("`--json` does not apply"), "{args:?}: {stderr}");
-        assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
     }
 }
 
 /// `schedule add` without a cron or an interval names both ways to give one.
 #[test]
 fn schedule_add_without_a_timing_names_both() {
-    let out = std::process::Command::new(BIN)
-        .args(["--server", "http://127.0.0.1:9", "schedule", "add", "q1", "{}"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run cairn");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = usage_error(&["schedule", "add", "q1", "{}"]);
     assert!(stderr.contains("--cron") && stderr.contains("--every"), "{stderr}");
 }
 
