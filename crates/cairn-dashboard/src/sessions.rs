@@ -145,11 +145,17 @@ async fn section(d: &crate::Inner, viewer: &Viewer, session: &str) -> cairn_core
         @if wakes.is_empty() { p.empty { "No pending wake." } } @else {
             div #wake-result aria-live="polite" {}
             div.tablewrap { table.wakes {
-                thead { tr { th { "Wake" } th { "Process" } th { "Event" } th { "Input" } th { "Created" } th {} } }
+                thead { tr { th { "Wake" } th { "Frame" } th { "Process" } th { "Event" } th { "Input" } th { "Created" } th {} } }
                 tbody {
                     @for w in &wakes {
                         tr data-wake=(w.wake_id) {
                             td { code { (w.wake_id) } }
+                            // A frame's wake is for that agent frame alone; the
+                            // others are the whole session's.
+                            td.frame {
+                                @if let Some(f) = &w.target_scope.agent_frame_id { code { (f) } }
+                                @else { span.hint { "session" } }
+                            }
                             @let open = openable.contains(w.process_id.as_str());
                             td {
                                 @if open { a href={ "/ui/processes/" (encode_path(&w.process_id)) } { (w.process_id) } }
@@ -255,8 +261,17 @@ fn more_wakes(wakes: &[cairn_core::WakeDelivery]) -> bool {
 
 /// The start of a wake's input, as the timeline shows a payload's.
 fn clip(input: &str) -> String {
-    let mut short: String = input.chars().take(200).collect();
-    if short.len() < input.len() {
+    let mut short = String::new();
+    for c in input.chars().take(200) {
+        // A control character (NUL, ESC, ...) is no text a page can show:
+        // an HTML parser drops or replaces it. It is shown as its escape.
+        if c.is_control() && c != '\n' && c != '\t' {
+            short.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            short.push(c);
+        }
+    }
+    if input.chars().nth(200).is_some() {
         short.push('…');
     }
     short

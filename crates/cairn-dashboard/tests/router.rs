@@ -751,6 +751,47 @@ async fn a_wake_from_a_process_the_session_cannot_open_has_no_link() {
     assert!(html.contains("href=\"/ui/processes/hosts\""), "{html}");
 }
 
+/// The session page says which agent frame a wake is for (or the whole
+/// session), and shows a control character in a wake's input as its escape,
+/// never as a raw byte an HTML parser would drop.
+#[tokio::test]
+async fn the_session_page_names_a_wakes_frame_and_escapes_control_characters() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    for (id, target, text) in [
+        ("whole", json!({"session_id": "s1"}), "nul\u{0}here"),
+        ("framed", json!({"session_id": "s1", "agent_frame_id": "F1"}), "for F1"),
+    ] {
+        let start = StartRequest::from_json(json!({
+            "id": id,
+            "input": {"type": "external", "metadata": {}},
+            "disposition": "externally_owned",
+            "wake_target": target,
+            "event_types": [{"name": "progress", "payload_schema": {"type": "object"},
+                             "semantics": {"wake": {"input": {"pointer": "/text"}}}}]
+        }))
+        .unwrap();
+        p.start(start).await.unwrap();
+        p.append_event(
+            id,
+            serde_json::from_value(json!({"event_type": "progress", "payload": {"text": text}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let app = app(&p, true);
+    let (status, html, _) = get(&app, "/ui/sessions?session=s1", None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let row = |id: &str| {
+        let at = html.find(&format!("href=\"/ui/processes/{id}\"")).expect("the row");
+        html[html[..at].rfind("<tr").expect("row start")..at].to_string()
+    };
+    assert!(row("framed").contains("<code>F1</code>"), "{html}");
+    assert!(row("whole").contains("session"), "{html}");
+    assert!(!html.contains('\u{0}'), "a raw NUL in the page");
+    assert!(html.contains("nul\\u0000here"), "{html}");
+}
+
 /// A session id is taken as given: ` s1` (a leading space is allowed in an
 /// id) is another session than `s1`, on the session page and in the list's
 /// lenses.
