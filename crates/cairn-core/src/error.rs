@@ -71,7 +71,8 @@ pub enum CairnError {
     #[error("unknown process `{0}`")]
     UnknownProcess(String),
     /// The process existed and was pruned; the tombstone says how it ended.
-    #[error("process `{}` is no longer retained (ended {}, pruned at {})", .0.id, .0.status.label(), .0.pruned_at_ms)]
+    #[error("process `{}` is no longer retained (ended {} at {}, pruned at {})", .0.id, .0.status.label(),
+        utc(.0.terminal_at_ms), utc(.0.pruned_at_ms))]
     NoLongerRetained(Box<Tombstone>),
     /// The event type was not declared at registration.
     #[error("event type `{event_type}` is not declared by process `{process_id}`")]
@@ -331,6 +332,16 @@ impl CairnError {
             source: Some(ErrorSource::new(source)),
         }
     }
+}
+
+/// Epoch milliseconds as people read them (`2026-12-05T18:40:12.345Z`); the
+/// milliseconds themselves where they name no time chrono can show.
+fn utc(ms: u64) -> String {
+    i64::try_from(ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| format!("{ms} ms"))
 }
 
 #[cfg(test)]

@@ -218,6 +218,21 @@ async fn cli_drives_the_server() {
     assert_eq!(out.json()["pruned"], 2);
     let out = server.cli(&["get", "c1"], None).await;
     assert!(out.stderr.contains("no_longer_retained"), "{}", out.stderr);
+    // When it ended and was pruned, as times people read.
+    let said = out.stderr.split("(ended ").nth(1).unwrap_or_default();
+    let times: Vec<&str> = said
+        .split(" at ")
+        .skip(1)
+        .map(|t| t.split([',', ')']).next().unwrap_or(""))
+        .collect();
+    assert_eq!(times.len(), 2, "{}", out.stderr);
+    for t in times {
+        assert!(
+            t.len() == 24 && t.ends_with('Z') && t.as_bytes()[10] == b'T',
+            "{t}: {}",
+            out.stderr
+        );
+    }
 
     // run --detach creates a shell process with a generated id.
     let out = server.cli(&["run", "--detach", "--", "echo", "hi"], None).await;
