@@ -738,9 +738,16 @@ pub fn run<T: WriteTx + ?Sized>(tx: &mut T, op: &Op) -> Result<Answer> {
             // Another outcome: say which one stands, so a caller that lost
             // a race (or its own earlier reply) learns it without a read.
             if let Some(stored) = record.outcome.as_ref().filter(|_| record.is_terminal()) {
+                // Its start: a value or a message may be a mebibyte.
+                let short = |text: String| match text.char_indices().nth(80) {
+                    Some((at, _)) => format!("{}…", &text[..at]),
+                    None => text,
+                };
                 let detail = match stored {
+                    Outcome::Success { value } => format!(" with {}", short(value.to_string())),
                     Outcome::Failure { class, code, .. } => format!(" ({class}/{code})"),
-                    _ => String::new(),
+                    Outcome::Cancelled { message, .. } => format!(" ({})", short(message.clone())),
+                    Outcome::Abandoned { .. } => String::new(),
                 };
                 return Err(CairnError::ProcessTerminal(format!(
                     "process `{id}` already ended {}{detail}; a completion with another outcome is refused",
