@@ -268,41 +268,70 @@ impl ScheduleSpec {
 /// most a skipped day's minutes.
 const MAX_PASSED_OVER: usize = 10_000;
 
-/// The field of a 5-field cron pattern that holds a number out of its range,
-/// or a range that runs backwards, in words (`hour 24 is outside 0-23`):
-/// `croner` says only "Number out of bounds". Plain numbers and `a-b` ranges
-/// are checked (steps, names and `L`/`W`/`#` forms are left to `croner`);
-/// `None` when none of those is at fault.
+/// What is wrong with a field of a 5-field cron pattern `croner` refused, in
+/// words (`hour 24 is outside 0-23`): `croner` says only "Number out of
+/// bounds" or "Range out of bounds". Checked: numbers and names (`JAN`,
+/// `MON`) against the field's range, ranges that run backwards, a step of 0,
+/// and a word that is no name of the field. Forms it does not know (`L`,
+/// `W`, `#`) are left to `croner`; `None` when nothing checked is at fault.
 fn cron_field_problem(expr: &str) -> Option<String> {
-    const FIELDS: [(&str, u32, u32); 5] = [
-        ("minute", 0, 59),
-        ("hour", 0, 23),
-        ("day of month", 1, 31),
-        ("month", 1, 12),
-        ("day of week", 0, 7),
+    const MONTHS: [&str; 12] = [
+        "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
     ];
-    for (field, (name, lo, hi)) in expr.split_whitespace().zip(FIELDS) {
+    const DAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+    const FIELDS: [(&str, u32, u32, &[&str]); 5] = [
+        ("minute", 0, 59, &[]),
+        ("hour", 0, 23, &[]),
+        ("day of month", 1, 31, &[]),
+        ("month", 1, 12, &MONTHS),
+        ("day of week", 0, 7, &DAYS),
+    ];
+    for (field, (name, lo, hi, names)) in expr.split_whitespace().zip(FIELDS) {
+        // A number, or a name of the field (`JAN` is 1, `SUN` is 0); `None`
+        // for a form left to croner; `Err` for a word the field has no name for.
+        let value = |token: &str| -> Option<Result<u32, String>> {
+            if let Ok(n) = token.parse::<u32>() {
+                return Some(Ok(n));
+            }
+            if token.is_empty() || !token.chars().all(|c| c.is_ascii_alphabetic()) {
+                return None;
+            }
+            let upper = token.to_ascii_uppercase();
+            if matches!(upper.as_str(), "L" | "W" | "LW") {
+                return None;
+            }
+            let first = if names.len() == 12 { 1 } else { 0 };
+            Some(match names.iter().position(|n| *n == upper) {
+                Some(at) => Ok(first + at as u32),
+                None if names.is_empty() => Err(format!("{name} `{token}` is not a number")),
+                None => Err(format!(
+                    "{name} `{token}` is not a number or a name ({}-{})",
+                    names[0],
+                    names[names.len() - 1]
+                )),
+            })
+        };
         for part in field.split(',') {
-            let range = part.split('/').next().unwrap_or(part);
+            let mut pieces = part.splitn(2, '/');
+            let range = pieces.next().unwrap_or(part);
+            if pieces.next().and_then(|step| step.parse::<u32>().ok()) == Some(0) {
+                return Some(format!("{name} step 0 must be at least 1"));
+            }
             let mut ends = range.splitn(2, '-');
-            let (Some(a), b) = (ends.next(), ends.next()) else {
-                continue;
-            };
-            let (Ok(a), b) = (a.parse::<u32>(), b.map(str::parse::<u32>)) else {
-                continue;
-            };
-            let b = match b {
-                Some(Ok(b)) => Some(b),
-                Some(Err(_)) => continue,
-                None => None,
-            };
-            for n in std::iter::once(a).chain(b) {
-                if n < lo || n > hi {
-                    return Some(format!("{name} {n} is outside {lo}-{hi}"));
+            let a = ends.next().and_then(value);
+            let b = ends.next().and_then(value);
+            let mut bounds = Vec::new();
+            for end in [a, b].into_iter().flatten() {
+                match end {
+                    Ok(n) if n < lo || n > hi => return Some(format!("{name} {n} is outside {lo}-{hi}")),
+                    Ok(n) => bounds.push(n),
+                    Err(said) => return Some(said),
                 }
             }
-            if let Some(b) = b.filter(|b| *b < a) {
-                return Some(format!("{name} range {a}-{b} runs backwards"));
+            if let [a, b] = bounds[..] {
+                if b < a {
+                    return Some(format!("{name} range `{range}` runs backwards"));
+                }
             }
         }
     }
@@ -676,8 +705,13 @@ mod tests {
             ("0 5 0 * *", "day of month 0 is outside 1-31"),
             ("0 5 * 13 *", "month 13 is outside 1-12"),
             ("0 0 * * 8", "day of week 8 is outside 0-7"),
-            ("0 5 * * 5-1", "day of week range 5-1 runs backwards"),
+            ("0 5 * * 5-1", "day of week range `5-1` runs backwards"),
+            ("0 0 * * FRI-MON", "day of week range `FRI-MON` runs backwards"),
+            ("0 0 * DEC-jan *", "month range `DEC-jan` runs backwards"),
             ("0,70 5 * * *", "minute 70 is outside 0-59"),
+            ("*/0 * * * *", "minute step 0 must be at least 1"),
+            ("a * * * *", "minute `a` is not a number"),
+            ("0 0 * * FUN", "day of week `FUN` is not a number or a name (SUN-SAT)"),
         ] {
             let e = refused(Some(expr), None, None);
             assert!(e.contains(said), "{expr}: {e}");
