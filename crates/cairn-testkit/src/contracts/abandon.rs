@@ -278,27 +278,23 @@ pub async fn complete_external_only_for_externally_owned(factory: &dyn StoreFact
             .complete_external("e", Outcome::success(json!(2)), "ci-bot"),
     )
     .await;
-    // The refusal names the outcome that stands.
-    let said = h
-        .registry()
-        .complete_external("e2", Outcome::success(json!(2)), "ci")
-        .await
-        .expect_err("another outcome")
-        .to_string();
-    assert!(
-        said.contains("already ended failed (remote/E42)"),
-        "the refusal names the stored outcome: {said}"
-    );
-    let said = h
-        .registry()
-        .complete_external("e", Outcome::success(json!(2)), "ci")
-        .await
-        .expect_err("another outcome")
-        .to_string();
-    assert!(
-        said.contains(r#"already ended completed with {"url":"https://example.invalid/r/1"}"#),
-        "the refusal names the stored value: {said}"
-    );
+    // The refusal names the outcome that stands: a failure's class and
+    // code, the start of a success's value.
+    for (id, stands) in [
+        ("e2", "already ended failed (remote/E42)"),
+        (
+            "e",
+            r#"already ended completed with {"url":"https://example.invalid/r/1"}"#,
+        ),
+    ] {
+        let said = h
+            .registry()
+            .complete_external(id, Outcome::success(json!(2)), "ci")
+            .await
+            .expect_err("another outcome")
+            .to_string();
+        assert!(said.contains(stands), "{id}: the refusal names what stands: {said}");
+    }
     // External owners may also append their own terminal types without a lease.
     h.register(external("e3")).await;
     h.append("e3", AppendRequest::new(FINISHED, json!({"result": 3}))).await;
