@@ -1370,6 +1370,15 @@ async fn a_refused_body_names_its_field() {
     );
 }
 
+/// `GET path`: 200, a body of at most `bound` bytes, as JSON.
+async fn bounded_page(c: &common::Client, path: &str, bound: usize) -> Value {
+    let r = c.http.get(c.url(path)).send().await.expect("page");
+    assert_eq!(r.status(), 200, "{path}");
+    let body = r.bytes().await.expect("body");
+    assert!(body.len() <= bound, "{path}: a page of {} bytes", body.len());
+    serde_json::from_slice(&body).expect("json")
+}
+
 /// A page of events is bounded in bytes as well as in events: a log of
 /// events near the payload limit comes back over several pages, each under
 /// the byte bound past its first event, in order, each event once; a
@@ -1400,16 +1409,7 @@ async fn a_page_of_large_events_is_bounded_in_bytes() {
     let mut seen = Vec::new();
     let mut pages = 0;
     loop {
-        let r = c
-            .http
-            .get(c.url(&format!("/v1/processes/big/events?limit=1000&after={after}")))
-            .send()
-            .await
-            .expect("page");
-        assert_eq!(r.status(), 200);
-        let body = r.bytes().await.expect("body");
-        assert!(body.len() <= bound, "a page of {} bytes", body.len());
-        let page: Value = serde_json::from_slice(&body).expect("json");
+        let page = bounded_page(&c, &format!("/v1/processes/big/events?limit=1000&after={after}"), bound).await;
         pages += 1;
         for e in page["events"].as_array().expect("events") {
             if e["event_type"] == "blob" {
@@ -1453,11 +1453,7 @@ async fn a_page_of_large_records_is_bounded_in_bytes() {
             Some(a) => format!("/v1/processes?status=any&limit=1000&after_id={a}"),
             None => "/v1/processes?status=any&limit=1000".to_string(),
         };
-        let r = c.http.get(c.url(&query)).send().await.expect("page");
-        assert_eq!(r.status(), 200);
-        let body = r.bytes().await.expect("body");
-        assert!(body.len() <= bound, "a page of {} bytes", body.len());
-        let page: Value = serde_json::from_slice(&body).expect("json");
+        let page = bounded_page(&c, &query, bound).await;
         pages += 1;
         for p in page["processes"].as_array().expect("processes") {
             seen.push(p["id"].as_str().expect("id").to_string());
@@ -1500,16 +1496,7 @@ async fn a_page_of_the_change_feed_is_bounded_in_bytes() {
     let mut seen = Vec::new();
     let mut pages = 0;
     loop {
-        let r = c
-            .http
-            .get(c.url(&format!("/v1/changes?cursor={cursor}&limit=1000")))
-            .send()
-            .await
-            .expect("page");
-        assert_eq!(r.status(), 200);
-        let body = r.bytes().await.expect("body");
-        assert!(body.len() <= bound, "a page of {} bytes", body.len());
-        let page: Value = serde_json::from_slice(&body).expect("json");
+        let page = bounded_page(&c, &format!("/v1/changes?cursor={cursor}&limit=1000"), bound).await;
         let changes = page["changes"].as_array().expect("changes");
         if changes.is_empty() {
             assert_eq!(page["next_cursor"].as_u64(), Some(cursor), "nothing more: {page}");
