@@ -164,6 +164,15 @@ impl ScheduleRequest {
                 MAX_ID_BYTES - 1 - FIRE_TIME_DIGITS
             )));
         }
+        // Checked for a new schedule only: one stored before this check
+        // (`1,,2` read as `1,2`) keeps firing as it was made.
+        if let Some(expr) = self.cron.as_deref() {
+            if let Some(why) = cron_shape_problem(expr) {
+                return Err(CairnError::InvalidRequest(format!(
+                    "schedule: invalid cron `{expr}`: {why}"
+                )));
+            }
+        }
         ScheduleSpec::parse(self.cron.as_deref(), self.every.as_deref(), self.timezone.as_deref())
     }
 }
@@ -268,6 +277,30 @@ impl ScheduleSpec {
 /// most a skipped day's minutes.
 const MAX_PASSED_OVER: usize = 10_000;
 
+/// The names of a 5-field cron pattern's fields, in order.
+const CRON_FIELDS: [&str; 5] = ["minute", "hour", "day of month", "month", "day of week"];
+
+/// An empty part of a field that `croner` would pass over without a word
+/// (`1,,2`, `1-`, `*/`): a list item, a range end or a step left out is a
+/// slip, and the pattern would fire on fewer times than were written.
+fn cron_shape_problem(expr: &str) -> Option<String> {
+    for (field, name) in expr.split_whitespace().zip(CRON_FIELDS) {
+        for part in field.split(',') {
+            if part.is_empty() {
+                return Some(format!("{name} list `{field}` has an empty item"));
+            }
+            let (range, step) = part.split_once('/').map_or((part, None), |(r, s)| (r, Some(s)));
+            if range.is_empty() || step.is_some_and(str::is_empty) {
+                return Some(format!("{name} `{part}` needs a value on each side of `/`"));
+            }
+            if range.split('-').any(str::is_empty) {
+                return Some(format!("{name} range `{range}` needs a value on each side of `-`"));
+            }
+        }
+    }
+    None
+}
+
 /// What is wrong with a field of a 5-field cron pattern `croner` refused, in
 /// words (`hour 24 is outside 0-23`): `croner` says only "Number out of
 /// bounds" or "Range out of bounds". Checked: numbers and names (`JAN`,
@@ -279,14 +312,14 @@ fn cron_field_problem(expr: &str) -> Option<String> {
         "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
     ];
     const DAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
-    const FIELDS: [(&str, u32, u32, &[&str]); 5] = [
-        ("minute", 0, 59, &[]),
-        ("hour", 0, 23, &[]),
-        ("day of month", 1, 31, &[]),
-        ("month", 1, 12, &MONTHS),
-        ("day of week", 0, 7, &DAYS),
+    const FIELDS: [(u32, u32, &[&str]); 5] = [
+        (0, 59, &[]),
+        (0, 23, &[]),
+        (1, 31, &[]),
+        (1, 12, &MONTHS),
+        (0, 7, &DAYS),
     ];
-    for (field, (name, lo, hi, names)) in expr.split_whitespace().zip(FIELDS) {
+    for ((field, name), (lo, hi, names)) in expr.split_whitespace().zip(CRON_FIELDS).zip(FIELDS) {
         // A number, or a name of the field (`JAN` is 1, `SUN` is 0); `None`
         // for a form left to croner; `Err` for a word the field has no name for.
         let value = |token: &str| -> Option<Result<u32, String>> {
@@ -712,6 +745,15 @@ mod tests {
             ("*/0 * * * *", "minute step 0 must be at least 1"),
             ("a * * * *", "minute `a` is not a number"),
             ("0 0 * * FUN", "day of week `FUN` is not a number or a name (SUN-SAT)"),
+            ("1,,2 * * * *", "minute list `1,,2` has an empty item"),
+            ("0 9, * * *", "hour list `9,` has an empty item"),
+            (
+                "0 0 1- * *",
+                "day of month range `1-` needs a value on each side of `-`",
+            ),
+            ("0 0 * -3 *", "month range `-3` needs a value on each side of `-`"),
+            ("*/ * * * *", "minute `*/` needs a value on each side of `/`"),
+            ("0 0 * * /2", "day of week `/2` needs a value on each side of `/`"),
         ] {
             let e = refused(Some(expr), None, None);
             assert!(e.contains(said), "{expr}: {e}");
@@ -727,6 +769,20 @@ mod tests {
         assert!(refused(None, Some("1m"), Some("UTC")).contains("`cron` only"));
         assert!(refused(None, Some("101y"), None).contains("100-year maximum"));
         assert!(request(None, Some("100y"), None).validate().is_ok());
+        // A schedule stored before the check keeps its fires.
+        let stored = ScheduleSpec::parse(Some("1,,2 9 * * *"), None, None).expect("read as stored");
+        assert!(stored.next_after(0).is_some());
+        // Forms croner knows beside plain numbers stay accepted.
+        for expr in [
+            "0 0 L * *",
+            "0 0 15W * *",
+            "0 0 * * 5#3",
+            "0 0 * * 5L",
+            "0 0 ? * MON-FRI",
+            "*/15 9-17 * * *",
+        ] {
+            assert!(request(Some(expr), None, None).validate().is_ok(), "{expr}");
+        }
     }
 
     #[test]
