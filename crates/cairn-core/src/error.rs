@@ -62,10 +62,12 @@ pub enum CairnError {
     #[error("unknown schedule `{0}`")]
     UnknownSchedule(String),
     /// The schedule id exists with a different definition.
-    #[error("schedule `{id}` already exists with a different definition")]
+    #[error("schedule `{id}` already exists with a different definition: {differs} (delete it first to replace it)")]
     ScheduleConflict {
         /// The schedule id.
         id: String,
+        /// What differs from the stored definition, in words.
+        differs: String,
     },
     /// No process with this id was ever recorded (or it is not visible to the caller).
     #[error("unknown process `{0}`")]

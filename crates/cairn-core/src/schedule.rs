@@ -580,6 +580,49 @@ impl Schedule {
             && self.overlap == other.overlap
     }
 
+    /// How `other`, refused under this schedule's id, differs from this
+    /// stored definition, in words: each part that differs, with the stored
+    /// value where it is short (the timing, the overlap policy).
+    pub fn differences(&self, other: &Schedule) -> String {
+        let timing = |s: &Schedule| match (&s.cron, &s.every) {
+            (Some(cron), _) => format!(
+                "cron `{}` in {}",
+                cron.split_whitespace().collect::<Vec<_>>().join(" "),
+                s.timezone.as_deref().unwrap_or("UTC")
+            ),
+            (None, Some(every)) => format!("every `{every}`"),
+            (None, None) => "no timing".into(),
+        };
+        let overlap = |s: &Schedule| match s.overlap {
+            Overlap::Skip => "skip",
+            Overlap::Allow => "allow",
+        };
+        let same_timing = Schedule {
+            start: self.start.clone(),
+            overlap: self.overlap,
+            ..other.clone()
+        };
+        let mut parts = Vec::new();
+        if !self.same_definition(&same_timing) {
+            parts.push(format!(
+                "it fires on {}, this request on {}",
+                timing(self),
+                timing(other)
+            ));
+        }
+        if self.start != other.start {
+            parts.push("its start template differs".to_string());
+        }
+        if self.overlap != other.overlap {
+            parts.push(format!(
+                "its overlap is `{}`, this request's `{}`",
+                overlap(self),
+                overlap(other)
+            ));
+        }
+        parts.join("; ")
+    }
+
     /// The process id a fire at `fire_ms` starts.
     pub fn fire_id(&self, fire_ms: u64) -> String {
         format!("{}{FIRE_ID_SEPARATOR}{fire_ms}", self.id)
@@ -801,6 +844,19 @@ mod tests {
         assert!(every.same_definition(&make(None, Some("1h 30m"), None)));
         assert!(!every.same_definition(&make(None, Some("1h"), None)));
         assert!(!every.same_definition(&daily));
+        // A refusal says what differs from the stored definition.
+        assert_eq!(
+            daily.differences(&every),
+            "it fires on cron `0 3 * * *` in UTC, this request on every `90m`"
+        );
+        let mut other = make(Some("0 3 * * *"), None, Some("Europe/Paris"));
+        other.overlap = Overlap::Skip;
+        other.start.disposition = Disposition::OwnerBound;
+        assert_eq!(
+            daily.differences(&other),
+            "it fires on cron `0 3 * * *` in UTC, this request on cron `0 3 * * *` in Europe/Paris; \
+             its start template differs; its overlap is `allow`, this request's `skip`"
+        );
     }
 
     #[test]

@@ -216,7 +216,10 @@ impl Processes {
                 Ok((schedule, true))
             }
             Some(existing) if existing.same_definition(&schedule) => Ok((existing, false)),
-            Some(_) => Err(CairnError::ScheduleConflict { id: schedule.id }),
+            Some(existing) => Err(CairnError::ScheduleConflict {
+                differs: existing.differences(&schedule),
+                id: schedule.id,
+            }),
         }
     }
 

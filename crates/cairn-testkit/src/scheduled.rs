@@ -430,6 +430,11 @@ pub async fn schedule_rejects_bad_input(factory: &dyn StoreFactory) {
     assert!(!created && again == first, "the same create");
     let e = p.create_schedule(echo_every("g", "20s")).await.unwrap_err();
     assert_eq!(e.code(), "schedule_conflict");
+    assert!(
+        e.to_string()
+            .contains("it fires on every `10s`, this request on every `20s`"),
+        "{e}"
+    );
     // No schedule id holds a control character: the same answer on every
     // backend (PostgreSQL takes no NUL in text).
     for e in [

@@ -179,7 +179,7 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
         ),
         (CairnError::UnknownSchedule(s()), "no schedule is stored under that id"),
         (
-            CairnError::ScheduleConflict { id: s() },
+            CairnError::ScheduleConflict { id: s(), differs: s() },
             "the schedule id exists with a different definition",
         ),
         (

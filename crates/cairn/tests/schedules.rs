@@ -108,6 +108,11 @@ async fn schedules_over_http() {
         )
         .await;
     assert_eq!((status, e["error"]["code"].as_str()), (409, Some("schedule_conflict")));
+    let said = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("it fires on every `1s`, this request on every `2s`"),
+        "{e}"
+    );
 
     let (status, paused) = c.post("/v1/schedules/tick/pause", json!({})).await;
     assert_eq!((status, paused["paused"].as_bool()), (200, Some(true)));
