@@ -20,8 +20,8 @@ use serde_json::json;
 use crate::events::{self, AppendRequest, AppendResult, ProcessEvent};
 use crate::fold::{self, Authority};
 use crate::model::{
-    CausalRef, Claim, Disposition, Grant, GrantDescriptor, Lease, Originator, Outcome, ProcessRecord, Registration,
-    SessionScope, StartGrant, Tombstone, WaitRequest, WaitState, WakeDelivery,
+    CausalRef, ChildrenMode, Claim, Disposition, Grant, GrantDescriptor, Lease, Originator, Outcome, ProcessRecord,
+    Registration, SessionScope, StartGrant, Tombstone, WaitRequest, WaitState, WakeDelivery,
 };
 use crate::registry::{CancelAnswer, Registered};
 use crate::validate::{validate_id, validate_scope, MAX_AWAITED_CHILDREN};
@@ -970,13 +970,21 @@ fn wake_parent<T: WriteTx + ?Sized>(tx: &mut T, child: &str, parent: &str) -> Re
     if wait.until_ms.is_some_and(|until| until < tx.now()) {
         return Ok(());
     }
-    let mut ended = std::collections::HashSet::new();
-    for id in wait.ids.as_deref().unwrap_or_default() {
-        if has_ended(tx, id)? {
-            ended.insert(id.clone());
+    // An `any` wait that names `child` is satisfied by this end alone: its
+    // other children are not read (a script racing a thousand children
+    // would read them all at each end).
+    let satisfied = if wait.mode == Some(ChildrenMode::Any) {
+        true
+    } else {
+        let mut ended = std::collections::HashSet::new();
+        for id in wait.ids.as_deref().unwrap_or_default() {
+            if has_ended(tx, id)? {
+                ended.insert(id.clone());
+            }
         }
-    }
-    if fold::children_satisfied(&wait, |i| ended.contains(i)) {
+        fold::children_satisfied(&wait, |i| ended.contains(i))
+    };
+    if satisfied {
         append(tx, parent, &fold::resumed_for(&wait, "children"), Authority::Cairn)?;
     }
     Ok(())
