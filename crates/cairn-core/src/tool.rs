@@ -673,8 +673,17 @@ impl ToolContext {
     /// elsewhere is not this run's to read).
     async fn children_records(&self, ids: &[String]) -> Result<Vec<ProcessRecord>> {
         let lease = self.lease();
+        // Prune keeps the ended children of a parent that still runs, so a
+        // tombstone is never this process's child: it answers as an unknown
+        // id does, and a session's process cannot read when another
+        // session's pruned process ended.
         let children = crate::retry::while_lease_holds(&self.inner.clock, &lease, "reading children", || {
-            futures::future::try_join_all(ids.iter().map(|id| self.inner.registry.get(id)))
+            futures::future::try_join_all(ids.iter().map(|id| async move {
+                match self.inner.registry.get(id).await {
+                    Err(CairnError::NoLongerRetained(_)) => Err(CairnError::UnknownProcess(id.clone())),
+                    read => read,
+                }
+            }))
         })
         .await?;
         if let Some(other) = children.iter().find(|c| {

@@ -1853,16 +1853,25 @@ async fn waiting_on_a_process_that_is_not_a_child_rejects() {
         export async function main(ctx, args) {
             const bad = async (id) => { try { await ctx.wait(id); return "awaited"; } catch (e) { return e.code + ": " + e.message; } };
             const unknown = await bad("no-such-process");
+            const pruned = await bad("gone");
             const stranger = await bad(args.other);
             const itself = await bad(ctx.processId);
             const id = await ctx.start({input: {type: "tool_call", tool: "gate", args: {fail: "child"}}, disposition: "rerunnable"});
             const [mixed, child] = await Promise.all([bad("no-such-process"), ctx.wait(id)]);
             const [own, long] = await Promise.allSettled([ctx.tool("gate", {fail: "own"}), ctx.wait("x".repeat(300))]);
-            return {unknown, stranger, itself, mixed, child: child.code,
+            return {unknown, pruned, stranger, itself, mixed, child: child.code,
                     own: own.reason.code, long: long.status === "rejected" ? long.reason.code : long.status};
         }"#,
     )
     .await;
+    // A pruned process that is not its child answers as an unknown one:
+    // its tombstone (how and when it ended) is not the script's to read.
+    run(&p, script("gone", &m, "other", json!({}))).await;
+    let pruned = p
+        .prune(u64::MAX, cairn_core::StatusFilter::Any, cairn_core::Watermark::NoProjector)
+        .await
+        .unwrap();
+    assert_eq!(pruned.pruned, 1, "{pruned:?}");
     run(&p, script("stranger", &m, "other", json!({}))).await;
     let rec = run(&p, script("w", &m, "main", json!({"other": "stranger"}))).await;
     let Some(Outcome::Success { value }) = &rec.outcome else {
@@ -1870,6 +1879,7 @@ async fn waiting_on_a_process_that_is_not_a_child_rejects() {
     };
     for (k, code, id) in [
         ("unknown", "unknown_process", "no-such-process"),
+        ("pruned", "unknown_process", "gone"),
         ("stranger", "invalid_request", "stranger"),
         ("itself", "invalid_request", "w"),
         ("mixed", "unknown_process", "no-such-process"),
