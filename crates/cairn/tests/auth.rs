@@ -235,6 +235,40 @@ async fn session_tokens_see_only_their_grants() {
         )
         .await;
     assert_eq!((s, code(&err)), (403, "forbidden"));
+    // A grant to one of its agent frames alone is not the token's to move.
+    let framed = json!({"id": "p-frame", "input": {"type": "external"}, "disposition": "externally_owned",
+                        "grant": {"session_scope": {"session_id": "s1", "agent_frame_id": "sub"}}});
+    assert_eq!(host.start(framed).await.0, 201);
+    let (s, err) = s1
+        .post(
+            "/v1/grants/transfer",
+            json!({"from": {"session_id": "s1", "agent_frame_id": "sub"}, "to": {"session_id": "s1"},
+                   "process_ids": ["p-frame"]}),
+        )
+        .await;
+    assert_eq!((s, code(&err)), (403, "forbidden"), "{err}");
+    assert_eq!(
+        s1.get("/v1/processes/p-frame").await.0,
+        404,
+        "the grant stayed with the frame"
+    );
+    // Nor may it move its own grant into a frame, where it could neither see
+    // nor move it back.
+    let own = json!({"id": "p-own", "input": {"type": "external"}, "disposition": "externally_owned"});
+    assert_eq!(s1.start(own).await.0, 201);
+    let (s, err) = s1
+        .post(
+            "/v1/grants/transfer",
+            json!({"from": {"session_id": "s1"}, "to": {"session_id": "s1", "agent_frame_id": "sub"},
+                   "process_ids": ["p-own"]}),
+        )
+        .await;
+    assert_eq!((s, code(&err)), (403, "forbidden"), "{err}");
+    assert_eq!(
+        s1.get("/v1/processes/p-own").await.0,
+        200,
+        "the grant stayed with the session"
+    );
 
     // Host-only and other-session operations.
     let (s, err) = s1

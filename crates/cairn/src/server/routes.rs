@@ -701,13 +701,23 @@ pub async fn abandon_request(
     request_body = TransferBody,
     responses(
         (status = 200, description = "Which grants moved", body = TransferReport),
-        (status = 403, description = "A session token moving another session's grants", body = ErrorSchema)))]
+        (status = 403, description = "A session token moving another session's grants, or an agent frame's (from or to one)", body = ErrorSchema)))]
 pub async fn transfer(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
     ApiJson(body): ApiJson<TransferBody>,
 ) -> ApiResult<Json<TransferReport>> {
     caller.require_session(&body.from.session_id)?;
+    // A session token addresses what is granted to its session as a whole;
+    // an agent frame's own grants are the host's to move, as they are not
+    // the token's to read (a grant it moved into a frame it could neither
+    // see nor move back).
+    if matches!(caller, Caller::Session(_)) && (body.from.agent_frame_id.is_some() || body.to.agent_frame_id.is_some())
+    {
+        return Err(ApiError::forbidden(
+            "a session token moves grants only between whole sessions, not from or to an agent frame",
+        ));
+    }
     Ok(Json(
         state
             .processes
