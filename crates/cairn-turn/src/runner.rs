@@ -790,6 +790,17 @@ impl Tool for TurnRunner {
     async fn check_start_of(&self, id: &str, input: &Value, disposition: Disposition) -> cairn_core::Result<()> {
         self.check_start(input, disposition).await?;
         let turn = Turn::parse(input)?;
+        // An owner-bound run waits holding its worker slot, and each tool
+        // call is a child that needs a slot of its own: a worker whose slots
+        // all hold such turns would run none of their calls, for good.
+        if !turn.session.tools.is_empty() && disposition == Disposition::OwnerBound {
+            return Err(CairnError::InvalidDisposition(
+                "a turn with tools is `rerunnable`, not `owner_bound`: an owner-bound turn holds its worker slot \
+                 while its tool calls wait for slots of their own, and a worker full of them runs none \
+                 (a rerunnable turn resumes from its journal and repeats no finished call)"
+                    .into(),
+            ));
+        }
         // Each tool call is a child `{id}/{step}.{k}`: the id leaves room for
         // the last step's and for up to 999 calls a step.
         if !turn.session.tools.is_empty() {

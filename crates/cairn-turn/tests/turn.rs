@@ -450,6 +450,13 @@ async fn bad_turns_are_refused_at_start() {
             .await
             .expect_err("refused");
     assert_eq!(e.code(), "unknown_tool");
+    // An owner-bound turn would hold its slot while its tool calls wait for
+    // one; without tools it may be owner-bound.
+    let mut held = turn("ob", &["echo"], "hi", Value::Null);
+    held.disposition = Disposition::OwnerBound;
+    let e = s.p.start(held).await.expect_err("refused");
+    assert_eq!(e.code(), "invalid_disposition", "{e}");
+    assert_eq!(s.p.get("ob").await.expect_err("not stored").code(), "unknown_process");
     let e =
         s.p.start(turn("c", &[], "hi", json!({"type": "yaml"})))
             .await
