@@ -802,10 +802,10 @@ impl Tool for TurnRunner {
             ));
         }
         // Each tool call is a child `{id}/{step}.{k}`: the id leaves room for
-        // the last step's and for up to 999 calls a step.
+        // the last step's and for the most calls a step may make.
         if !turn.session.tools.is_empty() {
             let steps = turn.session.max_steps.unwrap_or(DEFAULT_MAX_STEPS);
-            let suffix = format!("/{steps}.999").len();
+            let suffix = format!("/{steps}.{}", cairn_core::validate::MAX_AWAITED_CHILDREN).len();
             let most = cairn_core::validate::MAX_ID_BYTES.saturating_sub(suffix);
             if id.len() > most {
                 return Err(CairnError::InvalidId(format!(

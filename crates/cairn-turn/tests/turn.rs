@@ -1211,18 +1211,21 @@ async fn a_missing_key_is_a_model_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_id_leaves_room_for_its_tool_calls() {
     let s = setup().await;
-    // max_steps 4: room for `/4.999`, 6 bytes.
-    let long = "L".repeat(251);
+    // max_steps 4, up to 1,000 calls a step: room for `/4.1000`, 7 bytes.
+    let max = cairn_core::validate::MAX_AWAITED_CHILDREN;
+    let long = "L".repeat(250);
     let e =
         s.p.start(turn(&long, &["echo"], "go", Value::Null))
             .await
             .expect_err("refused");
     assert_eq!(e.code(), "invalid_id", "{e}");
-    assert!(e.to_string().contains("at most 250 bytes"), "{e}");
+    assert!(e.to_string().contains("at most 249 bytes"), "{e}");
     assert_eq!(s.p.get(&long).await.expect_err("not stored").code(), "unknown_process");
-    let fits = "L".repeat(250);
-    s.fake
-        .push(Reply::ToolCalls(vec![("echo".into(), json!({"value": 1}))]));
+    // The longest id that fits makes as many calls as a step may, the last
+    // one's id included.
+    let fits = "L".repeat(249);
+    let calls = (1..=max).map(|i| ("echo".to_string(), json!({"value": i}))).collect();
+    s.fake.push(Reply::ToolCalls(calls));
     s.fake.push(Reply::Text("ok".into()));
     s.p.start(turn(&fits, &["echo"], "go", Value::Null))
         .await
@@ -1231,8 +1234,8 @@ async fn a_turn_id_leaves_room_for_its_tool_calls() {
         finished(&s.p, &fits).await.outcome,
         Some(Outcome::success(json!({"text": "ok"})))
     );
-    let child = s.p.get(&format!("{fits}/1.1")).await.expect("child");
-    assert_eq!(child.outcome, Some(Outcome::success(json!(1))));
+    let child = s.p.get(&format!("{fits}/1.{max}")).await.expect("the last child");
+    assert_eq!(child.outcome, Some(Outcome::success(json!(max))));
     s.fake.push(Reply::Text("no tools".into()));
     s.p.start(turn(&"N".repeat(256), &[], "hi", Value::Null))
         .await
