@@ -92,6 +92,12 @@ pub fn fault(message: &Value, carrier: &str) -> Option<(i64, String)> {
     }
     match object.get("method") {
         Some(Value::String(method)) => match object.get("params") {
+            // The protocol library reads `_meta` as an object (or `null`, as
+            // none), and one that is neither would be answered without the
+            // request's id.
+            Some(Value::Object(params)) if params.get("_meta").is_some_and(|m| !m.is_object() && !m.is_null()) => {
+                bad(-32602, "invalid params: `_meta` must be an object")
+            }
             Some(Value::Object(params))
                 if method == "tools/list" && params.get("cursor").is_some_and(|c| !c.is_string()) =>
             {

@@ -980,6 +980,14 @@ async fn malformed_posts_get_jsonrpc_errors() {
             r#"{"jsonrpc":"2.0","id":2,"method":"no/such/method","params":{}}"#,
             -32601,
         ),
+        (
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"process_get","arguments":{"id":"x"},"_meta":"str"}}"#,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":2,"method":"ping","params":{"_meta":5}}"#,
+            -32602,
+        ),
     ] {
         let answer: Value = post(body).await.expect("answered").json().await.expect("a JSON body");
         assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
@@ -1077,6 +1085,10 @@ async fn stdio_answers_malformed_lines() {
         r#"{"jsonrpc": "2.0", "id": 7, "method": "ping", "method": "tools/list"}"#,
         // An id past 2^53 no client library matches exactly.
         r#"{"jsonrpc": "2.0", "id": 1e16, "method": "ping"}"#,
+        // A `_meta` that is no object is answered with the request's id;
+        // `null` is none.
+        r#"{"jsonrpc": "2.0", "id": 8, "method": "ping", "params": {"_meta": "str"}}"#,
+        r#"{"jsonrpc": "2.0", "id": 9, "method": "ping", "params": {"_meta": null}}"#,
     ];
     for line in lines {
         stdin.write_all(format!("{line}\n").as_bytes()).await.expect("write");
@@ -1129,6 +1141,8 @@ async fn stdio_answers_malformed_lines() {
             (json!(5), Value::Null),
             (json!(6), Value::Null),
             (json!(7), json!(-32600)),
+            (json!(8), json!(-32602)),
+            (json!(9), Value::Null),
             (Value::Null, json!(-32600)),
             (Value::Null, json!(-32600)),
             (Value::Null, json!(-32700)),
