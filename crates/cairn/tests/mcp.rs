@@ -451,6 +451,16 @@ async fn bad_input(server: &Server, client: &McpClient, tools: &[Tool], transpor
     let (code, message) = err(client, "process_signal", json!({"id": "w1", "name": "go"})).await;
     assert_eq!(code, "invalid_request");
     assert!(message.contains("signal_id"), "{message}");
+    // A bad signal name is the same code on both transports.
+    for name in ["", ".", "..", "a b"] {
+        let (code, message) = err(
+            client,
+            "process_signal",
+            json!({"id": "w1", "name": name, "signal_id": "bad"}),
+        )
+        .await;
+        assert_eq!(code, "invalid_signal_name", "{name:?}: {message}");
+    }
     let (code, _) = err(client, "process_events", json!({"id": "e1", "after": "first"})).await;
     assert_eq!(code, "invalid_request");
     // A filter value the server does not know is its `invalid_filter`, as over HTTP.

@@ -141,6 +141,10 @@ impl Cairn for Forwarding {
     }
 
     async fn signal(&self, id: &str, name: &str, signal_id: &str, payload: Value) -> Answer {
+        // Checked here as the server checks it: an empty name, `.` or `..`
+        // would otherwise be refused as a URL path segment (`invalid_id`),
+        // where HTTP MCP answers `invalid_signal_name`.
+        cairn_core::events::validate_signal_name(name).map_err(|e| Failure::new(e.code(), e.to_string()))?;
         let body = json!({"signal_id": signal_id, "payload": payload});
         self.post_json(&format!("{}/signals/{}", proc_path(id), segment(name)), body)
             .await
