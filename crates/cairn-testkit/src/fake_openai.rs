@@ -97,6 +97,10 @@ pub enum Reply {
     /// Stream `text` as content with its `finish_reason` `stop`, then
     /// nothing but SSE comments: a stream stalled before its usage chunk.
     StalledAfterFinish(String),
+    /// Send these SSE frames exactly as written (each a whole frame with its
+    /// blank line, `"event: ping\ndata:\n\n"`), nothing else, then end the
+    /// body cleanly: what gateways and proxies put between chunks.
+    Frames(Vec<String>),
     /// Stream nothing but an SSE comment (`: keep-alive`) every `every`, for
     /// as long as the client reads: an endpoint (or a proxy before it) whose
     /// upstream is stuck.
@@ -271,6 +275,15 @@ fn streamed(reply: Reply) -> Result<(Vec<String>, Duration, Ending), Box<Respons
             return whole(json_response(&body));
         }
         Reply::Completion(body) => return whole(json_response(&body)),
+        Reply::Frames(frames) => {
+            let frames = futures::stream::iter(frames.into_iter().map(|f| Ok::<_, std::io::Error>(Bytes::from(f))));
+            return whole(
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(Body::from_stream(frames))
+                    .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
+            );
+        }
         Reply::KeepAlive { every } => {
             let comments = futures::stream::unfold((), move |()| async move {
                 tokio::time::sleep(every).await;

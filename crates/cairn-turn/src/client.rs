@@ -308,8 +308,22 @@ async fn ask(
             done = true;
             break;
         }
-        let chunk: Value = serde_json::from_str(&event.data)
-            .map_err(|e| ModelFault::transient(format!("model `{}`: unreadable chunk: {e}", spec.name)))?;
+        // A keep-alive some gateways and proxies send between chunks (an
+        // event with no data, or one of their own naming, `event: ping`)
+        // carries no chunk: passed over, as the OpenAI client libraries do.
+        if event.data.trim().is_empty() {
+            continue;
+        }
+        let chunk: Value = match serde_json::from_str(&event.data) {
+            Ok(chunk) => chunk,
+            Err(_) if !matches!(event.event.as_str(), "" | "message" | "error") => continue,
+            Err(e) => {
+                return Err(ModelFault::transient(format!(
+                    "model `{}`: unreadable chunk: {e}",
+                    spec.name
+                )))
+            }
+        };
         // A failure during generation comes as a chunk `{"error": {...}}`:
         // the answer so far is not an answer.
         if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {

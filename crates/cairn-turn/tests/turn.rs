@@ -1350,6 +1350,49 @@ async fn an_answer_without_a_choice_is_a_failed_call() {
     assert!(!types(&s.p, "empty").await.contains(&"turn.response".to_string()));
 }
 
+/// Frames a gateway puts between chunks (an event with no data, a named
+/// keep-alive of its own) carry no chunk and are passed over; an unnamed
+/// event whose data is no JSON is still a broken stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_events_between_chunks_are_passed_over() {
+    let s = setup().await;
+    let piece = |text: &str, finish: Option<&str>| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c", "object": "chat.completion.chunk",
+                   "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]})
+        )
+    };
+    s.fake.push(Reply::Frames(vec![
+        "data:\n\n".into(),
+        piece("who", None),
+        "event: ping\ndata:\n\n".into(),
+        "event: ping\ndata: ping\n\n".into(),
+        piece("le", Some("stop")),
+        "data: [DONE]\n\n".into(),
+    ]));
+    s.p.start(turn("pinged", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "pinged").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "whole"}))));
+    assert_eq!(s.fake.received().len(), 1, "one call, read whole");
+    // The setup retries 3 times: 4 calls, each with an unreadable chunk.
+    for _ in 0..4 {
+        s.fake.push(Reply::Frames(vec![
+            piece("who", None),
+            "data: not json\n\n".into(),
+            "data: [DONE]\n\n".into(),
+        ]));
+    }
+    s.p.start(turn("garbled", &[], "hi", Value::Null)).await.expect("start");
+    match finished(&s.p, "garbled").await.outcome {
+        Some(Outcome::Failure { code, message, .. }) => {
+            assert_eq!(code, "model_unavailable");
+            assert!(message.contains("unreadable chunk"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A stream whose body ends cleanly after a choice gave its `finish_reason`
 /// is a whole answer, `[DONE]` or not; one that ends before any
 /// `finish_reason` is a broken stream and is asked again.
