@@ -200,7 +200,15 @@ pub fn check_wake_rendering(what: &str, text: &str) -> Result<()> {
     check_shape_within(|| what.to_string(), &text, MAX_WAKE_RENDERING_BYTES, MAX_JSON_DEPTH)
 }
 
-fn check_shape_within(what: impl FnOnce() -> String, value: &impl Serialize, bytes: usize, depth: usize) -> Result<()> {
+/// Check `value` as serialized JSON against limits of the caller's own: at
+/// most `bytes` (`payload_too_large`) and `depth` levels of arrays and
+/// objects (`invalid_request`); `what` names it when refused.
+pub fn check_shape_within(
+    what: impl FnOnce() -> String,
+    value: &impl Serialize,
+    bytes: usize,
+    depth: usize,
+) -> Result<()> {
     let shape = serialized_shape(value);
     if shape.len > bytes {
         return Err(CairnError::PayloadTooLarge {

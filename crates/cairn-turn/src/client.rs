@@ -330,7 +330,7 @@ async fn ask(
             return Err(stream_error(spec, error, key));
         }
         if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
-            usage = u.clone();
+            usage = bounded_usage(u.clone());
         }
         let Some(choice) = chunk.pointer("/choices/0") else {
             continue;
@@ -356,6 +356,8 @@ async fn ask(
         }
         held += adds;
         if let Some(reason) = choice.get("finish_reason").filter(|r| !r.is_null()) {
+            // Kept as given while the stream is read (that one came says
+            // the answer is whole); bounded where the answer is made.
             finish_reason = reason.clone();
             progress_by = tokio::time::Instant::now() + idle;
         }
@@ -423,7 +425,7 @@ async fn ask(
     Ok(ChatAnswer {
         message,
         usage,
-        finish_reason,
+        finish_reason: bounded_reason(&finish_reason),
     })
 }
 
@@ -482,8 +484,8 @@ fn completion(
     }
     Ok(ChatAnswer {
         message,
-        usage: body.get("usage").cloned().unwrap_or(Value::Null),
-        finish_reason: choice.get("finish_reason").cloned().unwrap_or(Value::Null),
+        usage: bounded_usage(body.get("usage").cloned().unwrap_or(Value::Null)),
+        finish_reason: choice.get("finish_reason").map_or(Value::Null, bounded_reason),
     })
 }
 
@@ -692,6 +694,33 @@ fn arguments_piece(fragment: &Value) -> Option<Cow<'_, str>> {
 /// How long a stream may stay open after its `finish_reason` with nothing
 /// more of it: its usage chunk and `[DONE]` follow at once when they come.
 const AFTER_FINISH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The most bytes of an endpoint's `usage` journaled with its answer: a few
+/// counts take a few hundred. A larger one (or one nested past
+/// [`MAX_USAGE_DEPTH`]) is journaled as `null`, so it cannot push a good
+/// answer past what one `turn.response` entry holds.
+const MAX_USAGE_BYTES: usize = 16 * 1024;
+
+/// The deepest `usage` journaled (OpenAI's nests its token details two deep).
+const MAX_USAGE_DEPTH: usize = 8;
+
+/// `usage` as journaled: itself, or `null` past [`MAX_USAGE_BYTES`] or
+/// [`MAX_USAGE_DEPTH`].
+fn bounded_usage(usage: Value) -> Value {
+    match cairn_core::validate::check_shape_within(String::new, &usage, MAX_USAGE_BYTES, MAX_USAGE_DEPTH) {
+        Ok(()) => usage,
+        Err(_) => Value::Null,
+    }
+}
+
+/// A `finish_reason` as journaled and read: a short string (`stop`,
+/// `length`, ...), else `null`, for the same reason as [`bounded_usage`].
+fn bounded_reason(reason: &Value) -> Value {
+    match reason.as_str() {
+        Some(r) if r.len() <= 64 => reason.clone(),
+        _ => Value::Null,
+    }
+}
 
 /// What a tool call takes in a journaled answer beside its id, name and
 /// arguments (`{"id", "type": "function", "function": {...}}`).

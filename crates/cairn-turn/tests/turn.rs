@@ -1350,19 +1350,66 @@ async fn an_answer_without_a_choice_is_a_failed_call() {
     assert!(!types(&s.p, "empty").await.contains(&"turn.response".to_string()));
 }
 
+/// An SSE frame of one content chunk `text`, with its `finish_reason`.
+fn piece(text: &str, finish: Option<&str>) -> String {
+    format!(
+        "data: {}\n\n",
+        json!({"id": "c", "object": "chat.completion.chunk",
+               "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]})
+    )
+}
+
+/// A usage past what a journal entry should hold (a few counts take a few
+/// hundred bytes), or a finish_reason that is no short word, is journaled
+/// as null, and the answer stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_usage_is_journaled_as_null() {
+    let s = setup().await;
+    let usage = json!({"choices": [], "usage": {"total_tokens": 15, "details": "u".repeat(1_100_000)}});
+    s.fake.push(Reply::Frames(vec![
+        piece("small", Some("stop")),
+        format!("data: {usage}\n\n"),
+        "data: [DONE]\n\n".into(),
+    ]));
+    s.p.start(turn("used", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "used").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "small"}))));
+    assert_eq!(response(&s.p, "used", 1).await["usage"], Value::Null);
+    // So are a usage nested past a few levels and a finish_reason that is
+    // no short word.
+    let mut deep = json!(15);
+    for _ in 0..70 {
+        deep = json!([deep]);
+    }
+    let long_reason = "s".repeat(1_100_000);
+    s.fake.push(Reply::Frames(vec![
+        piece("small", Some(&long_reason)),
+        format!("data: {}\n\n", json!({"choices": [], "usage": {"total_tokens": deep}})),
+        "data: [DONE]\n\n".into(),
+    ]));
+    s.p.start(turn("odd", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "odd").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "small"}))));
+    let answer = response(&s.p, "odd", 1).await;
+    assert_eq!(
+        (answer["usage"].clone(), answer["finish_reason"].clone()),
+        (Value::Null, Value::Null),
+        "{answer}"
+    );
+    // Such a reason still says the answer is whole: a stream that ends after
+    // it without `[DONE]` is a whole answer.
+    s.fake.push(Reply::Frames(vec![piece("whole", Some(&long_reason))]));
+    s.p.start(turn("odd-end", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "odd-end").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "whole"}))));
+}
+
 /// Frames a gateway puts between chunks (an event with no data, a named
 /// keep-alive of its own) carry no chunk and are passed over; an unnamed
 /// event whose data is no JSON is still a broken stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_events_between_chunks_are_passed_over() {
     let s = setup().await;
-    let piece = |text: &str, finish: Option<&str>| {
-        format!(
-            "data: {}\n\n",
-            json!({"id": "c", "object": "chat.completion.chunk",
-                   "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]})
-        )
-    };
     s.fake.push(Reply::Frames(vec![
         "data:\n\n".into(),
         piece("who", None),
