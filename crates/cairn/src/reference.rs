@@ -299,6 +299,12 @@ const FAILURE_CODES: &[(&str, &str, &str)] = &[
     ),
     ("turn", "model_refused", "the model refused (its `refusal`); the answer is in `raw`"),
     (
+        "turn",
+        "unknown_model",
+        "the server that ran the turn has no model of the name it gives (started again without that \
+         `--model`); a start naming one is refused instead (404 `unknown_model`)",
+    ),
+    (
         "model",
         "model_unavailable",
         "the endpoint did not answer, or kept answering 429 or 5xx, past the retries",
