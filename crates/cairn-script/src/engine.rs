@@ -593,13 +593,38 @@ impl State {
         if let Some((code, message)) = &self.fatal {
             return json!({"error": {"class": "script", "code": code, "message": message}}).to_string();
         }
-        // Refused before it counts: a replay parses the same text the same way.
-        let mut call = match parse_call(payload) {
-            Ok(call) => call,
-            Err(refusal) => return refusal,
+        // Arguments no decoder reads back (nested past its limit, a string
+        // holding a lone surrogate) are refused as a call too large is: the
+        // call counts, and its result names it by the digest of its text, so
+        // a replay that makes another call there fails `nondeterminism`.
+        let (mut call, unreadable) = match serde_json::from_str::<Value>(payload) {
+            Ok(call) => (call, None),
+            Err(e) => (json!({}), Some((unreadable_call(&e), e.to_string()))),
         };
         self.n += 1;
         let n = self.n;
+        // A journal written before such calls counted holds the next call
+        // at `n`: this one is refused uncounted and in the words it was then,
+        // so the replay goes on as that run did (a new journal holds no call
+        // where one was refused, only its result).
+        if let Some((_, said)) = &unreadable {
+            // The next call there may itself have been refused (too large):
+            // then only its result stands at `n`, and it is no refusal of
+            // unreadable arguments (which only a newer journal holds).
+            let other_refused = self.journal.results.get(&n).is_some_and(|r| {
+                r.pointer(REFUSED_DIGEST).is_some()
+                    && !r
+                        .pointer("/error/message")
+                        .and_then(Value::as_str)
+                        .is_some_and(|m| m.contains(UNREADABLE))
+            });
+            if self.journal.calls.contains_key(&n) || other_refused {
+                self.n -= 1;
+                let message = format!("{UNREADABLE}: {said}");
+                return json!({"error": {"class": "cairn", "code": "invalid_request", "message": message}}).to_string();
+            }
+        }
+        let unreadable = unreadable.map(|(e, _)| e);
         if n + self.logs > self.max_calls {
             return self.set_fatal("journal_limit", self.over_the_limit());
         }
@@ -635,17 +660,17 @@ impl State {
             // result, which names the call by its digest (results journaled
             // before it did are taken as they are).
             None => match self.journal.results.get(&n).map(|r| r.pointer(REFUSED_DIGEST)) {
-                Some(Some(digest)) if *digest != json!(call_digest(&call)) => {
+                Some(Some(digest)) if *digest != json!(refused_digest(&call, unreadable.as_ref(), payload)) => {
                     let message = format!("call {n} replayed as {call} but the journal refused another call there");
                     return self.set_fatal("nondeterminism", message);
                 }
                 Some(Some(_)) => call = refused_stub(n, kind),
                 Some(None) => {}
-                None => match too_large(payload, &call) {
+                None => match unreadable.clone().or_else(|| too_large(payload, &call)) {
                     Some(error) => {
                         self.entries.push(Entry::Refused {
                             n,
-                            digest: call_digest(&call),
+                            digest: refused_digest(&call, unreadable.as_ref(), payload),
                             cancel_seen: call.get(CANCEL_SEEN).and_then(Value::as_u64),
                             error,
                         });
@@ -680,14 +705,42 @@ impl State {
     }
 }
 
-/// A call's arguments as the prelude serialized them, or the answer that
-/// rejects the call: JSON nested past what a decoder reads (or a string
+/// A log line's arguments as the prelude serialized them, or the answer
+/// that rejects it: JSON nested past what a decoder reads (or a string
 /// holding a lone surrogate) is refused, never taken as empty arguments.
 fn parse_call(payload: &str) -> std::result::Result<Value, String> {
     serde_json::from_str(payload).map_err(|e| {
-        let message = format!("the call's arguments cannot be journaled: {e}");
-        json!({"error": {"class": "cairn", "code": "invalid_request", "message": message}}).to_string()
+        let e = unreadable_call(&e);
+        json!({"error": {"class": "cairn", "code": e.code(), "message": e.to_string()}}).to_string()
     })
+}
+
+/// Why a call's arguments, as the prelude serialized them, cannot be read
+/// back, in words.
+fn unreadable_call(e: &serde_json::Error) -> cairn_core::CairnError {
+    let why = if e.to_string().contains("recursion limit") {
+        format!(
+            "they nest arrays and objects more levels deep than a decoder reads, over the {} level limit",
+            cairn_core::validate::MAX_JSON_DEPTH
+        )
+    } else if e.to_string().contains("escape") {
+        "a string holds a lone UTF-16 surrogate (a character cut in half), which JSON text cannot carry".into()
+    } else {
+        e.to_string()
+    };
+    cairn_core::CairnError::InvalidRequest(format!("{UNREADABLE}: {why}"))
+}
+
+/// How the refusal of a call whose arguments cannot be read back begins.
+const UNREADABLE: &str = "the call's arguments cannot be journaled";
+
+/// The digest a refused call's result names it by: its arguments' when they
+/// were read, else their text's (a replay serializes the same text).
+fn refused_digest(call: &Value, unreadable: Option<&cairn_core::CairnError>, payload: &str) -> String {
+    match unreadable {
+        None => call_digest(call),
+        Some(_) => cairn_core::validate::sha256_hex(format!("{call}{payload}").as_bytes()),
+    }
 }
 
 impl State {

@@ -886,6 +886,113 @@ async fn a_replay_that_changes_a_refused_call_fails_nondeterminism() {
     );
 }
 
+/// So does a replay that changes or leaves out a call whose arguments no
+/// decoder reads back (nested past its limit, a string cut inside a
+/// character): refused, it is counted and named by its result as a call
+/// too large is.
+#[tokio::test]
+async fn a_replay_that_changes_an_unreadable_call_fails_nondeterminism() {
+    for (id, made) in [
+        (
+            "nd-deep",
+            "{ let v = 1; for (let i = 0; i < (args.switch ? 600 : 500); i++) v = [v]; return v; }",
+        ),
+        ("nd-cut", r#"{ return (args.switch ? "cd😀" : "ab😀").slice(0, 3); }"#),
+    ] {
+        let p = switching_runtime();
+        let m = put(
+            &p,
+            &format!(
+                r#"export async function main(ctx, args) {{
+                    const value = (() => {made})();
+                    const said = await ctx.emit("other", {{value}}).catch(e => e.message);
+                    await ctx.emit("other", {{said}});
+                    await ctx.sleep(50);
+                    await ctx.waitSignal("go");
+                    return "unreachable";
+                }}"#
+            ),
+        )
+        .await;
+        let req = script(id, &m, "main", json!({})).with_event_type(cairn_core::EventType::plain("other"));
+        p.start(req).await.unwrap();
+        let rec = p.await_output(id, Duration::from_secs(10)).await.unwrap();
+        let said = events(&p, id, "other").await;
+        let message = said[0]["said"].as_str().unwrap_or_default().to_string();
+        assert!(message.contains("cannot be journaled"), "{id}: {said:?}");
+        let why = if id == "nd-deep" {
+            "level limit"
+        } else {
+            "lone UTF-16 surrogate"
+        };
+        assert!(message.contains(why), "{id}: {message}");
+        let results = events(&p, id, "script.result").await;
+        assert!(results[0]["refused"]["digest"].is_string(), "{id}: {results:?}");
+        let Some(Outcome::Failure {
+            class, code, message, ..
+        }) = &rec.outcome
+        else {
+            panic!("{id}: {rec:?}")
+        };
+        assert_eq!(
+            (class.as_str(), code.as_str()),
+            ("script", "nondeterminism"),
+            "{id}: {rec:?}"
+        );
+        assert!(message.contains("refused another call"), "{id}: {message}");
+    }
+}
+
+/// A journal written before such calls counted (the call refused uncounted,
+/// its next call journaled at its number) still replays: the call is
+/// refused there as it was then, and the run goes on without repeating the
+/// journaled emit.
+#[tokio::test]
+async fn a_journal_from_before_unreadable_calls_counted_replays() {
+    let registry: Arc<dyn cairn_core::ProcessRegistry> = Arc::new(MemoryRegistry::new());
+    let engine = Arc::new(QuickJs::default());
+    let host = Processes::builder(registry.clone())
+        .script_engine(engine.clone())
+        .without_worker()
+        .start();
+    let m = put(
+        &host,
+        r#"export async function main(ctx) {
+            let v = 1; for (let i = 0; i < 500; i++) v = [v];
+            const said = await ctx.emit("other", {v}).catch(e => e.code);
+            await ctx.emit("other", {said});
+            return said;
+        }"#,
+    )
+    .await;
+    let req = script("old", &m, "main", json!({})).with_event_type(cairn_core::EventType::plain("other"));
+    host.start(req).await.unwrap();
+    // What the earlier run journaled: the refused call took no number, and
+    // the emit after it is call 1, with its effect.
+    let lease = registry.claim("old", "earlier", 60_000).await.unwrap();
+    let said = json!({"said": "invalid_request"});
+    for (event_type, payload, key) in [
+        (
+            "script.call",
+            json!({"type": "other", "payload": said, "n": 1, "kind": "emit"}),
+            "script.call:1",
+        ),
+        ("other", said.clone(), "emit:1"),
+        ("script.result", json!({"n": 1, "value": null}), "script.result:1"),
+    ] {
+        let mut append = cairn_core::AppendRequest::new(event_type, payload);
+        append.lease = Some(lease.clone());
+        append.replay_key = Some(key.into());
+        registry.append_event("old", append).await.expect("journaled");
+    }
+    assert!(registry.release(&lease).await.unwrap());
+
+    let p = Processes::builder(registry).script_engine(engine).start();
+    let rec = p.await_output("old", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(rec.outcome, Some(Outcome::success(json!("invalid_request"))), "{rec:?}");
+    assert_eq!(events(&p, "old", "other").await, [said], "the emit was not made again");
+}
+
 /// A replay that settles before making every journaled call took another
 /// path than the run whose effects are journaled: it fails, naming the call.
 #[tokio::test]
@@ -1868,7 +1975,11 @@ async fn waiting_on_a_process_that_is_not_a_child_rejects() {
     // its tombstone (how and when it ended) is not the script's to read.
     run(&p, script("gone", &m, "other", json!({}))).await;
     let pruned = p
-        .prune(u64::MAX, cairn_core::StatusFilter::Any, cairn_core::Watermark::NoProjector)
+        .prune(
+            u64::MAX,
+            cairn_core::StatusFilter::Any,
+            cairn_core::Watermark::NoProjector,
+        )
         .await
         .unwrap();
     assert_eq!(pruned.pruned, 1, "{pruned:?}");

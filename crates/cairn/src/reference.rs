@@ -343,7 +343,7 @@ fn event_meaning(name: &str) -> &'static str {
              `batch` (the answers delivered together), for a `waitSignal` `signal` (the ordinal it took), and \
              on the results of the step that told the script of its cancellation `cancelled` (the message); \
              `cancel_seen` (see `script.call`) when no call or log line after that read was journaled; \
-             a call refused before it was journaled (too large or too deeply nested) has only its result, \
+             a call refused before it was journaled (too large, too deeply nested, or holding a string cut inside a character) has only its result, \
              whose `refused: {digest}` names the call, so a replay that makes another call there fails \
              `nondeterminism`"
         }
