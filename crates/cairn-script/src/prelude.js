@@ -372,6 +372,19 @@
     start(ns, name) {
       let p;
       try {
+        // Stored, the export was a function; a module whose top level makes
+        // it something else this time fails naming it, not "not a function".
+        const f = ns[name];
+        const what = typeof f !== "function" ? (f === null ? "null" : typeof f)
+          : /^class\b/.test(Function.prototype.toString.call(f)) ? "a class"
+          : ["GeneratorFunction", "AsyncGeneratorFunction"].includes(Object.getPrototypeOf(f)?.constructor?.name) ? "a generator"
+          : null;
+        if (what !== null) {
+          throw Object.assign(
+            new Error(`the module's export \`${name}\` is not a function in this activation (it is ${what}): a script's export must be a function each time the module runs`),
+            { code: "unknown_export" },
+          );
+        }
         p = Promise.resolve(ns[name](ctx, args));
       } catch (e) {
         p = Promise.reject(e);

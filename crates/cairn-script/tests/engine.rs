@@ -801,6 +801,62 @@ impl cairn_core::ScriptEngine for Switching {
     }
 }
 
+/// An engine that finds one more export than the module has, `notfn`: a
+/// module whose export is a function when stored and something else when it
+/// runs, as top-level code may make it.
+struct OneMoreExport(QuickJs);
+
+#[cairn_core::async_trait]
+impl cairn_core::ScriptEngine for OneMoreExport {
+    fn exports(&self, source: &str) -> cairn_core::Result<Vec<String>> {
+        let mut exports = self.0.exports(source)?;
+        exports.extend(["notfn", "cls", "gen"].map(String::from));
+        Ok(exports)
+    }
+
+    async fn run(
+        &self,
+        ctx: cairn_core::ToolContext,
+        module: cairn_core::Module,
+        name: String,
+        args: Value,
+    ) -> Outcome {
+        self.0.run(ctx, module, name, args).await
+    }
+}
+
+/// An export that is no function when its activation runs fails the
+/// process naming it (`unknown_export`), not with a bare "not a function".
+#[tokio::test]
+async fn an_export_that_is_no_function_when_it_runs_fails_naming_it() {
+    let p = Processes::builder(Arc::new(MemoryRegistry::new()))
+        .script_engine(Arc::new(OneMoreExport(QuickJs::default())))
+        .start();
+    let m = put(
+        &p,
+        "export const notfn = 5;\nexport class cls {}\nexport function* gen() {}\n\
+         export async function main() { return 1; }",
+    )
+    .await;
+    for (name, what) in [("notfn", "number"), ("cls", "a class"), ("gen", "a generator")] {
+        let rec = run(&p, script(&format!("nf-{name}"), &m, name, json!({}))).await;
+        match &rec.outcome {
+            Some(Outcome::Failure {
+                class, code, message, ..
+            }) => {
+                assert_eq!(
+                    (class.as_str(), code.as_str()),
+                    ("script", "unknown_export"),
+                    "{message}"
+                );
+                let says = format!("`{name}` is not a function in this activation (it is {what})");
+                assert!(message.contains(&says), "{message}");
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}
+
 /// A runtime whose script runs after the first are given `switch: true`.
 fn switching_runtime() -> Processes {
     Processes::builder(Arc::new(MemoryRegistry::new()))
@@ -957,40 +1013,76 @@ async fn a_journal_from_before_unreadable_calls_counted_replays() {
         .start();
     let m = put(
         &host,
-        r#"export async function main(ctx) {
+        r#"export async function main(ctx, args) {
             let v = 1; for (let i = 0; i < 500; i++) v = [v];
             const said = await ctx.emit("other", {v}).catch(e => e.code);
+            if (args.big) await ctx.emit("other", {big: "x".repeat(1100000)}).catch(e => e.code);
             await ctx.emit("other", {said});
             return said;
         }"#,
     )
     .await;
-    let req = script("old", &m, "main", json!({})).with_event_type(cairn_core::EventType::plain("other"));
-    host.start(req).await.unwrap();
-    // What the earlier run journaled: the refused call took no number, and
-    // the emit after it is call 1, with its effect.
-    let lease = registry.claim("old", "earlier", 60_000).await.unwrap();
     let said = json!({"said": "invalid_request"});
-    for (event_type, payload, key) in [
+    // The call refused for its size after it: only its result, at 1.
+    let big = json!({"type": "other", "payload": {"big": "x".repeat(1_100_000)}, "n": 1, "kind": "emit"});
+    let refused_big = json!({"n": 1, "refused": {"digest": cairn_core::validate::sha256_hex(big.to_string().as_bytes())},
+                             "error": {"class": "cairn", "code": "payload_too_large", "message": "too large"}});
+    for (id, args, journal) in [
         (
-            "script.call",
-            json!({"type": "other", "payload": said, "n": 1, "kind": "emit"}),
-            "script.call:1",
+            "old",
+            json!({}),
+            vec![
+                (
+                    "script.call",
+                    json!({"type": "other", "payload": said, "n": 1, "kind": "emit"}),
+                    "script.call:1",
+                ),
+                ("other", said.clone(), "emit:1"),
+                ("script.result", json!({"n": 1, "value": null}), "script.result:1"),
+            ],
         ),
-        ("other", said.clone(), "emit:1"),
-        ("script.result", json!({"n": 1, "value": null}), "script.result:1"),
+        (
+            "old-big",
+            json!({"big": true}),
+            vec![
+                ("script.result", refused_big.clone(), "script.result:1"),
+                (
+                    "script.call",
+                    json!({"type": "other", "payload": said, "n": 2, "kind": "emit"}),
+                    "script.call:2",
+                ),
+                ("other", said.clone(), "emit:2"),
+                ("script.result", json!({"n": 2, "value": null}), "script.result:2"),
+            ],
+        ),
     ] {
-        let mut append = cairn_core::AppendRequest::new(event_type, payload);
-        append.lease = Some(lease.clone());
-        append.replay_key = Some(key.into());
-        registry.append_event("old", append).await.expect("journaled");
+        let req = script(id, &m, "main", args).with_event_type(cairn_core::EventType::plain("other"));
+        host.start(req).await.unwrap();
+        // What the earlier run journaled: the unreadable call took no
+        // number, and the calls after it are numbered from 1, with their effects.
+        let lease = registry.claim(id, "earlier", 60_000).await.unwrap();
+        for (event_type, payload, key) in journal {
+            let mut append = cairn_core::AppendRequest::new(event_type, payload);
+            append.lease = Some(lease.clone());
+            append.replay_key = Some(key.into());
+            registry.append_event(id, append).await.expect("journaled");
+        }
+        assert!(registry.release(&lease).await.unwrap());
     }
-    assert!(registry.release(&lease).await.unwrap());
-
     let p = Processes::builder(registry).script_engine(engine).start();
-    let rec = p.await_output("old", Duration::from_secs(10)).await.unwrap();
-    assert_eq!(rec.outcome, Some(Outcome::success(json!("invalid_request"))), "{rec:?}");
-    assert_eq!(events(&p, "old", "other").await, [said], "the emit was not made again");
+    for id in ["old", "old-big"] {
+        let rec = p.await_output(id, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(
+            rec.outcome,
+            Some(Outcome::success(json!("invalid_request"))),
+            "{id}: {rec:?}"
+        );
+        assert_eq!(
+            events(&p, id, "other").await,
+            std::slice::from_ref(&said),
+            "{id}: the emit was not made again"
+        );
+    }
 }
 
 /// A replay that settles before making every journaled call took another

@@ -282,6 +282,12 @@ const FAILURE_CODES: &[(&str, &str, &str)] = &[
         "the function awaits something no context call will ever settle",
     ),
     (
+        "script",
+        "unknown_export",
+        "the export the process names is no function when its activation runs (the module's top level \
+         made it something else; a start naming one that is none when stored is refused 404 `unknown_export`)",
+    ),
+    (
         "runtime",
         "script_engine",
         "the script engine itself failed (not the script)",
