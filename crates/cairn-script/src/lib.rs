@@ -169,6 +169,13 @@ impl cairn_core::ScriptEngine for QuickJs {
                 _ => err.get("stack").and_then(Value::as_str).and_then(position),
             }
             .map(|(line, column)| located(source, line, column));
+            // The parser recurses into each nested bracket, block and
+            // expression: past its stack, the engine knows no position.
+            let message = if at.is_none() && message.contains("Maximum call stack size exceeded") {
+                format!("{message} (the module nests brackets, blocks or expressions too deeply to parse)")
+            } else {
+                message.to_string()
+            };
             match (syntax, at) {
                 (true, Some(at)) => CairnError::InvalidModule(format!("{message} at {at}")),
                 (_, Some(at)) => CairnError::InvalidModule(format!("loading the module failed: {message} at {at}")),

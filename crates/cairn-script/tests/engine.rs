@@ -53,6 +53,27 @@ async fn events(p: &Processes, id: &str, t: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A module nested past what the parser's stack takes is refused saying so:
+/// the engine gives no line and column for it.
+#[tokio::test]
+async fn a_module_nested_past_the_parser_is_refused_saying_so() {
+    let p = runtime(Limits::default());
+    let depth = 200_000;
+    let source = format!(
+        "export const v = {}1{};\nexport async function f() {{ return 1; }}",
+        "[".repeat(depth),
+        "]".repeat(depth)
+    );
+    let err = p.put_module(source, None).await.expect_err("refused");
+    assert_eq!(err.code(), "invalid_module");
+    assert!(
+        err.to_string()
+            .contains("nests brackets, blocks or expressions too deeply"),
+        "{err}"
+    );
+    assert!(p.list_modules(None, None).await.unwrap().is_empty(), "nothing stored");
+}
+
 /// A module whose top level never ends is refused naming the limit it hit.
 #[tokio::test]
 async fn a_top_level_past_the_cpu_limit_names_the_limit() {
