@@ -218,6 +218,26 @@ pub enum ProcessInput {
 }
 
 impl ProcessInput {
+    /// Where inside `input` (a value refused as a [`ProcessInput`]) the fault
+    /// is, and what it is, when serde could not say: it reads an input's
+    /// `type` before its fields and names no field inside it. A
+    /// `session_turn`'s `session` is read again on its own, so a refusal
+    /// names `session.temperature`, not just `input`.
+    pub fn refused_at(input: &Value) -> Option<(String, String)> {
+        if input.get("type")? != "session_turn" {
+            return None;
+        }
+        let session = input.get("session")?;
+        let e = serde_path_to_error::deserialize::<_, TurnSession>(session).err()?;
+        let path = e.path().to_string();
+        let at = if path == "." {
+            "session".to_string()
+        } else {
+            format!("session.{path}")
+        };
+        Some((at, e.into_inner().to_string()))
+    }
+
     /// The input's `type` on the wire: `tool_call`, `script`, `session_turn` or `external`.
     pub fn kind(&self) -> &'static str {
         match self {

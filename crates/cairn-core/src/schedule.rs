@@ -146,9 +146,18 @@ impl ScheduleRequest {
         }
         serde_path_to_error::deserialize(&value).map_err(|e| {
             let at = e.path().to_string();
-            match at.as_str() {
-                "" | "." => CairnError::InvalidRequest(format!("schedule: {}", e.inner())),
-                _ => CairnError::InvalidRequest(format!("schedule: `{at}`: {}", e.inner())),
+            // Inside an input serde names no field: `start.input.session.model`.
+            let inner = (at == "start.input")
+                .then(|| {
+                    value
+                        .pointer("/start/input")
+                        .and_then(crate::model::ProcessInput::refused_at)
+                })
+                .flatten();
+            match (at.as_str(), inner) {
+                (_, Some((field, why))) => CairnError::InvalidRequest(format!("schedule: `{at}.{field}`: {why}")),
+                ("" | ".", None) => CairnError::InvalidRequest(format!("schedule: {}", e.inner())),
+                (_, None) => CairnError::InvalidRequest(format!("schedule: `{at}`: {}", e.inner())),
             }
         })
     }

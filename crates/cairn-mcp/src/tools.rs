@@ -519,17 +519,18 @@ fn parse<T: DeserializeOwned>(kind: ToolKind, arguments: Value) -> Result<T, Fai
     let arguments = whole_numbers_as_integers(&kind.input_schema(), arguments);
     // Named by the field it is about, as the HTTP API names it: a model
     // corrects the argument the message points at.
-    serde_path_to_error::deserialize(arguments).map_err(|e| {
+    serde_path_to_error::deserialize(&arguments).map_err(|e| {
         let path = e.path().to_string();
-        let at = if path == "." {
-            String::new()
-        } else {
-            format!("`{path}`: ")
+        // Inside an input serde names no field: `input.session.temperature`.
+        let inner = (path == "input")
+            .then(|| arguments.get("input").and_then(cairn_core::ProcessInput::refused_at))
+            .flatten();
+        let (at, why) = match inner {
+            Some((field, why)) => (format!("`{path}.{field}`: "), why),
+            None if path == "." => (String::new(), e.into_inner().to_string()),
+            None => (format!("`{path}`: "), e.into_inner().to_string()),
         };
-        Failure::new(
-            "invalid_request",
-            format!("arguments of `{}`: {at}{}", kind.name(), e.into_inner()),
-        )
+        Failure::new("invalid_request", format!("arguments of `{}`: {at}{why}", kind.name()))
     })
 }
 

@@ -1352,6 +1352,26 @@ async fn a_refused_body_names_its_field() {
         .await;
     assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
     assert!(err["error"]["message"].as_str().unwrap().contains("`input"), "{err}");
+    // Inside a turn's session, where serde names no field of its own.
+    let turn = |session: Value| {
+        json!({"id": "t1", "disposition": "rerunnable",
+               "input": {"type": "session_turn", "session": session, "input": "hi"}})
+    };
+    for (session, field) in [
+        (
+            json!({"temperature": "hot"}),
+            "`input.session.temperature`: invalid type: string \"hot\"",
+        ),
+        (json!({"system": 5}), "`input.session.system`"),
+        (json!({"model": 7}), "`input.session.model`"),
+        (json!({"tools": ["echo", 3]}), "`input.session.tools[1]`"),
+        (json!("big"), "`input.session`: invalid type: string"),
+    ] {
+        let (s, err) = c.start(turn(session.clone())).await;
+        assert_eq!((s, code(&err)), (400, "invalid_request"), "{session}: {err}");
+        let said = err["error"]["message"].as_str().unwrap();
+        assert!(said.contains(field), "{session}: {said}");
+    }
     // A schedule's, the most nested body, too.
     let (s, err) = c
         .post(
@@ -1368,6 +1388,16 @@ async fn a_refused_body_names_its_field() {
             .contains("`start.disposition`"),
         "{err}"
     );
+    let (s, err) = c
+        .post(
+            "/v1/schedules",
+            json!({"id": "s", "every": "1h", "overlap": "skip",
+                   "start": {"input": {"type": "session_turn", "session": {"max_steps": "5"}}, "disposition": "rerunnable"}}),
+        )
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+    let said = err["error"]["message"].as_str().unwrap();
+    assert!(said.contains("`start.input.session.max_steps`"), "{err}");
 }
 
 /// `GET path`: 200, a body of at most `bound` bytes, as JSON.

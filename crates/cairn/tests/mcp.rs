@@ -461,6 +461,12 @@ async fn bad_input(server: &Server, client: &McpClient, tools: &[Tool], transpor
         .await;
         assert_eq!(code, "invalid_signal_name", "{name:?}: {message}");
     }
+    // Inside a turn's session the field at fault is named.
+    let turn = json!({"id": "bad-turn", "disposition": "rerunnable",
+                      "input": {"type": "session_turn", "session": {"temperature": "hot"}, "input": "hi"}});
+    let (code, message) = err(client, "process_start", turn).await;
+    assert_eq!(code, "invalid_request");
+    assert!(message.contains("`input.session.temperature`"), "{message}");
     let (code, _) = err(client, "process_events", json!({"id": "e1", "after": "first"})).await;
     assert_eq!(code, "invalid_request");
     // A filter value the server does not know is its `invalid_filter`, as over HTTP.

@@ -248,13 +248,27 @@ where
             match at.as_str() {
                 // `?`: a syntax error, at no field.
                 "" | "." | "?" => ApiError::invalid_request(format!("request body: {}", e.inner())),
-                _ => ApiError::invalid_request(format!("request body: `{at}`: {}", e.inner())),
+                _ => match refused_input_field(&bytes, &at) {
+                    Some((inner, why)) => ApiError::invalid_request(format!("request body: `{at}.{inner}`: {why}")),
+                    None => ApiError::invalid_request(format!("request body: `{at}`: {}", e.inner())),
+                },
             }
         })?;
         de.end()
             .map_err(|e| ApiError::invalid_request(format!("request body: {e}")))?;
         Ok(ApiJson(value))
     }
+}
+
+/// The field inside a refused process input at `at` (`input`,
+/// `start.input`) that serde did not name ([`ProcessInput::refused_at`]).
+fn refused_input_field(bytes: &[u8], at: &str) -> Option<(String, String)> {
+    if at != "input" && !at.ends_with(".input") {
+        return None;
+    }
+    let body: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let pointer = format!("/{}", at.replace('.', "/"));
+    cairn_core::ProcessInput::refused_at(body.pointer(&pointer)?)
 }
 
 /// What kind of JSON value `v` is, for messages.
