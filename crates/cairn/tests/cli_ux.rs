@@ -478,8 +478,16 @@ async fn section_three_exit_codes_json_shapes_and_messages() {
     let out = cli(&["ls", "--status", "bogus"]).await;
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("invalid_filter"), "{}", out.stderr);
-    let out = cli(&["signal", "w1", "bad name!"]).await;
-    assert_eq!(out.code, 2, "{}", out.stderr);
+    for args in [
+        ["signal", "w1", "bad name!"],
+        ["signal", "w1", "."],
+        ["signal", "w1", ".."],
+    ] {
+        let name = args[2];
+        let out = run_cli(&base, None, &args, None).await;
+        assert_eq!(out.code, 2, "{}", out.stderr);
+        assert!(out.stderr.contains("invalid_signal_name"), "{name}: {}", out.stderr);
+    }
     let out = cli(&["get", "nope"]).await;
     assert_eq!(out.code, 1, "{}", out.stderr);
 

@@ -161,6 +161,15 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             payload,
             ..
         } => {
+            // Refused as the server refuses it (`invalid_signal_name`): an
+            // empty name, `.` or `..` would otherwise be refused as a URL
+            // path segment.
+            cairn_core::events::validate_signal_name(&name).map_err(|e| ClientError::Api {
+                status: 400,
+                code: e.code().into(),
+                message: e.to_string(),
+                tombstone: None,
+            })?;
             let payload = parse_json_arg("--payload", &payload)?;
             let signal_id = signal_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
             let body = json!({"signal_id": signal_id, "payload": payload});
