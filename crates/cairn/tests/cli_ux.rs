@@ -658,6 +658,29 @@ async fn help_completions_and_an_unreachable_server() {
 
     // A server without --allow-shell says how to get `shell`.
     let no_shell = Server::serve(&["--db", "memory", "--listen", "127.0.0.1:0"]).await;
+    // `run` from a directory it cannot read (removed since) refuses, rather
+    // than leave the command to the server's own directory.
+    let gone = tempfile::tempdir().expect("tempdir");
+    let out = tokio::process::Command::new("sh")
+        .args([
+            "-c",
+            r#"cd "$1" && rmdir "$1" && exec "$2" --server "$3" run -- pwd"#,
+            "sh",
+        ])
+        .arg(gone.path())
+        .args([BIN, &no_shell.base])
+        .env_remove("CAIRN_TOKEN")
+        .stdin(Stdio::null())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("in time")
+        .expect("ran");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("pass --cwd"), "{stderr}");
+    let (_, listed) = no_shell.client().get("/v1/processes?status=any").await;
+    assert_eq!(listed["processes"], json!([]), "nothing started: {listed}");
     let out = run_cli(&no_shell.base, None, &["run", "--", "true"], None).await;
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stderr.contains("unknown_tool"), "{}", out.stderr);

@@ -673,9 +673,22 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
                     .ok_or_else(|| ClientError::Usage(format!("--cwd `{}` is not UTF-8 text", path.display())))?,
             )
         }
-        None => std::env::current_dir()
-            .ok()
-            .and_then(|d| d.to_str().map(str::to_string)),
+        // The command runs in this directory, as the docs promise: one that
+        // cannot be read (removed, or not UTF-8) is refused, never left to
+        // the server's own directory.
+        None => {
+            let here = std::env::current_dir().map_err(|e| {
+                ClientError::Usage(format!(
+                    "cannot read this directory ({e}), where the command would run: pass --cwd"
+                ))
+            })?;
+            Some(here.to_str().map(str::to_string).ok_or_else(|| {
+                ClientError::Usage(format!(
+                    "this directory `{}` is not UTF-8 text, which the command's directory must be: pass --cwd",
+                    here.display()
+                ))
+            })?)
+        }
     };
     if let Some(cwd) = cwd {
         tool_args["cwd"] = Value::String(cwd);
