@@ -22,7 +22,8 @@ pub async fn serve(client: &Client) -> Result<ExitCode, ClientError> {
     tokio::spawn(async move {
         if let Err(e) = probe.get("/v1/processes?limit=1").await {
             let hint = e.hint().map(|h| format!(" ({h})")).unwrap_or_default();
-            eprintln!("cairn mcp: the server does not answer as it should: {e}{hint}");
+            let said = super::shown(&format!("{e}{hint}"));
+            eprintln!("cairn mcp: the server does not answer as it should: {said}");
         }
     });
     let server = McpServer::new(Arc::new(Forwarding { client: client.clone() }));

@@ -37,9 +37,9 @@ pub async fn run(opts: &ResolvedClient, command: Command) -> ExitCode {
         Err(e) => {
             // Not `eprintln!`: `run` ignores SIGPIPE, and a closed stderr
             // must not turn its error into a panic.
-            let _ = writeln!(std::io::stderr(), "error: {e}");
+            let _ = writeln!(std::io::stderr(), "error: {}", shown(&e.to_string()));
             if let Some(hint) = e.hint() {
-                let _ = writeln!(std::io::stderr(), "hint: {hint}");
+                let _ = writeln!(std::io::stderr(), "hint: {}", shown(&hint));
             }
             ExitCode::from(e.exit_code())
         }
@@ -954,13 +954,13 @@ fn exit_code_of(record: &Value, command_code: bool) -> ExitCode {
             }
             eprintln!(
                 "{id} failed: {}: {}",
-                str_at(outcome, "/code"),
-                str_at(outcome, "/message")
+                shown(&str_at(outcome, "/code")),
+                shown(&str_at(outcome, "/message"))
             );
             ExitCode::FAILURE
         }
         Some("cancelled") => {
-            eprintln!("{id} was cancelled: {}", str_at(outcome, "/message"));
+            eprintln!("{id} was cancelled: {}", shown(&str_at(outcome, "/message")));
             ExitCode::FAILURE
         }
         Some("abandoned") => {
@@ -1388,6 +1388,20 @@ fn originator(r: &Value) -> String {
         },
         _ => String::new(),
     }
+}
+
+/// Text from the server (an error's message, an outcome's) as it may go to
+/// a terminal: a control character other than a newline or a tab is written
+/// as its escape (`\u{1b}`), so a message cannot clear the screen, retitle
+/// the window or hide what follows.
+pub(crate) fn shown(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\n' | '\t' => c.to_string(),
+            c if c.is_control() => c.escape_unicode().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 fn one_line(s: &str, max: usize) -> String {

@@ -37,7 +37,7 @@ fn row(s: &Value) -> Vec<String> {
     };
     let mut state = (if paused { "paused" } else { "active" }).to_string();
     if let Some(code) = s.pointer("/last_refusal/code").and_then(Value::as_str) {
-        state.push_str(&format!(", last fire refused ({code})"));
+        state.push_str(&format!(", last fire refused ({})", super::shown(code)));
     }
     vec![
         str_at(s, "/id"),
@@ -60,8 +60,8 @@ fn print_one(s: &Value) {
             "last refused fire: {} at {}: {}: {}",
             str_at(r, "/process_id"),
             timestamp(r.get("fire_ms")),
-            str_at(r, "/code"),
-            str_at(r, "/message")
+            super::shown(&str_at(r, "/code")),
+            super::shown(&str_at(r, "/message"))
         );
     }
 }
