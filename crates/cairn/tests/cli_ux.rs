@@ -1234,6 +1234,29 @@ async fn cancelling_an_ended_parent_says_it_reached_its_children() {
         out.stdout
     );
     c.wait_for("par-kid", |r| r["status"] == "cancelled").await;
+    // The same for a parent that had ended cancelled.
+    let par = json!({"id": "par2", "input": {"type": "external"}, "disposition": "externally_owned"});
+    assert_eq!(c.start(par).await.0, 201);
+    let kid = json!({"id": "par2-kid", "input": {"type": "tool_call", "tool": "wait_signal", "args": {"name": "go"}},
+                     "disposition": "rerunnable", "caused_by": {"process_id": "par2"}});
+    assert_eq!(c.start(kid).await.0, 201);
+    let (s, _) = c
+        .post(
+            "/v1/processes/par2/complete",
+            json!({"outcome": {"type": "cancelled", "message": "superseded\u{1b}[2J"}, "authority": "t"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let out = run_cli(&server.base, None, &["cancel", "par2"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("had already ended (cancelled)"), "{}", out.stdout);
+    c.wait_for("par2-kid", |r| r["status"] == "cancelled").await;
+    // A message the server stores is shown with its control characters
+    // escaped: it cannot clear the terminal.
+    let out = run_cli(&server.base, None, &["await", "par2"], None).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(!out.stderr.contains('\u{1b}'), "{:?}", out.stderr);
+    assert!(out.stderr.contains("superseded\\u{1b}[2J"), "{}", out.stderr);
 }
 
 /// A JSON value may be a negative number: `--value -1`, `--payload -5` are

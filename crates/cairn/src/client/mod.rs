@@ -224,18 +224,27 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                 Some(r) => json!({"reason": r}),
                 None => json!({}),
             };
+            // Whether it had ended before this request (a process this
+            // request cancels at once ends `cancelled` too): read first, for
+            // the words only.
+            let ended_before = match client.get(&proc_path(&id)).await {
+                Ok(before) => before.get("terminal_at_ms").is_some_and(|t| !t.is_null()),
+                Err(_) => false,
+            };
             let (_, record) = client.post(&format!("{}/cancel", proc_path(&id)), &body).await?;
             if json {
                 print_json(&record);
             } else {
-                match str_at(&record, "/status").as_str() {
-                    // Answered for a process that had ended: the request
-                    // went to its running children (SPEC §13).
-                    status @ ("completed" | "failed" | "abandoned") => println!(
+                let status = str_at(&record, "/status");
+                // Answered for a process that had ended: the request went to
+                // its running children (SPEC §13).
+                if ended_before || matches!(status.as_str(), "completed" | "failed" | "abandoned") {
+                    println!(
                         "{id} had already ended ({status}); the cancellation went to its running children \
                          (`cairn ls --caused-by {id}`)"
-                    ),
-                    status => println!("cancellation requested: {id} is {status}"),
+                    );
+                } else {
+                    println!("cancellation requested: {id} is {status}");
                 }
             }
             Ok(ExitCode::SUCCESS)
