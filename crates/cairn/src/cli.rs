@@ -724,7 +724,7 @@ pub struct PruneArgs {
     #[arg(long, value_parser = parse_duration_with_unit)]
     pub older_than: Duration,
     /// Which terminal statuses (any, completed, failed, cancelled, abandoned).
-    #[arg(long, default_value = "any")]
+    #[arg(long, default_value = "any", value_parser = ["any", "completed", "failed", "cancelled", "abandoned"])]
     pub status: String,
     /// Only processes of this definition (`tool:NAME`, `script:MODULE#NAME`, `session_turn`, `external`).
     #[arg(long, value_parser = non_empty)]

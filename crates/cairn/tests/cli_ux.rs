@@ -474,6 +474,26 @@ async fn section_three_exit_codes_json_shapes_and_messages() {
         assert!(out.stderr.contains("has no unit"), "{}", out.stderr);
     }
 
+    // An outcome that is none is named by its flag, without a column of a
+    // body the user never wrote.
+    let out = cli(&["complete", "w1", "--outcome", r#"{"type":"failure","code":"x"}"#]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--outcome is no outcome")
+            && out.stderr.contains("class")
+            && !out.stderr.contains("column 4"),
+        "{}",
+        out.stderr
+    );
+    // A status prune does not know is named with its flag, before any request.
+    let out = cli(&["prune", "--older-than", "7d", "--no-projector", "--status", "bogus"]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--status") && out.stderr.contains("bogus"),
+        "{}",
+        out.stderr
+    );
+
     // Bad input the server catches exits 2; an unknown id is 1.
     let out = cli(&["ls", "--status", "bogus"]).await;
     assert_eq!(out.code, 2, "{}", out.stderr);

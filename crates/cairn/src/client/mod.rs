@@ -1146,7 +1146,15 @@ async fn complete(client: &Client, json: bool, args: CompleteArgs) -> Result<Exi
             "type": "failure", "class": "process", "code": code,
             "message": args.message.clone().unwrap_or_else(|| code.clone()),
         }),
-        (None, None, Some(o)) => parse_json_arg("--outcome", o)?,
+        // Read as an outcome here, so a fault is named in the user's own
+        // JSON and flag, not at a column of the body built around it.
+        (None, None, Some(o)) => {
+            let outcome = parse_json_arg("--outcome", o)?;
+            if let Err(e) = serde_json::from_value::<cairn_core::Outcome>(outcome.clone()) {
+                return Err(ClientError::Usage(format!("--outcome is no outcome: {e}")));
+            }
+            outcome
+        }
         _ => return Err(ClientError::Usage("give one of --value, --failure or --outcome".into())),
     };
     let mut body = json!({ "outcome": outcome });
