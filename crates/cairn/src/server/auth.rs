@@ -155,8 +155,8 @@ impl Auth {
         for (i, (token, session)) in self.session_tokens.iter().enumerate() {
             if self.host_token.as_deref() == Some(token.as_str()) {
                 return Err(format!(
-                    "--session-token for `{session}` is the host token: its holder would have host access; \
-                     give the session a token of its own"
+                    "--session-token for `{session}` is the host token (--token, or CAIRN_TOKEN when --token is \
+                     not given): its holder would have host access; give the session a token of its own"
                 ));
             }
             if let Some((_, other)) = self.session_tokens[..i]
