@@ -1199,7 +1199,8 @@ impl Worker {
             };
             match filed {
                 Ok(_) => tracing::warn!(process_id = %id, "abandon requested: {reason}"),
-                Err(CairnError::ProcessTerminal(_)) => {}
+                // It ended meanwhile, and may have been pruned since.
+                Err(CairnError::ProcessTerminal(_) | CairnError::NoLongerRetained(_)) => {}
                 Err(e) => {
                     tracing::error!(process_id = %id, error = %e, "could not request the abandonment of a run whose outcome is lost")
                 }
@@ -1292,6 +1293,12 @@ impl Worker {
         match e {
             CairnError::ProcessTerminal(_) => {
                 tracing::info!(process_id = %lease.process_id, "completion fenced: the process had ended");
+            }
+            // Another owner ended it and a prune removed it meanwhile (this
+            // run was paused past its lease): an end this run cannot write,
+            // and nothing left to abandon.
+            CairnError::NoLongerRetained(_) => {
+                tracing::info!(process_id = %lease.process_id, "completion fenced: the process had ended and was pruned");
             }
             CairnError::LeaseFenced(_) if disposition == Disposition::OwnerBound => {
                 tracing::warn!(process_id = %lease.process_id, "completion fenced: the lease lapsed before the outcome was written");
