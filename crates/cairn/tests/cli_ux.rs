@@ -524,6 +524,12 @@ async fn section_three_exit_codes_json_shapes_and_messages() {
         .map(|p| p["id"].as_str().unwrap_or_default().to_string())
         .collect();
     assert_eq!(ids[..2], ["a-second", "b-first"], "{ids:?}");
+    // A limit that leaves some out says so.
+    let out = cli(&["ls", "--status", "any", "--limit", "1"]).await;
+    assert_eq!(out.stdout.lines().count(), 2, "{}", out.stdout);
+    assert!(out.stderr.contains("more match"), "{}", out.stderr);
+    let out = cli(&["ls", "--status", "any", "--limit", "1000"]).await;
+    assert!(!out.stderr.contains("more match"), "{}", out.stderr);
     let out = cli(&["ls", "--status", "any"]).await;
     let first_row = out.stdout.lines().nth(1).unwrap_or_default();
     assert!(first_row.starts_with("a-second"), "{}", out.stdout);

@@ -1070,7 +1070,9 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
                 .cmp(&created(a))
                 .then_with(|| str_at(a, "/id").cmp(&str_at(b, "/id")))
         });
-        if let Some(limit) = args.limit {
+        if let Some(limit) = args.limit.filter(|l| rows.len() > *l) {
+            // Said on stderr, as the other notes are: more matched.
+            eprintln!("(the newest {limit} shown; more match: raise --limit to see them)");
             rows.truncate(limit);
         }
     }
