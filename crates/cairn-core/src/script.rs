@@ -158,6 +158,13 @@ pub fn check_source(source: &str) -> Result<()> {
             limit: MAX_MODULE_SOURCE_BYTES,
         });
     }
+    // An empty file (or stdin that gave nothing) says so, not that the
+    // module exports no function.
+    if source.trim().is_empty() {
+        return Err(CairnError::InvalidModule(
+            "the module source is empty: a module exports at least one async function".into(),
+        ));
+    }
     // The engine reads a source only up to a NUL (a module holding one would
     // be judged on a part of itself), and PostgreSQL takes no NUL in text:
     // refused alike everywhere, where it is, before anything is stored.

@@ -311,10 +311,16 @@ async fn exports_are_the_exported_functions() {
     assert_eq!(put.module.exports, ["arrow", "bound", "plain"]);
     // A module that exports no function a start could run is refused, and
     // nothing is stored.
-    for source in ["async function f() {}", "export const f = 1;", "export class C {}", ""] {
+    for (source, says) in [
+        ("async function f() {}", "exports no function"),
+        ("export const f = 1;", "exports no function"),
+        ("export class C {}", "exports no function"),
+        ("", "the module source is empty"),
+        ("\n  \n", "the module source is empty"),
+    ] {
         let err = p.put_module(source.into(), None).await.expect_err(source);
         assert_eq!(err.code(), "invalid_module", "{source}: {err}");
-        assert!(err.to_string().contains("exports no function"), "{err}");
+        assert!(err.to_string().contains(says), "{err}");
         let stored = cairn_core::script::module_ref(source);
         assert!(p.get_module(&stored).await.is_err(), "{source}: stored");
     }
