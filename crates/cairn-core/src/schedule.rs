@@ -162,6 +162,15 @@ impl ScheduleRequest {
         })
     }
 
+    /// The schedule this request would store, when its cron expression is
+    /// refused only by a check newer than the schedule stored under its id
+    /// (`1,,2`): read as that schedule was, for a repeated create to compare.
+    pub fn as_stored_before_checks(&self, now_ms: u64) -> Option<Schedule> {
+        cron_shape_problem(self.cron.as_deref()?)?;
+        let spec = ScheduleSpec::parse(self.cron.as_deref(), self.every.as_deref(), self.timezone.as_deref()).ok()?;
+        Schedule::new(self.clone(), &spec, now_ms).ok()
+    }
+
     /// Check the id and the timing (not the template: the runtime checks it
     /// against its tools) and answer the parsed spec.
     pub fn validate(&self) -> Result<ScheduleSpec> {

@@ -205,8 +205,21 @@ impl Processes {
     /// the same definition answers the stored schedule and `false`; another
     /// definition under the same id is `schedule_conflict`.
     pub async fn create_schedule(&self, request: ScheduleRequest) -> Result<(Schedule, bool)> {
-        let spec = request.validate()?;
         let now = self.inner.clock.now_ms();
+        let spec = match request.validate() {
+            Ok(spec) => spec,
+            // A schedule stored before a cron check was added (`1,,2`),
+            // created again as it was, is the same create.
+            Err(e) => {
+                let Some(made) = request.as_stored_before_checks(now) else {
+                    return Err(e);
+                };
+                return match self.inner.registry.get_schedule(&request.id).await? {
+                    Some(existing) if existing.same_definition(&made) => Ok((existing, false)),
+                    _ => Err(e),
+                };
+            }
+        };
         let probe = request.start.start_request(format!("{}@{now}", request.id));
         self.inner.starter.check(probe, now).await?;
         let schedule = Schedule::new(request, &spec, now)?;

@@ -435,6 +435,24 @@ pub async fn schedule_rejects_bad_input(factory: &dyn StoreFactory) {
             .contains("it fires on every `10s`, this request on every `20s`"),
         "{e}"
     );
+    // A schedule stored before a cron check was added (its `1,,2` read as
+    // `1,2`), created again as it was, is the same create; another
+    // definition with the same fault is refused for it.
+    let mut old = echo_every("old", "10s");
+    old.every = None;
+    old.cron = Some("1,,2 9 * * *".into());
+    assert_eq!(
+        p.create_schedule(old.clone()).await.unwrap_err().code(),
+        "invalid_request"
+    );
+    let spec = cairn_core::schedule::ScheduleSpec::parse(old.cron.as_deref(), None, None).expect("read as stored");
+    let stored = Schedule::new(old.clone(), &spec, store.clock.now_ms()).expect("fires");
+    assert!(store.registry.insert_schedule(&stored).await.expect("stored").is_none());
+    let (again, created) = p.create_schedule(old.clone()).await.expect("the same create");
+    assert!(!created && again == stored, "{again:?}");
+    let mut other = old;
+    other.cron = Some("1,,3 9 * * *".into());
+    assert_eq!(p.create_schedule(other).await.unwrap_err().code(), "invalid_request");
     // No schedule id holds a control character: the same answer on every
     // backend (PostgreSQL takes no NUL in text).
     for e in [
