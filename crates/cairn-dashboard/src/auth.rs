@@ -323,13 +323,11 @@ pub(crate) async fn login(
         )
             .into_response();
     };
-    let cross_site = headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|site| site == "cross-site" || site == "same-site");
     // A browser without `Sec-Fetch-Site` still says where a POST came from
     // in `Origin`: another origin than this server's (its `Host`) is
-    // another site's page.
+    // another site's page. Only then: behind a proxy that rewrites `Host`
+    // (nginx's default), `Origin` names the public address, never `Host`,
+    // while `Sec-Fetch-Site` still says the form was this page's own.
     let foreign_origin = headers.get("origin").is_some_and(|origin| {
         let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or_default();
         let origin = origin.to_str().unwrap_or_default();
@@ -339,7 +337,11 @@ pub(crate) async fn login(
             .is_some_and(|o| !host.is_empty() && o == host);
         !own
     });
-    if cross_site || foreign_origin {
+    let refused = match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        Some(site) => site == "cross-site" || site == "same-site",
+        None => foreign_origin,
+    };
+    if refused {
         return (
             StatusCode::FORBIDDEN,
             pages::login(

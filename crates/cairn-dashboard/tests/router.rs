@@ -288,6 +288,25 @@ async fn with_tokens_pages_need_a_login_and_writes_need_the_csrf_token() {
             "{origin}"
         );
     }
+    // Behind a proxy that rewrites `Host`, `Origin` names the public
+    // address: a browser's `Sec-Fetch-Site: same-origin` is believed.
+    for (site, allowed) in [("same-origin", true), ("cross-site", false), ("same-site", false)] {
+        let mut posted = login("host");
+        posted
+            .headers_mut()
+            .insert("origin", "https://cairn.example.com".parse().unwrap());
+        posted.headers_mut().insert("host", "127.0.0.1:7070".parse().unwrap());
+        posted.headers_mut().insert("sec-fetch-site", site.parse().unwrap());
+        let (status, _, headers) = send(&app, posted).await;
+        assert_eq!(
+            (
+                status == StatusCode::FORBIDDEN,
+                headers.get(header::SET_COOKIE).is_some()
+            ),
+            (!allowed, allowed),
+            "{site}"
+        );
+    }
 
     let (_, _, headers) = send(&app, login("host")).await;
     let set = headers[header::SET_COOKIE].to_str().unwrap().to_string();
