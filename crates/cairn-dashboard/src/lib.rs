@@ -120,9 +120,17 @@ impl Dashboard {
             // Any other path under /ui is a page that is not there, said as a page.
             .route("/ui/{*rest}", axum::routing::any(pages::not_found))
             .route_layer(axum::middleware::from_fn_with_state(self.inner.clone(), auth::gate));
-        let open = Router::new()
+        let mut open = Router::new()
             .route("/ui/login", get(auth::login_page).post(auth::login))
             .route("/ui/assets/{name}", get(assets::serve));
+        // A page's address with a slash after it (as people and browsers
+        // add one) is that page.
+        for page in ["/ui", "/ui/processes", "/ui/sessions", "/ui/modules", "/ui/schedules"] {
+            open = open.route(
+                &format!("{page}/"),
+                get(move || async move { axum::response::Redirect::permanent(page) }),
+            );
+        }
         gated
             .merge(open)
             .layer(axum::middleware::map_response(page_headers))

@@ -660,6 +660,12 @@ async fn an_unknown_dashboard_path_is_a_page_not_found() {
     let (status, _, headers) = get(&closed, "/ui/nosuch", None).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert!(headers[header::LOCATION].to_str().unwrap().starts_with("/ui/login"));
+    // A page's address with a slash after it is that page.
+    for page in ["/ui", "/ui/processes", "/ui/sessions", "/ui/modules", "/ui/schedules"] {
+        let (status, _, headers) = get(&app, &format!("{page}/"), None).await;
+        assert_eq!(status, StatusCode::PERMANENT_REDIRECT, "{page}/");
+        assert_eq!(headers[header::LOCATION], page, "{page}/");
+    }
 }
 
 /// A pruned process's page says how it ended and when it was pruned, as
