@@ -275,6 +275,8 @@ async fn list_filters_and_paging() {
         ("definition=tool:", "invalid_filter"),
         ("definition=script:module:sha256:00", "invalid_filter"),
         ("caused_by=", "invalid_filter"),
+        ("created_before_ms=9223372036854775808", "invalid_filter"),
+        ("created_from_ms=18446744073709551616", "invalid_filter"),
         ("limit=0", "invalid_page"),
         ("limit=100000", "invalid_page"),
     ] {

@@ -354,9 +354,16 @@ pub async fn list(
             return Err(cairn_core::CairnError::InvalidFilter(format!("filter key `{k}` given twice")).into());
         }
     }
+    // A time past the stores' signed 64 bits is a filter refused as every
+    // other bad filter value is (`invalid_filter`).
     for (k, v) in &rest {
-        if matches!(*k, "created_from_ms" | "created_before_ms") {
-            within_int64(k, v.parse::<u64>().ok())?;
+        let over = v.parse::<u64>().ok().filter(|v| i64::try_from(*v).is_err());
+        if let (true, Some(v)) = (matches!(*k, "created_from_ms" | "created_before_ms"), over) {
+            return Err(cairn_core::CairnError::InvalidFilter(format!(
+                "`{k}` is {v}, over the largest accepted value {}",
+                i64::MAX
+            ))
+            .into());
         }
     }
     let filter = ProcessFilter::from_query(rest)?;
