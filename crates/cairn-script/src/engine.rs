@@ -532,7 +532,11 @@ impl State {
         std::mem::take(&mut self.entries)
     }
 
-    fn native(&mut self, kind: &str, payload: &str) -> String {
+    /// A context call `kind` with its arguments as JSON text; `refusal`
+    /// when the prelude refuses the call, sent as an older run made and
+    /// journaled it (the prelude's `refused`).
+    fn native(&mut self, kind: &str, payload: &str, refusal: Option<String>) -> String {
+        let refusal = refusal.map(cairn_core::CairnError::InvalidRequest);
         match kind {
             // Live, not only at the script's next call: a synchronous loop
             // that polls `ctx.cancelled` sees the request as soon as the run
@@ -666,7 +670,7 @@ impl State {
                 }
                 Some(Some(_)) => call = refused_stub(n, kind),
                 Some(None) => {}
-                None => match unreadable.clone().or_else(|| too_large(payload, &call)) {
+                None => match unreadable.clone().or_else(|| too_large(payload, &call)).or(refusal) {
                     Some(error) => {
                         self.entries.push(Entry::Refused {
                             n,
@@ -1018,12 +1022,15 @@ fn compile(limits: &Limits, source: &str, stop: Arc<AtomicU8>, on_escape: Box<dy
         let calls = Rc::new(std::cell::Cell::new(0u64));
         let max_calls = limits.max_calls;
         let counted = calls.clone();
-        let native = Function::new(ctx.clone(), move |kind: String, _payload: String| -> String {
-            if matches!(kind.as_str(), "now" | "random" | "uuid" | "log") {
-                counted.set(counted.get() + 1);
-            }
-            loading_native(&kind, counted.get(), max_calls)
-        })
+        let native = Function::new(
+            ctx.clone(),
+            move |kind: String, _payload: String, _refusal: rquickjs::function::Opt<String>| -> String {
+                if matches!(kind.as_str(), "now" | "random" | "uuid" | "log") {
+                    counted.set(counted.get() + 1);
+                }
+                loading_native(&kind, counted.get(), max_calls)
+            },
+        )
         .map_err(|e| fail(e.to_string()))?;
         let api = prelude(&ctx, native, "", &Value::Null).map_err(|e| fail(e.to_string()))?;
         let declared = Module::declare(ctx.clone(), MODULE_NAME, source).map_err(|_| (true, caught(&ctx, None)))?;
@@ -1188,9 +1195,12 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
     context.with(|ctx| {
         let native = {
             let state = state.clone();
-            Function::new(ctx.clone(), move |kind: String, payload: String| -> String {
-                state.borrow_mut().native(&kind, &payload)
-            })
+            Function::new(
+                ctx.clone(),
+                move |kind: String, payload: String, refusal: rquickjs::function::Opt<String>| -> String {
+                    state.borrow_mut().native(&kind, &payload, refusal.0)
+                },
+            )
         };
         let api = match native.and_then(|native| prelude(&ctx, native, process_id.as_str(), &args)) {
             Ok(api) => api,

@@ -683,11 +683,15 @@ impl Driver<'_> {
         let disposition = match call.get("disposition").cloned().map(serde_json::from_value) {
             None => cairn_core::Disposition::Rerunnable,
             Some(Ok(d)) => d,
-            Some(Err(e)) => {
+            Some(Err(_)) => {
+                let given = call.get("disposition").map_or_else(String::new, Value::to_string);
                 return Some(error_result(
                     n,
-                    &CairnError::InvalidRequest(format!("ctx.tool disposition: {e}")),
-                ))
+                    &CairnError::InvalidRequest(format!(
+                        "ctx.tool's disposition is `rerunnable` (the default, when it is left out), \
+                         `owner_bound` or `externally_owned`, not {given}"
+                    )),
+                ));
             }
         };
         let request = if kind(call) == "turn" {
@@ -738,6 +742,9 @@ impl Driver<'_> {
                     Err(e) => answers.push((*n, error_result(*n, &e))),
                 },
                 "wait_signal" => {
+                    // `null` is refused before it is journaled (the
+                    // prelude's `refused`): one journaled is an older
+                    // run's, which waited without a deadline, as this does.
                     let own = match call.get("timeout_ms") {
                         None | Some(Value::Null) => Ok(None),
                         given => millis(given, "ctx.waitSignal's timeoutMs")

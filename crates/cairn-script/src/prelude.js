@@ -97,7 +97,7 @@
   // `Math.random()` read them, maybe in a hot loop): no stack is taken.
   const AT_ONCE = ["now", "random", "uuid"];
 
-  function call(kind, payload) {
+  function call(kind, payload, refusal) {
     const site = AT_ONCE.includes(kind) ? undefined : callSite();
     let sent;
     try {
@@ -108,17 +108,21 @@
       // other bad argument), not a throw where the call is made. Nothing
       // is journaled, so a replay refuses the same way.
       if (AT_ONCE.includes(kind)) throw e;
-      return Promise.reject(
-        fail({ class: "cairn", code: "invalid_request", message: `ctx.${kind}'s arguments are not JSON: ${e && e.message}` }, site),
-      );
+      return notJson(kind, e, site);
     }
-    const answer = parse(native(kind, sent));
+    const answer = parse(refusal === undefined ? native(kind, sent) : native(kind, sent, refusal));
     if ("sync" in answer) return answer.sync;
     // A clock or randomness read refused (a limit): it throws where it was made.
     if ("error" in answer && AT_ONCE.includes(kind)) throw fail(answer.error, site);
     if ("value" in answer) return Promise.resolve(answer.value);
     if ("error" in answer) return Promise.reject(fail(answer.error, site));
     return new Promise((resolve, reject) => pending.set(answer.pending, { resolve, reject, site }));
+  }
+
+  function notJson(kind, e, site) {
+    return Promise.reject(
+      fail({ class: "cairn", code: "invalid_request", message: `ctx.${kind}'s arguments are not JSON: ${e && e.message}` }, site),
+    );
   }
 
   // Options a call does not take are refused, not ignored: a misspelt
@@ -133,6 +137,41 @@
 
   function refuse(message) {
     return Promise.reject(fail({ class: "cairn", code: "invalid_request", message }));
+  }
+
+  // A value given where an option takes a choice is the choice or refused:
+  // `timeoutMs: null` is no "no deadline", nor a disposition of `null` no
+  // `rerunnable`. Such a call once ran as that default and was journaled
+  // so: it is sent as it was then, with the refusal beside it (never in
+  // it, where a script's own `Object.prototype` could reach). The engine
+  // takes it as journaled where a journal holds it, and refuses it (a
+  // counted call whose result is the refusal) where none does.
+  function refused(kind, payload, message) {
+    return call(kind, payload, message);
+  }
+
+  // An option's value as JSON, made once (a `toJSON` or a getter runs
+  // once, as when the call is sent): its text (`undefined` for what JSON
+  // leaves out), or what it threw.
+  function once(v) {
+    try {
+      return { text: stringify(v) };
+    } catch (e) {
+      return { error: e };
+    }
+  }
+
+  // The value an option travels as, from its JSON text.
+  function travelled(json) {
+    return json.text === undefined ? undefined : parse(json.text);
+  }
+
+  // A value as a script wrote it, for a refusal's message (a primitive,
+  // else what it travels as).
+  function written(v, json) {
+    if (typeof v === "bigint") return `${v}n`;
+    if (typeof v === "number" || typeof v === "symbol" || typeof v === "function") return String(v);
+    return json.text === undefined ? "nothing" : json.text;
   }
 
   // A duration as it travels: JSON has no NaN or Infinity (they would
@@ -170,7 +209,15 @@
     tool: (name, toolArgs, opts) => {
       const bad = badOptions("ctx.tool", opts, ["disposition"]);
       if (bad) return refuse(bad);
-      return call("tool", { name, args: toolArgs === undefined ? null : toolArgs, disposition: (opts && opts.disposition) || "rerunnable" });
+      const given = opts ? opts.disposition : undefined;
+      const payload = { name, args: toolArgs === undefined ? null : toolArgs, disposition: given || "rerunnable" };
+      if (given === undefined || (typeof given === "string" && given !== "")) return call("tool", payload);
+      // No string: sent as it travelled before (`given || "rerunnable"`).
+      const json = once(given || "rerunnable");
+      if (json.error) return notJson("tool", json.error, callSite());
+      payload.disposition = travelled(json);
+      const said = written(given, given ? json : once(given));
+      return refused("tool", payload, `ctx.tool's disposition is \`rerunnable\` (the default, when it is left out), \`owner_bound\` or \`externally_owned\`, not ${said}`);
     },
     // A child's id is `{processId}/{n}` (SPEC §14): an id of the caller's
     // choosing would be replaced, so it is refused instead.
@@ -178,7 +225,14 @@
       if (request !== null && typeof request === "object" && "id" in request) {
         return refuse(`ctx.start names its child \`${processId}/{n}\` itself: leave \`id\` out of the request`);
       }
-      return call("start", { request });
+      // What is sent decides (a `caused_by` JSON leaves out is none).
+      const json = once(request);
+      if (json.error) return notJson("start", json.error, callSite());
+      const sent = travelled(json);
+      if (sent !== null && typeof sent === "object" && sent.caused_by !== undefined) {
+        return refused("start", { request: sent }, `ctx.start names its child's parent (\`${processId}\`) itself: leave \`caused_by\` out of the request`);
+      }
+      return call("start", { request: sent });
     },
     wait: (id) => call("wait", { id }),
     turn: (session, input, outputContract) =>
@@ -188,7 +242,16 @@
       const bad = badOptions("ctx.waitSignal", opts, ["timeoutMs"]);
       if (bad) return refuse(bad);
       const p = { name };
-      if (opts && opts.timeoutMs !== undefined) p.timeout_ms = duration(opts.timeoutMs);
+      const given = opts ? opts.timeoutMs : undefined;
+      if (given === undefined) return call("wait_signal", p);
+      const json = once(duration(given));
+      if (json.error) return notJson("wait_signal", json.error, callSite());
+      p.timeout_ms = travelled(json);
+      // What travels as nothing (`null`, a function, an invalid Date) is
+      // no deadline of "none": refused.
+      if (p.timeout_ms === undefined || p.timeout_ms === null) {
+        return refused("wait_signal", p, `ctx.waitSignal's timeoutMs takes a number of milliseconds from 0 up, not ${written(given, json)} (leave it out to wait without a deadline)`);
+      }
       return call("wait_signal", p);
     },
     emit: (type, payload) => call("emit", { type, payload: payload === undefined ? null : payload }),

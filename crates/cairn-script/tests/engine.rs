@@ -1783,6 +1783,207 @@ async fn unknown_call_options_are_refused() {
     assert_eq!(calls.len(), 1, "only the valid wait was journaled: {calls:?}");
 }
 
+/// A value given where a call takes a choice is the choice or refused:
+/// `timeoutMs: null` is no "no deadline", a disposition of `null` or `""`
+/// no `rerunnable`, and a `ctx.start` child's `caused_by` is its parent's,
+/// never the request's. Leaving the option out keeps its default.
+#[tokio::test]
+async fn empty_option_values_are_refused_not_defaulted() {
+    let p = runtime_with_echo();
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const seen = [];
+            const note = (e) => seen.push([e.code, e.message]);
+            // A script's own `Object.prototype` cannot take the refusal away.
+            Object.defineProperty(Object.prototype, "refuse", {set() {}, get() { return undefined; }});
+            // A getter read once: it cannot pass a number for the check and
+            // nothing for the call.
+            let reads = 0;
+            const flip = {get timeoutMs() { reads += 1; return reads === 1 ? {toJSON: () => null} : 5; }};
+            await ctx.waitSignal("go", flip).then(() => seen.push("waited")).catch(note);
+            let jsons = 0;
+            const late = {toJSON() { jsons += 1; return jsons === 1 ? 5 : null; }};
+            await ctx.waitSignal("go", {timeoutMs: late}).then(() => seen.push(`timed out, ${jsons} toJSON`)).catch(note);
+            // A start whose caused_by JSON leaves out has none.
+            await ctx.start({input: {type: "external"}, disposition: "externally_owned", caused_by: () => 1})
+                .then(() => seen.push("started")).catch(note);
+            for (const t of [null, () => 5, new Date(NaN)]) {
+                await ctx.waitSignal("go", {timeoutMs: t}).then(() => seen.push("waited")).catch(note);
+            }
+            for (const d of [null, "", false, 0, 0n, Symbol("x"), 5]) {
+                await ctx.tool("echo", {value: 1}, {disposition: d}).then(() => seen.push("ran")).catch(note);
+            }
+            await ctx.start({input: {type: "external"}, disposition: "externally_owned", caused_by: {process_id: "elsewhere"}})
+                .then(() => seen.push("started")).catch(note);
+            const ran = await ctx.tool("echo", {value: 2}, {disposition: undefined});
+            return {seen, ran};
+        }"#,
+    )
+    .await;
+    let rec = run(&p, script("empty", &m, "main", json!({}))).await;
+    let Some(Outcome::Success { value, .. }) = rec.outcome else {
+        panic!("expected success, got {:?}", rec.outcome);
+    };
+    let timeout = |given: &str| {
+        json!([
+            "invalid_request",
+            format!(
+                "invalid request: ctx.waitSignal's timeoutMs takes a number of milliseconds from 0 up, \
+                 not {given} (leave it out to wait without a deadline)"
+            )
+        ])
+    };
+    let disposition = |given: &str| {
+        json!([
+            "invalid_request",
+            format!(
+                "invalid request: ctx.tool's disposition is `rerunnable` (the default, when it is left out), \
+                 `owner_bound` or `externally_owned`, not {given}"
+            )
+        ])
+    };
+    assert_eq!(
+        value["seen"],
+        json!([
+            timeout("null"),
+            "timed out, 1 toJSON",
+            "started",
+            timeout("null"),
+            timeout("() => 5"),
+            timeout("null"),
+            disposition("null"),
+            disposition("\"\""),
+            disposition("false"),
+            disposition("0"),
+            disposition("0n"),
+            disposition("Symbol(x)"),
+            disposition("5"),
+            [
+                "invalid_request",
+                "invalid request: ctx.start names its child's parent (`empty`) itself: leave `caused_by` out of the request"
+            ],
+        ])
+    );
+    assert_eq!(value["ran"], json!(2));
+    let children = p
+        .list(&cairn_core::ProcessFilter {
+            caused_by: Some("empty".into()),
+            status: cairn_core::StatusFilter::Any,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(
+        children.len(),
+        2,
+        "only the tool call left with its default ran, and the start without caused_by: {children:?}"
+    );
+    assert!(children.iter().any(|c| c.disposition == Disposition::Rerunnable));
+    // Each refusal is a counted call whose result refuses it, no call
+    // journaled: a replay refuses them again, and makes the same calls.
+    let refused = events(&p, "empty", "script.result")
+        .await
+        .into_iter()
+        .filter(|r| r.pointer("/refused/digest").is_some())
+        .count();
+    assert_eq!(refused, 12);
+    assert_eq!(events(&p, "empty", "script.call").await.len(), 3);
+}
+
+/// A journal written before empty option values were refused holds such
+/// calls as they ran then (no deadline, `rerunnable`, the parent replaced):
+/// it replays as that run went on, answered or not yet, instead of failing
+/// `nondeterminism` or refusing a call whose effect was made.
+#[tokio::test]
+async fn a_journal_from_before_empty_option_values_were_refused_replays() {
+    let registry: Arc<dyn cairn_core::ProcessRegistry> = Arc::new(MemoryRegistry::new());
+    let host = Processes::builder(registry.clone())
+        .script_engine(Arc::new(QuickJs::default()))
+        .without_worker()
+        .start();
+    let m = put(
+        &host,
+        r#"export async function answered(ctx) {
+            return await ctx.tool("echo", {value: 1}, {disposition: null});
+        }
+        export async function running(ctx) {
+            return await ctx.tool("echo", {value: 2}, {disposition: ""});
+        }
+        export async function waiting(ctx) {
+            return await ctx.waitSignal("go", {timeoutMs: null});
+        }
+        export async function big(ctx) {
+            const code = await ctx.tool("echo", {value: "x".repeat(1100000)}, {disposition: null}).catch(e => e.code);
+            return code;
+        }
+        export async function lone(ctx) {
+            return await ctx.tool("echo", {t: "\ud83d"}, {disposition: null}).catch(e => e.code);
+        }
+        export async function parent(ctx) {
+            return await ctx.start({input: {type: "external"}, disposition: "externally_owned", caused_by: {process_id: "x"}});
+        }"#,
+    )
+    .await;
+    let tool = |n: u64, value: Value| json!({"name": "echo", "args": {"value": value}, "disposition": "rerunnable", "n": n, "kind": "tool"});
+    let big_call = tool(1, json!("x".repeat(1_100_000)));
+    let refused_big = json!({"n": 1, "refused": {"digest": cairn_core::validate::sha256_hex(big_call.to_string().as_bytes())},
+                             "error": {"class": "cairn", "code": "payload_too_large", "message": "too large"}});
+    let start = json!({"request": {"input": {"type": "external"}, "disposition": "externally_owned",
+                                   "caused_by": {"process_id": "x"}}, "n": 1, "kind": "start"});
+    let wait = json!({"name": "go", "timeout_ms": null, "ordinal": 1, "n": 1, "kind": "wait_signal"});
+    // Arguments no decoder reads back: refused by the digest of their text.
+    let text = r#"{"kind":"tool","n":1}{"name":"echo","args":{"t":"\ud83d"},"disposition":"rerunnable"}"#;
+    let refused_lone = json!({"n": 1, "refused": {"digest": cairn_core::validate::sha256_hex(text.as_bytes())},
+                              "error": {"class": "cairn", "code": "invalid_request",
+                                        "message": "invalid request: the call's arguments cannot be journaled: a string holds a lone UTF-16 surrogate"}});
+    for (id, journal) in [
+        (
+            "answered",
+            vec![
+                ("script.call", tool(1, json!(1))),
+                ("script.result", json!({"n": 1, "value": "journaled"})),
+            ],
+        ),
+        ("running", vec![("script.call", tool(1, json!(2)))]),
+        ("waiting", vec![("script.call", wait)]),
+        ("big", vec![("script.result", refused_big)]),
+        ("lone", vec![("script.result", refused_lone)]),
+        ("parent", vec![("script.call", start)]),
+    ] {
+        host.start(script(id, &m, id, json!({}))).await.unwrap();
+        let lease = registry.claim(id, "earlier", 60_000).await.unwrap();
+        for (event_type, payload) in journal {
+            let mut append = cairn_core::AppendRequest::new(event_type, payload);
+            append.lease = Some(lease.clone());
+            append.replay_key = Some(format!("{event_type}:1"));
+            registry.append_event(id, append).await.expect("journaled");
+        }
+        assert!(registry.release(&lease).await.unwrap());
+    }
+    let p = Processes::builder(registry)
+        .script_engine(Arc::new(QuickJs::default()))
+        .tools(cairn_core::ToolRegistry::new().with(Arc::new(Echo)))
+        .start();
+    let done = |id: &'static str| {
+        let p = p.clone();
+        async move { p.await_output(id, Duration::from_secs(10)).await.unwrap().outcome }
+    };
+    assert_eq!(done("answered").await, Some(Outcome::success(json!("journaled"))));
+    assert_eq!(done("running").await, Some(Outcome::success(json!(2))), "its child ran");
+    assert_eq!(done("big").await, Some(Outcome::success(json!("payload_too_large"))));
+    assert_eq!(done("lone").await, Some(Outcome::success(json!("invalid_request"))));
+    assert_eq!(
+        done("parent").await,
+        Some(Outcome::success(json!("parent/1"))),
+        "its child was started"
+    );
+    // The wait without a deadline waits on, and takes the signal.
+    p.signal("waiting", "go", "s1", json!({"by": "alice"})).await.unwrap();
+    assert_eq!(done("waiting").await, Some(Outcome::success(json!({"by": "alice"}))));
+}
+
 /// A `waitSignal` that timed out took no signal: the next call of that name
 /// gets the next signal sent (a retry loop around an approval does not miss
 /// it), and calls waiting together take the signals in the order they came.
@@ -2805,6 +3006,13 @@ async fn returning_a_function_or_a_symbol_is_invalid_result() {
 
 struct Echo;
 
+fn runtime_with_echo() -> Processes {
+    Processes::builder(Arc::new(MemoryRegistry::new()))
+        .script_engine(Arc::new(QuickJs::default()))
+        .tools(cairn_core::ToolRegistry::new().with(Arc::new(Echo)))
+        .start()
+}
+
 #[cairn_core::async_trait]
 impl cairn_core::Tool for Echo {
     fn name(&self) -> &str {
@@ -2820,10 +3028,7 @@ impl cairn_core::Tool for Echo {
 /// pending wait has nothing to make. A failing one is only logged.
 #[tokio::test]
 async fn calls_left_pending_at_the_end_are_still_made() {
-    let p = Processes::builder(Arc::new(MemoryRegistry::new()))
-        .script_engine(Arc::new(QuickJs::default()))
-        .tools(cairn_core::ToolRegistry::new().with(Arc::new(Echo)))
-        .start();
+    let p = runtime_with_echo();
     let m = put(
         &p,
         r#"export async function returns(ctx) {
