@@ -79,6 +79,20 @@ fn parse_cli() -> Cli {
             eprintln!("error: invalid value for '{arg}' (not shown: it may hold a secret): {why}\n\nFor more information, try '--help'.");
             std::process::exit(2)
         }
+        // clap's own words list every command, the hidden `bench-child`
+        // too: the help lists the ones a user runs. (A command's own missing
+        // subcommand, `cairn schedule --json`, hides none: clap says it.)
+        // (Told by the commands it would list, not by the command's name,
+        // which is the binary's file name, whatever it is.)
+        Err(e)
+            if e.kind() == ErrorKind::MissingSubcommand
+                && matches!(e.get(ContextKind::ValidSubcommand),
+                    Some(clap::error::ContextValue::Strings(listed)) if listed.iter().any(|c| c == "bench-child")) =>
+        {
+            let help = <Cli as clap::CommandFactory>::command().render_help();
+            eprintln!("error: a command is needed\n\n{help}");
+            std::process::exit(2)
+        }
         Err(e) => e.exit(),
     }
 }

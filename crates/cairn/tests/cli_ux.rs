@@ -786,6 +786,42 @@ fn a_limit_of_zero_is_a_usage_error() {
     }
 }
 
+/// Client options without a command is a usage error that lists the
+/// commands a user runs, not the hidden one the bench starts itself.
+#[test]
+fn options_without_a_command_list_the_commands_but_not_hidden_ones() {
+    for args in [&["--json"][..], &["--token", "t"][..]] {
+        let stderr = usage_error(args);
+        assert!(stderr.contains("a command is needed"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("serve") && stderr.contains("schedule"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("bench-child"), "{args:?}: {stderr}");
+    }
+    // A command's own subcommand missing is said of that command (with
+    // nothing after it, clap shows the command's help).
+    let stderr = usage_error(&["schedule", "--json"]);
+    assert!(stderr.contains("'cairn schedule' requires a subcommand"), "{stderr}");
+    let stderr = usage_error(&["--json", "module"]);
+    assert!(stderr.contains("Usage: cairn module"), "{stderr}");
+    // The same under another file name (a renamed or linked binary).
+    let dir = tempfile::tempdir().expect("dir");
+    let renamed = dir.path().join("cairn 1.2");
+    std::fs::copy(BIN, &renamed).expect("copy");
+    let out = std::process::Command::new(&renamed)
+        .arg("--json")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the copy");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("a command is needed") && !stderr.contains("bench-child"),
+        "{stderr}"
+    );
+}
+
 /// `cairn mcp` prints the protocol's own JSON-RPC: `--json`, before or
 /// after the command, is a usage error that says so, not a flag ignored.
 #[test]
