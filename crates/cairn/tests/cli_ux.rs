@@ -1270,6 +1270,48 @@ async fn a_proxy_in_the_environment_is_not_used_for_a_loopback_server() {
     assert!(reached.is_err(), "the proxy was sent the request");
 }
 
+/// An abandon request repeated with another reason changes nothing (the
+/// first stands), and `cairn abandon` says so instead of "requested".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_abandon_request_says_the_first_stands() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let held = json!({"id": "held", "input": {"type": "tool_call", "tool": "sleep", "args": {"ms": 600000}},
+                      "disposition": "owner_bound"});
+    assert_eq!(c.start(held).await.0, 201);
+    c.wait_for("held", |r| r["lease"].is_object()).await;
+    let out = run_cli(
+        &server.base,
+        None,
+        &["abandon", "held", "--reason", "host lost", "--requested-by", "alice"],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        "abandon requested: held is running (reconciled once its lease lapses)"
+    );
+    let out = run_cli(
+        &server.base,
+        None,
+        &["abandon", "held", "--reason", "other\u{1b}"],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        "an abandon request was already recorded for held (reason: host lost, by alice); this one changed nothing"
+    );
+    // The same reason again is the same request.
+    let again = ["abandon", "held", "--reason", "host lost"];
+    let out = run_cli(&server.base, None, &again, None).await;
+    assert!(out.stdout.starts_with("abandon requested: held"), "{}", out.stdout);
+    let (_, rec) = c.get("/v1/processes/held").await;
+    assert_eq!(rec["abandon_request"]["reason"], "host lost");
+}
+
 /// `cairn cancel` of a process that had ended says the request went to its
 /// running children, not "cancellation requested: … is completed".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -262,8 +262,26 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             let (_, record) = client
                 .post(&format!("{}/abandon-request", proc_path(&id)), &body)
                 .await?;
+            // The first request stands (SPEC §2: it is recorded once); one
+            // repeated with another reason changed nothing, which is said.
+            // (Not its requester: a session token's request names the
+            // session, whatever `--requested-by` says.)
+            let standing = |field: &str| {
+                record
+                    .pointer(&format!("/abandon_request/{field}"))
+                    .and_then(Value::as_str)
+                    .map(String::from)
+            };
+            let (first_reason, first_by) = (standing("reason"), standing("requested_by"));
+            let other = first_reason.as_ref().is_some_and(|r| *r != reason);
             if json {
                 print_json(&record);
+            } else if other {
+                println!(
+                    "an abandon request was already recorded for {id} (reason: {}, by {}); this one changed nothing",
+                    shown(first_reason.as_deref().unwrap_or_default()),
+                    shown(first_by.as_deref().unwrap_or_default())
+                );
             } else {
                 let status = str_at(&record, "/status");
                 // When the worker reconciles it: it ended already, a lease
