@@ -228,15 +228,39 @@ async fn read(p: &Processes, lens: &Lens, f: &ProcessFilter) -> cairn_core::Resu
     })
 }
 
+/// The window width each listing (its lens and filter) last found its page
+/// in: the next read of it (a live tab's, every change) starts there, and
+/// under a steady rate of starts finds it in one pass instead of narrowing
+/// down from [`FIRST_WINDOW_MS`] again. Only where the search starts: a
+/// stale width costs passes, never rows. At most [`WIDTHS_KEPT`] listings.
+static LAST_WIDTH: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, u64>>> =
+    std::sync::LazyLock::new(Default::default);
+const WIDTHS_KEPT: usize = 256;
+
+fn listing_key(plan: &Plan) -> String {
+    let lens = match &plan.lens {
+        Lens::All => String::new(),
+        Lens::GrantedTo(s) => format!("granted_to {s:?}"),
+        Lens::OriginatedBy(s) => format!("originated_by {s:?}"),
+    };
+    format!("{lens} {:?}", plan.filter)
+}
+
 /// One page, newest first, and the cursor of the next.
 ///
 /// Listings come from the registry in id order, so a page is found by time
 /// windows: read the matching rows created in `[top - w, top)`, widen `w` until
 /// the window holds more than a page (or reaches the lower bound), and narrow it
-/// again when a window holds more than [`MAX_PAGE_SIZE`] rows, so a page reads a
+/// again when a window holds more than four pages of rows, so a page reads a
 /// bounded number of rows however long the history. Hand-written because no
 /// registry call orders by creation; it uses only the public filter.
 async fn newest_page(p: &Processes, plan: &Plan) -> cairn_core::Result<(Vec<Row>, Option<Cursor>)> {
+    let (rows, next, _) = search(p, plan).await?;
+    Ok((rows, next))
+}
+
+/// [`newest_page`], and how many windows it read to find it.
+async fn search(p: &Processes, plan: &Plan) -> cairn_core::Result<(Vec<Row>, Option<Cursor>, usize)> {
     let base = &plan.filter;
     let floor = base.created_from_ms.unwrap_or(0);
     let ceiling = match (&plan.before, base.created_before_ms) {
@@ -249,15 +273,27 @@ async fn newest_page(p: &Processes, plan: &Plan) -> cairn_core::Result<(Vec<Row>
     // `fits`: widest window known to hold at most a capped read; `overflows`:
     // narrowest known to hold more.
     let (mut fits, mut overflows): (u64, Option<u64>) = (0, None);
-    let mut w = FIRST_WINDOW_MS;
+    let key = listing_key(plan);
+    let remembered = LAST_WIDTH.lock().ok().and_then(|m| m.get(&key).copied());
+    let mut w = remembered.unwrap_or(FIRST_WINDOW_MS).max(1);
+    // A window read whole holds more than a page and at most four (two of
+    // the largest pages): each narrowing pass reads no more than that.
+    let cap = (plan.size * 4).min(MAX_PAGE_SIZE * 2);
+    let mut passes = 0;
     loop {
+        passes += 1;
         let lo = top.saturating_sub(w).max(floor);
         let uncapped = overflows.is_some_and(|o| o <= fits + 1);
         let mut f = ProcessFilter {
             created_from_ms: Some(lo),
             created_before_ms: ceiling,
             after_id: None,
-            limit: Some(MAX_PAGE_SIZE),
+            // A window read whole is read a registry page at a time.
+            limit: Some(if uncapped {
+                MAX_PAGE_SIZE
+            } else {
+                cap.min(MAX_PAGE_SIZE)
+            }),
             ..base.clone()
         };
         let mut rows = Vec::new();
@@ -269,7 +305,7 @@ async fn newest_page(p: &Processes, plan: &Plan) -> cairn_core::Result<(Vec<Row>
                     .filter(|r| plan.before.as_ref().is_none_or(|c| c.admits(&r.record))),
             );
             let Some(next) = next else { break };
-            if rows.len() > MAX_PAGE_SIZE && !uncapped {
+            if rows.len() >= cap && !uncapped {
                 overflow = true;
                 break;
             }
@@ -286,11 +322,17 @@ async fn newest_page(p: &Processes, plan: &Plan) -> cairn_core::Result<(Vec<Row>
             continue;
         }
         if rows.len() > plan.size || lo == floor || uncapped {
+            if let Ok(mut widths) = LAST_WIDTH.lock() {
+                if widths.len() >= WIDTHS_KEPT && !widths.contains_key(&key) {
+                    widths.clear();
+                }
+                widths.insert(key, w);
+            }
             rows.sort_by(|a, b| (b.record.created_at_ms, &b.record.id).cmp(&(a.record.created_at_ms, &a.record.id)));
             let more = rows.len() > plan.size;
             rows.truncate(plan.size);
             let next = more.then(|| rows.last().map(|r| Cursor::of(&r.record))).flatten();
-            return Ok((rows, next));
+            return Ok((rows, next, passes));
         }
         fits = w;
         w = match overflows {
@@ -565,8 +607,87 @@ fn filters(q: &ListQuery, viewer: &Viewer) -> Markup {
 mod tests {
     use super::*;
 
-    /// More than a capped read's rows created in one millisecond, the newest
-    /// there is: the page reads that millisecond whole and shows them.
+    /// The newest `n` ids of `p`, read whole and sorted: what a page must show.
+    async fn newest_ids(p: &Processes, n: usize) -> Vec<String> {
+        let mut all = Vec::new();
+        let mut f = ProcessFilter {
+            limit: Some(MAX_PAGE_SIZE),
+            ..Default::default()
+        };
+        loop {
+            let page = p.list(&f).await.expect("list");
+            all.extend(page.items);
+            match page.next_after_id {
+                Some(next) => f.after_id = Some(next),
+                None => break,
+            }
+        }
+        all.sort_by(|a, b| (b.created_at_ms, &b.id).cmp(&(a.created_at_ms, &a.id)));
+        all.into_iter().take(n).map(|r| r.id).collect()
+    }
+
+    /// A listing read again starts where its last read found its page: the
+    /// page is the newest whatever came since, a burst far denser than the
+    /// width it starts from, or nothing for longer than it.
+    #[tokio::test]
+    async fn a_page_read_again_is_the_newest_whatever_came_since() {
+        let t0 = time::now_ms() - 60_000;
+        let clock = std::sync::Arc::new(cairn_core::ManualClock::new(t0));
+        let p = Processes::builder(std::sync::Arc::new(cairn_core::MemoryRegistry::with_clock(
+            clock.clone(),
+        )))
+        .clock(clock.clone())
+        .without_worker()
+        .start();
+        let start = |i: usize| cairn_core::StartRequest::external(format!("p{i:05}"), serde_json::json!({}));
+        let plan_of = |q: &ListQuery| plan(q, &Viewer::Host).expect("plan");
+        let plan = plan_of(&ListQuery::default());
+        let page_ids = |rows: Vec<Row>| rows.into_iter().map(|r| r.record.id).collect::<Vec<_>>();
+        // Steady: one every 5 ms.
+        for i in 0..2_000 {
+            clock.advance(5);
+            p.start(start(i)).await.expect("start");
+        }
+        let (rows, next) = newest_page(&p, &plan).await.expect("page");
+        assert_eq!(page_ids(rows), newest_ids(&p, PAGE).await);
+        assert!(next.is_some());
+        // Read again, a listing starts from the width its last read found:
+        // one window, where the first read narrowed down from a minute's.
+        // (Bounded above, so that its windows are this test's own, whatever
+        // the time, and so is its key.)
+        let bounded = plan_of(&ListQuery {
+            created_before: (t0 + 10_010).to_string(),
+            ..ListQuery::default()
+        });
+        let (rows, _, first) = search(&p, &bounded).await.expect("page");
+        assert_eq!(page_ids(rows), newest_ids(&p, PAGE).await);
+        clock.advance(5);
+        p.start(start(2_000)).await.expect("start");
+        let (rows, _, again) = search(&p, &bounded).await.expect("page");
+        assert_eq!(page_ids(rows), newest_ids(&p, PAGE).await);
+        assert!(first > 1 && again == 1, "{first} passes, then {again}");
+        // A burst: 600 in one millisecond, narrower than the width found.
+        clock.advance(1);
+        for i in 2_001..2_600 {
+            p.start(start(i)).await.expect("start");
+        }
+        let (rows, _) = newest_page(&p, &plan).await.expect("page");
+        assert_eq!(page_ids(rows), newest_ids(&p, PAGE).await);
+        // Then a few, long after: wider than the width found.
+        clock.advance(20_000);
+        for i in 2_600..2_610 {
+            clock.advance(1_000);
+            p.start(start(i)).await.expect("start");
+        }
+        let (rows, next) = newest_page(&p, &plan).await.expect("page");
+        assert_eq!(page_ids(rows), newest_ids(&p, PAGE).await);
+        // And the next page from its cursor.
+        let older = Plan { before: next, ..plan };
+        let (rows, _) = newest_page(&p, &older).await.expect("page");
+        assert_eq!(page_ids(rows), newest_ids(&p, 2 * PAGE).await[PAGE..].to_vec());
+        p.shutdown().await;
+    }
+
     #[tokio::test]
     async fn a_crowded_millisecond_is_read_whole() {
         let clock = std::sync::Arc::new(cairn_core::ManualClock::new(time::now_ms() - 5_000));
