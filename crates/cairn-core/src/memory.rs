@@ -1080,7 +1080,7 @@ impl ProcessRegistry for MemoryRegistry {
         };
         if s.paused || s.next_fire_ms != expected_next_fire_ms {
             if let Some((at, pid)) = &advance.fired {
-                if s.last_fire_ms.is_none_or(|last| last < *at) {
+                if s.created_ms == advance.created_ms && s.last_fire_ms.is_none_or(|last| last < *at) {
                     s.last_fire_ms = Some(*at);
                     s.last_process_id = Some(pid.clone());
                     if s.last_refusal.as_ref().is_some_and(|r| r.fire_ms <= *at) {

@@ -390,7 +390,9 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// answer `false` (another node advanced it, or it was paused, resumed or
     /// deleted meanwhile). A losing advance that started a process still
     /// records that fire as the last one when it is later than the recorded
-    /// last fire, clearing a refusal of that fire or an earlier one (and changes nothing
+    /// last fire and the schedule is the one the fire is of (its
+    /// `created_ms` is `advance.created_ms`: not one made again under the
+    /// id after a delete), clearing a refusal of that fire or an earlier one (and changes nothing
     /// else): the process exists and runs, and
     /// the next fire's `overlap: skip` check must see it, whichever node won.
     async fn advance_schedule(&self, id: &str, expected_next_fire_ms: u64, advance: &ScheduleAdvance) -> Result<bool>;

@@ -656,6 +656,11 @@ impl Schedule {
 /// `ProcessRegistry::advance_schedule`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScheduleAdvance {
+    /// When the schedule this fire is of was created (its `created_ms`): a
+    /// losing advance records its fire on that schedule only, never on one
+    /// made again under the same id after a delete.
+    #[serde(default)]
+    pub created_ms: u64,
     /// The next fire time; `None` when it never fires again (the schedule
     /// stays, paused).
     pub next_fire_ms: Option<u64>,
@@ -705,6 +710,7 @@ pub fn plan_fire(schedule: &Schedule, now_ms: u64, previous_running: bool) -> Re
         return Ok(FirePlan::Skip {
             fire_ms,
             advance: ScheduleAdvance {
+                created_ms: schedule.created_ms,
                 next_fire_ms,
                 fired: None,
                 refused: None,
@@ -715,6 +721,7 @@ pub fn plan_fire(schedule: &Schedule, now_ms: u64, previous_running: bool) -> Re
     Ok(FirePlan::Start {
         fire_ms,
         advance: ScheduleAdvance {
+            created_ms: schedule.created_ms,
             next_fire_ms,
             fired: Some((fire_ms, process_id.clone())),
             refused: None,

@@ -152,10 +152,13 @@ pub(crate) async fn advance(conn: &Conn, id: &str, expected: u64, a: &ScheduleAd
                 "UPDATE schedules SET last_fire_ms = $2::int8, last_process_id = $3::text, \
                      last_refusal = CASE WHEN (last_refusal::jsonb ->> 'fire_ms')::int8 <= $2::int8 THEN NULL \
                                          ELSE last_refusal END \
-                 WHERE id = $1::text AND (last_fire_ms IS NULL OR last_fire_ms < $2::int8)",
+                 WHERE id = $1::text AND (schedule::jsonb ->> 'created_ms')::int8 = $4::int8 \
+                   AND (last_fire_ms IS NULL OR last_fire_ms < $2::int8)",
             )
             .await?;
-        conn.client.execute(&stmt, &[&id, &at, &pid]).await?;
+        conn.client
+            .execute(&stmt, &[&id, &at, &pid, &to_sql(a.created_ms)])
+            .await?;
     }
     Ok(n > 0)
 }

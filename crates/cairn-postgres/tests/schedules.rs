@@ -113,6 +113,7 @@ async fn two_nodes_start_each_fire_exactly_once() {
     // The advance itself: both nodes try the same compare-and-set; one wins.
     let s = a.get_schedule("s00").await.expect("get");
     let advance = ScheduleAdvance {
+        created_ms: s.created_ms,
         next_fire_ms: Some(s.next_fire_ms + 10_000),
         fired: None,
         refused: None,

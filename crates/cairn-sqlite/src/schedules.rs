@@ -113,9 +113,10 @@ pub(crate) fn advance(conn: &Connection, id: &str, expected: u64, a: &ScheduleAd
             "UPDATE schedules SET last_fire_ms = ?2, last_process_id = ?3,
                  last_refusal = CASE WHEN json_extract(last_refusal, '$.fire_ms') <= ?2 THEN NULL
                                      ELSE last_refusal END
-             WHERE id = ?1 AND (last_fire_ms IS NULL OR last_fire_ms < ?2)",
+             WHERE id = ?1 AND json_extract(schedule, '$.created_ms') = ?4
+                   AND (last_fire_ms IS NULL OR last_fire_ms < ?2)",
         )?
-        .execute(params![id, fired_at, fired_pid])?;
+        .execute(params![id, fired_at, fired_pid, to_i64(a.created_ms)])?;
     }
     Ok(n > 0)
 }

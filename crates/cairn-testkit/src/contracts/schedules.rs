@@ -101,6 +101,7 @@ pub async fn schedule_advance_is_compare_and_set(factory: &dyn StoreFactory) {
 
     let fire = (now + 10_000, format!("fast@{}", now + 10_000));
     let advance = ScheduleAdvance {
+        created_ms: now,
         next_fire_ms: Some(now + 20_000),
         fired: Some(fire.clone()),
         refused: None,
@@ -129,6 +130,7 @@ pub async fn schedule_advance_is_compare_and_set(factory: &dyn StoreFactory) {
         message: "unknown tool `gone`".into(),
     };
     let refused = ScheduleAdvance {
+        created_ms: now,
         next_fire_ms: Some(now + 30_000),
         fired: None,
         refused: Some(refusal.clone()),
@@ -145,6 +147,7 @@ pub async fn schedule_advance_is_compare_and_set(factory: &dyn StoreFactory) {
         "the last fire stays"
     );
     let quiet = ScheduleAdvance {
+        created_ms: now,
         next_fire_ms: Some(now + 40_000),
         fired: None,
         refused: None,
@@ -156,6 +159,7 @@ pub async fn schedule_advance_is_compare_and_set(factory: &dyn StoreFactory) {
     let got = ok(r.get_schedule("fast").await, "get").expect("fast");
     assert_eq!(got.last_refusal, Some(refusal), "a skip keeps it");
     let started = ScheduleAdvance {
+        created_ms: now,
         next_fire_ms: Some(now + 50_000),
         fired: Some((now + 40_000, format!("fast@{}", now + 40_000))),
         refused: None,
@@ -172,6 +176,7 @@ pub async fn schedule_advance_is_compare_and_set(factory: &dyn StoreFactory) {
     // other started the fire's process. Its losing advance still records
     // that process as the last fire, so the next fire's overlap check sees it.
     let skipped = ScheduleAdvance {
+        created_ms: now,
         next_fire_ms: Some(now + 60_000),
         fired: None,
         refused: None,
@@ -179,6 +184,7 @@ pub async fn schedule_advance_is_compare_and_set(factory: &dyn StoreFactory) {
     assert!(ok(r.advance_schedule("fast", now + 50_000, &skipped).await, "skip"));
     let late = (now + 50_000, format!("fast@{}", now + 50_000));
     let lost = ScheduleAdvance {
+        created_ms: now,
         next_fire_ms: Some(now + 60_000),
         fired: Some(late.clone()),
         refused: None,
@@ -197,6 +203,7 @@ pub async fn schedule_advance_is_compare_and_set(factory: &dyn StoreFactory) {
     // A winner refused the start (its tool missing on that node) while the
     // loser started the fire's process: the refusal goes, the process is there.
     let refused_then_started = ScheduleAdvance {
+        created_ms: now,
         next_fire_ms: Some(now + 70_000),
         fired: None,
         refused: Some(cairn_core::FireRefusal {
@@ -211,6 +218,7 @@ pub async fn schedule_advance_is_compare_and_set(factory: &dyn StoreFactory) {
         "refused"
     ));
     let started_elsewhere = ScheduleAdvance {
+        created_ms: now,
         next_fire_ms: Some(now + 70_000),
         fired: Some((now + 60_000, format!("fast@{}", now + 60_000))),
         refused: None,
@@ -224,6 +232,7 @@ pub async fn schedule_advance_is_compare_and_set(factory: &dyn StoreFactory) {
     assert_eq!(got.last_refusal, None, "the fire's process exists: {got:?}");
     // An older fire's losing advance leaves a later one recorded.
     let stale = ScheduleAdvance {
+        created_ms: now,
         next_fire_ms: Some(now + 50_000),
         fired: Some((now + 40_000, format!("fast@{}", now + 40_000))),
         refused: None,
@@ -239,6 +248,7 @@ pub async fn schedule_advance_is_compare_and_set(factory: &dyn StoreFactory) {
     // loses, and the fire it started is still recorded.
     ok(r.set_schedule_paused("fast", true, None).await, "pause fast");
     let paused_fire = ScheduleAdvance {
+        created_ms: now,
         next_fire_ms: Some(now + 80_000),
         fired: Some((now + 70_000, format!("fast@{}", now + 70_000))),
         refused: None,
@@ -253,6 +263,7 @@ pub async fn schedule_advance_is_compare_and_set(factory: &dyn StoreFactory) {
 
     // A skip leaves the last fire; a schedule that never fires again pauses.
     let skip = ScheduleAdvance {
+        created_ms: now,
         next_fire_ms: None,
         fired: None,
         refused: None,
@@ -267,4 +278,28 @@ pub async fn schedule_advance_is_compare_and_set(factory: &dyn StoreFactory) {
     let got = ok(r.get_schedule("slow").await, "get").expect("slow");
     assert!(got.paused && got.last_fire_ms.is_none(), "{got:?}");
     assert!(!ok(r.advance_schedule("nope", 1, &skip).await, "advance unknown"));
+
+    // A fire of a schedule deleted meanwhile and made again under its id:
+    // its losing advance records nothing on the new schedule, whose own
+    // fires (and `overlap: skip`) know nothing of the old one's process.
+    ok(r.delete_schedule("idle").await, "delete idle");
+    let again = schedule("idle", "5s", now + 1);
+    ok(r.insert_schedule(&again).await, "insert idle again");
+    let old_fire = ScheduleAdvance {
+        created_ms: now,
+        next_fire_ms: Some(now + 10_000),
+        fired: Some((now + 5_000, format!("idle@{}", now + 5_000))),
+        refused: None,
+    };
+    assert!(!ok(
+        r.advance_schedule("idle", now + 5_000, &old_fire).await,
+        "old fire"
+    ));
+    let got = ok(r.get_schedule("idle").await, "get").expect("idle");
+    assert_eq!(
+        (got.last_fire_ms, got.last_process_id.as_deref()),
+        (None, None),
+        "{got:?}"
+    );
+    assert_eq!(got.next_fire_ms, again.next_fire_ms);
 }
