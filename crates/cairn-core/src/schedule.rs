@@ -166,7 +166,7 @@ impl ScheduleRequest {
     /// refused only by a check newer than the schedule stored under its id
     /// (`1,,2`): read as that schedule was, for a repeated create to compare.
     pub fn as_stored_before_checks(&self, now_ms: u64) -> Option<Schedule> {
-        cron_shape_problem(self.cron.as_deref()?)?;
+        self.newer_timing_problem()?;
         let spec = ScheduleSpec::parse(self.cron.as_deref(), self.every.as_deref(), self.timezone.as_deref()).ok()?;
         Schedule::new(self.clone(), &spec, now_ms).ok()
     }
@@ -182,16 +182,34 @@ impl ScheduleRequest {
                 MAX_ID_BYTES - 1 - FIRE_TIME_DIGITS
             )));
         }
-        // Checked for a new schedule only: one stored before this check
-        // (`1,,2` read as `1,2`) keeps firing as it was made.
-        if let Some(expr) = self.cron.as_deref() {
-            if let Some(why) = cron_shape_problem(expr) {
-                return Err(CairnError::InvalidRequest(format!(
-                    "schedule: invalid cron `{expr}`: {why}"
-                )));
-            }
+        if let Some(why) = self.newer_timing_problem() {
+            return Err(CairnError::InvalidRequest(format!("schedule: {why}")));
         }
         ScheduleSpec::parse(self.cron.as_deref(), self.every.as_deref(), self.timezone.as_deref())
+    }
+
+    /// What the checks of a new schedule's timing refuse that a schedule
+    /// stored before them was made with: such a stored schedule keeps
+    /// firing as it was made (`1,,2` as `1,2`, a month named in the day of
+    /// week field as that month's number, `1s 1ns` as `1s`).
+    fn newer_timing_problem(&self) -> Option<String> {
+        if let Some(expr) = self.cron.as_deref() {
+            if expr
+                .chars()
+                .any(|c| (c.is_whitespace() || c.is_control()) && c != ' ' && c != '\t')
+            {
+                return Some(format!(
+                    "invalid cron `{}`: its fields are separated by spaces or tabs, not line breaks or other characters",
+                    expr.escape_debug()
+                ));
+            }
+            let why = cron_shape_problem(expr).or_else(|| cron_name_problem(expr))?;
+            return Some(format!("invalid cron `{expr}`: {why}"));
+        }
+        let text = self.every.as_deref()?;
+        let d = humantime::parse_duration(text).ok()?;
+        (d.subsec_nanos() % 1_000_000 != 0)
+            .then(|| format!("`every` `{text}` is finer than a millisecond (a schedule fires on whole milliseconds)"))
     }
 }
 
@@ -313,6 +331,53 @@ fn cron_shape_problem(expr: &str) -> Option<String> {
             }
             if range.split('-').any(str::is_empty) {
                 return Some(format!("{name} range `{range}` needs a value on each side of `-`"));
+            }
+        }
+    }
+    None
+}
+
+/// A name in a field that has none, or another field's (`MON` in the month
+/// field, `JAN` in the day of week): croner reads every field's names as
+/// their numbers, so such a pattern would fire at times nobody wrote. The
+/// letters croner reads otherwise (`L`, `W`, a day's `L`) are left alone.
+fn cron_name_problem(expr: &str) -> Option<String> {
+    const MONTHS: [&str; 12] = [
+        "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+    ];
+    const DAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+    for (i, (field, name)) in expr.split_whitespace().zip(CRON_FIELDS).enumerate() {
+        // A day of week `L` alone names no day (croner reads it as none;
+        // `5L` is the last Friday).
+        if i == 4 {
+            let alone = field
+                .trim_start_matches('+')
+                .split([',', '-', '/', '#'])
+                .find(|part| part.eq_ignore_ascii_case("L"));
+            if let Some(part) = alone {
+                return Some(format!(
+                    "{name} `{part}` alone names no day: write the day it is the last of (`5L`, `FRIL`)"
+                ));
+            }
+        }
+        for word in field
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .filter(|w| !w.is_empty())
+        {
+            let upper = word.to_ascii_uppercase();
+            let day = |w: &str| DAYS.contains(&w);
+            let taken = match i {
+                2 => matches!(upper.as_str(), "L" | "W" | "LW"),
+                3 => MONTHS.contains(&upper.as_str()),
+                4 => upper == "L" || day(&upper) || upper.strip_suffix('L').is_some_and(day),
+                _ => false,
+            };
+            if !taken {
+                return Some(match i {
+                    3 => format!("{name} `{word}` is not a number or a name (JAN-DEC)"),
+                    4 => format!("{name} `{word}` is not a number or a name (SUN-SAT)"),
+                    _ => format!("{name} `{word}` is not a number"),
+                });
             }
         }
     }
@@ -822,6 +887,16 @@ mod tests {
             ("0 0 * -3 *", "month range `-3` needs a value on each side of `-`"),
             ("*/ * * * *", "minute `*/` needs a value on each side of `/`"),
             ("0 0 * * /2", "day of week `/2` needs a value on each side of `/`"),
+            ("0 0 * MON *", "month `MON` is not a number or a name (JAN-DEC)"),
+            ("0 0 * * JAN", "day of week `JAN` is not a number or a name (SUN-SAT)"),
+            ("MON * * * *", "minute `MON` is not a number"),
+            ("0 JAN * * *", "hour `JAN` is not a number"),
+            ("0 0 MON * *", "day of month `MON` is not a number"),
+            ("0 0 15 * L", "day of week `L` alone names no day"),
+            ("0 0 * * 1,l", "day of week `l` alone names no day"),
+            ("0 0 * * *\n", "separated by spaces"),
+            ("0\r\n0 * * *", "separated by spaces"),
+            ("0\u{a0}0 * * *", "separated by spaces"),
         ] {
             let e = refused(Some(expr), None, None);
             assert!(e.contains(said), "{expr}: {e}");
@@ -836,6 +911,8 @@ mod tests {
         assert!(refused(None, None, None).contains("give `cron` or `every`"));
         assert!(refused(None, Some("1m"), Some("UTC")).contains("`cron` only"));
         assert!(refused(None, Some("101y"), None).contains("100-year maximum"));
+        assert!(refused(None, Some("1s 1ns"), None).contains("finer than a millisecond"));
+        assert!(request(None, Some("1s 500ms"), None).validate().is_ok());
         assert!(request(None, Some("100y"), None).validate().is_ok());
         // A schedule stored before the check keeps its fires.
         let stored = ScheduleSpec::parse(Some("1,,2 9 * * *"), None, None).expect("read as stored");
@@ -848,6 +925,13 @@ mod tests {
             "0 0 * * 5L",
             "0 0 ? * MON-FRI",
             "*/15 9-17 * * *",
+            "0 0 * JAN-MAR,DEC mon,WED",
+            "0 0 * * MON#2",
+            "0 10 * * SAT-SUN",
+            "0 10 * * FRI-SUN",
+            "0 0 * * FRIL",
+            "0 0 LW * *",
+            "0 0 1 * +MON",
         ] {
             assert!(request(Some(expr), None, None).validate().is_ok(), "{expr}");
         }
