@@ -221,7 +221,21 @@ impl Processes {
             }
         };
         let probe = request.start.start_request(format!("{}@{now}", request.id));
-        self.inner.starter.check(probe, now).await?;
+        if let Err(e) = self.inner.starter.check(probe, now).await {
+            // A schedule stored while its template could start (its tool
+            // since gone from this server), created again as it is, is the
+            // same create: a host that re-asserts its schedules at boot goes
+            // on, and the fires say what they cannot start.
+            if e.is_client_error() {
+                let made = Schedule::new(request.clone(), &spec, now)?;
+                if let Some(existing) = self.inner.registry.get_schedule(&request.id).await? {
+                    if existing.same_definition(&made) {
+                        return Ok((existing, false));
+                    }
+                }
+            }
+            return Err(e);
+        }
         let schedule = Schedule::new(request, &spec, now)?;
         match self.inner.registry.insert_schedule(&schedule).await? {
             None => {

@@ -454,13 +454,23 @@ pub async fn schedule_rejects_bad_input(factory: &dyn StoreFactory) {
     other.cron = Some("1,,3 9 * * *".into());
     assert_eq!(p.create_schedule(other).await.unwrap_err().code(), "invalid_request");
     // So is one whose day of week was given a month's name (read as its
-    // number).
+    // number), and one whose template's tool is gone from this server
+    // since: its fires say they cannot start.
     let mut named = echo_every("named", "10s");
     named.every = None;
     named.cron = Some("0 9 * * JAN".into());
     let e = p.create_schedule(named.clone()).await.unwrap_err();
     assert!(e.to_string().contains("day of week `JAN`"), "{e}");
-    for req in [&named] {
+    let mut gone = echo_every("gone", "10s");
+    gone.start.input = cairn_core::ProcessInput::ToolCall {
+        tool: "gone".into(),
+        args: json!({}),
+    };
+    assert_eq!(
+        p.create_schedule(gone.clone()).await.unwrap_err().code(),
+        "unknown_tool"
+    );
+    for req in [&named, &gone] {
         let spec = cairn_core::schedule::ScheduleSpec::parse(req.cron.as_deref(), req.every.as_deref(), None)
             .expect("read as stored");
         let stored = Schedule::new(req.clone(), &spec, store.clock.now_ms()).expect("fires");
@@ -468,7 +478,9 @@ pub async fn schedule_rejects_bad_input(factory: &dyn StoreFactory) {
         let (again, created) = p.create_schedule(req.clone()).await.expect("the same create");
         assert!(!created && again == stored, "{again:?}");
     }
-
+    let mut elsewhere = gone;
+    elsewhere.every = Some("20s".into());
+    assert_eq!(p.create_schedule(elsewhere).await.unwrap_err().code(), "unknown_tool");
     // No schedule id holds a control character: the same answer on every
     // backend (PostgreSQL takes no NUL in text).
     for e in [
