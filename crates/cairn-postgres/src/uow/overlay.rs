@@ -1,7 +1,7 @@
 //! The overlay a batch decides against: the rows it loaded, what its
 //! operations changed, and a journal to undo a failing operation alone.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use cairn_core::events::ProcessEvent;
 use cairn_core::fold;
@@ -54,6 +54,12 @@ pub(crate) struct Uow {
     pub(super) touched: HashMap<String, u64>,
     pub(super) work: bool,
     pub(super) journal: Journal,
+    /// The slots' ids by the parent process their provenance names, and
+    /// the slot count it was made at (made again when another count says
+    /// slots came or went otherwise than through [`Uow::put`]): a cancel's
+    /// cascade asks for the children of each descendant in turn, and a scan
+    /// of every slot for each would be quadratic in the tree.
+    children: Option<(usize, HashMap<String, BTreeSet<String>>)>,
 }
 
 impl Uow {
@@ -73,6 +79,7 @@ impl Uow {
             touched: HashMap::new(),
             work: false,
             journal: Journal::default(),
+            children: None,
         }
     }
 
@@ -109,6 +116,16 @@ impl Uow {
         if changed {
             self.touched.insert(id.clone(), entry.record.last_sequence);
         }
+        // The slot joins the children index, when there is one, if it is
+        // not in it (a child registered in the batch, or a row whose slot
+        // held no entry when it was made); without one nothing is copied.
+        let indexed = self.children.as_ref().is_some_and(|(n, _)| *n == self.slots.len());
+        let child = indexed
+            .then(|| {
+                let parent = entry.record.provenance.caused_by.as_ref()?.parent_process()?;
+                Some((parent.to_string(), id.clone()))
+            })
+            .flatten();
         let slot = self.slots.entry(id).or_insert(Slot {
             entry: None,
             stored: false,
@@ -118,6 +135,15 @@ impl Uow {
         slot.entry = Some(entry);
         slot.dirty = true;
         slot.changed |= changed;
+        if indexed {
+            let now = self.slots.len();
+            if let Some((made_at, index)) = self.children.as_mut() {
+                *made_at = now;
+                if let Some((parent, id)) = child {
+                    index.entry(parent).or_default().insert(id);
+                }
+            }
+        }
     }
 
     fn loaded(&mut self, id: &str) -> Result<&mut Entry> {
@@ -136,6 +162,8 @@ impl Uow {
     }
 
     fn undo(&mut self) {
+        // Slots the operation added go: the children index is made again.
+        self.children = None;
         let journal = std::mem::take(&mut self.journal);
         for (id, before) in journal.slots {
             restore(&mut self.slots, id, before);
@@ -197,24 +225,43 @@ impl WriteTx for Uow {
     fn tree_children(&mut self, parent: &str) -> Result<Vec<String>> {
         // The batch loaded and locked the tree of every process it cancels
         // (`load_descendants`: unended descendants, through ended children
-        // that have children); children it registered are slots too. An
-        // ended slot is answered as well (walking it finds what was loaded).
-        let mut ids: Vec<String> = self
-            .slots
-            .values()
-            .filter_map(|s| s.entry.as_ref())
-            .filter(|e| {
-                e.record
-                    .provenance
-                    .caused_by
+        // that have children); children it registered are slots too.
+        if self.children.as_ref().is_none_or(|(n, _)| *n != self.slots.len()) {
+            let mut index: HashMap<String, BTreeSet<String>> = HashMap::new();
+            for (id, slot) in &self.slots {
+                let parent = slot
+                    .entry
                     .as_ref()
-                    .and_then(CausalRef::parent_process)
-                    == Some(parent)
+                    .and_then(|e| e.record.provenance.caused_by.as_ref())
+                    .and_then(CausalRef::parent_process);
+                if let Some(parent) = parent {
+                    index.entry(parent.to_string()).or_default().insert(id.clone());
+                }
+            }
+            self.children = Some((self.slots.len(), index));
+        }
+        let Some((_, index)) = &self.children else {
+            return Ok(Vec::new());
+        };
+        // A slot whose entry is gone (taken, or undone) is no child now; nor
+        // is an ended child with no children here, as on the other backends
+        // (those it has are loaded: only unended ones matter). The set keeps
+        // them in id order.
+        let live = |id: &String| self.slots.get(id).and_then(|s| s.entry.as_ref());
+        Ok(index
+            .get(parent)
+            .into_iter()
+            .flatten()
+            .filter(|id| {
+                live(id).is_some_and(|e| {
+                    !e.record.is_terminal()
+                        || index
+                            .get(*id)
+                            .is_some_and(|kids| kids.iter().any(|k| live(k).is_some()))
+                })
             })
-            .map(|e| e.record.id.clone())
-            .collect();
-        ids.sort();
-        Ok(ids)
+            .cloned()
+            .collect())
     }
 
     fn run_candidates(&mut self, limit: usize) -> Result<Vec<String>> {
