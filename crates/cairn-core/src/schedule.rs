@@ -203,7 +203,9 @@ impl ScheduleRequest {
                     expr.escape_debug()
                 ));
             }
-            let why = cron_shape_problem(expr).or_else(|| cron_name_problem(expr))?;
+            let why = cron_shape_problem(expr)
+                .or_else(|| cron_name_problem(expr))
+                .or_else(|| cron_days_problem(expr))?;
             return Some(format!("invalid cron `{expr}`: {why}"));
         }
         let text = self.every.as_deref()?;
@@ -382,6 +384,30 @@ fn cron_name_problem(expr: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// A day of month and a day of week both given, one of them beginning with
+/// `*` (`*/2`): croner fires when either matches, where classic cron counts
+/// a field beginning with `*` as unrestricted and fires only when both do.
+/// Which was meant cannot be told, so it is asked for.
+fn cron_days_problem(expr: &str) -> Option<String> {
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    let [_, _, dom, _, dow] = fields[..] else {
+        return None;
+    };
+    // croner reads `?` as `*` in these fields (`?/2` is `*/2`).
+    let given = |f: &str| f != "*" && f != "?";
+    let starred = |f: &str| f.starts_with(['*', '?']);
+    if !given(dom) || !given(dow) || dow.starts_with('+') || !(starred(dom) || starred(dow)) {
+        return None;
+    }
+    Some(format!(
+        "day of month `{dom}` and day of week `{dow}` both given fire here when either matches, where \
+         classic cron fires only when both do (it counts a field beginning with `*` as unrestricted): \
+         begin the day of week with `+` (`+{}`) to fire when both match, or write the field beginning \
+         with `*` as a range (`1-31/2`, `0-6/2`) to fire when either does",
+        dow.trim_start_matches('+')
+    ))
 }
 
 /// What is wrong with a field of a 5-field cron pattern `croner` refused, in
@@ -1018,6 +1044,56 @@ mod tests {
         chrono::DateTime::parse_from_rfc3339(rfc3339)
             .unwrap()
             .timestamp_millis() as u64
+    }
+
+    /// A day of month and a day of week both given: either matches, and
+    /// `+` before the day of week makes both must; one beginning with `*`
+    /// (`*/2`), which classic cron reads otherwise, is asked to say which.
+    #[test]
+    fn day_of_month_and_day_of_week_either_or_both_as_written() {
+        let next = |cron: &str| {
+            let spec = request(Some(cron), None, None).validate().unwrap();
+            spec.next_after(ms("2026-12-05T12:00:00Z")).unwrap()
+        };
+        // Saturday 5 December 2026.
+        assert_eq!(
+            next("0 0 15,20 * 3"),
+            ms("2026-12-09T00:00:00Z"),
+            "a Wednesday, or the 15th"
+        );
+        assert_eq!(
+            next("0 0 1-31/2 * 1"),
+            ms("2026-12-07T00:00:00Z"),
+            "an odd day, or a Monday"
+        );
+        assert_eq!(
+            next("0 0 */2 * +3"),
+            ms("2026-12-09T00:00:00Z"),
+            "an odd day that is a Wednesday"
+        );
+        assert_eq!(
+            next("0 0 15 * +0-6/2"),
+            ms("2026-12-15T00:00:00Z"),
+            "the 15th, a Tuesday"
+        );
+        assert_eq!(next("0 0 * * 3"), ms("2026-12-09T00:00:00Z"));
+        assert_eq!(next("0 0 13 * ?"), ms("2026-12-13T00:00:00Z"));
+        for cron in [
+            "0 0 */2 * 3",
+            "0 0 15 * */2",
+            "0 0 */2 * */3",
+            "0 0 ?/2 * MON",
+            "0 0 15 * ?/2",
+        ] {
+            let e = refused(Some(cron), None, None);
+            assert!(e.contains("classic cron fires only when both do"), "{cron}: {e}");
+        }
+        // Stored before the check, it keeps firing as croner reads it.
+        let stored = ScheduleSpec::parse(Some("0 0 */2 * 3"), None, None).expect("read as stored");
+        assert_eq!(
+            stored.next_after(ms("2026-12-05T12:00:00Z")),
+            Some(ms("2026-12-07T00:00:00Z"))
+        );
     }
 
     #[test]
