@@ -210,9 +210,14 @@ pub enum DedupeKey {
     EventIdentity,
     /// Rendered from the payload; an event whose payload holds no value there
     /// (nothing, `null`, or a value that renders as `""`) wakes once by its
-    /// identity, as [`DedupeKey::EventIdentity`].
+    /// identity, as [`DedupeKey::EventIdentity`]. A wake's id is made of its
+    /// target scope and this key (SPEC §3): events of any process that render
+    /// the same key wake that scope once.
     Selector(Selector),
-    /// A literal: the process wakes its target once for this type.
+    /// A literal: the target scope is woken once for this key, by the first
+    /// event of any process that declares it (a wake's id is made of its
+    /// target scope and its key, SPEC §3); acknowledging the wake does not
+    /// free the key. For one wake per process, select a value that names it.
     Const(String),
 }
 
