@@ -210,8 +210,14 @@ impl Processes {
             Ok(spec) => spec,
             // A schedule stored before a cron check was added (`1,,2`),
             // created again as it was, is the same create.
+            // (Not one whose id is refused: no schedule is stored under it,
+            // and a store may not even be asked for it, as PostgreSQL takes
+            // no NUL in text.)
             Err(e) => {
-                let Some(made) = request.as_stored_before_checks(now) else {
+                let Some(made) = request
+                    .as_stored_before_checks(now)
+                    .filter(|_| !matches!(e, CairnError::InvalidId(_)))
+                else {
                     return Err(e);
                 };
                 return match self.inner.registry.get_schedule(&request.id).await? {

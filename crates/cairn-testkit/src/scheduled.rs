@@ -488,6 +488,14 @@ pub async fn schedule_rejects_bad_input(factory: &dyn StoreFactory) {
         p.pause_schedule("a\0b").await.map(|_| ()).unwrap_err(),
         p.delete_schedule("a\0b").await.unwrap_err(),
         p.list_schedules(Some("\0"), None).await.map(|_| ()).unwrap_err(),
+        // Its timing refused too, by a check a stored schedule may predate.
+        p.create_schedule(ScheduleRequest {
+            id: "a\0b".into(),
+            ..named.clone()
+        })
+        .await
+        .map(|_| ())
+        .unwrap_err(),
     ] {
         assert_eq!(e.code(), "invalid_id", "{e}");
     }
