@@ -434,8 +434,11 @@ impl RuntimeBuilder {
         self
     }
 
-    /// The clock the worker uses for evidence times and schedules read for
-    /// now (the registry has its own).
+    /// The clock the worker uses for evidence times, schedules read for now
+    /// and whether a lease has lapsed (the registry has its own, which writes
+    /// the leases' expiry times: the two must tell the same time, or runs are
+    /// refused as lapsed, or run past their lease; both are the system clock
+    /// unless a host sets them).
     pub fn clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
         self

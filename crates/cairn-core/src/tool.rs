@@ -284,6 +284,14 @@ impl ToolContext {
         self.inner.lease.lock().clone()
     }
 
+    /// Whether the lease has lapsed by this run's clock: no renewal has
+    /// reached the store in time (or this node was paused), and a peer may
+    /// hold the process by now. A tool about to start a side effect it
+    /// cannot take back (a child process, a request) checks this first.
+    pub fn lease_lapsed(&self) -> bool {
+        self.now_ms() >= self.inner.lease.lock().expires_at_ms
+    }
+
     /// Replace the lease after a renewal.
     pub fn set_lease(&self, lease: Lease) {
         *self.inner.lease.lock() = lease;

@@ -121,6 +121,14 @@ const LAPSED_LOADING: &str = concat!(
     ", so it never ran"
 );
 
+/// The same, for a claim whose lease lapsed before its run began, with
+/// nothing read in between (this node was paused, or its runtime starved).
+const LAPSED_UNRUN: &str = concat!(
+    "its owner-bound claim's lease lapsed before its run began ",
+    lapse_cause!(),
+    ", so it never ran"
+);
+
 /// The same, for a start whose claim was written but whose answer was lost.
 const LOST_START: &str =
     "its owner-bound start claimed it for this node, but the answer was lost (the store was out of reach), so it never ran";
@@ -810,6 +818,18 @@ impl Worker {
     async fn run_claim(self: &Arc<Self>, claim: Claim) {
         let Claim { lease, process } = claim;
         let id = process.id.clone();
+        // A pause of this whole node (a stopped process, a host suspended)
+        // between the claim's answer and here may have let the lease lapse:
+        // nothing is run or written under it (a peer, or this worker's next
+        // claim, may hold the process by now, and may have run it to its end
+        // already).
+        if self.clock.now_ms() >= lease.expires_at_ms {
+            tracing::warn!(process_id = %id, "the claim's lease lapsed before its run began; it does not run");
+            if process.disposition == Disposition::OwnerBound {
+                self.abandon_lost(&lease, LAPSED_UNRUN);
+            }
+            return;
+        }
         // A cancellation requested before this claim ends the process here,
         // before anything runs, except for a script an earlier claim began
         // (`attempt > 1`: it suspended, or lost its lease while it ran). That

@@ -1015,6 +1015,16 @@ async fn a_blocked_run_as(
         cfg,
     );
     assert_eq!(worker.drive_once().await.expect("drive"), 1);
+    // The run has begun before a test moves the clock: a claim whose lease
+    // lapsed before its run began would run nothing, and a test of the
+    // run's lapse would test that instead.
+    let began = async {
+        while !worker.running().iter().any(|r| r == id) {
+            // A bounded re-check: the run begins on a task of its own.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, began).await.expect("the run began");
     worker
 }
 
@@ -1082,6 +1092,12 @@ pub async fn an_owner_bound_run_cut_off_from_the_store_is_abandoned(factory: &dy
         .expect("the owner requested the abandonment in time")
         .expect("await");
     assert_eq!(request.payload["requested_by"], "ob-owner");
+    assert!(
+        request.payload["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("was stopped when its lease lapsed")),
+        "{request:?}"
+    );
     worker.drive_once().await.expect("drive");
     let r = store.registry.get("ob-cut").await.expect("get");
     assert_eq!(r.status, ProcessStatus::Abandoned, "{r:?}");
@@ -1114,7 +1130,13 @@ pub async fn an_owner_bound_outcome_that_cannot_be_written_is_abandoned(factory:
         Arc::new(store.clock.clone()),
         cfg,
     );
+    let mut completes = probe.completes();
     assert_eq!(worker.drive_once().await.expect("drive"), 1);
+    // The run has ended and tries its outcome before the lease lapses.
+    tokio::time::timeout(WAIT, completes.wait_for(|n| *n >= 1))
+        .await
+        .expect("the run tried its completion")
+        .expect("probe");
     store.clock.advance(1_000);
     tokio::time::timeout(WAIT, worker.wait_idle())
         .await
@@ -1125,6 +1147,12 @@ pub async fn an_owner_bound_outcome_that_cannot_be_written_is_abandoned(factory:
         .expect("the owner requested the abandonment in time")
         .expect("await");
     assert_eq!(request.payload["requested_by"], "ob-owner");
+    assert!(
+        request.payload["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("could not be written")),
+        "{request:?}"
+    );
     worker.drive_once().await.expect("drive");
     let r = store.registry.get("ob-lost").await.expect("get");
     assert_eq!(r.status, ProcessStatus::Abandoned, "{r:?}");
@@ -1380,6 +1408,66 @@ pub async fn a_claim_whose_reads_outlast_its_lease_does_not_run(factory: &dyn St
     );
     let r = p.get("slow-env").await.expect("get");
     assert_ne!(r.outcome, Some(Outcome::success(json!(3))), "the echo did not run");
+    p.shutdown().await;
+}
+
+/// A claim whose lease lapsed between its answer and its run, with nothing
+/// read in between (this node was paused), does not run: a peer may have
+/// claimed the process and run it to its end meanwhile. A rerunnable one is
+/// run by the next claim; an owner-bound one, which can never run again, has
+/// its owner file the abandon request.
+pub async fn a_claim_whose_lease_lapsed_before_its_run_does_not_run(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let probe = crate::probe::ReadProbe::new(store.registry.clone());
+    let counter = CountingTool::default();
+    let p = Processes::builder(probe.clone())
+        .tools(tools(vec![Arc::new(counter.clone())]))
+        .clock(Arc::new(store.clock.clone()))
+        .worker_config(config("w1"))
+        .start();
+    let pause = |clock: ManualClock| -> crate::probe::ClaimHook {
+        Box::new(move || {
+            Box::pin(async move {
+                clock.advance(120_000);
+            })
+        })
+    };
+    probe.after_next_claim(pause(store.clock.clone()));
+    p.start(StartRequest::tool(
+        "paused-ob",
+        "echo",
+        json!({"value": 3}),
+        Disposition::OwnerBound,
+    ))
+    .await
+    .expect("start");
+    let request = p
+        .await_event("paused-ob", "process.abandon_requested", 0, WAIT)
+        .await
+        .expect("the owner requested the abandonment");
+    assert!(
+        request.payload["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("lapsed before its run began")),
+        "{request:?}"
+    );
+    let r = p.get("paused-ob").await.expect("get");
+    assert_ne!(r.outcome, Some(Outcome::success(json!(3))), "the echo did not run");
+
+    probe.after_next_claim(pause(store.clock.clone()));
+    p.start(StartRequest::tool(
+        "paused-rr",
+        "count",
+        json!({}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start");
+    let r = terminal(&p, "paused-rr").await;
+    // Run once, by the second claim: the lapsed one ran nothing.
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"runs": 1}))), "{r:?}");
+    assert_eq!(r.started.as_ref().map(|s| s.attempt), Some(2), "{r:?}");
+    assert_eq!(counter.runs.lock().get("paused-rr"), Some(&1));
     p.shutdown().await;
 }
 
@@ -1888,6 +1976,7 @@ async fn sinking(
     };
     let p = Processes::builder(store.registry.clone())
         .tools(tools(vec![]))
+        .clock(Arc::new(store.clock.clone()))
         .worker_config(config("w1"))
         .event_sink(Arc::new(sink))
         .start();

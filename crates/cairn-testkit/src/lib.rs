@@ -434,6 +434,7 @@ macro_rules! execution_suite {
                 a_completion_the_store_fails_is_tried_again,
                 a_run_whose_reads_the_store_fails_runs,
                 a_claim_whose_reads_outlast_its_lease_does_not_run,
+                a_claim_whose_lease_lapsed_before_its_run_does_not_run,
                 two_workers_run_each_process_once,
                 drain_abandons_owner_bound_and_hands_over_rerunnable,
                 await_resolves_through_hub,

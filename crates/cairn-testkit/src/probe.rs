@@ -35,6 +35,7 @@ pub struct ReadProbe {
     claim_hook: parking_lot::Mutex<Option<ClaimHook>>,
     wait_hook: parking_lot::Mutex<Option<ClaimHook>>,
     registered_hook: parking_lot::Mutex<Option<ClaimHook>>,
+    claimed_hook: parking_lot::Mutex<Option<ClaimHook>>,
     child_hook: parking_lot::Mutex<Option<ClaimHook>>,
     due_hook: parking_lot::Mutex<Option<ClaimHook>>,
     env_hook: parking_lot::Mutex<Option<ClaimHook>>,
@@ -46,6 +47,7 @@ pub struct ReadProbe {
     failing_abandon_requests: std::sync::atomic::AtomicBool,
     failing_gauges: std::sync::atomic::AtomicBool,
     abandon_requests: watch::Sender<u64>,
+    completes: watch::Sender<u64>,
     failing_env_reads: std::sync::atomic::AtomicU64,
     failing_log_reads: std::sync::atomic::AtomicU64,
     failing_waits: std::sync::atomic::AtomicU64,
@@ -65,6 +67,14 @@ pub struct ReadProbe {
 }
 
 impl ReadProbe {
+    /// The [`Self::after_next_claim`] hook, once.
+    async fn run_claimed_hook(&self) {
+        let hook = self.claimed_hook.lock().take();
+        if let Some(hook) = hook {
+            hook().await;
+        }
+    }
+
     /// A probe over `inner`.
     pub fn new(inner: Arc<dyn ProcessRegistry>) -> Arc<Self> {
         Arc::new(Self {
@@ -73,6 +83,7 @@ impl ReadProbe {
             claim_hook: parking_lot::Mutex::new(None),
             wait_hook: parking_lot::Mutex::new(None),
             registered_hook: parking_lot::Mutex::new(None),
+            claimed_hook: parking_lot::Mutex::new(None),
             child_hook: parking_lot::Mutex::new(None),
             due_hook: parking_lot::Mutex::new(None),
             env_hook: parking_lot::Mutex::new(None),
@@ -84,6 +95,7 @@ impl ReadProbe {
             failing_abandon_requests: std::sync::atomic::AtomicBool::new(false),
             failing_gauges: std::sync::atomic::AtomicBool::new(false),
             abandon_requests: watch::channel(0).0,
+            completes: watch::channel(0).0,
             failing_env_reads: std::sync::atomic::AtomicU64::new(0),
             failing_log_reads: std::sync::atomic::AtomicU64::new(0),
             failing_waits: std::sync::atomic::AtomicU64::new(0),
@@ -185,6 +197,12 @@ impl ReadProbe {
         self.abandon_requests.subscribe()
     }
 
+    /// How many `complete` calls have arrived (answered or failed), as it
+    /// changes: a test's way to know a run has ended and tries its outcome.
+    pub fn completes(&self) -> watch::Receiver<u64> {
+        self.completes.subscribe()
+    }
+
     /// The next `n` calls of `get_env` fail `unavailable` without reaching
     /// the inner registry: a store fault as a run reads its env.
     pub fn fail_next_env_reads(&self, n: u64) {
@@ -263,6 +281,14 @@ impl ReadProbe {
         self.unanswered_appends.store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Run `hook` when the next claim answers (a `claim_batch` that claimed
+    /// something, or a `register_claimed` that claimed its process), before
+    /// the worker hears of it: a test's way into a pause of the node between
+    /// a claim and its run.
+    pub fn after_next_claim(&self, hook: ClaimHook) {
+        *self.claimed_hook.lock() = Some(hook);
+    }
+
     /// Run `hook` when the next `register_claimed` has been written, before
     /// it answers: a test's way into the moment a start's claim is durable
     /// and its caller has not heard (and may have gone).
@@ -329,6 +355,9 @@ impl ProcessRegistry for ReadProbe {
         ttl_ms: u64,
     ) -> Result<(Registered, Option<Claim>)> {
         let answer = self.inner.register_claimed(registration, grant, owner_id, ttl_ms).await;
+        if answer.as_ref().is_ok_and(|(_, claim)| claim.is_some()) {
+            self.run_claimed_hook().await;
+        }
         let hook = self.registered_hook.lock().take();
         if let Some(hook) = hook {
             hook().await;
@@ -457,7 +486,11 @@ impl ProcessRegistry for ReadProbe {
                 "the store did not answer (probe)".into(),
             ));
         }
-        self.inner.claim_batch(owner_id, ttl_ms, limit).await
+        let claims = self.inner.claim_batch(owner_id, ttl_ms, limit).await;
+        if claims.as_ref().is_ok_and(|c| !c.is_empty()) {
+            self.run_claimed_hook().await;
+        }
+        claims
     }
     async fn record_started(&self, lease: &Lease) -> Result<ProcessRecord> {
         self.inner.record_started(lease).await
@@ -482,6 +515,7 @@ impl ProcessRegistry for ReadProbe {
         self.inner.release(lease).await
     }
     async fn complete(&self, lease: &Lease, outcome: Outcome) -> Result<ProcessRecord> {
+        self.completes.send_modify(|n| *n += 1);
         let failing = self
             .failing_completes
             .fetch_update(

@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, Instant};
 
-use cairn_core::{CairnError, Disposition, EventType, Outcome, Result, Tool, ToolContext};
+use cairn_core::{CairnError, Disposition, EventType, Outcome, Result, StopReason, Tool, ToolContext};
 
 use crate::{bad_args, parse_args, stopped_outcome};
 
@@ -264,6 +264,13 @@ enum End {
 
 async fn run_child(ctx: &ToolContext, args: &ShellArgs, grace: Duration, hidden_env: &[String]) -> Outcome {
     let (program, mut cmd) = args.command(hidden_env);
+    // The last look before a command starts, which nothing can take back: a
+    // lease that lapsed (this node was paused after its claim, or renewals
+    // failed) may be held by a peer that has run the command already.
+    if ctx.lease_lapsed() {
+        ctx.stop(StopReason::LeaseLost);
+        return stopped_outcome(ctx);
+    }
     // A rerunnable run is run again after its owner is lost: the group must
     // not outlive this process, or the rerun would race it. Its sentinel
     // leads the group before the command joins it, so a crash at any moment

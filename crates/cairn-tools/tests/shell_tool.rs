@@ -397,6 +397,33 @@ async fn a_stop_before_the_run_starts_nothing() {
 }
 
 #[tokio::test]
+async fn a_command_whose_lease_lapsed_before_it_started_is_not_started() {
+    // This node was paused between its claim and the run: by its clock the
+    // lease has lapsed, and a peer may have run the command to its end.
+    let clock = ManualClock::new(1_000_000);
+    let reg: Arc<dyn ProcessRegistry> = Arc::new(MemoryRegistry::with_clock(Arc::new(clock.clone())));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("ran");
+    let args = json!({"command": format!("touch '{}'", marker.display())});
+    let ctx = context(&reg, "p1", &args, 1_000)
+        .await
+        .with_clock(Arc::new(clock.clone()));
+    let before = reg.get("p1").await.expect("get").last_sequence;
+    clock.advance(1_000);
+    let outcome = tokio::time::timeout(RUN_LIMIT, ShellTool::default().run(ctx.clone(), args))
+        .await
+        .expect("the run ended in time");
+    assert!(matches!(outcome, Outcome::Cancelled { .. }), "{outcome:?}");
+    assert_eq!(ctx.stop_reason(), Some(StopReason::LeaseLost));
+    assert!(!marker.exists(), "the command did not start");
+    assert_eq!(
+        reg.get("p1").await.expect("get").last_sequence,
+        before,
+        "nothing was written"
+    );
+}
+
+#[tokio::test]
 async fn a_lost_lease_stops_the_run_and_nothing_more_is_written() {
     let clock = ManualClock::new(1_000_000);
     let reg: Arc<dyn ProcessRegistry> = Arc::new(MemoryRegistry::with_clock(Arc::new(clock.clone())));
@@ -405,7 +432,9 @@ async fn a_lost_lease_stops_the_run_and_nothing_more_is_written() {
     let args = json!({
         "command": format!("echo $$ > '{p}.tmp' && mv '{p}.tmp' '{p}'; while :; do echo tick; sleep 0.02; done", p = pidfile.display())
     });
-    let ctx = context(&reg, "p1", &args, 1_000).await;
+    let ctx = context(&reg, "p1", &args, 1_000)
+        .await
+        .with_clock(Arc::new(clock.clone()));
     let handle = spawn_run(ShellTool::default(), &ctx, args);
     let shell = read_pid(&pidfile).await;
 
