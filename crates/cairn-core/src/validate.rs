@@ -102,10 +102,11 @@ pub const MAX_REASON_BYTES: usize = 64 * 1024;
 /// Check a reason against [`MAX_REASON_BYTES`].
 pub fn validate_reason(what: &str, reason: &str) -> Result<()> {
     if reason.len() > MAX_REASON_BYTES {
-        return Err(CairnError::InvalidRequest(format!(
-            "{what} is {} bytes, over the {MAX_REASON_BYTES} byte limit",
-            reason.len()
-        )));
+        return Err(CairnError::PayloadTooLarge {
+            what: what.to_string(),
+            size: reason.len(),
+            limit: MAX_REASON_BYTES,
+        });
     }
     Ok(())
 }

@@ -498,6 +498,19 @@ async fn cancel_and_await_with_timeout() {
     assert_eq!((s, rec["status"].as_str()), (200, Some("running")));
     assert!(t.elapsed() >= Duration::from_millis(290));
 
+    // A reason past 64 KiB is too large, and changes nothing.
+    let long = "r".repeat(64 * 1024 + 1);
+    let (s, err) = c.post("/v1/processes/s/cancel", json!({ "reason": long })).await;
+    assert_eq!((s, code(&err)), (413, "payload_too_large"), "{err}");
+    let (s, err) = c
+        .post("/v1/processes/s/abandon-request", json!({ "reason": long }))
+        .await;
+    assert_eq!((s, code(&err)), (413, "payload_too_large"), "{err}");
+    let (_, rec) = c.get("/v1/processes/s").await;
+    assert!(
+        rec["cancel_request"].is_null() && rec["abandon_request"].is_null(),
+        "{rec}"
+    );
     let (s, rec) = c.post("/v1/processes/s/cancel", json!({"reason": "enough"})).await;
     assert_eq!(s, 200, "{rec}");
     assert!(rec["cancel_request"].is_object(), "{rec}");

@@ -199,13 +199,13 @@ pub async fn a_cancel_reason_past_the_limit_changes_nothing(factory: &dyn StoreF
     h.register(rerunnable("r")).await;
     let limit = cairn_core::validate::MAX_REASON_BYTES;
     h.rejects(
-        "invalid_request",
+        "payload_too_large",
         "a reason over the limit",
         h.registry().request_cancel("r", Some("x".repeat(limit + 1))),
     )
     .await;
     h.rejects(
-        "invalid_request",
+        "payload_too_large",
         "an abandon reason over the limit",
         h.registry().request_abandon("r", "ops", &"x".repeat(limit + 1)),
     )
