@@ -114,6 +114,14 @@ fn node_child() {
         .enable_all()
         .build()
         .expect("runtime");
+    // A node's warnings (a drive or a sweep the store failed) go to stderr,
+    // named by node: what a failed run of these tests shows of its nodes.
+    let named = format!("[{owner}] ");
+    tracing_subscriber::fmt()
+        .with_writer(move || Named(named.clone()))
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .init();
     rt.block_on(async move {
         let options = cairn_postgres::PostgresOptions::new(&url, Arc::new(SystemClock)).with_schema(schema.clone());
         let registry = PostgresRegistry::connect_with(options).await.expect("connect");
@@ -161,6 +169,22 @@ fn node_child() {
         println!("\nCAIRN-NODE READY");
         std::future::pending::<()>().await;
     });
+}
+
+/// Stderr, each write led by the node's name.
+struct Named(String);
+
+impl std::io::Write for Named {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut err = std::io::stderr().lock();
+        err.write_all(self.0.as_bytes())?;
+        err.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 struct Node {
@@ -369,31 +393,49 @@ fn three_nodes_run_every_process_once_and_survive_a_sigkill() {
             })
             .collect();
         register_all(&reg, regs).await;
-        let victim = &nodes[2];
+        let victim_name = nodes[2].name.clone();
         let started_by_victim = |records: &[ProcessRecord]| {
             let mine: Vec<&ProcessRecord> = records
                 .iter()
-                .filter(|r| r.started.as_ref().is_some_and(|s| s.owner_id == victim.name))
+                .filter(|r| r.started.as_ref().is_some_and(|s| s.owner_id == victim_name))
                 .collect();
             let ob = mine.iter().filter(|r| r.disposition == Disposition::OwnerBound).count();
             (mine.len() - ob, ob)
         };
         // Wait (bounded) until the victim has started both kinds.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut nodes = nodes;
         loop {
             let records = list_all(&reg, "gated-").await;
             let (rr, ob) = started_by_victim(&records);
             if rr > 0 && ob > 0 {
                 break;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "victim never started gated work"
-            );
+            if tokio::time::Instant::now() >= deadline {
+                // Say what the nodes were doing: whether each still lives,
+                // and what each has started of the gated work.
+                let mut by_owner: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+                for r in &records {
+                    let owner = r.started.as_ref().map_or("(none)".into(), |s| s.owner_id.clone());
+                    let e = by_owner.entry(owner).or_default();
+                    if r.disposition == Disposition::OwnerBound {
+                        e.1 += 1;
+                    } else {
+                        e.0 += 1;
+                    }
+                }
+                let alive: Vec<String> = nodes
+                    .iter_mut()
+                    .map(|n| format!("{}: {:?}", n.name, n.child.try_wait()))
+                    .collect();
+                panic!(
+                    "the victim never started both kinds of gated work in 60 s; \
+                     started (rerunnable, owner-bound) by owner: {by_owner:?}; node exits: {alive:?}"
+                );
+            }
             // A bounded re-check of a condition on another process's progress.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let mut nodes = nodes;
         let mut victim = nodes.pop().expect("victim");
         // SIGKILL: no drain, no goodbye.
         // SAFETY: kill(2) on our own child's pid.
