@@ -494,9 +494,11 @@ impl ToolContext {
     /// answers the stored one; a different request under an id no child of
     /// this process holds is a `registration_conflict`.
     ///
-    /// A start refused when the child already exists under this parent (a
-    /// re-run's start, after a tool or model it names changed) answers the
-    /// stored child.
+    /// A start refused when the child already exists under this parent with
+    /// the same input and disposition (a re-run's start, after a tool or model it names
+    /// changed) answers the stored child; one another registration took (a
+    /// host's start under the child's id) stays refused, or the parent would
+    /// take that process's outcome for the work it asked for.
     ///
     /// A child of a process a session started acts for that session, as the
     /// session's own starts do (SPEC §4): it is started as the session, and a
@@ -521,7 +523,7 @@ impl ToolContext {
         // A store fault of the moment is tried again while the lease holds
         // (a second start of a child that did land answers it).
         let lease = self.lease();
-        let id = request.id.clone();
+        let (id, input, disposition) = (request.id.clone(), request.input.clone(), request.disposition);
         let registered = crate::retry::while_lease_holds(&self.inner.clock, &lease, "starting a child", || {
             register_child_start(self.inner.registry.as_ref(), &self.inner.tools, request.clone(), &lease)
         })
@@ -536,12 +538,14 @@ impl ToolContext {
             Err(e) if e.is_client_error() && !matches!(e, CairnError::LeaseFenced(_)) => {
                 match self.inner.registry.get(&id).await {
                     Ok(existing)
-                        if existing
-                            .provenance
-                            .caused_by
-                            .as_ref()
-                            .and_then(crate::model::CausalRef::parent_process)
-                            == Some(self.process_id()) =>
+                        if existing.input == input
+                            && existing.disposition == disposition
+                            && existing
+                                .provenance
+                                .caused_by
+                                .as_ref()
+                                .and_then(crate::model::CausalRef::parent_process)
+                                == Some(self.process_id()) =>
                     {
                         Ok(existing)
                     }

@@ -491,6 +491,45 @@ pub async fn a_rerun_finds_its_child_though_its_start_would_now_be_refused(facto
     after.shutdown().await;
 }
 
+/// A child id another registration took (a host's start under it, naming
+/// the parent) is refused to the parent's start of its own child: the
+/// parent does not take that process's outcome for the work it asked for.
+pub async fn a_child_id_another_registration_took_is_refused_to_the_parent(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let front = Processes::builder(store.registry.clone())
+        .clock(Arc::new(store.clock.clone()))
+        .without_worker()
+        .start();
+    front
+        .start(StartRequest::tool(
+            "taken",
+            "wait_one_child",
+            json!({"timeout_ms": 60_000}),
+            Disposition::Rerunnable,
+        ))
+        .await
+        .expect("start the parent");
+    let mut other = StartRequest::tool(
+        "taken/1",
+        "echo",
+        json!({"value": "not the child"}),
+        Disposition::Rerunnable,
+    );
+    other.caused_by = Some(cairn_core::CausalRef::process("taken"));
+    front.start(other).await.expect("the host starts under the child's id");
+    let p = Processes::builder(store.registry.clone())
+        .tools(crate::execution::tools(vec![Arc::new(WaitOneChild)]))
+        .clock(Arc::new(store.clock.clone()))
+        .worker_config(crate::execution::config("w1"))
+        .start();
+    let r = terminal(&p, "taken").await;
+    match &r.outcome {
+        Some(Outcome::Failure { code, .. }) => assert_eq!(code, "registration_conflict", "{r:?}"),
+        other => panic!("the parent's start of its child was refused: {other:?}"),
+    }
+    p.shutdown().await;
+}
+
 /// Starts an externally owned child `{id}/1` and waits for it at most
 /// `timeout_ms`: succeeds `"children"` when the wait is answered with the
 /// child, `"timed_out"` when it timed out.

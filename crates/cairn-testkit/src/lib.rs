@@ -462,6 +462,7 @@ macro_rules! execution_suite {
                 a_transferred_parents_children_go_to_its_new_holder,
                 a_parent_transferred_as_its_child_starts_gives_the_child_to_its_new_holder,
                 a_rerun_finds_its_child_though_its_start_would_now_be_refused,
+                a_child_id_another_registration_took_is_refused_to_the_parent,
                 input_runner_runs_its_kind,
                 // schedules (scheduled.rs)
                 every_fires_on_time_once_per_fire,
