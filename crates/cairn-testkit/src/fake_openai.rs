@@ -70,6 +70,14 @@ pub enum Reply {
         /// The body.
         body: String,
     },
+    /// Redirect: answer `status` (301, 302, 307, ...) with a `Location`
+    /// header, as a proxy or a moved endpoint does.
+    Redirect {
+        /// The status code.
+        status: u16,
+        /// Where to.
+        location: String,
+    },
     /// Refuse: stream `refusal` in pieces as `delta.refusal` (content `null`),
     /// ending with `finish_reason` `stop`, as OpenAI streams a refusal.
     Refusal(String),
@@ -264,6 +272,15 @@ fn streamed(reply: Reply) -> Result<(Vec<String>, Duration, Ending), Box<Respons
                     .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
                     .header("content-type", "text/html")
                     .body(Body::from(body))
+                    .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
+            )
+        }
+        Reply::Redirect { status, location } => {
+            return whole(
+                Response::builder()
+                    .status(StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND))
+                    .header("location", location)
+                    .body(Body::empty())
                     .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
             )
         }

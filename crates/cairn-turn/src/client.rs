@@ -176,6 +176,16 @@ async fn ask(
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| retry_after(v, std::time::SystemTime::now()));
+        // Where a redirect not followed points, resolved against the URL
+        // asked (a Location may be relative).
+        let response_location = status
+            .is_redirection()
+            .then(|| response.headers().get(reqwest::header::LOCATION))
+            .flatten()
+            .map(|v| {
+                let to = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                response.url().join(&to).map_or(to, |u| u.to_string())
+            });
         // Read to a bound (a message is clipped anyway): an endpoint's error
         // page of any size costs no more than that.
         let (text, cut) = body_within(response, ERROR_BODY_BYTES).await.unwrap_or_default();
@@ -183,11 +193,29 @@ async fn ask(
             .ok()
             .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(String::from))
             .unwrap_or(text);
-        let message = format!(
-            "model `{}` answered {status}: {}",
-            spec.name,
-            clip_read(&redact(&message, key), cut)
-        );
+        let message = match response_location {
+            // A redirect not followed (it would not keep the POST): where it
+            // points is what the operator needs, to set the base URL to it.
+            Some(to) => {
+                // The base URL that would reach it, when it names the
+                // completions path as asked.
+                let base = to
+                    .strip_suffix("/chat/completions")
+                    .map(|b| format!(": its base URL may be `{}`", clip_read(&redact(b, key), false)))
+                    .unwrap_or_default();
+                format!(
+                    "model `{}` answered {status}, a redirect to `{}`, not followed (only a 307 or 308 \
+                     to the same scheme keeps the POST and its key, ten at most){base}",
+                    spec.name,
+                    clip_read(&redact(&to, key), false)
+                )
+            }
+            None => format!(
+                "model `{}` answered {status}: {}",
+                spec.name,
+                clip_read(&redact(&message, key), cut)
+            ),
+        };
         return Err(if status.as_u16() == 429 || status.is_server_error() {
             ModelFault::Transient { message, retry_after }
         } else {

@@ -353,6 +353,25 @@ fn http_client(idle: Duration) -> reqwest::Client {
         // client would fail the same way on its first request.
         .unwrap_or_default()
 }
+        // Only a redirect that keeps the POST and its body (307, 308) is
+        // followed: a 301, 302 or 303 would be followed as a GET without
+        // the request, and its answer (a 404 or 405) would hide the
+        // redirect; it is a failure that names where it points instead.
+        // Nor is one to another scheme: https to http would send the key in
+        // the clear, and http to https on the same host drops it (reqwest
+        // keeps it only to the same host and port), which would hide the
+        // redirect behind a 401.
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            let same_scheme = attempt
+                .previous()
+                .last()
+                .is_some_and(|from| from.scheme() == attempt.url().scheme());
+            if matches!(attempt.status().as_u16(), 307 | 308) && same_scheme && attempt.previous().len() < 10 {
+                attempt.follow()
+            } else {
+                attempt.stop()
+            }
+        }))
 
 impl TurnRunner {
     /// A runner calling `models`, whose turns may call `tools` (the tools the

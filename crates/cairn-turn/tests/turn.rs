@@ -996,6 +996,76 @@ async fn a_large_error_body_is_clipped() {
             assert!(message.len() < 8 * 1024, "{} bytes", message.len());
             assert!(
                 message.ends_with("(more than 65536 bytes in all)"),
+/// A redirect that keeps the POST (307, 308) is followed, with the key to
+/// the same host; one that would turn it into a GET (301, 302, 303) is not:
+/// the failure names where it points, instead of the 404 or 405 a GET
+/// without the request would get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_that_would_drop_the_post_is_a_failure_naming_it() {
+    let s = setup().await;
+    let to = format!("{}/chat/completions", s.fake.base_url());
+    s.fake.push(Reply::Redirect {
+        status: 307,
+        location: to.clone(),
+    });
+    s.fake.push(Reply::Text("followed".into()));
+    s.p.start(turn("kept", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "kept").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "followed"}))), "{r:?}");
+    let received = s.fake.received();
+    assert_eq!(received.len(), 2, "the POST was sent again where it points");
+    assert_eq!(received[1].body, received[0].body);
+    assert_eq!(received[1].authorization, received[0].authorization);
+
+    // Not followed, each named as the URL it resolves to, with the base URL
+    // that reaches it: a 302 (a GET would follow), a relative one, and a
+    // 307 to another scheme (the key would be dropped, or sent in clear).
+    let origin = s.fake.base_url().trim_end_matches("/v1").to_string();
+    let https = to.replacen("http://", "https://", 1);
+    for (id, status, location, named, base) in [
+        ("moved", 302, to.clone(), to.clone(), s.fake.base_url().to_string()),
+        (
+            "relative",
+            301,
+            "/v2/chat/completions".to_string(),
+            format!("{origin}/v2/chat/completions"),
+            format!("{origin}/v2"),
+        ),
+        (
+            "scheme",
+            307,
+            https.clone(),
+            https.clone(),
+            https.replace("/chat/completions", ""),
+        ),
+    ] {
+        let before = s.fake.received().len();
+        s.fake.push(Reply::Redirect { status, location });
+        s.p.start(turn(id, &[], "hi", Value::Null)).await.expect("start");
+        let r = finished(&s.p, id).await;
+        assert_eq!(failure_code(&r), "model_error", "{r:?}");
+        match &r.outcome {
+            Some(Outcome::Failure { message, .. }) => {
+                assert!(message.contains(&format!("{status} ")), "{message}");
+                assert!(
+                    message.contains(&format!("a redirect to `{named}`, not followed")),
+                    "{message}"
+                );
+                assert!(
+                    message.ends_with(&format!(": its base URL may be `{base}`")),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            s.fake.received().len(),
+            before + 1,
+            "{id}: the redirect was not followed"
+        );
+    }
+}
+
                 "{}",
                 &message[message.len() - 60..]
             );
