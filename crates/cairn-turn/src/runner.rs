@@ -139,10 +139,15 @@ impl Contract {
                     // whole answer, for a wrong type): cut short, so the
                     // failure (and a repair's request) stays small; the
                     // answer itself goes in `raw`.
-                    Err(e) => Err(clip(&format!(
-                        "the answer violates the schema at `{}`: {e}",
-                        e.instance_path()
-                    ))),
+                    Err(e) => {
+                        let at = e.instance_path().to_string();
+                        let at = if at.is_empty() {
+                            "at its root".to_string()
+                        } else {
+                            format!("at `{at}`")
+                        };
+                        Err(clip(&format!("the answer violates the schema {at}: {e}")))
+                    }
                 }
             }
         }
@@ -348,11 +353,6 @@ fn http_client(idle: Duration) -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT.min(idle))
         .read_timeout(idle)
-        .build()
-        // Only a TLS back end that cannot start fails here; the default
-        // client would fail the same way on its first request.
-        .unwrap_or_default()
-}
         // Only a redirect that keeps the POST and its body (307, 308) is
         // followed: a 301, 302 or 303 would be followed as a GET without
         // the request, and its answer (a 404 or 405) would hide the
@@ -372,6 +372,11 @@ fn http_client(idle: Duration) -> reqwest::Client {
                 attempt.stop()
             }
         }))
+        .build()
+        // Only a TLS back end that cannot start fails here; the default
+        // client would fail the same way on its first request.
+        .unwrap_or_default()
+}
 
 impl TurnRunner {
     /// A runner calling `models`, whose turns may call `tools` (the tools the
@@ -479,7 +484,15 @@ impl TurnRunner {
                     let answer = match answer {
                         Ok(a) => a,
                         Err(ModelFault::Transient { message, .. }) => {
-                            return Ok(Outcome::failure("model", "model_unavailable", message))
+                            // Said when it was not the only call: the
+                            // failure is of the retries, not of one call.
+                            let calls = tries.load(std::sync::atomic::Ordering::Relaxed);
+                            let message = if calls > 1 {
+                                format!("{message} (after {calls} calls)")
+                            } else {
+                                message
+                            };
+                            return Ok(Outcome::failure("model", "model_unavailable", message));
                         }
                         Err(ModelFault::Rejected { message, .. }) => {
                             return Ok(Outcome::failure("model", "model_error", message))

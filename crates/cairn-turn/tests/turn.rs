@@ -336,6 +336,7 @@ async fn faults_are_retried_or_fail_by_kind() {
     assert!(!record.contains(KEY) && !events.contains(KEY), "{record}");
     assert!(record.contains("invalid key [redacted] for this gateway"), "{record}");
 
+    let calls_before = s.fake.received().len();
     for _ in 0..4 {
         s.fake.push(Reply::Status {
             status: 503,
@@ -344,7 +345,16 @@ async fn faults_are_retried_or_fail_by_kind() {
         });
     }
     s.p.start(turn("down", &[], "hi", Value::Null)).await.expect("start");
-    assert_eq!(failure_code(&finished(&s.p, "down").await), "model_unavailable");
+    let r = finished(&s.p, "down").await;
+    assert_eq!(failure_code(&r), "model_unavailable");
+    // The failure is of the retries, and says so.
+    let calls = s.fake.received().len() - calls_before;
+    match &r.outcome {
+        Some(Outcome::Failure { message, .. }) => {
+            assert!(message.ends_with(&format!("(after {calls} calls)")), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -622,12 +632,25 @@ async fn the_last_step_ends_with_what_it_got() {
     let contract = json!({"type": "json_schema", "repair_attempts": 2,
                           "schema": {"type": "object", "required": ["ok"]}});
     s.fake.push(Reply::Text("prose, not json".into()));
-    s.p.start(one_step("no-repair", &[], contract)).await.expect("start");
+    s.p.start(one_step("no-repair", &[], contract.clone()))
+        .await
+        .expect("start");
     let r = finished(&s.p, "no-repair").await;
     assert_eq!(failure_code(&r), "output_contract_violation");
     match r.outcome {
         Some(Outcome::Failure { raw: Some(raw), .. }) => assert_eq!(raw["content"], "prose, not json"),
         other => panic!("the answer belongs in raw: {other:?}"),
+    }
+    // A fault of the whole answer is said to be at its root.
+    s.fake.push(Reply::Text("{}".into()));
+    s.p.start(one_step("at-root", &[], contract)).await.expect("start");
+    let r = finished(&s.p, "at-root").await;
+    match &r.outcome {
+        Some(Outcome::Failure { message, .. }) => assert!(
+            message.starts_with("the answer violates the schema at its root: "),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
     }
     s.fake
         .push(Reply::ToolCalls(vec![("echo".into(), json!({"value": 1}))]));
@@ -645,7 +668,7 @@ async fn the_last_step_ends_with_what_it_got() {
         .await
         .expect("list");
     assert!(children.items.is_empty(), "no tool ran: {children:?}");
-    assert_eq!(s.fake.received().len(), 2, "one model call each");
+    assert_eq!(s.fake.received().len(), 3, "one model call each");
 }
 
 /// A `Retry-After` longer than the in-process backoff is waited out durably:
@@ -972,30 +995,6 @@ async fn an_endless_answer_is_cut_off_where_the_journal_ends() {
     }
 }
 
-/// A huge error page from the endpoint is read to a bound and clipped in
-/// the failure, which stays class `model`, code `model_error`, and says the
-/// page was longer than what was read (not that it was that long).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_error_body_is_clipped() {
-    let s = setup().await;
-    s.fake.push(Reply::StatusBody {
-        status: 404,
-        body: format!("<html>{}</html>", "x".repeat(3_000_000)),
-    });
-    s.p.start(turn("big", &[], "hi", Value::Null)).await.expect("start");
-    let r = finished(&s.p, "big").await;
-    assert_eq!(failure_code(&r), "model_error", "{:?}", r.status);
-    match &r.outcome {
-        Some(Outcome::Failure { class, message, .. }) => {
-            assert_eq!(class, "model");
-            assert!(
-                message.starts_with("model `default` answered 404 Not Found: <html>xxx"),
-                "{}",
-                &message[..100]
-            );
-            assert!(message.len() < 8 * 1024, "{} bytes", message.len());
-            assert!(
-                message.ends_with("(more than 65536 bytes in all)"),
 /// A redirect that keeps the POST (307, 308) is followed, with the key to
 /// the same host; one that would turn it into a GET (301, 302, 303) is not:
 /// the failure names where it points, instead of the 404 or 405 a GET
@@ -1066,6 +1065,30 @@ async fn a_redirect_that_would_drop_the_post_is_a_failure_naming_it() {
     }
 }
 
+/// A huge error page from the endpoint is read to a bound and clipped in
+/// the failure, which stays class `model`, code `model_error`, and says the
+/// page was longer than what was read (not that it was that long).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_error_body_is_clipped() {
+    let s = setup().await;
+    s.fake.push(Reply::StatusBody {
+        status: 404,
+        body: format!("<html>{}</html>", "x".repeat(3_000_000)),
+    });
+    s.p.start(turn("big", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "big").await;
+    assert_eq!(failure_code(&r), "model_error", "{:?}", r.status);
+    match &r.outcome {
+        Some(Outcome::Failure { class, message, .. }) => {
+            assert_eq!(class, "model");
+            assert!(
+                message.starts_with("model `default` answered 404 Not Found: <html>xxx"),
+                "{}",
+                &message[..100]
+            );
+            assert!(message.len() < 8 * 1024, "{} bytes", message.len());
+            assert!(
+                message.ends_with("(more than 65536 bytes in all)"),
                 "{}",
                 &message[message.len() - 60..]
             );
