@@ -971,6 +971,22 @@ async fn health_metrics_and_openapi() {
         tools.contains(&json!("shell")) && tools.contains(&json!("echo")),
         "{tools:?}"
     );
+    // A turn's input is required, as a start without one is refused.
+    let turn = doc["components"]["schemas"]["StartInput"]["oneOf"]
+        .as_array()
+        .expect("variants")
+        .iter()
+        .find(|v| v.pointer("/properties/type/enum/0") == Some(&json!("session_turn")))
+        .expect("the session_turn variant")
+        .clone();
+    assert_eq!(turn["required"], json!(["type", "input"]));
+    let (s, err) = c
+        .post(
+            "/v1/processes",
+            json!({"id": "no-input", "disposition": "rerunnable", "input": {"type": "session_turn"}}),
+        )
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
 
     // Cursors above the int64 range are refused, not wrapped.
     let too_big = "9223372036854775808";

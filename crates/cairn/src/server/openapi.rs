@@ -467,11 +467,14 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
                             "temperature": {"type": "number", "minimum": 0, "maximum": 2},
                         },
                     });
+                    // A turn needs its input (`invalid_request` without one,
+                    // or with only whitespace).
+                    v["required"] = json!(["type", "input"]);
                     v["properties"]["input"] = json!({
                         "description": "The user's message, or the conversation so far.",
                         "oneOf": [
-                            {"type": "string"},
-                            {"type": "array", "items": {"type": "object", "required": ["role", "content"],
+                            {"type": "string", "pattern": "\\S"},
+                            {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["role", "content"],
                              "properties": {"role": {"type": "string", "enum": ["system", "user", "assistant"]},
                                             "content": {"type": "string"}}}},
                         ],
