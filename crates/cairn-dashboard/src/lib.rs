@@ -150,5 +150,10 @@ async fn page_headers(mut r: axum::response::Response) -> axum::response::Respon
         HeaderValue::from_static("frame-ancestors 'none'"),
     );
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    // A page is not kept: Back after a logout (or on a shared machine) must
+    // not show what the last viewer could see. Assets say their own.
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     r
 }

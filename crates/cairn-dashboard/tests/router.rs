@@ -617,8 +617,10 @@ async fn a_long_timeline_starts_at_its_latest_events() {
     }
     let last = p.get("long").await.unwrap().last_sequence;
     let left_out = last - 500;
-    let (status, html, _) = get(&app, "/ui/processes/long", None).await;
+    let (status, html, headers) = get(&app, "/ui/processes/long", None).await;
     assert_eq!(status, StatusCode::OK);
+    // No page is kept by the browser (Back after a logout shows none).
+    assert_eq!(headers[header::CACHE_CONTROL], "no-store");
     assert!(
         html.contains(&format!(r#"sse-connect="/ui/processes/long/live?after={left_out}""#)),
         "{html}"
