@@ -46,10 +46,51 @@
       window.location.assign("/ui/login?next=" + encodeURIComponent(location.pathname + location.search));
       return;
     }
-    if (m && m.type === "timeline" && m.lastEventId && document.getElementById("ev-" + m.lastEventId)) {
+    if (m && m.type === "timeline" && m.lastEventId &&
+        (document.getElementById("ev-" + m.lastEventId) || Number(m.lastEventId) <= trimmedUpTo)) {
       e.preventDefault();
     }
   });
+
+  // A live timeline shown without its earlier events (`data-keep`, any page
+  // but `?all=true`) keeps that many as more arrive, dropping the oldest: a
+  // tab left open on a chatty run would otherwise grow without end. The
+  // notice above it says how many are left out, as the server's does, and
+  // the events dropped are not appended again by a stream opened afresh
+  // from the first one.
+  var trimmedUpTo = 0;
+  document.addEventListener("DOMContentLoaded", function () {
+    var timeline = document.getElementById("timeline");
+    var keep = timeline && Number(timeline.dataset.keep);
+    if (!keep) return;
+    new MutationObserver(function () {
+      var dropped = false;
+      while (timeline.children.length > keep) {
+        var first = timeline.firstElementChild;
+        trimmedUpTo = Math.max(trimmedUpTo, Number(first.dataset.seq) || 0);
+        timeline.removeChild(first);
+        dropped = true;
+      }
+      if (dropped) leftOut(timeline, trimmedUpTo);
+    }).observe(timeline, { childList: true });
+  });
+
+  // Say (again) that the earliest `n` events are left out, with the link to
+  // the whole timeline.
+  function leftOut(timeline, n) {
+    var box = timeline.parentNode;
+    var notice = box.querySelector("p.hint.more");
+    if (!notice) {
+      notice = document.createElement("p");
+      notice.className = "hint more";
+      box.insertBefore(notice, timeline);
+    }
+    notice.textContent = "The earliest " + n + " events are left out. ";
+    var all = document.createElement("a");
+    all.href = location.pathname + "?all=true";
+    all.textContent = "Show them all";
+    notice.appendChild(all);
+  }
 
   // A random UUID (v4). `crypto.randomUUID` exists only in secure contexts
   // (HTTPS, localhost); a page served over plain HTTP to another host has

@@ -156,7 +156,9 @@ pub(crate) async fn page(
                     p.hint.more { "The earliest " (left_out) " events are left out. "
                         a href={ "/ui/processes/" (path) "?all=true" } { "Show them all" } }
                 }
-                ol #timeline sse-swap="timeline" hx-swap="beforeend" {}
+                // Without `all`, the page keeps its latest events as more
+                // arrive (`app.js`).
+                ol #timeline sse-swap="timeline" hx-swap="beforeend" data-keep=[(!all).then_some(TIMELINE_SHOWN)] {}
                 div #timeline-failed sse-swap="failed,cleared" {}
             }
         }

@@ -629,13 +629,14 @@ async fn a_long_timeline_starts_at_its_latest_events() {
         html.contains(&format!("The earliest {left_out} events are left out.")),
         "{html}"
     );
+    assert!(html.contains(r#"data-keep="500""#), "the page keeps its latest: {html}");
     let (status, html, _) = get(&app, "/ui/processes/long?all=true", None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
         html.contains(r#"sse-connect="/ui/processes/long/live?after=0""#),
         "{html}"
     );
-    assert!(!html.contains("are left out"), "{html}");
+    assert!(!html.contains("are left out") && !html.contains("data-keep"), "{html}");
     let (status, html, _) = get(&app, "/ui/processes/long?bogus=1", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(html.contains("<title>") && html.contains("invalid_request"), "{html}");

@@ -491,6 +491,85 @@ async fn the_process_page_streams_events_and_a_signal_from_it_completes_the_proc
     assert_eq!(record["outcome"]["value"], json!({"approved": true}));
 }
 
+/// A process page that started at its latest events keeps that many as
+/// more stream in, dropping the oldest (a tab left open on a chatty run
+/// would grow without end), and a stream opened afresh appends none of the
+/// dropped ones again.
+#[tokio::test]
+#[cfg_attr(
+    cairn_no_browser,
+    ignore = "chromedriver not installed (apt-get install chromium chromium-driver)"
+)]
+async fn a_live_timeline_keeps_its_latest_events() {
+    let owned = Server::start(&[]).await;
+    let server = &owned;
+    let (status, body) = server
+        .client()
+        .post(
+            "/v1/processes",
+            json!({"id": "chatty", "input": {"type": "external", "metadata": {}},
+                   "disposition": "externally_owned",
+                   "event_types": [{"name": "tick", "payload_schema": {"type": "object"}}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    with_browser(|c| async move {
+        c.goto(&server.url("/ui/processes/chatty")).await.unwrap();
+        wait_for(&c, Locator::Css("body[data-live='open']")).await;
+        let client = server.client();
+        let mut last = 0;
+        for i in 0..520 {
+            let (status, body) = client
+                .post(
+                    "/v1/processes/chatty/events",
+                    json!({"event_type": "tick", "payload": {"i": i}}),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            last = body["event"]["sequence"].as_u64().expect("the event's sequence");
+        }
+        wait_for(&c, Locator::Css(&format!("#timeline li[data-seq='{last}']"))).await;
+        let shown = in_page(
+            &c,
+            "var t = document.getElementById('timeline');
+             return [t.children.length, Number(t.firstElementChild.dataset.seq)];",
+        )
+        .await;
+        assert_eq!(shown, json!([500, last - 499]));
+        // Above it, how many are left out, with the way to them all.
+        let notice = in_page(
+            &c,
+            "var n = document.querySelector('.timeline-box p.hint.more');
+             return n && [n.textContent, n.querySelector('a').getAttribute('href')];",
+        )
+        .await;
+        assert_eq!(
+            notice,
+            json!([
+                format!("The earliest {} events are left out. Show them all", last - 500),
+                "/ui/processes/chatty?all=true"
+            ])
+        );
+        // A stream opened afresh from the first event appends neither a
+        // dropped event nor one shown; a new one it does.
+        let kept = in_page(
+            &c,
+            &format!(
+                "var t = document.getElementById('timeline');
+                 var told = function (seq) {{
+                   return htmx.trigger(t, 'htmx:sseBeforeMessage', new MessageEvent('timeline', {{data: '', lastEventId: seq}}));
+                 }};
+                 return [told('1'), told('{}'), told('{last}'), told('{}')];",
+                last - 500,
+                last + 1
+            ),
+        )
+        .await;
+        assert_eq!(kept, json!([false, false, false, true]));
+    })
+    .await;
+}
+
 #[tokio::test]
 #[cfg_attr(
     cairn_no_browser,
