@@ -915,6 +915,10 @@ impl ProcessRegistry for MemoryRegistry {
         }
     }
 
+    async fn change_head(&self) -> Result<u64> {
+        Ok(self.state.lock().cursor)
+    }
+
     async fn changed_since(&self, cursor: u64, limit: Option<usize>) -> Result<ChangePage> {
         let limit = page_limit(limit)?;
         let st = self.state.lock();

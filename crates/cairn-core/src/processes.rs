@@ -1189,6 +1189,12 @@ impl Processes {
         Ok(self.changed_since_more(cursor, limit).await?.0)
     }
 
+    /// The head of the change feed ([`ProcessRegistry::change_head`]): where
+    /// a reader that wants only the changes from now on starts.
+    pub async fn change_head(&self) -> Result<u64> {
+        self.inner.registry.change_head().await
+    }
+
     /// [`Processes::changed_since`], and whether more may follow the page:
     /// it is full, or was cut at its bytes. A page shorter than `limit`
     /// may still have been cut, so a reader that follows the feed to its

@@ -309,6 +309,15 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// order, at most `limit`, with the cursor to read on from.
     async fn changed_since(&self, cursor: u64, limit: Option<usize>) -> Result<ChangePage>;
 
+    /// The head of the change feed: a cursor at or below which no change can
+    /// appear any more, so every change `changed_since` answers from it is
+    /// newer than this read; on a store nobody writes to, it answers none.
+    /// It may stand past the last change answered (a change rolled back or
+    /// pruned, PostgreSQL's horizon). A reader that only wants what changes
+    /// from now on (it has just read the state it shows) starts here
+    /// instead of at 0.
+    async fn change_head(&self) -> Result<u64>;
+
     /// Store an env spec content-addressed; idempotent.
     async fn put_env(&self, spec: &EnvSpec) -> Result<EnvRef>;
 

@@ -919,6 +919,10 @@ impl ProcessRegistry for WatchedRegistry {
         self.inner.changed_since(cursor, limit).await
     }
 
+    async fn change_head(&self) -> Result<u64> {
+        self.inner.change_head().await
+    }
+
     async fn put_env(&self, spec: &EnvSpec) -> Result<EnvRef> {
         self.inner.put_env(spec).await
     }

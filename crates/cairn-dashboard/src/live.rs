@@ -118,23 +118,41 @@ async fn follow(
     subscribed: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    // Where the feed was last read. Changes made while nobody listened are read
-    // once someone does. A read that takes more than one page (catching up:
-    // the first stream after a start, or after a quiet spell) broadcasts one
-    // "anything" at its end rather than each page's ids, so open lists
-    // render once, not once a page; a new stream re-renders on connecting
-    // anyway.
+    // Where the feed was last read. While nobody listens nothing is read;
+    // the first stream after a start or a quiet spell starts at the feed's
+    // head, since its list renders on connecting anyway: what changed
+    // meanwhile (100,000 records after a busy night) is not read a page at
+    // a time. Lists are told "anything" once the head is read, for a change
+    // between a list's own read and the head. A read that still takes more
+    // than one page (a burst of changes) broadcasts one "anything" at its
+    // end rather than each page's ids, so open lists render once, not once
+    // a page.
     let ChangeNotice {
         notify,
         mut hub,
         mut listings,
     } = notice;
     let mut cursor = 0u64;
+    let mut listened = false;
     loop {
+        if tx.receiver_count() == 0 {
+            listened = false;
+        }
         while tx.receiver_count() == 0 {
             tokio::select! {
                 _ = subscribed.notified() => {}
                 _ = shutdown.cancelled() => return,
+            }
+        }
+        if !listened {
+            match processes.change_head().await {
+                Ok(head) => {
+                    cursor = cursor.max(head);
+                    listened = true;
+                    let _ = tx.send(Arc::new(Vec::new()));
+                }
+                // Read on from where the feed was: slower, and as correct.
+                Err(e) => tracing::warn!(error = %e, "dashboard: reading the change feed's head failed"),
             }
         }
         let mut caught_up = false;
@@ -437,27 +455,52 @@ fn failed(e: &cairn_core::CairnError) -> Event {
 mod tests {
     use super::*;
 
-    /// A follower catching up on more than a page of changes (the first
-    /// stream after a start) broadcasts one "anything", not each page's ids.
-    #[tokio::test]
-    async fn catching_up_broadcasts_once() {
-        let p = Processes::builder(Arc::new(cairn_core::MemoryRegistry::new()))
-            .without_worker()
-            .start();
-        for i in 0..MAX_PAGE_SIZE + 5 {
-            p.start(cairn_core::StartRequest::external(
-                format!("e{i:05}"),
-                serde_json::json!({}),
-            ))
-            .await
-            .expect("start");
-        }
-        let feed = Feed::start(p.clone(), ChangeNotice::new(), CancellationToken::new());
-        let mut rx = feed.subscribe();
-        let first = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+    async fn next(rx: &mut broadcast::Receiver<Arc<Vec<String>>>) -> Arc<Vec<String>> {
+        tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
             .await
             .expect("a broadcast in time")
-            .expect("broadcast");
-        assert!(first.is_empty(), "one \"anything\", not a page of {} ids", first.len());
+            .expect("broadcast")
+    }
+
+    /// Start `n` external processes named `{prefix}{i}`: more than a page
+    /// of changes.
+    async fn start_many(p: &Processes, prefix: &str, n: usize) {
+        for i in 0..n {
+            let start = cairn_core::StartRequest::external(format!("{prefix}{i:05}"), serde_json::json!({}));
+            p.start(start).await.expect("start");
+        }
+    }
+
+    /// The first stream after a start (or a quiet spell) starts at the
+    /// feed's head: the changes before it are not read a page at a time (its
+    /// list renders on connecting anyway). Lists are told "anything" once
+    /// the head is read, and a change after it by its id.
+    #[tokio::test]
+    async fn a_first_stream_starts_at_the_head() {
+        let probe = cairn_testkit::probe::ReadProbe::new(Arc::new(cairn_core::MemoryRegistry::new()));
+        let p = Processes::builder(probe.clone()).without_worker().start();
+        start_many(&p, "e", MAX_PAGE_SIZE + 5).await;
+        let head = p.change_head().await.expect("head");
+        assert!(head >= MAX_PAGE_SIZE as u64, "{head}");
+        let notice = ChangeNotice::new();
+        let feed = Feed::start(p.clone(), notice.clone(), CancellationToken::new());
+        let mut rx = feed.subscribe();
+        assert!(next(&mut rx).await.is_empty(), "one \"anything\" first");
+        p.start(cairn_core::StartRequest::external("late", serde_json::json!({})))
+            .await
+            .expect("start");
+        notice.notify.notify_one();
+        assert_eq!(next(&mut rx).await.as_slice(), ["late".to_string()]);
+        // A burst of more than a page is told as one "anything", not a page
+        // of ids at a time.
+        start_many(&p, "burst", MAX_PAGE_SIZE + 5).await;
+        notice.notify.notify_one();
+        let told = next(&mut rx).await;
+        assert!(told.is_empty(), "one \"anything\", not a page of {} ids", told.len());
+        let reads = probe.changes_read_from();
+        assert!(
+            !reads.is_empty() && reads.iter().all(|c| *c >= head),
+            "{reads:?} from {head}"
+        );
     }
 }

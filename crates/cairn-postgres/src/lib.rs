@@ -669,6 +669,10 @@ impl ProcessRegistry for PostgresRegistry {
         }
     }
 
+    async fn change_head(&self) -> Result<u64> {
+        self.shared.run(|c| async move { read::change_head(&c).await }).await
+    }
+
     async fn changed_since(&self, cursor: u64, limit: Option<usize>) -> Result<ChangePage> {
         let limit = page_limit(limit)?;
         let rows = self

@@ -383,6 +383,20 @@ pub(crate) async fn changed_since(conn: &Conn, cursor: u64, limit: usize) -> R<V
     }
 }
 
+/// The head of the change feed: the highest cursor stored, or just below
+/// the horizon of [`changed_since`] when rows at or above it are stored (a
+/// transaction still running may yet commit rows below them).
+pub(crate) async fn change_head(conn: &Conn) -> R<u64> {
+    let stmt = conn
+        .stmt(
+            "SELECT LEAST(COALESCE((SELECT MAX(change_cursor) FROM processes), 0), \
+             (pg_snapshot_xmin(pg_current_snapshot())::text::int8 << 20) - 1)",
+        )
+        .await?;
+    let head: i64 = conn.client.query_one(&stmt, &[]).await?.try_get(0)?;
+    Ok(from_sql(head.max(0)))
+}
+
 /// A new incarnation of `node` in its liveness row (1 for a new node). A
 /// re-run after a lost reply skips an incarnation, which nothing relies on.
 pub(crate) async fn register_node(conn: &Conn, node: &str, now: u64) -> R<u64> {

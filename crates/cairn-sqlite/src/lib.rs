@@ -592,6 +592,11 @@ impl ProcessRegistry for SqliteRegistry {
         }
     }
 
+    async fn change_head(&self) -> Result<u64> {
+        // The writer stores its cursor with each commit's rows.
+        self.read(|tx, _| store::change_head(tx)).await
+    }
+
     async fn changed_since(&self, cursor: u64, limit: Option<usize>) -> Result<ChangePage> {
         let limit = page_limit(limit)?;
         self.read(move |tx, _| {

@@ -1060,6 +1060,14 @@ pub(crate) fn prune_one(conn: &Connection, victim: &PruneCandidate, now: u64) ->
     Ok((events, grants, wakes))
 }
 
+/// The last change cursor given out, as committed.
+pub(crate) fn change_head(conn: &Connection) -> R<u64> {
+    let value: i64 = conn
+        .prepare_cached("SELECT value FROM counters WHERE name = 'change_cursor'")?
+        .query_row([], |r| r.get(0))?;
+    Ok(from_sql(value))
+}
+
 /// Records changed after `cursor`, in cursor order: (cursor, record).
 pub(crate) fn changed_since(conn: &Connection, cursor: u64, limit: usize) -> R<Vec<(u64, ProcessRecord)>> {
     let sql = format!(

@@ -327,6 +327,7 @@ macro_rules! conformance_suite {
                 a_prune_walks_every_chunk_past_what_it_keeps,
                 change_feed_order_and_paging,
                 change_feed_dedupes_to_latest,
+                change_head_is_where_the_feed_ends,
                 // environments
                 env_store_round_trip,
                 // schedules

@@ -40,6 +40,7 @@ pub struct ReadProbe {
     due_hook: parking_lot::Mutex<Option<ClaimHook>>,
     env_hook: parking_lot::Mutex<Option<ClaimHook>>,
     changes_hook: parking_lot::Mutex<Option<ClaimHook>>,
+    changes_read_from: parking_lot::Mutex<Vec<u64>>,
     claim_batches: std::sync::atomic::AtomicU64,
     failing_renewals: std::sync::atomic::AtomicBool,
     failed_renewals: watch::Sender<Vec<String>>,
@@ -88,6 +89,7 @@ impl ReadProbe {
             due_hook: parking_lot::Mutex::new(None),
             env_hook: parking_lot::Mutex::new(None),
             changes_hook: parking_lot::Mutex::new(None),
+            changes_read_from: parking_lot::Mutex::new(Vec::new()),
             claim_batches: std::sync::atomic::AtomicU64::new(0),
             failing_renewals: std::sync::atomic::AtomicBool::new(false),
             failed_renewals: watch::channel(Vec::new()).0,
@@ -138,6 +140,11 @@ impl ReadProbe {
     /// it answers: a test's way between two reads of one page of the feed.
     pub fn after_next_changes(&self, hook: ClaimHook) {
         *self.changes_hook.lock() = Some(hook);
+    }
+
+    /// The cursor each `changed_since` so far read after, in order.
+    pub fn changes_read_from(&self) -> Vec<u64> {
+        self.changes_read_from.lock().clone()
     }
 
     /// Run `hook` when the next `get_env` has read the env, before it
@@ -575,7 +582,11 @@ impl ProcessRegistry for ReadProbe {
     ) -> Result<PruneReport> {
         self.inner.prune(cutoff_ms, filter, watermark).await
     }
+    async fn change_head(&self) -> Result<u64> {
+        self.inner.change_head().await
+    }
     async fn changed_since(&self, cursor: u64, limit: Option<usize>) -> Result<ChangePage> {
+        self.changes_read_from.lock().push(cursor);
         let page = self.inner.changed_since(cursor, limit).await;
         let hook = self.changes_hook.lock().take();
         if let Some(hook) = hook {

@@ -335,8 +335,10 @@ async fn list_filters_by_status_and_by_waiting() {
         c.goto(&server.url("/ui/processes?created_from=yesterday"))
             .await
             .unwrap();
-        let err = wait_for(&c, Locator::Css("#rows .result.err")).await;
-        assert!(err.text().await.unwrap().contains("invalid_filter"));
+        wait_for(&c, Locator::Css("#rows .result.err")).await;
+        // Read in one step: the live list may re-render the rows meanwhile.
+        let err = in_page(&c, "return document.querySelector('#rows .result.err').textContent;").await;
+        assert!(err.as_str().is_some_and(|t| t.contains("invalid_filter")), "{err}");
     })
     .await;
 }

@@ -426,6 +426,50 @@ pub async fn change_feed_dedupes_to_latest(factory: &dyn StoreFactory) {
     assert_eq!(tail.changes[0].process.status, ProcessStatus::Completed);
 }
 
+/// `change_head` skips no change a reader of the feed has not read; on a
+/// store nobody writes to, nothing is read from it (PostgreSQL's waits for
+/// transactions still running anywhere on its server, as its feed does);
+/// and a change made after it is read from it.
+pub async fn change_head_is_where_the_feed_ends(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let empty = ok(h.registry().change_head().await, "head of an empty feed");
+    let none = ok(h.registry().changed_since(empty, None).await, "feed from its head");
+    assert!(none.changes.is_empty(), "an empty feed's head skips nothing: {none:?}");
+    h.register(external("a")).await;
+    h.register(external("b")).await;
+    h.append("a", progress(1)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let head = loop {
+        let all = ok(h.registry().changed_since(0, None).await, "feed");
+        let head = ok(h.registry().change_head().await, "head");
+        let tail = ok(h.registry().changed_since(head, None).await, "feed from its head");
+        let past: Vec<&str> = all
+            .changes
+            .iter()
+            .filter(|c| c.cursor > head)
+            .map(|c| c.process.id.as_str())
+            .collect();
+        let read: Vec<&str> = tail.changes.iter().map(|c| c.process.id.as_str()).collect();
+        assert!(
+            past.iter().all(|id| read.contains(id)),
+            "what is past the head {head} is read from it: {past:?} of {read:?}"
+        );
+        if tail.changes.is_empty() || std::time::Instant::now() > deadline {
+            break head;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let tail = ok(h.registry().changed_since(head, None).await, "feed from its head");
+    assert!(
+        tail.changes.is_empty(),
+        "a quiet store's feed answers nothing from its head: {tail:?}"
+    );
+    h.register(external("c")).await;
+    let after = ok(h.registry().changed_since(head, None).await, "feed from the head");
+    let ids: Vec<&str> = after.changes.iter().map(|c| c.process.id.as_str()).collect();
+    assert_eq!(ids, ["c"], "a change after the head is read from it");
+}
+
 /// `put_env` stores a spec under its content address, idempotently; `get_env` round-trips;
 /// an unknown ref is `unknown_env`.
 pub async fn env_store_round_trip(factory: &dyn StoreFactory) {
