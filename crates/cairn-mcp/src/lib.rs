@@ -27,10 +27,12 @@ use async_trait::async_trait;
 use cairn_core::{CairnError, Outcome, StartRequest};
 use serde_json::{json, Value};
 
+mod calls;
 pub mod message;
 mod server;
 pub mod tools;
 
+pub use calls::{caller_key, CallsInFlight};
 pub use server::{
     http_service, serve_stdio, HttpOptions, HttpService, McpServer, Resolver, DEFAULT_MAX_ARGUMENT_BYTES,
 };

@@ -13,6 +13,7 @@ use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::calls::CallsInFlight;
 use crate::tools::ToolKind;
 use crate::{Answer, Failure, SharedCairn};
 
@@ -36,6 +37,8 @@ pub struct McpServer {
     backend: Backend,
     tools: Arc<Vec<Tool>>,
     max_argument_bytes: usize,
+    /// Over streamable HTTP: the calls a client's cancel may end.
+    calls: Option<Arc<CallsInFlight>>,
 }
 
 /// Largest `arguments` object a call may carry by default (the HTTP API's
@@ -58,6 +61,7 @@ impl McpServer {
             backend,
             tools: Arc::new(ToolKind::ALL.into_iter().map(ToolKind::definition).collect()),
             max_argument_bytes: DEFAULT_MAX_ARGUMENT_BYTES,
+            calls: None,
         }
     }
 
@@ -78,7 +82,14 @@ impl McpServer {
     }
 
     /// Run one call (the part of `tools/call` after the tool is known).
-    async fn run(&self, kind: ToolKind, cairn: SharedCairn, arguments: Value) -> CallToolResult {
+    /// A wait's text counts from `started`.
+    async fn run(
+        &self,
+        kind: ToolKind,
+        cairn: SharedCairn,
+        arguments: Value,
+        started: std::time::Instant,
+    ) -> CallToolResult {
         let size = serde_json::to_vec(&arguments).map(|b| b.len()).unwrap_or(usize::MAX);
         if size > self.max_argument_bytes {
             return failure(&Failure::new(
@@ -90,7 +101,6 @@ impl McpServer {
                 ),
             ));
         }
-        let started = std::time::Instant::now();
         let answer: Answer = kind.call(cairn.as_ref(), arguments).await;
         match answer {
             Ok(value) => {
@@ -206,17 +216,35 @@ impl ServerHandler for McpServer {
         })?;
         let cairn = self.backend(&context.extensions)?;
         let arguments = Value::Object(request.arguments.unwrap_or_default());
+        // Over HTTP a cancel comes on a POST of its own ([`CallsInFlight`]).
+        let in_flight = self.calls.as_ref().and_then(|calls| {
+            let parts = context.extensions.get::<http::request::Parts>()?;
+            let id = serde_json::to_value(&context.id).ok()?;
+            Some(calls.enter(crate::calls::caller_key(&parts.headers), &id))
+        });
+        let cancelled_here = in_flight.as_ref().map(|c| c.cancelled.clone()).unwrap_or_default();
         // A wait the client gave up on (it cancelled the call, or its
         // connection went away) ends with it: it would otherwise hold an
         // await, past what the connection limit bounds, to its timeout.
         // Writes run to their end either way.
+        let started = std::time::Instant::now();
         if kind == ToolKind::Await {
+            let mut now = arguments.clone();
             return tokio::select! {
-                answer = self.run(kind, cairn, arguments) => Ok(answer.into()),
+                answer = self.run(kind, cairn.clone(), arguments, started) => Ok(answer.into()),
                 () = context.ct.cancelled() => Err(ErrorData::internal_error("the call was cancelled", None)),
+                // A cancel over HTTP may be another client's late one
+                // ([`CallsInFlight`]): the wait ends as its bound would end
+                // it, with the record as it stands.
+                () = cancelled_here.cancelled() => {
+                    if let Some(fields) = now.as_object_mut() {
+                        fields.insert("timeout_ms".into(), Value::from(0));
+                    }
+                    Ok(self.run(kind, cairn, now, started).await.into())
+                }
             };
         }
-        Ok(self.run(kind, cairn, arguments).await.into())
+        Ok(self.run(kind, cairn, arguments, started).await.into())
     }
 }
 
@@ -493,6 +521,9 @@ pub struct HttpOptions {
     pub loopback_hosts_only: bool,
     /// Cancelled at shutdown: open MCP requests end.
     pub shutdown: CancellationToken,
+    /// The calls in flight, which the server's `notifications/cancelled`
+    /// reach through [`CallsInFlight::cancel`] (the library drops them).
+    pub calls: Arc<CallsInFlight>,
 }
 
 /// The streamable HTTP endpoint as a tower service.
@@ -514,7 +545,8 @@ pub fn http_service(resolver: Arc<Resolver>, options: HttpOptions) -> HttpServic
     if !options.loopback_hosts_only {
         config = config.disable_allowed_hosts();
     }
-    let server = McpServer::per_request(resolver).with_max_argument_bytes(options.max_body_bytes);
+    let mut server = McpServer::per_request(resolver).with_max_argument_bytes(options.max_body_bytes);
+    server.calls = Some(options.calls);
     StreamableHttpService::new(
         move || Ok(server.clone()),
         Arc::new(NeverSessionManager::default()),

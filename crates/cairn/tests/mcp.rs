@@ -1346,6 +1346,83 @@ async fn a_call_in_flight_at_shutdown_gets_its_answer() {
     assert_eq!(answer["result"]["structuredContent"]["status"], "running", "{answer}");
 }
 
+/// Over streamable HTTP a client's `notifications/cancelled` comes on a POST
+/// of its own (the official TypeScript SDK's, for one, leaves the call's POST
+/// open): it ends the `process_await` it names at once, freeing the wait and
+/// its connection, where the wait held both to its timeout. The wait is
+/// answered as its bound would answer it (a late cancel may be another
+/// client's). A cancel sent with another token, naming another request id,
+/// or refused for its headers, ends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_over_http_ends_the_await_it_names() {
+    let fixture = server().await;
+    let server = &fixture.server;
+    let held = json!({"id": "held", "input": {"type": "external", "metadata": {}}, "disposition": "externally_owned"});
+    assert_eq!(server.with_token(HOST).start(held).await.0, 201);
+    // A POST with this `Accept` and `Authorization`.
+    let post_as = |accept: &'static str, authorization: String, body: String| {
+        reqwest::Client::new()
+            .post(server.url("/mcp"))
+            .header("Content-Type", "application/json")
+            .header("Accept", accept)
+            .header("Authorization", authorization)
+            .body(body)
+            .send()
+    };
+    let post = |token: &'static str, body: String| {
+        post_as("application/json, text/event-stream", format!("Bearer {token}"), body)
+    };
+    let call = tokio::spawn(post(
+        HOST,
+        r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"process_await","arguments":{"id":"held","timeout_ms":40000}}}"#.into(),
+    ));
+    server.with_token(HOST).awaits_open(1).await;
+    let cancel = |id: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{id},"reason":"user aborted"}}}}"#
+        )
+    };
+    // Not this caller's request, not this request, and not a cancel taken:
+    // the wait goes on.
+    for (token, id) in [(S1, "9"), (HOST, "10"), (HOST, "\"9\"")] {
+        let response = post(token, cancel(id)).await.expect("the cancel is answered");
+        assert_eq!(response.status().as_u16(), 202, "{token} {id}");
+    }
+    let refused = post_as("text/plain", format!("Bearer {HOST}"), cancel("9"))
+        .await
+        .expect("the cancel is answered");
+    assert_eq!(refused.status().as_u16(), 406);
+    server.with_token(HOST).awaits_open(1).await;
+    assert!(
+        !call.is_finished(),
+        "a cancel of another caller or request ended the wait"
+    );
+    // The token as the server reads it, spelled otherwise.
+    let response = post_as(
+        "application/json, text/event-stream",
+        format!("bearer  {HOST}"),
+        cancel("9"),
+    )
+    .await
+    .expect("the cancel is answered");
+    assert_eq!(response.status().as_u16(), 202);
+    let answer = tokio::time::timeout(Duration::from_secs(20), call)
+        .await
+        .expect("the cancelled wait is answered well before its timeout")
+        .expect("join")
+        .expect("an answer");
+    let answer: Value = answer.json().await.expect("a JSON body");
+    assert_eq!(answer["id"], 9, "{answer}");
+    assert_eq!(answer["result"]["structuredContent"]["status"], "running", "{answer}");
+    assert!(
+        answer["result"]["content"]
+            .to_string()
+            .contains("call process_await again"),
+        "{answer}"
+    );
+    server.with_token(HOST).awaits_open(0).await;
+}
+
 /// Over stdio, input that ends while a request is in flight (a client that
 /// wrote its calls and closed its end) still gets that request's answer
 /// before `cairn mcp` exits: here an await that outlasts the few seconds the

@@ -12,7 +12,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::{Extension, Json};
 use cairn_core::{Outcome, StartRequest};
-use cairn_mcp::{Answer, Cairn, Failure, HttpOptions, HttpService, ListArgs, Resolver, SharedCairn};
+use cairn_mcp::{Answer, Cairn, CallsInFlight, Failure, HttpOptions, HttpService, ListArgs, Resolver, SharedCairn};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -23,7 +23,7 @@ use super::schedules;
 use super::AppState;
 
 /// The MCP endpoint over `state`; mount it behind [`super::auth::authenticate`].
-pub fn service(state: &Arc<AppState>) -> HttpService {
+pub fn service(state: &Arc<AppState>, calls: Arc<CallsInFlight>) -> HttpService {
     let shared = state.clone();
     let resolver: Arc<Resolver> = Arc::new(move |extensions: &axum::http::Extensions| {
         extensions.get::<Caller>().map(|caller| {
@@ -42,6 +42,7 @@ pub fn service(state: &Arc<AppState>) -> HttpService {
             // address (the library's list knows three names).
             loopback_hosts_only: false,
             shutdown: state.mcp_shutdown.child_token(),
+            calls,
         },
     )
 }
@@ -50,8 +51,15 @@ pub fn service(state: &Arc<AppState>) -> HttpService {
 /// JSON-RPC 2.0 message, is answered 400 with the JSON-RPC error for it
 /// (`-32700` parse error, `-32600` invalid request), where the endpoint's
 /// library answered 415 in plain text, which a JSON-RPC client cannot read.
-/// Everything else passes through untouched.
-pub async fn jsonrpc_errors(limit: usize, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+/// A client's `notifications/cancelled` also ends the call it names (the
+/// endpoint's library drops it: [`CallsInFlight`]). Everything else passes
+/// through untouched.
+pub async fn jsonrpc_errors(
+    limit: usize,
+    calls: Arc<CallsInFlight>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let json = req
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
@@ -95,9 +103,19 @@ pub async fn jsonrpc_errors(limit: usize, req: axum::extract::Request, next: axu
                 &text,
             ),
             None => {
+                let caller = cairn_mcp::caller_key(&parts.headers);
                 let response = next
                     .run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes)))
                     .await;
+                // A cancel the endpoint took (202; not one it refused for
+                // its headers) ends the call it names.
+                if response.status() == axum::http::StatusCode::ACCEPTED
+                    && message.get("method").and_then(Value::as_str) == Some("notifications/cancelled")
+                {
+                    if let Some(id) = message.pointer("/params/requestId") {
+                        calls.cancel(&caller, id);
+                    }
+                }
                 transport_errors_as_jsonrpc(response).await
             }
         },

@@ -84,6 +84,8 @@ pub struct AppState {
 
 /// The full router over `state`, with the dashboard's pages at `/ui`.
 pub fn router(state: Arc<AppState>, dashboard: &Dashboard) -> Router {
+    // The MCP calls in flight, which a client's cancel (its own POST) ends.
+    let mcp_calls = Arc::new(cairn_mcp::CallsInFlight::default());
     let api = Router::new()
         .route("/v1/processes", post(routes::start).get(routes::list))
         .route("/v1/processes/{id}", get(routes::get))
@@ -108,10 +110,10 @@ pub fn router(state: Arc<AppState>, dashboard: &Dashboard) -> Router {
         .route("/metrics", get(routes::metrics))
         .merge(
             Router::new()
-                .route_service("/mcp", mcp::service(&state))
+                .route_service("/mcp", mcp::service(&state, mcp_calls.clone()))
                 .layer(axum::middleware::from_fn({
                     let limit = state.limits.max_body_bytes;
-                    move |req, next| mcp::jsonrpc_errors(limit, req, next)
+                    move |req, next| mcp::jsonrpc_errors(limit, mcp_calls.clone(), req, next)
                 })),
         )
         .route_layer(axum::middleware::from_fn(api::refuse_unread_query))
