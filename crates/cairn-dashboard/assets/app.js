@@ -75,6 +75,22 @@
     }).observe(timeline, { childList: true });
   });
 
+  // A link to one event (`#ev-N`, a wake's) lands on it once the stream has
+  // brought it: the timeline is empty when the page loads.
+  document.addEventListener("DOMContentLoaded", function () {
+    var timeline = document.getElementById("timeline");
+    var target = /^#ev-\d+$/.test(location.hash) && location.hash.slice(1);
+    if (!timeline || !target) return;
+    var watch = new MutationObserver(function () {
+      var event = document.getElementById(target);
+      if (!event) return;
+      watch.disconnect();
+      event.classList.add("linked");
+      event.scrollIntoView({ block: "center" });
+    });
+    watch.observe(timeline, { childList: true });
+  });
+
   // Say (again) that the earliest `n` events are left out, with the link to
   // the whole timeline.
   function leftOut(timeline, n) {

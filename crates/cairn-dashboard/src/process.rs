@@ -80,6 +80,10 @@ pub(crate) const TIMELINE_SHOWN: u64 = 500;
 pub(crate) struct PageQuery {
     /// The whole timeline, not its latest [`TIMELINE_SHOWN`] events.
     all: bool,
+    /// The timeline from this event on (or its latest [`TIMELINE_SHOWN`],
+    /// when it is among them), however many follow it, none dropped as more
+    /// arrive: a link to one event, such as a wake's, lands on it.
+    from: Option<u64>,
 }
 
 /// `GET /ui/processes/{id}`.
@@ -89,8 +93,8 @@ pub(crate) async fn page(
     IdPath(id): IdPath,
     query: Result<axum::extract::Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let all = match query {
-        Ok(axum::extract::Query(q)) => q.all,
+    let (all, from) = match query {
+        Ok(axum::extract::Query(q)) => (q.all, q.from),
         Err(e) => {
             let body = html! {
                 h1 { "Process " code { (id) } }
@@ -134,8 +138,12 @@ pub(crate) async fn page(
     let left_out = if all {
         0
     } else {
-        record.last_sequence.saturating_sub(TIMELINE_SHOWN)
+        let latest = record.last_sequence.saturating_sub(TIMELINE_SHOWN);
+        from.map_or(latest, |from| latest.min(from.saturating_sub(1)))
     };
+    // A timeline shown from an event keeps all it shows as more arrive: that
+    // event would be the first dropped.
+    let keep = (!all && from.is_none()).then_some(TIMELINE_SHOWN);
     let body = html! {
         p.crumbs { a href="/ui/processes" { "← Processes" } }
         h1.pid { code { (record.id) } }
@@ -158,7 +166,7 @@ pub(crate) async fn page(
                 }
                 // Without `all`, the page keeps its latest events as more
                 // arrive (`app.js`).
-                ol #timeline sse-swap="timeline" hx-swap="beforeend" data-keep=[(!all).then_some(TIMELINE_SHOWN)] {}
+                ol #timeline sse-swap="timeline" hx-swap="beforeend" data-keep=[keep] {}
                 div #timeline-failed sse-swap="failed,cleared" {}
             }
         }

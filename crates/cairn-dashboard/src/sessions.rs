@@ -166,7 +166,7 @@ async fn section(d: &crate::Inner, viewer: &Viewer, session: &str) -> cairn_core
                             // input may be a mebibyte, and two hundred of them
                             // made a page of hundreds of megabytes.
                             td.input { (clip(&w.input))
-                                @if open { " " a href={ "/ui/processes/" (encode_path(&w.process_id)) "#ev-" (w.sequence) } { "event" } } }
+                                @if open { " " a href={ "/ui/processes/" (encode_path(&w.process_id)) "?from=" (w.sequence) "#ev-" (w.sequence) } { "event" } } }
                             td { (time::when(w.created_at_ms)) }
                             td { button hx-post={ "/ui/sessions/" (sid) "/wakes/" (encode_path(&w.wake_id)) "/ack" }
                                    hx-target="closest tr" hx-swap="outerHTML" { "Acknowledge" } }

@@ -491,6 +491,13 @@ async fn the_session_page_lists_pending_wakes_and_acknowledges_them() {
     assert_eq!(status, StatusCode::OK, "{html}");
     assert!(html.contains("tests are green"), "{html}");
     assert!(html.contains("ci run"), "the grant's label is shown: {html}");
+    // The wake links to its event, which the process page shows however
+    // many events follow it.
+    let seq = appended.event.sequence;
+    assert!(
+        html.contains(&format!(r#"href="/ui/processes/ci-1?from={seq}#ev-{seq}""#)),
+        "{html}"
+    );
     let csrf = html
         .split("name=\"cairn-csrf\" content=\"")
         .nth(1)
@@ -637,6 +644,23 @@ async fn a_long_timeline_starts_at_its_latest_events() {
         "{html}"
     );
     assert!(!html.contains("are left out") && !html.contains("data-keep"), "{html}");
+    // A link to one event (a wake's) shows the timeline from it on, and
+    // keeps all it shows; one within the latest shows those, kept too.
+    let (status, html, _) = get(&app, "/ui/processes/long?from=3", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains(r#"sse-connect="/ui/processes/long/live?after=2""#),
+        "{html}"
+    );
+    assert!(html.contains("The earliest 2 events are left out.") && !html.contains("data-keep"));
+    let (_, html, _) = get(&app, &format!("/ui/processes/long?from={last}"), None).await;
+    assert!(
+        html.contains(&format!(r#"sse-connect="/ui/processes/long/live?after={left_out}""#))
+            && !html.contains("data-keep"),
+        "{html}"
+    );
+    let (status, _, _) = get(&app, "/ui/processes/long?from=x", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, html, _) = get(&app, "/ui/processes/long?bogus=1", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(html.contains("<title>") && html.contains("invalid_request"), "{html}");

@@ -568,6 +568,28 @@ async fn a_live_timeline_keeps_its_latest_events() {
         )
         .await;
         assert_eq!(kept, json!([false, false, false, true]));
+        // A link to one event (a wake's) lands on it once the stream brings
+        // it, deep in the timeline, and keeps it as more events arrive.
+        let linked = last - 100;
+        c.goto(&server.url(&format!("/ui/processes/chatty?from={linked}#ev-{linked}")))
+            .await
+            .unwrap();
+        wait_for(&c, Locator::Css(&format!("#timeline li#ev-{linked}.linked"))).await;
+        let (status, body) = client
+            .post("/v1/processes/chatty/events", json!({"event_type": "tick", "payload": {}}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        wait_for(&c, Locator::Css(&format!("#timeline li[data-seq='{}']", last + 1))).await;
+        let landed = in_page(
+            &c,
+            &format!(
+                "var e = document.getElementById('ev-{linked}'), r = e.getBoundingClientRect();
+                 return [window.scrollY > 0, r.top >= 0 && r.bottom <= window.innerHeight,
+                         document.getElementById('timeline').children.length];"
+            ),
+        )
+        .await;
+        assert_eq!(landed, json!([true, true, 501]), "the latest 500 and one more, none dropped");
     })
     .await;
 }
