@@ -43,7 +43,7 @@
     // The stream's login lapsed: log in again, and come back here.
     if (m && m.type === "login") {
       e.preventDefault();
-      window.location.assign("/ui/login?next=" + encodeURIComponent(location.pathname + location.search));
+      window.location.assign("/ui/login?next=" + encodeURIComponent(location.pathname + location.search + location.hash));
       return;
     }
     if (m && m.type === "timeline" && m.lastEventId &&
@@ -119,6 +119,60 @@
     var h = Array.prototype.map.call(b, function (x) { return (x + 0x100).toString(16).slice(1); }).join("");
     return h.slice(0, 8) + "-" + h.slice(8, 12) + "-" + h.slice(12, 16) + "-" + h.slice(16, 20) + "-" + h.slice(20);
   }
+
+  // A hidden tab holds no live stream. Over HTTP/1.1 a browser opens at most
+  // six connections to one server, and each list or process page holds one:
+  // with six such tabs open, a seventh page never loaded. A hidden tab's
+  // streams close; shown again, each element's stream is set up afresh, as
+  // when the page was processed (not through the extension's reconnect after
+  // an error, whose wait doubles each time and which logs an error), a
+  // timeline from its last event, and the record panel is read again (a
+  // lease renewed meanwhile appends no event).
+  var sources = [];
+  var create = htmx.createEventSource;
+  htmx.createEventSource = function (url) {
+    var source = create(url);
+    source.cairnUrl = url;
+    sources.push(source);
+    // A tab opened in the background opens its streams once shown.
+    if (document.hidden) pause(source);
+    return source;
+  };
+  function pause(source) {
+    if (source.readyState === EventSource.CLOSED) return;
+    source.close();
+    source.cairnPaused = true;
+    document.body.dataset.live = "paused";
+  }
+  var BOUND = "[sse-swap], [data-sse-swap], [hx-trigger], [data-hx-trigger]";
+  document.addEventListener("visibilitychange", function () {
+    if (document.hidden) {
+      sources.forEach(pause);
+      return;
+    }
+    var paused = sources.filter(function (s) { return s.cairnPaused; });
+    sources = sources.filter(function (s) { return s.readyState !== EventSource.CLOSED; });
+    var timeline = document.getElementById("timeline");
+    var last = timeline && timeline.lastElementChild;
+    document.querySelectorAll("[sse-connect]").forEach(function (elt) {
+      var url = elt.getAttribute("sse-connect");
+      if (!paused.some(function (s) { return s.cairnUrl === url; })) return;
+      var next = new URL(url, location.href);
+      if (last && last.dataset.seq && next.searchParams.has("after")) {
+        next.searchParams.set("after", last.dataset.seq);
+        elt.setAttribute("sse-connect", next.pathname + next.search);
+      }
+      // The extension sets up a stream for an element it processed, and
+      // binds the elements under it that listen to it.
+      htmx.trigger(elt, "htmx:afterProcessNode");
+      elt.querySelectorAll(BOUND).forEach(function (bound) {
+        htmx.trigger(bound, "htmx:afterProcessNode");
+      });
+    });
+    paused.forEach(function (s) { s.cairnPaused = false; });
+    var record = document.getElementById("record");
+    if (record && paused.length) htmx.trigger(record, "sse:record");
+  });
 
   // A new signal id after each signal sent, so the next one is not a repeat.
   document.addEventListener("htmx:afterRequest", function (e) {

@@ -594,6 +594,75 @@ async fn a_live_timeline_keeps_its_latest_events() {
     .await;
 }
 
+/// A hidden tab holds no live stream: with more live dashboard tabs open
+/// than the six connections a browser opens to one server over HTTP/1.1,
+/// the newest still loads and goes live (it never loaded before), and a tab
+/// shown again shows what happened while it was hidden.
+#[tokio::test]
+#[cfg_attr(
+    cairn_no_browser,
+    ignore = "chromedriver not installed (apt-get install chromium chromium-driver)"
+)]
+async fn tabs_past_the_browsers_connection_limit_still_load_and_go_live() {
+    const TABS: usize = 8;
+    let owned = Server::start(&[]).await;
+    let server = &owned;
+    for i in 0..TABS {
+        let (status, body) = server
+            .client()
+            .post(
+                "/v1/processes",
+                json!({"id": format!("tab{i}"), "input": {"type": "external", "metadata": {}},
+                       "disposition": "externally_owned",
+                       "event_types": [{"name": "tick", "payload_schema": {"type": "object"}}]}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    with_browser(|c| async move {
+        let first = c.window().await.expect("the first tab");
+        c.goto(&server.url("/ui/processes/tab0")).await.unwrap();
+        wait_for(&c, Locator::Css("body[data-live='open']")).await;
+        in_page(
+            &c,
+            "window.cairnSseErrors = 0;
+             document.addEventListener('htmx:sseError', function () { window.cairnSseErrors++; });",
+        )
+        .await;
+        let mut last = first.clone();
+        for i in 1..TABS {
+            let tab = c.new_window(true).await.expect("a new tab");
+            c.switch_to_window(tab.handle.clone()).await.expect("to the new tab");
+            c.goto(&server.url(&format!("/ui/processes/tab{i}"))).await.unwrap();
+            wait_for(&c, Locator::Css("body[data-live='open']")).await;
+            last = tab.handle;
+        }
+        // Glances at the first tab (shown and hidden again at once) leave
+        // its stream as quick to reopen as ever.
+        for _ in 0..8 {
+            c.switch_to_window(first.clone()).await.expect("to the first tab");
+            c.switch_to_window(last.clone()).await.expect("to the last tab");
+        }
+        let (status, body) = server
+            .client()
+            .post(
+                "/v1/processes/tab0/events",
+                json!({"event_type": "tick", "payload": {"i": 1}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let seq = body["event"]["sequence"].as_u64().expect("the event's sequence");
+        c.switch_to_window(first).await.expect("back to the first tab");
+        wait_for(&c, Locator::Css(&format!("#timeline li[data-seq='{seq}']"))).await;
+        wait_for(&c, Locator::Css("body[data-live='open']")).await;
+        assert_eq!(count(&c, "#timeline li").await as u64, seq, "each event once");
+        // A stream opened again, not failed: no error was raised for it.
+        let errors = in_page(&c, "return window.cairnSseErrors;").await;
+        assert_eq!(errors, json!(0));
+    })
+    .await;
+}
+
 #[tokio::test]
 #[cfg_attr(
     cairn_no_browser,
