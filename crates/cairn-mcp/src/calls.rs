@@ -10,22 +10,44 @@
 //! number their requests alike. A late cancel (of a call already answered)
 //! may still meet another client's call with that id, so a wait a cancel
 //! ends is answered as one its bound ended: the record as it stands, with
-//! word to call again, never an error.
+//! word to call again, never an error. A cancel may also overtake its call
+//! (a client's pooled connections race): one that meets no call is kept for
+//! [`EARLY_CANCEL`] and ends the first call that comes with its key.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 type Key = (String, String);
 
+/// How long a cancel that met no call waits for one: a cancel overtakes its
+/// call by the milliseconds two connections differ by.
+pub const EARLY_CANCEL: Duration = Duration::from_secs(1);
+
+/// Most early cancels kept at once (the oldest go first).
+const EARLY_CANCELS_KEPT: usize = 1024;
+
+/// Longest caller and id an early cancel is kept for, together: no client
+/// numbers its requests with kilobytes, and a body-sized id would hold
+/// megabytes.
+const EARLY_KEY_BYTES: usize = 1024;
+
 /// Calls in flight by caller and request id; see the module doc.
 #[derive(Default)]
 pub struct CallsInFlight {
-    calls: Mutex<HashMap<Key, Vec<(u64, CancellationToken)>>>,
+    state: Mutex<State>,
     next: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    calls: HashMap<Key, Vec<(u64, CancellationToken)>>,
+    /// Cancels that met no call, with when they came.
+    early: HashMap<Key, Instant>,
 }
 
 /// A call registered with [`CallsInFlight::enter`]; dropping it takes the
@@ -40,11 +62,11 @@ pub(crate) struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut calls = self.calls.lock();
-        if let Some(list) = calls.get_mut(&self.key) {
+        let mut state = self.calls.lock();
+        if let Some(list) = state.calls.get_mut(&self.key) {
             list.retain(|(serial, _)| *serial != self.serial);
             if list.is_empty() {
-                calls.remove(&self.key);
+                state.calls.remove(&self.key);
             }
         }
     }
@@ -57,19 +79,29 @@ impl std::fmt::Debug for CallsInFlight {
 }
 
 impl CallsInFlight {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Vec<(u64, CancellationToken)>>> {
-        self.calls.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A call of `caller` with request id `id` (as JSON) begins.
+    /// A call of `caller` with request id `id` (as JSON) begins: cancelled
+    /// already when its cancel came first.
     pub(crate) fn enter(self: &Arc<Self>, caller: String, id: &Value) -> InFlight {
         let key = (caller, id_key(id));
         let serial = self.next.fetch_add(1, Ordering::Relaxed);
         let cancelled = CancellationToken::new();
-        self.lock()
+        let mut state = self.lock();
+        if !state.early.is_empty() {
+            if state.early.remove(&key).is_some_and(|at| at.elapsed() <= EARLY_CANCEL) {
+                cancelled.cancel();
+            }
+            state.early.retain(|_, at| at.elapsed() <= EARLY_CANCEL);
+        }
+        state
+            .calls
             .entry(key.clone())
             .or_default()
             .push((serial, cancelled.clone()));
+        drop(state);
         InFlight {
             calls: self.clone(),
             key,
@@ -82,8 +114,9 @@ impl CallsInFlight {
     /// the only one in flight with that caller and id (whether the call
     /// heeds it is its own affair: only waits do). Whether one was told.
     pub fn cancel(&self, caller: &str, request_id: &Value) -> bool {
-        let calls = self.lock();
-        match calls.get(&(caller.to_string(), id_key(request_id))).map(Vec::as_slice) {
+        let key = (caller.to_string(), id_key(request_id));
+        let mut state = self.lock();
+        match state.calls.get(&key).map(Vec::as_slice) {
             Some([(_, call)]) => {
                 call.cancel();
                 true
@@ -95,14 +128,25 @@ impl CallsInFlight {
                 );
                 false
             }
-            None => false,
+            None if key.0.len() + key.1.len() > EARLY_KEY_BYTES => false,
+            None => {
+                // It may have overtaken its call: kept a moment for it.
+                state.early.retain(|_, at| at.elapsed() <= EARLY_CANCEL);
+                if state.early.len() >= EARLY_CANCELS_KEPT {
+                    if let Some(oldest) = state.early.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone()) {
+                        state.early.remove(&oldest);
+                    }
+                }
+                state.early.insert(key, Instant::now());
+                false
+            }
         }
     }
 
     /// How many calls are in flight (for tests).
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
+        self.lock().calls.values().map(Vec::len).sum()
     }
 }
 
@@ -171,6 +215,23 @@ mod tests {
         assert_ne!(id_key(&json!("2")), id_key(&json!(2)));
         assert_ne!(id_key(&json!(1e300)), id_key(&json!(i64::MAX)));
         assert_ne!(id_key(&json!(9.3e18)), id_key(&json!(i64::MAX)));
+    }
+
+    #[test]
+    fn a_cancel_that_overtakes_its_call_ends_it_once() {
+        let calls = Arc::new(CallsInFlight::default());
+        assert!(!calls.cancel("Bearer a", &json!(3)));
+        let other = calls.enter("Bearer b".into(), &json!(3));
+        assert!(!other.cancelled.is_cancelled(), "another caller's call");
+        let first = calls.enter("Bearer a".into(), &json!(3));
+        assert!(first.cancelled.is_cancelled());
+        let second = calls.enter("Bearer a".into(), &json!(3));
+        assert!(!second.cancelled.is_cancelled(), "an early cancel ends one call");
+        // One naming a kilobytes-long id is not kept.
+        let long = json!("x".repeat(EARLY_KEY_BYTES));
+        assert!(!calls.cancel("Bearer a", &long));
+        assert!(calls.lock().early.is_empty());
+        assert!(!calls.enter("Bearer a".into(), &long).cancelled.is_cancelled());
     }
 
     #[test]

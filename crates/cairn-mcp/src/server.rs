@@ -231,6 +231,9 @@ impl ServerHandler for McpServer {
         if kind == ToolKind::Await {
             let mut now = arguments.clone();
             return tokio::select! {
+                // The call first: arguments it refuses are refused, even
+                // when a cancel came before it.
+                biased;
                 answer = self.run(kind, cairn.clone(), arguments, started) => Ok(answer.into()),
                 () = context.ct.cancelled() => Err(ErrorData::internal_error("the call was cancelled", None)),
                 // A cancel over HTTP may be another client's late one

@@ -1421,6 +1421,22 @@ async fn a_cancel_over_http_ends_the_await_it_names() {
         "{answer}"
     );
     server.with_token(HOST).awaits_open(0).await;
+    // A cancel that overtakes its call (another pooled connection) ends it
+    // as it comes.
+    let response = post(HOST, cancel("11")).await.expect("the cancel is answered");
+    assert_eq!(response.status().as_u16(), 202);
+    let answer = tokio::time::timeout(
+        Duration::from_secs(20),
+        post(
+            HOST,
+            r#"{"jsonrpc":"2.0","id":11,"method":"tools/call","params":{"name":"process_await","arguments":{"id":"held","timeout_ms":40000}}}"#.into(),
+        ),
+    )
+    .await
+    .expect("the wait its cancel overtook is answered at once")
+    .expect("an answer");
+    let answer: Value = answer.json().await.expect("a JSON body");
+    assert_eq!(answer["result"]["structuredContent"]["status"], "running", "{answer}");
 }
 
 /// Over stdio, input that ends while a request is in flight (a client that
