@@ -101,7 +101,7 @@ pub fn fault(message: &Value, carrier: &str) -> Option<(i64, String)> {
             Some(Value::Object(params))
                 if method == "tools/list" && params.get("cursor").is_some_and(|c| !c.is_string()) =>
             {
-                bad(-32602, "invalid params: a `cursor` is a string")
+                bad(-32602, "invalid params: a `cursor` must be a string")
             }
             // Said here, as for every method: over stdio the protocol
             // library's handshake would answer it with a message about
@@ -116,9 +116,15 @@ pub fn fault(message: &Value, carrier: &str) -> Option<(i64, String)> {
             )),
             None | Some(Value::Object(_)) => None,
             Some(Value::Array(_)) => bad(-32602, "invalid params: MCP's params are an object, not an array"),
-            Some(_) => bad(-32600, "invalid request: `params` is an object"),
+            Some(other) => Some((
+                -32600,
+                format!("invalid request: `params` must be an object, not {}", kind(other)),
+            )),
         },
-        Some(_) => bad(-32600, "invalid request: `method` is a string"),
+        Some(other) => Some((
+            -32600,
+            format!("invalid request: `method` must be a string, not {}", kind(other)),
+        )),
         None if object.contains_key("result") || object.contains_key("error") => None,
         None => bad(
             -32600,
@@ -183,4 +189,16 @@ pub fn answerable_id(message: &Value) -> Value {
 /// A JSON-RPC error answer, as one line of JSON.
 pub fn error_line(id: Value, code: i64, message: &str) -> String {
     serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}).to_string()
+}
+
+/// What kind of JSON value `v` is, for a message saying what was given.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }

@@ -966,6 +966,14 @@ async fn malformed_posts_get_jsonrpc_errors() {
         assert_eq!(answer["jsonrpc"], "2.0", "{body}: {answer}");
         assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
         assert_eq!(answer["id"], id, "{body}: {answer}");
+        // Says what a field must be, and what it was given.
+        if body.contains(r#""params": "x""#) {
+            let message = answer["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("`params` must be an object") && message.contains("not a string"),
+                "{answer}"
+            );
+        }
     }
     // Params that do not fit a method MCP defines are invalid params, not an
     // unknown method; an unknown method is one; tools/list gives no cursors.
