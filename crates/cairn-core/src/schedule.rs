@@ -122,7 +122,9 @@ pub struct ScheduleRequest {
     /// Exactly one of `cron` and `every`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<String>,
-    /// An interval such as `30s`, `5m` or `1h 30m`, from 1 s to 100 years.
+    /// An interval such as `30s`, `5m` or `1h 30m`, from 1 s to 100 years,
+    /// in weeks, days or smaller units (months and years are refused: they
+    /// would drift from the calendar; `cron` gives calendar dates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub every: Option<String>,
     /// The IANA timezone a `cron` expression is read in (default `UTC`).
@@ -191,7 +193,8 @@ impl ScheduleRequest {
     /// What the checks of a new schedule's timing refuse that a schedule
     /// stored before them was made with: such a stored schedule keeps
     /// firing as it was made (`1,,2` as `1,2`, a month named in the day of
-    /// week field as that month's number, `1s 1ns` as `1s`).
+    /// week field as that month's number, `1s 1ns` as `1s`, `every` `1month`
+    /// as 30.44 days).
     fn newer_timing_problem(&self) -> Option<String> {
         if let Some(expr) = self.cron.as_deref() {
             if expr
@@ -209,10 +212,28 @@ impl ScheduleRequest {
             return Some(format!("invalid cron `{expr}`: {why}"));
         }
         let text = self.every.as_deref()?;
+        if let Some(why) = every_calendar_problem(text) {
+            return Some(why);
+        }
         let d = humantime::parse_duration(text).ok()?;
         (d.subsec_nanos() % 1_000_000 != 0)
             .then(|| format!("`every` `{text}` is finer than a millisecond (a schedule fires on whole milliseconds)"))
     }
+}
+
+/// Why an `every` naming months or years is refused, if it does: humantime
+/// counts a month as 30.44 days and a year as 365.25, so the fires would
+/// drift from the calendar a user meant.
+pub fn every_calendar_problem(text: &str) -> Option<String> {
+    text.split(|c: char| !c.is_ascii_alphabetic())
+        .any(|unit| matches!(unit, "M" | "month" | "months" | "y" | "yr" | "yrs" | "year" | "years"))
+        .then(|| {
+            format!(
+                "`every` `{text}` counts a month as 30.44 days and a year as 365.25, so its fires would drift from \
+                 the calendar: give `cron` for calendar dates (`0 0 1 * *` is midnight on the first of each month, \
+                 `0 0 1 1 *` on each 1 January), or `every` in weeks, days or smaller units"
+            )
+        })
 }
 
 /// When a schedule fires: parsed and checked.
@@ -936,10 +957,22 @@ mod tests {
         assert!(refused(Some("* * * * *"), Some("1m"), None).contains("not both"));
         assert!(refused(None, None, None).contains("give `cron` or `every`"));
         assert!(refused(None, Some("1m"), Some("UTC")).contains("`cron` only"));
-        assert!(refused(None, Some("101y"), None).contains("100-year maximum"));
+        assert!(refused(None, Some("36526d"), None).contains("100-year maximum"));
         assert!(refused(None, Some("1s 1ns"), None).contains("finer than a millisecond"));
         assert!(request(None, Some("1s 500ms"), None).validate().is_ok());
-        assert!(request(None, Some("100y"), None).validate().is_ok());
+        assert!(request(None, Some("36525d"), None).validate().is_ok());
+        assert!(request(None, Some("2w 1d 1h 1m"), None).validate().is_ok());
+        // Months and years are not the calendar's: cron is.
+        for every in ["1month", "2 months", "1M", "1y", "1yr", "2yrs", "1year 2d", "3years"] {
+            let e = refused(None, Some(every), None);
+            assert!(
+                e.contains("drift from the calendar") && e.contains("0 0 1 * *"),
+                "{every}: {e}"
+            );
+        }
+        // One stored before the check keeps firing as it was made.
+        let stored = ScheduleSpec::parse(None, Some("1month"), None).expect("read as stored");
+        assert!(stored.next_after(0).is_some());
         // A schedule stored before the check keeps its fires.
         let stored = ScheduleSpec::parse(Some("1,,2 9 * * *"), None, None).expect("read as stored");
         assert!(stored.next_after(0).is_some());

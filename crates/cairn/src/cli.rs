@@ -748,10 +748,39 @@ pub struct PruneArgs {
 
 /// A schedule's `--every`, read with its unit required
 /// ([`parse_duration_with_unit`]: `--every 3600` read as milliseconds would
-/// fire a job meant to run hourly every 3.6 s) and sent in the server's
-/// spelling (`1s 500ms`).
+/// fire a job meant to run hourly every 3.6 s), months and years refused as
+/// the server refuses them, and sent in days and smaller units (`45d 1h`):
+/// `humantime`'s own spelling would name months (`1month 14days ...` for
+/// `45d`), which the server refuses.
 fn interval(raw: &str) -> Result<String, String> {
-    parse_duration_with_unit(raw).map(|d| humantime::format_duration(d).to_string())
+    if let Some(why) = cairn_core::schedule::every_calendar_problem(raw) {
+        return Err(why);
+    }
+    let d = parse_duration_with_unit(raw)?;
+    // Said here of what was typed: the server would quote the re-spelling.
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return Err(format!(
+            "`{raw}` is finer than a millisecond (a schedule fires on whole milliseconds)"
+        ));
+    }
+    if d < cairn_core::schedule::MIN_EVERY {
+        return Err(format!("`{raw}` is below the 1 s minimum"));
+    }
+    let mut ms = d.as_millis();
+    let mut parts = Vec::new();
+    for (unit, name) in [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+        (1, "ms"),
+    ] {
+        if ms >= unit {
+            parts.push(format!("{}{name}", ms / unit));
+            ms %= unit;
+        }
+    }
+    Ok(parts.join(" "))
 }
 
 /// `--max-await`: a duration of at least 100 ms.
@@ -987,6 +1016,22 @@ mod tests {
         assert_eq!(interval("5000ms").as_deref(), Ok("5s"));
         assert_eq!(interval("1.5s").as_deref(), Ok("1s 500ms"));
         assert_eq!(interval("1h 30m").as_deref(), Ok("1h 30m"));
+        // Days stay days (humantime would say `1month 14days 13h 30m 54s`).
+        assert_eq!(interval("45d").as_deref(), Ok("45d"));
+        assert_eq!(interval("2w 1ms").as_deref(), Ok("14d 1ms"));
+        assert_eq!(interval("400d 1h").as_deref(), Ok("400d 1h"));
+        for (typed, said) in [
+            ("500us", "finer than a millisecond"),
+            ("0.5ms", "finer"),
+            ("0s", "1 s minimum"),
+        ] {
+            let e = interval(typed).expect_err("refused");
+            assert!(e.contains(&format!("`{typed}`")) && e.contains(said), "{typed}: {e}");
+        }
+        for calendar in ["1month", "1y", "1yr", "2 years"] {
+            let e = interval(calendar).expect_err("months and years are refused");
+            assert!(e.contains("drift from the calendar"), "{calendar}: {e}");
+        }
         assert!(interval("soon").is_err());
     }
 
