@@ -338,11 +338,25 @@ pub(crate) async fn process_stream(
         Ok(q) => q,
         Err(e) => return process::bad_request(&e.body_text()),
     };
-    if let Err(e) = d.access.check_visible(&visitor.viewer, &id).await {
-        return process::refused(&e);
-    }
-    if let Err(e) = d.processes.get(&id).await {
-        return process::refused(&e);
+    let found = match d.access.check_visible(&visitor.viewer, &id).await {
+        Ok(()) => d.processes.get(&id).await.map(drop),
+        Err(e) => Err(e),
+    };
+    match found {
+        // A page's stream opened again (a reconnect, a hidden tab shown)
+        // for a process since pruned or no longer visible: told as a
+        // failure mid-stream is, then `end`, so the page says why and stops
+        // reconnecting (an `EventSource` reads no error page, and the
+        // extension would retry for ever).
+        Err(e) if e.is_client_error() => {
+            let told = [
+                Ok::<_, Infallible>(failed(&e)),
+                Ok(Event::default().event("end").data("end")),
+            ];
+            return Sse::new(futures::stream::iter(told)).into_response();
+        }
+        Err(e) => return process::refused(&e),
+        Ok(()) => {}
     }
     let after = headers
         .get("last-event-id")

@@ -1682,6 +1682,23 @@ async fn a_session_live_stream_stops_when_its_grant_is_revoked() {
     assert!(seen.contains("unknown_process"), "{seen}");
 }
 
+/// A page's stream opened again for a process since pruned (or never
+/// there, or not the viewer's) answers the failure and `end` as a stream
+/// (an `EventSource` reads no error page, and the page would reconnect for
+/// ever, showing the process as it last saw it).
+#[tokio::test]
+async fn a_stream_reopened_for_a_process_gone_says_so_and_ends() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let app = app(&p, true);
+    let (status, body, headers) = get(&app, "/ui/processes/ghost/live?after=1", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers[header::CONTENT_TYPE], "text/event-stream", "{body}");
+    let failed = body.find("event: failed").expect("the failure is told");
+    let end = body.find("event: end").expect("then `end`");
+    assert!(failed < end && body.contains("unknown_process"), "{body}");
+}
+
 /// Read `body` into `seen` until it holds `want` (`true`) or the body ends
 /// (`false`); bounded.
 async fn read_until(body: &mut axum::body::BodyDataStream, seen: &mut String, want: &str) -> bool {
