@@ -36,6 +36,11 @@ const FALLBACK_READ: Duration = Duration::from_secs(5);
 /// changes what the page shows without appending to this process's log.
 /// One record read (and one fragment render) per open page per wait.
 const FOLLOW_WAIT: Duration = Duration::from_secs(15);
+/// The least time between two `record` events of a process page's stream.
+/// The page reads its record a moment after each (`delay:`, shorter than
+/// this), and a steady stream of events restarting that delay would keep it
+/// from ever reading while they flow.
+const RECORD_SPACING: Duration = Duration::from_millis(300);
 /// Most changed ids a session viewer's stream checks for visibility per batch.
 const VISIBILITY_CHECKS: usize = 64;
 
@@ -311,6 +316,8 @@ struct Follow {
     /// A page of events was sent, or a quiet [`FOLLOW_WAIT`] passed: send
     /// `record` once the events are out.
     record_due: bool,
+    /// When the last `record` was sent: the next waits [`RECORD_SPACING`].
+    record_sent: Option<tokio::time::Instant>,
     /// After the terminal event: send `end`, then stop.
     ending: bool,
     done: bool,
@@ -371,6 +378,7 @@ pub(crate) async fn process_stream(
         after,
         pending: VecDeque::new(),
         record_due: false,
+        record_sent: None,
         ending: false,
         done: false,
         clear: true,
@@ -404,10 +412,17 @@ fn timeline(follow: Follow) -> impl Stream<Item = Result<Event, Infallible>> {
                     .data(html);
                 return Some((Ok(sse), f));
             }
+            // The record changed with the events just sent: re-render it, at
+            // most once per [`RECORD_SPACING`] (the last of an end at once).
+            let mut wait = FOLLOW_WAIT;
             if f.record_due {
-                // The record changed with the events just sent: re-render it.
-                f.record_due = false;
-                return Some((Ok(Event::default().event("record").data("changed")), f));
+                let since = f.record_sent.map_or(RECORD_SPACING, |at| at.elapsed());
+                if since >= RECORD_SPACING || f.ending {
+                    f.record_due = false;
+                    f.record_sent = Some(tokio::time::Instant::now());
+                    return Some((Ok(Event::default().event("record").data("changed")), f));
+                }
+                wait = RECORD_SPACING - since;
             }
             if f.ending {
                 f.done = true;
@@ -416,10 +431,12 @@ fn timeline(follow: Follow) -> impl Stream<Item = Result<Event, Infallible>> {
             let page = tokio::select! {
                 // A few events read ahead of the browser at most: events may
                 // be a mebibyte each.
-                r = f.d.processes.follow(&f.id, f.after, Some(16), FOLLOW_WAIT) => r,
+                r = f.d.processes.follow(&f.id, f.after, Some(16), wait) => r,
                 _ = f.d.shutdown.cancelled() => return None,
             };
             match page {
+                // A `record` held back is due now.
+                Ok(page) if page.events.is_empty() && f.record_due => {}
                 Ok(page) if page.events.is_empty() => match f.d.processes.get(&f.id).await {
                     // Ended at or before `after` (a reconnect after the end): nothing more comes.
                     Ok(r) if r.is_terminal() && r.last_sequence <= f.after => f.ending = true,

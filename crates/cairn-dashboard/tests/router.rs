@@ -1699,6 +1699,51 @@ async fn a_stream_reopened_for_a_process_gone_says_so_and_ends() {
     assert!(failed < end && body.contains("unknown_process"), "{body}");
 }
 
+/// While events flow faster than a page reads its record (it reads a
+/// moment after each `record`, and each restarts that moment), the stream
+/// tells `record` at most once per 300 ms, so the page still reads it now
+/// and then; before, it told one after every page of events and a busy
+/// process's record panel stood still until the flow stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_process_page_is_told_to_read_its_record_now_and_then() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    p.start(StartRequest::external("busy", json!({})).with_event_type(cairn_core::EventType::plain("note")))
+        .await
+        .unwrap();
+    let app = app(&p, true);
+    let r = app
+        .clone()
+        .oneshot(Request::get("/ui/processes/busy/live").body(Body::empty()).unwrap())
+        .await
+        .expect("answered");
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut body = r.into_body().into_data_stream();
+    let last = p.get("busy").await.unwrap().last_sequence + 60;
+    // Read as the events flow, as a browser does.
+    let reader = tokio::spawn(async move {
+        let mut seen = String::new();
+        let all = read_until(&mut body, &mut seen, &format!("id: {last}\n")).await;
+        (all, seen)
+    });
+    let started = std::time::Instant::now();
+    for n in 0..60 {
+        p.append_event("busy", cairn_core::AppendRequest::new("note", json!({"n": n})))
+            .await
+            .expect("append");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let flow = started.elapsed();
+    let (all, seen) = reader.await.expect("reader");
+    assert!(all, "every event is told: {seen}");
+    let records = seen.matches("event: record").count();
+    let most = (flow.as_secs_f64() / 0.3).ceil() as usize + 3;
+    assert!(
+        (2..=most).contains(&records),
+        "{records} `record` events over a flow of {flow:?} (at most {most})"
+    );
+}
+
 /// Read `body` into `seen` until it holds `want` (`true`) or the body ends
 /// (`false`); bounded.
 async fn read_until(body: &mut axum::body::BodyDataStream, seen: &mut String, want: &str) -> bool {
