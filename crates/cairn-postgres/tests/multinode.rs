@@ -257,7 +257,11 @@ fn task(id: &str, tool: &str, disposition: Disposition) -> Registration {
 
 async fn register_all(reg: &Arc<PostgresRegistry>, regs: Vec<Registration>) {
     let mut set = tokio::task::JoinSet::new();
-    for chunk in regs.chunks(50) {
+    // Chunks of an odd size: work that alternates in kind (phase 2) is then
+    // registered in both kinds at any moment. With an even size every chunk
+    // registered the same kind at once, and a node claiming just then
+    // filled its slots with one kind only.
+    for chunk in regs.chunks(49) {
         let (reg, chunk) = (reg.clone(), chunk.to_vec());
         set.spawn(async move {
             for r in chunk {
