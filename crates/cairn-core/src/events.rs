@@ -205,7 +205,9 @@ pub struct WakeSpec {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DedupeKey {
-    /// `{process_id}:{sequence}`: every event wakes once.
+    /// `{process_id}:{sequence}`: every event wakes once. Such a key is
+    /// never the same key as one a selector or constant renders, whatever
+    /// that one's text: its wake id is made in a namespace of its own.
     #[default]
     EventIdentity,
     /// Rendered from the payload; an event whose payload holds no value there

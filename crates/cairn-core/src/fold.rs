@@ -304,7 +304,17 @@ fn resolve_outcome(t: &EventType, payload: &Value) -> Result<Option<Outcome>> {
     Ok(Some(outcome))
 }
 
-fn resolve_wake(t: &EventType, process_id: &str, sequence: u64, payload: &Value) -> Result<Option<ResolvedWake>> {
+/// The wake an event resolves, and whether its dedupe key is the event's
+/// identity (`{process_id}:{sequence}`) rather than a key the producer's
+/// selector or constant rendered: the two are told apart in the wake id
+/// ([`wake_id_of`]), so a rendered key that reads like another event's
+/// identity never swallows that event's wake.
+fn resolve_wake(
+    t: &EventType,
+    process_id: &str,
+    sequence: u64,
+    payload: &Value,
+) -> Result<Option<(ResolvedWake, bool)>> {
     let Some(spec) = t.semantics.wake.as_ref() else {
         return Ok(None);
     };
@@ -313,17 +323,17 @@ fn resolve_wake(t: &EventType, process_id: &str, sequence: u64, payload: &Value)
             return Ok(None);
         }
     }
-    let identity = || format!("{process_id}:{sequence}");
-    let dedupe_key = match &spec.dedupe_key {
+    let identity = || (format!("{process_id}:{sequence}"), true);
+    let (dedupe_key, by_identity) = match &spec.dedupe_key {
         DedupeKey::EventIdentity => identity(),
         // A key the payload does not hold (missing, null, or rendering as
         // "") dedupes nothing: the event wakes once by its identity, rather
         // than every such event sharing "".
         DedupeKey::Selector(sel) => match render_text(sel.select(payload)?.as_ref()) {
             key if key.is_empty() => identity(),
-            key => key,
+            key => (key, false),
         },
-        DedupeKey::Const(s) => s.clone(),
+        DedupeKey::Const(s) => (s.clone(), false),
     };
     let wake = ResolvedWake {
         input: render_text(spec.input.select(payload)?.as_ref()),
@@ -334,12 +344,33 @@ fn resolve_wake(t: &EventType, process_id: &str, sequence: u64, payload: &Value)
     // takes six bytes.
     crate::validate::check_wake_rendering("the input a wake renders, as JSON", &wake.input)?;
     crate::validate::check_wake_rendering("the dedupe key a wake renders, as JSON", &wake.dedupe_key)?;
-    Ok(Some(wake))
+    Ok(Some((wake, by_identity)))
 }
 
-/// The wake id for a (target scope, dedupe key) pair.
+/// The wake id for a (target scope, dedupe key) pair, where the key is one
+/// a producer's selector or constant rendered.
 pub fn wake_id(scope: &SessionScope, dedupe_key: &str) -> String {
-    let digest = sha256_hex(format!("{}\n{}", scope.scope_id(), dedupe_key).as_bytes());
+    wake_id_of(scope, dedupe_key, false)
+}
+
+/// The wake id of an event woken by its identity (`{process_id}:{sequence}`).
+pub fn event_wake_id(scope: &SessionScope, process_id: &str, sequence: u64) -> String {
+    wake_id_of(scope, &format!("{process_id}:{sequence}"), true)
+}
+
+/// A wake id: a digest of the target scope and the dedupe key. A key that is
+/// an event's identity is digested in a namespace of its own (a leading NUL,
+/// which no scope id holds), so no rendered key, whatever its text, shares
+/// an id with an event's identity: each event woken by identity wakes once,
+/// as its type declares. Ids of rendered keys are as they always were, so
+/// keys stored before still deduplicate what comes after.
+fn wake_id_of(scope: &SessionScope, dedupe_key: &str, by_identity: bool) -> String {
+    let input = if by_identity {
+        format!("\0event\n{}\n{}", scope.scope_id(), dedupe_key)
+    } else {
+        format!("{}\n{}", scope.scope_id(), dedupe_key)
+    };
+    let digest = sha256_hex(input.as_bytes());
     format!("wake:{}", &digest[..32])
 }
 
@@ -486,7 +517,7 @@ pub fn prepare_append(
         payload: req.payload.clone(),
         semantics: ResolvedSemantics {
             terminal,
-            wake: wake_sem.clone(),
+            wake: wake_sem.as_ref().map(|(w, _)| w.clone()),
         },
         occurred_at_ms: now_ms.max(record.updated_at_ms),
         replay_key: req.replay_key.clone(),
@@ -496,10 +527,10 @@ pub fn prepare_append(
     if event.semantics.terminal.is_none() {
         next.lease = record.lease.clone();
     }
-    let wake = wake_sem.and_then(|w| {
+    let wake = wake_sem.and_then(|(w, by_identity)| {
         let target = req.wake_target.clone().or_else(|| record.wake_target.clone())?;
         Some(WakeDelivery {
-            wake_id: wake_id(&target, &w.dedupe_key),
+            wake_id: wake_id_of(&target, &w.dedupe_key, by_identity),
             target_session_id: target.session_id.clone(),
             target_scope: target,
             process_id: record.id.clone(),
@@ -896,14 +927,16 @@ mod tests {
         let key = |seq, payload: Value| {
             resolve_wake(&t, "p", seq, &payload)
                 .expect("resolved")
-                .map(|w| w.dedupe_key)
+                .map(|(w, by_identity)| (w.dedupe_key, by_identity))
         };
-        assert_eq!(key(3, json!({"key": "k1"})), Some("k1".into()));
-        assert_eq!(key(4, json!({"key": "k1"})), Some("k1".into()));
-        assert_eq!(key(5, json!({})), Some("p:5".into()));
-        assert_eq!(key(6, json!({"other": 1})), Some("p:6".into()));
-        assert_eq!(key(7, json!({"key": null})), Some("p:7".into()));
-        assert_eq!(key(8, json!({"key": ""})), Some("p:8".into()));
+        assert_eq!(key(3, json!({"key": "k1"})), Some(("k1".into(), false)));
+        assert_eq!(key(4, json!({"key": "k1"})), Some(("k1".into(), false)));
+        assert_eq!(key(5, json!({})), Some(("p:5".into(), true)));
+        assert_eq!(key(6, json!({"other": 1})), Some(("p:6".into(), true)));
+        assert_eq!(key(7, json!({"key": null})), Some(("p:7".into(), true)));
+        assert_eq!(key(8, json!({"key": ""})), Some(("p:8".into(), true)));
+        // A rendered key that reads like an identity is still a rendered key.
+        assert_eq!(key(9, json!({"key": "p:5"})), Some(("p:5".into(), false)));
     }
 
     /// A wake whose template renders past the payload limit (templates of
@@ -995,7 +1028,7 @@ mod tests {
         let full = json!({ "text": text });
         crate::validate::check_size("payload", &full).expect("a payload at the limit");
         let t = typed(Selector::Pointer("/text".into()), DedupeKey::EventIdentity);
-        let wake = resolve_wake(&t, "p", 1, &full).expect("written").expect("a wake");
+        let (wake, _) = resolve_wake(&t, "p", 1, &full).expect("written").expect("a wake");
         assert_eq!(wake.input.len(), text.len());
         let quotes = json!({ "items": vec![""; (crate::validate::MAX_PAYLOAD_BYTES - 16) / 3] });
         crate::validate::check_size("payload", &quotes).expect("a payload at the limit");

@@ -265,6 +265,7 @@ macro_rules! conformance_suite {
                 wake_when_false_writes_no_wake,
                 wake_needs_a_target,
                 wake_default_dedupe_is_per_event,
+                rendered_keys_never_meet_event_identities,
                 pending_wakes_order_and_paging,
                 pending_wakes_stop_at_the_page_bytes,
                 frame_wakes_are_read_past_other_frames,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use cairn_core::events::{DedupeKey, ResolvedWake};
-use cairn_core::fold::wake_id;
+use cairn_core::fold::{event_wake_id, wake_id};
 use cairn_core::{AppendRequest, Selector, SessionScope};
 use serde_json::json;
 
@@ -37,7 +37,7 @@ pub async fn wake_delivery_is_written(factory: &dyn StoreFactory) {
     h.advance(7);
     let res = h.append("p", notify("hello")).await;
     let d = res.wake.clone().expect("a wake type with a target writes a delivery");
-    assert_eq!(d.wake_id, wake_id(&s1, "p:2"));
+    assert_eq!(d.wake_id, event_wake_id(&s1, "p", 2));
     assert_eq!(d.target_session_id, "s1");
     assert_eq!(d.target_scope, s1);
     assert_eq!(d.process_id, "p");
@@ -68,7 +68,7 @@ pub async fn wake_delivery_is_written(factory: &dyn StoreFactory) {
     let d = res.wake.expect("frame wake");
     assert_eq!(d.target_scope, frame);
     assert_eq!(d.target_session_id, "s2");
-    assert_eq!(d.wake_id, wake_id(&frame, "q:1"));
+    assert_eq!(d.wake_id, event_wake_id(&frame, "q", 1));
     assert_eq!(pending(&h, "s2").await, vec![d]);
 }
 
@@ -224,6 +224,45 @@ pub async fn wake_default_dedupe_is_per_event(factory: &dyn StoreFactory) {
     assert!(replay.wake.is_none(), "a replay writes no delivery");
     let pending_ids: Vec<String> = pending(&h, "s1").await.into_iter().map(|w| w.wake_id).collect();
     assert_eq!(pending_ids, ids);
+}
+
+/// A key a producer renders never meets an event's identity: a rendered
+/// key that reads `{process_id}:{sequence}` (payload data such as a `ref`
+/// of `build-42:1`) dedupes with other rendered keys only, so the event
+/// it names, woken by its identity, still wakes, in that process or another.
+pub async fn rendered_keys_never_meet_event_identities(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let s1 = session("s1");
+    let keyed = wake_type(
+        "keyed",
+        Selector::Pointer("/ref".into()),
+        DedupeKey::Selector(Selector::Pointer("/ref".into())),
+    );
+    h.register(with_types(waking(external("a"), &s1), [keyed.clone()]))
+        .await;
+    h.register(waking(external("b"), &s1)).await;
+    // `a` renders the identity of `b`'s first event, and of its own second.
+    let first = h.append("a", AppendRequest::new("keyed", json!({"ref": "b:1"}))).await;
+    let first = first.wake.expect("a rendered key wakes");
+    let second = h.append("a", AppendRequest::new("keyed", json!({"ref": "a:2"}))).await;
+    let second = second.wake.expect("a rendered key wakes");
+    let b = h.append("b", notify("b's first")).await;
+    let b = b
+        .wake
+        .expect("an event woken by its identity wakes whatever keys were rendered");
+    assert_eq!(b.dedupe_key, "b:1", "the key shown is the identity, as before");
+    assert_eq!(b.wake_id, event_wake_id(&s1, "b", 1));
+    assert_eq!(first.wake_id, wake_id(&s1, "b:1"));
+    assert_ne!(b.wake_id, first.wake_id);
+    // In one process: an event without a `ref` falls back to its identity.
+    let own = h.append("a", AppendRequest::new("keyed", json!({}))).await;
+    assert_eq!(own.event.sequence, 3);
+    assert!(own.wake.is_some(), "an identity fallback wakes");
+    let again = h.append("a", AppendRequest::new("keyed", json!({"ref": "b:1"}))).await;
+    assert!(again.wake.is_none(), "a rendered key still dedupes with itself");
+    let ids: Vec<String> = pending(&h, "s1").await.into_iter().map(|w| w.wake_id).collect();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    assert!(ids.contains(&second.wake_id) && ids.contains(&b.wake_id));
 }
 
 /// A page of pending wakes stops at `LIST_PAGE_BYTES`: with inputs of most
