@@ -84,10 +84,14 @@ pub fn fault(message: &Value, carrier: &str) -> Option<(i64, String)> {
     }
     if let Some(id) = object.get("id") {
         if !id_ok(id) {
-            return bad(
+            return Some((
                 -32600,
-                "invalid request: `id` is a string or an integer (a signed 64-bit one), never null",
-            );
+                format!(
+                    "invalid request: `id` must be a string or an integer (a signed 64-bit one), never null; \
+                     it is {}",
+                    id_kind(id)
+                ),
+            ));
         }
     }
     match object.get("method") {
@@ -96,12 +100,24 @@ pub fn fault(message: &Value, carrier: &str) -> Option<(i64, String)> {
             // none), and one that is neither would be answered without the
             // request's id.
             Some(Value::Object(params)) if params.get("_meta").is_some_and(|m| !m.is_object() && !m.is_null()) => {
-                bad(-32602, "invalid params: `_meta` must be an object")
+                Some((
+                    -32602,
+                    format!(
+                        "invalid params: `_meta` must be an object, not {}",
+                        kind(&params["_meta"])
+                    ),
+                ))
             }
             Some(Value::Object(params))
                 if method == "tools/list" && params.get("cursor").is_some_and(|c| !c.is_string()) =>
             {
-                bad(-32602, "invalid params: a `cursor` must be a string")
+                Some((
+                    -32602,
+                    format!(
+                        "invalid params: a `cursor` must be a string, not {}",
+                        kind(&params["cursor"])
+                    ),
+                ))
             }
             // Said here, as for every method: over stdio the protocol
             // library's handshake would answer it with a message about
@@ -189,6 +205,18 @@ pub fn answerable_id(message: &Value) -> Value {
 /// A JSON-RPC error answer, as one line of JSON.
 pub fn error_line(id: Value, code: i64, message: &str) -> String {
     serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}).to_string()
+}
+
+/// What an id no client could match is: its kind, or for a number the
+/// reason a number will not do.
+fn id_kind(id: &Value) -> String {
+    match id.as_f64() {
+        Some(f) if f.fract() != 0.0 => format!("{id}, a number with a fraction"),
+        Some(_) => {
+            format!("{id}, an integer past what a signed 64-bit one (or, written as a float, a double exactly) holds")
+        }
+        None => kind(id).to_string(),
+    }
 }
 
 /// What kind of JSON value `v` is, for a message saying what was given.

@@ -140,6 +140,20 @@ fn expected_params(method: &str) -> Option<&'static str> {
     })
 }
 
+/// Params as a message quotes them: their JSON, cut to its first 200 bytes.
+fn given(params: Option<&Value>) -> String {
+    const SHOWN: usize = 200;
+    let Some(params) = params else {
+        return "no params".into();
+    };
+    let text = params.to_string();
+    if text.len() <= SHOWN {
+        return text;
+    }
+    let cut = (0..=SHOWN).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    format!("{}… ({} bytes)", &text[..cut], text.len())
+}
+
 /// A cairn error as a tool result: `isError`, and the HTTP API's error body as
 /// text. No structured content: the tool's output schema describes successes.
 fn failure(f: &Failure) -> CallToolResult {
@@ -187,7 +201,10 @@ impl ServerHandler for McpServer {
         let method = request.method;
         match expected_params(&method) {
             Some(shape) => Err(ErrorData::invalid_params(
-                format!("invalid params for `{method}`: it takes {shape}"),
+                format!(
+                    "invalid params for `{method}`: it takes {shape}; it was given {}",
+                    given(request.params.as_ref())
+                ),
                 None,
             )),
             None => Err(ErrorData::new(

@@ -1017,6 +1017,30 @@ async fn malformed_posts_get_jsonrpc_errors() {
         assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
         assert_eq!(answer["id"], 2, "{body}: {answer}");
     }
+    // A refusal says what was given, beside what is taken.
+    for (body, said) in [
+        (
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"cursor":5}}"#,
+            "not a number",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":2,"method":"ping","params":{"_meta":"str"}}"#,
+            "not a string",
+        ),
+        (r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#, "it is null"),
+        (
+            r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#,
+            "1.5, a number with a fraction",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":5}}"#,
+            r#"given {"name":5}"#,
+        ),
+    ] {
+        let answer: Value = post(body).await.expect("answered").json().await.expect("a JSON body");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(said), "{body}: {answer}");
+    }
     // An integral id written with an exponent is an integer id.
     let answer: Value = post(r#"{"jsonrpc":"2.0","id":1e3,"method":"ping"}"#)
         .await
