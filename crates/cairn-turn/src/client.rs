@@ -205,7 +205,8 @@ async fn ask(
                     .unwrap_or_default();
                 format!(
                     "model `{}` answered {status}, a redirect to `{}`, not followed (only a 307 or 308 \
-                     to the same scheme keeps the POST and its key, ten at most){base}",
+                     within the endpoint's own scheme, host and port keeps the POST and its key, ten at \
+                     most){base}",
                     spec.name,
                     clip_read(&redact(&to, key), false)
                 )

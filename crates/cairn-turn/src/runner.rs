@@ -357,16 +357,18 @@ fn http_client(idle: Duration) -> reqwest::Client {
         // followed: a 301, 302 or 303 would be followed as a GET without
         // the request, and its answer (a 404 or 405) would hide the
         // redirect; it is a failure that names where it points instead.
-        // Nor is one to another scheme: https to http would send the key in
-        // the clear, and http to https on the same host drops it (reqwest
-        // keeps it only to the same host and port), which would hide the
-        // redirect behind a 401.
+        // Nor is one that leaves the endpoint's origin (its scheme, host and
+        // port, as configured): https to http would send the key in the
+        // clear, and reqwest drops the key only at the hop that changes
+        // host, sending it again to that host's own redirects, so a second
+        // redirect would hand the key to a host the operator never named.
+        // Where it points is said instead, as the base URL to configure.
         .redirect(reqwest::redirect::Policy::custom(|attempt| {
-            let same_scheme = attempt
+            let same_origin = attempt
                 .previous()
-                .last()
-                .is_some_and(|from| from.scheme() == attempt.url().scheme());
-            if matches!(attempt.status().as_u16(), 307 | 308) && same_scheme && attempt.previous().len() < 10 {
+                .first()
+                .is_some_and(|asked| asked.origin() == attempt.url().origin());
+            if matches!(attempt.status().as_u16(), 307 | 308) && same_origin && attempt.previous().len() < 10 {
                 attempt.follow()
             } else {
                 attempt.stop()

@@ -995,10 +995,11 @@ async fn an_endless_answer_is_cut_off_where_the_journal_ends() {
     }
 }
 
-/// A redirect that keeps the POST (307, 308) is followed, with the key to
-/// the same host; one that would turn it into a GET (301, 302, 303) is not:
-/// the failure names where it points, instead of the 404 or 405 a GET
-/// without the request would get.
+/// A redirect that keeps the POST (307, 308) within the endpoint's origin
+/// is followed, with the key; one that would turn it into a GET (301, 302,
+/// 303) or leave the origin is not: the failure names where it points,
+/// instead of the 404 or 405 a GET without the request would get, or the
+/// key reaching a host nobody configured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redirect_that_would_drop_the_post_is_a_failure_naming_it() {
     let s = setup().await;
@@ -1021,6 +1022,8 @@ async fn a_redirect_that_would_drop_the_post_is_a_failure_naming_it() {
     // 307 to another scheme (the key would be dropped, or sent in clear).
     let origin = s.fake.base_url().trim_end_matches("/v1").to_string();
     let https = to.replacen("http://", "https://", 1);
+    let other_host = to.replacen("127.0.0.1", "localhost", 1);
+    assert_ne!(other_host, to, "the fake listens on 127.0.0.1");
     for (id, status, location, named, base) in [
         ("moved", 302, to.clone(), to.clone(), s.fake.base_url().to_string()),
         (
@@ -1036,6 +1039,15 @@ async fn a_redirect_that_would_drop_the_post_is_a_failure_naming_it() {
             https.clone(),
             https.clone(),
             https.replace("/chat/completions", ""),
+        ),
+        // Another host (the same server under another name): the key stays
+        // with the endpoint's origin, at the first hop and every later one.
+        (
+            "host",
+            308,
+            other_host.clone(),
+            other_host.clone(),
+            other_host.replace("/chat/completions", ""),
         ),
     ] {
         let before = s.fake.received().len();
