@@ -217,7 +217,9 @@ async fn ask(
                 clip_read(&redact(&message, key), cut)
             ),
         };
-        return Err(if status.as_u16() == 429 || status.is_server_error() {
+        // 408 (the endpoint timed the request out) and 429 are worth
+        // another call, as the same codes named inside a stream are.
+        return Err(if matches!(status.as_u16(), 408 | 429) || status.is_server_error() {
             ModelFault::Transient { message, retry_after }
         } else {
             ModelFault::Rejected {

@@ -30,8 +30,9 @@ const DELTA_EVERY: Duration = Duration::from_millis(100);
 const DEFAULT_MAX_STEPS: u32 = 8;
 
 /// How model faults worth retrying (429, 5xx, broken streams) are retried:
-/// exponential backoff from `min_delay` to `max_delay`, `Retry-After` taking
-/// precedence, at most `retries` times; then the turn fails `model_unavailable`.
+/// exponential backoff from `min_delay` to `max_delay`, a `Retry-After`
+/// lengthening a wait (never shortening it), at most `retries` times; then
+/// the turn fails `model_unavailable`.
 /// A `Retry-After` longer than `max_delay` (up to [`LONGEST_RETRY_AFTER`], at
 /// most `retries` times a step) is waited out durably instead: the turn
 /// suspends and calls again when it resumes.
@@ -468,7 +469,16 @@ impl TurnRunner {
                             }) if after > self.retry.max_delay => {
                                 let waited = step_waits(ctx, step).await?;
                                 if after > LONGEST_RETRY_AFTER {
-                                    return Ok(Outcome::failure("model", "model_unavailable", message));
+                                    return Ok(Outcome::failure(
+                                        "model",
+                                        "model_unavailable",
+                                        format!(
+                                            "{message} (it asked to be called again in {} s, past the {} s a turn \
+                                             waits: not called again)",
+                                            after.as_secs(),
+                                            LONGEST_RETRY_AFTER.as_secs()
+                                        ),
+                                    ));
                                 }
                                 if waited >= self.retry.retries as u64 {
                                     return Ok(Outcome::failure(
@@ -649,11 +659,14 @@ impl TurnRunner {
                     ModelFault::Transient { retry_after, .. } => retry_after.is_none_or(|a| a <= max_delay),
                     ModelFault::Rejected { .. } => false,
                 })
+                // `Retry-After` is a floor under the backoff, never a
+                // shortcut past it: gateways that send `0` (or a date gone
+                // by) would otherwise spend every retry in milliseconds.
                 .adjust(move |e, planned| match e {
                     ModelFault::Transient {
                         retry_after: Some(after),
                         ..
-                    } => planned.map(|_| *after),
+                    } => planned.map(|p| p.max(*after)),
                     _ => planned,
                 })
                 .notify(|e, after| tracing::warn!(error = %e, ?after, "model call failed; retrying"))

@@ -722,6 +722,54 @@ async fn a_long_retry_after_is_waited_out_suspended() {
     let r = finished(&s.p, "impatient").await;
     assert_eq!(failure_code(&r), "model_unavailable");
     assert_eq!(s.fake.received().len(), 3, "no retry of a wait past an hour");
+    match &r.outcome {
+        Some(Outcome::Failure { message, .. }) => assert!(
+            message.contains("it asked to be called again in 7200 s, past the 3600 s a turn waits"),
+            "the failure says why it was not called again: {message}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A `Retry-After` of 0 (some gateways send it) or a date gone by is a floor
+/// under the backoff, not a replacement for it: the retries still wait. A
+/// 408 is retried, as a 429 is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_retry_after_keeps_the_backoff_and_a_408_is_retried() {
+    let s = setup_with(
+        RetryPolicy {
+            retries: 3,
+            min_delay: Duration::from_millis(300),
+            max_delay: Duration::from_secs(2),
+        },
+        &[],
+    )
+    .await;
+    for _ in 0..2 {
+        s.fake.push(Reply::Status {
+            status: 429,
+            retry_after: Some(0),
+            message: "slow down".into(),
+        });
+    }
+    s.fake.push(Reply::Status {
+        status: 408,
+        retry_after: None,
+        message: "request timed out".into(),
+    });
+    s.fake.push(Reply::Text("at last".into()));
+    let started = std::time::Instant::now();
+    s.p.start(turn("floored", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "floored").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "at last"}))), "{r:?}");
+    assert_eq!(s.fake.received().len(), 4, "two 429s and a 408, each retried");
+    // Backoff from 300 ms, doubling: at least 300 + 600 + 1200 ms (jitter
+    // only adds), where `Retry-After: 0` alone would have waited nothing.
+    assert!(
+        started.elapsed() >= Duration::from_millis(2100),
+        "the backoff was kept: {:?}",
+        started.elapsed()
+    );
 }
 
 /// An owner-bound turn waits out a long `Retry-After` in its run: the call
