@@ -27,6 +27,10 @@ pub struct ChatAnswer {
     /// Why the endpoint stopped (`stop`, `tool_calls`, `length`, ...; `null`
     /// when it did not say).
     pub finish_reason: Value,
+    /// Whether cairn cut the answer off at [`MAX_ANSWER_BYTES`] (what one
+    /// journal entry holds) and read no more of it: the endpoint's own
+    /// `finish_reason` and usage, which come last, were not read.
+    pub cut_at_limit: bool,
 }
 
 /// Why a model call failed.
@@ -301,6 +305,7 @@ async fn ask(
     let mut calls = ToolCalls::default();
     let mut usage = Value::Null;
     let mut finish_reason = Value::Null;
+    let mut cut_at_limit = false;
     let mut done = false;
     // What the answer holds so far (content, refusal, tool calls), in bytes
     // as journaled (JSON-escaped).
@@ -371,9 +376,9 @@ async fn ask(
         let text_of = |field: &str| delta.get(field).and_then(text_parts).filter(|t| !t.is_empty());
         let tool_calls = delta.get("tool_calls").and_then(Value::as_array);
         // An answer past what one journal entry holds could never be
-        // journaled: it is cut off before the chunk that would pass it, as
-        // the model's own token limit cuts one (`finish_reason: length`),
-        // and nothing more is read of it.
+        // journaled: it is cut off before the chunk that would pass it,
+        // much as the model's own token limit cuts one, and nothing more is
+        // read of it (`cut_at_limit`).
         let adds = [text_of("content"), text_of("refusal")]
             .into_iter()
             .flatten()
@@ -381,7 +386,7 @@ async fn ask(
             .chain(tool_calls.into_iter().flatten().map(|f| calls.added_len(f)))
             .sum::<usize>();
         if held + adds > MAX_ANSWER_BYTES {
-            finish_reason = json!("length");
+            cut_at_limit = true;
             done = true;
             break;
         }
@@ -431,7 +436,7 @@ async fn ask(
     if cut.load(std::sync::atomic::Ordering::SeqCst) {
         // Cut off in its line: an answer (what came before it) at its
         // length, as past `MAX_ANSWER_BYTES`.
-        finish_reason = json!("length");
+        cut_at_limit = true;
         done = true;
         chose = true;
     }
@@ -457,6 +462,7 @@ async fn ask(
         message,
         usage,
         finish_reason: bounded_reason(&finish_reason),
+        cut_at_limit,
     })
 }
 
@@ -517,6 +523,7 @@ fn completion(
         message,
         usage: bounded_usage(body.get("usage").cloned().unwrap_or(Value::Null)),
         finish_reason: choice.get("finish_reason").map_or(Value::Null, bounded_reason),
+        cut_at_limit: false,
     })
 }
 
@@ -758,7 +765,7 @@ fn bounded_reason(reason: &Value) -> Value {
 const CALL_OVERHEAD_BYTES: usize = 64;
 
 /// The longest line of an event stream read: past it, the answer is cut off
-/// there (`finish_reason: length`). One chunk holding a whole answer of
+/// there (`cut_at_limit`). One chunk holding a whole answer of
 /// [`MAX_ANSWER_BYTES`], escaped, fits.
 const MAX_STREAM_LINE_BYTES: usize = 2 * MAX_ANSWER_BYTES + 64 * 1024;
 

@@ -15,7 +15,7 @@ use cairn_core::{
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::client::{chat, clip, ChatAnswer, ChatRequest, ModelFault};
+use crate::client::{chat, clip, ChatAnswer, ChatRequest, ModelFault, MAX_ANSWER_BYTES};
 use crate::config::{ModelSpec, Models};
 
 /// The event journaling each model answer: `{step, message, usage}`, and the
@@ -411,16 +411,17 @@ impl TurnRunner {
     async fn run_turn(&self, ctx: &ToolContext, turn: Turn) -> cairn_core::Result<Outcome> {
         let spec = self.models.get(turn.session.model.as_deref())?;
         let max_steps = turn.session.max_steps.unwrap_or(DEFAULT_MAX_STEPS);
-        let journal: HashMap<u64, (Value, Value)> = ctx
+        let journal: HashMap<u64, (Value, Value, bool)> = ctx
             .log()
             .await?
             .into_iter()
             .filter(|e: &ProcessEvent| e.event_type == RESPONSE)
             .filter_map(|e| {
                 let finish = e.payload.get("finish_reason").cloned().unwrap_or(Value::Null);
+                let cut_at_limit = e.payload.get("cut_at_bytes").is_some();
                 Some((
                     e.payload.get("step")?.as_u64()?,
-                    (e.payload.get("message")?.clone(), finish),
+                    (e.payload.get("message")?.clone(), finish, cut_at_limit),
                 ))
             })
             .collect();
@@ -432,7 +433,7 @@ impl TurnRunner {
         // holds across the run's model calls, not just within one.
         let mut last_delta: Option<tokio::time::Instant> = None;
         for step in 1u64.. {
-            let (message, finish_reason) = match journal.get(&step) {
+            let (message, finish_reason, cut_at_limit) = match journal.get(&step) {
                 Some(m) => m.clone(),
                 None => {
                     if step > u64::from(max_steps) {
@@ -514,9 +515,14 @@ impl TurnRunner {
                     if !answer.finish_reason.is_null() {
                         payload["finish_reason"] = answer.finish_reason.clone();
                     }
+                    // Cut off by cairn, not by the endpoint: said as such,
+                    // so a replay decides as this run does.
+                    if answer.cut_at_limit {
+                        payload["cut_at_bytes"] = json!(MAX_ANSWER_BYTES);
+                    }
                     ctx.append_once(RESPONSE, payload, &format!("{RESPONSE}/{step}"))
                         .await?;
-                    (answer.message, answer.finish_reason)
+                    (answer.message, answer.finish_reason, answer.cut_at_limit)
                 }
             };
             // A refusal (OpenAI's `refusal`, journaled with the answer) is
@@ -543,7 +549,7 @@ impl TurnRunner {
             // ones would read as `{}`) or calls left out. None is run; the
             // answer goes through repair, or fails, as a cut-off answer does
             // (and the repair's history holds no call without its result).
-            let cut = matches!(finish_reason.as_str(), Some("length" | "content_filter"));
+            let cut = cut_at_limit || matches!(finish_reason.as_str(), Some("length" | "content_filter"));
             if cut && !calls.is_empty() {
                 calls.clear();
                 if let Some(asked) = messages.last_mut().and_then(Value::as_object_mut) {
@@ -575,9 +581,20 @@ impl TurnRunner {
             // whatever the contract: it goes through repair like any other
             // answer that does not meet it.
             let checked = match finish_reason.as_str() {
-                Some(reason @ ("length" | "content_filter")) => Err(format!(
-                    "the endpoint cut the answer off (finish_reason `{reason}`); give a complete, shorter answer"
+                _ if cut_at_limit => Err(format!(
+                    "the answer passed the {MAX_ANSWER_BYTES} bytes cairn keeps of one answer and was cut off \
+                     there; give a complete, shorter answer"
                 )),
+                Some("length") => Err(
+                    "the endpoint cut the answer off at its token limit (finish_reason `length`); give a complete, \
+                     shorter answer"
+                        .to_string(),
+                ),
+                Some("content_filter") => Err(
+                    "the endpoint's content filter withheld the answer (finish_reason `content_filter`); answer \
+                     within its policy"
+                        .to_string(),
+                ),
                 _ => turn.contract.check(content),
             };
             match checked {
@@ -590,10 +607,21 @@ impl TurnRunner {
                     // Out of repairs, or of steps to make one in: the answer
                     // stands as the violation it is.
                     if repairs >= allowed || last {
+                        // Repairs left, but no step to make one in: said, so
+                        // the violation does not read as repairs that failed.
+                        let message_text = if repairs < allowed {
+                            format!(
+                                "{why} (not repaired: max_steps is {max_steps}, so no model call was left for a \
+                                 repair; {} of {allowed} repairs unused)",
+                                allowed - repairs
+                            )
+                        } else {
+                            why
+                        };
                         return Ok(Outcome::Failure {
                             class: "turn".into(),
                             code: "output_contract_violation".into(),
-                            message: why,
+                            message: message_text,
                             raw: Some(message),
                         });
                     }

@@ -260,8 +260,37 @@ async fn a_json_schema_contract_is_repaired_or_fails() {
     let r = finished(&s.p, "violated").await;
     assert_eq!(failure_code(&r), "output_contract_violation");
     match r.outcome {
-        Some(Outcome::Failure { raw: Some(raw), .. }) => assert_eq!(raw["content"], "{\"ok\": 1}"),
+        Some(Outcome::Failure {
+            raw: Some(raw),
+            message,
+            ..
+        }) => {
+            assert_eq!(raw["content"], "{\"ok\": 1}");
+            assert!(!message.contains("not repaired"), "its repair was made: {message}");
+        }
         other => panic!("the last answer belongs in raw: {other:?}"),
+    }
+
+    // With repairs left but no step to make one in, the failure says so.
+    let contract = json!({"type": "json_schema", "repair_attempts": 2, "schema": {"type": "object"}});
+    let mut one_step = turn("one-step", &[], "Are we ok?", contract);
+    if let ProcessInput::SessionTurn { session, .. } = &mut one_step.input {
+        session.max_steps = Some(1);
+    }
+    let before = s.fake.received().len();
+    s.fake.push(Reply::Text("not json at all".into()));
+    s.p.start(one_step).await.expect("start");
+    let r = finished(&s.p, "one-step").await;
+    assert_eq!(failure_code(&r), "output_contract_violation");
+    assert_eq!(s.fake.received().len(), before + 1, "one model call");
+    match r.outcome {
+        Some(Outcome::Failure { message, .. }) => assert!(
+            message.contains(
+                "not repaired: max_steps is 1, so no model call was left for a repair; 2 of 2 repairs unused"
+            ),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
     }
 }
 
@@ -924,6 +953,24 @@ async fn a_cut_off_answer_is_not_a_final_answer() {
         .expect("response");
     assert_eq!(response.payload["finish_reason"], "length", "journaled with the answer");
 
+    // A content filter's stop is told as what it is, not as a long answer.
+    s.fake.push(Reply::TextEnding {
+        text: "partial".into(),
+        finish_reason: "content_filter".into(),
+    });
+    s.p.start(turn("filtered", &[], "hi", Value::Null))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "filtered").await;
+    assert_eq!(failure_code(&r), "output_contract_violation");
+    match &r.outcome {
+        Some(Outcome::Failure { message, .. }) => {
+            assert!(message.contains("content filter"), "{message}");
+            assert!(!message.contains("shorter"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+
     let contract = json!({"type": "json_schema", "repair_attempts": 1, "schema": {"type": "object"}});
     s.fake.push(Reply::TextEnding {
         text: "{\"a\": 1, \"b\": [1, 2".into(),
@@ -950,8 +997,9 @@ async fn a_cut_off_answer_is_not_a_final_answer() {
 }
 
 /// An answer that streams on past what one journal entry holds is cut off
-/// there, as the model's own limit cuts one (`finish_reason: length`): the
-/// rest is not read, and the turn ends as a cut-off answer does.
+/// there, much as the model's own limit cuts one: the rest is not read, the
+/// journal says cairn cut it (`cut_at_bytes`), and the turn ends as a
+/// cut-off answer does.
 /// A large answer that breaks its schema fails the turn as a violation with
 /// the answer in `raw`: the schema's complaint, which quotes the value it
 /// refuses, is cut short so the failure can be recorded.
@@ -1034,7 +1082,17 @@ async fn an_endless_answer_is_cut_off_where_the_journal_ends() {
             .iter()
             .find(|e| e.event_type == "turn.response")
             .expect("the cut-off answer is journaled");
-        assert_eq!(response.payload["finish_reason"], "length");
+        // Cut by cairn, and said so: not a `finish_reason` the endpoint
+        // never sent, nor a failure blamed on it.
+        assert_eq!(response.payload.get("finish_reason"), None, "{id}");
+        assert_eq!(response.payload["cut_at_bytes"], cairn_turn::MAX_ANSWER_BYTES, "{id}");
+        match &r.outcome {
+            Some(Outcome::Failure { message, .. }) => assert!(
+                message.contains("bytes cairn keeps of one answer") && !message.contains("endpoint"),
+                "{id}: {message}"
+            ),
+            other => panic!("{other:?}"),
+        }
         let kept = response.payload.to_string().len();
         assert!(
             kept <= cairn_turn::MAX_ANSWER_BYTES + 4096,

@@ -301,7 +301,8 @@ const FAILURE_CODES: &[(&str, &str, &str)] = &[
         "turn",
         "output_contract_violation",
         "the final answer does not meet the output contract after the repairs allowed, or the \
-         endpoint cut it off (`finish_reason` `length` or `content_filter`); the answer is in `raw`",
+         endpoint cut it off (`finish_reason` `length` or `content_filter`) or cairn did (past the bytes it keeps of \
+         one answer); the answer is in `raw`, and the message says when `max_steps` left no step for a repair",
     ),
     ("turn", "model_refused", "the model refused (its `refusal`); the answer is in `raw`"),
     (
@@ -364,7 +365,7 @@ fn event_meaning(name: &str) -> &'static str {
         }
         cairn_turn::RESPONSE => {
             "a session turn's model answer for step `step` (journaled once; a replay reads it instead of \
-             calling the model): `{step, message, usage, finish_reason?}`"
+             calling the model): `{step, message, usage, finish_reason?, cut_at_bytes?}` (`cut_at_bytes` when cairn cut the answer off past the bytes it keeps of one)"
         }
         cairn_turn::DELTA => {
             "streamed text of a session turn's model call, at most one per 100 ms (a live view; the \
