@@ -1397,3 +1397,69 @@ async fn negative_numbers_are_json_values() {
         .unwrap_or_default();
     assert_eq!(level["payload"], json!(-5), "{events}");
 }
+
+/// A server that takes requests and never answers (hung, or behind a network
+/// that drops what it carries) does not hold `cairn await --timeout` past
+/// its timeout (and a short grace): it ends, exit 1, saying the server did
+/// not answer and that the state is unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn await_gives_up_on_a_server_that_never_answers() {
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", hung.local_addr().expect("addr"));
+    // Take every connection and hold it, reading nothing, answering nothing.
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = hung.accept().await {
+            open.push(socket);
+        }
+    });
+    let started = Instant::now();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        run_cli(&base, None, &["await", "hung-1", "--timeout", "1s"], None),
+    )
+    .await
+    .expect("cairn await --timeout 1s still waiting after 30 s on a server that never answers");
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert!(
+        out.stderr.contains("did not answer within 3s"),
+        "says the server did not answer: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("unknown"),
+        "says the state is unknown: {}",
+        out.stderr
+    );
+    held.abort();
+}
+
+/// A write whose connection breaks after the request went out says why,
+/// and that it may or may not have been done, with how to find out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_answer_was_lost_says_it_may_have_been_done() {
+    let closing = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", closing.local_addr().expect("addr"));
+    // Read the request's first bytes, then hang up without a word.
+    let server = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = closing.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf).await;
+            drop(socket);
+        }
+    });
+    let out = run_cli(&base, None, &["signal", "p-1", "go", "--id", "s-1"], None).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("broke before it answered"),
+        "names what happened: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("may or may not have been done") && out.stderr.contains("cairn get"),
+        "says the write may have been done, and how to tell: {}",
+        out.stderr
+    );
+    server.abort();
+}

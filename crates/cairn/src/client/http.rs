@@ -19,8 +19,23 @@ pub enum ClientError {
         source: reqwest::Error,
     },
     /// The connection broke or the answer could not be read.
-    #[error("cannot talk to the server: {0}")]
+    #[error("cannot talk to the server: {}", with_cause(.0))]
     Http(#[from] reqwest::Error),
+    /// A write's connection broke after the request went out, before its
+    /// answer came: the write may have been done.
+    #[error("the connection to the server broke before it answered: {}", with_cause(.0))]
+    LostAnswer(reqwest::Error),
+    /// The server took the request and gave no answer in time (a server
+    /// hung, or a network that drops what it carries).
+    #[error("the server at {server} did not answer within {}", about(*.within))]
+    NoAnswer {
+        /// The base URL asked.
+        server: String,
+        /// How long the client waited for the answer.
+        within: Duration,
+        /// Whether the request was a write (it may have been done).
+        write: bool,
+    },
     /// The server answered with an error body.
     #[error("{code}: {message} (HTTP {status})")]
     Api {
@@ -90,6 +105,13 @@ impl ClientError {
                 Some("the server runs the `shell` tool only when started with `--allow-shell`".into())
             }
             Self::Api { status: 401, .. } => Some("pass the server's token with --token or CAIRN_TOKEN".into()),
+            // A write whose answer never came may have been done: the state
+            // tells, and a repeat with the same ids is taken once anyway.
+            Self::NoAnswer { write: true, .. } | Self::LostAnswer(_) => Some(
+                "the request may or may not have been done: read the state (`cairn get ID`) before repeating \
+                 it; a repeated start, signal or completion with the same ids is taken once"
+                    .into(),
+            ),
             Self::NotJson { .. } | Self::NotCairn { .. } => {
                 Some("is --server (or CAIRN_SERVER) the address of `cairn serve`, with no path after it?".into())
             }
@@ -102,6 +124,34 @@ impl ClientError {
         }
     }
 }
+
+/// A transport error and its innermost cause ("error sending request for
+/// url (...): connection closed before message completed"), the cause said
+/// once when it is the error itself.
+fn with_cause(e: &reqwest::Error) -> String {
+    let (outer, root) = (e.to_string(), root_cause(e));
+    if outer.contains(&root) {
+        outer
+    } else {
+        format!("{outer}: {root}")
+    }
+}
+
+/// A wait as a person reads it: to the second (to the millisecond below one).
+fn about(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(if d >= Duration::from_secs(1) {
+        Duration::from_secs(d.as_secs_f64().round() as u64)
+    } else {
+        Duration::from_millis(d.as_millis() as u64)
+    })
+}
+
+/// How long a request waits for its whole answer, unless it says otherwise
+/// (an await waits as long as it asked the server to, and a little more).
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(60);
+
+/// How much longer than the wait it asked for an await waits for its answer.
+pub const AWAIT_GRACE: Duration = Duration::from_secs(2);
 
 /// The innermost cause of an error, for a one-line message ("Connection refused").
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -222,10 +272,30 @@ impl Client {
         }
     }
 
-    async fn send(&self, rb: RequestBuilder) -> Result<(StatusCode, Value), ClientError> {
-        let resp = rb.send().await.map_err(|e| self.send_error(e))?;
+    /// A request sent, and its answer read, within `within`: `NoAnswer`
+    /// past it, saying whether the request was a `write`.
+    async fn send(
+        &self,
+        rb: RequestBuilder,
+        within: Duration,
+        write: bool,
+    ) -> Result<(StatusCode, Value), ClientError> {
+        let no_answer = |e: reqwest::Error| {
+            if e.is_timeout() {
+                ClientError::NoAnswer {
+                    server: self.base.clone(),
+                    within,
+                    write,
+                }
+            } else if write && !e.is_connect() && !e.is_builder() {
+                ClientError::LostAnswer(e)
+            } else {
+                self.send_error(e)
+            }
+        };
+        let resp = rb.timeout(within).send().await.map_err(no_answer)?;
         let status = resp.status();
-        let bytes = resp.bytes().await?;
+        let bytes = resp.bytes().await.map_err(no_answer)?;
         let body: Value = if bytes.is_empty() {
             Value::Null
         } else {
@@ -274,8 +344,16 @@ impl Client {
 
     /// `GET path`, answering the JSON body.
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.get_within(path, ANSWER_WITHIN).await
+    }
+
+    /// `GET path`, answered within `within` (an await's own wait and more).
+    pub async fn get_within(&self, path: &str, within: Duration) -> Result<Value, ClientError> {
         no_dot_segments(path)?;
-        Ok(self.send(self.request(reqwest::Method::GET, path)).await?.1)
+        Ok(self
+            .send(self.request(reqwest::Method::GET, path), within, false)
+            .await?
+            .1)
     }
 
     /// Every item of a listing paged by `after` and `next_after` (schedules,
@@ -300,8 +378,20 @@ impl Client {
 
     /// `POST path` with a JSON body, answering the status and the JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> Result<(StatusCode, Value), ClientError> {
+        self.post_within(path, body, ANSWER_WITHIN).await
+    }
+
+    /// `POST path` with a JSON body, answered within `within` (a prune of
+    /// millions of rows takes longer than any other request).
+    pub async fn post_within(
+        &self,
+        path: &str,
+        body: &Value,
+        within: Duration,
+    ) -> Result<(StatusCode, Value), ClientError> {
         no_dot_segments(path)?;
-        self.send(self.request(reqwest::Method::POST, path).json(body)).await
+        self.send(self.request(reqwest::Method::POST, path).json(body), within, true)
+            .await
     }
 
     /// `POST path` with `text`, JSON the caller checked, sent as written: the
@@ -312,6 +402,8 @@ impl Client {
             self.request(reqwest::Method::POST, path)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(text),
+            ANSWER_WITHIN,
+            true,
         )
         .await
     }
@@ -319,7 +411,10 @@ impl Client {
     /// `DELETE path`, answering the status.
     pub async fn delete(&self, path: &str) -> Result<StatusCode, ClientError> {
         no_dot_segments(path)?;
-        Ok(self.send(self.request(reqwest::Method::DELETE, path)).await?.0)
+        Ok(self
+            .send(self.request(reqwest::Method::DELETE, path), ANSWER_WITHIN, true)
+            .await?
+            .0)
     }
 
     /// Follow a process's events over SSE from `after`, calling `on_event` with each
@@ -398,6 +493,7 @@ impl Client {
                 Ok(false)
                 | Err(
                     ClientError::Http(_)
+                    | ClientError::NoAnswer { .. }
                     | ClientError::Unreachable { .. }
                     | ClientError::Interrupted(_)
                     | ClientError::Api { status: 503, .. },

@@ -10,7 +10,7 @@ use cairn_core::{Outcome, StartRequest};
 use cairn_mcp::{Answer, Cairn, Failure, ListArgs, McpServer};
 use serde_json::{json, Value};
 
-use super::http::{query, segment, Client, ClientError};
+use super::http::{query, segment, Client, ClientError, AWAIT_GRACE};
 
 /// Serve MCP on stdio until the client closes it.
 pub async fn serve(client: &Client) -> Result<ExitCode, ClientError> {
@@ -59,10 +59,12 @@ fn bare_failure(e: ClientError) -> Failure {
             ..
         } => Failure::new(code, message).with_tombstone(tombstone),
         e @ (ClientError::Unreachable { .. }
+        | ClientError::NoAnswer { .. }
         | ClientError::Interrupted(_)
         | ClientError::NotJson { .. }
         | ClientError::NotCairn { .. }) => Failure::new("unavailable", e.to_string()),
         ClientError::Http(e) => Failure::new("unavailable", format!("cannot reach the cairn server: {e}")),
+        e @ ClientError::LostAnswer(_) => Failure::new("outcome_unknown", e.to_string()),
         ClientError::Usage(message) => Failure::new("invalid_request", message),
     }
 }
@@ -75,6 +77,8 @@ fn write_failure(e: ClientError) -> Failure {
         // A proxy's 502/503/504 before the server, or a success whose body
         // is not what cairn answers, came after the request went out.
         e @ (ClientError::Http(_)
+        | ClientError::LostAnswer(_)
+        | ClientError::NoAnswer { .. }
         | ClientError::Interrupted(_)
         | ClientError::NotCairn { status: 502..=504, .. }
         | ClientError::NotJson { status: 200..=299, .. }) => Failure::new(
@@ -133,12 +137,11 @@ impl Cairn for Forwarding {
 
     async fn await_terminal(&self, id: &str, timeout: Duration) -> Answer {
         let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        self.get_json(&format!(
-            "{}/await?{}",
-            proc_path(id),
-            query([("timeout_ms", ms.to_string())])
-        ))
-        .await
+        let path = format!("{}/await?{}", proc_path(id), query([("timeout_ms", ms.to_string())]));
+        self.client
+            .get_within(&path, timeout.saturating_add(AWAIT_GRACE))
+            .await
+            .map_err(failure)
     }
 
     async fn signal(&self, id: &str, name: &str, signal_id: &str, payload: Value) -> Answer {

@@ -434,6 +434,8 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
 async fn await_command(client: &Client, json: bool, id: &str, timeout: Duration) -> Result<ExitCode, ClientError> {
     let deadline = Instant::now() + timeout;
     let mut reached = false;
+    // Whether the server ever answered this wait with the record.
+    let mut answered = false;
     let mut retries = http::reconnect_delays();
     // What ended the first wait of the current outage, said if it outlasts us.
     let mut outage: Option<String> = None;
@@ -441,16 +443,18 @@ async fn await_command(client: &Client, json: bool, id: &str, timeout: Duration)
         let remaining = deadline.saturating_duration_since(Instant::now());
         let asked = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX);
         let sent = Instant::now();
+        // The server answers at its deadline; one that does not (hung, or
+        // a network that drops what it carries) is not waited on past ours.
         let answer = client
-            .get(&format!(
-                "{}/await?{}",
-                proc_path(id),
-                query([("timeout_ms", asked.to_string())])
-            ))
+            .get_within(
+                &format!("{}/await?{}", proc_path(id), query([("timeout_ms", asked.to_string())])),
+                remaining.saturating_add(http::AWAIT_GRACE),
+            )
             .await;
         let lost = match answer {
             Ok(record) => {
                 reached = true;
+                answered = true;
                 // The server answered "running" before our deadline at once:
                 // a shutdown ends the waits it holds so (a cap answers after
                 // waiting). Ask again as after an outage.
@@ -470,6 +474,7 @@ async fn await_command(client: &Client, json: bool, id: &str, timeout: Duration)
             Err(
                 e @ (ClientError::Unreachable { .. }
                 | ClientError::Http(_)
+                | ClientError::NoAnswer { .. }
                 | ClientError::Interrupted(_)
                 | ClientError::Api { status: 503, .. }),
             ) => {
@@ -485,6 +490,12 @@ async fn await_command(client: &Client, json: bool, id: &str, timeout: Duration)
         let remaining = deadline.saturating_duration_since(Instant::now());
         match retries.next() {
             Some(delay) if !remaining.is_zero() => tokio::time::sleep(delay.min(remaining)).await,
+            _ if !answered => {
+                return Err(ClientError::Interrupted(format!(
+                    "no answer to the wait in time ({lost}); {id}'s state is unknown: `cairn await {id}` again \
+                     once the server answers"
+                )))
+            }
             _ => {
                 return Err(ClientError::Interrupted(format!(
                     "the server ended the wait ({lost}) and did not answer again in time; {id} was still \
@@ -1207,7 +1218,10 @@ async fn prune(client: &Client, json: bool, args: PruneArgs) -> Result<ExitCode,
             body[key] = Value::String(v);
         }
     }
-    let (_, report) = client.post("/v1/prune", &body).await?;
+    // A prune of millions of rows is one request that takes minutes.
+    let (_, report) = client
+        .post_within("/v1/prune", &body, Duration::from_secs(24 * 3600))
+        .await?;
     if json {
         print_json(&report);
     } else {
