@@ -285,9 +285,25 @@ async fn run_child(ctx: &ToolContext, args: &ShellArgs, grace: Duration, hidden_
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            let message = match &args.cwd {
-                Some(cwd) => format!("could not start `{program}` in `{cwd}`: {e}"),
-                None => format!("could not start `{program}`: {e}"),
+            // "No such file or directory" may be of the directory or of the
+            // program: said which, where it can be told.
+            let dir_problem = args.cwd.as_deref().and_then(|cwd| match std::fs::metadata(cwd) {
+                Err(d) if d.kind() == std::io::ErrorKind::NotFound => Some("does not exist"),
+                Ok(m) if !m.is_dir() => Some("is not a directory"),
+                _ => None,
+            });
+            let message = match (&args.cwd, dir_problem) {
+                (Some(cwd), Some(problem)) => {
+                    format!("could not start `{program}`: its working directory `{cwd}` {problem}")
+                }
+                (Some(cwd), None) if e.kind() == std::io::ErrorKind::NotFound => {
+                    format!("could not start `{program}` in `{cwd}`: no such program ({e})")
+                }
+                (None, None) if e.kind() == std::io::ErrorKind::NotFound => {
+                    format!("could not start `{program}`: no such program ({e})")
+                }
+                (Some(cwd), _) => format!("could not start `{program}` in `{cwd}`: {e}"),
+                (None, _) => format!("could not start `{program}`: {e}"),
             };
             return Outcome::failure("tool", "spawn_failed", message);
         }

@@ -299,11 +299,31 @@ async fn bad_args_at_run_time_fail_the_run() {
 
 #[tokio::test]
 async fn spawn_failures_are_reported() {
+    // Each says which was missing: the program, or the directory.
+    let message = |outcome: &Outcome| match outcome {
+        Outcome::Failure { message, .. } => message.clone(),
+        other => panic!("{other:?}"),
+    };
     let (_reg, outcome) = run(json!({"argv": ["/nonexistent/cairn-no-such-program"]})).await;
     expect_failure(&outcome, "spawn_failed");
+    assert!(message(&outcome).contains("no such program"), "{}", message(&outcome));
 
     let (_reg, outcome) = run(json!({"command": "true", "cwd": "/nonexistent/cairn-no-such-dir"})).await;
     expect_failure(&outcome, "spawn_failed");
+    assert!(
+        message(&outcome).contains("its working directory `/nonexistent/cairn-no-such-dir` does not exist"),
+        "{}",
+        message(&outcome)
+    );
+    let file = tempfile::NamedTempFile::new().expect("file");
+    let cwd = file.path().display().to_string();
+    let (_reg, outcome) = run(json!({"command": "true", "cwd": cwd})).await;
+    expect_failure(&outcome, "spawn_failed");
+    assert!(
+        message(&outcome).contains("is not a directory"),
+        "{}",
+        message(&outcome)
+    );
 }
 
 #[tokio::test]
