@@ -926,6 +926,47 @@ async fn module_ls_reads_every_page() {
     assert_eq!(out.stdout.lines().count(), 1002, "a header and a row per module");
 }
 
+/// A module is stored once, with the name it was first given: putting the
+/// same source again under another name says the name was not applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_given_to_a_module_stored_already_is_said_not_applied() {
+    let server = Server::start(&[]).await;
+    let source = "export async function f(ctx) { return 1; }\n";
+    let first = run_cli(&server.base, None, &["module", "put", "-"], Some(source)).await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert!(first.stdout.starts_with("stored "), "{}", first.stdout);
+    assert!(!first.stderr.contains("not applied"), "{}", first.stderr);
+    let again = run_cli(
+        &server.base,
+        None,
+        &["module", "put", "-", "--name", "mine.js"],
+        Some(source),
+    )
+    .await;
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.stdout.starts_with("already stored "), "{}", again.stdout);
+    assert!(
+        again
+            .stderr
+            .contains("the name `mine.js` was not applied: this source was stored already, without a name"),
+        "{}",
+        again.stderr
+    );
+    // The same name again is no news.
+    let named = "export async function g(ctx) { return 2; }\n";
+    for _ in 0..2 {
+        let out = run_cli(
+            &server.base,
+            None,
+            &["module", "put", "-", "--name", "g.js"],
+            Some(named),
+        )
+        .await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert!(!out.stderr.contains("not applied"), "{}", out.stderr);
+    }
+}
+
 /// An empty `ls` says that it lists running processes only, and how to see
 /// the ended ones; with `--status` given, an empty table says nothing more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1267,7 +1267,8 @@ async fn module(client: &Client, json: bool, command: ModuleCommand) -> Result<E
                 (source, base)
             };
             let mut body = json!({ "source": source });
-            if let Some(n) = name.or(default_name) {
+            let asked = name.or(default_name);
+            if let Some(n) = &asked {
                 body["name"] = json!(n);
             }
             let (status, module) = client.post("/v1/modules", &body).await?;
@@ -1281,6 +1282,17 @@ async fn module(client: &Client, json: bool, command: ModuleCommand) -> Result<E
                 };
                 println!("{verb} {}", str_at(&module, "/module_ref"));
                 println!("exports: {}", exports_of(&module));
+                // A module is immutable, its name too: one stored already
+                // keeps the name it was first given (or none).
+                let kept = module.get("name").and_then(Value::as_str);
+                if let Some(asked) = asked.filter(|a| Some(a.as_str()) != kept) {
+                    eprintln!(
+                        "the name `{}` was not applied: this source was stored already, {} (a module, its name \
+                         included, never changes)",
+                        shown(&asked),
+                        kept.map_or_else(|| "without a name".to_string(), |k| format!("as `{}`", shown(k)))
+                    );
+                }
             }
         }
         ModuleCommand::Ls => {
