@@ -115,8 +115,9 @@ impl StartRequest {
     /// Make the start one that session `scope` may make (SPEC §4): started as
     /// the session (an originator naming the same session stays as given),
     /// granted to it (with the descriptor asked for). An originator, grant or
-    /// wake target naming another session is refused (`invalid_request`):
-    /// the caller would believe it had handed the process on.
+    /// wake target naming another session, or an originator naming a host
+    /// scope, is refused (`invalid_request`): the caller would believe it
+    /// had handed the process on.
     pub fn confine_to_session(&mut self, scope: &SessionScope) -> Result<()> {
         let other = |what: &str, named: &str| {
             Err(CairnError::InvalidRequest(format!(
@@ -134,10 +135,17 @@ impl StartRequest {
         {
             return other("grant the process to", &g.session_scope.session_id);
         }
-        if let Originator::Session { scope: named } = &self.originator {
-            if named.session_id != scope.session_id {
+        match &self.originator {
+            Originator::Session { scope: named } if named.session_id != scope.session_id => {
                 return other("name as its originator", &named.session_id);
             }
+            // A host scope named outright is the host's to name (no scope
+            // is what a start that names no originator has: it is the
+            // session's, below).
+            Originator::Host { scope: Some(host) } => {
+                return other("name as its originator", &format!("host:{host}"));
+            }
+            _ => {}
         }
         let own = matches!(&self.originator, Originator::Session { scope: s } if s.session_id == scope.session_id);
         if !own {

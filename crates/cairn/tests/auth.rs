@@ -141,12 +141,20 @@ async fn session_tokens_see_only_their_grants() {
             json!({"session_scope": {"session_id": "s2"}, "descriptor": {"label": "mine"}}),
         ),
         ("originator", json!({"type": "session", "scope": {"session_id": "s2"}})),
+        ("originator", json!({"type": "host", "scope": "ops"})),
     ] {
         let mut elsewhere = body.clone();
+        let named = if value["type"] == "host" { "host:ops" } else { "s2" };
         elsewhere[field] = value;
         let (s, err) = s1.start(elsewhere).await;
         assert_eq!((s, code(&err)), (400, "invalid_request"), "{field}: {err}");
-        assert!(err["error"]["message"].as_str().unwrap().contains("not `s2`"), "{err}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("not `{named}`")),
+            "{err}"
+        );
     }
     assert_eq!(host.get("/v1/processes/p-s1").await.0, 404);
     // Otherwise it is forced to originate from and be granted to that session.
