@@ -107,6 +107,7 @@ pub fn apply_event(record: &mut ProcessRecord, event: &ProcessEvent) {
                 signals: p
                     .get("signals")
                     .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok()),
+                due_timer: p.get("due_timer").and_then(Value::as_bool).unwrap_or(false),
                 woken: None,
                 since_ms: event.occurred_at_ms,
             });
@@ -651,7 +652,13 @@ pub fn resume_reason(record: &ProcessRecord, now_ms: u64) -> Option<&'static str
             "signal"
         })
     } else if wait.until_ms.is_some_and(|t| t <= now_ms) {
-        Some(if wait.kind == "timer" { "timer" } else { "timed_out" })
+        // A timer's due time (a timer's own, or one a script raced against
+        // this wait) is `timer`; the wait's own deadline is `timed_out`.
+        Some(if wait.kind == "timer" || wait.due_timer {
+            "timer"
+        } else {
+            "timed_out"
+        })
     } else {
         None
     }

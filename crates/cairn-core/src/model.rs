@@ -602,6 +602,11 @@ pub struct WaitState {
     /// them (a script racing a signal against another, or against children).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signals: Option<Vec<String>>,
+    /// Whether `until_ms` is a pending timer's due time rather than the
+    /// wait's own deadline (a script racing a `ctx.sleep` against a signal
+    /// or a child): reaching it resumes the run for `timer`, not `timed_out`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub due_timer: bool,
     /// Set by the write that satisfied the wait (`signal`): the process is
     /// claimable and the next claim resumes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -633,6 +638,10 @@ pub struct WaitRequest {
     /// Other signal names that also end the wait: the next signal of any of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signals: Option<Vec<String>>,
+    /// Whether `until_ms` is a pending timer's due time, not this wait's own
+    /// deadline ([`WaitState::due_timer`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub due_timer: bool,
 }
 
 /// Which ends of the awaited children satisfy a `children` wait (SPEC §13).
@@ -657,6 +666,7 @@ impl WaitRequest {
             ids: None,
             mode: None,
             signals: None,
+            due_timer: false,
         }
     }
 
@@ -670,6 +680,7 @@ impl WaitRequest {
             ids: Some(ids),
             mode: Some(mode),
             signals: None,
+            due_timer: false,
         }
     }
 
@@ -683,6 +694,7 @@ impl WaitRequest {
             ids: None,
             mode: None,
             signals: None,
+            due_timer: false,
         }
     }
 

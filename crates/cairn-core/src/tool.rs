@@ -724,11 +724,17 @@ impl ToolContext {
     /// children wait, else the first signal's, either also ended by the next
     /// signal of the other names ([`WaitRequest::signals`]); as with every
     /// wait, a `rerunnable` process suspends (`Err`, the run returns).
+    /// `due_timer` says `until_ms` is a pending timer's due time (a sleep
+    /// raced against the rest), not a deadline of the wait's own: reaching
+    /// it is recorded as `timer`, not `timed_out` ([`WaitState::due_timer`]).
+    ///
+    /// [`WaitState::due_timer`]: crate::model::WaitState::due_timer
     pub async fn wait_first(
         &self,
         signals: &[(String, u64)],
         children: Option<(&[String], ChildrenMode, u64)>,
         until_ms: Option<u64>,
+        due_timer: bool,
     ) -> Result<FirstOf> {
         let names = |from: &[(String, u64)]| from.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
         let mut wait = match (children, signals.split_first()) {
@@ -740,6 +746,8 @@ impl ToolContext {
             }
             (None, None) => return Err(CairnError::InvalidRequest("a wait for the first of nothing".into())),
         };
+        wait.due_timer = due_timer && until_ms.is_some();
+        let passed = if wait.due_timer { "timer" } else { "timed_out" };
         let types = signals
             .iter()
             .map(|(n, _)| events::signal_event_type(n))
@@ -749,7 +757,7 @@ impl ToolContext {
             let log = self.read_log().await?;
             let seen = log.last().map_or(0, |e| e.sequence);
             let (waited, resumed) = marks(&log, &wait, deadline);
-            if timed_out(resumed) {
+            if timed_out(resumed) || reason_of(resumed) == Some("timer") {
                 return Ok(FirstOf::TimedOut);
             }
             // What has happened, the earliest first: a signal that came (in
@@ -793,7 +801,7 @@ impl ToolContext {
                 if at > until {
                     if waited.is_some() && resumed.is_none() {
                         wait.until_ms = until_ms;
-                        self.resume(&wait, "timed_out").await?;
+                        self.resume(&wait, passed).await?;
                     }
                     return Ok(FirstOf::TimedOut);
                 }
@@ -868,7 +876,8 @@ impl ToolContext {
                 .or_else(|| timeout.map(|t| self.now_ms().saturating_add(duration_ms(t)))),
         };
         if wait.until_ms.is_some_and(|t| t <= self.now_ms()) {
-            self.resume(wait, "timed_out").await?;
+            self.resume(wait, if wait.due_timer { "timer" } else { "timed_out" })
+                .await?;
             return Ok(Pending::TimedOut);
         }
         if self.suspends() {
@@ -1042,7 +1051,12 @@ fn marks<'a>(
 
 /// Whether a wait's resumption says its deadline passed.
 fn timed_out(resumed: Option<&ProcessEvent>) -> bool {
-    resumed.is_some_and(|e| e.payload.get("reason").and_then(Value::as_str) == Some("timed_out"))
+    reason_of(resumed) == Some("timed_out")
+}
+
+/// Why a wait was resumed, as its `process.resumed` says.
+fn reason_of(resumed: Option<&ProcessEvent>) -> Option<&str> {
+    resumed.and_then(|e| e.payload.get("reason").and_then(Value::as_str))
 }
 
 /// Something an owner-bound wait waits to happen.

@@ -337,7 +337,10 @@ fn record_panel(r: &ProcessRecord) -> Markup {
                     p { "for " (w.kind) @if let Some(n) = &w.name { " " code { (n) } }
                         @if let Some(k) = w.ordinal { " (#" (k) ")" }
                         " since " (time::when(w.since_ms))
-                        @if let Some(until) = w.until_ms { ", until " (time::when(until)) } }
+                        @if let Some(until) = w.until_ms {
+                            @if w.due_timer { ", woken at a timer's due time " (time::when(until)) }
+                            @else { ", until " (time::when(until)) }
+                        } }
                     @if let Some(ids) = &w.ids {
                         p.wait-children {
                             @match w.mode { Some(cairn_core::model::ChildrenMode::Any) => "any of ", _ => "all of " }

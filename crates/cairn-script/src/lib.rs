@@ -797,13 +797,20 @@ impl Driver<'_> {
             .map(|(_, due)| *due)
             .chain(signals.iter().filter_map(|(_, _, own)| *own))
             .min();
+        // Whether the earliest deadline is a sleep's due time (one raced
+        // against the rest): reaching it is a timer's, recorded as such.
+        // (A signal's own deadline at the same moment makes it a deadline:
+        // that wait times out then, as it would alone.)
+        let due_timer = until.is_some()
+            && timers.iter().map(|(_, due)| *due).min() == until
+            && signals.iter().filter_map(|(_, _, own)| *own).min() != until;
         let ids = self.child_ids(&children);
         // Each round of waiting answers at least one call, so the number of
         // calls answered names the round, the same in every activation.
         let round = self.answered.len() as u64 + 1;
         let awaited: Vec<(String, u64)> = firsts.iter().map(|(_, name, o)| (name.clone(), *o)).collect();
         let on_children = (!ids.is_empty()).then_some((ids.as_slice(), cairn_core::model::ChildrenMode::Any, round));
-        match self.ctx.wait_first(&awaited, on_children, until).await {
+        match self.ctx.wait_first(&awaited, on_children, until, due_timer).await {
             Ok(FirstOf::Signal(i, payload)) => {
                 let (n, name, ordinal) = &firsts[i];
                 *self.taken.entry(name.clone()).or_insert(0) += 1;

@@ -1454,6 +1454,13 @@ async fn a_race_of_waits_settles_with_the_first_to_settle() {
     .await;
     let rec = run(&p, script("rt", &m, "timerFirst", json!({}))).await;
     assert_eq!(rec.outcome, Some(Outcome::success(json!("timer"))));
+    // The sleep's due time ended the wait: a timer's, not a deadline passed.
+    let reasons: Vec<Value> = events(&p, "rt", "process.resumed")
+        .await
+        .into_iter()
+        .map(|e| e["reason"].clone())
+        .collect();
+    assert_eq!(reasons, [json!("timer")], "{reasons:?}");
     let rec = run(&p, script("rs", &m, "shorterTimer", json!({}))).await;
     assert_eq!(rec.outcome, Some(Outcome::success(json!("short"))));
     let rec = run(&p, script("rc", &m, "childFirst", json!({}))).await;
@@ -1495,6 +1502,69 @@ async fn the_loser_of_a_race_can_still_be_awaited() {
     assert_eq!(
         rec.outcome,
         Some(Outcome::success(json!({"first": "timer", "later": {"by": "bo"}})))
+    );
+}
+
+/// A sleep that lost a race is still pending, and a later wait is woken at
+/// its due time to settle it: that resumption is the timer's (`timer`), not
+/// the later wait timing out, and the record says the wait's `until_ms` is a
+/// timer's due time (`due_timer`), not the later wait's own deadline.
+#[tokio::test]
+async fn a_leftover_sleep_wakes_a_later_wait_as_a_timer() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const w = await Promise.race([ctx.waitSignal("a").then(v => ({sig: v})), ctx.sleep(300).then(() => "timer")]);
+            const b = await ctx.waitSignal("b", {timeoutMs: 600000});
+            return {w, b};
+        }"#,
+    )
+    .await;
+    p.start(script("lo", &m, "main", json!({}))).await.unwrap();
+    let raced = p
+        .await_event("lo", "process.waiting", 0, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        (&raced.payload["name"], &raced.payload["due_timer"]),
+        (&json!("a"), &json!(true))
+    );
+    p.signal("lo", "a", "a1", json!("A")).await.unwrap();
+    // The wait for `b`, bounded by the leftover sleep's due time.
+    let waiting = p
+        .await_event("lo", "process.waiting", raced.sequence, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(waiting.payload["name"], "b", "{waiting:?}");
+    assert_eq!(waiting.payload["due_timer"], true, "{waiting:?}");
+    // Past the sleep's due time the run settles it and waits for `b` again.
+    let again = p
+        .await_event("lo", "process.waiting", waiting.sequence, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(again.payload["name"], "b", "{again:?}");
+    assert!(
+        again.payload.get("due_timer").is_none(),
+        "only b's own deadline now: {again:?}"
+    );
+    let record = p.get("lo").await.unwrap();
+    assert!(record.wait.as_ref().is_some_and(|w| !w.due_timer), "{:?}", record.wait);
+    p.signal("lo", "b", "b1", json!("B")).await.unwrap();
+    let rec = p.await_output("lo", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::success(json!({"w": {"sig": "A"}, "b": "B"})))
+    );
+    let reasons: Vec<Value> = events(&p, "lo", "process.resumed")
+        .await
+        .into_iter()
+        .map(|e| e["reason"].clone())
+        .collect();
+    assert_eq!(
+        reasons,
+        [json!("signal"), json!("timer"), json!("signal")],
+        "{reasons:?}"
     );
 }
 

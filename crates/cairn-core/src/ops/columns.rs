@@ -282,6 +282,7 @@ mod tests {
             ids: None,
             mode: None,
             signals: None,
+            due_timer: false,
             woken: Some("signal".into()),
             since_ms: 6,
         });

@@ -1251,6 +1251,7 @@ fn wait<T: WriteTx + ?Sized>(tx: &mut T, lease: &Lease, wait: &WaitRequest, seen
             ids: wait.ids.clone(),
             mode: wait.mode,
             signals: wait.signals.clone(),
+            due_timer: wait.due_timer,
             woken: None,
             since_ms: now,
         };

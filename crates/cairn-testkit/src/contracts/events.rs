@@ -731,6 +731,7 @@ pub async fn wait_state_is_folded(factory: &dyn StoreFactory) {
             ids: None,
             mode: None,
             signals: None,
+            due_timer: false,
             woken: None,
             since_ms: h.now(),
         })

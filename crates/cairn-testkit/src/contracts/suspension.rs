@@ -172,6 +172,7 @@ pub async fn wait_refuses_a_stale_view(factory: &dyn StoreFactory) {
                 ids: None,
                 mode: None,
                 signals: None,
+                due_timer: false,
             },
             seen,
         ),
