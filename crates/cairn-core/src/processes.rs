@@ -537,6 +537,7 @@ impl RuntimeBuilder {
                 registry,
                 starter,
                 scripts: self.scripts,
+                compiles: Arc::new(tokio::sync::Semaphore::new(1)),
                 clock: self.clock,
                 awaiter,
                 hub,
@@ -604,6 +605,10 @@ pub(crate) struct Inner {
     pub(crate) starter: Arc<Starter>,
     pub(crate) clock: SharedClock,
     pub(crate) scripts: Option<Arc<dyn ScriptEngine>>,
+    /// Module compiles run one at a time: each may run a module's top level
+    /// for up to a script activation's CPU limit, and unlike activations
+    /// (bounded by worker slots) they come straight from requests.
+    compiles: Arc<tokio::sync::Semaphore>,
     awaiter: Awaiter,
     hub: ChangeHub,
     pub(crate) driver: Option<Arc<WorkDriver>>,
@@ -822,29 +827,45 @@ impl Processes {
         let Some(engine) = &self.inner.scripts else {
             return Err(CairnError::Unavailable("this runtime has no script engine".into()));
         };
+        // A name is checked whether or not the source is stored already.
+        crate::script::check_module_name(name.as_deref())?;
+        // A source stored already is answered as it is, not compiled again.
+        if let Ok(stored) = self
+            .inner
+            .registry
+            .get_module(&crate::script::module_ref(&source))
+            .await
+        {
+            return Ok(ModulePut {
+                module: stored.info,
+                created: false,
+            });
+        }
         // Compiling may run the module's top-level code (under the engine's
-        // limits): off the async threads.
+        // limits): off the async threads, and one at a time, so requests
+        // storing modules whose top level spins hold one core at most.
         let exports = {
-            let (engine, source) = (engine.clone(), source.clone());
-            tokio::task::spawn_blocking(move || engine.exports(&source))
+            // The turn is held by the compile itself, not by the request: a
+            // client that hangs up does not free it while the compile runs.
+            let turn = self
+                .inner
+                .compiles
+                .clone()
+                .acquire_owned()
                 .await
-                .map_err(|e| CairnError::Unavailable(format!("the script compiler stopped: {e}")))??
+                .map_err(|_| CairnError::Unavailable("the script compiler is closed".into()))?;
+            let (engine, source) = (engine.clone(), source.clone());
+            tokio::task::spawn_blocking(move || {
+                let _turn = turn;
+                engine.exports(&source)
+            })
+            .await
+            .map_err(|e| CairnError::Unavailable(format!("the script compiler stopped: {e}")))??
         };
         // A module no start could run is refused as it is stored, not at
-        // every start that names it; one stored before this rule answers as
-        // any stored source does.
+        // every start that names it; one stored before this rule answered
+        // above, as any stored source does.
         if exports.is_empty() {
-            if let Ok(stored) = self
-                .inner
-                .registry
-                .get_module(&crate::script::module_ref(&source))
-                .await
-            {
-                return Ok(ModulePut {
-                    module: stored.info,
-                    created: false,
-                });
-            }
             return Err(CairnError::InvalidModule(
                 "the module exports no function a script can run (an `export async function`, or a \
                  function or arrow function exported by name)"
@@ -1270,6 +1291,94 @@ impl Processes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An engine whose compiles take a while, counting how many run at once
+    /// and how many ran.
+    struct SlowCompiles {
+        now: std::sync::atomic::AtomicUsize,
+        most: std::sync::atomic::AtomicUsize,
+        ran: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl ScriptEngine for SlowCompiles {
+        fn exports(&self, _source: &str) -> Result<Vec<String>> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let at_once = self.now.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(at_once, SeqCst);
+            self.ran.fetch_add(1, SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            self.now.fetch_sub(1, SeqCst);
+            Ok(vec!["main".into()])
+        }
+
+        async fn run(&self, _ctx: crate::ToolContext, _module: Module, _name: String, _args: Value) -> Outcome {
+            Outcome::failure("script", "unused", "not run here")
+        }
+    }
+
+    /// Module compiles (which may run a module's top level for a whole
+    /// activation's CPU limit) run one at a time, however many requests
+    /// store modules at once, and a source stored already is not compiled
+    /// again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn module_compiles_run_one_at_a_time_and_stored_sources_are_not_compiled_again() {
+        let engine = Arc::new(SlowCompiles {
+            now: 0.into(),
+            most: 0.into(),
+            ran: 0.into(),
+        });
+        let p = Processes::builder(Arc::new(crate::memory::MemoryRegistry::new()))
+            .script_engine(engine.clone())
+            .without_worker()
+            .start();
+        let puts = (0..6).map(|i| {
+            let p = p.clone();
+            async move {
+                p.put_module(format!("export async function main() {{ return {i}; }}"), None)
+                    .await
+            }
+        });
+        for put in futures::future::join_all(puts).await {
+            assert!(put.expect("stored").created);
+        }
+        use std::sync::atomic::Ordering::SeqCst;
+        assert_eq!(engine.most.load(SeqCst), 1, "compiles ran one at a time");
+        assert_eq!(engine.ran.load(SeqCst), 6);
+        let again = p
+            .put_module("export async function main() { return 0; }".into(), None)
+            .await
+            .expect("stored already");
+        assert!(!again.created);
+        assert_eq!(engine.ran.load(SeqCst), 6, "a stored source is not compiled again");
+        // Its name is checked all the same.
+        let err = p
+            .put_module(
+                "export async function main() { return 0; }".into(),
+                Some("bad\u{7}".into()),
+            )
+            .await
+            .expect_err("a bad name");
+        assert_eq!(err.code(), "invalid_request", "{err}");
+        // A request that goes while its compile runs keeps the compile's turn
+        // until the compile ends: the next compile does not run beside it.
+        let gone = {
+            let p = p.clone();
+            tokio::spawn(async move { p.put_module("export async function gone() {}".into(), None).await })
+        };
+        while engine.now.load(SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        gone.abort();
+        p.put_module("export async function next() {}".into(), None)
+            .await
+            .expect("stored");
+        assert_eq!(
+            engine.most.load(SeqCst),
+            1,
+            "a compile whose request went kept its turn"
+        );
+    }
 
     /// Pages of small events hold `limit` each, every event once and in
     /// order, and the last says the log ends there.

@@ -126,17 +126,24 @@ pub fn validate_module_ref(module_ref: &str) -> Result<()> {
     }
 }
 
+/// Check a module's name, when it has one: 1 to [`MAX_MODULE_NAME_BYTES`]
+/// bytes without control characters.
+pub fn check_module_name(name: Option<&str>) -> Result<()> {
+    match name {
+        Some(name) if name.is_empty() || name.len() > MAX_MODULE_NAME_BYTES || name.chars().any(char::is_control) => {
+            Err(CairnError::InvalidRequest(format!(
+                "module name: 1-{MAX_MODULE_NAME_BYTES} bytes without control characters"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Check a module before it is stored: its source size, its name, that its ref
 /// is the address of its source, and its export names.
 pub fn validate_module(module: &Module) -> Result<()> {
     check_source(&module.source)?;
-    if let Some(name) = &module.info.name {
-        if name.is_empty() || name.len() > MAX_MODULE_NAME_BYTES || name.chars().any(char::is_control) {
-            return Err(CairnError::InvalidRequest(format!(
-                "module name: 1-{MAX_MODULE_NAME_BYTES} bytes without control characters"
-            )));
-        }
-    }
+    check_module_name(module.info.name.as_deref())?;
     if module.info.module_ref != module_ref(&module.source) {
         return Err(CairnError::InvalidRequest(format!(
             "module ref `{}` is not the address of its source",
