@@ -1502,5 +1502,14 @@ async fn a_write_whose_answer_was_lost_says_it_may_have_been_done() {
         "says the write may have been done, and how to tell: {}",
         out.stderr
     );
+    // `run` names the id it made up, so the start can be looked up or repeated.
+    let out = run_cli(&base, None, &["run", "--", "true"], None).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("may or may not have started: `cairn get run-")
+            && out.stderr.contains("`cairn run --id run-"),
+        "{}",
+        out.stderr
+    );
     server.abort();
 }

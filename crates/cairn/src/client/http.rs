@@ -281,7 +281,11 @@ impl Client {
         write: bool,
     ) -> Result<(StatusCode, Value), ClientError> {
         let no_answer = |e: reqwest::Error| {
-            if e.is_timeout() {
+            // A connection never made (refused, or its own 10 s timeout) is
+            // unreachable, whatever else the error also says: nothing was sent.
+            if e.is_connect() {
+                self.send_error(e)
+            } else if e.is_timeout() {
                 ClientError::NoAnswer {
                     server: self.base.clone(),
                     within,

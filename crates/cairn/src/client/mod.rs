@@ -747,6 +747,14 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
         Err(ClientError::Api { code, .. }) if code == "registration_conflict" => {
             return Err(run_conflict(client, &id, &body).await)
         }
+        // The id was made here: said, so the start can be looked up, or
+        // repeated under it without running the command twice.
+        Err(e @ (ClientError::NoAnswer { .. } | ClientError::LostAnswer(_))) => {
+            return Err(ClientError::Interrupted(format!(
+                "{e}; `{id}` may or may not have started: `cairn get {id}` tells, and `cairn run --id {id} -- \
+                 ...` with the same command repeats the start without running it twice"
+            )))
+        }
         other => other?,
     };
     let verb = start_verb(status, &record);
