@@ -292,9 +292,22 @@ async fn run_child(ctx: &ToolContext, args: &ShellArgs, grace: Duration, hidden_
                 Ok(m) if !m.is_dir() => Some("is not a directory"),
                 _ => None,
             });
+            let program_is_there = program.contains('/')
+                && match &args.cwd {
+                    Some(cwd) => std::path::Path::new(cwd).join(&program),
+                    None => std::path::PathBuf::from(&program),
+                }
+                .exists();
             let message = match (&args.cwd, dir_problem) {
                 (Some(cwd), Some(problem)) => {
                     format!("could not start `{program}`: its working directory `{cwd}` {problem}")
+                }
+                // A program named by path that is there: what is missing is
+                // its `#!` interpreter (or a loader it names).
+                (_, None) if e.kind() == std::io::ErrorKind::NotFound && program_is_there => {
+                    format!(
+                        "could not start `{program}`: it is there, but its interpreter (its `#!` line) is not ({e})"
+                    )
                 }
                 (Some(cwd), None) if e.kind() == std::io::ErrorKind::NotFound => {
                     format!("could not start `{program}` in `{cwd}`: no such program ({e})")

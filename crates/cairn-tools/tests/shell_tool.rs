@@ -315,6 +315,18 @@ async fn spawn_failures_are_reported() {
         "{}",
         message(&outcome)
     );
+    // A script that is there, whose interpreter is not.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("s.sh");
+    std::fs::write(&script, "#!/nonexistent/cairn-no-such-interpreter\necho hi\n").expect("write");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let (_reg, outcome) = run(json!({"argv": [script.display().to_string()]})).await;
+    expect_failure(&outcome, "spawn_failed");
+    assert!(
+        message(&outcome).contains("it is there, but its interpreter (its `#!` line) is not"),
+        "{}",
+        message(&outcome)
+    );
     let file = tempfile::NamedTempFile::new().expect("file");
     let cwd = file.path().display().to_string();
     let (_reg, outcome) = run(json!({"command": "true", "cwd": cwd})).await;
