@@ -36,8 +36,8 @@ pub struct ChatAnswer {
 /// Why a model call failed.
 #[derive(Debug)]
 pub enum ModelFault {
-    /// Worth retrying: 429, 5xx, a broken connection or stream, an answer
-    /// without any choice.
+    /// Worth retrying: 408, 429, 5xx, a broken connection or stream, an
+    /// answer without any choice.
     Transient {
         /// What happened.
         message: String,

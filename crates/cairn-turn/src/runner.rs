@@ -29,7 +29,7 @@ const REFUSED: &str = "model_refused";
 const DELTA_EVERY: Duration = Duration::from_millis(100);
 const DEFAULT_MAX_STEPS: u32 = 8;
 
-/// How model faults worth retrying (429, 5xx, broken streams) are retried:
+/// How model faults worth retrying (408, 429, 5xx, broken streams) are retried:
 /// exponential backoff from `min_delay` to `max_delay`, a `Retry-After`
 /// lengthening a wait (never shortening it), at most `retries` times; then
 /// the turn fails `model_unavailable`.
