@@ -1513,3 +1513,26 @@ async fn a_write_whose_answer_was_lost_says_it_may_have_been_done() {
     );
     server.abort();
 }
+
+/// `events` into a file or a program prints each payload whole (a terminal
+/// gets them cut to a line), so the log can be read or searched as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_into_a_pipe_print_whole_payloads() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let start = json!({"id": "long", "disposition": "externally_owned",
+                       "input": {"type": "external", "metadata": {}},
+                       "event_types": [{"name": "note", "payload_schema": {"type": "object"}}]});
+    assert_eq!(c.start(start).await.0, 201);
+    let text = format!("{}-the-end", "x".repeat(300));
+    let (s, _) = c
+        .post(
+            "/v1/processes/long/events",
+            json!({"event_type": "note", "payload": {"text": text}}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let out = server.cli(&["events", "long"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains(&text), "{}", out.stdout);
+}

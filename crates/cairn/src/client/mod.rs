@@ -1386,13 +1386,22 @@ fn print_record(r: &Value) {
     }
 }
 
+/// One event as a line: its payload cut to 160 characters on a terminal,
+/// whole where the output goes to a file or a program (a payload is JSON on
+/// one line either way).
 fn print_event_row(e: &Value) {
+    let payload = e.get("payload").map(Value::to_string).unwrap_or_default();
+    let max = if std::io::stdout().is_terminal() {
+        160
+    } else {
+        usize::MAX
+    };
     println!(
         "{:>5}  {}  {:<28} {}",
         num_at(e, "/sequence"),
         timestamp(e.get("occurred_at_ms")),
         str_at(e, "/event_type"),
-        one_line(&e.get("payload").map(Value::to_string).unwrap_or_default(), 160)
+        one_line(&payload, max)
     );
 }
 
