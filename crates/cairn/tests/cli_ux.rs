@@ -1536,3 +1536,48 @@ async fn events_into_a_pipe_print_whole_payloads() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.contains(&text), "{}", out.stdout);
 }
+
+/// `get` shows what a process runs (its input beside the type) and its
+/// parent, so processes of one definition can be told apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_shows_the_input_and_the_parent() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let start = json!({"id": "sleeper", "disposition": "rerunnable",
+                       "input": {"type": "tool_call", "tool": "sleep", "args": {"ms": 600000}}});
+    assert_eq!(c.start(start).await.0, 201);
+    let child = json!({"id": "kid", "disposition": "externally_owned",
+                       "input": {"type": "external", "metadata": {"ticket": "T-42"}},
+                       "caused_by": {"process_id": "sleeper"}});
+    let (s, body) = c.start(child).await;
+    assert_eq!(s, 201, "{body}");
+    let out = server.cli(&["get", "sleeper"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("input") && l.contains(r#""args":{"ms":600000}"#)),
+        "{}",
+        out.stdout
+    );
+    let out = server.cli(&["get", "kid"], None).await;
+    assert!(out.stdout.contains("T-42"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("parent") && l.ends_with("sleeper")),
+        "{}",
+        out.stdout
+    );
+    // A forwarded environment is named, its values not shown.
+    let secret = json!({"id": "with-env", "disposition": "rerunnable",
+                        "input": {"type": "tool_call", "tool": "shell",
+                                  "args": {"argv": ["true"], "env": {"SECRET_TOKEN": "hunter2"}}}});
+    assert_eq!(c.start(secret).await.0, 201);
+    let out = server.cli(&["get", "with-env"], None).await;
+    assert!(
+        out.stdout.contains("SECRET_TOKEN") && !out.stdout.contains("hunter2"),
+        "{}",
+        out.stdout
+    );
+}

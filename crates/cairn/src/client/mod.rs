@@ -1358,6 +1358,27 @@ fn print_record(r: &Value) {
         ("updated", age(r.get("updated_at_ms"))),
         ("events", num_at(r, "/last_sequence")),
     ];
+    // What it runs (a shell's argv and directory, a script's args, ...): the
+    // input beside its type, which `definition` names.
+    if let Some(input) = r.get("input").and_then(Value::as_object) {
+        let mut shown = input.clone();
+        shown.remove("type");
+        // Forwarded environment values may be secrets: named, not shown
+        // (`--json` gives the record whole).
+        if let Some(env) = shown
+            .get_mut("args")
+            .and_then(|a| a.get_mut("env"))
+            .and_then(Value::as_object_mut)
+        {
+            for value in env.values_mut() {
+                *value = Value::String("(not shown)".into());
+            }
+        }
+        rows.insert(4, ("input", one_line(&Value::Object(shown).to_string(), line_room())));
+    }
+    if let Some(parent) = r.pointer("/provenance/caused_by/process_id").and_then(Value::as_str) {
+        rows.push(("parent", parent.to_string()));
+    }
     if let Some(lease) = r.get("lease").filter(|l| !l.is_null()) {
         rows.push((
             "lease",
@@ -1370,6 +1391,9 @@ fn print_record(r: &Value) {
     }
     if let Some(wait) = r.get("wait").filter(|w| !w.is_null()) {
         rows.push(("waiting", wait.to_string()));
+    }
+    if let Some(req) = r.get("cancel_request").filter(|c| !c.is_null()) {
+        rows.push(("cancel request", req.to_string()));
     }
     if let Some(req) = r.get("abandon_request").filter(|a| !a.is_null()) {
         rows.push(("abandon request", req.to_string()));
@@ -1391,11 +1415,7 @@ fn print_record(r: &Value) {
 /// one line either way).
 fn print_event_row(e: &Value) {
     let payload = e.get("payload").map(Value::to_string).unwrap_or_default();
-    let max = if std::io::stdout().is_terminal() {
-        160
-    } else {
-        usize::MAX
-    };
+    let max = line_room();
     println!(
         "{:>5}  {}  {:<28} {}",
         num_at(e, "/sequence"),
@@ -1482,6 +1502,16 @@ pub(crate) fn shown(s: &str) -> String {
             c => c.to_string(),
         })
         .collect()
+}
+
+/// How much of a long value a line shows: 160 characters on a terminal,
+/// all of it where the output goes to a file or a program.
+fn line_room() -> usize {
+    if std::io::stdout().is_terminal() {
+        160
+    } else {
+        usize::MAX
+    }
 }
 
 fn one_line(s: &str, max: usize) -> String {
