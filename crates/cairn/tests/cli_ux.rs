@@ -1581,3 +1581,23 @@ async fn get_shows_the_input_and_the_parent() {
         out.stdout
     );
 }
+
+/// A command a signal killed makes `run` answer 128 + the signal, as a
+/// shell would, and say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_answers_128_plus_the_signal_that_killed_the_command() {
+    let server = Server::start(&[]).await;
+    let out = server
+        .cli(
+            &["run", "--", "sh", "-c", "echo before; kill -TERM $$; echo after"],
+            None,
+        )
+        .await;
+    assert_eq!(out.code, 128 + 15, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("before") && !out.stdout.contains("after"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stderr.contains("killed by signal 15"), "{}", out.stderr);
+}

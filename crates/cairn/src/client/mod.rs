@@ -998,6 +998,16 @@ fn exit_code_of(record: &Value, command_code: bool) -> ExitCode {
             {
                 return ExitCode::from(u8::try_from(code).ok().filter(|c| *c != 0).unwrap_or(1));
             }
+            // A command a signal ended answers 128 + the signal, as a shell
+            // does; said on stderr too, since the output does not say it.
+            if let Some(signal) = outcome
+                .pointer("/raw/signal")
+                .and_then(Value::as_u64)
+                .filter(|s| command_code && (1..128).contains(s) && str_at(outcome, "/code") == "exit_status")
+            {
+                eprintln!("{id}: the command was killed by signal {signal}");
+                return ExitCode::from(128 + u8::try_from(signal).unwrap_or(0));
+            }
             eprintln!(
                 "{id} failed: {}: {}",
                 shown(&str_at(outcome, "/code")),
