@@ -614,8 +614,72 @@ pub fn check_payload(t: &EventType, payload: &Value) -> Result<()> {
 /// (serde_json keeps the last; a request must not quietly mean one of two
 /// values: `{"id":"a","id":"b"}`). The refusal is a data error
 /// (`serde_json::error::Category::Data`), any other a syntax error.
+///
+/// An integer written past what 64 bits hold (`18446744073709551617`) is
+/// refused too, as a data error naming it and where it is: serde_json reads
+/// it as the nearest double, so two different integers would be kept as one
+/// value (and replay as the same payload). A float (`1e23`, `2.5`), and an
+/// integer written as the shortest form of its double (JavaScript's
+/// `18446744073709552000` for 2^64), are kept as the double they name.
 pub fn parse_strict_json(bytes: &[u8]) -> std::result::Result<Value, serde_json::Error> {
-    serde_json::from_slice::<StrictJson>(bytes).map(|v| v.0)
+    let value = serde_json::from_slice::<StrictJson>(bytes).map(|v| v.0)?;
+    if let Some((at, digits)) = wide_integer(bytes) {
+        let before = &bytes[..at];
+        let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+        let column = at - before.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) + 1;
+        return Err(<serde_json::Error as serde::de::Error>::custom(format_args!(
+            "the integer {digits} at line {line} column {column} is past what 64 bits hold, and would be kept \
+             rounded; send it as a string (or as a float, with a fraction or an exponent, if rounding is meant)"
+        )));
+    }
+    Ok(value)
+}
+
+/// The first integer literal of a JSON text (outside its strings) that no
+/// signed or unsigned 64-bit integer holds: its byte offset and its text.
+/// Written here (a scan of a few lines) because serde_json tells a visitor
+/// only the double such a literal became.
+fn wide_integer(bytes: &[u8]) -> Option<(usize, String)> {
+    let (mut i, mut in_string) = (0, false);
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        if b == b'-' || b.is_ascii_digit() {
+            let start = i;
+            while i < bytes.len() && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                i += 1;
+            }
+            let token = std::str::from_utf8(&bytes[start..i]).unwrap_or_default();
+            let integral = !token.contains(['.', 'e', 'E']);
+            // A literal that is the shortest form of the double it names (as
+            // JavaScript writes every double below 1e21: `18446744073709552000`
+            // for 2^64) loses nothing to it; any other would be rounded.
+            let exact_double = || {
+                token
+                    .parse::<f64>()
+                    .is_ok_and(|f| f.is_finite() && f.to_string() == token)
+            };
+            if integral && token.parse::<i64>().is_err() && token.parse::<u64>().is_err() && !exact_double() {
+                return Some((start, token.to_string()));
+            }
+            continue;
+        }
+        i += 1;
+    }
+    None
 }
 
 /// A JSON value whose objects hold each key once. Written here (some thirty
@@ -683,6 +747,50 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// An integer past 64 bits is refused (it would be kept as the nearest
+    /// double), naming it and where it is; the widest integers 64 bits hold,
+    /// floats of any size and digits inside strings are kept.
+    #[test]
+    fn integers_past_64_bits_are_refused() {
+        for (text, digits, at) in [
+            (
+                "{\"a\": 18446744073709551616}",
+                "18446744073709551616",
+                "line 1 column 7",
+            ),
+            (
+                "{\"s\": \"x\\\"\",\n \"b\": [1, -9223372036854775809]}",
+                "-9223372036854775809",
+                "line 2 column 11",
+            ),
+            (
+                "100000000000000000000001",
+                "100000000000000000000001",
+                "line 1 column 1",
+            ),
+            (
+                "{\"a\": 18446744073709552001}",
+                "18446744073709552001",
+                "line 1 column 7",
+            ),
+        ] {
+            let e = parse_strict_json(text.as_bytes()).expect_err(text);
+            assert_eq!(e.classify(), serde_json::error::Category::Data, "{text}");
+            let said = e.to_string();
+            assert!(said.contains(digits) && said.contains(at), "{text}: {said}");
+        }
+        for text in [
+            "{\"a\": 18446744073709551615, \"b\": -9223372036854775808}",
+            "{\"f\": 1e23, \"g\": 1.8446744073709552e19, \"h\": 123456789012345678901234.5}",
+            "{\"s\": \"18446744073709551617\", \"t\": \"\\\\\", \"n\": 3}",
+            // What JavaScript writes for 2^64, 1e20 and -1e19: each the
+            // shortest form of the double it names.
+            "{\"j\": 18446744073709552000, \"k\": 100000000000000000000, \"l\": -10000000000000000000}",
+        ] {
+            parse_strict_json(text.as_bytes()).unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
+    }
     use crate::model::Registration;
 
     /// A registration with producer types declared out of name order, nested

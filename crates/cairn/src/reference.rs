@@ -207,7 +207,7 @@ const SERVER_ERRORS: &[(&str, &str, &str)] = &[
     (
         "invalid_request",
         "400, 415",
-        "malformed JSON, unknown fields, bad parameters; 415: a body whose `Content-Type` is not `application/json` (or an `application/*+json` type)",
+        "malformed JSON (also: a key given twice in an object, an integer past what 64 bits hold), unknown fields, bad parameters; 415: a body whose `Content-Type` is not `application/json` (or an `application/*+json` type)",
     ),
     (
         "request_timeout",

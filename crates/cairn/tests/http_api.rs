@@ -1364,6 +1364,51 @@ async fn a_key_given_twice_is_refused() {
     assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
 }
 
+/// An integer past 64 bits in a body is refused and changes nothing: kept as
+/// the nearest double, two different integers would be one payload, and a
+/// second signal or append carrying the other would replay as the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_integer_past_64_bits_is_refused() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let start = json!({"id": "big", "disposition": "externally_owned",
+                       "input": {"type": "external", "metadata": {}},
+                       "event_types": [{"name": "n", "payload_schema": {}}]});
+    assert_eq!(c.start(start).await.0, 201);
+    for (path, body) in [
+        (
+            "/v1/processes/big/events",
+            r#"{"event_type":"n","payload":100000000000000000000001,"replay_key":"k"}"#,
+        ),
+        (
+            "/v1/processes/big/signals/s",
+            r#"{"signal_id":"a","payload":{"amount":18446744073709551617}}"#,
+        ),
+    ] {
+        let (s, err) = c.post_raw(path, "application/json", body.as_bytes().to_vec()).await;
+        assert_eq!((s, code(&err)), (400, "invalid_request"), "{path}: {err}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("past what 64 bits hold"),
+            "{err}"
+        );
+    }
+    let (_, rec) = c.get("/v1/processes/big").await;
+    assert_eq!(rec["last_sequence"], 0, "nothing was appended: {rec}");
+    // The widest integers 64 bits hold, and floats, are kept as given.
+    let (s, answer) = c
+        .post_raw(
+            "/v1/processes/big/events",
+            "application/json",
+            br#"{"event_type":"n","payload":{"u":18446744073709551615,"f":1e23}}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(s, 200, "{answer}");
+    assert_eq!(answer["event"]["payload"]["u"], json!(18446744073709551615u64));
+}
+
 /// A refused body names the field it is about, also where the parser's own
 /// words do not (a null where a disposition goes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,7 +67,13 @@ fn parse_json_arg(what: &str, raw: &str) -> Result<Value, ClientError> {
         } else {
             String::new()
         };
-        ClientError::Usage(format!("{what} is not JSON: {e}{hint}"))
+        // Valid JSON refused for what it holds is said as such.
+        let is = if e.classify() == serde_json::error::Category::Data {
+            "is refused"
+        } else {
+            "is not JSON"
+        };
+        ClientError::Usage(format!("{what} {is}: {e}{hint}"))
     })
 }
 
