@@ -418,7 +418,7 @@ fn check_signal_id(req: &AppendRequest) -> Result<()> {
 /// or a session turn, the journal's keys (`script.…`, `turn.…`) are its run's,
 /// under the lease; a key `{type}/…` naming a declared type is that type's
 /// appends' (a shell's output batches).
-fn check_own_replay_key(record: &ProcessRecord, req: &AppendRequest) -> Result<()> {
+pub(crate) fn check_own_replay_key(record: &ProcessRecord, req: &AppendRequest) -> Result<()> {
     let Some(key) = req.replay_key.as_deref() else {
         return Ok(());
     };

@@ -913,6 +913,9 @@ pub fn append<T: WriteTx + ?Sized>(
     let now = tx.now();
     existing(tx, id)?;
     fold::validate_replay_key(request)?;
+    // A key of a form only others' appends take is refused as such, whether
+    // or not it was taken yet (a conflict would read as "retry the same").
+    fold::check_own_replay_key(&existing(tx, id)?.record, request)?;
     if let Some(key) = &request.replay_key {
         if let Some(original) = tx.replayed(id, key)? {
             fold::check_replay(&original, request)?;

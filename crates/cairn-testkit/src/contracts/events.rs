@@ -502,6 +502,16 @@ pub async fn cairns_own_replay_keys_are_refused_on_other_appends(factory: &dyn S
     assert!(!h.append("p", signal).await.replayed);
     let answer = ok(h.registry().request_cancel("p", None).await, "cancel");
     assert_eq!(answer.process.status, ProcessStatus::Cancelled);
+    // Taken now, they are refused on another append the same way (not a
+    // conflict, which would read as "retry with the same payload").
+    for key in [cairn_core::fold::cancel_replay_key(None), signal_replay_key("go", "s1")] {
+        h.rejects(
+            "invalid_request",
+            "a used key of cairn's own on another type",
+            h.registry().append_event("p", progress(9).with_replay_key(key)),
+        )
+        .await;
+    }
 }
 
 /// Sequences start at 1 and rise by one per process, whatever fails in between.
