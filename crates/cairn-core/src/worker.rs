@@ -1117,9 +1117,23 @@ impl Worker {
                         return;
                     }
                 }
+                // A read that failed until the lease lapsed (a store gone
+                // silent) stops the run there, as a failed renewal does: a
+                // peer may claim the process the moment it lapses.
+                Err(e) if self.clock.now_ms() >= ctx.lease().expires_at_ms => {
+                    tracing::warn!(process_id = %id, error = %e, "the run guard's reads failed until the lease lapsed; the run stops");
+                    ctx.stop(StopReason::LeaseLost);
+                    return;
+                }
                 Err(e) => tracing::warn!(process_id = %id, error = %e, "run guard could not read the record"),
             }
+            // A lease that lapsed unrenewed (renewals failed, or the guard
+            // slept to the lapse) is renewed now, or the run stops below.
+            if self.clock.now_ms() >= ctx.lease().expires_at_ms {
+                next_renew = tokio::time::Instant::now();
+            }
             if tokio::time::Instant::now() >= next_renew {
+                next_renew = tokio::time::Instant::now() + every;
                 match self
                     .until_lapse(&ctx, self.registry.renew(&ctx.lease(), ttl.as_millis() as u64))
                     .await
@@ -1139,11 +1153,21 @@ impl Worker {
                         ctx.stop(StopReason::LeaseLost);
                         return;
                     }
-                    Err(e) => tracing::warn!(process_id = %id, error = %e, "lease renewal failed; will retry"),
+                    Err(e) => {
+                        tracing::warn!(process_id = %id, error = %e, "lease renewal failed; will retry");
+                        // Tried again sooner, while half of what is left
+                        // remains, so the tries fit before the lapse.
+                        let left = ctx.lease().expires_at_ms.saturating_sub(self.clock.now_ms());
+                        next_renew = tokio::time::Instant::now() + every.min(Duration::from_millis(left / 2));
+                    }
                 }
-                next_renew = tokio::time::Instant::now() + every;
             }
-            let sleep = tokio::time::sleep_until(next_renew);
+            // Woken at the lapse at the latest, whatever the next renewal's
+            // time: a run must not go on past its lease while a peer may
+            // claim the process.
+            let lapse = tokio::time::Instant::now()
+                + Duration::from_millis(ctx.lease().expires_at_ms.saturating_sub(self.clock.now_ms()));
+            let sleep = tokio::time::sleep_until(next_renew.min(lapse));
             let change = async {
                 match changes.as_mut() {
                     Some(rx) => rx.changed().await.is_ok(),
@@ -1172,13 +1196,14 @@ impl Worker {
     }
 
     /// `call` (a guard's read or renewal), given up as `unavailable` once the
-    /// run's lease has lapsed by this node's clock (and at least a second
-    /// after it began): a store that never answers (a connection gone
-    /// silent) must not keep a run going past its lease, while a peer may
-    /// already run the process.
+    /// run's lease has lapsed by this node's clock: a store that never
+    /// answers (a connection gone silent) must not keep a run going past its
+    /// lease, while a peer may already run the process (a grace of a second
+    /// here once let the run go on beside a peer's for that second). A call
+    /// that answers at once is taken even at the lapse.
     async fn until_lapse<T>(&self, ctx: &ToolContext, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         let left = ctx.lease().expires_at_ms.saturating_sub(self.clock.now_ms());
-        let within = Duration::from_millis(left).max(Duration::from_secs(1));
+        let within = Duration::from_millis(left);
         match tokio::time::timeout(within, call).await {
             Ok(answer) => answer,
             Err(_) => Err(CairnError::Unavailable(format!(
