@@ -509,7 +509,7 @@ pub struct ServeArgs {
     /// Most processes the worker runs at once.
     #[arg(long, env = "CAIRN_WORKERS", default_value_t = 64)]
     pub workers: usize,
-    /// Lease time-to-live (e.g. 30s, 1.5s, or bare milliseconds; at least 100ms, at most 24h).
+    /// Lease time-to-live (e.g. 30s, 1.5s, or bare milliseconds; at least 1s, at most 24h).
     #[arg(long, env = "CAIRN_LEASE_TTL", default_value = "30s", value_parser = parse_duration)]
     pub lease_ttl: Duration,
     /// This server's node id: stable across restarts and unique among the servers of one

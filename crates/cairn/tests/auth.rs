@@ -531,6 +531,7 @@ fn refuses_open_non_loopback_and_unbuilt_backends() {
         ("--workers", "0", "at least"),
         ("--lease-ttl", "0s", "at least"),
         ("--lease-ttl", "99ms", "at least"),
+        ("--lease-ttl", "999ms", "at least"),
         ("--lease-ttl", "300y", "at most"),
         ("--max-connections", "0", "at least"),
         ("--max-body-bytes", "0", "at least"),
