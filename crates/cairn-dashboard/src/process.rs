@@ -338,7 +338,7 @@ fn record_panel(r: &ProcessRecord) -> Markup {
                         @if let Some(k) = w.ordinal { " (#" (k) ")" }
                         " since " (time::when(w.since_ms))
                         @if let Some(until) = w.until_ms {
-                            @if w.due_timer { ", woken at a timer's due time " (time::when(until)) }
+                            @if w.due_timer { ", until a timer's due time " (time::when(until)) }
                             @else { ", until " (time::when(until)) }
                         } }
                     @if let Some(ids) = &w.ids {
@@ -381,10 +381,27 @@ fn record_panel(r: &ProcessRecord) -> Markup {
             }
             details.panel.input {
                 summary { "Input" }
-                (pages::json_of(&r.input))
+                (pages::json_of(&input_shown(&r.input)))
             }
         }
     }
+}
+
+/// A process's input as the page shows it: a shell call's forwarded
+/// environment named, its values (secrets, often) not shown.
+fn input_shown(input: &cairn_core::ProcessInput) -> serde_json::Value {
+    let mut shown = serde_json::to_value(input).unwrap_or(serde_json::Value::Null);
+    if shown.get("tool").and_then(serde_json::Value::as_str) == Some("shell") {
+        if let Some(env) = shown
+            .pointer_mut("/args/env")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            for value in env.values_mut() {
+                *value = serde_json::Value::String("(not shown)".into());
+            }
+        }
+    }
+    shown
 }
 
 /// What the actions say for a process that has ended: none of them can change

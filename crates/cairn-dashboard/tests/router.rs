@@ -921,6 +921,25 @@ async fn a_process_page_lists_its_children_and_links_its_parent() {
     assert!(!html.contains("data-child="), "a leaf lists no children");
 }
 
+/// A shell call's forwarded environment is named on its page, its values
+/// (secrets, often) not shown.
+#[tokio::test]
+async fn a_process_page_names_a_shells_environment_without_its_values() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let req = StartRequest::tool(
+        "with-env",
+        "shell",
+        json!({"argv": ["true"], "env": {"SECRET_TOKEN": "hunter2"}}),
+        cairn_core::Disposition::Rerunnable,
+    );
+    p.start(req).await.expect("start");
+    let app = app(&p, true);
+    let (status, html, _) = get(&app, "/ui/processes/with-env", None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("SECRET_TOKEN") && !html.contains("hunter2"), "{html}");
+}
+
 async fn child(p: &Processes, id: &str, parent: &str) {
     let mut req = StartRequest::external(id, json!({}));
     req.caused_by = Some(cairn_core::CausalRef::process(parent));

@@ -1379,12 +1379,14 @@ fn print_record(r: &Value) {
     if let Some(input) = r.get("input").and_then(Value::as_object) {
         let mut shown = input.clone();
         shown.remove("type");
-        // Forwarded environment values may be secrets: named, not shown
-        // (`--json` gives the record whole).
+        // A shell call's forwarded environment values may be secrets:
+        // named, not shown (`--json` gives the record whole).
+        let shell = shown.get("tool").and_then(Value::as_str) == Some("shell");
         if let Some(env) = shown
             .get_mut("args")
             .and_then(|a| a.get_mut("env"))
             .and_then(Value::as_object_mut)
+            .filter(|_| shell)
         {
             for value in env.values_mut() {
                 *value = Value::String("(not shown)".into());
