@@ -75,6 +75,10 @@ pub(crate) fn storage(e: tokio_postgres::Error) -> CairnError {
 pub(crate) struct Conn {
     pub client: Client,
     statements: Mutex<HashMap<String, Statement>>,
+    /// Set when a call on it went unanswered past the call timeout: it is
+    /// replaced as a closed one is (a half-open flow after a failover would
+    /// otherwise hold every later call until the kernel gives up on it).
+    abandoned: std::sync::atomic::AtomicBool,
 }
 
 impl Conn {
@@ -118,6 +122,7 @@ impl Conn {
         Ok(Self {
             client,
             statements: Mutex::new(HashMap::new()),
+            abandoned: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -132,7 +137,12 @@ impl Conn {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.client.is_closed()
+        self.client.is_closed() || self.abandoned.load(Ordering::Relaxed)
+    }
+
+    /// Stop using this connection: the next caller opens another.
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Relaxed);
     }
 }
 
@@ -165,10 +175,12 @@ pub(crate) struct Shared {
     schema: String,
     slots: Vec<Mutex<Arc<Conn>>>,
     next: AtomicUsize,
+    /// Longest a call waits ([`crate::PostgresOptions::call_timeout`]).
+    call_timeout: Duration,
 }
 
 impl Shared {
-    pub async fn open(config: &Config, schema: &str, size: usize) -> Result<Self> {
+    pub async fn open(config: &Config, schema: &str, size: usize, call_timeout: Duration) -> Result<Self> {
         let mut slots = Vec::new();
         for _ in 0..size.max(1) {
             slots.push(Mutex::new(Arc::new(open_retrying(config, schema, "read", 3).await?)));
@@ -178,6 +190,7 @@ impl Shared {
             schema: schema.to_string(),
             slots,
             next: AtomicUsize::new(0),
+            call_timeout,
         })
     }
 
@@ -193,14 +206,33 @@ impl Shared {
         Ok(fresh)
     }
 
-    /// Run `work` on a shared connection, once more on a fresh one if the
-    /// connection broke (reads and idempotent single statements only).
+    /// Run a read on a shared connection, once more on a fresh one if the
+    /// connection broke.
     pub async fn run<T, F, Fut>(&self, work: F) -> Result<T>
     where
         F: Fn(Arc<Conn>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, crate::Fault>>,
     {
         self.attempts(work).await.0
+    }
+
+    /// Run an idempotent single-statement write (`what` it does), as
+    /// [`Shared::run`] runs a read. When an attempt may have been applied
+    /// without its answer arriving (the connection broke, or the server did
+    /// not answer in time) and no later attempt answered, the answer is
+    /// `outcome_unknown`, not `unavailable` ("nothing was done").
+    pub async fn run_write<T, F, Fut>(&self, what: &str, work: F) -> Result<T>
+    where
+        F: Fn(Arc<Conn>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, crate::Fault>>,
+    {
+        match self.attempts(work).await {
+            (Err(e), Some(cause)) if !e.is_client_error() => Err(CairnError::OutcomeUnknown(format!(
+                "postgres: {cause} while {what}, and no later attempt answered ({e}): it may have been \
+                 done; read before retrying"
+            ))),
+            (answer, _) => answer,
+        }
     }
 
     /// Run an idempotent single-statement write that answers whether this call
@@ -216,43 +248,68 @@ impl Shared {
     {
         match self.attempts(work).await {
             (Ok(false), Some(cause)) => Err(CairnError::OutcomeUnknown(format!(
-                "postgres: the connection broke while {what} ({cause}) and, run again, it found nothing left \
-                 to do: the lost attempt may have done it, so whether this call did is unknown ({now})"
+                "postgres: {cause} while {what} and, run again, it found nothing left to do: the lost \
+                 attempt may have done it, so whether this call did is unknown ({now})"
             ))),
-            // A retry that could not be made (no connection) or that failed
-            // in turn: the lost attempt may have done it all the same, which
-            // `unavailable` ("nothing was done") would deny.
+            // A retry that could not be made (no connection), that failed in
+            // turn or was not answered in time: the lost attempt may have
+            // done it all the same, which `unavailable` ("nothing was done")
+            // would deny.
             (Err(e), Some(cause)) if !e.is_client_error() => Err(CairnError::OutcomeUnknown(format!(
-                "postgres: the connection broke while {what} ({cause}), and asking again failed ({e}): \
-                 the lost attempt may have done it; read before retrying"
+                "postgres: {cause} while {what}, and no later attempt answered ({e}): the lost attempt \
+                 may have done it; read before retrying"
             ))),
             (answer, _) => answer,
         }
     }
 
     /// The answer, and why an attempt broke with its statement possibly in
-    /// flight, if one did.
+    /// flight, if one did. The call gives up once the server has not
+    /// answered within the call timeout: its statement, if sent, may still run.
     async fn attempts<T, F, Fut>(&self, work: F) -> (Result<T>, Option<String>)
     where
         F: Fn(Arc<Conn>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, crate::Fault>>,
     {
-        let mut attempt = 0;
         let mut broke = None;
-        loop {
-            let conn = match self.get().await {
-                Ok(conn) => conn,
-                Err(e) => return (Err(e), broke),
-            };
-            match work(conn).await {
-                Err(crate::Fault::Pg(e)) if attempt < 2 && is_transient(&e) => {
-                    if connection_lost(&e) {
-                        broke = Some(describe(&e));
+        let mut on: Option<Arc<Conn>> = None;
+        let tries = async {
+            let mut attempt = 0;
+            loop {
+                let conn = self.get().await?;
+                on = Some(conn.clone());
+                match work(conn).await {
+                    Err(crate::Fault::Pg(e)) => {
+                        // Said whether or not it is tried again: a statement
+                        // in flight when its connection broke may have run.
+                        if connection_lost(&e) {
+                            broke = Some(format!("the connection broke ({})", describe(&e)));
+                        }
+                        if attempt >= 2 || !is_transient(&e) {
+                            return Err(crate::Fault::Pg(e).into());
+                        }
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
                     }
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
+                    other => return other.map_err(CairnError::from),
                 }
-                other => return (other.map_err(CairnError::from), broke),
+            }
+        };
+        let answer = tokio::time::timeout(self.call_timeout, tries).await;
+        match answer {
+            Ok(answer) => (answer, broke),
+            Err(_) => {
+                if let Some(conn) = on {
+                    conn.abandon();
+                }
+                let silent = format!(
+                    "the server did not answer within {} s (URL parameter `call_timeout`)",
+                    self.call_timeout.as_secs()
+                );
+                (
+                    Err(CairnError::Unavailable(format!("postgres: {silent}"))),
+                    Some(broke.unwrap_or(silent)),
+                )
             }
         }
     }

@@ -6,7 +6,7 @@
 //! row. Batch claims go to the lanes round robin.
 
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,15 @@ const RETRIES: u32 = 5;
 struct Job {
     op: Op,
     reply: oneshot::Sender<Result<Answer>>,
+    /// [`QUEUED`] until a lane takes the job into a batch ([`TAKEN`]) or its
+    /// submitter stops waiting first ([`DROPPED`]): whoever moves it on
+    /// first decides whether it is ever sent.
+    state: Arc<AtomicU8>,
 }
+
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const DROPPED: u8 = 2;
 
 /// What every lane shares.
 pub(crate) struct LaneConfig {
@@ -34,6 +42,8 @@ pub(crate) struct LaneConfig {
     pub target: Target,
     pub clock: SharedClock,
     pub max_batch: usize,
+    /// Longest a submitter waits for its answer ([`crate::PostgresOptions::call_timeout`]).
+    pub call_timeout: Duration,
 }
 
 pub(crate) struct Lanes {
@@ -80,13 +90,68 @@ impl Lanes {
             }
             None => self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len(),
         };
+        let bounded = bounded(&op);
         let (reply, answer) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(QUEUED));
         self.senders[lane]
-            .send(Job { op, reply })
+            .send(Job {
+                op,
+                reply,
+                state: state.clone(),
+            })
             .map_err(|_| CairnError::Unavailable("postgres registry is shut down".into()))?;
-        answer
-            .await
-            .map_err(|_| CairnError::Unavailable("postgres write lane stopped".into()))?
+        let stopped = |_| CairnError::Unavailable("postgres write lane stopped".into());
+        if !bounded {
+            return answer.await.map_err(stopped)?;
+        }
+        let bound = self.shared.call_timeout;
+        match tokio::time::timeout(bound, answer).await {
+            Ok(answer) => answer.map_err(stopped)?,
+            // Still queued behind a batch the server has not answered: it
+            // never will be sent.
+            Err(_)
+                if state
+                    .compare_exchange(QUEUED, DROPPED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok() =>
+            {
+                Err(CairnError::Unavailable(format!(
+                    "postgres: this write waited {} s (URL parameter `call_timeout`) behind writes the server \
+                     had not finished (a server not answering, or writes queued faster than it takes them); \
+                     it was not sent",
+                    bound.as_secs()
+                )))
+            }
+            Err(_) => Err(CairnError::OutcomeUnknown(format!(
+                "postgres: the server did not answer this write within {} s (URL parameter `call_timeout`); \
+                 it was sent and may still land: read the state it changes before retrying",
+                bound.as_secs()
+            ))),
+        }
+    }
+}
+
+/// Whether a submitter of `op` gives up at the call timeout. A request's
+/// writes do: their caller is told what may have happened. A worker's lease
+/// writes (claims, starts, renewals, waits, completions, releases, sweeps)
+/// and a run's own appends and children do not, as before the timeout: a
+/// worker told `outcome_unknown` of a claim could not tell which processes
+/// it then holds (an owner-bound one would be started and never run), and a
+/// run's writes are bounded by its lease's guard.
+fn bounded(op: &Op) -> bool {
+    match op {
+        Op::Claim { .. }
+        | Op::ClaimBatch { .. }
+        | Op::RecordStarted { .. }
+        | Op::Renew { .. }
+        | Op::Release { .. }
+        | Op::Complete { .. }
+        | Op::ReconcileAbandon { .. }
+        | Op::Sweep { .. }
+        | Op::Wait { .. }
+        | Op::Resume { .. } => false,
+        Op::Append { request, .. } => request.lease.is_none(),
+        Op::Register { parent_lease, .. } => parent_lease.is_none(),
+        _ => true,
     }
 }
 
@@ -95,6 +160,15 @@ async fn lane(shared: Arc<LaneConfig>, index: usize, conn: Conn, mut rx: mpsc::U
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         gather(&mut rx, &mut jobs, shared.max_batch).await;
+        // A job whose submitter gave up waiting is not sent: it was told so.
+        jobs.retain(|j| {
+            j.state
+                .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        });
+        if jobs.is_empty() {
+            continue;
+        }
         let (ops, replies): (Vec<Op>, Vec<_>) = jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
         let outs = execute(&shared, index, &mut conn, &ops).await;
         for (reply, out) in replies.into_iter().zip(outs) {
@@ -200,6 +274,7 @@ mod tests {
         Job {
             op: Op::ReconcileAbandon { id: format!("p-{i}") },
             reply,
+            state: Arc::default(),
         }
     }
 

@@ -122,6 +122,8 @@ pub struct PostgresRegistry {
     schema: String,
     channel: String,
     clock: SharedClock,
+    /// Longest a call waits for the server ([`PostgresOptions::call_timeout`]).
+    call_timeout: std::time::Duration,
     listener: Mutex<Option<listen::ListenerGuard>>,
     generation: watch::Sender<u64>,
 }
@@ -185,11 +187,12 @@ impl PostgresRegistry {
                 },
                 clock: options.clock.clone(),
                 max_batch: options.max_batch.max(1),
+                call_timeout: options.call_timeout,
             }),
             options.write_lanes,
         )
         .await?;
-        let shared = Shared::open(&config, &schema, options.read_connections).await?;
+        let shared = Shared::open(&config, &schema, options.read_connections, options.call_timeout).await?;
         Ok(Self {
             lanes,
             shared,
@@ -198,6 +201,7 @@ impl PostgresRegistry {
             schema,
             channel,
             clock: options.clock,
+            call_timeout: options.call_timeout,
             listener: Mutex::new(None),
             generation: watch::channel(0).0,
         })
@@ -292,41 +296,69 @@ impl PostgresRegistry {
     /// A connection that broke while committing leaves the outcome unknown: the
     /// work is not run again (its report would describe the second run, not
     /// what happened) and the answer is `outcome_unknown`, naming `what`.
+    ///
+    /// The call gives up once the server has not answered within the call
+    /// timeout: `unavailable` before the commit was sent (the transaction
+    /// rolls back), `outcome_unknown` after.
     async fn transaction<T, F>(&self, what: &str, work: F) -> Result<T>
     where
         F: for<'a> Fn(&'a tokio_postgres::Transaction<'a>, u64) -> futures::future::BoxFuture<'a, read::R<T>>,
     {
-        let mut guard = self.admin.lock().await;
-        let mut attempt = 0u32;
-        loop {
-            if guard.as_ref().is_none_or(Conn::is_closed) {
-                *guard = Some(open_retrying(&self.config, &self.schema, "admin", 5).await?);
-            }
-            let Some(conn) = guard.as_mut() else { continue };
-            let now = self.clock.now_ms();
-            let mut committing = false;
-            let outcome: read::R<T> = async {
-                let tx = conn.client.transaction().await?;
-                let value = work(&tx, now).await?;
-                committing = true;
-                tx.commit().await?;
-                Ok(value)
-            }
-            .await;
-            match outcome {
-                Err(Fault::Pg(e)) if committing && conn::connection_lost(&e) => {
-                    return Err(CairnError::OutcomeUnknown(format!(
-                        "postgres: the connection broke while committing {what} ({}); it may or may not have \
-                         landed: read the state it changes to find out",
-                        conn::describe(&e)
-                    )));
+        let mut committing = false;
+        let attempts = async {
+            let mut guard = self.admin.lock().await;
+            let mut attempt = 0u32;
+            loop {
+                if guard.as_ref().is_none_or(Conn::is_closed) {
+                    *guard = Some(open_retrying(&self.config, &self.schema, "admin", 5).await?);
                 }
-                Err(Fault::Pg(e)) if attempt < 3 && is_transient(&e) => {
-                    attempt += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(10 << attempt)).await;
+                let Some(conn) = guard.as_mut() else { continue };
+                let now = self.clock.now_ms();
+                committing = false;
+                let outcome: read::R<T> = async {
+                    let tx = conn.client.transaction().await?;
+                    let value = work(&tx, now).await?;
+                    committing = true;
+                    tx.commit().await?;
+                    Ok(value)
                 }
-                other => return other.map_err(CairnError::from),
+                .await;
+                match outcome {
+                    Err(Fault::Pg(e)) if committing && conn::connection_lost(&e) => {
+                        return Err(CairnError::OutcomeUnknown(format!(
+                            "postgres: the connection broke while committing {what} ({}); it may or may not \
+                             have landed: read the state it changes to find out",
+                            conn::describe(&e)
+                        )));
+                    }
+                    Err(Fault::Pg(e)) if attempt < 3 && is_transient(&e) => {
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(10 << attempt)).await;
+                    }
+                    other => return other.map_err(CairnError::from),
+                }
             }
+        };
+        let answer = tokio::time::timeout(self.call_timeout, attempts).await;
+        let secs = self.call_timeout.as_secs();
+        if answer.is_err() {
+            // The connection is left to close (the server rolls back what
+            // it did not see committed): the next transaction opens another,
+            // as it would after a half-open flow's failover.
+            if let Ok(mut admin) = self.admin.try_lock() {
+                *admin = None;
+            }
+        }
+        match answer {
+            Ok(answer) => answer,
+            Err(_) if committing => Err(CairnError::OutcomeUnknown(format!(
+                "postgres: the server did not answer the commit of {what} within {secs} s (URL parameter \
+                 `call_timeout`); it may still land: read the state it changes to find out"
+            ))),
+            Err(_) => Err(CairnError::Unavailable(format!(
+                "postgres: the server did not answer within {secs} s (URL parameter `call_timeout`); {what} \
+                 was not committed"
+            ))),
         }
     }
 }
@@ -588,7 +620,9 @@ impl ProcessRegistry for PostgresRegistry {
         let now = self.clock.now_ms();
         let incarnation = self
             .shared
-            .run(|c| async move { read::register_node(&c, node, now).await })
+            .run_write("registering the node", |c| async move {
+                read::register_node(&c, node, now).await
+            })
             .await?;
         Ok(NodeIdentity {
             node: node.to_string(),
@@ -600,7 +634,9 @@ impl ProcessRegistry for PostgresRegistry {
         NodeIdentity::validate_node_id(&identity.node)?;
         let now = self.clock.now_ms();
         self.shared
-            .run(|c| async move { read::heartbeat(&c, &identity.node, identity.incarnation, now).await })
+            .run_write("recording the heartbeat", |c| async move {
+                read::heartbeat(&c, &identity.node, identity.incarnation, now).await
+            })
             .await
     }
 
@@ -690,7 +726,7 @@ impl ProcessRegistry for PostgresRegistry {
     async fn put_env(&self, spec: &EnvSpec) -> Result<EnvRef> {
         let (env_ref, bytes) = validate::env_ref_and_bytes(spec)?;
         self.shared
-            .run(|c| {
+            .run_write("storing the env", |c| {
                 let (env_ref, bytes) = (&env_ref, &bytes);
                 async move { read::put_env(&c, env_ref, bytes, false).await }
             })
@@ -713,7 +749,10 @@ impl ProcessRegistry for PostgresRegistry {
     async fn put_module(&self, module: &cairn_core::Module) -> Result<cairn_core::ModulePut> {
         cairn_core::script::validate_module(module)?;
         self.shared
-            .run(|c| async move { read::put_module(&c, module).await })
+            .run_write(
+                "storing the module",
+                |c| async move { read::put_module(&c, module).await },
+            )
             .await
     }
 
@@ -760,7 +799,9 @@ impl ProcessRegistry for PostgresRegistry {
     async fn insert_schedule(&self, schedule: &cairn_core::Schedule) -> Result<Option<cairn_core::Schedule>> {
         let channel = &self.channel;
         self.shared
-            .run(|c| async move { schedules::insert(&c, channel, schedule).await })
+            .run_write("storing the schedule", |c| async move {
+                schedules::insert(&c, channel, schedule).await
+            })
             .await
     }
 
@@ -790,7 +831,9 @@ impl ProcessRegistry for PostgresRegistry {
     ) -> Result<Option<cairn_core::Schedule>> {
         let channel = &self.channel;
         self.shared
-            .run(|c| async move { schedules::set_paused(&c, channel, id, paused, next_fire_ms).await })
+            .run_write("pausing or resuming the schedule", |c| async move {
+                schedules::set_paused(&c, channel, id, paused, next_fire_ms).await
+            })
             .await
     }
 
@@ -824,13 +867,17 @@ mod tests {
 
     #[test]
     fn numeric_parameters_set_their_fields_and_leave_the_url() {
-        let o = options("postgres://u@h/db?write_lanes=2&connect_timeout=5&read_connections=3&max_batch=64&schema=s");
+        let o = options(
+            "postgres://u@h/db?write_lanes=2&connect_timeout=5&read_connections=3&max_batch=64&schema=s&call_timeout=7",
+        );
         assert_eq!(o.url, "postgres://u@h/db?connect_timeout=5");
         assert_eq!((o.write_lanes, o.read_connections, o.max_batch), (2, 3, 64));
+        assert_eq!(o.call_timeout, std::time::Duration::from_secs(7));
         assert_eq!(o.schema, "s");
         assert!(o.url_error.is_none());
         let d = options("postgres://u@h/db");
         assert_eq!((d.write_lanes, d.read_connections, d.max_batch), (1, 2, 256));
+        assert_eq!(d.call_timeout, options::DEFAULT_CALL_TIMEOUT);
     }
 
     #[tokio::test]
@@ -845,6 +892,10 @@ mod tests {
             (
                 "read_connections=lots",
                 "`read_connections` must be a whole number from 1 to 64, not `lots`",
+            ),
+            (
+                "call_timeout=0",
+                "`call_timeout` must be a whole number from 1 to 3600, not `0`",
             ),
             (
                 "max_batch=10001",

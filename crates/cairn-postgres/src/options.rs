@@ -1,6 +1,8 @@
 //! [`PostgresOptions`]: how to connect, and the URL parameters that are
-//! cairn's (`schema`, `write_lanes`, `read_connections`, `max_batch`), taken
-//! out of the URL before it reaches the PostgreSQL client.
+//! cairn's (`schema`, `write_lanes`, `read_connections`, `max_batch`,
+//! `call_timeout`), taken out of the URL before it reaches the PostgreSQL client.
+
+use std::time::Duration;
 
 use cairn_core::clock::SharedClock;
 
@@ -21,6 +23,12 @@ pub struct PostgresOptions {
     pub max_batch: usize,
     /// Shared connections for reads (default 2); each pipelines many queries.
     pub read_connections: usize,
+    /// Longest a call waits for the server (default 30 s): past it a read
+    /// fails `unavailable`, and a write fails `unavailable` when it was never
+    /// sent, `outcome_unknown` when it was (it may still land). A server that
+    /// stops answering (a frozen host or relay, which no TCP fault reports)
+    /// would otherwise hold every call until it answers again.
+    pub call_timeout: Duration,
     /// Why a cairn parameter in the URL was refused; reported by
     /// [`PostgresRegistry::connect_with`] before it connects.
     pub(crate) url_error: Option<String>,
@@ -28,19 +36,27 @@ pub struct PostgresOptions {
 
 /// cairn's own numeric URL parameters, with their bounds: taken out of the URL
 /// before it reaches the PostgreSQL client.
-const URL_PARAMETERS: [(&str, usize, usize); 3] = [
+const URL_PARAMETERS: [(&str, usize, usize); 4] = [
     ("write_lanes", 1, 64),
     ("read_connections", 1, 64),
     ("max_batch", 1, 10_000),
+    // Seconds.
+    ("call_timeout", 1, 3600),
 ];
+
+/// [`PostgresOptions::call_timeout`]'s default: past any healthy statement of
+/// cairn's (each touches a bounded set of rows), and under the CLI's own
+/// 60 s wait for an answer, so a silent server reads as such.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl PostgresOptions {
     /// The defaults for `url`, on `clock`. A `schema=NAME` query parameter in the
     /// URL chooses the schema (it is cairn's, not libpq's, and is removed).
     ///
-    /// So do `write_lanes`, `read_connections` and `max_batch` (whole numbers
-    /// within 1..=64, 1..=64 and 1..=10000), which set the fields of the same
-    /// names; a value out of range or not a number is refused by
+    /// So do `write_lanes`, `read_connections`, `max_batch` and `call_timeout`
+    /// (whole numbers within 1..=64, 1..=64, 1..=10000 and 1..=3600, the last
+    /// in seconds), which set the fields of the same names; a value out of
+    /// range or not a number is refused by
     /// [`PostgresRegistry::connect_with`] before it connects.
     pub fn new(url: &str, clock: SharedClock) -> Self {
         let (url, schema) = split_schema(url);
@@ -51,6 +67,7 @@ impl PostgresOptions {
             write_lanes: 1,
             max_batch: 256,
             read_connections: 2,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
             url_error: None,
         };
         options.url = options.take_url_parameters(&url);
@@ -105,6 +122,7 @@ impl PostgresOptions {
                 (None, Some(n)) => match name {
                     "write_lanes" => self.write_lanes = n,
                     "read_connections" => self.read_connections = n,
+                    "call_timeout" => self.call_timeout = Duration::from_secs(n as u64),
                     _ => self.max_batch = n,
                 },
                 (None, None) => {}
@@ -132,6 +150,7 @@ impl std::fmt::Debug for PostgresOptions {
             .field("write_lanes", &self.write_lanes)
             .field("max_batch", &self.max_batch)
             .field("read_connections", &self.read_connections)
+            .field("call_timeout", &self.call_timeout)
             .finish_non_exhaustive()
     }
 }

@@ -878,6 +878,10 @@ type Trigger = Arc<std::sync::Mutex<Option<(String, Option<&'static str>, tokio:
 struct LosingProxy {
     url: String,
     trigger: Trigger,
+    /// While true, the server's replies are held back (the server still
+    /// runs what it is sent): a server gone silent, as a frozen host or
+    /// relay is, which no TCP fault reports.
+    silent: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl LosingProxy {
@@ -890,9 +894,11 @@ impl LosingProxy {
         let addr = listener.local_addr().expect("addr");
         let trigger: Trigger = Arc::default();
         let armed = trigger.clone();
+        let silent = Arc::new(tokio::sync::watch::channel(false).0);
+        let hush = silent.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let (host, armed) = (host.clone(), armed.clone());
+                let (host, armed, hush) = (host.clone(), armed.clone(), hush.subscribe());
                 tokio::spawn(async move {
                     let server: Box<dyn Upstream> = match &host {
                         Host::Tcp(h) => {
@@ -904,7 +910,7 @@ impl LosingProxy {
                             Box::new(tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await?)
                         }
                     };
-                    relay(client, server, armed).await
+                    relay(client, server, armed, hush).await
                 });
             }
         });
@@ -917,7 +923,13 @@ impl LosingProxy {
         Self {
             url: format!("postgres://{user}{password}@{addr}/{db}?sslmode=disable"),
             trigger,
+            silent,
         }
+    }
+
+    /// Hold back every reply from now on (`true`), or let them through again.
+    fn go_silent(&self, silent: bool) {
+        self.silent.send_replace(silent);
     }
 
     /// Lose the reply to the next statement that completes with `tag`; the
@@ -949,7 +961,12 @@ impl LosingProxy {
 
 /// Relay one connection: the client's bytes as they come, the server's message
 /// by message (every server message is a type byte and a length).
-async fn relay(client: tokio::net::TcpStream, server: Box<dyn Upstream>, trigger: Trigger) -> std::io::Result<()> {
+async fn relay(
+    client: tokio::net::TcpStream,
+    server: Box<dyn Upstream>,
+    trigger: Trigger,
+    mut silent: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     client.set_nodelay(true)?;
     let (mut client_read, mut client_write) = client.into_split();
@@ -998,6 +1015,9 @@ async fn relay(client: tokio::net::TcpStream, server: Box<dyn Upstream>, trigger
                     losing = armed.take().map(|(_, error, heard)| (error, heard));
                     continue;
                 }
+            }
+            if silent.wait_for(|silent| !*silent).await.is_err() {
+                return Ok(());
             }
             client_write.write_all(&message).await?;
         }
@@ -1642,4 +1662,106 @@ async fn waiting_on_a_lock(url: &str, pattern: &str) -> Result<(), tokio::time::
         }
     })
     .await
+}
+
+/// A server that stops answering (a frozen host or relay: no TCP fault says
+/// so) fails each call at the call timeout instead of holding it: a read as
+/// `unavailable`, a write that was sent as `outcome_unknown` (it may still
+/// land, and here it does), a write still queued behind it as `unavailable`,
+/// and that one is never sent.
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_fails_calls_at_the_call_timeout() {
+    if !testing::enabled() {
+        return;
+    }
+    use cairn_core::{CairnError, EnvSpec};
+    // A call the registry failed to bound would hang the test: fail it instead.
+    async fn answered<T>(what: &str, call: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(20), call)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no answer 20 s into a 1 s call timeout"))
+    }
+    let schema = TestSchema::new("cairn_t");
+    let proxy = LosingProxy::start(&schema.url).await;
+    let reg = PostgresRegistry::connect_with(
+        PostgresOptions::new(
+            &format!("{}&call_timeout=1", proxy.url),
+            Arc::new(ManualClock::new(1_000)),
+        )
+        .with_schema(schema.name.clone()),
+    )
+    .await
+    .expect("connect through the proxy");
+    reg.register(external("warm"), None)
+        .await
+        .expect("register while answered");
+
+    proxy.go_silent(true);
+    let read = answered("get", reg.get("warm")).await;
+    match &read {
+        Err(CairnError::Unavailable(m)) => assert!(m.contains("did not answer within 1 s"), "{m}"),
+        other => panic!("a read of a silent server: {other:?}"),
+    }
+    // The idle lane sends this one at once; its answer never comes.
+    let sent = answered("register sent", reg.register(external("sent"), None)).await;
+    assert!(
+        matches!(&sent, Err(CairnError::OutcomeUnknown(m)) if m.contains("was sent")),
+        "a sent write: {sent:?}"
+    );
+    // Queued behind the batch the server holds: never sent.
+    let held = answered("register held", reg.register(external("held"), None)).await;
+    assert!(
+        matches!(&held, Err(CairnError::Unavailable(m)) if m.contains("was not sent")),
+        "a queued write: {held:?}"
+    );
+    let env = EnvSpec {
+        plugin_options: json!({"silent": true}),
+        policy: json!({}),
+    };
+    let put = answered("put_env", reg.put_env(&env)).await;
+    assert!(
+        matches!(&put, Err(CairnError::OutcomeUnknown(m)) if m.contains("storing the env")),
+        "a single-statement write: {put:?}"
+    );
+    // A worker's claim is not given up on: told `outcome_unknown`, a worker
+    // could not tell which processes it then holds.
+    let mut claim = Box::pin(reg.claim_batch("w-silent", 60_000, 8));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), &mut claim).await.is_err(),
+        "a worker's claim waits for the server past the call timeout"
+    );
+    let deleted = answered("delete_session", reg.delete_session("s-silent")).await;
+    assert!(
+        matches!(&deleted, Err(CairnError::Unavailable(m)) if m.contains("not committed")),
+        "an admin transaction unanswered before its commit: {deleted:?}"
+    );
+
+    proxy.go_silent(false);
+    let claimed = answered("the claim", claim).await.expect("claimed once answered");
+    assert!(
+        claimed.is_empty(),
+        "externally owned work is never claimed: {claimed:?}"
+    );
+    // Lanes keep their order: once this answers, the held batch has committed.
+    answered("register after", reg.register(external("after"), None))
+        .await
+        .expect("register once answered again");
+    answered("get sent", reg.get("sent"))
+        .await
+        .expect("the sent write landed");
+    assert!(
+        matches!(
+            answered("get held", reg.get("held")).await,
+            Err(CairnError::UnknownProcess(_))
+        ),
+        "a write its caller was told was not sent must not land"
+    );
+    let env_ref = answered("put_env again", reg.put_env(&env)).await.expect("put_env");
+    answered("get_env", reg.get_env(&env_ref))
+        .await
+        .expect("the env is stored");
 }

@@ -193,11 +193,11 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
         ),
         (
             CairnError::Unavailable(s()),
-            "nothing was done; retry (also: too many connections, database not ready)",
+            "nothing was done; retry (also: too many connections, database not ready, a PostgreSQL server that did not answer a read or a not yet sent write within `call_timeout`)",
         ),
         (
             CairnError::OutcomeUnknown(s()),
-            "the commit's reply was lost: read the state before retrying",
+            "the commit's reply was lost, or a sent write was not answered within `call_timeout` (PostgreSQL): read the state before retrying",
         ),
     ]
 }
