@@ -1398,14 +1398,7 @@ fn print_record(r: &Value) {
         rows.push(("parent", parent.to_string()));
     }
     if let Some(lease) = r.get("lease").filter(|l| !l.is_null()) {
-        rows.push((
-            "lease",
-            format!(
-                "{} (fencing {})",
-                str_at(lease, "/owner_id"),
-                num_at(lease, "/fencing_token")
-            ),
-        ));
+        rows.push(("lease", lease_line(lease, now_ms())));
     }
     if let Some(wait) = r.get("wait").filter(|w| !w.is_null()) {
         rows.push(("waiting", wait.to_string()));
@@ -1564,13 +1557,34 @@ fn timestamp(ms: Option<&Value>) -> String {
     }
 }
 
+/// A lease as `get` shows it: its owner, its fencing token, and until when
+/// it holds, or since when it has lapsed (by this machine's clock): a lapsed
+/// lease's owner no longer runs the process, whatever the record still names.
+fn lease_line(lease: &Value, now: u64) -> String {
+    let head = format!(
+        "{} (fencing {})",
+        str_at(lease, "/owner_id"),
+        num_at(lease, "/fencing_token")
+    );
+    match lease.get("expires_at_ms").and_then(Value::as_u64) {
+        Some(at) if at <= now => format!("{head}, lapsed {}", age_at(at, now)),
+        Some(at) => format!("{head}, held until {}", timestamp(Some(&Value::from(at)))),
+        None => head,
+    }
+}
+
 /// A compact age ("42s ago") of an epoch-ms timestamp (one unit, unlike
 /// humantime's "1m 12s 345ms", to keep table columns narrow).
 fn age(ms: Option<&Value>) -> String {
     let Some(ms) = ms.and_then(Value::as_u64) else {
         return String::new();
     };
-    let secs = now_ms().saturating_sub(ms) / 1000;
+    age_at(ms, now_ms())
+}
+
+/// [`age`] at `now`.
+fn age_at(ms: u64, now: u64) -> String {
+    let secs = now.saturating_sub(ms) / 1000;
     match secs {
         0..60 => format!("{secs}s ago"),
         60..3600 => format!("{}m ago", secs / 60),
@@ -1582,6 +1596,17 @@ fn age(ms: Option<&Value>) -> String {
 #[cfg(test)]
 mod timestamp_tests {
     use super::*;
+
+    #[test]
+    fn a_lease_says_until_when_it_holds_or_since_when_it_lapsed() {
+        let lease = json!({"owner_id": "node-a", "fencing_token": 3, "expires_at_ms": 1_000_000});
+        assert_eq!(
+            lease_line(&lease, 999_000),
+            "node-a (fencing 3), held until 1970-01-01T00:16:40.000Z"
+        );
+        assert_eq!(lease_line(&lease, 1_000_000), "node-a (fencing 3), lapsed 0s ago");
+        assert_eq!(lease_line(&lease, 1_130_000), "node-a (fencing 3), lapsed 2m ago");
+    }
 
     #[test]
     fn a_time_past_the_year_9999_prints_as_a_number() {
