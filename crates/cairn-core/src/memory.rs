@@ -1005,12 +1005,14 @@ impl ProcessRegistry for MemoryRegistry {
     }
 
     async fn gauges(&self) -> Result<crate::model::Gauges> {
+        let now = self.now();
         let st = self.state.lock();
         let mut g = crate::model::Gauges::default();
         for e in st.entries.values().filter(|e| !e.row.record.is_terminal()) {
             g.running += 1;
             g.waiting += u64::from(e.row.record.wait.is_some());
             g.leased += u64::from(e.row.lease.is_some());
+            g.lapsed += u64::from(e.row.lease.as_ref().is_some_and(|l| l.expires_at_ms <= now));
         }
         g.pending_wakes = st.wakes.values().filter(|w| !w.acked).count() as u64;
         Ok(g)

@@ -1208,6 +1208,10 @@ pub struct Gauges {
     pub waiting: u64,
     /// Processes with a lease stored (live or lapsed, not yet released).
     pub leased: u64,
+    /// Of those, the ones whose lease has lapsed: work its owner left (a
+    /// dead node's, say), until a claim, a sweep or an abandon takes it.
+    #[serde(default)]
+    pub lapsed: u64,
     /// Wake deliveries not acknowledged, over every session.
     pub pending_wakes: u64,
 }

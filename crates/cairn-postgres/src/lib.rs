@@ -787,7 +787,8 @@ impl ProcessRegistry for PostgresRegistry {
     }
 
     async fn gauges(&self) -> Result<cairn_core::Gauges> {
-        self.shared.run(|c| async move { read::gauges(&c).await }).await
+        let now = self.clock.now_ms();
+        self.shared.run(|c| async move { read::gauges(&c, now).await }).await
     }
 
     async fn next_due(&self, after_ms: u64) -> Result<Option<u64>> {

@@ -306,19 +306,23 @@ pub(crate) async fn next_due(conn: &Conn, after: u64) -> R<Option<u64>> {
 }
 
 /// Counts of the live state.
-pub(crate) async fn gauges(conn: &Conn) -> R<cairn_core::Gauges> {
+pub(crate) async fn gauges(conn: &Conn, now: u64) -> R<cairn_core::Gauges> {
     let stmt = conn
         .stmt(
             "SELECT count(*), count(*) FILTER (WHERE waiting), count(*) FILTER (WHERE lease_owner IS NOT NULL), \
-             (SELECT count(*) FROM wakes WHERE NOT acked) FROM processes WHERE status = 'running'",
+             (SELECT count(*) FROM wakes WHERE NOT acked), \
+             count(*) FILTER (WHERE lease_owner IS NOT NULL AND lease_expires_at_ms <= $1::int8) \
+             FROM processes WHERE status = 'running'",
         )
         .await?;
-    let row = conn.client.query_one(&stmt, &[]).await?;
+    let now = cairn_core::ops::columns::to_i64(now);
+    let row = conn.client.query_one(&stmt, &[&now]).await?;
     let n = |i: usize| -> R<u64> { Ok(cairn_core::ops::columns::from_i64(row.try_get::<_, i64>(i)?)) };
     Ok(cairn_core::Gauges {
         running: n(0)?,
         waiting: n(1)?,
         leased: n(2)?,
+        lapsed: n(4)?,
         pending_wakes: n(3)?,
     })
 }

@@ -679,7 +679,7 @@ impl ProcessRegistry for SqliteRegistry {
     }
 
     async fn gauges(&self) -> Result<cairn_core::Gauges> {
-        self.read(move |tx, _| store::gauges(tx)).await
+        self.read(move |tx, now| store::gauges(tx, now)).await
     }
 
     async fn next_due(&self, after_ms: u64) -> Result<Option<u64>> {

@@ -587,23 +587,28 @@ const WORKLIST_SQL: &str = "SELECT id, a FROM (
      ) ORDER BY k, id LIMIT ?2";
 
 /// Counts of running rows, by the status index (its term stated, see [`NOT_COMPLETED`]).
-const RUNNING_GAUGES_SQL: &str = "SELECT count(*), coalesce(sum(waiting), 0), coalesce(sum(lease_owner IS NOT NULL), 0)
+const RUNNING_GAUGES_SQL: &str =
+    "SELECT count(*), coalesce(sum(waiting), 0), coalesce(sum(lease_owner IS NOT NULL), 0),
+     coalesce(sum(lease_owner IS NOT NULL AND lease_expires_at_ms <= ?1), 0)
      FROM processes WHERE status = 'running' AND status <> 'completed'";
 
 /// The wakes not acknowledged, by their partial index (`wakes_unacked`).
 const PENDING_WAKES_SQL: &str = "SELECT count(*) FROM wakes WHERE acked = 0";
 
 /// Counts of the live state (running rows by the status index; wakes by theirs).
-pub(crate) fn gauges(conn: &Connection) -> R<cairn_core::Gauges> {
-    let (running, waiting, leased): (i64, i64, i64) = conn
+pub(crate) fn gauges(conn: &Connection, now: u64) -> R<cairn_core::Gauges> {
+    let (running, waiting, leased, lapsed): (i64, i64, i64, i64) = conn
         .prepare_cached(RUNNING_GAUGES_SQL)?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        .query_row(params![to_sql(now)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
     let pending: i64 = conn.prepare_cached(PENDING_WAKES_SQL)?.query_row([], |r| r.get(0))?;
     let n = cairn_core::ops::columns::from_i64;
     Ok(cairn_core::Gauges {
         running: n(running),
         waiting: n(waiting),
         leased: n(leased),
+        lapsed: n(lapsed),
         pending_wakes: n(pending),
     })
 }
@@ -1266,12 +1271,12 @@ mod tests {
     #[test]
     fn gauges_count_running_rows_by_the_status_index() {
         let (_dir, conn) = fresh();
-        let p = plan(&conn, RUNNING_GAUGES_SQL, Vec::new());
+        let p = plan(&conn, RUNNING_GAUGES_SQL, vec![SqlValue::Integer(0)]);
         assert!(p.contains("processes_status_id"), "{p}");
         // Only the wakes not acknowledged, not every wake ever stored.
         let p = plan(&conn, PENDING_WAKES_SQL, Vec::new());
         assert!(p.contains("wakes_unacked"), "{p}");
-        assert!(gauges(&conn).is_ok());
+        assert!(gauges(&conn, 0).is_ok());
     }
 
     #[test]

@@ -206,6 +206,7 @@ async fn readiness_gauges_latency_and_build_info() {
     }
     // Only the owner-bound wait holds a lease.
     assert!(text.lines().any(|l| l == "cairn_leases_held 1"), "{text}");
+    assert!(text.lines().any(|l| l == "cairn_leases_lapsed 0"), "{text}");
     assert!(
         text.lines()
             .any(|l| l.starts_with("cairn_http_connections_open ") && !l.ends_with(" 0")),

@@ -398,8 +398,9 @@ pub async fn next_due_names_lease_expiry(factory: &dyn StoreFactory) {
 }
 
 /// `gauges` counts the live state: running, waiting (suspended or holding
-/// their run), leased processes and unacknowledged wakes; terminal processes
-/// and acknowledged wakes are not counted.
+/// their run), leased processes (and of them, those whose lease lapsed) and
+/// unacknowledged wakes; terminal processes and acknowledged wakes are not
+/// counted.
 pub async fn gauges_count_the_live_state(factory: &dyn StoreFactory) {
     let h = Harness::new(factory).await;
     let count = || async { ok(h.registry().gauges().await, "gauges") };
@@ -434,6 +435,20 @@ pub async fn gauges_count_the_live_state(factory: &dyn StoreFactory) {
             running: 4,
             waiting: 2,
             leased: 1,
+            lapsed: 0,
+            pending_wakes: 1,
+        }
+    );
+    // The owner-bound run's lease lapses (its owner died, say): still
+    // stored, and counted as lapsed.
+    h.advance(TTL);
+    assert_eq!(
+        count().await,
+        cairn_core::Gauges {
+            running: 4,
+            waiting: 2,
+            leased: 1,
+            lapsed: 1,
             pending_wakes: 1,
         }
     );

@@ -76,6 +76,7 @@ pub struct Metrics {
     running: Gauge,
     waiting: Gauge,
     leased: Gauge,
+    lapsed: Gauge,
     worker_runs: Gauge,
     pending_wakes: Gauge,
     store_up: Gauge,
@@ -151,7 +152,13 @@ impl Metrics {
         let leased = gauge(
             &mut registry,
             "cairn_leases_held",
-            "Running processes holding a lease, on any node (read at scrape)",
+            "Running processes with a lease stored, live or lapsed, on any node (read at scrape)",
+        );
+        let lapsed = gauge(
+            &mut registry,
+            "cairn_leases_lapsed",
+            "Running processes whose stored lease has lapsed: work an owner left (a dead node's), until a claim, \
+             a sweep or an abandon takes it (read at scrape)",
         );
         let worker_runs = gauge(
             &mut registry,
@@ -189,6 +196,7 @@ impl Metrics {
             running,
             waiting,
             leased,
+            lapsed,
             worker_runs,
             pending_wakes,
             store_up,
@@ -223,6 +231,7 @@ impl Metrics {
                 set(&self.running, g.running);
                 set(&self.waiting, g.waiting);
                 set(&self.leased, g.leased);
+                set(&self.lapsed, g.lapsed);
                 set(&self.pending_wakes, g.pending_wakes);
                 self.store_up.set(1);
             }
