@@ -361,8 +361,11 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
         }
     }
     let event_type = json!({"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._-]+$"});
-    set(schemas, "/AppendBody/properties/event_type", event_type.clone());
-    set(schemas, "/EventType/properties/name", event_type);
+    set(schemas, "/EventType/properties/name", event_type.clone());
+    // A signal's type is `signal.` and its name (up to 128 characters).
+    let mut appended = event_type;
+    appended["maxLength"] = json!(128 + "signal.".len());
+    set(schemas, "/AppendBody/properties/event_type", appended);
     set(
         schemas,
         "/TransferBody/properties/process_ids",
@@ -373,6 +376,37 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
         "/PruneBody/properties/cutoff_ms",
         cursor_schema("Prune processes that ended before this time (epoch ms)."),
     );
+    for (field, description) in [
+        (
+            "created_from_ms",
+            "Prune only processes created at or after this time (epoch ms).",
+        ),
+        (
+            "created_before_ms",
+            "Prune only processes created before this time (epoch ms).",
+        ),
+    ] {
+        set(
+            schemas,
+            &format!("/PruneBody/properties/{field}"),
+            json!({"oneOf": [{"type": "null"}, cursor_schema(description)]}),
+        );
+    }
+    // Byte limits the server enforces, stated as `maxLength` (which counts
+    // characters, each at least a byte: every text within the byte limit
+    // fits, and one past it in bytes is refused by the server).
+    let reason = cairn_core::validate::MAX_REASON_BYTES;
+    let authority = cairn_core::validate::MAX_AUTHORITY_BYTES;
+    for (pointer, bytes) in [
+        ("/CancelBody/properties/reason", reason),
+        ("/AbandonBody/properties/reason", reason),
+        ("/AbandonBody/properties/requested_by", authority),
+        ("/CompleteBody/properties/authority", authority),
+    ] {
+        if let Some(slot) = schemas.pointer_mut(pointer).and_then(Value::as_object_mut) {
+            slot.insert("maxLength".into(), json!(bytes));
+        }
+    }
     // Payloads are any JSON, whatever the derive guessed.
     set(
         schemas,
@@ -631,5 +665,30 @@ mod tests {
                 assert!(op["responses"].get("408").is_some(), "{method} {path} lacks 408");
             }
         }
+    }
+
+    #[test]
+    fn the_byte_limits_the_server_enforces_are_stated() {
+        let doc = document_for(&["echo".to_string()]);
+        let schemas = &doc["components"]["schemas"];
+        let limit = |pointer: &str| {
+            schemas
+                .pointer(pointer)
+                .and_then(|s| s.get("maxLength"))
+                .and_then(Value::as_u64)
+                .unwrap_or_else(|| panic!("no maxLength at {pointer}"))
+        };
+        assert_eq!(limit("/CancelBody/properties/reason"), 64 * 1024);
+        assert_eq!(limit("/AbandonBody/properties/reason"), 64 * 1024);
+        assert_eq!(limit("/AbandonBody/properties/requested_by"), 264);
+        assert_eq!(limit("/CompleteBody/properties/authority"), 264);
+        assert_eq!(
+            limit("/AppendBody/properties/event_type"),
+            135,
+            "signal.{{128 characters}}"
+        );
+        assert_eq!(limit("/EventType/properties/name"), 128);
+        let created = &schemas["PruneBody"]["properties"]["created_before_ms"]["oneOf"][1];
+        assert_eq!(created["maximum"], json!(MAX_CURSOR));
     }
 }
