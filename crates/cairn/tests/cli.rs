@@ -61,6 +61,24 @@ async fn cli_drives_the_server() {
     let out = server.cli(&["get", "missing"], None).await;
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("unknown_process"), "{}", out.stderr);
+    // With --json, an error is one JSON document on stderr: the server's
+    // code and status, or the client's own code for its own refusals.
+    let out = server.cli(&["--json", "get", "missing"], None).await;
+    assert_eq!(out.code, 1);
+    let said: Value = serde_json::from_str(out.stderr.trim()).expect("--json errors are JSON");
+    assert_eq!(said["error"]["code"], "unknown_process", "{said}");
+    assert_eq!(said["error"]["status"], 404, "{said}");
+    assert_eq!(said["error"]["exit_code"], 1, "{said}");
+    let out = server.cli(&["--json", "start", "{not json"], None).await;
+    assert_eq!(out.code, 2);
+    let said: Value = serde_json::from_str(out.stderr.trim()).expect("--json errors are JSON");
+    assert_eq!(said["error"]["code"], "usage", "{said}");
+    assert!(
+        said["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("is not JSON")),
+        "{said}"
+    );
     let out = server.cli(&["events", "c1"], None).await;
     assert!(out.stdout.contains("process.waiting"), "{}", out.stdout);
 

@@ -93,6 +93,43 @@ impl ClientError {
         }
     }
 
+    /// The error as `--json` prints it on stderr: `{"error": {"code",
+    /// "message", "exit_code", ...}}`, with the server's code, HTTP status
+    /// and tombstone when the server answered, else the client's own code
+    /// (`usage`, `unreachable`, `no_answer`, `lost_answer`, ...).
+    pub fn to_json(&self) -> Value {
+        let code = match self {
+            Self::Api { code, .. } => code.as_str(),
+            Self::Unreachable { .. } => "unreachable",
+            Self::Http(_) => "transport",
+            Self::LostAnswer(_) => "lost_answer",
+            Self::NoAnswer { .. } => "no_answer",
+            Self::NotJson { .. } => "not_json",
+            Self::NotCairn { .. } => "not_cairn",
+            Self::Usage(_) => "usage",
+            Self::Interrupted(_) => "interrupted",
+        };
+        let message = match self {
+            Self::Api { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        let mut error = serde_json::json!({"code": code, "message": message, "exit_code": self.exit_code()});
+        match self {
+            Self::Api { status, tombstone, .. } => {
+                error["status"] = (*status).into();
+                if let Some(t) = tombstone {
+                    error["tombstone"] = t.clone();
+                }
+            }
+            Self::NotJson { status, .. } | Self::NotCairn { status, .. } => error["status"] = (*status).into(),
+            _ => {}
+        }
+        if let Some(hint) = self.hint() {
+            error["hint"] = hint.into();
+        }
+        serde_json::json!({ "error": error })
+    }
+
     /// What to try next, when there is something to say.
     pub fn hint(&self) -> Option<String> {
         match self {

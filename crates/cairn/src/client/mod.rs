@@ -37,9 +37,13 @@ pub async fn run(opts: &ResolvedClient, command: Command) -> ExitCode {
         Err(e) => {
             // Not `eprintln!`: `run` ignores SIGPIPE, and a closed stderr
             // must not turn its error into a panic.
-            let _ = writeln!(std::io::stderr(), "error: {}", shown(&e.to_string()));
-            if let Some(hint) = e.hint() {
-                let _ = writeln!(std::io::stderr(), "hint: {}", shown(&hint));
+            if opts.json {
+                let _ = writeln!(std::io::stderr(), "{}", e.to_json());
+            } else {
+                let _ = writeln!(std::io::stderr(), "error: {}", shown(&e.to_string()));
+                if let Some(hint) = e.hint() {
+                    let _ = writeln!(std::io::stderr(), "hint: {}", shown(&hint));
+                }
             }
             ExitCode::from(e.exit_code())
         }
