@@ -206,7 +206,7 @@ pub enum Command {
         /// Signal id (idempotency key); generated when absent.
         #[arg(long = "id")]
         signal_id: Option<String>,
-        /// JSON payload.
+        /// JSON payload; `-` reads it from stdin, `@FILE` from a file.
         #[arg(long, default_value = "null", allow_negative_numbers = true)]
         payload: String,
         /// `--server`, `--token`, `--json`.
@@ -223,7 +223,7 @@ pub enum Command {
         id: String,
         /// A declared event type.
         event_type: String,
-        /// JSON payload (checked against the type's schema).
+        /// JSON payload (checked against the type's schema); `-` reads it from stdin, `@FILE` from a file.
         #[arg(long, default_value = "null", allow_negative_numbers = true)]
         payload: String,
         /// Makes the append idempotent: a retry with the same key returns the original event.
@@ -695,7 +695,7 @@ pub struct CompleteArgs {
     /// Process id.
     #[arg(value_parser = non_empty)]
     pub id: String,
-    /// Succeed with this JSON value.
+    /// Succeed with this JSON value; `-` reads it from stdin, `@FILE` from a file.
     #[arg(long, allow_negative_numbers = true)]
     pub value: Option<String>,
     /// Fail with this code (class `process`).
@@ -704,7 +704,7 @@ pub struct CompleteArgs {
     /// The failure's message (only with `--failure`).
     #[arg(long, requires = "failure", conflicts_with_all = ["value", "outcome"])]
     pub message: Option<String>,
-    /// A whole outcome as JSON: `{"type": "success", "value"}`, `{"type": "failure", "class", "code", "message"}` or `{"type": "cancelled", "message"}`.
+    /// A whole outcome as JSON: `{"type": "success", "value"}`, `{"type": "failure", "class", "code", "message"}` or `{"type": "cancelled", "message"}`; `-` reads it from stdin, `@FILE` from a file.
     #[arg(long)]
     pub outcome: Option<String>,
     /// Who completes it (recorded; defaults to the caller).

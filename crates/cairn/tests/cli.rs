@@ -69,6 +69,36 @@ async fn cli_drives_the_server() {
     assert_eq!(said["error"]["code"], "unknown_process", "{said}");
     assert_eq!(said["error"]["status"], 404, "{said}");
     assert_eq!(said["error"]["exit_code"], 1, "{said}");
+    // A JSON flag's value from stdin (`-`) or a file (`@FILE`).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("value.json");
+    std::fs::write(&file, r#"{"from": "a file"}"#).expect("write");
+    let out = server
+        .cli(
+            &["signal", "c1", "note", "--id", "n1", "--payload", "-"],
+            Some(r#"{"from": "stdin"}"#),
+        )
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let at = format!("@{}", file.display());
+    let out = server
+        .cli(&["signal", "c1", "note", "--id", "n2", "--payload", &at], None)
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = server.cli(&["--json", "events", "c1"], None).await;
+    let payloads: Vec<Value> = out.json()["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["event_type"] == "signal.note")
+        .map(|e| e["payload"].clone())
+        .collect();
+    assert_eq!(payloads, [json!({"from": "stdin"}), json!({"from": "a file"})]);
+    let out = server
+        .cli(&["signal", "c1", "note", "--payload", "@/no/such/file"], None)
+        .await;
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("cannot read `/no/such/file`"), "{}", out.stderr);
     let out = server.cli(&["--json", "start", "{not json"], None).await;
     assert_eq!(out.code, 2);
     let said: Value = serde_json::from_str(out.stderr.trim()).expect("--json errors are JSON");

@@ -81,6 +81,21 @@ fn parse_json_arg(what: &str, raw: &str) -> Result<Value, ClientError> {
     })
 }
 
+/// A JSON flag's value (`--payload`, `--value`, `--outcome`): as given, from
+/// stdin for `-`, or from a file for `@FILE` (no JSON text begins with `@`,
+/// and `-` alone is none: neither can be meant as itself).
+fn json_flag(flag: &str, raw: &str) -> Result<Value, ClientError> {
+    if raw == "-" {
+        return parse_json_arg(&format!("{flag} (stdin)"), &read_stdin(&format!("the {flag} value"))?);
+    }
+    if let Some(path) = raw.strip_prefix('@') {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ClientError::Usage(format!("{flag} {raw}: cannot read `{path}`: {e}")))?;
+        return parse_json_arg(&format!("{flag} ({path})"), &text);
+    }
+    parse_json_arg(flag, raw)
+}
+
 async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCode, ClientError> {
     match command {
         Command::Serve(_) | Command::Bench(_) | Command::BenchChild(_) | Command::Completions { .. } => {
@@ -180,7 +195,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                 message: e.to_string(),
                 tombstone: None,
             })?;
-            let payload = parse_json_arg("--payload", &payload)?;
+            let payload = json_flag("--payload", &payload)?;
             let signal_id = signal_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
             let body = json!({"signal_id": signal_id, "payload": payload});
             let (_, event) = client
@@ -205,7 +220,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             replay_key,
             ..
         } => {
-            let payload = parse_json_arg("--payload", &payload)?;
+            let payload = json_flag("--payload", &payload)?;
             let mut body = json!({"event_type": event_type, "payload": payload});
             if let Some(key) = replay_key {
                 body["replay_key"] = Value::String(key);
@@ -1200,7 +1215,7 @@ fn ls_document(rows: Vec<(Value, Option<Value>)>, truncated: Option<String>, pag
 
 async fn complete(client: &Client, json: bool, args: CompleteArgs) -> Result<ExitCode, ClientError> {
     let outcome = match (&args.value, &args.failure, &args.outcome) {
-        (Some(v), None, None) => json!({"type": "success", "value": parse_json_arg("--value", v)?}),
+        (Some(v), None, None) => json!({"type": "success", "value": json_flag("--value", v)?}),
         (None, Some(code), None) => json!({
             "type": "failure", "class": "process", "code": code,
             "message": args.message.clone().unwrap_or_else(|| code.clone()),
@@ -1208,7 +1223,7 @@ async fn complete(client: &Client, json: bool, args: CompleteArgs) -> Result<Exi
         // Read as an outcome here, so a fault is named in the user's own
         // JSON and flag, not at a column of the body built around it.
         (None, None, Some(o)) => {
-            let outcome = parse_json_arg("--outcome", o)?;
+            let outcome = json_flag("--outcome", o)?;
             if let Err(e) = serde_json::from_value::<cairn_core::Outcome>(outcome.clone()) {
                 return Err(ClientError::Usage(format!("--outcome is no outcome: {e}")));
             }
