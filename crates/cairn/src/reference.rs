@@ -207,7 +207,7 @@ const SERVER_ERRORS: &[(&str, &str, &str)] = &[
     (
         "invalid_request",
         "400, 415",
-        "malformed JSON (also: a key given twice in an object, an integer past what 64 bits hold), unknown fields, bad parameters; 415: a body whose `Content-Type` is not `application/json` (or an `application/*+json` type)",
+        "malformed JSON (also: a key given twice in an object, an integer past what 64 bits hold), unknown fields, bad parameters; 415: a body whose `Content-Type` is not `application/json` (or an `application/*+json` type), names a `charset` other than UTF-8 (or ASCII), or carries a `Content-Encoding` other than `identity`",
     ),
     (
         "request_timeout",

@@ -92,6 +92,44 @@ async fn start_is_idempotent_and_errors_have_their_classes() {
     // A body that is not JSON by content type.
     let (s, err) = c.post_raw("/v1/processes", "text/plain", b"{}".to_vec()).await;
     assert_eq!((s, code(&err)), (415, "invalid_request"));
+    // A body labelled compressed, or not UTF-8, is refused for that (the
+    // server reads neither), even when its bytes happen to be plain JSON.
+    let start = br#"{"id": "labelled", "disposition": "externally_owned", "input": {"type": "external"}}"#;
+    let (s, err) = c
+        .post_raw("/v1/processes", "application/json; charset=utf-16", start.to_vec())
+        .await;
+    assert_eq!((s, code(&err)), (415, "invalid_request"));
+    assert!(
+        err["error"]["message"].as_str().is_some_and(|m| m.contains("utf-16")),
+        "{err}"
+    );
+    let r = c
+        .auth(
+            c.http
+                .post(c.url("/v1/processes"))
+                .header("content-type", "application/json")
+                .header("content-encoding", "gzip")
+                .body(start.to_vec()),
+        )
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 415);
+    let err: Value = r.json().await.expect("json");
+    assert!(
+        err["error"]["message"].as_str().is_some_and(|m| m.contains("gzip")),
+        "{err}"
+    );
+    assert_eq!(c.get("/v1/processes/labelled").await.0, 404, "nothing was started");
+    // UTF-8 by another name, and `identity`, are read as sent.
+    let (s, err) = c
+        .post_raw(
+            "/v1/processes",
+            "application/json; charset=\"us-ascii\"",
+            start.to_vec(),
+        )
+        .await;
+    assert_eq!(s, 201, "{err}");
     // Oversize body: 413.
     let big = format!("{{\"id\":\"big\",\"pad\":\"{}\"}}", "a".repeat(3 * 1024 * 1024));
     let (s, err) = c.post_raw("/v1/processes", "application/json", big.into_bytes()).await;

@@ -208,6 +208,10 @@ where
             .headers()
             .get(header::CONTENT_TYPE)
             .map(|v| v.to_str().unwrap_or("").to_string());
+        // A body the server would read as something it is not (compressed
+        // bytes, UTF-16) is refused for what it is, not as bad JSON, and a
+        // plain body labelled as compressed is not taken as if unlabelled.
+        unread_encoding(req.headers())?;
         let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
         // An empty body may leave out its content type, but may not name
         // another one: an empty browser form is not an empty JSON body.
@@ -281,6 +285,48 @@ pub(crate) fn json_kind(v: &serde_json::Value) -> &'static str {
         serde_json::Value::Array(_) => "an array",
         serde_json::Value::Object(_) => "an object",
     }
+}
+
+/// Refuse a `Content-Encoding` other than `identity`, or a `charset` other
+/// than UTF-8: the server reads neither.
+fn unread_encoding(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let refuse = |message: String| {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request",
+            message,
+        ))
+    };
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let coding = value.to_str().unwrap_or("?").trim();
+        if !coding.is_empty() && !coding.eq_ignore_ascii_case("identity") {
+            return refuse(format!(
+                "request bodies are read as sent: `Content-Encoding: {}` is not supported; send plain JSON",
+                coding.escape_debug()
+            ));
+        }
+    }
+    let Some(content_type) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return Ok(());
+    };
+    for param in content_type.split(';').skip(1) {
+        let Some((name, value)) = param.split_once('=') else {
+            continue;
+        };
+        let value = value.trim().trim_matches('"');
+        // UTF-8 and its subset ASCII are read as sent.
+        if name.trim().eq_ignore_ascii_case("charset")
+            && !["utf-8", "utf8", "us-ascii", "ascii"]
+                .iter()
+                .any(|ok| value.eq_ignore_ascii_case(ok))
+        {
+            return refuse(format!(
+                "JSON bodies are UTF-8: `charset={}` is not supported",
+                value.escape_debug()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn unsupported_media_type() -> ApiError {
