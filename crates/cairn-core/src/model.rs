@@ -1381,6 +1381,11 @@ impl ProcessFilter {
                             crate::CairnError::InvalidPage(format!(
                                 "`limit` must be a whole number from 1 to {MAX_PAGE_SIZE}, got `{raw}`"
                             ))
+                        } else if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
+                            crate::CairnError::InvalidFilter(format!(
+                                "`{key}` is {raw}, over the largest accepted value {}",
+                                i64::MAX
+                            ))
                         } else {
                             crate::CairnError::InvalidFilter(format!(
                                 "`{key}` must be a non-negative integer, got `{raw}`"

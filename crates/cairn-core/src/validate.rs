@@ -629,7 +629,9 @@ pub fn parse_strict_json(bytes: &[u8]) -> std::result::Result<Value, serde_json:
         let column = at - before.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) + 1;
         return Err(<serde_json::Error as serde::de::Error>::custom(format_args!(
             "the integer {digits} at line {line} column {column} is past what 64 bits hold, and would be kept \
-             rounded; send it as a string (or as a float, with a fraction or an exponent, if rounding is meant)"
+             rounded: a field of cairn's own (a time, a count, a cursor) takes at most 9223372036854775807, \
+             and a payload or argument may carry a larger one as a string (or as a float, with a fraction or \
+             an exponent, if rounding is meant)"
         )));
     }
     Ok(value)

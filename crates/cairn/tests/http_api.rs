@@ -196,6 +196,15 @@ async fn start_is_idempotent_and_errors_have_their_classes() {
     assert_eq!((s, code(&err)), (400, "invalid_page"));
     let (s, err) = c.get("/v1/processes/p1/await?wat=1").await;
     assert_eq!((s, code(&err)), (400, "invalid_request"));
+    // A filter's time past what the stores hold says the largest it takes.
+    let (s, err) = c.get("/v1/processes?created_before_ms=18446744073709551616").await;
+    assert_eq!((s, code(&err)), (400, "invalid_filter"));
+    assert!(
+        err["error"]["message"].as_str().is_some_and(|m| m.ends_with(
+            "`created_before_ms` is 18446744073709551616, over the largest accepted value 9223372036854775807"
+        )),
+        "{err}"
+    );
     // A number field given something else says which field wants what.
     for (query, said) in [
         (
@@ -207,6 +216,10 @@ async fn start_is_idempotent_and_errors_have_their_classes() {
             "`timeout_ms` must be a non-negative integer, got `-1`",
         ),
         ("/v1/changes?cursor=", "`cursor` must be a non-negative integer, got ``"),
+        (
+            "/v1/changes?cursor=99999999999999999999",
+            "`cursor` is over the largest accepted value 9223372036854775807, got `99999999999999999999`",
+        ),
         (
             "/v1/sessions/s1/wakes?limit=-1",
             "`limit` must be a whole number from 1 to 1000, got `-1`",
@@ -221,7 +234,7 @@ async fn start_is_idempotent_and_errors_have_their_classes() {
         ),
         (
             "/v1/schedules?limit=99999999999999999999999",
-            "`limit` is over the largest accepted value, got `99999999999999999999999`",
+            "`limit` must be a whole number from 1 to 1000, got `99999999999999999999999`",
         ),
         (
             "/v1/processes?limit=abc",

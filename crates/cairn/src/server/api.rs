@@ -644,13 +644,13 @@ fn query_error(text: &str, query: Option<&str>) -> String {
         ),
         (
             "number too large to fit in target type",
-            "is over the largest accepted value",
+            "is over the largest accepted value 9223372036854775807",
         ),
     ];
     for (said, meant) in numeric {
         if let Some(field) = detail.strip_suffix(said).and_then(|f| f.strip_suffix(": ")) {
             // A page size is a count: 0 is refused too.
-            let meant = if field == "limit" && meant.contains("non-negative") {
+            let meant = if field == "limit" {
                 format!("must be a whole number from 1 to {}", cairn_core::model::MAX_PAGE_SIZE)
             } else {
                 meant.to_string()
