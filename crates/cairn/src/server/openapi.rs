@@ -408,16 +408,48 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
         }
     }
     // Payloads are any JSON, whatever the derive guessed.
+    let (payload_bytes, depth) = (
+        cairn_core::validate::MAX_PAYLOAD_BYTES,
+        cairn_core::validate::MAX_JSON_DEPTH,
+    );
     set(
         schemas,
         "/SignalBody/properties/payload",
-        json!({"description": "Any JSON; the waiting process receives it."}),
+        json!({"description": format!("Any JSON, at most {payload_bytes} bytes serialized and {depth} levels deep \
+            (`payload_too_large`); the waiting process receives it.")}),
     );
     set(
         schemas,
         "/AppendBody/properties/payload",
-        json!({"description": "Checked against the type's payload schema."}),
+        json!({"description": format!("Checked against the type's payload schema; at most {payload_bytes} bytes \
+            serialized and {depth} levels deep (`payload_too_large`).")}),
     );
+    if let Some(slot) = schemas
+        .pointer_mut("/StartRequest/properties/event_types")
+        .and_then(Value::as_object_mut)
+    {
+        slot.insert("maxItems".into(), json!(cairn_core::validate::MAX_EVENT_TYPES));
+    }
+    if let Some(slot) = schemas
+        .pointer_mut("/ModuleBody/properties/name")
+        .and_then(Value::as_object_mut)
+    {
+        slot.insert("maxLength".into(), json!(cairn_core::script::MAX_MODULE_NAME_BYTES));
+    }
+    if let Some(slot) = schemas.pointer_mut("/StartRequest").and_then(Value::as_object_mut) {
+        let said = slot
+            .get("description")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        slot.insert(
+            "description".into(),
+            json!(format!(
+                "{said}\n\nThe input and the env spec are each at most {payload_bytes} bytes serialized and \
+                 {depth} levels deep (`payload_too_large`)."
+            )),
+        );
+    }
     if let Some(variants) = schemas.pointer_mut("/Watermark/oneOf").and_then(Value::as_array_mut) {
         for v in variants {
             if v.pointer("/properties/cursor").is_some() {
@@ -688,6 +720,11 @@ mod tests {
             "signal.{{128 characters}}"
         );
         assert_eq!(limit("/EventType/properties/name"), 128);
+        assert_eq!(limit("/ModuleBody/properties/name"), 256);
+        assert_eq!(
+            schemas["StartRequest"]["properties"]["event_types"]["maxItems"],
+            json!(256)
+        );
         let created = &schemas["PruneBody"]["properties"]["created_before_ms"]["oneOf"][1];
         assert_eq!(created["maximum"], json!(MAX_CURSOR));
     }

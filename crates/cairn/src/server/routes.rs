@@ -101,7 +101,9 @@ pub struct CompleteBody {
     pub authority: Option<String>,
 }
 
-/// Body of `POST /v1/processes/{id}/abandon-request`.
+/// Body of `POST /v1/processes/{id}/abandon-request`. The first request
+/// stands: a later one, whatever its reason or requester, answers the record
+/// as it is (200) and records nothing.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AbandonBody {
@@ -679,7 +681,8 @@ pub async fn complete(
     ))
 }
 
-/// `POST /v1/processes/{id}/abandon-request`: record an abandon request.
+/// `POST /v1/processes/{id}/abandon-request`: record an abandon request
+/// (the first stands: a later one answers the record and records nothing).
 #[utoipa::path(post, path = "/v1/processes/{id}/abandon-request", tag = "processes",
     params(("id" = String, Path, description = "Process id")),
     request_body = AbandonBody,
