@@ -129,11 +129,17 @@ pub fn validate_module_ref(module_ref: &str) -> Result<()> {
 /// Check a module's name, when it has one: 1 to [`MAX_MODULE_NAME_BYTES`]
 /// bytes without control characters.
 pub fn check_module_name(name: Option<&str>) -> Result<()> {
+    let refuse = |why: String| Err(CairnError::InvalidRequest(format!("module name {why}")));
     match name {
-        Some(name) if name.is_empty() || name.len() > MAX_MODULE_NAME_BYTES || name.chars().any(char::is_control) => {
-            Err(CairnError::InvalidRequest(format!(
-                "module name: 1-{MAX_MODULE_NAME_BYTES} bytes without control characters"
-            )))
+        Some("") => refuse(format!(
+            "is empty: give 1 to {MAX_MODULE_NAME_BYTES} bytes, or leave it out"
+        )),
+        Some(name) if name.len() > MAX_MODULE_NAME_BYTES => refuse(format!(
+            "is {} bytes, over the {MAX_MODULE_NAME_BYTES} byte limit",
+            name.len()
+        )),
+        Some(name) if name.chars().any(char::is_control) => {
+            refuse(format!("`{}` contains a control character", name.escape_debug()))
         }
         _ => Ok(()),
     }
@@ -202,4 +208,28 @@ pub trait ScriptEngine: Send + Sync + 'static {
     /// suspends through `ctx` (the worker sees [`crate::StopReason::Suspended`]
     /// and writes nothing more); what it returns then is ignored.
     async fn run(&self, ctx: ToolContext, module: Module, process_name: String, args: Value) -> Outcome;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_module_name_says_which_rule_it_broke() {
+        let said = |name: &str| check_module_name(Some(name)).expect_err(name).to_string();
+        assert!(said("").contains("is empty"), "{}", said(""));
+        let long = "n".repeat(MAX_MODULE_NAME_BYTES + 1);
+        assert!(
+            said(&long).contains("is 257 bytes, over the 256 byte limit"),
+            "{}",
+            said(&long)
+        );
+        assert!(
+            said("a\n").contains("`a\\n` contains a control character"),
+            "{}",
+            said("a\n")
+        );
+        assert!(check_module_name(Some("fine.js")).is_ok());
+        assert!(check_module_name(None).is_ok());
+    }
 }
