@@ -53,10 +53,13 @@ pub enum CairnError {
         message: String,
     },
     /// The id exists with a different registration.
-    #[error("process `{id}` already exists with a different registration")]
+    #[error("process `{id}` already exists with a different registration{}", differing(.differs))]
     RegistrationConflict {
         /// The process id.
         id: String,
+        /// The fields of the start that differ from the stored one's
+        /// (`input`, `disposition`, ...), when they could be told.
+        differs: Vec<&'static str>,
     },
     /// No schedule with this id is stored.
     #[error("unknown schedule `{0}`")]
@@ -344,6 +347,15 @@ fn utc(ms: u64) -> String {
         .and_then(chrono::DateTime::from_timestamp_millis)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_else(|| format!("{ms} ms"))
+}
+
+/// `: its input and wake_target differ` for a registration conflict's message.
+fn differing(fields: &[&str]) -> String {
+    match fields {
+        [] => String::new(),
+        [one] => format!(": its {one} differs"),
+        [init @ .., last] => format!(": its {} and {last} differ", init.join(", ")),
+    }
 }
 
 #[cfg(test)]

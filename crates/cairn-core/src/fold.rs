@@ -78,6 +78,31 @@ pub fn registration_state(record: &ProcessRecord) -> ProcessRecord {
     }
 }
 
+/// The declared fields in which a start's record (`new`) differs from the
+/// stored one's, by their names in a start request: what a
+/// `registration_conflict` names. Empty when none of them tells (the hashes
+/// differ all the same, say in a form the fields compare equal).
+pub fn registration_differences(stored: &ProcessRecord, new: &ProcessRecord) -> Vec<&'static str> {
+    // In any order, as the registration hash reads them.
+    let sorted = |types: &crate::events::EventTypes| {
+        let mut v = types.to_vec();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    };
+    [
+        ("input", stored.input != new.input),
+        ("disposition", stored.disposition != new.disposition),
+        ("event_types", sorted(&stored.event_types) != sorted(&new.event_types)),
+        ("wake_target", stored.wake_target != new.wake_target),
+        ("env", stored.env_ref != new.env_ref),
+        ("external_ref", stored.external_ref != new.external_ref),
+        ("caused_by or originator", stored.provenance != new.provenance),
+    ]
+    .into_iter()
+    .filter_map(|(name, differs)| differs.then_some(name))
+    .collect()
+}
+
 /// Fold one event into a record. The only way a record changes after registration.
 pub fn apply_event(record: &mut ProcessRecord, event: &ProcessEvent) {
     record.last_sequence = event.sequence;

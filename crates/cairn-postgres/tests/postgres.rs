@@ -822,7 +822,7 @@ async fn a_registration_batch_answers_each_registration_as_if_alone() {
     assert!(created(0), "a new id is created");
     assert!(!created(1), "the same registration again is not");
     assert!(
-        matches!(&answers[2], Err(CairnError::RegistrationConflict { id }) if id == "changed"),
+        matches!(&answers[2], Err(CairnError::RegistrationConflict { id, .. }) if id == "changed"),
         "{:?}",
         answers[2]
     );

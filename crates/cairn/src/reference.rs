@@ -60,7 +60,10 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
             "an event type's semantics are invalid (also: a start declaring a type what runs it writes, such as `turn.response` or `shell.output`, made terminal or under another payload schema: it may only be given wake semantics)",
         ),
         (
-            CairnError::RegistrationConflict { id: s() },
+            CairnError::RegistrationConflict {
+                id: s(),
+                differs: vec![],
+            },
             "the id exists with a different registration (or is not yours to see)",
         ),
         (

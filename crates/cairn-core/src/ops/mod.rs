@@ -861,7 +861,10 @@ fn register<T: WriteTx + ?Sized>(
                 created: false,
             });
         }
-        return Err(CairnError::RegistrationConflict { id: record.id.clone() });
+        return Err(CairnError::RegistrationConflict {
+            id: record.id.clone(),
+            differs: fold::registration_differences(&existing.record, record),
+        });
     }
     if let Some(env) = &record.env_ref {
         if !tx.env_stored(env)? {

@@ -151,22 +151,34 @@ pub async fn register_conflict_changes_nothing(factory: &dyn StoreFactory) {
         tool: "echo".into(),
         args: json!({"value": "other"}),
     };
-    variants.push(("other input", v));
-    variants.push(("other disposition", owner_bound("p")));
-    variants.push(("extra event type", with_types(reg.clone(), [EventType::plain("extra")])));
-    variants.push(("a wake target", waking(reg.clone(), &session("s1"))));
-    variants.push(("another originator", originated_by(reg.clone(), &session("s1"))));
+    variants.push(("other input", v, "input"));
+    variants.push(("other disposition", owner_bound("p"), "disposition"));
+    variants.push((
+        "extra event type",
+        with_types(reg.clone(), [EventType::plain("extra")]),
+        "event_types",
+    ));
+    variants.push(("a wake target", waking(reg.clone(), &session("s1")), "wake_target"));
+    variants.push((
+        "another originator",
+        originated_by(reg.clone(), &session("s1")),
+        "caused_by or originator",
+    ));
     let mut v = reg.clone();
     v.event_types.retain(|t| t.name != NOTE);
-    variants.push(("fewer event types", v));
-    for (what, variant) in variants {
-        h.rejects(
-            "registration_conflict",
-            what,
-            h.registry()
-                .register(variant, Some(start_grant(&session("s1"), "k", "l"))),
-        )
-        .await;
+    variants.push(("fewer event types", v, "event_types"));
+    for (what, variant, field) in variants {
+        let said = h
+            .rejects(
+                "registration_conflict",
+                what,
+                h.registry()
+                    .register(variant, Some(start_grant(&session("s1"), "k", "l"))),
+            )
+            .await
+            .to_string();
+        // The refusal names what differs.
+        assert!(said.ends_with(&format!("its {field} differs")), "{what}: {said}");
     }
 }
 

@@ -703,7 +703,10 @@ mod tests {
             StatusCode::NOT_FOUND
         );
         assert_eq!(
-            status_of(&CairnError::RegistrationConflict { id: "x".into() }),
+            status_of(&CairnError::RegistrationConflict {
+                id: "x".into(),
+                differs: vec![]
+            }),
             StatusCode::CONFLICT
         );
         assert_eq!(
