@@ -112,7 +112,7 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         cairn serve --allow-shell\n  \
         cairn serve --db memory --listen 127.0.0.1:0\n  \
-        cairn serve --db postgres://me@db:5432/cairn --listen 0.0.0.0:7070 --token \"$TOKEN\"")]
+        CAIRN_TOKEN=... cairn serve --db postgres://me@db:5432/cairn --listen 0.0.0.0:7070   # a token in the environment, not in `ps`")]
     Serve(ServeArgs),
     /// Start a process from a raw start request (JSON argument, or stdin when absent or `-`).
     #[command(after_help = "Example:\n  \
@@ -369,7 +369,7 @@ pub enum Command {
     /// Serve MCP (Model Context Protocol) on stdin/stdout: every tool call is
     /// forwarded to the server with `--server` and `--token`.
     #[command(
-        after_help = "Example:\n  cairn mcp --server http://127.0.0.1:7070 --token \"$CAIRN_TOKEN\"   # as an MCP client's command"
+        after_help = "Example:\n  CAIRN_TOKEN=... cairn mcp --server http://127.0.0.1:7070   # as an MCP client's command (the token from the environment, not in `ps`)"
     )]
     Mcp {
         /// `--server`, `--token`, `--json`.
@@ -519,6 +519,8 @@ pub struct ServeArgs {
     #[arg(long, env = "CAIRN_NODE_ID")]
     pub node_id: Option<String>,
     /// A session token, `SESSION=TOKEN` (repeatable): it sees only processes granted to SESSION.
+    /// Without any, they are read from `CAIRN_SESSION_TOKENS` (`SESSION=TOKEN` pairs separated by
+    /// whitespace), which, unlike flags, other users cannot read in `ps`.
     #[arg(long = "session-token", value_name = "SESSION=TOKEN", value_parser = parse_session_token)]
     pub session_tokens: Vec<(String, String)>,
     /// Enable the `shell` tool (what `cairn run` uses): any caller may then run commands as this server's user.

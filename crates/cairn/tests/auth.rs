@@ -19,6 +19,25 @@ fn code(body: &Value) -> &str {
     body.pointer("/error/code").and_then(Value::as_str).unwrap_or("<none>")
 }
 
+/// Session tokens from `CAIRN_SESSION_TOKENS` (kept out of `ps`), when no
+/// `--session-token` is given: each acts as its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_tokens_come_from_the_environment() {
+    let server = Server::serve_with_env(
+        &["--db", "memory", "--listen", "127.0.0.1:0", "--token", "host-secret"],
+        &[("CAIRN_SESSION_TOKENS", " s1=tok-1\n s2=tok-2 ")],
+    )
+    .await;
+    let s1 = server.with_token("tok-1");
+    let (s, record) = s1.start(waiter("mine")).await;
+    assert_eq!(s, 201, "{record}");
+    assert_eq!(record["provenance"]["originator"]["scope"]["session_id"], "s1");
+    let (s, _) = server.with_token("tok-2").get("/v1/processes/mine").await;
+    assert_eq!(s, 404, "s2 does not see s1's process");
+    let (s, _) = server.with_token("tok-3").get("/v1/processes").await;
+    assert_eq!(s, 401);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_tokens_see_only_their_grants() {
     let server = Server::start(&[

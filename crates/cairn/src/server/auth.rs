@@ -150,13 +150,17 @@ impl Auth {
             usable("the host token (--token, CAIRN_TOKEN)", host)?;
         }
         for (token, session) in &self.session_tokens {
-            usable(&format!("--session-token for `{session}`"), token)?;
+            usable(
+                &format!("the session token for `{session}` (--session-token, CAIRN_SESSION_TOKENS)"),
+                token,
+            )?;
         }
         for (i, (token, session)) in self.session_tokens.iter().enumerate() {
             if self.host_token.as_deref() == Some(token.as_str()) {
                 return Err(format!(
-                    "--session-token for `{session}` is the host token (--token, or CAIRN_TOKEN when --token is \
-                     not given): its holder would have host access; give the session a token of its own"
+                    "the session token for `{session}` (--session-token, CAIRN_SESSION_TOKENS) is the host token \
+                     (--token, or CAIRN_TOKEN when --token is not given): its holder would have host access; give \
+                     the session a token of its own"
                 ));
             }
             if let Some((_, other)) = self.session_tokens[..i]
@@ -164,7 +168,8 @@ impl Auth {
                 .find(|(t, s)| t == token && s != session)
             {
                 return Err(format!(
-                    "--session-token gives sessions `{other}` and `{session}` the same token: \
+                    "the session tokens (--session-token, CAIRN_SESSION_TOKENS) give sessions `{other}` and \
+                     `{session}` the same token: \
                      its holder could act only as one of them; give each session its own token"
                 ));
             }

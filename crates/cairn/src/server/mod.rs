@@ -231,10 +231,36 @@ pub fn default_node_id() -> String {
     id
 }
 
+/// The session tokens `CAIRN_SESSION_TOKENS` gives (`SESSION=TOKEN` pairs
+/// separated by whitespace), for a server given no `--session-token`: an
+/// environment variable is the owner's alone, where flags show in `ps`.
+/// A refusal never quotes a token.
+fn session_tokens_from_env(raw: Option<std::ffi::OsString>) -> Result<Vec<(String, String)>, ServeError> {
+    let Some(raw) = raw else { return Ok(Vec::new()) };
+    let raw = raw
+        .into_string()
+        .map_err(|_| ServeError::Config("CAIRN_SESSION_TOKENS is not UTF-8".into()))?;
+    raw.split_whitespace()
+        .enumerate()
+        .map(|(i, pair)| {
+            crate::cli::parse_session_token(pair).map_err(|e| {
+                let e = match pair.split_once('=') {
+                    Some((_, token)) if !token.is_empty() => e.replace(token, "***"),
+                    _ => e,
+                };
+                ServeError::Config(format!("CAIRN_SESSION_TOKENS, pair {}: {e}", i + 1))
+            })
+        })
+        .collect()
+}
+
 /// Run the server until SIGINT or SIGTERM, then stop accepting, let open
 /// requests finish (bounded by `--shutdown-grace`), drain the worker per
 /// disposition and return.
-pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+pub async fn serve(mut args: ServeArgs) -> Result<(), ServeError> {
+    if args.session_tokens.is_empty() {
+        args.session_tokens = session_tokens_from_env(std::env::var_os("CAIRN_SESSION_TOKENS"))?;
+    }
     let auth = Auth::new(args.token.clone(), &args.session_tokens);
     // HOST:PORT, both there: `localhost` or `:7070` is the flag's fault,
     // said as such, not a failed lookup.
@@ -531,5 +557,33 @@ impl Signals {
                 std::future::pending::<()>().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_tokens_from_the_environment_are_pairs_split_by_whitespace() {
+        let tokens = session_tokens_from_env(Some(" s1=a\n\ts2=b=c ".into())).expect("two pairs");
+        assert_eq!(
+            tokens,
+            [
+                ("s1".to_string(), "a".to_string()),
+                ("s2".to_string(), "b=c".to_string())
+            ]
+        );
+        assert!(session_tokens_from_env(None).expect("none").is_empty());
+        // A refusal names the pair, never its token.
+        let said = session_tokens_from_env(Some("s1=a s/frame:x=SECRET".into()))
+            .expect_err("a frame is no session")
+            .to_string();
+        assert!(said.contains("pair 2"), "{said}");
+        assert!(!said.contains("SECRET"), "{said}");
+        let said = session_tokens_from_env(Some("lonely".into()))
+            .expect_err("no token")
+            .to_string();
+        assert!(said.contains("expected SESSION=TOKEN"), "{said}");
     }
 }

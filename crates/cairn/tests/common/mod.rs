@@ -69,6 +69,7 @@ impl Server {
         cmd.arg("serve")
             .args(args)
             .env_remove("CAIRN_TOKEN")
+            .env_remove("CAIRN_SESSION_TOKENS")
             .env_remove("CAIRN_DATABASE_URL")
             .env_remove("CAIRN_LISTEN")
             .envs(env.iter().copied())
