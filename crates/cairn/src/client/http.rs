@@ -273,6 +273,24 @@ impl Client {
                 "--server (or CAIRN_SERVER) `{base}` is not an http:// or https:// URL (e.g. http://127.0.0.1:7070)"
             )));
         };
+        // As the server says of its own tokens: one no header can carry is
+        // the caller's mistake (a secret file's newline), not a transport fault.
+        if let Some(t) = token {
+            if t.trim() != t {
+                return Err(ClientError::Usage(
+                    "the token (--token or CAIRN_TOKEN) begins or ends with whitespace (a newline from a file?), \
+                     which no request can carry"
+                        .into(),
+                ));
+            }
+            if !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ClientError::Usage(
+                    "the token (--token or CAIRN_TOKEN) holds a character other than visible ASCII, which a \
+                     request's header cannot carry as text"
+                        .into(),
+                ));
+            }
+        }
         let mut http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
         // A server on this machine is reached directly: a proxy the
         // environment names (`http_proxy`, `ALL_PROXY`) would be sent the
@@ -689,6 +707,21 @@ mod tests {
     /// An id of just dots would be resolved away by URL parsing and reach
     /// another route (`/v1/processes/./await` is `/v1/processes/await`):
     /// refused before anything is sent, as the server refuses such ids.
+    #[test]
+    fn a_token_no_header_can_carry_is_bad_input() {
+        for (token, says) in [
+            ("s3cr3t\r", "begins or ends with whitespace"),
+            ("s3cr3t\n", "begins or ends with whitespace"),
+            ("s3cr3tö", "other than visible ASCII"),
+        ] {
+            let e = Client::new("http://127.0.0.1:1", Some(token)).err().expect("refused");
+            assert_eq!(e.exit_code(), 2, "{token:?}");
+            assert!(e.to_string().contains(says), "{token:?}: {e}");
+            assert!(!e.to_string().contains("s3cr3t"), "the token is not shown: {e}");
+        }
+        assert!(Client::new("http://127.0.0.1:1", Some("tok")).is_ok());
+    }
+
     #[tokio::test]
     async fn dot_segments_are_refused_before_sending() {
         // Nothing listens on port 1: a request that went out would be unreachable.
