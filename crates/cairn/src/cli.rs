@@ -758,6 +758,14 @@ fn interval(raw: &str) -> Result<String, String> {
     if let Some(why) = cairn_core::schedule::every_calendar_problem(raw) {
         return Err(why);
     }
+    // A bare number: the units an interval may take (milliseconds alone
+    // would be under the minimum).
+    let bare = raw.trim();
+    if !bare.is_empty() && bare.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "`{bare}` has no unit: write e.g. {bare}s, {bare}m, {bare}h or {bare}d"
+        ));
+    }
     let d = parse_duration_with_unit(raw)?;
     // Said here of what was typed: the server would quote the re-spelling.
     if d.subsec_nanos() % 1_000_000 != 0 {
@@ -1015,6 +1023,11 @@ mod tests {
     fn an_interval_needs_its_unit() {
         let bare = interval("3600").expect_err("a bare number is refused");
         assert!(bare.contains("has no unit"), "{bare}");
+        // Every unit it suggests is one an interval may take.
+        assert!(!bare.contains("3600ms"), "{bare}");
+        assert!(interval("5")
+            .expect_err("bare")
+            .ends_with("write e.g. 5s, 5m, 5h or 5d"));
         assert_eq!(interval("5000ms").as_deref(), Ok("5s"));
         assert_eq!(interval("1.5s").as_deref(), Ok("1s 500ms"));
         assert_eq!(interval("1h 30m").as_deref(), Ok("1h 30m"));
