@@ -146,6 +146,18 @@ impl ScheduleRequest {
                     .into(),
             ));
         }
+        if let Some(start) = value.get("start").filter(|s| !s.is_object()) {
+            return Err(CairnError::InvalidRequest(format!(
+                "schedule: `start` must be a JSON object (a start request without `id`), not {}",
+                match start {
+                    serde_json::Value::Null => "null",
+                    serde_json::Value::Bool(_) => "a boolean",
+                    serde_json::Value::Number(_) => "a number",
+                    serde_json::Value::String(_) => "a string",
+                    _ => "an array",
+                }
+            )));
+        }
         serde_path_to_error::deserialize(&value).map_err(|e| {
             let at = e.path().to_string();
             // Inside an input serde names no field: `start.input.session.model`.
@@ -183,6 +195,20 @@ impl ScheduleRequest {
                 self.id.len(),
                 MAX_ID_BYTES - 1 - FIRE_TIME_DIGITS
             )));
+        }
+        // Bounded before anything quotes them: a schedule is read back
+        // whole in every listing, and a refusal names what it refuses.
+        for (field, value, limit) in [
+            ("cron", &self.cron, MAX_CRON_BYTES),
+            ("every", &self.every, MAX_TIMING_WORD_BYTES),
+            ("timezone", &self.timezone, MAX_TIMING_WORD_BYTES),
+        ] {
+            if let Some(v) = value.as_deref().filter(|v| v.len() > limit) {
+                return Err(CairnError::InvalidRequest(format!(
+                    "schedule: `{field}` is {} bytes, over the {limit} byte limit",
+                    v.len()
+                )));
+            }
         }
         if let Some(why) = self.newer_timing_problem() {
             return Err(CairnError::InvalidRequest(format!("schedule: {why}")));
@@ -236,6 +262,11 @@ pub fn every_calendar_problem(text: &str) -> Option<String> {
         })
 }
 
+/// Longest `cron` a schedule takes (five fields with long lists fit).
+pub const MAX_CRON_BYTES: usize = 1024;
+/// Longest `every` or `timezone` (IANA names are under 40 bytes).
+pub const MAX_TIMING_WORD_BYTES: usize = 128;
+
 /// When a schedule fires: parsed and checked.
 #[derive(Clone, Debug)]
 pub enum ScheduleSpec {
@@ -262,6 +293,9 @@ impl ScheduleSpec {
             (Some(_), Some(_)) => Err(bad("give `cron` or `every`, not both".into())),
             (None, None) => Err(bad("give `cron` or `every`".into())),
             (Some(expr), None) => {
+                if let Some(why) = cron_macro_problem(expr) {
+                    return Err(bad(format!("invalid cron `{expr}`: {why}")));
+                }
                 if expr.split_whitespace().count() != 5 {
                     return Err(bad(format!(
                         "cron `{expr}` must have 5 fields (minute hour day-of-month month day-of-week)"
@@ -342,7 +376,27 @@ const CRON_FIELDS: [&str; 5] = ["minute", "hour", "day of month", "month", "day 
 /// An empty part of a field that `croner` would pass over without a word
 /// (`1,,2`, `1-`, `*/`): a list item, a range end or a step left out is a
 /// slip, and the pattern would fire on fewer times than were written.
+/// A macro (`@daily`), which cairn does not take, with the fields it stands for.
+fn cron_macro_problem(expr: &str) -> Option<String> {
+    let word = expr.trim().strip_prefix('@')?;
+    let fields = match word.to_ascii_lowercase().as_str() {
+        "yearly" | "annually" => Some("0 0 1 1 *"),
+        "monthly" => Some("0 0 1 * *"),
+        "weekly" => Some("0 0 * * 0"),
+        "daily" | "midnight" => Some("0 0 * * *"),
+        "hourly" => Some("0 * * * *"),
+        _ => None,
+    };
+    Some(match fields {
+        Some(fields) => format!("macros such as `@{word}` are not taken: write its 5 fields, `{fields}`"),
+        None => "macros (`@...`) are not taken: write the 5 fields (minute hour day-of-month month day-of-week)".into(),
+    })
+}
+
 fn cron_shape_problem(expr: &str) -> Option<String> {
+    if let Some(why) = cron_macro_problem(expr) {
+        return Some(why);
+    }
     for (field, name) in expr.split_whitespace().zip(CRON_FIELDS) {
         for part in field.split(',') {
             if part.is_empty() {
@@ -924,6 +978,11 @@ mod tests {
             ("0,70 5 * * *", "minute 70 is outside 0-59"),
             ("*/0 * * * *", "minute step 0 must be at least 1"),
             ("a * * * *", "minute `a` is not a number"),
+            (
+                "@daily",
+                "macros such as `@daily` are not taken: write its 5 fields, `0 0 * * *`",
+            ),
+            ("@reboot", "macros (`@...`) are not taken"),
             ("0 0 * * FUN", "day of week `FUN` is not a number or a name (SUN-SAT)"),
             ("1,,2 * * * *", "minute list `1,,2` has an empty item"),
             ("0 9, * * *", "hour list `9,` has an empty item"),
@@ -1034,6 +1093,33 @@ mod tests {
         let e = ScheduleRequest::from_json(v).expect_err("refused");
         assert_eq!(e.code(), "invalid_request");
         assert!(e.to_string().contains("without `id`"), "{e}");
+    }
+
+    #[test]
+    fn timing_fields_have_a_length_limit() {
+        let long = format!("0{} * * * *", ",0".repeat(600));
+        let e = refused(Some(&long), None, None);
+        assert!(e.contains("`cron` is 1209 bytes, over the 1024 byte limit"), "{e}");
+        let zone = "A".repeat(129);
+        let e = refused(Some("0 0 * * *"), None, Some(&zone));
+        assert!(e.contains("`timezone` is 129 bytes, over the 128 byte limit"), "{e}");
+        assert!(!e.contains(&zone), "the value is not quoted back whole");
+    }
+
+    #[test]
+    fn a_template_that_is_no_object_is_refused_as_such() {
+        for (start, kind) in [(serde_json::json!([]), "an array"), (serde_json::Value::Null, "null")] {
+            let mut v = serde_json::to_value(request(None, Some("10s"), None)).unwrap();
+            v["start"] = start;
+            let e = ScheduleRequest::from_json(v).expect_err("refused");
+            assert_eq!(e.code(), "invalid_request");
+            assert!(
+                e.to_string().ends_with(&format!(
+                    "must be a JSON object (a start request without `id`), not {kind}"
+                )),
+                "{e}"
+            );
+        }
     }
 
     #[test]

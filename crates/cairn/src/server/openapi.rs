@@ -430,6 +430,18 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
     {
         slot.insert("maxItems".into(), json!(cairn_core::validate::MAX_EVENT_TYPES));
     }
+    for (field, limit) in [
+        ("cron", cairn_core::schedule::MAX_CRON_BYTES),
+        ("every", cairn_core::schedule::MAX_TIMING_WORD_BYTES),
+        ("timezone", cairn_core::schedule::MAX_TIMING_WORD_BYTES),
+    ] {
+        if let Some(slot) = schemas
+            .pointer_mut(&format!("/ScheduleRequest/properties/{field}"))
+            .and_then(Value::as_object_mut)
+        {
+            slot.insert("maxLength".into(), json!(limit));
+        }
+    }
     if let Some(slot) = schemas
         .pointer_mut("/ModuleBody/properties/name")
         .and_then(Value::as_object_mut)
@@ -721,6 +733,8 @@ mod tests {
         );
         assert_eq!(limit("/EventType/properties/name"), 128);
         assert_eq!(limit("/ModuleBody/properties/name"), 256);
+        assert_eq!(limit("/ScheduleRequest/properties/cron"), 1024);
+        assert_eq!(limit("/ScheduleRequest/properties/timezone"), 128);
         assert_eq!(
             schemas["StartRequest"]["properties"]["event_types"]["maxItems"],
             json!(256)
