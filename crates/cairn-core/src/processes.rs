@@ -591,6 +591,31 @@ impl Starter {
         crate::ops::Op::register(&registration, grant, now_ms).map(|_| ())
     }
 
+    /// The event types a start of `req` declares beyond the core ones: its
+    /// own and its tool's (as `prepare_start` merges them), without the
+    /// start's checks; `None` for a tool this runtime does not run (its
+    /// types are not known here).
+    pub(crate) fn declared_types(&self, req: &StartRequest) -> Option<Vec<EventType>> {
+        let mut types = req.event_types.clone();
+        // A script's journal types, which every script registration declares.
+        if matches!(req.input, ProcessInput::Script { .. }) {
+            types.extend(crate::script::script_event_types());
+        }
+        match self.tools.resolve(&req.input) {
+            Some((runs, _)) => {
+                for declared in runs.event_types() {
+                    if !types.iter().any(|e| e.name == declared.name) {
+                        types.push(declared);
+                    }
+                }
+            }
+            // Scripts and external work have no runner here that declares types.
+            None if matches!(req.input, ProcessInput::Script { .. } | ProcessInput::External { .. }) => {}
+            None => return None,
+        }
+        Some(types)
+    }
+
     pub(crate) async fn start(&self, req: StartRequest) -> Result<Registered> {
         register_start(self.registry.as_ref(), &self.tools, self.runs_worker, req).await
     }
@@ -1291,6 +1316,45 @@ impl Processes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A schedule's fire that started a script before a crash is its own
+    /// process when fired again: the script's journal types, which its
+    /// registration declares, are no sign of another start.
+    #[test]
+    fn a_script_fires_own_process_is_known_as_such() {
+        let starter = Starter {
+            registry: Arc::new(crate::MemoryRegistry::new()),
+            tools: ToolRegistry::new(),
+            runs_worker: true,
+        };
+        let input = ProcessInput::Script {
+            module_ref: format!("module:sha256:{}", "a".repeat(64)),
+            process_name: "main".into(),
+            args: serde_json::json!({}),
+        };
+        let mut req = StartRequest::new("tick@1000", input, Disposition::Rerunnable);
+        req.event_types.push(EventType::plain("app.progress"));
+        let registration = Registration {
+            id: req.id.clone(),
+            input: req.input.clone(),
+            disposition: req.disposition,
+            event_types: req.event_types.clone(),
+            provenance: Provenance {
+                originator: req.originator.clone(),
+                caused_by: req.caused_by.clone(),
+            },
+            wake_target: None,
+            env_ref: None,
+            external_ref: None,
+        };
+        let record = crate::fold::initial_record(&registration, 1_000).expect("a record");
+        assert!(crate::scheduler::made_by(&record, &req, starter.declared_types(&req)));
+        // Another start's type is still told apart.
+        let mut other = registration.clone();
+        other.event_types.push(EventType::plain("app.other"));
+        let record = crate::fold::initial_record(&other, 1_000).expect("a record");
+        assert!(!crate::scheduler::made_by(&record, &req, starter.declared_types(&req)));
+    }
 
     /// An engine whose compiles take a while, counting how many run at once
     /// and how many ran.

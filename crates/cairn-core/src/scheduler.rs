@@ -126,7 +126,7 @@ impl Scheduler {
                     // checks may refuse it now (a tool since removed or
                     // redeclared): the process this fire made is its answer.
                     Err(e) if e.is_client_error() => match self.registry.get(&process_id).await {
-                        Ok(existing) if made_by(&existing, &request) => Ok(()),
+                        Ok(existing) if made_by(&existing, &request, self.starter.declared_types(&request)) => Ok(()),
                         // Not known now: this pass fails and a later one
                         // fires again, rather than a refusal recorded
                         // beside a process that may run.
@@ -165,13 +165,46 @@ impl Scheduler {
 }
 
 /// Whether `existing` is the process `request` starts (by an earlier try of
-/// the same fire): the same input, disposition, originator and cause, not
-/// another start that took the fire's id.
-fn made_by(existing: &crate::model::ProcessRecord, request: &crate::processes::StartRequest) -> bool {
+/// the same fire), not another start that took the fire's id: the same
+/// registration, field by field (the start's checks, which may refuse the
+/// fire now, are not run again): input, disposition, originator and cause,
+/// wake target, external ref, env, the template's own event types, and no
+/// type beyond those `declared` (the template's and its tool's) and the core
+/// ones (unless the tool is not run here).
+pub(crate) fn made_by(
+    existing: &crate::model::ProcessRecord,
+    request: &crate::processes::StartRequest,
+    declared: Option<Vec<crate::events::EventType>>,
+) -> bool {
+    let env = match (&request.env_spec, &existing.env_ref) {
+        (None, None) => true,
+        (Some(spec), Some(stored)) => crate::validate::env_ref_and_bytes(spec).is_ok_and(|(r, _)| r == *stored),
+        _ => false,
+    };
+    // The template's own types, as it declares them; and no type beside
+    // the core ones, the template's and its tool's (by name: a tool
+    // redeclared since the fire's start may declare them otherwise now).
+    let own = request
+        .event_types
+        .iter()
+        .all(|t| existing.event_types.find(&t.name) == Some(t));
+    let no_other = declared.is_none_or(|all| {
+        let core = crate::events::core_event_types();
+        existing
+            .event_types
+            .to_vec()
+            .iter()
+            .all(|t| core.iter().chain(&all).any(|known| known.name == t.name))
+    });
+    let types = own && no_other;
     existing.input == request.input
         && existing.disposition == request.disposition
         && existing.provenance.originator == request.originator
         && existing.provenance.caused_by == request.caused_by
+        && existing.wake_target == request.wake_target
+        && existing.external_ref == request.external_ref
+        && env
+        && types
 }
 
 #[async_trait::async_trait]

@@ -165,6 +165,36 @@ pub async fn a_refused_fire_is_recorded_until_one_starts(factory: &dyn StoreFact
     let s = p.get_schedule("held").await.expect("get");
     assert_eq!(s.last_refusal, None, "a fire that started clears it");
     assert_eq!(s.last_process_id.as_deref(), Some(next.as_str()));
+
+    // A start that takes a fire's id with the fire's own input, disposition
+    // and provenance but another registration (a wake target, an external
+    // ref, an event type) made no process of this schedule's: refused too.
+    for (i, change) in ["wake_target", "external_ref", "event_types"].into_iter().enumerate() {
+        let fire_ms = t0 + 30_000 + 10_000 * i as u64;
+        let lookalike_id = format!("held@{fire_ms}");
+        let mut lookalike = s.start.start_request(lookalike_id.clone());
+        match change {
+            "wake_target" => lookalike.wake_target = Some(crate::session("s1")),
+            "external_ref" => {
+                lookalike.external_ref = Some(cairn_core::ExternalRef {
+                    backend: "other".into(),
+                    id: "X-9".into(),
+                    metadata: None,
+                })
+            }
+            _ => lookalike.event_types.push(cairn_core::EventType::plain("app.extra")),
+        }
+        p.start(lookalike).await.expect("another start takes the fire's id");
+        store.clock.advance(10_000);
+        let report = p.fire_schedules().await.expect("fire");
+        assert_eq!(report.refused, vec![lookalike_id.clone()], "{change}: {report:?}");
+        let got = p.get_schedule("held").await.expect("get");
+        assert_eq!(
+            got.last_refusal.map(|r| r.code),
+            Some("registration_conflict".to_string()),
+            "{change}"
+        );
+    }
     p.shutdown().await;
 }
 
