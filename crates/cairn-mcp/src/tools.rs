@@ -430,8 +430,11 @@ impl ToolKind {
             // A filter the HTTP API would refuse as a query (an unknown
             // key, a value of the wrong type) is its `invalid_filter` here too.
             Self::List => {
-                let filter =
-                    parse::<ListArgs>(self, arguments).map_err(|f| Failure::new("invalid_filter", f.message))?;
+                // A page size is `invalid_page`, as on HTTP.
+                let filter = parse::<ListArgs>(self, arguments).map_err(|f| match f.code.as_str() {
+                    "invalid_page" => f,
+                    _ => Failure::new("invalid_filter", f.message),
+                })?;
                 cairn.list(&filter).await
             }
             Self::Events => {
@@ -440,6 +443,13 @@ impl ToolKind {
             }
             Self::Await => {
                 let a: AwaitArgs = parse(self, arguments)?;
+                // The HTTP route's range: times are signed 64-bit everywhere.
+                if let Some(t) = a.timeout_ms.filter(|t| i64::try_from(*t).is_err()) {
+                    return Err(Failure::new(
+                        "invalid_request",
+                        format!("`timeout_ms` is {t}, over the largest accepted value {}", i64::MAX),
+                    ));
+                }
                 cairn.await_terminal(&a.id, await_bound(a.timeout_ms)).await
             }
             Self::Signal => {
@@ -530,7 +540,13 @@ fn parse<T: DeserializeOwned>(kind: ToolKind, arguments: Value) -> Result<T, Fai
             None if path == "." => (String::new(), e.into_inner().to_string()),
             None => (format!("`{path}`: "), e.into_inner().to_string()),
         };
-        Failure::new("invalid_request", format!("arguments of `{}`: {at}{why}", kind.name()))
+        // A page size that does not parse is as bad a page as 0 is (HTTP's `invalid_page`).
+        let code = if path == "limit" {
+            "invalid_page"
+        } else {
+            "invalid_request"
+        };
+        Failure::new(code, format!("arguments of `{}`: {at}{why}", kind.name()))
     })
 }
 
@@ -890,6 +906,20 @@ mod tests {
         let schema = ToolKind::List.input_schema();
         let status = serde_json::to_string(&schema["properties"]["status"]).unwrap();
         assert!(status.contains("StatusFilter"), "{status}");
+    }
+
+    /// A page size that does not parse is `invalid_page`, as on HTTP,
+    /// whichever tool takes it; other arguments stay `invalid_request`.
+    #[test]
+    fn a_limit_that_does_not_parse_is_a_bad_page() {
+        for limit in [json!("5"), json!(-1), json!(5.5)] {
+            let err = parse::<EventsArgs>(ToolKind::Events, json!({"id": "p", "limit": limit})).unwrap_err();
+            assert_eq!(err.code, "invalid_page", "{limit}: {}", err.message);
+            let err = parse::<ListArgs>(ToolKind::List, json!({"limit": limit})).unwrap_err();
+            assert_eq!(err.code, "invalid_page", "{limit}: {}", err.message);
+        }
+        let err = parse::<EventsArgs>(ToolKind::Events, json!({"id": "p", "after": "x"})).unwrap_err();
+        assert_eq!(err.code, "invalid_request", "{}", err.message);
     }
 
     /// An integer field takes a whole number written as a float (`1000.0`,

@@ -475,14 +475,22 @@ async fn bad_input(server: &Server, client: &McpClient, tools: &[Tool], transpor
     assert!(message.contains("bogus"), "{message}");
     // So is an unknown key or a value of the wrong type, as over HTTP
     // (`?colour=red`, `?waiting=yes`).
-    for bad in [
-        json!({"colour": "red"}),
-        json!({"waiting": "yes"}),
-        json!({"limit": "x"}),
-    ] {
+    for bad in [json!({"colour": "red"}), json!({"waiting": "yes"})] {
         let (code, message) = err(client, "process_list", bad.clone()).await;
         assert_eq!(code, "invalid_filter", "{bad}: {message}");
     }
+    // A page size that is no number is `invalid_page`, as over HTTP (`?limit=x`).
+    let (code, message) = err(client, "process_list", json!({"limit": "x"})).await;
+    assert_eq!(code, "invalid_page", "{message}");
+    // A wait past what a signed 64-bit time holds is refused, as over HTTP.
+    let (code, message) = err(
+        client,
+        "process_await",
+        json!({"id": "e1", "timeout_ms": 18446744073709551615u64}),
+    )
+    .await;
+    assert_eq!(code, "invalid_request", "{message}");
+    assert!(message.contains("over the largest accepted value"), "{message}");
     let (code, _) = err(
         client,
         "process_start",
