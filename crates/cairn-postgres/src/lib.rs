@@ -172,8 +172,22 @@ impl PostgresRegistry {
             ))
         })?;
         let schema = options.schema.clone();
+        // Opening a connection is bounded by the call timeout: a server that
+        // takes the connection and never answers (a frozen host or relay)
+        // fails the start instead of holding it silently. A migration is
+        // not: on a large schema it may rightly take longer.
+        let bound = options.call_timeout;
+        let silent = |what: &str| {
+            CairnError::Unavailable(format!(
+                "postgres: opening the {what} connection found no answer within {} s (URL parameter \
+                 `call_timeout`): the server, or something between, took the connection and did not answer",
+                bound.as_secs()
+            ))
+        };
         {
-            let mut migrating = open_retrying(&config, &schema, "migrate", 3).await?;
+            let mut migrating = tokio::time::timeout(bound, open_retrying(&config, &schema, "migrate", 3))
+                .await
+                .map_err(|_| silent("first"))??;
             schema::migrate(&mut migrating.client, &schema).await?;
         }
         let channel = format!("cairn_{schema}");
@@ -190,9 +204,14 @@ impl PostgresRegistry {
                 call_timeout: options.call_timeout,
             }),
             options.write_lanes,
-        )
-        .await?;
-        let shared = Shared::open(&config, &schema, options.read_connections, options.call_timeout).await?;
+        );
+        let lanes = tokio::time::timeout(bound, lanes)
+            .await
+            .map_err(|_| silent("write"))??;
+        let shared = Shared::open(&config, &schema, options.read_connections, options.call_timeout);
+        let shared = tokio::time::timeout(bound, shared)
+            .await
+            .map_err(|_| silent("read"))??;
         Ok(Self {
             lanes,
             shared,

@@ -1740,6 +1740,24 @@ async fn a_silent_server_fails_calls_at_the_call_timeout() {
         "an admin transaction unanswered before its commit: {deleted:?}"
     );
 
+    // A start against the silent server fails at the bound, saying why.
+    let started = answered(
+        "connect",
+        PostgresRegistry::connect_with(
+            PostgresOptions::new(
+                &format!("{}&call_timeout=1", proxy.url),
+                Arc::new(ManualClock::new(1_000)),
+            )
+            .with_schema(schema.name.clone()),
+        ),
+    )
+    .await;
+    assert!(
+        matches!(&started, Err(CairnError::Unavailable(m)) if m.contains("did not answer")),
+        "a start against a silent server: {:?}",
+        started.err()
+    );
+
     proxy.go_silent(false);
     let claimed = answered("the claim", claim).await.expect("claimed once answered");
     assert!(
