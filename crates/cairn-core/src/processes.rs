@@ -855,16 +855,23 @@ impl Processes {
         // A name is checked whether or not the source is stored already.
         crate::script::check_module_name(name.as_deref())?;
         // A source stored already is answered as it is, not compiled again.
-        if let Ok(stored) = self
+        // A store that cannot be read fails the put now (it could not store
+        // the module either), not after a compile and a second wait.
+        match self
             .inner
             .registry
             .get_module(&crate::script::module_ref(&source))
             .await
         {
-            return Ok(ModulePut {
-                module: stored.info,
-                created: false,
-            });
+            Ok(stored) => {
+                return Ok(ModulePut {
+                    module: stored.info,
+                    created: false,
+                })
+            }
+            Err(CairnError::UnknownModule(_)) => {}
+            Err(e) if !e.is_client_error() => return Err(e),
+            Err(_) => {}
         }
         // Compiling may run the module's top-level code (under the engine's
         // limits): off the async threads, and one at a time, so requests
