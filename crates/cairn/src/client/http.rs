@@ -37,7 +37,7 @@ pub enum ClientError {
         write: bool,
     },
     /// The server answered with an error body.
-    #[error("{code}: {message} (HTTP {status})")]
+    #[error("{code}: {} (HTTP {status})", without_code(code, message))]
     Api {
         /// HTTP status.
         status: u16,
@@ -172,6 +172,16 @@ fn with_cause(e: &reqwest::Error) -> String {
     } else {
         format!("{outer}: {root}")
     }
+}
+
+/// A server message without the code it may begin with (`unavailable:
+/// postgres: ...`), which the error shows before it anyway.
+fn without_code<'a>(code: &str, message: &'a str) -> &'a str {
+    let spoken = code.replace('_', " ");
+    [code, spoken.as_str()]
+        .iter()
+        .find_map(|c| message.strip_prefix(*c).and_then(|m| m.strip_prefix(": ")))
+        .unwrap_or(message)
 }
 
 /// A wait as a person reads it: to the second (to the millisecond below one).
@@ -493,6 +503,10 @@ impl Client {
         no_dot_segments(&path)?;
         let mut last = after;
         let mut retries = reconnect_delays();
+        // When the stream was last lost with no event read since: how long
+        // the resumption tried is told from it (each try may wait on a
+        // server that does not answer, past the delays between them).
+        let mut lost_since: Option<std::time::Instant> = None;
         // A server never reached is said at once (with its hint); resuming
         // is for a stream that was open.
         let mut opened = reached;
@@ -567,7 +581,9 @@ impl Client {
                     }
                     if last > read_from {
                         retries = reconnect_delays();
+                        lost_since = None;
                     }
+                    let since = *lost_since.get_or_insert_with(std::time::Instant::now);
                     match retries.next() {
                         Some(delay) => tokio::time::sleep(delay).await,
                         None => {
@@ -575,8 +591,9 @@ impl Client {
                                 || "the server kept ending it early".to_string(),
                                 |e| format!("the last try: {e}"),
                             );
+                            let tried = about(since.elapsed());
                             return Err(ClientError::Interrupted(format!(
-                                "lost the event stream of {id} and could not resume it for about 40 s ({why}); `cairn events {id} --follow` picks it up again"
+                                "lost the event stream of {id} and could not resume it for {tried} ({why}); `cairn events {id} --follow` picks it up again"
                             )));
                         }
                     }
@@ -707,6 +724,28 @@ mod tests {
     /// An id of just dots would be resolved away by URL parsing and reach
     /// another route (`/v1/processes/./await` is `/v1/processes/await`):
     /// refused before anything is sent, as the server refuses such ids.
+    #[test]
+    fn a_server_message_does_not_repeat_its_code() {
+        let e = |code: &str, message: &str| ClientError::Api {
+            status: 503,
+            code: code.into(),
+            message: message.into(),
+            tombstone: None,
+        };
+        assert_eq!(
+            e("unavailable", "unavailable: postgres: no answer").to_string(),
+            "unavailable: postgres: no answer (HTTP 503)"
+        );
+        assert_eq!(
+            e("outcome_unknown", "outcome unknown: lost").to_string(),
+            "outcome_unknown: lost (HTTP 503)"
+        );
+        assert_eq!(
+            e("unknown_process", "process `p` not found").to_string(),
+            "unknown_process: process `p` not found (HTTP 503)"
+        );
+    }
+
     #[test]
     fn a_token_no_header_can_carry_is_bad_input() {
         for (token, says) in [

@@ -773,12 +773,30 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
             return Err(run_conflict(client, &id, &body).await)
         }
         // The id was made here: said, so the start can be looked up, or
-        // repeated under it without running the command twice.
+        // repeated under it without running the command twice; so too when
+        // the server says it cannot tell (`outcome_unknown`).
         Err(e @ (ClientError::NoAnswer { .. } | ClientError::LostAnswer(_))) => {
             return Err(ClientError::Interrupted(format!(
                 "{e}; `{id}` may or may not have started: `cairn get {id}` tells, and `cairn run --id {id} -- \
                  ...` with the same command repeats the start without running it twice"
             )))
+        }
+        // Still the server's answer (its code and status, for `--json`).
+        Err(ClientError::Api {
+            status,
+            code,
+            message,
+            tombstone,
+        }) if code == "outcome_unknown" => {
+            return Err(ClientError::Api {
+                status,
+                code,
+                message: format!(
+                    "{message}; `{id}` may or may not have started: `cairn get {id}` tells, and `cairn run --id \
+                     {id} -- ...` with the same command repeats the start without running it twice"
+                ),
+                tombstone,
+            })
         }
         other => other?,
     };
