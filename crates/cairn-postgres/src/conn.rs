@@ -167,6 +167,17 @@ pub(crate) async fn open_retrying(config: &Config, schema: &str, role: &str, att
     })
 }
 
+/// `, and no later attempt answered (...)` for a write whose attempt was
+/// lost, unless the error is that same loss (the call timed out on it).
+fn no_later_answer(e: &CairnError, cause: &str) -> String {
+    let said = e.to_string();
+    if said.contains(cause) {
+        String::new()
+    } else {
+        format!(", and no later attempt answered ({said})")
+    }
+}
+
 /// Shared autocommit connections for reads and single-statement writes. A
 /// tokio-postgres client pipelines concurrent queries, so callers share
 /// connections round robin instead of checking them out.
@@ -228,8 +239,8 @@ impl Shared {
     {
         match self.attempts(work).await {
             (Err(e), Some(cause)) if !e.is_client_error() => Err(CairnError::OutcomeUnknown(format!(
-                "postgres: {cause} while {what}, and no later attempt answered ({e}): it may have been \
-                 done; read before retrying"
+                "postgres: {cause} while {what}{}: it may have been done; read before retrying",
+                no_later_answer(&e, &cause)
             ))),
             (answer, _) => answer,
         }
@@ -256,8 +267,8 @@ impl Shared {
             // done it all the same, which `unavailable` ("nothing was done")
             // would deny.
             (Err(e), Some(cause)) if !e.is_client_error() => Err(CairnError::OutcomeUnknown(format!(
-                "postgres: {cause} while {what}, and no later attempt answered ({e}): the lost attempt \
-                 may have done it; read before retrying"
+                "postgres: {cause} while {what}{}: the lost attempt may have done it; read before retrying",
+                no_later_answer(&e, &cause)
             ))),
             (answer, _) => answer,
         }
@@ -272,17 +283,23 @@ impl Shared {
         Fut: std::future::Future<Output = std::result::Result<T, crate::Fault>>,
     {
         let mut broke = None;
-        let mut on: Option<Arc<Conn>> = None;
+        // The connection a statement is in flight on, if one is: what the
+        // timeout abandons, and whether a write may have been sent.
+        let mut in_flight: Option<Arc<Conn>> = None;
         let tries = async {
             let mut attempt = 0;
             loop {
                 let conn = self.get().await?;
-                on = Some(conn.clone());
-                match work(conn).await {
+                in_flight = Some(conn.clone());
+                let answer = work(conn).await;
+                in_flight = None;
+                match answer {
                     Err(crate::Fault::Pg(e)) => {
                         // Said whether or not it is tried again: a statement
-                        // in flight when its connection broke may have run.
-                        if connection_lost(&e) {
+                        // in flight when its connection broke may have run
+                        // (a fault of the client's own, decoding a row, is
+                        // no broken connection).
+                        if connection_lost(&e) && (is_transient(&e) || e.as_db_error().is_some()) {
                             broke = Some(format!("the connection broke ({})", describe(&e)));
                         }
                         if attempt >= 2 || !is_transient(&e) {
@@ -299,16 +316,20 @@ impl Shared {
         match answer {
             Ok(answer) => (answer, broke),
             Err(_) => {
-                if let Some(conn) = on {
-                    conn.abandon();
-                }
                 let silent = format!(
                     "the server did not answer within {} s (URL parameter `call_timeout`)",
                     self.call_timeout.as_secs()
                 );
+                // Only a statement in flight may have been applied: a call
+                // still opening a connection, or waiting to try again, sent
+                // nothing (unless an earlier attempt's connection broke).
+                let sent = in_flight.map(|conn| {
+                    conn.abandon();
+                    silent.clone()
+                });
                 (
                     Err(CairnError::Unavailable(format!("postgres: {silent}"))),
-                    Some(broke.unwrap_or(silent)),
+                    broke.or(sent),
                 )
             }
         }

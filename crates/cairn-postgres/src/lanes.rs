@@ -123,7 +123,7 @@ impl Lanes {
             }
             Err(_) => Err(CairnError::OutcomeUnknown(format!(
                 "postgres: the server did not answer this write within {} s (URL parameter `call_timeout`); \
-                 it was sent and may still land: read the state it changes before retrying",
+                 it was taken into a batch to send and may still land: read the state it changes before retrying",
                 bound.as_secs()
             ))),
         }

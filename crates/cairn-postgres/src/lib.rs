@@ -205,11 +205,13 @@ impl PostgresRegistry {
             }),
             options.write_lanes,
         );
-        let lanes = tokio::time::timeout(bound, lanes)
+        // One bound for each connection opened, one after another.
+        let each = |n: usize| bound.saturating_mul(u32::try_from(n.max(1)).unwrap_or(u32::MAX));
+        let lanes = tokio::time::timeout(each(options.write_lanes), lanes)
             .await
             .map_err(|_| silent("write"))??;
         let shared = Shared::open(&config, &schema, options.read_connections, options.call_timeout);
-        let shared = tokio::time::timeout(bound, shared)
+        let shared = tokio::time::timeout(each(options.read_connections), shared)
             .await
             .map_err(|_| silent("read"))??;
         Ok(Self {
@@ -323,9 +325,20 @@ impl PostgresRegistry {
     where
         F: for<'a> Fn(&'a tokio_postgres::Transaction<'a>, u64) -> futures::future::BoxFuture<'a, read::R<T>>,
     {
+        let secs = self.call_timeout.as_secs();
+        // Waiting for the connection (another transaction holds it) and
+        // the transaction itself are each bounded: a wait behind a long
+        // transaction on a healthy server is not said as a silent server.
+        let mut guard = tokio::time::timeout(self.call_timeout, self.admin.lock())
+            .await
+            .map_err(|_| {
+                CairnError::Unavailable(format!(
+                    "postgres: {what} waited {secs} s (URL parameter `call_timeout`) for the connection another \
+                     transaction held; nothing was done"
+                ))
+            })?;
         let mut committing = false;
         let attempts = async {
-            let mut guard = self.admin.lock().await;
             let mut attempt = 0u32;
             loop {
                 if guard.as_ref().is_none_or(Conn::is_closed) {
@@ -359,14 +372,11 @@ impl PostgresRegistry {
             }
         };
         let answer = tokio::time::timeout(self.call_timeout, attempts).await;
-        let secs = self.call_timeout.as_secs();
         if answer.is_err() {
             // The connection is left to close (the server rolls back what
             // it did not see committed): the next transaction opens another,
             // as it would after a half-open flow's failover.
-            if let Ok(mut admin) = self.admin.try_lock() {
-                *admin = None;
-            }
+            *guard = None;
         }
         match answer {
             Ok(answer) => answer,

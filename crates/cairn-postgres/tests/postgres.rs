@@ -1709,7 +1709,7 @@ async fn a_silent_server_fails_calls_at_the_call_timeout() {
     // The idle lane sends this one at once; its answer never comes.
     let sent = answered("register sent", reg.register(external("sent"), None)).await;
     assert!(
-        matches!(&sent, Err(CairnError::OutcomeUnknown(m)) if m.contains("was sent")),
+        matches!(&sent, Err(CairnError::OutcomeUnknown(m)) if m.contains("may still land")),
         "a sent write: {sent:?}"
     );
     // Queued behind the batch the server holds: never sent.
@@ -1733,6 +1733,17 @@ async fn a_silent_server_fails_calls_at_the_call_timeout() {
     assert!(
         tokio::time::timeout(Duration::from_secs(3), &mut claim).await.is_err(),
         "a worker's claim waits for the server past the call timeout"
+    );
+    // Both read connections were given up above: this write waits on a new
+    // one the silent server never opens, so it was never sent.
+    let unsent_env = EnvSpec {
+        plugin_options: json!({"never": "sent"}),
+        policy: json!({}),
+    };
+    let unsent = answered("put_env unsent", reg.put_env(&unsent_env)).await;
+    assert!(
+        matches!(&unsent, Err(CairnError::Unavailable(_))),
+        "a write that never reached a connection: {unsent:?}"
     );
     let deleted = answered("delete_session", reg.delete_session("s-silent")).await;
     assert!(
@@ -1775,6 +1786,14 @@ async fn a_silent_server_fails_calls_at_the_call_timeout() {
         matches!(
             answered("get held", reg.get("held")).await,
             Err(CairnError::UnknownProcess(_))
+        ),
+        "a write its caller was told was not sent must not land"
+    );
+    let (unsent_ref, _) = cairn_core::validate::env_ref_and_bytes(&unsent_env).expect("an env ref");
+    assert!(
+        matches!(
+            answered("get unsent env", reg.get_env(&unsent_ref)).await,
+            Err(CairnError::UnknownEnv(_))
         ),
         "a write its caller was told was not sent must not land"
     );
