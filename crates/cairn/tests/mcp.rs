@@ -777,6 +777,21 @@ async fn streamable_http_on_an_open_loopback_server() {
         .await
         .expect("answered");
     assert_eq!(response.status().as_u16(), 403);
+    // A message refused for its headers (here its protocol version) is
+    // answered with its own id: the body was read.
+    let response = reqwest::Client::new()
+        .post(server.url("/mcp"))
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json, text/event-stream")
+        .header("MCP-Protocol-Version", "bogus")
+        .body(r#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status().as_u16(), 400);
+    let body: Value = response.json().await.expect("a JSON-RPC error");
+    assert_eq!(body["id"], 7, "{body}");
+    assert_eq!(body["error"]["code"], -32600, "{body}");
 }
 
 #[tokio::test]

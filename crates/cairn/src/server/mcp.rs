@@ -66,7 +66,7 @@ pub async fn jsonrpc_errors(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
     if req.method() != axum::http::Method::POST || !json {
-        return transport_errors_as_jsonrpc(next.run(req).await).await;
+        return transport_errors_as_jsonrpc(next.run(req).await, Value::Null).await;
     }
     let (parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, limit).await {
@@ -116,7 +116,9 @@ pub async fn jsonrpc_errors(
                         calls.cancel(&caller, id);
                     }
                 }
-                transport_errors_as_jsonrpc(response).await
+                // Refused for its headers (a protocol version, an `Accept`):
+                // the message was read, so its id is answered.
+                transport_errors_as_jsonrpc(response, cairn_mcp::message::answerable_id(&message)).await
             }
         },
     }
@@ -126,7 +128,7 @@ pub async fn jsonrpc_errors(
 /// GET or DELETE, a body that is not JSON, an `Accept` without both JSON and
 /// event streams) come as plain text: rewritten as the JSON-RPC error every
 /// other refusal is, keeping the status and the `Allow` header.
-async fn transport_errors_as_jsonrpc(response: Response) -> Response {
+async fn transport_errors_as_jsonrpc(response: Response, id: Value) -> Response {
     let status = response.status();
     let is_json = response
         .headers()
@@ -145,7 +147,7 @@ async fn transport_errors_as_jsonrpc(response: Response) -> Response {
     if let Some(methods) = allow.as_ref().and_then(|a| a.to_str().ok()) {
         text.push_str(&format!(" (this endpoint takes {methods})"));
     }
-    let mut answer = rpc_error(status, Value::Null, -32600, &format!("invalid request: {text}"));
+    let mut answer = rpc_error(status, id, -32600, &format!("invalid request: {text}"));
     if let Some(allow) = allow {
         answer.headers_mut().insert(axum::http::header::ALLOW, allow);
     }
