@@ -132,12 +132,20 @@ fn expected_params(method: &str) -> Option<&'static str> {
             "an optional object with an optional `cursor` (a string)"
         }
         "ping" => "no params, or an object",
-        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => "an object with `uri` (a string)",
-        "prompts/get" => "an object with `name` (a string) and, optionally, `arguments` (an object of strings)",
-        "completion/complete" => "an object with `ref` and `argument`",
-        "logging/setLevel" => "an object with `level` (a string)",
+        "resources/subscribe" | "resources/unsubscribe" => "an object with `uri` (a string)",
+        // Methods of capabilities this server does not offer are not found,
+        // whatever their params: no instructions for params it never reads.
         _ => return None,
     })
+}
+
+/// A method of a capability this server does not offer, said as such.
+fn not_offered(method: &str) -> ErrorData {
+    ErrorData::new(
+        rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+        format!("method not found: `{method}` (this server offers tools only: `tools/list` and `tools/call`)"),
+        None,
+    )
 }
 
 /// Params as a message quotes them: their JSON, cut to its first 200 bytes.
@@ -193,6 +201,30 @@ impl ServerHandler for McpServer {
     /// A request the protocol library could not read as any method it knows.
     /// A method MCP defines reached here because its params did not fit it:
     /// invalid params (`-32602`), not "method not found".
+    async fn read_resource(
+        &self,
+        _request: rmcp::model::ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ReadResourceResponse, ErrorData> {
+        Err(not_offered("resources/read"))
+    }
+
+    async fn get_prompt(
+        &self,
+        _request: rmcp::model::GetPromptRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetPromptResponse, ErrorData> {
+        Err(not_offered("prompts/get"))
+    }
+
+    async fn complete(
+        &self,
+        _request: rmcp::model::CompleteRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CompleteResult, ErrorData> {
+        Err(not_offered("completion/complete"))
+    }
+
     async fn on_custom_request(
         &self,
         request: rmcp::model::CustomRequest,

@@ -1337,6 +1337,42 @@ async fn stdio_input_that_ends_before_a_message_exits_zero() {
     assert!(by_id(7)["result"]["tools"].is_array(), "{answers:?}");
 }
 
+/// A method of a capability the server does not offer (resources, prompts,
+/// completion) is not found, whatever its params: no instructions to fix
+/// params it would never read.
+#[tokio::test]
+async fn stdio_methods_of_capabilities_not_offered_are_not_found() {
+    let input = [
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        r#"{"jsonrpc":"2.0","id":2,"method":"resources/read","params":{}}"#,
+        r#"{"jsonrpc":"2.0","id":3,"method":"resources/read","params":{"uri":"x"}}"#,
+        r#"{"jsonrpc":"2.0","id":4,"method":"prompts/get","params":{"name":"p"}}"#,
+        r#"{"jsonrpc":"2.0","id":5,"method":"completion/complete","params":{}}"#,
+        "",
+    ]
+    .join("\n");
+    let out = common::run_cli("http://127.0.0.1:1", None, &["mcp"], Some(&input)).await;
+    let answers: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    for id in 2..=5 {
+        let answer = answers
+            .iter()
+            .find(|a| a["id"] == id)
+            .unwrap_or_else(|| panic!("{id}: {answers:?}"));
+        assert_eq!(answer["error"]["code"], -32601, "{answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("method not found: `")),
+            "{answer}"
+        );
+    }
+}
+
 /// Over stdio, an `initialize` whose params do not fit is answered with what
 /// it takes, as over HTTP (the protocol library's handshake named per-request
 /// `_meta` fields instead), and `cairn mcp` exits as after any failed
