@@ -10,8 +10,9 @@
 //! `shell.output` events `{"stream": "stdout"|"stderr", "lines": [...]}`,
 //! batched by count, size and age; order within each stream is preserved.
 //!
-//! The whole group is stopped (SIGTERM, then SIGKILL after a grace period)
-//! when the run is told to stop, when the timeout passes, when an append finds
+//! The whole group is stopped (SIGTERM, then SIGKILL after a grace period;
+//! at once when the run lost its lease, as a peer may run the process from
+//! the lapse) when the run is told to stop, when the timeout passes, when an append finds
 //! the lease lost, and when the command itself exits while other members of
 //! its group are still alive: nothing the command started in its group
 //! outlives the run. The group of a `rerunnable` run also dies with this
@@ -389,6 +390,13 @@ async fn run_child(ctx: &ToolContext, args: &ShellArgs, grace: Duration, hidden_
     let (leader_done, leader_status) = match &end {
         End::Exited(r) => (true, r.as_ref().ok().copied()),
         _ => (false, None),
+    };
+    // A run that lost its lease is killed at once: from the lapse a peer
+    // may run the process, and a grace would run this copy beside it.
+    let grace = if matches!(ctx.stop_reason(), Some(StopReason::LeaseLost)) {
+        Duration::ZERO
+    } else {
+        grace
     };
     let stop = stop_group(&mut child, pgid, leader_done, leader_status, grace);
     tokio::pin!(stop);

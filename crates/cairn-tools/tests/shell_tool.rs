@@ -383,6 +383,32 @@ async fn a_group_ignoring_sigterm_is_killed_after_the_grace() {
     assert_gone(grandchild).await;
 }
 
+/// A run whose lease was lost is killed at once, with no grace: a peer may
+/// run the process from the lapse, and a grace would overlap it.
+#[tokio::test]
+async fn a_run_that_lost_its_lease_is_killed_without_a_grace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reg = memory();
+    let args = json!({"command": pid_script(dir.path(), "trap '' TERM;")});
+    let ctx = context(&reg, "p1", &args, 60_000).await;
+    let grace = Duration::from_secs(60);
+    let handle = spawn_run(ShellTool::default().with_kill_grace(grace), &ctx, args);
+
+    let (shell, grandchild) = pids(dir.path()).await;
+    let stopped_at = Instant::now();
+    ctx.stop(StopReason::LeaseLost);
+    let outcome = tokio::time::timeout(Duration::from_secs(20), finish(handle))
+        .await
+        .expect("the group is killed without waiting out the 60 s grace");
+    assert!(stopped_at.elapsed() < grace);
+    assert!(
+        matches!(outcome, Outcome::Cancelled { .. } | Outcome::Failure { .. }),
+        "{outcome:?}"
+    );
+    assert_gone(shell).await;
+    assert_gone(grandchild).await;
+}
+
 #[tokio::test]
 async fn timeout_stops_the_group_and_fails_with_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
