@@ -278,8 +278,12 @@ fn derive(conn: &Connection, record: &ProcessRecord) -> R<(String, IndexColumns)
 
 /// Store a type list unless it is stored. Lists are never deleted, so once
 /// the list is there this is one lookup in a small table: nothing is encoded
-/// or written.
+/// or written; and once the writer thread knows it is there (see
+/// [`crate::tx::type_list_known`]), not even that.
 fn store_type_list(conn: &Connection, list: &EventTypes) -> R<()> {
+    if crate::tx::type_list_known(list.key()) {
+        return Ok(());
+    }
     let stored = conn
         .prepare_cached("SELECT 1 FROM type_lists WHERE key = ?1")?
         .exists([list.key()])?;
@@ -287,6 +291,7 @@ fn store_type_list(conn: &Connection, list: &EventTypes) -> R<()> {
         conn.prepare_cached("INSERT INTO type_lists (key, types) VALUES (?1, ?2)")?
             .execute(params![list.key(), serde_json::to_string(&**list)?])?;
     }
+    crate::tx::type_list_stored(list.key());
     Ok(())
 }
 

@@ -6,7 +6,11 @@
 //! lookups and stores.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+
+// Not std's SipHash: hashing ids was 8% of the writer's instructions
+// (docs/BENCHMARKS.md, 2026-12-06). foldhash is seeded per process, and
+// every map here is bounded or lives for one transaction.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use cairn_core::events::ProcessEvent;
 use cairn_core::model::{Grant, Lease, ProcessRecord, SessionScope, StatusFilter, Tombstone, WakeDelivery};
@@ -29,11 +33,19 @@ use crate::store;
 /// committed layer is emptied when another connection committed to the file
 /// (`PRAGMA data_version` at `BEGIN`). It holds at most [`CACHED_ROWS`] rows
 /// and never a terminal one: waiting processes cost it nothing for long.
+///
+/// It also keeps the keys of the event type lists known to be stored, in the
+/// same three layers, so storing a record looks its list up once a key and
+/// not at every write. Lists are never deleted, so the committed layer
+/// outlives other connections' commits.
 struct RowCache {
     job: HashMap<String, Option<Row>>,
     open: HashMap<String, Option<Row>>,
     committed: HashMap<String, Row>,
     data_version: Option<i64>,
+    lists_job: Vec<String>,
+    lists_open: Vec<String>,
+    lists: HashSet<String>,
 }
 
 /// The most rows the writer keeps decoded; past it the committed layer is emptied.
@@ -45,7 +57,21 @@ thread_local! {
         open: HashMap::new(),
         committed: HashMap::new(),
         data_version: None,
+        lists_job: Vec::new(),
+        lists_open: Vec::new(),
+        lists: HashSet::new(),
     });
+}
+
+/// Whether the type list `key` is stored, as the open transaction sees it,
+/// to this thread's knowledge (`false`: look it up).
+pub(crate) fn type_list_known(key: &str) -> bool {
+    CACHE.with_borrow(|c| c.lists.contains(key) || c.lists_open.iter().chain(&c.lists_job).any(|k| k == key))
+}
+
+/// The running job found the type list `key` stored, or stored it.
+pub(crate) fn type_list_stored(key: &str) {
+    CACHE.with_borrow_mut(|c| c.lists_job.push(key.to_string()));
 }
 
 /// A write transaction began: forget the committed rows if another connection
@@ -67,8 +93,10 @@ pub(crate) fn cache_begin(conn: &Connection) -> rusqlite::Result<()> {
 pub(crate) fn cache_job_done(ok: bool) {
     CACHE.with_borrow_mut(|c| {
         let job = std::mem::take(&mut c.job);
+        let lists = std::mem::take(&mut c.lists_job);
         if ok {
             c.open.extend(job);
+            c.lists_open.extend(lists);
         }
     });
 }
@@ -77,9 +105,17 @@ pub(crate) fn cache_job_done(ok: bool) {
 pub(crate) fn cache_end(committed: bool) {
     CACHE.with_borrow_mut(|c| {
         c.job.clear();
+        c.lists_job.clear();
         let open = std::mem::take(&mut c.open);
+        let lists = std::mem::take(&mut c.lists_open);
         if !committed {
             return;
+        }
+        for key in lists {
+            if c.lists.len() >= CACHED_ROWS {
+                c.lists.clear();
+            }
+            c.lists.insert(key);
         }
         for (id, row) in open {
             match row {
@@ -418,6 +454,53 @@ mod tests {
         store::cursor_flush(&conn).expect("flush");
         store::cursor_end();
         conn.execute_batch("COMMIT").expect("commit");
+    }
+
+    /// A type list stored by a job that failed is gone with the job's
+    /// savepoint: the next registration of the same list stores it again, so
+    /// the writer's knowledge of stored lists never outlives a rollback.
+    #[test]
+    fn a_type_list_a_failed_job_stored_is_stored_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn =
+            crate::schema::open_writer(&dir.path().join("tx.db"), std::time::Duration::from_secs(1)).expect("open");
+        let listed = |id: &str| {
+            let mut reg = cairn_testkit::builders::rerunnable(id);
+            reg.event_types
+                .push(cairn_core::events::EventType::plain("rolled.back"));
+            Op::register(&reg, None, 1_000).expect("op")
+        };
+        let run = |op: Op, ok: bool| {
+            conn.execute_batch("SAVEPOINT job").expect("savepoint");
+            let mut tx = Tx::new(&conn, 1_000);
+            ops::run(&mut tx, &op).expect("op");
+            tx.finish().expect("finish");
+            drop(tx);
+            if !ok {
+                conn.execute_batch("ROLLBACK TO job").expect("rollback");
+            }
+            conn.execute_batch("RELEASE job").expect("release");
+            cache_job_done(ok);
+        };
+        conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
+        store::cursor_begin(&conn).expect("cursor");
+        run(listed("failed"), false);
+        run(listed("kept"), true);
+        store::cursor_flush(&conn).expect("flush");
+        store::cursor_end();
+        conn.execute_batch("COMMIT").expect("commit");
+        cache_end(true);
+        assert!(store::load(&conn, "failed").expect("load").is_none());
+        let kept = store::load(&conn, "kept").expect("load kept").expect("row");
+        assert!(kept.record.event_types.iter().any(|t| t.name == "rolled.back"));
+        let stored: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM type_lists WHERE key = ?1",
+                [kept.record.event_types.key()],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(stored, 1, "the list is stored once, by the job that succeeded");
     }
 
     /// An update sets only the indexed columns it changes: storing a record
