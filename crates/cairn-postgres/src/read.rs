@@ -464,12 +464,13 @@ pub(crate) async fn sweep_worklist(conn: &Conn, limit: usize) -> R<Vec<SweepItem
 }
 
 /// Leases held by earlier incarnations of a node on running rerunnable
-/// processes (the claimable index: a leased row is claimable at its lease's
+/// processes, to be run again or, under an abandon request, reconciled (the
+/// claimable and abandon indexes: a leased row is claimable at its lease's
 /// expiry, never at once): the owner is `{node}#` and digits below the given
 /// incarnation.
 pub(crate) const EARLIER_LEASES_SQL: &str = "SELECT p.id, p.lease_owner, p.lease_token, p.lease_fencing, \
     p.lease_claimed_at_ms, p.lease_expires_at_ms FROM processes p \
-    WHERE p.run_candidate AND p.claimable_at_ms > 0 AND p.disposition = 'rerunnable' AND p.status = 'running' \
+    WHERE (p.run_candidate AND p.claimable_at_ms > 0 OR p.abandon_candidate AND p.claimable_at_ms > 0) AND p.disposition = 'rerunnable' AND p.status = 'running' \
       AND left(p.lease_owner, length($1::text) + 1) = $1::text || '#' \
       AND CASE WHEN substr(p.lease_owner, length($1::text) + 2) ~ '^[0-9]{1,18}$' \
                THEN substr(p.lease_owner, length($1::text) + 2)::int8 END < $2::int8 \

@@ -66,12 +66,13 @@ pub(crate) fn sweep_worklist(conn: &Connection, limit: usize) -> R<Vec<SweepItem
 }
 
 /// Leases held by earlier incarnations of a node on running rerunnable
-/// processes (the timed worklist index: a leased row is claimable at its
-/// lease's expiry, never at once): the owner is `{node}#` and digits below
-/// the given incarnation.
+/// processes, to be run again or, under an abandon request, reconciled
+/// (the timed worklist index: a leased row is claimable at its lease's
+/// expiry, never at once): the owner is `{node}#` and digits below the
+/// given incarnation.
 const EARLIER_LEASES_SQL: &str = "SELECT p.id, p.lease_owner, p.lease_token, p.lease_fencing,
      p.lease_claimed_at_ms, p.lease_expires_at_ms FROM processes p
-     WHERE p.run_candidate = 1 AND p.claimable_at_ms > 0 AND p.disposition = 'rerunnable' AND p.status = 'running'
+     WHERE (p.run_candidate = 1 OR p.abandon_candidate = 1) AND p.claimable_at_ms > 0 AND p.disposition = 'rerunnable' AND p.status = 'running'
        AND substr(p.lease_owner, 1, length(?1) + 1) = ?1 || '#'
        AND substr(p.lease_owner, length(?1) + 2) != ''
        AND NOT substr(p.lease_owner, length(?1) + 2) GLOB '*[^0-9]*'

@@ -223,13 +223,16 @@ pub async fn sweep_never_takes_a_live_incarnations_work(factory: &dyn StoreFacto
 /// of a node hold on running rerunnable processes, and nothing else (not
 /// the latest incarnation's, another node's whose name it begins, an
 /// owner-bound process's, an ended one's, an owner id that only looks like
-/// a node's); each released, its process is claimable at once.
+/// a node's); each released, its process is claimable at once. A process
+/// under an abandon request is found too: released, it is reconciled at once,
+/// not when the dead incarnation's lease would have lapsed.
 pub async fn the_leases_of_earlier_incarnations_are_found_and_released(factory: &dyn StoreFactory) {
     let h = Harness::new(factory).await;
     let r = h.registry();
     let old = ok(r.register_node("n1").await, "register n1");
     for reg in [
         rerunnable("a"),
+        rerunnable("asked"),
         rerunnable("b"),
         rerunnable("ended"),
         rerunnable("latest"),
@@ -241,6 +244,8 @@ pub async fn the_leases_of_earlier_incarnations_are_found_and_released(factory: 
     }
     let (a, _) = h.claim_started("a", &old.owner_id(), TTL).await;
     let (b, _) = h.claim_started("b", &old.owner_id(), TTL).await;
+    let (asked, _) = h.claim_started("asked", &old.owner_id(), TTL).await;
+    ok(r.request_abandon("asked", "operator", "its node is gone").await, "abandon request");
     let (ended, _) = h.claim_started("ended", &old.owner_id(), TTL).await;
     ok(r.complete(&ended, Outcome::success(json!(1))).await, "complete");
     h.claim_started("other", "n1x#1", TTL).await;
@@ -258,7 +263,7 @@ pub async fn the_leases_of_earlier_incarnations_are_found_and_released(factory: 
     found.sort_by(|x, y| x.process_id.cmp(&y.process_id));
     assert_eq!(
         found,
-        vec![a.clone(), b.clone()],
+        vec![a.clone(), asked.clone(), b.clone()],
         "only n1#1's leases on running rerunnable work"
     );
     let one = h
@@ -273,7 +278,7 @@ pub async fn the_leases_of_earlier_incarnations_are_found_and_released(factory: 
         .await
         .is_empty());
 
-    for lease in [&a, &b] {
+    for lease in [&a, &asked, &b] {
         assert!(ok(r.release(lease).await, "release"), "{} released", lease.process_id);
     }
     let work: Vec<String> = ok(r.worklist(100).await, "worklist")
@@ -283,6 +288,11 @@ pub async fn the_leases_of_earlier_incarnations_are_found_and_released(factory: 
     for id in ["a", "b"] {
         assert!(work.iter().any(|w| w == id), "{id} is claimable at once: {work:?}");
     }
+    let reconcilable = ok(r.abandon_worklist(100).await, "abandon worklist");
+    assert!(
+        reconcilable.iter().any(|id| id == "asked"),
+        "the abandon request is reconcilable at once: {reconcilable:?}"
+    );
     assert!(ok(
         r.leases_of_earlier_incarnations("n1", new.incarnation, 100).await,
         "after the release"
