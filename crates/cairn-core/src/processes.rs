@@ -345,6 +345,19 @@ async fn prepare_start(
     } = &req.input
     {
         check_script_start(registry, module_ref, process_name, req.disposition).await?;
+        // Nothing could ever append it: `ctx.emit` refuses a terminal type
+        // (a script ends by returning or throwing), and a host's append of
+        // one needs the lease the script's run holds.
+        if let Some(terminal) = event_types.iter().find(|t| t.semantics.terminal.is_some()) {
+            return Err(CairnError::InvalidSemantics {
+                event_type: terminal.name.clone(),
+                message: format!(
+                    "`{}` is declared terminal, and nothing could append it to a script: a script ends by \
+                     returning or throwing, not by an event",
+                    terminal.name
+                ),
+            });
+        }
     }
     let registration = Registration {
         id: req.id,

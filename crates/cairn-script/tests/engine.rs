@@ -3224,10 +3224,11 @@ async fn calls_left_pending_at_the_end_are_still_made() {
     assert_eq!(c.outcome, Some(Outcome::success(json!(9))), "{c:?}");
 }
 
-/// A script ends by returning or throwing: `ctx.emit` of a declared type
-/// with terminal semantics rejects (catchable) and appends nothing.
+/// A script ends by returning or throwing: a start that declares a type
+/// with terminal semantics is refused (`ctx.emit` would refuse it, and a
+/// host's append needs the run's lease), and nothing starts.
 #[tokio::test]
-async fn emit_refuses_a_type_that_would_end_the_script() {
+async fn a_script_start_refuses_a_type_that_would_end_the_script() {
     let p = runtime(Limits::default());
     let m = put(
         &p,
@@ -3242,13 +3243,13 @@ async fn emit_refuses_a_type_that_would_end_the_script() {
         "semantics": {"terminal": {"state": "completed", "await_output": {"pointer": "/result"}}}
     }))
     .expect("a terminal type");
-    let rec = run(&p, script("term", &m, "main", json!({})).with_event_type(done)).await;
-    assert_eq!(
-        rec.outcome,
-        Some(Outcome::success(json!({"code": "invalid_request"}))),
-        "{rec:?}"
-    );
-    assert!(events(&p, "term", "done").await.is_empty());
+    let e = p
+        .start(script("term", &m, "main", json!({})).with_event_type(done))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "invalid_semantics", "{e}");
+    assert!(e.to_string().contains("a script ends by returning or throwing"), "{e}");
+    assert_eq!(p.get("term").await.unwrap_err().code(), "unknown_process");
 }
 
 /// Local time is UTC, whatever the server's time zone (which no journal

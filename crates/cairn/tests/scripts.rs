@@ -170,6 +170,15 @@ async fn scenario(db: &str) {
     owner_bound["disposition"] = json!("owner_bound");
     let (s, e) = c.start(owner_bound).await;
     assert_eq!((s, e["error"]["code"].as_str()), (400, Some("invalid_disposition")));
+    // A terminal type nothing could append: `ctx.emit` refuses one, and a
+    // host's append needs the run's lease.
+    let mut terminal = script("x", &module_ref, "deploy", json!({}));
+    terminal["event_types"] = json!([{"name": "done", "semantics": {"terminal": {"state": "completed"}}}]);
+    let (s, e) = c.start(terminal).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (400, Some("invalid_semantics")), "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("a script ends by returning or throwing"), "{e}");
+    let (s, _) = c.get("/v1/processes/x").await;
+    assert_eq!(s, 404, "nothing started");
 
     // The deploy script: three children at once, an event, a signal, a timer.
     let (s, rec) = c.start(script("d1", &module_ref, "deploy", json!({"k": 10}))).await;
