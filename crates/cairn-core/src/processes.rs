@@ -44,7 +44,10 @@ pub struct StartRequest {
     /// A session scope to grant the new process to, in the same transaction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<StartGrant>,
-    /// The session scope its wakes go to.
+    /// The session scope its wakes go to. Only an appended event whose
+    /// declared type has wake semantics makes a wake (SPEC §3); the core
+    /// types (`process.completed` and the rest) have none, so a process's end
+    /// alone wakes no one: await or watch it to learn of its end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake_target: Option<SessionScope>,
     /// Event types beyond the core ones (a tool adds its own at start).
