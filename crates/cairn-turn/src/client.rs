@@ -534,18 +534,22 @@ fn completion(
 /// call without an id, or with one an earlier call of the answer holds, gets
 /// `call_{k}` (its place; further on when another call holds that).
 fn with_distinct_ids(calls: &mut [Value]) {
+    // The ids the endpoint sent, looked up in a set: an answer of thousands
+    // of calls without ids took seconds of a runtime thread when each fresh
+    // id scanned every call.
+    let sent: std::collections::HashSet<String> = calls
+        .iter()
+        .filter_map(|c| c["id"].as_str().map(str::to_string))
+        .collect();
     let mut seen = std::collections::HashSet::new();
     for k in 0..calls.len() {
         let id = calls[k]["id"].as_str().unwrap_or_default().to_string();
         if !id.is_empty() && seen.insert(id) {
             continue;
         }
-        let taken = |c: &str, seen: &std::collections::HashSet<String>| {
-            seen.contains(c) || calls.iter().any(|x| x["id"].as_str() == Some(c))
-        };
         let fresh = (0..)
             .map(|n: usize| format!("call_{}", k + n * calls.len()))
-            .find(|c| !taken(c, &seen))
+            .find(|c| !seen.contains(c) && !sent.contains(c))
             .unwrap_or_default();
         seen.insert(fresh.clone());
         calls[k]["id"] = json!(fresh);
