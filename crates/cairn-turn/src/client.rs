@@ -496,11 +496,25 @@ fn completion(
         .pointer("/choices/0")
         .ok_or_else(|| not_an_answer("the body is not a chat completion"))?;
     let given = &choice["message"];
-    let content = given
-        .get("content")
-        .and_then(text_parts)
-        .unwrap_or_default()
-        .into_owned();
+    // As a stream is (see `chat`): what passes `MAX_ANSWER_BYTES` once
+    // journaled is cut off, in the order a stream sends it (content, the
+    // refusal, then the calls one by one), and the answer says so.
+    let mut held = 0;
+    let mut cut_at_limit = false;
+    let mut kept = |text: &str| -> String {
+        let (prefix, len) = within_journaled(text, MAX_ANSWER_BYTES.saturating_sub(held));
+        held += len;
+        if prefix.len() < text.len() {
+            cut_at_limit = true;
+        }
+        prefix.to_string()
+    };
+    let content = kept(&given.get("content").and_then(text_parts).unwrap_or_default());
+    let refusal = given
+        .get("refusal")
+        .and_then(Value::as_str)
+        .filter(|r| !r.is_empty())
+        .map(&mut kept);
     if !content.is_empty() {
         on_delta(&content);
     }
@@ -512,19 +526,58 @@ fn completion(
     {
         // Each element is a whole call here, not a fragment to join, even
         // without an id or an index.
-        let mut calls: Vec<Value> = calls.iter().map(whole_call).collect();
-        with_distinct_ids(&mut calls);
-        message["tool_calls"] = Value::Array(calls);
+        let mut whole = Vec::new();
+        for call in calls.iter().map(whole_call) {
+            let text = |pointer: &str| call.pointer(pointer).and_then(Value::as_str).map_or(0, journaled_len);
+            let len = CALL_OVERHEAD_BYTES + text("/id") + text("/function/name") + text("/function/arguments");
+            if cut_at_limit || held + len > MAX_ANSWER_BYTES {
+                cut_at_limit = true;
+                break;
+            }
+            held += len;
+            whole.push(call);
+        }
+        if !whole.is_empty() {
+            with_distinct_ids(&mut whole);
+            message["tool_calls"] = Value::Array(whole);
+        }
     }
-    if let Some(refusal) = given.get("refusal").and_then(Value::as_str).filter(|r| !r.is_empty()) {
+    if let Some(refusal) = refusal.filter(|r| !r.is_empty()) {
         message["refusal"] = json!(refusal);
     }
     Ok(ChatAnswer {
         message,
         usage: bounded_usage(body.get("usage").cloned().unwrap_or(Value::Null)),
-        finish_reason: choice.get("finish_reason").map_or(Value::Null, bounded_reason),
-        cut_at_limit: false,
+        // A cut answer has no reason of the endpoint's (as a stream cut
+        // before its last chunk).
+        finish_reason: if cut_at_limit {
+            Value::Null
+        } else {
+            choice.get("finish_reason").map_or(Value::Null, bounded_reason)
+        },
+        cut_at_limit,
     })
+}
+
+/// The longest prefix of `text` (at a character boundary) whose journaled
+/// form (JSON-escaped, without quotes) is at most `room` bytes, and that
+/// form's length. serde_json escapes `"`, `\\` and the control characters
+/// (two bytes for the named ones, six for the rest) and nothing else; a unit
+/// test holds this to [`journaled_len`].
+fn within_journaled(text: &str, room: usize) -> (&str, usize) {
+    let mut len = 0;
+    for (at, c) in text.char_indices() {
+        let add = match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if u32::from(c) < 0x20 => 6,
+            c => c.len_utf8(),
+        };
+        if len + add > room {
+            return (&text[..at], len);
+        }
+        len += add;
+    }
+    (text, len)
 }
 
 /// Give every tool call of an answer an id of its own, before the answer is
@@ -765,8 +818,11 @@ fn bounded_reason(reason: &Value) -> Value {
 }
 
 /// What a tool call takes in a journaled answer beside its id, name and
-/// arguments (`{"id", "type": "function", "function": {...}}`).
-const CALL_OVERHEAD_BYTES: usize = 64;
+/// arguments (`{"id", "type": "function", "function": {...}}` and the comma
+/// between calls: 66 bytes), with room for the id cairn gives a call sent
+/// without one (`call_{k}`): an answer of thousands of calls is held to
+/// [`MAX_ANSWER_BYTES`] as journaled, not a few percent past it.
+const CALL_OVERHEAD_BYTES: usize = 80;
 
 /// The longest line of an event stream read: past it, the answer is cut off
 /// there (`cut_at_limit`). One chunk holding a whole answer of
@@ -846,6 +902,23 @@ fn text_parts(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cut of a body's text counts bytes as the journal will hold them.
+    #[test]
+    fn a_prefix_within_journaled_bytes_is_measured_as_journaled() {
+        let text = "a\"b\\c\nd\u{1}e\u{7f}é😀\t\u{8}\u{c}\r/";
+        assert_eq!(within_journaled(text, usize::MAX), (text, journaled_len(text)));
+        for room in 0..=journaled_len(text) {
+            let (prefix, len) = within_journaled(text, room);
+            assert_eq!(len, journaled_len(prefix), "{room}");
+            assert!(len <= room, "{room}");
+            let next = text[prefix.len()..].chars().next();
+            if let Some(c) = next {
+                let longer = &text[..prefix.len() + c.len_utf8()];
+                assert!(journaled_len(longer) > room, "{room}: {longer:?} would fit");
+            }
+        }
+    }
 
     #[test]
     fn retry_after_takes_seconds_or_a_date() {

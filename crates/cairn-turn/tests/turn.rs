@@ -1099,6 +1099,49 @@ async fn an_endless_answer_is_cut_off_where_the_journal_ends() {
             "{id}: {kept} bytes journaled of {sent}"
         );
     }
+    // An answer that is not streamed is cut where a stream would be: its
+    // content, and its tool calls (thousands of them, with ids or without,
+    // once grew past what `turn.response` holds and failed the turn
+    // `payload_too_large`); each body is under the 1 MiB read of one.
+    let call = |k: usize, id: bool| {
+        let arguments = format!("{{\"value\": {k}, \"pad\": \"{}\"}}", "x".repeat(16));
+        let mut c = json!({"type": "function", "function": {"name": "echo", "arguments": arguments}});
+        if id {
+            c["id"] = json!(format!("call-{k}"));
+        }
+        c
+    };
+    let bodies = [
+        ("whole-text", json!({"role": "assistant", "content": "z".repeat(1_000_000)})),
+        (
+            "whole-calls",
+            json!({"role": "assistant", "content": null,
+                   "tool_calls": (0..7_000).map(|k| call(k, true)).collect::<Vec<_>>()}),
+        ),
+        (
+            "whole-calls-no-ids",
+            json!({"role": "assistant", "content": null,
+                   "tool_calls": (0..7_000).map(|k| call(k, false)).collect::<Vec<_>>()}),
+        ),
+    ];
+    for (id, message) in bodies {
+        s.fake.push(Reply::Completion(json!({
+            "id": "c", "object": "chat.completion", "model": "fake",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]
+        })));
+        s.p.start(turn(id, &[], "hi", Value::Null)).await.expect("start");
+        let r = finished(&s.p, id).await;
+        assert_eq!(failure_code(&r), "output_contract_violation", "{id}: {:?}", r.outcome);
+        let events = s.p.events(id, 0, Some(1000)).await.expect("events").events;
+        let response = events
+            .iter()
+            .find(|e| e.event_type == "turn.response")
+            .expect("the cut-off answer is journaled");
+        assert_eq!(response.payload.get("finish_reason"), None, "{id}");
+        assert_eq!(response.payload["cut_at_bytes"], cairn_turn::MAX_ANSWER_BYTES, "{id}");
+        let kept = response.payload.to_string().len();
+        assert!(kept <= cairn_turn::MAX_ANSWER_BYTES + 4096, "{id}: {kept} bytes journaled");
+    }
 }
 
 /// A redirect that keeps the POST (307, 308) within the endpoint's origin
