@@ -222,6 +222,92 @@ async fn a_server_restart_abandonment_is_said_in_words() {
     assert_eq!(run.exit_code().await, 1);
 }
 
+/// A shell's process group, killed when dropped (a server killed outright
+/// leaves an owner_bound command running).
+struct Group(libc::pid_t);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // SAFETY: signalling the process group of a command this test started.
+        unsafe { libc::kill(-self.0, libc::SIGKILL) };
+    }
+}
+
+/// A `run` whose worker node dies and never comes back (its own server, a
+/// peer on the same database, up all along) says once that no worker holds
+/// the lease, instead of waiting in silence; keeps following; and ends when
+/// `cairn abandon` ends the process, which says the lease lapsed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_worker_died_says_no_worker_holds_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("c.db").display());
+    // Node b, the run's server, has one slot, which a long sleep takes
+    // before node a is up: node a runs the command.
+    let b = Server::start_on(&db, &["--node-id", "b", "--workers", "1"]).await;
+    let c = b.client();
+    let hold = json!({"id": "hold", "input": {"type": "tool_call", "tool": "sleep", "args": {"ms": 600000}},
+                      "disposition": "owner_bound"});
+    assert_eq!(c.start(hold).await.0, 201);
+    c.wait_for("hold", |r| r["lease"].is_object()).await;
+    let a = Server::start_on(&db, &["--node-id", "a", "--lease-ttl", "1s"]).await;
+    let pid_file = dir.path().join("pid");
+    let script = format!("echo $$ > {}; exec sleep 120", pid_file.display());
+    let mut run = Running::spawn(&b.base, &["run", "--id", "stranded", "--", "sh", "-c", &script]);
+    run.stderr_line("started stranded").await;
+    let rec = c
+        .wait_for("stranded", |r| {
+            r["lease"]["owner_id"].as_str().is_some_and(|o| o.starts_with("a#"))
+        })
+        .await;
+    let owner = rec["lease"]["owner_id"].as_str().expect("owner").to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pgid = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<libc::pid_t>().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the command never wrote its pid");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let _group = Group(pgid);
+    // SAFETY: signalling a child process this test spawned.
+    assert_eq!(unsafe { libc::kill(a.pid() as libc::pid_t, libc::SIGKILL) }, 0);
+    drop(a);
+    let said = run.stderr_line("no worker holds it").await;
+    assert!(
+        said.starts_with(&format!("stranded: the lease of worker {owner} lapsed ")),
+        "{said}"
+    );
+    assert!(said.contains("`cairn abandon stranded --reason ...`"), "{said}");
+    // It still runs: `run` keeps following it.
+    let (_, rec) = c.get("/v1/processes/stranded").await;
+    assert_eq!(rec["status"], "running", "{rec}");
+    let out = run_cli(
+        &b.base,
+        None,
+        &["abandon", "stranded", "--reason", "node a is gone"],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let stdout = out.stdout.trim();
+    assert!(
+        stdout.starts_with("abandon requested: stranded is running (its lease lapsed ")
+            && stdout.ends_with(": reconciled shortly)"),
+        "{stdout}"
+    );
+    let said = run.stderr_line("stranded was abandoned").await;
+    assert!(
+        said.ends_with(&format!(
+            "an abandon request was reconciled once no live lease held it (last run by worker {owner})"
+        )),
+        "{said}"
+    );
+    assert_eq!(run.exit_code().await, 1);
+}
+
 /// A rerunnable run whose server stops runs again after the restart, and
 /// `cairn run` says so before the new run's output: the first run's line and
 /// the second's are both printed, with the attempt named between them.

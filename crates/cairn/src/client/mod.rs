@@ -309,14 +309,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                 );
             } else {
                 let status = str_at(&record, "/status");
-                // When the worker reconciles it: it ended already, a lease
-                // holds it off until it lapses, or nothing does.
-                let when = match (status.as_str(), record.get("lease").is_some_and(Value::is_object)) {
-                    ("running", true) => " (reconciled once its lease lapses)",
-                    ("running", false) => " (no lease holds it: reconciled shortly)",
-                    _ => "",
-                };
-                println!("abandon requested: {id} is {status}{when}");
+                println!("abandon requested: {id} is {status}{}", abandon_when(&record, now_ms()));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -904,6 +897,36 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
         }
     });
     let mut follow = std::pin::pin!(follow);
+    // A run whose worker's lease lapsed and that no worker took on (its node
+    // died and did not come back) is said once, rather than waited on in
+    // silence: looked at a little after each expiry, never more often than
+    // every few seconds.
+    let lease_watch = async {
+        if json || ended {
+            return std::future::pending().await;
+        }
+        let mut look = lease_look(&id, &record, now_ms());
+        loop {
+            let due = match look {
+                LeaseLook::Again(at) => at,
+                LeaseLook::Lapsed(_) => now_ms(),
+                LeaseLook::Done => break,
+            };
+            tokio::time::sleep(Duration::from_millis(due.saturating_sub(now_ms()))).await;
+            look = match client.get(&proc_path(&id)).await {
+                Ok(now_record) => lease_look(&id, &now_record, now_ms()),
+                Err(_) => LeaseLook::Again(now_ms() + LEASE_LOOK_GAP_MS),
+            };
+            if let LeaseLook::Lapsed(text) = &look {
+                if !note(format_args!("{text}")) {
+                    closed.notify_one();
+                }
+                break;
+            }
+        }
+        std::future::pending().await
+    };
+    let mut lease_watch = std::pin::pin!(lease_watch);
     let mut interrupted = false;
     let mut cancel_recorded = false;
     loop {
@@ -912,6 +935,7 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
                 done?;
                 break;
             }
+            () = &mut lease_watch => continue,
             _ = output_closed.notified() => ("its output was closed", 128 + 13),
             Some(()) = recv_signal(&mut terminate) => ("SIGTERM", 128 + 15),
             Some(()) = recv_signal(&mut hangup) => ("SIGHUP", 128 + 1),
@@ -1012,6 +1036,52 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
     )
 }
 
+/// How long a lease may have lapsed before `run` says no worker holds its
+/// process: a peer's takeover of rerunnable work comes well within it.
+const LEASE_LAPSE_MARGIN_MS: u64 = 5_000;
+/// The least time between two of `run`'s looks at its process's lease.
+const LEASE_LOOK_GAP_MS: u64 = 5_000;
+/// When `run` looks again at a process no lease holds (not claimed yet, or
+/// suspended).
+const NO_LEASE_LOOK_MS: u64 = 10_000;
+
+/// What `run` makes of its process's record at a look at the lease.
+#[derive(Debug, PartialEq)]
+enum LeaseLook {
+    /// Its lease lapsed a while ago and no worker took it on: the note.
+    Lapsed(String),
+    /// Look again at this time (epoch ms).
+    Again(u64),
+    /// It ended: nothing more to look at.
+    Done,
+}
+
+fn lease_look(id: &str, record: &Value, now: u64) -> LeaseLook {
+    if str_at(record, "/status") != "running" {
+        return LeaseLook::Done;
+    }
+    let Some(lease) = record.get("lease").filter(|l| l.is_object()) else {
+        return LeaseLook::Again(now + NO_LEASE_LOOK_MS);
+    };
+    let at = lease.get("expires_at_ms").and_then(Value::as_u64).unwrap_or(now);
+    if now < at.saturating_add(LEASE_LAPSE_MARGIN_MS) {
+        return LeaseLook::Again(at.saturating_add(LEASE_LAPSE_MARGIN_MS).max(now + LEASE_LOOK_GAP_MS));
+    }
+    let head = format!(
+        "{id}: the lease of worker {} lapsed {} and no worker holds it (its server may be gone)",
+        str_at(lease, "/owner_id"),
+        age_at(at, now)
+    );
+    LeaseLook::Lapsed(if str_at(record, "/disposition") == "rerunnable" {
+        format!("{head}; rerunnable work runs again once a worker claims it. Still following {id}")
+    } else {
+        format!(
+            "{head}; owner_bound work is not run again: it stays running until its server restarts (same \
+             --node-id) or `cairn abandon {id} --reason ...` ends it. Still following {id}"
+        )
+    })
+}
+
 /// How a start's answer is said: `started` (201), `already started` for a
 /// repeat of one still running, `already ran` for one that has ended.
 fn start_verb(status: reqwest::StatusCode, record: &Value) -> &'static str {
@@ -1073,6 +1143,22 @@ fn exit_code_of(record: &Value, command_code: bool) -> ExitCode {
     }
 }
 
+/// When the worker reconciles an abandon request, as `cairn abandon` says
+/// it (after the status): it ended already, a live lease holds it off until
+/// it lapses, a lapsed one (a dead node's stranded work) or none does not.
+fn abandon_when(record: &Value, now: u64) -> String {
+    if str_at(record, "/status") != "running" {
+        return String::new();
+    }
+    match record.get("lease").filter(|l| l.is_object()) {
+        None => " (no lease holds it: reconciled shortly)".into(),
+        Some(lease) => match lease.get("expires_at_ms").and_then(Value::as_u64) {
+            Some(at) if at <= now => format!(" (its lease lapsed {}: reconciled shortly)", age_at(at, now)),
+            _ => " (reconciled once its lease lapses)".into(),
+        },
+    }
+}
+
 /// Why a process was abandoned, for humans.
 fn abandonment(outcome: &Value) -> String {
     let owner = str_at(outcome, "/evidence/owner/owner_id");
@@ -1081,13 +1167,21 @@ fn abandonment(outcome: &Value) -> String {
     } else {
         format!(" (worker {owner})")
     };
+    // A request's evidence names the last run's owner (from `started`),
+    // which may be a live server: the process may have been suspended (its
+    // lease released) or never run, with no lease lapsed and no worker lost.
+    let last_run = if owner.is_empty() {
+        String::new()
+    } else {
+        format!(" (last run by worker {owner})")
+    };
     match str_at(outcome, "/evidence/writer").as_str() {
         "owner_drain" => format!(
             "the server running it{by} shut down before it ended; owner_bound work is never run again \
              (start it with `--disposition rerunnable` to have it re-run after a restart)"
         ),
         "sweep" => format!("its worker{by} was lost before it ended; owner_bound work is never run again"),
-        "reconciled_request" => format!("an abandon request was reconciled after its lease{by} lapsed"),
+        "reconciled_request" => format!("an abandon request was reconciled once no live lease held it{last_run}"),
         other => format!("writer {other}{by}"),
     }
 }
@@ -1678,5 +1772,88 @@ mod ls_tests {
         let page = ls_document(rows, None, true);
         assert_eq!(page["next_after_id"], Value::Null, "{page}");
         assert!(page.get("truncated").is_none(), "{page}");
+    }
+}
+
+#[cfg(test)]
+mod abandon_tests {
+    use super::*;
+
+    /// `cairn abandon` of a process whose lease lapsed long ago (a dead
+    /// node's stranded work) says it is reconciled shortly, not "once its
+    /// lease lapses".
+    #[test]
+    fn an_abandon_request_says_when_it_is_reconciled() {
+        let held = |at: u64| json!({"status": "running", "lease": {"owner_id": "a#1", "expires_at_ms": at}});
+        assert_eq!(
+            abandon_when(&held(1_000_000), 999_000),
+            " (reconciled once its lease lapses)"
+        );
+        assert_eq!(
+            abandon_when(&held(1_000_000), 1_130_000),
+            " (its lease lapsed 2m ago: reconciled shortly)"
+        );
+        let free = json!({"status": "running", "lease": null});
+        assert_eq!(abandon_when(&free, 0), " (no lease holds it: reconciled shortly)");
+        assert_eq!(abandon_when(&json!({"status": "completed"}), 0), "");
+    }
+
+    /// A reconciled request's evidence names the last run's owner, which
+    /// need not have lost a lease (a suspended process released it; one
+    /// never run had none): the words claim no lapse.
+    #[test]
+    fn a_reconciled_request_claims_no_lost_worker() {
+        let outcome =
+            |owner: Value| json!({"type": "abandoned", "evidence": {"writer": "reconciled_request", "owner": owner}});
+        assert_eq!(
+            abandonment(&outcome(json!({"owner_id": "b#2"}))),
+            "an abandon request was reconciled once no live lease held it (last run by worker b#2)"
+        );
+        assert_eq!(
+            abandonment(&outcome(Value::Null)),
+            "an abandon request was reconciled once no live lease held it"
+        );
+    }
+
+    /// `run` looks at the lease a little after it would lapse, at most every
+    /// few seconds, and says once that no worker holds it when it lapsed
+    /// more than the margin ago.
+    #[test]
+    fn run_says_a_lease_that_lapsed_a_while_ago() {
+        let rec = |at: u64, disposition: &str| {
+            json!({"status": "running", "disposition": disposition,
+                   "lease": {"owner_id": "a#1", "fencing_token": 1, "expires_at_ms": at}})
+        };
+        let now = 1_000_000;
+        // Live, long: looked at just past its expiry and the margin.
+        assert_eq!(
+            lease_look("p", &rec(now + 60_000, "owner_bound"), now),
+            LeaseLook::Again(now + 60_000 + LEASE_LAPSE_MARGIN_MS)
+        );
+        // Short, or just lapsed (a peer may take it over): not before the gap.
+        assert_eq!(
+            lease_look("p", &rec(now + 100, "owner_bound"), now),
+            LeaseLook::Again(now + LEASE_LOOK_GAP_MS.max(100 + LEASE_LAPSE_MARGIN_MS))
+        );
+        assert_eq!(
+            lease_look("p", &rec(now - 1_000, "rerunnable"), now),
+            LeaseLook::Again(now + LEASE_LOOK_GAP_MS)
+        );
+        let LeaseLook::Lapsed(text) = lease_look("p", &rec(now - 7_000, "owner_bound"), now) else {
+            panic!("a lease lapsed 7 s ago is said");
+        };
+        assert!(
+            text.starts_with("p: the lease of worker a#1 lapsed 7s ago and no worker holds it"),
+            "{text}"
+        );
+        assert!(text.contains("`cairn abandon p --reason ...`"), "{text}");
+        let LeaseLook::Lapsed(text) = lease_look("p", &rec(now - 7_000, "rerunnable"), now) else {
+            panic!("a lease lapsed 7 s ago is said");
+        };
+        assert!(text.contains("runs again once a worker claims it"), "{text}");
+        // No lease (not claimed yet, or suspended): looked at again later.
+        let free = json!({"status": "running", "lease": null});
+        assert_eq!(lease_look("p", &free, now), LeaseLook::Again(now + NO_LEASE_LOOK_MS));
+        assert_eq!(lease_look("p", &json!({"status": "abandoned"}), now), LeaseLook::Done);
     }
 }
