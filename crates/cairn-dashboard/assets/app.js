@@ -142,7 +142,7 @@
     if (source.readyState === EventSource.CLOSED) return;
     source.close();
     source.cairnPaused = true;
-    document.body.dataset.live = "paused";
+    setLive("paused");
   }
   var BOUND = "[sse-swap], [data-sse-swap], [hx-trigger], [data-hx-trigger]";
   document.addEventListener("visibilitychange", function () {
@@ -174,6 +174,115 @@
     if (record && paused.length) htmx.trigger(record, "sse:record");
   });
 
+  // The signal form proposes the signal the process waits for. The record
+  // panel re-renders as the process moves on, saying what it waits for now
+  // (`data-signal`): the proposal follows, unless a name was typed in, so
+  // the form does not offer a signal nobody waits for any more.
+  document.addEventListener("htmx:afterSwap", function (e) {
+    var record = e.detail.target;
+    if (!record || record.id !== "record") return;
+    var summary = record.querySelector(".summary[data-signal]");
+    var name = document.querySelector("#signal-form input[name=name]");
+    if (!summary || !name) return;
+    var next = summary.dataset.signal;
+    if (name.value === (name.dataset.proposed || "")) name.value = next;
+    name.dataset.proposed = next;
+  });
+
+  // Completing ends a process for good: the question names the outcome's
+  // type as the form holds it now.
+  document.addEventListener("htmx:confirm", function (e) {
+    var form = e.detail.elt;
+    if (!form || form.id !== "complete-form" || !e.detail.question) return;
+    var type = null;
+    try {
+      var outcome = JSON.parse(form.querySelector("textarea[name=outcome]").value);
+      if (outcome && typeof outcome.type === "string") type = outcome.type;
+    } catch (_) { /* the server says what is wrong with it */ }
+    if (!type) return;
+    e.preventDefault();
+    if (window.confirm("Complete this process with a \u201c" + type + "\u201d outcome? It ends the process for good.")) {
+      e.detail.issueRequest(true);
+    }
+  });
+
+  // Where a page says how a request went: the request's own target when it
+  // is such a place (`aria-live`, as `#action-result`), else the page's.
+  function resultBox(target) {
+    if (target && target.hasAttribute("aria-live")) return target;
+    return document.querySelector("main [aria-live]");
+  }
+  // An error as the server's fragments show one (`pages::error_fragment`):
+  // its code and message, or what went wrong in words (`lead`).
+  function errorNote(code, message, lead) {
+    var note = document.createElement("div");
+    note.className = "result err";
+    note.setAttribute("role", "alert");
+    var m = document.createElement("span");
+    m.className = "message";
+    m.textContent = message;
+    if (lead) {
+      note.append(lead + ": ", m);
+      return note;
+    }
+    var c = document.createElement("code");
+    c.className = "code";
+    c.textContent = code;
+    note.append(c, ": ", m);
+    return note;
+  }
+
+  // A request that got no answer (the server down, the network gone) says
+  // so where its answer would have shown, not only in the console. A live
+  // fragment's re-read (a GET) is left to the live indicator.
+  document.addEventListener("htmx:sendError", function (e) {
+    var config = e.detail.requestConfig || {};
+    if ((config.verb || "get").toLowerCase() === "get") return;
+    var note = errorNote(null, "no answer to " + config.verb.toUpperCase() + " " + (config.path || "") +
+      ". It may not have been carried out: look again once the server is back.", "cannot reach the server");
+    var box = resultBox(e.detail.target);
+    if (box) {
+      box.replaceChildren(note);
+      return;
+    }
+    var main = document.querySelector("main");
+    var old = document.getElementById("unreachable");
+    if (old) old.remove();
+    note.id = "unreachable";
+    if (main) main.prepend(note);
+  });
+
+  // An error answered before the dashboard's handlers ran (the server's
+  // body limit, say) is the API's JSON, or plain text: shown as the
+  // dashboard shows its own errors, not as raw text in the page, and where
+  // the page says how a request went.
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    var xhr = e.detail.xhr;
+    if (!e.detail.isError || !xhr) return;
+    var kind = (xhr.getResponseHeader("content-type") || "").toLowerCase();
+    if (kind.indexOf("text/html") === 0) return;
+    var code = "error " + xhr.status, message = (xhr.responseText || "").trim() || xhr.statusText;
+    if (kind.indexOf("json") >= 0) {
+      try {
+        var error = JSON.parse(xhr.responseText).error;
+        if (error && typeof error.message === "string") {
+          code = String(error.code || code);
+          message = error.message;
+        }
+      } catch (_) { /* shown as the text it is */ }
+    }
+    // A live fragment's re-read shows it in its place, as the dashboard's
+    // own errors; an action's shows where the page says how actions went.
+    var verb = ((e.detail.requestConfig || {}).verb || "get").toLowerCase();
+    var box = verb === "get" ? null : resultBox(e.detail.target);
+    if (box) {
+      e.detail.target = box;
+      e.detail.swapOverride = "innerHTML";
+    }
+    e.detail.shouldSwap = true;
+    e.detail.serverResponse = errorNote(code, message).outerHTML;
+  });
+
   // A new signal id after each signal sent, so the next one is not a repeat.
   document.addEventListener("htmx:afterRequest", function (e) {
     var form = e.detail.elt;
@@ -182,12 +291,27 @@
       if (id) id.value = newUuid();
     }
   });
-})();
 
-// Marks the page once its live stream is open (people see the dot; tests wait on it).
-document.addEventListener("htmx:sseOpen", function () {
-  document.body.dataset.live = "open";
-});
-document.addEventListener("htmx:sseError", function () {
-  document.body.dataset.live = "reconnecting";
-});
+  // Marks the page with the state of its live stream (`data-live`: open,
+  // reconnecting, paused while the tab is hidden; tests wait on it), and says
+  // it in the header: a dot while live, "reconnecting…" once the stream is lost.
+  var LIVE_STATES = {
+    open: ["live", "Live: changes show as they happen."],
+    reconnecting: ["reconnecting\u2026", "The live connection to the server is lost; the page tries again by itself. What it shows may be out of date."],
+    paused: ["paused", "Paused while the tab is hidden."],
+  };
+  function setLive(state) {
+    document.body.dataset.live = state;
+    var shown = document.getElementById("live-state");
+    if (!shown) return;
+    shown.hidden = false;
+    shown.textContent = LIVE_STATES[state][0];
+    shown.title = LIVE_STATES[state][1];
+  }
+  document.addEventListener("htmx:sseOpen", function () {
+    setLive("open");
+  });
+  document.addEventListener("htmx:sseError", function () {
+    setLive("reconnecting");
+  });
+})();

@@ -494,7 +494,7 @@ async fn rows_markup(p: &Processes, visitor: &Visitor, q: &ListQuery) -> (Status
         div.tablewrap {
             table.processes {
                 thead { tr {
-                    th { "Status" } th { "Id" } th.c-def { "Definition" } th.c-orig { "Originator" }
+                    th { "Status" } th.c-id { "Id" } th.c-def { "Definition" } th.c-orig { "Originator" }
                     th { "Created" } th.c-upd { "Updated" }
                 } }
                 tbody {
@@ -503,7 +503,10 @@ async fn rows_markup(p: &Processes, visitor: &Visitor, q: &ListQuery) -> (Status
                         tr data-id=(r.id) data-status=(r.status.label()) {
                             td { (pages::status_of(r)) }
                             td.id {
-                                a href={ "/ui/processes/" (encode_path(&r.id)) } { (r.id) }
+                                // An id, so the link that had focus has it
+                                // again after a live re-render (htmx
+                                // restores focus by id).
+                                a id={ "row-" (r.id) } href={ "/ui/processes/" (encode_path(&r.id)) } { (r.id) }
                                 @if let Some(label) = row.grant.as_ref().and_then(|g| g.descriptor.label.as_ref()) {
                                     " " small.hint { (label) }
                                 }
@@ -521,10 +524,10 @@ async fn rows_markup(p: &Processes, visitor: &Visitor, q: &ListQuery) -> (Status
         nav.pager {
             span.count { (rows.len()) " shown, newest first" }
             @if !q.before.is_empty() {
-                a href={ "/ui/processes?" (serde_urlencoded_query(&newest)) } { "← Newest" }
+                a #newest href={ "/ui/processes?" (serde_urlencoded_query(&newest)) } { "← Newest" }
             }
             @if let Some(o) = &older {
-                a rel="next" href={ "/ui/processes?" (serde_urlencoded_query(o)) } { "Older →" }
+                a #older rel="next" href={ "/ui/processes?" (serde_urlencoded_query(o)) } { "Older →" }
             }
         }
     };

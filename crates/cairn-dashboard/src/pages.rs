@@ -60,6 +60,9 @@ pub(crate) fn layout(title: &str, visitor: &Visitor, nav: Nav, body: Markup) -> 
                             a href="/ui/schedules" aria-current=[(nav == Nav::Schedules).then_some("page")] { "Schedules" }
                         }
                     }
+                    // Whether the page's live stream is open: shown once it
+                    // opens, said when it is lost (`app.js`).
+                    span #live-state .live role="status" hidden {}
                     span.viewer title="who this page acts as" { (visitor.viewer.label()) }
                     @if visitor.logged_in {
                         button.link hx-post="/ui/logout" { "Log out" }

@@ -298,7 +298,9 @@ fn disposition_label(d: Disposition) -> String {
 
 fn record_panel(r: &ProcessRecord) -> Markup {
     html! {
-        div.summary data-status=(r.status.label()) {
+        // The signal the process waits for, if any: the signal form's
+        // proposal follows it as the panel re-renders (`app.js`).
+        div.summary data-status=(r.status.label()) data-signal=(waiting_for(r)) {
             (pages::status_of(r))
             " " code { (r.input.definition()) }
             " · " span.disp title="recovery disposition" { (disposition_label(r.disposition)) }
@@ -379,7 +381,9 @@ fn record_panel(r: &ProcessRecord) -> Markup {
                     p { (time::when(c.requested_at_ms)) @if let Some(reason) = &c.reason { ": " (reason) } }
                 }
             }
-            details.panel.input {
+            // A process's input never changes: the live re-render keeps the
+            // element on the page as it is, open if it was opened.
+            details.panel.input #record-input hx-preserve="true" {
                 summary { "Input" }
                 (pages::json_of(&input_shown(&r.input)))
             }
@@ -410,18 +414,26 @@ fn ended() -> Markup {
     html! { p.empty.ended { "This process has ended; there is nothing left to act on." } }
 }
 
+/// The name of what the process waits for (a signal's), or empty.
+fn waiting_for(r: &ProcessRecord) -> &str {
+    r.wait.as_ref().and_then(|w| w.name.as_deref()).unwrap_or_default()
+}
+
 /// The action forms of a process; none once it has ended.
 fn actions(r: &ProcessRecord, path: &str) -> Markup {
     if r.is_terminal() {
         return ended();
     }
-    let waiting_for = r.wait.as_ref().and_then(|w| w.name.clone()).unwrap_or_default();
+    let waiting_for = waiting_for(r);
     let signal_id = uuid::Uuid::new_v4().to_string();
     let external = r.disposition == Disposition::ExternallyOwned;
     html! {
         form.action #signal-form hx-post={ "/ui/processes/" (path) "/signal" } hx-target="#action-result" {
             h3 { "Signal" }
-            label { span { "Name" } input type="text" name="name" value=(waiting_for) required pattern="[A-Za-z0-9_-]+"; }
+            label { span { "Name" } input type="text" name="name" value=(waiting_for) data-proposed=(waiting_for) required
+                // Browsers compile `pattern` with the `v` flag, where a `-`
+                // in a class must be escaped, or the pattern is ignored.
+                pattern=r"[A-Za-z0-9_\-]+"; }
             label { span { "Signal id" } input type="text" name="signal_id" value=(signal_id) required; }
             label.wide { span { "Payload (JSON)" } textarea name="payload" rows="3" spellcheck="false" { "{}" } }
             button type="submit" { "Send signal" }
@@ -439,7 +451,10 @@ fn actions(r: &ProcessRecord, path: &str) -> Markup {
             button.danger type="submit" { "Request abandon" }
         }
         @if external {
-            form.action #complete-form hx-post={ "/ui/processes/" (path) "/complete" } hx-target="#action-result" {
+            // It ends the process for good: asked first, as cancel and
+            // abandon are (`app.js` names the outcome's type in the question).
+            form.action #complete-form hx-post={ "/ui/processes/" (path) "/complete" } hx-target="#action-result"
+                hx-confirm="Complete this process with this outcome? It ends the process for good." {
                 h3 { "Complete (externally owned)" }
                 label.wide { span { "Outcome (JSON)" }
                     textarea name="outcome" rows="3" spellcheck="false" { r#"{"type": "success", "value": null}"# }

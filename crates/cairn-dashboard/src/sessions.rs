@@ -193,7 +193,7 @@ pub(crate) fn records<'a>(rows: impl Iterator<Item = (&'a ProcessRecord, Option<
     html! {
         @if rows.is_empty() { p.empty { "None." } } @else {
             div.tablewrap { table.processes {
-                thead { tr { th { "Status" } th { "Id" } th.c-def { "Definition" } th { "Created" } } }
+                thead { tr { th { "Status" } th.c-id { "Id" } th.c-def { "Definition" } th { "Created" } } }
                 tbody {
                     @for (r, label) in &rows {
                         tr data-id=(r.id) {

@@ -2126,3 +2126,62 @@ async fn a_busy_process_tells_a_live_list_at_a_steady_pace() {
     assert!(!told.is_empty(), "the changes were told");
     assert!(told.len() <= 10, "{} `changed` events", told.len());
 }
+
+/// What the process page's scripts build on: the record panel names the
+/// signal the process waits for now (the form's proposal follows it), the
+/// input panel is kept open across the panel's re-render, the signal name's
+/// pattern compiles under the `v` flag browsers use, completing asks first,
+/// and a list row's link has an id (htmx gives focus back by id).
+#[tokio::test]
+async fn the_process_page_carries_what_its_scripts_need() {
+    use cairn_core::model::WaitRequest;
+    use cairn_core::ProcessRegistry;
+    let clock = Arc::new(ManualClock::new(T0));
+    let registry = Arc::new(MemoryRegistry::with_clock(clock.clone()));
+    let p = Processes::builder(registry.clone())
+        .clock(clock.clone())
+        .without_worker()
+        .start();
+    p.start(StartRequest::tool("w", "anything", json!({}), Disposition::OwnerBound))
+        .await
+        .expect("start");
+    let lease = registry.claim("w", "w1", 30_000).await.expect("claim");
+    let seen = p.get("w").await.expect("get").last_sequence;
+    assert!(registry
+        .wait(&lease, WaitRequest::signal("second", 2, None), seen)
+        .await
+        .expect("wait"));
+    external(&p, "ext").await;
+    let app = app(&p, true);
+
+    let (status, fragment, _) = get(&app, "/ui/processes/w/record", None).await;
+    assert_eq!(status, StatusCode::OK, "{fragment}");
+    assert!(fragment.contains("data-signal=\"second\""), "{fragment}");
+    assert!(
+        fragment.contains("<details class=\"panel input\" id=\"record-input\" hx-preserve=\"true\">"),
+        "{fragment}"
+    );
+    let (_, html, _) = get(&app, "/ui/processes/w", None).await;
+    assert!(
+        html.contains(r#"value="second" data-proposed="second" required pattern="[A-Za-z0-9_\-]+""#),
+        "{html}"
+    );
+    assert!(!html.contains("id=\"complete-form\""), "{html}");
+
+    let (_, html, _) = get(&app, "/ui/processes/ext", None).await;
+    let complete = html.split("id=\"complete-form\"").nth(1).expect("a complete form");
+    let complete = complete.split('>').next().unwrap_or_default();
+    assert!(
+        complete.contains("hx-confirm=\""),
+        "completing asks nothing first: {complete}"
+    );
+    assert!(html.contains("data-signal=\"\""), "{html}");
+
+    let (_, rows, _) = get(&app, "/ui/list/rows?status=any", None).await;
+    for id in ["w", "ext"] {
+        assert!(
+            rows.contains(&format!("<a id=\"row-{id}\" href=\"/ui/processes/{id}\">")),
+            "{rows}"
+        );
+    }
+}

@@ -175,6 +175,12 @@ async fn start(server: &Server, id: &str, tool: &str, args: Value) {
 /// (following its log over the API's SSE stream).
 async fn start_waiting(server: &Server, id: &str) {
     start(server, id, "wait_signal", json!({"name": "go"})).await;
+    waits(server, id).await;
+}
+
+/// Wait until process `id` is in a durable wait (following its log over the
+/// API's SSE stream).
+async fn waits(server: &Server, id: &str) {
     let r = server
         .http
         .get(server.url(&format!("/v1/processes/{id}/events")))
@@ -1003,6 +1009,285 @@ async fn the_modules_page_shows_a_modules_exports_source_and_its_scripts() {
             .await
             .unwrap();
         assert_eq!(definition, Some(format!("script:{module_ref}#greet")));
+    })
+    .await;
+}
+
+/// Store `source` as a module and start its `export` as process `id`.
+async fn start_script(server: &Server, id: &str, source: &str, export: &str) -> String {
+    let (status, put) = server.client().post("/v1/modules", json!({"source": source})).await;
+    assert_eq!(status, 201, "{put}");
+    let module_ref = put["module_ref"].as_str().expect("a module ref").to_string();
+    let (status, body) = server
+        .client()
+        .post(
+            "/v1/processes",
+            json!({"id": id, "disposition": "rerunnable",
+                   "input": {"type": "script", "module_ref": module_ref, "process_name": export, "args": {}}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    module_ref
+}
+
+const TWO_SIGNALS: &str = r#"export async function twice(ctx) {
+  await ctx.waitSignal("first");
+  await ctx.waitSignal("second");
+  return "both";
+}
+"#;
+
+/// The signal form proposes what the process waits for, and keeps doing so
+/// as the process moves on to wait for another signal (a name typed in by
+/// hand stays); the name's pattern is one the browser checks; the record
+/// panel's live re-render leaves the opened input open; and a script's long
+/// definition wraps instead of running under the actions or off a narrow
+/// screen.
+#[tokio::test]
+#[cfg_attr(
+    cairn_no_browser,
+    ignore = "chromedriver not installed (apt-get install chromium chromium-driver)"
+)]
+async fn the_signal_form_follows_what_the_process_waits_for() {
+    let owned = Server::start(&[]).await;
+    let server = &owned;
+    start_script(server, "twice-1", TWO_SIGNALS, "twice").await;
+    waits(server, "twice-1").await;
+    with_browser(|c| async move {
+        c.goto(&server.url("/ui/processes/twice-1")).await.unwrap();
+        wait_for(&c, Locator::Css("#record .s-waiting")).await;
+        wait_for(&c, Locator::Css("body[data-live='open']")).await;
+        let name = c.find(Locator::Css("#signal-form input[name=name]")).await.unwrap();
+        assert_eq!(name.prop("value").await.unwrap().as_deref(), Some("first"));
+        // The browser checks the name against its pattern (one it cannot
+        // compile it ignores, and any name passes).
+        let checked = in_page(
+            &c,
+            "var n = document.querySelector('#signal-form input[name=name]'), was = n.value;
+             n.value = 'not a name!';
+             var refused = n.validity.patternMismatch;
+             n.value = 'a_Name-2';
+             var accepted = n.validity.valid;
+             n.value = was;
+             return [refused, accepted];",
+        )
+        .await;
+        assert_eq!(checked, json!([true, true]), "the name's pattern is not checked");
+
+        // A long definition stays in its column.
+        let fits = in_page(
+            &c,
+            "var d = document.querySelector('#record .summary code').getBoundingClientRect();
+             var a = document.querySelector('section.actions').getBoundingClientRect();
+             return d.right <= a.left;",
+        )
+        .await;
+        assert_eq!(fits, json!(true), "the definition runs under the actions");
+
+        c.find(Locator::Css("#record details.input summary"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        c.find(Locator::Css("#signal-form button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_for(&c, Locator::Css("#action-result .result.ok")).await;
+        // The process waits for the second signal now: so does the form.
+        wait_for(
+            &c,
+            Locator::XPath("//section[@id='record']//span[contains(@class, 's-waiting') and contains(., 'second')]"),
+        )
+        .await;
+        let after = in_page(
+            &c,
+            "return [document.querySelector('#signal-form input[name=name]').value,
+                     document.querySelector('#record details.input').open];",
+        )
+        .await;
+        assert_eq!(
+            after,
+            json!(["second", true]),
+            "the form's name, the input's being open"
+        );
+
+        // A name typed in by hand stays as the record re-renders.
+        let name = c.find(Locator::Css("#signal-form input[name=name]")).await.unwrap();
+        name.clear().await.unwrap();
+        name.send_keys("by_hand").await.unwrap();
+        in_page(
+            &c,
+            "document.querySelector('#record .summary').dataset.old = 'yes';
+             htmx.trigger(document.getElementById('record'), 'sse:record');
+             return null;",
+        )
+        .await;
+        wait_for(&c, Locator::Css("#record .summary:not([data-old])")).await;
+        let kept = in_page(
+            &c,
+            "return document.querySelector('#signal-form input[name=name]').value;",
+        )
+        .await;
+        assert_eq!(kept, json!("by_hand"));
+
+        // Narrow, nothing scrolls sideways.
+        c.set_window_size(375, 800).await.unwrap();
+        let widths = in_page(
+            &c,
+            "var e = document.documentElement; return [e.scrollWidth <= e.clientWidth, e.scrollWidth, e.clientWidth];",
+        )
+        .await;
+        assert_eq!(widths[0], json!(true), "the page scrolls sideways: {widths}");
+        screenshot(&c, "script-page-narrow").await;
+    })
+    .await;
+}
+
+/// A script's long definition leaves the list's other columns their room,
+/// and a live re-render of the list keeps keyboard focus on the row link
+/// that had it.
+#[tokio::test]
+#[cfg_attr(
+    cairn_no_browser,
+    ignore = "chromedriver not installed (apt-get install chromium chromium-driver)"
+)]
+async fn a_live_list_keeps_focus_and_room_for_its_ids() {
+    let owned = Server::start(&[]).await;
+    let server = &owned;
+    start_script(server, "approve-order-1", TWO_SIGNALS, "twice").await;
+    waits(server, "approve-order-1").await;
+    with_browser(|c| async move {
+        c.goto(&server.url("/ui/processes?status=any")).await.unwrap();
+        wait_for(&c, Locator::Css(&row("approve-order-1"))).await;
+        wait_for(&c, Locator::Css("body[data-live='open']")).await;
+        let lines = in_page(
+            &c,
+            "var tr = document.querySelector(\"tr[data-id='approve-order-1']\");
+             return [tr.querySelector('td.id a').getClientRects().length,
+                     Array.prototype.map.call(tr.children, function (td) { return Math.round(td.getBoundingClientRect().width); })];",
+        )
+        .await;
+        assert_eq!(lines[0], json!(1), "the id is broken over lines: its column is squeezed: {lines}");
+        screenshot(&c, "processes-list-script").await;
+
+        in_page(
+            &c,
+            "document.querySelector(\"tr[data-id='approve-order-1'] td.id a\").focus(); return null;",
+        )
+        .await;
+        start(server, "arrives-later", "echo", json!({"value": 1})).await;
+        wait_for(&c, Locator::Css(&row("arrives-later"))).await;
+        let focused = in_page(
+            &c,
+            "var a = document.activeElement, r = a && a.closest('tr');
+             return [a && a.tagName, r && r.dataset.id];",
+        )
+        .await;
+        assert_eq!(focused, json!(["A", "approve-order-1"]), "focus was lost in the re-render");
+    })
+    .await;
+}
+
+/// Completing an externally owned process asks first, naming the outcome's
+/// type; an error the server's outer layer answers in JSON (a body over its
+/// limit) reads as the dashboard's own errors do; and with the server gone,
+/// the header says the page is reconnecting and an action says it got no
+/// answer instead of failing silently.
+#[tokio::test]
+#[cfg_attr(
+    cairn_no_browser,
+    ignore = "chromedriver not installed (apt-get install chromium chromium-driver)"
+)]
+async fn completing_asks_first_and_failures_to_reach_the_server_are_said() {
+    let owned = Server::start(&["--max-body-bytes", "4096"]).await;
+    let server = &owned;
+    let (status, body) = server
+        .client()
+        .post(
+            "/v1/processes",
+            json!({"id": "ext-1", "input": {"type": "external", "metadata": {}}, "disposition": "externally_owned"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    with_browser(|c| async move {
+        c.goto(&server.url("/ui/processes/ext-1")).await.unwrap();
+        wait_for(&c, Locator::Css("body[data-live='open']")).await;
+        let live = in_page(
+            &c,
+            "var l = document.getElementById('live-state');
+             return [l.hidden, getComputedStyle(l).display !== 'none', l.textContent];",
+        )
+        .await;
+        assert_eq!(live, json!([false, true, "live"]));
+
+        // Asked first; said no, nothing happens.
+        c.find(Locator::Css("#complete-form button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let question = c.get_alert_text().await.expect("a question before completing");
+        assert!(question.contains("\u{201c}success\u{201d}"), "{question}");
+        c.dismiss_alert().await.unwrap();
+        let (_, record) = server.client().get("/v1/processes/ext-1").await;
+        assert_eq!(record["status"], "running", "completed without a yes: {record}");
+        assert_eq!(count(&c, "#action-result *").await, 0);
+
+        // Over the server's body limit: its JSON refusal, shown as an error.
+        in_page(
+            &c,
+            "document.querySelector('#complete-form textarea[name=outcome]').value =
+               JSON.stringify({type: 'success', value: 'x'.repeat(5000)});
+             return null;",
+        )
+        .await;
+        c.find(Locator::Css("#complete-form button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        c.accept_alert().await.expect("a question before completing");
+        let err = wait_for(&c, Locator::Css("#action-result .result.err")).await;
+        let code = err.find(Locator::Css(".code")).await.unwrap().text().await.unwrap();
+        let message = err.find(Locator::Css(".message")).await.unwrap().text().await.unwrap();
+        assert_eq!(code, "payload_too_large");
+        assert!(message.contains("over the server's limit of 4096"), "{message}");
+
+        // The server goes away.
+        // SAFETY: a signal to the server this test started.
+        assert_eq!(unsafe { libc::kill(server.pid() as i32, libc::SIGKILL) }, 0);
+        wait_for(&c, Locator::Css("body[data-live='reconnecting']")).await;
+        let live = in_page(
+            &c,
+            "var l = document.getElementById('live-state');
+             return [getComputedStyle(l).display !== 'none', l.textContent];",
+        )
+        .await;
+        assert_eq!(live, json!([true, "reconnecting\u{2026}"]));
+        let name = c.find(Locator::Css("#signal-form input[name=name]")).await.unwrap();
+        name.send_keys("go").await.unwrap();
+        c.find(Locator::Css("#signal-form button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_for(
+            &c,
+            Locator::XPath(
+                "//div[@id='action-result']/div[contains(@class, 'err') \
+                 and starts-with(., 'cannot reach the server: no answer to POST')]",
+            ),
+        )
+        .await;
+        in_page(&c, "window.scrollTo(0, 0); return null;").await;
+        screenshot(&c, "server-gone").await;
     })
     .await;
 }
