@@ -30,20 +30,9 @@ pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 pub const MAX_JSON_DEPTH: usize = 64;
 /// Most event types one registration may declare.
 pub const MAX_EVENT_TYPES: usize = 256;
-/// Most signal names one wait may also name (`signals`), and most children
-/// one session turn step starts (and so awaits: cairn-turn's tool calls).
-/// A `children` wait may name more: [`MAX_WAITED_CHILDREN`].
+/// Most children one `children` wait may name (its ids stay well inside
+/// [`MAX_PAYLOAD_BYTES`]).
 pub const MAX_AWAITED_CHILDREN: usize = 1000;
-/// Most children one `children` wait may name: the journaled calls a script
-/// may make by default (SPEC §14, `--script-max-calls`), so `Promise.race` or
-/// `Promise.all` over every child a script can start waits on all of them at
-/// once (SPEC §13: `any` is satisfied by the first to end, whichever it is).
-/// A child's end finds its parent's wait by one scan of these ids, and an
-/// `any` wait reads no other child, so 10,000 stay cheap; an `all` wait reads
-/// each named child at every end. The ids are part of the `process.waiting`
-/// payload, so they also fit [`MAX_PAYLOAD_BYTES`] (10,000 ids of about 100
-/// bytes do; a script's are `{process_id}/{n}`).
-pub const MAX_WAITED_CHILDREN: usize = 10_000;
 /// Longest durable sleep or wait timeout, in ms (a year: waits run for days,
 /// SPEC §13; a due time far past it no longer fits the signed 64-bit integers
 /// that store due times).
@@ -864,42 +853,6 @@ mod tests {
         let int = compiled_schema("t", &json!({"const": 1})).unwrap();
         let float = compiled_schema("t", &json!({"const": 1.0})).unwrap();
         assert!(!Arc::ptr_eq(&int, &float));
-    }
-
-    /// A children wait may name as many children as a script may start by
-    /// default (a race over all of them), and no more, saying how many may be
-    /// named; its ids (of up to 100 bytes each) fit one payload.
-    #[test]
-    fn a_children_wait_names_up_to_max_waited_children() {
-        use crate::model::{ChildrenMode, Lease, WaitRequest};
-        use crate::ops::Op;
-        const { assert!(MAX_WAITED_CHILDREN > MAX_AWAITED_CHILDREN) };
-        let lease = Lease {
-            process_id: "p".into(),
-            owner_id: "w".into(),
-            lease_token: "t".into(),
-            fencing_token: 1,
-            claimed_at_ms: 0,
-            expires_at_ms: 60_000,
-        };
-        let wait = |n: usize| {
-            let ids = (1..=n).map(|i| format!("p/{i}")).collect();
-            WaitRequest::children(ids, ChildrenMode::Any, 1, None)
-        };
-        assert!(Op::wait(&lease, wait(MAX_WAITED_CHILDREN), 1).is_ok());
-        match Op::wait(&lease, wait(MAX_WAITED_CHILDREN + 1), 1) {
-            Err(CairnError::InvalidRequest(m)) => {
-                assert_eq!(m, "a children wait names 1 to 10000 children, not 10001");
-            }
-            other => panic!("expected invalid_request, got {other:?}"),
-        }
-        assert!(matches!(
-            Op::wait(&lease, wait(0), 1),
-            Err(CairnError::InvalidRequest(_))
-        ));
-        let long = (0..MAX_WAITED_CHILDREN).map(|i| format!("{i:0>100}")).collect();
-        let request = WaitRequest::children(long, ChildrenMode::Any, u64::MAX, Some(u64::MAX));
-        check_size("process.waiting payload", &request).expect("the ids fit one payload");
     }
 
     #[test]

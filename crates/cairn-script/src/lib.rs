@@ -760,29 +760,18 @@ impl Driver<'_> {
                 _ => {}
             }
         }
-        // A round waits on every pending child at once (the first to end
-        // answers): a children wait names up to `MAX_WAITED_CHILDREN`, the
-        // calls a script may journal by default. Past them (only under a
-        // raised call limit) the calls reject rather than wait unseen, where
-        // a child of theirs that ended first would lose a race to a later one.
-        let mut children: Vec<(u64, Value)> = waits
-            .iter()
-            .filter(|(_, c)| matches!(kind(c), "tool" | "turn" | "wait"))
-            .map(|w| (*w).clone())
-            .collect();
-        let limit = cairn_core::validate::MAX_WAITED_CHILDREN;
-        if children.len() > limit {
-            let e = CairnError::InvalidRequest(format!(
-                "a script waits on at most {limit} children at once (one children wait names no more) \
-                 and {} are pending: this call is past them; await some before making more",
-                children.len()
-            ));
-            answers.extend(children[limit..].iter().map(|(n, _)| (*n, error_result(*n, &e))));
-            children.truncate(limit);
-        }
         if !answers.is_empty() {
             return Ok(answers);
         }
+        // A children wait names at most `MAX_AWAITED_CHILDREN`: a round waits
+        // on the first of them still pending (it ends when any one ends), and
+        // the rest wait their turn in later rounds, the same in every activation.
+        let children: Vec<(u64, Value)> = waits
+            .iter()
+            .filter(|(_, c)| matches!(kind(c), "tool" | "turn" | "wait"))
+            .take(cairn_core::validate::MAX_AWAITED_CHILDREN)
+            .map(|w| (*w).clone())
+            .collect();
         if children.is_empty() && signals.is_empty() {
             let Some(&(n, due)) = timers.iter().min_by_key(|(_, due)| *due) else {
                 return Ok(answers);

@@ -2205,9 +2205,9 @@ async fn a_race_replays_with_the_winner_it_had() {
     );
 }
 
-/// A script may wait on more children at once than a session turn step
-/// starts (`MAX_AWAITED_CHILDREN`): no call rejects for the number of its
-/// siblings, and every one is answered whatever order they end in.
+/// A script may wait on more children at once than one children wait names
+/// (1,000): a round waits on the first 1,000 still pending, and the rest wait
+/// their turn, so no call rejects for the number of its siblings.
 #[tokio::test]
 async fn more_pending_children_than_one_wait_names() {
     let p = runtime(Limits::default());
@@ -2232,94 +2232,6 @@ async fn more_pending_children_than_one_wait_names() {
     }
     let rec = p.await_output("many", Duration::from_secs(60)).await.unwrap();
     assert_eq!(rec.outcome, Some(Outcome::success(json!(1001))), "{rec:?}");
-}
-
-/// `Promise.race` over more children than `MAX_AWAITED_CHILDREN` waits on
-/// every one of them (up to `MAX_WAITED_CHILDREN`, the calls a script may
-/// journal by default): when only the last child ends, it wins the race,
-/// rather than the script staying suspended until one of the first thousand
-/// ends and answering that one.
-#[tokio::test]
-async fn a_race_over_more_than_a_thousand_children_is_won_by_the_last() {
-    assert_eq!(
-        Limits::default().max_calls,
-        cairn_core::validate::MAX_WAITED_CHILDREN as u64,
-        "a script may wait on every child it can start by default"
-    );
-    let p = runtime(Limits::default());
-    let m = put(
-        &p,
-        r#"export async function race(ctx, args) {
-            const ids = await Promise.all(Array.from({length: args.n},
-                () => ctx.start({input: {type: "external"}, disposition: "externally_owned"})));
-            return {first: await Promise.race(ids.map((id) => ctx.wait(id).then(() => id)))};
-        }"#,
-    )
-    .await;
-    let n = cairn_core::validate::MAX_AWAITED_CHILDREN + 3;
-    p.start(script("big", &m, "race", json!({"n": n}))).await.unwrap();
-    p.await_event("big", "process.waiting", 0, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let last = format!("big/{n}");
-    p.complete_external(&last, Outcome::success(json!(n)), "ci")
-        .await
-        .unwrap();
-    // Unsettled by then, the record comes back still suspended.
-    let rec = p.await_output("big", Duration::from_secs(30)).await.unwrap();
-    assert_eq!(
-        rec.outcome,
-        Some(Outcome::success(json!({"first": last}))),
-        "still waiting on {:?} children",
-        rec.wait.as_ref().and_then(|w| w.ids.as_ref().map(Vec::len))
-    );
-}
-
-/// Under a raised call limit a script may have more children pending than
-/// one children wait names (`MAX_WAITED_CHILDREN`): the waits past them
-/// reject `invalid_request` naming the limit, so a race over all of them
-/// rejects rather than miss the child that ends first; a race over the
-/// first `MAX_WAITED_CHILDREN` is won by the last of them.
-#[tokio::test]
-async fn waits_past_max_waited_children_reject_naming_the_limit() {
-    let limit = cairn_core::validate::MAX_WAITED_CHILDREN;
-    let p = runtime(Limits {
-        max_calls: 3 * limit as u64,
-        ..Limits::default()
-    });
-    let m = put(
-        &p,
-        r#"export async function race(ctx, args) {
-            const ids = await Promise.all(Array.from({length: args.n},
-                () => ctx.start({input: {type: "external"}, disposition: "externally_owned"})));
-            const waits = ids.map((id) => ctx.wait(id).then(() => id));
-            const all = await Promise.race(waits).then((id) => ({id}), (e) => ({code: e.code, message: e.message}));
-            return {all, first: await Promise.race(waits.slice(0, args.limit))};
-        }"#,
-    )
-    .await;
-    let n = limit + 3;
-    p.start(script("huge", &m, "race", json!({"n": n, "limit": limit})))
-        .await
-        .unwrap();
-    p.await_event("huge", "process.waiting", 0, Duration::from_secs(120))
-        .await
-        .unwrap();
-    let last = format!("huge/{limit}");
-    p.complete_external(&last, Outcome::success(json!(1)), "ci")
-        .await
-        .unwrap();
-    let rec = p.await_output("huge", Duration::from_secs(120)).await.unwrap();
-    let Some(Outcome::Success { value }) = &rec.outcome else {
-        panic!("{:?}", rec.outcome);
-    };
-    assert_eq!(value["first"], json!(last));
-    assert_eq!(value["all"]["code"], "invalid_request", "{value}");
-    let message = value["all"]["message"].as_str().unwrap();
-    assert!(
-        message.contains(&format!("at most {limit} children at once")) && message.contains(&format!("{n} are pending")),
-        "{message}"
-    );
 }
 
 /// A signal that comes after the deadline is too late, even when the run is

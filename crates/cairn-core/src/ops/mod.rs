@@ -24,7 +24,7 @@ use crate::model::{
     Registration, SessionScope, StartGrant, Tombstone, WaitRequest, WaitState, WakeDelivery,
 };
 use crate::registry::{CancelAnswer, Registered};
-use crate::validate::{validate_id, validate_scope, MAX_AWAITED_CHILDREN, MAX_WAITED_CHILDREN};
+use crate::validate::{validate_id, validate_scope, MAX_AWAITED_CHILDREN};
 use crate::{CairnError, Result};
 
 /// Drive to its end a future over primitives that answer at once (the
@@ -452,12 +452,9 @@ impl Op {
         }
         if wait.kind == "children" {
             let ids = wait.ids.as_deref().unwrap_or_default();
-            // Up to a script's default call limit (a race over every child
-            // it started); a child's end scans these ids once to find the
-            // wait (`wake_parent`), and an `any` wait reads no other child.
-            if ids.is_empty() || ids.len() > MAX_WAITED_CHILDREN {
+            if ids.is_empty() || ids.len() > MAX_AWAITED_CHILDREN {
                 return Err(CairnError::InvalidRequest(format!(
-                    "a children wait names 1 to {MAX_WAITED_CHILDREN} children, not {}",
+                    "a children wait names 1 to {MAX_AWAITED_CHILDREN} children, not {}",
                     ids.len()
                 )));
             }
