@@ -350,16 +350,23 @@ async fn prepare_start(
         check_script_start(registry, module_ref, process_name, req.disposition).await?;
         // Nothing could ever append it: `ctx.emit` refuses a terminal type
         // (a script ends by returning or throwing), and a host's append of
-        // one needs the lease the script's run holds.
+        // one needs the lease the script's run holds. A repeat of a start an
+        // earlier version stored with one is answered as any repeat is.
         if let Some(terminal) = event_types.iter().find(|t| t.semantics.terminal.is_some()) {
-            return Err(CairnError::InvalidSemantics {
-                event_type: terminal.name.clone(),
-                message: format!(
-                    "`{}` is declared terminal, and nothing could append it to a script: a script ends by \
-                     returning or throwing, not by an event",
-                    terminal.name
-                ),
-            });
+            match registry.get(&req.id).await {
+                Ok(_) => {}
+                Err(CairnError::UnknownProcess(_) | CairnError::NoLongerRetained(_)) => {
+                    return Err(CairnError::InvalidSemantics {
+                        event_type: terminal.name.clone(),
+                        message: format!(
+                            "`{}` is declared terminal, and nothing could append it to a script: a script ends \
+                             by returning or throwing, not by an event",
+                            terminal.name
+                        ),
+                    })
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     let registration = Registration {
