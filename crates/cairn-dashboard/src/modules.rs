@@ -23,6 +23,12 @@ const PAGE: usize = 100;
 /// Scripts shown inline per export on a module's page (the rest are a link away).
 const SCRIPTS_SHOWN: usize = 10;
 
+/// Exports whose newest scripts the module page lists. Each listing walks
+/// the definition index, so a module of thousands of exports took minutes of
+/// a core to render; past these, an export's link above leads to its
+/// processes.
+const EXPORTS_LISTED: usize = 20;
+
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct ModulesQuery {
@@ -144,7 +150,12 @@ pub(crate) async fn one(
         }
         h2 { "Scripts started from it" }
         p.hint { "The newest " (SCRIPTS_SHOWN) " of each export, in any status; " code { "definition" } " filter "
-            code { "script:{module_ref}#{export}" } "." }
+            code { "script:{module_ref}#{export}" } "."
+            @if info.exports.len() > EXPORTS_LISTED {
+                " Listed for the first " (EXPORTS_LISTED) " exports of " (info.exports.len())
+                    "; the others' processes are behind their links above."
+            }
+        }
         (scripts)
         h2 { "Source" }
         pre.source { (module.source) }
@@ -166,7 +177,7 @@ fn definition(info: &ModuleInfo, export: &str) -> String {
 /// is shown in place of that export's table.
 async fn scripts(d: &crate::Inner, viewer: &Viewer, module: &Module) -> Markup {
     let mut sections = Vec::new();
-    for e in &module.info.exports {
+    for e in module.info.exports.iter().take(EXPORTS_LISTED) {
         let def = definition(&module.info, e);
         let listed = newest_of_definition(&d.processes, viewer, &def, SCRIPTS_SHOWN).await;
         sections.push((e, def, listed));

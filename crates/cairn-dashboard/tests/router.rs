@@ -1461,6 +1461,31 @@ async fn the_modules_page_lists_modules_and_a_module_shows_exports_escaped_sourc
     assert!(html.contains("invalid_id"), "{html}");
 }
 
+/// A module of many exports lists the newest scripts of its first exports
+/// only (each listing walks an index); every export keeps its link.
+#[tokio::test]
+async fn a_module_of_many_exports_lists_scripts_of_its_first_exports() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = scripted_runtime(&clock);
+    let source: String = (1..=25)
+        .map(|k| format!("export async function e{k:02}(ctx) {{ return {k}; }}\n"))
+        .collect();
+    let module = put_module(&p, &source, None).await;
+    start_script(&p, "first", &module, "e01", None).await;
+    start_script(&p, "last", &module, "e25", None).await;
+    let app = app(&p, true);
+    let page = format!("/ui/modules/{}", module.replace(':', "%3A"));
+    let (status, html, _) = get(&app, &page, None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert_eq!(html.matches("<section class=\"scripts\"").count(), 20, "{html}");
+    assert!(html.contains("Listed for the first 20 exports of 25"), "{html}");
+    assert_eq!(listed(&html), vec!["first"], "{html}");
+    assert!(
+        html.contains("<li data-export=\"e25\""),
+        "every export keeps its link: {html}"
+    );
+}
+
 #[tokio::test]
 async fn the_modules_pages_need_a_login_and_show_a_session_only_its_scripts() {
     let clock = Arc::new(ManualClock::new(T0));
