@@ -905,7 +905,23 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
         if json || ended {
             return std::future::pending().await;
         }
-        let mut look = lease_look(&id, &record, now_ms());
+        // The lease as last seen and since when (this machine's clock): a
+        // lease seen unrenewed for `LEASE_UNCHANGED_MS` has lapsed whatever
+        // the two machines' clocks say (a live one is renewed every third of
+        // its time to live, and that is under a minute by default).
+        let mut seen: Option<(Value, u64)> = None;
+        let mut unchanged = |record: &Value, now: u64| {
+            let lease = record.get("lease").cloned().unwrap_or(Value::Null);
+            match &seen {
+                Some((last, since)) if *last == lease => now.saturating_sub(*since),
+                _ => {
+                    seen = Some((lease, now));
+                    0
+                }
+            }
+        };
+        let now = now_ms();
+        let mut look = lease_look(&id, &record, now, unchanged(&record, now));
         loop {
             let due = match look {
                 LeaseLook::Again(at) => at,
@@ -914,7 +930,10 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
             };
             tokio::time::sleep(Duration::from_millis(due.saturating_sub(now_ms()))).await;
             look = match client.get(&proc_path(&id)).await {
-                Ok(now_record) => lease_look(&id, &now_record, now_ms()),
+                Ok(now_record) => {
+                    let now = now_ms();
+                    lease_look(&id, &now_record, now, unchanged(&now_record, now))
+                }
                 Err(_) => LeaseLook::Again(now_ms() + LEASE_LOOK_GAP_MS),
             };
             if let LeaseLook::Lapsed(text) = &look {
@@ -1041,6 +1060,8 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
 const LEASE_LAPSE_MARGIN_MS: u64 = 5_000;
 /// The least time between two of `run`'s looks at its process's lease.
 const LEASE_LOOK_GAP_MS: u64 = 5_000;
+/// How long `run` must see the same lease unrenewed before saying it lapsed.
+const LEASE_UNCHANGED_MS: u64 = 20_000;
 /// When `run` looks again at a process no lease holds (not claimed yet, or
 /// suspended).
 const NO_LEASE_LOOK_MS: u64 = 10_000;
@@ -1056,7 +1077,7 @@ enum LeaseLook {
     Done,
 }
 
-fn lease_look(id: &str, record: &Value, now: u64) -> LeaseLook {
+fn lease_look(id: &str, record: &Value, now: u64, unchanged_ms: u64) -> LeaseLook {
     if str_at(record, "/status") != "running" {
         return LeaseLook::Done;
     }
@@ -1066,6 +1087,11 @@ fn lease_look(id: &str, record: &Value, now: u64) -> LeaseLook {
     let at = lease.get("expires_at_ms").and_then(Value::as_u64).unwrap_or(now);
     if now < at.saturating_add(LEASE_LAPSE_MARGIN_MS) {
         return LeaseLook::Again(at.saturating_add(LEASE_LAPSE_MARGIN_MS).max(now + LEASE_LOOK_GAP_MS));
+    }
+    // This machine's clock may run ahead of the server's: only a lease also
+    // seen unrenewed for a while is said to have lapsed.
+    if unchanged_ms < LEASE_UNCHANGED_MS {
+        return LeaseLook::Again(now + LEASE_LOOK_GAP_MS);
     }
     let head = format!(
         "{id}: the lease of worker {} lapsed {} and no worker holds it (its server may be gone)",
@@ -1827,19 +1853,25 @@ mod abandon_tests {
         let now = 1_000_000;
         // Live, long: looked at just past its expiry and the margin.
         assert_eq!(
-            lease_look("p", &rec(now + 60_000, "owner_bound"), now),
+            lease_look("p", &rec(now + 60_000, "owner_bound"), now, 0),
             LeaseLook::Again(now + 60_000 + LEASE_LAPSE_MARGIN_MS)
         );
         // Short, or just lapsed (a peer may take it over): not before the gap.
         assert_eq!(
-            lease_look("p", &rec(now + 100, "owner_bound"), now),
+            lease_look("p", &rec(now + 100, "owner_bound"), now, 0),
             LeaseLook::Again(now + LEASE_LOOK_GAP_MS.max(100 + LEASE_LAPSE_MARGIN_MS))
         );
         assert_eq!(
-            lease_look("p", &rec(now - 1_000, "rerunnable"), now),
+            lease_look("p", &rec(now - 1_000, "rerunnable"), now, LEASE_UNCHANGED_MS),
             LeaseLook::Again(now + LEASE_LOOK_GAP_MS)
         );
-        let LeaseLook::Lapsed(text) = lease_look("p", &rec(now - 7_000, "owner_bound"), now) else {
+        // Lapsed by this machine's clock, but seen unrenewed only briefly
+        // (this clock may run ahead of the server's): looked at again.
+        assert_eq!(
+            lease_look("p", &rec(now - 7_000, "owner_bound"), now, LEASE_UNCHANGED_MS - 1),
+            LeaseLook::Again(now + LEASE_LOOK_GAP_MS)
+        );
+        let LeaseLook::Lapsed(text) = lease_look("p", &rec(now - 7_000, "owner_bound"), now, LEASE_UNCHANGED_MS) else {
             panic!("a lease lapsed 7 s ago is said");
         };
         assert!(
@@ -1847,13 +1879,16 @@ mod abandon_tests {
             "{text}"
         );
         assert!(text.contains("`cairn abandon p --reason ...`"), "{text}");
-        let LeaseLook::Lapsed(text) = lease_look("p", &rec(now - 7_000, "rerunnable"), now) else {
+        let LeaseLook::Lapsed(text) = lease_look("p", &rec(now - 7_000, "rerunnable"), now, LEASE_UNCHANGED_MS) else {
             panic!("a lease lapsed 7 s ago is said");
         };
         assert!(text.contains("runs again once a worker claims it"), "{text}");
         // No lease (not claimed yet, or suspended): looked at again later.
         let free = json!({"status": "running", "lease": null});
-        assert_eq!(lease_look("p", &free, now), LeaseLook::Again(now + NO_LEASE_LOOK_MS));
-        assert_eq!(lease_look("p", &json!({"status": "abandoned"}), now), LeaseLook::Done);
+        assert_eq!(lease_look("p", &free, now, 0), LeaseLook::Again(now + NO_LEASE_LOOK_MS));
+        assert_eq!(
+            lease_look("p", &json!({"status": "abandoned"}), now, 0),
+            LeaseLook::Done
+        );
     }
 }
