@@ -1112,7 +1112,10 @@ async fn an_endless_answer_is_cut_off_where_the_journal_ends() {
         c
     };
     let bodies = [
-        ("whole-text", json!({"role": "assistant", "content": "z".repeat(1_000_000)})),
+        (
+            "whole-text",
+            json!({"role": "assistant", "content": "z".repeat(1_000_000)}),
+        ),
         (
             "whole-calls",
             json!({"role": "assistant", "content": null,
@@ -1140,7 +1143,10 @@ async fn an_endless_answer_is_cut_off_where_the_journal_ends() {
         assert_eq!(response.payload.get("finish_reason"), None, "{id}");
         assert_eq!(response.payload["cut_at_bytes"], cairn_turn::MAX_ANSWER_BYTES, "{id}");
         let kept = response.payload.to_string().len();
-        assert!(kept <= cairn_turn::MAX_ANSWER_BYTES + 4096, "{id}: {kept} bytes journaled");
+        assert!(
+            kept <= cairn_turn::MAX_ANSWER_BYTES + 4096,
+            "{id}: {kept} bytes journaled"
+        );
     }
 }
 

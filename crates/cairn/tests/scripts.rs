@@ -175,8 +175,18 @@ async fn scenario(db: &str) {
     let mut terminal = script("x", &module_ref, "deploy", json!({}));
     terminal["event_types"] = json!([{"name": "done", "semantics": {"terminal": {"state": "completed"}}}]);
     let (s, e) = c.start(terminal).await;
-    assert_eq!((s, e["error"]["code"].as_str()), (400, Some("invalid_semantics")), "{e}");
-    assert!(e["error"]["message"].as_str().unwrap().contains("a script ends by returning or throwing"), "{e}");
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (400, Some("invalid_semantics")),
+        "{e}"
+    );
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a script ends by returning or throwing"),
+        "{e}"
+    );
     let (s, _) = c.get("/v1/processes/x").await;
     assert_eq!(s, 404, "nothing started");
 

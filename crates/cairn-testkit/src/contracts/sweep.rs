@@ -245,7 +245,10 @@ pub async fn the_leases_of_earlier_incarnations_are_found_and_released(factory: 
     let (a, _) = h.claim_started("a", &old.owner_id(), TTL).await;
     let (b, _) = h.claim_started("b", &old.owner_id(), TTL).await;
     let (asked, _) = h.claim_started("asked", &old.owner_id(), TTL).await;
-    ok(r.request_abandon("asked", "operator", "its node is gone").await, "abandon request");
+    ok(
+        r.request_abandon("asked", "operator", "its node is gone").await,
+        "abandon request",
+    );
     let (ended, _) = h.claim_started("ended", &old.owner_id(), TTL).await;
     ok(r.complete(&ended, Outcome::success(json!(1))).await, "complete");
     h.claim_started("other", "n1x#1", TTL).await;

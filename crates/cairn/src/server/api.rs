@@ -153,9 +153,8 @@ impl From<CairnError> for ApiError {
         let mut message = err.to_string();
         // The one built-in tool a server may leave out: say how it is had.
         if matches!(&err, CairnError::UnknownTool(tool) if tool == "shell") {
-            message.push_str(
-                ": this server runs no shell commands; `cairn serve --allow-shell` offers the `shell` tool",
-            );
+            message
+                .push_str(": this server runs no shell commands; `cairn serve --allow-shell` offers the `shell` tool");
         }
         Self {
             status: status_of(&err),
@@ -731,7 +730,11 @@ mod tests {
     fn an_unknown_shell_tool_says_how_a_server_offers_it() {
         let shell = ApiError::from(CairnError::UnknownTool("shell".into()));
         assert_eq!((shell.status, shell.code), (StatusCode::NOT_FOUND, "unknown_tool"));
-        assert!(shell.message.contains("`cairn serve --allow-shell`"), "{}", shell.message);
+        assert!(
+            shell.message.contains("`cairn serve --allow-shell`"),
+            "{}",
+            shell.message
+        );
         let other = ApiError::from(CairnError::UnknownTool("nope".into()));
         assert_eq!(other.message, "unknown tool `nope`");
     }
