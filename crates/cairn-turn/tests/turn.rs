@@ -1072,33 +1072,6 @@ async fn an_endless_answer_is_cut_off_where_the_journal_ends() {
         vec![chunk(json!({"content": "y".repeat(32 << 20)}))],
         32 << 20,
     ));
-    for (id, chunks, sent) in cases {
-        s.fake.push(Reply::Chunks(chunks));
-        s.p.start(turn(id, &[], "hi", Value::Null)).await.expect("start");
-        let r = finished(&s.p, id).await;
-        assert_eq!(failure_code(&r), "output_contract_violation", "{id}: {:?}", r.outcome);
-        let events = s.p.events(id, 0, Some(1000)).await.expect("events").events;
-        let response = events
-            .iter()
-            .find(|e| e.event_type == "turn.response")
-            .expect("the cut-off answer is journaled");
-        // Cut by cairn, and said so: not a `finish_reason` the endpoint
-        // never sent, nor a failure blamed on it.
-        assert_eq!(response.payload.get("finish_reason"), None, "{id}");
-        assert_eq!(response.payload["cut_at_bytes"], cairn_turn::MAX_ANSWER_BYTES, "{id}");
-        match &r.outcome {
-            Some(Outcome::Failure { message, .. }) => assert!(
-                message.contains("bytes cairn keeps of one answer") && !message.contains("endpoint"),
-                "{id}: {message}"
-            ),
-            other => panic!("{other:?}"),
-        }
-        let kept = response.payload.to_string().len();
-        assert!(
-            kept <= cairn_turn::MAX_ANSWER_BYTES + 4096,
-            "{id}: {kept} bytes journaled of {sent}"
-        );
-    }
     // An answer that is not streamed is cut where a stream would be: its
     // content, and its tool calls (thousands of them, with ids or without,
     // once grew past what `turn.response` holds and failed the turn
@@ -1127,11 +1100,19 @@ async fn an_endless_answer_is_cut_off_where_the_journal_ends() {
                    "tool_calls": (0..7_000).map(|k| call(k, false)).collect::<Vec<_>>()}),
         ),
     ];
-    for (id, message) in bodies {
-        s.fake.push(Reply::Completion(json!({
-            "id": "c", "object": "chat.completion", "model": "fake",
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]
-        })));
+    let replies = cases
+        .into_iter()
+        .map(|(id, chunks, sent)| (id, Reply::Chunks(chunks), sent))
+        .chain(bodies.into_iter().map(|(id, message)| {
+            let sent = message.to_string().len();
+            let body = json!({
+                "id": "c", "object": "chat.completion", "model": "fake",
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]
+            });
+            (id, Reply::Completion(body), sent)
+        }));
+    for (id, reply, sent) in replies {
+        s.fake.push(reply);
         s.p.start(turn(id, &[], "hi", Value::Null)).await.expect("start");
         let r = finished(&s.p, id).await;
         assert_eq!(failure_code(&r), "output_contract_violation", "{id}: {:?}", r.outcome);
@@ -1140,12 +1121,21 @@ async fn an_endless_answer_is_cut_off_where_the_journal_ends() {
             .iter()
             .find(|e| e.event_type == "turn.response")
             .expect("the cut-off answer is journaled");
+        // Cut by cairn, and said so: not a `finish_reason` the endpoint
+        // never sent, nor a failure blamed on it.
         assert_eq!(response.payload.get("finish_reason"), None, "{id}");
         assert_eq!(response.payload["cut_at_bytes"], cairn_turn::MAX_ANSWER_BYTES, "{id}");
+        match &r.outcome {
+            Some(Outcome::Failure { message, .. }) => assert!(
+                message.contains("bytes cairn keeps of one answer") && !message.contains("endpoint"),
+                "{id}: {message}"
+            ),
+            other => panic!("{other:?}"),
+        }
         let kept = response.payload.to_string().len();
         assert!(
             kept <= cairn_turn::MAX_ANSWER_BYTES + 4096,
-            "{id}: {kept} bytes journaled"
+            "{id}: {kept} bytes journaled of {sent}"
         );
     }
 }
