@@ -1481,12 +1481,21 @@ pub fn check_definition(definition: Option<&str>) -> crate::Result<()> {
         || named(d.strip_prefix("tool:"))
         || d.strip_prefix("script:")
             .and_then(|r| r.split_once('#'))
-            .is_some_and(|(m, n)| named(Some(m)) && named(Some(n)));
+            .is_some_and(|(m, n)| crate::script::validate_module_ref(m).is_ok() && named(Some(n)));
     if ok {
         return Ok(());
     }
+    // A script's definition names its module by content address: say so
+    // when that part alone is wrong (a name, a short or upper-case hash).
+    let why = match d.strip_prefix("script:").and_then(|r| r.split_once('#')) {
+        Some((m, _)) => match crate::script::validate_module_ref(m) {
+            Err(crate::CairnError::InvalidId(why)) => format!(": {why}"),
+            _ => String::new(),
+        },
+        None => String::new(),
+    };
     Err(crate::CairnError::InvalidFilter(format!(
-        "`definition` `{}` is none of `tool:NAME`, `script:MODULE_REF#EXPORT`, `session_turn`, `external`",
+        "`definition` `{}` is none of `tool:NAME`, `script:MODULE_REF#EXPORT`, `session_turn`, `external`{why}",
         d.escape_debug()
     )))
 }

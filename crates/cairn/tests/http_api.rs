@@ -325,6 +325,8 @@ async fn list_filters_and_paging() {
         ("definition=echo", "invalid_filter"),
         ("definition=tool:", "invalid_filter"),
         ("definition=script:module:sha256:00", "invalid_filter"),
+        ("definition=script:module:sha256:00%23main", "invalid_filter"),
+        ("definition=script:deploy%23main", "invalid_filter"),
         ("caused_by=", "invalid_filter"),
         ("created_before_ms=9223372036854775808", "invalid_filter"),
         ("created_from_ms=18446744073709551616", "invalid_filter"),

@@ -338,6 +338,10 @@ pub async fn filter_parsing_errors(factory: &dyn StoreFactory) {
         json!({"after_id": "a\u{0}b"}),
         json!({"definition": "tool:\u{0}"}),
         json!({"definition": "script:m\u{0}#main"}),
+        // A script's module is named by its content address, never otherwise.
+        json!({"definition": "script:deploy#main"}),
+        json!({"definition": "script:module:sha256:00#main"}),
+        json!({"definition": format!("script:module:sha256:{}#main", "A".repeat(64))}),
     ] {
         expect_code(
             ProcessFilter::from_json(bad.clone()),
