@@ -1012,6 +1012,45 @@ async fn module_ls_reads_every_page() {
     assert_eq!(out.stdout.lines().count(), 1002, "a header and a row per module");
 }
 
+/// `module ls` keeps a module of many exports to a short cell (every row is
+/// padded to the widest), and `module get` still names each export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn module_ls_keeps_a_long_export_list_short() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let source: String = (0..500)
+        .map(|i| format!("export async function export_{i}() {{ return {i}; }}\n"))
+        .collect();
+    let (status, stored) = c.post("/v1/modules", json!({ "source": source })).await;
+    assert_eq!(status, 201, "{stored}");
+    let (status, _) = c
+        .post("/v1/modules", json!({ "source": "export async function a() {}\n" }))
+        .await;
+    assert_eq!(status, 201);
+    let out = run_cli(&server.base, None, &["module", "ls"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", out.stdout);
+    assert!(lines.iter().all(|l| l.chars().count() < 200), "{}", out.stdout);
+    let long = lines
+        .iter()
+        .find(|l| l.contains("export_0"))
+        .expect("the long module's row");
+    assert!(long.contains("more"), "{long}");
+    assert!(
+        lines
+            .iter()
+            .skip(1)
+            .any(|l| !l.contains("export_0") && !l.contains("more")),
+        "a short list is shown whole: {}",
+        out.stdout
+    );
+    let module_ref = stored["module_ref"].as_str().expect("ref");
+    let out = run_cli(&server.base, None, &["module", "get", module_ref], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("export_499"), "get names every export");
+}
+
 /// A module is stored once, with the name it was first given: putting the
 /// same source again under another name says the name was not applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

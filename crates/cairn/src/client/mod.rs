@@ -1488,7 +1488,7 @@ async fn module(client: &Client, json: bool, command: ModuleCommand) -> Result<E
                         vec![
                             str_at(m, "/module_ref"),
                             str_at(m, "/name"),
-                            exports_of(m),
+                            exports_cell(m),
                             age(m.get("created_at_ms")),
                         ]
                     })
@@ -1514,6 +1514,42 @@ fn exports_of(module: &Value) -> String {
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
         .unwrap_or_default()
+}
+
+/// The widest a listing's EXPORTS cell gets: every row is padded to the
+/// widest cell, so one module of thousands of exports would widen them all.
+/// `module get` lists every export.
+const EXPORTS_CELL_CHARS: usize = 60;
+
+/// A module's exports as a listing shows them: as many as fit in
+/// [`EXPORTS_CELL_CHARS`], then how many more there are.
+fn exports_cell(module: &Value) -> String {
+    let names: Vec<&str> = module
+        .get("exports")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut cell = String::new();
+    for (i, name) in names.iter().enumerate() {
+        let more = names.len() - i;
+        let sep = if i == 0 { "" } else { ", " };
+        // Room for this name and, unless it is the last, a "+N more" after it.
+        let tail = if more > 1 {
+            format!(", +{} more", more - 1).chars().count()
+        } else {
+            0
+        };
+        if cell.chars().count() + sep.len() + name.chars().count() + tail > EXPORTS_CELL_CHARS {
+            return if i == 0 {
+                format!("{more} exports")
+            } else {
+                format!("{cell}, +{more} more")
+            };
+        }
+        cell.push_str(sep);
+        cell.push_str(name);
+    }
+    cell
 }
 
 fn print_json(v: &Value) {
