@@ -293,12 +293,13 @@
   });
 
   // Marks the page with the state of its live stream (`data-live`: open,
-  // reconnecting, paused while the tab is hidden; tests wait on it), and says
-  // it in the header: a dot while live, "reconnecting…" once the stream is lost.
+  // reconnecting, paused while the tab is hidden, ended; tests wait on it), and
+  // says it in the header: a dot while live, "reconnecting…" once the stream is lost.
   var LIVE_STATES = {
     open: ["live", "Live: changes show as they happen."],
     reconnecting: ["reconnecting\u2026", "The live connection to the server is lost; the page tries again by itself. What it shows may be out of date."],
     paused: ["paused", "Paused while the tab is hidden."],
+    ended: ["ended", "The process ended (or is no longer visible): nothing here changes any more."],
   };
   function setLive(state) {
     document.body.dataset.live = state;
@@ -313,5 +314,10 @@
   });
   document.addEventListener("htmx:sseError", function () {
     setLive("reconnecting");
+  });
+  // The server ends a process page's stream (`sse-close`) once nothing more
+  // can change: the header stops saying "live".
+  document.addEventListener("htmx:sseClose", function (e) {
+    if (e.detail && e.detail.type === "message") setLive("ended");
   });
 })();

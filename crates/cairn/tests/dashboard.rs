@@ -596,6 +596,17 @@ async fn a_live_timeline_keeps_its_latest_events() {
         )
         .await;
         assert_eq!(landed, json!([true, true, 501]), "the latest 500 and one more, none dropped");
+        // The process ends: its stream closes, and the header stops saying "live".
+        let (status, body) = client
+            .post(
+                "/v1/processes/chatty/complete",
+                json!({"outcome": {"type": "success", "value": 1}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        wait_for(&c, Locator::Css("body[data-live='ended']")).await;
+        let live = in_page(&c, "return document.getElementById('live-state').textContent;").await;
+        assert_eq!(live, json!("ended"));
     })
     .await;
 }
