@@ -40,7 +40,8 @@ pub fn args_schema(name: &str) -> Option<Value> {
                 "cwd": {"type": "string", "minLength": 1, "description": "Working directory (default: the server's)."},
                 "env": {"type": "object", "additionalProperties": {"type": "string"},
                         "description": "Variables added to the server's environment."},
-                "timeout_ms": ms("Stop the whole process group after this long."),
+                "timeout_ms": {"type": "integer", "minimum": 1, "maximum": LONGEST_MS,
+                               "description": "Stop the whole process group after this long (at least 1 ms)."},
             },
         }),
         _ => return None,
@@ -135,5 +136,22 @@ mod tests {
             .expect("sleep")
             .validate_args(&json!({"ms": LONGEST_MS}))
             .is_ok());
+    }
+
+    /// A shell command's timeout of 0 is refused at start, by the tool and
+    /// its schema alike (it would stop the command as it starts, or not).
+    #[test]
+    fn a_shell_timeout_of_zero_is_refused() {
+        let tools = crate::builtin_tools(true);
+        let shell = tools.get("shell").expect("shell");
+        let schema = jsonschema::validator_for(&args_schema("shell").expect("shell")).expect("compiles");
+        let zero = json!({"command": "true", "timeout_ms": 0});
+        let err = shell.validate_args(&zero).expect_err("timeout 0");
+        assert_eq!(err.code(), "invalid_request", "{err}");
+        assert!(err.to_string().contains("`timeout_ms` is 0"), "{err}");
+        assert!(!schema.is_valid(&zero));
+        let one = json!({"command": "true", "timeout_ms": 1});
+        assert!(shell.validate_args(&one).is_ok());
+        assert!(schema.is_valid(&one));
     }
 }
