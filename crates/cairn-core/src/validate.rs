@@ -296,19 +296,26 @@ fn serialized_shape(value: &impl Serialize) -> Shape {
     Shape { len, depth }
 }
 
-/// Check an event type name: 1..=128 bytes of `[A-Za-z0-9._-]`.
+/// Check an event type name: 1..=128 bytes of `[A-Za-z0-9._-]`, or a
+/// signal's type (`signal.` and a signal name of up to 128 bytes), so that
+/// every signal a process can be sent can also be declared.
 pub fn validate_event_type_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
+    let ok = (!name.is_empty()
         && name.len() <= MAX_EVENT_TYPE_BYTES
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
+        || name
+            .strip_prefix(crate::events::SIGNAL_PREFIX)
+            .is_some_and(|signal| crate::events::validate_signal_name(signal).is_ok());
     if ok {
         Ok(())
     } else {
         Err(CairnError::InvalidEventTypeName(format!(
-            "`{}`: names are 1-{MAX_EVENT_TYPE_BYTES} bytes of ASCII letters, digits, `.`, `_` or `-`",
-            name.escape_debug()
+            "`{}`: names are 1-{MAX_EVENT_TYPE_BYTES} bytes of ASCII letters, digits, `.`, `_` or `-` \
+             (a signal's type: `{}` and a signal name of up to 128)",
+            name.escape_debug(),
+            crate::events::SIGNAL_PREFIX
         )))
     }
 }
@@ -749,6 +756,26 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// Every signal a process can be sent can be declared: `signal.` and a
+    /// name of up to 128 bytes, past the 128 bytes of other type names.
+    #[test]
+    fn a_signal_of_any_valid_name_can_be_declared() {
+        let longest = format!("signal.{}", "s".repeat(128));
+        assert!(validate_event_type_name(&longest).is_ok(), "{longest}");
+        assert!(crate::events::signal_event_type(&"s".repeat(128)).is_ok());
+        for bad in [
+            format!("signal.{}", "s".repeat(129)),
+            format!("signal.{}!", "s".repeat(122)),
+            "t".repeat(129),
+            String::new(),
+        ] {
+            let e = validate_event_type_name(&bad).expect_err(&bad);
+            assert_eq!(e.code(), "invalid_event_type_name", "{bad}");
+        }
+        // Names with dots under `signal.` are declared as before.
+        assert!(validate_event_type_name("signal.a.b").is_ok());
+    }
 
     /// An integer past 64 bits is refused (it would be kept as the nearest
     /// double), naming it and where it is; the widest integers 64 bits hold,

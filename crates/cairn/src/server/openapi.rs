@@ -360,12 +360,13 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
             }
         }
     }
-    let event_type = json!({"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._-]+$"});
+    // A type's name is up to 128 characters; a signal's type is `signal.`
+    // and its name (up to 128 characters), declared or appended.
+    let event_type = json!({"type": "string", "minLength": 1, "maxLength": 128 + "signal.".len(),
+        "pattern": "^[A-Za-z0-9._-]+$",
+        "description": "1-128 ASCII letters, digits, `.`, `_` or `-`; or `signal.` and a signal name of up to 128."});
     set(schemas, "/EventType/properties/name", event_type.clone());
-    // A signal's type is `signal.` and its name (up to 128 characters).
-    let mut appended = event_type;
-    appended["maxLength"] = json!(128 + "signal.".len());
-    set(schemas, "/AppendBody/properties/event_type", appended);
+    set(schemas, "/AppendBody/properties/event_type", event_type);
     set(
         schemas,
         "/TransferBody/properties/process_ids",
