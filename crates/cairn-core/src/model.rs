@@ -20,7 +20,7 @@ pub type ProcessId = String;
 /// One agent conversation, optionally narrowed to an agent frame inside it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a session scope: an object with `session_id` and, optionally, `agent_frame_id`")]
 pub struct SessionScope {
     /// The session (conversation) id.
     pub session_id: String,
@@ -972,7 +972,12 @@ pub enum Watermark {
 /// variant without fields, and a stray field (a `cursor` meant for a cursor
 /// watermark, say) is an error rather than a prune by cutoff alone.
 #[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(
+    tag = "type",
+    rename_all = "snake_case",
+    deny_unknown_fields,
+    expecting = "a watermark: `{\"type\": \"no_projector\"}` or `{\"type\": \"cursor\", \"cursor\": N}`"
+)]
 enum WatermarkWire {
     NoProjector {},
     Cursor { cursor: u64 },

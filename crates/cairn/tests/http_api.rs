@@ -1501,6 +1501,19 @@ async fn a_refused_body_names_its_field() {
         let said = err["error"]["message"].as_str().unwrap();
         assert!(said.contains(field), "{session}: {said}");
     }
+    // Said in the wire's terms, never by a Rust type's name.
+    for (body, said) in [
+        (json!("x"), "a start request"),
+        (
+            json!({"id": "d3", "input": {"type": "external"}, "disposition": "externally_owned", "wake_target": "s1"}),
+            "a session scope",
+        ),
+    ] {
+        let (s, err) = c.start(body.clone()).await;
+        assert_eq!((s, code(&err)), (400, "invalid_request"), "{body}: {err}");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.contains(said) && !message.contains("struct"), "{body}: {message}");
+    }
     // A schedule's, the most nested body, too.
     let (s, err) = c
         .post(
