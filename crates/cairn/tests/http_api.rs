@@ -1166,6 +1166,54 @@ async fn an_open_server_answers_only_loopback_hosts_and_pages() {
         .await
         .expect("answered");
     assert_eq!(initialize.status().as_u16(), 200);
+    // A request that names no host: HTTP/1.1 requires one (400); an HTTP/1.0
+    // one is addressed to no loopback name (403). Neither starts anything.
+    let body = serde_json::to_string(&waiter("hostless")).expect("body");
+    for (version, status) in [("HTTP/1.1", "400"), ("HTTP/1.0", "403")] {
+        let answer = raw_exchange(
+            &port,
+            &format!(
+                "POST /v1/processes {version}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .await;
+        assert_eq!(answer.split(' ').nth(1), Some(status), "{version}: {answer}");
+    }
+    assert_eq!(c.get("/v1/processes/hostless").await.0, 404, "nothing was started");
+}
+
+/// An error quoting what it refused (a megabyte-long name, say) is cut to a
+/// bounded message that says how long it was; short ones are whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_error_message_is_cut() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let long = "n".repeat(1_000_000);
+    let (s, err) = c
+        .start(tool_start("cut-1", "wait_signal", json!({"name": long}), "rerunnable"))
+        .await;
+    assert_eq!(s, 400, "{}", &err.to_string()[..200]);
+    let message = err["error"]["message"].as_str().expect("a message");
+    assert!(message.len() < 4200, "{} bytes", message.len());
+    assert!(message.contains("bytes in all"), "{}", &message[message.len() - 100..]);
+    let (s, err) = c.start(tool_start("cut-2", "nope", json!({}), "rerunnable")).await;
+    assert_eq!((s, code(&err)), (404, "unknown_tool"));
+    assert!(!err["error"]["message"].as_str().unwrap().contains("in all"), "{err}");
+    assert_eq!(c.get("/v1/processes/cut-1").await.0, 404, "nothing was started");
+}
+
+/// Sends `request` as is to the server on `port` and reads the answer to its end.
+async fn raw_exchange(port: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// An open loopback server takes no writes a web page of another site could

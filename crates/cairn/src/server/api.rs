@@ -166,15 +166,33 @@ impl From<CairnError> for ApiError {
     }
 }
 
+/// The longest error message an answer carries. A message may quote what
+/// was refused (a name, a value a schema rejected), and that may be a
+/// megabyte: past this, it is cut and says how long it was.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 4096;
+
+/// `message`, cut to [`MAX_ERROR_MESSAGE_BYTES`] at a character boundary.
+fn bounded_message(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.len() <= MAX_ERROR_MESSAGE_BYTES {
+        return message.into();
+    }
+    let mut end = MAX_ERROR_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (the message is cut: {} bytes in all)", &message[..end], message.len()).into()
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let message = bounded_message(&self.message);
         if self.status.is_server_error() {
-            tracing::error!(code = self.code, message = %self.message, "request failed");
+            tracing::error!(code = self.code, message = %message, "request failed");
         }
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code,
-                message: &self.message,
+                message: &message,
                 tombstone: self.tombstone.as_ref(),
             },
         };
@@ -431,7 +449,7 @@ fn is_loopback_authority(authority: &str) -> bool {
 /// Middleware: an open server (no tokens, so loopback only) answers only
 /// requests addressed to a loopback name and, when a browser says which page
 /// sent them (`Origin`), sent by a loopback page; anything else is 403
-/// `forbidden`. A page on another site that re-points its own name at
+/// `forbidden`, as is a request that names no host. A page on another site that re-points its own name at
 /// 127.0.0.1 (DNS rebinding) sends its own name as `Host`, and its requests
 /// are then same-origin to the browser, so only this check stops it. A server
 /// with tokens answers any host: a page cannot know a token.
@@ -440,19 +458,31 @@ pub async fn refuse_foreign_hosts(
     req: Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if !state.auth.is_open() {
-        return next.run(req).await;
-    }
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .or_else(|| req.uri().authority().map(ToString::to_string));
-    if let Some(host) = host.filter(|h| !is_loopback_authority(h)) {
+    // RFC 9112 §3.2: an HTTP/1.1 request without `Host` is answered 400.
+    if host.is_none() && req.version() == axum::http::Version::HTTP_11 {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "an HTTP/1.1 request names its host (`Host`)",
+        )
+        .into_response();
+    }
+    if !state.auth.is_open() {
+        return next.run(req).await;
+    }
+    // A request that names no host is addressed to no loopback name.
+    let host = host.unwrap_or_default();
+    if !is_loopback_authority(&host) {
+        let named = if host.is_empty() { "not a request that names no host (`Host`)".to_string() } else { format!("not `{host}`") };
         return ApiError::forbidden(format!(
             "this server has no tokens, so it answers only requests addressed to localhost or a loopback address, \
-             not `{host}`"
+             {named}"
         ))
         .into_response();
     }
