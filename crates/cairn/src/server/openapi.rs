@@ -70,7 +70,7 @@ fn id_schema(description: &str) -> Value {
     json!({
         "type": "string", "minLength": 1, "maxLength": cairn_core::validate::MAX_ID_BYTES,
         "pattern": "^[^\\u0000-\\u001F\\u007F-\\u009F]+$",
-        "description": description,
+        "description": format!("{description} At most {} bytes of UTF-8.", cairn_core::validate::MAX_ID_BYTES),
     })
 }
 
@@ -255,7 +255,14 @@ fn constrain_parameters(op: &mut Value, path: &str) {
         let name = p["name"].as_str().unwrap_or_default().to_string();
         let description = p["description"].as_str().unwrap_or_default().to_string();
         let schema = match name.as_str() {
-            "id" | "session_id" | "wake_id" | "granted_to" | "originated_by" | "after_id" => id_schema(&description),
+            "id" | "session_id" | "wake_id" | "granted_to" | "originated_by" => id_schema(&description),
+            // A cursor compared with ids, not an id: any text without control
+            // characters (empty lists from the first id).
+            "after_id" => json!({
+                "type": "string", "pattern": "^[^\\u0000-\\u001F\\u007F-\\u009F]*$",
+                "description": format!("{description}: ids after this text in byte order; any text without control \
+                    characters (empty lists from the first)"),
+            }),
             // Schedules page by id, not by cursor.
             "after" if path == "/v1/schedules" => id_schema(&description),
             // Modules page by module ref.
@@ -416,14 +423,14 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
     set(
         schemas,
         "/SignalBody/properties/payload",
-        json!({"description": format!("Any JSON, at most {payload_bytes} bytes serialized and {depth} levels deep \
-            (`payload_too_large`); the waiting process receives it.")}),
+        json!({"description": format!("Any JSON, at most {payload_bytes} bytes serialized (`payload_too_large`) and \
+            {depth} levels deep (`invalid_request`); the waiting process receives it.")}),
     );
     set(
         schemas,
         "/AppendBody/properties/payload",
         json!({"description": format!("Checked against the type's payload schema; at most {payload_bytes} bytes \
-            serialized and {depth} levels deep (`payload_too_large`).")}),
+            serialized (`payload_too_large`) and {depth} levels deep (`invalid_request`).")}),
     );
     if let Some(slot) = schemas
         .pointer_mut("/StartRequest/properties/event_types")
@@ -458,8 +465,8 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
         slot.insert(
             "description".into(),
             json!(format!(
-                "{said}\n\nThe input and the env spec are each at most {payload_bytes} bytes serialized and \
-                 {depth} levels deep (`payload_too_large`)."
+                "{said}\n\nThe input and the env spec are each at most {payload_bytes} bytes serialized \
+                 (`payload_too_large`) and {depth} levels deep (`invalid_request`)."
             )),
         );
     }
