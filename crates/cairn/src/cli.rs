@@ -19,10 +19,11 @@ use crate::duration::{parse_duration, parse_duration_with_unit};
         cairn await build-42 --timeout 10m        # exit 3 if still running at the timeout\n\n\
         Client commands take --server, --token and --json anywhere after `cairn`\n\
         (`cairn --json schedule ls`, `cairn schedule ls --json`).\n\
-        Exit codes: 0 ok; 1 the server answered an error or could not be reached; 2 bad input\n\
-        (the command line, or a request the server refused as invalid: HTTP 400/413/415);\n\
-        3 `await` timed out with the process still running; 130 `run` cancelled by Ctrl-C\n\
-        (143, 129, 141: by SIGTERM, SIGHUP, its output closing).\n\
+        Exit codes: 0 ok; 1 the server answered an error or could not be reached, or the output\n\
+        could not be written; 2 bad input (the command line, or a request the server refused as\n\
+        invalid: HTTP 400/413/415); 3 `await` timed out with the process still running;\n\
+        141 the output closed by its reader; 130 `run` cancelled by Ctrl-C (143, 129: by SIGTERM,\n\
+        SIGHUP; a closed or unwritable output cancels it too).\n\
         A process that ended otherwise than completed: `await` exits 1, `run` the command's\n\
         exit code (else 1); how it ended is said on stderr."
 )]
@@ -421,6 +422,36 @@ impl Command {
             | Self::Mcp { client } => Some(client),
         }
     }
+}
+
+/// Whether a command line clap refused asked for `--json` errors: `--json`
+/// anywhere before a `--` (the client options go anywhere after `cairn`),
+/// unless its command is one that takes no client options (`serve`,
+/// `bench`, `completions`: theirs is clap's own refusal).
+pub fn json_asked<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> bool {
+    let words: Vec<&std::ffi::OsStr> = args
+        .iter()
+        .skip(1)
+        .map(AsRef::as_ref)
+        .take_while(|w| *w != "--")
+        .collect();
+    // The command: the first word that is no option, nor the value of
+    // `--server` or `--token` given before it.
+    let mut command = None;
+    let mut rest = words.iter();
+    while let Some(word) = rest.next() {
+        if *word == "--server" || *word == "--token" {
+            rest.next();
+        } else if !word.to_string_lossy().starts_with('-') {
+            command = Some(word.to_string_lossy());
+            break;
+        }
+    }
+    let client = !matches!(
+        command.as_deref(),
+        Some("serve" | "bench" | "bench-child" | "completions")
+    );
+    client && words.iter().any(|w| *w == "--json")
 }
 
 /// `cairn schedule` actions.
@@ -1170,6 +1201,27 @@ mod tests {
             panic!("bench")
         };
         assert!(bench.json && !cli.client.json);
+    }
+
+    /// `--json` anywhere before a `--` asks a client command's refusal as
+    /// JSON; a command that takes no client options keeps clap's words.
+    #[test]
+    fn json_is_asked_by_the_flag_of_a_client_command() {
+        for (args, asked) in [
+            (&["--json", "ls", "--bogus"][..], true),
+            (&["ls", "--bogus", "--json"], true),
+            (&["schedule", "--json", "add"], true),
+            (&["--token", "serve", "--json", "get"], true),
+            (&["--json"], true),
+            (&["ls", "--bogus"], false),
+            (&["run", "--bogus", "--", "ls", "--json"], false),
+            (&["--json", "serve", "--bogus"], false),
+            (&["--server", "http://h:1", "--json", "completions"], false),
+            (&["bench", "--json", "--bogus"], false),
+        ] {
+            let line: Vec<&str> = std::iter::once("cairn").chain(args.iter().copied()).collect();
+            assert_eq!(json_asked(&line), asked, "cairn {}", args.join(" "));
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `cairn`: the server and the CLI client.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -61,12 +61,37 @@ fn tune_c_allocator() {
 /// URL, a session's token): a value refused is not echoed, as clap would.
 const SECRET_FLAGS: [&str; 2] = ["--model", "--session-token"];
 
+/// A line on stderr that cannot panic (stderr closed or full: nothing to do).
+fn say(args: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "{args}");
+}
+
 /// Parse the command line; a refused value of a [`SECRET_FLAGS`] flag is
-/// said without the value, and exits 2 as any usage error.
+/// said without the value, and exits 2 as any usage error. With `--json`
+/// given to a client command, a refused command line is one line of JSON
+/// on stderr, as the client's other errors are.
 fn parse_cli() -> Cli {
     use clap::error::{ContextKind, ErrorKind};
-    match Cli::try_parse() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
+        // `--help` and `--version`, printed through the one path a client
+        // command's output takes: a write that fails is said, never a panic.
+        Err(e) if !e.use_stderr() => {
+            if let Err(source) = e.print().and_then(|()| std::io::stdout().flush()) {
+                let failed = cairn::client::http::ClientError::Output {
+                    stream: cairn::client::output::Stream::Stdout,
+                    source,
+                };
+                cairn::client::fail(&failed, false);
+                std::process::exit(failed.exit_code().into())
+            }
+            std::process::exit(0)
+        }
+        Err(e) if cairn::cli::json_asked(&args) => {
+            say(format_args!("{}", cairn::client::usage_error_json(&e)));
+            std::process::exit(2)
+        }
         Err(e) if e.kind() == ErrorKind::ValueValidation => {
             let arg = e
                 .get(ContextKind::InvalidArg)
@@ -76,7 +101,7 @@ fn parse_cli() -> Cli {
                 e.exit()
             }
             let why = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
-            eprintln!("error: invalid value for '{arg}' (not shown: it may hold a secret): {why}\n\nFor more information, try '--help'.");
+            say(format_args!("error: invalid value for '{arg}' (not shown: it may hold a secret): {why}\n\nFor more information, try '--help'."));
             std::process::exit(2)
         }
         // clap's own words list every command, the hidden `bench-child`
@@ -90,7 +115,7 @@ fn parse_cli() -> Cli {
                     Some(clap::error::ContextValue::Strings(listed)) if listed.iter().any(|c| c == "bench-child")) =>
         {
             let help = <Cli as clap::CommandFactory>::command().render_help();
-            eprintln!("error: a command is needed\n\n{help}");
+            say(format_args!("error: a command is needed\n\n{help}"));
             std::process::exit(2)
         }
         Err(e) => e.exit(),
@@ -108,21 +133,16 @@ fn main() -> ExitCode {
     ) {
         let c = &cli.client;
         if c.server.is_some() || c.token.is_some() || c.json {
-            eprintln!(
+            say(format_args!(
                 "error: --server, --token and --json before the command are client options; \
                  give the command's own flags after it (e.g. `cairn serve --token T`, `cairn bench --json`)"
-            );
+            ));
             return ExitCode::from(2);
         }
     }
-    // `run` hears of a closed output itself (a write's broken pipe), to
-    // cancel what it runs before it stops.
-    if !matches!(
-        cli.command,
-        Command::Serve(_) | Command::Bench(_) | Command::BenchChild(_) | Command::Mcp { .. } | Command::Run(_)
-    ) {
-        cairn::client::quit_on_closed_pipe();
-    }
+    // A client command hears of a closed output as a failed write (SIGPIPE
+    // stays ignored): it ends with 141 (`run` cancels what it runs first),
+    // and any other write that fails is said, with 1 (`client::output`).
     let serving = matches!(cli.command, Command::Serve(_));
     // The server logs at info by default; client commands only say what went
     // wrong. The MCP library logs three lines for every stateless call, and a
@@ -156,7 +176,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cairn: cannot start the async runtime: {e}");
+            say(format_args!("cairn: cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -165,7 +185,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => match cairn::server::serve(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("cairn serve: {e}");
+                    say(format_args!("cairn serve: {e}"));
                     ExitCode::from(e.exit_code())
                 }
             },
@@ -183,8 +203,14 @@ fn main() -> ExitCode {
                     .version(env!("CARGO_PKG_VERSION"))
                     .args(full.get_arguments().cloned())
                     .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
-                clap_complete::generate(shell, &mut command, "cairn", &mut std::io::stdout());
-                ExitCode::SUCCESS
+                // Written whole through the client's output: clap_complete
+                // panics on a write that fails.
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut command, "cairn", &mut script);
+                match cairn::client::output::bytes(&script).and_then(|()| cairn::client::output::flush()) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => cairn::client::fail(&e, false),
+                }
             }
             Command::BenchChild(args) => cairn::bench::child::run(args).await,
             command => {

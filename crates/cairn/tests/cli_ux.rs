@@ -829,10 +829,9 @@ async fn help_completions_and_an_unreachable_server() {
 
 /// A client whose reader went away (`cairn completions bash | head -1`) ends
 /// quietly on the closed pipe, as other command-line tools do: no panic, no
-/// backtrace, no exit status 101.
+/// backtrace, no exit status 101, but 141, as `cairn run` answers it.
 #[test]
 fn a_closed_pipe_ends_a_client_command_quietly() {
-    use std::os::unix::process::ExitStatusExt;
     let (reader, writer) = std::io::pipe().expect("pipe");
     drop(reader);
     let out = std::process::Command::new(BIN)
@@ -843,8 +842,179 @@ fn a_closed_pipe_ends_a_client_command_quietly() {
         .output()
         .expect("run cairn");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}: {stderr}", out.status);
+    assert_eq!(
+        (out.status.code(), stderr.as_ref()),
+        (Some(141), ""),
+        "{:?}",
+        out.status
+    );
+}
+
+/// `cairn ARGS` (against `base`, when given) with its stdout `stdout` and no input.
+async fn into_stdout(base: Option<&str>, args: &[&str], stdout: Stdio) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(BIN);
+    if let Some(base) = base {
+        cmd.arg("--server").arg(base);
+    }
+    cmd.args(args)
+        .env_remove("CAIRN_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped());
+    // Not `output()`, which pipes stdout itself.
+    let child = cmd.spawn().expect("spawn cairn");
+    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("cairn exited in time")
+        .expect("run cairn")
+}
+
+/// A command whose output cannot be written says so and fails, instead of
+/// panicking (exit 101): to a full disk (`> /dev/full`), exit 1 and the
+/// error on stderr (one line of JSON with `--json`); to a reader gone (a
+/// closed pipe), quietly 141, as `cairn run` answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_that_cannot_be_written_fails_without_a_panic() {
+    let server = Server::start(&[]).await;
+    let start = json!({"id": "w1", "disposition": "externally_owned", "input": {"type": "external"},
+                       "event_types": [{"name": "progress"}]});
+    let setup: [&[&str]; 3] = [
+        &["start", &start.to_string()],
+        &["append", "w1", "progress", "--payload", "{\"step\": 1}"],
+        &[
+            "schedule",
+            "add",
+            "s1",
+            "--every",
+            "1h",
+            "{\"input\": {\"type\": \"external\"}, \"disposition\": \"externally_owned\"}",
+        ],
+    ];
+    for args in setup {
+        let out = server.cli(args, None).await;
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+    }
+    let base = Some(server.base.as_str());
+    let commands: [(Option<&str>, &[&str]); 10] = [
+        (base, &["ls", "--status", "any"]),
+        (base, &["--json", "ls"]),
+        (base, &["get", "w1"]),
+        (base, &["--json", "get", "w1"]),
+        (base, &["events", "w1"]),
+        (base, &["events", "w1", "--follow"]),
+        (base, &["schedule", "ls"]),
+        (base, &["module", "ls"]),
+        (None, &["completions", "bash"]),
+        (None, &["--help"]),
+    ];
+    for (base, args) in commands {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+        let out = into_stdout(base, args, Stdio::from(full)).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        if args[0] == "--json" {
+            let said: Value = serde_json::from_str(stderr.trim()).expect("--json errors are JSON");
+            assert_eq!(said["error"]["code"], "output", "{args:?}: {said}");
+            assert_eq!(said["error"]["exit_code"], 1, "{args:?}: {said}");
+        } else {
+            assert_eq!(
+                stderr.trim(),
+                "error: cannot write to stdout: No space left on device (os error 28)",
+                "{args:?}"
+            );
+        }
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = into_stdout(base, args, Stdio::from(writer)).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!((out.status.code(), stderr.as_ref()), (Some(141), ""), "{args:?}");
+    }
+}
+
+/// `cairn run` whose output cannot be written (a full disk) cancels its
+/// process, as it does when its output closes, and says why with exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_output_is_full_cancels_its_process() {
+    let server = Server::start(&[]).await;
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let args = ["run", "--id", "full", "--", "sh", "-c", "echo hi; sleep 30"];
+    let out = into_stdout(Some(&server.base), &args, Stdio::from(full)).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cancelled full: `cairn run` was stopped (its output could not be written)")
+            && stderr.contains("error: cannot write to stdout: No space left on device"),
+        "{stderr}"
+    );
+    let record = server.client().wait_for("full", |r| r["status"] != "running").await;
+    assert_eq!(record["status"], "cancelled", "{record}");
+}
+
+/// A command line clap refuses is, under `--json` (anywhere in it), one
+/// line of JSON on stderr with the client's `usage` code and exit 2, as the
+/// client's own usage errors are; `--help` and `--version` print as ever.
+#[test]
+fn a_command_line_refused_under_json_is_a_json_usage_error() {
+    for (args, said) in [
+        (&["--json", "ls", "--bogus"][..], "unexpected argument '--bogus'"),
+        (&["ls", "--bogus", "--json"], "unexpected argument '--bogus'"),
+        (&["--json", "get"], "<ID>"),
+        (&["--json", "await", "x", "--timeout", "7"], "`7` has no unit"),
+        (
+            &["--json", "schedule", "add", "m", "--every", "7", "{}"],
+            "`7` has no unit",
+        ),
+        (&["--json", "ls", "--limit", "0"], "must be at least 1"),
+        (
+            &["--json", "schedule"],
+            "a subcommand is needed: one of add, ls, get, rm, pause, resume",
+        ),
+        (&["schedule", "--json"], "a subcommand is needed: one of add, ls"),
+    ] {
+        let stderr = usage_error(args);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        let error: Value = serde_json::from_str(&stderr).unwrap_or_else(|e| panic!("{args:?}: {e}: {stderr}"));
+        assert_eq!(
+            (&error["error"]["code"], &error["error"]["exit_code"]),
+            (&json!("usage"), &json!(2)),
+            "{args:?}: {error}"
+        );
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(said), "{args:?}: {error}");
+        assert!(
+            !message.contains("error:") && !message.contains('\n'),
+            "{args:?}: {error}"
+        );
+    }
+    // A missing argument's usage is the hint.
+    let error: Value = serde_json::from_str(&usage_error(&["--json", "get"])).expect("JSON");
+    assert_eq!(error["error"]["hint"], "usage: cairn get <ID>", "{error}");
+    // Not a client command: clap's own words.
+    let stderr = usage_error(&["--json", "serve", "--bogus"]);
+    assert!(stderr.starts_with("error: unexpected argument '--bogus'"), "{stderr}");
+    for (args, shown) in [
+        (&["--json", "ls", "--help"][..], "Usage: cairn ls"),
+        (&["--json", "--version"], "cairn "),
+    ] {
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run cairn");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            (out.status.code(), out.stderr.as_slice()),
+            (Some(0), &b""[..]),
+            "{args:?}"
+        );
+        assert!(stdout.contains(shown), "{args:?}: {stdout}");
+    }
 }
 
 /// Run `cairn ARGS` against a server nobody listens on, with no input:
@@ -887,9 +1057,9 @@ fn options_without_a_command_list_the_commands_but_not_hidden_ones() {
     }
     // A command's own subcommand missing is said of that command (with
     // nothing after it, clap shows the command's help).
-    let stderr = usage_error(&["schedule", "--json"]);
+    let stderr = usage_error(&["schedule", "--token", "t"]);
     assert!(stderr.contains("'cairn schedule' requires a subcommand"), "{stderr}");
-    let stderr = usage_error(&["--json", "module"]);
+    let stderr = usage_error(&["--token", "t", "module"]);
     assert!(stderr.contains("Usage: cairn module"), "{stderr}");
     // The same under another file name (a renamed or linked binary).
     let dir = tempfile::tempdir().expect("dir");

@@ -77,14 +77,27 @@ pub enum ClientError {
     /// a wait it ended early).
     #[error("{0}")]
     Interrupted(String),
+    /// The command's own output could not be written: its reader went away
+    /// (a broken pipe), or its file could not take it (a full disk).
+    #[error("cannot write to {stream}: {source}")]
+    Output {
+        /// Which output.
+        stream: super::output::Stream,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 impl ClientError {
     /// The CLI's exit code for this error: 2 for bad input (ours, or refused by the
-    /// server as invalid: 400, 413, 415), 1 otherwise.
+    /// server as invalid: 400, 413, 415), 141 for an output closed by its
+    /// reader, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Usage(_) => 2,
+            Self::Output { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe => {
+                super::output::EXIT_OUTPUT_CLOSED
+            }
             Self::Api {
                 status: 400 | 413 | 415,
                 ..
@@ -108,6 +121,7 @@ impl ClientError {
             Self::NotCairn { .. } => "not_cairn",
             Self::Usage(_) => "usage",
             Self::Interrupted(_) => "interrupted",
+            Self::Output { .. } => "output",
         };
         let message = match self {
             Self::Api { message, .. } => message.clone(),
@@ -487,7 +501,8 @@ impl Client {
     }
 
     /// Follow a process's events over SSE from `after`, calling `on_event` with each
-    /// event JSON, until the terminal event. Reconnects with `Last-Event-ID` when
+    /// event JSON, until the terminal event or an error `on_event` returns (its
+    /// output closed, say). Reconnects with `Last-Event-ID` when
     /// the stream drops early (a server restart, a proxy timeout). `reached` says
     /// the caller has already reached this server (`run` just started the
     /// process): a server gone before the stream opened is then a restart to
@@ -497,7 +512,7 @@ impl Client {
         id: &str,
         after: u64,
         reached: bool,
-        mut on_event: impl FnMut(&Value),
+        mut on_event: impl FnMut(&Value) -> Result<(), ClientError>,
     ) -> Result<(), ClientError> {
         let path = format!("/v1/processes/{}/events", segment(id));
         no_dot_segments(&path)?;
@@ -546,7 +561,9 @@ impl Client {
                     if let Some(seq) = event.get("sequence").and_then(Value::as_u64) {
                         last = seq;
                     }
-                    on_event(&event);
+                    // What the caller could not do with it (its output
+                    // closed) ends the stream.
+                    on_event(&event)?;
                     if event.pointer("/semantics/terminal").is_some() {
                         return Ok(true);
                     }
@@ -833,7 +850,12 @@ mod tests {
         });
         let client = Client::new(&format!("http://127.0.0.1:{port}"), None).expect("client");
         let mut seen = 0;
-        let done = client.follow("p", 0, true, |_| seen += 1).await;
+        let done = client
+            .follow("p", 0, true, |_| {
+                seen += 1;
+                Ok(())
+            })
+            .await;
         assert!(done.is_ok(), "{done:?}");
         assert_eq!(seen, drops + 1);
         server.await.expect("server");
@@ -902,7 +924,8 @@ data: {"sequence":2,"event_type":"end","semantics":{"terminal":{"state":"complet
         let mut seen = Vec::new();
         let done = client
             .follow("p", 0, true, |e| {
-                seen.push(e["event_type"].as_str().unwrap_or_default().to_string())
+                seen.push(e["event_type"].as_str().unwrap_or_default().to_string());
+                Ok(())
             })
             .await;
         assert!(done.is_ok(), "{done:?}");
@@ -924,7 +947,7 @@ data: {"sequence":2,"event_type":"end","semantics":{"terminal":{"state":"complet
         let port = free_port();
         let client = Client::new(&format!("http://127.0.0.1:{port}"), None).expect("client");
         assert!(matches!(
-            client.follow("p", 0, false, |_| {}).await,
+            client.follow("p", 0, false, |_| Ok(())).await,
             Err(ClientError::Unreachable { .. })
         ));
         let mut follower = tokio::spawn(async move {
@@ -932,6 +955,7 @@ data: {"sequence":2,"event_type":"end","semantics":{"terminal":{"state":"complet
             let done = client
                 .follow("p", 0, true, |event| {
                     types.push(event["event_type"].as_str().unwrap_or_default().to_string());
+                    Ok(())
                 })
                 .await;
             (done, types)

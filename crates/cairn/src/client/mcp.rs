@@ -23,7 +23,8 @@ pub async fn serve(client: &Client) -> Result<ExitCode, ClientError> {
         if let Err(e) = probe.get("/v1/processes?limit=1").await {
             let hint = e.hint().map(|h| format!(" ({h})")).unwrap_or_default();
             let said = super::shown(&format!("{e}{hint}"));
-            eprintln!("cairn mcp: the server does not answer as it should: {said}");
+            // A closed stderr (the MCP client's log gone) must not panic.
+            let _ = super::output::errln!("cairn mcp: the server does not answer as it should: {said}");
         }
     });
     let server = McpServer::new(Arc::new(Forwarding { client: client.clone() }));
@@ -66,6 +67,9 @@ fn bare_failure(e: ClientError) -> Failure {
         ClientError::Http(e) => Failure::new("unavailable", format!("cannot reach the cairn server: {e}")),
         e @ ClientError::LostAnswer(_) => Failure::new("outcome_unknown", e.to_string()),
         ClientError::Usage(message) => Failure::new("invalid_request", message),
+        // The forwarder writes no output of its own: never met here (said
+        // with a code of the closed set all the same).
+        e @ ClientError::Output { .. } => Failure::new("unavailable", e.to_string()),
     }
 }
 

@@ -2,12 +2,13 @@
 //! (or one JSON document with `--json`).
 //!
 //! Exit codes: 0 on success; 1 when the server answered an error or could not
-//! be reached; 2 for bad input (the command line, or a request the server refused
-//! as invalid: HTTP 400, 413 or 415); `await` answers 3 when the process is still
-//! running at the timeout; `run` answers the command's own exit code (130 when
-//! interrupted by Ctrl-C).
+//! be reached, or the output could not be written; 2 for bad input (the command
+//! line, or a request the server refused as invalid: HTTP 400, 413 or 415);
+//! 141 when the output was closed by its reader ([`output`]); `await` answers 3
+//! when the process is still running at the timeout; `run` answers the
+//! command's own exit code (130 when interrupted by Ctrl-C).
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,9 +18,11 @@ use crate::cli::{Command, CompleteArgs, LsArgs, ModuleCommand, PruneArgs, Resolv
 
 pub mod http;
 pub mod mcp;
+pub mod output;
 mod schedule;
 
 use http::{query, segment, Client, ClientError};
+use output::{errln, outln};
 
 /// Exit code: the process was still running when `await` timed out.
 pub const EXIT_STILL_RUNNING: u8 = 3;
@@ -32,22 +35,88 @@ pub async fn run(opts: &ResolvedClient, command: Command) -> ExitCode {
         Ok(client) => execute(&client, opts.json, command).await,
         Err(e) => Err(e),
     };
-    match result {
+    // All of the output is written before the command says how it went.
+    match result.and_then(|code| output::flush().map(|()| code)) {
         Ok(code) => code,
-        Err(e) => {
-            // Not `eprintln!`: `run` ignores SIGPIPE, and a closed stderr
-            // must not turn its error into a panic.
-            if opts.json {
-                let _ = writeln!(std::io::stderr(), "{}", e.to_json());
-            } else {
-                let _ = writeln!(std::io::stderr(), "error: {}", shown(&e.to_string()));
-                if let Some(hint) = e.hint() {
-                    let _ = writeln!(std::io::stderr(), "hint: {}", shown(&hint));
-                }
-            }
-            ExitCode::from(e.exit_code())
+        Err(e) => fail(&e, opts.json),
+    }
+}
+
+/// Say `e` on stderr (one line of JSON with `json`) and answer its exit
+/// code. An output closed by its reader is not said: nobody reads it, and
+/// the command ends quietly, as a command a closed pipe stops does.
+pub fn fail(e: &ClientError, json: bool) -> ExitCode {
+    let code = e.exit_code();
+    // Not `eprintln!`: a closed stderr must not turn the error into a panic.
+    if code == output::EXIT_OUTPUT_CLOSED {
+        return ExitCode::from(code);
+    }
+    if json {
+        let _ = errln!("{}", e.to_json());
+    } else {
+        let _ = errln!("error: {}", shown(&e.to_string()));
+        if let Some(hint) = e.hint() {
+            let _ = errln!("hint: {}", shown(&hint));
         }
     }
+    ExitCode::from(code)
+}
+
+/// A command line clap refused, as `--json` says an error: one line of
+/// `{"error": {"code": "usage", "message", "exit_code": 2, "hint"}}`, the
+/// shape of every other usage error. The message is clap's error on one
+/// line; the hint its tip, else the command's usage.
+pub fn usage_error_json(e: &clap::Error) -> Value {
+    let rendered = e.render().to_string();
+    let one_line = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut paragraphs = rendered.split("\n\n").map(str::trim).filter(|p| !p.is_empty());
+    let usage = rendered
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Usage: "))
+        .map(|u| format!("usage: {}", one_line(u)));
+    let message = match e.kind() {
+        // A missing (sub)command: which ones there are, as the help lists
+        // them (clap's own list has the hidden `bench-child` too).
+        kind @ (clap::error::ErrorKind::MissingSubcommand
+        | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) => {
+            let listed: Vec<String> = match e.get(clap::error::ContextKind::ValidSubcommand) {
+                Some(clap::error::ContextValue::Strings(listed)) => listed.clone(),
+                // The help: the first word of each line of its `Commands:`.
+                _ => rendered
+                    .lines()
+                    .skip_while(|l| l.trim() != "Commands:")
+                    .skip(1)
+                    .take_while(|l| !l.trim().is_empty())
+                    .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+                    .collect(),
+            };
+            let root = kind == clap::error::ErrorKind::MissingSubcommand && listed.iter().any(|c| c == "bench-child");
+            let shown: Vec<&str> = listed
+                .iter()
+                .map(String::as_str)
+                .filter(|c| !matches!(*c, "help" | "bench-child"))
+                .collect();
+            format!(
+                "a {}command is needed: one of {}",
+                if root { "" } else { "sub" },
+                shown.join(", ")
+            )
+        }
+        _ => paragraphs
+            .next()
+            .map(|p| one_line(p.strip_prefix("error:").unwrap_or(p)))
+            .unwrap_or_default(),
+    };
+    let tips: Vec<String> = rendered
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("tip:"))
+        .map(one_line)
+        .collect();
+    let mut doc = ClientError::Usage(message).to_json();
+    if let Some(hint) = if tips.is_empty() { usage } else { Some(tips.join("; ")) } {
+        doc["error"]["hint"] = Value::String(hint);
+    }
+    doc
 }
 
 fn proc_path(id: &str) -> String {
@@ -110,10 +179,10 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             // Sent as written: the server's complaints point into it.
             let (status, record) = client.post_text("/v1/processes", raw).await?;
             if json {
-                print_json(&record);
+                print_json(&record)?;
             } else {
                 let verb = start_verb(status, &record);
-                println!("{verb} {} ({})", str_at(&record, "/id"), str_at(&record, "/status"));
+                outln!("{verb} {} ({})", str_at(&record, "/id"), str_at(&record, "/status"))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -128,9 +197,9 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
         Command::Get { id, .. } => {
             let record = client.get(&proc_path(&id)).await?;
             if json {
-                print_json(&record);
+                print_json(&record)?;
             } else {
-                print_record(&record);
+                print_record(&record)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -140,11 +209,11 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                 client
                     .follow(&id, after, false, |event| {
                         if json {
-                            println!("{event}");
+                            outln!("{event}")?;
                         } else {
-                            print_event_row(event);
+                            print_event_row(event)?;
                         }
-                        let _ = std::io::stdout().flush();
+                        output::flush()
                     })
                     .await?;
                 return Ok(ExitCode::SUCCESS);
@@ -165,7 +234,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                     .cloned()
                     .unwrap_or_default();
                 if !json {
-                    batch.iter().for_each(print_event_row);
+                    batch.iter().try_for_each(print_event_row)?;
                 }
                 events.extend(batch);
                 match page.get("next_after").and_then(Value::as_u64) {
@@ -174,7 +243,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                 }
             }
             if json {
-                print_json(&json!({ "events": events }));
+                print_json(&json!({ "events": events }))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -202,14 +271,14 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                 .post(&format!("{}/signals/{}", proc_path(&id), segment(&name)), &body)
                 .await?;
             if json {
-                print_json(&event);
+                print_json(&event)?;
             } else {
-                println!(
+                outln!(
                     "{} recorded on {} as event {} (signal id {signal_id})",
                     str_at(&event, "/event_type"),
                     str_at(&event, "/process_id"),
                     num_at(&event, "/sequence")
-                );
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -227,19 +296,19 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             }
             let (_, answer) = client.post(&format!("{}/events", proc_path(&id)), &body).await?;
             if json {
-                print_json(&answer);
+                print_json(&answer)?;
             } else {
                 let replayed = if answer.get("replayed").and_then(Value::as_bool) == Some(true) {
                     " (a replay: the original event)"
                 } else {
                     ""
                 };
-                println!(
+                outln!(
                     "{} recorded on {} as event {}{replayed}",
                     str_at(&answer, "/event/event_type"),
                     str_at(&answer, "/event/process_id"),
                     num_at(&answer, "/event/sequence")
-                );
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -258,18 +327,18 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             };
             let (_, record) = client.post(&format!("{}/cancel", proc_path(&id)), &body).await?;
             if json {
-                print_json(&record);
+                print_json(&record)?;
             } else {
                 let status = str_at(&record, "/status");
                 // Answered for a process that had ended: the request went to
                 // its running children (SPEC §13).
                 if ended_before || matches!(status.as_str(), "completed" | "failed" | "abandoned") {
-                    println!(
+                    outln!(
                         "{id} had already ended ({status}); the cancellation went to its running children \
                          (`cairn ls --caused-by {id}`)"
-                    );
+                    )?;
                 } else {
-                    println!("cancellation requested: {id} is {status}");
+                    outln!("cancellation requested: {id} is {status}")?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -300,16 +369,16 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             let (first_reason, first_by) = (standing("reason"), standing("requested_by"));
             let other = first_reason.as_ref().is_some_and(|r| *r != reason);
             if json {
-                print_json(&record);
+                print_json(&record)?;
             } else if other {
-                println!(
+                outln!(
                     "an abandon request was already recorded for {id} (reason: {}, by {}); this one changed nothing",
                     shown(first_reason.as_deref().unwrap_or_default()),
                     shown(first_by.as_deref().unwrap_or_default())
-                );
+                )?;
             } else {
                 let status = str_at(&record, "/status");
-                println!("abandon requested: {id} is {status}{}", abandon_when(&record, now_ms()));
+                outln!("abandon requested: {id} is {status}{}", abandon_when(&record, now_ms()))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -328,7 +397,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             let body = json!({"from": scope(from, from_frame), "to": scope(to, to_frame), "process_ids": ids});
             let (_, report) = client.post("/v1/grants/transfer", &body).await?;
             if json {
-                print_json(&report);
+                print_json(&report)?;
             } else {
                 let list = |p: &str| {
                     report
@@ -338,10 +407,10 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                         .unwrap_or_default()
                 };
                 let moved = list("moved");
-                println!("moved: {}", if moved.is_empty() { "none" } else { &moved });
+                outln!("moved: {}", if moved.is_empty() { "none" } else { &moved })?;
                 let not_granted = list("not_granted");
                 if !not_granted.is_empty() {
-                    println!("not granted to the source (left alone): {not_granted}");
+                    outln!("not granted to the source (left alone): {not_granted}")?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -353,7 +422,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             }
             let page = client.get(&format!("/v1/changes?{}", query(pairs))).await?;
             if json {
-                print_json(&page);
+                print_json(&page)?;
             } else {
                 let rows: Vec<Vec<String>> = page
                     .get("changes")
@@ -370,8 +439,8 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                         ]
                     })
                     .collect();
-                print_table(&["CURSOR", "ID", "STATUS", "EVENTS", "UPDATED"], &rows);
-                eprintln!("(next: --cursor {})", num_at(&page, "/next_cursor"));
+                print_table(&["CURSOR", "ID", "STATUS", "EVENTS", "UPDATED"], &rows)?;
+                errln!("(next: --cursor {})", num_at(&page, "/next_cursor"))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -399,10 +468,10 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                 } else {
                     ""
                 };
-                eprintln!("(the oldest {shown} pending wakes; there may be more: acknowledge these{larger})");
+                errln!("(the oldest {shown} pending wakes; there may be more: acknowledge these{larger})")?;
             }
             if json {
-                print_json(&page);
+                print_json(&page)?;
             } else {
                 let rows: Vec<Vec<String>> = page
                     .get("wakes")
@@ -421,7 +490,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                         ]
                     })
                     .collect();
-                print_table(&["WAKE", "FRAME", "PROCESS", "SEQ", "TYPE", "AGE", "INPUT"], &rows);
+                print_table(&["WAKE", "FRAME", "PROCESS", "SEQ", "TYPE", "AGE", "INPUT"], &rows)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -433,11 +502,11 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                 )
                 .await?;
             if json {
-                print_json(&answer);
+                print_json(&answer)?;
             } else if answer.get("acked").and_then(Value::as_bool) == Some(true) {
-                println!("acknowledged {wake_id}");
+                outln!("acknowledged {wake_id}")?;
             } else {
-                println!("{wake_id} was already acknowledged");
+                outln!("{wake_id} was already acknowledged")?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -523,21 +592,21 @@ async fn await_command(client: &Client, json: bool, id: &str, timeout: Duration)
         }
     };
     if json {
-        print_json(&record);
+        print_json(&record)?;
     } else {
-        print_record(&record);
+        print_record(&record)?;
     }
     if str_at(&record, "/status") == "running" {
-        eprintln!(
+        errln!(
             "timed out after {}: {id} is still running (exit code {EXIT_STILL_RUNNING})",
             humantime::format_duration(timeout)
-        );
+        )?;
         return Ok(ExitCode::from(EXIT_STILL_RUNNING));
     }
     // Ended: 0 only for a success, so `cairn await build-42 && deploy`
     // deploys only what succeeded (a command's own exit code is not passed
     // on: 2 and 3 mean other things here).
-    Ok(match exit_code_of(&record, false) {
+    Ok(match exit_code_of(&record, false)? {
         code if code == ExitCode::SUCCESS => code,
         _ => ExitCode::FAILURE,
     })
@@ -591,25 +660,38 @@ async fn run_conflict(client: &Client, id: &str, body: &Value) -> ClientError {
 /// it was told to stop.
 const CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A line on stderr for `run`, which ignores SIGPIPE: `false` when stderr
-/// is closed (its reader gone), never a panic.
-fn note(line: std::fmt::Arguments<'_>) -> bool {
-    writeln!(std::io::stderr(), "{line}").is_ok()
+/// A line on stderr for `run` where a failed write changes nothing (it is
+/// stopping anyway): never a panic.
+fn note(line: std::fmt::Arguments<'_>) {
+    let _ = output::note(line);
 }
 
-/// A client command whose reader went away (`cairn --json ls | head -1`)
-/// ends quietly, as other command-line tools do, instead of panicking on the
-/// failed print. Rust ignores `SIGPIPE` so that a write reports the broken
-/// pipe; a client has nothing to do with that report but stop, which the
-/// default action does. The server keeps ignoring it (a client hanging up
-/// must not end it), and sockets never raise it (they are written with
-/// `MSG_NOSIGNAL`).
-pub fn quit_on_closed_pipe() {
-    #[cfg(unix)]
-    // SAFETY: restoring a signal's default action (a plain `signal` call,
-    // which touches no memory of ours).
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+/// The first of `run`'s writes that failed (its output closed, or full),
+/// told to the loop that follows the process, which then cancels it.
+#[derive(Default)]
+struct OutputLost {
+    told: tokio::sync::Notify,
+    error: std::sync::Mutex<Option<ClientError>>,
+}
+
+impl OutputLost {
+    /// Whether `written` was: a failure is kept (the first) and told.
+    fn written(&self, written: Result<(), ClientError>) -> bool {
+        let Err(e) = written else { return true };
+        let mut kept = self.error.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if kept.is_none() {
+            *kept = Some(e);
+            self.told.notify_one();
+        }
+        false
+    }
+
+    /// The failure kept.
+    fn take(&self) -> Option<ClientError> {
+        self.error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 }
 
@@ -796,22 +878,22 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
     let verb = start_verb(status, &record);
     let ended = str_at(&record, "/status") != "running";
     if args.detach {
-        // Nothing to cancel when the output closes: end quietly, as others do.
-        quit_on_closed_pipe();
+        // Nothing to cancel when the output closes: it ends as other
+        // commands do.
         if json {
-            print_json(&record);
+            print_json(&record)?;
         } else {
-            println!("{id}");
+            outln!("{id}")?;
             if ended {
-                eprintln!(
+                errln!(
                     "{id} already ran: it ended {}; see how with `cairn get {id}`, its output with `cairn events {id}`",
                     str_at(&record, "/status")
-                );
+                )?;
             } else {
-                eprintln!(
+                errln!(
                     "{verb} {id} in the background; follow it with `cairn events {id} --follow`, \
                      wait with `cairn await {id}`, stop it with `cairn cancel {id}`"
-                );
+                )?;
             }
         }
         return Ok(ExitCode::SUCCESS);
@@ -826,53 +908,47 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
     // the process, then `run` exits at once (128 + the signal).
     let mut terminate = unix_signal(tokio::signal::unix::SignalKind::terminate());
     let mut hangup = unix_signal(tokio::signal::unix::SignalKind::hangup());
-    let output_closed = tokio::sync::Notify::new();
-    // A closed stderr is a closed output too (`run` ignores SIGPIPE, so a
-    // write there fails rather than killing it): the process is cancelled.
+    // A closed stderr is a closed output too (a write there fails): the
+    // process is cancelled.
+    let output_lost = OutputLost::default();
     if !json {
-        let said = if ended {
-            note(format_args!(
+        output_lost.written(if ended {
+            errln!(
                 "{id} already ran and ended {}; its output again:",
                 str_at(&record, "/status")
-            ))
+            )
         } else {
-            note(format_args!("{verb} {id} (Ctrl-C cancels it)"))
-        };
-        if !said {
-            output_closed.notify_one();
-        }
+            errln!("{verb} {id} (Ctrl-C cancels it)")
+        });
     }
     // Output lines go where the command wrote them; the rest of the log is not
     // the command's output, except that a new attempt is said (a rerunnable
-    // run whose server stopped runs again from the start).
-    let closed = &output_closed;
+    // run whose server stopped runs again from the start). A write that
+    // fails is the loop's to act on (cancel the process): the stream goes on
+    // until then, its lines unwritten.
+    let lost = &output_lost;
     let follow = client.follow(&id, 0, true, |event| {
         if json {
-            return;
+            return Ok(());
         }
         match event.get("event_type").and_then(Value::as_str) {
             Some("shell.output") => {}
             Some("process.started") => {
                 let attempt = event.pointer("/payload/attempt").and_then(Value::as_u64).unwrap_or(1);
-                let said = if attempt > 1 && ended {
-                    note(format_args!(
+                if attempt > 1 && ended {
+                    lost.written(errln!(
                         "{id} ran again (attempt {attempt}): the run before did not end (its server stopped \
                          or lost it), and a rerunnable run starts over; the output below is that run's"
-                    ))
+                    ));
                 } else if attempt > 1 {
-                    note(format_args!(
+                    lost.written(errln!(
                         "{id} runs again (attempt {attempt}): its last run did not end (its server stopped \
                          or lost it), and a rerunnable run starts over; the output below is the new run's"
-                    ))
-                } else {
-                    true
-                };
-                if !said {
-                    closed.notify_one();
+                    ));
                 }
-                return;
+                return Ok(());
             }
-            _ => return,
+            _ => return Ok(()),
         }
         let to_stderr = event.pointer("/payload/stream").and_then(Value::as_str) == Some("stderr");
         for line in event
@@ -882,19 +958,13 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
             .flatten()
         {
             let text = line.as_str().map(str::to_string).unwrap_or_else(|| line.to_string());
-            let written = if to_stderr {
-                writeln!(std::io::stderr(), "{text}")
-            } else {
-                writeln!(std::io::stdout(), "{text}")
-            };
-            if written.is_err() {
-                closed.notify_one();
-                return;
+            let written = if to_stderr { errln!("{text}") } else { outln!("{text}") };
+            if !lost.written(written) {
+                return Ok(());
             }
         }
-        if std::io::stdout().flush().is_err() {
-            closed.notify_one();
-        }
+        lost.written(output::flush());
+        Ok(())
     });
     let mut follow = std::pin::pin!(follow);
     // A run whose worker's lease lapsed and that no worker took on (its node
@@ -937,9 +1007,7 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
                 Err(_) => LeaseLook::Again(now_ms() + LEASE_LOOK_GAP_MS),
             };
             if let LeaseLook::Lapsed(text) = &look {
-                if !note(format_args!("{text}")) {
-                    closed.notify_one();
-                }
+                lost.written(errln!("{text}"));
                 break;
             }
         }
@@ -948,6 +1016,9 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
     let mut lease_watch = std::pin::pin!(lease_watch);
     let mut interrupted = false;
     let mut cancel_recorded = false;
+    // A write that failed otherwise than on a closed output (a full disk):
+    // said once the process is cancelled, and `run` exits 1.
+    let mut unwritten = None;
     loop {
         let ended_by = tokio::select! {
             done = &mut follow => {
@@ -955,9 +1026,15 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
                 break;
             }
             () = &mut lease_watch => continue,
-            _ = output_closed.notified() => ("its output was closed", 128 + 13),
-            Some(()) = recv_signal(&mut terminate) => ("SIGTERM", 128 + 15),
-            Some(()) = recv_signal(&mut hangup) => ("SIGHUP", 128 + 1),
+            () = output_lost.told.notified() => match output_lost.take() {
+                Some(e) if e.exit_code() != output::EXIT_OUTPUT_CLOSED => {
+                    unwritten = Some(e);
+                    ("its output could not be written".to_string(), 1)
+                }
+                _ => ("its output was closed".to_string(), output::EXIT_OUTPUT_CLOSED),
+            },
+            Some(()) = recv_signal(&mut terminate) => ("SIGTERM".to_string(), 128 + 15),
+            Some(()) = recv_signal(&mut hangup) => ("SIGHUP".to_string(), 128 + 1),
             Some(()) = recv_signal(&mut ctrl_c) => {
                 let stopped_following = |recorded: bool| {
                     if recorded {
@@ -997,7 +1074,7 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
         let (what, code) = ended_by;
         // A run replaying the output of one that ended has nothing to cancel.
         if ended {
-            return Ok(ExitCode::from(code));
+            return unwritten.map_or(Ok(ExitCode::from(code)), Err);
         }
         let body = json!({"reason": format!("interrupted: {what} (`cairn run`)")});
         // Bounded, and a second signal ends the wait: a server that does not
@@ -1028,12 +1105,15 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
                 ));
             }
         }
-        return Ok(ExitCode::from(code));
+        return unwritten.map_or(Ok(ExitCode::from(code)), Err);
     }
-    // The process has ended: a closed output now ends `run` quietly, as it
-    // does every other command.
-    quit_on_closed_pipe();
-    // The process has ended: a signal while its record is read ends `run`
+    // The process ended as its output closed (the two told at once):
+    // nothing to cancel, and the output lost is said as any other command's.
+    if let Some(e) = output_lost.take() {
+        return Err(e);
+    }
+    // The process has ended: a closed output now ends `run` as it does
+    // every other command; a signal while its record is read ends `run`
     // (128 + the signal) rather than waiting on a server that does not answer.
     let path = proc_path(&id);
     let record = tokio::select! {
@@ -1043,9 +1123,9 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
         Some(()) = recv_signal(&mut ctrl_c) => return Ok(ExitCode::from(EXIT_INTERRUPTED)),
     };
     if json {
-        print_json(&record);
+        print_json(&record)?;
     }
-    let code = exit_code_of(&record, true);
+    let code = exit_code_of(&record, true)?;
     Ok(
         if interrupted && record.pointer("/outcome/type").and_then(Value::as_str) == Some("cancelled") {
             ExitCode::from(EXIT_INTERRUPTED)
@@ -1124,10 +1204,10 @@ fn start_verb(status: reqwest::StatusCode, record: &Value) -> &'static str {
 /// when the outcome carries it (and `command_code`: `run` printed the
 /// command's output, which says the rest); otherwise 1, after saying on
 /// stderr how the process ended.
-fn exit_code_of(record: &Value, command_code: bool) -> ExitCode {
+fn exit_code_of(record: &Value, command_code: bool) -> Result<ExitCode, ClientError> {
     let outcome = record.get("outcome").unwrap_or(&Value::Null);
     let id = str_at(record, "/id");
-    match outcome.get("type").and_then(Value::as_str) {
+    Ok(match outcome.get("type").and_then(Value::as_str) {
         Some("success") => ExitCode::SUCCESS,
         Some("failure") => {
             if let Some(code) = outcome
@@ -1135,7 +1215,7 @@ fn exit_code_of(record: &Value, command_code: bool) -> ExitCode {
                 .and_then(Value::as_u64)
                 .filter(|_| command_code)
             {
-                return ExitCode::from(u8::try_from(code).ok().filter(|c| *c != 0).unwrap_or(1));
+                return Ok(ExitCode::from(u8::try_from(code).ok().filter(|c| *c != 0).unwrap_or(1)));
             }
             // A command a signal ended answers 128 + the signal, as a shell
             // does; said on stderr too, since the output does not say it.
@@ -1144,29 +1224,29 @@ fn exit_code_of(record: &Value, command_code: bool) -> ExitCode {
                 .and_then(Value::as_u64)
                 .filter(|s| command_code && (1..128).contains(s) && str_at(outcome, "/code") == "exit_status")
             {
-                eprintln!("{id}: the command was killed by signal {signal}");
-                return ExitCode::from(128 + u8::try_from(signal).unwrap_or(0));
+                errln!("{id}: the command was killed by signal {signal}")?;
+                return Ok(ExitCode::from(128 + u8::try_from(signal).unwrap_or(0)));
             }
-            eprintln!(
+            errln!(
                 "{id} failed: {}: {}",
                 shown(&str_at(outcome, "/code")),
                 shown(&str_at(outcome, "/message"))
-            );
+            )?;
             ExitCode::FAILURE
         }
         Some("cancelled") => {
-            eprintln!("{id} was cancelled: {}", shown(&str_at(outcome, "/message")));
+            errln!("{id} was cancelled: {}", shown(&str_at(outcome, "/message")))?;
             ExitCode::FAILURE
         }
         Some("abandoned") => {
-            eprintln!("{id} was abandoned: {}", abandonment(outcome));
+            errln!("{id} was abandoned: {}", abandonment(outcome))?;
             ExitCode::FAILURE
         }
         _ => {
-            eprintln!("{id} ended without an outcome ({})", str_at(record, "/status"));
+            errln!("{id} ended without an outcome ({})", str_at(record, "/status"))?;
             ExitCode::FAILURE
         }
-    }
+    })
 }
 
 /// When the worker reconciles an abandon request, as `cairn abandon` says
@@ -1282,17 +1362,17 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
         });
         if let Some(limit) = args.limit.filter(|l| rows.len() > *l) {
             // Said on stderr, as the other notes are: more matched.
-            eprintln!("(the newest {limit} shown; more match: raise --limit to see them)");
+            errln!("(the newest {limit} shown; more match: raise --limit to see them)")?;
             rows.truncate(limit);
         }
     }
     if json {
         if let (Some(next), false) = (&truncated, paged) {
-            eprintln!(
+            errln!(
                 "(only the first {LS_SCAN_LIMIT} by id were sorted; narrow the filters or page with --after-id {next})"
-            );
+            )?;
         }
-        print_json(&ls_document(rows, truncated, paged));
+        print_json(&ls_document(rows, truncated, paged))?;
         return Ok(ExitCode::SUCCESS);
     }
     let table: Vec<Vec<String>> = rows
@@ -1315,17 +1395,17 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
     print_table(
         &["ID", "STATUS", "DISPOSITION", "DEFINITION", "CREATED", "WAITING"],
         &table,
-    );
+    )?;
     if table.is_empty() && running_only {
         // The default lists running processes only: say so, or an empty
         // table reads as "nothing was ever started".
-        eprintln!("(nothing running matches; `--status any` lists ended processes too)");
+        errln!("(nothing running matches; `--status any` lists ended processes too)")?;
     }
     match truncated {
-        Some(next) if paged => eprintln!("(more: --after-id {next})"),
-        Some(next) => eprintln!(
+        Some(next) if paged => errln!("(more: --after-id {next})")?,
+        Some(next) => errln!(
             "(only the first {LS_SCAN_LIMIT} by id were sorted; narrow the filters or page with --after-id {next})"
-        ),
+        )?,
         None => {}
     }
     Ok(ExitCode::SUCCESS)
@@ -1375,9 +1455,9 @@ async fn complete(client: &Client, json: bool, args: CompleteArgs) -> Result<Exi
     }
     let (_, record) = client.post(&format!("{}/complete", proc_path(&args.id)), &body).await?;
     if json {
-        print_json(&record);
+        print_json(&record)?;
     } else {
-        println!("{} is {}", args.id, str_at(&record, "/status"));
+        outln!("{} is {}", args.id, str_at(&record, "/status"))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1404,9 +1484,9 @@ async fn prune(client: &Client, json: bool, args: PruneArgs) -> Result<ExitCode,
         .post_within("/v1/prune", &body, Duration::from_secs(24 * 3600))
         .await?;
     if json {
-        print_json(&report);
+        print_json(&report)?;
     } else {
-        println!(
+        outln!(
             "pruned {} processes ({} events, {} grants, {} wakes); {} held by the watermark, {} by a running parent, {} by a running descendant",
             num_at(&report, "/pruned"),
             num_at(&report, "/events_deleted"),
@@ -1415,7 +1495,7 @@ async fn prune(client: &Client, json: bool, args: PruneArgs) -> Result<ExitCode,
             num_at(&report, "/held_by_watermark"),
             num_at(&report, "/held_by_running_parent"),
             num_at(&report, "/held_by_running_descendant"),
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1454,25 +1534,25 @@ async fn module(client: &Client, json: bool, command: ModuleCommand) -> Result<E
             }
             let (status, module) = client.post("/v1/modules", &body).await?;
             if json {
-                print_json(&module);
+                print_json(&module)?;
             } else {
                 let verb = if status.as_u16() == 201 {
                     "stored"
                 } else {
                     "already stored"
                 };
-                println!("{verb} {}", str_at(&module, "/module_ref"));
-                println!("exports: {}", exports_of(&module));
+                outln!("{verb} {}", str_at(&module, "/module_ref"))?;
+                outln!("exports: {}", exports_of(&module))?;
                 // A module is immutable, its name too: one stored already
                 // keeps the name it was first given (or none).
                 let kept = module.get("name").and_then(Value::as_str);
                 if let Some(asked) = asked.filter(|a| Some(a.as_str()) != kept) {
-                    eprintln!(
+                    errln!(
                         "the name `{}` was not applied: this source was stored already, {} (a module, its name \
                          included, never changes)",
                         shown(&asked),
                         kept.map_or_else(|| "without a name".to_string(), |k| format!("as `{}`", shown(k)))
-                    );
+                    )?;
                 }
             }
         }
@@ -1480,7 +1560,7 @@ async fn module(client: &Client, json: bool, command: ModuleCommand) -> Result<E
             // Every page, so a long listing is never cut at the first.
             let all = client.every_page("/v1/modules", "modules").await?;
             if json {
-                print_json(&json!({ "modules": all }));
+                print_json(&json!({ "modules": all }))?;
             } else {
                 let rows: Vec<Vec<String>> = all
                     .iter()
@@ -1493,15 +1573,15 @@ async fn module(client: &Client, json: bool, command: ModuleCommand) -> Result<E
                         ]
                     })
                     .collect();
-                print_table(&["MODULE", "NAME", "EXPORTS", "AGE"], &rows);
+                print_table(&["MODULE", "NAME", "EXPORTS", "AGE"], &rows)?;
             }
         }
         ModuleCommand::Get { module_ref } => {
             let module = client.get(&format!("/v1/modules/{}", segment(&module_ref))).await?;
             if json {
-                print_json(&module);
+                print_json(&module)?;
             } else {
-                print!("{}", str_at(&module, "/source"));
+                output::bytes(str_at(&module, "/source").as_bytes())?;
             }
         }
     }
@@ -1552,11 +1632,11 @@ fn exports_cell(module: &Value) -> String {
     cell
 }
 
-fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+fn print_json(v: &Value) -> Result<(), ClientError> {
+    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()))
 }
 
-fn print_record(r: &Value) {
+fn print_record(r: &Value) -> Result<(), ClientError> {
     let mut rows = vec![
         ("id", str_at(r, "/id")),
         ("status", str_at(r, "/status")),
@@ -1610,27 +1690,28 @@ fn print_record(r: &Value) {
         rows.push(("outcome", text));
     }
     for (k, v) in rows {
-        println!("{k:<16} {v}");
+        outln!("{k:<16} {v}")?;
     }
+    Ok(())
 }
 
 /// One event as a line: its payload cut to 160 characters on a terminal,
 /// whole where the output goes to a file or a program (a payload is JSON on
 /// one line either way).
-fn print_event_row(e: &Value) {
+fn print_event_row(e: &Value) -> Result<(), ClientError> {
     let payload = e.get("payload").map(Value::to_string).unwrap_or_default();
     let max = line_room();
-    println!(
+    outln!(
         "{:>5}  {}  {:<28} {}",
         num_at(e, "/sequence"),
         timestamp(e.get("occurred_at_ms")),
         str_at(e, "/event_type"),
         one_line(&payload, max)
-    );
+    )
 }
 
 /// A borderless table (`comfy-table`), columns two spaces apart, no trailing blanks.
-fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+fn print_table(headers: &[&str], rows: &[Vec<String>]) -> Result<(), ClientError> {
     let mut table = comfy_table::Table::new();
     table
         .load_preset(comfy_table::presets::NOTHING)
@@ -1644,8 +1725,9 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) {
         column.set_padding((0, if i == last { 0 } else { 2 }));
     }
     for line in table.lines() {
-        println!("{}", line.trim_end());
+        outln!("{}", line.trim_end())?;
     }
+    Ok(())
 }
 
 fn str_at(v: &Value, pointer: &str) -> String {

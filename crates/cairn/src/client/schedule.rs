@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use serde_json::{json, Value};
 
 use super::http::{segment, Client, ClientError};
+use super::output::outln;
 use super::{parse_json_arg, print_json, print_table, read_stdin, str_at, timestamp};
 use crate::cli::ScheduleAction;
 
@@ -51,19 +52,20 @@ fn row(s: &Value) -> Vec<String> {
 
 const HEADERS: [&str; 6] = ["ID", "WHEN", "OVERLAP", "STATE", "NEXT FIRE", "LAST PROCESS"];
 
-fn print_one(s: &Value) {
-    print_table(&HEADERS, &[row(s)]);
+fn print_one(s: &Value) -> Result<(), ClientError> {
+    print_table(&HEADERS, &[row(s)])?;
     // A fire the start path refused is skipped: say which and why, or the
     // schedule reads as healthy while nothing starts.
     if let Some(r) = s.get("last_refusal").filter(|r| r.is_object()) {
-        println!(
+        outln!(
             "last refused fire: {} at {}: {}: {}",
             str_at(r, "/process_id"),
             timestamp(r.get("fire_ms")),
             super::shown(&str_at(r, "/code")),
             super::shown(&str_at(r, "/message"))
-        );
+        )?;
     }
+    Ok(())
 }
 
 pub(super) async fn execute(client: &Client, json: bool, action: ScheduleAction) -> Result<ExitCode, ClientError> {
@@ -89,11 +91,11 @@ pub(super) async fn execute(client: &Client, json: bool, action: ScheduleAction)
             }
             let (status, schedule) = client.post("/v1/schedules", &body).await?;
             if json {
-                print_json(&schedule);
+                print_json(&schedule)?;
             } else {
                 let verb = if status.as_u16() == 201 { "created" } else { "exists" };
-                println!("{verb} {id}");
-                print_one(&schedule);
+                outln!("{verb} {id}")?;
+                print_one(&schedule)?;
             }
         }
         ScheduleAction::Ls => {
@@ -102,25 +104,25 @@ pub(super) async fn execute(client: &Client, json: bool, action: ScheduleAction)
             if json {
                 // As `ls` and `module ls` do: the items under their name,
                 // the shape of the API's page.
-                print_json(&serde_json::json!({ "schedules": all }));
+                print_json(&serde_json::json!({ "schedules": all }))?;
             } else {
-                print_table(&HEADERS, &rows);
+                print_table(&HEADERS, &rows)?;
             }
         }
         ScheduleAction::Get { id } => {
             let s = client.get(&path(&id)).await?;
             if json {
-                print_json(&s);
+                print_json(&s)?;
             } else {
-                print_one(&s);
+                print_one(&s)?;
             }
         }
         ScheduleAction::Rm { id } => {
             client.delete(&path(&id)).await?;
             if json {
-                print_json(&json!({"deleted": id}));
+                print_json(&json!({"deleted": id}))?;
             } else {
-                println!("deleted {id}");
+                outln!("deleted {id}")?;
             }
         }
         ScheduleAction::Pause { id } => flip(client, json, &id, "pause", "paused").await?,
@@ -132,10 +134,10 @@ pub(super) async fn execute(client: &Client, json: bool, action: ScheduleAction)
 async fn flip(client: &Client, json: bool, id: &str, action: &str, done: &str) -> Result<(), ClientError> {
     let (_, s) = client.post(&format!("{}/{action}", path(id)), &json!({})).await?;
     if json {
-        print_json(&s);
+        print_json(&s)?;
     } else {
-        println!("{done} {id}");
-        print_one(&s);
+        outln!("{done} {id}")?;
+        print_one(&s)?;
     }
     Ok(())
 }
