@@ -633,7 +633,7 @@ fn parse_model(s: &str) -> Result<cairn_turn::ModelSpec, String> {
 /// What `cairn run` records the process as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RunDisposition {
-    /// Abandoned (never re-run) when the server stops or loses it mid-run.
+    /// Abandoned (never re-run) when the server stops or loses it mid-run (a server killed outright leaves the command running).
     #[value(alias = "owner_bound")]
     OwnerBound,
     /// Run again from the start after a crash or restart.

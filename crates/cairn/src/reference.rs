@@ -483,6 +483,15 @@ pub fn render() -> String {
         let _ = writeln!(w, "### `{name}`\n");
         if name == "shell" {
             let _ = writeln!(w, "Exactly one of `argv` and `command`.\n");
+            let _ = writeln!(
+                w,
+                "The command runs in a process group of its own, and a cancel, a timeout, a lost lease or the \
+                 server's exit stops the whole group; a `rerunnable` command's group also dies with a server \
+                 killed outright (ADR 0025). A command that moves into a group or session of its own leaves \
+                 reach of all of these: `setsid`, and GNU `timeout` unless given `--foreground` (use \
+                 `timeout_ms` instead). A killed server leaves an `owner_bound` command running: it is \
+                 `abandoned` (its outcome unknown) and may still finish.\n"
+            );
         }
         let _ = writeln!(w, "| arg | type | required | meaning |");
         let _ = writeln!(w, "| --- | --- | --- | --- |");
