@@ -926,6 +926,42 @@ pub struct FireReport {
     /// pass goes on at once.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub more: bool,
+    /// Fire times passed over: due after the one a schedule fired (or
+    /// skipped) but before this pass, so never made. One missed fire per
+    /// schedule is caught up, after downtime or a pass running behind (more
+    /// fires due at once than it makes in a period); counted up to
+    /// [`MAX_COUNTED_PASSED_OVER`] per schedule.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub passed_over: u64,
+}
+
+/// The most passed-over fire times one fire counts (a schedule of every
+/// second, down for a day, passed over 86,400).
+pub const MAX_COUNTED_PASSED_OVER: u64 = 10_000;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Schedule {
+    /// How many fire times fall strictly between `fire_ms` and `next_ms`
+    /// (up to [`MAX_COUNTED_PASSED_OVER`]): those a fire at `fire_ms` whose
+    /// next is `next_ms` passes over.
+    pub fn passed_over(&self, fire_ms: u64, next_ms: Option<u64>) -> Result<u64> {
+        let Some(next_ms) = next_ms else { return Ok(0) };
+        let mut n = 0;
+        let mut at = fire_ms;
+        while n < MAX_COUNTED_PASSED_OVER {
+            match self.next_after(at)? {
+                Some(t) if t < next_ms => {
+                    n += 1;
+                    at = t;
+                }
+                _ => break,
+            }
+        }
+        Ok(n)
+    }
 }
 
 #[cfg(test)]

@@ -102,7 +102,11 @@ impl Scheduler {
         }
         let schedule = &schedule;
         let running = self.previous_running(schedule).await?;
-        match plan_fire(schedule, now, running)? {
+        let plan = plan_fire(schedule, now, running)?;
+        if let FirePlan::Skip { fire_ms, advance } | FirePlan::Start { fire_ms, advance, .. } = &plan {
+            report.passed_over += schedule.passed_over(*fire_ms, advance.next_fire_ms)?;
+        }
+        match plan {
             FirePlan::NotDue => {}
             FirePlan::Skip { fire_ms, advance } => {
                 if self
@@ -210,7 +214,17 @@ pub(crate) fn made_by(
 #[async_trait::async_trait]
 impl crate::worker::DueWork for Scheduler {
     async fn run_due(&self) -> crate::worker::DueLeft {
-        match self.fire_due().await {
+        let fired = self.fire_due().await;
+        if let Ok(report) = &fired {
+            if report.passed_over > 0 {
+                tracing::warn!(
+                    passed_over = report.passed_over,
+                    "fire times passed over: they fell due while the server was down or earlier fires were \
+                     being made; one missed fire per schedule is caught up"
+                );
+            }
+        }
+        match fired {
             Ok(report) if !report.failed.is_empty() => crate::worker::DueLeft::Failed,
             Ok(report) if report.more => crate::worker::DueLeft::More,
             Ok(_) => crate::worker::DueLeft::Nothing,

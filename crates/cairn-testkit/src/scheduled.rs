@@ -379,7 +379,8 @@ pub async fn a_pause_landing_after_the_due_read_wins(factory: &dyn StoreFactory)
 }
 
 /// A runtime stopped for an hour and started again over the same store fires
-/// exactly one catch-up (the first missed fire), then keeps time from now.
+/// exactly one catch-up (the first missed fire), counts the fire times it
+/// passed over, then keeps time from now.
 pub async fn one_catch_up_after_downtime(factory: &dyn StoreFactory) {
     let store = factory.create(cairn_core::ManualClock::new(1_000_000)).await;
     let t0 = store.clock.now_ms();
@@ -392,8 +393,11 @@ pub async fn one_catch_up_after_downtime(factory: &dyn StoreFactory) {
 
     store.clock.advance(3_600_000);
     let after = runtime(&store, "node-b");
-    after.fire_schedules().await.expect("fire");
-    after.fire_schedules().await.expect("fire");
+    let report = after.fire_schedules().await.expect("fire");
+    // The fire times it passed over are counted (the server says so).
+    assert_eq!(report.passed_over, 359, "{report:?}");
+    let report = after.fire_schedules().await.expect("fire");
+    assert_eq!(report.passed_over, 0, "{report:?}");
     assert_eq!(
         fired(&after, "sync").await,
         fire_ids("sync", &[t0 + 10_000, t0 + 20_000]),
