@@ -943,6 +943,18 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+impl FireReport {
+    /// Adds what `other` (one schedule's fire) did to this report.
+    pub fn merge(&mut self, other: FireReport) {
+        self.started.extend(other.started);
+        self.skipped.extend(other.skipped);
+        self.refused.extend(other.refused);
+        self.failed.extend(other.failed);
+        self.more |= other.more;
+        self.passed_over += other.passed_over;
+    }
+}
+
 impl Schedule {
     /// How many fire times fall strictly between `fire_ms` and `next_ms`
     /// (up to [`MAX_COUNTED_PASSED_OVER`]): those a fire at `fire_ms` whose

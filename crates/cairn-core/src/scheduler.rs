@@ -17,6 +17,8 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt;
+
 use crate::clock::SharedClock;
 use crate::model::{ProcessStatus, MAX_PAGE_SIZE};
 use crate::processes::{Processes, Starter};
@@ -29,6 +31,8 @@ const DUE_PAGE: usize = 256;
 /// The most pages one pass fires before it lets the drive claim (the next
 /// drive goes on where this one stopped).
 const MAX_PAGES_PER_PASS: usize = 16;
+/// How many fires of a page are made at once.
+const FIRES_AT_ONCE: usize = 16;
 
 /// Fires due schedules: what the work driver runs before each drive's claims.
 pub(crate) struct Scheduler {
@@ -57,19 +61,34 @@ impl Scheduler {
             let due = self.registry.due_schedules(now, DUE_PAGE).await?;
             let n = due.len();
             let mut fired = 0;
-            for schedule in due {
-                if failed.contains(&schedule.id) {
-                    continue;
-                }
-                match self.fire(&schedule, now, &mut report).await {
-                    Ok(()) => fired += 1,
+            // Each schedule's fire is its own (its reads, its start, its
+            // compare-and-set advance), so a page's fires are made a few at
+            // a time: one after another, a store's round trips bound a pass
+            // to a few hundred fires a second and later fire times are
+            // passed over.
+            let mut fires = futures::stream::iter(due.into_iter().filter(|s| !failed.contains(&s.id)))
+                .map(|schedule| async move {
+                    let mut made = FireReport::default();
+                    let result = self.fire(&schedule, now, &mut made).await;
+                    (schedule.id, made, result)
+                })
+                .buffered(FIRES_AT_ONCE);
+            let mut failed_now = Vec::new();
+            while let Some((id, made, result)) = fires.next().await {
+                match result {
+                    Ok(()) => {
+                        fired += 1;
+                        report.merge(made);
+                    }
                     Err(e) => {
-                        tracing::warn!(schedule = %schedule.id, error = %e, "a schedule's fire failed; a later pass tries it again");
-                        failed.insert(schedule.id.clone());
-                        report.failed.push(schedule.id.clone());
+                        tracing::warn!(schedule = %id, error = %e, "a schedule's fire failed; a later pass tries it again");
+                        report.failed.push(id.clone());
+                        failed_now.push(id);
                     }
                 }
             }
+            drop(fires);
+            failed.extend(failed_now);
             // A page of nothing but failed schedules would be read again.
             if n < DUE_PAGE || fired == 0 {
                 break;
