@@ -34,7 +34,8 @@ pub mod tools;
 
 pub use calls::{caller_key, CallsInFlight};
 pub use server::{
-    http_service, serve_stdio, HttpOptions, HttpService, McpServer, Resolver, DEFAULT_MAX_ARGUMENT_BYTES,
+    http_service, protocol_version_header_fault, protocol_versions, serve_stdio, ClientGone, HttpOptions, HttpService,
+    McpServer, Resolver, DEFAULT_MAX_ARGUMENT_BYTES, OLDEST_PROTOCOL_VERSION,
 };
 pub use tools::{ListArgs, ToolKind};
 

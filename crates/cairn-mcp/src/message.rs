@@ -59,6 +59,18 @@ pub fn leading_id(bytes: &[u8]) -> Value {
     found.into_inner().filter(id_ok).unwrap_or(Value::Null)
 }
 
+/// The id of a message of which only `prefix`, its start, was read (a body
+/// refused for its size): [`leading_id`], taken only when the prefix goes
+/// on past it. An id at the very end of the prefix may be cut (`12` of
+/// `123`), so it is taken only when a byte less shows the same id.
+pub fn id_of_start(prefix: &[u8]) -> Value {
+    let id = leading_id(prefix);
+    if id.is_null() || leading_id(&prefix[..prefix.len().saturating_sub(1)]) != id {
+        return Value::Null;
+    }
+    id
+}
+
 /// Whether `bytes` hold a notification (see [`is_notification`]), read
 /// leniently: one with a key given twice is dropped unanswered too.
 pub fn is_notification_bytes(bytes: &[u8]) -> bool {
@@ -228,5 +240,34 @@ fn kind(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// An id is taken from a message's start only when the start shows it
+    /// whole: an id the cut may have shortened is no id.
+    #[test]
+    fn the_id_of_a_cut_start_is_whole_or_null() {
+        let message = br#"{"jsonrpc":"2.0","id":123,"method":"tools/call","params":{"name":"x"}}"#;
+        let at = |needle: &str| {
+            message
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .expect("in the message")
+                + needle.len()
+        };
+        assert_eq!(id_of_start(message), json!(123));
+        assert_eq!(id_of_start(&message[..at(r#""id":123,"#)]), json!(123));
+        assert_eq!(id_of_start(&message[..at(r#""id":123"#)]), Value::Null);
+        assert_eq!(id_of_start(&message[..at(r#""id":12"#)]), Value::Null);
+        assert_eq!(id_of_start(&message[..at(r#""jsonrpc":"2.0","#)]), Value::Null);
+        let named = br#"{"id":"call-7","method":"ping"}"#;
+        assert_eq!(id_of_start(&named[..10]), Value::Null);
+        assert_eq!(id_of_start(&named[..16]), json!("call-7"));
+        assert_eq!(id_of_start(b""), Value::Null);
     }
 }

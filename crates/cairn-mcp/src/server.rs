@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Extensions, Implementation, ListToolsResult,
-    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    PaginatedRequestParams, ProtocolVersion, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
@@ -40,6 +40,69 @@ pub struct McpServer {
     /// Over streamable HTTP: the calls a client's cancel may end.
     calls: Option<Arc<CallsInFlight>>,
 }
+
+/// The oldest MCP revision this server agrees to (SPEC §16): 2025-06-18.
+/// The revisions before it asked of a server what this one does not do
+/// (2025-03-26: JSON-RPC batches), so a client that asks for one is
+/// answered, as MCP's lifecycle has it, with the latest revision the server
+/// supports, and may then stay or leave.
+pub const OLDEST_PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion::V_2025_06_18;
+
+/// The MCP revisions this server speaks, oldest first: every one the
+/// protocol library knows from [`OLDEST_PROTOCOL_VERSION`] on. What
+/// `initialize` may agree to and `server/discover` advertises, on both
+/// transports, and what an HTTP request's `MCP-Protocol-Version` header may
+/// name.
+pub fn protocol_versions() -> &'static [ProtocolVersion] {
+    let known = ProtocolVersion::KNOWN_VERSIONS;
+    let from = known
+        .iter()
+        .position(|v| v.as_str() >= OLDEST_PROTOCOL_VERSION.as_str())
+        .unwrap_or(known.len());
+    &known[from..]
+}
+
+/// What is wrong with the `MCP-Protocol-Version` header of an HTTP POST
+/// carrying `message`, if anything: it names a revision this server does
+/// not speak ([`protocol_versions`]). The protocol library refuses (400) a
+/// header naming a revision it does not know, but takes every one it knows,
+/// the revisions before [`OLDEST_PROTOCOL_VERSION`] included: this refuses
+/// those as it refuses unknown ones, and says which revisions it speaks.
+/// Where the library reads the header otherwise, this leaves it to the
+/// library: an `initialize` (its header must match the revision its params
+/// ask for, which the handshake then negotiates), a request that names its
+/// revision in its `_meta` (answered `-32602` unsupported protocol version,
+/// with the revisions supported, when it names one this server does not
+/// speak), and a header that is not text.
+pub fn protocol_version_header_fault(message: &Value, header: Option<&http::HeaderValue>) -> Option<String> {
+    let version = header?.to_str().ok()?;
+    let is_request = message.get("id").is_some();
+    let method = message.get("method").and_then(Value::as_str);
+    let names_its_own = message
+        .pointer("/params/_meta")
+        .and_then(|m| m.get("io.modelcontextprotocol/protocolVersion"))
+        .is_some_and(Value::is_string);
+    if is_request && (method == Some("initialize") || names_its_own) {
+        return None;
+    }
+    if protocol_versions().iter().any(|v| v.as_str() == version) {
+        return None;
+    }
+    let spoken: Vec<&str> = protocol_versions().iter().map(ProtocolVersion::as_str).collect();
+    Some(format!(
+        "invalid request: unsupported MCP-Protocol-Version `{version}`: this server speaks MCP {}",
+        spoken.join(", ")
+    ))
+}
+
+/// In an HTTP request's extensions (put there by the server in front of
+/// [`http_service`]): cancelled when the client's connection goes away
+/// before its answer. A `process_await` then ends as its bound would end
+/// it, and its answer goes to the request's handling, which the server
+/// keeps running, not to a connection the protocol library would find
+/// closed (it logs each such answer as an error).
+#[derive(Clone, Debug, Default)]
+pub struct ClientGone(pub CancellationToken);
 
 /// Largest `arguments` object a call may carry by default (the HTTP API's
 /// default body limit): anything larger cannot be forwarded anyway.
@@ -182,6 +245,10 @@ impl ServerHandler for McpServer {
         info
     }
 
+    fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {
+        std::borrow::Cow::Borrowed(protocol_versions())
+    }
+
     async fn list_tools(
         &self,
         request: Option<PaginatedRequestParams>,
@@ -266,12 +333,16 @@ impl ServerHandler for McpServer {
         let cairn = self.backend(&context.extensions)?;
         let arguments = Value::Object(request.arguments.unwrap_or_default());
         // Over HTTP a cancel comes on a POST of its own ([`CallsInFlight`]).
+        let parts = context.extensions.get::<http::request::Parts>();
         let in_flight = self.calls.as_ref().and_then(|calls| {
-            let parts = context.extensions.get::<http::request::Parts>()?;
             let id = serde_json::to_value(&context.id).ok()?;
-            Some(calls.enter(crate::calls::caller_key(&parts.headers), &id))
+            Some(calls.enter(crate::calls::caller_key(&parts?.headers), &id))
         });
         let cancelled_here = in_flight.as_ref().map(|c| c.cancelled.clone()).unwrap_or_default();
+        let gone = parts
+            .and_then(|p| p.extensions.get::<ClientGone>())
+            .map(|g| g.0.clone())
+            .unwrap_or_default();
         // A wait the client gave up on (it cancelled the call, or its
         // connection went away) ends with it: it would otherwise hold an
         // await, past what the connection limit bounds, to its timeout.
@@ -287,8 +358,9 @@ impl ServerHandler for McpServer {
                 () = context.ct.cancelled() => Err(ErrorData::internal_error("the call was cancelled", None)),
                 // A cancel over HTTP may be another client's late one
                 // ([`CallsInFlight`]): the wait ends as its bound would end
-                // it, with the record as it stands.
-                () = cancelled_here.cancelled() => {
+                // it, with the record as it stands. So does a wait whose
+                // client went away ([`ClientGone`]): its answer is dropped.
+                () = async { tokio::select! { () = cancelled_here.cancelled() => {}, () = gone.cancelled() => {} } } => {
                     if let Some(fields) = now.as_object_mut() {
                         fields.insert("timeout_ms".into(), Value::from(0));
                     }

@@ -324,29 +324,45 @@ impl ToolKind {
         }
     }
 
+    /// The tool's hints, as MCP defines them: `readOnlyHint` (it changes
+    /// nothing), `destructiveHint` (a change it makes may be more than an
+    /// addition: it may end, stop or undo something, or set off work that
+    /// does), `idempotentHint` (the same call again changes nothing more) and
+    /// `openWorldHint` (it may reach beyond cairn). Said conservatively: a
+    /// `process_start` may run a `shell` command (with `--allow-shell`) or a
+    /// session turn that calls a model endpoint elsewhere; a signal, a cancel
+    /// (a script may clean up) or a completion may release a waiting script
+    /// that then does such work; a resumed schedule starts processes again.
+    /// Reads, a module's storing and a schedule's pausing reach nothing
+    /// outside cairn's store.
     fn annotations(self) -> ToolAnnotations {
-        let (title, read_only, destructive, idempotent) = match self {
-            Self::Start => ("Start a process", false, false, true),
-            Self::Get => ("Get a process", true, false, true),
-            Self::List => ("List processes", true, false, true),
-            Self::Events => ("Read process events", true, false, true),
-            Self::Await => ("Await a process", true, false, true),
-            Self::Signal => ("Signal a process", false, false, true),
-            Self::Cancel => ("Cancel a process", false, true, true),
+        // (title, read-only, destructive, idempotent, open world)
+        let (title, read_only, destructive, idempotent, open_world) = match self {
+            Self::Start => ("Start a process", false, true, true, true),
+            Self::Get => ("Get a process", true, false, true, false),
+            Self::List => ("List processes", true, false, true, false),
+            Self::Events => ("Read process events", true, false, true, false),
+            Self::Await => ("Await a process", true, false, true, false),
+            // Repeating a `signal_id` answers the same event.
+            Self::Signal => ("Signal a process", false, true, true, true),
+            // Idempotent per reason.
+            Self::Cancel => ("Cancel a process", false, true, true, true),
             // The same completion again answers the record and writes
             // nothing; another outcome is refused (`process_terminal`).
-            Self::Complete => ("Complete a process", false, true, true),
-            Self::ModulePut => ("Store a script module", false, false, true),
-            Self::ScheduleList => ("List schedules", true, false, true),
-            Self::SchedulePause => ("Pause a schedule", false, false, true),
-            Self::ScheduleResume => ("Resume a schedule", false, false, true),
+            Self::Complete => ("Complete a process", false, true, true, true),
+            // Content-addressed: storing adds, and the same source again
+            // answers the stored module.
+            Self::ModulePut => ("Store a script module", false, false, true, false),
+            Self::ScheduleList => ("List schedules", true, false, true, false),
+            // Fires missed while paused are not caught up.
+            Self::SchedulePause => ("Pause a schedule", false, true, true, false),
+            Self::ScheduleResume => ("Resume a schedule", false, true, true, true),
         };
         ToolAnnotations::with_title(title)
             .read_only(read_only)
             .destructive(destructive)
             .idempotent(idempotent)
-            // Processes run inside cairn; the tools reach nothing beyond it.
-            .open_world(false)
+            .open_world(open_world)
     }
 
     /// The tool's input schema, built once per process (every call's
@@ -770,6 +786,34 @@ mod tests {
                 "{}: {limit}",
                 kind.name()
             );
+        }
+    }
+
+    /// A tool that may set off work outside cairn (a shell command, a model
+    /// call) says so: destructive and open-world. Reads are closed.
+    #[test]
+    fn hints_say_what_may_reach_outside_cairn() {
+        let hints = |kind: ToolKind| {
+            let a = kind.annotations();
+            (a.read_only_hint, a.destructive_hint, a.open_world_hint)
+        };
+        for kind in [
+            ToolKind::Start,
+            ToolKind::Signal,
+            ToolKind::Cancel,
+            ToolKind::Complete,
+            ToolKind::ScheduleResume,
+        ] {
+            assert_eq!(hints(kind), (Some(false), Some(true), Some(true)), "{}", kind.name());
+        }
+        for kind in [
+            ToolKind::Get,
+            ToolKind::List,
+            ToolKind::Events,
+            ToolKind::Await,
+            ToolKind::ScheduleList,
+        ] {
+            assert_eq!(hints(kind), (Some(true), Some(false), Some(false)), "{}", kind.name());
         }
     }
 

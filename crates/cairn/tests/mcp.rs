@@ -193,20 +193,36 @@ fn check_tool_list(tools: &[Tool]) {
     for field in ["id", "name", "signal_id"] {
         assert!(signal["required"].as_array().unwrap().contains(&json!(field)));
     }
+    // MCP's hints, as its definitions make them true: (readOnly, destructive,
+    // idempotent, openWorld). A start may run a shell command or call a
+    // model endpoint; a signal, cancel or completion may release a script
+    // that does; a resumed schedule starts processes again.
     let hints = |name: &str| {
         let a = tool(name).annotations.clone().unwrap();
-        (a.read_only_hint, a.destructive_hint, a.idempotent_hint)
+        (
+            a.read_only_hint,
+            a.destructive_hint,
+            a.idempotent_hint,
+            a.open_world_hint,
+        )
     };
-    for reader in ["process_get", "process_list", "process_events", "process_await"] {
-        assert_eq!(hints(reader).0, Some(true), "{reader} is read-only");
+    let reader = (Some(true), Some(false), Some(true), Some(false));
+    for (name, expected) in [
+        ("process_start", (Some(false), Some(true), Some(true), Some(true))),
+        ("process_get", reader),
+        ("process_list", reader),
+        ("process_events", reader),
+        ("process_await", reader),
+        ("process_signal", (Some(false), Some(true), Some(true), Some(true))),
+        ("process_cancel", (Some(false), Some(true), Some(true), Some(true))),
+        ("process_complete", (Some(false), Some(true), Some(true), Some(true))),
+        ("module_put", (Some(false), Some(false), Some(true), Some(false))),
+        ("schedule_list", reader),
+        ("schedule_pause", (Some(false), Some(true), Some(true), Some(false))),
+        ("schedule_resume", (Some(false), Some(true), Some(true), Some(true))),
+    ] {
+        assert_eq!(hints(name), expected, "{name}");
     }
-    assert_eq!(hints("process_start"), (Some(false), Some(false), Some(true)));
-    assert_eq!(hints("process_signal"), (Some(false), Some(false), Some(true)));
-    assert_eq!(hints("process_cancel"), (Some(false), Some(true), Some(true)));
-    assert_eq!(hints("process_complete"), (Some(false), Some(true), Some(true)));
-    assert_eq!(hints("schedule_list").0, Some(true), "schedule_list is read-only");
-    assert_eq!(hints("schedule_pause"), (Some(false), Some(false), Some(true)));
-    assert_eq!(hints("schedule_resume"), (Some(false), Some(false), Some(true)));
     for name in ["schedule_pause", "schedule_resume"] {
         assert_eq!(tool(name).input_schema["required"], json!(["id"]), "{name}");
     }
@@ -524,8 +540,13 @@ async fn bad_input(server: &Server, client: &McpClient, tools: &[Tool], transpor
             let text = &r.content[0].as_text().unwrap().text;
             assert!(text.contains("payload_too_large"), "{text}");
         }
-        // HTTP: the request is refused before it reaches a tool.
-        (Transport::Http, Err(e)) => assert!(e.to_string().contains("413"), "{e}"),
+        // HTTP: the request is refused before it reaches a tool (a
+        // JSON-RPC error carrying its id, or, refused before routing, the
+        // bare status).
+        (Transport::Http, Err(e)) => assert!(
+            e.to_string().contains("over the server's limit") || e.to_string().contains("413"),
+            "{e}"
+        ),
         (_, other) => panic!("oversized arguments answered {other:?}"),
     }
     // A refused HTTP request may end the client's transport: check from a fresh one.
@@ -1577,4 +1598,254 @@ async fn stdio_answers_a_call_in_flight_when_input_ends() {
         answer["result"]["structuredContent"]["status"], "running",
         "the await timed out on a running process: {answer}"
     );
+}
+
+/// One HTTP/1.1 request written by hand on a fresh connection to `server`
+/// (its head, then `body` as given), and the stream, for a test that reads
+/// the answer itself or drops the connection.
+async fn raw_post(server: &Server, head: &str, body: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let address = server.base.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.expect("connect");
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\n{head}\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write the head");
+    stream.write_all(body).await.expect("write the body");
+    stream
+}
+
+/// Everything the server writes on `stream` until it closes it (bounded).
+async fn read_to_close(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server answers and closes")
+        .expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The JSON body of a whole HTTP/1.1 answer.
+fn answer_body(answer: &str) -> Value {
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{answer}"));
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
+}
+
+/// SPEC §16 asks for MCP 2025-06-18 or later, and the revisions before it
+/// ask what this server does not do (2025-03-26: JSON-RPC batches). A
+/// client asking for one is answered with the latest revision the server
+/// supports, as MCP's lifecycle has it, over HTTP and stdio; a request
+/// whose `MCP-Protocol-Version` header names one is refused 400, as one
+/// naming an unknown revision is.
+#[tokio::test]
+async fn revisions_before_2025_06_18_are_not_agreed_to() {
+    let server = Server::start(&[]).await;
+    let post = |version: Option<&'static str>, body: String| {
+        let mut request = reqwest::Client::new()
+            .post(server.url("/mcp"))
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json, text/event-stream");
+        if let Some(v) = version {
+            request = request.header("MCP-Protocol-Version", v);
+        }
+        request.body(body).send()
+    };
+    let initialize = |version: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"protocolVersion":"{version}","capabilities":{{}},"clientInfo":{{"name":"t","version":"1"}}}}}}"#
+        )
+    };
+    let agreed = |answer: &Value| {
+        answer["result"]["protocolVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    // What a client asking for a revision nobody knows is answered: the
+    // latest the server supports over `initialize`.
+    let latest: Value = post(None, initialize("2099-01-01"))
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("JSON");
+    let latest = agreed(&latest);
+    assert!(latest.as_str() >= "2025-06-18", "{latest}");
+    for old in ["2024-11-05", "2025-03-26"] {
+        let answer: Value = post(None, initialize(old))
+            .await
+            .expect("answered")
+            .json()
+            .await
+            .expect("JSON");
+        assert_eq!(agreed(&answer), latest, "asked for {old}: {answer}");
+    }
+    // A supported revision is agreed to as asked.
+    let answer: Value = post(None, initialize("2025-06-18"))
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(agreed(&answer), "2025-06-18", "{answer}");
+    // The header of a request after the handshake.
+    for (version, status) in [
+        ("2024-11-05", 400),
+        ("2025-03-26", 400),
+        ("1999-01-01", 400),
+        ("2025-06-18", 200),
+        ("2025-11-25", 200),
+    ] {
+        let response = post(Some(version), r#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#.into())
+            .await
+            .expect("answered");
+        assert_eq!(response.status().as_u16(), status, "{version}");
+        let answer: Value = response.json().await.expect("JSON");
+        if status == 400 {
+            assert_eq!(
+                (answer["id"].clone(), answer["error"]["code"].clone()),
+                (json!(7), json!(-32600)),
+                "{answer}"
+            );
+            let message = answer["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains(version) && message.contains("2025-06-18"),
+                "says what was asked and what is spoken: {answer}"
+            );
+        } else {
+            assert_eq!(answer["result"], json!({}), "{version}: {answer}");
+        }
+    }
+    // A request naming its own revision in `_meta` is told which ones the
+    // server speaks.
+    let answer: Value = post(
+        Some("2025-03-26"),
+        r#"{"jsonrpc":"2.0","id":8,"method":"ping","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2025-03-26"}}}"#.into(),
+    )
+    .await
+    .expect("answered")
+    .json()
+    .await
+    .expect("JSON");
+    let supported = answer["error"]["data"]["supported"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !supported.is_empty() && supported.iter().all(|v| v.as_str() >= Some("2025-06-18")),
+        "{answer}"
+    );
+    // Over stdio, the handshake agrees as over HTTP.
+    for (asked, agreed_to) in [("2025-03-26", latest.as_str()), ("2025-06-18", "2025-06-18")] {
+        let input = format!("{}\n", initialize(asked));
+        let out = common::run_cli(&server.base, None, &["mcp"], Some(&input)).await;
+        let answer: Value = serde_json::from_str(out.stdout.lines().next().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+        assert_eq!(agreed(&answer), agreed_to, "asked for {asked}: {answer}");
+    }
+}
+
+/// A client that drops its connection while its `process_await` waits is
+/// ordinary: the wait ends at once, and the server logs no error for the
+/// answer it can no longer send (the protocol library logged one per call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_await_logs_no_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("serve.log");
+    let mut server = Server::serve_logging_to(&["--db", "memory", "--listen", "127.0.0.1:0"], &log).await;
+    let held = json!({"id": "held", "input": {"type": "external", "metadata": {}}, "disposition": "externally_owned"});
+    assert_eq!(server.client().start(held).await.0, 201);
+    let body = r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"process_await","arguments":{"id":"held","timeout_ms":40000}}}"#;
+    for _ in 0..2 {
+        let stream = raw_post(&server, &format!("Content-Length: {}\r\n", body.len()), body.as_bytes()).await;
+        server.client().awaits_open(1).await;
+        drop(stream);
+        // The wait ends with its connection, well before its 40 s.
+        server.client().awaits_open(0).await;
+    }
+    // Stopped, so that everything it would log has been written.
+    // SAFETY: sending a signal to our own child process by its pid.
+    assert_eq!(unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGTERM) }, 0);
+    assert!(server.wait_exit(Duration::from_secs(20)).is_some(), "the server stops");
+    let logged = std::fs::read_to_string(&log).expect("log");
+    let errors: Vec<&str> = logged.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}
+
+/// A body over `--max-body-bytes` that does not declare its size is refused
+/// as everything at `/mcp` is, with a JSON-RPC error (413, `-32600`) that
+/// carries the message's id when its start shows it: a client drops an
+/// error it cannot match to a request, and would wait for ever.
+#[tokio::test]
+async fn an_oversized_chunked_body_is_a_jsonrpc_error() {
+    let server = Server::start(&["--max-body-bytes", "1024"]).await;
+    let message = format!(
+        r#"{{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{{"name":"process_get","arguments":{{"id":"{}"}}}}}}"#,
+        "x".repeat(2000)
+    );
+    // The whole message in one chunk, and no end: everything sent is read.
+    let chunk = format!("{:x}\r\n{message}\r\n", message.len());
+    let mut stream = raw_post(&server, "Transfer-Encoding: chunked\r\n", chunk.as_bytes()).await;
+    let answer = read_to_close(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let body = answer_body(&answer);
+    assert_eq!(
+        (
+            body["jsonrpc"].clone(),
+            body["id"].clone(),
+            body["error"]["code"].clone()
+        ),
+        (json!("2.0"), json!(9), json!(-32600)),
+        "{answer}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("limit of 1024 bytes")),
+        "{answer}"
+    );
+}
+
+/// A body whose `Content-Length` is over `--max-body-bytes` is refused as
+/// on every route, without reading it (but for the start that shows its
+/// id), in `/mcp`'s shape: a JSON-RPC error (413, `-32600`), not the HTTP
+/// API's error body.
+#[tokio::test]
+async fn an_oversized_content_length_is_a_jsonrpc_error() {
+    let server = Server::start(&["--max-body-bytes", "1024"]).await;
+    let shape = |answer: &str| {
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+        let body = answer_body(answer);
+        assert_eq!(
+            (body["jsonrpc"].clone(), body["error"]["code"].clone()),
+            (json!("2.0"), json!(-32600)),
+            "{answer}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("limit of 1024")),
+            "{answer}"
+        );
+        body["id"].clone()
+    };
+    // Declares 100 MB and sends none of it, waiting to be told to: the
+    // answer does not wait for it.
+    let mut stream = raw_post(&server, "Content-Length: 104857600\r\nExpect: 100-continue\r\n", b"").await;
+    assert_eq!(shape(&read_to_close(&mut stream).await), Value::Null);
+    // A message sent whole: its id is answered.
+    let message = format!(
+        r#"{{"jsonrpc":"2.0","id":"big-1","method":"tools/call","params":{{"name":"process_get","arguments":{{"id":"{}"}}}}}}"#,
+        "x".repeat(4000)
+    );
+    let mut stream = raw_post(
+        &server,
+        &format!("Content-Length: {}\r\n", message.len()),
+        message.as_bytes(),
+    )
+    .await;
+    assert_eq!(shape(&read_to_close(&mut stream).await), json!("big-1"));
 }

@@ -515,7 +515,9 @@ pub async fn refuse_oversized(
         .and_then(|v| v.trim().parse::<u64>().ok());
     let limit = u64::try_from(state.limits.max_body_bytes).unwrap_or(u64::MAX);
     match declared {
-        Some(len) if len > limit => ApiError {
+        // `/mcp` refuses it in its own shape, a JSON-RPC error with the
+        // message's id when its start shows it (`mcp::jsonrpc_errors`).
+        Some(len) if len > limit && req.uri().path() != "/mcp" => ApiError {
             close_connection: true,
             ..ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -51,8 +51,12 @@ pub fn service(state: &Arc<AppState>, calls: Arc<CallsInFlight>) -> HttpService 
 /// JSON-RPC 2.0 message, is answered 400 with the JSON-RPC error for it
 /// (`-32700` parse error, `-32600` invalid request), where the endpoint's
 /// library answered 415 in plain text, which a JSON-RPC client cannot read.
-/// A client's `notifications/cancelled` also ends the call it names (the
-/// endpoint's library drops it: [`CallsInFlight`]). Everything else passes
+/// A body over `limit` (`--max-body-bytes`) is 413 with the JSON-RPC error
+/// too, carrying the message's id when its start shows it (see
+/// [`too_large`]). A client's `notifications/cancelled` also ends the call
+/// it names (the endpoint's library drops it: [`CallsInFlight`]), and a
+/// request header naming an MCP revision this server does not speak is 400
+/// ([`cairn_mcp::protocol_version_header_fault`]). Everything else passes
 /// through untouched.
 pub async fn jsonrpc_errors(
     limit: usize,
@@ -65,32 +69,64 @@ pub async fn jsonrpc_errors(
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
-    if req.method() != axum::http::Method::POST || !json {
+    let post_json = req.method() == axum::http::Method::POST && json;
+    let (mut parts, body) = req.into_parts();
+    // A body that declares a size over the limit is refused before it is
+    // read, but for its start: the message's id, when it shows there, lets
+    // a client match the refusal to its request (a JSON-RPC error without
+    // one is dropped by clients, which then wait for ever). A client that
+    // waits to be told to send its body (`Expect: 100-continue`) is not
+    // asked for it.
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&n| n > u64::try_from(limit).unwrap_or(u64::MAX));
+    if let Some(len) = declared {
+        let waits = parts
+            .headers
+            .get(axum::http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let id = if post_json && !waits {
+            cairn_mcp::message::id_of_start(&read_start(body).await)
+        } else {
+            Value::Null
+        };
+        return too_large(
+            id,
+            &format!("request body of {len} bytes is over the server's limit of {limit}"),
+        );
+    }
+    if !post_json {
+        let req = axum::extract::Request::from_parts(parts, body);
         return transport_errors_as_jsonrpc(next.run(req).await, Value::Null).await;
     }
-    let (parts, body) = req.into_parts();
-    let bytes = match axum::body::to_bytes(body, limit).await {
+    let bytes = match read_within(body, limit).await {
         Ok(b) => b,
+        Err(BodyFault::TooLarge(start)) => {
+            return too_large(
+                cairn_mcp::message::id_of_start(&start),
+                &format!("the request body is over the server's limit of {limit} bytes"),
+            )
+        }
         // A body that did not all arrive within `--body-timeout` is 408, as
         // on every route, and its connection closes: it is not too large.
-        Err(e) => {
-            let mut response = match super::api::timed_out(&e) {
-                Some(t) => rpc_error(
-                    axum::http::StatusCode::REQUEST_TIMEOUT,
-                    Value::Null,
-                    -32600,
-                    &t.to_string(),
-                ),
-                None => {
-                    let message = format!("the request body is over {limit} bytes, or was cut off");
-                    rpc_error(axum::http::StatusCode::PAYLOAD_TOO_LARGE, Value::Null, -32600, &message)
-                }
-            };
-            response.headers_mut().insert(
-                axum::http::header::CONNECTION,
-                axum::http::HeaderValue::from_static("close"),
-            );
-            return response;
+        Err(BodyFault::TimedOut(text)) => {
+            return closing(rpc_error(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                Value::Null,
+                -32600,
+                &text,
+            ))
+        }
+        Err(BodyFault::Unreadable(text)) => {
+            return closing(rpc_error(
+                axum::http::StatusCode::BAD_REQUEST,
+                Value::Null,
+                -32600,
+                &format!("invalid request: the request body could not be read: {text}"),
+            ))
         }
     };
     match cairn_mcp::message::parse(&bytes) {
@@ -103,10 +139,36 @@ pub async fn jsonrpc_errors(
                 &text,
             ),
             None => {
+                let id = cairn_mcp::message::answerable_id(&message);
+                let version = parts.headers.get("mcp-protocol-version");
+                if let Some(text) = cairn_mcp::protocol_version_header_fault(&message, version) {
+                    return rpc_error(axum::http::StatusCode::BAD_REQUEST, id, -32600, &text);
+                }
                 let caller = cairn_mcp::caller_key(&parts.headers);
-                let response = next
-                    .run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes)))
-                    .await;
+                // The message is handled to its answer even when the client
+                // goes away first (this future is then dropped): a wait ends
+                // at once ([`cairn_mcp::ClientGone`]), and its answer has
+                // somewhere to go. Dropped, the endpoint's library would
+                // find the answer's way closed and log an error for what is
+                // a client's ordinary leaving.
+                let gone = tokio_util::sync::CancellationToken::new();
+                parts.extensions.insert(cairn_mcp::ClientGone(gone.clone()));
+                let leaving = gone.drop_guard();
+                let handling =
+                    tokio::spawn(next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))));
+                let response = match handling.await {
+                    Ok(response) => response,
+                    Err(e) => {
+                        tracing::error!(error = %e, "an MCP request's handling failed");
+                        return rpc_error(
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                            id,
+                            -32603,
+                            "internal error: the request's handling failed",
+                        );
+                    }
+                };
+                leaving.disarm();
                 // A cancel the endpoint took (202; not one it refused for
                 // its headers) ends the call it names.
                 if response.status() == axum::http::StatusCode::ACCEPTED
@@ -118,7 +180,7 @@ pub async fn jsonrpc_errors(
                 }
                 // Refused for its headers (a protocol version, an `Accept`):
                 // the message was read, so its id is answered.
-                transport_errors_as_jsonrpc(response, cairn_mcp::message::answerable_id(&message)).await
+                transport_errors_as_jsonrpc(response, id).await
             }
         },
     }
@@ -152,6 +214,82 @@ async fn transport_errors_as_jsonrpc(response: Response, id: Value) -> Response 
         answer.headers_mut().insert(axum::http::header::ALLOW, allow);
     }
     answer
+}
+
+/// A request body over the server's limit (`--max-body-bytes`), refused as
+/// `/mcp` refuses everything, as a JSON-RPC error: 413, `-32600` with the
+/// message's `id` when its start showed it (else null), and the connection
+/// closed after it (the rest of the body is not read).
+fn too_large(id: Value, detail: &str) -> Response {
+    closing(rpc_error(
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        id,
+        -32600,
+        &format!("invalid request: {detail}"),
+    ))
+}
+
+/// `response`, with its connection closed after it (a body left unread).
+fn closing(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
+}
+
+/// How much of a body that declares a size over the limit is read for its
+/// id, and for how long at most: a client sends its message's start at
+/// once, and its id is near it (or nowhere near, behind its params).
+const ID_SEARCH_BYTES: usize = 64 * 1024;
+const ID_SEARCH_TIME: Duration = Duration::from_secs(1);
+
+/// The start of `body`, read until it shows a message's id, or for
+/// [`ID_SEARCH_BYTES`] or [`ID_SEARCH_TIME`], whichever comes first.
+async fn read_start(body: axum::body::Body) -> Vec<u8> {
+    use futures::StreamExt;
+    let mut frames = body.into_data_stream();
+    let mut start = Vec::new();
+    let _ = tokio::time::timeout(ID_SEARCH_TIME, async {
+        while start.len() < ID_SEARCH_BYTES && cairn_mcp::message::id_of_start(&start).is_null() {
+            match frames.next().await {
+                Some(Ok(frame)) => start.extend_from_slice(&frame),
+                _ => break,
+            }
+        }
+    })
+    .await;
+    start
+}
+
+/// Why a body was not read whole.
+enum BodyFault {
+    /// It ran past the limit: what was read of it, up to the limit.
+    TooLarge(Vec<u8>),
+    /// It did not all arrive within `--body-timeout`.
+    TimedOut(String),
+    /// Its read failed (the client went away, or its framing was broken).
+    Unreadable(String),
+}
+
+/// `body`, whole, when it holds at most `limit` bytes.
+async fn read_within(body: axum::body::Body, limit: usize) -> Result<axum::body::Bytes, BodyFault> {
+    use futures::StreamExt;
+    let mut frames = body.into_data_stream();
+    let mut bytes = Vec::new();
+    while let Some(frame) = frames.next().await {
+        let frame = frame.map_err(|e| match super::api::timed_out(&e) {
+            Some(t) => BodyFault::TimedOut(t.to_string()),
+            None => BodyFault::Unreadable(e.to_string()),
+        })?;
+        if bytes.len() + frame.len() > limit {
+            let room = limit - bytes.len();
+            bytes.extend_from_slice(&frame[..room]);
+            return Err(BodyFault::TooLarge(bytes));
+        }
+        bytes.extend_from_slice(&frame);
+    }
+    Ok(bytes.into())
 }
 
 fn rpc_error(status: axum::http::StatusCode, id: Value, code: i64, message: &str) -> Response {
