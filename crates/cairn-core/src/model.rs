@@ -20,7 +20,10 @@ pub type ProcessId = String;
 /// One agent conversation, optionally narrowed to an agent frame inside it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields, expecting = "a session scope: an object with `session_id` and, optionally, `agent_frame_id`")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a session scope: an object with `session_id` and, optionally, `agent_frame_id`"
+)]
 pub struct SessionScope {
     /// The session (conversation) id.
     pub session_id: String,

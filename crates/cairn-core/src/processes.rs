@@ -26,7 +26,10 @@ use crate::{CairnError, Result};
 /// A start request: the wire shape of `POST /v1/processes` (SPEC §12).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields, expecting = "a start request: an object with `id`, `input` and `disposition`")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a start request: an object with `id`, `input` and `disposition`"
+)]
 pub struct StartRequest {
     /// The process id, chosen by the caller: a repeated start with the same id and
     /// the same registration is the same start.

@@ -160,7 +160,9 @@ impl ShellArgs {
         // A command stopped before it could start would be a race with its
         // first instructions, its outcome `timeout` either way.
         if a.timeout_ms == Some(0) {
-            return Err(invalid("`timeout_ms` is 0: give at least 1 ms, or leave it out for no timeout"));
+            return Err(invalid(
+                "`timeout_ms` is 0: give at least 1 ms, or leave it out for no timeout",
+            ));
         }
         if let Some(cwd) = &a.cwd {
             if cwd.is_empty() {

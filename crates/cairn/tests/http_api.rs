@@ -1560,7 +1560,10 @@ async fn a_refused_body_names_its_field() {
         let (s, err) = c.start(body.clone()).await;
         assert_eq!((s, code(&err)), (400, "invalid_request"), "{body}: {err}");
         let message = err["error"]["message"].as_str().unwrap();
-        assert!(message.contains(said) && !message.contains("struct"), "{body}: {message}");
+        assert!(
+            message.contains(said) && !message.contains("struct"),
+            "{body}: {message}"
+        );
     }
     // A schedule's, the most nested body, too.
     let (s, err) = c

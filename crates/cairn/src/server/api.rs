@@ -180,7 +180,12 @@ fn bounded_message(message: &str) -> std::borrow::Cow<'_, str> {
     while !message.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}… (the message is cut: {} bytes in all)", &message[..end], message.len()).into()
+    format!(
+        "{}… (the message is cut: {} bytes in all)",
+        &message[..end],
+        message.len()
+    )
+    .into()
 }
 
 impl IntoResponse for ApiError {
@@ -479,7 +484,11 @@ pub async fn refuse_foreign_hosts(
     // A request that names no host is addressed to no loopback name.
     let host = host.unwrap_or_default();
     if !is_loopback_authority(&host) {
-        let named = if host.is_empty() { "not a request that names no host (`Host`)".to_string() } else { format!("not `{host}`") };
+        let named = if host.is_empty() {
+            "not a request that names no host (`Host`)".to_string()
+        } else {
+            format!("not `{host}`")
+        };
         return ApiError::forbidden(format!(
             "this server has no tokens, so it answers only requests addressed to localhost or a loopback address, \
              {named}"
