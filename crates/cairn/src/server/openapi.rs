@@ -739,7 +739,11 @@ mod tests {
             135,
             "signal.{{128 characters}}"
         );
-        assert_eq!(limit("/EventType/properties/name"), 128);
+        assert_eq!(
+            limit("/EventType/properties/name"),
+            135,
+            "a signal's type is declared too"
+        );
         assert_eq!(limit("/ModuleBody/properties/name"), 256);
         assert_eq!(limit("/ScheduleRequest/properties/cron"), 1024);
         assert_eq!(limit("/ScheduleRequest/properties/timezone"), 128);
