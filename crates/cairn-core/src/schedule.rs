@@ -1180,6 +1180,22 @@ mod tests {
         assert_eq!(s.next_after(3_600_000).unwrap(), Some(3_601_000));
     }
 
+    /// The fire times strictly between a fire and its next are counted, up
+    /// to the cap.
+    #[test]
+    fn passed_over_counts_the_fire_times_between() {
+        let spec = request(None, Some("10s"), None).validate().unwrap();
+        let s = Schedule::new(request(None, Some("10s"), None), &spec, 1_000).unwrap();
+        assert_eq!(s.passed_over(11_000, Some(21_000)).unwrap(), 0);
+        assert_eq!(s.passed_over(11_000, Some(41_000)).unwrap(), 2);
+        assert_eq!(s.passed_over(21_000, Some(3_621_000)).unwrap(), 359);
+        assert_eq!(s.passed_over(11_000, None).unwrap(), 0);
+        let cap = s
+            .passed_over(11_000, Some(11_000 + 10_000 * (MAX_COUNTED_PASSED_OVER + 5)))
+            .unwrap();
+        assert_eq!(cap, MAX_COUNTED_PASSED_OVER);
+    }
+
     #[test]
     fn a_due_schedule_fires_once_and_catches_up_at_most_once() {
         let spec = request(None, Some("10s"), None).validate().unwrap();
