@@ -723,10 +723,7 @@ impl ToolCalls {
         if let Some(id) = id {
             call["id"] = json!(id);
         }
-        let name = fragment
-            .pointer("/function/name")
-            .and_then(Value::as_str)
-            .map(Cow::Borrowed);
+        let name = Self::name_piece(call, fragment).map(Cow::Borrowed);
         for (field, piece) in [("name", name), ("arguments", arguments_piece(fragment))] {
             if let Some(piece) = piece {
                 // Appended in place: arguments stream a few characters a
@@ -737,6 +734,15 @@ impl ToolCalls {
                 }
             }
         }
+    }
+
+    /// The piece of a call's function name a fragment adds. Some endpoints
+    /// repeat the whole name in every fragment of a call (where OpenAI's
+    /// sends it in the first only): a piece equal to the name the call holds
+    /// adds nothing, or every such call would name a tool twice over.
+    fn name_piece<'f>(call: &Value, fragment: &'f Value) -> Option<&'f str> {
+        let piece = fragment.pointer("/function/name").and_then(Value::as_str)?;
+        (call["function"]["name"].as_str() != Some(piece)).then_some(piece)
     }
 
     /// The call a fragment continues (`None`: it begins one). A call already
@@ -760,12 +766,14 @@ impl ToolCalls {
     /// is an answer too, however little each adds).
     fn added_len(&self, fragment: &Value) -> usize {
         let arguments = arguments_piece(fragment).map_or(0, |a| journaled_len(&a));
-        let name = fragment
-            .pointer("/function/name")
-            .and_then(Value::as_str)
-            .map_or(0, journaled_len);
+        let slot = self.slot(fragment);
+        let name = match slot {
+            Some(at) => Self::name_piece(&self.calls[at], fragment),
+            None => fragment.pointer("/function/name").and_then(Value::as_str),
+        }
+        .map_or(0, journaled_len);
         let id = fragment.get("id").and_then(Value::as_str).unwrap_or_default();
-        let call = match self.slot(fragment) {
+        let call = match slot {
             None => CALL_OVERHEAD_BYTES + journaled_len(id),
             Some(at) if self.calls[at]["id"].as_str() != Some(id) && !id.is_empty() => journaled_len(id),
             Some(_) => 0,
@@ -948,6 +956,34 @@ mod tests {
         assert_eq!(calls[0]["id"], "a");
         assert_eq!(calls[1]["function"]["name"], "sleep");
         assert_eq!(calls[1]["function"]["arguments"], "{\"ms\": 5}");
+    }
+
+    /// A name repeated in every fragment of a call (as some endpoints send
+    /// it) names the tool once; a name sent in pieces is joined.
+    #[test]
+    fn a_name_repeated_in_each_fragment_is_taken_once() {
+        let mut calls = ToolCalls::default();
+        for f in [
+            json!({"index": 0, "id": "c1", "type": "function", "function": {"name": "echo", "arguments": "{\"value\""}}),
+            json!({"index": 0, "function": {"name": "echo", "arguments": ": 9}"}}),
+            json!({"index": 0, "id": "c1", "type": "function", "function": {"name": "echo", "arguments": ""}}),
+            json!({"index": 1, "id": "c2", "function": {"name": "sl", "arguments": "{}"}}),
+            json!({"index": 1, "function": {"name": "eep"}}),
+        ] {
+            assert_eq!(
+                calls.added_len(&f) == 0,
+                f == json!({"index": 0, "id": "c1", "type": "function", "function": {"name": "echo", "arguments": ""}}),
+                "{f}"
+            );
+            calls.merge(&f);
+        }
+        let names: Vec<&str> = calls
+            .calls
+            .iter()
+            .map(|c| c["function"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["echo", "sleep"]);
+        assert_eq!(calls.calls[0]["function"]["arguments"], "{\"value\": 9}");
     }
 
     /// Calls without an id, or repeating one, get ids of their own, and
