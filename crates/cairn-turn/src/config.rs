@@ -100,6 +100,7 @@ impl FromStr for ModelSpec {
                 }
                 // Named by its key only: its value may be a secret (a key
                 // given where its variable's name belongs).
+                Some(("model", _)) => return Err(bad("`model=` names the model id to ask for, and is empty")),
                 Some(("key_env", _)) => {
                     return Err(bad(
                         "`key_env=` names an environment variable (letters, digits and `_`, \
@@ -198,6 +199,10 @@ mod tests {
             ("x=http://h/v1?api_key=sk-secret", "model `x`"),
             ("x=http://h/v1,api_key=sk-secret", "unknown option `api_key=`"),
             ("x=http://h/v1,sk-secret", "an option without `=`"),
+            (
+                "x=http://h/v1,model=",
+                "`model=` names the model id to ask for, and is empty",
+            ),
             ("https://user:sk-secret@h/v1", "no `=`"),
             (
                 "x=http://h/v1,key_env=sk-secret",
