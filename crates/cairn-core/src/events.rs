@@ -201,7 +201,8 @@ pub struct WakeSpec {
 }
 
 /// How a wake's dedupe key is made.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+// Read by hand (`crate::wire`), so that bad input is named in wire terms.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DedupeKey {
@@ -224,7 +225,8 @@ pub enum DedupeKey {
 }
 
 /// Reads a value from a payload.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+// Read by hand (`crate::wire`), so that bad input is named in wire terms.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 // Templates nest selectors: stop the schema walk from recursing forever.
 #[cfg_attr(feature = "openapi", schema(no_recursion))]
@@ -246,6 +248,112 @@ pub enum Selector {
     },
     /// Whether a pointer resolves.
     Present(String),
+}
+
+const SELECTORS: &[&str] = &["payload", "pointer", "const", "template", "present"];
+
+/// A template selector's body, as read.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a template: an object with `template` (text with `{field}` holes) and `fields` (a selector for each hole)"
+)]
+struct TemplateBody {
+    template: String,
+    #[serde(default)]
+    fields: BTreeMap<String, Selector>,
+}
+
+impl<'de> Deserialize<'de> for Selector {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Read;
+        impl<'de> serde::de::Visitor<'de> for Read {
+            type Value = Selector;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a selector: `\"payload\"`, or an object of one key, one of `payload`, `pointer`, `const`, `template`, `present`",
+                )
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Selector, E> {
+                match v {
+                    "payload" => Ok(Selector::Payload),
+                    "pointer" | "const" | "template" | "present" => Err(E::custom(format!(
+                        "the `{v}` selector takes a value: write it as {{\"{v}\": ...}}"
+                    ))),
+                    other => Err(E::unknown_variant(other, SELECTORS)),
+                }
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Selector, A::Error> {
+                let key = crate::wire::variant_key(&mut map, "a selector", SELECTORS)?;
+                let selector = match key.as_str() {
+                    "payload" => {
+                        map.next_value::<()>()?;
+                        Selector::Payload
+                    }
+                    "pointer" => Selector::Pointer(map.next_value()?),
+                    "const" => Selector::Const(map.next_value()?),
+                    "template" => {
+                        let body: TemplateBody = map.next_value()?;
+                        Selector::Template {
+                            template: body.template,
+                            fields: body.fields,
+                        }
+                    }
+                    "present" => Selector::Present(map.next_value()?),
+                    other => return Err(serde::de::Error::unknown_variant(other, SELECTORS)),
+                };
+                crate::wire::no_second_key(map, "a selector", &key)?;
+                Ok(selector)
+            }
+        }
+        deserializer.deserialize_any(Read)
+    }
+}
+
+const DEDUPE_KEYS: &[&str] = &["event_identity", "selector", "const"];
+
+impl<'de> Deserialize<'de> for DedupeKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Read;
+        impl<'de> serde::de::Visitor<'de> for Read {
+            type Value = DedupeKey;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a dedupe key: `\"event_identity\"`, or an object of one key, one of `event_identity`, `selector`, `const`",
+                )
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<DedupeKey, E> {
+                match v {
+                    "event_identity" => Ok(DedupeKey::EventIdentity),
+                    "selector" | "const" => Err(E::custom(format!(
+                        "the `{v}` dedupe key takes a value: write it as {{\"{v}\": ...}}"
+                    ))),
+                    other => Err(E::unknown_variant(other, DEDUPE_KEYS)),
+                }
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<DedupeKey, A::Error> {
+                let key = crate::wire::variant_key(&mut map, "a dedupe key", DEDUPE_KEYS)?;
+                let dedupe = match key.as_str() {
+                    "event_identity" => {
+                        map.next_value::<()>()?;
+                        DedupeKey::EventIdentity
+                    }
+                    "selector" => DedupeKey::Selector(map.next_value()?),
+                    "const" => DedupeKey::Const(map.next_value()?),
+                    other => return Err(serde::de::Error::unknown_variant(other, DEDUPE_KEYS)),
+                };
+                crate::wire::no_second_key(map, "a dedupe key", &key)?;
+                Ok(dedupe)
+            }
+        }
+        deserializer.deserialize_any(Read)
+    }
 }
 
 impl Selector {

@@ -64,6 +64,7 @@ pub mod select;
 pub mod tool;
 pub mod validate;
 pub mod watch;
+mod wire;
 pub mod worker;
 
 pub use async_trait::async_trait;

@@ -270,7 +270,7 @@ impl ProcessInput {
 /// How a process is recovered after its owner is lost (SPEC §2). Required, no default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", remote = "Self")]
 pub enum Disposition {
     /// Any worker may run it again after owner loss.
     Rerunnable,
@@ -279,6 +279,11 @@ pub enum Disposition {
     /// Never claimed or run by cairn.
     ExternallyOwned,
 }
+
+crate::wire::string_enum!(
+    Disposition,
+    "a disposition: `rerunnable`, `owner_bound` or `externally_owned`"
+);
 
 impl Disposition {
     /// The wire name (`rerunnable`, `owner_bound`, `externally_owned`).
@@ -341,7 +346,7 @@ impl ProcessStatus {
 /// The terminal states an event's terminal semantics may name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", remote = "Self")]
 pub enum TerminalState {
     /// Ends the process `completed`.
     Completed,
@@ -352,6 +357,11 @@ pub enum TerminalState {
     /// Ends the process `abandoned` (only cairn writes it).
     Abandoned,
 }
+
+crate::wire::string_enum!(
+    TerminalState,
+    "a terminal state: `completed`, `failed`, `cancelled` or `abandoned`"
+);
 
 impl TerminalState {
     /// The status a process ends in.
@@ -650,13 +660,15 @@ pub struct WaitRequest {
 /// Which ends of the awaited children satisfy a `children` wait (SPEC §13).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", remote = "Self")]
 pub enum ChildrenMode {
     /// The wait ends when the last of them ends.
     All,
     /// The wait ends when the first of them ends.
     Any,
 }
+
+crate::wire::string_enum!(ChildrenMode, "a children mode: `all` or `any`");
 
 impl WaitRequest {
     /// A wait for the `ordinal`-th signal `name`, until an optional deadline.

@@ -50,7 +50,7 @@ const FIRE_TIME_DIGITS: usize = 20;
 /// What to do with a fire while the previous fire's process is still running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", remote = "Self")]
 pub enum Overlap {
     /// No fire starts while the previous fire's process is running: not
     /// ended, whether a worker runs it yet or it still waits for one in a
@@ -59,6 +59,8 @@ pub enum Overlap {
     /// Every fire starts, whatever is still running.
     Allow,
 }
+
+crate::wire::string_enum!(Overlap, "an overlap policy: `skip` or `allow`");
 
 /// A start request without an id: what each fire of a schedule starts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
