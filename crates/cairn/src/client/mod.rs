@@ -1354,12 +1354,7 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
         }
     }
     if !paged {
-        let created = |r: &Value| r.get("created_at_ms").and_then(Value::as_u64).unwrap_or(0);
-        rows.sort_by(|(a, _), (b, _)| {
-            created(b)
-                .cmp(&created(a))
-                .then_with(|| str_at(a, "/id").cmp(&str_at(b, "/id")))
-        });
+        rows.sort_by(|(a, _), (b, _)| newest_first(a, b));
         if let Some(limit) = args.limit.filter(|l| rows.len() > *l) {
             // Said on stderr, as the other notes are: more matched.
             errln!("(the newest {limit} shown; more match: raise --limit to see them)")?;
@@ -1730,6 +1725,18 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) -> Result<(), ClientError
     Ok(())
 }
 
+/// `ls`'s order: newest first, and of processes created in one millisecond
+/// the greater id first, as the dashboard's list orders them.
+fn newest_first(a: &Value, b: &Value) -> std::cmp::Ordering {
+    let key = |r: &Value| {
+        (
+            r.get("created_at_ms").and_then(Value::as_u64).unwrap_or(0),
+            str_at(r, "/id"),
+        )
+    };
+    key(b).cmp(&key(a))
+}
+
 fn str_at(v: &Value, pointer: &str) -> String {
     match v.pointer(pointer) {
         Some(Value::String(s)) => s.clone(),
@@ -1899,6 +1906,21 @@ mod timestamp_tests {
 #[cfg(test)]
 mod ls_tests {
     use super::*;
+
+    /// Newest first, and in one millisecond the greater id first: the
+    /// dashboard's order.
+    #[test]
+    fn a_listing_orders_as_the_dashboard_does() {
+        let mut rows = vec![
+            json!({"id": "a", "created_at_ms": 5}),
+            json!({"id": "c", "created_at_ms": 7}),
+            json!({"id": "b", "created_at_ms": 7}),
+            json!({"id": "d", "created_at_ms": 5}),
+        ];
+        rows.sort_by(newest_first);
+        let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["c", "b", "d", "a"]);
+    }
 
     /// A listing cut at the scan limit says so in `--json` too, where a
     /// script reads it, not only in the table's note.
