@@ -1136,10 +1136,10 @@ impl Processes {
 
     /// Send signal `name` with an idempotency id; a repeated id returns the same event.
     pub async fn signal(&self, id: &str, name: &str, signal_id: &str, payload: Value) -> Result<ProcessEvent> {
-        validate_id("signal id", signal_id)?;
         let event_type = events::signal_event_type(name)?;
         // The replay key is `signal:{name}:{signal_id}`, an id itself: the
-        // signal id gets what the name leaves of it.
+        // signal id gets what the name leaves of it (said so at any length
+        // past it, and before the id's own limit, which is the looser).
         let key = events::signal_replay_key(name, signal_id);
         if key.len() > crate::validate::MAX_ID_BYTES {
             let room = crate::validate::MAX_ID_BYTES - (key.len() - signal_id.len());
@@ -1149,6 +1149,7 @@ impl Processes {
                 crate::validate::MAX_ID_BYTES
             )));
         }
+        validate_id("signal id", signal_id)?;
         let req = AppendRequest::new(event_type, payload).with_replay_key(key);
         Ok(self.inner.registry.append_event(id, req).await?.event)
     }

@@ -132,6 +132,8 @@ pub struct SignalArgs {
     /// Signal name: ASCII letters, digits, `_`, `-`.
     pub name: String,
     /// Idempotency key: repeating it returns the same event instead of signalling twice.
+    /// At most 248 bytes less the signal name's length (its replay key,
+    /// `signal:{name}:{signal_id}`, is held to 256 bytes).
     pub signal_id: String,
     /// Any JSON; the waiting process receives it (default null).
     #[serde(default)]

@@ -592,18 +592,20 @@ pub async fn wait_signal_resumes_with_payload(factory: &dyn StoreFactory) {
     // A signal id is at most 256 bytes less its name's share of the replay
     // key; the refusal names that bound and the signal id, not the key.
     let room = cairn_core::validate::MAX_ID_BYTES - "signal:go:".len();
-    let err = p
-        .signal("ws", "go", &"i".repeat(room + 1), json!(1))
-        .await
-        .expect_err("too long");
-    assert_eq!(err.code(), "invalid_id");
-    assert_eq!(
-        err.to_string(),
-        format!(
-            "invalid id: signal id is {} bytes, over the {room} bytes a signal named `go` leaves of 256",
-            room + 1
-        )
-    );
+    // So at any length past it, the id's own limit included.
+    for len in [room + 1, cairn_core::validate::MAX_ID_BYTES + 44] {
+        let err = p
+            .signal("ws", "go", &"i".repeat(len), json!(1))
+            .await
+            .expect_err("too long");
+        assert_eq!(err.code(), "invalid_id");
+        assert_eq!(
+            err.to_string(),
+            format!("invalid id: signal id is {len} bytes, over the {room} bytes a signal named `go` leaves of 256")
+        );
+    }
+    // The bound the API's description states: 248 less the name's length.
+    assert_eq!(room, 248 - "go".len());
     let r = terminal(&p, "ws").await;
     assert_eq!(r.outcome, Some(Outcome::success(json!({"answer": 42}))));
     assert!(r.wait.is_none());

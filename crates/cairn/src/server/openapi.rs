@@ -316,7 +316,10 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
     set(
         schemas,
         "/SignalBody/properties/signal_id",
-        id_schema("Idempotency key of the signal."),
+        id_schema(
+            "Idempotency key of the signal. Its replay key, `signal:{name}:{signal_id}`, is held to 256 bytes \
+             too: the id may take 248 bytes less the signal name's length (`invalid_id` past it).",
+        ),
     );
     set(
         schemas,
