@@ -13,7 +13,10 @@ use crate::{CairnError, Result};
 /// A declared event type: its name, payload schema and semantics.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
+#[serde(
+    expecting = "an event type: an object with `name`, and optionally `payload_schema` and `semantics`",
+    deny_unknown_fields
+)]
 pub struct EventType {
     /// The type name (`[A-Za-z0-9._-]`; `process.*` belongs to cairn, `signal.{name}` is a signal).
     pub name: String,
@@ -163,7 +166,10 @@ impl<'de> Deserialize<'de> for EventTypes {
 /// What appending an event of a type means beyond being logged.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
+#[serde(
+    expecting = "semantics: an object with `terminal` or `wake`, or neither",
+    deny_unknown_fields
+)]
 pub struct SemanticsSpec {
     /// Appending the event ends the process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -176,7 +182,10 @@ pub struct SemanticsSpec {
 /// Appending the event ends the process in `state`; the outcome is read by `await_output`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
+#[serde(
+    expecting = "terminal semantics: an object with `state` and `await_output`",
+    deny_unknown_fields
+)]
 pub struct TerminalSpec {
     /// The terminal state the event ends the process in.
     pub state: TerminalState,
@@ -188,7 +197,10 @@ pub struct TerminalSpec {
 /// Appending the event (when `when` selects a truthy value) wakes the wake target.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
+#[serde(
+    expecting = "wake semantics: an object with `input`, and optionally `when` and `dedupe_key`",
+    deny_unknown_fields
+)]
 pub struct WakeSpec {
     /// Wakes only when this selects a truthy value from the payload; default: always.
     #[serde(default, skip_serializing_if = "Option::is_none")]

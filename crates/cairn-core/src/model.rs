@@ -61,7 +61,12 @@ impl SessionScope {
 /// Who started a process.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(
+    expecting = "an originator: an object with `type` (`host` or `session`)",
+    tag = "type",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
 pub enum Originator {
     /// The host itself, optionally a named host scope.
     Host {
@@ -108,7 +113,10 @@ impl Originator {
 /// a tool call; `{"kind": "process", "id"}` names a parent too).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
+#[serde(
+    expecting = "a causal reference: an object, optionally with `process_id`, `kind` and `id`",
+    deny_unknown_fields
+)]
 pub struct CausalRef {
     /// The parent process (SPEC §13); alone, without `kind` and `id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -157,7 +165,10 @@ pub struct Provenance {
 /// instructions, the cairn tools it may call, and its bounds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
+#[serde(
+    expecting = "a turn session: an object, optionally with `model`, `system` and `tools`",
+    deny_unknown_fields
+)]
 pub struct TurnSession {
     /// A model configured on the server (`default` when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -180,7 +191,12 @@ pub struct TurnSession {
 /// What a process runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(
+    expecting = "a process input: an object with `type` (`tool_call`, `script`, `session_turn` or `external`)",
+    tag = "type",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
 pub enum ProcessInput {
     /// A tool from the host's tool registry, run in the background.
     ToolCall {
@@ -517,7 +533,12 @@ pub struct AbandonEvidence {
 /// What an awaiter receives when a process ends.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(
+    expecting = "an outcome: an object with `type` (`success`, `failure`, `cancelled` or `abandoned`)",
+    tag = "type",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
 pub enum Outcome {
     /// The process completed with `value`.
     Success {
@@ -781,7 +802,10 @@ pub struct StartedFact {
 /// A reference to the same work in another system.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
+#[serde(
+    expecting = "an external reference: an object with `backend` and `id`",
+    deny_unknown_fields
+)]
 pub struct ExternalRef {
     /// The other system's name.
     pub backend: String,
@@ -798,7 +822,10 @@ pub type EnvRef = String;
 /// An execution environment spec (plugin options + policy), stored content-addressed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
+#[serde(
+    expecting = "an environment spec: an object with `plugin_options` and `policy`",
+    deny_unknown_fields
+)]
 pub struct EnvSpec {
     /// Options for the environment plugin.
     #[serde(default)]
@@ -840,7 +867,10 @@ pub struct Registration {
 /// A handle descriptor carried by a grant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
+#[serde(
+    expecting = "a grant descriptor: an object, optionally with `kind` and `label`",
+    deny_unknown_fields
+)]
 pub struct GrantDescriptor {
     /// What kind of handle this is, for the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -853,7 +883,10 @@ pub struct GrantDescriptor {
 /// A grant requested at start.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
+#[serde(
+    expecting = "a grant: an object with `session_scope` and, optionally, `descriptor`",
+    deny_unknown_fields
+)]
 pub struct StartGrant {
     /// The scope to grant the process to.
     pub session_scope: SessionScope,

@@ -65,7 +65,10 @@ crate::wire::string_enum!(Overlap, "an overlap policy: `skip` or `allow`");
 /// A start request without an id: what each fire of a schedule starts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
+#[serde(
+    expecting = "a schedule's start: an object with `input` and `disposition`",
+    deny_unknown_fields
+)]
 pub struct StartTemplate {
     /// What the process runs.
     pub input: ProcessInput,
@@ -115,7 +118,10 @@ impl StartTemplate {
 /// The wire shape of `POST /v1/schedules` (SPEC §18).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
+#[serde(
+    expecting = "a schedule: an object with `id`, `start`, and `cron` or `every`",
+    deny_unknown_fields
+)]
 pub struct ScheduleRequest {
     /// The schedule id, at most 235 bytes; each fire starts process
     /// `{id}@{fire_time_ms}`, which must fit an id's 256.

@@ -1565,6 +1565,93 @@ async fn a_refused_body_names_its_field() {
             "{body}: {message}"
         );
     }
+    // Every body and every shape nested in one, given a value of the wrong
+    // JSON type (or a selector with a second key), says what it wanted in
+    // the wire's terms: never a Rust type's name, never a bare "expected value".
+    let ext = |extra: Value| {
+        let mut body = json!({"id": "w1", "input": {"type": "external"}, "disposition": "externally_owned"});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let typed = |semantics: Value| ext(json!({"event_types": [{"name": "a.b", "semantics": semantics}]}));
+    let wake = |dedupe: Value| typed(json!({"wake": {"input": {"const": "x"}, "dedupe_key": dedupe}}));
+    let tool = json!({"type": "tool_call", "tool": "echo", "args": {}});
+    let bad_starts = [
+        (ext(json!({"input": 7})), "a process input"),
+        (ext(json!({"disposition": 7})), "a disposition"),
+        (ext(json!({"event_types": [7]})), "an event type"),
+        (typed(json!(7)), "semantics: an object"),
+        (typed(json!({"wake": 7})), "wake semantics"),
+        (typed(json!({"terminal": 7})), "terminal semantics"),
+        (
+            typed(json!({"terminal": {"state": 7, "await_output": "payload"}})),
+            "a terminal state",
+        ),
+        (
+            typed(json!({"terminal": {"state": "failed", "await_output": 7}})),
+            "a selector",
+        ),
+        (wake(json!(7)), "a dedupe key"),
+        (wake(json!({"const": "k", "x": 1})), "one key: `const` and `x`"),
+        (
+            wake(json!({"selector": {"pointer": "/a", "x": 1}})),
+            "one key: `pointer` and `x`",
+        ),
+        (wake(json!({"selector": {"template": "t"}})), "a template"),
+        (ext(json!({"originator": 7})), "an originator"),
+        (ext(json!({"caused_by": 7})), "a causal reference"),
+        (ext(json!({"grant": 7})), "a grant"),
+        (
+            ext(json!({"grant": {"session_scope": {"session_id": "s"}, "descriptor": 7}})),
+            "a grant descriptor",
+        ),
+        (ext(json!({"external_ref": 7})), "an external reference"),
+        (ext(json!({"env_spec": 7})), "an environment spec"),
+        (
+            ext(json!({"input": {"type": "session_turn", "session": 7, "input": "hi"}, "disposition": "rerunnable"})),
+            "a turn session",
+        ),
+    ];
+    let mut bad: Vec<(&str, Value, &str)> = bad_starts
+        .into_iter()
+        .map(|(b, said)| ("/v1/processes", b, said))
+        .collect();
+    let (s, _) = c
+        .start(json!({"id": "w0", "input": tool, "disposition": "rerunnable"}))
+        .await;
+    assert!(s < 300, "{s}");
+    bad.extend([
+        ("/v1/processes/w0/events", json!(null), "an append"),
+        ("/v1/processes/w0/signals/go", json!(null), "a signal"),
+        ("/v1/processes/w0/cancel", json!(7), "a cancel request"),
+        ("/v1/processes/w0/complete", json!(null), "a completion"),
+        ("/v1/processes/w0/complete", json!({"outcome": 7}), "an outcome"),
+        ("/v1/processes/w0/abandon-request", json!("x"), "an abandon request"),
+        ("/v1/grants/transfer", json!(7), "a transfer"),
+        ("/v1/schedules", json!(null), "a schedule"),
+        (
+            "/v1/schedules",
+            json!({"id": "s", "every": "1h", "start": 7}),
+            "`start` must be a JSON object",
+        ),
+        (
+            "/v1/schedules",
+            json!({"id": "s", "every": "1h", "overlap": 7, "start": {}}),
+            "an overlap policy",
+        ),
+        ("/v1/schedules/s/pause", json!(7), "an empty object"),
+        ("/v1/modules", json!(7), "a module"),
+        ("/v1/prune", json!(7), "a prune request"),
+    ]);
+    for (path, body, said) in bad {
+        let (s, err) = c.post(path, body.clone()).await;
+        assert_eq!(s, 400, "{path} {body}: {err}");
+        let message = err["error"]["message"].as_str().unwrap();
+        for rust in ["struct", "enum ", "::", "expected value"] {
+            assert!(!message.contains(rust), "{path} {body}: {message}");
+        }
+        assert!(message.contains(said), "{path} {body}: {message}");
+    }
     // A schedule's, the most nested body, too.
     let (s, err) = c
         .post(

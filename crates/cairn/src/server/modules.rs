@@ -14,7 +14,7 @@ use super::routes::{ApiResult, Shared};
 
 /// Body of `POST /v1/modules`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(expecting = "a module: an object with `source`", deny_unknown_fields)]
 pub struct ModuleBody {
     /// The JavaScript module source (at most 1 MiB of UTF-8).
     pub source: String,

@@ -25,7 +25,10 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
 /// Body of `POST /v1/processes/{id}/events`: an append without a lease (the
 /// server never holds one for a caller).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    expecting = "an append: an object with `event_type` and `payload`",
+    deny_unknown_fields
+)]
 pub struct AppendBody {
     /// A declared event type.
     pub event_type: String,
@@ -47,7 +50,10 @@ pub struct AppendBody {
 
 /// Body of `POST /v1/processes/{id}/signals/{name}`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    expecting = "a signal: an object with `signal_id` and, optionally, `payload`",
+    deny_unknown_fields
+)]
 pub struct SignalBody {
     /// Idempotency key of the signal: repeating it returns the same event.
     pub signal_id: String,
@@ -59,7 +65,10 @@ pub struct SignalBody {
 
 /// Body of `POST /v1/processes/{id}/cancel` (may be empty).
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    expecting = "a cancel request: an object, optionally with `reason`",
+    deny_unknown_fields
+)]
 pub struct CancelBody {
     /// Why (requests are idempotent per reason).
     #[serde(default)]
@@ -91,7 +100,7 @@ impl<'de> Deserialize<'de> for AckBody {
 
 /// Body of `POST /v1/processes/{id}/complete`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(expecting = "a completion: an object with `outcome`", deny_unknown_fields)]
 pub struct CompleteBody {
     /// `success`, `failure` or `cancelled` (SPEC §12 outcome shape).
     pub outcome: Outcome,
@@ -105,7 +114,7 @@ pub struct CompleteBody {
 /// stands: a later one, whatever its reason or requester, answers the record
 /// as it is (200) and records nothing.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(expecting = "an abandon request: an object with `reason`", deny_unknown_fields)]
 pub struct AbandonBody {
     /// Defaults to the caller; session callers are always recorded as their session.
     #[serde(default)]
@@ -116,7 +125,10 @@ pub struct AbandonBody {
 
 /// Body of `POST /v1/grants/transfer`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    expecting = "a transfer: an object with `from`, `to` and `process_ids`",
+    deny_unknown_fields
+)]
 pub struct TransferBody {
     /// Scope the grants move from (`{"session_id", "agent_frame_id"?}`).
     pub from: SessionScope,
@@ -128,7 +140,7 @@ pub struct TransferBody {
 
 /// Body of `POST /v1/prune`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(expecting = "a prune request: an object with `cutoff_ms`", deny_unknown_fields)]
 pub struct PruneBody {
     /// Prune processes that ended before this time (epoch ms).
     pub cutoff_ms: u64,

@@ -111,7 +111,7 @@ pub async fn delete(
 
 /// Body of `POST /v1/schedules/{id}/pause` and `/resume`: empty, or `{}`.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(expecting = "an empty object", deny_unknown_fields)]
 pub struct EmptyBody {}
 
 /// `POST /v1/schedules/{id}/pause`.
