@@ -347,7 +347,9 @@
   // Only a form that takes no offset is moved back by the local one.
   function utcParse(text) {
     const t = EngineDate.parse(text);
-    const s = String(text).trim();
+    // Text in parentheses is a comment the engine skips: a zone named
+    // there (`10:00 (UTC)`) is no offset, and would hide that none is given.
+    const s = String(text).replace(/\([^()]*\)/g, " ").trim();
     // An offset comes after a time of day, right after it or as a word of
     // its own (a dash between a date's parts, before the time, is none; the
     // engine takes `+1`, `+01`, `+0100`, `+01:00`, and U+2212 as a minus);

@@ -3223,6 +3223,9 @@ async fn local_time_in_a_zone_east_of_utc() {
                     ["Mar 10 2024 10:00 PM +0100", Date.UTC(2024, 2, 10, 21)],
                     ["10:00:00 Mar 10 2024 +0100", Date.UTC(2024, 2, 10, 9)],
                     ["Mar 10 2024 10:00 +01", Date.UTC(2024, 2, 10, 9)],
+                    ["2021-03-07 10:00 (UTC)", Date.UTC(2021, 2, 7, 10)],
+                    ["March 7, 2021 10:00 (CET)", Date.UTC(2021, 2, 7, 10)],
+                    ["Sun Mar 10 2024 10:00:00 GMT+0100 (Central European Standard Time)", Date.UTC(2024, 2, 10, 9)],
                 ].filter(([text, utc]) => Date.parse(text) !== utc || new Date(text).getTime() !== utc)
                     .map(([text]) => text),
                 set: (() => { const x = new Date(0); x.setHours(5); return x.getTime(); })(),
