@@ -5,14 +5,14 @@ use axum::extract::rejection::FormRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Form};
-use cairn_core::Outcome;
+use cairn_core::{AbandonRequest, Outcome, ProcessRecord};
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::auth::{Viewer, Visitor};
 use crate::pages;
 use crate::process::{refused, IdPath};
-use crate::Shared;
+use crate::{time, Shared};
 
 fn bad_form(e: FormRejection) -> Response {
     (
@@ -127,13 +127,50 @@ pub(crate) async fn abandon(
     if let Err(e) = d.access.check_visible(&visitor.viewer, &id).await {
         return refused(&e);
     }
-    match d
-        .processes
-        .request_abandon(&id, &acting_as(&visitor.viewer), form.reason.trim())
-        .await
-    {
-        Ok(_) => pages::ok_fragment("abandon request recorded; it is reconciled once the lease lapses").into_response(),
+    let by = acting_as(&visitor.viewer);
+    let reason = form.reason.trim();
+    // The first request stands: a later one answers the record as it is and
+    // records nothing. What was there before says which this one was.
+    let before = match d.processes.get(&id).await {
+        Ok(r) => r.abandon_request,
+        Err(e) => return refused(&e),
+    };
+    match d.processes.request_abandon(&id, &by, reason).await {
+        Ok(r) => pages::ok_fragment(&abandon_note(&r, before.as_ref(), &by, reason)).into_response(),
         Err(e) => refused(&e),
+    }
+}
+
+/// What an abandon request's answer `r` shows: whether this request
+/// (`by`, `reason`) was recorded, an earlier one stands (`before`, read just
+/// ahead of it), or the process has ended.
+fn abandon_note(r: &ProcessRecord, before: Option<&AbandonRequest>, by: &str, reason: &str) -> String {
+    if r.is_terminal() {
+        return format!(
+            "nothing new was recorded: the process has ended; the process is {}",
+            r.status.label()
+        );
+    }
+    // A process without a lease (externally owned, or suspended in a
+    // durable wait) is reconciled at the worker's next pass.
+    let when = if r.lease.is_some() {
+        "once the lease lapses"
+    } else {
+        "shortly"
+    };
+    match &r.abandon_request {
+        Some(req) if before.is_none() && req.requested_by == by && req.reason == reason => {
+            format!("abandon request recorded; it is reconciled {when}")
+        }
+        Some(req) => format!(
+            "an abandon request by {} ({}) was already recorded and stands; nothing new was recorded; it is reconciled {when}",
+            req.requested_by,
+            time::absolute(req.requested_at_ms)
+        ),
+        None => format!(
+            "no abandon request was recorded; the process is {}",
+            r.status.label()
+        ),
     }
 }
 

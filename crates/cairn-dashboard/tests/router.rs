@@ -2210,3 +2210,82 @@ async fn the_process_page_carries_what_its_scripts_need() {
         );
     }
 }
+
+/// An abandon request's answer says what the record shows: this request
+/// recorded (reconciled once the lease lapses, or shortly when there is no
+/// lease), an earlier one standing with nothing new recorded, or the
+/// process already ended.
+#[tokio::test]
+async fn an_abandon_request_says_what_the_record_shows() {
+    use cairn_core::ProcessRegistry;
+    let clock = Arc::new(ManualClock::new(T0));
+    let registry = Arc::new(MemoryRegistry::with_clock(clock.clone()));
+    let p = Processes::builder(registry.clone())
+        .clock(clock.clone())
+        .without_worker()
+        .start();
+    p.start(StartRequest::tool(
+        "leased",
+        "anything",
+        json!({}),
+        Disposition::OwnerBound,
+    ))
+    .await
+    .expect("start");
+    registry.claim("leased", "w1", 30_000).await.expect("claim");
+    external(&p, "ext").await;
+    external(&p, "ended").await;
+    let app = app(&p, true);
+    let (_, page, _) = get(&app, "/ui/processes", None).await;
+    let csrf = csrf_of(&page);
+    let abandon = |id: &str, reason: &str| {
+        Request::post(format!("/ui/processes/{id}/abandon"))
+            .header("x-cairn-csrf", &csrf)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("reason={reason}")))
+            .unwrap()
+    };
+
+    let (status, note, _) = send(&app, abandon("leased", "stuck")).await;
+    assert_eq!(status, StatusCode::OK, "{note}");
+    assert!(
+        note.contains("abandon request recorded; it is reconciled once the lease lapses"),
+        "{note}"
+    );
+    // A second request (another reason, or the same again) records nothing:
+    // the first one stands.
+    for reason in ["other", "stuck"] {
+        let (status, note, _) = send(&app, abandon("leased", reason)).await;
+        assert_eq!(status, StatusCode::OK, "{note}");
+        assert!(
+            note.contains("already recorded and stands; nothing new was recorded")
+                && note.contains("by host")
+                && note.contains("once the lease lapses")
+                && !note.contains("abandon request recorded"),
+            "{reason}: {note}"
+        );
+    }
+    assert_eq!(p.get("leased").await.unwrap().abandon_request.unwrap().reason, "stuck");
+
+    // No lease (externally owned): no lease to lapse.
+    let (status, note, _) = send(&app, abandon("ext", "gone")).await;
+    assert_eq!(status, StatusCode::OK, "{note}");
+    assert!(
+        note.contains("abandon request recorded; it is reconciled shortly") && !note.contains("lease"),
+        "{note}"
+    );
+
+    // Ended since its request: said, with its status, nothing recorded.
+    let (status, note, _) = send(&app, abandon("ended", "first")).await;
+    assert_eq!(status, StatusCode::OK, "{note}");
+    p.complete_external("ended", cairn_core::Outcome::success(json!(1)), "host")
+        .await
+        .expect("complete");
+    let (status, note, _) = send(&app, abandon("ended", "again")).await;
+    assert_eq!(status, StatusCode::OK, "{note}");
+    assert!(
+        note.contains("nothing new was recorded: the process has ended; the process is completed")
+            && !note.contains("abandon request recorded"),
+        "{note}"
+    );
+}
