@@ -124,11 +124,17 @@ impl Dashboard {
             .route("/ui/login", get(auth::login_page).post(auth::login))
             .route("/ui/assets/{name}", get(assets::serve));
         // A page's address with a slash after it (as people and browsers
-        // add one) is that page.
+        // add one) is that page, with the same query.
         for page in ["/ui", "/ui/processes", "/ui/sessions", "/ui/modules", "/ui/schedules"] {
             open = open.route(
                 &format!("{page}/"),
-                get(move || async move { axum::response::Redirect::permanent(page) }),
+                get(move |uri: axum::http::Uri| async move {
+                    let to = match uri.query() {
+                        Some(q) => format!("{page}?{q}"),
+                        None => page.to_string(),
+                    };
+                    axum::response::Redirect::permanent(&to)
+                }),
             );
         }
         gated

@@ -2289,3 +2289,26 @@ async fn an_abandon_request_says_what_the_record_shows() {
         "{note}"
     );
 }
+
+/// A page's address with a slash after it keeps its query on the way to
+/// the page.
+#[tokio::test]
+async fn a_trailing_slash_keeps_the_query() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let app = app(&p, true);
+    for (from, to) in [
+        ("/ui/processes/?status=failed", "/ui/processes?status=failed"),
+        (
+            "/ui/processes/?definition=script%3Aab%23main&status=any",
+            "/ui/processes?definition=script%3Aab%23main&status=any",
+        ),
+        ("/ui/sessions/?session=s1", "/ui/sessions?session=s1"),
+        ("/ui/?status=any", "/ui?status=any"),
+        ("/ui/modules/", "/ui/modules"),
+    ] {
+        let (status, _, headers) = get(&app, from, None).await;
+        assert_eq!(status, StatusCode::PERMANENT_REDIRECT, "{from}");
+        assert_eq!(headers[header::LOCATION], to, "{from}");
+    }
+}
