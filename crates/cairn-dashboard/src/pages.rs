@@ -2,7 +2,7 @@
 //! compile time, escaped by default).
 
 use cairn_core::{ProcessEvent, ProcessRecord, ProcessStatus};
-use maud::{html, Markup, DOCTYPE};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde_json::Value;
 
 use crate::auth::Visitor;
@@ -101,6 +101,7 @@ pub(crate) fn login(problem: Option<&str>, next: Option<&str>) -> Markup {
                     }
                     p.hint { "The token is kept in an HttpOnly cookie for this site only." }
                 }
+                script { (PreEscaped(LOGIN_SCRIPT)) }
             }
         }
     }
@@ -109,19 +110,43 @@ pub(crate) fn login(problem: Option<&str>, next: Option<&str>) -> Markup {
 /// A page that loads `here` again at once: what a link from another site
 /// gets, so the browser asks again as a same-site navigation, which carries
 /// the `SameSite=Strict` login cookie.
+///
+/// The request never carries the link's fragment (`#ev-2`), so `here` lacks
+/// it; the browser's own address has it, and the script goes there
+/// ([`RELOAD_SCRIPT`]). Without scripts, a refresh to `here` (the fragment
+/// lost). (The dashboard's Content-Security-Policy sets only
+/// `frame-ancestors`: inline scripts run.)
 pub(crate) fn reload(here: &str) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
-                meta http-equiv="refresh" content={ "0; url=" (here) };
+                script { (PreEscaped(RELOAD_SCRIPT)) }
+                noscript { meta http-equiv="refresh" content={ "0; url=" (here) }; }
                 title { "cairn" }
             }
             body { p { a href=(here) { "Continue to cairn" } } }
         }
     }
 }
+
+/// Loads the page's own address again, fragment and all, as a new
+/// navigation from this page (same-origin: the login cookie goes along).
+/// Going to the address the page already has, with a fragment, would only
+/// scroll to it; and a reload would be the first, cross-site, navigation
+/// again. So the entry's address is first set to another page's (the
+/// login's, which `here` never is), then replaced by the page's own.
+pub(crate) const RELOAD_SCRIPT: &str = "var to = location.href; \
+history.replaceState(null, \"\", \"/ui/login\"); location.replace(to);";
+
+/// On the login page: the fragment of the page the visitor was going to
+/// (a redirect to the login keeps it in the login page's address, but a
+/// form's post never sends it) goes along in `next`, so the login's
+/// redirect lands on it.
+pub(crate) const LOGIN_SCRIPT: &str = "(function () { \
+var next = document.querySelector(\"form input[name=next]\"); \
+if (next && location.hash && next.value.indexOf(\"#\") < 0) next.value += location.hash; })();";
 
 /// Inside a live stream's element: what hears the stream's `login` event
 /// (its login lapsed; `app.js` sends the page to log in, and back).

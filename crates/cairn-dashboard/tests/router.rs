@@ -2312,3 +2312,65 @@ async fn a_trailing_slash_keeps_the_query() {
         assert_eq!(headers[header::LOCATION], to, "{from}");
     }
 }
+
+/// The page a link from another site gets loads the browser's own address
+/// again (the fragment, `#ev-2`, never reaches the server), with a refresh
+/// to the address the server saw for a browser without scripts; the login
+/// carries the fragment along in `next`, and goes back to it.
+#[tokio::test]
+async fn the_cross_site_reload_and_the_login_keep_the_fragment() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    external(&p, "ext-1").await;
+    let app = app(&p, false);
+    let followed = Request::get("/ui/processes/ext-1?from=2")
+        .header("sec-fetch-site", "cross-site")
+        .body(Body::empty())
+        .unwrap();
+    let (status, html, headers) = send(&app, followed).await;
+    assert_eq!(status, StatusCode::OK);
+    let script = html
+        .split("<script>")
+        .nth(1)
+        .and_then(|s| s.split("</script>").next())
+        .expect("a script");
+    assert!(
+        script.contains("var to = location.href;")
+            && script.contains(r#"history.replaceState(null, "", "/ui/login");"#)
+            && script.ends_with("location.replace(to);"),
+        "{html}"
+    );
+    assert!(
+        html.contains(
+            r#"<noscript><meta http-equiv="refresh" content="0; url=/ui/processes/ext-1?from=2"></noscript>"#
+        ),
+        "the refresh only without scripts (it would go to the address without its fragment): {html}"
+    );
+    assert!(html.find("<script>") < html.find("<noscript>"), "{html}");
+    // The CSP admits the inline script and is as strict as before.
+    assert_eq!(headers[header::CONTENT_SECURITY_POLICY], "frame-ancestors 'none'");
+
+    let (status, html, _) = get(&app, "/ui/login?next=%2Fui%2Fprocesses%2Fext-1%3Ffrom%3D2", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let form_end = html.find("</form>").expect("a form");
+    let script = html
+        .split("<script>")
+        .nth(1)
+        .and_then(|s| s.split("</script>").next())
+        .expect("a script on the login page");
+    assert!(html.find("<script>") > Some(form_end), "after the form: {html}");
+    assert!(
+        script.contains(r#"document.querySelector("form input[name=next]")"#)
+            && script.contains("next.value += location.hash"),
+        "{script}"
+    );
+    let back = Request::post("/ui/login")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(
+            "token=host&next=%2Fui%2Fprocesses%2Fext-1%3Ffrom%3D2%23ev-2",
+        ))
+        .unwrap();
+    let (status, _, headers) = send(&app, back).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[header::LOCATION], "/ui/processes/ext-1?from=2#ev-2");
+}

@@ -875,6 +875,79 @@ async fn the_login_gate_keeps_the_token_in_a_cookie_and_refuses_requests_without
     assert!(theirs.get("cancel_request").is_none(), "{theirs}");
 }
 
+/// A link to one event from another site (a wake's, pasted into a chat)
+/// lands on that event on a token server too: the page that loads it again
+/// as a same-site navigation (for the `SameSite=Strict` cookie) keeps the
+/// link's `#ev-N`, which no request carries.
+#[tokio::test]
+#[cfg_attr(
+    cairn_no_browser,
+    ignore = "chromedriver not installed (apt-get install chromium chromium-driver)"
+)]
+async fn a_link_from_another_site_lands_on_its_event() {
+    let owned = Server::start(&["--token", "host-secret"]).await;
+    let server = &owned;
+    let host = server.with_token("host-secret");
+    let (status, body) = host
+        .post(
+            "/v1/processes",
+            json!({"id": "linked", "input": {"type": "tool_call", "tool": "echo", "args": {"value": 1}},
+                   "disposition": "rerunnable"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = host.get("/v1/processes/linked/await?timeout_ms=20000").await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("completed")), "{body}");
+    // Another site: the same server by another host name (`localhost` is
+    // not the site `127.0.0.1` is), whose login page needs no cookie.
+    let port = server.base.rsplit(':').next().unwrap().to_string();
+    let away = format!("http://localhost:{port}/ui/login");
+    let target = server.url("/ui/processes/linked?from=2#ev-2");
+    let follow = |c: Client| {
+        let (away, target) = (away.clone(), target.clone());
+        async move {
+            c.goto(&away).await.unwrap();
+            wait_for(&c, Locator::Css("main.login")).await;
+            c.execute(
+                "const a = document.createElement('a'); a.href = arguments[0]; a.id = 'away'; \
+                 a.textContent = 'the event'; document.body.appendChild(a);",
+                vec![json!(target)],
+            )
+            .await
+            .unwrap();
+            c.find(Locator::Id("away")).await.unwrap().click().await.unwrap();
+        }
+    };
+    let landed = |c: Client| async move {
+        let event = wait_for(&c, Locator::Css("#timeline li#ev-2.linked")).await;
+        assert!(event.is_displayed().await.unwrap());
+        let url = c.current_url().await.unwrap();
+        assert_eq!(
+            (url.host_str(), url.path(), url.fragment()),
+            (Some("127.0.0.1"), "/ui/processes/linked", Some("ev-2")),
+            "{url}"
+        );
+    };
+    with_browser(|c| async move {
+        // Not logged in: the login, then the event.
+        follow(c.clone()).await;
+        let token = wait_for(&c, Locator::Css("main.login input[name=token]")).await;
+        assert_eq!(c.current_url().await.unwrap().host_str(), Some("127.0.0.1"));
+        token.send_keys("host-secret").await.unwrap();
+        c.find(Locator::Css("main.login button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        landed(c.clone()).await;
+        // Logged in: straight to the event.
+        follow(c.clone()).await;
+        landed(c).await;
+    })
+    .await;
+}
+
 #[tokio::test]
 #[cfg_attr(
     cairn_no_browser,
