@@ -25,10 +25,47 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
             Ok(Path(id)) => Ok(Self(id)),
             Err(e) => {
                 let e: PathRejection = e;
-                Err(bad_request(&e.body_text()))
+                Err(bad_address(parts, &e.body_text()))
             }
         }
     }
+}
+
+/// A path segment that cannot be read (not UTF-8): a page saying so, with the
+/// navigation, to a browser navigating to it; the fragment to htmx (and to a
+/// live stream or an action), which shows it in place.
+fn bad_address(parts: &Parts, message: &str) -> Response {
+    let navigated = !parts.headers.contains_key("hx-request")
+        && matches!(parts.method, axum::http::Method::GET | axum::http::Method::HEAD)
+        && !parts
+            .headers
+            .get(axum::http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/event-stream"));
+    let visitor = parts.extensions.get::<Visitor>();
+    let (Some(visitor), true) = (visitor, navigated) else {
+        return bad_request(message);
+    };
+    let path = parts.uri.path();
+    let (nav, back, label) = if path.starts_with("/ui/modules/") {
+        (Nav::Modules, "/ui/modules", "← Modules")
+    } else if path.starts_with("/ui/schedules/") {
+        (Nav::Schedules, "/ui/schedules", "← Schedules")
+    } else if path.starts_with("/ui/sessions/") {
+        (Nav::Sessions, "/ui/sessions", "← Sessions")
+    } else {
+        (Nav::Processes, "/ui/processes", "← Processes")
+    };
+    let body = html! {
+        h1 { "Bad address" }
+        (pages::error_fragment("invalid_request", message))
+        p { a href=(back) { (label) } }
+    };
+    (
+        StatusCode::BAD_REQUEST,
+        pages::layout("Bad address", visitor, nav, body),
+    )
+        .into_response()
 }
 
 /// A request the dashboard cannot read (a path or query that does not

@@ -2374,3 +2374,42 @@ async fn the_cross_site_reload_and_the_login_keep_the_fragment() {
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(headers[header::LOCATION], "/ui/processes/ext-1?from=2#ev-2");
 }
+
+/// A path segment that is not UTF-8 is said in a page with the navigation
+/// to a browser navigating to it, as other bad addresses are; htmx gets the
+/// fragment it shows in place.
+#[tokio::test]
+async fn a_path_that_is_not_utf8_is_a_page_or_a_fragment() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let app = app(&p, true);
+    for path in ["/ui/processes/%ff%fe", "/ui/modules/%ff"] {
+        let (status, html, headers) = get(&app, path, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+        assert!(
+            headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"),
+            "{path}"
+        );
+        assert!(
+            html.starts_with("<!DOCTYPE html>")
+                && html.contains("<title>")
+                && html.contains("<nav>")
+                && html.contains("invalid_request"),
+            "{path}: {html}"
+        );
+    }
+    let (_, html, _) = get(&app, "/ui/modules/%ff", None).await;
+    assert!(html.contains(r#"href="/ui/modules" aria-current="page""#), "{html}");
+    for path in ["/ui/processes/%ff%fe", "/ui/modules/%ff", "/ui/processes/%ff/record"] {
+        let fragment = Request::get(path)
+            .header("hx-request", "true")
+            .body(Body::empty())
+            .unwrap();
+        let (status, html, _) = send(&app, fragment).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+        assert!(
+            html.starts_with(r#"<div class="result err""#) && html.contains("invalid_request"),
+            "{path}: {html}"
+        );
+    }
+}
