@@ -1911,7 +1911,7 @@ mod ls_tests {
     /// dashboard's order.
     #[test]
     fn a_listing_orders_as_the_dashboard_does() {
-        let mut rows = vec![
+        let mut rows = [
             json!({"id": "a", "created_at_ms": 5}),
             json!({"id": "c", "created_at_ms": 7}),
             json!({"id": "b", "created_at_ms": 7}),
