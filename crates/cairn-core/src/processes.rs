@@ -350,6 +350,13 @@ async fn prepare_start(
         ..
     } = &req.input
     {
+        if req.id.len() > crate::script::MAX_SCRIPT_ID_BYTES {
+            return Err(CairnError::InvalidId(format!(
+                "a script names its calls' children `{{id}}/{{n}}`, so its id is at most {} bytes, not {}",
+                crate::script::MAX_SCRIPT_ID_BYTES,
+                req.id.len()
+            )));
+        }
         check_script_start(registry, module_ref, process_name, req.disposition).await?;
         // Nothing could ever append it: `ctx.emit` refuses a terminal type
         // (a script ends by returning or throwing), and a host's append of

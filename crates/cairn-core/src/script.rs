@@ -26,6 +26,13 @@ pub const MAX_MODULE_SOURCE_BYTES: usize = 1 << 20;
 /// The longest module name, in bytes.
 pub const MAX_MODULE_NAME_BYTES: usize = 256;
 
+/// The most journaled calls a script process may be given
+/// (`--script-max-calls`): a call's child is `{id}/{n}`, so a script's id
+/// leaves room for the largest `n` ([`MAX_SCRIPT_ID_BYTES`]).
+pub const MAX_SCRIPT_CALLS: u64 = 1_000_000;
+/// The longest script process id: its calls' children, `{id}/{n}`, are ids too.
+pub const MAX_SCRIPT_ID_BYTES: usize = crate::validate::MAX_ID_BYTES - 8; // "/1000000"
+
 /// A journaled context call (`{n, kind, ...}`).
 pub const SCRIPT_CALL: &str = "script.call";
 /// The answer of a journaled call (`{n, value}` or `{n, error}`).

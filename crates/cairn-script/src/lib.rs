@@ -71,6 +71,13 @@ impl Limits {
         if self.max_calls == 0 {
             return Err("the script call limit is 0; it must be at least 1".into());
         }
+        if self.max_calls > cairn_core::script::MAX_SCRIPT_CALLS {
+            return Err(format!(
+                "the script call limit is {}; it must be at most {} (a call's child is named `{{id}}/{{n}}`)",
+                self.max_calls,
+                cairn_core::script::MAX_SCRIPT_CALLS
+            ));
+        }
         Ok(())
     }
 }

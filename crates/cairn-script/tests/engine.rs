@@ -90,6 +90,42 @@ async fn a_top_level_past_the_cpu_limit_names_the_limit() {
     assert!(p.list_modules(None, None).await.unwrap().is_empty(), "nothing stored");
 }
 
+/// A script's calls name their children `{id}/{n}`: a script id without
+/// room for the largest `n` is refused at start, not at the call that
+/// would overflow it, and nothing is created.
+#[tokio::test]
+async fn a_script_id_leaves_room_for_its_childrens() {
+    let p = runtime_with_echo();
+    let m = put(
+        &p,
+        "export async function f(ctx) { return await ctx.tool(\"echo\", {value: 1}); }",
+    )
+    .await;
+    let most = cairn_core::script::MAX_SCRIPT_ID_BYTES;
+    let long = "s".repeat(most + 1);
+    let e = p.start(script(&long, &m, "f", json!({}))).await.unwrap_err();
+    assert_eq!(e.code(), "invalid_id", "{e}");
+    assert!(
+        e.to_string()
+            .contains(&format!("its id is at most {most} bytes, not {}", most + 1)),
+        "{e}"
+    );
+    assert_eq!(p.get(&long).await.unwrap_err().code(), "unknown_process");
+    // At the limit, the child of the largest call number is an id still.
+    let fits = "s".repeat(most);
+    let child = format!("{fits}/{}", cairn_core::script::MAX_SCRIPT_CALLS);
+    cairn_core::validate::validate_id("process id", &child).expect("the largest child id fits");
+    let rec = run(&p, script(&fits, &m, "f", json!({}))).await;
+    assert_eq!(rec.outcome, Some(Outcome::success(json!(1))), "{rec:?}");
+    // And no call limit past the one the ids leave room for.
+    let past = Limits {
+        max_calls: cairn_core::script::MAX_SCRIPT_CALLS + 1,
+        ..Limits::default()
+    };
+    let e = past.check().expect_err("refused");
+    assert!(e.contains("it must be at most 1000000"), "{e}");
+}
+
 /// A top level making more journaled calls than a process may is refused at
 /// store, naming the limit; stored under a higher limit, a start of it ends
 /// `journal_limit`, not as an interrupted script.

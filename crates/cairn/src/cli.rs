@@ -595,7 +595,7 @@ pub struct ServeArgs {
     /// CPU time of one script activation, its replay included (past it: `cpu_limit`).
     #[arg(long, env = "CAIRN_SCRIPT_CPU", default_value = "10s", value_parser = parse_duration)]
     pub script_cpu: Duration,
-    /// Journaled calls of one script process (past them: `journal_limit`).
+    /// Journaled calls of one script process (past them: `journal_limit`; at most 1000000).
     #[arg(long, env = "CAIRN_SCRIPT_MAX_CALLS", default_value_t = 10_000)]
     pub script_max_calls: u64,
 }

@@ -19,7 +19,7 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
     vec![
         (
             CairnError::InvalidId(s()),
-            "an id is empty, over 256 bytes (a schedule's over 235: its fires add `@` and a time; a signal id over 248 less its signal name's length: its replay key `signal:{name}:{signal_id}` is held to 256), `.` or `..`, or holds a control character; or a session id holds `/frame:`; or a session's start takes a form cairn gives its own starts: a schedule's fire (`NAME@` and 13 or more digits), a script's or turn's child (`PARENT/N`, `PARENT/STEP.K`); or a module ref is not `module:sha256:` and 64 lowercase hex digits",
+            "an id is empty, over 256 bytes (a schedule's over 235: its fires add `@` and a time; a script's over 248: its calls' children add `/` and a number; a signal id over 248 less its signal name's length: its replay key `signal:{name}:{signal_id}` is held to 256), `.` or `..`, or holds a control character; or a session id holds `/frame:`; or a session's start takes a form cairn gives its own starts: a schedule's fire (`NAME@` and 13 or more digits), a script's or turn's child (`PARENT/N`, `PARENT/STEP.K`); or a module ref is not `module:sha256:` and 64 lowercase hex digits",
         ),
         (
             CairnError::InvalidRequest(s()),
