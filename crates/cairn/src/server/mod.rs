@@ -187,6 +187,19 @@ pub enum ServeError {
     Lookup(String),
 }
 
+/// Why the node id could not be held: another live runtime holds it
+/// (answered with the flag that picks another), or taking it failed (a
+/// connection lost, a lock file that cannot be made), no matter of node ids.
+fn hold_refused(node_id: &str, e: cairn_core::CairnError) -> ServeError {
+    match e {
+        // Both backends' words for a held id (`node id `X` is in use ...`).
+        cairn_core::CairnError::Unavailable(m) if m.contains(&format!("node id `{node_id}` is in use")) => {
+            ServeError::NodeHeld(format!("{m} (--node-id NAME)"))
+        }
+        other => ServeError::NodeHeld(format!("could not take node id `{node_id}`: {other}")),
+    }
+}
+
 impl ServeError {
     /// The exit code `cairn serve` ends with: 2 for bad settings (a flag's
     /// value, a database URL this binary does not understand), as for any
@@ -327,10 +340,10 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), ServeError> {
     // Another server holding the id is answered with the flag that picks
     // another; a lock file that cannot be made (its directory's owner, say)
     // is no matter of node ids.
-    let node_hold = backend.hold_node(&node_id).await.map_err(|e| match e {
-        cairn_core::CairnError::Unavailable(m) => ServeError::NodeHeld(format!("{m} (--node-id NAME)")),
-        other => ServeError::NodeHeld(other.to_string()),
-    })?;
+    let node_hold = backend
+        .hold_node(&node_id)
+        .await
+        .map_err(|e| hold_refused(&node_id, e))?;
     let backend_kind = args.db.split(':').next().unwrap_or("unknown");
     let metrics = Arc::new(Metrics::new(match backend_kind {
         "postgres" | "postgresql" => "postgres",
@@ -563,6 +576,29 @@ impl Signals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node id another runtime holds is answered with the flag that picks
+    /// another; a failure to take it (a connection lost) is said as such.
+    #[tokio::test]
+    async fn a_held_node_id_is_told_from_a_failure_to_take_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite:{}", dir.path().join("c.db").display());
+        let backend = db::open_backend(&url).await.expect("open");
+        let _held = backend.hold_node("n1").await.expect("held");
+        let again = backend.hold_node("n1").await.err().expect("in use");
+        let said = hold_refused("n1", again).to_string();
+        assert!(
+            said.contains("node id `n1` is in use") && said.ends_with("(--node-id NAME)"),
+            "{said}"
+        );
+        let lost = cairn_core::CairnError::Unavailable("postgres: connection closed".into());
+        let said = hold_refused("n1", lost).to_string();
+        assert!(said.starts_with("could not take node id `n1`: "), "{said}");
+        assert!(
+            said.contains("connection closed") && !said.contains("--node-id"),
+            "{said}"
+        );
+    }
 
     #[test]
     fn session_tokens_from_the_environment_are_pairs_split_by_whitespace() {
