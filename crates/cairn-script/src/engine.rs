@@ -722,17 +722,23 @@ fn parse_call(payload: &str) -> std::result::Result<Value, String> {
 /// Why a call's arguments, as the prelude serialized them, cannot be read
 /// back, in words.
 fn unreadable_call(e: &serde_json::Error) -> cairn_core::CairnError {
-    let why = if e.to_string().contains("recursion limit") {
+    cairn_core::CairnError::InvalidRequest(format!("{UNREADABLE}: {}", why_unreadable(e)))
+}
+
+/// Why JSON text the prelude made from a script's value cannot be read
+/// back, in the script's terms (the decoder's own names a place in that
+/// text, which the script never saw).
+fn why_unreadable(e: &serde_json::Error) -> String {
+    if e.to_string().contains("recursion limit") {
         format!(
-            "they nest arrays and objects more levels deep than a decoder reads, over the {} level limit",
+            "arrays and objects nest more levels deep than a decoder reads, over the {} level limit",
             cairn_core::validate::MAX_JSON_DEPTH
         )
     } else if e.to_string().contains("escape") {
         "a string holds a lone UTF-16 surrogate (a character cut in half), which JSON text cannot carry".into()
     } else {
         e.to_string()
-    };
-    cairn_core::CairnError::InvalidRequest(format!("{UNREADABLE}: {why}"))
+    }
 }
 
 /// How the refusal of a call whose arguments cannot be read back begins.
@@ -1298,7 +1304,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
                             Err(e) => Some(Outcome::failure(
                                 "script",
                                 "invalid_result",
-                                format!("the returned value is not JSON cairn can store: {e}"),
+                                format!("the returned value is not JSON cairn can store: {}", why_unreadable(&e)),
                             )),
                             Ok(v) => match (v.get("ok"), v.get("err")) {
                                 // Nested past what a payload may be: not JSON
