@@ -443,28 +443,60 @@ impl rquickjs::loader::Loader for NoImports {
 /// (one in a comment or a string changes nothing). Only the first few
 /// places are tried.
 fn import_at(rt: &Runtime, source: &str, specifier: &str) -> Option<(u64, u64)> {
-    const TRIES: usize = 16;
-    let probe = format!("cairn-import-probe-{}", uuid::Uuid::new_v4().simple());
     let mut places: Vec<usize> = Vec::new();
     for q in ['"', '\''] {
         let quoted = format!("{q}{specifier}{q}");
         places.extend(source.match_indices(&quoted).map(|(at, _)| at));
     }
     places.sort_unstable();
-    places.into_iter().take(TRIES).find_map(|at| {
-        let inner = at + 1;
-        let probed = format!("{}{probe}{}", &source[..inner], &source[inner + specifier.len()..]);
+    let spans = places.into_iter().map(|at| (at + 1, specifier.len(), at));
+    first_place(rt, source, spans, |probe, _| {
+        REFUSED_IMPORT.with(|r| r.borrow_mut().take()).as_deref() == Some(probe)
+    })
+}
+
+/// Where the local name of an `export { name }` that names no variable is
+/// in `source` (QuickJS says which name, not where), found as
+/// [`import_at`] finds an import: each place the name is written as a word
+/// is renamed in turn, and the first whose new name the engine then says
+/// does not exist is the export.
+fn missing_export_at(rt: &Runtime, source: &str, name: &str) -> Option<(u64, u64)> {
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$');
+    let spans = source
+        .match_indices(name)
+        .filter(|(at, _)| !word(source[..*at].chars().next_back()) && !word(source[at + name.len()..].chars().next()))
+        .map(|(at, _)| (at, name.len(), at));
+    first_place(rt, source, spans, |probe, message| {
+        message == Some(format!("exported variable '{probe}' does not exist").as_str())
+    })
+}
+
+/// The 1-based line and byte column of the first of `spans` (the span's
+/// start and length, and the place to report) that, written as a probe
+/// name and compiled, makes `names_probe(probe, compile error message)`
+/// true. Only the first few spans are tried.
+fn first_place(
+    rt: &Runtime,
+    source: &str,
+    spans: impl Iterator<Item = (usize, usize, usize)>,
+    names_probe: impl Fn(&str, Option<&str>) -> bool,
+) -> Option<(u64, u64)> {
+    const TRIES: usize = 16;
+    let probe = format!("cairnProbe{}", uuid::Uuid::new_v4().simple());
+    spans.take(TRIES).find_map(|(start, len, at)| {
+        let probed = format!("{}{probe}{}", &source[..start], &source[start + len..]);
         let context = Context::full(rt).ok()?;
         REFUSED_IMPORT.with(|r| r.borrow_mut().take());
-        let refused = context.with(|ctx| {
+        let found = context.with(|ctx| {
             let _ = Module::declare(ctx.clone(), MODULE_NAME, probed);
-            let _ = ctx.catch();
-            REFUSED_IMPORT.with(|r| r.borrow_mut().take())
+            let thrown = ctx.catch();
+            let message = thrown.as_exception().and_then(|e| e.message());
+            names_probe(&probe, message.as_deref())
         });
-        (refused.as_deref() == Some(probe.as_str())).then(|| {
+        found.then(|| {
             let line = source[..at].matches('\n').count() as u64 + 1;
-            let start = source[..at].rfind('\n').map_or(0, |n| n + 1);
-            (line, (at - start) as u64 + 1)
+            let line_start = source[..at].rfind('\n').map_or(0, |n| n + 1);
+            (line, (at - line_start) as u64 + 1)
         })
     })
 }
@@ -1095,6 +1127,24 @@ fn compile(limits: &Limits, source: &str, stop: Arc<AtomicU8>, on_escape: Box<dy
     let answer = match (answer, refused) {
         (Err((true, mut err)), Some(specifier)) => {
             if let (Some((line, column)), Some(m)) = (import_at(&rt, source, &specifier), err.as_object_mut()) {
+                m.insert("line".into(), json!(line));
+                m.insert("column".into(), json!(column));
+            }
+            Err((true, err))
+        }
+        // So is an export of a name no variable has.
+        (Err((true, mut err)), None) => {
+            let missing = err
+                .get("message")
+                .and_then(Value::as_str)
+                .and_then(|m| m.strip_prefix("exported variable '"))
+                .and_then(|m| m.strip_suffix("' does not exist"))
+                .map(str::to_string);
+            let unplaced = err.get("line").is_none_or(Value::is_null);
+            let at = missing
+                .filter(|_| unplaced)
+                .and_then(|name| missing_export_at(&rt, source, &name));
+            if let (Some((line, column)), Some(m)) = (at, err.as_object_mut()) {
                 m.insert("line".into(), json!(line));
                 m.insert("column".into(), json!(column));
             }

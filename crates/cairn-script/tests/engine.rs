@@ -268,6 +268,27 @@ async fn a_module_is_stored_with_the_globals_it_runs_with() {
     );
 }
 
+/// An export of a name no variable has is a syntax error the engine names
+/// without a place: it is found, as any syntax error's, past a mention of
+/// the name in a comment or a longer name.
+#[tokio::test]
+async fn an_export_of_no_variable_names_its_line_and_column() {
+    let p = runtime(Limits::default());
+    for (source, at) in [
+        (
+            "// missing\nexport async function f(ctx) { const missingNo = 1; return missingNo; }\n\n\nexport { missing as m };",
+            "line 5, column 10",
+        ),
+        ("async function a() {}\nexport { a, nope };", "line 2, column 13"),
+    ] {
+        let err = p.put_module(source.into(), None).await.expect_err("refused");
+        assert_eq!(err.code(), "invalid_module", "{source}");
+        let said = err.to_string();
+        assert!(said.contains("does not exist") && said.ends_with(at), "{source}: {said}");
+    }
+    assert!(p.list_modules(None, None).await.unwrap().is_empty(), "nothing stored");
+}
+
 /// Scripts have no `import` (SPEC §14): a static import is refused at store
 /// naming its specifier and where it is (not a mention in a comment or a
 /// string), and `import()` fails at run time saying the same.
