@@ -631,7 +631,29 @@ impl Driver<'_> {
                 if let Some(m) = request.as_object_mut() {
                     m.insert("id".into(), json!(id));
                 }
-                let started = match cairn_core::StartRequest::from_json(request) {
+                let started = if request.is_object() {
+                    // Said of what ctx.start takes: a request without the
+                    // `id` and `caused_by` it makes itself.
+                    cairn_core::StartRequest::from_json(request).map_err(|e| match e {
+                        CairnError::InvalidRequest(m) => {
+                            CairnError::InvalidRequest(m.replace("`id`, ", "").replace("`caused_by`, ", ""))
+                        }
+                        other => other,
+                    })
+                } else {
+                    Err(CairnError::InvalidRequest(format!(
+                        "ctx.start takes a start request without `id`: an object with `input` and `disposition`, not {}",
+                        match request {
+                            Value::Null => "null",
+                            Value::Bool(_) => "a boolean",
+                            Value::Number(_) => "a number",
+                            Value::String(_) => "a string",
+                            Value::Array(_) => "an array",
+                            Value::Object(_) => "an object",
+                        }
+                    )))
+                };
+                let started = match started {
                     Ok(r) => self.ctx.start_child(r).await,
                     Err(e) => Err(e),
                 };

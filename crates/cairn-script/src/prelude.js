@@ -217,7 +217,7 @@
       if (json.error) return notJson("tool", json.error, callSite());
       payload.disposition = travelled(json);
       const said = written(given, given ? json : once(given));
-      return refused("tool", payload, `ctx.tool's disposition is \`rerunnable\` (the default, when it is left out), \`owner_bound\` or \`externally_owned\`, not ${said}`);
+      return refused("tool", payload, `ctx.tool's disposition is \`rerunnable\` (the default, when it is left out) or \`owner_bound\` (a tool call is run here, so never \`externally_owned\`), not ${said}`);
     },
     // A child's id is `{processId}/{n}` (SPEC §14): an id of the caller's
     // choosing would be replaced, so it is refused instead.

@@ -268,6 +268,46 @@ async fn a_module_is_stored_with_the_globals_it_runs_with() {
     );
 }
 
+/// A `ctx.start` request that is no object, or holds a field no start
+/// takes, is refused in terms of what ctx.start takes: never `id` or
+/// `caused_by`, which it makes itself.
+#[tokio::test]
+async fn a_bad_ctx_start_request_says_what_ctx_start_takes() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const said = [];
+            for (const r of [null, "echo", [1], {input: {type: "external"}, disposition: "externally_owned", bogus: 1}]) {
+                await ctx.start(r).then(() => said.push("started"), e => said.push(e.message));
+            }
+            return said;
+        }"#,
+    )
+    .await;
+    let rec = run(&p, script("bad-starts", &m, "main", json!({}))).await;
+    let Some(Outcome::Success { value, .. }) = rec.outcome else {
+        panic!("{:?}", rec.outcome)
+    };
+    let said: Vec<&str> = value.as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    for (message, given) in said[..3].iter().zip(["null", "a string", "an array"]) {
+        assert_eq!(
+            *message,
+            format!(
+                "invalid request: ctx.start takes a start request without `id`: an object with `input` and \
+                 `disposition`, not {given}"
+            )
+        );
+    }
+    assert!(said[3].contains("unknown field `bogus`"), "{}", said[3]);
+    assert!(
+        !said[3].contains("`id`") && !said[3].contains("`caused_by`"),
+        "{}",
+        said[3]
+    );
+    assert!(said[3].contains("`input`, `disposition`"), "{}", said[3]);
+}
+
 /// An export of a name no variable has is a syntax error the engine names
 /// without a place: it is found, as any syntax error's, past a mention of
 /// the name in a comment or a longer name.
@@ -1965,8 +2005,8 @@ async fn empty_option_values_are_refused_not_defaulted() {
         json!([
             "invalid_request",
             format!(
-                "invalid request: ctx.tool's disposition is `rerunnable` (the default, when it is left out), \
-                 `owner_bound` or `externally_owned`, not {given}"
+                "invalid request: ctx.tool's disposition is `rerunnable` (the default, when it is left out) \
+                 or `owner_bound` (a tool call is run here, so never `externally_owned`), not {given}"
             )
         ])
     };
