@@ -253,7 +253,7 @@ pub enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
-    /// Record an abandon request (reconciled once the process's lease lapses).
+    /// Record an abandon request (reconciled once no live lease holds the process).
     #[command(after_help = "Example:\n  cairn abandon ci-7 --reason 'the CI job was deleted'")]
     Abandon {
         /// Process id.

@@ -699,7 +699,7 @@ pub async fn complete(
     params(("id" = String, Path, description = "Process id")),
     request_body = AbandonBody,
     responses(
-        (status = 200, description = "The record with its abandon request (reconciled once the lease lapses)", body = ProcessRecord),
+        (status = 200, description = "The record with its abandon request (reconciled once no live lease holds the process)", body = ProcessRecord),
         (status = 404, description = "unknown_process", body = ErrorSchema),
         (status = 409, description = "process_terminal", body = ErrorSchema)))]
 pub async fn abandon_request(
