@@ -1697,6 +1697,24 @@ async fn cancelling_an_ended_parent_says_it_reached_its_children() {
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(!out.stderr.contains('\u{1b}'), "{:?}", out.stderr);
     assert!(out.stderr.contains("superseded\\u{1b}[2J"), "{}", out.stderr);
+    // The request that cancelled a process, repeated, says so: it reached
+    // no children (there are none).
+    for (id, reason) in [("cx", None), ("cx-r", Some("stop"))] {
+        let w = json!({"id": id, "input": {"type": "tool_call", "tool": "wait_signal", "args": {"name": "go"}},
+                       "disposition": "rerunnable"});
+        assert_eq!(c.start(w).await.0, 201);
+        let mut args = vec!["cancel", id];
+        args.extend(reason.iter().flat_map(|r| ["--reason", *r]));
+        let out = run_cli(&server.base, None, &args, None).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        c.wait_for(id, |r| r["status"] == "cancelled").await;
+        let out = run_cli(&server.base, None, &args, None).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(
+            out.stdout.trim(),
+            format!("{id} was already cancelled: this repeats the request that cancelled it")
+        );
+    }
 }
 
 /// A JSON value may be a negative number: `--value -1`, `--payload -5` are

@@ -314,7 +314,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
         }
         Command::Complete(args) => complete(client, json, args).await,
         Command::Cancel { id, reason, .. } => {
-            let body = match reason {
+            let body = match &reason {
                 Some(r) => json!({"reason": r}),
                 None => json!({}),
             };
@@ -330,9 +330,13 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                 print_json(&record)?;
             } else {
                 let status = str_at(&record, "/status");
-                // Answered for a process that had ended: the request went to
-                // its running children (SPEC §13).
-                if ended_before || matches!(status.as_str(), "completed" | "failed" | "abandoned") {
+                if ended_before && repeats_its_cancel(&record, reason.as_deref()) {
+                    // The request that cancelled it, again (a retry): the
+                    // server answers the record and writes nothing.
+                    outln!("{id} was already cancelled: this repeats the request that cancelled it")?;
+                } else if ended_before || matches!(status.as_str(), "completed" | "failed" | "abandoned") {
+                    // Answered for a process that had ended: the request went
+                    // to its running children (SPEC §13).
                     outln!(
                         "{id} had already ended ({status}); the cancellation went to its running children \
                          (`cairn ls --caused-by {id}`)"
@@ -1723,6 +1727,19 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) -> Result<(), ClientError
         outln!("{}", line.trim_end())?;
     }
     Ok(())
+}
+
+/// Whether `record`, cancelled, was cancelled by a request of `reason`
+/// (an empty reason is none, as the server counts it).
+fn repeats_its_cancel(record: &Value, reason: Option<&str>) -> bool {
+    let given = reason.filter(|r| !r.is_empty());
+    let recorded = record
+        .pointer("/cancel_request/reason")
+        .and_then(Value::as_str)
+        .filter(|r| !r.is_empty());
+    str_at(record, "/status") == "cancelled"
+        && record.get("cancel_request").is_some_and(Value::is_object)
+        && given == recorded
 }
 
 /// `ls`'s order: newest first, and of processes created in one millisecond
