@@ -505,16 +505,15 @@ impl ToolContext {
     /// request that names another session as its originator, grantee or wake
     /// target is refused. It is granted to the scopes that hold the parent
     /// when it starts (a parent transferred to another session has its later
-    /// children seen there, not by the session that gave it away), or, when
-    /// none does, to the session that started the parent. A host's process
-    /// may start children as anyone, as the host may.
+    /// children seen there, not by the session that gave it away), and to
+    /// none when none does (the session was deleted: its grants are not made
+    /// again). A host's process may start children as anyone, as the host may.
     pub async fn start_child(&self, mut request: StartRequest) -> Result<ProcessRecord> {
         request.caused_by = Some(crate::model::CausalRef::process(self.process_id()));
         if let crate::model::Originator::Session { scope } = &self.inner.record.provenance.originator {
             // Its grants are the parent's holders', read in the registering
             // transaction (a transfer or revoke of the parent is wholly
-            // before or after it), or, when none holds the parent, this
-            // grant to the session.
+            // before or after it), in place of this grant to the session.
             request.confine_to_session(scope)?;
         }
         // Every holder's grant is written with the child, in one

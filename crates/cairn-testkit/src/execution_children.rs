@@ -353,6 +353,41 @@ pub async fn a_transferred_parents_children_go_to_its_new_holder(factory: &dyn S
     front.shutdown().await;
 }
 
+/// A deleted session's grants are not made again: a process it started,
+/// orphaned by the delete, has its later children granted to none (not
+/// back to the session).
+pub async fn a_deleted_sessions_process_has_its_children_granted_to_none(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let s1 = cairn_core::SessionScope::session("s1");
+    let front = cairn_core::Processes::builder(store.registry.clone())
+        .clock(Arc::new(store.clock.clone()))
+        .without_worker()
+        .start();
+    let mut req = StartRequest::tool("left", "fan_out", json!({"n": 1}), Disposition::Rerunnable)
+        .with_grant(s1.clone(), Default::default());
+    req.originator = cairn_core::Originator::session(s1.clone());
+    front.start(req).await.expect("start");
+    let report = front.delete_session("s1").await.expect("delete");
+    assert_eq!(report.orphaned, vec!["left".to_string()]);
+    let p = runtime(&store, "w1", vec![Arc::new(FanOut::default())]);
+    p.await_event("left", "process.waiting", 0, WAIT)
+        .await
+        .expect("waiting on its child");
+    let child = p.get("left/1").await.expect("child");
+    assert_eq!(child.provenance.originator, cairn_core::Originator::session(s1.clone()));
+    assert!(
+        p.grants_of("left/1").await.expect("grants").is_empty(),
+        "the deleted session was granted the child"
+    );
+    let all = ProcessFilter::from_json(json!({"status": "any"})).expect("filter");
+    assert!(p.list_granted_to(&s1, &all).await.expect("list").items.is_empty());
+    p.signal("left/1", "go", "g1", json!({"v": 3})).await.expect("signal");
+    let parent = terminal(&p, "left").await;
+    assert_eq!(parent.outcome, Some(Outcome::success(json!({"sum": 3}))));
+    p.shutdown().await;
+    front.shutdown().await;
+}
+
 /// A parent transferred while its run is starting a child (after the run
 /// built the start, before the write) has the child granted to its new
 /// holder: the holders are read in the transaction that writes the child.

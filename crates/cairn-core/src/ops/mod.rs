@@ -875,25 +875,28 @@ fn register<T: WriteTx + ?Sized>(
     // A child a session's run starts is granted to the scopes that hold its
     // parent now, read in this transaction (a transfer or revoke of the
     // parent is before it or after it, never between the read and the
-    // write), or, when none does, as it asked (to the session).
-    let inherited = match (parent_lease, grants.first()) {
+    // write): when none does (its session was deleted), to none, an orphan
+    // as its parent is, not back to the session its grants were taken from.
+    let inherited: Option<Vec<Grant>> = match (parent_lease, grants.first()) {
         (Some(lease), Some(asked))
             if sessions_parent && matches!(record.provenance.originator, Originator::Session { .. }) =>
         {
             let holders = tx.grants_of(&lease.process_id)?;
-            holders
-                .into_iter()
-                .map(|h| Grant {
-                    scope: h.scope,
-                    process_id: record.id.clone(),
-                    descriptor: asked.descriptor.clone(),
-                    granted_at_ms: asked.granted_at_ms,
-                })
-                .collect()
+            Some(
+                holders
+                    .into_iter()
+                    .map(|h| Grant {
+                        scope: h.scope,
+                        process_id: record.id.clone(),
+                        descriptor: asked.descriptor.clone(),
+                        granted_at_ms: asked.granted_at_ms,
+                    })
+                    .collect(),
+            )
         }
-        _ => Vec::new(),
+        _ => None,
     };
-    let grants = if inherited.is_empty() { grants } else { &inherited };
+    let grants = inherited.as_deref().unwrap_or(grants);
     for g in grants {
         tx.upsert_grant(g)?;
     }
