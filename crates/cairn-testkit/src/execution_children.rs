@@ -256,7 +256,9 @@ pub async fn a_sessions_process_acts_only_for_that_session(factory: &dyn StoreFa
     .await
     .expect("start foreign");
     terminal(&p, "foreign").await;
-    let mut req = StartRequest::tool("sp", "spoofer", json!({}), Disposition::Rerunnable);
+    // Granted to its session, as a session's own start is.
+    let mut req = StartRequest::tool("sp", "spoofer", json!({}), Disposition::Rerunnable)
+        .with_grant(cairn_core::SessionScope::session("s1"), Default::default());
     req.originator = cairn_core::Originator::session(cairn_core::SessionScope::session("s1"));
     p.start(req).await.expect("start");
     let r = terminal(&p, "sp").await;
