@@ -66,6 +66,20 @@ fn say(args: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr().lock(), "{args}");
 }
 
+/// The usage of the (sub)command `args` name, as its help gives it.
+fn usage_of(args: &[std::ffi::OsString]) -> Option<String> {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    cmd.build();
+    let mut at = &mut cmd;
+    for arg in args.iter().skip(1).filter_map(|a| a.to_str()) {
+        if at.find_subcommand(arg).is_none() {
+            continue;
+        }
+        at = at.find_subcommand_mut(arg)?;
+    }
+    Some(at.render_usage().to_string())
+}
+
 /// Parse the command line; a refused value of a [`SECRET_FLAGS`] flag is
 /// said without the value, and exits 2 as any usage error. With `--json`
 /// given to a client command, a refused command line is one line of JSON
@@ -89,7 +103,10 @@ fn parse_cli() -> Cli {
             std::process::exit(0)
         }
         Err(e) if cairn::cli::json_asked(&args) => {
-            say(format_args!("{}", cairn::client::usage_error_json(&e)));
+            say(format_args!(
+                "{}",
+                cairn::client::usage_error_json(&e, usage_of(&args).as_deref())
+            ));
             std::process::exit(2)
         }
         Err(e) if e.kind() == ErrorKind::ValueValidation => {

@@ -995,6 +995,20 @@ fn a_command_line_refused_under_json_is_a_json_usage_error() {
     // A missing argument's usage is the hint.
     let error: Value = serde_json::from_str(&usage_error(&["--json", "get"])).expect("JSON");
     assert_eq!(error["error"]["hint"], "usage: cairn get <ID>", "{error}");
+    // So is a refused value's, which clap says without a usage.
+    for (args, usage) in [
+        (&["--json", "ls", "--limit", "0"][..], "usage: cairn ls [OPTIONS]"),
+        (&["--json", "ls", "--waiting", "yes"][..], "usage: cairn ls [OPTIONS]"),
+        (&["--json", "complete", "ci-7", "--value"][..], "usage: cairn complete"),
+        (
+            &["schedule", "--json", "add", "s", "--every", "5"][..],
+            "usage: cairn schedule add",
+        ),
+    ] {
+        let error: Value = serde_json::from_str(&usage_error(args)).expect("JSON");
+        let hint = error["error"]["hint"].as_str().unwrap_or_default();
+        assert!(hint.starts_with(usage), "{args:?}: {error}");
+    }
     // Not a client command: clap's own words.
     let stderr = usage_error(&["--json", "serve", "--bogus"]);
     assert!(stderr.starts_with("error: unexpected argument '--bogus'"), "{stderr}");

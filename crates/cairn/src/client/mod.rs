@@ -65,13 +65,16 @@ pub fn fail(e: &ClientError, json: bool) -> ExitCode {
 /// A command line clap refused, as `--json` says an error: one line of
 /// `{"error": {"code": "usage", "message", "exit_code": 2, "hint"}}`, the
 /// shape of every other usage error. The message is clap's error on one
-/// line; the hint its tip, else the command's usage.
-pub fn usage_error_json(e: &clap::Error) -> Value {
+/// line; the hint its tip, else the command's usage: clap's, or, for an
+/// error clap renders without one (a value refused), `usage` (the
+/// command's, as `Command::render_usage` gives it).
+pub fn usage_error_json(e: &clap::Error, usage: Option<&str>) -> Value {
     let rendered = e.render().to_string();
     let one_line = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
     let mut paragraphs = rendered.split("\n\n").map(str::trim).filter(|p| !p.is_empty());
     let usage = rendered
         .lines()
+        .chain(usage.into_iter().flat_map(str::lines))
         .find_map(|l| l.trim().strip_prefix("Usage: "))
         .map(|u| format!("usage: {}", one_line(u)));
     let message = match e.kind() {
