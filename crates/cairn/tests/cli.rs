@@ -112,9 +112,14 @@ async fn cli_drives_the_server() {
     let out = server.cli(&["events", "c1"], None).await;
     assert!(out.stdout.contains("process.waiting"), "{}", out.stdout);
 
-    // await: exit 3 while still running at the timeout.
+    // await: exit 3 while still running at the timeout, said on stderr;
+    // with --json, the record says it runs and stderr holds no prose.
     let out = server.cli(&["await", "c1", "--timeout", "200ms"], None).await;
     assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("is still running"), "{}", out.stderr);
+    let out = server.cli(&["--json", "await", "c1", "--timeout", "200ms"], None).await;
+    assert_eq!((out.code, out.stderr.as_str()), (3, ""));
+    assert_eq!(out.json()["status"], "running");
 
     // events --follow in the background, then signal (idempotent on --id).
     let base = server.base.clone();

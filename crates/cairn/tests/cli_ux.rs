@@ -407,6 +407,10 @@ async fn a_run_of_an_ended_id_says_it_already_ran() {
         "{}",
         awaited.stderr
     );
+    // With --json, the record on stdout says it; stderr holds only errors.
+    let awaited = server.cli(&["--json", "await", "once"], None).await;
+    assert_eq!((awaited.code, awaited.stderr.as_str()), (1, ""));
+    assert_eq!(awaited.json()["outcome"]["code"], "exit_status");
     // `cairn start` of an ended id says the same.
     let body = common::tool_start("e1", "echo", json!({"value": 1}), "rerunnable").to_string();
     assert_eq!(server.cli(&["start", &body], None).await.code, 0);

@@ -604,16 +604,19 @@ async fn await_command(client: &Client, json: bool, id: &str, timeout: Duration)
         print_record(&record)?;
     }
     if str_at(&record, "/status") == "running" {
-        errln!(
-            "timed out after {}: {id} is still running (exit code {EXIT_STILL_RUNNING})",
-            humantime::format_duration(timeout)
-        )?;
+        // With `--json`, the record says it runs, and the exit code why.
+        if !json {
+            errln!(
+                "timed out after {}: {id} is still running (exit code {EXIT_STILL_RUNNING})",
+                humantime::format_duration(timeout)
+            )?;
+        }
         return Ok(ExitCode::from(EXIT_STILL_RUNNING));
     }
     // Ended: 0 only for a success, so `cairn await build-42 && deploy`
     // deploys only what succeeded (a command's own exit code is not passed
     // on: 2 and 3 mean other things here).
-    Ok(match exit_code_of(&record, false)? {
+    Ok(match exit_code_of(&record, false, json)? {
         code if code == ExitCode::SUCCESS => code,
         _ => ExitCode::FAILURE,
     })
@@ -1132,7 +1135,7 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
     if json {
         print_json(&record)?;
     }
-    let code = exit_code_of(&record, true)?;
+    let code = exit_code_of(&record, true, json)?;
     Ok(
         if interrupted && record.pointer("/outcome/type").and_then(Value::as_str) == Some("cancelled") {
             ExitCode::from(EXIT_INTERRUPTED)
@@ -1209,20 +1212,33 @@ fn start_verb(status: reqwest::StatusCode, record: &Value) -> &'static str {
 
 /// The exit code a finished `run` reports: 0 for success, the command's own
 /// when the outcome carries it (and `command_code`: `run` printed the
-/// command's output, which says the rest); otherwise 1, after saying on
-/// stderr how the process ended.
-fn exit_code_of(record: &Value, command_code: bool) -> Result<ExitCode, ClientError> {
+/// command's output, which says the rest); otherwise 1. Without `json`,
+/// how the process ended is said on stderr (with it, the record printed
+/// on stdout says so, and stderr holds only errors).
+fn exit_code_of(record: &Value, command_code: bool, json: bool) -> Result<ExitCode, ClientError> {
+    let (code, said) = ending_of(record, command_code);
+    if let Some(said) = said.filter(|_| !json) {
+        errln!("{said}")?;
+    }
+    Ok(code)
+}
+
+/// [`exit_code_of`]'s code, and what it says of the ending.
+fn ending_of(record: &Value, command_code: bool) -> (ExitCode, Option<String>) {
     let outcome = record.get("outcome").unwrap_or(&Value::Null);
     let id = str_at(record, "/id");
-    Ok(match outcome.get("type").and_then(Value::as_str) {
-        Some("success") => ExitCode::SUCCESS,
+    match outcome.get("type").and_then(Value::as_str) {
+        Some("success") => (ExitCode::SUCCESS, None),
         Some("failure") => {
             if let Some(code) = outcome
                 .pointer("/raw/exit_code")
                 .and_then(Value::as_u64)
                 .filter(|_| command_code)
             {
-                return Ok(ExitCode::from(u8::try_from(code).ok().filter(|c| *c != 0).unwrap_or(1)));
+                return (
+                    ExitCode::from(u8::try_from(code).ok().filter(|c| *c != 0).unwrap_or(1)),
+                    None,
+                );
             }
             // A command a signal ended answers 128 + the signal, as a shell
             // does; said on stderr too, since the output does not say it.
@@ -1231,29 +1247,31 @@ fn exit_code_of(record: &Value, command_code: bool) -> Result<ExitCode, ClientEr
                 .and_then(Value::as_u64)
                 .filter(|s| command_code && (1..128).contains(s) && str_at(outcome, "/code") == "exit_status")
             {
-                errln!("{id}: the command was killed by signal {signal}")?;
-                return Ok(ExitCode::from(128 + u8::try_from(signal).unwrap_or(0)));
+                return (
+                    ExitCode::from(128 + u8::try_from(signal).unwrap_or(0)),
+                    Some(format!("{id}: the command was killed by signal {signal}")),
+                );
             }
-            errln!(
+            let said = format!(
                 "{id} failed: {}: {}",
                 shown(&str_at(outcome, "/code")),
                 shown(&str_at(outcome, "/message"))
-            )?;
-            ExitCode::FAILURE
+            );
+            (ExitCode::FAILURE, Some(said))
         }
-        Some("cancelled") => {
-            errln!("{id} was cancelled: {}", shown(&str_at(outcome, "/message")))?;
-            ExitCode::FAILURE
-        }
-        Some("abandoned") => {
-            errln!("{id} was abandoned: {}", abandonment(outcome))?;
-            ExitCode::FAILURE
-        }
-        _ => {
-            errln!("{id} ended without an outcome ({})", str_at(record, "/status"))?;
-            ExitCode::FAILURE
-        }
-    })
+        Some("cancelled") => (
+            ExitCode::FAILURE,
+            Some(format!("{id} was cancelled: {}", shown(&str_at(outcome, "/message")))),
+        ),
+        Some("abandoned") => (
+            ExitCode::FAILURE,
+            Some(format!("{id} was abandoned: {}", abandonment(outcome))),
+        ),
+        _ => (
+            ExitCode::FAILURE,
+            Some(format!("{id} ended without an outcome ({})", str_at(record, "/status"))),
+        ),
+    }
 }
 
 /// When the worker reconciles an abandon request, as `cairn abandon` says
