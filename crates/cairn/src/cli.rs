@@ -115,7 +115,7 @@ pub enum Command {
         cairn serve --db memory --listen 127.0.0.1:0\n  \
         CAIRN_TOKEN=... cairn serve --db postgres://me@db:5432/cairn --listen 0.0.0.0:7070   # a token in the environment, not in `ps`")]
     Serve(ServeArgs),
-    /// Start a process from a raw start request (JSON argument, or stdin when absent or `-`).
+    /// Start a process from a raw start request (JSON argument, `@FILE`, or stdin when absent or `-`).
     #[command(after_help = "Example:\n  \
         cairn start '{\"id\": \"ci-7\", \"disposition\": \"externally_owned\", \"input\": {\"type\": \"external\"}, \"event_types\": [{\"name\": \"progress\"}]}'")]
     Start {
@@ -458,7 +458,7 @@ pub fn json_asked<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> bool {
 #[derive(Debug, Clone, Subcommand)]
 pub enum ScheduleAction {
     /// Create a schedule; its start template (a start request without `id`) is the
-    /// JSON argument, or stdin when absent or `-`.
+    /// JSON argument, `@FILE`, or stdin when absent or `-`.
     #[command(after_help = "Examples:\n  \
         cairn schedule add nightly --cron '0 3 * * *' --timezone Europe/Paris \\\n    \
           '{\"input\": {\"type\": \"tool_call\", \"tool\": \"echo\", \"args\": {\"value\": 1}}, \"disposition\": \"rerunnable\"}'\n  \

@@ -1474,10 +1474,39 @@ async fn an_empty_or_file_named_start_request_says_how_to_give_it() {
     let out = server.cli(&["start", &name], None).await;
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(
-        out.stderr.contains("is a file") && out.stderr.contains(&format!("- < {name}")),
+        out.stderr.contains("is a file")
+            && out.stderr.contains(&format!("`@{name}`"))
+            && out.stderr.contains(&format!("- < {name}")),
         "{}",
         out.stderr
     );
+    // `@FILE` reads it, as a JSON flag's value; a file that cannot be read
+    // is said, and a schedule's template is read the same way.
+    let body = common::tool_start("from-file", "echo", json!({"value": 1}), "rerunnable").to_string();
+    std::fs::write(&file, &body).expect("write");
+    let out = server.cli(&["start", &format!("@{name}")], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "started from-file (running)");
+    let out = server.cli(&["start", "@/no/such/file"], None).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("the start request @/no/such/file: cannot read `/no/such/file`"),
+        "{}",
+        out.stderr
+    );
+    let template =
+        json!({"input": {"type": "tool_call", "tool": "echo", "args": {"value": 1}}, "disposition": "rerunnable"});
+    std::fs::write(&file, template.to_string()).expect("write");
+    let out = server
+        .cli(
+            &["schedule", "add", "from-file", "--every", "1h", &format!("@{name}")],
+            None,
+        )
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let (_, schedule) = server.client().get("/v1/schedules/from-file").await;
+    assert_eq!(schedule["start"]["input"]["args"]["value"], 1, "{schedule}");
 }
 
 /// `nohup cairn run ...` keeps its run through a hangup: a signal the caller

@@ -139,7 +139,7 @@ fn parse_json_arg(what: &str, raw: &str) -> Result<Value, ClientError> {
         // A file's name where its content was meant.
         let file = std::path::Path::new(raw.trim()).is_file();
         let hint = if file {
-            format!("; `{raw}` is a file: pipe it in with `- < {raw}`")
+            format!("; `{raw}` is a file: give it as `@{raw}`, or pipe it in with `- < {raw}`")
         } else {
             String::new()
         };
@@ -168,17 +168,30 @@ fn json_flag(flag: &str, raw: &str) -> Result<Value, ClientError> {
     parse_json_arg(flag, raw)
 }
 
+/// A JSON argument's text (`cairn start`'s request, `schedule add`'s
+/// template): as given, from stdin when absent or `-`, or from a file for
+/// `@FILE`, as a JSON flag takes it; with what to call it in an error.
+fn json_arg_text(what: &str, raw: Option<&str>) -> Result<(String, String), ClientError> {
+    match raw {
+        None | Some("-") => Ok((read_stdin(what)?, what.to_string())),
+        Some(at) if at.starts_with('@') => {
+            let path = &at[1..];
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ClientError::Usage(format!("{what} {at}: cannot read `{path}`: {e}")))?;
+            Ok((text, format!("{what} ({path})")))
+        }
+        Some(s) => Ok((s.to_string(), what.to_string())),
+    }
+}
+
 async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCode, ClientError> {
     match command {
         Command::Serve(_) | Command::Bench(_) | Command::BenchChild(_) | Command::Completions { .. } => {
             Err(ClientError::Usage("not a client command".into()))
         }
         Command::Start { body, .. } => {
-            let raw = match body.as_deref() {
-                None | Some("-") => read_stdin("the start request")?,
-                Some(s) => s.to_string(),
-            };
-            parse_json_arg("the start request", &raw)?;
+            let (raw, what) = json_arg_text("the start request", body.as_deref())?;
+            parse_json_arg(&what, &raw)?;
             // Sent as written: the server's complaints point into it.
             let (status, record) = client.post_text("/v1/processes", raw).await?;
             if json {

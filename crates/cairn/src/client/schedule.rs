@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use super::http::{segment, Client, ClientError};
 use super::output::outln;
-use super::{parse_json_arg, print_json, print_table, read_stdin, str_at, timestamp};
+use super::{parse_json_arg, print_json, print_table, str_at, timestamp};
 use crate::cli::ScheduleAction;
 
 fn path(id: &str) -> String {
@@ -78,11 +78,8 @@ pub(super) async fn execute(client: &Client, json: bool, action: ScheduleAction)
             overlap,
             template,
         } => {
-            let raw = match template.as_deref() {
-                None | Some("-") => read_stdin("the start template")?,
-                Some(s) => s.to_string(),
-            };
-            let start = parse_json_arg("the start template", &raw)?;
+            let (raw, what) = super::json_arg_text("the start template", template.as_deref())?;
+            let start = parse_json_arg(&what, &raw)?;
             let mut body = json!({"id": id, "start": start, "overlap": overlap});
             for (key, value) in [("cron", cron), ("every", every), ("timezone", timezone)] {
                 if let Some(v) = value {
