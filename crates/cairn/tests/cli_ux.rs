@@ -575,6 +575,14 @@ async fn section_three_exit_codes_json_shapes_and_messages() {
         "{}",
         out.stderr
     );
+    // An abandonment is no completion: said as such, not as a missing field.
+    let out = cli(&["complete", "w1", "--outcome", r#"{"type":"abandoned"}"#]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--outcome cannot abandon a process") && out.stderr.contains("`cairn abandon`"),
+        "{}",
+        out.stderr
+    );
     // A status prune does not know is named with its flag, before any request.
     let out = cli(&["prune", "--older-than", "7d", "--no-projector", "--status", "bogus"]).await;
     assert_eq!(out.code, 2, "{}", out.stderr);

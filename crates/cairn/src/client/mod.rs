@@ -1475,6 +1475,15 @@ async fn complete(client: &Client, json: bool, args: CompleteArgs) -> Result<Exi
         // JSON and flag, not at a column of the body built around it.
         (None, None, Some(o)) => {
             let outcome = json_flag("--outcome", o)?;
+            // Said before its shape: no evidence would make it one a
+            // completion may give.
+            if outcome.get("type").and_then(Value::as_str) == Some("abandoned") {
+                return Err(ClientError::Usage(
+                    "--outcome cannot abandon a process: a completion gives success, failure or cancelled; \
+                     ask for its abandonment with `cairn abandon`"
+                        .into(),
+                ));
+            }
             if let Err(e) = serde_json::from_value::<cairn_core::Outcome>(outcome.clone()) {
                 return Err(ClientError::Usage(format!("--outcome is no outcome: {e}")));
             }
