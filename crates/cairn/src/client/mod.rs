@@ -1391,9 +1391,11 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
             None => break,
         }
     }
+    let mut limited = false;
     if !paged {
         rows.sort_by(|(a, _), (b, _)| newest_first(a, b));
         if let Some(limit) = args.limit.filter(|l| rows.len() > *l) {
+            limited = true;
             // Said on stderr, as the other notes are: more matched.
             errln!("(the newest {limit} shown; more match: raise --limit to see them)")?;
             rows.truncate(limit);
@@ -1405,7 +1407,7 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
                 "(only the first {LS_SCAN_LIMIT} by id were sorted; narrow the filters or page with --after-id {next})"
             )?;
         }
-        print_json(&ls_document(rows, truncated, paged))?;
+        print_json(&ls_document(rows, truncated, paged, limited))?;
         return Ok(ExitCode::SUCCESS);
     }
     let table: Vec<Vec<String>> = rows
@@ -1447,7 +1449,10 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
 /// `ls --json`: the rows (and their grants, when any), with `next_after_id`
 /// for a page of `--after-id`; a listing cut at the scan limit says so
 /// (`truncated`, and where to page on), as the table's note does for people.
-fn ls_document(rows: Vec<(Value, Option<Value>)>, truncated: Option<String>, paged: bool) -> Value {
+/// `ls --json`'s document: `truncated` (with the scan's `next_after_id`)
+/// when the scan stopped at its limit, and `truncated` alone when
+/// `--limit` (`limited`) left matching processes out.
+fn ls_document(rows: Vec<(Value, Option<Value>)>, truncated: Option<String>, paged: bool, limited: bool) -> Value {
     let has_grants = rows.iter().any(|(_, g)| g.is_some());
     let (processes, grants): (Vec<Value>, Vec<Value>) =
         rows.into_iter().map(|(p, g)| (p, g.unwrap_or(Value::Null))).unzip();
@@ -1460,6 +1465,8 @@ fn ls_document(rows: Vec<(Value, Option<Value>)>, truncated: Option<String>, pag
     } else if let Some(next) = truncated {
         doc["truncated"] = json!(true);
         doc["next_after_id"] = json!(next);
+    } else if limited {
+        doc["truncated"] = json!(true);
     }
     doc
 }
@@ -1987,15 +1994,18 @@ mod ls_tests {
     #[test]
     fn a_cut_listing_says_so_in_json() {
         let rows = vec![(json!({"id": "a"}), None)];
-        let doc = ls_document(rows.clone(), Some("a".into()), false);
+        let doc = ls_document(rows.clone(), Some("a".into()), false, false);
         assert_eq!(doc["truncated"], true, "{doc}");
         assert_eq!(doc["next_after_id"], "a", "{doc}");
-        let whole = ls_document(rows.clone(), None, false);
+        let whole = ls_document(rows.clone(), None, false, false);
         assert!(
             whole.get("truncated").is_none() && whole.get("next_after_id").is_none(),
             "{whole}"
         );
-        let page = ls_document(rows, None, true);
+        let limited = ls_document(rows.clone(), None, false, true);
+        assert_eq!(limited["truncated"], true, "{limited}");
+        assert!(limited.get("next_after_id").is_none(), "{limited}");
+        let page = ls_document(rows, None, true, false);
         assert_eq!(page["next_after_id"], Value::Null, "{page}");
         assert!(page.get("truncated").is_none(), "{page}");
     }
