@@ -345,6 +345,51 @@ async fn list_filters_and_paging() {
     }
 }
 
+/// A stream of large events, read ahead only a few at a time, sends every
+/// one once and in order, then the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_large_events_sends_each_once_in_order() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let start = json!({"id": "big", "input": {"type": "external"}, "disposition": "externally_owned",
+                       "event_types": [{"name": "chunk"}, {"name": "small"}]});
+    assert_eq!(c.start(start).await.0, 201);
+    // Large and small mixed: a page's budget cuts it, and grows back.
+    for i in 0..12 {
+        let (event_type, text) = if i % 4 == 3 {
+            ("small", "s".to_string())
+        } else {
+            ("chunk", format!("{i}").repeat(300_000))
+        };
+        let (s, body) = c
+            .post(
+                "/v1/processes/big/events",
+                json!({"event_type": event_type, "payload": {"text": text}}),
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let (s, _) = c
+        .post(
+            "/v1/processes/big/complete",
+            json!({"outcome": {"type": "success", "value": 1}, "authority": "t"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let mut sse = c.sse("big", "", None).await;
+    let mut seen = Vec::new();
+    while let Some(e) = sse.next(Duration::from_secs(20)).await {
+        let ev: Value = serde_json::from_str(&e.data).expect("event json");
+        assert_eq!(e.id.as_deref(), Some(ev["sequence"].to_string().as_str()));
+        seen.push(ev["sequence"].as_u64().unwrap());
+    }
+    assert_eq!(
+        seen,
+        (1..=13).collect::<Vec<u64>>(),
+        "every event once, in order, then the end"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_signals_and_sse_resume() {
     let server = Server::start(&[]).await;

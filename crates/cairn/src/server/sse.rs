@@ -34,8 +34,20 @@ struct Follow {
     id: String,
     after: u64,
     limit: Option<usize>,
-    pending: VecDeque<ProcessEvent>,
+    /// Events read ahead of the client, as sent: at most [`FOLLOW_BYTES`]
+    /// of them, or one larger event.
+    pending: VecDeque<Ready>,
+    /// How many events the next page asks for: fewer after a page of large
+    /// events ([`FOLLOW_BYTES`] held only a few), back up to [`FOLLOW_CHUNK`].
+    chunk: usize,
     done: bool,
+}
+
+/// An event read ahead, as it will be sent.
+struct Ready {
+    sequence: u64,
+    terminal: bool,
+    data: String,
 }
 
 /// The SSE response following process `id` from sequence `after`.
@@ -47,6 +59,7 @@ pub fn stream(state: Arc<AppState>, caller: Caller, id: String, after: u64, limi
         after,
         limit,
         pending: VecDeque::new(),
+        chunk: FOLLOW_CHUNK,
         done: false,
     };
     Sse::new(events(follow))
@@ -57,20 +70,21 @@ pub fn stream(state: Arc<AppState>, caller: Caller, id: String, after: u64, limi
 fn events(follow: Follow) -> impl Stream<Item = Result<Event, Infallible>> {
     futures::stream::unfold(follow, |mut f| async move {
         loop {
-            if let Some(event) = f.pending.pop_front() {
-                f.after = event.sequence;
-                if event.semantics.terminal.is_some() {
+            if let Some(ready) = f.pending.pop_front() {
+                f.after = ready.sequence;
+                if ready.terminal {
                     // Nothing follows a terminal event.
                     f.done = true;
                     f.pending.clear();
                 }
-                return Some((Ok(to_sse(&event)), f));
+                let event = Event::default().id(ready.sequence.to_string()).data(ready.data);
+                return Some((Ok(event), f));
             }
             if f.done {
                 return None;
             }
             let page = tokio::select! {
-                r = f.state.processes.follow(&f.id, f.after, Some(f.limit.unwrap_or(FOLLOW_CHUNK).min(FOLLOW_CHUNK)), FOLLOW_WAIT) => r,
+                r = f.state.processes.follow(&f.id, f.after, Some(f.limit.unwrap_or(FOLLOW_CHUNK).min(f.chunk)), FOLLOW_WAIT) => r,
                 _ = f.state.shutdown.cancelled() => return None,
             };
             match page {
@@ -90,7 +104,14 @@ fn events(follow: Follow) -> impl Stream<Item = Result<Event, Infallible>> {
                         f.done = true;
                         return Some((Ok(error_event(&e)), f));
                     }
-                    f.pending.extend(page.events);
+                    let asked = page.events.len();
+                    f.pending = within_budget(page.events, FOLLOW_BYTES);
+                    // The rest of the page is read again once these are sent.
+                    f.chunk = if f.pending.len() < asked {
+                        f.pending.len().max(1)
+                    } else {
+                        (f.chunk * 2).min(FOLLOW_CHUNK)
+                    };
                 }
                 Err(e) => {
                     f.done = true;
@@ -101,14 +122,34 @@ fn events(follow: Follow) -> impl Stream<Item = Result<Event, Infallible>> {
     })
 }
 
-/// The most events a stream holds read ahead of its client: events may be
-/// a mebibyte each, and a slow client of a whole page (up to 1,000) would
-/// hold a gibibyte.
+/// The most events a stream reads in one page: events may be a mebibyte
+/// each, and a slow client of a whole page (up to 1,000) would hold a
+/// gibibyte.
 const FOLLOW_CHUNK: usize = 16;
 
-fn to_sse(event: &ProcessEvent) -> Event {
-    let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".to_string());
-    Event::default().id(event.sequence.to_string()).data(data)
+/// The most bytes of events a stream holds read ahead of its client (one
+/// event larger than it is held alone): a client that stops reading holds
+/// this and the event being written, not a page of mebibyte events.
+const FOLLOW_BYTES: usize = 256 * 1024;
+
+/// The first of `events`, as sent, that fit in `budget` bytes (at least
+/// one): the rest are read again when these are sent.
+fn within_budget(events: Vec<ProcessEvent>, budget: usize) -> VecDeque<Ready> {
+    let mut kept = VecDeque::new();
+    let mut bytes = 0usize;
+    for event in events {
+        let data = serde_json::to_string(&event).unwrap_or_else(|_| "{}".to_string());
+        if !kept.is_empty() && bytes + data.len() > budget {
+            break;
+        }
+        bytes += data.len();
+        kept.push_back(Ready {
+            sequence: event.sequence,
+            terminal: event.semantics.terminal.is_some(),
+            data,
+        });
+    }
+    kept
 }
 
 /// A failure mid-stream (for example the process was pruned): an `error` event
@@ -132,6 +173,34 @@ fn error_data(err: &CairnError) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A page of large events is held only as far as the budget (one
+    /// event at least), in order.
+    #[test]
+    fn a_page_is_held_within_its_budget() {
+        let event = |sequence: u64, bytes: usize| ProcessEvent {
+            process_id: "p".into(),
+            sequence,
+            event_type: "big".into(),
+            payload: serde_json::json!("x".repeat(bytes)),
+            semantics: Default::default(),
+            occurred_at_ms: 1,
+            replay_key: None,
+        };
+        let kept = within_budget((1..=16).map(|s| event(s, 100_000)).collect(), FOLLOW_BYTES);
+        let seqs: Vec<u64> = kept.iter().map(|r| r.sequence).collect();
+        assert_eq!(seqs, [1, 2]);
+        assert!(kept.iter().map(|r| r.data.len()).sum::<usize>() <= FOLLOW_BYTES);
+        let kept = within_budget(vec![event(7, 1_000_000), event(8, 10)], FOLLOW_BYTES);
+        assert_eq!(
+            kept.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+            [7],
+            "one larger event alone"
+        );
+        let kept = within_budget((1..=16).map(|s| event(s, 10)).collect(), FOLLOW_BYTES);
+        assert_eq!(kept.len(), 16, "small events: the whole page");
+        assert!(kept.iter().all(|r| !r.terminal));
+    }
 
     #[test]
     fn a_pruned_process_error_carries_its_tombstone() {
