@@ -585,7 +585,9 @@ mod tests {
         let url = format!("sqlite:{}", dir.path().join("c.db").display());
         let backend = db::open_backend(&url).await.expect("open");
         let _held = backend.hold_node("n1").await.expect("held");
-        let again = backend.hold_node("n1").await.err().expect("in use");
+        let Err(again) = backend.hold_node("n1").await else {
+            panic!("the id is in use")
+        };
         let said = hold_refused("n1", again).to_string();
         assert!(
             said.contains("node id `n1` is in use") && said.ends_with("(--node-id NAME)"),
