@@ -157,13 +157,7 @@ impl ScheduleRequest {
         if let Some(start) = value.get("start").filter(|s| !s.is_object()) {
             return Err(CairnError::InvalidRequest(format!(
                 "schedule: `start` must be a JSON object (a start request without `id`), not {}",
-                match start {
-                    serde_json::Value::Null => "null",
-                    serde_json::Value::Bool(_) => "a boolean",
-                    serde_json::Value::Number(_) => "a number",
-                    serde_json::Value::String(_) => "a string",
-                    _ => "an array",
-                }
+                crate::validate::json_kind(start)
             )));
         }
         serde_path_to_error::deserialize(&value).map_err(|e| {

@@ -17,6 +17,19 @@ use crate::{CairnError, Result};
 pub use crate::hash::{canonical_json, sha256_hex};
 use crate::hash::{json_value, write_canonical};
 
+/// What kind of JSON value `v` is, for a message saying what was given
+/// ("not a string").
+pub fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
 /// Longest id (process, session, frame, owner, signal id, replay key) in bytes.
 pub const MAX_ID_BYTES: usize = 256;
 /// Longest event type name in bytes.

@@ -3,6 +3,7 @@
 //! answer, and a client waiting for one would wait for ever. Both transports
 //! answer these faults themselves, with the JSON-RPC error for each.
 
+use cairn_core::validate::json_kind as kind;
 use serde_json::Value;
 
 /// `bytes` as one JSON value, as the HTTP API reads a body: an object that
@@ -228,18 +229,6 @@ fn id_kind(id: &Value) -> String {
             format!("{id}, an integer past what a signed 64-bit one (or, written as a float, a double exactly) holds")
         }
         None => kind(id).to_string(),
-    }
-}
-
-/// What kind of JSON value `v` is, for a message saying what was given.
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

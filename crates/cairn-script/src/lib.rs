@@ -643,14 +643,7 @@ impl Driver<'_> {
                 } else {
                     Err(CairnError::InvalidRequest(format!(
                         "ctx.start takes a start request without `id`: an object with `input` and `disposition`, not {}",
-                        match request {
-                            Value::Null => "null",
-                            Value::Bool(_) => "a boolean",
-                            Value::Number(_) => "a number",
-                            Value::String(_) => "a string",
-                            Value::Array(_) => "an array",
-                            Value::Object(_) => "an object",
-                        }
+                        cairn_core::validate::json_kind(&request)
                     )))
                 };
                 let started = match started {

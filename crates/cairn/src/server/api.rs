@@ -304,18 +304,6 @@ fn refused_input_field(bytes: &[u8], at: &str) -> Option<(String, String)> {
     cairn_core::ProcessInput::refused_at(body.pointer(&pointer)?)
 }
 
-/// What kind of JSON value `v` is, for messages.
-pub(crate) fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
-    }
-}
-
 /// Refuse a `Content-Encoding` other than `identity`, or a `charset` other
 /// than UTF-8: the server reads neither.
 fn unread_encoding(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {

@@ -92,7 +92,7 @@ impl<'de> Deserialize<'de> for AckBody {
             ))),
             other => Err(serde::de::Error::custom(format!(
                 "must be empty or `{{}}`, got {}",
-                crate::server::api::json_kind(&other)
+                cairn_core::validate::json_kind(&other)
             ))),
         }
     }
