@@ -100,7 +100,17 @@ impl StartRequest {
 
     /// Parse the JSON wire shape; shape errors are `invalid_request` naming the problem.
     pub fn from_json(value: Value) -> Result<Self> {
-        serde_json::from_value(value).map_err(|e| CairnError::InvalidRequest(format!("start request: {e}")))
+        let request: Self = serde_json::from_value(value.clone())
+            .map_err(|e| CairnError::InvalidRequest(format!("start request: {e}")))?;
+        // Nor is a nested object read from an array, by position.
+        if let Ok(read) = serde_json::to_value(&request) {
+            if let Some(at) = crate::validate::array_read_as_object(&value, &read) {
+                return Err(CairnError::InvalidRequest(format!(
+                    "start request: `{at}`: expected a JSON object, not an array"
+                )));
+            }
+        }
+        Ok(request)
     }
 
     /// Record `originator` as who started it.

@@ -160,22 +160,36 @@ impl ScheduleRequest {
                 crate::validate::json_kind(start)
             )));
         }
-        serde_path_to_error::deserialize(&value).map_err(|e| {
-            let at = e.path().to_string();
-            // Inside an input serde names no field: `start.input.session.model`.
-            let inner = (at == "start.input")
-                .then(|| {
-                    value
-                        .pointer("/start/input")
-                        .and_then(crate::model::ProcessInput::refused_at)
-                })
-                .flatten();
-            match (at.as_str(), inner) {
-                (_, Some((field, why))) => CairnError::InvalidRequest(format!("schedule: `{at}.{field}`: {why}")),
-                ("" | ".", None) => CairnError::InvalidRequest(format!("schedule: {}", e.inner())),
-                (_, None) => CairnError::InvalidRequest(format!("schedule: `{at}`: {}", e.inner())),
-            }
-        })
+        serde_path_to_error::deserialize(&value)
+            .map_err(|e| {
+                let at = e.path().to_string();
+                // Inside an input serde names no field: `start.input.session.model`.
+                let inner = (at == "start.input")
+                    .then(|| {
+                        value
+                            .pointer("/start/input")
+                            .and_then(crate::model::ProcessInput::refused_at)
+                    })
+                    .flatten();
+                match (at.as_str(), inner) {
+                    (_, Some((field, why))) => CairnError::InvalidRequest(format!("schedule: `{at}.{field}`: {why}")),
+                    ("" | ".", None) => CairnError::InvalidRequest(format!("schedule: {}", e.inner())),
+                    (_, None) => CairnError::InvalidRequest(format!("schedule: `{at}`: {}", e.inner())),
+                }
+            })
+            .and_then(|request: Self| {
+                // Nor is a nested object read from an array (serde reads a struct
+                // from one, by position).
+                let Ok(read) = serde_json::to_value(&request) else {
+                    return Ok(request);
+                };
+                match crate::validate::array_read_as_object(&value, &read) {
+                    Some(at) => Err(CairnError::InvalidRequest(format!(
+                        "schedule: `{at}`: expected a JSON object, not an array"
+                    ))),
+                    None => Ok(request),
+                }
+            })
     }
 
     /// The schedule this request would store, when its cron expression is

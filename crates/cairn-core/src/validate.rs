@@ -630,6 +630,33 @@ pub fn check_payload(t: &EventType, payload: &Value) -> Result<()> {
     Ok(())
 }
 
+/// Where `given` (a body as sent) holds an array that was read as an
+/// object (`read`, the value it was read into, serialized again): serde
+/// reads a struct from an array, by position, which no client means. The
+/// path is named as serde_path_to_error names one (`a.b[0].c`).
+pub fn array_read_as_object(given: &Value, read: &Value) -> Option<String> {
+    fn walk(given: &Value, read: &Value, path: &str) -> Option<String> {
+        match (given, read) {
+            (Value::Array(_), Value::Object(_)) => Some(path.to_string()),
+            (Value::Object(g), Value::Object(r)) => g.iter().find_map(|(k, v)| {
+                let at = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                r.get(k).and_then(|read| walk(v, read, &at))
+            }),
+            (Value::Array(g), Value::Array(r)) if g.len() == r.len() => g
+                .iter()
+                .zip(r)
+                .enumerate()
+                .find_map(|(i, (g, r))| walk(g, r, &format!("{path}[{i}]"))),
+            _ => None,
+        }
+    }
+    walk(given, read, "")
+}
+
 /// `bytes` as a JSON value, refusing an object that gives a key twice
 /// (serde_json keeps the last; a request must not quietly mean one of two
 /// values: `{"id":"a","id":"b"}`). The refusal is a data error
@@ -769,6 +796,26 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// An array read as an object is found at its path; arrays the value
+    /// holds as arrays, and objects read as objects, are not.
+    #[test]
+    fn an_array_read_as_an_object_is_found_where_it_is() {
+        let given = json!({"a": [1, {"b": ["x"]}], "c": {"d": [1]}});
+        let read = json!({"a": [1, {"b": {"k": "x"}}], "c": {"d": [1]}});
+        assert_eq!(array_read_as_object(&given, &read).as_deref(), Some("a[1].b"));
+        assert_eq!(array_read_as_object(&given, &given), None);
+        let refused = crate::StartRequest::from_json(json!({
+            "id": "x", "input": {"type": "external"}, "disposition": "externally_owned", "wake_target": ["s1"]
+        }))
+        .unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("`wake_target`: expected a JSON object, not an array"),
+            "{refused}"
+        );
+    }
 
     /// Every signal a process can be sent can be declared: `signal.` and a
     /// name of up to 128 bytes, past the 128 bytes of other type names.

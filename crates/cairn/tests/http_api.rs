@@ -1697,6 +1697,55 @@ async fn a_refused_body_names_its_field() {
         }
         assert!(message.contains(said), "{path} {body}: {message}");
     }
+    // A nested object given as an array is refused, not read by position,
+    // and nothing is made; arrays where the wire takes them stay fine.
+    for (path, body, at) in [
+        (
+            "/v1/processes",
+            ext(json!({"id": "arr1", "wake_target": ["s1", "f1"]})),
+            "wake_target",
+        ),
+        (
+            "/v1/processes",
+            ext(json!({"id": "arr2", "env_spec": [{}, {}]})),
+            "env_spec",
+        ),
+        (
+            "/v1/processes",
+            ext(json!({"id": "arr3", "event_types": [["ev.q", {}, [null, {"input": "payload"}]]]})),
+            "event_types[0]",
+        ),
+        (
+            "/v1/processes",
+            ext(json!({"id": "arr4", "grant": [{"session_id": "s1"}, ["k", "l"]]})),
+            "grant",
+        ),
+        (
+            "/v1/grants/transfer",
+            json!({"from": ["s1"], "to": {"session_id": "s2"}, "process_ids": ["w0"]}),
+            "from",
+        ),
+        (
+            "/v1/schedules",
+            json!({"id": "arr5", "every": "1h", "overlap": "skip", "start": {"input": {"type": "external"},
+                   "disposition": "externally_owned", "wake_target": ["s1"]}}),
+            "start.wake_target",
+        ),
+    ] {
+        let (s, err) = c.post(path, body.clone()).await;
+        assert_eq!(s, 400, "{path} {body}: {err}");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("`{at}`: expected a JSON object, not an array")),
+            "{path} {body}: {message}"
+        );
+    }
+    for id in ["arr1", "arr2", "arr3", "arr4"] {
+        assert_eq!(c.get(&format!("/v1/processes/{id}")).await.0, 404, "{id} was made");
+    }
+    assert_eq!(c.get("/v1/schedules/arr5").await.0, 404, "the schedule was made");
+    let fine = ext(json!({"id": "arr-ok", "input": {"type": "external", "metadata": [1, [2]]}}));
+    assert_eq!(c.start(fine).await.0, 201);
     // A schedule's, the most nested body, too.
     let (s, err) = c
         .post(

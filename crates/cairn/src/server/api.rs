@@ -228,7 +228,7 @@ pub struct ApiJson<T>(pub T);
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
     S: Send + Sync,
-    T: DeserializeOwned,
+    T: DeserializeOwned + serde::Serialize,
 {
     type Rejection = ApiError;
 
@@ -269,11 +269,13 @@ where
         // A key given twice anywhere (a tool's args, a schedule's fields)
         // is refused, not read as its last value; a typed field would be
         // refused by serde, an open one (`args`) would not.
-        if let Err(e) = cairn_core::validate::parse_strict_json(&bytes) {
-            if e.classify() == serde_json::error::Category::Data {
+        let given = match cairn_core::validate::parse_strict_json(&bytes) {
+            Ok(given) => Some(given),
+            Err(e) if e.classify() == serde_json::error::Category::Data => {
                 return Err(ApiError::invalid_request(format!("request body: {e}")));
             }
-        }
+            Err(_) => None,
+        };
         // The field a refusal is about is named (`disposition: ...`).
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -289,6 +291,14 @@ where
         })?;
         de.end()
             .map_err(|e| ApiError::invalid_request(format!("request body: {e}")))?;
+        // Nor is a nested object read from an array.
+        if let (Some(given), Ok(read)) = (given, serde_json::to_value(&value)) {
+            if let Some(at) = cairn_core::validate::array_read_as_object(&given, &read) {
+                return Err(ApiError::invalid_request(format!(
+                    "request body: `{at}`: expected a JSON object, not an array"
+                )));
+            }
+        }
         Ok(ApiJson(value))
     }
 }

@@ -13,7 +13,7 @@ use super::auth::Caller;
 use super::routes::{ApiResult, Shared};
 
 /// Body of `POST /v1/modules`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(expecting = "a module: an object with `source`", deny_unknown_fields)]
 pub struct ModuleBody {
     /// The JavaScript module source (at most 1 MiB of UTF-8).

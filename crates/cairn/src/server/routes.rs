@@ -24,7 +24,7 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// Body of `POST /v1/processes/{id}/events`: an append without a lease (the
 /// server never holds one for a caller).
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(
     expecting = "an append: an object with `event_type` and `payload`",
     deny_unknown_fields
@@ -49,7 +49,7 @@ pub struct AppendBody {
 }
 
 /// Body of `POST /v1/processes/{id}/signals/{name}`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(
     expecting = "a signal: an object with `signal_id` and, optionally, `payload`",
     deny_unknown_fields
@@ -64,7 +64,7 @@ pub struct SignalBody {
 }
 
 /// Body of `POST /v1/processes/{id}/cancel` (may be empty).
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(
     expecting = "a cancel request: an object, optionally with `reason`",
     deny_unknown_fields
@@ -77,7 +77,7 @@ pub struct CancelBody {
 
 /// Body of `POST /v1/sessions/{session_id}/wakes/{wake_id}/ack` and of
 /// `DELETE /v1/sessions/{session_id}`: empty, or `{}`.
-#[derive(Debug, Default, utoipa::ToSchema)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct AckBody {}
 
 /// Anything but `{}` is refused in words a client can act on (serde's own
@@ -99,7 +99,7 @@ impl<'de> Deserialize<'de> for AckBody {
 }
 
 /// Body of `POST /v1/processes/{id}/complete`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(expecting = "a completion: an object with `outcome`", deny_unknown_fields)]
 pub struct CompleteBody {
     /// `success`, `failure` or `cancelled` (SPEC §12 outcome shape).
@@ -113,7 +113,7 @@ pub struct CompleteBody {
 /// Body of `POST /v1/processes/{id}/abandon-request`. The first request
 /// stands: a later one, whatever its reason or requester, answers the record
 /// as it is (200) and records nothing.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(expecting = "an abandon request: an object with `reason`", deny_unknown_fields)]
 pub struct AbandonBody {
     /// Defaults to the caller; session callers are always recorded as their session.
@@ -124,7 +124,7 @@ pub struct AbandonBody {
 }
 
 /// Body of `POST /v1/grants/transfer`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(
     expecting = "a transfer: an object with `from`, `to` and `process_ids`",
     deny_unknown_fields
@@ -139,7 +139,7 @@ pub struct TransferBody {
 }
 
 /// Body of `POST /v1/prune`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(expecting = "a prune request: an object with `cutoff_ms`", deny_unknown_fields)]
 pub struct PruneBody {
     /// Prune processes that ended before this time (epoch ms).

@@ -110,7 +110,7 @@ pub async fn delete(
 }
 
 /// Body of `POST /v1/schedules/{id}/pause` and `/resume`: empty, or `{}`.
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Default, serde::Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(expecting = "an empty object", deny_unknown_fields)]
 pub struct EmptyBody {}
 
