@@ -1353,6 +1353,7 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
     // `--after-id` is the server's own pagination: one page, in id order.
     let mut rows: Vec<(Value, Option<Value>)> = Vec::new();
     let mut truncated = None;
+    let mut with_grants = false;
     let mut after_id = args.after_id.clone();
     loop {
         let mut page_pairs = pairs.clone();
@@ -1374,6 +1375,7 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
             .cloned()
             .unwrap_or_default();
         let grants = page.get("grants").and_then(Value::as_array).cloned();
+        with_grants |= grants.is_some();
         for (i, p) in processes.into_iter().enumerate() {
             rows.push((p, grants.as_ref().and_then(|g| g.get(i).cloned())));
         }
@@ -1407,7 +1409,12 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
                 "(only the first {LS_SCAN_LIMIT} by id were sorted; narrow the filters or page with --after-id {next})"
             )?;
         }
-        print_json(&ls_document(rows, truncated, paged, limited))?;
+        let view = LsView {
+            paged,
+            limited,
+            with_grants,
+        };
+        print_json(&ls_document(rows, truncated, view))?;
         return Ok(ExitCode::SUCCESS);
     }
     let table: Vec<Vec<String>> = rows
@@ -1446,29 +1453,40 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
     Ok(ExitCode::SUCCESS)
 }
 
-/// `ls --json`: the rows (and their grants, when any), with `next_after_id`
-/// for a page of `--after-id`; a listing cut at the scan limit says so
-/// (`truncated`, and where to page on), as the table's note does for people.
-/// `ls --json`'s document: `truncated` (with the scan's `next_after_id`)
-/// when the scan stopped at its limit, and `truncated` alone when
-/// `--limit` (`limited`) left matching processes out.
-fn ls_document(rows: Vec<(Value, Option<Value>)>, truncated: Option<String>, paged: bool, limited: bool) -> Value {
-    let has_grants = rows.iter().any(|(_, g)| g.is_some());
+/// `ls --json`: the rows, and their grants whenever the server's pages
+/// carried them (`with_grants`: a session's listing, `--granted-to`), empty
+/// or not; `next_after_id` for a page of `--after-id`; a listing cut at the
+/// scan limit says so (`truncated`, and where to page on), as the table's
+/// note does for people, and one `--limit` cut says `limited`.
+fn ls_document(rows: Vec<(Value, Option<Value>)>, truncated: Option<String>, view: LsView) -> Value {
     let (processes, grants): (Vec<Value>, Vec<Value>) =
         rows.into_iter().map(|(p, g)| (p, g.unwrap_or(Value::Null))).unzip();
     let mut doc = json!({ "processes": processes });
-    if has_grants {
+    if view.with_grants {
         doc["grants"] = Value::Array(grants);
     }
+    let LsView { paged, limited, .. } = view;
     if paged {
         doc["next_after_id"] = truncated.map(Value::String).unwrap_or(Value::Null);
     } else if let Some(next) = truncated {
         doc["truncated"] = json!(true);
         doc["next_after_id"] = json!(next);
-    } else if limited {
-        doc["truncated"] = json!(true);
+    }
+    if limited {
+        doc["limited"] = json!(true);
     }
     doc
+}
+
+/// What `ls --json`'s document says beside its rows ([`ls_document`]).
+#[derive(Clone, Copy, Default)]
+struct LsView {
+    /// One page of `--after-id`.
+    paged: bool,
+    /// `--limit` left matching processes out.
+    limited: bool,
+    /// The server's pages carried grants.
+    with_grants: bool,
 }
 
 async fn complete(client: &Client, json: bool, args: CompleteArgs) -> Result<ExitCode, ClientError> {
@@ -1994,18 +2012,44 @@ mod ls_tests {
     #[test]
     fn a_cut_listing_says_so_in_json() {
         let rows = vec![(json!({"id": "a"}), None)];
-        let doc = ls_document(rows.clone(), Some("a".into()), false, false);
+        let doc = ls_document(rows.clone(), Some("a".into()), LsView::default());
         assert_eq!(doc["truncated"], true, "{doc}");
         assert_eq!(doc["next_after_id"], "a", "{doc}");
-        let whole = ls_document(rows.clone(), None, false, false);
+        let whole = ls_document(rows.clone(), None, LsView::default());
         assert!(
             whole.get("truncated").is_none() && whole.get("next_after_id").is_none(),
             "{whole}"
         );
-        let limited = ls_document(rows.clone(), None, false, true);
-        assert_eq!(limited["truncated"], true, "{limited}");
-        assert!(limited.get("next_after_id").is_none(), "{limited}");
-        let page = ls_document(rows, None, true, false);
+        let limited = ls_document(
+            rows.clone(),
+            None,
+            LsView {
+                limited: true,
+                ..LsView::default()
+            },
+        );
+        assert_eq!(limited["limited"], true, "{limited}");
+        assert!(
+            limited.get("truncated").is_none() && limited.get("next_after_id").is_none(),
+            "{limited}"
+        );
+        // A session's listing carries its grants, none matching or not.
+        let granted = LsView {
+            with_grants: true,
+            ..LsView::default()
+        };
+        assert_eq!(ls_document(Vec::new(), None, granted)["grants"], json!([]));
+        assert!(ls_document(rows.clone(), None, LsView::default())
+            .get("grants")
+            .is_none());
+        let page = ls_document(
+            rows,
+            None,
+            LsView {
+                paged: true,
+                ..LsView::default()
+            },
+        );
         assert_eq!(page["next_after_id"], Value::Null, "{page}");
         assert!(page.get("truncated").is_none(), "{page}");
     }
