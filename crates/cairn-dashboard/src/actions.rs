@@ -151,9 +151,10 @@ fn abandon_note(r: &ProcessRecord, before: Option<&AbandonRequest>, by: &str, re
             r.status.label()
         );
     }
-    // A process without a lease (externally owned, or suspended in a
-    // durable wait) is reconciled at the worker's next pass.
-    let when = if r.lease.is_some() {
+    // A process without a live lease (externally owned, suspended in a
+    // durable wait, or its owner gone: lapsed by the time of the record's
+    // last write) is reconciled at the worker's next pass.
+    let when = if r.lease.as_ref().is_some_and(|l| l.expires_at_ms > r.updated_at_ms) {
         "once the lease lapses"
     } else {
         "shortly"

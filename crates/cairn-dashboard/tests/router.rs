@@ -2233,6 +2233,17 @@ async fn an_abandon_request_says_what_the_record_shows() {
     .await
     .expect("start");
     registry.claim("leased", "w1", 30_000).await.expect("claim");
+    // A lease that lapsed before the request (its owner gone) is no lease
+    // to wait for.
+    p.start(StartRequest::tool(
+        "lapsed",
+        "anything",
+        json!({}),
+        Disposition::OwnerBound,
+    ))
+    .await
+    .expect("start");
+    registry.claim("lapsed", "gone", 1_000).await.expect("claim");
     external(&p, "ext").await;
     external(&p, "ended").await;
     let app = app(&p, true);
@@ -2267,6 +2278,13 @@ async fn an_abandon_request_says_what_the_record_shows() {
     }
     assert_eq!(p.get("leased").await.unwrap().abandon_request.unwrap().reason, "stuck");
 
+    clock.advance(5_000);
+    let (status, note, _) = send(&app, abandon("lapsed", "owner gone")).await;
+    assert_eq!(status, StatusCode::OK, "{note}");
+    assert!(
+        note.contains("abandon request recorded; it is reconciled shortly") && !note.contains("lease"),
+        "{note}"
+    );
     // No lease (externally owned): no lease to lapse.
     let (status, note, _) = send(&app, abandon("ext", "gone")).await;
     assert_eq!(status, StatusCode::OK, "{note}");
