@@ -68,7 +68,16 @@ pub(crate) fn layout(title: &str, visitor: &Visitor, nav: Nav, body: Markup) -> 
                         button.link hx-post="/ui/logout" { "Log out" }
                     }
                 }
-                main { (body) }
+                main {
+                    noscript {
+                        p.result.err role="alert" {
+                            "This dashboard needs JavaScript: without it, pages load, but their actions "
+                            "(signal, cancel, abandon, complete, log out), live updates and event timelines do not work. "
+                            "The CLI (`cairn events`, `cairn signal`, ...) does all of it."
+                        }
+                    }
+                    (body)
+                }
             }
         }
     }

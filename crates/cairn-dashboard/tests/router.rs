@@ -2248,6 +2248,11 @@ async fn an_abandon_request_says_what_the_record_shows() {
     external(&p, "ended").await;
     let app = app(&p, true);
     let (_, page, _) = get(&app, "/ui/processes", None).await;
+    // A browser without scripts is told what does not work, and what does.
+    assert!(
+        page.contains("<noscript><p class=\"result err\" role=\"alert\">This dashboard needs JavaScript"),
+        "{page}"
+    );
     let csrf = csrf_of(&page);
     let abandon = |id: &str, reason: &str| {
         Request::post(format!("/ui/processes/{id}/abandon"))
