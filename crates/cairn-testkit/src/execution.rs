@@ -1857,7 +1857,27 @@ pub async fn start_rejects_bad_tool_input(factory: &dyn StoreFactory) {
             Disposition::Rerunnable,
         ))
         .await;
-    assert_eq!(bad.map_err(|e| e.code()).err(), Some("invalid_request"));
+    let bad = bad.expect_err("a string of ms");
+    assert_eq!(bad.code(), "invalid_request");
+    // The field is named, and no Rust type.
+    assert!(
+        bad.to_string()
+            .starts_with("invalid request: `sleep` args: `ms`: invalid type: string"),
+        "{bad}"
+    );
+    let scalar = p
+        .start(StartRequest::tool(
+            "bad-args",
+            "echo",
+            json!(5),
+            Disposition::Rerunnable,
+        ))
+        .await
+        .expect_err("a number of args");
+    assert_eq!(
+        scalar.to_string(),
+        "invalid request: `echo` args must be a JSON object of named fields, not a number"
+    );
     // Not read by position: `[5]` is not `{"ms": 5}`.
     let positional = p
         .start(StartRequest::tool(

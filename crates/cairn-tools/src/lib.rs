@@ -53,17 +53,25 @@ pub fn builtin_tools(allow_shell: bool) -> ToolRegistry {
 /// by position (`[5]` as `{"ms": 5}`). Absent args (`null`) are no fields, so
 /// a tool whose fields are all optional runs without any.
 pub fn parse_args<T: for<'de> Deserialize<'de>>(tool: &str, args: &Value) -> Result<T> {
-    if args.is_array() {
-        return Err(CairnError::InvalidRequest(format!(
-            "`{tool}` args must be a JSON object of named fields, not an array"
-        )));
-    }
-    let args = if args.is_null() {
-        Value::Object(Default::default())
-    } else {
-        args.clone()
+    let args = match args {
+        Value::Null => Value::Object(Default::default()),
+        Value::Object(_) => args.clone(),
+        other => {
+            return Err(CairnError::InvalidRequest(format!(
+                "`{tool}` args must be a JSON object of named fields, not {}",
+                cairn_core::validate::json_kind(other)
+            )))
+        }
     };
-    serde_json::from_value(args).map_err(|e| CairnError::InvalidRequest(format!("`{tool}` args: {e}")))
+    // The field a refusal is about is named (`timeout_ms`), as the API names
+    // a body's.
+    serde_path_to_error::deserialize(&args).map_err(|e| {
+        let at = e.path().to_string();
+        match at.as_str() {
+            "" | "." => CairnError::InvalidRequest(format!("`{tool}` args: {}", e.inner())),
+            _ => CairnError::InvalidRequest(format!("`{tool}` args: `{at}`: {}", e.inner())),
+        }
+    })
 }
 
 /// Refuse a duration past [`schemas::LONGEST_MS`] (a year): a due time
