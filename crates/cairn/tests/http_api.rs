@@ -1406,6 +1406,328 @@ async fn answers_fit_the_served_document() {
     assert_eq!(c.start(sleep).await.0, 400, "the server refuses it too");
 }
 
+/// Where the served document says what a body may hold, the server takes
+/// what it allows and refuses what it does not: text the server refuses
+/// empty, blank or holding control characters (an authority, a module's
+/// name, a failure's class and code), fields it reads null as left out (a
+/// turn's model, a tool's optional argument), objects that take no other
+/// keys (an acknowledgement, a template selector), and which fields go
+/// together (a cause, a schedule's timing, `shell`'s `argv` or `command`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_takes_what_the_server_takes() {
+    let server = Server::start(&["--model", "default=http://127.0.0.1:9/v1"]).await;
+    let c = server.client();
+    let (s, doc) = c.get("/openapi.json").await;
+    assert_eq!(s, 200);
+    let validator = |schema: &str| {
+        let root = json!({"$ref": format!("#/components/schemas/{schema}"), "components": doc["components"]});
+        jsonschema::validator_for(&root).unwrap_or_else(|e| panic!("{schema} compiles: {e}"))
+    };
+    let ok = json!({"type": "success", "value": 1});
+    let failure = |class: &str, code: &str| json!({"type": "failure", "class": class, "code": code, "message": "m"});
+    let start = |input: Value| json!({"input": input, "disposition": "rerunnable"});
+    let external = |extra: Value| {
+        let mut body = json!({"input": {"type": "external"}, "disposition": "externally_owned"});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let turn = |session: Value| start(json!({"type": "session_turn", "input": "hi", "session": session}));
+    let shell = |args: Value| start(json!({"type": "tool_call", "tool": "shell", "args": args}));
+    let schedule = |timing: Value| {
+        let mut body =
+            json!({"overlap": "skip", "start": {"input": {"type": "external"}, "disposition": "externally_owned"}});
+        body.as_object_mut()
+            .unwrap()
+            .extend(timing.as_object().unwrap().clone());
+        body
+    };
+    let wake =
+        |input: Value| external(json!({"event_types": [{"name": "t.x", "semantics": {"wake": {"input": input}}}]}));
+    // (schema, route: `{ext}` a running external process, body (a start's
+    // and a schedule's without their id), whether it is taken)
+    let cases = [
+        (
+            "CompleteBody",
+            "{ext}/complete",
+            json!({"outcome": ok, "authority": "ci"}),
+            true,
+        ),
+        (
+            "CompleteBody",
+            "{ext}/complete",
+            json!({"outcome": ok, "authority": null}),
+            true,
+        ),
+        (
+            "CompleteBody",
+            "{ext}/complete",
+            json!({"outcome": ok, "authority": ""}),
+            false,
+        ),
+        (
+            "CompleteBody",
+            "{ext}/complete",
+            json!({"outcome": ok, "authority": "c\u{1}"}),
+            false,
+        ),
+        (
+            "CompleteBody",
+            "{ext}/complete",
+            json!({"outcome": ok, "authority": ".."}),
+            false,
+        ),
+        (
+            "CompleteBody",
+            "{ext}/complete",
+            json!({"outcome": failure("tool", "x")}),
+            true,
+        ),
+        (
+            "CompleteBody",
+            "{ext}/complete",
+            json!({"outcome": failure("", "x")}),
+            false,
+        ),
+        (
+            "CompleteBody",
+            "{ext}/complete",
+            json!({"outcome": failure("tool", " ")}),
+            false,
+        ),
+        (
+            "CompleteBody",
+            "{ext}/complete",
+            json!({"outcome": {"type": "cancelled", "message": ""}}),
+            false,
+        ),
+        (
+            "CompleteBody",
+            "{ext}/complete",
+            json!({"outcome": {"type": "abandoned", "evidence": {"writer": "sweep", "epoch_ms": 1}}}),
+            false,
+        ),
+        (
+            "AbandonBody",
+            "{ext}/abandon-request",
+            json!({"reason": "r", "requested_by": "ops"}),
+            true,
+        ),
+        (
+            "AbandonBody",
+            "{ext}/abandon-request",
+            json!({"reason": "r", "requested_by": ""}),
+            false,
+        ),
+        (
+            "AbandonBody",
+            "{ext}/abandon-request",
+            json!({"reason": "r", "requested_by": "\u{7f}"}),
+            false,
+        ),
+        ("AbandonBody", "{ext}/abandon-request", json!({"reason": " \n"}), false),
+        (
+            "ModuleBody",
+            "/v1/modules",
+            json!({"source": "export async function main() {}", "name": "m"}),
+            true,
+        ),
+        (
+            "ModuleBody",
+            "/v1/modules",
+            json!({"source": "export async function main() {}", "name": ""}),
+            false,
+        ),
+        (
+            "ModuleBody",
+            "/v1/modules",
+            json!({"source": "export async function main() {}", "name": "a\tb"}),
+            false,
+        ),
+        ("ModuleBody", "/v1/modules", json!({"source": " "}), false),
+        ("AckBody", "/v1/sessions/s1/wakes/w1/ack", json!({"x": 1}), false),
+        (
+            "StartRequest",
+            "/v1/processes",
+            wake(json!({"template": {"template": "x", "fields": {}}})),
+            true,
+        ),
+        (
+            "StartRequest",
+            "/v1/processes",
+            wake(json!({"template": {"template": "x", "extra": 1}})),
+            false,
+        ),
+        ("StartRequest", "/v1/processes", wake(json!({"present": "x"})), false),
+        (
+            "StartRequest",
+            "/v1/processes",
+            turn(json!({"model": null, "system": null, "max_steps": null, "temperature": null})),
+            true,
+        ),
+        (
+            "StartRequest",
+            "/v1/processes",
+            turn(json!({"tools": ["echo", "echo"]})),
+            false,
+        ),
+        (
+            "StartRequest",
+            "/v1/processes",
+            start(json!({"type": "session_turn", "input": "hi", "output_contract": null})),
+            true,
+        ),
+        (
+            "StartRequest",
+            "/v1/processes",
+            start(json!({"type": "tool_call", "tool": "wait_signal", "args": {"name": "go", "timeout_ms": null}})),
+            true,
+        ),
+        (
+            "StartRequest",
+            "/v1/processes",
+            shell(json!({"argv": ["true"], "command": null, "timeout_ms": null})),
+            true,
+        ),
+        (
+            "StartRequest",
+            "/v1/processes",
+            shell(json!({"argv": ["true"], "command": "true"})),
+            false,
+        ),
+        (
+            "StartRequest",
+            "/v1/processes",
+            shell(json!({"argv": null, "command": null})),
+            false,
+        ),
+        ("StartRequest", "/v1/processes", shell(json!({"command": "  "})), false),
+        (
+            "StartRequest",
+            "/v1/processes",
+            start(json!({"type": "script", "module_ref": "m1", "process_name": "main"})),
+            false,
+        ),
+        (
+            "StartRequest",
+            "/v1/processes",
+            external(json!({"originator": {"type": "host", "scope": null}})),
+            true,
+        ),
+        (
+            "StartRequest",
+            "/v1/processes",
+            external(json!({"originator": {"type": "host", "scope": ""}})),
+            false,
+        ),
+        (
+            "StartRequest",
+            "/v1/processes",
+            external(json!({"originator": {"type": "session", "scope": {"session_id": "s/frame:f"}}})),
+            false,
+        ),
+        (
+            "StartRequest",
+            "/v1/processes",
+            external(json!({"caused_by": {"kind": "turn", "id": "t1", "process_id": null}})),
+            true,
+        ),
+        (
+            "StartRequest",
+            "/v1/processes",
+            external(json!({"caused_by": {}})),
+            false,
+        ),
+        (
+            "StartRequest",
+            "/v1/processes",
+            external(json!({"caused_by": {"kind": "turn"}})),
+            false,
+        ),
+        (
+            "StartRequest",
+            "/v1/processes",
+            json!({"id": ".", "input": {"type": "external"}, "disposition": "externally_owned"}),
+            false,
+        ),
+        (
+            "ScheduleRequest",
+            "/v1/schedules",
+            schedule(json!({"every": "1h", "cron": null})),
+            true,
+        ),
+        (
+            "ScheduleRequest",
+            "/v1/schedules",
+            schedule(json!({"every": "1h", "cron": "0 * * * *"})),
+            false,
+        ),
+        (
+            "ScheduleRequest",
+            "/v1/schedules",
+            schedule(json!({"every": null})),
+            false,
+        ),
+        (
+            "ScheduleRequest",
+            "/v1/schedules",
+            schedule(json!({"every": "1h", "id": "s".repeat(236)})),
+            false,
+        ),
+        (
+            "PruneBody",
+            "/v1/prune",
+            json!({"cutoff_ms": 0, "watermark": {"type": "no_projector"}, "status": "running"}),
+            false,
+        ),
+        (
+            "PruneBody",
+            "/v1/prune",
+            json!({"cutoff_ms": 0, "watermark": {"type": "no_projector"}, "definition": "tool:echo", "originator": "host"}),
+            true,
+        ),
+        (
+            "PruneBody",
+            "/v1/prune",
+            json!({"cutoff_ms": 0, "watermark": {"type": "no_projector"}, "definition": "script:m1#main"}),
+            false,
+        ),
+    ];
+    for (i, (schema, route, mut body, taken)) in cases.into_iter().enumerate() {
+        let path = if route.starts_with("{ext}") {
+            let id = format!("ext-{i}");
+            let (s, _) = c
+                .start(json!({"id": id, "input": {"type": "external"}, "disposition": "externally_owned"}))
+                .await;
+            assert_eq!(s, 201);
+            route.replace("{ext}", &format!("/v1/processes/{id}"))
+        } else {
+            route.to_string()
+        };
+        if matches!(schema, "StartRequest" | "ScheduleRequest") && body.get("id").is_none() {
+            body["id"] = json!(format!("case-{i}"));
+        }
+        let errors: Vec<String> = validator(schema).iter_errors(&body).map(|e| e.to_string()).collect();
+        assert_eq!(errors.is_empty(), taken, "the document on {body}: {errors:#?}");
+        let (s, answer) = c.post(&path, body.clone()).await;
+        assert_eq!(s < 300, taken, "the server on {body}: {s} {answer}");
+    }
+    // The path and query parameters say so too.
+    let ops = &doc["paths"];
+    let param = |path: &str, method: &str, name: &str| {
+        let p = ops[path][method]["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+            .unwrap_or_else(|| panic!("{method} {path} has no {name}"));
+        jsonschema::validator_for(&p["schema"]).expect("compiles")
+    };
+    let definition = param("/v1/processes", "get", "definition");
+    assert!(definition.is_valid(&json!("tool:echo")) && !definition.is_valid(&json!("bogus")));
+    assert_eq!(c.get("/v1/processes?definition=bogus").await.0, 400);
+    let module = param("/v1/modules/{module_ref}", "get", "module_ref");
+    assert!(!module.is_valid(&json!("m1")));
+    assert_eq!(c.get("/v1/modules/m1").await.0, 400);
+}
+
 /// A write (or a read by id) given query parameters it does not read is
 /// refused and changes nothing: `POST /v1/prune?dry_run=true` must not prune.
 /// A schedule's delete reads its body as the other writes do.

@@ -69,9 +69,85 @@ pub const MAX_CURSOR: i64 = i64::MAX;
 fn id_schema(description: &str) -> Value {
     json!({
         "type": "string", "minLength": 1, "maxLength": cairn_core::validate::MAX_ID_BYTES,
-        "pattern": "^[^\\u0000-\\u001F\\u007F-\\u009F]+$",
+        "pattern": NO_CONTROL,
+        // A relative path segment, which no URL can name (`invalid_id`).
+        "not": {"enum": [".", ".."]},
         "description": format!("{description} At most {} bytes of UTF-8.", cairn_core::validate::MAX_ID_BYTES),
     })
+}
+
+/// A module ref: `module:sha256:` and 64 lowercase hex digits (`invalid_id` otherwise).
+const MODULE_REF: &str = "^module:sha256:[0-9a-f]{64}$";
+
+/// Text without control characters (`char::is_control`: C0, DEL and C1), at
+/// least one character long.
+const NO_CONTROL: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$";
+
+/// Text that is not blank: it holds a character that is not white space.
+/// The server trims with `char::is_whitespace` (Unicode `White_Space`); the
+/// class names those characters, as `\\S` differs between regex dialects.
+const NOT_BLANK: &str =
+    "[^\\u0009-\\u000D\\u0020\\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]";
+
+/// A `definition` filter: `tool:NAME`, `script:MODULE_REF#EXPORT`,
+/// `session_turn` or `external` (`invalid_filter` otherwise).
+fn definition_schema(description: &str) -> Value {
+    described(
+        json!({
+            "type": "string",
+            "pattern": "^(session_turn|external|tool:[^\\u0000-\\u001F\\u007F-\\u009F]+|script:module:sha256:[0-9a-f]{64}#[^\\u0000-\\u001F\\u007F-\\u009F]+)$",
+        }),
+        description,
+    )
+}
+
+/// An `originator` filter: `host`, `host:SCOPE`, `session:ID` or
+/// `session:ID/frame:FRAME` (`invalid_filter` otherwise; the ids as ids are
+/// checked).
+fn originator_schema(description: &str) -> Value {
+    described(
+        json!({
+            "type": "string",
+            "pattern": "^(host|host:[^\\u0000-\\u001F\\u007F-\\u009F]+|session:[^\\u0000-\\u001F\\u007F-\\u009F]+)$",
+        }),
+        description,
+    )
+}
+
+/// `schema` with `description`, when there is one.
+fn described(mut schema: Value, description: &str) -> Value {
+    if !description.is_empty() {
+        schema["description"] = json!(description);
+    }
+    schema
+}
+
+/// [`id_schema`], or `null` (the field's default).
+fn nullable_id_schema(description: &str) -> Value {
+    let mut schema = id_schema(description);
+    schema["type"] = json!(["string", "null"]);
+    schema
+}
+
+/// A session id's schema: an id that does not hold `/frame:` (which
+/// separates a session from its frame in a scope id: `invalid_id`).
+fn session_id_schema(description: &str) -> Value {
+    let mut schema = id_schema(description);
+    schema["not"] =
+        json!({"anyOf": [{"enum": [".", ".."]}, {"type": "string", "pattern": cairn_core::validate::FRAME_SEPARATOR}]});
+    schema
+}
+
+/// Who a completion or an abandon request names as its author: an id, up to
+/// `MAX_AUTHORITY_BYTES` (room for `session:` before a session id), or null
+/// (the caller).
+fn authority_schema() -> Value {
+    let mut schema = nullable_id_schema("");
+    schema["maxLength"] = json!(cairn_core::validate::MAX_AUTHORITY_BYTES);
+    if let Some(obj) = schema.as_object_mut() {
+        obj.remove("description");
+    }
+    schema
 }
 
 fn cursor_schema(description: &str) -> Value {
@@ -270,6 +346,10 @@ fn constrain_parameters(op: &mut Value, path: &str) {
                 "type": "string", "pattern": "^module:sha256:[0-9a-f]{64}$", "description": description,
             }),
             "name" => json!({"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9_-]+$"}),
+            "caused_by" => id_schema(&description),
+            "module_ref" => described(json!({"type": "string", "pattern": MODULE_REF}), &description),
+            "definition" => definition_schema(&description),
+            "originator" => originator_schema(&description),
             "limit" => json!({"type": "integer", "minimum": 1, "maximum": cairn_core::MAX_PAGE_SIZE}),
             "after" | "cursor" | "Last-Event-ID" | "timeout_ms" | "created_from_ms" | "created_before_ms" => {
                 cursor_schema(&description)
@@ -306,7 +386,7 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
     set(
         schemas,
         "/SessionScope/properties/session_id",
-        id_schema("The session (conversation) id."),
+        session_id_schema("The session (conversation) id."),
     );
     set(
         schemas,
@@ -335,18 +415,31 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
     set(
         schemas,
         "/CausalRef/properties/process_id",
-        id_schema("The parent process (alone, without `kind` and `id`)."),
+        nullable_id_schema("The parent process (alone, without `kind` and `id`)."),
     );
     set(
         schemas,
         "/CausalRef/properties/kind",
-        id_schema("What the cause is (`process`, `turn`, `tool_call`, ...)."),
+        nullable_id_schema("What the cause is (`process`, `turn`, `tool_call`, ...)."),
     );
     set(
         schemas,
         "/CausalRef/properties/id",
-        id_schema("Its id in its own kind."),
+        nullable_id_schema("Its id in its own kind."),
     );
+    // `{"process_id"}` alone, or `{"kind", "id"}` (`invalid_request`
+    // otherwise); a field given as null is a field left out.
+    if let Some(slot) = schemas.pointer_mut("/CausalRef").and_then(Value::as_object_mut) {
+        slot.insert(
+            "oneOf".into(),
+            json!([
+                {"required": ["process_id"],
+                 "properties": {"process_id": {"type": "string"}, "kind": {"type": "null"}, "id": {"type": "null"}}},
+                {"required": ["kind", "id"],
+                 "properties": {"kind": {"type": "string"}, "id": {"type": "string"}, "process_id": {"type": "null"}}},
+            ]),
+        );
+    }
     set(
         schemas,
         "/EventType/properties/payload_schema",
@@ -367,6 +460,16 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
             if v.pointer("/properties/pointer").is_some() {
                 v["properties"]["pointer"] = json!({"type": "string", "pattern": "^(/.*)?$",
                     "description": "A JSON Pointer into the payload: empty or starting with `/`."});
+            }
+            if v.pointer("/properties/present").is_some() {
+                v["properties"]["present"] = json!({"type": "string", "pattern": "^(/.*)?$",
+                    "description": "Whether this JSON Pointer (empty or starting with `/`) resolves in the payload."});
+            }
+            // The template's own object refuses unknown keys, as the selector does.
+            if let Some(template) = v.pointer_mut("/properties/template").and_then(Value::as_object_mut) {
+                if template.contains_key("properties") {
+                    template.insert("additionalProperties".into(), json!(false));
+                }
             }
         }
     }
@@ -418,6 +521,57 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
             slot.insert("maxLength".into(), json!(bytes));
         }
     }
+    // Who completes or asks: as an id is checked (`invalid_id`), or null.
+    set(schemas, "/AbandonBody/properties/requested_by", authority_schema());
+    set(schemas, "/CompleteBody/properties/authority", authority_schema());
+    // An abandon request's reason is its evidence: not blank.
+    if let Some(slot) = schemas
+        .pointer_mut("/AbandonBody/properties/reason")
+        .and_then(Value::as_object_mut)
+    {
+        slot.insert("pattern".into(), json!(NOT_BLANK));
+    }
+    // What an external completion may send: not `abandoned` (an abandon
+    // request's), and a failure's class, code and message, a cancellation's
+    // message, not blank (`invalid_outcome`). Records keep `Outcome`.
+    if let Some(mut outcome) = schemas.get("Outcome").cloned() {
+        if let Some(variants) = outcome.get_mut("oneOf").and_then(Value::as_array_mut) {
+            variants.retain(|v| v.pointer("/properties/type/enum/0") != Some(&json!("abandoned")));
+            for v in variants.iter_mut() {
+                for field in ["class", "code", "message"] {
+                    if let Some(slot) = v
+                        .pointer_mut(&format!("/properties/{field}"))
+                        .and_then(Value::as_object_mut)
+                    {
+                        slot.insert("pattern".into(), json!(NOT_BLANK));
+                    }
+                }
+            }
+        }
+        outcome["description"] = json!(
+            "How an external completion ends the process: `success`, `failure` or `cancelled` (abandoning is an \
+             abandon request's); a failure's `class`, `code` and `message` and a cancellation's `message` are not \
+             blank."
+        );
+        schemas["CompletionOutcome"] = outcome;
+        if let Some(slot) = schemas
+            .pointer_mut("/CompleteBody/properties/outcome")
+            .and_then(Value::as_object_mut)
+        {
+            slot.insert("$ref".into(), json!("#/components/schemas/CompletionOutcome"));
+        }
+    }
+    // Pause, resume, a wake's acknowledgement and a session's delete take no fields.
+    if let Some(slot) = schemas.pointer_mut("/AckBody").and_then(Value::as_object_mut) {
+        slot.insert("additionalProperties".into(), json!(false));
+    }
+    if let Some(variants) = schemas.pointer_mut("/Originator/oneOf").and_then(Value::as_array_mut) {
+        for v in variants {
+            if v.pointer("/properties/type/enum/0") == Some(&json!("host")) {
+                v["properties"]["scope"] = nullable_id_schema("The host scope's name, when the host names its parts.");
+            }
+        }
+    }
     // Payloads are any JSON, whatever the derive guessed.
     let (payload_bytes, depth) = (
         cairn_core::validate::MAX_PAYLOAD_BYTES,
@@ -458,6 +612,65 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
         .and_then(Value::as_object_mut)
     {
         slot.insert("maxLength".into(), json!(cairn_core::script::MAX_MODULE_NAME_BYTES));
+        slot.insert("minLength".into(), json!(1));
+        slot.insert("pattern".into(), json!(NO_CONTROL));
+    }
+    // A source is not blank and holds no NUL (`invalid_module`).
+    if let Some(slot) = schemas
+        .pointer_mut("/ModuleBody/properties/source")
+        .and_then(Value::as_object_mut)
+    {
+        slot.insert("pattern".into(), json!(NOT_BLANK));
+        slot.insert("not".into(), json!({"type": "string", "pattern": "\\u0000"}));
+    }
+    // A schedule's id leaves room in an id for the `@` and the 20 digits of
+    // each fire's time; exactly one of `cron` and `every`, neither empty (a
+    // field given as null is a field left out).
+    if let Some(slot) = schemas.pointer_mut("/ScheduleRequest/properties/id") {
+        let description = slot["description"].clone();
+        let mut id = id_schema("");
+        id["maxLength"] = json!(cairn_core::validate::MAX_ID_BYTES - 1 - 20);
+        id["description"] = description;
+        *slot = id;
+    }
+    for field in ["cron", "every"] {
+        if let Some(slot) = schemas
+            .pointer_mut(&format!("/ScheduleRequest/properties/{field}"))
+            .and_then(Value::as_object_mut)
+        {
+            slot.insert("minLength".into(), json!(1));
+        }
+    }
+    if let Some(slot) = schemas.pointer_mut("/ScheduleRequest").and_then(Value::as_object_mut) {
+        slot.insert(
+            "oneOf".into(),
+            json!([
+                {"required": ["cron"], "properties": {"cron": {"type": "string"}, "every": {"type": "null"}}},
+                {"required": ["every"], "properties": {"every": {"type": "string"}, "cron": {"type": "null"}}},
+            ]),
+        );
+    }
+    // Prune never touches running processes (`invalid_filter`).
+    set(
+        schemas,
+        "/PruneBody/properties/status",
+        json!({"type": "string", "enum": ["completed", "failed", "cancelled", "abandoned", "any"]}),
+    );
+    set(
+        schemas,
+        "/PruneBody/properties/caused_by",
+        nullable_id_schema("Only the children of this process."),
+    );
+    for (field, schema) in [
+        ("definition", definition_schema("")),
+        ("originator", originator_schema("")),
+    ] {
+        if let Some(slot) = schemas
+            .pointer_mut(&format!("/PruneBody/properties/{field}"))
+            .and_then(Value::as_object_mut)
+        {
+            slot.insert("pattern".into(), schema["pattern"].clone());
+        }
     }
     if let Some(slot) = schemas.pointer_mut("/StartRequest").and_then(Value::as_object_mut) {
         let said = slot
@@ -516,7 +729,7 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
             match tag {
                 "tool_call" => {
                     for tool in tools {
-                        let args = cairn_tools::args_schema(tool).unwrap_or_else(|| json!({}));
+                        let args = args_as_taken(cairn_tools::args_schema(tool).unwrap_or_else(|| json!({})));
                         // A tool none of whose arguments is required takes
                         // its start without `args`, or with `null` (both
                         // stored as `null`): the document says so.
@@ -543,17 +756,18 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
                 }
                 "session_turn" => {
                     // What a start accepts: the tools this server runs, a string
-                    // or a message list, a `text` or `json_schema` contract.
+                    // or a message list, a `text` or `json_schema` contract. A
+                    // field given as null is a field left out (its default).
                     let mut v = v;
                     v["properties"]["session"] = json!({
                         "type": "object", "additionalProperties": false,
                         "description": "The agent the turn runs: a model configured with `cairn serve --model` (`default` when absent), its system message, the tools it may call, its bounds.",
                         "properties": {
-                            "model": id_schema("A model configured on the server (`unknown_model` otherwise)."),
-                            "system": {"type": "string"},
-                            "tools": {"type": "array", "items": {"type": "string", "enum": tools}},
-                            "max_steps": {"type": "integer", "minimum": 1, "maximum": cairn_turn::MAX_STEPS},
-                            "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+                            "model": nullable_id_schema("A model configured on the server (`unknown_model` otherwise)."),
+                            "system": {"type": ["string", "null"]},
+                            "tools": {"type": "array", "uniqueItems": true, "items": {"type": "string", "enum": tools}},
+                            "max_steps": {"type": ["integer", "null"], "minimum": 1, "maximum": cairn_turn::MAX_STEPS},
+                            "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
                         },
                     });
                     // A turn needs its input (`invalid_request` without one,
@@ -562,15 +776,16 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
                     v["properties"]["input"] = json!({
                         "description": "The user's message, or the conversation so far.",
                         "oneOf": [
-                            {"type": "string", "pattern": "\\S"},
+                            {"type": "string", "pattern": NOT_BLANK},
                             {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["role", "content"],
                              "properties": {"role": {"type": "string", "enum": ["system", "user", "assistant"]},
                                             "content": {"type": "string"}}}},
                         ],
                     });
                     v["properties"]["output_contract"] = json!({
-                        "description": "`text` (the default) or `json_schema`.",
+                        "description": "`text` (the default, also when null) or `json_schema`.",
                         "oneOf": [
+                            {"type": "null"},
                             {"type": "object", "additionalProperties": false, "required": ["type"],
                              "properties": {"type": {"type": "string", "enum": ["text"]}}},
                             {"type": "object", "additionalProperties": false, "required": ["type", "schema"],
@@ -583,7 +798,10 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
                 }
                 "script" => {
                     let mut v = v;
-                    v["properties"]["module_ref"] = id_schema("The script module.");
+                    v["properties"]["module_ref"] = json!({
+                        "type": "string", "pattern": MODULE_REF,
+                        "description": "The script module: its ref, as `POST /v1/modules` answered it (`invalid_id` in another shape).",
+                    });
                     v["properties"]["process_name"] = id_schema("The process defined in that module.");
                     refined.push(v);
                 }
@@ -602,6 +820,12 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
         if let Some(mut template) = all.get("StartTemplate").cloned() {
             template["description"] =
                 json!("A start request without an id, as a schedule's request gives it: what each fire starts.");
+            if let Some(types) = template
+                .pointer_mut("/properties/event_types")
+                .and_then(Value::as_object_mut)
+            {
+                types.insert("maxItems".into(), json!(cairn_core::validate::MAX_EVENT_TYPES));
+            }
             all.insert("ScheduleStart".into(), template);
         }
         if let Some(start) = all
@@ -629,12 +853,68 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
                 .into_iter()
                 .flatten()
             {
-                if v.get("properties").is_some() && v.get("additionalProperties").is_none() {
+                // (A variant's object: not a `oneOf` saying which fields go
+                // together, as `CausalRef`'s and `ScheduleRequest`'s do.)
+                if v.get("properties").is_some() && v["type"] == "object" && v.get("additionalProperties").is_none() {
                     v["additionalProperties"] = json!(false);
                 }
             }
         }
     }
+}
+
+/// A tool's `args` schema as the server takes it: an optional argument given
+/// as null is one left out (the tools read them as `Option`s), so each is
+/// nullable, and an argument a `oneOf` requires is one given, not null
+/// (`shell`: `argv` or `command`). The built-in tools refuse a NUL in any text
+/// they pass on (`shell`'s `argv`, `command`, `cwd`, `env`), and a blank
+/// `command`.
+fn args_as_taken(mut args: Value) -> Value {
+    let required: Vec<Value> = args
+        .get("required")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let no_nul = "^[^\\u0000]*$";
+    if let Some(props) = args.get_mut("properties").and_then(Value::as_object_mut) {
+        for (name, prop) in props.iter_mut() {
+            match name.as_str() {
+                "argv" => prop["items"]["pattern"] = json!(no_nul),
+                "command" => {
+                    prop["pattern"] = json!(NOT_BLANK);
+                    prop["not"] = json!({"type": "string", "pattern": "\\u0000"});
+                }
+                "cwd" => prop["pattern"] = json!(no_nul),
+                "env" if prop.get("additionalProperties").is_some() => {
+                    prop["additionalProperties"]["pattern"] = json!(no_nul);
+                    prop["propertyNames"] = json!({"minLength": 1, "pattern": "^[^=\\u0000]*$"});
+                }
+                _ => {}
+            }
+            if required.contains(&json!(name)) {
+                continue;
+            }
+            if let Some(t) = prop.get("type").and_then(Value::as_str) {
+                prop["type"] = json!([t, "null"]);
+            }
+        }
+    }
+    if let Some(branches) = args.get_mut("oneOf").and_then(Value::as_array_mut) {
+        for b in branches {
+            let named: Vec<String> = b
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect();
+            for field in named {
+                b["properties"][field] = json!({"not": {"type": "null"}});
+            }
+        }
+    }
+    args
 }
 
 /// Rustdoc intra-doc links (`` [`Name`] ``, `` [`Name`](path) ``) read as plain code in the document.
