@@ -1004,7 +1004,12 @@ pub struct Tombstone {
 /// change the projector has not seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields, from = "WatermarkWire")]
+#[serde(
+    tag = "type",
+    rename_all = "snake_case",
+    deny_unknown_fields,
+    try_from = "WatermarkWire"
+)]
 pub enum Watermark {
     /// No projector reads the change feed: prune by cutoff alone.
     NoProjector,
@@ -1015,27 +1020,47 @@ pub enum Watermark {
     },
 }
 
-/// What [`Watermark`] is read from: serde ignores the other fields of an
-/// internally tagged unit variant, so `no_projector` is read as a struct
-/// variant without fields, and a stray field (a `cursor` meant for a cursor
-/// watermark, say) is an error rather than a prune by cutoff alone.
+/// What [`Watermark`] is read from: an object of its `type` and its
+/// `cursor`, read as a plain struct so that a refused `cursor` is named
+/// (`watermark.cursor`; serde reads a tagged enum's fields from a copy,
+/// where no path is kept), and checked against its type after: a `cursor`
+/// on `no_projector` (meant for a cursor watermark, say) is an error rather
+/// than a prune by cutoff alone.
 #[derive(Deserialize)]
 #[serde(
-    tag = "type",
-    rename_all = "snake_case",
     deny_unknown_fields,
     expecting = "a watermark: `{\"type\": \"no_projector\"}` or `{\"type\": \"cursor\", \"cursor\": N}`"
 )]
-enum WatermarkWire {
-    NoProjector {},
-    Cursor { cursor: u64 },
+struct WatermarkWire {
+    #[serde(rename = "type")]
+    kind: WatermarkType,
+    #[serde(default)]
+    cursor: Option<u64>,
 }
 
-impl From<WatermarkWire> for Watermark {
-    fn from(wire: WatermarkWire) -> Self {
-        match wire {
-            WatermarkWire::NoProjector {} => Self::NoProjector,
-            WatermarkWire::Cursor { cursor } => Self::Cursor { cursor },
+/// A watermark's `type`.
+#[derive(Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", remote = "Self")]
+enum WatermarkType {
+    NoProjector,
+    Cursor,
+}
+
+crate::wire::string_enum!(WatermarkType, "a watermark type: `no_projector` or `cursor`");
+
+impl TryFrom<WatermarkWire> for Watermark {
+    type Error = &'static str;
+
+    fn try_from(wire: WatermarkWire) -> std::result::Result<Self, Self::Error> {
+        match (wire.kind, wire.cursor) {
+            (WatermarkType::NoProjector, None) => Ok(Self::NoProjector),
+            (WatermarkType::NoProjector, Some(_)) => {
+                Err("a `no_projector` watermark takes no `cursor` (a cursor watermark is `{\"type\": \"cursor\", \"cursor\": N}`)")
+            }
+            (WatermarkType::Cursor, Some(cursor)) => Ok(Self::Cursor { cursor }),
+            (WatermarkType::Cursor, None) => {
+                Err("missing field `cursor`: a `cursor` watermark names the change-feed cursor its projector has read up to")
+            }
         }
     }
 }
@@ -1689,6 +1714,33 @@ mod tests {
         }
         let written = serde_json::to_value(Watermark::NoProjector).expect("serialize");
         assert_eq!(written, serde_json::json!({"type": "no_projector"}));
+        let written = serde_json::to_value(Watermark::Cursor { cursor: 7 }).expect("serialize");
+        assert_eq!(written, serde_json::json!({"type": "cursor", "cursor": 7}));
+    }
+
+    /// A refused `cursor` or `type` is named by its field, in wire terms.
+    #[test]
+    fn a_watermark_names_the_field_it_refuses() {
+        let refusal = |v: serde_json::Value| {
+            let e = serde_path_to_error::deserialize::<_, Watermark>(v).expect_err("refused");
+            (
+                e.path().to_string(),
+                crate::validate::wire_terms(&e.into_inner().to_string()),
+            )
+        };
+        let (at, said) = refusal(serde_json::json!({"type": "cursor", "cursor": "x"}));
+        assert_eq!(at, "cursor");
+        assert_eq!(said, "invalid type: string \"x\", expected a non-negative integer");
+        let (at, said) = refusal(serde_json::json!({"type": 5}));
+        assert_eq!(at, "type");
+        assert!(
+            said.contains("expected a watermark type: `no_projector` or `cursor`"),
+            "{said}"
+        );
+        let (_, said) = refusal(serde_json::json!({"type": "cursor"}));
+        assert!(said.contains("missing field `cursor`"), "{said}");
+        let (_, said) = refusal(serde_json::json!({"type": "no_projector", "cursor": 2}));
+        assert!(said.contains("takes no `cursor`"), "{said}");
     }
 
     #[test]

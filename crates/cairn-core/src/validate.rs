@@ -30,6 +30,159 @@ pub fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
+/// serde's refusal of a value of the wrong JSON type or range (`invalid
+/// type: string "5", expected u64`), said in wire terms: the Rust type it
+/// was read into as the JSON it takes (`u64` as "a non-negative integer",
+/// `struct X` as "an object"), and serde's name of what was given as JSON's
+/// (`sequence` as "array", `floating point` as "number", `unit value` as
+/// "null"). A type tag (`variant identifier`) is said to be a string; to
+/// name the tags it takes as well, see [`refusal_in_wire_terms`]. The rest
+/// of the message, and any other message, is kept as it is.
+pub fn wire_terms(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some((at, prefix)) = ["invalid type: ", "invalid value: "]
+        .iter()
+        .filter_map(|p| rest.find(p).map(|at| (at, *p)))
+        .min()
+    {
+        out.push_str(&rest[..at + prefix.len()]);
+        rest = &rest[at + prefix.len()..];
+        let Some((given, after)) = split_unexpected(rest) else {
+            continue;
+        };
+        let Some(expected) = after.strip_prefix(", expected ") else {
+            continue;
+        };
+        // What was expected runs to serde_json's position, or to the end.
+        let end = expected.find(" at line ").unwrap_or(expected.len());
+        out.push_str(&wire_given(given));
+        out.push_str(", expected ");
+        out.push_str(&wire_expected(&expected[..end]));
+        rest = &expected[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// serde's description of a refused value (`string "a, b"`, `integer `5``,
+/// `sequence`) at the start of `text`, and what follows it. A string is
+/// written escaped (`{:?}`), so its closing quote is the first unescaped one.
+fn split_unexpected(text: &str) -> Option<(&str, &str)> {
+    if let Some(quoted) = text.strip_prefix("string \"") {
+        let mut escaped = false;
+        for (i, c) in quoted.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => {
+                    let end = "string \"".len() + i + 1;
+                    return Some((&text[..end], &text[end..]));
+                }
+                _ => {}
+            }
+        }
+        return None;
+    }
+    let end = text.find(", expected ")?;
+    Some((&text[..end], &text[end..]))
+}
+
+/// What was given, in JSON's terms.
+fn wire_given(given: &str) -> String {
+    match given {
+        "sequence" => "array".into(),
+        "map" => "object".into(),
+        "unit value" => "null".into(),
+        _ => match given.strip_prefix("floating point ") {
+            Some(number) => format!("number {number}"),
+            None => given.into(),
+        },
+    }
+}
+
+/// What was expected, in JSON's terms: Rust's numeric types as the JSON
+/// numbers they take, serde's kinds as JSON's; a description of cairn's own
+/// (`a disposition: ...`) is kept.
+fn wire_expected(expected: &str) -> String {
+    let said = match expected {
+        "u64" | "u128" | "usize" => "a non-negative integer",
+        "u8" => "a non-negative integer up to 255",
+        "u16" => "a non-negative integer up to 65535",
+        "u32" => "a non-negative integer up to 4294967295",
+        "i64" | "i128" | "isize" => "an integer",
+        "i8" => "an integer from -128 to 127",
+        "i16" => "an integer from -32768 to 32767",
+        "i32" => "an integer from -2147483648 to 2147483647",
+        "f32" | "f64" => "a number",
+        "a borrowed string" => "a string",
+        "a character" => "a string of one character",
+        "a sequence" => "an array",
+        "a map" => "an object",
+        "unit" => "null",
+        "variant identifier" => "a type name (a string)",
+        "field identifier" => "a field name (a string)",
+        _ if expected.starts_with("struct ") || expected.starts_with("struct variant ") => "an object",
+        _ => match expected
+            .strip_prefix("a tuple of size ")
+            .or_else(|| expected.strip_prefix("tuple of size "))
+        {
+            Some(n) => return format!("an array of {n} items"),
+            None => return expected.to_string(),
+        },
+    };
+    said.to_string()
+}
+
+/// serde's refusal of `given` read as a `T`, at `path` (as
+/// serde_path_to_error writes one: `a.b[0].c`), in wire terms
+/// ([`wire_terms`]). A type tag of the wrong JSON type (`"type": 5`, which
+/// serde refuses as "expected variant identifier") is said with the tags
+/// the field takes, read from `T`'s own refusal of an unknown tag there.
+pub fn refusal_in_wire_terms<T: serde::de::DeserializeOwned>(given: &Value, path: &str, message: &str) -> String {
+    const UNTAGGED: &str = "expected variant identifier";
+    if message.contains(UNTAGGED) {
+        if let Some(tags) = tags_at::<T>(given, path) {
+            return wire_terms(&message.replacen(UNTAGGED, &format!("expected a string, {tags}"), 1));
+        }
+    }
+    wire_terms(message)
+}
+
+/// The tags the enum tag at `path` in `given` takes (`one of `a`, `b``),
+/// as `T`'s reading says when that tag is one it does not know.
+fn tags_at<T: serde::de::DeserializeOwned>(given: &Value, path: &str) -> Option<String> {
+    let mut pointer = String::new();
+    for part in path.split('.') {
+        let (key, indices) = part.split_once('[').unwrap_or((part, ""));
+        // A path that starts at an index (`[1].type`) has no key before it.
+        if !key.is_empty() || indices.is_empty() {
+            pointer.push('/');
+            pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+        }
+        for index in indices.split('[').filter(|i| !i.is_empty()) {
+            pointer.push('/');
+            pointer.push_str(index.strip_suffix(']')?);
+        }
+    }
+    let mut probe = given.clone();
+    // No tag of cairn's is empty.
+    *probe.pointer_mut(&pointer)? = Value::String(String::new());
+    let refused = serde_path_to_error::deserialize::<_, T>(&probe).err()?;
+    if refused.path().to_string() != path {
+        return None;
+    }
+    let said = refused.into_inner().to_string();
+    let tags = said.strip_prefix("unknown variant ``, expected ")?;
+    let tags = tags.split(" at line ").next().unwrap_or(tags);
+    // serde says `a` or `b` when there are two.
+    Some(if tags.starts_with("one of ") {
+        tags.to_string()
+    } else {
+        format!("one of {tags}")
+    })
+}
+
 /// Longest id (process, session, frame, owner, signal id, replay key) in bytes.
 pub const MAX_ID_BYTES: usize = 256;
 /// Longest event type name in bytes.
@@ -796,6 +949,89 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// serde's refusals of a value of the wrong type or range are said in
+    /// JSON's terms, keeping where it was; other messages are kept.
+    #[test]
+    fn refusals_are_said_in_wire_terms() {
+        for (said, meant) in [
+            (
+                "invalid type: string \"5\", expected u64 at line 1 column 9",
+                "invalid type: string \"5\", expected a non-negative integer at line 1 column 9",
+            ),
+            (
+                "invalid value: integer `-1`, expected u64",
+                "invalid value: integer `-1`, expected a non-negative integer",
+            ),
+            (
+                "invalid value: integer `5000000000`, expected u32",
+                "invalid value: integer `5000000000`, expected a non-negative integer up to 4294967295",
+            ),
+            (
+                "invalid type: floating point `1.5`, expected i64",
+                "invalid type: number `1.5`, expected an integer",
+            ),
+            (
+                "invalid type: sequence, expected a boolean",
+                "invalid type: array, expected a boolean",
+            ),
+            (
+                "invalid type: map, expected f64",
+                "invalid type: object, expected a number",
+            ),
+            (
+                "invalid type: unit value, expected a string",
+                "invalid type: null, expected a string",
+            ),
+            (
+                "invalid type: string \"a, expected u64\\\", b\", expected struct StartRequest",
+                "invalid type: string \"a, expected u64\\\", b\", expected an object",
+            ),
+            (
+                "invalid type: integer `5`, expected variant identifier",
+                "invalid type: integer `5`, expected a type name (a string)",
+            ),
+            (
+                "invalid type: integer `7`, expected a disposition: `rerunnable`",
+                "invalid type: integer `7`, expected a disposition: `rerunnable`",
+            ),
+            ("missing field `id`", "missing field `id`"),
+        ] {
+            assert_eq!(wire_terms(said), meant, "{said}");
+        }
+    }
+
+    /// A type tag of the wrong JSON type is said with the tags it takes,
+    /// wherever the tagged object is.
+    #[test]
+    fn a_tag_of_the_wrong_type_names_the_tags() {
+        for (given, path, tags) in [
+            (
+                json!({"id": "a", "disposition": "rerunnable", "input": {"type": 5}}),
+                "input.type",
+                "expected a string, one of `tool_call`, `script`, `session_turn`, `external`",
+            ),
+            (
+                json!({"id": "a", "disposition": "rerunnable", "input": {"type": "external"}, "originator": {"type": []}}),
+                "originator.type",
+                "expected a string, one of `host` or `session`",
+            ),
+        ] {
+            let e = serde_path_to_error::deserialize::<_, crate::StartRequest>(&given).expect_err("refused");
+            assert_eq!(e.path().to_string(), path);
+            let said = refusal_in_wire_terms::<crate::StartRequest>(&given, path, &e.into_inner().to_string());
+            assert!(said.contains(tags), "{said}");
+            assert!(
+                !said.contains("variant identifier") && !said.contains("sequence"),
+                "{said}"
+            );
+        }
+        let given = json!([{"type": "success", "value": 1}, {"type": true}]);
+        let e = serde_path_to_error::deserialize::<_, Vec<crate::Outcome>>(&given).expect_err("refused");
+        assert_eq!(e.path().to_string(), "[1].type");
+        let said = refusal_in_wire_terms::<Vec<crate::Outcome>>(&given, "[1].type", &e.into_inner().to_string());
+        assert!(said.contains("one of `success`, `failure`"), "{said}");
+    }
 
     /// An array read as an object is found at its path; arrays the value
     /// holds as arrays, and objects read as objects, are not.

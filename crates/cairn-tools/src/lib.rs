@@ -64,12 +64,13 @@ pub fn parse_args<T: for<'de> Deserialize<'de>>(tool: &str, args: &Value) -> Res
         }
     };
     // The field a refusal is about is named (`timeout_ms`), as the API names
-    // a body's.
+    // a body's, and what it takes in wire terms ("a non-negative integer").
     serde_path_to_error::deserialize(&args).map_err(|e| {
         let at = e.path().to_string();
+        let why = cairn_core::validate::wire_terms(&e.inner().to_string());
         match at.as_str() {
-            "" | "." => CairnError::InvalidRequest(format!("`{tool}` args: {}", e.inner())),
-            _ => CairnError::InvalidRequest(format!("`{tool}` args: `{at}`: {}", e.inner())),
+            "" | "." => CairnError::InvalidRequest(format!("`{tool}` args: {why}")),
+            _ => CairnError::InvalidRequest(format!("`{tool}` args: `{at}`: {why}")),
         }
     })
 }
@@ -230,5 +231,34 @@ mod tests {
             "invalid request: `wait_signal` args: missing field `name`"
         );
         assert!(parse_args::<EchoArgs>("echo", &json!([1])).is_err());
+    }
+
+    /// A duration of the wrong JSON type or range is named by its field
+    /// and said in wire terms, not as the Rust type it is read into.
+    #[test]
+    fn a_refused_duration_is_said_in_wire_terms() {
+        let sleep = SleepTool;
+        for (args, given) in [
+            (json!({"ms": "5"}), "string \"5\""),
+            (json!({"ms": -1}), "integer `-1`"),
+            (json!({"ms": 1.5}), "number `1.5`"),
+            (json!({"ms": [5]}), "array"),
+        ] {
+            let said = sleep.validate_args(&args).expect_err("refused").to_string();
+            assert!(
+                said.contains("`sleep` args: `ms`: invalid ")
+                    && said.contains(&format!("{given}, expected a non-negative integer")),
+                "{args}: {said}"
+            );
+            assert!(!said.contains("u64"), "{said}");
+        }
+        let said = WaitSignalTool
+            .validate_args(&json!({"name": "go", "timeout_ms": true}))
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            said.contains("`timeout_ms`: invalid type: boolean `true`, expected a non-negative integer"),
+            "{said}"
+        );
     }
 }

@@ -2243,3 +2243,115 @@ async fn a_page_of_the_change_feed_is_bounded_in_bytes() {
     assert!(pages >= 2, "{pages} page held it all");
     assert_eq!(seen, ids);
 }
+
+/// An integer field, a watermark's `cursor` and a `type` tag given a value
+/// of the wrong JSON type are refused naming their field, in the wire's
+/// terms (never `u64` or serde's "variant identifier"), and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integers_and_type_tags_are_refused_in_wire_terms() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let ext = json!({"id": "done", "input": {"type": "external"}, "disposition": "externally_owned"});
+    assert_eq!(c.start(ext).await.0, 201);
+    let (s, _) = c
+        .post(
+            "/v1/processes/done/complete",
+            json!({"authority": "ci", "outcome": {"type": "success", "value": 1}}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        c.start(json!({"id": "open", "input": {"type": "external"}, "disposition": "externally_owned"}))
+            .await
+            .0,
+        201
+    );
+    let sleep = |ms: Value| {
+        json!({"id": "i1", "disposition": "rerunnable",
+               "input": {"type": "tool_call", "tool": "sleep", "args": {"ms": ms}}})
+    };
+    let later = u64::MAX / 2;
+    for (path, body, said) in [
+        (
+            "/v1/processes",
+            sleep(json!("5")),
+            "`sleep` args: `ms`: invalid type: string \"5\", expected a non-negative integer",
+        ),
+        (
+            "/v1/processes",
+            sleep(json!(-5)),
+            "`ms`: invalid value: integer `-5`, expected a non-negative integer",
+        ),
+        (
+            "/v1/processes",
+            json!({"id": "i2", "disposition": "rerunnable",
+                   "input": {"type": "session_turn", "session": {"max_steps": "x"}}}),
+            "`input.session.max_steps`: invalid type: string \"x\", expected a non-negative integer",
+        ),
+        (
+            "/v1/prune",
+            json!({"cutoff_ms": "x", "watermark": {"type": "no_projector"}}),
+            "`cutoff_ms`: invalid type: string \"x\", expected a non-negative integer",
+        ),
+        (
+            "/v1/prune",
+            json!({"cutoff_ms": 1.5, "watermark": {"type": "no_projector"}}),
+            "`cutoff_ms`: invalid type: number `1.5`, expected a non-negative integer",
+        ),
+        (
+            "/v1/prune",
+            json!({"cutoff_ms": later, "watermark": {"type": "cursor", "cursor": "x"}}),
+            "`watermark.cursor`: invalid type: string \"x\", expected a non-negative integer",
+        ),
+        (
+            "/v1/prune",
+            json!({"cutoff_ms": later, "watermark": {"type": 5}}),
+            "`watermark.type`: invalid type: integer `5`, expected a watermark type: `no_projector` or `cursor`",
+        ),
+        (
+            "/v1/processes",
+            json!({"id": "i3", "disposition": "rerunnable", "input": {"type": 5, "tool": "sleep"}}),
+            "`input.type`: invalid type: integer `5`, expected a string, one of `tool_call`, `script`, \
+             `session_turn`, `external`",
+        ),
+        (
+            "/v1/processes",
+            json!({"id": "i4", "disposition": "externally_owned", "input": {"type": "external"},
+                   "originator": {"type": []}}),
+            "`originator.type`: invalid type: array, expected a string, one of `host` or `session`",
+        ),
+        (
+            "/v1/processes/open/complete",
+            json!({"authority": "ci", "outcome": {"type": 5}}),
+            "`outcome.type`: invalid type: integer `5`, expected a string, one of `success`, `failure`",
+        ),
+        (
+            "/v1/processes/open/complete",
+            json!({"authority": "ci", "outcome": {"type": "success"}, "extra": true}),
+            "unknown field `extra`",
+        ),
+    ] {
+        let (s, err) = c.post(path, body.clone()).await;
+        assert_eq!((s, code(&err)), (400, "invalid_request"), "{path} {body}: {err}");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.contains(said), "{path} {body}: {message}");
+        for rust in [
+            "u64",
+            "u32",
+            "variant identifier",
+            "struct",
+            "sequence",
+            "floating point",
+        ] {
+            assert!(!message.contains(rust), "{path} {body}: {message}");
+        }
+    }
+    // Nothing was made, pruned or ended.
+    for id in ["i1", "i2", "i3", "i4"] {
+        assert_eq!(c.get(&format!("/v1/processes/{id}")).await.0, 404, "{id} was made");
+    }
+    let (s, done) = c.get("/v1/processes/done").await;
+    assert_eq!((s, done["status"].as_str()), (200, Some("completed")), "{done}");
+    let (s, open) = c.get("/v1/processes/open").await;
+    assert_eq!((s, open["status"].as_str()), (200, Some("running")), "{open}");
+}

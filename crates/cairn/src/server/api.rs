@@ -251,7 +251,7 @@ where
             // Read as `{}`: the field it lacks is named, but not a line and
             // column of a body that was never sent.
             return serde_json::from_slice(b"{}").map(ApiJson).map_err(|e| {
-                let said = e.to_string();
+                let said = cairn_core::validate::wire_terms(&e.to_string());
                 let said = said.split(" at line ").next().unwrap_or(&said);
                 ApiError::invalid_request(format!("request body is required: {said}"))
             });
@@ -278,14 +278,22 @@ where
         };
         // The field a refusal is about is named (`disposition: ...`).
         let mut de = serde_json::Deserializer::from_slice(&bytes);
+        // Said in wire terms: "a non-negative integer", not `u64`.
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let at = e.path().to_string();
+            let why = match &given {
+                Some(given) => cairn_core::validate::refusal_in_wire_terms::<T>(given, &at, &e.inner().to_string()),
+                None => cairn_core::validate::wire_terms(&e.inner().to_string()),
+            };
             match at.as_str() {
                 // `?`: a syntax error, at no field.
-                "" | "." | "?" => ApiError::invalid_request(format!("request body: {}", e.inner())),
+                "" | "." | "?" => ApiError::invalid_request(format!("request body: {why}")),
                 _ => match refused_input_field(&bytes, &at) {
-                    Some((inner, why)) => ApiError::invalid_request(format!("request body: `{at}.{inner}`: {why}")),
-                    None => ApiError::invalid_request(format!("request body: `{at}`: {}", e.inner())),
+                    Some((inner, why)) => ApiError::invalid_request(format!(
+                        "request body: `{at}.{inner}`: {}",
+                        cairn_core::validate::wire_terms(&why)
+                    )),
+                    None => ApiError::invalid_request(format!("request body: `{at}`: {why}")),
                 },
             }
         })?;
