@@ -2355,3 +2355,35 @@ async fn integers_and_type_tags_are_refused_in_wire_terms() {
     let (s, open) = c.get("/v1/processes/open").await;
     assert_eq!((s, open["status"].as_str()), (200, Some("running")), "{open}");
 }
+
+/// A body that begins with a UTF-8 byte order mark (RFC 8259 §8.1 lets a
+/// parser ignore one) is read as the body after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_may_begin_with_a_byte_order_mark() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let with_bom = |body: &str| [b"\xEF\xBB\xBF".as_slice(), body.as_bytes()].concat();
+    let body = r#"{"id":"bom","input":{"type":"external"},"disposition":"externally_owned"}"#;
+    let (s, made) = c.post_raw("/v1/processes", "application/json", with_bom(body)).await;
+    assert_eq!(s, 201, "{made}");
+    assert_eq!(made["id"], "bom");
+    // The same start again, without it, is the same start.
+    let (s, again) = c
+        .post_raw("/v1/processes", "application/json", body.as_bytes().to_vec())
+        .await;
+    assert_eq!((s, &again["id"]), (200, &json!("bom")), "{again}");
+    // A mark alone is an empty body: a cancel takes one.
+    let (s, cancelled) = c
+        .post_raw("/v1/processes/bom/cancel", "application/json", with_bom(""))
+        .await;
+    assert!(s < 300, "{s}: {cancelled}");
+    // Only one is ignored: a second is no JSON.
+    let (s, err) = c
+        .post_raw(
+            "/v1/processes",
+            "application/json",
+            with_bom(&String::from_utf8(with_bom(body)).unwrap()),
+        )
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+}

@@ -223,6 +223,7 @@ impl IntoResponse for ApiError {
 /// `invalid_request`; a non-JSON content type is 415 (so a browser form cannot
 /// post to a loopback server); an oversized body is 413 `payload_too_large`. An
 /// empty body reads as `{}` so bodies whose fields are all optional may be left out.
+/// One leading UTF-8 byte order mark is ignored (RFC 8259 §8.1).
 pub struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
@@ -241,7 +242,12 @@ where
         // bytes, UTF-16) is refused for what it is, not as bad JSON, and a
         // plain body labelled as compressed is not taken as if unlabelled.
         unread_encoding(req.headers())?;
-        let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
+        let mut bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
+        // RFC 8259 §8.1: a parser may ignore a byte order mark at the start;
+        // one is read as if the body began after it.
+        if bytes.starts_with(UTF8_BOM) {
+            bytes = bytes.slice(UTF8_BOM.len()..);
+        }
         // An empty body may leave out its content type, but may not name
         // another one: an empty browser form is not an empty JSON body.
         if bytes.is_empty() && !content_type.as_deref().is_none_or(is_json_content_type) {
@@ -310,6 +316,9 @@ where
         Ok(ApiJson(value))
     }
 }
+
+/// A UTF-8 byte order mark.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// The field inside a refused process input at `at` (`input`,
 /// `start.input`) that serde did not name ([`ProcessInput::refused_at`]).
