@@ -415,14 +415,17 @@ impl AdminTx for Tx<'_> {
         WriteTx::upsert_grant(self, grant)
     }
 
-    async fn delete_session_grants(&mut self, session_id: &str) -> Result<Vec<String>> {
-        let scope_ids: Vec<String> = self
-            .st
-            .grants
-            .iter()
-            .filter(|(_, m)| m.values().next().is_some_and(|g| g.scope.session_id == session_id))
-            .map(|(k, _)| k.clone())
-            .collect();
+    async fn delete_session_grants(&mut self, session_id: &str, keep_frames: bool) -> Result<Vec<String>> {
+        let scope_ids: Vec<String> = if keep_frames {
+            vec![SessionScope::session(session_id).scope_id()]
+        } else {
+            self.st
+                .grants
+                .iter()
+                .filter(|(_, m)| m.values().next().is_some_and(|g| g.scope.session_id == session_id))
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
         let mut removed = Vec::new();
         for k in scope_ids {
             if let Some(m) = self.st.grants.remove(&k) {
@@ -705,11 +708,15 @@ impl ProcessRegistry for MemoryRegistry {
             .collect())
     }
 
-    async fn delete_session(&self, session_id: &str) -> Result<SessionDeleteReport> {
+    async fn delete_session_with(&self, session_id: &str, keep_frames: bool) -> Result<SessionDeleteReport> {
         validate_session_id(session_id)?;
         let now = self.now();
         let mut st = self.state.lock();
-        at_once(admin::delete_session(&mut Tx { st: &mut st, now }, session_id))
+        at_once(admin::delete_session(
+            &mut Tx { st: &mut st, now },
+            session_id,
+            keep_frames,
+        ))
     }
 
     async fn pending_wakes(&self, session_id: &str, limit: Option<usize>) -> Result<Vec<WakeDelivery>> {

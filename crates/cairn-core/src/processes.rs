@@ -1230,6 +1230,13 @@ impl Processes {
         self.inner.registry.delete_session(session_id).await
     }
 
+    /// Remove a session's grants, with `keep_frames` only those to the
+    /// session as a whole, and its pending wakes
+    /// ([`ProcessRegistry::delete_session_with`]).
+    pub async fn delete_session_with(&self, session_id: &str, keep_frames: bool) -> Result<SessionDeleteReport> {
+        self.inner.registry.delete_session_with(session_id, keep_frames).await
+    }
+
     /// Delete terminal processes older than `cutoff_ms` that pass `filter` (a
     /// [`PruneFilter`], or just a [`crate::StatusFilter`]), leaving tombstones
     /// ([`ProcessRegistry::prune`]).

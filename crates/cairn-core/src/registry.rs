@@ -169,7 +169,18 @@ pub trait ProcessRegistry: Send + Sync + 'static {
 
     /// Remove every grant of every scope of the session and its pending wakes, and
     /// report. Never cancels or otherwise changes a process.
-    async fn delete_session(&self, session_id: &str) -> Result<SessionDeleteReport>;
+    async fn delete_session(&self, session_id: &str) -> Result<SessionDeleteReport> {
+        self.delete_session_with(session_id, false).await
+    }
+
+    /// [`Self::delete_session`], or with `keep_frames` (a session token's
+    /// delete: it may neither see nor move its agent frames' grants) only
+    /// the grants to the session as a whole (`session:{id}`), keeping those
+    /// to its agent frames; every pending wake of the session goes either
+    /// way (all of them are the session's to read and acknowledge). The
+    /// report names only what was removed: a process a frame still holds is
+    /// preserved, not orphaned.
+    async fn delete_session_with(&self, session_id: &str, keep_frames: bool) -> Result<SessionDeleteReport>;
 
     /// Pending (unacknowledged) wakes for a session, oldest first, one page:
     /// at most `limit`, and none after the one that brings the page to

@@ -770,8 +770,8 @@ impl ProcessRegistry for WatchedRegistry {
         self.inner.list_originated_by(scope, filter).await
     }
 
-    async fn delete_session(&self, session_id: &str) -> Result<SessionDeleteReport> {
-        let r = self.inner.delete_session(session_id).await?;
+    async fn delete_session_with(&self, session_id: &str, keep_frames: bool) -> Result<SessionDeleteReport> {
+        let r = self.inner.delete_session_with(session_id, keep_frames).await?;
         // It cancels and revokes across processes: every waiter reads again.
         self.hub.resync();
         self.hub.listings_changed();

@@ -92,8 +92,15 @@ impl AdminTx for Admin<'_> {
         Ok(())
     }
 
-    async fn delete_session_grants(&mut self, session_id: &str) -> Result<Vec<String>> {
+    async fn delete_session_grants(&mut self, session_id: &str, keep_frames: bool) -> Result<Vec<String>> {
         let tx = self.tx;
+        // Every scope of the session, or with `keep_frames` only the session
+        // as a whole (its agent frames keep their grants).
+        let (which, key) = if keep_frames {
+            ("scope_id", SessionScope::session(session_id).scope_id())
+        } else {
+            ("session_id", session_id.to_string())
+        };
         // The processes the session holds, locked first in id order as a
         // transfer locks them: a batch registering a child of one (which
         // holds the parent `FOR UPDATE` and gives the child its grants) is
@@ -102,16 +109,18 @@ impl AdminTx for Admin<'_> {
         // taken while the batch ran would miss the child's grant, leaving
         // it granted to the deleted session.
         tx.execute(
-            "SELECT 1 FROM processes WHERE id IN (SELECT process_id FROM grants WHERE session_id = $1::text) \
-             ORDER BY id FOR SHARE",
-            &[&session_id],
+            &format!(
+                "SELECT 1 FROM processes WHERE id IN (SELECT process_id FROM grants WHERE {which} = $1::text) \
+                 ORDER BY id FOR SHARE"
+            ),
+            &[&key],
         )
         .await
         .map_err(|e| self.pg(e))?;
         let removed = tx
             .query(
-                "DELETE FROM grants WHERE session_id = $1::text RETURNING process_id",
-                &[&session_id],
+                &format!("DELETE FROM grants WHERE {which} = $1::text RETURNING process_id"),
+                &[&key],
             )
             .await
             .map_err(|e| self.pg(e))?;

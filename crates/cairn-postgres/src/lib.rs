@@ -529,13 +529,13 @@ impl ProcessRegistry for PostgresRegistry {
             .await
     }
 
-    async fn delete_session(&self, session_id: &str) -> Result<SessionDeleteReport> {
+    async fn delete_session_with(&self, session_id: &str, keep_frames: bool) -> Result<SessionDeleteReport> {
         validate_session_id(session_id)?;
         self.transaction("the session's deletion", move |tx, now| {
             let (session_id, channel) = (session_id.to_string(), self.channel.clone());
             Box::pin(async move {
                 let mut a = Admin::new(tx, now);
-                let out = admin::delete_session(&mut a, &session_id).await;
+                let out = admin::delete_session(&mut a, &session_id, keep_frames).await;
                 if out.as_ref().is_ok_and(|r| r.revoked_grants > 0) {
                     // The session's processes were locked (`FOR SHARE`), as a
                     // transfer locks them: a claim made meanwhile passed over

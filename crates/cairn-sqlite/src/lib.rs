@@ -422,13 +422,14 @@ impl ProcessRegistry for SqliteRegistry {
             .await
     }
 
-    async fn delete_session(&self, session_id: &str) -> Result<SessionDeleteReport> {
+    async fn delete_session_with(&self, session_id: &str, keep_frames: bool) -> Result<SessionDeleteReport> {
         validate_session_id(session_id)?;
         let session_id = session_id.to_string();
         self.write(move |conn, now| {
             Ok(at_once(admin::delete_session(
                 &mut tx::Tx::new(conn, now),
                 &session_id,
+                keep_frames,
             ))?)
         })
         .await

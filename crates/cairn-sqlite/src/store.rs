@@ -943,11 +943,23 @@ pub(crate) fn ack_wake(conn: &Connection, session_id: &str, wake_id: &str) -> R<
     }
 }
 
-/// Remove every grant of the session's scopes; one process id per removed grant.
-pub(crate) fn delete_session_grants(conn: &Connection, session_id: &str) -> R<Vec<String>> {
+/// Remove every grant of the session's scopes, or with `keep_frames` only
+/// those to the session as a whole; one process id per removed grant.
+pub(crate) fn delete_session_grants(conn: &Connection, session_id: &str, keep_frames: bool) -> R<Vec<String>> {
+    let (sql, key) = if keep_frames {
+        (
+            "DELETE FROM grants WHERE scope_id = ?1 RETURNING process_id",
+            SessionScope::session(session_id).scope_id(),
+        )
+    } else {
+        (
+            "DELETE FROM grants WHERE session_id = ?1 RETURNING process_id",
+            session_id.to_string(),
+        )
+    };
     Ok(conn
-        .prepare_cached("DELETE FROM grants WHERE session_id = ?1 RETURNING process_id")?
-        .query_map([session_id], |r| r.get::<_, String>(0))?
+        .prepare_cached(sql)?
+        .query_map([key], |r| r.get::<_, String>(0))?
         .collect::<rusqlite::Result<Vec<String>>>()?)
 }
 

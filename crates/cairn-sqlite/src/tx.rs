@@ -346,8 +346,8 @@ impl AdminTx for Tx<'_> {
         Ok(store::upsert_grant(self.conn, grant)?)
     }
 
-    async fn delete_session_grants(&mut self, session_id: &str) -> Result<Vec<String>> {
-        Ok(store::delete_session_grants(self.conn, session_id)?)
+    async fn delete_session_grants(&mut self, session_id: &str, keep_frames: bool) -> Result<Vec<String>> {
+        Ok(store::delete_session_grants(self.conn, session_id, keep_frames)?)
     }
 
     async fn delete_pending_wakes(&mut self, session_id: &str) -> Result<u64> {

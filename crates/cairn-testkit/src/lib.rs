@@ -281,6 +281,7 @@ macro_rules! conformance_suite {
                 transfer_moves_grants_only,
                 granted_and_originated_lenses,
                 delete_session_reports_and_never_cancels,
+                delete_session_keeping_frames_keeps_the_frames_grants,
                 // filters
                 list_status_filter,
                 list_filters,

@@ -461,8 +461,8 @@ impl ProcessRegistry for ReadProbe {
     async fn list_originated_by(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>> {
         self.inner.list_originated_by(scope, filter).await
     }
-    async fn delete_session(&self, session_id: &str) -> Result<SessionDeleteReport> {
-        self.inner.delete_session(session_id).await
+    async fn delete_session_with(&self, session_id: &str, keep_frames: bool) -> Result<SessionDeleteReport> {
+        self.inner.delete_session_with(session_id, keep_frames).await
     }
     async fn pending_wakes(&self, session_id: &str, limit: Option<usize>) -> Result<Vec<WakeDelivery>> {
         self.inner.pending_wakes(session_id, limit).await

@@ -107,9 +107,10 @@ pub trait AdminTx {
     /// Insert or replace the grant of (scope, process).
     async fn put_grant(&mut self, grant: &Grant) -> Result<()>;
 
-    /// Remove every grant of every scope of the session; one process id per
-    /// removed grant.
-    async fn delete_session_grants(&mut self, session_id: &str) -> Result<Vec<String>>;
+    /// Remove every grant of every scope of the session, or with
+    /// `keep_frames` only those to the session as a whole (`session:{id}`,
+    /// its agent frames' kept); one process id per removed grant.
+    async fn delete_session_grants(&mut self, session_id: &str, keep_frames: bool) -> Result<Vec<String>>;
 
     /// Remove the session's pending (unacknowledged) wakes; how many.
     async fn delete_pending_wakes(&mut self, session_id: &str) -> Result<u64>;
@@ -201,10 +202,17 @@ pub async fn transfer<T: AdminTx + ?Sized>(
     Ok(report)
 }
 
-/// Remove a session's grants and pending wakes and report what is left
-/// running with no grant (orphaned) or not (preserved). Never changes a process.
-pub async fn delete_session<T: AdminTx + ?Sized>(tx: &mut T, session_id: &str) -> Result<SessionDeleteReport> {
-    let removed = tx.delete_session_grants(session_id).await?;
+/// Remove a session's grants (with `keep_frames`, only those to the session
+/// as a whole: its agent frames keep theirs) and its pending wakes, and report
+/// what is left of the processes whose grants it removed: running with no
+/// grant (orphaned) or not (preserved; a grant kept by a frame counts).
+/// Never changes a process.
+pub async fn delete_session<T: AdminTx + ?Sized>(
+    tx: &mut T,
+    session_id: &str,
+    keep_frames: bool,
+) -> Result<SessionDeleteReport> {
+    let removed = tx.delete_session_grants(session_id, keep_frames).await?;
     let revoked_grants = removed.len() as u64;
     let mut touched = removed;
     touched.sort();

@@ -312,3 +312,80 @@ pub async fn delete_session_reports_and_never_cancels(factory: &dyn StoreFactory
     assert_eq!(empty.deleted_wakes, 0);
     assert!(empty.orphaned.is_empty() && empty.preserved.is_empty());
 }
+
+/// `delete_session_with(.., keep_frames)` (a session token's delete) removes
+/// only the grants to the session as a whole and every pending wake of the
+/// session (its frames' too, which the session reads and acknowledges);
+/// its agent frames keep their grants, a process one of them holds is
+/// preserved, not orphaned, and the report names only what was removed.
+/// The full delete afterwards takes the frames' grants.
+pub async fn delete_session_keeping_frames_keeps_the_frames_grants(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let (s1, s2) = (session("s1"), session("s2"));
+    let frame = SessionScope::frame("s1", "f1");
+    h.register_granted(waking(rerunnable("a"), &s1), Some(start_grant(&s1, "k", "a")))
+        .await;
+    h.register_granted(rerunnable("b"), Some(start_grant(&s1, "k", "b")))
+        .await;
+    ok(
+        h.registry().grant(&frame, "b", descriptor("k", "b")).await,
+        "grant b to the frame",
+    );
+    h.register_granted(waking(rerunnable("d"), &frame), Some(start_grant(&frame, "k", "d")))
+        .await;
+    h.register_granted(waking(rerunnable("e"), &s2), Some(start_grant(&s2, "k", "e")))
+        .await;
+    h.append("a", notify("to the session")).await.wake.expect("wake");
+    h.append("d", notify("to the frame")).await.wake.expect("wake");
+    let acked = h.append("d", notify("acknowledged")).await.wake.expect("wake");
+    assert!(ok(h.registry().ack_wake("s1", &acked.wake_id).await, "ack"));
+    h.append("e", notify("for s2")).await.wake.expect("wake");
+    let before = folds(&h, &["a", "b", "d", "e"]).await;
+
+    let report = ok(
+        h.registry().delete_session_with("s1", true).await,
+        "delete_session keeping frames",
+    );
+    assert_eq!(report.session_id, "s1");
+    assert_eq!(
+        report.revoked_grants, 2,
+        "the session's a and b, not the frame's: {report:?}"
+    );
+    assert_eq!(
+        report.deleted_wakes, 2,
+        "the session's pending wake and its frame's: {report:?}"
+    );
+    assert_eq!(report.orphaned, ids(&["a"]), "{report:?}");
+    assert_eq!(report.preserved, ids(&["b"]), "the frame still holds b: {report:?}");
+    assert_eq!(
+        folds(&h, &["a", "b", "d", "e"]).await,
+        before,
+        "delete_session never changes a process"
+    );
+    assert!(granted_ids(&h, &s1).await.is_empty());
+    assert_eq!(
+        granted_ids(&h, &frame).await,
+        ids(&["b", "d"]),
+        "the frame keeps its grants"
+    );
+    assert_eq!(granted_ids(&h, &s2).await, ids(&["e"]));
+    let held: Vec<SessionScope> = ok(h.registry().grants_of("b").await, "grants_of b")
+        .into_iter()
+        .map(|g| g.scope)
+        .collect();
+    assert_eq!(held, vec![frame.clone()]);
+    assert!(ok(h.registry().pending_wakes("s1", None).await, "pending s1").is_empty());
+    assert_eq!(ok(h.registry().pending_wakes("s2", None).await, "pending s2").len(), 1);
+
+    let again = ok(h.registry().delete_session_with("s1", true).await, "again");
+    assert_eq!(again.revoked_grants, 0);
+    assert_eq!(again.deleted_wakes, 0);
+    assert!(again.orphaned.is_empty() && again.preserved.is_empty(), "{again:?}");
+    assert_eq!(granted_ids(&h, &frame).await, ids(&["b", "d"]));
+
+    let full = ok(h.registry().delete_session("s1").await, "the full delete");
+    assert_eq!(full.revoked_grants, 2, "the frame's b and d: {full:?}");
+    let orphaned: BTreeSet<_> = full.orphaned.iter().cloned().collect();
+    assert_eq!(orphaned, ["b", "d"].iter().map(|s| s.to_string()).collect(), "{full:?}");
+    assert!(granted_ids(&h, &frame).await.is_empty());
+}
