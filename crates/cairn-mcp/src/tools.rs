@@ -546,7 +546,8 @@ pub fn await_bound(timeout_ms: Option<u64>) -> Duration {
 fn parse<T: DeserializeOwned>(kind: ToolKind, arguments: Value) -> Result<T, Failure> {
     let arguments = whole_numbers_as_integers(&kind.input_schema(), arguments);
     // Named by the field it is about, as the HTTP API names it: a model
-    // corrects the argument the message points at.
+    // corrects the argument the message points at. Said in wire terms ("a
+    // non-negative integer", the tags a `type` takes), as HTTP says it.
     serde_path_to_error::deserialize(&arguments).map_err(|e| {
         let path = e.path().to_string();
         // Inside an input serde names no field: `input.session.temperature`.
@@ -554,9 +555,16 @@ fn parse<T: DeserializeOwned>(kind: ToolKind, arguments: Value) -> Result<T, Fai
             .then(|| arguments.get("input").and_then(cairn_core::ProcessInput::refused_at))
             .flatten();
         let (at, why) = match inner {
-            Some((field, why)) => (format!("`{path}.{field}`: "), why),
-            None if path == "." => (String::new(), e.into_inner().to_string()),
-            None => (format!("`{path}`: "), e.into_inner().to_string()),
+            Some((field, why)) => (format!("`{path}.{field}`: "), cairn_core::validate::wire_terms(&why)),
+            None => {
+                let why = cairn_core::validate::refusal_in_wire_terms::<T>(&arguments, &path, &e.inner().to_string());
+                let at = if path == "." {
+                    String::new()
+                } else {
+                    format!("`{path}`: ")
+                };
+                (at, why)
+            }
         };
         // A page size that does not parse is as bad a page as 0 is (HTTP's `invalid_page`).
         let code = if path == "limit" {
@@ -1002,6 +1010,42 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{err:?}").contains("authority"), "{err:?}");
+    }
+
+    /// A value of the wrong JSON type is said in wire terms: an integer
+    /// field as a non-negative integer, a `type` tag with the tags it takes.
+    #[test]
+    fn a_refusal_is_said_in_wire_terms() {
+        let err = parse::<AwaitArgs>(ToolKind::Await, json!({"id": "p", "timeout_ms": "5"})).unwrap_err();
+        assert!(
+            err.message
+                .contains("`timeout_ms`: invalid type: string \"5\", expected a non-negative integer"),
+            "{}",
+            err.message
+        );
+        let err = parse::<cairn_core::StartRequest>(
+            ToolKind::Start,
+            json!({"id": "a", "input": {"type": 5}, "disposition": "rerunnable"}),
+        )
+        .unwrap_err();
+        assert!(
+            err.message
+                .contains("`input.type`: invalid type: integer `5`, expected a string, one of `tool_call`"),
+            "{}",
+            err.message
+        );
+        let err = parse::<CompleteArgs>(
+            ToolKind::Complete,
+            json!({"id": "p", "outcome": {"type": ["success"]}, "authority": "ci"}),
+        )
+        .unwrap_err();
+        assert!(
+            err.message
+                .contains("`outcome.type`: invalid type: array, expected a string, one of `success`"),
+            "{}",
+            err.message
+        );
+        assert!(!err.message.contains("variant identifier"), "{}", err.message);
     }
 
     /// An argument of the wrong type is named by its field, as the HTTP API

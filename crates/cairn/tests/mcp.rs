@@ -485,6 +485,31 @@ async fn bad_input(server: &Server, client: &McpClient, tools: &[Tool], transpor
     assert!(message.contains("`input.session.temperature`"), "{message}");
     let (code, _) = err(client, "process_events", json!({"id": "e1", "after": "first"})).await;
     assert_eq!(code, "invalid_request");
+    // A type tag or an integer of the wrong JSON type is refused in wire terms.
+    for (id, extra, said) in [
+        (
+            "tag1",
+            json!({"input": {"type": 5}}),
+            "`input.type`: invalid type: integer `5`, expected a string, one of `tool_call`",
+        ),
+        (
+            "int1",
+            json!({"input": {"type": "tool_call", "tool": "sleep", "args": {"ms": "5"}}}),
+            "`sleep` args: `ms`: invalid type: string \"5\", expected a non-negative integer",
+        ),
+    ] {
+        let mut start = start_args(id, "echo", json!({"value": 1}));
+        start
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (code, message) = err(client, "process_start", start).await;
+        assert_eq!(code, "invalid_request", "{id}: {message}");
+        assert!(message.contains(said), "{id}: {message}");
+        for rust in ["u64", "variant identifier", "struct"] {
+            assert!(!message.contains(rust), "{id}: {message}");
+        }
+    }
     // A filter value the server does not know is its `invalid_filter`, as over HTTP.
     let (code, message) = err(client, "process_list", json!({"status": "bogus"})).await;
     assert_eq!(code, "invalid_filter");
@@ -551,7 +576,7 @@ async fn bad_input(server: &Server, client: &McpClient, tools: &[Tool], transpor
     }
     // A refused HTTP request may end the client's transport: check from a fresh one.
     let checker = connect(server, transport, HOST).await;
-    for id in ["bad1", "bad2", "big1", "big2"] {
+    for id in ["bad1", "bad2", "big1", "big2", "tag1", "int1"] {
         let (code, _) = err(&checker, "process_get", json!({"id": id})).await;
         assert_eq!(code, "unknown_process", "{id} was not created");
     }
