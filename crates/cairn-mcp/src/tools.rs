@@ -22,7 +22,7 @@ use utoipa::ToSchema;
 use crate::{Answer, Cairn, Failure, DEFAULT_AWAIT, MAX_AWAIT};
 
 /// Arguments of `process_get`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GetArgs {
     /// Process id.
@@ -98,7 +98,7 @@ impl ListArgs {
 }
 
 /// Arguments of `process_events`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventsArgs {
     /// Process id.
@@ -113,7 +113,7 @@ pub struct EventsArgs {
 }
 
 /// Arguments of `process_await`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AwaitArgs {
     /// Process id.
@@ -124,7 +124,7 @@ pub struct AwaitArgs {
 }
 
 /// Arguments of `process_signal`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignalArgs {
     /// Process id.
@@ -141,7 +141,7 @@ pub struct SignalArgs {
 }
 
 /// Arguments of `process_cancel`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelArgs {
     /// Process id.
@@ -152,7 +152,7 @@ pub struct CancelArgs {
 }
 
 /// Arguments of `process_complete`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteArgs {
     /// Process id (an `externally_owned` process).
@@ -165,7 +165,7 @@ pub struct CompleteArgs {
 }
 
 /// Arguments of `module_put`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModulePutArgs {
     /// The JavaScript module source (at most 1 MiB).
@@ -176,7 +176,7 @@ pub struct ModulePutArgs {
 }
 
 /// Arguments of `schedule_list`: the query parameters of `GET /v1/schedules`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleListArgs {
     /// Only schedules with a greater id: pass the previous page's `next_after`.
@@ -189,7 +189,7 @@ pub struct ScheduleListArgs {
 }
 
 /// Arguments of `schedule_pause` and `schedule_resume`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleIdArgs {
     /// Schedule id.
@@ -543,12 +543,12 @@ pub fn await_bound(timeout_ms: Option<u64>) -> Duration {
         .min(MAX_AWAIT)
 }
 
-fn parse<T: DeserializeOwned>(kind: ToolKind, arguments: Value) -> Result<T, Failure> {
+fn parse<T: DeserializeOwned + Serialize>(kind: ToolKind, arguments: Value) -> Result<T, Failure> {
     let arguments = whole_numbers_as_integers(&kind.input_schema(), arguments);
     // Named by the field it is about, as the HTTP API names it: a model
     // corrects the argument the message points at. Said in wire terms ("a
     // non-negative integer", the tags a `type` takes), as HTTP says it.
-    serde_path_to_error::deserialize(&arguments).map_err(|e| {
+    let read: T = serde_path_to_error::deserialize(&arguments).map_err(|e| {
         let path = e.path().to_string();
         // Inside an input serde names no field: `input.session.temperature`.
         let inner = (path == "input")
@@ -573,7 +573,21 @@ fn parse<T: DeserializeOwned>(kind: ToolKind, arguments: Value) -> Result<T, Fai
             "invalid_request"
         };
         Failure::new(code, format!("arguments of `{}`: {at}{why}", kind.name()))
-    })
+    })?;
+    // Nor is a nested object read from an array, by position (`"wake_target":
+    // ["s1", "f1"]`), as the HTTP API refuses it.
+    if let Ok(as_read) = serde_json::to_value(&read) {
+        if let Some(at) = cairn_core::validate::array_read_as_object(&arguments, &as_read) {
+            return Err(Failure::new(
+                "invalid_request",
+                format!(
+                    "arguments of `{}`: `{at}`: expected a JSON object, not an array",
+                    kind.name()
+                ),
+            ));
+        }
+    }
+    Ok(read)
 }
 
 /// Remove every `description` a schema gives (the keyword, a string; a
@@ -1010,6 +1024,42 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{err:?}").contains("authority"), "{err:?}");
+    }
+
+    /// A nested object given as an array is refused, naming where, not
+    /// read by position: the call never reaches the server.
+    #[test]
+    fn a_nested_object_given_as_an_array_is_refused() {
+        let start = |extra: Value| {
+            let mut args = json!({"id": "a", "input": {"type": "external"}, "disposition": "externally_owned"});
+            args.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            parse::<cairn_core::StartRequest>(ToolKind::Start, args)
+        };
+        for (extra, at) in [
+            (json!({"wake_target": ["s1", "f1"]}), "`wake_target`"),
+            (
+                json!({"grant": {"session_scope": ["s1"], "descriptor": {"kind": "k"}}}),
+                "`grant.session_scope`",
+            ),
+            (json!({"event_types": [["x.done", {}, {}]]}), "`event_types[0]`"),
+        ] {
+            let err = start(extra.clone()).expect_err("refused");
+            assert_eq!(err.code, "invalid_request", "{extra}: {}", err.message);
+            assert!(
+                err.message
+                    .contains(&format!("{at}: expected a JSON object, not an array")),
+                "{extra}: {}",
+                err.message
+            );
+        }
+        // Arrays the arguments hold as arrays are taken.
+        start(json!({"event_types": [{"name": "x.done", "payload_schema": {}}]})).expect("an array of objects");
+        let err = parse::<CompleteArgs>(
+            ToolKind::Complete,
+            json!({"id": "p", "outcome": ["success", 1], "authority": "ci"}),
+        )
+        .expect_err("refused");
+        assert!(err.message.contains("`outcome`"), "{}", err.message);
     }
 
     /// A value of the wrong JSON type is said in wire terms: an integer

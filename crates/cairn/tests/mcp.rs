@@ -485,8 +485,24 @@ async fn bad_input(server: &Server, client: &McpClient, tools: &[Tool], transpor
     assert!(message.contains("`input.session.temperature`"), "{message}");
     let (code, _) = err(client, "process_events", json!({"id": "e1", "after": "first"})).await;
     assert_eq!(code, "invalid_request");
-    // A type tag or an integer of the wrong JSON type is refused in wire terms.
+    // A nested object given as an array is refused, naming where, not read
+    // by position (as over HTTP); nor is a type tag of the wrong JSON type.
     for (id, extra, said) in [
+        (
+            "arr1",
+            json!({"wake_target": ["s1", "f1"]}),
+            "`wake_target`: expected a JSON object, not an array",
+        ),
+        (
+            "arr2",
+            json!({"event_types": [["x.done", {}, {}]]}),
+            "`event_types[0]`: expected a JSON object, not an array",
+        ),
+        (
+            "arr3",
+            json!({"grant": {"session_scope": ["s1"]}}),
+            "`grant.session_scope`: expected a JSON object, not an array",
+        ),
         (
             "tag1",
             json!({"input": {"type": 5}}),
@@ -576,7 +592,7 @@ async fn bad_input(server: &Server, client: &McpClient, tools: &[Tool], transpor
     }
     // A refused HTTP request may end the client's transport: check from a fresh one.
     let checker = connect(server, transport, HOST).await;
-    for id in ["bad1", "bad2", "big1", "big2", "tag1", "int1"] {
+    for id in ["bad1", "bad2", "big1", "big2", "arr1", "arr2", "arr3", "tag1", "int1"] {
         let (code, _) = err(&checker, "process_get", json!({"id": id})).await;
         assert_eq!(code, "unknown_process", "{id} was not created");
     }
