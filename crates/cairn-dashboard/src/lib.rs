@@ -103,6 +103,7 @@ impl Dashboard {
             .route("/ui/list/rows", get(list::rows))
             .route("/ui/list/live", get(live::list_stream))
             .route("/ui/processes/{id}", get(process::page))
+            .route("/ui/processes/{id}/", get(process_without_slash))
             .route("/ui/processes/{id}/record", get(process::record))
             .route("/ui/processes/{id}/live", get(live::process_stream))
             .route("/ui/processes/{id}/signal", post(actions::signal))
@@ -113,6 +114,7 @@ impl Dashboard {
             .route("/ui/sessions/{session_id}/wakes/{wake_id}/ack", post(sessions::ack))
             .route("/ui/modules", get(modules::page))
             .route("/ui/modules/{module_ref}", get(modules::one))
+            .route("/ui/modules/{module_ref}/", get(module_without_slash))
             .route("/ui/schedules", get(schedules::page))
             .route("/ui/schedules/{id}/pause", post(schedules::pause))
             .route("/ui/schedules/{id}/resume", post(schedules::resume))
@@ -126,21 +128,64 @@ impl Dashboard {
         // A page's address with a slash after it (as people and browsers
         // add one) is that page, with the same query.
         for page in ["/ui", "/ui/processes", "/ui/sessions", "/ui/modules", "/ui/schedules"] {
-            open = open.route(
-                &format!("{page}/"),
-                get(move |uri: axum::http::Uri| async move {
-                    let to = match uri.query() {
-                        Some(q) => format!("{page}?{q}"),
-                        None => page.to_string(),
-                    };
-                    axum::response::Redirect::permanent(&to)
-                }),
-            );
+            open =
+                open.route(
+                    &format!("{page}/"),
+                    get(move |uri: axum::http::Uri| async move {
+                        axum::response::Redirect::permanent(&with_query(page, &uri))
+                    }),
+                );
         }
         gated
             .merge(open)
             .layer(axum::middleware::map_response(page_headers))
             .with_state(self.inner.clone())
+    }
+}
+
+/// `to` with the query `uri` carries, if any.
+fn with_query(to: &str, uri: &axum::http::Uri) -> String {
+    match uri.query() {
+        Some(q) => format!("{to}?{q}"),
+        None => to.to_string(),
+    }
+}
+
+/// A process's page with a slash after it (as people and browsers add one)
+/// is that page, with the same query, when what comes before the slash is
+/// an id (an id's own `/` is encoded in its page's address, `repo%2Fissue-12`,
+/// so the router reads it as one segment); otherwise there is no such page.
+async fn process_without_slash(
+    visitor: axum::Extension<auth::Visitor>,
+    uri: axum::http::Uri,
+    id: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+) -> axum::response::Response {
+    let named = id.is_ok_and(|id| cairn_core::validate::validate_id("process id", &id).is_ok());
+    slash_to_page(named, visitor, &uri).await
+}
+
+/// A module's page with a slash after it, as a process's
+/// ([`process_without_slash`]), when what comes before it is a module ref.
+async fn module_without_slash(
+    visitor: axum::Extension<auth::Visitor>,
+    uri: axum::http::Uri,
+    module_ref: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+) -> axum::response::Response {
+    let named = module_ref.is_ok_and(|m| cairn_core::script::validate_module_ref(&m).is_ok());
+    slash_to_page(named, visitor, &uri).await
+}
+
+/// The page without the slash (`uri`'s path, as sent, less its last
+/// character), or the page saying there is none.
+async fn slash_to_page(
+    named: bool,
+    visitor: axum::Extension<auth::Visitor>,
+    uri: &axum::http::Uri,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match uri.path().strip_suffix('/') {
+        Some(page) if named => axum::response::Redirect::permanent(&with_query(page, uri)).into_response(),
+        _ => pages::not_found(visitor).await,
     }
 }
 

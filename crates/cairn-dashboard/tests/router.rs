@@ -687,12 +687,6 @@ async fn an_unknown_dashboard_path_is_a_page_not_found() {
     let (status, _, headers) = get(&closed, "/ui/nosuch", None).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert!(headers[header::LOCATION].to_str().unwrap().starts_with("/ui/login"));
-    // A page's address with a slash after it is that page.
-    for page in ["/ui", "/ui/processes", "/ui/sessions", "/ui/modules", "/ui/schedules"] {
-        let (status, _, headers) = get(&app, &format!("{page}/"), None).await;
-        assert_eq!(status, StatusCode::PERMANENT_REDIRECT, "{page}/");
-        assert_eq!(headers[header::LOCATION], page, "{page}/");
-    }
 }
 
 /// A pruned process's page says how it ended and when it was pruned, as
@@ -2313,26 +2307,59 @@ async fn an_abandon_request_says_what_the_record_shows() {
     );
 }
 
-/// A page's address with a slash after it keeps its query on the way to
-/// the page.
+/// A page's address with a slash after it (as people and browsers add one)
+/// is that page, its query kept: a list, and a process's or a module's page
+/// when what comes before the slash names one (an id's own `/` is encoded
+/// in its address). Anything else there is no page.
 #[tokio::test]
-async fn a_trailing_slash_keeps_the_query() {
+async fn a_trailing_slash_is_the_page_with_its_query() {
     let clock = Arc::new(ManualClock::new(T0));
     let p = runtime(&clock);
     let app = app(&p, true);
-    for (from, to) in [
-        ("/ui/processes/?status=failed", "/ui/processes?status=failed"),
+    let module = format!("module:sha256:{}", "ab".repeat(32));
+    let mut moved = vec![
+        ("/ui/".to_string(), "/ui".to_string()),
+        ("/ui/?status=any".into(), "/ui?status=any".into()),
         (
-            "/ui/processes/?definition=script%3Aab%23main&status=any",
-            "/ui/processes?definition=script%3Aab%23main&status=any",
+            "/ui/processes/?status=failed".into(),
+            "/ui/processes?status=failed".into(),
         ),
-        ("/ui/sessions/?session=s1", "/ui/sessions?session=s1"),
-        ("/ui/?status=any", "/ui?status=any"),
-        ("/ui/modules/", "/ui/modules"),
-    ] {
+        (
+            "/ui/processes/?definition=script%3Aab%23main&status=any".into(),
+            "/ui/processes?definition=script%3Aab%23main&status=any".into(),
+        ),
+        ("/ui/sessions/?session=s1".into(), "/ui/sessions?session=s1".into()),
+        ("/ui/processes/ext-1/".into(), "/ui/processes/ext-1".into()),
+        (
+            "/ui/processes/repo%2Fissue-12/?tab=events".into(),
+            "/ui/processes/repo%2Fissue-12?tab=events".into(),
+        ),
+        // An id may end in `/`: encoded, it is not the slash after the page.
+        ("/ui/processes/repo%2F/".into(), "/ui/processes/repo%2F".into()),
+        (format!("/ui/modules/{module}/"), format!("/ui/modules/{module}")),
+        (
+            format!("/ui/modules/{module}/?x=1"),
+            format!("/ui/modules/{module}?x=1"),
+        ),
+    ];
+    for page in ["/ui/processes", "/ui/sessions", "/ui/modules", "/ui/schedules"] {
+        moved.push((format!("{page}/"), page.to_string()));
+    }
+    for (from, to) in &moved {
         let (status, _, headers) = get(&app, from, None).await;
         assert_eq!(status, StatusCode::PERMANENT_REDIRECT, "{from}");
-        assert_eq!(headers[header::LOCATION], to, "{from}");
+        assert_eq!(headers[header::LOCATION], to.as_str(), "{from}");
+    }
+    for nothing in [
+        "/ui/processes//",
+        "/ui/processes/%2E%2E/",
+        "/ui/processes/a%01/",
+        "/ui/modules/m1/",
+        "/ui/processes/a/b/",
+    ] {
+        let (status, html, _) = get(&app, nothing, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{nothing}");
+        assert!(html.contains("not_found"), "{nothing}: {html}");
     }
 }
 
