@@ -383,6 +383,54 @@ async fn session_tokens_see_only_their_grants() {
     assert_eq!(err["error"]["tombstone"]["status"], "completed");
 }
 
+/// A session token's delete of its own session takes only the grants to the
+/// session as a whole: a grant the host made to one of its agent frames,
+/// which the token may neither see nor move, stays, its process is not
+/// reported, and the host still finds it granted to the frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_tokens_delete_keeps_its_frames_grants() {
+    let server = Server::start(&["--token", "host-secret", "--session-token", "s1=tok-1"]).await;
+    let host = server.with_token("host-secret");
+    let s1 = server.with_token("tok-1");
+    let framed = json!({"id": "p-frame", "input": {"type": "external"}, "disposition": "externally_owned",
+                        "grant": {"session_scope": {"session_id": "s1", "agent_frame_id": "f1"}}});
+    assert_eq!(host.start(framed).await.0, 201);
+    let own = json!({"id": "p-own", "input": {"type": "external"}, "disposition": "externally_owned"});
+    assert_eq!(s1.start(own).await.0, 201);
+
+    let (s, report) = s1.delete("/v1/sessions/s1").await;
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(report["revoked_grants"], 1, "only the session's own grant: {report}");
+    assert_eq!(report["orphaned"], json!(["p-own"]), "{report}");
+    assert_eq!(report["preserved"], json!([]), "{report}");
+    assert_eq!(s1.get("/v1/processes/p-own").await.0, 404, "its own grant went");
+
+    // The host still finds the frame holding its grant, and may move it.
+    let (s, moved) = host
+        .post(
+            "/v1/grants/transfer",
+            json!({"from": {"session_id": "s1", "agent_frame_id": "f1"}, "to": {"session_id": "s1"},
+                   "process_ids": ["p-frame"]}),
+        )
+        .await;
+    assert_eq!((s, moved["moved"].clone()), (200, json!(["p-frame"])), "{moved}");
+    assert_eq!(s1.get("/v1/processes/p-frame").await.0, 200);
+
+    // The host's delete takes every scope's grants, the frames' too.
+    let (s, moved) = host
+        .post(
+            "/v1/grants/transfer",
+            json!({"from": {"session_id": "s1"}, "to": {"session_id": "s1", "agent_frame_id": "f1"},
+                   "process_ids": ["p-frame"]}),
+        )
+        .await;
+    assert_eq!((s, moved["moved"].clone()), (200, json!(["p-frame"])), "{moved}");
+    let (s, report) = host.delete("/v1/sessions/s1").await;
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(report["revoked_grants"], 1, "{report}");
+    assert_eq!(report["orphaned"], json!(["p-frame"]), "{report}");
+}
+
 /// A session following a process's events stops reading them once its grant
 /// is moved away: the next page is refused as the process is to it now.
 /// A session whose id is as long as an id may be completes and asks to

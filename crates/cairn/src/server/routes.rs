@@ -763,7 +763,13 @@ pub async fn delete_session(
     ApiJson(AckBody {}): ApiJson<AckBody>,
 ) -> ApiResult<Json<SessionDeleteReport>> {
     caller.require_session(&session_id)?;
-    Ok(Json(state.processes.delete_session(&session_id).await?))
+    // A session token may neither see nor move its agent frames' grants (the
+    // host made them): its delete takes only the grants to the session as a
+    // whole, and the session's pending wakes, which it reads and acknowledges.
+    let keep_frames = matches!(caller, Caller::Session(_));
+    Ok(Json(
+        state.processes.delete_session_with(&session_id, keep_frames).await?,
+    ))
 }
 
 /// `GET /v1/sessions/{session_id}/wakes`: pending wakes, oldest first.
