@@ -449,6 +449,40 @@ async fn a_shutdown_during_await_is_said() {
     assert_eq!(wait.exit_code().await, 1);
 }
 
+/// A server killed outright (SIGKILL) while `cairn await` waits, and not
+/// back within the caller's timeout, is told apart from a hung one: the wait
+/// ends saying the server ended it and now refuses connections (exit 1), in
+/// words, not the HTTP client's, and not "state is unknown".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_during_await_and_not_back_is_said() {
+    let mut server = Server::start(&[]).await;
+    let c = server.client();
+    assert_eq!(c.start(waiter("w")).await.0, 201);
+    let mut wait = Running::spawn(&server.base, &["await", "w", "--timeout", "3s"]);
+    c.awaits_open(1).await;
+    // SAFETY: sending SIGKILL to our own child process by its pid.
+    assert_eq!(unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGKILL) }, 0);
+    assert!(server.wait_exit(Duration::from_secs(20)).is_some());
+    let said = wait.stderr_line("error:").await;
+    assert!(
+        said.contains(
+            "the server ended the wait (it closed the connection before answering) and was not back in time \
+             (it refuses connections)"
+        ),
+        "{said}"
+    );
+    assert!(said.contains("`cairn await w` again once the server is back"), "{said}");
+    for internal in [
+        "unknown",
+        "error sending request",
+        "connection closed before message completed",
+        "http://",
+    ] {
+        assert!(!said.contains(internal), "says {internal:?}: {said}");
+    }
+    assert_eq!(wait.exit_code().await, 1);
+}
+
 /// `cairn await` rides out a server restart: the wait its server ended as it
 /// stopped is asked again once the server is back over the same database, and
 /// the process's end is reported as if nothing had happened.

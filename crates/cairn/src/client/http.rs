@@ -144,6 +144,37 @@ impl ClientError {
         serde_json::json!({ "error": error })
     }
 
+    /// Whether the server took the request and gave no answer in time (a
+    /// hung server, or a network that drops what it carries), rather than
+    /// one that is gone (refusing or closing connections) or said why.
+    pub fn is_no_answer(&self) -> bool {
+        matches!(self, Self::NoAnswer { .. })
+    }
+
+    /// What a failed request shows of the server, in words and without the
+    /// HTTP client's own text ("it refuses connections", "it closed the
+    /// connection before answering"): how an await says its server went away.
+    pub fn server_state(&self) -> String {
+        match self {
+            Self::Unreachable { source, .. } if source.is_timeout() => {
+                "no connection to it could be made in time".into()
+            }
+            Self::Unreachable { source, .. } => match io_kind(source) {
+                Some(std::io::ErrorKind::ConnectionRefused) => "it refuses connections".into(),
+                _ => format!("it cannot be reached: {}", root_cause(source)),
+            },
+            Self::Http(e) | Self::LostAnswer(e) => match io_kind(e) {
+                Some(std::io::ErrorKind::ConnectionReset) => "it reset the connection before answering".into(),
+                _ => "it closed the connection before answering".into(),
+            },
+            Self::NoAnswer { within, .. } => {
+                format!("it took the request and did not answer within {}", about(*within))
+            }
+            Self::Api { .. } => format!("it answered {self}"),
+            other => other.to_string(),
+        }
+    }
+
     /// What to try next, when there is something to say.
     pub fn hint(&self) -> Option<String> {
         match self {
@@ -221,6 +252,19 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cause = next;
     }
     cause.to_string()
+}
+
+/// The kind of the I/O error under a transport error, if one is there
+/// (a refused or reset connection).
+fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        cause = c.source();
+    }
+    None
 }
 
 /// A connection to one server.

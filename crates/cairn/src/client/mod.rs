@@ -558,7 +558,9 @@ async fn await_command(client: &Client, json: bool, id: &str, timeout: Duration)
                 remaining.saturating_add(http::AWAIT_GRACE),
             )
             .await;
-        let lost = match answer {
+        // What the server showed this time, and whether it took the
+        // request and never answered (hung), not gone.
+        let (lost, hung) = match answer {
             Ok(record) => {
                 reached = true;
                 answered = true;
@@ -574,7 +576,7 @@ async fn await_command(client: &Client, json: bool, id: &str, timeout: Duration)
                     outage = None;
                     continue;
                 }
-                "it answered at once, as a server shutting down does".to_string()
+                ("it answered at once, as a server shutting down does".to_string(), false)
             }
             // A server never reached is said at once, with its hint.
             Err(e @ ClientError::Unreachable { .. }) if !reached => return Err(e),
@@ -589,25 +591,39 @@ async fn await_command(client: &Client, json: bool, id: &str, timeout: Duration)
                 // 503 was a server reached: asked again, its restart's
                 // refused connections are an outage, not "never there".
                 reached = true;
-                format!("it stopped answering: {e}")
+                (e.server_state(), e.is_no_answer())
             }
             Err(e) => return Err(e),
         };
-        let lost = outage.get_or_insert(lost);
+        let first = outage.get_or_insert_with(|| lost.clone());
         let remaining = deadline.saturating_duration_since(Instant::now());
         match retries.next() {
             Some(delay) if !remaining.is_zero() => tokio::time::sleep(delay.min(remaining)).await,
-            _ if !answered => {
+            // A server that takes the wait and never answers: whether the
+            // process ended is not known.
+            _ if hung => {
                 return Err(ClientError::Interrupted(format!(
                     "no answer to the wait in time ({lost}); {id}'s state is unknown: `cairn await {id}` again \
                      once the server answers"
                 )))
             }
+            // A server gone (refusing or closing connections, or answering
+            // 503) and not back.
             _ => {
+                let since = if *first == lost {
+                    String::new()
+                } else {
+                    format!(" ({lost})")
+                };
+                let last_seen = if answered {
+                    format!("; {id} was still running when it last answered")
+                } else {
+                    String::new()
+                };
                 return Err(ClientError::Interrupted(format!(
-                    "the server ended the wait ({lost}) and did not answer again in time; {id} was still \
-                     running when it last answered: `cairn await {id}` again once the server is back"
-                )))
+                    "the server ended the wait ({first}) and was not back in time{since}{last_seen}: \
+                     `cairn await {id}` again once the server is back"
+                )));
             }
         }
     };
