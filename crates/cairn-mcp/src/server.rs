@@ -430,6 +430,9 @@ where
         let mut bytes = Vec::new();
         // Whether an `initialize` went to the library.
         let mut initializing = false;
+        // Whether the library has left its handshake ([`opens_lifecycle`]):
+        // before it, it ends on any message but a request.
+        let mut in_lifecycle = false;
         loop {
             bytes.clear();
             match (&mut input)
@@ -481,6 +484,16 @@ where
                     // another request before it with a message about
                     // per-request `_meta` fields, which is not what is wrong.
                     // Said here; the library goes on waiting for `initialize`.
+                    // A notification or a response before the handshake
+                    // (one the client sent early, or a stray one) is
+                    // dropped, as JSON-RPC has a notification go unanswered:
+                    // the library would end the session on it, and the
+                    // `initialize` after it is served.
+                    None if !in_lifecycle && (message.get("id").is_none() || message.get("method").is_none()) => {
+                        tracing::debug!("a notification or response before `initialize` was dropped");
+                        forwarding.store(true, std::sync::atomic::Ordering::SeqCst);
+                        continue;
+                    }
                     None => match (!initializing)
                         .then(|| crate::message::first_request_fault(&message))
                         .flatten()
@@ -488,6 +501,7 @@ where
                         Some(text) => Some((crate::message::answerable_id(&message), -32600, text)),
                         None => {
                             initializing |= message.get("method").and_then(Value::as_str) == Some("initialize");
+                            in_lifecycle = in_lifecycle || opens_lifecycle(&message);
                             asking.forwarded(&message);
                             None
                         }
@@ -533,6 +547,31 @@ where
     reader.abort();
     let _ = writer.await;
     served
+}
+
+/// Whether `message`, passed to the protocol library during its handshake,
+/// ends the handshake: an `initialize`, or a request (not `ping` nor
+/// `discover`) whose `_meta` names a revision this server speaks and the
+/// client's capabilities, which the library serves without one. Its other
+/// requests are answered and the handshake goes on; a notification or a
+/// response would end it with a failed initialization.
+fn opens_lifecycle(message: &Value) -> bool {
+    use rmcp::model::{ClientJsonRpcMessage, ClientRequest, GetMeta};
+    let Ok(ClientJsonRpcMessage::Request(request)) = serde_json::from_value::<ClientJsonRpcMessage>(message.clone())
+    else {
+        return false;
+    };
+    match request.request {
+        ClientRequest::InitializeRequest(_) => true,
+        ClientRequest::PingRequest(_) | ClientRequest::DiscoverRequest(_) => false,
+        request => {
+            let meta = request.get_meta();
+            meta.missing_required_keys(&ProtocolVersion::V_2026_07_28).is_empty()
+                && meta
+                    .protocol_version()
+                    .is_some_and(|v| protocol_versions().contains(&v))
+        }
+    }
 }
 
 /// The longest line passed to the protocol library, its newline left out:

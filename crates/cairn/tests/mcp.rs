@@ -1399,6 +1399,79 @@ async fn stdio_input_that_ends_before_a_message_exits_zero() {
     assert!(by_id(7)["result"]["tools"].is_array(), "{answers:?}");
 }
 
+/// Over stdio, a notification or a response before `initialize` (a client's
+/// early `notifications/initialized`, a stray one) is dropped unanswered, as
+/// JSON-RPC has it, and the handshake after it goes on: it ended `cairn mcp`
+/// with a failed initialization. So is one after a request the protocol
+/// library refuses during its handshake (a revision this server does not
+/// speak, the client's capabilities left out); one after a request that
+/// names its revision reaches the session that request opened.
+#[tokio::test]
+async fn stdio_drops_notifications_and_responses_before_initialize() {
+    let versioned = |id: i64, version: &str, capabilities: bool| {
+        let mut meta = json!({"io.modelcontextprotocol/protocolVersion": version});
+        if capabilities {
+            meta["io.modelcontextprotocol/clientCapabilities"] = json!({});
+        }
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/list", "params": {"_meta": meta}}).to_string()
+    };
+    let initialize = r#"{"jsonrpc":"2.0","id":6,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let stray = [
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        r#"{"jsonrpc":"2.0","method":"foo/bar"}"#,
+        r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":9}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+        r#"{"jsonrpc":"2.0","id":"r","error":{"code":-1,"message":"no"}}"#,
+    ];
+    let mut lines: Vec<String> = stray.iter().map(|l| l.to_string()).collect();
+    lines.push(versioned(2, "2024-11-05", true));
+    lines.extend(stray.iter().map(|l| l.to_string()));
+    lines.push(versioned(3, "2026-07-28", false));
+    lines.extend(stray.iter().map(|l| l.to_string()));
+    lines.extend([
+        initialize.to_string(),
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.to_string(),
+        r#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#.to_string(),
+        String::new(),
+    ]);
+    let out = common::run_cli("http://127.0.0.1:1", None, &["mcp"], Some(&lines.join("\n"))).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stderr.contains("initialization failed"), "{}", out.stderr);
+    let answers: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let ids: Vec<&Value> = answers.iter().map(|a| &a["id"]).collect();
+    assert_eq!(ids, [&json!(2), &json!(3), &json!(6), &json!(7)], "{answers:?}");
+    assert!(answers[0]["error"]["code"].is_i64(), "{answers:?}");
+    assert!(answers[1]["error"]["code"].is_i64(), "{answers:?}");
+    assert!(answers[2]["result"]["protocolVersion"].is_string(), "{answers:?}");
+    assert!(answers[3]["result"]["tools"].is_array(), "{answers:?}");
+
+    // A request that names its revision opens a session without
+    // `initialize`; the notifications after it are the session's.
+    let mut lines = vec![versioned(2, "2026-07-28", true)];
+    lines.extend(stray[..3].iter().map(|l| l.to_string()));
+    lines.extend([versioned(3, "2026-07-28", true), String::new()]);
+    let out = common::run_cli("http://127.0.0.1:1", None, &["mcp"], Some(&lines.join("\n"))).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let answers: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    for answer in &answers {
+        assert!(answer["result"]["tools"].is_array(), "{answers:?}");
+    }
+
+    // Alone, a dropped message is still one: input that ends after it is a
+    // failed initialization, as after any first message but `initialize`.
+    let out = common::run_cli("http://127.0.0.1:1", None, &["mcp"], Some(&format!("{}\n", stray[0]))).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+}
+
 /// A method of a capability the server does not offer (resources, prompts,
 /// completion) is not found, whatever its params: no instructions to fix
 /// params it would never read.
