@@ -528,6 +528,14 @@ pub fn prepare_append(
     }
     let sequence = record.last_sequence + 1;
     let terminal = resolve_outcome(&t, &req.payload)?;
+    // A core terminal appended by hand ends the process as a completion
+    // does, and a terminal is written once: its outcome is held to what
+    // `complete_external` takes.
+    if let Some(outcome) = terminal.as_ref().filter(|_| authority == Authority::Caller) {
+        if events::is_core_event_type(&t.name) {
+            check_completion_outcome(&record.id, outcome)?;
+        }
+    }
     if terminal.is_some()
         && authority == Authority::Caller
         && req.lease.is_none()
@@ -896,19 +904,25 @@ pub fn sweep_outcome(
     })
 }
 
-/// The terminal append of an external completion, validated.
-pub fn external_completion(id: &str, outcome: &Outcome, authority: &str) -> Result<AppendRequest> {
+/// Check an outcome a caller ends a process with (an external completion,
+/// or a core terminal event appended by hand): not `abandoned` (cairn's own
+/// word, after an abandon request), and a failure's `class`, `code` and
+/// `message` and a cancellation's `message` not blank.
+pub fn check_completion_outcome(id: &str, outcome: &Outcome) -> Result<()> {
+    let refuse = |message: String| CairnError::InvalidOutcome {
+        event_type: events::terminal_event_type(outcome.state()).to_string(),
+        message: format!("process `{id}`: {message}"),
+    };
     if matches!(outcome, Outcome::Abandoned { .. }) {
-        return Err(CairnError::InvalidOutcome {
-            event_type: events::terminal_event_type(outcome.state()).to_string(),
-            message: format!("process `{id}`: external completion cannot abandon; use an abandon request"),
-        });
+        return Err(refuse(
+            "external completion cannot abandon; use an abandon request".into(),
+        ));
     }
     let blank = |field: &str, value: &str| {
-        value.trim().is_empty().then(|| CairnError::InvalidOutcome {
-            event_type: events::terminal_event_type(outcome.state()).to_string(),
-            message: format!("process `{id}`: the outcome's `{field}` must not be empty"),
-        })
+        value
+            .trim()
+            .is_empty()
+            .then(|| refuse(format!("the outcome's `{field}` must not be empty")))
     };
     let problem = match outcome {
         Outcome::Failure {
@@ -919,9 +933,12 @@ pub fn external_completion(id: &str, outcome: &Outcome, authority: &str) -> Resu
         Outcome::Cancelled { message, .. } => blank("message", message),
         _ => None,
     };
-    if let Some(problem) = problem {
-        return Err(problem);
-    }
+    problem.map_or(Ok(()), Err)
+}
+
+/// The terminal append of an external completion, validated.
+pub fn external_completion(id: &str, outcome: &Outcome, authority: &str) -> Result<AppendRequest> {
+    check_completion_outcome(id, outcome)?;
     Ok(AppendRequest::new(
         events::terminal_event_type(outcome.state()),
         terminal_payload(outcome, Some(("completed_by", json!(authority)))),

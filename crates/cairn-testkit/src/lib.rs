@@ -313,6 +313,7 @@ macro_rules! conformance_suite {
                 reconcile_abandon_waits_for_lease,
                 live_owner_may_finish_despite_abandon_request,
                 complete_external_only_for_externally_owned,
+                appended_terminal_is_checked_as_a_completion,
                 // node identities and the sweep
                 register_node_counts_incarnations,
                 sweep_abandons_an_earlier_incarnations_work,

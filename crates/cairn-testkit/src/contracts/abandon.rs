@@ -300,3 +300,77 @@ pub async fn complete_external_only_for_externally_owned(factory: &dyn StoreFact
     h.append("e3", AppendRequest::new(FINISHED, json!({"result": 3}))).await;
     assert_eq!(h.get("e3").await.outcome, Some(Outcome::success(json!(3))));
 }
+
+/// A core terminal event appended by hand (`process.failed`,
+/// `process.cancelled`) ends the process as an external completion does, so
+/// its outcome is held to what `complete_external` takes: a blank field is
+/// refused with the same code and message, and nothing is written; under a
+/// lease as well as without one.
+pub async fn appended_terminal_is_checked_as_a_completion(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    h.register(external("e")).await;
+    h.register(rerunnable("r")).await;
+    let (lease, _) = h.claim_started("r", "w1", TTL).await;
+    let blanks = [
+        Outcome::failure("", "E1", "m"),
+        Outcome::failure("remote", " ", "m"),
+        Outcome::failure("remote", "E1", ""),
+        Outcome::failure("remote", "E1", " \n"),
+        Outcome::Cancelled {
+            message: String::new(),
+            raw: None,
+        },
+    ];
+    for outcome in blanks {
+        let completion = h
+            .registry()
+            .complete_external("e", outcome.clone(), "ci")
+            .await
+            .expect_err("a completion with a blank field");
+        let event_type = ev::terminal_event_type(outcome.state());
+        let payload = json!({ "await_output": outcome });
+        let appended = h
+            .rejects(
+                "invalid_outcome",
+                "a core terminal appended with a blank field",
+                h.registry()
+                    .append_event("e", AppendRequest::new(event_type, payload.clone())),
+            )
+            .await;
+        assert_eq!(
+            appended.to_string(),
+            completion.to_string(),
+            "the append is refused as the completion is"
+        );
+        h.rejects(
+            "invalid_outcome",
+            "a core terminal appended under the lease with a blank field",
+            h.registry()
+                .append_event("r", AppendRequest::new(event_type, payload).with_lease(lease.clone())),
+        )
+        .await;
+    }
+    // What a completion takes is taken; the record says what was appended.
+    let cancelled = Outcome::Cancelled {
+        message: "superseded".into(),
+        raw: None,
+    };
+    h.append(
+        "e",
+        AppendRequest::new(ev::CANCELLED, json!({ "await_output": cancelled })),
+    )
+    .await;
+    let rec = h.get("e").await;
+    assert_eq!(rec.status, ProcessStatus::Cancelled);
+    assert_eq!(rec.outcome, Some(cancelled));
+    h.append(
+        "r",
+        AppendRequest::new(
+            ev::FAILED,
+            json!({ "await_output": Outcome::failure("tool", "E2", "broke") }),
+        )
+        .with_lease(lease),
+    )
+    .await;
+    assert_eq!(h.get("r").await.status, ProcessStatus::Failed);
+}
