@@ -489,8 +489,10 @@ pub fn render() -> String {
                  server's exit stops the whole group; a `rerunnable` command's group also dies with a server \
                  killed outright (ADR 0025). A command that moves into a group or session of its own leaves \
                  reach of all of these: `setsid`, and GNU `timeout` unless given `--foreground` (use \
-                 `timeout_ms` instead). A killed server leaves an `owner_bound` command running: it is \
-                 `abandoned` (its outcome unknown) and may still finish.\n"
+                 `timeout_ms` instead). A server killed outright does not stop an `owner_bound` command, but \
+                 its stdout and stderr are pipes only the server read: its next write to either ends it with \
+                 SIGPIPE (or fails with EPIPE, if it ignores SIGPIPE), and only a command that writes nothing \
+                 more there may finish. Either way its record ends `abandoned` (its outcome unknown).\n"
             );
         }
         let _ = writeln!(w, "| arg | type | required | meaning |");

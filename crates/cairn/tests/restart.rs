@@ -324,6 +324,77 @@ async fn sigkill_restart_sweeps_owner_bound_shell_run() {
     drop(orphans);
 }
 
+/// A file's text once a command has written its last line, `past`
+/// (bounded: 20 s).
+async fn written(path: &std::path::Path) -> String {
+    for _ in 0..2_000 {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if text.ends_with("past\n") {
+                return text;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("nothing wrote {}", path.display());
+}
+
+/// What the docs say of an owner_bound command whose server is killed
+/// outright: it is not stopped, but its output went to pipes only the server
+/// read, so its next write there ends it with SIGPIPE (or fails with EPIPE
+/// when it ignores SIGPIPE), and one that writes nothing more there finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_leaves_an_owner_bound_command_only_until_it_writes_its_output() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("cairn.db").display());
+    let server = Server::start_on(&db, &["--node-id", "box-1"]).await;
+    let c = server.client();
+    let go = dir.path().join("go");
+    // Each writes its pid (its group), waits for `go`, then does its part
+    // and says in a file of its own that it got past it.
+    let after_go = [
+        ("writes", "", "echo more"),
+        ("ignores", "trap '' PIPE; ", "echo more || echo EPIPE >> {out}"),
+        ("silent", "", "true"),
+    ];
+    let mut groups = Vec::new();
+    for (id, before, part) in after_go {
+        let out = dir.path().join(format!("{id}.out"));
+        let command = format!(
+            "{before}echo $$ > {pid}; echo started; while [ ! -f {go} ]; do sleep 0.05; done; {part}; echo past \
+             >> {out}",
+            pid = dir.path().join(format!("{id}.pid")).display(),
+            go = go.display(),
+            part = part.replace("{out}", &out.display().to_string()),
+            out = out.display(),
+        );
+        let (s, rec) = c
+            .start(tool_start(id, "shell", json!({"command": command}), "owner_bound"))
+            .await;
+        assert_eq!(s, 201, "{rec}");
+        groups.push(Orphans(shell_pgid(&dir.path().join(format!("{id}.pid"))).await));
+    }
+    // SAFETY: signalling a child process this test spawned.
+    assert_eq!(unsafe { libc::kill(server.pid() as i32, libc::SIGKILL) }, 0);
+    drop(server);
+    for g in &groups {
+        assert!(group_alive(g.0), "the crash itself stopped an owner_bound command");
+    }
+    std::fs::write(&go, "").expect("go");
+    // The one ignoring SIGPIPE saw its write fail and went on; the silent one
+    // finished.
+    assert_eq!(written(&dir.path().join("ignores.out")).await, "EPIPE\npast\n");
+    assert_eq!(written(&dir.path().join("silent.out")).await, "past\n");
+    // The writer died at its write (bounded: it is past `go` within 50 ms).
+    for _ in 0..500 {
+        if !group_alive(groups[0].0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!group_alive(groups[0].0), "the writer outlived its write");
+    assert!(!dir.path().join("writes.out").exists(), "the writer got past its write");
+}
+
 /// SIGKILL `cairn serve` during a rerunnable shell run: the run's group dies
 /// with the server (its sentinel sees the server's pipe close), so when the
 /// restart runs it again once the lease lapses, the first run is not still
