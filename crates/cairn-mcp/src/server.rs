@@ -191,18 +191,16 @@ fn expected_params(method: &str) -> Option<&'static str> {
     Some(match method {
         "initialize" => crate::message::INITIALIZE_PARAMS,
         "tools/call" => "an object with `name` (a string) and, optionally, `arguments` (an object)",
-        "tools/list" | "resources/list" | "resources/templates/list" | "prompts/list" => {
-            "an optional object with an optional `cursor` (a string)"
-        }
+        "tools/list" => "an optional object with an optional `cursor` (a string)",
         "ping" => "no params, or an object",
-        "resources/subscribe" | "resources/unsubscribe" => "an object with `uri` (a string)",
         // Methods of capabilities this server does not offer are not found,
         // whatever their params: no instructions for params it never reads.
         _ => return None,
     })
 }
 
-/// A method of a capability this server does not offer, said as such.
+/// A method of a capability this server does not offer, or one MCP does not
+/// define, said as such, with the methods it does offer.
 fn not_offered(method: &str) -> ErrorData {
     ErrorData::new(
         rmcp::model::ErrorCode::METHOD_NOT_FOUND,
@@ -265,9 +263,8 @@ impl ServerHandler for McpServer {
         Ok(ListToolsResult::with_all_items(self.tools.as_ref().clone()))
     }
 
-    /// A request the protocol library could not read as any method it knows.
-    /// A method MCP defines reached here because its params did not fit it:
-    /// invalid params (`-32602`), not "method not found".
+    // Methods of capabilities this server does not offer: the library's own
+    // answers to them name the method alone.
     async fn read_resource(
         &self,
         _request: rmcp::model::ReadResourceRequestParams,
@@ -292,6 +289,59 @@ impl ServerHandler for McpServer {
         Err(not_offered("completion/complete"))
     }
 
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourcesResult, ErrorData> {
+        Err(not_offered("resources/list"))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourceTemplatesResult, ErrorData> {
+        Err(not_offered("resources/templates/list"))
+    }
+
+    async fn subscribe(
+        &self,
+        _request: rmcp::model::SubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        Err(not_offered("resources/subscribe"))
+    }
+
+    async fn unsubscribe(
+        &self,
+        _request: rmcp::model::UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        Err(not_offered("resources/unsubscribe"))
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListPromptsResult, ErrorData> {
+        Err(not_offered("prompts/list"))
+    }
+
+    // Logging is deprecated in MCP, but clients still ask for it.
+    #[allow(deprecated)]
+    async fn set_level(
+        &self,
+        _request: rmcp::model::SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        Err(not_offered("logging/setLevel"))
+    }
+
+    /// A request the protocol library could not read as any method it knows.
+    /// A method of `tools` or the lifecycle reached here because its params
+    /// did not fit it: invalid params (`-32602`), not "method not found".
     async fn on_custom_request(
         &self,
         request: rmcp::model::CustomRequest,
@@ -306,11 +356,7 @@ impl ServerHandler for McpServer {
                 ),
                 None,
             )),
-            None => Err(ErrorData::new(
-                rmcp::model::ErrorCode::METHOD_NOT_FOUND,
-                format!("method not found: `{method}`"),
-                None,
-            )),
+            None => Err(not_offered(&method)),
         }
     }
 

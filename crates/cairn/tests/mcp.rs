@@ -1473,38 +1473,72 @@ async fn stdio_drops_notifications_and_responses_before_initialize() {
 }
 
 /// A method of a capability the server does not offer (resources, prompts,
-/// completion) is not found, whatever its params: no instructions to fix
-/// params it would never read.
+/// completion, logging), or one MCP does not define, is not found, whatever
+/// its params (no instructions to fix params it would never read), and says
+/// which methods the server offers, over stdio and HTTP alike.
 #[tokio::test]
-async fn stdio_methods_of_capabilities_not_offered_are_not_found() {
-    let input = [
-        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
-        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-        r#"{"jsonrpc":"2.0","id":2,"method":"resources/read","params":{}}"#,
-        r#"{"jsonrpc":"2.0","id":3,"method":"resources/read","params":{"uri":"x"}}"#,
-        r#"{"jsonrpc":"2.0","id":4,"method":"prompts/get","params":{"name":"p"}}"#,
-        r#"{"jsonrpc":"2.0","id":5,"method":"completion/complete","params":{}}"#,
-        "",
-    ]
-    .join("\n");
-    let out = common::run_cli("http://127.0.0.1:1", None, &["mcp"], Some(&input)).await;
+async fn methods_of_capabilities_not_offered_are_not_found() {
+    let requests = [
+        ("resources/list", "{}"),
+        ("resources/list", r#"{"cursor":5}"#),
+        ("resources/templates/list", "{}"),
+        ("resources/read", "{}"),
+        ("resources/read", r#"{"uri":"x"}"#),
+        ("resources/subscribe", r#"{"uri":"x"}"#),
+        ("resources/subscribe", "{}"),
+        ("resources/unsubscribe", r#"{"uri":"x"}"#),
+        ("prompts/list", "{}"),
+        ("prompts/get", r#"{"name":"p"}"#),
+        ("logging/setLevel", r#"{"level":"info"}"#),
+        ("completion/complete", "{}"),
+        ("no/such/method", "{}"),
+    ];
+    let request = |id: usize, (method, params): (&str, &str)| {
+        format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}","params":{params}}}"#)
+    };
+    let check = |method: &str, answer: &Value| {
+        assert_eq!(answer["error"]["code"], -32601, "{method}: {answer}");
+        assert_eq!(
+            answer["error"]["message"],
+            format!("method not found: `{method}` (this server offers tools only: `tools/list` and `tools/call`)"),
+            "{answer}"
+        );
+    };
+    let mut input = vec![
+        r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#.to_string(),
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.to_string(),
+    ];
+    input.extend(requests.iter().enumerate().map(|(i, r)| request(i + 1, *r)));
+    input.push(String::new());
+    let out = common::run_cli("http://127.0.0.1:1", None, &["mcp"], Some(&input.join("\n"))).await;
     let answers: Vec<Value> = out
         .stdout
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
-    for id in 2..=5 {
+    for (i, (method, _)) in requests.iter().enumerate() {
         let answer = answers
             .iter()
-            .find(|a| a["id"] == id)
-            .unwrap_or_else(|| panic!("{id}: {answers:?}"));
-        assert_eq!(answer["error"]["code"], -32601, "{answer}");
-        assert!(
-            answer["error"]["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("method not found: `")),
-            "{answer}"
-        );
+            .find(|a| a["id"] == i + 1)
+            .unwrap_or_else(|| panic!("{method}: {answers:?}"));
+        check(method, answer);
+    }
+
+    let server = Server::start(&[]).await;
+    for (i, r) in requests.iter().enumerate() {
+        let answer: Value = reqwest::Client::new()
+            .post(server.url("/mcp"))
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json, text/event-stream")
+            .body(request(i + 1, *r))
+            .send()
+            .await
+            .expect("answered")
+            .json()
+            .await
+            .expect("a JSON body");
+        assert_eq!(answer["id"], i + 1, "{answer}");
+        check(r.0, &answer);
     }
 }
 
