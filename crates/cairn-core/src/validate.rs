@@ -237,25 +237,27 @@ pub fn validate_id(what: &str, id: &str) -> Result<()> {
 /// be [`MAX_ID_BYTES`] long).
 pub const MAX_AUTHORITY_BYTES: usize = MAX_ID_BYTES + "session:".len();
 
-/// Check who a completion or an abandon request names as its author, as
-/// [`validate_id`] checks an id, up to [`MAX_AUTHORITY_BYTES`].
+/// Check who a completion or an abandon request names as its author (the
+/// JSON field `what`): not empty, at most [`MAX_AUTHORITY_BYTES`], no control
+/// characters, and neither `.` nor `..`, as an id is checked. It is a label,
+/// not an id, so it is refused as a request (`invalid_request`), naming its
+/// field.
 pub fn validate_authority(what: &str, label: &str) -> Result<()> {
+    let refuse = |why: String| Err(CairnError::InvalidRequest(format!("`{what}` {why}")));
+    if label.is_empty() {
+        return refuse("must not be empty".into());
+    }
+    if label == "." || label == ".." {
+        return refuse("may not be `.` or `..`".into());
+    }
     if label.len() > MAX_AUTHORITY_BYTES {
-        return Err(CairnError::InvalidId(format!(
-            "{what} is {} bytes, over the {MAX_AUTHORITY_BYTES} byte limit",
+        return refuse(format!(
+            "is {} bytes, over the {MAX_AUTHORITY_BYTES} byte limit",
             label.len()
-        )));
+        ));
     }
-    if label.len() <= MAX_ID_BYTES {
-        return validate_id(what, label);
-    }
-    // Longer than an id (so neither empty nor a path segment): the rest of
-    // an id's checks.
     if label.chars().any(char::is_control) {
-        return Err(CairnError::InvalidId(format!(
-            "{what} `{}` contains a control character",
-            label.escape_debug()
-        )));
+        return refuse(format!("`{}` contains a control character", label.escape_debug()));
     }
     Ok(())
 }

@@ -2387,3 +2387,51 @@ async fn a_body_may_begin_with_a_byte_order_mark() {
         .await;
     assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
 }
+
+/// Who completes (`authority`) or asks to abandon (`requested_by`) is a
+/// label, not an id: a bad one is refused as a request that names its field,
+/// a control character shown escaped as in every refusal, and nothing is
+/// written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_authority_or_requester_is_refused_by_its_field() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let start = json!({"id": "who", "input": {"type": "external"}, "disposition": "externally_owned"});
+    assert_eq!(c.start(start).await.0, 201);
+    let ok = json!({"type": "success", "value": 1});
+    let long = "a".repeat(cairn_core::validate::MAX_AUTHORITY_BYTES + 1);
+    for (field, given, said) in [
+        ("authority", "", "invalid request: `authority` must not be empty"),
+        (
+            "authority",
+            "a\u{1}b",
+            "invalid request: `authority` `a\\u{1}b` contains a control character",
+        ),
+        ("authority", "..", "invalid request: `authority` may not be `.` or `..`"),
+        (
+            "authority",
+            long.as_str(),
+            "invalid request: `authority` is 265 bytes, over the 264 byte limit",
+        ),
+        ("requested_by", "", "invalid request: `requested_by` must not be empty"),
+        (
+            "requested_by",
+            "\u{7f}",
+            "invalid request: `requested_by` `\\u{7f}` contains a control character",
+        ),
+    ] {
+        let (route, body) = match field {
+            "authority" => ("complete", json!({"outcome": ok, "authority": given})),
+            _ => ("abandon-request", json!({"reason": "stuck", "requested_by": given})),
+        };
+        let (s, err) = c.post(&format!("/v1/processes/who/{route}"), body).await;
+        assert_eq!((s, code(&err)), (400, "invalid_request"), "{field} {given:?}: {err}");
+        assert_eq!(err["error"]["message"], said, "{field} {given:?}");
+    }
+    let (_, rec) = c.get("/v1/processes/who").await;
+    assert_eq!(
+        (&rec["status"], rec["last_sequence"].as_u64()),
+        (&json!("running"), Some(0)),
+        "{rec}"
+    );
+}

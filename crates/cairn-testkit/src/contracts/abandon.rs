@@ -51,7 +51,7 @@ pub async fn request_abandon_is_an_event(factory: &dyn StoreFactory) {
         .await;
     assert_eq!(again, rec, "the first request wins");
     h.rejects(
-        "invalid_id",
+        "invalid_request",
         "empty requested_by",
         h.registry().request_abandon("p", "", "x"),
     )

@@ -138,9 +138,9 @@ fn session_id_schema(description: &str) -> Value {
     schema
 }
 
-/// Who a completion or an abandon request names as its author: an id, up to
-/// `MAX_AUTHORITY_BYTES` (room for `session:` before a session id), or null
-/// (the caller).
+/// Who a completion or an abandon request names as its author: held to an
+/// id's form, up to `MAX_AUTHORITY_BYTES` (room for `session:` before a
+/// session id), or null (the caller).
 fn authority_schema() -> Value {
     let mut schema = nullable_id_schema("");
     schema["maxLength"] = json!(cairn_core::validate::MAX_AUTHORITY_BYTES);
@@ -521,7 +521,7 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
             slot.insert("maxLength".into(), json!(bytes));
         }
     }
-    // Who completes or asks: as an id is checked (`invalid_id`), or null.
+    // Who completes or asks: in an id's form (else `invalid_request`), or null.
     set(schemas, "/AbandonBody/properties/requested_by", authority_schema());
     set(schemas, "/CompleteBody/properties/authority", authority_schema());
     // An abandon request's reason is its evidence: not blank.
