@@ -308,6 +308,70 @@ async fn a_run_whose_worker_died_says_no_worker_holds_it() {
     assert_eq!(run.exit_code().await, 1);
 }
 
+/// `cairn cancel` of a started owner_bound process whose node died (its
+/// lease lapsed, and another node answers) says nothing acts on the request,
+/// naming the node that must come back and the abandon request that ends
+/// it, instead of a bare "cancellation requested"; the request is recorded
+/// all the same (exit 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_of_a_dead_nodes_owner_bound_work_says_nothing_acts_on_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("c.db").display());
+    let n1 = Server::start_on(&db, &["--node-id", "n1", "--lease-ttl", "1s"]).await;
+    let c = n1.client();
+    let body = common::tool_start("ob", "sleep", json!({"ms": 600000}), "owner_bound");
+    assert_eq!(c.start(body).await.0, 201);
+    c.wait_for("ob", |r| r["lease"].is_object()).await;
+    // SAFETY: signalling a child process this test spawned.
+    assert_eq!(unsafe { libc::kill(n1.pid() as libc::pid_t, libc::SIGKILL) }, 0);
+    drop(n1);
+    let n9 = Server::start_on(&db, &["--node-id", "n9", "--lease-ttl", "1s"]).await;
+    let c = n9.client();
+    let now_ms = || {
+        u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_millis(),
+        )
+        .expect("fits")
+    };
+    c.wait_for("ob", |r| {
+        r["lease"]["expires_at_ms"].as_u64().is_some_and(|at| at < now_ms())
+    })
+    .await;
+    let out = n9.cli(&["cancel", "ob"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let said = out.stdout.trim();
+    assert!(
+        said.starts_with(
+            "cancellation requested: ob is running, but nothing acts on it: the lease of worker n1#1 lapsed "
+        ),
+        "{said}"
+    );
+    assert!(
+        said.ends_with(
+            "node n1 must come back (`cairn serve --node-id n1`), or an abandon request ends it (`cairn abandon ob \
+             --reason ...`)"
+        ),
+        "{said}"
+    );
+    let (_, rec) = c.get("/v1/processes/ob").await;
+    assert!(rec["cancel_request"].is_object(), "the request is recorded: {rec}");
+    assert_eq!(rec["status"], "running", "{rec}");
+    // Owner_bound work a live node holds is answered as before.
+    let body = common::tool_start("live", "sleep", json!({"ms": 600000}), "owner_bound");
+    assert_eq!(c.start(body).await.0, 201);
+    c.wait_for("live", |r| r["lease"].is_object()).await;
+    let out = n9.cli(&["cancel", "live"], None).await;
+    let said = out.stdout.trim();
+    assert!(
+        said.starts_with("cancellation requested: live is ") && !said.contains("nothing acts"),
+        "{said} {}",
+        out.stderr
+    );
+}
+
 /// A rerunnable run whose server stops runs again after the restart, and
 /// `cairn run` says so before the new run's output: the first run's line and
 /// the second's are both printed, with the attempt named between them.

@@ -357,6 +357,10 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                         "{id} had already ended ({status}); the cancellation went to its running children \
                          (`cairn ls --caused-by {id}`)"
                     )?;
+                } else if let Some(stranded) = cancel_stranded(&id, &record, now_ms()) {
+                    // An owner_bound process whose worker is gone: no other
+                    // node takes it on, so nothing acts on the request.
+                    outln!("cancellation requested: {id} is {status}, but {stranded}")?;
                 } else {
                     outln!("cancellation requested: {id} is {status}")?;
                 }
@@ -1319,6 +1323,31 @@ fn abandon_when(record: &Value, now: u64) -> String {
     }
 }
 
+/// What `cairn cancel` adds for a running owner_bound process whose lease
+/// lapsed (its node gone): no other node takes it on, so nothing acts on the
+/// request until that node comes back (whose restart abandons it) or an
+/// abandon request ends it. `None` for every other process.
+fn cancel_stranded(id: &str, record: &Value, now: u64) -> Option<String> {
+    if str_at(record, "/status") != "running" || str_at(record, "/disposition") != "owner_bound" {
+        return None;
+    }
+    let lease = record.get("lease").filter(|l| l.is_object())?;
+    let at = lease
+        .get("expires_at_ms")
+        .and_then(Value::as_u64)
+        .filter(|at| *at <= now)?;
+    let owner = str_at(lease, "/owner_id");
+    let comes_back = match cairn_core::NodeIdentity::parse_owner(&owner) {
+        Some(n) => format!("node {0} must come back (`cairn serve --node-id {0}`)", n.node),
+        None => format!("worker {owner} must come back"),
+    };
+    Some(format!(
+        "nothing acts on it: the lease of worker {owner} lapsed {} and owner_bound work is taken on by no \
+         other node; {comes_back}, or an abandon request ends it (`cairn abandon {id} --reason ...`)",
+        age_at(at, now)
+    ))
+}
+
 /// Why a process was abandoned, for humans.
 fn abandonment(outcome: &Value) -> String {
     let owner = str_at(outcome, "/evidence/owner/owner_id");
@@ -2074,6 +2103,42 @@ mod ls_tests {
 #[cfg(test)]
 mod abandon_tests {
     use super::*;
+
+    /// `cairn cancel` of a running owner_bound process whose lease lapsed
+    /// (its node gone) says nothing acts on it, naming the node that must
+    /// come back and the abandon request that ends it; any other process
+    /// gets no such words.
+    #[test]
+    fn a_cancel_of_stranded_owner_bound_work_says_what_ends_it() {
+        let held = |disposition: &str, owner: &str, at: u64| {
+            json!({"status": "running", "disposition": disposition,
+                   "lease": {"owner_id": owner, "expires_at_ms": at}})
+        };
+        assert_eq!(
+            cancel_stranded("ob1", &held("owner_bound", "n1#1", 1_000_000), 1_013_000).as_deref(),
+            Some(
+                "nothing acts on it: the lease of worker n1#1 lapsed 13s ago and owner_bound work is taken on by \
+                 no other node; node n1 must come back (`cairn serve --node-id n1`), or an abandon request ends \
+                 it (`cairn abandon ob1 --reason ...`)"
+            )
+        );
+        let odd = cancel_stranded("ob1", &held("owner_bound", "host-worker", 1_000_000), 1_013_000);
+        assert!(odd.is_some_and(|s| s.contains("; worker host-worker must come back, or")));
+        // A live lease, rerunnable work (a peer takes it on), no lease, an end.
+        assert_eq!(
+            cancel_stranded("ob1", &held("owner_bound", "n1#1", 1_000_000), 999_000),
+            None
+        );
+        assert_eq!(
+            cancel_stranded("re1", &held("rerunnable", "n1#1", 1_000_000), 1_013_000),
+            None
+        );
+        let free = json!({"status": "running", "disposition": "owner_bound", "lease": null});
+        assert_eq!(cancel_stranded("ob1", &free, 1_013_000), None);
+        let ended = json!({"status": "completed", "disposition": "owner_bound",
+                           "lease": {"owner_id": "n1#1", "expires_at_ms": 1}});
+        assert_eq!(cancel_stranded("ob1", &ended, 1_013_000), None);
+    }
 
     /// `cairn abandon` of a process whose lease lapsed long ago (a dead
     /// node's stranded work) says it is reconciled shortly, not "once its
