@@ -250,7 +250,8 @@ impl ScheduleRequest {
             }
             let why = cron_shape_problem(expr)
                 .or_else(|| cron_name_problem(expr))
-                .or_else(|| cron_days_problem(expr))?;
+                .or_else(|| cron_days_problem(expr))
+                .or_else(|| cron_step_problem(expr))?;
             return Some(format!("invalid cron `{expr}`: {why}"));
         }
         let text = self.every.as_deref()?;
@@ -501,6 +502,105 @@ fn cron_days_problem(expr: &str) -> Option<String> {
     ))
 }
 
+/// Each cron field's lowest and highest value, and its names in order
+/// (`JAN` is 1, `SUN` is 0).
+const CRON_RANGES: [(u32, u32, &[&str]); 5] = [
+    (0, 59, &[]),
+    (0, 23, &[]),
+    (1, 31, &[]),
+    (
+        1,
+        12,
+        &[
+            "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+        ],
+    ),
+    (0, 7, &["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]),
+];
+
+/// A token of the cron field `name` as its number: a number, or one of the
+/// field's `names`; `None` for a form left to croner (`L`, `W`, `5#3`);
+/// `Err` for a word the field has no name for.
+fn cron_value(token: &str, name: &str, names: &[&str]) -> Option<Result<u32, String>> {
+    if let Ok(n) = token.parse::<u32>() {
+        return Some(Ok(n));
+    }
+    if token.is_empty() || !token.chars().all(|c| c.is_ascii_alphabetic()) {
+        return None;
+    }
+    let upper = token.to_ascii_uppercase();
+    if matches!(upper.as_str(), "L" | "W" | "LW") {
+        return None;
+    }
+    let first = if names.len() == 12 { 1 } else { 0 };
+    Some(match names.iter().position(|n| *n == upper) {
+        Some(at) => Ok(first + at as u32),
+        None if names.is_empty() => Err(format!("{name} `{token}` is not a number")),
+        None => Err(format!(
+            "{name} `{token}` is not a number or a name ({}-{})",
+            names[0],
+            names[names.len() - 1]
+        )),
+    })
+}
+
+/// A step over the span it steps through (`*/90` in the minute field,
+/// `5-50/100`): croner takes it, and it selects the range's first value
+/// only, so the pattern would fire far less often than written. A step
+/// equal to the span (`*/59`: minutes 0 and 59) selects both ends and is
+/// kept. In the day of week, `*` is 0-6 (7 is Sunday again, so `*/7` is
+/// Sunday only). Ranges croner refuses are left to it.
+fn cron_step_problem(expr: &str) -> Option<String> {
+    for (i, ((field, name), (lo, hi, names))) in expr.split_whitespace().zip(CRON_FIELDS).zip(CRON_RANGES).enumerate() {
+        let dow = i == 4;
+        for part in field.trim_start_matches('+').split(',') {
+            let Some((range, step)) = part.split_once('/') else {
+                continue;
+            };
+            let Ok(step) = step.parse::<u32>() else {
+                continue;
+            };
+            let (from, to) = match range {
+                "*" => (lo, if dow { 6 } else { hi }),
+                "?" if i == 2 || dow => (lo, if dow { 6 } else { hi }),
+                _ => {
+                    let Some((a, b)) = range.split_once('-') else {
+                        continue;
+                    };
+                    match (cron_value(a, name, names), cron_value(b, name, names)) {
+                        (Some(Ok(a)), Some(Ok(b))) if lo <= a && a <= b && b <= hi => (a, b),
+                        _ => continue,
+                    }
+                }
+            };
+            if step == 0 {
+                continue;
+            }
+            // The values it selects; Sunday is 0 and 7 in the day of week.
+            let mut values = (from..=to).step_by(step as usize).map(|v| if dow { v % 7 } else { v });
+            let Some(first) = values.next() else {
+                continue;
+            };
+            if values.any(|v| v != first) {
+                continue;
+            }
+            if step <= to - from {
+                // `0-7/7`: both ends are Sunday.
+                return Some(format!("{name} `{part}` selects Sunday only (0 and 7 are both Sunday)"));
+            }
+            let at = match i {
+                0 | 1 => "at",
+                3 => "in",
+                _ => "on",
+            };
+            return Some(format!(
+                "{name} step {step} is over the {from}-{to} range: `{part}` fires {at} {name} {first} only"
+            ));
+        }
+    }
+    None
+}
+
 /// What is wrong with a field of a 5-field cron pattern `croner` refused, in
 /// words (`hour 24 is outside 0-23`): `croner` says only "Number out of
 /// bounds" or "Range out of bounds". Checked: numbers and names (`JAN`,
@@ -508,42 +608,8 @@ fn cron_days_problem(expr: &str) -> Option<String> {
 /// and a word that is no name of the field. Forms it does not know (`L`,
 /// `W`, `#`) are left to `croner`; `None` when nothing checked is at fault.
 fn cron_field_problem(expr: &str) -> Option<String> {
-    const MONTHS: [&str; 12] = [
-        "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
-    ];
-    const DAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
-    const FIELDS: [(u32, u32, &[&str]); 5] = [
-        (0, 59, &[]),
-        (0, 23, &[]),
-        (1, 31, &[]),
-        (1, 12, &MONTHS),
-        (0, 7, &DAYS),
-    ];
-    for ((field, name), (lo, hi, names)) in expr.split_whitespace().zip(CRON_FIELDS).zip(FIELDS) {
-        // A number, or a name of the field (`JAN` is 1, `SUN` is 0); `None`
-        // for a form left to croner; `Err` for a word the field has no name for.
-        let value = |token: &str| -> Option<Result<u32, String>> {
-            if let Ok(n) = token.parse::<u32>() {
-                return Some(Ok(n));
-            }
-            if token.is_empty() || !token.chars().all(|c| c.is_ascii_alphabetic()) {
-                return None;
-            }
-            let upper = token.to_ascii_uppercase();
-            if matches!(upper.as_str(), "L" | "W" | "LW") {
-                return None;
-            }
-            let first = if names.len() == 12 { 1 } else { 0 };
-            Some(match names.iter().position(|n| *n == upper) {
-                Some(at) => Ok(first + at as u32),
-                None if names.is_empty() => Err(format!("{name} `{token}` is not a number")),
-                None => Err(format!(
-                    "{name} `{token}` is not a number or a name ({}-{})",
-                    names[0],
-                    names[names.len() - 1]
-                )),
-            })
-        };
+    for ((field, name), (lo, hi, names)) in expr.split_whitespace().zip(CRON_FIELDS).zip(CRON_RANGES) {
+        let value = |token: &str| cron_value(token, name, names);
         for part in field.split(',') {
             let mut pieces = part.splitn(2, '/');
             let range = pieces.next().unwrap_or(part);
@@ -1041,6 +1107,41 @@ mod tests {
             ("0 0 * DEC-jan *", "month range `DEC-jan` runs backwards"),
             ("0,70 5 * * *", "minute 70 is outside 0-59"),
             ("*/0 * * * *", "minute step 0 must be at least 1"),
+            (
+                "*/90 * * * *",
+                "minute step 90 is over the 0-59 range: `*/90` fires at minute 0 only",
+            ),
+            (
+                "5-50/100 * * * *",
+                "minute step 100 is over the 5-50 range: `5-50/100` fires at minute 5 only",
+            ),
+            ("5-50/46 * * * *", "minute step 46 is over the 5-50 range"),
+            (
+                "0 */24 * * *",
+                "hour step 24 is over the 0-23 range: `*/24` fires at hour 0 only",
+            ),
+            (
+                "0 0 */45 * *",
+                "day of month step 45 is over the 1-31 range: `*/45` fires on day of month 1 only",
+            ),
+            ("0 0 ?/31 * *", "day of month step 31 is over the 1-31 range"),
+            (
+                "0 0 1 */13 *",
+                "month step 13 is over the 1-12 range: `*/13` fires in month 1 only",
+            ),
+            ("0 0 1 */12 *", "month step 12 is over the 1-12 range"),
+            (
+                "0 0 1 FEB-APR/3 *",
+                "month step 3 is over the 2-4 range: `FEB-APR/3` fires in month 2 only",
+            ),
+            (
+                "0 9 * * */8",
+                "day of week step 8 is over the 0-6 range: `*/8` fires on day of week 0 only",
+            ),
+            ("0 9 * * */7", "day of week step 7 is over the 0-6 range"),
+            ("0 9 * * 0-7/7", "day of week `0-7/7` selects Sunday only"),
+            ("0 9 * * 1,*/9", "day of week step 9 is over the 0-6 range"),
+            ("0,*/60 * * * *", "minute step 60 is over the 0-59 range"),
             ("a * * * *", "minute `a` is not a number"),
             (
                 "@daily",
@@ -1099,6 +1200,8 @@ mod tests {
         // A schedule stored before the check keeps its fires.
         let stored = ScheduleSpec::parse(Some("1,,2 9 * * *"), None, None).expect("read as stored");
         assert!(stored.next_after(0).is_some());
+        let stored = ScheduleSpec::parse(Some("*/90 * * * *"), None, None).expect("read as stored");
+        assert_eq!(stored.next_after(0), Some(3_600_000), "hourly, as it was made");
         // Forms croner knows beside plain numbers stay accepted.
         for expr in [
             "0 0 L * *",
@@ -1114,6 +1217,14 @@ mod tests {
             "0 0 * * FRIL",
             "0 0 LW * *",
             "0 0 1 * +MON",
+            // A step equal to the span selects both its ends.
+            "*/59 * * * *",
+            "5-50/45 * * * *",
+            "0 */23 * * *",
+            "0 0 */30 * *",
+            "0 0 1 */11 *",
+            "0 9 * * */6",
+            "0 9 * * 1-7/6",
         ] {
             assert!(request(Some(expr), None, None).validate().is_ok(), "{expr}");
         }

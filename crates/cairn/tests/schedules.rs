@@ -186,3 +186,40 @@ async fn cairn_schedule_commands() {
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("unknown_schedule"), "{}", out.stderr);
 }
+
+/// A cron step over its field's range selects one value only (`*/90` is
+/// minute 0, hourly): it is refused, naming the field, and nothing is stored.
+/// A step equal to the span selects both ends and is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_step_over_its_range_is_refused() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    for (cron, said) in [
+        (
+            "*/90 * * * *",
+            "minute step 90 is over the 0-59 range: `*/90` fires at minute 0 only",
+        ),
+        ("0 9 * * */8", "day of week step 8 is over the 0-6 range"),
+        ("0 0 */45 * *", "day of month step 45 is over the 1-31 range"),
+        ("0 0 1 */13 *", "month step 13 is over the 1-12 range"),
+        ("5-50/100 * * * *", "minute step 100 is over the 5-50 range"),
+    ] {
+        let body = json!({"id": "s", "cron": cron, "start": echo_template(), "overlap": "skip"});
+        let (status, e) = c.post("/v1/schedules", body).await;
+        assert_eq!(
+            (status, e["error"]["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{cron}: {e}"
+        );
+        let message = e["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(said), "{cron}: {message}");
+    }
+    let (status, page) = c.get("/v1/schedules").await;
+    assert_eq!(
+        (status, &page["schedules"]),
+        (200, &json!([])),
+        "nothing refused was stored"
+    );
+    let body = json!({"id": "s", "cron": "*/59 * * * *", "start": echo_template(), "overlap": "skip"});
+    assert_eq!(c.post("/v1/schedules", body).await.0, 201, "minutes 0 and 59");
+}
