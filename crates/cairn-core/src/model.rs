@@ -607,6 +607,79 @@ impl Outcome {
     }
 }
 
+/// The `type`s an external completion's outcome takes: `abandoned` is cairn's
+/// own word, after an abandon request.
+pub const COMPLETION_TAGS: &[&str] = &["success", "failure", "cancelled"];
+
+impl Outcome {
+    /// Read the outcome an external completion gives (for
+    /// `#[serde(deserialize_with)]`): an [`Outcome`], whose refusal of a
+    /// `type` names the tags a completion takes ([`COMPLETION_TAGS`]), not
+    /// `abandoned`. An `abandoned` outcome is still read, for the completion
+    /// to refuse with what to do instead.
+    pub fn deserialize_completion<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(CompletionOutcome)
+    }
+}
+
+/// Reads a completion's outcome: its fields as given, the `type` checked
+/// against [`COMPLETION_TAGS`] where it stands (so a refusal names
+/// `outcome.type`), then the whole as an [`Outcome`].
+struct CompletionOutcome;
+
+impl<'de> serde::de::Visitor<'de> for CompletionOutcome {
+    type Value = Outcome;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an outcome: an object with `type` (`success`, `failure` or `cancelled`)")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Outcome, A::Error> {
+        use serde::de::Error;
+        let mut fields = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = if key == "type" {
+                Value::String(map.next_value_seed(CompletionTag)?)
+            } else {
+                map.next_value()?
+            };
+            if fields.insert(key.clone(), value).is_some() {
+                return Err(A::Error::custom(format_args!("duplicate field `{key}`")));
+            }
+        }
+        Outcome::deserialize(Value::Object(fields)).map_err(A::Error::custom)
+    }
+}
+
+/// A completion outcome's `type`: one of [`COMPLETION_TAGS`], or `abandoned`.
+struct CompletionTag;
+
+impl<'de> serde::de::DeserializeSeed<'de> for CompletionTag {
+    type Value = String;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for CompletionTag {
+    type Value = String;
+
+    /// As serde says of a tag: [`crate::validate::refusal_in_wire_terms`]
+    /// says it in wire terms, with the tags taken.
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("variant identifier")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, tag: &str) -> Result<String, E> {
+        if COMPLETION_TAGS.contains(&tag) || tag == "abandoned" {
+            Ok(tag.to_string())
+        } else {
+            Err(E::unknown_variant(tag, COMPLETION_TAGS))
+        }
+    }
+}
+
 /// A durable wait, visible on the record while a process waits (SPEC §13).
 ///
 /// In a `rerunnable` process the wait is a suspension: the lease was released

@@ -158,6 +158,7 @@ pub struct CompleteArgs {
     /// Process id (an `externally_owned` process).
     pub id: String,
     /// `success`, `failure` or `cancelled` (SPEC §12 outcome shape).
+    #[serde(deserialize_with = "Outcome::deserialize_completion")]
     pub outcome: Outcome,
     /// Who completes it (recorded in the terminal payload). A session
     /// token is always recorded as its session, whatever it names.
@@ -1096,6 +1097,19 @@ mod tests {
             err.message
         );
         assert!(!err.message.contains("variant identifier"), "{}", err.message);
+        // A completion takes no `abandoned`, so the tags it names leave it out.
+        for outcome in [json!({"type": ["success"]}), json!({"type": "bogus"})] {
+            let err = parse::<CompleteArgs>(
+                ToolKind::Complete,
+                json!({"id": "p", "outcome": outcome, "authority": "ci"}),
+            )
+            .unwrap_err();
+            assert!(
+                err.message.contains("one of `success`, `failure`, `cancelled`") && !err.message.contains("abandoned"),
+                "{outcome}: {}",
+                err.message
+            );
+        }
     }
 
     /// An argument of the wrong type is named by its field, as the HTTP API

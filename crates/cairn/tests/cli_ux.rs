@@ -681,6 +681,16 @@ async fn section_three_exit_codes_json_shapes_and_messages() {
         "{}",
         out.stderr
     );
+    // A type it does not know is told what a completion takes, without `abandoned`.
+    let out = cli(&["complete", "w1", "--outcome", r#"{"type":"bogus"}"#]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("unknown variant `bogus`, expected one of `success`, `failure`, `cancelled`")
+            && !out.stderr.contains("abandoned"),
+        "{}",
+        out.stderr
+    );
     // A status prune does not know is named with its flag, before any request.
     let out = cli(&["prune", "--older-than", "7d", "--no-projector", "--status", "bogus"]).await;
     assert_eq!(out.code, 2, "{}", out.stderr);

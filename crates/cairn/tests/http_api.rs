@@ -2435,3 +2435,56 @@ async fn a_bad_authority_or_requester_is_refused_by_its_field() {
         "{rec}"
     );
 }
+
+/// A completion's outcome takes `success`, `failure` or `cancelled`: a
+/// refused `type` is told those, not `abandoned` (which a completion refuses,
+/// saying to ask for an abandonment).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completions_refused_type_names_what_a_completion_takes() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let start = json!({"id": "ends", "input": {"type": "external"}, "disposition": "externally_owned"});
+    assert_eq!(c.start(start).await.0, 201);
+    for (outcome, said) in [
+        (
+            json!({"type": "bogus"}),
+            "request body: `outcome.type`: unknown variant `bogus`, expected one of `success`, `failure`, `cancelled`",
+        ),
+        (
+            json!({"type": 5}),
+            "request body: `outcome.type`: invalid type: integer `5`, expected a string, one of `success`, `failure`, \
+             `cancelled`",
+        ),
+        (
+            json!("success"),
+            "request body: `outcome`: invalid type: string \"success\", expected an outcome: an object with `type` \
+             (`success`, `failure` or `cancelled`)",
+        ),
+    ] {
+        let (s, err) = c
+            .post("/v1/processes/ends/complete", json!({ "outcome": outcome }))
+            .await;
+        assert_eq!((s, code(&err)), (400, "invalid_request"), "{outcome}: {err}");
+        let message = err["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with(said), "{outcome}: {message}");
+        assert!(!message.contains("abandoned"), "{outcome}: {message}");
+    }
+    let abandoned = json!({"type": "abandoned", "evidence": {"writer": "sweep", "epoch_ms": 1}});
+    let (s, err) = c
+        .post("/v1/processes/ends/complete", json!({ "outcome": abandoned }))
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_outcome"), "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("use an abandon request"),
+        "{err}"
+    );
+    // What it takes is read as before.
+    let failure = json!({"type": "failure", "class": "remote", "code": "E1", "message": "broke", "raw": {"n": 1}});
+    let (s, rec) = c
+        .post("/v1/processes/ends/complete", json!({ "outcome": failure }))
+        .await;
+    assert_eq!((s, &rec["outcome"]), (200, &failure), "{rec}");
+}

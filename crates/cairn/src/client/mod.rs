@@ -1554,7 +1554,9 @@ async fn complete(client: &Client, json: bool, args: CompleteArgs) -> Result<Exi
                         .into(),
                 ));
             }
-            if let Err(e) = serde_json::from_value::<cairn_core::Outcome>(outcome.clone()) {
+            // Read as the server reads a completion's: a `type` it does not
+            // know is told the three a completion takes.
+            if let Err(e) = cairn_core::Outcome::deserialize_completion(outcome.clone()) {
                 return Err(ClientError::Usage(format!("--outcome is no outcome: {e}")));
             }
             outcome

@@ -103,6 +103,7 @@ impl<'de> Deserialize<'de> for AckBody {
 #[serde(expecting = "a completion: an object with `outcome`", deny_unknown_fields)]
 pub struct CompleteBody {
     /// `success`, `failure` or `cancelled` (SPEC §12 outcome shape).
+    #[serde(deserialize_with = "Outcome::deserialize_completion")]
     pub outcome: Outcome,
     /// Who completes it (recorded in the terminal payload); defaults to the caller.
     /// Session callers are always recorded as their session.
