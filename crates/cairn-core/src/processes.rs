@@ -700,10 +700,11 @@ pub const EVENT_PAGE_BYTES: usize = 4 * 1024 * 1024;
 const EVENT_CHUNK: usize = 16;
 
 /// The bytes (as JSON) of records at which a page of [`Processes::list`],
-/// [`Processes::list_granted_to`] or [`Processes::list_originated_by`]
-/// stops, for the reason [`EVENT_PAGE_BYTES`] gives: a record may hold
-/// mebibytes (its input and outcome), and a page of a thousand would be
-/// gigabytes in memory and more than an MCP client reads.
+/// [`Processes::list_granted_to`], [`Processes::list_originated_by`] or
+/// [`Processes::list_schedules`] stops, for the reason [`EVENT_PAGE_BYTES`]
+/// gives: a record may hold mebibytes (its input and outcome; a schedule's
+/// template, its input), and a page of a thousand would be gigabytes in
+/// memory and more than an MCP client reads.
 pub const LIST_PAGE_BYTES: usize = EVENT_PAGE_BYTES;
 
 /// One page of a listing.
@@ -756,7 +757,7 @@ where
 /// next, as many as the bytes left hold at the size seen so far. Answers
 /// the items, whether the page stopped short of the end (full, or cut at
 /// the bytes), and the position after the last item.
-async fn read_in_chunks<T, K, F, Fut>(
+pub(crate) async fn read_in_chunks<T, K, F, Fut>(
     limit: usize,
     start: K,
     position_of: impl Fn(&T) -> K,

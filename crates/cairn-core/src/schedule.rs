@@ -984,7 +984,8 @@ pub fn plan_fire(schedule: &Schedule, now_ms: u64, previous_running: bool) -> Re
 pub struct SchedulePage {
     /// The schedules.
     pub schedules: Vec<Schedule>,
-    /// The `after` of the next page, when this one was full.
+    /// The `after` of the next page, when this one was full or stopped at
+    /// 4 MiB of schedules (a template may hold a mebibyte of input).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_after: Option<String>,
 }

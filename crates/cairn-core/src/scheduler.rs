@@ -21,7 +21,7 @@ use futures::StreamExt;
 
 use crate::clock::SharedClock;
 use crate::model::{ProcessStatus, MAX_PAGE_SIZE};
-use crate::processes::{Processes, Starter};
+use crate::processes::{Listed, Processes, Starter};
 use crate::registry::ProcessRegistry;
 use crate::schedule::{plan_fire, FirePlan, FireRefusal, FireReport, Schedule, ScheduleRequest};
 use crate::{CairnError, Result};
@@ -332,16 +332,27 @@ impl Processes {
             .ok_or_else(|| CairnError::UnknownSchedule(id.to_string()))
     }
 
-    /// One page of schedules in id order, after `after_id`.
-    pub async fn list_schedules(&self, after_id: Option<&str>, limit: Option<usize>) -> Result<Vec<Schedule>> {
-        let limit = crate::model::page_limit(limit)?;
+    /// One page of schedules in id order, after `after_id`: at most `limit`,
+    /// and none after the one that brings the page to
+    /// [`crate::LIST_PAGE_BYTES`] as JSON (a template may hold a mebibyte of
+    /// input). `next_after_id` is set when the page is full or was cut there.
+    pub async fn list_schedules(&self, after_id: Option<&str>, limit: Option<usize>) -> Result<Listed<Schedule>> {
+        let limit = crate::model::page_limit(limit)?.min(MAX_PAGE_SIZE);
         if let Some(after) = after_id {
             crate::validate::validate_id("schedule cursor", after)?;
         }
-        self.inner
-            .registry
-            .list_schedules(after_id, limit.min(MAX_PAGE_SIZE))
-            .await
+        let registry = &self.inner.registry;
+        let (items, more, _) = crate::processes::read_in_chunks(
+            limit,
+            after_id.map(str::to_string),
+            |s: &Schedule| Some(s.id.clone()),
+            |after: Option<String>, want| async move { registry.list_schedules(after.as_deref(), want).await },
+        )
+        .await?;
+        Ok(Listed {
+            next_after_id: more.then(|| items.last().map(|s| s.id.clone())).flatten(),
+            items,
+        })
     }
 
     /// Remove a schedule (`unknown_schedule` when there is none). Processes it

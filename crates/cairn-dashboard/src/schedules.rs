@@ -55,7 +55,7 @@ pub(crate) async fn page(
         (Viewer::Host, Ok(Query(q))) => {
             let after = q.after.filter(|a| !a.is_empty());
             match d.processes.list_schedules(after.as_deref(), Some(PAGE)).await {
-                Ok(schedules) => table(&schedules, after.is_some()),
+                Ok(listed) => table(&listed.items, listed.next_after_id, after.is_some()),
                 Err(e) => {
                     status = crate::process::status_for(&e);
                     pages::error_fragment(e.code(), &e.to_string())
@@ -72,10 +72,9 @@ pub(crate) async fn page(
     (status, pages::layout("Schedules", &visitor, Nav::Schedules, body)).into_response()
 }
 
-fn table(schedules: &[Schedule], paged: bool) -> Markup {
-    let next = (schedules.len() == PAGE)
-        .then(|| schedules.last().map(|s| s.id.clone()))
-        .flatten();
+/// A page of schedules; `next` is where the next starts (the page was
+/// full, or stopped at `LIST_PAGE_BYTES` of schedules).
+fn table(schedules: &[Schedule], next: Option<String>, paged: bool) -> Markup {
     html! {
         @if schedules.is_empty() {
             p.empty { @if paged { "No more schedules." } @else { "No schedule." } }

@@ -183,7 +183,8 @@ pub struct ScheduleListArgs {
     /// Only schedules with a greater id: pass the previous page's `next_after`.
     #[serde(default)]
     pub after: Option<String>,
-    /// Page size (default 100, at most 1000).
+    /// Page size (default 100, at most 1000). A page also stops once its
+    /// schedules reach 4 MiB of JSON, with `next_after` set.
     #[schema(minimum = 1, maximum = 1000)]
     #[serde(default)]
     pub limit: Option<usize>,
@@ -313,7 +314,8 @@ impl ToolKind {
             Self::ScheduleList => {
                 "List schedules in id order, one page at a time: each one's cron (and timezone) or every, \
                  overlap, paused, next_fire_ms, last_fire_ms and last_process_id (a fire starts process \
-                 `{schedule_id}@{fire_time_ms}`). Pass `next_after` as `after` for the next page. Schedules \
+                 `{schedule_id}@{fire_time_ms}`). A page stops at `limit` or at 4 MiB of schedules; pass its \
+                 `next_after` as `after` for the next page. Schedules \
                  belong to the host: a session token is refused (forbidden)."
             }
             Self::SchedulePause => {

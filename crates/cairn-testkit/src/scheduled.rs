@@ -455,6 +455,7 @@ pub async fn schedule_rejects_bad_input(factory: &dyn StoreFactory) {
         .list_schedules(None, None)
         .await
         .expect("list")
+        .items
         .into_iter()
         .map(|s| s.id)
         .collect();

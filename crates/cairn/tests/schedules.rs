@@ -223,3 +223,90 @@ async fn a_cron_step_over_its_range_is_refused() {
     let body = json!({"id": "s", "cron": "*/59 * * * *", "start": echo_template(), "overlap": "skip"});
     assert_eq!(c.post("/v1/schedules", body).await.0, 201, "minutes 0 and 59");
 }
+
+/// A page of schedules is bounded in bytes as well as in count, as a page of
+/// processes is: schedules whose templates hold near a mebibyte come back
+/// over several pages, each under the byte bound past its first schedule,
+/// each naming where the next starts, every schedule once; over MCP too;
+/// and `cairn schedule ls` reads them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_large_schedules_is_bounded_in_bytes() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let ids: Vec<String> = (0..8).map(|i| format!("big-{i}")).collect();
+    for id in &ids {
+        let start = json!({"input": {"type": "tool_call", "tool": "echo", "args": {"value": "z".repeat(900 * 1024)}},
+                           "disposition": "rerunnable"});
+        let (s, err) = c
+            .post(
+                "/v1/schedules",
+                json!({"id": id, "every": "1h", "start": start, "overlap": "skip"}),
+            )
+            .await;
+        assert_eq!(s, 201, "{err}");
+    }
+    let bound = cairn_core::LIST_PAGE_BYTES + 2 * 1024 * 1024;
+    let mut after: Option<String> = None;
+    let (mut seen, mut pages) = (Vec::new(), 0);
+    loop {
+        let path = match &after {
+            Some(a) => format!("/v1/schedules?limit=1000&after={a}"),
+            None => "/v1/schedules?limit=1000".to_string(),
+        };
+        let r = c.http.get(c.url(&path)).send().await.expect("page");
+        assert_eq!(r.status(), 200, "{path}");
+        let body = r.bytes().await.expect("body");
+        assert!(body.len() <= bound, "{path}: a page of {} bytes", body.len());
+        let page: Value = serde_json::from_slice(&body).expect("json");
+        pages += 1;
+        let schedules = page["schedules"].as_array().expect("schedules");
+        assert!(!schedules.is_empty() || page["next_after"].is_null(), "{path}");
+        seen.extend(schedules.iter().map(|s| s["id"].as_str().expect("id").to_string()));
+        match page["next_after"].as_str() {
+            Some(next) => {
+                assert_eq!(
+                    Some(next),
+                    seen.last().map(String::as_str),
+                    "the next page starts after the last"
+                );
+                after = Some(next.to_string());
+            }
+            None => break,
+        }
+    }
+    assert!(pages > 1, "{pages} page held it all");
+    assert_eq!(seen, ids);
+
+    // MCP's schedule_list answers the same pages.
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::ServiceExt;
+    let config = StreamableHttpClientTransportConfig::with_uri(server.url("/mcp"));
+    let mcp = ().serve(StreamableHttpClientTransport::from_config(config)).await.expect("initialize");
+    let arguments = json!({"limit": 1000}).as_object().cloned().expect("object");
+    let result = mcp
+        .call_tool(CallToolRequestParams::new("schedule_list").with_arguments(arguments))
+        .await
+        .expect("tools/call answered");
+    assert_eq!(result.is_error, Some(false), "{:?}", result.content);
+    let page = result.structured_content.expect("structured content");
+    let listed = page["schedules"].as_array().expect("schedules");
+    assert!(listed.len() < ids.len(), "a page of {} schedules", listed.len());
+    assert_eq!(
+        page["next_after"].as_str(),
+        listed.last().and_then(|s| s["id"].as_str())
+    );
+    mcp.cancel().await.expect("close");
+
+    // The CLI follows the pages to the end.
+    let out = server.cli(&["--json", "schedule", "ls"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let listed: Vec<String> = out.json()["schedules"]
+        .as_array()
+        .expect("schedules")
+        .iter()
+        .filter_map(|s| s["id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(listed, ids);
+}

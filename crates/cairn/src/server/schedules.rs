@@ -28,7 +28,9 @@ const WHAT: &str = "schedules";
 pub struct ScheduleListQuery {
     /// Only schedules with a greater id (the previous page's `next_after`).
     pub after: Option<String>,
-    /// Page size (default 100, at most 1000).
+    /// Page size (default 100, at most 1000). A page also stops once its
+    /// schedules reach 4 MiB of JSON (so it holds at most that and one
+    /// schedule more), saying where the next one starts in `next_after`.
     pub limit: Option<usize>,
 }
 
@@ -67,10 +69,13 @@ pub async fn list(
     ApiQuery(q): ApiQuery<ScheduleListQuery>,
 ) -> ApiResult<Json<SchedulePage>> {
     caller.require_host(WHAT)?;
-    let limit = cairn_core::model::page_limit(q.limit)?;
-    let schedules = state.processes.list_schedules(q.after.as_deref(), Some(limit)).await?;
-    let next_after = super::api::next_page(&schedules, limit, |s| &s.id);
-    Ok(Json(SchedulePage { schedules, next_after }))
+    // A page ends at its limit, or once its schedules reach
+    // `LIST_PAGE_BYTES`; either way it names where the next one starts.
+    let listed = state.processes.list_schedules(q.after.as_deref(), q.limit).await?;
+    Ok(Json(SchedulePage {
+        schedules: listed.items,
+        next_after: listed.next_after_id,
+    }))
 }
 
 /// `GET /v1/schedules/{id}`.
