@@ -22,6 +22,7 @@ pub struct EventType {
     pub name: String,
     /// A JSON Schema for the payload; `{}` (the default) accepts anything.
     #[serde(default = "any_schema")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::wire_schema::payload_schema))]
     pub payload_schema: Value,
     /// What appending an event of this type means beyond being logged.
     #[serde(default)]

@@ -65,6 +65,8 @@ pub mod tool;
 pub mod validate;
 pub mod watch;
 mod wire;
+#[cfg(feature = "openapi")]
+mod wire_schema;
 pub mod worker;
 
 pub use async_trait::async_trait;

@@ -112,7 +112,6 @@ impl Originator {
 /// (`{"process_id"}`, SPEC §13), or any other cause as `{"kind", "id"}` (a turn,
 /// a tool call; `{"kind": "process", "id"}` names a parent too).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(
     expecting = "a causal reference: an object, optionally with `process_id`, `kind` and `id`",
     deny_unknown_fields
@@ -128,6 +127,17 @@ pub struct CausalRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
 }
+
+/// Its schema says which fields go together, which the derive cannot.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for CausalRef {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::wire_schema::causal_ref()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for CausalRef {}
 
 impl CausalRef {
     /// A parent process.
@@ -223,9 +233,11 @@ pub enum ProcessInput {
         session: TurnSession,
         /// The turn's input.
         #[serde(default)]
+        #[cfg_attr(feature = "openapi", schema(schema_with = crate::wire_schema::turn_input))]
         input: Value,
         /// What the turn's output must satisfy.
         #[serde(default)]
+        #[cfg_attr(feature = "openapi", schema(schema_with = crate::wire_schema::output_contract))]
         output_contract: Value,
     },
     /// Work executed by another system; cairn never runs it.

@@ -381,7 +381,7 @@ impl ToolKind {
 
     fn build_input_schema(self) -> Arc<JsonObject> {
         match self {
-            Self::Start => json_schema::<StartRequest>(),
+            Self::Start => start_schema(),
             Self::Get => json_schema::<GetArgs>(),
             Self::List => json_schema::<ListArgs>(),
             Self::Events => json_schema::<EventsArgs>(),
@@ -653,6 +653,61 @@ fn complete_schema() -> Arc<JsonObject> {
         }
     }
     drop_unreferenced_defs(&mut schema);
+    Arc::new(schema)
+}
+
+/// `process_start`'s schema: [`StartRequest`], with a `session_turn` as a
+/// start may give it, narrower than the record it makes (whose schema the
+/// type's own says, a turn started earlier under looser bounds among them):
+/// its `input` given, its messages' roles `system`, `user` or `assistant`
+/// with a string `content`, a `json_schema` contract's `schema` an object and
+/// its `repair_attempts` at most 5 (the session-turn runner's bounds, which
+/// the OpenAPI document's `StartInput` states too).
+fn start_schema() -> Arc<JsonObject> {
+    let mut schema = Arc::unwrap_or_clone(json_schema::<StartRequest>());
+    let turn = schema
+        .get_mut("$defs")
+        .and_then(|d| d.get_mut("ProcessInput"))
+        .and_then(|i| i.get_mut("oneOf"))
+        .and_then(Value::as_array_mut)
+        .and_then(|variants| {
+            variants
+                .iter_mut()
+                .find(|v| v.pointer("/properties/type/enum") == Some(&serde_json::json!(["session_turn"])))
+        });
+    let Some(turn) = turn else {
+        return Arc::new(schema);
+    };
+    turn["required"] = serde_json::json!(["type", "input"]);
+    // The forms of a field: the items of its `oneOf`.
+    let forms = |turn: &mut Value, field: &str| -> Vec<Value> {
+        turn.pointer_mut(&format!("/properties/{field}/oneOf"))
+            .and_then(Value::as_array_mut)
+            .map(std::mem::take)
+            .unwrap_or_default()
+    };
+    let mut input = forms(turn, "input");
+    for form in input.iter_mut().filter(|f| f["type"] == "array") {
+        form["items"]["required"] = serde_json::json!(["role", "content"]);
+        form["items"]["properties"] = serde_json::json!({
+            "role": {"type": "string", "enum": ["system", "user", "assistant"]},
+            "content": {"type": "string"},
+        });
+    }
+    if !input.is_empty() {
+        turn["properties"]["input"]["oneOf"] = Value::Array(input);
+    }
+    let mut contract = forms(turn, "output_contract");
+    for form in contract
+        .iter_mut()
+        .filter(|f| f.pointer("/properties/type/enum/0") == Some(&Value::from("json_schema")))
+    {
+        form["properties"]["schema"] = serde_json::json!({"type": "object"});
+        form["properties"]["repair_attempts"] = serde_json::json!({"type": "integer", "minimum": 0, "maximum": 5});
+    }
+    if !contract.is_empty() {
+        turn["properties"]["output_contract"]["oneOf"] = Value::Array(contract);
+    }
     Arc::new(schema)
 }
 

@@ -228,6 +228,184 @@ fn check_tool_list(tools: &[Tool]) {
     }
 }
 
+/// `process_start`'s schema types what a start gives as free JSON: a
+/// turn's `input` (a string or messages) and `output_contract` (`text` or
+/// `json_schema`), a declared type's `payload_schema` (an object or a
+/// boolean) and `caused_by` (`{"process_id"}` or `{"kind", "id"}`). What it
+/// refuses the server refuses, what it takes the server takes, and the
+/// turn's fields say what the OpenAPI document's start input says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_schema_says_what_a_start_takes() {
+    let fake = cairn_testkit::fake_openai::FakeOpenAi::start().await;
+    let model = format!("default={},model=fake-1", fake.base_url());
+    let server = Server::start(&["--token", HOST, "--model", &model]).await;
+    let client = connect(&server, Transport::Http, HOST).await;
+    let listed = tools(&client).await;
+    let start = listed
+        .iter()
+        .find(|t| t.name == "process_start")
+        .map(|t| Value::Object((*t.input_schema).clone()))
+        .expect("process_start");
+    let turn_of = |variants: &Value| -> Value {
+        variants["oneOf"]
+            .as_array()
+            .and_then(|v| {
+                v.iter()
+                    .find(|v| v["properties"]["type"]["enum"] == json!(["session_turn"]))
+            })
+            .cloned()
+            .expect("a session_turn variant")
+    };
+    let turn = turn_of(&start["$defs"]["ProcessInput"]);
+    let kinds = |schema: &Value| -> Vec<Value> {
+        schema["oneOf"]
+            .as_array()
+            .map(|forms| forms.iter().map(|f| f["type"].clone()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        kinds(&turn["properties"]["input"]),
+        [json!("string"), json!("array")],
+        "{turn}"
+    );
+    assert_eq!(
+        kinds(&turn["properties"]["output_contract"]),
+        [json!("null"), json!("object"), json!("object")],
+        "{turn}"
+    );
+    assert_eq!(
+        start["$defs"]["EventType"]["properties"]["payload_schema"]["type"],
+        json!(["object", "boolean"])
+    );
+    // The OpenAPI document says the same of a start's turn.
+    let openapi: Value = reqwest::Client::new()
+        .get(server.url("/openapi.json"))
+        .bearer_auth(HOST)
+        .send()
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("a JSON document");
+    let schemas = &openapi["components"]["schemas"];
+    let documented = turn_of(&schemas["StartInput"]);
+    for field in ["input", "output_contract"] {
+        assert_eq!(
+            turn["properties"][field]["oneOf"], documented["properties"][field]["oneOf"],
+            "{field}"
+        );
+    }
+    assert_eq!(turn["required"], documented["required"]);
+    assert_eq!(
+        schemas["EventType"]["properties"]["payload_schema"]["type"],
+        json!(["object", "boolean"])
+    );
+    // Each start against the schema and the server: they agree.
+    let validator = jsonschema::validator_for(&start).expect("the start schema compiles");
+    let external = json!({"type": "external", "metadata": {}});
+    let turn_with = |fields: Value| {
+        let mut input = json!({"type": "session_turn"});
+        for (k, v) in fields.as_object().expect("fields") {
+            input[k] = v.clone();
+        }
+        input
+    };
+    let cases = [
+        // (what is given beside the id, whether it is taken)
+        (json!({"input": external, "caused_by": {}}), false),
+        (
+            json!({"input": external, "caused_by": {"process_id": "p", "kind": "turn", "id": "t"}}),
+            false,
+        ),
+        (json!({"input": external, "caused_by": {"kind": "turn"}}), false),
+        (
+            json!({"input": external, "caused_by": {"kind": "turn", "id": "t", "process_id": null}}),
+            true,
+        ),
+        (
+            json!({"input": external, "event_types": [{"name": "x.done", "payload_schema": null}]}),
+            false,
+        ),
+        (
+            json!({"input": external, "event_types": [{"name": "x.done", "payload_schema": 5}]}),
+            false,
+        ),
+        (
+            json!({"input": external, "event_types": [{"name": "x.done", "payload_schema": true}]}),
+            true,
+        ),
+        (
+            json!({"input": external, "event_types": [{"name": "x.done", "payload_schema": {"type": "object"}}]}),
+            true,
+        ),
+        (json!({"input": turn_with(json!({}))}), false),
+        (json!({"input": turn_with(json!({"input": 5}))}), false),
+        (json!({"input": turn_with(json!({"input": "  "}))}), false),
+        (json!({"input": turn_with(json!({"input": []}))}), false),
+        (
+            json!({"input": turn_with(json!({"input": [{"role": "tool", "content": "x"}]}))}),
+            false,
+        ),
+        (
+            json!({"input": turn_with(json!({"input": [{"role": "user", "content": 5}]}))}),
+            false,
+        ),
+        (
+            json!({"input": turn_with(json!({"input": "hi", "output_contract": "text"}))}),
+            false,
+        ),
+        (
+            json!({"input": turn_with(json!({"input": "hi", "output_contract": {}}))}),
+            false,
+        ),
+        (
+            json!({"input": turn_with(json!({"input": "hi", "output_contract": {"type": "json_schema"}}))}),
+            false,
+        ),
+        (
+            json!({"input": turn_with(json!({"input": "hi", "output_contract": {"type": "json_schema", "schema": true}}))}),
+            false,
+        ),
+        (
+            json!({"input": turn_with(json!({"input": "hi", "output_contract": {"type": "json_schema", "schema": {}, "repair_attempts": 6}}))}),
+            false,
+        ),
+        (
+            json!({"input": turn_with(json!({"input": "hi", "output_contract": null}))}),
+            true,
+        ),
+        (
+            json!({"input": turn_with(json!({"input": "hi", "output_contract": {"type": "text"}}))}),
+            true,
+        ),
+        (
+            json!({"input": turn_with(json!({"input": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+                                             "output_contract": {"type": "json_schema", "schema": {"type": "object"}, "repair_attempts": 5}}))}),
+            true,
+        ),
+    ];
+    for (i, (fields, taken)) in cases.into_iter().enumerate() {
+        let mut arguments = json!({"id": format!("schema-{i}"), "disposition": "externally_owned"});
+        if fields["input"]["type"] == "session_turn" {
+            arguments["disposition"] = json!("rerunnable");
+        }
+        for (k, v) in fields.as_object().expect("fields") {
+            arguments[k] = v.clone();
+        }
+        assert_eq!(validator.is_valid(&arguments), taken, "the schema, of {arguments}");
+        let result = call(&client, "process_start", arguments.clone())
+            .await
+            .expect("answered");
+        assert_eq!(
+            result.is_error == Some(false),
+            taken,
+            "the server, of {arguments}: {:?}",
+            result.content
+        );
+    }
+    let _ = client.cancel().await;
+}
+
 /// Everything of the "done when" list a host token does, over one transport.
 async fn drive(transport: Transport) {
     let fx = server().await;
