@@ -984,6 +984,47 @@ async fn streamable_http_needs_a_token() {
     assert!(refused.is_err(), "initialize with an unknown token must fail");
 }
 
+/// As crates/cairn/README.md says: who may ask is decided before MCP and
+/// refused with the HTTP API's error body (401, 403), which an MCP client
+/// acts on by its status; what is wrong with a message is a JSON-RPC error.
+#[tokio::test]
+async fn auth_refusals_on_mcp_keep_the_http_apis_body() {
+    let fx = server().await;
+    let post = |token: Option<&str>, content_type: &str, cross_site: bool| {
+        let mut request = reqwest::Client::new()
+            .post(fx.server.url("/mcp"))
+            .header("Content-Type", content_type)
+            .header("Accept", "application/json, text/event-stream")
+            .body(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if cross_site {
+            request = request.header("Sec-Fetch-Site", "cross-site");
+        }
+        async move {
+            let response = request.send().await.expect("answered");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("a JSON body"))
+        }
+    };
+    const JSON: &str = "application/json";
+    for (token, cross_site, status, code) in [
+        (None, false, 401, "unauthorized"),
+        (Some("wrong"), false, 401, "unauthorized"),
+        (Some(HOST), true, 403, "forbidden"),
+    ] {
+        let (got, body) = post(token, JSON, cross_site).await;
+        assert_eq!(got, status, "{body}");
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert!(body.get("jsonrpc").is_none(), "{body}");
+    }
+    let (got, body) = post(Some(HOST), "text/plain", false).await;
+    assert_eq!(got, 415, "{body}");
+    assert_eq!(body["error"]["code"], -32600, "{body}");
+    assert_eq!(post(Some(HOST), JSON, false).await.1["result"], json!({}));
+}
+
 #[tokio::test]
 async fn streamable_http_on_an_open_loopback_server() {
     // No token configured: open access on loopback, where the endpoint still checks `Host`.
