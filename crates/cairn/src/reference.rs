@@ -446,7 +446,9 @@ pub fn render() -> String {
          `no_longer_retained`) and changed nothing, except `outcome_unknown` (and a start refused\n\
          for what is stored, `registration_conflict`, `no_longer_retained` or a `caused_by` parent\n\
          that does not exist, may leave the env it carried stored, unreferenced). A route under `/v1` that reads no query string refuses\n\
-         one (`invalid_request`); any route answers 413 to a body past `--max-body-bytes`. A request the HTTP layer cannot parse (a malformed request line or\n\
+         one (`invalid_request`), and one that reads a query refuses a parameter it does not take\n\
+         (naming those it takes) or one given twice (`invalid_request`; `/v1/processes`, whose\n\
+         parameters are filter keys, `invalid_filter`); any route answers 413 to a body past `--max-body-bytes`. A request the HTTP layer cannot parse (a malformed request line or\n\
          header, a URI or headers past its limits) gets its bare 400, 414 or 431 with an empty\n\
          body. The CLI exits 2 on 400, 413 and 415 (bad input) and 1 on the others.\n"
     );

@@ -253,6 +253,66 @@ async fn start_is_idempotent_and_errors_have_their_classes() {
     }
 }
 
+/// A query parameter a route does not take, or one given twice, is refused
+/// in cairn's words on every route that takes a query (as `/v1/processes`
+/// refuses its filter keys): the unknown one named with those the route
+/// takes, the repeated one named; 400 `invalid_request`, and nothing read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_parameter_not_taken_or_given_twice_is_refused_in_words() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let (s, _) = c.start(waiter("p1")).await;
+    assert_eq!(s, 201);
+    for (route, takes) in [
+        ("/v1/schedules", "`after` and `limit`"),
+        ("/v1/modules", "`after` and `limit`"),
+        ("/v1/changes", "`cursor` and `limit`"),
+        ("/v1/processes/p1/events", "`after` and `limit`"),
+        ("/v1/processes/p1/await", "only `timeout_ms`"),
+        ("/v1/sessions/s1/wakes", "only `limit`"),
+    ] {
+        for (query, said) in [
+            (
+                "bogus=1".to_string(),
+                format!("unknown query parameter `bogus`: this route takes {takes}"),
+            ),
+            (
+                "=1".to_string(),
+                format!("a query parameter has no name: this route takes {takes}"),
+            ),
+        ] {
+            let (s, err) = c.get(&format!("{route}?{query}")).await;
+            assert_eq!((s, code(&err)), (400, "invalid_request"), "{route}?{query}: {err}");
+            assert_eq!(err["error"]["message"], said, "{route}?{query}");
+        }
+    }
+    for (path, said) in [
+        ("/v1/schedules?limit=5&limit=6", "`limit` is given twice"),
+        ("/v1/schedules?after=a&limit=5&after=b", "`after` is given twice"),
+        ("/v1/modules?limit=5&limit=6", "`limit` is given twice"),
+        ("/v1/changes?cursor=1&cursor=2", "`cursor` is given twice"),
+        ("/v1/processes/p1/events?after=0&after=0", "`after` is given twice"),
+        (
+            "/v1/processes/p1/await?timeout_ms=1&timeout_ms=2",
+            "`timeout_ms` is given twice",
+        ),
+        ("/v1/sessions/s1/wakes?limit=1&limit=1", "`limit` is given twice"),
+        // The first fault in the order given is the one said.
+        ("/v1/schedules?limit=1&limit=2&bogus=1", "`limit` is given twice"),
+        (
+            "/v1/schedules?bogus=1&limit=1&limit=2",
+            "unknown query parameter `bogus`: this route takes `after` and `limit`",
+        ),
+    ] {
+        let (s, err) = c.get(path).await;
+        assert_eq!((s, code(&err)), (400, "invalid_request"), "{path}: {err}");
+        assert_eq!(err["error"]["message"], said, "{path}");
+    }
+    // A key spelled with escapes is the key it decodes to.
+    let (s, page) = c.get("/v1/schedules?lim%69t=5").await;
+    assert_eq!(s, 200, "{page}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_filters_and_paging() {
     let server = Server::start(&[]).await;

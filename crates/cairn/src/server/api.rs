@@ -640,18 +640,26 @@ fn is_json_content_type(value: &str) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
-/// A query string parsed into `T` (which should deny unknown fields); errors are 400 `invalid_request`.
+/// A query string parsed into `T` (which should deny unknown fields); errors
+/// are 400 `invalid_request`, said in cairn's words: a parameter the route
+/// does not take names the ones it does (from `T`'s parameters as the
+/// OpenAPI document lists them), and one given twice is said to be.
 pub struct ApiQuery<T>(pub T);
 
 impl<S, T> FromRequestParts<S> for ApiQuery<T>
 where
     S: Send + Sync,
-    T: DeserializeOwned,
+    T: DeserializeOwned + utoipa::IntoParams,
 {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         utf8_query(parts.uri.query())?;
+        let taken: Vec<String> = T::into_params(|| Some(utoipa::openapi::path::ParameterIn::Query))
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        query_keys(parts.uri.query(), &taken)?;
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| ApiQuery(q.0))
@@ -665,6 +673,41 @@ where
                     ApiError::invalid_request(said)
                 }
             })
+    }
+}
+
+/// Refuse a query naming a parameter that is not among `taken`, or one
+/// parameter twice: the first such key, in the order given.
+fn query_keys(raw: Option<&str>, taken: &[String]) -> Result<(), ApiError> {
+    let mut seen: Vec<String> = Vec::new();
+    for (key, _) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        if key.is_empty() {
+            return Err(ApiError::invalid_request(format!(
+                "a query parameter has no name: this route takes {}",
+                said_list(taken)
+            )));
+        }
+        if !taken.iter().any(|t| *t == key) {
+            return Err(ApiError::invalid_request(format!(
+                "unknown query parameter `{key}`: this route takes {}",
+                said_list(taken)
+            )));
+        }
+        if seen.iter().any(|s| *s == key) {
+            return Err(ApiError::invalid_request(format!("`{key}` is given twice")));
+        }
+        seen.push(key.into_owned());
+    }
+    Ok(())
+}
+
+/// `` `a` ``, `` `a` and `b` `` or `` `a`, `b` and `c` ``; "no parameters" for none.
+fn said_list(names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    match quoted.as_slice() {
+        [] => "no parameters".into(),
+        [one] => format!("only {one}"),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
     }
 }
 
@@ -724,7 +767,14 @@ fn query_error(text: &str, query: Option<&str>) -> String {
             return format!("`{field}` {meant}, got `{given}`");
         }
     }
-    text.to_string()
+    // Anything else (`field: invalid type: ...`) named as a query parameter,
+    // its types in wire terms.
+    match detail.split_once(": ") {
+        Some((field, why)) if !field.is_empty() && !field.contains(' ') => {
+            format!("`{field}`: {}", cairn_core::validate::wire_terms(why))
+        }
+        _ => cairn_core::validate::wire_terms(detail),
+    }
 }
 
 /// Path parameters; errors are 400 `invalid_request`.
@@ -748,6 +798,34 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_query_key_not_taken_or_repeated_is_said_in_words() {
+        let taken = ["after".to_string(), "limit".to_string()];
+        assert!(query_keys(Some("after=a&limit=2"), &taken).is_ok());
+        assert!(query_keys(None, &taken).is_ok());
+        let said = |raw: &str, taken: &[String]| query_keys(Some(raw), taken).map_err(|e| e.message).unwrap_err();
+        assert_eq!(
+            said("bogus=1", &taken),
+            "unknown query parameter `bogus`: this route takes `after` and `limit`"
+        );
+        assert_eq!(said("limit=1&limit=1", &taken), "`limit` is given twice");
+        assert_eq!(said("limit=1&lim%69t=2", &taken), "`limit` is given twice");
+        let one = ["timeout_ms".to_string()];
+        assert_eq!(
+            said("x=1", &one),
+            "unknown query parameter `x`: this route takes only `timeout_ms`"
+        );
+        let three = ["a".to_string(), "b".to_string(), "c".to_string()];
+        assert_eq!(
+            said("x", &three),
+            "unknown query parameter `x`: this route takes `a`, `b` and `c`"
+        );
+        assert_eq!(
+            said("x", &[]),
+            "unknown query parameter `x`: this route takes no parameters"
+        );
+    }
 
     #[test]
     fn json_content_types() {
