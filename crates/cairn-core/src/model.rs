@@ -1516,8 +1516,7 @@ impl ProcessFilter {
 
     /// Parse a JSON filter object; unknown keys and wrong types are [`CairnError::InvalidFilter`].
     pub fn from_json(value: Value) -> crate::Result<Self> {
-        let filter: Self =
-            serde_json::from_value(value).map_err(|e| crate::CairnError::InvalidFilter(e.to_string()))?;
+        let filter: Self = crate::validate::read_in_wire_terms(&value).map_err(crate::CairnError::InvalidFilter)?;
         filter.validate()?;
         Ok(filter)
     }

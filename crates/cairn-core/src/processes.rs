@@ -100,8 +100,8 @@ impl StartRequest {
 
     /// Parse the JSON wire shape; shape errors are `invalid_request` naming the problem.
     pub fn from_json(value: Value) -> Result<Self> {
-        let request: Self = serde_json::from_value(value.clone())
-            .map_err(|e| CairnError::InvalidRequest(format!("start request: {e}")))?;
+        let request: Self = crate::validate::read_in_wire_terms(&value)
+            .map_err(|why| CairnError::InvalidRequest(format!("start request: {why}")))?;
         // Nor is a nested object read from an array, by position.
         if let Ok(read) = serde_json::to_value(&request) {
             if let Some(at) = crate::validate::array_read_as_object(&value, &read) {

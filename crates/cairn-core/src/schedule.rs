@@ -160,23 +160,10 @@ impl ScheduleRequest {
                 crate::validate::json_kind(start)
             )));
         }
-        serde_path_to_error::deserialize(&value)
-            .map_err(|e| {
-                let at = e.path().to_string();
-                // Inside an input serde names no field: `start.input.session.model`.
-                let inner = (at == "start.input")
-                    .then(|| {
-                        value
-                            .pointer("/start/input")
-                            .and_then(crate::model::ProcessInput::refused_at)
-                    })
-                    .flatten();
-                match (at.as_str(), inner) {
-                    (_, Some((field, why))) => CairnError::InvalidRequest(format!("schedule: `{at}.{field}`: {why}")),
-                    ("" | ".", None) => CairnError::InvalidRequest(format!("schedule: {}", e.inner())),
-                    (_, None) => CairnError::InvalidRequest(format!("schedule: `{at}`: {}", e.inner())),
-                }
-            })
+        // The field a refusal is about is named (`start.input.session.model`),
+        // and what it takes said in wire terms.
+        crate::validate::read_in_wire_terms(&value)
+            .map_err(|why| CairnError::InvalidRequest(format!("schedule: {why}")))
             .and_then(|request: Self| {
                 // Nor is a nested object read from an array (serde reads a struct
                 // from one, by position).

@@ -149,9 +149,30 @@ pub fn refusal_in_wire_terms<T: serde::de::DeserializeOwned>(given: &Value, path
     wire_terms(message)
 }
 
-/// The tags the enum tag at `path` in `given` takes (`one of `a`, `b``),
-/// as `T`'s reading says when that tag is one it does not know.
-fn tags_at<T: serde::de::DeserializeOwned>(given: &Value, path: &str) -> Option<String> {
+/// `value` read as a `T`, or why not in wire terms
+/// ([`refusal_in_wire_terms`]), after the field it is about
+/// (`` `start.input.session.max_steps`: ``). Inside a session turn's
+/// `session`, where serde names no field, the field is found by
+/// [`crate::model::ProcessInput::refused_at`].
+pub fn read_in_wire_terms<T: serde::de::DeserializeOwned>(value: &Value) -> std::result::Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let at = e.path().to_string();
+        let input = (at == "input" || at.ends_with(".input"))
+            .then(|| pointer_of(&at).and_then(|p| value.pointer(&p)))
+            .flatten();
+        if let Some((field, why)) = input.and_then(crate::model::ProcessInput::refused_at) {
+            return format!("`{at}.{field}`: {}", wire_terms(&why));
+        }
+        let why = refusal_in_wire_terms::<T>(value, &at, &e.inner().to_string());
+        match at.as_str() {
+            "" | "." => why,
+            _ => format!("`{at}`: {why}"),
+        }
+    })
+}
+
+/// The JSON Pointer of a path as serde_path_to_error writes one (`a.b[0].c`).
+fn pointer_of(path: &str) -> Option<String> {
     let mut pointer = String::new();
     for part in path.split('.') {
         let (key, indices) = part.split_once('[').unwrap_or((part, ""));
@@ -165,6 +186,13 @@ fn tags_at<T: serde::de::DeserializeOwned>(given: &Value, path: &str) -> Option<
             pointer.push_str(index.strip_suffix(']')?);
         }
     }
+    Some(pointer)
+}
+
+/// The tags the enum tag at `path` in `given` takes (`one of `a`, `b``),
+/// as `T`'s reading says when that tag is one it does not know.
+fn tags_at<T: serde::de::DeserializeOwned>(given: &Value, path: &str) -> Option<String> {
+    let pointer = pointer_of(path)?;
     let mut probe = given.clone();
     // No tag of cairn's is empty.
     *probe.pointer_mut(&pointer)? = Value::String(String::new());
@@ -1037,6 +1065,69 @@ mod tests {
 
     /// An array read as an object is found at its path; arrays the value
     /// holds as arrays, and objects read as objects, are not.
+    /// A start request read from JSON (`ctx.start` in a script) names the
+    /// field it refuses, in wire terms: not `u32`, not "variant identifier".
+    #[test]
+    fn a_start_request_from_json_is_refused_in_wire_terms() {
+        let turn = |session: Value| json!({"id": "t", "disposition": "rerunnable", "input": {"type": "session_turn", "session": session}});
+        for (given, said) in [
+            (
+                turn(json!({"max_steps": "5"})),
+                "invalid request: start request: `input.session.max_steps`: invalid type: string \"5\", expected a \
+                 non-negative integer up to 4294967295",
+            ),
+            (
+                json!({"id": "t", "disposition": "rerunnable", "input": {"type": 5}}),
+                "invalid request: start request: `input.type`: invalid type: integer `5`, expected a string, one of \
+                 `tool_call`, `script`, `session_turn`, `external`",
+            ),
+        ] {
+            let refused = crate::StartRequest::from_json(given.clone()).expect_err("refused");
+            assert_eq!(refused.to_string(), said, "{given}");
+        }
+    }
+
+    /// A schedule read from JSON names the field it refuses, in wire terms,
+    /// inside its start template's input too.
+    #[test]
+    fn a_schedule_from_json_is_refused_in_wire_terms() {
+        let schedule = |start: Value| json!({"id": "s", "every": "1h", "start": start, "overlap": "skip"});
+        for (given, said) in [
+            (
+                schedule(json!({
+                    "disposition": "rerunnable",
+                    "input": {"type": "session_turn", "session": {"max_steps": "5"}}
+                })),
+                "invalid request: schedule: `start.input.session.max_steps`: invalid type: string \"5\", expected a \
+                 non-negative integer up to 4294967295",
+            ),
+            (
+                schedule(json!({"disposition": "rerunnable", "input": {"type": 5}})),
+                "invalid request: schedule: `start.input.type`: invalid type: integer `5`, expected a string, one of \
+                 `tool_call`, `script`, `session_turn`, `external`",
+            ),
+        ] {
+            let refused = crate::ScheduleRequest::from_json(given.clone()).expect_err("refused");
+            assert!(refused.to_string().starts_with(said), "{given}: {refused}");
+        }
+    }
+
+    /// A listing filter read from JSON names the field it refuses, in wire terms.
+    #[test]
+    fn a_filter_from_json_is_refused_in_wire_terms() {
+        let refused = crate::ProcessFilter::from_json(json!({"limit": "5"})).expect_err("refused");
+        assert_eq!(refused.code(), "invalid_filter");
+        assert!(
+            refused
+                .to_string()
+                .ends_with("`limit`: invalid type: string \"5\", expected a non-negative integer"),
+            "{refused}"
+        );
+        let refused = crate::ProcessFilter::from_json(json!({"created_from_ms": -1})).expect_err("refused");
+        assert!(refused.to_string().contains("`created_from_ms`"), "{refused}");
+        assert!(!refused.to_string().contains("u64"), "{refused}");
+    }
+
     #[test]
     fn an_array_read_as_an_object_is_found_where_it_is() {
         let given = json!({"a": [1, {"b": ["x"]}], "c": {"d": [1]}});
