@@ -640,7 +640,7 @@ fn is_json_content_type(value: &str) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
-/// A query string parsed into `T` (which should deny unknown fields); errors
+/// A query string parsed into `T` (which must deny unknown fields: a query it reads is taken as is); errors
 /// are 400 `invalid_request`, said in cairn's words: a parameter the route
 /// does not take names the ones it does (from `T`'s parameters as the
 /// OpenAPI document lists them), and one given twice is said to be.
@@ -655,24 +655,28 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         utf8_query(parts.uri.query())?;
-        let taken: Vec<String> = T::into_params(|| Some(utoipa::openapi::path::ParameterIn::Query))
-            .into_iter()
-            .map(|p| p.name)
-            .collect();
-        query_keys(parts.uri.query(), &taken)?;
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| ApiQuery(q.0))
-            .map_err(|e: QueryRejection| {
-                let said = query_error(&e.body_text(), parts.uri.query());
-                // A page size that is no number is as bad a page as 0 is,
-                // and said as `invalid_page` says it.
-                if said.starts_with("`limit` ") {
-                    ApiError::new(StatusCode::BAD_REQUEST, "invalid_page", format!("invalid page: {said}"))
-                } else {
-                    ApiError::invalid_request(said)
-                }
-            })
+        let read = axum::extract::Query::<T>::from_request_parts(parts, state).await;
+        // `T` denies unknown and repeated keys, so a query read without error
+        // has neither; only a refused one is looked at key by key (the names
+        // a route takes are built from its OpenAPI description, which no
+        // request that reads well needs to pay for).
+        if read.is_err() {
+            let taken: Vec<String> = T::into_params(|| Some(utoipa::openapi::path::ParameterIn::Query))
+                .into_iter()
+                .map(|p| p.name)
+                .collect();
+            query_keys(parts.uri.query(), &taken)?;
+        }
+        read.map(|q| ApiQuery(q.0)).map_err(|e: QueryRejection| {
+            let said = query_error(&e.body_text(), parts.uri.query());
+            // A page size that is no number is as bad a page as 0 is,
+            // and said as `invalid_page` says it.
+            if said.starts_with("`limit` ") {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_page", format!("invalid page: {said}"))
+            } else {
+                ApiError::invalid_request(said)
+            }
+        })
     }
 }
 
