@@ -664,7 +664,8 @@ async fn settle(
 /// first, it is in place whenever the command runs. (A group's id stays
 /// valid while any member lives, so the sentinel may be stopped alone and
 /// the group ended after.) Owner-bound runs have none: they are never run
-/// again, and their command may still finish its work.
+/// again, and their command may still finish its work if it writes no more
+/// output (its pipes' reader is gone: a write ends it with SIGPIPE).
 struct Sentinel {
     child: Child,
     pgid: libc::pid_t,
