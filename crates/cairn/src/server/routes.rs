@@ -754,7 +754,7 @@ pub async fn transfer(
     params(("session_id" = String, Path, description = "Session id")),
     request_body = AckBody,
     responses(
-        (status = 200, description = "What was removed; never cancels anything", body = SessionDeleteReport),
+        (status = 200, description = "What was removed; never cancels anything. The host token's delete removes the grants of every scope of the session; a session token's removes only the grants to the session as a whole (grants the host made to its agent frames stay, and a process a frame still holds is preserved, not orphaned). Either removes the session's pending wakes, its frames' included", body = SessionDeleteReport),
         (status = 403, description = "A session token naming another session", body = ErrorSchema)))]
 pub async fn delete_session(
     State(state): Shared,
