@@ -1739,7 +1739,7 @@ impl PruneFilter {
     pub fn validate(&self) -> crate::Result<()> {
         if self.status == StatusFilter::Running {
             return Err(crate::CairnError::InvalidFilter(
-                "prune never touches running processes".into(),
+                "`status` `running`: prune never touches running processes".into(),
             ));
         }
         check_definition(self.definition.as_deref())?;

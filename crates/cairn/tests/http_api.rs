@@ -954,6 +954,69 @@ async fn abandon_transfer_and_session_delete() {
     assert_eq!((s, code(&err)), (400, "invalid_request"));
 }
 
+/// Every bad filter value, in a list's query or a prune's body, is
+/// `invalid_filter` and names its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_filter_value_is_invalid_filter_naming_its_key() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    for (q, key) in [
+        ("granted_to=", "granted_to"),
+        ("originated_by=", "originated_by"),
+        ("granted_to=a/frame:b", "granted_to"),
+        ("granted_to=..", "granted_to"),
+        ("caused_by=", "caused_by"),
+        ("status=bogus", "status"),
+        ("waiting=maybe", "waiting"),
+        ("created_from_ms=x", "created_from_ms"),
+    ] {
+        let (s, err) = c.get(&format!("/v1/processes?{q}")).await;
+        assert_eq!((s, code(&err)), (400, "invalid_filter"), "{q}: {err}");
+        let message = err["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(&format!("`{key}`")), "{q}: {message}");
+    }
+    let prune = |field: &str, value: Value| {
+        let mut body = json!({"cutoff_ms": 1, "watermark": {"type": "no_projector"}});
+        body[field] = value;
+        body
+    };
+    for (key, value) in [
+        ("status", json!("bogus")),
+        ("status", json!("running")),
+        ("status", json!(3)),
+        ("status", json!(null)),
+        ("definition", json!("echo")),
+        ("definition", json!(7)),
+        ("originator", json!("s1")),
+        ("caused_by", json!("")),
+        ("caused_by", json!(["p"])),
+        ("created_from_ms", json!("x")),
+        ("created_from_ms", json!(-1)),
+        ("created_before_ms", json!(u64::MAX)),
+    ] {
+        let (s, err) = c.post("/v1/prune", prune(key, value.clone())).await;
+        assert_eq!((s, code(&err)), (400, "invalid_filter"), "{key}: {value}: {err}");
+        let message = err["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(&format!("`{key}`")), "{key}: {value}: {message}");
+    }
+    // What is not a filter keeps its own code, and good filters still prune.
+    let (s, err) = c
+        .post(
+            "/v1/prune",
+            json!({"cutoff_ms": "x", "watermark": {"type": "no_projector"}}),
+        )
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+    let (s, err) = c.post("/v1/prune", prune("bogus", json!(1))).await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+    let mut body = prune("status", json!("completed"));
+    body["definition"] = json!("external");
+    body["caused_by"] = json!(null);
+    body["created_from_ms"] = json!(0);
+    let (s, report) = c.post("/v1/prune", body).await;
+    assert_eq!((s, report["pruned"].as_u64()), (200, Some(0)), "{report}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_metrics_and_openapi() {
     let server = Server::start(&[]).await;

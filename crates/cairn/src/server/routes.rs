@@ -140,37 +140,85 @@ pub struct TransferBody {
 }
 
 /// Body of `POST /v1/prune`.
+// Its filters are read whatever their JSON, so that a bad one is refused as
+// a bad filter (`invalid_filter`, naming its key), as in a list's query, not
+// as a malformed body.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(expecting = "a prune request: an object with `cutoff_ms`", deny_unknown_fields)]
 pub struct PruneBody {
     /// Prune processes that ended before this time (epoch ms).
     pub cutoff_ms: u64,
     /// Which terminal statuses (default `any`; `running` is refused).
-    #[serde(default = "any_status")]
-    pub status: StatusFilter,
+    #[serde(default, skip_serializing_if = "FilterValue::is_absent")]
+    #[schema(value_type = StatusFilter)]
+    pub status: FilterValue<StatusFilter>,
     /// Only processes of this definition (`tool:NAME`, `script:MODULE_REF#EXPORT`,
     /// `session_turn`, `external`), as the list filter.
-    #[serde(default)]
-    pub definition: Option<String>,
+    #[serde(default, skip_serializing_if = "FilterValue::is_absent")]
+    #[schema(value_type = Option<String>)]
+    pub definition: FilterValue<Option<String>>,
     /// Only processes started by this originator scope id (`host`, `host:SCOPE`,
     /// `session:ID`, `session:ID/frame:FRAME`), as the list filter.
-    #[serde(default)]
-    pub originator: Option<String>,
+    #[serde(default, skip_serializing_if = "FilterValue::is_absent")]
+    #[schema(value_type = Option<String>)]
+    pub originator: FilterValue<Option<String>>,
     /// Only the children of this process.
-    #[serde(default)]
-    pub caused_by: Option<String>,
+    #[serde(default, skip_serializing_if = "FilterValue::is_absent")]
+    #[schema(value_type = Option<String>)]
+    pub caused_by: FilterValue<Option<String>>,
     /// Only processes created at or after this time (epoch ms).
-    #[serde(default)]
-    pub created_from_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "FilterValue::is_absent")]
+    #[schema(value_type = Option<u64>)]
+    pub created_from_ms: FilterValue<Option<u64>>,
     /// Only processes created before this time (epoch ms).
-    #[serde(default)]
-    pub created_before_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "FilterValue::is_absent")]
+    #[schema(value_type = Option<u64>)]
+    pub created_before_ms: FilterValue<Option<u64>>,
     /// `{"type":"no_projector"}` or `{"type":"cursor","cursor":N}`: required, never implied.
     pub watermark: Watermark,
 }
 
-fn any_status() -> StatusFilter {
-    StatusFilter::Any
+/// A filter of a JSON body, kept as given (`None` when left out) and read as
+/// a `T` by [`FilterValue::read`].
+#[derive(Debug)]
+pub struct FilterValue<T>(Option<Value>, std::marker::PhantomData<T>);
+
+impl<T> Default for FilterValue<T> {
+    fn default() -> Self {
+        Self(None, std::marker::PhantomData)
+    }
+}
+
+impl<T> FilterValue<T> {
+    fn is_absent(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl<T: serde::de::DeserializeOwned> FilterValue<T> {
+    /// The value read as a `T`, `absent` when left out; `invalid_filter`
+    /// naming `key` when it is not one.
+    fn read(self, key: &str, absent: T) -> Result<T, cairn_core::CairnError> {
+        let Some(given) = self.0 else {
+            return Ok(absent);
+        };
+        serde_json::from_value(given).map_err(|e| {
+            let why = cairn_core::validate::wire_terms(&e.to_string());
+            cairn_core::CairnError::InvalidFilter(format!("`{key}`: {why}"))
+        })
+    }
+}
+
+impl<'de, T> Deserialize<'de> for FilterValue<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Value::deserialize(deserializer).map(|v| Self(Some(v), std::marker::PhantomData))
+    }
+}
+
+impl<T> Serialize for FilterValue<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
 }
 
 /// Query of `GET /v1/processes/{id}/events`.
@@ -367,6 +415,18 @@ pub async fn list(
         };
         if slot.replace(v.clone()).is_some() {
             return Err(cairn_core::CairnError::InvalidFilter(format!("filter key `{k}` given twice")).into());
+        }
+    }
+    // A session id no session can have is a filter value no process
+    // passes: refused as every other bad one is (`invalid_filter`).
+    for (key, value) in [("granted_to", &granted_to), ("originated_by", &originated_by)] {
+        if let Some(v) = value {
+            cairn_core::validate::validate_session_id(v).map_err(|e| match e {
+                cairn_core::CairnError::InvalidId(why) => {
+                    cairn_core::CairnError::InvalidFilter(format!("`{key}`: {why}"))
+                }
+                other => other,
+            })?;
         }
     }
     // A time past the stores' signed 64 bits is a filter refused as every
@@ -816,7 +876,7 @@ pub async fn ack_wake(
     request_body = PruneBody,
     responses(
         (status = 200, description = "What was deleted", body = PruneReport),
-        (status = 400, description = "invalid_filter: status running, or a definition or originator no process can have", body = ErrorSchema),
+        (status = 400, description = "invalid_filter: a filter of the wrong JSON kind, status running, or a value no process can have; invalid_request: the rest of the body", body = ErrorSchema),
         (status = 403, description = "Host only", body = ErrorSchema)))]
 pub async fn prune(
     State(state): Shared,
@@ -828,16 +888,27 @@ pub async fn prune(
     if let Watermark::Cursor { cursor } = &body.watermark {
         within_int64("watermark.cursor", Some(*cursor))?;
     }
-    within_int64("created_from_ms", body.created_from_ms)?;
-    within_int64("created_before_ms", body.created_before_ms)?;
     let filter = PruneFilter {
-        status: body.status,
-        definition: body.definition,
-        originator: body.originator,
-        caused_by: body.caused_by,
-        created_from_ms: body.created_from_ms,
-        created_before_ms: body.created_before_ms,
+        status: body.status.read("status", StatusFilter::Any)?,
+        definition: body.definition.read("definition", None)?,
+        originator: body.originator.read("originator", None)?,
+        caused_by: body.caused_by.read("caused_by", None)?,
+        created_from_ms: body.created_from_ms.read("created_from_ms", None)?,
+        created_before_ms: body.created_before_ms.read("created_before_ms", None)?,
     };
+    for (key, at) in [
+        ("created_from_ms", filter.created_from_ms),
+        ("created_before_ms", filter.created_before_ms),
+    ] {
+        // Past the stores' signed 64 bits: refused as the list's query refuses it.
+        if let Some(v) = at.filter(|v| i64::try_from(*v).is_err()) {
+            return Err(cairn_core::CairnError::InvalidFilter(format!(
+                "`{key}` is {v}, over the largest accepted value {}",
+                i64::MAX
+            ))
+            .into());
+        }
+    }
     Ok(Json(
         state.processes.prune(body.cutoff_ms, filter, body.watermark).await?,
     ))
