@@ -36,7 +36,8 @@
 //!     .complete_external("job-1", cairn_core::Outcome::Success { value: serde_json::json!(7) }, "ci")
 //!     .await
 //!     .unwrap();
-//! assert_eq!(done.status, cairn_core::ProcessStatus::Completed);
+//! assert!(done.completed_now);
+//! assert_eq!(done.process.status, cairn_core::ProcessStatus::Completed);
 //! # });
 //! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
 //! #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
@@ -79,7 +80,7 @@ pub use events::{
 pub use memory::MemoryRegistry;
 pub use model::*;
 pub use processes::{Listed, Processes, RuntimeBuilder, StartRequest, EVENT_PAGE_BYTES, LIST_PAGE_BYTES};
-pub use registry::{CancelAnswer, ProcessRegistry, Registered};
+pub use registry::{CancelAnswer, CompleteAnswer, ProcessRegistry, Registered};
 pub use schedule::{
     FireRefusal, FireReport, Overlap, Schedule, ScheduleAdvance, SchedulePage, ScheduleRequest, StartTemplate,
 };

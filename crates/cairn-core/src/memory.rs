@@ -17,7 +17,7 @@ use crate::model::{
 };
 use crate::ops::admin::{self, AdminTx, Deleted, GrantState, PruneCandidate, PrunePosition};
 use crate::ops::{self, at_once, Answer, Op, Row, WriteTx};
-use crate::registry::{CancelAnswer, ProcessRegistry, Registered};
+use crate::registry::{CancelAnswer, CompleteAnswer, ProcessRegistry, Registered};
 use crate::schedule::{Schedule, ScheduleAdvance};
 use crate::validate::{self, validate_id, validate_scope, validate_session_id};
 use crate::{CairnError, Result};
@@ -893,9 +893,9 @@ impl ProcessRegistry for MemoryRegistry {
         self.submit(Op::sweep(id, node, incarnation))?.into_maybe_record()
     }
 
-    async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<ProcessRecord> {
+    async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<CompleteAnswer> {
         self.submit(Op::complete_external(id, &outcome, authority))?
-            .into_record()
+            .into_complete()
     }
 
     async fn prune(&self, cutoff_ms: u64, filter: PruneFilter, watermark: Watermark) -> Result<PruneReport> {

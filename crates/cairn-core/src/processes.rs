@@ -1261,7 +1261,12 @@ impl Processes {
 
     /// End an externally owned process with `outcome` ([`ProcessRegistry::complete_external`]).
     pub async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<ProcessRecord> {
-        self.inner.registry.complete_external(id, outcome, authority).await
+        Ok(self
+            .inner
+            .registry
+            .complete_external(id, outcome, authority)
+            .await?
+            .process)
     }
 
     /// Append a declared event (for external owners).

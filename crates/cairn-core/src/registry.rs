@@ -26,6 +26,16 @@ pub struct Registered {
     pub created: bool,
 }
 
+/// The answer of [`ProcessRegistry::complete_external`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CompleteAnswer {
+    /// The record after the completion: the ended one.
+    pub process: ProcessRecord,
+    /// True when this call ended the process; false for the same completion
+    /// again (a retry after a lost reply), which wrote nothing.
+    pub completed_now: bool,
+}
+
 /// The answer of [`ProcessRegistry::request_cancel`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CancelAnswer {
@@ -305,7 +315,10 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// End an externally owned process with `outcome` on behalf of `authority`
     /// (recorded in the terminal payload). Other dispositions are
     /// `not_externally_owned`; an abandoned outcome is `invalid_outcome`.
-    async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<ProcessRecord>;
+    /// The same completion again answers the ended record with
+    /// `completed_now` false and writes nothing; another outcome on an ended
+    /// process is `process_terminal`.
+    async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<CompleteAnswer>;
 
     /// Delete terminal processes whose terminal time is before `cutoff_ms` and
     /// that pass `filter` (checked by [`PruneFilter::validate`]: `running` is

@@ -14,7 +14,7 @@ use crate::model::{
     NodeLiveness, Outcome, ProcessFilter, ProcessRecord, PruneFilter, PruneReport, Registration, SessionDeleteReport,
     SessionScope, StartGrant, SweepItem, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
 };
-use crate::registry::{CancelAnswer, ProcessRegistry, Registered};
+use crate::registry::{CancelAnswer, CompleteAnswer, ProcessRegistry, Registered};
 use crate::schedule::{Schedule, ScheduleAdvance};
 use crate::Result;
 
@@ -895,9 +895,13 @@ impl ProcessRegistry for WatchedRegistry {
         Ok(r)
     }
 
-    async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<ProcessRecord> {
+    async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<CompleteAnswer> {
         let r = self.inner.complete_external(id, outcome, authority).await?;
-        self.after_write(&r, 1).await;
+        // A repeat only answered an end told when it was written: no sink,
+        // counter or watcher hears of it again.
+        if r.completed_now {
+            self.after_write(&r.process, 1).await;
+        }
         Ok(r)
     }
 

@@ -59,7 +59,7 @@ use cairn_core::model::{
     SessionDeleteReport, SessionScope, StartGrant, SweepItem, TransferReport, WaitRequest, WakeDelivery, Watermark,
     WorkAction, WorkItem,
 };
-use cairn_core::registry::{CancelAnswer, ProcessRegistry, Registered};
+use cairn_core::registry::{CancelAnswer, CompleteAnswer, ProcessRegistry, Registered};
 use cairn_core::validate::{self, validate_id, validate_scope, validate_session_id};
 use cairn_core::{CairnError, ChangeHub, Result};
 use parking_lot::Mutex;
@@ -694,10 +694,10 @@ impl ProcessRegistry for PostgresRegistry {
         self.submit(Op::sweep(id, node, incarnation)).await?.into_maybe_record()
     }
 
-    async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<ProcessRecord> {
+    async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<CompleteAnswer> {
         self.submit(Op::complete_external(id, &outcome, authority))
             .await?
-            .into_record()
+            .into_complete()
     }
 
     async fn prune(&self, cutoff_ms: u64, filter: PruneFilter, watermark: Watermark) -> Result<PruneReport> {

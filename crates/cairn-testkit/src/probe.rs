@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use cairn_core::async_trait;
 use cairn_core::events::{AppendRequest, AppendResult, EventPage};
-use cairn_core::registry::{CancelAnswer, Registered};
+use cairn_core::registry::{CancelAnswer, CompleteAnswer, Registered};
 use cairn_core::{
     ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease, NodeIdentity, NodeLiveness,
     Outcome, ProcessFilter, ProcessRecord, ProcessRegistry, PruneReport, Registration, Result, SessionDeleteReport,
@@ -571,7 +571,7 @@ impl ProcessRegistry for ReadProbe {
     async fn sweep(&self, id: &str, node: &str, incarnation: u64) -> Result<Option<ProcessRecord>> {
         self.inner.sweep(id, node, incarnation).await
     }
-    async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<ProcessRecord> {
+    async fn complete_external(&self, id: &str, outcome: Outcome, authority: &str) -> Result<CompleteAnswer> {
         self.inner.complete_external(id, outcome, authority).await
     }
     async fn prune(

@@ -1017,6 +1017,41 @@ async fn a_bad_filter_value_is_invalid_filter_naming_its_key() {
     assert_eq!((s, report["pruned"].as_u64()), (200, Some(0)), "{report}");
 }
 
+/// A completion repeated (a retry after a lost reply) writes nothing, so the
+/// end it answers again is counted once, whatever the outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_completion_counts_one_end() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    for (id, outcome) in [
+        ("ok", json!({"type": "success", "value": 1})),
+        (
+            "broke",
+            json!({"type": "failure", "class": "remote", "code": "E1", "message": "m"}),
+        ),
+        ("dropped", json!({"type": "cancelled", "message": "superseded"})),
+    ] {
+        let start = json!({"id": id, "input": {"type": "external"}, "disposition": "externally_owned"});
+        assert_eq!(c.start(start).await.0, 201);
+        let path = format!("/v1/processes/{id}/complete");
+        let (s, first) = c.post(&path, json!({"outcome": outcome})).await;
+        assert_eq!(s, 200, "{first}");
+        for _ in 0..2 {
+            let (s, again) = c.post(&path, json!({"outcome": outcome})).await;
+            assert_eq!((s, &again), (200, &first), "{id}: the retry answers the same record");
+        }
+        let (_, events) = c.get(&format!("/v1/processes/{id}/events")).await;
+        let events = events["events"].as_array().cloned().unwrap_or_default();
+        assert_eq!(events.len(), 1, "{id}: one end: {events:?}");
+    }
+    let text = c.metrics().await;
+    for status in ["completed", "failed", "cancelled"] {
+        let line = format!("cairn_processes_ended_total{{status=\"{status}\"}} 1");
+        assert!(text.lines().any(|l| l == line), "{line} in {text}");
+    }
+    assert!(text.lines().any(|l| l == "cairn_processes_started_total 3"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_metrics_and_openapi() {
     let server = Server::start(&[]).await;

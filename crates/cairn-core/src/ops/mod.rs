@@ -23,7 +23,7 @@ use crate::model::{
     CausalRef, ChildrenMode, Claim, Disposition, Grant, GrantDescriptor, Lease, Originator, Outcome, ProcessRecord,
     Registration, SessionScope, StartGrant, Tombstone, WaitRequest, WaitState, WakeDelivery,
 };
-use crate::registry::{CancelAnswer, Registered};
+use crate::registry::{CancelAnswer, CompleteAnswer, Registered};
 use crate::validate::{validate_id, validate_scope, MAX_AWAITED_CHILDREN};
 use crate::{CairnError, Result};
 
@@ -630,6 +630,8 @@ pub enum Answer {
     Appended(AppendResult),
     /// Of [`Op::Cancel`].
     Cancel(CancelAnswer),
+    /// Of [`Op::CompleteExternal`].
+    Complete(CompleteAnswer),
     /// Of [`Op::Grant`].
     Grant(Grant),
     /// Of [`Op::Claim`] and [`Op::Renew`].
@@ -668,6 +670,7 @@ answer_into! {
     into_registered_claimed => RegisteredClaimed(Box<(Registered, Option<Claim>)>),
     into_appended => Appended(AppendResult),
     into_cancel => Cancel(CancelAnswer),
+    into_complete => Complete(CompleteAnswer),
     into_grant => Grant(Grant),
     into_lease => Lease(Lease),
     into_claims => Claims(Vec<Claim>),
@@ -733,7 +736,10 @@ pub fn run<T: WriteTx + ?Sized>(tx: &mut T, op: &Op) -> Result<Answer> {
             // The same completion again (a retry after a lost reply) answers
             // the record it ended with and writes nothing.
             if fold::completes_as(record, request) {
-                return Ok(Answer::Record(record.clone()));
+                return Ok(Answer::Complete(CompleteAnswer {
+                    process: record.clone(),
+                    completed_now: false,
+                }));
             }
             // Another outcome: say which one stands, so a caller that lost
             // a race (or its own earlier reply) learns it without a read.
@@ -754,7 +760,10 @@ pub fn run<T: WriteTx + ?Sized>(tx: &mut T, op: &Op) -> Result<Answer> {
                     record.status.label()
                 )));
             }
-            Answer::Record(append_record(tx, id, request)?)
+            Answer::Complete(CompleteAnswer {
+                process: append_record(tx, id, request)?,
+                completed_now: true,
+            })
         }
         Op::Wait {
             lease,

@@ -221,10 +221,12 @@ pub async fn complete_external_only_for_externally_owned(factory: &dyn StoreFact
     h.append("e", progress(1)).await;
     h.advance(9);
     let outcome = Outcome::success(json!({"url": "https://example.invalid/r/1"}));
-    let rec = ok(
+    let answer = ok(
         h.registry().complete_external("e", outcome.clone(), "ci-bot").await,
         "complete_external",
     );
+    assert!(answer.completed_now, "the first completion ends it");
+    let rec = answer.process;
     let folded = h.check("e").await;
     assert_eq!(rec, folded.record);
     assert_eq!(rec.status, ProcessStatus::Completed);
@@ -234,14 +236,21 @@ pub async fn complete_external_only_for_externally_owned(factory: &dyn StoreFact
     assert_eq!(last.event_type, ev::COMPLETED);
     assert_eq!(last.payload.get("completed_by"), Some(&json!("ci-bot")));
 
+    let failure = Outcome::failure("remote", "E42", "remote failure");
     let failed = ok(
-        h.registry()
-            .complete_external("e2", Outcome::failure("remote", "E42", "remote failure"), "ci")
-            .await,
+        h.registry().complete_external("e2", failure.clone(), "ci").await,
         "complete_external failure",
     );
-    assert_eq!(failed.status, ProcessStatus::Failed);
+    assert!(failed.completed_now);
+    assert_eq!(failed.process.status, ProcessStatus::Failed);
     h.check("e2").await;
+    // A repeated failure ended nothing either: its answer says so, so
+    // nothing is told of an end again.
+    let again = ok(
+        h.registry().complete_external("e2", failure, "ci").await,
+        "the same failure again",
+    );
+    assert_eq!((again.completed_now, &again.process), (false, &failed.process));
     h.register(external("blank")).await;
     for blank in [
         Outcome::failure("", "E1", "m"),
@@ -265,7 +274,8 @@ pub async fn complete_external_only_for_externally_owned(factory: &dyn StoreFact
         h.registry().complete_external("e", outcome.clone(), "ci-bot").await,
         "the same complete_external again",
     );
-    assert_eq!(again, rec);
+    assert!(!again.completed_now, "a repeat ends nothing");
+    assert_eq!(again.process, rec);
     assert_eq!(
         h.check("e").await.events.len() as u64,
         rec.last_sequence,

@@ -162,7 +162,8 @@ pub async fn cancel_externally_owned_records_request_only(factory: &dyn StoreFac
             .await,
         "complete_external",
     );
-    assert_eq!(done.status, ProcessStatus::Cancelled);
+    assert!(done.completed_now);
+    assert_eq!(done.process.status, ProcessStatus::Cancelled);
     h.check("e").await;
 }
 

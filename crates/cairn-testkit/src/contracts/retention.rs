@@ -20,7 +20,7 @@ async fn finish(h: &Harness, id: &str) -> ProcessRecord {
         "complete_external",
     );
     h.check(id).await;
-    rec
+    rec.process
 }
 
 /// Prune deletes terminal processes before the cutoff with their events, grants
