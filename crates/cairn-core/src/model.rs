@@ -627,8 +627,11 @@ impl Outcome {
     /// Read the outcome an external completion gives (for
     /// `#[serde(deserialize_with)]`): an [`Outcome`], whose refusal of a
     /// `type` names the tags a completion takes ([`COMPLETION_TAGS`]), not
-    /// `abandoned`. An `abandoned` outcome is still read, for the completion
-    /// to refuse with what to do instead.
+    /// `abandoned`. An `abandoned` outcome is read on its tag alone (its
+    /// other fields, `evidence` included, unread) as an abandonment with
+    /// placeholder evidence, for the completion to refuse with what to do
+    /// instead ([`crate::fold::check_completion_outcome`]): what this reads
+    /// is never recorded without that check.
     pub fn deserialize_completion<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_map(CompletionOutcome)
     }
@@ -647,11 +650,23 @@ impl<'de> serde::de::Visitor<'de> for CompletionOutcome {
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Outcome, A::Error> {
-        use serde::de::Error;
+        use serde::de::{Error, IgnoredAny};
         let mut fields = serde_json::Map::new();
         while let Some(key) = map.next_key::<String>()? {
             let value = if key == "type" {
-                Value::String(map.next_value_seed(CompletionTag)?)
+                let tag = map.next_value_seed(CompletionTag)?;
+                if tag == "abandoned" {
+                    // Refused on the tag: what else it says is not read.
+                    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                    return Ok(Outcome::Abandoned {
+                        evidence: AbandonEvidence {
+                            writer: AbandonWriter::ReconciledRequest,
+                            owner: None,
+                            epoch_ms: 0,
+                        },
+                    });
+                }
+                Value::String(tag)
             } else {
                 map.next_value()?
             };

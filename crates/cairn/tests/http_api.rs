@@ -2627,18 +2627,25 @@ async fn a_completions_refused_type_names_what_a_completion_takes() {
         assert!(message.starts_with(said), "{outcome}: {message}");
         assert!(!message.contains("abandoned"), "{outcome}: {message}");
     }
-    let abandoned = json!({"type": "abandoned", "evidence": {"writer": "sweep", "epoch_ms": 1}});
-    let (s, err) = c
-        .post("/v1/processes/ends/complete", json!({ "outcome": abandoned }))
-        .await;
-    assert_eq!((s, code(&err)), (400, "invalid_outcome"), "{err}");
-    assert!(
-        err["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("use an abandon request"),
-        "{err}"
-    );
+    // Refused on its tag, whatever else it says (or leaves out), before or after it.
+    for abandoned in [
+        json!({"type": "abandoned", "evidence": {"writer": "sweep", "epoch_ms": 1}}),
+        json!({"type": "abandoned"}),
+        json!({"type": "abandoned", "evidence": {}}),
+        json!({"evidence": 7, "type": "abandoned", "extra": [1]}),
+    ] {
+        let (s, err) = c
+            .post("/v1/processes/ends/complete", json!({ "outcome": abandoned }))
+            .await;
+        assert_eq!((s, code(&err)), (400, "invalid_outcome"), "{abandoned}: {err}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("use an abandon request"),
+            "{abandoned}: {err}"
+        );
+    }
     // What it takes is read as before.
     let failure = json!({"type": "failure", "class": "remote", "code": "E1", "message": "broke", "raw": {"n": 1}});
     let (s, rec) = c
