@@ -164,7 +164,7 @@ pub enum Command {
         #[arg(value_parser = non_empty)]
         id: String,
         /// Only events after this sequence.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, value_parser = integer::<u64>())]
         after: u64,
         /// Keep streaming live events until the process ends.
         #[arg(long, short)]
@@ -295,10 +295,10 @@ pub enum Command {
     #[command(after_help = "Example:\n  cairn changes --cursor 0 --limit 50")]
     Changes {
         /// Read changes after this cursor.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, value_parser = integer::<u64>())]
         cursor: u64,
         /// Page size (at most 1000).
-        #[arg(long, value_parser = at_least_one)]
+        #[arg(long, value_parser = at_least_one())]
         limit: Option<usize>,
         /// `--server`, `--token`, `--json`.
         #[command(flatten)]
@@ -318,7 +318,7 @@ pub enum Command {
         /// Show at most this many (default 100, at most 1000; a page also
         /// stops at the wake that brings it to 4 MiB); acknowledged wakes
         /// leave the list, so later ones come after.
-        #[arg(long, value_parser = at_least_one)]
+        #[arg(long, value_parser = at_least_one())]
         limit: Option<usize>,
         /// `--server`, `--token`, `--json`.
         #[command(flatten)]
@@ -538,7 +538,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Most processes the worker runs at once.
-    #[arg(long, env = "CAIRN_WORKERS", default_value_t = 64)]
+    #[arg(long, env = "CAIRN_WORKERS", default_value_t = 64, value_parser = integer::<usize>())]
     pub workers: usize,
     /// Lease time-to-live (e.g. 30s, 1.5s, or bare milliseconds; at least 1s, at most 24h).
     #[arg(long, env = "CAIRN_LEASE_TTL", default_value = "30s", value_parser = parse_duration)]
@@ -566,7 +566,7 @@ pub struct ServeArgs {
     #[arg(long = "model", value_name = "NAME=BASE_URL[,model=ID][,key_env=VAR]", value_parser = parse_model)]
     pub models: Vec<cairn_turn::ModelSpec>,
     /// Largest request body in bytes.
-    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    #[arg(long, default_value_t = 2 * 1024 * 1024, value_parser = integer::<usize>())]
     pub max_body_bytes: usize,
     /// Longest wait one `await` request gets (longer asks are cut to it; `cairn await` asks again).
     /// At least 100ms: a shorter cap answers every wait at once, which a
@@ -582,7 +582,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub body_timeout: Duration,
     /// Most connections open at once; more are answered 503 `unavailable` and closed.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = integer::<usize>())]
     pub max_connections: usize,
     /// How long shutdown waits for open connections before draining the worker
     /// anyway (a second SIGINT or SIGTERM ends the wait at once). The worker
@@ -590,13 +590,13 @@ pub struct ServeArgs {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     /// Heap limit of one script activation, in bytes (past it: `memory_limit`).
-    #[arg(long, env = "CAIRN_SCRIPT_HEAP_BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, env = "CAIRN_SCRIPT_HEAP_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = integer::<usize>())]
     pub script_heap_bytes: usize,
     /// CPU time of one script activation, its replay included (past it: `cpu_limit`).
     #[arg(long, env = "CAIRN_SCRIPT_CPU", default_value = "10s", value_parser = parse_duration)]
     pub script_cpu: Duration,
     /// Journaled calls of one script process (past them: `journal_limit`; at most 1000000).
-    #[arg(long, env = "CAIRN_SCRIPT_MAX_CALLS", default_value_t = 10_000)]
+    #[arg(long, env = "CAIRN_SCRIPT_MAX_CALLS", default_value_t = 10_000, value_parser = integer::<u64>())]
     pub script_max_calls: u64,
 }
 
@@ -714,7 +714,7 @@ pub struct LsArgs {
     #[arg(long)]
     pub after_id: Option<String>,
     /// Show at most this many (newest first; with `--after-id`, the server's page size).
-    #[arg(long, value_parser = at_least_one)]
+    #[arg(long, value_parser = at_least_one())]
     pub limit: Option<usize>,
     /// `--server`, `--token`, `--json`.
     #[command(flatten)]
@@ -769,7 +769,7 @@ pub struct PruneArgs {
     #[arg(long, value_name = "ID", value_parser = non_empty)]
     pub caused_by: Option<String>,
     /// Change-feed cursor a projector has read up to: what changed after it stays.
-    #[arg(long)]
+    #[arg(long, value_parser = integer::<u64>())]
     pub watermark: Option<u64>,
     /// No projector reads the change feed: prune by cutoff alone.
     #[arg(long)]
@@ -865,54 +865,54 @@ pub struct BenchArgs {
     #[arg(long = "db", value_name = "URL")]
     pub dbs: Vec<String>,
     /// Measured runs per figure; figures are medians with min..max over them.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = integer::<usize>())]
     pub runs: usize,
     /// Warm-up runs per scenario, excluded from every figure.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = integer::<usize>())]
     pub warmup: usize,
     /// Seed of every random choice (ids picked, payloads, start order, delays).
-    #[arg(long, default_value_t = crate::bench::DEFAULT_SEED)]
+    #[arg(long, default_value_t = crate::bench::DEFAULT_SEED, value_parser = integer::<u64>())]
     pub seed: u64,
     /// throughput, http: `echo` processes per run (warm-ups use at most 1,000).
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = 5_000, value_parser = integer::<usize>())]
     pub n: usize,
     /// throughput: worker counts W to measure (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    #[arg(long, value_delimiter = ',', default_value = "1,3", value_parser = integer::<usize>())]
     pub workers: Vec<usize>,
     /// await, signal, scale: latency samples per run.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = integer::<usize>())]
     pub samples: usize,
     /// scale: terminal rows beside the live ones (the full size is 1000000; the
     /// default fits a default run into ten minutes, see docs/BENCHMARKS.md).
-    #[arg(long, default_value_t = crate::bench::DEFAULT_SCALE_ROWS)]
+    #[arg(long, default_value_t = crate::bench::DEFAULT_SCALE_ROWS, value_parser = integer::<usize>())]
     pub scale_rows: usize,
     /// scale: live (running) processes of the listed session.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = integer::<usize>())]
     pub scale_live: usize,
     /// append: events per run of each variant (1 appender; 64 appenders share them).
-    #[arg(long, default_value_t = 6_400)]
+    #[arg(long, default_value_t = 6_400, value_parser = integer::<usize>())]
     pub events: usize,
     /// memory: waiting processes per run (the figure is scaled to 10,000; the
     /// default fits a default run into ten minutes, see docs/BENCHMARKS.md).
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = 5_000, value_parser = integer::<usize>())]
     pub memory_processes: usize,
     /// suspended: rerunnable `wait_signal` processes suspended per run (SPEC
     /// §13 holds 100,000 on one node to its figures).
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 100_000, value_parser = integer::<usize>())]
     pub suspended_processes: usize,
     /// suspended, sse, schedules: seconds of idle over which the server's CPU is measured.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = integer::<u64>())]
     pub idle_seconds: u64,
     /// sse: event streams a `cairn serve` child holds open at once, one per
     /// suspended process.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = integer::<usize>())]
     pub sse_streams: usize,
     /// script: three-step scripts per run, and as many `echo` processes beside them (the
     /// issue's size is 10000; the default keeps the scenario near a minute and a half, see docs/BENCHMARKS.md).
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = 5_000, value_parser = integer::<usize>())]
     pub script_n: usize,
     /// schedules: schedules created per run (none due during the run).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = integer::<usize>())]
     pub schedules: usize,
 }
 
@@ -933,7 +933,7 @@ pub enum BenchChildRole {
     /// Start waiting processes and report the resident memory they cost.
     Memory {
         /// How many `wait_signal` processes.
-        #[arg(long)]
+        #[arg(long, value_parser = integer::<usize>())]
         processes: usize,
         /// Their id prefix.
         #[arg(long)]
@@ -943,36 +943,35 @@ pub enum BenchChildRole {
     /// idle, and how fast a signal has one running again.
     Suspended {
         /// How many `wait_signal` processes.
-        #[arg(long)]
+        #[arg(long, value_parser = integer::<usize>())]
         processes: usize,
         /// Their id prefix.
         #[arg(long)]
         prefix: String,
         /// Seconds of idle to measure CPU over.
-        #[arg(long)]
+        #[arg(long, value_parser = integer::<u64>())]
         idle_seconds: u64,
         /// Signals to random suspended processes (latency samples).
-        #[arg(long)]
+        #[arg(long, value_parser = integer::<usize>())]
         samples: usize,
     },
     /// Create schedules that are not due and report what they cost idle.
     Schedules {
         /// How many schedules per run.
-        #[arg(long)]
+        #[arg(long, value_parser = integer::<usize>())]
         schedules: usize,
         /// Their id prefix.
         #[arg(long)]
         prefix: String,
         /// Seconds of idle to measure CPU over (once without, once per run with them).
-        #[arg(long)]
+        #[arg(long, value_parser = integer::<u64>())]
         idle_seconds: u64,
         /// Runs (each creates, measures and deletes its schedules).
-        #[arg(long)]
+        #[arg(long, value_parser = integer::<usize>())]
         runs: usize,
     },
 }
 
-/// A count of at least one (`--limit 0` would ask for nothing).
 /// An id or name: an empty one could only reach a route that does not exist.
 fn non_empty(s: &str) -> Result<String, String> {
     if s.is_empty() {
@@ -982,11 +981,97 @@ fn non_empty(s: &str) -> Result<String, String> {
     }
 }
 
-fn at_least_one(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
+/// The integer types of the command line's number flags.
+pub trait Unsigned: std::str::FromStr + std::fmt::Display + Copy + PartialOrd + Send + Sync + 'static {
+    /// The largest value the type holds.
+    const MAX: Self;
+    /// Zero.
+    const ZERO: Self;
+}
+
+impl Unsigned for u64 {
+    const MAX: Self = u64::MAX;
+    const ZERO: Self = 0;
+}
+
+impl Unsigned for usize {
+    const MAX: Self = usize::MAX;
+    const ZERO: Self = 0;
+}
+
+/// Every number flag's value parser: a non-negative integer of at least
+/// `min`, refused in words that name the flag (`` `--limit` takes a
+/// non-negative integer, got `x` ``) rather than in Rust's own ("invalid
+/// digit found in string").
+#[derive(Debug, Clone, Copy)]
+pub struct Integer<T> {
+    min: T,
+}
+
+/// A number flag that takes any non-negative integer its type holds.
+fn integer<T: Unsigned>() -> Integer<T> {
+    Integer { min: T::ZERO }
+}
+
+/// A count of at least one (`--limit 0` would ask for nothing).
+fn at_least_one() -> Integer<usize> {
+    Integer { min: 1 }
+}
+
+impl<T: Unsigned> clap::builder::TypedValueParser for Integer<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        self.parse_ref_(cmd, arg, value, clap::parser::ValueSource::CommandLine)
+    }
+
+    fn parse_ref_(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+        source: clap::parser::ValueSource,
+    ) -> Result<T, clap::Error> {
+        let text = value.to_string_lossy();
+        let refuse = |why: String| {
+            // A value from the environment is named by its variable: the
+            // command line may not hold the flag at all.
+            let name = match arg {
+                Some(arg) => match (source, arg.get_env(), arg.get_long()) {
+                    (clap::parser::ValueSource::EnvVariable, Some(var), Some(long)) => {
+                        format!("`{}` (the environment's `--{long}`)", var.to_string_lossy())
+                    }
+                    (_, _, Some(long)) => format!("`--{long}`"),
+                    _ => format!("`{}`", arg.get_id()),
+                },
+                None => "the value".to_string(),
+            };
+            let mut cmd = cmd.clone();
+            Err(clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{name} {why}")).format(&mut cmd))
+        };
+        match value.to_str().map(str::parse::<T>) {
+            Some(Ok(n)) if n >= self.min => Ok(n),
+            Some(Ok(_)) => refuse(format!("must be at least {}, got `{text}`", self.min)),
+            _ => {
+                let digits = text.strip_prefix('+').unwrap_or(&text);
+                let why = if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                    format!(
+                        "takes a non-negative integer, got `{text}`: over the largest accepted value ({})",
+                        T::MAX
+                    )
+                } else if text.is_empty() {
+                    "takes a non-negative integer, got nothing".to_string()
+                } else {
+                    format!("takes a non-negative integer, got `{text}`")
+                };
+                refuse(why)
+            }
+        }
     }
 }
 

@@ -1176,6 +1176,71 @@ fn a_limit_of_zero_is_a_usage_error() {
     }
 }
 
+/// A number flag refuses what is no integer, or too large an one, in words
+/// naming the flag, not in Rust's ("invalid digit found in string").
+#[test]
+fn a_number_flag_refuses_a_value_in_words() {
+    for (args, said) in [
+        (
+            &["ls", "--limit", "x"][..],
+            "`--limit` takes a non-negative integer, got `x`",
+        ),
+        (
+            &["ls", "--limit", "1.0"],
+            "`--limit` takes a non-negative integer, got `1.0`",
+        ),
+        (&["ls", "--limit", "0"], "`--limit` must be at least 1, got `0`"),
+        (
+            &["changes", "--cursor", "x"],
+            "`--cursor` takes a non-negative integer, got `x`",
+        ),
+        (
+            &["events", "p", "--after=-1"],
+            "`--after` takes a non-negative integer, got `-1`",
+        ),
+        (
+            &["prune", "--older-than", "7d", "--watermark", "99999999999999999999"],
+            "`--watermark` takes a non-negative integer, got `99999999999999999999`: \
+             over the largest accepted value (18446744073709551615)",
+        ),
+        (
+            &["serve", "--workers", "x"],
+            "`--workers` takes a non-negative integer, got `x`",
+        ),
+        (
+            &["bench", "--workers", "1,x"],
+            "`--workers` takes a non-negative integer, got `x`",
+        ),
+    ] {
+        let stderr = usage_error(args);
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("digit") && !stderr.contains("target type"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // A value from the environment is named by its variable.
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--db", "memory"])
+        .env("CAIRN_WORKERS", "many")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cairn");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`CAIRN_WORKERS` (the environment's `--workers`) takes a non-negative integer, got `many`"),
+        "{stderr}"
+    );
+    // `--json` says it as the other usage errors.
+    let stderr = usage_error(&["--json", "ls", "--limit", "x"]);
+    let doc: Value = serde_json::from_str(stderr.trim()).expect("one JSON line");
+    assert_eq!(
+        doc["error"]["message"], "`--limit` takes a non-negative integer, got `x`",
+        "{doc}"
+    );
+}
+
 /// Client options without a command is a usage error that lists the
 /// commands a user runs, not the hidden one the bench starts itself.
 #[test]
