@@ -189,13 +189,60 @@ pub struct TurnSession {
     /// The tools the model may call, by name; each call is a child process.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<String>,
-    /// Most model calls in the turn (default 8; at least 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Most model calls in the turn (default 8; 1 to 64 when a turn starts).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "deserialize_max_steps"
+    )]
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub max_steps: Option<u32>,
     /// The sampling temperature passed to the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
+}
+
+/// The most model calls a turn's `max_steps` allows when a turn starts.
+pub const TURN_MAX_STEPS: u32 = 64;
+
+/// A turn's `max_steps`: any integer that fits the record is read (a start
+/// checks the bounds, so a turn started under looser ones still reads), and
+/// one that does not (negative, or past `u32`) is refused as the start's
+/// check refuses one out of bounds, not as a `u32`.
+fn deserialize_max_steps<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    struct MaxSteps;
+    impl<'v> serde::de::Visitor<'v> for MaxSteps {
+        type Value = Option<u32>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "an integer from 1 to {TURN_MAX_STEPS}")
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Option<u32>, E> {
+            u32::try_from(n)
+                .map(Some)
+                .map_err(|_| E::custom(format_args!("a turn's `max_steps` is 1 to {TURN_MAX_STEPS}, not {n}")))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Option<u32>, E> {
+            u64::try_from(n)
+                .map_err(|_| E::custom(format_args!("a turn's `max_steps` is 1 to {TURN_MAX_STEPS}, not {n}")))
+                .and_then(|n| self.visit_u64(n))
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Option<u32>, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Option<u32>, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: serde::Deserializer<'v>>(self, d: D) -> Result<Option<u32>, D::Error> {
+            d.deserialize_u64(self)
+        }
+    }
+    d.deserialize_option(MaxSteps)
 }
 
 /// What a process runs.
@@ -1778,6 +1825,36 @@ pub type Metadata = BTreeMap<String, Value>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A turn's `max_steps` that fits the record reads (and writes) as it
+    /// is, out of the start's bounds or not, so a record keeps loading; one
+    /// that does not fit is refused with the start's bounds.
+    #[test]
+    fn a_turns_max_steps_reads_what_a_record_holds() {
+        for (given, read) in [
+            (serde_json::json!({"max_steps": 100}), Some(100)),
+            (serde_json::json!({"max_steps": 4_294_967_295u64}), Some(u32::MAX)),
+            (serde_json::json!({"max_steps": null}), None),
+            (serde_json::json!({}), None),
+        ] {
+            let session: TurnSession = serde_json::from_value(given.clone()).expect("read");
+            assert_eq!(session.max_steps, read, "{given}");
+            let written = serde_json::to_value(&session).expect("written");
+            assert_eq!(
+                written.get("max_steps").and_then(Value::as_u64),
+                read.map(u64::from),
+                "{given}"
+            );
+        }
+        for (given, said) in [("4294967296", "not 4294967296"), ("-3", "not -3")] {
+            let refused = serde_json::from_str::<TurnSession>(&format!("{{\"max_steps\": {given}}}")).expect_err(given);
+            assert!(
+                refused.to_string().starts_with("a turn's `max_steps` is 1 to 64"),
+                "{refused}"
+            );
+            assert!(refused.to_string().contains(said), "{refused}");
+        }
+    }
 
     /// A prune's chunk that fails once an earlier one removed processes is
     /// not "nothing changed": it is `outcome_unknown`, saying how many went.

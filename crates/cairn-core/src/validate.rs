@@ -1073,8 +1073,18 @@ mod tests {
         for (given, said) in [
             (
                 turn(json!({"max_steps": "5"})),
-                "invalid request: start request: `input.session.max_steps`: invalid type: string \"5\", expected a \
-                 non-negative integer up to 4294967295",
+                "invalid request: start request: `input.session.max_steps`: invalid type: string \"5\", expected an \
+                 integer from 1 to 64",
+            ),
+            // Past what a record holds: said as the start's bounds, not as a `u32`.
+            (
+                turn(json!({"max_steps": 5_000_000_000u64})),
+                "invalid request: start request: `input.session.max_steps`: a turn's `max_steps` is 1 to 64, not \
+                 5000000000",
+            ),
+            (
+                turn(json!({"max_steps": -1})),
+                "invalid request: start request: `input.session.max_steps`: a turn's `max_steps` is 1 to 64, not -1",
             ),
             (
                 json!({"id": "t", "disposition": "rerunnable", "input": {"type": 5}}),
@@ -1098,8 +1108,8 @@ mod tests {
                     "disposition": "rerunnable",
                     "input": {"type": "session_turn", "session": {"max_steps": "5"}}
                 })),
-                "invalid request: schedule: `start.input.session.max_steps`: invalid type: string \"5\", expected a \
-                 non-negative integer up to 4294967295",
+                "invalid request: schedule: `start.input.session.max_steps`: invalid type: string \"5\", expected an \
+                 integer from 1 to 64",
             ),
             (
                 schedule(json!({"disposition": "rerunnable", "input": {"type": 5}})),

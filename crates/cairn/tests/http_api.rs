@@ -2444,7 +2444,20 @@ async fn integers_and_type_tags_are_refused_in_wire_terms() {
             "/v1/processes",
             json!({"id": "i2", "disposition": "rerunnable",
                    "input": {"type": "session_turn", "session": {"max_steps": "x"}}}),
-            "`input.session.max_steps`: invalid type: string \"x\", expected a non-negative integer",
+            "`input.session.max_steps`: invalid type: string \"x\", expected an integer from 1 to 64",
+        ),
+        // Past what a record holds: said as the bounds a start checks (as for `100`).
+        (
+            "/v1/processes",
+            json!({"id": "i2", "disposition": "rerunnable",
+                   "input": {"type": "session_turn", "session": {"max_steps": 5_000_000_000u64}}}),
+            "`input.session.max_steps`: a turn's `max_steps` is 1 to 64, not 5000000000",
+        ),
+        (
+            "/v1/processes",
+            json!({"id": "i2", "disposition": "rerunnable",
+                   "input": {"type": "session_turn", "input": "hi", "session": {"max_steps": 100}}}),
+            "a turn's `max_steps` is 1 to 64, not 100",
         ),
         (
             "/v1/prune",
