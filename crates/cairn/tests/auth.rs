@@ -533,6 +533,40 @@ async fn a_session_await_ends_unknown_when_its_grant_moves() {
     assert!(!body.to_string().contains("secret"), "{body}");
 }
 
+/// A session is recorded as itself whatever `authority` or `requested_by`
+/// it names, but a name the host would be refused for is refused for it too,
+/// and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_bad_authority_or_requester_is_refused_as_the_hosts() {
+    let server = Server::start(&["--token", "host", "--session-token", "s1=tok-1"]).await;
+    let host = server.with_token("host");
+    let s1 = server.with_token("tok-1");
+    let start = json!({
+        "id": "named", "disposition": "externally_owned", "input": {"type": "external"},
+        "grant": {"session_scope": {"session_id": "s1"}}
+    });
+    assert_eq!(host.start(start).await.0, 201);
+    let ok = json!({"type": "success", "value": 1});
+    for (route, body) in [
+        ("complete", json!({"outcome": ok, "authority": ""})),
+        ("complete", json!({"outcome": ok, "authority": "a\u{1}b"})),
+        ("abandon-request", json!({"reason": "stuck", "requested_by": ""})),
+        ("abandon-request", json!({"reason": "stuck", "requested_by": "\u{7f}"})),
+    ] {
+        let path = format!("/v1/processes/named/{route}");
+        let (hs, herr) = host.post(&path, body.clone()).await;
+        let (s, err) = s1.post(&path, body.clone()).await;
+        assert_eq!((s, code(&err)), (400, "invalid_request"), "{route} {body}: {err}");
+        assert_eq!((hs, &herr), (s, &err), "{route} {body}");
+    }
+    let (_, rec) = host.get("/v1/processes/named").await;
+    assert_eq!(
+        (&rec["status"], rec["last_sequence"].as_u64(), &rec["abandon_request"]),
+        (&json!("running"), Some(0), &Value::Null),
+        "{rec}"
+    );
+}
+
 #[test]
 fn refuses_open_non_loopback_and_unbuilt_backends() {
     let run = |args: &[&str]| {

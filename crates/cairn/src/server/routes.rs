@@ -748,6 +748,11 @@ pub async fn complete(
     ApiJson(body): ApiJson<CompleteBody>,
 ) -> ApiResult<Json<ProcessRecord>> {
     check_visible(&state, &caller, &id).await?;
+    // A session is recorded as itself, but what it names is refused as the
+    // host's would be.
+    if let Some(named) = &body.authority {
+        cairn_core::validate::validate_authority("authority", named)?;
+    }
     let authority = caller.acting_as(body.authority);
     Ok(Json(
         state.processes.complete_external(&id, body.outcome, &authority).await?,
@@ -770,6 +775,11 @@ pub async fn abandon_request(
     ApiJson(body): ApiJson<AbandonBody>,
 ) -> ApiResult<Json<ProcessRecord>> {
     check_visible(&state, &caller, &id).await?;
+    // A session is recorded as itself, but what it names is refused as the
+    // host's would be.
+    if let Some(named) = &body.requested_by {
+        cairn_core::validate::validate_authority("requested_by", named)?;
+    }
     let requested_by = caller.acting_as(body.requested_by);
     Ok(Json(
         state
