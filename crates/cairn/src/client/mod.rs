@@ -157,30 +157,29 @@ fn parse_json_arg(what: &str, raw: &str) -> Result<Value, ClientError> {
 /// stdin for `-`, or from a file for `@FILE` (no JSON text begins with `@`,
 /// and `-` alone is none: neither can be meant as itself).
 fn json_flag(flag: &str, raw: &str) -> Result<Value, ClientError> {
-    if raw == "-" {
-        return parse_json_arg(&format!("{flag} (stdin)"), &read_stdin(&format!("the {flag} value"))?);
-    }
-    if let Some(path) = raw.strip_prefix('@') {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ClientError::Usage(format!("{flag} {raw}: cannot read `{path}`: {e}")))?;
-        return parse_json_arg(&format!("{flag} ({path})"), &text);
-    }
-    parse_json_arg(flag, raw)
+    let (text, what) = json_arg_text(flag, Some(raw))?;
+    parse_json_arg(&what, &text)
 }
 
 /// A JSON argument's text (`cairn start`'s request, `schedule add`'s
-/// template): as given, from stdin when absent or `-`, or from a file for
-/// `@FILE`, as a JSON flag takes it; with what to call it in an error.
+/// template, a JSON flag's value): as given, from stdin when absent or `-`,
+/// or from a file for `@FILE`; with what to call it in an error. Read from
+/// stdin or a file, one leading UTF-8 byte-order mark is dropped, as the
+/// HTTP API drops one (RFC 8259 §8.1): some editors begin a file with it.
 fn json_arg_text(what: &str, raw: Option<&str>) -> Result<(String, String), ClientError> {
-    match raw {
-        None | Some("-") => Ok((read_stdin(what)?, what.to_string())),
+    let (text, what) = match raw {
+        None | Some("-") => (read_stdin(what)?, format!("{what} (stdin)")),
         Some(at) if at.starts_with('@') => {
             let path = &at[1..];
             let text = std::fs::read_to_string(path)
                 .map_err(|e| ClientError::Usage(format!("{what} {at}: cannot read `{path}`: {e}")))?;
-            Ok((text, format!("{what} ({path})")))
+            (text, format!("{what} ({path})"))
         }
-        Some(s) => Ok((s.to_string(), what.to_string())),
+        Some(s) => return Ok((s.to_string(), what.to_string())),
+    };
+    match text.strip_prefix('\u{feff}') {
+        Some(rest) => Ok((rest.to_string(), what)),
+        None => Ok((text, what)),
     }
 }
 
