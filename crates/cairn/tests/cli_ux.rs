@@ -2040,6 +2040,25 @@ async fn cancelling_an_ended_parent_says_it_reached_its_children() {
             format!("{id} was already cancelled: this repeats the request that cancelled it")
         );
     }
+    // A request recorded before the process ended otherwise, repeated: it
+    // changed nothing, and no children are said to be reached (it has none).
+    let ext = json!({"id": "cz", "input": {"type": "external"}, "disposition": "externally_owned"});
+    assert_eq!(c.start(ext).await.0, 201);
+    let out = run_cli(&server.base, None, &["cancel", "cz"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let (s, _) = c
+        .post(
+            "/v1/processes/cz/complete",
+            json!({"outcome": {"type": "success", "value": 1}, "authority": "t"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let out = run_cli(&server.base, None, &["cancel", "cz"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        "cz had already ended (completed); this repeats the cancellation requested before it ended, and changed nothing"
+    );
 }
 
 /// A JSON value may be a negative number: `--value -1`, `--payload -5` are

@@ -346,9 +346,18 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             } else {
                 let status = str_at(&record, "/status");
                 if ended_before && repeats_its_cancel(&record, reason.as_deref()) {
-                    // The request that cancelled it, again (a retry): the
-                    // server answers the record and writes nothing.
-                    outln!("{id} was already cancelled: this repeats the request that cancelled it")?;
+                    // The request recorded before it ended, again (a
+                    // retry): the server answers the record and writes
+                    // nothing, whether that request cancelled it or it
+                    // ended otherwise first.
+                    if status == "cancelled" {
+                        outln!("{id} was already cancelled: this repeats the request that cancelled it")?;
+                    } else {
+                        outln!(
+                            "{id} had already ended ({status}); this repeats the cancellation requested before it \
+                             ended, and changed nothing"
+                        )?;
+                    }
                 } else if ended_before || matches!(status.as_str(), "completed" | "failed" | "abandoned") {
                     // Answered for a process that had ended: the request went
                     // to its running children (SPEC §13).
@@ -1843,17 +1852,16 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) -> Result<(), ClientError
     Ok(())
 }
 
-/// Whether `record`, cancelled, was cancelled by a request of `reason`
-/// (an empty reason is none, as the server counts it).
+/// Whether `record` holds a cancellation request of `reason` (an empty
+/// reason is none, as the server counts it): one given again after the
+/// process ended is a retry, answered with the record.
 fn repeats_its_cancel(record: &Value, reason: Option<&str>) -> bool {
     let given = reason.filter(|r| !r.is_empty());
     let recorded = record
         .pointer("/cancel_request/reason")
         .and_then(Value::as_str)
         .filter(|r| !r.is_empty());
-    str_at(record, "/status") == "cancelled"
-        && record.get("cancel_request").is_some_and(Value::is_object)
-        && given == recorded
+    record.get("cancel_request").is_some_and(Value::is_object) && given == recorded
 }
 
 /// `ls`'s order: newest first, and of processes created in one millisecond
