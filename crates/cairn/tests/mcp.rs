@@ -1385,7 +1385,7 @@ async fn malformed_posts_get_jsonrpc_errors() {
         let says = match status {
             405 => "takes POST",
             406 => "accept both application/json and text/event-stream",
-            _ => "Content-Type must be application/json",
+            _ => "sent as JSON, with `Content-Type: application/json`",
         };
         assert!(message.contains(says), "{status}: {answer}");
     }
@@ -2215,4 +2215,70 @@ async fn an_oversized_content_length_is_a_jsonrpc_error() {
     )
     .await;
     assert_eq!(shape(&read_to_close(&mut stream).await), json!("big-1"));
+}
+
+/// A POST refused for its `Content-Type` (another type, or none) carries the
+/// request's id as one refused for its `Accept` does, in this server's words,
+/// not the endpoint library's.
+#[tokio::test]
+async fn a_post_refused_for_its_content_type_carries_its_id() {
+    let server = Server::start(&[]).await;
+    let http = reqwest::Client::new();
+    let ping = r#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#;
+    for content_type in [Some("text/plain"), None] {
+        let mut request = http
+            .post(server.url("/mcp"))
+            .header("Accept", "application/json, text/event-stream")
+            .body(ping);
+        if let Some(t) = content_type {
+            request = request.header("Content-Type", t);
+        }
+        let response = request.send().await.expect("answered");
+        assert_eq!(response.status().as_u16(), 415, "{content_type:?}");
+        let answer: Value = response.json().await.expect("a JSON body");
+        assert_eq!(
+            (
+                answer["jsonrpc"].clone(),
+                answer["id"].clone(),
+                answer["error"]["code"].clone()
+            ),
+            (json!("2.0"), json!(5), json!(-32600)),
+            "{content_type:?}: {answer}"
+        );
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("`Content-Type: application/json`"), "{answer}");
+        let given = match content_type {
+            Some(_) => "this request's is `text/plain`",
+            None => "this request has none",
+        };
+        assert!(message.contains(given), "{answer}");
+        assert!(!message.contains("Unsupported Media Type"), "{answer}");
+    }
+    // An `Accept` it cannot answer is said first, with the id too, in words.
+    let response = http
+        .post(server.url("/mcp"))
+        .header("Content-Type", "text/plain")
+        .header("Accept", "application/json")
+        .body(ping)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status().as_u16(), 406);
+    let answer: Value = response.json().await.expect("a JSON body");
+    assert_eq!(answer["id"], json!(5), "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(!message.contains("Not Acceptable"), "{answer}");
+    // A body whose start shows no id is answered with a null one.
+    let response = http
+        .post(server.url("/mcp"))
+        .header("Content-Type", "text/plain")
+        .header("Accept", "application/json, text/event-stream")
+        .body("ping")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status().as_u16(), 415);
+    let answer: Value = response.json().await.expect("a JSON body");
+    assert_eq!(answer["id"], Value::Null, "{answer}");
+    assert!(answer.as_object().is_some_and(|a| a.contains_key("id")), "{answer}");
 }

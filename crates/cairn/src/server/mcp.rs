@@ -64,11 +64,13 @@ pub async fn jsonrpc_errors(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let json = req
+    let content_type = req
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string());
+    let json = content_type
+        .as_deref()
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
     let post_json = req.method() == axum::http::Method::POST && json;
     let (mut parts, body) = req.into_parts();
     // A body that declares a size over the limit is refused before it is
@@ -99,8 +101,19 @@ pub async fn jsonrpc_errors(
         );
     }
     if !post_json {
+        // A POST that is not JSON is refused for its headers (its `Accept`,
+        // else its `Content-Type`) and its body is never read as a message:
+        // its start is read all the same, for the id a client matches the
+        // refusal by.
+        let (body, id) = if parts.method == axum::http::Method::POST {
+            let start = read_start(body).await;
+            let id = cairn_mcp::message::id_of_start(&start);
+            (axum::body::Body::from(start), id)
+        } else {
+            (body, Value::Null)
+        };
         let req = axum::extract::Request::from_parts(parts, body);
-        return transport_errors_as_jsonrpc(next.run(req).await, Value::Null).await;
+        return transport_errors_as_jsonrpc(next.run(req).await, id, content_type.as_deref()).await;
     }
     let bytes = match read_within(body, limit).await {
         Ok(b) => b,
@@ -180,7 +193,7 @@ pub async fn jsonrpc_errors(
                 }
                 // Refused for its headers (a protocol version, an `Accept`):
                 // the message was read, so its id is answered.
-                transport_errors_as_jsonrpc(response, id).await
+                transport_errors_as_jsonrpc(response, id, content_type.as_deref()).await
             }
         },
     }
@@ -189,8 +202,10 @@ pub async fn jsonrpc_errors(
 /// The endpoint's own refusals of a request it will not read as a message (a
 /// GET or DELETE, a body that is not JSON, an `Accept` without both JSON and
 /// event streams) come as plain text: rewritten as the JSON-RPC error every
-/// other refusal is, keeping the status and the `Allow` header.
-async fn transport_errors_as_jsonrpc(response: Response, id: Value) -> Response {
+/// other refusal is, in this server's words for a `Content-Type` (the
+/// request's, `content_type`) or an `Accept`, keeping the status and the
+/// `Allow` header.
+async fn transport_errors_as_jsonrpc(response: Response, id: Value, content_type: Option<&str>) -> Response {
     let status = response.status();
     let is_json = response
         .headers()
@@ -206,6 +221,19 @@ async fn transport_errors_as_jsonrpc(response: Response, id: Value) -> Response 
         Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).trim().to_string(),
         _ => status.canonical_reason().unwrap_or("refused").to_string(),
     };
+    match status {
+        axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            let given = match content_type {
+                Some(t) => format!("this request's is `{t}`"),
+                None => "this request has none".to_string(),
+            };
+            text = format!("a message is sent as JSON, with `Content-Type: application/json` ({given})");
+        }
+        axum::http::StatusCode::NOT_ACCEPTABLE => {
+            text = "the request's `Accept` must accept both application/json and text/event-stream".to_string();
+        }
+        _ => {}
+    }
     if let Some(methods) = allow.as_ref().and_then(|a| a.to_str().ok()) {
         text.push_str(&format!(" (this endpoint takes {methods})"));
     }
