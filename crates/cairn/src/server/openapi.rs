@@ -150,6 +150,21 @@ fn authority_schema() -> Value {
     schema
 }
 
+/// State a byte limit the server enforces on a string: as `maxLength`
+/// (which counts characters, each at least a byte: every text within the
+/// byte limit fits, and one past it in bytes is refused by the server), and
+/// in its description, in bytes.
+fn limit_bytes(slot: &mut serde_json::Map<String, Value>, bytes: usize) {
+    slot.insert("maxLength".into(), json!(bytes));
+    let said = format!("At most {bytes} bytes of UTF-8.");
+    let description = match slot.get("description").and_then(Value::as_str).map(str::trim_end) {
+        Some(d) if d.ends_with('.') => format!("{d} {said}"),
+        Some(d) if !d.is_empty() => format!("{d}. {said}"),
+        _ => said,
+    };
+    slot.insert("description".into(), json!(description));
+}
+
 fn cursor_schema(description: &str) -> Value {
     json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": MAX_CURSOR, "description": description})
 }
@@ -506,9 +521,10 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
             json!({"oneOf": [{"type": "null"}, cursor_schema(description)]}),
         );
     }
-    // Byte limits the server enforces, stated as `maxLength` (which counts
-    // characters, each at least a byte: every text within the byte limit
-    // fits, and one past it in bytes is refused by the server).
+    // Who completes or asks: in an id's form (else `invalid_request`), or null.
+    set(schemas, "/AbandonBody/properties/requested_by", authority_schema());
+    set(schemas, "/CompleteBody/properties/authority", authority_schema());
+    // Byte limits the server enforces ([`limit_bytes`]).
     let reason = cairn_core::validate::MAX_REASON_BYTES;
     let authority = cairn_core::validate::MAX_AUTHORITY_BYTES;
     for (pointer, bytes) in [
@@ -518,12 +534,9 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
         ("/CompleteBody/properties/authority", authority),
     ] {
         if let Some(slot) = schemas.pointer_mut(pointer).and_then(Value::as_object_mut) {
-            slot.insert("maxLength".into(), json!(bytes));
+            limit_bytes(slot, bytes);
         }
     }
-    // Who completes or asks: in an id's form (else `invalid_request`), or null.
-    set(schemas, "/AbandonBody/properties/requested_by", authority_schema());
-    set(schemas, "/CompleteBody/properties/authority", authority_schema());
     // An abandon request's reason is its evidence: not blank.
     if let Some(slot) = schemas
         .pointer_mut("/AbandonBody/properties/reason")
@@ -604,14 +617,14 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
             .pointer_mut(&format!("/ScheduleRequest/properties/{field}"))
             .and_then(Value::as_object_mut)
         {
-            slot.insert("maxLength".into(), json!(limit));
+            limit_bytes(slot, limit);
         }
     }
     if let Some(slot) = schemas
         .pointer_mut("/ModuleBody/properties/name")
         .and_then(Value::as_object_mut)
     {
-        slot.insert("maxLength".into(), json!(cairn_core::script::MAX_MODULE_NAME_BYTES));
+        limit_bytes(slot, cairn_core::script::MAX_MODULE_NAME_BYTES);
         slot.insert("minLength".into(), json!(1));
         slot.insert("pattern".into(), json!(NO_CONTROL));
     }
@@ -1000,6 +1013,48 @@ mod tests {
                 assert!(op["responses"].get("408").is_some(), "{method} {path} lacks 408");
             }
         }
+    }
+
+    /// `maxLength` counts characters, the server bytes: a limit on text that
+    /// may be other than ASCII says it is bytes of UTF-8 (a reason of 40,000
+    /// `é` is 80,000 bytes, over a 65,536 limit).
+    #[test]
+    fn a_length_limit_on_text_says_it_counts_bytes() {
+        fn walk(at: &str, v: &Value, unsaid: &mut Vec<String>) {
+            match v {
+                Value::Object(o) => {
+                    let ascii = o
+                        .get("pattern")
+                        .and_then(Value::as_str)
+                        .is_some_and(|p| p.starts_with("^[A-Za-z0-9"));
+                    let said = o
+                        .get("description")
+                        .and_then(Value::as_str)
+                        .is_some_and(|d| d.contains("bytes"));
+                    if o.contains_key("maxLength") && !ascii && !said {
+                        unsaid.push(at.to_string());
+                    }
+                    for (k, x) in o {
+                        walk(&format!("{at}/{k}"), x, unsaid);
+                    }
+                }
+                Value::Array(a) => {
+                    for (i, x) in a.iter().enumerate() {
+                        walk(&format!("{at}/{i}"), x, unsaid);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let doc = document_for(&["echo".to_string()]);
+        let mut unsaid = Vec::new();
+        walk("", &doc, &mut unsaid);
+        assert!(unsaid.is_empty(), "maxLength not said in bytes at {unsaid:?}");
+        let reason = &doc["components"]["schemas"]["CancelBody"]["properties"]["reason"]["description"];
+        assert_eq!(
+            reason,
+            "Why (requests are idempotent per reason). At most 65536 bytes of UTF-8."
+        );
     }
 
     #[test]
