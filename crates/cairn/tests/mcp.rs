@@ -2282,3 +2282,42 @@ async fn a_post_refused_for_its_content_type_carries_its_id() {
     assert_eq!(answer["id"], Value::Null, "{answer}");
     assert!(answer.as_object().is_some_and(|a| a.contains_key("id")), "{answer}");
 }
+
+/// A JSON-RPC response POSTed to `/mcp` (this server sends no requests) is
+/// refused with an `id` member, the response's own, as JSON-RPC 2.0 has
+/// every error answer carry, and in this server's words.
+#[tokio::test]
+async fn a_posted_response_is_refused_with_its_id() {
+    let server = Server::start(&[]).await;
+    let post = |body: &'static str| {
+        reqwest::Client::new()
+            .post(server.url("/mcp"))
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json, text/event-stream")
+            .body(body)
+            .send()
+    };
+    for (body, id) in [
+        (r#"{"jsonrpc":"2.0","id":3,"result":{}}"#, json!(3)),
+        (
+            r#"{"jsonrpc":"2.0","id":"r-4","error":{"code":-32601,"message":"no"}}"#,
+            json!("r-4"),
+        ),
+    ] {
+        let response = post(body).await.expect("answered");
+        assert_eq!(response.status().as_u16(), 400, "{body}");
+        let answer: Value = response.json().await.expect("a JSON body");
+        assert!(
+            answer.as_object().is_some_and(|a| a.contains_key("id")),
+            "{body}: {answer}"
+        );
+        assert_eq!(
+            (answer["id"].clone(), answer["error"]["code"].clone()),
+            (id, json!(-32600)),
+            "{body}: {answer}"
+        );
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("takes no responses"), "{body}: {answer}");
+        assert!(!message.contains("stateless"), "{body}: {answer}");
+    }
+}

@@ -151,6 +151,14 @@ pub async fn jsonrpc_errors(
                 code,
                 &text,
             ),
+            // A response (no method): nothing here is answered by one.
+            None if message.get("method").is_none() => rpc_error(
+                axum::http::StatusCode::BAD_REQUEST,
+                cairn_mcp::message::answerable_id(&message),
+                -32600,
+                "invalid request: this server sends no requests, so it takes no responses (a message without \
+                 a `method`)",
+            ),
             None => {
                 let id = cairn_mcp::message::answerable_id(&message);
                 let version = parts.headers.get("mcp-protocol-version");
