@@ -1095,7 +1095,9 @@ pub struct TransferReport {
 pub struct SessionDeleteReport {
     /// The session whose grants and wakes were removed.
     pub session_id: String,
-    /// Grants removed (in every scope of the session).
+    /// Grants removed: of every scope of the session, or only those to the
+    /// session as a whole when its frames' grants were kept (a session
+    /// token's delete).
     pub revoked_grants: u64,
     /// Pending wakes removed.
     pub deleted_wakes: u64,
