@@ -2321,3 +2321,40 @@ async fn a_posted_response_is_refused_with_its_id() {
         assert!(!message.contains("stateless"), "{body}: {answer}");
     }
 }
+
+/// `cairn mcp`'s `process_await`, when its server is killed (SIGKILL) while
+/// it holds the wait, says the server ended the wait as `cairn await` does,
+/// in words and not the HTTP client's, and not that the server could not be
+/// reached: the request had been taken. Still `unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_await_says_its_server_ended_the_wait() {
+    let mut f = server().await;
+    assert_eq!(f.server.with_token(HOST).start(common::waiter("w")).await.0, 201);
+    let client = connect(&f.server, Transport::Stdio, HOST).await;
+    let waiting = call(&client, "process_await", json!({"id": "w", "timeout_ms": 20000}));
+    let killing = async {
+        f.server.with_token(HOST).awaits_open(1).await;
+        // SAFETY: sending SIGKILL to our own child process by its pid.
+        assert_eq!(unsafe { libc::kill(f.server.pid() as libc::pid_t, libc::SIGKILL) }, 0);
+        assert!(f.server.wait_exit(Duration::from_secs(20)).is_some());
+    };
+    let (result, ()) = tokio::join!(waiting, killing);
+    let result = result.expect("tools/call answered");
+    assert_eq!(result.is_error, Some(true));
+    let text = &result.content[0].as_text().expect("text content").text;
+    let body: Value = serde_json::from_str(text).expect("error body is JSON");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("the server ended the wait (it closed the connection before answering)"),
+        "{message}"
+    );
+    assert!(
+        message.contains("process_await for w again once the server is back"),
+        "{message}"
+    );
+    for internal in ["cannot reach", "error sending request", "http://"] {
+        assert!(!message.contains(internal), "says {internal:?}: {message}");
+    }
+    let _ = client.cancel().await;
+}

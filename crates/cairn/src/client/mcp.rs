@@ -93,6 +93,23 @@ fn write_failure(e: ClientError) -> Failure {
     }
 }
 
+/// A wait the server took and then dropped (it stopped, or was killed) is
+/// said as `cairn await` says it, in words and not the HTTP client's: the
+/// process may still run, and the wait can be asked again once the server is
+/// back. Still `unavailable`: nothing was done.
+fn await_failure(id: &str, e: ClientError) -> Failure {
+    match e {
+        ClientError::Http(_) | ClientError::LostAnswer(_) => Failure::new(
+            "unavailable",
+            format!(
+                "the server ended the wait ({}): call process_await for {id} again once the server is back",
+                e.server_state()
+            ),
+        ),
+        e => failure(e),
+    }
+}
+
 fn proc_path(id: &str) -> String {
     format!("/v1/processes/{}", segment(id))
 }
@@ -145,7 +162,7 @@ impl Cairn for Forwarding {
         self.client
             .get_within(&path, timeout.saturating_add(AWAIT_GRACE))
             .await
-            .map_err(failure)
+            .map_err(|e| await_failure(id, e))
     }
 
     async fn signal(&self, id: &str, name: &str, signal_id: &str, payload: Value) -> Answer {
