@@ -242,6 +242,10 @@ fn about(d: Duration) -> humantime::FormattedDuration {
 /// (an await waits as long as it asked the server to, and a little more).
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(60);
 
+/// How long an open event stream may stay silent before its server is taken
+/// to have stopped: three of the keep-alives it sends every 15 s.
+pub const STREAM_QUIET_LIMIT: Duration = Duration::from_secs(45);
+
 /// How much longer than the wait it asked for an await waits for its answer.
 pub const AWAIT_GRACE: Duration = Duration::from_secs(2);
 
@@ -273,6 +277,10 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    /// How long an event stream's server may take to open it, and an open
+    /// one stay silent ([`ANSWER_WITHIN`], [`STREAM_QUIET_LIMIT`]; shorter
+    /// in this module's tests).
+    stream_limits: (Duration, Duration),
 }
 
 /// Everything but RFC 3986's unreserved characters is escaped in a path segment.
@@ -372,6 +380,7 @@ impl Client {
             http,
             base: base.trim_end_matches('/').to_string(),
             token: token.map(str::to_string),
+            stream_limits: (ANSWER_WITHIN, STREAM_QUIET_LIMIT),
         })
     }
 
@@ -569,17 +578,27 @@ impl Client {
         // A server never reached is said at once (with its hint); resuming
         // is for a stream that was open.
         let mut opened = reached;
+        let (opening, quiet) = self.stream_limits;
+        let hung = |within| ClientError::NoAnswer {
+            server: self.base.clone(),
+            within,
+            write: false,
+        };
         loop {
             // Each outage has the whole budget of retries: one that reopened
             // the stream and read on from it spent none of the next one's.
             let read_from = last;
             let attempt = async {
-                let resp = self
+                let send = self
                     .request(reqwest::Method::GET, &path)
                     .header(ACCEPT, "text/event-stream")
                     .header("Last-Event-ID", last.to_string())
-                    .send()
+                    .send();
+                // A server that took the request and sends nothing (hung,
+                // stopped) is not waited on forever.
+                let resp = tokio::time::timeout(opening, send)
                     .await
+                    .map_err(|_| hung(opening))?
                     .map_err(|e| self.send_error(e))?;
                 let status = resp.status();
                 if !status.is_success() {
@@ -590,7 +609,12 @@ impl Client {
                 }
                 opened = true;
                 let mut stream = sse_stream::SseStream::from_bytes_stream(resp.bytes_stream());
-                while let Some(item) = stream.next().await {
+                // The server sends a keep-alive every 15 s on an open stream:
+                // one silent for three of them has a server that stopped.
+                while let Some(item) = tokio::time::timeout(quiet, stream.next())
+                    .await
+                    .map_err(|_| hung(quiet))?
+                {
                     let ev = item.map_err(|e| ClientError::Interrupted(format!("event stream of {id}: {e}")))?;
                     // Comments (keep-alives) carry no data.
                     let Some(data) = ev.data else { continue };
@@ -622,12 +646,21 @@ impl Client {
             match answer {
                 Ok(true) => return Ok(()),
                 Err(e @ ClientError::Unreachable { .. }) if !opened => return Err(e),
+                // A server that holds the connection and says nothing is no
+                // restart to ride out: asking it again would hang as long.
+                Err(ClientError::NoAnswer { within, .. }) => {
+                    return Err(ClientError::Interrupted(format!(
+                        "the server stopped answering: it sent nothing on the event stream of {id} for {}, though \
+                         it sends a keep-alive every 15 s; {id}'s state is unknown: `cairn events {id} --follow` \
+                         picks it up again once the server answers",
+                        about(within)
+                    )));
+                }
                 // `unavailable` (503: the store faulted, or the server was
                 // full) changed nothing and says to ask again: so does a follower.
                 Ok(false)
                 | Err(
                     ClientError::Http(_)
-                    | ClientError::NoAnswer { .. }
                     | ClientError::Unreachable { .. }
                     | ClientError::Interrupted(_)
                     | ClientError::Api { status: 503, .. },
@@ -903,6 +936,70 @@ mod tests {
         assert!(done.is_ok(), "{done:?}");
         assert_eq!(seen, drops + 1);
         server.await.expect("server");
+    }
+
+    /// A server that holds the stream open and sends nothing (stopped, hung)
+    /// is not followed forever, nor asked again: the follower says its
+    /// state is unknown once the stream is silent past three keep-alives,
+    /// or once a server that took the request sends no answer at all.
+    #[tokio::test]
+    async fn a_silent_server_ends_the_follow_saying_so() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for answers in [true, false] {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+            let port = listener.local_addr().expect("addr").port();
+            let asked = std::sync::Arc::new(AtomicUsize::new(0));
+            let counted = asked.clone();
+            let server = tokio::spawn(async move {
+                let mut held = Vec::new();
+                loop {
+                    let (mut socket, _) = listener.accept().await.expect("accept");
+                    let mut request = vec![0u8; 4096];
+                    let n = socket.read(&mut request).await.expect("read");
+                    if String::from_utf8_lossy(&request[..n]).starts_with("GET /v1/processes/p/events") {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if answers {
+                        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n";
+                        let event = "event: event\ndata: {\"sequence\":1,\"event_type\":\"note\"}\n\n";
+                        socket
+                            .write_all(format!("{head}{event}").as_bytes())
+                            .await
+                            .expect("write");
+                    }
+                    // Held open, and silent from here on.
+                    held.push(socket);
+                }
+            });
+            let mut client = Client::new(&format!("http://127.0.0.1:{port}"), None).expect("client");
+            client.stream_limits = (Duration::from_millis(400), Duration::from_millis(300));
+            let mut seen = 0;
+            let started = tokio::time::Instant::now();
+            let follow = client.follow("p", 0, true, |_| {
+                seen += 1;
+                Ok(())
+            });
+            let done = tokio::time::timeout(Duration::from_secs(20), follow)
+                .await
+                .expect("the follow of a silent server never ended");
+            let said = done.expect_err("a silent server ends the follow").to_string();
+            assert!(said.contains("the server stopped answering"), "{said}");
+            assert!(said.contains("p's state is unknown"), "{said}");
+            let limit = if answers {
+                client.stream_limits.1
+            } else {
+                client.stream_limits.0
+            };
+            assert_eq!(seen, usize::from(answers));
+            assert!(started.elapsed() >= limit, "{:?}", started.elapsed());
+            assert_eq!(
+                asked.load(Ordering::SeqCst),
+                1,
+                "asked again a server that did not answer"
+            );
+            server.abort();
+        }
     }
 
     /// A stream the server ends with `unavailable` (a passing store fault),
