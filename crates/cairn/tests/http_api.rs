@@ -999,6 +999,13 @@ async fn a_bad_filter_value_is_invalid_filter_naming_its_key() {
         let message = err["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(&format!("`{key}`")), "{key}: {value}: {message}");
     }
+    // A status prune does not know is told the ones it takes: not `running`.
+    let (_, err) = c.post("/v1/prune", prune("status", json!("bogus"))).await;
+    assert_eq!(
+        err["error"]["message"],
+        "invalid filter: `status`: unknown status `bogus`: one of completed, failed, cancelled, abandoned, any",
+        "{err}"
+    );
     // What is not a filter keeps its own code, and good filters still prune.
     let (s, err) = c
         .post(

@@ -151,7 +151,7 @@ pub struct PruneBody {
     /// Which terminal statuses (default `any`; `running` is refused).
     #[serde(default, skip_serializing_if = "FilterValue::is_absent")]
     #[schema(value_type = StatusFilter)]
-    pub status: FilterValue<StatusFilter>,
+    pub status: FilterValue<PruneStatus>,
     /// Only processes of this definition (`tool:NAME`, `script:MODULE_REF#EXPORT`,
     /// `session_turn`, `external`), as the list filter.
     #[serde(default, skip_serializing_if = "FilterValue::is_absent")]
@@ -176,6 +176,26 @@ pub struct PruneBody {
     pub created_before_ms: FilterValue<Option<u64>>,
     /// `{"type":"no_projector"}` or `{"type":"cursor","cursor":N}`: required, never implied.
     pub watermark: Watermark,
+}
+
+/// A prune body's `status`: a [`StatusFilter`], whose refusal of a status it
+/// does not know lists the ones prune takes. `running` is read, for the
+/// prune's filter to refuse saying why ([`PruneFilter::validate`]).
+#[derive(Debug)]
+pub struct PruneStatus(StatusFilter);
+
+impl<'de> Deserialize<'de> for PruneStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text == "running" {
+            return Ok(Self(StatusFilter::Running));
+        }
+        StatusFilter::try_from(text.clone()).map(Self).map_err(|_| {
+            serde::de::Error::custom(format_args!(
+                "unknown status `{text}`: one of completed, failed, cancelled, abandoned, any"
+            ))
+        })
+    }
 }
 
 /// A filter of a JSON body, kept as given (`None` when left out) and read as
@@ -899,7 +919,7 @@ pub async fn prune(
         within_int64("watermark.cursor", Some(*cursor))?;
     }
     let filter = PruneFilter {
-        status: body.status.read("status", StatusFilter::Any)?,
+        status: body.status.read("status", PruneStatus(StatusFilter::Any))?.0,
         definition: body.definition.read("definition", None)?,
         originator: body.originator.read("originator", None)?,
         caused_by: body.caused_by.read("caused_by", None)?,
