@@ -592,7 +592,8 @@ fn cron_step_problem(expr: &str) -> Option<String> {
 /// words (`hour 24 is outside 0-23`): `croner` says only "Number out of
 /// bounds" or "Range out of bounds". Checked: numbers and names (`JAN`,
 /// `MON`) against the field's range, ranges that run backwards, a step of 0,
-/// and a word that is no name of the field. Forms it does not know (`L`,
+/// a step from a single value (`5/10`, which croner refuses in its own
+/// words), and a word that is no name of the field. Forms it does not know (`L`,
 /// `W`, `#`) are left to `croner`; `None` when nothing checked is at fault.
 fn cron_field_problem(expr: &str) -> Option<String> {
     for ((field, name), (lo, hi, names)) in expr.split_whitespace().zip(CRON_FIELDS).zip(CRON_RANGES) {
@@ -600,9 +601,12 @@ fn cron_field_problem(expr: &str) -> Option<String> {
         for part in field.split(',') {
             let mut pieces = part.splitn(2, '/');
             let range = pieces.next().unwrap_or(part);
-            if pieces.next().and_then(|step| step.parse::<u32>().ok()) == Some(0) {
+            let step = pieces.next();
+            if step.and_then(|step| step.parse::<u32>().ok()) == Some(0) {
                 return Some(format!("{name} step 0 must be at least 1"));
             }
+            // In the day of week, `*` steps through 0-6 (7 is Sunday again).
+            let top = if names.len() == 7 { 6 } else { hi };
             let mut ends = range.splitn(2, '-');
             let a = ends.next().and_then(value);
             let b = ends.next().and_then(value);
@@ -617,6 +621,14 @@ fn cron_field_problem(expr: &str) -> Option<String> {
             if let [a, b] = bounds[..] {
                 if b < a {
                     return Some(format!("{name} range `{range}` runs backwards"));
+                }
+            }
+            if let (Some(step), [from]) = (step, &bounds[..]) {
+                if !range.contains('-') {
+                    return Some(format!(
+                        "{name} `{part}` steps from a single value: put `*` or a range before the step \
+                         (`*/{step}`, or `{from}-{top}/{step}` to start at {from})"
+                    ));
                 }
             }
         }
@@ -1095,6 +1107,19 @@ mod tests {
             ("0 0 * DEC-jan *", "month range `DEC-jan` runs backwards"),
             ("0,70 5 * * *", "minute 70 is outside 0-59"),
             ("*/0 * * * *", "minute step 0 must be at least 1"),
+            // A step from one value (which croner refuses in its own words)
+            // is said in the field's terms.
+            (
+                "5/60 * * * *",
+                "minute `5/60` steps from a single value: put `*` or a range before the step (`*/60`, or \
+                 `5-59/60` to start at 5)",
+            ),
+            (
+                "0 0 * JAN/12 *",
+                "month `JAN/12` steps from a single value: put `*` or a range before the step (`*/12`, or \
+                 `1-12/12` to start at 1)",
+            ),
+            ("0 0 * * 1/2", "day of week `1/2` steps from a single value"),
             (
                 "*/90 * * * *",
                 "minute step 90 is over the 0-59 range: `*/90` fires at minute 0 only",
