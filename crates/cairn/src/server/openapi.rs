@@ -72,7 +72,10 @@ fn id_schema(description: &str) -> Value {
         "pattern": NO_CONTROL,
         // A relative path segment, which no URL can name (`invalid_id`).
         "not": {"enum": [".", ".."]},
-        "description": format!("{description} At most {} bytes of UTF-8.", cairn_core::validate::MAX_ID_BYTES),
+        "description": match description.trim_end_matches('.') {
+            "" => format!("At most {} bytes of UTF-8.", cairn_core::validate::MAX_ID_BYTES),
+            said => format!("{said}. At most {} bytes of UTF-8.", cairn_core::validate::MAX_ID_BYTES),
+        },
     })
 }
 
