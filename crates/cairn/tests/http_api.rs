@@ -403,6 +403,29 @@ async fn list_filters_and_paging() {
     ] {
         assert_eq!(c.get(&format!("/v1/processes?{q}")).await.0, 200, "{q}");
     }
+    // An unknown key is named with the keys the route takes, as the other
+    // listings name theirs; every key it names is taken.
+    let (_, err) = c.get("/v1/processes?bogus=1").await;
+    let said = err["error"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(
+        said.contains("unknown filter key `bogus`: this route takes `granted_to`, `originated_by`, `status`"),
+        "{said}"
+    );
+    let taken: Vec<&str> = said.split('`').skip(3).step_by(2).collect();
+    assert_eq!(taken.len(), 11, "{said}");
+    for key in taken {
+        let value = match key {
+            "granted_to" | "originated_by" => "s1",
+            "status" => "any",
+            "definition" => "external",
+            "waiting" => "false",
+            "originator" => "host",
+            "caused_by" | "after_id" => "a1",
+            _ => "1",
+        };
+        let (s, page) = c.get(&format!("/v1/processes?{key}={value}")).await;
+        assert_eq!(s, 200, "{key}: {page}");
+    }
 }
 
 /// A stream of large events, read ahead only a few at a time, sends every

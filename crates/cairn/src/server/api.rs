@@ -706,7 +706,7 @@ fn query_keys(raw: Option<&str>, taken: &[String]) -> Result<(), ApiError> {
 }
 
 /// `` `a` ``, `` `a` and `b` `` or `` `a`, `b` and `c` ``; "no parameters" for none.
-fn said_list(names: &[String]) -> String {
+pub(crate) fn said_list(names: &[String]) -> String {
     let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
     match quoted.as_slice() {
         [] => "no parameters".into(),

@@ -394,6 +394,22 @@ pub async fn start(
     Ok((StatusCode::OK, Json(registered.process)).into_response())
 }
 
+/// The query keys `GET /v1/processes` takes: the two lenses, then those of
+/// [`ProcessFilter::from_query`].
+const LIST_KEYS: &[&str] = &[
+    "granted_to",
+    "originated_by",
+    "status",
+    "definition",
+    "waiting",
+    "originator",
+    "caused_by",
+    "created_from_ms",
+    "created_before_ms",
+    "after_id",
+    "limit",
+];
+
 /// `GET /v1/processes`: the filter keys of [`ProcessFilter::from_query`] plus
 /// `granted_to` and `originated_by` (session ids). Unknown keys are `invalid_filter`.
 #[utoipa::path(get, path = "/v1/processes", tag = "processes",
@@ -428,9 +444,18 @@ pub async fn list(
         let slot = match k.as_str() {
             "granted_to" => &mut granted_to,
             "originated_by" => &mut originated_by,
-            _ => {
+            key if LIST_KEYS.contains(&key) => {
                 rest.push((k.as_str(), v.as_str()));
                 continue;
+            }
+            // Named with the keys it takes, as the other routes name theirs.
+            other => {
+                let taken: Vec<String> = LIST_KEYS.iter().map(|k| (*k).to_string()).collect();
+                return Err(cairn_core::CairnError::InvalidFilter(format!(
+                    "unknown filter key `{other}`: this route takes {}",
+                    super::api::said_list(&taken)
+                ))
+                .into());
             }
         };
         if slot.replace(v.clone()).is_some() {
