@@ -720,7 +720,13 @@ impl ProcessRegistry for WatchedRegistry {
         // it would count other writers' events too (a run's output, an end
         // that raced a repeated request), sinking them twice.
         let r = self.inner.request_cancel(id, reason).await?;
-        self.after_write(&r.process, r.appended).await;
+        // A request that wrote nothing to the process (a repeat, or one
+        // that reached only an ended process's children) changed nothing
+        // its watchers could see: told, they would read a change that did
+        // not happen.
+        if r.appended > 0 {
+            self.after_write(&r.process, r.appended).await;
+        }
         for d in &r.descendants {
             // A running descendant's run observes its request through the hub;
             // a suspended one became claimable.
@@ -729,7 +735,7 @@ impl ProcessRegistry for WatchedRegistry {
             self.sink_cancelled_tail(d).await;
             self.after_end(d).await;
         }
-        if !r.cancelled_now || r.descendants.iter().any(|d| !d.is_terminal()) {
+        if (r.appended > 0 && !r.cancelled_now) || r.descendants.iter().any(|d| !d.is_terminal()) {
             // A suspended process is claimable once a cancellation is requested.
             self.hub.notify_work();
         }
@@ -1143,5 +1149,74 @@ mod tests {
             assert!(work_noticed(&hub), "{id}: a claimable registration told of no work");
             assert!(!work_noticed(&hub), "the notice was taken");
         }
+    }
+
+    /// A cancellation request that wrote nothing (repeated while the first
+    /// is on record, or after the process ended) tells its watchers nothing:
+    /// no notice, no "something changed", no work.
+    #[tokio::test]
+    async fn a_cancel_that_wrote_nothing_publishes_nothing() {
+        use crate::registry::ProcessRegistry;
+        let hub = ChangeHub::default();
+        let watched = super::WatchedRegistry::new(std::sync::Arc::new(crate::MemoryRegistry::new()), hub.clone(), None);
+        let mut all = hub.subscribe_all();
+        let heard = |sub: &mut super::Subscription, all: &mut tokio::sync::watch::Receiver<u64>| {
+            let one = sub.has_changed().expect("hub alive");
+            let any = all.has_changed().expect("hub alive");
+            sub.mark_unchanged();
+            all.mark_unchanged();
+            one || any
+        };
+        // Externally owned: the request stays on record while it runs.
+        watched
+            .register(registration("ext", Disposition::ExternallyOwned), None)
+            .await
+            .expect("register");
+        let mut sub = hub.subscribe("ext");
+        let reason = || Some("superseded".to_string());
+        let first = watched.request_cancel("ext", reason()).await.expect("cancel");
+        assert_eq!(first.appended, 1);
+        assert!(heard(&mut sub, &mut all), "the first request is a change");
+        let _ = work_noticed(&hub);
+        let again = watched.request_cancel("ext", reason()).await.expect("repeat");
+        assert_eq!(again.appended, 0);
+        assert!(
+            !heard(&mut sub, &mut all),
+            "a repeat while running was heard as a change"
+        );
+        assert!(!work_noticed(&hub), "a repeat while running told of work");
+        watched
+            .complete_external("ext", crate::model::Outcome::success(serde_json::json!(1)), "owner")
+            .await
+            .expect("complete");
+        assert!(heard(&mut sub, &mut all), "the end is a change");
+        let after_end = watched
+            .request_cancel("ext", reason())
+            .await
+            .expect("repeat after the end");
+        assert_eq!(after_end.appended, 0);
+        assert!(after_end.process.is_terminal());
+        assert!(
+            !heard(&mut sub, &mut all),
+            "a repeat after the end was heard as a change"
+        );
+        assert!(!work_noticed(&hub), "a repeat after the end told of work");
+        // Cancelled at once (never started), then repeated.
+        watched
+            .register(registration("queued", Disposition::Rerunnable), None)
+            .await
+            .expect("register");
+        let _ = work_noticed(&hub);
+        let mut queued = hub.subscribe("queued");
+        let ended = watched.request_cancel("queued", reason()).await.expect("cancel");
+        assert!(ended.cancelled_now);
+        assert!(heard(&mut queued, &mut all), "the cancellation is a change");
+        let repeat = watched.request_cancel("queued", reason()).await.expect("repeat");
+        assert_eq!(repeat.appended, 0);
+        assert!(
+            !heard(&mut queued, &mut all),
+            "a repeat after a cancellation was heard as a change"
+        );
+        assert!(!work_noticed(&hub), "a repeat after a cancellation told of work");
     }
 }
