@@ -841,6 +841,14 @@ pub fn parse_session_token(raw: &str) -> Result<(String, String), String> {
     match raw.split_once('=') {
         Some((session, token)) if !session.is_empty() && !token.is_empty() => {
             cairn_core::validate::validate_session_id(session).map_err(|e| e.to_string())?;
+            // `a=t1,b=t2` or `a=t1;b=t2` is a list with the wrong separator, not
+            // one token: a Bearer token (RFC 6750's b64token) holds neither.
+            if token.contains([',', ';']) {
+                return Err(format!(
+                    "the token of session `{session}` holds `,` or `;`, which no bearer token does: \
+                     separate SESSION=TOKEN pairs with spaces"
+                ));
+            }
             Ok((session.to_string(), token.to_string()))
         }
         _ => Err("expected SESSION=TOKEN with both parts non-empty".to_string()),

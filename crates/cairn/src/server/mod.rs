@@ -623,5 +623,15 @@ mod tests {
             .expect_err("no token")
             .to_string();
         assert!(said.contains("expected SESSION=TOKEN"), "{said}");
+        // A list written with commas or semicolons is refused, not read as
+        // one session whose token ends in the next pair.
+        for list in ["alice=ta, bob=tb", "alice=ta;bob=tb", "a=t1,b=t2"] {
+            let said = session_tokens_from_env(Some(list.into()))
+                .expect_err("a list with the wrong separator")
+                .to_string();
+            assert!(said.contains("separate SESSION=TOKEN pairs with spaces"), "{said}");
+            let token = list.split_once('=').expect("a pair").1;
+            assert!(!said.contains(token), "{said}");
+        }
     }
 }
