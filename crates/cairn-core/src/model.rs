@@ -202,7 +202,8 @@ pub struct TurnSession {
     pub temperature: Option<f64>,
 }
 
-/// The most model calls a turn's `max_steps` allows when a turn starts.
+/// The most model calls a turn's `max_steps` allows when a turn starts (the
+/// session-turn runner's `cairn_turn::MAX_STEPS` is this one).
 pub const TURN_MAX_STEPS: u32 = 64;
 
 /// A turn's `max_steps`: any integer that fits the record is read (a start

@@ -170,8 +170,9 @@ fn nesting(value: &Value) -> usize {
     }
 }
 
-/// The most model calls a turn may be given (`max_steps`).
-pub const MAX_STEPS: u32 = 64;
+/// The most model calls a turn may be given (`max_steps`): the bound the
+/// record's own reading names ([`cairn_core::TURN_MAX_STEPS`]).
+pub const MAX_STEPS: u32 = cairn_core::TURN_MAX_STEPS;
 /// The most repairs a `json_schema` contract may allow (`repair_attempts`).
 pub const MAX_REPAIR_ATTEMPTS: u32 = 5;
 /// The roles a message of a turn's `input` may have when it starts.
