@@ -90,10 +90,22 @@ impl Contract {
                     CairnError::InvalidRequest("a `json_schema` output_contract needs its `schema`".into())
                 })?;
                 cairn_core::validate::compiled_schema("output_contract", &schema)?;
+                // Any count a contract may hold is read (a start checks the
+                // bounds, so a turn started under looser ones still runs);
+                // one no contract could hold (negative, past `u32`, not an
+                // integer) is refused naming the range a start takes, as
+                // one out of bounds is.
                 let repair_attempts = match v.get("repair_attempts") {
                     None => 2,
                     Some(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| {
-                        CairnError::InvalidRequest("`repair_attempts` must be a non-negative integer".into())
+                        let what = if n.is_i64() || n.is_u64() {
+                            ""
+                        } else {
+                            "an integer from "
+                        };
+                        CairnError::InvalidRequest(format!(
+                            "`repair_attempts` is {what}0 to {MAX_REPAIR_ATTEMPTS}, not {n}"
+                        ))
                     })?,
                 };
                 Ok(Self::JsonSchema {

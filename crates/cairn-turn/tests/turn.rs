@@ -588,6 +588,35 @@ async fn bad_turns_are_refused_at_start() {
     .expect("repair_attempts 5");
 }
 
+/// A `repair_attempts` no contract could hold (negative, past `u32`, not
+/// an integer) is refused naming the range a start takes, as one past it
+/// is, never as a `u32`'s; the steps bound is the record's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_attempts_out_of_range_names_its_range() {
+    assert_eq!(cairn_turn::MAX_STEPS, cairn_core::TURN_MAX_STEPS);
+    let s = setup().await;
+    for (i, (given, said)) in [
+        (json!(6), "`repair_attempts` is 0 to 5, not 6"),
+        (json!(5_000_000_000u64), "`repair_attempts` is 0 to 5, not 5000000000"),
+        (json!(u64::MAX), "`repair_attempts` is 0 to 5, not 18446744073709551615"),
+        (json!(-1), "`repair_attempts` is 0 to 5, not -1"),
+        (json!(1.5), "`repair_attempts` is an integer from 0 to 5, not 1.5"),
+        (json!("2"), "`repair_attempts` is an integer from 0 to 5, not \"2\""),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("r{i}");
+        let contract = json!({"type": "json_schema", "schema": {"type": "object"}, "repair_attempts": given});
+        let e = s.p.start(turn(&id, &[], "hi", contract)).await.expect_err(&id);
+        assert_eq!(e.code(), "invalid_request", "{given}: {e}");
+        assert!(e.to_string().contains(said), "{given}: {e}");
+        assert!(!e.to_string().contains("4294967295"), "{given}: {e}");
+        assert_eq!(s.p.get(&id).await.expect_err("not stored").code(), "unknown_process");
+    }
+    assert!(s.fake.received().is_empty(), "no turn called the model");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_turn_stops_its_stream_and_its_tool_calls() {
     let s = setup().await;
