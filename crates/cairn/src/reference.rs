@@ -550,6 +550,13 @@ pub fn render() -> String {
     for (class, code, when) in FAILURE_CODES {
         let _ = writeln!(w, "| `{class}` | `{code}` | {} |", cell(when));
     }
+    let _ = writeln!(
+        w,
+        "\nA cancelled script ends `cancelled`, however its cleanup (its `catch` and `finally`) ends. That\n\
+         cleanup can `ctx.emit`, `ctx.log` and return or throw, and nothing more: every wait pending or made\n\
+         then (`ctx.tool`, `ctx.turn`, `ctx.wait`, `ctx.sleep`, `ctx.waitSignal`) rejects `cancelled` at once,\n\
+         and a child it starts (`ctx.start`) is born cancelled, so no tool runs (ADR 0016)."
+    );
     let _ = writeln!(w);
 
     let _ = writeln!(w, "## Wire shapes\n");
