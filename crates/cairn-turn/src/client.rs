@@ -136,9 +136,76 @@ pub(crate) async fn chat(
     request: &ChatRequest<'_>,
     on_delta: &mut (dyn FnMut(&str) + Send),
 ) -> Result<ChatAnswer, ModelFault> {
-    ask(http, idle, spec, key, request, on_delta)
-        .await
-        .map_err(|fault| fault.without_key(key))
+    let Some(key) = key.filter(|k| !k.is_empty()) else {
+        return ask(http, idle, spec, None, request, on_delta).await;
+    };
+    // An endpoint (a gateway, a proxy) may echo the key it was sent in its
+    // answer too: the key leaves neither the streamed deltas nor the answer
+    // journaled (SPEC §15: never stored in a record or an event).
+    let mut held = KeyFilter::new(key);
+    let mut forward = |text: &str| {
+        let out = held.push(text);
+        if !out.is_empty() {
+            on_delta(&out);
+        }
+    };
+    let answer = ask(http, idle, spec, Some(key), request, &mut forward).await;
+    // What was held back cannot hold the key (it is shorter), and nothing
+    // more comes: it goes out, also after a broken stream's partial text.
+    let rest = held.finish();
+    if !rest.is_empty() {
+        on_delta(&rest);
+    }
+    let mut answer = answer.map_err(|fault| fault.without_key(Some(key)))?;
+    redact_strings(&mut answer.message, key);
+    Ok(answer)
+}
+
+/// Streamed text with a key taken out, also when the key is split across
+/// pieces: the last `key.len() - 1` bytes are held back until the next piece
+/// (or the end) shows they do not begin the key. Hand-written: it is a few
+/// lines over `str::replace`.
+struct KeyFilter<'k> {
+    key: &'k str,
+    pending: String,
+}
+
+impl<'k> KeyFilter<'k> {
+    fn new(key: &'k str) -> Self {
+        Self {
+            key,
+            pending: String::new(),
+        }
+    }
+
+    /// What of `pending + text` can be sent now, the key replaced.
+    fn push(&mut self, text: &str) -> String {
+        self.pending.push_str(text);
+        if self.pending.contains(self.key) {
+            self.pending = self.pending.replace(self.key, "[redacted]");
+        }
+        let mut keep = self.pending.len().saturating_sub(self.key.len() - 1);
+        while !self.pending.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        let rest = self.pending.split_off(keep);
+        std::mem::replace(&mut self.pending, rest)
+    }
+
+    /// What is left held back at the end of the answer.
+    fn finish(self) -> String {
+        self.pending
+    }
+}
+
+/// Every string in `value` with `key` taken out.
+fn redact_strings(value: &mut Value, key: &str) {
+    match value {
+        Value::String(s) if s.contains(key) => *s = s.replace(key, "[redacted]"),
+        Value::Array(items) => items.iter_mut().for_each(|v| redact_strings(v, key)),
+        Value::Object(fields) => fields.values_mut().for_each(|v| redact_strings(v, key)),
+        _ => {}
+    }
 }
 
 /// [`chat`], with faults as the endpoint worded them.
@@ -1062,6 +1129,28 @@ mod tests {
             })
             .collect();
         assert_eq!(args, [json!({"value": 1}), json!({"value": 2})]);
+    }
+
+    /// A key split across streamed pieces is taken out whole, and every
+    /// piece of text but the key comes through in order.
+    #[test]
+    fn a_key_split_across_pieces_is_taken_out() {
+        let key = "sk-0123456789";
+        for cut in 0..=key.len() {
+            let text = format!("é{key}ü and {key}");
+            let at = "é".len() + cut;
+            let mut filter = KeyFilter::new(key);
+            let mut out = filter.push(&text[..at]);
+            out.push_str(&filter.push(&text[at..]));
+            out.push_str(&filter.finish());
+            assert_eq!(out, "é[redacted]ü and [redacted]", "cut at {cut}");
+        }
+        let mut message = json!({"content": format!("a {key}"), "tool_calls": [{"function": {"arguments": key}}]});
+        redact_strings(&mut message, key);
+        assert_eq!(
+            message,
+            json!({"content": "a [redacted]", "tool_calls": [{"function": {"arguments": "[redacted]"}}]})
+        );
     }
 
     /// A key the endpoint quotes is taken out before the text is clipped, so

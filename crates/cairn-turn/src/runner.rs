@@ -21,7 +21,8 @@ use crate::config::{ModelSpec, Models};
 /// The event journaling each model answer: `{step, message, usage}`, and the
 /// endpoint's `finish_reason` when it gave one.
 pub const RESPONSE: &str = "turn.response";
-/// Streamed content while a model answers: `{step, text}`, at most one per 100 ms.
+/// Streamed content while a model answers: `{step, run, attempt, text}`, at
+/// most one per 100 ms.
 pub const DELTA: &str = "turn.delta";
 /// The failure code of a turn whose model refused (class `turn`; the message
 /// holds the refusal, `raw` the journaled answer).

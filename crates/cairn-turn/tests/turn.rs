@@ -365,6 +365,32 @@ async fn faults_are_retried_or_fail_by_kind() {
     assert!(!record.contains(KEY) && !events.contains(KEY), "{record}");
     assert!(record.contains("invalid key [redacted] for this gateway"), "{record}");
 
+    // An endpoint that echoes the key in its answer, streamed in pieces of a
+    // few characters (the key split across them) or whole: neither the
+    // deltas, the journaled answer nor the outcome keep it.
+    let echo = format!("auth was Bearer {KEY} ok");
+    for (id, reply) in [
+        ("echoed", Reply::Text(echo.clone())),
+        ("echoed-whole", Reply::NotStreamed(echo.clone())),
+    ] {
+        s.fake.push(reply);
+        s.p.start(turn(id, &[], "hi", Value::Null)).await.expect("start");
+        let r = finished(&s.p, id).await;
+        assert_eq!(
+            r.outcome,
+            Some(Outcome::success(json!({"text": "auth was Bearer [redacted] ok"}))),
+            "{id}"
+        );
+        let events = s.p.events(id, 0, Some(1000)).await.expect("events").events;
+        assert!(!serde_json::to_string(&events).expect("json").contains(KEY), "{id}");
+        let deltas: String = events
+            .iter()
+            .filter(|e| e.event_type == "turn.delta")
+            .map(|d| d.payload["text"].as_str().expect("text"))
+            .collect();
+        assert_eq!(deltas, "auth was Bearer [redacted] ok", "{id}");
+    }
+
     let calls_before = s.fake.received().len();
     for _ in 0..4 {
         s.fake.push(Reply::Status {
