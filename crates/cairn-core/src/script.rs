@@ -164,9 +164,44 @@ pub fn validate_module(module: &Module) -> Result<()> {
         )));
     }
     for e in &module.info.exports {
-        crate::validate::validate_id("module export", e)?;
+        check_export(e)?;
     }
     Ok(())
+}
+
+/// The most characters of a refused export's name a message quotes.
+const QUOTED_EXPORT_CHARS: usize = 64;
+
+/// Check an export's name: a start names it as its `process_name`, which
+/// is held to an id's rules (1 to [`crate::validate::MAX_ID_BYTES`] bytes, no
+/// control character, neither `.` nor `..`). A module exporting a function
+/// under another name is refused as a module (`invalid_module`), naming the
+/// export (its first [`QUOTED_EXPORT_CHARS`] characters when long).
+fn check_export(name: &str) -> Result<()> {
+    let limit = crate::validate::MAX_ID_BYTES;
+    let why = if name.is_empty() {
+        "its name is empty".to_string()
+    } else if name == "." || name == ".." {
+        "a relative path segment is no process name (no URL can name it)".to_string()
+    } else if name.len() > limit {
+        format!(
+            "its name is {} bytes, over the {limit} byte limit of a process name",
+            name.len()
+        )
+    } else if name.chars().any(char::is_control) {
+        "its name contains a control character".to_string()
+    } else {
+        return Ok(());
+    };
+    let mut quoted: String = name.chars().take(QUOTED_EXPORT_CHARS).collect();
+    if quoted.len() < name.len() {
+        quoted.push_str("...");
+    }
+    Err(CairnError::InvalidModule(format!(
+        "the export `{}` cannot be started as a process: {why}; export the function under a name of 1 to \
+         {limit} bytes without control characters, other than `.` and `..`",
+        quoted.escape_debug()
+    )))
 }
 
 /// Check a source's size (a clear error before anything compiles it).
@@ -238,5 +273,45 @@ mod tests {
         );
         assert!(check_module_name(Some("fine.js")).is_ok());
         assert!(check_module_name(None).is_ok());
+    }
+
+    #[test]
+    fn a_module_exporting_a_name_no_process_can_have_is_an_invalid_module() {
+        let module = |exports: Vec<String>| {
+            let source = "export async function main() {}".to_string();
+            Module {
+                info: ModuleInfo {
+                    module_ref: module_ref(&source),
+                    name: None,
+                    exports,
+                    created_at_ms: 0,
+                },
+                source,
+            }
+        };
+        let refused = |export: &str| match validate_module(&module(vec!["main".into(), export.into()])) {
+            Err(CairnError::InvalidModule(message)) => message,
+            other => panic!("{export:?} answered {other:?}"),
+        };
+        let long = format!("{}{}", "é".repeat(40), "x".repeat(200));
+        assert_eq!(long.len(), 280);
+        let said = refused(&long);
+        assert!(
+            said.starts_with(&format!(
+                "the export `{}{}...` cannot be started",
+                "é".repeat(40),
+                "x".repeat(24)
+            )),
+            "{said}"
+        );
+        assert!(said.contains("is 280 bytes, over the 256 byte limit"), "{said}");
+        assert!(refused(".").contains("the export `.` cannot be started as a process: a relative path"));
+        assert!(refused("..").contains("the export `..`"));
+        assert!(refused("").contains("its name is empty"));
+        assert!(
+            refused("a\nb").contains("the export `a\\nb` cannot be started as a process: its name contains a control")
+        );
+        // At the limit, and the names a process may have, are stored.
+        assert!(validate_module(&module(vec!["m".repeat(256), "main".into(), "a.b".into()])).is_ok());
     }
 }

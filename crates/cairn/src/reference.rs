@@ -170,8 +170,9 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
         ),
         (
             CairnError::InvalidModule(s()),
-            "the module does not compile (the message names line and column), or exports no function a \
-             script can run",
+            "the module does not compile (the message names line and column), exports no function a \
+             script can run, or exports one under a name no process can have (empty, over 256 bytes, `.` \
+             or `..`, or holding a control character)",
         ),
         (
             CairnError::UnknownExport {
