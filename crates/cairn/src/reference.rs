@@ -335,7 +335,7 @@ fn event_meaning(name: &str) -> &'static str {
             "the run waits durably (for a signal, a timer or its children); the record's `wait` says on what"
         }
         cairn_core::events::RESUMED => {
-            "a durable wait ended (`reason`: signal, timer, children, timed_out or cancel_requested; a signal or a child's end after the wait's deadline leaves it `timed_out`; a wait whose `until_ms` is a timer's due time, `due_timer` (a script's sleep raced against it), ends at it as `timer`)"
+            "a durable wait ended (`reason`: signal, timer, children, timed_out or cancel_requested; a signal or a child's end after the wait's deadline leaves it `timed_out`; a wait whose `until_ms` is a timer's due time, `due_timer` (a script's sleep raced against it), ends at it as `timer`; a signal or children wait whose deadline passed before it was recorded writes no `process.waiting`, only this `timed_out` marker, which a re-run replays instead of waiting again)"
         }
         cairn_core::events::CANCEL_REQUESTED => "cancellation was requested (written by the cancel operation only; its `reason`, like an abandon request's, is at most 64 KiB)",
         cairn_core::events::ABANDON_REQUESTED => "an abandon request was recorded",
