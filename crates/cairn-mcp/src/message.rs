@@ -83,7 +83,8 @@ pub fn is_notification_bytes(bytes: &[u8]) -> bool {
 /// message: "each POST carries", "each line carries"). Requests need a string
 /// method, an id (if any) that is a string or an integer (never `null`, as MCP
 /// has it) and params (if any) that are an object; a message without a method
-/// is a response and carries `result` or `error`.
+/// is a response and carries `result` or `error` (an error response's id may
+/// be `null`, as JSON-RPC has one answering a request whose id was unread).
 pub fn fault(message: &Value, carrier: &str) -> Option<(i64, String)> {
     let bad = |code: i64, text: &str| Some((code, text.to_string()));
     let Some(object) = message.as_object() else {
@@ -96,7 +97,11 @@ pub fn fault(message: &Value, carrier: &str) -> Option<(i64, String)> {
         return bad(-32600, "invalid request: the message must say \"jsonrpc\": \"2.0\"");
     }
     if let Some(id) = object.get("id") {
-        if !id_ok(id) {
+        // An error response's id is null when the request's could not be
+        // read (JSON-RPC 2.0 §5): a response all the same, refused (or
+        // dropped) as one, not for its id.
+        let unmatched_error = id.is_null() && !object.contains_key("method") && object.contains_key("error");
+        if !id_ok(id) && !unmatched_error {
             return Some((
                 -32600,
                 format!(
@@ -258,5 +263,23 @@ mod tests {
         assert_eq!(id_of_start(&named[..10]), Value::Null);
         assert_eq!(id_of_start(&named[..16]), json!("call-7"));
         assert_eq!(id_of_start(b""), Value::Null);
+    }
+
+    /// An error response whose id is null (its request's id was unread)
+    /// is a response, faulted for nothing; a result's id is never null,
+    /// and a request's never.
+    #[test]
+    fn an_error_response_may_carry_a_null_id() {
+        let error = json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "parse error"}});
+        assert_eq!(fault(&error, "each POST carries"), None);
+        for message in [
+            json!({"jsonrpc": "2.0", "id": null, "result": {}}),
+            json!({"jsonrpc": "2.0", "id": null, "method": "ping"}),
+            json!({"jsonrpc": "2.0", "id": null, "method": "ping", "error": {"code": 1, "message": "m"}}),
+        ] {
+            let (code, text) = fault(&message, "each POST carries").expect("refused");
+            assert_eq!(code, -32600, "{message}");
+            assert!(text.contains("never null"), "{message}: {text}");
+        }
     }
 }

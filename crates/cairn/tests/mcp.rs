@@ -2303,6 +2303,12 @@ async fn a_posted_response_is_refused_with_its_id() {
             r#"{"jsonrpc":"2.0","id":"r-4","error":{"code":-32601,"message":"no"}}"#,
             json!("r-4"),
         ),
+        // An error response's id is null when it answers a request whose
+        // id its sender could not read (JSON-RPC 2.0 §5): still a response.
+        (
+            r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"parse error"}}"#,
+            Value::Null,
+        ),
     ] {
         let response = post(body).await.expect("answered");
         assert_eq!(response.status().as_u16(), 400, "{body}");
@@ -2319,7 +2325,32 @@ async fn a_posted_response_is_refused_with_its_id() {
         let message = answer["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains("takes no responses"), "{body}: {answer}");
         assert!(!message.contains("stateless"), "{body}: {answer}");
+        assert!(!message.contains("`id`"), "{body}: {answer}");
     }
+}
+
+/// Over stdio, an error response whose id is null is a response like any
+/// other: never answered (JSON-RPC answers no response), not refused for
+/// its id; the requests around it are served.
+#[tokio::test]
+async fn stdio_leaves_an_error_response_with_a_null_id_unanswered() {
+    let lines = [
+        r#"{"jsonrpc":"2.0","id":6,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"parse error"}}"#,
+        r#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#,
+        "",
+    ];
+    let out = common::run_cli("http://127.0.0.1:1", None, &["mcp"], Some(&lines.join("\n"))).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let answers: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let ids: Vec<&Value> = answers.iter().map(|a| &a["id"]).collect();
+    assert_eq!(ids, [&json!(6), &json!(7)], "{answers:?}");
+    assert!(answers[1]["result"]["tools"].is_array(), "{answers:?}");
 }
 
 /// `cairn mcp`'s `process_await`, when its server is killed (SIGKILL) while
