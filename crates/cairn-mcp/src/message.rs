@@ -6,6 +6,18 @@
 use cairn_core::validate::json_kind as kind;
 use serde_json::Value;
 
+/// The UTF-8 byte order mark, which RFC 8259 §8.1 lets a parser ignore at
+/// the start of a text.
+pub const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// `bytes` without the one byte order mark they may begin with, as the HTTP
+/// API and the CLI read JSON (a second one is left, and is no JSON). The
+/// transports take it off a message before [`parse`] reads it and before
+/// they pass the message on.
+pub fn without_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes)
+}
+
 /// `bytes` as one JSON value, as the HTTP API reads a body: an object that
 /// gives a key twice is refused (`{"id":"mine","id":"other"}` must not quietly
 /// mean the second), as invalid request `-32600` with the message's id when
@@ -32,8 +44,9 @@ pub fn parse(bytes: &[u8]) -> Result<Value, (Value, i64, String)> {
 }
 
 /// The id of a message read from its start alone (the rest may be cut off,
-/// or nest past what a parser reads): the top-level `id` when it comes
-/// before anything unreadable and a client could match it, else `null`.
+/// or nest past what a parser reads, and a byte order mark may lead it):
+/// the top-level `id` when it comes before anything unreadable and a client
+/// could match it, else `null`.
 pub fn leading_id(bytes: &[u8]) -> Value {
     use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
     /// Reads top-level keys until `id`, keeps its value, and stops there
@@ -56,7 +69,7 @@ pub fn leading_id(bytes: &[u8]) -> Value {
         }
     }
     let found = std::cell::RefCell::new(None);
-    let _ = serde_json::Deserializer::from_slice(bytes).deserialize_map(Find(&found));
+    let _ = serde_json::Deserializer::from_slice(without_bom(bytes)).deserialize_map(Find(&found));
     found.into_inner().filter(id_ok).unwrap_or(Value::Null)
 }
 
@@ -263,6 +276,22 @@ mod tests {
         assert_eq!(id_of_start(&named[..10]), Value::Null);
         assert_eq!(id_of_start(&named[..16]), json!("call-7"));
         assert_eq!(id_of_start(b""), Value::Null);
+    }
+
+    /// One byte order mark at a message's start is taken off (RFC 8259
+    /// §8.1), as the HTTP API takes one off; a second is no JSON.
+    #[test]
+    fn a_leading_byte_order_mark_is_ignored() {
+        let ping = br#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#;
+        let marked = [UTF8_BOM, ping.as_slice()].concat();
+        assert_eq!(without_bom(&marked), ping);
+        assert_eq!(leading_id(&marked), json!(7));
+        assert_eq!(id_of_start(&marked[..marked.len() - 1]), json!(7));
+        let twice = [UTF8_BOM, UTF8_BOM, ping.as_slice()].concat();
+        assert_eq!(parse(without_bom(&twice)).map_err(|(_, code, _)| code), Err(-32700));
+        assert_eq!(leading_id(&twice), Value::Null);
+        assert_eq!(without_bom(UTF8_BOM), b"");
+        assert_eq!(without_bom(b"{}"), b"{}");
     }
 
     /// An error response whose id is null (its request's id was unread)

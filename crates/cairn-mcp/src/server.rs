@@ -505,15 +505,19 @@ where
                 }
                 continue;
             }
+            // A byte order mark the line begins with is ignored, as the
+            // HTTP API and the CLI ignore one (RFC 8259 §8.1); the line goes
+            // on without it.
+            let message_bytes = crate::message::without_bom(&bytes);
             // Bytes that are not UTF-8 are a parse error of their line, not
             // the end of the input.
-            let line = String::from_utf8_lossy(&bytes);
+            let line = String::from_utf8_lossy(message_bytes);
             let line = line.trim_end_matches(['\n', '\r']);
             if line.trim().is_empty() {
                 continue;
             }
-            let fault = match crate::message::parse(&bytes) {
-                Err(_) if crate::message::is_notification_bytes(&bytes) => {
+            let fault = match crate::message::parse(message_bytes) {
+                Err(_) if crate::message::is_notification_bytes(message_bytes) => {
                     tracing::debug!("a notification that gives a key twice was dropped");
                     continue;
                 }

@@ -2353,6 +2353,66 @@ async fn stdio_leaves_an_error_response_with_a_null_id_unanswered() {
     assert!(answers[1]["result"]["tools"].is_array(), "{answers:?}");
 }
 
+/// A message that begins with a UTF-8 byte order mark (RFC 8259 §8.1 lets
+/// a parser ignore one, and the HTTP API and the CLI do) is read as the
+/// message after it, in a POST to `/mcp` and on a stdio line; a second mark
+/// is no JSON.
+#[tokio::test]
+async fn a_message_may_begin_with_a_byte_order_mark() {
+    const BOM: &str = "\u{feff}";
+    let initialize = r#"{"jsonrpc":"2.0","id":6,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let server = Server::start(&[]).await;
+    let post = |body: String| {
+        reqwest::Client::new()
+            .post(server.url("/mcp"))
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json, text/event-stream")
+            .header("MCP-Protocol-Version", "2025-06-18")
+            .body(body)
+            .send()
+    };
+    let answer = |response: reqwest::Response| async move {
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.expect("a JSON body"))
+    };
+    let (status, init) = answer(post(format!("{BOM}{initialize}")).await.expect("answered")).await;
+    assert_eq!(status, 200, "{init}");
+    assert_eq!(init["id"], 6, "{init}");
+    assert!(init["result"]["protocolVersion"].is_string(), "{init}");
+    let start = json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": "process_start",
+        "arguments": {"id": "bom", "input": {"type": "external"}, "disposition": "externally_owned"}}});
+    let (status, started) = answer(post(format!("{BOM}{start}")).await.expect("answered")).await;
+    assert_eq!(status, 200, "{started}");
+    assert_eq!(started["result"]["structuredContent"]["id"], "bom", "{started}");
+    let ping = r#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#;
+    let (status, twice) = answer(post(format!("{BOM}{BOM}{ping}")).await.expect("answered")).await;
+    assert_eq!(
+        (status, twice["error"]["code"].clone()),
+        (400, json!(-32700)),
+        "{twice}"
+    );
+
+    let lines = [
+        format!("{BOM}{initialize}"),
+        format!("{BOM}{}", r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
+        format!("{BOM}{}", r#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#),
+        format!("{BOM}{BOM}{ping}"),
+        String::new(),
+    ];
+    let out = common::run_cli("http://127.0.0.1:1", None, &["mcp"], Some(&lines.join("\n"))).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let answers: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let by_id = |id: Value| answers.iter().find(|a| a["id"] == id).cloned().unwrap_or_default();
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    assert!(by_id(json!(6))["result"]["protocolVersion"].is_string(), "{answers:?}");
+    assert!(by_id(json!(7))["result"]["tools"].is_array(), "{answers:?}");
+    assert_eq!(by_id(Value::Null)["error"]["code"], -32700, "{answers:?}");
+}
+
 /// `cairn mcp`'s `process_await`, when its server is killed (SIGKILL) while
 /// it holds the wait, says the server ended the wait as `cairn await` does,
 /// in words and not the HTTP client's, and not that the server could not be

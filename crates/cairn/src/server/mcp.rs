@@ -142,6 +142,9 @@ pub async fn jsonrpc_errors(
             ))
         }
     };
+    // A body that begins with a byte order mark is read, and passed on, as
+    // the body after it (RFC 8259 §8.1), as the HTTP API reads one.
+    let bytes = bytes.slice(bytes.len() - cairn_mcp::message::without_bom(&bytes).len()..);
     match cairn_mcp::message::parse(&bytes) {
         Err((id, code, text)) => rpc_error(axum::http::StatusCode::BAD_REQUEST, id, code, &text),
         Ok(message) => match cairn_mcp::message::fault(&message, "each POST carries") {
