@@ -662,9 +662,23 @@ fn complete_schema() -> Arc<JsonObject> {
 /// its `input` given, its messages' roles `system`, `user` or `assistant`
 /// with a string `content`, a `json_schema` contract's `schema` an object and
 /// its `repair_attempts` at most 5 (the session-turn runner's bounds, which
-/// the OpenAPI document's `StartInput` states too).
+/// the OpenAPI document's `StartInput` states too); a `tool_call` of a
+/// built-in tool with that tool's `args` ([`builtin_tool_args`]).
 fn start_schema() -> Arc<JsonObject> {
     let mut schema = Arc::unwrap_or_clone(json_schema::<StartRequest>());
+    let tool_call = schema
+        .get_mut("$defs")
+        .and_then(|d| d.get_mut("ProcessInput"))
+        .and_then(|i| i.get_mut("oneOf"))
+        .and_then(Value::as_array_mut)
+        .and_then(|variants| {
+            variants
+                .iter_mut()
+                .find(|v| v.pointer("/properties/type/enum") == Some(&serde_json::json!(["tool_call"])))
+        });
+    if let Some(tool_call) = tool_call {
+        tool_call["allOf"] = builtin_tool_args();
+    }
     let turn = schema
         .get_mut("$defs")
         .and_then(|d| d.get_mut("ProcessInput"))
@@ -709,6 +723,34 @@ fn start_schema() -> Arc<JsonObject> {
         turn["properties"]["output_contract"]["oneOf"] = Value::Array(contract);
     }
     Arc::new(schema)
+}
+
+/// What a `tool_call` of each built-in tool takes as its `args`, as the
+/// server takes them ([`cairn_tools::args_schema_as_taken`], which the
+/// OpenAPI document's start states too): one `if`/`then` per tool, so a
+/// tool this crate does not know (a server's own) keeps any `args`. A tool
+/// with a required argument needs its `args`; one without takes none, or
+/// `null`.
+fn builtin_tool_args() -> Value {
+    let mut names = cairn_tools::builtin_tools(true).names();
+    names.sort();
+    let rules = names.iter().filter_map(|name| {
+        let args = cairn_tools::args_schema_as_taken(name)?;
+        let needs_args = args
+            .get("required")
+            .and_then(Value::as_array)
+            .is_some_and(|r| !r.is_empty());
+        let then = if needs_args {
+            serde_json::json!({"required": ["args"], "properties": {"args": args}})
+        } else {
+            serde_json::json!({"properties": {"args": {"oneOf": [{"type": "null"}, args]}}})
+        };
+        Some(serde_json::json!({
+            "if": {"required": ["tool"], "properties": {"tool": {"const": name}}},
+            "then": then,
+        }))
+    });
+    Value::Array(rules.collect())
 }
 
 /// Remove the `$defs` entries nothing reachable from the schema's root refers to.

@@ -33,7 +33,7 @@ use cairn_core::{CairnError, Outcome, Result, Tool, ToolContext, ToolRegistry};
 pub mod schemas;
 pub mod shell;
 
-pub use schemas::{args_example, args_schema};
+pub use schemas::{args_example, args_schema, args_schema_as_taken};
 pub use shell::ShellTool;
 
 /// A registry with `sleep`, `echo` and `wait_signal`, plus `shell` when `allow_shell`.

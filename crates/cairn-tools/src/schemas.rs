@@ -49,6 +49,75 @@ pub fn args_schema(name: &str) -> Option<Value> {
     Some(schema)
 }
 
+/// Text that is not blank: it holds a character that is not white space.
+/// The tools trim with `char::is_whitespace` (Unicode `White_Space`); the
+/// class names those characters, as `\S` differs between regex dialects.
+const NOT_BLANK: &str =
+    "[^\\u0009-\\u000D\\u0020\\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]";
+
+/// Text without a NUL, which the tools refuse in any text they pass on.
+const NO_NUL: &str = "^[^\\u0000]*$";
+
+/// The `args` schema of built-in tool `name` as the tools take args, for a
+/// document whose every body is checked against it (the OpenAPI document,
+/// MCP's `process_start`), or `None` for another name. Beyond
+/// [`args_schema`]: an optional argument given as null is one left out (the
+/// tools read them as `Option`s), so each is nullable, and an argument a
+/// `oneOf` requires is one given, not null (`shell`: `argv` or `command`);
+/// `shell` refuses a NUL in any text it passes on (`argv`, `command`, `cwd`,
+/// `env`), a blank `command`, an empty program (`argv[0]`) and an `env`
+/// name that is empty or holds `=`.
+pub fn args_schema_as_taken(name: &str) -> Option<Value> {
+    let mut args = args_schema(name)?;
+    let required: Vec<Value> = args
+        .get("required")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(props) = args.get_mut("properties").and_then(Value::as_object_mut) {
+        for (field, prop) in props.iter_mut() {
+            match field.as_str() {
+                "argv" => {
+                    prop["items"]["pattern"] = json!(NO_NUL);
+                    prop["prefixItems"] = json!([{"minLength": 1}]);
+                }
+                "command" => {
+                    prop["pattern"] = json!(NOT_BLANK);
+                    prop["not"] = json!({"type": "string", "pattern": "\\u0000"});
+                }
+                "cwd" => prop["pattern"] = json!(NO_NUL),
+                "env" if prop.get("additionalProperties").is_some() => {
+                    prop["additionalProperties"]["pattern"] = json!(NO_NUL);
+                    prop["propertyNames"] = json!({"minLength": 1, "pattern": "^[^=\\u0000]*$"});
+                }
+                _ => {}
+            }
+            if required.contains(&json!(field)) {
+                continue;
+            }
+            if let Some(t) = prop.get("type").and_then(Value::as_str) {
+                prop["type"] = json!([t, "null"]);
+            }
+        }
+    }
+    if let Some(branches) = args.get_mut("oneOf").and_then(Value::as_array_mut) {
+        for branch in branches {
+            let named: Vec<String> = branch
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect();
+            for field in named {
+                branch["properties"][field] = json!({"not": {"type": "null"}});
+            }
+        }
+    }
+    Some(args)
+}
+
 /// An `args` value of built-in tool `name` using every property its schema names
 /// (for `shell`, `argv` rather than `command`).
 pub fn args_example(name: &str) -> Option<Value> {
@@ -104,6 +173,58 @@ mod tests {
         assert!(shell.validate_args(&empty_arg).is_ok());
         assert!(shell.validate_args(&json!({"argv": ["", "x"]})).is_err());
         assert!(args_schema("nope").is_none());
+    }
+
+    /// The schemas as the tools take args say what each tool refuses: a
+    /// null read as left out, NULs, a blank command, an empty program or
+    /// `env` name, a signal name's characters and length.
+    #[test]
+    fn the_schemas_as_taken_agree_with_the_tools() {
+        let tools = crate::builtin_tools(true);
+        let cases = [
+            ("echo", json!(null), true),
+            ("echo", json!({"value": null}), true),
+            ("echo", json!({"x": 1}), false),
+            ("sleep", json!({"ms": null}), false),
+            ("wait_signal", json!({"name": "go", "timeout_ms": null}), true),
+            ("wait_signal", json!({"name": null}), false),
+            ("wait_signal", json!({"name": ""}), false),
+            ("wait_signal", json!({"name": "a b"}), false),
+            ("wait_signal", json!({"name": "go\u{0}"}), false),
+            ("wait_signal", json!({"name": "n".repeat(128)}), true),
+            ("wait_signal", json!({"name": "n".repeat(129)}), false),
+            (
+                "shell",
+                json!({"argv": null, "command": "true", "cwd": null, "env": null, "timeout_ms": null}),
+                true,
+            ),
+            ("shell", json!({"argv": ["true"], "command": null}), true),
+            ("shell", json!({"argv": null, "command": null}), false),
+            ("shell", json!({"argv": ["true"], "command": "true"}), false),
+            ("shell", json!({"command": " \t\u{3000}"}), false),
+            ("shell", json!({"command": "true\u{0}"}), false),
+            ("shell", json!({"argv": ["", "x"]}), false),
+            ("shell", json!({"argv": ["printf", ""]}), true),
+            ("shell", json!({"argv": ["true", "a\u{0}"]}), false),
+            ("shell", json!({"command": "true", "cwd": ""}), false),
+            ("shell", json!({"command": "true", "cwd": "/tmp\u{0}"}), false),
+            ("shell", json!({"command": "true", "env": {"A": "1"}}), true),
+            ("shell", json!({"command": "true", "env": {"A=B": "1"}}), false),
+            ("shell", json!({"command": "true", "env": {"": "1"}}), false),
+            ("shell", json!({"command": "true", "env": {"A\u{0}": "1"}}), false),
+            ("shell", json!({"command": "true", "env": {"A": "1\u{0}"}}), false),
+            ("shell", json!({"command": "true", "timeout_ms": 0}), false),
+        ];
+        for (name, args, taken) in cases {
+            let schema = args_schema_as_taken(name).unwrap_or_else(|| panic!("{name}"));
+            let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+            // A tool none of whose args is required takes none (`null`).
+            let schema_takes = validator.is_valid(&args) || (args.is_null() && schema.get("required").is_none());
+            assert_eq!(schema_takes, taken, "the schema of {name}, of {args}");
+            let tool = tools.get(name).expect(name);
+            assert_eq!(tool.validate_args(&args).is_ok(), taken, "{name}, of {args}");
+        }
+        assert!(args_schema_as_taken("nope").is_none());
     }
 
     /// SPEC §13's own example, a three-day durable sleep, meets the schema.

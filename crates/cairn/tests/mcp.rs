@@ -406,6 +406,106 @@ async fn the_start_schema_says_what_a_start_takes() {
     let _ = client.cancel().await;
 }
 
+/// `process_start`'s schema says what the built-in tools take as `args`,
+/// as the OpenAPI document's start does (the same schema, tool by tool):
+/// a null read as left out, no NUL in text `shell` passes on, no blank
+/// command, no empty program or `env` name, a signal name's characters and
+/// length. What it refuses the server refuses; what it takes the server takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_schema_says_what_a_tool_takes() {
+    let server = Server::start(&["--token", HOST]).await;
+    let client = connect(&server, Transport::Http, HOST).await;
+    let listed = tools(&client).await;
+    let start = listed
+        .iter()
+        .find(|t| t.name == "process_start")
+        .map(|t| Value::Object((*t.input_schema).clone()))
+        .expect("process_start");
+    let openapi: Value = reqwest::Client::new()
+        .get(server.url("/openapi.json"))
+        .bearer_auth(HOST)
+        .send()
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("a JSON document");
+    let tool_call = start["$defs"]["ProcessInput"]["oneOf"]
+        .as_array()
+        .and_then(|v| {
+            v.iter()
+                .find(|v| v["properties"]["type"]["enum"] == json!(["tool_call"]))
+        })
+        .cloned()
+        .expect("a tool_call variant");
+    for tool in ["echo", "sleep", "wait_signal", "shell"] {
+        let rule = tool_call["allOf"]
+            .as_array()
+            .and_then(|rules| rules.iter().find(|r| r["if"]["properties"]["tool"]["const"] == tool))
+            .unwrap_or_else(|| panic!("no rule for {tool}: {tool_call}"));
+        let documented = openapi["components"]["schemas"]["StartInput"]["oneOf"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["properties"]["tool"]["enum"] == json!([tool])))
+            .unwrap_or_else(|| panic!("the document lacks {tool}"));
+        assert_eq!(
+            rule["then"]["properties"]["args"], documented["properties"]["args"],
+            "{tool}"
+        );
+    }
+    let validator = jsonschema::validator_for(&start).expect("the start schema compiles");
+    let cases = [
+        ("echo", None, true),
+        ("echo", Some(json!(null)), true),
+        ("echo", Some(json!({"value": 1, "x": 2})), false),
+        ("sleep", None, false),
+        ("wait_signal", None, false),
+        ("wait_signal", Some(json!({"name": "go", "timeout_ms": null})), true),
+        ("wait_signal", Some(json!({"name": null})), false),
+        ("wait_signal", Some(json!({"name": " "})), false),
+        ("wait_signal", Some(json!({"name": "go\u{0}"})), false),
+        ("wait_signal", Some(json!({"name": "n".repeat(129)})), false),
+        (
+            "shell",
+            Some(json!({"argv": null, "command": "true", "cwd": null, "env": null, "timeout_ms": null})),
+            true,
+        ),
+        ("shell", Some(json!({"argv": ["true"], "env": {"A": "1"}})), true),
+        ("shell", Some(json!({"argv": null, "command": null})), false),
+        ("shell", Some(json!({"argv": ["true"], "command": "true"})), false),
+        ("shell", Some(json!({"command": "  "})), false),
+        ("shell", Some(json!({"command": "true\u{0}"})), false),
+        ("shell", Some(json!({"argv": ["", "x"]})), false),
+        ("shell", Some(json!({"argv": ["true", "a\u{0}"]})), false),
+        ("shell", Some(json!({"command": "true", "cwd": ""})), false),
+        ("shell", Some(json!({"command": "true", "env": {"A=B": "1"}})), false),
+        ("shell", Some(json!({"command": "true", "env": {"A": "\u{0}"}})), false),
+        ("shell", Some(json!({"command": "true", "timeout_ms": 0})), false),
+    ];
+    for (i, (tool, args, taken)) in cases.into_iter().enumerate() {
+        let mut input = json!({"type": "tool_call", "tool": tool});
+        if let Some(args) = args {
+            input["args"] = args;
+        }
+        let arguments = json!({"id": format!("args-{i}"), "input": input, "disposition": "rerunnable"});
+        assert_eq!(validator.is_valid(&arguments), taken, "the schema, of {arguments}");
+        let result = call(&client, "process_start", arguments.clone())
+            .await
+            .expect("answered");
+        assert_eq!(
+            result.is_error == Some(false),
+            taken,
+            "the server, of {arguments}: {:?}",
+            result.content
+        );
+    }
+    // A tool the schema does not know keeps any args (the server says
+    // whether it runs one).
+    let other = json!({"id": "other", "input": {"type": "tool_call", "tool": "mine", "args": {"x": null}},
+                       "disposition": "rerunnable"});
+    assert!(validator.is_valid(&other));
+    let _ = client.cancel().await;
+}
+
 /// Everything of the "done when" list a host token does, over one transport.
 async fn drive(transport: Transport) {
     let fx = server().await;

@@ -745,7 +745,7 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
             match tag {
                 "tool_call" => {
                     for tool in tools {
-                        let args = args_as_taken(cairn_tools::args_schema(tool).unwrap_or_else(|| json!({})));
+                        let args = cairn_tools::args_schema_as_taken(tool).unwrap_or_else(|| json!({}));
                         // A tool none of whose arguments is required takes
                         // its start without `args`, or with `null` (both
                         // stored as `null`): the document says so.
@@ -877,60 +877,6 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
             }
         }
     }
-}
-
-/// A tool's `args` schema as the server takes it: an optional argument given
-/// as null is one left out (the tools read them as `Option`s), so each is
-/// nullable, and an argument a `oneOf` requires is one given, not null
-/// (`shell`: `argv` or `command`). The built-in tools refuse a NUL in any text
-/// they pass on (`shell`'s `argv`, `command`, `cwd`, `env`), and a blank
-/// `command`.
-fn args_as_taken(mut args: Value) -> Value {
-    let required: Vec<Value> = args
-        .get("required")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let no_nul = "^[^\\u0000]*$";
-    if let Some(props) = args.get_mut("properties").and_then(Value::as_object_mut) {
-        for (name, prop) in props.iter_mut() {
-            match name.as_str() {
-                "argv" => prop["items"]["pattern"] = json!(no_nul),
-                "command" => {
-                    prop["pattern"] = json!(NOT_BLANK);
-                    prop["not"] = json!({"type": "string", "pattern": "\\u0000"});
-                }
-                "cwd" => prop["pattern"] = json!(no_nul),
-                "env" if prop.get("additionalProperties").is_some() => {
-                    prop["additionalProperties"]["pattern"] = json!(no_nul);
-                    prop["propertyNames"] = json!({"minLength": 1, "pattern": "^[^=\\u0000]*$"});
-                }
-                _ => {}
-            }
-            if required.contains(&json!(name)) {
-                continue;
-            }
-            if let Some(t) = prop.get("type").and_then(Value::as_str) {
-                prop["type"] = json!([t, "null"]);
-            }
-        }
-    }
-    if let Some(branches) = args.get_mut("oneOf").and_then(Value::as_array_mut) {
-        for b in branches {
-            let named: Vec<String> = b
-                .get("required")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect();
-            for field in named {
-                b["properties"][field] = json!({"not": {"type": "null"}});
-            }
-        }
-    }
-    args
 }
 
 /// Rustdoc intra-doc links (`` [`Name`] ``, `` [`Name`](path) ``) read as plain code in the document.
