@@ -2557,6 +2557,68 @@ async fn integers_and_type_tags_are_refused_in_wire_terms() {
     assert_eq!((s, open["status"].as_str()), (200, Some("running")), "{open}");
 }
 
+/// `/metrics` answers a scraper that asks for the classic Prometheus text
+/// format (`Accept: text/plain;version=0.0.4`) in it, each counter typed by
+/// its sample's name; anyone else (a plain client, Prometheus's own
+/// preference, no `Accept`) gets OpenMetrics, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_answer_the_classic_format_to_who_asks() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    assert_eq!(
+        c.start(json!({"id": "m", "input": {"type": "external"}, "disposition": "externally_owned"}))
+            .await
+            .0,
+        201
+    );
+    let scrape = |accept: Option<&'static str>| {
+        let mut request = c.http.get(c.url("/metrics"));
+        if let Some(accept) = accept {
+            request = request.header("Accept", accept);
+        }
+        async move {
+            let response = request.send().await.expect("metrics");
+            assert_eq!(response.status().as_u16(), 200);
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let (content_type, vary) = (header("content-type"), header("vary"));
+            (content_type, vary, response.text().await.expect("text"))
+        }
+    };
+    let (content_type, vary, classic) = scrape(Some("text/plain;version=0.0.4;q=1,*/*;q=0.1")).await;
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(vary.eq_ignore_ascii_case("accept"), "{vary}");
+    for line in [
+        "# TYPE cairn_processes_started_total counter",
+        "cairn_processes_started_total 1",
+        "# TYPE cairn_processes_running gauge",
+        "# TYPE cairn_http_request_duration_seconds histogram",
+        "# TYPE cairn_build_info gauge",
+    ] {
+        assert!(classic.lines().any(|l| l == line), "{line} in {classic}");
+    }
+    assert!(!classic.contains("# EOF"), "{classic}");
+    for accept in [
+        None,
+        Some("*/*"),
+        Some("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"),
+    ] {
+        let (content_type, _, text) = scrape(accept).await;
+        assert_eq!(
+            content_type, "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            "{accept:?}"
+        );
+        assert!(text.lines().any(|l| l == "# TYPE cairn_processes_started counter"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
+
 /// A body that begins with a UTF-8 byte order mark (RFC 8259 §8.1 lets a
 /// parser ignore one) is read as the body after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,7 @@
 //! `/metrics`: counters, gauges and histograms in the OpenMetrics text format,
-//! through `prometheus-client` (the Prometheus project's Rust client).
+//! through `prometheus-client` (the Prometheus project's Rust client), or in
+//! the classic Prometheus text format (0.0.4) for a scraper that asks for it
+//! ([`Exposition`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -249,6 +251,195 @@ impl Metrics {
     }
 }
 
+/// The text format a scrape is answered in, by its `Accept` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exposition {
+    /// OpenMetrics 1.0.0: what a scrape that says nothing (or `*/*`) gets.
+    OpenMetrics,
+    /// The classic Prometheus text format, version 0.0.4.
+    Classic,
+}
+
+impl Exposition {
+    /// The format `accept` (a request's `Accept` header) prefers: the
+    /// classic one when it rates `text/plain` (of version 0.0.4, or of no
+    /// version) above OpenMetrics, OpenMetrics otherwise: when it rates
+    /// OpenMetrics as high or higher, names neither, or is absent. A media
+    /// range's quality is that of the most specific range that matches it
+    /// (`text/plain;version=0.0.4`, then `text/plain`, `text/*`, `*/*`).
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        let Some(accept) = accept else {
+            return Self::OpenMetrics;
+        };
+        // (specificity, quality) of the best-matching range, per format.
+        let (mut open, mut classic) = (None::<(u8, f32)>, None::<(u8, f32)>);
+        let better = |best: &mut Option<(u8, f32)>, specificity: u8, q: f32| {
+            if best.is_none_or(|(s, _)| specificity > s) {
+                *best = Some((specificity, q));
+            }
+        };
+        for range in accept.split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+            let (mut q, mut version) = (1.0f32, None);
+            for param in parts {
+                let (key, value) = param.split_once('=').unwrap_or((param, ""));
+                let value = value.trim().trim_matches('"');
+                match key.trim().to_ascii_lowercase().as_str() {
+                    "q" => q = value.parse().unwrap_or(0.0),
+                    "version" => version = Some(value.to_string()),
+                    _ => {}
+                }
+            }
+            match media.as_str() {
+                "*/*" => {
+                    better(&mut open, 0, q);
+                    better(&mut classic, 0, q);
+                }
+                "application/*" => better(&mut open, 1, q),
+                "text/*" => better(&mut classic, 1, q),
+                "application/openmetrics-text" => better(&mut open, 2 + u8::from(version.is_some()), q),
+                "text/plain" => match version.as_deref() {
+                    None => better(&mut classic, 2, q),
+                    Some("0.0.4") => better(&mut classic, 3, q),
+                    Some(_) => {}
+                },
+                _ => {}
+            }
+        }
+        let q = |best: Option<(u8, f32)>| best.map_or(0.0, |(_, q)| q);
+        if q(classic) > q(open) {
+            Self::Classic
+        } else {
+            Self::OpenMetrics
+        }
+    }
+
+    /// The `Content-Type` of an answer in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Self::Classic => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+
+    /// `openmetrics` (what [`Metrics::render`] renders) in this format.
+    pub fn text(self, openmetrics: String) -> String {
+        match self {
+            Self::OpenMetrics => openmetrics,
+            Self::Classic => classic_text(&openmetrics),
+        }
+    }
+}
+
+/// The classic Prometheus text format (0.0.4) of `openmetrics`, the
+/// OpenMetrics text `prometheus-client` renders. That client renders
+/// OpenMetrics only, and no maintained crate turns one format into the
+/// other, so this does, line by line. What differs: a counter family `x`
+/// is typed by its sample's name (`# TYPE x_total counter`), an info family
+/// `x` is the gauge `x_info`, a state set a gauge, an unknown one untyped, a
+/// gauge histogram a histogram (its `_gcount` and `_gsum` read as `_count`
+/// and `_sum`); `_created` samples, `# UNIT` and `# EOF` have no place in
+/// it; an exemplar is left off; a timestamp is in milliseconds, not
+/// seconds; HELP escapes only `\` and line feeds.
+fn classic_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    // The HELP line of the family whose TYPE comes next: (name, text).
+    let mut help: Option<(&str, &str)> = None;
+    // The family the samples belong to: (OpenMetrics name, type).
+    let mut family: (&str, &str) = ("", "unknown");
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let (classic_name, classic_kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "info" => (format!("{name}_info"), "gauge"),
+                "gauge" | "stateset" => (name.to_string(), "gauge"),
+                "histogram" | "gaugehistogram" => (name.to_string(), "histogram"),
+                "summary" => (name.to_string(), "summary"),
+                _ => (name.to_string(), "untyped"),
+            };
+            if let Some((_, text)) = help.take().filter(|(of, _)| *of == name) {
+                out.push_str(&format!("# HELP {classic_name} {}\n", classic_help(text)));
+            }
+            out.push_str(&format!("# TYPE {classic_name} {classic_kind}\n"));
+            family = (name, kind);
+            continue;
+        }
+        // `# UNIT`, `# EOF` and any other comment; blank lines.
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let (name, rest) = line.split_at(name_end);
+        let (labels, rest) = if rest.starts_with('{') {
+            rest.split_at(label_set_end(rest))
+        } else {
+            ("", rest)
+        };
+        let (of, kind) = family;
+        let suffix = name.strip_prefix(of).unwrap_or_default();
+        let name = match (kind, suffix) {
+            ("counter" | "histogram" | "gaugehistogram" | "summary", "_created") => continue,
+            ("gaugehistogram", "_gcount") => format!("{of}_count"),
+            ("gaugehistogram", "_gsum") => format!("{of}_sum"),
+            _ => name.to_string(),
+        };
+        // The value, then a timestamp (seconds) or an exemplar (` # {...}`).
+        let mut fields = rest.split_whitespace();
+        let value = fields.next().unwrap_or_default();
+        out.push_str(&format!("{name}{labels} {value}"));
+        if let Some(seconds) = fields.next().filter(|f| *f != "#").and_then(|f| f.parse::<f64>().ok()) {
+            out.push_str(&format!(" {}", (seconds * 1000.0).round() as i64));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The end (one past its `}`) of the label set `text` begins with; label
+/// values are quoted, and may hold `}` and escaped quotes.
+fn label_set_end(text: &str) -> usize {
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '}' if !quoted => return i + 1,
+            _ => {}
+        }
+    }
+    text.len()
+}
+
+/// OpenMetrics HELP text as the classic format has it: both escape `\`
+/// and line feeds; OpenMetrics also escapes `"`, which the classic format
+/// does not (its parsers refuse `\"` there).
+fn classic_help(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('"') => out.push('"'),
+            Some(next) => {
+                out.push('\\');
+                out.push(next);
+            }
+            None => out.push_str("\\\\"),
+        }
+    }
+    out
+}
+
 /// One await counted open; dropping it counts it closed.
 pub struct OpenAwait(Gauge);
 
@@ -334,5 +525,161 @@ mod tests {
         let text = metrics.render(&processes).await.expect("rendered without the store");
         assert!(text.lines().any(|l| l == "cairn_store_up 0"), "{text}");
         assert!(text.contains("cairn_processes_started_total 0"), "{text}");
+    }
+
+    /// A scrape that asks for the classic text format (`text/plain`, of
+    /// version 0.0.4 or none) above OpenMetrics gets it; one that prefers
+    /// OpenMetrics, rates them the same, names neither or sends no
+    /// `Accept` gets OpenMetrics, as before.
+    #[test]
+    fn the_format_follows_the_accept_header() {
+        use Exposition::{Classic, OpenMetrics};
+        for (accept, format) in [
+            (None, OpenMetrics),
+            (Some("*/*"), OpenMetrics),
+            (Some(""), OpenMetrics),
+            (Some("application/json"), OpenMetrics),
+            (Some("application/openmetrics-text"), OpenMetrics),
+            // Prometheus 2's and 3's own: OpenMetrics first.
+            (
+                Some(
+                    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,\
+                     text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+                ),
+                OpenMetrics,
+            ),
+            // Prometheus with `scrape_protocols: [PrometheusText0.0.4]`.
+            (Some("text/plain;version=0.0.4;q=1,*/*;q=0.1"), Classic),
+            (Some("text/plain"), Classic),
+            (Some("Text/Plain; Version=\"0.0.4\""), Classic),
+            (Some("text/*"), Classic),
+            (Some("text/plain, */*;q=0.5"), Classic),
+            (Some("text/plain, application/openmetrics-text"), OpenMetrics),
+            (Some("application/openmetrics-text;q=0.2, text/plain;q=0.3"), Classic),
+            (Some("text/plain;q=0, */*"), OpenMetrics),
+            (Some("text/plain;version=0.0.4;q=0, text/plain"), OpenMetrics),
+            // Another version of the classic format is not this one.
+            (Some("text/plain;version=2.0.0"), OpenMetrics),
+            (Some("text/html, */*;q=0.8"), OpenMetrics),
+        ] {
+            assert_eq!(Exposition::negotiate(accept), format, "{accept:?}");
+        }
+        assert_eq!(Classic.content_type(), "text/plain; version=0.0.4; charset=utf-8");
+        assert!(OpenMetrics
+            .content_type()
+            .starts_with("application/openmetrics-text; version=1.0.0"));
+    }
+
+    /// Each family in the classic format: a counter typed by its sample's
+    /// name, a gauge and a histogram as they were, an info family as a
+    /// gauge; no `_created`, `# UNIT` nor `# EOF`; exemplars left off,
+    /// timestamps in milliseconds, HELP without OpenMetrics' `\"`.
+    #[test]
+    fn openmetrics_text_reads_as_the_classic_format() {
+        let openmetrics = concat!(
+            "# HELP jobs Jobs \\\"done\\\" \\\\ here.\n",
+            "# TYPE jobs counter\n",
+            "jobs_total{queue=\"a}\\\"b\"} 3 # {trace=\"x\"} 1.0 1.5\n",
+            "jobs_created{queue=\"a}\\\"b\"} 1700000000.5\n",
+            "# HELP queue Waiting.\n",
+            "# TYPE queue gauge\n",
+            "# UNIT queue items\n",
+            "queue 2 1700000000.25\n",
+            "# HELP lat Latency.\n",
+            "# TYPE lat histogram\n",
+            "lat_sum 0.25\n",
+            "lat_count 1\n",
+            "lat_bucket{le=\"0.5\"} 1\n",
+            "lat_bucket{le=\"+Inf\"} 1\n",
+            "lat_created 1700000000.0\n",
+            "# HELP build Build.\n",
+            "# TYPE build info\n",
+            "build_info{version=\"1\"} 1\n",
+            "# TYPE odd unknown\n",
+            "odd NaN\n",
+            "# EOF\n",
+        );
+        let classic = Exposition::Classic.text(openmetrics.to_string());
+        let expected = [
+            "# HELP jobs_total Jobs \"done\" \\\\ here.",
+            "# TYPE jobs_total counter",
+            "jobs_total{queue=\"a}\\\"b\"} 3",
+            "# HELP queue Waiting.",
+            "# TYPE queue gauge",
+            "queue 2 1700000000250",
+            "# HELP lat Latency.",
+            "# TYPE lat histogram",
+            "lat_sum 0.25",
+            "lat_count 1",
+            "lat_bucket{le=\"0.5\"} 1",
+            "lat_bucket{le=\"+Inf\"} 1",
+            "# HELP build_info Build.",
+            "# TYPE build_info gauge",
+            "build_info{version=\"1\"} 1",
+            "# TYPE odd untyped",
+            "odd NaN",
+        ];
+        assert_eq!(classic.lines().collect::<Vec<_>>(), expected, "{classic}");
+        assert!(classic.ends_with('\n'));
+        assert_eq!(
+            Exposition::OpenMetrics.text(openmetrics.to_string()),
+            openmetrics,
+            "OpenMetrics is rendered as it was"
+        );
+    }
+
+    /// This server's own scrape in the classic format: every sample comes
+    /// after the `# TYPE` of its name (a histogram's with its suffixes), as
+    /// a classic parser reads them, and nothing OpenMetrics alone has.
+    #[tokio::test]
+    async fn the_servers_scrape_in_the_classic_format() {
+        let processes = Processes::builder(Arc::new(cairn_core::MemoryRegistry::new()))
+            .without_worker()
+            .start();
+        let metrics = Metrics::new("memory");
+        metrics.started.inc();
+        metrics.ended.get_or_create(&StatusLabel { status: "completed" }).inc();
+        metrics.append_latency.observe(0.003);
+        let text = Exposition::Classic.text(metrics.render(&processes).await.expect("rendered"));
+        for line in [
+            "# TYPE cairn_processes_started_total counter",
+            "cairn_processes_started_total 1",
+            "# TYPE cairn_processes_ended_total counter",
+            "cairn_processes_ended_total{status=\"completed\"} 1",
+            "# TYPE cairn_store_up gauge",
+            "cairn_store_up 1",
+            "# TYPE cairn_append_duration_seconds histogram",
+            "cairn_append_duration_seconds_count 1",
+            "cairn_append_duration_seconds_bucket{le=\"0.0025\"} 0",
+            "cairn_append_duration_seconds_bucket{le=\"0.005\"} 1",
+            "cairn_append_duration_seconds_bucket{le=\"+Inf\"} 1",
+            "# TYPE cairn_build_info gauge",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+        let mut typed: Option<(String, String)> = None;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("a name and a type");
+                assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+                typed = Some((name.to_string(), kind.to_string()));
+                continue;
+            }
+            if line.starts_with("# HELP ") {
+                continue;
+            }
+            assert!(!line.starts_with('#'), "{line}");
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            let (family, kind) = typed.clone().unwrap_or_else(|| panic!("{line} before any TYPE"));
+            let suffixes: &[&str] = if kind == "histogram" {
+                &["_bucket", "_sum", "_count"]
+            } else {
+                &[""]
+            };
+            assert!(
+                suffixes.iter().any(|s| name == format!("{family}{s}")),
+                "{line} under `# TYPE {family} {kind}`"
+            );
+        }
     }
 }

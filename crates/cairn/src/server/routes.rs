@@ -1023,19 +1023,24 @@ pub async fn healthz(State(state): Shared) -> ApiResult<Json<Health>> {
     }
 }
 
-/// `GET /metrics` (host only): Prometheus text format.
+/// `GET /metrics` (host only): the OpenMetrics text format, or the classic
+/// Prometheus text format (0.0.4) when the `Accept` header prefers
+/// `text/plain` ([`super::metrics::Exposition::negotiate`]).
 #[utoipa::path(get, path = "/metrics", tag = "ops",
     responses(
-        (status = 200, description = "OpenMetrics text format", body = String, content_type = "application/openmetrics-text"),
+        (status = 200, description = "OpenMetrics text format; the classic Prometheus text format (`text/plain; version=0.0.4`) when `Accept` prefers `text/plain` to `application/openmetrics-text`", content((String = "application/openmetrics-text"), (String = "text/plain"))),
         (status = 403, description = "Host only", body = ErrorSchema)))]
-pub async fn metrics(State(state): Shared, Extension(caller): Extension<Caller>) -> ApiResult<Response> {
+pub async fn metrics(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     caller.require_host("metrics")?;
-    let text = state.metrics.render(&state.processes).await?;
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = super::metrics::Exposition::negotiate(accept);
+    let text = format.text(state.metrics.render(&state.processes).await?);
     Ok((
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, format.content_type()), (header::VARY, "accept")],
         text,
     )
         .into_response())
