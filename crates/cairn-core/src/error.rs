@@ -170,8 +170,10 @@ pub enum CairnError {
         /// How it does not match.
         message: String,
     },
-    /// The named tool is not in the tool registry.
-    #[error("unknown tool `{0}`")]
+    /// The named tool is not in the tool registry. The one built-in tool a
+    /// server may leave out, `shell`, is said with how a server offers it,
+    /// wherever it is refused (an HTTP start, a script's `ctx.tool`, a worker).
+    #[error("unknown tool `{0}`{hint}", hint = unknown_tool_hint(.0))]
     UnknownTool(String),
     /// A session turn names a model the server has not configured.
     #[error("unknown model `{0}`: configure it with `cairn serve --model NAME=BASE_URL`")]
@@ -347,6 +349,16 @@ fn utc(ms: u64) -> String {
         .and_then(chrono::DateTime::from_timestamp_millis)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_else(|| format!("{ms} ms"))
+}
+
+/// What an unknown tool's message adds: for `shell`, the one built-in tool
+/// a server may leave out, how a server offers it.
+fn unknown_tool_hint(tool: &str) -> &'static str {
+    if tool == "shell" {
+        ": this server runs no shell commands; `cairn serve --allow-shell` offers the `shell` tool"
+    } else {
+        ""
+    }
 }
 
 /// `: its input and wake_target differ` for a registration conflict's message.

@@ -3179,6 +3179,36 @@ async fn returning_a_function_or_a_symbol_is_invalid_result() {
 
 struct Echo;
 
+/// A script's `ctx.tool("shell")`, or its `ctx.start` of a `shell` call, on
+/// a runtime without the `shell` tool is refused saying how a server offers
+/// it, as an HTTP start of one is.
+#[tokio::test]
+async fn a_shell_call_without_the_shell_tool_says_how_a_server_offers_it() {
+    let p = runtime_with_echo();
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const said = e => `${e.code}: ${e.message}`;
+            const tool = await ctx.tool("shell", {command: "true"}).catch(said);
+            const start = await ctx
+                .start({input: {type: "tool_call", tool: "shell", args: {command: "true"}}, disposition: "rerunnable"})
+                .catch(said);
+            const other = await ctx.tool("nope", {}).catch(said);
+            return {tool, start, other};
+        }"#,
+    )
+    .await;
+    let rec = run(&p, script("no-shell", &m, "main", json!({}))).await;
+    let Some(Outcome::Success { value }) = &rec.outcome else {
+        panic!("{rec:?}")
+    };
+    let hint = "unknown_tool: unknown tool `shell`: this server runs no shell commands; \
+                `cairn serve --allow-shell` offers the `shell` tool";
+    assert_eq!(value["tool"], hint, "{value}");
+    assert_eq!(value["start"], hint, "{value}");
+    assert_eq!(value["other"], "unknown_tool: unknown tool `nope`", "{value}");
+}
+
 fn runtime_with_echo() -> Processes {
     Processes::builder(Arc::new(MemoryRegistry::new()))
         .script_engine(Arc::new(QuickJs::default()))

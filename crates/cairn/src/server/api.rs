@@ -150,12 +150,8 @@ impl From<CairnError> for ApiError {
             CairnError::NoLongerRetained(t) => Some((**t).clone()),
             _ => None,
         };
-        let mut message = err.to_string();
-        // The one built-in tool a server may leave out: say how it is had.
-        if matches!(&err, CairnError::UnknownTool(tool) if tool == "shell") {
-            message
-                .push_str(": this server runs no shell commands; `cairn serve --allow-shell` offers the `shell` tool");
-        }
+        // An unknown `shell` says how a server offers it (`CairnError`'s own words).
+        let message = err.to_string();
         Self {
             status: status_of(&err),
             code: err.code(),
