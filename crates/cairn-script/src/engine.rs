@@ -365,8 +365,8 @@ fn loading_native(kind: &str, calls: u64, max_calls: u64) -> String {
     // than a process may could never run.
     if calls > max_calls && matches!(kind, "now" | "random" | "uuid" | "log") {
         let message = format!(
-            "the module's top level makes more than {max_calls} journaled calls (the script call limit), \
-             so no activation of it could run"
+            "the module's top level makes more than {max_calls} journaled calls (the script call limit, \
+             `cairn serve --script-max-calls`), so no activation of it could run"
         );
         return json!({"error": {"class": "script", "code": "journal_limit", "message": message}}).to_string();
     }
@@ -549,7 +549,8 @@ impl State {
 
     fn over_the_limit(&self) -> String {
         format!(
-            "the script made more than {} journaled calls (`ctx.log` lines count as calls)",
+            "the script made more than {} journaled calls (`ctx.log` lines count as calls; \
+             `cairn serve --script-max-calls` sets the limit)",
             self.max_calls
         )
     }
@@ -982,7 +983,10 @@ fn failure(stop: &AtomicU8, limits: &Limits, err: &Value) -> Outcome {
         return Outcome::failure(
             "script",
             "cpu_limit",
-            format!("the activation used more than {:?} of CPU", limits.cpu),
+            format!(
+                "the activation used more than {:?} of CPU (`cairn serve --script-cpu` sets the limit)",
+                limits.cpu
+            ),
         );
     }
     // The engine's own "out of memory" error carries no code; a script's
@@ -992,7 +996,10 @@ fn failure(stop: &AtomicU8, limits: &Limits, err: &Value) -> Outcome {
         return Outcome::failure(
             "script",
             "memory_limit",
-            format!("the activation's heap went over {} bytes", limits.heap_bytes),
+            format!(
+                "the activation's heap went over {} bytes (`cairn serve --script-heap-bytes` sets the limit)",
+                limits.heap_bytes
+            ),
         );
     }
     let code = err
@@ -1090,8 +1097,8 @@ fn compile(limits: &Limits, source: &str, stop: Arc<AtomicU8>, on_escape: Box<dy
         // (a `console.log` line's is dropped), it is refused all the same.
         if calls.get() > max_calls {
             let message = format!(
-                "the module's top level makes more than {max_calls} journaled calls (the script call limit), \
-                 so no activation of it could run"
+                "the module's top level makes more than {max_calls} journaled calls (the script call limit, \
+                 `cairn serve --script-max-calls`), so no activation of it could run"
             );
             return Err((
                 false,

@@ -140,10 +140,12 @@ async fn a_top_level_past_the_call_limit_names_the_limit() {
     let err = strict.put_module(source.into(), None).await.expect_err("refused");
     assert_eq!(err.code(), "invalid_module");
     assert!(err.to_string().contains("more than 5 journaled calls"), "{err}");
+    assert!(err.to_string().contains("`cairn serve --script-max-calls`"), "{err}");
     // Lines count too, though their refusal is dropped where they are written.
     let logging = "for (let i = 0; i < 20; i++) console.log(i);\nexport async function f() { return 1; }";
     let err = strict.put_module(logging.into(), None).await.expect_err("refused");
     assert!(err.to_string().contains("more than 5 journaled calls"), "{err}");
+    assert!(err.to_string().contains("`cairn serve --script-max-calls`"), "{err}");
     assert!(
         strict.list_modules(None, None).await.unwrap().is_empty(),
         "nothing stored"
@@ -757,18 +759,20 @@ async fn limits_fail_with_their_codes() {
         export async function says() { throw Object.assign(new Error("out of memory"), {code: "quota"}); }"#,
     )
     .await;
-    for (id, name, code) in [
-        ("c", "spin", "cpu_limit"),
-        ("m", "hog", "memory_limit"),
-        ("j", "chatty", "journal_limit"),
-        ("q", "says", "quota"),
+    // Each limit's message names the setting that raises it.
+    for (id, name, code, setting) in [
+        ("c", "spin", "cpu_limit", "`cairn serve --script-cpu`"),
+        ("m", "hog", "memory_limit", "`cairn serve --script-heap-bytes`"),
+        ("j", "chatty", "journal_limit", "`cairn serve --script-max-calls`"),
+        ("q", "says", "quota", ""),
     ] {
         let rec = run(&p, script(id, &m, name, json!({}))).await;
         assert_eq!(rec.status, ProcessStatus::Failed, "{id}");
-        let Some(Outcome::Failure { code: got, .. }) = &rec.outcome else {
+        let Some(Outcome::Failure { code: got, message, .. }) = &rec.outcome else {
             panic!("{rec:?}")
         };
         assert_eq!(got.as_str(), code, "{id}: {:?}", rec.outcome);
+        assert!(message.contains(setting), "{id}: {message}");
     }
     let ok = put(&p, "export async function f() { return 'fine'; }").await;
     let rec = run(&p, script("after", &ok, "f", json!({}))).await;
