@@ -142,7 +142,8 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         cairn ls                          # running processes\n  \
         cairn ls --status any --waiting true\n  \
-        cairn --json ls --definition tool:shell")]
+        cairn --json ls --definition tool:shell\n  \
+        cairn ls --status any --created-from 2026-12-01T00:00:00Z --created-before 1796688000000")]
     Ls(LsArgs),
     /// Show one process.
     #[command(after_help = "Examples:\n  cairn get build-42\n  cairn --json get build-42 | jq .status")]
@@ -306,7 +307,8 @@ pub enum Command {
     },
     /// Delete terminal processes older than a cutoff (leaves tombstones).
     #[command(
-        after_help = "Examples:\n  cairn prune --older-than 7d --status completed --no-projector\n  cairn prune --older-than 30d --watermark 18446744"
+        after_help = "Examples:\n  cairn prune --older-than 7d --status completed --no-projector\n  cairn prune --older-than 30d --watermark 18446744\n  \
+        cairn prune --older-than 7d --no-projector --created-from 2026-11-01T00:00:00Z --created-before 2026-12-01T00:00:00Z"
     )]
     Prune(PruneArgs),
     /// List a session's pending wakes, oldest first.
@@ -716,6 +718,15 @@ pub struct LsArgs {
     /// Show at most this many (newest first; with `--after-id`, the server's page size).
     #[arg(long, value_parser = at_least_one())]
     pub limit: Option<usize>,
+    /// Only processes created at or after this time: epoch milliseconds
+    /// (`1796083200000`) or an RFC 3339 time with its offset
+    /// (`2026-12-01T00:00:00Z`, `2026-12-01T09:30:00+02:00`).
+    #[arg(long, value_name = "MS|TIME", value_parser = created_at())]
+    pub created_from: Option<u64>,
+    /// Only processes created before this time (epoch milliseconds or an RFC
+    /// 3339 time, as `--created-from`; it is not included).
+    #[arg(long, value_name = "MS|TIME", value_parser = created_at())]
+    pub created_before: Option<u64>,
     /// `--server`, `--token`, `--json`.
     #[command(flatten)]
     pub client: ClientOpts,
@@ -768,6 +779,15 @@ pub struct PruneArgs {
     /// Only the children of this process.
     #[arg(long, value_name = "ID", value_parser = non_empty)]
     pub caused_by: Option<String>,
+    /// Only processes created at or after this time: epoch milliseconds
+    /// (`1796083200000`) or an RFC 3339 time with its offset
+    /// (`2026-12-01T00:00:00Z`, `2026-12-01T09:30:00+02:00`).
+    #[arg(long, value_name = "MS|TIME", value_parser = created_at())]
+    pub created_from: Option<u64>,
+    /// Only processes created before this time (epoch milliseconds or an RFC
+    /// 3339 time, as `--created-from`; it is not included).
+    #[arg(long, value_name = "MS|TIME", value_parser = created_at())]
+    pub created_before: Option<u64>,
     /// Change-feed cursor a projector has read up to: what changed after it stays.
     #[arg(long, value_parser = integer::<u64>())]
     pub watermark: Option<u64>,
@@ -1046,22 +1066,7 @@ impl<T: Unsigned> clap::builder::TypedValueParser for Integer<T> {
         source: clap::parser::ValueSource,
     ) -> Result<T, clap::Error> {
         let text = value.to_string_lossy();
-        let refuse = |why: String| {
-            // A value from the environment is named by its variable: the
-            // command line may not hold the flag at all.
-            let name = match arg {
-                Some(arg) => match (source, arg.get_env(), arg.get_long()) {
-                    (clap::parser::ValueSource::EnvVariable, Some(var), Some(long)) => {
-                        format!("`{}` (the environment's `--{long}`)", var.to_string_lossy())
-                    }
-                    (_, _, Some(long)) => format!("`--{long}`"),
-                    _ => format!("`{}`", arg.get_id()),
-                },
-                None => "the value".to_string(),
-            };
-            let mut cmd = cmd.clone();
-            Err(clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{name} {why}")).format(&mut cmd))
-        };
+        let refuse = |why: String| Err(refusal(cmd, arg, source, &why));
         match value.to_str().map(str::parse::<T>) {
             Some(Ok(n)) if n >= self.min => Ok(n),
             Some(Ok(_)) => refuse(format!("must be at least {}, got `{text}`", self.min)),
@@ -1080,6 +1085,124 @@ impl<T: Unsigned> clap::builder::TypedValueParser for Integer<T> {
                 refuse(why)
             }
         }
+    }
+}
+
+/// A flag's value refused in words that name the flag: `` `--limit` why ``.
+fn refusal(cmd: &clap::Command, arg: Option<&clap::Arg>, source: clap::parser::ValueSource, why: &str) -> clap::Error {
+    // A value from the environment is named by its variable: the
+    // command line may not hold the flag at all.
+    let name = match arg {
+        Some(arg) => match (source, arg.get_env(), arg.get_long()) {
+            (clap::parser::ValueSource::EnvVariable, Some(var), Some(long)) => {
+                format!("`{}` (the environment's `--{long}`)", var.to_string_lossy())
+            }
+            (_, _, Some(long)) => format!("`--{long}`"),
+            _ => format!("`{}`", arg.get_id()),
+        },
+        None => "the value".to_string(),
+    };
+    let mut cmd = cmd.clone();
+    clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{name} {why}")).format(&mut cmd)
+}
+
+/// The largest creation time the server takes in a filter (its integers are
+/// SQL's signed ones).
+const LATEST_CREATED_MS: u64 = i64::MAX as u64;
+
+/// `--created-from` and `--created-before`: a time as epoch milliseconds
+/// (`1796083200000`) or RFC 3339 with its offset (`2026-12-01T00:00:00Z`,
+/// `2026-12-01T09:30:00.5+02:00`), read as epoch milliseconds. A time
+/// between two milliseconds is rounded up: a record's creation time is a
+/// whole millisecond, so either bound keeps exactly the records it would
+/// keep unrounded.
+#[derive(Debug, Clone, Copy)]
+pub struct CreatedAt;
+
+fn created_at() -> CreatedAt {
+    CreatedAt
+}
+
+/// What `--created-from` and `--created-before` take, said when refused.
+const CREATED_AT_TAKES: &str = "takes epoch milliseconds (`1796083200000`) or an RFC 3339 time with its offset \
+     (`2026-12-01T00:00:00Z`, `2026-12-01T09:30:00+02:00`)";
+
+/// Epoch milliseconds of an RFC 3339 time, or why it is not one.
+fn rfc3339_ms(text: &str) -> Result<u64, String> {
+    let bytes = text.as_bytes();
+    if !text.is_ascii() || bytes.len() < 19 || !matches!(bytes[10], b'T' | b't' | b' ') {
+        return Err(format!("{CREATED_AT_TAKES}, got `{text}`"));
+    }
+    // The offset: `Z` or `±HH:MM` (humantime reads UTC alone).
+    let (local, offset_s) = if let Some(local) = text.strip_suffix(['Z', 'z']) {
+        (local, 0i64)
+    } else {
+        let at = text.len().saturating_sub(6);
+        let (local, offset) = text.split_at(at);
+        let o = offset.as_bytes();
+        let digits = |i: usize| o[i].is_ascii_digit() && o[i + 1].is_ascii_digit();
+        if !(matches!(o[0], b'+' | b'-') && digits(1) && o[3] == b':' && digits(4)) {
+            return Err(format!(
+                "got `{text}`, which has no offset: add `Z` for UTC, or the offset of its time zone \
+                 (e.g. `+02:00`)"
+            ));
+        }
+        let (h, m) = (
+            i64::from((o[1] - b'0') * 10 + (o[2] - b'0')),
+            i64::from((o[4] - b'0') * 10 + (o[5] - b'0')),
+        );
+        if h > 23 || m > 59 {
+            return Err(format!(
+                "got `{text}`, whose offset `{offset}` is not a time zone's (at most 23:59)"
+            ));
+        }
+        let sign = if o[0] == b'-' { -1 } else { 1 };
+        (local, sign * (h * 3600 + m * 60))
+    };
+    let mut utc = local.to_string();
+    utc.replace_range(10..11, "T");
+    utc.push('Z');
+    let at = humantime::parse_rfc3339(&utc).map_err(|e| format!("{CREATED_AT_TAKES}, got `{text}`: {e}"))?;
+    let since = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("got `{text}`, before 1970"))?;
+    let nanos = i128::try_from(since.as_nanos()).unwrap_or(i128::MAX) - i128::from(offset_s) * 1_000_000_000;
+    if nanos < 0 {
+        return Err(format!("got `{text}`, before 1970 in UTC"));
+    }
+    // Rounded up to the next whole millisecond (see [`CreatedAt`]).
+    let ms = (nanos + 999_999) / 1_000_000;
+    u64::try_from(ms).map_err(|_| format!("got `{text}`, past the latest time accepted"))
+}
+
+impl clap::builder::TypedValueParser for CreatedAt {
+    type Value = u64;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<u64, clap::Error> {
+        let text = value.to_string_lossy();
+        let refuse = |why: String| Err(refusal(cmd, arg, clap::parser::ValueSource::CommandLine, &why));
+        let ms = if text.is_empty() {
+            return refuse(format!("{CREATED_AT_TAKES}, got nothing"));
+        } else if text.bytes().all(|b| b.is_ascii_digit()) {
+            // Digits past `u64`: past the latest time too.
+            text.parse::<u64>().unwrap_or(u64::MAX)
+        } else {
+            match rfc3339_ms(&text) {
+                Ok(ms) => ms,
+                Err(why) => return refuse(why),
+            }
+        };
+        if ms > LATEST_CREATED_MS {
+            return refuse(format!(
+                "takes a time up to {LATEST_CREATED_MS} (epoch milliseconds), got `{text}`"
+            ));
+        }
+        Ok(ms)
     }
 }
 
@@ -1141,6 +1264,71 @@ mod tests {
         let mut missing = Vec::new();
         walk(&Cli::command(), "cairn", &mut missing);
         assert!(missing.is_empty(), "no examples in --help: {missing:?}");
+    }
+
+    /// `--created-from` and `--created-before` take epoch milliseconds or
+    /// an RFC 3339 time with its offset, on `ls` and `prune`, and refuse
+    /// anything else naming the flag and what it takes.
+    #[test]
+    fn a_created_bound_is_epoch_ms_or_rfc3339() {
+        let parsed = |args: &[&str]| -> Result<(Option<u64>, Option<u64>), String> {
+            let cli =
+                Cli::try_parse_from(std::iter::once("cairn").chain(args.iter().copied())).map_err(|e| e.to_string())?;
+            Ok(match cli.command {
+                Command::Ls(a) => (a.created_from, a.created_before),
+                Command::Prune(a) => (a.created_from, a.created_before),
+                other => panic!("{other:?}"),
+            })
+        };
+        let ls = |from: &str| parsed(&["ls", "--created-from", from]).map(|r| r.0);
+        // 2026-12-01T00:00:00Z.
+        let first = 1_796_083_200_000;
+        assert_eq!(ls("1796083200000"), Ok(Some(first)));
+        assert_eq!(ls("0"), Ok(Some(0)));
+        assert_eq!(ls("2026-12-01T00:00:00Z"), Ok(Some(first)));
+        assert_eq!(ls("2026-12-01t00:00:00z"), Ok(Some(first)));
+        assert_eq!(ls("2026-12-01 00:00:00+00:00"), Ok(Some(first)));
+        assert_eq!(ls("2026-12-01T02:30:00+02:30"), Ok(Some(first)));
+        assert_eq!(ls("2026-11-30T23:00:00-01:00"), Ok(Some(first)));
+        assert_eq!(ls("2026-12-01T00:00:00.250Z"), Ok(Some(first + 250)));
+        // Between two milliseconds: the later one (a record's time is whole).
+        assert_eq!(ls("2026-12-01T00:00:00.0001Z"), Ok(Some(first + 1)));
+        assert_eq!(ls("9223372036854775807"), Ok(Some(i64::MAX as u64)));
+        assert_eq!(
+            parsed(&[
+                "prune",
+                "--older-than",
+                "1d",
+                "--no-projector",
+                "--created-before",
+                "2026-12-01T00:00:00Z"
+            ]),
+            Ok((None, Some(first)))
+        );
+        for (given, said) in [
+            (
+                "yesterday",
+                "`--created-from` takes epoch milliseconds (`1796083200000`) or an RFC 3339 time",
+            ),
+            ("", "got nothing"),
+            ("1.5", "got `1.5`"),
+            ("2026-12-01", "got `2026-12-01`"),
+            ("2026-12-01T00:00:00", "which has no offset: add `Z` for UTC"),
+            ("2026-12-01T10:00:00+0200", "which has no offset"),
+            ("2026-12-01T00:00:00+24:00", "is not a time zone's"),
+            ("2026-13-01T00:00:00Z", "got `2026-13-01T00:00:00Z`"),
+            ("1969-12-31T23:59:59Z", "got `1969-12-31T23:59:59Z`"),
+            ("1970-01-01T00:30:00+01:00", "before 1970"),
+            ("9223372036854775808", "takes a time up to 9223372036854775807"),
+            ("99999999999999999999", "takes a time up to 9223372036854775807"),
+            ("2026-12-01T00:00:00Zé", "got `2026-12-01T00:00:00Zé`"),
+        ] {
+            let e = ls(given).expect_err(given);
+            assert!(e.contains(said), "{given}: {e}");
+            assert!(e.contains("`--created-from`"), "{given}: {e}");
+        }
+        let e = parsed(&["prune", "--older-than", "1d", "--no-projector", "--created-before", "x"]).expect_err("x");
+        assert!(e.contains("`--created-before` takes epoch milliseconds"), "{e}");
     }
 
     #[test]

@@ -605,3 +605,89 @@ async fn a_sigterm_as_soon_as_the_server_listens_is_heard() {
         assert!(status.success(), "{status:?}");
     }
 }
+
+/// `ls` and `prune` take `--created-from` (inclusive) and `--created-before`
+/// (exclusive), as epoch milliseconds or RFC 3339; a range with nothing in
+/// it, or a time that is not one, is a usage error that asks the server
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_and_prune_take_a_created_range() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    assert_eq!(
+        c.start(common::tool_start("r1", "echo", json!({"value": 1}), "rerunnable"))
+            .await
+            .0,
+        201
+    );
+    let record = c.wait_for("r1", |r| r["status"] == "completed").await;
+    let at = record["created_at_ms"].as_u64().expect("created_at_ms");
+    let srv = &server;
+    let rfc3339 =
+        |ms: u64| humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string();
+    let listed = |args: Vec<String>| async move {
+        let mut line = vec!["--json".to_string(), "ls".into(), "--status".into(), "any".into()];
+        line.extend(args);
+        let line: Vec<&str> = line.iter().map(String::as_str).collect();
+        let out = srv.cli(&line, None).await;
+        assert_eq!(out.code, 0, "{line:?}: {}", out.stderr);
+        out.json()["processes"].as_array().expect("processes").len()
+    };
+    let flag = |name: &str, ms: u64| vec![format!("--created-{name}"), ms.to_string()];
+    assert_eq!(listed(flag("from", at)).await, 1);
+    assert_eq!(listed(flag("from", at + 1)).await, 0);
+    assert_eq!(listed(flag("before", at + 1)).await, 1);
+    assert_eq!(listed(flag("before", at)).await, 0);
+    assert_eq!(listed(vec!["--created-from".into(), rfc3339(at)]).await, 1);
+    assert_eq!(listed(vec!["--created-before".into(), rfc3339(at)]).await, 0);
+    // With `--after-id`, the server's own page.
+    let mut paged = flag("before", at);
+    paged.extend(["--after-id".to_string(), "a".into()]);
+    assert_eq!(listed(paged).await, 0);
+
+    let prune = |range: Vec<String>| async move {
+        let mut line = vec!["--json", "prune", "--older-than", "0s", "--no-projector"];
+        line.extend(range.iter().map(String::as_str));
+        let out = srv.cli(&line, None).await;
+        assert_eq!(out.code, 0, "{line:?}: {}", out.stderr);
+        out.json()["pruned"].clone()
+    };
+    assert_eq!(prune(flag("before", at)).await, 0);
+    assert_eq!(prune(flag("from", at + 1)).await, 0);
+    assert_eq!(c.get("/v1/processes/r1").await.0, 200, "left as it was");
+    let mut range = vec!["--created-from".to_string(), rfc3339(at)];
+    range.extend(flag("before", at + 1));
+    assert_eq!(prune(range).await, 1);
+    assert_eq!(c.get("/v1/processes/r1").await.0, 410, "pruned");
+
+    for line in [
+        &["ls", "--created-from", "5", "--created-before", "5"][..],
+        &[
+            "prune",
+            "--older-than",
+            "0s",
+            "--no-projector",
+            "--created-from",
+            "6",
+            "--created-before",
+            "5",
+        ],
+    ] {
+        let out = server.cli(line, None).await;
+        assert_eq!(out.code, 2, "{line:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("`--created-from` (1970-01-01T00:00:00.00")
+                && out.stderr.contains("no process was created in between"),
+            "{}",
+            out.stderr
+        );
+    }
+    let out = server.cli(&["ls", "--created-from", "last week"], None).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("`--created-from` takes epoch milliseconds (`1796083200000`) or an RFC 3339 time"),
+        "{}",
+        out.stderr
+    );
+}

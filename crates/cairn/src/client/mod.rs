@@ -1402,6 +1402,9 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
     add("definition", args.definition);
     add("originator", args.originator);
     add("caused_by", args.caused_by);
+    created_range(args.created_from, args.created_before)?;
+    add("created_from_ms", args.created_from.map(|t| t.to_string()));
+    add("created_before_ms", args.created_before.map(|t| t.to_string()));
     let paged = args.after_id.is_some();
     // `--after-id` is the server's own pagination: one page, in id order.
     let mut rows: Vec<(Value, Option<Value>)> = Vec::new();
@@ -1584,6 +1587,20 @@ async fn complete(client: &Client, json: bool, args: CompleteArgs) -> Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--created-from` and `--created-before` together: a range that holds no
+/// time is refused (a `ls` that lists nothing, a prune that prunes nothing,
+/// would read as "none there"; most likely the two were swapped).
+fn created_range(from: Option<u64>, before: Option<u64>) -> Result<(), ClientError> {
+    match (from, before) {
+        (Some(from), Some(before)) if from >= before => Err(ClientError::Usage(format!(
+            "`--created-from` ({}) is not before `--created-before` ({}): no process was created in between",
+            timestamp(Some(&json!(from))),
+            timestamp(Some(&json!(before)))
+        ))),
+        _ => Ok(()),
+    }
+}
+
 async fn prune(client: &Client, json: bool, args: PruneArgs) -> Result<ExitCode, ClientError> {
     let now = now_ms();
     let cutoff = now.saturating_sub(u64::try_from(args.older_than.as_millis()).unwrap_or(u64::MAX));
@@ -1599,6 +1616,15 @@ async fn prune(client: &Client, json: bool, args: PruneArgs) -> Result<ExitCode,
     ] {
         if let Some(v) = value {
             body[key] = Value::String(v);
+        }
+    }
+    created_range(args.created_from, args.created_before)?;
+    for (key, value) in [
+        ("created_from_ms", args.created_from),
+        ("created_before_ms", args.created_before),
+    ] {
+        if let Some(t) = value {
+            body[key] = json!(t);
         }
     }
     // A prune of millions of rows is one request that takes minutes.
