@@ -606,6 +606,51 @@ async fn a_sigterm_as_soon_as_the_server_listens_is_heard() {
     }
 }
 
+/// `start`, `module put` and `schedule add` say with `--json` whether the
+/// call created the thing (`"created": true`, the server's 201) or found it
+/// there already (`false`, its 200); a repeated `schedule add` says in
+/// words that the schedule already existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_says_whether_it_created() {
+    let server = Server::start(&[]).await;
+    let created = |out: &common::CliOutput| {
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        out.json()["created"].clone()
+    };
+    let body = waiter("k1").to_string();
+    let first = server.cli(&["--json", "start", &body], None).await;
+    assert_eq!(created(&first), json!(true));
+    assert_eq!(first.json()["id"], "k1", "the record is the document");
+    let again = server.cli(&["start", "--json", &body], None).await;
+    assert_eq!(created(&again), json!(false));
+    assert_eq!(again.json()["id"], "k1");
+
+    let source = "export async function f(ctx) { return 1; }\n";
+    let first = server.cli(&["--json", "module", "put", "-"], Some(source)).await;
+    assert_eq!(created(&first), json!(true));
+    assert!(first.json()["module_ref"].is_string(), "{}", first.stdout);
+    let again = server.cli(&["--json", "module", "put", "-"], Some(source)).await;
+    assert_eq!(created(&again), json!(false));
+
+    let template = json!({"input": {"type": "tool_call", "tool": "echo", "args": {"value": 1}},
+                          "disposition": "rerunnable"})
+    .to_string();
+    let add = ["schedule", "add", "hourly", "--every", "1h", template.as_str()];
+    let first = server.cli(&[&["--json"][..], &add[..]].concat(), None).await;
+    assert_eq!(created(&first), json!(true));
+    assert_eq!(first.json()["id"], "hourly");
+    let again = server.cli(&[&["--json"][..], &add[..]].concat(), None).await;
+    assert_eq!(created(&again), json!(false));
+    let said = server.cli(&add, None).await;
+    assert_eq!(said.code, 0, "{}", said.stderr);
+    assert!(
+        said.stdout
+            .starts_with("hourly already existed, as given (nothing changed)\n"),
+        "{}",
+        said.stdout
+    );
+}
+
 /// `ls` and `prune` take `--created-from` (inclusive) and `--created-before`
 /// (exclusive), as epoch milliseconds or RFC 3339; a range with nothing in
 /// it, or a time that is not one, is a usage error that asks the server

@@ -194,7 +194,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             // Sent as written: the server's complaints point into it.
             let (status, record) = client.post_text("/v1/processes", raw).await?;
             if json {
-                print_json(&record)?;
+                print_json(&with_created(record, status))?;
             } else {
                 let verb = start_verb(status, &record);
                 outln!("{verb} {} ({})", str_at(&record, "/id"), str_at(&record, "/status"))?;
@@ -1682,7 +1682,7 @@ async fn module(client: &Client, json: bool, command: ModuleCommand) -> Result<E
             }
             let (status, module) = client.post("/v1/modules", &body).await?;
             if json {
-                print_json(&module)?;
+                print_json(&with_created(module, status))?;
             } else {
                 let verb = if status.as_u16() == 201 {
                     "stored"
@@ -1778,6 +1778,16 @@ fn exports_cell(module: &Value) -> String {
         cell.push_str(name);
     }
     cell
+}
+
+/// A create's answer (`start`, `module put`, `schedule add`) with whether
+/// this call created it (`"created": true`, the server's 201) or found it
+/// there already, the same (`false`, its 200).
+pub(crate) fn with_created(mut answer: Value, status: reqwest::StatusCode) -> Value {
+    if let Some(fields) = answer.as_object_mut() {
+        fields.insert("created".into(), Value::Bool(status == reqwest::StatusCode::CREATED));
+    }
+    answer
 }
 
 fn print_json(v: &Value) -> Result<(), ClientError> {

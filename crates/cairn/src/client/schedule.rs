@@ -88,10 +88,13 @@ pub(super) async fn execute(client: &Client, json: bool, action: ScheduleAction)
             }
             let (status, schedule) = client.post("/v1/schedules", &body).await?;
             if json {
-                print_json(&schedule)?;
+                print_json(&super::with_created(schedule, status))?;
+            } else if status.as_u16() == 201 {
+                outln!("created {id}")?;
+                print_one(&schedule)?;
             } else {
-                let verb = if status.as_u16() == 201 { "created" } else { "exists" };
-                outln!("{verb} {id}")?;
+                // A repeat of the same create: a different one is a conflict.
+                outln!("{id} already existed, as given (nothing changed)")?;
                 print_one(&schedule)?;
             }
         }
