@@ -62,6 +62,8 @@ struct WakeRow {
 struct State {
     entries: BTreeMap<String, Entry>,
     tombstones: HashMap<String, Tombstone>,
+    /// Pruned process id -> the scopes that held a grant on it as it was pruned.
+    pruned_grants: HashMap<String, Vec<SessionScope>>,
     /// (scope id) -> process id -> grant
     grants: BTreeMap<String, BTreeMap<String, Grant>>,
     wakes: HashMap<String, WakeRow>,
@@ -435,6 +437,18 @@ impl AdminTx for Tx<'_> {
         Ok(removed)
     }
 
+    async fn delete_session_pruned_grants(&mut self, session_id: &str, keep_frames: bool) -> Result<u64> {
+        let whole = SessionScope::session(session_id);
+        let mut removed = 0;
+        self.st.pruned_grants.retain(|_, scopes| {
+            let before = scopes.len();
+            scopes.retain(|s| s.session_id != session_id || (keep_frames && *s != whole));
+            removed += (before - scopes.len()) as u64;
+            !scopes.is_empty()
+        });
+        Ok(removed)
+    }
+
     async fn delete_pending_wakes(&mut self, session_id: &str) -> Result<u64> {
         let before = self.st.wakes.len();
         self.st
@@ -538,10 +552,15 @@ impl AdminTx for Tx<'_> {
             st.changes.remove(&e.change_cursor);
             st.unindex(&v.id);
             deleted.events += e.events.len() as u64;
+            let mut held = Vec::new();
             for m in st.grants.values_mut() {
-                if m.remove(&v.id).is_some() {
+                if let Some(g) = m.remove(&v.id) {
                     deleted.grants += 1;
+                    held.push(g.scope);
                 }
+            }
+            if !held.is_empty() {
+                st.pruned_grants.insert(v.id.clone(), held);
             }
             let before = st.wakes.len();
             st.wakes.retain(|_, w| w.delivery.process_id != v.id);
@@ -667,6 +686,14 @@ impl ProcessRegistry for MemoryRegistry {
             return Ok(Vec::new());
         }
         Ok(st.grants.values().filter_map(|m| m.get(id).cloned()).collect())
+    }
+
+    async fn pruned_grant(&self, scope: &SessionScope, id: &str) -> Result<Option<Tombstone>> {
+        validate_scope(scope)?;
+        validate_id("process id", id)?;
+        let st = self.state.lock();
+        let held = st.pruned_grants.get(id).is_some_and(|scopes| scopes.contains(scope));
+        Ok(held.then(|| st.tombstones.get(id).cloned()).flatten())
     }
 
     async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {

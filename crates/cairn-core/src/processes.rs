@@ -1001,6 +1001,12 @@ impl Processes {
         self.inner.registry.grants_of(id).await
     }
 
+    /// The tombstone of pruned process `id` when `scope` held a grant on it
+    /// as it was pruned ([`ProcessRegistry::pruned_grant`]).
+    pub async fn pruned_grant(&self, scope: &SessionScope, id: &str) -> Result<Option<crate::model::Tombstone>> {
+        self.inner.registry.pruned_grant(scope, id).await
+    }
+
     /// One page of the processes granted to `scope`
     /// ([`ProcessRegistry::list_granted_to`]), read in chunks and cut at
     /// [`LIST_PAGE_BYTES`].

@@ -11,7 +11,7 @@ use crate::events::{AppendRequest, AppendResult, EventPage};
 use crate::model::{
     ChangePage, Claim, EnvRef, EnvSpec, Gauges, Grant, GrantDescriptor, GrantedProcess, Lease, NodeIdentity,
     NodeLiveness, Outcome, ProcessFilter, ProcessRecord, PruneFilter, PruneReport, Registration, SessionDeleteReport,
-    SessionScope, StartGrant, SweepItem, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
+    SessionScope, StartGrant, SweepItem, Tombstone, TransferReport, WaitRequest, WakeDelivery, Watermark, WorkItem,
 };
 use crate::schedule::{Schedule, ScheduleAdvance};
 use crate::script::{Module, ModuleInfo, ModulePut};
@@ -170,6 +170,14 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// no process has (a pruned one's went with it). One point read.
     async fn grants_of(&self, id: &str) -> Result<Vec<Grant>>;
 
+    /// The tombstone of pruned process `id` when `scope` (exact scope match)
+    /// held a grant on it as it was pruned: the prune keeps, beside the
+    /// tombstone, which scopes held one, so the session that owned the work
+    /// learns how it ended. `None` for a live or unknown id, one pruned
+    /// without that scope's grant, and one whose kept grant the scope's
+    /// session deletion removed. One point read.
+    async fn pruned_grant(&self, scope: &SessionScope, id: &str) -> Result<Option<Tombstone>>;
+
     /// What `scope` may address (exact scope match), filtered, in process id order.
     async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>>;
 
@@ -178,7 +186,8 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     async fn list_originated_by(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>>;
 
     /// Remove every grant of every scope of the session and its pending wakes, and
-    /// report. Never cancels or otherwise changes a process.
+    /// report; the grants its scopes held on pruned processes
+    /// ([`Self::pruned_grant`]) go too. Never cancels or otherwise changes a process.
     async fn delete_session(&self, session_id: &str) -> Result<SessionDeleteReport> {
         self.delete_session_with(session_id, false).await
     }
@@ -188,8 +197,9 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// the grants to the session as a whole (`session:{id}`), keeping those
     /// to its agent frames; every pending wake of the session goes either
     /// way (all of them are the session's to read and acknowledge). The
-    /// report names only what was removed: a process a frame still holds is
-    /// preserved, not orphaned.
+    /// grants kept of pruned processes go as the live ones do (with
+    /// `keep_frames`, only the session's own). The report names only what
+    /// was removed: a process a frame still holds is preserved, not orphaned.
     async fn delete_session_with(&self, session_id: &str, keep_frames: bool) -> Result<SessionDeleteReport>;
 
     /// Pending (unacknowledged) wakes for a session, oldest first, one page:
@@ -323,7 +333,8 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// Delete terminal processes whose terminal time is before `cutoff_ms` and
     /// that pass `filter` (checked by [`PruneFilter::validate`]: `running` is
     /// `invalid_filter`), with their events, grants, wakes and lease, leaving
-    /// tombstones. With a cursor watermark only processes whose last change is
+    /// tombstones and which scopes held a grant on each ([`Self::pruned_grant`]).
+    /// With a cursor watermark only processes whose last change is
     /// at or before it go. Never touches a running process. It commits a
     /// chunk at a time ([`crate::ops::admin::prune`]): on an error, the
     /// chunks before it stand.

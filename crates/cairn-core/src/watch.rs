@@ -768,6 +768,10 @@ impl ProcessRegistry for WatchedRegistry {
         self.inner.grants_of(id).await
     }
 
+    async fn pruned_grant(&self, scope: &SessionScope, id: &str) -> Result<Option<crate::model::Tombstone>> {
+        self.inner.pruned_grant(scope, id).await
+    }
+
     async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {
         self.inner.list_granted_to(scope, filter).await
     }

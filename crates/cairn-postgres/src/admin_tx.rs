@@ -130,6 +130,21 @@ impl AdminTx for Admin<'_> {
             .collect()
     }
 
+    async fn delete_session_pruned_grants(&mut self, session_id: &str, keep_frames: bool) -> Result<u64> {
+        let (which, key) = if keep_frames {
+            ("scope_id", SessionScope::session(session_id).scope_id())
+        } else {
+            ("session_id", session_id.to_string())
+        };
+        self.tx
+            .execute(
+                &format!("DELETE FROM tombstone_grants WHERE {which} = $1::text"),
+                &[&key],
+            )
+            .await
+            .map_err(|e| self.pg(e))
+    }
+
     async fn delete_pending_wakes(&mut self, session_id: &str) -> Result<u64> {
         self.tx
             .execute(
@@ -269,17 +284,29 @@ impl AdminTx for Admin<'_> {
         let ids: Vec<&str> = victims.iter().map(|v| v.id.as_str()).collect();
         let statuses: Vec<&str> = victims.iter().map(|v| v.status.label()).collect();
         let terminal: Vec<i64> = victims.iter().map(|v| to_sql(v.terminal_at_ms)).collect();
+        // The grants go with the scopes they were to kept beside the
+        // tombstones (`pruned_grant`), taken from what the delete removed.
+        const GRANTS: &str = "WITH gone AS (DELETE FROM grants WHERE process_id = ANY($1::text[]) \
+             RETURNING process_id, scope_id, session_id), \
+             kept AS (INSERT INTO tombstone_grants (process_id, scope_id, session_id) \
+             SELECT process_id, scope_id, session_id FROM gone ON CONFLICT (scope_id, process_id) DO NOTHING) \
+             SELECT count(*) FROM gone";
         let mut counts = [0u64; 4];
         for (i, sql) in [
             "DELETE FROM events WHERE process_id = ANY($1::text[])",
-            "DELETE FROM grants WHERE process_id = ANY($1::text[])",
+            GRANTS,
             "DELETE FROM wakes WHERE process_id = ANY($1::text[])",
             "DELETE FROM processes WHERE id = ANY($1::text[])",
         ]
         .into_iter()
         .enumerate()
         {
-            counts[i] = tx.execute(sql, &[&ids]).await.map_err(|e| self.pg(e))?;
+            counts[i] = if sql == GRANTS {
+                let row = tx.query_one(sql, &[&ids]).await.map_err(|e| self.pg(e))?;
+                from_sql(row.try_get::<_, i64>(0).map_err(|e| self.pg(e))?)
+            } else {
+                tx.execute(sql, &[&ids]).await.map_err(|e| self.pg(e))?
+            };
         }
         let deleted = Deleted {
             events: counts[0],

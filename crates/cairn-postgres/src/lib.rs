@@ -56,8 +56,8 @@ use cairn_core::events::{AppendRequest, AppendResult, EventPage};
 use cairn_core::model::{
     page_limit, Change, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease,
     NodeIdentity, NodeLiveness, Outcome, ProcessFilter, ProcessRecord, PruneFilter, PruneReport, Registration,
-    SessionDeleteReport, SessionScope, StartGrant, SweepItem, TransferReport, WaitRequest, WakeDelivery, Watermark,
-    WorkAction, WorkItem,
+    SessionDeleteReport, SessionScope, StartGrant, SweepItem, Tombstone, TransferReport, WaitRequest, WakeDelivery,
+    Watermark, WorkAction, WorkItem,
 };
 use cairn_core::registry::{CancelAnswer, CompleteAnswer, ProcessRegistry, Registered};
 use cairn_core::validate::{self, validate_id, validate_scope, validate_session_id};
@@ -509,6 +509,14 @@ impl ProcessRegistry for PostgresRegistry {
     async fn grants_of(&self, id: &str) -> Result<Vec<Grant>> {
         validate_id("process id", id)?;
         self.shared.run(|c| async move { read::grants_of(&c, id).await }).await
+    }
+
+    async fn pruned_grant(&self, scope: &SessionScope, id: &str) -> Result<Option<Tombstone>> {
+        validate_scope(scope)?;
+        validate_id("process id", id)?;
+        self.shared
+            .run(|c| async move { read::pruned_grant(&c, scope, id).await })
+            .await
     }
 
     async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {

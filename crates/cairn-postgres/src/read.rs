@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use cairn_core::events::ProcessEvent;
 use cairn_core::model::{
-    GrantedProcess, NodeLiveness, ProcessFilter, ProcessRecord, SessionScope, StatusFilter, SweepItem, WakeDelivery,
+    GrantedProcess, NodeLiveness, ProcessFilter, ProcessRecord, SessionScope, StatusFilter, SweepItem, Tombstone,
+    WakeDelivery,
 };
 use cairn_core::CairnError;
 use tokio_postgres::types::ToSql;
@@ -151,6 +152,21 @@ pub(crate) async fn grants_of(conn: &Conn, id: &str) -> R<Vec<cairn_core::model:
         grants.push(serde_json::from_str(row.try_get::<_, &str>(0)?)?);
     }
     Ok(grants)
+}
+
+/// The tombstone of pruned `id` when `scope` held a grant on it as it was
+/// pruned: one statement, so one snapshot.
+pub(crate) async fn pruned_grant(conn: &Conn, scope: &SessionScope, id: &str) -> R<Option<Tombstone>> {
+    let stmt = conn
+        .stmt(
+            "SELECT t.id, t.status, t.terminal_at_ms, t.pruned_at_ms FROM tombstones t \
+             JOIN tombstone_grants g ON g.process_id = t.id WHERE t.id = $1::text AND g.scope_id = $2::text",
+        )
+        .await?;
+    match conn.client.query_opt(&stmt, &[&id, &scope.scope_id()]).await? {
+        Some(row) => Ok(Some(tombstone_from_row(&row)?)),
+        None => Ok(None),
+    }
 }
 
 pub(crate) async fn list_granted_to(

@@ -26,7 +26,23 @@ const MIGRATIONS: &[&str] = &[
     V_SCHEDULE_REFUSALS,
     V_WORKLIST_BY_TIME,
     V_FRAME_WAKES,
+    V_TOMBSTONE_GRANTS,
 ];
+
+/// The scopes that held a grant on a process as it was pruned, kept beside
+/// its tombstone: the session that owned the work is answered how it ended
+/// (`no_longer_retained` with the tombstone), as the host is, where a session
+/// that never held it is answered as for an unknown id. A session's deletion
+/// removes its rows, as it removes its grants.
+const V_TOMBSTONE_GRANTS: &str = r#"
+CREATE TABLE tombstone_grants (
+    process_id text COLLATE "C" NOT NULL,
+    scope_id   text COLLATE "C" NOT NULL,
+    session_id text COLLATE "C" NOT NULL,
+    PRIMARY KEY (scope_id, process_id)
+);
+CREATE INDEX tombstone_grants_session ON tombstone_grants (session_id);
+"#;
 
 /// A frame's pending wakes (`pending_frame_wakes`, read by every
 /// `session_snapshot`): through `wakes_pending` the read parsed every pending

@@ -47,8 +47,8 @@ use cairn_core::events::{AppendRequest, AppendResult, EventPage};
 use cairn_core::model::{
     page_limit, Change, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease,
     NodeIdentity, NodeLiveness, Outcome, ProcessFilter, ProcessRecord, PruneFilter, PruneReport, Registration,
-    SessionDeleteReport, SessionScope, StartGrant, SweepItem, TransferReport, WaitRequest, WakeDelivery, Watermark,
-    WorkAction, WorkItem,
+    SessionDeleteReport, SessionScope, StartGrant, SweepItem, Tombstone, TransferReport, WaitRequest, WakeDelivery,
+    Watermark, WorkAction, WorkItem,
 };
 use cairn_core::ops::{self, admin, at_once, Answer, Op};
 use cairn_core::registry::{CancelAnswer, CompleteAnswer, ProcessRegistry, Registered};
@@ -402,6 +402,13 @@ impl ProcessRegistry for SqliteRegistry {
         validate_id("process id", id)?;
         let id = id.to_string();
         self.read(move |tx, _| store::grants_of(tx, &id)).await
+    }
+
+    async fn pruned_grant(&self, scope: &SessionScope, id: &str) -> Result<Option<Tombstone>> {
+        validate_scope(scope)?;
+        validate_id("process id", id)?;
+        let (scope, id) = (scope.clone(), id.to_string());
+        self.read(move |tx, _| store::pruned_grant(tx, &scope, &id)).await
     }
 
     async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {

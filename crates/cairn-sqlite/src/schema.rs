@@ -39,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     V_UNACKED_WAKES,
     V_WORKLIST_BY_TIME,
     V_FRAME_WAKES,
+    V_TOMBSTONE_GRANTS,
 ];
 
 const V1: &str = r#"
@@ -301,6 +302,21 @@ CREATE INDEX processes_worklist ON processes (claimable_at_ms, id)
 const V_FRAME_WAKES: &str = r#"
 CREATE INDEX wakes_frame_pending ON wakes
     (target_session_id, json_extract(delivery, '$.target_scope.agent_frame_id'), wake_order) WHERE acked = 0;
+"#;
+
+/// The scopes that held a grant on a process as it was pruned, kept beside
+/// its tombstone: the session that owned the work is answered how it ended
+/// (`no_longer_retained` with the tombstone), as the host is, where a session
+/// that never held it is answered as for an unknown id. A session's deletion
+/// removes its rows, as it removes its grants.
+const V_TOMBSTONE_GRANTS: &str = r#"
+CREATE TABLE tombstone_grants (
+    process_id TEXT NOT NULL,
+    scope_id   TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    PRIMARY KEY (scope_id, process_id)
+);
+CREATE INDEX tombstone_grants_session ON tombstone_grants (session_id);
 "#;
 
 const V_PARTIAL_LISTING_INDEXES: &str = r#"

@@ -717,6 +717,20 @@ pub(crate) fn grants_of(conn: &Connection, id: &str) -> R<Vec<Grant>> {
     json.iter().map(|j| grant_from_json(j)).collect()
 }
 
+/// The tombstone of pruned `id` when `scope` held a grant on it as it was pruned.
+pub(crate) fn pruned_grant(conn: &Connection, scope: &SessionScope, id: &str) -> R<Option<Tombstone>> {
+    let held = conn
+        .prepare_cached("SELECT 1 FROM tombstone_grants WHERE process_id = ?1 AND scope_id = ?2")?
+        .query_row(params![id, scope.scope_id()], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if held {
+        tombstone(conn, id)
+    } else {
+        Ok(None)
+    }
+}
+
 // ---------------------------------------------------------------- listings
 
 /// The WHERE term of the partial status index (schema `V_PARTIAL_LISTING_INDEXES`):
@@ -963,6 +977,23 @@ pub(crate) fn delete_session_grants(conn: &Connection, session_id: &str, keep_fr
         .collect::<rusqlite::Result<Vec<String>>>()?)
 }
 
+/// Remove the rows of pruned processes' grants kept for the session's
+/// scopes, or with `keep_frames` only for the session as a whole; how many.
+pub(crate) fn delete_session_tombstone_grants(conn: &Connection, session_id: &str, keep_frames: bool) -> R<u64> {
+    let (sql, key) = if keep_frames {
+        (
+            "DELETE FROM tombstone_grants WHERE scope_id = ?1",
+            SessionScope::session(session_id).scope_id(),
+        )
+    } else {
+        (
+            "DELETE FROM tombstone_grants WHERE session_id = ?1",
+            session_id.to_string(),
+        )
+    };
+    Ok(conn.prepare_cached(sql)?.execute([key])? as u64)
+}
+
 /// Remove the session's pending wakes; how many.
 pub(crate) fn delete_pending_wakes(conn: &Connection, session_id: &str) -> R<u64> {
     Ok(conn
@@ -1054,14 +1085,19 @@ pub(crate) fn prune_candidates(
         .collect()
 }
 
-/// Delete one process with its events, grants and wakes and leave its tombstone;
-/// (events, grants, wakes) deleted. The deletion moves the change cursor, as
+/// Delete one process with its events, grants and wakes and leave its tombstone
+/// and the scopes its grants were to; (events, grants, wakes) deleted. The deletion moves the change cursor, as
 /// every change to a process does: another OS process's watcher tells a
 /// prune committed beside its own commits by it (see `others`).
 pub(crate) fn prune_one(conn: &Connection, victim: &PruneCandidate, now: u64) -> R<(u64, u64, u64)> {
     let id = victim.id.as_str();
     cursor_skip(conn)?;
     let events = conn.prepare_cached(DELETE_EVENTS_SQL)?.execute([id])? as u64;
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO tombstone_grants (process_id, scope_id, session_id)
+         SELECT process_id, scope_id, session_id FROM grants WHERE process_id = ?1",
+    )?
+    .execute([id])?;
     let grants = conn
         .prepare_cached("DELETE FROM grants WHERE process_id = ?1")?
         .execute([id])? as u64;
@@ -1340,6 +1376,33 @@ mod tests {
             vec![SqlValue::Text("s".into()), SqlValue::Integer(10)],
         );
         assert!(p.contains("wakes_pending") && !p.contains("TEMP B-TREE"), "{p}");
+    }
+
+    /// The kept grants of pruned processes are read by one point lookup and
+    /// deleted by a session's deletion through an index, whatever else is kept.
+    #[test]
+    fn tombstone_grants_are_read_and_deleted_through_indexes() {
+        let (_dir, conn) = fresh();
+        for (sql, args, index) in [
+            (
+                "SELECT 1 FROM tombstone_grants WHERE process_id = ?1 AND scope_id = ?2",
+                vec![SqlValue::Text("p".into()), SqlValue::Text("session:s".into())],
+                "sqlite_autoindex_tombstone_grants",
+            ),
+            (
+                "DELETE FROM tombstone_grants WHERE scope_id = ?1",
+                vec![SqlValue::Text("session:s".into())],
+                "sqlite_autoindex_tombstone_grants",
+            ),
+            (
+                "DELETE FROM tombstone_grants WHERE session_id = ?1",
+                vec![SqlValue::Text("s".into())],
+                "tombstone_grants_session",
+            ),
+        ] {
+            let p = plan(&conn, sql, args);
+            assert!(p.contains(index), "{sql}: {p}");
+        }
     }
 
     #[test]

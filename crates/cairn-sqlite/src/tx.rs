@@ -350,6 +350,14 @@ impl AdminTx for Tx<'_> {
         Ok(store::delete_session_grants(self.conn, session_id, keep_frames)?)
     }
 
+    async fn delete_session_pruned_grants(&mut self, session_id: &str, keep_frames: bool) -> Result<u64> {
+        Ok(store::delete_session_tombstone_grants(
+            self.conn,
+            session_id,
+            keep_frames,
+        )?)
+    }
+
     async fn delete_pending_wakes(&mut self, session_id: &str) -> Result<u64> {
         Ok(store::delete_pending_wakes(self.conn, session_id)?)
     }

@@ -24,8 +24,9 @@ const T0: u64 = 1_700_000_000_000;
 
 /// The worklist index as schema versions before 12 made it (one index, a row
 /// claimable at once keyed 0), undoing `V_WORKLIST_BY_TIME` (and the later
-/// `V_FRAME_WAKES`).
-const UNDO_WORKLIST_BY_TIME: &str = "DROP INDEX wakes_frame_pending;
+/// `V_FRAME_WAKES` and `V_TOMBSTONE_GRANTS`).
+const UNDO_WORKLIST_BY_TIME: &str = "DROP TABLE tombstone_grants;
+         DROP INDEX wakes_frame_pending;
          DROP INDEX processes_ready;
          DROP INDEX processes_worklist;
          CREATE INDEX processes_worklist ON processes (claimable_at_ms, id)
@@ -1713,6 +1714,61 @@ async fn worklist_indexes_are_rebuilt_on_upgrade() {
             "{index} is partial by claimability: {sql}"
         );
     }
+}
+
+/// A file from before the kept grants of pruned processes gains their table
+/// on open: what was pruned before keeps its tombstone (and no session is told
+/// of it), and a prune after the upgrade keeps which sessions held a grant.
+#[tokio::test]
+async fn tombstone_grants_are_added_on_upgrade() {
+    /// The schema version whose migration adds the kept grants.
+    const TOMBSTONE_GRANTS_FROM: u32 = 13;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let clock = ManualClock::new(T0);
+    let prune = |reg: SqliteRegistry, clock: ManualClock| async move {
+        clock.advance(10);
+        reg.prune(clock.now_ms(), StatusFilter::Any.into(), Watermark::NoProjector)
+            .await
+            .expect("prune");
+        reg
+    };
+    let reg = open(&path, &clock);
+    reg.register(external("before"), grant_to("s1"))
+        .await
+        .expect("register");
+    reg.complete_external("before", Outcome::success(json!(1)), "host")
+        .await
+        .expect("complete");
+    drop(prune(reg, clock.clone()).await);
+    let raw = Connection::open(&path).expect("raw");
+    raw.execute_batch(&format!(
+        "DROP TABLE tombstone_grants;
+         UPDATE cairn_meta SET value = '{TOMBSTONE_GRANTS_FROM}' WHERE key = 'schema_version';"
+    ))
+    .expect("make the older shape");
+    drop(raw);
+
+    let reg = open(&path, &clock);
+    let s1 = SessionScope::session("s1");
+    assert_eq!(reg.pruned_grant(&s1, "before").await.expect("read"), None);
+    assert_eq!(
+        reg.get("before").await.expect_err("pruned").code(),
+        "no_longer_retained"
+    );
+    reg.register(external("after"), grant_to("s1")).await.expect("register");
+    reg.complete_external("after", Outcome::success(json!(1)), "host")
+        .await
+        .expect("complete");
+    let reg = prune(reg, clock.clone()).await;
+    let tombstone = reg.pruned_grant(&s1, "after").await.expect("read").expect("kept");
+    assert_eq!(tombstone.id, "after");
+    assert_eq!(
+        reg.pruned_grant(&SessionScope::session("s2"), "after")
+            .await
+            .expect("read"),
+        None
+    );
 }
 
 /// A row stores its record without the type list, which is stored once per

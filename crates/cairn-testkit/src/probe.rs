@@ -450,6 +450,10 @@ impl ProcessRegistry for ReadProbe {
     async fn grants_of(&self, id: &str) -> Result<Vec<Grant>> {
         self.inner.grants_of(id).await
     }
+    async fn pruned_grant(&self, scope: &SessionScope, id: &str) -> Result<Option<cairn_core::model::Tombstone>> {
+        self.inner.pruned_grant(scope, id).await
+    }
+
     async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>> {
         if take_one(&self.failing_lists) {
             return Err(cairn_core::CairnError::Unavailable(

@@ -112,6 +112,11 @@ pub trait AdminTx {
     /// its agent frames' kept); one process id per removed grant.
     async fn delete_session_grants(&mut self, session_id: &str, keep_frames: bool) -> Result<Vec<String>>;
 
+    /// Remove the grants the session's scopes held on pruned processes
+    /// (kept by [`Self::delete_pruned`]), or with `keep_frames` only those of
+    /// the session as a whole; how many.
+    async fn delete_session_pruned_grants(&mut self, session_id: &str, keep_frames: bool) -> Result<u64>;
+
     /// Remove the session's pending (unacknowledged) wakes; how many.
     async fn delete_pending_wakes(&mut self, session_id: &str) -> Result<u64>;
 
@@ -146,7 +151,8 @@ pub trait AdminTx {
     }
 
     /// Delete these processes with their events, grants, wakes and lease, and
-    /// leave a tombstone for each, pruned at `now`.
+    /// leave a tombstone for each, pruned at `now`, with the scopes whose
+    /// grants on it were deleted (read by `ProcessRegistry::pruned_grant`).
     async fn delete_pruned(&mut self, victims: &[PruneCandidate]) -> Result<Deleted>;
 }
 
@@ -203,7 +209,8 @@ pub async fn transfer<T: AdminTx + ?Sized>(
 }
 
 /// Remove a session's grants (with `keep_frames`, only those to the session
-/// as a whole: its agent frames keep theirs) and its pending wakes, and report
+/// as a whole: its agent frames keep theirs), those kept of its pruned
+/// processes by the same rule, and its pending wakes, and report
 /// what is left of the processes whose grants it removed: running with no
 /// grant (orphaned) or not (preserved; a grant kept by a frame counts).
 /// Never changes a process.
@@ -217,6 +224,7 @@ pub async fn delete_session<T: AdminTx + ?Sized>(
     let mut touched = removed;
     touched.sort();
     touched.dedup();
+    tx.delete_session_pruned_grants(session_id, keep_frames).await?;
     let deleted_wakes = tx.delete_pending_wakes(session_id).await?;
     let (mut orphaned, mut preserved) = (Vec::new(), Vec::new());
     for state in tx.grant_states(&touched).await? {

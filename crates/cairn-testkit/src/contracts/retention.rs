@@ -634,3 +634,107 @@ pub async fn a_prune_walks_every_chunk_past_what_it_keeps(factory: &dyn StoreFac
     }
     assert_eq!(h.get("parent").await.status, ProcessStatus::Running);
 }
+
+/// A prune keeps, beside each tombstone, which scopes held a grant on the
+/// process as it was pruned: `pruned_grant` answers the tombstone to each of
+/// them (a frame's scope too) and nothing to a scope that never held one, or
+/// whose grant was revoked before the prune, or for a live or unknown id. A
+/// session's deletion removes its kept grants as it removes its live ones
+/// (keeping its frames' with `keep_frames`), and counts only the live ones.
+pub async fn prune_keeps_the_scopes_that_held_a_grant(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let (s1, s2, s3) = (session("s1"), session("s2"), session("s3"));
+    let frame = cairn_core::SessionScope::frame("s1", "f1");
+    h.register_granted(external("a"), Some(start_grant(&s1, "k", "a")))
+        .await;
+    ok(
+        h.registry().grant(&frame, "a", descriptor("k", "a")).await,
+        "grant a to the frame",
+    );
+    ok(
+        h.registry().grant(&s2, "a", descriptor("k", "a")).await,
+        "grant a to s2",
+    );
+    h.register_granted(external("b"), Some(start_grant(&s2, "k", "b")))
+        .await;
+    h.register_granted(external("c"), Some(start_grant(&s1, "k", "c")))
+        .await;
+    assert!(ok(h.registry().revoke(&s1, "c").await, "revoke c"));
+    h.register_granted(external("live"), Some(start_grant(&s1, "k", "live")))
+        .await;
+    assert_eq!(
+        ok(
+            h.registry().pruned_grant(&s1, "a").await,
+            "pruned_grant before the prune"
+        ),
+        None,
+        "a live process has no kept grant"
+    );
+    let done: Vec<ProcessRecord> = vec![finish(&h, "a").await, finish(&h, "b").await, finish(&h, "c").await];
+    h.advance(100);
+    let cutoff = h.now();
+    h.advance(50);
+    let report = ok(
+        h.registry()
+            .prune(cutoff, StatusFilter::Any.into(), Watermark::NoProjector)
+            .await,
+        "prune",
+    );
+    assert_eq!(report.pruned, 3, "{report:?}");
+    assert_eq!(report.grants_deleted, 4, "a's three and b's one: {report:?}");
+    let tomb = |r: &ProcessRecord| Tombstone {
+        id: r.id.clone(),
+        status: r.status,
+        terminal_at_ms: r.terminal_at_ms.expect("terminal"),
+        pruned_at_ms: h.now(),
+    };
+    let (a, b) = (tomb(&done[0]), tomb(&done[1]));
+    let held = |scope: cairn_core::SessionScope, id: &'static str| {
+        let h = &h;
+        async move {
+            ok(
+                h.registry().pruned_grant(&scope, id).await,
+                &format!("pruned_grant {} {id}", scope.scope_id()),
+            )
+        }
+    };
+    assert_eq!(held(s1.clone(), "a").await, Some(a.clone()));
+    assert_eq!(held(frame.clone(), "a").await, Some(a.clone()));
+    assert_eq!(held(s2.clone(), "a").await, Some(a.clone()));
+    assert_eq!(held(s3.clone(), "a").await, None, "s3 never held a");
+    assert_eq!(held(s2.clone(), "b").await, Some(b.clone()));
+    assert_eq!(held(s1.clone(), "b").await, None, "s1 never held b");
+    assert_eq!(
+        held(s1.clone(), "c").await,
+        None,
+        "c's grant was revoked before the prune"
+    );
+    assert_eq!(held(s1.clone(), "live").await, None, "live is not pruned");
+    assert_eq!(held(s1.clone(), "never").await, None, "never existed");
+    h.rejects("invalid_id", "a bad id", h.registry().pruned_grant(&s1, ""))
+        .await;
+
+    let kept = ok(
+        h.registry().delete_session_with("s1", true).await,
+        "delete s1 keeping frames",
+    );
+    assert_eq!(kept.revoked_grants, 1, "only live's grant is a live one: {kept:?}");
+    assert_eq!(held(s1.clone(), "a").await, None, "the session's kept grant goes");
+    assert_eq!(held(frame.clone(), "a").await, Some(a.clone()), "its frame's stays");
+    assert_eq!(held(s2.clone(), "a").await, Some(a.clone()), "another session's stays");
+    let full = ok(h.registry().delete_session("s1").await, "delete s1");
+    assert_eq!(full.revoked_grants, 0, "{full:?}");
+    assert_eq!(
+        held(frame.clone(), "a").await,
+        None,
+        "the full delete takes the frame's"
+    );
+    assert_eq!(held(s2.clone(), "a").await, Some(a));
+    assert_eq!(held(s2.clone(), "b").await, Some(b));
+    h.rejects(
+        "no_longer_retained",
+        "the tombstone outlives the kept grants",
+        h.registry().get("a"),
+    )
+    .await;
+}
