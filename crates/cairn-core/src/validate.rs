@@ -352,7 +352,9 @@ fn check_size_of(what: impl FnOnce() -> String, value: &impl Serialize) -> Resul
 /// authority): an outcome whose value is as large or as deep as a payload
 /// may be (a signal's, returned by the tool that waited for it) is written.
 /// A script's `script.result` has the same room: it journals a child's
-/// outcome as `{"n", "value": …}`.
+/// outcome as `{"n", "value": …}`; and so has its `script.call`, which
+/// journals a value the script hands on (an emit's payload, a tool's args)
+/// with the call's own fields.
 pub const TERMINAL_ENVELOPE_BYTES: usize = 1024 + MAX_AUTHORITY_BYTES;
 /// The levels of that envelope around an outcome's value.
 pub const TERMINAL_ENVELOPE_DEPTH: usize = 2;
@@ -792,9 +794,12 @@ pub fn compiled_schema(event_type: &str, schema: &Value) -> Result<CompiledSchem
 /// Check a payload against a declared type's schema.
 pub fn check_payload(t: &EventType, payload: &Value) -> Result<()> {
     let what = || format!("payload of `{}`", t.name);
-    // A core terminal event, and a script's journaled answer (a child's
-    // whole outcome for `ctx.wait`), wrap a value that met the limits.
-    let wraps = t.semantics.terminal.is_some() || t.name == crate::script::SCRIPT_RESULT;
+    // A core terminal event, a script's journaled answer (a child's whole
+    // outcome for `ctx.wait`) and its journaled call (an emit's payload)
+    // wrap a value that met the limits.
+    let wraps = t.semantics.terminal.is_some()
+        || t.name == crate::script::SCRIPT_RESULT
+        || t.name == crate::script::SCRIPT_CALL;
     if wraps && crate::events::is_core_event_type(&t.name) {
         check_terminal_payload(what, payload)?;
     } else {

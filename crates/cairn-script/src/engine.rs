@@ -266,13 +266,63 @@ fn refused_stub(n: u64, kind: &str) -> Value {
     json!({"n": n, "kind": kind})
 }
 
-/// Whether `call` (made from `text` bytes of arguments) is too large to be
-/// journaled; measured exactly only when it may be.
-fn too_large(text: &str, call: &Value) -> Option<cairn_core::CairnError> {
-    if text.len() + 1024 < cairn_core::validate::MAX_PAYLOAD_BYTES {
+/// Whether `call` (a `kind` call made from `text` bytes of arguments) is too
+/// large or too deeply nested to be made, said of what the script gave;
+/// measured exactly only when it may be (its text near the limit, or with
+/// brackets enough to nest past it).
+///
+/// The value the script hands on (an emit's payload, a tool's args, a start
+/// request) is held to the limits of what it becomes (an event's payload, a
+/// child's input), not to them less the journal's own fields: the
+/// `script.call` event that journals it has room for those beside a value
+/// at the limits, as a `script.result` has
+/// ([`cairn_core::validate::TERMINAL_ENVELOPE_BYTES`], checked as the event
+/// is appended), and no store holds an event to less. The call as a whole
+/// (its name, type or options too) must fit that room.
+fn too_large(kind: &str, text: &str, call: &Value) -> Option<cairn_core::CairnError> {
+    use cairn_core::validate::{check_size, check_terminal_payload, MAX_JSON_DEPTH, MAX_PAYLOAD_BYTES};
+    let deep = || text.bytes().filter(|b| matches!(b, b'[' | b'{')).count() > MAX_JSON_DEPTH;
+    if text.len() + 1024 < MAX_PAYLOAD_BYTES && !deep() {
         return None;
     }
-    cairn_core::validate::check_size(&format!("payload of `{SCRIPT_CALL}`"), call).err()
+    let given = match kind {
+        "emit" => Some((format!("`ctx.emit{}`'s payload", named(call, "type")), "payload")),
+        "tool" => Some((format!("`ctx.tool{}`'s `args`", named(call, "name")), "args")),
+        "start" => Some(("`ctx.start`'s request".to_string(), "request")),
+        _ => None,
+    };
+    if let Some((what, field)) = given {
+        if let Err(e) = check_size(&what, call.get(field).unwrap_or(&Value::Null)) {
+            return Some(e);
+        }
+    }
+    let label = named(call, if kind == "emit" { "type" } else { "name" });
+    check_terminal_payload(|| format!("`{}{label}` as journaled", call_name(kind)), call).err()
+}
+
+/// The most characters of a name (an event type, a tool's or a signal's) a
+/// refusal quotes.
+const QUOTED_NAME_CHARS: usize = 64;
+
+/// `("name")`, the string `field` of a call as a refusal quotes it (cut
+/// when long), or nothing when it has none.
+fn named(call: &Value, field: &str) -> String {
+    match call.get(field).and_then(Value::as_str) {
+        Some(name) => {
+            let cut: String = name.chars().take(QUOTED_NAME_CHARS).collect();
+            let more = if cut.len() < name.len() { "..." } else { "" };
+            format!("({}{more})", Value::String(cut))
+        }
+        None => String::new(),
+    }
+}
+
+/// The context method a call of `kind` is made by.
+fn call_name(kind: &str) -> String {
+    match kind {
+        "wait_signal" => "ctx.waitSignal".into(),
+        other => format!("ctx.{other}"),
+    }
 }
 
 /// What an activation reports each time its job queue is empty.
@@ -611,7 +661,7 @@ impl State {
                 if let Some(m) = p.as_object_mut() {
                     m.insert("ordinal".into(), json!(self.logs + 1));
                 }
-                if let Err(e) = cairn_core::validate::check_size(&format!("payload of `{SCRIPT_LOG}`"), &p) {
+                if let Err(e) = cairn_core::validate::check_size("a `ctx.log` line as journaled", &p) {
                     return json!({"error": {"class": "cairn", "code": e.code(), "message": e.to_string()}})
                         .to_string();
                 }
@@ -703,7 +753,11 @@ impl State {
                 }
                 Some(Some(_)) => call = refused_stub(n, kind),
                 Some(None) => {}
-                None => match unreadable.clone().or_else(|| too_large(payload, &call)).or(refusal) {
+                None => match unreadable
+                    .clone()
+                    .or_else(|| too_large(kind, payload, &call))
+                    .or(refusal)
+                {
                     Some(error) => {
                         self.entries.push(Entry::Refused {
                             n,

@@ -1783,6 +1783,72 @@ async fn a_steps_calls_count_against_the_heap_limit() {
     assert_eq!(code, "memory_limit", "{rec:?}");
 }
 
+/// What a script hands on is held to the limits of what it becomes, not to
+/// them less the journal's own fields: an emit's payload of exactly 1 MiB,
+/// or nested exactly 64 levels deep, is appended (its `script.call` is
+/// larger or deeper by those fields, and replays), and one a byte larger or
+/// a level deeper is refused naming the call, as are a tool's `args`.
+#[tokio::test]
+async fn an_emit_payload_at_the_limits_is_appended_and_past_them_refused_naming_the_call() {
+    let p = runtime_with_echo();
+    let m = put(
+        &p,
+        r#"export async function main(ctx, args) {
+            const said = e => `${e.code}: ${e.message}`;
+            const nested = depth => { let v = 1; for (let i = 0; i < depth; i++) v = [v]; return v; };
+            // A JSON string is its characters and two quotes.
+            const fits = await ctx.emit("progress", "x".repeat(args.limit - 2)).then(() => "ok", said);
+            const over = await ctx.emit("progress", "x".repeat(args.limit - 1)).then(() => "ok", said);
+            const args_over = await ctx.tool("echo", "x".repeat(args.limit - 1)).then(() => "ok", said);
+            const deep = await ctx.emit("progress", nested(args.depth)).then(() => "ok", said);
+            const deeper = await ctx.emit("progress", nested(args.depth + 1)).then(() => "ok", said);
+            await ctx.sleep(1);
+            return {fits, over, args_over, deep, deeper};
+        }"#,
+    )
+    .await;
+    let limit = cairn_core::validate::MAX_PAYLOAD_BYTES;
+    let depth = cairn_core::validate::MAX_JSON_DEPTH;
+    let req = script("edges", &m, "main", json!({"limit": limit, "depth": depth}))
+        .with_event_type(cairn_core::EventType::plain("progress"));
+    let rec = run(&p, req).await;
+    let Some(Outcome::Success { value }) = &rec.outcome else {
+        panic!("{:?}", rec.outcome)
+    };
+    assert_eq!(value["fits"], "ok", "{value}");
+    assert_eq!(value["deep"], "ok", "{value}");
+    assert_eq!(
+        value["over"],
+        format!(
+            "payload_too_large: `ctx.emit(\"progress\")`'s payload is {} bytes, over the {limit} byte limit",
+            limit + 1
+        )
+    );
+    assert_eq!(
+        value["args_over"],
+        format!(
+            "payload_too_large: `ctx.tool(\"echo\")`'s `args` is {} bytes, over the {limit} byte limit",
+            limit + 1
+        )
+    );
+    assert_eq!(
+        value["deeper"],
+        format!(
+            "invalid_request: invalid request: `ctx.emit(\"progress\")`'s payload nests arrays and objects {} levels deep, \
+             over the {depth} level limit",
+            depth + 1
+        )
+    );
+    // Both appended, the journal's calls past the limits by their own
+    // fields, and replayed after the sleep's suspension.
+    let progress = events(&p, "edges", "progress").await;
+    assert_eq!(progress.len(), 2);
+    assert_eq!(progress[0].as_str().map(str::len), Some(limit - 2));
+    let calls = events(&p, "edges", "script.call").await;
+    let first = serde_json::to_string(&calls[0]).unwrap().len();
+    assert!(first > limit, "the call journaled {first} bytes");
+}
+
 /// A call too large to journal rejects with `payload_too_large`, and the
 /// script goes on; a replay (after the sleep's suspension) is refused the
 /// same call the same way.
