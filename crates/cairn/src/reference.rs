@@ -68,7 +68,7 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
         ),
         (
             CairnError::UnknownProcess(s()),
-            "no such process (or not granted to this session)",
+            "no such process (or, to a session token, not granted to its session, nor held by it when it was pruned)",
         ),
         (
             CairnError::NoLongerRetained(Box::new(Tombstone {
@@ -77,7 +77,7 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
                 terminal_at_ms: 0,
                 pruned_at_ms: 0,
             })),
-            "the process was pruned; the body carries its tombstone",
+            "the process was pruned; the body carries its tombstone (to a session token, only for a process its session held a grant on when it was pruned)",
         ),
         (
             CairnError::UndeclaredEventType {

@@ -383,6 +383,124 @@ async fn session_tokens_see_only_their_grants() {
     assert_eq!(err["error"]["tombstone"]["status"], "completed");
 }
 
+/// A session that held a grant on a process when it was pruned is told how
+/// it ended, as the host is: every route that answers the host 410 with the
+/// tombstone answers the session the same. A session that never held it is
+/// answered as for an id that never existed, and a start of either id is
+/// still only "taken". Once the session is deleted it learns nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_told_its_own_pruned_process_ended() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("cairn.db").display());
+    let server = Server::start_on(
+        &db,
+        &[
+            "--token",
+            "host-secret",
+            "--session-token",
+            "s1=tok-1",
+            "--session-token",
+            "s2=tok-2",
+        ],
+    )
+    .await;
+    let host = server.with_token("host-secret");
+    let s1 = server.with_token("tok-1");
+    let s2 = server.with_token("tok-2");
+    let external = |id: &str| json!({"id": id, "input": {"type": "external"}, "disposition": "externally_owned"});
+    assert_eq!(s1.start(external("mine")).await.0, 201);
+    assert_eq!(s2.start(external("theirs")).await.0, 201);
+    assert_eq!(s1.start(external("still")).await.0, 201);
+    let done = json!({"outcome": {"type": "success", "value": 1}});
+    assert_eq!(s1.post("/v1/processes/mine/complete", done.clone()).await.0, 200);
+    assert_eq!(s2.post("/v1/processes/theirs/complete", done.clone()).await.0, 200);
+    let (s, rep) = host
+        .post(
+            "/v1/prune",
+            json!({"cutoff_ms": u64::MAX / 2, "watermark": {"type": "no_projector"}}),
+        )
+        .await;
+    assert_eq!((s, rep["pruned"].as_u64()), (200, Some(2)), "{rep}");
+    let (s, err) = host.get("/v1/processes/mine").await;
+    assert_eq!((s, code(&err)), (410, "no_longer_retained"), "{err}");
+    let tombstone = err["error"]["tombstone"].clone();
+    assert_eq!(tombstone["status"], "completed", "{err}");
+
+    // Every route a session may take to an id, read and write.
+    let routes: Vec<(&str, &str, Option<Value>)> = vec![
+        ("GET", "", None),
+        ("GET", "/events", None),
+        ("GET", "/await?timeout_ms=10", None),
+        ("POST", "/events", Some(json!({"event_type": "note", "payload": {}}))),
+        ("POST", "/signals/go", Some(json!({"signal_id": "g1", "payload": {}}))),
+        ("POST", "/cancel", Some(json!({}))),
+        ("POST", "/complete", Some(done.clone())),
+        ("POST", "/abandon-request", Some(json!({"reason": "x"}))),
+    ];
+    let ask = |c: &common::Client, id: &str, method: &str, tail: &str, body: &Option<Value>| {
+        let (c, path, body) = (c.clone(), format!("/v1/processes/{id}{tail}"), body.clone());
+        let method = method.to_string();
+        async move {
+            match body {
+                Some(b) => c.post(&path, b).await,
+                None if method == "GET" => c.get(&path).await,
+                None => unreachable!(),
+            }
+        }
+    };
+    for (method, tail, body) in &routes {
+        let (hs, herr) = ask(&host, "mine", method, tail, body).await;
+        assert_eq!(
+            (hs, code(&herr)),
+            (410, "no_longer_retained"),
+            "host {method} {tail}: {herr}"
+        );
+        let (s, err) = ask(&s1, "mine", method, tail, body).await;
+        assert_eq!(
+            (s, code(&err)),
+            (410, "no_longer_retained"),
+            "its own pruned process, {method} {tail}: {err}"
+        );
+        assert_eq!(err["error"]["tombstone"], tombstone, "{method} {tail}: {err}");
+        let (s, err) = ask(&s1, "theirs", method, tail, body).await;
+        assert_eq!(
+            (s, code(&err)),
+            (404, "unknown_process"),
+            "another session's pruned process, {method} {tail}: {err}"
+        );
+        assert!(err["error"].get("tombstone").is_none(), "{err}");
+        let (s, err) = ask(&s2, "theirs", method, tail, body).await;
+        assert_eq!(
+            (s, code(&err)),
+            (410, "no_longer_retained"),
+            "s2 {method} {tail}: {err}"
+        );
+    }
+    // A stream asked for is refused the same way, before it opens.
+    let stream = |c: &common::Client| {
+        c.auth(
+            c.http
+                .get(c.url("/v1/processes/mine/events"))
+                .header("accept", "text/event-stream"),
+        )
+        .send()
+    };
+    assert_eq!(stream(&s1).await.expect("stream").status().as_u16(), 410);
+    assert_eq!(stream(&s2).await.expect("stream").status().as_u16(), 404);
+    // A start of the id is still only "taken", with no tombstone.
+    let (s, err) = s1.start(external("mine")).await;
+    assert_eq!((s, code(&err)), (409, "registration_conflict"), "{err}");
+    assert!(err["error"].get("tombstone").is_none(), "{err}");
+    assert_eq!(s1.get("/v1/processes/still").await.0, 200);
+
+    // A deleted session learns nothing more of what it held.
+    let (s, report) = host.delete("/v1/sessions/s1").await;
+    assert_eq!(s, 200, "{report}");
+    let (s, err) = s1.get("/v1/processes/mine").await;
+    assert_eq!((s, code(&err)), (404, "unknown_process"), "{err}");
+    assert_eq!(s2.get("/v1/processes/theirs").await.0, 410);
+}
+
 /// A session token's delete of its own session takes only the grants to the
 /// session as a whole: a grant the host made to one of its agent frames,
 /// which the token may neither see nor move, stays, its process is not

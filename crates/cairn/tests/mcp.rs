@@ -971,6 +971,61 @@ async fn stdio_session_token_sees_only_its_session() {
     session_isolation(Transport::Stdio).await;
 }
 
+/// A session's own pruned process answers its tools as it answers the host:
+/// `no_longer_retained` with the tombstone; another session's pruned process
+/// answers it as a missing one, with no tombstone.
+#[tokio::test]
+async fn a_sessions_own_pruned_process_is_no_longer_retained() {
+    let fx = server().await;
+    let s1 = connect(&fx.server, Transport::Http, S1).await;
+    let s2 = connect(&fx.server, Transport::Http, S2).await;
+    let tools = tools(&s1).await;
+    let external = json!({"id": "mine", "input": {"type": "external"}, "disposition": "externally_owned"});
+    ok(&s1, &tools, "process_start", external).await;
+    let done = json!({"id": "mine", "outcome": {"type": "success", "value": 1}, "authority": "s1"});
+    ok(&s1, &tools, "process_complete", done).await;
+    let (s, rep) = fx
+        .server
+        .with_token(HOST)
+        .post(
+            "/v1/prune",
+            json!({"cutoff_ms": u64::MAX / 2, "watermark": {"type": "no_projector"}}),
+        )
+        .await;
+    assert_eq!((s, rep["pruned"].as_u64()), (200, Some(1)), "{rep}");
+    let calls = [
+        ("process_get", json!({})),
+        ("process_events", json!({"after": 0})),
+        ("process_await", json!({"timeout_ms": 10})),
+        ("process_signal", json!({"name": "go", "signal_id": "x", "payload": 1})),
+        ("process_cancel", json!({"reason": "late"})),
+        (
+            "process_complete",
+            json!({"outcome": {"type": "success", "value": 1}, "authority": "s1"}),
+        ),
+    ];
+    for (tool, mut arguments) in calls {
+        arguments["id"] = json!("mine");
+        let mut bodies = Vec::new();
+        for client in [&s1, &s2] {
+            let result = call(client, tool, arguments.clone())
+                .await
+                .expect("tools/call answered");
+            assert_eq!(result.is_error, Some(true), "{tool}");
+            let text = &result.content[0].as_text().expect("text content").text;
+            bodies.push(serde_json::from_str::<Value>(text).expect("error body is JSON"));
+        }
+        let (own, other) = (&bodies[0]["error"], &bodies[1]["error"]);
+        assert_eq!(own["code"], "no_longer_retained", "{tool}: {own}");
+        assert_eq!(own["tombstone"]["id"], "mine", "{tool}: {own}");
+        assert_eq!(own["tombstone"]["status"], "completed", "{tool}: {own}");
+        assert_eq!(other["code"], "unknown_process", "{tool}: {other}");
+        assert!(other.get("tombstone").is_none(), "{tool}: {other}");
+    }
+    s1.cancel().await.unwrap();
+    s2.cancel().await.unwrap();
+}
+
 /// Schedules over MCP: the host lists, pauses and resumes them with the HTTP
 /// API's answers and errors; a session token is refused as over HTTP.
 async fn schedules(transport: Transport) {

@@ -220,8 +220,11 @@ fn bearer_token(value: &str) -> Option<&str> {
 }
 
 /// Whether `caller` may address process `id`: the host always; a session when
-/// the process is granted to its session scope. Anything else is answered exactly
-/// like an unknown id so a session cannot probe for other sessions' processes.
+/// the process is granted to its session scope. A pruned process its session
+/// scope held a grant on as it was pruned is answered as the host is answered,
+/// `no_longer_retained` with the tombstone (the work it owned ended and is
+/// gone). Anything else is answered exactly like an unknown id so a session
+/// cannot probe for other sessions' processes.
 pub async fn check_visible(state: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
     Ok(visible(&state.processes, caller, id).await?)
 }
@@ -233,9 +236,12 @@ pub async fn visible(processes: &Processes, caller: &Caller, id: &str) -> Result
         return Ok(());
     };
     if granted(processes, &scope, id).await? {
-        Ok(())
-    } else {
-        Err(CairnError::UnknownProcess(id.to_string()))
+        return Ok(());
+    }
+    // Read after the live grants: a prune between the two reads is seen here.
+    match processes.pruned_grant(&scope, id).await? {
+        Some(tombstone) => Err(CairnError::NoLongerRetained(Box::new(tombstone))),
+        None => Err(CairnError::UnknownProcess(id.to_string())),
     }
 }
 
