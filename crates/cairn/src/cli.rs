@@ -78,6 +78,8 @@ impl ClientOpts {
     /// These options over `outer` (given before the command), then the environment.
     pub fn resolve(&self, outer: &LeadingClientOpts) -> ResolvedClient {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let server_flag = self.server.clone().or_else(|| outer.server.clone());
+        let token_flag = self.token.is_some() || outer.token.is_some();
         ResolvedClient {
             server: self
                 .server
@@ -91,6 +93,8 @@ impl ClientOpts {
                 .or_else(|| outer.token.clone())
                 .or_else(|| env("CAIRN_TOKEN")),
             json: self.json || outer.json,
+            server_flag,
+            token_flag,
         }
     }
 }
@@ -104,6 +108,11 @@ pub struct ResolvedClient {
     pub token: Option<String>,
     /// `--json`.
     pub json: bool,
+    /// The `--server` given on the command line (not `CAIRN_SERVER`): the
+    /// commands the client suggests pasting carry it.
+    pub server_flag: Option<String>,
+    /// A `--token` was given on the command line (not `CAIRN_TOKEN`).
+    pub token_flag: bool,
 }
 
 /// Every subcommand.

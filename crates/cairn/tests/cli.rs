@@ -736,3 +736,98 @@ async fn ls_and_prune_take_a_created_range() {
         out.stderr
     );
 }
+
+/// `cairn ARGS` with `env` set (and no other `CAIRN_SERVER` or `CAIRN_TOKEN`).
+async fn cairn_with_env(args: &[&str], env: &[(&str, &str)]) -> common::CliOutput {
+    let mut cmd = tokio::process::Command::new(common::BIN);
+    cmd.args(args)
+        .env_remove("CAIRN_SERVER")
+        .env_remove("CAIRN_TOKEN")
+        .stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("cli finished in time")
+        .expect("cli ran");
+    common::CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The commands a note suggests pasting carry the `--server` typed on the
+/// command line (pasted, they ask the same server), never the token (the
+/// note says one is needed), and no `--server` that came from `CAIRN_SERVER`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pasted_hints_ask_the_server_that_was_typed() {
+    let server = Server::start(&["--token", "host-secret"]).await;
+    let base = server.base.as_str();
+
+    let out = cairn_with_env(
+        &[
+            "--server",
+            base,
+            "run",
+            "--detach",
+            "--id",
+            "h1",
+            "--token",
+            "host-secret",
+            "--",
+            "sleep",
+            "30",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let said = out.stderr.trim();
+    assert_eq!(
+        said,
+        format!(
+            "started h1 in the background; follow it with `cairn --server {base} events h1 --follow`, wait with \
+             `cairn --server {base} await h1`, stop it with `cairn --server {base} cancel h1` (with your --token)"
+        ),
+        "{said}"
+    );
+    assert!(!said.contains("host-secret"), "{said}");
+
+    // Server and token from the environment: the commands as typed work as they are.
+    let out = cairn_with_env(
+        &["run", "--detach", "--id", "h2", "--", "sleep", "30"],
+        &[("CAIRN_SERVER", base), ("CAIRN_TOKEN", "host-secret")],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stderr.trim(),
+        "started h2 in the background; follow it with `cairn events h2 --follow`, wait with `cairn await h2`, \
+         stop it with `cairn cancel h2`"
+    );
+
+    // The server typed, the token from the environment: no token note.
+    let out = cairn_with_env(&["cancel", "h1", "--server", base], &[("CAIRN_TOKEN", "host-secret")]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    server
+        .with_token("host-secret")
+        .wait_for("h1", |r| r["status"] != "running")
+        .await;
+    let out = cairn_with_env(
+        &["run", "--detach", "--id", "h1", "--server", base, "--", "sleep", "30"],
+        &[("CAIRN_TOKEN", "host-secret")],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "see how with `cairn --server {base} get h1`, its output with `cairn --server {base} events h1`"
+        )) && !out.stderr.contains("--token"),
+        "{}",
+        out.stderr
+    );
+    let out = cairn_with_env(&["cancel", "h2", "--server", base, "--token", "host-secret"], &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}

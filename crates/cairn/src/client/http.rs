@@ -189,11 +189,12 @@ impl ClientError {
             Self::Api { status: 401, .. } => Some("pass the server's token with --token or CAIRN_TOKEN".into()),
             // A write whose answer never came may have been done: the state
             // tells, and a repeat with the same ids is taken once anyway.
-            Self::NoAnswer { write: true, .. } | Self::LostAnswer(_) => Some(
-                "the request may or may not have been done: read the state (`cairn get ID`) before repeating \
-                 it; a repeated start, signal or completion with the same ids is taken once"
-                    .into(),
-            ),
+            Self::NoAnswer { write: true, .. } | Self::LostAnswer(_) => Some(format!(
+                "the request may or may not have been done: read the state (`{}`{}) before repeating it; a \
+                 repeated start, signal or completion with the same ids is taken once",
+                super::hints::cmd("get ID"),
+                super::hints::token_note()
+            )),
             Self::NotJson { .. } | Self::NotCairn { .. } => {
                 Some("is --server (or CAIRN_SERVER) the address of `cairn serve`, with no path after it?".into())
             }
@@ -651,9 +652,11 @@ impl Client {
                 Err(ClientError::NoAnswer { within, .. }) => {
                     return Err(ClientError::Interrupted(format!(
                         "the server stopped answering: it sent nothing on the event stream of {id} for {}, though \
-                         it sends a keep-alive every 15 s; {id}'s state is unknown: `cairn events {id} --follow` \
-                         picks it up again once the server answers",
-                        about(within)
+                         it sends a keep-alive every 15 s; {id}'s state is unknown: `{}`{} picks it up again \
+                         once the server answers",
+                        about(within),
+                        super::hints::cmd(format_args!("events {id} --follow")),
+                        super::hints::token_note()
                     )));
                 }
                 // `unavailable` (503: the store faulted, or the server was
@@ -687,7 +690,10 @@ impl Client {
                             );
                             let tried = about(since.elapsed());
                             return Err(ClientError::Interrupted(format!(
-                                "lost the event stream of {id} and could not resume it for {tried} ({why}); `cairn events {id} --follow` picks it up again"
+                                "lost the event stream of {id} and could not resume it for {tried} ({why}); `{}`{} picks \
+                                 it up again",
+                                super::hints::cmd(format_args!("events {id} --follow")),
+                                super::hints::token_note()
                             )));
                         }
                     }

@@ -16,11 +16,13 @@ use serde_json::{json, Value};
 
 use crate::cli::{Command, CompleteArgs, LsArgs, ModuleCommand, PruneArgs, ResolvedClient, RunArgs};
 
+mod hints;
 pub mod http;
 pub mod mcp;
 pub mod output;
 mod schedule;
 
+use hints::{cmd, token_note};
 use http::{query, segment, Client, ClientError};
 use output::{errln, outln};
 
@@ -31,6 +33,7 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Run one client command.
 pub async fn run(opts: &ResolvedClient, command: Command) -> ExitCode {
+    hints::set(opts.server_flag.as_deref(), opts.token_flag);
     let result = match Client::new(&opts.server, opts.token.as_deref()) {
         Ok(client) => execute(&client, opts.json, command).await,
         Err(e) => Err(e),
@@ -363,7 +366,9 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                     // to its running children (SPEC §13).
                     outln!(
                         "{id} had already ended ({status}); the cancellation went to its running children \
-                         (`cairn ls --caused-by {id}`)"
+                         (`{}`{})",
+                        cmd(format_args!("ls --caused-by {id}")),
+                        token_note()
                     )?;
                 } else if let Some(stranded) = cancel_stranded(&id, &record, now_ms()) {
                     // An owner_bound process whose worker is gone: no other
@@ -615,8 +620,10 @@ async fn await_command(client: &Client, json: bool, id: &str, timeout: Duration)
             // process ended is not known.
             _ if hung => {
                 return Err(ClientError::Interrupted(format!(
-                    "no answer to the wait in time ({lost}); {id}'s state is unknown: `cairn await {id}` again \
-                     once the server answers"
+                    "no answer to the wait in time ({lost}); {id}'s state is unknown: `{}`{} again once the \
+                     server answers",
+                    cmd(format_args!("await {id}")),
+                    token_note()
                 )))
             }
             // A server gone (refusing or closing connections, or answering
@@ -633,8 +640,10 @@ async fn await_command(client: &Client, json: bool, id: &str, timeout: Duration)
                     String::new()
                 };
                 return Err(ClientError::Interrupted(format!(
-                    "the server ended the wait ({first}) and was not back in time{since}{last_seen}: \
-                     `cairn await {id}` again once the server is back"
+                    "the server ended the wait ({first}) and was not back in time{since}{last_seen}: `{}`{} \
+                     again once the server is back",
+                    cmd(format_args!("await {id}")),
+                    token_note()
                 )));
             }
         }
@@ -691,12 +700,18 @@ async fn run_conflict(client: &Client, id: &str, body: &Value) -> ClientError {
         (None, _) => format!("{id} already exists, started otherwise: an id names one run; give a new --id"),
         (Some(_), []) => format!(
             "{id} already exists, started with a different start request: an id names one run; give a new --id, \
-             or see that one with `cairn get {id}` and `cairn events {id}`"
+             or see that one with `{}` and `{}`{}",
+            cmd(format_args!("get {id}")),
+            cmd(format_args!("events {id}")),
+            token_note()
         ),
         (Some(_), differs) => format!(
             "{id} already exists, started with a different {}: an id names one run; give a new --id, \
-             or see that one with `cairn get {id}` and `cairn events {id}`",
-            differs.join(", ")
+             or see that one with `{}` and `{}`{}",
+            differs.join(", "),
+            cmd(format_args!("get {id}")),
+            cmd(format_args!("events {id}")),
+            token_note()
         ),
     };
     ClientError::Api {
@@ -903,8 +918,11 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
         // the server says it cannot tell (`outcome_unknown`).
         Err(e @ (ClientError::NoAnswer { .. } | ClientError::LostAnswer(_))) => {
             return Err(ClientError::Interrupted(format!(
-                "{e}; `{id}` may or may not have started: `cairn get {id}` tells, and `cairn run --id {id} -- \
-                 ...` with the same command repeats the start without running it twice"
+                "{e}; `{id}` may or may not have started: `{}` tells, and `{}`{} with the same command repeats \
+                 the start without running it twice",
+                cmd(format_args!("get {id}")),
+                cmd(format_args!("run --id {id} -- ...")),
+                token_note()
             )))
         }
         // Still the server's answer (its code and status, for `--json`).
@@ -918,8 +936,11 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
                 status,
                 code,
                 message: format!(
-                    "{message}; `{id}` may or may not have started: `cairn get {id}` tells, and `cairn run --id \
-                     {id} -- ...` with the same command repeats the start without running it twice"
+                    "{message}; `{id}` may or may not have started: `{}` tells, and `{}`{} with the same \
+                     command repeats the start without running it twice",
+                    cmd(format_args!("get {id}")),
+                    cmd(format_args!("run --id {id} -- ...")),
+                    token_note()
                 ),
                 tombstone,
             })
@@ -937,13 +958,19 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
             outln!("{id}")?;
             if ended {
                 errln!(
-                    "{id} already ran: it ended {}; see how with `cairn get {id}`, its output with `cairn events {id}`",
-                    str_at(&record, "/status")
+                    "{id} already ran: it ended {}; see how with `{}`, its output with `{}`{}",
+                    str_at(&record, "/status"),
+                    cmd(format_args!("get {id}")),
+                    cmd(format_args!("events {id}")),
+                    token_note()
                 )?;
             } else {
                 errln!(
-                    "{verb} {id} in the background; follow it with `cairn events {id} --follow`, \
-                     wait with `cairn await {id}`, stop it with `cairn cancel {id}`"
+                    "{verb} {id} in the background; follow it with `{}`, wait with `{}`, stop it with `{}`{}",
+                    cmd(format_args!("events {id} --follow")),
+                    cmd(format_args!("await {id}")),
+                    cmd(format_args!("cancel {id}")),
+                    token_note()
                 )?;
             }
         }
@@ -1089,9 +1116,17 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
             Some(()) = recv_signal(&mut ctrl_c) => {
                 let stopped_following = |recorded: bool| {
                     if recorded {
-                        note(format_args!("stopped following {id}; its cancellation is recorded: `cairn await {id}` shows how it ended"));
+                        note(format_args!(
+                            "stopped following {id}; its cancellation is recorded: `{}`{} shows how it ended",
+                            cmd(format_args!("await {id}")),
+                            token_note()
+                        ));
                     } else {
-                        note(format_args!("stopped following {id}, which may still run (its cancellation was not recorded): `cairn cancel {id}`"));
+                        note(format_args!(
+                            "stopped following {id}, which may still run (its cancellation was not recorded): `{}`{}",
+                            cmd(format_args!("cancel {id}")),
+                            token_note()
+                        ));
                     }
                     Ok(ExitCode::from(EXIT_INTERRUPTED))
                 };
@@ -1152,7 +1187,9 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
             None => {
                 note(format_args!(
                     "`cairn run` was stopped ({what}) and could not cancel {id} (no answer in time), which may \
-                     still run: `cairn cancel {id}`"
+                     still run: `{}`{}",
+                    cmd(format_args!("cancel {id}")),
+                    token_note()
                 ));
             }
         }
@@ -1234,7 +1271,9 @@ fn lease_look(id: &str, record: &Value, now: u64, unchanged_ms: u64) -> LeaseLoo
     } else {
         format!(
             "{head}; owner_bound work is not run again: it stays running until its server restarts (same \
-             --node-id) or `cairn abandon {id} --reason ...` ends it. Still following {id}"
+             --node-id) or `{}`{} ends it. Still following {id}",
+            cmd(format_args!("abandon {id} --reason ...")),
+            token_note()
         )
     })
 }
@@ -1351,8 +1390,10 @@ fn cancel_stranded(id: &str, record: &Value, now: u64) -> Option<String> {
     };
     Some(format!(
         "nothing acts on it: the lease of worker {owner} lapsed {} and owner_bound work is taken on by no \
-         other node; {comes_back}, or an abandon request ends it (`cairn abandon {id} --reason ...`)",
-        age_at(at, now)
+         other node; {comes_back}, or an abandon request ends it (`{}`{})",
+        age_at(at, now),
+        cmd(format_args!("abandon {id} --reason ...")),
+        token_note()
     ))
 }
 
@@ -1500,7 +1541,7 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
         errln!("(nothing running matches; `--status any` lists ended processes too)")?;
     }
     match truncated {
-        Some(next) if paged => errln!("(more: --after-id {next})")?,
+        Some(next) if paged => errln!("(more: the same command with --after-id {next})")?,
         Some(next) => errln!(
             "(only the first {LS_SCAN_LIMIT} by id were sorted; narrow the filters or page with --after-id {next})"
         )?,

@@ -1,0 +1,74 @@
+//! The commands a client command's notes and errors suggest pasting
+//! (`cairn events ID --follow`, `cairn get ID`): they carry the `--server`
+//! the user typed, so that, pasted as they are, they ask the same server and
+//! not the default one. A server that came from `CAIRN_SERVER` is left out
+//! (the pasted command reads it the same way), and a token never shown: when
+//! one was typed, the note says the command needs it.
+
+use std::sync::OnceLock;
+
+/// What the command line gave, set once per client command.
+#[derive(Debug, Default)]
+struct Given {
+    /// ` --server URL` (quoted for a shell when it must be), or empty.
+    server: String,
+    /// `--token` was on the command line.
+    token: bool,
+}
+
+static GIVEN: OnceLock<Given> = OnceLock::new();
+
+/// Record what the command line gave: the `--server` typed, if any, and
+/// whether a `--token` was. Later calls change nothing.
+pub fn set(server_flag: Option<&str>, token_flag: bool) {
+    let server = server_flag
+        .map(|s| format!(" --server {}", shell_word(s)))
+        .unwrap_or_default();
+    let _ = GIVEN.set(Given {
+        server,
+        token: token_flag,
+    });
+}
+
+/// `cairn REST` with the `--server` typed, if any (`cairn --server
+/// http://h:7070 events x1 --follow`).
+pub fn cmd(rest: impl std::fmt::Display) -> String {
+    let server = GIVEN.get().map_or("", |g| g.server.as_str());
+    format!("cairn{server} {rest}")
+}
+
+/// ` (with your --token)` when a token was typed (the command suggested
+/// needs it, and it is not shown), else empty.
+pub fn token_note() -> &'static str {
+    if GIVEN.get().is_some_and(|g| g.token) {
+        " (with your --token)"
+    } else {
+        ""
+    }
+}
+
+/// `word` as one shell word: as it is when it holds nothing a shell reads
+/// specially, else in single quotes.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:@%+=,".contains(&b));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    #[test]
+    fn a_server_is_one_shell_word() {
+        assert_eq!(shell_word("http://127.0.0.1:7071"), "http://127.0.0.1:7071");
+        assert_eq!(shell_word("http://h/?a=1&b=2"), "'http://h/?a=1&b=2'");
+        assert_eq!(shell_word("http://h/it's"), r"'http://h/it'\''s'");
+    }
+}
