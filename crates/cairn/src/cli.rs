@@ -709,8 +709,8 @@ pub struct LsArgs {
     /// For the host's own, `--originator host`.
     #[arg(long, value_name = "SESSION")]
     pub originated_by: Option<String>,
-    /// Only waiting (true) or not waiting (false) processes.
-    #[arg(long)]
+    /// Only waiting (true) or not waiting (false) processes; a bare `--waiting` is `true`.
+    #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true")]
     pub waiting: Option<bool>,
     /// Definition (`tool:NAME`, `script:MODULE#NAME`, `session_turn`, `external`).
     #[arg(long)]
@@ -1338,6 +1338,28 @@ mod tests {
         }
         let e = parsed(&["prune", "--older-than", "1d", "--no-projector", "--created-before", "x"]).expect_err("x");
         assert!(e.contains("`--created-before` takes epoch milliseconds"), "{e}");
+    }
+
+    /// `ls --waiting` alone is `--waiting true`, as the README's synopsis
+    /// writes it; `--waiting true|false` still reads its value.
+    #[test]
+    fn a_bare_waiting_flag_is_true() {
+        let waiting = |args: &[&str]| -> Result<Option<bool>, String> {
+            let cli =
+                Cli::try_parse_from(std::iter::once("cairn").chain(args.iter().copied())).map_err(|e| e.to_string())?;
+            match cli.command {
+                Command::Ls(a) => Ok(a.waiting),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(waiting(&["ls", "--waiting"]), Ok(Some(true)));
+        assert_eq!(waiting(&["ls", "--waiting", "--status", "any"]), Ok(Some(true)));
+        assert_eq!(waiting(&["ls", "--status", "any", "--waiting"]), Ok(Some(true)));
+        assert_eq!(waiting(&["ls", "--waiting", "true"]), Ok(Some(true)));
+        assert_eq!(waiting(&["ls", "--waiting", "false"]), Ok(Some(false)));
+        assert_eq!(waiting(&["ls", "--waiting=false"]), Ok(Some(false)));
+        assert_eq!(waiting(&["ls"]), Ok(None));
+        assert!(waiting(&["ls", "--waiting", "maybe"]).is_err());
     }
 
     #[test]
