@@ -822,6 +822,10 @@ fn interval(raw: &str) -> Result<String, String> {
     // would be under the minimum).
     let bare = raw.trim();
     if !bare.is_empty() && bare.bytes().all(|b| b.is_ascii_digit()) {
+        // Zero in any unit is under the minimum: no unit would make it one.
+        if bare.bytes().all(|b| b == b'0') {
+            return Err(format!("`{bare}` is below the 1 s minimum"));
+        }
         return Err(format!(
             "`{bare}` has no unit: write e.g. {bare}s, {bare}m, {bare}h or {bare}d"
         ));
@@ -1382,6 +1386,9 @@ mod tests {
             ("500us", "finer than a millisecond"),
             ("0.5ms", "finer"),
             ("0s", "1 s minimum"),
+            // A bare zero needs no unit to be refused: any unit is under the minimum.
+            ("0", "1 s minimum"),
+            ("00", "1 s minimum"),
         ] {
             let e = interval(typed).expect_err("refused");
             assert!(e.contains(&format!("`{typed}`")) && e.contains(said), "{typed}: {e}");
