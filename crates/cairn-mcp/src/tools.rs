@@ -118,7 +118,8 @@ pub struct EventsArgs {
 pub struct AwaitArgs {
     /// Process id.
     pub id: String,
-    /// How long to wait in milliseconds (default 30000; at most 50000: longer asks wait 50000).
+    /// How long to wait in milliseconds (default 30000; at most 50000, and at most the
+    /// server's `--max-await` when that is shorter: longer asks wait that long).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
 }
@@ -288,7 +289,8 @@ impl ToolKind {
             }
             Self::Await => {
                 "Wait for a process to end and answer its record. Waits at most `timeout_ms` (at most \
-                 50000); a record still `running` means the wait ended first: call process_await again."
+                 50000, and at most the server's `--max-await` when that is shorter); a record still \
+                 `running` means the wait ended first: call process_await again."
             }
             Self::Signal => {
                 "Send a named signal with a payload to a process (a `wait_signal` process waiting for that \

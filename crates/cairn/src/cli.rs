@@ -579,7 +579,8 @@ pub struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 2 * 1024 * 1024, value_parser = integer::<usize>())]
     pub max_body_bytes: usize,
-    /// Longest wait one `await` request gets (longer asks are cut to it; `cairn await` asks again).
+    /// Longest wait one `await` request or one MCP `process_await` call gets (longer asks are
+    /// cut to it; `cairn await` asks again; `process_await` waits at most 50s in any case).
     /// At least 100ms: a shorter cap answers every wait at once, which a
     /// client reads as a server shutting down.
     #[arg(long, default_value = "5m", value_parser = parse_max_await)]
