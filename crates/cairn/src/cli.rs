@@ -531,7 +531,8 @@ pub enum ScheduleAction {
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Database URL: `memory`, `sqlite:PATH` or `postgres://USER@HOST:PORT/DB[?schema=NAME]`
-    /// (PostgreSQL also takes `write_lanes=N`, `read_connections=N` and `max_batch=N`).
+    /// (PostgreSQL also takes `write_lanes=N` (default 1), `read_connections=N` (2), `max_batch=N` (256)
+    /// and `call_timeout=SECONDS` (30: how long a call waits for a server that stopped answering)).
     /// (`--help` does not show the environment's value: it may hold a password.)
     #[arg(
         long,
