@@ -1060,7 +1060,9 @@ async fn a_cut_off_answer_is_not_a_final_answer() {
 /// refuses, is cut short so the failure can be recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_answer_against_its_schema_is_a_violation() {
-    let s = setup().await;
+    // 100,000 pieces of a few characters take seconds to read in a debug
+    // build on a loaded machine: a pause in them is not what this tests.
+    let s = setup_idle(test_retry(), &[], Duration::from_secs(30)).await;
     let contract = json!({"type": "json_schema", "repair_attempts": 0, "schema": {"type": "object"}});
     let answer = serde_json::to_string(&vec!["abcdefgh"; 50_000]).expect("answer");
     s.fake.push(Reply::Text(answer.clone()));
