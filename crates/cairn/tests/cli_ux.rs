@@ -156,7 +156,12 @@ async fn run_prints_its_id_and_forwards_cwd_and_opted_in_env() {
     )
     .await;
     assert_eq!((out.code, out.stdout.trim()), (0, "det-1"), "{}", out.stderr);
-    assert!(out.stderr.contains("cairn events det-1 --follow"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("cairn --server {} events det-1 --follow", server.base)),
+        "{}",
+        out.stderr
+    );
     let (_, record) = server.client().get("/v1/processes/det-1").await;
     assert_eq!(record["disposition"], "rerunnable");
 }
@@ -280,7 +285,10 @@ async fn a_run_whose_worker_died_says_no_worker_holds_it() {
         said.starts_with(&format!("stranded: the lease of worker {owner} lapsed ")),
         "{said}"
     );
-    assert!(said.contains("`cairn abandon stranded --reason ...`"), "{said}");
+    assert!(
+        said.contains(&format!("`cairn --server {} abandon stranded --reason ...`", b.base)),
+        "{said}"
+    );
     // It still runs: `run` keeps following it.
     let (_, rec) = c.get("/v1/processes/stranded").await;
     assert_eq!(rec["status"], "running", "{rec}");
@@ -350,10 +358,11 @@ async fn a_cancel_of_a_dead_nodes_owner_bound_work_says_nothing_acts_on_it() {
         "{said}"
     );
     assert!(
-        said.ends_with(
-            "node n1 must come back (`cairn serve --node-id n1`), or an abandon request ends it (`cairn abandon ob \
-             --reason ...`)"
-        ),
+        said.ends_with(&format!(
+            "node n1 must come back (`cairn serve --node-id n1`), or an abandon request ends it (`cairn --server {} \
+             abandon ob --reason ...`)",
+            n9.base
+        )),
         "{said}"
     );
     let (_, rec) = c.get("/v1/processes/ob").await;
@@ -535,14 +544,22 @@ async fn a_server_killed_during_await_and_not_back_is_said() {
         ),
         "{said}"
     );
-    assert!(said.contains("`cairn await w` again once the server is back"), "{said}");
+    assert!(
+        said.contains(&format!(
+            "`cairn --server {} await w` again once the server is back",
+            server.base
+        )),
+        "{said}"
+    );
     for internal in [
         "unknown",
         "error sending request",
         "connection closed before message completed",
         "http://",
     ] {
-        assert!(!said.contains(internal), "says {internal:?}: {said}");
+        // The server's address is said only in the command to paste.
+        let words = said.replace(&format!("--server {}", server.base), "--server URL");
+        assert!(!words.contains(internal), "says {internal:?}: {said}");
     }
     assert_eq!(wait.exit_code().await, 1);
 }
@@ -1569,7 +1586,10 @@ async fn a_run_stopped_while_its_server_is_frozen_still_exits() {
     let said = run.stderr_line("could not cancel frozen").await;
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(server_pid, libc::SIGCONT) }, 0);
-    assert!(said.contains("may") && said.contains("cairn cancel frozen"), "{said}");
+    assert!(
+        said.contains("may") && said.contains(&format!("`cairn --server {} cancel frozen`", server.base)),
+        "{said}"
+    );
     assert_eq!(run.exit_code().await, 143);
     let _ = server.client().post("/v1/processes/frozen/cancel", json!({})).await;
 }
@@ -2155,7 +2175,8 @@ async fn a_write_whose_answer_was_lost_says_it_may_have_been_done() {
         out.stderr
     );
     assert!(
-        out.stderr.contains("may or may not have been done") && out.stderr.contains("cairn get"),
+        out.stderr.contains("may or may not have been done")
+            && out.stderr.contains(&format!("`cairn --server {base} get ID`")),
         "says the write may have been done, and how to tell: {}",
         out.stderr
     );
@@ -2163,8 +2184,9 @@ async fn a_write_whose_answer_was_lost_says_it_may_have_been_done() {
     let out = run_cli(&base, None, &["run", "--", "true"], None).await;
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(
-        out.stderr.contains("may or may not have started: `cairn get run-")
-            && out.stderr.contains("`cairn run --id run-"),
+        out.stderr
+            .contains(&format!("may or may not have started: `cairn --server {base} get run-"))
+            && out.stderr.contains(&format!("`cairn --server {base} run --id run-")),
         "{}",
         out.stderr
     );
