@@ -31,7 +31,7 @@ pub(crate) struct ScheduleQuery {
 fn forbidden() -> Response {
     (
         StatusCode::FORBIDDEN,
-        pages::error_fragment("forbidden", "schedules needs the host token"),
+        pages::error_fragment("forbidden", "the host token is needed for schedules"),
     )
         .into_response()
 }
@@ -46,7 +46,7 @@ pub(crate) async fn page(
     let content = match (&visitor.viewer, q) {
         (Viewer::Session(_), _) => {
             status = StatusCode::FORBIDDEN;
-            pages::error_fragment("forbidden", "schedules needs the host token")
+            pages::error_fragment("forbidden", "the host token is needed for schedules")
         }
         (_, Err(e)) => {
             status = StatusCode::BAD_REQUEST;

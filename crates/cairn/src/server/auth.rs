@@ -48,11 +48,12 @@ impl Caller {
         }
     }
 
-    /// Host-only operations answer 403 to session callers.
+    /// Host-only operations answer 403 to session callers (`what` names
+    /// them: "schedules", "the change feed", "prune").
     pub fn require_host(&self, what: &str) -> Result<(), ApiError> {
         match self {
             Self::Host => Ok(()),
-            Self::Session(_) => Err(ApiError::forbidden(format!("{what} needs the host token"))),
+            Self::Session(_) => Err(ApiError::forbidden(format!("the host token is needed for {what}"))),
         }
     }
 
@@ -264,6 +265,15 @@ mod tests {
         assert_eq!(auth.resolve(Some("t1")).ok(), Some(Caller::Session("s1".into())));
         assert!(auth.resolve(Some("nope")).is_err());
         assert!(auth.resolve(None).is_err());
+    }
+
+    /// The refusal reads as a sentence whatever it names, one thing or many.
+    #[test]
+    fn a_host_only_refusal_names_what_it_is_for() {
+        assert!(Caller::Host.require_host("schedules").is_ok());
+        let refused = Caller::Session("s1".into()).require_host("schedules").unwrap_err();
+        assert_eq!(refused.code, "forbidden");
+        assert_eq!(refused.message, "the host token is needed for schedules");
     }
 
     #[test]
