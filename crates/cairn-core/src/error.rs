@@ -105,8 +105,9 @@ pub enum CairnError {
         /// The limit in bytes.
         limit: usize,
     },
-    /// A replay key was reused with a different event.
-    #[error("replay key `{key}` of process `{process_id}` was used with a different event")]
+    /// A replay key was reused with a different event (a signal's key,
+    /// `signal:{name}:{signal_id}`, said as the signal id it is).
+    #[error("{}", replay_conflict_message(process_id, key))]
     ReplayConflict {
         /// The process appended to.
         process_id: String,
@@ -260,6 +261,18 @@ impl PartialEq for ErrorSource {
     }
 }
 
+/// [`CairnError::ReplayConflict`] in words: a signal's key (only a signal
+/// event may take one) as the signal id the caller gave, any other as the
+/// replay key it is.
+fn replay_conflict_message(process_id: &str, key: &str) -> String {
+    match key.strip_prefix("signal:").and_then(|rest| rest.split_once(':')) {
+        Some((name, signal_id)) => format!(
+            "signal id `{signal_id}` of `{name}` was already sent to process `{process_id}` with another payload"
+        ),
+        None => format!("replay key `{key}` of process `{process_id}` was used with a different event"),
+    }
+}
+
 impl CairnError {
     /// `process_terminal` for the process `id`.
     pub fn terminal(id: &str) -> Self {
@@ -375,6 +388,29 @@ mod tests {
     use std::error::Error as _;
 
     use super::*;
+
+    #[test]
+    fn a_signal_ids_conflict_is_said_as_a_signal_id() {
+        let conflict = |key: &str| CairnError::ReplayConflict {
+            process_id: "x1".into(),
+            key: key.into(),
+        };
+        let signal = conflict("signal:go:s1");
+        assert_eq!(signal.code(), "replay_conflict");
+        assert_eq!(
+            signal.to_string(),
+            "signal id `s1` of `go` was already sent to process `x1` with another payload"
+        );
+        // A signal id may itself hold a colon: the name cannot.
+        assert_eq!(
+            conflict("signal:go:a:b").to_string(),
+            "signal id `a:b` of `go` was already sent to process `x1` with another payload"
+        );
+        assert_eq!(
+            conflict("step-3").to_string(),
+            "replay key `step-3` of process `x1` was used with a different event"
+        );
+    }
 
     #[test]
     fn storage_keeps_its_source_through_a_clone() {
