@@ -831,3 +831,39 @@ async fn pasted_hints_ask_the_server_that_was_typed() {
     let out = cairn_with_env(&["cancel", "h2", "--server", base, "--token", "host-secret"], &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
+
+/// A signal id sent again with another payload is refused naming the signal
+/// id, not the replay key it is stored under; a completion that fails says
+/// `x1 failed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_signal_id_and_a_failed_completion_read_well() {
+    let server = Server::start(&[]).await;
+    let ext = json!({"id": "x1", "input": {"type": "external"}, "disposition": "externally_owned"});
+    let out = server.cli(&["start", &ext.to_string()], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = server
+        .cli(&["signal", "x1", "go", "--id", "s1", "--payload", "1"], None)
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // The same payload again: the same event.
+    let out = server
+        .cli(&["signal", "x1", "go", "--id", "s1", "--payload", "1"], None)
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = server
+        .cli(&["signal", "x1", "go", "--id", "s1", "--payload", "2"], None)
+        .await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("signal id `s1` of `go` was already sent to process `x1` with another payload")
+            && out.stderr.contains("replay_conflict")
+            && !out.stderr.contains("signal:go:s1"),
+        "{}",
+        out.stderr
+    );
+    let out = server.cli(&["complete", "x1", "--failure", "red"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "x1 failed");
+}
+

@@ -1623,7 +1623,12 @@ async fn complete(client: &Client, json: bool, args: CompleteArgs) -> Result<Exi
     if json {
         print_json(&record)?;
     } else {
-        outln!("{} is {}", args.id, str_at(&record, "/status"))?;
+        // `x1 failed`: "is failed" does not read; the other ends do
+        // (`is completed`, `is cancelled`).
+        match str_at(&record, "/status").as_str() {
+            "failed" => outln!("{} failed", args.id)?,
+            status => outln!("{} is {status}", args.id)?,
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
