@@ -158,8 +158,9 @@ pub enum ServeError {
     /// Bad settings (refused before anything started).
     #[error("{0}")]
     Config(String),
-    /// The database could not be opened.
-    #[error(transparent)]
+    /// The database could not be opened (with how to create a PostgreSQL
+    /// database that does not exist).
+    #[error("{}", db_open_message(.0))]
     Db(#[from] db::OpenError),
     /// Listening failed.
     #[error("cannot listen on {addr}: {source}")]
@@ -197,6 +198,39 @@ fn hold_refused(node_id: &str, e: cairn_core::CairnError) -> ServeError {
             ServeError::NodeHeld(format!("{m} (--node-id NAME)"))
         }
         other => ServeError::NodeHeld(format!("could not take node id `{node_id}`: {other}")),
+    }
+}
+
+/// What [`ServeError::Db`] says: the backend's words, and for a PostgreSQL
+/// database that does not exist (SQLSTATE 3D000) how to create it.
+fn db_open_message(e: &db::OpenError) -> String {
+    let said = e.to_string();
+    let db::OpenError::Open { url, source } = e else {
+        return said;
+    };
+    let missing = db::is_postgres(url) && source.to_string().contains("(3D000)");
+    // The database's name: the URL's path, before its parameters.
+    let name = url
+        .split('?')
+        .next()
+        .and_then(|u| u.rsplit_once('/'))
+        .map(|(_, name)| name)
+        .filter(|name| !name.is_empty());
+    match (missing, name) {
+        (true, Some(name)) => {
+            // SQL folds an unquoted name to lower case.
+            let plain = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            let sql = if plain {
+                name.to_string()
+            } else {
+                format!("\"{}\"", name.replace('"', "\"\""))
+            };
+            format!("{said}; create it first: `createdb {name}`, or `CREATE DATABASE {sql};` in psql")
+        }
+        _ => said,
     }
 }
 
@@ -576,6 +610,31 @@ impl Signals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A PostgreSQL database that does not exist is said with how to create
+    /// it; other failures to open are said as they are.
+    #[test]
+    fn a_missing_postgres_database_says_how_to_create_it() {
+        let open = |url: &str, said: &str| {
+            ServeError::Db(db::OpenError::Open {
+                url: url.into(),
+                source: cairn_core::CairnError::storage(said),
+            })
+            .to_string()
+        };
+        let missing = |name: &str| format!("postgres: database \"{name}\" does not exist (3D000)");
+        assert_eq!(
+            open("postgres://me@db:5432/cairn?schema=s", &missing("cairn")),
+            "cannot open `postgres://me@db:5432/cairn?schema=s`: storage error: postgres: database \"cairn\" \
+             does not exist (3D000); create it first: `createdb cairn`, or `CREATE DATABASE cairn;` in psql"
+        );
+        assert!(open("postgres://me@db/Cairn", &missing("Cairn")).ends_with("`CREATE DATABASE \"Cairn\";` in psql"));
+        let refused = open(
+            "postgres://me@db/cairn",
+            "postgres: password authentication failed (28P01)",
+        );
+        assert!(!refused.contains("create it"), "{refused}");
+    }
 
     /// A node id another runtime holds is answered with the flag that picks
     /// another; a failure to take it (a connection lost) is said as such.
