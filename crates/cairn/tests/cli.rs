@@ -867,3 +867,39 @@ async fn a_reused_signal_id_and_a_failed_completion_read_well() {
     assert_eq!(out.stdout.trim(), "x1 failed");
 }
 
+/// A file that is not UTF-8 is refused naming it and the offset of its first
+/// byte that is not, before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_is_not_utf8_is_refused_naming_the_byte() {
+    let server = Server::start(&[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let module = dir.path().join("latin1.js");
+    // `é` in Latin-1: 0xE9 at offset 39.
+    std::fs::write(&module, b"export function f() { return 1 }\n/* caf\xe9 */\n").expect("write");
+    let module = module.to_str().expect("a UTF-8 path");
+    let out = server.cli(&["module", "put", module], None).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "`{module}` is not UTF-8 text: the byte at offset 39 (0xE9) is not valid UTF-8"
+        )),
+        "{}",
+        out.stderr
+    );
+    let out = server.cli(&["--json", "module", "ls"], None).await;
+    assert_eq!(out.json()["modules"], json!([]), "nothing was stored");
+
+    let payload = dir.path().join("payload.json");
+    std::fs::write(&payload, b"{\"a\": \"\xff\"}").expect("write");
+    let at = format!("@{}", payload.display());
+    let out = server.cli(&["start", &at], None).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "`{}` is not UTF-8 text: the byte at offset 7 (0xFF) is not valid UTF-8",
+            payload.display()
+        )),
+        "{}",
+        out.stderr
+    );
+}

@@ -174,8 +174,9 @@ fn json_arg_text(what: &str, raw: Option<&str>) -> Result<(String, String), Clie
         None | Some("-") => (read_stdin(what)?, format!("{what} (stdin)")),
         Some(at) if at.starts_with('@') => {
             let path = &at[1..];
-            let text = std::fs::read_to_string(path)
+            let bytes = std::fs::read(path)
                 .map_err(|e| ClientError::Usage(format!("{what} {at}: cannot read `{path}`: {e}")))?;
+            let text = utf8_text(bytes, &format!("{what} {at}: `{path}`"))?;
             (text, format!("{what} ({path})"))
         }
         Some(s) => return Ok((s.to_string(), what.to_string())),
@@ -1700,11 +1701,23 @@ pub(crate) fn read_stdin(what: &str) -> Result<String, ClientError> {
     if std::io::stdin().is_terminal() {
         return Err(ClientError::Usage(format!("give {what} as an argument or on stdin")));
     }
-    let mut s = String::new();
+    let mut bytes = Vec::new();
     std::io::stdin()
-        .read_to_string(&mut s)
+        .read_to_end(&mut bytes)
         .map_err(|e| ClientError::Usage(format!("cannot read stdin: {e}")))?;
-    Ok(s)
+    utf8_text(bytes, &format!("{what} on stdin"))
+}
+
+/// `bytes` as text, or an error naming `whose` they are and the offset of
+/// the first byte that is not UTF-8 (a Latin-1 file, a binary one).
+fn utf8_text(bytes: Vec<u8>, whose: &str) -> Result<String, ClientError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let byte = e.as_bytes()[at];
+        ClientError::Usage(format!(
+            "{whose} is not UTF-8 text: the byte at offset {at} (0x{byte:02X}) is not valid UTF-8"
+        ))
+    })
 }
 
 /// `cairn module put|ls|get`.
@@ -1714,8 +1727,8 @@ async fn module(client: &Client, json: bool, command: ModuleCommand) -> Result<E
             let (source, default_name) = if file == "-" {
                 (read_stdin("the module source")?, None)
             } else {
-                let source = std::fs::read_to_string(&file)
-                    .map_err(|e| ClientError::Usage(format!("cannot read {file}: {e}")))?;
+                let bytes = std::fs::read(&file).map_err(|e| ClientError::Usage(format!("cannot read {file}: {e}")))?;
+                let source = utf8_text(bytes, &format!("`{file}`"))?;
                 let base = std::path::Path::new(&file)
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned());
