@@ -233,7 +233,10 @@ pub enum DedupeKey {
     /// A literal: the target scope is woken once for this key, by the first
     /// event of any process that declares it (a wake's id is made of its
     /// target scope and its key, SPEC §3); acknowledging the wake does not
-    /// free the key. For one wake per process, select a value that names it.
+    /// free the key. Retention does: the key lives in the wake's row, which a
+    /// prune of the process that wrote it (or, while pending, a delete of the
+    /// target session) removes, so a later event wakes the scope again. For
+    /// one wake per process, select a value that names it.
     Const(String),
 }
 
