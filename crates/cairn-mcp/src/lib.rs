@@ -138,6 +138,11 @@ pub trait Cairn: Send + Sync + 'static {
     async fn schedule_pause(&self, id: &str) -> Answer;
     /// `POST /v1/schedules/{id}/resume`: the resumed schedule.
     async fn schedule_resume(&self, id: &str) -> Answer;
+    /// Whether this caller may use the schedule tools (the host token): a
+    /// session's `tools/list` leaves out tools that would only refuse it.
+    async fn offers_schedules(&self) -> bool {
+        true
+    }
 }
 
 /// Shared handle to an implementation.

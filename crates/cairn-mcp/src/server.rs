@@ -250,7 +250,7 @@ impl ServerHandler for McpServer {
     async fn list_tools(
         &self,
         request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         // One page holds every tool and no answer carries a `nextCursor`, so
         // any cursor is one this server never gave (MCP: invalid params).
@@ -259,6 +259,16 @@ impl ServerHandler for McpServer {
                 format!("unknown cursor `{cursor}`: tools/list answers every tool in one page"),
                 None,
             ));
+        }
+        // A session token is offered no tool that could only refuse it.
+        if !self.backend(&context.extensions)?.offers_schedules().await {
+            let schedules: Vec<&str> = ToolKind::ALL
+                .into_iter()
+                .filter(|k| k.is_schedule())
+                .map(ToolKind::name)
+                .collect();
+            let tools = self.tools.iter().filter(|t| !schedules.contains(&t.name.as_ref()));
+            return Ok(ListToolsResult::with_all_items(tools.cloned().collect()));
         }
         Ok(ListToolsResult::with_all_items(self.tools.as_ref().clone()))
     }

@@ -245,6 +245,11 @@ impl ToolKind {
         Self::ScheduleResume,
     ];
 
+    /// Whether this tool manages schedules (host token only).
+    pub fn is_schedule(self) -> bool {
+        matches!(self, Self::ScheduleList | Self::SchedulePause | Self::ScheduleResume)
+    }
+
     /// The tool's name.
     pub fn name(self) -> &'static str {
         match self {

@@ -1100,8 +1100,22 @@ async fn schedules(transport: Transport) {
     assert_eq!(status, 400);
     assert_eq!(code, body["error"]["code"].as_str().unwrap(), "{message}");
 
-    // A session token: refused as over HTTP, and nothing changes.
+    // A session token: not offered the schedule tools, refused as over HTTP
+    // when it calls them all the same, and nothing changes.
     let s1 = connect(&fx.server, transport, S1).await;
+    let offered: Vec<String> = s1
+        .list_all_tools()
+        .await
+        .expect("tools/list")
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert!(offered.iter().all(|t| !t.starts_with("schedule_")), "{offered:?}");
+    assert!(offered.iter().any(|t| t == "process_start"), "{offered:?}");
+    assert!(
+        tools.iter().any(|t| t.name == "schedule_list"),
+        "the host is offered them"
+    );
     for (tool, arguments) in [
         ("schedule_list", json!({})),
         ("schedule_pause", json!({"id": "daily"})),

@@ -214,4 +214,10 @@ impl Cairn for Forwarding {
         self.post_json(&format!("{}/resume", schedule_path(id)), json!({}))
             .await
     }
+
+    /// Asked of the server (one read of a schedule page): a session token is
+    /// refused there, as its calls of the schedule tools would be.
+    async fn offers_schedules(&self) -> bool {
+        !matches!(self.get_json("/v1/schedules?limit=1").await, Err(f) if f.code == "forbidden")
+    }
 }

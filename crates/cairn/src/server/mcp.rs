@@ -471,4 +471,8 @@ impl Cairn for AsCaller {
         let (state, caller) = self.parts();
         json(schedules::resume(state, caller, ApiPath(id.to_string()), ApiJson(schedules::EmptyBody {})).await)
     }
+
+    async fn offers_schedules(&self) -> bool {
+        matches!(self.caller, Caller::Host)
+    }
 }
