@@ -933,12 +933,14 @@ async fn help_completions_and_an_unreachable_server() {
     let out = run_cli(&no_shell.base, None, &["run", "--", "true"], None).await;
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stderr.contains("unknown_tool"), "{}", out.stderr);
+    // The server's message says how to get `shell`, once: no hint repeats it.
     assert!(
         out.stderr
-            .contains("hint: the server runs the `shell` tool only when started with `--allow-shell`"),
+            .contains("`cairn serve --allow-shell` offers the `shell` tool"),
         "{}",
         out.stderr
     );
+    assert_eq!(out.stderr.matches("--allow-shell").count(), 1, "{}", out.stderr);
 
     // A server address with a path after it (copied from a route or the
     // dashboard) reaches cairn, which has no such route: the hint says why.

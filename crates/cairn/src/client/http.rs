@@ -183,7 +183,10 @@ impl ClientError {
                  --allow-shell` to take `cairn run`'s commands), or point the client elsewhere with --server \
                  or CAIRN_SERVER"
             )),
-            Self::Api { code, message, .. } if code == "unknown_tool" && message.contains("shell") => {
+            // The server's own message says it since it names `--allow-shell`.
+            Self::Api { code, message, .. }
+                if code == "unknown_tool" && message.contains("shell") && !message.contains("--allow-shell") =>
+            {
                 Some("the server runs the `shell` tool only when started with `--allow-shell`".into())
             }
             Self::Api { status: 401, .. } => Some("pass the server's token with --token or CAIRN_TOKEN".into()),
