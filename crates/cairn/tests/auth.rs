@@ -374,10 +374,10 @@ async fn session_tokens_see_only_their_grants() {
     // The same words as for a live process it cannot see.
     assert_eq!(err["error"]["message"], "process id `gone-1` is taken; choose another");
     assert!(err["error"].get("tombstone").is_none(), "{err}");
-    // Its own start repeated after the prune: taken, not "a different registration".
+    // Its own start repeated after the prune: how it ended, as its GET says.
     let (s, err) = s1.start(own).await;
-    assert_eq!((s, code(&err)), (409, "registration_conflict"), "{err}");
-    assert_eq!(err["error"]["message"], "process id `own-1` is taken; choose another");
+    assert_eq!((s, code(&err)), (410, "no_longer_retained"), "{err}");
+    assert_eq!(err["error"]["tombstone"]["status"], "completed", "{err}");
     let (s, err) = host.start(gone).await;
     assert_eq!((s, code(&err)), (410, "no_longer_retained"));
     assert_eq!(err["error"]["tombstone"]["status"], "completed");
@@ -386,8 +386,10 @@ async fn session_tokens_see_only_their_grants() {
 /// A session that held a grant on a process when it was pruned is told how
 /// it ended, as the host is: every route that answers the host 410 with the
 /// tombstone answers the session the same. A session that never held it is
-/// answered as for an id that never existed, and a start of either id is
-/// still only "taken". Once the session is deleted it learns nothing more.
+/// answered as for an id that never existed. A start of its own pruned id
+/// is answered as the host's, and names it as a parent as the host may; of
+/// the other's, it is only "taken", and the other's is no parent. Once the
+/// session is deleted it learns nothing more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_is_told_its_own_pruned_process_ended() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -487,11 +489,35 @@ async fn a_session_is_told_its_own_pruned_process_ended() {
     };
     assert_eq!(stream(&s1).await.expect("stream").status().as_u16(), 410);
     assert_eq!(stream(&s2).await.expect("stream").status().as_u16(), 404);
-    // A start of the id is still only "taken", with no tombstone.
+    // A start of its own pruned id is answered as the host's, 410 with the
+    // tombstone; of another session's pruned id, only "taken".
+    let (hs, herr) = host.start(external("mine")).await;
+    assert_eq!((hs, code(&herr)), (410, "no_longer_retained"), "{herr}");
     let (s, err) = s1.start(external("mine")).await;
+    assert_eq!((s, code(&err)), (410, "no_longer_retained"), "{err}");
+    assert_eq!(err["error"]["tombstone"], tombstone, "{err}");
+    let (s, err) = s1.start(external("theirs")).await;
     assert_eq!((s, code(&err)), (409, "registration_conflict"), "{err}");
     assert!(err["error"].get("tombstone").is_none(), "{err}");
     assert_eq!(s1.get("/v1/processes/still").await.0, 200);
+    // Its own pruned process is a parent, as it is for the host; another
+    // session's is missing, as one that never existed is.
+    let child = |id: &str, parent: &str| {
+        let mut start = external(id);
+        start["caused_by"] = json!({"process_id": parent});
+        start
+    };
+    assert_eq!(host.start(child("host-kid", "mine")).await.0, 201);
+    let (s, rec) = s1.start(child("kid", "mine")).await;
+    assert_eq!(s, 201, "{rec}");
+    assert_eq!(rec["provenance"]["caused_by"]["process_id"], "mine", "{rec}");
+    let (s, err) = s1.start(child("stray", "theirs")).await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+    let said = err["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("`caused_by` names process `theirs`, which does not exist"),
+        "{err}"
+    );
 
     // A deleted session learns nothing more of what it held.
     let (s, report) = host.delete("/v1/sessions/s1").await;

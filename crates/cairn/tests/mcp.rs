@@ -1022,6 +1022,31 @@ async fn a_sessions_own_pruned_process_is_no_longer_retained() {
         assert_eq!(other["code"], "unknown_process", "{tool}: {other}");
         assert!(other.get("tombstone").is_none(), "{tool}: {other}");
     }
+    // Its start repeated is told so too; the other's is only "taken". Its
+    // own pruned process is a parent; the other's is missing.
+    let start = json!({"id": "mine", "input": {"type": "external"}, "disposition": "externally_owned"});
+    let mut bodies = Vec::new();
+    for client in [&s1, &s2] {
+        let result = call(client, "process_start", start.clone()).await.expect("answered");
+        assert_eq!(result.is_error, Some(true));
+        let text = &result.content[0].as_text().expect("text content").text;
+        bodies.push(serde_json::from_str::<Value>(text).expect("error body is JSON"));
+    }
+    let (own, other) = (&bodies[0]["error"], &bodies[1]["error"]);
+    assert_eq!(own["code"], "no_longer_retained", "{own}");
+    assert_eq!(own["tombstone"]["status"], "completed", "{own}");
+    assert_eq!(other["code"], "registration_conflict", "{other}");
+    assert!(other.get("tombstone").is_none(), "{other}");
+    let child = |id: &str| {
+        json!({"id": id, "input": {"type": "external"}, "disposition": "externally_owned",
+               "caused_by": {"process_id": "mine"}})
+    };
+    ok(&s1, &tools, "process_start", child("kid")).await;
+    let result = call(&s2, "process_start", child("stray")).await.expect("answered");
+    assert_eq!(result.is_error, Some(true));
+    let text = &result.content[0].as_text().expect("text content").text;
+    let refused: Value = serde_json::from_str(text).expect("error body is JSON");
+    assert_eq!(refused["error"]["code"], "invalid_request", "{refused}");
     s1.cancel().await.unwrap();
     s2.cancel().await.unwrap();
 }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::api::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorSchema};
-use super::auth::{check_visible, Caller};
+use super::auth::{self, check_visible, Caller};
 use super::{sse, AppState};
 
 pub(crate) type Shared = State<Arc<AppState>>;
@@ -361,10 +361,13 @@ pub async fn start(
         // A parent the session may not address is answered as a missing one
         // (the operation layer checks the parent first, so the answer is the
         // same whatever else the start gets wrong): no probing for other
-        // sessions' processes, no children grafted onto their trees.
+        // sessions' processes, no children grafted onto their trees. A pruned
+        // parent the session held when it was pruned counts as existing, as
+        // it does for the host.
         if let Some(parent) = req.caused_by.as_ref().and_then(|c| c.parent_process()) {
-            if check_visible(&state, &caller, parent).await.is_err() {
-                return Err(cairn_core::ops::missing_parent(parent).into());
+            match auth::visible(&state.processes, &caller, parent).await {
+                Ok(()) | Err(cairn_core::CairnError::NoLongerRetained(_)) => {}
+                Err(_) => return Err(cairn_core::ops::missing_parent(parent).into()),
             }
         }
     }
@@ -373,23 +376,31 @@ pub async fn start(
         Ok(r) => r,
         // A pruned id's tombstone says how someone's process ended and when,
         // and a conflict says a process is there: a session learns only that
-        // the id is taken, in the same words whatever holds it.
+        // the id is taken, in the same words whatever holds it, unless it
+        // may address the process, or held it when it was pruned (it learns
+        // nothing its GET does not say).
         Err(
             e @ (cairn_core::CairnError::NoLongerRetained(_) | cairn_core::CairnError::RegistrationConflict { .. }),
         ) if scope_of_session(&caller).is_some() => {
-            if check_visible(&state, &caller, &id).await.is_err() {
-                return Err(id_taken(&id));
-            }
-            return Err(e.into());
+            let pruned = matches!(e, cairn_core::CairnError::NoLongerRetained(_));
+            return match auth::visible(&state.processes, &caller, &id).await {
+                Ok(()) => Err(e.into()),
+                Err(cairn_core::CairnError::NoLongerRetained(_)) if pruned => Err(e.into()),
+                Err(_) => Err(id_taken(&id)),
+            };
         }
         Err(e) => return Err(e.into()),
     };
     if registered.created {
         return Ok((StatusCode::CREATED, Json(registered.process)).into_response());
     }
-    // A repeated start must not reveal a process the session can no longer address.
-    if check_visible(&state, &caller, &id).await.is_err() {
-        return Err(id_taken(&id));
+    // A repeated start must not reveal a process the session can no longer
+    // address; one pruned since it was read is said so to the session that
+    // held it, as its GET would.
+    match auth::visible(&state.processes, &caller, &id).await {
+        Ok(()) => {}
+        Err(e @ cairn_core::CairnError::NoLongerRetained(_)) => return Err(e.into()),
+        Err(_) => return Err(id_taken(&id)),
     }
     Ok((StatusCode::OK, Json(registered.process)).into_response())
 }
