@@ -267,11 +267,19 @@ fn login_href(next: Option<&str>) -> String {
 
 /// `next` when it is a dashboard page of this server to go back to after a
 /// login: a path under `/ui` (never another site, `//host`), in the URI
-/// characters a request line carries (so it makes a `Location` header).
+/// characters a request line carries (so it makes a `Location` header), with
+/// no `.` or `..` segment (`/ui/../v1/...`, `/ui/..//host/x`: the browser
+/// resolves them to a path outside the dashboard), spelled plainly or
+/// percent-encoded (`%2e`, any case), and no backslash.
 fn safe_next(next: &str) -> Option<&str> {
     let under_ui = next == "/ui" || next.starts_with("/ui/") || next.starts_with("/ui?");
     let plain = next.bytes().all(|b| b.is_ascii_graphic() && b != b'\\');
-    (under_ui && plain && !next.starts_with("/ui/login")).then_some(next)
+    let path = next.split(['?', '#']).next().unwrap_or_default();
+    let dotted = path.split('/').any(|segment| {
+        let segment = segment.to_ascii_lowercase().replace("%2e", ".");
+        segment == "." || segment == ".."
+    });
+    (under_ui && plain && !dotted && !next.starts_with("/ui/login")).then_some(next)
 }
 
 #[derive(Deserialize)]
@@ -409,6 +417,40 @@ mod tests {
         let open = key.token("");
         assert!(key.verify("", &open));
         assert!(!CsrfKey::random().verify("", &open));
+    }
+
+    #[test]
+    fn next_is_a_dashboard_path_without_dot_segments() {
+        for good in [
+            "/ui",
+            "/ui/processes",
+            "/ui?x=1",
+            "/ui/processes/a.b",
+            "/ui/processes/...",
+            "/ui/p?q=..#ev-2",
+        ] {
+            assert_eq!(safe_next(good), Some(good), "{good}");
+        }
+        for bad in [
+            "/ui/..//evil.example/x",
+            "/ui/../v1/processes",
+            "/ui/./processes",
+            "/ui/processes/..",
+            "/ui/processes/.",
+            "/ui/%2e%2e/v1/processes",
+            "/ui/%2E%2e/v1/processes",
+            "/ui/.%2E/v1",
+            "/ui/%2e/processes",
+            "/ui/%2E?x",
+            "/ui/..#ev-1",
+            "/ui\\..\\v1",
+            "/ui/p\\x",
+            "//evil.example/ui",
+            "/v1/processes",
+            "/ui/login",
+        ] {
+            assert_eq!(safe_next(bad), None, "{bad}");
+        }
     }
 
     #[test]
