@@ -384,7 +384,10 @@ pub(crate) async fn page(
     let (q, body, refused) = match q {
         Ok(Query(q)) => {
             let rows = rows_markup(&d.processes, &visitor, &q).await;
-            (q, rows, false)
+            // A filter or page refused (400, 403) is refused again on every
+            // re-read; a store's failure (5xx) may pass.
+            let refused = rows.0.is_client_error();
+            (q, rows, refused)
         }
         Err(e) => (
             ListQuery::default(),
@@ -403,8 +406,9 @@ pub(crate) async fn page(
         html! {
             h1 { "Processes" }
             (filters(&q, &visitor.viewer))
-            // A query that could not be read has no rows to keep live: the
-            // error stays, not a refresh of another list under its address.
+            // A query that could not be read, or was refused, has no rows to
+            // keep live: the error stays, not a refresh of another list under
+            // its address, nor a re-read refused again at every change.
             @if refused {
                 div #live { div #rows { (body.1) } }
             } @else {

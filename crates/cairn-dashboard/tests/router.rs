@@ -177,6 +177,15 @@ async fn filters_are_those_of_the_api_and_bad_ones_are_errors() {
         !html.contains("sse-connect") && !html.contains("/ui/list/rows?"),
         "{html}"
     );
+    // So is one read but refused: its rows would be refused at every change.
+    for bad in ["status=bogus", "size=0", "before=nonsense", "lens=granted_to"] {
+        let (status, html, _) = get(&app, &format!("/ui/processes?{bad}"), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {html}");
+        assert!(
+            !html.contains("sse-connect") && !html.contains("/ui/list/rows?"),
+            "{bad}: {html}"
+        );
+    }
     // A readable one is live.
     let (status, html, _) = get(&app, "/ui/processes?status=failed", None).await;
     assert_eq!(status, StatusCode::OK);
@@ -413,6 +422,12 @@ async fn a_session_token_sees_only_its_sessions_processes() {
     let (status, html, _) = get(&app, "/ui/list/rows?lens=originated_by&session=s2", cookie).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
     assert!(html.contains("host token"), "{html}");
+    // Its page has no live stream re-reading a list refused at every change.
+    let (status, html, _) = get(&app, "/ui/processes?lens=originated_by&session=s2", cookie).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
+    assert!(!html.contains("sse-connect"), "{html}");
+    let (_, html, _) = get(&app, "/ui/processes", cookie).await;
+    assert!(html.contains("sse-connect"), "{html}");
     let (status, html, _) = get(&app, "/ui/processes/theirs", cookie).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(html.contains("unknown_process"));
