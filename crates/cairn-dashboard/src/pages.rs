@@ -44,6 +44,7 @@ pub(crate) fn layout(title: &str, visitor: &Visitor, nav: Nav, body: Markup) -> 
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="cairn-csrf" content=(visitor.csrf);
                 title { (title) " · cairn" }
+                (icon())
                 link rel="stylesheet" href="/ui/assets/app.css";
                 script src="/ui/assets/htmx-2.0.11.min.js" {}
                 script src="/ui/assets/htmx-ext-sse-2.2.4.min.js" {}
@@ -83,6 +84,12 @@ pub(crate) fn layout(title: &str, visitor: &Visitor, nav: Nav, body: Markup) -> 
     }
 }
 
+/// The page's icon: none, declared, so the browser does not ask for
+/// `/favicon.ico` (the API's JSON 404) on every page.
+fn icon() -> Markup {
+    html! { link rel="icon" href="data:,"; }
+}
+
 /// The login page (only shown when the server has tokens).
 pub(crate) fn login(problem: Option<&str>, next: Option<&str>) -> Markup {
     html! {
@@ -92,6 +99,7 @@ pub(crate) fn login(problem: Option<&str>, next: Option<&str>) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { "Log in · cairn" }
+                (icon())
                 link rel="stylesheet" href="/ui/assets/app.css";
             }
             body {

@@ -2478,3 +2478,16 @@ async fn a_path_that_is_not_utf8_is_a_page_or_a_fragment() {
         );
     }
 }
+
+/// Pages declare their icon, so the browser does not ask the server for
+/// `/favicon.ico` (the API's JSON 404) on every page.
+#[tokio::test]
+async fn pages_and_the_login_declare_an_icon() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let (_, html, _) = get(&app(&p, true), "/ui/processes", None).await;
+    assert!(html.contains(r#"<link rel="icon" href="data:,">"#), "{html}");
+    let (status, html, _) = get(&app(&p, false), "/ui/login", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains(r#"<link rel="icon" href="data:,">"#), "{html}");
+}
