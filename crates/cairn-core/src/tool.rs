@@ -502,19 +502,27 @@ impl ToolContext {
     ///
     /// A child of a process a session started acts for that session, as the
     /// session's own starts do (SPEC §4): it is started as the session, and a
-    /// request that names another session as its originator, grantee or wake
-    /// target is refused. It is granted to the scopes that hold the parent
-    /// when it starts (a parent transferred to another session has its later
+    /// request that names another session as its originator or grantee is
+    /// refused. It is granted to the scopes that hold the parent when it
+    /// starts (a parent transferred to another session has its later
     /// children seen there, not by the session that gave it away), and to
     /// none when none does (the session was deleted: its grants are not made
-    /// again). A host's process may start children as anyone, as the host may.
+    /// again). Its wake target, likewise, may only be in a session that holds
+    /// the parent when it starts (`invalid_request` otherwise, and when none
+    /// does): a transferred parent's children do not wake the session that
+    /// gave it away. A child that names no wake target has none (it takes
+    /// nothing from its parent's). A host's process may start children as
+    /// anyone, as the host may.
     pub async fn start_child(&self, mut request: StartRequest) -> Result<ProcessRecord> {
         request.caused_by = Some(crate::model::CausalRef::process(self.process_id()));
         if let crate::model::Originator::Session { scope } = &self.inner.record.provenance.originator {
             // Its grants are the parent's holders', read in the registering
             // transaction (a transfer or revoke of the parent is wholly
-            // before or after it), in place of this grant to the session.
+            // before or after it), in place of this grant to the session;
+            // its wake target is checked against those holders there too.
+            let wake_target = request.wake_target.take();
             request.confine_to_session(scope)?;
+            request.wake_target = wake_target;
         }
         // Every holder's grant is written with the child, in one
         // transaction: a re-run's start of the same child writes none, so a

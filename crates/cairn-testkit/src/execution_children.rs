@@ -355,6 +355,141 @@ pub async fn a_transferred_parents_children_go_to_its_new_holder(factory: &dyn S
     front.shutdown().await;
 }
 
+/// Starts a child `{id}/{k}` (an `echo`) per entry of `targets`, with that
+/// entry as its wake target (`null`: none), and succeeds with what each start
+/// answered: `ok` or the refusal's code and message.
+struct Waker;
+
+#[async_trait]
+impl Tool for Waker {
+    fn name(&self) -> &str {
+        "waker"
+    }
+
+    async fn run(&self, ctx: ToolContext, args: Value) -> Outcome {
+        let mut answers = Vec::new();
+        for (k, target) in args["targets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let mut child = StartRequest::tool(
+                format!("{}/{}", ctx.process_id(), k + 1),
+                "echo",
+                json!({"value": k}),
+                Disposition::Rerunnable,
+            );
+            child.wake_target = serde_json::from_value(target).expect("a scope or null");
+            answers.push(match ctx.start_child(child).await {
+                Ok(_) => json!("ok"),
+                Err(e) => json!([e.code(), e.to_string()]),
+            });
+        }
+        Outcome::success(json!({ "answers": answers }))
+    }
+}
+
+/// A child's wake target may only be in a session that holds its parent
+/// when the child starts: a parent transferred from s1 to s2 may not start
+/// a child that wakes s1 (s2, holding the child, would write s1's wakes),
+/// and is refused as a direct start by s2 naming s1 is; s2 and its frames
+/// may be named. A parent no session holds (its session deleted) names no
+/// session. A child that names no wake target has none.
+pub async fn a_childs_wake_target_is_confined_to_its_parents_holders(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let (s1, s2) = (
+        cairn_core::SessionScope::session("s1"),
+        cairn_core::SessionScope::session("s2"),
+    );
+    let front = cairn_core::Processes::builder(store.registry.clone())
+        .clock(Arc::new(store.clock.clone()))
+        .without_worker()
+        .start();
+    let targets = json!([
+        {"session_id": "s1"},
+        {"session_id": "s2"},
+        {"session_id": "s2", "agent_frame_id": "f1"},
+        null,
+        {"session_id": "s3"},
+    ]);
+    for id in ["moved", "kept", "orphan"] {
+        let mut req = StartRequest::tool(id, "waker", json!({ "targets": targets }), Disposition::Rerunnable)
+            .with_grant(s1.clone(), Default::default());
+        req.originator = cairn_core::Originator::session(s1.clone());
+        front.start(req).await.expect("start");
+    }
+    front
+        .transfer(&s1, &s2, &["moved".to_string()])
+        .await
+        .expect("transfer");
+    // Deleting s1 leaves "orphan" held by none; "kept" is granted to s1 again.
+    front.delete_session("s1").await.expect("delete s1");
+    front
+        .grant(&s1, "kept", Default::default())
+        .await
+        .expect("hold kept again");
+    let p = runtime(&store, "w1", vec![Arc::new(Waker)]);
+    let answers = |r: cairn_core::ProcessRecord| match r.outcome {
+        Some(Outcome::Success { value }) => value["answers"].as_array().cloned().expect("answers"),
+        other => panic!("expected a success, got {other:?}"),
+    };
+    let refused = |named: &str, by: &str| {
+        json!([
+            "invalid_request",
+            format!(
+                "invalid request: a start for session `{by}` may only set a wake target in that session, not `{named}`"
+            )
+        ])
+    };
+    let moved = answers(terminal(&p, "moved").await);
+    assert_eq!(
+        moved,
+        vec![
+            refused("s1", "s2"),
+            json!("ok"),
+            json!("ok"),
+            json!("ok"),
+            refused("s3", "s2")
+        ]
+    );
+    assert!(p.get("moved/1").await.is_err(), "the child waking s1 was not started");
+    assert_eq!(p.get("moved/2").await.expect("child").wake_target, Some(s2.clone()));
+    assert_eq!(
+        p.get("moved/3").await.expect("child").wake_target,
+        Some(cairn_core::SessionScope::frame("s2", "f1"))
+    );
+    assert_eq!(
+        p.get("moved/4").await.expect("child").wake_target,
+        None,
+        "nothing inherited"
+    );
+    let kept = answers(terminal(&p, "kept").await);
+    assert_eq!(
+        kept,
+        vec![
+            json!("ok"),
+            refused("s2", "s1"),
+            refused("s2", "s1"),
+            json!("ok"),
+            refused("s3", "s1")
+        ]
+    );
+    assert_eq!(p.get("kept/1").await.expect("child").wake_target, Some(s1.clone()));
+    let orphan = answers(terminal(&p, "orphan").await);
+    assert_eq!(orphan[3], json!("ok"));
+    for k in [0, 1, 2, 4] {
+        assert_eq!(orphan[k][0], json!("invalid_request"), "{k}: {orphan:?}");
+        assert!(
+            orphan[k][1].as_str().expect("message").contains("no session holds"),
+            "{k}: {orphan:?}"
+        );
+    }
+    p.shutdown().await;
+    front.shutdown().await;
+}
+
 /// A deleted session's grants are not made again: a process it started,
 /// orphaned by the delete, has its later children granted to none (not
 /// back to the session).

@@ -466,6 +466,7 @@ macro_rules! execution_suite {
                 a_sessions_process_acts_only_for_that_session,
                 a_transferred_parents_children_go_to_its_new_holder,
                 a_deleted_sessions_process_has_its_children_granted_to_none,
+                a_childs_wake_target_is_confined_to_its_parents_holders,
                 a_parent_transferred_as_its_child_starts_gives_the_child_to_its_new_holder,
                 a_rerun_finds_its_child_though_its_start_would_now_be_refused,
                 a_child_id_another_registration_took_is_refused_to_the_parent,

@@ -880,17 +880,22 @@ fn register<T: WriteTx + ?Sized>(
             return Err(CairnError::UnknownEnv(env.clone()));
         }
     }
-    tx.insert_row(record.clone())?;
     // A child a session's run starts is granted to the scopes that hold its
     // parent now, read in this transaction (a transfer or revoke of the
     // parent is before it or after it, never between the read and the
     // write): when none does (its session was deleted), to none, an orphan
     // as its parent is, not back to the session its grants were taken from.
+    // Its wake target, likewise, may only be in a session that holds the
+    // parent now (none, when none does): a session the parent was
+    // transferred away from is not woken by what its new holder appends.
     let inherited: Option<Vec<Grant>> = match (parent_lease, grants.first()) {
         (Some(lease), Some(asked))
             if sessions_parent && matches!(record.provenance.originator, Originator::Session { .. }) =>
         {
             let holders = tx.grants_of(&lease.process_id)?;
+            if let Some(target) = &record.wake_target {
+                check_child_wake_target(&holders, &target.session_id)?;
+            }
             Some(
                 holders
                     .into_iter()
@@ -905,6 +910,7 @@ fn register<T: WriteTx + ?Sized>(
         }
         _ => None,
     };
+    tx.insert_row(record.clone())?;
     let grants = inherited.as_deref().unwrap_or(grants);
     for g in grants {
         tx.upsert_grant(g)?;
@@ -914,6 +920,24 @@ fn register<T: WriteTx + ?Sized>(
         None => record.clone(),
     };
     Ok(Registered { process, created: true })
+}
+
+/// Refuse (`invalid_request`, as a session's own start naming another
+/// session is) a child's wake target in `named` when no scope of that session
+/// is among `holders`, the grants on its parent as the child is written.
+fn check_child_wake_target(holders: &[Grant], named: &str) -> Result<()> {
+    let mut sessions: Vec<&str> = holders.iter().map(|g| g.scope.session_id.as_str()).collect();
+    sessions.sort_unstable();
+    sessions.dedup();
+    if sessions.contains(&named) {
+        return Ok(());
+    }
+    let quoted = sessions.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ");
+    Err(CairnError::InvalidRequest(match sessions.len() {
+        0 => format!("a start for a process no session holds may not set a wake target in a session, not `{named}`"),
+        1 => format!("a start for session {quoted} may only set a wake target in that session, not `{named}`"),
+        _ => format!("a start for sessions {quoted} may only set a wake target in those sessions, not `{named}`"),
+    }))
 }
 
 /// The append pipeline: replay key, preparation by [`fold::prepare_append`],
