@@ -2758,3 +2758,98 @@ async fn a_completions_refused_type_names_what_a_completion_takes() {
         .await;
     assert_eq!((s, &rec["outcome"]), (200, &failure), "{rec}");
 }
+
+/// A script s1 started and then transferred to s2 may not start a child
+/// that wakes s1: s2, holding the child, would write s1's wakes. The script
+/// sees the refusal a direct start by s2 naming s1 gets; a child waking s2,
+/// its holder now, is started and granted to s2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transferred_scripts_child_may_not_wake_the_session_that_gave_it_away() {
+    let server = Server::start(&[
+        "--token",
+        "host-secret",
+        "--session-token",
+        "s1=tok-1",
+        "--session-token",
+        "s2=tok-2",
+    ])
+    .await;
+    let (host, s1, s2) = (
+        server.with_token("host-secret"),
+        server.with_token("tok-1"),
+        server.with_token("tok-2"),
+    );
+    let source = r#"
+export async function spawner(ctx) {
+  await ctx.waitSignal("go");
+  const child = (session_id) => ({input: {type: "tool_call", tool: "echo", args: {value: 1}},
+                                  disposition: "rerunnable", wake_target: {session_id}});
+  let refused = null;
+  try { await ctx.start(child("s1")); } catch (e) { refused = {code: e.code, message: e.message}; }
+  const ok = await ctx.start(child("s2"));
+  return {refused, ok};
+}
+"#;
+    let (s, m) = host.post("/v1/modules", json!({ "source": source })).await;
+    assert_eq!(s, 201, "{m}");
+    let module_ref = m["module_ref"].as_str().expect("module_ref");
+    let (s, rec) = s1
+        .start(
+            json!({"id": "sc4", "input": {"type": "script", "module_ref": module_ref, "process_name": "spawner"},
+                      "disposition": "rerunnable"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{rec}");
+    let (s, moved) = s1
+        .post(
+            "/v1/grants/transfer",
+            json!({"from": {"session_id": "s1"}, "to": {"session_id": "s2"}, "process_ids": ["sc4"]}),
+        )
+        .await;
+    assert_eq!((s, moved["moved"].clone()), (200, json!(["sc4"])), "{moved}");
+    let (s, sent) = s2
+        .post(
+            "/v1/processes/sc4/signals/go",
+            json!({"signal_id": "g1", "payload": {}}),
+        )
+        .await;
+    assert!(s == 200 || s == 201, "{s} {sent}");
+    let (s, rec) = s2.get("/v1/processes/sc4/await?timeout_ms=20000").await;
+    assert_eq!((s, rec["status"].as_str()), (200, Some("completed")), "{rec}");
+    let value = &rec["outcome"]["value"];
+    assert_eq!(value["refused"]["code"], "invalid_request", "{rec}");
+    let refused = value["refused"]["message"].as_str().expect("message");
+    let (s, direct) = s2
+        .start(
+            json!({"id": "direct", "input": {"type": "external"}, "disposition": "externally_owned",
+                      "wake_target": {"session_id": "s1"}}),
+        )
+        .await;
+    assert_eq!((s, code(&direct)), (400, "invalid_request"), "{direct}");
+    let said = direct["error"]["message"].as_str().expect("message");
+    assert!(
+        said.contains("may only set a wake target in that session, not `s1`"),
+        "{said}"
+    );
+    assert!(
+        refused.ends_with(said),
+        "the script is told as a direct start is: {refused} / {said}"
+    );
+    let ok = value["ok"].as_str().expect("the child waking s2 started");
+    let (s, child) = s2.get(&format!("/v1/processes/{}", ok.replace('/', "%2F"))).await;
+    assert_eq!(
+        (s, child["wake_target"].clone()),
+        (200, json!({"session_id": "s2"})),
+        "{child}"
+    );
+    let (_, page) = host.get("/v1/processes?status=any&caused_by=sc4").await;
+    let children: Vec<&str> = page["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    assert_eq!(children, vec![ok], "no child waking s1 was started: {page}");
+    let (_, wakes) = host.get("/v1/sessions/s1/wakes").await;
+    assert_eq!(wakes["wakes"], json!([]), "{wakes}");
+}
