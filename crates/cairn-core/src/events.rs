@@ -505,7 +505,8 @@ pub struct AppendRequest {
     /// A repeated append with the same key answers the first one and writes nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_key: Option<String>,
-    /// Overrides the record's wake target for this event's wake.
+    /// Overrides the record's wake target for this event's wake; on a type
+    /// without wake semantics it is refused (`invalid_request`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake_target: Option<SessionScope>,
     /// Fences the append: it commits only while this is the live lease.

@@ -519,6 +519,13 @@ pub fn prepare_append(
     validate::check_payload(&t, &req.payload)?;
     if let Some(scope) = &req.wake_target {
         validate::validate_scope(scope)?;
+        // An override that could never take effect is refused, not dropped.
+        if t.semantics.wake.is_none() {
+            return Err(CairnError::InvalidRequest(format!(
+                "`wake_target` takes effect only on an event type with wake semantics; `{}` has none",
+                req.event_type
+            )));
+        }
     }
     if record.is_terminal() {
         return Err(CairnError::terminal(&record.id));

@@ -264,6 +264,7 @@ macro_rules! conformance_suite {
                 wake_dedupe_and_ack,
                 wake_when_false_writes_no_wake,
                 wake_needs_a_target,
+                wake_target_needs_wake_semantics,
                 wake_default_dedupe_is_per_event,
                 rendered_keys_never_meet_event_identities,
                 pending_wakes_order_and_paging,

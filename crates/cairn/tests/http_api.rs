@@ -766,6 +766,44 @@ async fn children_and_the_tree_cancel() {
     assert_eq!(ids, ["kid", "late"]);
 }
 
+/// An append's `wake_target` on a type without wake semantics is refused,
+/// naming the field and the type, and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wake_target_on_a_type_without_wake_semantics_is_refused() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let body = json!({
+        "id": "wt-1", "input": {"type": "external"}, "disposition": "externally_owned",
+        "event_types": [
+            {"name": "plain"},
+            {"name": "ping", "semantics": {"wake": {"input": {"pointer": "/text"}}}}
+        ]
+    });
+    assert_eq!(c.start(body).await.0, 201);
+    let (s, err) = c
+        .post(
+            "/v1/processes/wt-1/events",
+            json!({"event_type": "plain", "payload": {}, "wake_target": {"session_id": "s2"}}),
+        )
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+    assert_eq!(
+        err["error"]["message"],
+        "invalid request: `wake_target` takes effect only on an event type with wake semantics; `plain` has none"
+    );
+    let (_, rec) = c.get("/v1/processes/wt-1").await;
+    assert_eq!(rec["last_sequence"], 0, "nothing was appended: {rec}");
+    let (s, res) = c
+        .post(
+            "/v1/processes/wt-1/events",
+            json!({"event_type": "ping", "payload": {"text": "hi"}, "wake_target": {"session_id": "s2"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{res}");
+    let (_, wakes) = c.get("/v1/sessions/s2/wakes").await;
+    assert_eq!(wakes["wakes"].as_array().map(Vec::len), Some(1), "{wakes}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_process_append_wakes_complete_and_prune() {
     let server = Server::start(&[]).await;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use cairn_core::events::{DedupeKey, ResolvedWake};
 use cairn_core::fold::{event_wake_id, wake_id};
-use cairn_core::{AppendRequest, Selector, SessionScope};
+use cairn_core::{AppendRequest, CairnError, Selector, SessionScope};
 use serde_json::json;
 
 use crate::builders::*;
@@ -200,6 +200,30 @@ pub async fn wake_needs_a_target(factory: &dyn StoreFactory) {
             .append_event("q", notify("x").with_wake_target(SessionScope::session(""))),
     )
     .await;
+}
+
+/// A wake target named on an append of a type without wake semantics could
+/// never take effect: refused (`invalid_request`, naming the field and the
+/// type), writing nothing, on a plain type and a terminal one alike.
+pub async fn wake_target_needs_wake_semantics(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let s2 = session("s2");
+    h.register(waking(rerunnable("p"), &session("s1"))).await;
+    for req in [note(json!({})), AppendRequest::new(FINISHED, json!({"result": 1}))] {
+        let what = req.event_type.clone();
+        let err = h
+            .rejects(
+                "invalid_request",
+                &format!("a wake target on `{what}`"),
+                h.registry().append_event("p", req.with_wake_target(s2.clone())),
+            )
+            .await;
+        let said = format!("`wake_target` takes effect only on an event type with wake semantics; `{what}` has none");
+        assert!(matches!(&err, CairnError::InvalidRequest(m) if *m == said), "{err}");
+    }
+    assert!(pending(&h, "s2").await.is_empty());
+    let res = h.append("p", notify("still").with_wake_target(s2.clone())).await;
+    assert_eq!(res.wake.map(|w| w.target_scope), Some(s2));
 }
 
 /// The default dedupe key is the event identity: every event wakes once, and a

@@ -43,7 +43,8 @@ pub struct AppendBody {
     /// naming another declared type of the process.
     #[serde(default)]
     pub replay_key: Option<String>,
-    /// Overrides the record's wake target for this event's wake.
+    /// Overrides the record's wake target for this event's wake. Only for an
+    /// event type with wake semantics: on one without, `invalid_request`.
     #[serde(default)]
     pub wake_target: Option<SessionScope>,
 }
