@@ -40,10 +40,13 @@ pub struct ListArgs {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<StatusFilter>)]
     pub status: Option<String>,
-    /// Session id: what that session may address (the security lens).
+    /// `SESSION` or `SESSION/frame:FRAME`: what that scope's grants address
+    /// (the security lens; a session's own, not its frames'; a session token:
+    /// its own session's scopes only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub granted_to: Option<String>,
-    /// Session id: what that session started (the provenance lens; host token only).
+    /// `SESSION` or `SESSION/frame:FRAME`: what that scope started (the
+    /// provenance lens; a session's own, not its frames'; host token only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub originated_by: Option<String>,
     /// Only processes waiting (true: for a signal, a timer or children) or not (false).

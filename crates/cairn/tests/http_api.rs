@@ -1024,7 +1024,8 @@ async fn a_bad_filter_value_is_invalid_filter_naming_its_key() {
     for (q, key) in [
         ("granted_to=", "granted_to"),
         ("originated_by=", "originated_by"),
-        ("granted_to=a/frame:b", "granted_to"),
+        ("granted_to=a/frame:", "granted_to"),
+        ("originated_by=/frame:b", "originated_by"),
         ("granted_to=..", "granted_to"),
         ("caused_by=", "caused_by"),
         ("status=bogus", "status"),
@@ -2890,4 +2891,77 @@ export async function spawner(ctx) {
     assert_eq!(children, vec![ok], "no child waking s1 was started: {page}");
     let (_, wakes) = host.get("/v1/sessions/s1/wakes").await;
     assert_eq!(wakes["wakes"], json!([]), "{wakes}");
+}
+
+/// `granted_to` and `originated_by` take a frame scope
+/// (`SESSION/frame:FRAME`): that frame's grants, exactly; a session's own
+/// scope lists its own grants, not its frames'. A session token may list its
+/// own session's frames, not another session's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frames_grants_and_starts_are_listed_by_its_scope() {
+    let server = Server::start(&[
+        "--token",
+        "host-secret",
+        "--session-token",
+        "s1=tok-1",
+        "--session-token",
+        "s2=tok-2",
+    ])
+    .await;
+    let (host, s1, s2) = (
+        server.with_token("host-secret"),
+        server.with_token("tok-1"),
+        server.with_token("tok-2"),
+    );
+    let framed = json!({"id": "p-frame", "input": {"type": "external"}, "disposition": "externally_owned",
+                        "originator": {"type": "session", "scope": {"session_id": "s2", "agent_frame_id": "planner"}},
+                        "grant": {"session_scope": {"session_id": "s2", "agent_frame_id": "planner"}}});
+    assert_eq!(host.start(framed).await.0, 201);
+    let own = json!({"id": "p-own", "input": {"type": "external"}, "disposition": "externally_owned"});
+    assert_eq!(s2.start(own).await.0, 201);
+    let ids = |page: &Value| -> Vec<String> {
+        page["processes"]
+            .as_array()
+            .expect("processes")
+            .iter()
+            .filter_map(|p| p["id"].as_str().map(str::to_string))
+            .collect()
+    };
+    for (client, query, listed) in [
+        (&host, "granted_to=s2/frame:planner", vec!["p-frame"]),
+        (&host, "granted_to=s2", vec!["p-own"]),
+        (&host, "granted_to=s2/frame:other", vec![]),
+        (&host, "originated_by=s2/frame:planner", vec!["p-frame"]),
+        (&host, "originated_by=s2", vec!["p-own"]),
+        (&s2, "granted_to=s2/frame:planner", vec!["p-frame"]),
+        (&s2, "granted_to=s2", vec!["p-own"]),
+        (&s2, "", vec!["p-own"]),
+    ] {
+        let (s, page) = client.get(&format!("/v1/processes?status=any&{query}")).await;
+        assert_eq!(s, 200, "{query}: {page}");
+        assert_eq!(ids(&page), listed, "{query}: {page}");
+    }
+    let (_, page) = host.get("/v1/processes?status=any&granted_to=s2/frame:planner").await;
+    assert_eq!(
+        page["grants"][0]["scope"],
+        json!({"session_id": "s2", "agent_frame_id": "planner"}),
+        "{page}"
+    );
+    let (s, err) = s1.get("/v1/processes?granted_to=s2/frame:planner").await;
+    assert_eq!((s, code(&err)), (403, "forbidden"), "another session's frame: {err}");
+    let (s, err) = s2.get("/v1/processes?originated_by=s2/frame:planner").await;
+    assert_eq!((s, code(&err)), (403, "forbidden"), "host only: {err}");
+    let (s, err) = host.get("/v1/processes?granted_to=s2/frame:").await;
+    assert_eq!((s, code(&err)), (400, "invalid_filter"), "{err}");
+    // The OpenAPI document says a frame scope is taken, and takes its length.
+    let (_, doc) = host.get("/openapi.json").await;
+    for key in ["granted_to", "originated_by"] {
+        let param = doc["paths"]["/v1/processes"]["get"]["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == key))
+            .unwrap_or_else(|| panic!("{key} documented"));
+        let said = param["schema"]["description"].as_str().unwrap_or_default();
+        assert!(said.contains("SESSION/frame:FRAME"), "{key}: {param}");
+        assert!(param["schema"]["maxLength"].as_u64() > Some(300), "{key}: {param}");
+    }
 }

@@ -79,6 +79,22 @@ fn id_schema(description: &str) -> Value {
     })
 }
 
+/// A lens filter's scope: a session id, or one and a frame id joined by
+/// `/frame:` (each at most [`cairn_core::validate::MAX_ID_BYTES`]).
+fn lens_schema(description: &str) -> Value {
+    let max = cairn_core::validate::MAX_ID_BYTES;
+    json!({
+        "type": "string", "minLength": 1,
+        "maxLength": 2 * max + cairn_core::validate::FRAME_SEPARATOR.len(),
+        "pattern": NO_CONTROL,
+        "not": {"enum": [".", ".."]},
+        "description": format!(
+            "{}. The session id and the frame id at most {max} bytes of UTF-8 each.",
+            description.trim_end_matches('.')
+        ),
+    })
+}
+
 /// A module ref: `module:sha256:` and 64 lowercase hex digits (`invalid_id` otherwise).
 const MODULE_REF: &str = "^module:sha256:[0-9a-f]{64}$";
 
@@ -349,7 +365,8 @@ fn constrain_parameters(op: &mut Value, path: &str) {
         let name = p["name"].as_str().unwrap_or_default().to_string();
         let description = p["description"].as_str().unwrap_or_default().to_string();
         let schema = match name.as_str() {
-            "id" | "session_id" | "wake_id" | "granted_to" | "originated_by" => id_schema(&description),
+            "id" | "session_id" | "wake_id" => id_schema(&description),
+            "granted_to" | "originated_by" => lens_schema(&description),
             // A cursor compared with ids, not an id: any text without control
             // characters (empty lists from the first id).
             "after_id" => json!({

@@ -423,12 +423,13 @@ const LIST_KEYS: &[&str] = &[
 ];
 
 /// `GET /v1/processes`: the filter keys of [`ProcessFilter::from_query`] plus
-/// `granted_to` and `originated_by` (session ids). Unknown keys are `invalid_filter`.
+/// `granted_to` and `originated_by` (session scopes: `SESSION` or
+/// `SESSION/frame:FRAME`). Unknown keys are `invalid_filter`.
 #[utoipa::path(get, path = "/v1/processes", tag = "processes",
     params(
         ("status" = Option<String>, Query, description = "running (default), completed, failed, cancelled, abandoned or any"),
-        ("granted_to" = Option<String>, Query, description = "Session id: what that session may address (the security lens)"),
-        ("originated_by" = Option<String>, Query, description = "Session id: what that session created (the provenance lens; host only)"),
+        ("granted_to" = Option<String>, Query, description = "SESSION or SESSION/frame:FRAME: what that scope's grants address (the security lens; a session's own, not its frames'; a session token: its own session's scopes only)"),
+        ("originated_by" = Option<String>, Query, description = "SESSION or SESSION/frame:FRAME: what that scope created (the provenance lens; a session's own, not its frames'; host only)"),
         ("waiting" = Option<bool>, Query, description = "Only processes waiting (true) or not (false)"),
         ("definition" = Option<String>, Query, description = "tool:NAME, script:MODULE#NAME, session_turn or external"),
         ("originator" = Option<String>, Query, description = "Originator scope id: host, host:SCOPE, session:ID, session:ID/frame:F"),
@@ -476,16 +477,8 @@ pub async fn list(
     }
     // A session id no session can have is a filter value no process
     // passes: refused as every other bad one is (`invalid_filter`).
-    for (key, value) in [("granted_to", &granted_to), ("originated_by", &originated_by)] {
-        if let Some(v) = value {
-            cairn_core::validate::validate_session_id(v).map_err(|e| match e {
-                cairn_core::CairnError::InvalidId(why) => {
-                    cairn_core::CairnError::InvalidFilter(format!("`{key}`: {why}"))
-                }
-                other => other,
-            })?;
-        }
-    }
+    let mut granted_to = lens_scope("granted_to", granted_to.as_deref())?;
+    let originated_by = lens_scope("originated_by", originated_by.as_deref())?;
     // A time past the stores' signed 64 bits is a filter refused as every
     // other bad filter value is (`invalid_filter`).
     for (k, v) in &rest {
@@ -508,11 +501,12 @@ pub async fn list(
                 "`originated_by` needs the host token; session tokens list what is granted to them",
             ));
         }
-        if granted_to.as_ref().is_some_and(|g| *g != own.session_id) {
+        if granted_to.as_ref().is_some_and(|g| g.session_id != own.session_id) {
             // Another session's grants are its state: 403, as its wakes are.
             return Err(ApiError::forbidden("a session token may only address its own session"));
         }
-        granted_to = Some(own.session_id);
+        // Its own session's frames it may list, as it may list its session.
+        granted_to = granted_to.or(Some(SessionScope::session(own.session_id)));
     }
     // A page ends at its limit, or once its records reach
     // `LIST_PAGE_BYTES`; either way it names where the next one starts.
@@ -523,11 +517,8 @@ pub async fn list(
             )
             .into())
         }
-        (Some(session), None) => {
-            let granted = state
-                .processes
-                .list_granted_to(&SessionScope::session(session), &filter)
-                .await?;
+        (Some(scope), None) => {
+            let granted = state.processes.list_granted_to(&scope, &filter).await?;
             let (grants, processes) = granted.items.into_iter().map(|g| (g.grant, g.process)).unzip();
             ListPage {
                 processes,
@@ -535,11 +526,8 @@ pub async fn list(
                 next_after_id: granted.next_after_id,
             }
         }
-        (None, Some(session)) => {
-            let listed = state
-                .processes
-                .list_originated_by(&SessionScope::session(session), &filter)
-                .await?;
+        (None, Some(scope)) => {
+            let listed = state.processes.list_originated_by(&scope, &filter).await?;
             ListPage {
                 processes: listed.items,
                 grants: None,
@@ -556,6 +544,22 @@ pub async fn list(
         }
     };
     Ok(Json(page))
+}
+
+/// The scope a lens filter names: `SESSION` (the session's own scope, not
+/// its frames') or `SESSION/frame:FRAME` (that frame's), checked as grant
+/// scopes are (`invalid_filter` naming `key` otherwise).
+fn lens_scope(key: &str, value: Option<&str>) -> Result<Option<SessionScope>, cairn_core::CairnError> {
+    let Some(value) = value else { return Ok(None) };
+    let scope = match value.split_once(cairn_core::validate::FRAME_SEPARATOR) {
+        Some((session, frame)) => SessionScope::frame(session, frame),
+        None => SessionScope::session(value),
+    };
+    cairn_core::validate::validate_scope(&scope).map_err(|e| match e {
+        cairn_core::CairnError::InvalidId(why) => cairn_core::CairnError::InvalidFilter(format!("`{key}`: {why}")),
+        other => other,
+    })?;
+    Ok(Some(scope))
 }
 
 /// `GET /v1/processes/{id}`.
