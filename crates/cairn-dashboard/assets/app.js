@@ -76,11 +76,18 @@
   });
 
   // A link to one event (`#ev-N`, a wake's) lands on it once the stream has
-  // brought it: the timeline is empty when the page loads.
+  // brought it: the timeline is empty when the page loads. One to an event
+  // the page leaves out (`data-left-out`: the earliest events not shown)
+  // goes to the timeline from it (`?from=N`), as a wake's link does.
   document.addEventListener("DOMContentLoaded", function () {
     var timeline = document.getElementById("timeline");
     var target = /^#ev-\d+$/.test(location.hash) && location.hash.slice(1);
     if (!timeline || !target) return;
+    var seq = Number(target.slice(3));
+    if (seq > 0 && seq <= Number(timeline.dataset.leftOut || 0)) {
+      location.replace(location.pathname + "?from=" + seq + "#" + target);
+      return;
+    }
     var watch = new MutationObserver(function () {
       var event = document.getElementById(target);
       if (!event) return;

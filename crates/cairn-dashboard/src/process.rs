@@ -202,8 +202,10 @@ pub(crate) async fn page(
                         a href={ "/ui/processes/" (path) "?all=true" } { "Show them all" } }
                 }
                 // Without `all`, the page keeps its latest events as more
-                // arrive (`app.js`).
-                ol #timeline sse-swap="timeline" hx-swap="beforeend" data-keep=[keep] {}
+                // arrive (`app.js`). A link to an event left out goes to the
+                // timeline from it (`app.js`).
+                ol #timeline sse-swap="timeline" hx-swap="beforeend" data-keep=[keep]
+                    data-left-out=[(left_out > 0).then_some(left_out)] {}
                 div #timeline-failed sse-swap="failed,cleared" {}
             }
         }

@@ -652,13 +652,24 @@ async fn a_long_timeline_starts_at_its_latest_events() {
         "{html}"
     );
     assert!(html.contains(r#"data-keep="500""#), "the page keeps its latest: {html}");
+    // The page says how many it leaves out, so a link to one of them
+    // (`#ev-N`, which the server never sees) goes to the timeline from it.
+    assert!(html.contains(&format!(r#"data-left-out="{left_out}""#)), "{html}");
+    let script = get(&app, "/ui/assets/app.js", None).await.1;
+    assert!(
+        script.contains("timeline.dataset.leftOut") && script.contains("\"?from=\" + seq"),
+        "{script}"
+    );
     let (status, html, _) = get(&app, "/ui/processes/long?all=true", None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
         html.contains(r#"sse-connect="/ui/processes/long/live?after=0""#),
         "{html}"
     );
-    assert!(!html.contains("are left out") && !html.contains("data-keep"), "{html}");
+    assert!(
+        !html.contains("are left out") && !html.contains("data-keep") && !html.contains("data-left-out"),
+        "{html}"
+    );
     // A link to one event (a wake's) shows the timeline from it on, and
     // keeps all it shows; one within the latest shows those, kept too.
     let (status, html, _) = get(&app, "/ui/processes/long?from=3", None).await;
