@@ -208,7 +208,7 @@
     } catch (_) { /* the server says what is wrong with it */ }
     if (!type) return;
     e.preventDefault();
-    if (window.confirm("Complete this process with a \u201c" + type + "\u201d outcome? It ends the process for good.")) {
+    if (window.confirm("Complete this process with an outcome of type \u201c" + type + "\u201d? It ends the process for good.")) {
       e.detail.issueRequest(true);
     }
   });

@@ -2502,3 +2502,17 @@ async fn pages_and_the_login_declare_an_icon() {
     assert_eq!(status, StatusCode::OK);
     assert!(html.contains(r#"<link rel="icon" href="data:,">"#), "{html}");
 }
+
+/// The question before completing names the outcome's type with no article
+/// that depends on it ("a “abandoned” outcome").
+#[tokio::test]
+async fn the_complete_question_reads_for_any_outcome_type() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let script = get(&app(&p, true), "/ui/assets/app.js", None).await.1;
+    assert!(
+        script.contains(r#""Complete this process with an outcome of type \u201c" + type + "\u201d?"#),
+        "{script}"
+    );
+    assert!(!script.contains(r#"with a \u201c"#), "{script}");
+}
