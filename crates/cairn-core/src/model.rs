@@ -1651,7 +1651,8 @@ impl ProcessFilter {
         }
         check_definition(self.definition.as_deref())?;
         check_originator(self.originator.as_deref())?;
-        check_caused_by(self.caused_by.as_deref())
+        check_caused_by(self.caused_by.as_deref())?;
+        check_created_range(self.created_from_ms, self.created_before_ms)
     }
 
     /// The effective page size.
@@ -1696,6 +1697,18 @@ pub fn check_caused_by(parent: Option<&str>) -> crate::Result<()> {
         Some(parent) => crate::validate::validate_id("`caused_by`", parent)
             .map_err(|e| crate::CairnError::InvalidFilter(e.to_string())),
         None => Ok(()),
+    }
+}
+
+/// Check a created range: one that holds no time (`created_from_ms` at or
+/// after `created_before_ms`) would match nothing and say nothing.
+pub fn check_created_range(from: Option<u64>, before: Option<u64>) -> crate::Result<()> {
+    match (from, before) {
+        (Some(from), Some(before)) if from >= before => Err(crate::CairnError::InvalidFilter(format!(
+            "`created_from_ms` {from} is not before `created_before_ms` {before}: the range holds no time \
+             (`created_from_ms` is inclusive, `created_before_ms` exclusive)"
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -1809,7 +1822,8 @@ impl PruneFilter {
         }
         check_definition(self.definition.as_deref())?;
         check_originator(self.originator.as_deref())?;
-        check_caused_by(self.caused_by.as_deref())
+        check_caused_by(self.caused_by.as_deref())?;
+        check_created_range(self.created_from_ms, self.created_before_ms)
     }
 
     /// Whether an ended process with these traits passes every part but the status.

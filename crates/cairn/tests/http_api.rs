@@ -1015,6 +1015,48 @@ async fn abandon_transfer_and_session_delete() {
     assert_eq!((s, code(&err)), (400, "invalid_request"));
 }
 
+/// A created range that holds no time (`created_from_ms` at or after
+/// `created_before_ms`) is `invalid_filter` naming both keys, in a list's
+/// query and in a prune's body, and the prune removes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_created_range_is_invalid_filter_naming_both_keys() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let ext = json!({"id": "done-1", "input": {"type": "external"}, "disposition": "externally_owned"});
+    assert_eq!(c.start(ext).await.0, 201);
+    let done = json!({"outcome": {"type": "success", "value": 1}});
+    assert_eq!(c.post("/v1/processes/done-1/complete", done).await.0, 200);
+    let names_both = |err: &Value| {
+        let message = err["error"]["message"].as_str().unwrap_or_default().to_string();
+        message.contains("`created_from_ms`") && message.contains("`created_before_ms`")
+    };
+    for (from, before) in [(5u64, 5u64), (9, 3), (u64::MAX / 4, 0)] {
+        let q = format!("/v1/processes?status=any&created_from_ms={from}&created_before_ms={before}");
+        let (s, err) = c.get(&q).await;
+        assert_eq!((s, code(&err)), (400, "invalid_filter"), "{q}: {err}");
+        assert!(names_both(&err), "{q}: {err}");
+        let body = json!({"cutoff_ms": u64::MAX / 2, "watermark": {"type": "no_projector"},
+                          "created_from_ms": from, "created_before_ms": before});
+        let (s, err) = c.post("/v1/prune", body).await;
+        assert_eq!((s, code(&err)), (400, "invalid_filter"), "{from}..{before}: {err}");
+        assert!(names_both(&err), "{err}");
+    }
+    assert_eq!(c.get("/v1/processes/done-1").await.0, 200, "nothing was pruned");
+    // A range of one millisecond still holds time.
+    let (_, rec) = c.get("/v1/processes/done-1").await;
+    let at = rec["created_at_ms"].as_u64().expect("created_at_ms");
+    let q = format!(
+        "/v1/processes?status=any&created_from_ms={at}&created_before_ms={}",
+        at + 1
+    );
+    let (s, page) = c.get(&q).await;
+    assert_eq!(
+        (s, page["processes"][0]["id"].as_str()),
+        (200, Some("done-1")),
+        "{page}"
+    );
+}
+
 /// Every bad filter value, in a list's query or a prune's body, is
 /// `invalid_filter` and names its key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

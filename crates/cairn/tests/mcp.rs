@@ -814,6 +814,14 @@ async fn bad_input(server: &Server, client: &McpClient, tools: &[Tool], transpor
         let (code, message) = err(client, "process_list", bad.clone()).await;
         assert_eq!(code, "invalid_filter", "{bad}: {message}");
     }
+    // A created range that holds no time names both its keys, as over HTTP.
+    let range = json!({"status": "any", "created_from_ms": 7, "created_before_ms": 7});
+    let (code, message) = err(client, "process_list", range).await;
+    assert_eq!(code, "invalid_filter", "{message}");
+    assert!(
+        message.contains("`created_from_ms`") && message.contains("`created_before_ms`"),
+        "{message}"
+    );
     // A page size that is no number is `invalid_page`, as over HTTP (`?limit=x`).
     let (code, message) = err(client, "process_list", json!({"limit": "x"})).await;
     assert_eq!(code, "invalid_page", "{message}");
