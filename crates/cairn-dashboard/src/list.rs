@@ -510,13 +510,13 @@ async fn rows_markup(p: &Processes, visitor: &Visitor, q: &ListQuery) -> (Status
                                 // An id, so the link that had focus has it
                                 // again after a live re-render (htmx
                                 // restores focus by id).
-                                a id={ "row-" (r.id) } href={ "/ui/processes/" (encode_path(&r.id)) } { (r.id) }
+                                a id={ "row-" (r.id) } href={ "/ui/processes/" (encode_path(&r.id)) } { (pages::id(&r.id)) }
                                 @if let Some(label) = row.grant.as_ref().and_then(|g| g.descriptor.label.as_ref()) {
-                                    " " small.hint { (label) }
+                                    " " small.hint { (pages::id(label)) }
                                 }
                             }
                             td.c-def { code { (r.input.definition()) } }
-                            td.c-orig { (r.provenance.originator.scope_id()) }
+                            td.c-orig { (pages::id(&r.provenance.originator.scope_id())) }
                             td { (time::when(r.created_at_ms)) }
                             td.c-upd { (time::when(r.updated_at_ms)) }
                         }

@@ -43,7 +43,7 @@ pub(crate) fn layout(title: &str, visitor: &Visitor, nav: Nav, body: Markup) -> 
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="cairn-csrf" content=(visitor.csrf);
-                title { (title) " · cairn" }
+                title { (plain(title)) " · cairn" }
                 (icon())
                 link rel="stylesheet" href="/ui/assets/app.css";
                 script src="/ui/assets/htmx-2.0.11.min.js" {}
@@ -64,7 +64,7 @@ pub(crate) fn layout(title: &str, visitor: &Visitor, nav: Nav, body: Markup) -> 
                     // Whether the page's live stream is open: shown once it
                     // opens, said when it is lost (`app.js`).
                     span #live-state .live role="status" hidden {}
-                    span.viewer title="who this page acts as" { (visitor.viewer.label()) }
+                    span.viewer title="who this page acts as" { (id(&visitor.viewer.label())) }
                     @if visitor.logged_in {
                         button.link hx-post="/ui/logout" { "Log out" }
                     }
@@ -185,6 +185,100 @@ pub(crate) fn ok_fragment(message: &str) -> Markup {
     html! { div.result.ok role="status" { (message) } }
 }
 
+/// Whether a page shows `c` as its escape (`\u202e`) rather than as it is:
+/// a control character, or an invisible format one (Unicode `Cf`: the bidi
+/// controls that reorder what follows, zero-width spaces and joiners, ...).
+/// Shown as they are, `invoice-\u{202e}gnp.exe` reads `invoice-exe.png` and
+/// `a\u{200b}b` reads `ab`; an HTML parser drops or replaces control ones.
+pub(crate) fn hidden_char(c: char) -> bool {
+    c.is_control() || is_format(c)
+}
+
+/// Unicode's `Cf` (format) characters.
+fn is_format(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x00AD
+            | 0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+    )
+}
+
+/// The escape a page shows for a [`hidden_char`]: `\u202e`.
+fn escape(c: char) -> String {
+    format!("\\u{:04x}", u32::from(c))
+}
+
+/// `text` with each [`hidden_char`] (but a line break or tab, when
+/// `keep_lines`) shown as its escape in a `span.fmt`, set apart from text
+/// that spells the same.
+fn shown_with(text: &str, keep_lines: bool) -> Markup {
+    let hidden = |c: char| hidden_char(c) && !(keep_lines && (c == '\n' || c == '\t'));
+    if !text.chars().any(hidden) {
+        return html! { (text) };
+    }
+    html! {
+        @for (plain, c) in pieces(text, hidden) {
+            (plain)
+            @if let Some(c) = c { span.fmt title={ "U+" (format!("{:04X}", u32::from(c))) } { (escape(c)) } }
+        }
+    }
+}
+
+/// `text` cut before each character `hidden` takes: each run of text with
+/// the character that ends it.
+fn pieces(text: &str, hidden: impl Fn(char) -> bool) -> Vec<(&str, Option<char>)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        if hidden(c) {
+            out.push((&text[start..i], Some(c)));
+            start = i + c.len_utf8();
+        }
+    }
+    out.push((&text[start..], None));
+    out
+}
+
+/// An id, a session id or a label as a page shows it: each [`hidden_char`]
+/// as its escape, the whole isolated (`bdi`) so right-to-left text in it
+/// does not reorder the text around it.
+pub(crate) fn id(text: &str) -> Markup {
+    html! { bdi { (shown_with(text, false)) } }
+}
+
+/// Text (a payload's) as a page shows it: each [`hidden_char`] but line
+/// breaks and tabs as its escape.
+pub(crate) fn text(text: &str) -> Markup {
+    shown_with(text, true)
+}
+
+/// An id where no markup goes (a page's title): each [`hidden_char`] as
+/// its escape.
+pub(crate) fn plain(text: &str) -> String {
+    text.chars()
+        .map(|c| if hidden_char(c) { escape(c) } else { c.to_string() })
+        .collect()
+}
+
 /// A status badge (colour per status, readable as text too).
 pub(crate) fn status(s: ProcessStatus) -> Markup {
     html! { span class={ "status s-" (s.label()) } { (s.label()) } }
@@ -207,14 +301,14 @@ pub(crate) fn status_of(r: &ProcessRecord) -> Markup {
 pub(crate) fn json(v: &Value) -> Markup {
     let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
     if text.len() <= JSON_SHOWN_BYTES {
-        return html! { pre.json { (text) } };
+        return html! { pre.json { (self::text(&text)) } };
     }
     let mut cut = JSON_SHOWN_BYTES;
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }
     html! {
-        pre.json { (&text[..cut]) "\n…" }
+        pre.json { (self::text(&text[..cut])) "\n…" }
         p.hint.cut {
             "Shown: the first " (JSON_SHOWN_BYTES / 1024) " KiB of " (text.len()) " bytes. "
             code { "cairn get" } " and " code { "cairn events" } " print it whole."
@@ -243,7 +337,7 @@ pub(crate) fn timeline_entry(e: &ProcessEvent) -> Markup {
                     span.seq { "#" (e.sequence) }
                     " " code.etype { (e.event_type) }
                     " " (time::when(e.occurred_at_ms))
-                    @if !summary.is_empty() { " " span.peek { (summary) } }
+                    @if !summary.is_empty() { " " span.peek { (text(&summary)) } }
                 }
                 (json(&e.payload))
                 @if let Some(k) = &e.replay_key { p.hint { "replay key " code { (k) } } }

@@ -134,7 +134,7 @@ pub(crate) async fn page(
         Ok(axum::extract::Query(q)) => (q.all, q.from),
         Err(e) => {
             let body = html! {
-                h1 { "Process " code { (id) } }
+                h1 { "Process " code { (pages::id(&id)) } }
                 (pages::error_fragment("invalid_request", &e.body_text()))
                 p { a href="/ui/processes" { "← Processes" } }
             };
@@ -153,7 +153,7 @@ pub(crate) async fn page(
         Ok(r) => r,
         Err(e) => {
             let body = html! {
-                h1 { "Process " code { (id) } }
+                h1 { "Process " code { (pages::id(&id)) } }
                 @if let CairnError::NoLongerRetained(gone) = &e {
                     // What the tombstone says, with its times as people read them.
                     div.result.err role="alert" {
@@ -183,7 +183,7 @@ pub(crate) async fn page(
     let keep = (!all && from.is_none()).then_some(TIMELINE_SHOWN);
     let body = html! {
         p.crumbs { a href="/ui/processes" { "← Processes" } }
-        h1.pid { code { (record.id) } }
+        h1.pid { code { (pages::id(&record.id)) } }
         div.process hx-ext="sse" sse-connect={ "/ui/processes/" (path) "/live?after=" (left_out) } sse-close="end" {
             (crate::pages::login_listener())
             section #record hx-get={ "/ui/processes/" (path) "/record" } hx-trigger="sse:record delay:100ms" hx-swap="innerHTML" {
@@ -290,7 +290,7 @@ fn children_section(id: &str, children: &Children, oob: bool) -> Markup {
                     @for c in shown {
                         li data-child=(c.id) {
                             (pages::status_of(c)) " "
-                            a href={ "/ui/processes/" (encode_path(&c.id)) } { code { (c.id) } }
+                            a href={ "/ui/processes/" (encode_path(&c.id)) } { code { (pages::id(&c.id)) } }
                             " " code { (c.input.definition()) }
                         }
                     }
@@ -351,20 +351,20 @@ fn record_panel(r: &ProcessRecord) -> Markup {
             dt { "Last sequence" } dd { (r.last_sequence) }
             dt { "Originator" } dd {
                 @match &r.provenance.originator {
-                    Originator::Session { scope } => a href={ "/ui/sessions?session=" (encode_path(&scope.session_id)) } { (scope.scope_id()) },
-                    other => (other.scope_id()),
+                    Originator::Session { scope } => a href={ "/ui/sessions?session=" (encode_path(&scope.session_id)) } { (pages::id(&scope.scope_id())) },
+                    other => (pages::id(&other.scope_id())),
                 }
             }
             @if let Some(c) = &r.provenance.caused_by {
                 dt { "Caused by" } dd {
                     @if let Some(parent) = c.parent_process() {
-                        "parent process " a.parent href={ "/ui/processes/" (encode_path(parent)) } { (parent) }
+                        "parent process " a.parent href={ "/ui/processes/" (encode_path(parent)) } { (pages::id(parent)) }
                     } @else {
-                        (c.kind.as_deref().unwrap_or_default()) " " code { (c.id.as_deref().unwrap_or_default()) }
+                        (c.kind.as_deref().unwrap_or_default()) " " code { (pages::id(c.id.as_deref().unwrap_or_default())) }
                     }
                 }
             }
-            @if let Some(w) = &r.wake_target { dt { "Wake target" } dd { (w.scope_id()) } }
+            @if let Some(w) = &r.wake_target { dt { "Wake target" } dd { (pages::id(&w.scope_id())) } }
             @if let Some(x) = &r.external_ref { dt { "External" } dd { (x.backend) " " code { (x.id) } } }
             @if let Some(e) = &r.env_ref { dt { "Environment" } dd { code { (e) } } }
         }
@@ -387,7 +387,7 @@ fn record_panel(r: &ProcessRecord) -> Markup {
                             @match w.mode { Some(cairn_core::model::ChildrenMode::Any) => "any of ", _ => "all of " }
                             @for (i, id) in ids.iter().enumerate() {
                                 @if i > 0 { ", " }
-                                a href={ "/ui/processes/" (encode_path(id)) } { code { (id) } }
+                                a href={ "/ui/processes/" (encode_path(id)) } { code { (pages::id(id)) } }
                             }
                         }
                     }
@@ -411,7 +411,7 @@ fn record_panel(r: &ProcessRecord) -> Markup {
             @if let Some(a) = &r.abandon_request {
                 div.panel.abandon {
                     h3 { "Abandon requested" }
-                    p { "by " code { (a.requested_by) } " " (time::when(a.requested_at_ms)) ": " (a.reason) }
+                    p { "by " code { (pages::id(&a.requested_by)) } " " (time::when(a.requested_at_ms)) ": " (a.reason) }
                 }
             }
             @if let Some(c) = &r.cancel_request {

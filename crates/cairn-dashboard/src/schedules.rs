@@ -116,7 +116,7 @@ fn row(s: &Schedule) -> Markup {
     };
     html! {
         tr data-schedule=(s.id) data-state=(if s.paused { "paused" } else { "active" }) {
-            td.id { code { (s.id) } }
+            td.id { code { (pages::id(&s.id)) } }
             td.spec { (spec(s)) }
             td { (overlap) }
             td { @if s.paused { span.status.s-paused { "paused" } } @else { span.status.s-active { "active" } } }
@@ -124,7 +124,7 @@ fn row(s: &Schedule) -> Markup {
             td { @match s.last_fire_ms { Some(ms) => (time::when(ms)), None => span.hint { "never" } } }
             td {
                 @match &s.last_process_id {
-                    Some(p) => a href={ "/ui/processes/" (encode_path(p)) } { (p) },
+                    Some(p) => a href={ "/ui/processes/" (encode_path(p)) } { (pages::id(p)) },
                     None => span.hint { "none" },
                 }
                 // A refused fire is skipped: the row says so until one starts.

@@ -149,17 +149,17 @@ async fn section(d: &crate::Inner, viewer: &Viewer, session: &str) -> cairn_core
                 tbody {
                     @for w in &wakes {
                         tr data-wake=(w.wake_id) {
-                            td { code { (w.wake_id) } }
+                            td { code { (pages::id(&w.wake_id)) } }
                             // A frame's wake is for that agent frame alone; the
                             // others are the whole session's.
                             td.frame {
-                                @if let Some(f) = &w.target_scope.agent_frame_id { code { (f) } }
+                                @if let Some(f) = &w.target_scope.agent_frame_id { code { (pages::id(f)) } }
                                 @else { span.hint { "session" } }
                             }
                             @let open = openable.contains(w.process_id.as_str());
                             td {
-                                @if open { a href={ "/ui/processes/" (encode_path(&w.process_id)) } { (w.process_id) } }
-                                @else { code title="not granted to this session" { (w.process_id) } }
+                                @if open { a href={ "/ui/processes/" (encode_path(&w.process_id)) } { (pages::id(&w.process_id)) } }
+                                @else { code title="not granted to this session" { (pages::id(&w.process_id)) } }
                             }
                             td { "#" (w.sequence) " " code { (w.event_type) } }
                             // Its start, as the timeline shows a payload: an
@@ -175,12 +175,12 @@ async fn section(d: &crate::Inner, viewer: &Viewer, session: &str) -> cairn_core
                 }
             } }
         }
-        h2 { "Granted to " code { (session) } " " span.count { (count(granted.len(), granted_more)) } }
+        h2 { "Granted to " code { (pages::id(session)) } " " span.count { (count(granted.len(), granted_more)) } }
         p.hint { "What the session may address (the security lens)." }
         (all("granted_to", granted.len(), granted_more))
         (records(granted.iter().map(|g| (&g.process, g.grant.descriptor.label.as_deref()))))
         @if let Some((originated, more)) = &originated {
-            h2 { "Originated by " code { (session) } " " span.count { (count(originated.len(), *more)) } }
+            h2 { "Originated by " code { (pages::id(session)) } " " span.count { (count(originated.len(), *more)) } }
             p.hint { "What the session created, even if its grant moved (the provenance lens)." }
             (all("originated_by", originated.len(), *more))
             (records(originated.iter().map(|r| (r, None))))
@@ -198,8 +198,8 @@ pub(crate) fn records<'a>(rows: impl Iterator<Item = (&'a ProcessRecord, Option<
                     @for (r, label) in &rows {
                         tr data-id=(r.id) {
                             td { (pages::status_of(r)) }
-                            td.id { a href={ "/ui/processes/" (encode_path(&r.id)) } { (r.id) }
-                                @if let Some(l) = label { " " small.hint { (l) } } }
+                            td.id { a href={ "/ui/processes/" (encode_path(&r.id)) } { (pages::id(&r.id)) }
+                                @if let Some(l) = label { " " small.hint { (pages::id(l)) } } }
                             td.c-def { code { (r.input.definition()) } }
                             td { (time::when(r.created_at_ms)) }
                         }
@@ -238,7 +238,7 @@ pub(crate) async fn ack(
             html! {
                 tr.acked data-wake=(wake_id) {
                     td colspan="6" {
-                        code { (wake_id) } " "
+                        code { (pages::id(&wake_id)) } " "
                         @if acked { "acknowledged" } @else { "was already acknowledged" }
                     }
                 }
@@ -259,20 +259,13 @@ fn more_wakes(wakes: &[cairn_core::WakeDelivery]) -> bool {
     wakes.len() > SHOWN || bytes >= cairn_core::LIST_PAGE_BYTES
 }
 
-/// The start of a wake's input, as the timeline shows a payload's.
-fn clip(input: &str) -> String {
-    let mut short = String::new();
-    for c in input.chars().take(200) {
-        // A control character (NUL, ESC, ...) is no text a page can show:
-        // an HTML parser drops or replaces it. It is shown as its escape.
-        if c.is_control() && c != '\n' && c != '\t' {
-            short.push_str(&format!("\\u{:04x}", u32::from(c)));
-        } else {
-            short.push(c);
-        }
-    }
+/// The start of a wake's input, as the timeline shows a payload's: a
+/// control or invisible format character as its escape
+/// ([`pages::hidden_char`]).
+fn clip(input: &str) -> maud::Markup {
+    let mut short: String = input.chars().take(200).collect();
     if input.chars().nth(200).is_some() {
         short.push('…');
     }
-    short
+    pages::text(&short)
 }

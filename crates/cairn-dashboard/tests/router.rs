@@ -858,10 +858,13 @@ async fn the_session_page_names_a_wakes_frame_and_escapes_control_characters() {
         let at = html.find(&format!("href=\"/ui/processes/{id}\"")).expect("the row");
         html[html[..at].rfind("<tr").expect("row start")..at].to_string()
     };
-    assert!(row("framed").contains("<code>F1</code>"), "{html}");
+    assert!(row("framed").contains("<code><bdi>F1</bdi></code>"), "{html}");
     assert!(row("whole").contains("session"), "{html}");
     assert!(!html.contains('\u{0}'), "a raw NUL in the page");
-    assert!(html.contains("nul\\u0000here"), "{html}");
+    assert!(
+        html.contains(r#"nul<span class="fmt" title="U+0000">\u0000</span>here"#),
+        "{html}"
+    );
 }
 
 /// A session id is taken as given: ` s1` (a leading space is allowed in an
@@ -2515,4 +2518,87 @@ async fn the_complete_question_reads_for_any_outcome_type() {
         "{script}"
     );
     assert!(!script.contains(r#"with a \u201c"#), "{script}");
+}
+
+/// The text of a page, its tags (and their attributes) left out.
+fn text_of(html: &str) -> String {
+    html.split('<')
+        .map(|s| s.split_once('>').map_or(s, |(_, text)| text))
+        .collect()
+}
+
+/// Ids, session ids and labels holding bidi controls or invisible format
+/// characters are shown with each as its escape, set apart (`span.fmt`), in
+/// titles, headings, rows and links' text; links keep the real id.
+#[tokio::test]
+async fn ids_with_bidi_or_invisible_characters_are_shown_escaped() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let rlo = "invoice-\u{202e}gnp.exe";
+    let zw = "zw\u{200b}\u{200b}x";
+    let session = "s\u{2066}1";
+    p.start(StartRequest::external(rlo, json!({})).with_grant(
+        SessionScope::session(session),
+        GrantDescriptor {
+            label: Some("lab\u{feff}el".into()),
+            ..GrantDescriptor::default()
+        },
+    ))
+    .await
+    .unwrap();
+    external(&p, zw).await;
+    let app = app(&p, true);
+    let raw = ['\u{202e}', '\u{200b}', '\u{2066}', '\u{feff}'];
+    let shown_rlo = r#"<bdi>invoice-<span class="fmt" title="U+202E">\u202e</span>gnp.exe</bdi>"#;
+    let shown_zw =
+        r#"<bdi>zw<span class="fmt" title="U+200B">\u200b</span><span class="fmt" title="U+200B">\u200b</span>x</bdi>"#;
+
+    let (status, html, _) = get(&app, "/ui/processes?status=any", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!text_of(&html).contains(raw), "a raw format character shown: {html}");
+    assert!(
+        html.contains(&format!(
+            r#"href="/ui/processes/invoice-%E2%80%AEgnp.exe">{shown_rlo}</a>"#
+        )),
+        "{html}"
+    );
+    assert!(
+        html.contains(&format!(r#"href="/ui/processes/zw%E2%80%8B%E2%80%8Bx">{shown_zw}</a>"#)),
+        "{html}"
+    );
+    // The row keeps the real id where no one reads it.
+    assert!(html.contains(&format!(r#"data-id="{rlo}""#)), "{html}");
+
+    let (status, html, _) = get(&app, "/ui/processes/invoice-%E2%80%AEgnp.exe", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains(r#"<title>invoice-\u202egnp.exe · cairn</title>"#),
+        "{html}"
+    );
+    assert!(
+        html.contains(&format!("<h1 class=\"pid\"><code>{shown_rlo}</code></h1>")),
+        "{html}"
+    );
+    // The process page's live stream and forms address the real id.
+    assert!(html.contains("/ui/processes/invoice-%E2%80%AEgnp.exe/live"), "{html}");
+
+    let (status, html, _) = get(&app, "/ui/sessions?session=s%E2%81%A61", None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        html.contains(r#"Granted to <code><bdi>s<span class="fmt" title="U+2066">\u2066</span>1</bdi></code>"#),
+        "{html}"
+    );
+    assert!(html.contains(shown_rlo), "{html}");
+    assert!(
+        html.contains(r#"<small class="hint"><bdi>lab<span class="fmt" title="U+FEFF">\ufeff</span>el</bdi></small>"#),
+        "{html}"
+    );
+    assert!(!text_of(&html).contains(raw), "{html}");
+    // The form keeps what was asked for.
+    assert!(html.contains(&format!(r#"value="{session}""#)), "{html}");
+
+    // A process page that is refused names the id escaped too.
+    let (status, html, _) = get(&app, "/ui/processes/nope%E2%80%AE", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(html.contains(r#"<title>nope\u202e · cairn</title>"#), "{html}");
 }
