@@ -574,6 +574,15 @@ async fn a_live_timeline_keeps_its_latest_events() {
         )
         .await;
         assert_eq!(kept, json!([false, false, false, true]));
+        // A link to an event the timeline leaves out, without `?from=`,
+        // moves to the timeline from it and lands on it.
+        c.goto(&server.url("/ui/processes")).await.unwrap();
+        c.goto(&server.url("/ui/processes/chatty#ev-10")).await.unwrap();
+        wait_for(&c, Locator::Css("#timeline li#ev-10.linked")).await;
+        assert_eq!(
+            in_page(&c, "return location.search + location.hash;").await,
+            json!("?from=10#ev-10")
+        );
         // A link to one event (a wake's) lands on it once the stream brings
         // it, deep in the timeline, and keeps it as more events arrive.
         let linked = last - 100;
