@@ -674,32 +674,26 @@ fn complete_schema() -> Arc<JsonObject> {
 /// its `repair_attempts` at most 5 (the session-turn runner's bounds, which
 /// the OpenAPI document's `StartInput` states too); a `tool_call` of a
 /// built-in tool with that tool's `args` ([`builtin_tool_args`]).
+/// The variant of `ProcessInput` in `schema` whose `type` is `tag`.
+fn input_variant<'a>(schema: &'a mut JsonObject, tag: &str) -> Option<&'a mut Value> {
+    schema
+        .get_mut("$defs")
+        .and_then(|d| d.get_mut("ProcessInput"))
+        .and_then(|i| i.get_mut("oneOf"))
+        .and_then(Value::as_array_mut)
+        .and_then(|variants| {
+            variants
+                .iter_mut()
+                .find(|v| v.pointer("/properties/type/enum") == Some(&serde_json::json!([tag])))
+        })
+}
+
 fn start_schema() -> Arc<JsonObject> {
     let mut schema = Arc::unwrap_or_clone(json_schema::<StartRequest>());
-    let tool_call = schema
-        .get_mut("$defs")
-        .and_then(|d| d.get_mut("ProcessInput"))
-        .and_then(|i| i.get_mut("oneOf"))
-        .and_then(Value::as_array_mut)
-        .and_then(|variants| {
-            variants
-                .iter_mut()
-                .find(|v| v.pointer("/properties/type/enum") == Some(&serde_json::json!(["tool_call"])))
-        });
-    if let Some(tool_call) = tool_call {
+    if let Some(tool_call) = input_variant(&mut schema, "tool_call") {
         tool_call["allOf"] = builtin_tool_args();
     }
-    let turn = schema
-        .get_mut("$defs")
-        .and_then(|d| d.get_mut("ProcessInput"))
-        .and_then(|i| i.get_mut("oneOf"))
-        .and_then(Value::as_array_mut)
-        .and_then(|variants| {
-            variants
-                .iter_mut()
-                .find(|v| v.pointer("/properties/type/enum") == Some(&serde_json::json!(["session_turn"])))
-        });
-    let Some(turn) = turn else {
+    let Some(turn) = input_variant(&mut schema, "session_turn") else {
         return Arc::new(schema);
     };
     turn["required"] = serde_json::json!(["type", "input"]);

@@ -2846,15 +2846,7 @@ async fn a_completions_refused_type_names_what_a_completion_takes() {
 /// its holder now, is started and granted to s2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transferred_scripts_child_may_not_wake_the_session_that_gave_it_away() {
-    let server = Server::start(&[
-        "--token",
-        "host-secret",
-        "--session-token",
-        "s1=tok-1",
-        "--session-token",
-        "s2=tok-2",
-    ])
-    .await;
+    let server = two_sessions().await;
     let (host, s1, s2) = (
         server.with_token("host-secret"),
         server.with_token("tok-1"),
@@ -2941,15 +2933,7 @@ export async function spawner(ctx) {
 /// own session's frames, not another session's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frames_grants_and_starts_are_listed_by_its_scope() {
-    let server = Server::start(&[
-        "--token",
-        "host-secret",
-        "--session-token",
-        "s1=tok-1",
-        "--session-token",
-        "s2=tok-2",
-    ])
-    .await;
+    let server = two_sessions().await;
     let (host, s1, s2) = (
         server.with_token("host-secret"),
         server.with_token("tok-1"),
@@ -3006,4 +2990,18 @@ async fn a_frames_grants_and_starts_are_listed_by_its_scope() {
         assert!(said.contains("SESSION/frame:FRAME"), "{key}: {param}");
         assert!(param["schema"]["maxLength"].as_u64() > Some(300), "{key}: {param}");
     }
+}
+
+/// A server with a host token (`host-secret`) and two sessions' (`s1`:
+/// `tok-1`, `s2`: `tok-2`).
+async fn two_sessions() -> Server {
+    Server::start(&[
+        "--token",
+        "host-secret",
+        "--session-token",
+        "s1=tok-1",
+        "--session-token",
+        "s2=tok-2",
+    ])
+    .await
 }
