@@ -1579,15 +1579,12 @@ async fn a_run_stopped_while_its_server_is_frozen_still_exits() {
     let server = Server::start(&[]).await;
     let mut run = Running::spawn(&server.base, &["run", "--id", "frozen", "--", "sleep", "60"]);
     run.stderr_line("started frozen").await;
-    let server_pid = server.pid() as libc::pid_t;
-    // SAFETY: stopping and continuing our own child process by its pid.
-    assert_eq!(unsafe { libc::kill(server_pid, libc::SIGSTOP) }, 0);
+    server.freeze().await;
     let pid = run.child.id().expect("running") as libc::pid_t;
     // SAFETY: sending a signal to our own child process by its pid.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let said = run.stderr_line("could not cancel frozen").await;
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(server_pid, libc::SIGCONT) }, 0);
+    server.thaw();
     assert!(
         said.contains("may") && said.contains(&format!("`cairn --server {} cancel frozen`", server.base)),
         "{said}"

@@ -571,8 +571,7 @@ async fn revenant_incarnation_is_fenced_after_the_sweep() {
     let db = format!("sqlite:{}", dir.path().join("cairn.db").display());
     let (mut old, orphans) = box_1_running_ob(&db, dir.path()).await;
 
-    // SAFETY: signalling a child process this test spawned.
-    assert_eq!(unsafe { libc::kill(old.pid() as i32, libc::SIGSTOP) }, 0);
+    old.freeze().await;
     let (status, stderr) = refused_serve(&["--db", &db, "--listen", "127.0.0.1:0", "--node-id", "box-1"]);
     assert!(!status.success() && stderr.contains("is in use"), "{stderr}");
     std::fs::remove_file(dir.path().join("cairn.db-node-box-1.lock")).expect("remove the lock file");
@@ -584,8 +583,7 @@ async fn revenant_incarnation_is_fenced_after_the_sweep() {
     let last = ended["last_sequence"].clone();
 
     // Thaw the old incarnation and let its shell try to write.
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(old.pid() as i32, libc::SIGCONT) }, 0);
+    old.thaw();
     std::fs::write(dir.path().join("go"), "").expect("go file");
     for _ in 0..2_000 {
         if !group_alive(orphans.0) {

@@ -152,6 +152,41 @@ impl Server {
         self.child.id()
     }
 
+    /// Freeze the server (SIGSTOP) and return once every one of its threads
+    /// is stopped: the signal stops the first thread that takes it, and until
+    /// then another thread may still answer a request.
+    pub async fn freeze(&self) {
+        let pid = self.pid();
+        // SAFETY: stopping our own child process by its pid.
+        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) }, 0);
+        let all_stopped = || {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the server's threads");
+            tasks.flatten().all(|task| {
+                // The state follows the parenthesised command name.
+                std::fs::read_to_string(task.path().join("stat"))
+                    .ok()
+                    .and_then(|stat| {
+                        stat.rsplit_once(')')
+                            .map(|(_, rest)| rest.trim_start().starts_with('T'))
+                    })
+                    .unwrap_or(true)
+            })
+        };
+        for _ in 0..2_000 {
+            if all_stopped() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the server's threads did not all stop within 10 s");
+    }
+
+    /// Continue a server [`Server::freeze`] stopped.
+    pub fn thaw(&self) {
+        // SAFETY: continuing our own child process by its pid.
+        assert_eq!(unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGCONT) }, 0);
+    }
+
     /// Wait for the server process to exit by itself (bounded).
     pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + within;
