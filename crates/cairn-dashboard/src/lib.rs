@@ -165,14 +165,20 @@ async fn process_without_slash(
 }
 
 /// A module's page with a slash after it, as a process's
-/// ([`process_without_slash`]), when what comes before it is a module ref.
+/// ([`process_without_slash`]), when what comes before it is a module ref;
+/// when it is not one, the module page's answer for a bad ref (400), as
+/// without the slash.
 async fn module_without_slash(
     visitor: axum::Extension<auth::Visitor>,
     uri: axum::http::Uri,
     module_ref: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
 ) -> axum::response::Response {
-    let named = module_ref.is_ok_and(|m| cairn_core::script::validate_module_ref(&m).is_ok());
-    slash_to_page(named, visitor, &uri).await
+    if let Ok(axum::extract::Path(m)) = &module_ref {
+        if let Err(e) = cairn_core::script::validate_module_ref(m) {
+            return modules::refused(&visitor, m, &e);
+        }
+    }
+    slash_to_page(module_ref.is_ok(), visitor, &uri).await
 }
 
 /// The page without the slash (`uri`'s path, as sent, less its last

@@ -515,7 +515,7 @@ async fn rows_markup(p: &Processes, visitor: &Visitor, q: &ListQuery) -> (Status
                                     " " small.hint { (pages::id(label)) }
                                 }
                             }
-                            td.c-def { code { (r.input.definition()) } }
+                            td.c-def { code { (pages::id(&r.input.definition())) } }
                             td.c-orig { (pages::id(&r.provenance.originator.scope_id())) }
                             td { (time::when(r.created_at_ms)) }
                             td.c-upd { (time::when(r.updated_at_ms)) }

@@ -83,12 +83,12 @@ fn table(modules: &[ModuleInfo], paged: bool) -> Markup {
                 tbody {
                     @for m in modules {
                         tr data-module=(m.module_ref) {
-                            td.id { a href={ "/ui/modules/" (encode_path(&m.module_ref)) } { code { (m.module_ref) } } }
-                            td { @match &m.name { Some(n) => (n), None => span.hint { "none" } } }
+                            td.id { a href={ "/ui/modules/" (encode_path(&m.module_ref)) } { code { (pages::id(&m.module_ref)) } } }
+                            td { @match &m.name { Some(n) => (pages::id(n)), None => span.hint { "none" } } }
                             td.exports {
                                 @for (i, e) in m.exports.iter().enumerate() {
                                     @if i > 0 { ", " }
-                                    code { (e) }
+                                    code { (pages::id(e)) }
                                 }
                                 @if m.exports.is_empty() { span.hint { "none" } }
                             }
@@ -113,25 +113,23 @@ pub(crate) async fn one(
     Extension(visitor): Extension<Visitor>,
     IdPath(module_ref): IdPath,
 ) -> Response {
-    let module = match d.processes.get_module(&module_ref).await {
+    // Checked here too, so a malformed ref is said the same whatever the store.
+    let found = match cairn_core::script::validate_module_ref(&module_ref) {
+        Ok(()) => d.processes.get_module(&module_ref).await,
+        Err(e) => Err(e),
+    };
+    let module = match found {
         Ok(m) => m,
-        Err(e) => {
-            let body = html! {
-                p.crumbs { a href="/ui/modules" { "← Modules" } }
-                h1.pid { "Module " code { (module_ref) } }
-                (pages::error_fragment(e.code(), &e.to_string()))
-            };
-            return (status_for(&e), pages::layout("Module", &visitor, Nav::Modules, body)).into_response();
-        }
+        Err(e) => return refused(&visitor, &module_ref, &e),
     };
     let title = module.info.name.clone().unwrap_or_else(|| "Module".to_string());
     let scripts = scripts(&d, &visitor.viewer, &module).await;
     let info = &module.info;
     let body = html! {
         p.crumbs { a href="/ui/modules" { "← Modules" } }
-        h1 { (title) }
+        h1 { (pages::id(&title)) }
         dl.facts {
-            dt { "Ref" } dd.id { code.module-ref { (info.module_ref) } }
+            dt { "Ref" } dd.id { code.module-ref { (pages::id(&info.module_ref)) } }
             dt { "Stored" } dd { (time::when(info.created_at_ms)) }
             dt { "Source" } dd { (module.source.len()) " bytes" }
         }
@@ -142,7 +140,7 @@ pub(crate) async fn one(
             ul.exports {
                 @for e in &info.exports {
                     li data-export=(e) {
-                        code { (e) } " "
+                        code { (pages::id(e)) } " "
                         a.scripts href=(definition_href(&definition(info, e))) { "its processes" }
                     }
                 }
@@ -158,9 +156,29 @@ pub(crate) async fn one(
         }
         (scripts)
         h2 { "Source" }
-        pre.source { (module.source) }
+        pre.source { (pages::text(&module.source)) }
     };
     (StatusCode::OK, pages::layout(&title, &visitor, Nav::Modules, body)).into_response()
+}
+
+/// A module's page for a ref that names none: 400 for a ref that is not a
+/// module ref, 404 for one no module is stored under, as a process's page
+/// answers for a bad or unknown id; the server's error verbatim, and what it
+/// means in words.
+pub(crate) fn refused(visitor: &Visitor, module_ref: &str, e: &cairn_core::CairnError) -> Response {
+    let meaning = match e.code() {
+        "invalid_id" => Some("This is not a valid module ref."),
+        "unknown_module" => Some("No module with this ref is stored."),
+        _ => None,
+    };
+    let body = html! {
+        p.crumbs { a href="/ui/modules" { "← Modules" } }
+        h1.pid { "Module " code { (pages::id(module_ref)) } }
+        (pages::error_fragment(e.code(), &e.to_string()))
+        @if let Some(m) = meaning { p.hint.meaning { (m) } }
+    };
+    let title = format!("Module {module_ref}");
+    (status_for(e), pages::layout(&title, visitor, Nav::Modules, body)).into_response()
 }
 
 /// `script:{module_ref}#{export}`, as the process input computes it.
@@ -185,12 +203,12 @@ async fn scripts(d: &crate::Inner, viewer: &Viewer, module: &Module) -> Markup {
     html! {
         @for (e, def, listed) in &sections {
             section.scripts data-export=(e) {
-                h3 { code { (e) } }
+                h3 { code { (pages::id(e)) } }
                 @match listed {
                     Ok((rows, more)) => {
                         (crate::sessions::records(rows.iter().map(|r| (&r.record, None))))
                         @if *more {
-                            p { a href=(definition_href(def)) { "All processes of " code { (e) } " →" } }
+                            p { a href=(definition_href(def)) { "All processes of " code { (pages::id(e)) } " →" } }
                         }
                     }
                     Err(err) => (pages::error_fragment(err.code(), &err.to_string())),

@@ -171,18 +171,20 @@ pub(crate) fn login_listener() -> Markup {
     html! { div.login-listener hidden sse-swap="login" hx-swap="none" {} }
 }
 
-/// An error as the server gave it: its code and its message, verbatim.
+/// An error as the server gave it: its code and its message, verbatim but
+/// for each [`hidden_char`] shown as its escape (a message may quote an id,
+/// a reason or other text a caller gave).
 pub(crate) fn error_fragment(code: &str, message: &str) -> Markup {
     html! {
         div.result.err role="alert" {
-            code.code { (code) } ": " span.message { (message) }
+            code.code { (text(code)) } ": " span.message { (text(message)) }
         }
     }
 }
 
-/// A success note.
+/// A success note (it may quote who asked, as [`error_fragment`] may).
 pub(crate) fn ok_fragment(message: &str) -> Markup {
-    html! { div.result.ok role="status" { (message) } }
+    html! { div.result.ok role="status" { (text(message)) } }
 }
 
 /// Whether a page shows `c` as its escape (`\u202e`) rather than as it is:
@@ -265,13 +267,13 @@ pub(crate) fn id(text: &str) -> Markup {
     html! { bdi { (shown_with(text, false)) } }
 }
 
-/// Text (a payload's) as a page shows it: each [`hidden_char`] but line
-/// breaks and tabs as its escape.
+/// Text (a payload's, a message, a reason, a module's source) as a page
+/// shows it: each [`hidden_char`] but line breaks and tabs as its escape.
 pub(crate) fn text(text: &str) -> Markup {
     shown_with(text, true)
 }
 
-/// An id where no markup goes (a page's title): each [`hidden_char`] as
+/// Text where no markup goes (a page's title, a tooltip): each [`hidden_char`] as
 /// its escape.
 pub(crate) fn plain(text: &str) -> String {
     text.chars()
@@ -291,7 +293,7 @@ pub(crate) fn status_of(r: &ProcessRecord) -> Markup {
         @if let Some(w) = &r.wait {
             " " span.status.s-waiting title={ "waiting since " (time::absolute(w.since_ms)) } {
                 "waiting"
-                @if let Some(n) = &w.name { ": " (n) }
+                @if let Some(n) = &w.name { ": " (text(n)) }
             }
         }
     }
@@ -340,7 +342,7 @@ pub(crate) fn timeline_entry(e: &ProcessEvent) -> Markup {
                     @if !summary.is_empty() { " " span.peek { (text(&summary)) } }
                 }
                 (json(&e.payload))
-                @if let Some(k) = &e.replay_key { p.hint { "replay key " code { (k) } } }
+                @if let Some(k) = &e.replay_key { p.hint { "replay key " code { (id(k)) } } }
             }
         }
     }

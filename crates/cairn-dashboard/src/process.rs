@@ -291,7 +291,7 @@ fn children_section(id: &str, children: &Children, oob: bool) -> Markup {
                         li data-child=(c.id) {
                             (pages::status_of(c)) " "
                             a href={ "/ui/processes/" (encode_path(&c.id)) } { code { (pages::id(&c.id)) } }
-                            " " code { (c.input.definition()) }
+                            " " code { (pages::id(&c.input.definition())) }
                         }
                     }
                 }
@@ -341,7 +341,7 @@ fn record_panel(r: &ProcessRecord) -> Markup {
         // proposal follows it as the panel re-renders (`app.js`).
         div.summary data-status=(r.status.label()) data-signal=(waiting_for(r)) {
             (pages::status_of(r))
-            " " code { (r.input.definition()) }
+            " " code { (pages::id(&r.input.definition())) }
             " · " span.disp title="recovery disposition" { (disposition_label(r.disposition)) }
         }
         dl.facts {
@@ -360,13 +360,15 @@ fn record_panel(r: &ProcessRecord) -> Markup {
                     @if let Some(parent) = c.parent_process() {
                         "parent process " a.parent href={ "/ui/processes/" (encode_path(parent)) } { (pages::id(parent)) }
                     } @else {
-                        (c.kind.as_deref().unwrap_or_default()) " " code { (pages::id(c.id.as_deref().unwrap_or_default())) }
+                        (pages::text(c.kind.as_deref().unwrap_or_default())) " " code { (pages::id(c.id.as_deref().unwrap_or_default())) }
                     }
                 }
             }
             @if let Some(w) = &r.wake_target { dt { "Wake target" } dd { (pages::id(&w.scope_id())) } }
-            @if let Some(x) = &r.external_ref { dt { "External" } dd { (x.backend) " " code { (x.id) } } }
-            @if let Some(e) = &r.env_ref { dt { "Environment" } dd { code { (e) } } }
+            @if let Some(x) = &r.external_ref {
+                dt { "External" } dd.external { (pages::id(&x.backend)) " " code { (pages::id(&x.id)) } }
+            }
+            @if let Some(e) = &r.env_ref { dt { "Environment" } dd { code { (pages::id(e)) } } }
         }
         div.panels {
             @if let Some(o) = &r.outcome {
@@ -375,7 +377,7 @@ fn record_panel(r: &ProcessRecord) -> Markup {
             @if let Some(w) = &r.wait {
                 div.panel.wait {
                     h3 { "Waiting" }
-                    p { "for " (w.kind) @if let Some(n) = &w.name { " " code { (n) } }
+                    p { "for " (pages::text(&w.kind)) @if let Some(n) = &w.name { " " code { (pages::text(n)) } }
                         @if let Some(k) = w.ordinal { " (#" (k) ")" }
                         " since " (time::when(w.since_ms))
                         @if let Some(until) = w.until_ms {
@@ -396,7 +398,7 @@ fn record_panel(r: &ProcessRecord) -> Markup {
                             "or a signal "
                             @for (i, name) in names.iter().enumerate() {
                                 @if i > 0 { ", " }
-                                code { (name) }
+                                code { (pages::text(name)) }
                             }
                         }
                     }
@@ -405,19 +407,19 @@ fn record_panel(r: &ProcessRecord) -> Markup {
             @if let Some(l) = &r.lease {
                 div.panel.lease {
                     h3 { "Lease" }
-                    p { "held by " code { (l.owner_id) } ", fencing token " (l.fencing_token) ", expires " (time::when(l.expires_at_ms)) }
+                    p { "held by " code { (pages::id(&l.owner_id)) } ", fencing token " (l.fencing_token) ", expires " (time::when(l.expires_at_ms)) }
                 }
             }
             @if let Some(a) = &r.abandon_request {
                 div.panel.abandon {
                     h3 { "Abandon requested" }
-                    p { "by " code { (pages::id(&a.requested_by)) } " " (time::when(a.requested_at_ms)) ": " (a.reason) }
+                    p { "by " code { (pages::id(&a.requested_by)) } " " (time::when(a.requested_at_ms)) ": " (pages::text(&a.reason)) }
                 }
             }
             @if let Some(c) = &r.cancel_request {
                 div.panel.cancel {
                     h3 { "Cancel requested" }
-                    p { (time::when(c.requested_at_ms)) @if let Some(reason) = &c.reason { ": " (reason) } }
+                    p { (time::when(c.requested_at_ms)) @if let Some(reason) = &c.reason { ": " (pages::text(reason)) } }
                 }
             }
             // A process's input never changes: the live re-render keeps the

@@ -100,10 +100,10 @@ fn table(schedules: &[Schedule], next: Option<String>, paged: bool) -> Markup {
 fn spec(s: &Schedule) -> Markup {
     html! {
         @if let Some(cron) = &s.cron {
-            "cron " code { (cron) }
-            @if let Some(tz) = &s.timezone { " " span.tz { "(" (tz) ")" } }
+            "cron " code { (pages::text(cron)) }
+            @if let Some(tz) = &s.timezone { " " span.tz { "(" (pages::text(tz)) ")" } }
         } @else if let Some(every) = &s.every {
-            "every " code { (every) }
+            "every " code { (pages::text(every)) }
         }
     }
 }
@@ -129,8 +129,8 @@ fn row(s: &Schedule) -> Markup {
                 }
                 // A refused fire is skipped: the row says so until one starts.
                 @if let Some(r) = &s.last_refusal {
-                    div.refused title=(r.message) {
-                        span.status.s-failed { "refused" } " " (time::when(r.fire_ms)) ": " code { (r.code) }
+                    div.refused title=(pages::plain(&r.message)) {
+                        span.status.s-failed { "refused" } " " (time::when(r.fire_ms)) ": " code { (pages::text(&r.code)) }
                     }
                 }
             }

@@ -200,7 +200,7 @@ pub(crate) fn records<'a>(rows: impl Iterator<Item = (&'a ProcessRecord, Option<
                             td { (pages::status_of(r)) }
                             td.id { a href={ "/ui/processes/" (encode_path(&r.id)) } { (pages::id(&r.id)) }
                                 @if let Some(l) = label { " " small.hint { (pages::id(l)) } } }
-                            td.c-def { code { (r.input.definition()) } }
+                            td.c-def { code { (pages::id(&r.input.definition())) } }
                             td { (time::when(r.created_at_ms)) }
                         }
                     }

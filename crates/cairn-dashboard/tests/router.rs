@@ -1422,7 +1422,7 @@ async fn the_modules_page_lists_modules_and_a_module_shows_exports_escaped_sourc
         .find(|r| r.starts_with(deploy.as_str()))
         .expect("the deploy module is listed");
     assert!(
-        row.contains("<code>deploy</code>, <code>rollback</code>"),
+        row.contains("<code><bdi>deploy</bdi></code>, <code><bdi>rollback</bdi></code>"),
         "exports: {row}"
     );
     assert!(row.contains("deploy &lt;prod&gt;.js"), "the name, escaped: {row}");
@@ -2383,7 +2383,6 @@ async fn a_trailing_slash_is_the_page_with_its_query() {
         "/ui/processes//",
         "/ui/processes/%2E%2E/",
         "/ui/processes/a%01/",
-        "/ui/modules/m1/",
         "/ui/processes/a/b/",
     ] {
         let (status, html, _) = get(&app, nothing, None).await;
@@ -2601,4 +2600,188 @@ async fn ids_with_bidi_or_invisible_characters_are_shown_escaped() {
     let (status, html, _) = get(&app, "/ui/processes/nope%E2%80%AE", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(html.contains(r#"<title>nope\u202e · cairn</title>"#), "{html}");
+}
+
+/// `a`, U+202E, `b`, U+200B, `c`: what each text below holds.
+const FMT: &str = "a\u{202e}b\u{200b}c";
+/// [`FMT`] as a page shows it.
+const FMT_SHOWN: &str =
+    r#"a<span class="fmt" title="U+202E">\u202e</span>b<span class="fmt" title="U+200B">\u200b</span>c"#;
+
+/// Whether `html`'s text holds U+202E or U+200B as they are.
+fn shows_raw(html: &str) -> bool {
+    text_of(html).contains(['\u{202e}', '\u{200b}'])
+}
+
+/// Text callers and producers give, beyond ids, is shown with bidi
+/// controls and invisible format characters escaped, as ids are: an error
+/// quoting it, a failure's message and a reason; a module's name, exports
+/// and source; a lease's owner; an external ref.
+#[tokio::test]
+async fn caller_and_producer_text_is_shown_escaped() {
+    use cairn_core::ProcessRegistry;
+    let clock = Arc::new(ManualClock::new(T0));
+    let registry = Arc::new(MemoryRegistry::with_clock(clock.clone()));
+    let p = Processes::builder(registry.clone())
+        .clock(clock.clone())
+        .script_engine(Arc::new(ExportLines))
+        .without_worker()
+        .start();
+    let app = app(&p, true);
+
+    // 1. Errors: a page's, a fragment's, a failure's message, a reason.
+    let (status, html, _) = get(&app, "/ui/processes/a%E2%80%AEb%E2%80%8Bc", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{html}");
+    assert!(
+        html.contains(&format!(
+            r#"<span class="message">unknown process `{FMT_SHOWN}`</span>"#
+        )),
+        "{html}"
+    );
+    assert!(!shows_raw(&html), "{html}");
+    let (status, html, _) = get(&app, "/ui/processes/a%E2%80%AEb%E2%80%8Bc/record", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{html}");
+    assert!(html.contains(FMT_SHOWN) && !shows_raw(&html), "{html}");
+    external(&p, "failed").await;
+    p.complete_external("failed", cairn_core::Outcome::failure("test", "bad", FMT), "host")
+        .await
+        .expect("complete");
+    external(&p, "asked").await;
+    p.request_abandon("asked", "host", FMT).await.expect("abandon");
+    for (id, shown) in [
+        ("failed", format!("&quot;message&quot;: &quot;{FMT_SHOWN}&quot;")),
+        ("asked", format!(": {FMT_SHOWN}</p>")),
+    ] {
+        let (status, html, _) = get(&app, &format!("/ui/processes/{id}"), None).await;
+        assert_eq!(status, StatusCode::OK, "{html}");
+        assert!(html.contains(&shown) && !shows_raw(&html), "{id}: {html}");
+    }
+
+    // 2. A module's name, exports and source, on the list and its page.
+    let export = format!("go{FMT}");
+    let source = format!("// {FMT}\nexport async function {export}(ctx) {{}}\n");
+    let module = put_module(&p, &source, Some(FMT)).await;
+    start_script(&p, "script-1", &module, &export, None).await;
+    let (status, html, _) = get(&app, "/ui/modules", None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        html.contains(&format!("<td><bdi>{FMT_SHOWN}</bdi></td>")),
+        "name: {html}"
+    );
+    assert!(
+        html.contains(&format!(
+            r#"<td class="exports"><code><bdi>go{FMT_SHOWN}</bdi></code></td>"#
+        )),
+        "export: {html}"
+    );
+    assert!(!shows_raw(&html), "{html}");
+    let (status, html, _) = get(&app, &format!("/ui/modules/{}", module.replace(':', "%3A")), None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        html.contains(&format!("<h1><bdi>{FMT_SHOWN}</bdi></h1>")),
+        "name: {html}"
+    );
+    assert!(html.contains(r#"<title>a\u202eb\u200bc · cairn</title>"#), "{html}");
+    assert!(
+        html.contains(&format!(
+            "<li data-export=\"{export}\"><code><bdi>go{FMT_SHOWN}</bdi></code>"
+        )),
+        "export: {html}"
+    );
+    assert!(
+        html.contains(&format!("<h3><code><bdi>go{FMT_SHOWN}</bdi></code></h3>")),
+        "scripts: {html}"
+    );
+    assert!(
+        html.contains(&format!("<pre class=\"source\">// {FMT_SHOWN}\n")),
+        "source: {html}"
+    );
+    assert!(!shows_raw(&html), "{html}");
+    // The definition the processes list shows names the export.
+    let (_, html, _) = get(&app, "/ui/processes?status=any", None).await;
+    assert!(html.contains(&format!("#go{FMT_SHOWN}</bdi></code>")), "{html}");
+    assert!(!shows_raw(&html), "{html}");
+
+    // 3. A lease's owner.
+    p.start(StartRequest::tool(
+        "leased",
+        "anything",
+        json!({}),
+        Disposition::OwnerBound,
+    ))
+    .await
+    .expect("start");
+    registry.claim("leased", FMT, 30_000).await.expect("claim");
+    let (status, html, _) = get(&app, "/ui/processes/leased", None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        html.contains(&format!("held by <code><bdi>{FMT_SHOWN}</bdi></code>")),
+        "{html}"
+    );
+    assert!(!shows_raw(&html), "{html}");
+
+    // 4. An external ref: the other system's name and the work's id there.
+    let mut start = StartRequest::external("linked", json!({}));
+    start.external_ref = Some(cairn_core::ExternalRef {
+        backend: format!("sys{FMT}"),
+        id: format!("id{FMT}"),
+        metadata: None,
+    });
+    p.start(start).await.expect("start");
+    let (status, html, _) = get(&app, "/ui/processes/linked", None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        html.contains(&format!(
+            r#"<dd class="external"><bdi>sys{FMT_SHOWN}</bdi> <code><bdi>id{FMT_SHOWN}</bdi></code></dd>"#
+        )),
+        "{html}"
+    );
+    assert!(!shows_raw(&html), "{html}");
+}
+
+/// A module page for a ref that is not a module ref says so (400), and one
+/// for a ref no module is stored under says that (404), with a slash after
+/// it or not, as a process's page does for a bad or unknown id.
+#[tokio::test]
+async fn a_bad_or_unknown_module_ref_is_said_in_its_page() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = scripted_runtime(&clock);
+    let app = app(&p, true);
+    let nav = r#"href="/ui/modules" aria-current="page""#;
+    for path in ["/ui/modules/m1", "/ui/modules/m1/", "/ui/modules/m1%E2%80%AE/"] {
+        let (status, html, _) = get(&app, path, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {html}");
+        assert!(
+            html.contains(r#"<code class="code">invalid_id</code>"#)
+                && html.contains("This is not a valid module ref.")
+                && html.contains("← Modules")
+                && html.contains(nav),
+            "{path}: {html}"
+        );
+        assert!(!html.contains("no such page"), "{path}: {html}");
+        assert!(!shows_raw(&html), "{path}: {html}");
+    }
+    let (_, html, _) = get(&app, "/ui/modules/m1%E2%80%AE/", None).await;
+    assert!(
+        html.contains(
+            r#"<h1 class="pid">Module <code><bdi>m1<span class="fmt" title="U+202E">\u202e</span></bdi></code></h1>"#
+        ),
+        "{html}"
+    );
+    let unknown = format!("/ui/modules/module%3Asha256%3A{}", "0".repeat(64));
+    let (status, _, headers) = get(&app, &format!("{unknown}/"), None).await;
+    assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(headers[header::LOCATION], unknown.as_str());
+    let (status, html, _) = get(&app, &unknown, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{html}");
+    assert!(
+        html.contains(r#"<code class="code">unknown_module</code>"#)
+            && html.contains("No module with this ref is stored.")
+            && html.contains(nav),
+        "{html}"
+    );
+    // A stored one is its page.
+    let stored = put_module(&p, "export async function f(ctx) {}\n", None).await;
+    let (status, html, _) = get(&app, &format!("/ui/modules/{}", stored.replace(':', "%3A")), None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
 }
