@@ -1012,7 +1012,9 @@ pub struct Registration {
     pub external_ref: Option<ExternalRef>,
 }
 
-/// A handle descriptor carried by a grant.
+/// A handle descriptor carried by a grant: an optional `kind` (at most 64
+/// bytes) and `label` (at most 1024 bytes), neither empty nor holding a
+/// control character.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(
@@ -1020,10 +1022,13 @@ pub struct Registration {
     deny_unknown_fields
 )]
 pub struct GrantDescriptor {
-    /// What kind of handle this is, for the host.
+    /// What kind of handle this is, for the host: at most 64 bytes, not
+    /// empty (omit it instead), no control characters (U+0000–U+001F,
+    /// U+007F–U+009F).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
-    /// A label for humans.
+    /// A label for humans: at most 1024 bytes, not empty (omit it instead),
+    /// no control characters (U+0000–U+001F, U+007F–U+009F).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
 }

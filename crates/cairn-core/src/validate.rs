@@ -11,7 +11,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::events::{core_event_types, is_core_event_type, validate_signal_name, EventType, EventTypes, SIGNAL_PREFIX};
-use crate::model::{EnvRef, EnvSpec, Registration, SessionScope};
+use crate::model::{EnvRef, EnvSpec, GrantDescriptor, Registration, SessionScope};
 use crate::{CairnError, Result};
 
 pub use crate::hash::{canonical_json, sha256_hex};
@@ -331,6 +331,42 @@ pub fn validate_scope(scope: &SessionScope) -> Result<()> {
     validate_session_id(&scope.session_id)?;
     if let Some(frame) = &scope.agent_frame_id {
         validate_id("agent frame id", frame)?;
+    }
+    Ok(())
+}
+
+/// The most bytes of a grant descriptor's `kind`.
+pub const MAX_GRANT_KIND_BYTES: usize = 64;
+
+/// The most bytes of a grant descriptor's `label`.
+pub const MAX_GRANT_LABEL_BYTES: usize = 1024;
+
+/// Check a grant descriptor, which every lens shows: a `kind` of at most
+/// [`MAX_GRANT_KIND_BYTES`] and a `label` of at most [`MAX_GRANT_LABEL_BYTES`],
+/// neither empty (an absent field is omitted, not blank) nor holding a control
+/// character (Unicode category Cc). `at` is where the descriptor sits in the
+/// request (`grant.descriptor`), for the message; a refusal is
+/// `invalid_request` naming the field.
+pub fn validate_grant_descriptor(at: &str, descriptor: &GrantDescriptor) -> Result<()> {
+    let fields = [
+        ("kind", &descriptor.kind, MAX_GRANT_KIND_BYTES),
+        ("label", &descriptor.label, MAX_GRANT_LABEL_BYTES),
+    ];
+    for (name, value, limit) in fields {
+        let Some(value) = value else { continue };
+        let refuse = |why: String| Err(CairnError::InvalidRequest(format!("`{at}.{name}` {why}")));
+        if value.is_empty() {
+            return refuse("must not be empty: omit it instead".into());
+        }
+        if value.len() > limit {
+            return refuse(format!("is {} bytes, over the {limit} byte limit", value.len()));
+        }
+        if let Some((at_byte, c)) = value.char_indices().find(|(_, c)| c.is_control()) {
+            return refuse(format!(
+                "contains a control character (U+{:04X} at byte {at_byte})",
+                u32::from(c)
+            ));
+        }
     }
     Ok(())
 }
@@ -984,6 +1020,31 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// The control characters a descriptor refuses are Unicode's Cc, C0, DEL
+    /// and C1, and no more: the printable neighbours of each range pass.
+    #[test]
+    fn a_grant_descriptor_refuses_exactly_the_control_characters() {
+        let label = |c: char| GrantDescriptor {
+            kind: None,
+            label: Some(format!("a{c}b")),
+        };
+        for c in ['\u{0}', '\u{1f}', '\u{7f}', '\u{80}', '\u{9f}'] {
+            let err = validate_grant_descriptor("grant.descriptor", &label(c)).expect_err("a control character");
+            assert_eq!(err.code(), "invalid_request");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "invalid request: `grant.descriptor.label` contains a control character (U+{:04X} at byte 1)",
+                    u32::from(c)
+                )
+            );
+        }
+        for c in [' ', '~', '\u{a0}', '\u{200b}', '\u{feff}'] {
+            validate_grant_descriptor("grant.descriptor", &label(c)).expect("a printable or format character");
+        }
+        validate_grant_descriptor("descriptor", &GrantDescriptor::default()).expect("no fields");
+    }
 
     /// serde's refusals of a value of the wrong type or range are said in
     /// JSON's terms, keeping where it was; other messages are kept.

@@ -279,6 +279,7 @@ macro_rules! conformance_suite {
                 cancel_after_lease_lapse_follows_disposition,
                 // sessions and grants
                 grant_and_revoke,
+                grant_descriptors_are_checked,
                 transfer_moves_grants_only,
                 granted_and_originated_lenses,
                 delete_session_reports_and_never_cancels,

@@ -2780,6 +2780,57 @@ async fn a_bad_authority_or_requester_is_refused_by_its_field() {
     );
 }
 
+/// A start's or a schedule's grant descriptor over its limits, empty or with
+/// a control character is refused (400 `invalid_request`) naming the field,
+/// and nothing is stored; one at the limits is kept as given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_grant_descriptor_is_refused_by_its_field() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let start = |id: &str, descriptor: Value| {
+        json!({"id": id, "input": {"type": "external"}, "disposition": "externally_owned",
+               "grant": {"session_scope": {"session_id": "s1"}, "descriptor": descriptor}})
+    };
+    let long_label = "l".repeat(cairn_core::validate::MAX_GRANT_LABEL_BYTES + 1);
+    for (descriptor, said) in [
+        (
+            json!({"label": long_label}),
+            "invalid request: `grant.descriptor.label` is 1025 bytes, over the 1024 byte limit",
+        ),
+        (
+            json!({"kind": "a\u{1b}[2Jb"}),
+            "invalid request: `grant.descriptor.kind` contains a control character (U+001B at byte 1)",
+        ),
+        (
+            json!({"kind": ""}),
+            "invalid request: `grant.descriptor.kind` must not be empty: omit it instead",
+        ),
+    ] {
+        let (s, err) = c.start(start("g", descriptor.clone())).await;
+        assert_eq!((s, code(&err)), (400, "invalid_request"), "{descriptor}: {err}");
+        assert_eq!(err["error"]["message"], said, "{descriptor}");
+        let body = json!({"id": "every", "every": "1h", "overlap": "skip",
+                          "start": {"input": {"type": "external"}, "disposition": "externally_owned",
+                                    "grant": {"session_scope": {"session_id": "s1"}, "descriptor": descriptor}}});
+        let (s, err) = c.post("/v1/schedules", body).await;
+        assert_eq!(
+            (s, code(&err)),
+            (400, "invalid_request"),
+            "schedule {descriptor}: {err}"
+        );
+        assert_eq!(err["error"]["message"], said, "schedule {descriptor}");
+    }
+    let (s, err) = c.get("/v1/processes/g").await;
+    assert_eq!((s, code(&err)), (404, "unknown_process"), "{err}");
+    let (_, page) = c.get("/v1/schedules").await;
+    assert_eq!(page["schedules"], json!([]), "nothing refused was stored");
+    let at_limit = json!({"kind": "k".repeat(64), "label": "é".repeat(512)});
+    assert_eq!(c.start(start("g", at_limit.clone())).await.0, 201);
+    let (s, page) = c.get("/v1/processes?granted_to=s1").await;
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["grants"][0]["descriptor"], at_limit, "{page}");
+}
+
 /// A completion's outcome takes `success`, `failure` or `cancelled`: a
 /// refused `type` is told those, not `abandoned` (which a completion refuses,
 /// saying to ask for an abandonment).

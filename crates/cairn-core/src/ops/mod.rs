@@ -24,7 +24,7 @@ use crate::model::{
     Registration, SessionScope, StartGrant, Tombstone, WaitRequest, WaitState, WakeDelivery,
 };
 use crate::registry::{CancelAnswer, CompleteAnswer, Registered};
-use crate::validate::{validate_id, validate_scope, MAX_AWAITED_CHILDREN};
+use crate::validate::{validate_grant_descriptor, validate_id, validate_scope, MAX_AWAITED_CHILDREN};
 use crate::{CairnError, Result};
 
 /// Drive to its end a future over primitives that answer at once (the
@@ -255,8 +255,14 @@ impl Op {
         now_ms: u64,
     ) -> Result<Self> {
         let record = fold::initial_record(registration, now_ms)?;
-        for g in &grants {
+        for (i, g) in grants.iter().enumerate() {
             validate_scope(&g.session_scope)?;
+            // A start carries one grant (`grant`); a child's several are named by place.
+            let at = match grants.len() {
+                1 => "grant.descriptor".to_string(),
+                _ => format!("grants[{i}].descriptor"),
+            };
+            validate_grant_descriptor(&at, &g.descriptor)?;
         }
         let grants = grants
             .into_iter()
@@ -333,6 +339,7 @@ impl Op {
     pub fn grant(scope: &SessionScope, id: &str, descriptor: GrantDescriptor, now_ms: u64) -> Result<Self> {
         validate_scope(scope)?;
         validate_id("process id", id)?;
+        validate_grant_descriptor("descriptor", &descriptor)?;
         Ok(Self::Grant {
             grant: Grant {
                 scope: scope.clone(),

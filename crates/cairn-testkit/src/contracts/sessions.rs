@@ -125,6 +125,206 @@ pub async fn grant_and_revoke(factory: &dyn StoreFactory) {
     assert_eq!(h.check("p").await, before);
 }
 
+/// A grant descriptor's `kind` (at most 64 bytes) and `label` (at most 1024)
+/// are refused (`invalid_request`, naming the field) when empty, over their
+/// limit or holding a control character, by every way a grant is made, and
+/// the refusal writes nothing; a value at the limit is kept as given.
+pub async fn grant_descriptors_are_checked(factory: &dyn StoreFactory) {
+    use cairn_core::validate::{MAX_GRANT_KIND_BYTES, MAX_GRANT_LABEL_BYTES};
+    use cairn_core::{GrantDescriptor, StartGrant};
+
+    let h = Harness::new(factory).await;
+    let (s1, s2) = (session("s1"), session("s2"));
+    h.register_granted(rerunnable("p"), Some(start_grant(&s1, "tool", "one")))
+        .await;
+    h.register(rerunnable("parent")).await;
+    let lease = h.claim("parent", "w1", 1_000).await;
+    let held = ok(h.registry().grants_of("p").await, "grants_of");
+
+    let with = |field: &str, value: &str| {
+        let mut d = descriptor("tool", "ok");
+        match field {
+            "kind" => d.kind = Some(value.to_string()),
+            _ => d.label = Some(value.to_string()),
+        }
+        d
+    };
+    for (field, limit) in [("kind", MAX_GRANT_KIND_BYTES), ("label", MAX_GRANT_LABEL_BYTES)] {
+        let bad = [
+            ("empty", String::new(), "must not be empty".to_string()),
+            (
+                "over the limit",
+                "x".repeat(limit + 1),
+                format!("over the {limit} byte limit"),
+            ),
+            // Multibyte characters count in bytes, not characters.
+            (
+                "over the limit in bytes",
+                "é".repeat(limit / 2 + 1),
+                format!("over the {limit} byte limit"),
+            ),
+            ("with a newline", "a\nb".to_string(), "U+000A".to_string()),
+            ("with a NUL", "a\0b".to_string(), "U+0000".to_string()),
+            ("with an ESC", "\u{1b}[31m".to_string(), "U+001B".to_string()),
+            ("with a DEL", "a\u{7f}".to_string(), "U+007F".to_string()),
+            ("with a C1 control", "a\u{85}".to_string(), "U+0085".to_string()),
+        ];
+        for (case, value, says) in bad {
+            let d = with(field, &value);
+            let what = format!("a start granted with a `{field}` {case}");
+            let err = h
+                .rejects(
+                    "invalid_request",
+                    &what,
+                    h.registry().register(
+                        rerunnable("q"),
+                        Some(StartGrant {
+                            session_scope: s2.clone(),
+                            descriptor: d.clone(),
+                        }),
+                    ),
+                )
+                .await;
+            let message = err.to_string();
+            assert!(
+                message.contains(&format!("`grant.descriptor.{field}`")) && message.contains(&says),
+                "{what}: the refusal names the field and says `{says}`: {message}"
+            );
+            h.rejects(
+                "unknown_process",
+                &format!("{what}: the process"),
+                h.registry().get("q"),
+            )
+            .await;
+
+            let what = format!("a claimed start granted with a `{field}` {case}");
+            h.rejects(
+                "invalid_request",
+                &what,
+                h.registry().register_claimed(
+                    rerunnable("q"),
+                    Some(StartGrant {
+                        session_scope: s2.clone(),
+                        descriptor: d.clone(),
+                    }),
+                    "w1",
+                    1_000,
+                ),
+            )
+            .await;
+
+            let what = format!("a child granted with a `{field}` {case}");
+            let mut child = rerunnable("parent/1");
+            child.provenance.caused_by = Some(cairn_core::CausalRef::process("parent"));
+            let err = h
+                .rejects(
+                    "invalid_request",
+                    &what,
+                    h.registry().register_child(
+                        child,
+                        vec![
+                            start_grant(&s1, "tool", "fine"),
+                            StartGrant {
+                                session_scope: s2.clone(),
+                                descriptor: d.clone(),
+                            },
+                        ],
+                        &lease,
+                    ),
+                )
+                .await;
+            let message = err.to_string();
+            assert!(
+                message.contains(&format!("`grants[1].descriptor.{field}`")),
+                "{what}: the refusal names the grant and field: {message}"
+            );
+            h.rejects(
+                "unknown_process",
+                &format!("{what}: the process"),
+                h.registry().get("parent/1"),
+            )
+            .await;
+
+            let what = format!("a grant with a `{field}` {case}");
+            let err = h
+                .rejects("invalid_request", &what, h.registry().grant(&s1, "p", d.clone()))
+                .await;
+            let message = err.to_string();
+            assert!(
+                message.contains(&format!("`descriptor.{field}`")) && message.contains(&says),
+                "{what}: the refusal names the field and says `{says}`: {message}"
+            );
+            h.rejects("invalid_request", &what, h.registry().grant(&s2, "p", d))
+                .await;
+            assert_eq!(
+                ok(h.registry().grants_of("p").await, "grants_of"),
+                held,
+                "{what}: the grants are unchanged"
+            );
+        }
+    }
+
+    // At the limits, and in any script, a descriptor is kept as given; an
+    // absent field stays absent.
+    let at_limit = GrantDescriptor {
+        kind: Some("k".repeat(MAX_GRANT_KIND_BYTES)),
+        label: Some("l".repeat(MAX_GRANT_LABEL_BYTES)),
+    };
+    let wide = GrantDescriptor {
+        kind: Some("é".repeat(MAX_GRANT_KIND_BYTES / 2)),
+        label: Some(format!("Grüße, 世界 ✓ {}", "ü".repeat(500))),
+    };
+    let label_only = GrantDescriptor {
+        kind: None,
+        label: Some("just a label".into()),
+    };
+    for (id, d) in [("q1", &at_limit), ("q2", &wide), ("q3", &label_only)] {
+        h.register_granted(
+            rerunnable(id),
+            Some(StartGrant {
+                session_scope: s2.clone(),
+                descriptor: d.clone(),
+            }),
+        )
+        .await;
+        let kept = ok(h.registry().grants_of(id).await, "grants_of");
+        assert_eq!(kept.len(), 1);
+        assert_eq!(&kept[0].descriptor, d, "a valid descriptor is kept as given");
+    }
+    let g = ok(
+        h.registry().grant(&s1, "p", at_limit.clone()).await,
+        "grant at the limits",
+    );
+    assert_eq!(g.descriptor, at_limit);
+    let g = ok(
+        h.registry().grant(&s1, "p", GrantDescriptor::default()).await,
+        "grant without a descriptor",
+    );
+    assert_eq!(g.descriptor, GrantDescriptor::default());
+    let made = ok(
+        h.registry()
+            .register_child(
+                {
+                    let mut child = rerunnable("parent/1");
+                    child.provenance.caused_by = Some(cairn_core::CausalRef::process("parent"));
+                    child
+                },
+                vec![StartGrant {
+                    session_scope: s2.clone(),
+                    descriptor: wide.clone(),
+                }],
+                &lease,
+            )
+            .await,
+        "register_child at the limits",
+    );
+    assert!(made.created);
+    assert_eq!(
+        ok(h.registry().grants_of("parent/1").await, "grants_of")[0].descriptor,
+        wide
+    );
+}
+
 /// `transfer` moves grants between scopes and never changes a process.
 pub async fn transfer_moves_grants_only(factory: &dyn StoreFactory) {
     let h = Harness::new(factory).await;
