@@ -46,6 +46,10 @@ impl<'a> Admin<'a> {
     }
 }
 
+/// How many ids one statement of a grant transfer names: a transfer of any
+/// size runs in a few statements per chunk, each with bounded arrays.
+const MOVE_CHUNK: usize = 10_000;
+
 fn json(e: serde_json::Error) -> CairnError {
     Fault::Json(e).into()
 }
@@ -90,6 +94,62 @@ impl AdminTx for Admin<'_> {
             .await
             .map_err(|e| self.pg(e))?;
         Ok(())
+    }
+
+    async fn move_grants(
+        &mut self,
+        from: &SessionScope,
+        to: &SessionScope,
+        ids: &[&str],
+        now: u64,
+    ) -> Result<Vec<String>> {
+        let tx = self.tx;
+        let (from_id, to_id) = (from.scope_id(), to.scope_id());
+        let mut moved = Vec::new();
+        for chunk in ids.chunks(MOVE_CHUNK) {
+            // The grants of both scopes on these processes, locked in
+            // (process, scope) order before any is written: two transfers
+            // touching the same grants, from either scope, lock them in the
+            // same order. The process rows are locked already
+            // (`lock_for_transfer`), so no grant of `from` appears meanwhile.
+            let rows = tx
+                .query(
+                    "SELECT process_id, grant_json, scope_id = $1::text FROM grants \
+                     WHERE scope_id IN ($1::text, $2::text) AND process_id = ANY($3::text[]) \
+                     ORDER BY process_id, scope_id FOR UPDATE",
+                    &[&from_id, &to_id, &chunk],
+                )
+                .await
+                .map_err(|e| self.pg(e))?;
+            let (mut taken, mut put) = (Vec::new(), Vec::new());
+            for row in &rows {
+                if !row.try_get::<_, bool>(2).map_err(|e| self.pg(e))? {
+                    continue;
+                }
+                let grant: Grant =
+                    serde_json::from_str(row.try_get::<_, &str>(1).map_err(|e| self.pg(e))?).map_err(json)?;
+                put.push(serde_json::to_string(&grant.moved_to(to, now)).map_err(json)?);
+                taken.push(row.try_get::<_, String>(0).map_err(|e| self.pg(e))?);
+            }
+            if taken.is_empty() {
+                continue;
+            }
+            // Only the grants read above are deleted, and their moved copies
+            // written in id order, each replacing the one `to` held.
+            tx.execute(
+                "WITH taken AS (DELETE FROM grants WHERE scope_id = $1::text AND process_id = ANY($3::text[])) \
+                 INSERT INTO grants (scope_id, session_id, process_id, grant_json) \
+                 SELECT $2::text, $4::text, u.id, u.grant_json \
+                 FROM unnest($3::text[], $5::text[]) AS u(id, grant_json) ORDER BY u.id \
+                 ON CONFLICT (scope_id, process_id) DO UPDATE SET session_id = excluded.session_id, \
+                 grant_json = excluded.grant_json",
+                &[&from_id, &to_id, &taken, &to.session_id, &put],
+            )
+            .await
+            .map_err(|e| self.pg(e))?;
+            moved.append(&mut taken);
+        }
+        Ok(moved)
     }
 
     async fn delete_session_grants(&mut self, session_id: &str, keep_frames: bool) -> Result<Vec<String>> {

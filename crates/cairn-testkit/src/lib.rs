@@ -281,6 +281,7 @@ macro_rules! conformance_suite {
                 grant_and_revoke,
                 grant_descriptors_are_checked,
                 transfer_moves_grants_only,
+                transfer_replaces_and_reports_in_order,
                 granted_and_originated_lenses,
                 delete_session_reports_and_never_cancels,
                 delete_session_keeping_frames_keeps_the_frames_grants,

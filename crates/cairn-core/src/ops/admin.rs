@@ -107,6 +107,30 @@ pub trait AdminTx {
     /// Insert or replace the grant of (scope, process).
     async fn put_grant(&mut self, grant: &Grant) -> Result<()>;
 
+    /// Move the grants `from` holds on processes `ids` (sorted, distinct) to
+    /// `to` ([`Grant::moved_to`] at `now`), each replacing the grant `to`
+    /// held on that process, if any; answers the ids moved, in id order.
+    /// The grants are taken in id order, so two transfers touching the same
+    /// grants take them in the same order. By default one
+    /// [`Self::take_grant`] and [`Self::put_grant`] per id; a networked store
+    /// does it in a few statements.
+    async fn move_grants(
+        &mut self,
+        from: &SessionScope,
+        to: &SessionScope,
+        ids: &[&str],
+        now: u64,
+    ) -> Result<Vec<String>> {
+        let mut moved = Vec::new();
+        for id in ids {
+            if let Some(grant) = self.take_grant(from, id).await? {
+                self.put_grant(&grant.moved_to(to, now)).await?;
+                moved.push((*id).to_string());
+            }
+        }
+        Ok(moved)
+    }
+
     /// Remove every grant of every scope of the session, or with
     /// `keep_frames` only those to the session as a whole (`session:{id}`,
     /// its agent frames' kept); one process id per removed grant.
@@ -190,13 +214,7 @@ pub async fn transfer<T: AdminTx + ?Sized>(
     // grants, named in other orders, take their rows in the same order), and
     // reported in the order they were named; an id named twice is one grant
     // to move, reported once.
-    let mut moved = std::collections::HashSet::new();
-    for id in &sorted {
-        if let Some(grant) = tx.take_grant(from, id).await? {
-            tx.put_grant(&grant.moved_to(to, now)).await?;
-            moved.insert(*id);
-        }
-    }
+    let moved: std::collections::HashSet<String> = tx.move_grants(from, to, &sorted, now).await?.into_iter().collect();
     let mut seen = std::collections::HashSet::new();
     for id in ids.iter().filter(|id| seen.insert(id.as_str())) {
         if moved.contains(id.as_str()) {

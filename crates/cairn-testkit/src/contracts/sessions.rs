@@ -394,6 +394,58 @@ pub async fn transfer_moves_grants_only(factory: &dyn StoreFactory) {
     .await;
 }
 
+/// A transfer reports moved and not granted ids in the order named, each
+/// once; a moved grant keeps its descriptor, is granted at the transfer's
+/// time and replaces the grant the target scope held on that process; the
+/// target's other grants stay as they were.
+pub async fn transfer_replaces_and_reports_in_order(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    let (s1, s2) = (session("s1"), session("s2"));
+    for (id, label) in [("p1", "one"), ("p2", "two"), ("p3", "three")] {
+        h.register_granted(rerunnable(id), Some(start_grant(&s1, "tool", label)))
+            .await;
+    }
+    h.register(rerunnable("p4")).await;
+    h.register_granted(rerunnable("p5"), Some(start_grant(&s2, "tool", "five")))
+        .await;
+    let held_before = h.now();
+    ok(
+        h.registry().grant(&s2, "p2", descriptor("shell", "old")).await,
+        "s2's own grant on p2",
+    );
+    h.advance(10);
+    let report = ok(
+        h.registry()
+            .transfer(&s1, &s2, &ids(&["p3", "missing", "p1", "p4", "p3", "p2", "missing"]))
+            .await,
+        "transfer",
+    );
+    assert_eq!(report.moved, ids(&["p3", "p1", "p2"]), "{report:?}");
+    assert_eq!(report.not_granted, ids(&["missing", "p4"]), "{report:?}");
+    assert!(granted_ids(&h, &s1).await.is_empty());
+    let held: Vec<_> = ok(
+        h.registry().list_granted_to(&s2, &ProcessFilter::any()).await,
+        "list s2",
+    )
+    .into_iter()
+    .map(|g| (g.process.id, g.grant.descriptor, g.grant.granted_at_ms))
+    .collect();
+    assert_eq!(
+        held,
+        vec![
+            ("p1".to_string(), descriptor("tool", "one"), h.now()),
+            ("p2".to_string(), descriptor("tool", "two"), h.now()),
+            ("p3".to_string(), descriptor("tool", "three"), h.now()),
+            ("p5".to_string(), descriptor("tool", "five"), held_before),
+        ],
+        "moved grants replace s2's, at the transfer's time; s2's others stay"
+    );
+    let on_p2 = ok(h.registry().grants_of("p2").await, "grants_of p2");
+    assert_eq!(on_p2.len(), 1, "one grant on p2 after the move: {on_p2:?}");
+    assert_eq!(on_p2[0].scope, s2);
+    assert!(ok(h.registry().grants_of("p4").await, "grants_of p4").is_empty());
+}
+
 /// `list_granted_to` is what a scope may address, `list_originated_by` what it created:
 /// a transferred-away process stays in its creator's provenance lens, a merely granted
 /// one is not in the grantee's.
