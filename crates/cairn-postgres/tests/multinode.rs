@@ -43,6 +43,8 @@ const ENV_OWNER: &str = "CAIRN_NODE_OWNER";
 const ENV_GATE: &str = "CAIRN_NODE_GATE";
 const ENV_MODE: &str = "CAIRN_NODE_MODE";
 const ENV_NODE_ID: &str = "CAIRN_NODE_ID";
+/// How many runs a node holds at once (its worker's concurrency and batch).
+const NODE_SLOTS: usize = 16;
 
 // ------------------------------------------------------------------ tools
 
@@ -159,8 +161,8 @@ fn node_child() {
             .worker_config(WorkerConfig {
                 owner_id: owner,
                 lease_ttl: Duration::from_secs(3),
-                concurrency: 16,
-                batch_size: 16,
+                concurrency: NODE_SLOTS,
+                batch_size: NODE_SLOTS,
                 sweep_interval: Duration::from_millis(250),
                 node_id: std::env::var(ENV_NODE_ID).ok(),
                 ..WorkerConfig::default()
@@ -404,16 +406,24 @@ fn three_nodes_run_every_process_once_and_survive_a_sigkill() {
                 .filter(|r| r.started.as_ref().is_some_and(|s| s.owner_id == victim_name))
                 .collect();
             let ob = mine.iter().filter(|r| r.disposition == Disposition::OwnerBound).count();
-            (mine.len() - ob, ob)
+            let ids: Vec<String> = mine.iter().map(|r| r.id.clone()).collect();
+            (mine.len() - ob, ob, ids)
         };
-        // Wait (bounded) until the victim has started both kinds.
+        // Wait (bounded) until the victim has started both kinds, holds all
+        // its slots (it claims nothing more: the gate is shut), and every run
+        // it started has recorded its hit, so the kill below never lands
+        // between a claim and its run's start (a claimed owner-bound process
+        // that never ran would have no hit).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         let mut nodes = nodes;
         loop {
             let records = list_all(&reg, "gated-").await;
-            let (rr, ob) = started_by_victim(&records);
-            if rr > 0 && ob > 0 {
-                break;
+            let (rr, ob, mine) = started_by_victim(&records);
+            if rr > 0 && ob > 0 && mine.len() == NODE_SLOTS {
+                let ran = hits(&db, &schema.name).await;
+                if mine.iter().all(|id| ran.contains_key(id)) {
+                    break;
+                }
             }
             if tokio::time::Instant::now() >= deadline {
                 // Say what the nodes were doing: whether each still lives,
@@ -485,7 +495,6 @@ fn three_nodes_run_every_process_once_and_survive_a_sigkill() {
         for r in await_all(&awaiter, &others_ob).await {
             assert_eq!(r.status, ProcessStatus::Completed, "{}", r.id);
         }
-        let now = SystemClock.now_ms();
         for id in &orphaned_ob {
             let r = reg.get(id).await.expect("get");
             assert_eq!(r.status, ProcessStatus::Running, "{id} is never re-run");
@@ -493,10 +502,21 @@ fn three_nodes_run_every_process_once_and_survive_a_sigkill() {
                 r.started.as_ref().map(|s| s.owner_id.as_str()),
                 Some(victim.name.as_str())
             );
-            assert!(
-                r.lease.as_ref().is_none_or(|l| l.expires_at_ms <= now),
-                "{id}: lease lapsed"
-            );
+            // Nobody renews the dead victim's lease: it lapses when it said
+            // at the kill. (The rerunnable work ended on each lease's own
+            // lapse; this one's may come a moment after theirs.)
+            if let Some(until) = r.lease.as_ref().map(|l| l.expires_at_ms) {
+                let left = until.saturating_sub(SystemClock.now_ms());
+                assert!(left <= 3_000, "{id}: a lease of at most the 3 s ttl: {left} ms left");
+                tokio::time::sleep(Duration::from_millis(left + 1)).await;
+                let r = reg.get(id).await.expect("get");
+                assert!(
+                    r.lease.as_ref().is_none_or(|l| l.expires_at_ms == until),
+                    "{id}: the lease was renewed after the kill: {:?}",
+                    r.lease
+                );
+                assert!(SystemClock.now_ms() > until, "{id}: lease lapsed");
+            }
         }
         let runs = hits(&db, &schema.name).await;
         for id in &orphaned_ob {

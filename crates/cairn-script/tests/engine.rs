@@ -985,19 +985,38 @@ async fn an_export_that_is_no_function_when_it_runs_fails_naming_it() {
     }
 }
 
-/// A runtime whose script runs after the first are given `switch: true`.
-fn switching_runtime() -> Processes {
-    Processes::builder(Arc::new(MemoryRegistry::new()))
+/// A runtime whose script runs after the first are given `switch: true`,
+/// on a clock that moves only when the test says: a `ctx.sleep` always
+/// suspends the first run (on a real clock a slow machine could let its
+/// time pass before the run checks it, and the sleep would return at once,
+/// unrecorded), and [`past_the_sleep`] ends it.
+fn switching_runtime() -> (Processes, Arc<cairn_core::ManualClock>) {
+    let clock = Arc::new(cairn_core::ManualClock::new(1_000_000));
+    let p = Processes::builder(Arc::new(MemoryRegistry::with_clock(clock.clone())))
+        .clock(clock.clone())
         .script_engine(Arc::new(Switching {
             inner: QuickJs::default(),
             runs: Default::default(),
         }))
-        .start()
+        .start();
+    (p, clock)
+}
+
+/// Once `id`'s first run suspended on its `ctx.sleep(50)`, move the clock
+/// past it: the next run (given `switch: true`) replays the journal.
+async fn past_the_sleep(p: &Processes, clock: &cairn_core::ManualClock, id: &str) {
+    let waiting = p
+        .await_event(id, "process.waiting", 0, Duration::from_secs(10))
+        .await
+        .expect("the first run suspended");
+    assert_eq!(waiting.payload["kind"], "timer", "{id}: {waiting:?}");
+    clock.advance(50);
+    p.nudge();
 }
 
 #[tokio::test]
 async fn a_replay_that_changes_its_calls_fails_nondeterminism() {
-    let p = switching_runtime();
+    let (p, clock) = switching_runtime();
     let m = put(
         &p,
         r#"export async function main(ctx, args) {
@@ -1011,9 +1030,8 @@ async fn a_replay_that_changes_its_calls_fails_nondeterminism() {
     let req = script("nd", &m, "main", json!({})).with_event_type(cairn_core::EventType::plain("other"));
     p.start(req).await.unwrap();
     // The first activation slept; the second (after the timer) replays with
-    // the other branch. The sleep is long enough that it has not already
-    // passed by the time the run checks its deadline (a sleep whose time is
-    // up returns at once, unrecorded, and the run would go straight on).
+    // the other branch.
+    past_the_sleep(&p, &clock, "nd").await;
     let rec = p.await_output("nd", Duration::from_secs(10)).await.unwrap();
     let calls = events(&p, "nd", "script.call").await;
     assert_eq!(calls[0]["kind"], "sleep", "the first activation took the first branch");
@@ -1039,7 +1057,7 @@ async fn a_replay_that_changes_its_calls_fails_nondeterminism() {
 /// path: it fails, instead of taking the refusal as its own call's answer.
 #[tokio::test]
 async fn a_replay_that_changes_a_refused_call_fails_nondeterminism() {
-    let p = switching_runtime();
+    let (p, clock) = switching_runtime();
     let m = put(
         &p,
         r#"export async function main(ctx, args) {
@@ -1053,6 +1071,7 @@ async fn a_replay_that_changes_a_refused_call_fails_nondeterminism() {
     .await;
     let req = script("nd-refused", &m, "main", json!({})).with_event_type(cairn_core::EventType::plain("other"));
     p.start(req).await.unwrap();
+    past_the_sleep(&p, &clock, "nd-refused").await;
     let rec = p.await_output("nd-refused", Duration::from_secs(10)).await.unwrap();
     let results = events(&p, "nd-refused", "script.result").await;
     assert_eq!(results[0]["error"]["code"], "payload_too_large", "{results:?}");
@@ -1083,7 +1102,7 @@ async fn a_replay_that_changes_an_unreadable_call_fails_nondeterminism() {
         ),
         ("nd-cut", r#"{ return (args.switch ? "cd😀" : "ab😀").slice(0, 3); }"#),
     ] {
-        let p = switching_runtime();
+        let (p, clock) = switching_runtime();
         let m = put(
             &p,
             &format!(
@@ -1100,6 +1119,7 @@ async fn a_replay_that_changes_an_unreadable_call_fails_nondeterminism() {
         .await;
         let req = script(id, &m, "main", json!({})).with_event_type(cairn_core::EventType::plain("other"));
         p.start(req).await.unwrap();
+        past_the_sleep(&p, &clock, id).await;
         let rec = p.await_output(id, Duration::from_secs(10)).await.unwrap();
         let said = events(&p, id, "other").await;
         let message = said[0]["said"].as_str().unwrap_or_default().to_string();
@@ -1217,7 +1237,7 @@ async fn a_journal_from_before_unreadable_calls_counted_replays() {
 /// path than the run whose effects are journaled: it fails, naming the call.
 #[tokio::test]
 async fn a_replay_that_makes_fewer_calls_fails_nondeterminism() {
-    let p = switching_runtime();
+    let (p, clock) = switching_runtime();
     let m = put(
         &p,
         r#"export async function main(ctx, args) {
@@ -1230,6 +1250,7 @@ async fn a_replay_that_makes_fewer_calls_fails_nondeterminism() {
     .await;
     let req = script("fewer", &m, "main", json!({})).with_event_type(cairn_core::EventType::plain("other"));
     p.start(req).await.unwrap();
+    past_the_sleep(&p, &clock, "fewer").await;
     let rec = p.await_output("fewer", Duration::from_secs(10)).await.unwrap();
     let Some(Outcome::Failure {
         class, code, message, ..
@@ -1612,7 +1633,13 @@ async fn the_loser_of_a_race_can_still_be_awaited() {
 /// timer's due time (`due_timer`), not the later wait's own deadline.
 #[tokio::test]
 async fn a_leftover_sleep_wakes_a_later_wait_as_a_timer() {
-    let p = runtime(Limits::default());
+    // Time moves only when the test says: the sleep cannot win the race
+    // before the signal comes, however slow the machine.
+    let clock = Arc::new(cairn_core::ManualClock::new(1_000_000));
+    let p = Processes::builder(Arc::new(MemoryRegistry::with_clock(clock.clone())))
+        .clock(clock.clone())
+        .script_engine(Arc::new(QuickJs::new(Limits::default())))
+        .start();
     let m = put(
         &p,
         r#"export async function main(ctx) {
@@ -1640,6 +1667,8 @@ async fn a_leftover_sleep_wakes_a_later_wait_as_a_timer() {
     assert_eq!(waiting.payload["name"], "b", "{waiting:?}");
     assert_eq!(waiting.payload["due_timer"], true, "{waiting:?}");
     // Past the sleep's due time the run settles it and waits for `b` again.
+    clock.advance(300);
+    p.nudge();
     let again = p
         .await_event("lo", "process.waiting", waiting.sequence, Duration::from_secs(10))
         .await

@@ -1300,7 +1300,7 @@ async fn foreign_commits_beside_our_own_reach_the_hub() {
             .register(external(&format!("theirs-{k}")), None)
             .await
             .expect("their write");
-        tokio::time::timeout(std::time::Duration::from_secs(5), resync.changed())
+        tokio::time::timeout(std::time::Duration::from_secs(10), resync.changed())
             .await
             .unwrap_or_else(|_| panic!("foreign commit {k} beside ours never reached the hub"))
             .expect("hub alive");
@@ -1354,7 +1354,7 @@ async fn a_foreign_commit_is_heard_while_every_reading_meets_a_commit_of_ours() 
     );
     theirs.register(external("theirs"), None).await.expect("their write");
     ours.register(external("own-2"), None).await.expect("own write");
-    tokio::time::timeout(std::time::Duration::from_secs(3), resync.changed())
+    tokio::time::timeout(std::time::Duration::from_secs(10), resync.changed())
         .await
         .expect("the foreign commit beside ours never reached the hub")
         .expect("hub alive");
@@ -1368,7 +1368,7 @@ async fn a_foreign_commit_is_heard_while_every_reading_meets_a_commit_of_ours() 
 async fn a_foreign_commit_is_told_of_once() {
     let (_dir, ours, theirs, mut resync) = watched_pair().await;
     theirs.register(external("theirs"), None).await.expect("their write");
-    tokio::time::timeout(std::time::Duration::from_secs(3), resync.changed())
+    tokio::time::timeout(std::time::Duration::from_secs(10), resync.changed())
         .await
         .expect("the foreign commit reached the hub")
         .expect("hub alive");

@@ -24,8 +24,14 @@ struct Setup {
     p: Processes,
 }
 
-/// How long the runner under test lets a model call go silent.
+/// How long the runner lets a model call go silent in a test of that
+/// timeout (a silent or kept-alive-only endpoint).
 const IDLE: Duration = Duration::from_secs(2);
+
+/// How long the runner under any other test lets a model call go silent:
+/// past any stall of a loaded machine, which would otherwise read as a
+/// silent endpoint between two scripted pieces of an answer.
+const PATIENT_IDLE: Duration = Duration::from_secs(30);
 
 /// The retries the runner under test makes: fast, and few.
 fn test_retry() -> RetryPolicy {
@@ -44,7 +50,7 @@ async fn setup() -> Setup {
 /// the fake's base URL: `("other", ",key_env=V")`, or a base URL of their
 /// own: `("down", "http://...")`) beside `default`.
 async fn setup_with(retry: RetryPolicy, extra: &[(&str, &str)]) -> Setup {
-    setup_idle(retry, extra, IDLE).await
+    setup_idle(retry, extra, PATIENT_IDLE).await
 }
 
 /// [`setup_with`], giving up on a model call silent for `idle`.
@@ -69,7 +75,7 @@ async fn setup_idle(retry: RetryPolicy, extra: &[(&str, &str)], idle: Duration) 
     let mut tools = cairn_tools::builtin_tools(false);
     let runner = TurnRunner::new(Models::new(specs).expect("models"), tools.clone())
         .with_retry(retry)
-        // Every scripted pause is under a second; a stall test pauses far longer.
+        // Every scripted pause is well under `idle`; a stall test pauses far longer.
         .with_idle_timeout(idle);
     tools.register_runner("session_turn", Arc::new(runner));
     let p = Processes::builder(Arc::new(registry)).tools(tools).start();
@@ -646,9 +652,11 @@ async fn repair_attempts_out_of_range_names_its_range() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_turn_stops_its_stream_and_its_tool_calls() {
     let s = setup().await;
+    // Read out, the answer takes at least 17 pauses of 1.5 s (one before
+    // each of its 14 pieces of text, its finish, usage and end).
     s.fake.push(Reply::SlowText {
         text: "this answer takes a long time to arrive, piece by piece".into(),
-        delay: Duration::from_millis(500),
+        delay: Duration::from_millis(1500),
     });
     s.p.start(turn("slow", &[], "talk", Value::Null)).await.expect("start");
     s.p.await_event("slow", "turn.delta", 0, WAIT).await.expect("streaming");
@@ -657,7 +665,7 @@ async fn cancelling_a_turn_stops_its_stream_and_its_tool_calls() {
     let r = finished(&s.p, "slow").await;
     assert_eq!(r.status, cairn_core::ProcessStatus::Cancelled, "{r:?}");
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(15),
         "the stream was dropped, not read out"
     );
     assert!(!types(&s.p, "slow").await.contains(&"turn.response".to_string()));
@@ -685,7 +693,7 @@ async fn cancelling_a_turn_stops_its_stream_and_its_tool_calls() {
 /// holding the turn and its worker slot for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_model_call_is_given_up_and_tried_again() {
-    let s = setup().await;
+    let s = setup_idle(test_retry(), &[], IDLE).await;
     s.fake.push(Reply::SlowText {
         text: "stalled answer".into(),
         delay: Duration::from_secs(600),
@@ -1877,7 +1885,7 @@ async fn content_given_as_parts_is_read_as_text() {
 /// timeout, as a silent one is, and the call is tried again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_of_keep_alives_alone_is_given_up_and_tried_again() {
-    let s = setup().await;
+    let s = setup_idle(test_retry(), &[], IDLE).await;
     s.fake.push(Reply::KeepAlive {
         every: Duration::from_millis(200),
     });

@@ -146,7 +146,7 @@ async fn session_tokens_see_only_their_grants() {
         .post("/v1/processes/p-s2/signals/go", json!({"signal_id": "a", "payload": 2}))
         .await;
     assert_eq!((s, ev["event_type"].as_str()), (200, Some("signal.go")));
-    let (s, rec) = s2.get("/v1/processes/p-s2/await?timeout_ms=5000").await;
+    let (s, rec) = s2.get("/v1/processes/p-s2/await?timeout_ms=20000").await;
     assert_eq!((s, rec["status"].as_str()), (200, Some("completed")));
 
     // A session's start may not hand the process to another session: an
@@ -724,8 +724,9 @@ fn refuses_open_non_loopback_and_unbuilt_backends() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn");
-        // These refusals happen before binding; a hang here is a failure, not a wait.
-        for _ in 0..200 {
+        // These refusals happen before binding; a hang here is a failure, not
+        // a wait (bounded at 30 s: a loaded machine may be slow to start it).
+        for _ in 0..1_200 {
             if let Ok(Some(_)) = child.try_wait() {
                 break;
             }

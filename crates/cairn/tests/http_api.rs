@@ -492,7 +492,7 @@ async fn events_signals_and_sse_resume() {
 
     // Resume after event 1: the stream starts with event 2, then follows live.
     let mut sse = c.sse("w", "", Some(1)).await;
-    let first = sse.next(Duration::from_secs(5)).await.expect("event 2");
+    let first = sse.next(Duration::from_secs(20)).await.expect("event 2");
     assert_eq!(first.id.as_deref(), Some("2"));
     let ev: Value = serde_json::from_str(&first.data).expect("event json");
     assert_eq!(ev["event_type"], "process.waiting");
@@ -534,7 +534,7 @@ async fn events_signals_and_sse_resume() {
     // The live tail: signal, the claim that resumes the suspension (started,
     // resumed), completed; then the stream closes.
     let mut seen = Vec::new();
-    while let Some(e) = sse.next(Duration::from_secs(5)).await {
+    while let Some(e) = sse.next(Duration::from_secs(20)).await {
         let ev: Value = serde_json::from_str(&e.data).expect("event json");
         assert_eq!(e.id, Some(ev["sequence"].to_string()));
         seen.push(ev["event_type"].as_str().unwrap_or("").to_string());
@@ -559,7 +559,7 @@ async fn events_signals_and_sse_resume() {
         assert_eq!(r.status().as_u16(), 204, "{last}");
     }
     let mut sse = c.sse("w", "?after=3", None).await;
-    let e = sse.next(Duration::from_secs(5)).await.expect("event 4");
+    let e = sse.next(Duration::from_secs(20)).await.expect("event 4");
     assert_eq!(e.id.as_deref(), Some("4"));
     let (_, rec) = c.get("/v1/processes/w/await?timeout_ms=1000").await;
     assert_eq!(rec["status"], "completed");

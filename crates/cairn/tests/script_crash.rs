@@ -15,11 +15,11 @@ use serde_json::{json, Value};
 
 const MODULE: &str = r#"
 // A finished child and a journaled clock reading, then a child still running
-// at the crash, then one more step.
+// at the crash (it ends once the file `args.gate` exists), then one more step.
 export async function build(ctx, args) {
   const a = await ctx.tool("echo", {value: args.x});
   const t0 = ctx.now();
-  const out = await ctx.tool("shell", {argv: ["sh", "-c", `sleep ${args.secs}; echo built`]});
+  const out = await ctx.tool("shell", {argv: ["sh", "-c", 'while [ ! -f "$1" ]; do sleep 0.05; done; echo built', "sh", args.gate]});
   const b = await ctx.tool("echo", {value: a + 1});
   return {a, b, t0, code: out.exit_code, said: out.stdout_tail.trim()};
 }
@@ -65,8 +65,11 @@ export async function tidy(ctx) {
 }
 "#;
 
-/// Restarts lapse a dead server's leases on rerunnable work within a second.
-const SERVE: &[&str] = &["--lease-ttl", "1s"];
+/// A restart is the same node (the host name), so it runs its dead
+/// incarnation's rerunnable work again at once; leases keep their default
+/// length, which no stall of a loaded machine outlasts (a lapse before the
+/// crash would run a child again early).
+const SERVE: &[&str] = &[];
 
 fn script(id: &str, module_ref: &str, name: &str, args: Value) -> Value {
     json!({
@@ -156,7 +159,12 @@ async fn assert_finished_step_kept(c: &Client, id: &str, before: &Value, done: &
 
 async fn killed_while_a_child_runs(db: &str) {
     let id = "crash-child";
-    let server = start_and_reach(db, id, "build", json!({"x": 7, "secs": 3}), async |c: &Client| {
+    // The child runs until the test says, not for a time a stalled machine
+    // could let pass before the crash.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gate = dir.path().join("gate");
+    let args = json!({"x": 7, "gate": gate.display().to_string()});
+    let server = start_and_reach(db, id, "build", args, async |c: &Client| {
         // The shell child has started and the script waits on it.
         c.wait_for("crash-child%2F3", |r| !r["started"].is_null()).await;
         c.wait_for(id, |r| r["wait"]["kind"] == "children" && r["lease"].is_null())
@@ -173,6 +181,7 @@ async fn killed_while_a_child_runs(db: &str) {
     let before = journaled(&c, id, 2).await;
 
     let server = crash_and_restart(server, db).await;
+    std::fs::write(&gate, "").expect("gate");
     let c = server.client();
     let done = await_end(&c, id).await;
     assert_eq!(
@@ -251,7 +260,7 @@ async fn killed_while_sleeping(db: &str) {
 async fn killed_while_cleaning_up(db: &str) {
     let id = "crash-cleanup";
     // The CPU limit ends each cleanup's spin; the crash comes well before it.
-    let serve = ["--lease-ttl", "1s", "--script-cpu", "3s"];
+    let serve = ["--script-cpu", "3s"];
     let server = Server::start_on(db, &serve).await;
     let c = server.client();
     let (s, m) = c.post("/v1/modules", json!({"source": MODULE})).await;

@@ -100,8 +100,9 @@ impl Server {
             http: reqwest::Client::new(),
             token: None,
         };
-        // Bounded wait for health.
-        for _ in 0..100 {
+        // Bounded wait for health (a loaded machine may stall for seconds).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
             if let Ok(r) = server.http.get(server.url("/healthz")).send().await {
                 if r.status().is_success() {
                     return server;
@@ -109,7 +110,7 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("server at {} never became healthy", server.base);
+        panic!("server at {} never became healthy within 30 s", server.base);
     }
 
     /// The same server, presenting `token` on every request of the helpers.
@@ -288,13 +289,14 @@ impl Client {
     /// (`cairn_awaits_open`): the barrier for "the await has begun".
     pub async fn awaits_open(&self, n: u64) {
         let want = format!("cairn_awaits_open {n}");
-        for _ in 0..400 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
             if self.metrics().await.lines().any(|l| l == want) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("the server never counted {n} awaits open");
+        panic!("the server never counted {n} awaits open within 20 s");
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
@@ -333,16 +335,21 @@ impl Client {
         self.post("/v1/processes", body).await
     }
 
-    /// Poll a process until `pred` holds on its record (bounded).
+    /// Poll a process until `pred` holds on its record (bounded: 20 s, which
+    /// only a stalled machine comes near).
     pub async fn wait_for(&self, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        for _ in 0..200 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
             let (status, record) = self.get(&format!("/v1/processes/{id}")).await;
             if status == 200 && pred(&record) {
                 return record;
             }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process {id} never reached the expected state: {status} {record}"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("process {id} never reached the expected state");
     }
 
     /// Open an SSE stream on a process's events.
