@@ -1124,8 +1124,9 @@ async fn admin_transactions_retry_before_the_commit_and_never_after_it() {
         }
     };
 
-    // Lost before the commit: the transaction rolled back and ran again.
-    let lost = proxy.lose_reply_to("DELETE 1");
+    // Lost before the commit (the reply to the statement moving both
+    // grants): the transaction rolled back and ran again.
+    let lost = proxy.lose_reply_to("INSERT 0 2");
     let report = reg.transfer(&s1, &s2, &ids).await.expect("transfer retried");
     lost.await.expect("the proxy lost the reply");
     assert_eq!(report.moved, ids, "{report:?}");
