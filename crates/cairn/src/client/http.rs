@@ -612,15 +612,28 @@ impl Client {
                     return Err(self.error_answer(status.as_u16(), &body));
                 }
                 opened = true;
-                let mut stream = sse_stream::SseStream::from_bytes_stream(resp.bytes_stream());
                 // The server sends a keep-alive every 15 s on an open stream:
                 // one silent for three of them has a server that stopped.
-                while let Some(item) = tokio::time::timeout(quiet, stream.next())
-                    .await
-                    .map_err(|_| hung(quiet))?
-                {
+                // Keep-alives are comments, which the parser reads and never
+                // yields, so what was heard is told from the bytes under it.
+                let heard = std::sync::Arc::new(parking_lot::Mutex::new(tokio::time::Instant::now()));
+                let bytes = {
+                    let heard = heard.clone();
+                    resp.bytes_stream()
+                        .inspect(move |_| *heard.lock() = tokio::time::Instant::now())
+                };
+                let mut stream = sse_stream::SseStream::from_bytes_stream(bytes);
+                loop {
+                    let until = *heard.lock() + quiet;
+                    let Ok(next) = tokio::time::timeout_at(until, stream.next()).await else {
+                        if heard.lock().elapsed() < quiet {
+                            continue;
+                        }
+                        return Err(hung(quiet));
+                    };
+                    let Some(item) = next else { break };
                     let ev = item.map_err(|e| ClientError::Interrupted(format!("event stream of {id}: {e}")))?;
-                    // Comments (keep-alives) carry no data.
+                    // Events with no data (none the server sends) are passed over.
                     let Some(data) = ev.data else { continue };
                     if ev.event.as_deref() == Some("error") {
                         let body: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
@@ -1009,6 +1022,52 @@ mod tests {
             );
             server.abort();
         }
+    }
+
+    /// Keep-alives are what a quiet stream's server sends: a stream that
+    /// carries only them for many times the silence limit is followed on
+    /// to its next event, not taken for a server that stopped.
+    #[tokio::test]
+    async fn keep_alives_keep_a_quiet_stream_followed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (quiet_tx, quiet_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut request = vec![0u8; 4096];
+            let n = socket.read(&mut request).await.expect("read");
+            assert!(String::from_utf8_lossy(&request[..n]).starts_with("GET /v1/processes/p/events"));
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n";
+            let first = "event: event\ndata: {\"sequence\":1,\"event_type\":\"note\"}\n\n";
+            socket
+                .write_all(format!("{head}{first}").as_bytes())
+                .await
+                .expect("write");
+            // Four times the silence limit, with a keep-alive every tenth of it.
+            for _ in 0..40 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                socket.write_all(b":\n\n").await.expect("keep-alive");
+            }
+            let _ = quiet_tx.send(());
+            let end = "event: event\ndata: {\"sequence\":2,\"event_type\":\"end\",\"semantics\":{\"terminal\":{\"state\":\"completed\"}}}\n\n";
+            socket.write_all(end.as_bytes()).await.expect("write");
+            socket
+        });
+        let mut client = Client::new(&format!("http://127.0.0.1:{port}"), None).expect("client");
+        client.stream_limits = (Duration::from_secs(10), Duration::from_secs(1));
+        let mut seen = Vec::new();
+        let follow = client.follow("p", 0, true, |e| {
+            seen.push(e["sequence"].as_u64());
+            Ok(())
+        });
+        let done = tokio::time::timeout(Duration::from_secs(30), follow)
+            .await
+            .expect("the follow ended");
+        assert!(done.is_ok(), "{done:?}");
+        assert_eq!(seen, [Some(1), Some(2)]);
+        quiet_rx.await.expect("the quiet stretch was sent whole before the end");
+        server.await.expect("server");
     }
 
     /// A stream the server ends with `unavailable` (a passing store fault),
