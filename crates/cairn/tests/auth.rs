@@ -843,3 +843,96 @@ fn refuses_open_non_loopback_and_unbuilt_backends() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unsupported database URL `my.db`"), "{err}");
 }
+
+/// A request with two `Authorization` headers is refused 400 before anything
+/// runs, on the API and on `/mcp` alike, whichever token comes first: the
+/// server does not pick one of them. With one header the same request runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_authorization_headers_are_refused() {
+    let server = Server::start(&["--token", "host-secret", "--session-token", "s1=tok-1"]).await;
+    let host = server.with_token("host-secret");
+    let http = reqwest::Client::new();
+    let send = |path: &str, tokens: &[&str], body: String| {
+        let mut request = http
+            .post(server.url(path))
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json, text/event-stream")
+            .body(body);
+        for token in tokens {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        async move {
+            let response = request.send().await.expect("answered");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("a JSON body"))
+        }
+    };
+    let start = |id: &str| waiter(id).to_string();
+    let mcp_start = |id: &str| {
+        json!({
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "process_start", "arguments": waiter(id)},
+        })
+        .to_string()
+    };
+    for tokens in [
+        &["host-secret", "unknown"][..],
+        &["unknown", "host-secret"],
+        &["host-secret", "host-secret"],
+        &["tok-1", "host-secret"],
+    ] {
+        for (path, body) in [("/v1/processes", start("two")), ("/mcp", mcp_start("two"))] {
+            let (status, answer) = send(path, tokens, body).await;
+            assert_eq!(
+                (status, code(&answer)),
+                (400, "invalid_request"),
+                "{path} {tokens:?}: {answer}"
+            );
+            assert_eq!(
+                answer["error"]["message"], "send one Authorization header",
+                "{path} {tokens:?}: {answer}"
+            );
+        }
+        let (status, _) = host.get("/v1/processes/two").await;
+        assert_eq!(status, 404, "{tokens:?}: nothing ran");
+    }
+    let read = http
+        .get(server.url("/v1/processes"))
+        .header("Authorization", "Bearer host-secret")
+        .header("Authorization", "Bearer host-secret")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(read.status().as_u16(), 400, "a read too");
+    // One header: the same requests run.
+    let (status, answer) = send("/v1/processes", &["host-secret"], start("one-api")).await;
+    assert_eq!(status, 201, "{answer}");
+    let (status, answer) = send("/mcp", &["host-secret"], mcp_start("one-mcp")).await;
+    assert_eq!(
+        (status, answer["result"]["isError"].clone()),
+        (200, json!(false)),
+        "{answer}"
+    );
+    for id in ["one-api", "one-mcp"] {
+        let (status, _) = host.get(&format!("/v1/processes/{id}")).await;
+        assert_eq!(status, 200, "{id} ran");
+    }
+    // An open server takes no token, and still refuses two.
+    let open = Server::start(&[]).await;
+    let response = http
+        .post(open.url("/v1/processes"))
+        .header("Content-Type", "application/json")
+        .header("Authorization", "Bearer a")
+        .header("Authorization", "Bearer b")
+        .body(start("open"))
+        .send()
+        .await
+        .expect("answered");
+    let status = response.status().as_u16();
+    let answer: Value = response.json().await.expect("a JSON body");
+    assert_eq!((status, code(&answer)), (400, "invalid_request"), "{answer}");
+    let (status, _) = open.client().get("/v1/processes/open").await;
+    assert_eq!(status, 404, "nothing ran");
+}

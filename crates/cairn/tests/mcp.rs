@@ -2486,10 +2486,11 @@ async fn a_post_refused_for_its_content_type_carries_its_id() {
 }
 
 /// A JSON-RPC response POSTed to `/mcp` (this server sends no requests) is
-/// refused with an `id` member, the response's own, as JSON-RPC 2.0 has
-/// every error answer carry, and in this server's words.
+/// refused with an HTTP error, in this server's words, and a JSON-RPC error
+/// whose `id` is null (MCP's streamable HTTP lets it have none): the
+/// response's id names no request of the client's that this answers.
 #[tokio::test]
-async fn a_posted_response_is_refused_with_its_id() {
+async fn a_posted_response_is_refused_with_a_null_id() {
     let server = Server::start(&[]).await;
     let post = |body: &'static str| {
         reqwest::Client::new()
@@ -2499,18 +2500,12 @@ async fn a_posted_response_is_refused_with_its_id() {
             .body(body)
             .send()
     };
-    for (body, id) in [
-        (r#"{"jsonrpc":"2.0","id":3,"result":{}}"#, json!(3)),
-        (
-            r#"{"jsonrpc":"2.0","id":"r-4","error":{"code":-32601,"message":"no"}}"#,
-            json!("r-4"),
-        ),
+    for body in [
+        r#"{"jsonrpc":"2.0","id":5,"result":{}}"#,
+        r#"{"jsonrpc":"2.0","id":"r-4","error":{"code":-32601,"message":"no"}}"#,
         // An error response's id is null when it answers a request whose
         // id its sender could not read (JSON-RPC 2.0 §5): still a response.
-        (
-            r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"parse error"}}"#,
-            Value::Null,
-        ),
+        r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"parse error"}}"#,
     ] {
         let response = post(body).await.expect("answered");
         assert_eq!(response.status().as_u16(), 400, "{body}");
@@ -2521,7 +2516,7 @@ async fn a_posted_response_is_refused_with_its_id() {
         );
         assert_eq!(
             (answer["id"].clone(), answer["error"]["code"].clone()),
-            (id, json!(-32600)),
+            (Value::Null, json!(-32600)),
             "{body}: {answer}"
         );
         let message = answer["error"]["message"].as_str().unwrap_or_default();
@@ -2540,6 +2535,7 @@ async fn stdio_leaves_an_error_response_with_a_null_id_unanswered() {
         r#"{"jsonrpc":"2.0","id":6,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
         r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
         r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"parse error"}}"#,
+        r#"{"jsonrpc":"2.0","id":5,"result":{}}"#,
         r#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#,
         "",
     ];
@@ -2650,4 +2646,160 @@ async fn stdio_await_says_its_server_ended_the_wait() {
         assert!(!message.contains(internal), "says {internal:?}: {message}");
     }
     let _ = client.cancel().await;
+}
+
+/// A POST to `/mcp` whose body is declared in a `charset` or a
+/// `Content-Encoding` the server does not read is refused as the HTTP API
+/// refuses it: 415, in the API's words, as a JSON-RPC error with the id its
+/// start shows; nothing runs. UTF-8 (and no encoding, or `identity`) is read.
+#[tokio::test]
+async fn mcp_refuses_a_charset_or_encoding_it_does_not_read() {
+    let fx = server().await;
+    let host = fx.server.with_token(HOST);
+    let http = reqwest::Client::new();
+    let send = |path: &str, content_type: &str, encoding: Option<&str>, body: Vec<u8>| {
+        let mut request = http
+            .post(fx.server.url(path))
+            .bearer_auth(HOST)
+            .header("Content-Type", content_type)
+            .header("Accept", "application/json, text/event-stream")
+            .body(body);
+        if let Some(encoding) = encoding {
+            request = request.header("Content-Encoding", encoding);
+        }
+        async move {
+            let response = request.send().await.expect("answered");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("a JSON body"))
+        }
+    };
+    // A start whose input holds `é` in Latin-1 (one byte, 0xE9).
+    let mcp_start = |id: &str| -> Vec<u8> {
+        let text = json!({
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "process_start", "arguments": start_args(id, "echo", json!({"value": "caf\u{e9}"}))},
+        })
+        .to_string();
+        text.chars()
+            .map(|c| u8::try_from(u32::from(c)).expect("Latin-1"))
+            .collect()
+    };
+    let api_start = |id: &str| -> Vec<u8> {
+        let text = start_args(id, "echo", json!({"value": "caf\u{e9}"})).to_string();
+        text.chars()
+            .map(|c| u8::try_from(u32::from(c)).expect("Latin-1"))
+            .collect()
+    };
+    // The same start in UTF-8.
+    let utf8 = |id: &str| {
+        json!({
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "process_start", "arguments": start_args(id, "echo", json!({"value": "caf\u{e9}"}))},
+        })
+        .to_string()
+        .into_bytes()
+    };
+    // The start of a gzip stream: its id cannot be read.
+    let gzipped = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03".to_vec();
+    for (content_type, encoding, body, id) in [
+        (
+            "application/json; charset=iso-8859-1",
+            None,
+            mcp_start("latin"),
+            json!(1),
+        ),
+        ("application/json", Some("gzip"), gzipped.clone(), Value::Null),
+        ("application/json", Some("br"), utf8("brotli"), json!(2)),
+    ] {
+        let (status, answer) = send("/mcp", content_type, encoding, body.clone()).await;
+        assert_eq!(status, 415, "{content_type} {encoding:?}: {answer}");
+        assert_eq!(
+            (
+                answer["jsonrpc"].clone(),
+                answer["id"].clone(),
+                answer["error"]["code"].clone()
+            ),
+            (json!("2.0"), id, json!(-32600)),
+            "{content_type} {encoding:?}: {answer}"
+        );
+        assert!(answer.as_object().is_some_and(|a| a.contains_key("id")), "{answer}");
+        // The API's refusal of the same headers, in the same words.
+        let (status, api) = send("/v1/processes", content_type, encoding, api_start("api")).await;
+        assert_eq!(status, 415, "{api}");
+        assert_eq!(
+            answer["error"]["message"].as_str().unwrap_or_default(),
+            format!(
+                "invalid request: {}",
+                api["error"]["message"].as_str().expect("a message")
+            ),
+            "{content_type} {encoding:?}"
+        );
+    }
+    for id in ["latin", "brotli", "api"] {
+        let (status, _) = host.get(&format!("/v1/processes/{id}")).await;
+        assert_eq!(status, 404, "{id}: nothing ran");
+    }
+    // UTF-8, declared or not, and `identity`, are read as sent.
+    for (id, content_type, encoding) in [
+        ("utf8", "application/json; charset=utf-8", None),
+        ("identity", "application/json", Some("identity")),
+    ] {
+        let (status, answer) = send("/mcp", content_type, encoding, utf8(id)).await;
+        assert_eq!(
+            (status, answer["result"]["isError"].clone()),
+            (200, json!(false)),
+            "{answer}"
+        );
+        let (status, record) = host.get(&format!("/v1/processes/{id}")).await;
+        assert_eq!(status, 200, "{id} ran");
+        assert_eq!(record["input"]["args"]["value"], "caf\u{e9}", "{record}");
+    }
+}
+
+/// `cairn mcp` offers the host-only schedule tools only when the server
+/// answered its probe of them: a token the server does not know, or a
+/// server it cannot reach, says nothing of what the token may do, so only
+/// the tools every token may use are offered. The host token is offered them.
+#[tokio::test]
+async fn stdio_offers_schedule_tools_only_when_the_server_says_so() {
+    let fx = server().await;
+    let lines = [
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
+        "",
+    ]
+    .join("\n");
+    for (base, token, schedules) in [
+        (fx.server.base.as_str(), Some("wrong"), false),
+        ("http://127.0.0.1:1", Some(HOST), false),
+        ("http://127.0.0.1:1", None, false),
+        (fx.server.base.as_str(), Some(S1), false),
+        (fx.server.base.as_str(), Some(HOST), true),
+    ] {
+        let out = common::run_cli(base, token, &["mcp"], Some(&lines)).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let listed: Value = out
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("a JSON line"))
+            .find(|a| a["id"] == 2)
+            .expect("tools/list answered");
+        let names: Vec<&str> = listed["result"]["tools"]
+            .as_array()
+            .expect("tools")
+            .iter()
+            .filter_map(|t| t["name"].as_str())
+            .collect();
+        assert!(names.contains(&"process_start"), "{base} {token:?}: {names:?}");
+        assert_eq!(
+            names.iter().any(|n| n.starts_with("schedule_")),
+            schedules,
+            "{base} {token:?}: {names:?}"
+        );
+    }
 }

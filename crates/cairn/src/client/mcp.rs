@@ -215,9 +215,12 @@ impl Cairn for Forwarding {
             .await
     }
 
-    /// Asked of the server (one read of a schedule page): a session token is
-    /// refused there, as its calls of the schedule tools would be.
+    /// Asked of the server (one read of a schedule page): offered only when
+    /// it answers. A session token is refused there, as its calls of the
+    /// schedule tools would be; a bad token, or a server that cannot be
+    /// reached, does not say what the token may do, so only the tools every
+    /// token may use are offered.
     async fn offers_schedules(&self) -> bool {
-        !matches!(self.get_json("/v1/schedules?limit=1").await, Err(f) if f.code == "forbidden")
+        self.get_json("/v1/schedules?limit=1").await.is_ok()
     }
 }

@@ -328,8 +328,9 @@ fn refused_input_field(bytes: &[u8], at: &str) -> Option<(String, String)> {
 }
 
 /// Refuse a `Content-Encoding` other than `identity`, or a `charset` other
-/// than UTF-8: the server reads neither.
-fn unread_encoding(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+/// than UTF-8: the server reads neither (the API's JSON bodies, and `/mcp`'s
+/// messages: `mcp::jsonrpc_errors`).
+pub(super) fn unread_encoding(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
     let refuse = |message: String| {
         Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

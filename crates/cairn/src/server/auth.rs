@@ -197,13 +197,16 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
-/// Middleware: resolve the caller and put it in the request extensions.
+/// Middleware: resolve the caller and put it in the request extensions. A
+/// request with more than one `Authorization` header is refused (400,
+/// before anything runs): which one counts is not for the server to guess.
 pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token);
+    let mut given = req.headers().get_all(header::AUTHORIZATION).iter();
+    let first = given.next();
+    if given.next().is_some() {
+        return ApiError::invalid_request("send one Authorization header").into_response();
+    }
+    let bearer = first.and_then(|v| v.to_str().ok()).and_then(bearer_token);
     match state.auth.resolve(bearer) {
         Ok(caller) => {
             req.extensions_mut().insert(caller);

@@ -51,6 +51,9 @@ pub fn service(state: &Arc<AppState>, calls: Arc<CallsInFlight>) -> HttpService 
 /// JSON-RPC 2.0 message, is answered 400 with the JSON-RPC error for it
 /// (`-32700` parse error, `-32600` invalid request), where the endpoint's
 /// library answered 415 in plain text, which a JSON-RPC client cannot read.
+/// A body sent with a `Content-Encoding` or a `charset` the server does not
+/// read is 415, as on the HTTP API ([`super::api::unread_encoding`]); a
+/// JSON-RPC response is 400 with a null id.
 /// A body over `limit` (`--max-body-bytes`) is 413 with the JSON-RPC error
 /// too, carrying the message's id when its start shows it (see
 /// [`too_large`]). A client's `notifications/cancelled` also ends the call
@@ -115,6 +118,18 @@ pub async fn jsonrpc_errors(
         let req = axum::extract::Request::from_parts(parts, body);
         return transport_errors_as_jsonrpc(next.run(req).await, id, content_type.as_deref()).await;
     }
+    // A body this server would read as something it is not (compressed
+    // bytes, another charset) is refused as the HTTP API refuses it (415, in
+    // its words), with the id its start shows; the rest is not read.
+    if let Err(e) = super::api::unread_encoding(&parts.headers) {
+        let id = cairn_mcp::message::id_of_start(&read_start(body).await);
+        return closing(rpc_error(
+            e.status,
+            id,
+            -32600,
+            &format!("invalid request: {}", e.message),
+        ));
+    }
     let bytes = match read_within(body, limit).await {
         Ok(b) => b,
         Err(BodyFault::TooLarge(start)) => {
@@ -154,10 +169,13 @@ pub async fn jsonrpc_errors(
                 code,
                 &text,
             ),
-            // A response (no method): nothing here is answered by one.
+            // A response (no method): nothing here is answered by one. It is
+            // refused with an HTTP error, as MCP's streamable HTTP has it, and
+            // the error's id is null: a response's id names a request the
+            // server sent, not one of the client's that this error answers.
             None if message.get("method").is_none() => rpc_error(
                 axum::http::StatusCode::BAD_REQUEST,
-                cairn_mcp::message::answerable_id(&message),
+                Value::Null,
                 -32600,
                 "invalid request: this server sends no requests, so it takes no responses (a message without \
                  a `method`)",
