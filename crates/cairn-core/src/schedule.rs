@@ -597,6 +597,14 @@ fn cron_step_problem(expr: &str) -> Option<String> {
 /// `W`, `#`) are left to `croner`; `None` when nothing checked is at fault.
 fn cron_field_problem(expr: &str) -> Option<String> {
     for ((field, name), (lo, hi, names)) in expr.split_whitespace().zip(CRON_FIELDS).zip(CRON_RANGES) {
+        // croner takes `?` as `*` in the day fields only, and refuses it
+        // elsewhere in words that name no field.
+        if field.contains('?') && !name.starts_with("day of") {
+            return Some(format!(
+                "{name} `{field}`: `?` is not supported there (use `*`; `?` is taken only in the day of month \
+                 and day of week, as `*`)"
+            ));
+        }
         let value = |token: &str| cron_value(token, name, names);
         for part in field.split(',') {
             let mut pieces = part.splitn(2, '/');
@@ -755,7 +763,8 @@ fn change_after(tz: chrono_tz::Tz, skipped: chrono::NaiveDateTime) -> Option<chr
 pub struct Schedule {
     /// The schedule id.
     pub id: String,
-    /// The cron expression, when it is one.
+    /// The cron expression, when it is one: its fields joined by one space
+    /// (a schedule stored before that keeps the text it was given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<String>,
     /// The interval, when it is one.
@@ -810,7 +819,9 @@ impl Schedule {
         })?;
         Ok(Self {
             id: request.id,
-            cron: request.cron,
+            // Stored and shown as its fields joined by one space: the
+            // spaces a caller typed carry no meaning and would break columns.
+            cron: request.cron.map(|c| c.split_whitespace().collect::<Vec<_>>().join(" ")),
             every: request.every,
             timezone: request.timezone,
             start: request.start,
@@ -1015,6 +1026,13 @@ pub struct FireReport {
     /// [`MAX_COUNTED_PASSED_OVER`] per schedule.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub passed_over: u64,
+    /// `passed_over` is a lower bound: a schedule's count reached
+    /// [`MAX_COUNTED_PASSED_OVER`] and more were passed over than counted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub passed_over_at_least: bool,
+    /// The schedules whose fire times were passed over, in the order fired.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passed_over_by: Vec<String>,
 }
 
 /// The most passed-over fire times one fire counts (a schedule of every
@@ -1034,6 +1052,30 @@ impl FireReport {
         self.failed.extend(other.failed);
         self.more |= other.more;
         self.passed_over += other.passed_over;
+        self.passed_over_at_least |= other.passed_over_at_least;
+        self.passed_over_by.extend(other.passed_over_by);
+    }
+
+    /// Counts `n` fire times schedule `id` passed over ([`Schedule::passed_over`]).
+    pub fn add_passed_over(&mut self, id: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.passed_over += n;
+        self.passed_over_at_least |= n >= MAX_COUNTED_PASSED_OVER;
+        self.passed_over_by.push(id.to_string());
+    }
+
+    /// The schedules of `passed_over_by` as a WARN line names them: the
+    /// first few, then how many more (`a, b, c and 2 more`).
+    pub fn passed_over_names(&self) -> String {
+        const SHOWN: usize = 3;
+        let ids = &self.passed_over_by;
+        let mut text = ids.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+        if ids.len() > SHOWN {
+            text.push_str(&format!(" and {} more", ids.len() - SHOWN));
+        }
+        text
     }
 }
 
@@ -1107,6 +1149,13 @@ mod tests {
             ("0 0 * DEC-jan *", "month range `DEC-jan` runs backwards"),
             ("0,70 5 * * *", "minute 70 is outside 0-59"),
             ("*/0 * * * *", "minute step 0 must be at least 1"),
+            // `?`, taken as `*` in the day fields, is named in any other.
+            (
+                "0 3 ? ? *",
+                "month `?`: `?` is not supported there (use `*`; `?` is taken only in the day of month",
+            ),
+            ("? 3 * * *", "minute `?`: `?` is not supported there (use `*`"),
+            ("0 */? * * *", "hour `*/?`: `?` is not supported there"),
             // A step from one value (which croner refuses in its own words)
             // is said in the field's terms.
             (
@@ -1253,7 +1302,10 @@ mod tests {
         let daily = make(Some("0 3 * * *"), None, None);
         assert!(daily.same_definition(&make(Some("0 3 * * *"), None, Some("UTC"))));
         assert!(!daily.same_definition(&make(Some("0 3 * * *"), None, Some("Europe/Paris"))));
-        assert!(daily.same_definition(&make(Some(" 0  3 * *\t* "), None, None)));
+        let spaced = make(Some(" 0  3 * *\t* "), None, None);
+        assert!(daily.same_definition(&spaced));
+        // Stored (and so shown) as its fields joined by one space.
+        assert_eq!(spaced.cron.as_deref(), Some("0 3 * * *"));
         assert!(!daily.same_definition(&make(Some("0 3 * * 1"), None, None)));
         let every = make(None, Some("90m"), None);
         assert!(every.same_definition(&make(None, Some("1h 30m"), None)));
@@ -1334,6 +1386,27 @@ mod tests {
             .passed_over(11_000, Some(11_000 + 10_000 * (MAX_COUNTED_PASSED_OVER + 5)))
             .unwrap();
         assert_eq!(cap, MAX_COUNTED_PASSED_OVER);
+    }
+
+    /// A report says which schedules passed fire times over, and whether its
+    /// count is a lower bound (a schedule's count reached the cap).
+    #[test]
+    fn a_report_names_the_schedules_and_says_a_capped_count() {
+        let mut report = FireReport::default();
+        report.add_passed_over("a", 0);
+        assert_eq!((report.passed_over, report.passed_over_names()), (0, String::new()));
+        let mut one = FireReport::default();
+        one.add_passed_over("a", 11);
+        report.merge(one);
+        assert!(!report.passed_over_at_least);
+        for id in ["b", "c", "d", "e"] {
+            let mut one = FireReport::default();
+            one.add_passed_over(id, MAX_COUNTED_PASSED_OVER);
+            report.merge(one);
+        }
+        assert_eq!(report.passed_over, 11 + 4 * MAX_COUNTED_PASSED_OVER);
+        assert!(report.passed_over_at_least);
+        assert_eq!(report.passed_over_names(), "a, b, c and 2 more");
     }
 
     #[test]

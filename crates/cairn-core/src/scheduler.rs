@@ -123,7 +123,7 @@ impl Scheduler {
         let running = self.previous_running(schedule).await?;
         let plan = plan_fire(schedule, now, running)?;
         if let FirePlan::Skip { fire_ms, advance } | FirePlan::Start { fire_ms, advance, .. } = &plan {
-            report.passed_over += schedule.passed_over(*fire_ms, advance.next_fire_ms)?;
+            report.add_passed_over(&schedule.id, schedule.passed_over(*fire_ms, advance.next_fire_ms)?);
         }
         match plan {
             FirePlan::NotDue => {}
@@ -236,10 +236,16 @@ impl crate::worker::DueWork for Scheduler {
         let fired = self.fire_due().await;
         if let Ok(report) = &fired {
             if report.passed_over > 0 {
+                // A schedule's count stops at `MAX_COUNTED_PASSED_OVER`:
+                // then the total is a lower bound, and says so.
                 tracing::warn!(
                     passed_over = report.passed_over,
-                    "fire times passed over: they fell due while the server was down or earlier fires were \
-                     being made; one missed fire per schedule is caught up"
+                    passed_over_at_least = report.passed_over_at_least,
+                    "{}{} fire times of schedule(s) {} passed over: they fell due while the server was down or \
+                     earlier fires were being made; one missed fire per schedule is caught up",
+                    if report.passed_over_at_least { "at least " } else { "" },
+                    report.passed_over,
+                    report.passed_over_names()
                 );
             }
         }

@@ -10,6 +10,8 @@ use crate::duration::{parse_duration, parse_duration_with_unit};
 #[derive(Debug, Parser)]
 #[command(
     name = "cairn",
+    // Usage lines name the program `cairn`, whatever its file is called.
+    bin_name = "cairn",
     version,
     about,
     after_help = "Examples:\n  \
@@ -476,8 +478,9 @@ pub enum ScheduleAction {
         cairn schedule add sync --every 30m --overlap allow < template.json")]
     #[command(group(clap::ArgGroup::new("when").required(true).args(["cron", "every"])))]
     Add {
-        /// Schedule id.
-        #[arg(value_parser = non_empty)]
+        /// Schedule id. It may not begin with `@` or be `-` here: those are
+        /// read as a start template given where the id belongs.
+        #[arg(value_parser = new_schedule_id)]
         id: String,
         /// A 5-field cron expression (minute hour day-of-month month day-of-week).
         #[arg(long)]
@@ -1016,6 +1019,23 @@ pub enum BenchChildRole {
 }
 
 /// An id or name: an empty one could only reach a route that does not exist.
+/// The usage of `cairn schedule add`, as its refusals say it.
+const SCHEDULE_ADD_USAGE: &str = "cairn schedule add [OPTIONS] <--cron <CRON>|--every <EVERY>> <ID> [TEMPLATE]";
+
+/// The id of `schedule add`: not empty, and not a start template given in
+/// its place (`@FILE`, or `-` for stdin), which would otherwise be taken as
+/// the id.
+fn new_schedule_id(s: &str) -> Result<String, String> {
+    let s = non_empty(s)?;
+    if s == "-" || s.starts_with('@') {
+        return Err(format!(
+            "the schedule ID is missing before the template (`{s}` reads as the template); \
+             usage: {SCHEDULE_ADD_USAGE}"
+        ));
+    }
+    Ok(s)
+}
+
 fn non_empty(s: &str) -> Result<String, String> {
     if s.is_empty() {
         Err("must not be empty".into())

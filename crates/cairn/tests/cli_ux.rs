@@ -1133,9 +1133,10 @@ fn a_command_line_refused_under_json_is_a_json_usage_error() {
             "{args:?}: {error}"
         );
     }
-    // A missing argument's usage is the hint.
+    // A missing argument's usage is the hint: the command's, as its help
+    // gives it.
     let error: Value = serde_json::from_str(&usage_error(&["--json", "get"])).expect("JSON");
-    assert_eq!(error["error"]["hint"], "usage: cairn get <ID>", "{error}");
+    assert_eq!(error["error"]["hint"], "usage: cairn get [OPTIONS] <ID>", "{error}");
     // So is a refused value's, which clap says without a usage.
     for (args, usage) in [
         (&["--json", "ls", "--limit", "0"][..], "usage: cairn ls [OPTIONS]"),
@@ -2280,4 +2281,95 @@ async fn run_answers_128_plus_the_signal_that_killed_the_command() {
         out.stdout
     );
     assert!(out.stderr.contains("killed by signal 15"), "{}", out.stderr);
+}
+
+/// A cancel, signal or abandon of a process that has ended says how it
+/// ended and where to look, not only the server's `process_terminal`; the
+/// exit code stays 1 and `--json` keeps the server's code and status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acting_on_an_ended_process_says_how_it_ended() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let start = common::tool_start("w2", "echo", json!({"value": 1}), "rerunnable");
+    assert_eq!(c.start(start).await.0, 201);
+    c.wait_for("w2", |r| r["status"] == "completed").await;
+    for (args, nothing_to) in [
+        (&["cancel", "w2"][..], "cancel"),
+        (&["signal", "w2", "go"][..], "signal"),
+        (&["abandon", "w2", "--reason", "gone"][..], "abandon"),
+    ] {
+        let out = run_cli(&server.base, None, args, None).await;
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!(
+                "w2 already ended (completed): nothing to {nothing_to}; `cairn --server {} get w2` shows how",
+                server.base
+            )),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    let out = run_cli(&server.base, None, &["--json", "cancel", "w2"], None).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let error: Value = serde_json::from_str(out.stderr.trim()).expect("JSON");
+    assert_eq!(
+        (&error["error"]["code"], &error["error"]["status"]),
+        (&json!("process_terminal"), &json!(409)),
+        "{error}"
+    );
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("w2 already ended (completed)")),
+        "{error}"
+    );
+}
+
+/// `schedule add` with its id left out reads the template where the id
+/// belongs: an id beginning with `@`, or `-`, is refused (exit 2) saying
+/// the id is missing, with the usage, and nothing is read or sent.
+#[test]
+fn schedule_add_with_a_template_in_the_id_says_the_id_is_missing() {
+    for id in ["@template.json", "-"] {
+        let stderr = usage_error(&["schedule", "add", "--cron", "0 3 * * *", id]);
+        assert!(
+            stderr.contains(&format!(
+                "the schedule ID is missing before the template (`{id}` reads as the template)"
+            )) && stderr
+                .contains("usage: cairn schedule add [OPTIONS] <--cron <CRON>|--every <EVERY>> <ID> [TEMPLATE]"),
+            "{id}: {stderr}"
+        );
+    }
+}
+
+/// Every usage error of `schedule add` under `--json` gives the one usage:
+/// the program named `cairn` (whatever its file is called) and TEMPLATE
+/// optional.
+#[test]
+fn schedule_add_usage_errors_give_one_usage() {
+    let dir = std::env::temp_dir().join(format!("cairn-usage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let renamed = dir.join("cairn-renamed");
+    std::fs::copy(BIN, &renamed).expect("copy the binary");
+    let usage = "usage: cairn schedule add [OPTIONS] <--cron <CRON>|--every <EVERY>> <ID> [TEMPLATE]";
+    for bin in [std::path::Path::new(BIN), renamed.as_path()] {
+        for args in [
+            &["--json", "schedule", "add", "s", "--every", "7"][..],
+            &["--json", "schedule", "add", "s", "--every", "1h", "--cron", "0 3 * * *"],
+            &["--json", "schedule", "add", "s"],
+            &["--json", "schedule", "add", "--every", "1h"],
+        ] {
+            let out = std::process::Command::new(bin)
+                .args(["--server", "http://127.0.0.1:9"])
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run cairn");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+            let error: Value = serde_json::from_str(stderr.trim()).expect("JSON");
+            assert_eq!(error["error"]["hint"], usage, "{bin:?} {args:?}: {error}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).expect("remove dir");
 }

@@ -310,3 +310,127 @@ async fn a_page_of_large_schedules_is_bounded_in_bytes() {
         .collect();
     assert_eq!(listed, ids);
 }
+
+/// A cron given with extra spaces or a tab is stored and shown with its
+/// fields joined by one space, and a repeat spaced otherwise is the same
+/// create; a `?` outside the day fields is refused naming its field; an id
+/// left out (the template in its place) is refused with a template piped
+/// in too, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_text_is_stored_normalised_and_slips_are_named() {
+    let server = Server::start(&[]).await;
+    let template = echo_template().to_string();
+    let out = server
+        .cli(
+            &["schedule", "add", "nightly", "--cron", " 0  3 * *\t* ", &template],
+            None,
+        )
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = server.cli(&["--json", "schedule", "get", "nightly"], None).await;
+    assert_eq!(out.json()["cron"], "0 3 * * *", "{}", out.stdout);
+    let out = server.cli(&["schedule", "ls"], None).await;
+    assert!(out.stdout.contains("cron 0 3 * * * "), "{}", out.stdout);
+    let out = server
+        .cli(&["schedule", "add", "nightly", "--cron", "0 3 * * *", &template], None)
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("nightly already existed"), "{}", out.stdout);
+
+    let out = server
+        .cli(&["schedule", "add", "q", "--cron", "0 3 ? ? *", &template], None)
+        .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("month `?`: `?` is not supported there (use `*`"),
+        "{}",
+        out.stderr
+    );
+    // `?` in the day fields is taken, as `*`.
+    let out = server
+        .cli(&["schedule", "add", "q", "--cron", "0 3 ? * ?", &template], None)
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    let out = server
+        .cli(
+            &["schedule", "add", "--cron", "0 3 * * *", "@template.json"],
+            Some(&template),
+        )
+        .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("the schedule ID is missing"), "{}", out.stderr);
+    let out = server.cli(&["--json", "schedule", "ls"], None).await;
+    let ids: Vec<String> = out.json()["schedules"]
+        .as_array()
+        .expect("schedules")
+        .iter()
+        .map(|s| s["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(ids, ["nightly", "q"]);
+}
+
+/// After downtime, the WARN line at the next pass says how many fire times
+/// were passed over, as a lower bound when a schedule's count reached its
+/// cap, and names the schedules (the first few, then how many more). The
+/// downtime is made by moving the stored next fire times back ten days
+/// (14,400 minutes, over the 10,000 counted per schedule).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catch_up_warning_names_the_schedules_and_a_capped_count() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("cairn.db").to_string_lossy().into_owned();
+    let db = format!("sqlite:{file}");
+    let template = echo_template().to_string();
+    {
+        let server = Server::start_on(&db, &[]).await;
+        for id in ["a", "b", "c", "d"] {
+            let out = server
+                .cli(
+                    &[
+                        "schedule",
+                        "add",
+                        id,
+                        "--cron",
+                        "* * * * *",
+                        "--overlap",
+                        "allow",
+                        &template,
+                    ],
+                    None,
+                )
+                .await;
+            assert_eq!(out.code, 0, "{}", out.stderr);
+        }
+    }
+    let back = 10 * 86_400_000u64;
+    let moved = std::process::Command::new("sqlite3")
+        .arg(&file)
+        .arg(format!(
+            "UPDATE schedules SET next_fire_ms = next_fire_ms - {back}, \
+             schedule = json_set(schedule, '$.next_fire_ms', next_fire_ms - {back});"
+        ))
+        .output()
+        .expect("run sqlite3");
+    assert!(moved.status.success(), "{}", String::from_utf8_lossy(&moved.stderr));
+    let log = dir.path().join("serve.log");
+    let _server = Server::serve_logging_to(&["--db", &db, "--listen", "127.0.0.1:0"], &log).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let line = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("fire times of schedule(s)")) {
+            break line.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no catch-up warning in time: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(
+        line.contains("WARN")
+            && line.contains("at least 40000 fire times of schedule(s) a, b, c and 1 more passed over")
+            && line.contains("passed_over=40000")
+            && line.contains("passed_over_at_least=true"),
+        "{line}"
+    );
+}

@@ -68,16 +68,18 @@ pub fn fail(e: &ClientError, json: bool) -> ExitCode {
 /// A command line clap refused, as `--json` says an error: one line of
 /// `{"error": {"code": "usage", "message", "exit_code": 2, "hint"}}`, the
 /// shape of every other usage error. The message is clap's error on one
-/// line; the hint its tip, else the command's usage: clap's, or, for an
-/// error clap renders without one (a value refused), `usage` (the
-/// command's, as `Command::render_usage` gives it).
+/// line; the hint its tip, else the command's usage: `usage` (the
+/// command's, as `Command::render_usage` gives it), else clap's.
 pub fn usage_error_json(e: &clap::Error, usage: Option<&str>) -> Value {
     let rendered = e.render().to_string();
     let one_line = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
     let mut paragraphs = rendered.split("\n\n").map(str::trim).filter(|p| !p.is_empty());
-    let usage = rendered
-        .lines()
-        .chain(usage.into_iter().flat_map(str::lines))
+    // The command's own usage first: clap's error shows a shorter one (the
+    // arguments in play, an optional one sometimes as required).
+    let usage = usage
+        .into_iter()
+        .flat_map(str::lines)
+        .chain(rendered.lines())
         .find_map(|l| l.trim().strip_prefix("Usage: "))
         .map(|u| format!("usage: {}", one_line(u)));
     let message = match e.kind() {
@@ -123,6 +125,43 @@ pub fn usage_error_json(e: &clap::Error, usage: Option<&str>) -> Value {
         doc["error"]["hint"] = Value::String(hint);
     }
     doc
+}
+
+/// `e`, or, when it is `process_terminal` (the process `id` has ended), the
+/// same error saying how it ended and where to look, in place of the
+/// server's bare "is terminal": the record is read for its status. The code,
+/// HTTP status and exit code stay the server's.
+async fn ended_already(client: &Client, id: &str, e: ClientError, nothing_to: &str) -> ClientError {
+    let ClientError::Api {
+        status,
+        code,
+        tombstone,
+        ..
+    } = &e
+    else {
+        return e;
+    };
+    if code != "process_terminal" {
+        return e;
+    }
+    let how = match client.get(&proc_path(id)).await {
+        Ok(record) => record
+            .get("status")
+            .and_then(Value::as_str)
+            .map(|s| format!(" ({})", shown(s)))
+            .unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    ClientError::Api {
+        status: *status,
+        code: code.clone(),
+        message: format!(
+            "{id} already ended{how}: nothing to {nothing_to}; `{}`{} shows how",
+            cmd(format_args!("get {id}")),
+            token_note()
+        ),
+        tombstone: tombstone.clone(),
+    }
 }
 
 fn proc_path(id: &str) -> String {
@@ -286,9 +325,13 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             let payload = json_flag("--payload", &payload)?;
             let signal_id = signal_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
             let body = json!({"signal_id": signal_id, "payload": payload});
-            let (_, event) = client
+            let posted = client
                 .post(&format!("{}/signals/{}", proc_path(&id), segment(&name)), &body)
-                .await?;
+                .await;
+            let (_, event) = match posted {
+                Err(e) => return Err(ended_already(client, &id, e, "signal").await),
+                Ok(answer) => answer,
+            };
             if json {
                 print_json(&event)?;
             } else {
@@ -344,7 +387,11 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                 Ok(before) => before.get("terminal_at_ms").is_some_and(|t| !t.is_null()),
                 Err(_) => false,
             };
-            let (_, record) = client.post(&format!("{}/cancel", proc_path(&id)), &body).await?;
+            let posted = client.post(&format!("{}/cancel", proc_path(&id)), &body).await;
+            let (_, record) = match posted {
+                Err(e) => return Err(ended_already(client, &id, e, "cancel").await),
+                Ok(answer) => answer,
+            };
             if json {
                 print_json(&record)?;
             } else {
@@ -391,9 +438,11 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             if let Some(by) = requested_by {
                 body["requested_by"] = Value::String(by);
             }
-            let (_, record) = client
-                .post(&format!("{}/abandon-request", proc_path(&id)), &body)
-                .await?;
+            let posted = client.post(&format!("{}/abandon-request", proc_path(&id)), &body).await;
+            let (_, record) = match posted {
+                Err(e) => return Err(ended_already(client, &id, e, "abandon").await),
+                Ok(answer) => answer,
+            };
             // The first request stands (SPEC §2: it is recorded once); one
             // repeated with another reason changed nothing, which is said.
             // (Not its requester: a session token's request names the
