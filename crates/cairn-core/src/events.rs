@@ -181,6 +181,25 @@ pub struct SemanticsSpec {
 }
 
 /// Appending the event ends the process in `state`; the outcome is read by `await_output`.
+///
+/// The value `await_output` selects becomes the outcome as follows. A value that
+/// reads as an outcome, with its fields and no others (`{"type": "success",
+/// "value"}`, `{"type": "failure", "class", "code", "message", "raw"?}` or
+/// `{"type": "cancelled", "message", "raw"?}`), is that outcome, and it must
+/// end the process in `state` (else `invalid_outcome`). Any other value is
+/// raw: `completed` succeeds with it as the value; `failed` fails with class
+/// `process`, code `failed`, its text as the message (a string as it is,
+/// anything else as JSON) and it as `raw`; `cancelled` is cancelled with its
+/// text as the message and it as `raw` (a `null` gives an empty message and
+/// no `raw`). Selecting nothing is `invalid_outcome`, as is a raw value on
+/// cairn's own terminal types (`process.completed` and the rest take an
+/// outcome only).
+///
+/// So `{"result": {"type": "success", "value": {"rows": 3}}}` read at
+/// `/result` succeeds with `{"rows": 3}`, and a `failed` type's
+/// `{"class": "ci", "code": "red", "message": "..."}` (no `type`) fails as
+/// class `process`, code `failed`. A producer that wants its own failure
+/// class and code selects a `{"type": "failure", ...}` object.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(
@@ -188,9 +207,11 @@ pub struct SemanticsSpec {
     deny_unknown_fields
 )]
 pub struct TerminalSpec {
-    /// The terminal state the event ends the process in.
+    /// The terminal state the event ends the process in. A start may not
+    /// declare `abandoned` (cairn's alone: `invalid_semantics`).
     pub state: TerminalState,
-    /// Selects the outcome from the payload; default: the whole payload.
+    /// Selects the value the outcome is read from (as `TerminalSpec` says);
+    /// default: the whole payload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub await_output: Option<Selector>,
 }

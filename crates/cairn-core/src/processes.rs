@@ -45,6 +45,13 @@ pub struct StartRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caused_by: Option<CausalRef>,
     /// A session scope to grant the new process to, in the same transaction.
+    /// Only the start that creates the process writes it: the grant is no
+    /// part of the registration, so a repeated start naming another scope or
+    /// descriptor is still the same start (200) and grants nothing (a
+    /// `wake_target` is part of it: another one is `registration_conflict`).
+    /// To hand the process to another scope, `POST /v1/grants/transfer` moves
+    /// a grant, descriptor and all, from the scope holding it; the host API
+    /// (`Processes::grant`) adds one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<StartGrant>,
     /// The session scope its wakes go to. Only an appended event whose

@@ -57,7 +57,7 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
                 event_type: s(),
                 message: s(),
             },
-            "an event type's semantics are invalid (also: a start declaring a type what runs it writes, such as `turn.response` or `shell.output`, made terminal or under another payload schema: it may only be given wake semantics)",
+            "an event type's semantics are invalid (also: a start declaring a terminal type in state `abandoned`, which only cairn writes; a start declaring a type what runs it writes, such as `turn.response` or `shell.output`, made terminal or under another payload schema: it may only be given wake semantics)",
         ),
         (
             CairnError::RegistrationConflict {
@@ -439,6 +439,18 @@ pub fn render() -> String {
     }
     let _ = writeln!(w, "| GET | `/openapi.json` | | 200, 403, 413 |");
     let _ = writeln!(w, "| POST | `/mcp` | | MCP over streamable HTTP (see ADR 0011) |\n");
+    let _ = writeln!(w, "### Repeated starts and grants\n");
+    let _ = writeln!(
+        w,
+        "A start is idempotent on its id: the same id with the same registration answers 200 with\n\
+         the record as it is, and writes nothing; another registration is 409\n\
+         `registration_conflict`. A start's `grant` is no part of the registration: only the start\n\
+         that creates the process (201) writes it, and a repeat naming another scope or\n\
+         descriptor still answers 200 and grants nothing. Its `wake_target` is part of it: a repeat\n\
+         naming another one is 409. To hand a process to another scope, `POST /v1/grants/transfer`\n\
+         moves a grant, its descriptor with it, from the scope that holds it to another; the\n\
+         host's Rust API adds one with `Processes::grant`.\n"
+    );
 
     let _ = writeln!(w, "## Errors\n");
     let _ = writeln!(
@@ -538,6 +550,26 @@ pub fn render() -> String {
         let _ = writeln!(w, "| `{t}` | {} |", cell(event_meaning(t)));
     }
     let _ = writeln!(w, "| `signal.{{name}}` | a signal: its payload as sent; the signal id is in the event's `replay_key`, `signal:{{name}}:{{signal_id}}` |\n");
+    let _ = writeln!(w, "### Declared terminal types\n");
+    let _ = writeln!(
+        w,
+        "A declared type with `semantics.terminal {{state, await_output}}` ends the process in\n\
+         `state` (`completed`, `failed` or `cancelled`; `abandoned` is cairn's alone, 400\n\
+         `invalid_semantics` at start). The value `await_output` selects (default: the whole\n\
+         payload; nothing selected is 400 `invalid_outcome`) becomes the outcome:\n\n\
+         - a value that reads as an outcome, with its fields and no others\n  \
+         (`{{\"type\": \"success\", \"value\"}}`, `{{\"type\": \"failure\", \"class\", \"code\", \"message\", \"raw\"?}}`,\n  \
+         `{{\"type\": \"cancelled\", \"message\", \"raw\"?}}`) is that outcome, and must be of the type's state\n  \
+         (else 400 `invalid_outcome`);\n\
+         - any other value is raw: `completed` succeeds with it as the value; `failed` fails with\n  \
+         class `process`, code `failed`, its text as the message (a string as it is, anything\n  \
+         else as JSON) and it as `raw`; `cancelled` is cancelled with its text as the message\n  \
+         and it as `raw` (a `null`: an empty message, no `raw`).\n\n\
+         So `{{\"result\": {{\"type\": \"success\", \"value\": {{\"rows\": 3}}}}}}` read at `/result` succeeds\n\
+         with `{{\"rows\": 3}}`, and a `failed` type's `{{\"class\": \"ci\", \"code\": \"red\", \"message\": \"...\"}}`\n\
+         (no `type`) fails as class `process`, code `failed`. A producer that wants its own\n\
+         failure class and code selects a `{{\"type\": \"failure\", ...}}` object.\n"
+    );
 
     let _ = writeln!(w, "## Failure codes of scripts and turns\n");
     let _ = writeln!(

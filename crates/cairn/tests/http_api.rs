@@ -3056,3 +3056,66 @@ async fn two_sessions() -> Server {
     ])
     .await
 }
+
+/// A repeated start answers 200 and does not apply its `grant`, whatever
+/// scope or descriptor it names; another `wake_target` is part of the
+/// registration and conflicts (409).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_start_grants_nothing() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let start = |grant: Value| json!({"id": "g", "input": {"type": "external"}, "disposition": "externally_owned", "grant": grant});
+    let first = json!({"session_scope": {"session_id": "s1"}, "descriptor": {"kind": "first"}});
+    let (s, rec) = c.start(start(first)).await;
+    assert_eq!(s, 201, "{rec}");
+    for grant in [
+        json!({"session_scope": {"session_id": "s2"}, "descriptor": {"kind": "second"}}),
+        json!({"session_scope": {"session_id": "s1"}, "descriptor": {"kind": "second"}}),
+        json!({"session_scope": {"session_id": "s1", "agent_frame_id": "f"}}),
+    ] {
+        let (s, again) = c.start(start(grant.clone())).await;
+        assert_eq!((s, &again), (200, &rec), "{grant}");
+    }
+    let held = |page: &Value| -> Vec<Value> {
+        page["grants"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|g| json!([g["process_id"], g["descriptor"]]))
+            .collect()
+    };
+    let (_, page) = c.get("/v1/processes?status=any&granted_to=s1").await;
+    assert_eq!(held(&page), [json!(["g", {"kind": "first"}])], "{page}");
+    for scope in ["s2", "s1/frame:f"] {
+        let (_, page) = c.get(&format!("/v1/processes?status=any&granted_to={scope}")).await;
+        assert_eq!(held(&page), Vec::<Value>::new(), "{scope}: {page}");
+    }
+    let mut waking = start(json!({"session_scope": {"session_id": "s1"}}));
+    waking["wake_target"] = json!({"session_id": "s2"});
+    let (s, err) = c.start(waking).await;
+    assert_eq!((s, code(&err)), (409, "registration_conflict"), "{err}");
+}
+
+/// A start may not declare an `abandoned` terminal type: 400
+/// `invalid_semantics`, nothing created, and the OpenAPI document names
+/// that code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_abandoned_terminal_is_invalid_semantics() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let (s, err) = c
+        .start(
+            json!({"id": "gone", "input": {"type": "external"}, "disposition": "externally_owned",
+                      "event_types": [{"name": "gone", "semantics": {"terminal": {"state": "abandoned"}}}]}),
+        )
+        .await;
+    assert_eq!((s, code(&err)), (400, "invalid_semantics"), "{err}");
+    let (s, err) = c.get("/v1/processes/gone").await;
+    assert_eq!((s, code(&err)), (404, "unknown_process"), "nothing was created");
+    let (_, doc) = c.get("/openapi.json").await;
+    let said = doc
+        .pointer("/components/schemas/TerminalSpec/properties/state/description")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    assert!(said.contains("`invalid_semantics`"), "{said}");
+}

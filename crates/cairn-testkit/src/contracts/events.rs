@@ -276,7 +276,9 @@ pub async fn terminal_append_needs_authority(factory: &dyn StoreFactory) {
 }
 
 /// A producer terminal type ends the process with the selected outcome; a selected
-/// outcome of another state, or nothing selected, is `invalid_outcome`.
+/// outcome of another state, or nothing selected, is `invalid_outcome`. A
+/// selected value that is no outcome is raw: a `completed` type's value, a
+/// `failed` type's failure of class `process`, code `failed`.
 pub async fn producer_terminal_type_ends_process(factory: &dyn StoreFactory) {
     let h = Harness::new(factory).await;
     let gave_up = terminal_type("gave_up", TerminalState::Failed, "/why");
@@ -311,11 +313,61 @@ pub async fn producer_terminal_type_ends_process(factory: &dyn StoreFactory) {
         .await;
     let rec = h.get("f").await;
     assert_eq!(rec.status, ProcessStatus::Failed);
-    assert!(
-        matches!(rec.outcome, Some(Outcome::Failure { .. })),
-        "{:?}",
-        rec.outcome
+    // A raw value fails as class `process`, code `failed`, its text the message.
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::Failure {
+            class: "process".into(),
+            code: "failed".into(),
+            message: "boom".into(),
+            raw: Some(json!("boom")),
+        })
     );
+    assert_eq!(rec.outcome, res.event.semantics.terminal);
+
+    // A failure's fields without `type` are a raw value too: no class or code
+    // of its own, the message its JSON text.
+    let gave_up = terminal_type("gave_up", TerminalState::Failed, "/why");
+    h.register(with_types(external("untagged"), [gave_up.clone()])).await;
+    let untagged = json!({"class": "ci", "code": "red", "message": "tests failed"});
+    let res = h
+        .append("untagged", AppendRequest::new("gave_up", json!({ "why": untagged })))
+        .await;
+    let rec = h.get("untagged").await;
+    assert_eq!(rec.status, ProcessStatus::Failed);
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::Failure {
+            class: "process".into(),
+            code: "failed".into(),
+            message: untagged.to_string(),
+            raw: Some(untagged),
+        })
+    );
+    assert_eq!(rec.outcome, res.event.semantics.terminal);
+
+    // A tagged failure is that outcome, its class and code kept.
+    h.register(with_types(external("tagged"), [gave_up])).await;
+    let tagged = Outcome::failure("ci", "red", "tests failed");
+    let res = h
+        .append("tagged", AppendRequest::new("gave_up", json!({ "why": tagged })))
+        .await;
+    let rec = h.get("tagged").await;
+    assert_eq!(rec.status, ProcessStatus::Failed);
+    assert_eq!(rec.outcome, Some(tagged));
+    assert_eq!(rec.outcome, res.event.semantics.terminal);
+
+    // A tagged success is unwrapped: its value is the outcome's value.
+    h.register(external("unwrapped")).await;
+    let res = h
+        .append(
+            "unwrapped",
+            AppendRequest::new(FINISHED, json!({"result": {"type": "success", "value": {"rows": 3}}})),
+        )
+        .await;
+    let rec = h.get("unwrapped").await;
+    assert_eq!(rec.status, ProcessStatus::Completed);
+    assert_eq!(rec.outcome, Some(Outcome::success(json!({"rows": 3}))));
     assert_eq!(rec.outcome, res.event.semantics.terminal);
 
     // A selected `null` is an outcome without a raw value, the same in the

@@ -114,13 +114,30 @@ pub async fn register_is_idempotent(factory: &dyn StoreFactory) {
     }
 }
 
-/// A repeated start does not re-apply its grant.
+/// A repeated start does not re-apply its grant: not to another scope, not
+/// with another descriptor, not after the first grant was revoked.
 pub async fn register_does_not_reapply_grant(factory: &dyn StoreFactory) {
     let h = Harness::new(factory).await;
     let (s1, s2) = (session("s1"), session("s2"));
     let reg = rerunnable("p");
     h.register_granted(reg.clone(), Some(start_grant(&s1, "tool", "first")))
         .await;
+    for (what, grant) in [
+        (
+            "repeat register with another descriptor",
+            start_grant(&s1, "other", "second"),
+        ),
+        ("repeat register with another scope", start_grant(&s2, "tool", "first")),
+    ] {
+        let again = h.no_change(what, h.registry().register(reg.clone(), Some(grant))).await;
+        assert!(!again.created, "{what}");
+    }
+    let held = ok(h.registry().grants_of("p").await, "grants_of");
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(
+        (&held[0].scope, &held[0].descriptor),
+        (&s1, &descriptor("tool", "first"))
+    );
     assert!(ok(h.registry().revoke(&s1, "p").await, "revoke"));
     let again = h
         .no_change(
