@@ -60,6 +60,7 @@ pub mod registry;
 mod retry;
 pub mod schedule;
 mod scheduler;
+pub mod schema_limits;
 pub mod script;
 pub mod select;
 pub mod tool;

@@ -6,6 +6,9 @@
 //! (`StartRequest`, `Outcome`, `StatusFilter`, `ProcessRecord`, ...). OpenAPI
 //! 3.1 schema objects are JSON Schema 2020-12; [`json_schema`] moves the
 //! referenced components under `$defs` so each schema stands alone.
+//! The limits the server holds arguments to (an id's length and characters,
+//! a signal name's, ...) are stated from `cairn_core::schema_limits`, as the
+//! OpenAPI document states them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -390,7 +393,7 @@ impl ToolKind {
     }
 
     fn build_input_schema(self) -> Arc<JsonObject> {
-        match self {
+        let derived = match self {
             Self::Start => start_schema(),
             Self::Get => json_schema::<GetArgs>(),
             Self::List => json_schema::<ListArgs>(),
@@ -402,6 +405,93 @@ impl ToolKind {
             Self::ModulePut => json_schema::<ModulePutArgs>(),
             Self::ScheduleList => json_schema::<ScheduleListArgs>(),
             Self::SchedulePause | Self::ScheduleResume => json_schema::<ScheduleIdArgs>(),
+        };
+        Arc::new(self.with_limits(Arc::unwrap_or_clone(derived)))
+    }
+
+    /// `schema` with the limits the server holds each argument to, from
+    /// [`cairn_core::schema_limits`], the source the OpenAPI document states
+    /// them from too: ids, a signal's name and id, a scope's ids, a grant
+    /// descriptor's `kind` and `label`, a module's name and source, a reason.
+    fn with_limits(self, schema: JsonObject) -> JsonObject {
+        use cairn_core::schema_limits as limits;
+        let mut root = Value::Object(schema);
+        // The wire types' fields, wherever the arguments hold them: a start's
+        // root is its `StartRequest`, the other types sit under `$defs`.
+        if let Some(defs) = root.get_mut("$defs") {
+            limits::constrain_wire_schemas(defs);
+        }
+        if self == Self::Start {
+            let mut named = serde_json::json!({"StartRequest": root});
+            limits::constrain_wire_schemas(&mut named);
+            root = named["StartRequest"].take();
+        }
+        let said = |root: &Value, field: &str| {
+            root.pointer(&format!("/properties/{field}/description"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let id = |field: &'static str| (field, limits::id(&said(&root, field)));
+        let fields: Vec<(&str, Value)> = match self {
+            Self::Get
+            | Self::Events
+            | Self::Await
+            | Self::Cancel
+            | Self::Complete
+            | Self::SchedulePause
+            | Self::ScheduleResume => vec![id("id")],
+            Self::Signal => vec![
+                id("id"),
+                ("name", limits::signal_name(&said(&root, "name"))),
+                ("signal_id", limits::signal_id()),
+            ],
+            Self::List => vec![
+                ("granted_to", limits::lens(&said(&root, "granted_to"))),
+                ("originated_by", limits::lens(&said(&root, "originated_by"))),
+                id("caused_by"),
+            ],
+            // Schedules page by id.
+            Self::ScheduleList => vec![id("after")],
+            Self::Start | Self::ModulePut => Vec::new(),
+        };
+        for (field, fragment) in fields {
+            put(&mut root, field, fragment);
+        }
+        let text = |root: &mut Value, field: &str, constrain: &dyn Fn(&mut JsonObject)| {
+            if let Some(slot) = root
+                .pointer_mut(&format!("/properties/{field}"))
+                .and_then(Value::as_object_mut)
+            {
+                constrain(slot);
+            }
+        };
+        match self {
+            Self::ModulePut => {
+                text(&mut root, "name", &limits::module_name);
+                text(&mut root, "source", &limits::module_source);
+            }
+            Self::Cancel => text(&mut root, "reason", &|slot| {
+                limits::limit_bytes(slot, cairn_core::validate::MAX_REASON_BYTES)
+            }),
+            // Required, so not null, but otherwise the HTTP API's `authority`.
+            Self::Complete => text(&mut root, "authority", &|slot| {
+                let description = slot.get("description").cloned();
+                *slot = match limits::authority() {
+                    Value::Object(o) => o,
+                    _ => JsonObject::new(),
+                };
+                slot.insert("type".into(), Value::from("string"));
+                if let Some(d) = description {
+                    slot.insert("description".into(), d);
+                }
+                limits::limit_bytes(slot, cairn_core::validate::MAX_AUTHORITY_BYTES);
+            }),
+            _ => {}
+        }
+        match root {
+            Value::Object(o) => o,
+            _ => JsonObject::new(),
         }
     }
 
@@ -513,6 +603,22 @@ impl ToolKind {
             }
         }
     }
+}
+
+/// Replace the schema of argument `field` with `fragment`; an argument that
+/// may be left out stays nullable (serde reads `null` as left out).
+fn put(root: &mut Value, field: &str, mut fragment: Value) {
+    let Some(slot) = root.pointer_mut(&format!("/properties/{field}")) else {
+        return;
+    };
+    let nullable = slot
+        .get("type")
+        .and_then(Value::as_array)
+        .is_some_and(|types| types.iter().any(|t| t == "null"));
+    if nullable && fragment["type"] == "string" {
+        fragment["type"] = serde_json::json!(["string", "null"]);
+    }
+    *slot = fragment;
 }
 
 /// `arguments` with each whole-number float (`1000.0`) in a top-level field
@@ -860,14 +966,15 @@ mod tests {
     }
 
     /// `tools/list` stays small: the output schemas leave out descriptions
-    /// (197 KB with them), and say the same shapes.
+    /// (197 KB with them), and say the same shapes. (The input schemas'
+    /// stated limits, `cairn_core::schema_limits`, take about 3.5 KB.)
     #[test]
     fn tool_definitions_stay_small() {
         let size: usize = ToolKind::ALL
             .iter()
             .map(|k| serde_json::to_vec(&k.definition()).expect("definition").len())
             .sum();
-        assert!(size < 112 * 1024, "tools/list is {size} bytes");
+        assert!(size < 120 * 1024, "tools/list is {size} bytes");
         let record = ToolKind::Get.output_schema();
         assert!(record.get("properties").is_some_and(Value::is_object));
         assert!(!serde_json::to_string(&*record)
@@ -899,6 +1006,148 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A tool's input schema, compiled (by the core's JSON Schema validator).
+    fn validator(kind: ToolKind) -> cairn_core::validate::CompiledSchema {
+        cairn_core::validate::compiled_schema(kind.name(), &Value::Object((*kind.input_schema()).clone()))
+            .expect("the schema compiles")
+    }
+
+    /// The input schemas state the limits the server holds arguments to
+    /// (`cairn_core::schema_limits`, as the OpenAPI document does): what
+    /// the schema refuses the server refuses, and the longest the server
+    /// takes the schema takes.
+    #[test]
+    fn schemas_state_the_server_limits() {
+        let start = ToolKind::Start.input_schema();
+        let id = &start["properties"]["id"];
+        assert_eq!(
+            (&id["type"], &id["minLength"], &id["maxLength"]),
+            (&json!("string"), &json!(1), &json!(256)),
+            "{id}"
+        );
+        assert_eq!(id["pattern"], json!(cairn_core::schema_limits::NO_CONTROL));
+        let with = |extra: Value| {
+            let mut args = json!({"id": "a", "input": {"type": "external"}, "disposition": "externally_owned"});
+            args.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            args
+        };
+        let scope = |s: &str| json!({"session_id": s});
+        let v = validator(ToolKind::Start);
+        for (extra, taken) in [
+            (json!({}), true),
+            (json!({"id": "i".repeat(256)}), true),
+            (json!({"id": "i".repeat(300)}), false),
+            (json!({"id": ".."}), false),
+            (json!({"id": "a\nb"}), false),
+            (json!({"id": ""}), false),
+            (json!({"wake_target": {"session_id": "s", "agent_frame_id": "f"}}), true),
+            (json!({"wake_target": {"session_id": "s/frame:f"}}), false),
+            (
+                json!({"wake_target": {"session_id": "s", "agent_frame_id": "f".repeat(257)}}),
+                false,
+            ),
+            (json!({"wake_target": {"session_id": "s\u{7}"}}), false),
+            (
+                json!({"grant": {"session_scope": scope("s"), "descriptor": {"kind": "k".repeat(64), "label": "l".repeat(1024)}}}),
+                true,
+            ),
+            (
+                json!({"grant": {"session_scope": scope("s"), "descriptor": {"kind": "k".repeat(65)}}}),
+                false,
+            ),
+            (
+                json!({"grant": {"session_scope": scope("s"), "descriptor": {"label": "l".repeat(1025)}}}),
+                false,
+            ),
+            (
+                json!({"grant": {"session_scope": scope("s"), "descriptor": {"label": ""}}}),
+                false,
+            ),
+            (
+                json!({"grant": {"session_scope": scope("s"), "descriptor": {"kind": "a\tb"}}}),
+                false,
+            ),
+        ] {
+            let args = with(extra);
+            assert_eq!(v.is_valid(&args), taken, "{args}");
+            if taken {
+                parse::<StartRequest>(ToolKind::Start, args).expect("arguments the schema takes parse");
+            }
+        }
+        let get = validator(ToolKind::Get);
+        assert!(get.is_valid(&json!({"id": "i".repeat(256)})));
+        assert!(!get.is_valid(&json!({"id": "i".repeat(300)})));
+        let signal = validator(ToolKind::Signal);
+        let sig = |name: &str, signal_id: &str| json!({"id": "p", "name": name, "signal_id": signal_id});
+        assert!(signal.is_valid(&sig(&"n".repeat(128), "s1")));
+        for refused in [
+            sig("a.b", "s1"),
+            sig(&"n".repeat(129), "s1"),
+            sig("go", &"s".repeat(257)),
+            sig("go", ""),
+        ] {
+            assert!(!signal.is_valid(&refused), "{refused}");
+        }
+        let module = validator(ToolKind::ModulePut);
+        let source = "export async function a() {}";
+        assert!(module.is_valid(&json!({"source": source, "name": "m".repeat(256)})));
+        assert!(module.is_valid(&json!({"source": source, "name": null})));
+        for refused in [
+            json!({"source": source, "name": ""}),
+            json!({"source": source, "name": "m".repeat(257)}),
+            json!({"source": " \n"}),
+            json!({"source": format!("{source}\u{0}")}),
+        ] {
+            assert!(!module.is_valid(&refused), "{refused}");
+        }
+        let complete = validator(ToolKind::Complete);
+        let done =
+            |authority: Value| json!({"id": "p", "outcome": {"type": "success", "value": 1}, "authority": authority});
+        assert!(complete.is_valid(&done(json!("ci"))));
+        for refused in [json!(null), json!(""), json!("a".repeat(265))] {
+            assert!(!complete.is_valid(&done(refused.clone())), "{refused}");
+        }
+        assert!(!validator(ToolKind::Cancel).is_valid(&json!({"id": "p", "reason": "r".repeat(65 * 1024)})));
+    }
+
+    /// No id the arguments carry is left a bare string: every field named
+    /// as an id states an id's limits, in every tool's schema.
+    #[test]
+    fn no_id_is_a_bare_string() {
+        fn walk(at: &str, v: &Value, bare: &mut Vec<String>) {
+            match v {
+                Value::Object(o) => {
+                    for (k, x) in o {
+                        let here = format!("{at}/{k}");
+                        // (`CausalRef`'s `oneOf` says which fields go together;
+                        // its `properties` hold the limits.)
+                        let id_field = at.ends_with("/properties")
+                            && !at.contains("/CausalRef/oneOf/")
+                            && matches!(k.as_str(), "id" | "session_id" | "agent_frame_id" | "signal_id");
+                        let limited = x.get("maxLength").is_some()
+                            || x.get("oneOf")
+                                .and_then(Value::as_array)
+                                .is_some_and(|forms| forms.iter().any(|f| f.get("maxLength").is_some()));
+                        if id_field && !limited {
+                            bare.push(here.clone());
+                        }
+                        walk(&here, x, bare);
+                    }
+                }
+                Value::Array(a) => a
+                    .iter()
+                    .enumerate()
+                    .for_each(|(i, x)| walk(&format!("{at}/{i}"), x, bare)),
+                _ => {}
+            }
+        }
+        let mut bare = Vec::new();
+        for kind in ToolKind::ALL {
+            walk(kind.name(), &Value::Object((*kind.input_schema()).clone()), &mut bare);
+        }
+        assert!(bare.is_empty(), "ids without limits: {bare:?}");
     }
 
     /// Every page size the schemas advertise is one the server takes (it

@@ -2,6 +2,8 @@
 //! them (the server's OpenAPI document, `docs/reference.md`). Each tool's own
 //! `validate_args` stays the authority; the tests below hold each schema to it.
 
+// Text that is not blank: the tools trim with `char::is_whitespace`, as the core does.
+use cairn_core::schema_limits::NOT_BLANK;
 use serde_json::{json, Value};
 
 /// Longest `sleep` or timeout the tools take (a year: durable sleeps and
@@ -10,8 +12,7 @@ pub const LONGEST_MS: u64 = cairn_core::validate::LONGEST_WAIT_MS;
 
 /// The `args` schema of built-in tool `name`, or `None` for another name.
 pub fn args_schema(name: &str) -> Option<Value> {
-    let signal_name = json!({"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9_-]+$",
-                             "description": "The signal name: ASCII letters, digits, `_`, `-`."});
+    let signal_name = cairn_core::schema_limits::signal_name("The signal name: ASCII letters, digits, `_`, `-`.");
     let ms =
         |description: &str| json!({"type": "integer", "minimum": 0, "maximum": LONGEST_MS, "description": description});
     let schema = match name {
@@ -48,12 +49,6 @@ pub fn args_schema(name: &str) -> Option<Value> {
     };
     Some(schema)
 }
-
-/// Text that is not blank: it holds a character that is not white space.
-/// The tools trim with `char::is_whitespace` (Unicode `White_Space`); the
-/// class names those characters, as `\S` differs between regex dialects.
-const NOT_BLANK: &str =
-    "[^\\u0009-\\u000D\\u0020\\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]";
 
 /// Text without a NUL, which the tools refuse in any text they pass on.
 const NO_NUL: &str = "^[^\\u0000]*$";

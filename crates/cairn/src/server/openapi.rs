@@ -12,6 +12,11 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::Json;
+// The per-field limits are one source with the MCP tools' schemas.
+use cairn_core::schema_limits::{
+    self as limits, id as id_schema, lens as lens_schema, limit_bytes, nullable_id as nullable_id_schema, set,
+    NOT_BLANK,
+};
 use serde_json::{json, Map, Value};
 use utoipa::OpenApi;
 
@@ -62,51 +67,8 @@ pub struct ApiDoc;
 /// The largest cursor or sequence the API takes: signed 64-bit, like the stores.
 pub const MAX_CURSOR: i64 = i64::MAX;
 
-/// An id's schema: 1-256 characters, no control characters. The core's limit
-/// is 256 bytes, which a schema cannot state (`maxLength` counts characters):
-/// every valid id fits this one, and an id of 256 characters that is longer
-/// than 256 bytes is refused by the server (`invalid_id`).
-fn id_schema(description: &str) -> Value {
-    json!({
-        "type": "string", "minLength": 1, "maxLength": cairn_core::validate::MAX_ID_BYTES,
-        "pattern": NO_CONTROL,
-        // A relative path segment, which no URL can name (`invalid_id`).
-        "not": {"enum": [".", ".."]},
-        "description": match description.trim_end_matches('.') {
-            "" => format!("At most {} bytes of UTF-8.", cairn_core::validate::MAX_ID_BYTES),
-            said => format!("{said}. At most {} bytes of UTF-8.", cairn_core::validate::MAX_ID_BYTES),
-        },
-    })
-}
-
-/// A lens filter's scope: a session id, or one and a frame id joined by
-/// `/frame:` (each at most [`cairn_core::validate::MAX_ID_BYTES`]).
-fn lens_schema(description: &str) -> Value {
-    let max = cairn_core::validate::MAX_ID_BYTES;
-    json!({
-        "type": "string", "minLength": 1,
-        "maxLength": 2 * max + cairn_core::validate::FRAME_SEPARATOR.len(),
-        "pattern": NO_CONTROL,
-        "not": {"enum": [".", ".."]},
-        "description": format!(
-            "{}. The session id and the frame id at most {max} bytes of UTF-8 each.",
-            description.trim_end_matches('.')
-        ),
-    })
-}
-
 /// A module ref: `module:sha256:` and 64 lowercase hex digits (`invalid_id` otherwise).
 const MODULE_REF: &str = "^module:sha256:[0-9a-f]{64}$";
-
-/// Text without control characters (`char::is_control`: C0, DEL and C1), at
-/// least one character long.
-const NO_CONTROL: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$";
-
-/// Text that is not blank: it holds a character that is not white space.
-/// The server trims with `char::is_whitespace` (Unicode `White_Space`); the
-/// class names those characters, as `\\S` differs between regex dialects.
-const NOT_BLANK: &str =
-    "[^\\u0009-\\u000D\\u0020\\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]";
 
 /// A `definition` filter: `tool:NAME`, `script:MODULE_REF#EXPORT`,
 /// `session_turn` or `external` (`invalid_filter` otherwise).
@@ -139,49 +101,6 @@ fn described(mut schema: Value, description: &str) -> Value {
         schema["description"] = json!(description);
     }
     schema
-}
-
-/// [`id_schema`], or `null` (the field's default).
-fn nullable_id_schema(description: &str) -> Value {
-    let mut schema = id_schema(description);
-    schema["type"] = json!(["string", "null"]);
-    schema
-}
-
-/// A session id's schema: an id that does not hold `/frame:` (which
-/// separates a session from its frame in a scope id: `invalid_id`).
-fn session_id_schema(description: &str) -> Value {
-    let mut schema = id_schema(description);
-    schema["not"] =
-        json!({"anyOf": [{"enum": [".", ".."]}, {"type": "string", "pattern": cairn_core::validate::FRAME_SEPARATOR}]});
-    schema
-}
-
-/// Who a completion or an abandon request names as its author: held to an
-/// id's form, up to `MAX_AUTHORITY_BYTES` (room for `session:` before a
-/// session id), or null (the caller).
-fn authority_schema() -> Value {
-    let mut schema = nullable_id_schema("");
-    schema["maxLength"] = json!(cairn_core::validate::MAX_AUTHORITY_BYTES);
-    if let Some(obj) = schema.as_object_mut() {
-        obj.remove("description");
-    }
-    schema
-}
-
-/// State a byte limit the server enforces on a string: as `maxLength`
-/// (which counts characters, each at least a byte: every text within the
-/// byte limit fits, and one past it in bytes is refused by the server), and
-/// in its description, in bytes.
-fn limit_bytes(slot: &mut serde_json::Map<String, Value>, bytes: usize) {
-    slot.insert("maxLength".into(), json!(bytes));
-    let said = format!("At most {bytes} bytes of UTF-8.");
-    let description = match slot.get("description").and_then(Value::as_str).map(str::trim_end) {
-        Some(d) if d.ends_with('.') => format!("{d} {said}"),
-        Some(d) if !d.is_empty() => format!("{d}. {said}"),
-        _ => said,
-    };
-    slot.insert("description".into(), json!(description));
 }
 
 fn cursor_schema(description: &str) -> Value {
@@ -380,7 +299,7 @@ fn constrain_parameters(op: &mut Value, path: &str) {
             "after" if path == "/v1/modules" => json!({
                 "type": "string", "pattern": "^module:sha256:[0-9a-f]{64}$", "description": description,
             }),
-            "name" => json!({"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9_-]+$"}),
+            "name" => limits::signal_name(""),
             "caused_by" => id_schema(&description),
             "module_ref" => described(json!({"type": "string", "pattern": MODULE_REF}), &description),
             "definition" => definition_schema(&description),
@@ -404,63 +323,13 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
     if let Some(all) = schemas.as_object_mut() {
         cairn_mcp::tools::close_tagged_variants(all);
     }
-    let set = |schemas: &mut Value, pointer: &str, schema: Value| {
-        if let Some(slot) = schemas.pointer_mut(pointer) {
-            let description = slot.get("description").cloned();
-            *slot = schema;
-            if let (Some(d), Some(obj)) = (description, slot.as_object_mut()) {
-                obj.entry("description").or_insert(d);
-            }
-        }
-    };
-    set(
-        schemas,
-        "/StartRequest/properties/id",
-        id_schema("The process id (1-256 bytes, no control characters)."),
-    );
-    set(
-        schemas,
-        "/SessionScope/properties/session_id",
-        session_id_schema("The session (conversation) id."),
-    );
-    set(
-        schemas,
-        "/SessionScope/properties/agent_frame_id",
-        json!({"oneOf": [{"type": "null"}, id_schema("The agent frame inside the session.")]}),
-    );
-    set(
-        schemas,
-        "/SignalBody/properties/signal_id",
-        id_schema(
-            "Idempotency key of the signal. Its replay key, `signal:{name}:{signal_id}`, is held to 256 bytes \
-             too: the id may take 248 bytes less the signal name's length (`invalid_id` past it).",
-        ),
-    );
+    // A start's id, a scope's ids, a grant descriptor's kind and label.
+    limits::constrain_wire_schemas(schemas);
+    set(schemas, "/SignalBody/properties/signal_id", limits::signal_id());
     set(
         schemas,
         "/AppendBody/properties/replay_key",
         json!({"oneOf": [{"type": "null"}, id_schema("Makes the append idempotent: a retry with the same payload returns the original event. Some keys are cairn's own and `invalid_request` here: `cancel:…` on any event but a cancellation, `signal:…` on any but a signal, `script.…` or `turn.…` on a script or session turn (its run's journal), and `{type}/…` naming another declared type of the process.")]}),
-    );
-    set(
-        schemas,
-        "/ExternalRef/properties/backend",
-        id_schema("The other system's name."),
-    );
-    set(schemas, "/ExternalRef/properties/id", id_schema("The work's id there."));
-    set(
-        schemas,
-        "/CausalRef/properties/process_id",
-        nullable_id_schema("The parent process (alone, without `kind` and `id`)."),
-    );
-    set(
-        schemas,
-        "/CausalRef/properties/kind",
-        nullable_id_schema("What the cause is (`process`, `turn`, `tool_call`, ...)."),
-    );
-    set(
-        schemas,
-        "/CausalRef/properties/id",
-        nullable_id_schema("Its id in its own kind."),
     );
     // `{"process_id"}` alone, or `{"kind", "id"}` (`invalid_request`
     // otherwise); a field given as null is a field left out.
@@ -488,7 +357,7 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
         schemas,
         "/TerminalSpec/properties/state",
         json!({"type": "string", "enum": ["completed", "failed", "cancelled", "abandoned"],
-               "description": "The terminal state the event ends the process in. A start may not declare `abandoned` (cairn's alone: `invalid_request`)."}),
+               "description": "The terminal state the event ends the process in. A start may not declare `abandoned` (cairn's alone: `invalid_semantics`)."}),
     );
     if let Some(variants) = schemas.pointer_mut("/Selector/oneOf").and_then(Value::as_array_mut) {
         for v in variants {
@@ -542,8 +411,8 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
         );
     }
     // Who completes or asks: in an id's form (else `invalid_request`), or null.
-    set(schemas, "/AbandonBody/properties/requested_by", authority_schema());
-    set(schemas, "/CompleteBody/properties/authority", authority_schema());
+    set(schemas, "/AbandonBody/properties/requested_by", limits::authority());
+    set(schemas, "/CompleteBody/properties/authority", limits::authority());
     // Byte limits the server enforces ([`limit_bytes`]).
     let reason = cairn_core::validate::MAX_REASON_BYTES;
     let authority = cairn_core::validate::MAX_AUTHORITY_BYTES;
@@ -644,17 +513,14 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
         .pointer_mut("/ModuleBody/properties/name")
         .and_then(Value::as_object_mut)
     {
-        limit_bytes(slot, cairn_core::script::MAX_MODULE_NAME_BYTES);
-        slot.insert("minLength".into(), json!(1));
-        slot.insert("pattern".into(), json!(NO_CONTROL));
+        limits::module_name(slot);
     }
     // A source is not blank and holds no NUL (`invalid_module`).
     if let Some(slot) = schemas
         .pointer_mut("/ModuleBody/properties/source")
         .and_then(Value::as_object_mut)
     {
-        slot.insert("pattern".into(), json!(NOT_BLANK));
-        slot.insert("not".into(), json!({"type": "string", "pattern": "\\u0000"}));
+        limits::module_source(slot);
     }
     // A schedule's id leaves room in an id for the `@` and the 20 digits of
     // each fire's time; exactly one of `cron` and `every`, neither empty (a
@@ -1049,6 +915,8 @@ mod tests {
             "a signal's type is declared too"
         );
         assert_eq!(limit("/ModuleBody/properties/name"), 256);
+        assert_eq!(limit("/GrantDescriptor/properties/kind"), 64);
+        assert_eq!(limit("/GrantDescriptor/properties/label"), 1024);
         assert_eq!(limit("/ScheduleRequest/properties/cron"), 1024);
         assert_eq!(limit("/ScheduleRequest/properties/timezone"), 128);
         assert_eq!(
@@ -1057,5 +925,93 @@ mod tests {
         );
         let created = &schemas["PruneBody"]["properties"]["created_before_ms"]["oneOf"][1];
         assert_eq!(created["maximum"], json!(MAX_CURSOR));
+    }
+
+    /// The MCP tools' input schemas state the limits this document states,
+    /// from the same source (`cairn_core::schema_limits`): the same schema
+    /// for a wire type's field, the same limits for a field each names in
+    /// its own words (ADR 0011: tool schemas and OpenAPI do not drift apart).
+    #[test]
+    fn the_mcp_tools_state_the_same_limits() {
+        use cairn_mcp::tools::ToolKind;
+        let doc = document_for(&["echo".to_string()]);
+        let schemas = &doc["components"]["schemas"];
+        let tool = |name: &str| {
+            let kind = ToolKind::from_name(name).expect("a tool");
+            Value::Object((*kind.definition().input_schema).clone())
+        };
+        let start = tool("process_start");
+        assert_eq!(start["properties"]["id"], schemas["StartRequest"]["properties"]["id"]);
+        for name in ["SessionScope", "GrantDescriptor", "ExternalRef", "CausalRef"] {
+            let fields = schemas[name]["properties"].as_object().expect("properties");
+            assert!(!fields.is_empty(), "{name}");
+            for (field, schema) in fields {
+                assert_eq!(&start["$defs"][name]["properties"][field], schema, "{name}.{field}");
+            }
+        }
+        let signal = tool("process_signal");
+        assert_eq!(
+            signal["properties"]["signal_id"],
+            schemas["SignalBody"]["properties"]["signal_id"]
+        );
+        // The limits, without the words or whether null reads as left out.
+        let limits = |v: &Value| {
+            let mut v = v.clone();
+            if let Some(o) = v.as_object_mut() {
+                o.remove("description");
+                if o.get("type") == Some(&json!(["string", "null"])) {
+                    o.insert("type".into(), json!("string"));
+                }
+            }
+            assert!(
+                v.get("maxLength").is_some() || v.get("pattern").is_some(),
+                "no limits in {v}"
+            );
+            v
+        };
+        let param = |method: &str, path: &str, name: &str| {
+            doc["paths"][path][method]["parameters"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+                .map(|p| p["schema"].clone())
+                .unwrap_or_else(|| panic!("{method} {path} has no {name}"))
+        };
+        let body = |name: &str, field: &str| schemas[name]["properties"][field].clone();
+        for (tool_name, field, documented) in [
+            ("process_get", "id", param("get", "/v1/processes/{id}", "id")),
+            (
+                "process_signal",
+                "id",
+                param("post", "/v1/processes/{id}/signals/{name}", "id"),
+            ),
+            (
+                "process_signal",
+                "name",
+                param("post", "/v1/processes/{id}/signals/{name}", "name"),
+            ),
+            ("process_cancel", "reason", body("CancelBody", "reason")),
+            ("process_complete", "authority", body("CompleteBody", "authority")),
+            ("module_put", "name", body("ModuleBody", "name")),
+            ("module_put", "source", body("ModuleBody", "source")),
+            (
+                "process_list",
+                "granted_to",
+                param("get", "/v1/processes", "granted_to"),
+            ),
+            (
+                "process_list",
+                "originated_by",
+                param("get", "/v1/processes", "originated_by"),
+            ),
+            ("process_list", "caused_by", param("get", "/v1/processes", "caused_by")),
+            ("schedule_list", "after", param("get", "/v1/schedules", "after")),
+            ("schedule_pause", "id", param("post", "/v1/schedules/{id}/pause", "id")),
+        ] {
+            assert_eq!(
+                limits(&tool(tool_name)["properties"][field]),
+                limits(&documented),
+                "{tool_name}.{field}"
+            );
+        }
     }
 }
