@@ -17,18 +17,30 @@ struct Running {
 }
 
 impl Running {
+    /// As a command typed in a terminal: SIGHUP and SIGINT have their
+    /// default actions, whatever the tests were started under (`nohup`, or
+    /// a shell's background job, ignores them, and a run keeps ignoring
+    /// what it was started ignoring).
     fn spawn(base: &str, args: &[&str]) -> Running {
-        let mut child = tokio::process::Command::new(BIN)
-            .arg("--server")
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.arg("--server")
             .arg(base)
             .args(args)
             .env_remove("CAIRN_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn cairn");
+            .kill_on_drop(true);
+        // SAFETY: `signal` is async-signal-safe; the closure runs in the
+        // child between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_DFL);
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("spawn cairn");
         let stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
         Running { child, stderr }
     }
