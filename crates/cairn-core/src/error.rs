@@ -279,6 +279,17 @@ impl CairnError {
         Self::ProcessTerminal(format!("process `{id}` is terminal"))
     }
 
+    /// `process_terminal` for `record`, which has ended: says how
+    /// (`process `x` already ended (cancelled)`), so a caller need not read
+    /// the record again to learn it.
+    pub fn ended(record: &crate::model::ProcessRecord) -> Self {
+        Self::ProcessTerminal(format!(
+            "process `{}` already ended ({})",
+            record.id,
+            record.status.label()
+        ))
+    }
+
     /// The stable machine code of this error.
     pub fn code(&self) -> &'static str {
         match self {

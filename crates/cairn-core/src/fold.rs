@@ -528,7 +528,7 @@ pub fn prepare_append(
         }
     }
     if record.is_terminal() {
-        return Err(CairnError::terminal(&record.id));
+        return Err(CairnError::ended(record));
     }
     if let Some(lease) = &req.lease {
         check_lease(&record.id, stored_lease, lease, now_ms)?;
@@ -759,7 +759,7 @@ pub fn children_satisfied(wait: &WaitState, ended: impl Fn(&str) -> bool) -> boo
 pub fn claim_refusal(record: &ProcessRecord, owner_id: &str, now_ms: u64) -> Option<CairnError> {
     let id = record.id.clone();
     if record.is_terminal() {
-        return Some(CairnError::terminal(&id));
+        return Some(CairnError::ended(record));
     }
     let own_live = record
         .lease

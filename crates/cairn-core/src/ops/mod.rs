@@ -1113,7 +1113,7 @@ fn cancel<T: WriteTx + ?Sized>(tx: &mut T, id: &str, reason: Option<&str>) -> Re
         // retry: its descendants carry its reason).
         let (descendants, asked_before) = cancel_descendants(tx, id, reason)?;
         if descendants.is_empty() && !asked_before {
-            return Err(CairnError::terminal(id));
+            return Err(CairnError::ended(&record));
         }
         return Ok(CancelAnswer {
             process: record,
@@ -1178,8 +1178,9 @@ fn cancel_descendants<T: WriteTx + ?Sized>(
 /// whether it ended now).
 fn cancel_one<T: WriteTx + ?Sized>(tx: &mut T, id: &str, reason: Option<&str>) -> Result<(ProcessRecord, bool)> {
     let now = tx.now();
-    if existing(tx, id)?.record.is_terminal() {
-        return Err(CairnError::terminal(id));
+    let row = existing(tx, id)?;
+    if row.record.is_terminal() {
+        return Err(CairnError::ended(&row.record));
     }
     let request = AppendRequest::new(events::CANCEL_REQUESTED, json!({ "reason": reason }))
         .with_replay_key(fold::cancel_replay_key(reason));
@@ -1272,7 +1273,7 @@ fn wait<T: WriteTx + ?Sized>(tx: &mut T, lease: &Lease, wait: &WaitRequest, seen
     let id = &lease.process_id;
     let row = existing(tx, id)?;
     if row.record.is_terminal() {
-        return Err(CairnError::terminal(id));
+        return Err(CairnError::ended(&row.record));
     }
     fold::check_lease(id, row.lease.as_ref(), lease, now)?;
     let record = &row.record;
@@ -1357,7 +1358,7 @@ fn request_abandon<T: WriteTx + ?Sized>(
         return Ok(record.clone());
     }
     if record.is_terminal() {
-        return Err(CairnError::terminal(id));
+        return Err(CairnError::ended(record));
     }
     let request = AppendRequest::new(
         events::ABANDON_REQUESTED,

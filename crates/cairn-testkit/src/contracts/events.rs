@@ -708,9 +708,13 @@ pub async fn terminal_is_write_once(factory: &dyn StoreFactory) {
         "complete_external",
     );
     let r = h.registry();
-    for id in ["p", "e"] {
-        h.rejects("process_terminal", "append", r.append_event(id, note(json!({}))))
+    for (id, status) in [("p", "completed"), ("e", "failed")] {
+        // The refusal says how the process ended: a caller need not read it again.
+        let said = format!("process `{id}` already ended ({status})");
+        let e = h
+            .rejects("process_terminal", "append", r.append_event(id, note(json!({}))))
             .await;
+        assert!(e.to_string().contains(&said), "{e}");
         h.rejects(
             "process_terminal",
             "signal",
@@ -729,15 +733,20 @@ pub async fn terminal_is_write_once(factory: &dyn StoreFactory) {
             ),
         )
         .await;
-        h.rejects("process_terminal", "request_cancel", r.request_cancel(id, None))
+        let e = h
+            .rejects("process_terminal", "request_cancel", r.request_cancel(id, None))
             .await;
-        h.rejects(
-            "process_terminal",
-            "request_abandon",
-            r.request_abandon(id, "op", "why"),
-        )
-        .await;
-        h.rejects("process_terminal", "claim", r.claim(id, "w2", TTL)).await;
+        assert!(e.to_string().contains(&said), "{e}");
+        let e = h
+            .rejects(
+                "process_terminal",
+                "request_abandon",
+                r.request_abandon(id, "op", "why"),
+            )
+            .await;
+        assert!(e.to_string().contains(&said), "{e}");
+        let e = h.rejects("process_terminal", "claim", r.claim(id, "w2", TTL)).await;
+        assert!(e.to_string().contains(&said), "{e}");
         let none = h.no_change("reconcile terminal", r.reconcile_abandon(id)).await;
         assert!(none.is_none());
     }
