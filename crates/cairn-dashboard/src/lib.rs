@@ -154,14 +154,21 @@ fn with_query(to: &str, uri: &axum::http::Uri) -> String {
 /// A process's page with a slash after it (as people and browsers add one)
 /// is that page, with the same query, when what comes before the slash is
 /// an id (an id's own `/` is encoded in its page's address, `repo%2Fissue-12`,
-/// so the router reads it as one segment); otherwise there is no such page.
+/// so the router reads it as one segment); when it is not one, the process
+/// page's answer for a bad id (400), as without the slash; when it is
+/// empty (`/ui/processes//`), no page.
 async fn process_without_slash(
     visitor: axum::Extension<auth::Visitor>,
     uri: axum::http::Uri,
     id: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
 ) -> axum::response::Response {
-    let named = id.is_ok_and(|id| cairn_core::validate::validate_id("process id", &id).is_ok());
-    slash_to_page(named, visitor, &uri).await
+    let id = id.ok().map(|axum::extract::Path(id)| id).filter(|id| !id.is_empty());
+    if let Some(id) = &id {
+        if let Err(e) = cairn_core::validate::validate_id("process id", id) {
+            return process::failed_page(&visitor, id, &e);
+        }
+    }
+    slash_to_page(id.is_some(), visitor, &uri).await
 }
 
 /// A module's page with a slash after it, as a process's

@@ -123,6 +123,27 @@ pub(crate) struct PageQuery {
     from: Option<u64>,
 }
 
+/// The page of process `id` when it cannot be shown: its id is not one
+/// (`invalid_id`), no such process is visible, or it was pruned (what its
+/// tombstone says).
+pub(crate) fn failed_page(visitor: &Visitor, id: &str, e: &CairnError) -> Response {
+    let body = html! {
+        h1 { "Process " code { (pages::id(id)) } }
+        @if let CairnError::NoLongerRetained(gone) = e {
+            // What the tombstone says, with its times as people read them.
+            div.result.err role="alert" {
+                code.code { (e.code()) } ": it ended " (pages::status(gone.status)) " "
+                (time::when(gone.terminal_at_ms)) " and was pruned "
+                (time::when(gone.pruned_at_ms)) "; its record and events are gone."
+            }
+        } @else {
+            (pages::error_fragment(e.code(), &e.to_string()))
+        }
+        p { a href="/ui/processes" { "← Processes" } }
+    };
+    (status_for(e), pages::layout(id, visitor, Nav::Processes, body)).into_response()
+}
+
 /// `GET /ui/processes/{id}`.
 pub(crate) async fn page(
     axum::extract::State(d): Shared,
@@ -151,23 +172,7 @@ pub(crate) async fn page(
     };
     let record = match record {
         Ok(r) => r,
-        Err(e) => {
-            let body = html! {
-                h1 { "Process " code { (pages::id(&id)) } }
-                @if let CairnError::NoLongerRetained(gone) = &e {
-                    // What the tombstone says, with its times as people read them.
-                    div.result.err role="alert" {
-                        code.code { (e.code()) } ": it ended " (pages::status(gone.status)) " "
-                        (time::when(gone.terminal_at_ms)) " and was pruned "
-                        (time::when(gone.pruned_at_ms)) "; its record and events are gone."
-                    }
-                } @else {
-                    (pages::error_fragment(e.code(), &e.to_string()))
-                }
-                p { a href="/ui/processes" { "← Processes" } }
-            };
-            return (status_for(&e), pages::layout(&id, &visitor, Nav::Processes, body)).into_response();
-        }
+        Err(e) => return failed_page(&visitor, &id, &e),
     };
     let path = encode_path(&record.id);
     let children = children_of(&d, &visitor, &record.id).await;

@@ -2339,7 +2339,8 @@ async fn an_abandon_request_says_what_the_record_shows() {
 /// A page's address with a slash after it (as people and browsers add one)
 /// is that page, its query kept: a list, and a process's or a module's page
 /// when what comes before the slash names one (an id's own `/` is encoded
-/// in its address). Anything else there is no page.
+/// in its address); what is not an id is refused as without the slash, and
+/// anything else there is no page.
 #[tokio::test]
 async fn a_trailing_slash_is_the_page_with_its_query() {
     let clock = Arc::new(ManualClock::new(T0));
@@ -2379,15 +2380,26 @@ async fn a_trailing_slash_is_the_page_with_its_query() {
         assert_eq!(status, StatusCode::PERMANENT_REDIRECT, "{from}");
         assert_eq!(headers[header::LOCATION], to.as_str(), "{from}");
     }
-    for nothing in [
-        "/ui/processes//",
-        "/ui/processes/%2E%2E/",
-        "/ui/processes/a%01/",
-        "/ui/processes/a/b/",
-    ] {
+    for nothing in ["/ui/processes//", "/ui/processes/a/b/"] {
         let (status, html, _) = get(&app, nothing, None).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{nothing}");
         assert!(html.contains("not_found"), "{nothing}: {html}");
+    }
+    // What is not an id is said as the page without the slash says it.
+    for bad in ["/ui/processes/%2E%2E", "/ui/processes/a%01"] {
+        let (status, html, _) = get(&app, bad, None).await;
+        let (slashed, slashed_html, _) = get(&app, &format!("{bad}/"), None).await;
+        assert_eq!(
+            (status, slashed),
+            (StatusCode::BAD_REQUEST, StatusCode::BAD_REQUEST),
+            "{bad}"
+        );
+        assert_eq!(slashed_html, html, "{bad}");
+        assert!(
+            html.contains(r#"<code class="code">invalid_id</code>"#),
+            "{bad}: {html}"
+        );
+        assert!(html.contains("← Processes"), "{bad}: {html}");
     }
 }
 
