@@ -643,10 +643,10 @@ impl State {
                 return self.cancelled.to_string();
             }
             // A log line is journaled, so it counts against the journaled
-            // calls; one too large to journal is refused (its promise
-            // rejects `payload_too_large`) and the script goes on, as a call
-            // too large is. Neither depends on anything but the script, so a
-            // replay counts and refuses alike.
+            // calls. It is never lost: one too large to journal is cut to
+            // fit and marked as cut (the prelude made it well-formed). Both
+            // depend on nothing but the script, so a replay counts and cuts
+            // alike, and writes the same event.
             "log" => {
                 if let Some((code, message)) = &self.fatal {
                     return json!({"error": {"class": "script", "code": code, "message": message}}).to_string();
@@ -660,17 +660,14 @@ impl State {
                 };
                 if let Some(m) = p.as_object_mut() {
                     m.insert("ordinal".into(), json!(self.logs + 1));
+                    if let Some(read) = self.cancel_seen.take() {
+                        m.insert(CANCEL_SEEN.into(), json!(read));
+                    }
                 }
-                if let Err(e) = cairn_core::validate::check_size("a `ctx.log` line as journaled", &p) {
-                    return json!({"error": {"class": "cairn", "code": e.code(), "message": e.to_string()}})
-                        .to_string();
-                }
-                if let (Some(m), Some(read)) = (p.as_object_mut(), self.cancel_seen.take()) {
-                    m.insert(CANCEL_SEEN.into(), json!(read));
-                }
+                let kept = fit_log_line(&mut p);
                 self.logs += 1;
                 if self.logs > self.journal.logs {
-                    self.outside.fetch_add(payload.len(), Ordering::Relaxed);
+                    self.outside.fetch_add(kept, Ordering::Relaxed);
                     self.entries.push(Entry::Log(self.logs, p));
                 }
                 return "{}".into();
@@ -794,6 +791,53 @@ impl State {
         self.pending.insert(n, call);
         json!({ "pending": n }).to_string()
     }
+}
+
+/// What a `script.log` line cut to fit ends with, as `shell.output` marks
+/// a cut line.
+pub(crate) const TRUNCATED_MARK: &str = "…[truncated]";
+
+/// The bytes `c` takes inside a JSON string as serde_json writes it.
+fn json_char_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\u{8}' | '\u{c}' | '\n' | '\r' | '\t' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// The bytes of `s` inside a JSON string, its quotes left out.
+fn json_str_len(s: &str) -> usize {
+    s.chars().map(json_char_len).sum()
+}
+
+/// Cut the `message` of a `script.log` payload `p` so that the payload
+/// fits an event ([`cairn_core::validate::MAX_PAYLOAD_BYTES`]): at the last
+/// character that fits with the mark, then [`TRUNCATED_MARK`]. A line that
+/// fits is kept whole. Answers the payload's size as journaled.
+fn fit_log_line(p: &mut Value) -> usize {
+    use cairn_core::validate::MAX_PAYLOAD_BYTES;
+    let size = |p: &Value| serde_json::to_string(p).map_or(usize::MAX, |t| t.len());
+    let whole = size(p);
+    let Some(message) = p.get("message").and_then(Value::as_str) else {
+        return whole;
+    };
+    if whole <= MAX_PAYLOAD_BYTES {
+        return whole;
+    }
+    let around = whole - json_str_len(message);
+    let room = MAX_PAYLOAD_BYTES.saturating_sub(around + json_str_len(TRUNCATED_MARK));
+    let mut used = 0;
+    let end = message
+        .char_indices()
+        .find_map(|(at, c)| {
+            used += json_char_len(c);
+            (used > room).then_some(at)
+        })
+        .unwrap_or(message.len());
+    let cut = format!("{}{TRUNCATED_MARK}", &message[..end]);
+    p["message"] = Value::String(cut);
+    size(p)
 }
 
 /// A log line's arguments as the prelude serialized them, or the answer
@@ -1359,17 +1403,24 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
             let entries = state.borrow_mut().take_entries();
             return end(thrown(&err), entries);
         }
-        let Ok(deliver) = api.get::<_, Function>("deliver") else {
+        let (Ok(deliver), Ok(settled)) = (api.get::<_, Function>("deliver"), api.get::<_, Function>("settled")) else {
             return end(
-                engine_failure("the prelude lost its deliver function".into()),
+                engine_failure("the prelude lost its deliver or settled function".into()),
                 Vec::new(),
             );
         };
         loop {
             run_jobs(&ctx, &stop);
             // The journal's answers first, batch by batch, each followed by
-            // what it set off, until the replay reaches what was never answered.
+            // what it set off, until the replay reaches what was never
+            // answered, or the function settles: the run that journaled
+            // them ended there, and what it journaled after (the failures of
+            // calls the function did not await) was never delivered, so a
+            // handler the script left on such a call runs in neither run.
             loop {
+                if settled.call::<_, bool>(()).unwrap_or(false) {
+                    break;
+                }
                 let batch = state.borrow_mut().replay_batch();
                 if batch.is_empty() {
                     break;
@@ -1503,6 +1554,36 @@ fn journaled_non_finite(journaled: &Value, call: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A log line past the payload limit is cut at a whole character, as
+    /// close to the limit as it goes, and marked; one that fits is kept.
+    #[test]
+    fn a_log_line_is_cut_to_fit_at_a_whole_character() {
+        use cairn_core::validate::MAX_PAYLOAD_BYTES;
+        let mut fits = json!({"message": "short", "ordinal": 1});
+        let size = fit_log_line(&mut fits);
+        assert_eq!(
+            (fits["message"].as_str(), size),
+            (Some("short"), fits.to_string().len())
+        );
+        for unit in ["é", "😀", "\u{1}", "a\"", "ab"] {
+            let line = unit.repeat(MAX_PAYLOAD_BYTES);
+            let mut p = json!({"message": line, "ordinal": 7, "cancel_seen": 2});
+            let size = fit_log_line(&mut p);
+            let kept = p["message"]
+                .as_str()
+                .unwrap()
+                .strip_suffix(TRUNCATED_MARK)
+                .expect("marked");
+            assert!(line.starts_with(kept), "{unit:?}: cut from its start");
+            assert_eq!(size, p.to_string().len(), "{unit:?}");
+            assert!(
+                size <= MAX_PAYLOAD_BYTES && size + 6 > MAX_PAYLOAD_BYTES,
+                "{unit:?}: {size}"
+            );
+            assert!(cairn_core::validate::check_size("line", &p).is_ok(), "{unit:?}");
+        }
+    }
 
     /// A journal from before non-finite durations were refused replays: its
     /// `null` and the call's `"Infinity"` are the same call; any other

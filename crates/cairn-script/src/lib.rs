@@ -404,6 +404,17 @@ impl Driver<'_> {
                     (Err(e), _) => return Outcome::failure("runtime", e.code(), e.to_string()),
                 }
             }
+            // A refused call's result names the call by its digest.
+            let refused_answers: Vec<(u64, Value)> = refused
+                .iter()
+                .map(|(n, e)| {
+                    let mut result = error_result(*n, e);
+                    if let Some(digest) = refused_digests.get(n) {
+                        result["refused"] = json!({ "digest": digest });
+                    }
+                    (*n, result)
+                })
+                .collect();
             if let Some(outcome) = step.end {
                 // It saw `ctx.cancelled` turn true in synchronous code, before
                 // a step could tell it: it ended knowing, so it ends cancelled.
@@ -411,7 +422,9 @@ impl Driver<'_> {
                     self.cancelled = self.cancel_message();
                 }
                 if step.settled && self.cancelled.is_none() && !self.stop_is_cancel() {
-                    self.make_unawaited(&step.pending, &refused).await;
+                    if let Err(e) = self.make_unawaited(&step.pending, refused_answers).await {
+                        return Outcome::failure("runtime", e.code(), e.to_string());
+                    }
                 }
                 return match (&self.cancelled, outcome) {
                     (Some(message), Outcome::Success { .. } | Outcome::Failure { .. }) => {
@@ -440,16 +453,7 @@ impl Driver<'_> {
                 }
                 Some(_) => None,
             };
-            let mut answers: Vec<(u64, Value)> = refused
-                .iter()
-                .map(|(n, e)| {
-                    let mut result = error_result(*n, e);
-                    if let Some(digest) = refused_digests.get(n) {
-                        result["refused"] = json!({ "digest": digest });
-                    }
-                    (*n, result)
-                })
-                .collect();
+            let mut answers = refused_answers;
             let pending: Vec<(u64, Value)> = step
                 .pending
                 .into_iter()
@@ -669,26 +673,47 @@ impl Driver<'_> {
     /// Make the calls a function left pending when it returned or threw: it
     /// made them, so an `emit` appends, a `start` starts, and a `tool` or
     /// `turn` child starts and runs on its own; a wait (`sleep`,
-    /// `waitSignal`, `wait`) has no effect to make. Nobody awaits their
-    /// answers, so none is journaled, and a failure is only logged, as an
-    /// unhandled rejection is. Each is idempotent, so a run that ends again
-    /// after a crash makes them once.
-    async fn make_unawaited(&self, pending: &[(u64, Value)], refused: &[(u64, CairnError)]) {
-        for (n, call) in pending.iter().filter(|(n, _)| !refused.iter().any(|(r, _)| r == n)) {
-            let failed = match kind(call) {
-                "tool" | "turn" => self.start_tool(*n, call).await,
-                k if !is_wait(k) => Some(self.perform(*n, call).await).filter(|r| r.get("error").is_some()),
-                _ => None,
+    /// `waitSignal`, `wait`) has no effect to make. A call that failed
+    /// (`refused` ones too: too large to journal) has its error journaled
+    /// as its `script.result`, as an awaited call's is, so the process's
+    /// log shows it; the outcome stays what the function returned or threw.
+    /// A success is not journaled (nobody awaits it). Each effect is
+    /// idempotent, and a call the journal already answers (a run that ended
+    /// again after a crash) is not made again.
+    async fn make_unawaited(&mut self, pending: &[(u64, Value)], refused: Vec<(u64, Value)>) -> Result<()> {
+        let mut failures = Vec::new();
+        for (n, call) in pending {
+            if self.answered.contains(n) {
+                continue;
+            }
+            let failed = match refused.iter().find(|(r, _)| r == n) {
+                Some((_, result)) => Some(result.clone()),
+                None => match kind(call) {
+                    "tool" | "turn" => self.start_tool(*n, call).await,
+                    k if !is_wait(k) => Some(self.perform(*n, call).await).filter(|r| r.get("error").is_some()),
+                    _ => None,
+                },
             };
-            if let Some(error) = failed {
+            if let Some(result) = failed {
                 tracing::warn!(
                     process_id = self.ctx.process_id(),
                     call = n,
-                    error = %error,
+                    error = %result,
                     "a context call the script did not await failed"
                 );
+                failures.push((*n, result));
             }
         }
+        // Journaled together, as the answers of one step are, numbered by
+        // the calls answered before the function settled (a run cut short
+        // after journaling some of them numbers the rest alike).
+        let before = self.answered.len() - pending.iter().filter(|(n, _)| self.answered.contains(n)).count();
+        let batch = before as u64 + 1;
+        for (n, mut result) in failures {
+            result["batch"] = json!(batch);
+            self.journal(Entry::Result(n, result)).await?;
+        }
+        Ok(())
     }
 
     /// Start the child of a pending `ctx.tool` call (idempotent: a replayed
@@ -710,8 +735,8 @@ impl Driver<'_> {
                 return Some(error_result(
                     n,
                     &CairnError::InvalidRequest(format!(
-                        "ctx.tool's disposition is `rerunnable` (the default, when it is left out), \
-                         `owner_bound` or `externally_owned`, not {given}"
+                        "ctx.tool's disposition is `rerunnable` (the default, when it is left out) \
+                         or `owner_bound` (a tool call is run here, so never `externally_owned`), not {given}"
                     )),
                 ));
             }

@@ -181,6 +181,19 @@
     return typeof ms === "number" && !Number.isFinite(ms) ? String(ms) : ms;
   }
 
+  // Whether a duration is a number that is not finite: refused here, where
+  // it is still a number, so the refusal says it as one (`not NaN`), not as
+  // the text it travels as (`not "NaN"`, which a string would be).
+  function nonFinite(ms) {
+    return typeof ms === "number" && !Number.isFinite(ms);
+  }
+
+  // `s` with each lone surrogate (half a character, which no JSON text a
+  // store reads can carry) replaced by U+FFFD.
+  function wellFormed(s) {
+    return s.replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, "\uFFFD");
+  }
+
   function text(v) {
     if (typeof v === "string") return v;
     // An error's message and stack are not its own enumerable fields:
@@ -237,14 +250,21 @@
     wait: (id) => call("wait", { id }),
     turn: (session, input, outputContract) =>
       call("turn", { session, input: input === undefined ? null : input, output_contract: outputContract === undefined ? null : outputContract }),
-    sleep: (ms) => call("sleep", { ms: duration(ms) }),
+    sleep: (ms) =>
+      nonFinite(ms)
+        ? refused("sleep", { ms: duration(ms) }, `ctx.sleep(ms) takes a number of milliseconds from 0 up, not ${ms}`)
+        : call("sleep", { ms }),
     waitSignal: (name, opts) => {
       const bad = badOptions("ctx.waitSignal", opts, ["timeoutMs"]);
       if (bad) return refuse(bad);
       const p = { name };
       const given = opts ? opts.timeoutMs : undefined;
       if (given === undefined) return call("wait_signal", p);
-      const json = once(duration(given));
+      if (nonFinite(given)) {
+        p.timeout_ms = duration(given);
+        return refused("wait_signal", p, `ctx.waitSignal's timeoutMs takes a number of milliseconds from 0 up, not ${given}`);
+      }
+      const json = once(given);
       if (json.error) return notJson("wait_signal", json.error, callSite());
       p.timeout_ms = travelled(json);
       // What travels as nothing (`null`, a function, an invalid Date) is
@@ -258,9 +278,12 @@
     now: () => call("now"),
     random: () => call("random"),
     uuid: () => call("uuid"),
-    // Resolves at once; rejects (payload_too_large) for a line too large to journal.
+    // Resolves at once: a line is never lost. A lone surrogate in it (half
+    // a character) becomes U+FFFD here, and the engine cuts a line too large
+    // to journal to fit, marked as cut. It rejects only past the call limit,
+    // which stops the script.
     log: (...parts) => {
-      const answer = parse(native("log", stringify({ message: parts.map(text).join(" ") })));
+      const answer = parse(native("log", stringify({ message: wellFormed(parts.map(text).join(" ")) })));
       return "error" in answer ? Promise.reject(fail(answer.error)) : Promise.resolve();
     },
   });
@@ -417,7 +440,7 @@
   function storable(s, most) {
     let t = String(s);
     if (t.length > most) t = t.slice(0, most) + "… (cut)";
-    return t.replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, "\uFFFD");
+    return wellFormed(t);
   }
 
   function describeFields(e) {
@@ -472,6 +495,7 @@
       );
     },
     outcome: () => outcome,
+    settled: () => outcome !== null,
     deliver(n, json) {
       const slot = pending.get(n);
       if (!slot) return;

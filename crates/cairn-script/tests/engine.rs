@@ -508,7 +508,9 @@ async fn three_steps_complete_with_the_right_value() {
 
 /// A duration is a number of milliseconds from 0 up: a fraction is rounded up
 /// (the sleep and the signal's deadline both take effect), anything else
-/// rejects the call instead of passing for zero or for "no deadline".
+/// rejects the call instead of passing for zero or for "no deadline". A
+/// number that is not finite is named as the number it is (`not NaN`), a
+/// string as a string (`not "NaN"`).
 #[tokio::test]
 async fn durations_round_up_and_bad_ones_reject() {
     let p = runtime(Limits::default());
@@ -524,7 +526,9 @@ async fn durations_round_up_and_bad_ones_reject() {
             for (const t of [NaN, Infinity]) {
                 try { await ctx.waitSignal("never", {timeoutMs: t}); bad.push("resolved"); } catch (e) { bad.push(e.message); }
             }
-            try { await ctx.sleep(NaN); bad.push("resolved"); } catch (e) { bad.push(e.message); }
+            for (const t of [NaN, -Infinity, "NaN"]) {
+                try { await ctx.sleep(t); bad.push("resolved"); } catch (e) { bad.push(e.message); }
+            }
             const t0 = ctx.now();
             await ctx.sleep(2.5);
             const slept = ctx.now() - t0;
@@ -539,8 +543,10 @@ async fn durations_round_up_and_bad_ones_reject() {
         rec.outcome,
         Some(Outcome::success(json!({"bad": [bad, bad, bad, bad, bad, bad,
                 "invalid request: ctx.waitSignal's timeoutMs takes at most 31536000000 ms (a year), not 9007199254740992",
-                "invalid request: ctx.waitSignal's timeoutMs takes a number of milliseconds from 0 up, not \"NaN\"",
-                "invalid request: ctx.waitSignal's timeoutMs takes a number of milliseconds from 0 up, not \"Infinity\"",
+                "invalid request: ctx.waitSignal's timeoutMs takes a number of milliseconds from 0 up, not NaN",
+                "invalid request: ctx.waitSignal's timeoutMs takes a number of milliseconds from 0 up, not Infinity",
+                "invalid request: ctx.sleep(ms) takes a number of milliseconds from 0 up, not NaN",
+                "invalid request: ctx.sleep(ms) takes a number of milliseconds from 0 up, not -Infinity",
                 "invalid request: ctx.sleep(ms) takes a number of milliseconds from 0 up, not \"NaN\""],
                 "slept": true, "timedOut": null})))
     );
@@ -2703,10 +2709,12 @@ async fn a_heap_too_small_is_refused_not_a_crash() {
     assert_eq!(rec.outcome, Some(Outcome::success(json!(true))));
 }
 
-/// `ctx.log` lines count against the journaled calls, and a line too large
-/// to journal rejects (catchable; not awaited, ignored) and the script goes on.
+/// `ctx.log` lines count against the journaled calls, and a line is never
+/// lost: one too large to journal is cut to fit and marked `…[truncated]`
+/// (its promise resolves), and a lone surrogate in one becomes U+FFFD. Each
+/// is written once, the same across the replay.
 #[tokio::test]
-async fn log_lines_count_as_calls_and_an_oversized_one_rejects() {
+async fn log_lines_count_as_calls_and_an_oversized_one_is_cut() {
     let p = runtime(Limits {
         max_calls: 5,
         ..Limits::default()
@@ -2715,12 +2723,13 @@ async fn log_lines_count_as_calls_and_an_oversized_one_rejects() {
         &p,
         r#"export async function chatty(ctx) { for (let i = 0; i < 20; i++) ctx.log("line", i); return "logged"; }
         export async function big(ctx) {
-            let code = null;
-            try { await ctx.log("x".repeat(2 << 20)); } catch (e) { code = e.class + "/" + e.code; }
-            ctx.log("y".repeat(2 << 20));
+            let said = "resolved";
+            try { await ctx.log("x".repeat(2 << 20)); } catch (e) { said = e.class + "/" + e.code; }
+            ctx.log("\"\n".repeat(1 << 20));
+            console.log("bad \ud800 and \udc00 half, whole \ud83d\ude00");
             ctx.log("small");
             await ctx.sleep(1);
-            return code;
+            return said;
         }"#,
     )
     .await;
@@ -2731,17 +2740,24 @@ async fn log_lines_count_as_calls_and_an_oversized_one_rejects() {
     assert_eq!(code, "journal_limit");
     assert!(events(&p, "ch", "script.log").await.len() <= 5);
     let rec = run(&p, script("bg", &m, "big", json!({}))).await;
-    assert_eq!(
-        rec.outcome,
-        Some(Outcome::success(json!("cairn/payload_too_large"))),
-        "{rec:?}"
-    );
+    assert_eq!(rec.outcome, Some(Outcome::success(json!("resolved"))), "{rec:?}");
     let logs = events(&p, "bg", "script.log").await;
-    assert_eq!(
-        logs,
-        [json!({"message": "small", "ordinal": 1})],
-        "written once, across the replay"
-    );
+    assert_eq!(logs.len(), 4, "written once, across the replay");
+    let ordinals: Vec<Value> = logs.iter().map(|l| l["ordinal"].clone()).collect();
+    assert_eq!(ordinals, [json!(1), json!(2), json!(3), json!(4)]);
+    let limit = cairn_core::validate::MAX_PAYLOAD_BYTES;
+    for (line, unit) in [(&logs[0], "x"), (&logs[1], "\"\n")] {
+        let message = line["message"].as_str().expect("a message");
+        let kept = message.strip_suffix("…[truncated]").expect("marked as cut");
+        assert!(
+            kept.len() > limit / 3 && kept.replace(unit, "").len() <= 1,
+            "cut from the line's start"
+        );
+        let size = line.to_string().len();
+        assert!(size <= limit && size > limit - 8, "cut to fit: {size} bytes");
+    }
+    assert_eq!(logs[2]["message"], "bad \u{fffd} and \u{fffd} half, whole \u{1f600}");
+    assert_eq!(logs[3], json!({"message": "small", "ordinal": 4}));
 }
 
 /// A value nested too deep or too large to store fails the script with
@@ -3327,7 +3343,8 @@ impl cairn_core::Tool for Echo {
 
 /// A call the function did not await before it returned or threw is still
 /// made: the event is appended, the children start and run on their own; a
-/// pending wait has nothing to make. A failing one is only logged.
+/// pending wait has nothing to make. A failing one has its error journaled
+/// (the next test).
 #[tokio::test]
 async fn calls_left_pending_at_the_end_are_still_made() {
     let p = runtime_with_echo();
@@ -3366,6 +3383,174 @@ async fn calls_left_pending_at_the_end_are_still_made() {
     assert_eq!(events(&p, "t", "note").await, [json!({"text": "before the throw"})]);
     let c = p.await_output("t/2", Duration::from_secs(20)).await.expect("child");
     assert_eq!(c.outcome, Some(Outcome::success(json!(9))), "{c:?}");
+}
+
+/// A call the function did not await that fails once it returned (an
+/// undeclared type, an unknown tool, a bad disposition, a call too large to
+/// journal) has its error journaled as its `script.result`, the shape an
+/// awaited call's failure has; the outcome stays what the function returned.
+#[tokio::test]
+async fn a_call_not_awaited_that_fails_journals_its_error() {
+    let p = runtime_with_echo();
+    let m = put(
+        &p,
+        r#"export async function returns(ctx) {
+            ctx.emit("nope", {});
+            ctx.tool("nosuchtool", {});
+            ctx.tool("echo", {value: 1}, {disposition: "bogus"});
+            ctx.emit("note", {text: "x".repeat(1100000)});
+            ctx.emit("note", {text: "fine"});
+            return 1;
+        }
+        export async function awaits(ctx) {
+            await ctx.emit("nope", {}).catch(() => {});
+            await ctx.tool("nosuchtool", {}).catch(() => {});
+            await ctx.tool("echo", {value: 1}, {disposition: "bogus"}).catch(() => {});
+            await ctx.emit("note", {text: "x".repeat(1100000)}).catch(() => {});
+            await ctx.emit("note", {text: "fine"});
+            return 1;
+        }"#,
+    )
+    .await;
+    let note = cairn_core::EventType::plain("note");
+    let rec = run(&p, script("un", &m, "returns", json!({})).with_event_type(note.clone())).await;
+    assert_eq!(rec.outcome, Some(Outcome::success(json!(1))), "{rec:?}");
+    let rec = run(&p, script("aw", &m, "awaits", json!({})).with_event_type(note)).await;
+    assert_eq!(rec.outcome, Some(Outcome::success(json!(1))), "{rec:?}");
+    let unawaited = events(&p, "un", "script.result").await;
+    let awaited = events(&p, "aw", "script.result").await;
+    let codes: Vec<Value> = unawaited.iter().map(|r| r["error"]["code"].clone()).collect();
+    assert_eq!(
+        codes,
+        [
+            json!("undeclared_event_type"),
+            json!("unknown_tool"),
+            json!("invalid_request"),
+            json!("payload_too_large")
+        ],
+        "the failures only: {unawaited:?}"
+    );
+    let ns: Vec<Value> = unawaited.iter().map(|r| r["n"].clone()).collect();
+    assert_eq!(ns, [json!(1), json!(2), json!(3), json!(4)]);
+    // Each failure is journaled as the awaited call's is (its `batch` aside,
+    // one for the whole end here).
+    let unbatched = |r: &Value| {
+        let mut r = r.clone();
+        r.as_object_mut().expect("an object").remove("batch").expect("a batch");
+        r
+    };
+    for (u, a) in unawaited.iter().zip(&awaited) {
+        let a = unbatched(a).to_string().replace("process `aw`", "process `un`");
+        assert_eq!(unbatched(u).to_string(), a);
+    }
+    assert!(unawaited.iter().all(|r| r["batch"] == unawaited[0]["batch"]));
+    assert_eq!(events(&p, "un", "note").await, [json!({"text": "fine"})]);
+}
+
+/// A script that returned with a call it did not await that failed, cut
+/// short after the call was journaled (and again after its result was),
+/// replays to the same journal and the same outcome: the call is made once
+/// its result is missing, and not again once it is there; a handler left on
+/// the call runs in neither run (the first run ended before the answer).
+#[tokio::test]
+async fn a_failed_call_not_awaited_replays_after_a_crash() {
+    const SOURCE: &str = r#"export async function f(ctx) {
+        ctx.emit("nope", {}).catch((e) => ctx.log("caught", e.code));
+        ctx.tool("nosuchtool", {}).catch((e) => ctx.log("caught", e.code));
+        return 1;
+    }"#;
+    // The run of `s` on a fresh store whose journal already holds `journal`
+    // (written under an earlier claim that went away): its outcome, its
+    // journal (the `script.*` events) and whether a child started.
+    async fn replayed(journal: &[(String, Value)]) -> (Option<Outcome>, Vec<(String, Value)>, bool) {
+        let registry: Arc<dyn cairn_core::ProcessRegistry> = Arc::new(MemoryRegistry::new());
+        let host = Processes::builder(registry.clone())
+            .script_engine(Arc::new(QuickJs::default()))
+            .without_worker()
+            .start();
+        let m = put(&host, SOURCE).await;
+        host.start(script("s", &m, "f", json!({}))).await.unwrap();
+        if !journal.is_empty() {
+            let lease = registry.claim("s", "earlier", 60_000).await.unwrap();
+            for (event_type, payload) in journal {
+                let mut append = cairn_core::AppendRequest::new(event_type, payload.clone());
+                append.lease = Some(lease.clone());
+                append.replay_key = Some(format!("{event_type}:{}", payload["n"]));
+                registry.append_event("s", append).await.expect("journaled");
+            }
+            assert!(registry.release(&lease).await.unwrap());
+        }
+        let p = Processes::builder(registry)
+            .script_engine(Arc::new(QuickJs::default()))
+            .tools(cairn_core::ToolRegistry::new().with(Arc::new(Echo)))
+            .start();
+        let rec = p.await_output("s", Duration::from_secs(20)).await.expect("awaited");
+        let kept = p
+            .events("s", 0, Some(1000))
+            .await
+            .expect("events")
+            .events
+            .into_iter()
+            .filter(|e| e.event_type.starts_with("script."))
+            .map(|e| (e.event_type, e.payload))
+            .collect();
+        (rec.outcome, kept, p.get("s/2").await.is_ok())
+    }
+    let (outcome, fresh, child) = replayed(&[]).await;
+    assert_eq!(outcome, Some(Outcome::success(json!(1))));
+    let types: Vec<&str> = fresh.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        ["script.call", "script.call", "script.result", "script.result"],
+        "no handler ran: {fresh:?}"
+    );
+    assert!(!child);
+    // Cut short after the calls, after the first result, after both.
+    for upto in [2, 3, 4] {
+        let (outcome, journal, child) = replayed(&fresh[..upto]).await;
+        assert_eq!(outcome, Some(Outcome::success(json!(1))), "after {upto} events");
+        assert_eq!(
+            journal, fresh,
+            "after {upto} events: the journal of the run not cut short"
+        );
+        assert!(!child, "after {upto} events");
+    }
+}
+
+/// A bad `ctx.tool` disposition is refused saying what a tool call takes,
+/// the same words as a disposition of `null`: `externally_owned` is never
+/// offered, and given, it is refused.
+#[tokio::test]
+async fn a_bad_tool_disposition_never_offers_externally_owned() {
+    let p = runtime_with_echo();
+    let m = put(
+        &p,
+        r#"export async function main(ctx) {
+            const said = (e) => [e.code, e.message];
+            const seen = [];
+            for (const d of ["bogus", null, "externally_owned"]) {
+                seen.push(await ctx.tool("echo", {value: 1}, {disposition: d}).catch(said));
+            }
+            return seen;
+        }"#,
+    )
+    .await;
+    let rec = run(&p, script("disp", &m, "main", json!({}))).await;
+    let Some(Outcome::Success { value }) = &rec.outcome else {
+        panic!("{rec:?}")
+    };
+    let takes = |given: &str| {
+        json!([
+            "invalid_request",
+            format!(
+                "invalid request: ctx.tool's disposition is `rerunnable` (the default, when it is left out) \
+                 or `owner_bound` (a tool call is run here, so never `externally_owned`), not {given}"
+            )
+        ])
+    };
+    assert_eq!(value[0], takes("\"bogus\""), "{value}");
+    assert_eq!(value[1], takes("null"), "{value}");
+    assert_eq!(value[2][0], "invalid_disposition", "{value}");
 }
 
 /// A script ends by returning or throwing: a start that declares a type

@@ -356,10 +356,12 @@ fn event_meaning(name: &str) -> &'static str {
              `cancel_seen` (see `script.call`) when no call or log line after that read was journaled; \
              a call refused before it was journaled (too large, too deeply nested, or holding a string cut inside a character) has only its result, \
              whose `refused: {digest}` names the call, so a replay that makes another call there fails \
-             `nondeterminism`"
+             `nondeterminism`; a call the function did not await that failed once it returned has its error \
+             journaled so too (the outcome stays the function's)"
         }
         cairn_core::script::SCRIPT_LOG => {
-            "a script's `ctx.log(...)` line: `{message, ordinal}` (and `cancel_seen`, see `script.call`; written once, not again on replay)"
+            "a script's `ctx.log(...)` line: `{message, ordinal}` (and `cancel_seen`, see `script.call`; written once, not again on replay); \
+             never dropped: a line past the payload limit (1 MiB) is cut there and marked `…[truncated]`, and a lone UTF-16 surrogate in it is U+FFFD"
         }
         cairn_tools::shell::OUTPUT_EVENT => {
             "output lines of a `shell` command: `{stream: stdout|stderr, lines: [...]}` (lines without their \
