@@ -122,7 +122,7 @@ pub(crate) struct ChatRequest<'a> {
 /// it arrives (a refusal is not content: it is kept in the message only).
 /// Tool-call arguments split across chunks are joined by index (or by `id`,
 /// for endpoints that send none). A 200 with a JSON body instead of an event
-/// stream is read as a whole chat completion.
+/// stream is read as a whole chat completion (to [`MAX_JSON_BODY_BYTES`]).
 ///
 /// The answer is whole when the stream says `[DONE]`, or when its body ends
 /// cleanly after a choice gave its `finish_reason` (some endpoints and
@@ -327,17 +327,20 @@ async fn ask(
         });
     }
     if json_body {
+        // Read whole to a bound, then cut as a stream is (`completion`): an
+        // answer past what cairn keeps of one is the same cut-off answer,
+        // streamed or not. Only a body past the bound is refused.
         let status = status.as_u16();
-        let (text, _) = body_within(response, cairn_core::validate::MAX_PAYLOAD_BYTES)
+        let (text, _) = body_within(response, MAX_JSON_BODY_BYTES)
             .await
             .map_err(|e| ModelFault::transient(format!("model `{}`: broken answer: {}", spec.name, without_url(&e))))?;
-        if text.len() >= cairn_core::validate::MAX_PAYLOAD_BYTES {
+        if text.len() >= MAX_JSON_BODY_BYTES {
             return Err(ModelFault::Rejected {
                 status,
                 message: format!(
-                    "model `{}` answered over {} bytes in one body, more than an answer can be journaled with",
-                    spec.name,
-                    cairn_core::validate::MAX_PAYLOAD_BYTES
+                    "model `{}` answered {MAX_JSON_BODY_BYTES} bytes or more in one JSON body, more than cairn \
+                     reads of an answer that is not streamed",
+                    spec.name
                 ),
             });
         }
@@ -438,6 +441,21 @@ async fn ask(
         let Some(choice) = chunk.pointer("/choices/0") else {
             continue;
         };
+        // A chat completion chunk carries its piece in `delta`. A choice
+        // with the legacy completions' `text`, or a whole `message`, in its
+        // place is not one: read as an empty piece, its text would be lost
+        // and the answer taken as empty. Refused as a body that is not a
+        // chat completion is: calling again would buy the same shape. A
+        // choice with neither (a last chunk with only its `finish_reason`)
+        // is read as it is.
+        if choice.get("delta").is_none_or(Value::is_null) {
+            if let Some(field) = ["text", "message"]
+                .into_iter()
+                .find(|f| choice.get(*f).is_some_and(|v| !v.is_null()))
+            {
+                return Err(not_a_chunk(spec, field, &event.data, key));
+            }
+        }
         chose = true;
         let delta = &choice["delta"];
         let text_of = |field: &str| delta.get(field).and_then(text_parts).filter(|t| !t.is_empty());
@@ -562,7 +580,13 @@ fn completion(
     let choice = body
         .pointer("/choices/0")
         .ok_or_else(|| not_an_answer("the body is not a chat completion"))?;
-    let given = &choice["message"];
+    // A choice without a `message` object (the legacy completions' `text`,
+    // or nothing but its `finish_reason`) is not a chat completion: read as
+    // an empty message, the answer would be taken as empty.
+    let given = choice
+        .get("message")
+        .filter(|m| m.is_object())
+        .ok_or_else(|| not_an_answer("its choice holds no `message` object: the body is not a chat completion"))?;
     // As a stream is (see `chat`): what passes `MAX_ANSWER_BYTES` once
     // journaled is cut off, in the order a stream sends it (content, the
     // refusal, then the calls one by one), and the answer says so.
@@ -687,6 +711,22 @@ fn whole_call(call: &Value) -> Value {
         "type": "function",
         "function": {"name": text("/function/name"), "arguments": arguments}
     })
+}
+
+/// The fault of a streamed chunk whose choice carries `field` (`text`, as
+/// the legacy completions stream it, or a whole `message`) and no `delta`:
+/// not a chat completion chunk. Refused for good (`model_error`), as a whole
+/// body that is not a chat completion is: the endpoint speaks another shape,
+/// and calling again would buy the same.
+fn not_a_chunk(spec: &ModelSpec, field: &str, data: &str, key: Option<&str>) -> ModelFault {
+    ModelFault::Rejected {
+        status: 200,
+        message: format!(
+            "model `{}` streamed a choice with `{field}` and no `delta`, not a chat completion chunk: {}",
+            spec.name,
+            clip(&redact(data, key))
+        ),
+    }
 }
 
 /// The fault of an answer that holds no choice at all (a stream of nothing
@@ -908,6 +948,13 @@ const MAX_STREAM_LINE_BYTES: usize = 2 * MAX_ANSWER_BYTES + 64 * 1024;
 /// from a stream: well inside what one `turn.response` entry may hold
 /// ([`cairn_core::validate::MAX_PAYLOAD_BYTES`]) beside its other fields.
 pub const MAX_ANSWER_BYTES: usize = cairn_core::validate::MAX_PAYLOAD_BYTES / 4 * 3;
+
+/// The most of a JSON body (an answer not streamed) read: 8 MiB. The body
+/// is parsed whole before its answer is cut at [`MAX_ANSWER_BYTES`], so it
+/// must hold an answer at that limit however the endpoint escapes it (six
+/// bytes a character as `\u00XX`: 4.5 MiB), with room for its other fields;
+/// and it bounds what one such answer costs in memory.
+pub const MAX_JSON_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 /// The bytes `text` takes in a journal entry: as a JSON string, escapes
 /// included (a run of newlines is twice its length there).

@@ -14,6 +14,6 @@ mod client;
 mod config;
 mod runner;
 
-pub use client::{ChatAnswer, ModelFault, MAX_ANSWER_BYTES};
+pub use client::{ChatAnswer, ModelFault, MAX_ANSWER_BYTES, MAX_JSON_BODY_BYTES};
 pub use config::{ModelSpec, Models};
 pub use runner::{RetryPolicy, TurnRunner, DELTA, MAX_REPAIR_ATTEMPTS, MAX_STEPS, RESPONSE};

@@ -1140,7 +1140,7 @@ async fn an_endless_answer_is_cut_off_where_the_journal_ends() {
     // An answer that is not streamed is cut where a stream would be: its
     // content, and its tool calls (thousands of them, with ids or without,
     // once grew past what `turn.response` holds and failed the turn
-    // `payload_too_large`); each body is under the 1 MiB read of one.
+    // `payload_too_large`).
     let call = |k: usize, id: bool| {
         let arguments = format!("{{\"value\": {k}, \"pad\": \"{}\"}}", "x".repeat(16));
         let mut c = json!({"type": "function", "function": {"name": "echo", "arguments": arguments}});
@@ -1358,15 +1358,226 @@ async fn a_page_that_is_not_an_answer_is_refused_at_once() {
     assert_eq!(s.fake.received().len(), 1, "not asked again");
 }
 
-/// An answer in one JSON body larger than an answer can be journaled with
-/// is refused as the endpoint's fault (`model_error`), read no further.
+/// An answer in one JSON body past what cairn keeps of one answer is read
+/// and cut there, as the same answer streamed is: a cut-off answer, not a
+/// final one (a violation under `text`, sent back for repair under
+/// `json_schema`). Only a body past `MAX_JSON_BODY_BYTES` is refused as the
+/// endpoint's fault (`model_error`), read no further.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_json_answer_past_the_journal_is_refused() {
+async fn a_large_json_answer_is_cut_as_a_streamed_one_is() {
     let s = setup().await;
+    // Over the 1 MiB a journal entry holds, well under the bound read.
     s.fake.push(Reply::NotStreamed("y".repeat(2 * 1024 * 1024)));
-    s.p.start(turn("huge", &[], "hi", Value::Null)).await.expect("start");
+    s.p.start(turn("huge", &[], "hi", json!({"type": "text"})))
+        .await
+        .expect("start");
     let r = finished(&s.p, "huge").await;
-    assert_eq!(failure_code(&r), "model_error", "{:?}", r.outcome);
+    assert_eq!(failure_code(&r), "output_contract_violation", "{:?}", r.outcome);
+    let journaled = response(&s.p, "huge", 1).await;
+    assert_eq!(journaled["cut_at_bytes"], cairn_turn::MAX_ANSWER_BYTES);
+    assert_eq!(
+        journaled["message"]["content"].as_str().map(str::len),
+        Some(cairn_turn::MAX_ANSWER_BYTES)
+    );
+    assert_eq!(
+        journaled.get("finish_reason"),
+        None,
+        "the cut answer has no reason of the endpoint's"
+    );
+
+    // Under `json_schema`, the cut answer goes back for repair.
+    let contract = json!({"type": "json_schema", "repair_attempts": 1, "schema": {"type": "object"}});
+    s.fake.push(Reply::NotStreamed(format!(
+        "{{\"a\": \"{}\"}}",
+        "z".repeat(1536 * 1024)
+    )));
+    s.fake.push(Reply::Text("{\"a\": \"short\"}".into()));
+    s.p.start(turn("huge-repaired", &[], "hi", contract))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "huge-repaired").await;
+    assert_eq!(
+        r.outcome,
+        Some(Outcome::success(json!({"a": "short"}))),
+        "{:?}",
+        r.outcome
+    );
+    let received = s.fake.received();
+    assert_eq!(received.len(), 3, "one call cut, one repair");
+    let repair = received[2].body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .cloned()
+        .expect("repair");
+    assert!(
+        repair["content"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("bytes cairn keeps of one answer"),
+        "{repair}"
+    );
+
+    // Past the bound read of one body: refused, not called again.
+    s.fake
+        .push(Reply::NotStreamed("y".repeat(cairn_turn::MAX_JSON_BODY_BYTES)));
+    s.p.start(turn("past-bound", &[], "hi", json!({"type": "text"})))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "past-bound").await;
+    match &r.outcome {
+        Some(Outcome::Failure { code, message, .. }) => {
+            assert_eq!(code, "model_error");
+            assert!(
+                message.contains(&format!("{} bytes or more", cairn_turn::MAX_JSON_BODY_BYTES)),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.fake.received().len(), 4, "a body past the bound is not asked again");
+    assert!(!types(&s.p, "past-bound").await.contains(&"turn.response".to_string()));
+}
+
+/// An answer that is not in chat completion shape (the legacy completions'
+/// `text`, a streamed `message` in place of `delta`, a choice without any
+/// `message`) is not a chat completion: `model_error` at once, not called
+/// again, nothing journaled, rather than an empty answer that loses the
+/// model's text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_not_shaped_as_a_chat_completion_is_a_model_error() {
+    let s = setup().await;
+    let cases = [
+        (
+            "legacy-whole",
+            Reply::Completion(json!({"choices": [{"index": 0, "text": "hello legacy", "finish_reason": "stop"}]})),
+            "no `message`",
+        ),
+        (
+            "message-chunk",
+            Reply::Raw(vec![
+                json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "full msg"},
+                                    "finish_reason": "stop"}]})
+                .to_string(),
+                "[DONE]".into(),
+            ]),
+            "`message` and no `delta`",
+        ),
+        (
+            "legacy-chunks",
+            Reply::Chunks(vec![
+                json!({"choices": [{"index": 0, "text": "hello legacy"}]}),
+                json!({"choices": [{"index": 0, "text": "", "finish_reason": "stop"}]}),
+            ]),
+            "`text` and no `delta`",
+        ),
+        (
+            "no-message",
+            Reply::Completion(json!({"choices": [{"index": 0, "finish_reason": "stop"}]})),
+            "no `message`",
+        ),
+        (
+            "null-message",
+            Reply::Completion(json!({"choices": [{"index": 0, "message": null, "finish_reason": "stop"}]})),
+            "no `message`",
+        ),
+    ];
+    let mut calls = 0;
+    for (id, reply, said) in cases {
+        s.fake.push(reply);
+        s.p.start(turn(id, &[], "hi", json!({"type": "text"})))
+            .await
+            .expect("start");
+        let r = finished(&s.p, id).await;
+        match &r.outcome {
+            Some(Outcome::Failure {
+                class, code, message, ..
+            }) => {
+                assert_eq!((class.as_str(), code.as_str()), ("model", "model_error"), "{id}");
+                assert!(message.contains("not a chat completion"), "{id}: {message}");
+                assert!(message.contains(said), "{id}: {message}");
+            }
+            other => panic!("{id}: not a chat completion is no answer: {other:?}"),
+        }
+        calls += 1;
+        assert_eq!(s.fake.received().len(), calls, "{id} is not called again");
+        assert!(!types(&s.p, id).await.contains(&"turn.response".to_string()), "{id}");
+    }
+}
+
+/// What real endpoints send stays an answer: a last chunk with only its
+/// `finish_reason` (no `delta`, or `delta: {}`), a usage chunk of
+/// `choices: []`, `content: null` beside tool calls, and a genuinely empty
+/// `content: ""`, streamed or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_real_endpoints_send_stay_answers() {
+    let s = setup().await;
+    let cases = [
+        (
+            "finish-without-delta",
+            Reply::Chunks(vec![
+                json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": "hi "}}]}),
+                json!({"choices": [{"index": 0, "delta": {"content": "there"}, "finish_reason": null}]}),
+                json!({"choices": [{"index": 0, "finish_reason": "stop"}]}),
+                json!({"choices": [], "usage": {"total_tokens": 3}}),
+            ]),
+            "hi there",
+        ),
+        (
+            "finish-with-empty-delta",
+            Reply::Raw(vec![
+                json!({"choices": [{"index": 0, "delta": {"content": "ok"}}]}).to_string(),
+                json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}).to_string(),
+                "[DONE]".into(),
+            ]),
+            "ok",
+        ),
+        (
+            "empty-streamed",
+            Reply::Chunks(vec![
+                json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
+                json!({"choices": [{"index": 0, "finish_reason": "stop"}]}),
+            ]),
+            "",
+        ),
+        (
+            "empty-whole",
+            Reply::Completion(json!({"choices": [{"index": 0, "finish_reason": "stop",
+                                                  "message": {"role": "assistant", "content": ""}}]})),
+            "",
+        ),
+    ];
+    for (id, reply, text) in cases {
+        s.fake.push(reply);
+        s.p.start(turn(id, &[], "hi", json!({"type": "text"})))
+            .await
+            .expect("start");
+        let r = finished(&s.p, id).await;
+        assert_eq!(r.outcome, Some(Outcome::success(json!({"text": text}))), "{id}");
+    }
+
+    // `content: null` beside tool calls, streamed and whole, each ending in
+    // a chunk with only its `finish_reason`.
+    let call = json!({"index": 0, "id": "call-a", "type": "function",
+                      "function": {"name": "echo", "arguments": "{\"value\": 7}"}});
+    s.fake.push(Reply::Chunks(vec![
+        json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": null, "tool_calls": [call]}}]}),
+        json!({"choices": [{"index": 0, "finish_reason": "tool_calls"}]}),
+    ]));
+    s.fake.push(Reply::Completion(
+        json!({"choices": [{"index": 0, "finish_reason": "tool_calls",
+        "message": {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call-b", "type": "function", "function": {"name": "echo", "arguments": "{\"value\": 8}"}}]}}]}),
+    ));
+    s.fake.push(Reply::Text("done".into()));
+    s.p.start(turn("null-content", &["echo"], "hi", json!({"type": "text"})))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "null-content").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "done"}))), "{r:?}");
+    for (id, value) in [("null-content/1.1", 7), ("null-content/2.1", 8)] {
+        let child = s.p.get(id).await.expect("child");
+        assert_eq!(child.outcome, Some(Outcome::success(json!(value))), "{id}");
+    }
 }
 
 /// An endpoint that ignores `stream: true` and answers one JSON chat
