@@ -121,6 +121,24 @@ const LAPSED_LOADING: &str = concat!(
     ", so it never ran"
 );
 
+/// A guard's read or renewal not asked at all: the lease had lapsed before
+/// it (`Worker::until_lapse`).
+const LAPSED_BEFORE_CALL: &str = concat!("the lease had lapsed before the store could be asked ", lapse_cause!());
+
+/// What the run guard logs when it stops a run at its lease's lapse, after
+/// `what` ("read", "renewal") failed: the calls failed until the lapse, or
+/// the lease had lapsed before the call was made (`lapsed_before`).
+fn guard_stop_message(what: &str, lapsed_before: bool) -> String {
+    if lapsed_before {
+        format!(
+            "the lease had lapsed before the run guard's {what} could be tried ({}); the run stops",
+            lapse_cause!().trim_start_matches('(').trim_end_matches(')')
+        )
+    } else {
+        format!("the run guard's {what}s failed until the lease lapsed; the run stops")
+    }
+}
+
 /// The same, for a claim whose lease lapsed before its run began, with
 /// nothing read in between (this node was paused, or its runtime starved).
 const LAPSED_UNRUN: &str = concat!(
@@ -1099,6 +1117,7 @@ impl Worker {
         let mut last_read;
         loop {
             last_read = tokio::time::Instant::now();
+            let lapsed_before = self.clock.now_ms() >= ctx.lease().expires_at_ms;
             match self.until_lapse(&ctx, self.registry.get(&id)).await {
                 Ok(r) => {
                     if let Some(c) = r.cancel_request {
@@ -1121,7 +1140,7 @@ impl Worker {
                 // silent) stops the run there, as a failed renewal does: a
                 // peer may claim the process the moment it lapses.
                 Err(e) if self.clock.now_ms() >= ctx.lease().expires_at_ms => {
-                    tracing::warn!(process_id = %id, error = %e, "the run guard's reads failed until the lease lapsed; the run stops");
+                    tracing::warn!(process_id = %id, error = %e, "{}", guard_stop_message("read", lapsed_before));
                     ctx.stop(StopReason::LeaseLost);
                     return;
                 }
@@ -1134,6 +1153,7 @@ impl Worker {
             }
             if tokio::time::Instant::now() >= next_renew {
                 next_renew = tokio::time::Instant::now() + every;
+                let lapsed_before = self.clock.now_ms() >= ctx.lease().expires_at_ms;
                 match self
                     .until_lapse(&ctx, self.registry.renew(&ctx.lease(), ttl.as_millis() as u64))
                     .await
@@ -1149,7 +1169,7 @@ impl Worker {
                     // run stops, as after a fenced renewal (its writes are
                     // fenced either way).
                     Err(e) if self.clock.now_ms() >= ctx.lease().expires_at_ms => {
-                        tracing::warn!(process_id = %id, error = %e, "lease renewals failed until the lease lapsed; the run stops");
+                        tracing::warn!(process_id = %id, error = %e, "{}", guard_stop_message("renewal", lapsed_before));
                         ctx.stop(StopReason::LeaseLost);
                         return;
                     }
@@ -1200,12 +1220,15 @@ impl Worker {
     /// answers (a connection gone silent) must not keep a run going past its
     /// lease, while a peer may already run the process (a grace of a second
     /// here once let the run go on beside a peer's for that second). A call
-    /// that answers at once is taken even at the lapse.
+    /// that answers at once is taken even at the lapse; with no time left,
+    /// the error says the lease had lapsed before the call (this node was
+    /// paused past it, or earlier calls failed), not that the store was slow.
     async fn until_lapse<T>(&self, ctx: &ToolContext, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         let left = ctx.lease().expires_at_ms.saturating_sub(self.clock.now_ms());
         let within = Duration::from_millis(left);
         match tokio::time::timeout(within, call).await {
             Ok(answer) => answer,
+            Err(_) if left == 0 => Err(CairnError::Unavailable(LAPSED_BEFORE_CALL.into())),
             Err(_) => Err(CairnError::Unavailable(format!(
                 "the store did not answer within {within:?}, by when the lease lapses"
             ))),
@@ -1600,5 +1623,63 @@ mod tests {
             .cloned()
             .expect("the newer run is in flight");
         assert!(left.is_same_run(&second));
+    }
+
+    /// A guard's call made after the lease had lapsed (this node paused past
+    /// it) says so, not that the store failed to answer "within 0ns"; one
+    /// that answers at once is still taken.
+    #[tokio::test]
+    async fn a_call_after_the_lapse_says_the_lease_had_lapsed() {
+        let registry: Arc<dyn ProcessRegistry> = Arc::new(MemoryRegistry::new());
+        let registration = crate::model::Registration {
+            id: "p".into(),
+            input: ProcessInput::ToolCall {
+                tool: "echo".into(),
+                args: serde_json::json!({}),
+            },
+            disposition: Disposition::Rerunnable,
+            event_types: Vec::new(),
+            provenance: Default::default(),
+            wake_target: None,
+            env_ref: None,
+            external_ref: None,
+        };
+        registry.register(registration, None).await.expect("register");
+        let awaiter = Awaiter::new(registry.clone(), None);
+        let worker = Worker::new(
+            registry.clone(),
+            ToolRegistry::new(),
+            awaiter.clone(),
+            None,
+            crate::clock::system_clock(),
+            WorkerConfig::default(),
+        );
+        let mut lease = registry.claim("p", "w", 30_000).await.expect("claim");
+        lease.expires_at_ms = 0;
+        let record = registry.get("p").await.expect("get");
+        let ctx = ToolContext::new(record, None, registry.clone(), awaiter, lease);
+        let err = worker
+            .until_lapse(&ctx, std::future::pending::<Result<()>>())
+            .await
+            .expect_err("no answer");
+        let said = err.to_string();
+        assert!(
+            said.contains("the lease had lapsed before the store could be asked")
+                && said.contains("this node was paused")
+                && !said.contains("0ns"),
+            "{said}"
+        );
+        assert_eq!(worker.until_lapse(&ctx, async { Ok(7) }).await.expect("at once"), 7);
+        let logged = guard_stop_message("read", true);
+        assert!(
+            logged.starts_with("the lease had lapsed before the run guard's read could be tried")
+                && logged.contains("this node was paused")
+                && !logged.contains("failed until"),
+            "{logged}"
+        );
+        assert_eq!(
+            guard_stop_message("renewal", false),
+            "the run guard's renewals failed until the lease lapsed; the run stops"
+        );
     }
 }
