@@ -171,6 +171,16 @@ impl PostgresRegistry {
                 redact(&options.url)
             ))
         })?;
+        // Without a database name the driver would connect to the user's
+        // own database (often the maintenance database `postgres`) and
+        // cairn's schema would be made there.
+        if config.get_dbname().is_none_or(str::is_empty) {
+            return Err(CairnError::InvalidRequest(format!(
+                "postgres URL `{}` names no database: give it after the host, as in \
+                 `postgres://USER@HOST:PORT/DB` (`dbname=DB` in a `key=value` string)",
+                redact(&options.url)
+            )));
+        }
         let schema = options.schema.clone();
         // Opening a connection is bounded by the call timeout: a server that
         // takes the connection and never answers (a frozen host or relay)
@@ -944,6 +954,8 @@ mod tests {
                 "`write_lanes` must be a whole number from 1 to 64, not ``",
             ),
             ("write_lanes=2&write_lanes=3", "`write_lanes` is given twice"),
+            ("schema=a&schema=b", "`schema` is given twice"),
+            ("schema=a&write_lanes=2&schema=a", "`schema` is given twice"),
             ("sslmode=require", "`sslmode` asks for TLS"),
             ("sslmode=verify-full", "`sslmode` asks for TLS"),
             ("sslrootcert=/ca.pem", "`sslrootcert` asks for TLS"),
@@ -956,6 +968,42 @@ mod tests {
             };
             assert_eq!(err.code(), "invalid_request", "{query}: {err}");
             assert!(err.to_string().contains(says), "{query}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_url_without_a_database_is_refused_before_connecting() {
+        // Port 1 answers nothing: the refusal proves nothing was attempted.
+        for url in [
+            "postgres://u@127.0.0.1:1",
+            "postgres://u@127.0.0.1:1/",
+            "postgres://u@127.0.0.1:1?schema=x",
+            "postgresql://u:secret@127.0.0.1:1/?schema=x&write_lanes=2",
+            "host=127.0.0.1 port=1 user=u",
+        ] {
+            let Err(err) = PostgresRegistry::connect_with(options(url)).await else {
+                panic!("{url}: connected");
+            };
+            assert_eq!(err.code(), "invalid_request", "{url}: {err}");
+            assert!(
+                err.to_string().contains("names no database")
+                    && err.to_string().contains("`postgres://USER@HOST:PORT/DB`"),
+                "{url}: {err}"
+            );
+            assert!(!err.to_string().contains("secret"), "{err}");
+        }
+        // A database named in the path, the query or a `key=value` string
+        // passes the check: the connection is tried (and port 1 refuses it).
+        for url in [
+            "postgres://u@127.0.0.1:1/db?call_timeout=2",
+            "postgres://u@127.0.0.1:1?dbname=db&call_timeout=2",
+            "host=127.0.0.1 port=1 user=u dbname=db",
+        ] {
+            let Err(err) = PostgresRegistry::connect_with(options(url)).await else {
+                panic!("{url}: connected");
+            };
+            assert!(!err.to_string().contains("names no database"), "{url}: {err}");
+            assert_ne!(err.code(), "invalid_request", "{url}: {err}");
         }
     }
 

@@ -59,6 +59,7 @@ impl PostgresOptions {
     /// range or not a number is refused by
     /// [`PostgresRegistry::connect_with`] before it connects.
     pub fn new(url: &str, clock: SharedClock) -> Self {
+        let raw = url;
         let (url, schema) = split_schema(url);
         let mut options = Self {
             url: String::new(),
@@ -70,6 +71,12 @@ impl PostgresOptions {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             url_error: None,
         };
+        // As cairn's other parameters: given twice, which one was meant
+        // cannot be told.
+        let schemas = url_query(raw).filter(|kv| kv.starts_with("schema=")).count();
+        if schemas > 1 {
+            options.url_error = Some("postgres URL parameter `schema` is given twice".into());
+        }
         options.url = options.take_url_parameters(&url);
         options
     }
@@ -153,6 +160,14 @@ impl std::fmt::Debug for PostgresOptions {
             .field("call_timeout", &self.call_timeout)
             .finish_non_exhaustive()
     }
+}
+
+/// The `key=value` pairs of a URL's query string, as [`split_schema`] reads them.
+fn url_query(url: &str) -> impl Iterator<Item = &str> {
+    url.split_once('?')
+        .map(|(_, query)| query)
+        .unwrap_or_default()
+        .split('&')
 }
 
 /// Remove cairn's `schema=` parameter from a URL's query string: the URL a
