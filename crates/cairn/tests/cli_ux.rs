@@ -2190,10 +2190,58 @@ async fn a_write_whose_answer_was_lost_says_it_may_have_been_done() {
     );
     assert!(
         out.stderr.contains("may or may not have been done")
-            && out.stderr.contains(&format!("`cairn --server {base} get ID`")),
-        "says the write may have been done, and how to tell: {}",
+            && out.stderr.contains(&format!("`cairn --server {base} events p-1`"))
+            && out
+                .stderr
+                .contains(&format!("`cairn --server {base} signal p-1 go --id s-1` repeats it")),
+        "says the write may have been done, how to tell, and how to repeat it: {}",
         out.stderr
     );
+    assert!(!out.stderr.contains(" ID`"), "no placeholder: {}", out.stderr);
+    // A signal id made here is said, in the command that repeats the signal
+    // under it (a repeat without it would be a second signal).
+    let out = run_cli(&base, None, &["signal", "p-1", "go", "--payload", r#"{"n": 1}"#], None).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let repeat = format!("`cairn --server {base} signal p-1 go --id ");
+    let after = out
+        .stderr
+        .split_once(&repeat)
+        .unwrap_or_else(|| panic!("says the command that repeats it: {}", out.stderr))
+        .1;
+    let (made, rest) = after.split_once(' ').expect("the signal id, then the payload");
+    assert!(
+        uuid::Uuid::parse_str(made).is_ok(),
+        "the signal id made here: {}",
+        out.stderr
+    );
+    assert!(
+        rest.starts_with(r#"--payload '{"n": 1}'` repeats it"#),
+        "with the payload given: {}",
+        out.stderr
+    );
+    // `--json` carries the same hint, under the client's own code.
+    let out = run_cli(&base, None, &["--json", "signal", "p-1", "go"], None).await;
+    let err: Value = serde_json::from_str(out.stderr.trim()).expect("one JSON line");
+    assert_eq!(err["error"]["code"], "lost_answer", "{}", out.stderr);
+    let hint = err["error"]["hint"].as_str().unwrap_or_default();
+    assert!(hint.contains(&repeat), "{hint}");
+    // Other writes name the process they act on.
+    for (args, check) in [
+        (&["start", r#"{"id": "p-2", "input": {}}"#][..], "get p-2"),
+        (&["complete", "p-3", "--value", "1"][..], "get p-3"),
+        (&["cancel", "p-4"][..], "get p-4"),
+        (&["append", "p-5", "progress"][..], "events p-5"),
+    ] {
+        let out = run_cli(&base, None, args, None).await;
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!(
+                "read the state (`cairn --server {base} {check}`) before repeating it"
+            )),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
     // `run` names the id it made up, so the start can be looked up or repeated.
     let out = run_cli(&base, None, &["run", "--", "true"], None).await;
     assert_eq!(out.code, 1, "{}", out.stderr);

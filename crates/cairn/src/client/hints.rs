@@ -18,6 +18,18 @@ struct Given {
 
 static GIVEN: OnceLock<Given> = OnceLock::new();
 
+/// What a write whose answer was lost suggests, set by the command that
+/// knows it: the command that reads whether the write was done
+/// (`get ci-7`), and the one that repeats it safely, when the repeat must
+/// carry an id made here (`signal ci-7 go --id ...`).
+#[derive(Debug)]
+struct Lost {
+    check: String,
+    repeat: Option<String>,
+}
+
+static LOST: OnceLock<Lost> = OnceLock::new();
+
 /// Record what the command line gave: the `--server` typed, if any, and
 /// whether a `--token` was. Later calls change nothing.
 pub fn set(server_flag: Option<&str>, token_flag: bool) {
@@ -45,6 +57,44 @@ pub fn token_note() -> &'static str {
     } else {
         ""
     }
+}
+
+/// Record, for a write whose answer may be lost, the command (after
+/// `cairn`) that reads whether it was done and, when a plain repeat would
+/// not be taken once, the command that repeats it safely. Later calls
+/// change nothing.
+pub fn on_lost_answer(check: impl std::fmt::Display, repeat: Option<String>) {
+    let _ = LOST.set(Lost {
+        check: check.to_string(),
+        repeat,
+    });
+}
+
+/// What to do when a write's answer was lost: read the state first (with
+/// the command that reads it, when the command knows one), then repeat it
+/// with the same ids.
+pub fn lost_answer() -> String {
+    let token = token_note();
+    let read = match LOST.get() {
+        Some(lost) => format!("read the state (`{}`{token}) before repeating it", cmd(&lost.check)),
+        None => "read the state before repeating it".to_string(),
+    };
+    match LOST.get().and_then(|l| l.repeat.as_deref()) {
+        Some(repeat) => format!(
+            "the request may or may not have been done: {read}; `{}`{token} repeats it with the same ids \
+             and is taken once",
+            cmd(repeat)
+        ),
+        None => format!(
+            "the request may or may not have been done: {read}; a repeated start, signal or completion with \
+             the same ids is taken once"
+        ),
+    }
+}
+
+/// `word` as one shell word, for a command to paste.
+pub fn word(word: &str) -> String {
+    shell_word(word)
 }
 
 /// `word` as one shell word: as it is when it holds nothing a shell reads

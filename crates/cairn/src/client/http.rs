@@ -192,12 +192,9 @@ impl ClientError {
             Self::Api { status: 401, .. } => Some("pass the server's token with --token or CAIRN_TOKEN".into()),
             // A write whose answer never came may have been done: the state
             // tells, and a repeat with the same ids is taken once anyway.
-            Self::NoAnswer { write: true, .. } | Self::LostAnswer(_) => Some(format!(
-                "the request may or may not have been done: read the state (`{}`{}) before repeating it; a \
-                 repeated start, signal or completion with the same ids is taken once",
-                super::hints::cmd("get ID"),
-                super::hints::token_note()
-            )),
+            // So too when the server says it cannot tell.
+            Self::NoAnswer { write: true, .. } | Self::LostAnswer(_) => Some(super::hints::lost_answer()),
+            Self::Api { code, .. } if code == "outcome_unknown" => Some(super::hints::lost_answer()),
             Self::NotJson { .. } | Self::NotCairn { .. } => {
                 Some("is --server (or CAIRN_SERVER) the address of `cairn serve`, with no path after it?".into())
             }

@@ -233,7 +233,10 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
         }
         Command::Start { body, .. } => {
             let (raw, what) = json_arg_text("the start request", body.as_deref())?;
-            parse_json_arg(&what, &raw)?;
+            let request = parse_json_arg(&what, &raw)?;
+            if let Some(id) = request.get("id").and_then(Value::as_str) {
+                hints::on_lost_answer(format_args!("get {}", hints::word(id)), None);
+            }
             // Sent as written: the server's complaints point into it.
             let (status, record) = client.post_text("/v1/processes", raw).await?;
             if json {
@@ -310,7 +313,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             id,
             name,
             signal_id,
-            payload,
+            payload: payload_arg,
             ..
         } => {
             // Refused as the server refuses it (`invalid_signal_name`): an
@@ -322,8 +325,25 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                 message: e.to_string(),
                 tombstone: None,
             })?;
-            let payload = json_flag("--payload", &payload)?;
+            let payload = json_flag("--payload", &payload_arg)?;
             let signal_id = signal_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            // A repeat takes the signal once only under the same signal id,
+            // which may have been made here: the command that repeats it
+            // carries it.
+            let payload_flag = match payload_arg.as_str() {
+                "null" => String::new(),
+                given if given.len() <= 200 => format!(" --payload {}", hints::word(given)),
+                _ => " --payload ...".to_string(),
+            };
+            hints::on_lost_answer(
+                format_args!("events {}", hints::word(&id)),
+                Some(format!(
+                    "signal {} {} --id {}{payload_flag}",
+                    hints::word(&id),
+                    hints::word(&name),
+                    hints::word(&signal_id)
+                )),
+            );
             let body = json!({"signal_id": signal_id, "payload": payload});
             let posted = client
                 .post(&format!("{}/signals/{}", proc_path(&id), segment(&name)), &body)
@@ -351,6 +371,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             replay_key,
             ..
         } => {
+            hints::on_lost_answer(format_args!("events {}", hints::word(&id)), None);
             let payload = json_flag("--payload", &payload)?;
             let mut body = json!({"event_type": event_type, "payload": payload});
             if let Some(key) = replay_key {
@@ -376,6 +397,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
         }
         Command::Complete(args) => complete(client, json, args).await,
         Command::Cancel { id, reason, .. } => {
+            hints::on_lost_answer(format_args!("get {}", hints::word(&id)), None);
             let body = match &reason {
                 Some(r) => json!({"reason": r}),
                 None => json!({}),
@@ -434,6 +456,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             requested_by,
             ..
         } => {
+            hints::on_lost_answer(format_args!("get {}", hints::word(&id)), None);
             let mut body = json!({"reason": reason});
             if let Some(by) = requested_by {
                 body["requested_by"] = Value::String(by);
@@ -582,6 +605,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
         Command::Ack { session, wake_id, .. } => {
+            hints::on_lost_answer(format_args!("wakes {}", hints::word(&session)), None);
             let (_, answer) = client
                 .post(
                     &format!("/v1/sessions/{}/wakes/{}/ack", segment(&session), segment(&wake_id)),
@@ -959,6 +983,10 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
         "input": {"type": "tool_call", "tool": "shell", "args": tool_args},
         "disposition": args.disposition.wire(),
     });
+    hints::on_lost_answer(
+        format_args!("get {}", hints::word(&id)),
+        Some(format!("run --id {} -- ...", hints::word(&id))),
+    );
     let (status, record) = match client.post("/v1/processes", &body).await {
         Err(ClientError::Api { code, .. }) if code == "registration_conflict" => {
             return Err(run_conflict(client, &id, &body).await)
@@ -1665,6 +1693,7 @@ async fn complete(client: &Client, json: bool, args: CompleteArgs) -> Result<Exi
         }
         _ => return Err(ClientError::Usage("give one of --value, --failure or --outcome".into())),
     };
+    hints::on_lost_answer(format_args!("get {}", hints::word(&args.id)), None);
     let mut body = json!({ "outcome": outcome });
     if let Some(a) = args.authority {
         body["authority"] = Value::String(a);

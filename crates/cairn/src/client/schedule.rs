@@ -86,6 +86,7 @@ pub(super) async fn execute(client: &Client, json: bool, action: ScheduleAction)
                     body[key] = Value::String(v);
                 }
             }
+            super::hints::on_lost_answer(format_args!("schedule get {}", super::hints::word(&id)), None);
             let (status, schedule) = client.post("/v1/schedules", &body).await?;
             if json {
                 print_json(&super::with_created(schedule, status))?;
@@ -118,6 +119,7 @@ pub(super) async fn execute(client: &Client, json: bool, action: ScheduleAction)
             }
         }
         ScheduleAction::Rm { id } => {
+            super::hints::on_lost_answer(format_args!("schedule get {}", super::hints::word(&id)), None);
             client.delete(&path(&id)).await?;
             if json {
                 print_json(&json!({"deleted": id}))?;
@@ -132,6 +134,7 @@ pub(super) async fn execute(client: &Client, json: bool, action: ScheduleAction)
 }
 
 async fn flip(client: &Client, json: bool, id: &str, action: &str, done: &str) -> Result<(), ClientError> {
+    super::hints::on_lost_answer(format_args!("schedule get {}", super::hints::word(id)), None);
     let (_, s) = client.post(&format!("{}/{action}", path(id)), &json!({})).await?;
     if json {
         print_json(&s)?;
