@@ -922,8 +922,7 @@ async fn external_process_append_wakes_complete_and_prune() {
     let (s, err) = c.post("/v1/processes/ext-1/cancel", json!({})).await;
     assert_eq!((s, code(&err)), (409, "process_terminal"), "{err}");
     assert_eq!(
-        err["error"]["message"],
-        "process `ext-1` already ended (completed)",
+        err["error"]["message"], "process `ext-1` already ended (completed)",
         "{err}"
     );
     assert_eq!(c.start(waiter("own")).await.0, 201);
