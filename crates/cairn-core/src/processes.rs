@@ -138,9 +138,10 @@ impl StartRequest {
     /// Make the start one that session `scope` may make (SPEC §4): started as
     /// the session (an originator naming the same session stays as given),
     /// granted to it (with the descriptor asked for). An originator, grant or
-    /// wake target naming another session, or an originator naming a host
-    /// scope, is refused (`invalid_request`): the caller would believe it
-    /// had handed the process on.
+    /// wake target naming another session, a grant to one of its agent
+    /// frames, or an originator naming a host scope, is refused
+    /// (`invalid_request`): the caller would believe it had handed the
+    /// process on.
     pub fn confine_to_session(&mut self, scope: &SessionScope) -> Result<()> {
         let other = |what: &str, named: &str| {
             Err(CairnError::InvalidRequest(format!(
@@ -157,6 +158,20 @@ impl StartRequest {
             .filter(|g| g.session_scope.session_id != scope.session_id)
         {
             return other("grant the process to", &g.session_scope.session_id);
+        }
+        // Granted to one of its agent frames alone, the process would be
+        // one the session could neither see nor move back (as a transfer
+        // into a frame would): refused, not widened to the whole session.
+        if let Some(frame) = self
+            .grant
+            .as_ref()
+            .and_then(|g| g.session_scope.agent_frame_id.as_deref())
+        {
+            return Err(CairnError::InvalidRequest(format!(
+                "a start for session `{}` is granted to that session as a whole, not to its agent frame `{frame}` \
+                 (the host may grant a process to a frame)",
+                scope.session_id
+            )));
         }
         match &self.originator {
             Originator::Session { scope: named } if named.session_id != scope.session_id => {

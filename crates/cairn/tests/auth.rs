@@ -279,6 +279,19 @@ async fn session_tokens_see_only_their_grants() {
         404,
         "the grant stayed with the frame"
     );
+    // Nor may it start a process granted to one of its frames alone: refused,
+    // not widened to the whole session, and nothing starts.
+    let into_frame = json!({"id": "p-into-frame", "input": {"type": "external"}, "disposition": "externally_owned",
+                            "grant": {"session_scope": {"session_id": "s1", "agent_frame_id": "sub"}}});
+    let (s, err) = s1.start(into_frame).await;
+    assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not to its agent frame `sub`")),
+        "{err}"
+    );
+    assert_eq!(host.get("/v1/processes/p-into-frame").await.0, 404, "nothing started");
     // Nor may it move its own grant into a frame, where it could neither see
     // nor move it back.
     let own = json!({"id": "p-own", "input": {"type": "external"}, "disposition": "externally_owned"});
