@@ -226,6 +226,7 @@ macro_rules! conformance_suite {
                 terminal_append_needs_authority,
                 producer_terminal_type_ends_process,
                 replay_key_is_idempotent,
+                a_replay_key_with_a_control_character_is_refused,
                 replay_key_conflict,
                 cairns_own_replay_keys_are_refused_on_other_appends,
                 sequences_are_gap_free_and_ordered,

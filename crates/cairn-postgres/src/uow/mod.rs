@@ -158,7 +158,14 @@ pub(crate) async fn run_batch(
         .collect();
     ending.sort();
     ending.dedup();
-    let (replay_ids, replay_keys): (Vec<String>, Vec<String>) = ops.iter().filter_map(Op::replay_key).unzip();
+    // A key holding NUL is never stored (the operation refuses it as
+    // `invalid_id`), and PostgreSQL's `text` cannot even be asked for one:
+    // left out of the load, not failing the whole batch as a storage error.
+    let (replay_ids, replay_keys): (Vec<String>, Vec<String>) = ops
+        .iter()
+        .filter_map(Op::replay_key)
+        .filter(|(_, key)| !key.contains('\0'))
+        .unzip();
     let envs: Vec<String> = ops.iter().filter_map(|o| o.env_ref().map(String::from)).collect();
     // Saturating: a claim of "everything" (`usize::MAX`) beside another.
     let want = ops.iter().map(Op::candidates_wanted).fold(0, usize::saturating_add);

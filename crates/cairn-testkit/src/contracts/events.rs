@@ -456,6 +456,42 @@ pub async fn replay_key_is_idempotent(factory: &dyn StoreFactory) {
     assert_eq!(after_end.event, first.event);
 }
 
+/// A replay key holding a control character, NUL too (which a PostgreSQL
+/// `text` cannot hold), is `invalid_id` and changes nothing, on a running
+/// process and an ended one; an unknown process is `unknown_process` first.
+pub async fn a_replay_key_with_a_control_character_is_refused(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    h.register(external("p")).await;
+    h.register(external("e")).await;
+    ok(
+        h.registry()
+            .complete_external("e", Outcome::success(json!(null)), "ci")
+            .await,
+        "complete_external",
+    );
+    for key in ["k\u{0}", "\u{0}", "k\u{1}"] {
+        for id in ["p", "e"] {
+            let e = h
+                .rejects(
+                    "invalid_id",
+                    "a control character in the key",
+                    h.registry().append_event(id, progress(1).with_replay_key(key)),
+                )
+                .await;
+            assert!(e.to_string().contains("replay key"), "{id}: {e}");
+        }
+        h.rejects(
+            "unknown_process",
+            "an unknown process",
+            h.registry().append_event("nobody", progress(1).with_replay_key(key)),
+        )
+        .await;
+    }
+    // The same process takes a good key after them.
+    let good = h.append("p", progress(1).with_replay_key("k")).await;
+    assert!(!good.replayed);
+}
+
 /// A used replay key with another payload or type is `replay_conflict`; keys are per process.
 pub async fn replay_key_conflict(factory: &dyn StoreFactory) {
     let h = Harness::new(factory).await;
