@@ -108,6 +108,11 @@ fn spec(s: &Schedule) -> Markup {
     }
 }
 
+/// The `id` of a schedule's row: what removes it once the schedule is gone.
+fn row_id(schedule: &str) -> String {
+    format!("schedule-row-{schedule}")
+}
+
 fn row(s: &Schedule) -> Markup {
     let path = encode_path(&s.id);
     let overlap = match s.overlap {
@@ -115,7 +120,7 @@ fn row(s: &Schedule) -> Markup {
         Overlap::Allow => "allow",
     };
     html! {
-        tr data-schedule=(s.id) data-state=(if s.paused { "paused" } else { "active" }) {
+        tr data-schedule=(s.id) data-state=(if s.paused { "paused" } else { "active" }) id=(row_id(&s.id)) {
             td.id { code { (pages::id(&s.id)) } }
             td.spec { (spec(s)) }
             td { (overlap) }
@@ -149,7 +154,8 @@ fn row(s: &Schedule) -> Markup {
     }
 }
 
-/// A refusal, shown above the table (the row stays as it was).
+/// A refusal, shown above the table (the row stays as it was, but for a
+/// schedule gone).
 fn refused_above(e: &cairn_core::CairnError) -> Response {
     refused_into(e, "#schedule-result")
 }
@@ -158,7 +164,11 @@ fn refused_above(e: &cairn_core::CairnError) -> Response {
 /// of replacing the row (an error `div` is no table row, and the row would
 /// be gone).
 pub(crate) fn refused_into(e: &cairn_core::CairnError, target: &'static str) -> Response {
-    let mut r = refused(e);
+    retarget(refused(e), target)
+}
+
+/// `r` swapped into `target`, in place of what the request named.
+fn retarget(mut r: Response, target: &'static str) -> Response {
     let h = r.headers_mut();
     h.insert("hx-retarget", HeaderValue::from_static(target));
     h.insert("hx-reswap", HeaderValue::from_static("innerHTML"));
@@ -191,6 +201,18 @@ async fn set_paused(
     };
     match changed {
         Ok(s) => row(&s).into_response(),
+        // Deleted since the page loaded: its row goes with the error (out of
+        // band; a `template` carries a table row).
+        Err(e) if e.code() == "unknown_schedule" => {
+            let body = html! {
+                (pages::error_fragment(e.code(), &e.to_string()))
+                template { tr id=(row_id(&id)) hx-swap-oob="delete" {} }
+            };
+            retarget(
+                (crate::process::status_for(&e), body).into_response(),
+                "#schedule-result",
+            )
+        }
         Err(e) => refused_above(&e),
     }
 }

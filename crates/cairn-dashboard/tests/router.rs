@@ -1266,11 +1266,26 @@ async fn the_schedules_page_lists_pauses_and_resumes_for_the_host_only() {
         "fires again from the first time after now"
     );
 
-    // An unknown schedule: the runtime's error, verbatim, shown above the table.
-    let (status, html, headers) = send(&app, post("/ui/schedules/gone/pause", "cairn_ui=host", Some(&csrf))).await;
+    // A schedule deleted since the page loaded: the runtime's error,
+    // verbatim, shown above the table, and its row deleted out of band.
+    let (_, page, _) = get(&app, "/ui/schedules", host).await;
+    assert!(page.contains("id=\"schedule-row-nightly\""), "{page}");
+    p.delete_schedule("nightly").await.expect("delete");
+    let (status, html, headers) = send(&app, post("/ui/schedules/nightly/pause", "cairn_ui=host", Some(&csrf))).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(html.starts_with("<div class=\"result err\""), "{html}");
     assert!(html.contains("unknown_schedule"), "{html}");
+    assert!(
+        html.ends_with("<template><tr id=\"schedule-row-nightly\" hx-swap-oob=\"delete\"></tr></template>"),
+        "{html}"
+    );
     assert_eq!(headers["hx-retarget"], "#schedule-result");
+    assert_eq!(headers["hx-reswap"], "innerHTML");
+    schedule(
+        &p,
+        json!({"id": "nightly", "cron": "30 2 * * *", "timezone": "Europe/Paris", "start": template, "overlap": "skip"}),
+    )
+    .await;
 
     // A session token: no nav link, the page and the actions are refused.
     let s1 = Some("cairn_ui=s1-token");

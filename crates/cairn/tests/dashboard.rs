@@ -1017,7 +1017,7 @@ async fn the_schedules_page_pauses_and_resumes_and_shows_a_refusal() {
         assert!(!paused("tick").await, "the resume is stored");
 
         // Deleted behind the page's back: the server's refusal shows above the
-        // table, verbatim, and the row stays as it was.
+        // table, verbatim, and the row goes; the other row stays.
         let (status, _) = server.client().delete("/v1/schedules/nightly").await;
         assert_eq!(status, 204);
         let (_, api_err) = server.client().post("/v1/schedules/nightly/pause", json!({})).await;
@@ -1032,7 +1032,8 @@ async fn the_schedules_page_pauses_and_resumes_and_shows_a_refusal() {
         let message = err.find(Locator::Css(".message")).await.unwrap().text().await.unwrap();
         assert_eq!(code, api_err["error"]["code"].as_str().unwrap());
         assert_eq!(message, api_err["error"]["message"].as_str().unwrap());
-        assert_eq!(count(&c, "tr[data-schedule='nightly'][data-state='active']").await, 1);
+        assert_eq!(count(&c, "tr[data-schedule='nightly']").await, 0);
+        assert_eq!(count(&c, "tr[data-schedule='tick'][data-state='active']").await, 1);
         screenshot(&c, "schedules").await;
     })
     .await;
