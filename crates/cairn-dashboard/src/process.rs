@@ -176,6 +176,7 @@ pub(crate) async fn page(
     };
     let path = encode_path(&record.id);
     let children = children_of(&d, &visitor, &record.id).await;
+    let parent = parent_openable(&d, &visitor, &record).await;
     // Events before this one are left out unless asked for.
     let left_out = if all {
         0
@@ -192,9 +193,9 @@ pub(crate) async fn page(
         div.process hx-ext="sse" sse-connect={ "/ui/processes/" (path) "/live?after=" (left_out) } sse-close="end" {
             (crate::pages::login_listener())
             section #record hx-get={ "/ui/processes/" (path) "/record" } hx-trigger="sse:record delay:100ms" hx-swap="innerHTML" {
-                (record_panel(&record))
+                (record_panel(&record, parent))
             }
-            (children_section(&record.id, &children, false))
+            (children_section(&record, &children, false))
             section.actions {
                 h2 { "Actions" }
                 div #action-result aria-live="polite" {}
@@ -271,10 +272,13 @@ async fn children_of(d: &crate::Inner, visitor: &Visitor, id: &str) -> Children 
 /// record fragment, so children started or ended since the page loaded show
 /// (a child's start appends nothing to its parent; the live stream's periodic
 /// `record` notice covers it). Hidden while there is nothing to list, so the
-/// fragment always has a target.
-fn children_section(id: &str, children: &Children, oob: bool) -> Markup {
+/// fragment always has a target. The live stream ends with the parent: a
+/// child still running then is said to be shown as it was, with a reload.
+fn children_section(parent: &ProcessRecord, children: &Children, oob: bool) -> Markup {
     let Children { shown, more, failed } = children;
+    let id = parent.id.as_str();
     let empty = shown.is_empty() && !more && failed.is_none();
+    let stale = parent.is_terminal() && shown.iter().any(|c| !c.is_terminal());
     let count = if *more {
         format!("(first {})", shown.len())
     } else {
@@ -288,8 +292,13 @@ fn children_section(id: &str, children: &Children, oob: bool) -> Markup {
             } @else if !empty {
                 h2 { "Children " span.count { (count) } }
                 @if *more {
-                    p.hint.more { "The first " (CHILDREN_SHOWN) " by id. "
+                    p.hint.more { "The first " (CHILDREN_SHOWN) " by id, as text sorts them. "
                         a href=(crate::list::children_href(id)) { "All of them, newest first" } }
+                }
+                @if stale {
+                    p.hint.stale { "This process has ended, so this list no longer updates: "
+                        "it shows its children as they were when it was read. "
+                        a href={ "/ui/processes/" (encode_path(id)) } { "Reload" } " to see them now." }
                 }
                 ul {
                     @for c in shown {
@@ -321,9 +330,10 @@ pub(crate) async fn record(
         Err(e) => return refused(&e),
     };
     let children = children_of(&d, &visitor, &r.id).await;
+    let parent = parent_openable(&d, &visitor, &r).await;
     html! {
-        (record_panel(&r))
-        (children_section(&r.id, &children, true))
+        (record_panel(&r, parent))
+        (children_section(&r, &children, true))
         // Once the process has ended, its action forms go too (out of band:
         // `#action-result` keeps what the last action said).
         @if r.is_terminal() {
@@ -340,7 +350,21 @@ fn disposition_label(d: Disposition) -> String {
         .unwrap_or_else(|| format!("{d:?}"))
 }
 
-fn record_panel(r: &ProcessRecord) -> Markup {
+/// Whether the visitor may open the parent process `r` names: a session
+/// viewer is not linked to a parent not granted to it (its page answers
+/// 404). A pruned parent the session held keeps its link: its page says so.
+async fn parent_openable(d: &crate::Inner, visitor: &Visitor, r: &ProcessRecord) -> bool {
+    let Some(parent) = r.provenance.caused_by.as_ref().and_then(|c| c.parent_process()) else {
+        return false;
+    };
+    !matches!(
+        d.access.check_visible(&visitor.viewer, parent).await,
+        Err(CairnError::UnknownProcess(_))
+    )
+}
+
+/// The record panel; `parent_open`: the visitor may open the parent process.
+fn record_panel(r: &ProcessRecord, parent_open: bool) -> Markup {
     html! {
         // The signal the process waits for, if any: the signal form's
         // proposal follows it as the panel re-renders (`app.js`).
@@ -363,7 +387,9 @@ fn record_panel(r: &ProcessRecord) -> Markup {
             @if let Some(c) = &r.provenance.caused_by {
                 dt { "Caused by" } dd {
                     @if let Some(parent) = c.parent_process() {
-                        "parent process " a.parent href={ "/ui/processes/" (encode_path(parent)) } { (pages::id(parent)) }
+                        "parent process "
+                        @if parent_open { a.parent href={ "/ui/processes/" (encode_path(parent)) } { (pages::id(parent)) } }
+                        @else { code.parent title="not granted to this session" { (pages::id(parent)) } }
                     } @else {
                         (pages::text(c.kind.as_deref().unwrap_or_default())) " " code { (pages::id(c.id.as_deref().unwrap_or_default())) }
                     }

@@ -944,6 +944,89 @@ async fn a_process_page_lists_its_children_and_links_its_parent() {
     assert!(!html.contains("data-child="), "a leaf lists no children");
 }
 
+/// A session viewer's process whose parent is not granted to the session
+/// names that parent without a link the viewer could not open (it answers
+/// 404); the host, and a session granted the parent, get the link.
+#[tokio::test]
+async fn a_parent_the_session_cannot_open_has_no_link() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let s1 = || SessionScope::session("s1");
+    external(&p, "hparent-secret").await;
+    p.start(StartRequest::external("shared-parent", json!({})).with_grant(s1(), GrantDescriptor::default()))
+        .await
+        .unwrap();
+    for (kid, parent) in [("hchild", "hparent-secret"), ("schild", "shared-parent")] {
+        let mut req = StartRequest::external(kid, json!({})).with_grant(s1(), GrantDescriptor::default());
+        req.caused_by = Some(cairn_core::CausalRef::process(parent));
+        p.start(req).await.expect("start child");
+    }
+    let app = app(&p, false);
+    let session = Some("cairn_ui=s1-token");
+    let (status, page, _) = get(&app, "/ui/processes/hchild", session).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let (status, fragment, _) = get(&app, "/ui/processes/hchild/record", session).await;
+    assert_eq!(status, StatusCode::OK, "{fragment}");
+    for html in [&page, &fragment] {
+        assert!(!html.contains("href=\"/ui/processes/hparent-secret"), "no link: {html}");
+        assert!(
+            html.contains(
+                "parent process <code class=\"parent\" title=\"not granted to this session\"><bdi>hparent-secret</bdi></code>"
+            ),
+            "the parent named: {html}"
+        );
+    }
+    let (status, _, _) = get(&app, "/ui/processes/hparent-secret", session).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "what the link would have opened");
+    let (_, html, _) = get(&app, "/ui/processes/schild", session).await;
+    assert!(
+        html.contains("<a class=\"parent\" href=\"/ui/processes/shared-parent\">"),
+        "a parent granted to the session is linked: {html}"
+    );
+    let (_, html, _) = get(&app, "/ui/processes/hchild", Some("cairn_ui=host")).await;
+    assert!(
+        html.contains("<a class=\"parent\" href=\"/ui/processes/hparent-secret\">"),
+        "the host opens it: {html}"
+    );
+}
+
+/// A process page's live stream ends with the process: its children section
+/// then says the list no longer updates, with a reload, while a child it
+/// lists still runs; not while the parent runs, nor once its children ended.
+#[tokio::test]
+async fn an_ended_parent_says_its_running_children_are_not_followed() {
+    use cairn_core::Outcome;
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    external(&p, "parent").await;
+    child(&p, "kid", "parent").await;
+    let app = app(&p, true);
+    let note = "this list no longer updates";
+    let reload = "<a href=\"/ui/processes/parent\">Reload</a>";
+    let (_, html, _) = get(&app, "/ui/processes/parent", None).await;
+    assert!(html.contains("data-child=\"kid\"") && !html.contains(note), "{html}");
+
+    p.complete_external("parent", Outcome::success(json!(1)), "host")
+        .await
+        .expect("complete");
+    let (_, page, _) = get(&app, "/ui/processes/parent", None).await;
+    let (_, fragment, _) = get(&app, "/ui/processes/parent/record", None).await;
+    for html in [&page, &fragment] {
+        let section = html.split("id=\"children\"").nth(1).expect("the section");
+        let section = section.split("</section>").next().unwrap_or_default();
+        assert!(section.contains(note) && section.contains(reload), "{section}");
+    }
+
+    p.complete_external("kid", Outcome::success(json!(2)), "host")
+        .await
+        .expect("complete");
+    let (_, page, _) = get(&app, "/ui/processes/parent", None).await;
+    let (_, fragment, _) = get(&app, "/ui/processes/parent/record", None).await;
+    for html in [&page, &fragment] {
+        assert!(html.contains("data-child=\"kid\"") && !html.contains(note), "{html}");
+    }
+}
+
 /// A shell call's forwarded environment is named on its page, its values
 /// (secrets, often) not shown.
 #[tokio::test]
@@ -1089,7 +1172,7 @@ async fn a_cut_children_list_says_so_and_links_to_all() {
     for html in [&html, &fragment] {
         assert_eq!(html.matches("data-child=").count(), 100, "{html}");
         assert!(html.contains("(first 100)"), "{html}");
-        assert!(html.contains("The first 100 by id."), "{html}");
+        assert!(html.contains("The first 100 by id, as text sorts them."), "{html}");
         assert!(html.contains(link), "{html}");
         assert!(!html.contains("data-child=\"kid-100\""), "{html}");
     }
