@@ -1573,10 +1573,9 @@ mod tests {
     use super::*;
     use crate::memory::MemoryRegistry;
 
-    /// A run that ends after the same process was claimed again here leaves
-    /// the newer run in flight, where a drain finds it.
-    #[tokio::test]
-    async fn an_ending_run_leaves_a_newer_run_of_its_process_in_flight() {
+    /// A memory registry holding one rerunnable `echo` process `p`, an
+    /// awaiter on it and a worker over it.
+    async fn one_process() -> (Arc<dyn ProcessRegistry>, Awaiter, Arc<Worker>) {
         let registry: Arc<dyn ProcessRegistry> = Arc::new(MemoryRegistry::new());
         let registration = crate::model::Registration {
             id: "p".into(),
@@ -1601,6 +1600,14 @@ mod tests {
             crate::clock::system_clock(),
             WorkerConfig::default(),
         );
+        (registry, awaiter, worker)
+    }
+
+    /// A run that ends after the same process was claimed again here leaves
+    /// the newer run in flight, where a drain finds it.
+    #[tokio::test]
+    async fn an_ending_run_leaves_a_newer_run_of_its_process_in_flight() {
+        let (registry, awaiter, worker) = one_process().await;
         let context = |lease: crate::model::Lease| async {
             let record = registry.get("p").await.expect("get");
             ToolContext::new(record, None, registry.clone(), awaiter.clone(), lease)
@@ -1630,30 +1637,7 @@ mod tests {
     /// that answers at once is still taken.
     #[tokio::test]
     async fn a_call_after_the_lapse_says_the_lease_had_lapsed() {
-        let registry: Arc<dyn ProcessRegistry> = Arc::new(MemoryRegistry::new());
-        let registration = crate::model::Registration {
-            id: "p".into(),
-            input: ProcessInput::ToolCall {
-                tool: "echo".into(),
-                args: serde_json::json!({}),
-            },
-            disposition: Disposition::Rerunnable,
-            event_types: Vec::new(),
-            provenance: Default::default(),
-            wake_target: None,
-            env_ref: None,
-            external_ref: None,
-        };
-        registry.register(registration, None).await.expect("register");
-        let awaiter = Awaiter::new(registry.clone(), None);
-        let worker = Worker::new(
-            registry.clone(),
-            ToolRegistry::new(),
-            awaiter.clone(),
-            None,
-            crate::clock::system_clock(),
-            WorkerConfig::default(),
-        );
+        let (registry, awaiter, worker) = one_process().await;
         let mut lease = registry.claim("p", "w", 30_000).await.expect("claim");
         lease.expires_at_ms = 0;
         let record = registry.get("p").await.expect("get");
