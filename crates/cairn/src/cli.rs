@@ -823,6 +823,15 @@ fn interval(raw: &str) -> Result<String, String> {
     if let Some(why) = cairn_core::schedule::every_calendar_problem(raw) {
         return Err(why);
     }
+    // Spellings the server's check does not know (`1mo`, `1mon`): the same
+    // advice, not a parse error that lists months as a unit.
+    if let Some(unit) = crate::duration::calendar_unit(raw) {
+        return Err(format!(
+            "`every` `{raw}` counts in months or years (`{unit}`), whose length varies, so its fires would drift \
+             from the calendar: give `cron` for calendar dates (`0 0 1 * *` is midnight on the first of each \
+             month, `0 0 1 1 *` on each 1 January), or `every` in weeks, days or smaller units"
+        ));
+    }
     // A bare number: the units an interval may take (milliseconds alone
     // would be under the minimum).
     let bare = raw.trim();
@@ -1145,12 +1154,18 @@ fn refusal(cmd: &clap::Command, arg: Option<&clap::Arg>, source: clap::parser::V
 /// SQL's signed ones).
 const LATEST_CREATED_MS: u64 = i64::MAX as u64;
 
+/// The smallest all-digit creation time taken: 1e11 ms is March 1973,
+/// before any process could exist. A smaller number is most likely epoch
+/// seconds.
+const EARLIEST_CREATED_MS: u64 = 100_000_000_000;
+
 /// `--created-from` and `--created-before`: a time as epoch milliseconds
 /// (`1796083200000`) or RFC 3339 with its offset (`2026-12-01T00:00:00Z`,
 /// `2026-12-01T09:30:00.5+02:00`), read as epoch milliseconds. A time
 /// between two milliseconds is rounded up: a record's creation time is a
 /// whole millisecond, so either bound keeps exactly the records it would
-/// keep unrounded.
+/// keep unrounded. A number under [`EARLIEST_CREATED_MS`] is refused as
+/// likely epoch seconds.
 #[derive(Debug, Clone, Copy)]
 pub struct CreatedAt;
 
@@ -1225,7 +1240,17 @@ impl clap::builder::TypedValueParser for CreatedAt {
             return refuse(format!("{CREATED_AT_TAKES}, got nothing"));
         } else if text.bytes().all(|b| b.is_ascii_digit()) {
             // Digits past `u64`: past the latest time too.
-            text.parse::<u64>().unwrap_or(u64::MAX)
+            let ms = text.parse::<u64>().unwrap_or(u64::MAX);
+            // Epoch seconds (`$(date +%s)`) read as milliseconds would be a
+            // time in January 1970, before any process: refused, not read.
+            if ms < EARLIEST_CREATED_MS {
+                return refuse(format!(
+                    "takes epoch milliseconds, got `{text}`, which would be {} and looks like epoch seconds: \
+                     give milliseconds (`{text}000`) or an RFC 3339 time (`2026-12-01T00:00:00Z`)",
+                    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+                ));
+            }
+            ms
         } else {
             match rfc3339_ms(&text) {
                 Ok(ms) => ms,
@@ -1319,7 +1344,8 @@ mod tests {
         // 2026-12-01T00:00:00Z.
         let first = 1_796_083_200_000;
         assert_eq!(ls("1796083200000"), Ok(Some(first)));
-        assert_eq!(ls("0"), Ok(Some(0)));
+        // 1e11 ms (March 1973) is the smallest number taken.
+        assert_eq!(ls("100000000000"), Ok(Some(100_000_000_000)));
         assert_eq!(ls("2026-12-01T00:00:00Z"), Ok(Some(first)));
         assert_eq!(ls("2026-12-01t00:00:00z"), Ok(Some(first)));
         assert_eq!(ls("2026-12-01 00:00:00+00:00"), Ok(Some(first)));
@@ -1357,6 +1383,14 @@ mod tests {
             ("9223372036854775808", "takes a time up to 9223372036854775807"),
             ("99999999999999999999", "takes a time up to 9223372036854775807"),
             ("2026-12-01T00:00:00Zé", "got `2026-12-01T00:00:00Zé`"),
+            // Epoch seconds (`$(date +%s)`) would be January 1970 as milliseconds.
+            (
+                "1796083200",
+                "got `1796083200`, which would be 1970-01-21T18:54:43.200Z and looks like epoch seconds: \
+                 give milliseconds (`1796083200000`)",
+            ),
+            ("99999999999", "looks like epoch seconds"),
+            ("0", "give milliseconds (`0000`) or an RFC 3339 time"),
         ] {
             let e = ls(given).expect_err(given);
             assert!(e.contains(said), "{given}: {e}");
@@ -1415,9 +1449,15 @@ mod tests {
             let e = interval(typed).expect_err("refused");
             assert!(e.contains(&format!("`{typed}`")) && e.contains(said), "{typed}: {e}");
         }
-        for calendar in ["1month", "1y", "1yr", "2 years"] {
+        for calendar in [
+            "1month", "1y", "1yr", "2 years", "1mo", "1months", "1mon", "1 Month", "1M", "1mth", "1YR", "2w 1mo",
+        ] {
             let e = interval(calendar).expect_err("months and years are refused");
-            assert!(e.contains("drift from the calendar"), "{calendar}: {e}");
+            assert!(
+                e.contains("drift from the calendar") && e.contains("give `cron`"),
+                "{calendar}: {e}"
+            );
+            assert!(!e.contains("supported units"), "{calendar}: {e}");
         }
         assert!(interval("soon").is_err());
     }

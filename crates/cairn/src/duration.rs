@@ -30,7 +30,29 @@ fn parse_any(raw: &str) -> Result<Duration, String> {
     if let Some(d) = parse_fraction(raw) {
         return d.ok_or_else(|| format!("duration `{raw}` is too large"));
     }
-    humantime::parse_duration(raw).map_err(|e| format!("`{raw}` is not a duration ({e}; {hint})"))
+    humantime::parse_duration(raw).map_err(|e| match e {
+        // Said here: humantime's own text lists months and years, which
+        // `--every` refuses.
+        humantime::DurationError::UnknownUnit { unit, .. } => {
+            format!("`{raw}` is not a duration (unknown unit `{unit}`; {hint})")
+        }
+        e => format!("`{raw}` is not a duration ({e}; {hint})"),
+    })
+}
+
+/// The first unit in `raw` that names months or years, in any spelling a
+/// person might write (`mo`, `mon`, `month`, `M`, `y`, `yr`, `years`, ...):
+/// a length that varies with the calendar. `m`, `min`, `ms` and the like
+/// are not among them.
+pub fn calendar_unit(raw: &str) -> Option<&str> {
+    raw.split(|c: char| !c.is_ascii_alphabetic()).find(|unit| {
+        let lower = unit.to_ascii_lowercase();
+        *unit == "M"
+            || lower.starts_with("mo")
+            || lower.starts_with("mth")
+            || lower.starts_with("mnth")
+            || lower.starts_with('y')
+    })
 }
 
 /// [`parse_duration`] without bare numbers: for a flag where a number read
@@ -95,6 +117,36 @@ mod tests {
             assert!(parse_duration_with_unit(huge).is_err(), "{huge}");
         }
         assert_eq!(parse_duration("100y").map(|d| d <= MAX_DURATION), Ok(true));
+    }
+
+    #[test]
+    fn an_unknown_unit_is_named_without_humantime_s_list() {
+        let e = parse_duration("1mo").expect_err("mo");
+        assert!(e.contains("unknown unit `mo`") && e.contains("7d"), "{e}");
+        assert!(!e.contains("month") && !e.contains("year"), "{e}");
+    }
+
+    #[test]
+    fn month_and_year_units_are_found_in_any_spelling() {
+        for (raw, unit) in [
+            ("1mo", "mo"),
+            ("1 Mo", "Mo"),
+            ("2mos", "mos"),
+            ("1mon", "mon"),
+            ("1month", "month"),
+            ("3 months", "months"),
+            ("1M", "M"),
+            ("1mth", "mth"),
+            ("1y", "y"),
+            ("1yr", "yr"),
+            ("2 YEARS", "YEARS"),
+            ("1d 1year", "year"),
+        ] {
+            assert_eq!(calendar_unit(raw), Some(unit), "{raw}");
+        }
+        for raw in ["1m", "5min", "2 minutes", "250ms", "1msec", "1h 30m", "7d", "2w", "1s"] {
+            assert_eq!(calendar_unit(raw), None, "{raw}");
+        }
     }
 
     #[test]

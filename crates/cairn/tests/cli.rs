@@ -705,17 +705,18 @@ async fn ls_and_prune_take_a_created_range() {
     assert_eq!(prune(range).await, 1);
     assert_eq!(c.get("/v1/processes/r1").await.0, 410, "pruned");
 
+    const FIVE_MS: &str = "1970-01-01T00:00:00.005Z";
     for line in [
-        &["ls", "--created-from", "5", "--created-before", "5"][..],
+        &["ls", "--created-from", FIVE_MS, "--created-before", FIVE_MS][..],
         &[
             "prune",
             "--older-than",
             "0s",
             "--no-projector",
             "--created-from",
-            "6",
+            "1970-01-01T00:00:00.006Z",
             "--created-before",
-            "5",
+            FIVE_MS,
         ],
     ] {
         let out = server.cli(line, None).await;
@@ -723,6 +724,31 @@ async fn ls_and_prune_take_a_created_range() {
         assert!(
             out.stderr.contains("`--created-from` (1970-01-01T00:00:00.00")
                 && out.stderr.contains("no process was created in between"),
+            "{}",
+            out.stderr
+        );
+    }
+    // Epoch seconds (`$(date +%s)`) would be January 1970 read as
+    // milliseconds: refused, on `ls` and on `prune`, before the server is asked.
+    let seconds = (at / 1000).to_string();
+    for line in [
+        &["ls", "--created-before", &seconds][..],
+        &[
+            "prune",
+            "--older-than",
+            "1s",
+            "--no-projector",
+            "--status",
+            "completed",
+            "--created-from",
+            &seconds,
+        ],
+    ] {
+        let out = server.cli(line, None).await;
+        assert_eq!(out.code, 2, "{line:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("looks like epoch seconds")
+                && out.stderr.contains(&format!("give milliseconds (`{seconds}000`)")),
             "{}",
             out.stderr
         );
