@@ -1109,6 +1109,55 @@ async fn a_run_whose_output_is_full_cancels_its_process() {
     assert_eq!(record["status"], "cancelled", "{record}");
 }
 
+/// `cairn run ... | head -1`: the reader going away while the command is
+/// quiet cancels the process at once, and `run` exits 141, without waiting
+/// for a next line of output to find the pipe closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_reader_leaves_while_it_is_quiet_cancels_it() {
+    use std::io::BufRead;
+    let server = Server::start(&[]).await;
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args([
+        "--server",
+        &server.base,
+        "run",
+        "--id",
+        "quiet",
+        "--",
+        "sh",
+        "-c",
+        "echo a; sleep 120",
+    ])
+    .env_remove("CAIRN_TOKEN")
+    .stdin(Stdio::null())
+    .stdout(writer)
+    .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("spawn cairn");
+    // Only the child holds the write end now.
+    drop(cmd);
+    let first = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(reader).read_line(&mut line).expect("read");
+        line
+    })
+    .await
+    .expect("reader");
+    assert_eq!(first, "a\n");
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("cairn exited before the command would have")
+        .expect("run cairn");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(
+        stderr.contains("cancelled quiet: `cairn run` was stopped (its output was closed)"),
+        "{stderr}"
+    );
+    let record = server.client().wait_for("quiet", |r| r["status"] != "running").await;
+    assert_eq!(record["status"], "cancelled", "{record}");
+}
+
 /// A command line clap refuses is, under `--json` (anywhere in it), one
 /// line of JSON on stderr with the client's `usage` code and exit 2, as the
 /// client's own usage errors are; `--help` and `--version` print as ever.
@@ -1199,6 +1248,54 @@ fn usage_error(args: &[&str]) -> String {
     assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
     assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
     stderr
+}
+
+/// JSON where a name goes, or a bare word where JSON goes, is refused
+/// before the server is asked, saying where the JSON goes or how a string
+/// is written.
+#[test]
+fn json_in_the_wrong_place_says_where_it_goes() {
+    for (args, said) in [
+        (
+            &["signal", "sig-1", r#"{"by":"alice"}"#][..],
+            r#"the signal name `{"by":"alice"}` looks like JSON: the payload goes in --payload '...' (`cairn --server http://127.0.0.1:9 signal sig-1 NAME --payload '{"by":"alice"}'`)"#,
+        ),
+        (
+            &["append", "ext-2", r#"{"x":1}"#],
+            r#"the event type `{"x":1}` looks like JSON: the payload goes in --payload '...' (`cairn --server http://127.0.0.1:9 append ext-2 TYPE --payload '{"x":1}'`)"#,
+        ),
+        (&["append", "ext-2", "[1]"], "the event type `[1]` looks like JSON"),
+        (
+            &["complete", "ext-2", "--value", "green"],
+            r#"--value is not JSON: expected value at line 1 column 1; a string is quoted as JSON: --value '"green"'"#,
+        ),
+        (
+            &["signal", "sig-1", "go", "--payload", "yes please"],
+            r#"a string is quoted as JSON: --payload '"yes please"'"#,
+        ),
+        (
+            &["append", "ext-2", "progress", "--payload", "half-way"],
+            r#"--payload '"half-way"'"#,
+        ),
+        (
+            &["complete", "ext-2", "--outcome", "green"],
+            r#"--outcome is not JSON: expected value at line 1 column 1; a string is quoted as JSON: --value '"green"'"#,
+        ),
+    ] {
+        let stderr = usage_error(args);
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+    }
+    // JSON that is broken is not taken for a word.
+    let stderr = usage_error(&["complete", "ext-2", "--value", "{green}"]);
+    assert!(!stderr.contains("quoted as JSON"), "{stderr}");
+    // Months and years get the advice to use cron, not a list of units.
+    for every in ["1mo", "1months", "2 yrs"] {
+        let stderr = usage_error(&["schedule", "add", "s1", "--every", every, "{}"]);
+        assert!(
+            stderr.contains("drift from the calendar") && !stderr.contains("supported units"),
+            "{every}: {stderr}"
+        );
+    }
 }
 
 /// `--limit 0` asks for nothing: a usage error, not an empty table.

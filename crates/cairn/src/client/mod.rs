@@ -200,7 +200,45 @@ fn parse_json_arg(what: &str, raw: &str) -> Result<Value, ClientError> {
 /// and `-` alone is none: neither can be meant as itself).
 fn json_flag(flag: &str, raw: &str) -> Result<Value, ClientError> {
     let (text, what) = json_arg_text(flag, Some(raw))?;
-    parse_json_arg(&what, &text)
+    parse_json_arg(&what, &text).map_err(|e| match e {
+        // A bare word (`--value green`) is most likely a string meant
+        // without its JSON quotes.
+        ClientError::Usage(why) if what == flag && is_bare_word(raw) => {
+            // A string is an outcome's value, not an outcome.
+            let flag = if flag == "--outcome" { "--value" } else { flag };
+            let quoted = serde_json::to_string(raw.trim()).unwrap_or_default();
+            ClientError::Usage(format!("{why}; a string is quoted as JSON: {flag} '{quoted}'"))
+        }
+        e => e,
+    })
+}
+
+/// Text with no JSON punctuation, quote or backslash: a word meant as a
+/// string.
+fn is_bare_word(raw: &str) -> bool {
+    let word = raw.trim();
+    !word.is_empty()
+        && word
+            .chars()
+            .all(|c| !c.is_control() && !matches!(c, '{' | '}' | '[' | ']' | '"' | '\'' | '\\' | ',' | ':'))
+}
+
+/// A signal name or event type that is JSON (`cairn signal ID '{...}'`): a
+/// payload given where the name goes. Refused before it is sent, with the
+/// command that sends it as a payload.
+fn json_where_a_name_goes(command: &str, id: &str, what: &str, name: &str) -> Result<(), ClientError> {
+    if !name.trim_start().starts_with(['{', '[']) {
+        return Ok(());
+    }
+    let upper = what.rsplit(' ').next().unwrap_or(what).to_ascii_uppercase();
+    Err(ClientError::Usage(format!(
+        "the {what} `{name}` looks like JSON: the payload goes in --payload '...' (`{}`)",
+        cmd(format_args!(
+            "{command} {} {upper} --payload {}",
+            hints::word(id),
+            hints::word(name)
+        ))
+    )))
 }
 
 /// A JSON argument's text (`cairn start`'s request, `schedule add`'s
@@ -316,6 +354,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             payload: payload_arg,
             ..
         } => {
+            json_where_a_name_goes("signal", &id, "signal name", &name)?;
             // Refused as the server refuses it (`invalid_signal_name`): an
             // empty name, `.` or `..` would otherwise be refused as a URL
             // path segment.
@@ -371,6 +410,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             replay_key,
             ..
         } => {
+            json_where_a_name_goes("append", &id, "event type", &event_type)?;
             hints::on_lost_answer(format_args!("events {}", hints::word(&id)), None);
             let payload = json_flag("--payload", &payload)?;
             let mut body = json!({"event_type": event_type, "payload": payload});
@@ -851,6 +891,48 @@ fn unix_signal(kind: tokio::signal::unix::SignalKind) -> Option<tokio::signal::u
     tokio::signal::unix::signal(kind).ok()
 }
 
+/// Resolves once stdout is a pipe whose reader has gone away
+/// (`cairn run ... | head -1` after `head` exits), even while nothing is
+/// written: Linux marks a pipe's write end `POLLERR` then. Never, for
+/// any other stdout, or on another system.
+async fn stdout_reader_gone() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `fstat` writes into a zeroed struct of the right type.
+        let is_pipe = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            libc::fstat(libc::STDOUT_FILENO, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFIFO
+        };
+        if is_pipe {
+            let (tell, told) = tokio::sync::oneshot::channel::<()>();
+            // A blocking `poll` in a thread of its own: it may wait as long as
+            // the run does, and is left behind when `run` exits.
+            let spawned = std::thread::Builder::new()
+                .name("stdout-reader".into())
+                .spawn(move || loop {
+                    let mut fd = libc::pollfd {
+                        fd: libc::STDOUT_FILENO,
+                        events: 0,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid `pollfd`, waited on with no timeout.
+                    let n = unsafe { libc::poll(&mut fd, 1, -1) };
+                    if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    if n > 0 && fd.revents & libc::POLLERR != 0 {
+                        let _ = tell.send(());
+                    }
+                    return;
+                });
+            if spawned.is_ok() && told.await.is_ok() {
+                return;
+            }
+        }
+    }
+    std::future::pending().await
+}
+
 /// The next signal of `signal`; never, without one.
 async fn recv_signal(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
     match signal {
@@ -1170,6 +1252,17 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
         std::future::pending().await
     };
     let mut lease_watch = std::pin::pin!(lease_watch);
+    // The reader of stdout gone while the command is quiet: told as a failed
+    // write is, so the process is cancelled now, not at its next line.
+    let reader_gone = async {
+        stdout_reader_gone().await;
+        lost.written(Err(ClientError::Output {
+            stream: output::Stream::Stdout,
+            source: std::io::Error::from(std::io::ErrorKind::BrokenPipe),
+        }));
+        std::future::pending::<()>().await
+    };
+    let mut reader_gone = std::pin::pin!(reader_gone);
     let mut interrupted = false;
     let mut cancel_recorded = false;
     // A write that failed otherwise than on a closed output (a full disk):
@@ -1182,6 +1275,7 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
                 break;
             }
             () = &mut lease_watch => continue,
+            () = &mut reader_gone => continue,
             () = output_lost.told.notified() => match output_lost.take() {
                 Some(e) if e.exit_code() != output::EXIT_OUTPUT_CLOSED => {
                     unwritten = Some(e);
