@@ -251,19 +251,32 @@ impl ScheduleRequest {
     }
 }
 
+/// The first unit in `raw` that names months or years, in any spelling a
+/// person might write (`mo`, `mon`, `month`, `M`, `y`, `yr`, `years`, ...):
+/// a length that varies with the calendar. `m`, `min`, `ms` and the like
+/// are not among them.
+pub fn calendar_unit(raw: &str) -> Option<&str> {
+    raw.split(|c: char| !c.is_ascii_alphabetic()).find(|unit| {
+        let lower = unit.to_ascii_lowercase();
+        *unit == "M"
+            || lower.starts_with("mo")
+            || lower.starts_with("mth")
+            || lower.starts_with("mnth")
+            || lower.starts_with('y')
+    })
+}
+
 /// Why an `every` naming months or years is refused, if it does: humantime
 /// counts a month as 30.44 days and a year as 365.25, so the fires would
 /// drift from the calendar a user meant.
 pub fn every_calendar_problem(text: &str) -> Option<String> {
-    text.split(|c: char| !c.is_ascii_alphabetic())
-        .any(|unit| matches!(unit, "M" | "month" | "months" | "y" | "yr" | "yrs" | "year" | "years"))
-        .then(|| {
-            format!(
-                "`every` `{text}` counts a month as 30.44 days and a year as 365.25, so its fires would drift from \
+    calendar_unit(text).is_some().then(|| {
+        format!(
+            "`every` `{text}` counts a month as 30.44 days and a year as 365.25, so its fires would drift from \
                  the calendar: give `cron` for calendar dates (`0 0 1 * *` is midnight on the first of each month, \
                  `0 0 1 1 *` on each 1 January), or `every` in weeks, days or smaller units"
-            )
-        })
+        )
+    })
 }
 
 /// Longest `cron` a schedule takes (five fields with long lists fit).
@@ -1249,7 +1262,9 @@ mod tests {
         assert!(request(None, Some("36525d"), None).validate().is_ok());
         assert!(request(None, Some("2w 1d 1h 1m"), None).validate().is_ok());
         // Months and years are not the calendar's: cron is.
-        for every in ["1month", "2 months", "1M", "1y", "1yr", "2yrs", "1year 2d", "3years"] {
+        for every in [
+            "1month", "2 months", "1M", "1y", "1yr", "2yrs", "1year 2d", "3years", "1mo", "1mon", "2 Months", "1YR",
+        ] {
             let e = refused(None, Some(every), None);
             assert!(
                 e.contains("drift from the calendar") && e.contains("0 0 1 * *"),

@@ -40,20 +40,7 @@ fn parse_any(raw: &str) -> Result<Duration, String> {
     })
 }
 
-/// The first unit in `raw` that names months or years, in any spelling a
-/// person might write (`mo`, `mon`, `month`, `M`, `y`, `yr`, `years`, ...):
-/// a length that varies with the calendar. `m`, `min`, `ms` and the like
-/// are not among them.
-pub fn calendar_unit(raw: &str) -> Option<&str> {
-    raw.split(|c: char| !c.is_ascii_alphabetic()).find(|unit| {
-        let lower = unit.to_ascii_lowercase();
-        *unit == "M"
-            || lower.starts_with("mo")
-            || lower.starts_with("mth")
-            || lower.starts_with("mnth")
-            || lower.starts_with('y')
-    })
-}
+pub use cairn_core::schedule::calendar_unit;
 
 /// [`parse_duration`] without bare numbers: for a flag where a number read
 /// as milliseconds would surprise, or destroy (`prune --older-than 7` would
