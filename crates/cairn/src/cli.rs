@@ -222,6 +222,10 @@ pub enum Command {
         /// JSON payload; `-` reads it from stdin, `@FILE` from a file.
         #[arg(long, default_value = "null", allow_negative_numbers = true)]
         payload: String,
+        /// A payload given as a third argument: refused with its `--payload`
+        /// spelling, not clap's bare "unexpected argument".
+        #[arg(hide = true)]
+        stray: Option<String>,
         /// `--server`, `--token`, `--json`.
         #[command(flatten)]
         client: ClientOpts,
@@ -239,6 +243,9 @@ pub enum Command {
         /// JSON payload (checked against the type's schema); `-` reads it from stdin, `@FILE` from a file.
         #[arg(long, default_value = "null", allow_negative_numbers = true)]
         payload: String,
+        /// A payload given as a third argument (refused, as `signal`'s).
+        #[arg(hide = true)]
+        stray: Option<String>,
         /// Makes the append idempotent: a retry with the same key returns the original event.
         #[arg(long)]
         replay_key: Option<String>,

@@ -1266,6 +1266,14 @@ fn json_in_the_wrong_place_says_where_it_goes() {
         ),
         (&["append", "ext-2", "[1]"], "the event type `[1]` looks like JSON"),
         (
+            &["signal", "sig-1", "go", r#"{"by":"alice"}"#],
+            r#"unexpected argument `{"by":"alice"}`: a payload goes in --payload (`cairn --server http://127.0.0.1:9 signal sig-1 go --payload '{"by":"alice"}'`)"#,
+        ),
+        (
+            &["append", "ext-2", "progress", "half"],
+            "unexpected argument `half`: a payload goes in --payload (`cairn --server http://127.0.0.1:9 append ext-2 progress --payload '\"half\"'`)",
+        ),
+        (
             &["complete", "ext-2", "--value", "green"],
             r#"--value is not JSON: expected value at line 1 column 1; a string is quoted as JSON: --value '"green"'"#,
         ),

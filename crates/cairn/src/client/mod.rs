@@ -241,6 +241,27 @@ fn json_where_a_name_goes(command: &str, id: &str, what: &str, name: &str) -> Re
     )))
 }
 
+/// A third argument after a signal name or event type (`cairn signal ID
+/// NAME '{...}'`): a payload without its flag. Refused before anything is
+/// sent, with the command that sends it.
+fn payload_where_a_flag_goes(command: &str, id: &str, name: &str, stray: Option<&str>) -> Result<(), ClientError> {
+    let Some(stray) = stray else { return Ok(()) };
+    // Text that is not JSON is offered as the JSON string it likely meant.
+    let payload = match serde_json::from_str::<Value>(stray) {
+        Ok(_) => stray.to_string(),
+        Err(_) => serde_json::to_string(stray).unwrap_or_default(),
+    };
+    Err(ClientError::Usage(format!(
+        "unexpected argument `{stray}`: a payload goes in --payload (`{}`)",
+        cmd(format_args!(
+            "{command} {} {} --payload {}",
+            hints::word(id),
+            hints::word(name),
+            hints::word(&payload)
+        ))
+    )))
+}
+
 /// A JSON argument's text (`cairn start`'s request, `schedule add`'s
 /// template, a JSON flag's value): as given, from stdin when absent or `-`,
 /// or from a file for `@FILE`; with what to call it in an error. Read from
@@ -352,9 +373,11 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             name,
             signal_id,
             payload: payload_arg,
+            stray,
             ..
         } => {
             json_where_a_name_goes("signal", &id, "signal name", &name)?;
+            payload_where_a_flag_goes("signal", &id, &name, stray.as_deref())?;
             // Refused as the server refuses it (`invalid_signal_name`): an
             // empty name, `.` or `..` would otherwise be refused as a URL
             // path segment.
@@ -408,9 +431,11 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             event_type,
             payload,
             replay_key,
+            stray,
             ..
         } => {
             json_where_a_name_goes("append", &id, "event type", &event_type)?;
+            payload_where_a_flag_goes("append", &id, &event_type, stray.as_deref())?;
             hints::on_lost_answer(format_args!("events {}", hints::word(&id)), None);
             let payload = json_flag("--payload", &payload)?;
             let mut body = json!({"event_type": event_type, "payload": payload});
