@@ -177,7 +177,7 @@ impl PostgresRegistry {
         if config.get_dbname().is_none_or(str::is_empty) {
             return Err(CairnError::InvalidRequest(format!(
                 "postgres URL `{}` names no database: give it after the host, as in \
-                 `postgres://USER@HOST:PORT/DB` (`dbname=DB` in a `key=value` string)",
+                 `postgres://USER@HOST:PORT/DB` (or `?dbname=DB`)",
                 redact(&options.url)
             )));
         }
