@@ -1016,15 +1016,23 @@ pub(crate) fn grant_state(conn: &Connection, id: &str) -> R<(bool, bool)> {
 
 // ---------------------------------------------------------------- retention and the change feed
 
-/// Whether a descendant of `id` (through ended children too) has not ended
-/// (the `processes_caused_by` index at each level).
+/// The descendants of `?1` (through ended children too) with their status,
+/// walked down the `processes_caused_by` index level by level; the first
+/// running one ends the walk. The status is carried down the walk, not
+/// joined to it afterwards: joined, SQLite's planner put the processes table
+/// in the outer loop (a bloom filter on the walk) and read every row of it
+/// for each id asked about, so a prune of thousands read the table thousands
+/// of times, more slowly the more processes were live.
+const RUNNING_DESCENDANT_SQL: &str =
+    "WITH RECURSIVE d(id, status) AS (SELECT id, status FROM processes WHERE caused_by = ?1 \
+     UNION SELECT p.id, p.status FROM processes p JOIN d ON p.caused_by = d.id) \
+     SELECT EXISTS (SELECT 1 FROM d WHERE status = 'running')";
+
+/// Whether a descendant of `id` (through ended children too) has not ended;
+/// it reads `id`'s tree only, however many other processes there are.
 pub(crate) fn has_running_descendant(conn: &Connection, id: &str) -> R<bool> {
     Ok(conn
-        .prepare_cached(
-            "WITH RECURSIVE d(id) AS (SELECT id FROM processes WHERE caused_by = ?1 \
-             UNION SELECT p.id FROM processes p JOIN d ON p.caused_by = d.id) \
-             SELECT EXISTS (SELECT 1 FROM d JOIN processes p ON p.id = d.id WHERE p.status = 'running')",
-        )?
+        .prepare_cached(RUNNING_DESCENDANT_SQL)?
         .query_row([id], |r| r.get::<_, bool>(0))?)
 }
 
@@ -1376,6 +1384,25 @@ mod tests {
             vec![SqlValue::Text("s".into()), SqlValue::Integer(10)],
         );
         assert!(p.contains("wakes_pending") && !p.contains("TEMP B-TREE"), "{p}");
+    }
+
+    /// Prune asks, for each process it would delete, whether a descendant
+    /// still runs: the question walks the process's tree down the
+    /// `processes_caused_by` index and never reads the processes table
+    /// through (a scan per candidate made a prune read the table thousands of
+    /// times, the slower the more processes were live).
+    #[test]
+    fn the_running_descendant_check_walks_only_the_tree() {
+        let (_dir, conn) = fresh();
+        let p = plan(&conn, RUNNING_DESCENDANT_SQL, vec![SqlValue::Text("p".into())]);
+        assert_eq!(p.matches("processes_caused_by").count(), 2, "{p}");
+        // Only the walk itself (`d`) is scanned, never a table.
+        let scans: Vec<&str> = p
+            .split(" | ")
+            .filter(|step| step.starts_with("SCAN") && !matches!(*step, "SCAN d" | "SCAN CONSTANT ROW"))
+            .collect();
+        assert!(scans.is_empty(), "{p}");
+        assert!(!p.contains("AUTOMATIC"), "{p}");
     }
 
     /// The kept grants of pruned processes are read by one point lookup and

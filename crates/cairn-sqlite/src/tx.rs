@@ -585,4 +585,94 @@ mod tests {
         };
         assert_eq!(rows(&lean), rows(&full), "both store the same rows");
     }
+
+    /// Pages of the database the connection has read (from its cache or the
+    /// file) since the last call.
+    fn pages_read(conn: &Connection) -> i64 {
+        let mut pages = 0;
+        for counter in [
+            rusqlite::ffi::SQLITE_DBSTATUS_CACHE_HIT,
+            rusqlite::ffi::SQLITE_DBSTATUS_CACHE_MISS,
+        ] {
+            let (mut current, mut highest) = (0, 0);
+            // SAFETY: the handle is the open connection's, used on its own
+            // thread for this call only; the out pointers are valid.
+            let rc = unsafe { rusqlite::ffi::sqlite3_db_status(conn.handle(), counter, &mut current, &mut highest, 1) };
+            assert_eq!(rc, rusqlite::ffi::SQLITE_OK, "sqlite3_db_status");
+            pages += i64::from(current);
+        }
+        pages
+    }
+
+    /// What a prune reads does not grow with the processes that are live:
+    /// one chunk of 200 ended processes, beside none or 3,000 running ones
+    /// (the processes table then ten times as large), reads about as many
+    /// pages. It read the whole table once per ended process (its check for
+    /// a running descendant), so the prune slowed down as work piled up.
+    #[test]
+    fn a_prune_reads_no_more_pages_when_many_processes_are_live() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let measure = |name: &str, live: usize| -> (cairn_core::PruneReport, i64) {
+            let conn =
+                crate::schema::open_writer(&dir.path().join(name), std::time::Duration::from_secs(1)).expect("open");
+            let run = |op: Op| {
+                let mut tx = Tx::new(&conn, 1_000);
+                ops::run(&mut tx, &op).expect("op");
+                tx.finish().expect("finish");
+                drop(tx);
+                cache_job_done(true);
+            };
+            conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
+            store::cursor_begin(&conn).expect("cursor");
+            for i in 0..live {
+                run(
+                    Op::register(&cairn_testkit::builders::external(&format!("live-{i:05}")), None, 1_000).expect("op"),
+                );
+            }
+            for i in 0..200 {
+                let id = format!("ended-{i:05}");
+                run(Op::register(&cairn_testkit::builders::rerunnable(&id), None, 1_000).expect("op"));
+                run(Op::cancel(&id, None).expect("op"));
+            }
+            store::cursor_flush(&conn).expect("flush");
+            store::cursor_end();
+            conn.execute_batch("COMMIT").expect("commit");
+            cache_end(true);
+
+            conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
+            store::cursor_begin(&conn).expect("cursor");
+            pages_read(&conn);
+            let (report, _) = ops::at_once(ops::admin::prune(
+                &mut Tx::new(&conn, 5_000),
+                2_000,
+                &cairn_core::PruneFilter::default(),
+                cairn_core::Watermark::NoProjector,
+                None,
+            ))
+            .expect("prune");
+            let pages = pages_read(&conn);
+            cache_job_done(true);
+            store::cursor_flush(&conn).expect("flush");
+            store::cursor_end();
+            conn.execute_batch("COMMIT").expect("commit");
+            cache_end(true);
+            (report, pages)
+        };
+        // Each on a thread of its own: the writer's row cache is per thread.
+        let (quiet, busy) = std::thread::scope(|s| {
+            let quiet = s.spawn(|| measure("quiet.db", 0));
+            let busy = s.spawn(|| measure("busy.db", 3_000));
+            (quiet.join().expect("quiet"), busy.join().expect("busy"))
+        });
+        assert_eq!(quiet.0.pruned, 200, "{:?}", quiet.0);
+        assert_eq!(busy.0.pruned, 200, "{:?}", busy.0);
+        // A B-tree of ten times the rows may be a level deeper: a few more
+        // pages for each lookup, never a walk of the live rows.
+        assert!(
+            busy.1 < quiet.1 * 3 / 2,
+            "beside 3,000 live processes the prune read {} pages, beside none {}",
+            busy.1,
+            quiet.1
+        );
+    }
 }
