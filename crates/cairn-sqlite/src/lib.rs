@@ -82,6 +82,13 @@ pub struct SqliteOptions {
     /// How long a connection waits for a lock held by another process on the
     /// same file before failing (default 5 s).
     pub busy_timeout: Duration,
+    /// How long opening the file waits for locks another process holds on
+    /// it (default 5 min): another cairn migrating the file holds its write
+    /// lock until the migration commits, tens of seconds for millions of
+    /// processes. The wait is logged once; past it the open fails saying
+    /// another cairn may be migrating or writing the file. Writes after the
+    /// open wait `busy_timeout`.
+    pub open_lock_wait: Duration,
 }
 
 impl SqliteOptions {
@@ -92,6 +99,7 @@ impl SqliteOptions {
             max_batch: 256,
             read_connections: 4,
             busy_timeout: Duration::from_secs(5),
+            open_lock_wait: schema::OPEN_LOCK_WAIT,
         }
     }
 }
@@ -103,6 +111,7 @@ impl std::fmt::Debug for SqliteOptions {
             .field("max_batch", &self.max_batch)
             .field("read_connections", &self.read_connections)
             .field("busy_timeout", &self.busy_timeout)
+            .field("open_lock_wait", &self.open_lock_wait)
             .finish()
     }
 }
@@ -168,7 +177,9 @@ impl SqliteRegistry {
     ///
     /// Fails with [`CairnError::Storage`], changing nothing, when the file is not
     /// an SQLite database, is corrupt, is another application's database, or was
-    /// written by a newer schema version.
+    /// written by a newer schema version. Waits (up to
+    /// [`SqliteOptions::open_lock_wait`]) while another process holds the
+    /// file's write lock, as another cairn migrating it does.
     pub fn open(path: impl AsRef<Path>, clock: SharedClock) -> Result<Self> {
         Self::open_with(path, SqliteOptions::new(clock))
     }
@@ -176,7 +187,7 @@ impl SqliteRegistry {
     /// Open (or create) the database at `path` with `options`.
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let conn = schema::open_writer(&path, options.busy_timeout)?;
+        let conn = schema::open_writer_waiting(&path, options.busy_timeout, options.open_lock_wait)?;
         let readers = Arc::new(Readers {
             path,
             idle: Mutex::new(Vec::new()),

@@ -2,7 +2,9 @@
 //! untouched, configuring durability and running versioned migrations.
 
 use std::path::Path;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cairn_core::{CairnError, Result};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -349,6 +351,9 @@ fn open_error(path: &Path, e: rusqlite::Error) -> CairnError {
             _ => format!("cannot be opened ({e})"),
         },
         Some(ErrorCode::ReadOnly) | Some(ErrorCode::PermissionDenied) => format!("is not writable ({e})"),
+        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => {
+            format!("is locked by another process: another cairn may be migrating or writing the file ({e})")
+        }
         _ => format!("cannot be used ({e})"),
     };
     CairnError::storage_caused_by(format!("sqlite database `{}` {what}", shown(path)), e)
@@ -434,9 +439,26 @@ fn check_writable(conn: &Connection, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How long opening a file waits, by default, for locks another process
+/// holds on it (see [`crate::SqliteOptions::open_lock_wait`]).
+pub(crate) const OPEN_LOCK_WAIT: Duration = Duration::from_secs(300);
+
+/// How long a lock held elsewhere is waited for before the log says so:
+/// far longer than another server's ordinary commit takes.
+const LOCK_NOTICE_AFTER: Duration = Duration::from_secs(1);
+
+/// The write connection, waiting the default time for other processes' locks.
+#[cfg(test)]
+pub(crate) fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    open_writer_waiting(path, busy_timeout, OPEN_LOCK_WAIT)
+}
+
 /// Open (creating if absent) the write connection: refuse foreign, corrupt or
 /// newer files before writing a byte, then configure durability and migrate.
-pub(crate) fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+/// Until it is open it waits up to `lock_wait` for locks another process
+/// holds on the file (another cairn migrating it holds the write lock until
+/// its migration commits); after that a write waits up to `busy_timeout`.
+pub(crate) fn open_writer_waiting(path: &Path, busy_timeout: Duration, lock_wait: Duration) -> Result<Connection> {
     // No SQLITE_OPEN_URI: a path is a path, even one that starts with `file:`.
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     // The write connection gathers each transaction's WAL appends into one
@@ -444,10 +466,77 @@ pub(crate) fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connect
     crate::vfs::register().map_err(|e| CairnError::storage(format!("sqlite database `{}`: {e}", shown(path))))?;
     let mut conn =
         Connection::open_with_flags_and_vfs(path, flags, crate::vfs::NAME).map_err(|e| open_error(path, e))?;
+    let ran_out = wait_for_locks(&mut conn, path, lock_wait).map_err(|e| open_error(path, e))?;
+    match prepare_writer(&mut conn, path) {
+        Ok(()) => {}
+        Err(e) if ran_out.load(Ordering::Relaxed) => {
+            return Err(CairnError::storage(format!(
+                "sqlite database `{}` stayed locked by another process for {} s: another cairn may be migrating or \
+                 writing the file; start this one once that is done ({e})",
+                shown(path),
+                lock_wait.as_secs_f64()
+            )))
+        }
+        Err(e) => return Err(e),
+    }
+    // From now on a write waits the busy timeout, as on every other connection.
     conn.busy_timeout(busy_timeout).map_err(|e| open_error(path, e))?;
-    check_writable(&conn, path)?;
-    stable_plans(&conn).map_err(|e| open_error(path, e))?;
-    inspect(&conn, path)?;
+    Ok(conn)
+}
+
+/// While a file is opened: wait for locks another process holds, up to
+/// `wait` in all, and say once in the log that it waits; the answer tells
+/// whether the wait ran out. SQLite's own busy timeout cannot say that it
+/// waits, and the one writes use (seconds) is too short for another cairn's
+/// migration, which holds the write lock for tens of seconds on a file of
+/// millions of processes.
+fn wait_for_locks(conn: &mut Connection, path: &Path, wait: Duration) -> rusqlite::Result<Arc<AtomicBool>> {
+    let started = Instant::now();
+    let ran_out = Arc::new(AtomicBool::new(false));
+    let tell = ran_out.clone();
+    let shown = shown(path);
+    let mut busy_since = started;
+    let mut told = false;
+    conn.busy_handler(Some(move |count: i32| {
+        let now = Instant::now();
+        if count == 0 {
+            busy_since = now;
+        }
+        let waited = now.duration_since(started);
+        if waited >= wait {
+            tell.store(true, Ordering::Relaxed);
+            return false;
+        }
+        if !told && now.duration_since(busy_since) >= LOCK_NOTICE_AFTER {
+            told = true;
+            tracing::warn!(
+                path = %shown,
+                wait_s = wait.as_secs_f64(),
+                "another process holds a lock on the sqlite database (another cairn may be migrating it); \
+                 waiting for it before opening"
+            );
+        }
+        // As SQLite's own busy handler: short pauses first, then 100 ms.
+        let pause = Duration::from_millis(match count {
+            0 => 1,
+            1 => 2,
+            2 => 5,
+            3 => 10,
+            4 => 25,
+            5 => 50,
+            _ => 100,
+        });
+        std::thread::sleep(pause.min(wait - waited));
+        true
+    }))?;
+    Ok(ran_out)
+}
+
+/// Check, configure and migrate a write connection just opened.
+fn prepare_writer(conn: &mut Connection, path: &Path) -> Result<()> {
+    check_writable(conn, path)?;
+    stable_plans(conn).map_err(|e| open_error(path, e))?;
+    inspect(conn, path)?;
     // WAL: readers never block the writer and a commit is one append + fsync.
     // Only now, once the file is known to be ours (or empty), may it change.
     let mode: String = conn
@@ -481,8 +570,7 @@ pub(crate) fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connect
     // children explicitly so it can count them.
     conn.pragma_update(None, "foreign_keys", false)
         .map_err(|e| open_error(path, e))?;
-    migrate(&mut conn, path)?;
-    Ok(conn)
+    migrate(conn, path)
 }
 
 /// Bring the schema to [`SCHEMA_VERSION`] in one transaction.

@@ -593,6 +593,69 @@ async fn a_write_lock_held_elsewhere_is_unavailable() {
         .expect("register once the lock is gone");
 }
 
+/// A server opening the file while another process holds its write lock
+/// (another cairn migrating a file of millions of processes, for tens of
+/// seconds) waits past the busy timeout writes use, and opens once the lock
+/// is released.
+#[test]
+fn an_open_waits_for_a_write_lock_held_longer_than_the_busy_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    drop(open(&path, &ManualClock::new(T0)));
+    let options = SqliteOptions::new(Arc::new(ManualClock::new(T0)));
+    let busy_timeout = options.busy_timeout;
+    assert_eq!(busy_timeout, std::time::Duration::from_secs(5));
+    let held = busy_timeout + std::time::Duration::from_secs(1);
+    let (locked, is_locked) = std::sync::mpsc::channel();
+    let blocker = std::thread::spawn({
+        let path = path.clone();
+        move || {
+            let conn = Connection::open(&path).expect("raw open");
+            conn.execute_batch("BEGIN IMMEDIATE").expect("take the write lock");
+            locked.send(()).expect("say it is locked");
+            std::thread::sleep(held);
+            conn.execute_batch("COMMIT").expect("release the write lock");
+        }
+    });
+    is_locked.recv().expect("locked");
+    let started = std::time::Instant::now();
+    let reg = SqliteRegistry::open_with(&path, options).expect("open once the lock is released");
+    let waited = started.elapsed();
+    blocker.join().expect("blocker");
+    assert!(
+        waited > busy_timeout,
+        "the open waited {waited:?}, past the busy timeout of {busy_timeout:?}"
+    );
+    drop(reg);
+}
+
+/// An open that waited its whole `open_lock_wait` for another process's lock
+/// says that another cairn may be migrating or writing the file; once the
+/// lock is gone the file opens.
+#[test]
+fn an_open_that_waits_too_long_for_a_lock_names_the_likely_cause() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    drop(open(&path, &ManualClock::new(T0)));
+    let options = || {
+        let mut options = SqliteOptions::new(Arc::new(ManualClock::new(T0)));
+        options.open_lock_wait = std::time::Duration::from_millis(300);
+        options
+    };
+    let blocker = Connection::open(&path).expect("raw open");
+    blocker.execute_batch("BEGIN IMMEDIATE").expect("take the write lock");
+    let err = SqliteRegistry::open_with(&path, options()).expect_err("locked");
+    let message = storage_message(err);
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert!(
+        message
+            .contains("stayed locked by another process for 0.3 s: another cairn may be migrating or writing the file"),
+        "{message}"
+    );
+    blocker.execute_batch("ROLLBACK").expect("release the write lock");
+    SqliteRegistry::open_with(&path, options()).expect("open once the lock is gone");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_job_rolls_back_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
