@@ -1,26 +1,20 @@
 //! The process page's actions. Each answers a fragment for `#action-result`: a
-//! note when it landed, or the server's error (code and message) verbatim.
+//! note when it landed, or the server's error (code and message) verbatim. A
+//! form that is not the page's (a field it does not have, one given twice,
+//! another content type) is refused before anything is done ([`ActionForm`]).
 
-use axum::extract::rejection::FormRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Form};
+use axum::Extension;
 use cairn_core::{AbandonRequest, Outcome, ProcessRecord};
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::auth::{Viewer, Visitor};
+use crate::input::{ActionForm, Fields};
 use crate::pages;
 use crate::process::{refused, IdPath};
 use crate::{time, Shared};
-
-fn bad_form(e: FormRejection) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        pages::error_fragment("invalid_request", &e.body_text()),
-    )
-        .into_response()
-}
 
 fn invalid(message: String) -> Response {
     (
@@ -38,7 +32,9 @@ fn acting_as(viewer: &Viewer) -> String {
     }
 }
 
+/// The signal form's fields (`process::actions`).
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct SignalForm {
     name: String,
     signal_id: String,
@@ -46,17 +42,17 @@ pub(crate) struct SignalForm {
     payload: String,
 }
 
+impl Fields for SignalForm {
+    const FIELDS: &'static [&'static str] = &["name", "signal_id", "payload"];
+}
+
 /// `POST /ui/processes/{id}/signal`.
 pub(crate) async fn signal(
     axum::extract::State(d): Shared,
     Extension(visitor): Extension<Visitor>,
     IdPath(id): IdPath,
-    form: Result<Form<SignalForm>, FormRejection>,
+    ActionForm(form): ActionForm<SignalForm>,
 ) -> Response {
-    let Form(form) = match form {
-        Ok(f) => f,
-        Err(e) => return bad_form(e),
-    };
     let payload: Value = if form.payload.trim().is_empty() {
         Value::Null
     } else {
@@ -84,10 +80,16 @@ pub(crate) async fn signal(
     }
 }
 
+/// The cancel and abandon forms' one field.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ReasonForm {
     #[serde(default)]
     reason: String,
+}
+
+impl Fields for ReasonForm {
+    const FIELDS: &'static [&'static str] = &["reason"];
 }
 
 /// `POST /ui/processes/{id}/cancel`.
@@ -95,12 +97,8 @@ pub(crate) async fn cancel(
     axum::extract::State(d): Shared,
     Extension(visitor): Extension<Visitor>,
     IdPath(id): IdPath,
-    form: Result<Form<ReasonForm>, FormRejection>,
+    ActionForm(form): ActionForm<ReasonForm>,
 ) -> Response {
-    let Form(form) = match form {
-        Ok(f) => f,
-        Err(e) => return bad_form(e),
-    };
     if let Err(e) = d.access.check_visible(&visitor.viewer, &id).await {
         return refused(&e);
     }
@@ -118,12 +116,8 @@ pub(crate) async fn abandon(
     axum::extract::State(d): Shared,
     Extension(visitor): Extension<Visitor>,
     IdPath(id): IdPath,
-    form: Result<Form<ReasonForm>, FormRejection>,
+    ActionForm(form): ActionForm<ReasonForm>,
 ) -> Response {
-    let Form(form) = match form {
-        Ok(f) => f,
-        Err(e) => return bad_form(e),
-    };
     if let Err(e) = d.access.check_visible(&visitor.viewer, &id).await {
         return refused(&e);
     }
@@ -175,9 +169,15 @@ fn abandon_note(r: &ProcessRecord, before: Option<&AbandonRequest>, by: &str, re
     }
 }
 
+/// The complete form's one field.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct CompleteForm {
     outcome: String,
+}
+
+impl Fields for CompleteForm {
+    const FIELDS: &'static [&'static str] = &["outcome"];
 }
 
 /// `POST /ui/processes/{id}/complete` (externally owned processes).
@@ -185,12 +185,8 @@ pub(crate) async fn complete(
     axum::extract::State(d): Shared,
     Extension(visitor): Extension<Visitor>,
     IdPath(id): IdPath,
-    form: Result<Form<CompleteForm>, FormRejection>,
+    ActionForm(form): ActionForm<CompleteForm>,
 ) -> Response {
-    let Form(form) = match form {
-        Ok(f) => f,
-        Err(e) => return bad_form(e),
-    };
     let outcome: Outcome =
         match cairn_core::validate::parse_strict_json(form.outcome.as_bytes()).and_then(serde_json::from_value) {
             Ok(o) => o,

@@ -18,7 +18,6 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use cairn_core::async_trait;
 use cookie::{Cookie, SameSite};
 use hmac::{Hmac, Mac};
@@ -26,6 +25,7 @@ use maud::html;
 use serde::Deserialize;
 use sha2::Sha256;
 
+use crate::input::{ActionForm, Fields, NoFields, Refusal};
 use crate::{pages, Inner, Shared};
 
 /// The login cookie's name, for a server reached without a port in its
@@ -301,13 +301,19 @@ pub(crate) async fn login_page(
     pages::login(None, next).into_response()
 }
 
+/// The login page's form.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct LoginForm {
     token: String,
     /// Where to go once logged in (a dashboard path; anything else goes to
     /// the list).
     #[serde(default)]
     next: String,
+}
+
+impl Fields for LoginForm {
+    const FIELDS: &'static [&'static str] = &["token", "next"];
 }
 
 /// `POST /ui/login`: check the token, then keep it in the cookie. A login
@@ -317,19 +323,23 @@ pub(crate) struct LoginForm {
 pub(crate) async fn login(
     State(d): Shared,
     headers: HeaderMap,
-    form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
+    form: Result<ActionForm<LoginForm>, Refusal>,
 ) -> Response {
     if d.access.is_open() {
         return Redirect::to("/ui/processes").into_response();
     }
-    // Not this page's form (no `token` field, another content type): said
-    // on the page, as a wrong token is.
-    let Ok(Form(form)) = form else {
-        return (
-            StatusCode::BAD_REQUEST,
-            pages::login(Some("the login form carried no token: sign in from this page"), None),
-        )
-            .into_response();
+    // Not this page's form (no `token` field, a field it has not, another
+    // content type): said on the page, as a wrong token is.
+    let form = match form {
+        Ok(ActionForm(form)) => form,
+        Err(refusal) => {
+            let said = if refusal.message == "missing field `token`" {
+                "the login form carried no token: sign in from this page".to_string()
+            } else {
+                format!("{}; sign in from this page", refusal.message)
+            };
+            return (refusal.status, pages::login(Some(&said), None)).into_response();
+        }
     };
     // A browser without `Sec-Fetch-Site` still says where a POST came from
     // in `Origin`: another origin than this server's (its `Host`) is
@@ -382,8 +392,12 @@ pub(crate) async fn login(
     r
 }
 
-/// `POST /ui/logout`: forget the cookie.
-pub(crate) async fn logout(headers: HeaderMap) -> Response {
+/// `POST /ui/logout`: forget the cookie. The button sends no field; a
+/// request with any is refused, and the login stands.
+pub(crate) async fn logout(headers: HeaderMap, form: Result<ActionForm<NoFields>, Refusal>) -> Response {
+    if let Err(refusal) = form {
+        return refusal.into_response();
+    }
     let cookie = Cookie::build((cookie_name(&headers), ""))
         .path("/ui")
         .http_only(true)

@@ -18,7 +18,10 @@
 //! With tokens configured, a login page takes a token once and keeps it in an
 //! HttpOnly, SameSite=Strict cookie; every state-changing request carries a CSRF
 //! token (an HMAC keyed by the cookie's token; on an open server, by a key
-//! drawn at start).
+//! drawn at start). Forms and queries are read as the API reads bodies and
+//! queries: a field or parameter a route does not take, or one given twice,
+//! is refused (400, naming it) before anything is done, and a form of another
+//! content type is 415.
 //!
 //! ```no_run
 //! # async fn demo(processes: cairn_core::Processes, access: std::sync::Arc<dyn cairn_dashboard::Access>) {
@@ -37,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 mod actions;
 mod assets;
 mod auth;
+mod input;
 mod list;
 mod live;
 mod modules;

@@ -1,7 +1,5 @@
 //! The processes list: the filters of SPEC §4, newest first, paged, live.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::Query;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -10,6 +8,7 @@ use maud::{html, Markup};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Viewer, Visitor};
+use crate::input::{Params, Refusal, UiQuery};
 use crate::pages::{self, Nav};
 use crate::{time, Shared};
 
@@ -36,6 +35,24 @@ pub(crate) struct ListQuery {
     /// Paging: `{created_at_ms}:{id}` of the last row of the previous page.
     before: String,
     size: String,
+}
+
+impl Params for ListQuery {
+    // As the filter form and the pages' links write them.
+    const KEYS: &'static [&'static str] = &[
+        "status",
+        "waiting",
+        "lens",
+        "session",
+        "definition",
+        "originator",
+        "caused_by",
+        "created_from",
+        "created_before",
+        "before",
+        "size",
+    ];
+    const FILTERS: bool = true;
 }
 
 impl ListQuery {
@@ -379,24 +396,17 @@ pub(crate) fn children_href(parent: &str) -> String {
 pub(crate) async fn page(
     axum::extract::State(d): Shared,
     Extension(visitor): Extension<Visitor>,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    q: Result<UiQuery<ListQuery>, Refusal>,
 ) -> Response {
     let (q, body, refused) = match q {
-        Ok(Query(q)) => {
+        Ok(UiQuery(q)) => {
             let rows = rows_markup(&d.processes, &visitor, &q).await;
             // A filter or page refused (400, 403) is refused again on every
             // re-read; a store's failure (5xx) may pass.
             let refused = rows.0.is_client_error();
             (q, rows, refused)
         }
-        Err(e) => (
-            ListQuery::default(),
-            (
-                StatusCode::BAD_REQUEST,
-                pages::error_fragment("invalid_filter", &e.body_text()),
-            ),
-            true,
-        ),
+        Err(refusal) => (ListQuery::default(), (refusal.status, refusal.fragment()), true),
     };
     let live_query = serde_urlencoded_query(&q);
     let markup = pages::layout(
@@ -454,15 +464,11 @@ fn form_urlencoded_serializer() -> form_urlencoded::Serializer<'static, String> 
 pub(crate) async fn rows(
     axum::extract::State(d): Shared,
     Extension(visitor): Extension<Visitor>,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    q: Result<UiQuery<ListQuery>, Refusal>,
 ) -> Response {
     match q {
-        Ok(Query(q)) => rows_markup(&d.processes, &visitor, &q).await.into_response(),
-        Err(e) => (
-            StatusCode::BAD_REQUEST,
-            pages::error_fragment("invalid_filter", &e.body_text()),
-        )
-            .into_response(),
+        Ok(UiQuery(q)) => rows_markup(&d.processes, &visitor, &q).await.into_response(),
+        Err(refusal) => refusal.into_response(),
     }
 }
 

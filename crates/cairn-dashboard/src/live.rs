@@ -9,7 +9,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::Query;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -305,6 +304,10 @@ pub(crate) struct LiveQuery {
     after: Option<u64>,
 }
 
+impl crate::input::Params for LiveQuery {
+    const KEYS: &'static [&'static str] = &["after"];
+}
+
 struct Follow {
     d: Arc<Inner>,
     /// Asked again before each page: a session whose grant is revoked or
@@ -338,12 +341,12 @@ pub(crate) async fn process_stream(
     axum::extract::State(d): Shared,
     Extension(visitor): Extension<Visitor>,
     crate::process::IdPath(id): crate::process::IdPath,
-    query: Result<Query<LiveQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<crate::input::UiQuery<LiveQuery>, crate::input::Refusal>,
     headers: HeaderMap,
 ) -> Response {
-    let Query(q) = match query {
+    let crate::input::UiQuery(q) = match query {
         Ok(q) => q,
-        Err(e) => return process::bad_request(&e.body_text()),
+        Err(refusal) => return refusal.into_response(),
     };
     let found = match d.access.check_visible(&visitor.viewer, &id).await {
         Ok(()) => d.processes.get(&id).await.map(drop),

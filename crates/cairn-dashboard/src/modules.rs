@@ -2,8 +2,6 @@
 //! and the scripts started from each export. Modules are listed to every
 //! viewer, as on the API; the scripts shown are those the viewer may list.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::Query;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -13,6 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::auth::{Viewer, Visitor};
+use crate::input::{Params, Refusal, UiQuery};
 use crate::list::{definition_href, encode_path, newest_of_definition};
 use crate::pages::{self, Nav};
 use crate::process::{status_for, IdPath};
@@ -36,19 +35,23 @@ pub(crate) struct ModulesQuery {
     after: Option<String>,
 }
 
+impl Params for ModulesQuery {
+    const KEYS: &'static [&'static str] = &["after"];
+}
+
 /// `GET /ui/modules?after=REF`.
 pub(crate) async fn page(
     axum::extract::State(d): Shared,
     Extension(visitor): Extension<Visitor>,
-    q: Result<Query<ModulesQuery>, QueryRejection>,
+    q: Result<UiQuery<ModulesQuery>, Refusal>,
 ) -> Response {
     let mut status = StatusCode::OK;
     let content = match q {
-        Err(e) => {
-            status = StatusCode::BAD_REQUEST;
-            pages::error_fragment("invalid_request", &e.body_text())
+        Err(refusal) => {
+            status = refusal.status;
+            refusal.fragment()
         }
-        Ok(Query(q)) => {
+        Ok(UiQuery(q)) => {
             let after = q.after.filter(|a| !a.is_empty());
             match d.processes.list_modules(after.as_deref(), Some(PAGE)).await {
                 Ok(modules) => table(&modules, after.is_some()),

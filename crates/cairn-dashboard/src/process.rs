@@ -123,6 +123,10 @@ pub(crate) struct PageQuery {
     from: Option<u64>,
 }
 
+impl crate::input::Params for PageQuery {
+    const KEYS: &'static [&'static str] = &["all", "from"];
+}
+
 /// The page of process `id` when it cannot be shown: its id is not one
 /// (`invalid_id`), no such process is visible, or it was pruned (what its
 /// tombstone says).
@@ -149,21 +153,17 @@ pub(crate) async fn page(
     axum::extract::State(d): Shared,
     Extension(visitor): Extension<Visitor>,
     IdPath(id): IdPath,
-    query: Result<axum::extract::Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<crate::input::UiQuery<PageQuery>, crate::input::Refusal>,
 ) -> Response {
     let (all, from) = match query {
-        Ok(axum::extract::Query(q)) => (q.all, q.from),
-        Err(e) => {
+        Ok(crate::input::UiQuery(q)) => (q.all, q.from),
+        Err(refusal) => {
             let body = html! {
                 h1 { "Process " code { (pages::id(&id)) } }
-                (pages::error_fragment("invalid_request", &e.body_text()))
+                (refusal.fragment())
                 p { a href="/ui/processes" { "← Processes" } }
             };
-            return (
-                StatusCode::BAD_REQUEST,
-                pages::layout(&id, &visitor, Nav::Processes, body),
-            )
-                .into_response();
+            return (refusal.status, pages::layout(&id, &visitor, Nav::Processes, body)).into_response();
         }
     };
     let record = match d.access.check_visible(&visitor.viewer, &id).await {

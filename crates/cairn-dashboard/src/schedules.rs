@@ -2,8 +2,6 @@
 //! and the last process it started, with pause and resume. Schedules belong to
 //! the host, as on the API: a session token is refused (403).
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::Query;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -12,6 +10,7 @@ use maud::{html, Markup};
 use serde::Deserialize;
 
 use crate::auth::{Viewer, Visitor};
+use crate::input::{ActionForm, NoFields, Params, Refusal, UiQuery};
 use crate::list::encode_path;
 use crate::pages::{self, Nav};
 use crate::process::{refused, IdPath};
@@ -27,6 +26,10 @@ pub(crate) struct ScheduleQuery {
     after: Option<String>,
 }
 
+impl Params for ScheduleQuery {
+    const KEYS: &'static [&'static str] = &["after"];
+}
+
 /// A session token: 403, as the API answers.
 fn forbidden() -> Response {
     (
@@ -40,7 +43,7 @@ fn forbidden() -> Response {
 pub(crate) async fn page(
     axum::extract::State(d): Shared,
     Extension(visitor): Extension<Visitor>,
-    q: Result<Query<ScheduleQuery>, QueryRejection>,
+    q: Result<UiQuery<ScheduleQuery>, Refusal>,
 ) -> Response {
     let mut status = StatusCode::OK;
     let content = match (&visitor.viewer, q) {
@@ -48,11 +51,11 @@ pub(crate) async fn page(
             status = StatusCode::FORBIDDEN;
             pages::error_fragment("forbidden", "the host token is needed for schedules")
         }
-        (_, Err(e)) => {
-            status = StatusCode::BAD_REQUEST;
-            pages::error_fragment("invalid_request", &e.body_text())
+        (_, Err(refusal)) => {
+            status = refusal.status;
+            refusal.fragment()
         }
-        (Viewer::Host, Ok(Query(q))) => {
+        (Viewer::Host, Ok(UiQuery(q))) => {
             let after = q.after.filter(|a| !a.is_empty());
             match d.processes.list_schedules(after.as_deref(), Some(PAGE)).await {
                 Ok(listed) => table(&listed.items, listed.next_after_id, after.is_some()),
@@ -168,31 +171,39 @@ pub(crate) fn refused_into(e: &cairn_core::CairnError, target: &'static str) -> 
 }
 
 /// `r` swapped into `target`, in place of what the request named.
-fn retarget(mut r: Response, target: &'static str) -> Response {
+pub(crate) fn retarget(mut r: Response, target: &'static str) -> Response {
     let h = r.headers_mut();
     h.insert("hx-retarget", HeaderValue::from_static(target));
     h.insert("hx-reswap", HeaderValue::from_static("innerHTML"));
     r
 }
 
+/// A button's request (no fields): anything else is refused above the
+/// table, the row as it was.
+type ButtonForm = Result<ActionForm<NoFields>, Refusal>;
+
 /// `POST /ui/schedules/{id}/pause`: answers the row's replacement.
-pub(crate) async fn pause(state: Shared, visitor: Extension<Visitor>, id: IdPath) -> Response {
-    set_paused(state, visitor, id, true).await
+pub(crate) async fn pause(state: Shared, visitor: Extension<Visitor>, id: IdPath, form: ButtonForm) -> Response {
+    set_paused(state, visitor, id, form, true).await
 }
 
 /// `POST /ui/schedules/{id}/resume`: answers the row's replacement.
-pub(crate) async fn resume(state: Shared, visitor: Extension<Visitor>, id: IdPath) -> Response {
-    set_paused(state, visitor, id, false).await
+pub(crate) async fn resume(state: Shared, visitor: Extension<Visitor>, id: IdPath, form: ButtonForm) -> Response {
+    set_paused(state, visitor, id, form, false).await
 }
 
 async fn set_paused(
     axum::extract::State(d): Shared,
     Extension(visitor): Extension<Visitor>,
     IdPath(id): IdPath,
+    form: ButtonForm,
     paused: bool,
 ) -> Response {
     if matches!(visitor.viewer, Viewer::Session(_)) {
         return forbidden();
+    }
+    if let Err(refusal) = form {
+        return retarget(refusal.into_response(), "#schedule-result");
     }
     let changed = if paused {
         d.processes.pause_schedule(&id).await

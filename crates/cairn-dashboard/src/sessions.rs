@@ -1,7 +1,6 @@
 //! Sessions: what a session may address, what it originated, its pending wakes.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query};
+use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -10,6 +9,7 @@ use maud::{html, Markup};
 use serde::Deserialize;
 
 use crate::auth::{Viewer, Visitor};
+use crate::input::{ActionForm, NoFields, Params, Refusal, UiQuery};
 use crate::list::encode_path;
 use crate::pages::{self, Nav};
 use crate::{time, Shared};
@@ -21,6 +21,10 @@ const SHOWN: usize = 200;
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct SessionQuery {
     session: String,
+}
+
+impl Params for SessionQuery {
+    const KEYS: &'static [&'static str] = &["session"];
 }
 
 /// A session token naming another session: 403, as the API answers.
@@ -36,19 +40,13 @@ fn forbidden() -> Response {
 pub(crate) async fn page(
     axum::extract::State(d): Shared,
     Extension(visitor): Extension<Visitor>,
-    q: Result<Query<SessionQuery>, QueryRejection>,
+    q: Result<UiQuery<SessionQuery>, Refusal>,
 ) -> Response {
     // A refusal is said in the page, as the other pages say theirs.
     let (asked, mut refused) = match q {
         // Taken as given: an id may begin or end with a space.
-        Ok(Query(q)) => (q.session, None),
-        Err(e) => (
-            String::new(),
-            Some((
-                StatusCode::BAD_REQUEST,
-                pages::error_fragment("invalid_request", &e.body_text()),
-            )),
-        ),
+        Ok(UiQuery(q)) => (q.session, None),
+        Err(refusal) => (String::new(), Some((refusal.status, refusal.fragment()))),
     };
     // A session viewer sees its own session, whatever it asks for.
     let session = match &visitor.viewer {
@@ -215,6 +213,7 @@ pub(crate) async fn ack(
     axum::extract::State(d): Shared,
     Extension(visitor): Extension<Visitor>,
     path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
+    form: Result<ActionForm<NoFields>, Refusal>,
 ) -> Response {
     let Path((session_id, wake_id)) = match path {
         Ok(p) => p,
@@ -222,6 +221,11 @@ pub(crate) async fn ack(
     };
     if matches!(&visitor.viewer, Viewer::Session(own) if *own != session_id) {
         return forbidden();
+    }
+    // A button's request carries no field: anything else is refused above
+    // the table, the row as it was.
+    if let Err(refusal) = form {
+        return crate::schedules::retarget(refusal.into_response(), "#wake-result");
     }
     match d.processes.ack_wake(&session_id, &wake_id).await {
         Ok(acked) => {

@@ -2156,17 +2156,42 @@ async fn unreadable_paths_queries_and_forms_are_said_in_the_page() {
         assert!(html.contains("invalid_request"), "{query}: {html}");
     }
     let closed = app(&p, false);
-    for (content_type, body) in [
-        ("application/x-www-form-urlencoded", "user=host"),
-        ("text/plain", "token=host"),
+    // Not the login page's form: said on the login page, in cairn's words
+    // (naming the field), and nobody is logged in.
+    for (content_type, body, status, said) in [
+        (
+            "application/x-www-form-urlencoded",
+            "next=%2Fui",
+            StatusCode::BAD_REQUEST,
+            "the login form carried no token: sign in from this page",
+        ),
+        (
+            "application/x-www-form-urlencoded",
+            "user=host",
+            StatusCode::BAD_REQUEST,
+            "unknown field `user`: this form takes `token` and `next`; sign in from this page",
+        ),
+        (
+            "application/x-www-form-urlencoded",
+            "token=host&token=host",
+            StatusCode::BAD_REQUEST,
+            "field `token` given twice; sign in from this page",
+        ),
+        (
+            "text/plain",
+            "token=host",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "forms must be sent with `Content-Type: application/x-www-form-urlencoded`; sign in from this page",
+        ),
     ] {
         let login = Request::post("/ui/login")
             .header(header::CONTENT_TYPE, content_type)
             .body(Body::from(body))
             .unwrap();
-        let (status, html, headers) = send(&closed, login).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{content_type}: {html}");
-        assert!(html.contains("carried no token"), "{content_type}: {html}");
+        let (got, html, headers) = send(&closed, login).await;
+        assert_eq!(got, status, "{body}: {html}");
+        assert!(html.contains(said), "{body}: {html}");
+        assert!(!html.contains("Failed to"), "{html}");
         assert!(headers.get(header::SET_COOKIE).is_none());
     }
 }
@@ -2894,4 +2919,403 @@ async fn a_bad_or_unknown_module_ref_is_said_in_its_page() {
     let stored = put_module(&p, "export async function f(ctx) {}\n", None).await;
     let (status, html, _) = get(&app, &format!("/ui/modules/{}", stored.replace(':', "%3A")), None).await;
     assert_eq!(status, StatusCode::OK, "{html}");
+}
+
+/// A form post to an action (`POST /ui/processes/{id}/signal`, ...).
+fn form_post(path: &str, csrf: &str, content_type: Option<&str>, body: &str) -> Request<Body> {
+    let mut r = Request::post(path).header("x-cairn-csrf", csrf);
+    if let Some(t) = content_type {
+        r = r.header(header::CONTENT_TYPE, t);
+    }
+    r.body(Body::from(body.to_string())).unwrap()
+}
+
+const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
+
+/// The text of an error fragment's message, unescaped as a browser shows it.
+fn said(html: &str) -> String {
+    html.split("<span class=\"message\">")
+        .nth(1)
+        .and_then(|s| s.split("</span>").next())
+        .unwrap_or(html)
+        .replace("&amp;", "&")
+        .replace("&quot;", "\"")
+}
+
+/// An action's form is read as the API reads a body: a field the page's
+/// form does not have, one given twice or one left out is refused (400,
+/// naming the field, in cairn's words), as is another content type (415)
+/// or a query string, and the refused request changes nothing. What the
+/// page's own forms send is taken.
+#[tokio::test]
+async fn action_forms_refuse_fields_they_do_not_take_and_change_nothing() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    external(&p, "ext-1").await;
+    let app = app(&p, true);
+    let (_, page, _) = get(&app, "/ui/processes/ext-1", None).await;
+    let csrf = csrf_of(&page);
+    let before = p.get("ext-1").await.unwrap();
+    let refused = [
+        (
+            "signal",
+            FORM,
+            "name=go&signal_id=b&payload=1&bogus=1&also_unknown=2",
+            StatusCode::BAD_REQUEST,
+            "unknown field `bogus`: this form takes `name`, `signal_id` and `payload`",
+        ),
+        (
+            "signal",
+            FORM,
+            "name=go&signal_id=b&name=stop",
+            StatusCode::BAD_REQUEST,
+            "field `name` given twice",
+        ),
+        (
+            "signal",
+            FORM,
+            "signal_id=b",
+            StatusCode::BAD_REQUEST,
+            "missing field `name`",
+        ),
+        (
+            "signal",
+            FORM,
+            "name=go&signal_id=%FF",
+            StatusCode::BAD_REQUEST,
+            "the form holds `%FF`, which does not decode to UTF-8 text",
+        ),
+        (
+            "cancel",
+            FORM,
+            "reason=x&bogus=1",
+            StatusCode::BAD_REQUEST,
+            "unknown field `bogus`: this form takes only `reason`",
+        ),
+        (
+            "cancel",
+            FORM,
+            "=x",
+            StatusCode::BAD_REQUEST,
+            "a field has no name: this form takes only `reason`",
+        ),
+        (
+            "abandon",
+            FORM,
+            "reason=x&reason=y",
+            StatusCode::BAD_REQUEST,
+            "field `reason` given twice",
+        ),
+        (
+            "complete",
+            FORM,
+            "",
+            StatusCode::BAD_REQUEST,
+            "missing field `outcome`",
+        ),
+        (
+            "complete",
+            FORM,
+            "outcome=%7B%22type%22%3A%22success%22%7D&by=me",
+            StatusCode::BAD_REQUEST,
+            "unknown field `by`: this form takes only `outcome`",
+        ),
+        (
+            "cancel",
+            Some("text/plain"),
+            "reason=x",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "forms must be sent with `Content-Type: application/x-www-form-urlencoded`",
+        ),
+        (
+            "cancel",
+            Some("application/json"),
+            "{\"reason\":\"x\"}",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "forms must be sent with `Content-Type: application/x-www-form-urlencoded`",
+        ),
+        (
+            "cancel",
+            Some("application/json"),
+            "",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "forms must be sent with `Content-Type: application/x-www-form-urlencoded`",
+        ),
+        (
+            "cancel",
+            None,
+            "reason=x",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "forms must be sent with `Content-Type: application/x-www-form-urlencoded`",
+        ),
+        (
+            "cancel",
+            Some("application/x-www-form-urlencoded; charset=latin1"),
+            "reason=x",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "forms are read as UTF-8: `charset=latin1` is not supported",
+        ),
+        (
+            "cancel?reason=x",
+            FORM,
+            "",
+            StatusCode::BAD_REQUEST,
+            "`POST /ui/processes/ext-1/cancel` takes no query parameters (got `reason=x`): a form's fields go in its body",
+        ),
+    ];
+    for (action, content_type, body, status, message) in refused {
+        let path = format!("/ui/processes/ext-1/{action}");
+        let (got, html, _) = send(&app, form_post(&path, &csrf, content_type, body)).await;
+        assert_eq!(got, status, "{action} {body}: {html}");
+        assert!(
+            html.contains("<code class=\"code\">invalid_request</code>"),
+            "{action} {body}: {html}"
+        );
+        assert_eq!(said(&html), message, "{action} {body}");
+        assert!(!html.contains("Failed to") && !html.contains("Form requests"), "{html}");
+    }
+    let after = p.get("ext-1").await.unwrap();
+    assert_eq!(after.last_sequence, before.last_sequence, "no signal was appended");
+    assert!(after.cancel_request.is_none(), "no cancel was recorded");
+    assert!(after.abandon_request.is_none(), "no abandon was requested");
+    assert!(!after.is_terminal());
+
+    // What the page's forms send (htmx posts every field, empty or not,
+    // as `application/x-www-form-urlencoded`) is taken, charset or not.
+    let taken = [
+        ("signal", FORM, "name=go&signal_id=g1&payload=%7B%7D"),
+        (
+            "signal",
+            Some("application/x-www-form-urlencoded; charset=UTF-8"),
+            "name=go&signal_id=g2&payload=",
+        ),
+        ("cancel", FORM, "reason="),
+    ];
+    for (action, content_type, body) in taken {
+        let path = format!("/ui/processes/ext-1/{action}");
+        let (got, html, _) = send(&app, form_post(&path, &csrf, content_type, body)).await;
+        assert_eq!(got, StatusCode::OK, "{action} {body}: {html}");
+    }
+    let after = p.get("ext-1").await.unwrap();
+    assert_eq!(
+        after.last_sequence,
+        before.last_sequence + 3,
+        "two signals and the cancel request were appended"
+    );
+    assert!(after.cancel_request.is_some());
+}
+
+/// The buttons that post no field (pause, resume, acknowledge, log out)
+/// refuse one, above their table as their other refusals show, and the
+/// refused request changes nothing; a bare `POST`, or htmx's empty form, is
+/// taken.
+#[tokio::test]
+async fn buttons_refuse_fields_and_change_nothing() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let template = json!({"input": {"type": "external", "metadata": {}}, "disposition": "externally_owned"});
+    schedule(
+        &p,
+        json!({"id": "tick", "every": "10s", "start": template, "overlap": "allow"}),
+    )
+    .await;
+    let app = app(&p, false);
+    let host = "cairn_ui=host";
+    let (_, html, _) = get(&app, "/ui/schedules", Some(host)).await;
+    let csrf = csrf_of(&html);
+    let post = |path: &str, content_type: Option<&str>, body: &str| {
+        let mut r = form_post(path, &csrf, content_type, body);
+        r.headers_mut().insert(header::COOKIE, host.parse().unwrap());
+        r
+    };
+    for (content_type, body, status, message) in [
+        (
+            FORM,
+            "x=1",
+            StatusCode::BAD_REQUEST,
+            "unknown field `x`: this action takes no fields",
+        ),
+        (
+            Some("text/plain"),
+            "",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "forms must be sent with `Content-Type: application/x-www-form-urlencoded`",
+        ),
+    ] {
+        let (got, html, headers) = send(&app, post("/ui/schedules/tick/pause", content_type, body)).await;
+        assert_eq!(got, status, "{html}");
+        assert_eq!(said(&html), message);
+        assert_eq!(
+            headers.get("hx-retarget").and_then(|v| v.to_str().ok()),
+            Some("#schedule-result")
+        );
+        assert!(
+            !p.get_schedule("tick").await.unwrap().paused,
+            "the refused pause changed nothing"
+        );
+    }
+    let (got, row, _) = send(&app, post("/ui/schedules/tick/pause", FORM, "")).await;
+    assert_eq!(got, StatusCode::OK, "{row}");
+    assert!(p.get_schedule("tick").await.unwrap().paused);
+    let (got, html, _) = send(&app, post("/ui/schedules/tick/resume", FORM, "paused=false")).await;
+    assert_eq!(got, StatusCode::BAD_REQUEST, "{html}");
+    assert!(
+        p.get_schedule("tick").await.unwrap().paused,
+        "the refused resume changed nothing"
+    );
+    let (got, _, _) = send(&app, post("/ui/schedules/tick/resume", None, "")).await;
+    assert_eq!(got, StatusCode::OK);
+    assert!(!p.get_schedule("tick").await.unwrap().paused);
+
+    // Logging out with a field is refused, and the cookie stays.
+    let (got, html, headers) = send(&app, post("/ui/logout", FORM, "everywhere=1")).await;
+    assert_eq!(got, StatusCode::BAD_REQUEST, "{html}");
+    assert_eq!(said(&html), "unknown field `everywhere`: this action takes no fields");
+    assert!(headers.get(header::SET_COOKIE).is_none());
+    let (got, _, headers) = send(&app, post("/ui/logout", FORM, "")).await;
+    assert_eq!(got, StatusCode::OK);
+    assert!(headers.get(header::SET_COOKIE).is_some());
+}
+
+/// A wake's acknowledge button posts no field: one with a field is refused
+/// above the table, and the wake stays pending.
+#[tokio::test]
+async fn an_ack_with_a_field_is_refused_and_the_wake_stays() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let start = StartRequest::from_json(json!({
+        "id": "w-1",
+        "input": {"type": "external", "metadata": {}},
+        "disposition": "externally_owned",
+        "grant": {"session_scope": {"session_id": "s1"}},
+        "wake_target": {"session_id": "s1"},
+        "event_types": [{"name": "progress", "payload_schema": {"type": "object"},
+                         "semantics": {"wake": {"input": {"pointer": "/text"}}}}]
+    }))
+    .unwrap();
+    p.start(start).await.unwrap();
+    p.append_event(
+        "w-1",
+        serde_json::from_value(json!({"event_type": "progress", "payload": {"text": "hi"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let app = app(&p, true);
+    let (_, html, _) = get(&app, "/ui/sessions?session=s1", None).await;
+    let csrf = csrf_of(&html);
+    let wake_id = p.wakes("s1", None).await.unwrap()[0].wake_id.clone();
+    let path = format!("/ui/sessions/s1/wakes/{wake_id}/ack");
+    let (got, html, headers) = send(&app, form_post(&path, &csrf, FORM, "all=true")).await;
+    assert_eq!(got, StatusCode::BAD_REQUEST, "{html}");
+    assert_eq!(said(&html), "unknown field `all`: this action takes no fields");
+    assert_eq!(
+        headers.get("hx-retarget").and_then(|v| v.to_str().ok()),
+        Some("#wake-result")
+    );
+    assert_eq!(p.wakes("s1", None).await.unwrap().len(), 1, "the wake is still pending");
+    let (got, html, _) = send(&app, form_post(&path, &csrf, FORM, "")).await;
+    assert_eq!(got, StatusCode::OK, "{html}");
+    assert!(p.wakes("s1", None).await.unwrap().is_empty());
+}
+
+/// A page's query is refused in the words the API uses for the same
+/// mistakes: the processes list's as `GET /v1/processes` says them
+/// (`invalid_filter`), the other pages' as the API's listings do; never in
+/// the HTTP framework's.
+#[tokio::test]
+async fn bad_queries_are_said_in_cairns_words() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    external(&p, "ext-1").await;
+    let app = app(&p, true);
+    let keys = "`status`, `waiting`, `lens`, `session`, `definition`, `originator`, `caused_by`, \
+                `created_from`, `created_before`, `before` and `size`";
+    for (path, status, code, message) in [
+        (
+            "/ui/list/rows?bogus=1".to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_filter",
+            format!("unknown filter key `bogus`: this route takes {keys}"),
+        ),
+        (
+            "/ui/list/rows?limit=-1".to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_filter",
+            format!("unknown filter key `limit`: this route takes {keys}"),
+        ),
+        (
+            "/ui/list/rows?status=running&status=any".to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_filter",
+            "filter key `status` given twice".to_string(),
+        ),
+        (
+            "/ui/processes?status=running&status=any".to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_filter",
+            "filter key `status` given twice".to_string(),
+        ),
+        (
+            "/ui/list/rows?definition=%FF".to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_filter",
+            "the query holds `%FF`, which does not decode to UTF-8 text".to_string(),
+        ),
+        (
+            "/ui/processes/ext-1?bogus=1".to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "unknown query parameter `bogus`: this route takes `all` and `from`".to_string(),
+        ),
+        (
+            "/ui/processes/ext-1?from=x".to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "`from` must be a non-negative integer, got `x`".to_string(),
+        ),
+        (
+            "/ui/processes/ext-1?all=maybe".to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "`all` must be `true` or `false`, got `maybe`".to_string(),
+        ),
+        (
+            "/ui/processes/ext-1/live?after=-1".to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "`after` must be a non-negative integer, got `-1`".to_string(),
+        ),
+        (
+            "/ui/modules?after=a&after=b".to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "`after` is given twice".to_string(),
+        ),
+        (
+            "/ui/schedules?limit=5".to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "unknown query parameter `limit`: this route takes only `after`".to_string(),
+        ),
+        (
+            "/ui/sessions?id=s1".to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "unknown query parameter `id`: this route takes only `session`".to_string(),
+        ),
+    ] {
+        let (got, html, _) = get(&app, &path, None).await;
+        assert_eq!(got, status, "{path}: {html}");
+        assert!(
+            html.contains(&format!("<code class=\"code\">{code}</code>")),
+            "{path}: {html}"
+        );
+        assert_eq!(said(&html), message, "{path}");
+        assert!(!html.contains("Failed to deserialize"), "{path}: {html}");
+    }
+    // What the filter form sends (every field, empty ones too) is read.
+    let form = "/ui/list/rows?status=running&waiting=&lens=all&session=&definition=&originator=\
+                &caused_by=&created_from=&created_before=";
+    let (got, html, _) = get(&app, form, None).await;
+    assert_eq!(got, StatusCode::OK, "{html}");
 }

@@ -735,6 +735,34 @@ async fn a_refused_action_shows_the_servers_error() {
         // Nothing was appended: the process still waits.
         assert_eq!(count(&c, "#record .s-waiting").await, 1);
 
+        // A form carrying a field the page's form has not (added to it
+        // here) is refused as the API refuses an unknown field, and said
+        // in the same place, naming the field; nothing is sent.
+        c.goto(&server.url("/ui/processes/picky")).await.unwrap();
+        wait_for(&c, Locator::Css("#record .s-waiting")).await;
+        c.execute(
+            r##"var extra = document.createElement("input");
+               extra.type = "hidden"; extra.name = "bogus"; extra.value = "1";
+               document.getElementById("signal-form").appendChild(extra);
+               document.querySelector("#signal-form input[name=name]").value = "go";"##,
+            vec![],
+        )
+        .await
+        .unwrap();
+        c.find(Locator::Css("#signal-form button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let err = wait_for(&c, Locator::Css("#action-result .result.err")).await;
+        let text = err.text().await.unwrap();
+        assert_eq!(
+            text,
+            "invalid_request: unknown field `bogus`: this form takes `name`, `signal_id` and `payload`"
+        );
+        assert_eq!(count(&c, "#record .s-waiting").await, 1);
+
         // A refusal by the runtime reads exactly as the API's error: the same
         // replay conflict, sent from the form.
         c.goto(&server.url("/ui/processes/picky")).await.unwrap();
