@@ -43,6 +43,124 @@ pub fn parse(bytes: &[u8]) -> Result<Value, (Value, i64, String)> {
     }
 }
 
+/// What is wrong inside the `arguments` of a `tools/call` request whose
+/// message is otherwise sound JSON: a key given twice, an integer past what
+/// 64 bits hold ([`cairn_core::validate::parse_strict_json`]'s refusals),
+/// said as the HTTP API says it of a body of those bytes (the line and
+/// column are the arguments' own). The call is answered as a tool error
+/// (`invalid_request`, [`ArgumentsFault::failure`]), as SPEC §16 has a
+/// cairn error answered, not as a protocol error: the protocol library
+/// reads such arguments leniently (the last of two values, a rounded
+/// integer), so the tool must never run them. Over streamable HTTP the
+/// server puts it in the request's extensions, where the tool call finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArgumentsFault(pub String);
+
+impl ArgumentsFault {
+    /// The tool error for a call of `tool` with these arguments.
+    pub fn failure(&self, tool: &str) -> crate::Failure {
+        crate::Failure::new("invalid_request", format!("arguments of `{tool}`: {}", self.0))
+    }
+}
+
+/// `bytes` as one JSON value, as [`parse`] reads it, but for a `tools/call`
+/// request whose one fault [`parse`] refuses lies inside its
+/// `params.arguments` (an object): that message is read (leniently, as the
+/// protocol library will read it) and comes with its [`ArgumentsFault`]. A
+/// key given twice or an integer past 64 bits anywhere else in a message
+/// stays a protocol error (`-32600`).
+pub fn parse_call(bytes: &[u8]) -> Result<(Value, Option<ArgumentsFault>), (Value, i64, String)> {
+    let refused = match parse(bytes) {
+        Ok(message) => return Ok((message, None)),
+        Err(refused) => refused,
+    };
+    if refused.1 != -32600 {
+        return Err(refused);
+    }
+    arguments_fault(bytes).ok_or(refused)
+}
+
+/// The message and its [`ArgumentsFault`], when `bytes` (refused by
+/// [`parse`]) are a `tools/call` request sound but for its arguments.
+fn arguments_fault(bytes: &[u8]) -> Option<(Value, Option<ArgumentsFault>)> {
+    let message: Value = serde_json::from_slice(bytes).ok()?;
+    let is_call = message.get("method").and_then(Value::as_str) == Some("tools/call")
+        && message.get("id").is_some()
+        && message.pointer("/params/arguments").is_some_and(Value::is_object);
+    if !is_call {
+        return None;
+    }
+    let (start, end) = arguments_span(bytes)?;
+    // The message with empty arguments must be sound: a fault elsewhere
+    // (or a second `params` or `arguments`) is the message's own.
+    let rest = [&bytes[..start], b"{}".as_slice(), &bytes[end..]].concat();
+    cairn_core::validate::parse_strict_json(&rest).ok()?;
+    let fault = cairn_core::validate::parse_strict_json(&bytes[start..end]).err()?;
+    (fault.classify() == serde_json::error::Category::Data).then(|| (message, Some(ArgumentsFault(fault.to_string()))))
+}
+
+/// Where the text of `params.arguments` lies in `bytes` (the first one
+/// given, read from the start): its start and end offsets.
+fn arguments_span(bytes: &[u8]) -> Option<(usize, usize)> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+    use serde_json::value::RawValue;
+    type Found<'a> = &'a std::cell::Cell<Option<(usize, usize)>>;
+    /// Reads a map: the first value of `key` is read as the map `nested`
+    /// names a key of, or (`None`) its span is found; the rest is skipped.
+    struct Field<'a> {
+        key: &'static str,
+        found: Found<'a>,
+        base: usize,
+        nested: Option<&'static str>,
+    }
+    impl<'de> Visitor<'de> for Field<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key != self.key || self.found.get().is_some() {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                match self.nested {
+                    Some(inner) => map.next_value_seed(Field {
+                        key: inner,
+                        found: self.found,
+                        base: self.base,
+                        nested: None,
+                    })?,
+                    None => {
+                        let raw: &'de RawValue = map.next_value()?;
+                        let text = raw.get();
+                        let start = (text.as_ptr() as usize).checked_sub(self.base);
+                        self.found.set(start.map(|s| (s, s + text.len())));
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Field<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    let found = std::cell::Cell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    Field {
+        key: "params",
+        found: &found,
+        base: bytes.as_ptr() as usize,
+        nested: Some("arguments"),
+    }
+    .deserialize(&mut de)
+    .ok()?;
+    found.get().filter(|&(start, end)| start <= end && end <= bytes.len())
+}
+
 /// The id of a message read from its start alone (the rest may be cut off,
 /// or nest past what a parser reads, and a byte order mark may lead it):
 /// the top-level `id` when it comes before anything unreadable and a client
@@ -292,6 +410,60 @@ mod tests {
         assert_eq!(leading_id(&twice), Value::Null);
         assert_eq!(without_bom(UTF8_BOM), b"");
         assert_eq!(without_bom(b"{}"), b"{}");
+    }
+
+    /// A `tools/call` sound but for its arguments' JSON is read, with the
+    /// fault said as the HTTP API says it of a body of those bytes (line and
+    /// column the arguments' own); the same fault anywhere else in the
+    /// message, or another fault beside it, is the message's own (`-32600`).
+    #[test]
+    fn a_fault_inside_a_calls_arguments_is_the_calls_own() {
+        let call = |params: &str| format!(r#"{{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{params}}}"#);
+        let strict = |text: &str| {
+            cairn_core::validate::parse_strict_json(text.as_bytes())
+                .unwrap_err()
+                .to_string()
+        };
+        for arguments in [
+            r#"{"id":"a","id":"b"}"#,
+            r#"{"limit":18446744073709551616}"#,
+            "{\n  \"id\": \"a\",\n  \"input\": {\"args\": {\"k\": 1, \"k\": 2}}\n}",
+        ] {
+            let message = call(&format!(r#"{{"name":"process_get", "arguments": {arguments}}}"#));
+            assert_eq!(parse(message.as_bytes()).map_err(|(_, code, _)| code), Err(-32600));
+            let (read, fault) = parse_call(message.as_bytes()).expect("read");
+            assert_eq!(read["params"]["name"], "process_get");
+            let fault = fault.expect("its arguments' fault");
+            assert_eq!(fault.0, strict(arguments), "{arguments}");
+            assert_eq!(
+                fault.failure("process_get"),
+                crate::Failure::new(
+                    "invalid_request",
+                    format!("arguments of `process_get`: {}", strict(arguments))
+                )
+            );
+        }
+        assert!(strict(r#"{"id":"a","id":"b"}"#).contains("line 1 column"));
+        // A sound message has no fault.
+        let sound = call(r#"{"name":"process_get","arguments":{"id":"a"}}"#);
+        assert_eq!(parse_call(sound.as_bytes()).expect("read").1, None);
+        for message in [
+            // Elsewhere in the message.
+            call(r#"{"name":"process_get","name":"process_get","arguments":{"id":"a"}}"#),
+            call(r#"{"name":"process_get","arguments":{"id":"a"},"_meta":{"n":18446744073709551616}}"#),
+            r#"{"jsonrpc":"2.0","id":4,"id":4,"method":"tools/call","params":{"name":"process_get","arguments":{"id":"a"}}}"#.to_string(),
+            // Beside one in the arguments, or a second `arguments`.
+            call(r#"{"name":"process_get","name":"x","arguments":{"id":"a","id":"b"}}"#),
+            call(r#"{"name":"process_get","arguments":{"id":"a","id":"b"},"arguments":{"id":"c"}}"#),
+            call(r#"{"name":"process_get","arguments":{"id":"c"},"arguments":{"id":"a","id":"b"}}"#),
+            // Not a call's arguments: another method, a notification, arguments no object.
+            r#"{"jsonrpc":"2.0","id":4,"method":"ping","params":{"arguments":{"id":"a","id":"b"}}}"#.to_string(),
+            r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"process_get","arguments":{"id":"a","id":"b"}}}"#.to_string(),
+            call(r#"{"name":"process_get","arguments":[{"id":"a","id":"b"}]}"#),
+        ] {
+            let refused = parse_call(message.as_bytes()).map(|(_, fault)| fault);
+            assert_eq!(refused.map_err(|(_, code, _)| code), Err(-32600), "{message}");
+        }
     }
 
     /// An error response whose id is null (its request's id was unread)

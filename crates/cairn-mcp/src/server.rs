@@ -14,6 +14,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::calls::CallsInFlight;
+use crate::message::ArgumentsFault;
 use crate::tools::ToolKind;
 use crate::{Answer, Failure, SharedCairn};
 
@@ -144,25 +145,57 @@ impl McpServer {
         }
     }
 
-    /// Run one call (the part of `tools/call` after the tool is known).
-    /// A wait's text counts from `started`.
-    async fn run(
-        &self,
-        kind: ToolKind,
-        cairn: SharedCairn,
-        arguments: Value,
-        started: std::time::Instant,
-    ) -> CallToolResult {
-        let size = serde_json::to_vec(&arguments).map(|b| b.len()).unwrap_or(usize::MAX);
+    /// The refusal of `arguments` a call of `kind` meets before it runs:
+    /// arguments over the size limit (`payload_too_large`, as the HTTP API
+    /// refuses a body for its size before reading it), then a `fault` of
+    /// their JSON ([`ArgumentsFault`]: `invalid_request`).
+    fn refused(&self, kind: ToolKind, arguments: &Value, fault: Option<&ArgumentsFault>) -> Option<CallToolResult> {
+        let size = serde_json::to_vec(arguments).map(|b| b.len()).unwrap_or(usize::MAX);
         if size > self.max_argument_bytes {
-            return failure(&Failure::new(
+            return Some(failure(&Failure::new(
                 "payload_too_large",
                 format!(
                     "arguments of `{}` are {size} bytes, over the {} byte limit",
                     kind.name(),
                     self.max_argument_bytes
                 ),
-            ));
+            )));
+        }
+        fault.map(|f| failure(&f.failure(kind.name())))
+    }
+
+    /// The answer to a `tools/call` request `message` whose arguments hold
+    /// `fault`, as `tools/call` answers it (a tool error), when the protocol
+    /// library would call a tool with it: `None` for a message it reads as no
+    /// call, or one naming no tool, which it answers itself and never runs.
+    fn refused_call(&self, message: &Value, fault: &ArgumentsFault) -> Option<CallToolResult> {
+        use rmcp::model::{ClientJsonRpcMessage, ClientRequest};
+        let Ok(ClientJsonRpcMessage::Request(request)) =
+            serde_json::from_value::<ClientJsonRpcMessage>(message.clone())
+        else {
+            return None;
+        };
+        let ClientRequest::CallToolRequest(call) = request.request else {
+            return None;
+        };
+        let kind = ToolKind::from_name(&call.params.name)?;
+        let arguments = Value::Object(call.params.arguments.unwrap_or_default());
+        self.refused(kind, &arguments, Some(fault))
+    }
+
+    /// Run one call (the part of `tools/call` after the tool is known).
+    /// A wait's text counts from `started`. Arguments whose JSON the
+    /// transport found at `fault` are refused, never run.
+    async fn run(
+        &self,
+        kind: ToolKind,
+        cairn: SharedCairn,
+        arguments: Value,
+        fault: Option<&ArgumentsFault>,
+        started: std::time::Instant,
+    ) -> CallToolResult {
+        if let Some(refused) = self.refused(kind, &arguments, fault) {
+            return refused;
         }
         let answer: Answer = kind.call(cairn.as_ref(), arguments).await;
         match answer {
@@ -394,6 +427,11 @@ impl ServerHandler for McpServer {
             let id = serde_json::to_value(&context.id).ok()?;
             Some(calls.enter(crate::calls::caller_key(&parts?.headers), &id))
         });
+        // Over HTTP, what the server found wrong with the arguments' JSON
+        // (a key given twice, an integer past 64 bits), which the library
+        // read leniently (over stdio such a call is answered before it).
+        let fault = parts.and_then(|p| p.extensions.get::<ArgumentsFault>()).cloned();
+        let fault = fault.as_ref();
         let cancelled_here = in_flight.as_ref().map(|c| c.cancelled.clone()).unwrap_or_default();
         let gone = parts
             .and_then(|p| p.extensions.get::<ClientGone>())
@@ -410,7 +448,7 @@ impl ServerHandler for McpServer {
                 // The call first: arguments it refuses are refused, even
                 // when a cancel came before it.
                 biased;
-                answer = self.run(kind, cairn.clone(), arguments, started) => Ok(answer.into()),
+                answer = self.run(kind, cairn.clone(), arguments, fault, started) => Ok(answer.into()),
                 () = context.ct.cancelled() => Err(ErrorData::internal_error("the call was cancelled", None)),
                 // A cancel over HTTP may be another client's late one
                 // ([`CallsInFlight`]): the wait ends as its bound would end
@@ -420,11 +458,11 @@ impl ServerHandler for McpServer {
                     if let Some(fields) = now.as_object_mut() {
                         fields.insert("timeout_ms".into(), Value::from(0));
                     }
-                    Ok(self.run(kind, cairn, now, started).await.into())
+                    Ok(self.run(kind, cairn, now, fault, started).await.into())
                 }
             };
         }
-        Ok(self.run(kind, cairn, arguments, started).await.into())
+        Ok(self.run(kind, cairn, arguments, fault, started).await.into())
     }
 }
 
@@ -480,6 +518,7 @@ where
     let forwarding = forwarded.clone();
     let asking = in_flight.clone();
     // Input: each line checked, passed on whole or answered here.
+    let refusing = server.clone();
     let reader = tokio::spawn(async move {
         let mut to_library = to_library;
         let mut input = BufReader::new(input);
@@ -526,7 +565,7 @@ where
             if line.trim().is_empty() {
                 continue;
             }
-            let fault = match crate::message::parse(message_bytes) {
+            let fault = match crate::message::parse_call(message_bytes) {
                 Err(_) if crate::message::is_notification_bytes(message_bytes) => {
                     tracing::debug!("a notification that gives a key twice was dropped");
                     continue;
@@ -535,7 +574,7 @@ where
                 // A notification whose params are wrong is dropped: JSON-RPC
                 // never answers a notification (over HTTP its POST is refused
                 // with a status instead).
-                Ok(message) => match crate::message::fault(&message, "each line carries") {
+                Ok((message, arguments_fault)) => match crate::message::fault(&message, "each line carries") {
                     Some((_, text)) if crate::message::is_notification(&message) => {
                         tracing::debug!(error = %text, "a notification with faulty params was dropped");
                         continue;
@@ -559,7 +598,20 @@ where
                         .flatten()
                     {
                         Some(text) => Some((crate::message::answerable_id(&message), -32600, text)),
+                        // A call whose arguments' JSON holds a key twice or
+                        // an integer past 64 bits is answered here with its
+                        // tool error: the library would read them leniently.
+                        // (One that names no tool the library answers
+                        // itself, and runs nothing.)
                         None => {
+                            let refused = arguments_fault
+                                .as_ref()
+                                .and_then(|f| refusing.refused_call(&message, f));
+                            if let Some(result) = refused {
+                                forwarding.store(true, std::sync::atomic::Ordering::SeqCst);
+                                let _ = answers.send(result_line(&message, &result));
+                                continue;
+                            }
                             initializing |= message.get("method").and_then(Value::as_str) == Some("initialize");
                             in_lifecycle = in_lifecycle || opens_lifecycle(&message);
                             asking.forwarded(&message);
@@ -607,6 +659,17 @@ where
     reader.abort();
     let _ = writer.await;
     served
+}
+
+/// The answer to request `message` with `result`, as one line of JSON, its
+/// id as the library answers it (an integer written `2.0` is 2).
+fn result_line(message: &Value, result: &CallToolResult) -> String {
+    let id = message.get("id").cloned().unwrap_or(Value::Null);
+    let id = match id.as_f64() {
+        Some(f) if !id.is_i64() && !id.is_u64() && f.fract() == 0.0 => Value::from(f as i64),
+        _ => id,
+    };
+    serde_json::json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string()
 }
 
 /// Whether `message`, passed to the protocol library during its handshake,

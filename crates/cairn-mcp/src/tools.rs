@@ -546,7 +546,7 @@ impl ToolKind {
             Self::Start => cairn.start(parse(self, arguments)?).await,
             Self::Get => {
                 let a: GetArgs = parse(self, arguments)?;
-                cairn.get(&a.id).await
+                cairn.get(process_id(&a.id)?).await
             }
             // A filter the HTTP API would refuse as a query (an unknown
             // key, a value of the wrong type) is its `invalid_filter` here too.
@@ -560,10 +560,11 @@ impl ToolKind {
             }
             Self::Events => {
                 let a: EventsArgs = parse(self, arguments)?;
-                cairn.events(&a.id, a.after.unwrap_or(0), a.limit).await
+                cairn.events(process_id(&a.id)?, a.after.unwrap_or(0), a.limit).await
             }
             Self::Await => {
                 let a: AwaitArgs = parse(self, arguments)?;
+                process_id(&a.id)?;
                 // The HTTP route's range: times are signed 64-bit everywhere.
                 if let Some(t) = a.timeout_ms.filter(|t| i64::try_from(*t).is_err()) {
                     return Err(Failure::new(
@@ -575,15 +576,15 @@ impl ToolKind {
             }
             Self::Signal => {
                 let a: SignalArgs = parse(self, arguments)?;
-                cairn.signal(&a.id, &a.name, &a.signal_id, a.payload).await
+                cairn.signal(process_id(&a.id)?, &a.name, &a.signal_id, a.payload).await
             }
             Self::Cancel => {
                 let a: CancelArgs = parse(self, arguments)?;
-                cairn.cancel(&a.id, a.reason).await
+                cairn.cancel(process_id(&a.id)?, a.reason).await
             }
             Self::Complete => {
                 let a: CompleteArgs = parse(self, arguments)?;
-                cairn.complete(&a.id, a.outcome, Some(a.authority)).await
+                cairn.complete(process_id(&a.id)?, a.outcome, Some(a.authority)).await
             }
             Self::ModulePut => {
                 let a: ModulePutArgs = parse(self, arguments)?;
@@ -595,14 +596,34 @@ impl ToolKind {
             }
             Self::SchedulePause => {
                 let a: ScheduleIdArgs = parse(self, arguments)?;
-                cairn.schedule_pause(&a.id).await
+                cairn.schedule_pause(schedule_id(&a.id)?).await
             }
             Self::ScheduleResume => {
                 let a: ScheduleIdArgs = parse(self, arguments)?;
-                cairn.schedule_resume(&a.id).await
+                cairn.schedule_resume(schedule_id(&a.id)?).await
             }
         }
     }
+}
+
+/// `id`, a process id a call names in its URL path, unless it is one no
+/// path can carry (empty, `.` or `..`): refused here in the server's words
+/// (`invalid_id`, [`cairn_core::validate::validate_id`]), so both transports
+/// say the same (`cairn mcp`'s HTTP client would refuse it in its own).
+fn process_id(id: &str) -> Result<&str, Failure> {
+    path_id("process id", id)
+}
+
+/// `id`, a schedule id a call names in its URL path: as [`process_id`].
+fn schedule_id(id: &str) -> Result<&str, Failure> {
+    path_id("schedule id", id)
+}
+
+fn path_id<'a>(what: &str, id: &'a str) -> Result<&'a str, Failure> {
+    if matches!(id, "" | "." | "..") {
+        cairn_core::validate::validate_id(what, id)?;
+    }
+    Ok(id)
 }
 
 /// Replace the schema of argument `field` with `fragment`; an argument that
@@ -1480,5 +1501,89 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{err:?}").contains("`disposition`"), "{err:?}");
+    }
+
+    /// A [`Cairn`] no call may reach.
+    struct Unreached;
+
+    #[async_trait::async_trait]
+    impl Cairn for Unreached {
+        async fn start(&self, _: cairn_core::StartRequest) -> Answer {
+            unreachable!("start")
+        }
+        async fn get(&self, id: &str) -> Answer {
+            unreachable!("get {id}")
+        }
+        async fn list(&self, _: &ListArgs) -> Answer {
+            unreachable!("list")
+        }
+        async fn events(&self, id: &str, _: u64, _: Option<usize>) -> Answer {
+            unreachable!("events {id}")
+        }
+        async fn await_terminal(&self, id: &str, _: Duration) -> Answer {
+            unreachable!("await {id}")
+        }
+        async fn signal(&self, id: &str, _: &str, _: &str, _: Value) -> Answer {
+            unreachable!("signal {id}")
+        }
+        async fn cancel(&self, id: &str, _: Option<String>) -> Answer {
+            unreachable!("cancel {id}")
+        }
+        async fn complete(&self, id: &str, _: Outcome, _: Option<String>) -> Answer {
+            unreachable!("complete {id}")
+        }
+        async fn module_put(&self, _: String, _: Option<String>) -> Answer {
+            unreachable!("module_put")
+        }
+        async fn schedule_list(&self, _: Option<&str>, _: Option<usize>) -> Answer {
+            unreachable!("schedule_list")
+        }
+        async fn schedule_pause(&self, id: &str) -> Answer {
+            unreachable!("schedule_pause {id}")
+        }
+        async fn schedule_resume(&self, id: &str) -> Answer {
+            unreachable!("schedule_resume {id}")
+        }
+    }
+
+    /// An id no URL path can carry (empty, `.`, `..`) is refused before
+    /// any call, in the server's words: `cairn mcp`'s HTTP client would
+    /// otherwise refuse it in its own, where `/mcp` answers the server's.
+    #[tokio::test]
+    async fn an_id_no_path_can_carry_is_refused_in_the_servers_words() {
+        for id in ["", ".", ".."] {
+            let calls = [
+                (ToolKind::Get, json!({"id": id}), "process id"),
+                (ToolKind::Events, json!({"id": id}), "process id"),
+                (ToolKind::Await, json!({"id": id, "timeout_ms": 0}), "process id"),
+                (
+                    ToolKind::Signal,
+                    json!({"id": id, "name": "go", "signal_id": "s"}),
+                    "process id",
+                ),
+                (ToolKind::Cancel, json!({"id": id}), "process id"),
+                (
+                    ToolKind::Complete,
+                    json!({"id": id, "outcome": {"type": "success", "value": 1}, "authority": "ci"}),
+                    "process id",
+                ),
+                (ToolKind::SchedulePause, json!({"id": id}), "schedule id"),
+                (ToolKind::ScheduleResume, json!({"id": id}), "schedule id"),
+            ];
+            for (kind, arguments, what) in calls {
+                let refused = kind.call(&Unreached, arguments).await.unwrap_err();
+                let said = match id {
+                    "" => format!("invalid id: {what} must not be empty"),
+                    _ => format!(
+                        "invalid id: {what} `{id}` is a relative path segment, which no URL can name; choose another"
+                    ),
+                };
+                assert_eq!(
+                    (refused.code.as_str(), refused.message.as_str()),
+                    ("invalid_id", said.as_str()),
+                    "{kind:?} {id:?}"
+                );
+            }
+        }
     }
 }

@@ -1591,9 +1591,11 @@ async fn malformed_posts_get_jsonrpc_errors() {
         };
         assert!(message.contains(says), "{status}: {answer}");
     }
-    // A key given twice anywhere is refused, as the HTTP API refuses it, and
-    // nothing is done: not the first value, not the last.
-    let twice = r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"process_start","arguments":{"id":"twice-a","id":"twice-b","disposition":"rerunnable","input":{"type":"external"}}}}"#;
+    // A key given twice in the message (outside a call's arguments) is
+    // refused, as the HTTP API refuses it, and nothing is done: not the
+    // first value, not the last. (In the arguments it is the tool's error:
+    // `a_fault_in_a_calls_arguments_is_a_tool_error`.)
+    let twice = r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"process_start","name":"process_start","arguments":{"id":"twice-a","disposition":"rerunnable","input":{"type":"external"}}}}"#;
     let response = post(twice).await.expect("answered");
     assert_eq!(response.status().as_u16(), 400);
     let answer: Value = response.json().await.expect("a JSON body");
@@ -2801,5 +2803,218 @@ async fn stdio_offers_schedule_tools_only_when_the_server_says_so() {
             schedules,
             "{base} {token:?}: {names:?}"
         );
+    }
+}
+
+/// `cairn mcp` (stdio, forwarding to `server` with `token`) given raw
+/// `lines` after MCP's handshake: each answer, by its id.
+async fn stdio_raw(server: &Server, token: &str, lines: &[String]) -> std::collections::HashMap<String, Value> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("mcp")
+        .env("CAIRN_SERVER", &server.base)
+        .env("CAIRN_TOKEN", token)
+        .env("RUST_LOG", "off")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn cairn mcp");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    async fn next<R: tokio::io::AsyncBufRead + Unpin>(out: &mut tokio::io::Lines<R>) -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(20), out.next_line())
+            .await
+            .expect("answered in time")
+            .expect("read")
+            .expect("a line");
+        serde_json::from_str::<Value>(&line).expect("a JSON line")
+    }
+    let initialize = r#"{"jsonrpc":"2.0","id":"init","method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    stdin
+        .write_all(format!("{initialize}\n").as_bytes())
+        .await
+        .expect("write");
+    assert_eq!(next(&mut out).await["id"], "init");
+    stdin
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n")
+        .await
+        .expect("write");
+    for line in lines {
+        stdin.write_all(format!("{line}\n").as_bytes()).await.expect("write");
+    }
+    stdin.flush().await.expect("flush");
+    let mut answers = std::collections::HashMap::new();
+    while answers.len() < lines.len() {
+        let answer = next(&mut out).await;
+        answers.insert(answer["id"].to_string(), answer);
+    }
+    drop(stdin);
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    answers
+}
+
+/// SPEC §16: a cairn error is a tool error. A `tools/call` sound but for its
+/// arguments' JSON (a key given twice, an integer past 64 bits) is answered
+/// on both transports with the tool error `invalid_request`, saying what
+/// the HTTP API says of a body of those bytes, and runs nothing (the
+/// protocol library would read the last of two values, or a rounded
+/// integer). The same fault elsewhere in the message stays the message's
+/// own (`-32600`), and a call naming no tool stays a protocol error.
+#[tokio::test]
+async fn a_fault_in_a_calls_arguments_is_a_tool_error() {
+    let fx = server().await;
+    let http = fx.server.with_token(HOST);
+    let cases = [
+        (
+            "process_start",
+            r#"{"id":"twice-a","id":"twice-b","input":{"type":"tool_call","tool":"echo","args":{"value":1}},"disposition":"rerunnable"}"#,
+        ),
+        (
+            "process_start",
+            r#"{"id":"wide-a","input":{"type":"tool_call","tool":"echo","args":{"value":18446744073709551616}},"disposition":"rerunnable"}"#,
+        ),
+        (
+            "process_start",
+            "{\n  \"id\": \"twice-c\",\n  \"input\": {\"type\": \"tool_call\", \"tool\": \"echo\", \"args\": {\"value\": 1, \"value\": 2}},\n  \"disposition\": \"rerunnable\"\n}",
+        ),
+        ("process_get", r#"{"id":"a","id":"b"}"#),
+        ("process_list", r#"{"limit":18446744073709551616}"#),
+    ];
+    // What the HTTP API says of a body of those bytes.
+    let mut expected = Vec::new();
+    for (tool, arguments) in cases {
+        let (status, body) = http
+            .post_raw("/v1/processes", "application/json", arguments.as_bytes().to_vec())
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{body}"
+        );
+        let said = body["error"]["message"].as_str().expect("message");
+        let said = said.strip_prefix("request body: ").expect("said of the body");
+        assert!(
+            said.contains("twice") || said.contains("past what 64 bits hold"),
+            "{said}"
+        );
+        expected.push(json!({"code": "invalid_request", "message": format!("arguments of `{tool}`: {said}")}));
+    }
+    let call = |id: usize, tool: &str, arguments: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{arguments}}}}}"#
+        )
+    };
+    let lines: Vec<String> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (tool, arguments))| call(i, tool, arguments))
+        .collect();
+    // Protocol errors still: the same fault outside the arguments, or a
+    // call naming no tool.
+    let protocol = [
+        (
+            r#"{"jsonrpc":"2.0","id":100,"method":"tools/call","params":{"name":"process_get","name":"process_get","arguments":{"id":"a"}}}"#.to_string(),
+            -32600,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":101,"method":"tools/call","params":{"name":"process_get","arguments":{"id":"a"},"_meta":{"n":18446744073709551616}}}"#.to_string(),
+            -32600,
+        ),
+        (call(102, "process_delete", r#"{"id":"a","id":"b"}"#), -32602),
+    ];
+    let tool_error = |answer: &Value| -> Value {
+        assert_eq!(answer["result"]["isError"], true, "{answer}");
+        let text = answer["result"]["content"][0]["text"].as_str().expect("text");
+        serde_json::from_str::<Value>(text).expect("an error body")["error"].clone()
+    };
+    // Streamable HTTP: each a POST of its own.
+    let post = |body: String| {
+        let request = reqwest::Client::new()
+            .post(fx.server.url("/mcp"))
+            .bearer_auth(HOST)
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json, text/event-stream")
+            .body(body);
+        async move {
+            let response = request.send().await.expect("answered");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("a JSON body"))
+        }
+    };
+    for (i, line) in lines.iter().enumerate() {
+        let (status, answer) = post(line.clone()).await;
+        assert_eq!((status, &answer["id"]), (200, &json!(i)), "{answer}");
+        assert_eq!(tool_error(&answer), expected[i], "http {line}");
+    }
+    for (line, code) in &protocol {
+        let (_, answer) = post(line.clone()).await;
+        assert_eq!(answer["error"]["code"], *code, "http {line}: {answer}");
+    }
+    // stdio: the same answers (for the messages a line can carry).
+    let one_line = |line: &&String| !line.contains('\n');
+    let all: Vec<String> = lines
+        .iter()
+        .filter(one_line)
+        .chain(protocol.iter().map(|(l, _)| l))
+        .cloned()
+        .collect();
+    let answers = stdio_raw(&fx.server, HOST, &all).await;
+    for (i, line) in lines.iter().enumerate().filter(|(_, l)| one_line(l)) {
+        assert_eq!(tool_error(&answers[&i.to_string()]), expected[i], "stdio {line}");
+    }
+    for (line, code) in &protocol {
+        let id = serde_json::from_str::<Value>(line).expect("JSON")["id"].to_string();
+        assert_eq!(answers[&id]["error"]["code"], *code, "stdio {line}: {:?}", answers[&id]);
+    }
+    // Nothing was started: not the first value, not the last.
+    for id in ["twice-a", "twice-b", "twice-c", "wide-a"] {
+        let (status, body) = http.get(&format!("/v1/processes/{id}")).await;
+        assert_eq!(status, 404, "{id}: {body}");
+    }
+}
+
+/// An id no URL path can carry (empty, `.`, `..`) is refused by every tool
+/// that names one in its path, in the server's words, on both transports
+/// (`cairn mcp`, an HTTP client, once said its own).
+#[tokio::test]
+async fn an_id_no_path_can_carry_is_refused_alike_on_both_transports() {
+    let fx = server().await;
+    for transport in [Transport::Http, Transport::Stdio] {
+        let client = connect(&fx.server, transport, HOST).await;
+        for id in ["", ".", ".."] {
+            let calls = [
+                ("process_get", json!({"id": id}), "process id"),
+                ("process_events", json!({"id": id}), "process id"),
+                ("process_await", json!({"id": id, "timeout_ms": 0}), "process id"),
+                (
+                    "process_signal",
+                    json!({"id": id, "name": "go", "signal_id": "s"}),
+                    "process id",
+                ),
+                ("process_cancel", json!({"id": id}), "process id"),
+                (
+                    "process_complete",
+                    json!({"id": id, "outcome": {"type": "success", "value": 1}, "authority": "ci"}),
+                    "process id",
+                ),
+                ("schedule_pause", json!({"id": id}), "schedule id"),
+                ("schedule_resume", json!({"id": id}), "schedule id"),
+            ];
+            for (tool, arguments, what) in calls {
+                let said = match id {
+                    "" => format!("invalid id: {what} must not be empty"),
+                    _ => format!(
+                        "invalid id: {what} `{id}` is a relative path segment, which no URL can name; choose another"
+                    ),
+                };
+                assert_eq!(
+                    err(&client, tool, arguments).await,
+                    ("invalid_id".to_string(), said),
+                    "{transport:?} {tool} {id:?}"
+                );
+            }
+        }
+        client.cancel().await.expect("close");
     }
 }

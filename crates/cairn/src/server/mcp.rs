@@ -59,8 +59,11 @@ pub fn service(state: &Arc<AppState>, calls: Arc<CallsInFlight>) -> HttpService 
 /// [`too_large`]). A client's `notifications/cancelled` also ends the call
 /// it names (the endpoint's library drops it: [`CallsInFlight`]), and a
 /// request header naming an MCP revision this server does not speak is 400
-/// ([`cairn_mcp::protocol_version_header_fault`]). Everything else passes
-/// through untouched.
+/// ([`cairn_mcp::protocol_version_header_fault`]). A `tools/call` whose
+/// one fault is in its arguments' JSON (a key given twice, an integer past
+/// 64 bits) passes on with its [`cairn_mcp::message::ArgumentsFault`] in the
+/// request's extensions: its tool answers it as a tool error, never runs it.
+/// Everything else passes through untouched.
 pub async fn jsonrpc_errors(
     limit: usize,
     calls: Arc<CallsInFlight>,
@@ -160,9 +163,12 @@ pub async fn jsonrpc_errors(
     // A body that begins with a byte order mark is read, and passed on, as
     // the body after it (RFC 8259 §8.1), as the HTTP API reads one.
     let bytes = bytes.slice(bytes.len() - cairn_mcp::message::without_bom(&bytes).len()..);
-    match cairn_mcp::message::parse(&bytes) {
+    // A `tools/call` sound but for its arguments' JSON (a key given twice,
+    // an integer past 64 bits) goes on to its tool, which answers the fault
+    // as a tool error (SPEC §16), as HTTP answers such a body.
+    match cairn_mcp::message::parse_call(&bytes) {
         Err((id, code, text)) => rpc_error(axum::http::StatusCode::BAD_REQUEST, id, code, &text),
-        Ok(message) => match cairn_mcp::message::fault(&message, "each POST carries") {
+        Ok((message, arguments_fault)) => match cairn_mcp::message::fault(&message, "each POST carries") {
             Some((code, text)) => rpc_error(
                 axum::http::StatusCode::BAD_REQUEST,
                 cairn_mcp::message::answerable_id(&message),
@@ -193,6 +199,9 @@ pub async fn jsonrpc_errors(
                 // somewhere to go. Dropped, the endpoint's library would
                 // find the answer's way closed and log an error for what is
                 // a client's ordinary leaving.
+                if let Some(fault) = arguments_fault {
+                    parts.extensions.insert(fault);
+                }
                 let gone = tokio_util::sync::CancellationToken::new();
                 parts.extensions.insert(cairn_mcp::ClientGone(gone.clone()));
                 let leaving = gone.drop_guard();
