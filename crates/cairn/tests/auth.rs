@@ -949,3 +949,63 @@ async fn two_authorization_headers_are_refused() {
     let (status, _) = open.client().get("/v1/processes/open").await;
     assert_eq!(status, 404, "nothing ran");
 }
+
+/// A session token on a host-only route (prune, the change feed, schedules,
+/// metrics) is answered 403 `forbidden` before the route reads its query or
+/// body, on every such route alike: a caller is not asked to fix a request it
+/// may never make. The host is told what is wrong with the same requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_on_a_host_only_route_is_refused_before_its_input_is_read() {
+    let server = Server::start(&["--token", "host-secret", "--session-token", "s1=tok-1"]).await;
+    let host = server.with_token("host-secret");
+    let s1 = server.with_token("tok-1");
+    let send = |c: &common::Client, method: &str, path: &str, body: Option<&str>| {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
+        let mut request = c.auth(c.http.request(method, c.url(path)));
+        if let Some(body) = body {
+            request = request
+                .header("Content-Type", "application/json")
+                .body(body.to_string());
+        }
+        async move {
+            let response = request.send().await.expect("answered");
+            let status = response.status().as_u16();
+            let text = response.text().await.expect("a body");
+            (status, serde_json::from_str::<Value>(&text).unwrap_or(Value::Null))
+        }
+    };
+    let bad_prune = r#"{"cutoff_ms":1,"watermark":{"type":"no_projector"},"bogus":1}"#;
+    let cases: [(&str, &str, Option<&str>, &str); 16] = [
+        ("POST", "/v1/prune", Some("{bad"), "prune"),
+        ("POST", "/v1/prune", Some(bad_prune), "prune"),
+        ("POST", "/v1/prune?dry_run=true", Some("{}"), "prune"),
+        ("GET", "/v1/changes?bogus=1", None, "the change feed"),
+        ("GET", "/v1/changes?cursor=x", None, "the change feed"),
+        ("GET", "/v1/changes?limit=0", None, "the change feed"),
+        ("POST", "/v1/schedules", Some("{bad"), "schedules"),
+        ("POST", "/v1/schedules", Some(r#"{"id":"s"}"#), "schedules"),
+        ("GET", "/v1/schedules?bogus=1", None, "schedules"),
+        ("GET", "/v1/schedules?limit=0", None, "schedules"),
+        ("GET", "/v1/schedules/nosuch?x=1", None, "schedules"),
+        ("POST", "/v1/schedules/nosuch/pause", Some(r#"{"x":1}"#), "schedules"),
+        ("POST", "/v1/schedules/nosuch/resume", Some("[1]"), "schedules"),
+        ("DELETE", "/v1/schedules/nosuch", Some(r#"{"x":1}"#), "schedules"),
+        ("GET", "/metrics?x=1", None, "metrics"),
+        ("POST", "/v1/schedules/nosuch/pause", Some("{}"), "schedules"),
+    ];
+    for (method, path, body, what) in cases {
+        let (status, err) = send(&s1, method, path, body).await;
+        assert_eq!((status, code(&err)), (403, "forbidden"), "{method} {path}: {err}");
+        assert_eq!(
+            err["error"]["message"],
+            format!("the host token is needed for {what}"),
+            "{method} {path}"
+        );
+        // The host is not refused: it is told what is wrong, if anything.
+        let (status, err) = send(&host, method, path, body).await;
+        assert_ne!(status, 403, "host {method} {path}: {err}");
+    }
+    // Its own routes still read its input first where there is nothing to forbid.
+    let (status, err) = send(&s1, "GET", "/v1/sessions/s1/wakes?bogus=1", None).await;
+    assert_eq!((status, code(&err)), (400, "invalid_request"), "{err}");
+}

@@ -3126,3 +3126,177 @@ async fn a_declared_abandoned_terminal_is_invalid_semantics() {
         .unwrap_or_default();
     assert!(said.contains("`invalid_semantics`"), "{said}");
 }
+
+/// JSON nested past what the parser reads (128 levels) is refused in the
+/// words, and with the limit, of a value nested past 64 levels: short, naming
+/// the field and the 64 level limit, on every route that reads a body, and
+/// nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_nested_past_the_parsers_limit_is_refused_naming_the_64_level_limit() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let (s, rec) = c
+        .start(
+            json!({"id": "ext", "input": {"type": "external"}, "disposition": "externally_owned",
+                      "event_types": [{"name": "blob"}]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{rec}");
+    let arrays = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+    let objects = |n: usize| format!("{}1{}", r#"{"a":"#.repeat(n), "}".repeat(n));
+    for (deep, levels) in [(arrays(200), 200), (objects(100_000), 100_000)] {
+        let cases = [
+            (
+                "/v1/processes",
+                format!(
+                    r#"{{"id":"dd","input":{{"type":"tool_call","tool":"echo","args":{{"value":{deep}}}}},"disposition":"rerunnable"}}"#
+                ),
+                "input",
+                levels + 2,
+            ),
+            (
+                "/v1/processes/ext/events",
+                format!(r#"{{"event_type":"blob","payload":{deep}}}"#),
+                "payload",
+                levels,
+            ),
+            (
+                "/v1/processes/ext/signals/go",
+                format!(r#"{{"signal_id":"x","payload":{deep}}}"#),
+                "payload",
+                levels,
+            ),
+            (
+                "/v1/processes/ext/cancel",
+                format!(r#"{{"reason":{deep}}}"#),
+                "reason",
+                levels,
+            ),
+            (
+                "/v1/schedules",
+                format!(
+                    r#"{{"id":"sd","every":"1m","template":{{"input":{{"type":"tool_call","tool":"echo","args":{deep}}},"disposition":"rerunnable"}}}}"#
+                ),
+                "template",
+                levels + 2,
+            ),
+            ("/v1/modules", format!(r#"{{"source":{deep}}}"#), "source", levels),
+            (
+                "/v1/prune",
+                format!(r#"{{"cutoff_ms":1,"definition":{deep},"watermark":{{"type":"no_projector"}}}}"#),
+                "definition",
+                levels,
+            ),
+            (
+                "/v1/grants/transfer",
+                format!(r#"{{"from":{deep},"to":{{"session_id":"b"}},"process_ids":[]}}"#),
+                "from",
+                levels,
+            ),
+            (
+                "/v1/sessions/s1/wakes/w1/ack",
+                format!(r#"{{"x":{deep}}}"#),
+                "x",
+                levels,
+            ),
+        ];
+        for (path, body, field, depth) in cases {
+            let (s, err) = c.post_raw(path, "application/json", body.into_bytes()).await;
+            assert_eq!((s, code(&err)), (400, "invalid_request"), "{path}: {err}");
+            assert_eq!(
+                err["error"]["message"],
+                format!(
+                    "request body: `{field}` nests arrays and objects {depth} levels deep, over the 64 level limit"
+                ),
+                "{path}"
+            );
+        }
+        // A body nesting from its first field names that field.
+        let (s, err) = c
+            .post_raw("/v1/processes", "application/json", objects(300).into_bytes())
+            .await;
+        assert_eq!((s, code(&err)), (400, "invalid_request"), "{err}");
+        assert_eq!(
+            err["error"]["message"],
+            "request body: `a` nests arrays and objects 299 levels deep, over the 64 level limit",
+            "{err}"
+        );
+    }
+    let (s, got) = c.get("/v1/processes/ext").await;
+    assert_eq!(
+        (s, got["last_sequence"].as_u64(), got["status"].as_str()),
+        (200, Some(0), Some("running")),
+        "{got}"
+    );
+    let (s, err) = c.get("/v1/processes/dd").await;
+    assert_eq!((s, code(&err)), (404, "unknown_process"), "{err}");
+    let (s, err) = c.get("/v1/schedules/sd").await;
+    assert_eq!((s, code(&err)), (404, "unknown_schedule"), "{err}");
+}
+
+/// Two `Content-Type` headers are refused (400, nothing runs), whichever
+/// comes first, as two `Authorization` headers are: the server does not pick
+/// one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_content_type_headers_are_refused() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    for (i, (first, second)) in [
+        ("application/json", "text/plain"),
+        ("text/plain", "application/json"),
+        ("application/json", "application/json"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("two-{i}");
+        for path in ["/v1/processes", "/mcp"] {
+            let response = c
+                .http
+                .post(c.url(path))
+                .header("Content-Type", first)
+                .header("Content-Type", second)
+                .header("Accept", "application/json, text/event-stream")
+                .body(waiter(&id).to_string())
+                .send()
+                .await
+                .expect("answered");
+            let status = response.status().as_u16();
+            let answer: Value = response.json().await.expect("a JSON body");
+            assert_eq!(
+                (status, code(&answer)),
+                (400, "invalid_request"),
+                "{path} {first} {second}: {answer}"
+            );
+            assert_eq!(answer["error"]["message"], "send one Content-Type header", "{path}");
+        }
+        let (s, _) = c.get(&format!("/v1/processes/{id}")).await;
+        assert_eq!(s, 404, "{first}, {second}: nothing ran");
+    }
+    let (s, rec) = c.start(waiter("one")).await;
+    assert_eq!(s, 201, "one header: {rec}");
+}
+
+/// A bad `after` of the module listing is a bad id (`invalid_id`), as the
+/// schedule listing's is; `invalid_page` is a bad `limit`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_module_cursor_is_an_invalid_id() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    for after in ["nosuch", "%01", "module:sha256:ABC"] {
+        let (s, err) = c.get(&format!("/v1/modules?after={after}")).await;
+        assert_eq!((s, code(&err)), (400, "invalid_id"), "{after}: {err}");
+        let message = err["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with("invalid id: `after` is the last module ref of a page: module ref `")
+                && !message.contains("invalid page"),
+            "{after}: {message}"
+        );
+    }
+    let (s, err) = c.get("/v1/modules?limit=0").await;
+    assert_eq!((s, code(&err)), (400, "invalid_page"), "{err}");
+    let (s, page) = c
+        .get(&format!("/v1/modules?after=module:sha256:{}", "0".repeat(64)))
+        .await;
+    assert_eq!(s, 200, "{page}");
+}

@@ -156,6 +156,31 @@ async fn an_oversized_content_length_is_refused_before_the_body() {
     assert_eq!(server.client().start(waiter("small")).await.0, 201);
 }
 
+/// A chunked body whose framing is broken (a chunk size that is no hex
+/// number) is answered 400 `invalid_request` in cairn's words, not the HTTP
+/// framework's ("Failed to buffer the request body"), and nothing runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_chunked_body_is_refused_in_cairns_words() {
+    let server = Server::start(&[]).await;
+    let body = waiter("chunky").to_string();
+    let mut stream = connect(&server).await;
+    let request = format!(
+        "POST /v1/processes HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/json\r\n\
+         transfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\nzz\r\nmore\r\n0\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let answer = read_to_close(&mut stream, Duration::from_secs(20)).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains(r#""code":"invalid_request""#), "{answer}");
+    assert!(
+        answer.contains("request body: it could not be read to its end") && !answer.contains("Failed to buffer"),
+        "{answer}"
+    );
+    let (s, _) = server.client().get("/v1/processes/chunky").await;
+    assert_eq!(s, 404, "nothing ran");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_gauges_latency_and_build_info() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -230,10 +230,13 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .map(|v| v.to_str().unwrap_or("").to_string());
+        // Two labels: which one counts is not for the server to guess
+        // (`auth::authenticate` refuses them first on the API's routes).
+        let mut labels = req.headers().get_all(header::CONTENT_TYPE).iter();
+        let content_type = labels.next().map(|v| v.to_str().unwrap_or("").to_string());
+        if labels.next().is_some() {
+            return Err(ApiError::invalid_request("send one Content-Type header"));
+        }
         // A body the server would read as something it is not (compressed
         // bytes, UTF-16) is refused for what it is, not as bad JSON, and a
         // plain body labelled as compressed is not taken as if unlabelled.
@@ -276,6 +279,12 @@ where
             Err(e) if e.classify() == serde_json::error::Category::Data => {
                 return Err(ApiError::invalid_request(format!("request body: {e}")));
             }
+            // Past the parser's own limit on nesting (128 levels), said as
+            // the 64 level limit a value just under it is refused with, not
+            // as the parser's path to where it stopped.
+            Err(e) if e.to_string().starts_with("recursion limit exceeded") => {
+                return Err(too_deep(&bytes));
+            }
             Err(_) => None,
         };
         // The field a refusal is about is named (`disposition: ...`).
@@ -315,6 +324,70 @@ where
 
 /// A UTF-8 byte order mark.
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// The refusal of a JSON body nested past what the parser reads: how deep
+/// it goes, under which field, and the limit a stored value is held to
+/// ([`cairn_core::validate::MAX_JSON_DEPTH`]), as a value nested less deep
+/// but still over that limit is refused.
+fn too_deep(bytes: &[u8]) -> ApiError {
+    let (field, depth) = deepest_field(bytes);
+    let limit = cairn_core::validate::MAX_JSON_DEPTH;
+    let what = match field {
+        Some(field) => format!("request body: `{}`", field.escape_debug()),
+        None => "request body".to_string(),
+    };
+    ApiError::invalid_request(format!(
+        "{what} nests arrays and objects {depth} levels deep, over the {limit} level limit"
+    ))
+}
+
+/// The top-level field of a JSON object text whose value nests arrays and
+/// objects deepest, and how deep (the field's value counted from 1: `[[1]]`
+/// is 2), read by a scan that builds nothing; `None` for the field when the
+/// text is no object.
+fn deepest_field(bytes: &[u8]) -> (Option<String>, usize) {
+    let (mut depth, mut deepest, mut at) = (0usize, 0usize, None);
+    let mut key: Option<String> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let start = i + 1;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    if bytes[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                // A string right inside the top object, followed by `:`, is a key.
+                let end = i.min(bytes.len());
+                let colon = bytes[end.saturating_add(1).min(bytes.len())..]
+                    .iter()
+                    .find(|b| !b.is_ascii_whitespace())
+                    == Some(&b':');
+                if depth == 1 && colon {
+                    key = Some(String::from_utf8_lossy(&bytes[start..end]).into_owned());
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > deepest {
+                    deepest = depth;
+                    at = if depth > 1 { key.clone() } else { None };
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    let top_is_object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    match at {
+        Some(field) if top_is_object => (Some(field), deepest - 1),
+        _ => (None, deepest),
+    }
+}
 
 /// The field inside a refused process input at `at` (`input`,
 /// `start.input`) that serde did not name ([`ProcessInput::refused_at`]).
@@ -627,7 +700,16 @@ fn body_rejection(rejection: BytesRejection) -> ApiError {
             )
         }
     } else {
-        ApiError::invalid_request(format!("request body: {}", rejection.body_text()))
+        // The framework's words ("Failed to buffer the request body") say
+        // nothing a client can act on: a body that ends before it is whole
+        // (a broken connection) or a chunked body whose framing is broken.
+        ApiError {
+            close_connection: true,
+            ..ApiError::invalid_request(
+                "request body: it could not be read to its end (a chunked body whose chunk framing is \
+                 malformed, or a connection that broke while it was sent); nothing was done",
+            )
+        }
     }
 }
 
@@ -825,6 +907,21 @@ mod tests {
         assert_eq!(
             said("x", &[]),
             "unknown query parameter `x`: this route takes no parameters"
+        );
+    }
+
+    #[test]
+    fn the_deepest_field_is_found_past_strings_that_hold_brackets() {
+        assert_eq!(
+            deepest_field(br#"{"a": "[[[{", "b\"[": [[1]], "c": {"d": 1}}"#),
+            (Some("b\\\"[".to_string()), 2)
+        );
+        assert_eq!(deepest_field(br#"{"a": 1}"#), (None, 1));
+        assert_eq!(deepest_field(b"[[[1]]]"), (None, 3));
+        let said = too_deep(br#"{"payload": [[[1]]]}"#).message;
+        assert_eq!(
+            said,
+            "request body: `payload` nests arrays and objects 3 levels deep, over the 64 level limit"
         );
     }
 

@@ -198,21 +198,46 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 }
 
 /// Middleware: resolve the caller and put it in the request extensions. A
-/// request with more than one `Authorization` header is refused (400,
-/// before anything runs): which one counts is not for the server to guess.
+/// request with more than one `Authorization` or `Content-Type` header is
+/// refused (400, before anything runs): which one counts is not for the
+/// server to guess. A session token on a host-only route
+/// ([`host_only_route`]) is refused here, 403 `forbidden`, before the
+/// route reads its query or body: a caller is not asked to fix a request
+/// it may never make.
 pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let mut given = req.headers().get_all(header::AUTHORIZATION).iter();
     let first = given.next();
     if given.next().is_some() {
         return ApiError::invalid_request("send one Authorization header").into_response();
     }
+    if req.headers().get_all(header::CONTENT_TYPE).iter().nth(1).is_some() {
+        return ApiError::invalid_request("send one Content-Type header").into_response();
+    }
     let bearer = first.and_then(|v| v.to_str().ok()).and_then(bearer_token);
     match state.auth.resolve(bearer) {
         Ok(caller) => {
+            if let Some(what) = host_only_route(req.uri().path()) {
+                if let Err(refused) = caller.require_host(what) {
+                    return refused.into_response();
+                }
+            }
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
         Err(e) => e.into_response(),
+    }
+}
+
+/// What the route at `path` is for, when only the host may call it (any
+/// method): prune, the change feed, schedules and metrics.
+pub fn host_only_route(path: &str) -> Option<&'static str> {
+    match path {
+        "/v1/prune" => Some("prune"),
+        "/v1/changes" => Some("the change feed"),
+        "/metrics" => Some("metrics"),
+        "/v1/schedules" => Some("schedules"),
+        _ if path.starts_with("/v1/schedules/") => Some("schedules"),
+        _ => None,
     }
 }
 
@@ -277,6 +302,24 @@ mod tests {
         let refused = Caller::Session("s1".into()).require_host("schedules").unwrap_err();
         assert_eq!(refused.code, "forbidden");
         assert_eq!(refused.message, "the host token is needed for schedules");
+    }
+
+    #[test]
+    fn host_only_routes_are_named_by_what_they_are_for() {
+        assert_eq!(host_only_route("/v1/prune"), Some("prune"));
+        assert_eq!(host_only_route("/v1/changes"), Some("the change feed"));
+        assert_eq!(host_only_route("/metrics"), Some("metrics"));
+        assert_eq!(host_only_route("/v1/schedules"), Some("schedules"));
+        assert_eq!(host_only_route("/v1/schedules/s/pause"), Some("schedules"));
+        for open in [
+            "/v1/processes",
+            "/v1/modules",
+            "/v1/sessions/s1/wakes",
+            "/mcp",
+            "/v1/schedulesx",
+        ] {
+            assert_eq!(host_only_route(open), None, "{open}");
+        }
     }
 
     #[test]

@@ -70,15 +70,20 @@ pub async fn put(
 #[utoipa::path(get, path = "/v1/modules", tag = "modules", params(ModulesQuery),
     responses(
         (status = 200, description = "One page, in ref order", body = ModulesPage),
-        (status = 400, description = "invalid_page: a bad `limit`, or an `after` that is not a module ref", body = ErrorSchema)))]
+        (status = 400, description = "invalid_page: a bad `limit`; invalid_id: an `after` that is not a module ref", body = ErrorSchema)))]
 pub async fn list(
     State(state): Shared,
     Extension(_caller): Extension<Caller>,
     ApiQuery(q): ApiQuery<ModulesQuery>,
 ) -> ApiResult<Json<ModulesPage>> {
     if let Some(after) = &q.after {
-        cairn_core::script::validate_module_ref(after).map_err(|e| {
-            cairn_core::CairnError::InvalidPage(format!("`after` is the last module ref of a page: {e}"))
+        // Refused as a bad id, as the schedules' listing refuses its
+        // cursor: `invalid_page` is a bad `limit`.
+        cairn_core::script::validate_module_ref(after).map_err(|e| match e {
+            cairn_core::CairnError::InvalidId(why) => {
+                cairn_core::CairnError::InvalidId(format!("`after` is the last module ref of a page: {why}"))
+            }
+            other => other,
         })?;
     }
     let limit = cairn_core::model::page_limit(q.limit)?;
