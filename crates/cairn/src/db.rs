@@ -226,6 +226,33 @@ mod tests {
 }
 
 #[cfg(test)]
+mod check_tests {
+    use super::*;
+
+    /// A URL refused for its form is refused before anything is opened, in
+    /// the words opening it would say; one that may open makes nothing.
+    #[test]
+    fn a_urls_form_is_checked_without_touching_anything() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("unmade.db");
+        for ok in [
+            "memory".to_string(),
+            "postgres://u@127.0.0.1:1/db".to_string(),
+            format!("sqlite:{}", path.display()),
+        ] {
+            assert!(check_url(&ok).is_ok(), "{ok}");
+        }
+        assert!(!path.exists(), "checking a URL makes no file");
+        assert!(matches!(check_url("sqlite:"), Err(OpenError::Unsupported(_))));
+        assert!(matches!(check_url("my.db"), Err(OpenError::Unsupported(_))));
+        assert!(matches!(check_url("sqlite://x.db"), Err(OpenError::RootedName(..))));
+        assert!(matches!(check_url("sqlite:file:x.db"), Err(OpenError::NotAPath(_))));
+        let said = check_url("mysql://u:hunter2@h/db").err().map(|e| e.to_string());
+        assert!(said.as_deref().is_some_and(|e| !e.contains("hunter2")), "{said:?}");
+    }
+}
+
+#[cfg(test)]
 mod postgres_tests {
     use super::*;
 
@@ -255,7 +282,24 @@ mod postgres_tests {
     }
 }
 
-fn open_sqlite(url: &str, path: &str) -> Result<SqliteRegistry, OpenError> {
+/// Refuse a database URL this binary cannot open for its form alone
+/// (an unknown scheme, a SQLite path that is no plain path), touching
+/// nothing: `cairn serve` asks this before it binds its address, so a bad
+/// URL is said as one (exit 2) whatever else is wrong. A URL this passes may
+/// still fail to open (a PostgreSQL URL is read as it connects).
+pub fn check_url(url: &str) -> Result<(), OpenError> {
+    if url == "memory" || url == "memory:" || is_postgres(url) {
+        return Ok(());
+    }
+    match url.strip_prefix("sqlite:") {
+        Some(path) => check_sqlite_path(url, path),
+        // Said back redacted: a mistyped scheme may still carry a password.
+        None => Err(OpenError::Unsupported(cairn_postgres::redact(url))),
+    }
+}
+
+/// The checks of a `sqlite:PATH` URL that need no file system.
+fn check_sqlite_path(url: &str, path: &str) -> Result<(), OpenError> {
     if path.is_empty() {
         return Err(OpenError::Unsupported(url.to_string()));
     }
@@ -268,6 +312,11 @@ fn open_sqlite(url: &str, path: &str) -> Result<SqliteRegistry, OpenError> {
     if path.starts_with("file:") || path.contains('?') {
         return Err(OpenError::NotAPath(url.to_string()));
     }
+    Ok(())
+}
+
+fn open_sqlite(url: &str, path: &str) -> Result<SqliteRegistry, OpenError> {
+    check_sqlite_path(url, path)?;
     SqliteRegistry::open(path, Arc::new(SystemClock)).map_err(|source| OpenError::Open {
         url: url.to_string(),
         source,

@@ -795,3 +795,101 @@ async fn a_server_in_its_shutdown_grace_claims_nothing() {
         "ob stays queued for the next start: {ob:?}"
     );
 }
+
+/// The names in `dir`, sorted.
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A start that fails a check of its own (a model's key variable unset, a
+/// port in use) fails before it opens the database: its documented exit
+/// code, and the database untouched: a new SQLite path is not made, an
+/// existing file (nor its directory) is not changed, so an older binary
+/// could still open it.
+#[test]
+fn a_refused_start_leaves_the_database_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fresh = dir.path().join("fresh.db");
+    let db = format!("sqlite:{}", fresh.display());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to hold");
+    let port = taken.local_addr().expect("its address").to_string();
+    let unset = "CAIRN_TEST_NO_SUCH_MODEL_KEY_R4";
+    assert!(std::env::var_os(unset).is_none());
+    let model = format!("default=http://127.0.0.1:9/v1,key_env={unset}");
+    let cases: [(&[&str], i32, &str); 2] = [
+        (&["--listen", &port], 1, "cannot listen on"),
+        (&["--listen", "127.0.0.1:0", "--model", &model], 2, unset),
+    ];
+    for (args, exit, said) in cases {
+        let mut all = vec!["--db", &db];
+        all.extend_from_slice(args);
+        let (status, stderr) = refused_serve(&all);
+        assert_eq!(status.code(), Some(exit), "{args:?}: {stderr}");
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+        assert_eq!(names_in(dir.path()), Vec::<String>::new(), "{args:?}: nothing made");
+    }
+
+    // A database that exists: the same refusals leave its files as they were.
+    let existing = dir.path().join("existing.db");
+    let db = format!("sqlite:{}", existing.display());
+    {
+        let registry = cairn_sqlite::SqliteRegistry::open(&existing, std::sync::Arc::new(cairn_core::SystemClock))
+            .expect("make a database");
+        drop(registry);
+    }
+    let before: Vec<(String, Vec<u8>)> = names_in(dir.path())
+        .into_iter()
+        .map(|n| {
+            let bytes = std::fs::read(dir.path().join(&n)).expect("read");
+            (n, bytes)
+        })
+        .collect();
+    for (args, exit, _) in cases {
+        let mut all = vec!["--db", &db];
+        all.extend_from_slice(args);
+        let (status, stderr) = refused_serve(&all);
+        assert_eq!(status.code(), Some(exit), "{args:?}: {stderr}");
+        let after: Vec<(String, Vec<u8>)> = names_in(dir.path())
+            .into_iter()
+            .map(|n| {
+                let bytes = std::fs::read(dir.path().join(&n)).expect("read");
+                (n, bytes)
+            })
+            .collect();
+        assert!(after == before, "{args:?}: the files changed");
+    }
+    drop(taken);
+}
+
+/// On PostgreSQL, a start refused for a port in use creates no schema.
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_refused_for_its_port_creates_no_postgres_schema() {
+    let Some(url) = cairn_postgres::testing::test_url() else {
+        return;
+    };
+    let schema = cairn_postgres::testing::TestSchema::new("cairn_refused_start");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to hold");
+    let port = taken.local_addr().expect("its address").to_string();
+    let (status, stderr) = refused_serve(&["--db", &schema.db_url(), "--listen", &port]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+    let client = cairn_postgres::testing::test_client(&url).await;
+    let found = client
+        .query_opt(
+            "SELECT 1 FROM information_schema.schemata WHERE schema_name = $1",
+            &[&schema.name],
+        )
+        .await
+        .expect("look for the schema");
+    assert!(found.is_none(), "schema `{}` was created", schema.name);
+    drop(taken);
+}

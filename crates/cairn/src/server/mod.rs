@@ -368,6 +368,44 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), ServeError> {
         None => default_node_id(),
     };
     cairn_core::NodeIdentity::validate_node_id(&node_id).map_err(|e| ServeError::Config(format!("--node-id: {e}")))?;
+    // Every check that can fail comes before the database is opened: a
+    // start refused for a flag, a model or a port in use changes nothing (a
+    // new SQLite file is not made, an older schema is not migrated, so the
+    // binary that wrote it can still open it).
+    db::check_url(&args.db)?;
+    let mut tools = builtin_tools(args.allow_shell);
+    if args.allow_shell {
+        // Nor the variables model keys are read from, beside `CAIRN_*`.
+        tools.register(Arc::new(cairn_tools::ShellTool {
+            hidden_env: args.models.iter().filter_map(|m| m.key_env.clone()).collect(),
+            ..Default::default()
+        }));
+    }
+    let models = cairn_turn::Models::new(args.models.clone()).map_err(|e| ServeError::Config(e.to_string()))?;
+    let turns = cairn_turn::TurnRunner::new(models, tools.clone());
+    tools.register_runner("session_turn", Arc::new(turns));
+    let tool_names = tools.names();
+    let limits = cairn_script::Limits {
+        heap_bytes: args.script_heap_bytes,
+        cpu: args.script_cpu,
+        max_calls: args.script_max_calls,
+    };
+    let engine = limits
+        .check()
+        .map(|()| cairn_script::QuickJs::new(limits))
+        .map_err(|e| ServeError::Config(format!("{e} (--script-heap-bytes, --script-cpu, --script-max-calls)")))?;
+    // Before the address is printed: a server that says it listens holds
+    // the open-file limit it will run with. Bound before the database is
+    // opened (a port taken leaves it untouched) and so before the worker
+    // starts: a port taken must not leave work claimed by a server that
+    // then exits without draining it.
+    let max_connections = conn::fit_to_open_files(args.max_connections);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: args.listen.clone(),
+            source,
+        })?;
     let backend = db::open_backend(&args.db).await?;
     // Held until this function returns (after the worker drained), or until
     // the process dies: a second server under this node id is refused.
@@ -393,38 +431,6 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), ServeError> {
     // The dashboard's list follows the hub, and the one sink takes terminal
     // events only: a write that does not end its process reads nothing back.
     let notice = ChangeNotice::from_hub(&backend.hub);
-    let mut tools = builtin_tools(args.allow_shell);
-    if args.allow_shell {
-        // Nor the variables model keys are read from, beside `CAIRN_*`.
-        tools.register(Arc::new(cairn_tools::ShellTool {
-            hidden_env: args.models.iter().filter_map(|m| m.key_env.clone()).collect(),
-            ..Default::default()
-        }));
-    }
-    let models = cairn_turn::Models::new(args.models.clone()).map_err(|e| ServeError::Config(e.to_string()))?;
-    let turns = cairn_turn::TurnRunner::new(models, tools.clone());
-    tools.register_runner("session_turn", Arc::new(turns));
-    let tool_names = tools.names();
-    let limits = cairn_script::Limits {
-        heap_bytes: args.script_heap_bytes,
-        cpu: args.script_cpu,
-        max_calls: args.script_max_calls,
-    };
-    let engine = limits
-        .check()
-        .map(|()| cairn_script::QuickJs::new(limits))
-        .map_err(|e| ServeError::Config(format!("{e} (--script-heap-bytes, --script-cpu, --script-max-calls)")))?;
-    // Before the address is printed: a server that says it listens holds
-    // the open-file limit it will run with. Bound before the worker starts:
-    // a port taken must not leave work claimed by a server that then exits
-    // without draining it.
-    let max_connections = conn::fit_to_open_files(args.max_connections);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Listen {
-            addr: args.listen.clone(),
-            source,
-        })?;
     let processes = Processes::builder(backend.registry)
         .hub(backend.hub)
         .tools(tools)
