@@ -736,7 +736,7 @@ pub struct LsArgs {
     /// One page in id order after this id (the server's pagination) instead of newest first.
     #[arg(long)]
     pub after_id: Option<String>,
-    /// Show at most this many (newest first; with `--after-id`, the server's page size).
+    /// Show at most this many (newest first; 10000 when not given; with `--after-id`, the server's page size).
     #[arg(long, value_parser = at_least_one())]
     pub limit: Option<usize>,
     /// Only processes created at or after this time: epoch milliseconds

@@ -744,7 +744,23 @@ async fn section_three_exit_codes_json_shapes_and_messages() {
         let out = run_cli(&base, None, &args, None).await;
         assert_eq!(out.code, 2, "{}", out.stderr);
         assert!(out.stderr.contains("invalid_signal_name"), "{name}: {}", out.stderr);
+        // Refused here, before sending: no HTTP answer is claimed.
+        assert!(!out.stderr.contains("HTTP"), "{name}: {}", out.stderr);
     }
+    // An id no URL can carry is refused before sending, in the server's
+    // words, exit 2 and `invalid_id` as the server's 400, without claiming
+    // an HTTP status it never got.
+    let out = cli(&["get", ".."]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert_eq!(
+        out.stderr.trim(),
+        "error: invalid_id: process id `..` is a relative path segment, which no URL can name; choose another",
+    );
+    let out = cli(&["--json", "get", "."]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let error: Value = serde_json::from_str(out.stderr.trim()).expect("a JSON error");
+    assert_eq!(error["error"]["code"], "invalid_id", "{error}");
+    assert!(error["error"].get("status").is_none(), "{error}");
     let out = cli(&["get", "nope"]).await;
     assert_eq!(out.code, 1, "{}", out.stderr);
 

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use cairn_core::validate::validate_id;
 use futures::StreamExt;
 use reqwest::header::{ACCEPT, AUTHORIZATION};
 use reqwest::{RequestBuilder, StatusCode};
@@ -47,6 +48,15 @@ pub enum ClientError {
         message: String,
         /// A pruned process's tombstone, with `no_longer_retained`.
         tombstone: Option<Value>,
+    },
+    /// The client refused the input itself, with the code and the words the
+    /// server answers it with: nothing was sent, so no HTTP status is said.
+    #[error("{code}: {}", without_code(code, message))]
+    Refused {
+        /// The server's code for such input (`invalid_id`, ...).
+        code: String,
+        /// The server's message for it.
+        message: String,
     },
     /// The server answered success with a body that is not JSON: not a
     /// cairn server, or something between us rewrote the answer.
@@ -94,7 +104,7 @@ impl ClientError {
     /// reader, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Usage(_) => 2,
+            Self::Usage(_) | Self::Refused { .. } => 2,
             Self::Output { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe => {
                 super::output::EXIT_OUTPUT_CLOSED
             }
@@ -108,11 +118,12 @@ impl ClientError {
 
     /// The error as `--json` prints it on stderr: `{"error": {"code",
     /// "message", "exit_code", ...}}`, with the server's code, HTTP status
-    /// and tombstone when the server answered, else the client's own code
+    /// and tombstone when the server answered, the server's code without a
+    /// status for input refused before sending, else the client's own code
     /// (`usage`, `unreachable`, `no_answer`, `lost_answer`, ...).
     pub fn to_json(&self) -> Value {
         let code = match self {
-            Self::Api { code, .. } => code.as_str(),
+            Self::Api { code, .. } | Self::Refused { code, .. } => code.as_str(),
             Self::Unreachable { .. } => "unreachable",
             Self::Http(_) => "transport",
             Self::LostAnswer(_) => "lost_answer",
@@ -124,7 +135,7 @@ impl ClientError {
             Self::Output { .. } => "output",
         };
         let message = match self {
-            Self::Api { message, .. } => message.clone(),
+            Self::Api { message, .. } | Self::Refused { message, .. } => message.clone(),
             other => other.to_string(),
         };
         let mut error = serde_json::json!({"code": code, "message": message, "exit_code": self.exit_code()});
@@ -296,24 +307,40 @@ const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
 /// route, and no id or name can be one (the server refuses them as ids).
 /// An empty segment (an empty id or name) is refused too: the request would
 /// reach another route or none, where the server refuses an empty id.
+/// Refused as the server refuses the segment where it stands (a process id,
+/// a schedule id, a signal name, ...), in its words, and said as refused
+/// here: nothing is sent.
 fn no_dot_segments(path: &str) -> Result<(), ClientError> {
     let path = path.split(['?', '#']).next().unwrap_or_default();
-    let refuse = |message: String| {
-        Err(ClientError::Api {
-            status: 400,
-            code: "invalid_id".into(),
-            message,
-            tombstone: None,
-        })
-    };
-    for s in path.split('/').skip(1) {
-        match s {
-            "" => return refuse("an id or a name must not be empty".into()),
-            "." | ".." => return refuse(format!("`{s}` is not an id or a name: no URL path can carry it")),
-            _ => {}
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    for (i, s) in segments.iter().enumerate() {
+        if !matches!(*s, "" | "." | "..") {
+            continue;
         }
+        let what = match (i.checked_sub(1).map(|j| segments[j]), segments.get(1).copied()) {
+            (Some("processes"), _) => "process id",
+            // A signal name is checked as the server checks it.
+            (Some("signals"), Some("processes")) => match cairn_core::events::validate_signal_name(s) {
+                Err(e) => return Err(refused(e)),
+                Ok(()) => "signal name",
+            },
+            (Some("schedules"), _) => "schedule id",
+            (Some("sessions"), _) => "session id",
+            (Some("wakes"), _) => "wake id",
+            (Some("modules"), _) => "module ref",
+            _ => "an id or a name",
+        };
+        validate_id(what, s).map_err(refused)?;
     }
     Ok(())
+}
+
+/// A refusal made here, as the server words it ([`ClientError::Refused`]).
+fn refused(e: cairn_core::CairnError) -> ClientError {
+    ClientError::Refused {
+        code: e.code().into(),
+        message: e.to_string(),
+    }
 }
 
 /// Percent-encode one path segment (ids may hold `/`, `?`, spaces, ...).
@@ -886,7 +913,10 @@ mod tests {
             format!("/v1/processes/{}/events", segment("")),
         ] {
             match client.get(&path).await {
-                Err(ClientError::Api { code, status: 400, .. }) => assert_eq!(code, "invalid_id", "{path}"),
+                Err(ClientError::Refused { code, .. }) => assert!(
+                    ["invalid_id", "invalid_signal_name"].contains(&code.as_str()),
+                    "{path}: {code}"
+                ),
                 other => panic!("{path}: {other:?}"),
             }
         }
@@ -894,8 +924,54 @@ mod tests {
         assert!(no_dot_segments(&format!("/v1/processes/{}/events?after=.", segment("a.b"))).is_ok());
         assert!(matches!(
             client.post("/v1/processes/./cancel", &Value::Null).await,
-            Err(ClientError::Api { status: 400, .. })
+            Err(ClientError::Refused { .. })
         ));
+    }
+
+    /// A refusal made before sending is worded as the server words it for
+    /// the segment where it stands, exits 2 as the server's 400 does, and
+    /// claims no HTTP status: no request was made.
+    #[test]
+    fn a_refusal_before_sending_says_what_the_server_says_and_no_http_status() {
+        for (path, code, said) in [
+            (
+                "/v1/processes/..",
+                "invalid_id",
+                "invalid_id: process id `..` is a relative path segment, which no URL can name; choose another",
+            ),
+            (
+                "/v1/processes//events",
+                "invalid_id",
+                "invalid_id: process id must not be empty",
+            ),
+            (
+                "/v1/schedules/./pause",
+                "invalid_id",
+                "invalid_id: schedule id `.` is a relative path segment, which no URL can name; choose another",
+            ),
+            (
+                "/v1/sessions/s/wakes/../ack",
+                "invalid_id",
+                "invalid_id: wake id `..` is a relative path segment, which no URL can name; choose another",
+            ),
+            (
+                "/v1/modules/..",
+                "invalid_id",
+                "invalid_id: module ref `..` is a relative path segment, which no URL can name; choose another",
+            ),
+            (
+                "/v1/processes/p/signals/..",
+                "invalid_signal_name",
+                "invalid_signal_name: `..`: signal names are 1-128 ASCII letters, digits, `_` or `-`",
+            ),
+        ] {
+            let e = no_dot_segments(path).expect_err(path);
+            assert_eq!(e.to_string(), said, "{path}");
+            assert_eq!(e.exit_code(), 2, "{path}");
+            let doc = e.to_json();
+            assert_eq!(doc["error"]["code"], code, "{path}: {doc}");
+            assert!(doc["error"].get("status").is_none(), "{path}: {doc}");
+        }
     }
 
     /// A free port on loopback, nothing listening on it.

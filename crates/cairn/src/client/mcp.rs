@@ -59,6 +59,7 @@ fn bare_failure(e: ClientError) -> Failure {
             tombstone,
             ..
         } => Failure::new(code, message).with_tombstone(tombstone),
+        ClientError::Refused { code, message } => Failure::new(code, message),
         e @ (ClientError::Unreachable { .. }
         | ClientError::NoAnswer { .. }
         | ClientError::Interrupted(_)
@@ -166,9 +167,8 @@ impl Cairn for Forwarding {
     }
 
     async fn signal(&self, id: &str, name: &str, signal_id: &str, payload: Value) -> Answer {
-        // Checked here as the server checks it: an empty name, `.` or `..`
-        // would otherwise be refused as a URL path segment (`invalid_id`),
-        // where HTTP MCP answers `invalid_signal_name`.
+        // Checked here as the server checks it (`invalid_signal_name`, as
+        // HTTP MCP answers), before anything is sent.
         cairn_core::events::validate_signal_name(name).map_err(|e| Failure::new(e.code(), e.to_string()))?;
         let body = json!({"signal_id": signal_id, "payload": payload});
         self.post_json(&format!("{}/signals/{}", proc_path(id), segment(name)), body)

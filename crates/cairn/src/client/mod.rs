@@ -18,6 +18,7 @@ use crate::cli::{Command, CompleteArgs, LsArgs, ModuleCommand, PruneArgs, Resolv
 
 mod hints;
 pub mod http;
+mod ls;
 pub mod mcp;
 pub mod output;
 mod schedule;
@@ -378,14 +379,11 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
         } => {
             json_where_a_name_goes("signal", &id, "signal name", &name)?;
             payload_where_a_flag_goes("signal", &id, &name, stray.as_deref())?;
-            // Refused as the server refuses it (`invalid_signal_name`): an
-            // empty name, `.` or `..` would otherwise be refused as a URL
-            // path segment.
-            cairn_core::events::validate_signal_name(&name).map_err(|e| ClientError::Api {
-                status: 400,
+            // Refused as the server refuses it (`invalid_signal_name`), before
+            // anything is sent.
+            cairn_core::events::validate_signal_name(&name).map_err(|e| ClientError::Refused {
                 code: e.code().into(),
                 message: e.to_string(),
-                tombstone: None,
             })?;
             let payload = json_flag("--payload", &payload_arg)?;
             let signal_id = signal_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
@@ -1621,10 +1619,6 @@ fn abandonment(outcome: &Value) -> String {
     }
 }
 
-/// Newest first: `ls` walks the server's pages (id order) up to this many
-/// records, then sorts them by creation time.
-const LS_SCAN_LIMIT: usize = 10_000;
-
 async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, ClientError> {
     let running_only = args.status.is_none();
     let mut pairs: Vec<(&str, String)> = Vec::new();
@@ -1641,68 +1635,50 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
     add("originator", args.originator);
     add("caused_by", args.caused_by);
     created_range(args.created_from, args.created_before)?;
-    add("created_from_ms", args.created_from.map(|t| t.to_string()));
-    add("created_before_ms", args.created_before.map(|t| t.to_string()));
     let paged = args.after_id.is_some();
-    // `--after-id` is the server's own pagination: one page, in id order.
-    let mut rows: Vec<(Value, Option<Value>)> = Vec::new();
-    let mut truncated = None;
-    let mut with_grants = false;
-    let mut after_id = args.after_id.clone();
-    loop {
-        let mut page_pairs = pairs.clone();
-        if let Some(a) = &after_id {
-            page_pairs.push(("after_id", a.clone()));
-        }
-        let size = if paged {
-            args.limit
-        } else {
-            Some(cairn_core::MAX_PAGE_SIZE)
-        };
-        if let Some(l) = size {
-            page_pairs.push(("limit", l.to_string()));
-        }
-        let page = client.get(&format!("/v1/processes?{}", query(page_pairs))).await?;
+    let (rows, truncated, limited, with_grants) = if let Some(after_id) = args.after_id {
+        // `--after-id` is the server's own pagination: one page, in id order.
+        add("created_from_ms", args.created_from.map(|t| t.to_string()));
+        add("created_before_ms", args.created_before.map(|t| t.to_string()));
+        add("after_id", Some(after_id));
+        add("limit", args.limit.map(|l| l.to_string()));
+        let page = client.get(&format!("/v1/processes?{}", query(pairs))).await?;
         let processes = page
             .get("processes")
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        let grants = page.get("grants").and_then(Value::as_array).cloned();
-        with_grants |= grants.is_some();
-        for (i, p) in processes.into_iter().enumerate() {
-            rows.push((p, grants.as_ref().and_then(|g| g.get(i).cloned())));
-        }
+        let grants = page.get("grants").and_then(Value::as_array);
+        let rows: Vec<(Value, Option<Value>)> = processes
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| (p, grants.and_then(|g| g.get(i).cloned())))
+            .collect();
         let next = page.get("next_after_id").and_then(Value::as_str).map(str::to_string);
-        if paged {
-            truncated = next;
-            break;
-        }
-        match next {
-            Some(n) if rows.len() < LS_SCAN_LIMIT => after_id = Some(n),
-            Some(n) => {
-                truncated = Some(n);
-                break;
-            }
-            None => break,
-        }
-    }
-    let mut limited = false;
-    if !paged {
-        rows.sort_by(|(a, _), (b, _)| newest_first(a, b));
-        if let Some(limit) = args.limit.filter(|l| rows.len() > *l) {
-            limited = true;
+        (rows, next, false, grants.is_some())
+    } else {
+        let n = args.limit.unwrap_or(ls::LS_SCAN_LIMIT);
+        let search = ls::Search {
+            filters: &pairs,
+            created_from: args.created_from,
+            created_before: args.created_before,
+            n,
+            scan_limit: ls::LS_SCAN_LIMIT,
+            page: cairn_core::MAX_PAGE_SIZE,
+        };
+        let listing = ls::newest(client, &search).await?;
+        if listing.more {
             // Said on stderr, as the other notes are: more matched.
-            errln!("(the newest {limit} shown; more match: raise --limit to see them)")?;
-            rows.truncate(limit);
+            let how = if args.limit.is_some() {
+                "raise --limit to see them".to_string()
+            } else {
+                format!("a --limit over {n} shows more")
+            };
+            errln!("(the newest {n} shown; more match: {how})")?;
         }
-    }
+        (listing.rows, listing.scan_cut, listing.more, listing.with_grants)
+    };
     if json {
-        if let (Some(next), false) = (&truncated, paged) {
-            errln!(
-                "(only the first {LS_SCAN_LIMIT} by id were sorted; narrow the filters or page with --after-id {next})"
-            )?;
-        }
         let view = LsView {
             paged,
             limited,
@@ -1737,21 +1713,20 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
         // table reads as "nothing was ever started".
         errln!("(nothing running matches; `--status any` lists ended processes too)")?;
     }
-    match truncated {
-        Some(next) if paged => errln!("(more: the same command with --after-id {next})")?,
-        Some(next) => errln!(
-            "(only the first {LS_SCAN_LIMIT} by id were sorted; narrow the filters or page with --after-id {next})"
-        )?,
-        None => {}
+    if let (Some(next), true) = (truncated, paged) {
+        errln!("(more: the same command with --after-id {next})")?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// `ls --json`: the rows, and their grants whenever the server's pages
 /// carried them (`with_grants`: a session's listing, `--granted-to`), empty
-/// or not; `next_after_id` for a page of `--after-id`; a listing cut at the
-/// scan limit says so (`truncated`, and where to page on), as the table's
-/// note does for people, and one `--limit` cut says `limited`.
+/// or not; `next_after_id` for a page of `--after-id`; a listing of more
+/// matches than one id-order read takes says so (`truncated`, and where the
+/// server's id-order pages go on past that read; the rows are still the
+/// newest, found by time windows), and one that leaves matches out (its
+/// `--limit`, or 10,000 without one) says `limited`, as the table's note
+/// does for people.
 fn ls_document(rows: Vec<(Value, Option<Value>)>, truncated: Option<String>, view: LsView) -> Value {
     let (processes, grants): (Vec<Value>, Vec<Value>) =
         rows.into_iter().map(|(p, g)| (p, g.unwrap_or(Value::Null))).unzip();
@@ -1777,7 +1752,7 @@ fn ls_document(rows: Vec<(Value, Option<Value>)>, truncated: Option<String>, vie
 struct LsView {
     /// One page of `--after-id`.
     paged: bool,
-    /// `--limit` left matching processes out.
+    /// Matching processes were left out (`--limit`, or 10,000 without one).
     limited: bool,
     /// The server's pages carried grants.
     with_grants: bool,
