@@ -117,7 +117,7 @@ async fn scenario(db: &str) {
     assert_eq!((s, page["modules"].as_array().map(Vec::len)), (200, Some(1)), "{page}");
     for bad in ["zzz", "1"] {
         let (s, e) = c.get(&format!("/v1/modules?after={bad}")).await;
-        assert_eq!((s, e["error"]["code"].as_str()), (400, Some("invalid_page")), "{e}");
+        assert_eq!((s, e["error"]["code"].as_str()), (400, Some("invalid_id")), "{e}");
         assert!(
             e["error"]["message"].as_str().unwrap().contains("module:sha256:"),
             "{e}"
