@@ -153,25 +153,22 @@ fn form_type(headers: &HeaderMap) -> Result<Option<()>, Refusal> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Ok(None);
     };
-    let value = value.to_str().map_err(|_| not_a_form())?;
-    let mut parts = value.split(';');
-    let mime = parts.next().unwrap_or("").trim();
-    if !mime.eq_ignore_ascii_case(FORM_TYPE) {
+    // Read by the `mime` crate: quoted parameters, case and spacing as RFC
+    // 9110 allows them.
+    let mime: mime::Mime = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(not_a_form)?;
+    if mime.essence_str() != FORM_TYPE {
         return Err(not_a_form());
     }
-    for param in parts {
-        let Some((name, value)) = param.split_once('=') else {
-            continue;
-        };
-        let value = value.trim().trim_matches('"');
-        if name.trim().eq_ignore_ascii_case("charset")
-            && !["utf-8", "utf8", "us-ascii", "ascii"]
-                .iter()
-                .any(|ok| value.eq_ignore_ascii_case(ok))
-        {
+    if let Some(charset) = mime.get_param(mime::CHARSET) {
+        let charset = charset.as_str().to_ascii_lowercase();
+        if !["utf-8", "utf8", "us-ascii", "ascii"].contains(&charset.as_str()) {
             return Err(Refusal::unsupported(format!(
                 "forms are read as UTF-8: `charset={}` is not supported",
-                value.escape_debug()
+                charset.escape_debug()
             )));
         }
     }
