@@ -16,8 +16,8 @@
 //! the lease lost, and when the command itself exits while other members of
 //! its group are still alive: nothing the command started in its group
 //! outlives the run. The group of a `rerunnable` run also dies with this
-//! process, however it dies (a [`Sentinel`] in the group, ADR 0025), so the
-//! rerun after a restart never runs beside it.
+//! process, however it dies, a stop's grace included (a [`Sentinel`] in the
+//! group, ADR 0025), so the rerun after a restart never runs beside it.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -180,6 +180,31 @@ impl ShellArgs {
         Ok(a)
     }
 
+    /// Where `program` is, if it is where the spawn looked for it: at its
+    /// path (from `cwd`) when it names one, else in a directory of the
+    /// `PATH` the command was given (its own `env`, else this process's).
+    /// A spawn that said "not found" of a program that is there could not
+    /// find its `#!` interpreter (or a loader it names).
+    fn find_program(&self, program: &str) -> Option<std::path::PathBuf> {
+        let from_cwd = |path: std::path::PathBuf| match &self.cwd {
+            Some(cwd) => std::path::Path::new(cwd).join(path),
+            None => path,
+        };
+        if program.contains('/') {
+            return Some(from_cwd(program.into())).filter(|p| p.exists());
+        }
+        let path = match self.env.as_ref().and_then(|env| env.get("PATH")) {
+            Some(path) => std::ffi::OsString::from(path),
+            // Where the spawn itself looks when no `PATH` is set.
+            None => std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into()),
+        };
+        std::env::split_paths(&path).find_map(|dir| {
+            // An empty entry is the working directory.
+            let dir = if dir.as_os_str().is_empty() { ".".into() } else { dir };
+            Some(from_cwd(dir.join(program))).filter(|p| p.is_file())
+        })
+    }
+
     /// The program (for messages) and the command to spawn.
     fn command(&self, hidden_env: &[String]) -> (String, Command) {
         let (program, mut cmd) = match (&self.argv, &self.command) {
@@ -283,12 +308,12 @@ async fn run_child(ctx: &ToolContext, args: &ShellArgs, grace: Duration, hidden_
     // not outlive this process, or the rerun would race it. Its sentinel
     // leads the group before the command joins it, so a crash at any moment
     // after the command starts ends it.
-    let mut sentinel = match ctx.record().disposition {
+    let sentinel = match ctx.record().disposition {
         Disposition::Rerunnable => Sentinel::lead(),
         _ => None,
     };
     if let Some(s) = &sentinel {
-        cmd.process_group(s.pgid);
+        cmd.process_group(s.pgid());
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -300,21 +325,24 @@ async fn run_child(ctx: &ToolContext, args: &ShellArgs, grace: Duration, hidden_
                 Ok(m) if !m.is_dir() => Some("is not a directory"),
                 _ => None,
             });
-            let program_is_there = program.contains('/')
-                && match &args.cwd {
-                    Some(cwd) => std::path::Path::new(cwd).join(&program),
-                    None => std::path::PathBuf::from(&program),
-                }
-                .exists();
+            let found = match e.kind() {
+                std::io::ErrorKind::NotFound => args.find_program(&program),
+                _ => None,
+            };
             let message = match (&args.cwd, dir_problem) {
                 (Some(cwd), Some(problem)) => {
                     format!("could not start `{program}`: its working directory `{cwd}` {problem}")
                 }
                 // A program named by path that is there: what is missing is
                 // its `#!` interpreter (or a loader it names).
-                (_, None) if e.kind() == std::io::ErrorKind::NotFound && program_is_there => {
+                (_, None) if found.is_some() => {
+                    // Found on `PATH`: say where, as the name does not.
+                    let at = match &found {
+                        Some(path) if !program.contains('/') => format!(" (`{}`)", path.display()),
+                        _ => String::new(),
+                    };
                     format!(
-                        "could not start `{program}`: it is there, but its interpreter (its `#!` line) is not ({e})"
+                        "could not start `{program}`: it is there{at}, but its interpreter (its `#!` line) is not ({e})"
                     )
                 }
                 (Some(cwd), None) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -333,7 +361,7 @@ async fn run_child(ctx: &ToolContext, args: &ShellArgs, grace: Duration, hidden_
     // pid; with a sentinel, the sentinel's group is the run's.
     let Some(pgid) = sentinel
         .as_ref()
-        .map(|s| s.pgid)
+        .map(Sentinel::pgid)
         .or_else(|| child.id().and_then(|p| libc::pid_t::try_from(p).ok()))
     else {
         let _ = child.kill().await;
@@ -387,13 +415,11 @@ async fn run_child(ctx: &ToolContext, args: &ShellArgs, grace: Duration, hidden_
         }
     };
 
-    // The run ends here, so the group's end is this run's to make.
-    if let Some(sentinel) = sentinel.take() {
-        sentinel.disarm().await;
-    }
-
-    // Stopping: end the group (all of it after a stop; survivors after an
-    // exit) while still collecting its output.
+    // Stopping: the run ends here, so the group's end is this run's to
+    // make: end it (all of it after a stop; survivors after an exit) while
+    // still collecting its output. A sentinel stays in it until nothing else
+    // is left (it ignores the SIGTERM), so a crash during the grace still
+    // ends the group.
     let (leader_done, leader_status) = match &end {
         End::Exited(r) => (true, r.as_ref().ok().copied()),
         _ => (false, None),
@@ -405,21 +431,36 @@ async fn run_child(ctx: &ToolContext, args: &ShellArgs, grace: Duration, hidden_
     } else {
         grace
     };
-    let stop = stop_group(&mut child, pgid, leader_done, leader_status, grace);
+    let mut group = Group { pgid, sentinel };
+    let stop = stop_group(&mut child, &mut group, leader_done, leader_status, grace);
     tokio::pin!(stop);
+    // Output keeps flowing to watchers as it does while the command runs
+    // (by count, size and age); an append never holds up the group's end
+    // (the group is driven on while it waits, and an append it cuts short
+    // is made by the next flush).
     let (status, group_gone) = loop {
-        tokio::select! {
+        let flush_at = out.next_deadline();
+        let ended = tokio::select! {
             biased;
-            done = &mut stop => break done,
+            done = &mut stop => Some(done),
+            _ = until(flush_at) => beside(&mut stop, out.flush_due(ctx)).await,
             line = rx.recv(), if rx_open => match line {
                 Some(line) => {
                     let stream = line.stream;
                     if out.push(line) {
-                        out.flush(ctx, stream).await;
+                        beside(&mut stop, out.flush(ctx, stream)).await
+                    } else {
+                        None
                     }
                 }
-                None => rx_open = false,
+                None => {
+                    rx_open = false;
+                    None
+                }
             },
+        };
+        if let Some(done) = ended {
+            break done;
         }
     };
     if group_gone {
@@ -431,7 +472,9 @@ async fn run_child(ctx: &ToolContext, args: &ShellArgs, grace: Duration, hidden_
     let drain_end = Instant::now() + DRAIN_MAX;
     let mut drain_until = Instant::now() + DRAIN;
     while rx_open {
+        let flush_at = out.next_deadline();
         tokio::select! {
+            _ = until(flush_at) => out.flush_due(ctx).await,
             line = rx.recv() => match line {
                 Some(line) => {
                     let stream = line.stream;
@@ -528,6 +571,16 @@ async fn interruptible<F: Future<Output = ()>>(ctx: &ToolContext, deadline: Opti
     }
 }
 
+/// Runs `fut` while driving `stop` on; `stop`'s answer if it ended first
+/// (`fut` is then dropped).
+async fn beside<S: Future + Unpin, F: Future<Output = ()>>(stop: &mut S, fut: F) -> Option<S::Output> {
+    tokio::select! {
+        biased;
+        done = stop => Some(done),
+        _ = fut => None,
+    }
+}
+
 async fn until(at: Option<Instant>) {
     match at {
         Some(at) => sleep_until(at).await,
@@ -545,33 +598,79 @@ fn signal_group(pgid: libc::pid_t, signal: Signal) {
     let _ = killpg(Pid::from_raw(pgid), signal);
 }
 
-/// Whether the group still has a member that is not a zombie.
-async fn group_alive(pgid: libc::pid_t) -> bool {
-    // No signal: only checks that the group exists and may be signalled.
-    match killpg(Pid::from_raw(pgid), None) {
-        Ok(()) => {}
-        // EPERM: members we cannot signal; count them as alive so the grace and
-        // SIGKILL steps still run. Anything else (ESRCH): no member left.
-        Err(e) => return e == Errno::EPERM,
-    }
-    // Zombies still count for killpg, and an init that does not reap them
-    // would keep the group "alive" forever; look past them where we can.
-    // Reading every `/proc/{pid}/stat` blocks: not on the runtime's threads.
-    tokio::task::spawn_blocking(move || live_member(pgid))
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(true)
+/// The run's process group, with its sentinel while that is in it.
+struct Group {
+    pgid: libc::pid_t,
+    sentinel: Option<Sentinel>,
 }
 
+impl Group {
+    /// Whether the group still has a member that is not a zombie, the
+    /// sentinel aside. Once none is left the sentinel is stopped too (the
+    /// group is then empty): it guarded the group until there was nothing
+    /// left to guard.
+    async fn alive(&mut self) -> bool {
+        // No signal: only checks that the group exists and may be signalled.
+        match killpg(Pid::from_raw(self.pgid), None) {
+            Ok(()) => {}
+            // EPERM: members we cannot signal; count them as alive so the
+            // grace and SIGKILL steps still run.
+            Err(Errno::EPERM) => return true,
+            // ESRCH: no member left (a sentinel killed by other means is
+            // reaped here).
+            Err(_) => {
+                self.disarm().await;
+                return false;
+            }
+        }
+        // Zombies still count for killpg, and an init that does not reap them
+        // would keep the group "alive" forever; look past them (and past the
+        // sentinel) where we can. Reading every `/proc/{pid}/stat` blocks:
+        // not on the runtime's threads.
+        let (pgid, sentinel) = (self.pgid, self.sentinel.as_ref().map(|s| s.pid));
+        let listed = tokio::task::spawn_blocking(move || live_member(pgid, sentinel))
+            .await
+            .ok()
+            .flatten();
+        match listed {
+            Some(true) => true,
+            Some(false) => {
+                self.disarm().await;
+                false
+            }
+            // Members cannot be listed here, so the sentinel cannot be told
+            // from the rest: stop it (the group is unguarded from here on, as
+            // without one) and count on what killpg says.
+            None if self.sentinel.is_some() => {
+                self.disarm().await;
+                matches!(killpg(Pid::from_raw(self.pgid), None), Ok(()) | Err(Errno::EPERM))
+            }
+            None => true,
+        }
+    }
+
+    /// Stops the sentinel (and reaps it), if it is still there.
+    async fn disarm(&mut self) {
+        if let Some(sentinel) = self.sentinel.take() {
+            sentinel.disarm().await;
+        }
+    }
+}
+
+/// Whether the group has a member that is not a zombie, `except` (the
+/// sentinel, this process's unreaped child, so its pid is not reused) aside;
+/// `None` when the members cannot be listed.
 #[cfg(target_os = "linux")]
-fn live_member(pgid: libc::pid_t) -> Option<bool> {
+fn live_member(pgid: libc::pid_t, except: Option<libc::pid_t>) -> Option<bool> {
     let dir = std::fs::read_dir("/proc").ok()?;
     for entry in dir.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<libc::pid_t>().ok()) else {
             continue;
         };
+        if Some(pid) == except {
+            continue;
+        }
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
@@ -590,33 +689,44 @@ fn live_member(pgid: libc::pid_t) -> Option<bool> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn live_member(_pgid: libc::pid_t) -> Option<bool> {
+fn live_member(_pgid: libc::pid_t, _except: Option<libc::pid_t>) -> Option<bool> {
     None
 }
 
 /// Ends the group: nothing to do when the leader is reaped and no member is
 /// left; otherwise SIGTERM, then SIGKILL once `grace` passes with a member
-/// still alive. Reaps the leader. Answers its exit status (when known) and
-/// whether the group was seen empty.
+/// still alive. Reaps the leader, and the sentinel once the rest is gone (it
+/// ignores the SIGTERM and stays, so a crash during the grace still ends the
+/// group; the SIGKILL ends it with the rest). Answers the leader's exit
+/// status (when known) and whether the group was seen empty.
 async fn stop_group(
     child: &mut Child,
-    pgid: libc::pid_t,
+    group: &mut Group,
     mut leader_done: bool,
     mut status: Option<ExitStatus>,
     grace: Duration,
 ) -> (Option<ExitStatus>, bool) {
-    if leader_done && !group_alive(pgid).await {
+    if leader_done && !group.alive().await {
         return (status, true);
     }
-    signal_group(pgid, Signal::SIGTERM);
+    signal_group(group.pgid, Signal::SIGTERM);
     // A stopped process only acts on SIGTERM once continued.
-    signal_group(pgid, Signal::SIGCONT);
+    signal_group(group.pgid, Signal::SIGCONT);
     let deadline = Instant::now() + grace;
-    if settle(child, pgid, &mut leader_done, &mut status, deadline).await {
+    if settle(child, group, &mut leader_done, &mut status, deadline).await {
         return (status, true);
     }
-    signal_group(pgid, Signal::SIGKILL);
-    let gone = settle(child, pgid, &mut leader_done, &mut status, Instant::now() + KILL_SETTLE).await;
+    signal_group(group.pgid, Signal::SIGKILL);
+    let gone = settle(
+        child,
+        group,
+        &mut leader_done,
+        &mut status,
+        Instant::now() + KILL_SETTLE,
+    )
+    .await;
+    // The SIGKILL ended the sentinel whether or not the rest is seen gone.
+    group.disarm().await;
     (status, gone)
 }
 
@@ -624,13 +734,13 @@ async fn stop_group(
 /// deadline passes (false).
 async fn settle(
     child: &mut Child,
-    pgid: libc::pid_t,
+    group: &mut Group,
     leader_done: &mut bool,
     status: &mut Option<ExitStatus>,
     deadline: Instant,
 ) -> bool {
     loop {
-        if *leader_done && !group_alive(pgid).await {
+        if *leader_done && !group.alive().await {
             return true;
         }
         let now = Instant::now();
@@ -652,8 +762,6 @@ async fn settle(
     }
 }
 
-/// Kills the group and stops the pipe readers if the run is dropped or ends
-/// without seeing the group empty.
 /// A member of a rerunnable run's group that ends the group when this
 /// process dies, however it dies (a SIGKILL runs no destructor, so nothing
 /// here could). It blocks reading a pipe whose only writer is this process
@@ -661,14 +769,15 @@ async fn settle(
 /// the last copy of the write end closes, and then it kills its own group.
 /// Without it, a command outlives a crash and its rerun after the restart
 /// runs beside it. It leads the group, and the command joins it: started
-/// first, it is in place whenever the command runs. (A group's id stays
-/// valid while any member lives, so the sentinel may be stopped alone and
-/// the group ended after.) Owner-bound runs have none: they are never run
-/// again, and their command may still finish its work if it writes no more
-/// output (its pipes' reader is gone: a write ends it with SIGPIPE).
+/// first, it is in place whenever the command runs. It ignores the signals a
+/// stop (or a command signalling its own group) sends, so it stays through
+/// a stop's grace, and is stopped alone once nothing else is left in the
+/// group. Owner-bound runs have none: they are never run again, and their
+/// command may still finish its work if it writes no more output (its
+/// pipes' reader is gone: a write ends it with SIGPIPE).
 struct Sentinel {
     child: Child,
-    pgid: libc::pid_t,
+    pid: libc::pid_t,
     _writer: std::io::PipeWriter,
 }
 
@@ -679,7 +788,7 @@ impl Sentinel {
         let (reader, writer) = std::io::pipe().ok()?;
         let child = Command::new("/bin/sh")
             .arg("-c")
-            .arg("read line; kill -9 0")
+            .arg("trap '' HUP INT QUIT PIPE TERM USR1 USR2; read line; kill -9 0")
             .stdin(Stdio::from(reader))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -687,12 +796,17 @@ impl Sentinel {
             .kill_on_drop(true)
             .spawn()
             .ok()?;
-        let pgid = child.id().and_then(|p| libc::pid_t::try_from(p).ok())?;
+        let pid = child.id().and_then(|p| libc::pid_t::try_from(p).ok())?;
         Some(Self {
             child,
-            pgid,
+            pid,
             _writer: writer,
         })
+    }
+
+    /// The group it leads (its own pid).
+    fn pgid(&self) -> libc::pid_t {
+        self.pid
     }
 
     /// Stop the sentinel alone (and reap it) before its pipe closes.
@@ -701,6 +815,8 @@ impl Sentinel {
     }
 }
 
+/// Kills the group and stops the pipe readers if the run is dropped or ends
+/// without seeing the group empty.
 struct GroupGuard {
     pgid: libc::pid_t,
     armed: bool,
@@ -746,7 +862,9 @@ async fn read_stream<R: AsyncRead + Unpin>(pipe: R, stream: Stream, tx: mpsc::Se
     let mut reader = BufReader::new(pipe);
     let mut buf = Vec::new();
     loop {
-        match read_line_bounded(&mut reader, &mut buf, MAX_LINE_BYTES).await {
+        // One byte over the limit is kept: it may be the `\r` of a `\r\n`,
+        // which is no part of the line.
+        match read_line_bounded(&mut reader, &mut buf, MAX_LINE_BYTES + 1).await {
             Ok(Some(truncated)) => {
                 let text = decode_line(&buf, truncated);
                 if tx.send(Line { stream, text }).await.is_err() {
@@ -796,8 +914,20 @@ async fn read_line_bounded<R: AsyncBufRead + Unpin>(
     }
 }
 
-fn decode_line(bytes: &[u8], truncated: bool) -> String {
+/// The text of a line read with at most `MAX_LINE_BYTES + 1` bytes kept
+/// (`truncated`: more were there): without a `\r` it ended with, and cut to
+/// `MAX_LINE_BYTES` and marked when what is left is longer.
+fn decode_line(bytes: &[u8], mut truncated: bool) -> String {
     let mut bytes = bytes;
+    if !truncated {
+        if let Some(stripped) = bytes.strip_suffix(b"\r") {
+            bytes = stripped;
+        }
+    }
+    if bytes.len() > MAX_LINE_BYTES {
+        bytes = &bytes[..MAX_LINE_BYTES];
+        truncated = true;
+    }
     if truncated {
         // Do not leave half a character where the line was cut.
         if let Err(e) = std::str::from_utf8(bytes) {
@@ -805,8 +935,6 @@ fn decode_line(bytes: &[u8], truncated: bool) -> String {
                 bytes = &bytes[..e.valid_up_to()];
             }
         }
-    } else if let Some(stripped) = bytes.strip_suffix(b"\r") {
-        bytes = stripped;
     }
     let mut text = String::from_utf8_lossy(bytes).into_owned();
     if truncated {

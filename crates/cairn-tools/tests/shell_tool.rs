@@ -518,3 +518,268 @@ async fn a_lost_lease_stops_the_run_and_nothing_more_is_written() {
     assert_eq!(reg.get("p1").await.expect("get").last_sequence, taken_over_at);
     assert!(!ctx.is_stopped(), "the tool noticed the lost lease by itself");
 }
+
+/// Live (not zombie) members of process group `pgid`.
+fn group_members(pgid: i32) -> Vec<i32> {
+    let mut members = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        if fields.nth(1).and_then(|p| p.parse::<i32>().ok()) == Some(pgid) && !matches!(state, "Z" | "X" | "x") {
+            members.push(pid);
+        }
+    }
+    members
+}
+
+fn pgid_of(pid: i32) -> i32 {
+    // SAFETY: getpgid only reads the group id of a process.
+    let pgid = unsafe { libc::getpgid(pid) };
+    assert!(pgid > 0, "process {pid} has no group");
+    pgid
+}
+
+/// SIGKILLs a process group when dropped: a failing test leaves no command running.
+struct KillGroup(i32);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        // SAFETY: signalling a process group this test's command created.
+        unsafe { libc::killpg(self.0, libc::SIGKILL) };
+    }
+}
+
+/// A rerunnable command's group holds a sentinel that ignores the stop's
+/// SIGTERM; it does not count as a member still running, so a group whose
+/// command ends on SIGTERM (or exits by itself) ends at once, not after the
+/// grace, and the sentinel goes with it.
+#[tokio::test]
+async fn a_rerunnable_group_ends_well_before_the_grace_when_its_members_do() {
+    let grace = Duration::from_secs(60);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reg = memory();
+    let args = json!({"command": pid_script(dir.path(), "echo started;")});
+    let ctx = context(&reg, "p1", &args, 60_000).await;
+    assert_eq!(ctx.record().disposition, Disposition::Rerunnable);
+    let handle = spawn_run(ShellTool::default().with_kill_grace(grace), &ctx, args);
+    let (shell, grandchild) = pids(dir.path()).await;
+    let pgid = pgid_of(shell);
+    let _cleanup = KillGroup(pgid);
+    assert_ne!(pgid, shell, "the sentinel leads the group");
+    assert!(group_members(pgid).contains(&pgid), "the sentinel is in the group");
+
+    let stopped_at = Instant::now();
+    ctx.stop(StopReason::Cancelled { reason: None });
+    let outcome = finish(handle).await;
+    assert!(matches!(outcome, Outcome::Cancelled { .. }), "{outcome:?}");
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(15),
+        "the members died on SIGTERM: no grace to wait out ({:?})",
+        stopped_at.elapsed()
+    );
+    assert_gone(shell).await;
+    assert_gone(grandchild).await;
+    assert_eq!(group_members(pgid), Vec::<i32>::new(), "the sentinel went too");
+
+    // A command that exits by itself does not wait out the grace either.
+    let args = json!({"command": "echo done"});
+    let started = Instant::now();
+    let (_reg, outcome) = run_with(ShellTool::default().with_kill_grace(grace), args).await;
+    assert!(matches!(outcome, Outcome::Success { .. }), "{outcome:?}");
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+}
+
+/// The directory the crash child below writes to; set only in the child.
+const CRASH_DIR_ENV: &str = "CAIRN_TOOLS_TEST_CRASH_DIR";
+
+/// Not a test of its own: the body of the process that
+/// `a_server_killed_during_the_stop_grace_still_ends_a_rerunnable_group`
+/// kills. Outside it (no `CAIRN_TOOLS_TEST_CRASH_DIR`) it does nothing.
+#[tokio::test]
+async fn crash_child_runs_a_rerunnable_command_into_its_stop_grace() {
+    let Some(dir) = std::env::var_os(CRASH_DIR_ENV) else {
+        return;
+    };
+    let dir = Path::new(&dir);
+    let termed = dir.join("termed");
+    // The shell notes the SIGTERM and goes on; its child ignores it.
+    let prelude = format!(
+        "trap 'echo > \"{t}.tmp\" && mv \"{t}.tmp\" \"{t}\"' TERM;",
+        t = termed.display()
+    );
+    let script = format!(
+        "{prelude} echo $$ > '{s}.tmp' && mv '{s}.tmp' '{s}'; (trap '' TERM; exec sleep 1000) & echo $! > '{c}.tmp' && mv '{c}.tmp' '{c}'; while :; do wait; done",
+        s = dir.join("shell.pid").display(),
+        c = dir.join("child.pid").display(),
+    );
+    let args = json!({"command": script, "timeout_ms": 1000});
+    let reg = memory();
+    let ctx = context(&reg, "p1", &args, 600_000).await;
+    // The parent kills this process during the grace.
+    let _ = ShellTool::default()
+        .with_kill_grace(Duration::from_secs(120))
+        .run(ctx, args)
+        .await;
+}
+
+/// The process running a rerunnable command is SIGKILLed while the command's
+/// timeout stop waits out its grace (the command ignores SIGTERM): the group
+/// still dies with it, at once, as it would have while the command ran; it
+/// does not run on beside the rerun a restart would start.
+#[tokio::test]
+async fn a_server_killed_during_the_stop_grace_still_ends_a_rerunnable_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "crash_child_runs_a_rerunnable_command_into_its_stop_grace",
+            "--nocapture",
+        ])
+        .env(CRASH_DIR_ENV, dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the crash child");
+    let (shell, grandchild) = pids(dir.path()).await;
+    let pgid = pgid_of(shell);
+    let _cleanup = KillGroup(pgid);
+    // The timeout sent the group SIGTERM: the grace has begun.
+    read_marker(&dir.path().join("termed")).await;
+    assert!(!pid_gone(shell) && !pid_gone(grandchild), "both ignored the SIGTERM");
+
+    // SAFETY: signalling a child process this test spawned.
+    assert_eq!(unsafe { libc::kill(server.id() as i32, libc::SIGKILL) }, 0);
+    server.wait().expect("reap the crash child");
+    assert_gone(shell).await;
+    assert_gone(grandchild).await;
+}
+
+/// Waits (bounded) until `path` exists.
+async fn read_marker(path: &Path) {
+    for _ in 0..1_000 {
+        if path.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no {}", path.display());
+}
+
+/// Waits (bounded: well under `limit`) until `line` is in the run's stdout;
+/// answers how long that took.
+async fn recorded_within(reg: &Arc<dyn ProcessRegistry>, line: &str, limit: Duration) -> Duration {
+    let since = Instant::now();
+    while since.elapsed() < limit {
+        if lines_of(reg, "p1", "stdout").await.iter().any(|l| l == line) {
+            return since.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("`{line}` was not recorded within {limit:?}");
+}
+
+/// A line written during a stop's grace reaches the log by age, as it would
+/// while the command runs, not once the grace is over.
+#[tokio::test]
+async fn output_written_during_the_stop_grace_is_recorded_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reg = memory();
+    let pidfile = dir.path().join("shell.pid");
+    let args = json!({
+        "command": format!(
+            "trap 'echo term-ignored' TERM; echo $$ > '{p}.tmp' && mv '{p}.tmp' '{p}'; while :; do sleep 0.05; done",
+            p = pidfile.display()
+        )
+    });
+    let ctx = context(&reg, "p1", &args, 60_000).await;
+    let grace = Duration::from_secs(30);
+    let handle = spawn_run(ShellTool::default().with_kill_grace(grace), &ctx, args);
+    let shell = read_pid(&pidfile).await;
+    let _cleanup = KillGroup(pgid_of(shell));
+
+    ctx.stop(StopReason::Cancelled { reason: None });
+    recorded_within(&reg, "term-ignored", Duration::from_secs(10)).await;
+    assert!(!handle.is_finished(), "recorded during the grace, not after it");
+    handle.abort();
+}
+
+/// A line written just before the command exits, while a process that left
+/// its group keeps the pipe open (and the run draining it), reaches the log
+/// by age, not once the drain is over.
+#[tokio::test]
+async fn output_written_before_the_exit_is_recorded_while_the_pipe_drains() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reg = memory();
+    let pidfile = dir.path().join("bg.pid");
+    // The background writer leaves the group (the command waits until it
+    // has, or it would be stopped as a leftover member), so the run drains
+    // its lines (one every 0.1 s) for up to 10 s after the command's exit; a
+    // batch fills (64 lines) only after 6.4 s.
+    let args = json!({
+        "command": format!(
+            "setsid sh -c 'echo $$ > \"{p}.tmp\" && mv \"{p}.tmp\" \"{p}\"; i=0; while [ $i -lt 300 ]; do echo bg$i; sleep 0.1; i=$((i+1)); done' & while [ ! -e '{p}' ]; do sleep 0.01; done; echo main",
+            p = pidfile.display()
+        )
+    });
+    let ctx = context(&reg, "p1", &args, 60_000).await;
+    let handle = spawn_run(ShellTool::default(), &ctx, args);
+    let bg = read_pid(&pidfile).await;
+    let _cleanup = KillGroup(pgid_of(bg));
+
+    recorded_within(&reg, "main", Duration::from_secs(3)).await;
+    assert!(!handle.is_finished(), "recorded while the pipe drains, not after");
+    handle.abort();
+}
+
+#[tokio::test]
+async fn a_line_of_exactly_the_limit_ending_in_crlf_is_not_marked() {
+    let limit = 16 * 1024;
+    let command = format!(
+        "head -c {limit} /dev/zero | tr '\\0' y; printf '\\r\\n'; \
+         head -c {limit} /dev/zero | tr '\\0' z; printf 'x\\r\\n'; \
+         head -c {limit} /dev/zero | tr '\\0' w; printf '\\n'; \
+         head -c {limit} /dev/zero | tr '\\0' v; printf 'u\\n'"
+    );
+    let (reg, outcome) = run(json!({ "command": command })).await;
+    assert!(matches!(outcome, Outcome::Success { .. }), "{outcome:?}");
+    let lines = lines_of(&reg, "p1", "stdout").await;
+    let full = |c: &str| c.repeat(limit);
+    let cut = |c: &str| format!("{}…[truncated]", c.repeat(limit));
+    assert_eq!(lines, vec![full("y"), cut("z"), full("w"), cut("v")]);
+}
+
+#[tokio::test]
+async fn a_program_found_on_path_whose_interpreter_is_missing_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("cairn-badinterp.sh");
+    std::fs::write(&script, "#!/nonexistent/cairn-no-such-interpreter\necho hi\n").expect("write");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let path = format!("{}:/usr/bin:/bin", dir.path().display());
+    let (_reg, outcome) = run(json!({"argv": ["cairn-badinterp.sh"], "env": {"PATH": path}})).await;
+    let Outcome::Failure { code, message, .. } = &outcome else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(code, "spawn_failed");
+    assert!(
+        message.contains("it is there (`") && message.contains("but its interpreter (its `#!` line) is not"),
+        "{message}"
+    );
+    assert!(message.contains(&script.display().to_string()), "{message}");
+
+    // Not on that PATH: no such program.
+    let (_reg, outcome) = run(json!({"argv": ["cairn-badinterp.sh"], "env": {"PATH": "/usr/bin:/bin"}})).await;
+    let Outcome::Failure { message, .. } = &outcome else {
+        panic!("{outcome:?}");
+    };
+    assert!(message.contains("no such program"), "{message}");
+}
