@@ -24,6 +24,54 @@ fn invalid(message: String) -> Response {
         .into_response()
 }
 
+/// Whether the parser stopped at its own nesting limit (128 levels).
+fn too_deep(e: &serde_json::Error) -> bool {
+    e.to_string().starts_with("recursion limit exceeded")
+}
+
+/// Why the form's field `what` (its text `text`) is not a JSON value it
+/// takes. Nested past the parser's own limit, it is said as the 64 level
+/// limit a value just under that is refused with (as the API says it), not
+/// as where the parser stopped.
+fn not_json(what: &str, text: &str, e: &serde_json::Error) -> String {
+    if too_deep(e) {
+        format!(
+            "{what} nests arrays and objects {} levels deep, over the {} level limit",
+            depth_of(text.as_bytes()),
+            cairn_core::validate::MAX_JSON_DEPTH
+        )
+    } else {
+        format!("{what} is not JSON: {e}")
+    }
+}
+
+/// The deepest nesting of arrays and objects in a JSON text (`[[1]]` is 2),
+/// by a scan that builds nothing: the text may be too deep to parse.
+fn depth_of(text: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in text {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Who a write is recorded as: what the API records for the same caller.
 fn acting_as(viewer: &Viewer) -> String {
     match viewer {
@@ -60,7 +108,7 @@ pub(crate) async fn signal(
         // taken at its last value.
         match cairn_core::validate::parse_strict_json(form.payload.as_bytes()) {
             Ok(v) => v,
-            Err(e) => return invalid(format!("payload is not JSON: {e}")),
+            Err(e) => return invalid(not_json("payload", &form.payload, &e)),
         }
     };
     if let Err(e) = d.access.check_visible(&visitor.viewer, &id).await {
@@ -190,6 +238,7 @@ pub(crate) async fn complete(
     let outcome: Outcome =
         match cairn_core::validate::parse_strict_json(form.outcome.as_bytes()).and_then(serde_json::from_value) {
             Ok(o) => o,
+            Err(e) if too_deep(&e) => return invalid(not_json("outcome", &form.outcome, &e)),
             Err(e) => return invalid(format!("outcome: {e}")),
         };
     if let Err(e) = d.access.check_visible(&visitor.viewer, &id).await {

@@ -39,6 +39,18 @@ impl Fields for NoFields {
     const FIELDS: &'static [&'static str] = &[];
 }
 
+/// A page's query that takes no parameter: the live list stream and the
+/// record fragment, which the pages ask for by a bare address, and a
+/// module's page. One sent anyway (a link edited by hand, a client that
+/// believes the route filters) is refused, not ignored.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NoParams {}
+
+impl Params for NoParams {
+    const KEYS: &'static [&'static str] = &[];
+}
+
 /// Why a form or a query was refused: what the page shows
 /// ([`pages::error_fragment`]) and the status it is answered with.
 #[derive(Debug)]

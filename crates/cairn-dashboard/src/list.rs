@@ -152,12 +152,26 @@ fn plan(q: &ListQuery, viewer: &Viewer) -> Result<Plan, CairnError> {
             pairs.push((key, value.clone()));
         }
     }
-    for (key, value) in [
-        ("created_from_ms", &q.created_from),
-        ("created_before_ms", &q.created_before),
-    ] {
-        if !value.trim().is_empty() {
-            pairs.push((key, time::parse_bound(value).map_err(bad)?.to_string()));
+    let bound = |value: &str| match value.trim() {
+        "" => Ok(None),
+        _ => time::parse_bound(value).map(Some).map_err(bad),
+    };
+    let (from, before) = (bound(&q.created_from)?, bound(&q.created_before)?);
+    // Said of the form's fields, with the times as its pickers show them
+    // (the API's check would name `created_from_ms` and milliseconds).
+    if let (Some(from), Some(before)) = (from, before) {
+        if from >= before {
+            return Err(bad(format!(
+                "`created_from` {} is not before `created_before` {}: the range holds no time \
+                 (`created_from` is inclusive, `created_before` exclusive)",
+                shown_bound(from),
+                shown_bound(before)
+            )));
+        }
+    }
+    for (key, value) in [("created_from_ms", from), ("created_before_ms", before)] {
+        if let Some(ms) = value {
+            pairs.push((key, ms.to_string()));
         }
     }
     // Taken as given, as a session id is: an id may begin or end with a space.
@@ -219,6 +233,15 @@ fn plan(q: &ListQuery, viewer: &Viewer) -> Result<Plan, CairnError> {
         size,
         forbidden,
     })
+}
+
+/// A created bound as the form's picker shows it (`2026-12-07T04:00 UTC`);
+/// a time past what a date shows, in milliseconds.
+fn shown_bound(ms: u64) -> String {
+    match time::input_value(ms) {
+        v if v.is_empty() => format!("{ms} ms"),
+        v => format!("{v} UTC"),
+    }
 }
 
 /// One page of rows, and where the next starts (`None`: the last page).

@@ -228,7 +228,16 @@ async fn rang(rx: Option<&mut watch::Receiver<u64>>) {
 /// one per batch of changes the viewer may see, at most one per
 /// [`CHANGED_SPACING`]. The list element re-renders itself a moment after
 /// each (`hx-trigger="sse:changed delay:150ms"`).
-pub(crate) async fn list_stream(axum::extract::State(d): Shared, Extension(visitor): Extension<Visitor>) -> Response {
+pub(crate) async fn list_stream(
+    axum::extract::State(d): Shared,
+    Extension(visitor): Extension<Visitor>,
+    query: Result<crate::input::UiQuery<crate::input::NoParams>, crate::input::Refusal>,
+) -> Response {
+    // The list opens its stream by a bare address: a query is no filter of
+    // the stream's, so it is refused rather than ignored.
+    if let Err(refusal) = query {
+        return refusal.into_response();
+    }
     let rx = d.feed.subscribe();
     let start = (d, visitor.viewer, rx, None::<tokio::time::Instant>);
     let stream = futures::stream::unfold(start, |(d, viewer, mut rx, sent)| async move {

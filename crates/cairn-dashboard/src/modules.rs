@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::auth::{Viewer, Visitor};
-use crate::input::{Params, Refusal, UiQuery};
+use crate::input::{NoParams, Params, Refusal, UiQuery};
 use crate::list::{definition_href, encode_path, newest_of_definition};
 use crate::pages::{self, Nav};
 use crate::process::{status_for, IdPath};
@@ -53,7 +53,13 @@ pub(crate) async fn page(
         }
         Ok(UiQuery(q)) => {
             let after = q.after.filter(|a| !a.is_empty());
-            match d.processes.list_modules(after.as_deref(), Some(PAGE)).await {
+            // A cursor that is no module ref is refused as the API refuses
+            // it (`GET /v1/modules?after=`), not read as a place to start.
+            let listed = match after.as_deref().map(checked_cursor).transpose() {
+                Ok(after) => d.processes.list_modules(after, Some(PAGE)).await,
+                Err(e) => Err(e),
+            };
+            match listed {
                 Ok(modules) => table(&modules, after.is_some()),
                 Err(e) => {
                     status = status_for(&e);
@@ -71,6 +77,18 @@ pub(crate) async fn page(
         (content)
     };
     (status, pages::layout("Modules", &visitor, Nav::Modules, body)).into_response()
+}
+
+/// `after` when it is a module ref; else `invalid_id` in the words of
+/// `GET /v1/modules`.
+fn checked_cursor(after: &str) -> Result<&str, cairn_core::CairnError> {
+    cairn_core::script::validate_module_ref(after).map_err(|e| match e {
+        cairn_core::CairnError::InvalidId(why) => {
+            cairn_core::CairnError::InvalidId(format!("`after` is the last module ref of a page: {why}"))
+        }
+        other => other,
+    })?;
+    Ok(after)
 }
 
 fn table(modules: &[ModuleInfo], paged: bool) -> Markup {
@@ -115,7 +133,17 @@ pub(crate) async fn one(
     axum::extract::State(d): Shared,
     Extension(visitor): Extension<Visitor>,
     IdPath(module_ref): IdPath,
+    query: Result<UiQuery<NoParams>, Refusal>,
 ) -> Response {
+    if let Err(refusal) = query {
+        let body = html! {
+            p.crumbs { a href="/ui/modules" { "← Modules" } }
+            h1.pid { "Module " code { (pages::id(&module_ref)) } }
+            (refusal.fragment())
+        };
+        let title = format!("Module {module_ref}");
+        return (refusal.status, pages::layout(&title, &visitor, Nav::Modules, body)).into_response();
+    }
     // Checked here too, so a malformed ref is said the same whatever the store.
     let found = match cairn_core::script::validate_module_ref(&module_ref) {
         Ok(()) => d.processes.get_module(&module_ref).await,

@@ -320,7 +320,12 @@ pub(crate) async fn record(
     axum::extract::State(d): Shared,
     Extension(visitor): Extension<Visitor>,
     IdPath(id): IdPath,
+    query: Result<crate::input::UiQuery<crate::input::NoParams>, crate::input::Refusal>,
 ) -> Response {
+    // The page asks for it by a bare address (`hx-get`, no form around it).
+    if let Err(refusal) = query {
+        return refusal.into_response();
+    }
     let record = match d.access.check_visible(&visitor.viewer, &id).await {
         Ok(()) => d.processes.get(&id).await,
         Err(e) => Err(e),

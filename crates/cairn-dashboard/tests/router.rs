@@ -3319,3 +3319,182 @@ async fn bad_queries_are_said_in_cairns_words() {
     let (got, html, _) = get(&app, form, None).await;
     assert_eq!(got, StatusCode::OK, "{html}");
 }
+
+/// The routes the pages ask for by a bare address (the live list stream,
+/// the record fragment) and a module's page take no query: one sent is
+/// refused, not ignored, as on every other page; what the pages themselves
+/// ask for is answered. A modules cursor that is no module ref is refused as
+/// `GET /v1/modules` refuses it.
+#[tokio::test]
+async fn routes_without_a_query_refuse_one_and_a_bad_module_cursor_is_refused() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = scripted_runtime(&clock);
+    external(&p, "ext-1").await;
+    let module = put_module(&p, "export async function f(ctx) {}\n", None).await;
+    let app = app(&p, true);
+    let none = "unknown query parameter `bogus`: this route takes no parameters".to_string();
+    for (path, code, message) in [
+        ("/ui/list/live?bogus=1".to_string(), "invalid_request", none.clone()),
+        (
+            "/ui/processes/ext-1/record?bogus=1".to_string(),
+            "invalid_request",
+            none.clone(),
+        ),
+        (format!("/ui/modules/{module}?bogus=1"), "invalid_request", none.clone()),
+        (
+            format!("/ui/modules/{module}?after=1&after=2"),
+            "invalid_request",
+            "unknown query parameter `after`: this route takes no parameters".to_string(),
+        ),
+        (
+            "/ui/modules?after=bogus".to_string(),
+            "invalid_id",
+            "invalid id: `after` is the last module ref of a page: ".to_string(),
+        ),
+    ] {
+        // The status first: a stream answered 200 would never end.
+        let r = app
+            .clone()
+            .oneshot(Request::get(&path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path}");
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        let html = String::from_utf8_lossy(&body);
+        assert!(
+            html.contains(&format!("<code class=\"code\">{code}</code>")),
+            "{path}: {html}"
+        );
+        assert!(said(&html).starts_with(&message), "{path}: {}", said(&html));
+    }
+    // What the pages ask for is answered.
+    let (got, page, _) = get(&app, "/ui/processes/ext-1", None).await;
+    assert_eq!(got, StatusCode::OK);
+    assert!(page.contains("hx-get=\"/ui/processes/ext-1/record\""), "{page}");
+    let (got, html, _) = get(&app, "/ui/processes/ext-1/record", None).await;
+    assert_eq!(got, StatusCode::OK, "{html}");
+    let (got, list, _) = get(&app, "/ui/processes", None).await;
+    assert_eq!(got, StatusCode::OK);
+    assert!(list.contains("sse-connect=\"/ui/list/live\""), "{list}");
+    let r = app
+        .clone()
+        .oneshot(Request::get("/ui/list/live").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (got, html, _) = get(&app, &format!("/ui/modules/{module}"), None).await;
+    assert_eq!(got, StatusCode::OK, "{html}");
+    let (got, html, _) = get(&app, &format!("/ui/modules?after={module}"), None).await;
+    assert_eq!(got, StatusCode::OK, "{html}");
+    assert!(html.contains("No more modules."), "{html}");
+    let (got, html, _) = get(&app, "/ui/modules?after=", None).await;
+    assert_eq!(got, StatusCode::OK, "{html}");
+    assert!(html.contains(&format!("data-module=\"{module}\"")), "{html}");
+}
+
+/// A created range that holds no time is refused naming the form's fields,
+/// with the times as its pickers show them, not the API's parameters in
+/// milliseconds.
+#[tokio::test]
+async fn an_empty_created_range_is_said_in_the_forms_terms() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let app = app(&p, true);
+    for path in [
+        "/ui/processes?created_from=2026-12-07T04:00&created_before=2026-12-07T03:00",
+        "/ui/list/rows?created_from=2026-12-07T04:00&created_before=2026-12-07T03:00",
+    ] {
+        let (got, html, _) = get(&app, path, None).await;
+        assert_eq!(got, StatusCode::BAD_REQUEST, "{path}: {html}");
+        assert!(html.contains("<code class=\"code\">invalid_filter</code>"), "{html}");
+        assert_eq!(
+            said(&html),
+            "invalid filter: `created_from` 2026-12-07T04:00 UTC is not before `created_before` 2026-12-07T03:00 UTC: \
+             the range holds no time (`created_from` is inclusive, `created_before` exclusive)",
+            "{path}"
+        );
+    }
+    let (got, html, _) = get(
+        &app,
+        "/ui/processes?created_from=2026-12-07T03:00:05.250&created_before=2026-12-07T03:00:05.250",
+        None,
+    )
+    .await;
+    assert_eq!(got, StatusCode::BAD_REQUEST, "{html}");
+    assert!(
+        said(&html).starts_with("invalid filter: `created_from` 2026-12-07T03:00:05.250 UTC is not before"),
+        "{html}"
+    );
+    let (got, html, _) = get(
+        &app,
+        "/ui/processes?created_from=2026-12-07T03:00&created_before=2026-12-07T04:00",
+        None,
+    )
+    .await;
+    assert_eq!(got, StatusCode::OK, "{html}");
+}
+
+/// A JSON payload or outcome nested past the parser's own limit is said as
+/// the 64 level limit (as the API says it), not as where the parser stopped;
+/// nothing is done.
+#[tokio::test]
+async fn a_payload_nested_past_the_parser_is_said_as_the_level_limit() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    external(&p, "ext-1").await;
+    let app = app(&p, true);
+    let (_, page, _) = get(&app, "/ui/processes/ext-1", None).await;
+    let csrf = csrf_of(&page);
+    let logged = p.events("ext-1", 0, None).await.unwrap().events.len();
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let encoded = deep.replace('[', "%5B").replace(']', "%5D");
+    let (got, html, _) = send(
+        &app,
+        form_post(
+            "/ui/processes/ext-1/signal",
+            &csrf,
+            FORM,
+            &format!("name=go&signal_id=s1&payload={encoded}"),
+        ),
+    )
+    .await;
+    assert_eq!(got, StatusCode::BAD_REQUEST, "{html}");
+    assert_eq!(
+        said(&html),
+        "payload nests arrays and objects 200 levels deep, over the 64 level limit"
+    );
+    // A string holding brackets is not nesting.
+    let outcome = format!("{{\"type\":\"success\",\"value\":{{\"s\":\"[[[\\\"\",\"v\":{deep}}}}}");
+    let encoded: String = url_encode(&outcome);
+    let (got, html, _) = send(
+        &app,
+        form_post(
+            "/ui/processes/ext-1/complete",
+            &csrf,
+            FORM,
+            &format!("outcome={encoded}"),
+        ),
+    )
+    .await;
+    assert_eq!(got, StatusCode::BAD_REQUEST, "{html}");
+    assert_eq!(
+        said(&html),
+        "outcome nests arrays and objects 202 levels deep, over the 64 level limit"
+    );
+    assert!(!p.get("ext-1").await.unwrap().is_terminal(), "nothing was done");
+    assert_eq!(
+        p.events("ext-1", 0, None).await.unwrap().events.len(),
+        logged,
+        "no signal was sent"
+    );
+}
+
+/// `s` percent-encoded for a form body.
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
