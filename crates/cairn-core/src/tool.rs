@@ -18,6 +18,35 @@ use crate::processes::{register_child_start, StartRequest};
 use crate::registry::ProcessRegistry;
 use crate::{CairnError, Result};
 
+/// What a human view shows of `value` (a process's input, an event's
+/// payload): every shell call in it, at any depth (a script's journaled
+/// `ctx.tool("shell", ...)` or `ctx.start` of one), with its `args.env`
+/// values replaced by `(not shown)`: the variables a call forwards are named,
+/// their values, often secrets, are not. Machine views (`--json`, the API)
+/// give the value whole.
+pub fn hide_shell_env(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if map.get("tool").and_then(Value::as_str) == Some("shell") {
+                if let Some(env) = map
+                    .get_mut("args")
+                    .and_then(|a| a.get_mut("env"))
+                    .and_then(Value::as_object_mut)
+                {
+                    for v in env.values_mut() {
+                        *v = Value::String("(not shown)".into());
+                    }
+                }
+            }
+            for v in map.values_mut() {
+                hide_shell_env(v);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(hide_shell_env),
+        _ => {}
+    }
+}
+
 /// A unit of work a `tool_call` process runs.
 ///
 /// A tool must observe [`ToolContext::stopped`]: when it fires (cancellation,
@@ -1131,5 +1160,29 @@ async fn wait_with_timeout<F: std::future::Future>(fut: F, timeout: Option<Durat
     match timeout {
         Some(t) => tokio::time::timeout(t, fut).await.ok(),
         None => Some(fut.await),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shell call's env values are hidden wherever the call sits: a
+    /// process input, a script's journaled call, a start nested in one;
+    /// other tools' args and the names of the variables stay.
+    #[test]
+    fn shell_env_values_are_hidden_at_any_depth() {
+        let mut v = json!({
+            "n": 1, "kind": "tool", "tool": "shell",
+            "args": {"argv": ["sh"], "env": {"TOK": "secret-1"}},
+            "calls": [{"input": {"type": "tool_call", "tool": "shell", "args": {"env": {"K": "secret-2"}}}}],
+            "other": {"tool": "echo", "args": {"env": {"KEEP": "shown"}}}
+        });
+        hide_shell_env(&mut v);
+        let text = v.to_string();
+        assert!(!text.contains("secret-1") && !text.contains("secret-2"), "{text}");
+        assert_eq!(v.pointer("/args/env/TOK"), Some(&json!("(not shown)")));
+        assert_eq!(v.pointer("/calls/0/input/args/env/K"), Some(&json!("(not shown)")));
+        assert_eq!(v.pointer("/other/args/env/KEEP"), Some(&json!("shown")));
     }
 }

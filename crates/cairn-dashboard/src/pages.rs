@@ -331,7 +331,11 @@ pub(crate) fn json_of<T: serde::Serialize>(v: &T) -> Markup {
 /// One timeline entry: sequence, type, time, and the payload folded away.
 pub(crate) fn timeline_entry(e: &ProcessEvent) -> Markup {
     let terminal = e.semantics.terminal.is_some();
-    let summary = payload_summary(&e.payload);
+    // A script's journaled shell call names the variables it forwards, not
+    // their values (as the child's own input is shown).
+    let mut payload = e.payload.clone();
+    cairn_core::tool::hide_shell_env(&mut payload);
+    let summary = payload_summary(&payload);
     html! {
         li.event.terminal[terminal] id={ "ev-" (e.sequence) } data-seq=(e.sequence) {
             details {
@@ -341,7 +345,7 @@ pub(crate) fn timeline_entry(e: &ProcessEvent) -> Markup {
                     " " (time::when(e.occurred_at_ms))
                     @if !summary.is_empty() { " " span.peek { (text(&summary)) } }
                 }
-                (json(&e.payload))
+                (json(&payload))
                 @if let Some(k) = &e.replay_key { p.hint { "replay key " code { (id(k)) } } }
             }
         }

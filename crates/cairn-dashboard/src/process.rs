@@ -472,16 +472,7 @@ fn record_panel(r: &ProcessRecord, parent_open: bool) -> Markup {
 /// environment named, its values (secrets, often) not shown.
 fn input_shown(input: &cairn_core::ProcessInput) -> serde_json::Value {
     let mut shown = serde_json::to_value(input).unwrap_or(serde_json::Value::Null);
-    if shown.get("tool").and_then(serde_json::Value::as_str) == Some("shell") {
-        if let Some(env) = shown
-            .pointer_mut("/args/env")
-            .and_then(serde_json::Value::as_object_mut)
-        {
-            for value in env.values_mut() {
-                *value = serde_json::Value::String("(not shown)".into());
-            }
-        }
-    }
+    cairn_core::tool::hide_shell_env(&mut shown);
     shown
 }
 

@@ -1046,6 +1046,37 @@ async fn a_process_page_names_a_shells_environment_without_its_values() {
     assert!(html.contains("SECRET_TOKEN") && !html.contains("hunter2"), "{html}");
 }
 
+/// A journaled shell call in a process's timeline (a script's `ctx.tool`)
+/// names the variables it forwards, not their values, as the child's own
+/// page does.
+#[tokio::test]
+async fn a_timeline_names_a_journaled_shells_environment_without_its_values() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    p.start(StartRequest::external("calls", json!({})).with_event_type(cairn_core::EventType::plain("note")))
+        .await
+        .unwrap();
+    let call = json!({"n": 1, "kind": "tool", "tool": "shell",
+        "args": {"argv": ["true"], "env": {"SECRET_TOKEN": "hunter2"}}});
+    p.append_event("calls", cairn_core::AppendRequest::new("note", call))
+        .await
+        .unwrap();
+    let app = app(&p, true);
+    let r = app
+        .clone()
+        .oneshot(Request::get("/ui/processes/calls/live").body(Body::empty()).unwrap())
+        .await
+        .expect("answered");
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut body = r.into_body().into_data_stream();
+    let mut seen = String::new();
+    assert!(read_until(&mut body, &mut seen, "SECRET_TOKEN").await, "{seen}");
+    assert!(
+        read_until(&mut body, &mut seen, "not shown").await && !seen.contains("hunter2"),
+        "{seen}"
+    );
+}
+
 async fn child(p: &Processes, id: &str, parent: &str) {
     let mut req = StartRequest::external(id, json!({}));
     req.caused_by = Some(cairn_core::CausalRef::process(parent));
