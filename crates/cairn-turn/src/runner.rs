@@ -711,7 +711,9 @@ impl TurnRunner {
                     } => planned.map(|p| p.max(*after)),
                     _ => planned,
                 })
-                .notify(|e, after| tracing::warn!(error = %e, ?after, "model call failed; retrying"))
+                .notify(|e, after| {
+                    tracing::warn!(process_id = %ctx.process_id(), step, error = %e, ?after, "model call failed; retrying")
+                })
                 .await
         };
         let (answer, ()) = tokio::join!(call, flush_deltas(ctx, step, rx, last_delta));
