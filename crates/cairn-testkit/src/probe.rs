@@ -47,6 +47,7 @@ pub struct ReadProbe {
     failing_completes: std::sync::atomic::AtomicU64,
     failing_abandon_requests: std::sync::atomic::AtomicBool,
     failing_gauges: std::sync::atomic::AtomicBool,
+    hanging_gauges: std::sync::atomic::AtomicBool,
     abandon_requests: watch::Sender<u64>,
     completes: watch::Sender<u64>,
     failing_env_reads: std::sync::atomic::AtomicU64,
@@ -96,6 +97,7 @@ impl ReadProbe {
             failing_completes: std::sync::atomic::AtomicU64::new(0),
             failing_abandon_requests: std::sync::atomic::AtomicBool::new(false),
             failing_gauges: std::sync::atomic::AtomicBool::new(false),
+            hanging_gauges: std::sync::atomic::AtomicBool::new(false),
             abandon_requests: watch::channel(0).0,
             completes: watch::channel(0).0,
             failing_env_reads: std::sync::atomic::AtomicU64::new(0),
@@ -197,6 +199,12 @@ impl ReadProbe {
     /// inner registry (`false` lets them through again).
     pub fn fail_gauges(&self, failing: bool) {
         self.failing_gauges.store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// From now on every `gauges` never answers (a stalled store; `false`
+    /// lets later ones through again).
+    pub fn hang_gauges(&self, hanging: bool) {
+        self.hanging_gauges.store(hanging, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// A receiver of the number of `request_abandon` calls that arrived.
@@ -662,6 +670,9 @@ impl ProcessRegistry for ReadProbe {
     async fn gauges(&self) -> Result<cairn_core::Gauges> {
         if self.failing_gauges.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(cairn_core::CairnError::Unavailable("the probe fails this count".into()));
+        }
+        if self.hanging_gauges.load(std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
         }
         self.inner.gauges().await
     }

@@ -222,13 +222,30 @@ impl Metrics {
         self.connections.dec();
     }
 
-    /// Read the gauges that live in storage, then render everything. A store
+    /// Read the gauges that live in storage (within [`STORE_TIMEOUT`]), then render everything. A store
     /// that does not answer is said (`cairn_store_up 0`), not a failed
     /// scrape: this server's own counters matter most then.
     pub async fn render(&self, processes: &Processes) -> Result<String, cairn_core::CairnError> {
+        self.render_within(processes, STORE_TIMEOUT).await
+    }
+
+    /// [`render`](Self::render), waiting at most `bound` for the store.
+    async fn render_within(
+        &self,
+        processes: &Processes,
+        bound: std::time::Duration,
+    ) -> Result<String, cairn_core::CairnError> {
         // Counted in the store (one indexed count each), never by reading rows.
         let set = |gauge: &Gauge, n: u64| gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
-        match processes.gauges().await {
+        // Bounded as `/healthz` is, well inside a scraper's own timeout (10 s
+        // by default): a stalled store is then said, not a failed scrape.
+        match tokio::time::timeout(bound, processes.gauges())
+            .await
+            .unwrap_or_else(|_| {
+                Err(cairn_core::CairnError::Unavailable(format!(
+                    "the store did not answer within {bound:?}"
+                )))
+            }) {
             Ok(g) => {
                 set(&self.running, g.running);
                 set(&self.waiting, g.waiting);
@@ -508,9 +525,33 @@ pub async fn count_requests(State(state): State<Arc<AppState>>, req: Request, ne
     response
 }
 
+/// How long a scrape waits for the store's counts.
+pub const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store that does not answer at all (a stalled database) is said
+    /// within the scrape's bound (`STORE_TIMEOUT`, 5 s, as `/healthz`), not
+    /// after the store's own call timeout (30 s on PostgreSQL), past a
+    /// scraper's.
+    #[tokio::test]
+    async fn a_scrape_of_a_stalled_store_answers_within_its_bound() {
+        let probe = cairn_testkit::probe::ReadProbe::new(Arc::new(cairn_core::MemoryRegistry::new()));
+        let processes = Processes::builder(probe.clone()).without_worker().start();
+        let metrics = Metrics::new("memory");
+        probe.hang_gauges(true);
+        let bound = std::time::Duration::from_millis(50);
+        let text = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            metrics.render_within(&processes, bound),
+        )
+        .await
+        .expect("the scrape answered, not waiting on the store")
+        .expect("rendered without the store");
+        assert!(text.lines().any(|l| l == "cairn_store_up 0"), "{text}");
+    }
 
     /// A store that does not answer its counts leaves the scrape whole: this
     /// server's own counters, and `cairn_store_up 0`.
