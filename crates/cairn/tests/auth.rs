@@ -1009,3 +1009,93 @@ async fn a_session_on_a_host_only_route_is_refused_before_its_input_is_read() {
     let (status, err) = send(&s1, "GET", "/v1/sessions/s1/wakes?bogus=1", None).await;
     assert_eq!((status, code(&err)), (400, "invalid_request"), "{err}");
 }
+
+/// A session token's body over `--max-body-bytes` on a host-only route is
+/// answered 403 `forbidden` too, not 413: the route is not its to call,
+/// whatever the size of what it sends, declared (`Content-Length`) or not
+/// (chunked), and with its body unread the answer closes the connection. The
+/// host, and a session on a route of its own, are told the body is too large.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_on_a_host_only_route_is_refused_before_its_body_is_weighed() {
+    let server = Server::start(&[
+        "--token",
+        "host-secret",
+        "--session-token",
+        "s1=tok-1",
+        "--max-body-bytes",
+        "1024",
+    ])
+    .await;
+    let host = server.with_token("host-secret");
+    let s1 = server.with_token("tok-1");
+    let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(4096));
+    let send = |c: &common::Client, method: &str, path: &str, chunked: bool| {
+        let label = format!("{method} {path} (chunked: {chunked})");
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
+        let body = if chunked {
+            // No `Content-Length`: the size shows only as it is read.
+            let chunks: Vec<Result<String, std::io::Error>> = vec![Ok(big.clone()), Ok(big.clone())];
+            reqwest::Body::wrap_stream(futures::stream::iter(chunks))
+        } else {
+            reqwest::Body::from(big.clone())
+        };
+        let request = c
+            .auth(c.http.request(method, c.url(path)))
+            .header("Content-Type", "application/json")
+            .body(body);
+        async move {
+            let response = request
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{label}: not answered: {e:?}"));
+            let status = response.status().as_u16();
+            let closes = response
+                .headers()
+                .get("connection")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+            let text = response.text().await.expect("a body");
+            (
+                status,
+                serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+                closes,
+            )
+        }
+    };
+    let cases: [(&str, &str, &str); 7] = [
+        ("POST", "/v1/prune", "prune"),
+        ("POST", "/v1/schedules", "schedules"),
+        ("POST", "/v1/schedules/nosuch/pause", "schedules"),
+        ("POST", "/v1/schedules/nosuch/resume", "schedules"),
+        ("DELETE", "/v1/schedules/nosuch", "schedules"),
+        ("GET", "/v1/changes", "the change feed"),
+        ("GET", "/metrics", "metrics"),
+    ];
+    for (method, path, what) in cases {
+        // The HTTP client sends no body of unknown length with a GET.
+        let ways: &[bool] = if method == "GET" { &[false] } else { &[false, true] };
+        for &chunked in ways {
+            let (status, err, closes) = send(&s1, method, path, chunked).await;
+            assert_eq!(
+                (status, code(&err)),
+                (403, "forbidden"),
+                "{method} {path} (chunked: {chunked}): {err}"
+            );
+            // Its body unread, the connection is not offered again.
+            assert!(closes, "{method} {path} (chunked: {chunked}): {err}");
+            assert_eq!(
+                err["error"]["message"],
+                format!("the host token is needed for {what}"),
+                "{method} {path}"
+            );
+        }
+        let (status, err, _) = send(&host, method, path, false).await;
+        assert_eq!(
+            (status, code(&err)),
+            (413, "payload_too_large"),
+            "host {method} {path}: {err}"
+        );
+    }
+    // A route the session may call weighs its body.
+    let (status, err, _) = send(&s1, "POST", "/v1/processes", false).await;
+    assert_eq!((status, code(&err)), (413, "payload_too_large"), "{err}");
+}

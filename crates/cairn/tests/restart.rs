@@ -893,3 +893,114 @@ async fn a_start_refused_for_its_port_creates_no_postgres_schema() {
     assert!(found.is_none(), "schema `{}` was created", schema.name);
     drop(taken);
 }
+
+/// Kills and reaps a child process this test started, whatever its outcome.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A server waiting to open its database (another process holds a lock on
+/// the SQLite file) has its address bound, so a port in use would have been
+/// refused, but does not listen yet: a client is refused at once (the CLI
+/// asks whether `cairn serve` runs) instead of hanging unanswered through
+/// the wait. Once the lock is released the server opens the file and answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_waiting_for_its_database_refuses_connections_until_it_serves() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("locked.db");
+    // The SQLite shell holds an exclusive lock on the (new) file until told to commit.
+    let mut sqlite = KilledOnDrop(
+        Command::new("sqlite3")
+            .arg(&path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run sqlite3 (the SQLite shell)"),
+    );
+    let mut hold = sqlite.0.stdin.take().expect("stdin piped");
+    hold.write_all(b"BEGIN EXCLUSIVE;\nSELECT 'locked';\n")
+        .expect("ask for the lock");
+    hold.flush().expect("flush");
+    let mut said = String::new();
+    BufReader::new(sqlite.0.stdout.take().expect("stdout piped"))
+        .read_line(&mut said)
+        .expect("read sqlite3's answer");
+    assert_eq!(said.trim(), "locked", "sqlite3 holds the lock");
+
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        probe.local_addr().expect("its address").port()
+    };
+    let log = dir.path().join("serve.log");
+    let mut serve = KilledOnDrop(
+        Command::new(BIN)
+            .arg("serve")
+            .args(["--db", &format!("sqlite:{}", path.display())])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env_remove("CAIRN_TOKEN")
+            .env_remove("CAIRN_SESSION_TOKENS")
+            .env_remove("CAIRN_NODE_ID")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn cairn serve"),
+    );
+    // The server says it waits for the lock: its address is bound by then.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("another process holds a lock on the sqlite database") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not say it waits for the lock within 20 s: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        serve.0.try_wait().expect("wait").is_none(),
+        "the server waits, not exits"
+    );
+    let refused = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect_err("a connection while the database is not open yet is refused");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused, "{refused}");
+    let base = format!("http://127.0.0.1:{port}");
+    let cli = run_cli(&base, None, &["ls"], None).await;
+    assert_eq!(cli.code, 1, "{}", cli.stderr);
+    assert!(
+        cli.stderr.contains("Connection refused") && cli.stderr.contains("is `cairn serve` running"),
+        "{}",
+        cli.stderr
+    );
+
+    // The lock released, the server opens the file, says it listens and answers.
+    hold.write_all(b"COMMIT;\n").expect("release the lock");
+    drop(hold);
+    sqlite.0.wait().expect("sqlite3 ends");
+    let stdout = serve.0.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("serve printed its address once the lock was released");
+    assert_eq!(line.trim(), format!("listening on {base}"));
+    let health = reqwest::get(format!("{base}/healthz")).await.expect("answered");
+    assert_eq!(health.status().as_u16(), 200);
+}

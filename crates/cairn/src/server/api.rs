@@ -597,6 +597,9 @@ pub async fn refuse_foreign_hosts(
 
 /// Middleware: a body whose `Content-Length` is over the limit is refused with
 /// 413 before a byte of it is read (the connection is closed after the answer).
+/// A session token on a host-only route is refused as such first, 403
+/// `forbidden` as when its body is small (`auth::authenticate`): it is not
+/// told to shrink a request it may not make.
 pub async fn refuse_oversized(
     axum::extract::State(state): axum::extract::State<std::sync::Arc<super::AppState>>,
     req: Request,
@@ -611,15 +614,21 @@ pub async fn refuse_oversized(
     match declared {
         // `/mcp` refuses it in its own shape, a JSON-RPC error with the
         // message's id when its start shows it (`mcp::jsonrpc_errors`).
-        Some(len) if len > limit && req.uri().path() != "/mcp" => ApiError {
-            close_connection: true,
-            ..ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("request body of {len} bytes is over the server's limit of {limit}"),
-            )
+        Some(len) if len > limit && req.uri().path() != "/mcp" => {
+            let refused = super::auth::host_only_refusal(&state.auth, &req).unwrap_or_else(|| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("request body of {len} bytes is over the server's limit of {limit}"),
+                )
+            });
+            // Its body is left unread either way.
+            ApiError {
+                close_connection: true,
+                ..refused
+            }
+            .into_response()
         }
-        .into_response(),
         _ => next.run(req).await,
     }
 }

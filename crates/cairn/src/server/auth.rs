@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cairn_core::{CairnError, Processes, SessionScope};
@@ -204,28 +204,58 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 /// ([`host_only_route`]) is refused here, 403 `forbidden`, before the
 /// route reads its query or body: a caller is not asked to fix a request
 /// it may never make.
+///
+/// A refused request's body is left unread, so unless it has none the
+/// answer closes the connection (`Connection: close`): the rest of a body
+/// still on its way would otherwise be read as the next request, or the
+/// connection dropped under the client's next request on it.
 pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
-    let mut given = req.headers().get_all(header::AUTHORIZATION).iter();
-    let first = given.next();
-    if given.next().is_some() {
-        return ApiError::invalid_request("send one Authorization header").into_response();
-    }
-    if req.headers().get_all(header::CONTENT_TYPE).iter().nth(1).is_some() {
-        return ApiError::invalid_request("send one Content-Type header").into_response();
-    }
-    let bearer = first.and_then(|v| v.to_str().ok()).and_then(bearer_token);
-    match state.auth.resolve(bearer) {
+    match admit(&state.auth, &req) {
         Ok(caller) => {
-            if let Some(what) = host_only_route(req.uri().path()) {
-                if let Err(refused) = caller.require_host(what) {
-                    return refused.into_response();
-                }
-            }
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
-        Err(e) => e.into_response(),
+        Err(refused) => {
+            let unread = axum::body::HttpBody::size_hint(req.body()).exact() != Some(0);
+            ApiError {
+                close_connection: refused.close_connection || unread,
+                ..refused
+            }
+            .into_response()
+        }
     }
+}
+
+/// Who sends `req`, or why it is refused ([`authenticate`]).
+fn admit(auth: &Auth, req: &Request) -> Result<Caller, ApiError> {
+    let mut given = req.headers().get_all(header::AUTHORIZATION).iter();
+    let first = given.next();
+    if given.next().is_some() {
+        return Err(ApiError::invalid_request("send one Authorization header"));
+    }
+    if req.headers().get_all(header::CONTENT_TYPE).iter().nth(1).is_some() {
+        return Err(ApiError::invalid_request("send one Content-Type header"));
+    }
+    let bearer = first.and_then(|v| v.to_str().ok()).and_then(bearer_token);
+    let caller = auth.resolve(bearer)?;
+    if let Some(what) = host_only_route(req.uri().path()) {
+        caller.require_host(what)?;
+    }
+    Ok(caller)
+}
+
+/// The refusal [`authenticate`] answers a session token on a host-only
+/// route with, for a check that runs before it (a body over
+/// `--max-body-bytes`, `api::refuse_oversized`): such a caller is told the
+/// route is not its own, not to make its body smaller. `None` for any other
+/// request, among them one `authenticate` refuses for another reason (no
+/// token, two `Authorization` headers): those are weighed first, as on any
+/// other route.
+pub fn host_only_refusal(auth: &Auth, req: &Request) -> Option<ApiError> {
+    host_only_route(req.uri().path())?;
+    admit(auth, req)
+        .err()
+        .filter(|refused| refused.status == StatusCode::FORBIDDEN)
 }
 
 /// What the route at `path` is for, when only the host may call it (any

@@ -152,6 +152,27 @@ pub fn router(state: Arc<AppState>, dashboard: &Dashboard) -> Router {
         .with_state(state)
 }
 
+/// The queue of connections the kernel keeps for the accept loop (what
+/// `tokio::net::TcpListener::bind` asks for).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A socket bound to `addr` with the options `tokio::net::TcpListener::bind`
+/// sets (`SO_REUSEADDR` on Unix, so a restart is not refused for the last
+/// run's connections in `TIME_WAIT`), not yet listening: an address in use
+/// is refused now, and until [`tokio::net::TcpSocket::listen`] a client
+/// connecting is refused by the kernel, not queued unanswered.
+fn bind_unlistened(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
 /// Why `cairn serve` could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -398,14 +419,16 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), ServeError> {
     // the open-file limit it will run with. Bound before the database is
     // opened (a port taken leaves it untouched) and so before the worker
     // starts: a port taken must not leave work claimed by a server that
-    // then exits without draining it.
+    // then exits without draining it. Listened on only once the database is
+    // open: until then a client is refused at once (`ECONNREFUSED`) instead
+    // of waiting, unanswered, through a wait for another process's lock on
+    // the file or a long migration.
     let max_connections = conn::fit_to_open_files(args.max_connections);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Listen {
-            addr: args.listen.clone(),
-            source,
-        })?;
+    let listen_failed = |source| ServeError::Listen {
+        addr: args.listen.clone(),
+        source,
+    };
+    let socket = bind_unlistened(addr).map_err(listen_failed)?;
     let backend = db::open_backend(&args.db).await?;
     // Held until this function returns (after the worker drained), or until
     // the process dies: a second server under this node id is refused.
@@ -416,6 +439,10 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), ServeError> {
         .hold_node(&node_id)
         .await
         .map_err(|e| hold_refused(&node_id, e))?;
+    // Before the worker starts, as the bind above. Only another socket bound
+    // to the same address and not yet listening (a second server starting
+    // at the same moment) lets the bind pass and fails this.
+    let listener = socket.listen(LISTEN_BACKLOG).map_err(listen_failed)?;
     let backend_kind = args.db.split(':').next().unwrap_or("unknown");
     let metrics = Arc::new(Metrics::new(match backend_kind {
         "postgres" | "postgresql" => "postgres",
