@@ -502,8 +502,12 @@ pub async fn count_requests(State(state): State<Arc<AppState>>, req: Request, ne
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
+    // What a request's own log lines (a 5xx's ERROR, say) are about: its
+    // method and path, ids included (never its query or headers, which may
+    // carry what is not to be logged). Enabled wherever errors are.
+    let span = tracing::error_span!("request", method = %req.method(), path = %req.uri().path());
     let started = Instant::now();
-    let response = next.run(req).await;
+    let response = tracing::Instrument::instrument(next.run(req), span).await;
     let elapsed: Duration = started.elapsed();
     tracing::debug!(%method, %route, status = response.status().as_u16(), ?elapsed, "request");
     let metrics = &state.metrics;
