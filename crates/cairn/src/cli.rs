@@ -645,6 +645,7 @@ pub enum ModuleCommand {
     #[command(after_help = "Example:\n  cairn module get module:sha256:...")]
     Get {
         /// The module ref (`module:sha256:{hex}`).
+        #[arg(value_parser = non_empty)]
         module_ref: String,
     },
 }
@@ -685,8 +686,9 @@ pub struct RunArgs {
     /// What a server restart does to it: `owner-bound` (abandoned; `owner_bound` too) or `rerunnable` (run again).
     #[arg(long, value_enum, default_value = "owner-bound")]
     pub disposition: RunDisposition,
-    /// Kill the command after this long (passed to the shell tool; e.g. 30s, 10m).
-    #[arg(long, value_parser = parse_duration_with_unit)]
+    /// Kill the command after this long (passed to the shell tool; e.g. 30s, 10m),
+    /// in whole milliseconds.
+    #[arg(long, value_parser = crate::duration::parse_whole_millis)]
     pub timeout: Option<Duration>,
     /// Working directory of the command on the server's machine (default: this
     /// directory; a relative path is taken from this directory).
@@ -697,7 +699,9 @@ pub struct RunArgs {
     #[arg(long = "env", value_name = "KEY[=VALUE]")]
     pub env: Vec<String>,
     /// Forward this whole environment but cairn's own `CAIRN_*` variables
-    /// (forwarded values are stored in the process's record).
+    /// (forwarded values are stored in the process's record); a variable
+    /// whose name or value is not UTF-8 cannot be sent and is left out,
+    /// said on stderr.
     #[arg(long)]
     pub env_all: bool,
     /// `--server`, `--token`, `--json`.
@@ -1251,9 +1255,23 @@ impl clap::builder::TypedValueParser for CreatedAt {
             // Epoch seconds (`$(date +%s)`) read as milliseconds would be a
             // time in January 1970, before any process: refused, not read.
             if ms < EARLIEST_CREATED_MS {
+                // The same instant in a form that is taken: milliseconds
+                // when those are past the bound, else (`0`) RFC 3339, so
+                // following the hint does not meet it again.
+                let as_seconds = std::time::UNIX_EPOCH + Duration::from_secs(ms);
+                let instead = if ms.saturating_mul(1000) >= EARLIEST_CREATED_MS {
+                    format!(
+                        "give milliseconds (`{text}000`) or an RFC 3339 time (`{}`)",
+                        humantime::format_rfc3339_seconds(as_seconds)
+                    )
+                } else {
+                    format!(
+                        "give an RFC 3339 time (`{}`)",
+                        humantime::format_rfc3339_seconds(as_seconds)
+                    )
+                };
                 return refuse(format!(
-                    "takes epoch milliseconds, got `{text}`, which would be {} and looks like epoch seconds: \
-                     give milliseconds (`{text}000`) or an RFC 3339 time (`2026-12-01T00:00:00Z`)",
+                    "takes epoch milliseconds, got `{text}`, which would be {} and looks like epoch seconds: {instead}",
                     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms))
                 ));
             }
@@ -1397,12 +1415,27 @@ mod tests {
                  give milliseconds (`1796083200000`)",
             ),
             ("99999999999", "looks like epoch seconds"),
-            ("0", "give milliseconds (`0000`) or an RFC 3339 time"),
+            // A number whose milliseconds are still under the bound is
+            // offered as the RFC 3339 time it names, which is taken.
+            (
+                "0",
+                "looks like epoch seconds: give an RFC 3339 time (`1970-01-01T00:00:00Z`)",
+            ),
+            ("0000", "give an RFC 3339 time (`1970-01-01T00:00:00Z`)"),
+            ("99999999", "give an RFC 3339 time (`1973-03-03T09:46:39Z`)"),
+            (
+                "100000000",
+                "give milliseconds (`100000000000`) or an RFC 3339 time (`1973-03-03T09:46:40Z`)",
+            ),
         ] {
             let e = ls(given).expect_err(given);
             assert!(e.contains(said), "{given}: {e}");
             assert!(e.contains("`--created-from`"), "{given}: {e}");
         }
+        // What those hints offer is taken.
+        assert_eq!(ls("1970-01-01T00:00:00Z"), Ok(Some(0)));
+        assert_eq!(ls("1973-03-03T09:46:39Z"), Ok(Some(99_999_999_000)));
+        assert_eq!(ls("100000000000"), Ok(Some(100_000_000_000)));
         let e = parsed(&["prune", "--older-than", "1d", "--no-projector", "--created-before", "x"]).expect_err("x");
         assert!(e.contains("`--created-before` takes epoch milliseconds"), "{e}");
     }

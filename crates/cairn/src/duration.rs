@@ -56,6 +56,27 @@ pub fn parse_duration_with_unit(raw: &str) -> Result<Duration, String> {
     parse_duration(raw)
 }
 
+/// [`parse_duration_with_unit`] for a duration kept in whole milliseconds
+/// (`run --timeout`, the shell tool's `timeout_ms`): one under 1 ms, or with
+/// a part of a millisecond, is refused rather than rounded down (`500us`
+/// would be 0, which the server refuses in its own field's words; `1500us`
+/// would quietly be 1 ms).
+pub fn parse_whole_millis(raw: &str) -> Result<Duration, String> {
+    let d = parse_duration_with_unit(raw)?;
+    let trimmed = raw.trim();
+    if d < Duration::from_millis(1) {
+        return Err(format!("`{trimmed}` is under 1 ms: give at least 1ms"));
+    }
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        let down = d.as_millis();
+        return Err(format!(
+            "`{trimmed}` is not a whole number of milliseconds: give e.g. {down}ms or {}ms",
+            down + 1
+        ));
+    }
+    Ok(d)
+}
+
 /// `N.Mu` for one unit `u`: humantime takes integers only. `None` when `raw` is
 /// not of that form; `Some(None)` when it overflows.
 fn parse_fraction(raw: &str) -> Option<Option<Duration>> {
@@ -90,6 +111,42 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("2h 30m"), Ok(Duration::from_secs(9000)));
         assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+    }
+
+    /// `run --timeout` is kept in whole milliseconds: what is not is
+    /// refused, never rounded down to 0 or to the millisecond below.
+    #[test]
+    fn a_duration_in_whole_milliseconds_refuses_a_part_of_one() {
+        for (raw, ms) in [
+            ("1ms", 1),
+            ("1.5s", 1500),
+            ("1.1s", 1100),
+            ("0.1s", 100),
+            ("2.3s", 2300),
+            ("0.001s", 1),
+            ("1000us", 1),
+            ("30s", 30_000),
+        ] {
+            assert_eq!(parse_whole_millis(raw), Ok(Duration::from_millis(ms)), "{raw}");
+        }
+        for (raw, said) in [
+            ("500us", "`500us` is under 1 ms: give at least 1ms"),
+            ("900us", "`900us` is under 1 ms"),
+            ("0", "`0` is under 1 ms"),
+            ("0s", "`0s` is under 1 ms"),
+            (
+                "1500us",
+                "`1500us` is not a whole number of milliseconds: give e.g. 1ms or 2ms",
+            ),
+            (
+                "1.0005s",
+                "`1.0005s` is not a whole number of milliseconds: give e.g. 1000ms or 1001ms",
+            ),
+        ] {
+            let e = parse_whole_millis(raw).expect_err(raw);
+            assert!(e.starts_with(said), "{raw}: {e}");
+        }
+        assert!(parse_whole_millis("5").expect_err("5").contains("has no unit"));
     }
 
     #[test]

@@ -2554,3 +2554,132 @@ fn schedule_add_usage_errors_give_one_usage() {
     }
     std::fs::remove_dir_all(&dir).expect("remove dir");
 }
+
+/// A JSON argument nested past the parser's limit is refused before it is
+/// sent, in the server's words: how deep, and the 64 level limit.
+#[test]
+fn a_json_argument_nested_too_deep_names_the_64_level_limit() {
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let stderr = usage_error(&["signal", "w", "go", "--payload", &deep]);
+    assert!(
+        stderr.contains("--payload nests arrays and objects 200 levels deep, over the 64 level limit"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("recursion limit"), "{stderr}");
+    let stderr = usage_error(&["complete", "w", "--value", &deep]);
+    assert!(
+        stderr.contains("--value nests arrays and objects 200 levels deep"),
+        "{stderr}"
+    );
+    // In a request, the field that nests too deep is named, as the server does.
+    let request = format!(r#"{{"id":"d","input":{{"type":"external","x":{deep}}}}}"#);
+    let stderr = usage_error(&["start", &request]);
+    assert!(
+        stderr.contains("the start request: `input` nests arrays and objects 201 levels deep, over the 64 level limit"),
+        "{stderr}"
+    );
+}
+
+/// An empty id is the command line's own refusal (`usage`) on every
+/// command that takes one, `module get` too.
+#[test]
+fn an_empty_id_is_a_usage_error_on_every_command() {
+    for args in [
+        &["--json", "get", ""][..],
+        &["--json", "cancel", ""],
+        &["--json", "signal", "", "go"],
+        &["--json", "ack", "s1", ""],
+        &["--json", "module", "get", ""],
+    ] {
+        let stderr = usage_error(args);
+        let refusal: Value = serde_json::from_str(stderr.trim()).unwrap_or_else(|e| panic!("{args:?}: {e}: {stderr}"));
+        assert_eq!(refusal["error"]["code"], "usage", "{args:?}: {stderr}");
+        assert!(stderr.contains("must not be empty"), "{args:?}: {stderr}");
+    }
+}
+
+/// `run --timeout` is whole milliseconds: less, or a part of one, is refused
+/// naming the flag, not sent as 0 or rounded down.
+#[test]
+fn a_run_timeout_that_is_not_whole_milliseconds_is_refused() {
+    for (timeout, said) in [
+        ("500us", "`500us` is under 1 ms"),
+        ("0", "`0` is under 1 ms"),
+        (
+            "1500us",
+            "`1500us` is not a whole number of milliseconds: give e.g. 1ms or 2ms",
+        ),
+    ] {
+        let stderr = usage_error(&["run", "--timeout", timeout, "--", "echo", "hi"]);
+        assert!(
+            stderr.contains("--timeout") && stderr.contains(said),
+            "{timeout}: {stderr}"
+        );
+        assert!(!stderr.contains("timeout_ms"), "{timeout}: {stderr}");
+    }
+}
+
+/// `--env-all` names, on stderr, the variables it cannot forward (not
+/// UTF-8), and forwards the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_all_says_which_variables_it_left_out() {
+    use std::os::unix::ffi::OsStrExt;
+    let server = Server::start(&[]).await;
+    let out = tokio::process::Command::new(BIN)
+        .args(["--server", &server.base, "run", "--env-all", "--", "sh", "-c"])
+        .arg("echo ${T_BAD_VALUE-unset} $T_GOOD")
+        .env("T_BAD_VALUE", std::ffi::OsStr::from_bytes(b"a\xffb"))
+        .env(std::ffi::OsStr::from_bytes(b"T_BAD\xffNAME"), "x")
+        .env("T_GOOD", "good")
+        .env_remove("CAIRN_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("cairn run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "unset good\n", "{stderr}");
+    assert!(
+        stderr.contains("--env-all: not forwarded, their name or value is not UTF-8")
+            && stderr.contains(r"`T_BAD\xffNAME`")
+            && stderr.contains("`T_BAD_VALUE`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("T_GOOD"), "{stderr}");
+}
+
+/// A run waiting for a worker slot says so once, and one that starts at
+/// once says nothing of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_queued_for_a_worker_slot_says_so() {
+    let server = Server::start(&["--workers", "1"]).await;
+    let out = run_cli(
+        &server.base,
+        None,
+        &["run", "--detach", "--id", "busy", "--", "sleep", "4"],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut run = Running::spawn(
+        &server.base,
+        &["run", "--id", "second", "--timeout", "30s", "--", "echo", "second"],
+    );
+    let line = run.stderr_line("is queued").await;
+    assert_eq!(
+        line,
+        "second is queued: it has not started, waiting for a free worker slot on the server (its `--workers` are \
+         busy); its --timeout counts from when it starts"
+    );
+    assert_eq!(run.exit_code().await, 0);
+    // A run that starts at once and lasts past the note's delay says nothing of a queue.
+    let out = run_cli(
+        &server.base,
+        None,
+        &["run", "--", "sh", "-c", "sleep 2.5; echo done"],
+        None,
+    )
+    .await;
+    assert_eq!((out.code, out.stdout.as_str()), (0, "done\n"), "{}", out.stderr);
+    assert!(!out.stderr.contains("queued"), "{}", out.stderr);
+}

@@ -172,7 +172,7 @@ fn proc_path(id: &str) -> String {
 /// `raw` as JSON, refusing a key given twice in an object (serde_json keeps
 /// the last one; the server refuses it in its own bodies, and a command
 /// line must not quietly pick one: `{"id":"a","id":"b"}` would start `b`).
-fn parse_json_arg(what: &str, raw: &str) -> Result<Value, ClientError> {
+fn parse_json_arg(what: &str, raw: &str, whole: bool) -> Result<Value, ClientError> {
     if raw.trim().is_empty() {
         return Err(ClientError::Usage(format!(
             "{what} is empty: give it as an argument, or on stdin (`- < FILE`)"
@@ -186,6 +186,11 @@ fn parse_json_arg(what: &str, raw: &str) -> Result<Value, ClientError> {
         } else {
             String::new()
         };
+        // Past the parser's own limit (128 levels): said as the server says
+        // it, with the 64 level limit a value less deep is refused with.
+        if e.to_string().starts_with("recursion limit exceeded") {
+            return ClientError::Usage(too_deep(what, raw, whole));
+        }
         // Valid JSON refused for what it holds is said as such.
         let is = if e.classify() == serde_json::error::Category::Data {
             "is refused"
@@ -196,12 +201,73 @@ fn parse_json_arg(what: &str, raw: &str) -> Result<Value, ClientError> {
     })
 }
 
+/// The refusal of a JSON argument nested past what the parser reads, in the
+/// server's words (`request body: `payload` nests arrays and objects 200
+/// levels deep, over the 64 level limit`): how deep the value goes, or, for
+/// a request (`whole` false: `start`'s, a schedule's template), which of its
+/// fields and how deep that field's value goes.
+fn too_deep(what: &str, raw: &str, whole: bool) -> String {
+    let limit = cairn_core::validate::MAX_JSON_DEPTH;
+    let (field, depth) = deepest(raw.as_bytes());
+    match field {
+        Some((field, field_depth)) if !whole => format!(
+            "{what}: `{}` nests arrays and objects {field_depth} levels deep, over the {limit} level limit",
+            field.escape_debug()
+        ),
+        _ => format!("{what} nests arrays and objects {depth} levels deep, over the {limit} level limit"),
+    }
+}
+
+/// How deep a JSON text nests arrays and objects (`[[1]]` is 2), and the
+/// top-level field of an object whose value nests deepest with that value's
+/// depth; read by a scan that builds nothing (the text is too deep to parse).
+fn deepest(bytes: &[u8]) -> (Option<(String, usize)>, usize) {
+    let (mut depth, mut deepest, mut field) = (0usize, 0usize, None);
+    let mut key: Option<String> = None;
+    let top_is_object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let start = i + 1;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    if bytes[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                let end = i.min(bytes.len());
+                // A string right inside the top object, followed by `:`, is a key.
+                let colon = bytes[end.saturating_add(1).min(bytes.len())..]
+                    .iter()
+                    .find(|b| !b.is_ascii_whitespace())
+                    == Some(&b':');
+                if depth == 1 && colon {
+                    key = Some(String::from_utf8_lossy(&bytes[start..end]).into_owned());
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > deepest {
+                    deepest = depth;
+                    field = if depth > 1 && top_is_object { key.clone() } else { None };
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    (field.map(|f| (f, deepest - 1)), deepest)
+}
+
 /// A JSON flag's value (`--payload`, `--value`, `--outcome`): as given, from
 /// stdin for `-`, or from a file for `@FILE` (no JSON text begins with `@`,
 /// and `-` alone is none: neither can be meant as itself).
 fn json_flag(flag: &str, raw: &str) -> Result<Value, ClientError> {
     let (text, what) = json_arg_text(flag, Some(raw))?;
-    parse_json_arg(&what, &text).map_err(|e| match e {
+    parse_json_arg(&what, &text, true).map_err(|e| match e {
         // A bare word (`--value green`) is most likely a string meant
         // without its JSON quotes.
         ClientError::Usage(why) if what == flag && is_bare_word(raw) => {
@@ -293,7 +359,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
         }
         Command::Start { body, .. } => {
             let (raw, what) = json_arg_text("the start request", body.as_deref())?;
-            let request = parse_json_arg(&what, &raw)?;
+            let request = parse_json_arg(&what, &raw, false)?;
             if let Some(id) = request.get("id").and_then(Value::as_str) {
                 hints::on_lost_answer(format_args!("get {}", hints::word(id)), None);
             }
@@ -863,6 +929,10 @@ async fn run_conflict(client: &Client, id: &str, body: &Value) -> ClientError {
 /// it was told to stop.
 const CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long `run` waits for its command to start before it says the run is
+/// queued for a worker slot.
+const QUEUED_NOTE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A line on stderr for `run` where a failed write changes nothing (it is
 /// stopping anyway): never a panic.
 fn note(line: std::fmt::Arguments<'_>) {
@@ -1005,12 +1075,26 @@ fn forwarded_env(args: &RunArgs) -> Result<serde_json::Map<String, Value>, Clien
         // out. So is the client's own configuration (`CAIRN_TOKEN`, a
         // database URL's password): what is forwarded is stored in the
         // process's record, which every reader of the process sees.
+        // Those left out for not being UTF-8 are said, by name (escaped):
+        // the command would otherwise see the server's value, or none,
+        // with nothing said (`--env KEY` refuses such a variable).
+        let mut not_utf8 = Vec::new();
         for (k, v) in std::env::vars_os() {
-            if let (Some(k), Some(v)) = (k.to_str(), v.to_str()) {
-                if !k.starts_with("CAIRN_") {
+            match (k.to_str(), v.to_str()) {
+                (Some(k), _) if k.starts_with("CAIRN_") => {}
+                (Some(k), Some(v)) => {
                     env.insert(k.to_string(), Value::String(v.to_string()));
                 }
+                (Some(k), None) => not_utf8.push(format!("`{}`", k.escape_debug())),
+                (None, _) => not_utf8.push(format!("`{}`", k.as_encoded_bytes().escape_ascii())),
             }
+        }
+        if !not_utf8.is_empty() {
+            not_utf8.sort();
+            note(format_args!(
+                "--env-all: not forwarded, their name or value is not UTF-8 (JSON cannot carry it): {}",
+                not_utf8.join(", ")
+            ));
         }
     }
     for item in &args.env {
@@ -1188,7 +1272,13 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
     // fails is the loop's to act on (cancel the process): the stream goes on
     // until then, its lines unwritten.
     let lost = &output_lost;
+    // Whether the follow has seen the command start (its log read from the
+    // start, so a run already started says so at once).
+    let started = std::cell::Cell::new(false);
     let follow = client.follow(&id, 0, true, |event| {
+        if event.get("event_type").and_then(Value::as_str) == Some("process.started") {
+            started.set(true);
+        }
         if json {
             return Ok(());
         }
@@ -1275,6 +1365,28 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
         std::future::pending().await
     };
     let mut lease_watch = std::pin::pin!(lease_watch);
+    // A run not started a little after it was taken waits for a worker slot
+    // (all of the server's `--workers` busy): said once, from what the
+    // follow has seen, asking the server nothing more.
+    let queued_note = async {
+        if json || ended {
+            return std::future::pending().await;
+        }
+        tokio::time::sleep(QUEUED_NOTE_AFTER).await;
+        if !started.get() {
+            let timeout = if args.timeout.is_some() {
+                "; its --timeout counts from when it starts"
+            } else {
+                ""
+            };
+            lost.written(errln!(
+                "{id} is queued: it has not started, waiting for a free worker slot on the server \
+                 (its `--workers` are busy){timeout}"
+            ));
+        }
+        std::future::pending().await
+    };
+    let mut queued_note = std::pin::pin!(queued_note);
     // The reader of stdout gone while the command is quiet: told as a failed
     // write is, so the process is cancelled now, not at its next line.
     let reader_gone = async {
@@ -1298,6 +1410,7 @@ async fn run_command(client: &Client, json: bool, args: RunArgs) -> Result<ExitC
                 break;
             }
             () = &mut lease_watch => continue,
+            () = &mut queued_note => continue,
             () = &mut reader_gone => continue,
             () = output_lost.told.notified() => match output_lost.take() {
                 Some(e) if e.exit_code() != output::EXIT_OUTPUT_CLOSED => {

@@ -79,7 +79,7 @@ pub(super) async fn execute(client: &Client, json: bool, action: ScheduleAction)
             template,
         } => {
             let (raw, what) = super::json_arg_text("the start template", template.as_deref())?;
-            let start = parse_json_arg(&what, &raw)?;
+            let start = parse_json_arg(&what, &raw, false)?;
             let mut body = json!({"id": id, "start": start, "overlap": overlap});
             for (key, value) in [("cron", cron), ("every", every), ("timezone", timezone)] {
                 if let Some(v) = value {
