@@ -2442,6 +2442,20 @@ async fn get_shows_the_input_and_the_parent() {
         "{}",
         out.stdout
     );
+    // So is one a script journaled in its log (`ctx.tool("shell", ...)`).
+    let calls = json!({"id": "calls", "disposition": "externally_owned", "input": {"type": "external"},
+                       "event_types": [{"name": "progress"}]});
+    assert_eq!(c.start(calls).await.0, 201);
+    let call = json!({"event_type": "progress", "payload": {"n": 1, "kind": "tool", "tool": "shell",
+                      "args": {"argv": ["true"], "env": {"SECRET_TOKEN": "hunter2"}}}});
+    let (s, body) = c.post("/v1/processes/calls/events", call).await;
+    assert_eq!(s, 200, "{body}");
+    let out = server.cli(&["events", "calls"], None).await;
+    assert!(
+        out.stdout.contains("SECRET_TOKEN") && out.stdout.contains("(not shown)") && !out.stdout.contains("hunter2"),
+        "{}",
+        out.stdout
+    );
 }
 
 /// A command a signal killed makes `run` answer 128 + the signal, as a

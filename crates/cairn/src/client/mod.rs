@@ -2156,18 +2156,9 @@ fn print_record(r: &Value) -> Result<(), ClientError> {
         shown.remove("type");
         // A shell call's forwarded environment values may be secrets:
         // named, not shown (`--json` gives the record whole).
-        let shell = shown.get("tool").and_then(Value::as_str) == Some("shell");
-        if let Some(env) = shown
-            .get_mut("args")
-            .and_then(|a| a.get_mut("env"))
-            .and_then(Value::as_object_mut)
-            .filter(|_| shell)
-        {
-            for value in env.values_mut() {
-                *value = Value::String("(not shown)".into());
-            }
-        }
-        rows.insert(4, ("input", one_line(&Value::Object(shown).to_string(), line_room())));
+        let mut shown = Value::Object(shown);
+        cairn_core::tool::hide_shell_env(&mut shown);
+        rows.insert(4, ("input", one_line(&shown.to_string(), line_room())));
     }
     if let Some(parent) = r.pointer("/provenance/caused_by/process_id").and_then(Value::as_str) {
         rows.push(("parent", parent.to_string()));
@@ -2201,7 +2192,17 @@ fn print_record(r: &Value) -> Result<(), ClientError> {
 /// whole where the output goes to a file or a program (a payload is JSON on
 /// one line either way).
 fn print_event_row(e: &Value) -> Result<(), ClientError> {
-    let payload = e.get("payload").map(Value::to_string).unwrap_or_default();
+    // A script's journaled shell call names the variables it forwards, not
+    // their values (as `get` of the child shows its input; `--json` gives
+    // the event whole).
+    let payload = e
+        .get("payload")
+        .map(|p| {
+            let mut p = p.clone();
+            cairn_core::tool::hide_shell_env(&mut p);
+            p.to_string()
+        })
+        .unwrap_or_default();
     let max = line_room();
     outln!(
         "{:>5}  {}  {:<28} {}",
