@@ -366,6 +366,15 @@ fn is_loopback(url: &reqwest::Url) -> bool {
         || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// `raw` with what lies between `://` and the host's `@` cut out when it
+/// is not a URL this client takes: a password in it is not repeated.
+fn without_password(raw: &str) -> String {
+    match (raw.find("://"), raw.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://…@{}", &raw[..scheme], &raw[at + 1..]),
+        _ => raw.to_string(),
+    }
+}
+
 impl Client {
     /// A client for `base` (e.g. `http://127.0.0.1:7070`) presenting `token` when given.
     pub fn new(base: &str, token: Option<&str>) -> Result<Self, ClientError> {
@@ -374,9 +383,24 @@ impl Client {
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()));
         let Some(url) = url else {
             return Err(ClientError::Usage(format!(
-                "--server (or CAIRN_SERVER) `{base}` is not an http:// or https:// URL (e.g. http://127.0.0.1:7070)"
+                "--server (or CAIRN_SERVER) `{}` is not an http:// or https:// URL (e.g. http://127.0.0.1:7070)",
+                without_password(base)
             )));
         };
+        // A user or password in the URL would be sent as a second
+        // `Authorization` header (Basic, beside the token's Bearer), which
+        // the server refuses, and be shown in every error that names the
+        // URL: cairn authenticates by token only.
+        if !url.username().is_empty() || url.password().is_some() {
+            let mut shown = url.clone();
+            let _ = shown.set_username("");
+            let _ = shown.set_password(None);
+            return Err(ClientError::Usage(format!(
+                "--server (or CAIRN_SERVER) names a user or password, which cairn does not take: give the URL \
+                 without it (`{}`) and the token with --token or CAIRN_TOKEN",
+                shown.as_str().trim_end_matches('/')
+            )));
+        }
         // As the server says of its own tokens: one no header can carry is
         // the caller's mistake (a secret file's newline), not a transport fault.
         if let Some(t) = token {
@@ -926,6 +950,30 @@ mod tests {
             client.post("/v1/processes/./cancel", &Value::Null).await,
             Err(ClientError::Refused { .. })
         ));
+    }
+
+    /// A `--server` URL naming a user or password is refused before any
+    /// request (it would be a second `Authorization` header), and no error
+    /// repeats the password.
+    #[test]
+    fn a_server_url_with_a_password_is_refused_without_repeating_it() {
+        for base in [
+            "http://u:secretpw@127.0.0.1:7070",
+            "http://u@127.0.0.1:7070/",
+            "ftp://u:secretpw@h",
+        ] {
+            let Err(ClientError::Usage(why)) = Client::new(base, Some("tok")) else {
+                panic!("{base} was taken");
+            };
+            assert!(!why.contains("secretpw"), "{why}");
+        }
+        let Err(ClientError::Usage(why)) = Client::new("http://u:secretpw@127.0.0.1:7070", None) else {
+            panic!("taken");
+        };
+        assert!(
+            why.contains("`http://127.0.0.1:7070`") && why.contains("--token"),
+            "{why}"
+        );
     }
 
     /// A refusal made before sending is worded as the server words it for
