@@ -222,6 +222,60 @@ pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 /// JSON decoder on the read path (serde_json's included) stops at 128 levels:
 /// a value accepted near that limit could be written but never read back.
 pub const MAX_JSON_DEPTH: usize = 64;
+
+/// How deep a JSON text nests arrays and objects (`[[1]]` is 2), read by a
+/// scan that builds nothing, for a text too deep for a parser (serde_json's
+/// stops at 128 levels): the deepest nesting, and, when the text is an
+/// object, its top-level field whose value nests deepest, with that value's
+/// own depth (the field's name as written between its quotes).
+pub fn json_text_depth(bytes: &[u8]) -> (usize, Option<(String, usize)>) {
+    let (mut depth, mut deepest, mut field) = (0usize, 0usize, None);
+    let mut key: Option<String> = None;
+    let top_is_object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let start = i + 1;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    if bytes[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                let end = i.min(bytes.len());
+                // A string right inside the top object, followed by `:`, is a key.
+                let colon = bytes[end.saturating_add(1).min(bytes.len())..]
+                    .iter()
+                    .find(|b| !b.is_ascii_whitespace())
+                    == Some(&b':');
+                if depth == 1 && colon {
+                    key = Some(String::from_utf8_lossy(&bytes[start..end]).into_owned());
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > deepest {
+                    deepest = depth;
+                    field = if depth > 1 && top_is_object { key.clone() } else { None };
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    (deepest, field.map(|f| (f, deepest - 1)))
+}
+
+/// The refusal of `what` (a body, a field, a flag) nested `depth` levels
+/// deep, past what a parser reads: said as the [`MAX_JSON_DEPTH`] limit a
+/// value nested less deep is refused with, not as where the parser stopped.
+pub fn too_deep_message(what: &str, depth: usize) -> String {
+    format!("{what} nests arrays and objects {depth} levels deep, over the {MAX_JSON_DEPTH} level limit")
+}
+
 /// Most event types one registration may declare.
 pub const MAX_EVENT_TYPES: usize = 256;
 /// Most children one `children` wait may name (its ids stay well inside

@@ -35,41 +35,10 @@ fn too_deep(e: &serde_json::Error) -> bool {
 /// as where the parser stopped.
 fn not_json(what: &str, text: &str, e: &serde_json::Error) -> String {
     if too_deep(e) {
-        format!(
-            "{what} nests arrays and objects {} levels deep, over the {} level limit",
-            depth_of(text.as_bytes()),
-            cairn_core::validate::MAX_JSON_DEPTH
-        )
+        cairn_core::validate::too_deep_message(what, cairn_core::validate::json_text_depth(text.as_bytes()).0)
     } else {
         format!("{what} is not JSON: {e}")
     }
-}
-
-/// The deepest nesting of arrays and objects in a JSON text (`[[1]]` is 2),
-/// by a scan that builds nothing: the text may be too deep to parse.
-fn depth_of(text: &[u8]) -> usize {
-    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for &b in text {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
 }
 
 /// Who a write is recorded as: what the API records for the same caller.

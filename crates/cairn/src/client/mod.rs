@@ -207,59 +207,13 @@ fn parse_json_arg(what: &str, raw: &str, whole: bool) -> Result<Value, ClientErr
 /// a request (`whole` false: `start`'s, a schedule's template), which of its
 /// fields and how deep that field's value goes.
 fn too_deep(what: &str, raw: &str, whole: bool) -> String {
-    let limit = cairn_core::validate::MAX_JSON_DEPTH;
-    let (field, depth) = deepest(raw.as_bytes());
-    match field {
-        Some((field, field_depth)) if !whole => format!(
-            "{what}: `{}` nests arrays and objects {field_depth} levels deep, over the {limit} level limit",
-            field.escape_debug()
-        ),
-        _ => format!("{what} nests arrays and objects {depth} levels deep, over the {limit} level limit"),
-    }
-}
-
-/// How deep a JSON text nests arrays and objects (`[[1]]` is 2), and the
-/// top-level field of an object whose value nests deepest with that value's
-/// depth; read by a scan that builds nothing (the text is too deep to parse).
-fn deepest(bytes: &[u8]) -> (Option<(String, usize)>, usize) {
-    let (mut depth, mut deepest, mut field) = (0usize, 0usize, None);
-    let mut key: Option<String> = None;
-    let top_is_object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => {
-                let start = i + 1;
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'"' {
-                    if bytes[i] == b'\\' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-                let end = i.min(bytes.len());
-                // A string right inside the top object, followed by `:`, is a key.
-                let colon = bytes[end.saturating_add(1).min(bytes.len())..]
-                    .iter()
-                    .find(|b| !b.is_ascii_whitespace())
-                    == Some(&b':');
-                if depth == 1 && colon {
-                    key = Some(String::from_utf8_lossy(&bytes[start..end]).into_owned());
-                }
-            }
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > deepest {
-                    deepest = depth;
-                    field = if depth > 1 && top_is_object { key.clone() } else { None };
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
+    use cairn_core::validate::{json_text_depth, too_deep_message};
+    match json_text_depth(raw.as_bytes()) {
+        (_, Some((field, field_depth))) if !whole => {
+            too_deep_message(&format!("{what}: `{}`", field.escape_debug()), field_depth)
         }
-        i += 1;
+        (depth, _) => too_deep_message(what, depth),
     }
-    (field.map(|f| (f, deepest - 1)), deepest)
 }
 
 /// A JSON flag's value (`--payload`, `--value`, `--outcome`): as given, from

@@ -330,63 +330,12 @@ const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 /// ([`cairn_core::validate::MAX_JSON_DEPTH`]), as a value nested less deep
 /// but still over that limit is refused.
 fn too_deep(bytes: &[u8]) -> ApiError {
-    let (field, depth) = deepest_field(bytes);
-    let limit = cairn_core::validate::MAX_JSON_DEPTH;
-    let what = match field {
-        Some(field) => format!("request body: `{}`", field.escape_debug()),
-        None => "request body".to_string(),
-    };
-    ApiError::invalid_request(format!(
-        "{what} nests arrays and objects {depth} levels deep, over the {limit} level limit"
-    ))
-}
-
-/// The top-level field of a JSON object text whose value nests arrays and
-/// objects deepest, and how deep (the field's value counted from 1: `[[1]]`
-/// is 2), read by a scan that builds nothing; `None` for the field when the
-/// text is no object.
-fn deepest_field(bytes: &[u8]) -> (Option<String>, usize) {
-    let (mut depth, mut deepest, mut at) = (0usize, 0usize, None);
-    let mut key: Option<String> = None;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => {
-                let start = i + 1;
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'"' {
-                    if bytes[i] == b'\\' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-                // A string right inside the top object, followed by `:`, is a key.
-                let end = i.min(bytes.len());
-                let colon = bytes[end.saturating_add(1).min(bytes.len())..]
-                    .iter()
-                    .find(|b| !b.is_ascii_whitespace())
-                    == Some(&b':');
-                if depth == 1 && colon {
-                    key = Some(String::from_utf8_lossy(&bytes[start..end]).into_owned());
-                }
-            }
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > deepest {
-                    deepest = depth;
-                    at = if depth > 1 { key.clone() } else { None };
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
+    ApiError::invalid_request(match cairn_core::validate::json_text_depth(bytes) {
+        (_, Some((field, depth))) => {
+            cairn_core::validate::too_deep_message(&format!("request body: `{}`", field.escape_debug()), depth)
         }
-        i += 1;
-    }
-    let top_is_object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-    match at {
-        Some(field) if top_is_object => (Some(field), deepest - 1),
-        _ => (None, deepest),
-    }
+        (depth, None) => cairn_core::validate::too_deep_message("request body", depth),
+    })
 }
 
 /// The field inside a refused process input at `at` (`input`,
@@ -921,12 +870,13 @@ mod tests {
 
     #[test]
     fn the_deepest_field_is_found_past_strings_that_hold_brackets() {
+        use cairn_core::validate::json_text_depth;
         assert_eq!(
-            deepest_field(br#"{"a": "[[[{", "b\"[": [[1]], "c": {"d": 1}}"#),
-            (Some("b\\\"[".to_string()), 2)
+            json_text_depth(br#"{"a": "[[[{", "b\"[": [[1]], "c": {"d": 1}}"#),
+            (3, Some(("b\\\"[".to_string(), 2)))
         );
-        assert_eq!(deepest_field(br#"{"a": 1}"#), (None, 1));
-        assert_eq!(deepest_field(b"[[[1]]]"), (None, 3));
+        assert_eq!(json_text_depth(br#"{"a": 1}"#), (1, None));
+        assert_eq!(json_text_depth(b"[[[1]]]"), (3, None));
         let said = too_deep(br#"{"payload": [[[1]]]}"#).message;
         assert_eq!(
             said,
