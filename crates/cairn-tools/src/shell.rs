@@ -781,6 +781,18 @@ struct Sentinel {
     _writer: std::io::PipeWriter,
 }
 
+/// The sentinel: it ignores every signal a shell can ignore (a command may
+/// signal its own group: `kill -ALRM 0`), so only SIGKILL ends it before its
+/// pipe closes; then it kills its group. The POSIX names first, then the
+/// others and the real-time signals one by one, each through `command` so a
+/// shell that does not know one goes on (a special built-in's error would end
+/// a non-interactive shell, and the sentinel with it). CHLD is left as it is.
+const SENTINEL_SCRIPT: &str = "trap '' HUP INT QUIT PIPE TERM USR1 USR2 ALRM TSTP TTIN TTOU; \
+    for s in VTALRM PROF XCPU XFSZ URG WINCH IO POLL PWR SYS TRAP ABRT BUS FPE ILL SEGV; do \
+    command trap '' $s 2>/dev/null; done; \
+    i=32; while [ $i -le 64 ]; do command trap '' $i 2>/dev/null; i=$((i+1)); done; \
+    read line; kill -9 0";
+
 impl Sentinel {
     /// A sentinel leading a new group, or `None` when it cannot start (the
     /// command then leads its own group, unguarded, as it would without).
@@ -788,7 +800,7 @@ impl Sentinel {
         let (reader, writer) = std::io::pipe().ok()?;
         let child = Command::new("/bin/sh")
             .arg("-c")
-            .arg("trap '' HUP INT QUIT PIPE TERM USR1 USR2; read line; kill -9 0")
+            .arg(SENTINEL_SCRIPT)
             .stdin(Stdio::from(reader))
             .stdout(Stdio::null())
             .stderr(Stdio::null())

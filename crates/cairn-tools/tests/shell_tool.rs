@@ -611,9 +611,11 @@ async fn crash_child_runs_a_rerunnable_command_into_its_stop_grace() {
     };
     let dir = Path::new(&dir);
     let termed = dir.join("termed");
-    // The shell notes the SIGTERM and goes on; its child ignores it.
+    // The shell notes the SIGTERM and goes on; its child ignores it. First
+    // it sends its whole group a signal it ignores itself (as a command may):
+    // the sentinel must outlast that too.
     let prelude = format!(
-        "trap 'echo > \"{t}.tmp\" && mv \"{t}.tmp\" \"{t}\"' TERM;",
+        "trap 'echo > \"{t}.tmp\" && mv \"{t}.tmp\" \"{t}\"' TERM; trap '' ALRM; kill -ALRM 0;",
         t = termed.display()
     );
     let script = format!(
