@@ -687,7 +687,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "owner-bound")]
     pub disposition: RunDisposition,
     /// Kill the command after this long (passed to the shell tool; e.g. 30s, 10m),
-    /// in whole milliseconds.
+    /// in whole milliseconds, at most a year (365d).
     #[arg(long, value_parser = crate::duration::parse_whole_millis)]
     pub timeout: Option<Duration>,
     /// Working directory of the command on the server's machine (default: this

@@ -74,6 +74,14 @@ pub fn parse_whole_millis(raw: &str) -> Result<Duration, String> {
             down + 1
         ));
     }
+    // The shell tool's own bound, said in the flag's terms (the server
+    // would name its `timeout_ms` field).
+    let longest = cairn_core::validate::LONGEST_WAIT_MS;
+    if d.as_millis() > u128::from(longest) {
+        return Err(format!(
+            "`{trimmed}` is over the longest timeout, a year (365d, {longest} ms)"
+        ));
+    }
     Ok(d)
 }
 
@@ -147,6 +155,11 @@ mod tests {
             assert!(e.starts_with(said), "{raw}: {e}");
         }
         assert!(parse_whole_millis("5").expect_err("5").contains("has no unit"));
+        assert_eq!(parse_whole_millis("365d"), Ok(Duration::from_secs(365 * 86_400)));
+        for raw in ["366d", "2y"] {
+            let e = parse_whole_millis(raw).expect_err(raw);
+            assert!(e.contains("over the longest timeout, a year"), "{raw}: {e}");
+        }
     }
 
     #[test]
