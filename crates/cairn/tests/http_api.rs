@@ -3300,3 +3300,45 @@ async fn a_bad_module_cursor_is_an_invalid_id() {
         .await;
     assert_eq!(s, 200, "{page}");
 }
+
+/// An answer given before its request's body was read (no such route, a
+/// wrong method, a query the route does not take) says `Connection: close`,
+/// so a client opens another connection rather than lose its next request
+/// on this one; an answer to a body read whole keeps the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_leaves_a_body_unread_says_the_connection_closes() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(200_000));
+    let closes = |r: &reqwest::Response| {
+        r.headers()
+            .get("connection")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+    };
+    for (method, path, status) in [
+        (reqwest::Method::POST, "/v1/nope", 404),
+        (reqwest::Method::PUT, "/v1/processes", 405),
+        (reqwest::Method::POST, "/v1/processes?x=1", 400),
+    ] {
+        let r = c
+            .http
+            .request(method.clone(), c.url(path))
+            .header("Content-Type", "application/json")
+            .body(big.clone())
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(r.status().as_u16(), status, "{method} {path}");
+        assert!(closes(&r), "{method} {path}: {:?}", r.headers());
+    }
+    let r = c
+        .http
+        .post(c.url("/v1/processes"))
+        .header("Content-Type", "application/json")
+        .body(waiter("kept").to_string())
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(r.status().as_u16(), 201);
+    assert!(!closes(&r), "{:?}", r.headers());
+}

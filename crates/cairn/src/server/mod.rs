@@ -149,6 +149,7 @@ pub fn router(state: Arc<AppState>, dashboard: &Dashboard) -> Router {
             metrics::count_requests,
         ))
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(axum::middleware::from_fn(api::close_unread_bodies))
         .with_state(state)
 }
 
