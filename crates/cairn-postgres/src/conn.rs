@@ -16,7 +16,15 @@ use tokio_postgres::{Client, Config, NoTls, Statement};
 pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => {
+            // The driver's own words name the kind ("error connecting to
+            // server"); its source says why (refused, a name not found).
+            let text = e.to_string();
+            match std::error::Error::source(e).map(ToString::to_string) {
+                Some(why) if !text.contains(&why) => format!("{text}: {why}"),
+                _ => text,
+            }
+        }
     }
 }
 

@@ -204,6 +204,8 @@ async fn bad_urls_and_schema_names_are_clear_errors() {
         .await
         .expect_err("nothing listens on port 1");
     assert_eq!(err.code(), "unavailable", "{err}");
+    // Why it could not connect is said, not only that it could not.
+    assert!(err.to_string().contains("refused"), "{err}");
 }
 
 #[cfg_attr(
