@@ -167,6 +167,25 @@ struct Read {
     next: Option<String>,
 }
 
+/// A listing page's records, each with its grants when the page carries
+/// them (a session's listing), the id the next page starts after, and
+/// whether it carried grants.
+pub(super) fn page_rows(page: &Value) -> (Vec<Row>, Option<String>, bool) {
+    let processes = page
+        .get("processes")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let grants = page.get("grants").and_then(Value::as_array);
+    let rows = processes
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| (p, grants.and_then(|g| g.get(i).cloned())))
+        .collect();
+    let next = page.get("next_after_id").and_then(Value::as_str).map(str::to_string);
+    (rows, next, grants.is_some())
+}
+
 /// The matches created at or after `from` (and before `--created-before`),
 /// page after page in id order, stopping once `stop_at` are read with more
 /// to read.
@@ -186,17 +205,9 @@ async fn read(
         let mut page_pairs = pairs.clone();
         page_pairs.extend(after_id.map(|a| ("after_id", a)));
         let page = pages.page(&page_pairs).await?;
-        let processes = page
-            .get("processes")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let grants = page.get("grants").and_then(Value::as_array);
-        with_grants |= grants.is_some();
-        for (i, p) in processes.into_iter().enumerate() {
-            rows.push((p, grants.and_then(|g| g.get(i).cloned())));
-        }
-        let next = page.get("next_after_id").and_then(Value::as_str).map(str::to_string);
+        let (page_rows, next, granted) = page_rows(&page);
+        with_grants |= granted;
+        rows.extend(page_rows);
         match next {
             Some(next) if stop_at.is_some_and(|c| rows.len() >= c) => {
                 return Ok(Read {

@@ -1710,19 +1710,8 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
         add("after_id", Some(after_id));
         add("limit", args.limit.map(|l| l.to_string()));
         let page = client.get(&format!("/v1/processes?{}", query(pairs))).await?;
-        let processes = page
-            .get("processes")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let grants = page.get("grants").and_then(Value::as_array);
-        let rows: Vec<(Value, Option<Value>)> = processes
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| (p, grants.and_then(|g| g.get(i).cloned())))
-            .collect();
-        let next = page.get("next_after_id").and_then(Value::as_str).map(str::to_string);
-        (rows, next, false, grants.is_some())
+        let (rows, next, with_grants) = ls::page_rows(&page);
+        (rows, next, false, with_grants)
     } else {
         let n = args.limit.unwrap_or(ls::LS_SCAN_LIMIT);
         let search = ls::Search {
