@@ -8,6 +8,7 @@
 //! cairn-testkit instead.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -1496,6 +1497,10 @@ async fn candidates_a_claim_locked_and_left_out_are_announced_as_work() {
 /// A claim of "everything" (`usize::MAX`) queued beside another claim in one
 /// write batch claims every claimable row, as it does alone (the batch's
 /// candidate count saturates rather than overflowing).
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
 #[tokio::test]
 async fn a_claim_of_everything_beside_another_claims_all() {
     if !testing::enabled() {
@@ -1804,4 +1809,61 @@ async fn a_silent_server_fails_calls_at_the_call_timeout() {
     answered("get_env", reg.get_env(&env_ref))
         .await
         .expect("the env is stored");
+}
+
+/// Every test in the workspace that reaches PostgreSQL through
+/// `cairn_postgres::testing` is built `#[ignore]`d when the server is not
+/// configured (or is ignored outright), so one that did not run never
+/// reports as passed: without the attribute, its `if !testing::enabled()
+/// { return; }` would read as a pass.
+#[test]
+fn every_postgres_test_is_ignored_when_the_server_is_not_configured() {
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut checked = 0;
+    let mut unmarked = Vec::new();
+    for krate in std::fs::read_dir(&crates).expect("crates") {
+        let tests = krate.expect("entry").path().join("tests");
+        let Ok(files) = std::fs::read_dir(&tests) else { continue };
+        for file in files {
+            let path = file.expect("entry").path();
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read");
+            let lines: Vec<&str> = text.lines().collect();
+            for (at, line) in lines.iter().enumerate() {
+                let Some(name) = line.strip_prefix("async fn ").or_else(|| line.strip_prefix("fn ")) else {
+                    continue;
+                };
+                // The item's attributes and docs: the lines above it up to
+                // the end of the item before (or a blank line).
+                let head = lines[..at]
+                    .iter()
+                    .rev()
+                    .take_while(|l| !l.is_empty() && **l != "}")
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if !head.contains("#[test]") && !head.contains("#[tokio::test") {
+                    continue;
+                }
+                let body = lines[at..]
+                    .iter()
+                    .take_while(|l| **l != "}")
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if !body.contains("testing::enabled()") && !body.contains("testing::test_url()") {
+                    continue;
+                }
+                checked += 1;
+                if !head.contains("cairn_no_postgres") && !head.contains("#[ignore") {
+                    let name = name.split('(').next().unwrap_or(name);
+                    unmarked.push(format!("{}: {name}", path.display()));
+                }
+            }
+        }
+    }
+    assert!(checked >= 30, "the scan found the PostgreSQL tests ({checked})");
+    assert!(unmarked.is_empty(), "not ignored without a server: {unmarked:#?}");
 }
