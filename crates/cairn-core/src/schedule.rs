@@ -324,7 +324,7 @@ impl ScheduleSpec {
                     .build()
                     .parse(expr)
                     .map_err(|e| {
-                        let why = cron_field_problem(expr).unwrap_or_else(|| e.to_string());
+                        let why = cron_field_problem(expr).unwrap_or_else(|| cron_form_problem(expr, &e.to_string()));
                         bad(format!("invalid cron `{expr}`: {why}"))
                     })?;
                 let spec = Self::Cron(Box::new(parsed), tz);
@@ -599,6 +599,42 @@ fn cron_step_problem(expr: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// Words for a pattern `croner` refused in a form [`cron_field_problem`]
+/// leaves to it (`L`, `W`, `#`): the field at fault and what the form takes,
+/// with croner's own words when no rule below explains it.
+fn cron_form_problem(expr: &str, croner: &str) -> String {
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    let croner = croner.trim_start_matches("Component error: ").trim_end_matches('.');
+    if let Some(dow) = fields.get(4) {
+        for part in dow.split(',').filter(|p| p.contains('#')) {
+            let nth = part.rsplit('#').next().unwrap_or_default();
+            if !matches!(nth, "1" | "2" | "3" | "4" | "5") {
+                return format!(
+                    "day of week `{part}`: the occurrence after `#` is 1-5 (`5#2` is a month's second Friday)"
+                );
+            }
+        }
+        if dow.contains('#') || dow.to_ascii_uppercase().ends_with('L') {
+            return format!(
+                "day of week `{dow}`: {croner} (`#` takes a day and an occurrence 1-5, as `5#2`; `L` follows a day, \
+                 as `5L`, a month's last Friday)"
+            );
+        }
+    }
+    if let Some(dom) = fields.get(2).filter(|f| f.contains(['L', 'W'])) {
+        if dom.contains("L-") {
+            return format!(
+                "day of month `{dom}`: an offset from the last day (`L-3`) is not supported; `L` is the last day"
+            );
+        }
+        return format!(
+            "day of month `{dom}`: {croner} (`L` is the last day; `W` follows one day, as `15W`, the weekday \
+             nearest the 15th, or `L`, as `LW`)"
+        );
+    }
+    croner.to_string()
 }
 
 /// What is wrong with a field of a 5-field cron pattern `croner` refused, in
@@ -1304,6 +1340,22 @@ mod tests {
             "0 9 * * 1-7/6",
         ] {
             assert!(request(Some(expr), None, None).validate().is_ok(), "{expr}");
+        }
+    }
+
+    #[test]
+    fn a_refused_l_w_or_hash_form_names_its_field() {
+        for (expr, says) in [
+            ("0 0 * * 5#6", "day of week `5#6`: the occurrence after `#` is 1-5"),
+            ("0 0 * * 5#0", "day of week `5#0`: the occurrence after `#` is 1-5"),
+            ("0 0 * * MON,5#9", "day of week `5#9`: the occurrence after `#` is 1-5"),
+            ("0 0 L-3 * *", "day of month `L-3`: an offset from the last day (`L-3`) is not supported"),
+            ("0 0 W * *", "day of month `W`: "),
+            ("0 0 1-5W * *", "day of month `1-5W`: "),
+        ] {
+            let e = ScheduleSpec::parse(Some(expr), None, None).expect_err(expr).to_string();
+            assert!(e.contains(says), "{expr}: {e}");
+            assert!(!e.contains("Component error"), "{expr}: {e}");
         }
     }
 
