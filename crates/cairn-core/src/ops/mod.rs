@@ -329,9 +329,11 @@ impl Op {
         }
         Ok(Self::Cancel {
             id: id.to_string(),
-            // An empty reason is no reason: one request, one replay key and
-            // one payload (`{"reason": null}`), not two that conflict.
-            reason: reason.filter(|r| !r.is_empty()),
+            // A reason that is empty or only blanks is no reason (as a blank
+            // abandon reason is none): one request, one replay key and one
+            // payload (`{"reason": null}`) on every surface, not two that
+            // conflict.
+            reason: reason.filter(|r| !r.trim().is_empty()),
         })
     }
 
@@ -1388,4 +1390,51 @@ fn sweep<T: WriteTx + ?Sized>(tx: &mut T, id: &str, node: &str, incarnation: u64
         return Ok(None);
     };
     Ok(Some(append_record(tx, id, &fold::terminal_request(&outcome))?))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::{MemoryRegistry, ProcessRegistry, Processes, StartRequest};
+
+    /// A cancel reason of only blanks is no reason, on every surface that
+    /// sends it: the same request as one without a reason (one event, a
+    /// `null` reason), as a blank abandon reason is none.
+    #[tokio::test]
+    async fn a_blank_cancel_reason_is_no_reason() {
+        let registry = Arc::new(MemoryRegistry::new());
+        let p = Processes::builder(registry.clone()).without_worker().start();
+        for (id, blank) in [("space", " "), ("blanks", " \t\n ")] {
+            p.start(StartRequest::external(id, serde_json::json!({})))
+                .await
+                .expect("start");
+            let first = registry.request_cancel(id, Some(blank.into())).await.expect("cancel");
+            assert_eq!(first.appended, 1, "{blank:?}");
+            let request = first.process.cancel_request.clone().expect("a cancel request");
+            assert_eq!(request.reason, None, "{blank:?} is recorded as no reason");
+            // Without a reason, and with the same blank again: the same
+            // request, which records nothing more.
+            for again in [None, Some(blank.to_string()), Some(String::new())] {
+                let repeat = registry.request_cancel(id, again.clone()).await.expect("cancel again");
+                assert_eq!(repeat.appended, 0, "{again:?} after {blank:?}");
+                assert_eq!(repeat.process.last_sequence, first.process.last_sequence);
+            }
+            let events = p.events(id, 0, None).await.expect("events");
+            assert_eq!(events.events.len(), 1, "{blank:?}");
+            assert_eq!(events.events[0].payload, serde_json::json!({"reason": null}));
+        }
+        // A reason with words is kept as given.
+        p.start(StartRequest::external("worded", serde_json::json!({})))
+            .await
+            .expect("start");
+        let r = registry
+            .request_cancel("worded", Some(" stop ".into()))
+            .await
+            .expect("cancel");
+        assert_eq!(
+            r.process.cancel_request.and_then(|c| c.reason).as_deref(),
+            Some(" stop ")
+        );
+    }
 }

@@ -2176,15 +2176,15 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) -> Result<(), ClientError
     Ok(())
 }
 
-/// Whether `record` holds a cancellation request of `reason` (an empty
-/// reason is none, as the server counts it): one given again after the
+/// Whether `record` holds a cancellation request of `reason` (an empty or
+/// blank reason is none, as the server counts it): one given again after the
 /// process ended is a retry, answered with the record.
 fn repeats_its_cancel(record: &Value, reason: Option<&str>) -> bool {
-    let given = reason.filter(|r| !r.is_empty());
+    let given = reason.filter(|r| !r.trim().is_empty());
     let recorded = record
         .pointer("/cancel_request/reason")
         .and_then(Value::as_str)
-        .filter(|r| !r.is_empty());
+        .filter(|r| !r.trim().is_empty());
     record.get("cancel_request").is_some_and(Value::is_object) && given == recorded
 }
 
