@@ -6,7 +6,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use cairn_core::{AbandonRequest, Outcome, ProcessRecord};
+use cairn_core::{AbandonRequest, Outcome, ProcessRecord, ProcessStatus};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -120,11 +120,48 @@ pub(crate) async fn cancel(
         return refused(&e);
     }
     let reason = Some(form.reason.trim().to_string()).filter(|r| !r.is_empty());
-    match d.processes.cancel(&id, reason).await {
-        Ok(r) => {
-            pages::ok_fragment(&format!("cancellation requested; the process is {}", r.status.label())).into_response()
-        }
+    // Whether it had ended before this request (a process this request
+    // cancels at once ends `cancelled` too): read first, for the words only,
+    // as `cairn cancel` reads it.
+    let ended_before = d.processes.get(&id).await.is_ok_and(|r| r.is_terminal());
+    match d.processes.cancel(&id, reason.clone()).await {
+        Ok(r) => pages::ok_fragment(&cancel_note(&r, ended_before, reason.as_deref())).into_response(),
         Err(e) => refused(&e),
+    }
+}
+
+/// What a cancel's answer `r` shows, in `cairn cancel`'s words: a request
+/// for a process that had ended (`ended_before`, read just ahead of it) is
+/// a repeat of the one recorded before it ended (`reason` again), which
+/// wrote nothing, or went to its running children; else it was requested.
+fn cancel_note(r: &ProcessRecord, ended_before: bool, reason: Option<&str>) -> String {
+    let status = r.status.label();
+    let repeats = r
+        .cancel_request
+        .as_ref()
+        .is_some_and(|c| c.reason.as_deref().filter(|r| !r.trim().is_empty()) == reason);
+    if ended_before && repeats {
+        // The server answers the record and writes nothing, whether that
+        // request cancelled it or it ended otherwise first.
+        if r.status == ProcessStatus::Cancelled {
+            "the process was already cancelled: this repeats the request that cancelled it".into()
+        } else {
+            format!(
+                "the process had already ended ({status}); this repeats the cancellation requested before it ended, \
+                 and changed nothing"
+            )
+        }
+    } else if ended_before
+        || matches!(
+            r.status,
+            ProcessStatus::Completed | ProcessStatus::Failed | ProcessStatus::Abandoned
+        )
+    {
+        // Answered for a process that had ended: the request went to its
+        // running children (SPEC §13).
+        format!("the process had already ended ({status}); the cancellation went to its running children")
+    } else {
+        format!("cancellation requested; the process is {status}")
     }
 }
 
@@ -204,12 +241,15 @@ pub(crate) async fn complete(
     IdPath(id): IdPath,
     ActionForm(form): ActionForm<CompleteForm>,
 ) -> Response {
-    let outcome: Outcome =
-        match cairn_core::validate::parse_strict_json(form.outcome.as_bytes()).and_then(serde_json::from_value) {
-            Ok(o) => o,
-            Err(e) if too_deep(&e) => return invalid(not_json("outcome", &form.outcome, &e)),
-            Err(e) => return invalid(format!("outcome: {e}")),
-        };
+    // Read as the API and MCP read a completion's outcome: `success`,
+    // `failure` or `cancelled` (abandoning is an abandon request's).
+    let outcome: Outcome = match cairn_core::validate::parse_strict_json(form.outcome.as_bytes())
+        .and_then(Outcome::deserialize_completion)
+    {
+        Ok(o) => o,
+        Err(e) if too_deep(&e) => return invalid(not_json("outcome", &form.outcome, &e)),
+        Err(e) => return invalid(format!("outcome: {e}")),
+    };
     if let Err(e) = d.access.check_visible(&visitor.viewer, &id).await {
         return refused(&e);
     }

@@ -53,26 +53,44 @@ pub(crate) async fn page(
         Viewer::Session(own) if asked.is_empty() => own.clone(),
         _ => asked,
     };
-    if matches!(&visitor.viewer, Viewer::Session(own) if *own != session) {
-        refused = Some((
-            StatusCode::FORBIDDEN,
-            pages::error_fragment("forbidden", "a session token may only address its own session"),
-        ));
+    // A session, or one of its agent frames (`SESSION/frame:FRAME`), read
+    // as the API reads a lens's scope; a value no scope can have is
+    // refused as the API refuses it (`invalid_filter`).
+    let scope = match session.as_str() {
+        "" => None,
+        given => match crate::list::lens_scope("session", given) {
+            Ok(scope) => Some(scope),
+            Err(e) => {
+                refused.get_or_insert((
+                    crate::process::status_for(&e),
+                    pages::error_fragment(e.code(), &e.to_string()),
+                ));
+                None
+            }
+        },
+    };
+    if let (Viewer::Session(own), Some(scope)) = (&visitor.viewer, &scope) {
+        if scope.session_id != *own {
+            refused.get_or_insert((
+                StatusCode::FORBIDDEN,
+                pages::error_fragment("forbidden", "a session token may only address its own session"),
+            ));
+        }
     }
     let mut status = StatusCode::OK;
     let content = if let Some((refusal, said)) = refused {
         status = refusal;
         said
-    } else if session.is_empty() {
-        html! { p.hint { "Name a session to see its processes and pending wakes." } }
-    } else {
-        match section(&d, &visitor.viewer, &session).await {
+    } else if let Some(scope) = &scope {
+        match section(&d, &visitor.viewer, scope, &session).await {
             Ok(m) => m,
             Err(e) => {
                 status = crate::process::status_for(&e);
                 pages::error_fragment(e.code(), &e.to_string())
             }
         }
+    } else {
+        html! { p.hint { "Name a session to see its processes and pending wakes." } }
     };
     let body = html! {
         h1 { "Sessions" }
@@ -87,8 +105,11 @@ pub(crate) async fn page(
     (status, pages::layout("Sessions", &visitor, Nav::Sessions, body)).into_response()
 }
 
-async fn section(d: &crate::Inner, viewer: &Viewer, session: &str) -> cairn_core::Result<Markup> {
-    let scope = SessionScope::session(session);
+/// What `scope` (named `named` in the box) may address and originated, and
+/// its session's pending wakes: a wake is its session's to read and
+/// acknowledge, whichever of its frames it is for.
+async fn section(d: &crate::Inner, viewer: &Viewer, scope: &SessionScope, named: &str) -> cairn_core::Result<Markup> {
+    let session = scope.session_id.as_str();
     // One more than shown, to tell a full list from a longer one.
     let filter = ProcessFilter {
         status: StatusFilter::Any,
@@ -96,14 +117,14 @@ async fn section(d: &crate::Inner, viewer: &Viewer, session: &str) -> cairn_core
         ..ProcessFilter::default()
     };
     // A page cut at its bytes names a next page too, shorter than asked.
-    let listed = d.processes.list_granted_to(&scope, &filter).await?;
+    let listed = d.processes.list_granted_to(scope, &filter).await?;
     let granted_more = listed.items.len() > SHOWN || listed.next_after_id.is_some();
     let mut granted = listed.items;
     granted.truncate(SHOWN);
     let originated = match viewer {
         // As in the API, the provenance lens needs the host token.
         Viewer::Host => {
-            let listed = d.processes.list_originated_by(&scope, &filter).await?;
+            let listed = d.processes.list_originated_by(scope, &filter).await?;
             let more = listed.items.len() > SHOWN || listed.next_after_id.is_some();
             let mut o = listed.items;
             o.truncate(SHOWN);
@@ -126,7 +147,7 @@ async fn section(d: &crate::Inner, viewer: &Viewer, session: &str) -> cairn_core
         }
     }
     let sid = encode_path(session);
-    let q = encode_path(session);
+    let q = encode_path(named);
     // The whole list, newest first and paged, is the processes page's lens.
     let all = |lens: &str, n: usize, more: bool| {
         html! {
@@ -139,6 +160,9 @@ async fn section(d: &crate::Inner, viewer: &Viewer, session: &str) -> cairn_core
     let count = |n: usize, more: bool| if more { format!("(first {n})") } else { format!("({n})") };
     Ok(html! {
         h2 { "Pending wakes " span.count #wakes-count { (count(wakes.len(), wakes_more)) } }
+        @if scope.agent_frame_id.is_some() {
+            p.hint { "Those of session " code { (pages::id(session)) } ", for any of its frames." }
+        }
         @if wakes_more { p.hint.more { "The oldest " (wakes.len()) "; acknowledging them shows the next." } }
         @if wakes.is_empty() { p.empty { "No pending wake." } } @else {
             div #wake-result aria-live="polite" {}
@@ -173,12 +197,12 @@ async fn section(d: &crate::Inner, viewer: &Viewer, session: &str) -> cairn_core
                 }
             } }
         }
-        h2 { "Granted to " code { (pages::id(session)) } " " span.count { (count(granted.len(), granted_more)) } }
+        h2 { "Granted to " code { (pages::id(named)) } " " span.count { (count(granted.len(), granted_more)) } }
         p.hint { "What the session may address (the security lens)." }
         (all("granted_to", granted.len(), granted_more))
         (records(granted.iter().map(|g| (&g.process, g.grant.descriptor.label.as_deref()))))
         @if let Some((originated, more)) = &originated {
-            h2 { "Originated by " code { (pages::id(session)) } " " span.count { (count(originated.len(), *more)) } }
+            h2 { "Originated by " code { (pages::id(named)) } " " span.count { (count(originated.len(), *more)) } }
             p.hint { "What the session created, even if its grant moved (the provenance lens)." }
             (all("originated_by", originated.len(), *more))
             (records(originated.iter().map(|r| (r, None))))

@@ -3529,3 +3529,221 @@ fn url_encode(s: &str) -> String {
         })
         .collect()
 }
+
+/// A lens's session box and the sessions page read an agent frame's scope
+/// (`SESSION/frame:FRAME`) as the API reads `granted_to`: a session token
+/// lists its own frames' grants, a value no scope can have is
+/// `invalid_filter`, and another session's frame is 403.
+#[tokio::test]
+async fn a_session_box_names_an_agent_frame_as_the_api_does() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    p.start(
+        StartRequest::external("whole", json!({})).with_grant(SessionScope::session("s1"), GrantDescriptor::default()),
+    )
+    .await
+    .expect("start");
+    p.start(
+        StartRequest::external("framed", json!({}))
+            .with_grant(SessionScope::frame("s1", "f"), GrantDescriptor::default()),
+    )
+    .await
+    .expect("start");
+    let app = app(&p, false);
+    let session = Some("cairn_ui=s1-token");
+    let host = Some("cairn_ui=host");
+    for cookie in [session, host] {
+        let (status, html, _) = get(
+            &app,
+            "/ui/list/rows?status=any&lens=granted_to&session=s1/frame:f",
+            cookie,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{cookie:?}: {html}");
+        assert_eq!(listed(&html), vec!["framed"], "{cookie:?}");
+        let (status, html, _) = get(
+            &app,
+            "/ui/processes?status=any&lens=granted_to&session=s1/frame:f",
+            cookie,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{cookie:?}: {html}");
+        assert_eq!(listed(&html), vec!["framed"], "{cookie:?}");
+        // The session's own scope is not its frames'.
+        let (_, html, _) = get(&app, "/ui/list/rows?status=any&lens=granted_to&session=s1", cookie).await;
+        assert_eq!(listed(&html), vec!["whole"], "{cookie:?}");
+        let (status, html, _) = get(&app, "/ui/sessions?session=s1/frame:f", cookie).await;
+        assert_eq!(status, StatusCode::OK, "{cookie:?}: {html}");
+        assert!(
+            html.contains("/ui/processes/framed") && !html.contains("/ui/processes/whole"),
+            "{html}"
+        );
+        // A frame no scope can have: the API's code, naming what was read.
+        for bad in ["s1/frame:", "/frame:f"] {
+            let (status, html, _) = get(&app, &format!("/ui/list/rows?lens=granted_to&session={bad}"), cookie).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {html}");
+            assert!(
+                html.contains("invalid_filter") && html.contains("`granted_to`"),
+                "{bad}: {html}"
+            );
+            let (status, html, _) = get(&app, &format!("/ui/sessions?session={bad}"), cookie).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {html}");
+            assert!(html.contains("invalid_filter"), "{bad}: {html}");
+        }
+    }
+    // The host lists a frame through the provenance lens too.
+    let (status, html, _) = get(
+        &app,
+        "/ui/list/rows?status=any&lens=originated_by&session=s1/frame:f",
+        host,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    // Another session's frame is another session's state.
+    let (status, html, _) = get(&app, "/ui/list/rows?lens=granted_to&session=s2/frame:f", session).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
+    assert!(html.contains("only address its own session"), "{html}");
+    let (status, html, _) = get(&app, "/ui/sessions?session=s2/frame:f", session).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
+    assert!(html.contains("only address its own session"), "{html}");
+}
+
+/// The complete form reads its outcome as the API and MCP read one: the
+/// three types a completion takes are named, and a refused one changes
+/// nothing.
+#[tokio::test]
+async fn the_complete_form_names_the_outcomes_a_completion_takes() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    external(&p, "x3").await;
+    let app = app(&p, true);
+    let (_, page, _) = get(&app, "/ui/processes", None).await;
+    let csrf = csrf_of(&page);
+    let complete = |outcome: &str| {
+        let body = format!("outcome={}", urlencoding(outcome));
+        form_post("/ui/processes/x3/complete", &csrf, FORM, &body)
+    };
+    let (status, html, _) = send(&app, complete(r#"{"type":"nope"}"#)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    let message = said(&html);
+    assert!(
+        message.contains("unknown variant `nope`, expected one of `success`, `failure`, `cancelled`")
+            && !message.contains("abandoned"),
+        "{message}"
+    );
+    let (status, html, _) = send(&app, complete(r#""done""#)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    let message = said(&html);
+    assert!(
+        message.contains("(`success`, `failure` or `cancelled`)") && !message.contains("abandoned"),
+        "{message}"
+    );
+    assert!(!p.get("x3").await.unwrap().is_terminal());
+    let (status, html, _) = send(&app, complete(r#"{"type":"success","value":1}"#)).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(p.get("x3").await.unwrap().is_terminal());
+}
+
+/// Form-encoded `text` (`application/x-www-form-urlencoded`).
+fn urlencoding(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// A cancel answered for a process that had ended says what `cairn cancel`
+/// says: a retry of the request that cancelled it, or of one recorded
+/// before it ended, changed nothing; one that reached the running children
+/// of an ended parent says so.
+#[tokio::test]
+async fn a_cancel_of_an_ended_process_says_what_it_did() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    p.start(StartRequest::tool(
+        "c1",
+        "sleep",
+        json!({"ms": 600_000}),
+        Disposition::Rerunnable,
+    ))
+    .await
+    .expect("start");
+    external(&p, "cz").await;
+    external(&p, "par").await;
+    child(&p, "par-kid", "par").await;
+    let app = app(&p, true);
+    let (_, page, _) = get(&app, "/ui/processes", None).await;
+    let csrf = csrf_of(&page);
+    let cancel = |id: &str, reason: &str| {
+        form_post(
+            &format!("/ui/processes/{id}/cancel"),
+            &csrf,
+            FORM,
+            &format!("reason={reason}"),
+        )
+    };
+    let note = |html: &str| text_of(html).trim().to_string();
+
+    // Nobody had started it: this request cancelled it. Again, a retry.
+    let (status, html, _) = send(&app, cancel("c1", "r")).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        note(&html).contains("cancellation requested; the process is cancelled"),
+        "{html}"
+    );
+    let last = p.get("c1").await.unwrap().last_sequence;
+    let (status, html, _) = send(&app, cancel("c1", "r")).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        note(&html).contains("the process was already cancelled: this repeats the request that cancelled it"),
+        "{html}"
+    );
+    assert_eq!(
+        p.get("c1").await.unwrap().last_sequence,
+        last,
+        "the retry wrote nothing"
+    );
+
+    // Recorded for its owner, which then completed it: the retry changed nothing.
+    let (status, html, _) = send(&app, cancel("cz", "")).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        note(&html).contains("cancellation requested; the process is running"),
+        "{html}"
+    );
+    p.complete_external("cz", cairn_core::Outcome::success(json!(1)), "host")
+        .await
+        .expect("complete");
+    let last = p.get("cz").await.unwrap().last_sequence;
+    let (status, html, _) = send(&app, cancel("cz", "")).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        note(&html).contains(
+            "the process had already ended (completed); this repeats the cancellation requested before it ended, \
+             and changed nothing"
+        ),
+        "{html}"
+    );
+    assert_eq!(
+        p.get("cz").await.unwrap().last_sequence,
+        last,
+        "the retry wrote nothing"
+    );
+
+    // An ended parent: the request went to its running child.
+    p.complete_external("par", cairn_core::Outcome::success(json!(1)), "host")
+        .await
+        .expect("complete");
+    let (status, html, _) = send(&app, cancel("par", "e")).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        note(&html)
+            .contains("the process had already ended (completed); the cancellation went to its running children")
+            && !note(&html).contains("cancellation requested"),
+        "{html}"
+    );
+    let kid = p.get("par-kid").await.unwrap();
+    assert_eq!(kid.cancel_request.and_then(|c| c.reason).as_deref(), Some("e"));
+}
