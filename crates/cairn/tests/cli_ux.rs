@@ -820,6 +820,31 @@ async fn section_three_exit_codes_json_shapes_and_messages() {
     assert!(out.stdout.contains("a replay"), "{}", out.stdout);
     let out = cli(&["append", "x1", "undeclared"]).await;
     assert_eq!(out.code, 2, "{}", out.stderr);
+    // A signal appended without its replay key: the command that sends one
+    // is named, not the HTTP route; the code and exit code are the server's.
+    let out = cli(&["append", "x1", "signal.go"]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("invalid_request")
+            && out
+                .stderr
+                .contains(&format!("`cairn --server {base} signal x1 go --id SIGNAL_ID`"))
+            && out.stderr.contains("--replay-key signal:go:SIGNAL_ID")
+            && !out.stderr.contains("POST /v1"),
+        "{}",
+        out.stderr
+    );
+    let out = cli(&["--json", "append", "x1", "signal.go"]).await;
+    let doc: Value = serde_json::from_str(&out.stderr).expect("a JSON error");
+    assert_eq!(doc["error"]["code"], "invalid_request", "{doc}");
+    assert_eq!(doc["error"]["status"], 400, "{doc}");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("signal x1 go --id SIGNAL_ID"),
+        "{doc}"
+    );
     let out = cli(&["transfer", "--from", "s1", "--to", "s2", "x1", "w1"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.stdout.lines().next(), Some("moved: x1"), "{}", out.stdout);
@@ -2120,12 +2145,50 @@ async fn a_second_abandon_request_says_the_first_stands() {
         out.stdout.trim(),
         "an abandon request was already recorded for held (reason: host lost, by alice); this one changed nothing"
     );
-    // The same reason again is the same request.
+    // The same reason again records nothing either, and says so.
     let again = ["abandon", "held", "--reason", "host lost"];
     let out = run_cli(&server.base, None, &again, None).await;
-    assert!(out.stdout.starts_with("abandon requested: held"), "{}", out.stdout);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        "an abandon request with this reason was already recorded for held; this one changed nothing: held is \
+         running (reconciled once its lease lapses)"
+    );
     let (_, rec) = c.get("/v1/processes/held").await;
     assert_eq!(rec["abandon_request"]["reason"], "host lost");
+    let (_, events) = c.get("/v1/processes/held/events").await;
+    let requests = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event_type"] == "process.abandon_requested")
+        .count();
+    assert_eq!(requests, 1, "{events}");
+    // Ended otherwise before its request took effect: the repeat says so.
+    let (s, _) = c.post("/v1/processes/held/cancel", json!({})).await;
+    assert_eq!(s, 200);
+    c.wait_for("held", |r| r["status"] == "cancelled").await;
+    let out = run_cli(&server.base, None, &again, None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        "held had already ended (cancelled); this repeats the abandon request recorded before it ended, and \
+         changed nothing"
+    );
+    // Abandoned by its request: a retry of it says so, not "requested".
+    let ext = json!({"id": "gone", "input": {"type": "external"}, "disposition": "externally_owned"});
+    assert_eq!(c.start(ext).await.0, 201);
+    let first = ["abandon", "gone", "--reason", "owner lost"];
+    let out = run_cli(&server.base, None, &first, None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("abandon requested: gone"), "{}", out.stdout);
+    c.wait_for("gone", |r| r["status"] == "abandoned").await;
+    let out = run_cli(&server.base, None, &first, None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        "gone was already abandoned: this repeats the request that abandoned it"
+    );
 }
 
 /// `cairn cancel` of a process that had ended says the request went to its

@@ -926,6 +926,9 @@ async fn session_isolation(transport: Transport) {
         ("process_events", json!({"after": 0})),
         ("process_await", json!({"timeout_ms": 10})),
         ("process_signal", json!({"name": "go", "signal_id": "x", "payload": 1})),
+        // A bad name too: visibility is checked first, over stdio as over
+        // `/mcp` (the forwarder does not check the name before sending).
+        ("process_signal", json!({"name": "bad.name", "signal_id": "x"})),
         ("process_cancel", json!({"reason": "not yours"})),
         (
             "process_complete",

@@ -92,6 +92,18 @@ pub fn lost_answer() -> String {
     }
 }
 
+/// What `cairn append ID signal.NAME` is told in place of the server's
+/// refusal, which names the HTTP route: the command that sends a signal, or
+/// the replay key that appends one.
+pub fn signal_append(id: &str, name: &str) -> String {
+    format!(
+        "`signal.{name}` is a signal: send it with `{}`{} (a repeated signal id is taken once), or append it with \
+         `--replay-key signal:{name}:SIGNAL_ID`",
+        cmd(format_args!("signal {} {} --id SIGNAL_ID", word(id), word(name))),
+        token_note()
+    )
+}
+
 /// `word` as one shell word, for a command to paste.
 pub fn word(word: &str) -> String {
     shell_word(word)

@@ -167,9 +167,10 @@ impl Cairn for Forwarding {
     }
 
     async fn signal(&self, id: &str, name: &str, signal_id: &str, payload: Value) -> Answer {
-        // Checked here as the server checks it (`invalid_signal_name`, as
-        // HTTP MCP answers), before anything is sent.
-        cairn_core::events::validate_signal_name(name).map_err(|e| Failure::new(e.code(), e.to_string()))?;
+        // Sent as given, the name unchecked: the server checks it after
+        // whether the token sees the process, so a session token is told of
+        // another's process what `/mcp` tells it (`unknown_process`), not
+        // that the name is bad.
         let body = json!({"signal_id": signal_id, "payload": payload});
         self.post_json(&format!("{}/signals/{}", proc_path(id), segment(name)), body)
             .await

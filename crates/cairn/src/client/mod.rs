@@ -165,6 +165,32 @@ async fn ended_already(client: &Client, id: &str, e: ClientError, nothing_to: &s
     }
 }
 
+/// `e`, or, when the server refused to append `event_type` as a signal
+/// without a signal's replay key, the same refusal pointing at `cairn signal`
+/// rather than the HTTP route the server's message names. The code, HTTP
+/// status and exit code stay the server's.
+fn signal_appended(e: ClientError, id: &str, event_type: &str) -> ClientError {
+    match (e, event_type.strip_prefix(cairn_core::events::SIGNAL_PREFIX)) {
+        (
+            ClientError::Api {
+                status,
+                code,
+                message,
+                tombstone,
+            },
+            Some(name),
+        ) if code == "invalid_request" && message.contains(&format!("`{event_type}` is a signal:")) => {
+            ClientError::Api {
+                status,
+                code,
+                message: hints::signal_append(id, name),
+                tombstone,
+            }
+        }
+        (e, _) => e,
+    }
+}
+
 fn proc_path(id: &str) -> String {
     format!("/v1/processes/{}", segment(id))
 }
@@ -460,7 +486,10 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             if let Some(key) = replay_key {
                 body["replay_key"] = Value::String(key);
             }
-            let (_, answer) = client.post(&format!("{}/events", proc_path(&id)), &body).await?;
+            let (_, answer) = client
+                .post(&format!("{}/events", proc_path(&id)), &body)
+                .await
+                .map_err(|e| signal_appended(e, &id, &event_type))?;
             if json {
                 print_json(&answer)?;
             } else {
@@ -544,6 +573,12 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             if let Some(by) = requested_by {
                 body["requested_by"] = Value::String(by);
             }
+            // Whether a request stood before this one (the first stands, and
+            // a repeat records nothing): read first, for the words only.
+            let stood_before = match client.get(&proc_path(&id)).await {
+                Ok(before) => before.get("abandon_request").is_some_and(Value::is_object),
+                Err(_) => false,
+            };
             let posted = client.post(&format!("{}/abandon-request", proc_path(&id)), &body).await;
             let (_, record) = match posted {
                 Err(e) => return Err(ended_already(client, &id, e, "abandon").await),
@@ -568,6 +603,25 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                     "an abandon request was already recorded for {id} (reason: {}, by {}); this one changed nothing",
                     shown(first_reason.as_deref().unwrap_or_default()),
                     shown(first_by.as_deref().unwrap_or_default())
+                )?;
+            } else if record.get("terminal_at_ms").is_some_and(|t| !t.is_null()) {
+                // An answer for an ended process recorded nothing: a request
+                // stood (this one, sent before: a retry) and it ended.
+                let status = str_at(&record, "/status");
+                if str_at(&record, "/outcome/evidence/writer") == "reconciled_request" {
+                    outln!("{id} was already abandoned: this repeats the request that abandoned it")?;
+                } else {
+                    outln!(
+                        "{id} had already ended ({status}); this repeats the abandon request recorded before it \
+                         ended, and changed nothing"
+                    )?;
+                }
+            } else if stood_before {
+                let status = str_at(&record, "/status");
+                outln!(
+                    "an abandon request with this reason was already recorded for {id}; this one changed nothing: \
+                     {id} is {status}{}",
+                    abandon_when(&record, now_ms())
                 )?;
             } else {
                 let status = str_at(&record, "/status");
