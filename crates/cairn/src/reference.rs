@@ -226,7 +226,7 @@ const SERVER_ERRORS: &[(&str, &str, &str)] = &[
     (
         "forbidden",
         "403",
-        "a host-only operation (prune, change feed, metrics, `originated_by`) or another session's state",
+        "a host-only operation (schedules, prune, change feed, metrics, `originated_by`) or another session's state",
     ),
     ("not_found", "404", "no such route"),
     ("method_not_allowed", "405", "the route does not take that method"),
