@@ -1349,7 +1349,10 @@ mod tests {
             ("0 0 * * 5#6", "day of week `5#6`: the occurrence after `#` is 1-5"),
             ("0 0 * * 5#0", "day of week `5#0`: the occurrence after `#` is 1-5"),
             ("0 0 * * MON,5#9", "day of week `5#9`: the occurrence after `#` is 1-5"),
-            ("0 0 L-3 * *", "day of month `L-3`: an offset from the last day (`L-3`) is not supported"),
+            (
+                "0 0 L-3 * *",
+                "day of month `L-3`: an offset from the last day (`L-3`) is not supported",
+            ),
             ("0 0 W * *", "day of month `W`: "),
             ("0 0 1-5W * *", "day of month `1-5W`: "),
         ] {
