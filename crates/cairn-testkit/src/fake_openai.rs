@@ -116,6 +116,18 @@ pub enum Reply {
         /// The pause between two comments.
         every: Duration,
     },
+    /// Stream `before` as content, then nothing until `resume` is notified
+    /// (`notify_one`, before or after the pause begins), then `after` and the
+    /// end of a [`Reply::Text`]: an answer that stalls mid-way for as long as
+    /// a test needs (for good, when it never resumes).
+    Paused {
+        /// What arrives before the pause.
+        before: String,
+        /// What arrives after it.
+        after: String,
+        /// Ends the pause.
+        resume: Arc<tokio::sync::Notify>,
+    },
 }
 
 /// A request the server received.
@@ -201,17 +213,7 @@ async fn completions(State(script): State<Arc<Mutex<Script>>>, headers: HeaderMa
         Ok(stream) => stream,
         Err(whole) => return *whole,
     };
-    let mut frames: Vec<String> = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
-    if matches!(ending, Ending::UsageAndDone | Ending::Usage) {
-        frames.push(format!(
-            "data: {}\n\n",
-            json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [],
-                   "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
-        ));
-    }
-    if ending == Ending::UsageAndDone {
-        frames.push("data: [DONE]\n\n".into());
-    }
+    let frames = frames_ending(&chunks, ending);
     let stream = futures::stream::iter(frames.into_iter().enumerate()).then(move |(i, frame)| async move {
         if i > 0 && !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -239,6 +241,22 @@ async fn completions(State(script): State<Arc<Mutex<Script>>>, headers: HeaderMa
         .header("content-type", "text/event-stream")
         .body(body)
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The SSE frames of `chunks`, each a `data:` line, and of what follows them.
+fn frames_ending(chunks: &[String], ending: Ending) -> Vec<String> {
+    let mut frames: Vec<String> = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
+    if matches!(ending, Ending::UsageAndDone | Ending::Usage) {
+        frames.push(format!(
+            "data: {}\n\n",
+            json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [],
+                   "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
+        ));
+    }
+    if ending == Ending::UsageAndDone {
+        frames.push("data: [DONE]\n\n".into());
+    }
+    frames
 }
 
 /// What follows a streamed reply's chunks.
@@ -310,6 +328,25 @@ fn streamed(reply: Reply) -> Result<(Vec<String>, Duration, Ending), Box<Respons
                 Response::builder()
                     .header("content-type", "text/event-stream")
                     .body(Body::from_stream(comments))
+                    .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
+            );
+        }
+        Reply::Paused { before, after, resume } => {
+            let mut head = text_chunks(&before);
+            head.pop();
+            let mut tail = text_chunks(&after);
+            tail.remove(0);
+            let frame = |f: String| Ok::<_, std::io::Error>(Bytes::from(f));
+            let head = futures::stream::iter(frames_ending(&head, Ending::Nothing).into_iter().map(frame));
+            let tail = futures::stream::once(async move {
+                resume.notified().await;
+                futures::stream::iter(frames_ending(&tail, Ending::UsageAndDone).into_iter().map(frame))
+            })
+            .flatten();
+            return whole(
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(Body::from_stream(head.chain(tail)))
                     .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
             );
         }

@@ -89,15 +89,76 @@ impl std::fmt::Display for ModelFault {
     }
 }
 
-/// `text` without `key` in it: an endpoint (a gateway, say) may quote the key
-/// it was sent in its error text, which is stored and logged. Taken out
-/// before a text is clipped, so no part of a key survives at the cut.
-fn redact<'a>(text: &'a str, key: Option<&str>) -> std::borrow::Cow<'a, str> {
+/// `text` without `key` in it, nor a quote of it cut off: an endpoint (a
+/// gateway, say) may quote the key it was sent in its error text or its
+/// answer, which is stored and logged. Taken out before a text is clipped, so
+/// no part of a key survives at the cut.
+fn redact<'a>(text: &'a str, key: Option<&str>) -> Cow<'a, str> {
     match key {
-        Some(key) if !key.is_empty() && text.contains(key) => text.replace(key, "[redacted]").into(),
+        Some(key) if !key.is_empty() => take_out(text, key, true).0,
         _ => text.into(),
     }
 }
+
+/// The shortest start of a key taken out as the whole key is: a quote of the
+/// key cut off (a stream broken mid-way, an answer ended at its token limit)
+/// is the key but for a few guessable bytes. Half the key, and 8 bytes at
+/// least, so that a start most keys share (`sk-proj-`) is not one alone.
+fn shortest_quote(key: &str) -> usize {
+    let mut n = key.len().div_ceil(2).max(8).min(key.len());
+    while !key.is_char_boundary(n) {
+        n += 1;
+    }
+    n
+}
+
+/// `text` with each quote of `key` replaced by `[redacted]`: the whole key,
+/// or a start of it at least [`shortest_quote`] long that goes no further
+/// (the text ends there, or goes on with other than the key). With `end`
+/// false more text follows, and a start of the key reaching the end of
+/// `text` may go on into it: that is held back. Answers what of `text` is
+/// decided, the quotes replaced, and where what is held back begins
+/// (`text.len()` when nothing is).
+fn take_out<'a>(text: &'a str, key: &str, end: bool) -> (Cow<'a, str>, usize) {
+    let Some(first) = key.chars().next() else {
+        return (text.into(), text.len());
+    };
+    let shortest = shortest_quote(key);
+    let mut out = String::new();
+    // `text[..copied]` is decided, and in `out`; a quote can only begin at
+    // the key's first character, looked for from `from`.
+    let (mut copied, mut from) = (0, 0);
+    while let Some(at) = text[from..].find(first).map(|i| from + i) {
+        let mut same = text.as_bytes()[at..]
+            .iter()
+            .zip(key.as_bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        while !key.is_char_boundary(same) {
+            same -= 1;
+        }
+        let to_the_end = at + same == text.len();
+        if same == key.len() || (same >= shortest && (end || !to_the_end)) {
+            out.push_str(&text[copied..at]);
+            out.push_str(REDACTED);
+            copied = at + same;
+            from = copied;
+        } else if to_the_end && !end {
+            out.push_str(&text[copied..at]);
+            return (out.into(), at);
+        } else {
+            from = at + first.len_utf8();
+        }
+    }
+    if copied == 0 {
+        return (text.into(), text.len());
+    }
+    out.push_str(&text[copied..]);
+    (out.into(), text.len())
+}
+
+/// What stands where a key was.
+const REDACTED: &str = "[redacted]";
 
 /// A `Retry-After` value (RFC 9110): delay-seconds or an HTTP date (a date
 /// already past means now).
@@ -141,7 +202,8 @@ pub(crate) async fn chat(
     };
     // An endpoint (a gateway, a proxy) may echo the key it was sent in its
     // answer too: the key leaves neither the streamed deltas nor the answer
-    // journaled (SPEC §15: never stored in a record or an event).
+    // journaled, whole or cut off (SPEC §15: never stored in a record or an
+    // event).
     let mut held = KeyFilter::new(key);
     let mut forward = |text: &str| {
         let out = held.push(text);
@@ -150,21 +212,26 @@ pub(crate) async fn chat(
         }
     };
     let answer = ask(http, idle, spec, Some(key), request, &mut forward).await;
-    // What was held back cannot hold the key (it is shorter), and nothing
-    // more comes: it goes out, also after a broken stream's partial text.
+    // Nothing more comes, also after a broken stream's partial text: what
+    // was held back goes out, or `[redacted]` when it is a quote of the key
+    // cut off.
     let rest = held.finish();
     if !rest.is_empty() {
         on_delta(&rest);
     }
     let mut answer = answer.map_err(|fault| fault.without_key(Some(key)))?;
-    redact_strings(&mut answer.message, key);
+    // All of the answer is journaled: the endpoint's usage and
+    // finish_reason as much as its message.
+    for part in [&mut answer.message, &mut answer.usage, &mut answer.finish_reason] {
+        redact_strings(part, key);
+    }
     Ok(answer)
 }
 
 /// Streamed text with a key taken out, also when the key is split across
-/// pieces: the last `key.len() - 1` bytes are held back until the next piece
-/// (or the end) shows they do not begin the key. Hand-written: it is a few
-/// lines over `str::replace`.
+/// pieces: only a start of the key at the end of the text so far is held
+/// back, until the next piece (or the end) shows whether it goes on into the
+/// key. Hand-written: it is a few lines over [`take_out`].
 struct KeyFilter<'k> {
     key: &'k str,
     pending: String,
@@ -181,29 +248,38 @@ impl<'k> KeyFilter<'k> {
     /// What of `pending + text` can be sent now, the key replaced.
     fn push(&mut self, text: &str) -> String {
         self.pending.push_str(text);
-        if self.pending.contains(self.key) {
-            self.pending = self.pending.replace(self.key, "[redacted]");
-        }
-        let mut keep = self.pending.len().saturating_sub(self.key.len() - 1);
-        while !self.pending.is_char_boundary(keep) {
-            keep -= 1;
-        }
-        let rest = self.pending.split_off(keep);
-        std::mem::replace(&mut self.pending, rest)
+        let (out, held) = take_out(&self.pending, self.key, false);
+        let out = out.into_owned();
+        self.pending.drain(..held);
+        out
     }
 
-    /// What is left held back at the end of the answer.
+    /// What is left held back at the end of the answer: `[redacted]` when
+    /// it is a quote of the key cut off.
     fn finish(self) -> String {
-        self.pending
+        take_out(&self.pending, self.key, true).0.into_owned()
     }
 }
 
-/// Every string in `value` with `key` taken out.
+/// Every string in `value` (and every field name: an endpoint's `usage` is
+/// any object) with `key` taken out.
 fn redact_strings(value: &mut Value, key: &str) {
     match value {
-        Value::String(s) if s.contains(key) => *s = s.replace(key, "[redacted]"),
+        Value::String(s) => {
+            if let Cow::Owned(clean) = redact(s, Some(key)) {
+                *s = clean;
+            }
+        }
         Value::Array(items) => items.iter_mut().for_each(|v| redact_strings(v, key)),
-        Value::Object(fields) => fields.values_mut().for_each(|v| redact_strings(v, key)),
+        Value::Object(fields) => {
+            if fields.keys().any(|k| matches!(redact(k, Some(key)), Cow::Owned(_))) {
+                *fields = std::mem::take(fields)
+                    .into_iter()
+                    .map(|(k, v)| (redact(&k, Some(key)).into_owned(), v))
+                    .collect();
+            }
+            fields.values_mut().for_each(|v| redact_strings(v, key));
+        }
         _ => {}
     }
 }
@@ -1197,6 +1273,71 @@ mod tests {
         assert_eq!(
             message,
             json!({"content": "a [redacted]", "tool_calls": [{"function": {"arguments": "[redacted]"}}]})
+        );
+    }
+
+    /// Text that cannot begin the key goes out at once; only a start of the
+    /// key at the end of what came is held back, until what follows shows
+    /// whether it goes on into the key.
+    #[test]
+    fn only_a_start_of_the_key_is_held_back() {
+        let key = "sk-0123456789abcdef";
+        let mut filter = KeyFilter::new(key);
+        assert_eq!(filter.push("Thinking"), "Thinking");
+        assert_eq!(filter.push(" it over, s"), " it over, ");
+        assert_eq!(filter.push("o sk-01"), "so ");
+        assert_eq!(filter.push("2 it"), "sk-012 it");
+        assert_eq!(filter.push(" sk-0123456789ab"), " ");
+        assert_eq!(filter.push("cdef."), "[redacted].");
+        assert_eq!(filter.finish(), "");
+    }
+
+    /// A quote of the key cut off (at least half of it, and 8 bytes) is
+    /// taken out as the whole key is, wherever it stands: mid-text, at the
+    /// end of a whole text, or held back when a stream ends. A shorter start
+    /// of the key is text.
+    #[test]
+    fn a_quote_of_the_key_cut_off_is_taken_out() {
+        let key = "sk-0123456789abcdef"; // 19 bytes: 10 are a quote
+        assert_eq!(shortest_quote(key), 10);
+        assert_eq!(shortest_quote("sk-short"), 8);
+        assert_eq!(shortest_quote("tiny"), 4);
+        let cases = [
+            ("was sk-0123456, then", "was [redacted], then"),
+            ("was sk-012345, then", "was sk-012345, then"),
+            ("cut at sk-0123456789abcde", "cut at [redacted]"),
+            ("cut at sk-012345", "cut at sk-012345"),
+            ("sk-sk-0123456789abcdef!", "sk-[redacted]!"),
+            ("twice sk-0123456789abcdefsk-0123456789", "twice [redacted][redacted]"),
+            ("é sk-0123456789abcdeé", "é [redacted]é"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(redact(text, Some(key)), want, "{text}");
+            // Streamed in pieces of any size, the deltas join into the
+            // same text as the answer journaled.
+            for size in 1..=text.len() {
+                let mut filter = KeyFilter::new(key);
+                let mut out = String::new();
+                let mut at = 0;
+                while at < text.len() {
+                    let mut to = (at + size).min(text.len());
+                    while !text.is_char_boundary(to) {
+                        to += 1;
+                    }
+                    out.push_str(&filter.push(&text[at..to]));
+                    at = to;
+                }
+                out.push_str(&filter.finish());
+                assert_eq!(out, want, "{text} in pieces of {size}");
+            }
+        }
+        // The whole answer, the endpoint's usage and finish_reason too, and
+        // a field name of its usage.
+        let mut usage = json!({"note": "billed to sk-0123456789abc", "sk-0123456789abcdef": 1, "n": [key]});
+        redact_strings(&mut usage, key);
+        assert_eq!(
+            usage,
+            json!({"note": "billed to [redacted]", "[redacted]": 1, "n": ["[redacted]"]})
         );
     }
 

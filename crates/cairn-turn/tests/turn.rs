@@ -418,6 +418,128 @@ async fn faults_are_retried_or_fail_by_kind() {
     }
 }
 
+/// No part of the key stays in what is journaled of an answer: not in the
+/// endpoint's `usage` or `finish_reason` (streamed or not), and not as a
+/// quote of it cut off, by the token limit or by a broken stream, in the
+/// deltas, the journaled answer or the failure's `raw`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_leaves_no_part_of_the_answer_journaled() {
+    let s = setup().await;
+    // The shortest quote of the key taken out: half of it, 8 bytes at least.
+    let quote = &KEY[..KEY.len().div_ceil(2).max(8)];
+    let choice =
+        |delta: Value, finish: Value| json!({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+    s.fake.push(Reply::Raw(vec![
+        choice(json!({"role": "assistant", "content": "fine"}), Value::Null).to_string(),
+        choice(json!({}), json!(KEY)).to_string(),
+        json!({"choices": [], "usage": {"prompt_tokens": 1, "note": format!("billed to {KEY}"), KEY: 1}}).to_string(),
+        "[DONE]".into(),
+    ]));
+    s.fake.push(Reply::Completion(
+        json!({"choices": [{"index": 0, "finish_reason": &KEY[..KEY.len() - 2],
+        "message": {"role": "assistant", "content": "fine"}}], "usage": {"api_key_used": KEY}}),
+    ));
+    s.fake.push(Reply::TextEnding {
+        text: format!("the header was Bearer {}", &KEY[..KEY.len() - 1]),
+        finish_reason: "length".into(),
+    });
+    s.fake.push(Reply::Disconnect {
+        partial: format!("debug: auth was {}", &KEY[..KEY.len() - 2]),
+    });
+    s.fake.push(Reply::Text("fine now".into()));
+    for id in ["in-usage", "not-streamed", "cut-by-length", "cut-by-a-break"] {
+        s.p.start(turn(id, &[], "hi", Value::Null)).await.expect("start");
+        let r = finished(&s.p, id).await;
+        let events = s.p.events(id, 0, Some(1000)).await.expect("events").events;
+        let all = format!(
+            "{}{}",
+            serde_json::to_string(&r).expect("json"),
+            serde_json::to_string(&events).expect("json")
+        );
+        assert!(!all.contains(quote), "{id}: {all}");
+        let answer = &events
+            .iter()
+            .find(|e| e.event_type == "turn.response")
+            .expect("an answer")
+            .payload;
+        let deltas = |attempt: u64| -> String {
+            events
+                .iter()
+                .filter(|e| e.event_type == "turn.delta" && e.payload["attempt"] == attempt)
+                .map(|d| d.payload["text"].as_str().expect("text"))
+                .collect()
+        };
+        match id {
+            "in-usage" => {
+                assert_eq!(answer["finish_reason"], "[redacted]", "{answer}");
+                assert_eq!(
+                    answer["usage"],
+                    json!({"prompt_tokens": 1, "note": "billed to [redacted]", "[redacted]": 1})
+                );
+                assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "fine"}))));
+            }
+            "not-streamed" => {
+                assert_eq!(answer["finish_reason"], "[redacted]", "{answer}");
+                assert_eq!(answer["usage"], json!({"api_key_used": "[redacted]"}));
+            }
+            "cut-by-length" => {
+                let said = "the header was Bearer [redacted]";
+                assert_eq!(deltas(1), said);
+                assert_eq!(answer["message"]["content"], said);
+                match &r.outcome {
+                    Some(Outcome::Failure {
+                        code, raw: Some(raw), ..
+                    }) => {
+                        assert_eq!(code, "output_contract_violation");
+                        assert_eq!(raw["content"], said);
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            _ => {
+                assert_eq!(deltas(1), "debug: auth was [redacted]");
+                assert_eq!(deltas(2), "fine now");
+                assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "fine now"}))));
+            }
+        }
+    }
+}
+
+/// With a key set, streamed text that cannot begin the key reaches watchers
+/// as it comes, not held back until the answer ends: a delta shows while the
+/// endpoint stalls after its first piece.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_not_beginning_the_key_streams_at_once() {
+    let s = setup().await;
+    let resume = Arc::new(tokio::sync::Notify::new());
+    s.fake.push(Reply::Paused {
+        before: "Thinking it over".into(),
+        after: " and done.".into(),
+        resume: resume.clone(),
+    });
+    s.p.start(turn("stalled", &[], "hi", Value::Null)).await.expect("start");
+    let delta =
+        s.p.await_event("stalled", "turn.delta", 0, WAIT)
+            .await
+            .expect("a delta while the endpoint stalls");
+    let text = delta.payload["text"].as_str().expect("text");
+    assert!(!text.is_empty() && "Thinking it over".starts_with(text), "{text}");
+    assert!(!s.p.get("stalled").await.expect("get").is_terminal());
+    resume.notify_one();
+    let r = finished(&s.p, "stalled").await;
+    assert_eq!(
+        r.outcome,
+        Some(Outcome::success(json!({"text": "Thinking it over and done."})))
+    );
+    let events = s.p.events("stalled", 0, Some(1000)).await.expect("events").events;
+    let deltas: String = events
+        .iter()
+        .filter(|e| e.event_type == "turn.delta")
+        .map(|d| d.payload["text"].as_str().expect("text"))
+        .collect();
+    assert_eq!(deltas, "Thinking it over and done.");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deltas_stream_before_the_answer() {
     let s = setup().await;
