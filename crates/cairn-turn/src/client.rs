@@ -36,15 +36,15 @@ pub struct ChatAnswer {
 /// Why a model call failed.
 #[derive(Debug)]
 pub enum ModelFault {
-    /// Worth retrying: 408, 429, 5xx, a broken connection or stream, an
-    /// answer without any choice.
+    /// Worth retrying: 429, 5xx, a broken connection or stream, an answer
+    /// without any choice.
     Transient {
         /// What happened.
         message: String,
         /// The endpoint's `Retry-After`, when it sent one.
         retry_after: Option<Duration>,
     },
-    /// Refused for good: another 4xx, with the endpoint's message.
+    /// Refused for good: another 4xx (408 too), with the endpoint's message.
     Rejected {
         /// The HTTP status.
         status: u16,
@@ -364,9 +364,10 @@ async fn ask(
                 clip_read(&redact(&message, key), cut)
             ),
         };
-        // 408 (the endpoint timed the request out) and 429 are worth
-        // another call, as the same codes named inside a stream are.
-        return Err(if matches!(status.as_u16(), 408 | 429) || status.is_server_error() {
+        // 429 and 5xx are worth another call; another 4xx, 408 too, is
+        // refused for good (SPEC §15). An error inside a stream that names
+        // 408 is a stream broken while answering, and retried as one.
+        return Err(if status.as_u16() == 429 || status.is_server_error() {
             ModelFault::Transient { message, retry_after }
         } else {
             ModelFault::Rejected {

@@ -30,7 +30,7 @@ const REFUSED: &str = "model_refused";
 const DELTA_EVERY: Duration = Duration::from_millis(100);
 const DEFAULT_MAX_STEPS: u32 = 8;
 
-/// How model faults worth retrying (408, 429, 5xx, broken streams) are retried:
+/// How model faults worth retrying (429, 5xx, broken streams) are retried:
 /// exponential backoff from `min_delay` to `max_delay`, a `Retry-After`
 /// lengthening a wait (never shortening it), at most `retries` times; then
 /// the turn fails `model_unavailable`.
@@ -136,17 +136,20 @@ impl Contract {
         match self {
             Self::Text => Ok(json!({ "text": content })),
             Self::JsonSchema { schema, .. } => {
-                let value: Value =
-                    serde_json::from_str(content.trim()).map_err(|e| format!("the answer is not JSON: {e}"))?;
-                let validator =
-                    cairn_core::validate::compiled_schema("output_contract", schema).map_err(|e| e.to_string())?;
-                let depth = nesting(&value);
+                // The depth first, by a scan that builds nothing: the parser
+                // stops at 128 levels, and its error would call an answer
+                // that is only too deep one that is not JSON.
+                let (depth, _) = cairn_core::validate::json_text_depth(content.trim().as_bytes());
                 if depth > MAX_ANSWER_DEPTH {
                     return Err(format!(
                         "the answer nests arrays and objects {depth} levels deep, over the {MAX_ANSWER_DEPTH} \
                          levels a result may have"
                     ));
                 }
+                let value: Value =
+                    serde_json::from_str(content.trim()).map_err(|e| format!("the answer is not JSON: {e}"))?;
+                let validator =
+                    cairn_core::validate::compiled_schema("output_contract", schema).map_err(|e| e.to_string())?;
                 match validator.validate(&value) {
                     Ok(()) => Ok(value),
                     // The schema's complaint quotes the value it refuses (the
@@ -172,16 +175,6 @@ impl Contract {
 /// its terminal event's payload, two levels down, under
 /// [`cairn_core::validate::MAX_JSON_DEPTH`].
 const MAX_ANSWER_DEPTH: usize = cairn_core::validate::MAX_JSON_DEPTH - 2;
-
-/// How deep `value` nests arrays and objects (a value parsed by serde_json is
-/// at most 128 deep, so the recursion is bounded).
-fn nesting(value: &Value) -> usize {
-    match value {
-        Value::Array(items) => 1 + items.iter().map(nesting).max().unwrap_or(0),
-        Value::Object(map) => 1 + map.values().map(nesting).max().unwrap_or(0),
-        _ => 0,
-    }
-}
 
 /// The most model calls a turn may be given (`max_steps`): the bound the
 /// record's own reading names ([`cairn_core::TURN_MAX_STEPS`]).

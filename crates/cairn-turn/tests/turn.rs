@@ -946,10 +946,9 @@ async fn a_long_retry_after_is_waited_out_suspended() {
 }
 
 /// A `Retry-After` of 0 (some gateways send it) or a date gone by is a floor
-/// under the backoff, not a replacement for it: the retries still wait. A
-/// 408 is retried, as a 429 is.
+/// under the backoff, not a replacement for it: the retries still wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_zero_retry_after_keeps_the_backoff_and_a_408_is_retried() {
+async fn a_zero_retry_after_keeps_the_backoff() {
     let s = setup_with(
         RetryPolicy {
             retries: 3,
@@ -966,24 +965,49 @@ async fn a_zero_retry_after_keeps_the_backoff_and_a_408_is_retried() {
             message: "slow down".into(),
         });
     }
-    s.fake.push(Reply::Status {
-        status: 408,
-        retry_after: None,
-        message: "request timed out".into(),
-    });
     s.fake.push(Reply::Text("at last".into()));
     let started = std::time::Instant::now();
     s.p.start(turn("floored", &[], "hi", Value::Null)).await.expect("start");
     let r = finished(&s.p, "floored").await;
     assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "at last"}))), "{r:?}");
-    assert_eq!(s.fake.received().len(), 4, "two 429s and a 408, each retried");
-    // Backoff from 300 ms, doubling: at least 300 + 600 + 1200 ms (jitter
-    // only adds), where `Retry-After: 0` alone would have waited nothing.
+    assert_eq!(s.fake.received().len(), 3, "two 429s, each retried");
+    // Backoff from 300 ms, doubling: at least 300 + 600 ms (jitter only
+    // adds), where `Retry-After: 0` alone would have waited nothing.
     assert!(
-        started.elapsed() >= Duration::from_millis(2100),
+        started.elapsed() >= Duration::from_millis(900),
         "the backoff was kept: {:?}",
         started.elapsed()
     );
+}
+
+/// An HTTP 408 is another 4xx (SPEC §15): the turn fails `model_error` at
+/// once, with the endpoint's message, and the model is not called again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_408_fails_at_once() {
+    let s = setup().await;
+    s.fake.push(Reply::Status {
+        status: 408,
+        retry_after: None,
+        message: "request timed out".into(),
+    });
+    s.fake.push(Reply::Text("never asked for".into()));
+    s.p.start(turn("timed-out", &[], "hi", Value::Null))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "timed-out").await;
+    match &r.outcome {
+        Some(Outcome::Failure {
+            class, code, message, ..
+        }) => {
+            assert_eq!((class.as_str(), code.as_str()), ("model", "model_error"));
+            assert!(
+                message.contains("408") && message.contains("request timed out"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.fake.received().len(), 1, "a 408 is not retried");
 }
 
 /// An owner-bound turn waits out a long `Retry-After` in its run: the call
@@ -1218,6 +1242,30 @@ async fn a_large_answer_against_its_schema_is_a_violation() {
     s.p.start(turn("deep", &[], "hi", contract)).await.expect("start");
     let r = finished(&s.p, "deep").await;
     assert_eq!(failure_code(&r), "output_contract_violation", "{:?}", r.outcome);
+    // Past the 128 levels a parser reads, the answer is still JSON too
+    // deep, not an answer that is not JSON.
+    for depth in [63, 200] {
+        let id = format!("deep-{depth}");
+        if depth != 63 {
+            s.fake
+                .push(Reply::Text(format!("{}{}", "[".repeat(depth), "]".repeat(depth))));
+            let contract = json!({"type": "json_schema", "repair_attempts": 0, "schema": {"type": "array"}});
+            s.p.start(turn(&id, &[], "hi", contract)).await.expect("start");
+        }
+        let r = finished(&s.p, if depth == 63 { "deep" } else { &id }).await;
+        match &r.outcome {
+            Some(Outcome::Failure { code, message, .. }) => {
+                assert_eq!(code, "output_contract_violation");
+                assert_eq!(
+                    message,
+                    &format!(
+                        "the answer nests arrays and objects {depth} levels deep, over the 62 levels a result may have"
+                    )
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
     // The deepest a result may be is taken as it is.
     let deepest = format!("{}{}", "[".repeat(62), "]".repeat(62));
     s.fake.push(Reply::Text(deepest.clone()));

@@ -318,12 +318,12 @@ const FAILURE_CODES: &[(&str, &str, &str)] = &[
     (
         "model",
         "model_unavailable",
-        "the endpoint did not answer, or kept answering 408, 429 or 5xx, past the retries (or asked to be called again more than an hour later)",
+        "the endpoint did not answer, or kept answering 429 or 5xx, past the retries (or asked to be called again more than an hour later)",
     ),
     (
         "model",
         "model_error",
-        "the endpoint refused the request for good (an HTTP 4xx other than 408 and 429; in the stream, an error naming a client error other than 408 and 429), or answered something that is not a chat completion (a choice without a `message` object, or a streamed choice carrying `text` or `message` in place of `delta`), or answered one JSON body (not streamed) of 8 MiB (8,388,608 bytes) or more",
+        "the endpoint refused the request for good (an HTTP 4xx other than 429, 408 included; in the stream, an error naming a client error other than 408 and 429), or answered something that is not a chat completion (a choice without a `message` object, or a streamed choice carrying `text` or `message` in place of `delta`), or answered one JSON body (not streamed) of 8 MiB (8,388,608 bytes) or more",
     ),
 ];
 
