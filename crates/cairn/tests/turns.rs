@@ -1,9 +1,11 @@
 //! Session turns through `cairn serve --model`, against the testkit's fake
 //! OpenAI-compatible server: deltas on the live SSE stream before the final
-//! answer, and `unknown_model` at start.
+//! answer, `unknown_model` at start, and a server killed with SIGKILL
+//! mid-turn then restarted over the same database.
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_testkit::fake_openai::{FakeOpenAi, Reply};
@@ -142,6 +144,93 @@ async fn a_turn_killed_mid_tool_call_resumes_from_its_journal() {
         .collect();
     assert_eq!(tools.len(), 2);
     assert_eq!(tools[1]["content"], "{\"ok\":true}");
+}
+
+/// SIGKILL while a turn holds its lease, streaming its second model answer
+/// (the first asked for a tool call, which finished): after a restart over
+/// the same file the unfinished call is made again, once, with the same
+/// request. The finished step is not asked again and its tool call is not
+/// started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_killed_mid_answer_asks_that_answer_again_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("cairn.db").display());
+    let fake = FakeOpenAi::start().await;
+    let model = format!("default={},model=fake-1", fake.base_url());
+    let server = Server::start_on(&db, &["--model", &model]).await;
+    let client = server.client();
+    fake.push(Reply::ToolCalls(vec![("echo".into(), json!({"value": 1}))]));
+    // Never resumed: the second answer stalls mid-way until the kill.
+    let resume = Arc::new(tokio::sync::Notify::new());
+    fake.push(Reply::Paused {
+        before: "Almost th".into(),
+        after: "ere".into(),
+        resume: resume.clone(),
+    });
+    let (status, body) = client
+        .start(json!({
+            "id": "crash-2",
+            "disposition": "rerunnable",
+            "input": {"type": "session_turn",
+                      "session": {"tools": ["echo"]},
+                      "input": "Echo 1, then answer."}
+        }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // The second answer is streaming: a delta of step 2 is journaled.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, page) = client.get("/v1/processes/crash-2/events?limit=1000").await;
+        assert_eq!(status, 200, "{page}");
+        let streaming = page["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .any(|e| e["event_type"] == "turn.delta" && e["payload"]["step"] == 2);
+        if streaming {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no delta of step 2: {page}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (_, held) = client.get("/v1/processes/crash-2").await;
+    assert!(
+        held["status"] == "running" && !held["lease"].is_null(),
+        "the turn holds its lease: {held}"
+    );
+    assert_eq!(fake.received().len(), 2);
+
+    // SAFETY: signalling a child process this test spawned.
+    assert_eq!(unsafe { libc::kill(server.pid() as i32, libc::SIGKILL) }, 0);
+    drop(server);
+
+    fake.push(Reply::Text("all done".into()));
+    let server = Server::start_on(&db, &["--model", &model]).await;
+    let client = server.client();
+    let done = client.wait_for("crash-2", |r| r["status"] != "running").await;
+    assert_eq!(done["outcome"]["value"], json!({"text": "all done"}), "{done}");
+    let received = fake.received();
+    assert_eq!(
+        received.len(),
+        3,
+        "the unfinished call was made again once, the finished step not at all"
+    );
+    assert_eq!(received[2].body, received[1].body, "the same request again");
+    assert_eq!(count(&client, "crash-2", "turn.response").await, 2);
+    let (status, listed) = client.get("/v1/processes?caused_by=crash-2&status=any").await;
+    assert_eq!(status, 200, "{listed}");
+    let children: Vec<&str> = listed["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert_eq!(children, ["crash-2/1.1"], "one tool call, started once");
+    assert_eq!(
+        count(&client, "crash-2%2F1.1", "process.started").await,
+        1,
+        "echo ran once"
+    );
 }
 
 /// `ctx.turn` in a script (SPEC §14) is a `session_turn` child: the script
