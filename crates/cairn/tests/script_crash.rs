@@ -1,7 +1,11 @@
 //! Durable scripts (SPEC §14) survive a real crash: `cairn serve` is killed
 //! with SIGKILL while a script's child runs, while the script is suspended on a
 //! signal, while it is suspended on a timer, while it races a signal against a
-//! timer, and while a cancelled script cleans up; a server restarted over the same database finishes the script.
+//! timer, while a cancelled script cleans up (cancelled while suspended, while
+//! busy, after reading `ctx.cancelled` before and while polling it with no
+//! call after its true read), and while a script that returned makes the
+//! failing calls it did not await; a server restarted over the same database
+//! finishes the script.
 //! A child that had finished is never started again, journaled values stay
 //! what they were, a cleanup's journaled call is not repeated, and the script
 //! returns what it would have returned without the crash.
@@ -63,6 +67,75 @@ export async function tidy(ctx) {
     for (;;) {}
   }
 }
+
+// Keeps the run busy until `ms` after the journaled clock reading `t0` (a
+// cleanup still under way at the crash): a replay holds until the same
+// moment, then goes on past where the crash cut the first run short.
+function holdUntil(ctx, t0, ms) {
+  while (ctx.now() - t0 < ms) {
+    for (let i = 0; i < 1000000; i++) {}
+  }
+}
+
+// Busy until cancelled, emitting each round; then an emit and a wait made
+// together race (the emit wins, the wait rejects `cancelled`), and the
+// cleanup holds before its last emit.
+export async function busy(ctx, args) {
+  let rounds = 0;
+  while (!ctx.cancelled) {
+    rounds += 1;
+    await ctx.emit("tick", {round: rounds});
+  }
+  const winner = await Promise.race([
+    ctx.emit("progress", {cleanup: true}).then(() => "emitted"),
+    ctx.sleep(60000).then(() => "slept", (e) => "sleep " + e.code),
+  ]);
+  const t0 = ctx.now();
+  await ctx.emit("done", {winner, rounds});
+  holdUntil(ctx, t0, args.hold);
+  await ctx.emit("after", {winner, rounds});
+  return winner;
+}
+
+// Reads `ctx.cancelled` before its cancellation and emits what it read, then
+// polls until it turns true, and holds in its cleanup.
+export async function branchy(ctx, args) {
+  const before = ctx.cancelled;
+  await ctx.emit("ready", {before});
+  while (!ctx.cancelled) {}
+  const t0 = ctx.now();
+  await ctx.emit("seen", {before});
+  holdUntil(ctx, t0, args.hold);
+  await ctx.emit("after", {before});
+  return "done";
+}
+
+// Starts a long sleep, then polls `ctx.cancelled` with no call after its
+// first true read until it awaits the sleep (which rejects `cancelled`), and
+// holds in its cleanup.
+export async function poller(ctx, args) {
+  await ctx.emit("looping", {});
+  const slept = ctx.sleep(60000).then(() => "slept", (e) => e.code);
+  while (!ctx.cancelled) {}
+  const r = await slept;
+  const t0 = ctx.now();
+  await ctx.emit("done", {r});
+  holdUntil(ctx, t0, args.hold);
+  await ctx.emit("after", {r});
+  return r;
+}
+
+// Returns leaving `args.k` rounds of calls it did not await: an emit of a
+// type it did not declare and a call of a tool that does not exist (both
+// fail, and each has a handler that never runs), and an emit of a `note`.
+export async function scatter(ctx, args) {
+  for (let i = 0; i < args.k; i++) {
+    ctx.emit("nope", {i}).catch((e) => ctx.log("caught", e.code));
+    ctx.tool("nosuchtool", {i}).catch((e) => ctx.log("caught", e.code));
+    ctx.emit("note", {i});
+  }
+  return 1;
+}
 "#;
 
 /// A restart is the same node (the host name), so it runs its dead
@@ -79,11 +152,33 @@ fn script(id: &str, module_ref: &str, name: &str, args: Value) -> Value {
     })
 }
 
+/// Every event of `id`, page by page.
 async fn events(c: &Client, id: &str) -> Vec<Value> {
-    let path = format!("/v1/processes/{}/events?limit=1000", id.replace('/', "%2F"));
-    let (s, page) = c.get(&path).await;
-    assert_eq!(s, 200, "{page}");
-    page["events"].as_array().expect("events").clone()
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let path = format!(
+            "/v1/processes/{}/events?after={after}&limit=1000",
+            id.replace('/', "%2F")
+        );
+        let (s, page) = c.get(&path).await;
+        assert_eq!(s, 200, "{page}");
+        all.extend(page["events"].as_array().expect("events").iter().cloned());
+        match page["next_after"].as_u64() {
+            Some(next) => after = next,
+            None => return all,
+        }
+    }
+}
+
+/// The payloads of `id`'s events of type `event_type`, in order.
+async fn payloads(c: &Client, id: &str, event_type: &str) -> Vec<Value> {
+    events(c, id)
+        .await
+        .into_iter()
+        .filter(|e| e["event_type"] == event_type)
+        .map(|e| e["payload"].clone())
+        .collect()
 }
 
 async fn count(c: &Client, id: &str, event_type: &str) -> usize {
@@ -349,6 +444,280 @@ async fn killed_while_racing(db: &str) {
     assert_eq!(resumed, [json!("timer"), json!("signal")], "{resumed:?}");
 }
 
+/// How long a cleanup holds after its journaled clock reading: the crash
+/// comes at once, well within it, and the replay holds what is left. Long,
+/// for a loaded machine (only a kill that comes late costs it), but inside
+/// the 10 s stop grace a cancelled run's cleanup is given.
+const HOLD_MS: u64 = 8000;
+
+/// Follow `follow` (the events of `id`) until an event of type `event_type`;
+/// the process must not end first.
+async fn follow_until(follow: &mut common::Sse, id: &str, event_type: &str) -> Value {
+    loop {
+        let e = follow
+            .next(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("{id}'s stream ended before `{event_type}`"));
+        let e: Value = serde_json::from_str(&e.data).expect("an event");
+        assert!(
+            !["process.completed", "process.failed", "process.cancelled"]
+                .contains(&e["event_type"].as_str().unwrap_or("")),
+            "{id} ended before `{event_type}`: {e}"
+        );
+        if e["event_type"] == event_type {
+            return e;
+        }
+    }
+}
+
+/// The types of `id`'s events written before the restarted server started
+/// it again (its second `process.started`), and of those written after.
+async fn split_at_restart(c: &Client, id: &str) -> (Vec<String>, Vec<String>) {
+    let types: Vec<String> = events(c, id)
+        .await
+        .iter()
+        .map(|e| e["event_type"].as_str().expect("a type").to_string())
+        .collect();
+    let at = types
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| *t == "process.started")
+        .nth(1)
+        .map(|(i, _)| i)
+        .unwrap_or_else(|| panic!("{id} was never started again after the restart: {types:?}"));
+    let (before, after) = types.split_at(at);
+    (before.to_vec(), after.to_vec())
+}
+
+/// Each journaled call of `id` and each result was written once: a call
+/// made again after the restart matched its journaled one and wrote nothing.
+async fn assert_journaled_once(c: &Client, id: &str) {
+    for t in ["script.call", "script.result"] {
+        let mut ns: Vec<u64> = payloads(c, id, t)
+            .await
+            .iter()
+            .map(|p| p["n"].as_u64().expect("numbered"))
+            .collect();
+        let all = ns.len();
+        ns.sort_unstable();
+        ns.dedup();
+        assert_eq!(ns.len(), all, "a `{t}` of {id} was written twice: {ns:?}");
+    }
+}
+
+/// Start script `name` as `id` (declaring `types`, holding its cleanup
+/// [`HOLD_MS`]); once it emitted `cancel_on`, cancel it ("enough"); once its
+/// cleanup emitted `crash_on` (and holds), SIGKILL the server and restart it
+/// over the same database. The restarted server replays the cleanup, which
+/// ends `cancelled` as it would have without the crash.
+async fn cancelled_and_killed_in_its_cleanup(
+    db: &str,
+    id: &str,
+    name: &str,
+    types: &[&str],
+    cancel_on: &str,
+    crash_on: &str,
+) -> Server {
+    let server = Server::start_on(db, SERVE).await;
+    let c = server.client();
+    let (s, m) = c.post("/v1/modules", json!({"source": MODULE})).await;
+    assert!(s == 201 || s == 200, "{m}");
+    let mut req = script(
+        id,
+        m["module_ref"].as_str().expect("module_ref"),
+        name,
+        json!({"hold": HOLD_MS}),
+    );
+    req["event_types"] = types.iter().map(|t| json!({"name": t})).collect();
+    let (s, rec) = c.start(req).await;
+    assert_eq!(s, 201, "{rec}");
+    let mut follow = c.sse(id, "", None).await;
+    follow_until(&mut follow, id, cancel_on).await;
+    let (s, rec) = c
+        .post(&format!("/v1/processes/{id}/cancel"), json!({"reason": "enough"}))
+        .await;
+    assert_eq!(s, 200, "{rec}");
+    follow_until(&mut follow, id, crash_on).await;
+    drop(follow);
+
+    let server = crash_and_restart(server, db).await;
+    let c = server.client();
+    let (s, done) = c.get(&format!("/v1/processes/{id}/await?timeout_ms=30000")).await;
+    assert_eq!(s, 200, "{done}");
+    assert_eq!(done["status"], "cancelled", "{done}");
+    assert_eq!(done["outcome"]["message"], "enough", "{done}");
+    assert_eq!(
+        count(&c, id, "process.started").await,
+        2,
+        "the crash cut the cleanup short, and the restarted server ran it again"
+    );
+    let (before, after) = split_at_restart(&c, id).await;
+    assert!(
+        before.contains(&crash_on.to_string()) && !before.contains(&"after".to_string()),
+        "the crash came while the cleanup held: {before:?}"
+    );
+    assert!(after.contains(&"after".to_string()), "{after:?}");
+    assert_eq!(payloads(&c, id, "script.log").await, Vec::<Value>::new());
+    assert_journaled_once(&c, id).await;
+    server
+}
+
+/// Cancelled while busy (emitting each round, never suspended), killed in
+/// its cleanup: the replay reads `ctx.cancelled` as the run did, so it
+/// makes the same rounds (each journaled emit answered from the journal,
+/// none appended twice), the race of its cleanup has the same winner, and
+/// it goes on past the crash to its last emit.
+async fn killed_in_a_cleanup_after_a_cancel_seen_while_busy(db: &str) {
+    let id = "crash-busy";
+    let types = ["tick", "progress", "done", "after"];
+    let server = cancelled_and_killed_in_its_cleanup(db, id, "busy", &types, "tick", "done").await;
+    let c = server.client();
+    let done = payloads(&c, id, "done").await;
+    let rounds = done
+        .first()
+        .and_then(|d| d["rounds"].as_u64())
+        .unwrap_or_else(|| panic!("the cleanup said its rounds: {done:?}"));
+    assert_eq!(done, [json!({"winner": "emitted", "rounds": rounds})]);
+    assert_eq!(
+        payloads(&c, id, "after").await,
+        [json!({"winner": "emitted", "rounds": rounds})],
+        "the replay went on past the crash, with the same race winner"
+    );
+    let ticks: Vec<Value> = payloads(&c, id, "tick").await;
+    let expected: Vec<Value> = (1..=rounds).map(|r| json!({"round": r})).collect();
+    assert_eq!(ticks, expected, "each round emitted once");
+    assert_eq!(payloads(&c, id, "progress").await, [json!({"cleanup": true})]);
+    let slept = payloads(&c, id, "script.result")
+        .await
+        .into_iter()
+        .find(|r| r["n"] == rounds + 2)
+        .expect("the sleep's result");
+    assert_eq!(slept["error"]["code"], "cancelled", "{slept}");
+}
+
+/// Read `ctx.cancelled` before its cancellation and polled it after, killed
+/// in its cleanup: the replay, with the cancellation in force from its
+/// start, reads `false` first as the run did (its `ready` emit matches the
+/// journal), then `true` at the same read, and goes on past the crash.
+async fn killed_after_reading_ctx_cancelled(db: &str) {
+    let id = "crash-branchy";
+    let types = ["ready", "seen", "after"];
+    let server = cancelled_and_killed_in_its_cleanup(db, id, "branchy", &types, "ready", "seen").await;
+    let c = server.client();
+    assert_eq!(payloads(&c, id, "ready").await, [json!({"before": false})]);
+    assert_eq!(payloads(&c, id, "seen").await, [json!({"before": false})]);
+    assert_eq!(
+        payloads(&c, id, "after").await,
+        [json!({"before": false})],
+        "the replay went on past the crash without `nondeterminism`"
+    );
+    let calls = payloads(&c, id, "script.call").await;
+    let read = calls
+        .iter()
+        .find(|c| c["n"] == 2)
+        .and_then(|c| c["cancel_seen"].as_u64())
+        .unwrap_or_else(|| panic!("the call after the true read says which read: {calls:?}"));
+    assert!(read >= 2, "{calls:?}");
+}
+
+/// Polled `ctx.cancelled` with no call after its first true read (the read
+/// is journaled on the results of the step that follows it), killed in its
+/// cleanup: the replay reads `true` at that read, as the run did, rather
+/// than polling forever, and goes on past the crash.
+async fn killed_after_a_true_read_journaled_on_results(db: &str) {
+    let id = "crash-poller";
+    let types = ["looping", "done", "after"];
+    let server = cancelled_and_killed_in_its_cleanup(db, id, "poller", &types, "looping", "done").await;
+    let c = server.client();
+    assert_eq!(payloads(&c, id, "done").await, [json!({"r": "cancelled"})]);
+    assert_eq!(
+        payloads(&c, id, "after").await,
+        [json!({"r": "cancelled"})],
+        "the replay read `true` where the run did and went on past the crash"
+    );
+    let results = payloads(&c, id, "script.result").await;
+    let slept = results.iter().find(|r| r["n"] == 2).expect("the sleep's result");
+    assert_eq!(slept["error"]["code"], "cancelled", "{results:?}");
+    assert!(slept["cancel_seen"].as_u64().is_some(), "{results:?}");
+    let calls = payloads(&c, id, "script.call").await;
+    assert!(
+        calls.iter().all(|c| c.get("cancel_seen").is_none()),
+        "only the results say which read was true: {calls:?}"
+    );
+}
+
+/// The `script.*` events of `id`, its id written as `as_id`.
+async fn journal_as(c: &Client, id: &str, as_id: &str) -> Vec<Value> {
+    events(c, id)
+        .await
+        .into_iter()
+        .filter(|e| e["event_type"].as_str().is_some_and(|t| t.starts_with("script.")))
+        .map(|e| {
+            let text = json!([e["event_type"], e["payload"]]).to_string();
+            serde_json::from_str(&text.replace(id, as_id)).expect("json")
+        })
+        .collect()
+}
+
+/// Killed while a script that returned makes the calls it did not await
+/// (after their `script.call`s, among their failures' results): the
+/// restarted server makes them again, and the journal and the outcome are
+/// those of the same script run without a crash; no note is emitted twice,
+/// and no handler ran in either run.
+async fn killed_while_making_calls_not_awaited(db: &str) {
+    let id = "crash-scatter";
+    let k = 400;
+    let server = Server::start_on(db, SERVE).await;
+    let c = server.client();
+    let (s, m) = c.post("/v1/modules", json!({"source": MODULE})).await;
+    assert!(s == 201 || s == 200, "{m}");
+    let module_ref = m["module_ref"].as_str().expect("module_ref").to_string();
+    let start = |id: &str| {
+        let mut req = script(id, &module_ref, "scatter", json!({"k": k}));
+        req["event_types"] = json!([{"name": "note"}]);
+        req
+    };
+    let (s, rec) = c.start(start(id)).await;
+    assert_eq!(s, 201, "{rec}");
+    let mut follow = c.sse(id, "", None).await;
+    follow_until(&mut follow, id, "script.result").await;
+    drop(follow);
+
+    let server = crash_and_restart(server, db).await;
+    let c = server.client();
+    let done = await_end(&c, id).await;
+    assert_eq!(done["outcome"]["value"], 1, "{done}");
+    let (before, after) = split_at_restart(&c, id).await;
+    let results = |types: &[String]| types.iter().filter(|t| *t == "script.result").count();
+    assert!(
+        results(&before) >= 1 && results(&after) >= 1,
+        "the crash came among the failures' results: {} before it, {} after",
+        results(&before),
+        results(&after)
+    );
+    // The same script run without a crash.
+    let twin = "twin-scatter";
+    let (s, rec) = c.start(start(twin)).await;
+    assert_eq!(s, 201, "{rec}");
+    let twin_done = await_end(&c, twin).await;
+    assert_eq!(twin_done["outcome"], done["outcome"]);
+    let journal = journal_as(&c, id, twin).await;
+    assert_eq!(journal.len(), 3 * k + 2 * k, "every call and each failure's result");
+    assert!(
+        journal == journal_as(&c, twin, twin).await,
+        "the journal is the one of the run without a crash"
+    );
+    let notes: Vec<Value> = payloads(&c, id, "note").await;
+    let expected: Vec<Value> = (0..k).map(|i| json!({"i": i})).collect();
+    assert_eq!(notes, expected, "each note emitted once");
+    assert_eq!(
+        payloads(&c, id, "script.log").await,
+        Vec::<Value>::new(),
+        "no handler ran"
+    );
+    assert_journaled_once(&c, id).await;
+}
+
 fn sqlite_db(dir: &tempfile::TempDir) -> String {
     format!("sqlite:{}", dir.path().join("cairn.db").display())
 }
@@ -381,6 +750,30 @@ async fn a_script_killed_while_cleaning_up_after_a_cancel_resumes_on_sqlite() {
 async fn a_script_killed_while_racing_a_signal_and_a_timer_resumes_on_sqlite() {
     let dir = tempfile::tempdir().expect("tempdir");
     killed_while_racing(&sqlite_db(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_killed_in_a_cleanup_after_a_cancel_seen_while_busy_resumes_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    killed_in_a_cleanup_after_a_cancel_seen_while_busy(&sqlite_db(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_killed_after_reading_ctx_cancelled_replays_the_same_reads_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    killed_after_reading_ctx_cancelled(&sqlite_db(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_killed_after_a_true_read_journaled_on_results_resumes_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    killed_after_a_true_read_journaled_on_results(&sqlite_db(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_killed_while_making_calls_not_awaited_makes_them_once_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    killed_while_making_calls_not_awaited(&sqlite_db(&dir)).await;
 }
 
 /// The same database URL for both servers: a throwaway schema of the test server.
