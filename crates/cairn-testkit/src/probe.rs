@@ -56,6 +56,7 @@ pub struct ReadProbe {
     lost_resumes: std::sync::atomic::AtomicU64,
     failing_resumes: std::sync::atomic::AtomicU64,
     failing_lists: std::sync::atomic::AtomicU64,
+    hanging_lists: std::sync::atomic::AtomicBool,
     hanging_renewals: std::sync::atomic::AtomicBool,
     failing_claim_batches: std::sync::atomic::AtomicU64,
     failing_appends: std::sync::atomic::AtomicU64,
@@ -106,6 +107,7 @@ impl ReadProbe {
             lost_resumes: std::sync::atomic::AtomicU64::new(0),
             failing_resumes: std::sync::atomic::AtomicU64::new(0),
             failing_lists: std::sync::atomic::AtomicU64::new(0),
+            hanging_lists: std::sync::atomic::AtomicBool::new(false),
             hanging_renewals: std::sync::atomic::AtomicBool::new(false),
             failing_claim_batches: std::sync::atomic::AtomicU64::new(0),
             failing_appends: std::sync::atomic::AtomicU64::new(0),
@@ -290,6 +292,12 @@ impl ReadProbe {
         self.failing_lists.store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// From now on every `list` never answers (a stalled store, as the
+    /// readiness check reads it; `false` lets later ones through again).
+    pub fn hang_lists(&self, hanging: bool) {
+        self.hanging_lists.store(hanging, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Let the next `n` appends (`append_event`) be written and then answer
     /// `outcome_unknown`, as a commit whose answer was lost does.
     pub fn lose_next_append_answers(&self, n: u64) {
@@ -409,6 +417,9 @@ impl ProcessRegistry for ReadProbe {
             return Err(cairn_core::CairnError::Unavailable(
                 "the store did not answer (probe)".into(),
             ));
+        }
+        if self.hanging_lists.load(std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
         }
         self.inner.list(filter).await
     }

@@ -1075,3 +1075,39 @@ pub async fn wrong_method() -> ApiError {
         "this route does not take that method",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::{auth::Auth, metrics::Metrics, Limits};
+
+    /// A store that does not answer at all (a stalled database, not one
+    /// that answers with an error) makes `/healthz` answer 503 `unavailable`
+    /// once its bound (`HEALTH_TIMEOUT`) passes, not after the store's own
+    /// call timeout (30 s on PostgreSQL), past a load balancer's probe.
+    #[tokio::test]
+    async fn readiness_of_a_stalled_store_answers_within_its_bound() {
+        let probe = cairn_testkit::probe::ReadProbe::new(Arc::new(cairn_core::MemoryRegistry::new()));
+        let processes = cairn_core::Processes::builder(probe.clone()).without_worker().start();
+        let state = Arc::new(AppState {
+            processes,
+            auth: Auth::new(None, &[]),
+            metrics: Arc::new(Metrics::new("memory")),
+            limits: Limits::default(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            mcp_shutdown: tokio_util::sync::CancellationToken::new(),
+            tools: Vec::new(),
+        });
+        let ready = healthz(State(state.clone())).await.expect("the store answers");
+        assert_eq!(ready.0.status, "ok");
+
+        probe.hang_lists(true);
+        let said = tokio::time::timeout(Duration::from_secs(15), healthz(State(state)))
+            .await
+            .expect("the readiness check answered, not waiting on the store")
+            .expect_err("a store that does not answer is not ready");
+        assert_eq!(said.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(said.code, "unavailable");
+        assert_eq!(said.message, "the database did not answer within 5s");
+    }
+}
