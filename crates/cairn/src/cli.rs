@@ -604,6 +604,11 @@ pub struct ServeArgs {
     /// body has not all arrived this long after its headers.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub body_timeout: Duration,
+    /// Reset a connection whose answer could not be written for this long because its client
+    /// stopped reading (an event stream's follower, say: it holds a connection slot until
+    /// then); a byte taken starts the bound again. At least 1s.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub send_timeout: Duration,
     /// Most connections open at once; more are answered 503 `unavailable` and closed.
     #[arg(long, default_value_t = 1024, value_parser = integer::<usize>())]
     pub max_connections: usize,

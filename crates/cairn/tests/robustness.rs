@@ -136,6 +136,222 @@ async fn connections_over_the_limit_are_refused_with_503() {
     assert!(ok, "slots were never given back");
 }
 
+/// An externally owned process `id` with `n` events of 400 KB each: more
+/// than a follower's receive buffer and the server's send buffer hold.
+async fn process_with_large_events(server: &Server, id: &str, n: usize) {
+    let c = server.client();
+    let (s, body) = c
+        .start(json!({
+            "id": id, "disposition": "externally_owned",
+            "input": {"type": "external", "metadata": {}}, "event_types": [{"name": "blob"}]
+        }))
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let blob = "x".repeat(400 * 1024);
+    for _ in 0..n {
+        let (s, body) = c
+            .post(
+                &format!("/v1/processes/{id}/events"),
+                json!({"event_type": "blob", "payload": {"blob": blob}}),
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
+    }
+}
+
+/// A follower of `id`'s events over a socket with a receive buffer of
+/// `receive_buffer` bytes, and its status line (read, nothing more).
+async fn follower(server: &Server, id: &str, receive_buffer: u32) -> (TcpStream, String) {
+    let addr: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().expect("address");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(receive_buffer).expect("receive buffer");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    stream
+        .write_all(
+            format!("GET /v1/processes/{id}/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("write");
+    let mut status = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(20), stream.read_exact(&mut status))
+        .await
+        .expect("a status line in time")
+        .expect("read");
+    (stream, String::from_utf8_lossy(&status).into_owned())
+}
+
+/// A follower that stops reading is closed once the server's writes to it
+/// have made no progress for `--send-timeout` (the client sees the end once
+/// it reads), so it no longer holds a connection slot: with every slot
+/// taken by such followers, a request is served again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_stops_reading_is_closed_and_frees_its_slot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("serve.log");
+    // Idle connections stay (the test client's own among them): only the
+    // bound on writes can free a slot.
+    let server = Server::serve_logging_to(
+        &[
+            "--db",
+            "memory",
+            "--listen",
+            "127.0.0.1:0",
+            "--send-timeout",
+            "2s",
+            "--max-connections",
+            "3",
+            "--header-timeout",
+            "1h",
+        ],
+        &log,
+    )
+    .await;
+    process_with_large_events(&server, "big", 24).await;
+    // Followers until the slots are all taken (the test client holds one or two).
+    let mut stalled = Vec::new();
+    loop {
+        let (stream, status) = follower(&server, "big", 4096).await;
+        if status == "HTTP/1.1 503" {
+            break;
+        }
+        assert_eq!(status, "HTTP/1.1 200", "a follower is served until the slots are taken");
+        stalled.push(stream);
+        assert!(stalled.len() <= 3, "more followers served than --max-connections");
+    }
+    assert!(!stalled.is_empty(), "no follower was served");
+    // Each is closed, said in the log with the client's address (read
+    // without reading the followers: a read would let the writes on).
+    let peers: Vec<String> = stalled
+        .iter()
+        .map(|s| s.local_addr().expect("address").to_string())
+        .collect();
+    let closed = |logged: &str, peer: &str| logged.lines().any(|l| l.contains("--send-timeout") && l.contains(peer));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let logged = std::fs::read_to_string(&log).expect("log");
+        if peers.iter().all(|p| closed(&logged, p)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every stalled follower of {peers:?} was closed:\n{logged}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The client sees it once it reads: what was sent before the close,
+    // then the end (or a reset).
+    for (stream, peer) in stalled.iter_mut().zip(&peers) {
+        let ended = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the follower from {peer} still reads");
+    }
+    // Its slot is free: a request is served.
+    let mut served = String::new();
+    for _ in 0..800 {
+        let mut probe = connect(&server).await;
+        probe
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        served = read_to_close(&mut probe, Duration::from_secs(20)).await;
+        if served.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(served.starts_with("HTTP/1.1 200"), "no slot was freed: {served}");
+}
+
+/// A follower that reads slowly, pausing for most of `--send-timeout` again
+/// and again (far longer than it in all), is not closed: each read lets the
+/// server's writes on and starts the bound again. It reads the log to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_steady_follower_is_not_closed() {
+    let server = Server::start(&["--send-timeout", "4s"]).await;
+    process_with_large_events(&server, "slow", 40).await;
+    let (mut stream, status) = follower(&server, "slow", 64 * 1024).await;
+    assert_eq!(status, "HTTP/1.1 200");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut seen = Vec::new();
+    // Six pauses of 1.5 s (9 s in all, over twice the bound), 2 MiB read
+    // between them.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut taken = 0;
+        while taken < 2 * 1024 * 1024 {
+            let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf))
+                .await
+                .expect("data in time")
+                .expect("the follower was not closed");
+            assert!(n > 0, "the follower was closed after {} bytes", seen.len());
+            seen.extend_from_slice(&buf[..n]);
+            taken += n;
+        }
+    }
+    // Then the process ends and the rest is read to its terminal event.
+    let (s, body) = server
+        .client()
+        .post(
+            "/v1/processes/slow/complete",
+            json!({"outcome": {"type": "success", "value": null}, "authority": "test"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let n = stream.read(&mut buf).await.expect("the follower was not closed");
+            assert!(n > 0, "the follower was closed after {} bytes", seen.len());
+            seen.extend_from_slice(&buf[..n]);
+            let tail = &seen[seen.len().saturating_sub(64 * 1024)..];
+            if String::from_utf8_lossy(tail).contains("process.completed") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the terminal event never came");
+    let text = String::from_utf8_lossy(&seen);
+    assert_eq!(
+        text.matches("\"event_type\":\"blob\"").count(),
+        40,
+        "every event arrived"
+    );
+}
+
+/// A `--send-timeout` under a second is refused at start: it would close
+/// connections whose clients are only slow to read.
+#[test]
+fn a_send_timeout_under_a_second_is_refused() {
+    for value in ["0", "0s", "500ms"] {
+        let out = std::process::Command::new(common::BIN)
+            .args([
+                "serve",
+                "--db",
+                "memory",
+                "--listen",
+                "127.0.0.1:0",
+                "--send-timeout",
+                value,
+            ])
+            .env_remove("CAIRN_TOKEN")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--send-timeout must be at least 1s"), "{value}: {err}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_content_length_is_refused_before_the_body() {
     let server = Server::start(&["--max-body-bytes", "1024"]).await;

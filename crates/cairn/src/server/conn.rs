@@ -1,7 +1,10 @@
 //! Connection plumbing of `cairn serve`: the connection limit, the answer to
-//! connections over it, and closing sockets without resetting them.
+//! connections over it, the bound on a write the client does not take, and
+//! closing sockets without resetting them.
 
+use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -134,19 +137,82 @@ const LINGER_BYTES: usize = 8 * 1024 * 1024;
 /// unread input makes the kernel send a reset, and a reset makes the client's
 /// kernel drop the answer it has not read yet (the "lingering close" of nginx and
 /// Go's net/http). Hand-written: tokio and hyper leave socket closing to the caller.
+///
+/// Its writes are bounded too (`--send-timeout`): a write the client has not
+/// taken a byte of for that long (a follower that stopped reading: its
+/// receive window and this side's send buffer are full) fails with
+/// `TimedOut`, hyper drops the connection, and its slot, task and buffers are
+/// freed. Any byte taken starts the bound again, so a slow but steady reader
+/// is served. Such a socket is reset rather than closed: the client stopped
+/// reading, and a close would keep what is queued for it in the kernel until
+/// the kernel gives up on it.
 pub struct Lingering {
     stream: Option<TcpStream>,
+    peer: SocketAddr,
+    send_timeout: Duration,
+    /// When a write left waiting gives up: made at the first wait, then
+    /// reset at each new one.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A write is waiting (`stall` is armed) and none has gone through since.
+    waiting: bool,
+    /// The bound passed: every write fails, and the socket is reset when dropped.
+    timed_out: bool,
 }
 
 impl Lingering {
-    /// Wrap an accepted stream.
-    pub fn new(stream: TcpStream) -> Self {
-        Self { stream: Some(stream) }
+    /// Wrap a stream accepted from `peer`, its writes bounded by `send_timeout`.
+    pub fn new(stream: TcpStream, peer: SocketAddr, send_timeout: Duration) -> Self {
+        Self {
+            stream: Some(stream),
+            peer,
+            send_timeout,
+            stall: None,
+            waiting: false,
+            timed_out: false,
+        }
     }
 
     fn stream(&mut self) -> Pin<&mut TcpStream> {
         // Only `Drop` takes the stream out.
         Pin::new(self.stream.as_mut().expect("stream present until drop"))
+    }
+
+    /// A write's outcome under the bound: one that went through (or failed)
+    /// ends the wait; one left waiting starts it, or fails once it has lasted
+    /// `send_timeout`. A flush that is done ends no wait: on a socket it is
+    /// always done, whatever the client took.
+    fn bounded<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>, progress: bool) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            if progress {
+                self.waiting = false;
+            }
+            return polled;
+        }
+        let deadline = tokio::time::Instant::now() + self.send_timeout;
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.waiting {
+            stall.as_mut().reset(deadline);
+            self.waiting = true;
+        }
+        if stall.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.timed_out = true;
+        tracing::info!(
+            peer = %self.peer,
+            "closing a connection whose client took nothing of its answer for {:?} (--send-timeout)",
+            self.send_timeout
+        );
+        Poll::Ready(Err(self.send_timed_out()))
+    }
+
+    fn send_timed_out(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the client took nothing of the answer for {:?}", self.send_timeout),
+        )
     }
 }
 
@@ -158,11 +224,19 @@ impl AsyncRead for Lingering {
 
 impl AsyncWrite for Lingering {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.stream().poll_write(cx, buf)
+        if self.timed_out {
+            return Poll::Ready(Err(self.send_timed_out()));
+        }
+        let polled = self.stream().poll_write(cx, buf);
+        self.bounded(cx, polled, true)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.stream().poll_flush(cx)
+        if self.timed_out {
+            return Poll::Ready(Err(self.send_timed_out()));
+        }
+        let polled = self.stream().poll_flush(cx);
+        self.bounded(cx, polled, false)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -174,7 +248,11 @@ impl AsyncWrite for Lingering {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.stream().poll_write_vectored(cx, bufs)
+        if self.timed_out {
+            return Poll::Ready(Err(self.send_timed_out()));
+        }
+        let polled = self.stream().poll_write_vectored(cx, bufs);
+        self.bounded(cx, polled, true)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -187,6 +265,11 @@ impl Drop for Lingering {
         let Some(mut stream) = self.stream.take() else {
             return;
         };
+        if self.timed_out {
+            // Reset: what is queued for a client that stopped reading is dropped now.
+            let _ = stream.set_zero_linger();
+            return;
+        }
         // Nothing waiting to be read: close at once (the common case).
         let mut probe = [0u8; 1];
         match stream.try_read(&mut probe) {

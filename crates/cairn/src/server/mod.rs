@@ -43,6 +43,10 @@ pub const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
 /// any renewal period worth having.
 pub const MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// Shortest `--send-timeout` a server takes: a client on a busy link may
+/// take nothing for a moment and still be reading.
+pub const MIN_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Request limits.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -380,6 +384,12 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), ServeError> {
             "--max-connections must be at least 1: with none, every request is refused".into(),
         ));
     }
+    if args.send_timeout < MIN_SEND_TIMEOUT {
+        return Err(ServeError::Config(format!(
+            "--send-timeout must be at least {MIN_SEND_TIMEOUT:?}: a shorter bound closes connections \
+             whose clients are only slow to read"
+        )));
+    }
     if args.max_body_bytes == 0 {
         return Err(ServeError::Config(
             "--max-body-bytes must be at least 1: with 0, every request with a body is refused".into(),
@@ -521,7 +531,7 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), ServeError> {
         let mut lost = std::pin::pin!(node_hold.lost());
         let mut superseded = std::pin::pin!(superseding.superseded());
         loop {
-            let (stream, _peer) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
@@ -546,7 +556,7 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), ServeError> {
                 continue;
             };
             let service = hyper_util::service::TowerToHyperService::new(app.clone());
-            let io = hyper_util::rt::TokioIo::new(conn::Lingering::new(stream));
+            let io = hyper_util::rt::TokioIo::new(conn::Lingering::new(stream, peer, args.send_timeout));
             let conn = graceful.watch(http.serve_connection(io, service));
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
