@@ -389,6 +389,23 @@ pub fn validate_scope(scope: &SessionScope) -> Result<()> {
     Ok(())
 }
 
+/// The scope a listing filter `key` names (`granted_to`, `originated_by`):
+/// `SESSION` (the session's own scope, not its frames') or
+/// `SESSION/frame:FRAME` (that agent frame's), taken as given. A value no
+/// scope can have is `invalid_filter` naming the filter. The API and the
+/// dashboard read it alike.
+pub fn filter_scope(key: &str, value: &str) -> Result<SessionScope> {
+    let scope = match value.split_once(FRAME_SEPARATOR) {
+        Some((session, frame)) => SessionScope::frame(session, frame),
+        None => SessionScope::session(value),
+    };
+    validate_scope(&scope).map_err(|e| match e {
+        CairnError::InvalidId(why) => CairnError::InvalidFilter(format!("`{key}`: {why}")),
+        other => other,
+    })?;
+    Ok(scope)
+}
+
 /// The most bytes of a grant descriptor's `kind`.
 pub const MAX_GRANT_KIND_BYTES: usize = 64;
 

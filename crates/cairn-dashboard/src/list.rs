@@ -197,8 +197,8 @@ fn plan(q: &ListQuery, viewer: &Viewer) -> Result<Plan, CairnError> {
         }
         ("" | "all", _) => Lens::All,
         ("granted_to" | "originated_by", "") => return Err(bad(format!("the `{}` lens needs a session id", q.lens))),
-        ("granted_to", s) => Lens::GrantedTo(lens_scope("granted_to", s)?),
-        ("originated_by", s) => Lens::OriginatedBy(lens_scope("originated_by", s)?),
+        ("granted_to", s) => Lens::GrantedTo(cairn_core::validate::filter_scope("granted_to", s)?),
+        ("originated_by", s) => Lens::OriginatedBy(cairn_core::validate::filter_scope("originated_by", s)?),
         (other, _) => return Err(bad(format!("unknown lens `{other}`: all, granted_to or originated_by"))),
     };
     let mut forbidden = None;
@@ -236,23 +236,6 @@ fn plan(q: &ListQuery, viewer: &Viewer) -> Result<Plan, CairnError> {
         size,
         forbidden,
     })
-}
-
-/// The scope a lens's session box names, read as the API reads `granted_to`
-/// and `originated_by`: `SESSION` (the session's own scope, not its
-/// frames') or `SESSION/frame:FRAME` (that agent frame's), taken as given
-/// (an id may begin or end with a space). A value no scope can have is
-/// `invalid_filter` naming the lens, as the API refuses it.
-pub(crate) fn lens_scope(lens: &str, value: &str) -> Result<SessionScope, CairnError> {
-    let scope = match value.split_once(cairn_core::validate::FRAME_SEPARATOR) {
-        Some((session, frame)) => SessionScope::frame(session, frame),
-        None => SessionScope::session(value),
-    };
-    cairn_core::validate::validate_scope(&scope).map_err(|e| match e {
-        CairnError::InvalidId(why) => CairnError::InvalidFilter(format!("`{lens}`: {why}")),
-        other => other,
-    })?;
-    Ok(scope)
 }
 
 /// A created bound as the form's picker shows it (`2026-12-07T04:00 UTC`);

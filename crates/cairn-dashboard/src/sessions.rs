@@ -58,7 +58,7 @@ pub(crate) async fn page(
     // refused as the API refuses it (`invalid_filter`).
     let scope = match session.as_str() {
         "" => None,
-        given => match crate::list::lens_scope("session", given) {
+        given => match cairn_core::validate::filter_scope("session", given) {
             Ok(scope) => Some(scope),
             Err(e) => {
                 refused.get_or_insert((

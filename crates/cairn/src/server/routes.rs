@@ -477,8 +477,14 @@ pub async fn list(
     }
     // A session id no session can have is a filter value no process
     // passes: refused as every other bad one is (`invalid_filter`).
-    let mut granted_to = lens_scope("granted_to", granted_to.as_deref())?;
-    let originated_by = lens_scope("originated_by", originated_by.as_deref())?;
+    let mut granted_to = granted_to
+        .as_deref()
+        .map(|v| cairn_core::validate::filter_scope("granted_to", v))
+        .transpose()?;
+    let originated_by = originated_by
+        .as_deref()
+        .map(|v| cairn_core::validate::filter_scope("originated_by", v))
+        .transpose()?;
     // A time past the stores' signed 64 bits is a filter refused as every
     // other bad filter value is (`invalid_filter`).
     for (k, v) in &rest {
@@ -544,22 +550,6 @@ pub async fn list(
         }
     };
     Ok(Json(page))
-}
-
-/// The scope a lens filter names: `SESSION` (the session's own scope, not
-/// its frames') or `SESSION/frame:FRAME` (that frame's), checked as grant
-/// scopes are (`invalid_filter` naming `key` otherwise).
-fn lens_scope(key: &str, value: Option<&str>) -> Result<Option<SessionScope>, cairn_core::CairnError> {
-    let Some(value) = value else { return Ok(None) };
-    let scope = match value.split_once(cairn_core::validate::FRAME_SEPARATOR) {
-        Some((session, frame)) => SessionScope::frame(session, frame),
-        None => SessionScope::session(value),
-    };
-    cairn_core::validate::validate_scope(&scope).map_err(|e| match e {
-        cairn_core::CairnError::InvalidId(why) => cairn_core::CairnError::InvalidFilter(format!("`{key}`: {why}")),
-        other => other,
-    })?;
-    Ok(Some(scope))
 }
 
 /// `GET /v1/processes/{id}`.
