@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -357,7 +358,18 @@ async fn prepare_start(
         )));
     }
     if let Some((runs, args)) = tools.resolve(&req.input) {
-        runs.check_start_of(&req.id, &args, req.disposition).await?;
+        // A check that panics is the tool's bug: refused as one, whichever
+        // task the start runs on, not unwound into the caller.
+        std::panic::AssertUnwindSafe(runs.check_start_of(&req.id, &args, req.disposition))
+            .catch_unwind()
+            .await
+            .map_err(|panic| {
+                CairnError::InvalidRequest(format!(
+                    "the `{}` tool panicked checking its arguments: {}",
+                    runs.name(),
+                    crate::worker::panic_message(panic.as_ref())
+                ))
+            })??;
         for declared in runs.event_types() {
             match event_types.iter().find(|e| e.name == declared.name) {
                 None => event_types.push(declared),
@@ -563,7 +575,26 @@ impl RuntimeBuilder {
     }
 
     /// Build and start the runtime (spawns the driver). Needs a tokio runtime.
+    ///
+    /// The driver runs on its own task until [`Processes::shutdown`]: it
+    /// does not stop when the last handle is dropped, and goes on claiming
+    /// and running work. Call `shutdown().await` to stop the runtime, and
+    /// only then drop what holds its node id (a `hold_node` answer): another
+    /// runtime under the same id would sweep work this one still runs.
+    ///
+    /// # Panics
+    ///
+    /// When this runtime runs a worker whose [`WorkerConfig`] could never run
+    /// anything, with a message naming the field: a `batch_size` of 0, a
+    /// `lease_ttl` under 1 ms, or a `node_id` (an `owner_id`, without one)
+    /// the store would refuse to register. As with a tokio runtime builder,
+    /// such a configuration is a mistake in the host's code.
     pub fn start(self) -> Processes {
+        if self.run_worker {
+            if let Some(why) = self.worker.unusable() {
+                panic!("cairn cannot start this runtime: {why}");
+            }
+        }
         let hub = self.hub.unwrap_or_default();
         let mut watched = WatchedRegistry::new(self.registry, hub.clone(), self.sink);
         if let Some(ends) = self.ends {
@@ -705,6 +736,13 @@ pub(crate) struct Inner {
 }
 
 /// The host API. Cheap to clone.
+///
+/// Dropping every handle does not stop the runtime: its driver runs on (it
+/// claims and runs work until the tokio runtime itself ends). Call
+/// [`shutdown`](Self::shutdown)`.await` to stop it, and only then drop a
+/// node hold taken for it: a runtime started under the same node id after
+/// the hold is gone sweeps, as abandoned, owner-bound work this one still
+/// runs.
 #[derive(Clone)]
 pub struct Processes {
     pub(crate) inner: Arc<Inner>,
@@ -868,10 +906,21 @@ impl Processes {
     /// When this runtime's worker has a free slot and no older work waits for
     /// it, the same write claims the new process for the worker, which runs it
     /// at once (ADR 0022); the answer is the record as registered either way.
+    ///
+    /// After [`shutdown`](Self::shutdown) a runtime that ran a worker
+    /// refuses every start (`unavailable`) and records nothing: nothing here
+    /// would run the process.
     pub async fn start(&self, req: StartRequest) -> Result<Registered> {
         let Some(driver) = &self.inner.driver else {
             return self.inner.starter.start(req).await;
         };
+        if driver.is_shut_down() {
+            return Err(CairnError::Unavailable(format!(
+                "this runtime has shut down, and nothing here would run process `{}`: start it through a \
+                 runtime that is running",
+                req.id
+            )));
+        }
         // A new process no worker runs (an externally owned one) is nothing
         // to drive for.
         let wants_a_drive = |r: &Registered| r.created && crate::fold::may_be_work(&r.process);
@@ -1397,7 +1446,10 @@ impl Processes {
         }
     }
 
-    /// Graceful shutdown: stop claiming, drain per disposition, return when done.
+    /// Graceful shutdown: stop claiming, drain per disposition, return when
+    /// done. A runtime that runs a worker stops for good: a later
+    /// [`start`](Self::start) on any handle to it is refused
+    /// (`unavailable`). A second call does nothing more.
     pub async fn shutdown(&self) {
         if let Some(d) = &self.inner.driver {
             d.shutdown().await;
@@ -1591,5 +1643,239 @@ mod tests {
             .await
             .expect("frame snapshot");
         assert!(frame.running.is_empty() && frame.wakes.is_empty());
+    }
+
+    /// `done` ends at once; `hold` runs until it is stopped; `picky`
+    /// panics checking its args.
+    struct TestTool(&'static str);
+
+    #[async_trait::async_trait]
+    impl crate::Tool for TestTool {
+        fn name(&self) -> &str {
+            self.0
+        }
+
+        fn validate_args(&self, _args: &Value) -> Result<()> {
+            if self.0 == "picky" {
+                panic!("no args suit me");
+            }
+            Ok(())
+        }
+
+        async fn run(&self, ctx: crate::ToolContext, _args: Value) -> Outcome {
+            if self.0 == "hold" {
+                ctx.stopped().await;
+                return ctx.stopped_outcome();
+            }
+            Outcome::success(serde_json::json!("done"))
+        }
+    }
+
+    fn test_tools() -> ToolRegistry {
+        ToolRegistry::new()
+            .with(Arc::new(TestTool("done")))
+            .with(Arc::new(TestTool("hold")))
+            .with(Arc::new(TestTool("picky")))
+    }
+
+    fn run_now(id: &str, tool: &str) -> StartRequest {
+        StartRequest::tool(id, tool, serde_json::json!({}), Disposition::Rerunnable)
+    }
+
+    /// The message of the panic `build` makes.
+    fn panic_of(build: impl FnOnce() -> Processes) -> String {
+        let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(build))
+            .err()
+            .expect("the build panics");
+        crate::worker::panic_message(panic.as_ref())
+    }
+
+    /// A worker configuration that could never run anything panics as the
+    /// runtime is built, naming the field; without a worker it is ignored.
+    #[tokio::test]
+    async fn a_worker_config_that_could_never_run_panics_at_build() {
+        let cases = [
+            (
+                WorkerConfig {
+                    batch_size: 0,
+                    ..WorkerConfig::default()
+                },
+                "`WorkerConfig::batch_size` is 0",
+            ),
+            (
+                WorkerConfig {
+                    lease_ttl: Duration::ZERO,
+                    ..WorkerConfig::default()
+                },
+                "`WorkerConfig::lease_ttl` is 0ns",
+            ),
+            (
+                WorkerConfig {
+                    lease_ttl: Duration::from_micros(999),
+                    ..WorkerConfig::default()
+                },
+                "shorter than 1 ms",
+            ),
+            (
+                WorkerConfig {
+                    node_id: Some("bad node!".into()),
+                    ..WorkerConfig::default()
+                },
+                "`WorkerConfig::node_id` would be refused by the store (invalid id: node id `bad node!` must be",
+            ),
+            (
+                WorkerConfig {
+                    owner_id: String::new(),
+                    ..WorkerConfig::default()
+                },
+                "`WorkerConfig::owner_id` would be refused by the store (invalid id: owner id must not be empty)",
+            ),
+        ];
+        for (config, said) in cases {
+            let registry = Arc::new(crate::memory::MemoryRegistry::new());
+            let message = panic_of(|| {
+                Processes::builder(registry.clone())
+                    .worker_config(config.clone())
+                    .start()
+            });
+            assert!(
+                message.starts_with("cairn cannot start this runtime: ") && message.contains(said),
+                "{message}"
+            );
+            Processes::builder(registry)
+                .worker_config(config)
+                .without_worker()
+                .start();
+        }
+        // The smallest lease and batch are fine, as is a node id without an owner id.
+        let p = Processes::builder(Arc::new(crate::memory::MemoryRegistry::new()))
+            .worker_config(WorkerConfig {
+                lease_ttl: Duration::from_millis(1),
+                batch_size: 1,
+                owner_id: String::new(),
+                node_id: Some("box-1".into()),
+                ..WorkerConfig::default()
+            })
+            .start();
+        p.shutdown().await;
+    }
+
+    /// A sweep interval of `Duration::MAX` means no periodic sweep: the
+    /// runtime runs its work, with or without a node id.
+    #[tokio::test]
+    async fn a_sweep_interval_of_duration_max_runs_work() {
+        for node_id in [None, Some("box-1".to_string())] {
+            let p = Processes::builder(Arc::new(crate::memory::MemoryRegistry::new()))
+                .tools(test_tools())
+                .worker_config(WorkerConfig {
+                    sweep_interval: Duration::MAX,
+                    node_id: node_id.clone(),
+                    ..WorkerConfig::default()
+                })
+                .start();
+            for id in ["a", "b"] {
+                p.start(run_now(id, "done")).await.expect("start");
+                let record = p.await_output(id, Duration::from_secs(10)).await.expect("await");
+                assert_eq!(
+                    record.status,
+                    crate::model::ProcessStatus::Completed,
+                    "{id} with node {node_id:?}"
+                );
+            }
+            p.shutdown().await;
+        }
+    }
+
+    /// A lease time-to-live too long to count in milliseconds is as long
+    /// as a lease can be, not what is left of it cut to 64 bits.
+    #[tokio::test]
+    async fn a_lease_ttl_past_u64_millis_is_the_longest_lease() {
+        let p = Processes::builder(Arc::new(crate::memory::MemoryRegistry::new()))
+            .tools(test_tools())
+            .worker_config(WorkerConfig {
+                // 2^64 ms and 384 more: cut to 64 bits, a 384 ms lease.
+                lease_ttl: Duration::from_millis(u64::MAX) + Duration::from_millis(385),
+                ..WorkerConfig::default()
+            })
+            .start();
+        p.start(run_now("held", "hold")).await.expect("start");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let lease = loop {
+            if let Some(lease) = p.get("held").await.expect("get").lease {
+                break lease;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "`held` never claimed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let year_ms = 365 * 86_400_000;
+        assert!(lease.expires_at_ms > p.inner.clock.now_ms() + year_ms, "{lease:?}");
+        p.shutdown().await;
+    }
+
+    /// After `shutdown`, a start on any handle is refused (`unavailable`,
+    /// saying why) and records nothing; one before it was recorded.
+    #[tokio::test]
+    async fn a_start_after_shutdown_is_refused_and_records_nothing() {
+        let p = Processes::builder(Arc::new(crate::memory::MemoryRegistry::new()))
+            .tools(test_tools())
+            .start();
+        let other = p.clone();
+        p.start(run_now("before", "done")).await.expect("start");
+        p.shutdown().await;
+        let err = other.start(run_now("late", "done")).await.expect_err("refused");
+        assert_eq!(err.code(), "unavailable", "{err}");
+        assert_eq!(
+            err.to_string(),
+            "unavailable: this runtime has shut down, and nothing here would run process `late`: start it \
+             through a runtime that is running"
+        );
+        let missing = p.get("late").await.expect_err("nothing recorded");
+        assert_eq!(missing.code(), "unknown_process", "{missing}");
+        // The same process started before the shutdown is refused too.
+        let again = p.start(run_now("before", "done")).await.expect_err("refused");
+        assert_eq!(again.code(), "unavailable", "{again}");
+        p.get("before").await.expect("recorded before the shutdown");
+        // A second shutdown is still nothing more.
+        p.shutdown().await;
+    }
+
+    /// A tool whose `validate_args` panics is refused the same way whether
+    /// or not the worker has a free slot for the start: `invalid_request`
+    /// naming the tool and what it said, nothing recorded, nothing unwound
+    /// into the caller.
+    #[tokio::test]
+    async fn a_panicking_check_is_refused_alike_with_and_without_a_free_slot() {
+        let p = Processes::builder(Arc::new(crate::memory::MemoryRegistry::new()))
+            .tools(test_tools())
+            .worker_config(WorkerConfig {
+                concurrency: 1,
+                ..WorkerConfig::default()
+            })
+            .start();
+        let worker = p.worker().expect("a worker").clone();
+        let expected = "invalid request: the `picky` tool panicked checking its arguments: no args suit me";
+        // With a free slot the start claims its own process on a task of its
+        // own: wait until the driver's first drive lets it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while worker.slot_for_start().is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "no slot for a start");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let err = p.start(run_now("free", "picky")).await.expect_err("refused");
+        assert_eq!((err.code(), err.to_string().as_str()), ("invalid_request", expected));
+        // With the one slot taken, the start is checked on the caller's task.
+        p.start(run_now("holding", "hold")).await.expect("start");
+        while p.get("holding").await.expect("get").started.is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "`holding` never started");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(worker.slot_for_start().is_none(), "the slot is taken");
+        let err = p.start(run_now("busy", "picky")).await.expect_err("refused");
+        assert_eq!((err.code(), err.to_string().as_str()), ("invalid_request", expected));
+        for id in ["free", "busy"] {
+            let missing = p.get(id).await.expect_err("nothing recorded");
+            assert_eq!(missing.code(), "unknown_process", "{missing}");
+        }
+        p.shutdown().await;
     }
 }

@@ -117,7 +117,20 @@ impl ToolRegistry {
     }
 
     /// Add (or replace) a tool.
+    ///
+    /// # Panics
+    ///
+    /// When no start could ever run the tool, with a message naming it and
+    /// the problem: its name is not one a start may give (empty, too long,
+    /// a control character, `.` or `..`), or the event types it declares are
+    /// not ones a start may declare (a bad name, one in the `process.` or
+    /// `script.` namespaces cairn keeps, the same name twice, a schema that
+    /// does not compile, malformed semantics). Each start would be refused
+    /// for it as though the caller had erred; the mistake is the host's code.
     pub fn register(&mut self, tool: Arc<dyn Tool>) -> &mut Self {
+        if let Err(e) = check_tool(tool.as_ref()) {
+            panic!("the `{}` tool cannot be registered: {e}", tool.name().escape_debug());
+        }
         self.note_declared(tool.as_ref());
         Arc::make_mut(&mut self.tools).insert(tool.name().to_string(), tool);
         self
@@ -129,6 +142,10 @@ impl ToolRegistry {
     }
 
     /// Builder form of [`register`](Self::register).
+    ///
+    /// # Panics
+    ///
+    /// As [`register`](Self::register) does, for a tool no start could run.
     pub fn with(mut self, tool: Arc<dyn Tool>) -> Self {
         self.register(tool);
         self
@@ -190,6 +207,27 @@ impl ToolRegistry {
     pub fn names(&self) -> Vec<String> {
         self.tools.keys().cloned().collect()
     }
+}
+
+/// Refuse a tool no start could run, as a start naming it would be
+/// refused: its name as a `tool_call` gives it, its event types as a
+/// registration declares them.
+fn check_tool(tool: &dyn Tool) -> Result<()> {
+    crate::validate::validate_id("tool name", tool.name())?;
+    let registration = crate::model::Registration {
+        id: "tool-check".into(),
+        input: ProcessInput::ToolCall {
+            tool: tool.name().to_string(),
+            args: json!({}),
+        },
+        disposition: Disposition::Rerunnable,
+        event_types: tool.event_types(),
+        provenance: Default::default(),
+        wake_target: None,
+        env_ref: None,
+        external_ref: None,
+    };
+    crate::validate::validate_registration(&registration).map(|_| ())
 }
 
 /// Why a run was told to stop.
@@ -1184,5 +1222,86 @@ mod tests {
         assert_eq!(v.pointer("/args/env/TOK"), Some(&json!("(not shown)")));
         assert_eq!(v.pointer("/calls/0/input/args/env/K"), Some(&json!("(not shown)")));
         assert_eq!(v.pointer("/other/args/env/KEEP"), Some(&json!("shown")));
+    }
+
+    /// A tool named `name` declaring `types`.
+    struct Declares(&'static str, Vec<EventType>);
+
+    #[async_trait]
+    impl Tool for Declares {
+        fn name(&self) -> &str {
+            self.0
+        }
+
+        fn event_types(&self) -> Vec<EventType> {
+            self.1.clone()
+        }
+
+        async fn run(&self, _ctx: ToolContext, _args: Value) -> Outcome {
+            Outcome::success(json!(null))
+        }
+    }
+
+    /// What registering `tool` panics with, through `register` and `with` alike.
+    fn refusal(tool: Declares) -> String {
+        let tool: Arc<dyn Tool> = Arc::new(tool);
+        let said = |panic: Box<dyn std::any::Any + Send>| crate::worker::panic_message(panic.as_ref());
+        let by_register = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ToolRegistry::new().register(tool.clone());
+        }))
+        .map_err(said)
+        .expect_err("`register` refuses it");
+        let by_with = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ToolRegistry::new().with(tool.clone())))
+            .map(|_| ())
+            .map_err(said)
+            .expect_err("`with` refuses it");
+        assert_eq!(by_register, by_with);
+        by_register
+    }
+
+    /// A tool no start could run is refused as it is registered, naming the
+    /// tool and the problem; a tool a start could run is registered.
+    #[test]
+    fn a_tool_no_start_could_run_is_refused_at_registration() {
+        let plain = |name: &str| EventType::plain(name);
+        assert_eq!(
+            refusal(Declares("", vec![])),
+            "the `` tool cannot be registered: invalid id: tool name must not be empty"
+        );
+        assert_eq!(
+            refusal(Declares("..", vec![])),
+            "the `..` tool cannot be registered: invalid id: tool name `..` is a relative path segment, which no \
+             URL can name; choose another"
+        );
+        assert_eq!(
+            refusal(Declares("reserved", vec![plain("process.completed")])),
+            "the `reserved` tool cannot be registered: reserved event type: `process.completed`: the `process.` \
+             and `script.` namespaces belong to cairn"
+        );
+        let bad = refusal(Declares("badtype", vec![plain("bad type!")]));
+        assert!(
+            bad.starts_with("the `badtype` tool cannot be registered: invalid event type name: `bad type!`: "),
+            "{bad}"
+        );
+        assert_eq!(
+            refusal(Declares("dup", vec![plain("a.b"), plain("a.b")])),
+            "the `dup` tool cannot be registered: duplicate event type: a.b"
+        );
+        let schema = refusal(Declares(
+            "schema",
+            vec![EventType {
+                payload_schema: json!({"type": 7}),
+                ..plain("a.b")
+            }],
+        ));
+        assert!(
+            schema.starts_with("the `schema` tool cannot be registered: invalid payload schema for `a.b`"),
+            "{schema}"
+        );
+        let tools = ToolRegistry::new()
+            .with(Arc::new(Declares("fine", vec![plain("a.b"), plain("signal.go")])))
+            .with(Arc::new(Declares("plain", vec![])));
+        assert_eq!(tools.names(), vec!["fine".to_string(), "plain".to_string()]);
+        assert!(tools.declares("a.b"));
     }
 }

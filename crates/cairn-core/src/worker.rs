@@ -44,16 +44,19 @@ pub struct WorkerConfig {
     /// a crash leaves waits for an abandon request.
     pub node_id: Option<String>,
     /// Lease time-to-live; renewed every third of it while a run is alive.
+    /// At least 1 ms (every claim under a shorter one is refused).
     pub lease_ttl: Duration,
-    /// Most runs at once.
+    /// Most runs at once (0 is taken as 1).
     pub concurrency: usize,
-    /// Most claims per drive round.
+    /// Most claims per drive round: at least 1.
     pub batch_size: usize,
     /// The longest the driver sleeps without a notice or a due time: a
     /// backstop, since due times (lease expiries, deadlines) wake it exactly.
     /// It is also how often the driver sweeps (after the sweep at start) and
     /// heartbeats its node's liveness row; a worker that claims heartbeats
-    /// before its claims as well, at most once a second.
+    /// before its claims as well, at most once a second. `Duration::MAX` (or
+    /// any span too long to come) means no periodic sweep: the driver sweeps
+    /// at start only.
     pub sweep_interval: Duration,
     /// How long a stopped tool gets to return before its task is aborted.
     pub stop_grace: Duration,
@@ -72,6 +75,63 @@ impl Default for WorkerConfig {
         }
     }
 }
+
+impl WorkerConfig {
+    /// Why a worker under this configuration could never run anything, in
+    /// words naming the field; `None` when it could. Checked when a runtime
+    /// is built ([`crate::RuntimeBuilder::start`]).
+    pub(crate) fn unusable(&self) -> Option<String> {
+        if self.batch_size == 0 {
+            return Some(
+                "`WorkerConfig::batch_size` is 0: a worker that claims no process a round never runs one; \
+                 give it at least 1"
+                    .into(),
+            );
+        }
+        if self.lease_ttl < Duration::from_millis(1) {
+            return Some(format!(
+                "`WorkerConfig::lease_ttl` is {:?}: every claim under a lease shorter than 1 ms is refused, \
+                 so the worker would never run a process",
+                self.lease_ttl
+            ));
+        }
+        // The checks the store makes of the node id it registers, or of the
+        // owner id every claim names: refused there, nothing is ever claimed.
+        let refused = match &self.node_id {
+            Some(node) => NodeIdentity::validate_node_id(node).err().map(|e| ("node_id", e)),
+            None => crate::validate::validate_id("owner id", &self.owner_id)
+                .err()
+                .map(|e| ("owner_id", e)),
+        };
+        refused.map(|(field, e)| {
+            format!(
+                "`WorkerConfig::{field}` would be refused by the store ({e}), so the worker would never run a process"
+            )
+        })
+    }
+}
+
+/// What a caught panic says (its message, when it has one).
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
+}
+
+/// `span` from now, or a time too far off to come when that is past what
+/// an instant holds (a sweep interval of `Duration::MAX`).
+fn from_now(span: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(span)
+        .or_else(|| now.checked_add(FAR_OFF))
+        .unwrap_or(now)
+}
+
+/// A span no wait of the driver outlasts (about 30 years, as tokio's own
+/// far-off instant).
+const FAR_OFF: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// How long a run's guard trusts the record its claim carried before reading it
 /// once (see `guard_run`).
@@ -583,7 +643,7 @@ impl Worker {
     }
 
     fn ttl_ms(&self) -> u64 {
-        self.config.lease_ttl.as_millis() as u64
+        u64::try_from(self.config.lease_ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
     fn hold(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Held {
@@ -1003,11 +1063,7 @@ impl Worker {
             match std::panic::AssertUnwindSafe(run).catch_unwind().await {
                 Ok(outcome) => outcome,
                 Err(panic) => {
-                    let said = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "no message".into());
+                    let said = panic_message(panic.as_ref());
                     tracing::error!(%process_id, "a run panicked: {said}");
                     Outcome::failure("runtime", "panicked", format!("the run panicked: {said}"))
                 }
@@ -1155,7 +1211,7 @@ impl Worker {
                 next_renew = tokio::time::Instant::now() + every;
                 let lapsed_before = self.clock.now_ms() >= ctx.lease().expires_at_ms;
                 match self
-                    .until_lapse(&ctx, self.registry.renew(&ctx.lease(), ttl.as_millis() as u64))
+                    .until_lapse(&ctx, self.registry.renew(&ctx.lease(), self.ttl_ms()))
                     .await
                 {
                     Ok(l) => ctx.set_lease(l),
@@ -1453,7 +1509,7 @@ impl WorkDriver {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(retry) => {}
                 }
-                retry = (retry * 2).min(interval);
+                retry = retry.saturating_mul(2).min(interval);
             }
             let mut next_sweep = tokio::time::Instant::now();
             // After a drive the store failed, the next comes after this
@@ -1466,7 +1522,7 @@ impl WorkDriver {
                     if let Err(e) = worker.sweep().await {
                         tracing::warn!(error = %e, "sweep failed");
                     }
-                    next_sweep = tokio::time::Instant::now() + interval;
+                    next_sweep = from_now(interval);
                 }
                 // Listening for a freed slot starts before the drive counts
                 // the free ones: a run that ends while the loop drives or
@@ -1543,6 +1599,12 @@ impl WorkDriver {
     /// The worker this driver drives.
     pub fn worker(&self) -> &Arc<Worker> {
         &self.worker
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called: the loop has
+    /// stopped, or is stopping, for good.
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.stop.is_cancelled()
     }
 
     /// Stop the loop, then drain the worker.
