@@ -781,33 +781,54 @@ struct Sentinel {
     _writer: std::io::PipeWriter,
 }
 
-/// The sentinel: it ignores every signal a shell can ignore (a command may
-/// signal its own group: `kill -ALRM 0`), so only SIGKILL ends it before its
-/// pipe closes; then it kills its group. The POSIX names first, then the
-/// others and the real-time signals one by one, each through `command` so a
-/// shell that does not know one goes on (a special built-in's error would end
-/// a non-interactive shell, and the sentinel with it). CHLD is left as it is.
-const SENTINEL_SCRIPT: &str = "trap '' HUP INT QUIT PIPE TERM USR1 USR2 ALRM TSTP TTIN TTOU; \
-    for s in VTALRM PROF XCPU XFSZ URG WINCH IO POLL PWR SYS TRAP ABRT BUS FPE ILL SEGV; do \
-    command trap '' $s 2>/dev/null; done; \
-    i=32; while [ $i -le 64 ]; do command trap '' $i 2>/dev/null; i=$((i+1)); done; \
-    read line; kill -9 0";
+/// The sentinel: it waits for its pipe to close, then kills its group. It
+/// ignores every signal that can be ignored (a command may signal its own
+/// group: `kill -ALRM 0`), so only SIGKILL ends it before then: ignored
+/// before its shell starts ([`ignore_signals`]), since a command that
+/// signals its group at once may do so before a shell's own `trap` has run.
+const SENTINEL_SCRIPT: &str = "read line; kill -9 0";
+
+/// Sets every signal that can be ignored to be ignored, as the sentinel's
+/// process is made: a disposition of "ignore" is kept across `exec`, and a
+/// non-interactive shell started with a signal ignored keeps it ignored.
+/// SIGCHLD is left as it is (ignoring it changes how children are reaped);
+/// SIGKILL and SIGSTOP cannot be ignored. Only `signal`, which is
+/// async-signal-safe, so it may run between `fork` and `exec`.
+fn ignore_signals() -> std::io::Result<()> {
+    for sig in 1..=libc::SIGRTMAX() {
+        if matches!(sig, libc::SIGKILL | libc::SIGSTOP | libc::SIGCHLD) {
+            continue;
+        }
+        // SAFETY: `signal` with `SIG_IGN` touches only this process's
+        // dispositions; signals the C library keeps for itself (or that do
+        // not exist) answer an error, which leaves them as they were.
+        unsafe {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+    }
+    Ok(())
+}
 
 impl Sentinel {
     /// A sentinel leading a new group, or `None` when it cannot start (the
     /// command then leads its own group, unguarded, as it would without).
     fn lead() -> Option<Self> {
         let (reader, writer) = std::io::pipe().ok()?;
-        let child = Command::new("/bin/sh")
+        let mut command = Command::new("/bin/sh");
+        command
             .arg("-c")
             .arg(SENTINEL_SCRIPT)
             .stdin(Stdio::from(reader))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .ok()?;
+            .kill_on_drop(true);
+        // SAFETY: the hook runs between fork and exec and calls only
+        // `signal`, which is async-signal-safe.
+        unsafe {
+            command.pre_exec(ignore_signals);
+        }
+        let child = command.spawn().ok()?;
         let pid = child.id().and_then(|p| libc::pid_t::try_from(p).ok())?;
         Some(Self {
             child,
@@ -1111,5 +1132,36 @@ impl Output {
         m.insert("stdout_tail".into(), Value::String(self.tails[0].render()));
         m.insert("stderr_tail".into(), Value::String(self.tails[1].render()));
         m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sentinel ignores its group's signals from the moment it exists: a
+    /// command that signals its own group at once (before a shell could have
+    /// run a `trap`) leaves it standing, and it still ends its group once its
+    /// pipe closes.
+    #[tokio::test]
+    async fn a_sentinel_ignores_signals_sent_as_it_starts() {
+        for _ in 0..5 {
+            let mut sentinel = Sentinel::lead().expect("a sentinel");
+            let pgid = Pid::from_raw(sentinel.pgid());
+            for signal in [Signal::SIGALRM, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGINT] {
+                killpg(pgid, signal).expect("signal the group");
+            }
+            // The shell has started and reached its `read` (its pipe is
+            // open): a signal it did not ignore would have ended it by now.
+            let status = tokio::time::timeout(Duration::from_millis(200), sentinel.child.wait()).await;
+            assert!(status.is_err(), "the sentinel ended on a signal: {status:?}");
+            let Sentinel { mut child, _writer, .. } = sentinel;
+            drop(_writer);
+            let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .expect("the sentinel ends once its pipe closes")
+                .expect("reaped");
+            assert_eq!(status.signal(), Some(libc::SIGKILL), "it killed its own group: {status:?}");
+        }
     }
 }
