@@ -102,10 +102,12 @@ fn redact<'a>(text: &'a str, key: Option<&str>) -> Cow<'a, str> {
 
 /// The shortest start of a key taken out as the whole key is: a quote of the
 /// key cut off (a stream broken mid-way, an answer ended at its token limit)
-/// is the key but for a few guessable bytes. Half the key, and 8 bytes at
-/// least, so that a start most keys share (`sk-proj-`) is not one alone.
+/// is the key but for a few guessable bytes. Half the key, and 16 bytes at
+/// least, so that a start most keys share (`sk-proj-`) is not one alone, nor
+/// a word a short key begins with (`local-dev` of `local-dev-key` in
+/// `local-development`): a key under 16 bytes is taken out only whole.
 fn shortest_quote(key: &str) -> usize {
-    let mut n = key.len().div_ceil(2).max(8).min(key.len());
+    let mut n = key.len().div_ceil(2).max(16).min(key.len());
     while !key.is_char_boundary(n) {
         n += 1;
     }
@@ -1293,23 +1295,28 @@ mod tests {
         assert_eq!(filter.finish(), "");
     }
 
-    /// A quote of the key cut off (at least half of it, and 8 bytes) is
+    /// A quote of the key cut off (at least half of it, and 16 bytes) is
     /// taken out as the whole key is, wherever it stands: mid-text, at the
     /// end of a whole text, or held back when a stream ends. A shorter start
     /// of the key is text.
     #[test]
     fn a_quote_of_the_key_cut_off_is_taken_out() {
-        let key = "sk-0123456789abcdef"; // 19 bytes: 10 are a quote
-        assert_eq!(shortest_quote(key), 10);
-        assert_eq!(shortest_quote("sk-short"), 8);
+        let key = "sk-0123456789abcdef"; // 19 bytes: 16 are a quote
+        assert_eq!(shortest_quote(key), 16);
+        assert_eq!(shortest_quote(&"k".repeat(40)), 20);
+        assert_eq!(shortest_quote("local-dev-key"), 13, "a short key only whole");
         assert_eq!(shortest_quote("tiny"), 4);
+        assert_eq!(
+            redact("local-development of local-dev-key", Some("local-dev-key")),
+            "local-development of [redacted]"
+        );
         let cases = [
-            ("was sk-0123456, then", "was [redacted], then"),
-            ("was sk-012345, then", "was sk-012345, then"),
+            ("was sk-0123456789abc, then", "was [redacted], then"),
+            ("was sk-0123456789ab, then", "was sk-0123456789ab, then"),
             ("cut at sk-0123456789abcde", "cut at [redacted]"),
             ("cut at sk-012345", "cut at sk-012345"),
             ("sk-sk-0123456789abcdef!", "sk-[redacted]!"),
-            ("twice sk-0123456789abcdefsk-0123456789", "twice [redacted][redacted]"),
+            ("twice sk-0123456789abcdefsk-0123456789abc", "twice [redacted][redacted]"),
             ("é sk-0123456789abcdeé", "é [redacted]é"),
         ];
         for (text, want) in cases {

@@ -425,8 +425,8 @@ async fn faults_are_retried_or_fail_by_kind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_key_leaves_no_part_of_the_answer_journaled() {
     let s = setup().await;
-    // The shortest quote of the key taken out: half of it, 8 bytes at least.
-    let quote = &KEY[..KEY.len().div_ceil(2).max(8)];
+    // The shortest quote of the key taken out: half of it, 16 bytes at least.
+    let quote = &KEY[..KEY.len().div_ceil(2).max(16).min(KEY.len())];
     let choice =
         |delta: Value, finish: Value| json!({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
     s.fake.push(Reply::Raw(vec![
