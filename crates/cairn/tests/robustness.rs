@@ -327,6 +327,33 @@ async fn a_slow_but_steady_follower_is_not_closed() {
     );
 }
 
+/// A follower that reads without pause, but slower than the server's send
+/// buffer drains by the third a full socket needs before it takes a write
+/// again, is not closed: what it takes starts the bound again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_slower_than_a_third_of_the_send_buffer_is_not_closed() {
+    let server = Server::start(&["--send-timeout", "1s"]).await;
+    process_with_large_events(&server, "trickle", 10).await;
+    let (mut stream, status) = follower(&server, "trickle", 16 * 1024).await;
+    assert_eq!(status, "HTTP/1.1 200");
+    let mut buf = vec![0u8; 4 * 1024];
+    let mut taken = 0;
+    // 4 KiB every 50 ms (80 KiB/s) for 4 s, four times the bound: the
+    // socket's buffers fill at once, and a third of them does not drain
+    // within a second at this rate.
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf))
+            .await
+            .expect("data in time")
+            .expect("the follower was not reset");
+        assert!(n > 0, "the follower was closed after {taken} bytes");
+        taken += n;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(taken > 100 * 1024, "{taken} bytes read");
+}
+
 /// A `--send-timeout` under a second is refused at start: it would close
 /// connections whose clients are only slow to read.
 #[test]

@@ -155,6 +155,9 @@ pub struct Lingering {
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
     /// A write is waiting (`stall` is armed) and none has gone through since.
     waiting: bool,
+    /// What the socket held unsent when the wait began, or when the client
+    /// last took some of it ([`unsent_bytes`]).
+    unsent: Option<usize>,
     /// The bound passed: every write fails, and the socket is reset when dropped.
     timed_out: bool,
 }
@@ -168,6 +171,7 @@ impl Lingering {
             send_timeout,
             stall: None,
             waiting: false,
+            unsent: None,
             timed_out: false,
         }
     }
@@ -179,8 +183,13 @@ impl Lingering {
 
     /// A write's outcome under the bound: one that went through (or failed)
     /// ends the wait; one left waiting starts it, or fails once it has lasted
-    /// `send_timeout`. A flush that is done ends no wait: on a socket it is
-    /// always done, whatever the client took.
+    /// `send_timeout` with the client taking nothing. A flush that is done
+    /// ends no wait: on a socket it is always done, whatever the client took.
+    /// A full socket takes a write again only once a third of its buffer
+    /// (megabytes) has drained, which a slow reader may take longer than the
+    /// bound to read: so when the bound passes, the socket's unsent bytes
+    /// say whether the client took any since the wait began, and if it did
+    /// the bound starts again.
     fn bounded<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>, progress: bool) -> Poll<io::Result<T>> {
         if polled.is_ready() {
             if progress {
@@ -189,16 +198,35 @@ impl Lingering {
             return polled;
         }
         let deadline = tokio::time::Instant::now() + self.send_timeout;
-        let stall = self
+        let mut stall = self
             .stall
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            .take()
+            .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(deadline)));
         if !self.waiting {
             stall.as_mut().reset(deadline);
             self.waiting = true;
+            self.unsent = self.stream.as_ref().and_then(unsent_bytes);
         }
-        if stall.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
+        while stall.as_mut().poll(cx).is_ready() {
+            let left = self.stream.as_ref().and_then(unsent_bytes);
+            match (self.unsent, left) {
+                (Some(before), Some(left)) if left < before => {
+                    // Taken, if slowly: the bound starts again.
+                    self.unsent = Some(left);
+                    stall.as_mut().reset(tokio::time::Instant::now() + self.send_timeout);
+                }
+                _ => {
+                    self.stall = Some(stall);
+                    return self.give_up();
+                }
+            }
         }
+        self.stall = Some(stall);
+        Poll::Pending
+    }
+
+    /// The bound passed with nothing taken: this write and every later one fail.
+    fn give_up<T>(&mut self) -> Poll<io::Result<T>> {
         self.timed_out = true;
         tracing::info!(
             peer = %self.peer,
@@ -214,6 +242,28 @@ impl Lingering {
             format!("the client took nothing of the answer for {:?}", self.send_timeout),
         )
     }
+}
+
+/// The bytes `stream` holds that its peer has not acknowledged (`SIOCOUTQ`),
+/// or `None` where that cannot be read. Hand-written: one `ioctl`, which
+/// neither tokio nor socket2 offers.
+#[cfg(target_os = "linux")]
+fn unsent_bytes(stream: &TcpStream) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let mut unsent: libc::c_int = 0;
+    // SAFETY: `TIOCOUTQ` (`SIOCOUTQ` on a socket) writes one `int` to the
+    // pointer it is given, and the descriptor is this stream's, open.
+    let answered = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut unsent) };
+    if answered == 0 {
+        usize::try_from(unsent).ok()
+    } else {
+        None
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unsent_bytes(_stream: &TcpStream) -> Option<usize> {
+    None
 }
 
 impl AsyncRead for Lingering {
