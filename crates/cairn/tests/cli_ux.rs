@@ -2111,6 +2111,40 @@ async fn a_proxy_in_the_environment_is_not_used_for_a_loopback_server() {
     assert!(reached.is_err(), "the proxy was sent the request");
 }
 
+/// A cancel repeated with the same reason while the process runs records
+/// nothing and says so; another reason is a new request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_cancel_of_a_running_process_says_it_changed_nothing() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let ext = json!({"id": "ext", "input": {"type": "external", "metadata": {}}, "disposition": "externally_owned"});
+    assert_eq!(c.start(ext).await.0, 201);
+    let cancel = |reason: &'static str| {
+        let base = server.base.clone();
+        async move { run_cli(&base, None, &["cancel", "ext", "--reason", reason], None).await }
+    };
+    let out = cancel("enough").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "cancellation requested: ext is running");
+    let out = cancel("enough").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        "a cancellation with this reason was already requested for ext; this one changed nothing: ext is running"
+    );
+    let out = cancel("another").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "cancellation requested: ext is running");
+    let (_, page) = c.get("/v1/processes/ext/events").await;
+    let requests = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["event_type"] == "process.cancel_requested")
+        .count();
+    assert_eq!(requests, 2, "{page}");
+}
+
 /// An abandon request repeated with another reason changes nothing (the
 /// first stands), and `cairn abandon` says so instead of "requested".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -517,9 +517,12 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             // Whether it had ended before this request (a process this
             // request cancels at once ends `cancelled` too): read first, for
             // the words only.
-            let ended_before = match client.get(&proc_path(&id)).await {
-                Ok(before) => before.get("terminal_at_ms").is_some_and(|t| !t.is_null()),
-                Err(_) => false,
+            let (ended_before, asked_before) = match client.get(&proc_path(&id)).await {
+                Ok(before) => (
+                    before.get("terminal_at_ms").is_some_and(|t| !t.is_null()),
+                    repeats_its_cancel(&before, reason.as_deref()),
+                ),
+                Err(_) => (false, false),
             };
             let posted = client.post(&format!("{}/cancel", proc_path(&id)), &body).await;
             let (_, record) = match posted {
@@ -551,6 +554,12 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                          (`{}`{})",
                         cmd(format_args!("ls --caused-by {id}")),
                         token_note()
+                    )?;
+                } else if asked_before && repeats_its_cancel(&record, reason.as_deref()) {
+                    // The same request stood already: the server wrote nothing.
+                    outln!(
+                        "a cancellation with this reason was already requested for {id}; this one changed nothing: \
+                         {id} is {status}"
                     )?;
                 } else if let Some(stranded) = cancel_stranded(&id, &record, now_ms()) {
                     // An owner_bound process whose worker is gone: no other
