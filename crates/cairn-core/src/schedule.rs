@@ -235,6 +235,11 @@ impl ScheduleRequest {
                     expr.escape_debug()
                 ));
             }
+            // A pattern of another number of fields is refused as such by
+            // the parse (its fields would be read as the wrong ones here).
+            if cron_macro_problem(expr).is_none() && expr.split_whitespace().count() != 5 {
+                return None;
+            }
             let why = cron_shape_problem(expr)
                 .or_else(|| cron_name_problem(expr))
                 .or_else(|| cron_days_problem(expr))
@@ -1355,8 +1360,10 @@ mod tests {
             ),
             ("0 0 W * *", "day of month `W`: "),
             ("0 0 1-5W * *", "day of month `1-5W`: "),
+            ("0 0 0 L * *", "must have 5 fields"),
+            ("0 0 0 1 JAN * 2026", "must have 5 fields"),
         ] {
-            let e = ScheduleSpec::parse(Some(expr), None, None).expect_err(expr).to_string();
+            let e = request(Some(expr), None, None).validate().expect_err(expr).to_string();
             assert!(e.contains(says), "{expr}: {e}");
             assert!(!e.contains("Component error"), "{expr}: {e}");
         }
