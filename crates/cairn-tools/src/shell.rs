@@ -1148,7 +1148,13 @@ mod tests {
         for _ in 0..5 {
             let mut sentinel = Sentinel::lead().expect("a sentinel");
             let pgid = Pid::from_raw(sentinel.pgid());
-            for signal in [Signal::SIGALRM, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGINT] {
+            for signal in [
+                Signal::SIGALRM,
+                Signal::SIGTERM,
+                Signal::SIGHUP,
+                Signal::SIGUSR1,
+                Signal::SIGINT,
+            ] {
                 killpg(pgid, signal).expect("signal the group");
             }
             // The shell has started and reached its `read` (its pipe is
@@ -1161,7 +1167,11 @@ mod tests {
                 .await
                 .expect("the sentinel ends once its pipe closes")
                 .expect("reaped");
-            assert_eq!(status.signal(), Some(libc::SIGKILL), "it killed its own group: {status:?}");
+            assert_eq!(
+                status.signal(),
+                Some(libc::SIGKILL),
+                "it killed its own group: {status:?}"
+            );
         }
     }
 }

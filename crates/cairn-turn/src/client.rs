@@ -1316,7 +1316,10 @@ mod tests {
             ("cut at sk-0123456789abcde", "cut at [redacted]"),
             ("cut at sk-012345", "cut at sk-012345"),
             ("sk-sk-0123456789abcdef!", "sk-[redacted]!"),
-            ("twice sk-0123456789abcdefsk-0123456789abc", "twice [redacted][redacted]"),
+            (
+                "twice sk-0123456789abcdefsk-0123456789abc",
+                "twice [redacted][redacted]",
+            ),
             ("é sk-0123456789abcdeé", "é [redacted]é"),
         ];
         for (text, want) in cases {
