@@ -80,7 +80,10 @@ pub enum CairnError {
         utc(.0.terminal_at_ms), utc(.0.pruned_at_ms))]
     NoLongerRetained(Box<Tombstone>),
     /// The event type was not declared at registration.
-    #[error("event type `{event_type}` is not declared by process `{process_id}`")]
+    #[error(
+        "event type `{event_type}` is not declared by process `{process_id}`: a process declares \
+         its event types when it starts (the start request's `event_types`)"
+    )]
     UndeclaredEventType {
         /// The process appended to.
         process_id: String,
@@ -186,12 +189,14 @@ pub enum CairnError {
     #[error("invalid module: {0}")]
     InvalidModule(String),
     /// A script start names a function its module does not export.
-    #[error("module `{module_ref}` exports no function `{process_name}`")]
+    #[error("module `{module_ref}` exports no function `{process_name}` ({})", exports_said(.exports))]
     UnknownExport {
         /// The module.
         module_ref: String,
         /// The name asked for.
         process_name: String,
+        /// The functions the module does export (the message names the first few).
+        exports: Vec<String>,
     },
     /// A start asked for a disposition its input cannot have (a script is `rerunnable`; only `external` input is `externally_owned`).
     #[error("invalid disposition: {0}")]
@@ -385,6 +390,25 @@ fn unknown_tool_hint(tool: &str) -> &'static str {
     }
 }
 
+/// The most exports an `unknown_export` message names.
+const EXPORTS_SAID: usize = 20;
+
+/// A module's exports as an `unknown_export` message names them: the first
+/// [`EXPORTS_SAID`], then how many more there are.
+fn exports_said(exports: &[String]) -> String {
+    if exports.is_empty() {
+        return "it exports none".into();
+    }
+    let named: Vec<String> = exports.iter().take(EXPORTS_SAID).map(|e| format!("`{e}`")).collect();
+    let more = exports.len().saturating_sub(EXPORTS_SAID);
+    let tail = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!("its exports: {}{tail}", named.join(", "))
+}
+
 /// `: its input and wake_target differ` for a registration conflict's message.
 fn differing(fields: &[&str]) -> String {
     match fields {
@@ -420,6 +444,42 @@ mod tests {
         assert_eq!(
             conflict("step-3").to_string(),
             "replay key `step-3` of process `x1` was used with a different event"
+        );
+    }
+
+    #[test]
+    fn an_unknown_export_names_the_modules_exports_up_to_a_bound() {
+        let unknown = |exports: Vec<String>| CairnError::UnknownExport {
+            module_ref: "module:sha256:ab".into(),
+            process_name: "Child".into(),
+            exports,
+        };
+        let e = unknown(vec!["child".into(), "clocky".into()]);
+        assert_eq!(e.code(), "unknown_export");
+        assert_eq!(
+            e.to_string(),
+            "module `module:sha256:ab` exports no function `Child` (its exports: `child`, `clocky`)"
+        );
+        let many: Vec<String> = (0..23).map(|i| format!("f{i:02}")).collect();
+        let said = unknown(many).to_string();
+        assert!(said.ends_with("`f18`, `f19` and 3 more)"), "{said}");
+        assert!(!said.contains("`f20`"), "{said}");
+        assert_eq!(said.matches('`').count(), 2 * (2 + 20), "{said}");
+        let exactly: Vec<String> = (0..20).map(|i| format!("f{i:02}")).collect();
+        assert!(unknown(exactly).to_string().ends_with("`f19`)"));
+    }
+
+    #[test]
+    fn an_undeclared_event_type_says_where_types_are_declared() {
+        let e = CairnError::UndeclaredEventType {
+            process_id: "p1".into(),
+            event_type: "progress".into(),
+        };
+        assert_eq!(e.code(), "undeclared_event_type");
+        assert_eq!(
+            e.to_string(),
+            "event type `progress` is not declared by process `p1`: a process declares its event types \
+             when it starts (the start request's `event_types`)"
         );
     }
 

@@ -461,6 +461,7 @@ async fn check_script_start(
         return Err(CairnError::UnknownExport {
             module_ref: module_ref.to_string(),
             process_name: process_name.to_string(),
+            exports: module.info.exports.clone(),
         });
     }
     Ok(())

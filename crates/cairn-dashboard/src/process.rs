@@ -553,6 +553,7 @@ mod status_tests {
                 CairnError::UnknownExport {
                     module_ref: "m".into(),
                     process_name: "f".into(),
+                    exports: vec![],
                 },
                 StatusCode::NOT_FOUND,
             ),

@@ -599,7 +599,9 @@ impl State {
 
     fn over_the_limit(&self) -> String {
         format!(
-            "the script made more than {} journaled calls (`ctx.log` lines count as calls; \
+            "the script made more than {} journaled calls (every context call counts, and so does \
+             every `ctx.log` or `console` line and every clock or randomness read: `Date.now()`, \
+             `new Date()`, `Date()`, `Math.random()`, `ctx.now()`, `ctx.random()`, `ctx.uuid()`; \
              `cairn serve --script-max-calls` sets the limit)",
             self.max_calls
         )

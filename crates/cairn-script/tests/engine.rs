@@ -464,6 +464,13 @@ async fn start_checks_module_export_and_disposition() {
     assert!(p.get("a").await.is_err(), "nothing started");
     let e = p.start(script("a", &m, "nope", json!({}))).await.unwrap_err();
     assert_eq!(e.code(), "unknown_export");
+    // A case typo is seen against the exports the refusal names.
+    let e = p.start(script("a", &m, "Main", json!({}))).await.unwrap_err();
+    assert_eq!(e.code(), "unknown_export");
+    assert_eq!(
+        e.to_string(),
+        format!("module `{m}` exports no function `Main` (its exports: `main`)")
+    );
     let mut req = script("a", &m, "main", json!({}));
     req.disposition = Disposition::OwnerBound;
     assert_eq!(p.start(req).await.unwrap_err().code(), "invalid_disposition");
@@ -3440,6 +3447,15 @@ async fn a_call_not_awaited_that_fails_journals_its_error() {
         ],
         "the failures only: {unawaited:?}"
     );
+    // An undeclared type's refusal says where a type is declared.
+    assert_eq!(
+        unawaited[0]["error"]["message"],
+        json!(
+            "event type `nope` is not declared by process `un`: a process declares its event types \
+             when it starts (the start request's `event_types`)"
+        ),
+        "{unawaited:?}"
+    );
     let ns: Vec<Value> = unawaited.iter().map(|r| r["n"].clone()).collect();
     assert_eq!(ns, [json!(1), json!(2), json!(3), json!(4)]);
     // Each failure is journaled as the awaited call's is (its `batch` aside,
@@ -3885,6 +3901,48 @@ async fn the_call_limit_ends_a_script_whatever_it_does_next() {
             }
             other => panic!("{f}: expected journal_limit, got {other:?}"),
         }
+    }
+}
+
+/// The clock and randomness builtins are journaled calls: a script that only
+/// reads them past the limit ends `journal_limit`, and the message names
+/// them as what counts (not only `ctx.log` lines).
+#[tokio::test]
+async fn clock_and_random_reads_count_and_the_limit_names_them() {
+    let p = runtime(Limits {
+        max_calls: 5,
+        ..Limits::default()
+    });
+    let m = put(
+        &p,
+        "export async function shuffle() { const a = []; for (let i = 0; i < 10; i++) a.push(Math.random()); return a.length; }\n\
+         export async function clock() { let s = 0; for (let i = 0; i < 10; i++) s += new Date().getSeconds(); return s; }\n",
+    )
+    .await;
+    for f in ["shuffle", "clock"] {
+        let rec = run(&p, script(&format!("reads-{f}"), &m, f, json!({}))).await;
+        let Some(Outcome::Failure { code, message, .. }) = &rec.outcome else {
+            panic!("{f}: expected journal_limit, got {rec:?}")
+        };
+        assert_eq!(code, "journal_limit", "{f}: {message}");
+        for named in [
+            "more than 5 journaled calls",
+            "every context call",
+            "`ctx.log` or `console` line",
+            "`Date.now()`",
+            "`new Date()`",
+            "`Date()`",
+            "`Math.random()`",
+            "`ctx.now()`",
+            "`ctx.random()`",
+            "`ctx.uuid()`",
+            "`cairn serve --script-max-calls`",
+        ] {
+            assert!(message.contains(named), "{f}: {named} in {message}");
+        }
+        // Each read journaled is a call and its result.
+        let calls = events(&p, &format!("reads-{f}"), "script.call").await;
+        assert_eq!(calls.len(), 5, "{f}: {calls:?}");
     }
 }
 

@@ -84,7 +84,8 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
                 process_id: s(),
                 event_type: s(),
             },
-            "the process did not declare that event type",
+            "the process did not declare that event type (a process declares its types when it starts, \
+             in the start request's `event_types`)",
         ),
         (
             CairnError::SchemaViolation {
@@ -178,8 +179,10 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
             CairnError::UnknownExport {
                 module_ref: s(),
                 process_name: s(),
+                exports: Vec::new(),
             },
-            "the module exports no function of that name (a class or a generator is none)",
+            "the module exports no function of that name (a class or a generator is none); the message \
+             names the first 20 it does export",
         ),
         (CairnError::UnknownSchedule(s()), "no schedule is stored under that id"),
         (
@@ -268,9 +271,10 @@ const FAILURE_CODES: &[(&str, &str, &str)] = &[
     (
         "script",
         "journal_limit",
-        "the script made more journaled calls than its limit (`ctx.log` lines count); the calls the \
-         step that went over journaled before it are not made (their `script.call` events stay, \
-         with no child)",
+        "the script made more journaled calls than its limit: every context call, every `ctx.log` or \
+         `console` line, and every clock or randomness read (`Date.now()`, `new Date()`, `Date()`, \
+         `Math.random()`, `ctx.now()`, `ctx.random()`, `ctx.uuid()`) counts; the calls the step that \
+         went over journaled before it are not made (their `script.call` events stay, with no child)",
     ),
     (
         "script",

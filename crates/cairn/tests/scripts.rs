@@ -166,6 +166,16 @@ async fn scenario(db: &str) {
     assert_eq!((s, e["error"]["code"].as_str()), (404, Some("unknown_module")));
     let (s, e) = c.start(script("x", &module_ref, "nope", json!({}))).await;
     assert_eq!((s, e["error"]["code"].as_str()), (404, Some("unknown_export")));
+    // A case typo is seen against the exports the refusal names.
+    let (s, e) = c.start(script("x", &module_ref, "Deploy", json!({}))).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (404, Some("unknown_export")));
+    assert_eq!(
+        e["error"]["message"],
+        format!(
+            "module `{module_ref}` exports no function `Deploy` (its exports: `boom`, `chatty`, `deploy`, \
+             `fine`, `hog`, `spin`)"
+        )
+    );
     let mut owner_bound = script("x", &module_ref, "deploy", json!({}));
     owner_bound["disposition"] = json!("owner_bound");
     let (s, e) = c.start(owner_bound).await;
@@ -281,6 +291,13 @@ async fn scenario(db: &str) {
     assert!(
         f1["outcome"]["raw"]["stack"].as_str().unwrap().contains("script.js"),
         "{f1}"
+    );
+    // The call limit names the clock reads that ran into it.
+    let f4 = await_end(&c, "f4").await;
+    let said = f4["outcome"]["message"].as_str().unwrap();
+    assert!(
+        said.contains("every clock or randomness read") && said.contains("`ctx.now()`"),
+        "{f4}"
     );
     assert_eq!(c.get("/healthz").await.0, 200);
     c.start(script("ok", &module_ref, "fine", json!({}))).await;
