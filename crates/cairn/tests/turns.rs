@@ -75,17 +75,26 @@ async fn count(client: &common::Client, id: &str, event_type: &str) -> usize {
         .count()
 }
 
+/// A server on a new SQLite file (kept in the directory answered) with the
+/// fake endpoint as its `default` model, for a test that kills and restarts
+/// it: the directory, the database URL, the `--model` value, the endpoint
+/// and the server.
+async fn on_sqlite_with_a_fake_model() -> (tempfile::TempDir, String, String, FakeOpenAi, Server) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("cairn.db").display());
+    let fake = FakeOpenAi::start().await;
+    let model = format!("default={},model=fake-1", fake.base_url());
+    let server = Server::start_on(&db, &["--model", &model]).await;
+    (dir, db, model, fake, server)
+}
+
 /// SIGKILL while a turn's tool call runs, after its first model answer:
 /// after a restart over the same file the turn goes on from its journal. The
 /// endpoint never sees the finished step again and no finished tool call runs
 /// twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_killed_mid_tool_call_resumes_from_its_journal() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = format!("sqlite:{}", dir.path().join("cairn.db").display());
-    let fake = FakeOpenAi::start().await;
-    let model = format!("default={},model=fake-1", fake.base_url());
-    let server = Server::start_on(&db, &["--model", &model]).await;
+    let (_dir, db, model, fake, server) = on_sqlite_with_a_fake_model().await;
     let client = server.client();
     fake.push(Reply::ToolCalls(vec![
         ("echo".into(), json!({"value": 1})),
@@ -153,11 +162,7 @@ async fn a_turn_killed_mid_tool_call_resumes_from_its_journal() {
 /// started again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_killed_mid_answer_asks_that_answer_again_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = format!("sqlite:{}", dir.path().join("cairn.db").display());
-    let fake = FakeOpenAi::start().await;
-    let model = format!("default={},model=fake-1", fake.base_url());
-    let server = Server::start_on(&db, &["--model", &model]).await;
+    let (_dir, db, model, fake, server) = on_sqlite_with_a_fake_model().await;
     let client = server.client();
     fake.push(Reply::ToolCalls(vec![("echo".into(), json!({"value": 1}))]));
     // Never resumed: the second answer stalls mid-way until the kill.
