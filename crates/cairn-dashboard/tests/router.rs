@@ -3620,7 +3620,7 @@ async fn the_complete_form_names_the_outcomes_a_completion_takes() {
     let (_, page, _) = get(&app, "/ui/processes", None).await;
     let csrf = csrf_of(&page);
     let complete = |outcome: &str| {
-        let body = format!("outcome={}", urlencoding(outcome));
+        let body = format!("outcome={}", url_encode(outcome));
         form_post("/ui/processes/x3/complete", &csrf, FORM, &body)
     };
     let (status, html, _) = send(&app, complete(r#"{"type":"nope"}"#)).await;
@@ -3642,16 +3642,6 @@ async fn the_complete_form_names_the_outcomes_a_completion_takes() {
     let (status, html, _) = send(&app, complete(r#"{"type":"success","value":1}"#)).await;
     assert_eq!(status, StatusCode::OK, "{html}");
     assert!(p.get("x3").await.unwrap().is_terminal());
-}
-
-/// Form-encoded `text` (`application/x-www-form-urlencoded`).
-fn urlencoding(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 /// A cancel answered for a process that had ended says what `cairn cancel`
