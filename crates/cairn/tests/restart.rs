@@ -991,14 +991,7 @@ async fn a_server_waiting_for_its_database_refuses_connections_until_it_serves()
     drop(hold);
     sqlite.0.wait().expect("sqlite3 ends");
     let stdout = serve.0.stdout.take().expect("stdout piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
+    let line = common::first_line(stdout, Duration::from_secs(20))
         .expect("serve printed its address once the lock was released");
     assert_eq!(line.trim(), format!("listening on {base}"));
     let health = reqwest::get(format!("{base}/healthz")).await.expect("answered");

@@ -80,15 +80,7 @@ impl Server {
         let mut child = cmd.spawn().expect("spawn cairn serve");
         let stdout = child.stdout.take().expect("stdout piped");
         // `serve` prints its bound address as its first stdout line.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("serve printed its address");
+        let line = first_line(stdout, Duration::from_secs(20)).expect("serve printed its address");
         let base = line
             .trim()
             .strip_prefix("listening on ")
@@ -434,4 +426,16 @@ pub fn tool_start(id: &str, tool: &str, args: Value, disposition: &str) -> Value
 /// A process that waits for signal `go` (running until signalled).
 pub fn waiter(id: &str) -> Value {
     tool_start(id, "wait_signal", json!({"name": "go"}), "rerunnable")
+}
+
+/// The first line `stdout` gives within `within` (read on a thread of its
+/// own, so a child that prints nothing cannot hang the test), or `None`.
+pub fn first_line(stdout: std::process::ChildStdout, within: Duration) -> Option<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(within).ok()
 }
