@@ -74,6 +74,33 @@ async fn external(p: &Processes, id: &str) {
     p.start(StartRequest::external(id, json!({}))).await.expect("start");
 }
 
+/// Start externally owned `id`, waking `wake_target` with each `progress`
+/// event's `/text`, granted to session `granted` if given.
+async fn waking(p: &Processes, id: &str, wake_target: serde_json::Value, granted: Option<&str>) {
+    let mut start = json!({
+        "id": id,
+        "input": {"type": "external", "metadata": {}},
+        "disposition": "externally_owned",
+        "wake_target": wake_target,
+        "event_types": [{"name": "progress", "payload_schema": {"type": "object"},
+                         "semantics": {"wake": {"input": {"pointer": "/text"}}}}]
+    });
+    if let Some(session) = granted {
+        start["grant"] = json!({"session_scope": {"session_id": session}});
+    }
+    p.start(StartRequest::from_json(start).unwrap()).await.unwrap();
+}
+
+/// Append a `progress` event of `text` to `id`.
+async fn progress(p: &Processes, id: &str, text: &str) -> cairn_core::AppendResult {
+    p.append_event(
+        id,
+        serde_json::from_value(json!({"event_type": "progress", "payload": {"text": text}})).unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
 async fn get(app: &Router, path: &str, cookie: Option<&str>) -> (StatusCode, String, HeaderMap) {
     let mut req = Request::get(path);
     if let Some(c) = cookie {
@@ -534,23 +561,8 @@ async fn the_session_page_lists_pending_wakes_and_acknowledges_them() {
     // A wake's input is shown by its start: an input of a mebibyte each,
     // two hundred of them, made a page of hundreds of megabytes.
     let big = "g".repeat(100_000);
-    let start = StartRequest::from_json(json!({
-        "id": "ci-2",
-        "input": {"type": "external", "metadata": {}},
-        "disposition": "externally_owned",
-        "grant": {"session_scope": {"session_id": "s1"}},
-        "wake_target": {"session_id": "s1"},
-        "event_types": [{"name": "progress", "payload_schema": {"type": "object"},
-                         "semantics": {"wake": {"input": {"pointer": "/text"}}}}]
-    }))
-    .unwrap();
-    p.start(start).await.unwrap();
-    p.append_event(
-        "ci-2",
-        serde_json::from_value(json!({"event_type": "progress", "payload": {"text": big}})).unwrap(),
-    )
-    .await
-    .unwrap();
+    waking(&p, "ci-2", json!({"session_id": "s1"}), Some("s1")).await;
+    progress(&p, "ci-2", &big).await;
     let (status, html, _) = get(&app, "/ui/sessions?session=s1", None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
@@ -585,25 +597,9 @@ async fn the_session_page_says_when_its_wakes_were_cut_at_their_bytes() {
     let clock = Arc::new(ManualClock::new(T0));
     let p = runtime(&clock);
     let app = app(&p, true);
-    let start = StartRequest::from_json(json!({
-        "id": "ci-big",
-        "input": {"type": "external", "metadata": {}},
-        "disposition": "externally_owned",
-        "grant": {"session_scope": {"session_id": "s1"}},
-        "wake_target": {"session_id": "s1"},
-        "event_types": [{"name": "progress", "payload_schema": {"type": "object"},
-                         "semantics": {"wake": {"input": {"pointer": "/text"}}}}]
-    }))
-    .unwrap();
-    p.start(start).await.unwrap();
+    waking(&p, "ci-big", json!({"session_id": "s1"}), Some("s1")).await;
     for i in 0..6 {
-        let text = format!("{i}").repeat(900 * 1024);
-        p.append_event(
-            "ci-big",
-            serde_json::from_value(json!({"event_type": "progress", "payload": {"text": text}})).unwrap(),
-        )
-        .await
-        .unwrap();
+        progress(&p, "ci-big", &format!("{i}").repeat(900 * 1024)).await;
     }
     let shown = p.wakes("s1", None).await.unwrap().len();
     assert_eq!(shown, 5, "the page stops at its bytes");
@@ -777,30 +773,9 @@ async fn large_values_are_shown_cut() {
 async fn a_wake_from_a_process_the_session_cannot_open_has_no_link() {
     let clock = Arc::new(ManualClock::new(T0));
     let p = runtime(&clock);
-    for (id, grant) in [
-        ("hosts", None),
-        ("mine", Some(json!({"session_scope": {"session_id": "s1"}}))),
-    ] {
-        let mut start = json!({
-            "id": id,
-            "input": {"type": "external", "metadata": {}},
-            "disposition": "externally_owned",
-            "wake_target": {"session_id": "s1", "agent_frame_id": "f1"},
-            "event_types": [{"name": "progress", "payload_schema": {"type": "object"},
-                             "semantics": {"wake": {"input": {"pointer": "/text"}}}}]
-        });
-        if let Some(g) = grant {
-            start["grant"] = g;
-        }
-        p.start(StartRequest::from_json(start).unwrap()).await.unwrap();
-        let text = format!("from {id}");
-        let appended = p
-            .append_event(
-                id,
-                serde_json::from_value(json!({"event_type": "progress", "payload": {"text": text}})).unwrap(),
-            )
-            .await
-            .unwrap();
+    for (id, grant) in [("hosts", None), ("mine", Some("s1"))] {
+        waking(&p, id, json!({"session_id": "s1", "agent_frame_id": "f1"}), grant).await;
+        let appended = progress(&p, id, &format!("from {id}")).await;
         assert!(appended.wake.is_some(), "{id}: a wake");
     }
     let app = app(&p, false);
@@ -834,22 +809,8 @@ async fn the_session_page_names_a_wakes_frame_and_escapes_control_characters() {
         ("whole", json!({"session_id": "s1"}), "nul\u{0}here"),
         ("framed", json!({"session_id": "s1", "agent_frame_id": "F1"}), "for F1"),
     ] {
-        let start = StartRequest::from_json(json!({
-            "id": id,
-            "input": {"type": "external", "metadata": {}},
-            "disposition": "externally_owned",
-            "wake_target": target,
-            "event_types": [{"name": "progress", "payload_schema": {"type": "object"},
-                             "semantics": {"wake": {"input": {"pointer": "/text"}}}}]
-        }))
-        .unwrap();
-        p.start(start).await.unwrap();
-        p.append_event(
-            id,
-            serde_json::from_value(json!({"event_type": "progress", "payload": {"text": text}})).unwrap(),
-        )
-        .await
-        .unwrap();
+        waking(&p, id, target, None).await;
+        progress(&p, id, text).await;
     }
     let app = app(&p, true);
     let (status, html, _) = get(&app, "/ui/sessions?session=s1", None).await;
@@ -3214,23 +3175,8 @@ async fn buttons_refuse_fields_and_change_nothing() {
 async fn an_ack_with_a_field_is_refused_and_the_wake_stays() {
     let clock = Arc::new(ManualClock::new(T0));
     let p = runtime(&clock);
-    let start = StartRequest::from_json(json!({
-        "id": "w-1",
-        "input": {"type": "external", "metadata": {}},
-        "disposition": "externally_owned",
-        "grant": {"session_scope": {"session_id": "s1"}},
-        "wake_target": {"session_id": "s1"},
-        "event_types": [{"name": "progress", "payload_schema": {"type": "object"},
-                         "semantics": {"wake": {"input": {"pointer": "/text"}}}}]
-    }))
-    .unwrap();
-    p.start(start).await.unwrap();
-    p.append_event(
-        "w-1",
-        serde_json::from_value(json!({"event_type": "progress", "payload": {"text": "hi"}})).unwrap(),
-    )
-    .await
-    .unwrap();
+    waking(&p, "w-1", json!({"session_id": "s1"}), Some("s1")).await;
+    progress(&p, "w-1", "hi").await;
     let app = app(&p, true);
     let (_, html, _) = get(&app, "/ui/sessions?session=s1", None).await;
     let csrf = csrf_of(&html);
