@@ -130,6 +130,11 @@ where
     }
 }
 
+/// Click the element `css` selects (it must be there).
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css)).await.unwrap().click().await.unwrap();
+}
+
 /// Wait for an element (CSS or XPath) to be present.
 async fn wait_for(c: &Client, locator: Locator<'_>) -> Element {
     match c.wait().at_most(PATIENCE).for_element(locator).await {
@@ -311,12 +316,7 @@ async fn list_filters_by_status_and_by_waiting() {
             .select_by_value("true")
             .await
             .unwrap();
-        c.find(Locator::Css("form.filters button[type=submit]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "form.filters button[type=submit]").await;
         wait_for(&c, Locator::Css(&row("waits-1"))).await;
         let url = c.current_url().await.unwrap();
         assert!(url.query().unwrap_or("").contains("waiting=true"), "{url}");
@@ -446,12 +446,7 @@ async fn the_process_page_streams_events_and_a_signal_from_it_completes_the_proc
              return document.querySelector('#signal-form input[name=signal_id]').value;",
         )
         .await;
-        c.find(Locator::Css("#signal-form button[type=submit]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "#signal-form button[type=submit]").await;
         wait_for(&c, Locator::Css("#action-result .result.ok")).await;
         let next_id = in_page(&c, "return window.__nextSignalId || null;").await;
         let next = next_id.as_str().unwrap_or_default();
@@ -723,12 +718,7 @@ async fn a_refused_action_shows_the_servers_error() {
             .unwrap();
         payload.clear().await.unwrap();
         payload.send_keys("{not json").await.unwrap();
-        c.find(Locator::Css("#signal-form button[type=submit]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "#signal-form button[type=submit]").await;
         let err = wait_for(&c, Locator::Css("#action-result .result.err")).await;
         let text = err.text().await.unwrap();
         assert!(text.starts_with("invalid_request: payload is not JSON"), "{text}");
@@ -749,12 +739,7 @@ async fn a_refused_action_shows_the_servers_error() {
         )
         .await
         .unwrap();
-        c.find(Locator::Css("#signal-form button[type=submit]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "#signal-form button[type=submit]").await;
         let err = wait_for(&c, Locator::Css("#action-result .result.err")).await;
         let text = err.text().await.unwrap();
         assert_eq!(
@@ -776,12 +761,7 @@ async fn a_refused_action_shows_the_servers_error() {
             input.clear().await.unwrap();
             input.send_keys(value).await.unwrap();
         }
-        c.find(Locator::Css("#signal-form button[type=submit]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "#signal-form button[type=submit]").await;
         let err = wait_for(&c, Locator::Css("#action-result .result.err")).await;
         let code = err.find(Locator::Css(".code")).await.unwrap().text().await.unwrap();
         let message = err.find(Locator::Css(".message")).await.unwrap().text().await.unwrap();
@@ -829,24 +809,14 @@ async fn the_login_gate_keeps_the_token_in_a_cookie_and_refuses_requests_without
 
         let token = c.find(Locator::Css("input[name=token]")).await.unwrap();
         token.send_keys("wrong").await.unwrap();
-        c.find(Locator::Css("main.login button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "main.login button").await;
         let err = wait_for(&c, Locator::Css("main.login .result.err")).await;
         assert!(err.text().await.unwrap().contains("unknown token"));
 
         // A session token: in, and it sees only its session's processes.
         let token = c.find(Locator::Css("input[name=token]")).await.unwrap();
         token.send_keys("s1-secret").await.unwrap();
-        c.find(Locator::Css("main.login button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "main.login button").await;
         wait_for(&c, Locator::Css(&row("mine"))).await;
         assert_eq!(
             count(&c, &row("theirs")).await,
@@ -971,12 +941,7 @@ async fn a_link_from_another_site_lands_on_its_event() {
         let token = wait_for(&c, Locator::Css("main.login input[name=token]")).await;
         assert_eq!(c.current_url().await.unwrap().host_str(), Some("127.0.0.1"));
         token.send_keys("host-secret").await.unwrap();
-        c.find(Locator::Css("main.login button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "main.login button").await;
         landed(c.clone()).await;
         // Logged in: straight to the event.
         follow(c.clone()).await;
@@ -1027,20 +992,10 @@ async fn the_schedules_page_pauses_and_resumes_and_shows_a_refusal() {
         let text = text.as_str().unwrap_or_default();
         assert!(text.contains("0 3 * * *") && text.contains("Europe/Paris"), "{text}");
 
-        c.find(Locator::Css("tr[data-schedule='tick'] button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "tr[data-schedule='tick'] button").await;
         wait_for(&c, Locator::Css("tr[data-schedule='tick'][data-state='paused']")).await;
         assert!(paused("tick").await, "the pause is stored");
-        c.find(Locator::Css("tr[data-schedule='tick'] button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "tr[data-schedule='tick'] button").await;
         wait_for(&c, Locator::Css("tr[data-schedule='tick'][data-state='active']")).await;
         assert!(!paused("tick").await, "the resume is stored");
 
@@ -1049,12 +1004,7 @@ async fn the_schedules_page_pauses_and_resumes_and_shows_a_refusal() {
         let (status, _) = server.client().delete("/v1/schedules/nightly").await;
         assert_eq!(status, 204);
         let (_, api_err) = server.client().post("/v1/schedules/nightly/pause", json!({})).await;
-        c.find(Locator::Css("tr[data-schedule='nightly'] button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "tr[data-schedule='nightly'] button").await;
         let err = wait_for(&c, Locator::Css("#schedule-result .result.err")).await;
         let code = err.find(Locator::Css(".code")).await.unwrap().text().await.unwrap();
         let message = err.find(Locator::Css(".message")).await.unwrap().text().await.unwrap();
@@ -1116,12 +1066,7 @@ async fn the_modules_page_shows_a_modules_exports_source_and_its_scripts() {
         screenshot(&c, "module-page").await;
 
         // The export's link lists its scripts on the processes page.
-        c.find(Locator::Css("li[data-export='greet'] a.scripts"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "li[data-export='greet'] a.scripts").await;
         wait_for(&c, Locator::Css(&row("greet-1"))).await;
         let definition = c
             .find(Locator::Css("form.filters input[name=definition]"))
@@ -1206,18 +1151,8 @@ async fn the_signal_form_follows_what_the_process_waits_for() {
         .await;
         assert_eq!(fits, json!(true), "the definition runs under the actions");
 
-        c.find(Locator::Css("#record details.input summary"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        c.find(Locator::Css("#signal-form button[type=submit]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "#record details.input summary").await;
+        click(&c, "#signal-form button[type=submit]").await;
         wait_for(&c, Locator::Css("#action-result .result.ok")).await;
         // The process waits for the second signal now: so does the form.
         wait_for(
@@ -1347,12 +1282,7 @@ async fn completing_asks_first_and_failures_to_reach_the_server_are_said() {
         assert_eq!(live, json!([false, true, "live"]));
 
         // Asked first; said no, nothing happens.
-        c.find(Locator::Css("#complete-form button[type=submit]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "#complete-form button[type=submit]").await;
         let question = c.get_alert_text().await.expect("a question before completing");
         assert!(question.contains("\u{201c}success\u{201d}"), "{question}");
         c.dismiss_alert().await.unwrap();
@@ -1368,12 +1298,7 @@ async fn completing_asks_first_and_failures_to_reach_the_server_are_said() {
              return null;",
         )
         .await;
-        c.find(Locator::Css("#complete-form button[type=submit]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "#complete-form button[type=submit]").await;
         c.accept_alert().await.expect("a question before completing");
         let err = wait_for(&c, Locator::Css("#action-result .result.err")).await;
         let code = err.find(Locator::Css(".code")).await.unwrap().text().await.unwrap();
@@ -1394,12 +1319,7 @@ async fn completing_asks_first_and_failures_to_reach_the_server_are_said() {
         assert_eq!(live, json!([true, "reconnecting\u{2026}"]));
         let name = c.find(Locator::Css("#signal-form input[name=name]")).await.unwrap();
         name.send_keys("go").await.unwrap();
-        c.find(Locator::Css("#signal-form button[type=submit]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "#signal-form button[type=submit]").await;
         wait_for(
             &c,
             Locator::XPath(
