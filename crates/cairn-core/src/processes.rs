@@ -1719,6 +1719,13 @@ mod tests {
             ),
             (
                 WorkerConfig {
+                    sweep_interval: Duration::ZERO,
+                    ..WorkerConfig::default()
+                },
+                "`WorkerConfig::sweep_interval` is 0",
+            ),
+            (
+                WorkerConfig {
                     node_id: Some("bad node!".into()),
                     ..WorkerConfig::default()
                 },

@@ -56,7 +56,7 @@ pub struct WorkerConfig {
     /// heartbeats its node's liveness row; a worker that claims heartbeats
     /// before its claims as well, at most once a second. `Duration::MAX` (or
     /// any span too long to come) means no periodic sweep: the driver sweeps
-    /// at start only.
+    /// at start only. Zero is refused (the driver would spin).
     pub sweep_interval: Duration,
     /// How long a stopped tool gets to return before its task is aborted.
     pub stop_grace: Duration,
@@ -85,6 +85,13 @@ impl WorkerConfig {
             return Some(
                 "`WorkerConfig::batch_size` is 0: a worker that claims no process a round never runs one; \
                  give it at least 1"
+                    .into(),
+            );
+        }
+        if self.sweep_interval.is_zero() {
+            return Some(
+                "`WorkerConfig::sweep_interval` is 0: the driver would sweep and drive without a pause, \
+                 spinning a core; give it at least 1 ms (`Duration::MAX` for no periodic sweep)"
                     .into(),
             );
         }
@@ -132,6 +139,17 @@ fn from_now(span: Duration) -> tokio::time::Instant {
 /// A span no wait of the driver outlasts (about 30 years, as tokio's own
 /// far-off instant).
 const FAR_OFF: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// The longest the driver waits between tries to register its node while
+/// the store refuses: a short sweep interval shortens it, a long one (or
+/// `Duration::MAX`) does not stretch it past this.
+const REGISTER_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The wait before the next try to register the node, after `retry`:
+/// doubling, but never past the sweep interval or [`REGISTER_RETRY_MAX`].
+fn next_register_retry(retry: Duration, sweep_interval: Duration) -> Duration {
+    retry.saturating_mul(2).min(sweep_interval).min(REGISTER_RETRY_MAX)
+}
 
 /// How long a run's guard trusts the record its claim carried before reading it
 /// once (see `guard_run`).
@@ -1509,7 +1527,7 @@ impl WorkDriver {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(retry) => {}
                 }
-                retry = retry.saturating_mul(2).min(interval);
+                retry = next_register_retry(retry, interval);
             }
             let mut next_sweep = tokio::time::Instant::now();
             // After a drive the store failed, the next comes after this
@@ -1634,6 +1652,24 @@ fn store_unreachable(outcome: &Outcome) -> bool {
 mod tests {
     use super::*;
     use crate::memory::MemoryRegistry;
+
+    /// Registration retries double from 100 ms up to 5 s, or up to a
+    /// shorter sweep interval; a long (or endless) interval does not
+    /// stretch them.
+    #[test]
+    fn registration_retries_are_capped() {
+        let mut retry = Duration::from_millis(100);
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            retry = next_register_retry(retry, Duration::MAX);
+            waits.push(retry.as_millis());
+        }
+        assert_eq!(waits, [200, 400, 800, 1_600, 3_200, 5_000, 5_000, 5_000, 5_000, 5_000]);
+        let hour = Duration::from_secs(3_600);
+        assert_eq!(next_register_retry(Duration::from_secs(4), hour), REGISTER_RETRY_MAX);
+        let short = Duration::from_millis(300);
+        assert_eq!(next_register_retry(Duration::from_millis(200), short), short);
+    }
 
     /// A memory registry holding one rerunnable `echo` process `p`, an
     /// awaiter on it and a worker over it.
