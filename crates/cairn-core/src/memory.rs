@@ -78,7 +78,9 @@ struct State {
     ready: BTreeSet<(u64, String)>,
     timed: BTreeSet<(u64, String)>,
     placed: HashMap<String, (bool, u64)>,
-    envs: HashMap<String, Vec<u8>>,
+    /// Env specs by ref: their bytes and when they were last put (a prune's
+    /// collection keeps one put within its grace, ADR 0034).
+    envs: HashMap<String, (Vec<u8>, u64)>,
     schedules: BTreeMap<String, Schedule>,
     /// Due index: (next fire time, id) of every unpaused schedule.
     schedule_due: BTreeSet<(u64, String)>,
@@ -108,6 +110,8 @@ impl State {
 pub struct MemoryRegistry {
     state: Mutex<State>,
     clock: SharedClock,
+    /// The grace a prune's collection gives ([`Self::with_collect_grace`]).
+    collect_grace: std::time::Duration,
 }
 
 impl Default for MemoryRegistry {
@@ -161,13 +165,24 @@ impl MemoryRegistry {
         Self {
             state: Mutex::new(State::default()),
             clock,
+            collect_grace: crate::registry::DEFAULT_COLLECT_GRACE,
         }
+    }
+
+    /// The grace a prune's collection of unreferenced env specs gives
+    /// ([`ProcessRegistry::collect_unreferenced`]; default
+    /// [`crate::registry::DEFAULT_COLLECT_GRACE`]).
+    pub fn with_collect_grace(mut self, grace: std::time::Duration) -> Self {
+        self.collect_grace = grace;
+        self
     }
 
     /// Overwrite stored env bytes (to exercise corruption detection in tests).
     #[cfg(any(test, feature = "test-util"))]
     pub fn corrupt_env_for_test(&self, env_ref: &str, bytes: Vec<u8>) {
-        self.state.lock().envs.insert(env_ref.to_string(), bytes);
+        let mut st = self.state.lock();
+        let touched = st.envs.get(env_ref).map_or(0, |(_, touched)| *touched);
+        st.envs.insert(env_ref.to_string(), (bytes, touched));
     }
 
     fn now(&self) -> u64 {
@@ -944,9 +959,31 @@ impl ProcessRegistry for MemoryRegistry {
             report.add(&chunk);
             match next {
                 Some(next) => after = Some(next),
-                None => return Ok(report),
+                None => break,
             }
         }
+        crate::registry::collect_after_prune(self, &report, self.collect_grace).await;
+        Ok(report)
+    }
+
+    async fn collect_unreferenced(&self, grace: std::time::Duration) -> Result<crate::registry::Collected> {
+        let cutoff = self
+            .now()
+            .saturating_sub(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX));
+        let mut st = self.state.lock();
+        let State { entries, envs, .. } = &mut *st;
+        // One pass over the processes; records keep their own type lists
+        // here, so there are none apart to collect.
+        let named: std::collections::HashSet<&str> = entries
+            .values()
+            .filter_map(|e| e.row.record.env_ref.as_deref())
+            .collect();
+        let before = envs.len();
+        envs.retain(|env_ref, (_, touched)| *touched > cutoff || named.contains(env_ref.as_str()));
+        Ok(crate::registry::Collected {
+            envs: (before - envs.len()) as u64,
+            type_lists: 0,
+        })
     }
 
     async fn change_head(&self) -> Result<u64> {
@@ -973,13 +1010,21 @@ impl ProcessRegistry for MemoryRegistry {
 
     async fn put_env(&self, spec: &EnvSpec) -> Result<EnvRef> {
         let (env_ref, bytes) = validate::env_ref_and_bytes(spec)?;
-        self.state.lock().envs.entry(env_ref.clone()).or_insert(bytes);
+        let now = self.now();
+        // Put again, it counts as touched now: the registration that names
+        // it comes next, and a prune's collection keeps it for the grace.
+        self.state
+            .lock()
+            .envs
+            .entry(env_ref.clone())
+            .and_modify(|(_, touched)| *touched = now.max(*touched))
+            .or_insert((bytes, now));
         Ok(env_ref)
     }
 
     async fn get_env(&self, env_ref: &str) -> Result<EnvSpec> {
         validate_id("env ref", env_ref)?;
-        let bytes = self.state.lock().envs.get(env_ref).cloned();
+        let bytes = self.state.lock().envs.get(env_ref).map(|(bytes, _)| bytes.clone());
         match bytes {
             Some(b) => validate::decode_env(env_ref, &b),
             None => Err(CairnError::UnknownEnv(env_ref.to_string())),

@@ -5,6 +5,8 @@
 //! persists what that module computes, atomically. Waiting is not a registry
 //! method: waits live above storage (see [`crate::awaiter`]).
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 
 use crate::events::{AppendRequest, AppendResult, EventPage};
@@ -52,6 +54,48 @@ pub struct CancelAnswer {
     /// that had not ended and had no request yet), as they stand after it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub descendants: Vec<ProcessRecord>,
+}
+
+/// How long an env spec or an event-type list nobody has stored or put again
+/// is kept after no process names it any more (ADR 0034): a
+/// [`ProcessRegistry::put_env`] and the registration naming its env are two
+/// writes, and a PostgreSQL lane names a list it stored up to 10 minutes
+/// earlier without writing it again; neither may find it collected between.
+pub const DEFAULT_COLLECT_GRACE: Duration = Duration::from_secs(3600);
+
+/// The answer of [`ProcessRegistry::collect_unreferenced`]: what it deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Collected {
+    /// Env specs deleted.
+    pub envs: u64,
+    /// Event-type lists deleted (always 0 on a store that keeps each
+    /// record's list with the record, as the memory registry does).
+    pub type_lists: u64,
+}
+
+/// What a backend's [`ProcessRegistry::prune`] does once its chunks are done:
+/// when it removed a process, collect what no process names any more
+/// ([`ProcessRegistry::collect_unreferenced`] with `grace`) and log the
+/// counts. A failed collection fails nothing: the prune stands, and its
+/// report (SPEC §12) says what it removed; the next prune that removes a
+/// process collects again.
+pub async fn collect_after_prune<R: ProcessRegistry + ?Sized>(registry: &R, report: &PruneReport, grace: Duration) {
+    if report.pruned == 0 {
+        return;
+    }
+    match registry.collect_unreferenced(grace).await {
+        Ok(collected) => tracing::info!(
+            pruned = report.pruned,
+            envs = collected.envs,
+            type_lists = collected.type_lists,
+            "prune collected the env specs and event-type lists no process names"
+        ),
+        Err(e) => tracing::warn!(
+            pruned = report.pruned,
+            error = %e,
+            "prune could not collect the env specs and event-type lists no process names; the next prune tries again"
+        ),
+    }
 }
 
 /// Durable process storage. Object safe; share it as `Arc<dyn ProcessRegistry>`.
@@ -337,8 +381,34 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// With a cursor watermark only processes whose last change is
     /// at or before it go. Never touches a running process. It commits a
     /// chunk at a time ([`crate::ops::admin::prune`]): on an error, the
-    /// chunks before it stand.
+    /// chunks before it stand. A prune that removed a process then collects
+    /// the env specs and type lists no process names any more
+    /// ([`collect_after_prune`], with the backend's configured grace,
+    /// [`DEFAULT_COLLECT_GRACE`] unless set).
     async fn prune(&self, cutoff_ms: u64, filter: PruneFilter, watermark: Watermark) -> Result<PruneReport>;
+
+    /// Delete the stored env specs no process names (its record's `env_ref`)
+    /// and the event-type lists no process row names (ADR 0008), of those
+    /// nobody stored or put again in the last `grace` (ADR 0034), by the
+    /// store's clock (PostgreSQL's: the server's). A tombstone names neither.
+    ///
+    /// - An env put within `grace` stays, named or not: a registration that
+    ///   names an env must come within `grace` of its [`Self::put_env`]
+    ///   (the [`crate::Processes`] facade puts it just before).
+    /// - No write that names a list is left naming a deleted one: a writer
+    ///   that knows a list is stored either stored it within `grace`
+    ///   (PostgreSQL: its lanes trust a list for 10 minutes, so `grace` must
+    ///   exceed that by far when several nodes write) or finds it gone (the
+    ///   same registry, SQLite's writers) and stores it again.
+    /// - Set-based: one pass over the process rows per kind, never a
+    ///   lookup per candidate.
+    ///
+    /// The default collects nothing: for a wrapper whose inner registry's
+    /// prune collects. Every backend that stores envs implements it.
+    async fn collect_unreferenced(&self, grace: Duration) -> Result<Collected> {
+        let _ = grace;
+        Ok(Collected::default())
+    }
 
     /// Records changed after `cursor`, each once at its latest change, in cursor
     /// order, at most `limit`, with the cursor to read on from.

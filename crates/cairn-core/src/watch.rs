@@ -929,6 +929,11 @@ impl ProcessRegistry for WatchedRegistry {
         r
     }
 
+    async fn collect_unreferenced(&self, grace: std::time::Duration) -> Result<crate::registry::Collected> {
+        // Collects no process: nothing a waiter or a listing shows changes.
+        self.inner.collect_unreferenced(grace).await
+    }
+
     async fn changed_since(&self, cursor: u64, limit: Option<usize>) -> Result<ChangePage> {
         self.inner.changed_since(cursor, limit).await
     }

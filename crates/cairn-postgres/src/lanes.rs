@@ -49,8 +49,6 @@ pub(crate) struct LaneConfig {
 pub(crate) struct Lanes {
     senders: Vec<mpsc::UnboundedSender<Job>>,
     next: AtomicUsize,
-    /// Read only by the test hook [`Lanes::run_together`].
-    #[cfg_attr(not(any(test, feature = "test-util")), allow(dead_code))]
     shared: Arc<LaneConfig>,
 }
 
@@ -78,6 +76,25 @@ impl Lanes {
     pub async fn run_together(&self, ops: Vec<Op>) -> Vec<Result<Answer>> {
         let mut conn = None;
         execute(&self.shared, usize::MAX, &mut conn, &ops).await
+    }
+
+    /// Forget which type lists this node's lanes stored: a collection on
+    /// this node may just have deleted some (with a grace shorter than
+    /// their trust, as a test's), and the next batch naming one stores it
+    /// again.
+    pub fn forget_type_lists(&self) {
+        self.shared.target.stored_types.lock().clear();
+    }
+
+    /// Make every type list this node's lanes stored look stored `by`
+    /// earlier (tests of the trust's end).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn age_type_lists(&self, by: Duration) {
+        for stored in self.shared.target.stored_types.lock().values_mut() {
+            if let Some(earlier) = stored.checked_sub(by) {
+                *stored = earlier;
+            }
+        }
     }
 
     /// Queue `op` and wait for its answer.

@@ -124,6 +124,8 @@ pub struct PostgresRegistry {
     clock: SharedClock,
     /// Longest a call waits for the server ([`PostgresOptions::call_timeout`]).
     call_timeout: std::time::Duration,
+    /// See [`PostgresOptions::collect_grace`].
+    collect_grace: std::time::Duration,
     listener: Mutex<Option<listen::ListenerGuard>>,
     generation: watch::Sender<u64>,
 }
@@ -233,6 +235,7 @@ impl PostgresRegistry {
             channel,
             clock: options.clock,
             call_timeout: options.call_timeout,
+            collect_grace: options.collect_grace,
             listener: Mutex::new(None),
             generation: watch::channel(0).0,
         })
@@ -275,6 +278,14 @@ impl PostgresRegistry {
 
     async fn submit(&self, op: Result<Op>) -> Result<Answer> {
         self.lanes.submit(op?).await
+    }
+
+    /// Make every type list this node's lanes stored look stored `by`
+    /// earlier, so a batch naming one past the 10 minutes they trust a list
+    /// stores it again (tests; ADR 0034).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn age_type_lists_for_test(&self, by: std::time::Duration) {
+        self.lanes.age_type_lists(by);
     }
 
     /// Register `registrations` (no grants) as one write batch, the way a lane
@@ -747,9 +758,27 @@ impl ProcessRegistry for PostgresRegistry {
             report.add(&chunk);
             match next {
                 Some(next) => after = Some(next),
-                None => return Ok(report),
+                None => break,
             }
         }
+        cairn_core::registry::collect_after_prune(self, &report, self.collect_grace).await;
+        Ok(report)
+    }
+
+    async fn collect_unreferenced(&self, grace: std::time::Duration) -> Result<cairn_core::registry::Collected> {
+        // Far past any grace meant, and no underflow of the server's `now() - grace`.
+        let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX).min(i64::MAX / 2);
+        let (envs, type_lists) = self
+            .transaction("the collection of unreferenced envs and type lists", move |tx, _| {
+                Box::pin(async move { read::collect_unreferenced(tx, grace_ms).await })
+            })
+            .await?;
+        // Lists other nodes trust are older than any grace worth the name;
+        // this node's own may be younger than a short one.
+        if type_lists > 0 {
+            self.lanes.forget_type_lists();
+        }
+        Ok(cairn_core::registry::Collected { envs, type_lists })
     }
 
     async fn change_head(&self) -> Result<u64> {

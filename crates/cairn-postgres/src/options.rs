@@ -29,6 +29,12 @@ pub struct PostgresOptions {
     /// stops answering (a frozen host or relay, which no TCP fault reports)
     /// would otherwise hold every call until it answers again.
     pub call_timeout: Duration,
+    /// How long a prune's collection keeps an env spec or type list no
+    /// process names after it was last stored, by the server's clock
+    /// (default [`cairn_core::registry::DEFAULT_COLLECT_GRACE`], an hour;
+    /// ADR 0034). With several nodes it must stay far above the 10 minutes a
+    /// lane names a list it stored without storing it again.
+    pub collect_grace: Duration,
     /// Why a cairn parameter in the URL was refused; reported by
     /// [`PostgresRegistry::connect_with`] before it connects.
     pub(crate) url_error: Option<String>,
@@ -69,6 +75,7 @@ impl PostgresOptions {
             max_batch: 256,
             read_connections: 2,
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            collect_grace: cairn_core::registry::DEFAULT_COLLECT_GRACE,
             url_error: None,
         };
         // As cairn's other parameters: given twice, which one was meant
@@ -158,6 +165,7 @@ impl std::fmt::Debug for PostgresOptions {
             .field("max_batch", &self.max_batch)
             .field("read_connections", &self.read_connections)
             .field("call_timeout", &self.call_timeout)
+            .field("collect_grace", &self.collect_grace)
             .finish_non_exhaustive()
     }
 }

@@ -530,16 +530,54 @@ pub(crate) async fn fencing_token(conn: &Conn, id: &str) -> R<u64> {
     }
 }
 
+/// Store env bytes unless the ref is stored (or, `overwrite`, replace them:
+/// tests of corruption), and count the env as put now by the server's clock
+/// either way: a prune's collection keeps an env put within its grace, so the
+/// registration naming it next finds it (ADR 0034).
 pub(crate) async fn put_env(conn: &Conn, env_ref: &str, bytes: &[u8], overwrite: bool) -> R<()> {
     let sql = if overwrite {
-        "INSERT INTO envs (env_ref, bytes) VALUES ($1::text, $2::bytea) \
-         ON CONFLICT (env_ref) DO UPDATE SET bytes = excluded.bytes"
+        "INSERT INTO envs (env_ref, bytes, touched_at_ms) \
+         VALUES ($1::text, $2::bytea, (extract(epoch FROM clock_timestamp()) * 1000)::int8) \
+         ON CONFLICT (env_ref) DO UPDATE SET bytes = excluded.bytes, touched_at_ms = excluded.touched_at_ms"
     } else {
-        "INSERT INTO envs (env_ref, bytes) VALUES ($1::text, $2::bytea) ON CONFLICT (env_ref) DO NOTHING"
+        "INSERT INTO envs (env_ref, bytes, touched_at_ms) \
+         VALUES ($1::text, $2::bytea, (extract(epoch FROM clock_timestamp()) * 1000)::int8) \
+         ON CONFLICT (env_ref) DO UPDATE SET touched_at_ms = excluded.touched_at_ms"
     };
     let stmt = conn.stmt(sql).await?;
     conn.client.execute(&stmt, &[&env_ref, &bytes]).await?;
     Ok(())
+}
+
+/// Delete, in the caller's transaction, the envs and type lists no process
+/// row names of those last stored at least `grace_ms` before the server's
+/// `now()`; answers how many of each. Each statement is one anti-join over
+/// the process rows (a hash of what they name), never a lookup per
+/// candidate. A row's env is its record's `env_ref` (`record` is text: a
+/// `\u0000` escape, which `jsonb` refuses, becomes `\u0020` first, leaving
+/// the ref as it was); `strpos` spares decoding the records that name none.
+/// A list a lane stored meanwhile is locked by its upsert, and one touched
+/// since this statement's snapshot is found touched when its lock is
+/// released, so it stays.
+pub(crate) async fn collect_unreferenced<C: tokio_postgres::GenericClient>(client: &C, grace_ms: i64) -> R<(u64, u64)> {
+    let envs = client
+        .execute(
+            "DELETE FROM envs e \
+             WHERE e.touched_at_ms <= (extract(epoch FROM now()) * 1000)::int8 - $1::int8 \
+             AND NOT EXISTS (SELECT 1 FROM processes p WHERE strpos(p.record, '\"env_ref\":\"') > 0 \
+             AND (replace(p.record, E'\\\\u0000', E'\\\\u0020')::jsonb ->> 'env_ref') = e.env_ref)",
+            &[&grace_ms],
+        )
+        .await?;
+    let lists = client
+        .execute(
+            "DELETE FROM type_lists t \
+             WHERE t.touched_at_ms <= (extract(epoch FROM now()) * 1000)::int8 - $1::int8 \
+             AND NOT EXISTS (SELECT 1 FROM processes p WHERE p.types_key = t.key)",
+            &[&grace_ms],
+        )
+        .await?;
+    Ok((envs, lists))
 }
 
 pub(crate) async fn env_bytes(conn: &Conn, env_ref: &str) -> R<Option<Vec<u8>>> {

@@ -27,7 +27,23 @@ const MIGRATIONS: &[&str] = &[
     V_WORKLIST_BY_TIME,
     V_FRAME_WAKES,
     V_TOMBSTONE_GRANTS,
+    V_TOUCHES,
 ];
+
+/// When each env spec and type list was last stored or put, by the server's
+/// clock (ADR 0034): a prune collects those no process names, but only those
+/// nobody stored in the last hour. A lane names a list it stored up to 10
+/// minutes earlier without writing it again, and a put and the registration
+/// naming its env are two writes: neither may find it collected between.
+/// Rows stored before count as stored at this migration (a node still
+/// running the older build may be about to name one it cached); rows an
+/// older build inserts after it get the server's time as they are inserted.
+const V_TOUCHES: &str = r#"
+ALTER TABLE envs ADD COLUMN touched_at_ms bigint NOT NULL DEFAULT (extract(epoch FROM now()) * 1000)::int8;
+ALTER TABLE envs ALTER COLUMN touched_at_ms SET DEFAULT (extract(epoch FROM clock_timestamp()) * 1000)::int8;
+ALTER TABLE type_lists ADD COLUMN touched_at_ms bigint NOT NULL DEFAULT (extract(epoch FROM now()) * 1000)::int8;
+ALTER TABLE type_lists ALTER COLUMN touched_at_ms SET DEFAULT (extract(epoch FROM clock_timestamp()) * 1000)::int8;
+"#;
 
 /// The scopes that held a grant on a process as it was pruned, kept beside
 /// its tombstone: the session that owned the work is answered how it ended
@@ -183,7 +199,8 @@ ALTER TABLE wakes SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze
 // content address (EventTypes::key): a process row stays narrow and a node
 // decodes each list once. Rows written from v3 on store `event_types` as [] in
 // `record` and name their list in `types_key`; a NULL key (rows v1 and v2
-// wrote) means the list is in `record`. Type lists are never deleted.
+// wrote) means the list is in `record`. (A prune collects the lists no row
+// names since V_TOUCHES, ADR 0034.)
 // Abandon requests get their own small index, so a driver's per-drive check
 // reads only them; the worklist is the union of it and the claimable index.
 const V3: &str = r#"

@@ -1867,3 +1867,342 @@ fn every_postgres_test_is_ignored_when_the_server_is_not_configured() {
     assert!(checked >= 30, "the scan found the PostgreSQL tests ({checked})");
     assert!(unmarked.is_empty(), "not ignored without a server: {unmarked:#?}");
 }
+
+/// The server's clock, in epoch ms.
+async fn server_now_ms(c: &tokio_postgres::Client) -> i64 {
+    c.query_one("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8", &[])
+        .await
+        .expect("server time")
+        .get(0)
+}
+
+/// When the type list `key` was last stored, by the server's clock; `None`
+/// when it is not stored.
+async fn list_touched(c: &tokio_postgres::Client, schema: &TestSchema, key: &str) -> Option<i64> {
+    c.query_opt(
+        &format!(
+            "SELECT touched_at_ms FROM \"{}\".type_lists WHERE key = $1",
+            schema.name
+        ),
+        &[&key],
+    )
+    .await
+    .expect("touched")
+    .map(|r| r.get(0))
+}
+
+/// A registration declaring one type of its own (a list no other test names).
+fn declaring(id: &str, name: &str) -> cairn_core::Registration {
+    let mut reg = external(id);
+    reg.event_types.push(cairn_core::EventType::plain(name));
+    reg
+}
+
+/// A lane names a type list it stored without storing it again for 10
+/// minutes, then stores it again (touching it, by the server's clock) before
+/// it names it, and trusts it anew from then on (ADR 0034): a collection,
+/// which takes only lists untouched for an hour, never deletes one a lane
+/// names on trust.
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test]
+async fn a_lane_stores_a_list_again_once_it_stops_trusting_it() {
+    if !testing::enabled() {
+        return;
+    }
+    let (reg, schema) = testing::fresh(clock()).await;
+    let c = client(&schema.url).await;
+    let key = reg
+        .register(declaring("first", "trust.me"), None)
+        .await
+        .expect("register")
+        .process
+        .event_types
+        .key()
+        .to_string();
+    assert!(list_touched(&c, &schema, &key).await.is_some(), "stored");
+    let backdate = |at: i64| {
+        let (c, name, key) = (&c, &schema.name, &key);
+        async move {
+            c.execute(
+                &format!("UPDATE \"{name}\".type_lists SET touched_at_ms = $1 WHERE key = $2"),
+                &[&at, key],
+            )
+            .await
+            .expect("backdate");
+        }
+    };
+    backdate(1).await;
+    reg.register(declaring("trusted", "trust.me"), None)
+        .await
+        .expect("register");
+    assert_eq!(
+        list_touched(&c, &schema, &key).await,
+        Some(1),
+        "stored minutes ago: named without storing it again"
+    );
+    reg.age_type_lists_for_test(Duration::from_secs(601));
+    let before = server_now_ms(&c).await;
+    reg.register(declaring("past", "trust.me"), None)
+        .await
+        .expect("register");
+    let touched = list_touched(&c, &schema, &key).await.expect("stored");
+    assert!(touched >= before, "stored again past the trust: {touched} < {before}");
+    backdate(2).await;
+    reg.register(declaring("anew", "trust.me"), None)
+        .await
+        .expect("register");
+    assert_eq!(list_touched(&c, &schema, &key).await, Some(2), "trusted anew");
+    testing::forget_type_lists();
+    for id in ["first", "trusted", "past", "anew"] {
+        let r = reg.get(id).await.expect("reads back");
+        assert!(r.event_types.find("trust.me").is_some(), "{id}");
+    }
+}
+
+/// A prune's collection takes the env specs and type lists no process names
+/// only once nobody stored or put them for the grace (an hour, by the
+/// server's clock): one a minute short of it stays, one past it goes, and a
+/// list or env a running process names stays however old.
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test]
+async fn a_collection_never_deletes_what_was_stored_within_the_grace() {
+    if !testing::enabled() {
+        return;
+    }
+    let (reg, schema) = testing::fresh(clock()).await;
+    let c = client(&schema.url).await;
+    let spec = |task: &str| cairn_core::EnvSpec {
+        plugin_options: json!({ "cwd": task }),
+        policy: json!({}),
+    };
+    let (gone_env, live_env) = (
+        reg.put_env(&spec("gone")).await.expect("put"),
+        reg.put_env(&spec("live")).await.expect("put"),
+    );
+    let with_env = |mut r: cairn_core::Registration, env: &str| {
+        r.env_ref = Some(env.to_string());
+        r
+    };
+    let gone_key = reg
+        .register(with_env(declaring("gone", "grace.gone"), &gone_env), None)
+        .await
+        .expect("register")
+        .process
+        .event_types
+        .key()
+        .to_string();
+    let live_key = reg
+        .register(with_env(declaring("live", "grace.live"), &live_env), None)
+        .await
+        .expect("register")
+        .process
+        .event_types
+        .key()
+        .to_string();
+    reg.complete_external("gone", cairn_core::Outcome::success(json!(1)), "host")
+        .await
+        .expect("complete");
+    let report = reg
+        .prune(
+            cairn_core::Clock::now_ms(&SystemClock) + 1,
+            cairn_core::StatusFilter::Any.into(),
+            cairn_core::Watermark::NoProjector,
+        )
+        .await
+        .expect("prune");
+    assert_eq!(report.pruned, 1);
+    assert!(list_touched(&c, &schema, &gone_key).await.is_some(), "stored just now");
+    reg.get_env(&gone_env).await.expect("put just now");
+
+    let grace = cairn_core::registry::DEFAULT_COLLECT_GRACE.as_millis() as i64;
+    let age = |by_ms: i64| {
+        let (c, name) = (&c, &schema.name);
+        async move {
+            for table in ["envs", "type_lists"] {
+                c.execute(
+                    &format!("UPDATE \"{name}\".{table} SET touched_at_ms = touched_at_ms - $1"),
+                    &[&by_ms],
+                )
+                .await
+                .expect("age");
+            }
+        }
+    };
+    age(grace - 60_000).await;
+    let kept = reg
+        .collect_unreferenced(cairn_core::registry::DEFAULT_COLLECT_GRACE)
+        .await
+        .expect("collect");
+    assert_eq!(
+        kept,
+        cairn_core::registry::Collected::default(),
+        "a minute short of the grace"
+    );
+    age(120_000).await;
+    let collected = reg
+        .collect_unreferenced(cairn_core::registry::DEFAULT_COLLECT_GRACE)
+        .await
+        .expect("collect");
+    assert_eq!(collected, cairn_core::registry::Collected { envs: 1, type_lists: 1 });
+    assert_eq!(list_touched(&c, &schema, &gone_key).await, None);
+    assert_eq!(
+        reg.get_env(&gone_env).await.expect_err("collected").code(),
+        "unknown_env"
+    );
+    assert!(
+        list_touched(&c, &schema, &live_key).await.is_some(),
+        "named by a running process"
+    );
+    reg.get_env(&live_env).await.expect("named by a running process");
+    testing::forget_type_lists();
+    assert!(reg
+        .get("live")
+        .await
+        .expect("get")
+        .event_types
+        .find("grace.live")
+        .is_some());
+}
+
+/// A schema from before lists and envs kept when they were last stored gains
+/// the columns on connect, every row stored as of the upgrade by the server's
+/// clock (a node of the older build may be about to name one it cached), and
+/// a row an older build inserts after it is stored as of its insert.
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test]
+async fn touches_are_added_on_upgrade() {
+    /// The schema version whose migration adds when each row was stored.
+    const TOUCHES_FROM: u32 = 12;
+    if !testing::enabled() {
+        return;
+    }
+    let schema = TestSchema::new("cairn_t");
+    let reg = schema.connect(clock()).await.expect("create");
+    let env = reg
+        .put_env(&cairn_core::EnvSpec {
+            plugin_options: json!({ "cwd": "/old" }),
+            policy: json!({}),
+        })
+        .await
+        .expect("put");
+    reg.register(declaring("old", "upgrade.old"), None)
+        .await
+        .expect("register");
+    drop(reg);
+    schema
+        .execute(&format!(
+            "SET search_path TO \"{s}\";
+             ALTER TABLE envs DROP COLUMN touched_at_ms;
+             ALTER TABLE type_lists DROP COLUMN touched_at_ms;
+             UPDATE cairn_meta SET value = '{TOUCHES_FROM}' WHERE key = 'schema_version';",
+            s = schema.name
+        ))
+        .await
+        .expect("make the older shape");
+    let c = client(&schema.url).await;
+    let before = server_now_ms(&c).await;
+    let reg = schema.connect(clock()).await.expect("upgrade");
+    let after = server_now_ms(&c).await;
+    assert_eq!(
+        meta(&schema.url, &schema.name, "schema_version").await,
+        Some(SCHEMA_VERSION.to_string())
+    );
+    for table in ["envs", "type_lists"] {
+        for row in c
+            .query(&format!("SELECT touched_at_ms FROM \"{}\".{table}", schema.name), &[])
+            .await
+            .expect("touched")
+        {
+            let t: i64 = row.get(0);
+            assert!((before..=after).contains(&t), "{table}: {t} not in {before}..={after}");
+        }
+    }
+    // An insert as the older build makes it, naming no time.
+    c.execute(
+        &format!(
+            "INSERT INTO \"{}\".type_lists (key, types) VALUES ('types:sha256:old', '[]')",
+            schema.name
+        ),
+        &[],
+    )
+    .await
+    .expect("older insert");
+    let t = list_touched(&c, &schema, "types:sha256:old").await.expect("stored");
+    assert!(t >= after, "{t} < {after}");
+    // Within the grace of the upgrade, nothing goes.
+    assert_eq!(
+        reg.collect_unreferenced(cairn_core::registry::DEFAULT_COLLECT_GRACE)
+            .await
+            .expect("collect"),
+        cairn_core::registry::Collected::default()
+    );
+    reg.get_env(&env).await.expect("kept");
+}
+
+/// A prune that removes a process collects with the registry's grace
+/// (`PostgresOptions::collect_grace`): with none, the pruned process's env
+/// and type list go with it, and a new registration declaring the list on
+/// the same node stores it again.
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test]
+async fn a_prune_collects_with_the_configured_grace() {
+    if !testing::enabled() {
+        return;
+    }
+    let schema = TestSchema::new("cairn_t");
+    let mut options = schema.options(clock());
+    options.collect_grace = Duration::ZERO;
+    let reg = PostgresRegistry::connect_with(options).await.expect("connect");
+    let c = client(&schema.url).await;
+    let env = reg
+        .put_env(&cairn_core::EnvSpec {
+            plugin_options: json!({ "cwd": "/pruned" }),
+            policy: json!({}),
+        })
+        .await
+        .expect("put");
+    let mut once = declaring("once", "pruned.with");
+    once.env_ref = Some(env.clone());
+    let key = reg
+        .register(once, None)
+        .await
+        .expect("register")
+        .process
+        .event_types
+        .key()
+        .to_string();
+    reg.complete_external("once", cairn_core::Outcome::success(json!(1)), "host")
+        .await
+        .expect("complete");
+    let report = reg
+        .prune(
+            cairn_core::Clock::now_ms(&SystemClock) + 1,
+            cairn_core::StatusFilter::Any.into(),
+            cairn_core::Watermark::NoProjector,
+        )
+        .await
+        .expect("prune");
+    assert_eq!(report.pruned, 1);
+    assert_eq!(
+        list_touched(&c, &schema, &key).await,
+        None,
+        "the list went with the prune"
+    );
+    assert_eq!(reg.get_env(&env).await.expect_err("collected").code(), "unknown_env");
+    reg.register(declaring("again", "pruned.with"), None)
+        .await
+        .expect("register again");
+    assert!(list_touched(&c, &schema, &key).await.is_some(), "stored again");
+}

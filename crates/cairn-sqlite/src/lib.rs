@@ -89,6 +89,11 @@ pub struct SqliteOptions {
     /// another cairn may be migrating or writing the file. Writes after the
     /// open wait `busy_timeout`.
     pub open_lock_wait: Duration,
+    /// How long a prune's collection keeps an env spec no process names
+    /// after it was last put (default
+    /// [`cairn_core::registry::DEFAULT_COLLECT_GRACE`], an hour): a put
+    /// and the registration naming its env are two writes (ADR 0034).
+    pub collect_grace: Duration,
 }
 
 impl SqliteOptions {
@@ -100,6 +105,7 @@ impl SqliteOptions {
             read_connections: 4,
             busy_timeout: Duration::from_secs(5),
             open_lock_wait: schema::OPEN_LOCK_WAIT,
+            collect_grace: cairn_core::registry::DEFAULT_COLLECT_GRACE,
         }
     }
 }
@@ -112,6 +118,7 @@ impl std::fmt::Debug for SqliteOptions {
             .field("read_connections", &self.read_connections)
             .field("busy_timeout", &self.busy_timeout)
             .field("open_lock_wait", &self.open_lock_wait)
+            .field("collect_grace", &self.collect_grace)
             .finish()
     }
 }
@@ -162,6 +169,8 @@ pub struct SqliteRegistry {
     watcher: Mutex<Option<others::Watcher>>,
     /// One permit per read connection (see `SqliteOptions::read_connections`).
     read_slots: tokio::sync::Semaphore,
+    /// See [`SqliteOptions::collect_grace`].
+    collect_grace: Duration,
 }
 
 impl std::fmt::Debug for SqliteRegistry {
@@ -204,6 +213,7 @@ impl SqliteRegistry {
             clock: options.clock,
             watcher: Mutex::new(None),
             read_slots: tokio::sync::Semaphore::new(options.read_connections.max(1)),
+            collect_grace: options.collect_grace,
         })
     }
 
@@ -606,9 +616,24 @@ impl ProcessRegistry for SqliteRegistry {
             report.add(&chunk);
             match next {
                 Some(next) => after = Some(next),
-                None => return Ok(report),
+                None => break,
             }
         }
+        cairn_core::registry::collect_after_prune(self, &report, self.collect_grace).await;
+        Ok(report)
+    }
+
+    async fn collect_unreferenced(&self, grace: Duration) -> Result<cairn_core::registry::Collected> {
+        let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        // One job on the writer thread: its two statements, and the writer
+        // forgets the type lists it knew were stored (ADR 0034).
+        let (envs, type_lists) = self
+            .write(move |tx, now| {
+                tx::forget_type_lists();
+                store::collect_unreferenced(tx, now.saturating_sub(grace_ms))
+            })
+            .await?;
+        Ok(cairn_core::registry::Collected { envs, type_lists })
     }
 
     async fn change_head(&self) -> Result<u64> {
@@ -631,8 +656,8 @@ impl ProcessRegistry for SqliteRegistry {
 
     async fn put_env(&self, spec: &EnvSpec) -> Result<EnvRef> {
         let (env_ref, bytes) = validate::env_ref_and_bytes(spec)?;
-        self.write(move |tx, _| {
-            store::put_env(tx, &env_ref, &bytes)?;
+        self.write(move |tx, now| {
+            store::put_env(tx, &env_ref, &bytes, now)?;
             Ok(env_ref)
         })
         .await

@@ -42,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     V_WORKLIST_BY_TIME,
     V_FRAME_WAKES,
     V_TOMBSTONE_GRANTS,
+    V_ENV_TOUCHES,
 ];
 
 const V1: &str = r#"
@@ -319,6 +320,16 @@ CREATE TABLE tombstone_grants (
     PRIMARY KEY (scope_id, process_id)
 );
 CREATE INDEX tombstone_grants_session ON tombstone_grants (session_id);
+"#;
+
+/// When each env spec was last put (ADR 0034): a prune collects the specs
+/// no process names, but only those nobody put in the last hour, so a put and
+/// the registration naming it are never split. The specs stored before are
+/// put as of this migration: a writer still running the older build may be
+/// about to name one it put a moment ago.
+const V_ENV_TOUCHES: &str = r#"
+ALTER TABLE envs ADD COLUMN touched_at_ms INTEGER NOT NULL DEFAULT 0;
+UPDATE envs SET touched_at_ms = CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER);
 "#;
 
 const V_PARTIAL_LISTING_INDEXES: &str = r#"

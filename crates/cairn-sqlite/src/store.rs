@@ -276,10 +276,13 @@ fn derive(conn: &Connection, record: &ProcessRecord) -> R<(String, IndexColumns)
     ))
 }
 
-/// Store a type list unless it is stored. Lists are never deleted, so once
-/// the list is there this is one lookup in a small table: nothing is encoded
-/// or written; and once the writer thread knows it is there (see
-/// [`crate::tx::type_list_known`]), not even that.
+/// Store a type list unless it is stored. Once the list is there this is one
+/// lookup in a small table: nothing is encoded or written; and once the
+/// writer thread knows it is there (see [`crate::tx::type_list_known`]), not
+/// even that. A prune's collection may delete a list no row names
+/// ([`collect_unreferenced`]); the writer that collects forgets what it knew,
+/// and another writer on the file forgets at its next `BEGIN`, so a list
+/// gone is looked up and stored again.
 fn store_type_list(conn: &Connection, list: &EventTypes) -> R<()> {
     if crate::tx::type_list_known(list.key()) {
         return Ok(());
@@ -1153,10 +1156,15 @@ pub(crate) fn changed_since(conn: &Connection, cursor: u64, limit: usize) -> R<V
 
 // ---------------------------------------------------------------- envs
 
-/// Store env bytes unless the ref is already stored.
-pub(crate) fn put_env(conn: &Connection, env_ref: &str, bytes: &[u8]) -> R<()> {
-    conn.prepare_cached("INSERT INTO envs (env_ref, bytes) VALUES (?1, ?2) ON CONFLICT (env_ref) DO NOTHING")?
-        .execute(params![env_ref, bytes])?;
+/// Store env bytes unless the ref is already stored, and count it as put at
+/// `now` either way: a prune's collection keeps an env put within its grace,
+/// so the registration that names it next finds it (ADR 0034).
+pub(crate) fn put_env(conn: &Connection, env_ref: &str, bytes: &[u8], now: u64) -> R<()> {
+    conn.prepare_cached(
+        "INSERT INTO envs (env_ref, bytes, touched_at_ms) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (env_ref) DO UPDATE SET touched_at_ms = max(touched_at_ms, excluded.touched_at_ms)",
+    )?
+    .execute(params![env_ref, bytes, to_sql(now)])?;
     Ok(())
 }
 
@@ -1169,6 +1177,29 @@ pub(crate) fn overwrite_env(conn: &Connection, env_ref: &str, bytes: &[u8]) -> R
     .execute(params![env_ref, bytes])?;
     Ok(())
 }
+
+/// Delete the envs no process names, of those put at or before
+/// `touched_before` (the collection's cutoff), and the type lists no process
+/// row names; answers how many of each. One statement per table, each
+/// reading the process rows once (`NOT IN` a subquery SQLite builds as one
+/// temporary index), never a lookup per candidate. A row's env is its
+/// record's `env_ref`; `instr` spares decoding the records that name none.
+pub(crate) fn collect_unreferenced(conn: &Connection, touched_before: u64) -> R<(u64, u64)> {
+    let envs = conn
+        .prepare_cached(COLLECT_ENVS_SQL)?
+        .execute([to_sql(touched_before)])?;
+    let lists = conn.prepare_cached(COLLECT_TYPE_LISTS_SQL)?.execute([])?;
+    Ok((envs as u64, lists as u64))
+}
+
+/// See [`collect_unreferenced`].
+const COLLECT_ENVS_SQL: &str = "DELETE FROM envs WHERE touched_at_ms <= ?1 AND env_ref NOT IN \
+    (SELECT json_extract(record, '$.env_ref') FROM processes \
+     WHERE instr(record, '\"env_ref\":\"') > 0 AND json_extract(record, '$.env_ref') IS NOT NULL)";
+
+/// See [`collect_unreferenced`].
+const COLLECT_TYPE_LISTS_SQL: &str =
+    "DELETE FROM type_lists WHERE key NOT IN (SELECT types_key FROM processes WHERE types_key IS NOT NULL)";
 
 /// Stored env bytes.
 pub(crate) fn env_bytes(conn: &Connection, env_ref: &str) -> R<Option<Vec<u8>>> {
@@ -1361,6 +1392,21 @@ mod tests {
             let p = plan(&conn, sql, args);
             assert!(p.contains("sqlite_autoindex_processes_1"), "{sql}: {p}");
         }
+    }
+
+    /// A prune's collection reads the process rows once per table (one
+    /// subquery SQLite builds a list of), never once per env or list.
+    #[test]
+    fn the_collection_reads_the_processes_once() {
+        let (_dir, conn) = fresh();
+        for sql in [COLLECT_ENVS_SQL, COLLECT_TYPE_LISTS_SQL] {
+            let args = (1..=conn.prepare(sql).expect("prepare").parameter_count())
+                .map(|_| SqlValue::Integer(0))
+                .collect();
+            let p = plan(&conn, sql, args);
+            assert!(p.contains("LIST SUBQUERY") && !p.contains("CORRELATED"), "{sql}: {p}");
+        }
+        assert_eq!(collect_unreferenced(&conn, 0).expect("collect"), (0, 0));
     }
 
     #[test]

@@ -36,8 +36,12 @@ use crate::store;
 ///
 /// It also keeps the keys of the event type lists known to be stored, in the
 /// same three layers, so storing a record looks its list up once a key and
-/// not at every write. Lists are never deleted, so the committed layer
-/// outlives other connections' commits.
+/// not at every write. A prune's collection deletes the lists no row names
+/// (ADR 0034): the job that collects forgets every layer
+/// ([`forget_type_lists`]), and another connection's commit (which may have
+/// been one) empties the committed layer as it empties the rows. Write
+/// transactions on the file run one at a time, so a list known here is
+/// stored until this writer's next `BEGIN` finds another connection's commit.
 struct RowCache {
     job: HashMap<String, Option<Row>>,
     open: HashMap<String, Option<Row>>,
@@ -74,8 +78,9 @@ pub(crate) fn type_list_stored(key: &str) {
     CACHE.with_borrow_mut(|c| c.lists_job.push(key.to_string()));
 }
 
-/// A write transaction began: forget the committed rows if another connection
-/// committed since this one last looked.
+/// A write transaction began: forget the committed rows and the type lists
+/// known to be stored if another connection committed since this one last
+/// looked (its commit may have been a prune's collection of lists).
 pub(crate) fn cache_begin(conn: &Connection) -> rusqlite::Result<()> {
     let version: i64 = conn
         .prepare_cached("PRAGMA data_version")?
@@ -83,10 +88,24 @@ pub(crate) fn cache_begin(conn: &Connection) -> rusqlite::Result<()> {
     CACHE.with_borrow_mut(|c| {
         if c.data_version != Some(version) {
             c.committed.clear();
+            c.lists.clear();
             c.data_version = Some(version);
         }
     });
     Ok(())
+}
+
+/// The running job deletes type lists (a prune's collection): forget every
+/// list this thread knows to be stored, in all layers, so a later write
+/// looks its list up again and stores it when it is gone. Layers of the open
+/// transaction's earlier jobs go too: this job may delete their lists when
+/// no row names them any more.
+pub(crate) fn forget_type_lists() {
+    CACHE.with_borrow_mut(|c| {
+        c.lists.clear();
+        c.lists_open.clear();
+        c.lists_job.clear();
+    });
 }
 
 /// The job that just ran succeeded (`true`, its savepoint released) or not.

@@ -22,10 +22,14 @@ use serde_json::{json, Value};
 
 const T0: u64 = 1_700_000_000_000;
 
+/// What `V_ENV_TOUCHES` adds, undone: the schema as versions before 15 made it.
+const UNDO_ENV_TOUCHES: &str = "ALTER TABLE envs DROP COLUMN touched_at_ms;";
+
 /// The worklist index as schema versions before 12 made it (one index, a row
 /// claimable at once keyed 0), undoing `V_WORKLIST_BY_TIME` (and the later
-/// `V_FRAME_WAKES` and `V_TOMBSTONE_GRANTS`).
-const UNDO_WORKLIST_BY_TIME: &str = "DROP TABLE tombstone_grants;
+/// `V_FRAME_WAKES`, `V_TOMBSTONE_GRANTS` and `V_ENV_TOUCHES`).
+const UNDO_WORKLIST_BY_TIME: &str = "ALTER TABLE envs DROP COLUMN touched_at_ms;
+         DROP TABLE tombstone_grants;
          DROP INDEX wakes_frame_pending;
          DROP INDEX processes_ready;
          DROP INDEX processes_worklist;
@@ -1807,6 +1811,7 @@ async fn tombstone_grants_are_added_on_upgrade() {
     let raw = Connection::open(&path).expect("raw");
     raw.execute_batch(&format!(
         "DROP TABLE tombstone_grants;
+         {UNDO_ENV_TOUCHES}
          UPDATE cairn_meta SET value = '{TOMBSTONE_GRANTS_FROM}' WHERE key = 'schema_version';"
     ))
     .expect("make the older shape");
@@ -1948,4 +1953,179 @@ async fn a_cancel_another_writer_makes_stops_a_run_here() {
     let r = p.await_output("long", Duration::from_secs(20)).await.expect("await");
     assert_eq!(r.outcome, Some(Outcome::cancelled("from there")), "{r:?}");
     p.shutdown().await;
+}
+
+/// A file from before env specs kept when they were last put gains the
+/// column on open, every stored spec put as of the upgrade (by the wall
+/// clock): a writer of the older build may be about to name one, so no
+/// collection takes it within the grace; past the grace one no process names
+/// goes, and one a process names stays.
+#[tokio::test]
+async fn env_touches_are_added_on_upgrade() {
+    /// The schema version whose migration adds when each env was put.
+    const ENV_TOUCHES_FROM: u32 = 14;
+    let wall = || cairn_core::SystemClock.now_ms();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let clock = ManualClock::new(wall());
+    let reg = open(&path, &clock);
+    let spec = |task: &str| EnvSpec {
+        plugin_options: json!({ "cwd": task }),
+        policy: json!({}),
+    };
+    let loose = reg.put_env(&spec("loose")).await.expect("put");
+    let named = reg.put_env(&spec("named")).await.expect("put");
+    reg.register(
+        Registration {
+            env_ref: Some(named.clone()),
+            ..external("named")
+        },
+        None,
+    )
+    .await
+    .expect("register");
+    drop(reg);
+    let raw = Connection::open(&path).expect("raw");
+    raw.execute_batch(&format!(
+        "{UNDO_ENV_TOUCHES}
+         UPDATE cairn_meta SET value = '{ENV_TOUCHES_FROM}' WHERE key = 'schema_version';"
+    ))
+    .expect("make the older shape");
+
+    let before = wall();
+    let reg = open(&path, &clock);
+    let after = wall();
+    let touched: Vec<i64> = raw
+        .prepare("SELECT touched_at_ms FROM envs ORDER BY env_ref")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows");
+    assert_eq!(touched.len(), 2);
+    for t in touched {
+        assert!(
+            (before as i64..=after as i64).contains(&t),
+            "put as of the upgrade ({before}..={after}), not {t}"
+        );
+    }
+    let grace = cairn_core::registry::DEFAULT_COLLECT_GRACE;
+    clock.set(after);
+    assert_eq!(
+        reg.collect_unreferenced(grace).await.expect("collect").envs,
+        0,
+        "within the grace of the upgrade"
+    );
+    reg.get_env(&loose).await.expect("kept");
+    clock.set(after + grace.as_millis() as u64 + 1);
+    assert_eq!(reg.collect_unreferenced(grace).await.expect("collect").envs, 1);
+    assert_eq!(reg.get_env(&loose).await.expect_err("collected").code(), "unknown_env");
+    reg.get_env(&named).await.expect("a process names it");
+}
+
+/// Two registries on one file, each with its writer and its knowledge of
+/// the type lists stored: one registers a process declaring a list (and so
+/// knows it stored), the other prunes that process and collects the list;
+/// the first then registers another process declaring the same list, which
+/// it stores again (another connection committed since its last write, so
+/// it looks the list up), and the record reads back with its types.
+#[tokio::test]
+async fn a_list_another_writer_collected_is_stored_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let clock = ManualClock::new(T0);
+    let first = open(&path, &clock);
+    let second = SqliteRegistry::open_with(
+        &path,
+        SqliteOptions {
+            collect_grace: std::time::Duration::ZERO,
+            ..SqliteOptions::new(Arc::new(clock.clone()))
+        },
+    )
+    .expect("open the second");
+    let declaring = |id: &str| Registration {
+        event_types: vec![EventType::plain("only.here")],
+        ..external(id)
+    };
+    let key = first
+        .register(declaring("once"), None)
+        .await
+        .expect("register")
+        .process
+        .event_types
+        .key()
+        .to_string();
+    first
+        .complete_external("once", Outcome::success(json!(1)), "host")
+        .await
+        .expect("complete");
+    let raw = Connection::open(&path).expect("raw");
+    let stored = |key: &str| -> bool {
+        raw.query_row("SELECT count(*) FROM type_lists WHERE key = ?1", [key], |r| {
+            r.get::<_, i64>(0)
+        })
+        .expect("count")
+            == 1
+    };
+    assert!(stored(&key));
+    clock.advance(10);
+    let report = second
+        .prune(clock.now_ms(), StatusFilter::Any.into(), Watermark::NoProjector)
+        .await
+        .expect("prune");
+    assert_eq!(report.pruned, 1);
+    assert!(!stored(&key), "the prune collected the list no process names");
+
+    first.register(declaring("again"), None).await.expect("register again");
+    assert!(stored(&key), "the first writer stored the list again");
+    // Read through a registry that never decoded the list in this process's
+    // cache of lists: the row's list comes from the file.
+    cairn_core::ops::columns::forget_type_lists();
+    let again = second.get("again").await.expect("the record reads back");
+    assert!(again.event_types.find("only.here").is_some(), "{again:?}");
+}
+
+/// A prune's collection on the writer thread forgets the lists that thread
+/// knew were stored, in the same job: a registration right after it, on the
+/// same writer, stores the collected list again.
+#[tokio::test]
+async fn a_list_this_writer_collected_is_stored_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let clock = ManualClock::new(T0);
+    let reg = SqliteRegistry::open_with(
+        &path,
+        SqliteOptions {
+            collect_grace: std::time::Duration::ZERO,
+            ..SqliteOptions::new(Arc::new(clock.clone()))
+        },
+    )
+    .expect("open");
+    let declaring = |id: &str| Registration {
+        event_types: vec![EventType::plain("only.here")],
+        ..external(id)
+    };
+    let key = reg
+        .register(declaring("once"), None)
+        .await
+        .expect("register")
+        .process
+        .event_types
+        .key()
+        .to_string();
+    reg.complete_external("once", Outcome::success(json!(1)), "host")
+        .await
+        .expect("complete");
+    clock.advance(10);
+    reg.prune(clock.now_ms(), StatusFilter::Any.into(), Watermark::NoProjector)
+        .await
+        .expect("prune");
+    let raw = Connection::open(&path).expect("raw");
+    let stored = |key: &str| -> i64 {
+        raw.query_row("SELECT count(*) FROM type_lists WHERE key = ?1", [key], |r| r.get(0))
+            .expect("count")
+    };
+    assert_eq!(stored(&key), 0, "collected");
+    reg.register(declaring("again"), None).await.expect("register again");
+    assert_eq!(stored(&key), 1, "stored again");
 }

@@ -333,6 +333,7 @@ macro_rules! conformance_suite {
                 prune_keeps_the_ancestors_of_a_running_process,
                 a_prune_walks_every_chunk_past_what_it_keeps,
                 prune_keeps_the_scopes_that_held_a_grant,
+                prune_collects_what_no_process_names,
                 change_feed_order_and_paging,
                 change_feed_dedupes_to_latest,
                 change_head_is_where_the_feed_ends,

@@ -126,3 +126,60 @@ async fn a_change_feed_page_lists_a_record_once_though_it_changed_between_chunks
     assert!(page.changes.last().expect("x00").process.is_terminal());
     assert_eq!(page.next_cursor, page.changes.last().expect("x00").cursor);
 }
+
+/// A prune that removes a process collects, with the registry's grace, the
+/// env spec no process names any more (ADR 0034): with a grace of 0 the
+/// pruned process's env goes at once, a running process's stays; with the
+/// default grace an env put within the hour stays, and so does one put just
+/// before the prune for a registration that comes after it.
+#[tokio::test]
+async fn a_prune_collects_the_envs_its_processes_named_after_the_grace() {
+    use cairn_core::{Clock, Outcome, StatusFilter, Watermark};
+    use cairn_testkit::builders::external;
+    let env = |task: &str| EnvSpec {
+        plugin_options: serde_json::json!({ "cwd": format!("/work/{task}") }),
+        policy: serde_json::json!({}),
+    };
+    let named = |id: &str, env_ref: &str| {
+        let mut reg = external(id);
+        reg.env_ref = Some(env_ref.to_string());
+        reg
+    };
+    for (grace, collected) in [
+        (std::time::Duration::ZERO, true),
+        (std::time::Duration::from_secs(3600), false),
+    ] {
+        let clock = ManualClock::new(1_000);
+        let registry = MemoryRegistry::with_clock(Arc::new(clock.clone())).with_collect_grace(grace);
+        let (dead, live) = (
+            registry.put_env(&env("dead")).await.expect("put"),
+            registry.put_env(&env("live")).await.expect("put"),
+        );
+        registry.register(named("dead", &dead), None).await.expect("register");
+        registry.register(named("live", &live), None).await.expect("register");
+        registry
+            .complete_external("dead", Outcome::success(serde_json::json!(1)), "test")
+            .await
+            .expect("complete");
+        clock.advance(60_000);
+        let next = registry.put_env(&env("next")).await.expect("put");
+        let report = registry
+            .prune(clock.now_ms(), StatusFilter::Any.into(), Watermark::NoProjector)
+            .await
+            .expect("prune");
+        assert_eq!(report.pruned, 1);
+        let dead_env = registry.get_env(&dead).await;
+        match collected {
+            true => assert_eq!(dead_env.expect_err("collected").code(), "unknown_env"),
+            false => assert_eq!(dead_env.expect("kept within the grace"), env("dead")),
+        }
+        registry.get_env(&live).await.expect("a running process's env stays");
+        if !collected {
+            registry.get_env(&next).await.expect("put within the grace");
+            registry
+                .register(named("next", &next), None)
+                .await
+                .expect("a registration after the prune names the env put before it");
+        }
+    }
+}

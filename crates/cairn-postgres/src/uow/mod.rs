@@ -32,7 +32,8 @@ mod columns;
 mod overlay;
 mod write;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use cairn_core::ops::{Answer, Op};
 use cairn_core::Result;
@@ -117,11 +118,31 @@ impl From<Fault> for BatchError {
     }
 }
 
+/// How long a lane names a type list it stored without storing it again
+/// (ADR 0034). A prune's collection deletes only lists nobody stored in its
+/// grace (an hour by default, far longer), by the server's clock: a batch
+/// that names a list on the strength of a store at most this long ago finds
+/// it there, whatever node collects.
+pub(crate) const TYPE_LIST_TRUST: Duration = Duration::from_secs(600);
+
 /// Where a batch writes beyond its rows: the notification channel, and the
-/// type lists known to be stored in the schema (so each is inserted once).
+/// type lists known to be stored in the schema, each with when a batch that
+/// stored it began sending its writes (so each is stored once per
+/// [`TYPE_LIST_TRUST`], not at every write).
 pub(crate) struct Target {
     pub channel: String,
-    pub stored_types: parking_lot::Mutex<HashSet<String>>,
+    pub stored_types: parking_lot::Mutex<HashMap<String, Instant>>,
+}
+
+impl Target {
+    /// Whether a batch may name the list `key` without storing it: this node
+    /// stored it within [`TYPE_LIST_TRUST`].
+    pub(crate) fn trusts_type_list(&self, key: &str) -> bool {
+        self.stored_types
+            .lock()
+            .get(key)
+            .is_some_and(|stored| stored.elapsed() < TYPE_LIST_TRUST)
+    }
 }
 
 /// Run `ops` as one transaction on `conn` at time `now`. Answers one result per
@@ -455,12 +476,12 @@ async fn load_decide_write(
     }
 
     // 3. Write and commit, pipelined.
-    let (inserted_wakes, new_lists) = write_and_commit(conn, &uow, target).await?;
+    let (inserted_wakes, new_lists, sent_at) = write_and_commit(conn, &uow, target).await?;
     if !new_lists.is_empty() {
         let mut stored = target.stored_types.lock();
         for list in new_lists {
             remember_types(&list);
-            stored.insert(list.key().to_string());
+            stored.insert(list.key().to_string(), sent_at);
         }
     }
     // A wake whose id was already stored (by an earlier batch) was not delivered again.

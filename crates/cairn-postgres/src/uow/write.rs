@@ -50,10 +50,16 @@ const UPDATE_PROCESSES: &str = "UPDATE processes p SET record = u.record, status
     wake_at_ms, sweep_node, sweep_incarnation) \
     WHERE p.id = u.id";
 
-/// Type lists new to this schema, content-addressed: a list another batch
-/// stored first is left as it is (same key, same content).
-const INSERT_TYPE_LISTS: &str = "INSERT INTO type_lists (key, types) \
-    SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (key) DO NOTHING";
+/// Type lists this node does not trust to be stored (new to it, or stored
+/// more than [`super::TYPE_LIST_TRUST`] ago), content-addressed: a list
+/// another batch stored first keeps its content (same key, same content) and
+/// counts as stored now, by the server's clock, which a prune's collection
+/// reads (ADR 0034). The time is taken as the statement runs, after the
+/// batch's `Instant` was, so the trust never outlasts the touch it rests on.
+const INSERT_TYPE_LISTS: &str = "INSERT INTO type_lists (key, types, touched_at_ms) \
+    SELECT u.key, u.types, (extract(epoch FROM clock_timestamp()) * 1000)::int8 \
+    FROM unnest($1::text[], $2::text[]) AS u(key, types) \
+    ON CONFLICT (key) DO UPDATE SET touched_at_ms = excluded.touched_at_ms";
 
 const INSERT_EVENTS: &str = "INSERT INTO events (process_id, sequence, event_type, replay_key, occurred_at_ms, event) \
     SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::text[])";
@@ -100,12 +106,13 @@ pub(crate) fn notify_payloads(work: bool, touched: &HashMap<String, u64>) -> Vec
 pub(super) type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
 
 /// Write the batch and commit it; answers the ids of the wakes actually
-/// inserted and the type lists it stored.
+/// inserted, the type lists it stored and when it began sending its writes
+/// (the lists' trust runs from then: [`Target::trusts_type_list`]).
 pub(super) async fn write_and_commit(
     conn: &Conn,
     uow: &Uow,
     target: &Target,
-) -> std::result::Result<(HashSet<String>, Vec<EventTypes>), BatchError> {
+) -> std::result::Result<(HashSet<String>, Vec<EventTypes>, std::time::Instant), BatchError> {
     let client = &conn.client;
     let (s_insert, s_update, s_events, s_wakes, s_grants, s_notify, s_types) = futures::try_join!(
         conn.stmt(INSERT_PROCESSES),
@@ -135,7 +142,7 @@ pub(super) async fn write_and_commit(
         let columns = if slot.stored { &mut upd } else { &mut ins };
         columns.push(id, entry, ord)?;
         let list = &entry.record.event_types;
-        if !new_lists.contains_key(list.key()) && !target.stored_types.lock().contains(list.key()) {
+        if !new_lists.contains_key(list.key()) && !target.trusts_type_list(list.key()) {
             new_lists.insert(list.key().to_string(), list.clone());
         }
     }
@@ -214,6 +221,9 @@ pub(super) async fn write_and_commit(
     if has_wakes {
         statements.push(Box::pin(client.query(&s_wakes, p_slice(&wk_params))));
     }
+    // Taken before the first write goes out (a statement is sent when first
+    // polled): the server's touch of each list stored comes after it.
+    let sent_at = std::time::Instant::now();
     // Send every write, then COMMIT behind them in the same pipeline: one
     // round trip. A write the client could not even send fails on the first
     // poll, before COMMIT is sent; a write the server refused aborts the
@@ -250,7 +260,7 @@ pub(super) async fn write_and_commit(
             }
         }
     }
-    Ok((inserted, new_lists.into_values().collect()))
+    Ok((inserted, new_lists.into_values().collect(), sent_at))
 }
 
 fn p_slice<'a>(p: &'a Params<'a>) -> &'a [&'a (dyn ToSql + Sync)] {

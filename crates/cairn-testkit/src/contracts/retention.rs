@@ -738,3 +738,117 @@ pub async fn prune_keeps_the_scopes_that_held_a_grant(factory: &dyn StoreFactory
     )
     .await;
 }
+
+/// A prune collects the env specs and event-type lists no process names any
+/// more (ADR 0034): with the default grace, an env put within the hour stays
+/// (the pruned process's, and one put for a registration that comes after
+/// the prune, which then succeeds); with none, the pruned process's env and
+/// list go while a running process's stay, and a list collected is stored
+/// again by the next registration that declares it. Collecting again finds
+/// nothing more.
+pub async fn prune_collects_what_no_process_names(factory: &dyn StoreFactory) {
+    use cairn_core::EventType;
+    let h = Harness::new(factory).await;
+    let env = |task: &str| EnvSpec {
+        plugin_options: json!({ "cwd": format!("/work/{task}") }),
+        policy: json!({}),
+    };
+    let declaring = |mut reg: cairn_core::Registration, name: &str, env_ref: Option<&str>| {
+        reg.event_types.push(EventType::plain(name));
+        reg.env_ref = env_ref.map(str::to_string);
+        reg
+    };
+    let dead_env = ok(h.registry().put_env(&env("dead")).await, "put dead's env");
+    let live_env = ok(h.registry().put_env(&env("live")).await, "put live's env");
+    // Registered and ended without reading it back: nothing in this OS
+    // process decodes its list, so reading a process that declares it later
+    // reads the store.
+    ok(
+        h.registry()
+            .register(declaring(external("dead"), "collected.dead", Some(&dead_env)), None)
+            .await,
+        "register dead",
+    );
+    h.register(declaring(external("live"), "collected.live", Some(&live_env)))
+        .await;
+    ok(
+        h.registry()
+            .complete_external("dead", Outcome::success(json!(1)), "ci")
+            .await,
+        "complete dead",
+    );
+    h.advance(100);
+    let cutoff = h.now();
+    h.advance(50);
+    // Put now, for a registration that comes after the prune.
+    let next_env = ok(h.registry().put_env(&env("next")).await, "put next's env");
+
+    let report = ok(
+        h.registry()
+            .prune(cutoff, StatusFilter::Any.into(), Watermark::NoProjector)
+            .await,
+        "prune",
+    );
+    assert_eq!(report.pruned, 1, "{report:?}");
+    for (env_ref, whose) in [(&dead_env, "dead's"), (&live_env, "live's"), (&next_env, "next's")] {
+        ok(
+            h.registry().get_env(env_ref).await,
+            &format!("{whose} env, put within the default grace, after the prune"),
+        );
+    }
+    let next = h
+        .register(declaring(external("next"), "collected.next", Some(&next_env)))
+        .await;
+    assert_eq!(next.env_ref.as_deref(), Some(next_env.as_str()));
+
+    let collected = ok(
+        h.registry().collect_unreferenced(std::time::Duration::ZERO).await,
+        "collect with no grace",
+    );
+    assert_eq!(
+        collected.envs, 1,
+        "only dead's env is named by no process: {collected:?}"
+    );
+    assert!(
+        collected.type_lists <= 1,
+        "only dead's list is named by no process (a store that keeps lists apart deletes it): {collected:?}"
+    );
+    h.rejects(
+        "unknown_env",
+        "the pruned process's env",
+        h.registry().get_env(&dead_env),
+    )
+    .await;
+    assert_eq!(ok(h.registry().get_env(&live_env).await, "live's env"), env("live"));
+    assert_eq!(ok(h.registry().get_env(&next_env).await, "next's env"), env("next"));
+    for (id, name) in [("live", "collected.live"), ("next", "collected.next")] {
+        let record = h.check(id).await.record;
+        assert!(record.event_types.find(name).is_some(), "{id} keeps its list");
+    }
+
+    // The list collected is declared again: stored again, read back whole.
+    let again = h
+        .register(declaring(external("again"), "collected.dead", Some(&live_env)))
+        .await;
+    assert!(again.event_types.find("collected.dead").is_some());
+    let again = h.check("again").await.record;
+    assert!(again.event_types.find("collected.dead").is_some(), "{again:?}");
+    // Re-putting an env makes it fresh again, and a put after a collection stores it anew.
+    let dead_again = ok(h.registry().put_env(&env("dead")).await, "put dead's env again");
+    assert_eq!(dead_again, dead_env);
+    assert_eq!(
+        ok(h.registry().get_env(&dead_env).await, "dead's env put again"),
+        env("dead")
+    );
+    let nothing = ok(
+        h.registry()
+            .collect_unreferenced(cairn_core::registry::DEFAULT_COLLECT_GRACE)
+            .await,
+        "collect again with the default grace",
+    );
+    assert_eq!(
+        nothing,
+        cairn_core::registry::Collected::default(),
+        "everything left is named or put within the grace"
+    );
+}
