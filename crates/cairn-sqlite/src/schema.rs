@@ -475,6 +475,7 @@ pub(crate) fn open_writer_waiting(path: &Path, busy_timeout: Duration, lock_wait
     // The write connection gathers each transaction's WAL appends into one
     // write (ADR 0023); it relies on synchronous=FULL, set below.
     crate::vfs::register().map_err(|e| CairnError::storage(format!("sqlite database `{}`: {e}", shown(path))))?;
+    create_private(path);
     let mut conn =
         Connection::open_with_flags_and_vfs(path, flags, crate::vfs::NAME).map_err(|e| open_error(path, e))?;
     let ran_out = wait_for_locks(&mut conn, path, lock_wait).map_err(|e| open_error(path, e))?;
@@ -493,6 +494,21 @@ pub(crate) fn open_writer_waiting(path: &Path, busy_timeout: Duration, lock_wait
     // From now on a write waits the busy timeout, as on every other connection.
     conn.busy_timeout(busy_timeout).map_err(|e| open_error(path, e))?;
     Ok(conn)
+}
+
+/// Create the database file, when there is none, readable and writable by
+/// this user alone: it holds every record (forwarded env values, signal
+/// payloads, turn conversations), and SQLite gives its `-wal` and `-shm`
+/// files the database file's mode. An empty file is an empty database. A
+/// file that is there (another process may have made it first) keeps its
+/// mode, and a failure is left to the open that follows, which says why.
+fn create_private(path: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
 }
 
 /// While a file is opened: wait for locks another process holds, up to
@@ -643,6 +659,28 @@ fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A database file opened here is readable by its user alone, with its
+    /// WAL and shared-memory files, whatever the umask; a file that was
+    /// there keeps its mode.
+    #[test]
+    fn a_new_database_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        let path = dir.path().join("c.db");
+        let conn = open_writer(&path, Duration::from_secs(5)).expect("open");
+        conn.execute_batch("INSERT INTO cairn_meta (key, value) VALUES ('probe', '1')")
+            .expect("write");
+        for file in ["c.db", "c.db-wal", "c.db-shm"] {
+            assert_eq!(mode(&dir.path().join(file)), 0o600, "{file}");
+        }
+        let shared = dir.path().join("shared.db");
+        std::fs::write(&shared, b"").expect("create");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        open_writer(&shared, Duration::from_secs(5)).expect("open");
+        assert_eq!(mode(&shared), 0o640);
+    }
 
     /// A file SQLite could open only read-only (its mode, for any user but
     /// root; here opened so) is refused as not writable, with the path.
