@@ -122,9 +122,14 @@ impl Scheduler {
         let schedule = &schedule;
         let running = self.previous_running(schedule).await?;
         let plan = plan_fire(schedule, now, running)?;
-        if let FirePlan::Skip { fire_ms, advance } | FirePlan::Start { fire_ms, advance, .. } = &plan {
-            report.add_passed_over(&schedule.id, schedule.passed_over(*fire_ms, advance.next_fire_ms)?);
-        }
+        // Counted by the node whose advance took: every node that raced
+        // this fire passed over the same fire times.
+        let passed_over = match &plan {
+            FirePlan::Skip { fire_ms, advance } | FirePlan::Start { fire_ms, advance, .. } => {
+                schedule.passed_over(*fire_ms, advance.next_fire_ms)?
+            }
+            FirePlan::NotDue => 0,
+        };
         match plan {
             FirePlan::NotDue => {}
             FirePlan::Skip { fire_ms, advance } => {
@@ -134,6 +139,7 @@ impl Scheduler {
                     .await?
                 {
                     report.skipped.push(schedule.fire_id(fire_ms));
+                    report.add_passed_over(&schedule.id, passed_over);
                 }
             }
             FirePlan::Start {
@@ -178,9 +184,13 @@ impl Scheduler {
                     }
                     Err(e) => return Err(e),
                 }
-                self.registry
+                if self
+                    .registry
                     .advance_schedule(&schedule.id, schedule.next_fire_ms, &advance)
-                    .await?;
+                    .await?
+                {
+                    report.add_passed_over(&schedule.id, passed_over);
+                }
             }
         }
         Ok(())

@@ -483,6 +483,7 @@ macro_rules! execution_suite {
                 pause_and_resume,
                 a_pause_landing_after_the_due_read_wins,
                 one_catch_up_after_downtime,
+                only_the_fire_that_advances_counts_what_it_passed_over,
                 a_refused_fire_is_recorded_until_one_starts,
                 a_fire_made_before_a_crash_is_not_refused_again,
                 schedule_rejects_bad_input,

@@ -38,6 +38,7 @@ pub struct ReadProbe {
     claimed_hook: parking_lot::Mutex<Option<ClaimHook>>,
     child_hook: parking_lot::Mutex<Option<ClaimHook>>,
     due_hook: parking_lot::Mutex<Option<ClaimHook>>,
+    advance_hook: parking_lot::Mutex<Option<ClaimHook>>,
     env_hook: parking_lot::Mutex<Option<ClaimHook>>,
     changes_hook: parking_lot::Mutex<Option<ClaimHook>>,
     changes_read_from: parking_lot::Mutex<Vec<u64>>,
@@ -89,6 +90,7 @@ impl ReadProbe {
             claimed_hook: parking_lot::Mutex::new(None),
             child_hook: parking_lot::Mutex::new(None),
             due_hook: parking_lot::Mutex::new(None),
+            advance_hook: parking_lot::Mutex::new(None),
             env_hook: parking_lot::Mutex::new(None),
             changes_hook: parking_lot::Mutex::new(None),
             changes_read_from: parking_lot::Mutex::new(Vec::new()),
@@ -267,6 +269,13 @@ impl ReadProbe {
     pub fn hang_renewals(&self, hanging: bool) {
         self.hanging_renewals
             .store(hanging, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Run `hook` before the next schedule advance reaches the inner
+    /// registry: a fire decided on and made, whose advance another node's
+    /// may beat.
+    pub fn before_next_schedule_advance(&self, hook: ClaimHook) {
+        *self.advance_hook.lock() = Some(hook);
     }
 
     /// The next `n` schedule advances fail `unavailable` without reaching the
@@ -719,6 +728,10 @@ impl ProcessRegistry for ReadProbe {
         expected_next_fire_ms: u64,
         advance: &cairn_core::ScheduleAdvance,
     ) -> Result<bool> {
+        let hook = self.advance_hook.lock().take();
+        if let Some(hook) = hook {
+            hook().await;
+        }
         if take_one(&self.failing_advances) {
             return Err(cairn_core::CairnError::Unavailable(
                 "the probe fails this schedule advance".into(),

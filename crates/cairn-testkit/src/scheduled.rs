@@ -378,6 +378,48 @@ pub async fn a_pause_landing_after_the_due_read_wins(factory: &dyn StoreFactory)
     p.shutdown().await;
 }
 
+/// Two nodes that both made a schedule's catch-up fire: the one whose
+/// advance took counts the fire times passed over, the other counts none
+/// (each logged the whole count), and one process is started for the fire.
+pub async fn only_the_fire_that_advances_counts_what_it_passed_over(factory: &dyn StoreFactory) {
+    let store = factory.create(cairn_core::ManualClock::new(1_000_000)).await;
+    let probe = crate::probe::ReadProbe::new(store.registry.clone());
+    // No workers: the passes below are the only ones.
+    let node = |registry: Arc<dyn cairn_core::ProcessRegistry>| {
+        Processes::builder(registry)
+            .tools(builtin_tools(false))
+            .clock(Arc::new(store.clock.clone()))
+            .without_worker()
+            .start()
+    };
+    let a = Arc::new(node(store.registry.clone()));
+    let b = node(probe.clone());
+    let t0 = store.clock.now_ms();
+    create(&a, echo_every("sync", "10s")).await;
+    store.clock.advance(10_000);
+    a.fire_schedules().await.expect("fire");
+    store.clock.advance(3_600_000);
+    let beside = a.clone();
+    let a_report = Arc::new(parking_lot::Mutex::new(None));
+    let a_said = a_report.clone();
+    probe.before_next_schedule_advance(Box::new(move || {
+        Box::pin(async move {
+            *a_said.lock() = Some(beside.fire_schedules().await.expect("node a fires"));
+        })
+    }));
+    let b_report = b.fire_schedules().await.expect("node b fires");
+    let a_report = a_report.lock().take().expect("node a fired beside node b");
+    assert_eq!(a_report.passed_over, 359, "{a_report:?}");
+    assert_eq!(b_report.passed_over, 0, "{b_report:?}");
+    assert_eq!(
+        fired(&a, "sync").await,
+        fire_ids("sync", &[t0 + 10_000, t0 + 20_000]),
+        "one catch-up"
+    );
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
 /// A runtime stopped for an hour and started again over the same store fires
 /// exactly one catch-up (the first missed fire), counts the fire times it
 /// passed over, then keeps time from now.
