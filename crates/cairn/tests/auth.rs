@@ -274,10 +274,11 @@ async fn session_tokens_see_only_their_grants() {
         )
         .await;
     assert_eq!((s, code(&err)), (403, "forbidden"), "{err}");
+    let (s, page) = host.get("/v1/processes?status=any&granted_to=s1/frame:sub").await;
     assert_eq!(
-        s1.get("/v1/processes/p-frame").await.0,
-        404,
-        "the grant stayed with the frame"
+        (s, page["processes"][0]["id"].as_str()),
+        (200, Some("p-frame")),
+        "the grant stayed with the frame: {page}"
     );
     // Nor may it start a process granted to one of its frames alone: refused,
     // not widened to the whole session, and nothing starts.
@@ -538,6 +539,103 @@ async fn a_session_is_told_its_own_pruned_process_ended() {
     let (s, err) = s1.get("/v1/processes/mine").await;
     assert_eq!((s, code(&err)), (404, "unknown_process"), "{err}");
     assert_eq!(s2.get("/v1/processes/theirs").await.0, 410);
+}
+
+/// A process the host granted to one of a session's agent frames is the
+/// session's to address, as it is to list (a frame is inside its session):
+/// its token reads, follows, signals, cancels and awaits it, over HTTP, SSE
+/// and MCP alike. Another session is answered as for an unknown id, on
+/// every one of those routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_addresses_what_its_frames_are_granted() {
+    let server = Server::start(&[
+        "--token",
+        "host-secret",
+        "--session-token",
+        "s1=tok-1",
+        "--session-token",
+        "s2=tok-2",
+    ])
+    .await;
+    let host = server.with_token("host-secret");
+    let s1 = server.with_token("tok-1");
+    let s2 = server.with_token("tok-2");
+    for (id, frame) in [("hf1", "f1"), ("hf2", "f2")] {
+        let mut body = waiter(id);
+        body["grant"] = json!({"session_scope": {"session_id": "s1", "agent_frame_id": frame}});
+        assert_eq!(host.start(body).await.0, 201, "{id}");
+        host.wait_for(id, |r| !r["wait"].is_null()).await;
+    }
+    let (s, page) = s1.get("/v1/processes?status=any&granted_to=s1%2Fframe%3Af1").await;
+    assert_eq!((s, page["processes"][0]["id"].as_str()), (200, Some("hf1")), "{page}");
+
+    // Another session: every route answers as for an unknown id.
+    for path in [
+        "/v1/processes/hf1",
+        "/v1/processes/hf1/events",
+        "/v1/processes/hf1/await?timeout_ms=10",
+    ] {
+        let (s, err) = s2.get(path).await;
+        assert_eq!((s, code(&err)), (404, "unknown_process"), "{path}: {err}");
+    }
+    for (path, body) in [
+        ("/v1/processes/hf1/signals/go", json!({"signal_id": "x", "payload": 1})),
+        ("/v1/processes/hf2/cancel", json!({})),
+    ] {
+        let (s, err) = s2.post(path, body).await;
+        assert_eq!((s, code(&err)), (404, "unknown_process"), "{path}: {err}");
+    }
+    let r = s2
+        .http
+        .get(s2.url("/v1/processes/hf1/events"))
+        .bearer_auth("tok-2")
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 404, "another session's SSE");
+    let mcp_get = |token: &str| {
+        let request = s1
+            .http
+            .post(server.url("/mcp"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(
+                json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                       "params": {"name": "process_get", "arguments": {"id": "hf1"}}})
+                .to_string(),
+            );
+        async move {
+            let response = request.send().await.expect("answered");
+            assert_eq!(response.status().as_u16(), 200);
+            response.json::<Value>().await.expect("a JSON-RPC answer")
+        }
+    };
+    let answer = mcp_get("tok-2").await;
+    assert_eq!(answer["result"]["isError"], json!(true), "{answer}");
+
+    // Its own session: read, follow (JSON and SSE), MCP, signal, cancel, await.
+    let (s, rec) = s1.get("/v1/processes/hf1").await;
+    assert_eq!((s, rec["id"].as_str()), (200, Some("hf1")), "{rec}");
+    let (s, events) = s1.get("/v1/processes/hf1/events").await;
+    assert_eq!(s, 200, "{events}");
+    assert!(!events["events"].as_array().expect("events").is_empty(), "{events}");
+    let mut sse = s1.sse("hf1", "", None).await;
+    assert!(sse.next(Duration::from_secs(10)).await.is_some(), "an event over SSE");
+    let answer = mcp_get("tok-1").await;
+    assert_eq!(answer["result"]["isError"], json!(false), "{answer}");
+    assert_eq!(answer["result"]["structuredContent"]["id"], "hf1", "{answer}");
+    let (s, ev) = s1
+        .post("/v1/processes/hf1/signals/go", json!({"signal_id": "a", "payload": 2}))
+        .await;
+    assert_eq!((s, ev["event_type"].as_str()), (200, Some("signal.go")), "{ev}");
+    let (s, rec) = s1.get("/v1/processes/hf1/await?timeout_ms=20000").await;
+    assert_eq!((s, rec["status"].as_str()), (200, Some("completed")), "{rec}");
+    let (s, rec) = s1.post("/v1/processes/hf2/cancel", json!({"reason": "done"})).await;
+    assert_eq!(s, 200, "{rec}");
+    let (s, rec) = s1.get("/v1/processes/hf2/await?timeout_ms=20000").await;
+    assert_eq!((s, rec["status"].as_str()), (200, Some("cancelled")), "{rec}");
 }
 
 /// A session token's delete of its own session takes only the grants to the

@@ -1399,6 +1399,10 @@ async fn an_open_server_answers_only_loopback_hosts_and_pages() {
         .trim_end_matches('/')
         .to_string();
     let rebound = format!("attacker.example:{port}");
+    // An authority whose "port" is not a number, or is no TCP port, or
+    // that carries a user part, names no loopback.
+    let port_named = format!("localhost:{port}.attacker.example");
+    let user_part = format!("attacker.example@localhost:{port}");
     let send = |method: reqwest::Method, path: &str, host: Option<&str>, origin: Option<&str>| {
         let mut r = c
             .http
@@ -1421,6 +1425,15 @@ async fn an_open_server_answers_only_loopback_hosts_and_pages() {
         (None, Some("null".to_string())),
         (Some("localhost.evil.example"), None),
         (Some("127.0.0.1.evil.example"), None),
+        (Some(port_named.as_str()), None),
+        (None, Some(format!("http://{port_named}"))),
+        (Some("127.0.0.1:7711.evil.example"), None),
+        (Some("[::1]:7711.evil.example"), None),
+        (Some("localhost:65536"), None),
+        (Some("localhost:+7711"), None),
+        (Some("localhost:"), None),
+        (Some(user_part.as_str()), None),
+        (None, Some(format!("http://{user_part}"))),
     ] {
         let r = send(reqwest::Method::POST, "/v1/processes", host, origin.as_deref())
             .await
@@ -1503,6 +1516,82 @@ async fn an_open_server_answers_only_loopback_hosts_and_pages() {
         assert_eq!(answer.split(' ').nth(1), Some(status), "{version}: {answer}");
     }
     assert_eq!(c.get("/v1/processes/hostless").await.0, 404, "nothing was started");
+}
+
+/// A request with two `Host` headers, or two `Origin` headers, is refused
+/// 400 `invalid_request` before anything runs, whichever comes first and on
+/// a server with tokens as on an open one: the server does not pick one.
+/// With one of each, the same request runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_host_or_origin_headers_are_refused() {
+    let body = serde_json::to_string(&waiter("doubled")).expect("body");
+    for tokens in [&[][..], &["--token", "host-secret"]] {
+        let server = Server::start(tokens).await;
+        let port = server
+            .url("/")
+            .split(':')
+            .nth(2)
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .to_string();
+        let bearer = if tokens.is_empty() {
+            String::new()
+        } else {
+            "authorization: Bearer host-secret\r\n".to_string()
+        };
+        let local = format!("localhost:{port}");
+        let page = format!("http://localhost:{port}");
+        let send = |headers: String| {
+            let (port, body, bearer) = (port.clone(), body.clone(), bearer.clone());
+            async move {
+                raw_exchange(
+                    &port,
+                    &format!(
+                        "POST /v1/processes HTTP/1.1\r\n{headers}{bearer}content-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    ),
+                )
+                .await
+            }
+        };
+        for (headers, one) in [
+            (format!("host: {local}\r\nhost: attacker.example\r\n"), "Host"),
+            (format!("host: attacker.example\r\nhost: {local}\r\n"), "Host"),
+            (format!("host: {local}\r\nhost: {local}\r\n"), "Host"),
+            (
+                format!("host: {local}\r\norigin: {page}\r\norigin: http://attacker.example\r\n"),
+                "Origin",
+            ),
+            (
+                format!("host: {local}\r\norigin: http://attacker.example\r\norigin: {page}\r\n"),
+                "Origin",
+            ),
+        ] {
+            let answer = send(headers.clone()).await;
+            assert_eq!(
+                answer.split(' ').nth(1),
+                Some("400"),
+                "{tokens:?} {headers:?}: {answer}"
+            );
+            assert!(
+                answer.contains("\"invalid_request\"") && answer.contains(&format!("send one {one} header")),
+                "{tokens:?} {headers:?}: {answer}"
+            );
+        }
+        let c = if tokens.is_empty() {
+            server.client()
+        } else {
+            server.with_token("host-secret")
+        };
+        assert_eq!(
+            c.get("/v1/processes/doubled").await.0,
+            404,
+            "{tokens:?}: nothing was started"
+        );
+        let answer = send(format!("host: {local}\r\norigin: {page}\r\n")).await;
+        assert_eq!(answer.split(' ').nth(1), Some("201"), "{tokens:?}: {answer}");
+    }
 }
 
 /// An error quoting what it refused (a megabyte-long name, say) is cut to a

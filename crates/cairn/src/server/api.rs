@@ -532,17 +532,32 @@ const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
 /// Whether `authority` (`host[:port]`) names this machine's loopback: a
 /// loopback name, or any loopback address written out (`127.0.0.2`, which an
 /// open server may listen on; an address literal is no name a page could
-/// re-point).
+/// re-point). Nothing else may be in it: a port is a number a TCP port can be
+/// (`localhost:7711.evil.com` names no port, and no loopback), and there is
+/// no user part (`Host` and `Origin` carry none).
 fn is_loopback_authority(authority: &str) -> bool {
     authority.parse::<axum::http::uri::Authority>().is_ok_and(|a| {
         let host = a.host();
+        // `u16` parsing alone would take a sign (`+7711`).
+        let only_a_port = match authority.strip_prefix(host) {
+            Some("") => true,
+            Some(rest) => rest
+                .strip_prefix(':')
+                .is_some_and(|port| port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok()),
+            None => false,
+        };
         let literal = host.trim_start_matches('[').trim_end_matches(']');
-        LOOPBACK_NAMES.iter().any(|n| host.eq_ignore_ascii_case(n))
-            || literal.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        only_a_port
+            && (LOOPBACK_NAMES.iter().any(|n| host.eq_ignore_ascii_case(n))
+                || literal.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
     })
 }
 
-/// Middleware: an open server (no tokens, so loopback only) answers only
+/// Middleware: a request with more than one `Host` or `Origin` header is
+/// refused on every server, 400 `invalid_request`, before anything runs:
+/// which one counts is not for the server to guess (as for `Authorization`),
+/// and a check that reads one while a proxy or route reads another checks
+/// nothing. An open server (no tokens, so loopback only) then answers only
 /// requests addressed to a loopback name and, when a browser says which page
 /// sent them (`Origin`), sent by a loopback page; anything else is 403
 /// `forbidden`, as is a request that names no host. A page on another site that re-points its own name at
@@ -554,6 +569,11 @@ pub async fn refuse_foreign_hosts(
     req: Request,
     next: axum::middleware::Next,
 ) -> Response {
+    for (name, said) in [(header::HOST, "Host"), (header::ORIGIN, "Origin")] {
+        if req.headers().get_all(&name).iter().nth(1).is_some() {
+            return ApiError::invalid_request(format!("send one {said} header")).into_response();
+        }
+    }
     let host = req
         .headers()
         .get(header::HOST)

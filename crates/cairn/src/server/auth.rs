@@ -1,6 +1,7 @@
 //! Bearer-token auth. The host token has full access; a session token acts as
-//! its session and addresses only processes granted to that session. With no
-//! token configured (allowed on loopback only) every request is the host.
+//! its session and addresses only processes granted to that session or to one
+//! of its agent frames. With no token configured (allowed on loopback only)
+//! every request is the host.
 
 use std::net::SocketAddr;
 
@@ -279,11 +280,15 @@ fn bearer_token(value: &str) -> Option<&str> {
 }
 
 /// Whether `caller` may address process `id`: the host always; a session when
-/// the process is granted to its session scope. A pruned process its session
-/// scope held a grant on as it was pruned is answered as the host is answered,
-/// `no_longer_retained` with the tombstone (the work it owned ended and is
-/// gone). Anything else is answered exactly like an unknown id so a session
-/// cannot probe for other sessions' processes.
+/// the process is granted to its session or to one of its agent frames (a
+/// frame is inside its session, SPEC §1, and the session's listing shows its
+/// frames' processes: what it lists it may open). A pruned process the whole
+/// session held a grant on as it was pruned is answered as the host is
+/// answered, `no_longer_retained` with the tombstone (the work it owned ended
+/// and is gone); a frame's kept grant is read by its exact scope, which the
+/// caller does not name, so a pruned process only a frame held answers as an
+/// unknown id. Anything else is answered exactly like an unknown id so a
+/// session cannot probe for other sessions' processes.
 pub async fn check_visible(state: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
     Ok(visible(&state.processes, caller, id).await?)
 }
@@ -294,7 +299,7 @@ pub async fn visible(processes: &Processes, caller: &Caller, id: &str) -> Result
     let Some(scope) = caller.session_scope() else {
         return Ok(());
     };
-    if granted(processes, &scope, id).await? {
+    if granted(processes, &scope.session_id, id).await? {
         return Ok(());
     }
     // Read after the live grants: a prune between the two reads is seen here.
@@ -304,10 +309,15 @@ pub async fn visible(processes: &Processes, caller: &Caller, id: &str) -> Result
     }
 }
 
-/// Whether `scope` holds a grant on `id`: one point read of the process's
-/// grants, however many the session holds.
-async fn granted(processes: &Processes, scope: &SessionScope, id: &str) -> Result<bool, CairnError> {
-    Ok(processes.grants_of(id).await?.iter().any(|g| g.scope == *scope))
+/// Whether session `session_id` holds a grant on `id`, to the whole session
+/// or to one of its agent frames: one point read of the process's grants,
+/// however many the session holds.
+async fn granted(processes: &Processes, session_id: &str, id: &str) -> Result<bool, CairnError> {
+    Ok(processes
+        .grants_of(id)
+        .await?
+        .iter()
+        .any(|g| g.scope.session_id == session_id))
 }
 
 #[cfg(test)]
