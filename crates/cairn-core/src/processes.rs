@@ -161,8 +161,8 @@ impl StartRequest {
             return other("grant the process to", &g.session_scope.session_id);
         }
         // Granted to one of its agent frames alone, the process would be
-        // one the session could neither see nor move back (as a transfer
-        // into a frame would): refused, not widened to the whole session.
+        // one the session could not move back (as a transfer into a frame
+        // would): refused, not widened to the whole session.
         if let Some(frame) = self
             .grant
             .as_ref()

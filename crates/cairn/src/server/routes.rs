@@ -852,10 +852,9 @@ pub async fn transfer(
     ApiJson(body): ApiJson<TransferBody>,
 ) -> ApiResult<Json<TransferReport>> {
     caller.require_session(&body.from.session_id)?;
-    // A session token addresses what is granted to its session as a whole;
-    // an agent frame's own grants are the host's to move, as they are not
-    // the token's to read (a grant it moved into a frame it could neither
-    // see nor move back).
+    // A session token moves only what is granted to its session as a whole:
+    // an agent frame's own grants are the host's to move (the token reads
+    // its frames' processes, but the frames' grants are the host's word).
     if matches!(caller, Caller::Session(_)) && (body.from.agent_frame_id.is_some() || body.to.agent_frame_id.is_some())
     {
         return Err(ApiError::forbidden(
@@ -885,7 +884,7 @@ pub async fn delete_session(
     ApiJson(AckBody {}): ApiJson<AckBody>,
 ) -> ApiResult<Json<SessionDeleteReport>> {
     caller.require_session(&session_id)?;
-    // A session token may neither see nor move its agent frames' grants (the
+    // A session token may not move or remove its agent frames' grants (the
     // host made them): its delete takes only the grants to the session as a
     // whole, and the session's pending wakes, which it reads and acknowledges.
     let keep_frames = matches!(caller, Caller::Session(_));
