@@ -27,7 +27,8 @@ use crate::duration::{parse_duration, parse_duration_with_unit};
         141 the output closed by its reader; 130 `run` cancelled by Ctrl-C (143, 129: by SIGTERM,\n\
         SIGHUP; a closed or unwritable output cancels it too).\n\
         A process that ended otherwise than completed: `await` exits 1, `run` the command's\n\
-        exit code (else 1); how it ended is said on stderr."
+        exit code (else 1); how it ended is said on stderr (with --json, only in the record\n\
+        printed on stdout)."
 )]
 pub struct Cli {
     /// Client options given before the command (the same options are accepted after it).
@@ -143,7 +144,8 @@ pub enum Command {
     /// with the server's environment plus what `--env`/`--env-all` forward; it never reads
     /// stdin (input piped to it within 100 ms is refused). Ctrl-C asks the server to cancel it.
     /// With `--json` it prints the ended process's record instead of the output as it comes
-    /// (the output's end is in its outcome's `stdout_tail` and `stderr_tail`).
+    /// (the output's end is in its outcome's `stdout_tail` and `stderr_tail`), and how it
+    /// ended is in that record, not said on stderr.
     #[command(after_help = "Examples:\n  \
         cairn run -- make test\n  \
         cairn run --env PATH --env CI=1 -- sh -c 'echo $CI'\n  \
@@ -176,7 +178,7 @@ pub enum Command {
         #[arg(value_parser = non_empty)]
         id: String,
         /// Only events after this sequence.
-        #[arg(long, default_value_t = 0, value_parser = integer::<u64>())]
+        #[arg(long, default_value_t = 0, value_parser = integer::<u64>(), allow_negative_numbers = true)]
         after: u64,
         /// Keep streaming live events until the process ends.
         #[arg(long, short)]
@@ -187,7 +189,8 @@ pub enum Command {
     },
     /// Wait for a process to end and print its record. Exit code 0 when it completed,
     /// 1 when it ended otherwise (said on stderr), 3 (and a message on stderr) when it
-    /// is still running at the timeout.
+    /// is still running at the timeout. With `--json`, neither is said on stderr: the
+    /// record printed on stdout says how it ended, or that it still runs.
     #[command(after_help = "Examples:\n  \
         cairn await build-42\n  \
         cairn await build-42 --timeout 1.5s\n  \
@@ -199,7 +202,7 @@ pub enum Command {
         /// How long to wait (e.g. 500ms, 1.5s, 10m, 2h). A wait longer than the server's
         /// `--max-await` is made of several requests; a server restart within it is ridden
         /// out (asked again for about 40 s).
-        #[arg(long, default_value = "30s", value_parser = parse_duration_with_unit)]
+        #[arg(long, default_value = "30s", value_parser = named(duration_with_unit), allow_hyphen_values = true)]
         timeout: Duration,
         /// `--server`, `--token`, `--json`.
         #[command(flatten)]
@@ -314,10 +317,10 @@ pub enum Command {
     #[command(after_help = "Example:\n  cairn changes --cursor 0 --limit 50")]
     Changes {
         /// Read changes after this cursor.
-        #[arg(long, default_value_t = 0, value_parser = integer::<u64>())]
+        #[arg(long, default_value_t = 0, value_parser = integer::<u64>(), allow_negative_numbers = true)]
         cursor: u64,
         /// Page size (at most 1000).
-        #[arg(long, value_parser = at_least_one())]
+        #[arg(long, value_parser = at_least_one(), allow_negative_numbers = true)]
         limit: Option<usize>,
         /// `--server`, `--token`, `--json`.
         #[command(flatten)]
@@ -338,7 +341,7 @@ pub enum Command {
         /// Show at most this many (default 100, at most 1000; a page also
         /// stops at the wake that brings it to 4 MiB); acknowledged wakes
         /// leave the list, so later ones come after.
-        #[arg(long, value_parser = at_least_one())]
+        #[arg(long, value_parser = at_least_one(), allow_negative_numbers = true)]
         limit: Option<usize>,
         /// `--server`, `--token`, `--json`.
         #[command(flatten)]
@@ -392,8 +395,11 @@ pub enum Command {
     #[command(
         after_help = "Example:\n  CAIRN_TOKEN=... cairn mcp --server http://127.0.0.1:7070   # as an MCP client's command (the token from the environment, not in `ps`)"
     )]
+    // Its output is MCP's own JSON-RPC: `--json` is refused (in words, so
+    // still parsed), and not offered in its help.
+    #[command(mut_arg("json", |a| a.hide(true)))]
     Mcp {
-        /// `--server`, `--token`, `--json`.
+        /// `--server`, `--token` (`--json` is refused).
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -493,7 +499,7 @@ pub enum ScheduleAction {
         #[arg(long)]
         cron: Option<String>,
         /// An interval such as 30s, 5m or 1h (at least 1s; a unit is required).
-        #[arg(long, value_parser = interval)]
+        #[arg(long, value_parser = named(every), allow_hyphen_values = true)]
         every: Option<String>,
         /// The IANA timezone a cron expression is read in (default UTC).
         #[arg(long, requires = "cron")]
@@ -553,23 +559,43 @@ pub struct ServeArgs {
     pub db: String,
     /// Address to listen on (`HOST:PORT`; port 0 picks a free port). The bound
     /// address is printed on stdout as `listening on http://ADDR`.
-    #[arg(long, env = "CAIRN_LISTEN", default_value = "127.0.0.1:7070")]
+    #[arg(
+        long,
+        env = "CAIRN_LISTEN",
+        hide_env_values = true,
+        default_value = "127.0.0.1:7070",
+        value_parser = named(listen_address)
+    )]
     pub listen: String,
     /// The host token the server requires (full access). Without any token the
     /// server is open and listens on loopback only.
     #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Most processes the worker runs at once.
-    #[arg(long, env = "CAIRN_WORKERS", default_value_t = 64, value_parser = integer::<usize>())]
+    #[arg(
+        long,
+        env = "CAIRN_WORKERS",
+        hide_env_values = true,
+        default_value_t = 64,
+        value_parser = at_least_one(),
+        allow_negative_numbers = true
+    )]
     pub workers: usize,
     /// Lease time-to-live (e.g. 30s, 1.5s, or bare milliseconds; at least 1s, at most 24h).
-    #[arg(long, env = "CAIRN_LEASE_TTL", default_value = "30s", value_parser = parse_duration)]
+    #[arg(
+        long,
+        env = "CAIRN_LEASE_TTL",
+        hide_env_values = true,
+        default_value = "30s",
+        value_parser = named(lease_ttl),
+        allow_hyphen_values = true
+    )]
     pub lease_ttl: Duration,
     /// This server's node id: stable across restarts and unique among the servers of one
     /// database (1-64 of `A-Z a-z 0-9 . _ -`; default: the host name). Each start registers a
     /// new incarnation of it, and sweeps the `owner_bound` work earlier ones left running.
     /// A second live server under the same id on the same database is refused.
-    #[arg(long, env = "CAIRN_NODE_ID")]
+    #[arg(long, env = "CAIRN_NODE_ID", hide_env_values = true, value_parser = named(node_id))]
     pub node_id: Option<String>,
     /// A session token, `SESSION=TOKEN` (repeatable): it sees only processes granted to SESSION.
     /// Without any, they are read from `CAIRN_SESSION_TOKENS` (`SESSION=TOKEN` pairs separated by
@@ -588,43 +614,64 @@ pub struct ServeArgs {
     #[arg(long = "model", value_name = "NAME=BASE_URL[,model=ID][,key_env=VAR]", value_parser = parse_model)]
     pub models: Vec<cairn_turn::ModelSpec>,
     /// Largest request body in bytes.
-    #[arg(long, default_value_t = 2 * 1024 * 1024, value_parser = integer::<usize>())]
+    #[arg(long, default_value_t = 2 * 1024 * 1024, value_parser = integer::<usize>(), allow_negative_numbers = true)]
     pub max_body_bytes: usize,
     /// Longest wait one `await` request or one MCP `process_await` call gets (longer asks are
     /// cut to it; `cairn await` asks again; `process_await` waits at most 50s in any case).
     /// At least 100ms: a shorter cap answers every wait at once, which a
     /// client reads as a server shutting down.
-    #[arg(long, default_value = "5m", value_parser = parse_max_await)]
+    #[arg(long, default_value = "5m", value_parser = named(parse_max_await), allow_hyphen_values = true)]
     pub max_await: Duration,
     /// Close a connection whose request headers have not all arrived this long after
     /// it opened or after its previous answer (so also an idle kept-alive connection).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = named(duration), allow_hyphen_values = true)]
     pub header_timeout: Duration,
     /// Answer 408 `request_timeout` (and close the connection) when a request's
     /// body has not all arrived this long after its headers.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = named(duration), allow_hyphen_values = true)]
     pub body_timeout: Duration,
     /// Reset a connection whose answer could not be written for this long because its client
     /// stopped reading (an event stream's follower, say: it holds a connection slot until
     /// then); a byte taken starts the bound again. At least 1s.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = named(duration), allow_hyphen_values = true)]
     pub send_timeout: Duration,
     /// Most connections open at once; more are answered 503 `unavailable` and closed.
-    #[arg(long, default_value_t = 1024, value_parser = integer::<usize>())]
+    #[arg(long, default_value_t = 1024, value_parser = integer::<usize>(), allow_negative_numbers = true)]
     pub max_connections: usize,
     /// How long shutdown waits for open connections before draining the worker
     /// anyway (a second SIGINT or SIGTERM ends the wait at once). The worker
     /// claims no new work during it; runs in flight go on.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = named(duration), allow_hyphen_values = true)]
     pub shutdown_grace: Duration,
     /// Heap limit of one script activation, in bytes (past it: `memory_limit`).
-    #[arg(long, env = "CAIRN_SCRIPT_HEAP_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = integer::<usize>())]
+    #[arg(
+        long,
+        env = "CAIRN_SCRIPT_HEAP_BYTES",
+        hide_env_values = true,
+        default_value_t = 64 * 1024 * 1024,
+        value_parser = Integer::<usize>::between(cairn_script::Limits::MIN_HEAP_BYTES, usize::MAX),
+        allow_negative_numbers = true
+    )]
     pub script_heap_bytes: usize,
     /// CPU time of one script activation, its replay included (past it: `cpu_limit`).
-    #[arg(long, env = "CAIRN_SCRIPT_CPU", default_value = "10s", value_parser = parse_duration)]
+    #[arg(
+        long,
+        env = "CAIRN_SCRIPT_CPU",
+        hide_env_values = true,
+        default_value = "10s",
+        value_parser = named(script_cpu),
+        allow_hyphen_values = true
+    )]
     pub script_cpu: Duration,
     /// Journaled calls of one script process (past them: `journal_limit`; at most 1000000).
-    #[arg(long, env = "CAIRN_SCRIPT_MAX_CALLS", default_value_t = 10_000, value_parser = integer::<u64>())]
+    #[arg(
+        long,
+        env = "CAIRN_SCRIPT_MAX_CALLS",
+        hide_env_values = true,
+        default_value_t = 10_000,
+        value_parser = Integer::<u64>::between(1, cairn_core::script::MAX_SCRIPT_CALLS),
+        allow_negative_numbers = true
+    )]
     pub script_max_calls: u64,
 }
 
@@ -693,7 +740,7 @@ pub struct RunArgs {
     pub disposition: RunDisposition,
     /// Kill the command after this long (passed to the shell tool; e.g. 30s, 10m),
     /// in whole milliseconds, at most a year (365d).
-    #[arg(long, value_parser = crate::duration::parse_whole_millis)]
+    #[arg(long, value_parser = named(whole_millis), allow_hyphen_values = true)]
     pub timeout: Option<Duration>,
     /// Working directory of the command on the server's machine (default: this
     /// directory; a relative path is taken from this directory).
@@ -721,7 +768,7 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct LsArgs {
     /// running (default), completed, failed, cancelled, abandoned or any.
-    #[arg(long)]
+    #[arg(long, value_parser = ["running", "completed", "failed", "cancelled", "abandoned", "any"])]
     pub status: Option<String>,
     /// Only processes granted to this session (a session id).
     #[arg(long, value_name = "SESSION")]
@@ -746,16 +793,16 @@ pub struct LsArgs {
     #[arg(long)]
     pub after_id: Option<String>,
     /// Show at most this many (newest first; 10000 when not given; with `--after-id`, the server's page size).
-    #[arg(long, value_parser = at_least_one())]
+    #[arg(long, value_parser = at_least_one(), allow_negative_numbers = true)]
     pub limit: Option<usize>,
     /// Only processes created at or after this time: epoch milliseconds
     /// (`1796083200000`) or an RFC 3339 time with its offset
     /// (`2026-12-01T00:00:00Z`, `2026-12-01T09:30:00+02:00`).
-    #[arg(long, value_name = "MS|TIME", value_parser = created_at())]
+    #[arg(long, value_name = "MS|TIME", value_parser = created_at(), allow_negative_numbers = true)]
     pub created_from: Option<u64>,
     /// Only processes created before this time (epoch milliseconds or an RFC
     /// 3339 time, as `--created-from`; it is not included).
-    #[arg(long, value_name = "MS|TIME", value_parser = created_at())]
+    #[arg(long, value_name = "MS|TIME", value_parser = created_at(), allow_negative_numbers = true)]
     pub created_before: Option<u64>,
     /// `--server`, `--token`, `--json`.
     #[command(flatten)]
@@ -795,7 +842,7 @@ pub struct CompleteArgs {
 #[group(id = "watermark_choice", required = true, multiple = false, args = ["watermark", "no_projector"])]
 pub struct PruneArgs {
     /// Prune processes that ended longer ago than this (e.g. 7d, 12h; a unit is required).
-    #[arg(long, value_parser = parse_duration_with_unit)]
+    #[arg(long, value_parser = named(duration_with_unit), allow_hyphen_values = true)]
     pub older_than: Duration,
     /// Which terminal statuses (any, completed, failed, cancelled, abandoned).
     #[arg(long, default_value = "any", value_parser = ["any", "completed", "failed", "cancelled", "abandoned"])]
@@ -812,14 +859,14 @@ pub struct PruneArgs {
     /// Only processes created at or after this time: epoch milliseconds
     /// (`1796083200000`) or an RFC 3339 time with its offset
     /// (`2026-12-01T00:00:00Z`, `2026-12-01T09:30:00+02:00`).
-    #[arg(long, value_name = "MS|TIME", value_parser = created_at())]
+    #[arg(long, value_name = "MS|TIME", value_parser = created_at(), allow_negative_numbers = true)]
     pub created_from: Option<u64>,
     /// Only processes created before this time (epoch milliseconds or an RFC
     /// 3339 time, as `--created-from`; it is not included).
-    #[arg(long, value_name = "MS|TIME", value_parser = created_at())]
+    #[arg(long, value_name = "MS|TIME", value_parser = created_at(), allow_negative_numbers = true)]
     pub created_before: Option<u64>,
     /// Change-feed cursor a projector has read up to: what changed after it stays.
-    #[arg(long, value_parser = integer::<u64>())]
+    #[arg(long, value_parser = integer::<u64>(), allow_negative_numbers = true)]
     pub watermark: Option<u64>,
     /// No projector reads the change feed: prune by cutoff alone.
     #[arg(long)]
@@ -889,7 +936,7 @@ fn interval(raw: &str) -> Result<String, String> {
 
 /// `--max-await`: a duration of at least 100 ms.
 fn parse_max_await(raw: &str) -> Result<Duration, String> {
-    let d = parse_duration(raw)?;
+    let d = duration(raw)?;
     if d < Duration::from_millis(100) {
         return Err(format!(
             "{raw} is under 100ms: every await would be answered at once, which `cairn await` reads as a server \
@@ -936,54 +983,54 @@ pub struct BenchArgs {
     #[arg(long = "db", value_name = "URL")]
     pub dbs: Vec<String>,
     /// Measured runs per figure; figures are medians with min..max over them.
-    #[arg(long, default_value_t = 3, value_parser = integer::<usize>())]
+    #[arg(long, default_value_t = 3, value_parser = integer::<usize>(), allow_negative_numbers = true)]
     pub runs: usize,
     /// Warm-up runs per scenario, excluded from every figure.
-    #[arg(long, default_value_t = 1, value_parser = integer::<usize>())]
+    #[arg(long, default_value_t = 1, value_parser = integer::<usize>(), allow_negative_numbers = true)]
     pub warmup: usize,
     /// Seed of every random choice (ids picked, payloads, start order, delays).
-    #[arg(long, default_value_t = crate::bench::DEFAULT_SEED, value_parser = integer::<u64>())]
+    #[arg(long, default_value_t = crate::bench::DEFAULT_SEED, value_parser = integer::<u64>(), allow_negative_numbers = true)]
     pub seed: u64,
     /// throughput, http: `echo` processes per run (warm-ups use at most 1,000).
-    #[arg(long, default_value_t = 5_000, value_parser = integer::<usize>())]
+    #[arg(long, default_value_t = 5_000, value_parser = integer::<usize>(), allow_negative_numbers = true)]
     pub n: usize,
     /// throughput: worker counts W to measure (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "1,3", value_parser = integer::<usize>())]
+    #[arg(long, value_delimiter = ',', default_value = "1,3", value_parser = integer::<usize>(), allow_hyphen_values = true)]
     pub workers: Vec<usize>,
     /// await, signal, scale: latency samples per run.
-    #[arg(long, default_value_t = 100, value_parser = integer::<usize>())]
+    #[arg(long, default_value_t = 100, value_parser = integer::<usize>(), allow_negative_numbers = true)]
     pub samples: usize,
     /// scale: terminal rows beside the live ones (the full size is 1000000; the
     /// default fits a default run into ten minutes, see docs/BENCHMARKS.md).
-    #[arg(long, default_value_t = crate::bench::DEFAULT_SCALE_ROWS, value_parser = integer::<usize>())]
+    #[arg(long, default_value_t = crate::bench::DEFAULT_SCALE_ROWS, value_parser = integer::<usize>(), allow_negative_numbers = true)]
     pub scale_rows: usize,
     /// scale: live (running) processes of the listed session.
-    #[arg(long, default_value_t = 100, value_parser = integer::<usize>())]
+    #[arg(long, default_value_t = 100, value_parser = integer::<usize>(), allow_negative_numbers = true)]
     pub scale_live: usize,
     /// append: events per run of each variant (1 appender; 64 appenders share them).
-    #[arg(long, default_value_t = 6_400, value_parser = integer::<usize>())]
+    #[arg(long, default_value_t = 6_400, value_parser = integer::<usize>(), allow_negative_numbers = true)]
     pub events: usize,
     /// memory: waiting processes per run (the figure is scaled to 10,000; the
     /// default fits a default run into ten minutes, see docs/BENCHMARKS.md).
-    #[arg(long, default_value_t = 5_000, value_parser = integer::<usize>())]
+    #[arg(long, default_value_t = 5_000, value_parser = integer::<usize>(), allow_negative_numbers = true)]
     pub memory_processes: usize,
     /// suspended: rerunnable `wait_signal` processes suspended per run (SPEC
     /// §13 holds 100,000 on one node to its figures).
-    #[arg(long, default_value_t = 100_000, value_parser = integer::<usize>())]
+    #[arg(long, default_value_t = 100_000, value_parser = integer::<usize>(), allow_negative_numbers = true)]
     pub suspended_processes: usize,
     /// suspended, sse, schedules: seconds of idle over which the server's CPU is measured.
-    #[arg(long, default_value_t = 30, value_parser = integer::<u64>())]
+    #[arg(long, default_value_t = 30, value_parser = integer::<u64>(), allow_negative_numbers = true)]
     pub idle_seconds: u64,
     /// sse: event streams a `cairn serve` child holds open at once, one per
     /// suspended process.
-    #[arg(long, default_value_t = 500, value_parser = integer::<usize>())]
+    #[arg(long, default_value_t = 500, value_parser = integer::<usize>(), allow_negative_numbers = true)]
     pub sse_streams: usize,
     /// script: three-step scripts per run, and as many `echo` processes beside them (the
     /// issue's size is 10000; the default keeps the scenario near a minute and a half, see docs/BENCHMARKS.md).
-    #[arg(long, default_value_t = 5_000, value_parser = integer::<usize>())]
+    #[arg(long, default_value_t = 5_000, value_parser = integer::<usize>(), allow_negative_numbers = true)]
     pub script_n: usize,
     /// schedules: schedules created per run (none due during the run).
-    #[arg(long, default_value_t = 10_000, value_parser = integer::<usize>())]
+    #[arg(long, default_value_t = 10_000, value_parser = integer::<usize>(), allow_negative_numbers = true)]
     pub schedules: usize,
 }
 
@@ -1004,7 +1051,7 @@ pub enum BenchChildRole {
     /// Start waiting processes and report the resident memory they cost.
     Memory {
         /// How many `wait_signal` processes.
-        #[arg(long, value_parser = integer::<usize>())]
+        #[arg(long, value_parser = integer::<usize>(), allow_negative_numbers = true)]
         processes: usize,
         /// Their id prefix.
         #[arg(long)]
@@ -1014,31 +1061,31 @@ pub enum BenchChildRole {
     /// idle, and how fast a signal has one running again.
     Suspended {
         /// How many `wait_signal` processes.
-        #[arg(long, value_parser = integer::<usize>())]
+        #[arg(long, value_parser = integer::<usize>(), allow_negative_numbers = true)]
         processes: usize,
         /// Their id prefix.
         #[arg(long)]
         prefix: String,
         /// Seconds of idle to measure CPU over.
-        #[arg(long, value_parser = integer::<u64>())]
+        #[arg(long, value_parser = integer::<u64>(), allow_negative_numbers = true)]
         idle_seconds: u64,
         /// Signals to random suspended processes (latency samples).
-        #[arg(long, value_parser = integer::<usize>())]
+        #[arg(long, value_parser = integer::<usize>(), allow_negative_numbers = true)]
         samples: usize,
     },
     /// Create schedules that are not due and report what they cost idle.
     Schedules {
         /// How many schedules per run.
-        #[arg(long, value_parser = integer::<usize>())]
+        #[arg(long, value_parser = integer::<usize>(), allow_negative_numbers = true)]
         schedules: usize,
         /// Their id prefix.
         #[arg(long)]
         prefix: String,
         /// Seconds of idle to measure CPU over (once without, once per run with them).
-        #[arg(long, value_parser = integer::<u64>())]
+        #[arg(long, value_parser = integer::<u64>(), allow_negative_numbers = true)]
         idle_seconds: u64,
         /// Runs (each creates, measures and deletes its schedules).
-        #[arg(long, value_parser = integer::<usize>())]
+        #[arg(long, value_parser = integer::<usize>(), allow_negative_numbers = true)]
         runs: usize,
     },
 }
@@ -1094,16 +1141,24 @@ impl Unsigned for usize {
 #[derive(Debug, Clone, Copy)]
 pub struct Integer<T> {
     min: T,
+    max: T,
+}
+
+impl<T: Unsigned> Integer<T> {
+    /// A number flag that takes `min..=max`.
+    fn between(min: T, max: T) -> Self {
+        Integer { min, max }
+    }
 }
 
 /// A number flag that takes any non-negative integer its type holds.
 fn integer<T: Unsigned>() -> Integer<T> {
-    Integer { min: T::ZERO }
+    Integer::between(T::ZERO, T::MAX)
 }
 
 /// A count of at least one (`--limit 0` would ask for nothing).
 fn at_least_one() -> Integer<usize> {
-    Integer { min: 1 }
+    Integer::between(1, usize::MAX)
 }
 
 impl<T: Unsigned> clap::builder::TypedValueParser for Integer<T> {
@@ -1128,8 +1183,9 @@ impl<T: Unsigned> clap::builder::TypedValueParser for Integer<T> {
         let text = value.to_string_lossy();
         let refuse = |why: String| Err(refusal(cmd, arg, source, &why));
         match value.to_str().map(str::parse::<T>) {
-            Some(Ok(n)) if n >= self.min => Ok(n),
-            Some(Ok(_)) => refuse(format!("must be at least {}, got `{text}`", self.min)),
+            Some(Ok(n)) if n >= self.min && n <= self.max => Ok(n),
+            Some(Ok(n)) if n < self.min => refuse(format!("must be at least {}, got `{text}`", self.min)),
+            Some(Ok(_)) => refuse(format!("must be at most {}, got `{text}`", self.max)),
             _ => {
                 let digits = text.strip_prefix('+').unwrap_or(&text);
                 let why = if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -1150,9 +1206,21 @@ impl<T: Unsigned> clap::builder::TypedValueParser for Integer<T> {
 
 /// A flag's value refused in words that name the flag: `` `--limit` why ``.
 fn refusal(cmd: &clap::Command, arg: Option<&clap::Arg>, source: clap::parser::ValueSource, why: &str) -> clap::Error {
-    // A value from the environment is named by its variable: the
-    // command line may not hold the flag at all.
-    let name = match arg {
+    raw_refusal(cmd, format!("{} {why}", flag_name(arg, source)))
+}
+
+/// A usage error saying `message`, as clap formats its own.
+fn raw_refusal(cmd: &clap::Command, message: String) -> clap::Error {
+    let mut cmd = cmd.clone();
+    clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).format(&mut cmd)
+}
+
+/// How a refusal names where a value came from: `` `--limit` ``, or for a
+/// value from the environment its variable (`` `CAIRN_LEASE_TTL` (the
+/// environment's `--lease-ttl`) ``): the command line may not hold the flag
+/// at all.
+fn flag_name(arg: Option<&clap::Arg>, source: clap::parser::ValueSource) -> String {
+    match arg {
         Some(arg) => match (source, arg.get_env(), arg.get_long()) {
             (clap::parser::ValueSource::EnvVariable, Some(var), Some(long)) => {
                 format!("`{}` (the environment's `--{long}`)", var.to_string_lossy())
@@ -1161,9 +1229,143 @@ fn refusal(cmd: &clap::Command, arg: Option<&clap::Arg>, source: clap::parser::V
             _ => format!("`{}`", arg.get_id()),
         },
         None => "the value".to_string(),
+    }
+}
+
+/// A flag's value read by `parse`, refused as clap refuses one (`invalid
+/// value 'X' for ...: why`) but naming the environment variable it came
+/// from, if it did ([`flag_name`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Named<T> {
+    parse: fn(&str) -> Result<T, String>,
+}
+
+fn named<T>(parse: fn(&str) -> Result<T, String>) -> Named<T> {
+    Named { parse }
+}
+
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for Named<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        self.parse_ref_(cmd, arg, value, clap::parser::ValueSource::CommandLine)
+    }
+
+    fn parse_ref_(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+        source: clap::parser::ValueSource,
+    ) -> Result<T, clap::Error> {
+        let why = match value.to_str() {
+            Some(text) => match (self.parse)(text) {
+                Ok(v) => return Ok(v),
+                Err(why) => why,
+            },
+            None => "it is not UTF-8".to_string(),
+        };
+        Err(raw_refusal(
+            cmd,
+            format!(
+                "invalid value '{}' for {}: {why}",
+                value.to_string_lossy(),
+                flag_name(arg, source)
+            ),
+        ))
+    }
+}
+
+/// A duration flag's value that begins with `-` (these flags take such a
+/// value, so that it reaches this check instead of being read as an
+/// unknown flag with clap's advice to write `-- -1`).
+fn not_negative(raw: &str) -> Result<(), String> {
+    let Some(rest) = raw.trim_start().strip_prefix('-') else {
+        return Ok(());
     };
-    let mut cmd = cmd.clone();
-    clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{name} {why}")).format(&mut cmd)
+    if rest.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+        Err("a duration is not negative: give one such as 500ms, 30s or 5m".into())
+    } else {
+        Err(format!(
+            "`{raw}` reads as a flag, not a duration: give the duration first (e.g. 500ms, 30s)"
+        ))
+    }
+}
+
+/// A duration ([`parse_duration`]: bare numbers are milliseconds).
+fn duration(raw: &str) -> Result<Duration, String> {
+    not_negative(raw)?;
+    parse_duration(raw)
+}
+
+/// A duration with its unit ([`parse_duration_with_unit`]).
+fn duration_with_unit(raw: &str) -> Result<Duration, String> {
+    not_negative(raw)?;
+    parse_duration_with_unit(raw)
+}
+
+/// A duration in whole milliseconds ([`crate::duration::parse_whole_millis`]).
+fn whole_millis(raw: &str) -> Result<Duration, String> {
+    not_negative(raw)?;
+    crate::duration::parse_whole_millis(raw)
+}
+
+/// A schedule's `--every` ([`interval`]).
+fn every(raw: &str) -> Result<String, String> {
+    not_negative(raw)?;
+    interval(raw)
+}
+
+/// `--lease-ttl`: within what `serve` takes, checked here so that a value
+/// from `CAIRN_LEASE_TTL` is refused naming the variable.
+fn lease_ttl(raw: &str) -> Result<Duration, String> {
+    let d = duration(raw)?;
+    if d < crate::server::MIN_LEASE_TTL {
+        return Err(format!(
+            "must be at least {:?}: the worker renews a lease every third of it, and a shorter lease lapses \
+             under a burst of runs before its renewal is written",
+            crate::server::MIN_LEASE_TTL
+        ));
+    }
+    if d > crate::server::MAX_LEASE_TTL {
+        return Err("must be at most 24h: work a crashed node held waits that long to run again".into());
+    }
+    Ok(d)
+}
+
+/// `--script-cpu`: some CPU time (with none, no script could run).
+fn script_cpu(raw: &str) -> Result<Duration, String> {
+    let d = duration(raw)?;
+    if d.is_zero() {
+        return Err("must be more than 0: with none, no script activation could run".into());
+    }
+    Ok(d)
+}
+
+/// `--listen`: `HOST:PORT`, both there and the port a number (a host
+/// name is looked up when the server starts).
+fn listen_address(raw: &str) -> Result<String, String> {
+    let shape = "expected HOST:PORT, e.g. 127.0.0.1:7070 or [::1]:7070";
+    match raw.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !port.is_empty() => {
+            if port.parse::<u16>().is_err() {
+                return Err(format!("the port `{port}` is not a number from 0 to 65535 ({shape})"));
+            }
+            Ok(raw.to_string())
+        }
+        _ => Err(shape.to_string()),
+    }
+}
+
+/// `--node-id`: 1-64 of `A-Z a-z 0-9 . _ -`.
+fn node_id(raw: &str) -> Result<String, String> {
+    cairn_core::NodeIdentity::validate_node_id(raw).map_err(|e| e.to_string())?;
+    Ok(raw.to_string())
 }
 
 /// The largest creation time the server takes in a filter (its integers are
@@ -1465,6 +1667,61 @@ mod tests {
         assert_eq!(waiting(&["ls", "--waiting=false"]), Ok(Some(false)));
         assert_eq!(waiting(&["ls"]), Ok(None));
         assert!(waiting(&["ls", "--waiting", "maybe"]).is_err());
+    }
+
+    /// Every option whose value is a number or a duration takes a value
+    /// beginning with `-`, so that its own parser refuses a negative one
+    /// naming the flag, instead of clap reading it as an unknown flag and
+    /// advising `-- -1`, which fails too.
+    #[test]
+    fn every_number_and_duration_flag_reads_a_negative_value_itself() {
+        fn walk(cmd: &clap::Command, path: &str, unchecked: &mut Vec<String>, numeric: &mut usize) {
+            for arg in cmd.get_arguments().filter(|a| a.get_long().is_some()) {
+                let parser = arg.get_value_parser();
+                let id = parser.type_id();
+                let number = id == std::any::TypeId::of::<u64>() || id == std::any::TypeId::of::<usize>();
+                let duration = id == std::any::TypeId::of::<Duration>() || arg.get_id() == "every";
+                if !(number || duration) {
+                    continue;
+                }
+                *numeric += 1;
+                let taken = if duration {
+                    arg.is_allow_hyphen_values_set()
+                } else {
+                    arg.is_allow_negative_numbers_set() || arg.is_allow_hyphen_values_set()
+                };
+                if !taken {
+                    unchecked.push(format!("{path} --{}", arg.get_long().unwrap_or_default()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), unchecked, numeric);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let (mut unchecked, mut numeric) = (Vec::new(), 0);
+        walk(&cmd, "cairn", &mut unchecked, &mut numeric);
+        assert!(
+            unchecked.is_empty(),
+            "read by clap as a flag when negative: {unchecked:?}"
+        );
+        assert!(numeric > 40, "only {numeric} number and duration flags found");
+        for args in [
+            &["events", "p", "--after", "-1"][..],
+            &["await", "p", "--timeout", "-1s"],
+            &["serve", "--lease-ttl", "-1"],
+            &["bench", "--samples", "-3"],
+        ] {
+            let e = Cli::try_parse_from(std::iter::once("cairn").chain(args.iter().copied()))
+                .expect_err("a negative value is refused");
+            let said = e.to_string();
+            assert!(
+                said.contains(&format!("`{}`", args[args.len() - 2])),
+                "{args:?}: {said}"
+            );
+            assert!(!said.contains("tip:"), "{args:?}: {said}");
+        }
     }
 
     #[test]

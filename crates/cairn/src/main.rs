@@ -139,24 +139,42 @@ fn parse_cli() -> Cli {
     }
 }
 
+/// Whether `serve`'s `--listen` comes from `CAIRN_LISTEN`: the variable is
+/// set and the command line gives no `--listen` (which would win over it).
+fn listen_from_environment() -> bool {
+    std::env::var_os("CAIRN_LISTEN").is_some()
+        && !std::env::args_os()
+            .take_while(|a| a.as_os_str() != "--")
+            .any(|a| a.as_os_str() == "--listen" || a.to_string_lossy().starts_with("--listen="))
+}
+
 fn main() -> ExitCode {
     tune_c_allocator();
     let cli = parse_cli();
     // Client options before a non-client command would be ignored; a host token
     // ignored would leave the server open, so say so instead.
-    if matches!(
-        cli.command,
-        Command::Serve(_) | Command::Bench(_) | Command::BenchChild(_)
-    ) {
+    let not_a_client = match cli.command {
+        Command::Serve(_) => Some("serve"),
+        Command::Bench(_) => Some("bench"),
+        Command::BenchChild(_) => Some("bench-child"),
+        Command::Completions { .. } => Some("completions"),
+        _ => None,
+    };
+    if let Some(name) = not_a_client {
         let c = &cli.client;
         if c.server.is_some() || c.token.is_some() || c.json {
+            let instead = if name == "completions" {
+                "`cairn completions` takes none (`cairn completions bash`)"
+            } else {
+                "give the command's own flags after it (e.g. `cairn serve --token T`, `cairn bench --json`)"
+            };
             say(format_args!(
-                "error: --server, --token and --json before the command are client options; \
-                 give the command's own flags after it (e.g. `cairn serve --token T`, `cairn bench --json`)"
+                "error: --server, --token and --json before the command are client options; {instead}"
             ));
             return ExitCode::from(2);
         }
     }
+    let listen_from_env = listen_from_environment();
     // A client command hears of a closed output as a failed write (SIGPIPE
     // stays ignored): it ends with 141 (`run` cancels what it runs first),
     // and any other write that fails is said, with 1 (`client::output`).
@@ -202,7 +220,12 @@ fn main() -> ExitCode {
             Command::Serve(args) => match cairn::server::serve(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    say(format_args!("cairn serve: {e}"));
+                    let mut said = e.to_string();
+                    // The command line may not hold `--listen` at all.
+                    if listen_from_env && matches!(e, cairn::server::ServeError::Lookup(_)) {
+                        said = said.replacen("--listen", "`CAIRN_LISTEN` (the environment's `--listen`)", 1);
+                    }
+                    say(format_args!("cairn serve: {said}"));
                     ExitCode::from(e.exit_code())
                 }
             },

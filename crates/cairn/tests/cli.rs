@@ -929,3 +929,153 @@ async fn a_file_that_is_not_utf8_is_refused_naming_the_byte() {
         out.stderr
     );
 }
+
+/// `cairn serve` with `env` (every other `CAIRN_*` setting removed): its
+/// exit code and stderr, the server killed if it started after all.
+fn serve_refused(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = std::process::Command::new(common::BIN);
+    cmd.arg("serve").args(args);
+    for var in [
+        "CAIRN_DATABASE_URL",
+        "CAIRN_LISTEN",
+        "CAIRN_TOKEN",
+        "CAIRN_WORKERS",
+        "CAIRN_LEASE_TTL",
+        "CAIRN_NODE_ID",
+        "CAIRN_SCRIPT_HEAP_BYTES",
+        "CAIRN_SCRIPT_CPU",
+        "CAIRN_SCRIPT_MAX_CALLS",
+        "CAIRN_SESSION_TOKENS",
+    ] {
+        cmd.env_remove(var);
+    }
+    let mut child = cmd
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cairn serve");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A `serve` setting refused for its value from the environment names the
+/// variable, not a flag the command line does not hold; the same value
+/// given as the flag names the flag.
+#[test]
+fn a_serve_setting_refused_from_the_environment_names_its_variable() {
+    for (var, value, flag, said) in [
+        ("CAIRN_LEASE_TTL", "5", "--lease-ttl", "must be at least 1s"),
+        ("CAIRN_LEASE_TTL", "25h", "--lease-ttl", "must be at most 24h"),
+        ("CAIRN_LISTEN", "", "--listen", "expected HOST:PORT"),
+        ("CAIRN_LISTEN", "localhost", "--listen", "expected HOST:PORT"),
+        ("CAIRN_NODE_ID", "", "--node-id", "must be 1-64 ASCII letters"),
+        ("CAIRN_NODE_ID", "a b", "--node-id", "must be 1-64 ASCII letters"),
+        ("CAIRN_WORKERS", "0", "--workers", "must be at least 1"),
+        (
+            "CAIRN_SCRIPT_HEAP_BYTES",
+            "20000",
+            "--script-heap-bytes",
+            "must be at least 1048576",
+        ),
+        ("CAIRN_SCRIPT_CPU", "0", "--script-cpu", "must be more than 0"),
+        (
+            "CAIRN_SCRIPT_MAX_CALLS",
+            "0",
+            "--script-max-calls",
+            "must be at least 1",
+        ),
+        (
+            "CAIRN_SCRIPT_MAX_CALLS",
+            "1000001",
+            "--script-max-calls",
+            "must be at most 1000000",
+        ),
+    ] {
+        let listen: &[&str] = if var == "CAIRN_LISTEN" {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
+        let args: Vec<&str> = ["--db", "memory"].iter().chain(listen).copied().collect();
+        let (code, stderr) = serve_refused(&args, &[(var, value)]);
+        assert_eq!(code, Some(2), "{var}={value}: {stderr}");
+        let named = format!("`{var}` (the environment's `{flag}`)");
+        assert!(
+            stderr.contains(&named) && stderr.contains(said),
+            "{var}={value}: {stderr}"
+        );
+        // The flag given instead is named as the flag.
+        let mut args = args.clone();
+        args.extend([flag, value]);
+        let (code, stderr) = serve_refused(&args, &[]);
+        assert_eq!(code, Some(2), "{flag} {value}: {stderr}");
+        assert!(
+            stderr.contains(&format!("`{flag}`")) && stderr.contains(said) && !stderr.contains(var),
+            "{flag} {value}: {stderr}"
+        );
+    }
+    // A host name that does not resolve: not the flag's fault (exit 1), but
+    // still said of where it came from.
+    let (code, stderr) = serve_refused(&["--db", "memory"], &[("CAIRN_LISTEN", "cairn-test.invalid:7070")]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot resolve `CAIRN_LISTEN` (the environment's `--listen`) `cairn-test.invalid:7070`"),
+        "{stderr}"
+    );
+}
+
+/// `serve --help` shows each environment variable by its name alone, set or
+/// not (`[env: CAIRN_LISTEN=]` reads as set to empty), and never a value: a
+/// secret's least of all.
+#[test]
+fn serve_help_names_its_variables_without_values() {
+    for env in [
+        &[][..],
+        &[
+            ("CAIRN_LISTEN", "127.0.0.1:9"),
+            ("CAIRN_TOKEN", "sekrit-host"),
+            ("CAIRN_NODE_ID", "node-from-env"),
+            ("CAIRN_WORKERS", "4242"),
+        ],
+    ] {
+        let mut cmd = std::process::Command::new(common::BIN);
+        cmd.args(["serve", "--help"]);
+        for var in [
+            "CAIRN_LISTEN",
+            "CAIRN_TOKEN",
+            "CAIRN_NODE_ID",
+            "CAIRN_WORKERS",
+            "CAIRN_LEASE_TTL",
+        ] {
+            cmd.env_remove(var);
+        }
+        let out = cmd.envs(env.iter().copied()).output().expect("run cairn");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{help}");
+        let shown: Vec<&str> = help
+            .split("[env: ")
+            .skip(1)
+            .map(|r| r.split(']').next().unwrap_or(r))
+            .collect();
+        assert_eq!(shown.len(), 9, "{help}");
+        for var in shown {
+            assert!(
+                var.starts_with("CAIRN_") && var.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'),
+                "`[env: {var}]` in {help}"
+            );
+        }
+        for (_, value) in env {
+            assert!(!help.contains(value), "{value} shown: {help}");
+        }
+    }
+}

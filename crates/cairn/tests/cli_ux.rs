@@ -731,8 +731,16 @@ async fn section_three_exit_codes_json_shapes_and_messages() {
         out.stderr
     );
 
-    // Bad input the server catches exits 2; an unknown id is 1.
+    // So is one `ls` does not know.
     let out = cli(&["ls", "--status", "bogus"]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--status") && out.stderr.contains("bogus"),
+        "{}",
+        out.stderr
+    );
+    // Bad input the server catches exits 2; an unknown id is 1.
+    let out = cli(&["ls", "--definition", "bogus"]).await;
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("invalid_filter"), "{}", out.stderr);
     for args in [
@@ -947,18 +955,17 @@ async fn help_completions_and_an_unreachable_server() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("client options"));
 
+    // `completions` takes no client options (`--server`): run bare.
     for shell in ["bash", "zsh", "fish"] {
-        let out = run_cli("http://127.0.0.1:9", None, &["completions", shell], None).await;
-        assert_eq!(out.code, 0);
-        assert!(
-            out.stdout.contains("cairn") && out.stdout.contains("schedule"),
-            "{}",
-            out.stdout
-        );
-        assert!(!out.stdout.contains("bench-child"), "{shell} offers a hidden command");
+        let out = into_stdout(None, &["completions", shell], Stdio::piped()).await;
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(script.contains("cairn") && script.contains("schedule"), "{script}");
+        assert!(!script.contains("bench-child"), "{shell} offers a hidden command");
+        if shell == "bash" {
+            assert!(script.contains("complete -F"), "{script}");
+        }
     }
-    let out = run_cli("http://127.0.0.1:9", None, &["completions", "bash"], None).await;
-    assert!(out.stdout.contains("complete -F"), "{}", out.stdout);
 
     // A server without --allow-shell says how to get `shell`.
     let no_shell = Server::serve(&["--db", "memory", "--listen", "127.0.0.1:0"]).await;
@@ -2793,4 +2800,308 @@ async fn a_run_queued_for_a_worker_slot_says_so() {
     .await;
     assert_eq!((out.code, out.stdout.as_str()), (0, "done\n"), "{}", out.stderr);
     assert!(!out.stderr.contains("queued"), "{}", out.stderr);
+}
+
+/// Under `--json`, how a process ended (or that it still runs at the
+/// timeout) is in the record on stdout and not said on stderr, and the help
+/// texts and the README say so instead of "said on stderr" alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_json_the_ending_is_in_the_record_and_the_help_says_so() {
+    let server = Server::start(&[]).await;
+    // A failed command: `run` answers its exit code, `await` 1.
+    let out = server
+        .cli(&["--json", "run", "--id", "j-fail", "--", "sh", "-c", "exit 3"], None)
+        .await;
+    assert_eq!((out.code, out.stderr.as_str()), (3, ""), "{}", out.stdout);
+    assert_eq!(out.json()["status"], "failed", "{}", out.stdout);
+    let out = server.cli(&["--json", "await", "j-fail"], None).await;
+    assert_eq!((out.code, out.stderr.as_str()), (1, ""), "{}", out.stdout);
+    assert_eq!(out.json()["status"], "failed", "{}", out.stdout);
+    // Without `--json` the same ending is said on stderr.
+    let out = server.cli(&["await", "j-fail"], None).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("j-fail failed"), "{}", out.stderr);
+    // Still running at the timeout: exit 3, the record says it runs.
+    let out = server
+        .cli(
+            &["--json", "run", "--detach", "--id", "j-slow", "--", "sleep", "30"],
+            None,
+        )
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = server
+        .cli(&["--json", "await", "j-slow", "--timeout", "100ms"], None)
+        .await;
+    assert_eq!((out.code, out.stderr.as_str()), (3, ""), "{}", out.stdout);
+    assert_eq!(out.json()["status"], "running", "{}", out.stdout);
+    let out = server.cli(&["await", "j-slow", "--timeout", "100ms"], None).await;
+    assert_eq!(out.code, 3);
+    assert!(out.stderr.contains("timed out after"), "{}", out.stderr);
+    let out = server.cli(&["cancel", "j-slow"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    let help = |args: &[&str]| {
+        let out = std::process::Command::new(BIN).args(args).output().expect("run cairn");
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stdout).replace('\n', " ")
+    };
+    let top = help(&["--help"]);
+    assert!(
+        top.contains("(with --json, only in the record printed on stdout)"),
+        "{top}"
+    );
+    let awaits = help(&["await", "--help"]);
+    assert!(
+        awaits.contains("With `--json`, neither is said on stderr: the record printed on stdout says how it ended"),
+        "{awaits}"
+    );
+    let runs = help(&["run", "--help"]);
+    assert!(
+        runs.contains("how it ended is in that record, not said on stderr"),
+        "{runs}"
+    );
+    let readme = include_str!("../README.md").replace('\n', " ");
+    assert!(
+        readme.contains("with `--json` neither is said on stderr: the record printed on stdout says how it ended")
+            && readme.contains("With `--json`, `run` and `await` say nothing of how the process ended on stderr"),
+        "crates/cairn/README.md does not say what `--json` prints"
+    );
+}
+
+/// `cairn mcp --help` does not offer the `--json` it refuses, and client
+/// options before `completions` are refused as before `serve` and `bench`,
+/// not quietly ignored.
+#[test]
+fn mcp_offers_no_json_and_completions_takes_no_client_options() {
+    let out = std::process::Command::new(BIN)
+        .args(["mcp", "--help"])
+        .output()
+        .expect("run cairn");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    assert!(help.contains("--server") && help.contains("--token"), "{help}");
+    assert!(!help.contains("--json"), "{help}");
+    for args in [
+        &["--json", "completions", "bash"][..],
+        &["--token", "T", "completions", "bash"],
+        &["--server", "http://x:1", "completions", "bash"],
+    ] {
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run cairn");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: a script was printed");
+        assert!(
+            stderr.contains("are client options") && stderr.contains("`cairn completions` takes none"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let out = std::process::Command::new(BIN)
+        .args(["completions", "bash"])
+        .output()
+        .expect("run cairn");
+    assert!(out.status.success());
+    // `ls --status` completes to its values, as `prune --status` does.
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        script.contains("running completed failed cancelled abandoned any"),
+        "no `ls --status` values in the bash completion"
+    );
+}
+
+/// Every command of crates/cairn/README.md's CLI table shows each flag its
+/// `--help` lists (but the client options, which the README gives once).
+#[test]
+fn the_readme_cli_table_lists_every_flag_of_its_commands() {
+    let readme = include_str!("../README.md");
+    let table = readme
+        .split_once("| command | what |")
+        .expect("the CLI table")
+        .1
+        .split("\n\n")
+        .next()
+        .expect("rows");
+    let mut checked = 0;
+    for row in table.lines().filter(|l| l.starts_with("| `")) {
+        let cell = row[3..].split("` |").next().expect("first cell");
+        for signature in cell.split("`, `") {
+            let path: Vec<&str> = signature
+                .split_whitespace()
+                .take_while(|w| w.chars().all(|c| c.is_ascii_lowercase()))
+                .collect();
+            let out = std::process::Command::new(BIN)
+                .args(&path)
+                .arg("--help")
+                .output()
+                .expect("run cairn");
+            let help = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{path:?}: {help}");
+            let flags: Vec<&str> = help
+                .lines()
+                .skip_while(|l| !l.starts_with("Options:"))
+                .filter_map(|l| {
+                    let l = l.trim_start();
+                    // `-f, --follow`: the long name after the short one.
+                    let l = match l.as_bytes() {
+                        [b'-', c, b',', b' ', ..] if *c != b'-' => &l[4..],
+                        _ => l,
+                    };
+                    l.strip_prefix("--")
+                })
+                .map(|l| l.split([' ', '=']).next().unwrap_or_default())
+                .filter(|f| !matches!(*f, "server" | "token" | "json" | "help"))
+                .collect();
+            for flag in flags {
+                assert!(
+                    signature.contains(&format!("--{flag}")),
+                    "README's `{signature}` lacks --{flag}, which `cairn {} --help` lists",
+                    path.join(" ")
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 40, "only {checked} flags checked");
+}
+
+/// A negative number or duration is refused in cairn's words naming the
+/// flag (exit 2), not by clap as an unknown flag with advice (`use '-- -1'`)
+/// that fails too.
+#[test]
+fn a_negative_value_is_refused_naming_its_flag() {
+    for (args, said) in [
+        (
+            &["events", "p", "--after", "-1"][..],
+            "`--after` takes a non-negative integer, got `-1`",
+        ),
+        (
+            &["changes", "--cursor", "-1"],
+            "`--cursor` takes a non-negative integer, got `-1`",
+        ),
+        (
+            &["changes", "--limit", "-1"],
+            "`--limit` takes a non-negative integer, got `-1`",
+        ),
+        (
+            &["ls", "--limit", "-5"],
+            "`--limit` takes a non-negative integer, got `-5`",
+        ),
+        (
+            &["wakes", "s1", "--limit", "-2"],
+            "`--limit` takes a non-negative integer, got `-2`",
+        ),
+        (
+            &["ls", "--created-from", "-5"],
+            "`--created-from` takes epoch milliseconds",
+        ),
+        (
+            &["prune", "--older-than", "1d", "--watermark", "-1"],
+            "`--watermark` takes a non-negative integer, got `-1`",
+        ),
+        (
+            &["await", "p", "--timeout", "-1s"],
+            "for `--timeout`: a duration is not negative",
+        ),
+        (
+            &["await", "p", "--timeout", "-1"],
+            "for `--timeout`: a duration is not negative",
+        ),
+        (
+            &["run", "--timeout", "-5m", "--", "true"],
+            "for `--timeout`: a duration is not negative",
+        ),
+        (
+            &["prune", "--older-than", "-7d", "--no-projector"],
+            "for `--older-than`: a duration is not negative",
+        ),
+        (
+            &["schedule", "add", "s1", "--every", "-1m", "{}"],
+            "for `--every`: a duration is not negative",
+        ),
+        (
+            &["serve", "--workers", "-1"],
+            "`--workers` takes a non-negative integer, got `-1`",
+        ),
+        (
+            &["serve", "--lease-ttl", "-1s"],
+            "for `--lease-ttl`: a duration is not negative",
+        ),
+        (
+            &["serve", "--max-await", "-1s"],
+            "for `--max-await`: a duration is not negative",
+        ),
+        (
+            &["serve", "--shutdown-grace", "-1"],
+            "for `--shutdown-grace`: a duration is not negative",
+        ),
+        (
+            &["serve", "--script-max-calls", "-1"],
+            "`--script-max-calls` takes a non-negative integer",
+        ),
+        (
+            &["bench", "--runs", "-1"],
+            "`--runs` takes a non-negative integer, got `-1`",
+        ),
+        (
+            &["bench", "--workers", "-1,3"],
+            "`--workers` takes a non-negative integer, got `-1`",
+        ),
+        // A flag where the value belongs is said as one.
+        (
+            &["await", "p", "--timeout", "--json"],
+            "`--json` reads as a flag, not a duration",
+        ),
+    ] {
+        let stderr = usage_error(args);
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("tip:") && !stderr.contains("'-- -"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // Under `--json`, the hint is the command's usage, not clap's tip.
+    let error: Value = serde_json::from_str(&usage_error(&["--json", "events", "p", "--after", "-1"])).expect("JSON");
+    assert_eq!(
+        (&error["error"]["message"], &error["error"]["hint"]),
+        (
+            &json!("`--after` takes a non-negative integer, got `-1`"),
+            &json!("usage: cairn events [OPTIONS] <ID>")
+        ),
+        "{error}"
+    );
+}
+
+/// `ls --status` takes only the statuses it lists: anything else is a
+/// usage error (exit 2) before any request, whether the server is up or not.
+#[test]
+fn ls_status_is_checked_before_asking_the_server() {
+    for status in ["bogus", "Running", "waiting"] {
+        let stderr = usage_error(&["ls", "--status", status]);
+        assert!(
+            stderr.contains("[possible values: running, completed, failed, cancelled, abandoned, any]"),
+            "{status}: {stderr}"
+        );
+    }
+}
+
+/// An empty `ls --waiting true` does not point at ended processes (none
+/// of which waits); an empty `ls` or `ls --waiting false` still does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_waiting_ls_does_not_point_at_ended_processes() {
+    let server = Server::start(&[]).await;
+    let out = server.cli(&["run", "--", "true"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for args in [&["ls", "--waiting"][..], &["ls", "--waiting", "true"]] {
+        let out = server.cli(args, None).await;
+        assert_eq!((out.code, out.stderr.as_str()), (0, ""), "{args:?}");
+        assert!(out.stdout.starts_with("ID"), "{args:?}: {}", out.stdout);
+    }
+    for args in [&["ls"][..], &["ls", "--waiting", "false"]] {
+        let out = server.cli(args, None).await;
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains("`--status any`"), "{args:?}: {}", out.stderr);
+    }
 }

@@ -1750,7 +1750,9 @@ fn abandonment(outcome: &Value) -> String {
 }
 
 async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, ClientError> {
-    let running_only = args.status.is_none();
+    // An ended process never waits: with `--waiting true` the ended ones
+    // would add nothing, so an empty listing does not point at them.
+    let ended_would_add = args.status.is_none() && args.waiting != Some(true);
     let mut pairs: Vec<(&str, String)> = Vec::new();
     let mut add = |k: &'static str, v: Option<String>| {
         if let Some(v) = v {
@@ -1827,7 +1829,7 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
         &["ID", "STATUS", "DISPOSITION", "DEFINITION", "CREATED", "WAITING"],
         &table,
     )?;
-    if table.is_empty() && running_only {
+    if table.is_empty() && ended_would_add {
         // The default lists running processes only: say so, or an empty
         // table reads as "nothing was ever started".
         errln!("(nothing running matches; `--status any` lists ended processes too)")?;
