@@ -328,13 +328,13 @@ async fn a_run_whose_worker_died_says_no_worker_holds_it() {
     assert_eq!(run.exit_code().await, 1);
 }
 
-/// `cairn cancel` of a started owner_bound process whose node died (its
-/// lease lapsed, and another node answers) says nothing acts on the request,
-/// naming the node that must come back and the abandon request that ends
-/// it, instead of a bare "cancellation requested"; the request is recorded
-/// all the same (exit 0).
+/// `cairn cancel` (or `cairn signal`) of a started owner_bound process
+/// whose node died (its lease lapsed, and another node answers) says nothing
+/// acts on the request, naming the node that must come back and the abandon
+/// request that ends it, instead of a bare "cancellation requested" (or
+/// "recorded"); the request is recorded all the same (exit 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancel_of_a_dead_nodes_owner_bound_work_says_nothing_acts_on_it() {
+async fn a_cancel_or_signal_of_a_dead_nodes_owner_bound_work_says_nothing_acts_on_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = format!("sqlite:{}", dir.path().join("c.db").display());
     let n1 = Server::start_on(&db, &["--node-id", "n1", "--lease-ttl", "1s"]).await;
@@ -382,10 +382,34 @@ async fn a_cancel_of_a_dead_nodes_owner_bound_work_says_nothing_acts_on_it() {
     let (_, rec) = c.get("/v1/processes/ob").await;
     assert!(rec["cancel_request"].is_object(), "the request is recorded: {rec}");
     assert_eq!(rec["status"], "running", "{rec}");
+    // A signal to it is recorded, and said to reach nothing that acts.
+    let out = n9.cli(&["signal", "ob", "go"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut lines = out.stdout.lines();
+    let recorded = lines.next().unwrap_or_default();
+    assert!(
+        recorded.starts_with("signal.go recorded on ob as event "),
+        "{}",
+        out.stdout
+    );
+    let but = lines.next().unwrap_or_default();
+    assert!(
+        but.starts_with("but nothing acts on it: the lease of worker n1#1 lapsed ")
+            && but.contains("node n1 must come back"),
+        "{}",
+        out.stdout
+    );
     // Owner_bound work a live node holds is answered as before.
     let body = common::tool_start("live", "sleep", json!({"ms": 600000}), "owner_bound");
     assert_eq!(c.start(body).await.0, 201);
     c.wait_for("live", |r| r["lease"].is_object()).await;
+    let out = n9.cli(&["signal", "live", "go"], None).await;
+    assert!(
+        out.stdout.starts_with("signal.go recorded on live") && !out.stdout.contains("nothing acts"),
+        "{} {}",
+        out.stdout,
+        out.stderr
+    );
     let out = n9.cli(&["cancel", "live"], None).await;
     let said = out.stdout.trim();
     assert!(

@@ -467,6 +467,14 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                     str_at(&event, "/process_id"),
                     num_at(&event, "/sequence")
                 )?;
+                // A signal to work whose node is gone waits for nothing that
+                // will take it: said, as `cancel` says it (a failed read
+                // leaves the line above as all there is to say).
+                if let Ok(record) = client.get(&proc_path(&id)).await {
+                    if let Some(stranded) = stranded(&id, &record, now_ms()) {
+                        outln!("but {stranded}")?;
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -561,7 +569,7 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                         "a cancellation with this reason was already requested for {id}; this one changed nothing: \
                          {id} is {status}"
                     )?;
-                } else if let Some(stranded) = cancel_stranded(&id, &record, now_ms()) {
+                } else if let Some(stranded) = stranded(&id, &record, now_ms()) {
                     // An owner_bound process whose worker is gone: no other
                     // node takes it on, so nothing acts on the request.
                     outln!("cancellation requested: {id} is {status}, but {stranded}")?;
@@ -1695,11 +1703,12 @@ fn abandon_when(record: &Value, now: u64) -> String {
     }
 }
 
-/// What `cairn cancel` adds for a running owner_bound process whose lease
-/// lapsed (its node gone): no other node takes it on, so nothing acts on the
-/// request until that node comes back (whose restart abandons it) or an
-/// abandon request ends it. `None` for every other process.
-fn cancel_stranded(id: &str, record: &Value, now: u64) -> Option<String> {
+/// What `cairn cancel` and `cairn signal` add for a running owner_bound
+/// process whose lease lapsed (its node gone): no other node takes it on, so
+/// nothing acts on the request or the signal until that node comes back
+/// (whose restart abandons it) or an abandon request ends it. `None` for
+/// every other process.
+fn stranded(id: &str, record: &Value, now: u64) -> Option<String> {
     if str_at(record, "/status") != "running" || str_at(record, "/disposition") != "owner_bound" {
         return None;
     }
@@ -2513,29 +2522,23 @@ mod abandon_tests {
                    "lease": {"owner_id": owner, "expires_at_ms": at}})
         };
         assert_eq!(
-            cancel_stranded("ob1", &held("owner_bound", "n1#1", 1_000_000), 1_013_000).as_deref(),
+            stranded("ob1", &held("owner_bound", "n1#1", 1_000_000), 1_013_000).as_deref(),
             Some(
                 "nothing acts on it: the lease of worker n1#1 lapsed 13s ago and owner_bound work is taken on by \
                  no other node; node n1 must come back (`cairn serve --node-id n1`), or an abandon request ends \
                  it (`cairn abandon ob1 --reason ...`)"
             )
         );
-        let odd = cancel_stranded("ob1", &held("owner_bound", "host-worker", 1_000_000), 1_013_000);
+        let odd = stranded("ob1", &held("owner_bound", "host-worker", 1_000_000), 1_013_000);
         assert!(odd.is_some_and(|s| s.contains("; worker host-worker must come back, or")));
         // A live lease, rerunnable work (a peer takes it on), no lease, an end.
-        assert_eq!(
-            cancel_stranded("ob1", &held("owner_bound", "n1#1", 1_000_000), 999_000),
-            None
-        );
-        assert_eq!(
-            cancel_stranded("re1", &held("rerunnable", "n1#1", 1_000_000), 1_013_000),
-            None
-        );
+        assert_eq!(stranded("ob1", &held("owner_bound", "n1#1", 1_000_000), 999_000), None);
+        assert_eq!(stranded("re1", &held("rerunnable", "n1#1", 1_000_000), 1_013_000), None);
         let free = json!({"status": "running", "disposition": "owner_bound", "lease": null});
-        assert_eq!(cancel_stranded("ob1", &free, 1_013_000), None);
+        assert_eq!(stranded("ob1", &free, 1_013_000), None);
         let ended = json!({"status": "completed", "disposition": "owner_bound",
                            "lease": {"owner_id": "n1#1", "expires_at_ms": 1}});
-        assert_eq!(cancel_stranded("ob1", &ended, 1_013_000), None);
+        assert_eq!(stranded("ob1", &ended, 1_013_000), None);
     }
 
     /// `cairn abandon` of a process whose lease lapsed long ago (a dead
