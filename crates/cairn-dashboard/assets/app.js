@@ -196,10 +196,19 @@
     name.dataset.proposed = next;
   });
 
-  // Completing ends a process for good: the question names the outcome's
-  // type as the form holds it now.
+  // Sending a signal names the signal as the form holds it now. Completing
+  // ends a process for good: the question names the outcome's type as the
+  // form holds it now.
   document.addEventListener("htmx:confirm", function (e) {
     var form = e.detail.elt;
+    if (form && form.id === "signal-form" && e.detail.question) {
+      var signal = form.querySelector("input[name=name]").value;
+      e.preventDefault();
+      if (window.confirm("Send signal \u201c" + signal + "\u201d to process \u201c" + form.dataset.process + "\u201d?")) {
+        e.detail.issueRequest(true);
+      }
+      return;
+    }
     if (!form || form.id !== "complete-form" || !e.detail.question) return;
     var type = null;
     try {

@@ -1,18 +1,21 @@
 //! Who is looking, the login cookie and the CSRF token.
 //!
-//! The cookie holds the token itself (HttpOnly, SameSite=Strict, path `/ui`):
-//! the server keeps no session table, a restart keeps everyone logged in, and
-//! the token is resolved by the embedding server's [`Access`] on every request,
-//! exactly as a bearer token is. The CSRF token is an HMAC-SHA256 keyed by the
-//! cookie's token (so every node behind one address, and a restarted one,
-//! derives the same), or, on an open server, by a key drawn when the dashboard
-//! starts; pages carry it in htmx's `hx-headers`, and every state-changing
-//! request must present it in [`CSRF_HEADER`]. A page from another origin can
-//! neither read it nor compute it. (Whoever sees it can test guesses of the
-//! token against it offline, as whoever sees the `Cookie` header beside it has
-//! the token itself: a token should be long and random.)
+//! A login is held in this server's memory ([`Logins`]): the cookie
+//! (HttpOnly, SameSite=Strict, path `/ui`) carries only a random login id
+//! that names it, never the token. Browsers send a host's cookies to every
+//! port of that host, so another service on the machine may see the cookie:
+//! it learns an id that logging out, 24 h unused, or a restart ends, and no
+//! token. The CSRF token is an HMAC-SHA256, under a key drawn when the
+//! dashboard starts, of the login id (on an open server, of nothing); pages
+//! carry it in htmx's `hx-headers`, and every state-changing request must
+//! present it in [`CSRF_HEADER`]. A page from another origin can neither
+//! read it nor compute it, and it tells nothing about the token.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -88,32 +91,34 @@ pub trait Access: Send + Sync + 'static {
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// 32 bytes from the operating system's generator (through two v4 UUIDs,
+/// whose 122 random bits each come from `getrandom`).
+fn random_bytes() -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    bytes
+}
+
 /// The key CSRF tokens are derived under.
 pub(crate) struct CsrfKey([u8; 32]);
 
 impl CsrfKey {
-    /// 32 bytes from the operating system's generator (through two v4 UUIDs,
-    /// whose 122 random bits each come from `getrandom`), drawn once per start.
+    /// A key drawn once per start.
     pub fn random() -> Self {
-        let mut key = [0u8; 32];
-        key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-        key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-        Self(key)
+        Self(random_bytes())
     }
 
-    /// A logged-in visitor's basis is their token, a secret: it keys the
-    /// MAC itself, so every node behind one address (and a restarted one)
-    /// derives the same CSRF token for it, and a page drawn by one node may
-    /// post to another. The open server (no basis; loopback only) keys with
-    /// this start's random key.
+    /// Keyed by this start's key alone, never by a token: a CSRF token seen
+    /// in a log is no way to test guesses of the token.
     fn mac(&self, basis: &str) -> HmacSha256 {
-        let key: &[u8] = if basis.is_empty() { &self.0 } else { basis.as_bytes() };
-        let mut mac = HmacSha256::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        let mut mac = HmacSha256::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
         mac.update(b"cairn-ui-csrf\0");
+        mac.update(basis.as_bytes());
         mac
     }
 
-    /// The token for the visitor whose cookie value is `basis` (empty when open).
+    /// The token for the login whose id is `basis` (empty when open).
     pub fn token(&self, basis: &str) -> String {
         hex::encode(self.mac(basis).finalize().into_bytes())
     }
@@ -127,6 +132,124 @@ impl CsrfKey {
     }
 }
 
+/// How long a login lasts unused.
+pub(crate) const LOGIN_IDLE: Duration = Duration::from_secs(24 * 3600);
+
+/// The most logins held at once; a new one past it ends the one used least
+/// recently.
+pub(crate) const LOGINS_HELD: usize = 4096;
+
+/// The logins of this server, in memory only: a restart ends every one, so a
+/// token changed at a restart keeps no browser logged in.
+pub(crate) struct Logins {
+    /// By the SHA-256 of the login id (a lookup compares no secret).
+    held: Mutex<HashMap<[u8; 32], Login>>,
+}
+
+struct Login {
+    viewer: Viewer,
+    used: Instant,
+}
+
+fn login_key(id: &str) -> [u8; 32] {
+    use sha2::Digest;
+    Sha256::digest(id.as_bytes()).into()
+}
+
+impl Logins {
+    pub fn new() -> Self {
+        Self {
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Login>> {
+        self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A new login for `viewer`: its id, 256 random bits in hex.
+    pub fn open(&self, viewer: Viewer) -> String {
+        let id = hex::encode(random_bytes());
+        let now = Instant::now();
+        let mut held = self.held();
+        held.retain(|_, l| now.duration_since(l.used) < LOGIN_IDLE);
+        if held.len() >= LOGINS_HELD {
+            // A scan of at most LOGINS_HELD entries, only when a login is made
+            // with the table full.
+            if let Some(oldest) = held.iter().min_by_key(|(_, l)| l.used).map(|(k, _)| *k) {
+                held.remove(&oldest);
+            }
+        }
+        held.insert(login_key(&id), Login { viewer, used: now });
+        id
+    }
+
+    /// Who login `id` is, marking it used; `None` for an id this server did
+    /// not hand out, has ended, or that lay unused for [`LOGIN_IDLE`].
+    pub fn viewer(&self, id: &str) -> Option<Viewer> {
+        let key = login_key(id);
+        let now = Instant::now();
+        let mut held = self.held();
+        let login = held.get_mut(&key)?;
+        if now.duration_since(login.used) >= LOGIN_IDLE {
+            held.remove(&key);
+            return None;
+        }
+        login.used = now;
+        Some(login.viewer.clone())
+    }
+
+    /// End login `id` (logging out).
+    pub fn close(&self, id: &str) {
+        self.held().remove(&login_key(id));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.held().len()
+    }
+}
+
+/// Failed logins the server takes: a bucket of [`FAILURES_HELD`] that
+/// refills one each [`FAILURE_REFILL`], shared by every visitor (a guesser
+/// may come from anywhere, through DNS rebinding say). Once it is empty a
+/// login is refused before its token is looked at, so a guess learns
+/// nothing; a right token gets in again as soon as one failure has
+/// refilled, and a right token costs nothing.
+pub(crate) struct FailedLogins {
+    bucket: Mutex<(f64, Instant)>,
+}
+
+pub(crate) const FAILURES_HELD: u32 = 10;
+pub(crate) const FAILURE_REFILL: Duration = Duration::from_secs(1);
+
+impl FailedLogins {
+    pub fn new() -> Self {
+        Self {
+            bucket: Mutex::new((f64::from(FAILURES_HELD), Instant::now())),
+        }
+    }
+
+    /// Check a login: `Err(wait)` when it is refused unlooked-at (the time
+    /// until the next failure is taken); else `check`'s answer, a failure
+    /// taken from the bucket.
+    fn attempt<T>(&self, check: impl FnOnce() -> Option<T>) -> Result<Option<T>, Duration> {
+        let mut bucket = self.bucket.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        let refilled = now.duration_since(bucket.1).as_secs_f64() / FAILURE_REFILL.as_secs_f64();
+        bucket.0 = (bucket.0 + refilled).min(f64::from(FAILURES_HELD));
+        bucket.1 = now;
+        if bucket.0 < 1.0 {
+            return Err(FAILURE_REFILL.mul_f64(1.0 - bucket.0));
+        }
+        let found = check();
+        if found.is_none() {
+            bucket.0 -= 1.0;
+        }
+        Ok(found)
+    }
+}
+
 /// The visitor a gated handler serves (put in the request by [`gate`]).
 #[derive(Clone, Debug)]
 pub(crate) struct Visitor {
@@ -137,16 +260,57 @@ pub(crate) struct Visitor {
     pub logged_in: bool,
 }
 
-fn cookie_token(headers: &HeaderMap) -> Option<String> {
+/// What the request's login cookie says.
+#[derive(Debug, PartialEq, Eq)]
+enum Presented {
+    None,
+    One(String),
+    /// The cookie's name more than once: another service on this host (which
+    /// browsers send this host's cookies to, and let set them) planted one
+    /// with a longer path, which the browser sends first. Neither is taken.
+    Many,
+}
+
+fn cookie_login(headers: &HeaderMap) -> Presented {
     let name = cookie_name(headers);
-    headers
+    let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| Cookie::split_parse_encoded(v.to_string()))
         .filter_map(Result::ok)
-        .find(|c| c.name() == name)
-        .map(|c| c.value().to_string())
+        .filter(|c| c.name() == name)
+        .map(|c| c.value().to_string());
+    match (found.next(), found.next()) {
+        (None, _) => Presented::None,
+        (Some(one), None) => Presented::One(one),
+        (Some(_), Some(_)) => Presented::Many,
+    }
+}
+
+/// Whether the browser reached this page over HTTPS, as it says itself: a
+/// POST carries its page's `Origin`, and the login and logout are posted
+/// only from this server's pages (see [`login`]). The server speaks plain
+/// HTTP; TLS is a proxy's in front of it, whose `X-Forwarded-*` is not
+/// believed.
+fn over_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("origin")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|o| o.starts_with("https://"))
+}
+
+/// The login cookie as set (`value`) or cleared (`None`), at `path`.
+fn login_cookie(headers: &HeaderMap, value: Option<&str>, path: &str) -> HeaderValue {
+    let mut c = Cookie::build((cookie_name(headers), value.unwrap_or("").to_string()))
+        .path(path.to_string())
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(over_https(headers));
+    if value.is_none() {
+        c = c.max_age(cookie::time::Duration::ZERO);
+    }
+    HeaderValue::from_str(&c.build().encoded().to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 fn is_htmx(headers: &HeaderMap) -> bool {
@@ -160,9 +324,17 @@ pub(crate) async fn gate(State(d): State<Arc<Inner>>, mut req: Request, next: Ne
     let (viewer, basis, logged_in) = if d.access.is_open() {
         (Viewer::Host, String::new(), false)
     } else {
-        match cookie_token(req.headers()).and_then(|t| d.access.resolve(&t).map(|v| (v, t))) {
-            Some((viewer, token)) => (viewer, token, true),
-            None => return to_login(&req),
+        match cookie_login(req.headers()) {
+            Presented::One(id) => match d.logins.viewer(&id) {
+                Some(viewer) => (viewer, id, true),
+                None => return to_login(&req),
+            },
+            Presented::None => return to_login(&req),
+            Presented::Many => {
+                let mut r = to_login(&req);
+                clear_planted(&req, &mut r);
+                return r;
+            }
         }
     };
     let safe = matches!(*req.method(), Method::GET | Method::HEAD);
@@ -190,6 +362,31 @@ pub(crate) async fn gate(State(d): State<Arc<Inner>>, mut req: Request, next: Ne
         logged_in,
     });
     next.run(req).await
+}
+
+/// Clear the login cookie at every path from `/ui` down to the request's,
+/// where a cookie this request carried may have been set (one planted by
+/// another service on this host included), so the next login is the only one
+/// the browser holds there. The login the cookies named stays until it
+/// lapses: which of them was this browser's own is not known.
+fn clear_planted(req: &Request, r: &mut Response) {
+    let path = req.uri().path();
+    let mut at = String::new();
+    for segment in path.trim_start_matches('/').split('/').take(8) {
+        // A path a `Set-Cookie` can carry as it is.
+        if !segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b))
+        {
+            break;
+        }
+        at.push('/');
+        at.push_str(segment);
+        if at == "/ui" || at.starts_with("/ui/") {
+            r.headers_mut()
+                .append(header::SET_COOKIE, login_cookie(req.headers(), None, &at));
+        }
+    }
 }
 
 fn to_login(req: &Request) -> Response {
@@ -223,7 +420,7 @@ fn to_login(req: &Request) -> Response {
         return (
             [
                 (header::CONTENT_TYPE, "text/event-stream"),
-                (header::CACHE_CONTROL, "no-cache"),
+                (header::CACHE_CONTROL, "no-store"),
             ],
             "event: login\ndata: log in again\n\n",
         )
@@ -316,8 +513,9 @@ impl Fields for LoginForm {
     const FIELDS: &'static [&'static str] = &["token", "next"];
 }
 
-/// `POST /ui/login`: check the token, then keep it in the cookie. A login
-/// posted from another site is refused (it would sign the browser in as
+/// `POST /ui/login`: check the token (failures throttled, [`FailedLogins`]),
+/// then make a login and put its id in the cookie. A login posted from
+/// another site is refused (it would sign the browser in as
 /// whoever that site chose); browsers say where a request came from in
 /// `Sec-Fetch-Site`.
 pub(crate) async fn login(
@@ -370,44 +568,61 @@ pub(crate) async fn login(
             .into_response();
     }
     let token = form.token.trim();
-    if d.access.resolve(token).is_none() {
-        return (
-            StatusCode::UNAUTHORIZED,
-            pages::login(
-                Some("unknown token: the server has no host or session token like it"),
-                safe_next(&form.next),
-            ),
-        )
-            .into_response();
+    let viewer = match d.failed_logins.attempt(|| d.access.resolve(token)) {
+        Ok(Some(viewer)) => viewer,
+        Ok(None) => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                pages::login(
+                    Some("unknown token: the server has no host or session token like it"),
+                    safe_next(&form.next),
+                ),
+            )
+                .into_response();
+        }
+        Err(wait) => {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let said = format!(
+                "too many failed logins: this server takes {FAILURES_HELD} failed logins per {} s \
+                 from anyone, and this one was not checked; try again in {secs} s",
+                FAILURE_REFILL.as_secs() * u64::from(FAILURES_HELD)
+            );
+            let mut r = (
+                StatusCode::TOO_MANY_REQUESTS,
+                pages::login(Some(&said), safe_next(&form.next)),
+            )
+                .into_response();
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            return r;
+        }
+    };
+    // A login made again from the same browser replaces the one it had.
+    if let Presented::One(old) = cookie_login(&headers) {
+        d.logins.close(&old);
     }
-    let cookie = Cookie::build((cookie_name(&headers), token.to_string()))
-        .path("/ui")
-        .http_only(true)
-        .same_site(SameSite::Strict)
-        .build();
+    let id = d.logins.open(viewer);
     let mut r = Redirect::to(safe_next(&form.next).unwrap_or("/ui/processes")).into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie.encoded().to_string()) {
-        r.headers_mut().insert(header::SET_COOKIE, v);
-    }
+    r.headers_mut()
+        .insert(header::SET_COOKIE, login_cookie(&headers, Some(&id), "/ui"));
     r
 }
 
-/// `POST /ui/logout`: forget the cookie. The button sends no field; a
-/// request with any is refused, and the login stands.
-pub(crate) async fn logout(headers: HeaderMap, form: Result<ActionForm<NoFields>, Refusal>) -> Response {
+/// `POST /ui/logout`: end the login, here and in the browser. The button
+/// sends no field; a request with any is refused, and the login stands.
+pub(crate) async fn logout(
+    State(d): Shared,
+    headers: HeaderMap,
+    form: Result<ActionForm<NoFields>, Refusal>,
+) -> Response {
     if let Err(refusal) = form {
         return refusal.into_response();
     }
-    let cookie = Cookie::build((cookie_name(&headers), ""))
-        .path("/ui")
-        .http_only(true)
-        .same_site(SameSite::Strict)
-        .max_age(cookie::time::Duration::ZERO)
-        .build();
-    let mut r = html! { "logged out" }.into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie.to_string()) {
-        r.headers_mut().insert(header::SET_COOKIE, v);
+    if let Presented::One(id) = cookie_login(&headers) {
+        d.logins.close(&id);
     }
+    let mut r = html! { "logged out" }.into_response();
+    r.headers_mut()
+        .insert(header::SET_COOKIE, login_cookie(&headers, None, "/ui"));
     r.headers_mut()
         .insert("hx-redirect", HeaderValue::from_static("/ui/login"));
     r
@@ -418,19 +633,59 @@ mod tests {
     use super::*;
 
     #[test]
-    fn csrf_tokens_bind_to_the_cookie_and_the_key() {
+    fn csrf_tokens_bind_to_the_login_and_the_key() {
         let key = CsrfKey::random();
-        let t = key.token("tok");
-        assert!(key.verify("tok", &t));
+        let t = key.token("login-id");
+        assert!(key.verify("login-id", &t));
         assert!(!key.verify("other", &t));
-        assert!(!key.verify("tok", ""));
-        assert!(!key.verify("tok", "not hex"));
-        // A login's token keys it: another node (another start) agrees.
-        assert!(CsrfKey::random().verify("tok", &t));
-        // The open server's is this start's own.
+        assert!(!key.verify("login-id", ""));
+        assert!(!key.verify("login-id", "not hex"));
+        // Another start's key makes other tokens: they say nothing of the id.
+        assert!(!CsrfKey::random().verify("login-id", &t));
         let open = key.token("");
         assert!(key.verify("", &open));
         assert!(!CsrfKey::random().verify("", &open));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn logins_lapse_unused_and_the_least_used_goes_first() {
+        let logins = Logins::new();
+        let a = logins.open(Viewer::Host);
+        let b = logins.open(Viewer::Session("s1".into()));
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+        assert_eq!(logins.viewer(&b), Some(Viewer::Session("s1".into())));
+        tokio::time::advance(LOGIN_IDLE - Duration::from_secs(1)).await;
+        assert_eq!(logins.viewer(&a), Some(Viewer::Host), "used within the day");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(logins.viewer(&b), None, "a day unused");
+        assert_eq!(logins.viewer(&a), Some(Viewer::Host));
+        logins.close(&a);
+        assert_eq!(logins.viewer(&a), None);
+
+        let first = logins.open(Viewer::Host);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let rest: Vec<String> = (1..LOGINS_HELD).map(|_| logins.open(Viewer::Host)).collect();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(logins.viewer(&first).is_some(), "the first is now the latest used");
+        logins.open(Viewer::Host);
+        assert_eq!(logins.len(), LOGINS_HELD);
+        assert!(logins.viewer(&first).is_some());
+        assert_eq!(rest.iter().filter(|id| logins.viewer(id).is_none()).count(), 1);
+    }
+
+    #[test]
+    fn a_cookie_named_twice_is_no_login() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1; cairn_ui=s%20t; b=2"));
+        assert_eq!(cookie_login(&h), Presented::One("s t".into()));
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1"));
+        assert_eq!(cookie_login(&h), Presented::None);
+        h.insert(header::COOKIE, HeaderValue::from_static("cairn_ui=x; a=1; cairn_ui=y"));
+        assert_eq!(cookie_login(&h), Presented::Many);
+        h.insert(header::COOKIE, HeaderValue::from_static("cairn_ui=x"));
+        h.append(header::COOKIE, HeaderValue::from_static("cairn_ui=x"));
+        assert_eq!(cookie_login(&h), Presented::Many);
     }
 
     #[test]
@@ -465,14 +720,5 @@ mod tests {
         ] {
             assert_eq!(safe_next(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn the_cookie_is_found_among_others() {
-        let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1; cairn_ui=s%20t; b=2"));
-        assert_eq!(cookie_token(&h).as_deref(), Some("s t"));
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1"));
-        assert_eq!(cookie_token(&h), None);
     }
 }

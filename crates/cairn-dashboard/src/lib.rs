@@ -15,10 +15,10 @@
 //!
 //! The crate decides nothing about who may see what: the embedding server gives it
 //! an [`Access`] that resolves tokens and answers visibility exactly as its API does.
-//! With tokens configured, a login page takes a token once and keeps it in an
-//! HttpOnly, SameSite=Strict cookie; every state-changing request carries a CSRF
-//! token (an HMAC keyed by the cookie's token; on an open server, by a key
-//! drawn at start). Forms and queries are read as the API reads bodies and
+//! With tokens configured, a login page takes a token once and keeps a login
+//! in the server's memory, named by a random id in an HttpOnly,
+//! SameSite=Strict cookie (never the token); every state-changing request
+//! carries a CSRF token (an HMAC of the login id under a key drawn at start). Forms and queries are read as the API reads bodies and
 //! queries: a field or parameter a route does not take, or one given twice,
 //! is refused (400, naming it) before anything is done, and a form of another
 //! content type is 415.
@@ -66,6 +66,8 @@ pub(crate) struct Inner {
     pub processes: Processes,
     pub access: Arc<dyn Access>,
     pub csrf: auth::CsrfKey,
+    pub logins: auth::Logins,
+    pub failed_logins: auth::FailedLogins,
     pub feed: live::Feed,
     pub shutdown: CancellationToken,
 }
@@ -91,6 +93,8 @@ impl Dashboard {
                 processes,
                 access,
                 csrf: auth::CsrfKey::random(),
+                logins: auth::Logins::new(),
+                failed_logins: auth::FailedLogins::new(),
                 feed,
                 shutdown,
             }),
@@ -208,19 +212,27 @@ async fn slash_to_page(
 
 /// Headers on every dashboard answer: no framing by other sites (the action
 /// buttons must not be clickable through someone else's page), no referrer
-/// leaving the dashboard.
+/// leaving the dashboard, no window of another site keeping a handle on a
+/// dashboard page it opened (COOP), no content sniffing, and a policy that
+/// runs only the dashboard's own scripts ([`pages::content_security_policy`]).
 async fn page_headers(mut r: axum::response::Response) -> axum::response::Response {
     use axum::http::{header, HeaderValue};
     let h = r.headers_mut();
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("frame-ancestors 'none'"),
+        pages::content_security_policy().clone(),
     );
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     // A page is not kept: Back after a logout (or on a shared machine) must
-    // not show what the last viewer could see. Assets say their own.
-    if !h.contains_key(header::CACHE_CONTROL) {
+    // not show what the last viewer could see. Assets say their own; an
+    // event stream's `no-cache` (axum's) would still let it be stored.
+    let stream = h
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if stream || !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     r

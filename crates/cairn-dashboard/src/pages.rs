@@ -43,6 +43,11 @@ pub(crate) fn layout(title: &str, visitor: &Visitor, nav: Nav, body: Markup) -> 
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="cairn-csrf" content=(visitor.csrf);
+                // Read by htmx once the page has loaded: nothing evaluated from
+                // attributes (`hx-on`, `js:`), no scripts run from swapped-in
+                // HTML, and no `<style>` of its own (app.css has its rules), as
+                // the Content-Security-Policy would refuse them anyway.
+                meta name="htmx-config" content=(HTMX_CONFIG);
                 title { (plain(title)) " · cairn" }
                 (icon())
                 link rel="stylesheet" href="/ui/assets/app.css";
@@ -116,7 +121,12 @@ pub(crate) fn login(problem: Option<&str>, next: Option<&str>) -> Markup {
                     @if let Some(p) = problem {
                         p.result.err role="alert" { (p) }
                     }
-                    p.hint { "The token is kept in an HttpOnly cookie for this site only." }
+                    p.hint {
+                        "The browser keeps a random login id in a cookie, never the token. Browsers send "
+                        "a host's cookies to every port of that host, so other services on this machine "
+                        "may see the id: log out when done. A login ends at logout, after 24 h unused, "
+                        "or when the server restarts."
+                    }
                 }
                 script { (PreEscaped(LOGIN_SCRIPT)) }
             }
@@ -131,8 +141,7 @@ pub(crate) fn login(problem: Option<&str>, next: Option<&str>) -> Markup {
 /// The request never carries the link's fragment (`#ev-2`), so `here` lacks
 /// it; the browser's own address has it, and the script goes there
 /// ([`RELOAD_SCRIPT`]). Without scripts, a refresh to `here` (the fragment
-/// lost). (The dashboard's Content-Security-Policy sets only
-/// `frame-ancestors`: inline scripts run.)
+/// lost). (The Content-Security-Policy admits this script by its hash.)
 pub(crate) fn reload(here: &str) -> Markup {
     html! {
         (DOCTYPE)
@@ -164,6 +173,50 @@ history.replaceState(null, \"\", \"/ui/login\"); location.replace(to);";
 pub(crate) const LOGIN_SCRIPT: &str = "(function () { \
 var next = document.querySelector(\"form input[name=next]\"); \
 if (next && location.hash && next.value.indexOf(\"#\") < 0) next.value += location.hash; })();";
+
+/// htmx's settings on every page (`meta name="htmx-config"`).
+const HTMX_CONFIG: &str = r#"{"allowEval":false,"allowScriptTags":false,"includeIndicatorStyles":false}"#;
+
+/// The dashboard's Content-Security-Policy: scripts from its own assets and
+/// its two fixed inline scripts (by their SHA-256, computed here from the
+/// text the pages send), styles from its stylesheet, nothing posted or
+/// framed elsewhere. An escaping slip in a page would then run nothing.
+pub(crate) fn content_security_policy() -> &'static axum::http::HeaderValue {
+    static POLICY: std::sync::LazyLock<axum::http::HeaderValue> = std::sync::LazyLock::new(|| {
+        let hash = |script: &str| {
+            use sha2::Digest;
+            format!("'sha256-{}'", base64(&sha2::Sha256::digest(script.as_bytes())))
+        };
+        let policy = format!(
+            "default-src 'self'; script-src 'self' {} {}; style-src 'self'; img-src 'self' data:; \
+             object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+            hash(RELOAD_SCRIPT),
+            hash(LOGIN_SCRIPT)
+        );
+        axum::http::HeaderValue::from_str(&policy).unwrap_or_else(|_| unreachable!("the policy is ASCII"))
+    });
+    &POLICY
+}
+
+/// Standard base64 with padding (what a CSP hash source is written in).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
 
 /// Inside a live stream's element: what hears the stream's `login` event
 /// (its login lapsed; `app.js` sends the page to log in, and back).
@@ -364,4 +417,21 @@ fn payload_summary(v: &Value) -> String {
         short.push('…');
     }
     short
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_is_the_standard_alphabet_with_padding() {
+        for (plain, coded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+        ] {
+            assert_eq!(super::base64(plain.as_bytes()), coded);
+        }
+        assert_eq!(super::base64(&[0xfb, 0xff]), "+/8=");
+    }
 }

@@ -496,7 +496,13 @@ fn actions(r: &ProcessRecord, path: &str) -> Markup {
     let signal_id = uuid::Uuid::new_v4().to_string();
     let external = r.disposition == Disposition::ExternallyOwned;
     html! {
-        form.action #signal-form hx-post={ "/ui/processes/" (path) "/signal" } hx-target="#action-result" {
+        // A signal may be an approval a process waits for: asked first, as
+        // cancel, abandon and complete are, naming the signal and the process
+        // (`app.js` names the signal as the form holds it now). A window
+        // another site opened gets no action from one click.
+        form.action #signal-form hx-post={ "/ui/processes/" (path) "/signal" } hx-target="#action-result"
+            hx-confirm={ "Send signal \u{201c}" (pages::plain(waiting_for)) "\u{201d} to process \u{201c}" (pages::plain(&r.id)) "\u{201d}?" }
+            data-process=(pages::plain(&r.id)) {
             h3 { "Signal" }
             label { span { "Name" } input type="text" name="name" value=(waiting_for) data-proposed=(waiting_for) required
                 // Browsers compile `pattern` with the `v` flag, where a `-`

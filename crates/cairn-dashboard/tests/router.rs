@@ -117,6 +117,19 @@ async fn send(app: &Router, req: Request<Body>) -> (StatusCode, String, HeaderMa
     (status, String::from_utf8_lossy(&body).into_owned(), headers)
 }
 
+/// Log in with `token` (it must be a known one): the `Cookie` header the
+/// browser then sends.
+async fn login_as(app: &Router, token: &str) -> String {
+    let r = Request::post("/ui/login")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!("token={token}")))
+        .unwrap();
+    let (status, html, headers) = send(app, r).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
+    let set = headers[header::SET_COOKIE].to_str().unwrap();
+    set.split(';').next().unwrap().to_string()
+}
+
 /// The ids of the listed rows, in page order.
 fn listed(html: &str) -> Vec<String> {
     html.split("<tr data-id=\"")
@@ -346,10 +359,12 @@ async fn with_tokens_pages_need_a_login_and_writes_need_the_csrf_token() {
 
     let (_, _, headers) = send(&app, login("host")).await;
     let set = headers[header::SET_COOKIE].to_str().unwrap().to_string();
-    for attr in ["cairn_ui=host", "HttpOnly", "SameSite=Strict", "Path=/ui"] {
+    for attr in ["cairn_ui=", "HttpOnly", "SameSite=Strict", "Path=/ui"] {
         assert!(set.contains(attr), "{set}");
     }
-    let cookie = "cairn_ui=host";
+    assert!(!set.contains("Secure"), "a login over plain HTTP: {set}");
+    let cookie_owned = set.split(';').next().unwrap().to_string();
+    let cookie = cookie_owned.as_str();
     let (status, html, _) = get(&app, "/ui/processes?status=any", Some(cookie)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
@@ -435,7 +450,8 @@ async fn a_session_token_sees_only_its_sessions_processes() {
             .unwrap();
     }
     let app = app(&p, false);
-    let cookie = Some("cairn_ui=s1-token");
+    let s1_cookie = login_as(&app, "s1-token").await;
+    let cookie = Some(s1_cookie.as_str());
     let (_, html, _) = get(&app, "/ui/list/rows", cookie).await;
     assert_eq!(listed(&html), vec!["mine"]);
     let (_, html, _) = get(&app, "/ui/list/rows?lens=granted_to&session=s2", cookie).await;
@@ -779,7 +795,9 @@ async fn a_wake_from_a_process_the_session_cannot_open_has_no_link() {
         assert!(appended.wake.is_some(), "{id}: a wake");
     }
     let app = app(&p, false);
-    let (status, html, _) = get(&app, "/ui/sessions?session=s1", Some("cairn_ui=s1-token")).await;
+    let host_cookie = login_as(&app, "host").await;
+    let s1_cookie = login_as(&app, "s1-token").await;
+    let (status, html, _) = get(&app, "/ui/sessions?session=s1", Some(s1_cookie.as_str())).await;
     assert_eq!(status, StatusCode::OK, "{html}");
     assert!(
         html.contains("from hosts") && html.contains("from mine"),
@@ -794,7 +812,7 @@ async fn a_wake_from_a_process_the_session_cannot_open_has_no_link() {
         "no link to what it cannot open: {html}"
     );
     // The host opens both.
-    let (_, html, _) = get(&app, "/ui/sessions?session=s1", Some("cairn_ui=host")).await;
+    let (_, html, _) = get(&app, "/ui/sessions?session=s1", Some(host_cookie.as_str())).await;
     assert!(html.contains("href=\"/ui/processes/hosts\""), "{html}");
 }
 
@@ -923,7 +941,9 @@ async fn a_parent_the_session_cannot_open_has_no_link() {
         p.start(req).await.expect("start child");
     }
     let app = app(&p, false);
-    let session = Some("cairn_ui=s1-token");
+    let host_cookie = login_as(&app, "host").await;
+    let s1_cookie = login_as(&app, "s1-token").await;
+    let session = Some(s1_cookie.as_str());
     let (status, page, _) = get(&app, "/ui/processes/hchild", session).await;
     assert_eq!(status, StatusCode::OK, "{page}");
     let (status, fragment, _) = get(&app, "/ui/processes/hchild/record", session).await;
@@ -944,7 +964,7 @@ async fn a_parent_the_session_cannot_open_has_no_link() {
         html.contains("<a class=\"parent\" href=\"/ui/processes/shared-parent\">"),
         "a parent granted to the session is linked: {html}"
     );
-    let (_, html, _) = get(&app, "/ui/processes/hchild", Some("cairn_ui=host")).await;
+    let (_, html, _) = get(&app, "/ui/processes/hchild", Some(host_cookie.as_str())).await;
     assert!(
         html.contains("<a class=\"parent\" href=\"/ui/processes/hparent-secret\">"),
         "the host opens it: {html}"
@@ -1133,7 +1153,8 @@ async fn a_session_viewer_sees_its_own_children_only() {
         p.start(req).await.expect("start child");
     }
     let app = app(&p, false);
-    let (status, html, _) = get(&app, "/ui/processes/shared", Some("cairn_ui=s1-token")).await;
+    let s1_cookie = login_as(&app, "s1-token").await;
+    let (status, html, _) = get(&app, "/ui/processes/shared", Some(s1_cookie.as_str())).await;
     assert_eq!(status, StatusCode::OK, "{html}");
     assert_eq!(html.matches("data-child=").count(), 3, "{html}");
     for i in 0..3 {
@@ -1223,26 +1244,32 @@ async fn a_quiet_live_stream_still_refreshes_the_record() {
     assert!(fragment.contains("data-child=\"kid\""), "{fragment}");
 }
 
-/// Nodes behind one address share the login's CSRF token: a page drawn by
-/// one dashboard may post to another (and to a restarted one), as the login
-/// cookie works on any node.
+/// A login lives in the memory of the server that made it: another node
+/// (or the same one restarted) does not know it, and asks for a login
+/// again; a CSRF token another node drew is refused.
 #[tokio::test]
-async fn a_page_drawn_by_one_node_posts_to_another() {
+async fn a_login_is_the_servers_that_made_it() {
     let clock = Arc::new(ManualClock::new(T0));
     let p = runtime(&clock);
     external(&p, "ext-1").await;
     let (a, b) = (app(&p, false), app(&p, false));
-    let (status, html, _) = get(&a, "/ui/processes/ext-1", Some("cairn_ui=host")).await;
+    let cookie = login_as(&a, "host").await;
+    let (status, html, _) = get(&a, "/ui/processes/ext-1", Some(&cookie)).await;
     assert_eq!(status, StatusCode::OK, "{html}");
+    let (status, _, headers) = get(&b, "/ui/processes/ext-1", Some(&cookie)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[header::LOCATION], "/ui/login?next=%2Fui%2Fprocesses%2Fext-1");
+    let other = login_as(&b, "host").await;
     let cancel = Request::post("/ui/processes/ext-1/cancel")
-        .header(header::COOKIE, "cairn_ui=host")
+        .header(header::COOKIE, other.as_str())
         .header("x-cairn-csrf", csrf_of(&html))
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .body(Body::from("reason=from+another+node"))
         .unwrap();
     let (status, fragment, _) = send(&b, cancel).await;
-    assert_eq!(status, StatusCode::OK, "{fragment}");
-    assert!(p.get("ext-1").await.unwrap().cancel_request.is_some());
+    assert_eq!(status, StatusCode::FORBIDDEN, "{fragment}");
+    assert!(fragment.contains("csrf_refused"), "{fragment}");
+    assert!(p.get("ext-1").await.unwrap().cancel_request.is_none());
 }
 
 fn csrf_of(html: &str) -> String {
@@ -1279,7 +1306,9 @@ async fn the_schedules_page_lists_pauses_and_resumes_for_the_host_only() {
     assert_eq!(fired.started, vec![format!("tick@{}", T0 + 10_000)]);
 
     let app = app(&p, false);
-    let host = Some("cairn_ui=host");
+    let host_cookie = login_as(&app, "host").await;
+    let s1_cookie = login_as(&app, "s1-token").await;
+    let host = Some(host_cookie.as_str());
     let (status, html, _) = get(&app, "/ui/schedules", host).await;
     assert_eq!(status, StatusCode::OK, "{html}");
     assert!(
@@ -1313,14 +1342,18 @@ async fn the_schedules_page_lists_pauses_and_resumes_for_the_host_only() {
         }
         r.body(Body::empty()).unwrap()
     };
-    let (status, _, _) = send(&app, post("/ui/schedules/tick/pause", "cairn_ui=host", None)).await;
+    let (status, _, _) = send(&app, post("/ui/schedules/tick/pause", host_cookie.as_str(), None)).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "no CSRF token");
     assert!(
         !p.get_schedule("tick").await.unwrap().paused,
         "the refused pause changed nothing"
     );
 
-    let (status, row, _) = send(&app, post("/ui/schedules/tick/pause", "cairn_ui=host", Some(&csrf))).await;
+    let (status, row, _) = send(
+        &app,
+        post("/ui/schedules/tick/pause", host_cookie.as_str(), Some(&csrf)),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{row}");
     assert!(
         row.starts_with("<tr data-schedule=\"tick\" data-state=\"paused\""),
@@ -1330,7 +1363,11 @@ async fn the_schedules_page_lists_pauses_and_resumes_for_the_host_only() {
     assert!(p.get_schedule("tick").await.unwrap().paused);
 
     clock.set(T0 + 25_000);
-    let (status, row, _) = send(&app, post("/ui/schedules/tick/resume", "cairn_ui=host", Some(&csrf))).await;
+    let (status, row, _) = send(
+        &app,
+        post("/ui/schedules/tick/resume", host_cookie.as_str(), Some(&csrf)),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{row}");
     assert!(row.contains("data-state=\"active\""), "{row}");
     let resumed = p.get_schedule("tick").await.unwrap();
@@ -1346,7 +1383,11 @@ async fn the_schedules_page_lists_pauses_and_resumes_for_the_host_only() {
     let (_, page, _) = get(&app, "/ui/schedules", host).await;
     assert!(page.contains("id=\"schedule-row-nightly\""), "{page}");
     p.delete_schedule("nightly").await.expect("delete");
-    let (status, html, headers) = send(&app, post("/ui/schedules/nightly/pause", "cairn_ui=host", Some(&csrf))).await;
+    let (status, html, headers) = send(
+        &app,
+        post("/ui/schedules/nightly/pause", host_cookie.as_str(), Some(&csrf)),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(html.starts_with("<div class=\"result err\""), "{html}");
     assert!(html.contains("unknown_schedule"), "{html}");
@@ -1363,7 +1404,7 @@ async fn the_schedules_page_lists_pauses_and_resumes_for_the_host_only() {
     .await;
 
     // A session token: no nav link, the page and the actions are refused.
-    let s1 = Some("cairn_ui=s1-token");
+    let s1 = Some(s1_cookie.as_str());
     let (_, html, _) = get(&app, "/ui/processes", s1).await;
     assert!(!html.contains("href=\"/ui/schedules\""), "{html}");
     let (status, html, _) = get(&app, "/ui/schedules", s1).await;
@@ -1372,7 +1413,7 @@ async fn the_schedules_page_lists_pauses_and_resumes_for_the_host_only() {
     let session_csrf = csrf_of(&html);
     let (status, _, _) = send(
         &app,
-        post("/ui/schedules/nightly/pause", "cairn_ui=s1-token", Some(&session_csrf)),
+        post("/ui/schedules/nightly/pause", s1_cookie.as_str(), Some(&session_csrf)),
     )
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
@@ -1607,6 +1648,8 @@ async fn the_modules_pages_need_a_login_and_show_a_session_only_its_scripts() {
     start_script(&p, "mine", &deploy, "deploy", Some("s1")).await;
     start_script(&p, "theirs", &deploy, "deploy", Some("s2")).await;
     let app = app(&p, false);
+    let host_cookie = login_as(&app, "host").await;
+    let s1_cookie = login_as(&app, "s1-token").await;
     let page = format!("/ui/modules/{}", deploy.replace(':', "%3A"));
     for path in ["/ui/modules", page.as_str()] {
         for cookie in [None, Some("cairn_ui=not-a-token")] {
@@ -1620,7 +1663,7 @@ async fn the_modules_pages_need_a_login_and_show_a_session_only_its_scripts() {
             assert!(!html.contains("deploy"), "{path} leaked the module: {html}");
         }
     }
-    let s1 = Some("cairn_ui=s1-token");
+    let s1 = Some(s1_cookie.as_str());
     let (status, html, _) = get(&app, "/ui/modules", s1).await;
     assert_eq!(
         status,
@@ -1631,7 +1674,7 @@ async fn the_modules_pages_need_a_login_and_show_a_session_only_its_scripts() {
     let (status, html, _) = get(&app, &page, s1).await;
     assert_eq!(status, StatusCode::OK, "{html}");
     assert_eq!(listed(&html), vec!["mine"], "a session sees only its own scripts");
-    let (_, html, _) = get(&app, &page, Some("cairn_ui=host")).await;
+    let (_, html, _) = get(&app, &page, Some(host_cookie.as_str())).await;
     assert_eq!(listed(&html), vec!["theirs", "mine"]);
 }
 
@@ -1805,8 +1848,9 @@ async fn a_session_live_stream_stops_when_its_grant_is_revoked() {
     .await
     .unwrap();
     let app = app(&p, false);
+    let s1_cookie = login_as(&app, "s1-token").await;
     let req = Request::get("/ui/processes/mine/live")
-        .header(header::COOKIE, "cairn_ui=s1-token")
+        .header(header::COOKIE, s1_cookie.as_str())
         .body(Body::empty())
         .unwrap();
     let r = app.clone().oneshot(req).await.expect("answered");
@@ -1924,24 +1968,27 @@ async fn read_until_within(body: &mut axum::body::BodyDataStream, seen: &mut Str
 }
 
 /// A live list (`/ui/list/live`) of the viewer `cookie` names, over `p`.
-async fn live_list(p: &Processes, cookie: &str) -> (Router, axum::body::BodyDataStream) {
+/// A live list of a dashboard following `p`'s hub, logged in with `token`:
+/// the dashboard, the stream, and the login's cookie.
+async fn live_list(p: &Processes, token: &str) -> (Router, axum::body::BodyDataStream, String) {
     let access = Arc::new(TestAccess {
         processes: p.clone(),
         open: false,
     });
     let app = Dashboard::new(p.clone(), access, ChangeNotice::from_hub(p.hub()), Default::default()).router();
+    let cookie = login_as(&app, token).await;
     let r = app
         .clone()
         .oneshot(
             Request::get("/ui/list/live")
-                .header(header::COOKIE, cookie)
+                .header(header::COOKIE, cookie.as_str())
                 .body(Body::empty())
                 .unwrap(),
         )
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    (app, r.into_body().into_data_stream())
+    (app, r.into_body().into_data_stream(), cookie)
 }
 
 /// The next `changed` event of a live list; keep-alive comments are skipped.
@@ -1977,7 +2024,7 @@ async fn a_session_list_hears_its_own_change_in_a_crowded_batch() {
     for i in 0..80 {
         child(&p, &format!("fan/{i:02}"), "fan").await;
     }
-    let (_app, mut stream) = live_list(&p, "cairn_ui=s1-token").await;
+    let (_app, mut stream, _) = live_list(&p, "s1-token").await;
     changed(&mut stream).await; // the one on connecting
     changed(&mut stream).await; // the history, which names the session's child first
     let cancelled = p.registry().request_cancel("fan", Some("enough".into())).await.unwrap();
@@ -1998,7 +2045,7 @@ async fn a_list_hears_a_change_behind_a_history_of_large_records() {
             .await
             .unwrap();
     }
-    let (_app, mut stream) = live_list(&p, "cairn_ui=s1-token").await;
+    let (_app, mut stream, _) = live_list(&p, "s1-token").await;
     changed(&mut stream).await; // the one on connecting
     p.start(
         StartRequest::external("mine", json!({})).with_grant(SessionScope::session("s1"), GrantDescriptor::default()),
@@ -2030,8 +2077,8 @@ async fn live_lists_hear_grants_move_and_sessions_go() {
     )
     .await
     .unwrap();
-    let cookie = Some("cairn_ui=s1-token");
-    let (app, mut stream) = live_list(&p, "cairn_ui=s1-token").await;
+    let (app, mut stream, s1_cookie) = live_list(&p, "s1-token").await;
+    let cookie = Some(s1_cookie.as_str());
     changed(&mut stream).await; // the one on connecting
     let (_, html, _) = get(&app, "/ui/list/rows", cookie).await;
     assert!(listed(&html).is_empty(), "{html}");
@@ -2108,7 +2155,8 @@ async fn a_refused_fire_shows_on_its_schedule_row() {
     let fired = p.fire_schedules().await.expect("fire");
     assert_eq!(fired.refused, vec![format!("tick@{}", T0 + 10_000)]);
     let app = app(&p, false);
-    let (status, html, _) = get(&app, "/ui/schedules", Some("cairn_ui=host")).await;
+    let host_cookie = login_as(&app, "host").await;
+    let (status, html, _) = get(&app, "/ui/schedules", Some(host_cookie.as_str())).await;
     assert_eq!(status, StatusCode::OK, "{html}");
     let row = html.split("<tr data-schedule=\"tick\"").nth(1).expect("the row");
     assert!(
@@ -2117,7 +2165,7 @@ async fn a_refused_fire_shows_on_its_schedule_row() {
     );
     clock.set(T0 + 20_000);
     assert_eq!(p.fire_schedules().await.expect("fire").started.len(), 1);
-    let (_, html, _) = get(&app, "/ui/schedules", Some("cairn_ui=host")).await;
+    let (_, html, _) = get(&app, "/ui/schedules", Some(host_cookie.as_str())).await;
     let row = html.split("<tr data-schedule=\"tick\"").nth(1).expect("the row");
     assert!(
         !row.contains("registration_conflict"),
@@ -2238,11 +2286,12 @@ async fn a_login_cookie_is_named_by_the_servers_port() {
         .unwrap();
     let (_, _, headers) = send(&app, login).await;
     let set = headers[header::SET_COOKIE].to_str().unwrap().to_string();
-    assert!(set.starts_with("cairn_ui_7070=host;"), "{set}");
+    assert!(set.starts_with("cairn_ui_7070="), "{set}");
+    let cookie = set.split(';').next().unwrap().to_string();
     let page = |host: &str| {
         Request::get("/ui/processes")
             .header(header::HOST, host)
-            .header(header::COOKIE, "cairn_ui_7070=host")
+            .header(header::COOKIE, cookie.as_str())
             .body(Body::empty())
             .unwrap()
     };
@@ -2263,7 +2312,7 @@ async fn a_busy_process_tells_a_live_list_at_a_steady_pace() {
     let clock = Arc::new(ManualClock::new(T0));
     let p = runtime(&clock);
     external(&p, "busy").await;
-    let (_app, mut stream) = live_list(&p, "cairn_ui=host").await;
+    let (_app, mut stream, _) = live_list(&p, "host").await;
     changed(&mut stream).await; // the one on connecting
     let writer = {
         let p = p.clone();
@@ -2552,8 +2601,12 @@ async fn the_cross_site_reload_and_the_login_keep_the_fragment() {
         "the refresh only without scripts (it would go to the address without its fragment): {html}"
     );
     assert!(html.find("<script>") < html.find("<noscript>"), "{html}");
-    // The CSP admits the inline script and is as strict as before.
-    assert_eq!(headers[header::CONTENT_SECURITY_POLICY], "frame-ancestors 'none'");
+    // The CSP admits the inline script by its hash, no other inline one.
+    let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self' 'sha256-") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
 
     let (status, html, _) = get(&app, "/ui/login?next=%2Fui%2Fprocesses%2Fext-1%3Ffrom%3D2", None).await;
     assert_eq!(status, StatusCode::OK);
@@ -3112,7 +3165,8 @@ async fn buttons_refuse_fields_and_change_nothing() {
     )
     .await;
     let app = app(&p, false);
-    let host = "cairn_ui=host";
+    let host_cookie = login_as(&app, "host").await;
+    let host = host_cookie.as_str();
     let (_, html, _) = get(&app, "/ui/schedules", Some(host)).await;
     let csrf = csrf_of(&html);
     let post = |path: &str, content_type: Option<&str>, body: &str| {
@@ -3496,8 +3550,10 @@ async fn a_session_box_names_an_agent_frame_as_the_api_does() {
     .await
     .expect("start");
     let app = app(&p, false);
-    let session = Some("cairn_ui=s1-token");
-    let host = Some("cairn_ui=host");
+    let host_cookie = login_as(&app, "host").await;
+    let s1_cookie = login_as(&app, "s1-token").await;
+    let session = Some(s1_cookie.as_str());
+    let host = Some(host_cookie.as_str());
     for cookie in [session, host] {
         let (status, html, _) = get(
             &app,
@@ -3682,4 +3738,302 @@ async fn a_cancel_of_an_ended_process_says_what_it_did() {
     );
     let kid = p.get("par-kid").await.unwrap();
     assert_eq!(kid.cancel_request.and_then(|c| c.reason).as_deref(), Some("e"));
+}
+
+/// The value of the cookie `set` (a `Set-Cookie` header) sets.
+fn cookie_value(set: &str) -> &str {
+    set.split(';').next().unwrap().split_once('=').unwrap().1
+}
+
+/// The login cookie names a login the server holds, never the token: a
+/// random id, another for each login; the token itself, or an id the server
+/// did not hand out, is no login.
+#[tokio::test]
+async fn the_login_cookie_holds_a_random_id_not_the_token() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let app = app(&p, false);
+    let first = login_as(&app, "host").await;
+    let second = login_as(&app, "host").await;
+    for cookie in [&first, &second] {
+        let id = cookie.strip_prefix("cairn_ui=").unwrap();
+        assert!(id.len() >= 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{cookie}");
+        assert!(!id.contains("host"), "{cookie}");
+        assert_eq!(get(&app, "/ui/processes", Some(cookie)).await.0, StatusCode::OK);
+    }
+    assert_ne!(first, second);
+    let forged = format!("cairn_ui={}", "0".repeat(64));
+    for cookie in ["cairn_ui=host", "cairn_ui=s1-token", forged.as_str(), "cairn_ui="] {
+        let (status, _, headers) = get(&app, "/ui/processes", Some(cookie)).await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{cookie}");
+        assert_eq!(
+            headers[header::LOCATION],
+            "/ui/login?next=%2Fui%2Fprocesses",
+            "{cookie}"
+        );
+    }
+    // Posted from a page served over HTTPS (a TLS proxy in front), as the
+    // browser says in `Origin`: the cookie goes over HTTPS only.
+    let over_tls = Request::post("/ui/login")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header("origin", "https://cairn.example.com")
+        .header("sec-fetch-site", "same-origin")
+        .body(Body::from("token=host"))
+        .unwrap();
+    let (status, _, headers) = send(&app, over_tls).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let set = headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(set.contains("; Secure"), "{set}");
+    assert!(!cookie_value(set).contains("host"), "{set}");
+}
+
+/// Logging out ends the login on the server: the cookie it had is no login
+/// afterwards, wherever it was kept.
+#[tokio::test]
+async fn logging_out_makes_the_old_cookie_useless() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    external(&p, "ext-1").await;
+    let app = app(&p, false);
+    let cookie = login_as(&app, "host").await;
+    let kept = login_as(&app, "host").await;
+    let (status, html, _) = get(&app, "/ui/processes", Some(&cookie)).await;
+    assert_eq!(status, StatusCode::OK);
+    let csrf = csrf_of(&html);
+    let out = Request::post("/ui/logout")
+        .header(header::COOKIE, cookie.as_str())
+        .header("x-cairn-csrf", csrf.as_str())
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, headers) = send(&app, out).await;
+    assert_eq!(status, StatusCode::OK);
+    let set = headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(set.starts_with("cairn_ui=;") && set.contains("Max-Age=0"), "{set}");
+    let (status, _, _) = get(&app, "/ui/processes", Some(&cookie)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "the old cookie is no login");
+    let cancel = Request::post("/ui/processes/ext-1/cancel")
+        .header(header::COOKIE, cookie.as_str())
+        .header("x-cairn-csrf", csrf.as_str())
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from("reason=after+logout"))
+        .unwrap();
+    assert_eq!(send(&app, cancel).await.0, StatusCode::UNAUTHORIZED);
+    assert!(p.get("ext-1").await.unwrap().cancel_request.is_none());
+    // Another browser's login is its own.
+    assert_eq!(get(&app, "/ui/processes", Some(&kept)).await.0, StatusCode::OK);
+}
+
+/// A request carrying the login cookie's name twice (another service on
+/// the host planted one with a longer path, which the browser sends first)
+/// is logged out, whichever login each names, and the cookie is cleared at
+/// the paths it may have been planted at.
+#[tokio::test]
+async fn a_login_cookie_sent_twice_is_logged_out() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let app = app(&p, false);
+    let host = login_as(&app, "host").await;
+    let s1 = login_as(&app, "s1-token").await;
+    for cookies in [
+        format!("{s1}; {host}"),
+        format!("{host}; {host}"),
+        format!("{host}; a=1; {s1}"),
+    ] {
+        let (status, _, headers) = get(&app, "/ui/processes?status=any", Some(&cookies)).await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{cookies}");
+        assert_eq!(
+            headers[header::LOCATION],
+            "/ui/login?next=%2Fui%2Fprocesses%3Fstatus%3Dany",
+            "{cookies}"
+        );
+        let cleared: Vec<&str> = headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        for path in ["Path=/ui;", "Path=/ui/processes;"] {
+            assert!(
+                cleared
+                    .iter()
+                    .any(|c| c.starts_with("cairn_ui=;") && c.contains(path) && c.contains("Max-Age=0")),
+                "{path}: {cleared:?}"
+            );
+        }
+    }
+    // Sent in two `Cookie` headers, the same.
+    let twice = Request::get("/ui/processes")
+        .header(header::COOKIE, host.as_str())
+        .header(header::COOKIE, s1.as_str())
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, twice).await.0, StatusCode::SEE_OTHER);
+    // Alone, each is still the login it was.
+    assert_eq!(get(&app, "/ui/processes", Some(&host)).await.0, StatusCode::OK);
+}
+
+/// The CSRF token is no HMAC keyed by the token (which anyone who saw it
+/// could test token guesses against): each login has its own, and one
+/// login's is refused with another's cookie.
+#[tokio::test]
+async fn the_csrf_token_is_the_logins_not_the_tokens() {
+    use hmac::Mac;
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    external(&p, "ext-1").await;
+    let app = app(&p, false);
+    let (a, b) = (login_as(&app, "host").await, login_as(&app, "host").await);
+    let (_, page_a, _) = get(&app, "/ui/processes/ext-1", Some(&a)).await;
+    let (_, page_b, _) = get(&app, "/ui/processes/ext-1", Some(&b)).await;
+    let (csrf_a, csrf_b) = (csrf_of(&page_a), csrf_of(&page_b));
+    let mut of_token = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"host").unwrap();
+    of_token.update(b"cairn-ui-csrf\0");
+    let of_token = hex::encode(of_token.finalize().into_bytes());
+    assert_ne!(csrf_a, of_token);
+    assert_ne!(csrf_a, csrf_b);
+    let cancel = |cookie: &str, csrf: &str| {
+        Request::post("/ui/processes/ext-1/cancel")
+            .header(header::COOKIE, cookie)
+            .header("x-cairn-csrf", csrf)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from("reason=r"))
+            .unwrap()
+    };
+    for (cookie, csrf) in [(&b, &csrf_a), (&a, &of_token)] {
+        let (status, html, _) = send(&app, cancel(cookie, csrf)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
+        assert!(html.contains("csrf_refused"), "{html}");
+    }
+    assert!(p.get("ext-1").await.unwrap().cancel_request.is_none());
+    let (status, html, _) = send(&app, cancel(&a, &csrf_a)).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+}
+
+/// Every `/ui` answer (pages, fragments, event streams, the login, assets,
+/// refusals) says: run only the dashboard's own scripts, no sniffing, no
+/// opener's handle; an event stream is not stored.
+#[tokio::test]
+async fn every_answer_carries_the_security_headers() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    external(&p, "ext-1").await;
+    let app = app(&p, false);
+    let cookie = login_as(&app, "host").await;
+    let mut answers = Vec::new();
+    for path in [
+        "/ui/processes",
+        "/ui/list/rows",
+        "/ui/processes/ext-1",
+        "/ui/processes/ext-1/record",
+        "/ui/sessions",
+        "/ui/modules",
+        "/ui/schedules",
+        "/ui/nowhere",
+        "/ui/assets/app.js",
+        "/ui/assets/htmx-2.0.11.min.js",
+    ] {
+        let (status, _, headers) = get(&app, path, Some(&cookie)).await;
+        answers.push((path.to_string(), status, headers));
+    }
+    for (path, cookie) in [
+        ("/ui/login", None),
+        ("/ui/processes", None),
+        ("/ui/processes", Some("cairn_ui=lapsed")),
+    ] {
+        let (status, _, headers) = get(&app, path, cookie).await;
+        answers.push((format!("{path} {cookie:?}"), status, headers));
+    }
+    for stream in ["/ui/list/live", "/ui/processes/ext-1/live"] {
+        for cookie in [cookie.as_str(), "cairn_ui=lapsed"] {
+            let r = Request::get(stream)
+                .header(header::ACCEPT, "text/event-stream")
+                .header(header::COOKIE, cookie)
+                .body(Body::empty())
+                .unwrap();
+            let r = app.clone().oneshot(r).await.unwrap();
+            let headers = r.headers().clone();
+            assert_eq!(headers[header::CONTENT_TYPE], "text/event-stream", "{stream}");
+            assert_eq!(headers[header::CACHE_CONTROL], "no-store", "{stream} {cookie}");
+            answers.push((format!("{stream} {cookie}"), r.status(), headers));
+        }
+    }
+    for (what, _, headers) in &answers {
+        let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        for part in [
+            "default-src 'self'",
+            "script-src 'self' 'sha256-",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(part), "{what}: {part} in {csp}");
+        }
+        assert!(!csp.contains("unsafe"), "{what}: {csp}");
+        assert_eq!(headers["cross-origin-opener-policy"], "same-origin", "{what}");
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{what}");
+    }
+    // A page tells htmx to evaluate nothing and add no inline style.
+    let (_, html, _) = get(&app, "/ui/processes", Some(&cookie)).await;
+    assert!(
+        html.contains(r#"<meta name="htmx-config" content="{&quot;allowEval&quot;:false,"#)
+            && html.contains("&quot;includeIndicatorStyles&quot;:false"),
+        "{html}"
+    );
+}
+
+/// Send signal asks first, naming the signal and the process, as cancel,
+/// abandon and complete do: a window another site opened gets no signal
+/// (an approval, often) from one click.
+#[tokio::test]
+async fn the_signal_form_asks_before_sending() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    external(&p, "ext-1").await;
+    let app = app(&p, true);
+    let (status, html, _) = get(&app, "/ui/processes/ext-1", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let form = html
+        .split("<form")
+        .find(|f| f.contains(r#"id="signal-form""#))
+        .expect("a signal form");
+    let tag = form.split('>').next().unwrap();
+    assert!(
+        tag.contains("hx-confirm=\"Send signal \u{201c}\u{201d} to process \u{201c}ext-1\u{201d}?\""),
+        "{tag}"
+    );
+    assert!(tag.contains(r#"data-process="ext-1""#), "{tag}");
+}
+
+/// Failed logins are taken at ten per ten seconds from everyone: past that,
+/// a login is refused unchecked (429, saying when to try again), so a
+/// guesser learns nothing; once one failure has refilled a right token gets
+/// in, and right tokens never count.
+#[tokio::test(start_paused = true)]
+async fn failed_logins_past_the_rate_are_refused_and_a_right_one_gets_in_later() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let app = app(&p, false);
+    let login = |token: &str| {
+        Request::post("/ui/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("token={token}")))
+            .unwrap()
+    };
+    for i in 0..10 {
+        // A right token in between costs nothing.
+        assert_eq!(send(&app, login("host")).await.0, StatusCode::SEE_OTHER);
+        let (status, html, _) = send(&app, login(&format!("guess-{i}"))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "guess {i}: {html}");
+    }
+    let (status, html, headers) = send(&app, login("guess-10")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{html}");
+    assert!(html.contains("too many failed logins"), "{html}");
+    assert!(headers.get(header::SET_COOKIE).is_none());
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    // Refused unchecked: the right token too, while the bucket is empty.
+    assert_eq!(send(&app, login("host")).await.0, StatusCode::TOO_MANY_REQUESTS);
+    tokio::time::advance(std::time::Duration::from_secs(1)).await;
+    let (status, _, headers) = send(&app, login("host")).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(headers.get(header::SET_COOKIE).is_some());
 }

@@ -135,6 +135,17 @@ async fn click(c: &Client, css: &str) {
     c.find(Locator::Css(css)).await.unwrap().click().await.unwrap();
 }
 
+/// Send the signal form: the page asks first, naming the signal and the
+/// process (a window another site opened gets nothing from one click); yes.
+/// The question asked.
+async fn send_signal(c: &Client) -> String {
+    click(c, "#signal-form button[type=submit]").await;
+    let question = c.get_alert_text().await.expect("a question before sending a signal");
+    assert!(question.starts_with("Send signal \u{201c}"), "{question}");
+    c.accept_alert().await.unwrap();
+    question
+}
+
 /// Wait for an element (CSS or XPath) to be present.
 async fn wait_for(c: &Client, locator: Locator<'_>) -> Element {
     match c.wait().at_most(PATIENCE).for_element(locator).await {
@@ -446,7 +457,8 @@ async fn the_process_page_streams_events_and_a_signal_from_it_completes_the_proc
              return document.querySelector('#signal-form input[name=signal_id]').value;",
         )
         .await;
-        click(&c, "#signal-form button[type=submit]").await;
+        let question = send_signal(&c).await;
+        assert_eq!(question, "Send signal \u{201c}go\u{201d} to process \u{201c}approve-1\u{201d}?");
         wait_for(&c, Locator::Css("#action-result .result.ok")).await;
         let next_id = in_page(&c, "return window.__nextSignalId || null;").await;
         let next = next_id.as_str().unwrap_or_default();
@@ -718,7 +730,7 @@ async fn a_refused_action_shows_the_servers_error() {
             .unwrap();
         payload.clear().await.unwrap();
         payload.send_keys("{not json").await.unwrap();
-        click(&c, "#signal-form button[type=submit]").await;
+        send_signal(&c).await;
         let err = wait_for(&c, Locator::Css("#action-result .result.err")).await;
         let text = err.text().await.unwrap();
         assert!(text.starts_with("invalid_request: payload is not JSON"), "{text}");
@@ -739,7 +751,7 @@ async fn a_refused_action_shows_the_servers_error() {
         )
         .await
         .unwrap();
-        click(&c, "#signal-form button[type=submit]").await;
+        send_signal(&c).await;
         let err = wait_for(&c, Locator::Css("#action-result .result.err")).await;
         let text = err.text().await.unwrap();
         assert_eq!(
@@ -761,7 +773,7 @@ async fn a_refused_action_shows_the_servers_error() {
             input.clear().await.unwrap();
             input.send_keys(value).await.unwrap();
         }
-        click(&c, "#signal-form button[type=submit]").await;
+        send_signal(&c).await;
         let err = wait_for(&c, Locator::Css("#action-result .result.err")).await;
         let code = err.find(Locator::Css(".code")).await.unwrap().text().await.unwrap();
         let message = err.find(Locator::Css(".message")).await.unwrap().text().await.unwrap();
@@ -830,6 +842,17 @@ async fn the_login_gate_keeps_the_token_in_a_cookie_and_refuses_requests_without
         // The cookie is HttpOnly: page scripts cannot read it.
         let cookies = c.execute("return document.cookie;", vec![]).await.unwrap();
         assert!(!cookies.as_str().unwrap_or("").contains("s1-secret"), "{cookies}");
+        // It holds a login id, never the token: every other port of this
+        // host is sent it too.
+        let held = c.get_all_cookies().await.unwrap();
+        let login = held
+            .iter()
+            .find(|k| k.name().starts_with("cairn_ui"))
+            .expect("the login cookie");
+        assert!(
+            login.value() != "s1-secret" && login.value().len() >= 32 && login.http_only() == Some(true),
+            "{login:?}"
+        );
 
         // Another session's grants are refused, as the API refuses them.
         let foreign = c
@@ -1152,7 +1175,7 @@ async fn the_signal_form_follows_what_the_process_waits_for() {
         assert_eq!(fits, json!(true), "the definition runs under the actions");
 
         click(&c, "#record details.input summary").await;
-        click(&c, "#signal-form button[type=submit]").await;
+        send_signal(&c).await;
         wait_for(&c, Locator::Css("#action-result .result.ok")).await;
         // The process waits for the second signal now: so does the form.
         wait_for(
@@ -1319,7 +1342,7 @@ async fn completing_asks_first_and_failures_to_reach_the_server_are_said() {
         assert_eq!(live, json!([true, "reconnecting\u{2026}"]));
         let name = c.find(Locator::Css("#signal-form input[name=name]")).await.unwrap();
         name.send_keys("go").await.unwrap();
-        click(&c, "#signal-form button[type=submit]").await;
+        send_signal(&c).await;
         wait_for(
             &c,
             Locator::XPath(
