@@ -434,12 +434,16 @@ pub async fn one_catch_up_after_downtime(factory: &dyn StoreFactory) {
     drop(before);
 
     store.clock.advance(3_600_000);
-    let after = runtime(&store, "node-b");
+    // No worker: a driver's pass beside this one could make the catch-up
+    // and count it instead.
+    let after = Processes::builder(store.registry.clone())
+        .tools(builtin_tools(false))
+        .clock(Arc::new(store.clock.clone()))
+        .without_worker()
+        .start();
     let report = after.fire_schedules().await.expect("fire");
-    // The fire that catches up counts the fire times it passed over (the
-    // runtime's own driver may have made it first: then this pass made none).
-    let expected = if report.started.is_empty() { 0 } else { 359 };
-    assert_eq!(report.passed_over, expected, "{report:?}");
+    // The fire that catches up counts the fire times it passed over.
+    assert_eq!(report.passed_over, 359, "{report:?}");
     let report = after.fire_schedules().await.expect("fire");
     assert_eq!(report.passed_over, 0, "{report:?}");
     assert_eq!(
