@@ -44,6 +44,7 @@ mod read;
 mod rows;
 mod schedules;
 mod schema;
+mod server_clock;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 mod uow;
@@ -115,7 +116,7 @@ impl From<Fault> for CairnError {
 /// The PostgreSQL [`ProcessRegistry`]. Share it as `Arc<dyn ProcessRegistry>`.
 pub struct PostgresRegistry {
     lanes: Lanes,
-    shared: Shared,
+    shared: Arc<Shared>,
     /// One connection for the rare multi-statement transactions.
     admin: tokio::sync::Mutex<Option<Conn>>,
     config: Config,
@@ -128,6 +129,9 @@ pub struct PostgresRegistry {
     collect_grace: std::time::Duration,
     listener: Mutex<Option<listen::ListenerGuard>>,
     generation: watch::Sender<u64>,
+    /// Measures the server's clock again while the registry lives
+    /// ([`PostgresOptions::follow_server_clock`]).
+    _clock_refresh: Option<server_clock::RefreshGuard>,
 }
 
 impl std::fmt::Debug for PostgresRegistry {
@@ -196,12 +200,35 @@ impl PostgresRegistry {
                 bound.as_secs()
             ))
         };
+        let server_clock = options
+            .follow_server_clock
+            .then(|| Arc::new(server_clock::ServerClock::new(options.clock.clone(), &options.schema)));
         {
             let mut migrating = tokio::time::timeout(bound, open_retrying(&config, &schema, "migrate", 3))
                 .await
                 .map_err(|_| silent("first"))??;
+            // Before anything is written: every time this node writes is
+            // on the server's clock from its first write on.
+            if let Some(clock) = &server_clock {
+                let unanswered = || {
+                    CairnError::Unavailable(format!(
+                        "postgres: reading the server's clock found no answer within {} s (URL parameter \
+                         `call_timeout`)",
+                        bound.as_secs()
+                    ))
+                };
+                let measured = server_clock::measure(&migrating.client, options.clock.as_ref());
+                let sample = tokio::time::timeout(bound, measured)
+                    .await
+                    .map_err(|_| unanswered())??;
+                clock.set(sample, true);
+            }
             schema::migrate(&mut migrating.client, &schema).await?;
         }
+        let clock: SharedClock = match &server_clock {
+            Some(clock) => clock.clone(),
+            None => options.clock.clone(),
+        };
         let channel = format!("cairn_{schema}");
         let lanes = Lanes::start(
             Arc::new(LaneConfig {
@@ -211,7 +238,7 @@ impl PostgresRegistry {
                     channel: channel.clone(),
                     stored_types: Default::default(),
                 },
-                clock: options.clock.clone(),
+                clock: clock.clone(),
                 max_batch: options.max_batch.max(1),
                 call_timeout: options.call_timeout,
             }),
@@ -226,6 +253,9 @@ impl PostgresRegistry {
         let shared = tokio::time::timeout(each(options.read_connections), shared)
             .await
             .map_err(|_| silent("read"))??;
+        let shared = Arc::new(shared);
+        let clock_refresh =
+            server_clock.map(|clock| server_clock::refresh(clock, Arc::downgrade(&shared), options.clock_refresh));
         Ok(Self {
             lanes,
             shared,
@@ -233,12 +263,22 @@ impl PostgresRegistry {
             config,
             schema,
             channel,
-            clock: options.clock,
+            clock,
             call_timeout: options.call_timeout,
             collect_grace: options.collect_grace,
             listener: Mutex::new(None),
             generation: watch::channel(0).0,
+            _clock_refresh: clock_refresh,
         })
+    }
+
+    /// The clock this registry reads for every expiry, deadline and
+    /// claimability it decides: the options' clock, plus the offset to the
+    /// server's clock when [`PostgresOptions::follow_server_clock`] is on. A
+    /// runtime over this registry is given the same one
+    /// (`cairn_core::RuntimeBuilder::clock`).
+    pub fn clock(&self) -> SharedClock {
+        self.clock.clone()
     }
 
     /// The schema this registry uses.
@@ -955,6 +995,8 @@ mod tests {
         let d = options("postgres://u@h/db");
         assert_eq!((d.write_lanes, d.read_connections, d.max_batch), (1, 2, 256));
         assert_eq!(d.call_timeout, options::DEFAULT_CALL_TIMEOUT);
+        // The given clock is the one used unless a host asks to follow the server's.
+        assert!(!d.follow_server_clock);
     }
 
     #[tokio::test]

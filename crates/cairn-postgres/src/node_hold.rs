@@ -178,7 +178,11 @@ pub(crate) async fn hold(config: &Config, schema: &str, node: &str, wait: Durati
             )));
         }
         if !warned {
-            tracing::warn!(node, "node id held by another connection; waiting for it to end");
+            tracing::warn!(
+                node,
+                wait_ms = wait.as_millis() as u64,
+                "node id held by another connection; waiting up to {wait:?} for it to end before refusing to start"
+            );
             warned = true;
         }
         tokio::time::sleep(RETRY).await;
@@ -474,6 +478,65 @@ mod tests {
             node_holder(&admin, &schema.name, "box-1").await,
             Some(rival.pid),
             "the rival keeps it"
+        );
+    }
+
+    /// Every line this test binary logs, for a test that reads what an
+    /// operator would be told. One subscriber for every thread: a callsite's
+    /// interest is shared by all of them, and subscribers set per thread by
+    /// tests running at once can leave a line unseen.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logs() -> &'static Captured {
+        static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs = Captured::default();
+            let writer = logs.clone();
+            tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .init();
+            logs
+        })
+    }
+
+    #[tokio::test]
+    #[cfg_attr(
+        cairn_no_postgres,
+        ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+    )]
+    async fn waiting_for_a_held_node_id_says_how_long_it_waits() {
+        if !enabled() {
+            return;
+        }
+        let logs = logs();
+        let (registry, _schema) = fresh(Arc::new(SystemClock)).await;
+        let _held = registry
+            .hold_node("box-told", Duration::ZERO)
+            .await
+            .expect("first hold");
+        registry
+            .hold_node("box-told", Duration::from_millis(900))
+            .await
+            .expect_err("a second hold of the same id");
+        let said = String::from_utf8_lossy(&logs.0.lock().expect("log buffer")).into_owned();
+        assert!(
+            said.lines().any(|l| l.contains("WARN")
+                && l.contains("node=\"box-told\"")
+                && l.contains("node id held by another connection; waiting up to 900ms for it to end before refusing")),
+            "{said}"
         );
     }
 }

@@ -35,6 +35,19 @@ pub struct PostgresOptions {
     /// ADR 0034). With several nodes it must stay far above the 10 minutes a
     /// lane names a list it stored without storing it again.
     pub collect_grace: Duration,
+    /// Follow the database server's clock (default off): the registry's
+    /// clock ([`PostgresRegistry::clock`]) is then [`PostgresOptions::clock`]
+    /// plus an offset to the server's `clock_timestamp()`, measured when it
+    /// connects and every 30 s after (ADR 0035). Nodes on one database
+    /// compare lease expiries, deadlines and schedule fires other nodes
+    /// wrote, so a host running several nodes turns this on and gives its
+    /// runtime the registry's clock. Off, the clock is used as given (tests
+    /// keep a manual clock's time).
+    ///
+    /// [`PostgresRegistry::clock`]: crate::PostgresRegistry::clock
+    pub follow_server_clock: bool,
+    /// How often the server's clock is measured again (30 s; tests shorten it).
+    pub(crate) clock_refresh: Duration,
     /// Why a cairn parameter in the URL was refused; reported by
     /// [`PostgresRegistry::connect_with`] before it connects.
     pub(crate) url_error: Option<String>,
@@ -76,6 +89,8 @@ impl PostgresOptions {
             read_connections: 2,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             collect_grace: cairn_core::registry::DEFAULT_COLLECT_GRACE,
+            follow_server_clock: false,
+            clock_refresh: crate::server_clock::REFRESH,
             url_error: None,
         };
         // As cairn's other parameters: given twice, which one was meant
@@ -149,6 +164,21 @@ impl PostgresOptions {
         }
     }
 
+    /// The same options, following the database server's clock or not
+    /// ([`PostgresOptions::follow_server_clock`]).
+    pub fn following_server_clock(mut self, follow: bool) -> Self {
+        self.follow_server_clock = follow;
+        self
+    }
+
+    /// The same options, measuring the server's clock again every `every`
+    /// instead of every 30 s (tests of the refresh).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn clock_refresh_for_test(mut self, every: Duration) -> Self {
+        self.clock_refresh = every;
+        self
+    }
+
     /// The same options on another schema.
     pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = schema.into();
@@ -166,6 +196,7 @@ impl std::fmt::Debug for PostgresOptions {
             .field("read_connections", &self.read_connections)
             .field("call_timeout", &self.call_timeout)
             .field("collect_grace", &self.collect_grace)
+            .field("follow_server_clock", &self.follow_server_clock)
             .finish_non_exhaustive()
     }
 }

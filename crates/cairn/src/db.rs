@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
+use cairn_core::clock::{system_clock, SharedClock};
 use cairn_core::{ChangeHub, MemoryRegistry, ProcessRegistry, SystemClock};
-use cairn_postgres::PostgresRegistry;
+use cairn_postgres::{PostgresOptions, PostgresRegistry};
 use cairn_sqlite::SqliteRegistry;
 
 /// Why a database URL could not be opened.
@@ -46,6 +47,12 @@ pub struct Backend {
     pub registry: Arc<dyn ProcessRegistry>,
     /// The hub to give [`cairn_core::RuntimeBuilder::hub`].
     pub hub: ChangeHub,
+    /// The clock the registry decides expiries and deadlines by, to give
+    /// [`cairn_core::RuntimeBuilder::clock`]: the two must tell the same
+    /// time. On PostgreSQL it follows the database server's clock, which
+    /// every node on the database then shares (ADR 0035); the system clock
+    /// elsewhere.
+    pub clock: SharedClock,
     /// Who keeps node ids unique among live runtimes on this database.
     node_ids: NodeIds,
 }
@@ -114,9 +121,16 @@ pub fn is_postgres(url: &str) -> bool {
 /// (see [`open_registry`]) or `postgres://...`, whose hub is also fed by the
 /// changes other nodes make on the same database (LISTEN/NOTIFY).
 pub async fn open_backend(url: &str) -> Result<Backend, OpenError> {
+    open_backend_over(url, system_clock()).await
+}
+
+/// [`open_backend`], with `base` as the clock a PostgreSQL backend measures
+/// its offset to the server's from (the system clock, except in tests).
+async fn open_backend_over(url: &str, base: SharedClock) -> Result<Backend, OpenError> {
     let hub = ChangeHub::new();
     if is_postgres(url) {
-        let registry = PostgresRegistry::connect(url, Arc::new(SystemClock))
+        let options = PostgresOptions::new(url, base).following_server_clock(true);
+        let registry = PostgresRegistry::connect_with(options)
             .await
             .map_err(|source| OpenError::Open {
                 url: cairn_postgres::redact(url),
@@ -127,6 +141,7 @@ pub async fn open_backend(url: &str) -> Result<Backend, OpenError> {
         return Ok(Backend {
             registry: registry.clone(),
             hub,
+            clock: registry.clock(),
             node_ids: NodeIds::Postgres(registry),
         });
     }
@@ -144,6 +159,7 @@ pub async fn open_backend(url: &str) -> Result<Backend, OpenError> {
         return Ok(Backend {
             registry: registry.clone(),
             hub,
+            clock: system_clock(),
             node_ids: NodeIds::Sqlite(registry),
         });
     }
@@ -151,6 +167,7 @@ pub async fn open_backend(url: &str) -> Result<Backend, OpenError> {
     Ok(Backend {
         registry,
         hub,
+        clock: system_clock(),
         node_ids: NodeIds::Private,
     })
 }
@@ -255,6 +272,7 @@ mod check_tests {
 #[cfg(test)]
 mod postgres_tests {
     use super::*;
+    use cairn_core::Clock;
 
     #[tokio::test]
     #[cfg_attr(
@@ -273,6 +291,22 @@ mod postgres_tests {
             .await
             .expect("list")
             .is_empty());
+        drop(backend);
+        // Its clock is the server's, whatever the host's says (ADR 0035):
+        // here the host's runs a minute ahead.
+        let ahead: SharedClock = Arc::new(cairn_core::ManualClock::new(SystemClock.now_ms() + 60_000));
+        let backend = open_backend_over(&schema.db_url(), ahead).await.expect("open postgres");
+        let client = cairn_postgres::testing::test_client(&schema.url).await;
+        let server: i64 = client
+            .query_one("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8", &[])
+            .await
+            .expect("the server's time")
+            .get(0);
+        let now = backend.clock.now_ms();
+        assert!(
+            now.abs_diff(u64::try_from(server).expect("after the epoch")) < 2_000,
+            "the backend reads {now}, the server {server}"
+        );
         let err = open_backend("postgres://nobody:secret@127.0.0.1:1/none")
             .await
             .err()

@@ -79,6 +79,7 @@ async fn await_role(url: &str) -> ExitCode {
     // An awaiter only: this process must not claim anything of the bench's.
     let p = Processes::builder(backend.registry)
         .hub(backend.hub)
+        .clock(backend.clock)
         .tools(builtin_tools(false))
         .without_worker()
         .start();
@@ -146,6 +147,7 @@ async fn memory_role(url: &str, processes: usize, prefix: &str) -> ExitCode {
     // Every process must hold a slot at once: concurrency above the count.
     let p = Processes::builder(backend.registry)
         .hub(backend.hub)
+        .clock(backend.clock)
         .tools(builtin_tools(false))
         .worker_config(WorkerConfig {
             owner_id: format!("{prefix}-worker"),

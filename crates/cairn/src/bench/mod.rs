@@ -473,6 +473,7 @@ impl Ctx<'_> {
     pub fn runtime(&self, owner: String, concurrency: usize, batch: usize) -> Processes {
         Processes::builder(self.backend.registry.clone())
             .hub(self.backend.hub.clone())
+            .clock(self.backend.clock.clone())
             .tools(builtin_tools(false))
             .worker_config(WorkerConfig {
                 owner_id: owner,

@@ -162,6 +162,7 @@ async fn child_measure(url: &str, count: usize, prefix: &str, idle: u64, runs: u
     let backend = open_backend(url).await.map_err(|e| e.to_string())?;
     let p = Processes::builder(backend.registry)
         .hub(backend.hub)
+        .clock(backend.clock)
         .tools(builtin_tools(false))
         .worker_config(WorkerConfig {
             owner_id: format!("{prefix}-worker"),

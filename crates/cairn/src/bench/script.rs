@@ -106,6 +106,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>) -> ScenarioReport {
 fn runtime(ctx: &Ctx<'_>, owner: String) -> Processes {
     Processes::builder(ctx.backend.registry.clone())
         .hub(ctx.backend.hub.clone())
+        .clock(ctx.backend.clock.clone())
         .tools(builtin_tools(false))
         .script_engine(Arc::new(QuickJs::new(Limits::default())))
         .worker_config(WorkerConfig {

@@ -208,6 +208,7 @@ async fn child_measure(url: &str, processes: usize, prefix: &str, idle: u64, sam
     let backend = open_backend(url).await.map_err(|e| e.to_string())?;
     let p = Processes::builder(backend.registry)
         .hub(backend.hub)
+        .clock(backend.clock)
         .tools(builtin_tools(false))
         .worker_config(WorkerConfig {
             owner_id: format!("{prefix}-worker"),
@@ -261,6 +262,7 @@ async fn child_measure(url: &str, processes: usize, prefix: &str, idle: u64, sam
         let other = open_backend(url).await.map_err(|e| e.to_string())?;
         let signaller = Processes::builder(other.registry)
             .hub(other.hub)
+            .clock(other.clock)
             .tools(builtin_tools(false))
             .without_worker()
             .start();

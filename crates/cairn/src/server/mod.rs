@@ -471,6 +471,8 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), ServeError> {
     let notice = ChangeNotice::from_hub(&backend.hub);
     let processes = Processes::builder(backend.registry)
         .hub(backend.hub)
+        // The registry's clock: on PostgreSQL, the server's (ADR 0035).
+        .clock(backend.clock)
         .tools(tools)
         .script_engine(Arc::new(engine))
         .worker_config(worker)
