@@ -288,66 +288,6 @@
     },
   });
 
-  // What the script's export is handed: `ctx`, except that a name a letter
-  // or two from one of its methods (`ctx.waitsignal`, `ctx.emitt`) reads as
-  // a function that throws naming the method meant; the engine's own words
-  // for calling what is not there are only "not a function". Names nowhere
-  // near one stay undefined, so `if (ctx.x)` tests what it did. What it
-  // holds reads as `ctx`'s own without a look at anything a script can
-  // replace (the guesses use the engine's `Math.min` and `Reflect.get`, taken
-  // here, and a guess that fails is no guess).
-  const EngineTypeError = TypeError;
-  const reflectGet = Reflect.get;
-  const min = Math.min;
-  const ctxMethods = Object.keys(ctx).filter((k) => typeof Object.getOwnPropertyDescriptor(ctx, k).value === "function");
-  const lowered = ctxMethods.map((m) => m.toLowerCase());
-  const listed = ctxMethods.map((m) => "ctx." + m).join(", ");
-  const distance = (a, b) => {
-    let row = [];
-    for (let j = 0; j <= b.length; j++) row[j] = j;
-    for (let i = 1; i <= a.length; i++) {
-      const next = [i];
-      for (let j = 1; j <= b.length; j++) {
-        next[j] = min(row[j] + 1, next[j - 1] + 1, row[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
-      }
-      row = next;
-    }
-    return row[b.length];
-  };
-  // Names a promise, JSON or a printer looks up are never taken for a slip.
-  const lookedUp = new Set(["then", "catch", "finally", "toJSON", "inspect", "constructor"]);
-  const guess = (name) => {
-    if (lookedUp.has(name) || name in Object.prototype) return null;
-    const lower = name.toLowerCase();
-    let best = -1;
-    let bestDistance = Infinity;
-    for (let i = 0; i < lowered.length; i++) {
-      const d = distance(lower, lowered[i]);
-      if (d < bestDistance) {
-        best = i;
-        bestDistance = d;
-      }
-    }
-    return bestDistance <= (name.length >= 5 ? 2 : 1) ? ctxMethods[best] : null;
-  };
-  const meant = (name) => {
-    if (typeof name !== "string" || name in ctx) return null;
-    try {
-      return guess(name);
-    } catch (_) {
-      return null;
-    }
-  };
-  const scriptCtx = new Proxy(ctx, {
-    get(target, name, receiver) {
-      const m = meant(name);
-      if (m === null) return reflectGet(target, name, receiver);
-      return () => {
-        throw new EngineTypeError(`ctx.${name} is not a function: did you mean ctx.${m}? (ctx has ${listed})`);
-      };
-    },
-  });
-
   // The only clock and the only randomness are the journaled ones: `Date.now()`,
   // `new Date()` and `Date()` each read `ctx.now()`; a Date of given parts is
   // the engine's own.
@@ -533,7 +473,7 @@
             { code: "unknown_export" },
           );
         }
-        p = Promise.resolve(ns[name](scriptCtx, args));
+        p = Promise.resolve(ns[name](ctx, args));
       } catch (e) {
         p = Promise.reject(e);
       }

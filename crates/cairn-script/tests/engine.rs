@@ -719,58 +719,6 @@ async fn an_uncaught_error_fails_with_class_script_and_its_code() {
     assert_eq!(code, "uncaught");
 }
 
-/// A call of a misspelt `ctx` method fails naming the method meant; a name
-/// nowhere near one (or one a promise or JSON looks up) is still undefined,
-/// and the methods read as before.
-#[tokio::test]
-async fn a_misspelt_ctx_method_names_the_one_meant() {
-    let p = runtime(Limits::default());
-    let m = put(
-        &p,
-        r#"export async function lower(ctx) { await ctx.waitsignal("go"); }
-        export async function extra(ctx) { await ctx.emitt("x", {}); }
-        export async function short(ctx) { return ctx.nw(); }
-        export async function far(ctx) {
-            return [typeof ctx.frobnicate, typeof ctx.then, typeof ctx.toJSON, typeof ctx.x,
-                    typeof ctx.waitSignal, ctx.processId, "now" in ctx, "waitsignal" in ctx];
-        }"#,
-    )
-    .await;
-    for (id, name, slip, meant) in [
-        ("m1", "lower", "waitsignal", "waitSignal"),
-        ("m2", "extra", "emitt", "emit"),
-        ("m3", "short", "nw", "now"),
-    ] {
-        let rec = run(&p, script(id, &m, name, json!({}))).await;
-        let Some(Outcome::Failure { code, message, .. }) = rec.outcome else {
-            panic!("{rec:?}")
-        };
-        assert_eq!(code, "uncaught");
-        assert!(
-            message.starts_with(&format!(
-                "ctx.{slip} is not a function: did you mean ctx.{meant}? (ctx has ctx.tool, "
-            )),
-            "{message}"
-        );
-    }
-    let rec = run(&p, script("m4", &m, "far", json!({}))).await;
-    assert_eq!(
-        rec.outcome,
-        Some(Outcome::Success {
-            value: json!([
-                "undefined",
-                "undefined",
-                "undefined",
-                "undefined",
-                "function",
-                "m4",
-                true,
-                false
-            ])
-        })
-    );
-}
-
 /// A script that replaces the global `JSON` has its own error reported, and
 /// its context calls read back right: the prelude keeps the engine's own
 /// `JSON.stringify` and `JSON.parse` (it reported the script's bug as the
