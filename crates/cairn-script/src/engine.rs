@@ -1076,9 +1076,11 @@ fn caught<'js>(ctx: &Ctx<'js>, api: Option<&Object<'js>>) -> Value {
     })
 }
 
-/// An error description (`{code, message, stack}`) as a failure, the limits first.
-fn failure(stop: &AtomicU8, limits: &Limits, err: &Value) -> Outcome {
-    let message = err.get("message").and_then(Value::as_str).unwrap_or("").to_string();
+/// An error description (`{code, message, stack}`) as a failure, the limits
+/// first; a call of what is not a function says what the script called, and
+/// the `ctx` method it may have meant ([`slip`]), from the module's `source`.
+fn failure(stop: &AtomicU8, limits: &Limits, source: &str, err: &Value) -> Outcome {
+    let mut message = err.get("message").and_then(Value::as_str).unwrap_or("").to_string();
     if stop.load(Ordering::SeqCst) == CPU {
         return Outcome::failure(
             "script",
@@ -1107,6 +1109,11 @@ fn failure(stop: &AtomicU8, limits: &Limits, err: &Value) -> Outcome {
         .and_then(Value::as_str)
         .unwrap_or("uncaught")
         .to_string();
+    if message == NOT_A_FUNCTION && code == "uncaught" {
+        if let Some(hint) = err.get("stack").and_then(Value::as_str).and_then(|st| slip(source, st)) {
+            message = format!("{NOT_A_FUNCTION}: {hint}");
+        }
+    }
     Outcome::Failure {
         class: "script".into(),
         code,
@@ -1117,6 +1124,59 @@ fn failure(stop: &AtomicU8, limits: &Limits, err: &Value) -> Outcome {
             .and_then(script_stack)
             .map(|s| json!({ "stack": s })),
     }
+}
+
+/// What QuickJS says of a call of what is not a function, and nothing more.
+const NOT_A_FUNCTION: &str = "not a function";
+
+/// The methods of a script's `ctx` (prelude.js).
+const CTX_METHODS: [&str; 11] = [
+    "tool",
+    "start",
+    "wait",
+    "turn",
+    "sleep",
+    "waitSignal",
+    "emit",
+    "now",
+    "random",
+    "uuid",
+    "log",
+];
+
+/// What a "not a function" failure adds, read from the module's `source` at
+/// the script's top frame of `stack` (`script.js:LINE:COLUMN`, where QuickJS
+/// points at the name called, or at the dot before it): `` `.waitsignal` (did you mean
+/// `ctx.waitSignal`?) `` for a member a letter or two from a `ctx` method
+/// (one for a name under five letters, two past it), the name alone for any
+/// other member. Read on the failure only: a script's reads of `ctx` are the
+/// engine's own, whatever they name.
+fn slip(source: &str, stack: &str) -> Option<String> {
+    let frame = stack.lines().find(|l| l.contains(&format!("({MODULE_NAME}:")))?;
+    let at = frame.rsplit_once(&format!("{MODULE_NAME}:"))?.1.trim_end_matches(')');
+    let (line, column) = at.split_once(':')?;
+    let (line, column): (usize, usize) = (line.parse().ok()?, column.parse().ok()?);
+    let text: Vec<char> = source.lines().nth(line.checked_sub(1)?)?.chars().collect();
+    // QuickJS's column is the name's, or its dot's (on a module's first line).
+    let mut start = column.checked_sub(1)?;
+    if text.get(start) == Some(&'.') {
+        start += 1;
+    }
+    let is_name = |c: &char| c.is_alphanumeric() || *c == '_' || *c == '$';
+    let name: String = text.get(start..)?.iter().take_while(|c| is_name(c)).collect();
+    if name.is_empty() || start == 0 || text[start - 1] != '.' || CTX_METHODS.contains(&name.as_str()) {
+        return None;
+    }
+    let lower = name.to_lowercase();
+    let meant = CTX_METHODS
+        .iter()
+        .map(|m| (strsim::levenshtein(&lower, &m.to_lowercase()), *m))
+        .min()
+        .filter(|(d, _)| *d <= if name.chars().count() >= 5 { 2 } else { 1 });
+    Some(match meant {
+        Some((_, m)) => format!("`.{name}` (did you mean `ctx.{m}`?)"),
+        None => format!("`.{name}`"),
+    })
 }
 
 /// Where a stack frame of the prelude points: it is evaluated as a script
@@ -1307,7 +1367,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
         let (steps, stop, limits) = (steps.clone(), stop.clone(), limits.clone());
         Box::new(move || {
             let err = json!({"message": "the script ran on past the limit that stopped it", "stack": null});
-            let mut end = failure(&stop, &limits, &err);
+            let mut end = failure(&stop, &limits, "", &err);
             if let Outcome::Failure { message, .. } = &mut end {
                 message.push_str(
                     "; it ran on past its stop (inside promise executors): its engine thread is held until the server stops",
@@ -1353,7 +1413,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
     // the interruption as the thrown value; the limit is what ended it.
     let thrown = |err: &Value| match state.borrow().fatal.clone() {
         Some((code, message)) => Outcome::failure("script", code, message),
-        None => failure(&stop, &limits, err),
+        None => failure(&stop, &limits, &source, err),
     };
     context.with(|ctx| {
         let native = {
@@ -1369,7 +1429,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
             Ok(api) => api,
             Err(_) => {
                 let err = caught(&ctx, None);
-                return end(failure(&stop, &limits, &err), Vec::new());
+                return end(failure(&stop, &limits, &source, &err), Vec::new());
             }
         };
         // The module's top level runs as the function does: what it throws
@@ -1451,7 +1511,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
             let end_with = if let Some((code, message)) = fatal {
                 Some(Outcome::failure("script", code, message))
             } else if matches!(stop.load(Ordering::SeqCst), CPU | MEMORY) {
-                Some(failure(&stop, &limits, &json!({})))
+                Some(failure(&stop, &limits, &source, &json!({})))
             } else {
                 match outcome {
                     Ok(Some(_)) if state.borrow().unreplayed().is_some() => {
@@ -1486,7 +1546,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
                                     Err(e) => Some(Outcome::failure("script", "invalid_result", e.to_string())),
                                     Ok(()) => Some(Outcome::success(ok.clone())),
                                 },
-                                (None, Some(err)) => Some(failure(&stop, &limits, err)),
+                                (None, Some(err)) => Some(failure(&stop, &limits, &source, err)),
                                 _ => Some(engine_failure("the script settled without a value".into())),
                             },
                         }
@@ -1499,7 +1559,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
                     Ok(None) => None,
                     Err(_) => {
                         let err = caught(&ctx, Some(&api));
-                        Some(failure(&stop, &limits, &err))
+                        Some(failure(&stop, &limits, &source, &err))
                     }
                 }
             };
@@ -1528,7 +1588,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
                 state.borrow_mut().pending.remove(&n);
                 if deliver.call::<_, ()>((n, result.to_string())).is_err() {
                     let err = caught(&ctx, Some(&api));
-                    return end(failure(&stop, &limits, &err), Vec::new());
+                    return end(failure(&stop, &limits, &source, &err), Vec::new());
                 }
             }
         }

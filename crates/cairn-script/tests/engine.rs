@@ -719,6 +719,69 @@ async fn an_uncaught_error_fails_with_class_script_and_its_code() {
     assert_eq!(code, "uncaught");
 }
 
+/// A call of a misspelt `ctx` method fails saying what was called and the
+/// method meant; a call of any other member that is no function says what
+/// was called. `ctx` itself is as it was: a misspelt name reads undefined.
+#[tokio::test]
+async fn a_misspelt_ctx_method_names_the_one_meant() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function lower(ctx) { await ctx.waitsignal("go"); }
+        export async function extra(ctx) {
+            await ctx.emitt("x", {});
+        }
+        export async function short(ctx) { return ctx.nw(); }
+        export async function far(ctx) { const o = {}; return o.frobnicate(); }
+        export async function methods(ctx) {
+            return [Object.keys(ctx).filter((k) => typeof Object.getOwnPropertyDescriptor(ctx, k).value === "function"),
+                    typeof ctx.waitsignal, "waitsignal" in ctx];
+        }"#,
+    )
+    .await;
+    for (id, name, said) in [
+        (
+            "m1",
+            "lower",
+            "not a function: `.waitsignal` (did you mean `ctx.waitSignal`?)",
+        ),
+        ("m2", "extra", "not a function: `.emitt` (did you mean `ctx.emit`?)"),
+        ("m3", "short", "not a function: `.nw` (did you mean `ctx.now`?)"),
+        ("m4", "far", "not a function: `.frobnicate`"),
+    ] {
+        let rec = run(&p, script(id, &m, name, json!({}))).await;
+        let Some(Outcome::Failure { code, message, .. }) = rec.outcome else {
+            panic!("{rec:?}")
+        };
+        assert_eq!((code.as_str(), message.as_str()), ("uncaught", said), "{name}");
+    }
+    // The engine's list of methods (`CTX_METHODS`) is these: a method added
+    // to the prelude goes there too.
+    let rec = run(&p, script("m5", &m, "methods", json!({}))).await;
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::Success {
+            value: json!([
+                [
+                    "tool",
+                    "start",
+                    "wait",
+                    "turn",
+                    "sleep",
+                    "waitSignal",
+                    "emit",
+                    "now",
+                    "random",
+                    "uuid",
+                    "log"
+                ],
+                "undefined",
+                false
+            ])
+        })
+    );
+}
+
 /// A script that replaces the global `JSON` has its own error reported, and
 /// its context calls read back right: the prelude keeps the engine's own
 /// `JSON.stringify` and `JSON.parse` (it reported the script's bug as the
