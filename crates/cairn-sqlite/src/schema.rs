@@ -501,14 +501,26 @@ pub(crate) fn open_writer_waiting(path: &Path, busy_timeout: Duration, lock_wait
 /// payloads, turn conversations), and SQLite gives its `-wal` and `-shm`
 /// files the database file's mode. An empty file is an empty database. A
 /// file that is there (another process may have made it first) keeps its
-/// mode, and a failure is left to the open that follows, which says why.
+/// mode (the mode applies only to a file this makes), a symlink is followed
+/// as SQLite follows it, `:memory:` (which SQLite takes for no file) is left
+/// alone, and a failure is left to the open that follows, which says why.
 fn create_private(path: &Path) {
     use std::os::unix::fs::OpenOptionsExt;
+    if !names_a_file(path) {
+        return;
+    }
     let _ = std::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(false)
         .mode(0o600)
         .open(path);
+}
+
+/// Whether SQLite takes `path` for a file (`:memory:` and the empty path it
+/// does not).
+fn names_a_file(path: &Path) -> bool {
+    !(path.as_os_str() == ":memory:" || path.as_os_str().is_empty())
 }
 
 /// While a file is opened: wait for locks another process holds, up to
@@ -680,6 +692,15 @@ mod tests {
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o640)).expect("chmod");
         open_writer(&shared, Duration::from_secs(5)).expect("open");
         assert_eq!(mode(&shared), 0o640);
+        // A symlink to no file yet: the file it names is made private.
+        let target = dir.path().join("target.db");
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        open_writer(&link, Duration::from_secs(5)).expect("open");
+        assert_eq!(mode(&target), 0o600);
+        // `:memory:` is no file: nothing is made for it.
+        assert!(!names_a_file(Path::new(":memory:")) && !names_a_file(Path::new("")));
+        assert!(names_a_file(&link) && names_a_file(Path::new("cairn.db")));
     }
 
     /// A file SQLite could open only read-only (its mode, for any user but

@@ -532,18 +532,19 @@ const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
 /// Whether `authority` (`host[:port]`) names this machine's loopback: a
 /// loopback name, or any loopback address written out (`127.0.0.2`, which an
 /// open server may listen on; an address literal is no name a page could
-/// re-point). Nothing else may be in it: a port is a number a TCP port can be
-/// (`localhost:7711.evil.com` names no port, and no loopback), and there is
-/// no user part (`Host` and `Origin` carry none).
+/// re-point). Nothing else may be in it: a port is a number a TCP port can be,
+/// or empty (RFC 3986's `*DIGIT`: `localhost:` is the default port), so
+/// `localhost:7711.evil.com` names no port, and no loopback; and there is no
+/// user part (`Host` and `Origin` carry none).
 fn is_loopback_authority(authority: &str) -> bool {
     authority.parse::<axum::http::uri::Authority>().is_ok_and(|a| {
         let host = a.host();
         // `u16` parsing alone would take a sign (`+7711`).
         let only_a_port = match authority.strip_prefix(host) {
             Some("") => true,
-            Some(rest) => rest
-                .strip_prefix(':')
-                .is_some_and(|port| port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok()),
+            Some(rest) => rest.strip_prefix(':').is_some_and(|port| {
+                port.is_empty() || port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok()
+            }),
             None => false,
         };
         let literal = host.trim_start_matches('[').trim_end_matches(']');
