@@ -179,6 +179,29 @@ impl Auth {
         Ok(())
     }
 
+    /// The tokens too short to stand against guessing, each named as a
+    /// start-up warning names it: nothing slows guesses (a server answers
+    /// thousands a second, and a web page can send them by DNS rebinding to a
+    /// server with tokens, which answers any `Host`), so a token's length is
+    /// its strength. Warned of, not refused: a short token on a loopback
+    /// server in a test is the host's call.
+    pub fn short_tokens(&self) -> Vec<String> {
+        let short = |t: &str| t.chars().count() < MIN_TOKEN_CHARS;
+        let host = self
+            .host_token
+            .as_deref()
+            .filter(|t| short(t))
+            .map(|_| "the host token (--token, CAIRN_TOKEN)".to_string());
+        let mut named: Vec<String> = host.into_iter().collect();
+        for (_, session) in self.session_tokens.iter().filter(|(t, _)| short(t)) {
+            let said = format!("the session token for `{session}`");
+            if !named.contains(&said) {
+                named.push(said);
+            }
+        }
+        named
+    }
+
     /// Refuse configurations that would expose an open server beyond this machine.
     pub fn check_bind(&self, addr: &SocketAddr) -> Result<(), String> {
         if !addr.ip().is_loopback() && !self.has_host_token() {
@@ -278,6 +301,10 @@ fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim_start().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
+
+/// The fewest characters of a token `cairn serve` takes without a warning:
+/// 16 random ones from `openssl rand -hex 16`'s 32 are past any guessing.
+pub const MIN_TOKEN_CHARS: usize = 16;
 
 /// Whether `caller` may address process `id`: the host always; a session when
 /// the process is granted to its session or to one of its agent frames (a
@@ -383,6 +410,23 @@ mod tests {
             "two tokens for one session, or one repeated, give no more"
         );
         assert!(Auth::new(None, &pairs(&[("s1", "t1")])).check_tokens().is_ok());
+        // Short tokens are taken, and named for the start-up warning.
+        let long = "0123456789abcdef";
+        let some_short = Auth::new(
+            Some("h".into()),
+            &pairs(&[("s1", "t1"), ("s1", "t2"), ("s2", long), ("s3", "x")]),
+        );
+        assert_eq!(
+            some_short.short_tokens(),
+            [
+                "the host token (--token, CAIRN_TOKEN)",
+                "the session token for `s1`",
+                "the session token for `s3`"
+            ]
+        );
+        assert!(Auth::new(Some(long.into()), &pairs(&[("s2", long)]))
+            .short_tokens()
+            .is_empty());
         for bad in ["", "t\n", " t", "pässwörd", "a b"] {
             let host = Auth::new(Some(bad.into()), &[]).check_tokens();
             assert!(host.is_err(), "host token {bad:?}");

@@ -359,6 +359,13 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), ServeError> {
         .first()
         .ok_or_else(|| ServeError::Config(format!("--listen `{}` resolves to no address", args.listen)))?;
     auth.check_tokens().map_err(ServeError::Config)?;
+    for token in auth.short_tokens() {
+        tracing::warn!(
+            "{token} is shorter than {} characters: nothing slows guesses at a token, so its length is its \
+             strength; use a random one (`openssl rand -hex 16`)",
+            auth::MIN_TOKEN_CHARS
+        );
+    }
     for a in &addrs {
         auth.check_bind(a).map_err(ServeError::Config)?;
     }
