@@ -87,12 +87,13 @@ impl Lanes {
     }
 
     /// Make every type list this node's lanes stored look stored `by`
-    /// earlier (tests of the trust's end).
+    /// earlier by this host's monotonic clock, the registry's clock left as
+    /// it is (tests of the trust's end).
     #[cfg(any(test, feature = "test-util"))]
     pub fn age_type_lists(&self, by: Duration) {
         for stored in self.shared.target.stored_types.lock().values_mut() {
-            if let Some(earlier) = stored.checked_sub(by) {
-                *stored = earlier;
+            if let Some(earlier) = stored.instant.checked_sub(by) {
+                stored.instant = earlier;
             }
         }
     }

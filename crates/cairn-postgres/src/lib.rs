@@ -237,6 +237,7 @@ impl PostgresRegistry {
                 target: uow::Target {
                     channel: channel.clone(),
                     stored_types: Default::default(),
+                    clock: clock.clone(),
                 },
                 clock: clock.clone(),
                 max_batch: options.max_batch.max(1),
@@ -321,7 +322,8 @@ impl PostgresRegistry {
     }
 
     /// Make every type list this node's lanes stored look stored `by`
-    /// earlier, so a batch naming one past the 10 minutes they trust a list
+    /// earlier by this host's monotonic clock (the registry's clock left as
+    /// it is), so a batch naming one past the 10 minutes they trust a list
     /// stores it again (tests; ADR 0034).
     #[cfg(any(test, feature = "test-util"))]
     pub fn age_type_lists_for_test(&self, by: std::time::Duration) {

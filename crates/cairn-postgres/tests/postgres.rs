@@ -1962,6 +1962,87 @@ async fn a_lane_stores_a_list_again_once_it_stops_trusting_it() {
     }
 }
 
+/// A lane's trust in a list it stored is timed on the registry's clock as
+/// well as on this host's monotonic one, which stops while the host is
+/// suspended: when the registry's clock (here following the server's, over
+/// a manual base) moves 11 minutes while the `Instant` barely moves, the
+/// next batch naming the list stores it again; so does one after the clock
+/// is set back, since the time since the store is then unknown. With
+/// neither moving, the list is named on trust.
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test]
+async fn a_lane_stops_trusting_a_list_when_the_registry_clock_moves_past_the_trust() {
+    if !testing::enabled() {
+        return;
+    }
+    let schema = TestSchema::new("cairn_t");
+    let base = ManualClock::new(cairn_core::Clock::now_ms(&SystemClock));
+    let options = schema
+        .options(Arc::new(base.clone()))
+        .following_server_clock(true)
+        .clock_refresh_for_test(Duration::from_secs(3600));
+    let reg = PostgresRegistry::connect_with(options).await.expect("connect");
+    let c = client(&schema.url).await;
+    let key = reg
+        .register(declaring("first", "suspend.me"), None)
+        .await
+        .expect("register")
+        .process
+        .event_types
+        .key()
+        .to_string();
+    let backdate = |at: i64| {
+        let (c, name, key) = (&c, &schema.name, &key);
+        async move {
+            c.execute(
+                &format!("UPDATE \"{name}\".type_lists SET touched_at_ms = $1 WHERE key = $2"),
+                &[&at, key],
+            )
+            .await
+            .expect("backdate");
+        }
+    };
+    backdate(1).await;
+    base.advance(60_000);
+    reg.register(declaring("trusted", "suspend.me"), None)
+        .await
+        .expect("register");
+    assert_eq!(
+        list_touched(&c, &schema, &key).await,
+        Some(1),
+        "a minute by the registry's clock: named on trust"
+    );
+    base.advance(10 * 60_000);
+    let before = server_now_ms(&c).await;
+    reg.register(declaring("woken", "suspend.me"), None)
+        .await
+        .expect("register");
+    let touched = list_touched(&c, &schema, &key).await.expect("stored");
+    assert!(
+        touched >= before,
+        "11 minutes by the registry's clock: stored again ({touched} < {before})"
+    );
+    backdate(2).await;
+    base.set(cairn_core::Clock::now_ms(&base) - 5 * 60_000);
+    let before = server_now_ms(&c).await;
+    reg.register(declaring("set_back", "suspend.me"), None)
+        .await
+        .expect("register");
+    let touched = list_touched(&c, &schema, &key).await.expect("stored");
+    assert!(
+        touched >= before,
+        "the registry's clock set back: stored again ({touched} < {before})"
+    );
+    testing::forget_type_lists();
+    for id in ["first", "trusted", "woken", "set_back"] {
+        let r = reg.get(id).await.expect("reads back");
+        assert!(r.event_types.find("suspend.me").is_some(), "{id}");
+    }
+}
+
 /// A prune's collection takes the env specs and type lists no process names
 /// only once nobody stored or put them for the grace (an hour, by the
 /// server's clock): one a minute short of it stays, one past it goes, and a

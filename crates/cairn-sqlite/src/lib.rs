@@ -89,10 +89,12 @@ pub struct SqliteOptions {
     /// another cairn may be migrating or writing the file. Writes after the
     /// open wait `busy_timeout`.
     pub open_lock_wait: Duration,
-    /// How long a prune's collection keeps an env spec no process names
-    /// after it was last put (default
+    /// How long a prune's collection keeps an env spec or type list no
+    /// process names after it was last put or stored (default
     /// [`cairn_core::registry::DEFAULT_COLLECT_GRACE`], an hour): a put
-    /// and the registration naming its env are two writes (ADR 0034).
+    /// and the registration naming its env are two writes, and a writer of
+    /// an older build on the same file names lists from a cache it never
+    /// empties (ADR 0034).
     pub collect_grace: Duration,
 }
 

@@ -43,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     V_FRAME_WAKES,
     V_TOMBSTONE_GRANTS,
     V_ENV_TOUCHES,
+    V_LIST_TOUCHES,
 ];
 
 const V1: &str = r#"
@@ -330,6 +331,32 @@ CREATE INDEX tombstone_grants_session ON tombstone_grants (session_id);
 const V_ENV_TOUCHES: &str = r#"
 ALTER TABLE envs ADD COLUMN touched_at_ms INTEGER NOT NULL DEFAULT 0;
 UPDATE envs SET touched_at_ms = CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER);
+"#;
+
+/// When each type list was stored, and the touches of rows an older build
+/// inserts (ADR 0034). A prune's collection takes only the lists nobody
+/// stored within its grace, as it does envs: a writer of the older build
+/// that is still running keeps the lists it knows are stored in a cache it
+/// never empties, so a list it cached before this migration, or stores
+/// after it, must outlive the collection for the grace. The lists stored
+/// before are stored as of this migration. An older writer inserts envs and
+/// lists naming no time (the column's default, 0); the triggers touch such a
+/// row as it is inserted, by SQLite's clock (the wall clock, in
+/// milliseconds), as `V_ENV_TOUCHES` touched the rows it found. A writer of
+/// this build names its own time, never 0, so they leave its rows alone.
+const V_LIST_TOUCHES: &str = r#"
+ALTER TABLE type_lists ADD COLUMN touched_at_ms INTEGER NOT NULL DEFAULT 0;
+UPDATE type_lists SET touched_at_ms = CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER);
+CREATE TRIGGER envs_touched_on_insert AFTER INSERT ON envs WHEN NEW.touched_at_ms = 0
+BEGIN
+    UPDATE envs SET touched_at_ms = CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)
+        WHERE env_ref = NEW.env_ref;
+END;
+CREATE TRIGGER type_lists_touched_on_insert AFTER INSERT ON type_lists WHEN NEW.touched_at_ms = 0
+BEGIN
+    UPDATE type_lists SET touched_at_ms = CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)
+        WHERE key = NEW.key;
+END;
 "#;
 
 const V_PARTIAL_LISTING_INDEXES: &str = r#"

@@ -268,22 +268,25 @@ fn next_counter(conn: &Connection, name: &str) -> R<u64> {
 /// its type list, which is stored once in `type_lists` under the row's
 /// `types_key` (ADR 0008): three quarters of a record's JSON for a process
 /// that declares no types.
-fn derive(conn: &Connection, record: &ProcessRecord) -> R<(String, IndexColumns)> {
-    store_type_list(conn, &record.event_types)?;
+fn derive(conn: &Connection, record: &ProcessRecord, now: u64) -> R<(String, IndexColumns)> {
+    store_type_list(conn, &record.event_types, now)?;
     Ok((
         serde_json::to_string(&StoredRecord::of(record))?,
         IndexColumns::of(record)?,
     ))
 }
 
-/// Store a type list unless it is stored. Once the list is there this is one
+/// Store a type list unless it is stored, as stored at `now` (the job's
+/// time). Once the list is there this is one
 /// lookup in a small table: nothing is encoded or written; and once the
 /// writer thread knows it is there (see [`crate::tx::type_list_known`]), not
-/// even that. A prune's collection may delete a list no row names
-/// ([`collect_unreferenced`]); the writer that collects forgets what it knew,
-/// and another writer on the file forgets at its next `BEGIN`, so a list
-/// gone is looked up and stored again.
-fn store_type_list(conn: &Connection, list: &EventTypes) -> R<()> {
+/// even that. A prune's collection may delete a list no row names and
+/// nobody stored within its grace ([`collect_unreferenced`]); the writer
+/// that collects forgets what it knew, and another writer on the file
+/// forgets at its next `BEGIN`, so a list gone is looked up and stored
+/// again. The grace is for writers of an older build, which forget nothing
+/// (ADR 0034).
+fn store_type_list(conn: &Connection, list: &EventTypes, now: u64) -> R<()> {
     if crate::tx::type_list_known(list.key()) {
         return Ok(());
     }
@@ -291,8 +294,8 @@ fn store_type_list(conn: &Connection, list: &EventTypes) -> R<()> {
         .prepare_cached("SELECT 1 FROM type_lists WHERE key = ?1")?
         .exists([list.key()])?;
     if !stored {
-        conn.prepare_cached("INSERT INTO type_lists (key, types) VALUES (?1, ?2)")?
-            .execute(params![list.key(), serde_json::to_string(&**list)?])?;
+        conn.prepare_cached("INSERT INTO type_lists (key, types, touched_at_ms) VALUES (?1, ?2, ?3)")?
+            .execute(params![list.key(), serde_json::to_string(&**list)?, to_sql(now)])?;
     }
     crate::tx::type_list_stored(list.key());
     Ok(())
@@ -322,6 +325,7 @@ pub(crate) fn cursor_for_new_row(conn: &Connection) -> R<u64> {
 /// job's last write to it; `log_key` is its registration's cursor. Cursors
 /// come from [`cursor_for_new_row`], one for each write, as if each were
 /// stored, so the feed's cursors do not depend on when a row is stored.
+/// `now` is the job's time, which a type list it stores is stored at.
 pub(crate) fn insert_process(
     conn: &Connection,
     record: &ProcessRecord,
@@ -329,8 +333,9 @@ pub(crate) fn insert_process(
     fencing_counter: u64,
     log_key: u64,
     cursor: u64,
+    now: u64,
 ) -> R<()> {
-    let (json, d) = derive(conn, record)?;
+    let (json, d) = derive(conn, record, now)?;
     conn.prepare_cached(
         "INSERT INTO processes (id, record, status, disposition, definition, originator, originator_scope, waiting,
              created_at_ms, terminal_at_ms, last_sequence, change_cursor, run_candidate, abandon_candidate,
@@ -435,15 +440,17 @@ fn update_sql(changes: Changes, release_lease: bool) -> String {
 
 /// Store a record after an append, moving it to the head of the change feed;
 /// with `release_lease` the lease columns are cleared too. Only the indexed
-/// columns `changes` names are set (see [`Changes`]).
+/// columns `changes` names are set (see [`Changes`]). `now` is the job's
+/// time, which a type list it stores is stored at.
 pub(crate) fn update_process(
     conn: &Connection,
     record: &ProcessRecord,
     release_lease: bool,
     changes: Changes,
+    now: u64,
 ) -> R<()> {
     let cursor = next_cursor(conn)?;
-    let (json, d) = derive(conn, record)?;
+    let (json, d) = derive(conn, record, now)?;
     let changes = Changes {
         worklist: changes.worklist || release_lease,
         ..changes
@@ -1180,7 +1187,7 @@ pub(crate) fn overwrite_env(conn: &Connection, env_ref: &str, bytes: &[u8]) -> R
 
 /// Delete the envs no process names, of those put at or before
 /// `touched_before` (the collection's cutoff), and the type lists no process
-/// row names; answers how many of each. One statement per table, each
+/// row names, of those stored at or before it; answers how many of each. One statement per table, each
 /// reading the process rows once (`NOT IN` a subquery SQLite builds as one
 /// temporary index), never a lookup per candidate. A row's env is its
 /// record's `env_ref`; `instr` spares decoding the records that name none.
@@ -1188,7 +1195,9 @@ pub(crate) fn collect_unreferenced(conn: &Connection, touched_before: u64) -> R<
     let envs = conn
         .prepare_cached(COLLECT_ENVS_SQL)?
         .execute([to_sql(touched_before)])?;
-    let lists = conn.prepare_cached(COLLECT_TYPE_LISTS_SQL)?.execute([])?;
+    let lists = conn
+        .prepare_cached(COLLECT_TYPE_LISTS_SQL)?
+        .execute([to_sql(touched_before)])?;
     Ok((envs as u64, lists as u64))
 }
 
@@ -1198,8 +1207,8 @@ const COLLECT_ENVS_SQL: &str = "DELETE FROM envs WHERE touched_at_ms <= ?1 AND e
      WHERE instr(record, '\"env_ref\":\"') > 0 AND json_extract(record, '$.env_ref') IS NOT NULL)";
 
 /// See [`collect_unreferenced`].
-const COLLECT_TYPE_LISTS_SQL: &str =
-    "DELETE FROM type_lists WHERE key NOT IN (SELECT types_key FROM processes WHERE types_key IS NOT NULL)";
+const COLLECT_TYPE_LISTS_SQL: &str = "DELETE FROM type_lists WHERE touched_at_ms <= ?1 AND key NOT IN \
+    (SELECT types_key FROM processes WHERE types_key IS NOT NULL)";
 
 /// Stored env bytes.
 pub(crate) fn env_bytes(conn: &Connection, env_ref: &str) -> R<Option<Vec<u8>>> {

@@ -201,7 +201,15 @@ impl<'c> Tx<'c> {
             let row = self.rows.get(&id).ok_or_else(|| {
                 CairnError::storage(format!("registered row `{id}` went missing before it was stored"))
             })?;
-            store::insert_process(self.conn, &row.record, row.lease.as_ref(), row.fencing, log_key, cursor)?;
+            store::insert_process(
+                self.conn,
+                &row.record,
+                row.lease.as_ref(),
+                row.fencing,
+                log_key,
+                cursor,
+                self.now,
+            )?;
         }
         Ok(())
     }
@@ -301,7 +309,7 @@ impl WriteTx for Tx<'_> {
                     Some(old) => store::Changes::between(&old.record, &record, release_lease),
                     None => store::Changes::ALL,
                 };
-                store::update_process(self.conn, &record, release_lease, changes)?;
+                store::update_process(self.conn, &record, release_lease, changes, self.now)?;
             }
         }
         let row = self.cached(&record.id)?;
@@ -575,7 +583,7 @@ mod tests {
                 let mut new = old.clone();
                 new.updated_at_ms += 1;
                 let changes = changes.unwrap_or_else(|| store::Changes::between(&old, &new, false));
-                store::update_process(conn, &new, false, changes).expect("update");
+                store::update_process(conn, &new, false, changes, 1_000).expect("update");
             }
             store::cursor_flush(conn).expect("flush");
             store::cursor_end();

@@ -22,13 +22,25 @@ use serde_json::{json, Value};
 
 const T0: u64 = 1_700_000_000_000;
 
-/// What `V_ENV_TOUCHES` adds, undone: the schema as versions before 15 made it.
-const UNDO_ENV_TOUCHES: &str = "ALTER TABLE envs DROP COLUMN touched_at_ms;";
+/// What `V_LIST_TOUCHES` adds, undone: the schema as versions before 16 made it.
+const UNDO_LIST_TOUCHES: &str = "DROP TRIGGER envs_touched_on_insert;
+         DROP TRIGGER type_lists_touched_on_insert;
+         ALTER TABLE type_lists DROP COLUMN touched_at_ms;";
+
+/// What `V_ENV_TOUCHES` adds, undone with what came after it: the schema as
+/// versions before 15 made it.
+const UNDO_ENV_TOUCHES: &str = "DROP TRIGGER envs_touched_on_insert;
+         DROP TRIGGER type_lists_touched_on_insert;
+         ALTER TABLE type_lists DROP COLUMN touched_at_ms;
+         ALTER TABLE envs DROP COLUMN touched_at_ms;";
 
 /// The worklist index as schema versions before 12 made it (one index, a row
 /// claimable at once keyed 0), undoing `V_WORKLIST_BY_TIME` (and the later
-/// `V_FRAME_WAKES`, `V_TOMBSTONE_GRANTS` and `V_ENV_TOUCHES`).
-const UNDO_WORKLIST_BY_TIME: &str = "ALTER TABLE envs DROP COLUMN touched_at_ms;
+/// `V_FRAME_WAKES`, `V_TOMBSTONE_GRANTS`, `V_ENV_TOUCHES` and `V_LIST_TOUCHES`).
+const UNDO_WORKLIST_BY_TIME: &str = "DROP TRIGGER envs_touched_on_insert;
+         DROP TRIGGER type_lists_touched_on_insert;
+         ALTER TABLE type_lists DROP COLUMN touched_at_ms;
+         ALTER TABLE envs DROP COLUMN touched_at_ms;
          DROP TABLE tombstone_grants;
          DROP INDEX wakes_frame_pending;
          DROP INDEX processes_ready;
@@ -2021,6 +2033,212 @@ async fn env_touches_are_added_on_upgrade() {
     assert_eq!(reg.collect_unreferenced(grace).await.expect("collect").envs, 1);
     assert_eq!(reg.get_env(&loose).await.expect_err("collected").code(), "unknown_env");
     reg.get_env(&named).await.expect("a process names it");
+}
+
+/// A file from before type lists kept when they were last stored gains the
+/// column on open, every stored list stored as of the upgrade (by the wall
+/// clock): a writer of the older build may have cached one, and goes on
+/// naming it without storing it, so no collection takes it within the
+/// grace; past the grace one no process names goes.
+#[tokio::test]
+async fn list_touches_are_added_on_upgrade() {
+    /// The schema version whose migration adds when each list was stored.
+    const LIST_TOUCHES_FROM: u32 = 15;
+    let wall = || cairn_core::SystemClock.now_ms();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let clock = ManualClock::new(wall());
+    let reg = open(&path, &clock);
+    let declaring = |id: &str, name: &str| Registration {
+        event_types: vec![EventType::plain(name)],
+        ..external(id)
+    };
+    let loose = reg
+        .register(declaring("loose", "upgrade.loose"), None)
+        .await
+        .expect("register")
+        .process
+        .event_types
+        .key()
+        .to_string();
+    reg.register(declaring("named", "upgrade.named"), None)
+        .await
+        .expect("register");
+    reg.complete_external("loose", Outcome::success(json!(1)), "host")
+        .await
+        .expect("complete");
+    drop(reg);
+    let raw = Connection::open(&path).expect("raw");
+    raw.execute_batch(&format!(
+        "{UNDO_LIST_TOUCHES}
+         UPDATE cairn_meta SET value = '{LIST_TOUCHES_FROM}' WHERE key = 'schema_version';"
+    ))
+    .expect("make the older shape");
+
+    let before = wall();
+    let reg = open(&path, &clock);
+    let after = wall();
+    let version: String = raw
+        .query_row("SELECT value FROM cairn_meta WHERE key = 'schema_version'", [], |r| {
+            r.get(0)
+        })
+        .expect("version");
+    assert_eq!(version, SCHEMA_VERSION.to_string());
+    let touched: Vec<i64> = raw
+        .prepare("SELECT touched_at_ms FROM type_lists ORDER BY key")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows");
+    assert_eq!(touched.len(), 2);
+    for t in touched {
+        assert!(
+            (before as i64..=after as i64).contains(&t),
+            "stored as of the upgrade ({before}..={after}), not {t}"
+        );
+    }
+    clock.set(after + 10);
+    reg.prune(clock.now_ms(), StatusFilter::Any.into(), Watermark::NoProjector)
+        .await
+        .expect("prune");
+    let stored = |key: &str| -> i64 {
+        raw.query_row("SELECT count(*) FROM type_lists WHERE key = ?1", [key], |r| r.get(0))
+            .expect("count")
+    };
+    assert_eq!(stored(&loose), 1, "within the grace of the upgrade");
+    let grace = cairn_core::registry::DEFAULT_COLLECT_GRACE;
+    clock.set(after + grace.as_millis() as u64 + 1);
+    assert_eq!(
+        reg.collect_unreferenced(grace).await.expect("collect"),
+        cairn_core::registry::Collected { envs: 0, type_lists: 1 }
+    );
+    assert_eq!(stored(&loose), 0, "past the grace");
+    cairn_core::ops::columns::forget_type_lists();
+    let named = reg.get("named").await.expect("a process names its list");
+    assert!(named.event_types.find("upgrade.named").is_some(), "{named:?}");
+}
+
+/// A writer of the older build, still running on the file after the
+/// upgrade, inserts envs and type lists naming no time (the column's
+/// default, 0): each is touched as it is inserted, by the wall clock, so no
+/// prune collects it within the grace of that insert. A row inserted with
+/// its time (this build's) keeps that time.
+#[tokio::test]
+async fn an_older_writers_inserts_are_touched_as_they_are_inserted() {
+    let wall = || cairn_core::SystemClock.now_ms();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let clock = ManualClock::new(wall());
+    let reg = open(&path, &clock);
+    let raw = Connection::open(&path).expect("raw");
+    let before = wall();
+    // The older build's statements, as it sends them.
+    raw.execute(
+        "INSERT INTO envs (env_ref, bytes) VALUES (?1, ?2) ON CONFLICT (env_ref) DO NOTHING",
+        rusqlite::params!["process-env:sha256:older", b"{}".to_vec()],
+    )
+    .expect("older env insert");
+    raw.execute(
+        "INSERT INTO type_lists (key, types) VALUES (?1, ?2)",
+        ["types:sha256:older", "[]"],
+    )
+    .expect("older list insert");
+    raw.execute(
+        "INSERT INTO type_lists (key, types, touched_at_ms) VALUES (?1, ?2, ?3)",
+        rusqlite::params!["types:sha256:newer", "[]", 7_i64],
+    )
+    .expect("insert with a time");
+    let after = wall();
+    let touched = |sql: &str, key: &str| -> i64 { raw.query_row(sql, [key], |r| r.get(0)).expect("touched") };
+    for t in [
+        touched(
+            "SELECT touched_at_ms FROM envs WHERE env_ref = ?1",
+            "process-env:sha256:older",
+        ),
+        touched(
+            "SELECT touched_at_ms FROM type_lists WHERE key = ?1",
+            "types:sha256:older",
+        ),
+    ] {
+        assert!(
+            (before as i64..=after as i64).contains(&t),
+            "touched as inserted ({before}..={after}), not {t}"
+        );
+    }
+    assert_eq!(
+        touched(
+            "SELECT touched_at_ms FROM type_lists WHERE key = ?1",
+            "types:sha256:newer"
+        ),
+        7
+    );
+    let grace = cairn_core::registry::DEFAULT_COLLECT_GRACE;
+    clock.set(after);
+    assert_eq!(
+        reg.collect_unreferenced(grace).await.expect("collect"),
+        cairn_core::registry::Collected { envs: 0, type_lists: 1 },
+        "only the list stored at 7 is past the grace"
+    );
+    clock.set(after + grace.as_millis() as u64 + 1);
+    assert_eq!(
+        reg.collect_unreferenced(grace).await.expect("collect"),
+        cairn_core::registry::Collected { envs: 1, type_lists: 1 }
+    );
+}
+
+/// A prune with the default grace keeps a type list stored within the hour
+/// though no process names it any more, as it keeps envs: a writer of an
+/// older build on the same file may be naming it from its cache. Collected
+/// with no grace, it goes; declared again, it is stored again.
+#[tokio::test]
+async fn a_list_stored_within_the_grace_outlives_a_prune() {
+    use rusqlite::OptionalExtension;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let clock = ManualClock::new(T0);
+    let reg = open(&path, &clock);
+    let declaring = |id: &str| Registration {
+        event_types: vec![EventType::plain("only.here")],
+        ..external(id)
+    };
+    let key = reg
+        .register(declaring("once"), None)
+        .await
+        .expect("register")
+        .process
+        .event_types
+        .key()
+        .to_string();
+    reg.complete_external("once", Outcome::success(json!(1)), "host")
+        .await
+        .expect("complete");
+    let raw = Connection::open(&path).expect("raw");
+    let touched = |key: &str| -> Option<i64> {
+        raw.query_row("SELECT touched_at_ms FROM type_lists WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .optional()
+        .expect("touched")
+    };
+    assert_eq!(touched(&key), Some(T0 as i64), "stored at the writer's time");
+    clock.advance(10);
+    let report = reg
+        .prune(clock.now_ms(), StatusFilter::Any.into(), Watermark::NoProjector)
+        .await
+        .expect("prune");
+    assert_eq!(report.pruned, 1);
+    assert_eq!(touched(&key), Some(T0 as i64), "stored within the grace: kept");
+    assert_eq!(
+        reg.collect_unreferenced(std::time::Duration::ZERO)
+            .await
+            .expect("collect"),
+        cairn_core::registry::Collected { envs: 0, type_lists: 1 }
+    );
+    assert_eq!(touched(&key), None, "collected with no grace");
+    clock.advance(10);
+    reg.register(declaring("again"), None).await.expect("register again");
+    assert_eq!(touched(&key), Some(T0 as i64 + 20), "stored again, at its time");
 }
 
 /// Two registries on one file, each with its writer and its knowledge of

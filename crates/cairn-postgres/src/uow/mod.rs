@@ -35,6 +35,7 @@ mod write;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use cairn_core::clock::{Clock, SharedClock};
 use cairn_core::ops::{Answer, Op};
 use cairn_core::Result;
 
@@ -125,23 +126,59 @@ impl From<Fault> for BatchError {
 /// it there, whatever node collects.
 pub(crate) const TYPE_LIST_TRUST: Duration = Duration::from_secs(600);
 
+/// When a batch began sending its writes, on two clocks: this host's
+/// monotonic clock, and the registry's (the wall clock, or the one that
+/// follows the server's: ADR 0035). A list's trust is timed on both, and
+/// ends when either says [`TYPE_LIST_TRUST`] passed. On Linux an `Instant`
+/// stops while the host is suspended, while the server and other nodes'
+/// collections go on: the registry's clock counts that time. The registry's
+/// clock may be set either way, and the `Instant` never jumps, so a clock
+/// set back a little stretches nothing; one set back to before the store
+/// ends the trust, since the time since the store is then unknown.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SentAt {
+    pub instant: Instant,
+    pub clock_ms: u64,
+}
+
+impl SentAt {
+    /// Now, on both clocks.
+    pub(crate) fn now(clock: &dyn Clock) -> Self {
+        Self {
+            instant: Instant::now(),
+            clock_ms: clock.now_ms(),
+        }
+    }
+
+    /// Whether a list stored by a batch that began sending at `self` is
+    /// still trusted at `now`.
+    fn trusted_at(&self, now: SentAt) -> bool {
+        let trust_ms = TYPE_LIST_TRUST.as_millis() as u64;
+        now.instant.saturating_duration_since(self.instant) < TYPE_LIST_TRUST
+            && now.clock_ms >= self.clock_ms
+            && now.clock_ms - self.clock_ms < trust_ms
+    }
+}
+
 /// Where a batch writes beyond its rows: the notification channel, and the
 /// type lists known to be stored in the schema, each with when a batch that
 /// stored it began sending its writes (so each is stored once per
-/// [`TYPE_LIST_TRUST`], not at every write).
+/// [`TYPE_LIST_TRUST`], not at every write), timed on `clock`, the
+/// registry's.
 pub(crate) struct Target {
     pub channel: String,
-    pub stored_types: parking_lot::Mutex<HashMap<String, Instant>>,
+    pub stored_types: parking_lot::Mutex<HashMap<String, SentAt>>,
+    pub clock: SharedClock,
 }
 
 impl Target {
-    /// Whether a batch may name the list `key` without storing it: this node
-    /// stored it within [`TYPE_LIST_TRUST`].
-    pub(crate) fn trusts_type_list(&self, key: &str) -> bool {
+    /// Whether a batch may name the list `key` without storing it at `now`:
+    /// this node stored it within [`TYPE_LIST_TRUST`], by both clocks.
+    pub(crate) fn trusts_type_list(&self, key: &str, now: SentAt) -> bool {
         self.stored_types
             .lock()
             .get(key)
-            .is_some_and(|stored| stored.elapsed() < TYPE_LIST_TRUST)
+            .is_some_and(|stored| stored.trusted_at(now))
     }
 }
 

@@ -14,6 +14,7 @@ use crate::Fault;
 
 use super::columns::{EventColumns, ProcessColumns};
 use super::overlay::{Slot, Uow};
+use super::SentAt;
 use super::{BatchError, Target};
 
 const INSERT_PROCESSES: &str = "INSERT INTO processes (id, record, status, disposition, definition, originator, \
@@ -55,7 +56,7 @@ const UPDATE_PROCESSES: &str = "UPDATE processes p SET record = u.record, status
 /// another batch stored first keeps its content (same key, same content) and
 /// counts as stored now, by the server's clock, which a prune's collection
 /// reads (ADR 0034). The time is taken as the statement runs, after the
-/// batch's `Instant` was, so the trust never outlasts the touch it rests on.
+/// batch's [`SentAt`] was, so the trust never outlasts the touch it rests on.
 const INSERT_TYPE_LISTS: &str = "INSERT INTO type_lists (key, types, touched_at_ms) \
     SELECT u.key, u.types, (extract(epoch FROM clock_timestamp()) * 1000)::int8 \
     FROM unnest($1::text[], $2::text[]) AS u(key, types) \
@@ -107,12 +108,12 @@ pub(super) type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
 
 /// Write the batch and commit it; answers the ids of the wakes actually
 /// inserted, the type lists it stored and when it began sending its writes
-/// (the lists' trust runs from then: [`Target::trusts_type_list`]).
+/// (the lists' trust runs from then, on both clocks: [`Target::trusts_type_list`]).
 pub(super) async fn write_and_commit(
     conn: &Conn,
     uow: &Uow,
     target: &Target,
-) -> std::result::Result<(HashSet<String>, Vec<EventTypes>, std::time::Instant), BatchError> {
+) -> std::result::Result<(HashSet<String>, Vec<EventTypes>, SentAt), BatchError> {
     let client = &conn.client;
     let (s_insert, s_update, s_events, s_wakes, s_grants, s_notify, s_types) = futures::try_join!(
         conn.stmt(INSERT_PROCESSES),
@@ -129,6 +130,7 @@ pub(super) async fn write_and_commit(
     let mut upd = ProcessColumns::default();
     let mut ordinal: i64 = 0;
     let mut new_lists: BTreeMap<String, EventTypes> = BTreeMap::new();
+    let trust_now = SentAt::now(target.clock.as_ref());
     let mut dirty: Vec<(&String, &Slot)> = uow.slots.iter().filter(|(_, s)| s.dirty).collect();
     dirty.sort_by(|a, b| a.0.cmp(b.0));
     for (id, slot) in dirty {
@@ -142,7 +144,7 @@ pub(super) async fn write_and_commit(
         let columns = if slot.stored { &mut upd } else { &mut ins };
         columns.push(id, entry, ord)?;
         let list = &entry.record.event_types;
-        if !new_lists.contains_key(list.key()) && !target.trusts_type_list(list.key()) {
+        if !new_lists.contains_key(list.key()) && !target.trusts_type_list(list.key(), trust_now) {
             new_lists.insert(list.key().to_string(), list.clone());
         }
     }
@@ -223,7 +225,7 @@ pub(super) async fn write_and_commit(
     }
     // Taken before the first write goes out (a statement is sent when first
     // polled): the server's touch of each list stored comes after it.
-    let sent_at = std::time::Instant::now();
+    let sent_at = SentAt::now(target.clock.as_ref());
     // Send every write, then COMMIT behind them in the same pipeline: one
     // round trip. A write the client could not even send fails on the first
     // poll, before COMMIT is sent; a write the server refused aborts the
