@@ -135,20 +135,35 @@ impl CsrfKey {
 /// How long a login lasts unused.
 pub(crate) const LOGIN_IDLE: Duration = Duration::from_secs(24 * 3600);
 
-/// The most logins held at once; a new one past it ends the one used least
-/// recently.
-pub(crate) const LOGINS_HELD: usize = 4096;
+/// The most logins one viewer (the host, or one session) holds at once; a
+/// new one past it ends that viewer's login used least recently, never
+/// another viewer's: a session token's holder cannot log the host out.
+pub(crate) const LOGINS_PER_VIEWER: usize = 64;
+
+/// The most logins held at once, whoever they are: far above
+/// [`LOGINS_PER_VIEWER`] times the viewers a server configures (one per
+/// token), so it bounds memory only for an [`Access`] of unbounded viewers;
+/// a new one past it ends the one used least recently.
+pub(crate) const LOGINS_HELD: usize = 1 << 16;
 
 /// The logins of this server, in memory only: a restart ends every one, so a
 /// token changed at a restart keeps no browser logged in.
 pub(crate) struct Logins {
+    held: Mutex<Held>,
+}
+
+struct Held {
     /// By the SHA-256 of the login id (a lookup compares no secret).
-    held: Mutex<HashMap<[u8; 32], Login>>,
+    logins: HashMap<[u8; 32], Login>,
+    /// Counts every open and use: the login of the lowest `turn` is the one
+    /// used least recently, even among logins used within one clock tick.
+    turn: u64,
 }
 
 struct Login {
     viewer: Viewer,
     used: Instant,
+    turn: u64,
 }
 
 fn login_key(id: &str) -> [u8; 32] {
@@ -159,11 +174,14 @@ fn login_key(id: &str) -> [u8; 32] {
 impl Logins {
     pub fn new() -> Self {
         Self {
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(Held {
+                logins: HashMap::new(),
+                turn: 0,
+            }),
         }
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Login>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
         self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -172,15 +190,43 @@ impl Logins {
         let id = hex::encode(random_bytes());
         let now = Instant::now();
         let mut held = self.held();
-        held.retain(|_, l| now.duration_since(l.used) < LOGIN_IDLE);
-        if held.len() >= LOGINS_HELD {
-            // A scan of at most LOGINS_HELD entries, only when a login is made
-            // with the table full.
-            if let Some(oldest) = held.iter().min_by_key(|(_, l)| l.used).map(|(k, _)| *k) {
-                held.remove(&oldest);
+        held.turn += 1;
+        let turn = held.turn;
+        held.logins.retain(|_, l| now.duration_since(l.used) < LOGIN_IDLE);
+        // One scan of the logins held (at most LOGINS_HELD), as the lapse
+        // check above already makes.
+        let mut theirs = 0;
+        let mut their_oldest: Option<(u64, [u8; 32])> = None;
+        let mut oldest: Option<(u64, [u8; 32])> = None;
+        for (key, l) in &held.logins {
+            if oldest.is_none_or(|(t, _)| l.turn < t) {
+                oldest = Some((l.turn, *key));
+            }
+            if l.viewer == viewer {
+                theirs += 1;
+                if their_oldest.is_none_or(|(t, _)| l.turn < t) {
+                    their_oldest = Some((l.turn, *key));
+                }
             }
         }
-        held.insert(login_key(&id), Login { viewer, used: now });
+        let evicted = if theirs >= LOGINS_PER_VIEWER {
+            their_oldest
+        } else if held.logins.len() >= LOGINS_HELD {
+            oldest
+        } else {
+            None
+        };
+        if let Some((_, key)) = evicted {
+            held.logins.remove(&key);
+        }
+        held.logins.insert(
+            login_key(&id),
+            Login {
+                viewer,
+                used: now,
+                turn,
+            },
+        );
         id
     }
 
@@ -190,63 +236,26 @@ impl Logins {
         let key = login_key(id);
         let now = Instant::now();
         let mut held = self.held();
-        let login = held.get_mut(&key)?;
+        held.turn += 1;
+        let turn = held.turn;
+        let login = held.logins.get_mut(&key)?;
         if now.duration_since(login.used) >= LOGIN_IDLE {
-            held.remove(&key);
+            held.logins.remove(&key);
             return None;
         }
         login.used = now;
+        login.turn = turn;
         Some(login.viewer.clone())
     }
 
     /// End login `id` (logging out).
     pub fn close(&self, id: &str) {
-        self.held().remove(&login_key(id));
+        self.held().logins.remove(&login_key(id));
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.held().len()
-    }
-}
-
-/// Failed logins the server takes: a bucket of [`FAILURES_HELD`] that
-/// refills one each [`FAILURE_REFILL`], shared by every visitor (a guesser
-/// may come from anywhere, through DNS rebinding say). Once it is empty a
-/// login is refused before its token is looked at, so a guess learns
-/// nothing; a right token gets in again as soon as one failure has
-/// refilled, and a right token costs nothing.
-pub(crate) struct FailedLogins {
-    bucket: Mutex<(f64, Instant)>,
-}
-
-pub(crate) const FAILURES_HELD: u32 = 10;
-pub(crate) const FAILURE_REFILL: Duration = Duration::from_secs(1);
-
-impl FailedLogins {
-    pub fn new() -> Self {
-        Self {
-            bucket: Mutex::new((f64::from(FAILURES_HELD), Instant::now())),
-        }
-    }
-
-    /// Check a login: `Err(wait)` when it is refused unlooked-at (the time
-    /// until the next failure is taken); else `check`'s answer, a failure
-    /// taken from the bucket.
-    fn attempt<T>(&self, check: impl FnOnce() -> Option<T>) -> Result<Option<T>, Duration> {
-        let mut bucket = self.bucket.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
-        let refilled = now.duration_since(bucket.1).as_secs_f64() / FAILURE_REFILL.as_secs_f64();
-        bucket.0 = (bucket.0 + refilled).min(f64::from(FAILURES_HELD));
-        bucket.1 = now;
-        if bucket.0 < 1.0 {
-            return Err(FAILURE_REFILL.mul_f64(1.0 - bucket.0));
-        }
-        let found = check();
-        if found.is_none() {
-            bucket.0 -= 1.0;
-        }
-        Ok(found)
+        self.held().logins.len()
     }
 }
 
@@ -332,7 +341,7 @@ pub(crate) async fn gate(State(d): State<Arc<Inner>>, mut req: Request, next: Ne
             Presented::None => return to_login(&req),
             Presented::Many => {
                 let mut r = to_login(&req);
-                clear_planted(&req, &mut r);
+                clear_planted(req.headers(), &[req.uri().path()], &mut r);
                 return r;
             }
         }
@@ -364,29 +373,107 @@ pub(crate) async fn gate(State(d): State<Arc<Inner>>, mut req: Request, next: Ne
     next.run(req).await
 }
 
-/// Clear the login cookie at every path from `/ui` down to the request's,
-/// where a cookie this request carried may have been set (one planted by
-/// another service on this host included), so the next login is the only one
-/// the browser holds there. The login the cookies named stays until it
-/// lapses: which of them was this browser's own is not known.
-fn clear_planted(req: &Request, r: &mut Response) {
-    let path = req.uri().path();
-    let mut at = String::new();
-    for segment in path.trim_start_matches('/').split('/').take(8) {
-        // A path a `Set-Cookie` can carry as it is.
-        if !segment
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b))
-        {
-            break;
+/// The most path segments of a request the cookie is cleared along.
+const CLEARED_DEPTH: usize = 16;
+
+/// Clear the login cookie at every path a cookie this request carried may
+/// have been set at (one planted by another service on this host
+/// included), so the next login is the only one the browser holds there:
+/// `/`, and each prefix of `path` (the request's, as the browser sent it)
+/// with and without a slash after it (`/ui`, `/ui/`, `/ui/processes`,
+/// `/ui/processes/`, ...), since a cookie is the browser's by name, domain
+/// and path, and one at `/ui/` is sent with every page but is not the one
+/// at `/ui`. A byte a `Set-Cookie` path cannot carry is percent-encoded, as
+/// the browser sends it. On a host reached by name, each path is cleared
+/// also for the cookie set with `Domain=` the name and each name it ends
+/// in ([`cookie_domains`]): a browser keeps those apart from the one set
+/// without (a `Domain` a browser would not take is ignored by it). The
+/// login the cookies named stays until it lapses: which of them was this
+/// browser's own is not known.
+fn clear_planted(headers: &HeaderMap, paths: &[&str], r: &mut Response) {
+    let mut cleared: Vec<String> = Vec::new();
+    let domains = cookie_domains(headers);
+    for at in paths.iter().flat_map(|path| cookie_paths(path)) {
+        if cleared.contains(&at) {
+            continue;
         }
-        at.push('/');
-        at.push_str(segment);
-        if at == "/ui" || at.starts_with("/ui/") {
+        r.headers_mut()
+            .append(header::SET_COOKIE, login_cookie(headers, None, &at));
+        for domain in &domains {
             r.headers_mut()
-                .append(header::SET_COOKIE, login_cookie(req.headers(), None, &at));
+                .append(header::SET_COOKIE, cleared_at_domain(headers, &at, domain));
+        }
+        cleared.push(at);
+    }
+}
+
+/// The most labels of a host name the cookie is cleared at the domains of.
+const CLEARED_LABELS: usize = 8;
+
+/// The `Domain` attributes a cookie the browser sends this host may carry,
+/// besides none: the host's name (from `Host`) and each name it ends in
+/// (`cairn.example.com`, `example.com`, `com`); none for an IP address,
+/// whose cookies are the host's alone.
+fn cookie_domains(headers: &HeaderMap) -> Vec<String> {
+    let Some(host) = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
+        .map(|a| a.host().trim_end_matches('.').to_ascii_lowercase())
+    else {
+        return Vec::new();
+    };
+    if host.is_empty() || host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
+        return Vec::new();
+    }
+    let labels: Vec<&str> = host.split('.').collect();
+    let from = labels.len().saturating_sub(CLEARED_LABELS);
+    (from..labels.len())
+        .map(|i| labels[i..].join("."))
+        .filter(|d| !d.starts_with('.') && !d.is_empty())
+        .collect()
+}
+
+/// The login cookie cleared at `path` for `Domain=domain`.
+fn cleared_at_domain(headers: &HeaderMap, path: &str, domain: &str) -> HeaderValue {
+    let c = Cookie::build((cookie_name(headers), ""))
+        .path(path.to_string())
+        .domain(domain.to_string())
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(over_https(headers))
+        .max_age(cookie::time::Duration::ZERO);
+    HeaderValue::from_str(&c.build().encoded().to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The paths a cookie sent with a request for `path` can have been set at
+/// ([`clear_planted`]), shortest first: those a browser sends it to `path`
+/// from (`path` itself, each prefix that ends in `/`, and each that a `/`
+/// follows), down to [`CLEARED_DEPTH`] segments.
+fn cookie_paths(path: &str) -> Vec<String> {
+    let mut encoded = String::with_capacity(path.len());
+    for b in path.bytes() {
+        if b.is_ascii_graphic() && b != b';' {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
         }
     }
+    let mut paths: Vec<String> = Vec::new();
+    let mut add = |p: &str| {
+        if p.starts_with('/') && paths.last().is_none_or(|last| last != p) {
+            paths.push(p.to_string());
+        }
+    };
+    let slashes: Vec<usize> = encoded.match_indices('/').map(|(i, _)| i).collect();
+    for &i in slashes.iter().take(CLEARED_DEPTH) {
+        add(&encoded[..i]);
+        add(&encoded[..=i]);
+    }
+    if slashes.len() <= CLEARED_DEPTH {
+        add(&encoded);
+    }
+    paths
 }
 
 fn to_login(req: &Request) -> Response {
@@ -513,10 +600,10 @@ impl Fields for LoginForm {
     const FIELDS: &'static [&'static str] = &["token", "next"];
 }
 
-/// `POST /ui/login`: check the token (failures throttled, [`FailedLogins`]),
-/// then make a login and put its id in the cookie. A login posted from
-/// another site is refused (it would sign the browser in as
-/// whoever that site chose); browsers say where a request came from in
+/// `POST /ui/login`: check the token, then make a login (or keep the one
+/// this browser has as the same viewer) and put its id in the cookie. A
+/// login posted from another site is refused (it would sign the browser in
+/// as whoever that site chose); browsers say where a request came from in
 /// `Sec-Fetch-Site`.
 pub(crate) async fn login(
     State(d): Shared,
@@ -567,43 +654,56 @@ pub(crate) async fn login(
         )
             .into_response();
     }
+    // No throttle on failures: one shared by every visitor would let
+    // anyone keep everyone out, one per address would share 127.0.0.1 with
+    // whoever guesses from this host, and the API takes bearer guesses as
+    // fast anyway. A token's strength is its length and randomness.
     let token = form.token.trim();
-    let viewer = match d.failed_logins.attempt(|| d.access.resolve(token)) {
-        Ok(Some(viewer)) => viewer,
-        Ok(None) => {
-            return (
-                StatusCode::UNAUTHORIZED,
-                pages::login(
-                    Some("unknown token: the server has no host or session token like it"),
-                    safe_next(&form.next),
-                ),
-            )
-                .into_response();
-        }
-        Err(wait) => {
-            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-            let said = format!(
-                "too many failed logins: this server takes {FAILURES_HELD} failed logins per {} s \
-                 from anyone, and this one was not checked; try again in {secs} s",
-                FAILURE_REFILL.as_secs() * u64::from(FAILURES_HELD)
-            );
-            let mut r = (
-                StatusCode::TOO_MANY_REQUESTS,
-                pages::login(Some(&said), safe_next(&form.next)),
-            )
-                .into_response();
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            return r;
+    let Some(viewer) = d.access.resolve(token) else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            pages::login(
+                Some("unknown token: the server has no host or session token like it"),
+                safe_next(&form.next),
+            ),
+        )
+            .into_response();
+    };
+    let next = safe_next(&form.next).unwrap_or("/ui/processes");
+    let mut r = Redirect::to(next).into_response();
+    // A cookie that names no login of this server's (one planted at
+    // `/ui/`, say, sent here and with every page besides the one set
+    // below), or the name sent twice, is cleared first, along this path and
+    // the page's it goes on to, so that page gets the cookie set last,
+    // after them, alone.
+    let clear = |r: &mut Response| {
+        let page = next.split(['?', '#']).next().unwrap_or(next);
+        clear_planted(&headers, &["/ui/login", page], r);
+    };
+    let id = match cookie_login(&headers) {
+        Presented::One(old) => match d.logins.viewer(&old) {
+            // A login made again from the same browser as the same viewer
+            // keeps the one it had: the pages open in other tabs carry its
+            // CSRF token.
+            Some(had) if had == viewer => old,
+            // As another viewer, it replaces it.
+            Some(_) => {
+                d.logins.close(&old);
+                d.logins.open(viewer)
+            }
+            None => {
+                clear(&mut r);
+                d.logins.open(viewer)
+            }
+        },
+        Presented::None => d.logins.open(viewer),
+        Presented::Many => {
+            clear(&mut r);
+            d.logins.open(viewer)
         }
     };
-    // A login made again from the same browser replaces the one it had.
-    if let Presented::One(old) = cookie_login(&headers) {
-        d.logins.close(&old);
-    }
-    let id = d.logins.open(viewer);
-    let mut r = Redirect::to(safe_next(&form.next).unwrap_or("/ui/processes")).into_response();
     r.headers_mut()
-        .insert(header::SET_COOKIE, login_cookie(&headers, Some(&id), "/ui"));
+        .append(header::SET_COOKIE, login_cookie(&headers, Some(&id), "/ui"));
     r
 }
 
@@ -664,14 +764,89 @@ mod tests {
         assert_eq!(logins.viewer(&a), None);
 
         let first = logins.open(Viewer::Host);
-        tokio::time::advance(Duration::from_millis(1)).await;
-        let rest: Vec<String> = (1..LOGINS_HELD).map(|_| logins.open(Viewer::Host)).collect();
-        tokio::time::advance(Duration::from_millis(1)).await;
+        let rest: Vec<String> = (1..LOGINS_PER_VIEWER).map(|_| logins.open(Viewer::Host)).collect();
         assert!(logins.viewer(&first).is_some(), "the first is now the latest used");
         logins.open(Viewer::Host);
-        assert_eq!(logins.len(), LOGINS_HELD);
+        assert_eq!(logins.len(), LOGINS_PER_VIEWER);
         assert!(logins.viewer(&first).is_some());
-        assert_eq!(rest.iter().filter(|id| logins.viewer(id).is_none()).count(), 1);
+        assert_eq!(logins.viewer(&rest[0]), None, "the least used went");
+        assert!(rest[1..].iter().all(|id| logins.viewer(id).is_some()));
+    }
+
+    /// Each viewer holds its own logins: however many a session token
+    /// makes, it ends only its own least used one, never the host's.
+    #[test]
+    fn a_viewers_logins_end_only_its_own() {
+        let logins = Logins::new();
+        let host = logins.open(Viewer::Host);
+        let s1 = Viewer::Session("s1".into());
+        let session: Vec<String> = (0..LOGINS_PER_VIEWER).map(|_| logins.open(s1.clone())).collect();
+        assert!(session.iter().all(|id| logins.viewer(id).is_some()));
+        // The 65th ends the session's oldest, not the host's (the oldest of all).
+        logins.open(s1.clone());
+        assert_eq!(logins.viewer(&session[0]), None);
+        assert!(session[1..].iter().all(|id| logins.viewer(id).is_some()));
+        // More than any cap of all logins held together would take.
+        for _ in 0..5000 {
+            logins.open(s1.clone());
+        }
+        assert_eq!(logins.viewer(&host), Some(Viewer::Host));
+        assert_eq!(logins.len(), LOGINS_PER_VIEWER + 1);
+    }
+
+    #[test]
+    fn the_cookie_is_cleared_at_every_domain_a_host_name_ends_in() {
+        let domains = |host: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(host) = host {
+                h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+            }
+            cookie_domains(&h)
+        };
+        assert_eq!(
+            domains(Some("Cairn.Example.com:7070")),
+            ["cairn.example.com", "example.com", "com"]
+        );
+        assert_eq!(domains(Some("localhost")), ["localhost"]);
+        for host in [None, Some("127.0.0.1:7070"), Some("[::1]:7070"), Some("10.0.0.1")] {
+            assert!(domains(host).is_empty(), "{host:?}");
+        }
+        assert_eq!(domains(Some(&format!("{}x", "a.".repeat(20)))).len(), CLEARED_LABELS);
+    }
+
+    #[test]
+    fn the_cookie_is_cleared_at_every_path_the_browser_sends_it_from() {
+        assert_eq!(
+            cookie_paths("/ui/processes/rw-1"),
+            [
+                "/",
+                "/ui",
+                "/ui/",
+                "/ui/processes",
+                "/ui/processes/",
+                "/ui/processes/rw-1"
+            ]
+        );
+        assert_eq!(cookie_paths("/ui/login"), ["/", "/ui", "/ui/", "/ui/login"]);
+        assert_eq!(cookie_paths("/ui/"), ["/", "/ui", "/ui/"]);
+        // Characters a `Set-Cookie` path carries as they are; those it
+        // cannot, percent-encoded.
+        assert_eq!(
+            cookie_paths("/ui/processes/poll@2026-01-01T00:00:00Z:x=y,z/record"),
+            [
+                "/",
+                "/ui",
+                "/ui/",
+                "/ui/processes",
+                "/ui/processes/",
+                "/ui/processes/poll@2026-01-01T00:00:00Z:x=y,z",
+                "/ui/processes/poll@2026-01-01T00:00:00Z:x=y,z/",
+                "/ui/processes/poll@2026-01-01T00:00:00Z:x=y,z/record",
+            ]
+        );
+        assert_eq!(cookie_paths("/ui/a;b%20c"), ["/", "/ui", "/ui/", "/ui/a%3Bb%20c"]);
+        let deep = format!("/ui{}", "/x".repeat(40));
+        assert_eq!(cookie_paths(&deep).len(), 2 * CLEARED_DEPTH - 1);
     }
 
     #[test]

@@ -67,7 +67,6 @@ pub(crate) struct Inner {
     pub access: Arc<dyn Access>,
     pub csrf: auth::CsrfKey,
     pub logins: auth::Logins,
-    pub failed_logins: auth::FailedLogins,
     pub feed: live::Feed,
     pub shutdown: CancellationToken,
 }
@@ -94,7 +93,6 @@ impl Dashboard {
                 access,
                 csrf: auth::CsrfKey::random(),
                 logins: auth::Logins::new(),
-                failed_logins: auth::FailedLogins::new(),
                 feed,
                 shutdown,
             }),
@@ -146,9 +144,25 @@ impl Dashboard {
         }
         gated
             .merge(open)
+            // Set here, inside the headers' layer: a server's own fallback
+            // set on the router this one is merged into would replace
+            // axum's default one, which `layer` wraps, and answer without
+            // them.
+            .method_not_allowed_fallback(wrong_method)
             .layer(axum::middleware::map_response(page_headers))
             .with_state(self.inner.clone())
     }
+}
+
+/// A dashboard path asked with a method it does not take (axum adds the
+/// `Allow` header).
+async fn wrong_method() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        pages::error_fragment("method_not_allowed", "this page does not take that method"),
+    )
+        .into_response()
 }
 
 /// `to` with the query `uri` carries, if any.

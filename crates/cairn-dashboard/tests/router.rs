@@ -4004,36 +4004,229 @@ async fn the_signal_form_asks_before_sending() {
     assert!(tag.contains(r#"data-process="ext-1""#), "{tag}");
 }
 
-/// Failed logins are taken at ten per ten seconds from everyone: past that,
-/// a login is refused unchecked (429, saying when to try again), so a
-/// guesser learns nothing; once one failure has refilled a right token gets
-/// in, and right tokens never count.
-#[tokio::test(start_paused = true)]
-async fn failed_logins_past_the_rate_are_refused_and_a_right_one_gets_in_later() {
+/// The `Set-Cookie` headers of an answer, in order.
+fn set_cookies(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
+/// Whether `set` clears the login cookie at exactly `path`.
+fn clears_at(set: &[String], path: &str) -> bool {
+    set.iter().any(|c| {
+        c.starts_with("cairn_ui=;")
+            && c.contains("Max-Age=0")
+            && c.split("; ").any(|attr| attr == format!("Path={path}"))
+    })
+}
+
+/// A cookie planted at `/ui/` (sent with every page, the login's too, but
+/// not the one at `/ui`) is cleared by the page it reaches, with every
+/// other path the browser sends it from, whatever a segment holds; a login
+/// posted with it clears it before it sets its own, so the page it goes to
+/// gets the new login alone, and logs in many times, wrong tokens between,
+/// are each answered at once (no throttle to lock anyone out).
+#[tokio::test]
+async fn a_cookie_planted_at_a_path_with_a_slash_after_it_is_cleared() {
     let clock = Arc::new(ManualClock::new(T0));
     let p = runtime(&clock);
     let app = app(&p, false);
-    let login = |token: &str| {
+    let mine = login_as(&app, "host").await;
+    let planted = "cairn_ui=x";
+    for path in [
+        "/ui/processes",
+        "/ui/processes/poll@2026-01-01T00:00:00Z",
+        "/ui/sessions",
+    ] {
+        let (status, _, headers) = get(&app, path, Some(&format!("{planted}; {mine}"))).await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{path}");
+        let set = set_cookies(&headers);
+        for at in ["/", "/ui", "/ui/", path] {
+            assert!(clears_at(&set, at), "{path}: {at} in {set:?}");
+        }
+    }
+    let (_, _, headers) = get(
+        &app,
+        "/ui/processes/poll@2026-01-01T00:00:00Z/record",
+        Some(&format!("{planted}; {mine}")),
+    )
+    .await;
+    let set = set_cookies(&headers);
+    for at in [
+        "/ui/processes/",
+        "/ui/processes/poll@2026-01-01T00:00:00Z",
+        "/ui/processes/poll@2026-01-01T00:00:00Z/",
+        "/ui/processes/poll@2026-01-01T00:00:00Z/record",
+    ] {
+        assert!(clears_at(&set, at), "{at} in {set:?}");
+    }
+
+    // On a host reached by name, the cookie set with `Domain=` (a cookie of
+    // its own to the browser) is cleared too, at each name the host ends in.
+    let named = Request::get("/ui/processes")
+        .header(header::HOST, "cairn.example.com:7070")
+        .header(header::COOKIE, "cairn_ui_7070=x; cairn_ui_7070=y")
+        .body(Body::empty())
+        .unwrap();
+    let (_, _, headers) = send(&app, named).await;
+    let set = set_cookies(&headers);
+    for domain in ["cairn.example.com", "example.com"] {
+        assert!(
+            set.iter().any(|c| c.starts_with("cairn_ui_7070=;")
+                && c.contains("Max-Age=0")
+                && c.contains(&format!("Domain={domain}"))
+                && c.split("; ").any(|attr| attr == "Path=/ui/")),
+            "{domain} in {set:?}"
+        );
+    }
+    assert!(
+        set.iter().any(|c| c.starts_with("cairn_ui_7070=;")
+            && !c.contains("Domain=")
+            && c.split("; ").any(|attr| attr == "Path=/ui/")),
+        "{set:?}"
+    );
+
+    // A login posted with one cookie that names no login (planted at
+    // `/ui/`, where the login is sent it): it is cleared before the new
+    // login is set, which the next page would be sent with it.
+    let login = Request::post("/ui/login")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::COOKIE, planted)
+        .body(Body::from("token=host"))
+        .unwrap();
+    let (status, _, headers) = send(&app, login).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let set = set_cookies(&headers);
+    for at in ["/", "/ui/", "/ui/login", "/ui/processes"] {
+        assert!(clears_at(&set, at), "{at} in {set:?}");
+    }
+    assert!(!set.last().unwrap().contains("Max-Age=0"), "{set:?}");
+
+    // The login, posted with both: the planted one cleared first, then
+    // the new login set at `/ui`, last.
+    for _ in 0..30 {
+        let wrong = Request::post("/ui/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from("token=guess"))
+            .unwrap();
+        assert_eq!(send(&app, wrong).await.0, StatusCode::UNAUTHORIZED);
+    }
+    let login = Request::post("/ui/login")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::COOKIE, format!("{planted}; {mine}"))
+        .body(Body::from("token=host&next=%2Fui%2Fprocesses%2Fa%40b"))
+        .unwrap();
+    let (status, html, headers) = send(&app, login).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
+    let set = set_cookies(&headers);
+    for at in ["/", "/ui/", "/ui/login", "/ui/processes/", "/ui/processes/a@b"] {
+        assert!(clears_at(&set, at), "{at} in {set:?}");
+    }
+    let last = set.last().unwrap();
+    assert!(
+        last.split("; ").any(|attr| attr == "Path=/ui") && !last.contains("Max-Age=0"),
+        "{set:?}"
+    );
+    let fresh = last.split(';').next().unwrap();
+    assert_ne!(fresh, mine);
+    assert_eq!(get(&app, "/ui/processes", Some(fresh)).await.0, StatusCode::OK);
+}
+
+/// Logins are held per viewer: a session token logging in again and again
+/// ends only its own oldest logins, never the host's.
+#[tokio::test]
+async fn a_session_logging_in_again_and_again_leaves_the_host_logged_in() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let app = app(&p, false);
+    let host = login_as(&app, "host").await;
+    let first = login_as(&app, "s1-token").await;
+    let mut last = String::new();
+    for _ in 0..100 {
+        last = login_as(&app, "s1-token").await;
+    }
+    assert_eq!(get(&app, "/ui/processes", Some(&host)).await.0, StatusCode::OK);
+    assert_eq!(get(&app, "/ui/processes", Some(&last)).await.0, StatusCode::OK);
+    assert_eq!(
+        get(&app, "/ui/processes", Some(&first)).await.0,
+        StatusCode::SEE_OTHER,
+        "the session's own oldest login went"
+    );
+}
+
+/// Logging in again from a browser already logged in as the same viewer
+/// (another tab) keeps its login, so pages open elsewhere keep working; as
+/// another viewer, the login is replaced and the old one ends.
+#[tokio::test]
+async fn a_second_login_as_the_same_viewer_keeps_open_pages_working() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    external(&p, "ext-1").await;
+    let app = app(&p, false);
+    let cookie = login_as(&app, "host").await;
+    let (_, page, _) = get(&app, "/ui/processes/ext-1", Some(&cookie)).await;
+    let csrf = csrf_of(&page);
+    let again = |cookie: &str, token: &str| {
         Request::post("/ui/login")
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::COOKIE, cookie)
             .body(Body::from(format!("token={token}")))
             .unwrap()
     };
-    for i in 0..10 {
-        // A right token in between costs nothing.
-        assert_eq!(send(&app, login("host")).await.0, StatusCode::SEE_OTHER);
-        let (status, html, _) = send(&app, login(&format!("guess-{i}"))).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "guess {i}: {html}");
-    }
-    let (status, html, headers) = send(&app, login("guess-10")).await;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{html}");
-    assert!(html.contains("too many failed logins"), "{html}");
-    assert!(headers.get(header::SET_COOKIE).is_none());
-    assert_eq!(headers[header::RETRY_AFTER], "1");
-    // Refused unchecked: the right token too, while the bucket is empty.
-    assert_eq!(send(&app, login("host")).await.0, StatusCode::TOO_MANY_REQUESTS);
-    tokio::time::advance(std::time::Duration::from_secs(1)).await;
-    let (status, _, headers) = send(&app, login("host")).await;
+    let (status, _, headers) = send(&app, again(&cookie, "host")).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
-    assert!(headers.get(header::SET_COOKIE).is_some());
+    let set = set_cookies(&headers);
+    assert_eq!(set.len(), 1, "{set:?}");
+    assert_eq!(set[0].split(';').next().unwrap(), cookie, "the same login");
+    let cancel = Request::post("/ui/processes/ext-1/cancel")
+        .header(header::COOKIE, cookie.as_str())
+        .header("x-cairn-csrf", csrf.as_str())
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from("reason=r"))
+        .unwrap();
+    let (status, html, _) = send(&app, cancel).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+
+    let (_, _, headers) = send(&app, again(&cookie, "s1-token")).await;
+    let set = set_cookies(&headers);
+    let session = set.last().unwrap().split(';').next().unwrap().to_string();
+    assert_ne!(session, cookie);
+    assert_eq!(get(&app, "/ui/processes", Some(&cookie)).await.0, StatusCode::SEE_OTHER);
+    let (status, html, _) = get(&app, "/ui/processes", Some(&session)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("session:s1"), "{html}");
+}
+
+/// A method a dashboard path does not take is answered by the dashboard,
+/// with its headers, also merged into a router with a 405 fallback of its
+/// own (as the server's is).
+#[tokio::test]
+async fn a_wrong_method_is_answered_with_the_security_headers() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let outer: Router = Router::new()
+        .merge(app(&p, false))
+        .method_not_allowed_fallback(|| async { (StatusCode::METHOD_NOT_ALLOWED, "outer") });
+    for (method, path) in [
+        ("PUT", "/ui/login"),
+        ("PUT", "/ui/processes/rw-1"),
+        ("DELETE", "/ui/processes"),
+    ] {
+        let req = Request::builder().method(method).uri(path).body(Body::empty()).unwrap();
+        let (status, body, headers) = send(&outer, req).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert!(body.contains("method_not_allowed"), "{method} {path}: {body}");
+        for h in [
+            header::CONTENT_SECURITY_POLICY.as_str(),
+            "cross-origin-opener-policy",
+            "x-content-type-options",
+            "x-frame-options",
+            "cache-control",
+        ] {
+            assert!(headers.contains_key(h), "{method} {path}: {h} in {headers:?}");
+        }
+        assert!(headers.contains_key(header::ALLOW), "{method} {path}: {headers:?}");
+    }
 }

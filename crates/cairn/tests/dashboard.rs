@@ -973,6 +973,129 @@ async fn a_link_from_another_site_lands_on_its_event() {
     .await;
 }
 
+/// A login cookie another service on the host planted at `/ui/` (sent
+/// with every dashboard page, the login's too, yet not the one at `/ui`)
+/// or at `/` logs the browser out once, not for good: the page clears it,
+/// and so does a login posted with it, so the page after the login sees the
+/// new login alone. Logging in again as the same viewer (another tab)
+/// keeps the login, so an open page's CSRF token still works.
+#[tokio::test]
+#[cfg_attr(
+    cairn_no_browser,
+    ignore = "chromedriver not installed (apt-get install chromium chromium-driver)"
+)]
+async fn a_planted_login_cookie_logs_out_once_not_for_good() {
+    let owned = Server::start(&["--token", "host-secret"]).await;
+    let server = &owned;
+    let host = server.with_token("host-secret");
+    let (status, body) = host
+        .post(
+            "/v1/processes",
+            json!({"id": "mine", "input": {"type": "tool_call", "tool": "sleep", "args": {"ms": 60000}},
+                   "disposition": "rerunnable"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let port = server.base.rsplit(':').next().unwrap().to_string();
+    let name = format!("cairn_ui_{port}");
+    with_browser(|c| async move {
+        let plant = |path: &'static str| {
+            let c = c.clone();
+            let name = name.clone();
+            async move {
+                // As another service on this host would set it (a script
+                // of a page of this origin sets it for the host alike).
+                c.execute(
+                    "document.cookie = arguments[0];",
+                    vec![json!(format!("{name}=x; Path={path}; Max-Age=34560000"))],
+                )
+                .await
+                .unwrap();
+            }
+        };
+        let held = || {
+            let c = c.clone();
+            let name = name.clone();
+            async move {
+                let all = c.get_all_cookies().await.unwrap();
+                all.into_iter()
+                    .filter(|k| k.name() == name)
+                    .map(|k| format!("{}={} at {:?}", k.name(), k.value(), k.path()))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let log_in = || {
+            let c = c.clone();
+            async move {
+                let token = wait_for(&c, Locator::Css("main.login input[name=token]")).await;
+                token.send_keys("host-secret").await.unwrap();
+                click(&c, "main.login button").await;
+                wait_for(&c, Locator::Css(&row("mine"))).await;
+                assert_eq!(c.current_url().await.unwrap().path(), "/ui/processes");
+            }
+        };
+        c.goto(&server.url("/ui/processes")).await.unwrap();
+        log_in().await;
+        assert_eq!(held().await.len(), 1);
+
+        // Planted at `/ui/`: the next page asks for a login once, and the
+        // login holds.
+        plant("/ui/").await;
+        assert_eq!(held().await.len(), 2);
+        c.goto(&server.url("/ui/processes")).await.unwrap();
+        wait_for(&c, Locator::Css("main.login input[name=token]")).await;
+        log_in().await;
+        let now = held().await;
+        assert_eq!(now.len(), 1, "{now:?}");
+        c.goto(&server.url("/ui/sessions")).await.unwrap();
+        assert_eq!(c.current_url().await.unwrap().path(), "/ui/sessions");
+
+        // Planted at `/ui/` and at `/ui` (in place of the login), and at
+        // `/`: a login posted with them clears them before setting its own.
+        for at in ["/ui/", "/ui", "/"] {
+            plant(at).await;
+        }
+        c.goto(&server.url("/ui/login")).await.unwrap();
+        log_in().await;
+        let now = held().await;
+        assert_eq!(now.len(), 1, "{now:?}");
+        c.goto(&server.url("/ui/processes/mine")).await.unwrap();
+        wait_for(&c, Locator::Css("#signal-form")).await;
+        assert_eq!(c.current_url().await.unwrap().path(), "/ui/processes/mine");
+
+        // A second login (another tab's) as the same viewer: this page's
+        // CSRF token still works.
+        let csrf = in_page(&c, "return document.querySelector('meta[name=cairn-csrf]').content;").await;
+        let again = c
+            .execute_async(
+                r#"const done = arguments[0];
+                   fetch('/ui/login', {method: 'POST',
+                         headers: {'content-type': 'application/x-www-form-urlencoded'},
+                         body: 'token=host-secret'})
+                     .then(r => done(r.status));"#,
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(again, json!(200), "the login, its redirect followed");
+        let accepted = c
+            .execute_async(
+                r#"const done = arguments[1];
+                   fetch('/ui/processes/mine/cancel', {method: 'POST',
+                         headers: {'content-type': 'application/x-www-form-urlencoded', 'x-cairn-csrf': arguments[0]},
+                         body: 'reason=kept'})
+                     .then(r => r.text().then(t => done([r.status, t])));"#,
+                vec![csrf],
+            )
+            .await
+            .unwrap();
+        assert_eq!(accepted[0], json!(200), "{accepted}");
+    })
+    .await;
+    let (_, mine) = host.get("/v1/processes/mine").await;
+    assert!(mine["cancel_request"].is_object(), "{mine}");
+}
+
 #[tokio::test]
 #[cfg_attr(
     cairn_no_browser,
