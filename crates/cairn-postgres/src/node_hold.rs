@@ -244,7 +244,9 @@ mod tests {
     use cairn_core::SystemClock;
 
     use super::*;
-    use crate::testing::{enabled, fresh, node_holder, retaken, terminate, test_client, NodeRival, TestSchema};
+    use crate::testing::{
+        captured_logs, enabled, fresh, node_holder, retaken, terminate, test_client, NodeRival, TestSchema,
+    };
 
     #[tokio::test]
     #[cfg_attr(
@@ -481,37 +483,6 @@ mod tests {
         );
     }
 
-    /// Every line this test binary logs, for a test that reads what an
-    /// operator would be told. One subscriber for every thread: a callsite's
-    /// interest is shared by all of them, and subscribers set per thread by
-    /// tests running at once can leave a line unseen.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("log buffer").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn logs() -> &'static Captured {
-        static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
-        LOGS.get_or_init(|| {
-            let logs = Captured::default();
-            let writer = logs.clone();
-            tracing_subscriber::fmt()
-                .with_writer(move || writer.clone())
-                .with_ansi(false)
-                .init();
-            logs
-        })
-    }
-
     #[tokio::test]
     #[cfg_attr(
         cairn_no_postgres,
@@ -521,7 +492,12 @@ mod tests {
         if !enabled() {
             return;
         }
-        let logs = logs();
+        let logs = captured_logs(|writer| {
+            tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .init();
+        });
         let (registry, _schema) = fresh(Arc::new(SystemClock)).await;
         let _held = registry
             .hold_node("box-told", Duration::ZERO)
@@ -531,7 +507,7 @@ mod tests {
             .hold_node("box-told", Duration::from_millis(900))
             .await
             .expect_err("a second hold of the same id");
-        let said = String::from_utf8_lossy(&logs.0.lock().expect("log buffer")).into_owned();
+        let said = logs.text();
         assert!(
             said.lines().any(|l| l.contains("WARN")
                 && l.contains("node=\"box-told\"")

@@ -287,6 +287,53 @@ pub async fn test_client(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// The server's clock, in epoch milliseconds.
+pub async fn server_now_ms(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8", &[])
+        .await
+        .expect("the server's time")
+        .get(0)
+}
+
+/// Every line a test binary logs, for a test that reads what an operator
+/// would be told (see [`captured_logs`]).
+#[derive(Clone, Default)]
+pub struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// What was logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The capture of every line this test binary logs, made on the first call
+/// by `install`, which sets the global subscriber writing to the capture it
+/// is given (the subscriber is the test's own: this crate does not depend
+/// on one). One subscriber for every thread: a callsite's interest is
+/// shared by all of them, and subscribers set per thread by tests running
+/// at once can leave a line unseen.
+pub fn captured_logs(install: impl FnOnce(Captured)) -> &'static Captured {
+    static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Captured::default();
+        install(logs.clone());
+        logs
+    })
+}
+
 /// The server process whose session holds node id `node` over `schema`
 /// ([`PostgresRegistry::hold_node`]), if any.
 pub async fn node_holder(client: &tokio_postgres::Client, schema: &str, node: &str) -> Option<i32> {

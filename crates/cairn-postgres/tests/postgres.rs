@@ -1868,14 +1868,6 @@ fn every_postgres_test_is_ignored_when_the_server_is_not_configured() {
     assert!(unmarked.is_empty(), "not ignored without a server: {unmarked:#?}");
 }
 
-/// The server's clock, in epoch ms.
-async fn server_now_ms(c: &tokio_postgres::Client) -> i64 {
-    c.query_one("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8", &[])
-        .await
-        .expect("server time")
-        .get(0)
-}
-
 /// When the type list `key` was last stored, by the server's clock; `None`
 /// when it is not stored.
 async fn list_touched(c: &tokio_postgres::Client, schema: &TestSchema, key: &str) -> Option<i64> {
@@ -1891,11 +1883,103 @@ async fn list_touched(c: &tokio_postgres::Client, schema: &TestSchema, key: &str
     .map(|r| r.get(0))
 }
 
+/// Mark the type list `key` as last stored at `at` (epoch ms).
+async fn backdate_list(c: &tokio_postgres::Client, schema: &TestSchema, key: &str, at: i64) {
+    c.execute(
+        &format!(
+            "UPDATE \"{}\".type_lists SET touched_at_ms = $1 WHERE key = $2",
+            schema.name
+        ),
+        &[&at, &key],
+    )
+    .await
+    .expect("backdate");
+}
+
 /// A registration declaring one type of its own (a list no other test names).
 fn declaring(id: &str, name: &str) -> cairn_core::Registration {
     let mut reg = external(id);
     reg.event_types.push(cairn_core::EventType::plain(name));
     reg
+}
+
+/// Register `registration` and answer the key of its type list.
+async fn register_list(reg: &PostgresRegistry, registration: cairn_core::Registration) -> String {
+    reg.register(registration, None)
+        .await
+        .expect("register")
+        .process
+        .event_types
+        .key()
+        .to_string()
+}
+
+/// Register `registration` and check that it stored the type list `key`
+/// again, by the server's clock, while it registered.
+async fn assert_stores_again(
+    reg: &PostgresRegistry,
+    c: &tokio_postgres::Client,
+    schema: &TestSchema,
+    key: &str,
+    registration: cairn_core::Registration,
+    why: &str,
+) {
+    let before = testing::server_now_ms(c).await;
+    reg.register(registration, None).await.expect("register");
+    let touched = list_touched(c, schema, key).await.expect("stored");
+    assert!(touched >= before, "{why}: stored again ({touched} < {before})");
+}
+
+/// Register `registration`, checking that it named the type list `key`
+/// without storing it again: the list is still as last stored at `at`.
+async fn assert_named_on_trust(
+    reg: &PostgresRegistry,
+    c: &tokio_postgres::Client,
+    schema: &TestSchema,
+    key: &str,
+    registration: cairn_core::Registration,
+    at: i64,
+    why: &str,
+) {
+    reg.register(registration, None).await.expect("register");
+    assert_eq!(list_touched(c, schema, key).await, Some(at), "{why}");
+}
+
+/// Read each of `ids` back, its type list fetched from the server, and check
+/// that it declares `name`.
+async fn assert_read_back(reg: &PostgresRegistry, ids: &[&str], name: &str) {
+    testing::forget_type_lists();
+    for id in ids {
+        let r = reg.get(id).await.expect("reads back");
+        assert!(r.event_types.find(name).is_some(), "{id}");
+    }
+}
+
+/// Put an env spec working in `cwd` and answer its reference.
+async fn put_env(reg: &PostgresRegistry, cwd: &str) -> String {
+    reg.put_env(&cairn_core::EnvSpec {
+        plugin_options: json!({ "cwd": cwd }),
+        policy: json!({}),
+    })
+    .await
+    .expect("put")
+}
+
+/// Complete the external process `id` and prune everything ended, which
+/// removes it alone.
+async fn complete_and_prune(reg: &PostgresRegistry, id: &str) {
+    reg.complete_external(id, cairn_core::Outcome::success(json!(1)), "host")
+        .await
+        .expect("complete");
+    let report = reg
+        .prune(
+            cairn_core::Clock::now_ms(&SystemClock) + 1,
+            cairn_core::StatusFilter::Any.into(),
+            cairn_core::Watermark::NoProjector,
+        )
+        .await
+        .expect("prune");
+    assert_eq!(report.pruned, 1);
 }
 
 /// A lane names a type list it stored without storing it again for 10
@@ -1914,52 +1998,19 @@ async fn a_lane_stores_a_list_again_once_it_stops_trusting_it() {
     }
     let (reg, schema) = testing::fresh(clock()).await;
     let c = client(&schema.url).await;
-    let key = reg
-        .register(declaring("first", "trust.me"), None)
-        .await
-        .expect("register")
-        .process
-        .event_types
-        .key()
-        .to_string();
+    let key = register_list(&reg, declaring("first", "trust.me")).await;
     assert!(list_touched(&c, &schema, &key).await.is_some(), "stored");
-    let backdate = |at: i64| {
-        let (c, name, key) = (&c, &schema.name, &key);
-        async move {
-            c.execute(
-                &format!("UPDATE \"{name}\".type_lists SET touched_at_ms = $1 WHERE key = $2"),
-                &[&at, key],
-            )
-            .await
-            .expect("backdate");
-        }
-    };
-    backdate(1).await;
-    reg.register(declaring("trusted", "trust.me"), None)
-        .await
-        .expect("register");
-    assert_eq!(
-        list_touched(&c, &schema, &key).await,
-        Some(1),
-        "stored minutes ago: named without storing it again"
-    );
+    backdate_list(&c, &schema, &key, 1).await;
+    let trusted = declaring("trusted", "trust.me");
+    let why = "stored minutes ago: named without storing it again";
+    assert_named_on_trust(&reg, &c, &schema, &key, trusted, 1, why).await;
     reg.age_type_lists_for_test(Duration::from_secs(601));
-    let before = server_now_ms(&c).await;
-    reg.register(declaring("past", "trust.me"), None)
-        .await
-        .expect("register");
-    let touched = list_touched(&c, &schema, &key).await.expect("stored");
-    assert!(touched >= before, "stored again past the trust: {touched} < {before}");
-    backdate(2).await;
-    reg.register(declaring("anew", "trust.me"), None)
-        .await
-        .expect("register");
-    assert_eq!(list_touched(&c, &schema, &key).await, Some(2), "trusted anew");
-    testing::forget_type_lists();
-    for id in ["first", "trusted", "past", "anew"] {
-        let r = reg.get(id).await.expect("reads back");
-        assert!(r.event_types.find("trust.me").is_some(), "{id}");
-    }
+    let past = declaring("past", "trust.me");
+    assert_stores_again(&reg, &c, &schema, &key, past, "past the trust").await;
+    backdate_list(&c, &schema, &key, 2).await;
+    let anew = declaring("anew", "trust.me");
+    assert_named_on_trust(&reg, &c, &schema, &key, anew, 2, "trusted anew").await;
+    assert_read_back(&reg, &["first", "trusted", "past", "anew"], "trust.me").await;
 }
 
 /// A lane's trust in a list it stored is timed on the registry's clock as
@@ -1986,61 +2037,20 @@ async fn a_lane_stops_trusting_a_list_when_the_registry_clock_moves_past_the_tru
         .clock_refresh_for_test(Duration::from_secs(3600));
     let reg = PostgresRegistry::connect_with(options).await.expect("connect");
     let c = client(&schema.url).await;
-    let key = reg
-        .register(declaring("first", "suspend.me"), None)
-        .await
-        .expect("register")
-        .process
-        .event_types
-        .key()
-        .to_string();
-    let backdate = |at: i64| {
-        let (c, name, key) = (&c, &schema.name, &key);
-        async move {
-            c.execute(
-                &format!("UPDATE \"{name}\".type_lists SET touched_at_ms = $1 WHERE key = $2"),
-                &[&at, key],
-            )
-            .await
-            .expect("backdate");
-        }
-    };
-    backdate(1).await;
+    let key = register_list(&reg, declaring("first", "suspend.me")).await;
+    backdate_list(&c, &schema, &key, 1).await;
     base.advance(60_000);
-    reg.register(declaring("trusted", "suspend.me"), None)
-        .await
-        .expect("register");
-    assert_eq!(
-        list_touched(&c, &schema, &key).await,
-        Some(1),
-        "a minute by the registry's clock: named on trust"
-    );
+    let trusted = declaring("trusted", "suspend.me");
+    let why = "a minute by the registry's clock: named on trust";
+    assert_named_on_trust(&reg, &c, &schema, &key, trusted, 1, why).await;
     base.advance(10 * 60_000);
-    let before = server_now_ms(&c).await;
-    reg.register(declaring("woken", "suspend.me"), None)
-        .await
-        .expect("register");
-    let touched = list_touched(&c, &schema, &key).await.expect("stored");
-    assert!(
-        touched >= before,
-        "11 minutes by the registry's clock: stored again ({touched} < {before})"
-    );
-    backdate(2).await;
+    let woken = declaring("woken", "suspend.me");
+    assert_stores_again(&reg, &c, &schema, &key, woken, "11 minutes by the registry's clock").await;
+    backdate_list(&c, &schema, &key, 2).await;
     base.set(cairn_core::Clock::now_ms(&base) - 5 * 60_000);
-    let before = server_now_ms(&c).await;
-    reg.register(declaring("set_back", "suspend.me"), None)
-        .await
-        .expect("register");
-    let touched = list_touched(&c, &schema, &key).await.expect("stored");
-    assert!(
-        touched >= before,
-        "the registry's clock set back: stored again ({touched} < {before})"
-    );
-    testing::forget_type_lists();
-    for id in ["first", "trusted", "woken", "set_back"] {
-        let r = reg.get(id).await.expect("reads back");
-        assert!(r.event_types.find("suspend.me").is_some(), "{id}");
-    }
+    let set_back = declaring("set_back", "suspend.me");
+    assert_stores_again(&reg, &c, &schema, &key, set_back, "the registry's clock set back").await;
+    assert_read_back(&reg, &["first", "trusted", "woken", "set_back"], "suspend.me").await;
 }
 
 /// A prune's collection takes the env specs and type lists no process names
@@ -2058,46 +2068,14 @@ async fn a_collection_never_deletes_what_was_stored_within_the_grace() {
     }
     let (reg, schema) = testing::fresh(clock()).await;
     let c = client(&schema.url).await;
-    let spec = |task: &str| cairn_core::EnvSpec {
-        plugin_options: json!({ "cwd": task }),
-        policy: json!({}),
-    };
-    let (gone_env, live_env) = (
-        reg.put_env(&spec("gone")).await.expect("put"),
-        reg.put_env(&spec("live")).await.expect("put"),
-    );
+    let (gone_env, live_env) = (put_env(&reg, "gone").await, put_env(&reg, "live").await);
     let with_env = |mut r: cairn_core::Registration, env: &str| {
         r.env_ref = Some(env.to_string());
         r
     };
-    let gone_key = reg
-        .register(with_env(declaring("gone", "grace.gone"), &gone_env), None)
-        .await
-        .expect("register")
-        .process
-        .event_types
-        .key()
-        .to_string();
-    let live_key = reg
-        .register(with_env(declaring("live", "grace.live"), &live_env), None)
-        .await
-        .expect("register")
-        .process
-        .event_types
-        .key()
-        .to_string();
-    reg.complete_external("gone", cairn_core::Outcome::success(json!(1)), "host")
-        .await
-        .expect("complete");
-    let report = reg
-        .prune(
-            cairn_core::Clock::now_ms(&SystemClock) + 1,
-            cairn_core::StatusFilter::Any.into(),
-            cairn_core::Watermark::NoProjector,
-        )
-        .await
-        .expect("prune");
-    assert_eq!(report.pruned, 1);
+    let gone_key = register_list(&reg, with_env(declaring("gone", "grace.gone"), &gone_env)).await;
+    let live_key = register_list(&reg, with_env(declaring("live", "grace.live"), &live_env)).await;
+    complete_and_prune(&reg, "gone").await;
     assert!(list_touched(&c, &schema, &gone_key).await.is_some(), "stored just now");
     reg.get_env(&gone_env).await.expect("put just now");
 
@@ -2141,14 +2119,7 @@ async fn a_collection_never_deletes_what_was_stored_within_the_grace() {
         "named by a running process"
     );
     reg.get_env(&live_env).await.expect("named by a running process");
-    testing::forget_type_lists();
-    assert!(reg
-        .get("live")
-        .await
-        .expect("get")
-        .event_types
-        .find("grace.live")
-        .is_some());
+    assert_read_back(&reg, &["live"], "grace.live").await;
 }
 
 /// A schema from before lists and envs kept when they were last stored gains
@@ -2168,13 +2139,7 @@ async fn touches_are_added_on_upgrade() {
     }
     let schema = TestSchema::new("cairn_t");
     let reg = schema.connect(clock()).await.expect("create");
-    let env = reg
-        .put_env(&cairn_core::EnvSpec {
-            plugin_options: json!({ "cwd": "/old" }),
-            policy: json!({}),
-        })
-        .await
-        .expect("put");
+    let env = put_env(&reg, "/old").await;
     reg.register(declaring("old", "upgrade.old"), None)
         .await
         .expect("register");
@@ -2190,9 +2155,9 @@ async fn touches_are_added_on_upgrade() {
         .await
         .expect("make the older shape");
     let c = client(&schema.url).await;
-    let before = server_now_ms(&c).await;
+    let before = testing::server_now_ms(&c).await;
     let reg = schema.connect(clock()).await.expect("upgrade");
-    let after = server_now_ms(&c).await;
+    let after = testing::server_now_ms(&c).await;
     assert_eq!(
         meta(&schema.url, &schema.name, "schema_version").await,
         Some(SCHEMA_VERSION.to_string())
@@ -2247,35 +2212,11 @@ async fn a_prune_collects_with_the_configured_grace() {
     options.collect_grace = Duration::ZERO;
     let reg = PostgresRegistry::connect_with(options).await.expect("connect");
     let c = client(&schema.url).await;
-    let env = reg
-        .put_env(&cairn_core::EnvSpec {
-            plugin_options: json!({ "cwd": "/pruned" }),
-            policy: json!({}),
-        })
-        .await
-        .expect("put");
+    let env = put_env(&reg, "/pruned").await;
     let mut once = declaring("once", "pruned.with");
     once.env_ref = Some(env.clone());
-    let key = reg
-        .register(once, None)
-        .await
-        .expect("register")
-        .process
-        .event_types
-        .key()
-        .to_string();
-    reg.complete_external("once", cairn_core::Outcome::success(json!(1)), "host")
-        .await
-        .expect("complete");
-    let report = reg
-        .prune(
-            cairn_core::Clock::now_ms(&SystemClock) + 1,
-            cairn_core::StatusFilter::Any.into(),
-            cairn_core::Watermark::NoProjector,
-        )
-        .await
-        .expect("prune");
-    assert_eq!(report.pruned, 1);
+    let key = register_list(&reg, once).await;
+    complete_and_prune(&reg, "once").await;
     assert_eq!(
         list_touched(&c, &schema, &key).await,
         None,

@@ -30,52 +30,28 @@ impl Clock for Ahead {
 /// The server's clock, in epoch milliseconds.
 async fn server_now(url: &str) -> u64 {
     let client = testing::test_client(url).await;
-    let row = client
-        .query_one("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8", &[])
-        .await
-        .expect("the server's time");
-    u64::try_from(row.get::<_, i64>(0)).expect("after the epoch")
+    u64::try_from(testing::server_now_ms(&client).await).expect("after the epoch")
 }
 
 fn near(a: u64, b: u64) -> bool {
     a.abs_diff(b) <= TOLERANCE_MS
 }
 
-/// Every line this test binary logs. One subscriber for every thread: a
-/// callsite's interest is shared by all of them, and subscribers set per
-/// thread by tests running at once can leave a line unseen.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn logs() -> &'static Captured {
-    static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Captured::default();
-        let writer = logs.clone();
+/// Every line this test binary logs.
+fn logs() -> &'static testing::Captured {
+    testing::captured_logs(|writer| {
         tracing_subscriber::fmt()
             .with_writer(move || writer.clone())
             .with_ansi(false)
             .init();
-        logs
     })
 }
 
 /// The lines logged about `schema`'s registries.
 fn logged_about(schema: &TestSchema) -> Vec<String> {
-    let logs = logs().0.lock().expect("log buffer");
     let name = format!("schema={}", schema.name);
-    String::from_utf8_lossy(&logs)
+    logs()
+        .text()
         .lines()
         .filter(|l| l.contains(&name))
         .map(str::to_string)

@@ -1967,6 +1967,90 @@ async fn a_cancel_another_writer_makes_stops_a_run_here() {
     p.shutdown().await;
 }
 
+/// The wall clock, in epoch ms.
+fn wall() -> u64 {
+    cairn_core::SystemClock.now_ms()
+}
+
+/// Make the file `raw` is open on one of schema `version`, undoing what
+/// came after it with `undo`.
+fn make_older(raw: &Connection, undo: &str, version: u32) {
+    raw.execute_batch(&format!(
+        "{undo}
+         UPDATE cairn_meta SET value = '{version}' WHERE key = 'schema_version';"
+    ))
+    .expect("make the older shape");
+}
+
+/// Check that `table` holds `count` rows, each touched within
+/// `before..=after` (`what` says how).
+fn assert_all_touched_within(raw: &Connection, table: &str, count: usize, before: u64, after: u64, what: &str) {
+    let touched: Vec<i64> = raw
+        .prepare(&format!("SELECT touched_at_ms FROM {table}"))
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows");
+    assert_eq!(touched.len(), count, "{table}");
+    for t in touched {
+        assert!(
+            (before as i64..=after as i64).contains(&t),
+            "{what} ({before}..={after}), not {t}"
+        );
+    }
+}
+
+/// A registration declaring the one event type `name`.
+fn declaring(id: &str, name: &str) -> Registration {
+    Registration {
+        event_types: vec![EventType::plain(name)],
+        ..external(id)
+    }
+}
+
+/// Register `id` declaring `name`, complete it, and answer the key of its
+/// type list.
+async fn register_ended(reg: &SqliteRegistry, id: &str, name: &str) -> String {
+    let key = reg
+        .register(declaring(id, name), None)
+        .await
+        .expect("register")
+        .process
+        .event_types
+        .key()
+        .to_string();
+    reg.complete_external(id, Outcome::success(json!(1)), "host")
+        .await
+        .expect("complete");
+    key
+}
+
+/// Prune every ended process, as of `clock`.
+async fn prune_ended(reg: &SqliteRegistry, clock: &ManualClock) -> cairn_core::model::PruneReport {
+    reg.prune(clock.now_ms(), StatusFilter::Any.into(), Watermark::NoProjector)
+        .await
+        .expect("prune")
+}
+
+/// How many type lists the file `raw` is open on stores under `key`.
+fn lists_stored(raw: &Connection, key: &str) -> i64 {
+    raw.query_row("SELECT count(*) FROM type_lists WHERE key = ?1", [key], |r| r.get(0))
+        .expect("count")
+}
+
+/// A registry on `path` whose prunes collect with no grace.
+fn open_without_grace(path: &Path, clock: &ManualClock) -> SqliteRegistry {
+    SqliteRegistry::open_with(
+        path,
+        SqliteOptions {
+            collect_grace: std::time::Duration::ZERO,
+            ..SqliteOptions::new(Arc::new(clock.clone()))
+        },
+    )
+    .expect("open")
+}
+
 /// A file from before env specs kept when they were last put gains the
 /// column on open, every stored spec put as of the upgrade (by the wall
 /// clock): a writer of the older build may be about to name one, so no
@@ -1976,7 +2060,6 @@ async fn a_cancel_another_writer_makes_stops_a_run_here() {
 async fn env_touches_are_added_on_upgrade() {
     /// The schema version whose migration adds when each env was put.
     const ENV_TOUCHES_FROM: u32 = 14;
-    let wall = || cairn_core::SystemClock.now_ms();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = db(&dir);
     let clock = ManualClock::new(wall());
@@ -1998,29 +2081,12 @@ async fn env_touches_are_added_on_upgrade() {
     .expect("register");
     drop(reg);
     let raw = Connection::open(&path).expect("raw");
-    raw.execute_batch(&format!(
-        "{UNDO_ENV_TOUCHES}
-         UPDATE cairn_meta SET value = '{ENV_TOUCHES_FROM}' WHERE key = 'schema_version';"
-    ))
-    .expect("make the older shape");
+    make_older(&raw, UNDO_ENV_TOUCHES, ENV_TOUCHES_FROM);
 
     let before = wall();
     let reg = open(&path, &clock);
     let after = wall();
-    let touched: Vec<i64> = raw
-        .prepare("SELECT touched_at_ms FROM envs ORDER BY env_ref")
-        .expect("prepare")
-        .query_map([], |r| r.get(0))
-        .expect("query")
-        .collect::<rusqlite::Result<_>>()
-        .expect("rows");
-    assert_eq!(touched.len(), 2);
-    for t in touched {
-        assert!(
-            (before as i64..=after as i64).contains(&t),
-            "put as of the upgrade ({before}..={after}), not {t}"
-        );
-    }
+    assert_all_touched_within(&raw, "envs", 2, before, after, "put as of the upgrade");
     let grace = cairn_core::registry::DEFAULT_COLLECT_GRACE;
     clock.set(after);
     assert_eq!(
@@ -2044,36 +2110,17 @@ async fn env_touches_are_added_on_upgrade() {
 async fn list_touches_are_added_on_upgrade() {
     /// The schema version whose migration adds when each list was stored.
     const LIST_TOUCHES_FROM: u32 = 15;
-    let wall = || cairn_core::SystemClock.now_ms();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = db(&dir);
     let clock = ManualClock::new(wall());
     let reg = open(&path, &clock);
-    let declaring = |id: &str, name: &str| Registration {
-        event_types: vec![EventType::plain(name)],
-        ..external(id)
-    };
-    let loose = reg
-        .register(declaring("loose", "upgrade.loose"), None)
-        .await
-        .expect("register")
-        .process
-        .event_types
-        .key()
-        .to_string();
+    let loose = register_ended(&reg, "loose", "upgrade.loose").await;
     reg.register(declaring("named", "upgrade.named"), None)
         .await
         .expect("register");
-    reg.complete_external("loose", Outcome::success(json!(1)), "host")
-        .await
-        .expect("complete");
     drop(reg);
     let raw = Connection::open(&path).expect("raw");
-    raw.execute_batch(&format!(
-        "{UNDO_LIST_TOUCHES}
-         UPDATE cairn_meta SET value = '{LIST_TOUCHES_FROM}' WHERE key = 'schema_version';"
-    ))
-    .expect("make the older shape");
+    make_older(&raw, UNDO_LIST_TOUCHES, LIST_TOUCHES_FROM);
 
     let before = wall();
     let reg = open(&path, &clock);
@@ -2084,36 +2131,17 @@ async fn list_touches_are_added_on_upgrade() {
         })
         .expect("version");
     assert_eq!(version, SCHEMA_VERSION.to_string());
-    let touched: Vec<i64> = raw
-        .prepare("SELECT touched_at_ms FROM type_lists ORDER BY key")
-        .expect("prepare")
-        .query_map([], |r| r.get(0))
-        .expect("query")
-        .collect::<rusqlite::Result<_>>()
-        .expect("rows");
-    assert_eq!(touched.len(), 2);
-    for t in touched {
-        assert!(
-            (before as i64..=after as i64).contains(&t),
-            "stored as of the upgrade ({before}..={after}), not {t}"
-        );
-    }
+    assert_all_touched_within(&raw, "type_lists", 2, before, after, "stored as of the upgrade");
     clock.set(after + 10);
-    reg.prune(clock.now_ms(), StatusFilter::Any.into(), Watermark::NoProjector)
-        .await
-        .expect("prune");
-    let stored = |key: &str| -> i64 {
-        raw.query_row("SELECT count(*) FROM type_lists WHERE key = ?1", [key], |r| r.get(0))
-            .expect("count")
-    };
-    assert_eq!(stored(&loose), 1, "within the grace of the upgrade");
+    prune_ended(&reg, &clock).await;
+    assert_eq!(lists_stored(&raw, &loose), 1, "within the grace of the upgrade");
     let grace = cairn_core::registry::DEFAULT_COLLECT_GRACE;
     clock.set(after + grace.as_millis() as u64 + 1);
     assert_eq!(
         reg.collect_unreferenced(grace).await.expect("collect"),
         cairn_core::registry::Collected { envs: 0, type_lists: 1 }
     );
-    assert_eq!(stored(&loose), 0, "past the grace");
+    assert_eq!(lists_stored(&raw, &loose), 0, "past the grace");
     cairn_core::ops::columns::forget_type_lists();
     let named = reg.get("named").await.expect("a process names its list");
     assert!(named.event_types.find("upgrade.named").is_some(), "{named:?}");
@@ -2126,7 +2154,6 @@ async fn list_touches_are_added_on_upgrade() {
 /// its time (this build's) keeps that time.
 #[tokio::test]
 async fn an_older_writers_inserts_are_touched_as_they_are_inserted() {
-    let wall = || cairn_core::SystemClock.now_ms();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = db(&dir);
     let clock = ManualClock::new(wall());
@@ -2198,21 +2225,7 @@ async fn a_list_stored_within_the_grace_outlives_a_prune() {
     let path = db(&dir);
     let clock = ManualClock::new(T0);
     let reg = open(&path, &clock);
-    let declaring = |id: &str| Registration {
-        event_types: vec![EventType::plain("only.here")],
-        ..external(id)
-    };
-    let key = reg
-        .register(declaring("once"), None)
-        .await
-        .expect("register")
-        .process
-        .event_types
-        .key()
-        .to_string();
-    reg.complete_external("once", Outcome::success(json!(1)), "host")
-        .await
-        .expect("complete");
+    let key = register_ended(&reg, "once", "only.here").await;
     let raw = Connection::open(&path).expect("raw");
     let touched = |key: &str| -> Option<i64> {
         raw.query_row("SELECT touched_at_ms FROM type_lists WHERE key = ?1", [key], |r| {
@@ -2223,11 +2236,7 @@ async fn a_list_stored_within_the_grace_outlives_a_prune() {
     };
     assert_eq!(touched(&key), Some(T0 as i64), "stored at the writer's time");
     clock.advance(10);
-    let report = reg
-        .prune(clock.now_ms(), StatusFilter::Any.into(), Watermark::NoProjector)
-        .await
-        .expect("prune");
-    assert_eq!(report.pruned, 1);
+    assert_eq!(prune_ended(&reg, &clock).await.pruned, 1);
     assert_eq!(touched(&key), Some(T0 as i64), "stored within the grace: kept");
     assert_eq!(
         reg.collect_unreferenced(std::time::Duration::ZERO)
@@ -2237,7 +2246,9 @@ async fn a_list_stored_within_the_grace_outlives_a_prune() {
     );
     assert_eq!(touched(&key), None, "collected with no grace");
     clock.advance(10);
-    reg.register(declaring("again"), None).await.expect("register again");
+    reg.register(declaring("again", "only.here"), None)
+        .await
+        .expect("register again");
     assert_eq!(touched(&key), Some(T0 as i64 + 20), "stored again, at its time");
 }
 
@@ -2253,49 +2264,23 @@ async fn a_list_another_writer_collected_is_stored_again() {
     let path = db(&dir);
     let clock = ManualClock::new(T0);
     let first = open(&path, &clock);
-    let second = SqliteRegistry::open_with(
-        &path,
-        SqliteOptions {
-            collect_grace: std::time::Duration::ZERO,
-            ..SqliteOptions::new(Arc::new(clock.clone()))
-        },
-    )
-    .expect("open the second");
-    let declaring = |id: &str| Registration {
-        event_types: vec![EventType::plain("only.here")],
-        ..external(id)
-    };
-    let key = first
-        .register(declaring("once"), None)
-        .await
-        .expect("register")
-        .process
-        .event_types
-        .key()
-        .to_string();
-    first
-        .complete_external("once", Outcome::success(json!(1)), "host")
-        .await
-        .expect("complete");
+    let second = open_without_grace(&path, &clock);
+    let key = register_ended(&first, "once", "only.here").await;
     let raw = Connection::open(&path).expect("raw");
-    let stored = |key: &str| -> bool {
-        raw.query_row("SELECT count(*) FROM type_lists WHERE key = ?1", [key], |r| {
-            r.get::<_, i64>(0)
-        })
-        .expect("count")
-            == 1
-    };
-    assert!(stored(&key));
+    assert_eq!(lists_stored(&raw, &key), 1);
     clock.advance(10);
-    let report = second
-        .prune(clock.now_ms(), StatusFilter::Any.into(), Watermark::NoProjector)
-        .await
-        .expect("prune");
-    assert_eq!(report.pruned, 1);
-    assert!(!stored(&key), "the prune collected the list no process names");
+    assert_eq!(prune_ended(&second, &clock).await.pruned, 1);
+    assert_eq!(
+        lists_stored(&raw, &key),
+        0,
+        "the prune collected the list no process names"
+    );
 
-    first.register(declaring("again"), None).await.expect("register again");
-    assert!(stored(&key), "the first writer stored the list again");
+    first
+        .register(declaring("again", "only.here"), None)
+        .await
+        .expect("register again");
+    assert_eq!(lists_stored(&raw, &key), 1, "the first writer stored the list again");
     // Read through a registry that never decoded the list in this process's
     // cache of lists: the row's list comes from the file.
     cairn_core::ops::columns::forget_type_lists();
@@ -2311,39 +2296,14 @@ async fn a_list_this_writer_collected_is_stored_again() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = db(&dir);
     let clock = ManualClock::new(T0);
-    let reg = SqliteRegistry::open_with(
-        &path,
-        SqliteOptions {
-            collect_grace: std::time::Duration::ZERO,
-            ..SqliteOptions::new(Arc::new(clock.clone()))
-        },
-    )
-    .expect("open");
-    let declaring = |id: &str| Registration {
-        event_types: vec![EventType::plain("only.here")],
-        ..external(id)
-    };
-    let key = reg
-        .register(declaring("once"), None)
-        .await
-        .expect("register")
-        .process
-        .event_types
-        .key()
-        .to_string();
-    reg.complete_external("once", Outcome::success(json!(1)), "host")
-        .await
-        .expect("complete");
+    let reg = open_without_grace(&path, &clock);
+    let key = register_ended(&reg, "once", "only.here").await;
     clock.advance(10);
-    reg.prune(clock.now_ms(), StatusFilter::Any.into(), Watermark::NoProjector)
-        .await
-        .expect("prune");
+    prune_ended(&reg, &clock).await;
     let raw = Connection::open(&path).expect("raw");
-    let stored = |key: &str| -> i64 {
-        raw.query_row("SELECT count(*) FROM type_lists WHERE key = ?1", [key], |r| r.get(0))
-            .expect("count")
-    };
-    assert_eq!(stored(&key), 0, "collected");
-    reg.register(declaring("again"), None).await.expect("register again");
-    assert_eq!(stored(&key), 1, "stored again");
+    assert_eq!(lists_stored(&raw, &key), 0, "collected");
+    reg.register(declaring("again", "only.here"), None)
+        .await
+        .expect("register again");
+    assert_eq!(lists_stored(&raw, &key), 1, "stored again");
 }

@@ -1146,42 +1146,27 @@ pub struct Integer<T> {
 
 impl<T: Unsigned> Integer<T> {
     /// A number flag that takes `min..=max`.
-    fn between(min: T, max: T) -> Self {
-        Integer { min, max }
+    fn between(min: T, max: T) -> NamingFlag<Self> {
+        NamingFlag(Integer { min, max })
     }
 }
 
 /// A number flag that takes any non-negative integer its type holds.
-fn integer<T: Unsigned>() -> Integer<T> {
+fn integer<T: Unsigned>() -> NamingFlag<Integer<T>> {
     Integer::between(T::ZERO, T::MAX)
 }
 
 /// A count of at least one (`--limit 0` would ask for nothing).
-fn at_least_one() -> Integer<usize> {
+fn at_least_one() -> NamingFlag<Integer<usize>> {
     Integer::between(1, usize::MAX)
 }
 
-impl<T: Unsigned> clap::builder::TypedValueParser for Integer<T> {
+impl<T: Unsigned> ReadValue for Integer<T> {
     type Value = T;
 
-    fn parse_ref(
-        &self,
-        cmd: &clap::Command,
-        arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<T, clap::Error> {
-        self.parse_ref_(cmd, arg, value, clap::parser::ValueSource::CommandLine)
-    }
-
-    fn parse_ref_(
-        &self,
-        cmd: &clap::Command,
-        arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-        source: clap::parser::ValueSource,
-    ) -> Result<T, clap::Error> {
+    fn read(&self, value: &std::ffi::OsStr) -> Result<T, Refused> {
         let text = value.to_string_lossy();
-        let refuse = |why: String| Err(refusal(cmd, arg, source, &why));
+        let refuse = |why: String| Err(Refused::AfterName(why));
         match value.to_str().map(str::parse::<T>) {
             Some(Ok(n)) if n >= self.min && n <= self.max => Ok(n),
             Some(Ok(n)) if n < self.min => refuse(format!("must be at least {}, got `{text}`", self.min)),
@@ -1201,6 +1186,64 @@ impl<T: Unsigned> clap::builder::TypedValueParser for Integer<T> {
                 refuse(why)
             }
         }
+    }
+}
+
+/// Why a flag's value was refused, in one of the two wordings a refusal
+/// names the flag in.
+#[derive(Debug)]
+pub enum Refused {
+    /// Said after the flag's name: `` `--limit` takes a non-negative integer ``.
+    AfterName(String),
+    /// Said as clap says its own: `` invalid value 'X' for `--lease-ttl`: why ``.
+    InvalidValue(String),
+}
+
+/// A flag's value read from what the command line or the environment gave.
+pub trait ReadValue: Clone + Send + Sync + 'static {
+    /// What the value is read as.
+    type Value: Clone + Send + Sync + 'static;
+
+    /// `value` read, or why it is refused.
+    fn read(&self, value: &std::ffi::OsStr) -> Result<Self::Value, Refused>;
+}
+
+/// A [`ReadValue`] as clap's value parser: a refusal names where the value
+/// came from ([`flag_name`]), which clap tells `parse_ref_` alone (its
+/// `parse_ref` is for a value on the command line).
+#[derive(Debug, Clone, Copy)]
+pub struct NamingFlag<P>(P);
+
+impl<P: ReadValue> clap::builder::TypedValueParser for NamingFlag<P> {
+    type Value = P::Value;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<P::Value, clap::Error> {
+        self.parse_ref_(cmd, arg, value, clap::parser::ValueSource::CommandLine)
+    }
+
+    fn parse_ref_(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+        source: clap::parser::ValueSource,
+    ) -> Result<P::Value, clap::Error> {
+        self.0.read(value).map_err(|refused| match refused {
+            Refused::AfterName(why) => refusal(cmd, arg, source, &why),
+            Refused::InvalidValue(why) => raw_refusal(
+                cmd,
+                format!(
+                    "invalid value '{}' for {}: {why}",
+                    value.to_string_lossy(),
+                    flag_name(arg, source)
+                ),
+            ),
+        })
     }
 }
 
@@ -1240,44 +1283,18 @@ pub struct Named<T> {
     parse: fn(&str) -> Result<T, String>,
 }
 
-fn named<T>(parse: fn(&str) -> Result<T, String>) -> Named<T> {
-    Named { parse }
+fn named<T>(parse: fn(&str) -> Result<T, String>) -> NamingFlag<Named<T>> {
+    NamingFlag(Named { parse })
 }
 
-impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for Named<T> {
+impl<T: Clone + Send + Sync + 'static> ReadValue for Named<T> {
     type Value = T;
 
-    fn parse_ref(
-        &self,
-        cmd: &clap::Command,
-        arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<T, clap::Error> {
-        self.parse_ref_(cmd, arg, value, clap::parser::ValueSource::CommandLine)
-    }
-
-    fn parse_ref_(
-        &self,
-        cmd: &clap::Command,
-        arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-        source: clap::parser::ValueSource,
-    ) -> Result<T, clap::Error> {
-        let why = match value.to_str() {
-            Some(text) => match (self.parse)(text) {
-                Ok(v) => return Ok(v),
-                Err(why) => why,
-            },
-            None => "it is not UTF-8".to_string(),
-        };
-        Err(raw_refusal(
-            cmd,
-            format!(
-                "invalid value '{}' for {}: {why}",
-                value.to_string_lossy(),
-                flag_name(arg, source)
-            ),
-        ))
+    fn read(&self, value: &std::ffi::OsStr) -> Result<T, Refused> {
+        match value.to_str() {
+            Some(text) => (self.parse)(text).map_err(Refused::InvalidValue),
+            None => Err(Refused::InvalidValue("it is not UTF-8".to_string())),
+        }
     }
 }
 
@@ -1387,8 +1404,8 @@ const EARLIEST_CREATED_MS: u64 = 100_000_000_000;
 #[derive(Debug, Clone, Copy)]
 pub struct CreatedAt;
 
-fn created_at() -> CreatedAt {
-    CreatedAt
+fn created_at() -> NamingFlag<CreatedAt> {
+    NamingFlag(CreatedAt)
 }
 
 /// What `--created-from` and `--created-before` take, said when refused.
@@ -1443,17 +1460,12 @@ fn rfc3339_ms(text: &str) -> Result<u64, String> {
     u64::try_from(ms).map_err(|_| format!("got `{text}`, past the latest time accepted"))
 }
 
-impl clap::builder::TypedValueParser for CreatedAt {
+impl ReadValue for CreatedAt {
     type Value = u64;
 
-    fn parse_ref(
-        &self,
-        cmd: &clap::Command,
-        arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<u64, clap::Error> {
+    fn read(&self, value: &std::ffi::OsStr) -> Result<u64, Refused> {
         let text = value.to_string_lossy();
-        let refuse = |why: String| Err(refusal(cmd, arg, clap::parser::ValueSource::CommandLine, &why));
+        let refuse = |why: String| Err(Refused::AfterName(why));
         let ms = if text.is_empty() {
             return refuse(format!("{CREATED_AT_TAKES}, got nothing"));
         } else if text.bytes().all(|b| b.is_ascii_digit()) {

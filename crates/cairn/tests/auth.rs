@@ -19,6 +19,27 @@ fn code(body: &Value) -> &str {
     body.pointer("/error/code").and_then(Value::as_str).unwrap_or("<none>")
 }
 
+/// `serve`'s flags for the host token `host-secret` and two sessions' tokens,
+/// `s1=tok-1` and `s2=tok-2`.
+const TWO_SESSIONS: &[&str] = &[
+    "--token",
+    "host-secret",
+    "--session-token",
+    "s1=tok-1",
+    "--session-token",
+    "s2=tok-2",
+];
+
+/// The host's client and the two sessions' (`s1`, `s2`) of a server started
+/// with [`TWO_SESSIONS`].
+fn host_and_sessions(server: &Server) -> (common::Client, common::Client, common::Client) {
+    (
+        server.with_token("host-secret"),
+        server.with_token("tok-1"),
+        server.with_token("tok-2"),
+    )
+}
+
 /// Session tokens from `CAIRN_SESSION_TOKENS` (kept out of `ps`), when no
 /// `--session-token` is given: each acts as its session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,18 +61,8 @@ async fn session_tokens_come_from_the_environment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_tokens_see_only_their_grants() {
-    let server = Server::start(&[
-        "--token",
-        "host-secret",
-        "--session-token",
-        "s1=tok-1",
-        "--session-token",
-        "s2=tok-2",
-    ])
-    .await;
-    let host = server.with_token("host-secret");
-    let s1 = server.with_token("tok-1");
-    let s2 = server.with_token("tok-2");
+    let server = Server::start(TWO_SESSIONS).await;
+    let (host, s1, s2) = host_and_sessions(&server);
 
     // No token, a wrong token: 401 (health stays open).
     let (s, err) = server.client().get("/v1/processes").await;
@@ -408,21 +419,8 @@ async fn session_tokens_see_only_their_grants() {
 async fn a_session_is_told_its_own_pruned_process_ended() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = format!("sqlite:{}", dir.path().join("cairn.db").display());
-    let server = Server::start_on(
-        &db,
-        &[
-            "--token",
-            "host-secret",
-            "--session-token",
-            "s1=tok-1",
-            "--session-token",
-            "s2=tok-2",
-        ],
-    )
-    .await;
-    let host = server.with_token("host-secret");
-    let s1 = server.with_token("tok-1");
-    let s2 = server.with_token("tok-2");
+    let server = Server::start_on(&db, TWO_SESSIONS).await;
+    let (host, s1, s2) = host_and_sessions(&server);
     let external = |id: &str| json!({"id": id, "input": {"type": "external"}, "disposition": "externally_owned"});
     assert_eq!(s1.start(external("mine")).await.0, 201);
     assert_eq!(s2.start(external("theirs")).await.0, 201);
@@ -548,18 +546,8 @@ async fn a_session_is_told_its_own_pruned_process_ended() {
 /// every one of those routes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_addresses_what_its_frames_are_granted() {
-    let server = Server::start(&[
-        "--token",
-        "host-secret",
-        "--session-token",
-        "s1=tok-1",
-        "--session-token",
-        "s2=tok-2",
-    ])
-    .await;
-    let host = server.with_token("host-secret");
-    let s1 = server.with_token("tok-1");
-    let s2 = server.with_token("tok-2");
+    let server = Server::start(TWO_SESSIONS).await;
+    let (host, s1, s2) = host_and_sessions(&server);
     for (id, frame) in [("hf1", "f1"), ("hf2", "f2")] {
         let mut body = waiter(id);
         body["grant"] = json!({"session_scope": {"session_id": "s1", "agent_frame_id": frame}});

@@ -746,23 +746,20 @@ async fn section_three_exit_codes_json_shapes_and_messages() {
         "{}",
         out.stderr
     );
-    // A status prune does not know is named with its flag, before any request.
-    let out = cli(&["prune", "--older-than", "7d", "--no-projector", "--status", "bogus"]).await;
-    assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("--status") && out.stderr.contains("bogus"),
-        "{}",
-        out.stderr
-    );
-
-    // So is one `ls` does not know.
-    let out = cli(&["ls", "--status", "bogus"]).await;
-    assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("--status") && out.stderr.contains("bogus"),
-        "{}",
-        out.stderr
-    );
+    // A status prune or `ls` does not know is named with its flag, before
+    // any request.
+    for args in [
+        &["prune", "--older-than", "7d", "--no-projector", "--status", "bogus"][..],
+        &["ls", "--status", "bogus"],
+    ] {
+        let out = cli(args).await;
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("--status") && out.stderr.contains("bogus"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
     // Bad input the server catches exits 2; an unknown id is 1.
     let out = cli(&["ls", "--definition", "bogus"]).await;
     assert_eq!(out.code, 2, "{}", out.stderr);
@@ -1291,11 +1288,7 @@ fn a_command_line_refused_under_json_is_a_json_usage_error() {
         (&["--json", "ls", "--help"][..], "Usage: cairn ls"),
         (&["--json", "--version"], "cairn "),
     ] {
-        let out = std::process::Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run cairn");
+        let out = cairn(args);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(
             (out.status.code(), out.stderr.as_slice()),
@@ -1306,16 +1299,20 @@ fn a_command_line_refused_under_json_is_a_json_usage_error() {
     }
 }
 
+/// `cairn ARGS`, run to its end with nothing on stdin.
+fn cairn(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cairn")
+}
+
 /// Run `cairn ARGS` against a server nobody listens on, with no input:
 /// assert it is a usage error (exit 2) that prints nothing on stdout, and
 /// answer what it said on stderr.
 fn usage_error(args: &[&str]) -> String {
-    let out = std::process::Command::new(BIN)
-        .args(["--server", "http://127.0.0.1:9"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run cairn");
+    let out = cairn(&[&["--server", "http://127.0.0.1:9"][..], args].concat());
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
     assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
@@ -2826,6 +2823,19 @@ async fn a_run_queued_for_a_worker_slot_says_so() {
     assert!(!out.stderr.contains("queued"), "{}", out.stderr);
 }
 
+/// What `cairn ARGS` prints on stdout, run without a server (a help text,
+/// a completion script); it must succeed.
+fn printed(args: &[&str]) -> String {
+    let out = cairn(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Under `--json`, how a process ended (or that it still runs at the
 /// timeout) is in the record on stdout and not said on stderr, and the help
 /// texts and the README say so instead of "said on stderr" alone.
@@ -2864,11 +2874,7 @@ async fn under_json_the_ending_is_in_the_record_and_the_help_says_so() {
     let out = server.cli(&["cancel", "j-slow"], None).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
 
-    let help = |args: &[&str]| {
-        let out = std::process::Command::new(BIN).args(args).output().expect("run cairn");
-        assert!(out.status.success(), "{args:?}");
-        String::from_utf8_lossy(&out.stdout).replace('\n', " ")
-    };
+    let help = |args: &[&str]| printed(args).replace('\n', " ");
     let top = help(&["--help"]);
     assert!(
         top.contains("(with --json, only in the record printed on stdout)"),
@@ -2897,12 +2903,7 @@ async fn under_json_the_ending_is_in_the_record_and_the_help_says_so() {
 /// not quietly ignored.
 #[test]
 fn mcp_offers_no_json_and_completions_takes_no_client_options() {
-    let out = std::process::Command::new(BIN)
-        .args(["mcp", "--help"])
-        .output()
-        .expect("run cairn");
-    let help = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{help}");
+    let help = printed(&["mcp", "--help"]);
     assert!(help.contains("--server") && help.contains("--token"), "{help}");
     assert!(!help.contains("--json"), "{help}");
     for args in [
@@ -2910,11 +2911,7 @@ fn mcp_offers_no_json_and_completions_takes_no_client_options() {
         &["--token", "T", "completions", "bash"],
         &["--server", "http://x:1", "completions", "bash"],
     ] {
-        let out = std::process::Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run cairn");
+        let out = cairn(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(out.stdout.is_empty(), "{args:?}: a script was printed");
@@ -2923,13 +2920,8 @@ fn mcp_offers_no_json_and_completions_takes_no_client_options() {
             "{args:?}: {stderr}"
         );
     }
-    let out = std::process::Command::new(BIN)
-        .args(["completions", "bash"])
-        .output()
-        .expect("run cairn");
-    assert!(out.status.success());
     // `ls --status` completes to its values, as `prune --status` does.
-    let script = String::from_utf8_lossy(&out.stdout);
+    let script = printed(&["completions", "bash"]);
     assert!(
         script.contains("running completed failed cancelled abandoned any"),
         "no `ls --status` values in the bash completion"
@@ -2956,13 +2948,7 @@ fn the_readme_cli_table_lists_every_flag_of_its_commands() {
                 .split_whitespace()
                 .take_while(|w| w.chars().all(|c| c.is_ascii_lowercase()))
                 .collect();
-            let out = std::process::Command::new(BIN)
-                .args(&path)
-                .arg("--help")
-                .output()
-                .expect("run cairn");
-            let help = String::from_utf8_lossy(&out.stdout);
-            assert!(out.status.success(), "{path:?}: {help}");
+            let help = printed(&[&path[..], &["--help"]].concat());
             let flags: Vec<&str> = help
                 .lines()
                 .skip_while(|l| !l.starts_with("Options:"))
@@ -2996,91 +2982,66 @@ fn the_readme_cli_table_lists_every_flag_of_its_commands() {
 /// that fails too.
 #[test]
 fn a_negative_value_is_refused_naming_its_flag() {
-    for (args, said) in [
-        (
-            &["events", "p", "--after", "-1"][..],
-            "`--after` takes a non-negative integer, got `-1`",
-        ),
-        (
-            &["changes", "--cursor", "-1"],
-            "`--cursor` takes a non-negative integer, got `-1`",
-        ),
-        (
-            &["changes", "--limit", "-1"],
-            "`--limit` takes a non-negative integer, got `-1`",
-        ),
-        (
-            &["ls", "--limit", "-5"],
-            "`--limit` takes a non-negative integer, got `-5`",
-        ),
-        (
-            &["wakes", "s1", "--limit", "-2"],
-            "`--limit` takes a non-negative integer, got `-2`",
-        ),
-        (
-            &["ls", "--created-from", "-5"],
-            "`--created-from` takes epoch milliseconds",
-        ),
-        (
-            &["prune", "--older-than", "1d", "--watermark", "-1"],
-            "`--watermark` takes a non-negative integer, got `-1`",
-        ),
-        (
-            &["await", "p", "--timeout", "-1s"],
-            "for `--timeout`: a duration is not negative",
-        ),
-        (
-            &["await", "p", "--timeout", "-1"],
-            "for `--timeout`: a duration is not negative",
-        ),
-        (
-            &["run", "--timeout", "-5m", "--", "true"],
-            "for `--timeout`: a duration is not negative",
-        ),
-        (
-            &["prune", "--older-than", "-7d", "--no-projector"],
-            "for `--older-than`: a duration is not negative",
-        ),
-        (
-            &["schedule", "add", "s1", "--every", "-1m", "{}"],
-            "for `--every`: a duration is not negative",
-        ),
-        (
-            &["serve", "--workers", "-1"],
-            "`--workers` takes a non-negative integer, got `-1`",
-        ),
-        (
-            &["serve", "--lease-ttl", "-1s"],
-            "for `--lease-ttl`: a duration is not negative",
-        ),
-        (
-            &["serve", "--max-await", "-1s"],
-            "for `--max-await`: a duration is not negative",
-        ),
-        (
-            &["serve", "--shutdown-grace", "-1"],
-            "for `--shutdown-grace`: a duration is not negative",
-        ),
-        (
-            &["serve", "--script-max-calls", "-1"],
-            "`--script-max-calls` takes a non-negative integer",
-        ),
-        (
-            &["bench", "--runs", "-1"],
-            "`--runs` takes a non-negative integer, got `-1`",
-        ),
-        (
-            &["bench", "--workers", "-1,3"],
-            "`--workers` takes a non-negative integer, got `-1`",
-        ),
-        // A flag where the value belongs is said as one.
-        (
-            &["await", "p", "--timeout", "--json"],
-            "`--json` reads as a flag, not a duration",
-        ),
-    ] {
+    let integers = [
+        "events p --after -1",
+        "changes --cursor -1",
+        "changes --limit -1",
+        "ls --limit -5",
+        "wakes s1 --limit -2",
+        "prune --older-than 1d --watermark -1",
+        "serve --workers -1",
+        "bench --runs -1",
+    ];
+    let durations = [
+        "await p --timeout -1s",
+        "await p --timeout -1",
+        "run --timeout -5m -- true",
+        "prune --older-than -7d --no-projector",
+        "schedule add s1 --every -1m {}",
+        "serve --lease-ttl -1s",
+        "serve --max-await -1s",
+        "serve --shutdown-grace -1",
+    ];
+    // The flag given a negative value, and that value.
+    let negative = |line: &'static str| {
+        let words: Vec<&str> = line.split(' ').collect();
+        let at = words
+            .iter()
+            .position(|w| w.len() > 1 && w.starts_with('-') && w.as_bytes()[1].is_ascii_digit())
+            .expect("a negative value");
+        (words[at - 1], words[at])
+    };
+    let cases = integers
+        .map(|line| {
+            let (flag, value) = negative(line);
+            (line, format!("`{flag}` takes a non-negative integer, got `{value}`"))
+        })
+        .into_iter()
+        .chain(durations.map(|line| {
+            let (flag, _) = negative(line);
+            (line, format!("for `{flag}`: a duration is not negative"))
+        }))
+        .chain(
+            [
+                ("ls --created-from -5", "`--created-from` takes epoch milliseconds"),
+                (
+                    "serve --script-max-calls -1",
+                    "`--script-max-calls` takes a non-negative integer",
+                ),
+                (
+                    "bench --workers -1,3",
+                    "`--workers` takes a non-negative integer, got `-1`",
+                ),
+                // A flag where the value belongs is said as one.
+                ("await p --timeout --json", "`--json` reads as a flag, not a duration"),
+            ]
+            .map(|(line, said)| (line, said.to_string())),
+        );
+    for (line, said) in cases {
+        let args: Vec<&str> = line.split(' ').collect();
+        let args = &args[..];
         let stderr = usage_error(args);
-        assert!(stderr.contains(said), "{args:?}: {stderr}");
+        assert!(stderr.contains(&said), "{args:?}: {stderr}");
         assert!(
             !stderr.contains("tip:") && !stderr.contains("'-- -"),
             "{args:?}: {stderr}"
