@@ -248,6 +248,17 @@ impl Logins {
         Some(login.viewer.clone())
     }
 
+    /// Whether login `id` still stands (not ended, replaced or lapsed),
+    /// without marking it used: an open live stream asks this, and a page
+    /// left open is no use that keeps a login from lapsing.
+    pub fn holds(&self, id: &str) -> bool {
+        let now = Instant::now();
+        self.held()
+            .logins
+            .get(&login_key(id))
+            .is_some_and(|l| now.duration_since(l.used) < LOGIN_IDLE)
+    }
+
     /// End login `id` (logging out).
     pub fn close(&self, id: &str) {
         self.held().logins.remove(&login_key(id));
@@ -267,6 +278,9 @@ pub(crate) struct Visitor {
     pub csrf: String,
     /// Whether a logout button makes sense (tokens are configured).
     pub logged_in: bool,
+    /// The login the request came with (none on an open server): a live
+    /// stream ends once it does.
+    pub login: Option<String>,
 }
 
 /// What the request's login cookie says.
@@ -280,13 +294,18 @@ enum Presented {
     Many,
 }
 
+/// The login cookie the request carries, by its name as the browser sent it:
+/// names are not percent-decoded, since the browser keeps
+/// `cairn%5Fui%5F7070` apart from `cairn_ui_7070` and a clear of the one
+/// leaves the other; one such is another cookie, never taken and never
+/// counted. The value is taken as sent too (an id is hex).
 fn cookie_login(headers: &HeaderMap) -> Presented {
     let name = cookie_name(headers);
     let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| Cookie::split_parse_encoded(v.to_string()))
+        .flat_map(|v| Cookie::split_parse(v.to_string()))
         .filter_map(Result::ok)
         .filter(|c| c.name() == name)
         .map(|c| c.value().to_string());
@@ -311,13 +330,34 @@ fn over_https(headers: &HeaderMap) -> bool {
 
 /// The login cookie as set (`value`) or cleared (`None`), at `path`.
 fn login_cookie(headers: &HeaderMap, value: Option<&str>, path: &str) -> HeaderValue {
-    let mut c = Cookie::build((cookie_name(headers), value.unwrap_or("").to_string()))
+    match value {
+        Some(value) => {
+            let c = Cookie::build((cookie_name(headers), value.to_string()))
+                .path(path.to_string())
+                .http_only(true)
+                .same_site(SameSite::Strict)
+                .secure(over_https(headers));
+            HeaderValue::from_str(&c.build().encoded().to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+        }
+        None => cleared(headers, path, None, false),
+    }
+}
+
+/// The login cookie cleared at `path`, for `Domain=domain` if given, and
+/// as a `Partitioned` cookie if `partitioned` (which browsers delete only
+/// through a `Set-Cookie` that is itself `Partitioned`, and `Secure`).
+fn cleared(headers: &HeaderMap, path: &str, domain: Option<&str>, partitioned: bool) -> HeaderValue {
+    let mut c = Cookie::build((cookie_name(headers), ""))
         .path(path.to_string())
         .http_only(true)
         .same_site(SameSite::Strict)
-        .secure(over_https(headers));
-    if value.is_none() {
-        c = c.max_age(cookie::time::Duration::ZERO);
+        .secure(partitioned || over_https(headers))
+        .max_age(cookie::time::Duration::ZERO);
+    if let Some(domain) = domain {
+        c = c.domain(domain.to_string());
+    }
+    if partitioned {
+        c = c.partitioned(true);
     }
     HeaderValue::from_str(&c.build().encoded().to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
@@ -365,13 +405,18 @@ pub(crate) async fn gate(State(d): State<Arc<Inner>>, mut req: Request, next: Ne
         }
     }
     let csrf = d.csrf.token(&basis);
+    let login = logged_in.then(|| basis.clone());
     req.extensions_mut().insert(Visitor {
         viewer,
         csrf,
         logged_in,
+        login,
     });
     next.run(req).await
 }
+
+/// The data of the `login` event that ends a live stream whose login ended.
+pub(crate) const LOGIN_AGAIN: &str = "log in again";
 
 /// The most path segments of a request the cookie is cleared along.
 const CLEARED_DEPTH: usize = 16;
@@ -387,25 +432,37 @@ const CLEARED_DEPTH: usize = 16;
 /// the browser sends it. On a host reached by name, each path is cleared
 /// also for the cookie set with `Domain=` the name and each name it ends
 /// in ([`cookie_domains`]): a browser keeps those apart from the one set
-/// without (a `Domain` a browser would not take is ignored by it). The
+/// without (a `Domain` a browser would not take is ignored by it). Each of
+/// these is cleared twice: as a plain cookie and as a `Partitioned` one
+/// (`Secure; Partitioned`), which a browser keeps apart from the plain one
+/// and deletes only by a `Set-Cookie` that says `Partitioned` itself. The
 /// login the cookies named stays until it lapses: which of them was this
 /// browser's own is not known.
+///
+/// At most 594 `Set-Cookie` lines (`MOST_CLEARS`): at most 33 paths (32
+/// for a request of [`CLEARED_DEPTH`] segments, and `/ui/login` with a
+/// login's), each without `Domain` and with up to [`CLEARED_LABELS`] of
+/// them (9 forms), each form twice.
 fn clear_planted(headers: &HeaderMap, paths: &[&str], r: &mut Response) {
-    let mut cleared: Vec<String> = Vec::new();
+    let mut done: Vec<String> = Vec::new();
     let domains = cookie_domains(headers);
     for at in paths.iter().flat_map(|path| cookie_paths(path)) {
-        if cleared.contains(&at) {
+        if done.contains(&at) {
             continue;
         }
-        r.headers_mut()
-            .append(header::SET_COOKIE, login_cookie(headers, None, &at));
-        for domain in &domains {
-            r.headers_mut()
-                .append(header::SET_COOKIE, cleared_at_domain(headers, &at, domain));
+        for domain in std::iter::once(None).chain(domains.iter().map(|d| Some(d.as_str()))) {
+            for partitioned in [false, true] {
+                r.headers_mut()
+                    .append(header::SET_COOKIE, cleared(headers, &at, domain, partitioned));
+            }
         }
-        cleared.push(at);
+        done.push(at);
     }
 }
+
+/// The most `Set-Cookie` lines [`clear_planted`] sends in one answer.
+#[cfg(test)]
+const MOST_CLEARS: usize = (2 * CLEARED_DEPTH + 1) * (1 + CLEARED_LABELS) * 2;
 
 /// The most labels of a host name the cookie is cleared at the domains of.
 const CLEARED_LABELS: usize = 8;
@@ -432,18 +489,6 @@ fn cookie_domains(headers: &HeaderMap) -> Vec<String> {
         .map(|i| labels[i..].join("."))
         .filter(|d| !d.starts_with('.') && !d.is_empty())
         .collect()
-}
-
-/// The login cookie cleared at `path` for `Domain=domain`.
-fn cleared_at_domain(headers: &HeaderMap, path: &str, domain: &str) -> HeaderValue {
-    let c = Cookie::build((cookie_name(headers), ""))
-        .path(path.to_string())
-        .domain(domain.to_string())
-        .http_only(true)
-        .same_site(SameSite::Strict)
-        .secure(over_https(headers))
-        .max_age(cookie::time::Duration::ZERO);
-    HeaderValue::from_str(&c.build().encoded().to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// The paths a cookie sent with a request for `path` can have been set at
@@ -509,7 +554,7 @@ fn to_login(req: &Request) -> Response {
                 (header::CONTENT_TYPE, "text/event-stream"),
                 (header::CACHE_CONTROL, "no-store"),
             ],
-            "event: login\ndata: log in again\n\n",
+            format!("event: login\ndata: {LOGIN_AGAIN}\n\n"),
         )
             .into_response();
     }
@@ -853,7 +898,18 @@ mod tests {
     fn a_cookie_named_twice_is_no_login() {
         let mut h = HeaderMap::new();
         h.insert(header::COOKIE, HeaderValue::from_static("a=1; cairn_ui=s%20t; b=2"));
-        assert_eq!(cookie_login(&h), Presented::One("s t".into()));
+        assert_eq!(cookie_login(&h), Presented::One("s%20t".into()));
+        // A name the browser keeps apart from the login cookie's is another
+        // cookie, however it decodes.
+        for stranger in ["cairn%5Fui=x", "cairn_u%69=x", "Cairn_ui=x"] {
+            h.insert(
+                header::COOKIE,
+                HeaderValue::from_str(&format!("{stranger}; cairn_ui=y")).unwrap(),
+            );
+            assert_eq!(cookie_login(&h), Presented::One("y".into()), "{stranger}");
+            h.insert(header::COOKIE, HeaderValue::from_str(stranger).unwrap());
+            assert_eq!(cookie_login(&h), Presented::None, "{stranger}");
+        }
         h.insert(header::COOKIE, HeaderValue::from_static("a=1"));
         assert_eq!(cookie_login(&h), Presented::None);
         h.insert(header::COOKIE, HeaderValue::from_static("cairn_ui=x; a=1; cairn_ui=y"));
@@ -861,6 +917,35 @@ mod tests {
         h.insert(header::COOKIE, HeaderValue::from_static("cairn_ui=x"));
         h.append(header::COOKIE, HeaderValue::from_static("cairn_ui=x"));
         assert_eq!(cookie_login(&h), Presented::Many);
+    }
+
+    /// The clears of the deepest path a request names, a login's besides,
+    /// on a host of many labels: bounded by [`MOST_CLEARS`], each cleared
+    /// plainly and `Partitioned`.
+    #[test]
+    fn clearing_sends_a_bounded_number_of_lines() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::HOST,
+            HeaderValue::from_static("a.b.c.d.e.f.g.h.i.j.example.com:7070"),
+        );
+        let mut r = Response::new(axum::body::Body::empty());
+        let page = format!("/ui{}", "/x".repeat(CLEARED_DEPTH - 1));
+        assert_eq!(cookie_paths(&page).len(), 2 * CLEARED_DEPTH);
+        clear_planted(&h, &["/ui/login", &page], &mut r);
+        let set: Vec<&str> = r
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(set.len(), MOST_CLEARS);
+        let partitioned = set.iter().filter(|c| c.contains("; Partitioned")).count();
+        assert_eq!(partitioned * 2, set.len());
+        assert!(set
+            .iter()
+            .filter(|c| c.contains("; Partitioned"))
+            .all(|c| c.contains("; Secure") && c.contains("Max-Age=0")));
     }
 
     #[test]

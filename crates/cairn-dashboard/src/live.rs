@@ -239,11 +239,24 @@ pub(crate) async fn list_stream(
         return refusal.into_response();
     }
     let rx = d.feed.subscribe();
-    let start = (d, visitor.viewer, rx, None::<tokio::time::Instant>);
-    let stream = futures::stream::unfold(start, |(d, viewer, mut rx, sent)| async move {
+    // `login`: the login the stream was opened with (none on an open
+    // server), asked before each `changed`; `ended`: the `login` event
+    // that ends the stream once that login ended was sent.
+    let start = (
+        d,
+        visitor.viewer,
+        visitor.login,
+        rx,
+        None::<tokio::time::Instant>,
+        false,
+    );
+    let stream = futures::stream::unfold(start, |(d, viewer, login, mut rx, sent, ended)| async move {
+        if ended {
+            return None;
+        }
         let Some(sent) = sent else {
             let now = tokio::time::Instant::now();
-            return Some((Ok::<_, Infallible>(changed()), (d, viewer, rx, Some(now))));
+            return Some((Ok::<_, Infallible>(changed()), (d, viewer, login, rx, Some(now), false)));
         };
         // At most one `changed` per [`CHANGED_SPACING`], the last change of
         // a burst told at its end: the list re-renders a moment after each
@@ -271,10 +284,15 @@ pub(crate) async fn list_stream(
                 Err(broadcast::error::RecvError::Closed) => return None,
             };
             if show {
+                // A login ended (logged out, replaced, lapsed) since the
+                // stream opened ends it, as a process page's does.
+                if login.as_deref().is_some_and(|id| !d.logins.holds(id)) {
+                    return Some((Ok(login_ended()), (d, viewer, login, rx, Some(sent), true)));
+                }
                 // What else queued meanwhile is told by this one too.
                 while matches!(rx.try_recv(), Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_))) {}
                 let now = tokio::time::Instant::now();
-                return Some((Ok(changed()), (d, viewer, rx, Some(now))));
+                return Some((Ok(changed()), (d, viewer, login, rx, Some(now), false)));
             }
         }
     });
@@ -322,6 +340,10 @@ struct Follow {
     /// Asked again before each page: a session whose grant is revoked or
     /// moved while it follows stops reading the log then.
     viewer: Viewer,
+    /// The login the stream was opened with (none on an open server): asked
+    /// before each event and each read of the log, so a logout (or the
+    /// login replaced, or lapsed) ends the stream with `login`.
+    login: Option<String>,
     id: String,
     after: u64,
     pending: VecDeque<ProcessEvent>,
@@ -386,6 +408,7 @@ pub(crate) async fn process_stream(
     let follow = Follow {
         d,
         viewer: visitor.viewer.clone(),
+        login: visitor.login.clone(),
         id,
         after,
         pending: VecDeque::new(),
@@ -409,6 +432,10 @@ fn timeline(follow: Follow) -> impl Stream<Item = Result<Event, Infallible>> {
             if f.clear {
                 f.clear = false;
                 return Some((Ok(Event::default().event("cleared").data("<span></span>")), f));
+            }
+            if f.login.as_deref().is_some_and(|id| !f.d.logins.holds(id)) {
+                f.done = true;
+                return Some((Ok(login_ended()), f));
             }
             if let Some(event) = f.pending.pop_front() {
                 f.after = event.sequence;
@@ -485,6 +512,12 @@ impl Follow {
         }
         self
     }
+}
+
+/// The last event of a stream whose login ended: the page goes to log in
+/// again, as it does for a stream opened without one.
+fn login_ended() -> Event {
+    Event::default().event("login").data(crate::auth::LOGIN_AGAIN)
 }
 
 /// A failure mid-stream (the process was pruned, the store is down): shown in

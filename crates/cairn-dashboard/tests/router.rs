@@ -4230,3 +4230,223 @@ async fn a_wrong_method_is_answered_with_the_security_headers() {
         assert!(headers.contains_key(header::ALLOW), "{method} {path}: {headers:?}");
     }
 }
+
+/// A cookie whose name is the login cookie's percent-encoded
+/// (`cairn%5Fui`, planted by another service on the host) is another
+/// cookie to the browser, which a clear of `cairn_ui` leaves: it is
+/// neither taken nor counted, so the login beside it holds and the login
+/// page sets its cookie alone, without clearing anything.
+#[tokio::test]
+async fn a_cookie_of_an_encoded_name_is_a_stranger() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let app = app(&p, false);
+    let mine = login_as(&app, "host").await;
+    for stranger in ["cairn%5Fui=x", "cairn_u%69=x", "cairn%5fui=x"] {
+        let both = format!("{stranger}; {mine}");
+        let (status, html, headers) = get(&app, "/ui/processes", Some(&both)).await;
+        assert_eq!(status, StatusCode::OK, "{stranger}: {html}");
+        assert!(set_cookies(&headers).is_empty(), "{stranger}: {headers:?}");
+        let both = format!("{mine}; {stranger}");
+        assert_eq!(
+            get(&app, "/ui/processes", Some(&both)).await.0,
+            StatusCode::OK,
+            "{stranger}"
+        );
+        // Alone it is no login.
+        assert_eq!(
+            get(&app, "/ui/processes", Some(stranger)).await.0,
+            StatusCode::SEE_OTHER,
+            "{stranger}"
+        );
+        let login = Request::post("/ui/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::COOKIE, stranger)
+            .body(Body::from("token=host"))
+            .unwrap();
+        let (status, _, headers) = send(&app, login).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        let set = set_cookies(&headers);
+        assert_eq!(set.len(), 1, "{set:?}");
+        let id = cookie_value(&set[0]);
+        assert_eq!(
+            set[0],
+            format!("cairn_ui={id}; HttpOnly; SameSite=Strict; Path=/ui"),
+            "{set:?}"
+        );
+        let fresh = format!("cairn_ui={id}");
+        assert_eq!(
+            get(&app, "/ui/processes", Some(&format!("{stranger}; {fresh}")))
+                .await
+                .0,
+            StatusCode::OK
+        );
+    }
+}
+
+/// A cookie planted `Secure; Partitioned` is deleted by browsers only by a
+/// `Set-Cookie` that is `Partitioned` too: every path (and domain) cleared
+/// is cleared both ways.
+#[tokio::test]
+async fn a_planted_cookie_is_cleared_partitioned_too() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let app = app(&p, false);
+    let req = Request::get("/ui/processes")
+        .header(header::HOST, "127.0.0.1:7070")
+        .header(header::COOKIE, "cairn_ui_7070=x; cairn_ui_7070=y")
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, headers) = send(&app, req).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let mut want = Vec::new();
+    for path in ["/", "/ui", "/ui/", "/ui/processes"] {
+        want.push(format!(
+            "cairn_ui_7070=; HttpOnly; SameSite=Strict; Path={path}; Max-Age=0"
+        ));
+        want.push(format!(
+            "cairn_ui_7070=; HttpOnly; SameSite=Strict; Partitioned; Secure; Path={path}; Max-Age=0"
+        ));
+    }
+    assert_eq!(set_cookies(&headers), want);
+
+    // At a host name, each `Domain=` form as well.
+    let req = Request::get("/ui/processes")
+        .header(header::HOST, "cairn.example.com:7070")
+        .header(header::COOKIE, "cairn_ui_7070=x; cairn_ui_7070=y")
+        .body(Body::empty())
+        .unwrap();
+    let (_, _, headers) = send(&app, req).await;
+    let set = set_cookies(&headers);
+    assert_eq!(set.len(), 4 * 4 * 2, "{set:?}");
+    for domain in ["cairn.example.com", "example.com", "com"] {
+        let at = format!(
+            "cairn_ui_7070=; HttpOnly; SameSite=Strict; Partitioned; Secure; Path=/ui/; Domain={domain}; Max-Age=0"
+        );
+        assert!(set.contains(&at), "{at} in {set:?}");
+    }
+
+    // A login posted with a planted one clears it both ways before it sets
+    // its own, last.
+    let login = Request::post("/ui/login")
+        .header(header::HOST, "127.0.0.1:7070")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::COOKIE, "cairn_ui_7070=x")
+        .body(Body::from("token=host"))
+        .unwrap();
+    let (status, _, headers) = send(&app, login).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let set = set_cookies(&headers);
+    let (last, clears) = set.split_last().unwrap();
+    let id = cookie_value(last);
+    assert_eq!(
+        *last,
+        format!("cairn_ui_7070={id}; HttpOnly; SameSite=Strict; Path=/ui")
+    );
+    let mut want = Vec::new();
+    for path in ["/", "/ui", "/ui/", "/ui/login", "/ui/processes"] {
+        want.push(format!(
+            "cairn_ui_7070=; HttpOnly; SameSite=Strict; Path={path}; Max-Age=0"
+        ));
+        want.push(format!(
+            "cairn_ui_7070=; HttpOnly; SameSite=Strict; Partitioned; Secure; Path={path}; Max-Age=0"
+        ));
+    }
+    assert_eq!(clears, want.as_slice());
+}
+
+/// Open `path`'s live stream with `cookie`.
+async fn open_stream(app: &Router, path: &str, cookie: &str) -> axum::body::BodyDataStream {
+    let req = Request::get(path)
+        .header(header::COOKIE, cookie)
+        .header(header::ACCEPT, "text/event-stream")
+        .body(Body::empty())
+        .unwrap();
+    let r = app.clone().oneshot(req).await.expect("answered");
+    assert_eq!(r.status(), StatusCode::OK);
+    r.into_body().into_data_stream()
+}
+
+/// A live stream keeps to the login it was opened with: once that login
+/// ends (logged out, or replaced by a login as another viewer) the stream
+/// ends with `login`, and no event appended after it is sent.
+#[tokio::test]
+async fn a_live_stream_ends_with_its_login() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    p.start(StartRequest::external("ext-live", json!({})).with_event_type(cairn_core::EventType::plain("note")))
+        .await
+        .unwrap();
+    let note = |n: &'static str| {
+        let p = p.clone();
+        async move {
+            p.append_event("ext-live", cairn_core::AppendRequest::new("note", json!({"n": n})))
+                .await
+                .unwrap();
+        }
+    };
+    let app = app(&p, false);
+
+    // Logged out.
+    let cookie = login_as(&app, "host").await;
+    let mut body = open_stream(&app, "/ui/processes/ext-live/live", &cookie).await;
+    let mut seen = String::new();
+    note("before-logout").await;
+    assert!(read_until(&mut body, &mut seen, "before-logout").await, "{seen}");
+    let (_, page, _) = get(&app, "/ui/processes", Some(&cookie)).await;
+    let out = Request::post("/ui/logout")
+        .header(header::COOKIE, cookie.as_str())
+        .header("x-cairn-csrf", csrf_of(&page))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, out).await.0, StatusCode::OK);
+    note("after-logout").await;
+    assert!(
+        read_until(&mut body, &mut seen, "event: login\ndata: log in again\n\n").await,
+        "{seen}"
+    );
+    assert!(
+        !read_until(&mut body, &mut seen, "after-logout").await,
+        "the stream ends"
+    );
+    assert!(!seen.contains("after-logout"), "{seen}");
+    assert!(seen.trim_end().ends_with("data: log in again"), "{seen}");
+
+    // Replaced by a login as another viewer from the same browser.
+    let cookie = login_as(&app, "host").await;
+    let mut body = open_stream(&app, "/ui/processes/ext-live/live", &cookie).await;
+    let mut seen = String::new();
+    assert!(read_until(&mut body, &mut seen, "after-logout").await, "{seen}");
+    let again = Request::post("/ui/login")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::COOKIE, cookie.as_str())
+        .body(Body::from("token=s1-token"))
+        .unwrap();
+    assert_eq!(send(&app, again).await.0, StatusCode::SEE_OTHER);
+    note("after-replace").await;
+    assert!(read_until(&mut body, &mut seen, "event: login").await, "{seen}");
+    assert!(!read_until(&mut body, &mut seen, "after-replace").await, "{seen}");
+}
+
+/// A live list ends with its login too: after a logout the next change is
+/// told as `login`, not `changed`, and the stream ends.
+#[tokio::test]
+async fn a_live_list_ends_with_its_login() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let (app, mut stream, cookie) = live_list(&p, "host").await;
+    changed(&mut stream).await; // the one on connecting
+    external(&p, "before-logout").await;
+    changed(&mut stream).await;
+    let (_, page, _) = get(&app, "/ui/processes", Some(&cookie)).await;
+    let out = Request::post("/ui/logout")
+        .header(header::COOKIE, cookie.as_str())
+        .header("x-cairn-csrf", csrf_of(&page))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, out).await.0, StatusCode::OK);
+    external(&p, "after-logout").await;
+    let mut seen = String::new();
+    assert!(read_until(&mut stream, &mut seen, "event: login").await, "{seen}");
+    assert!(!read_until(&mut stream, &mut seen, "event: changed").await, "{seen}");
+}
