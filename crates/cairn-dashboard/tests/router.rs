@@ -120,14 +120,58 @@ async fn send(app: &Router, req: Request<Body>) -> (StatusCode, String, HeaderMa
 /// Log in with `token` (it must be a known one): the `Cookie` header the
 /// browser then sends.
 async fn login_as(app: &Router, token: &str) -> String {
-    let r = Request::post("/ui/login")
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(Body::from(format!("token={token}")))
-        .unwrap();
+    let r = login_post(format!("token={token}"), &[]);
     let (status, html, headers) = send(app, r).await;
     assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
-    let set = headers[header::SET_COOKIE].to_str().unwrap();
-    set.split(';').next().unwrap().to_string()
+    cookie_pair(headers[header::SET_COOKIE].to_str().unwrap()).to_string()
+}
+
+/// `POST /ui/login` of the form `form`, with `headers` besides its
+/// content type.
+fn login_post(form: impl Into<String>, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut req = Request::post("/ui/login").header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.body(Body::from(form.into())).unwrap()
+}
+
+/// The `name=value` a `Set-Cookie` header `set` sets: the `Cookie` header
+/// the browser then sends.
+fn cookie_pair(set: &str) -> &str {
+    set.split(';').next().unwrap()
+}
+
+/// Log out the login `cookie` names, with the CSRF token of its page: the
+/// answer's status and headers.
+async fn log_out(app: &Router, cookie: &str) -> (StatusCode, HeaderMap) {
+    let (_, page, _) = get(app, "/ui/processes", Some(cookie)).await;
+    let out = Request::post("/ui/logout")
+        .header(header::COOKIE, cookie)
+        .header("x-cairn-csrf", csrf_of(&page))
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, headers) = send(app, out).await;
+    (status, headers)
+}
+
+/// The cancel form of `ext-1` posted with `cookie` and `csrf`, as `reason`.
+fn cancel_ext_1(cookie: &str, csrf: &str, reason: &str) -> Request<Body> {
+    Request::post("/ui/processes/ext-1/cancel")
+        .header(header::COOKIE, cookie)
+        .header("x-cairn-csrf", csrf)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!("reason={reason}")))
+        .unwrap()
+}
+
+/// A live stream request for `path`, sent with `cookie`.
+fn stream_request(path: &str, cookie: &str) -> Request<Body> {
+    Request::get(path)
+        .header(header::ACCEPT, "text/event-stream")
+        .header(header::COOKIE, cookie)
+        .body(Body::empty())
+        .unwrap()
 }
 
 /// The ids of the listed rows, in page order.
@@ -253,10 +297,7 @@ async fn with_tokens_pages_need_a_login_and_writes_need_the_csrf_token() {
         ("%2F%2Fevil.example%2Fui%2F", "/ui/processes"),
         ("%2Fui%2F..%5C..%5Cevil", "/ui/processes"),
     ] {
-        let back = Request::post("/ui/login")
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(format!("token=host&next={next}")))
-            .unwrap();
+        let back = login_post(format!("token=host&next={next}"), &[]);
         let (status, _, headers) = send(&app, back).await;
         assert_eq!(status, StatusCode::SEE_OTHER, "{next}");
         assert_eq!(headers[header::LOCATION], to, "{next}");
@@ -287,23 +328,13 @@ async fn with_tokens_pages_need_a_login_and_writes_need_the_csrf_token() {
     // A live stream whose login lapsed is told so in the stream (a redirect
     // to a page would leave it reconnecting for ever); the pages hear it.
     for stream in ["/ui/list/live", "/ui/processes/ext-1/live"] {
-        let lapsed = Request::get(stream)
-            .header(header::ACCEPT, "text/event-stream")
-            .header(header::COOKIE, "cairn_ui=lapsed")
-            .body(Body::empty())
-            .unwrap();
-        let (status, body, headers) = send(&app, lapsed).await;
+        let (status, body, headers) = send(&app, stream_request(stream, "cairn_ui=lapsed")).await;
         assert_eq!(status, StatusCode::OK, "{stream}");
         assert_eq!(headers[header::CONTENT_TYPE], "text/event-stream", "{stream}");
         assert!(body.starts_with("event: login\n"), "{stream}: {body}");
     }
 
-    let login = |token: &str| {
-        Request::post("/ui/login")
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(format!("token={token}")))
-            .unwrap()
-    };
+    let login = |token: &str| login_post(format!("token={token}"), &[]);
     let (status, html, headers) = send(&app, login("nope")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(html.contains("unknown token"));
@@ -363,7 +394,7 @@ async fn with_tokens_pages_need_a_login_and_writes_need_the_csrf_token() {
         assert!(set.contains(attr), "{set}");
     }
     assert!(!set.contains("Secure"), "a login over plain HTTP: {set}");
-    let cookie_owned = set.split(';').next().unwrap().to_string();
+    let cookie_owned = cookie_pair(&set).to_string();
     let cookie = cookie_owned.as_str();
     let (status, html, _) = get(&app, "/ui/processes?status=any", Some(cookie)).await;
     assert_eq!(status, StatusCode::OK);
@@ -1260,12 +1291,7 @@ async fn a_login_is_the_servers_that_made_it() {
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(headers[header::LOCATION], "/ui/login?next=%2Fui%2Fprocesses%2Fext-1");
     let other = login_as(&b, "host").await;
-    let cancel = Request::post("/ui/processes/ext-1/cancel")
-        .header(header::COOKIE, other.as_str())
-        .header("x-cairn-csrf", csrf_of(&html))
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(Body::from("reason=from+another+node"))
-        .unwrap();
+    let cancel = cancel_ext_1(&other, &csrf_of(&html), "from+another+node");
     let (status, fragment, _) = send(&b, cancel).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{fragment}");
     assert!(fragment.contains("csrf_refused"), "{fragment}");
@@ -2279,15 +2305,11 @@ async fn a_login_cookie_is_named_by_the_servers_port() {
     let clock = Arc::new(ManualClock::new(T0));
     let p = runtime(&clock);
     let app = app(&p, false);
-    let login = Request::post("/ui/login")
-        .header(header::HOST, "127.0.0.1:7070")
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(Body::from("token=host"))
-        .unwrap();
+    let login = login_post("token=host", &[("host", "127.0.0.1:7070")]);
     let (_, _, headers) = send(&app, login).await;
     let set = headers[header::SET_COOKIE].to_str().unwrap().to_string();
     assert!(set.starts_with("cairn_ui_7070="), "{set}");
-    let cookie = set.split(';').next().unwrap().to_string();
+    let cookie = cookie_pair(&set).to_string();
     let page = |host: &str| {
         Request::get("/ui/processes")
             .header(header::HOST, host)
@@ -2622,12 +2644,7 @@ async fn the_cross_site_reload_and_the_login_keep_the_fragment() {
             && script.contains("next.value += location.hash"),
         "{script}"
     );
-    let back = Request::post("/ui/login")
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(Body::from(
-            "token=host&next=%2Fui%2Fprocesses%2Fext-1%3Ffrom%3D2%23ev-2",
-        ))
-        .unwrap();
+    let back = login_post("token=host&next=%2Fui%2Fprocesses%2Fext-1%3Ffrom%3D2%23ev-2", &[]);
     let (status, _, headers) = send(&app, back).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(headers[header::LOCATION], "/ui/processes/ext-1?from=2#ev-2");
@@ -3742,7 +3759,7 @@ async fn a_cancel_of_an_ended_process_says_what_it_did() {
 
 /// The value of the cookie `set` (a `Set-Cookie` header) sets.
 fn cookie_value(set: &str) -> &str {
-    set.split(';').next().unwrap().split_once('=').unwrap().1
+    cookie_pair(set).split_once('=').unwrap().1
 }
 
 /// The login cookie names a login the server holds, never the token: a
@@ -3774,12 +3791,13 @@ async fn the_login_cookie_holds_a_random_id_not_the_token() {
     }
     // Posted from a page served over HTTPS (a TLS proxy in front), as the
     // browser says in `Origin`: the cookie goes over HTTPS only.
-    let over_tls = Request::post("/ui/login")
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .header("origin", "https://cairn.example.com")
-        .header("sec-fetch-site", "same-origin")
-        .body(Body::from("token=host"))
-        .unwrap();
+    let over_tls = login_post(
+        "token=host",
+        &[
+            ("origin", "https://cairn.example.com"),
+            ("sec-fetch-site", "same-origin"),
+        ],
+    );
     let (status, _, headers) = send(&app, over_tls).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     let set = headers[header::SET_COOKIE].to_str().unwrap();
@@ -3800,23 +3818,13 @@ async fn logging_out_makes_the_old_cookie_useless() {
     let (status, html, _) = get(&app, "/ui/processes", Some(&cookie)).await;
     assert_eq!(status, StatusCode::OK);
     let csrf = csrf_of(&html);
-    let out = Request::post("/ui/logout")
-        .header(header::COOKIE, cookie.as_str())
-        .header("x-cairn-csrf", csrf.as_str())
-        .body(Body::empty())
-        .unwrap();
-    let (status, _, headers) = send(&app, out).await;
+    let (status, headers) = log_out(&app, &cookie).await;
     assert_eq!(status, StatusCode::OK);
     let set = headers[header::SET_COOKIE].to_str().unwrap();
     assert!(set.starts_with("cairn_ui=;") && set.contains("Max-Age=0"), "{set}");
     let (status, _, _) = get(&app, "/ui/processes", Some(&cookie)).await;
     assert_eq!(status, StatusCode::SEE_OTHER, "the old cookie is no login");
-    let cancel = Request::post("/ui/processes/ext-1/cancel")
-        .header(header::COOKIE, cookie.as_str())
-        .header("x-cairn-csrf", csrf.as_str())
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(Body::from("reason=after+logout"))
-        .unwrap();
+    let cancel = cancel_ext_1(&cookie, &csrf, "after+logout");
     assert_eq!(send(&app, cancel).await.0, StatusCode::UNAUTHORIZED);
     assert!(p.get("ext-1").await.unwrap().cancel_request.is_none());
     // Another browser's login is its own.
@@ -3846,18 +3854,9 @@ async fn a_login_cookie_sent_twice_is_logged_out() {
             "/ui/login?next=%2Fui%2Fprocesses%3Fstatus%3Dany",
             "{cookies}"
         );
-        let cleared: Vec<&str> = headers
-            .get_all(header::SET_COOKIE)
-            .iter()
-            .map(|v| v.to_str().unwrap())
-            .collect();
-        for path in ["Path=/ui;", "Path=/ui/processes;"] {
-            assert!(
-                cleared
-                    .iter()
-                    .any(|c| c.starts_with("cairn_ui=;") && c.contains(path) && c.contains("Max-Age=0")),
-                "{path}: {cleared:?}"
-            );
+        let cleared = set_cookies(&headers);
+        for path in ["/ui", "/ui/processes"] {
+            assert!(clears_at(&cleared, path), "{path}: {cleared:?}");
         }
     }
     // Sent in two `Cookie` headers, the same.
@@ -3890,14 +3889,7 @@ async fn the_csrf_token_is_the_logins_not_the_tokens() {
     let of_token = hex::encode(of_token.finalize().into_bytes());
     assert_ne!(csrf_a, of_token);
     assert_ne!(csrf_a, csrf_b);
-    let cancel = |cookie: &str, csrf: &str| {
-        Request::post("/ui/processes/ext-1/cancel")
-            .header(header::COOKIE, cookie)
-            .header("x-cairn-csrf", csrf)
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from("reason=r"))
-            .unwrap()
-    };
+    let cancel = |cookie: &str, csrf: &str| cancel_ext_1(cookie, csrf, "r");
     for (cookie, csrf) in [(&b, &csrf_a), (&a, &of_token)] {
         let (status, html, _) = send(&app, cancel(cookie, csrf)).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
@@ -3944,12 +3936,7 @@ async fn every_answer_carries_the_security_headers() {
     }
     for stream in ["/ui/list/live", "/ui/processes/ext-1/live"] {
         for cookie in [cookie.as_str(), "cairn_ui=lapsed"] {
-            let r = Request::get(stream)
-                .header(header::ACCEPT, "text/event-stream")
-                .header(header::COOKIE, cookie)
-                .body(Body::empty())
-                .unwrap();
-            let r = app.clone().oneshot(r).await.unwrap();
+            let r = app.clone().oneshot(stream_request(stream, cookie)).await.unwrap();
             let headers = r.headers().clone();
             assert_eq!(headers[header::CONTENT_TYPE], "text/event-stream", "{stream}");
             assert_eq!(headers[header::CACHE_CONTROL], "no-store", "{stream} {cookie}");
@@ -4065,12 +4052,7 @@ async fn a_cookie_planted_at_a_path_with_a_slash_after_it_is_cleared() {
 
     // On a host reached by name, the cookie set with `Domain=` (a cookie of
     // its own to the browser) is cleared too, at each name the host ends in.
-    let named = Request::get("/ui/processes")
-        .header(header::HOST, "cairn.example.com:7070")
-        .header(header::COOKIE, "cairn_ui_7070=x; cairn_ui_7070=y")
-        .body(Body::empty())
-        .unwrap();
-    let (_, _, headers) = send(&app, named).await;
+    let (_, _, headers) = send(&app, planted_twice_at("cairn.example.com:7070")).await;
     let set = set_cookies(&headers);
     for domain in ["cairn.example.com", "example.com"] {
         assert!(
@@ -4091,11 +4073,7 @@ async fn a_cookie_planted_at_a_path_with_a_slash_after_it_is_cleared() {
     // A login posted with one cookie that names no login (planted at
     // `/ui/`, where the login is sent it): it is cleared before the new
     // login is set, which the next page would be sent with it.
-    let login = Request::post("/ui/login")
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .header(header::COOKIE, planted)
-        .body(Body::from("token=host"))
-        .unwrap();
+    let login = login_post("token=host", &[("cookie", planted)]);
     let (status, _, headers) = send(&app, login).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     let set = set_cookies(&headers);
@@ -4107,17 +4085,13 @@ async fn a_cookie_planted_at_a_path_with_a_slash_after_it_is_cleared() {
     // The login, posted with both: the planted one cleared first, then
     // the new login set at `/ui`, last.
     for _ in 0..30 {
-        let wrong = Request::post("/ui/login")
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from("token=guess"))
-            .unwrap();
+        let wrong = login_post("token=guess", &[]);
         assert_eq!(send(&app, wrong).await.0, StatusCode::UNAUTHORIZED);
     }
-    let login = Request::post("/ui/login")
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .header(header::COOKIE, format!("{planted}; {mine}"))
-        .body(Body::from("token=host&next=%2Fui%2Fprocesses%2Fa%40b"))
-        .unwrap();
+    let login = login_post(
+        "token=host&next=%2Fui%2Fprocesses%2Fa%40b",
+        &[("cookie", &format!("{planted}; {mine}"))],
+    );
     let (status, html, headers) = send(&app, login).await;
     assert_eq!(status, StatusCode::SEE_OTHER, "{html}");
     let set = set_cookies(&headers);
@@ -4129,7 +4103,7 @@ async fn a_cookie_planted_at_a_path_with_a_slash_after_it_is_cleared() {
         last.split("; ").any(|attr| attr == "Path=/ui") && !last.contains("Max-Age=0"),
         "{set:?}"
     );
-    let fresh = last.split(';').next().unwrap();
+    let fresh = cookie_pair(last);
     assert_ne!(fresh, mine);
     assert_eq!(get(&app, "/ui/processes", Some(fresh)).await.0, StatusCode::OK);
 }
@@ -4168,30 +4142,19 @@ async fn a_second_login_as_the_same_viewer_keeps_open_pages_working() {
     let cookie = login_as(&app, "host").await;
     let (_, page, _) = get(&app, "/ui/processes/ext-1", Some(&cookie)).await;
     let csrf = csrf_of(&page);
-    let again = |cookie: &str, token: &str| {
-        Request::post("/ui/login")
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(header::COOKIE, cookie)
-            .body(Body::from(format!("token={token}")))
-            .unwrap()
-    };
+    let again = |cookie: &str, token: &str| login_post(format!("token={token}"), &[("cookie", cookie)]);
     let (status, _, headers) = send(&app, again(&cookie, "host")).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     let set = set_cookies(&headers);
     assert_eq!(set.len(), 1, "{set:?}");
-    assert_eq!(set[0].split(';').next().unwrap(), cookie, "the same login");
-    let cancel = Request::post("/ui/processes/ext-1/cancel")
-        .header(header::COOKIE, cookie.as_str())
-        .header("x-cairn-csrf", csrf.as_str())
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(Body::from("reason=r"))
-        .unwrap();
+    assert_eq!(cookie_pair(&set[0]), cookie, "the same login");
+    let cancel = cancel_ext_1(&cookie, &csrf, "r");
     let (status, html, _) = send(&app, cancel).await;
     assert_eq!(status, StatusCode::OK, "{html}");
 
     let (_, _, headers) = send(&app, again(&cookie, "s1-token")).await;
     let set = set_cookies(&headers);
-    let session = set.last().unwrap().split(';').next().unwrap().to_string();
+    let session = cookie_pair(set.last().unwrap()).to_string();
     assert_ne!(session, cookie);
     assert_eq!(get(&app, "/ui/processes", Some(&cookie)).await.0, StatusCode::SEE_OTHER);
     let (status, html, _) = get(&app, "/ui/processes", Some(&session)).await;
@@ -4259,11 +4222,7 @@ async fn a_cookie_of_an_encoded_name_is_a_stranger() {
             StatusCode::SEE_OTHER,
             "{stranger}"
         );
-        let login = Request::post("/ui/login")
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(header::COOKIE, stranger)
-            .body(Body::from("token=host"))
-            .unwrap();
+        let login = login_post("token=host", &[("cookie", stranger)]);
         let (status, _, headers) = send(&app, login).await;
         assert_eq!(status, StatusCode::SEE_OTHER);
         let set = set_cookies(&headers);
@@ -4284,6 +4243,29 @@ async fn a_cookie_of_an_encoded_name_is_a_stranger() {
     }
 }
 
+/// `GET /ui/processes` at `host`, carrying its login cookie twice.
+fn planted_twice_at(host: &str) -> Request<Body> {
+    Request::get("/ui/processes")
+        .header(header::HOST, host)
+        .header(header::COOKIE, "cairn_ui_7070=x; cairn_ui_7070=y")
+        .body(Body::empty())
+        .unwrap()
+}
+
+/// The clears of `cairn_ui_7070` at each of `paths`, in order: plain, then
+/// `Partitioned`.
+fn cleared_both_ways(paths: &[&str]) -> Vec<String> {
+    paths
+        .iter()
+        .flat_map(|path| {
+            [
+                format!("cairn_ui_7070=; HttpOnly; SameSite=Strict; Path={path}; Max-Age=0"),
+                format!("cairn_ui_7070=; HttpOnly; SameSite=Strict; Partitioned; Secure; Path={path}; Max-Age=0"),
+            ]
+        })
+        .collect()
+}
+
 /// A cookie planted `Secure; Partitioned` is deleted by browsers only by a
 /// `Set-Cookie` that is `Partitioned` too: every path (and domain) cleared
 /// is cleared both ways.
@@ -4292,31 +4274,13 @@ async fn a_planted_cookie_is_cleared_partitioned_too() {
     let clock = Arc::new(ManualClock::new(T0));
     let p = runtime(&clock);
     let app = app(&p, false);
-    let req = Request::get("/ui/processes")
-        .header(header::HOST, "127.0.0.1:7070")
-        .header(header::COOKIE, "cairn_ui_7070=x; cairn_ui_7070=y")
-        .body(Body::empty())
-        .unwrap();
-    let (status, _, headers) = send(&app, req).await;
+    let (status, _, headers) = send(&app, planted_twice_at("127.0.0.1:7070")).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
-    let mut want = Vec::new();
-    for path in ["/", "/ui", "/ui/", "/ui/processes"] {
-        want.push(format!(
-            "cairn_ui_7070=; HttpOnly; SameSite=Strict; Path={path}; Max-Age=0"
-        ));
-        want.push(format!(
-            "cairn_ui_7070=; HttpOnly; SameSite=Strict; Partitioned; Secure; Path={path}; Max-Age=0"
-        ));
-    }
+    let want = cleared_both_ways(&["/", "/ui", "/ui/", "/ui/processes"]);
     assert_eq!(set_cookies(&headers), want);
 
     // At a host name, each `Domain=` form as well.
-    let req = Request::get("/ui/processes")
-        .header(header::HOST, "cairn.example.com:7070")
-        .header(header::COOKIE, "cairn_ui_7070=x; cairn_ui_7070=y")
-        .body(Body::empty())
-        .unwrap();
-    let (_, _, headers) = send(&app, req).await;
+    let (_, _, headers) = send(&app, planted_twice_at("cairn.example.com:7070")).await;
     let set = set_cookies(&headers);
     assert_eq!(set.len(), 4 * 4 * 2, "{set:?}");
     for domain in ["cairn.example.com", "example.com", "com"] {
@@ -4328,12 +4292,10 @@ async fn a_planted_cookie_is_cleared_partitioned_too() {
 
     // A login posted with a planted one clears it both ways before it sets
     // its own, last.
-    let login = Request::post("/ui/login")
-        .header(header::HOST, "127.0.0.1:7070")
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .header(header::COOKIE, "cairn_ui_7070=x")
-        .body(Body::from("token=host"))
-        .unwrap();
+    let login = login_post(
+        "token=host",
+        &[("host", "127.0.0.1:7070"), ("cookie", "cairn_ui_7070=x")],
+    );
     let (status, _, headers) = send(&app, login).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     let set = set_cookies(&headers);
@@ -4343,26 +4305,17 @@ async fn a_planted_cookie_is_cleared_partitioned_too() {
         *last,
         format!("cairn_ui_7070={id}; HttpOnly; SameSite=Strict; Path=/ui")
     );
-    let mut want = Vec::new();
-    for path in ["/", "/ui", "/ui/", "/ui/login", "/ui/processes"] {
-        want.push(format!(
-            "cairn_ui_7070=; HttpOnly; SameSite=Strict; Path={path}; Max-Age=0"
-        ));
-        want.push(format!(
-            "cairn_ui_7070=; HttpOnly; SameSite=Strict; Partitioned; Secure; Path={path}; Max-Age=0"
-        ));
-    }
+    let want = cleared_both_ways(&["/", "/ui", "/ui/", "/ui/login", "/ui/processes"]);
     assert_eq!(clears, want.as_slice());
 }
 
 /// Open `path`'s live stream with `cookie`.
 async fn open_stream(app: &Router, path: &str, cookie: &str) -> axum::body::BodyDataStream {
-    let req = Request::get(path)
-        .header(header::COOKIE, cookie)
-        .header(header::ACCEPT, "text/event-stream")
-        .body(Body::empty())
-        .unwrap();
-    let r = app.clone().oneshot(req).await.expect("answered");
+    let r = app
+        .clone()
+        .oneshot(stream_request(path, cookie))
+        .await
+        .expect("answered");
     assert_eq!(r.status(), StatusCode::OK);
     r.into_body().into_data_stream()
 }
@@ -4393,13 +4346,7 @@ async fn a_live_stream_ends_with_its_login() {
     let mut seen = String::new();
     note("before-logout").await;
     assert!(read_until(&mut body, &mut seen, "before-logout").await, "{seen}");
-    let (_, page, _) = get(&app, "/ui/processes", Some(&cookie)).await;
-    let out = Request::post("/ui/logout")
-        .header(header::COOKIE, cookie.as_str())
-        .header("x-cairn-csrf", csrf_of(&page))
-        .body(Body::empty())
-        .unwrap();
-    assert_eq!(send(&app, out).await.0, StatusCode::OK);
+    assert_eq!(log_out(&app, &cookie).await.0, StatusCode::OK);
     note("after-logout").await;
     assert!(
         read_until(&mut body, &mut seen, "event: login\ndata: log in again\n\n").await,
@@ -4417,11 +4364,7 @@ async fn a_live_stream_ends_with_its_login() {
     let mut body = open_stream(&app, "/ui/processes/ext-live/live", &cookie).await;
     let mut seen = String::new();
     assert!(read_until(&mut body, &mut seen, "after-logout").await, "{seen}");
-    let again = Request::post("/ui/login")
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .header(header::COOKIE, cookie.as_str())
-        .body(Body::from("token=s1-token"))
-        .unwrap();
+    let again = login_post("token=s1-token", &[("cookie", cookie.as_str())]);
     assert_eq!(send(&app, again).await.0, StatusCode::SEE_OTHER);
     note("after-replace").await;
     assert!(read_until(&mut body, &mut seen, "event: login").await, "{seen}");
@@ -4438,13 +4381,7 @@ async fn a_live_list_ends_with_its_login() {
     changed(&mut stream).await; // the one on connecting
     external(&p, "before-logout").await;
     changed(&mut stream).await;
-    let (_, page, _) = get(&app, "/ui/processes", Some(&cookie)).await;
-    let out = Request::post("/ui/logout")
-        .header(header::COOKIE, cookie.as_str())
-        .header("x-cairn-csrf", csrf_of(&page))
-        .body(Body::empty())
-        .unwrap();
-    assert_eq!(send(&app, out).await.0, StatusCode::OK);
+    assert_eq!(log_out(&app, &cookie).await.0, StatusCode::OK);
     external(&p, "after-logout").await;
     let mut seen = String::new();
     assert!(read_until(&mut stream, &mut seen, "event: login").await, "{seen}");

@@ -5,7 +5,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{waiter, Server, BIN};
+use common::{waiter, Server, BIN, TWO_SESSIONS};
 use serde_json::{json, Value};
 
 /// Who the last event of `id`'s log (its end) says ended it.
@@ -18,17 +18,6 @@ async fn completed_by(client: &common::Client, id: &str) -> Value {
 fn code(body: &Value) -> &str {
     body.pointer("/error/code").and_then(Value::as_str).unwrap_or("<none>")
 }
-
-/// `serve`'s flags for the host token `host-secret` and two sessions' tokens,
-/// `s1=tok-1` and `s2=tok-2`.
-const TWO_SESSIONS: &[&str] = &[
-    "--token",
-    "host-secret",
-    "--session-token",
-    "s1=tok-1",
-    "--session-token",
-    "s2=tok-2",
-];
 
 /// The host's client and the two sessions' (`s1`, `s2`) of a server started
 /// with [`TWO_SESSIONS`].

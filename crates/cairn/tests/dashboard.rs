@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::Server;
+use common::{tool_start, Server};
 use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures::FutureExt;
@@ -128,6 +128,24 @@ where
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// A server with the host token `host-secret` that has started `start`
+/// (a start body) as the host.
+async fn token_server_with(start: Value) -> Server {
+    let server = Server::start(&["--token", "host-secret"]).await;
+    let (status, body) = server.with_token("host-secret").post("/v1/processes", start).await;
+    assert_eq!(status, 201, "{body}");
+    server
+}
+
+/// The host (token `host-secret`) reads a cancel request on process `id`.
+async fn assert_cancel_asked(server: &Server, id: &str) {
+    let (_, process) = server
+        .with_token("host-secret")
+        .get(&format!("/v1/processes/{id}"))
+        .await;
+    assert!(process["cancel_request"].is_object(), "{process}");
 }
 
 /// Click the element `css` selects (it must be there).
@@ -899,8 +917,7 @@ async fn the_login_gate_keeps_the_token_in_a_cookie_and_refuses_requests_without
         assert_eq!(accepted[0], json!(200), "{accepted}");
     })
     .await;
-    let (_, mine) = host.get("/v1/processes/mine").await;
-    assert!(mine["cancel_request"].is_object(), "{mine}");
+    assert_cancel_asked(server, "mine").await;
     let (_, theirs) = host.get("/v1/processes/theirs").await;
     assert!(theirs.get("cancel_request").is_none(), "{theirs}");
 }
@@ -915,22 +932,14 @@ async fn the_login_gate_keeps_the_token_in_a_cookie_and_refuses_requests_without
     ignore = "chromedriver not installed (apt-get install chromium chromium-driver)"
 )]
 async fn a_link_from_another_site_lands_on_its_event() {
-    let owned = Server::start(&["--token", "host-secret"]).await;
+    let owned = token_server_with(tool_start("linked", "echo", json!({"value": 1}), "rerunnable")).await;
     let server = &owned;
     let host = server.with_token("host-secret");
-    let (status, body) = host
-        .post(
-            "/v1/processes",
-            json!({"id": "linked", "input": {"type": "tool_call", "tool": "echo", "args": {"value": 1}},
-                   "disposition": "rerunnable"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
     let (status, body) = host.get("/v1/processes/linked/await?timeout_ms=20000").await;
     assert_eq!((status, body["status"].as_str()), (200, Some("completed")), "{body}");
     // Another site: the same server by another host name (`localhost` is
     // not the site `127.0.0.1` is), whose login page needs no cookie.
-    let port = server.base.rsplit(':').next().unwrap().to_string();
+    let port = server.port();
     let away = format!("http://localhost:{port}/ui/login");
     let target = server.url("/ui/processes/linked?from=2#ev-2");
     let follow = |c: Client| {
@@ -985,18 +994,9 @@ async fn a_link_from_another_site_lands_on_its_event() {
     ignore = "chromedriver not installed (apt-get install chromium chromium-driver)"
 )]
 async fn a_planted_login_cookie_logs_out_once_not_for_good() {
-    let owned = Server::start(&["--token", "host-secret"]).await;
+    let owned = token_server_with(tool_start("mine", "sleep", json!({"ms": 60000}), "rerunnable")).await;
     let server = &owned;
-    let host = server.with_token("host-secret");
-    let (status, body) = host
-        .post(
-            "/v1/processes",
-            json!({"id": "mine", "input": {"type": "tool_call", "tool": "sleep", "args": {"ms": 60000}},
-                   "disposition": "rerunnable"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let port = server.base.rsplit(':').next().unwrap().to_string();
+    let port = server.port();
     let name = format!("cairn_ui_{port}");
     with_browser(|c| async move {
         let plant = |path: &'static str| {
@@ -1092,8 +1092,7 @@ async fn a_planted_login_cookie_logs_out_once_not_for_good() {
         assert_eq!(accepted[0], json!(200), "{accepted}");
     })
     .await;
-    let (_, mine) = host.get("/v1/processes/mine").await;
-    assert!(mine["cancel_request"].is_object(), "{mine}");
+    assert_cancel_asked(server, "mine").await;
 }
 
 #[tokio::test]

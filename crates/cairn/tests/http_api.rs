@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{tool_start, waiter, Server};
+use common::{tool_start, waiter, Server, TWO_SESSIONS};
 use serde_json::{json, Value};
 
 fn code(body: &Value) -> &str {
@@ -1391,13 +1391,7 @@ async fn health_metrics_and_openapi() {
 async fn an_open_server_answers_only_loopback_hosts_and_pages() {
     let server = Server::start(&[]).await;
     let c = server.client();
-    let port = server
-        .url("/")
-        .split(':')
-        .nth(2)
-        .unwrap_or_default()
-        .trim_end_matches('/')
-        .to_string();
+    let port = server.port();
     let rebound = format!("attacker.example:{port}");
     // An authority whose "port" is not a number, or is no TCP port, or
     // that carries a user part, names no loopback.
@@ -1528,13 +1522,7 @@ async fn two_host_or_origin_headers_are_refused() {
     let body = serde_json::to_string(&waiter("doubled")).expect("body");
     for tokens in [&[][..], &["--token", "host-secret"]] {
         let server = Server::start(tokens).await;
-        let port = server
-            .url("/")
-            .split(':')
-            .nth(2)
-            .unwrap_or_default()
-            .trim_end_matches('/')
-            .to_string();
+        let port = server.port();
         let bearer = if tokens.is_empty() {
             String::new()
         } else {
@@ -3143,15 +3131,7 @@ async fn a_frames_grants_and_starts_are_listed_by_its_scope() {
 /// A server with a host token (`host-secret`) and two sessions' (`s1`:
 /// `tok-1`, `s2`: `tok-2`).
 async fn two_sessions() -> Server {
-    Server::start(&[
-        "--token",
-        "host-secret",
-        "--session-token",
-        "s1=tok-1",
-        "--session-token",
-        "s2=tok-2",
-    ])
-    .await
+    Server::start(TWO_SESSIONS).await
 }
 
 /// A repeated start answers 200 and does not apply its `grant`, whatever

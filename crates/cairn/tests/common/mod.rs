@@ -11,6 +11,17 @@ use serde_json::{json, Value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 
+/// `serve`'s flags for the host token `host-secret` and two sessions' tokens,
+/// `s1=tok-1` and `s2=tok-2`.
+pub const TWO_SESSIONS: &[&str] = &[
+    "--token",
+    "host-secret",
+    "--session-token",
+    "s1=tok-1",
+    "--session-token",
+    "s2=tok-2",
+];
+
 /// A running `cairn serve`; killed when dropped.
 pub struct Server {
     child: Child,
@@ -125,6 +136,16 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// The port the server listens on, as `base` names it.
+    pub fn port(&self) -> String {
+        self.base
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .to_string()
     }
 
     /// A connection that sent a request's headers and then a body that
