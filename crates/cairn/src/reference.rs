@@ -77,7 +77,7 @@ fn core_errors() -> Vec<(CairnError, &'static str)> {
                 terminal_at_ms: 0,
                 pruned_at_ms: 0,
             })),
-            "the process was pruned; the body carries its tombstone (to a session token, only for a process its session held a grant on when it was pruned)",
+            "the process was pruned; the body carries its tombstone (to a session token, only for a process its session as a whole held a grant on when it was pruned; one only an agent frame held answers `unknown_process`)",
         ),
         (
             CairnError::UndeclaredEventType {
