@@ -163,14 +163,25 @@ fn take_out<'a>(text: &'a str, key: &str, end: bool) -> (Cow<'a, str>, usize) {
 const REDACTED: &str = "[redacted]";
 
 /// A `Retry-After` value (RFC 9110): delay-seconds or an HTTP date (a date
-/// already past means now).
-pub(crate) fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+/// already past means now). A date is measured against `date`, the
+/// response's own `Date` header, when it has a parseable one: both are in the
+/// endpoint's clock, so a node whose clock is off from it still waits what
+/// was asked. Only without one is it measured against `now`, the local clock.
+pub(crate) fn retry_after(value: &str, date: Option<&str>, now: std::time::SystemTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
+    // Delay-seconds too many for a u64 is a very long wait, not no wait
+    // (RFC 9111 §1.2.2): it is past any a turn waits out.
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(u64::MAX));
+    }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    let from = date
+        .and_then(|d| httpdate::parse_http_date(d.trim()).ok())
+        .unwrap_or(now);
+    Some(at.duration_since(from).unwrap_or(Duration::ZERO))
 }
 
 /// A request body: the messages so far, the tools offered, and options.
@@ -320,11 +331,9 @@ async fn ask(
         .map_err(|e| ModelFault::transient(format!("model `{}`: {}", spec.name, without_url(&e))))?;
     let status = response.status();
     if !status.is_success() {
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| retry_after(v, std::time::SystemTime::now()));
+        let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
+        let retry_after = header(reqwest::header::RETRY_AFTER)
+            .and_then(|v| retry_after(v, header(reqwest::header::DATE), std::time::SystemTime::now()));
         // Where a redirect not followed points, resolved against the URL
         // asked (a Location may be relative).
         let response_location = status
@@ -1124,13 +1133,67 @@ mod tests {
     #[test]
     fn retry_after_takes_seconds_or_a_date() {
         let now = std::time::UNIX_EPOCH + Duration::from_secs(1_445_412_480); // Wed, 21 Oct 2015 07:28:00 GMT
-        assert_eq!(retry_after(" 120 ", now), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after(" 120 ", None, now), Some(Duration::from_secs(120)));
         assert_eq!(
-            retry_after("Wed, 21 Oct 2015 07:30:00 GMT", now),
+            retry_after("Wed, 21 Oct 2015 07:30:00 GMT", None, now),
             Some(Duration::from_secs(120))
         );
-        assert_eq!(retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now), Some(Duration::ZERO));
-        assert_eq!(retry_after("soon", now), None);
+        assert_eq!(
+            retry_after("Wed, 21 Oct 2015 07:00:00 GMT", None, now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after("soon", None, now), None);
+        assert_eq!(retry_after("", None, now), None);
+    }
+
+    /// A date is measured against the response's own `Date` (the
+    /// endpoint's clock), whichever way the local clock is off from it; the
+    /// local clock counts only without a parseable `Date`.
+    #[test]
+    fn a_retry_after_date_is_measured_by_the_endpoints_clock() {
+        let at = "Wed, 21 Oct 2015 07:28:40 GMT";
+        let date = Some("Wed, 21 Oct 2015 07:28:00 GMT");
+        let forty = Some(Duration::from_secs(40));
+        let endpoint_now = std::time::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        for skew in [0i64, 60, 3_600, -60, -86_400] {
+            let local = if skew >= 0 {
+                endpoint_now + Duration::from_secs(skew as u64)
+            } else {
+                endpoint_now - Duration::from_secs(skew.unsigned_abs())
+            };
+            assert_eq!(retry_after(at, date, local), forty, "local clock off by {skew} s");
+        }
+        let ahead = endpoint_now + Duration::from_secs(60);
+        let behind = endpoint_now - Duration::from_secs(60);
+        // Without a `Date`, or with one that does not parse, the local clock.
+        for no_date in [None, Some("yesterday"), Some("")] {
+            assert_eq!(retry_after(at, no_date, ahead), Some(Duration::ZERO), "{no_date:?}");
+            assert_eq!(
+                retry_after(at, no_date, behind),
+                Some(Duration::from_secs(100)),
+                "{no_date:?}"
+            );
+        }
+        // A date before the endpoint's `Date` is now; seconds are seconds.
+        assert_eq!(
+            retry_after("Wed, 21 Oct 2015 07:27:00 GMT", date, behind),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after("7", date, ahead), Some(Duration::from_secs(7)));
+    }
+
+    /// Delay-seconds too many for a u64 is a very long wait (RFC 9111
+    /// §1.2.2), not an absent header.
+    #[test]
+    fn an_overflowing_retry_after_is_a_very_long_wait() {
+        let now = std::time::SystemTime::now();
+        let longest = Some(Duration::from_secs(u64::MAX));
+        assert_eq!(retry_after("18446744073709551615", None, now), longest);
+        assert_eq!(retry_after("18446744073709551616", None, now), longest);
+        assert_eq!(retry_after(" 99999999999999999999 ", None, now), longest);
+        assert_eq!(retry_after("9999999999999999999999999999999999", None, now), longest);
+        assert_eq!(retry_after("-1", None, now), None);
+        assert_eq!(retry_after("1.5", None, now), None);
     }
 
     #[test]

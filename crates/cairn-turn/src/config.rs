@@ -70,6 +70,22 @@ impl FromStr for ModelSpec {
         };
         let (name, rest) = s.split_once('=').ok_or_else(|| bad("no `=`"))?;
         validate_id("model name", name)?;
+        // Looked for before the options are split off at `,`: a password may
+        // hold a `,`, and what follows it would read as an option (named in
+        // a refusal, or taken as the model id).
+        match userinfo_at(rest) {
+            None => {}
+            Some(false) => return Err(bad(CREDENTIALS)),
+            // `http://h,model=@cf/x` is a model id; `http://u:p,w@h` a
+            // password. Which one cannot be told: refused, saying how to
+            // write the first.
+            Some(true) => {
+                return Err(bad(&format!(
+                    "{CREDENTIALS} (an `@` in an option after a base URL with no path reads as one: \
+                     give the path, such as `/v1`)"
+                )))
+            }
+        }
         let mut parts = rest.split(',');
         let base_url = parts.next().unwrap_or_default().trim_end_matches('/').to_string();
         let url = reqwest::Url::parse(&base_url).map_err(|e| bad(&format!("base URL: {e}")))?;
@@ -80,6 +96,9 @@ impl FromStr for ModelSpec {
         // would end up before that path, or be dropped.
         if url.query().is_some() || url.fragment().is_some() {
             return Err(bad("the base URL may have no query (`?`) or fragment (`#`)"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad(CREDENTIALS));
         }
         let mut spec = ModelSpec {
             name: name.to_string(),
@@ -120,6 +139,29 @@ impl FromStr for ModelSpec {
         }
         Ok(spec)
     }
+}
+
+/// Why a base URL with a user or a password is refused: they would be sent
+/// as Basic auth, and an endpoint that quotes them in an error would have
+/// them stored in the turn's failure and logged (SPEC §15).
+const CREDENTIALS: &str = "the base URL may hold no user or password (not shown: it may hold a secret); \
+                           give the key in an environment variable named by `key_env=`";
+
+/// Whether the base URL at the start of `rest` may have a userinfo
+/// (`user@`, `user:password@`): an `@` before its path, query or fragment, as
+/// a URL parser reads it (tabs and newlines dropped, any run of slashes after
+/// the scheme taken as the `//`). `Some(true)` when a `,` comes before that
+/// `@`, so that it may be in an option instead.
+fn userinfo_at(rest: &str) -> Option<bool> {
+    let (_, after) = rest.split_once(':')?;
+    let after: String = after.chars().filter(|c| !matches!(c, '\t' | '\n' | '\r')).collect();
+    let authority = after
+        .trim_start_matches(['/', '\\'])
+        .split(['/', '\\', '?', '#'])
+        .next()
+        .unwrap_or_default();
+    let at = authority.find('@')?;
+    Some(authority[..at].contains(','))
 }
 
 /// Whether `var` is an environment variable's name as shells write one.
@@ -223,6 +265,54 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    /// A user or a password in a base URL would go out as Basic auth, and
+    /// be stored and logged wherever an endpoint quotes it: refused at
+    /// parse, pointing to `key_env`, without showing any of the URL.
+    #[test]
+    fn credentials_in_a_base_url_are_refused_unshown() {
+        for given in [
+            "uk=http://bob:PASS@127.0.0.1:7721/v1",
+            "uk=https://bob@h/v1",
+            "uk=http://:PASS@h/v1",
+            "uk=HTTP://bob:PASS@h/v1/",
+            "uk=http://bob:PASS@h,model=m,key_env=K",
+            "uk=http:bob:PASS@h/v1",
+            "uk=http:/\t/bob:PASS@h/v1",
+            "uk=http:\\\\bob:PASS@h/v1",
+            "uk=http://bob%3APASS@h/v1",
+            "uk=http://bob:PASS@h?x#y",
+            // A `,` in the password: the base URL cut there would parse
+            // (`bob:12` a host and port), and what follows read as options.
+            "uk=http://bob:12,PASS@h/v1",
+            "uk=http://bob:12,PASS=x@h/v1",
+            "uk=http://bob:12,model=PASS@h/v1",
+            "uk=http://bob:PA,SS@h/v1",
+        ] {
+            let e = given.parse::<ModelSpec>().expect_err(given).to_string();
+            assert!(
+                e.contains("model `uk`: the base URL may hold no user or password"),
+                "{given}: {e}"
+            );
+            assert!(e.contains("`key_env=`"), "{given}: {e}");
+            assert!(!e.contains("bob") && !e.contains("PASS"), "{given}: {e}");
+        }
+        // An `@` after a base URL's host is in its path or an option.
+        for (given, model) in [
+            ("uk=http://h/v1,model=@cf/meta/llama", "@cf/meta/llama"),
+            ("uk=http://h/v1/@x", "uk"),
+            ("uk=http://h:8080/v1,model=a@b", "a@b"),
+        ] {
+            let spec: ModelSpec = given.parse().expect(given);
+            assert_eq!(spec.model, model, "{given}");
+        }
+        // After a base URL without a path, it cannot be told from a
+        // password with a `,`: refused, saying how to write it.
+        let e = "uk=http://h,model=@cf/meta/llama"
+            .parse::<ModelSpec>()
+            .expect_err("ambiguous");
+        assert!(e.to_string().contains("give the path, such as `/v1`"), "{e}");
     }
 
     #[test]
