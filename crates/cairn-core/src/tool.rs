@@ -1089,22 +1089,30 @@ impl ToolContext {
     pub async fn read_log(&self) -> Result<Vec<ProcessEvent>> {
         let mut all = Vec::new();
         let mut after = 0;
-        let lease = self.lease();
         loop {
-            // A store fault of the moment is tried again while the lease
-            // holds: a run that cannot read its log cannot go on.
-            let page = crate::retry::while_lease_holds(&self.inner.clock, &lease, "reading the log", || {
-                self.inner
-                    .registry
-                    .events_after(self.process_id(), after, Some(crate::model::MAX_PAGE_SIZE))
-            })
-            .await?;
+            let page = self.log_page(after, crate::model::MAX_PAGE_SIZE).await?;
             all.extend(page.events);
             match page.next_after {
                 Some(n) => after = n,
                 None => return Ok(all),
             }
         }
+    }
+
+    /// One page of the log: up to `limit` events (1 to
+    /// [`MAX_PAGE_SIZE`](crate::model::MAX_PAGE_SIZE)) after sequence
+    /// `after`. A runner that need not hold the whole log (a script's
+    /// replay, which keeps only its journal and bounds its bytes) reads it
+    /// page by page with this.
+    pub async fn log_page(&self, after: u64, limit: usize) -> Result<events::EventPage> {
+        let limit = limit.clamp(1, crate::model::MAX_PAGE_SIZE);
+        let lease = self.lease();
+        // A store fault of the moment is tried again while the lease holds:
+        // a run that cannot read its log cannot go on.
+        crate::retry::while_lease_holds(&self.inner.clock, &lease, "reading the log", || {
+            self.inner.registry.events_after(self.process_id(), after, Some(limit))
+        })
+        .await
     }
 }
 

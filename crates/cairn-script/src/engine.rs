@@ -194,32 +194,38 @@ pub(crate) struct Journal {
 }
 
 impl Journal {
-    pub(crate) fn from_log(log: &[ProcessEvent]) -> Self {
-        let mut j = Self::default();
-        for e in log {
-            let n = e.payload.get("n").and_then(Value::as_u64);
-            if matches!(e.event_type.as_str(), SCRIPT_CALL | SCRIPT_LOG | SCRIPT_RESULT) && j.cancel_seen.is_none() {
-                j.cancel_seen = e.payload.get(CANCEL_SEEN).and_then(Value::as_u64);
-            }
-            if matches!(e.event_type.as_str(), SCRIPT_CALL | SCRIPT_RESULT) {
-                j.last_n = j.last_n.max(n.unwrap_or(0));
-            }
-            match (e.event_type.as_str(), n) {
-                (SCRIPT_CALL, Some(n)) => {
-                    j.calls.insert(n, e.payload.clone());
-                }
-                (SCRIPT_RESULT, Some(n)) if !j.results.contains_key(&n) => {
-                    let answered_at_once = j.calls.get(&n).is_some_and(|c| is_sync(call_kind(c)));
-                    if !answered_at_once {
-                        j.order.push((n, e.payload.get("batch").and_then(Value::as_u64)));
-                    }
-                    j.results.insert(n, e.payload.clone());
-                }
-                (SCRIPT_LOG, _) => j.logs += 1,
-                _ => {}
-            }
+    /// Take the next event of the log, in order: a journal entry's payload
+    /// is kept (moved, not copied: the replay holds one copy of its journal),
+    /// anything else is dropped.
+    pub(crate) fn push(&mut self, e: ProcessEvent) {
+        let ProcessEvent {
+            event_type, payload, ..
+        } = e;
+        let t = event_type.as_str();
+        if !matches!(t, SCRIPT_CALL | SCRIPT_LOG | SCRIPT_RESULT) {
+            return;
         }
-        j
+        let n = payload.get("n").and_then(Value::as_u64);
+        if self.cancel_seen.is_none() {
+            self.cancel_seen = payload.get(CANCEL_SEEN).and_then(Value::as_u64);
+        }
+        if matches!(t, SCRIPT_CALL | SCRIPT_RESULT) {
+            self.last_n = self.last_n.max(n.unwrap_or(0));
+        }
+        match (t, n) {
+            (SCRIPT_CALL, Some(n)) => {
+                self.calls.insert(n, payload);
+            }
+            (SCRIPT_RESULT, Some(n)) if !self.results.contains_key(&n) => {
+                let answered_at_once = self.calls.get(&n).is_some_and(|c| is_sync(call_kind(c)));
+                if !answered_at_once {
+                    self.order.push((n, payload.get("batch").and_then(Value::as_u64)));
+                }
+                self.results.insert(n, payload);
+            }
+            (SCRIPT_LOG, _) => self.logs += 1,
+            _ => {}
+        }
     }
 }
 
@@ -940,7 +946,10 @@ impl State {
             .filter_map(|n| {
                 self.held.remove(&n);
                 self.pending.remove(&n);
-                Some((n, self.journal.results.get(&n)?.clone()))
+                // Taken, not copied: a delivered answer is not looked up
+                // again (its call was made), so the replay frees the
+                // journal as it goes.
+                Some((n, self.journal.results.remove(&n)?))
             })
             .collect();
         self.delivered += delivered.len();

@@ -46,6 +46,11 @@ pub struct Limits {
     pub cpu: Duration,
     /// Journaled calls per process (`journal_limit` past it).
     pub max_calls: u64,
+    /// The bytes of a process's journal (`journal_limit` past it): its
+    /// `script.call`, `script.result` and `script.log` payloads as
+    /// serialized. An activation holds the journal in memory to replay it,
+    /// so this bounds what one activation reads and keeps (ADR 0036).
+    pub max_journal_bytes: u64,
 }
 
 impl Limits {
@@ -54,9 +59,13 @@ impl Limits {
     /// check a refused allocation while it tries).
     pub const MIN_HEAP_BYTES: usize = 1 << 20;
 
+    /// The default bound of a process's journal (64 MiB, ADR 0036).
+    pub const DEFAULT_JOURNAL_BYTES: u64 = 64 << 20;
+
     /// Whether these limits can run a script: a heap of at least
-    /// [`MIN_HEAP_BYTES`](Self::MIN_HEAP_BYTES), some CPU time and at least
-    /// one journaled call. The error says which limit is wrong and why.
+    /// [`MIN_HEAP_BYTES`](Self::MIN_HEAP_BYTES), some CPU time, at least
+    /// one journaled call and a journal of at least a byte. The error says
+    /// which limit is wrong and why.
     pub fn check(&self) -> std::result::Result<(), String> {
         if self.heap_bytes < Self::MIN_HEAP_BYTES {
             return Err(format!(
@@ -71,6 +80,9 @@ impl Limits {
         if self.max_calls == 0 {
             return Err("the script call limit is 0; it must be at least 1".into());
         }
+        if self.max_journal_bytes == 0 {
+            return Err("the script journal limit is 0 bytes; it must be at least 1".into());
+        }
         if self.max_calls > cairn_core::script::MAX_SCRIPT_CALLS {
             return Err(format!(
                 "the script call limit is {}; it must be at most {} (a call's child is named `{{id}}/{{n}}`)",
@@ -83,12 +95,13 @@ impl Limits {
 }
 
 impl Default for Limits {
-    /// SPEC's defaults: 64 MiB, 10 s, 10,000 calls.
+    /// SPEC's defaults: 64 MiB, 10 s, 10,000 calls; a 64 MiB journal.
     fn default() -> Self {
         Self {
             heap_bytes: 64 << 20,
             cpu: Duration::from_secs(10),
             max_calls: 10_000,
+            max_journal_bytes: Self::DEFAULT_JOURNAL_BYTES,
         }
     }
 }
@@ -193,9 +206,10 @@ impl cairn_core::ScriptEngine for QuickJs {
     }
 
     async fn run(&self, ctx: ToolContext, module: Module, process_name: String, args: Value) -> Outcome {
-        let log = match ctx.read_log().await {
-            Ok(l) => l,
-            Err(e) => return Outcome::failure("runtime", e.code(), e.to_string()),
+        let replayed = match replay(&ctx, &self.limits).await {
+            Ok(r) => r,
+            Err(Replay::Store(e)) => return Outcome::failure("runtime", e.code(), e.to_string()),
+            Err(Replay::OverLimit(message)) => return limit_outcome(&ctx, None, message),
         };
         let stop = Arc::new(AtomicU8::new(engine::RUN));
         // Whatever still runs in the engine stops at its next interrupt check
@@ -210,7 +224,7 @@ impl cairn_core::ScriptEngine for QuickJs {
             source: module.source,
             process_name,
             args,
-            journal: engine::Journal::from_log(&log),
+            journal: replayed.journal,
             ctx: ctx.clone(),
             stop: stop.clone(),
         };
@@ -225,39 +239,14 @@ impl cairn_core::ScriptEngine for QuickJs {
                 format!("cannot start the script engine: {e}"),
             );
         }
-        let mut called_at = HashMap::new();
-        let mut answered = HashSet::new();
-        let mut signal_calls: HashMap<u64, String> = HashMap::new();
-        let mut taken: HashMap<String, u64> = HashMap::new();
-        // The message of a cancellation an earlier activation told the script.
-        let mut told: Option<String> = None;
-        for e in &log {
-            let n = e.payload.get("n").and_then(Value::as_u64);
-            match (e.event_type.as_str(), n) {
-                (SCRIPT_CALL, Some(n)) => {
-                    called_at.insert(n, e.occurred_at_ms);
-                    if kind(&e.payload) == "wait_signal" {
-                        signal_calls.insert(n, signal_name(&e.payload).to_string());
-                    }
-                }
-                (SCRIPT_RESULT, Some(n)) => {
-                    answered.insert(n);
-                    if let Some(message) = e.payload.get("cancelled").and_then(Value::as_str) {
-                        told.get_or_insert_with(|| message.to_string());
-                    }
-                    // A result that took a signal says which; one journaled
-                    // before results said so took one if it has a value.
-                    let took = match e.payload.get("signal") {
-                        Some(ordinal) => ordinal.is_u64(),
-                        None => e.payload.get("value").is_some_and(|v| !v.is_null()),
-                    };
-                    if let Some(name) = signal_calls.get(&n).filter(|_| took) {
-                        *taken.entry(name.clone()).or_insert(0) += 1;
-                    }
-                }
-                _ => {}
-            }
-        }
+        let Replayed {
+            called_at,
+            answered,
+            taken,
+            told,
+            bytes,
+            ..
+        } = replayed;
         Driver {
             ctx: &ctx,
             steps: step_rx,
@@ -268,10 +257,140 @@ impl cairn_core::ScriptEngine for QuickJs {
             called_at,
             answered,
             taken,
+            journal_bytes: bytes,
+            max_journal_bytes: self.limits.max_journal_bytes,
+            over_limit: None,
         }
         .drive()
         .await
     }
+}
+
+/// What an activation learns from its log before it runs: the journal the
+/// engine replays, and what the driver keeps of it.
+struct Replayed {
+    journal: engine::Journal,
+    /// When each call was journaled (epoch ms, by number).
+    called_at: HashMap<u64, u64>,
+    /// The calls the journal answers.
+    answered: HashSet<u64>,
+    /// How many signals of each name the journaled calls took.
+    taken: HashMap<String, u64>,
+    /// The message of a cancellation an earlier activation told the script.
+    told: Option<String>,
+    /// The journal's bytes, as [`Limits::max_journal_bytes`] counts them.
+    bytes: u64,
+}
+
+/// Why the log could not be replayed.
+enum Replay {
+    /// The store failed (after its retries while the lease held).
+    Store(CairnError),
+    /// The journal is past the byte limit (lowered since it was written):
+    /// what is read stops there, and the process ends `journal_limit`.
+    OverLimit(String),
+}
+
+/// Read the log page by page into the journal, keeping only the journal's
+/// entries (moved from the pages, not copied) and stopping as soon as they
+/// pass [`Limits::max_journal_bytes`]. A page holds at most as many events
+/// as the largest ones fit in that bound, so no page read for a replay is
+/// larger than it either.
+async fn replay(ctx: &ToolContext, limits: &Limits) -> std::result::Result<Replayed, Replay> {
+    let mut r = Replayed {
+        journal: engine::Journal::default(),
+        called_at: HashMap::new(),
+        answered: HashSet::new(),
+        taken: HashMap::new(),
+        told: None,
+        bytes: 0,
+    };
+    let mut signal_calls: HashMap<u64, String> = HashMap::new();
+    let largest = (cairn_core::validate::MAX_PAYLOAD_BYTES + cairn_core::validate::TERMINAL_ENVELOPE_BYTES) as u64;
+    let per_page = usize::try_from(limits.max_journal_bytes / largest).unwrap_or(usize::MAX);
+    let mut after = 0;
+    loop {
+        let page = ctx.log_page(after, per_page).await.map_err(Replay::Store)?;
+        for e in page.events {
+            if !matches!(e.event_type.as_str(), SCRIPT_CALL | SCRIPT_RESULT | SCRIPT_LOG) {
+                continue;
+            }
+            r.bytes = r.bytes.saturating_add(json_bytes(&e.payload));
+            if r.bytes > limits.max_journal_bytes {
+                return Err(Replay::OverLimit(format!(
+                    "the script's journal holds more than {} bytes, its limit, by event {} of its log \
+                     (every call, answer and log line counts as journaled; {JOURNAL_FLAG} sets the limit)",
+                    limits.max_journal_bytes, e.sequence
+                )));
+            }
+            let n = e.payload.get("n").and_then(Value::as_u64);
+            match (e.event_type.as_str(), n) {
+                (SCRIPT_CALL, Some(n)) => {
+                    r.called_at.insert(n, e.occurred_at_ms);
+                    if kind(&e.payload) == "wait_signal" {
+                        signal_calls.insert(n, signal_name(&e.payload).to_string());
+                    }
+                }
+                (SCRIPT_RESULT, Some(n)) => {
+                    r.answered.insert(n);
+                    if let Some(message) = e.payload.get("cancelled").and_then(Value::as_str) {
+                        r.told.get_or_insert_with(|| message.to_string());
+                    }
+                    // A result that took a signal says which; one journaled
+                    // before results said so took one if it has a value.
+                    let took = match e.payload.get("signal") {
+                        Some(ordinal) => ordinal.is_u64(),
+                        None => e.payload.get("value").is_some_and(|v| !v.is_null()),
+                    };
+                    if let Some(name) = signal_calls.get(&n).filter(|_| took) {
+                        *r.taken.entry(name.clone()).or_insert(0) += 1;
+                    }
+                }
+                _ => {}
+            }
+            r.journal.push(e);
+        }
+        match page.next_after {
+            Some(n) => after = n,
+            None => return Ok(r),
+        }
+    }
+}
+
+/// The flag that sets the journal's byte limit, as messages name it.
+const JOURNAL_FLAG: &str = "`cairn serve --script-max-journal-bytes`";
+
+/// How a process past its journal's byte limit ends: `failed` with
+/// `journal_limit`, as past the call limit; `cancelled` once it was told of
+/// its cancellation (or was cancelled before it could be told), as any
+/// other end of a cancelled script is.
+fn limit_outcome(ctx: &ToolContext, told: Option<&String>, message: String) -> Outcome {
+    match (told, ctx.stop_reason()) {
+        (Some(told), _) => Outcome::cancelled(told.clone()),
+        (None, Some(StopReason::Cancelled { reason })) => {
+            Outcome::cancelled(reason.unwrap_or_else(|| "cancelled".into()))
+        }
+        _ => Outcome::failure("script", "journal_limit", message),
+    }
+}
+
+/// The bytes of `value` as serialized (what the store holds of a payload),
+/// counted without building the text.
+fn json_bytes(value: &Value) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` to a sink that takes every byte cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// Stops an activation's engine thread when dropped.
@@ -299,6 +418,12 @@ struct Driver<'a> {
     answered: HashSet<u64>,
     /// How many signals of each name the script's calls took, in order.
     taken: HashMap<String, u64>,
+    /// The journal's bytes so far, and their limit.
+    journal_bytes: u64,
+    max_journal_bytes: u64,
+    /// Why the last append was refused when the journal would pass its
+    /// byte limit: the activation ends `journal_limit` ([`Driver::failed`]).
+    over_limit: Option<String>,
 }
 
 /// Why a call was not answered.
@@ -401,7 +526,7 @@ impl Driver<'_> {
                         cancel_seen = cancel_seen.or(seen);
                         refused.push((n, e))
                     }
-                    (Err(e), _) => return Outcome::failure("runtime", e.code(), e.to_string()),
+                    (Err(e), _) => return self.failed(e),
                 }
             }
             // A refused call's result names the call by its digest.
@@ -423,7 +548,7 @@ impl Driver<'_> {
                 }
                 if step.settled && self.cancelled.is_none() && !self.stop_is_cancel() {
                     if let Err(e) = self.make_unawaited(&step.pending, refused_answers).await {
-                        return Outcome::failure("runtime", e.code(), e.to_string());
+                        return self.failed(e);
                     }
                 }
                 return match (&self.cancelled, outcome) {
@@ -552,12 +677,21 @@ impl Driver<'_> {
                     other => other,
                 };
                 if let Err(e) = journaled {
-                    return Outcome::failure("runtime", e.code(), e.to_string());
+                    return self.failed(e);
                 }
             }
             if self.replies.send(Reply::Answers(answers)).is_err() {
                 return Outcome::failure("runtime", "script_engine", "the script engine stopped");
             }
+        }
+    }
+
+    /// How the activation ends when journaling failed with `e`: past the
+    /// journal's byte limit, `journal_limit`; else the store's fault.
+    fn failed(&mut self, e: CairnError) -> Outcome {
+        match self.over_limit.take() {
+            Some(message) => limit_outcome(self.ctx, self.cancelled.as_ref(), message),
+            None => Outcome::failure("runtime", e.code(), e.to_string()),
         }
     }
 
@@ -585,6 +719,27 @@ impl Driver<'_> {
             Entry::Log(k, p) => (SCRIPT_LOG, p, format!("script.log:{k}"), None, None),
             Entry::Refused { .. } => return Ok(()),
         };
+        // The journal is replayed from memory at every activation: an entry
+        // that would take it past its byte limit is not written, and the
+        // activation ends (`failed`).
+        let size = json_bytes(&payload);
+        let total = self.journal_bytes.saturating_add(size);
+        if total > self.max_journal_bytes {
+            let what = match (t, call.or(result)) {
+                (SCRIPT_CALL, Some(n)) => format!("call {n}"),
+                (SCRIPT_RESULT, Some(n)) => format!("the answer to call {n}"),
+                _ => "a log line".to_string(),
+            };
+            let message = format!(
+                "journaling {what} ({size} bytes) would take the script's journal to {total} bytes, past its \
+                 limit of {} bytes (every call, answer and log line counts as journaled; {JOURNAL_FLAG} sets \
+                 the limit)",
+                self.max_journal_bytes
+            );
+            self.over_limit = Some(message.clone());
+            return Err(CairnError::Unavailable(message));
+        }
+        self.journal_bytes = total;
         let event = self.ctx.append_once(t, payload, &key).await?;
         if let Some(n) = call {
             self.called_at.insert(n, event.occurred_at_ms);

@@ -825,6 +825,7 @@ async fn limits_fail_with_their_codes() {
         heap_bytes: 8 << 20,
         cpu: Duration::from_millis(300),
         max_calls: 5,
+        ..Limits::default()
     };
     let p = runtime(limits);
     let m = put(

@@ -673,6 +673,18 @@ pub struct ServeArgs {
         allow_negative_numbers = true
     )]
     pub script_max_calls: u64,
+    /// Bytes of one script process's journal: its calls, their answers and its
+    /// log lines as stored, which each activation reads back into memory to
+    /// replay (past them: `journal_limit`).
+    #[arg(
+        long,
+        env = "CAIRN_SCRIPT_MAX_JOURNAL_BYTES",
+        hide_env_values = true,
+        default_value_t = cairn_script::Limits::DEFAULT_JOURNAL_BYTES,
+        value_parser = Integer::<u64>::between(1, u64::MAX),
+        allow_negative_numbers = true
+    )]
+    pub script_max_journal_bytes: u64,
 }
 
 /// `cairn module ...` (the client options are `cairn module`'s, accepted after

@@ -945,6 +945,7 @@ fn serve_refused(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
         "CAIRN_SCRIPT_HEAP_BYTES",
         "CAIRN_SCRIPT_CPU",
         "CAIRN_SCRIPT_MAX_CALLS",
+        "CAIRN_SCRIPT_MAX_JOURNAL_BYTES",
         "CAIRN_SESSION_TOKENS",
     ] {
         cmd.env_remove(var);
@@ -992,6 +993,12 @@ fn a_serve_setting_refused_from_the_environment_names_its_variable() {
             "CAIRN_SCRIPT_MAX_CALLS",
             "0",
             "--script-max-calls",
+            "must be at least 1",
+        ),
+        (
+            "CAIRN_SCRIPT_MAX_JOURNAL_BYTES",
+            "0",
+            "--script-max-journal-bytes",
             "must be at least 1",
         ),
         (
@@ -1067,7 +1074,7 @@ fn serve_help_names_its_variables_without_values() {
             .skip(1)
             .map(|r| r.split(']').next().unwrap_or(r))
             .collect();
-        assert_eq!(shown.len(), 9, "{help}");
+        assert_eq!(shown.len(), 10, "{help}");
         for var in shown {
             assert!(
                 var.starts_with("CAIRN_") && var.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'),

@@ -428,11 +428,16 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), ServeError> {
         heap_bytes: args.script_heap_bytes,
         cpu: args.script_cpu,
         max_calls: args.script_max_calls,
+        max_journal_bytes: args.script_max_journal_bytes,
     };
     let engine = limits
         .check()
         .map(|()| cairn_script::QuickJs::new(limits))
-        .map_err(|e| ServeError::Config(format!("{e} (--script-heap-bytes, --script-cpu, --script-max-calls)")))?;
+        .map_err(|e| {
+            ServeError::Config(format!(
+                "{e} (--script-heap-bytes, --script-cpu, --script-max-calls, --script-max-journal-bytes)"
+            ))
+        })?;
     // Before the address is printed: a server that says it listens holds
     // the open-file limit it will run with. Bound before the database is
     // opened (a port taken leaves it untouched) and so before the worker
