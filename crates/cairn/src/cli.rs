@@ -262,12 +262,19 @@ pub enum Command {
         cairn complete ci-7 --failure tests_failed --message '3 tests failed'\n  \
         cairn complete ci-7 --outcome '{\"type\": \"cancelled\", \"message\": \"superseded\"}'")]
     Complete(CompleteArgs),
-    /// Request cancellation of a process.
-    #[command(after_help = "Example:\n  cairn cancel build-42 --reason 'superseded by build-43'")]
+    /// Request cancellation of a process, or of every running process granted to a session.
+    #[command(after_help = "Examples:\n  \
+        cairn cancel build-42 --reason 'superseded by build-43'\n  \
+        cairn cancel --session s1 --reason 'runaway work'")]
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["id", "session"])))]
     Cancel {
-        /// Process id.
+        /// Process id (or `--session`).
         #[arg(value_parser = non_empty)]
-        id: String,
+        id: Option<String>,
+        /// Cancel every running process granted to this session as a whole
+        /// (not its agent frames': cancel those by id), instead of one process.
+        #[arg(long, value_parser = non_empty)]
+        session: Option<String>,
         /// Why.
         #[arg(long)]
         reason: Option<String>,

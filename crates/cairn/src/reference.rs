@@ -239,6 +239,11 @@ const SERVER_ERRORS: &[(&str, &str, &str)] = &[
         "the body (by `Content-Length` or as read) is over `--max-body-bytes`",
     ),
     (
+        "too_many_requests",
+        "429",
+        "a session token storing a module while its session's previous put is still queued or compiling (nothing is stored; retry once it has answered)",
+    ),
+    (
         "unavailable",
         "503",
         "over `--max-connections`, or `/healthz` found the database not answering",

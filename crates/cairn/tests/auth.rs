@@ -1174,3 +1174,149 @@ async fn a_session_on_a_host_only_route_is_refused_before_its_body_is_weighed() 
     let (status, err, _) = send(&s1, "POST", "/v1/processes", false).await;
     assert_eq!((status, code(&err)), (413, "payload_too_large"), "{err}");
 }
+
+/// `POST /v1/sessions/{id}/cancel` requests the cancellation of every running
+/// process granted to the session, answering counts: the host may cancel any
+/// session, a session token only its own; a refused request changes nothing,
+/// and another session's work is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_running_work_is_cancelled_at_once() {
+    let server = Server::start(TWO_SESSIONS).await;
+    let (host, s1, s2) = host_and_sessions(&server);
+    let granted = |mut body: Value, session: &str| {
+        body["grant"] = json!({"session_scope": {"session_id": session}});
+        body
+    };
+    for id in ["w1", "w2", "w3"] {
+        assert_eq!(host.start(granted(waiter(id), "s1")).await.0, 201);
+    }
+    // An externally owned one: its owner ends it, so it keeps the request.
+    let ext = json!({"id": "x1", "input": {"type": "external"}, "disposition": "externally_owned"});
+    assert_eq!(host.start(granted(ext, "s1")).await.0, 201);
+    // s1's own start, granted to it by its token.
+    assert_eq!(s1.start(waiter("w4")).await.0, 201);
+    assert_eq!(host.start(granted(waiter("other"), "s2")).await.0, 201);
+    for id in ["w1", "w2", "w3", "w4", "other"] {
+        host.wait_for(id, |r| !r["wait"].is_null()).await;
+    }
+    let untouched = |r: &Value| r["status"] == "running" && r["cancel_request"].is_null();
+    let all = ["w1", "w2", "w3", "w4", "x1", "other"];
+    let nothing_changed = |why: &'static str| {
+        let host = host.clone();
+        async move {
+            for id in all {
+                let (_, r) = host.get(&format!("/v1/processes/{id}")).await;
+                assert!(untouched(&r), "{why}: {r}");
+            }
+        }
+    };
+
+    // Another session's token: 403, like its wakes.
+    let (s, err) = s2.post("/v1/sessions/s1/cancel", json!({})).await;
+    assert_eq!((s, code(&err)), (403, "forbidden"), "{err}");
+    nothing_changed("a session token on another session").await;
+    // A bad body: refused before any request is made.
+    for body in [
+        json!({"bogus": 1}),
+        json!({"reason": 7}),
+        json!(["by array"]),
+        json!({"reason": "x".repeat(64 * 1024 + 1)}),
+    ] {
+        let (s, err) = host.post("/v1/sessions/s1/cancel", body).await;
+        assert!(matches!(s, 400 | 413), "{s} {err}");
+    }
+    let (s, _) = host
+        .post_raw("/v1/sessions/s1/cancel", "text/plain", b"hello".to_vec())
+        .await;
+    assert_eq!(s, 415);
+    nothing_changed("a bad body").await;
+    // A session with nothing granted: zero counts.
+    let (s, report) = host.post("/v1/sessions/ghost/cancel", json!({})).await;
+    assert_eq!((s, report), (200, json!({"requested": 0, "cancelled_now": 0})));
+    nothing_changed("an unknown session").await;
+
+    // The host cancels s1's work: every running process granted to it.
+    let (s, report) = host.post("/v1/sessions/s1/cancel", json!({"reason": "runaway"})).await;
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(report["requested"], 5, "{report}");
+    assert!(report["cancelled_now"].as_u64().is_some_and(|n| n <= 5), "{report}");
+    for id in ["w1", "w2", "w3", "w4"] {
+        let r = host.wait_for(id, |r| r["status"] == "cancelled").await;
+        assert_eq!(r["cancel_request"]["reason"], "runaway", "{r}");
+    }
+    let (_, r) = host.get("/v1/processes/x1").await;
+    assert_eq!(r["cancel_request"]["reason"], "runaway", "{r}");
+    let (_, r) = host.get("/v1/processes/other").await;
+    assert!(untouched(&r), "another session's work is untouched: {r}");
+    // Again: only the external one runs still; its request stands.
+    let (s, report) = host.post("/v1/sessions/s1/cancel", json!({"reason": "runaway"})).await;
+    assert_eq!((s, report), (200, json!({"requested": 1, "cancelled_now": 0})));
+
+    // A session token cancels its own session's work; an empty body is `{}`.
+    let (s, report) = s2
+        .post_raw("/v1/sessions/s2/cancel", "application/json", Vec::new())
+        .await;
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(report["requested"], 1, "{report}");
+    host.wait_for("other", |r| r["status"] == "cancelled").await;
+}
+
+/// Module compiles run one at a time on the server: a session token stores
+/// one module at a time (a second concurrent put is 429 and stores nothing),
+/// while another session's put and the host's are not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_stores_one_module_at_a_time() {
+    let mut args = TWO_SESSIONS.to_vec();
+    args.extend(["--script-cpu", "2s"]);
+    let server = Server::start(&args).await;
+    let (host, s1, s2) = host_and_sessions(&server);
+    // A top level that spins until the CPU limit: each compile takes it whole.
+    let spin = |n: u32| json!({"source": format!("for (;;) {{}}\n// {n}\nexport async function main() {{}}\n")});
+    let quick = |n: u32| json!({"source": format!("// {n}\nexport async function main() {{ return {n}; }}\n")});
+    let (a, b, other) = tokio::join!(
+        s1.post("/v1/modules", spin(1)),
+        s1.post("/v1/modules", spin(2)),
+        s2.post("/v1/modules", quick(3)),
+    );
+    let refused: Vec<&(u16, Value)> = [&a, &b].into_iter().filter(|(s, _)| *s == 429).collect();
+    assert_eq!(refused.len(), 1, "one of s1's puts is refused: {a:?} {b:?}");
+    let (_, err) = refused[0];
+    assert_eq!(code(err), "too_many_requests", "{err}");
+    let message = err["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("store one at a time"), "{message}");
+    let ran = if a.0 == 429 { &b } else { &a };
+    assert_eq!(ran.0, 400, "the spinning top level ran out of CPU: {ran:?}");
+    assert_eq!(other.0, 201, "another session's put is not refused: {other:?}");
+    // The refused put stored nothing (only s2's module is there), and s1
+    // stores again once its put answered.
+    let (_, page) = host.get("/v1/modules").await;
+    assert_eq!(page["modules"].as_array().map(Vec::len), Some(1), "{page}");
+    let (s, stored) = s1.post("/v1/modules", quick(4)).await;
+    assert_eq!(s, 201, "{stored}");
+    // The host is not limited.
+    let (a, b) = tokio::join!(host.post("/v1/modules", spin(5)), host.post("/v1/modules", quick(6)));
+    assert_eq!((a.0, b.0), (400, 201), "{a:?} {b:?}");
+
+    // A client that hangs up frees its session's turn (its compile runs on,
+    // holding the server's): the next put is taken, not refused, well
+    // before that compile's 2 s are up.
+    let gave_up = s1
+        .auth(s1.http.post(s1.url("/v1/modules")).json(&spin(7)))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(
+        gave_up.is_err_and(|e| e.is_timeout()),
+        "the spinning put outlasts 300 ms"
+    );
+    let hung_up = std::time::Instant::now();
+    let next = loop {
+        // The server sees the hang-up a moment after the client makes it.
+        let put = s1.post("/v1/modules", quick(8)).await;
+        if put.0 != 429 || hung_up.elapsed() > Duration::from_secs(1) {
+            break put;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(next.0, 201, "{next:?}");
+}

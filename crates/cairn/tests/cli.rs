@@ -1086,3 +1086,67 @@ fn serve_help_names_its_variables_without_values() {
         }
     }
 }
+
+/// `cairn cancel --session S`: every running process granted to the session
+/// has its cancellation requested, another session's work is untouched; a
+/// session token may not name another session; a process id and `--session`
+/// together, or neither, is a usage error that sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_session_cancels_the_sessions_running_work() {
+    let server = Server::start(common::TWO_SESSIONS).await;
+    let host = server.with_token("host-secret");
+    let cli = |token: &'static str, args: &'static [&'static str]| {
+        let base = server.base.clone();
+        async move { common::run_cli(&base, Some(token), args, None).await }
+    };
+    for (id, session) in [("a1", "s1"), ("a2", "s1"), ("a3", "s1"), ("b1", "s2")] {
+        let mut body = waiter(id);
+        body["grant"] = json!({"session_scope": {"session_id": session}});
+        assert_eq!(host.start(body).await.0, 201);
+        host.wait_for(id, |r| !r["wait"].is_null()).await;
+    }
+    let untouched = |r: &Value| r["status"] == "running" && r["cancel_request"].is_null();
+
+    for (args, said) in [
+        (&["cancel"][..], "--session"),
+        (&["cancel", "a1", "--session", "s1"][..], "cannot be used with"),
+    ] {
+        let out = cli("host-secret", args).await;
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(said), "{args:?}: {}", out.stderr);
+    }
+    let out = cli("tok-2", &["cancel", "--session", "s1"]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("forbidden"), "{}", out.stderr);
+    for id in ["a1", "a2", "a3", "b1"] {
+        let (_, r) = host.get(&format!("/v1/processes/{id}")).await;
+        assert!(untouched(&r), "nothing changed: {r}");
+    }
+
+    let out = cli("host-secret", &["cancel", "--session", "s1", "--reason", "runaway"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .starts_with("cancellation requested for 3 running processes granted to session s1 ("),
+        "{}",
+        out.stdout
+    );
+    for id in ["a1", "a2", "a3"] {
+        let r = host.wait_for(id, |r| r["status"] == "cancelled").await;
+        assert_eq!(r["cancel_request"]["reason"], "runaway", "{r}");
+    }
+    let (_, r) = host.get("/v1/processes/b1").await;
+    assert!(untouched(&r), "another session's work is untouched: {r}");
+
+    // Nothing left to cancel; the JSON answer is the server's counts.
+    let out = cli("tok-1", &["cancel", "--session", "s1"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        "session s1 has no running process granted to it: nothing to cancel"
+    );
+    let out = cli("tok-2", &["--json", "cancel", "--session", "s2"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["requested"], 1, "{}", out.stdout);
+    host.wait_for("b1", |r| r["status"] == "cancelled").await;
+}

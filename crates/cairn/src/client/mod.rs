@@ -516,7 +516,16 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
         Command::Complete(args) => complete(client, json, args).await,
+        Command::Cancel {
+            session: Some(session),
+            reason,
+            ..
+        } => cancel_session(client, json, &session, reason).await,
         Command::Cancel { id, reason, .. } => {
+            // Clap asks for one of the id and `--session`.
+            let Some(id) = id else {
+                return Err(ClientError::Usage("give a process id or --session SESSION".into()));
+            };
             hints::on_lost_answer(format_args!("get {}", hints::word(&id)), None);
             let body = match &reason {
                 Some(r) => json!({"reason": r}),
@@ -776,6 +785,45 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `cancel --session`: one request, whose server goes on to the end when
+/// the answer is lost; a session's work may be hundreds of thousands of
+/// processes, so it waits as long as a prune does.
+async fn cancel_session(
+    client: &Client,
+    json: bool,
+    session: &str,
+    reason: Option<String>,
+) -> Result<ExitCode, ClientError> {
+    hints::on_lost_answer(format_args!("ls --granted-to {}", hints::word(session)), None);
+    let body = match &reason {
+        Some(r) => json!({"reason": r}),
+        None => json!({}),
+    };
+    let (_, report) = client
+        .post_within(
+            &format!("/v1/sessions/{}/cancel", segment(session)),
+            &body,
+            Duration::from_secs(24 * 3600),
+        )
+        .await?;
+    if json {
+        print_json(&report)?;
+    } else {
+        let requested = report.get("requested").and_then(Value::as_u64).unwrap_or(0);
+        let now = report.get("cancelled_now").and_then(Value::as_u64).unwrap_or(0);
+        if requested == 0 {
+            outln!("session {session} has no running process granted to it: nothing to cancel")?;
+        } else {
+            let plural = if requested == 1 { "" } else { "es" };
+            outln!(
+                "cancellation requested for {requested} running process{plural} granted to session {session} \
+                 ({now} ended at once; the rest end as their runs stop)"
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `await`: one request per server cap (`--max-await`) until the process ends or

@@ -87,6 +87,8 @@ pub struct AppState {
     pub mcp_shutdown: CancellationToken,
     /// The names of the tools this server runs (what `/openapi.json` offers).
     pub tools: Vec<String>,
+    /// The sessions storing a module now: one at a time each.
+    pub module_puts: modules::PutsInFlight,
 }
 
 /// The full router over `state`, with the dashboard's pages at `/ui`.
@@ -106,6 +108,7 @@ pub fn router(state: Arc<AppState>, dashboard: &Dashboard) -> Router {
         .route("/v1/modules/{module_ref}", get(modules::get))
         .route("/v1/grants/transfer", post(routes::transfer))
         .route("/v1/sessions/{session_id}", delete(routes::delete_session))
+        .route("/v1/sessions/{session_id}/cancel", post(routes::cancel_session))
         .route("/v1/sessions/{session_id}/wakes", get(routes::wakes))
         .route("/v1/sessions/{session_id}/wakes/{wake_id}/ack", post(routes::ack_wake))
         .route("/v1/schedules", post(schedules::create).get(schedules::list))
@@ -509,6 +512,7 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), ServeError> {
         shutdown: shutdown.clone(),
         mcp_shutdown: CancellationToken::new(),
         tools: tool_names,
+        module_puts: Default::default(),
     });
     let local = listener.local_addr()?;
     // Listened for before the server says it listens: a SIGTERM sent as soon

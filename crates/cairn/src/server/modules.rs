@@ -1,6 +1,9 @@
 //! Script modules (SPEC §14): `POST /v1/modules`, `GET /v1/modules`,
 //! `GET /v1/modules/{ref}`.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -8,9 +11,49 @@ use axum::{Extension, Json};
 use cairn_core::{Module, ModuleInfo};
 use serde::{Deserialize, Serialize};
 
-use super::api::{ApiJson, ApiPath, ApiQuery, ErrorSchema};
+use super::api::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorSchema};
 use super::auth::Caller;
 use super::routes::{ApiResult, Shared};
+
+/// The sessions with a module put pending (queued for the compiler or
+/// compiling). Compiles run one at a time server-wide and each may run a
+/// module's top level up to the script CPU limit, so one session queueing
+/// many would hold every other caller's put behind them: a session token
+/// stores one module at a time. The host is not limited.
+#[derive(Debug, Default)]
+pub struct PutsInFlight(Mutex<HashSet<String>>);
+
+impl PutsInFlight {
+    /// Mark `session` as storing a module until the answer is dropped (the
+    /// put answered, or its client hung up); 429 when it is already.
+    fn hold(&self, session: &str) -> Result<PutHeld<'_>, ApiError> {
+        let mut pending = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !pending.insert(session.to_string()) {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                format!("session `{session}` is already storing a module; store one at a time"),
+            ));
+        }
+        Ok(PutHeld {
+            puts: self,
+            session: session.to_string(),
+        })
+    }
+}
+
+/// A session's pending put, released when dropped.
+struct PutHeld<'a> {
+    puts: &'a PutsInFlight,
+    session: String,
+}
+
+impl Drop for PutHeld<'_> {
+    fn drop(&mut self) {
+        let mut pending = self.puts.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        pending.remove(&self.session);
+    }
+}
 
 /// Body of `POST /v1/modules`.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -51,12 +94,18 @@ pub struct ModulesPage {
         (status = 201, description = "Stored", body = ModuleInfo),
         (status = 200, description = "That source was stored already", body = ModuleInfo),
         (status = 400, description = "invalid_module (line and column in the message), invalid_request", body = ErrorSchema),
-        (status = 413, description = "payload_too_large: the source is over 1 MiB", body = ErrorSchema)))]
+        (status = 413, description = "payload_too_large: the source is over 1 MiB", body = ErrorSchema),
+        (status = 429, description = "too_many_requests: a session token whose session is already storing a module (compiles run one at a time on the server, so a session stores one module at a time); nothing was stored. The host token is not limited", body = ErrorSchema)))]
 pub async fn put(
     State(state): Shared,
-    Extension(_caller): Extension<Caller>,
+    Extension(caller): Extension<Caller>,
     ApiJson(body): ApiJson<ModuleBody>,
 ) -> ApiResult<Response> {
+    // Held until the put answers or its client hangs up (this future dropped).
+    let _held = match &caller {
+        Caller::Session(session) => Some(state.module_puts.hold(session)?),
+        Caller::Host => None,
+    };
     let put = state.processes.put_module(body.source, body.name).await?;
     let status = if put.created {
         StatusCode::CREATED

@@ -893,6 +893,94 @@ pub async fn delete_session(
     ))
 }
 
+/// Answer of `POST /v1/sessions/{session_id}/cancel`: counts, never ids (a
+/// session's work may be hundreds of thousands of processes).
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SessionCancelReport {
+    /// Running processes granted to the session whose cancellation this call
+    /// requested (a request with the same reason recorded before counts too:
+    /// it stands).
+    pub requested: u64,
+    /// Of those, the ones that ended `cancelled` at once (nobody had started them).
+    pub cancelled_now: u64,
+}
+
+/// `POST /v1/sessions/{session_id}/cancel`: request cancellation of every
+/// running process granted to the session as a whole.
+#[utoipa::path(post, path = "/v1/sessions/{session_id}/cancel", tag = "sessions",
+    params(("session_id" = String, Path, description = "Session id")),
+    request_body(content = CancelBody, description = "May be empty"),
+    responses(
+        (status = 200, description = "How many running processes granted to the session (`session:{id}`, not its agent frames': cancel those by id) had their cancellation requested, and how many of them ended at once. Each request reaches the process's running descendants too (SPEC §13), and a child started under a process whose cancellation was requested is born cancelled, so work that starts copies of itself stops. Zero counts for a session with nothing running. The requests go on to the end when the client hangs up; a failure part way leaves those made, and a retry with the same reason repeats none of them", body = SessionCancelReport),
+        (status = 403, description = "A session token naming another session", body = ErrorSchema)))]
+pub async fn cancel_session(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    ApiPath(session_id): ApiPath<String>,
+    ApiJson(body): ApiJson<CancelBody>,
+) -> ApiResult<Json<SessionCancelReport>> {
+    caller.require_session(&session_id)?;
+    let scope = SessionScope::session(session_id);
+    cairn_core::validate::validate_scope(&scope)?;
+    // Refused before any request is made, not at the first process.
+    if let Some(reason) = &body.reason {
+        cairn_core::validate::validate_reason("reason", reason)?;
+    }
+    // In a task of its own: a client that hangs up part way does not stop
+    // the requests (the handler's future would be dropped with it).
+    let processes = state.processes.clone();
+    let run = tokio::spawn(async move { cancel_granted(&processes, &scope, body.reason).await });
+    let report = run
+        .await
+        .map_err(|e| cairn_core::CairnError::Unavailable(format!("the session's cancel stopped: {e}")))??;
+    Ok(Json(report))
+}
+
+/// Request cancellation of every running process granted to `scope`, a page
+/// at a time (only the counts are kept, whatever the number of processes).
+async fn cancel_granted(
+    processes: &cairn_core::Processes,
+    scope: &SessionScope,
+    reason: Option<String>,
+) -> cairn_core::Result<SessionCancelReport> {
+    let mut report = SessionCancelReport::default();
+    let mut filter = ProcessFilter {
+        limit: Some(cairn_core::MAX_PAGE_SIZE),
+        ..ProcessFilter::running()
+    };
+    loop {
+        let page = processes.list_granted_to(scope, &filter).await?;
+        for granted in &page.items {
+            match processes
+                .registry()
+                .request_cancel(&granted.process.id, reason.clone())
+                .await
+            {
+                Ok(answer) => {
+                    report.requested += 1;
+                    report.cancelled_now += u64::from(answer.cancelled_now);
+                }
+                // Ended (or pruned) since the page was read, by a request
+                // made for an ancestor earlier in this loop or otherwise.
+                Err(
+                    cairn_core::CairnError::ProcessTerminal(_)
+                    | cairn_core::CairnError::UnknownProcess(_)
+                    | cairn_core::CairnError::NoLongerRetained(_),
+                ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // A process started meanwhile with an id before the cursor is the
+        // child of one this loop reached or will reach: born cancelled, or
+        // reached with its ancestor's request.
+        match page.next_after_id {
+            Some(next) => filter.after_id = Some(next),
+            None => break,
+        }
+    }
+    Ok(report)
+}
+
 /// `GET /v1/sessions/{session_id}/wakes`: pending wakes, oldest first.
 #[utoipa::path(get, path = "/v1/sessions/{session_id}/wakes", tag = "sessions",
     params(("session_id" = String, Path, description = "Session id"), WakesQuery),
@@ -1086,6 +1174,7 @@ mod tests {
             shutdown: tokio_util::sync::CancellationToken::new(),
             mcp_shutdown: tokio_util::sync::CancellationToken::new(),
             tools: Vec::new(),
+            module_puts: Default::default(),
         });
         let ready = healthz(State(state.clone())).await.expect("the store answers");
         assert_eq!(ready.0.status, "ok");
