@@ -894,6 +894,30 @@ async fn a_start_refused_for_its_port_creates_no_postgres_schema() {
     drop(taken);
 }
 
+/// A port in use for a moment only is waited out: a server SIGKILLed a
+/// moment ago can leave a child it forked for a shell command, not yet at its
+/// `exec`, holding the listening socket, and a restart made at once must come
+/// up. (A port held for good is refused, as above.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_freed_a_moment_later_is_waited_for() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to hold");
+    let port = taken.local_addr().expect("its address").to_string();
+    // Held a little past the server's first try, then let go.
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        drop(taken);
+    });
+    let server = Server::serve(&["--db", "memory", "--listen", &port]).await;
+    release.join().expect("the holder let go");
+    assert!(
+        server.url("/").contains(&port),
+        "it listens where asked: {}",
+        server.url("/")
+    );
+    let (s, body) = server.client().get("/healthz").await;
+    assert_eq!(s, 200, "{body}");
+}
+
 /// Kills and reaps a child process this test started, whatever its outcome.
 struct KilledOnDrop(std::process::Child);
 

@@ -181,6 +181,28 @@ fn bind_unlistened(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     Ok(socket)
 }
 
+/// How long a bind refused because the address is in use is tried again.
+/// A server SIGKILLed a moment ago can leave behind, for some milliseconds
+/// on a loaded machine, a child it forked for a shell command that has not
+/// reached its `exec` and still holds the listening socket (close-on-exec
+/// acts only at the exec): a supervisor restarting at once should not be
+/// refused for it. A port another server holds is refused after this.
+const BIND_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// [`bind_unlistened`], tried again every 50 ms for [`BIND_RETRY_FOR`]
+/// while the address is in use.
+async fn bind_waiting_out_a_moment(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let until = std::time::Instant::now() + BIND_RETRY_FOR;
+    loop {
+        match bind_unlistened(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < until => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            bound => return bound,
+        }
+    }
+}
+
 /// Why `cairn serve` could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -454,7 +476,7 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), ServeError> {
         addr: args.listen.clone(),
         source,
     };
-    let socket = bind_unlistened(addr).map_err(listen_failed)?;
+    let socket = bind_waiting_out_a_moment(addr).await.map_err(listen_failed)?;
     let backend = db::open_backend(&args.db).await?;
     // Held until this function returns (after the worker drained), or until
     // the process dies: a second server under this node id is refused.
