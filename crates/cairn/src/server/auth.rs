@@ -308,8 +308,8 @@ pub const MIN_TOKEN_CHARS: usize = 16;
 
 /// Whether `caller` may address process `id`: the host always; a session when
 /// the process is granted to its session or to one of its agent frames (a
-/// frame is inside its session, SPEC §1, and the session's listing shows its
-/// frames' processes: what it lists it may open). A pruned process the whole
+/// frame is inside its session, SPEC §1; a listing shows one scope's grants,
+/// so a frame's processes are listed by naming the frame). A pruned process the whole
 /// session held a grant on as it was pruned is answered as the host is
 /// answered, `no_longer_retained` with the tombstone (the work it owned ended
 /// and is gone); a frame's kept grant is read by its exact scope, which the
