@@ -1248,9 +1248,28 @@ async fn a_sessions_running_work_is_cancelled_at_once() {
     assert_eq!(r["cancel_request"]["reason"], "runaway", "{r}");
     let (_, r) = host.get("/v1/processes/other").await;
     assert!(untouched(&r), "another session's work is untouched: {r}");
-    // Again: only the external one runs still; its request stands.
-    let (s, report) = host.post("/v1/sessions/s1/cancel", json!({"reason": "runaway"})).await;
-    assert_eq!((s, report), (200, json!({"requested": 1, "cancelled_now": 0})));
+    // Again: only the external one runs still, and it carries a request
+    // already: it is skipped and not counted, with the same reason or
+    // another, and no event is added to its log.
+    let events_of = |id: &'static str| {
+        let host = host.clone();
+        async move {
+            let (_, events) = host.get(&format!("/v1/processes/{id}/events")).await;
+            events["events"].as_array().map_or(0, Vec::len)
+        }
+    };
+    let logged = events_of("x1").await;
+    for reason in ["runaway", "another reason"] {
+        let (s, report) = host.post("/v1/sessions/s1/cancel", json!({"reason": reason})).await;
+        assert_eq!(
+            (s, report),
+            (200, json!({"requested": 0, "cancelled_now": 0})),
+            "{reason}"
+        );
+    }
+    let (_, r) = host.get("/v1/processes/x1").await;
+    assert_eq!(r["cancel_request"]["reason"], "runaway", "{r}");
+    assert_eq!(events_of("x1").await, logged, "no event added to x1");
 
     // A session token cancels its own session's work; an empty body is `{}`.
     let (s, report) = s2
@@ -1259,6 +1278,47 @@ async fn a_sessions_running_work_is_cancelled_at_once() {
     assert_eq!(s, 200, "{report}");
     assert_eq!(report["requested"], 1, "{report}");
     host.wait_for("other", |r| r["status"] == "cancelled").await;
+}
+
+/// A session's cancel counts what each request reached through descendants:
+/// a parent and its children, all queued behind the only worker slot, are
+/// requested and end at once, each counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_cancel_counts_the_descendants_it_reaches() {
+    let mut args = TWO_SESSIONS.to_vec();
+    args.extend(["--workers", "1"]);
+    let server = Server::start(&args).await;
+    let (host, _, _) = host_and_sessions(&server);
+    // Holds the only worker slot while it runs; granted to no session.
+    let blocker = common::tool_start("zz-blocker", "shell", json!({"command": "sleep 600"}), "rerunnable");
+    assert_eq!(host.start(blocker).await.0, 201);
+    host.wait_for("zz-blocker", |r| !r["lease"].is_null()).await;
+    let queued = |id: &str, parent: Option<&str>| {
+        let mut body = common::tool_start(id, "echo", json!({"value": 1}), "rerunnable");
+        body["grant"] = json!({"session_scope": {"session_id": "s1"}});
+        if let Some(parent) = parent {
+            body["caused_by"] = json!({"process_id": parent});
+        }
+        body
+    };
+    // The parent comes first in id order: its request reaches the children
+    // before the listing does.
+    assert_eq!(host.start(queued("p", None)).await.0, 201);
+    for id in ["q1", "q2", "q3"] {
+        assert_eq!(host.start(queued(id, Some("p"))).await.0, 201);
+    }
+    let (s, report) = host.post("/v1/sessions/s1/cancel", json!({"reason": "stop"})).await;
+    assert_eq!((s, report), (200, json!({"requested": 4, "cancelled_now": 4})));
+    for id in ["p", "q1", "q2", "q3"] {
+        let (_, r) = host.get(&format!("/v1/processes/{id}")).await;
+        assert_eq!(r["status"], "cancelled", "{r}");
+        assert!(r["started"].is_null(), "never started: {r}");
+    }
+    let (_, r) = host.get("/v1/processes/zz-blocker").await;
+    assert!(r["status"] == "running" && r["cancel_request"].is_null(), "{r}");
+    // Its shell stops with it, not left behind the server.
+    assert_eq!(host.post("/v1/processes/zz-blocker/cancel", json!({})).await.0, 200);
+    host.wait_for("zz-blocker", |r| r["status"] == "cancelled").await;
 }
 
 /// Module compiles run one at a time on the server: a session token stores
@@ -1297,9 +1357,8 @@ async fn a_session_stores_one_module_at_a_time() {
     let (a, b) = tokio::join!(host.post("/v1/modules", spin(5)), host.post("/v1/modules", quick(6)));
     assert_eq!((a.0, b.0), (400, 201), "{a:?} {b:?}");
 
-    // A client that hangs up frees its session's turn (its compile runs on,
-    // holding the server's): the next put is taken, not refused, well
-    // before that compile's 2 s are up.
+    // A client that hangs up does not free its session's turn while its
+    // compile runs on: the next put is refused until that compile ends.
     let gave_up = s1
         .auth(s1.http.post(s1.url("/v1/modules")).json(&spin(7)))
         .timeout(Duration::from_millis(300))
@@ -1309,11 +1368,17 @@ async fn a_session_stores_one_module_at_a_time() {
         gave_up.is_err_and(|e| e.is_timeout()),
         "the spinning put outlasts 300 ms"
     );
-    let hung_up = std::time::Instant::now();
+    let (s, err) = s1.post("/v1/modules", quick(8)).await;
+    assert_eq!((s, code(&err)), (429, "too_many_requests"), "{err}");
+    // The host's put is compiled after the abandoned one (one at a time, in
+    // turn), so its answer comes once that compile has ended.
+    let (s, stored) = host.post("/v1/modules", quick(9)).await;
+    assert_eq!(s, 201, "{stored}");
+    let ended = std::time::Instant::now();
     let next = loop {
-        // The server sees the hang-up a moment after the client makes it.
+        // The turn is released a moment after the compile's end.
         let put = s1.post("/v1/modules", quick(8)).await;
-        if put.0 != 429 || hung_up.elapsed() > Duration::from_secs(1) {
+        if put.0 != 429 || ended.elapsed() > Duration::from_secs(2) {
             break put;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -1126,8 +1126,9 @@ async fn cancel_session_cancels_the_sessions_running_work() {
     let out = cli("host-secret", &["cancel", "--session", "s1", "--reason", "runaway"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
-        out.stdout
-            .starts_with("cancellation requested for 3 running processes granted to session s1 ("),
+        out.stdout.starts_with(
+            "cancellation requested for 3 running processes granted to session s1 or descending from them ("
+        ),
         "{}",
         out.stdout
     );
@@ -1143,7 +1144,7 @@ async fn cancel_session_cancels_the_sessions_running_work() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(
         out.stdout.trim(),
-        "session s1 has no running process granted to it: nothing to cancel"
+        "session s1 has no running process granted to it whose cancellation was not requested already: nothing to cancel"
     );
     let out = cli("tok-2", &["--json", "cancel", "--session", "s2"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);

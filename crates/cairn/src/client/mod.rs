@@ -814,12 +814,15 @@ async fn cancel_session(
         let requested = report.get("requested").and_then(Value::as_u64).unwrap_or(0);
         let now = report.get("cancelled_now").and_then(Value::as_u64).unwrap_or(0);
         if requested == 0 {
-            outln!("session {session} has no running process granted to it: nothing to cancel")?;
+            outln!(
+                "session {session} has no running process granted to it whose cancellation was not requested \
+                 already: nothing to cancel"
+            )?;
         } else {
             let plural = if requested == 1 { "" } else { "es" };
             outln!(
                 "cancellation requested for {requested} running process{plural} granted to session {session} \
-                 ({now} ended at once; the rest end as their runs stop)"
+                 or descending from them ({now} ended at once; the rest end as their runs stop)"
             )?;
         }
     }

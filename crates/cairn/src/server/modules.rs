@@ -2,7 +2,7 @@
 //! `GET /v1/modules/{ref}`.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -21,12 +21,13 @@ use super::routes::{ApiResult, Shared};
 /// many would hold every other caller's put behind them: a session token
 /// stores one module at a time. The host is not limited.
 #[derive(Debug, Default)]
-pub struct PutsInFlight(Mutex<HashSet<String>>);
+pub struct PutsInFlight(Arc<Mutex<HashSet<String>>>);
 
 impl PutsInFlight {
     /// Mark `session` as storing a module until the answer is dropped (the
-    /// put answered, or its client hung up); 429 when it is already.
-    fn hold(&self, session: &str) -> Result<PutHeld<'_>, ApiError> {
+    /// put has ended, whether or not its client waited); 429 when it is
+    /// already.
+    fn hold(&self, session: &str) -> Result<PutHeld, ApiError> {
         let mut pending = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if !pending.insert(session.to_string()) {
             return Err(ApiError::new(
@@ -36,21 +37,21 @@ impl PutsInFlight {
             ));
         }
         Ok(PutHeld {
-            puts: self,
+            puts: Arc::clone(&self.0),
             session: session.to_string(),
         })
     }
 }
 
 /// A session's pending put, released when dropped.
-struct PutHeld<'a> {
-    puts: &'a PutsInFlight,
+struct PutHeld {
+    puts: Arc<Mutex<HashSet<String>>>,
     session: String,
 }
 
-impl Drop for PutHeld<'_> {
+impl Drop for PutHeld {
     fn drop(&mut self) {
-        let mut pending = self.puts.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pending = self.puts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         pending.remove(&self.session);
     }
 }
@@ -101,12 +102,21 @@ pub async fn put(
     Extension(caller): Extension<Caller>,
     ApiJson(body): ApiJson<ModuleBody>,
 ) -> ApiResult<Response> {
-    // Held until the put answers or its client hangs up (this future dropped).
-    let _held = match &caller {
+    let held = match &caller {
         Caller::Session(session) => Some(state.module_puts.hold(session)?),
         Caller::Host => None,
     };
-    let put = state.processes.put_module(body.source, body.name).await?;
+    // In a task of its own that holds the session's turn: a client that
+    // hangs up drops this future, not the compile, and the turn is free
+    // only once the compile is done.
+    let processes = state.processes.clone();
+    let run = tokio::spawn(async move {
+        let _held = held;
+        processes.put_module(body.source, body.name).await
+    });
+    let put = run
+        .await
+        .map_err(|e| cairn_core::CairnError::Unavailable(format!("the module put stopped: {e}")))??;
     let status = if put.created {
         StatusCode::CREATED
     } else {

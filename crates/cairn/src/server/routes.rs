@@ -897,9 +897,9 @@ pub async fn delete_session(
 /// session's work may be hundreds of thousands of processes).
 #[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SessionCancelReport {
-    /// Running processes granted to the session whose cancellation this call
-    /// requested (a request with the same reason recorded before counts too:
-    /// it stands).
+    /// Running processes granted to the session, and their running
+    /// descendants, whose cancellation this call requested. One that
+    /// already carried a request is not requested again and not counted.
     pub requested: u64,
     /// Of those, the ones that ended `cancelled` at once (nobody had started them).
     pub cancelled_now: u64,
@@ -911,7 +911,7 @@ pub struct SessionCancelReport {
     params(("session_id" = String, Path, description = "Session id")),
     request_body(content = CancelBody, description = "May be empty"),
     responses(
-        (status = 200, description = "How many running processes granted to the session (`session:{id}`, not its agent frames': cancel those by id) had their cancellation requested, and how many of them ended at once. Each request reaches the process's running descendants too (SPEC §13), and a child started under a process whose cancellation was requested is born cancelled, so work that starts copies of itself stops. Zero counts for a session with nothing running. The requests go on to the end when the client hangs up; a failure part way leaves those made, and a retry with the same reason repeats none of them", body = SessionCancelReport),
+        (status = 200, description = "How many running processes granted to the session (`session:{id}`, not its agent frames': cancel those by id) and their running descendants (SPEC §13) had their cancellation requested by this call, and how many of them ended at once. A process that already carries a cancellation request is skipped and not counted, whatever its reason. A child started under a process whose cancellation was requested is born cancelled, so work that starts copies of itself stops. Zero counts for a session with nothing running or nothing left to request. The requests go on to the end when the client hangs up; a failure part way leaves those made, and a retry requests only what they did not reach", body = SessionCancelReport),
         (status = 403, description = "A session token naming another session", body = ErrorSchema)))]
 pub async fn cancel_session(
     State(state): Shared,
@@ -951,14 +951,30 @@ async fn cancel_granted(
     loop {
         let page = processes.list_granted_to(scope, &filter).await?;
         for granted in &page.items {
+            // Requested already (by an earlier call, or another caller): a
+            // request with another reason would only add an event to it.
+            if granted.process.cancel_request.is_some() {
+                continue;
+            }
             match processes
                 .registry()
                 .request_cancel(&granted.process.id, reason.clone())
                 .await
             {
                 Ok(answer) => {
-                    report.requested += 1;
-                    report.cancelled_now += u64::from(answer.cancelled_now);
+                    // Nothing appended: reached since the page was read by
+                    // a request this loop made for an ancestor, which
+                    // counted it among that one's descendants.
+                    if answer.appended > 0 {
+                        report.requested += 1;
+                        report.cancelled_now += u64::from(answer.cancelled_now);
+                    }
+                    // The write requested each of these (they had none), so
+                    // none is counted again when the listing reaches it.
+                    for d in &answer.descendants {
+                        report.requested += 1;
+                        report.cancelled_now += u64::from(d.status == cairn_core::ProcessStatus::Cancelled);
+                    }
                 }
                 // Ended (or pruned) since the page was read, by a request
                 // made for an ancestor earlier in this loop or otherwise.
