@@ -110,13 +110,11 @@ pub async fn put(
     // hangs up drops this future, not the compile, and the turn is free
     // only once the compile is done.
     let processes = state.processes.clone();
-    let run = tokio::spawn(async move {
+    let put = super::routes::to_the_end("the module put", async move {
         let _held = held;
         processes.put_module(body.source, body.name).await
-    });
-    let put = run
-        .await
-        .map_err(|e| cairn_core::CairnError::Unavailable(format!("the module put stopped: {e}")))??;
+    })
+    .await?;
     let status = if put.created {
         StatusCode::CREATED
     } else {

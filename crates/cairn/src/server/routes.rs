@@ -929,11 +929,23 @@ pub async fn cancel_session(
     // In a task of its own: a client that hangs up part way does not stop
     // the requests (the handler's future would be dropped with it).
     let processes = state.processes.clone();
-    let run = tokio::spawn(async move { cancel_granted(&processes, &scope, body.reason).await });
-    let report = run
-        .await
-        .map_err(|e| cairn_core::CairnError::Unavailable(format!("the session's cancel stopped: {e}")))??;
+    let report = to_the_end("the session's cancel", async move {
+        cancel_granted(&processes, &scope, body.reason).await
+    })
+    .await?;
     Ok(Json(report))
+}
+
+/// Run `work` to its end in a task of its own, whether or not the client
+/// waits for the answer (a handler's future is dropped when it hangs up).
+pub(crate) async fn to_the_end<T: Send + 'static>(
+    what: &str,
+    work: impl std::future::Future<Output = cairn_core::Result<T>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| cairn_core::CairnError::Unavailable(format!("{what} stopped: {e}")))?
+        .map_err(ApiError::from)
 }
 
 /// Request cancellation of every running process granted to `scope`, a page
