@@ -169,13 +169,11 @@ const REDACTED: &str = "[redacted]";
 /// was asked. Only without one is it measured against `now`, the local clock.
 pub(crate) fn retry_after(value: &str, date: Option<&str>, now: std::time::SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    // Delay-seconds too many for a u64 is a very long wait, not no wait
-    // (RFC 9111 §1.2.2): it is past any a turn waits out.
+    // Delay-seconds is digits only (RFC 9110 §10.2.3: `+3` is no value);
+    // too many for a u64 is a very long wait, not no wait (RFC 9111
+    // §1.2.2): past any a turn waits out.
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        return Some(Duration::from_secs(u64::MAX));
+        return Some(Duration::from_secs(value.parse::<u64>().unwrap_or(u64::MAX)));
     }
     let at = httpdate::parse_http_date(value).ok()?;
     let from = date
@@ -1193,6 +1191,7 @@ mod tests {
         assert_eq!(retry_after(" 99999999999999999999 ", None, now), longest);
         assert_eq!(retry_after("9999999999999999999999999999999999", None, now), longest);
         assert_eq!(retry_after("-1", None, now), None);
+        assert_eq!(retry_after("+3", None, now), None, "delay-seconds is digits only");
         assert_eq!(retry_after("1.5", None, now), None);
     }
 
