@@ -294,8 +294,10 @@ enum Replay {
 /// Read the log page by page into the journal, keeping only the journal's
 /// entries (moved from the pages, not copied) and stopping as soon as they
 /// pass [`Limits::max_journal_bytes`]. A page holds at most as many events
-/// as the largest ones fit in that bound, so no page read for a replay is
-/// larger than it either.
+/// as the largest ones fit in that bound or in the default bound, whichever
+/// is larger: no page read for a replay is larger than both, and a bound
+/// lowered below the default does not cut pages to a single event (a
+/// round trip per event at every activation, however small the events).
 async fn replay(ctx: &ToolContext, limits: &Limits) -> std::result::Result<Replayed, Replay> {
     let mut r = Replayed {
         journal: engine::Journal::default(),
@@ -307,7 +309,8 @@ async fn replay(ctx: &ToolContext, limits: &Limits) -> std::result::Result<Repla
     };
     let mut signal_calls: HashMap<u64, String> = HashMap::new();
     let largest = (cairn_core::validate::MAX_PAYLOAD_BYTES + cairn_core::validate::TERMINAL_ENVELOPE_BYTES) as u64;
-    let per_page = usize::try_from(limits.max_journal_bytes / largest).unwrap_or(usize::MAX);
+    let page_bytes = limits.max_journal_bytes.max(Limits::DEFAULT_JOURNAL_BYTES);
+    let per_page = usize::try_from(page_bytes / largest).unwrap_or(usize::MAX);
     let mut after = 0;
     loop {
         let page = ctx.log_page(after, per_page).await.map_err(Replay::Store)?;
