@@ -279,7 +279,10 @@ const FAILURE_CODES: &[(&str, &str, &str)] = &[
         "the script made more journaled calls than its limit: every context call, every `ctx.log` or \
          `console` line, and every clock or randomness read (`Date.now()`, `new Date()`, `Date()`, \
          `Math.random()`, `ctx.now()`, `ctx.random()`, `ctx.uuid()`) counts; the calls the step that \
-         went over journaled before it are not made (their `script.call` events stay, with no child)",
+         went over journaled before it are not made (their `script.call` events stay, with no child); \
+         or its journal (calls, answers and log lines as stored) would pass `--script-max-journal-bytes` \
+         (64 MiB), at a call, an answer or a line (not written), or already holds more at a replay (a \
+         bound lowered since)",
     ),
     (
         "script",
