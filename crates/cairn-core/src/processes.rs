@@ -478,13 +478,16 @@ pub struct SessionSnapshot {
     pub wakes: Vec<WakeDelivery>,
 }
 
-/// The answer of `cancel_all`.
-#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// The answer of [`Processes::cancel_all`]: counts, never ids (a session's
+/// work may be hundreds of thousands of processes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct CancelAllReport {
-    /// Ids a cancellation request was recorded for.
-    pub requested: Vec<String>,
-    /// Of those, the ones that ended at once.
-    pub cancelled_now: Vec<String>,
+    /// Running processes granted to the scope, and their running
+    /// descendants, whose cancellation this call requested. One that
+    /// already carried a request is not requested again and not counted.
+    pub requested: u64,
+    /// Of those, the ones that ended `cancelled` at once (nobody had started them).
+    pub cancelled_now: u64,
 }
 
 /// Builds a [`Processes`] runtime.
@@ -1203,28 +1206,68 @@ impl Processes {
         Ok(self.inner.registry.request_cancel(id, reason).await?.process)
     }
 
-    /// Request cancellation of every running process granted to `scope`.
+    /// Request cancellation of every running process granted to `scope`
+    /// (and, in each request's write, of its running descendants: SPEC
+    /// §13), a page at a time; only the counts are kept, whatever the
+    /// number of processes. A process that already carries a request, with
+    /// whatever reason, is skipped: a second request would only add an
+    /// event to it. A failure part way leaves the requests made, and a
+    /// second call requests only what the first did not reach.
     pub async fn cancel_all(&self, scope: &SessionScope, reason: Option<String>) -> Result<CancelAllReport> {
+        crate::validate::validate_scope(scope)?;
+        // Refused before any request is made, not at the first process.
+        if let Some(reason) = &reason {
+            crate::validate::validate_reason("reason", reason)?;
+        }
         let mut report = CancelAllReport::default();
         let mut filter = ProcessFilter {
             limit: Some(crate::model::MAX_PAGE_SIZE),
             ..ProcessFilter::running()
         };
         loop {
-            let page = self.inner.registry.list_granted_to(scope, &filter).await?;
-            let Some(last) = page.last() else { break };
-            filter.after_id = Some(last.process.id.clone());
-            for g in page {
-                match self.inner.registry.request_cancel(&g.process.id, reason.clone()).await {
-                    Ok(a) => {
-                        if a.cancelled_now {
-                            report.cancelled_now.push(g.process.id.clone());
+            let page = self.list_granted_to(scope, &filter).await?;
+            for granted in &page.items {
+                if granted.process.cancel_request.is_some() {
+                    continue;
+                }
+                match self
+                    .inner
+                    .registry
+                    .request_cancel(&granted.process.id, reason.clone())
+                    .await
+                {
+                    Ok(answer) => {
+                        // Nothing appended: reached since the page was read
+                        // by a request this loop made for an ancestor, which
+                        // counted it among that one's descendants.
+                        if answer.appended > 0 {
+                            report.requested += 1;
+                            report.cancelled_now += u64::from(answer.cancelled_now);
                         }
-                        report.requested.push(g.process.id);
+                        // The write requested each of these (they had none),
+                        // so none is counted again when the listing reaches it.
+                        for d in &answer.descendants {
+                            report.requested += 1;
+                            report.cancelled_now += u64::from(d.status == crate::model::ProcessStatus::Cancelled);
+                        }
                     }
-                    Err(CairnError::ProcessTerminal(_)) => {}
+                    // Ended (or pruned) since the page was read, by a
+                    // request made for an ancestor earlier in this loop or
+                    // otherwise.
+                    Err(
+                        CairnError::ProcessTerminal(_)
+                        | CairnError::UnknownProcess(_)
+                        | CairnError::NoLongerRetained(_),
+                    ) => {}
                     Err(e) => return Err(e),
                 }
+            }
+            // A process started meanwhile with an id before the cursor is
+            // the child of one this loop reached or will reach: born
+            // cancelled, or reached with its ancestor's request.
+            match page.next_after_id {
+                Some(next) => filter.after_id = Some(next),
+                None => break,
             }
         }
         Ok(report)

@@ -122,6 +122,73 @@ pub async fn parent_suspends_until_its_children_end(factory: &dyn StoreFactory) 
     p.shutdown().await;
 }
 
+/// `cancel_all` requests the cancellation of every running process granted
+/// to a scope, its running descendants in the same writes, and answers
+/// counts: each process once (a child reached through its parent's request
+/// is not counted again when the listing reaches it). A second call skips what already carries a request and
+/// writes nothing; another session's work is untouched; a reason over its
+/// limit is refused before any request is made.
+pub async fn cancel_all_requests_each_running_process_once(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let p = runtime(&store, "w1", vec![Arc::new(FanOut::default())]);
+    let s1 = cairn_core::SessionScope::session("s1");
+    let granted = |req: StartRequest, to: &cairn_core::SessionScope| req.with_grant(to.clone(), Default::default());
+    p.start(granted(
+        StartRequest::tool("fan", "fan_out", json!({"n": 2}), Disposition::Rerunnable),
+        &s1,
+    ))
+    .await
+    .expect("start fan");
+    p.start(granted(StartRequest::external("ext", json!({})), &s1))
+        .await
+        .expect("start ext");
+    p.start(granted(
+        StartRequest::tool("other", "wait_signal", json!({"name": "go"}), Disposition::Rerunnable),
+        &cairn_core::SessionScope::session("s2"),
+    ))
+    .await
+    .expect("start other");
+    for id in ["fan", "fan/1", "fan/2", "other"] {
+        p.await_event(id, "process.waiting", 0, WAIT).await.expect("waiting");
+    }
+
+    let long = "r".repeat(cairn_core::validate::MAX_REASON_BYTES + 1);
+    let refused = p.cancel_all(&s1, Some(long)).await;
+    assert!(
+        matches!(refused, Err(CairnError::PayloadTooLarge { .. })),
+        "{refused:?}"
+    );
+    assert!(
+        p.get("fan").await.expect("get").cancel_request.is_none(),
+        "nothing requested"
+    );
+
+    let report = p.cancel_all(&s1, Some("stop".into())).await.expect("cancel_all");
+    // fan, its two children (reached by fan's request, listed after it) and
+    // ext; none ended at once: the suspended three had begun, so each is
+    // run again to end itself, and the external one only carries the
+    // request.
+    assert_eq!((report.requested, report.cancelled_now), (4, 0), "{report:?}");
+    for id in ["fan", "fan/1", "fan/2"] {
+        assert_eq!(terminal(&p, id).await.status, ProcessStatus::Cancelled, "{id}");
+    }
+    let ext = p.get("ext").await.expect("ext");
+    assert_eq!(ext.status, ProcessStatus::Running);
+    assert!(ext.cancel_request.is_some());
+    let other = p.get("other").await.expect("other");
+    assert!(other.cancel_request.is_none() && !other.is_terminal(), "{other:?}");
+
+    let logged = p.events("ext", 0, Some(100)).await.expect("events").events.len();
+    let again = p.cancel_all(&s1, Some("another reason".into())).await.expect("again");
+    assert_eq!((again.requested, again.cancelled_now), (0, 0), "{again:?}");
+    assert_eq!(
+        p.events("ext", 0, Some(100)).await.expect("events").events.len(),
+        logged,
+        "a process already requested is not requested again"
+    );
+    p.shutdown().await;
+}
+
 /// Runs `session_turn` inputs: succeeds with the input it was given; a start
 /// whose input is `refuse` is refused (what a turn runner does for an unknown
 /// model), and so is one that is not rerunnable.

@@ -921,19 +921,17 @@ pub async fn cancel_session(
 ) -> ApiResult<Json<SessionCancelReport>> {
     caller.require_session(&session_id)?;
     let scope = SessionScope::session(session_id);
-    cairn_core::validate::validate_scope(&scope)?;
-    // Refused before any request is made, not at the first process.
-    if let Some(reason) = &body.reason {
-        cairn_core::validate::validate_reason("reason", reason)?;
-    }
     // In a task of its own: a client that hangs up part way does not stop
     // the requests (the handler's future would be dropped with it).
     let processes = state.processes.clone();
     let report = to_the_end("the session's cancel", async move {
-        cancel_granted(&processes, &scope, body.reason).await
+        processes.cancel_all(&scope, body.reason).await
     })
     .await?;
-    Ok(Json(report))
+    Ok(Json(SessionCancelReport {
+        requested: report.requested,
+        cancelled_now: report.cancelled_now,
+    }))
 }
 
 /// Run `work` to its end in a task of its own, whether or not the client
@@ -946,67 +944,6 @@ pub(crate) async fn to_the_end<T: Send + 'static>(
         .await
         .map_err(|e| cairn_core::CairnError::Unavailable(format!("{what} stopped: {e}")))?
         .map_err(ApiError::from)
-}
-
-/// Request cancellation of every running process granted to `scope`, a page
-/// at a time (only the counts are kept, whatever the number of processes).
-async fn cancel_granted(
-    processes: &cairn_core::Processes,
-    scope: &SessionScope,
-    reason: Option<String>,
-) -> cairn_core::Result<SessionCancelReport> {
-    let mut report = SessionCancelReport::default();
-    let mut filter = ProcessFilter {
-        limit: Some(cairn_core::MAX_PAGE_SIZE),
-        ..ProcessFilter::running()
-    };
-    loop {
-        let page = processes.list_granted_to(scope, &filter).await?;
-        for granted in &page.items {
-            // Requested already (by an earlier call, or another caller): a
-            // request with another reason would only add an event to it.
-            if granted.process.cancel_request.is_some() {
-                continue;
-            }
-            match processes
-                .registry()
-                .request_cancel(&granted.process.id, reason.clone())
-                .await
-            {
-                Ok(answer) => {
-                    // Nothing appended: reached since the page was read by
-                    // a request this loop made for an ancestor, which
-                    // counted it among that one's descendants.
-                    if answer.appended > 0 {
-                        report.requested += 1;
-                        report.cancelled_now += u64::from(answer.cancelled_now);
-                    }
-                    // The write requested each of these (they had none), so
-                    // none is counted again when the listing reaches it.
-                    for d in &answer.descendants {
-                        report.requested += 1;
-                        report.cancelled_now += u64::from(d.status == cairn_core::ProcessStatus::Cancelled);
-                    }
-                }
-                // Ended (or pruned) since the page was read, by a request
-                // made for an ancestor earlier in this loop or otherwise.
-                Err(
-                    cairn_core::CairnError::ProcessTerminal(_)
-                    | cairn_core::CairnError::UnknownProcess(_)
-                    | cairn_core::CairnError::NoLongerRetained(_),
-                ) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        // A process started meanwhile with an id before the cursor is the
-        // child of one this loop reached or will reach: born cancelled, or
-        // reached with its ancestor's request.
-        match page.next_after_id {
-            Some(next) => filter.after_id = Some(next),
-            None => break,
-        }
-    }
-    Ok(report)
 }
 
 /// `GET /v1/sessions/{session_id}/wakes`: pending wakes, oldest first.
