@@ -638,7 +638,9 @@ impl ToolContext {
     /// suspends (the lease released, this answering `Err`, the run returning)
     /// and the end that satisfies the wait makes it claimable again in the same
     /// transaction; an `owner_bound` run waits holding its lease. Every id must
-    /// name a child of this process (`invalid_request` otherwise).
+    /// name a child of this process: `unknown_process` for an id nothing
+    /// holds, `invalid_request` for another process (`unknown_process` too,
+    /// as for an id nothing holds, when a session started this one).
     pub async fn wait_children(
         &self,
         ids: &[String],
@@ -756,34 +758,49 @@ impl ToolContext {
 
     /// The records of `ids`, each of which must be a child of this process:
     /// only a child's end can satisfy a wait, ended or not (an ended process
-    /// elsewhere is not this run's to read).
+    /// elsewhere is not this run's to read). The first id, in the order
+    /// given, that is no child is refused: `unknown_process` when nothing
+    /// holds it, `invalid_request` when another process does. A session's
+    /// process is answered for any id that is no child exactly as for an id
+    /// nothing holds (`unknown_process`, the same words), so it cannot tell
+    /// another session's process, or the host's, from none, as the
+    /// session's token cannot.
     async fn children_records(&self, ids: &[String]) -> Result<Vec<ProcessRecord>> {
         let lease = self.lease();
         // Prune keeps the ended children of a parent that still runs, so a
         // tombstone is never this process's child: it answers as an unknown
         // id does, and a session's process cannot read when another
-        // session's pruned process ended.
-        let children = crate::retry::while_lease_holds(&self.inner.clock, &lease, "reading children", || {
+        // session's pruned process ended. Every id is read before any is
+        // refused, so the id a refusal names does not depend on which read
+        // answered first.
+        let found = crate::retry::while_lease_holds(&self.inner.clock, &lease, "reading children", || {
             futures::future::try_join_all(ids.iter().map(|id| async move {
                 match self.inner.registry.get(id).await {
-                    Err(CairnError::NoLongerRetained(_)) => Err(CairnError::UnknownProcess(id.clone())),
-                    read => read,
+                    Err(CairnError::NoLongerRetained(_) | CairnError::UnknownProcess(_)) => Ok(None),
+                    read => read.map(Some),
                 }
             }))
         })
         .await?;
-        if let Some(other) = children.iter().find(|c| {
-            c.provenance
-                .caused_by
-                .as_ref()
-                .and_then(crate::model::CausalRef::parent_process)
-                != Some(self.process_id())
-        }) {
-            return Err(CairnError::InvalidRequest(format!(
-                "`{}` is not a child of `{}`: only a process's own children can be awaited",
-                other.id,
-                self.process_id()
-            )));
+        let session = matches!(
+            self.inner.record.provenance.originator,
+            crate::model::Originator::Session { .. }
+        );
+        let mut children = Vec::with_capacity(found.len());
+        for (id, record) in ids.iter().zip(found) {
+            match record {
+                Some(r)
+                    if r.provenance
+                        .caused_by
+                        .as_ref()
+                        .and_then(crate::model::CausalRef::parent_process)
+                        == Some(self.process_id()) =>
+                {
+                    children.push(r);
+                }
+                Some(_) if !session => return Err(crate::ops::not_a_child(id, self.process_id())),
+                _ => return Err(CairnError::UnknownProcess(id.clone())),
+            }
         }
         Ok(children)
     }

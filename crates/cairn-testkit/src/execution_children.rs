@@ -266,8 +266,21 @@ pub async fn input_runner_runs_its_kind(factory: &dyn StoreFactory) {
     bare.shutdown().await;
 }
 
-/// Starts children as anyone and awaits a process that is not its child.
+/// Starts children as anyone and awaits processes that are not its
+/// children: each entry of `WAITS` (alone, and the first of them raced
+/// against a signal), answering what each wait was refused with.
 struct Spoofer;
+
+/// What [`Spoofer`] awaits, by name: a host's ended process, another
+/// session's running one, ids nothing holds, and a mix, whose refusal names
+/// the first id that is no child whichever read answered first.
+const WAITS: [(&str, &[&str]); 5] = [
+    ("foreign", &["foreign"]),
+    ("elsewhere", &["elsewhere"]),
+    ("nothing", &["nothing"]),
+    ("elsewhere_then_nothing", &["elsewhere", "nothing"]),
+    ("nothing_then_nothing", &["nothing-2", "nothing"]),
+];
 
 #[async_trait]
 impl Tool for Spoofer {
@@ -296,24 +309,49 @@ impl Tool for Spoofer {
         let granting_another = ctx
             .start_child(child(3).with_grant(cairn_core::SessionScope::session("s2"), Default::default()))
             .await;
-        let foreign = ctx
-            .wait_children(&["foreign".to_string()], ChildrenMode::Any, None)
-            .await;
+        let said = |r: Result<_, CairnError>| match r {
+            Ok(_) => json!("ok"),
+            Err(e) => json!([e.code(), e.to_string()]),
+        };
+        let mut waits = serde_json::Map::new();
+        let mut raced = serde_json::Map::new();
+        for (name, ids) in WAITS {
+            let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+            let waited = ctx.wait_children(&ids, ChildrenMode::Any, None).await;
+            waits.insert(name.into(), said(waited.map(|_| ())));
+            let first = ctx
+                .wait_first(&[("go".into(), 1)], Some((&ids, ChildrenMode::Any, 1)), None, false)
+                .await;
+            raced.insert(name.into(), said(first.map(|_| ())));
+        }
         Outcome::success(json!({
             "wake": code(waking_another.map(|_| ())),
             "grant": code(granting_another.map(|_| ())),
-            "wait": code(foreign.map(|_| ())),
+            "waits": waits,
+            "raced": raced,
         }))
     }
 }
 
-/// A process a session started acts for that session: its children are
-/// started as the session and granted to it, may not be granted to or wake
-/// another session, and it may not await (and so read the end of) a process
-/// that is not its child, ended or not (SPEC §4, §13).
-pub async fn a_sessions_process_acts_only_for_that_session(factory: &dyn StoreFactory) {
-    let store = factory.create(ManualClock::new(1_000)).await;
-    let p = runtime(&store, "w1", vec![Arc::new(Spoofer)]);
+/// Starts [`Spoofer`] `id` as `originator` once `foreign` (a host's, ended)
+/// and `elsewhere` (session s2's, running) exist; answers its outcome's value.
+async fn spoof(p: &Processes, id: &str, originator: cairn_core::Originator) -> Value {
+    let mut req = StartRequest::tool(id, "spoofer", json!({}), Disposition::Rerunnable);
+    if let cairn_core::Originator::Session { scope } = &originator {
+        // Granted to its session, as a session's own start is.
+        req = req.with_grant(scope.clone(), Default::default());
+    }
+    req.originator = originator;
+    p.start(req).await.expect("start");
+    match terminal(p, id).await.outcome {
+        Some(Outcome::Success { value }) => value,
+        other => panic!("expected a success, got {other:?}"),
+    }
+}
+
+/// Starts what [`Spoofer`] awaits: `foreign`, a host's process that ended,
+/// and `elsewhere`, session s2's, running.
+async fn others(p: &Processes) {
     p.start(StartRequest::tool(
         "foreign",
         "echo",
@@ -322,19 +360,53 @@ pub async fn a_sessions_process_acts_only_for_that_session(factory: &dyn StoreFa
     ))
     .await
     .expect("start foreign");
-    terminal(&p, "foreign").await;
-    // Granted to its session, as a session's own start is.
-    let mut req = StartRequest::tool("sp", "spoofer", json!({}), Disposition::Rerunnable)
-        .with_grant(cairn_core::SessionScope::session("s1"), Default::default());
-    req.originator = cairn_core::Originator::session(cairn_core::SessionScope::session("s1"));
-    p.start(req).await.expect("start");
-    let r = terminal(&p, "sp").await;
+    terminal(p, "foreign").await;
+    elsewhere(p).await;
+}
+
+/// Starts `elsewhere`, session s2's process, which never runs here.
+async fn elsewhere(p: &Processes) {
+    let s2 = cairn_core::SessionScope::session("s2");
+    let mut elsewhere = StartRequest::external("elsewhere", json!({})).with_grant(s2.clone(), Default::default());
+    elsewhere.originator = cairn_core::Originator::session(s2);
+    p.start(elsewhere).await.expect("start elsewhere");
+}
+
+/// A process a session started acts for that session: its children are
+/// started as the session and granted to it, may not be granted to or wake
+/// another session, and it may not await (and so read the end of) a process
+/// that is not its child, ended or not (SPEC §4, §13). Such a wait is
+/// refused exactly as one for an id nothing holds is (`unknown_process`, the
+/// same words, naming the same id of several), so the session's process
+/// cannot tell another session's process, or the host's, from none, as the
+/// session's token cannot.
+pub async fn a_sessions_process_acts_only_for_that_session(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let p = runtime(&store, "w1", vec![Arc::new(Spoofer)]);
+    others(&p).await;
+    let value = spoof(
+        &p,
+        "sp",
+        cairn_core::Originator::session(cairn_core::SessionScope::session("s1")),
+    )
+    .await;
     assert_eq!(
-        r.outcome,
-        Some(Outcome::success(
-            json!({"wake": "invalid_request", "grant": "invalid_request", "wait": "invalid_request"})
-        ))
+        (&value["wake"], &value["grant"]),
+        (&json!("invalid_request"), &json!("invalid_request"))
     );
+    let unknown = |id: &str| json!(["unknown_process", format!("unknown process `{id}`")]);
+    for answers in [&value["waits"], &value["raced"]] {
+        // What an id nothing holds is answered, and every other the same.
+        assert_eq!(answers["nothing"], unknown("nothing"), "{value}");
+        let as_nothing = |id: &str| {
+            let said = answers["nothing"].to_string().replace("`nothing`", &format!("`{id}`"));
+            serde_json::from_str::<Value>(&said).expect("json")
+        };
+        assert_eq!(answers["foreign"], as_nothing("foreign"), "{value}");
+        assert_eq!(answers["elsewhere"], as_nothing("elsewhere"), "{value}");
+        assert_eq!(answers["elsewhere_then_nothing"], as_nothing("elsewhere"), "{value}");
+        assert_eq!(answers["nothing_then_nothing"], as_nothing("nothing-2"), "{value}");
+    }
     let child = p.get("sp/1").await.expect("child");
     assert_eq!(
         child.provenance.originator,
@@ -355,7 +427,11 @@ pub async fn a_sessions_process_acts_only_for_that_session(factory: &dyn StoreFa
         granted("s1").await.contains(&"sp/1".to_string()),
         "granted to its session"
     );
-    assert!(granted("s2").await.is_empty(), "nothing reached another session");
+    assert_eq!(
+        granted("s2").await,
+        vec!["elsewhere".to_string()],
+        "nothing reached another session"
+    );
     for (id, why) in [("sp/2", "wake"), ("sp/3", "be granted to")] {
         assert!(
             p.get(id).await.is_err(),
@@ -363,6 +439,95 @@ pub async fn a_sessions_process_acts_only_for_that_session(factory: &dyn StoreFa
         );
     }
     p.shutdown().await;
+}
+
+/// A host's process, which may read every process as the host may, is told
+/// that a process it awaits is not its child (`invalid_request`), and an id
+/// nothing holds is `unknown_process`.
+pub async fn a_hosts_process_is_told_what_it_awaits_is_not_its_child(factory: &dyn StoreFactory) {
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let p = runtime(&store, "w1", vec![Arc::new(Spoofer)]);
+    others(&p).await;
+    let value = spoof(&p, "hp", cairn_core::Originator::host()).await;
+    assert_eq!((&value["wake"], &value["grant"]), (&json!("ok"), &json!("ok")));
+    let not_a_child = |id: &str| {
+        json!([
+            "invalid_request",
+            format!("invalid request: `{id}` is not a child of `hp`: only a process's own children can be awaited")
+        ])
+    };
+    for answers in [&value["waits"], &value["raced"]] {
+        assert_eq!(
+            answers["nothing"],
+            json!(["unknown_process", "unknown process `nothing`"]),
+            "{value}"
+        );
+        assert_eq!(answers["foreign"], not_a_child("foreign"), "{value}");
+        assert_eq!(answers["elsewhere"], not_a_child("elsewhere"), "{value}");
+        assert_eq!(answers["elsewhere_then_nothing"], not_a_child("elsewhere"), "{value}");
+        assert_eq!(
+            answers["nothing_then_nothing"],
+            json!(["unknown_process", "unknown process `nothing-2`"]),
+            "{value}"
+        );
+    }
+    p.shutdown().await;
+}
+
+/// The store's own check of a children wait (`ProcessRegistry::wait`)
+/// refuses a session's process an id that is no child exactly as an id
+/// nothing holds (`unknown_process`, the same words), and a host's process
+/// with `invalid_request`, writing nothing either way.
+pub async fn a_sessions_store_wait_refuses_a_non_child_as_unknown(factory: &dyn StoreFactory) {
+    use cairn_core::WaitRequest;
+    let store = factory.create(ManualClock::new(1_000)).await;
+    let front = Processes::builder(store.registry.clone())
+        .clock(Arc::new(store.clock.clone()))
+        .without_worker()
+        .start();
+    elsewhere(&front).await;
+    let s1 = cairn_core::SessionScope::session("s1");
+    let mut session = StartRequest::tool("sw", "echo", json!({"value": 1}), Disposition::Rerunnable)
+        .with_grant(s1.clone(), Default::default());
+    session.originator = cairn_core::Originator::session(s1);
+    front.start(session).await.expect("start sw");
+    front
+        .start(StartRequest::tool(
+            "hw",
+            "echo",
+            json!({"value": 1}),
+            Disposition::Rerunnable,
+        ))
+        .await
+        .expect("start hw");
+    let registry = store.registry.clone();
+    let mut refusals = std::collections::BTreeMap::new();
+    for id in ["sw", "hw"] {
+        let lease = registry.claim(id, "w1", 30_000).await.expect("claim");
+        let rec = registry.record_started(&lease).await.expect("started");
+        for of in ["elsewhere", "nothing"] {
+            let wait = WaitRequest::children(vec![of.to_string()], ChildrenMode::Any, 1, None);
+            let err = registry
+                .wait(&lease, wait, rec.last_sequence)
+                .await
+                .expect_err("a wait for no child is refused");
+            refusals.insert(format!("{id} {of}"), (err.code(), err.to_string()));
+        }
+        let after = registry.get(id).await.expect("get");
+        assert_eq!(after.last_sequence, rec.last_sequence, "{id}: nothing written");
+    }
+    let unknown = |of: &str| ("unknown_process", format!("unknown process `{of}`"));
+    assert_eq!(refusals["sw nothing"], unknown("nothing"));
+    assert_eq!(refusals["sw elsewhere"], unknown("elsewhere"), "as an id nothing holds");
+    assert_eq!(refusals["hw nothing"], unknown("nothing"));
+    assert_eq!(
+        refusals["hw elsewhere"],
+        (
+            "invalid_request",
+            "invalid request: `elsewhere` is not a child of `hw`: only a process's own children can be awaited".into()
+        )
+    );
+    front.shutdown().await;
 }
 
 /// A child of a session's process is granted to whoever holds the parent

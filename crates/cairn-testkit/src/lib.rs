@@ -469,6 +469,8 @@ macro_rules! execution_suite {
                 a_wait_that_timed_out_unrecorded_replays_as_timed_out,
                 an_owner_bound_wait_for_a_child_that_ends_late_times_out,
                 a_sessions_process_acts_only_for_that_session,
+                a_hosts_process_is_told_what_it_awaits_is_not_its_child,
+                a_sessions_store_wait_refuses_a_non_child_as_unknown,
                 cancel_all_requests_each_running_process_once,
                 a_transferred_parents_children_go_to_its_new_holder,
                 a_deleted_sessions_process_has_its_children_granted_to_none,

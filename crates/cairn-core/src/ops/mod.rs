@@ -1049,11 +1049,24 @@ fn has_ended<T: WriteTx + ?Sized>(tx: &mut T, id: &str) -> Result<bool> {
     }
 }
 
+/// The refusal of a wait by `parent` for `id`, a process that is not its
+/// child (`invalid_request`). Only a host's process is answered so: a
+/// session's is answered as for an id nothing holds (`unknown_process`).
+pub(crate) fn not_a_child(id: &str, parent: &str) -> CairnError {
+    CairnError::InvalidRequest(format!(
+        "`{id}` is not a child of `{parent}`: only a process's own children can be awaited"
+    ))
+}
+
 /// The children of `parent` a wait names that have ended; an id that is not
-/// a child of `parent` is refused (only a child's end can wake it).
+/// a child of `parent` is refused (only a child's end can wake it). A
+/// session's process (`session`) is refused an id that is no child exactly
+/// as one nothing holds (`unknown_process`): it cannot tell another
+/// session's process from none.
 fn ended_children<T: WriteTx + ?Sized>(
     tx: &mut T,
     parent: &str,
+    session: bool,
     ids: &[String],
 ) -> Result<std::collections::HashSet<String>> {
     let mut ended = std::collections::HashSet::new();
@@ -1064,11 +1077,8 @@ fn ended_children<T: WriteTx + ?Sized>(
             (child, row.record.is_terminal())
         });
         match found {
-            Some((false, _)) => {
-                return Err(CairnError::InvalidRequest(format!(
-                    "`{id}` is not a child of `{parent}`: only a process's own children can be awaited"
-                )))
-            }
+            Some((false, _)) if session => return Err(CairnError::UnknownProcess(id.clone())),
+            Some((false, _)) => return Err(not_a_child(id, parent)),
             Some((true, terminal)) => {
                 if terminal {
                     ended.insert(id.clone());
@@ -1293,8 +1303,9 @@ fn wait<T: WriteTx + ?Sized>(tx: &mut T, lease: &Lease, wait: &WaitRequest, seen
     }
     let suspend = record.disposition == Disposition::Rerunnable;
     if wait.kind == "children" {
+        let session = matches!(record.provenance.originator, Originator::Session { .. });
         let ids = wait.ids.as_deref().unwrap_or_default();
-        let ended = ended_children(tx, id, ids)?;
+        let ended = ended_children(tx, id, session, ids)?;
         let state = WaitState {
             kind: wait.kind.clone(),
             name: None,
