@@ -10,6 +10,13 @@ use serde_json::{json, Value};
 /// waits run for days, SPEC §13); a longer one is refused at start.
 pub const LONGEST_MS: u64 = cairn_core::validate::LONGEST_WAIT_MS;
 
+/// How much of a `shell` command's output is appended (bytes, both streams,
+/// each line with its newline) when its args give no `max_output_bytes`.
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The largest `max_output_bytes` taken (1 GiB); a larger one is refused at start.
+pub const MOST_OUTPUT_BYTES: u64 = 1024 * 1024 * 1024;
+
 /// The `args` schema of built-in tool `name`, or `None` for another name.
 pub fn args_schema(name: &str) -> Option<Value> {
     let signal_name = cairn_core::schema_limits::signal_name("The signal name: ASCII letters, digits, `_`, `-`.");
@@ -43,6 +50,15 @@ pub fn args_schema(name: &str) -> Option<Value> {
                         "description": "Variables added to the server's environment."},
                 "timeout_ms": {"type": "integer", "minimum": 1, "maximum": LONGEST_MS,
                                "description": "Stop the whole process group after this long (at least 1 ms)."},
+                "max_output_bytes": {"type": "integer", "minimum": 0, "maximum": MOST_OUTPUT_BYTES,
+                                     "description": format!(
+                    "The most output appended as `shell.output`, in bytes: stdout and stderr together, \
+                     each line with its newline (default {DEFAULT_MAX_OUTPUT_BYTES}, 64 MiB; at most \
+                     {MOST_OUTPUT_BYTES}, 1 GiB). From the first line past it no more lines are kept \
+                     (a line says so), while the command runs on and its output is still read: the \
+                     result's tails are its real last lines, its outcome is as without the bound, and \
+                     a last line of each stream that lost lines tells how many lines and bytes were not kept."
+                )},
             },
         }),
         _ => return None,
@@ -120,7 +136,10 @@ pub fn args_example(name: &str) -> Option<Value> {
         "echo" => json!({"value": {"ok": true}}),
         "sleep" => json!({"ms": 1000}),
         "wait_signal" => json!({"name": "approve", "timeout_ms": 60000}),
-        "shell" => json!({"argv": ["make", "test"], "cwd": "/tmp", "env": {"CI": "1"}, "timeout_ms": 600000}),
+        "shell" => json!({
+            "argv": ["make", "test"], "cwd": "/tmp", "env": {"CI": "1"}, "timeout_ms": 600000,
+            "max_output_bytes": 1048576,
+        }),
         _ => return None,
     };
     Some(example)
@@ -209,6 +228,21 @@ mod tests {
             ("shell", json!({"command": "true", "env": {"A\u{0}": "1"}}), false),
             ("shell", json!({"command": "true", "env": {"A": "1\u{0}"}}), false),
             ("shell", json!({"command": "true", "timeout_ms": 0}), false),
+            ("shell", json!({"command": "true", "max_output_bytes": null}), true),
+            ("shell", json!({"command": "true", "max_output_bytes": 0}), true),
+            (
+                "shell",
+                json!({"command": "true", "max_output_bytes": MOST_OUTPUT_BYTES}),
+                true,
+            ),
+            (
+                "shell",
+                json!({"command": "true", "max_output_bytes": MOST_OUTPUT_BYTES + 1}),
+                false,
+            ),
+            ("shell", json!({"command": "true", "max_output_bytes": -1}), false),
+            ("shell", json!({"command": "true", "max_output_bytes": 1.5}), false),
+            ("shell", json!({"command": "true", "max_output_bytes": "1000"}), false),
         ];
         for (name, args, taken) in cases {
             let schema = args_schema_as_taken(name).unwrap_or_else(|| panic!("{name}"));

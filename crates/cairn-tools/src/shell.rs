@@ -2,13 +2,19 @@
 //!
 //! Args: `{"argv": [...]}` or `{"command": "..."}` (run by `/bin/sh -c`),
 //! exactly one of the two, with optional `cwd`, `env` (added to the inherited
-//! environment, from which the server's own `CAIRN_*` settings are removed)
-//! and `timeout_ms`.
+//! environment, from which the server's own `CAIRN_*` settings are removed),
+//! `timeout_ms` and `max_output_bytes`.
 //!
 //! The child runs in its own process group with stdin closed. Its output is
 //! read line by line (lossy UTF-8, over-long lines truncated) and appended as
 //! `shell.output` events `{"stream": "stdout"|"stderr", "lines": [...]}`,
 //! batched by count, size and age; order within each stream is preserved.
+//! At most `max_output_bytes` of it is appended (both streams together, each
+//! line counted with its newline): from the first line that does not fit, no
+//! more lines are appended but one that says so, while the output is still
+//! read to its end (the command is never held up) and kept in the result's
+//! tails; once it ends, a last line of each stream that lost lines says how
+//! many lines and bytes were not kept.
 //!
 //! The whole group is stopped (SIGTERM, then SIGKILL after a grace period;
 //! at once when the run lost its lease, as a peer may run the process from
@@ -39,6 +45,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 
 use cairn_core::{CairnError, Disposition, EventType, Outcome, Result, StopReason, Tool, ToolContext};
 
+use crate::schemas::{DEFAULT_MAX_OUTPUT_BYTES, MOST_OUTPUT_BYTES};
 use crate::{bad_args, parse_args, stopped_outcome};
 
 /// The event type the shell tool appends its output as.
@@ -120,6 +127,8 @@ struct ShellArgs {
     env: Option<BTreeMap<String, String>>,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    #[serde(default)]
+    max_output_bytes: Option<u64>,
 }
 
 fn invalid(message: impl std::fmt::Display) -> CairnError {
@@ -163,6 +172,11 @@ impl ShellArgs {
             return Err(invalid(
                 "`timeout_ms` is 0: give at least 1 ms, or leave it out for no timeout",
             ));
+        }
+        if let Some(max) = a.max_output_bytes.filter(|&max| max > MOST_OUTPUT_BYTES) {
+            return Err(invalid(format!(
+                "`max_output_bytes` is {max}, over the limit of {MOST_OUTPUT_BYTES} (1 GiB)"
+            )));
         }
         if let Some(cwd) = &a.cwd {
             if cwd.is_empty() {
@@ -386,7 +400,7 @@ async fn run_child(ctx: &ToolContext, args: &ShellArgs, grace: Duration, hidden_
     drop(tx);
 
     let deadline = args.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
-    let mut out = Output::default();
+    let mut out = Output::new(args.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES));
     let mut rx_open = true;
 
     // Running: stream output until the command exits or the run must end.
@@ -491,6 +505,7 @@ async fn run_child(ctx: &ToolContext, args: &ShellArgs, grace: Duration, hidden_
         }
     }
     drop(guard);
+    out.mark_not_kept();
     out.flush_all(ctx).await;
 
     match end {
@@ -984,9 +999,25 @@ struct Batch {
 }
 
 impl Batch {
+    /// Adds a line; true when the batch is due for an append.
+    fn add(&mut self, text: String) -> bool {
+        self.since.get_or_insert_with(Instant::now);
+        self.bytes += text.len();
+        self.lines.push(text);
+        self.is_full()
+    }
+
     fn is_full(&self) -> bool {
         self.lines.len() >= BATCH_MAX_LINES || self.bytes >= BATCH_MAX_BYTES
     }
+}
+
+/// Lines of one stream that were read and not appended.
+#[derive(Clone, Copy, Default)]
+struct NotKept {
+    lines: u64,
+    /// Their bytes, each line's newline included.
+    bytes: u64,
 }
 
 #[derive(Default)]
@@ -1026,10 +1057,19 @@ impl Tail {
 }
 
 /// Pending batches and tails of both streams.
-#[derive(Default)]
 struct Output {
     batches: [Batch; 2],
     tails: [Tail; 2],
+    /// The most bytes of output appended (`max_output_bytes`), each line
+    /// counted with its newline (so empty lines count too), ...
+    max_bytes: u64,
+    /// ... the bytes appended so far ...
+    kept_bytes: u64,
+    /// ... and whether a line did not fit: no line after it is appended,
+    /// however short, so what is kept is the output's start in order.
+    full: bool,
+    /// What each stream lost to the bound.
+    not_kept: [NotKept; 2],
     /// Set when an append found the lease lost or the process ended; nothing
     /// more is appended after that.
     halted: Option<CairnError>,
@@ -1051,15 +1091,62 @@ struct Unsent {
 }
 
 impl Output {
-    /// Adds a line; true when its batch is due for an append.
+    /// Output of which at most `max_bytes` is appended.
+    fn new(max_bytes: u64) -> Self {
+        Self {
+            batches: Default::default(),
+            tails: Default::default(),
+            max_bytes,
+            kept_bytes: 0,
+            full: false,
+            not_kept: Default::default(),
+            halted: None,
+            appended: 0,
+            unsent: None,
+        }
+    }
+
+    /// Adds a line (to its stream's tail, and to its batch while the bound
+    /// is not reached); true when its batch is due for an append.
     fn push(&mut self, line: Line) -> bool {
         let i = line.stream as usize;
         self.tails[i].push(&line.text);
-        let batch = &mut self.batches[i];
-        batch.since.get_or_insert_with(Instant::now);
-        batch.bytes += line.text.len();
-        batch.lines.push(line.text);
-        batch.is_full()
+        let cost = line.text.len() as u64 + 1;
+        if !self.full && self.kept_bytes.saturating_add(cost) <= self.max_bytes {
+            self.kept_bytes += cost;
+            return self.batches[i].add(line.text);
+        }
+        self.not_kept[i].lines += 1;
+        self.not_kept[i].bytes += cost;
+        if self.full {
+            return false;
+        }
+        // Said at once, for whoever follows the output live: the command
+        // runs on, its output unrecorded.
+        self.full = true;
+        self.batches[i].add(format!(
+            "…[output past max_output_bytes ({} bytes) is not kept from here on]",
+            self.max_bytes
+        ))
+    }
+
+    /// Once the output has ended: a last line in each stream that lost
+    /// lines to the bound, with how many lines and bytes it lost.
+    fn mark_not_kept(&mut self) {
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let lost = self.not_kept[stream as usize];
+            if lost.lines == 0 {
+                continue;
+            }
+            let plural = |n: u64, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+            self.batches[stream as usize].add(format!(
+                "…[not kept: {}, {} of {} past max_output_bytes ({} bytes)]",
+                plural(lost.lines, "line"),
+                plural(lost.bytes, "byte"),
+                stream.label(),
+                self.max_bytes
+            ));
+        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {

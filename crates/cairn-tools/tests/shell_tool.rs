@@ -785,3 +785,151 @@ async fn a_program_found_on_path_whose_interpreter_is_missing_says_so() {
     };
     assert!(message.contains("no such program"), "{message}");
 }
+
+/// The marker a stream's output ends with when the bound cut it:
+/// `(lines, bytes)` it says were not kept.
+fn not_kept_counts(marker: &str, stream: &str, max: u64) -> (u64, u64) {
+    let rest = marker
+        .strip_prefix("…[not kept: ")
+        .and_then(|r| r.strip_suffix(&format!(" of {stream} past max_output_bytes ({max} bytes)]")))
+        .unwrap_or_else(|| panic!("not a marker of {stream}: {marker:?}"));
+    let number = |part: &str| part.split(' ').next().and_then(|n| n.parse().ok()).expect("a count");
+    let (lines, bytes) = rest.split_once(", ").expect("lines, bytes");
+    (number(lines), number(bytes))
+}
+
+const NOTICE_1000: &str = "…[output past max_output_bytes (1000 bytes) is not kept from here on]";
+
+/// Output past `max_output_bytes` (each line counted with its newline) is
+/// not appended; a notice says so where it is cut, and a last line how much
+/// was not kept; the tails are the command's real last lines and its exit
+/// is a success as without the bound.
+#[tokio::test]
+async fn output_past_max_output_bytes_is_not_kept_and_its_loss_is_counted() {
+    let args = json!({
+        "command": "i=1; while [ $i -le 500 ]; do echo line$i; i=$((i+1)); done",
+        "max_output_bytes": 1000,
+    });
+    let (reg, outcome) = run(args).await;
+    // `lineN\n`: 9 of 6 bytes, 90 of 7, then 8 each: 684 + 39 * 8 = 996,
+    // and line139 would make it 1004.
+    let mut expected: Vec<String> = (1..=138).map(|i| format!("line{i}")).collect();
+    expected.push(NOTICE_1000.to_string());
+    expected.push("…[not kept: 362 lines, 2896 bytes of stdout past max_output_bytes (1000 bytes)]".to_string());
+    assert_eq!(lines_of(&reg, "p1", "stdout").await, expected);
+    assert!(lines_of(&reg, "p1", "stderr").await.is_empty());
+    let Outcome::Success { value } = outcome else {
+        panic!("expected success, got {outcome:?}");
+    };
+    assert_eq!(value["exit_code"], 0);
+    let tail = value["stdout_tail"].as_str().expect("stdout_tail");
+    assert!(tail.ends_with("line499\nline500\n"), "tail: {tail:?}");
+    assert!(!tail.contains("not kept"), "the tail is the command's own: {tail:?}");
+
+    // A bound of 0 keeps nothing but the markers.
+    let (reg, outcome) = run(json!({"command": "echo a; echo bc", "max_output_bytes": 0})).await;
+    assert!(matches!(outcome, Outcome::Success { .. }), "{outcome:?}");
+    assert_eq!(
+        lines_of(&reg, "p1", "stdout").await,
+        vec![
+            "…[output past max_output_bytes (0 bytes) is not kept from here on]".to_string(),
+            "…[not kept: 2 lines, 5 bytes of stdout past max_output_bytes (0 bytes)]".to_string(),
+        ]
+    );
+
+    // Output within the bound is all kept, with no marker.
+    let (reg, _) = run(json!({"command": "echo a; echo bc", "max_output_bytes": 5})).await;
+    assert_eq!(lines_of(&reg, "p1", "stdout").await, vec!["a", "bc"]);
+}
+
+/// The bound is of both streams together; each stream that lost lines says
+/// how many, and a failed exit stays the failure it is.
+#[tokio::test]
+async fn max_output_bytes_bounds_both_streams_together() {
+    let args = json!({
+        "command": "(yes out | head -n 3000) & yes err | head -n 2000 >&2; wait; exit 3",
+        "max_output_bytes": 1000,
+    });
+    let (reg, outcome) = run(args).await;
+    let raw = expect_failure(&outcome, "exit_status");
+    assert_eq!(raw["exit_code"], 3);
+    assert!(
+        raw["stdout_tail"].as_str().expect("tail").ends_with("out\nout\n"),
+        "{raw}"
+    );
+    assert!(
+        raw["stderr_tail"].as_str().expect("tail").ends_with("err\nerr\n"),
+        "{raw}"
+    );
+
+    let mut kept_bytes = 0;
+    let mut notices = 0;
+    for (stream, word, total) in [("stdout", "out", 3000u64), ("stderr", "err", 2000)] {
+        let mut lines = lines_of(&reg, "p1", stream).await;
+        let marker = lines.pop().expect("a last line");
+        let (lost_lines, lost_bytes) = not_kept_counts(&marker, stream, 1000);
+        notices += lines.iter().filter(|l| *l == NOTICE_1000).count();
+        lines.retain(|l| l != NOTICE_1000);
+        assert!(lines.iter().all(|l| l == word), "{stream}: {lines:?}");
+        let kept = lines.len() as u64;
+        assert_eq!(kept + lost_lines, total, "{stream}: every line kept or counted");
+        assert_eq!(lost_bytes, lost_lines * 4, "{stream}");
+        kept_bytes += kept * 4;
+    }
+    // 250 lines of 4 bytes fill the bound exactly; the notice is said once.
+    assert_eq!(kept_bytes, 1000);
+    assert_eq!(notices, 1);
+}
+
+/// Past the bound the output is still read as fast as it comes (the
+/// command is never held up by a full pipe), to its very end.
+#[tokio::test]
+async fn a_command_writing_far_past_the_bound_runs_to_its_end() {
+    // 50000 lines of 99 bytes and their newlines, then `END`.
+    let args = json!({
+        "command": format!("yes {} | head -n 50000; echo END", "x".repeat(99)),
+        "max_output_bytes": 1000,
+    });
+    let started = Instant::now();
+    let (reg, outcome) = run(args).await;
+    let Outcome::Success { value } = outcome else {
+        panic!("expected success, got {outcome:?}");
+    };
+    assert!(value["stdout_tail"]
+        .as_str()
+        .expect("tail")
+        .ends_with(&format!("{}\nEND\n", "x".repeat(99))));
+    let mut lines = lines_of(&reg, "p1", "stdout").await;
+    let marker = lines.pop().expect("marker");
+    assert_eq!(not_kept_counts(&marker, "stdout", 1000), (49_991, 49_990 * 100 + 4));
+    assert_eq!(lines.pop().as_deref(), Some(NOTICE_1000));
+    assert_eq!(lines, vec!["x".repeat(99); 10]);
+    assert!(started.elapsed() < RUN_LIMIT);
+}
+
+/// A `max_output_bytes` that is negative, not an integer, or over 1 GiB is
+/// refused at start, naming it; at run time it fails the run as bad args.
+#[tokio::test]
+async fn a_bad_max_output_bytes_is_refused_at_start() {
+    let tool = ShellTool::default();
+    for bad in [json!(-1), json!("1000"), json!(1.5), json!(true), json!(1u64 << 30 | 1)] {
+        let args = json!({"command": "true", "max_output_bytes": bad});
+        match tool.validate_args(&args) {
+            Err(CairnError::InvalidRequest(message)) => {
+                assert!(message.contains("max_output_bytes"), "{args}: {message}")
+            }
+            other => panic!("{args} should be invalid_request, got {other:?}"),
+        }
+        let (reg, outcome) = run(args.clone()).await;
+        let Outcome::Failure { code, message, .. } = &outcome else {
+            panic!("{args}: {outcome:?}");
+        };
+        assert_eq!(code, "invalid_args", "{args}");
+        assert!(message.contains("max_output_bytes"), "{args}: {message}");
+        assert!(output_events(&reg, "p1").await.is_empty());
+    }
+    for good in [0u64, 1000, 1 << 30] {
+        tool.validate_args(&json!({"command": "true", "max_output_bytes": good}))
+            .expect("a bound in range");
+    }
+}

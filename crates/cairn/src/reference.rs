@@ -379,7 +379,9 @@ fn event_meaning(name: &str) -> &'static str {
             "output lines of a `shell` command: `{stream: stdout|stderr, lines: [...]}` (lines without their \
              newline and a `\\r` before it; bytes that are not UTF-8 as U+FFFD; a line over 16 KiB cut and \
              marked `…[truncated]`), each batch under the replay key `shell.output/{run}/{n}` (tried again while the run's lease holds, written once; a key \
-             `{type}/…` naming a declared type is refused on another type's append)"
+             `{type}/…` naming a declared type is refused on another type's append); past the call's `max_output_bytes` (64 MiB by default) no more lines \
+             are kept but a line `…[output past max_output_bytes (N bytes) is not kept from here on]` and, once the output ends, one per stream that lost \
+             lines, `…[not kept: L lines, B bytes of STREAM past max_output_bytes (N bytes)]`"
         }
         cairn_turn::RESPONSE => {
             "a session turn's model answer for step `step` (journaled once; a replay reads it instead of \
