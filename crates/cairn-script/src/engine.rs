@@ -29,6 +29,128 @@ const PENDING_TOP_LEVEL: &str =
 /// The name the module is compiled under (it shows in stacks and syntax errors).
 pub(crate) const MODULE_NAME: &str = "script.js";
 
+/// How many engine threads are held now: parked for good (a script ran on
+/// past its stop inside promise executors) or never answered after their
+/// stop (a native built-in that makes no interrupt polls). Each keeps its
+/// heap, at most the heap limit, until the server stops.
+static HELD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The engine threads held now ([`HELD`]).
+pub(crate) fn held_threads() -> usize {
+    HELD.load(Ordering::SeqCst)
+}
+
+/// One engine thread, as its waiter sees it: what it runs (for the log),
+/// its CPU clock, and whether it ended or is held.
+pub(crate) struct Watch {
+    what: String,
+    clock: std::sync::OnceLock<(libc::clockid_t, libc::pid_t)>,
+    /// (ended, held): one lock, so a thread that ends as it is taken to be
+    /// held is counted once or not at all.
+    state: std::sync::Mutex<(bool, bool)>,
+}
+
+impl Watch {
+    pub(crate) fn new(what: String) -> Self {
+        Self {
+            what,
+            clock: std::sync::OnceLock::new(),
+            state: std::sync::Mutex::new((false, false)),
+        }
+    }
+
+    /// Called on the engine thread as it begins: its CPU clock and its id
+    /// (on Linux; elsewhere its CPU time is not read from outside, and only
+    /// a compile's wall-clock bound gives it up).
+    #[cfg(target_os = "linux")]
+    pub(crate) fn begin(&self) {
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: `pthread_self` is this thread; the clock id is written
+        // through a valid pointer.
+        let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        if rc == 0 {
+            let _ = self.clock.set((clock, tid));
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn begin(&self) {}
+
+    /// The CPU time the engine thread has used so far (none before it began).
+    pub(crate) fn cpu(&self) -> Option<Duration> {
+        let (clock, _) = *self.clock.get()?;
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes one timespec through a valid pointer.
+        let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+        (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    }
+
+    /// Whether the engine thread has ended.
+    pub(crate) fn ended(&self) -> bool {
+        self.state.lock().map_or(true, |s| s.0)
+    }
+
+    /// Whether the engine thread is held.
+    pub(crate) fn is_held(&self) -> bool {
+        self.state.lock().map_or(true, |s| s.1)
+    }
+
+    /// Take the engine thread to be held (`why`): counted and logged once,
+    /// unless it ended; a thread still running is given the lowest
+    /// scheduling priority, so that one spinning in a native built-in
+    /// yields its processor to everything else. Answers whether it is held.
+    pub(crate) fn hold(&self, why: &str) -> bool {
+        let Ok(mut state) = self.state.lock() else { return false };
+        if state.0 {
+            return false;
+        }
+        if !state.1 {
+            state.1 = true;
+            let held = HELD.fetch_add(1, Ordering::SeqCst) + 1;
+            tracing::error!(
+                what = %self.what,
+                held,
+                most = crate::MAX_HELD_THREADS,
+                "a script engine thread is held until the server stops: {why}"
+            );
+            if let Some((_, tid)) = self.clock.get() {
+                // SAFETY: setpriority on a thread id of this process.
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, *tid as libc::id_t, 19) };
+            }
+        }
+        true
+    }
+
+    /// Called as the engine thread ends (also by unwinding): a thread taken
+    /// to be held that ends after all is no longer counted.
+    fn end(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.0 = true;
+            if std::mem::take(&mut state.1) {
+                HELD.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// Ends a [`Watch`] when the engine thread's work is dropped.
+pub(crate) struct Ends(pub(crate) Arc<Watch>);
+
+impl Drop for Ends {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// The most work one call of an array built-in that makes no interrupt polls
+/// may be given ([`weigh`]): its length times the objects an element's
+/// lookup may visit (the receiver, its prototypes, a proxy's target), and
+/// for a sort its comparisons too (the length times its logarithm). At
+/// some 20 to 60 ns a visit, a call runs for a second at most.
+pub const NATIVE_WORK: f64 = (1u64 << 25) as f64;
+
 /// Why the interrupt handler stopped the script.
 pub(crate) const RUN: u8 = 0;
 pub(crate) const CPU: u8 = 1;
@@ -62,6 +184,8 @@ struct Heap {
     cpu: Duration,
     /// Allocations since the CPU time was last read.
     since_check: u32,
+    /// Allocations asked for since the script was stopped.
+    after_stop: u32,
     /// Bytes the activation holds outside this heap for the script: the
     /// calls and log lines of the step not yet handed to the driver
     /// ([`State::outside`]). They count against the limit as the heap does.
@@ -90,13 +214,16 @@ impl Heap {
     /// larger than an arena is: the native work a built-in does past the stop
     /// is cut short, while the small blocks the engine's own unwinding needs
     /// (its uncatchable "interrupted" error, a new 4 KiB arena for it) are
-    /// given: refused, the error would be a catchable `null`.
+    /// given: refused, the error would be a catchable `null`. Past
+    /// [`STOPPED_ALLOCATIONS`] of them every block is refused: a built-in
+    /// that loops without polls, allocating only small blocks, fails then.
     fn stopping(&mut self, size: usize) -> bool {
         if !self.armed.load(Ordering::Relaxed) {
             return false;
         }
         if self.stop.load(Ordering::Relaxed) != RUN {
-            return size > ENGINE_ARENA_BYTES;
+            self.after_stop = self.after_stop.saturating_add(1);
+            return size > ENGINE_ARENA_BYTES || self.after_stop > STOPPED_ALLOCATIONS;
         }
         self.since_check += 1;
         if self.since_check >= CPU_CHECK_EVERY {
@@ -109,6 +236,10 @@ impl Heap {
         false
     }
 }
+
+/// The small allocations given after a stop: far more than the engine's
+/// own unwinding makes (its "interrupted" error, the frames it frees).
+const STOPPED_ALLOCATIONS: u32 = 1 << 16;
 
 /// The engine's arena size (QuickJS's `JS_ARENA_SIZE`): it serves blocks up
 /// to 512 bytes from arenas of this size, and asks for larger blocks alone.
@@ -367,6 +498,8 @@ pub(crate) struct Setup {
     pub(crate) journal: Journal,
     pub(crate) ctx: ToolContext,
     pub(crate) stop: Arc<AtomicU8>,
+    /// The thread's watch: ended as the activation ends.
+    pub(crate) watch: Arc<Watch>,
 }
 
 fn call_kind(call: &Value) -> &str {
@@ -406,10 +539,92 @@ fn prelude<'js>(
     native: Function<'js>,
     process_id: &str,
     args: &Value,
+    clock: &Clock,
 ) -> rquickjs::Result<Object<'js>> {
     let factory: Function = ctx.eval(PRELUDE)?;
     let js_args = ctx.json_parse(args.to_string())?;
-    factory.call((native, process_id, js_args))
+    let poll = {
+        let clock = clock.clone();
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>| -> rquickjs::Result<()> {
+            clock.poll(&ctx)
+        })?
+    };
+    let weigh = Function::new(ctx.clone(), weigh)?;
+    factory.call((native, process_id, js_args, poll, weigh, NATIVE_WORK))
+}
+
+/// What an activation's stop is read from: why it stopped, and the CPU time
+/// of its thread when it began and its allowance.
+#[derive(Clone)]
+pub(crate) struct Clock {
+    stop: Arc<AtomicU8>,
+    started: Duration,
+    cpu: Duration,
+}
+
+impl Clock {
+    /// The interrupt handler's check, made where the prelude guards a
+    /// native built-in that makes no interrupt polls: past the CPU time, or
+    /// once the script is stopped, it throws the engine's own uncatchable
+    /// "interrupted" error, as the handler does.
+    fn poll(&self, ctx: &Ctx<'_>) -> rquickjs::Result<()> {
+        if self.stop.load(Ordering::Relaxed) == RUN && thread_cpu().saturating_sub(self.started) > self.cpu {
+            let _ = self.stop.compare_exchange(RUN, CPU, Ordering::SeqCst, Ordering::SeqCst);
+        }
+        if self.stop.load(Ordering::Relaxed) == RUN {
+            return Ok(());
+        }
+        let thrown = rquickjs::Exception::throw_internal(ctx, "interrupted");
+        let raw = ctx.as_raw().as_ptr();
+        // SAFETY: the exception just thrown is taken, marked uncatchable
+        // and thrown again (`JS_Throw` takes it back); the context is this
+        // thread's, entered.
+        unsafe {
+            let exception = rquickjs::qjs::JS_GetException(raw);
+            rquickjs::qjs::JS_SetUncatchableError(raw, exception);
+            rquickjs::qjs::JS_Throw(raw, exception);
+        }
+        Err(thrown)
+    }
+}
+
+/// The work an array built-in that makes no interrupt polls would do over
+/// `length` elements of `receiver`, or infinity past `left` ([`NATIVE_WORK`]):
+/// the length times the objects one element's lookup may visit (the
+/// receiver, its prototypes, a proxy's target and its own: walked as the
+/// lookup walks them, not as a proxy's traps say, and no further than
+/// `left`), plus for a sort the length times its logarithm (its comparisons).
+fn weigh<'js>(ctx: Ctx<'js>, receiver: JsValue<'js>, length: f64, sorts: bool, left: f64) -> f64 {
+    if length.is_nan() || length <= 0.0 {
+        return 0.0;
+    }
+    let compares = if sorts { (length + 1.0).log2().ceil() } else { 0.0 };
+    let raw = ctx.as_raw().as_ptr();
+    let mut visits = 0.0;
+    let mut at = receiver;
+    while at.is_object() {
+        visits += 1.0;
+        if length * (visits + compares) > left {
+            return f64::INFINITY;
+        }
+        // SAFETY: both answer a new reference (an exception for a revoked
+        // proxy, taken below), which `from_raw` owns; a proxy's target is
+        // read without its traps, and an ordinary object's prototype is its own.
+        let next = unsafe {
+            if at.is_proxy() {
+                rquickjs::qjs::JS_GetProxyTarget(raw, at.as_raw())
+            } else {
+                rquickjs::qjs::JS_GetPrototype(raw, at.as_raw())
+            }
+        };
+        // SAFETY: `next` is a new reference of this context.
+        at = unsafe { JsValue::from_raw(ctx.clone(), next) };
+        if at.is_exception() {
+            let _ = ctx.catch();
+            break;
+        }
+    }
+    length * (visits + compares)
 }
 
 /// The context calls of a module's top level at store time, when no
@@ -854,8 +1069,17 @@ fn fit_log_line(p: &mut Value) -> usize {
 fn parse_call(payload: &str) -> std::result::Result<Value, String> {
     serde_json::from_str(payload).map_err(|e| {
         let e = unreadable_call(&e);
-        json!({"error": {"class": "cairn", "code": e.code(), "message": e.to_string()}}).to_string()
+        json!({"error": {"class": "cairn", "code": e.code(), "message": rejection_message(&e)}}).to_string()
     })
+}
+
+/// What a call's rejection says of `e`: its message, without the words of
+/// its code (`invalid request: `), which the rejection's `code` says.
+pub(crate) fn rejection_message(e: &cairn_core::CairnError) -> String {
+    match e {
+        cairn_core::CairnError::InvalidRequest(m) => m.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// Why a call's arguments, as the prelude serialized them, cannot be read
@@ -998,13 +1222,16 @@ const ESCAPES_ALLOWED: u32 = 16;
 /// runs on after it is stopped. A script that goes on past
 /// [`ESCAPES_ALLOWED`] interruptions is given up: `on_escape` tells the
 /// caller how it ended, and this thread is parked for good (it cannot be
-/// unwound): it holds its heap, at most the limit, and no processor.
+/// unwound): it holds its heap, at most the limit, and no processor, and
+/// `watch` counts it held ([`crate::MAX_HELD_THREADS`]). The [`Clock`]
+/// answered is what the prelude's guards of native built-ins check.
 pub(crate) fn runtime(
     limits: &Limits,
     stop: Arc<AtomicU8>,
     outside: Arc<std::sync::atomic::AtomicUsize>,
     on_escape: Box<dyn FnOnce() + Send>,
-) -> Result<(Runtime, Context), String> {
+    watch: Arc<Watch>,
+) -> Result<(Runtime, Context, Clock), String> {
     // Below the minimum QuickJS cannot build its intrinsics, and a refused
     // allocation while it does is not always checked: never try.
     limits.check()?;
@@ -1020,6 +1247,7 @@ pub(crate) fn runtime(
         started,
         cpu,
         since_check: 0,
+        after_stop: 0,
         outside,
     })
     .map_err(|e| e.to_string())?;
@@ -1027,15 +1255,18 @@ pub(crate) fn runtime(
     rt.set_loader(NoImports, NoImports);
     let context = Context::full(&rt).map_err(|e| e.to_string())?;
     armed.store(true, Ordering::SeqCst);
+    let clock = Clock {
+        stop: stop.clone(),
+        started,
+        cpu,
+    };
     let mut on_escape = Some(on_escape);
     let mut after_stop = 0u32;
     rt.set_interrupt_handler(Some(Box::new(move || {
         if stop.load(Ordering::Relaxed) != RUN {
             after_stop += 1;
             if after_stop > ESCAPES_ALLOWED {
-                tracing::error!(
-                    "a script ran on past its stop (inside promise executors); its engine thread is parked until the process exits"
-                );
+                watch.hold("it ran on past its stop (inside promise executors), so its thread is parked");
                 if let Some(tell) = on_escape.take() {
                     tell();
                 }
@@ -1051,7 +1282,7 @@ pub(crate) fn runtime(
         }
         false
     })));
-    Ok((rt, context))
+    Ok((rt, context, clock))
 }
 
 /// Run the job queue until it is empty, or the script is stopped.
@@ -1210,26 +1441,42 @@ fn script_stack(stack: &str) -> Option<String> {
 /// The answer goes to `answer`, once: a top level that escapes its stop
 /// (see [`runtime`]) is answered from the interrupt handler, and this thread
 /// goes no further.
-pub(crate) fn exports(limits: &Limits, source: &str, answer: std::sync::mpsc::Sender<ExportsAnswer>) {
+pub(crate) fn exports(
+    limits: &Limits,
+    source: &str,
+    answer: std::sync::mpsc::Sender<ExportsAnswer>,
+    watch: Arc<Watch>,
+) {
+    watch.begin();
+    let _ends = Ends(watch.clone());
     let stop = Arc::new(AtomicU8::new(RUN));
     let on_escape: Box<dyn FnOnce() + Send> = {
         let (answer, stop, limits) = (answer.clone(), stop.clone(), limits.clone());
         Box::new(move || {
-            let message = top_level_limit(&stop, &limits)
+            let mut message = top_level_limit(&stop, &limits)
                 .unwrap_or_else(|| "its top level ran on past the limit that stopped it".into());
+            message.push_str(
+                "; it ran on past its stop (inside promise executors): its engine thread is held until the server stops",
+            );
             let _ = answer.send(Err((false, json!({"message": message, "stack": null}))));
         })
     };
-    let _ = answer.send(compile(limits, source, stop, on_escape));
+    let _ = answer.send(compile(limits, source, stop, on_escape, watch));
 }
 
 /// What [`exports`] answers: the exported functions, or a description of the
 /// error (`{code, message, stack}`) and whether it was a syntax error.
 pub(crate) type ExportsAnswer = Result<Vec<String>, (bool, Value)>;
 
-fn compile(limits: &Limits, source: &str, stop: Arc<AtomicU8>, on_escape: Box<dyn FnOnce() + Send>) -> ExportsAnswer {
+fn compile(
+    limits: &Limits,
+    source: &str,
+    stop: Arc<AtomicU8>,
+    on_escape: Box<dyn FnOnce() + Send>,
+    watch: Arc<Watch>,
+) -> ExportsAnswer {
     let fail = |m: String| (false, json!({"code": "script_engine", "message": m, "stack": null}));
-    let (rt, context) = runtime(limits, stop.clone(), Arc::default(), on_escape).map_err(fail)?;
+    let (rt, context, clock) = runtime(limits, stop.clone(), Arc::default(), on_escape, watch).map_err(fail)?;
     REFUSED_IMPORT.with(|r| r.borrow_mut().take());
     let answer = context.with(|ctx| {
         // The module loads with the globals an activation gives it.
@@ -1246,7 +1493,7 @@ fn compile(limits: &Limits, source: &str, stop: Arc<AtomicU8>, on_escape: Box<dy
             },
         )
         .map_err(|e| fail(e.to_string()))?;
-        let api = prelude(&ctx, native, "", &Value::Null).map_err(|e| fail(e.to_string()))?;
+        let api = prelude(&ctx, native, "", &Value::Null, &clock).map_err(|e| fail(e.to_string()))?;
         let declared = Module::declare(ctx.clone(), MODULE_NAME, source).map_err(|_| (true, caught(&ctx, None)))?;
         let (module, promise) = declared.eval().map_err(|_| (false, caught(&ctx, Some(&api))))?;
         run_jobs(&ctx, &stop);
@@ -1360,7 +1607,10 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
         journal,
         ctx: tool_ctx,
         stop,
+        watch,
     } = setup;
+    watch.begin();
+    let _ends = Ends(watch.clone());
     let engine_failure = |m: String| Outcome::failure("runtime", "script_engine", m);
     let end = |o: Outcome, entries: Vec<Entry>| {
         let _ = steps.send(Step {
@@ -1393,7 +1643,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
         })
     };
     let outside = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (_rt, context) = match runtime(&limits, stop.clone(), outside.clone(), on_escape) {
+    let (_rt, context, clock) = match runtime(&limits, stop.clone(), outside.clone(), on_escape, watch) {
         Ok(built) => built,
         Err(e) => return end(engine_failure(e), Vec::new()),
     };
@@ -1434,7 +1684,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
                 },
             )
         };
-        let api = match native.and_then(|native| prelude(&ctx, native, process_id.as_str(), &args)) {
+        let api = match native.and_then(|native| prelude(&ctx, native, process_id.as_str(), &args, &clock)) {
             Ok(api) => api,
             Err(_) => {
                 let err = caught(&ctx, None);
@@ -1625,6 +1875,45 @@ fn journaled_non_finite(journaled: &Value, call: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Once the script is stopped, the heap gives small blocks (what the
+    /// engine's own unwinding needs) up to [`STOPPED_ALLOCATIONS`], then
+    /// refuses every block: a built-in looping without polls that
+    /// allocates only small blocks (atoms, past index 2^31) fails then.
+    #[test]
+    fn past_the_stop_small_blocks_are_given_then_refused() {
+        let stop = Arc::new(AtomicU8::new(RUN));
+        let mut heap = Heap {
+            inner: rquickjs::allocator::RustAllocator,
+            used: 0,
+            limit: 64 << 20,
+            stop: stop.clone(),
+            armed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            started: thread_cpu(),
+            cpu: Duration::from_secs(3600),
+            since_check: 0,
+            after_stop: 0,
+            outside: Arc::default(),
+        };
+        use rquickjs::allocator::Allocator;
+        let block = heap.alloc(64);
+        assert!(!block.is_null(), "running: given");
+        // SAFETY: `block` came from this heap.
+        unsafe { heap.dealloc(block) };
+        stop.store(CPU, Ordering::SeqCst);
+        assert!(
+            heap.alloc(ENGINE_ARENA_BYTES + 1).is_null(),
+            "stopped: a large block is refused"
+        );
+        for i in 1..STOPPED_ALLOCATIONS {
+            let block = heap.alloc(64);
+            assert!(!block.is_null(), "stopped: small block {i} is given");
+            // SAFETY: `block` came from this heap.
+            unsafe { heap.dealloc(block) };
+        }
+        assert!(heap.alloc(64).is_null(), "past the bound: refused");
+        assert!(heap.calloc(1, 8).is_null(), "past the bound: refused");
+    }
 
     /// A log line past the payload limit is cut at a whole character, as
     /// close to the limit as it goes, and marked; one that fits is kept.

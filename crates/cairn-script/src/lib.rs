@@ -35,7 +35,60 @@ use cairn_core::script::{SCRIPT_CALL, SCRIPT_LOG, SCRIPT_RESULT};
 use cairn_core::{CairnError, FirstOf, Module, Outcome, Result, StopReason, ToolContext};
 use serde_json::{json, Value};
 
-use engine::{Entry, Reply, Setup, Step, ABORT};
+use engine::{Entry, Reply, Setup, Step, Watch, ABORT};
+
+pub use engine::NATIVE_WORK;
+
+/// The most engine threads that may be held at once before the engine
+/// refuses further compiles (`unavailable`) and activations (failed
+/// `script_engine_held`). A thread is held when a script ran on past its
+/// stop: parked for good (inside promise executors), or never answering
+/// after its stop (a built-in the engine cannot interrupt; such a thread
+/// may go on using a processor, at the lowest priority). Each keeps its
+/// heap, up to the heap limit, until the server stops. Eight bounds that
+/// at 512 MiB with the default 64 MiB heap, and at a few processors,
+/// while an occasional runaway script does not stop the server from
+/// running the others; past it, the server must be restarted.
+pub const MAX_HELD_THREADS: usize = 8;
+
+/// How many engine threads are held now (see [`MAX_HELD_THREADS`]).
+pub fn held_threads() -> usize {
+    engine::held_threads()
+}
+
+/// Why the engine refuses to run anything more, once
+/// [`MAX_HELD_THREADS`] are held.
+fn held_refusal() -> Option<String> {
+    let held = engine::held_threads();
+    (held >= MAX_HELD_THREADS).then(|| {
+        format!(
+            "{held} script engine threads are held (at most {MAX_HELD_THREADS} may be): each ran a script on past \
+             its stop and keeps its memory until the server stops, so no more scripts are run or stored; \
+             restart the server to free them (its log names what each ran)"
+        )
+    })
+}
+
+/// The CPU time an engine thread may use, against a limit of `cpu`, before
+/// it is taken to run on past its stop: the limit and as much again (at
+/// least a second more), for the engine to unwind.
+fn held_after(cpu: Duration) -> Duration {
+    cpu.saturating_mul(2).max(cpu.saturating_add(Duration::from_secs(1)))
+}
+
+/// The wall-clock time a compile is waited for, against a CPU limit of
+/// `cpu`, when its thread's CPU time cannot tell (a thread that gets no
+/// processor for long): four times the limit and half a minute.
+fn compile_wall_bound(cpu: Duration) -> Duration {
+    cpu.saturating_mul(4).saturating_add(Duration::from_secs(30))
+}
+
+/// How often a waiter reads its engine thread's CPU time.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+
+/// The CPU time an activation's engine thread may use after its run was
+/// dropped (cancelled, or its worker gave it up) before it is held.
+const ABORT_GRACE: Duration = Duration::from_secs(1);
 
 /// Per-activation and per-process limits (SPEC §14; `cairn serve` flags).
 #[derive(Clone, Debug)]
@@ -134,6 +187,38 @@ impl QuickJs {
     }
 }
 
+/// The answer of a compile whose thread `watch` watches, under a CPU limit
+/// of `cpu`; `invalid_module` once the thread ran past [`held_after`] of CPU
+/// time (or [`compile_wall_bound`] of wall-clock time) without answering:
+/// it is held, and the compile's turn ends.
+fn await_compile(
+    rx: &std::sync::mpsc::Receiver<engine::ExportsAnswer>,
+    watch: &Watch,
+    cpu: Duration,
+) -> Result<engine::ExportsAnswer> {
+    let began = std::time::Instant::now();
+    loop {
+        match rx.recv_timeout(WATCH_EVERY) {
+            Ok(answer) => return Ok(answer),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(CairnError::Unavailable("the script engine panicked".into()))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let spun = watch.cpu().is_some_and(|used| used > held_after(cpu));
+                if (spun || began.elapsed() > compile_wall_bound(cpu))
+                    && watch.hold("the module's top level did not stop at its CPU limit")
+                {
+                    return Err(CairnError::InvalidModule(format!(
+                        "loading the module failed: its top level did not stop at the CPU limit of {cpu:?} \
+                         (`cairn serve --script-cpu`): it ran on in a built-in the engine cannot interrupt, \
+                         and its engine thread is held until it ends, if ever"
+                    )));
+                }
+            }
+        }
+    }
+}
+
 /// `line L, column C` from the first `script.js:L:C` of a stack.
 fn position(stack: &str) -> Option<(u64, u64)> {
     let at = stack.find(engine::MODULE_NAME)? + engine::MODULE_NAME.len();
@@ -165,20 +250,28 @@ impl cairn_core::ScriptEngine for QuickJs {
         cairn_core::script::check_source(source)?;
         // The engine's configuration, not the module, is wrong.
         self.limits.check().map_err(CairnError::Unavailable)?;
+        if let Some(refusal) = held_refusal() {
+            return Err(CairnError::Unavailable(refusal));
+        }
         let limits = self.limits.clone();
+        let watch = Arc::new(Watch::new(format!(
+            "the top level of module {}",
+            cairn_core::script::module_ref(source)
+        )));
         let text = source.to_string();
         // The engine's thread has a stack of known size (its limit is set below it).
         // Its answer comes by channel, not by joining it: a top level that
-        // escapes its stop is answered and its thread parked for good.
+        // escapes its stop is answered and its thread parked for good; one
+        // that never answers (a built-in the engine cannot interrupt) is
+        // given up past its CPU time and held, so the compile's turn ends.
         let (tx, rx) = std::sync::mpsc::channel();
+        let engine_watch = watch.clone();
         std::thread::Builder::new()
             .name("cairn-script-compile".into())
             .stack_size(8 << 20)
-            .spawn(move || engine::exports(&limits, &text, tx))
+            .spawn(move || engine::exports(&limits, &text, tx, engine_watch))
             .map_err(|e| CairnError::Unavailable(format!("cannot start the script engine: {e}")))?;
-        let answer = rx
-            .recv()
-            .map_err(|_| CairnError::Unavailable("the script engine panicked".into()))?;
+        let answer = await_compile(&rx, &watch, self.limits.cpu)?;
         answer.map_err(|(syntax, err)| {
             let message = err.get("message").and_then(Value::as_str).unwrap_or("invalid module");
             let at = match (
@@ -211,12 +304,21 @@ impl cairn_core::ScriptEngine for QuickJs {
             Err(Replay::Store(e)) => return Outcome::failure("runtime", e.code(), e.to_string()),
             Err(Replay::OverLimit(message)) => return limit_outcome(&ctx, None, message),
         };
+        if let Some(refusal) = held_refusal() {
+            tracing::error!(process_id = ctx.process_id(), "a script was not run: {refusal}");
+            return Outcome::failure("runtime", "script_engine_held", refusal);
+        }
         let stop = Arc::new(AtomicU8::new(engine::RUN));
+        let watch = Arc::new(Watch::new(format!(
+            "process {} (module {}, function `{process_name}`)",
+            ctx.process_id(),
+            module.info.module_ref
+        )));
         // Whatever still runs in the engine stops at its next interrupt check
         // once this activation ends, also when the worker drops it unfinished
         // (a stopped run, a cancelled one's cleanup included, gets
         // `stop_grace`), so a cleanup that never ends holds its thread no longer.
-        let _abort = AbortOnDrop(stop.clone());
+        let _abort = AbortOnDrop(stop.clone(), watch.clone());
         let (step_tx, step_rx) = tokio::sync::mpsc::unbounded_channel();
         let (reply_tx, reply_rx) = std::sync::mpsc::channel();
         let setup = Setup {
@@ -227,6 +329,7 @@ impl cairn_core::ScriptEngine for QuickJs {
             journal: replayed.journal,
             ctx: ctx.clone(),
             stop: stop.clone(),
+            watch: watch.clone(),
         };
         let spawned = std::thread::Builder::new()
             .name("cairn-script".into())
@@ -260,6 +363,8 @@ impl cairn_core::ScriptEngine for QuickJs {
             journal_bytes: bytes,
             max_journal_bytes: self.limits.max_journal_bytes,
             over_limit: None,
+            watch,
+            cpu: self.limits.cpu,
         }
         .drive()
         .await
@@ -396,12 +501,34 @@ fn json_bytes(value: &Value) -> u64 {
     count.0
 }
 
-/// Stops an activation's engine thread when dropped.
-struct AbortOnDrop(Arc<AtomicU8>);
+/// Stops an activation's engine thread when dropped; one that runs on past
+/// [`ABORT_GRACE`] of CPU time after it (in a built-in the engine cannot
+/// interrupt) is held ([`MAX_HELD_THREADS`]), by a thread that watches it
+/// until it ends or is held.
+struct AbortOnDrop(Arc<AtomicU8>, Arc<Watch>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.store(ABORT, std::sync::atomic::Ordering::SeqCst);
+        let watch = self.1.clone();
+        if watch.ended() || watch.is_held() {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("cairn-script-watch".into())
+            .spawn(move || {
+                let from = watch.cpu().unwrap_or_default();
+                while !watch.ended() && !watch.is_held() {
+                    std::thread::sleep(WATCH_EVERY);
+                    if watch.cpu().is_some_and(|used| used.saturating_sub(from) > ABORT_GRACE) {
+                        watch.hold("it ran on after its run ended (in a built-in the engine cannot interrupt)");
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot watch a stopped script engine thread: {e}");
+        }
     }
 }
 
@@ -427,6 +554,10 @@ struct Driver<'a> {
     /// Why the last append was refused when the journal would pass its
     /// byte limit: the activation ends `journal_limit` ([`Driver::failed`]).
     over_limit: Option<String>,
+    /// The engine thread, whose CPU time is read while a step is awaited,
+    /// and the activation's CPU limit.
+    watch: Arc<Watch>,
+    cpu: Duration,
 }
 
 /// Why a call was not answered.
@@ -447,7 +578,7 @@ fn store_fault(e: &CairnError) -> bool {
 }
 
 fn error_result(n: u64, e: &CairnError) -> Value {
-    json!({"n": n, "error": {"class": "cairn", "code": e.code(), "message": e.to_string()}})
+    json!({"n": n, "error": {"class": "cairn", "code": e.code(), "message": engine::rejection_message(e)}})
 }
 
 /// Why `ctx.emit` may not append `event_type`, when it is a type cairn
@@ -488,6 +619,15 @@ impl Driver<'_> {
                         continue;
                     }
                     return self.stopped_outcome();
+                }
+                // A built-in the engine cannot interrupt runs on past the CPU
+                // limit: the thread is held, and the activation ends.
+                _ = tokio::time::sleep(WATCH_EVERY) => {
+                    let spun = self.watch.cpu().is_some_and(|used| used > held_after(self.cpu));
+                    if spun && self.watch.hold("it ran on past its CPU limit") {
+                        return self.held_outcome();
+                    }
+                    continue;
                 }
             };
             // A call too large or too deeply nested to journal is not made:
@@ -696,6 +836,24 @@ impl Driver<'_> {
             Some(message) => limit_outcome(self.ctx, self.cancelled.as_ref(), message),
             None => Outcome::failure("runtime", e.code(), e.to_string()),
         }
+    }
+
+    /// How an activation whose engine thread never stopped ends:
+    /// `cpu_limit`, saying its thread is held; `cancelled` once it was
+    /// cancelled, as any failure after a cancellation.
+    fn held_outcome(&self) -> Outcome {
+        if let Some(message) = self.cancelled.clone().or_else(|| self.cancel_message()) {
+            return Outcome::cancelled(message);
+        }
+        Outcome::failure(
+            "script",
+            "cpu_limit",
+            format!(
+                "the activation used more than {:?} of CPU (`cairn serve --script-cpu` sets the limit) and ran on \
+                 past it in a built-in the engine cannot interrupt: its engine thread is held until it ends, if ever",
+                self.cpu
+            ),
+        )
     }
 
     fn stop_is_cancel(&self) -> bool {
@@ -1176,13 +1334,14 @@ fn child_error(n: u64, id: &str, class: &str, code: &str, what: &str) -> Value {
 /// for the children `calls`) names: each id the core refused as unknown or
 /// as not a child of this process.
 fn refused_waits(calls: &[(u64, Value)], error: &CairnError) -> Vec<(u64, Value)> {
-    let said = error.to_string();
+    let named = error.to_string();
+    let said = engine::rejection_message(error);
     calls
         .iter()
         .filter(|(_, c)| kind(c) == "wait")
         .filter_map(|(n, c)| {
             let id = c.get("id").and_then(Value::as_str)?;
-            said.contains(&format!("`{id}`")).then(|| {
+            named.contains(&format!("`{id}`")).then(|| {
                 let message = format!("ctx.wait({id:?}) awaits a child this process started: {said}");
                 (
                     *n,
@@ -1200,4 +1359,76 @@ fn signal_name(call: &Value) -> &str {
 
 fn kind(call: &Value) -> &str {
     call.get("kind").and_then(Value::as_str).unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A thread that spins (as in a built-in the engine cannot interrupt)
+    /// until `release` is set, watched by `watch`.
+    fn spinner(watch: Arc<Watch>, release: Arc<AtomicBool>) {
+        std::thread::spawn(move || {
+            watch.begin();
+            let _ends = engine::Ends(watch);
+            while !release.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        });
+    }
+
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let began = std::time::Instant::now();
+        while !done() {
+            assert!(began.elapsed() < Duration::from_secs(20), "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A compile whose thread never answers is given up once the thread has
+    /// spun past its CPU time: the compile answers `invalid_module` (and its
+    /// turn ends), the thread is held, and no longer once it ends.
+    #[test]
+    fn a_compile_that_never_answers_is_given_up_and_its_thread_held() {
+        let watch = Arc::new(Watch::new("a test top level".into()));
+        let release = Arc::new(AtomicBool::new(false));
+        let (_tx, rx) = std::sync::mpsc::channel::<engine::ExportsAnswer>();
+        spinner(watch.clone(), release.clone());
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let waiter = watch.clone();
+        std::thread::spawn(move || {
+            let _ = done_tx.send(await_compile(&rx, &waiter, Duration::from_millis(100)).map(|_| ()));
+        });
+        let answer = done_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the compile was given up");
+        let err = answer.expect_err("refused");
+        assert_eq!(err.code(), "invalid_module");
+        assert!(
+            err.to_string().contains("did not stop at the CPU limit of 100ms"),
+            "{err}"
+        );
+        assert!(watch.is_held());
+        release.store(true, Ordering::Relaxed);
+        wait_until("the thread ends", || watch.ended());
+        assert!(!watch.is_held(), "a thread that ended is no longer held");
+    }
+
+    /// An activation dropped while its engine thread spins on (its run
+    /// cancelled, or given up) has the thread held once it has spun past
+    /// [`ABORT_GRACE`], and no longer once it ends.
+    #[test]
+    fn a_dropped_activation_whose_thread_spins_on_is_held() {
+        let watch = Arc::new(Watch::new("a test activation".into()));
+        let release = Arc::new(AtomicBool::new(false));
+        spinner(watch.clone(), release.clone());
+        let stop = Arc::new(AtomicU8::new(engine::RUN));
+        drop(AbortOnDrop(stop.clone(), watch.clone()));
+        assert_eq!(stop.load(Ordering::SeqCst), ABORT);
+        wait_until("the spinning thread is held", || watch.is_held());
+        release.store(true, Ordering::Relaxed);
+        wait_until("the thread ends", || watch.ended());
+        assert!(!watch.is_held());
+    }
 }

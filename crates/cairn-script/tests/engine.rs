@@ -283,6 +283,16 @@ async fn a_bad_ctx_start_request_says_what_ctx_start_takes() {
             for (const r of [null, "echo", [1], {input: {type: "external"}, disposition: "externally_owned", bogus: 1}]) {
                 await ctx.start(r).then(() => said.push("started"), e => said.push(e.message));
             }
+            // A request whose `has` trap throws rejects too: no throw where
+            // the call is made.
+            let where = "rejected";
+            try {
+                await ctx.start(new Proxy({}, {has() { throw new Error("has"); }}))
+                    .then(() => said.push("started"), e => said.push(`${e.code}: ${e.message}`));
+            } catch (e) {
+                where = "thrown: " + e.message;
+            }
+            said.push(where);
             return said;
         }"#,
     )
@@ -296,7 +306,7 @@ async fn a_bad_ctx_start_request_says_what_ctx_start_takes() {
         assert_eq!(
             *message,
             format!(
-                "invalid request: ctx.start takes a start request without `id`: an object with `input` and \
+                "ctx.start takes a start request without `id`: an object with `input` and \
                  `disposition`, not {given}"
             )
         );
@@ -308,6 +318,10 @@ async fn a_bad_ctx_start_request_says_what_ctx_start_takes() {
         said[3]
     );
     assert!(said[3].contains("`input`, `disposition`"), "{}", said[3]);
+    assert_eq!(
+        said[4..],
+        ["invalid_request: ctx.start's request cannot be read: has", "rejected"]
+    );
 }
 
 /// An export of a name no variable has is a syntax error the engine names
@@ -549,12 +563,12 @@ async fn durations_round_up_and_bad_ones_reject() {
     assert_eq!(
         rec.outcome,
         Some(Outcome::success(json!({"bad": [bad, bad, bad, bad, bad, bad,
-                "invalid request: ctx.waitSignal's timeoutMs takes at most 31536000000 ms (a year), not 9007199254740992",
-                "invalid request: ctx.waitSignal's timeoutMs takes a number of milliseconds from 0 up, not NaN",
-                "invalid request: ctx.waitSignal's timeoutMs takes a number of milliseconds from 0 up, not Infinity",
-                "invalid request: ctx.sleep(ms) takes a number of milliseconds from 0 up, not NaN",
-                "invalid request: ctx.sleep(ms) takes a number of milliseconds from 0 up, not -Infinity",
-                "invalid request: ctx.sleep(ms) takes a number of milliseconds from 0 up, not \"NaN\""],
+                "ctx.waitSignal's timeoutMs takes at most 31536000000 ms (a year), not 9007199254740992",
+                "ctx.waitSignal's timeoutMs takes a number of milliseconds from 0 up, not NaN",
+                "ctx.waitSignal's timeoutMs takes a number of milliseconds from 0 up, not Infinity",
+                "ctx.sleep(ms) takes a number of milliseconds from 0 up, not NaN",
+                "ctx.sleep(ms) takes a number of milliseconds from 0 up, not -Infinity",
+                "ctx.sleep(ms) takes a number of milliseconds from 0 up, not \"NaN\""],
                 "slept": true, "timedOut": null})))
     );
 }
@@ -1433,7 +1447,7 @@ async fn a_failed_child_rejects_with_its_code_and_wait_never_rejects() {
             "id": "fc/2",
             "out": "failure",
             "code": "again",
-            "bad": "invalid_request: invalid request: ctx.wait(id) takes the id of a child process (a string), not 42"
+            "bad": "invalid_request: ctx.wait(id) takes the id of a child process (a string), not 42"
         })))
     );
 }
@@ -1946,7 +1960,7 @@ async fn an_emit_payload_at_the_limits_is_appended_and_past_them_refused_naming_
     assert_eq!(
         value["deeper"],
         format!(
-            "invalid_request: invalid request: `ctx.emit(\"progress\")`'s payload nests arrays and objects {} levels deep, \
+            "invalid_request: `ctx.emit(\"progress\")`'s payload nests arrays and objects {} levels deep, \
              over the {depth} level limit",
             depth + 1
         )
@@ -2178,7 +2192,7 @@ async fn empty_option_values_are_refused_not_defaulted() {
         json!([
             "invalid_request",
             format!(
-                "invalid request: ctx.waitSignal's timeoutMs takes a number of milliseconds from 0 up, \
+                "ctx.waitSignal's timeoutMs takes a number of milliseconds from 0 up, \
                  not {given} (leave it out to wait without a deadline)"
             )
         ])
@@ -2187,7 +2201,7 @@ async fn empty_option_values_are_refused_not_defaulted() {
         json!([
             "invalid_request",
             format!(
-                "invalid request: ctx.tool's disposition is `rerunnable` (the default, when it is left out) \
+                "ctx.tool's disposition is `rerunnable` (the default, when it is left out) \
                  or `owner_bound` (a tool call is run here, so never `externally_owned`), not {given}"
             )
         ])
@@ -2210,7 +2224,7 @@ async fn empty_option_values_are_refused_not_defaulted() {
             disposition("5"),
             [
                 "invalid_request",
-                "invalid request: ctx.start names its child's parent (`empty`) itself: leave `caused_by` out of the request"
+                "ctx.start names its child's parent (`empty`) itself: leave `caused_by` out of the request"
             ],
         ])
     );
@@ -3634,7 +3648,7 @@ async fn a_bad_tool_disposition_never_offers_externally_owned() {
         json!([
             "invalid_request",
             format!(
-                "invalid request: ctx.tool's disposition is `rerunnable` (the default, when it is left out) \
+                "ctx.tool's disposition is `rerunnable` (the default, when it is left out) \
                  or `owner_bound` (a tool call is run here, so never `externally_owned`), not {given}"
             )
         ])
@@ -3797,7 +3811,8 @@ async fn a_name_that_is_not_a_string_is_named_in_the_refusal() {
         &p,
         r#"export async function main(ctx) {
             const msg = (p) => p.then(() => "resolved", (e) => e.code + ": " + e.message);
-            return [await msg(ctx.tool(5, {})), await msg(ctx.emit(5, {})), await msg(ctx.waitSignal(5))];
+            return [await msg(ctx.tool(5, {})), await msg(ctx.emit(5, {})), await msg(ctx.waitSignal(5)),
+                await msg(ctx.emit(Symbol("t"), {})), await msg(ctx.sleep(-1))];
         }"#,
     )
     .await;
@@ -3805,9 +3820,11 @@ async fn a_name_that_is_not_a_string_is_named_in_the_refusal() {
     assert_eq!(
         rec.outcome,
         Some(Outcome::success(json!([
-            "invalid_request: invalid request: ctx.tool(name, args) takes a string, not 5",
-            "invalid_request: invalid request: ctx.emit(type, payload) takes a string, not 5",
-            "invalid_request: invalid request: ctx.waitSignal(name) takes a string, not 5",
+            "invalid_request: ctx.tool(name, args) takes a string, not 5",
+            "invalid_request: ctx.emit(type, payload) takes a string, not 5",
+            "invalid_request: ctx.waitSignal(name) takes a string, not 5",
+            "invalid_request: ctx.emit(type, payload) takes a string, not Symbol(t)",
+            "invalid_request: ctx.sleep(ms) takes a number of milliseconds from 0 up, not -1",
         ]))),
         "{rec:?}"
     );

@@ -1,0 +1,82 @@
+//! Engine threads a script held past its stop are counted: once
+//! `MAX_HELD_THREADS` are held, compiles and activations are refused,
+//! saying the server must be restarted, rather than more being held.
+//! (Its own test binary: the threads it holds stay held until it exits.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_core::{Disposition, MemoryRegistry, Outcome, ProcessInput, Processes, StartRequest};
+use cairn_script::{held_threads, Limits, QuickJs, MAX_HELD_THREADS};
+use serde_json::json;
+
+async fn outcome(p: &Processes, m: &str, id: &str, name: &str) -> Outcome {
+    let req = StartRequest::new(
+        id,
+        ProcessInput::Script {
+            module_ref: m.into(),
+            process_name: name.into(),
+            args: json!({}),
+        },
+        Disposition::Rerunnable,
+    );
+    p.start(req).await.expect("started");
+    let rec = p.await_output(id, Duration::from_secs(20)).await.expect("awaited");
+    rec.outcome.unwrap_or_else(|| panic!("{id}: no outcome"))
+}
+
+#[tokio::test]
+async fn held_engine_threads_are_bounded() {
+    let p = Processes::builder(Arc::new(MemoryRegistry::new()))
+        .script_engine(Arc::new(QuickJs::new(Limits {
+            heap_bytes: Limits::MIN_HEAP_BYTES,
+            cpu: Duration::from_millis(50),
+            ..Limits::default()
+        })))
+        .start();
+    let m = p
+        .put_module(
+            "export async function spin() { for (;;) new Promise(() => { for (;;) {} }); }\n\
+             export async function ok() { return 1; }"
+                .into(),
+            None,
+        )
+        .await
+        .expect("stored")
+        .module
+        .module_ref;
+    assert_eq!(held_threads(), 0);
+    // Half the threads held by activations, half by module tops.
+    for i in 0..MAX_HELD_THREADS {
+        if i % 2 == 0 {
+            let Outcome::Failure { code, message, .. } = outcome(&p, &m, &format!("spin-{i}"), "spin").await else {
+                panic!("spin-{i} failed")
+            };
+            assert_eq!(code, "cpu_limit");
+            assert!(message.contains("its engine thread is held"), "{message}");
+        } else {
+            let top = format!("for (;;) new Promise(() => {{ for (;;) {{}} }});\nexport async function f{i}() {{}}");
+            let err = p.put_module(top, None).await.expect_err("refused");
+            assert_eq!(err.code(), "invalid_module");
+            assert!(err.to_string().contains("its engine thread is held"), "{err}");
+        }
+        assert_eq!(held_threads(), i + 1);
+    }
+    // The bound is reached: nothing more is compiled or run, not even a
+    // module or a function that would not escape.
+    let err = p
+        .put_module("export async function g() { return 2; }".into(), None)
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), "unavailable", "{err}");
+    assert!(err.to_string().contains("restart the server to free them"), "{err}");
+    let Outcome::Failure {
+        class, code, message, ..
+    } = outcome(&p, &m, "after", "ok").await
+    else {
+        panic!("refused")
+    };
+    assert_eq!((class.as_str(), code.as_str()), ("runtime", "script_engine_held"));
+    assert!(message.contains("restart the server to free them"), "{message}");
+    assert_eq!(held_threads(), MAX_HELD_THREADS, "nothing more was held");
+}
