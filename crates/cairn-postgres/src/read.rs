@@ -67,6 +67,10 @@ fn filter_sql(filter: &ProcessFilter, sql: &mut String, args: &mut Vec<Param>) {
     }
     if let Some(w) = filter.waiting {
         push(sql, " AND p.waiting = ?::bool", Box::new(w));
+        if w {
+            // The term of the partial waiting index (ADR 0037), as for the status index.
+            sql.push_str(" AND p.waiting");
+        }
     }
     if let Some(o) = &filter.originator {
         push(sql, " AND p.originator = ?::text", Box::new(o.clone()));
@@ -78,11 +82,21 @@ fn filter_sql(filter: &ProcessFilter, sql: &mut String, args: &mut Vec<Param>) {
     if let Some(c) = &filter.caused_by {
         push(sql, " AND p.caused_by = ?::text", Box::new(c.clone()));
     }
-    if let Some(t) = filter.created_from_ms {
-        push(sql, " AND p.created_at_ms >= ?::int8", Box::new(to_sql(t)));
-    }
-    if let Some(t) = filter.created_before_ms {
-        push(sql, " AND p.created_at_ms < ?::int8", Box::new(to_sql(t)));
+    if filter.created_from_ms.is_some() || filter.created_before_ms.is_some() {
+        // Both bounds, the missing one open: a generic plan guesses a third
+        // of the table matches one bound and walks the id order, reading
+        // every row to find the few of a recent window; it takes a range to
+        // the creation-time index (ADR 0037), which reads only the window.
+        push(
+            sql,
+            " AND p.created_at_ms >= ?::int8",
+            Box::new(filter.created_from_ms.map_or(i64::MIN, to_sql)),
+        );
+        push(
+            sql,
+            " AND p.created_at_ms < ?::int8",
+            Box::new(filter.created_before_ms.map_or(i64::MAX, to_sql)),
+        );
     }
     if let Some(a) = &filter.after_id {
         push(sql, " AND p.id > ?::text", Box::new(a.clone()));

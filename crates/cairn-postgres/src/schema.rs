@@ -28,7 +28,28 @@ const MIGRATIONS: &[&str] = &[
     V_FRAME_WAKES,
     V_TOMBSTONE_GRANTS,
     V_TOUCHES,
+    V_LISTING_WINDOWS,
 ];
+
+/// Listings by creation time and of waiting processes (ADR 0037). A
+/// listing bounded by `created_from_ms`/`created_before_ms` (the windows the
+/// dashboard's list and `cairn ls` find their newest rows by) or filtered on
+/// `waiting` had no index but the id order, and read every row to find few.
+/// `processes_created` takes an entry as a row is registered, at its newest
+/// pages (registration times only grow), and on an update that is not HOT
+/// (one that changes an indexed column, as an ending does). It is keyed
+/// newest first: a window reads a range either way and sorts it by id, but
+/// walked backwards it gives the creation order without the id order, so the
+/// claims and the worklist, which read the queued rows in `(created_at_ms,
+/// id)` order, keep `processes_ready` (ordered as they read) even on a tiny
+/// table, where the two would otherwise cost the same. `processes_waiting`
+/// holds only the rows waiting now, and a listing states its term, so a
+/// generic plan may use it. `definition` stays unindexed: every start would
+/// pay an id-scattered entry for a filter few listings use.
+const V_LISTING_WINDOWS: &str = r#"
+CREATE INDEX processes_created ON processes (created_at_ms DESC);
+CREATE INDEX processes_waiting ON processes (id) WHERE waiting;
+"#;
 
 /// When each env spec and type list was last stored or put, by the server's
 /// clock (ADR 0034): a prune collects those no process names, but only those

@@ -2149,6 +2149,8 @@ async fn touches_are_added_on_upgrade() {
             "SET search_path TO \"{s}\";
              ALTER TABLE envs DROP COLUMN touched_at_ms;
              ALTER TABLE type_lists DROP COLUMN touched_at_ms;
+             DROP INDEX processes_created;
+             DROP INDEX processes_waiting;
              UPDATE cairn_meta SET value = '{TOUCHES_FROM}' WHERE key = 'schema_version';",
             s = schema.name
         ))
@@ -2227,4 +2229,145 @@ async fn a_prune_collects_with_the_configured_grace() {
         .await
         .expect("register again");
     assert!(list_touched(&c, &schema, &key).await.is_some(), "stored again");
+}
+
+/// A listing bounded by creation time (one bound or both, any status) reads
+/// the creation-time index, and one of the waiting processes the waiting
+/// index (ADR 0037), as generic plans: not the id order, skipping every row
+/// outside the window.
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test]
+async fn creation_windows_and_waiting_listings_read_their_indexes() {
+    if !testing::enabled() {
+        return;
+    }
+    let (reg, schema) = testing::fresh(clock()).await;
+    reg.register(rerunnable("run-00"), None).await.expect("register");
+    fill_completed_like_run_00(&schema).await;
+    for (f, index) in [
+        (json!({"status": "any", "created_from_ms": 5}), "processes_created"),
+        (json!({"status": "any", "created_before_ms": 9}), "processes_created"),
+        (
+            json!({"status": "completed", "created_from_ms": 5, "created_before_ms": 9, "after_id": "a"}),
+            "processes_created",
+        ),
+        (json!({"status": "any", "waiting": true}), "processes_waiting"),
+        (json!({"status": "running", "waiting": true}), "processes_waiting"),
+    ] {
+        let filter = ProcessFilter::from_json(f.clone()).expect("filter");
+        let plan = testing::listing_plan(&schema.url, &schema.name, &filter)
+            .await
+            .expect("plan");
+        assert!(plan.contains(index), "{f} should use {index}:\n{plan}");
+    }
+}
+
+/// A populated schema from before the listing windows (version 13) gains
+/// the creation-time and waiting indexes on connect, and its listings by
+/// creation time and of waiting processes find what they did.
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test]
+async fn listing_window_indexes_are_added_on_upgrade() {
+    /// The schema version whose migration adds the listing window indexes.
+    const LISTING_WINDOWS_FROM: u32 = 13;
+    if !testing::enabled() {
+        return;
+    }
+    let schema = TestSchema::new("cairn_t");
+    let reg = schema.connect(clock()).await.expect("create");
+    for i in 0..30u64 {
+        reg.register(rerunnable(&format!("p{:02}", 29 - i)), None)
+            .await
+            .expect("register");
+    }
+    for id in ["p05", "p21"] {
+        let lease = reg.claim(id, "w1", 30_000).await.expect("claim");
+        let rec = reg.record_started(&lease).await.expect("started");
+        let waited = reg
+            .wait(
+                &lease,
+                cairn_core::WaitRequest::signal("go", 1, None),
+                rec.last_sequence,
+            )
+            .await
+            .expect("wait");
+        assert!(waited, "{id} waits");
+    }
+    drop(reg);
+    schema
+        .execute(&format!(
+            "SET search_path TO \"{s}\";
+             DROP INDEX processes_created;
+             DROP INDEX processes_waiting;
+             UPDATE cairn_meta SET value = '{LISTING_WINDOWS_FROM}' WHERE key = 'schema_version';",
+            s = schema.name
+        ))
+        .await
+        .expect("make the older shape");
+    let reg = schema.connect(clock()).await.expect("upgrade");
+    assert_eq!(
+        meta(&schema.url, &schema.name, "schema_version").await,
+        Some(SCHEMA_VERSION.to_string())
+    );
+    let listed = |filter: ProcessFilter| {
+        let reg = &reg;
+        async move { reg.list(&filter).await.expect("list") }
+    };
+    let any = ProcessFilter {
+        status: cairn_core::StatusFilter::Any,
+        ..ProcessFilter::default()
+    };
+    // Each window finds the rows created in it, in id order.
+    let all = listed(any.clone()).await;
+    let mut times: Vec<u64> = all.iter().map(|r| r.created_at_ms).collect();
+    times.sort_unstable();
+    for (from, before) in [
+        (Some(times[10]), Some(times[20])),
+        (Some(times[25]), None),
+        (None, Some(times[3])),
+    ] {
+        let want: Vec<&str> = all
+            .iter()
+            .filter(|r| from.is_none_or(|f| r.created_at_ms >= f) && before.is_none_or(|b| r.created_at_ms < b))
+            .map(|r| r.id.as_str())
+            .collect();
+        let window = ProcessFilter {
+            created_from_ms: from,
+            created_before_ms: before,
+            ..any.clone()
+        };
+        let got: Vec<String> = listed(window).await.into_iter().map(|r| r.id).collect();
+        assert!(!want.is_empty(), "{from:?}..{before:?}");
+        assert_eq!(got, want, "{from:?}..{before:?}");
+    }
+    let waiting: Vec<String> = listed(ProcessFilter {
+        waiting: Some(true),
+        ..any.clone()
+    })
+    .await
+    .into_iter()
+    .map(|r| r.id)
+    .collect();
+    assert_eq!(waiting, ["p05", "p21"]);
+    for index in ["processes_created", "processes_waiting"] {
+        let plan = testing::listing_plan(
+            &schema.url,
+            &schema.name,
+            &ProcessFilter::from_json(if index == "processes_created" {
+                json!({"status": "any", "created_from_ms": 1})
+            } else {
+                json!({"status": "any", "waiting": true})
+            })
+            .expect("filter"),
+        )
+        .await
+        .expect("plan");
+        assert!(plan.contains(index), "{index}:\n{plan}");
+    }
 }

@@ -44,6 +44,7 @@ const MIGRATIONS: &[&str] = &[
     V_TOMBSTONE_GRANTS,
     V_ENV_TOUCHES,
     V_LIST_TOUCHES,
+    V_LISTING_WINDOWS,
 ];
 
 const V1: &str = r#"
@@ -357,6 +358,21 @@ BEGIN
     UPDATE type_lists SET touched_at_ms = CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)
         WHERE key = NEW.key;
 END;
+"#;
+
+/// Listings by creation time and of waiting processes (ADR 0037). A
+/// listing bounded by `created_from_ms`/`created_before_ms` (the windows the
+/// dashboard's list and `cairn ls` find their newest rows by) or filtered on
+/// `waiting` had no index but the id order, and read every row to find few.
+/// `processes_created` is written once, as a row is registered (nothing
+/// updates `created_at_ms`), at the index's newest pages, as registration
+/// times only grow. `processes_waiting` holds only the rows waiting now; a
+/// listing states its term (`waiting = 1`), as SQLite uses a partial index
+/// only for a query that does. `definition` stays unindexed: every start
+/// would pay an id-scattered entry for a filter few listings use.
+const V_LISTING_WINDOWS: &str = r#"
+CREATE INDEX processes_created ON processes (created_at_ms, id);
+CREATE INDEX processes_waiting ON processes (id) WHERE waiting = 1;
 "#;
 
 const V_PARTIAL_LISTING_INDEXES: &str = r#"
@@ -690,7 +706,7 @@ pub(crate) fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connect
 /// bound `LIMIT ?` (every page read, the worklist) is marked to be prepared
 /// again each time that parameter is bound, so a cached statement was parsed
 /// and planned afresh on every use: a sixth of a busy server's read time.
-fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
+pub(crate) fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
         .map(|_| ())
 }

@@ -747,12 +747,19 @@ pub(crate) fn pruned_grant(conn: &Connection, scope: &SessionScope, id: &str) ->
 /// SQLite uses a partial index only for a query that states its term.
 const NOT_COMPLETED: &str = " AND p.status <> 'completed'";
 
-/// Append the SQL predicates of `filter` over the `p` alias.
-fn filter_sql(filter: &ProcessFilter, sql: &mut String, args: &mut Vec<SqlValue>) {
+/// Append the SQL predicates of `filter` over the `p` alias. `by_waiting`:
+/// the listing walks the processes (not a session's grants), so one of
+/// waiting processes may walk the waiting index.
+fn filter_sql(filter: &ProcessFilter, by_waiting: bool, sql: &mut String, args: &mut Vec<SqlValue>) {
     if let Some(status) = status_label(filter.status) {
         sql.push_str(" AND p.status = ?");
         args.push(SqlValue::Text(status.into()));
-        if filter.status != StatusFilter::Completed {
+        // With `waiting = true` the waiting index serves the listing (a
+        // waiting process runs, and fewer wait than run): leaving out the
+        // term keeps SQLite from walking every row of the status instead.
+        // A session's listing walks its grants or the status index, as before.
+        let waiting_index = by_waiting && filter.waiting == Some(true);
+        if filter.status != StatusFilter::Completed && !waiting_index {
             // The status index leaves out completed rows; this term, which
             // the bound status implies, is what lets SQLite use it.
             sql.push_str(NOT_COMPLETED);
@@ -765,6 +772,10 @@ fn filter_sql(filter: &ProcessFilter, sql: &mut String, args: &mut Vec<SqlValue>
     if let Some(w) = filter.waiting {
         sql.push_str(" AND p.waiting = ?");
         args.push(SqlValue::Integer(i64::from(w)));
+        if w {
+            // The term of the partial waiting index (schema `V_LISTING_WINDOWS`), see NOT_COMPLETED.
+            sql.push_str(" AND p.waiting = 1");
+        }
     }
     if let Some(o) = &filter.originator {
         sql.push_str(" AND p.originator = ?");
@@ -778,13 +789,22 @@ fn filter_sql(filter: &ProcessFilter, sql: &mut String, args: &mut Vec<SqlValue>
         sql.push_str(" AND p.caused_by = ?");
         args.push(SqlValue::Text(c.clone()));
     }
-    if let Some(t) = filter.created_from_ms {
-        sql.push_str(" AND p.created_at_ms >= ?");
-        args.push(SqlValue::Integer(to_sql(t)));
-    }
-    if let Some(t) = filter.created_before_ms {
-        sql.push_str(" AND p.created_at_ms < ?");
-        args.push(SqlValue::Integer(to_sql(t)));
+    if filter.created_from_ms.is_some() || filter.created_before_ms.is_some() {
+        // Both bounds, the missing one open: with one bound alone SQLite
+        // guesses a quarter of the table matches and walks the id order,
+        // reading every row to find the few of a recent window; a range
+        // takes the creation-time index (schema `V_LISTING_WINDOWS`), which
+        // reads only the rows in the window. A listing of waiting processes
+        // walks the waiting index instead (`+` keeps the bounds off the
+        // creation-time index): those are few, where a wide window is not.
+        let column = if by_waiting && filter.waiting == Some(true) {
+            "+p.created_at_ms"
+        } else {
+            "p.created_at_ms"
+        };
+        sql.push_str(&format!(" AND {column} >= ? AND {column} < ?"));
+        args.push(SqlValue::Integer(filter.created_from_ms.map_or(i64::MIN, to_sql)));
+        args.push(SqlValue::Integer(filter.created_before_ms.map_or(i64::MAX, to_sql)));
     }
     if let Some(a) = &filter.after_id {
         sql.push_str(" AND p.id > ?");
@@ -818,7 +838,7 @@ fn collect_entries(
 fn list_query(filter: &ProcessFilter, limit: usize) -> (String, Vec<SqlValue>) {
     let mut sql = format!("SELECT {ENTRY_COLUMNS} FROM processes p WHERE 1 = 1");
     let mut args = Vec::new();
-    filter_sql(filter, &mut sql, &mut args);
+    filter_sql(filter, true, &mut sql, &mut args);
     sql.push_str(" ORDER BY p.id LIMIT ?");
     args.push(SqlValue::Integer(to_sql_usize(limit)));
     (sql, args)
@@ -840,7 +860,7 @@ fn originated_by_query(scope: &SessionScope, filter: &ProcessFilter, limit: usiz
         SqlValue::Text(scope.scope_id()),
         SqlValue::Text(originator_scope(scope)?),
     ];
-    filter_sql(filter, &mut sql, &mut args);
+    filter_sql(filter, true, &mut sql, &mut args);
     sql.push_str(" ORDER BY p.id LIMIT ?");
     args.push(SqlValue::Integer(to_sql_usize(limit)));
     Ok((sql, args))
@@ -872,7 +892,7 @@ pub(crate) fn list_granted_to(
          WHERE g.scope_id = ?"
     );
     let mut args = vec![SqlValue::Text(scope.scope_id())];
-    filter_sql(filter, &mut sql, &mut args);
+    filter_sql(filter, false, &mut sql, &mut args);
     sql.push_str(" ORDER BY g.process_id LIMIT ?");
     args.push(SqlValue::Integer(to_sql_usize(limit)));
     collect_entries(conn, &sql, args, 1)?
@@ -1336,6 +1356,52 @@ mod tests {
         let p = plan(&conn, &sql, args);
         assert!(p.contains("sqlite_autoindex_processes_1"), "{p}");
         assert!(!p.contains("TEMP B-TREE"), "{p}");
+    }
+
+    /// A listing bounded by creation time (one bound or both, any status)
+    /// reads the creation-time index, not every row in id order; one of the
+    /// waiting processes reads the waiting index. As the server's readers
+    /// plan them: whatever the values bound.
+    #[test]
+    fn creation_windows_and_waiting_listings_have_their_indexes() {
+        let (_dir, conn) = fresh();
+        crate::schema::stable_plans(&conn).expect("stable plans");
+        let bounds = [(Some(5), None), (None, Some(9)), (Some(5), Some(9))];
+        for status in [StatusFilter::Any, StatusFilter::Completed] {
+            for (from, before) in bounds {
+                for after_id in [None, Some("a".to_string())] {
+                    let filter = ProcessFilter {
+                        status,
+                        created_from_ms: from,
+                        created_before_ms: before,
+                        after_id,
+                        ..ProcessFilter::default()
+                    };
+                    let (sql, args) = list_query(&filter, 100);
+                    let p = plan(&conn, &sql, args);
+                    assert!(p.contains("USING INDEX processes_created"), "{filter:?}: {p}");
+                }
+            }
+        }
+        for (status, from) in [
+            (StatusFilter::Any, None),
+            (StatusFilter::Running, None),
+            (StatusFilter::Completed, None),
+            (StatusFilter::Any, Some(5)),
+            (StatusFilter::Running, Some(5)),
+        ] {
+            let filter = ProcessFilter {
+                status,
+                waiting: Some(true),
+                created_from_ms: from,
+                after_id: Some("a".into()),
+                ..ProcessFilter::default()
+            };
+            let (sql, args) = list_query(&filter, 100);
+            let p = plan(&conn, &sql, args);
+            assert!(p.contains("USING INDEX processes_waiting"), "{filter:?}: {p}");
+            assert!(!p.contains("TEMP B-TREE"), "{filter:?}: {p}");
+        }
     }
 
     #[test]

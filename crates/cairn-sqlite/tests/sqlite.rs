@@ -22,22 +22,34 @@ use serde_json::{json, Value};
 
 const T0: u64 = 1_700_000_000_000;
 
-/// What `V_LIST_TOUCHES` adds, undone: the schema as versions before 16 made it.
-const UNDO_LIST_TOUCHES: &str = "DROP TRIGGER envs_touched_on_insert;
+/// What `V_LISTING_WINDOWS` adds, undone: the schema as versions before 17 made it.
+const UNDO_LISTING_WINDOWS: &str = "DROP INDEX processes_created;
+         DROP INDEX processes_waiting;";
+
+/// What `V_LIST_TOUCHES` adds, undone with what came after it: the schema as
+/// versions before 16 made it.
+const UNDO_LIST_TOUCHES: &str = "DROP INDEX processes_created;
+         DROP INDEX processes_waiting;
+         DROP TRIGGER envs_touched_on_insert;
          DROP TRIGGER type_lists_touched_on_insert;
          ALTER TABLE type_lists DROP COLUMN touched_at_ms;";
 
 /// What `V_ENV_TOUCHES` adds, undone with what came after it: the schema as
 /// versions before 15 made it.
-const UNDO_ENV_TOUCHES: &str = "DROP TRIGGER envs_touched_on_insert;
+const UNDO_ENV_TOUCHES: &str = "DROP INDEX processes_created;
+         DROP INDEX processes_waiting;
+         DROP TRIGGER envs_touched_on_insert;
          DROP TRIGGER type_lists_touched_on_insert;
          ALTER TABLE type_lists DROP COLUMN touched_at_ms;
          ALTER TABLE envs DROP COLUMN touched_at_ms;";
 
 /// The worklist index as schema versions before 12 made it (one index, a row
 /// claimable at once keyed 0), undoing `V_WORKLIST_BY_TIME` (and the later
-/// `V_FRAME_WAKES`, `V_TOMBSTONE_GRANTS`, `V_ENV_TOUCHES` and `V_LIST_TOUCHES`).
-const UNDO_WORKLIST_BY_TIME: &str = "DROP TRIGGER envs_touched_on_insert;
+/// `V_FRAME_WAKES`, `V_TOMBSTONE_GRANTS`, `V_ENV_TOUCHES`, `V_LIST_TOUCHES`
+/// and `V_LISTING_WINDOWS`).
+const UNDO_WORKLIST_BY_TIME: &str = "DROP INDEX processes_created;
+         DROP INDEX processes_waiting;
+         DROP TRIGGER envs_touched_on_insert;
          DROP TRIGGER type_lists_touched_on_insert;
          ALTER TABLE type_lists DROP COLUMN touched_at_ms;
          ALTER TABLE envs DROP COLUMN touched_at_ms;
@@ -2306,4 +2318,107 @@ async fn a_list_this_writer_collected_is_stored_again() {
         .await
         .expect("register again");
     assert_eq!(lists_stored(&raw, &key), 1, "stored again");
+}
+
+/// A populated file from before the listing windows (schema version 16)
+/// gains the creation-time and waiting indexes on open, and its listings by
+/// creation time and of waiting processes find what they found before.
+#[tokio::test]
+async fn listing_window_indexes_are_added_on_upgrade() {
+    /// The schema version whose migration adds the listing window indexes.
+    const LISTING_WINDOWS_FROM: u32 = 16;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let clock = ManualClock::new(T0);
+    let reg = open(&path, &clock);
+    for i in 0..30u64 {
+        reg.register(tool(&format!("p{:02}", 29 - i), Disposition::Rerunnable), None)
+            .await
+            .expect("register");
+        clock.advance(10);
+    }
+    for id in ["p05", "p21"] {
+        suspend(&reg, id).await;
+    }
+    drop(reg);
+    let raw = Connection::open(&path).expect("raw");
+    make_older(&raw, UNDO_LISTING_WINDOWS, LISTING_WINDOWS_FROM);
+
+    let reg = open(&path, &clock);
+    let version: String = raw
+        .query_row("SELECT value FROM cairn_meta WHERE key = 'schema_version'", [], |r| {
+            r.get(0)
+        })
+        .expect("version");
+    assert_eq!(version, SCHEMA_VERSION.to_string());
+    for index in ["processes_created", "processes_waiting"] {
+        let found: i64 = raw
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = ?1",
+                [index],
+                |r| r.get(0),
+            )
+            .expect("index");
+        assert_eq!(found, 1, "{index}");
+    }
+    // Created at T0, T0 + 10, ...: `p29` first, `p00` last.
+    let window = ProcessFilter {
+        status: StatusFilter::Any,
+        created_from_ms: Some(T0 + 100),
+        created_before_ms: Some(T0 + 150),
+        ..ProcessFilter::default()
+    };
+    let ids: Vec<String> = reg
+        .list(&window)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, ["p15", "p16", "p17", "p18", "p19"]);
+    let newest = ProcessFilter {
+        created_from_ms: Some(T0 + 270),
+        created_before_ms: None,
+        ..window.clone()
+    };
+    let ids: Vec<String> = reg
+        .list(&newest)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, ["p00", "p01", "p02"]);
+    let waiting = ProcessFilter {
+        status: StatusFilter::Any,
+        waiting: Some(true),
+        ..ProcessFilter::default()
+    };
+    let waiting_ids = || async {
+        reg.list(&waiting)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|r| r.id)
+            .collect::<Vec<String>>()
+    };
+    assert_eq!(waiting_ids().await, ["p05", "p21"]);
+    // A row that starts waiting after the upgrade enters the index.
+    suspend(&reg, "p10").await;
+    assert_eq!(waiting_ids().await, ["p05", "p10", "p21"]);
+}
+
+/// Claim `id`, start it and suspend it on signal `go`: it waits.
+async fn suspend(reg: &SqliteRegistry, id: &str) {
+    let lease = reg.claim(id, "w1", 30_000).await.expect("claim");
+    let rec = reg.record_started(&lease).await.expect("started");
+    let waited = reg
+        .wait(
+            &lease,
+            cairn_core::WaitRequest::signal("go", 1, None),
+            rec.last_sequence,
+        )
+        .await
+        .expect("wait");
+    assert!(waited, "{id} waits");
 }
