@@ -1151,3 +1151,141 @@ async fn cancel_session_cancels_the_sessions_running_work() {
     assert_eq!(out.json()["requested"], 1, "{}", out.stdout);
     host.wait_for("b1", |r| r["status"] == "cancelled").await;
 }
+
+/// A proxy in front of `server` counting what goes through it: the
+/// listing requests the client makes and the bytes the server answers.
+struct Counted {
+    base: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Counted {
+    async fn start(server: &Server) -> Counted {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let upstream = server.base.trim_start_matches("http://").to_string();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (req, ans) = (requests.clone(), answered.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(&upstream).await.expect("upstream");
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let req = req.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 << 10];
+                    while let Ok(n @ 1..) = cr.read(&mut buf).await {
+                        req.lock().expect("requests").extend_from_slice(&buf[..n]);
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let ans = ans.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                        ans.fetch_add(n, Ordering::Relaxed);
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Counted {
+            base,
+            requests,
+            answered,
+        }
+    }
+
+    /// The listing requests made so far.
+    fn listings(&self) -> usize {
+        let sent = self.requests.lock().expect("requests");
+        let needle = b"GET /v1/processes?";
+        sent.windows(needle.len()).filter(|w| w == needle).count()
+    }
+}
+
+/// `cairn ls --limit 20` over thousands of processes, their ids in no
+/// order of their creation, prints the newest 20, newest first, and reads
+/// about what it prints: a few requests of about a page of records, not
+/// every match (or the first 10,000) in id order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_with_a_limit_reads_about_what_it_prints() {
+    const N: usize = 4_000;
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    // Ids scattered over the id order: 1777 and N share no factor.
+    let ids: Vec<String> = (0..N).map(|i| format!("p{:05}", (i * 1777) % N)).collect();
+    for chunk in ids.chunks(200) {
+        let starts = chunk.iter().map(|id| {
+            let c = c.clone();
+            let body = json!({"id": id, "input": {"type": "external"}, "disposition": "externally_owned"});
+            async move { c.start(body).await.0 }
+        });
+        for status in futures::future::join_all(starts).await {
+            assert_eq!(status, 201);
+        }
+    }
+    // Every process, newest first (the greater id first within a millisecond).
+    let mut all: Vec<(u64, String)> = Vec::new();
+    let mut after = String::new();
+    loop {
+        let (status, page) = c.get(&format!("/v1/processes?limit=1000&after_id={after}")).await;
+        assert_eq!(status, 200, "{page}");
+        for p in page["processes"].as_array().expect("processes") {
+            all.push((
+                p["created_at_ms"].as_u64().expect("created"),
+                p["id"].as_str().expect("id").into(),
+            ));
+        }
+        match page["next_after_id"].as_str() {
+            Some(next) => after = next.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(all.len(), N);
+    all.sort_by(|a, b| b.cmp(a));
+    let newest: Vec<&str> = all[..20].iter().map(|(_, id)| id.as_str()).collect();
+    let (_, one) = c.get(&format!("/v1/processes/{}", newest[0])).await;
+    let record_bytes = one.to_string().len();
+
+    let proxy = Counted::start(&server).await;
+    let out = common::run_cli(&proxy.base, None, &["--json", "ls", "--limit", "20"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let shown: Vec<String> = out.json()["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .map(|p| p["id"].as_str().expect("id").to_string())
+        .collect();
+    assert_eq!(shown, newest);
+    assert!(out.stderr.contains("the newest 20 shown"), "{}", out.stderr);
+    let (requests, answered) = (
+        proxy.listings(),
+        proxy.answered.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    assert!(requests <= 30, "{requests} listing requests");
+    // Far fewer records than match: at most about ten pages of 100.
+    assert!(
+        answered < 1_000 * record_bytes,
+        "{answered} bytes answered, {} records' worth, to show 20 of {N}",
+        answered / record_bytes
+    );
+    // The table shows the same rows.
+    let out = common::run_cli(&proxy.base, None, &["ls", "--limit", "20"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rows: Vec<&str> = out
+        .stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(rows, newest);
+}

@@ -1,7 +1,9 @@
 //! `cairn ls`, newest first. The server lists in id order only: `ls` reads
-//! the matches whole and sorts them while there are at most
-//! [`LS_SCAN_LIMIT`]; past that it finds the newest by creation-time windows
-//! (the dashboard's list finds its pages the same way, in
+//! the matches whole and sorts them while there are few (at most
+//! [`LS_SCAN_LIMIT`], and at most a few times what it shows); past that it
+//! finds the newest by creation-time windows, newest first, each read no
+//! further than a few times what it shows
+//! (the dashboard's list finds its pages by windows too, in
 //! `cairn-dashboard`'s `list::search`), with the server's own
 //! `created_from_ms`/`created_before_ms` filters.
 
@@ -10,8 +12,9 @@ use serde_json::Value;
 use super::http::{query, Client, ClientError};
 use super::newest_first;
 
-/// How many matches `ls` reads in id order to sort them; past it, the
-/// newest are found by creation-time windows ([`newest`]).
+/// How many matches `ls` reads in id order to sort them (fewer for a
+/// smaller `--limit`); past it, the newest are found by creation-time
+/// windows ([`newest`]).
 pub(super) const LS_SCAN_LIMIT: usize = 10_000;
 
 /// How far the first window reaches past its start, in ms; each further
@@ -50,7 +53,8 @@ pub(super) struct Search<'a> {
     /// Read at most about this many in id order before searching by time
     /// ([`LS_SCAN_LIMIT`]; smaller in tests).
     pub scan_limit: usize,
-    /// The page size asked of the server.
+    /// The page size asked of the server ([`page_for`] of `n`): a window
+    /// is read no further than `n` and a page past it.
     pub page: usize,
 }
 
@@ -69,67 +73,115 @@ pub(super) struct Listing {
     pub scan_cut: Option<String>,
 }
 
-/// The newest `s.n` matches. Up to `s.scan_limit` are read in id order and
-/// sorted; when more match, windows `[lo, created_before)` are read, `lo`
-/// moved down while a window holds `n` or fewer (until `created_from`, or
-/// until none older match),
-/// and up while one holds more than a bounded number (`cap`, read no
-/// further), until one holds more than `n` and at most `cap`: the newest `n`
-/// are in it, every row outside being older than every row in it. A
-/// millisecond holding more than `cap` is read whole.
+/// The page size `ls` asks for to show `n`: twice `n` (at least 10, at
+/// most the server's largest). A window is read no further than the rows
+/// still wanted and a page, so what a listing reads to find that a window
+/// holds too many, and what it holds at once, is a few times `n`.
+pub(super) fn page_for(n: usize) -> usize {
+    n.saturating_mul(2).clamp(10, cairn_core::MAX_PAGE_SIZE)
+}
+
+/// The newest `s.n` matches. Up to `s.scan_limit` (and at most `n` and a
+/// page past it) are read in id order and sorted. When more match, they are
+/// found newest first, window after window: each window `[lo, hi)` lies just
+/// below the last (the first reaches up to `--created-before`, or past the
+/// newest match), is read whole, and holds rows all newer than any below
+/// it, until the windows read hold more than `n`, reach `--created-from`,
+/// or nothing older matches. A window is read no further than the rows
+/// still wanted (at most a page of them) and a page past them: one holding
+/// more is narrowed from below (halved, or, with no upper bound, moved up
+/// eight times further each time) and read again. Each next window is sized
+/// by the rows the last held for its width. A millisecond holding more is
+/// read whole.
 pub(super) async fn newest(pages: &impl Pages, s: &Search<'_>) -> Result<Listing, ClientError> {
-    let scan = read(pages, s, s.created_from, Some(s.scan_limit)).await?;
+    let scan_limit = s.scan_limit.min(s.n.saturating_add(s.page));
+    let scan = read(pages, s, s.created_from, s.created_before, Some(scan_limit)).await?;
     let Some(scan_cut) = scan.next else {
         return Ok(listing(scan.rows, s.n, scan.with_grants, None));
     };
     let floor = s.created_from.unwrap_or(0);
-    // `lo` starts where the rows read so far hold more than `n` (or all of
-    // them): below it, at least as many match.
-    let mut scanned = scan.rows;
-    scanned.sort_by(|(a, _), (b, _)| newest_first(a, b));
-    let mut lo = scanned
-        .get(s.n.min(scanned.len().saturating_sub(1)))
-        .and_then(|(r, _)| r.get("created_at_ms").and_then(Value::as_u64))
-        .unwrap_or(floor)
-        .max(floor)
-        .min(MAX_MS);
-    let cap = s.n.saturating_mul(2).max(s.n.saturating_add(s.page));
-    // `too_few`: the least `lo` known to hold `n` or fewer (none at or past
-    // the upper bound); `too_many`: the greatest known to hold more than `cap`.
-    let (mut too_few, mut too_many): (Option<u64>, Option<u64>) = (s.created_before, None);
-    let mut step = FIRST_STEP_MS;
+    let mut with_grants = scan.with_grants;
+    // The first window reaches back a step from the newest row read.
+    let newest_read = scan.rows.iter().filter_map(|(r, _)| created(r)).max().unwrap_or(floor);
+    drop(scan.rows);
+    // Every match in `[hi, --created-before)`, each newer than any below `hi`.
+    let mut kept: Vec<Row> = Vec::new();
+    let mut hi = s.created_before;
+    // A `lo` whose window up to `hi` holds more than the rows still wanted
+    // and a page: the next window starts above it.
+    let mut over: Option<u64> = None;
+    let mut width = FIRST_STEP_MS;
+    let mut lo = newest_read.saturating_sub(width).max(floor).min(MAX_MS);
     loop {
-        // Just below `too_few`: the millisecond at `lo` alone holds more than
-        // `cap`, and is read whole.
-        let whole = too_many == Some(lo);
-        let window = read(pages, s, Some(lo), (!whole).then_some(cap)).await?;
+        let wanted = s.n + 1 - kept.len();
+        // One millisecond known to have held more than a window takes: read whole.
+        let whole = over == Some(lo);
+        let stop_at = (!whole).then_some(wanted.min(s.page).saturating_add(s.page));
+        let window = read(pages, s, Some(lo), hi, stop_at).await?;
+        with_grants |= window.with_grants;
         if window.next.is_some() {
-            too_many = Some(lo);
-            lo = match too_few {
-                Some(f) => lo + (f - lo) / 2,
+            over = Some(lo);
+            let newest = window.rows.iter().filter_map(|(r, _)| created(r)).max().unwrap_or(lo);
+            lo = match hi {
+                // Halved, or up to the newest row read when that is higher
+                // (the rows read are a sample of the window when ids are not
+                // in creation order).
+                Some(h) => (lo + (h - lo) / 2).max(newest),
                 None => {
-                    let up = lo.saturating_add(step).min(MAX_MS);
-                    step = step.saturating_mul(8);
+                    let up = lo.saturating_add(width).max(newest).min(MAX_MS);
+                    width = width.saturating_mul(8);
                     up
                 }
             };
             continue;
         }
-        // Nothing older matches (one row asked of what lies below it): the
-        // window holds every match, and no wider one need be read.
-        if window.rows.len() > s.n || lo == floor || whole || !any_before(pages, s, lo).await? {
-            return Ok(listing(window.rows, s.n, window.with_grants, Some(scan_cut)));
+        let held = window.rows.len();
+        let top = hi.unwrap_or_else(|| {
+            window
+                .rows
+                .iter()
+                .filter_map(|(r, _)| created(r))
+                .max()
+                .map_or(lo, |t| t + 1)
+        });
+        kept.extend(window.rows);
+        if kept.len() > s.n || lo == floor {
+            break;
         }
-        too_few = Some(lo);
-        lo = match too_many {
-            Some(m) => m + (lo - m) / 2,
+        hi = Some(lo);
+        if whole {
+            // Read down to it: below it, nothing is known.
+            over = None;
+        }
+        lo = match over {
+            // The window below held more than a window takes (and may
+            // still): halve it.
+            Some(o) if lo - o <= 1 => o,
+            Some(o) => o + (lo - o) / 2,
+            None if held == 0 => match older_than(pages, s, lo).await? {
+                // Nothing older: every match is kept.
+                None => break,
+                // Down to a match, at least.
+                Some(t) => t.min(lo.saturating_sub(width.saturating_mul(8))).max(floor),
+            },
             None => {
-                let down = lo.saturating_sub(step).max(floor);
-                step = step.saturating_mul(8);
-                down
+                // As wide as the last window's rows say the rows still
+                // wanted (at most a page of them) need, up to eight times
+                // as wide.
+                let span = top.saturating_sub(lo).max(1);
+                let want = (s.n + 1 - kept.len()).min(s.page) as u128;
+                let fit = (u128::from(span) * want / held as u128).min(u128::from(span) * 8);
+                width = u64::try_from(fit).unwrap_or(MAX_MS).max(1);
+                lo.saturating_sub(width).max(floor)
             }
         };
     }
+    Ok(listing(kept, s.n, with_grants, Some(scan_cut)))
+}
+
+/// A record's `created_at_ms`.
+fn created(record: &Value) -> Option<u64> {
+    record.get("created_at_ms").and_then(Value::as_u64)
 }
 
 /// `rows` sorted newest first and cut at `n`.
@@ -145,9 +197,9 @@ fn listing(mut rows: Vec<Row>, n: usize, with_grants: bool, scan_cut: Option<Str
     }
 }
 
-/// Whether any match was created before `before` (and at or after
-/// `--created-from`): one row asked.
-async fn any_before(pages: &impl Pages, s: &Search<'_>, before: u64) -> Result<bool, ClientError> {
+/// When a match created before `before` (and at or after
+/// `--created-from`) was created, if any does: one row asked.
+async fn older_than(pages: &impl Pages, s: &Search<'_>, before: u64) -> Result<Option<u64>, ClientError> {
     let mut pairs = s.filters.to_vec();
     pairs.extend(s.created_from.map(|t| ("created_from_ms", t.to_string())));
     pairs.push(("created_before_ms", before.to_string()));
@@ -156,7 +208,8 @@ async fn any_before(pages: &impl Pages, s: &Search<'_>, before: u64) -> Result<b
     Ok(page
         .get("processes")
         .and_then(Value::as_array)
-        .is_some_and(|p| !p.is_empty()))
+        .and_then(|p| p.first())
+        .map(|r| created(r).unwrap_or(0)))
 }
 
 /// The rows read, and where the next page starts when reading stopped with
@@ -186,18 +239,18 @@ pub(super) fn page_rows(page: &Value) -> (Vec<Row>, Option<String>, bool) {
     (rows, next, grants.is_some())
 }
 
-/// The matches created at or after `from` (and before `--created-before`),
-/// page after page in id order, stopping once `stop_at` are read with more
-/// to read.
+/// The matches created at or after `from` and before `before`, page after
+/// page in id order, stopping once `stop_at` are read with more to read.
 async fn read(
     pages: &impl Pages,
     s: &Search<'_>,
     from: Option<u64>,
+    before: Option<u64>,
     stop_at: Option<usize>,
 ) -> Result<Read, ClientError> {
     let mut pairs = s.filters.to_vec();
     pairs.extend(from.map(|t| ("created_from_ms", t.to_string())));
-    pairs.extend(s.created_before.map(|t| ("created_before_ms", t.to_string())));
+    pairs.extend(before.map(|t| ("created_before_ms", t.to_string())));
     pairs.push(("limit", s.page.to_string()));
     let (mut rows, mut with_grants) = (Vec::new(), false);
     let mut after_id: Option<String> = None;
@@ -246,6 +299,7 @@ mod tests {
         p: Processes,
         clock: Arc<ManualClock>,
         handed: AtomicUsize,
+        asked: AtomicUsize,
     }
 
     impl Registry {
@@ -259,6 +313,7 @@ mod tests {
                 p,
                 clock,
                 handed: AtomicUsize::new(0),
+                asked: AtomicUsize::new(0),
             }
         }
 
@@ -288,6 +343,7 @@ mod tests {
                 .map_err(|e| ClientError::Usage(e.to_string()))?;
             let page = self.p.list(&f).await.map_err(|e| ClientError::Usage(e.to_string()))?;
             self.handed.fetch_add(page.items.len(), Ordering::Relaxed);
+            self.asked.fetch_add(1, Ordering::Relaxed);
             Ok(json!({"processes": page.items, "next_after_id": page.next_after_id}))
         }
     }
@@ -411,7 +467,79 @@ mod tests {
         assert_eq!(ids(&listing.rows), all);
         assert!(!listing.more && listing.scan_cut.is_some());
         let handed = r.handed.load(Ordering::Relaxed);
-        assert!(handed <= 2 * all.len(), "read {handed} rows to list {}", all.len());
+        // Windows of at most two pages (of 4 here): a few are read past
+        // their rows and narrowed.
+        assert!(handed <= 5 * all.len(), "read {handed} rows to list {}", all.len());
+        r.p.shutdown().await;
+    }
+
+    /// A short listing of a long history reads about what it shows: not
+    /// the first [`LS_SCAN_LIMIT`] matches in id order, nor pages of the
+    /// server's largest size.
+    #[tokio::test]
+    async fn a_short_listing_reads_about_what_it_shows() {
+        let r = Registry::new();
+        const N: u64 = 3_000;
+        for i in 0..N {
+            // Ids scattered over the id order, a few starts a millisecond.
+            r.start_at(&format!("s{:04}", (i * 1_777) % N), i / 3).await;
+        }
+        for n in [1, 20] {
+            let s = Search {
+                scan_limit: LS_SCAN_LIMIT,
+                page: page_for(n),
+                ..search(n)
+            };
+            let all = r.all_newest(&s).await;
+            r.handed.store(0, Ordering::Relaxed);
+            let listing = newest(&r, &s).await.expect("list");
+            assert_eq!(ids(&listing.rows), all[..n], "n={n}");
+            assert!(listing.more);
+            let handed = r.handed.load(Ordering::Relaxed);
+            assert!(handed <= 1_000, "n={n}: read {handed} rows of {N}");
+        }
+        r.p.shutdown().await;
+    }
+
+    /// Ids in creation order (the first read in id order holds the
+    /// oldest), in bursts with gaps between them and crowded milliseconds:
+    /// the newest are shown for every `n`, and a short listing makes few
+    /// requests of few rows.
+    #[tokio::test]
+    async fn bursts_gaps_and_ids_in_creation_order() {
+        let r = Registry::new();
+        let mut at = 0u64;
+        let mut seed = 7u64;
+        for i in 0..2_000u64 {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            at += match (seed >> 33) % 100 {
+                0 => 3_600_000,
+                1..=9 => 60_000,
+                10..=39 => 0,
+                _ => (seed >> 40) % 50,
+            };
+            r.start_at(&format!("k{i:05}"), at).await;
+        }
+        for n in [1, 7, 20, 99, 100, 101, 450, 1_999, 2_000, 2_001] {
+            let s = Search {
+                scan_limit: 500,
+                page: page_for(n),
+                ..search(n)
+            };
+            let all = r.all_newest(&s).await;
+            r.handed.store(0, Ordering::Relaxed);
+            r.asked.store(0, Ordering::Relaxed);
+            let listing = newest(&r, &s).await.expect("list");
+            assert_eq!(ids(&listing.rows), all[..n.min(all.len())], "n={n}");
+            assert_eq!(listing.more, all.len() > n, "n={n}");
+            let (handed, asked) = (r.handed.load(Ordering::Relaxed), r.asked.load(Ordering::Relaxed));
+            if n <= 20 {
+                // Of 2,000, where the first read in id order is the oldest.
+                assert!(asked <= 30 && handed <= 600, "n={n}: {asked} requests, {handed} rows");
+            }
+        }
         r.p.shutdown().await;
     }
 

@@ -1845,7 +1845,7 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
             created_before: args.created_before,
             n,
             scan_limit: ls::LS_SCAN_LIMIT,
-            page: cairn_core::MAX_PAGE_SIZE,
+            page: ls::page_for(n),
         };
         let listing = ls::newest(client, &search).await?;
         if listing.more {
