@@ -518,6 +518,7 @@ pub(crate) fn open_writer_waiting(path: &Path, busy_timeout: Duration, lock_wait
     // The write connection gathers each transaction's WAL appends into one
     // write (ADR 0023); it relies on synchronous=FULL, set below.
     crate::vfs::register().map_err(|e| CairnError::storage(format!("sqlite database `{}`: {e}", shown(path))))?;
+    check_regular(path)?;
     create_private(path);
     let mut conn =
         Connection::open_with_flags_and_vfs(path, flags, crate::vfs::NAME).map_err(|e| open_error(path, e))?;
@@ -547,6 +548,39 @@ pub(crate) fn open_writer_waiting(path: &Path, busy_timeout: Duration, lock_wait
 /// mode (the mode applies only to a file this makes), a symlink is followed
 /// as SQLite follows it, `:memory:` (which SQLite takes for no file) is left
 /// alone, and a failure is left to the open that follows, which says why.
+/// Refuse a path that names something other than a regular file (a FIFO,
+/// which opening would wait on for a writer for ever; a device; a
+/// directory) before anything opens it or writes beside it.
+fn check_regular(path: &Path) -> Result<()> {
+    if !names_a_file(path) {
+        return Ok(());
+    }
+    let Ok(meta) = std::fs::metadata(path) else {
+        // Absent (it is created), or unreadable: opening says why.
+        return Ok(());
+    };
+    let ft = meta.file_type();
+    if ft.is_file() {
+        return Ok(());
+    }
+    use std::os::unix::fs::FileTypeExt;
+    let what = if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    };
+    Err(CairnError::storage(format!(
+        "sqlite database `{}` is {what}: name a file (one that is not there is created)",
+        shown(path)
+    )))
+}
+
 fn create_private(path: &Path) {
     use std::os::unix::fs::OpenOptionsExt;
     if !names_a_file(path) {

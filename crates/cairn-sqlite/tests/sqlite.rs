@@ -183,6 +183,41 @@ async fn a_text_file_is_refused_and_left_untouched() {
     assert_eq!(names, vec!["cairn.db".to_string()], "no journal or WAL files were made");
 }
 
+/// A path naming a FIFO (which opening would wait on for ever) or a
+/// directory is refused at once, saying what it names, and nothing is made
+/// beside it.
+#[tokio::test]
+async fn a_fifo_or_a_directory_is_refused_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("pipe.db");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let sub = dir.path().join("sub.db");
+    std::fs::create_dir(&sub).expect("mkdir");
+    for (path, what) in [(fifo.clone(), "is a FIFO"), (sub.clone(), "is a directory")] {
+        // On a thread of its own: an open that waits on the FIFO never returns.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(SqliteRegistry::open(&path, Arc::new(ManualClock::new(T0))).err());
+        });
+        let err = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("refused without waiting")
+            .expect("must refuse");
+        let msg = storage_message(err);
+        assert!(msg.contains(what), "{msg}");
+    }
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["pipe.db", "sub.db"], "nothing was made beside them");
+}
+
 #[tokio::test]
 async fn another_applications_database_is_refused_and_left_untouched() {
     let dir = tempfile::tempdir().expect("tempdir");
