@@ -50,12 +50,23 @@ pub(crate) fn is_busy(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// Whether `e` is SQLite finding the disk full: the statement or commit
+/// that met it was rolled back, and room made later lets it through.
+pub(crate) fn is_disk_full(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+}
+
 impl From<Fault> for CairnError {
     fn from(f: Fault) -> Self {
         match f {
             Fault::Cairn(e) => e,
             Fault::Sql(e) if is_busy(&e) => CairnError::Unavailable(format!(
                 "sqlite: the database is locked by another connection; nothing was written, try again ({e})"
+            )),
+            // A full disk passes when room is made, and the write that met it
+            // was rolled back: as a lock held elsewhere, it is the moment's.
+            Fault::Sql(e) if is_disk_full(&e) => CairnError::Unavailable(format!(
+                "sqlite: the disk is full; nothing was written, try again once there is room ({e})"
             )),
             Fault::Sql(e) => CairnError::storage_caused_by(format!("sqlite: {e}"), e),
             Fault::Json(e) => CairnError::storage(format!("stored data does not decode: {e}")),
@@ -1272,6 +1283,27 @@ mod tests {
             .collect::<rusqlite::Result<Vec<String>>>()
             .expect("plan");
         rows.join(" | ")
+    }
+
+    /// A write that finds the disk full (here: the file at its page bound)
+    /// is `unavailable`, the moment's, as a lock held elsewhere is: it was
+    /// rolled back, and room made later lets it through.
+    #[test]
+    fn a_full_disk_is_unavailable_not_a_storage_fault() {
+        let conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch("CREATE TABLE t (b BLOB); PRAGMA max_page_count = 8;")
+            .expect("setup");
+        let full = conn
+            .execute("INSERT INTO t VALUES (zeroblob(1000000))", [])
+            .expect_err("past the bound");
+        assert!(is_disk_full(&full), "{full:?}");
+        let err = CairnError::from(Fault::Sql(full));
+        assert_eq!(err.code(), "unavailable", "{err}");
+        assert!(err.to_string().contains("the disk is full"), "{err}");
+        let other = conn
+            .execute("INSERT INTO nowhere VALUES (1)", [])
+            .expect_err("no table");
+        assert_eq!(CairnError::from(Fault::Sql(other)).code(), "storage");
     }
 
     fn fresh() -> (tempfile::TempDir, Connection) {

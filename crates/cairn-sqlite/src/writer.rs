@@ -456,9 +456,15 @@ fn run_batch(conn: &mut Connection, jobs: Vec<Box<dyn Job>>, counters: &Counters
                         *left = Some(at_begin + moved);
                     }
                     counters.attempts_ended.fetch_add(1, Ordering::SeqCst);
-                    committed
-                        .err()
-                        .map(|e| CairnError::storage(format!("sqlite: commit failed, nothing was written: {e}")))
+                    committed.err().map(|e| {
+                        if store::is_disk_full(&e) {
+                            CairnError::Unavailable(format!(
+                                "sqlite: the disk is full; nothing was written, try again once there is room ({e})"
+                            ))
+                        } else {
+                            CairnError::storage(format!("sqlite: commit failed, nothing was written: {e}"))
+                        }
+                    })
                 }
                 Err(e) => {
                     drop(tx);
