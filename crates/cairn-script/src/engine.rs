@@ -144,13 +144,6 @@ impl Drop for Ends {
     }
 }
 
-/// The most work one call of an array built-in that makes no interrupt polls
-/// may be given ([`weigh`]): its length times the objects an element's
-/// lookup may visit (the receiver, its prototypes, a proxy's target), and
-/// for a sort its comparisons too (the length times its logarithm). At
-/// some 20 to 60 ns a visit, a call runs for a second at most.
-pub const NATIVE_WORK: f64 = (1u64 << 25) as f64;
-
 /// Why the interrupt handler stopped the script.
 pub(crate) const RUN: u8 = 0;
 pub(crate) const CPU: u8 = 1;
@@ -539,92 +532,10 @@ fn prelude<'js>(
     native: Function<'js>,
     process_id: &str,
     args: &Value,
-    clock: &Clock,
 ) -> rquickjs::Result<Object<'js>> {
     let factory: Function = ctx.eval(PRELUDE)?;
     let js_args = ctx.json_parse(args.to_string())?;
-    let poll = {
-        let clock = clock.clone();
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>| -> rquickjs::Result<()> {
-            clock.poll(&ctx)
-        })?
-    };
-    let weigh = Function::new(ctx.clone(), weigh)?;
-    factory.call((native, process_id, js_args, poll, weigh, NATIVE_WORK))
-}
-
-/// What an activation's stop is read from: why it stopped, and the CPU time
-/// of its thread when it began and its allowance.
-#[derive(Clone)]
-pub(crate) struct Clock {
-    stop: Arc<AtomicU8>,
-    started: Duration,
-    cpu: Duration,
-}
-
-impl Clock {
-    /// The interrupt handler's check, made where the prelude guards a
-    /// native built-in that makes no interrupt polls: past the CPU time, or
-    /// once the script is stopped, it throws the engine's own uncatchable
-    /// "interrupted" error, as the handler does.
-    fn poll(&self, ctx: &Ctx<'_>) -> rquickjs::Result<()> {
-        if self.stop.load(Ordering::Relaxed) == RUN && thread_cpu().saturating_sub(self.started) > self.cpu {
-            let _ = self.stop.compare_exchange(RUN, CPU, Ordering::SeqCst, Ordering::SeqCst);
-        }
-        if self.stop.load(Ordering::Relaxed) == RUN {
-            return Ok(());
-        }
-        let thrown = rquickjs::Exception::throw_internal(ctx, "interrupted");
-        let raw = ctx.as_raw().as_ptr();
-        // SAFETY: the exception just thrown is taken, marked uncatchable
-        // and thrown again (`JS_Throw` takes it back); the context is this
-        // thread's, entered.
-        unsafe {
-            let exception = rquickjs::qjs::JS_GetException(raw);
-            rquickjs::qjs::JS_SetUncatchableError(raw, exception);
-            rquickjs::qjs::JS_Throw(raw, exception);
-        }
-        Err(thrown)
-    }
-}
-
-/// The work an array built-in that makes no interrupt polls would do over
-/// `length` elements of `receiver`, or infinity past `left` ([`NATIVE_WORK`]):
-/// the length times the objects one element's lookup may visit (the
-/// receiver, its prototypes, a proxy's target and its own: walked as the
-/// lookup walks them, not as a proxy's traps say, and no further than
-/// `left`), plus for a sort the length times its logarithm (its comparisons).
-fn weigh<'js>(ctx: Ctx<'js>, receiver: JsValue<'js>, length: f64, sorts: bool, left: f64) -> f64 {
-    if length.is_nan() || length <= 0.0 {
-        return 0.0;
-    }
-    let compares = if sorts { (length + 1.0).log2().ceil() } else { 0.0 };
-    let raw = ctx.as_raw().as_ptr();
-    let mut visits = 0.0;
-    let mut at = receiver;
-    while at.is_object() {
-        visits += 1.0;
-        if length * (visits + compares) > left {
-            return f64::INFINITY;
-        }
-        // SAFETY: both answer a new reference (an exception for a revoked
-        // proxy, taken below), which `from_raw` owns; a proxy's target is
-        // read without its traps, and an ordinary object's prototype is its own.
-        let next = unsafe {
-            if at.is_proxy() {
-                rquickjs::qjs::JS_GetProxyTarget(raw, at.as_raw())
-            } else {
-                rquickjs::qjs::JS_GetPrototype(raw, at.as_raw())
-            }
-        };
-        // SAFETY: `next` is a new reference of this context.
-        at = unsafe { JsValue::from_raw(ctx.clone(), next) };
-        if at.is_exception() {
-            let _ = ctx.catch();
-            break;
-        }
-    }
-    length * (visits + compares)
+    factory.call((native, process_id, js_args))
 }
 
 /// The context calls of a module's top level at store time, when no
@@ -1223,15 +1134,14 @@ const ESCAPES_ALLOWED: u32 = 16;
 /// [`ESCAPES_ALLOWED`] interruptions is given up: `on_escape` tells the
 /// caller how it ended, and this thread is parked for good (it cannot be
 /// unwound): it holds its heap, at most the limit, and no processor, and
-/// `watch` counts it held ([`crate::MAX_HELD_THREADS`]). The [`Clock`]
-/// answered is what the prelude's guards of native built-ins check.
+/// `watch` counts it held ([`crate::MAX_HELD_THREADS`]).
 pub(crate) fn runtime(
     limits: &Limits,
     stop: Arc<AtomicU8>,
     outside: Arc<std::sync::atomic::AtomicUsize>,
     on_escape: Box<dyn FnOnce() + Send>,
     watch: Arc<Watch>,
-) -> Result<(Runtime, Context, Clock), String> {
+) -> Result<(Runtime, Context), String> {
     // Below the minimum QuickJS cannot build its intrinsics, and a refused
     // allocation while it does is not always checked: never try.
     limits.check()?;
@@ -1255,11 +1165,6 @@ pub(crate) fn runtime(
     rt.set_loader(NoImports, NoImports);
     let context = Context::full(&rt).map_err(|e| e.to_string())?;
     armed.store(true, Ordering::SeqCst);
-    let clock = Clock {
-        stop: stop.clone(),
-        started,
-        cpu,
-    };
     let mut on_escape = Some(on_escape);
     let mut after_stop = 0u32;
     rt.set_interrupt_handler(Some(Box::new(move || {
@@ -1282,7 +1187,7 @@ pub(crate) fn runtime(
         }
         false
     })));
-    Ok((rt, context, clock))
+    Ok((rt, context))
 }
 
 /// Run the job queue until it is empty, or the script is stopped.
@@ -1476,7 +1381,7 @@ fn compile(
     watch: Arc<Watch>,
 ) -> ExportsAnswer {
     let fail = |m: String| (false, json!({"code": "script_engine", "message": m, "stack": null}));
-    let (rt, context, clock) = runtime(limits, stop.clone(), Arc::default(), on_escape, watch).map_err(fail)?;
+    let (rt, context) = runtime(limits, stop.clone(), Arc::default(), on_escape, watch).map_err(fail)?;
     REFUSED_IMPORT.with(|r| r.borrow_mut().take());
     let answer = context.with(|ctx| {
         // The module loads with the globals an activation gives it.
@@ -1493,7 +1398,7 @@ fn compile(
             },
         )
         .map_err(|e| fail(e.to_string()))?;
-        let api = prelude(&ctx, native, "", &Value::Null, &clock).map_err(|e| fail(e.to_string()))?;
+        let api = prelude(&ctx, native, "", &Value::Null).map_err(|e| fail(e.to_string()))?;
         let declared = Module::declare(ctx.clone(), MODULE_NAME, source).map_err(|_| (true, caught(&ctx, None)))?;
         let (module, promise) = declared.eval().map_err(|_| (false, caught(&ctx, Some(&api))))?;
         run_jobs(&ctx, &stop);
@@ -1643,7 +1548,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
         })
     };
     let outside = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (_rt, context, clock) = match runtime(&limits, stop.clone(), outside.clone(), on_escape, watch) {
+    let (_rt, context) = match runtime(&limits, stop.clone(), outside.clone(), on_escape, watch) {
         Ok(built) => built,
         Err(e) => return end(engine_failure(e), Vec::new()),
     };
@@ -1684,7 +1589,7 @@ pub(crate) fn activate(setup: Setup, steps: UnboundedSender<Step>, replies: Rece
                 },
             )
         };
-        let api = match native.and_then(|native| prelude(&ctx, native, process_id.as_str(), &args, &clock)) {
+        let api = match native.and_then(|native| prelude(&ctx, native, process_id.as_str(), &args)) {
             Ok(api) => api,
             Err(_) => {
                 let err = caught(&ctx, None);

@@ -37,18 +37,17 @@ use serde_json::{json, Value};
 
 use engine::{Entry, Reply, Setup, Step, Watch, ABORT};
 
-pub use engine::NATIVE_WORK;
-
 /// The most engine threads that may be held at once before the engine
-/// refuses further compiles (`unavailable`) and activations (failed
-/// `script_engine_held`). A thread is held when a script ran on past its
-/// stop: parked for good (inside promise executors), or never answering
-/// after its stop (a built-in the engine cannot interrupt; such a thread
-/// may go on using a processor, at the lowest priority). Each keeps its
-/// heap, up to the heap limit, until the server stops. Eight bounds that
-/// at 512 MiB with the default 64 MiB heap, and at a few processors,
-/// while an occasional runaway script does not stop the server from
-/// running the others; past it, the server must be restarted.
+/// refuses further compiles (`unavailable`: nothing is stored, so nothing
+/// durable is lost; the module can be put again after a restart). A thread
+/// is held when a script ran on past its stop: parked for good (inside
+/// promise executors), or never answering after its stop (a built-in the
+/// engine cannot interrupt; such a thread may go on using a processor, at
+/// the lowest priority). Each keeps its heap, up to the heap limit, until
+/// it ends or the server stops. Activations are not refused at the bound:
+/// one refused would fail a durable process, maybe another session's,
+/// for good; they run, and a server whose memory runs out is killed and
+/// recovers its processes as their dispositions say.
 pub const MAX_HELD_THREADS: usize = 8;
 
 /// How many engine threads are held now (see [`MAX_HELD_THREADS`]).
@@ -56,15 +55,15 @@ pub fn held_threads() -> usize {
     engine::held_threads()
 }
 
-/// Why the engine refuses to run anything more, once
+/// Why the engine refuses to compile anything more, once
 /// [`MAX_HELD_THREADS`] are held.
 fn held_refusal() -> Option<String> {
     let held = engine::held_threads();
     (held >= MAX_HELD_THREADS).then(|| {
         format!(
             "{held} script engine threads are held (at most {MAX_HELD_THREADS} may be): each ran a script on past \
-             its stop and keeps its memory until the server stops, so no more scripts are run or stored; \
-             restart the server to free them (its log names what each ran)"
+             its stop and keeps its memory until it ends or the server stops, so no more modules are \
+             stored; restart the server to free them (its log names what each ran)"
         )
     })
 }
@@ -304,10 +303,6 @@ impl cairn_core::ScriptEngine for QuickJs {
             Err(Replay::Store(e)) => return Outcome::failure("runtime", e.code(), e.to_string()),
             Err(Replay::OverLimit(message)) => return limit_outcome(&ctx, None, message),
         };
-        if let Some(refusal) = held_refusal() {
-            tracing::error!(process_id = ctx.process_id(), "a script was not run: {refusal}");
-            return Outcome::failure("runtime", "script_engine_held", refusal);
-        }
         let stop = Arc::new(AtomicU8::new(engine::RUN));
         let watch = Arc::new(Watch::new(format!(
             "process {} (module {}, function `{process_name}`)",

@@ -2,7 +2,7 @@
 // runs. Every effect goes through `native(kind, json)`, which the runner
 // answers from the journal or records as a new call; this file only turns its
 // answers into values and promises. It evaluates to the runner's handle.
-(function (native, processId, args, poll, weigh, nativeWork) {
+(function (native, processId, args) {
   "use strict";
   const pending = new Map();
   let outcome = null;
@@ -15,154 +15,6 @@
   const parse = JSON.parse;
   // Where a stack frame of this prelude points (QuickJS names it so).
   const PRELUDE_FRAME = "(eval_script:";
-
-  // The array built-ins that loop over a length of the receiver's choosing
-  // and never reach the engine's interrupt (QuickJS polls it in script code
-  // and a few built-ins only): on an array-like of length 2 ** 53 - 1 one
-  // call would run for ever, past the CPU limit and a cancellation. Each is
-  // replaced by a function of its name and length that first makes the
-  // interrupt's check (`poll`: past the stop, the engine's own uncatchable
-  // "interrupted" error) and refuses, with a RangeError, a call whose work
-  // is past `nativeWork` element lookups (the length times the objects one
-  // lookup may visit, `weigh`; for a sort, plus its comparisons), then runs
-  // the engine's own. `flat` and `flatMap`, which descend into the arrays
-  // they hold, are written here instead, so their loops are script code.
-  // The engine's own functions are kept here only.
-  (function () {
-    const AP = Array.prototype;
-    const apply = Reflect.apply;
-    const defineProperty = Object.defineProperty;
-    const toObject = Object;
-    const isArray = Array.isArray;
-    const ArrayCtor = Array;
-    const floor = Math.floor;
-    const trunc = Math.trunc;
-    const min = Math.min;
-    const Range = RangeError;
-    const Type = TypeError;
-    const spreadable = Symbol.isConcatSpreadable;
-    const species = Symbol.species;
-    const MAX_SAFE = Number.MAX_SAFE_INTEGER;
-    const lengthOf = (o) => {
-      const n = +o.length;
-      return n > 0 ? min(floor(n), MAX_SAFE) : 0;
-    };
-    const refuse = (name, length) =>
-      new Range(
-        `Array.prototype.${name} over ${length} elements of this receiver is past cairn's bound on one call of an array built-in (${nativeWork} element lookups, counting each prototype or proxy target a lookup may visit): the engine cannot stop such a call midway; loop over the elements in the script instead`,
-      );
-    // The work of one receiver and its length (`Infinity` past what is
-    // left); none for null or undefined, which the engine's own refuses.
-    const work = (o, sorts, left) => {
-      if (o === null || o === undefined) return { length: 0, used: 0 };
-      const obj = toObject(o);
-      const length = lengthOf(obj);
-      return { length, used: weigh(obj, length, sorts, left) };
-    };
-    const guarded = (name, sorts) => {
-      const own = AP[name];
-      const f = {
-        [name](...a) {
-          poll();
-          const w = work(this, sorts, nativeWork);
-          if (w.used > nativeWork) throw refuse(name, w.length);
-          return apply(own, this, a);
-        },
-      }[name];
-      defineProperty(f, "length", { value: own.length, configurable: true });
-      return f;
-    };
-    const replaced = {};
-    for (const name of ["join", "toLocaleString", "reverse", "toReversed", "fill", "copyWithin", "with", "slice", "splice", "toSpliced", "shift", "unshift"]) {
-      replaced[name] = guarded(name, false);
-    }
-    for (const name of ["sort", "toSorted"]) replaced[name] = guarded(name, true);
-    // `concat` spreads its receiver and arguments: their work together.
-    {
-      const own = AP.concat;
-      const f = {
-        concat(...items) {
-          poll();
-          let left = nativeWork;
-          const all = [this, ...items];
-          for (let i = 0; i < all.length; i++) {
-            const o = all[i];
-            if ((typeof o !== "object" && typeof o !== "function") || o === null) continue;
-            const s = o[spreadable];
-            if (s === undefined ? !isArray(o) : !s) continue;
-            const w = work(o, false, left);
-            left -= w.used;
-            if (left < 0) throw refuse("concat", w.length);
-          }
-          return apply(own, this, items);
-        },
-      }.concat;
-      defineProperty(f, "length", { value: own.length, configurable: true });
-      replaced.concat = f;
-    }
-    // ArraySpeciesCreate(O, 0) and FlattenIntoArray, as the specification
-    // writes them.
-    const speciesCreate = (o) => {
-      if (!isArray(o)) return new ArrayCtor(0);
-      let C = o.constructor;
-      if ((typeof C === "object" && C !== null) || typeof C === "function") {
-        C = C[species];
-        if (C === null) C = undefined;
-      }
-      if (C === undefined) return new ArrayCtor(0);
-      if (typeof C !== "function") throw new Type("the array's species is not a constructor");
-      return new C(0);
-    };
-    const flatten = (target, source, sourceLength, start, depth, mapper, thisArg) => {
-      let at = start;
-      for (let i = 0; i < sourceLength; i++) {
-        if (!(i in source)) continue;
-        let element = source[i];
-        if (mapper !== undefined) element = apply(mapper, thisArg, [element, i, source]);
-        if (depth > 0 && isArray(element)) {
-          at = flatten(target, element, lengthOf(element), at, depth - 1);
-        } else {
-          if (at >= MAX_SAFE) throw new Type("the flattened array is too long");
-          defineProperty(target, at, { value: element, writable: true, enumerable: true, configurable: true });
-          at++;
-        }
-      }
-      return at;
-    };
-    replaced.flat = {
-      flat() {
-        poll();
-        if (this === null || this === undefined) throw new Type("Array.prototype.flat called on null or undefined");
-        const o = toObject(this);
-        const length = lengthOf(o);
-        const given = arguments[0];
-        let depth = 1;
-        if (given !== undefined) {
-          const n = +given;
-          depth = n !== n ? 0 : trunc(n);
-          if (depth < 0) depth = 0;
-        }
-        const a = speciesCreate(o);
-        flatten(a, o, length, 0, depth);
-        return a;
-      },
-    }.flat;
-    replaced.flatMap = {
-      flatMap(mapper) {
-        poll();
-        if (this === null || this === undefined) throw new Type("Array.prototype.flatMap called on null or undefined");
-        const o = toObject(this);
-        const length = lengthOf(o);
-        if (typeof mapper !== "function") throw new Type("Array.prototype.flatMap's mapper is not a function");
-        const a = speciesCreate(o);
-        flatten(a, o, length, 0, 1, mapper, arguments[1]);
-        return a;
-      },
-    }.flatMap;
-    for (const name of Object.keys(replaced)) {
-      defineProperty(AP, name, { value: replaced[name], writable: true, enumerable: false, configurable: true });
-    }
-  })();
 
   // A stack frame's function is not the script's to have (V8 answers
   // `undefined` for strict code too): a frame of the engine's own `Date`,
@@ -381,6 +233,8 @@
       if (bad) return refuse(bad);
       const given = opts ? opts.disposition : undefined;
       const payload = { name, args: toolArgs === undefined ? null : toolArgs, disposition: given || "rerunnable" };
+      // A Symbol travels as nothing (JSON leaves it out): named as it is.
+      if (typeof name === "symbol") return refused("tool", payload, `ctx.tool(name, args) takes a string, not ${String(name)}`);
       if (given === undefined || (typeof given === "string" && given !== "")) return call("tool", payload);
       // No string: sent as it travelled before (`given || "rerunnable"`).
       const json = once(given || "rerunnable");
@@ -414,7 +268,10 @@
       }
       return call("start", { request: sent });
     },
-    wait: (id) => call("wait", { id }),
+    wait: (id) =>
+      typeof id === "symbol"
+        ? refused("wait", { id }, `ctx.wait(id) takes the id of a child process (a string), not ${String(id)}`)
+        : call("wait", { id }),
     turn: (session, input, outputContract) =>
       call("turn", { session, input: input === undefined ? null : input, output_contract: outputContract === undefined ? null : outputContract }),
     sleep: (ms) =>

@@ -3812,7 +3812,8 @@ async fn a_name_that_is_not_a_string_is_named_in_the_refusal() {
         r#"export async function main(ctx) {
             const msg = (p) => p.then(() => "resolved", (e) => e.code + ": " + e.message);
             return [await msg(ctx.tool(5, {})), await msg(ctx.emit(5, {})), await msg(ctx.waitSignal(5)),
-                await msg(ctx.emit(Symbol("t"), {})), await msg(ctx.sleep(-1))];
+                await msg(ctx.emit(Symbol("t"), {})), await msg(ctx.sleep(-1)),
+                await msg(ctx.tool(Symbol("x"), {})), await msg(ctx.wait(Symbol("w")))];
         }"#,
     )
     .await;
@@ -3825,6 +3826,8 @@ async fn a_name_that_is_not_a_string_is_named_in_the_refusal() {
             "invalid_request: ctx.waitSignal(name) takes a string, not 5",
             "invalid_request: ctx.emit(type, payload) takes a string, not Symbol(t)",
             "invalid_request: ctx.sleep(ms) takes a number of milliseconds from 0 up, not -1",
+            "invalid_request: ctx.tool(name, args) takes a string, not Symbol(x)",
+            "invalid_request: ctx.wait(id) takes the id of a child process (a string), not Symbol(w)",
         ]))),
         "{rec:?}"
     );

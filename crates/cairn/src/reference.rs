@@ -309,12 +309,6 @@ const FAILURE_CODES: &[(&str, &str, &str)] = &[
         "the script engine itself failed (not the script)",
     ),
     (
-        "runtime",
-        "script_engine_held",
-        "the script was not run: 8 engine threads are held by scripts that ran on past their stop (each \
-         keeps its heap until the server stops); restart the server to free them",
-    ),
-    (
         "turn",
         "max_steps",
         "the turn made `max_steps` model calls without a final answer",
