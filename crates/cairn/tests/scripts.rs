@@ -429,3 +429,25 @@ async fn a_script_cancelled_while_suspended_cleans_up_on_postgres() {
     let schema = cairn_postgres::testing::TestSchema::new("cairn_script_cancel");
     cancel_scenario(&schema.db_url()).await;
 }
+
+/// A module whose top level runs on past its stop (inside promise
+/// executors, where the engine's interrupt becomes a rejection) is refused,
+/// and its engine thread, held until the server stops, is counted in
+/// `/metrics` for an operator to see (and restart the server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_engine_thread_is_counted_in_metrics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("held.db").display());
+    let server = Server::start_on(&db, &["--script-cpu", "100ms", "--script-heap-bytes", "4194304"]).await;
+    let c = server.client();
+    let held = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("cairn_script_threads_held "))
+            .map(str::to_string)
+    };
+    assert_eq!(held(&c.metrics().await).as_deref(), Some("0"));
+    let escape = "for (;;) { new Promise(() => { for (;;) {} }); }\nexport async function f() { return 1; }";
+    let (s, e) = c.post("/v1/modules", json!({"source": escape})).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (400, Some("invalid_module")), "{e}");
+    assert_eq!(held(&c.metrics().await).as_deref(), Some("1"));
+}

@@ -82,6 +82,7 @@ pub struct Metrics {
     worker_runs: Gauge,
     pending_wakes: Gauge,
     store_up: Gauge,
+    script_threads_held: Gauge,
 }
 
 impl Default for Metrics {
@@ -177,6 +178,12 @@ impl Metrics {
             "cairn_store_up",
             "1 when the store answered this scrape's counts; 0 when it did not (the counts read at scrape keep their last values)",
         );
+        let script_threads_held = gauge(
+            &mut registry,
+            "cairn_script_threads_held",
+            "Script engine threads held: each ran a script on past its stop and keeps its heap until it ends or the \
+             server stops; at 8, module puts are refused until a restart",
+        );
         registry.register(
             "cairn_build",
             "Version and storage backend of this server",
@@ -202,6 +209,7 @@ impl Metrics {
             worker_runs,
             pending_wakes,
             store_up,
+            script_threads_held,
         }
     }
 
@@ -261,6 +269,8 @@ impl Metrics {
         }
         let runs = processes.worker().map(|w| w.running().len()).unwrap_or(0);
         self.worker_runs.set(i64::try_from(runs).unwrap_or(i64::MAX));
+        let held = cairn_script::held_threads();
+        self.script_threads_held.set(i64::try_from(held).unwrap_or(i64::MAX));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .map_err(|_| cairn_core::CairnError::storage("cannot render metrics"))?;
