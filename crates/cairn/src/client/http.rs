@@ -235,7 +235,9 @@ fn with_cause(e: &reqwest::Error) -> String {
 /// postgres: ...`), which the error shows before it anyway.
 fn without_code<'a>(code: &str, message: &'a str) -> &'a str {
     let spoken = code.replace('_', " ");
-    [code, spoken.as_str()]
+    // `storage error: ...` says its code so.
+    let named = format!("{spoken} error");
+    [code, spoken.as_str(), named.as_str()]
         .iter()
         .find_map(|c| message.strip_prefix(*c).and_then(|m| m.strip_prefix(": ")))
         .unwrap_or(message)
@@ -813,6 +815,28 @@ fn api_error(status: u16, body: &Value) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error's message is shown without the code it begins with, in any
+    /// of the ways the server says it, so the code is said once.
+    #[test]
+    fn the_code_is_said_once() {
+        let api = |code: &str, message: &str| ClientError::Api {
+            status: 503,
+            code: code.into(),
+            message: message.into(),
+            tombstone: None,
+        };
+        for (code, message) in [
+            ("storage", "storage error: sqlite: disk I/O error"),
+            ("unavailable", "unavailable: sqlite: the disk is full"),
+            ("invalid_request", "invalid request: `x` is empty"),
+            ("storage", "sqlite: disk I/O error"),
+        ] {
+            let shown = api(code, message).to_string();
+            assert_eq!(shown.matches(code).count(), 1, "{shown}");
+            assert!(shown.starts_with(&format!("{code}: ")), "{shown}");
+        }
+    }
 
     /// A success whose body is not JSON (a web page where the server should
     /// be) is an error naming the server and the body, not an empty answer.
