@@ -113,7 +113,7 @@ impl Watch {
                 what = %self.what,
                 held,
                 most = crate::MAX_HELD_THREADS,
-                "a script engine thread is held until the server stops: {why}"
+                "a script engine thread is held until it ends or the server stops: {why}"
             );
             if let Some((_, tid)) = self.clock.get() {
                 // SAFETY: setpriority on a thread id of this process.

@@ -55,6 +55,35 @@ pub fn held_threads() -> usize {
     engine::held_threads()
 }
 
+/// The sources whose top level held an engine thread, by module ref, with
+/// the refusal they were answered: a put of one again is answered so at
+/// once, not run to hold another thread (eight such puts would refuse
+/// every module put). At most [`HELD_SOURCES_KEPT`].
+fn held_sources() -> std::sync::MutexGuard<'static, std::collections::HashMap<String, String>> {
+    static SOURCES: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, String>>> =
+        std::sync::LazyLock::new(Default::default);
+    SOURCES.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The most sources [`held_sources`] keeps.
+const HELD_SOURCES_KEPT: usize = 1024;
+
+/// `refusal` of a compile, remembered for its source when the compile's
+/// thread is held.
+fn remember_held(watch: &Watch, module_ref: String, refusal: CairnError) -> CairnError {
+    if watch.is_held() {
+        let mut sources = held_sources();
+        if sources.len() < HELD_SOURCES_KEPT {
+            let said = match &refusal {
+                CairnError::InvalidModule(m) => m.clone(),
+                other => other.to_string(),
+            };
+            sources.insert(module_ref, said);
+        }
+    }
+    refusal
+}
+
 /// Why the engine refuses to compile anything more, once
 /// [`MAX_HELD_THREADS`] are held.
 fn held_refusal() -> Option<String> {
@@ -249,14 +278,17 @@ impl cairn_core::ScriptEngine for QuickJs {
         cairn_core::script::check_source(source)?;
         // The engine's configuration, not the module, is wrong.
         self.limits.check().map_err(CairnError::Unavailable)?;
+        let module_ref = cairn_core::script::module_ref(source);
+        if let Some(refused) = held_sources().get(&module_ref) {
+            return Err(CairnError::InvalidModule(format!(
+                "{refused} (this source held an engine thread before: it is refused without running again)"
+            )));
+        }
         if let Some(refusal) = held_refusal() {
             return Err(CairnError::Unavailable(refusal));
         }
         let limits = self.limits.clone();
-        let watch = Arc::new(Watch::new(format!(
-            "the top level of module {}",
-            cairn_core::script::module_ref(source)
-        )));
+        let watch = Arc::new(Watch::new(format!("the top level of module {module_ref}")));
         let text = source.to_string();
         // The engine's thread has a stack of known size (its limit is set below it).
         // Its answer comes by channel, not by joining it: a top level that
@@ -270,31 +302,36 @@ impl cairn_core::ScriptEngine for QuickJs {
             .stack_size(8 << 20)
             .spawn(move || engine::exports(&limits, &text, tx, engine_watch))
             .map_err(|e| CairnError::Unavailable(format!("cannot start the script engine: {e}")))?;
-        let answer = await_compile(&rx, &watch, self.limits.cpu)?;
-        answer.map_err(|(syntax, err)| {
-            let message = err.get("message").and_then(Value::as_str).unwrap_or("invalid module");
-            let at = match (
-                err.get("line").and_then(Value::as_u64),
-                err.get("column").and_then(Value::as_u64),
-            ) {
-                (Some(line), Some(column)) => Some((line, column)),
-                _ => err.get("stack").and_then(Value::as_str).and_then(position),
-            }
-            .map(|(line, column)| located(source, line, column));
-            // The parser recurses into each nested bracket, block and
-            // expression: past its stack, the engine knows no position.
-            let message = if at.is_none() && message.contains("Maximum call stack size exceeded") {
-                format!("{message} (the module nests brackets, blocks or expressions too deeply to parse)")
-            } else {
-                message.to_string()
-            };
-            match (syntax, at) {
-                (true, Some(at)) => CairnError::InvalidModule(format!("{message} at {at}")),
-                (_, Some(at)) => CairnError::InvalidModule(format!("loading the module failed: {message} at {at}")),
-                (true, None) => CairnError::InvalidModule(message.to_string()),
-                (false, None) => CairnError::InvalidModule(format!("loading the module failed: {message}")),
-            }
-        })
+        let answer = match await_compile(&rx, &watch, self.limits.cpu) {
+            Ok(answer) => answer,
+            Err(e) => return Err(remember_held(&watch, module_ref, e)),
+        };
+        answer
+            .map_err(|(syntax, err)| {
+                let message = err.get("message").and_then(Value::as_str).unwrap_or("invalid module");
+                let at = match (
+                    err.get("line").and_then(Value::as_u64),
+                    err.get("column").and_then(Value::as_u64),
+                ) {
+                    (Some(line), Some(column)) => Some((line, column)),
+                    _ => err.get("stack").and_then(Value::as_str).and_then(position),
+                }
+                .map(|(line, column)| located(source, line, column));
+                // The parser recurses into each nested bracket, block and
+                // expression: past its stack, the engine knows no position.
+                let message = if at.is_none() && message.contains("Maximum call stack size exceeded") {
+                    format!("{message} (the module nests brackets, blocks or expressions too deeply to parse)")
+                } else {
+                    message.to_string()
+                };
+                match (syntax, at) {
+                    (true, Some(at)) => CairnError::InvalidModule(format!("{message} at {at}")),
+                    (_, Some(at)) => CairnError::InvalidModule(format!("loading the module failed: {message} at {at}")),
+                    (true, None) => CairnError::InvalidModule(message.to_string()),
+                    (false, None) => CairnError::InvalidModule(format!("loading the module failed: {message}")),
+                }
+            })
+            .map_err(|e| remember_held(&watch, module_ref, e))
     }
 
     async fn run(&self, ctx: ToolContext, module: Module, process_name: String, args: Value) -> Outcome {

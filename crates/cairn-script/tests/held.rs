@@ -1,7 +1,8 @@
 //! Engine threads a script held past its stop are counted: once
 //! `MAX_HELD_THREADS` are held, compiles are refused, saying the server
 //! must be restarted, while activations still run (a refused one would
-//! fail a durable process for good).
+//! fail a durable process for good); a source that held one is refused
+//! again without running.
 //! (Its own test binary: the threads it holds stay held until it exits.)
 
 use std::sync::Arc;
@@ -57,9 +58,14 @@ async fn held_engine_threads_are_bounded() {
             assert!(message.contains("its engine thread is held"), "{message}");
         } else {
             let top = format!("for (;;) new Promise(() => {{ for (;;) {{}} }});\nexport async function f{i}() {{}}");
-            let err = p.put_module(top, None).await.expect_err("refused");
+            let err = p.put_module(top.clone(), None).await.expect_err("refused");
             assert_eq!(err.code(), "invalid_module");
             assert!(err.to_string().contains("its engine thread is held"), "{err}");
+            // The same source again is refused without running: no second
+            // thread is held for it.
+            let again = p.put_module(top, None).await.expect_err("refused again");
+            assert_eq!(again.code(), "invalid_module");
+            assert!(again.to_string().contains("refused without running again"), "{again}");
         }
         assert_eq!(held_threads(), i + 1);
     }
