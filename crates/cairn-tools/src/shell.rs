@@ -14,7 +14,7 @@
 //! more lines are appended but one that says so, while the output is still
 //! read to its end (the command is never held up) and kept in the result's
 //! tails; once it ends, a last line of each stream that lost lines says how
-//! many lines and bytes were not kept.
+//! many lines and bytes (as the command wrote them) were not kept.
 //!
 //! The whole group is stopped (SIGTERM, then SIGKILL after a grace period;
 //! at once when the run lost its lease, as a peer may run the process from
@@ -903,6 +903,9 @@ impl Stream {
 struct Line {
     stream: Stream,
     text: String,
+    /// The bytes the command wrote for it: all of them, with its `\r` and
+    /// newline, however much of it `text` keeps.
+    written: u64,
 }
 
 /// Reads `pipe` line by line into `tx` until EOF.
@@ -913,9 +916,9 @@ async fn read_stream<R: AsyncRead + Unpin>(pipe: R, stream: Stream, tx: mpsc::Se
         // One byte over the limit is kept: it may be the `\r` of a `\r\n`,
         // which is no part of the line.
         match read_line_bounded(&mut reader, &mut buf, MAX_LINE_BYTES + 1).await {
-            Ok(Some(truncated)) => {
+            Ok(Some((truncated, written))) => {
                 let text = decode_line(&buf, truncated);
-                if tx.send(Line { stream, text }).await.is_err() {
+                if tx.send(Line { stream, text, written }).await.is_err() {
                     return;
                 }
             }
@@ -929,22 +932,22 @@ async fn read_stream<R: AsyncRead + Unpin>(pipe: R, stream: Stream, tx: mpsc::Se
 }
 
 /// Reads one line (without its `\n`) into `buf`, keeping at most `max` bytes
-/// and discarding the rest of the line. `Some(truncated)` for a line,
-/// `None` at EOF. A last line without `\n` is still a line.
+/// and discarding the rest of the line. `Some((truncated, written))` for a
+/// line, `written` counting every byte read for it (its `\n` too), `None` at
+/// EOF. A last line without `\n` is still a line.
 async fn read_line_bounded<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     buf: &mut Vec<u8>,
     max: usize,
-) -> std::io::Result<Option<bool>> {
+) -> std::io::Result<Option<(bool, u64)>> {
     buf.clear();
     let mut truncated = false;
-    let mut any = false;
+    let mut written = 0u64;
     loop {
         let chunk = reader.fill_buf().await?;
         if chunk.is_empty() {
-            return Ok(any.then_some(truncated));
+            return Ok((written > 0).then_some((truncated, written)));
         }
-        any = true;
         let newline = chunk.iter().position(|&b| b == b'\n');
         let content = newline.unwrap_or(chunk.len());
         let room = max.saturating_sub(buf.len());
@@ -955,9 +958,12 @@ async fn read_line_bounded<R: AsyncBufRead + Unpin>(
         match newline {
             Some(i) => {
                 reader.consume(i + 1);
-                return Ok(Some(truncated));
+                return Ok(Some((truncated, written + i as u64 + 1)));
             }
-            None => reader.consume(content),
+            None => {
+                written += content as u64;
+                reader.consume(content);
+            }
         }
     }
 }
@@ -1016,7 +1022,8 @@ impl Batch {
 #[derive(Clone, Copy, Default)]
 struct NotKept {
     lines: u64,
-    /// Their bytes, each line's newline included.
+    /// Their bytes as the command wrote them (each `\r` and newline
+    /// included, a line past the length cut counted whole).
     bytes: u64,
 }
 
@@ -1117,7 +1124,8 @@ impl Output {
             return self.batches[i].add(line.text);
         }
         self.not_kept[i].lines += 1;
-        self.not_kept[i].bytes += cost;
+        // What the command wrote, not the line as it would have been kept.
+        self.not_kept[i].bytes += line.written;
         if self.full {
             return false;
         }

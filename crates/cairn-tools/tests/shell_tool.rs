@@ -842,6 +842,22 @@ async fn output_past_max_output_bytes_is_not_kept_and_its_loss_is_counted() {
     assert_eq!(lines_of(&reg, "p1", "stdout").await, vec!["a", "bc"]);
 }
 
+/// The bytes not kept are those the command wrote: a line past the length
+/// cut counts whole, and a `\r` before its newline counts.
+#[tokio::test]
+async fn bytes_not_kept_are_counted_as_written() {
+    let args = json!({
+        "command": "head -c 100000 /dev/zero | tr '\\0' a; echo; printf 'b\\r\\n'; printf c",
+        "max_output_bytes": 0,
+    });
+    let (reg, outcome) = run(args).await;
+    assert!(matches!(outcome, Outcome::Success { .. }), "{outcome:?}");
+    let mut lines = lines_of(&reg, "p1", "stdout").await;
+    let marker = lines.pop().expect("marker");
+    // 100,000 bytes and a newline, `b\r\n`, and `c` with no newline.
+    assert_eq!(not_kept_counts(&marker, "stdout", 0), (3, 100_001 + 3 + 1));
+}
+
 /// The bound is of both streams together; each stream that lost lines says
 /// how many, and a failed exit stays the failure it is.
 #[tokio::test]
