@@ -11,9 +11,9 @@ use crate::events::{AppendRequest, AppendResult, EventPage, ProcessEvent};
 use crate::fold;
 use crate::model::{
     page_limit, CausalRef, Change, ChangePage, Claim, EnvRef, EnvSpec, Grant, GrantDescriptor, GrantedProcess, Lease,
-    NodeIdentity, NodeLiveness, Outcome, ProcessFilter, ProcessRecord, PruneFilter, PruneReport, Registration,
-    SessionDeleteReport, SessionScope, StartGrant, StatusFilter, SweepItem, Tombstone, TransferReport, WaitRequest,
-    WakeDelivery, Watermark, WorkAction, WorkItem,
+    ListOrder, NodeIdentity, NodeLiveness, Outcome, ProcessFilter, ProcessRecord, PruneFilter, PruneReport,
+    Registration, SessionDeleteReport, SessionScope, StartGrant, StatusFilter, SweepItem, Tombstone, TransferReport,
+    WaitRequest, WakeDelivery, Watermark, WorkAction, WorkItem,
 };
 use crate::ops::admin::{self, AdminTx, Deleted, GrantState, PruneCandidate, PrunePosition};
 use crate::ops::{self, at_once, Answer, Op, Row, WriteTx};
@@ -634,6 +634,10 @@ impl ProcessRegistry for MemoryRegistry {
         filter.validate()?;
         let limit = filter.page_size()?;
         let st = self.state.lock();
+        if filter.order == ListOrder::Newest {
+            let all = st.entries.values().map(|e| &e.row.record);
+            return Ok(newest_page(filter, all, |r| r, limit)?.into_iter().cloned().collect());
+        }
         let start = filter.after_id.clone().unwrap_or_default();
         Ok(st
             .entries
@@ -716,14 +720,21 @@ impl ProcessRegistry for MemoryRegistry {
         filter.validate()?;
         let limit = filter.page_size()?;
         let st = self.state.lock();
-        let Some(grants) = st.grants.get(&scope.scope_id()) else {
-            return Ok(Vec::new());
+        // A scope with no grants lists nothing, but a newest-first cursor
+        // naming no process is refused all the same (`newest_page`).
+        let granted = st
+            .grants
+            .get(&scope.scope_id())
+            .into_iter()
+            .flat_map(|grants| grants.values())
+            .filter_map(|g| st.entries.get(&g.process_id).map(|e| (g, &e.row.record)));
+        let page: Vec<(&Grant, &ProcessRecord)> = if filter.order == ListOrder::Newest {
+            newest_page(filter, granted, |(_, r)| r, limit)?
+        } else {
+            granted.filter(|(_, r)| filter.matches(r)).take(limit).collect()
         };
-        Ok(grants
-            .values()
-            .filter_map(|g| st.entries.get(&g.process_id).map(|e| (g, &e.row.record)))
-            .filter(|(_, r)| filter.matches(r))
-            .take(limit)
+        Ok(page
+            .into_iter()
             .map(|(g, r)| GrantedProcess {
                 grant: g.clone(),
                 process: r.clone(),
@@ -736,14 +747,17 @@ impl ProcessRegistry for MemoryRegistry {
         filter.validate()?;
         let limit = filter.page_size()?;
         let st = self.state.lock();
+        let theirs = |r: &&ProcessRecord| matches!(&r.provenance.originator, crate::model::Originator::Session { scope: s } if s == scope);
+        if filter.order == ListOrder::Newest {
+            let all = st.entries.values().map(|e| &e.row.record).filter(theirs);
+            return Ok(newest_page(filter, all, |r| r, limit)?.into_iter().cloned().collect());
+        }
         let start = filter.after_id.clone().unwrap_or_default();
         Ok(st
             .entries
             .range(start..)
             .map(|(_, e)| &e.row.record)
-            .filter(
-                |r| matches!(&r.provenance.originator, crate::model::Originator::Session { scope: s } if s == scope),
-            )
+            .filter(theirs)
             .filter(|r| filter.matches(r))
             .take(limit)
             .cloned()
@@ -1202,4 +1216,38 @@ impl ProcessRegistry for MemoryRegistry {
             .filter_map(|(_, id)| st.schedules.get(id).cloned())
             .collect())
     }
+}
+
+/// One newest-first page of `items` (records through `record`: what the
+/// listing's lens holds): those matching `filter` and past its cursor,
+/// newest first, at most `limit`. The cursor is looked up among `items`, so
+/// a lens tells nothing of processes outside it.
+fn newest_page<T>(
+    filter: &ProcessFilter,
+    items: impl Iterator<Item = T>,
+    record: impl Fn(&T) -> &ProcessRecord,
+    limit: usize,
+) -> Result<Vec<T>> {
+    let items: Vec<T> = items.collect();
+    let cursor = match &filter.after_id {
+        Some(a) => Some(
+            items
+                .iter()
+                .map(&record)
+                .find(|r| r.id == *a)
+                .ok_or_else(|| filter.cursor_gone())?
+                .created_at_ms,
+        ),
+        None => None,
+    };
+    let mut page: Vec<T> = items
+        .into_iter()
+        .filter(|i| filter.matches(record(i)) && cursor.is_none_or(|c| filter.is_past(record(i), c)))
+        .collect();
+    page.sort_by(|a, b| {
+        let (a, b) = (record(a), record(b));
+        (b.created_at_ms, b.id.as_str()).cmp(&(a.created_at_ms, a.id.as_str()))
+    });
+    page.truncate(limit);
+    Ok(page)
 }

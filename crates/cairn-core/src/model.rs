@@ -1515,6 +1515,41 @@ impl StatusFilter {
     }
 }
 
+/// The order of a listing's pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+// Read from a string, as [`StatusFilter`] is, for the same reason.
+#[serde(rename_all = "snake_case", try_from = "String")]
+pub enum ListOrder {
+    /// Ascending id (the default): `after_id` is the last id read.
+    #[default]
+    Id,
+    /// Newest first: descending `created_at_ms`, ties by descending id.
+    /// `after_id` is the last id read; the next page holds what was
+    /// created before it (by time, then id). A cursor naming a process
+    /// that is gone (pruned since) is [`crate::CairnError::InvalidPage`].
+    Newest,
+}
+
+impl TryFrom<String> for ListOrder {
+    type Error = String;
+
+    fn try_from(text: String) -> std::result::Result<Self, String> {
+        match text.as_str() {
+            "id" => Ok(Self::Id),
+            "newest" => Ok(Self::Newest),
+            other => Err(format!("unknown order `{other}`: one of id, newest")),
+        }
+    }
+}
+
+impl ListOrder {
+    /// Whether this is the default order (left out when serialized).
+    pub fn is_id(&self) -> bool {
+        *self == Self::Id
+    }
+}
+
 /// Default page size of listings, event reads and the change feed.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Largest page size a caller may ask for.
@@ -1546,7 +1581,12 @@ pub struct ProcessFilter {
     /// Exclusive upper bound on `created_at_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_before_ms: Option<u64>,
-    /// Only ids greater than this (pagination; listings are in id order).
+    /// The order of the pages: by id (the default) or newest first.
+    #[serde(default, skip_serializing_if = "ListOrder::is_id")]
+    pub order: ListOrder,
+    /// Where the page starts: the last id of the previous page (its
+    /// `next_after_id`). In id order, only ids greater than this; newest
+    /// first, only what was created before it ([`ListOrder::Newest`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_id: Option<String>,
     /// Page size; default [`DEFAULT_PAGE_SIZE`], at most [`MAX_PAGE_SIZE`].
@@ -1558,7 +1598,7 @@ pub struct ProcessFilter {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ListPage {
-    /// Records in id order.
+    /// Records in the order asked for: by id, or newest first.
     pub processes: Vec<ProcessRecord>,
     /// With `granted_to` (and always for session callers): the grant behind each listed process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1596,7 +1636,9 @@ impl ProcessFilter {
         let mut map = serde_json::Map::new();
         for (key, raw) in pairs {
             let value = match key {
-                "status" | "definition" | "originator" | "caused_by" | "after_id" => Value::String(raw.to_string()),
+                "status" | "definition" | "originator" | "caused_by" | "after_id" | "order" => {
+                    Value::String(raw.to_string())
+                }
                 "waiting" => match raw {
                     "true" => Value::Bool(true),
                     "false" => Value::Bool(false),
@@ -1665,7 +1707,9 @@ impl ProcessFilter {
         page_limit(self.limit)
     }
 
-    /// Whether a record passes every predicate but the id cursor and limit.
+    /// Whether a record passes every predicate and, in id order, the
+    /// cursor (newest first, the cursor is a position [`Self::is_past`]
+    /// tells); the limit aside.
     pub fn matches(&self, record: &ProcessRecord) -> bool {
         self.status.matches(record.status)
             && self.definition.as_ref().is_none_or(|d| *d == record.input.definition())
@@ -1680,7 +1724,29 @@ impl ProcessFilter {
                 .is_none_or(|p| record.provenance.caused_by.as_ref().and_then(CausalRef::parent_process) == Some(p))
             && self.created_from_ms.is_none_or(|t| record.created_at_ms >= t)
             && self.created_before_ms.is_none_or(|t| record.created_at_ms < t)
-            && self.after_id.as_ref().is_none_or(|a| record.id.as_str() > a.as_str())
+            && (self.order == ListOrder::Newest
+                || self.after_id.as_ref().is_none_or(|a| record.id.as_str() > a.as_str()))
+    }
+
+    /// The error of a newest-first cursor naming no process the listing
+    /// holds (through its lens): its position is its creation time, which
+    /// is gone with it.
+    pub fn cursor_gone(&self) -> crate::CairnError {
+        crate::CairnError::InvalidPage(format!(
+            "`after_id` `{}` names no process this listing holds (pruned, or its grant gone, since the page \
+             that named it?), and a newest-first page starts where it was created: list again from the first page",
+            self.after_id.as_deref().unwrap_or_default()
+        ))
+    }
+
+    /// Newest first: whether `record` comes after the cursor, the process
+    /// `after_id` names, created at `cursor_created_ms` (older, or as old
+    /// with a smaller id).
+    pub fn is_past(&self, record: &ProcessRecord, cursor_created_ms: u64) -> bool {
+        match &self.after_id {
+            None => true,
+            Some(a) => (record.created_at_ms, record.id.as_str()) < (cursor_created_ms, a.as_str()),
+        }
     }
 }
 

@@ -774,7 +774,7 @@ pub const LIST_PAGE_BYTES: usize = EVENT_PAGE_BYTES;
 /// One page of a listing.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Listed<T> {
-    /// The items, in id order.
+    /// The items, in the listing's order (by id, or newest first).
     pub items: Vec<T>,
     /// Where the next page starts (its `after_id`): the last item's id when
     /// the page is full or was cut at [`LIST_PAGE_BYTES`], else `None`.
@@ -782,7 +782,7 @@ pub struct Listed<T> {
 }
 
 /// Read one page of a listing in chunks through `read(after_id, limit)`
-/// (the registry's own paging, in id order): at most `limit` items, and
+/// (the registry's own paging, in the filter's order): at most `limit` items, and
 /// none after those that bring it to [`LIST_PAGE_BYTES`] as JSON.
 async fn list_in_chunks<T, F, Fut>(filter: &ProcessFilter, id_of: impl Fn(&T) -> &str, mut read: F) -> Result<Listed<T>>
 where

@@ -169,7 +169,9 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// `no_longer_retained` carrying the tombstone.
     async fn get(&self, id: &str) -> Result<ProcessRecord>;
 
-    /// Records matching `filter`, in id order, one page (`filter.limit`).
+    /// Records matching `filter`, one page (`filter.limit`), in the filter's
+    /// order ([`crate::model::ListOrder`]): by id, or newest first (a cursor
+    /// naming no process is then `invalid_page`).
     async fn list(&self, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>>;
 
     /// Events with sequence greater than `after`, in order, at most `limit`
@@ -222,11 +224,11 @@ pub trait ProcessRegistry: Send + Sync + 'static {
     /// session deletion removed. One point read.
     async fn pruned_grant(&self, scope: &SessionScope, id: &str) -> Result<Option<Tombstone>>;
 
-    /// What `scope` may address (exact scope match), filtered, in process id order.
+    /// What `scope` may address (exact scope match), filtered, in the filter's order.
     async fn list_granted_to(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<GrantedProcess>>;
 
     /// What `scope` created (originator equals the scope), whether or not it is
-    /// still granted to it, filtered, in id order.
+    /// still granted to it, filtered, in the filter's order.
     async fn list_originated_by(&self, scope: &SessionScope, filter: &ProcessFilter) -> Result<Vec<ProcessRecord>>;
 
     /// Remove every grant of every scope of the session and its pending wakes, and

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_core::{
-    EventPage, ListPage, Outcome, ProcessEvent, ProcessRecord, Schedule, SchedulePage, StartRequest, StatusFilter,
+    EventPage, ListOrder, ListPage, Outcome, ProcessEvent, ProcessRecord, Schedule, SchedulePage, StartRequest,
+    StatusFilter,
 };
 use rmcp::model::{JsonObject, Tool, ToolAnnotations};
 use serde::de::DeserializeOwned;
@@ -70,7 +71,13 @@ pub struct ListArgs {
     /// Exclusive upper bound on `created_at_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_before_ms: Option<u64>,
-    /// Only ids after this one: pass the previous page's `next_after_id`.
+    /// `id` (default): ascending id; `newest`: newest first (descending
+    /// `created_at_ms`, then id). Passed on as the query's text, as `status` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<ListOrder>)]
+    pub order: Option<String>,
+    /// Where the page starts: pass the previous page's `next_after_id` (in
+    /// id order, ids after it; newest first, processes created before it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_id: Option<String>,
     /// Page size (default 100, at most 1000).
@@ -97,6 +104,7 @@ impl ListArgs {
         push("caused_by", self.caused_by.clone());
         push("created_from_ms", self.created_from_ms.map(|t| t.to_string()));
         push("created_before_ms", self.created_before_ms.map(|t| t.to_string()));
+        push("order", self.order.clone());
         push("after_id", self.after_id.clone());
         push("limit", self.limit.map(|n| n.to_string()));
         pairs

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use cairn_core::events::ProcessEvent;
 use cairn_core::model::{
-    GrantedProcess, NodeLiveness, ProcessFilter, ProcessRecord, SessionScope, StatusFilter, SweepItem, Tombstone,
-    WakeDelivery,
+    GrantedProcess, ListOrder, NodeLiveness, ProcessFilter, ProcessRecord, SessionScope, StatusFilter, SweepItem,
+    Tombstone, WakeDelivery,
 };
 use cairn_core::CairnError;
 use tokio_postgres::types::ToSql;
@@ -49,7 +49,7 @@ pub(crate) async fn get(conn: &Conn, id: &str) -> R<ProcessRecord> {
 }
 
 /// Append the SQL predicates of `filter` over the `p` alias.
-fn filter_sql(filter: &ProcessFilter, sql: &mut String, args: &mut Vec<Param>) {
+fn filter_sql(filter: &ProcessFilter, cursor: Option<i64>, sql: &mut String, args: &mut Vec<Param>) {
     let mut push = |sql: &mut String, clause: &str, arg: Param| {
         args.push(arg);
         sql.push_str(&clause.replace('?', &format!("${}", args.len())));
@@ -98,22 +98,90 @@ fn filter_sql(filter: &ProcessFilter, sql: &mut String, args: &mut Vec<Param>) {
             Box::new(filter.created_before_ms.map_or(i64::MAX, to_sql)),
         );
     }
-    if let Some(a) = &filter.after_id {
-        push(sql, " AND p.id > ?::text", Box::new(a.clone()));
+    match (&filter.after_id, filter.order) {
+        (Some(a), ListOrder::Id) => push(sql, " AND p.id > ?::text", Box::new(a.clone())),
+        (Some(a), ListOrder::Newest) => {
+            // Spelled out rather than as a row value: the creation-time
+            // index holds the time alone (ADR 0037), and takes the first
+            // term as its range.
+            let at = cursor.unwrap_or(i64::MIN);
+            push(sql, " AND p.created_at_ms <= ?::int8", Box::new(at));
+            push(sql, " AND (p.created_at_ms < ?::int8", Box::new(at));
+            push(sql, " OR p.id < ?::text)", Box::new(a.clone()));
+        }
+        (None, _) => {}
     }
 }
 
-fn limit_sql(sql: &mut String, args: &mut Vec<Param>, order: &str, limit: usize) {
+/// The `ORDER BY … LIMIT` of a listing in `filter`'s order, whose process
+/// id column is `id`.
+fn limit_sql(sql: &mut String, args: &mut Vec<Param>, filter: &ProcessFilter, id: &str, limit: usize) {
     args.push(Box::new(to_sql_usize(limit)));
+    let order = match filter.order {
+        ListOrder::Id => id.to_string(),
+        ListOrder::Newest => format!("p.created_at_ms DESC, {id} DESC"),
+    };
     sql.push_str(&format!(" ORDER BY {order} LIMIT ${}::int8", args.len()));
 }
 
+/// Which processes a listing holds: its cursor is looked up among them only.
+enum Lens<'a> {
+    /// Every process (the host's listing).
+    All,
+    /// Those granted to the scope.
+    GrantedTo(&'a SessionScope),
+    /// Those the scope started.
+    OriginatedBy(&'a SessionScope),
+}
+
+/// A newest-first listing's cursor: the creation time of the process
+/// `after_id` names, among those `lens` holds ([`ProcessFilter::cursor_gone`]
+/// when none does: a session's lens tells nothing of other processes).
+async fn cursor(conn: &Conn, filter: &ProcessFilter, lens: Lens<'_>) -> R<Option<i64>> {
+    let (Some(a), ListOrder::Newest) = (&filter.after_id, filter.order) else {
+        return Ok(None);
+    };
+    let found = match lens {
+        Lens::All => {
+            let stmt = conn
+                .stmt("SELECT created_at_ms FROM processes WHERE id = $1::text")
+                .await?;
+            conn.client.query_opt(&stmt, &[a]).await?
+        }
+        Lens::GrantedTo(scope) => {
+            let stmt = conn
+                .stmt(
+                    "SELECT p.created_at_ms FROM grants g JOIN processes p ON p.id = g.process_id \
+                     WHERE g.scope_id = $2::text AND g.process_id = $1::text",
+                )
+                .await?;
+            conn.client.query_opt(&stmt, &[a, &scope.scope_id()]).await?
+        }
+        Lens::OriginatedBy(scope) => {
+            let stmt = conn
+                .stmt(
+                    "SELECT created_at_ms FROM processes \
+                     WHERE id = $1::text AND originator = $2::text AND originator_scope = $3::text",
+                )
+                .await?;
+            let originator_scope = serde_json::to_string(scope)?;
+            conn.client
+                .query_opt(&stmt, &[a, &scope.scope_id(), &originator_scope])
+                .await?
+        }
+    };
+    match found {
+        Some(row) => Ok(Some(row.try_get(0)?)),
+        None => Err(filter.cursor_gone().into()),
+    }
+}
+
 /// The query of `list`: with a status it walks the (status, id) index in id order.
-pub(crate) fn list_query(filter: &ProcessFilter, limit: usize) -> (String, Vec<Param>) {
+pub(crate) fn list_query(filter: &ProcessFilter, cursor: Option<i64>, limit: usize) -> (String, Vec<Param>) {
     let mut sql = format!("SELECT {ENTRY_COLUMNS} FROM processes p WHERE true");
     let mut args = Vec::new();
-    filter_sql(filter, &mut sql, &mut args);
-    limit_sql(&mut sql, &mut args, "p.id", limit);
+    filter_sql(filter, cursor, &mut sql, &mut args);
+    limit_sql(&mut sql, &mut args, filter, "p.id", limit);
     (sql, args)
 }
 
@@ -125,7 +193,7 @@ async fn records(conn: &Conn, sql: &str, args: &[Param], at: usize) -> R<Vec<(to
 }
 
 pub(crate) async fn list(conn: &Conn, filter: &ProcessFilter, limit: usize) -> R<Vec<ProcessRecord>> {
-    let (sql, args) = list_query(filter, limit);
+    let (sql, args) = list_query(filter, cursor(conn, filter, Lens::All).await?, limit);
     Ok(records(conn, &sql, &args, 0)
         .await?
         .into_iter()
@@ -143,8 +211,13 @@ pub(crate) async fn list_originated_by(
         "SELECT {ENTRY_COLUMNS} FROM processes p WHERE p.originator = $1::text AND p.originator_scope = $2::text"
     );
     let mut args: Vec<Param> = vec![Box::new(scope.scope_id()), Box::new(serde_json::to_string(scope)?)];
-    filter_sql(filter, &mut sql, &mut args);
-    limit_sql(&mut sql, &mut args, "p.id", limit);
+    filter_sql(
+        filter,
+        cursor(conn, filter, Lens::OriginatedBy(scope)).await?,
+        &mut sql,
+        &mut args,
+    );
+    limit_sql(&mut sql, &mut args, filter, "p.id", limit);
     Ok(records(conn, &sql, &args, 0)
         .await?
         .into_iter()
@@ -194,8 +267,13 @@ pub(crate) async fn list_granted_to(
          WHERE g.scope_id = $1::text"
     );
     let mut args: Vec<Param> = vec![Box::new(scope.scope_id())];
-    filter_sql(filter, &mut sql, &mut args);
-    limit_sql(&mut sql, &mut args, "g.process_id", limit);
+    filter_sql(
+        filter,
+        cursor(conn, filter, Lens::GrantedTo(scope)).await?,
+        &mut sql,
+        &mut args,
+    );
+    limit_sql(&mut sql, &mut args, filter, "g.process_id", limit);
     records(conn, &sql, &args, 1)
         .await?
         .into_iter()

@@ -165,7 +165,7 @@ pub async fn listing_plan(url: &str, schema: &str, filter: &cairn_core::model::P
         .parse()
         .map_err(|e| cairn_core::CairnError::InvalidRequest(format!("bad postgres url: {e}")))?;
     let conn = crate::conn::open_retrying(&config, schema, "read", 1).await?;
-    let (sql, args) = crate::read::list_query(filter, 100);
+    let (sql, args) = crate::read::list_query(filter, None, 100);
     // The values as SQL literals (texts and integers are all a listing binds).
     let values = args
         .iter()

@@ -2265,6 +2265,48 @@ async fn creation_windows_and_waiting_listings_read_their_indexes() {
     }
 }
 
+/// A newest-first listing of every status reads the creation-time index
+/// from its newest end (sorting only the ties of a millisecond, if at
+/// all), as a generic plan: never a sort of the whole table.
+#[cfg_attr(
+    cairn_no_postgres,
+    ignore = "CAIRN_TEST_POSTGRES_URL is unset: see cairn_postgres::testing"
+)]
+#[tokio::test]
+async fn a_newest_first_listing_reads_the_creation_time_index() {
+    if !testing::enabled() {
+        return;
+    }
+    let (reg, schema) = testing::fresh(clock()).await;
+    reg.register(rerunnable("run-00"), None).await.expect("register");
+    fill_completed_like_run_00(&schema).await;
+    // Creation times spread as a live table's are (the fill copies one).
+    schema
+        .execute(&format!(
+            "UPDATE \"{s}\".processes SET created_at_ms = created_at_ms + substr(id, 6)::int8 / 3 \
+             WHERE id LIKE 'done-%'; ANALYZE \"{s}\".processes",
+            s = schema.name
+        ))
+        .await
+        .expect("spread");
+    for f in [
+        json!({"status": "any", "order": "newest"}),
+        json!({"status": "any", "order": "newest", "after_id": "done-7"}),
+        json!({"status": "any", "order": "newest", "created_from_ms": 5}),
+        json!({"status": "any", "order": "newest", "created_before_ms": 9, "after_id": "a"}),
+    ] {
+        let filter = ProcessFilter::from_json(f.clone()).expect("filter");
+        let plan = testing::listing_plan(&schema.url, &schema.name, &filter)
+            .await
+            .expect("plan");
+        assert!(
+            plan.contains("processes_created"),
+            "{f} should use processes_created:\n{plan}"
+        );
+        assert!(!plan.contains("Seq Scan"), "{f} scans the table:\n{plan}");
+    }
+}
+
 /// A populated schema from before the listing windows (version 13) gains
 /// the creation-time and waiting indexes on connect, and its listings by
 /// creation time and of waiting processes find what they did.

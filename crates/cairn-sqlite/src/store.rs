@@ -5,8 +5,8 @@
 
 use cairn_core::events::ProcessEvent;
 use cairn_core::model::{
-    Grant, GrantedProcess, Lease, ProcessFilter, ProcessRecord, ProcessStatus, SessionScope, StatusFilter, Tombstone,
-    WakeDelivery,
+    Grant, GrantedProcess, Lease, ListOrder, ProcessFilter, ProcessRecord, ProcessStatus, SessionScope, StatusFilter,
+    Tombstone, WakeDelivery,
 };
 use cairn_core::ops::admin::{PruneCandidate, PrunePosition};
 use cairn_core::ops::Row;
@@ -761,7 +761,13 @@ const NOT_COMPLETED: &str = " AND p.status <> 'completed'";
 /// Append the SQL predicates of `filter` over the `p` alias. `by_waiting`:
 /// the listing walks the processes (not a session's grants), so one of
 /// waiting processes may walk the waiting index.
-fn filter_sql(filter: &ProcessFilter, by_waiting: bool, sql: &mut String, args: &mut Vec<SqlValue>) {
+fn filter_sql(
+    filter: &ProcessFilter,
+    cursor: Option<i64>,
+    by_waiting: bool,
+    sql: &mut String,
+    args: &mut Vec<SqlValue>,
+) {
     if let Some(status) = status_label(filter.status) {
         sql.push_str(" AND p.status = ?");
         args.push(SqlValue::Text(status.into()));
@@ -817,10 +823,68 @@ fn filter_sql(filter: &ProcessFilter, by_waiting: bool, sql: &mut String, args: 
         args.push(SqlValue::Integer(filter.created_from_ms.map_or(i64::MIN, to_sql)));
         args.push(SqlValue::Integer(filter.created_before_ms.map_or(i64::MAX, to_sql)));
     }
-    if let Some(a) = &filter.after_id {
-        sql.push_str(" AND p.id > ?");
-        args.push(SqlValue::Text(a.clone()));
+    match (&filter.after_id, filter.order) {
+        (Some(a), ListOrder::Id) => {
+            sql.push_str(" AND p.id > ?");
+            args.push(SqlValue::Text(a.clone()));
+        }
+        (Some(a), ListOrder::Newest) => {
+            // The row value reads the creation-time index from the cursor down.
+            sql.push_str(" AND (p.created_at_ms, p.id) < (?, ?)");
+            args.push(SqlValue::Integer(cursor.unwrap_or(i64::MIN)));
+            args.push(SqlValue::Text(a.clone()));
+        }
+        (None, _) => {}
     }
+}
+
+/// The `ORDER BY … LIMIT ?` of a listing whose process id column is `id`.
+fn order_sql(filter: &ProcessFilter, id: &str, limit: usize, sql: &mut String, args: &mut Vec<SqlValue>) {
+    match filter.order {
+        ListOrder::Id => sql.push_str(&format!(" ORDER BY {id} LIMIT ?")),
+        ListOrder::Newest => sql.push_str(&format!(" ORDER BY p.created_at_ms DESC, {id} DESC LIMIT ?")),
+    }
+    args.push(SqlValue::Integer(to_sql_usize(limit)));
+}
+
+/// Which processes a listing holds: its cursor is looked up among them only.
+enum Lens<'a> {
+    /// Every process (the host's listing).
+    All,
+    /// Those granted to the scope.
+    GrantedTo(&'a SessionScope),
+    /// Those the scope started.
+    OriginatedBy(&'a SessionScope),
+}
+
+/// A newest-first listing's cursor: the creation time of the process
+/// `after_id` names, among those `lens` holds ([`ProcessFilter::cursor_gone`]
+/// when none does: a session's lens tells nothing of other processes).
+fn cursor(conn: &Connection, filter: &ProcessFilter, lens: Lens<'_>) -> R<Option<i64>> {
+    let (Some(a), ListOrder::Newest) = (&filter.after_id, filter.order) else {
+        return Ok(None);
+    };
+    let created = |r: &rusqlite::Row<'_>| r.get::<_, i64>(0);
+    let found = match lens {
+        Lens::All => conn
+            .prepare_cached("SELECT created_at_ms FROM processes WHERE id = ?1")?
+            .query_row([a], created)
+            .optional()?,
+        Lens::GrantedTo(scope) => conn
+            .prepare_cached(
+                "SELECT p.created_at_ms FROM grants g JOIN processes p ON p.id = g.process_id
+                 WHERE g.scope_id = ?2 AND g.process_id = ?1",
+            )?
+            .query_row(params![a, scope.scope_id()], created)
+            .optional()?,
+        Lens::OriginatedBy(scope) => conn
+            .prepare_cached(
+                "SELECT created_at_ms FROM processes WHERE id = ?1 AND originator = ?2 AND originator_scope = ?3",
+            )?
+            .query_row(params![a, scope.scope_id(), originator_scope(scope)?], created)
+            .optional()?,
+    };
+    found.map(Some).ok_or_else(|| filter.cursor_gone().into())
 }
 
 fn collect_entries(
@@ -846,18 +910,17 @@ fn collect_entries(
 
 /// The query of `list`: with a status it walks the (status, id) index in id
 /// order, so terminal rows never slow a listing of running ones.
-fn list_query(filter: &ProcessFilter, limit: usize) -> (String, Vec<SqlValue>) {
+fn list_query(filter: &ProcessFilter, cursor: Option<i64>, limit: usize) -> (String, Vec<SqlValue>) {
     let mut sql = format!("SELECT {ENTRY_COLUMNS} FROM processes p WHERE 1 = 1");
     let mut args = Vec::new();
-    filter_sql(filter, true, &mut sql, &mut args);
-    sql.push_str(" ORDER BY p.id LIMIT ?");
-    args.push(SqlValue::Integer(to_sql_usize(limit)));
+    filter_sql(filter, cursor, true, &mut sql, &mut args);
+    order_sql(filter, "p.id", limit, &mut sql, &mut args);
     (sql, args)
 }
 
-/// `list`: records matching the filter in id order, one page.
+/// `list`: records matching the filter in the filter's order, one page.
 pub(crate) fn list(conn: &Connection, filter: &ProcessFilter, limit: usize) -> R<Vec<ProcessRecord>> {
-    let (sql, args) = list_query(filter, limit);
+    let (sql, args) = list_query(filter, cursor(conn, filter, Lens::All)?, limit);
     Ok(collect_entries(conn, &sql, args, 0)?
         .into_iter()
         .map(|(_, e)| e.record)
@@ -865,15 +928,19 @@ pub(crate) fn list(conn: &Connection, filter: &ProcessFilter, limit: usize) -> R
 }
 
 /// The query of `list_originated_by`, on the (partial) originator index.
-fn originated_by_query(scope: &SessionScope, filter: &ProcessFilter, limit: usize) -> R<(String, Vec<SqlValue>)> {
+fn originated_by_query(
+    scope: &SessionScope,
+    filter: &ProcessFilter,
+    cursor: Option<i64>,
+    limit: usize,
+) -> R<(String, Vec<SqlValue>)> {
     let mut sql = format!("SELECT {ENTRY_COLUMNS} FROM processes p WHERE p.originator = ? AND p.originator_scope = ?");
     let mut args = vec![
         SqlValue::Text(scope.scope_id()),
         SqlValue::Text(originator_scope(scope)?),
     ];
-    filter_sql(filter, true, &mut sql, &mut args);
-    sql.push_str(" ORDER BY p.id LIMIT ?");
-    args.push(SqlValue::Integer(to_sql_usize(limit)));
+    filter_sql(filter, cursor, true, &mut sql, &mut args);
+    order_sql(filter, "p.id", limit, &mut sql, &mut args);
     Ok((sql, args))
 }
 
@@ -884,14 +951,14 @@ pub(crate) fn list_originated_by(
     filter: &ProcessFilter,
     limit: usize,
 ) -> R<Vec<ProcessRecord>> {
-    let (sql, args) = originated_by_query(scope, filter, limit)?;
+    let (sql, args) = originated_by_query(scope, filter, cursor(conn, filter, Lens::OriginatedBy(scope))?, limit)?;
     Ok(collect_entries(conn, &sql, args, 0)?
         .into_iter()
         .map(|(_, e)| e.record)
         .collect())
 }
 
-/// `list_granted_to`: the scope's grants with their records, in process id order.
+/// `list_granted_to`: the scope's grants with their records, in the filter's order.
 pub(crate) fn list_granted_to(
     conn: &Connection,
     scope: &SessionScope,
@@ -903,9 +970,14 @@ pub(crate) fn list_granted_to(
          WHERE g.scope_id = ?"
     );
     let mut args = vec![SqlValue::Text(scope.scope_id())];
-    filter_sql(filter, false, &mut sql, &mut args);
-    sql.push_str(" ORDER BY g.process_id LIMIT ?");
-    args.push(SqlValue::Integer(to_sql_usize(limit)));
+    filter_sql(
+        filter,
+        cursor(conn, filter, Lens::GrantedTo(scope))?,
+        false,
+        &mut sql,
+        &mut args,
+    );
+    order_sql(filter, "g.process_id", limit, &mut sql, &mut args);
     collect_entries(conn, &sql, args, 1)?
         .into_iter()
         .map(|(extra, e)| {
@@ -1372,7 +1444,7 @@ mod tests {
                 after_id: Some("a".into()),
                 ..ProcessFilter::default()
             };
-            let (sql, args) = list_query(&filter, 100);
+            let (sql, args) = list_query(&filter, None, 100);
             let p = plan(&conn, &sql, args);
             assert!(p.contains("processes_status_id"), "{p}");
             assert!(!p.contains("TEMP B-TREE"), "{p}");
@@ -1384,7 +1456,7 @@ mod tests {
             after_id: Some("a".into()),
             ..ProcessFilter::default()
         };
-        let (sql, args) = list_query(&filter, 100);
+        let (sql, args) = list_query(&filter, None, 100);
         let p = plan(&conn, &sql, args);
         assert!(p.contains("sqlite_autoindex_processes_1"), "{p}");
         assert!(!p.contains("TEMP B-TREE"), "{p}");
@@ -1409,7 +1481,7 @@ mod tests {
                         after_id,
                         ..ProcessFilter::default()
                     };
-                    let (sql, args) = list_query(&filter, 100);
+                    let (sql, args) = list_query(&filter, None, 100);
                     let p = plan(&conn, &sql, args);
                     assert!(p.contains("USING INDEX processes_created"), "{filter:?}: {p}");
                 }
@@ -1429,10 +1501,39 @@ mod tests {
                 after_id: Some("a".into()),
                 ..ProcessFilter::default()
             };
-            let (sql, args) = list_query(&filter, 100);
+            let (sql, args) = list_query(&filter, None, 100);
             let p = plan(&conn, &sql, args);
             assert!(p.contains("USING INDEX processes_waiting"), "{filter:?}: {p}");
             assert!(!p.contains("TEMP B-TREE"), "{filter:?}: {p}");
+        }
+    }
+
+    /// A newest-first listing of every status or of completed ones (with a
+    /// cursor or without, bounded by creation time or not) walks the
+    /// creation-time index backward: the first page of the newest rows reads
+    /// those rows, never sorts the table. As the server's readers plan them.
+    #[test]
+    fn a_newest_first_listing_walks_the_creation_time_index() {
+        let (_dir, conn) = fresh();
+        crate::schema::stable_plans(&conn).expect("stable plans");
+        let bounds = [(None, None), (Some(5), None), (None, Some(9)), (Some(5), Some(9))];
+        for status in [StatusFilter::Any, StatusFilter::Completed] {
+            for (from, before) in bounds {
+                for (after_id, cursor) in [(None, None), (Some("a".to_string()), Some(7))] {
+                    let filter = ProcessFilter {
+                        status,
+                        created_from_ms: from,
+                        created_before_ms: before,
+                        order: ListOrder::Newest,
+                        after_id,
+                        ..ProcessFilter::default()
+                    };
+                    let (sql, args) = list_query(&filter, cursor, 100);
+                    let p = plan(&conn, &sql, args);
+                    assert!(p.contains("USING INDEX processes_created"), "{filter:?}: {p}");
+                    assert!(!p.contains("TEMP B-TREE"), "{filter:?}: {p}");
+                }
+            }
         }
     }
 
@@ -1445,12 +1546,12 @@ mod tests {
             after_id: Some("a".into()),
             ..ProcessFilter::default()
         };
-        let (sql, args) = list_query(&filter("session:s1"), 100);
+        let (sql, args) = list_query(&filter("session:s1"), None, 100);
         let p = plan(&conn, &sql, args);
         assert!(p.contains("processes_originator_id"), "{p}");
         assert!(!p.contains("TEMP B-TREE"), "{p}");
         // The host's processes are not in it: their listing walks the id index.
-        let (sql, args) = list_query(&filter("host"), 100);
+        let (sql, args) = list_query(&filter("host"), None, 100);
         let p = plan(&conn, &sql, args);
         assert!(!p.contains("processes_originator_id"), "{p}");
         assert!(!p.contains("TEMP B-TREE"), "{p}");
@@ -1462,7 +1563,7 @@ mod tests {
             status: StatusFilter::Any,
             ..ProcessFilter::default()
         };
-        let (sql, args) = originated_by_query(&scope, &any, 10).expect("query");
+        let (sql, args) = originated_by_query(&scope, &any, None, 10).expect("query");
         let p = plan(&conn, &sql, args);
         assert!(p.contains("processes_originator_id"), "{p}");
     }

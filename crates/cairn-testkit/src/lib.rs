@@ -293,6 +293,11 @@ macro_rules! conformance_suite {
                 lens_listings_apply_filters,
                 filter_parsing_errors,
                 listings_check_a_filter_built_in_code,
+                // newest-first listings
+                newest_first_pages_each_record_once,
+                lens_listings_page_newest_first,
+                a_newest_cursor_naming_no_process_is_invalid_page,
+                list_order_parsing,
                 // leases
                 claim_is_exclusive_under_race,
                 claim_batch_never_double_claims,

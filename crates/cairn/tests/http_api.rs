@@ -412,7 +412,7 @@ async fn list_filters_and_paging() {
         "{said}"
     );
     let taken: Vec<&str> = said.split('`').skip(3).step_by(2).collect();
-    assert_eq!(taken.len(), 11, "{said}");
+    assert_eq!(taken.len(), 12, "{said}");
     for key in taken {
         let value = match key {
             "granted_to" | "originated_by" => "s1",
@@ -421,11 +421,78 @@ async fn list_filters_and_paging() {
             "waiting" => "false",
             "originator" => "host",
             "caused_by" | "after_id" => "a1",
+            "order" => "newest",
             _ => "1",
         };
         let (s, page) = c.get(&format!("/v1/processes?{key}={value}")).await;
         assert_eq!(s, 200, "{key}: {page}");
     }
+}
+
+/// `order=newest` lists newest first (descending `created_at_ms`, ties by
+/// descending id), paging by `next_after_id`; an unknown order is
+/// `invalid_filter`, and a newest-first cursor naming no process
+/// `invalid_page`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_pages_newest_first() {
+    let server = Server::start(&[]).await;
+    let c = server.client();
+    let ids = ["n-c", "n-a", "n-e", "n-b", "n-d"];
+    let mut made: Vec<(u64, String)> = Vec::new();
+    for id in ids {
+        let start = json!({"id": id, "input": {"type": "external"}, "disposition": "externally_owned"});
+        let (s, rec) = c.start(start).await;
+        assert_eq!(s, 201, "{rec}");
+        let at = rec["created_at_ms"].as_u64().expect("created_at_ms");
+        made.push((at, id.to_string()));
+    }
+    made.sort_by(|a, b| b.cmp(a));
+    let newest: Vec<String> = made.into_iter().map(|(_, id)| id).collect();
+    let listed = |page: &Value| -> Vec<String> {
+        page["processes"]
+            .as_array()
+            .map(|a| a.iter().map(|p| p["id"].as_str().unwrap_or("").to_string()).collect())
+            .unwrap_or_default()
+    };
+    let (_, page) = c.get("/v1/processes?status=any").await;
+    assert_eq!(
+        listed(&page),
+        ["n-a", "n-b", "n-c", "n-d", "n-e"],
+        "id order by default"
+    );
+    let mut walked: Vec<String> = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..ids.len() {
+        let q = match &after {
+            Some(a) => format!("/v1/processes?status=any&order=newest&limit=2&after_id={a}"),
+            None => "/v1/processes?status=any&order=newest&limit=2".to_string(),
+        };
+        let (s, page) = c.get(&q).await;
+        assert_eq!(s, 200, "{q}: {page}");
+        let items = listed(&page);
+        assert!(items.len() <= 2, "{q}: {page}");
+        walked.extend(items);
+        match page["next_after_id"].as_str() {
+            Some(next) => {
+                assert_eq!(Some(next), walked.last().map(String::as_str), "{q}: {page}");
+                after = Some(next.to_string());
+            }
+            None => break,
+        }
+    }
+    assert_eq!(walked, newest, "each process once, newest first");
+    for (q, want) in [("order=bogus", "invalid_filter"), ("order=", "invalid_filter")] {
+        let (s, err) = c.get(&format!("/v1/processes?status=any&{q}")).await;
+        assert_eq!((s, code(&err)), (400, want), "{q}: {err}");
+    }
+    let (s, err) = c.get("/v1/processes?status=any&order=newest&after_id=n-gone").await;
+    assert_eq!((s, code(&err)), (400, "invalid_page"), "{err}");
+    let (s, page) = c.get("/v1/processes?status=any&after_id=n-gone").await;
+    assert_eq!(
+        (s, listed(&page)),
+        (200, Vec::<String>::new()),
+        "in id order only a position"
+    );
 }
 
 /// A stream of large events, read ahead only a few at a time, sends every

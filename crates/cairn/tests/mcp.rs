@@ -614,6 +614,26 @@ async fn drive(transport: Transport) {
         .filter_map(|p| p["id"].as_str())
         .collect();
     assert_eq!(ids, ["w1-kid"]);
+    // `order` is passed on: newest first, `w1-kid` (created after `w1`)
+    // comes before it, and the page is by descending creation time, then id.
+    let newest = ok(
+        &client,
+        &tools,
+        "process_list",
+        json!({"status": "any", "order": "newest"}),
+    )
+    .await;
+    let listed: Vec<(u64, &str)> = newest["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["created_at_ms"].as_u64().unwrap(), p["id"].as_str().unwrap()))
+        .collect();
+    let mut by_time = listed.clone();
+    by_time.sort_by(|a, b| b.cmp(a));
+    assert_eq!(listed, by_time, "newest first");
+    let at = |id: &str| listed.iter().position(|(_, p)| *p == id);
+    assert!(at("w1-kid").is_some() && at("w1-kid") < at("w1"), "{listed:?}");
 
     // sleep: cancelled while it runs; an await shorter than the sleep answers it running.
     ok(
@@ -808,6 +828,9 @@ async fn bad_input(server: &Server, client: &McpClient, tools: &[Tool], transpor
     let (code, message) = err(client, "process_list", json!({"status": "bogus"})).await;
     assert_eq!(code, "invalid_filter");
     assert!(message.contains("bogus"), "{message}");
+    let (code, message) = err(client, "process_list", json!({"order": "oldest"})).await;
+    assert_eq!(code, "invalid_filter");
+    assert!(message.contains("oldest"), "{message}");
     // So is an unknown key or a value of the wrong type, as over HTTP
     // (`?colour=red`, `?waiting=yes`).
     for bad in [json!({"colour": "red"}), json!({"waiting": "yes"})] {

@@ -10,14 +10,14 @@ use crate::builders::*;
 use crate::harness::{expect_code, ok, Harness};
 use crate::StoreFactory;
 
-async fn listed(h: &Harness, filter: &ProcessFilter) -> Vec<String> {
+pub(crate) async fn listed(h: &Harness, filter: &ProcessFilter) -> Vec<String> {
     ok(h.registry().list(filter).await, "list")
         .into_iter()
         .map(|r| r.id)
         .collect()
 }
 
-fn ids(v: &[&str]) -> Vec<String> {
+pub(crate) fn ids(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 

@@ -313,6 +313,7 @@ fn constrain_parameters(op: &mut Value, path: &str) {
             "status" => {
                 json!({"type": "string", "enum": ["running", "completed", "failed", "cancelled", "abandoned", "any"]})
             }
+            "order" => json!({"type": "string", "enum": ["id", "newest"], "default": "id"}),
             _ => continue,
         };
         p["schema"] = schema;

@@ -418,6 +418,7 @@ const LIST_KEYS: &[&str] = &[
     "caused_by",
     "created_from_ms",
     "created_before_ms",
+    "order",
     "after_id",
     "limit",
 ];
@@ -436,11 +437,12 @@ const LIST_KEYS: &[&str] = &[
         ("caused_by" = Option<String>, Query, description = "Process id: only its children (whose provenance's caused_by names it)"),
         ("created_from_ms" = Option<u64>, Query, description = "Inclusive lower bound on created_at_ms"),
         ("created_before_ms" = Option<u64>, Query, description = "Exclusive upper bound on created_at_ms"),
-        ("after_id" = Option<String>, Query, description = "Only ids after this one (pagination)"),
+        ("order" = Option<String>, Query, description = "id (default): ascending id; newest: newest first (descending created_at_ms, then id)"),
+        ("after_id" = Option<String>, Query, description = "Where the page starts: the previous page's next_after_id (in id order, ids after it; newest first, processes created before it)"),
         ("limit" = Option<usize>, Query, description = "Page size (default 100, at most 1000)")),
     responses(
-        (status = 200, description = "One page in id order", body = ListPage),
-        (status = 400, description = "invalid_filter (unknown key, wrong type) or invalid_page", body = ErrorSchema),
+        (status = 200, description = "One page in the order asked for", body = ListPage),
+        (status = 400, description = "invalid_filter (unknown key, wrong type) or invalid_page (a bad limit; newest first, an after_id naming no process)", body = ErrorSchema),
         (status = 403, description = "`originated_by` with a session token (host only)", body = ErrorSchema)))]
 pub async fn list(
     State(state): Shared,
