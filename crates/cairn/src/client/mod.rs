@@ -1827,27 +1827,19 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
     add("originator", args.originator);
     add("caused_by", args.caused_by);
     created_range(args.created_from, args.created_before)?;
+    add("created_from_ms", args.created_from.map(|t| t.to_string()));
+    add("created_before_ms", args.created_before.map(|t| t.to_string()));
     let paged = args.after_id.is_some();
-    let (rows, truncated, limited, with_grants) = if let Some(after_id) = args.after_id {
+    let (rows, next, limited, with_grants) = if let Some(after_id) = args.after_id {
         // `--after-id` is the server's own pagination: one page, in id order.
-        add("created_from_ms", args.created_from.map(|t| t.to_string()));
-        add("created_before_ms", args.created_before.map(|t| t.to_string()));
         add("after_id", Some(after_id));
         add("limit", args.limit.map(|l| l.to_string()));
         let page = client.get(&format!("/v1/processes?{}", query(pairs))).await?;
         let (rows, next, with_grants) = ls::page_rows(&page);
         (rows, next, false, with_grants)
     } else {
-        let n = args.limit.unwrap_or(ls::LS_SCAN_LIMIT);
-        let search = ls::Search {
-            filters: &pairs,
-            created_from: args.created_from,
-            created_before: args.created_before,
-            n,
-            scan_limit: ls::LS_SCAN_LIMIT,
-            page: ls::page_for(n),
-        };
-        let listing = ls::newest(client, &search).await?;
+        let n = args.limit.unwrap_or(ls::LS_DEFAULT_LIMIT);
+        let listing = ls::newest(client, &pairs, n).await?;
         if listing.more {
             // Said on stderr, as the other notes are: more matched.
             let how = if args.limit.is_some() {
@@ -1857,7 +1849,7 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
             };
             errln!("(the newest {n} shown; more match: {how})")?;
         }
-        (listing.rows, listing.scan_cut, listing.more, listing.with_grants)
+        (listing.rows, None, listing.more, listing.with_grants)
     };
     if json {
         let view = LsView {
@@ -1865,7 +1857,7 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
             limited,
             with_grants,
         };
-        print_json(&ls_document(rows, truncated, view))?;
+        print_json(&ls_document(rows, next, view))?;
         return Ok(ExitCode::SUCCESS);
     }
     let table: Vec<Vec<String>> = rows
@@ -1894,7 +1886,7 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
         // table reads as "nothing was ever started".
         errln!("(nothing running matches; `--status any` lists ended processes too)")?;
     }
-    if let (Some(next), true) = (truncated, paged) {
+    if let (Some(next), true) = (next, paged) {
         errln!("(more: the same command with --after-id {next})")?;
     }
     Ok(ExitCode::SUCCESS)
@@ -1902,13 +1894,10 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
 
 /// `ls --json`: the rows, and their grants whenever the server's pages
 /// carried them (`with_grants`: a session's listing, `--granted-to`), empty
-/// or not; `next_after_id` for a page of `--after-id`; a listing of more
-/// matches than one id-order read takes says so (`truncated`, and where the
-/// server's id-order pages go on past that read; the rows are still the
-/// newest, found by time windows), and one that leaves matches out (its
-/// `--limit`, or 10,000 without one) says `limited`, as the table's note
-/// does for people.
-fn ls_document(rows: Vec<(Value, Option<Value>)>, truncated: Option<String>, view: LsView) -> Value {
+/// or not; `next_after_id` (`next`) for a page of `--after-id`; and one
+/// that leaves matches out (its `--limit`, or 10,000 without one) says
+/// `limited`, as the table's note does for people.
+fn ls_document(rows: Vec<(Value, Option<Value>)>, next: Option<String>, view: LsView) -> Value {
     let (processes, grants): (Vec<Value>, Vec<Value>) =
         rows.into_iter().map(|(p, g)| (p, g.unwrap_or(Value::Null))).unzip();
     let mut doc = json!({ "processes": processes });
@@ -1917,10 +1906,7 @@ fn ls_document(rows: Vec<(Value, Option<Value>)>, truncated: Option<String>, vie
     }
     let LsView { paged, limited, .. } = view;
     if paged {
-        doc["next_after_id"] = truncated.map(Value::String).unwrap_or(Value::Null);
-    } else if let Some(next) = truncated {
-        doc["truncated"] = json!(true);
-        doc["next_after_id"] = json!(next);
+        doc["next_after_id"] = next.map(Value::String).unwrap_or(Value::Null);
     }
     if limited {
         doc["limited"] = json!(true);
@@ -2313,18 +2299,6 @@ fn repeats_its_cancel(record: &Value, reason: Option<&str>) -> bool {
     record.get("cancel_request").is_some_and(Value::is_object) && given == recorded
 }
 
-/// `ls`'s order: newest first, and of processes created in one millisecond
-/// the greater id first, as the dashboard's list orders them.
-fn newest_first(a: &Value, b: &Value) -> std::cmp::Ordering {
-    let key = |r: &Value| {
-        (
-            r.get("created_at_ms").and_then(Value::as_u64).unwrap_or(0),
-            str_at(r, "/id"),
-        )
-    };
-    key(b).cmp(&key(a))
-}
-
 fn str_at(v: &Value, pointer: &str) -> String {
     match v.pointer(pointer) {
         Some(Value::String(s)) => s.clone(),
@@ -2495,32 +2469,15 @@ mod timestamp_tests {
 mod ls_tests {
     use super::*;
 
-    /// Newest first, and in one millisecond the greater id first: the
-    /// dashboard's order.
+    /// A listing that leaves matches out says so in `--json` too, where a
+    /// script reads it, not only in the table's note; a page of
+    /// `--after-id` says where the next one starts.
     #[test]
-    fn a_listing_orders_as_the_dashboard_does() {
-        let mut rows = [
-            json!({"id": "a", "created_at_ms": 5}),
-            json!({"id": "c", "created_at_ms": 7}),
-            json!({"id": "b", "created_at_ms": 7}),
-            json!({"id": "d", "created_at_ms": 5}),
-        ];
-        rows.sort_by(newest_first);
-        let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
-        assert_eq!(ids, ["c", "b", "d", "a"]);
-    }
-
-    /// A listing cut at the scan limit says so in `--json` too, where a
-    /// script reads it, not only in the table's note.
-    #[test]
-    fn a_cut_listing_says_so_in_json() {
+    fn a_listing_says_in_json_what_it_left_out() {
         let rows = vec![(json!({"id": "a"}), None)];
-        let doc = ls_document(rows.clone(), Some("a".into()), LsView::default());
-        assert_eq!(doc["truncated"], true, "{doc}");
-        assert_eq!(doc["next_after_id"], "a", "{doc}");
         let whole = ls_document(rows.clone(), None, LsView::default());
         assert!(
-            whole.get("truncated").is_none() && whole.get("next_after_id").is_none(),
+            whole.get("limited").is_none() && whole.get("next_after_id").is_none(),
             "{whole}"
         );
         let limited = ls_document(
@@ -2532,10 +2489,7 @@ mod ls_tests {
             },
         );
         assert_eq!(limited["limited"], true, "{limited}");
-        assert!(
-            limited.get("truncated").is_none() && limited.get("next_after_id").is_none(),
-            "{limited}"
-        );
+        assert!(limited.get("next_after_id").is_none(), "{limited}");
         // A session's listing carries its grants, none matching or not.
         let granted = LsView {
             with_grants: true,
@@ -2545,16 +2499,14 @@ mod ls_tests {
         assert!(ls_document(rows.clone(), None, LsView::default())
             .get("grants")
             .is_none());
-        let page = ls_document(
-            rows,
-            None,
-            LsView {
-                paged: true,
-                ..LsView::default()
-            },
-        );
+        let paged = LsView {
+            paged: true,
+            ..LsView::default()
+        };
+        let page = ls_document(rows.clone(), None, paged);
         assert_eq!(page["next_after_id"], Value::Null, "{page}");
-        assert!(page.get("truncated").is_none(), "{page}");
+        let page = ls_document(rows, Some("a".into()), paged);
+        assert_eq!(page["next_after_id"], "a", "{page}");
     }
 }
 
