@@ -1,9 +1,13 @@
 //! The processes list: the filters of SPEC §4, newest first, paged, live.
+//!
+//! Each page is one newest-first read of the registry ([`ListOrder::Newest`]),
+//! from the process the `before` cursor names (the last row of the page
+//! before), so a page costs about its rows however long the history.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use cairn_core::{CairnError, Grant, ProcessFilter, ProcessRecord, Processes, SessionScope, MAX_PAGE_SIZE};
+use cairn_core::{CairnError, Grant, ListOrder, ProcessFilter, ProcessRecord, Processes, SessionScope, MAX_PAGE_SIZE};
 use maud::{html, Markup};
 use serde::{Deserialize, Serialize};
 
@@ -14,8 +18,6 @@ use crate::{time, Shared};
 
 /// Rows per page unless `size` says otherwise.
 const PAGE: usize = 50;
-/// The first created-time window a page looks in; it widens until it holds a page.
-const FIRST_WINDOW_MS: u64 = 60_000;
 
 /// The list's query string (the filter form's fields). Empty fields mean "not set".
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -89,7 +91,10 @@ pub(crate) struct Row {
     pub grant: Option<Grant>,
 }
 
-/// Paging cursor: rows strictly older than this (created time, then id).
+/// Paging cursor: the last row of the previous page, as `{created_ms}:{id}`;
+/// the next page holds the rows older than that process (created time, then
+/// id). Its id is the registry's newest-first cursor (`after_id`); its time
+/// stays in the link, as older links have it, and pages nothing.
 #[derive(Clone, Debug, PartialEq)]
 struct Cursor {
     ms: u64,
@@ -117,11 +122,6 @@ impl Cursor {
 
     fn render(&self) -> String {
         format!("{}:{}", self.ms, self.id)
-    }
-
-    /// Whether `r` comes after this cursor in newest-first order.
-    fn admits(&self, r: &ProcessRecord) -> bool {
-        r.created_at_ms < self.ms || (r.created_at_ms == self.ms && r.id < self.id)
     }
 }
 
@@ -271,118 +271,37 @@ async fn read(p: &Processes, lens: &Lens, f: &ProcessFilter) -> cairn_core::Resu
     })
 }
 
-/// The window width each listing (its lens and filter) last found its page
-/// in: the next read of it (a live tab's, every change) starts there, and
-/// under a steady rate of starts finds it in one pass instead of narrowing
-/// down from [`FIRST_WINDOW_MS`] again. Only where the search starts: a
-/// stale width costs passes, never rows. At most [`WIDTHS_KEPT`] listings.
-static LAST_WIDTH: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, u64>>> =
-    std::sync::LazyLock::new(Default::default);
-const WIDTHS_KEPT: usize = 256;
-
-fn listing_key(plan: &Plan) -> String {
-    let lens = match &plan.lens {
-        Lens::All => String::new(),
-        Lens::GrantedTo(s) => format!("granted_to {s:?}"),
-        Lens::OriginatedBy(s) => format!("originated_by {s:?}"),
-    };
-    format!("{lens} {:?}", plan.filter)
-}
-
-/// One page, newest first, and the cursor of the next.
+/// One page, newest first, and the cursor of the next (`None`: the last page).
 ///
-/// Listings come from the registry in id order, so a page is found by time
-/// windows: read the matching rows created in `[top - w, top)`, widen `w` until
-/// the window holds more than a page (or reaches the lower bound), and narrow it
-/// again when a window holds more than four pages of rows, so a page reads a
-/// bounded number of rows however long the history. Hand-written because no
-/// registry call orders by creation; it uses only the public filter.
+/// The registry reads it newest first from the cursor's process on
+/// ([`ListOrder::Newest`]): one read of a page and one row more, to tell
+/// whether an older page exists (a page of [`MAX_PAGE_SIZE`] rows asks for
+/// that row in a read of its own). A cursor naming a process since pruned
+/// is [`CairnError::InvalidPage`].
 async fn newest_page(p: &Processes, plan: &Plan) -> cairn_core::Result<(Vec<Row>, Option<Cursor>)> {
-    let (rows, next, _) = search(p, plan).await?;
-    Ok((rows, next))
-}
-
-/// [`newest_page`], and how many windows it read to find it.
-async fn search(p: &Processes, plan: &Plan) -> cairn_core::Result<(Vec<Row>, Option<Cursor>, usize)> {
-    let base = &plan.filter;
-    let floor = base.created_from_ms.unwrap_or(0);
-    let ceiling = match (&plan.before, base.created_before_ms) {
-        // Saturating: a cursor at the largest time admits every row.
-        (Some(c), Some(b)) => Some(c.ms.saturating_add(1).min(b)),
-        (Some(c), None) => Some(c.ms.saturating_add(1)),
-        (None, b) => b,
-    };
-    let top = ceiling.unwrap_or_else(|| time::now_ms() + 1);
-    // `fits`: widest window known to hold at most a capped read; `overflows`:
-    // narrowest known to hold more.
-    let (mut fits, mut overflows): (u64, Option<u64>) = (0, None);
-    let key = listing_key(plan);
-    let remembered = LAST_WIDTH.lock().ok().and_then(|m| m.get(&key).copied());
-    let mut w = remembered.unwrap_or(FIRST_WINDOW_MS).max(1);
-    // A window read whole holds more than a page and at most four (two of
-    // the largest pages): each narrowing pass reads no more than that.
-    let cap = (plan.size * 4).min(MAX_PAGE_SIZE * 2);
-    let mut passes = 0;
+    let mut rows: Vec<Row> = Vec::new();
+    let mut after = plan.before.as_ref().map(|c| c.id.clone());
     loop {
-        passes += 1;
-        let lo = top.saturating_sub(w).max(floor);
-        let uncapped = overflows.is_some_and(|o| o <= fits + 1);
-        let mut f = ProcessFilter {
-            created_from_ms: Some(lo),
-            created_before_ms: ceiling,
-            after_id: None,
-            // A window read whole is read a registry page at a time.
-            limit: Some(if uncapped {
-                MAX_PAGE_SIZE
-            } else {
-                cap.min(MAX_PAGE_SIZE)
-            }),
-            ..base.clone()
+        let want = plan.size + 1 - rows.len();
+        let f = ProcessFilter {
+            order: ListOrder::Newest,
+            after_id: after,
+            limit: Some(want.min(MAX_PAGE_SIZE)),
+            ..plan.filter.clone()
         };
-        let mut rows = Vec::new();
-        let mut overflow = false;
-        loop {
-            let (page, next) = read(p, &plan.lens, &f).await?;
-            rows.extend(
-                page.into_iter()
-                    .filter(|r| plan.before.as_ref().is_none_or(|c| c.admits(&r.record))),
-            );
-            let Some(next) = next else { break };
-            if rows.len() >= cap && !uncapped {
-                overflow = true;
-                break;
-            }
-            f.after_id = Some(next);
+        let (page, next) = read(p, &plan.lens, &f).await?;
+        rows.extend(page);
+        // A registry page may stop short of the rows asked for (it is cut
+        // at its bytes): read on from its last row.
+        match next {
+            Some(next) if rows.len() <= plan.size => after = Some(next),
+            _ => break,
         }
-        if overflow {
-            overflows = Some(w);
-            // Down to one millisecond past `fits`, the overflowing window is
-            // the one to read whole (uncapped, next pass): halving it again
-            // would read `fits`, without the crowded millisecond.
-            if w - fits > 1 {
-                w = fits + (w - fits) / 2;
-            }
-            continue;
-        }
-        if rows.len() > plan.size || lo == floor || uncapped {
-            if let Ok(mut widths) = LAST_WIDTH.lock() {
-                if widths.len() >= WIDTHS_KEPT && !widths.contains_key(&key) {
-                    widths.clear();
-                }
-                widths.insert(key, w);
-            }
-            rows.sort_by(|a, b| (b.record.created_at_ms, &b.record.id).cmp(&(a.record.created_at_ms, &a.record.id)));
-            let more = rows.len() > plan.size;
-            rows.truncate(plan.size);
-            let next = more.then(|| rows.last().map(|r| Cursor::of(&r.record))).flatten();
-            return Ok((rows, next, passes));
-        }
-        fits = w;
-        w = match overflows {
-            Some(o) => fits + (o - fits).div_ceil(2),
-            None => w.saturating_mul(8),
-        };
     }
+    let more = rows.len() > plan.size;
+    rows.truncate(plan.size);
+    let next = more.then(|| rows.last().map(|r| Cursor::of(&r.record))).flatten();
+    Ok((rows, next))
 }
 
 /// The newest `size` processes of `definition`, in any status, that `viewer`
@@ -508,10 +427,12 @@ async fn rows_markup(p: &Processes, visitor: &Visitor, q: &ListQuery) -> (Status
     if let Some(why) = plan.forbidden {
         return (StatusCode::FORBIDDEN, pages::error_fragment("forbidden", why));
     }
-    let (rows, next) = match newest_page(p, &plan).await {
-        Ok(x) => x,
+    let (rows, next) = match (newest_page(p, &plan).await, &plan.before) {
+        (Ok(x), _) => x,
+        // The cursor's process is gone: refused, as other bad input is.
+        (Err(CairnError::InvalidPage(_)), Some(c)) => return cursor_gone(q, &c.id),
         // A read the store failed is the server's fault, not the query's.
-        Err(e) => {
+        (Err(e), _) => {
             return (
                 crate::process::status_for(&e),
                 pages::error_fragment(e.code(), &e.to_string()),
@@ -568,6 +489,27 @@ async fn rows_markup(p: &Processes, visitor: &Visitor, q: &ListQuery) -> (Status
         }
     };
     (StatusCode::OK, markup)
+}
+
+/// The refusal of a page whose cursor names process `id`, gone (pruned
+/// since the page that linked here) and with it where the page starts: a bad
+/// query, with the way back to the first page.
+fn cursor_gone(q: &ListQuery, id: &str) -> (StatusCode, Markup) {
+    let newest = ListQuery {
+        before: String::new(),
+        ..q.clone()
+    };
+    let why = format!(
+        "`before` names process `{id}`, which no longer exists (pruned since the page that linked here), \
+         so this page has nowhere to start: go back to the first page"
+    );
+    let markup = html! {
+        (pages::error_fragment("invalid_page", &why))
+        nav.pager {
+            a #newest href={ "/ui/processes?" (serde_urlencoded_query(&newest)) } { "← Newest" }
+        }
+    };
+    (StatusCode::BAD_REQUEST, markup)
 }
 
 /// A path segment for an id (ids may hold characters a URL path must escape).
@@ -665,65 +607,53 @@ mod tests {
         all.into_iter().take(n).map(|r| r.id).collect()
     }
 
-    /// A listing read again starts where its last read found its page: the
-    /// page is the newest whatever came since, a burst far denser than the
-    /// width it starts from, or nothing for longer than it.
+    /// A page of the largest size says whether an older one exists: the row
+    /// past it is a read of its own, as the registry reads no more than
+    /// [`MAX_PAGE_SIZE`] at once.
     #[tokio::test]
-    async fn a_page_read_again_is_the_newest_whatever_came_since() {
-        let t0 = time::now_ms() - 60_000;
-        let clock = std::sync::Arc::new(cairn_core::ManualClock::new(t0));
+    async fn a_page_of_the_largest_size_tells_whether_more_follow() {
+        let clock = std::sync::Arc::new(cairn_core::ManualClock::new(time::now_ms() - 60_000));
         let p = Processes::builder(std::sync::Arc::new(cairn_core::MemoryRegistry::with_clock(
             clock.clone(),
         )))
         .clock(clock.clone())
         .without_worker()
         .start();
-        let start = |i: usize| cairn_core::StartRequest::external(format!("p{i:05}"), serde_json::json!({}));
-        let plan_of = |q: &ListQuery| plan(q, &Viewer::Host).expect("plan");
-        let plan = plan_of(&ListQuery::default());
         let page_ids = |rows: Vec<Row>| rows.into_iter().map(|r| r.record.id).collect::<Vec<_>>();
-        // Steady: one every 5 ms.
-        for i in 0..2_000 {
-            clock.advance(5);
+        let plan = plan(
+            &ListQuery {
+                size: MAX_PAGE_SIZE.to_string(),
+                ..ListQuery::default()
+            },
+            &Viewer::Host,
+        )
+        .expect("plan");
+        // Ids against creation order: the newest has the smallest.
+        let start = |i: usize| cairn_core::StartRequest::external(format!("p{:05}", 5_000 - i), serde_json::json!({}));
+        for i in 0..MAX_PAGE_SIZE {
+            clock.advance(i as u64 % 2);
             p.start(start(i)).await.expect("start");
         }
         let (rows, next) = newest_page(&p, &plan).await.expect("page");
-        assert_eq!(page_ids(rows), newest_ids(&p, PAGE).await);
-        assert!(next.is_some());
-        // Read again, a listing starts from the width its last read found:
-        // one window, where the first read narrowed down from a minute's.
-        // (Bounded above, so that its windows are this test's own, whatever
-        // the time, and so is its key.)
-        let bounded = plan_of(&ListQuery {
-            created_before: (t0 + 10_010).to_string(),
-            ..ListQuery::default()
-        });
-        let (rows, _, first) = search(&p, &bounded).await.expect("page");
-        assert_eq!(page_ids(rows), newest_ids(&p, PAGE).await);
-        clock.advance(5);
-        p.start(start(2_000)).await.expect("start");
-        let (rows, _, again) = search(&p, &bounded).await.expect("page");
-        assert_eq!(page_ids(rows), newest_ids(&p, PAGE).await);
-        assert!(first > 1 && again == 1, "{first} passes, then {again}");
-        // A burst: 600 in one millisecond, narrower than the width found.
+        assert_eq!(page_ids(rows), newest_ids(&p, MAX_PAGE_SIZE).await);
+        assert_eq!(next, None, "exactly a page: no older one");
         clock.advance(1);
-        for i in 2_001..2_600 {
-            p.start(start(i)).await.expect("start");
-        }
-        let (rows, _) = newest_page(&p, &plan).await.expect("page");
-        assert_eq!(page_ids(rows), newest_ids(&p, PAGE).await);
-        // Then a few, long after: wider than the width found.
-        clock.advance(20_000);
-        for i in 2_600..2_610 {
-            clock.advance(1_000);
-            p.start(start(i)).await.expect("start");
-        }
+        p.start(start(MAX_PAGE_SIZE)).await.expect("start");
         let (rows, next) = newest_page(&p, &plan).await.expect("page");
-        assert_eq!(page_ids(rows), newest_ids(&p, PAGE).await);
-        // And the next page from its cursor.
-        let older = Plan { before: next, ..plan };
-        let (rows, _) = newest_page(&p, &older).await.expect("page");
-        assert_eq!(page_ids(rows), newest_ids(&p, 2 * PAGE).await[PAGE..].to_vec());
+        let newest = newest_ids(&p, MAX_PAGE_SIZE + 1).await;
+        assert_eq!(page_ids(rows), newest[..MAX_PAGE_SIZE].to_vec());
+        let next = next.expect("one more: an older page");
+        let (rows, last) = newest_page(
+            &p,
+            &Plan {
+                before: Some(next),
+                ..plan
+            },
+        )
+        .await
+        .expect("page");
+        assert_eq!(page_ids(rows), newest[MAX_PAGE_SIZE..].to_vec());
+        assert_eq!(last, None);
         p.shutdown().await;
     }
 

@@ -221,10 +221,15 @@ async fn pages_list_newest_first_across_sparse_and_crowded_times() {
         assert!(seen.len() <= expected.len(), "paging repeats rows: {seen:?}");
     }
     assert_eq!(seen, expected);
-    // A cursor at the largest time admits every row (its bound does not wrap).
-    let (status, html, _) = get(&app, &format!("/ui/list/rows?size=100&before={}:x", u64::MAX), None).await;
+    // A cursor is the process it names: its time, even the largest, is not
+    // where the page starts, and a cursor naming no process is refused.
+    let (status, html, _) = get(&app, &format!("/ui/list/rows?size=100&before={}:p1-0", u64::MAX), None).await;
     assert_eq!(status, StatusCode::OK, "{html}");
-    assert_eq!(listed(&html), expected);
+    let after = expected.iter().position(|id| id == "p1-0").expect("listed") + 1;
+    assert_eq!(listed(&html), expected[after..].to_vec());
+    let (status, html, _) = get(&app, &format!("/ui/list/rows?size=100&before={}:x", u64::MAX), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    assert!(html.contains("invalid_page"), "{html}");
 }
 
 #[tokio::test]
@@ -549,6 +554,135 @@ async fn a_window_crowded_past_one_registry_page_still_pages_in_order() {
         assert!(seen.len() <= expected.len(), "paging repeats rows");
     }
     assert_eq!(seen, expected);
+}
+
+/// Every page of `first` (a rows path or a page's "Older" link), read in
+/// turn: the ids listed, in page order, each page at most `size` rows.
+async fn page_through(app: &Router, first: &str, size: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut next = Some(first.to_string());
+    while let Some(path) = next {
+        let (status, html, _) = get(app, &path.replace("/ui/processes?", "/ui/list/rows?"), None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {html}");
+        let page = listed(&html);
+        assert!(page.len() <= size, "{path}: {page:?}");
+        next = older(&html);
+        assert!(
+            next.is_none() || page.len() == size,
+            "an older page after a short one: {path}"
+        );
+        seen.extend(page);
+        assert!(seen.len() <= 1_000, "paging does not end: {seen:?}");
+    }
+    seen
+}
+
+/// Processes crowded into one millisecond and spread across others, their
+/// ids against creation order, are each listed once, newest first (ties by
+/// the larger id), through every lens and a filter, on pages of any size.
+#[tokio::test]
+async fn pages_show_each_process_once_newest_first_whatever_its_id() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    // (created, id, whether session s1 started it and holds a grant on it)
+    let mut made = Vec::new();
+    let mut at = T0;
+    for i in 0..150u64 {
+        // 60 in the first millisecond, 40 more in ones a few apart, 30 in
+        // another crowded one, then 20 more apart.
+        match i {
+            0..60 | 101..130 => {}
+            _ => at += 1 + i % 3,
+        }
+        clock.set(at);
+        // 7 is prime to 150: every id once, out of creation order.
+        let id = format!("q{:03}", (i * 7) % 150);
+        let theirs = i % 3 != 0;
+        if theirs {
+            let start = StartRequest::from_json(json!({
+                "id": id,
+                "input": {"type": "external", "metadata": {}},
+                "disposition": "externally_owned",
+                "originator": {"type": "session", "scope": {"session_id": "s1"}},
+                "grant": {"session_scope": {"session_id": "s1"}},
+            }))
+            .unwrap();
+            p.start(start).await.expect("start");
+        } else {
+            external(&p, &id).await;
+        }
+        made.push((at, id, theirs));
+    }
+    made.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
+    let every: Vec<String> = made.iter().map(|m| m.1.clone()).collect();
+    let s1s: Vec<String> = made.iter().filter(|m| m.2).map(|m| m.1.clone()).collect();
+    assert!(
+        every.windows(2).any(|w| w[0] < w[1]),
+        "ids against creation order somewhere"
+    );
+    let app = app(&p, true);
+    for size in [1, 7, 50, 149, 150, 151] {
+        assert_eq!(
+            page_through(&app, &format!("/ui/list/rows?size={size}"), size).await,
+            every,
+            "size {size}"
+        );
+    }
+    for (query, expected) in [
+        ("lens=granted_to&session=s1", &s1s),
+        ("lens=originated_by&session=s1", &s1s),
+        ("originator=session%3As1", &s1s),
+    ] {
+        for size in [4, 45] {
+            let first = format!("/ui/list/rows?{query}&size={size}");
+            assert_eq!(&page_through(&app, &first, size).await, expected, "{first}");
+        }
+    }
+}
+
+/// A page whose cursor names a process pruned since the page that linked to
+/// it is refused as other bad input is (no live stream), saying to go back
+/// to the first page, and linking to it.
+#[tokio::test]
+async fn a_page_after_a_pruned_process_says_to_go_back_to_the_first() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    for id in ["a", "b", "c"] {
+        clock.advance(1);
+        external(&p, id).await;
+    }
+    let app = app(&p, true);
+    let (status, html, _) = get(&app, "/ui/processes?status=any&size=2", None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert_eq!(listed(&html), ["c", "b"]);
+    let link = older(&html).expect("an older page");
+    p.complete_external("b", cairn_core::Outcome::success(json!(1)), "ci")
+        .await
+        .expect("complete");
+    let report = p
+        .prune(
+            T0 + 4,
+            cairn_core::StatusFilter::Any,
+            cairn_core::Watermark::NoProjector,
+        )
+        .await
+        .expect("prune");
+    assert_eq!(report.pruned, 1, "{report:?}");
+    let (status, html, _) = get(&app, &link, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{html}");
+    assert!(
+        html.contains("invalid_page") && html.contains("go back to the first page"),
+        "{html}"
+    );
+    assert!(
+        html.contains(r#"href="/ui/processes?status=any&amp;size=2""#),
+        "a link to the first page: {html}"
+    );
+    assert!(!html.contains("sse-connect"), "{html}");
+    // The first page still reads.
+    let (status, html, _) = get(&app, "/ui/list/rows?status=any&size=2", None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert_eq!(listed(&html), ["c", "a"]);
 }
 
 #[tokio::test]
