@@ -7,6 +7,42 @@ use std::time::Duration;
 use common::{waiter, Server};
 use serde_json::{json, Value};
 
+/// `--json events` over a log of several pages prints, page by page, the
+/// very document the whole log would print: every event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_events_of_many_pages_are_one_document() {
+    let server = Server::start(&[]).await;
+    let ext = json!({"id": "e1", "input": {"type": "external"}, "disposition": "externally_owned",
+                     "event_types": [{"name": "note"}]});
+    assert_eq!(server.client().start(ext).await.0, 201);
+    for n in 0..250 {
+        let body = json!({"event_type": "note", "payload": {"n": n, "text": "two\nlines"}});
+        let (status, answer) = server.client().post("/v1/processes/e1/events", body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let out = server.cli(&["--json", "events", "e1"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let doc = out.json();
+    assert_eq!(
+        out.stdout,
+        format!("{}\n", serde_json::to_string_pretty(&doc).expect("JSON"))
+    );
+    let events = doc["events"].as_array().expect("events");
+    let last = events.last().expect("an event")["sequence"].as_u64().expect("sequence");
+    assert!(last >= 250, "{last}");
+    let sequences: Vec<u64> = events.iter().filter_map(|e| e["sequence"].as_u64()).collect();
+    assert_eq!(sequences, (1..=last).collect::<Vec<_>>());
+    let notes: Vec<&Value> = events.iter().filter(|e| e["event_type"] == "note").collect();
+    assert_eq!(notes.len(), 250);
+    assert!(notes.iter().enumerate().all(|(n, e)| e["payload"]["n"] == n));
+    // Nothing after the last event: an empty list, as the whole would print it.
+    let out = server
+        .cli(&["--json", "events", "e1", "--after", &last.to_string()], None)
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "{\n  \"events\": []\n}\n");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_drives_the_server() {
     let server = Server::start(&[]).await;

@@ -386,7 +386,9 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                 return Ok(ExitCode::SUCCESS);
             }
             let mut after = after;
-            let mut events = Vec::new();
+            // With `--json`, `{"events": [...]}` is written a page at a time,
+            // as the whole would print it: a long log is never held at once.
+            let mut printed = 0usize;
             loop {
                 let page = client
                     .get(&format!(
@@ -400,17 +402,28 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                     .and_then(Value::as_array)
                     .cloned()
                     .unwrap_or_default();
-                if !json {
+                if json {
+                    for event in &batch {
+                        print_json_item(if printed == 0 { "{\n  \"events\": [\n" } else { ",\n" }, event)?;
+                        printed += 1;
+                    }
+                } else {
                     batch.iter().try_for_each(print_event_row)?;
                 }
-                events.extend(batch);
                 match page.get("next_after").and_then(Value::as_u64) {
                     Some(next) if next > after => after = next,
                     _ => break,
                 }
             }
             if json {
-                print_json(&json!({ "events": events }))?;
+                outln!(
+                    "{}",
+                    if printed == 0 {
+                        "{\n  \"events\": []\n}"
+                    } else {
+                        "\n  ]\n}"
+                    }
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -2190,6 +2203,14 @@ pub(crate) fn with_created(mut answer: Value, status: reqwest::StatusCode) -> Va
 
 fn print_json(v: &Value) -> Result<(), ClientError> {
     outln!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()))
+}
+
+/// `before`, then `v` as [`print_json`] prints it inside a list of an
+/// object's field (each line indented four spaces), without a line end: a
+/// list printed an item at a time reads as the whole printed at once.
+fn print_json_item(before: &str, v: &Value) -> Result<(), ClientError> {
+    let pretty = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+    output::bytes(format!("{before}    {}", pretty.replace('\n', "\n    ")).as_bytes())
 }
 
 fn print_record(r: &Value) -> Result<(), ClientError> {
