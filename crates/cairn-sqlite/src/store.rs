@@ -911,7 +911,15 @@ fn collect_entries(
 /// The query of `list`: with a status it walks the (status, id) index in id
 /// order, so terminal rows never slow a listing of running ones.
 fn list_query(filter: &ProcessFilter, cursor: Option<i64>, limit: usize) -> (String, Vec<SqlValue>) {
-    let mut sql = format!("SELECT {ENTRY_COLUMNS} FROM processes p WHERE 1 = 1");
+    // Newest first, the waiting processes are read from their own index and
+    // sorted (they are few, ADR 0037): left to itself the planner walks the
+    // creation-time index for its order, past every ended process.
+    let from = if filter.order == ListOrder::Newest && filter.waiting == Some(true) {
+        "processes p INDEXED BY processes_waiting"
+    } else {
+        "processes p"
+    };
+    let mut sql = format!("SELECT {ENTRY_COLUMNS} FROM {from} WHERE 1 = 1");
     let mut args = Vec::new();
     filter_sql(filter, cursor, true, &mut sql, &mut args);
     order_sql(filter, "p.id", limit, &mut sql, &mut args);
@@ -1533,6 +1541,28 @@ mod tests {
                     assert!(p.contains("USING INDEX processes_created"), "{filter:?}: {p}");
                     assert!(!p.contains("TEMP B-TREE"), "{filter:?}: {p}");
                 }
+            }
+        }
+        // Waiting processes are read from their own index and sorted, not
+        // found by walking every process newest first; a bound status reads
+        // its own (both hold only processes that have not completed).
+        for (status, waiting, index) in [
+            (StatusFilter::Any, Some(true), "processes_waiting"),
+            (StatusFilter::Running, Some(true), "processes_waiting"),
+            (StatusFilter::Running, None, "processes_status_id"),
+            (StatusFilter::Failed, None, "processes_status_id"),
+        ] {
+            for (after_id, cursor) in [(None, None), (Some("a".to_string()), Some(7))] {
+                let filter = ProcessFilter {
+                    status,
+                    waiting,
+                    order: ListOrder::Newest,
+                    after_id,
+                    ..ProcessFilter::default()
+                };
+                let (sql, args) = list_query(&filter, cursor, 100);
+                let p = plan(&conn, &sql, args);
+                assert!(p.contains(&format!("USING INDEX {index}")), "{filter:?}: {p}");
             }
         }
     }
