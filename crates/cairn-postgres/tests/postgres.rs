@@ -2305,6 +2305,25 @@ async fn a_newest_first_listing_reads_the_creation_time_index() {
         );
         assert!(!plan.contains("Seq Scan"), "{f} scans the table:\n{plan}");
     }
+    // A bound status, or waiting, reads its own partial index and sorts.
+    for (f, index) in [
+        (json!({"status": "running", "order": "newest"}), "processes_status_id"),
+        (
+            json!({"status": "failed", "order": "newest", "after_id": "done-7"}),
+            "processes_status_id",
+        ),
+        (
+            json!({"status": "any", "waiting": true, "order": "newest", "after_id": "done-7"}),
+            "processes_waiting",
+        ),
+    ] {
+        let filter = ProcessFilter::from_json(f.clone()).expect("filter");
+        let plan = testing::listing_plan(&schema.url, &schema.name, &filter)
+            .await
+            .expect("plan");
+        assert!(plan.contains(index), "{f} should use {index}:\n{plan}");
+        assert!(!plan.contains("Seq Scan"), "{f} scans the table:\n{plan}");
+    }
 }
 
 /// A populated schema from before the listing windows (version 13) gains
