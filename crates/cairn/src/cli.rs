@@ -808,10 +808,10 @@ pub struct LsArgs {
     /// Only the children of this process (its id in their `caused_by`).
     #[arg(long, value_name = "ID")]
     pub caused_by: Option<String>,
-    /// One page in id order after this id (the server's pagination) instead of newest first.
-    #[arg(long)]
+    /// Go on after this process, the last row a listing showed (newest first, as `ls` lists).
+    #[arg(long, value_name = "ID")]
     pub after_id: Option<String>,
-    /// Show at most this many (newest first; 10000 when not given; with `--after-id`, the server's page size).
+    /// Show at most this many (newest first; 10000 when not given).
     #[arg(long, value_parser = at_least_one(), allow_negative_numbers = true)]
     pub limit: Option<usize>,
     /// Only processes created at or after this time: epoch milliseconds

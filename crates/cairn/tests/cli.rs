@@ -721,9 +721,9 @@ async fn ls_and_prune_take_a_created_range() {
     assert_eq!(listed(flag("before", at)).await, 0);
     assert_eq!(listed(vec!["--created-from".into(), rfc3339(at)]).await, 1);
     assert_eq!(listed(vec!["--created-before".into(), rfc3339(at)]).await, 0);
-    // With `--after-id`, the server's own page.
-    let mut paged = flag("before", at);
-    paged.extend(["--after-id".to_string(), "a".into()]);
+    // With `--after-id`, what comes after that process newest first.
+    let mut paged = flag("before", at + 1);
+    paged.extend(["--after-id".to_string(), "r1".into()]);
     assert_eq!(listed(paged).await, 0);
 
     let prune = |range: Vec<String>| async move {

@@ -810,6 +810,21 @@ async fn section_three_exit_codes_json_shapes_and_messages() {
     let out = cli(&["ls", "--status", "any", "--limit", "1"]).await;
     assert_eq!(out.stdout.lines().count(), 2, "{}", out.stdout);
     assert!(out.stderr.contains("more match"), "{}", out.stderr);
+    // ... and how to go on after the last row shown, newest first.
+    assert!(out.stderr.contains("--after-id a-second"), "{}", out.stderr);
+    let out = cli(&[
+        "--json",
+        "ls",
+        "--status",
+        "any",
+        "--limit",
+        "1",
+        "--after-id",
+        "a-second",
+    ])
+    .await;
+    let doc = out.json();
+    assert_eq!(doc["processes"][0]["id"], "b-first", "{doc}");
     let out = cli(&["ls", "--status", "any", "--limit", "1000"]).await;
     assert!(!out.stderr.contains("more match"), "{}", out.stderr);
     let out = cli(&["ls", "--status", "any"]).await;

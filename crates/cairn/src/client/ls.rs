@@ -1,8 +1,9 @@
-//! `cairn ls`, newest first: the server's newest-first pages
-//! (`order=newest`), each read after the last one's `next_after_id`, until
-//! the rows to show and one more are read (that one says more match) or the
-//! pages end. The server reads its creation-time index, so a listing reads
-//! about what it shows on any table size.
+//! `cairn ls`, newest first (`--after-id`: after the process it names): the
+//! server's newest-first pages (`order=newest`), each read after the last
+//! one's `next_after_id`, until the rows to show and one more are read (that
+//! one says more match) or the pages end. The server reads its
+//! creation-time index, so a listing reads about what it shows on any table
+//! size.
 
 use serde_json::Value;
 
@@ -40,18 +41,21 @@ pub(super) struct Listing {
 
 /// The newest `n` matches of `filters` (the server's query pairs: `status`,
 /// `granted_to`, the created bounds, ...), newest first as the server orders
-/// them (by `created_at_ms`, then the greater id first). Pages are asked
-/// for `order=newest`, each at most the rows still wanted (`n` and one
-/// more) and at most the server's largest page, each after the last one's
-/// `next_after_id`, until `n` and one more are read or the pages end.
+/// them (by `created_at_ms`, then the greater id first), from the top or,
+/// given `after`, after that process (where a listing that showed it as its
+/// last row stopped). Pages are asked for `order=newest`, each at most the
+/// rows still wanted (`n` and one more) and at most the server's largest
+/// page, each after the last one's `next_after_id`, until `n` and one more
+/// are read or the pages end.
 pub(super) async fn newest(
     pages: &impl Pages,
     filters: &[(&'static str, String)],
     n: usize,
+    after: Option<String>,
 ) -> Result<Listing, ClientError> {
     let wanted = n.saturating_add(1);
     let (mut rows, mut with_grants) = (Vec::new(), false);
-    let mut after_id: Option<String> = None;
+    let mut after_id: Option<String> = after;
     while rows.len() < wanted {
         let mut pairs = filters.to_vec();
         pairs.push(("order", "newest".to_string()));
@@ -258,7 +262,7 @@ mod tests {
         let all = r.newest_started(0, u64::MAX);
         for n in [1, 3, 4, 10, 29, 30, 31, 50] {
             r.reset();
-            let listing = newest(&r, &[], n).await.expect("list");
+            let listing = newest(&r, &[], n, None).await.expect("list");
             assert_eq!(ids(&listing.rows), all[..n.min(all.len())], "n={n}");
             assert_eq!(listing.more, all.len() > n, "n={n}");
             assert!(!listing.with_grants);
@@ -268,6 +272,36 @@ mod tests {
             // Pages of 4 (the server's cut) to read `n` and one more.
             assert_eq!(asked.len(), (n + 1).min(all.len()).div_ceil(4), "n={n}");
         }
+        r.p.shutdown().await;
+    }
+
+    /// Given the last row a listing showed, the next listing goes on after
+    /// it: listings of `n` chained so show every match once, newest first.
+    #[tokio::test]
+    async fn a_listing_goes_on_after_the_last_row_shown() {
+        let r = Registry::new(4);
+        for i in 0..23u64 {
+            r.start_at(&format!("p{:02}", (i * 5) % 23), i / 4).await;
+        }
+        let all = r.newest_started(0, u64::MAX);
+        let mut shown: Vec<String> = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            r.reset();
+            let listing = newest(&r, &[], 5, after.clone()).await.expect("list");
+            let page = ids(&listing.rows);
+            assert_eq!(
+                value(&r.asked.lock().unwrap()[0].0, "after_id"),
+                after.as_deref(),
+                "the first page starts after the row given"
+            );
+            shown.extend(page.iter().cloned());
+            if !listing.more {
+                break;
+            }
+            after = page.last().cloned();
+        }
+        assert_eq!(shown, all);
         r.p.shutdown().await;
     }
 
@@ -290,7 +324,7 @@ mod tests {
         assert_eq!(within.len(), 20);
         for n in [4, 19, 20, 100] {
             r.reset();
-            let listing = newest(&r, &filters, n).await.expect("list");
+            let listing = newest(&r, &filters, n, None).await.expect("list");
             assert_eq!(ids(&listing.rows), within[..n.min(within.len())], "n={n}");
             assert_eq!(listing.more, within.len() > n, "n={n}");
             let asked = r.asked.lock().unwrap();
@@ -312,7 +346,7 @@ mod tests {
             asked: Mutex::new(Vec::new()),
         };
         let filters = [("granted_to", "s1".to_string())];
-        let listing = newest(&lens, &filters, 2_100).await.expect("list");
+        let listing = newest(&lens, &filters, 2_100, None).await.expect("list");
         assert_eq!(listing.rows.len(), 2_100);
         assert!(listing.more && listing.with_grants);
         for (i, (p, g)) in listing.rows.iter().enumerate() {
@@ -325,7 +359,7 @@ mod tests {
         assert_eq!(limits, ["1000", "1000", "101"]);
         assert!(asked.iter().all(|(p, _)| value(p, "granted_to") == Some("s1")));
         // Fewer match than asked for: every page is read, nothing more.
-        let listing = newest(&lens, &filters, 3_000).await.expect("list");
+        let listing = newest(&lens, &filters, 3_000, None).await.expect("list");
         assert_eq!(listing.rows.len(), 2_500);
         assert!(!listing.more);
         assert_eq!(lens.asked.lock().unwrap().len(), 3);
@@ -334,7 +368,7 @@ mod tests {
             rows: 0,
             asked: Mutex::new(Vec::new()),
         };
-        let listing = newest(&empty, &filters, 5).await.expect("list");
+        let listing = newest(&empty, &filters, 5, None).await.expect("list");
         assert!(listing.rows.is_empty() && !listing.more && listing.with_grants);
     }
 }

@@ -1843,27 +1843,31 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
     add("created_from_ms", args.created_from.map(|t| t.to_string()));
     add("created_before_ms", args.created_before.map(|t| t.to_string()));
     let paged = args.after_id.is_some();
-    let (rows, next, limited, with_grants) = if let Some(after_id) = args.after_id {
-        // `--after-id` is the server's own pagination: one page, in id order.
-        add("after_id", Some(after_id));
-        add("limit", args.limit.map(|l| l.to_string()));
-        let page = client.get(&format!("/v1/processes?{}", query(pairs))).await?;
-        let (rows, next, with_grants) = ls::page_rows(&page);
-        (rows, next, false, with_grants)
-    } else {
-        let n = args.limit.unwrap_or(ls::LS_DEFAULT_LIMIT);
-        let listing = ls::newest(client, &pairs, n).await?;
-        if listing.more {
-            // Said on stderr, as the other notes are: more matched.
-            let how = if args.limit.is_some() {
-                "raise --limit to see them".to_string()
-            } else {
-                format!("a --limit over {n} shows more")
-            };
-            errln!("(the newest {n} shown; more match: {how})")?;
-        }
-        (listing.rows, None, listing.more, listing.with_grants)
-    };
+    let n = args.limit.unwrap_or(ls::LS_DEFAULT_LIMIT);
+    let listing = ls::newest(client, &pairs, n, args.after_id).await?;
+    // Where the next listing goes on (`--after-id`) when this one left matches out.
+    let next = listing
+        .more
+        .then(|| listing.rows.last().map(|(r, _)| str_at(r, "/id")))
+        .flatten();
+    if let Some(last) = &next {
+        // Said on stderr, as the other notes are: more matched.
+        let shown = if paged {
+            format!("{n} shown")
+        } else {
+            format!("the newest {n} shown")
+        };
+        let how = if args.limit.is_some() {
+            "raise --limit to see them"
+        } else {
+            "a --limit over 10000 shows more"
+        };
+        errln!(
+            "({shown}; more match: {how}, or --after-id {} goes on after the last shown)",
+            hints::word(last)
+        )?;
+    }
+    let (rows, limited, with_grants) = (listing.rows, listing.more, listing.with_grants);
     if json {
         let view = LsView {
             paged,
@@ -1899,17 +1903,15 @@ async fn ls(client: &Client, json: bool, args: LsArgs) -> Result<ExitCode, Clien
         // table reads as "nothing was ever started".
         errln!("(nothing running matches; `--status any` lists ended processes too)")?;
     }
-    if let (Some(next), true) = (next, paged) {
-        errln!("(more: the same command with --after-id {next})")?;
-    }
     Ok(ExitCode::SUCCESS)
 }
 
 /// `ls --json`: the rows, and their grants whenever the server's pages
 /// carried them (`with_grants`: a session's listing, `--granted-to`), empty
-/// or not; `next_after_id` (`next`) for a page of `--after-id`; and one
-/// that leaves matches out (its `--limit`, or 10,000 without one) says
-/// `limited`, as the table's note does for people.
+/// or not; one that leaves matches out (its `--limit`, or 10,000 without
+/// one) says `limited`, as the table's note does for people, and
+/// `next_after_id` (`next`: its last row, for `--after-id` to go on from),
+/// which a listing of `--after-id` carries in any case (`null` at the end).
 fn ls_document(rows: Vec<(Value, Option<Value>)>, next: Option<String>, view: LsView) -> Value {
     let (processes, grants): (Vec<Value>, Vec<Value>) =
         rows.into_iter().map(|(p, g)| (p, g.unwrap_or(Value::Null))).unzip();
@@ -1918,7 +1920,7 @@ fn ls_document(rows: Vec<(Value, Option<Value>)>, next: Option<String>, view: Ls
         doc["grants"] = Value::Array(grants);
     }
     let LsView { paged, limited, .. } = view;
-    if paged {
+    if paged || limited {
         doc["next_after_id"] = next.map(Value::String).unwrap_or(Value::Null);
     }
     if limited {
@@ -1930,7 +1932,7 @@ fn ls_document(rows: Vec<(Value, Option<Value>)>, next: Option<String>, view: Ls
 /// What `ls --json`'s document says beside its rows ([`ls_document`]).
 #[derive(Clone, Copy, Default)]
 struct LsView {
-    /// One page of `--after-id`.
+    /// A listing after `--after-id`.
     paged: bool,
     /// Matching processes were left out (`--limit`, or 10,000 without one).
     limited: bool,
@@ -2503,14 +2505,14 @@ mod ls_tests {
         );
         let limited = ls_document(
             rows.clone(),
-            None,
+            Some("a".into()),
             LsView {
                 limited: true,
                 ..LsView::default()
             },
         );
         assert_eq!(limited["limited"], true, "{limited}");
-        assert!(limited.get("next_after_id").is_none(), "{limited}");
+        assert_eq!(limited["next_after_id"], "a", "where `--after-id` goes on: {limited}");
         // A session's listing carries its grants, none matching or not.
         let granted = LsView {
             with_grants: true,
