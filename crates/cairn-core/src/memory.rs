@@ -1229,12 +1229,12 @@ fn newest_page<T>(
     limit: usize,
 ) -> Result<Vec<T>> {
     let items: Vec<T> = items.collect();
-    let cursor = match &filter.after_id {
+    let cursor = match filter.newest_cursor() {
         Some(a) => Some(
             items
                 .iter()
                 .map(&record)
-                .find(|r| r.id == *a)
+                .find(|r| r.id == a)
                 .ok_or_else(|| filter.cursor_gone())?
                 .created_at_ms,
         ),

@@ -1728,6 +1728,16 @@ impl ProcessFilter {
                 || self.after_id.as_ref().is_none_or(|a| record.id.as_str() > a.as_str()))
     }
 
+    /// The cursor of a newest-first listing: `after_id` unless empty (an
+    /// empty one starts at the top, as it does in id order); `None` in id
+    /// order.
+    pub fn newest_cursor(&self) -> Option<&str> {
+        match self.order {
+            ListOrder::Newest => self.after_id.as_deref().filter(|a| !a.is_empty()),
+            ListOrder::Id => None,
+        }
+    }
+
     /// The error of a newest-first cursor naming no process the listing
     /// holds (through its lens): its position is its creation time, which
     /// is gone with it.
@@ -1743,9 +1753,9 @@ impl ProcessFilter {
     /// `after_id` names, created at `cursor_created_ms` (older, or as old
     /// with a smaller id).
     pub fn is_past(&self, record: &ProcessRecord, cursor_created_ms: u64) -> bool {
-        match &self.after_id {
+        match self.newest_cursor() {
             None => true,
-            Some(a) => (record.created_at_ms, record.id.as_str()) < (cursor_created_ms, a.as_str()),
+            Some(a) => (record.created_at_ms, record.id.as_str()) < (cursor_created_ms, a),
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Each page is one newest-first read of the registry ([`ListOrder::Newest`]),
 //! from the process the `before` cursor names (the last row of the page
-//! before), so a page costs about its rows however long the history.
+//! before): with every status, a page costs about its rows however long the
+//! history; with a status, about that status's processes (ADR 0038).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -110,6 +111,9 @@ impl Cursor {
             .split_once(':')
             .ok_or_else(|| format!("`before` must be MS:ID, got `{raw}`"))?;
         let ms = ms.parse().map_err(|_| format!("`before` must be MS:ID, got `{raw}`"))?;
+        if id.is_empty() {
+            return Err(format!("`before` must be MS:ID, got `{raw}`, with no id"));
+        }
         Ok(Some(Self { ms, id: id.to_string() }))
     }
 
@@ -500,8 +504,8 @@ fn cursor_gone(q: &ListQuery, id: &str) -> (StatusCode, Markup) {
         ..q.clone()
     };
     let why = format!(
-        "`before` names process `{id}`, which no longer exists (pruned since the page that linked here), \
-         so this page has nowhere to start: go back to the first page"
+        "`before` names process `{id}`, which this list does not hold (pruned since the page that linked \
+         here, or never one of it), so this page has nowhere to start: go back to the first page"
     );
     let markup = html! {
         (pages::error_fragment("invalid_page", &why))

@@ -267,9 +267,18 @@ async fn filters_are_those_of_the_api_and_bad_ones_are_errors() {
         "{html}"
     );
     // So is one read but refused: its rows would be refused at every change.
-    for bad in ["status=bogus", "size=0", "before=nonsense", "lens=granted_to"] {
+    for bad in [
+        "status=bogus",
+        "size=0",
+        "before=nonsense",
+        "before=123:",
+        "lens=granted_to",
+    ] {
         let (status, html, _) = get(&app, &format!("/ui/processes?{bad}"), None).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {html}");
+        if bad.starts_with("before") {
+            assert!(html.contains("invalid_filter"), "{bad}: {html}");
+        }
         assert!(
             !html.contains("sse-connect") && !html.contains("/ui/list/rows?"),
             "{bad}: {html}"

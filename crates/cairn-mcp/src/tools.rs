@@ -299,8 +299,9 @@ impl ToolKind {
             }
             Self::Get => "Read one process record: status, outcome once ended, wait state, last_sequence.",
             Self::List => {
-                "List processes in id order, one page at a time (status `running` unless `status` says \
-                 otherwise). Pass `next_after_id` as `after_id` for the next page."
+                "List processes one page at a time, in id order or newest first (`order`: `id` unless it \
+                 says `newest`), status `running` unless `status` says otherwise. Pass `next_after_id` as \
+                 `after_id` for the next page."
             }
             Self::Events => {
                 "Read a process's event log after a sequence number, one page at a time. Pass `next_after` \

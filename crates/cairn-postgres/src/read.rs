@@ -98,18 +98,18 @@ fn filter_sql(filter: &ProcessFilter, cursor: Option<i64>, sql: &mut String, arg
             Box::new(filter.created_before_ms.map_or(i64::MAX, to_sql)),
         );
     }
-    match (&filter.after_id, filter.order) {
-        (Some(a), ListOrder::Id) => push(sql, " AND p.id > ?::text", Box::new(a.clone())),
-        (Some(a), ListOrder::Newest) => {
+    match (&filter.after_id, filter.newest_cursor()) {
+        (Some(a), None) if filter.order == ListOrder::Id => push(sql, " AND p.id > ?::text", Box::new(a.clone())),
+        (_, Some(a)) => {
             // Spelled out rather than as a row value: the creation-time
             // index holds the time alone (ADR 0037), and takes the first
             // term as its range.
             let at = cursor.unwrap_or(i64::MIN);
             push(sql, " AND p.created_at_ms <= ?::int8", Box::new(at));
             push(sql, " AND (p.created_at_ms < ?::int8", Box::new(at));
-            push(sql, " OR p.id < ?::text)", Box::new(a.clone()));
+            push(sql, " OR p.id < ?::text)", Box::new(a.to_string()));
         }
-        (None, _) => {}
+        _ => {}
     }
 }
 
@@ -138,7 +138,7 @@ enum Lens<'a> {
 /// `after_id` names, among those `lens` holds ([`ProcessFilter::cursor_gone`]
 /// when none does: a session's lens tells nothing of other processes).
 async fn cursor(conn: &Conn, filter: &ProcessFilter, lens: Lens<'_>) -> R<Option<i64>> {
-    let (Some(a), ListOrder::Newest) = (&filter.after_id, filter.order) else {
+    let Some(a) = filter.newest_cursor() else {
         return Ok(None);
     };
     let found = match lens {
@@ -146,7 +146,7 @@ async fn cursor(conn: &Conn, filter: &ProcessFilter, lens: Lens<'_>) -> R<Option
             let stmt = conn
                 .stmt("SELECT created_at_ms FROM processes WHERE id = $1::text")
                 .await?;
-            conn.client.query_opt(&stmt, &[a]).await?
+            conn.client.query_opt(&stmt, &[&a]).await?
         }
         Lens::GrantedTo(scope) => {
             let stmt = conn
@@ -155,7 +155,7 @@ async fn cursor(conn: &Conn, filter: &ProcessFilter, lens: Lens<'_>) -> R<Option
                      WHERE g.scope_id = $2::text AND g.process_id = $1::text",
                 )
                 .await?;
-            conn.client.query_opt(&stmt, &[a, &scope.scope_id()]).await?
+            conn.client.query_opt(&stmt, &[&a, &scope.scope_id()]).await?
         }
         Lens::OriginatedBy(scope) => {
             let stmt = conn
@@ -166,7 +166,7 @@ async fn cursor(conn: &Conn, filter: &ProcessFilter, lens: Lens<'_>) -> R<Option
                 .await?;
             let originator_scope = serde_json::to_string(scope)?;
             conn.client
-                .query_opt(&stmt, &[a, &scope.scope_id(), &originator_scope])
+                .query_opt(&stmt, &[&a, &scope.scope_id(), &originator_scope])
                 .await?
         }
     };

@@ -823,18 +823,18 @@ fn filter_sql(
         args.push(SqlValue::Integer(filter.created_from_ms.map_or(i64::MIN, to_sql)));
         args.push(SqlValue::Integer(filter.created_before_ms.map_or(i64::MAX, to_sql)));
     }
-    match (&filter.after_id, filter.order) {
-        (Some(a), ListOrder::Id) => {
+    match (&filter.after_id, filter.newest_cursor()) {
+        (Some(a), None) if filter.order == ListOrder::Id => {
             sql.push_str(" AND p.id > ?");
             args.push(SqlValue::Text(a.clone()));
         }
-        (Some(a), ListOrder::Newest) => {
+        (_, Some(a)) => {
             // The row value reads the creation-time index from the cursor down.
             sql.push_str(" AND (p.created_at_ms, p.id) < (?, ?)");
             args.push(SqlValue::Integer(cursor.unwrap_or(i64::MIN)));
-            args.push(SqlValue::Text(a.clone()));
+            args.push(SqlValue::Text(a.to_string()));
         }
-        (None, _) => {}
+        _ => {}
     }
 }
 
@@ -861,7 +861,7 @@ enum Lens<'a> {
 /// `after_id` names, among those `lens` holds ([`ProcessFilter::cursor_gone`]
 /// when none does: a session's lens tells nothing of other processes).
 fn cursor(conn: &Connection, filter: &ProcessFilter, lens: Lens<'_>) -> R<Option<i64>> {
-    let (Some(a), ListOrder::Newest) = (&filter.after_id, filter.order) else {
+    let Some(a) = filter.newest_cursor() else {
         return Ok(None);
     };
     let created = |r: &rusqlite::Row<'_>| r.get::<_, i64>(0);

@@ -99,6 +99,15 @@ pub async fn newest_first_pages_each_record_once(factory: &dyn StoreFactory) {
     );
     let all = ids(&["k", "b", "z", "a", "x", "m", "c"]);
     assert_eq!(read(any.clone()).await, all, "newest first, ties by descending id");
+    let from_empty = ProcessFilter {
+        after_id: Some(String::new()),
+        ..any.clone()
+    };
+    assert_eq!(
+        read(from_empty).await,
+        all,
+        "an empty cursor starts at the top, as in id order"
+    );
     for limit in 1..=4 {
         assert_eq!(walk(&any, limit, read).await, all, "pages of {limit}");
     }

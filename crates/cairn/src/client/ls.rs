@@ -1,9 +1,8 @@
 //! `cairn ls`, newest first (`--after-id`: after the process it names): the
 //! server's newest-first pages (`order=newest`), each read after the last
 //! one's `next_after_id`, until the rows to show and one more are read (that
-//! one says more match) or the pages end. The server reads its
-//! creation-time index, so a listing reads about what it shows on any table
-//! size.
+//! one says more match) or the pages end: what is sent is about what it
+//! shows (the server's cost per page: ADR 0038).
 
 use serde_json::Value;
 
