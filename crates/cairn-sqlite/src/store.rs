@@ -919,6 +919,11 @@ fn list_query(filter: &ProcessFilter, cursor: Option<i64>, limit: usize) -> (Str
     } else {
         "processes p"
     };
+    listing_query(from, filter, cursor, limit)
+}
+
+/// A listing's query over `from` (the table, and the index it names).
+fn listing_query(from: &str, filter: &ProcessFilter, cursor: Option<i64>, limit: usize) -> (String, Vec<SqlValue>) {
     let mut sql = format!("SELECT {ENTRY_COLUMNS} FROM {from} WHERE 1 = 1");
     let mut args = Vec::new();
     filter_sql(filter, cursor, true, &mut sql, &mut args);
@@ -926,9 +931,70 @@ fn list_query(filter: &ProcessFilter, cursor: Option<i64>, limit: usize) -> (Str
     (sql, args)
 }
 
+/// How many of the newest processes a newest-first listing by status walks
+/// for its page, per row asked (and at least [`WALK_LEAST`]), before it
+/// sorts its status's rows instead ([`newest_by_walk`]).
+const WALK_PER_ROW: usize = 16;
+/// The fewest processes [`newest_by_walk`] walks.
+const WALK_LEAST: usize = 1_000;
+
+/// The creation time `?2` rows down the creation-time index from `?1`
+/// (read from the index alone): where a walk of that many stops.
+const WALK_FLOOR_SQL: &str = "SELECT created_at_ms FROM processes INDEXED BY processes_created \
+     WHERE created_at_ms <= ?1 ORDER BY created_at_ms DESC LIMIT 1 OFFSET ?2";
+
+/// A newest-first page of a bound status (not `completed`, whose rows the
+/// creation-time walk is made for, nor `waiting`, read from its own index)
+/// found by walking the newest processes, when a walk of a bounded number
+/// finds it: `None` when it did not, and the status's rows are to be read
+/// and sorted ([`list_query`]). The planner would always sort them, which
+/// costs every running process for each page of a long backlog, while the
+/// newest processes mostly hold the page; a page of rare ones (old
+/// processes still running among many newer ended) is found by the sort.
+fn newest_by_walk(
+    conn: &Connection,
+    filter: &ProcessFilter,
+    cursor: Option<i64>,
+    limit: usize,
+) -> R<Option<Vec<ProcessRecord>>> {
+    let walks = filter.order == ListOrder::Newest
+        && !matches!(filter.status, StatusFilter::Any | StatusFilter::Completed)
+        && filter.waiting != Some(true);
+    if !walks {
+        return Ok(None);
+    }
+    let budget = limit.saturating_mul(WALK_PER_ROW).max(WALK_LEAST);
+    let below = filter.created_before_ms.map(|b| to_sql(b).saturating_sub(1));
+    let top = cursor.unwrap_or(i64::MAX).min(below.unwrap_or(i64::MAX));
+    let floor = conn
+        .prepare_cached(WALK_FLOOR_SQL)?
+        .query_row(params![top, to_sql_usize(budget)], |r| r.get::<_, i64>(0))
+        .optional()?;
+    // Every process created at or after the floor: a walk of about the
+    // budget (all that is left when there is no floor).
+    let walked = ProcessFilter {
+        created_from_ms: match (filter.created_from_ms, floor) {
+            (from, None) => from,
+            (from, Some(floor)) => Some(from.unwrap_or(0).max(from_sql(floor))),
+        },
+        ..filter.clone()
+    };
+    let (sql, args) = listing_query("processes p INDEXED BY processes_created", &walked, cursor, limit);
+    let records: Vec<ProcessRecord> = collect_entries(conn, &sql, args, 0)?
+        .into_iter()
+        .map(|(_, e)| e.record)
+        .collect();
+    // Full, or nothing older is left: the page it found is the page.
+    Ok((records.len() >= limit || floor.is_none()).then_some(records))
+}
+
 /// `list`: records matching the filter in the filter's order, one page.
 pub(crate) fn list(conn: &Connection, filter: &ProcessFilter, limit: usize) -> R<Vec<ProcessRecord>> {
-    let (sql, args) = list_query(filter, cursor(conn, filter, Lens::All)?, limit);
+    let cursor = cursor(conn, filter, Lens::All)?;
+    if let Some(records) = newest_by_walk(conn, filter, cursor, limit)? {
+        return Ok(records);
+    }
+    let (sql, args) = list_query(filter, cursor, limit);
     Ok(collect_entries(conn, &sql, args, 0)?
         .into_iter()
         .map(|(_, e)| e.record)
@@ -1565,6 +1631,35 @@ mod tests {
                 assert!(p.contains(&format!("USING INDEX {index}")), "{filter:?}: {p}");
             }
         }
+    }
+
+    /// A newest-first listing by status first walks the newest processes
+    /// down the creation-time index: from the floor its walk stops at, and
+    /// the cursor, without sorting; the floor is read from the index alone.
+    #[test]
+    fn a_newest_first_walk_by_status_reads_the_creation_time_index() {
+        let (_dir, conn) = fresh();
+        crate::schema::stable_plans(&conn).expect("stable plans");
+        for (after_id, cursor) in [(None, None), (Some("a".to_string()), Some(7))] {
+            let filter = ProcessFilter {
+                status: StatusFilter::Running,
+                created_from_ms: Some(5),
+                order: ListOrder::Newest,
+                after_id,
+                ..ProcessFilter::default()
+            };
+            let (sql, args) = listing_query("processes p INDEXED BY processes_created", &filter, cursor, 100);
+            let p = plan(&conn, &sql, args);
+            assert!(p.contains("USING INDEX processes_created"), "{filter:?}: {p}");
+            assert!(!p.contains("TEMP B-TREE"), "{filter:?}: {p}");
+        }
+        let p = plan(
+            &conn,
+            WALK_FLOOR_SQL,
+            vec![SqlValue::Integer(i64::MAX), SqlValue::Integer(1_000)],
+        );
+        assert!(p.contains("USING COVERING INDEX processes_created"), "{p}");
+        assert!(!p.contains("TEMP B-TREE"), "{p}");
     }
 
     #[test]

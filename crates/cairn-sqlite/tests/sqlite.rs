@@ -2457,3 +2457,90 @@ async fn suspend(reg: &SqliteRegistry, id: &str) {
         .expect("wait");
     assert!(waited, "{id} waits");
 }
+
+/// Every page of a newest-first listing of `status`, `limit` a page, read
+/// through `after_id`: the ids in the order listed.
+async fn newest_ids(reg: &dyn ProcessRegistry, status: StatusFilter, limit: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut after_id = None;
+    loop {
+        let filter = ProcessFilter {
+            status,
+            order: cairn_core::ListOrder::Newest,
+            after_id: after_id.take(),
+            limit: Some(limit),
+            ..ProcessFilter::default()
+        };
+        let page = reg.list(&filter).await.expect("list");
+        let full = page.len() == limit;
+        ids.extend(page.into_iter().map(|r| r.id));
+        if !full {
+            return ids;
+        }
+        after_id = ids.last().cloned();
+    }
+}
+
+/// Newest first by a status, a page is the same whether a walk of the
+/// newest processes finds it (many running) or the status's own rows are
+/// read and sorted (a few old ones still running among many newer ended
+/// ones, which a walk of a thousand does not reach): as the memory
+/// registry lists them, page after page.
+#[tokio::test]
+async fn newest_first_pages_by_status_match_the_memory_registry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let sqlite = open(&dir.path().join("walk.db"), &clock);
+    let memory = MemoryRegistry::with_clock(Arc::new(clock.clone()));
+    let regs: [&dyn ProcessRegistry; 2] = [&sqlite, &memory];
+    let register = |id: String| async move {
+        for reg in regs {
+            reg.register(cairn_testkit::external(&id), None)
+                .await
+                .expect("register");
+        }
+    };
+    // Ids out of creation order, a few a millisecond.
+    for i in 0..5u64 {
+        register(format!("old-{}", (i * 3) % 5)).await;
+    }
+    for i in 0..1_500u64 {
+        if i % 4 == 0 {
+            clock.advance(1);
+        }
+        let id = format!("done-{:04}", (i * 7) % 1_500);
+        register(id.clone()).await;
+        for reg in regs {
+            reg.complete_external(&id, Outcome::success(json!(1)), "ci")
+                .await
+                .expect("complete");
+        }
+    }
+    let old = newest_ids(&memory, StatusFilter::Running, 2).await;
+    assert_eq!(old.len(), 5);
+    for limit in [1, 2, 3, 100] {
+        assert_eq!(
+            newest_ids(&sqlite, StatusFilter::Running, limit).await,
+            old,
+            "limit {limit}"
+        );
+    }
+    for i in 0..1_200u64 {
+        if i % 3 == 0 {
+            clock.advance(1);
+        }
+        register(format!("live-{:04}", (i * 11) % 1_200)).await;
+    }
+    let running = newest_ids(&memory, StatusFilter::Running, 1_000).await;
+    assert_eq!(running.len(), 1_205);
+    assert_eq!(running[1_200..], old[..]);
+    for limit in [7, 100, 1_000] {
+        assert_eq!(
+            newest_ids(&sqlite, StatusFilter::Running, limit).await,
+            running,
+            "limit {limit}"
+        );
+    }
+    let completed = newest_ids(&memory, StatusFilter::Completed, 1_000).await;
+    assert_eq!(newest_ids(&sqlite, StatusFilter::Completed, 250).await, completed);
+}
