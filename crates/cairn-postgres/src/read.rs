@@ -50,11 +50,21 @@ pub(crate) async fn get(conn: &Conn, id: &str) -> R<ProcessRecord> {
 
 /// Append the SQL predicates of `filter` over the `p` alias.
 fn filter_sql(filter: &ProcessFilter, cursor: Option<i64>, sql: &mut String, args: &mut Vec<Param>) {
+    predicates(filter, cursor, false, sql, args);
+}
+
+/// [`filter_sql`]; with `walk`, a bound status is a test of each row the
+/// walk of the creation-time index reads, which no index serves
+/// ([`newest_by_walk`]).
+fn predicates(filter: &ProcessFilter, cursor: Option<i64>, walk: bool, sql: &mut String, args: &mut Vec<Param>) {
     let mut push = |sql: &mut String, clause: &str, arg: Param| {
         args.push(arg);
         sql.push_str(&clause.replace('?', &format!("${}", args.len())));
     };
-    if let Some(status) = status_label(filter.status) {
+    if let (Some(status), true) = (status_label(filter.status), walk) {
+        // An expression: a generic plan has no index of it to prefer to the walk.
+        push(sql, " AND (p.status || '') = ?::text", Box::new(status));
+    } else if let Some(status) = status_label(filter.status) {
         push(sql, " AND p.status = ?::text", Box::new(status));
         if filter.status != StatusFilter::Completed {
             // The status index leaves out completed rows (ADR 0026); a plan
@@ -192,8 +202,80 @@ async fn records(conn: &Conn, sql: &str, args: &[Param], at: usize) -> R<Vec<(to
     Ok(rows.into_iter().zip(entries.into_iter().map(|e| e.record)).collect())
 }
 
+/// How many of the newest processes a newest-first listing by status walks
+/// for its page, per row asked (and at least [`WALK_LEAST`]), before it
+/// sorts its status's rows instead ([`newest_by_walk`]).
+const WALK_PER_ROW: usize = 16;
+/// The fewest processes [`newest_by_walk`] walks.
+const WALK_LEAST: usize = 1_000;
+
+/// The creation time `$2` rows down the creation-time index from `$1`:
+/// where a walk of that many stops.
+const WALK_FLOOR_SQL: &str = "SELECT created_at_ms FROM processes WHERE created_at_ms <= $1::int8 \
+     ORDER BY created_at_ms DESC LIMIT 1 OFFSET $2::int8";
+
+/// The query of a newest-first walk by status ([`newest_by_walk`]).
+pub(crate) fn walk_query(filter: &ProcessFilter, cursor: Option<i64>, limit: usize) -> (String, Vec<Param>) {
+    let mut sql = format!("SELECT {ENTRY_COLUMNS} FROM processes p WHERE true");
+    let mut args = Vec::new();
+    predicates(filter, cursor, true, &mut sql, &mut args);
+    limit_sql(&mut sql, &mut args, filter, "p.id", limit);
+    (sql, args)
+}
+
+/// A newest-first page of a bound status (not `completed`, whose rows the
+/// creation-time walk is made for, nor `waiting`, read from its own index)
+/// found by walking the newest processes, when a walk of a bounded number
+/// finds it: `None` when it did not, and the status's rows are to be read
+/// and sorted ([`list_query`]). A generic plan always sorts them, which
+/// costs every running process for each page of a long backlog, while the
+/// newest processes mostly hold the page; a page of rare ones (old
+/// processes still running among many newer ended) is found by the sort.
+async fn newest_by_walk(
+    conn: &Conn,
+    filter: &ProcessFilter,
+    cursor: Option<i64>,
+    limit: usize,
+) -> R<Option<Vec<ProcessRecord>>> {
+    let walks = filter.order == ListOrder::Newest
+        && !matches!(filter.status, StatusFilter::Any | StatusFilter::Completed)
+        && filter.waiting != Some(true);
+    if !walks {
+        return Ok(None);
+    }
+    let budget = limit.saturating_mul(WALK_PER_ROW).max(WALK_LEAST);
+    let below = filter.created_before_ms.map(|b| to_sql(b).saturating_sub(1));
+    let top = cursor.unwrap_or(i64::MAX).min(below.unwrap_or(i64::MAX));
+    let stmt = conn.stmt(WALK_FLOOR_SQL).await?;
+    let floor: Option<i64> = match conn.client.query_opt(&stmt, &[&top, &to_sql_usize(budget)]).await? {
+        Some(row) => Some(row.try_get(0)?),
+        None => None,
+    };
+    // Every process created at or after the floor: a walk of about the
+    // budget (all that is left when there is no floor).
+    let walked = ProcessFilter {
+        created_from_ms: match (filter.created_from_ms, floor) {
+            (from, None) => from,
+            (from, Some(floor)) => Some(from.unwrap_or(0).max(from_sql(floor))),
+        },
+        ..filter.clone()
+    };
+    let (sql, args) = walk_query(&walked, cursor, limit);
+    let found: Vec<ProcessRecord> = records(conn, &sql, &args, 0)
+        .await?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    // Full, or nothing older is left: the page it found is the page.
+    Ok((found.len() >= limit || floor.is_none()).then_some(found))
+}
+
 pub(crate) async fn list(conn: &Conn, filter: &ProcessFilter, limit: usize) -> R<Vec<ProcessRecord>> {
-    let (sql, args) = list_query(filter, cursor(conn, filter, Lens::All).await?, limit);
+    let cursor = cursor(conn, filter, Lens::All).await?;
+    if let Some(found) = newest_by_walk(conn, filter, cursor, limit).await? {
+        return Ok(found);
+    }
+    let (sql, args) = list_query(filter, cursor, limit);
     Ok(records(conn, &sql, &args, 0)
         .await?
         .into_iter()

@@ -161,11 +161,28 @@ pub async fn plans_made(url: &str, schema: &str, role: &str, sql: &str, id: &str
 /// knows none of its bound values (so a partial index serves it only if the
 /// query states the index's term).
 pub async fn listing_plan(url: &str, schema: &str, filter: &cairn_core::model::ProcessFilter) -> Result<String> {
+    let (sql, args) = crate::read::list_query(filter, None, 100);
+    generic_plan(url, schema, &sql, &args).await
+}
+
+/// [`listing_plan`] of the walk a newest-first listing by status tries
+/// first (the newest processes, down the creation-time index).
+pub async fn walk_plan(url: &str, schema: &str, filter: &cairn_core::model::ProcessFilter) -> Result<String> {
+    let (sql, args) = crate::read::walk_query(filter, None, 100);
+    generic_plan(url, schema, &sql, &args).await
+}
+
+/// `EXPLAIN` of `sql` with `args` as a generic plan on a read connection.
+async fn generic_plan(
+    url: &str,
+    schema: &str,
+    sql: &str,
+    args: &[Box<dyn tokio_postgres::types::ToSql + Sync + Send>],
+) -> Result<String> {
     let config: tokio_postgres::Config = url
         .parse()
         .map_err(|e| cairn_core::CairnError::InvalidRequest(format!("bad postgres url: {e}")))?;
     let conn = crate::conn::open_retrying(&config, schema, "read", 1).await?;
-    let (sql, args) = crate::read::list_query(filter, None, 100);
     // The values as SQL literals (texts and integers are all a listing binds).
     let values = args
         .iter()

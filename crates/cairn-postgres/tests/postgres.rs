@@ -2311,6 +2311,22 @@ async fn a_newest_first_listing_reads_the_creation_time_index() {
         ),
     ];
     assert_listing_plans(&schema, &cases).await;
+    // By status, the page is first looked for among the newest processes,
+    // down the creation-time index from where the walk stops, not sorted.
+    for f in [
+        json!({"status": "running", "order": "newest", "created_from_ms": 5}),
+        json!({"status": "failed", "order": "newest", "created_from_ms": 5, "after_id": "done-7"}),
+    ] {
+        let filter = ProcessFilter::from_json(f.clone()).expect("filter");
+        let plan = testing::walk_plan(&schema.url, &schema.name, &filter)
+            .await
+            .expect("plan");
+        assert!(
+            plan.contains("processes_created"),
+            "{f} should walk processes_created:\n{plan}"
+        );
+        assert!(!plan.contains("Seq Scan"), "{f} scans the table:\n{plan}");
+    }
 }
 
 /// Each listing filter's generic plan reads the index named beside it, and
