@@ -297,6 +297,7 @@ macro_rules! conformance_suite {
                 newest_first_pages_each_record_once,
                 lens_listings_page_newest_first,
                 a_newest_cursor_naming_no_process_is_invalid_page,
+                newest_first_by_status_over_a_long_history,
                 list_order_parsing,
                 // leases
                 claim_is_exclusive_under_race,

@@ -436,3 +436,68 @@ pub async fn list_order_parsing(factory: &dyn StoreFactory) {
     );
     assert_eq!(listed(&h, &next).await, ids(&["b"]));
 }
+
+/// Newest first by a status over a long history, page after page: a page is
+/// the same whether the newest processes hold it (many running) or it lies
+/// past more than a thousand newer ended ones (a few old ones still
+/// running), as a store may look for it either way.
+pub async fn newest_first_by_status_over_a_long_history(factory: &dyn StoreFactory) {
+    let h = Harness::new(factory).await;
+    // (created at, id, still running), ids out of creation order, a few a millisecond.
+    let mut made: Vec<(u64, String, bool)> = Vec::new();
+    for i in 0..5u64 {
+        let id = format!("old-{}", (i * 3) % 5);
+        h.register(external(&id)).await;
+        made.push((h.now(), id, true));
+    }
+    for i in 0..1_500u64 {
+        if i % 4 == 0 {
+            h.advance(1);
+        }
+        let id = format!("done-{:04}", (i * 7) % 1_500);
+        h.register(external(&id)).await;
+        ok(
+            h.registry()
+                .complete_external(&id, Outcome::success(json!(1)), "ci")
+                .await,
+            "complete",
+        );
+        made.push((h.now(), id, false));
+    }
+    let expected = |running: bool, made: &[(u64, String, bool)]| {
+        let mut of: Vec<&(u64, String, bool)> = made.iter().filter(|m| m.2 == running).collect();
+        of.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
+        of.into_iter().map(|m| m.1.clone()).collect::<Vec<_>>()
+    };
+    let read = |filter: ProcessFilter| {
+        let h = &h;
+        async move { listed(h, &filter).await }
+    };
+    let running = newest(StatusFilter::Running);
+    for limit in [1, 2, 3, 100] {
+        assert_eq!(
+            walk(&running, limit, read).await,
+            expected(true, &made),
+            "the old ones still running, pages of {limit}"
+        );
+    }
+    for i in 0..1_200u64 {
+        if i % 3 == 0 {
+            h.advance(1);
+        }
+        let id = format!("live-{:04}", (i * 11) % 1_200);
+        h.register(external(&id)).await;
+        made.push((h.now(), id, true));
+    }
+    for limit in [13, 100, 1_000] {
+        assert_eq!(
+            walk(&running, limit, read).await,
+            expected(true, &made),
+            "1,205 running, pages of {limit}"
+        );
+    }
+    assert_eq!(
+        walk(&newest(StatusFilter::Completed), 250, read).await,
+        expected(false, &made)
+    );
+}
