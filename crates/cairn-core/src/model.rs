@@ -1550,6 +1550,44 @@ impl ListOrder {
     }
 }
 
+/// A walk of the newest processes for a newest-first page by status
+/// ([`ProcessFilter::newest_walk`]): a store reads the creation time
+/// `budget` processes down its creation-time index from `top_ms` (the
+/// floor; none when fewer are left), then the page among the processes
+/// created from the floor on ([`NewestWalk::filter`]). A full page, or one
+/// with no floor, is the page; else the store sorts the status's rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewestWalk {
+    /// The newest creation time the walk starts at (inclusive).
+    pub top_ms: u64,
+    /// How many processes it walks at most.
+    pub budget: usize,
+}
+
+impl NewestWalk {
+    /// Processes walked per row asked.
+    pub const PER_ROW: usize = 16;
+    /// The fewest processes walked.
+    pub const LEAST: usize = 1_000;
+
+    /// `filter` bounded to what the walk reads: from `floor_ms` on.
+    pub fn filter(&self, filter: &ProcessFilter, floor_ms: Option<u64>) -> ProcessFilter {
+        ProcessFilter {
+            created_from_ms: match (filter.created_from_ms, floor_ms) {
+                (from, None) => from,
+                (from, Some(floor)) => Some(from.unwrap_or(0).max(floor)),
+            },
+            ..filter.clone()
+        }
+    }
+
+    /// Whether the `found` rows of a walk that reached `floor_ms` are the
+    /// page of `limit`: full, or nothing older was left to walk.
+    pub fn holds_page(found: usize, limit: usize, floor_ms: Option<u64>) -> bool {
+        found >= limit || floor_ms.is_none()
+    }
+}
+
 /// Default page size of listings, event reads and the change feed.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Largest page size a caller may ask for.
@@ -1738,6 +1776,23 @@ impl ProcessFilter {
         }
     }
 
+    /// Newest first with a bound status other than `completed` (not
+    /// waiting): the walk of the newest processes a store tries before it
+    /// sorts the status's rows (ADR 0038), from its cursor's creation time
+    /// (`cursor_created_ms`) or the top, for a page of `limit`. `None` for
+    /// other listings.
+    pub fn newest_walk(&self, cursor_created_ms: Option<u64>, limit: usize) -> Option<NewestWalk> {
+        let walks = self.order == ListOrder::Newest
+            && !matches!(self.status, StatusFilter::Any | StatusFilter::Completed)
+            && self.waiting != Some(true);
+        let most = i64::MAX as u64;
+        let below = self.created_before_ms.map_or(most, |b| b.saturating_sub(1));
+        walks.then(|| NewestWalk {
+            top_ms: cursor_created_ms.unwrap_or(most).min(below).min(most),
+            budget: limit.saturating_mul(NewestWalk::PER_ROW).max(NewestWalk::LEAST),
+        })
+    }
+
     /// The error of a newest-first cursor naming no process the listing
     /// holds (through its lens): its position is its creation time, which
     /// is gone with it.
@@ -1923,6 +1978,49 @@ pub type Metadata = BTreeMap<String, Value>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A newest-first page by a status other than completed (not waiting)
+    /// walks the newest first, from below its cursor and its created bound,
+    /// 16 a row asked and at least 1,000; other listings do not.
+    #[test]
+    fn a_newest_page_by_status_walks_first() {
+        let by = |status, waiting, order| ProcessFilter {
+            status,
+            waiting,
+            order,
+            ..ProcessFilter::default()
+        };
+        let running = by(StatusFilter::Running, None, ListOrder::Newest);
+        let walk = running.newest_walk(None, 20).expect("a walk");
+        assert_eq!((walk.top_ms, walk.budget), (i64::MAX as u64, 1_000));
+        assert_eq!(
+            running.newest_walk(Some(500), 100).map(|w| (w.top_ms, w.budget)),
+            Some((500, 1_600))
+        );
+        let bounded = ProcessFilter {
+            created_before_ms: Some(300),
+            ..running.clone()
+        };
+        assert_eq!(bounded.newest_walk(Some(500), 1).map(|w| w.top_ms), Some(299));
+        for none in [
+            by(StatusFilter::Any, None, ListOrder::Newest),
+            by(StatusFilter::Completed, None, ListOrder::Newest),
+            by(StatusFilter::Running, Some(true), ListOrder::Newest),
+            by(StatusFilter::Running, None, ListOrder::Id),
+        ] {
+            assert_eq!(none.newest_walk(None, 20), None, "{none:?}");
+        }
+        assert_eq!(walk.filter(&running, Some(7)).created_from_ms, Some(7));
+        let from = ProcessFilter {
+            created_from_ms: Some(9),
+            ..running.clone()
+        };
+        assert_eq!(walk.filter(&from, Some(7)).created_from_ms, Some(9));
+        assert_eq!(walk.filter(&from, None).created_from_ms, Some(9));
+        assert!(NewestWalk::holds_page(20, 20, Some(7)));
+        assert!(NewestWalk::holds_page(3, 20, None));
+        assert!(!NewestWalk::holds_page(3, 20, Some(7)));
+    }
 
     /// A turn's `max_steps` that fits the record reads (and writes) as it
     /// is, out of the start's bounds or not, so a record keeps loading; one

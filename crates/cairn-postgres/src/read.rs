@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use cairn_core::events::ProcessEvent;
 use cairn_core::model::{
-    GrantedProcess, ListOrder, NodeLiveness, ProcessFilter, ProcessRecord, SessionScope, StatusFilter, SweepItem,
-    Tombstone, WakeDelivery,
+    GrantedProcess, ListOrder, NewestWalk, NodeLiveness, ProcessFilter, ProcessRecord, SessionScope, StatusFilter,
+    SweepItem, Tombstone, WakeDelivery,
 };
 use cairn_core::CairnError;
 use tokio_postgres::types::ToSql;
@@ -202,13 +202,6 @@ async fn records(conn: &Conn, sql: &str, args: &[Param], at: usize) -> R<Vec<(to
     Ok(rows.into_iter().zip(entries.into_iter().map(|e| e.record)).collect())
 }
 
-/// How many of the newest processes a newest-first listing by status walks
-/// for its page, per row asked (and at least [`WALK_LEAST`]), before it
-/// sorts its status's rows instead ([`newest_by_walk`]).
-const WALK_PER_ROW: usize = 16;
-/// The fewest processes [`newest_by_walk`] walks.
-const WALK_LEAST: usize = 1_000;
-
 /// The creation time `$2` rows down the creation-time index from `$1`:
 /// where a walk of that many stops.
 const WALK_FLOOR_SQL: &str = "SELECT created_at_ms FROM processes WHERE created_at_ms <= $1::int8 \
@@ -237,37 +230,25 @@ async fn newest_by_walk(
     cursor: Option<i64>,
     limit: usize,
 ) -> R<Option<Vec<ProcessRecord>>> {
-    let walks = filter.order == ListOrder::Newest
-        && !matches!(filter.status, StatusFilter::Any | StatusFilter::Completed)
-        && filter.waiting != Some(true);
-    if !walks {
+    let Some(walk) = filter.newest_walk(cursor.map(from_sql), limit) else {
         return Ok(None);
-    }
-    let budget = limit.saturating_mul(WALK_PER_ROW).max(WALK_LEAST);
-    let below = filter.created_before_ms.map(|b| to_sql(b).saturating_sub(1));
-    let top = cursor.unwrap_or(i64::MAX).min(below.unwrap_or(i64::MAX));
+    };
     let stmt = conn.stmt(WALK_FLOOR_SQL).await?;
-    let floor: Option<i64> = match conn.client.query_opt(&stmt, &[&top, &to_sql_usize(budget)]).await? {
-        Some(row) => Some(row.try_get(0)?),
+    let floor = match conn
+        .client
+        .query_opt(&stmt, &[&to_sql(walk.top_ms), &to_sql_usize(walk.budget)])
+        .await?
+    {
+        Some(row) => Some(from_sql(row.try_get(0)?)),
         None => None,
     };
-    // Every process created at or after the floor: a walk of about the
-    // budget (all that is left when there is no floor).
-    let walked = ProcessFilter {
-        created_from_ms: match (filter.created_from_ms, floor) {
-            (from, None) => from,
-            (from, Some(floor)) => Some(from.unwrap_or(0).max(from_sql(floor))),
-        },
-        ..filter.clone()
-    };
-    let (sql, args) = walk_query(&walked, cursor, limit);
+    let (sql, args) = walk_query(&walk.filter(filter, floor), cursor, limit);
     let found: Vec<ProcessRecord> = records(conn, &sql, &args, 0)
         .await?
         .into_iter()
         .map(|(_, r)| r)
         .collect();
-    // Full, or nothing older is left: the page it found is the page.
-    Ok((found.len() >= limit || floor.is_none()).then_some(found))
+    Ok(NewestWalk::holds_page(found.len(), limit, floor).then_some(found))
 }
 
 pub(crate) async fn list(conn: &Conn, filter: &ProcessFilter, limit: usize) -> R<Vec<ProcessRecord>> {

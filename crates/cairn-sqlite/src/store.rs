@@ -5,8 +5,8 @@
 
 use cairn_core::events::ProcessEvent;
 use cairn_core::model::{
-    Grant, GrantedProcess, Lease, ListOrder, ProcessFilter, ProcessRecord, ProcessStatus, SessionScope, StatusFilter,
-    Tombstone, WakeDelivery,
+    Grant, GrantedProcess, Lease, ListOrder, NewestWalk, ProcessFilter, ProcessRecord, ProcessStatus, SessionScope,
+    StatusFilter, Tombstone, WakeDelivery,
 };
 use cairn_core::ops::admin::{PruneCandidate, PrunePosition};
 use cairn_core::ops::Row;
@@ -931,13 +931,6 @@ fn listing_query(from: &str, filter: &ProcessFilter, cursor: Option<i64>, limit:
     (sql, args)
 }
 
-/// How many of the newest processes a newest-first listing by status walks
-/// for its page, per row asked (and at least [`WALK_LEAST`]), before it
-/// sorts its status's rows instead ([`newest_by_walk`]).
-const WALK_PER_ROW: usize = 16;
-/// The fewest processes [`newest_by_walk`] walks.
-const WALK_LEAST: usize = 1_000;
-
 /// The creation time `?2` rows down the creation-time index from `?1`
 /// (read from the index alone): where a walk of that many stops.
 const WALK_FLOOR_SQL: &str = "SELECT created_at_ms FROM processes INDEXED BY processes_created \
@@ -957,35 +950,23 @@ fn newest_by_walk(
     cursor: Option<i64>,
     limit: usize,
 ) -> R<Option<Vec<ProcessRecord>>> {
-    let walks = filter.order == ListOrder::Newest
-        && !matches!(filter.status, StatusFilter::Any | StatusFilter::Completed)
-        && filter.waiting != Some(true);
-    if !walks {
+    let Some(walk) = filter.newest_walk(cursor.map(from_sql), limit) else {
         return Ok(None);
-    }
-    let budget = limit.saturating_mul(WALK_PER_ROW).max(WALK_LEAST);
-    let below = filter.created_before_ms.map(|b| to_sql(b).saturating_sub(1));
-    let top = cursor.unwrap_or(i64::MAX).min(below.unwrap_or(i64::MAX));
+    };
     let floor = conn
         .prepare_cached(WALK_FLOOR_SQL)?
-        .query_row(params![top, to_sql_usize(budget)], |r| r.get::<_, i64>(0))
-        .optional()?;
-    // Every process created at or after the floor: a walk of about the
-    // budget (all that is left when there is no floor).
-    let walked = ProcessFilter {
-        created_from_ms: match (filter.created_from_ms, floor) {
-            (from, None) => from,
-            (from, Some(floor)) => Some(from.unwrap_or(0).max(from_sql(floor))),
-        },
-        ..filter.clone()
-    };
+        .query_row(params![to_sql(walk.top_ms), to_sql_usize(walk.budget)], |r| {
+            r.get::<_, i64>(0)
+        })
+        .optional()?
+        .map(from_sql);
+    let walked = walk.filter(filter, floor);
     let (sql, args) = listing_query("processes p INDEXED BY processes_created", &walked, cursor, limit);
     let records: Vec<ProcessRecord> = collect_entries(conn, &sql, args, 0)?
         .into_iter()
         .map(|(_, e)| e.record)
         .collect();
-    // Full, or nothing older is left: the page it found is the page.
-    Ok((records.len() >= limit || floor.is_none()).then_some(records))
+    Ok(NewestWalk::holds_page(records.len(), limit, floor).then_some(records))
 }
 
 /// `list`: records matching the filter in the filter's order, one page.
