@@ -1556,6 +1556,10 @@ impl ListOrder {
 /// floor; none when fewer are left), then the page among the processes
 /// created from the floor on ([`NewestWalk::filter`]). A full page, or one
 /// with no floor, is the page; else the store sorts the status's rows.
+/// Sorting them always, as a planner would, costs every running process for
+/// each page of a long backlog, while the newest processes mostly hold the
+/// page; a page of rare ones (old processes still running among many newer
+/// ended) is found by the sort.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NewestWalk {
     /// The newest creation time the walk starts at (inclusive).

@@ -216,14 +216,10 @@ pub(crate) fn walk_query(filter: &ProcessFilter, cursor: Option<i64>, limit: usi
     (sql, args)
 }
 
-/// A newest-first page of a bound status (not `completed`, whose rows the
-/// creation-time walk is made for, nor `waiting`, read from its own index)
-/// found by walking the newest processes, when a walk of a bounded number
-/// finds it: `None` when it did not, and the status's rows are to be read
-/// and sorted ([`list_query`]). A generic plan always sorts them, which
-/// costs every running process for each page of a long backlog, while the
-/// newest processes mostly hold the page; a page of rare ones (old
-/// processes still running among many newer ended) is found by the sort.
+/// The page of the walk core plans for a newest-first listing by status
+/// ([`ProcessFilter::newest_walk`], [`NewestWalk`], which say why): `None`
+/// when the walk does not hold it, and the status's rows are to be read and
+/// sorted ([`list_query`]), as a generic plan would always do.
 async fn newest_by_walk(
     conn: &Conn,
     filter: &ProcessFilter,

@@ -936,14 +936,10 @@ fn listing_query(from: &str, filter: &ProcessFilter, cursor: Option<i64>, limit:
 const WALK_FLOOR_SQL: &str = "SELECT created_at_ms FROM processes INDEXED BY processes_created \
      WHERE created_at_ms <= ?1 ORDER BY created_at_ms DESC LIMIT 1 OFFSET ?2";
 
-/// A newest-first page of a bound status (not `completed`, whose rows the
-/// creation-time walk is made for, nor `waiting`, read from its own index)
-/// found by walking the newest processes, when a walk of a bounded number
-/// finds it: `None` when it did not, and the status's rows are to be read
-/// and sorted ([`list_query`]). The planner would always sort them, which
-/// costs every running process for each page of a long backlog, while the
-/// newest processes mostly hold the page; a page of rare ones (old
-/// processes still running among many newer ended) is found by the sort.
+/// The page of the walk core plans for a newest-first listing by status
+/// ([`ProcessFilter::newest_walk`], [`NewestWalk`], which say why): `None`
+/// when the walk does not hold it, and the status's rows are to be read and
+/// sorted ([`list_query`]), as the planner would always do.
 fn newest_by_walk(
     conn: &Connection,
     filter: &ProcessFilter,
