@@ -345,8 +345,23 @@ async fn prepare_start(
     registry: &dyn ProcessRegistry,
     tools: &ToolRegistry,
     require_tool: bool,
-    req: StartRequest,
+    mut req: StartRequest,
 ) -> Result<(Registration, Option<StartGrant>, Option<EnvSpec>)> {
+    // A script's arguments are what its function reads fields of (SPEC §14:
+    // `"args": {...}`): none given is an empty object, and a string or a
+    // number is refused here rather than read as `undefined` fields later.
+    if let ProcessInput::Script { args, .. } = &mut req.input {
+        match args {
+            Value::Null => *args = Value::Object(serde_json::Map::new()),
+            Value::Object(_) => {}
+            other => {
+                return Err(CairnError::InvalidRequest(format!(
+                    "a script's `args` is a JSON object (the function's `args`, `ctx.args`), not {}",
+                    crate::validate::json_kind(other)
+                )))
+            }
+        }
+    }
     let mut event_types = req.event_types;
     // SPEC §2: an `externally_owned` process is never run here, so work that
     // only a cairn worker runs would wait for good.

@@ -148,9 +148,11 @@ fn short_text(slot: &mut Map<String, Value>, bytes: usize) {
 }
 
 /// A module's name, in `slot`: 1 to [`crate::script::MAX_MODULE_NAME_BYTES`]
-/// bytes without control characters ([`crate::script::check_module_name`]).
+/// bytes without control characters, not all white space
+/// ([`crate::script::check_module_name`]).
 pub fn module_name(slot: &mut Map<String, Value>) {
     short_text(slot, crate::script::MAX_MODULE_NAME_BYTES);
+    slot.insert("allOf".into(), json!([{"pattern": NOT_BLANK}]));
 }
 
 /// A module's source, in `slot`: not blank, and no NUL
@@ -330,6 +332,8 @@ mod tests {
             (long.as_str(), true),
             (&format!("{long}m"), false),
             ("", false),
+            ("   ", false),
+            (" a ", true),
             ("a\tb", false),
         ] {
             assert_eq!(crate::script::check_module_name(Some(text)).is_ok(), taken, "{text:?}");

@@ -138,8 +138,8 @@ pub fn validate_module_ref(module_ref: &str) -> Result<()> {
 pub fn check_module_name(name: Option<&str>) -> Result<()> {
     let refuse = |why: String| Err(CairnError::InvalidRequest(format!("module name {why}")));
     match name {
-        Some("") => refuse(format!(
-            "is empty: give 1 to {MAX_MODULE_NAME_BYTES} bytes, or leave it out"
+        Some(name) if name.trim().is_empty() => refuse(format!(
+            "is blank: give 1 to {MAX_MODULE_NAME_BYTES} bytes that are not all spaces, or leave it out"
         )),
         Some(name) if name.len() > MAX_MODULE_NAME_BYTES => refuse(format!(
             "is {} bytes, over the {MAX_MODULE_NAME_BYTES} byte limit",
@@ -259,7 +259,9 @@ mod tests {
     #[test]
     fn a_refused_module_name_says_which_rule_it_broke() {
         let said = |name: &str| check_module_name(Some(name)).expect_err(name).to_string();
-        assert!(said("").contains("is empty"), "{}", said(""));
+        for blank in ["", "   ", "\u{3000}"] {
+            assert!(said(blank).contains("is blank"), "{}", said(blank));
+        }
         let long = "n".repeat(MAX_MODULE_NAME_BYTES + 1);
         assert!(
             said(&long).contains("is 257 bytes, over the 256 byte limit"),

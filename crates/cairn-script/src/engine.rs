@@ -1249,11 +1249,18 @@ fn failure(stop: &AtomicU8, limits: &Limits, source: &str, err: &Value) -> Outco
             ),
         );
     }
+    // A failure's code and message are never blank (as a completion's may
+    // not be): a code of spaces is `uncaught`, as an empty one is, and an
+    // error thrown without words says so.
     let code = err
         .get("code")
         .and_then(Value::as_str)
+        .filter(|c| !c.trim().is_empty())
         .unwrap_or("uncaught")
         .to_string();
+    if message.trim().is_empty() {
+        message = BLANK_MESSAGE.to_string();
+    }
     if message == NOT_A_FUNCTION && code == "uncaught" {
         if let Some(hint) = err.get("stack").and_then(Value::as_str).and_then(|st| slip(source, st)) {
             message = format!("{NOT_A_FUNCTION}: {hint}");
@@ -1270,6 +1277,10 @@ fn failure(stop: &AtomicU8, limits: &Limits, source: &str, err: &Value) -> Outco
             .map(|s| json!({ "stack": s })),
     }
 }
+
+/// A failure's message when the script threw one that says nothing (`throw
+/// new Error()`, `throw ""`).
+const BLANK_MESSAGE: &str = "the script threw an error without a message";
 
 /// What QuickJS says of a call of what is not a function, and nothing more.
 const NOT_A_FUNCTION: &str = "not a function";

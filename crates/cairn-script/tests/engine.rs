@@ -733,6 +733,71 @@ async fn an_uncaught_error_fails_with_class_script_and_its_code() {
     assert_eq!(code, "uncaught");
 }
 
+/// A failure's code and message are never blank, as a completion's may not
+/// be: a code of spaces is `uncaught` (as an empty one is), and an error
+/// thrown without words says so.
+#[tokio::test]
+async fn a_blank_code_or_message_is_not_kept() {
+    let p = runtime(Limits::default());
+    let m = put(
+        &p,
+        r#"export async function main(ctx, a) {
+            throw Object.assign(new Error(a.msg), {code: a.code});
+        }
+        export async function bare() { throw "  "; }"#,
+    )
+    .await;
+    for (id, args, want_code) in [
+        ("b1", json!({"code": "   ", "msg": "m"}), "uncaught"),
+        ("b2", json!({"code": "ok", "msg": " \n "}), "ok"),
+        ("b3", json!({"code": "", "msg": ""}), "uncaught"),
+    ] {
+        let rec = run(&p, script(id, &m, "main", args)).await;
+        let Some(Outcome::Failure { code, message, .. }) = rec.outcome else {
+            panic!("{rec:?}")
+        };
+        assert_eq!(code, want_code, "{id}");
+        let expected = if id == "b1" {
+            "m"
+        } else {
+            "the script threw an error without a message"
+        };
+        assert_eq!(message, expected, "{id}");
+    }
+    let rec = run(&p, script("b4", &m, "bare", json!({}))).await;
+    let Some(Outcome::Failure { code, message, .. }) = rec.outcome else {
+        panic!("{rec:?}")
+    };
+    assert_eq!(
+        (code.as_str(), message.as_str()),
+        ("uncaught", "the script threw an error without a message")
+    );
+}
+
+/// A script's `args` is an object (SPEC §14): none given is `{}`, and
+/// another kind of value is refused at the start, which stores nothing.
+#[tokio::test]
+async fn args_are_an_object_or_none() {
+    let p = runtime(Limits::default());
+    let m = put(&p, "export async function main(ctx, args) { return [args, ctx.args]; }").await;
+    let rec = run(&p, script("none", &m, "main", Value::Null)).await;
+    assert_eq!(
+        rec.outcome,
+        Some(Outcome::Success { value: json!([{}, {}]) }),
+        "{rec:?}"
+    );
+    for (id, args, kind) in [
+        ("s", json!("1.4.2"), "a string"),
+        ("n", json!(5), "a number"),
+        ("l", json!([1]), "an array"),
+    ] {
+        let e = p.start(script(id, &m, "main", args)).await.unwrap_err();
+        assert_eq!(e.code(), "invalid_request", "{id}: {e}");
+        assert!(e.to_string().contains(&format!("not {kind}")), "{e}");
+        assert_eq!(p.get(id).await.unwrap_err().code(), "unknown_process");
+    }
+}
+
 /// A call of a misspelt `ctx` method fails saying what was called and the
 /// method meant; a call of any other member that is no function says what
 /// was called. `ctx` itself is as it was: a misspelt name reads undefined.

@@ -705,6 +705,10 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
                         "description": "The script module: its ref, as `POST /v1/modules` answered it (`invalid_id` in another shape).",
                     });
                     v["properties"]["process_name"] = id_schema("The process defined in that module.");
+                    v["properties"]["args"] = json!({
+                        "type": ["object", "null"],
+                        "description": "The function's arguments (`ctx.args`): a JSON object; absent or null is `{}` (`invalid_request` in another shape).",
+                    });
                     refined.push(v);
                 }
                 _ => refined.push(v),
