@@ -57,6 +57,48 @@ fn tune_c_allocator() {
     }
 }
 
+/// Move the server's secrets out of the environment block it was started
+/// with: the kernel shows that block as `/proc/{pid}/environ` to every
+/// process of the same user, a `shell` child included (`/proc/$PPID/environ`),
+/// however the child's own environment was cleaned. Each variable named
+/// (`CAIRN_*`, the models' `key_env` ones) is set again, which puts its
+/// `NAME=VALUE` on the heap where the environment's readers still find it,
+/// and its bytes in the original block are zeroed. Called before any other
+/// thread exists: setting a variable races with any other reader.
+fn hide_secrets_from_proc(names: &[String]) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    for name in names {
+        let Some(value) = std::env::var_os(name) else { continue };
+        let prefix = format!("{name}=");
+        // SAFETY: no other thread exists (see above); `environ` is the C
+        // library's NULL-terminated array of NUL-terminated strings.
+        let find = || unsafe {
+            let mut at = libc::environ;
+            while !at.is_null() && !(*at).is_null() {
+                if std::ffi::CStr::from_ptr(*at).to_bytes().starts_with(prefix.as_bytes()) {
+                    return Some(*at);
+                }
+                at = at.add(1);
+            }
+            None
+        };
+        let Some(original) = find() else { continue };
+        std::env::set_var(name, &value);
+        // Only once the entry is a new string is the original unread.
+        if find().is_some_and(|now| now != original) {
+            // SAFETY: `original` is the variable's string in the block the
+            // process was started with, writable, and no longer referenced
+            // by `environ`; its bytes are overwritten within its length.
+            unsafe {
+                let len = std::ffi::CStr::from_ptr(original).to_bytes().len();
+                std::ptr::write_bytes(original.add(prefix.len()), 0, len - prefix.len());
+            }
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = names;
+}
+
 /// The flags whose values may carry a secret (a model endpoint's key in its
 /// URL, a session's token): a value refused is not echoed, as clap would.
 const SECRET_FLAGS: [&str; 2] = ["--model", "--session-token"];
@@ -173,6 +215,14 @@ fn main() -> ExitCode {
             ));
             return ExitCode::from(2);
         }
+    }
+    if let Command::Serve(args) = &cli.command {
+        let secrets: Vec<String> = std::env::vars_os()
+            .filter_map(|(name, _)| name.into_string().ok())
+            .filter(|name| name.starts_with("CAIRN_"))
+            .chain(args.models.iter().filter_map(|m| m.key_env.clone()))
+            .collect();
+        hide_secrets_from_proc(&secrets);
     }
     let listen_from_env = listen_from_environment();
     // A client command hears of a closed output as a failed write (SIGPIPE

@@ -553,6 +553,57 @@ async fn a_shell_command_does_not_inherit_the_servers_secrets() {
     assert_eq!(lines, vec!["token=unset workers=unset key=unset given=yes".to_string()]);
 }
 
+/// Nor can such a command read them from the server's own environment
+/// block, which the kernel shows every process of the same user as
+/// `/proc/{pid}/environ`: the server moved its secrets out of it at start,
+/// and still uses them (the token below is the one it checks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shell_command_cannot_read_the_servers_secrets_from_proc() {
+    let server = common::Server::serve_with_env(
+        &[
+            "--db",
+            "memory",
+            "--allow-shell",
+            "--listen",
+            "127.0.0.1:0",
+            "--model",
+            "m=http://127.0.0.1:1/v1,key_env=MODEL_KEY_P",
+        ],
+        &[("CAIRN_TOKEN", "host-secret-p"), ("MODEL_KEY_P", "model-secret-p")],
+    )
+    .await;
+    let c = server.with_token("host-secret-p");
+    let probe = json!({"command": "tr '\\000' '\\n' < /proc/$PPID/environ"});
+    let (status, _) = c
+        .post(
+            "/v1/processes",
+            json!({"id": "proc-probe", "disposition": "rerunnable",
+                   "input": {"type": "tool_call", "tool": "shell", "args": probe}}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let record = c.wait_for("proc-probe", |r| r["status"] != "running").await;
+    assert_eq!(record["status"], "completed", "{record}");
+    let (_, page) = c.get("/v1/processes/proc-probe/events?after=0").await;
+    let lines: Vec<String> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["event_type"] == "shell.output")
+        .flat_map(|e| e["payload"]["lines"].as_array().cloned().unwrap_or_default())
+        .filter_map(|l| l.as_str().map(String::from))
+        .collect();
+    // The block was read (the test's own variables are in it), and holds
+    // neither secret.
+    assert!(lines.iter().any(|l| l.starts_with("PATH=")), "{lines:?}");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("host-secret-p") || l.contains("model-secret-p")),
+        "{lines:?}"
+    );
+}
+
 /// `cairn serve --help` does not print the database URL the environment
 /// gives (it may carry a password).
 #[test]
