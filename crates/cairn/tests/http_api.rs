@@ -187,6 +187,14 @@ async fn start_is_idempotent_and_errors_have_their_classes() {
     assert_eq!((s, code(&err)), (404, "unknown_process"));
     let (s, err) = c.get("/v1/nothing-here").await;
     assert_eq!((s, code(&err)), (404, "not_found"));
+    assert_eq!(err["error"]["message"], "no such route", "{err}");
+    // A child's id (`{id}/{n}`) unencoded reads as more path: the refusal
+    // says to percent-encode it.
+    for path in ["/v1/processes/k1/1", "/v1/processes/k1/1/events"] {
+        let (s, err) = c.get(path).await;
+        assert_eq!((s, code(&err)), (404, "not_found"), "{path}");
+        assert!(err["error"]["message"].as_str().unwrap().contains("`%2F`"), "{err}");
+    }
     let (s, err) = c.delete("/v1/processes/p1").await;
     assert_eq!((s, code(&err)), (405, "method_not_allowed"));
     // Bad query values.

@@ -1106,8 +1106,19 @@ pub async fn metrics(
         .into_response())
 }
 
-/// Unknown routes.
-pub async fn no_route() -> ApiError {
+/// Unknown routes. A path under a collection of named things most often
+/// holds an id with a `/` in it unencoded (a script's child is `{id}/{n}`),
+/// which reads as more path: said how to name it.
+pub async fn no_route(uri: axum::http::Uri) -> ApiError {
+    const NAMED: [&str; 4] = ["/v1/processes/", "/v1/schedules/", "/v1/sessions/", "/v1/modules/"];
+    if NAMED.iter().any(|named| uri.path().starts_with(named)) {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such route (an id holding `/`, as a script's child `{id}/{n}` does, is one path segment: \
+             percent-encode its `/` as `%2F`, e.g. `/v1/processes/deploy%2F1`)",
+        );
+    }
     ApiError::no_route()
 }
 
