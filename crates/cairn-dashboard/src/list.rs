@@ -579,6 +579,9 @@ fn filters(q: &ListQuery, viewer: &Viewer) -> Markup {
             label { span { "Created before (UTC)" }
                 input type="datetime-local" step=[step(&before)] name="created_before" value=(before);
             }
+            // The page size in use goes with a new filter (the pager's
+            // links keep it too).
+            @if !q.size.is_empty() { input type="hidden" name="size" value=(q.size); }
             div.buttons {
                 button type="submit" accesskey="f" { "Filter" }
                 a href="/ui/processes" { "Reset" }

@@ -348,6 +348,15 @@ pub(crate) async fn record(
     .into_response()
 }
 
+/// The sessions page's `session` for `scope`: `SESSION`, or
+/// `SESSION/frame:FRAME` for an agent frame's (whose processes list there).
+fn lens_of(scope: &SessionScope) -> String {
+    match &scope.agent_frame_id {
+        Some(frame) => format!("{}{}{frame}", scope.session_id, cairn_core::validate::FRAME_SEPARATOR),
+        None => scope.session_id.clone(),
+    }
+}
+
 fn disposition_label(d: Disposition) -> String {
     serde_json::to_value(d)
         .ok()
@@ -385,7 +394,8 @@ fn record_panel(r: &ProcessRecord, parent_open: bool) -> Markup {
             dt { "Last sequence" } dd { (r.last_sequence) }
             dt { "Originator" } dd {
                 @match &r.provenance.originator {
-                    Originator::Session { scope } => a href={ "/ui/sessions?session=" (encode_path(&scope.session_id)) } { (pages::id(&scope.scope_id())) },
+                    // The scope shown: a frame's processes list on its own page.
+                    Originator::Session { scope } => a href={ "/ui/sessions?session=" (encode_path(&lens_of(scope))) } { (pages::id(&scope.scope_id())) },
                     other => (pages::id(&other.scope_id())),
                 }
             }

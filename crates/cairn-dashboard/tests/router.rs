@@ -1020,6 +1020,46 @@ async fn the_session_page_names_a_wakes_frame_and_escapes_control_characters() {
     );
 }
 
+/// A process's originator links to the page of the scope it shows: an
+/// agent frame's processes list on the frame's page, not the session's.
+#[tokio::test]
+async fn the_originator_link_names_the_frame() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let start = StartRequest::from_json(json!({
+        "id": "from-frame",
+        "input": {"type": "external", "metadata": {}},
+        "disposition": "externally_owned",
+        "originator": {"type": "session", "scope": {"session_id": "s 1", "agent_frame_id": "f1"}},
+    }))
+    .unwrap();
+    p.start(start).await.unwrap();
+    let app = app(&p, true);
+    let (status, html, _) = get(&app, "/ui/processes/from-frame", None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let link = "/ui/sessions?session=s%201%2Fframe%3Af1";
+    assert!(html.contains(link), "{html}");
+    let (status, html, _) = get(&app, link, None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("from-frame"), "the frame's page lists it: {html}");
+}
+
+/// The filter form keeps the page size in use, as the pager's links do.
+#[tokio::test]
+async fn the_filter_form_keeps_the_page_size() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = runtime(&clock);
+    let app = app(&p, true);
+    let (status, html, _) = get(&app, "/ui/processes?status=any&size=5", None).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        html.contains(r#"<input type="hidden" name="size" value="5">"#),
+        "{html}"
+    );
+    let (_, html, _) = get(&app, "/ui/processes?status=any", None).await;
+    assert!(!html.contains(r#"name="size""#), "no size asked, none kept: {html}");
+}
+
 /// A session id is taken as given: ` s1` (a leading space is allowed in an
 /// id) is another session than `s1`, on the session page and in the list's
 /// lenses.
