@@ -13,7 +13,7 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::config::ModelSpec;
+use crate::config::{ModelSpec, SHORTEST_REDACTED_KEY};
 
 /// What one model call answered: the assistant message (`content`,
 /// `tool_calls` when it asked for any, `refusal` when it refused) and the
@@ -92,22 +92,29 @@ impl std::fmt::Display for ModelFault {
 /// `text` without `key` in it, nor a quote of it cut off: an endpoint (a
 /// gateway, say) may quote the key it was sent in its error text or its
 /// answer, which is stored and logged. Taken out before a text is clipped, so
-/// no part of a key survives at the cut.
+/// no part of a key survives at the cut. A key shorter than
+/// [`SHORTEST_REDACTED_KEY`] is left in: it is a dummy (`ollama`, `EMPTY`) or
+/// a word, and taking it out would rewrite the model's answers.
 fn redact<'a>(text: &'a str, key: Option<&str>) -> Cow<'a, str> {
-    match key {
-        Some(key) if !key.is_empty() => take_out(text, key, true).0,
-        _ => text.into(),
+    match redacted(key) {
+        Some(key) => take_out(text, key, true).0,
+        None => text.into(),
     }
+}
+
+/// The key to take out of what an endpoint answers: `key` when it is at
+/// least [`SHORTEST_REDACTED_KEY`] long, else none.
+fn redacted(key: Option<&str>) -> Option<&str> {
+    key.filter(|k| k.len() >= SHORTEST_REDACTED_KEY)
 }
 
 /// The shortest start of a key taken out as the whole key is: a quote of the
 /// key cut off (a stream broken mid-way, an answer ended at its token limit)
-/// is the key but for a few guessable bytes. Half the key, and 16 bytes at
-/// least, so that a start most keys share (`sk-proj-`) is not one alone, nor
-/// a word a short key begins with (`local-dev` of `local-dev-key` in
-/// `local-development`): a key under 16 bytes is taken out only whole.
+/// is the key but for a few guessable bytes. Half the key, and
+/// [`SHORTEST_REDACTED_KEY`] bytes at least, so that a start most keys share
+/// (`sk-proj-`) is not one alone (a shorter key is not taken out at all).
 fn shortest_quote(key: &str) -> usize {
-    let mut n = key.len().div_ceil(2).max(16).min(key.len());
+    let mut n = key.len().div_ceil(2).max(SHORTEST_REDACTED_KEY).min(key.len());
     while !key.is_char_boundary(n) {
         n += 1;
     }
@@ -208,8 +215,11 @@ pub(crate) async fn chat(
     request: &ChatRequest<'_>,
     on_delta: &mut (dyn FnMut(&str) + Send),
 ) -> Result<ChatAnswer, ModelFault> {
-    let Some(key) = key.filter(|k| !k.is_empty()) else {
-        return ask(http, idle, spec, None, request, on_delta).await;
+    let key = key.filter(|k| !k.is_empty());
+    // A key too short to redact is sent and left in the answer (see
+    // `redact`): nothing is held back or rewritten.
+    let Some(key) = redacted(key) else {
+        return ask(http, idle, spec, key, request, on_delta).await;
     };
     // An endpoint (a gateway, a proxy) may echo the key it was sent in its
     // answer too: the key leaves neither the streamed deltas nor the answer
@@ -542,6 +552,9 @@ async fn ask(
                 return Err(not_a_chunk(spec, field, &event.data, key));
             }
         }
+        if is_legacy_call(choice, &choice["delta"]) {
+            return Err(legacy_call(spec, &event.data, key));
+        }
         chose = true;
         let delta = &choice["delta"];
         let text_of = |field: &str| delta.get(field).and_then(text_parts).filter(|t| !t.is_empty());
@@ -673,6 +686,9 @@ fn completion(
         .get("message")
         .filter(|m| m.is_object())
         .ok_or_else(|| not_an_answer("its choice holds no `message` object: the body is not a chat completion"))?;
+    if is_legacy_call(choice, given) {
+        return Err(legacy_call(spec, text, key));
+    }
     // As a stream is (see `chat`): what passes `MAX_ANSWER_BYTES` once
     // journaled is cut off, in the order a stream sends it (content, the
     // refusal, then the calls one by one), and the answer says so.
@@ -809,6 +825,31 @@ fn not_a_chunk(spec: &ModelSpec, field: &str, data: &str, key: Option<&str>) -> 
         status: 200,
         message: format!(
             "model `{}` streamed a choice with `{field}` and no `delta`, not a chat completion chunk: {}",
+            spec.name,
+            clip(&redact(data, key))
+        ),
+    }
+}
+
+/// Whether a choice asks for a call in the legacy shape (`function_call`
+/// in its message or delta, or finish_reason `function_call`) in place of
+/// `tool_calls`: read as a chat completion, the call would be dropped without
+/// trace and the answer taken as its text alone.
+fn is_legacy_call(choice: &Value, message: &Value) -> bool {
+    message.get("function_call").is_some_and(|c| !c.is_null())
+        || choice.get("finish_reason").and_then(Value::as_str) == Some("function_call")
+}
+
+/// The fault of an answer asking for a call in the legacy `function_call`
+/// shape (see [`is_legacy_call`]): refused for good (`model_error`), as the
+/// other shapes that are not a chat completion are; calling again would buy
+/// the same shape.
+fn legacy_call(spec: &ModelSpec, data: &str, key: Option<&str>) -> ModelFault {
+    ModelFault::Rejected {
+        status: 200,
+        message: format!(
+            "model `{}` asked for a call in the legacy `function_call` shape in place of `tool_calls`, not a \
+             chat completion answer cairn reads: {}",
             spec.name,
             clip(&redact(data, key))
         ),
@@ -1323,7 +1364,7 @@ mod tests {
     /// piece of text but the key comes through in order.
     #[test]
     fn a_key_split_across_pieces_is_taken_out() {
-        let key = "sk-0123456789";
+        let key = "sk-0123456789abcdef";
         for cut in 0..=key.len() {
             let text = format!("é{key}ü and {key}");
             let at = "é".len() + cut;
@@ -1366,12 +1407,7 @@ mod tests {
         let key = "sk-0123456789abcdef"; // 19 bytes: 16 are a quote
         assert_eq!(shortest_quote(key), 16);
         assert_eq!(shortest_quote(&"k".repeat(40)), 20);
-        assert_eq!(shortest_quote("local-dev-key"), 13, "a short key only whole");
-        assert_eq!(shortest_quote("tiny"), 4);
-        assert_eq!(
-            redact("local-development of local-dev-key", Some("local-dev-key")),
-            "local-development of [redacted]"
-        );
+        assert_eq!(shortest_quote(&"k".repeat(16)), 16, "a key at the floor only whole");
         let cases = [
             ("was sk-0123456789abc, then", "was [redacted], then"),
             ("was sk-0123456789ab, then", "was sk-0123456789ab, then"),
@@ -1412,6 +1448,40 @@ mod tests {
             usage,
             json!({"note": "billed to [redacted]", "[redacted]": 1, "n": ["[redacted]"]})
         );
+    }
+
+    /// A key under [`SHORTEST_REDACTED_KEY`] (a local endpoint's dummy,
+    /// `ollama`, or a letter) is left in the answer: its text, its tool
+    /// calls' arguments and its field names stay as the model gave them,
+    /// streamed or journaled. A key at the floor is taken out.
+    #[test]
+    fn a_short_key_is_left_in_the_answer() {
+        let answer = |key: &str| {
+            json!({"role": "assistant", "content": format!("run {key} list; {key}"),
+                   "tool_calls": [{"id": "c", "type": "function",
+                                   "function": {"name": "shell", "arguments": format!("{{\"command\": \"{key} list\"}}")}}],
+                   "usage": {key: 1}})
+        };
+        for key in ["ollama", "EMPTY", "e", "k23456789012345"] {
+            assert!(key.len() < SHORTEST_REDACTED_KEY, "{key}");
+            assert_eq!(redact(&format!("said {key}"), Some(key)), format!("said {key}"));
+            let mut message = answer(key);
+            redact_strings(&mut message, key);
+            assert_eq!(message, answer(key), "{key}");
+            let fault = ModelFault::transient(format!("bad key {key}")).without_key(Some(key));
+            assert_eq!(fault.to_string(), format!("bad key {key}"));
+        }
+        let key = "k234567890123456";
+        assert_eq!(key.len(), SHORTEST_REDACTED_KEY);
+        assert_eq!(redact(&format!("said {key}"), Some(key)), "said [redacted]");
+        let mut message = answer(key);
+        redact_strings(&mut message, key);
+        assert_eq!(message["content"], "run [redacted] list; [redacted]");
+        assert_eq!(
+            message["tool_calls"][0]["function"]["arguments"],
+            "{\"command\": \"[redacted] list\"}"
+        );
+        assert_eq!(message["usage"], json!({"[redacted]": 1}));
     }
 
     /// A key the endpoint quotes is taken out before the text is clipped, so

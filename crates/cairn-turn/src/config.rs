@@ -18,10 +18,30 @@ pub struct ModelSpec {
     /// The model id sent to the endpoint (default: the name).
     pub model: String,
     /// The environment variable holding the bearer key, if the endpoint needs one.
+    /// A key of at least [`SHORTEST_REDACTED_KEY`] bytes is taken out of
+    /// whatever the endpoint answers (`[redacted]`); a shorter one (a local
+    /// endpoint's dummy key, `ollama`, `EMPTY`) is not a secret worth
+    /// rewriting the model's answers for, and is left in them
+    /// ([`ModelSpec::key_too_short_to_redact`]).
     pub key_env: Option<String>,
 }
 
+/// The shortest key taken out of what an endpoint answers. A shorter one is
+/// a word (`ollama`, `EMPTY`) or a few letters: replacing each of its
+/// occurrences would rewrite the model's text, tool-call arguments and JSON
+/// field names, and a tool would act on `[redacted]`. It is also the shortest
+/// quote of a longer key cut off that is taken out.
+pub const SHORTEST_REDACTED_KEY: usize = 16;
+
 impl ModelSpec {
+    /// Whether this model's key, as the environment holds it now, is shorter
+    /// than [`SHORTEST_REDACTED_KEY`]: it is sent, but not taken out of the
+    /// endpoint's answers or errors (a server says so when it starts). False
+    /// without a key, or with one that cannot be read.
+    pub fn key_too_short_to_redact(&self) -> bool {
+        matches!(self.key(), Ok(Some(key)) if key.len() < SHORTEST_REDACTED_KEY)
+    }
+
     /// The bearer key, read from the environment now; `None` without
     /// `key_env`; why not when the variable is not set.
     pub(crate) fn key(&self) -> std::result::Result<Option<String>, String> {
@@ -179,6 +199,8 @@ pub struct Models {
 impl Models {
     /// The models `specs` name; a name given twice is refused, and so is a
     /// model whose `key_env` variable is not set (no call to it could succeed).
+    /// A key shorter than [`SHORTEST_REDACTED_KEY`] is taken, but not redacted
+    /// ([`Models::keys_too_short_to_redact`] names those models).
     pub fn new(specs: impl IntoIterator<Item = ModelSpec>) -> Result<Self> {
         let mut by_name = BTreeMap::new();
         for spec in specs {
@@ -204,6 +226,17 @@ impl Models {
     /// Whether no model is configured.
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
+    }
+
+    /// The names of the models whose key is too short to be redacted
+    /// ([`ModelSpec::key_too_short_to_redact`]), for a server to warn of at
+    /// start: their key, if an endpoint quotes it, is journaled as quoted.
+    pub fn keys_too_short_to_redact(&self) -> Vec<&str> {
+        self.by_name
+            .values()
+            .filter(|spec| spec.key_too_short_to_redact())
+            .map(|spec| spec.name.as_str())
+            .collect()
     }
 }
 
@@ -327,6 +360,26 @@ mod tests {
         std::env::set_var(VAR, "sk-fine_1.2");
         assert_eq!(spec.key(), Ok(Some("sk-fine_1.2".to_string())));
         std::env::remove_var(VAR);
+    }
+
+    /// A dummy key (`ollama`) is sent but not redacted, and said to be so;
+    /// a key at the floor is redacted.
+    #[test]
+    fn a_short_key_is_said_to_be_left_unredacted() {
+        const SHORT: &str = "CAIRN_TURN_CONFIG_TEST_SHORT_KEY";
+        const LONG: &str = "CAIRN_TURN_CONFIG_TEST_LONG_KEY";
+        std::env::set_var(SHORT, "ollama");
+        std::env::set_var(LONG, "k".repeat(SHORTEST_REDACTED_KEY));
+        let short: ModelSpec = format!("local=http://h/v1,key_env={SHORT}").parse().expect("parse");
+        let long: ModelSpec = format!("remote=http://h/v1,key_env={LONG}").parse().expect("parse");
+        let keyless: ModelSpec = "open=http://h/v1".parse().expect("parse");
+        assert!(short.key_too_short_to_redact());
+        assert!(!long.key_too_short_to_redact());
+        assert!(!keyless.key_too_short_to_redact());
+        let models = Models::new([short, long, keyless]).expect("a short key is taken");
+        assert_eq!(models.keys_too_short_to_redact(), ["local"]);
+        std::env::remove_var(SHORT);
+        std::env::remove_var(LONG);
     }
 
     #[test]

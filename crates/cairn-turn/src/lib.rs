@@ -15,5 +15,5 @@ mod config;
 mod runner;
 
 pub use client::{ChatAnswer, ModelFault, MAX_ANSWER_BYTES, MAX_JSON_BODY_BYTES};
-pub use config::{ModelSpec, Models};
+pub use config::{ModelSpec, Models, SHORTEST_REDACTED_KEY};
 pub use runner::{RetryPolicy, TurnRunner, DELTA, MAX_REPAIR_ATTEMPTS, MAX_STEPS, RESPONSE};

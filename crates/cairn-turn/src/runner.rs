@@ -188,9 +188,14 @@ const START_ROLES: [&str; 3] = ["system", "user", "assistant"];
 /// [`START_ROLES`] narrowed them still runs).
 const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
+/// The fields a message of a turn's `input` may have when it starts (those
+/// OpenAI's chat messages of the [`START_ROLES`] take; an assistant's
+/// `tool_calls` would need tool messages, which a start does not give).
+const START_FIELDS: [&str; 3] = ["role", "content", "name"];
+
 /// A turn's `input`: a non-empty string, or a non-empty array of messages,
-/// each an object with a known `role`.
-fn check_input(input: &Value) -> cairn_core::Result<()> {
+/// each an object with a `role` of `roles`.
+fn check_input(input: &Value, roles: &[&str]) -> cairn_core::Result<()> {
     let bad = |why: String| Err(CairnError::InvalidRequest(format!("a turn's `input` {why}")));
     match input {
         Value::String(text) if text.trim().is_empty() => bad("is empty".into()),
@@ -199,10 +204,10 @@ fn check_input(input: &Value) -> cairn_core::Result<()> {
         Value::Array(messages) => {
             for (i, m) in messages.iter().enumerate() {
                 let role = m.get("role").and_then(Value::as_str);
-                if !m.is_object() || !role.is_some_and(|r| ROLES.contains(&r)) {
+                if !m.is_object() || !role.is_some_and(|r| roles.contains(&r)) {
                     return bad(format!(
                         "message {i} is not an object with a `role` of {}: {m}",
-                        ROLES.join(", ")
+                        roles.join(", ")
                     ));
                 }
             }
@@ -220,7 +225,18 @@ struct Turn {
 }
 
 impl Turn {
+    /// A turn as it runs: its messages may have any role a turn ever took.
     fn parse(input: &Value) -> cairn_core::Result<Self> {
+        Self::parse_with(input, &ROLES)
+    }
+
+    /// A turn as it starts: its messages have the roles a start gives, and
+    /// a refusal names only those.
+    fn parse_start(input: &Value) -> cairn_core::Result<Self> {
+        Self::parse_with(input, &START_ROLES)
+    }
+
+    fn parse_with(input: &Value, roles: &[&str]) -> cairn_core::Result<Self> {
         let parsed: ProcessInput = serde_json::from_value(input.clone())
             .map_err(|e| CairnError::InvalidRequest(format!("session_turn input: {e}")))?;
         let ProcessInput::SessionTurn {
@@ -231,7 +247,7 @@ impl Turn {
         else {
             return Err(CairnError::InvalidRequest("not a session_turn input".into()));
         };
-        check_input(&input)?;
+        check_input(&input, roles)?;
         let mut seen = std::collections::BTreeSet::new();
         if let Some(twice) = session.tools.iter().find(|t| !seen.insert(t.as_str())) {
             return Err(CairnError::InvalidRequest(format!(
@@ -259,7 +275,9 @@ impl Turn {
             return bad(format!("a turn's `max_steps` is 1 to {MAX_STEPS}, not {n}"));
         }
         if let Some(t) = self.session.temperature.filter(|t| !(0.0..=2.0).contains(t)) {
-            return bad(format!("a turn's `temperature` is 0 to 2, not {t}"));
+            // `{:?}`: the shortest form that reads back (`1e300`), not
+            // `Display`'s every digit.
+            return bad(format!("a turn's `temperature` is 0 to 2, not {t:?}"));
         }
         if let Contract::JsonSchema {
             schema,
@@ -277,16 +295,26 @@ impl Turn {
                 ));
             }
         }
+        // The roles were checked as the start was read (`parse_start`);
+        // each message goes to the endpoint as it is, so a field it may not
+        // have, or one of the wrong type, is refused here rather than sent.
         for (i, m) in self.input.as_array().into_iter().flatten().enumerate() {
-            let role = m["role"].as_str().unwrap_or_default();
-            if !START_ROLES.contains(&role) {
+            if let Some(field) = m
+                .as_object()
+                .and_then(|o| o.keys().find(|k| !START_FIELDS.contains(&k.as_str())))
+            {
                 return bad(format!(
-                    "a turn's `input` message {i} has the role `{role}`; a start gives {}",
-                    START_ROLES.join(", ")
+                    "a turn's `input` message {i} has an unknown field `{field}` (a message takes {})",
+                    START_FIELDS.join(", ")
                 ));
             }
             if !m["content"].is_string() {
                 return bad(format!("a turn's `input` message {i} has no string `content`: {m}"));
+            }
+            if let Some(name) = m.get("name").filter(|n| !n.is_string()) {
+                return bad(format!(
+                    "a turn's `input` message {i} has a `name` that is not a string: {name}"
+                ));
             }
         }
         Ok(())
@@ -319,21 +347,83 @@ impl Turn {
                     .and_then(|t| t.args_schema())
                     .unwrap_or_else(|| json!({"type": "object"}));
                 // OpenAI's endpoint refuses these at a function's top level
-                // (`shell` says "argv or command" with `oneOf`); the tool's
-                // own check still holds the model to them.
+                // (`shell` says "argv or command" with `oneOf`): said in the
+                // description instead (`stripped_rule`), and the tool's own
+                // check still holds the model to them.
+                let mut description = tool_description(name);
                 if let Some(root) = parameters.as_object_mut() {
+                    if let Some(rule) = stripped_rule(root) {
+                        description.push(' ');
+                        description.push_str(&rule);
+                    }
                     for key in ["oneOf", "anyOf", "allOf", "not", "enum"] {
                         root.remove(key);
                     }
                 }
                 json!({"type": "function", "function": {
                     "name": name,
-                    "description": format!("the cairn tool `{name}`"),
+                    "description": description,
                     "parameters": parameters,
                 }})
             })
             .collect()
     }
+}
+
+/// What the model is told a tool does: the built-in tools' own words, and
+/// for another tool its name (a tool says no more of itself than its
+/// arguments' schema).
+fn tool_description(name: &str) -> String {
+    match name {
+        "echo" => "Succeeds with the `value` it is given (null when none): hands a value back unchanged.".into(),
+        "sleep" => "Waits `ms` milliseconds, then succeeds with `{\"slept_ms\": ms}`.".into(),
+        "wait_signal" => "Waits for the next signal named `name` sent to this call's process and succeeds with its \
+                          payload; fails with code `timeout` when `timeout_ms` passes first."
+            .into(),
+        "shell" => "Runs a command on the server (`argv`: a program and its arguments, no shell; or `command`: a \
+                    line run by `/bin/sh -c`) and succeeds with its exit code and the last lines of its stdout and \
+                    stderr; a non-zero exit is a failure."
+            .into(),
+        other => format!("Runs the tool `{other}`; its result comes back as JSON."),
+    }
+}
+
+/// The rule of the schema keywords [`Turn::tool_defs`] takes off the top of
+/// a tool's arguments schema, said in words: `oneOf` (or `anyOf`) branches
+/// that each require one field are "exactly one (at least one) of" them;
+/// any other rule is said to exist, for the tool's answer to tell.
+fn stripped_rule(root: &serde_json::Map<String, Value>) -> Option<String> {
+    let mut rules = Vec::new();
+    let mut other = false;
+    for (keyword, how_many) in [("oneOf", "exactly one"), ("anyOf", "at least one")] {
+        let Some(branches) = root.get(keyword) else { continue };
+        let fields: Option<Vec<String>> = branches.as_array().and_then(|branches| {
+            branches
+                .iter()
+                .map(|b| match b.as_object().map(|o| (o.len(), o.get("required"))) {
+                    Some((1, Some(Value::Array(required)))) if required.len() == 1 => {
+                        required[0].as_str().map(|f| format!("`{f}`"))
+                    }
+                    _ => None,
+                })
+                .collect()
+        });
+        match fields {
+            Some(mut fields) if fields.len() >= 2 => {
+                let last = fields.pop().unwrap_or_default();
+                rules.push(format!("Give {how_many} of {} and {last}.", fields.join(", ")));
+            }
+            _ => other = true,
+        }
+    }
+    other |= ["allOf", "not", "enum"].iter().any(|k| root.contains_key(*k));
+    if other {
+        rules.push(
+            "The arguments must also meet a rule not shown in their schema; a call they fail is answered with why."
+                .into(),
+        );
+    }
+    (!rules.is_empty()).then(|| rules.join(" "))
 }
 
 /// Runs `session_turn` processes (SPEC §15).
@@ -584,6 +674,22 @@ impl TurnRunner {
                 continue;
             }
             let content = message.get("content").and_then(Value::as_str).unwrap_or_default();
+            // An answer of nothing (no text, no tool call, no refusal) that
+            // was not cut off is no answer: the endpoint failed to give one
+            // (a call it could not make, a shape it dropped), and taking it
+            // as an empty final answer would hide that.
+            if content.is_empty() && !cut {
+                let said = finish_reason
+                    .as_str()
+                    .map(|r| format!(" (finish_reason `{r}`)"))
+                    .unwrap_or_default();
+                return Ok(Outcome::Failure {
+                    class: "model".into(),
+                    code: "model_error".into(),
+                    message: format!("model `{}` answered neither text nor tool calls{said}", spec.name),
+                    raw: Some(message),
+                });
+            }
             // An answer the endpoint cut off is not the model's final answer,
             // whatever the contract: it goes through repair like any other
             // answer that does not meet it.
@@ -873,7 +979,7 @@ impl Tool for TurnRunner {
 
     async fn check_start_of(&self, id: &str, input: &Value, disposition: Disposition) -> cairn_core::Result<()> {
         self.check_start(input, disposition).await?;
-        let turn = Turn::parse(input)?;
+        let turn = Turn::parse_start(input)?;
         // An owner-bound run waits holding its worker slot, and each tool
         // call is a child that needs a slot of its own: a worker whose slots
         // all hold such turns would run none of their calls, for good.
@@ -903,7 +1009,7 @@ impl Tool for TurnRunner {
     }
 
     async fn check_start(&self, input: &Value, _disposition: Disposition) -> cairn_core::Result<()> {
-        let turn = Turn::parse(input)?;
+        let turn = Turn::parse_start(input)?;
         turn.check_bounds()?;
         self.models.get(turn.session.model.as_deref())?;
         for tool in &turn.session.tools {
@@ -941,5 +1047,62 @@ impl Tool for TurnRunner {
             }
             Err(e) => Outcome::failure("turn", e.code(), e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each tool is offered with a line saying what it does, and a rule
+    /// taken off its arguments' schema (which OpenAI refuses at a
+    /// function's top level) is said in that line instead.
+    #[test]
+    fn tools_are_offered_with_what_they_do_and_the_rules_taken_off() {
+        let tools = cairn_tools::builtin_tools(true);
+        let input = json!({"type": "session_turn", "session": {"tools": ["echo", "sleep", "wait_signal", "shell"]},
+                           "input": "hi"});
+        let defs = Turn::parse(&input).expect("a turn").tool_defs(&tools);
+        let described: Vec<(&str, &str)> = defs
+            .iter()
+            .map(|d| {
+                let f = &d["function"];
+                (f["name"].as_str().unwrap(), f["description"].as_str().unwrap())
+            })
+            .collect();
+        assert_eq!(described.len(), 4);
+        for (name, description) in &described {
+            assert!(!description.contains("the cairn tool"), "{name}: {description}");
+            assert!(description.len() > 30, "{name}: {description}");
+        }
+        let shell = &defs[3]["function"];
+        assert!(shell["parameters"].get("oneOf").is_none(), "{shell}");
+        assert!(
+            described[3].1.ends_with("Give exactly one of `argv` and `command`."),
+            "{}",
+            described[3].1
+        );
+        for (name, description) in &described[..3] {
+            assert!(!description.contains("Give "), "{name}: {description}");
+        }
+    }
+
+    /// Rules other than "one of these fields" are said to exist.
+    #[test]
+    fn a_rule_not_of_fields_is_said_to_exist() {
+        let rule = |schema: Value| stripped_rule(schema.as_object().expect("an object"));
+        assert_eq!(
+            rule(json!({"anyOf": [{"required": ["a"]}, {"required": ["b"]}, {"required": ["c"]}]})).as_deref(),
+            Some("Give at least one of `a`, `b` and `c`.")
+        );
+        for other in [
+            json!({"oneOf": [{"required": ["a", "b"]}, {"required": ["c"]}]}),
+            json!({"allOf": [{"required": ["a"]}]}),
+            json!({"not": {"required": ["a"]}}),
+        ] {
+            let said = rule(other.clone()).expect("a rule");
+            assert!(said.contains("a rule not shown in their schema"), "{other}: {said}");
+        }
+        assert_eq!(rule(json!({"type": "object"})), None);
     }
 }

@@ -742,6 +742,133 @@ async fn bad_turns_are_refused_at_start() {
     .expect("repair_attempts 5");
 }
 
+/// A start's messages are refused, naming why, when they have a field a
+/// chat message of their role does not take or one of the wrong type, or a
+/// role a start does not give (named by the roles it does give); a
+/// message's `name` is taken and sent. A temperature out of range is
+/// named as given, not in every digit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_messages_are_held_to_what_a_start_sends() {
+    let s = setup().await;
+    let with = |id: &str, input: Value, temperature: f64| {
+        let mut req = turn(id, &[], "hi", Value::Null);
+        if let ProcessInput::SessionTurn { input: i, session, .. } = &mut req.input {
+            *i = input;
+            session.temperature = Some(temperature);
+        }
+        req
+    };
+    let roles = "a `role` of system, user, assistant:";
+    for (id, input, temperature, said) in [
+        (
+            "f1",
+            json!([{"role": "user", "content": "a", "bogus": 1}]),
+            0.0,
+            "message 0 has an unknown field `bogus` (a message takes role, content, name)",
+        ),
+        (
+            "f2",
+            json!([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "name": 5}]),
+            0.0,
+            "message 1 has a `name` that is not a string: 5",
+        ),
+        (
+            "f3",
+            json!([{"role": "user", "content": "a", "name": null}]),
+            0.0,
+            "has a `name` that is not a string: null",
+        ),
+        (
+            "f4",
+            json!([{"role": "assistant", "content": "a", "tool_calls": []}]),
+            0.0,
+            "unknown field `tool_calls`",
+        ),
+        ("r1", json!([{"role": "wizard", "content": "x"}]), 0.0, roles),
+        ("r2", json!([{"role": "developer", "content": "x"}]), 0.0, roles),
+        ("r3", json!([{"role": "tool", "content": "x"}]), 0.0, roles),
+        ("t1", json!("hi"), 1e300, "`temperature` is 0 to 2, not 1e300"),
+        ("t2", json!("hi"), 2.5, "`temperature` is 0 to 2, not 2.5"),
+    ] {
+        let e = s.p.start(with(id, input, temperature)).await.expect_err(id);
+        assert_eq!(e.code(), "invalid_request", "{id}: {e}");
+        assert!(e.to_string().contains(said), "{id}: {e}");
+        assert!(!e.to_string().contains("system, developer"), "{id}: {e}");
+        assert_eq!(s.p.get(id).await.expect_err("not stored").code(), "unknown_process");
+    }
+    assert!(s.fake.received().is_empty(), "no turn called the model");
+    s.fake.push(Reply::Text("ok".into()));
+    let named = json!([{"role": "user", "content": "a", "name": "alice"}]);
+    s.p.start(with("named", named.clone(), 0.0))
+        .await
+        .expect("a named message");
+    let r = finished(&s.p, "named").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"text": "ok"}))));
+    assert_eq!(s.fake.received()[0].body["messages"][1], named[0]);
+}
+
+/// A key shorter than the floor (a local endpoint's dummy, `ollama`) is
+/// sent, and left in what the model answers: its text, its tool calls'
+/// arguments and its JSON field names reach the tools, the journal and the
+/// result as the model gave them. The default model's key, at the floor or
+/// over it, is still taken out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_key_leaves_the_answer_as_the_model_gave_it() {
+    const SHORT_ENV: &str = "CAIRN_TURN_TEST_SHORT_KEY";
+    std::env::set_var(SHORT_ENV, "ollama");
+    let s = setup_with(test_retry(), &[("local", &format!(",key_env={SHORT_ENV}"))]).await;
+    let local = |id: &str, tools: &[&str], contract: Value| {
+        let mut req = turn(id, tools, "use ollama", contract);
+        if let ProcessInput::SessionTurn { session, .. } = &mut req.input {
+            session.model = Some("local".into());
+        }
+        req
+    };
+    let args = json!({"value": {"ollama": "ollama list"}});
+    s.fake.push(Reply::ToolCalls(vec![("echo".into(), args.clone())]));
+    s.fake.push(Reply::Text("ran ollama list with ollama".into()));
+    s.p.start(local("short", &["echo"], Value::Null)).await.expect("start");
+    let r = finished(&s.p, "short").await;
+    assert_eq!(
+        r.outcome,
+        Some(Outcome::success(json!({"text": "ran ollama list with ollama"})))
+    );
+    let child = s.p.get("short/1.1").await.expect("child");
+    assert_eq!(child.outcome, Some(Outcome::success(args["value"].clone())));
+    let received = s.fake.received();
+    assert_eq!(received[0].authorization.as_deref(), Some("Bearer ollama"));
+    let events = s.p.events("short", 0, Some(1000)).await.expect("events").events;
+    let all = serde_json::to_string(&events).expect("json");
+    assert!(!all.contains("[redacted]"), "{all}");
+    let deltas: String = events
+        .iter()
+        .filter(|e| e.event_type == "turn.delta")
+        .map(|d| d.payload["text"].as_str().expect("text"))
+        .collect();
+    assert_eq!(deltas, "ran ollama list with ollama");
+    // Field names too: a schema's answer keyed by the key's word.
+    s.fake.push(Reply::Text("{\"ollama\": \"ollama\"}".into()));
+    let schema = json!({"type": "object", "required": ["ollama"],
+                        "properties": {"ollama": {"enum": ["ollama"]}}});
+    s.p.start(local(
+        "short-json",
+        &[],
+        json!({"type": "json_schema", "schema": schema}),
+    ))
+    .await
+    .expect("start");
+    let r = finished(&s.p, "short-json").await;
+    assert_eq!(r.outcome, Some(Outcome::success(json!({"ollama": "ollama"}))));
+    // The default model's key is long enough: taken out as ever.
+    s.fake.push(Reply::Text(format!("the key is {KEY}")));
+    s.p.start(turn("long", &[], "hi", Value::Null)).await.expect("start");
+    let r = finished(&s.p, "long").await;
+    assert_eq!(
+        r.outcome,
+        Some(Outcome::success(json!({"text": "the key is [redacted]"})))
+    );
+}
+
 /// A `repair_attempts` no contract could hold (negative, past `u32`, not
 /// an integer) is refused naming the range a start takes, as one past it
 /// is, never as a `u32`'s; the steps bound is the record's own.
@@ -1650,6 +1777,33 @@ async fn an_answer_not_shaped_as_a_chat_completion_is_a_model_error() {
             Reply::Completion(json!({"choices": [{"index": 0, "message": null, "finish_reason": "stop"}]})),
             "no `message`",
         ),
+        // The legacy call shape: read as a chat completion, the call was
+        // dropped and the answer taken as empty text.
+        (
+            "function-call-whole",
+            Reply::Completion(json!({"choices": [{"index": 0, "finish_reason": "function_call",
+                "message": {"role": "assistant", "content": null,
+                            "function_call": {"name": "echo", "arguments": "{\"value\": 1}"}}}]})),
+            "legacy `function_call`",
+        ),
+        (
+            "function-call-streamed",
+            Reply::Chunks(vec![
+                json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": null,
+                                    "function_call": {"name": "echo", "arguments": ""}}}]}),
+                json!({"choices": [{"index": 0, "delta": {"function_call": {"arguments": "{}"}}}]}),
+                json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "function_call"}]}),
+            ]),
+            "legacy `function_call`",
+        ),
+        (
+            "function-call-reason-only",
+            Reply::Chunks(vec![
+                json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
+                json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "function_call"}]}),
+            ]),
+            "legacy `function_call`",
+        ),
     ];
     let mut calls = 0;
     for (id, reply, said) in cases {
@@ -1676,8 +1830,7 @@ async fn an_answer_not_shaped_as_a_chat_completion_is_a_model_error() {
 
 /// What real endpoints send stays an answer: a last chunk with only its
 /// `finish_reason` (no `delta`, or `delta: {}`), a usage chunk of
-/// `choices: []`, `content: null` beside tool calls, and a genuinely empty
-/// `content: ""`, streamed or not.
+/// `choices: []`, and `content: null` beside tool calls, streamed or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunks_real_endpoints_send_stay_answers() {
     let s = setup().await;
@@ -1700,20 +1853,6 @@ async fn chunks_real_endpoints_send_stay_answers() {
                 "[DONE]".into(),
             ]),
             "ok",
-        ),
-        (
-            "empty-streamed",
-            Reply::Chunks(vec![
-                json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
-                json!({"choices": [{"index": 0, "finish_reason": "stop"}]}),
-            ]),
-            "",
-        ),
-        (
-            "empty-whole",
-            Reply::Completion(json!({"choices": [{"index": 0, "finish_reason": "stop",
-                                                  "message": {"role": "assistant", "content": ""}}]})),
-            "",
         ),
     ];
     for (id, reply, text) in cases {
@@ -1748,6 +1887,67 @@ async fn chunks_real_endpoints_send_stay_answers() {
         let child = s.p.get(id).await.expect("child");
         assert_eq!(child.outcome, Some(Outcome::success(json!(value))), "{id}");
     }
+}
+
+/// An answer of neither text nor tool calls (nor a refusal), streamed or
+/// not, is no final answer: it fails `model_error`, journaled, without
+/// another call. One the endpoint cut off still goes the way of a cut-off
+/// answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_of_neither_text_nor_tool_calls_is_a_model_error() {
+    let s = setup().await;
+    let cases = [
+        (
+            "empty-streamed",
+            Reply::Chunks(vec![
+                json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
+                json!({"choices": [{"index": 0, "finish_reason": "stop"}]}),
+            ]),
+        ),
+        (
+            "empty-whole",
+            Reply::Completion(json!({"choices": [{"index": 0, "finish_reason": "stop",
+                                                  "message": {"role": "assistant", "content": null}}]})),
+        ),
+    ];
+    let mut calls = 0;
+    for (id, reply) in cases {
+        s.fake.push(reply);
+        s.p.start(turn(id, &[], "hi", json!({"type": "text"})))
+            .await
+            .expect("start");
+        let r = finished(&s.p, id).await;
+        match &r.outcome {
+            Some(Outcome::Failure {
+                class,
+                code,
+                message,
+                raw: Some(raw),
+            }) => {
+                assert_eq!((class.as_str(), code.as_str()), ("model", "model_error"), "{id}");
+                assert_eq!(
+                    message, "model `default` answered neither text nor tool calls (finish_reason `stop`)",
+                    "{id}"
+                );
+                assert_eq!(raw["content"], "", "{id}");
+            }
+            other => panic!("{id}: an empty answer is no final answer: {other:?}"),
+        }
+        calls += 1;
+        assert_eq!(s.fake.received().len(), calls, "{id} is not called again");
+        assert!(types(&s.p, id).await.contains(&"turn.response".to_string()), "{id}");
+    }
+    // Cut off by the endpoint's token limit with nothing said: a cut-off
+    // answer, as before.
+    s.fake.push(Reply::TextEnding {
+        text: String::new(),
+        finish_reason: "length".into(),
+    });
+    s.p.start(turn("empty-cut", &[], "hi", json!({"type": "text"})))
+        .await
+        .expect("start");
+    let r = finished(&s.p, "empty-cut").await;
+    assert_eq!(failure_code(&r), "output_contract_violation", "{r:?}");
 }
 
 /// An endpoint that ignores `stream: true` and answers one JSON chat

@@ -335,7 +335,7 @@ const FAILURE_CODES: &[(&str, &str, &str)] = &[
     (
         "model",
         "model_error",
-        "the endpoint refused the request for good (an HTTP 4xx other than 429, 408 included; in the stream, an error naming a client error other than 408 and 429), or answered something that is not a chat completion (a choice without a `message` object, or a streamed choice carrying `text` or `message` in place of `delta`), or answered one JSON body (not streamed) of 8 MiB (8,388,608 bytes) or more",
+        "the endpoint refused the request for good (an HTTP 4xx other than 429, 408 included; in the stream, an error naming a client error other than 408 and 429), or answered something that is not a chat completion (a choice without a `message` object, or a streamed choice carrying `text` or `message` in place of `delta`, or a call in the legacy `function_call` shape), or answered neither text nor tool calls without being cut off, or answered one JSON body (not streamed) of 8 MiB (8,388,608 bytes) or more",
     ),
 ];
 

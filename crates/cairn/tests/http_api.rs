@@ -2157,6 +2157,67 @@ async fn the_document_takes_what_the_server_takes() {
     assert_eq!(c.get("/v1/modules/m1").await.0, 400);
 }
 
+/// The bounds a session turn's start is held to are in the document's
+/// `StartInput`, and the document and the server agree at each bound and
+/// past it: `temperature` 0 to 2, `max_steps` 1 to 64, `repair_attempts` 0
+/// to 5, and messages of the fields a chat message takes (`name` a string).
+/// A temperature past its bound is named as given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_turns_bounds_are_in_the_document() {
+    let server = Server::start(&["--model", "default=http://127.0.0.1:9/v1"]).await;
+    let c = server.client();
+    let (s, doc) = c.get("/openapi.json").await;
+    assert_eq!(s, 200);
+    let root = json!({"$ref": "#/components/schemas/StartRequest", "components": doc["components"]});
+    let start_schema = jsonschema::validator_for(&root).expect("StartRequest compiles");
+    let turn = |session: Value, input: Value, contract: Value| {
+        json!({"input": {"type": "session_turn", "session": session, "input": input, "output_contract": contract},
+               "disposition": "rerunnable"})
+    };
+    let session = |field: &str, v: Value| turn(json!({field: v}), json!("hi"), Value::Null);
+    let messages = |m: Value| turn(json!({}), json!([m]), Value::Null);
+    let repairs = |n: Value| {
+        turn(
+            json!({}),
+            json!("hi"),
+            json!({"type": "json_schema", "schema": {"type": "object"}, "repair_attempts": n}),
+        )
+    };
+    let cases = [
+        (session("temperature", json!(0)), true),
+        (session("temperature", json!(2)), true),
+        (session("temperature", json!(2.01)), false),
+        (session("temperature", json!(-0.5)), false),
+        (session("temperature", json!(1e300)), false),
+        (session("max_steps", json!(1)), true),
+        (session("max_steps", json!(64)), true),
+        (session("max_steps", json!(65)), false),
+        (session("max_steps", json!(0)), false),
+        (repairs(json!(0)), true),
+        (repairs(json!(5)), true),
+        (repairs(json!(6)), false),
+        (messages(json!({"role": "user", "content": "a", "name": "alice"})), true),
+        (messages(json!({"role": "user", "content": "a", "name": 5})), false),
+        (messages(json!({"role": "user", "content": "a", "bogus": 1})), false),
+        (messages(json!({"role": "developer", "content": "a"})), false),
+    ];
+    for (i, (mut body, taken)) in cases.into_iter().enumerate() {
+        body["id"] = json!(format!("bound-{i}"));
+        let errors: Vec<String> = start_schema.iter_errors(&body).map(|e| e.to_string()).collect();
+        assert_eq!(errors.is_empty(), taken, "the document on {body}: {errors:#?}");
+        let (s, answer) = c.start(body.clone()).await;
+        assert_eq!(s < 300, taken, "the server on {body}: {s} {answer}");
+        if !taken {
+            assert_eq!(code(&answer), "invalid_request", "{body}: {answer}");
+        }
+    }
+    let mut body = session("temperature", json!(1e300));
+    body["id"] = json!("bound-far");
+    let (_, answer) = c.start(body).await;
+    let said = answer["error"]["message"].as_str().expect("a message");
+    assert!(said.contains("`temperature` is 0 to 2, not 1e300"), "{said}");
+}
+
 /// A write (or a read by id) given query parameters it does not read is
 /// refused and changes nothing: `POST /v1/prune?dry_run=true` must not prune.
 /// A schedule's delete reads its body as the other writes do.

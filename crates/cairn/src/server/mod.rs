@@ -446,6 +446,13 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), ServeError> {
         }));
     }
     let models = cairn_turn::Models::new(args.models.clone()).map_err(|e| ServeError::Config(e.to_string()))?;
+    for name in models.keys_too_short_to_redact() {
+        tracing::warn!(
+            model = name,
+            "the key of model `{name}` is under {} bytes: it is sent, but not redacted from what the endpoint answers",
+            cairn_turn::SHORTEST_REDACTED_KEY
+        );
+    }
     let turns = cairn_turn::TurnRunner::new(models, tools.clone());
     tools.register_runner("session_turn", Arc::new(turns));
     let tool_names = tools.names();

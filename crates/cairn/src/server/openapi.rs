@@ -668,20 +668,26 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
                             "model": nullable_id_schema("A model configured on the server (`unknown_model` otherwise)."),
                             "system": {"type": ["string", "null"]},
                             "tools": {"type": "array", "uniqueItems": true, "items": {"type": "string", "enum": tools}},
-                            "max_steps": {"type": ["integer", "null"], "minimum": 1, "maximum": cairn_turn::MAX_STEPS},
-                            "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+                            "max_steps": {"type": ["integer", "null"], "minimum": 1, "maximum": cairn_turn::MAX_STEPS,
+                                          "description": format!("Most model calls in the turn (default 8; 1 to {}).", cairn_turn::MAX_STEPS)},
+                            "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2,
+                                            "description": "The sampling temperature passed to the model (0 to 2)."},
                         },
                     });
                     // A turn needs its input (`invalid_request` without one,
-                    // or with only whitespace).
+                    // or with only whitespace). Each message is sent as it
+                    // is: it takes the fields a chat message of its role
+                    // does, and no other.
                     v["required"] = json!(["type", "input"]);
                     v["properties"]["input"] = json!({
                         "description": "The user's message, or the conversation so far.",
                         "oneOf": [
                             {"type": "string", "pattern": NOT_BLANK},
                             {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["role", "content"],
+                             "additionalProperties": false,
                              "properties": {"role": {"type": "string", "enum": ["system", "user", "assistant"]},
-                                            "content": {"type": "string"}}}},
+                                            "content": {"type": "string"},
+                                            "name": {"type": "string", "description": "The participant's name, sent with the message."}}}},
                         ],
                     });
                     v["properties"]["output_contract"] = json!({
@@ -693,7 +699,8 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
                             {"type": "object", "additionalProperties": false, "required": ["type", "schema"],
                              "properties": {"type": {"type": "string", "enum": ["json_schema"]},
                                             "schema": {"type": "object"},
-                                            "repair_attempts": {"type": "integer", "minimum": 0, "maximum": cairn_turn::MAX_REPAIR_ATTEMPTS}}},
+                                            "repair_attempts": {"type": "integer", "minimum": 0, "maximum": cairn_turn::MAX_REPAIR_ATTEMPTS,
+                                                                "description": format!("How many times a violation goes back to the model (default 2; 0 to {}).", cairn_turn::MAX_REPAIR_ATTEMPTS)}}},
                         ],
                     });
                     refined.push(v);
