@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Extensions, Implementation, ListToolsResult,
-    PaginatedRequestParams, ProtocolVersion, ServerCapabilities, ServerConfig, Tool,
+    PaginatedRequestParams, ProtocolVersion, ServerCapabilities, ServerConfig, ServerResult, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
@@ -168,19 +168,39 @@ impl McpServer {
     /// `fault`, as `tools/call` answers it (a tool error), when the protocol
     /// library would call a tool with it: `None` for a message it reads as no
     /// call, or one naming no tool, which it answers itself and never runs.
-    fn refused_call(&self, message: &Value, fault: &ArgumentsFault) -> Option<CallToolResult> {
-        use rmcp::model::{ClientJsonRpcMessage, ClientRequest};
+    /// Shaped, as the library shapes its results, for the revision the
+    /// request's `_meta` names, else the session's (`session`, when a request
+    /// naming it opened the session; else one `initialize` agreed to).
+    fn refused_call(
+        &self,
+        message: &Value,
+        fault: &ArgumentsFault,
+        session: Option<&ProtocolVersion>,
+    ) -> Option<ServerResult> {
+        use rmcp::model::{ClientJsonRpcMessage, ClientRequest, GetMeta};
         let Ok(ClientJsonRpcMessage::Request(request)) =
             serde_json::from_value::<ClientJsonRpcMessage>(message.clone())
         else {
             return None;
         };
+        let revision = request
+            .request
+            .get_meta()
+            .protocol_version()
+            .or_else(|| session.cloned());
         let ClientRequest::CallToolRequest(call) = request.request else {
             return None;
         };
         let kind = ToolKind::from_name(&call.params.name)?;
         let arguments = Value::Object(call.params.arguments.unwrap_or_default());
-        self.refused(kind, &arguments, Some(fault))
+        let mut result = ServerResult::CallToolResult(self.refused(kind, &arguments, Some(fault))?);
+        // The fields of 2026-07-28 (`resultType`) are not sent to a client
+        // of an older revision, as the library leaves them out of its own.
+        if revision.is_none_or(|v| v.as_str() < ProtocolVersion::V_2026_07_28.as_str()) {
+            result.strip_result_type_for_legacy_peer();
+            result.strip_non_object_output_for_legacy_peer();
+        }
+        Some(result)
     }
 
     /// Run one call (the part of `tools/call` after the tool is known).
@@ -528,6 +548,11 @@ where
         // Whether the library has left its handshake ([`opens_lifecycle`]):
         // before it, it ends on any message but a request.
         let mut in_lifecycle = false;
+        // The revision a request that opened the lifecycle without
+        // `initialize` named, which the library then answers in; `None`
+        // for a session `initialize` opened (always a revision before
+        // 2026-07-28, the first without that handshake) or none yet.
+        let mut inline_revision: Option<ProtocolVersion> = None;
         loop {
             bytes.clear();
             match (&mut input)
@@ -598,25 +623,33 @@ where
                         .flatten()
                     {
                         Some(text) => Some((crate::message::answerable_id(&message), -32600, text)),
-                        // A call whose arguments' JSON holds a key twice or
-                        // an integer past 64 bits is answered here with its
-                        // tool error: the library would read them leniently.
-                        // (One that names no tool the library answers
-                        // itself, and runs nothing.)
-                        None => {
-                            let refused = arguments_fault
-                                .as_ref()
-                                .and_then(|f| refusing.refused_call(&message, f));
-                            if let Some(result) = refused {
-                                forwarding.store(true, std::sync::atomic::Ordering::SeqCst);
-                                let _ = answers.send(result_line(&message, &result));
-                                continue;
+                        // A request under the id of one in flight: the
+                        // library would answer one of the two only.
+                        None => match asking.reused_id(&message) {
+                            Some(text) => Some((crate::message::answerable_id(&message), -32600, text)),
+                            None => {
+                                // A call whose arguments' JSON holds a key twice or
+                                // an integer past 64 bits is answered here with its
+                                // tool error: the library would read them leniently.
+                                // (One that names no tool the library answers
+                                // itself, and runs nothing.)
+                                let refused = arguments_fault
+                                    .as_ref()
+                                    .and_then(|f| refusing.refused_call(&message, f, inline_revision.as_ref()));
+                                if let Some(result) = refused {
+                                    forwarding.store(true, std::sync::atomic::Ordering::SeqCst);
+                                    let _ = answers.send(result_line(&message, &result));
+                                    continue;
+                                }
+                                initializing |= message.get("method").and_then(Value::as_str) == Some("initialize");
+                                if !in_lifecycle && opens_lifecycle(&message) {
+                                    in_lifecycle = true;
+                                    inline_revision = inline_revision_of(&message);
+                                }
+                                asking.forwarded(&message);
+                                None
                             }
-                            initializing |= message.get("method").and_then(Value::as_str) == Some("initialize");
-                            in_lifecycle = in_lifecycle || opens_lifecycle(&message);
-                            asking.forwarded(&message);
-                            None
-                        }
+                        },
                     },
                     fault => fault.map(|(code, text)| (crate::message::answerable_id(&message), code, text)),
                 },
@@ -663,7 +696,7 @@ where
 
 /// The answer to request `message` with `result`, as one line of JSON, its
 /// id as the library answers it (an integer written `2.0` is 2).
-fn result_line(message: &Value, result: &CallToolResult) -> String {
+fn result_line(message: &Value, result: &ServerResult) -> String {
     let id = message.get("id").cloned().unwrap_or(Value::Null);
     let id = match id.as_f64() {
         Some(f) if !id.is_i64() && !id.is_u64() && f.fract() == 0.0 => Value::from(f as i64),
@@ -697,6 +730,21 @@ fn opens_lifecycle(message: &Value) -> bool {
     }
 }
 
+/// The revision request `message`, which opens the lifecycle
+/// ([`opens_lifecycle`]), has the session speak when it is no
+/// `initialize`: the one its `_meta` names.
+fn inline_revision_of(message: &Value) -> Option<ProtocolVersion> {
+    use rmcp::model::{ClientJsonRpcMessage, ClientRequest, GetMeta};
+    let Ok(ClientJsonRpcMessage::Request(request)) = serde_json::from_value::<ClientJsonRpcMessage>(message.clone())
+    else {
+        return None;
+    };
+    match request.request {
+        ClientRequest::InitializeRequest(_) => None,
+        request => request.get_meta().protocol_version(),
+    }
+}
+
 /// The longest line passed to the protocol library, its newline left out:
 /// the library discards longer ones unanswered.
 const MAX_LINE_BYTES: usize = rmcp::transport::async_rw::DEFAULT_MAX_LINE_LENGTH;
@@ -724,17 +772,32 @@ async fn skip_line<R: tokio::io::AsyncBufRead + Unpin>(input: &mut R) -> bool {
 /// the request that follows it.
 const DRAIN_AT_END: std::time::Duration = std::time::Duration::from_secs(90);
 
-/// The requests passed to the protocol library and not answered yet, by
-/// their id's JSON.
+/// The requests passed to the protocol library and not answered yet: their
+/// method, by their id's JSON.
 #[derive(Default)]
 struct InFlight {
-    ids: std::sync::Mutex<std::collections::HashSet<String>>,
+    ids: std::sync::Mutex<std::collections::HashMap<String, String>>,
     changed: tokio::sync::Notify,
 }
 
 impl InFlight {
-    fn ids(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+    fn ids(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, String>> {
         self.ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The refusal of request `message` when its id is that of a request
+    /// still in flight: the library would keep one of the two under that id
+    /// and never answer the other. Said here; the first is answered as ever.
+    fn reused_id(&self, message: &serde_json::Value) -> Option<String> {
+        message.get("method")?;
+        let id = message.get("id")?;
+        let key = Self::key(id);
+        let ids = self.ids();
+        let method = ids.get(&key)?;
+        Some(format!(
+            "invalid request: id {key} is that of a `{method}` request still in flight; give each request \
+             an id of its own (one no unanswered request holds)"
+        ))
     }
 
     /// A message passed to the library: a request is in flight until its
@@ -746,7 +809,7 @@ impl InFlight {
         };
         match message.get("id") {
             Some(id) => {
-                self.ids().insert(Self::key(id));
+                self.ids().insert(Self::key(id), method.to_string());
             }
             None if method == "notifications/cancelled" => {
                 if let Some(id) = message.pointer("/params/requestId") {
@@ -767,7 +830,7 @@ impl InFlight {
     }
 
     fn take(&self, id: &str) {
-        if self.ids().remove(id) {
+        if self.ids().remove(id).is_some() {
             self.changed.notify_waiters();
         }
     }
@@ -838,4 +901,219 @@ pub fn http_service(resolver: Arc<Resolver>, options: HttpOptions) -> HttpServic
         Arc::new(NeverSessionManager::default()),
         config,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Answer, Cairn, ListArgs};
+    use async_trait::async_trait;
+    use cairn_core::{Outcome, StartRequest};
+    use serde_json::json;
+    use std::time::Duration;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, Lines};
+
+    /// A cairn whose one process `p` runs until the test lets its await end.
+    #[derive(Default)]
+    struct Stub {
+        ends: tokio::sync::Notify,
+    }
+
+    fn unknown(id: &str) -> Answer {
+        Err(Failure::new("unknown_process", format!("no process `{id}`")))
+    }
+
+    #[async_trait]
+    impl Cairn for Stub {
+        async fn start(&self, _: StartRequest) -> Answer {
+            unknown("")
+        }
+        async fn get(&self, id: &str) -> Answer {
+            unknown(id)
+        }
+        async fn list(&self, _: &ListArgs) -> Answer {
+            Ok(json!({"processes": []}))
+        }
+        async fn events(&self, id: &str, _: u64, _: Option<usize>) -> Answer {
+            unknown(id)
+        }
+        async fn await_terminal(&self, id: &str, _: Duration) -> Answer {
+            self.ends.notified().await;
+            Ok(json!({"id": id, "status": "completed"}))
+        }
+        async fn signal(&self, id: &str, _: &str, _: &str, _: Value) -> Answer {
+            unknown(id)
+        }
+        async fn cancel(&self, id: &str, _: Option<String>) -> Answer {
+            unknown(id)
+        }
+        async fn complete(&self, id: &str, _: Outcome, _: Option<String>) -> Answer {
+            unknown(id)
+        }
+        async fn module_put(&self, _: String, _: Option<String>) -> Answer {
+            unknown("")
+        }
+        async fn schedule_list(&self, _: Option<&str>, _: Option<usize>) -> Answer {
+            Ok(json!({"schedules": []}))
+        }
+        async fn schedule_pause(&self, id: &str) -> Answer {
+            unknown(id)
+        }
+        async fn schedule_resume(&self, id: &str) -> Answer {
+            unknown(id)
+        }
+    }
+
+    struct Session {
+        input: DuplexStream,
+        output: Lines<BufReader<DuplexStream>>,
+    }
+
+    impl Session {
+        /// `serve_lines` over `cairn`, before any message.
+        fn open(cairn: Arc<Stub>) -> Self {
+            let (input, server_in) = tokio::io::duplex(1 << 16);
+            let (server_out, output) = tokio::io::duplex(1 << 16);
+            tokio::spawn(serve_lines(McpServer::new(cairn), server_in, server_out));
+            Self {
+                input,
+                output: BufReader::new(output).lines(),
+            }
+        }
+
+        /// One opened with `initialize` asking for `revision`.
+        async fn initialized(cairn: Arc<Stub>, revision: &str) -> Self {
+            let mut session = Self::open(cairn);
+            session
+                .send(
+                    json!({"jsonrpc": "2.0", "id": "init", "method": "initialize", "params": {
+                    "protocolVersion": revision, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}),
+                )
+                .await;
+            assert_eq!(session.next().await["result"]["protocolVersion"], revision);
+            session
+                .send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+                .await;
+            session
+        }
+
+        async fn send(&mut self, message: Value) {
+            self.send_line(&message.to_string()).await;
+        }
+
+        async fn send_line(&mut self, line: &str) {
+            self.input
+                .write_all(format!("{line}\n").as_bytes())
+                .await
+                .expect("write");
+        }
+
+        async fn next(&mut self) -> Value {
+            let line = tokio::time::timeout(Duration::from_secs(10), self.output.next_line())
+                .await
+                .expect("answered in time")
+                .expect("read")
+                .expect("a line");
+            serde_json::from_str(&line).expect("a JSON line")
+        }
+    }
+
+    fn call(id: Value, tool: &str, arguments: Value) -> Value {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": tool, "arguments": arguments}})
+    }
+
+    /// A request under the id of one still in flight is refused (`-32600`,
+    /// naming the id), and the one in flight is answered: the library would
+    /// keep one of the two and never answer the other.
+    #[tokio::test]
+    async fn a_request_reusing_an_id_in_flight_is_refused_and_the_first_answered() {
+        let cairn = Arc::new(Stub::default());
+        let mut session = Session::initialized(cairn.clone(), "2025-06-18").await;
+        session
+            .send(call(json!(20), "process_await", json!({"id": "p", "timeout_ms": 4000})))
+            .await;
+        session
+            .send(json!({"jsonrpc": "2.0", "id": 20, "method": "ping"}))
+            .await;
+        // The same id written as a float is the same id to the library.
+        session
+            .send(json!({"jsonrpc": "2.0", "id": 20.0, "method": "ping"}))
+            .await;
+        for _ in 0..2 {
+            let refused = session.next().await;
+            assert_eq!(refused["id"].as_f64(), Some(20.0), "{refused}");
+            assert_eq!(refused["error"]["code"], -32600, "{refused}");
+            let said = refused["error"]["message"].as_str().expect("message");
+            assert!(said.contains("id 20") && said.contains("`tools/call`"), "{said}");
+        }
+        cairn.ends.notify_waiters();
+        let answer = session.next().await;
+        assert_eq!(answer["id"], 20, "{answer}");
+        assert_eq!(answer["result"]["structuredContent"]["status"], "completed", "{answer}");
+        // Answered, the id is free again.
+        session
+            .send(json!({"jsonrpc": "2.0", "id": 20, "method": "ping"}))
+            .await;
+        let pong = session.next().await;
+        assert_eq!((&pong["id"], &pong["result"]), (&json!(20), &json!({})), "{pong}");
+    }
+
+    /// A call refused here for its arguments' JSON (a key given twice, an
+    /// integer past 64 bits) has the shape of the negotiated revision, as a
+    /// result the library answers has: no `resultType` before 2026-07-28.
+    #[tokio::test]
+    async fn a_refused_calls_result_has_the_sessions_shape() {
+        let meta_2026 = json!({
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {},
+        });
+        // Sessions `initialize` opened, and one a request naming 2026-07-28
+        // opened (every request naming it, as that revision has it).
+        for (revision, meta, result_type) in [
+            ("2025-06-18", None, None),
+            ("2025-11-25", None, None),
+            ("2026-07-28", Some(&meta_2026), Some("complete")),
+        ] {
+            let cairn = Arc::new(Stub::default());
+            let mut session = match meta {
+                None => Session::initialized(cairn, revision).await,
+                Some(_) => Session::open(cairn),
+            };
+            let meta = meta.map(|m| format!(r#","_meta":{m}"#)).unwrap_or_default();
+            // The library's own answer to a call cairn refuses.
+            let mut asked = call(json!(0), "process_get", json!({"id": "a"}));
+            if let Some(m) = meta.strip_prefix(r#","_meta":"#) {
+                asked["params"]["_meta"] = serde_json::from_str(m).expect("meta");
+            }
+            session.send(asked).await;
+            let own = session.next().await;
+            assert_eq!(own["result"]["isError"], true, "{revision}: {own}");
+            assert_eq!(
+                own["result"].get("resultType").and_then(Value::as_str),
+                result_type,
+                "{revision}: {own}"
+            );
+            for line in [
+                format!(
+                    r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"process_get","arguments":{{"id":"a","id":"b"}}{meta}}}}}"#
+                ),
+                format!(
+                    r#"{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"process_await","arguments":{{"id":"a","timeout_ms":18446744073709551616}}{meta}}}}}"#
+                ),
+            ] {
+                session.send_line(&line).await;
+                let answer = session.next().await;
+                assert_eq!(answer["result"]["isError"], true, "{revision} {line}: {answer}");
+                let text = answer["result"]["content"][0]["text"].as_str().expect("text");
+                assert!(text.contains("invalid_request"), "{text}");
+                assert_eq!(
+                    answer["result"].get("resultType").and_then(Value::as_str),
+                    result_type,
+                    "{revision} {line}: {answer}"
+                );
+            }
+        }
+    }
 }

@@ -843,9 +843,11 @@ fn start_schema() -> Arc<JsonObject> {
     let mut input = forms(turn, "input");
     for form in input.iter_mut().filter(|f| f["type"] == "array") {
         form["items"]["required"] = serde_json::json!(["role", "content"]);
+        form["items"]["additionalProperties"] = Value::Bool(false);
         form["items"]["properties"] = serde_json::json!({
             "role": {"type": "string", "enum": ["system", "user", "assistant"]},
             "content": {"type": "string"},
+            "name": {"type": "string", "description": "The participant's name, sent with the message."},
         });
     }
     if !input.is_empty() {
@@ -857,7 +859,8 @@ fn start_schema() -> Arc<JsonObject> {
         .filter(|f| f.pointer("/properties/type/enum/0") == Some(&Value::from("json_schema")))
     {
         form["properties"]["schema"] = serde_json::json!({"type": "object"});
-        form["properties"]["repair_attempts"] = serde_json::json!({"type": "integer", "minimum": 0, "maximum": 5});
+        form["properties"]["repair_attempts"] = serde_json::json!({"type": "integer", "minimum": 0, "maximum": 5,
+            "description": "How many times a violation goes back to the model (default 2; 0 to 5)."});
     }
     if !contract.is_empty() {
         turn["properties"]["output_contract"]["oneOf"] = Value::Array(contract);

@@ -47,7 +47,7 @@ pub struct Cli {
 #[derive(Debug, Clone, Default, Args)]
 pub struct ClientOpts {
     /// Server base URL [env: CAIRN_SERVER] [default: http://127.0.0.1:7070].
-    #[arg(long, value_name = "URL", global = true)]
+    #[arg(long, value_name = "URL", global = true, value_parser = non_empty)]
     pub server: Option<String>,
     /// Bearer token presented to the server (a host or a session token) [env: CAIRN_TOKEN].
     #[arg(long, value_name = "TOKEN", global = true)]
@@ -64,7 +64,7 @@ pub struct ClientOpts {
 #[derive(Debug, Clone, Default, Args)]
 pub struct LeadingClientOpts {
     /// Server base URL [env: CAIRN_SERVER] [default: http://127.0.0.1:7070].
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = non_empty)]
     pub server: Option<String>,
     /// Bearer token presented to the server (a host or a session token) [env: CAIRN_TOKEN].
     #[arg(long, value_name = "TOKEN")]
@@ -84,11 +84,12 @@ impl ClientOpts {
         let server_flag = self.server.clone().or_else(|| outer.server.clone());
         let token_flag = self.token.is_some() || outer.token.is_some();
         ResolvedClient {
+            // An empty `CAIRN_SERVER` is kept, for `client::run` to refuse.
             server: self
                 .server
                 .clone()
                 .or_else(|| outer.server.clone())
-                .or_else(|| env("CAIRN_SERVER"))
+                .or_else(|| std::env::var("CAIRN_SERVER").ok())
                 .unwrap_or_else(|| DEFAULT_SERVER.to_string()),
             token: self
                 .token
@@ -178,7 +179,7 @@ pub enum Command {
         #[arg(value_parser = non_empty)]
         id: String,
         /// Only events after this sequence.
-        #[arg(long, default_value_t = 0, value_parser = integer::<u64>(), allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 0, value_parser = cursor(), allow_negative_numbers = true)]
         after: u64,
         /// Keep streaming live events until the process ends.
         #[arg(long, short)]
@@ -324,7 +325,7 @@ pub enum Command {
     #[command(after_help = "Example:\n  cairn changes --cursor 0 --limit 50")]
     Changes {
         /// Read changes after this cursor.
-        #[arg(long, default_value_t = 0, value_parser = integer::<u64>(), allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 0, value_parser = cursor(), allow_negative_numbers = true)]
         cursor: u64,
         /// Page size (at most 1000).
         #[arg(long, value_parser = at_least_one(), allow_negative_numbers = true)]
@@ -885,7 +886,7 @@ pub struct PruneArgs {
     #[arg(long, value_name = "MS|TIME", value_parser = created_at(), allow_negative_numbers = true)]
     pub created_before: Option<u64>,
     /// Change-feed cursor a projector has read up to: what changed after it stays.
-    #[arg(long, value_parser = integer::<u64>(), allow_negative_numbers = true)]
+    #[arg(long, value_parser = cursor(), allow_negative_numbers = true)]
     pub watermark: Option<u64>,
     /// No projector reads the change feed: prune by cutoff alone.
     #[arg(long)]
@@ -1175,6 +1176,16 @@ fn integer<T: Unsigned>() -> NamingFlag<Integer<T>> {
     Integer::between(T::ZERO, T::MAX)
 }
 
+/// The largest event sequence or change-feed cursor the server takes (its
+/// integers are SQL's signed ones, as in every store).
+const LARGEST_CURSOR: u64 = i64::MAX as u64;
+
+/// An event sequence or change-feed cursor: a larger one would pass here
+/// only to be refused by the server.
+fn cursor() -> NamingFlag<Integer<u64>> {
+    Integer::between(0, LARGEST_CURSOR)
+}
+
 /// A count of at least one (`--limit 0` would ask for nothing).
 fn at_least_one() -> NamingFlag<Integer<usize>> {
     Integer::between(1, usize::MAX)
@@ -1195,7 +1206,7 @@ impl<T: Unsigned> ReadValue for Integer<T> {
                 let why = if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
                     format!(
                         "takes a non-negative integer, got `{text}`: over the largest accepted value ({})",
-                        T::MAX
+                        self.max
                     )
                 } else if text.is_empty() {
                     "takes a non-negative integer, got nothing".to_string()
@@ -1542,6 +1553,49 @@ mod tests {
             .client_opts()
             .unwrap_or_else(|| panic!("`cairn {}` is a client command", args.join(" ")))
             .resolve(&cli.client)
+    }
+
+    /// Sequences and cursors go up to the server's largest, i64::MAX: one
+    /// past it is refused here, saying that bound, not sent to be refused.
+    #[test]
+    fn a_cursor_goes_up_to_what_the_server_takes() {
+        let largest = i64::MAX.to_string();
+        let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("cairn").chain(args.iter().copied()));
+        for flag in [
+            &["events", "p", "--after"][..],
+            &["changes", "--cursor"],
+            &["prune", "--older-than", "1d", "--watermark"],
+        ] {
+            let with = |value: &'static str| [flag, &[value]].concat();
+            match parse(&with("9223372036854775807")).expect("i64::MAX is taken").command {
+                Command::Events { after: n, .. } | Command::Changes { cursor: n, .. } => assert_eq!(n, i64::MAX as u64),
+                Command::Prune(args) => assert_eq!(args.watermark, Some(i64::MAX as u64)),
+                other => panic!("{other:?}"),
+            }
+            for over in ["9223372036854775808", "18446744073709551615", "18446744073709551616"] {
+                let said = parse(&with(over)).expect_err("past i64::MAX").to_string();
+                assert!(said.contains(&largest), "{flag:?} {over}: {said}");
+                assert!(!said.contains("18446744073709551615)"), "{flag:?} {over}: {said}");
+            }
+        }
+    }
+
+    /// An empty `--server` is a usage error, before or after the command.
+    #[test]
+    fn an_empty_server_flag_is_refused() {
+        for args in [
+            &["--server", "", "ls"][..],
+            &["ls", "--server", ""],
+            &["ls", "--server="],
+        ] {
+            let e = Cli::try_parse_from(std::iter::once("cairn").chain(args.iter().copied()))
+                .expect_err("an empty --server is refused");
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+            assert!(
+                e.to_string().contains("--server") && e.to_string().contains("must not be empty"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

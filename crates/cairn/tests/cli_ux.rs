@@ -1424,7 +1424,7 @@ fn a_number_flag_refuses_a_value_in_words() {
         (
             &["prune", "--older-than", "7d", "--watermark", "99999999999999999999"],
             "`--watermark` takes a non-negative integer, got `99999999999999999999`: \
-             over the largest accepted value (18446744073709551615)",
+             over the largest accepted value (9223372036854775807)",
         ),
         (
             &["serve", "--workers", "x"],

@@ -35,7 +35,19 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 /// Run one client command.
 pub async fn run(opts: &ResolvedClient, command: Command) -> ExitCode {
     hints::set(opts.server_flag.as_deref(), opts.token_flag);
-    let result = match Client::new(&opts.server, opts.token.as_deref()) {
+    // An empty `--server` clap refuses; an empty `CAIRN_SERVER` is refused
+    // here, not read as the default: a variable set to nothing is more
+    // likely one whose value went missing than a wish for 127.0.0.1.
+    let client = if opts.server.is_empty() {
+        Err(ClientError::Usage(format!(
+            "CAIRN_SERVER is set but empty: set it to the server's URL (e.g. {}), give --server, or unset it for \
+             that default",
+            crate::cli::DEFAULT_SERVER
+        )))
+    } else {
+        Client::new(&opts.server, opts.token.as_deref())
+    };
+    let result = match client {
         Ok(client) => execute(&client, opts.json, command).await,
         Err(e) => Err(e),
     };
@@ -486,6 +498,9 @@ async fn execute(client: &Client, json: bool, command: Command) -> Result<ExitCo
                 if let Ok(record) = client.get(&proc_path(&id)).await {
                     if let Some(stranded) = stranded(&id, &record, now_ms()) {
                         outln!("but {stranded}")?;
+                    }
+                    if let Some(note) = waits_for_another(&id, &name, &record, &event) {
+                        errln!("note: {note}")?;
                     }
                 }
             }
@@ -1795,6 +1810,20 @@ fn stranded(id: &str, record: &Value, now: u64) -> Option<String> {
     ))
 }
 
+/// What to say of signal `name`, recorded as `event`, when `record` (read
+/// after it) shows process `id` waiting for a signal of another name: kept
+/// (SPEC §13), the signal wakes nothing now, which a typo in its name would
+/// otherwise leave unsaid. A wait that began after the signal says nothing
+/// of it (the signal may have ended the wait before it).
+fn waits_for_another(id: &str, name: &str, record: &Value, event: &Value) -> Option<String> {
+    let wait = record.get("wait").filter(|w| str_at(w, "/kind") == "signal")?;
+    let awaited = str_at(wait, "/name");
+    let since = wait.get("since_ms").and_then(Value::as_u64)?;
+    let sent = event.get("occurred_at_ms").and_then(Value::as_u64)?;
+    (str_at(record, "/status") == "running" && awaited != name && since <= sent)
+        .then(|| format!("{id} waits for signal `{awaited}`, not `{name}`; the signal is kept for a later wait"))
+}
+
 /// Why a process was abandoned, for humans.
 fn abandonment(outcome: &Value) -> String {
     let owner = str_at(outcome, "/evidence/owner/owner_id");
@@ -2652,5 +2681,44 @@ mod abandon_tests {
             lease_look("p", &json!({"status": "abandoned"}), now, 0),
             LeaseLook::Done
         );
+    }
+}
+
+#[cfg(test)]
+mod signal_tests {
+    use super::*;
+
+    /// A signal sent to a process waiting for a signal of another name is
+    /// noted as kept; one it waits for, a wait that began after the signal,
+    /// another kind of wait, no wait and an end are not.
+    #[test]
+    fn a_signal_of_another_name_than_the_awaited_one_is_noted() {
+        let waiting = |kind: &str, name: &str, since: u64| {
+            json!({"status": "running",
+                   "wait": {"kind": kind, "name": name, "since_ms": since, "ordinal": 1}})
+        };
+        let sent = json!({"event_type": "signal.og", "occurred_at_ms": 1_000});
+        assert_eq!(
+            waits_for_another("gw", "og", &waiting("signal", "go", 900), &sent).as_deref(),
+            Some("gw waits for signal `go`, not `og`; the signal is kept for a later wait")
+        );
+        // A wait that began in the same millisecond as the signal still waits.
+        assert!(waits_for_another("gw", "og", &waiting("signal", "go", 1_000), &sent).is_some());
+        assert_eq!(
+            waits_for_another("gw", "og", &waiting("signal", "og", 900), &sent),
+            None
+        );
+        assert_eq!(
+            waits_for_another("gw", "og", &waiting("signal", "go", 1_001), &sent),
+            None
+        );
+        assert_eq!(waits_for_another("gw", "og", &waiting("timer", "", 900), &sent), None);
+        assert_eq!(
+            waits_for_another("gw", "og", &json!({"status": "running", "wait": null}), &sent),
+            None
+        );
+        let mut ended = waiting("signal", "go", 900);
+        ended["status"] = json!("cancelled");
+        assert_eq!(waits_for_another("gw", "og", &ended, &sent), None);
     }
 }
