@@ -265,7 +265,16 @@ fn located(source: &str, line: u64, byte_column: u64) -> String {
         .unwrap_or("");
     let bytes = usize::try_from(byte_column.saturating_sub(1)).unwrap_or(usize::MAX);
     let column = match text.get(..bytes.min(text.len())) {
-        Some(before) if bytes <= text.len() => before.chars().count() as u64 + 1,
+        // A byte order mark leading the source is no column an editor shows.
+        Some(before) if bytes <= text.len() => {
+            before
+                .strip_prefix('\u{feff}')
+                .filter(|_| line == 1)
+                .unwrap_or(before)
+                .chars()
+                .count() as u64
+                + 1
+        }
         _ => byte_column,
     };
     format!("line {line}, column {column}")

@@ -201,6 +201,12 @@ async fn a_syntax_error_names_line_and_column() {
         .await
         .expect_err("a syntax error");
     assert!(err.to_string().ends_with("line 1, column 27"), "{err}");
+    // Nor a byte order mark leading the source.
+    let err = p
+        .put_module("\u{feff}let x = ;".into(), None)
+        .await
+        .expect_err("a syntax error");
+    assert!(err.to_string().ends_with("line 1, column 9"), "{err}");
     // The engine reads a source only up to a NUL: one is refused where it is.
     let err = p
         .put_module("export async function f() {\n  return 'a\u{0}b';\n}".into(), None)
