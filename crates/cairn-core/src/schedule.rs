@@ -24,6 +24,7 @@
 //!   occurrences, as cron does, instead of pausing for an hour.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
@@ -1087,6 +1088,65 @@ pub struct FireReport {
     /// The schedules whose fire times were passed over, in the order fired.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub passed_over_by: Vec<String>,
+    /// Those of `passed_over_by` whose caught-up fire was skipped
+    /// (`overlap: skip`, the previous fire's process still running): no
+    /// missed fire of theirs was caught up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub catch_up_skipped_by: Vec<String>,
+    /// Those of `passed_over_by` whose caught-up fire could not start (its
+    /// refusal is the schedule's `last_refusal`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub catch_up_refused_by: Vec<String>,
+}
+
+/// What a fire made of its fire time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FireOutcome {
+    /// It started its process (or found it started).
+    Started,
+    /// `overlap: skip`, and the previous fire's process was running.
+    Skipped,
+    /// The start path refused it (recorded as the schedule's `last_refusal`).
+    Refused,
+}
+
+/// Fires made by the runtimes of this OS process since it began, by
+/// outcome, each counted by the runtime whose advance of its schedule took
+/// (two nodes racing one fire count it once between them): what the
+/// server's `cairn_schedule_fires_total` reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FireCounts {
+    /// Fires that started their process.
+    pub started: u64,
+    /// Fires skipped by `overlap: skip`.
+    pub skipped: u64,
+    /// Fires the start path refused.
+    pub refused: u64,
+}
+
+// Process-wide, as a server runs one runtime: the runtime's own state is
+// out of reach of the server's metrics, which read these at scrape.
+static FIRES_STARTED: AtomicU64 = AtomicU64::new(0);
+static FIRES_SKIPPED: AtomicU64 = AtomicU64::new(0);
+static FIRES_REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// The fires counted so far ([`FireCounts`]).
+pub fn fire_counts() -> FireCounts {
+    FireCounts {
+        started: FIRES_STARTED.load(Ordering::Relaxed),
+        skipped: FIRES_SKIPPED.load(Ordering::Relaxed),
+        refused: FIRES_REFUSED.load(Ordering::Relaxed),
+    }
+}
+
+/// Counts one fire made (its advance took) in [`fire_counts`].
+pub(crate) fn count_fire(outcome: FireOutcome) {
+    let counter = match outcome {
+        FireOutcome::Started => &FIRES_STARTED,
+        FireOutcome::Skipped => &FIRES_SKIPPED,
+        FireOutcome::Refused => &FIRES_REFUSED,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// The most passed-over fire times one fire counts (a schedule of every
@@ -1108,29 +1168,80 @@ impl FireReport {
         self.passed_over += other.passed_over;
         self.passed_over_at_least |= other.passed_over_at_least;
         self.passed_over_by.extend(other.passed_over_by);
+        self.catch_up_skipped_by.extend(other.catch_up_skipped_by);
+        self.catch_up_refused_by.extend(other.catch_up_refused_by);
     }
 
-    /// Counts `n` fire times schedule `id` passed over ([`Schedule::passed_over`]).
-    pub fn add_passed_over(&mut self, id: &str, n: u64) {
+    /// Counts `n` fire times schedule `id` passed over ([`Schedule::passed_over`])
+    /// by a fire (the one caught up) that came to `outcome`.
+    pub fn add_passed_over(&mut self, id: &str, n: u64, outcome: FireOutcome) {
         if n == 0 {
             return;
         }
         self.passed_over += n;
         self.passed_over_at_least |= n >= MAX_COUNTED_PASSED_OVER;
         self.passed_over_by.push(id.to_string());
+        match outcome {
+            FireOutcome::Started => {}
+            FireOutcome::Skipped => self.catch_up_skipped_by.push(id.to_string()),
+            FireOutcome::Refused => self.catch_up_refused_by.push(id.to_string()),
+        }
     }
 
     /// The schedules of `passed_over_by` as a WARN line names them: the
     /// first few, then how many more (`a, b, c and 2 more`).
     pub fn passed_over_names(&self) -> String {
-        const SHOWN: usize = 3;
-        let ids = &self.passed_over_by;
-        let mut text = ids.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
-        if ids.len() > SHOWN {
-            text.push_str(&format!(" and {} more", ids.len() - SHOWN));
+        names(&self.passed_over_by)
+    }
+
+    /// The WARN line of a pass that passed fire times over: how many, of
+    /// which schedules, and what became of the one missed fire each catches
+    /// up: started, or (said apart, as no fire was caught up then) skipped
+    /// for overlap or refused.
+    pub fn passed_over_message(&self) -> String {
+        let mut text = format!(
+            "{}{} fire times of schedule(s) {} passed over: they fell due while the server was down or earlier \
+             fires were being made; ",
+            if self.passed_over_at_least { "at least " } else { "" },
+            self.passed_over,
+            self.passed_over_names()
+        );
+        let (skipped, refused) = (&self.catch_up_skipped_by, &self.catch_up_refused_by);
+        let caught_up = self.passed_over_by.len() - skipped.len() - refused.len();
+        if skipped.is_empty() && refused.is_empty() {
+            text.push_str("one missed fire per schedule is caught up");
+            return text;
         }
+        let mut parts = Vec::new();
+        if caught_up > 0 {
+            parts.push(format!("one missed fire is caught up for {caught_up} of them"));
+        }
+        if !skipped.is_empty() {
+            parts.push(format!(
+                "the missed fire of {} was skipped, not caught up (overlap `skip`: the previous fire's process \
+                 is still running)",
+                names(skipped)
+            ));
+        }
+        if !refused.is_empty() {
+            parts.push(format!(
+                "the missed fire of {} could not start (see the schedule's `last_refusal`)",
+                names(refused)
+            ));
+        }
+        text.push_str(&parts.join("; "));
         text
     }
+}
+
+/// Schedule ids as a log line names them: the first few, then how many more.
+fn names(ids: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut text = ids.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if ids.len() > SHOWN {
+        text.push_str(&format!(" and {} more", ids.len() - SHOWN));
+    }
+    text
 }
 
 impl Schedule {
@@ -1470,15 +1581,15 @@ mod tests {
     #[test]
     fn a_report_names_the_schedules_and_says_a_capped_count() {
         let mut report = FireReport::default();
-        report.add_passed_over("a", 0);
+        report.add_passed_over("a", 0, FireOutcome::Started);
         assert_eq!((report.passed_over, report.passed_over_names()), (0, String::new()));
         let mut one = FireReport::default();
-        one.add_passed_over("a", 11);
+        one.add_passed_over("a", 11, FireOutcome::Started);
         report.merge(one);
         assert!(!report.passed_over_at_least);
         for id in ["b", "c", "d", "e"] {
             let mut one = FireReport::default();
-            one.add_passed_over(id, MAX_COUNTED_PASSED_OVER);
+            one.add_passed_over(id, MAX_COUNTED_PASSED_OVER, FireOutcome::Started);
             report.merge(one);
         }
         assert_eq!(report.passed_over, 11 + 4 * MAX_COUNTED_PASSED_OVER);
@@ -1676,6 +1787,39 @@ mod tests {
         assert_eq!(
             utc.next_after(ms("2026-03-29T00:00:00Z")).unwrap(),
             ms("2026-03-29T02:30:00Z")
+        );
+    }
+
+    /// The catch-up WARN says what became of each schedule's caught-up fire:
+    /// all started is said as before; a skipped or refused one apart,
+    /// naming its schedules, and the started ones counted.
+    #[test]
+    fn the_catch_up_account_says_what_each_caught_up_fire_became() {
+        let mut report = FireReport::default();
+        report.add_passed_over("a", 3, FireOutcome::Started);
+        report.add_passed_over("quiet", 0, FireOutcome::Skipped);
+        assert_eq!(
+            report.passed_over_message(),
+            "3 fire times of schedule(s) a passed over: they fell due while the server was down or earlier fires \
+             were being made; one missed fire per schedule is caught up"
+        );
+        report.add_passed_over("b", 2, FireOutcome::Skipped);
+        report.add_passed_over("c", 1, FireOutcome::Refused);
+        let said = report.passed_over_message();
+        assert!(
+            said.starts_with("6 fire times of schedule(s) a, b, c passed over")
+                && said.contains("; one missed fire is caught up for 1 of them")
+                && said.contains("; the missed fire of b was skipped, not caught up (overlap `skip`")
+                && said.contains("; the missed fire of c could not start (see the schedule's `last_refusal`)")
+                && !said.contains("per schedule"),
+            "{said}"
+        );
+        assert_eq!(
+            (
+                report.catch_up_skipped_by.as_slice(),
+                report.catch_up_refused_by.as_slice()
+            ),
+            (&["b".to_string()][..], &["c".to_string()][..])
         );
     }
 }

@@ -23,7 +23,7 @@ use crate::clock::SharedClock;
 use crate::model::{ProcessStatus, MAX_PAGE_SIZE};
 use crate::processes::{Listed, Processes, Starter};
 use crate::registry::ProcessRegistry;
-use crate::schedule::{plan_fire, FirePlan, FireRefusal, FireReport, Schedule, ScheduleRequest};
+use crate::schedule::{plan_fire, FireOutcome, FirePlan, FireRefusal, FireReport, Schedule, ScheduleRequest};
 use crate::{CairnError, Result};
 
 /// How many due schedules one read takes.
@@ -138,8 +138,28 @@ impl Scheduler {
                     .advance_schedule(&schedule.id, schedule.next_fire_ms, &advance)
                     .await?
                 {
-                    report.skipped.push(schedule.fire_id(fire_ms));
-                    report.add_passed_over(&schedule.id, passed_over);
+                    let fire_id = schedule.fire_id(fire_ms);
+                    let previous = schedule.last_process_id.as_deref().unwrap_or_default();
+                    // Said once per running process (at its first skipped
+                    // fire, the one next after the fire that started it),
+                    // then at debug: a day-long run under an every-second
+                    // schedule would write a line a second. Every skip is
+                    // counted, and a caught-up one is in the pass's WARN.
+                    let first = schedule
+                        .last_fire_ms
+                        .and_then(|at| schedule.next_after(at).ok().flatten())
+                        == Some(fire_ms);
+                    if first {
+                        tracing::info!(schedule = %schedule.id, fire = %fire_id, previous = %previous,
+                            "a schedule's fire skipped (overlap `skip`): its previous fire's process is still running; \
+                             further fires skipped while it runs are logged at debug");
+                    } else {
+                        tracing::debug!(schedule = %schedule.id, fire = %fire_id, previous = %previous,
+                            "a schedule's fire skipped (overlap `skip`): its previous fire's process is still running");
+                    }
+                    crate::schedule::count_fire(FireOutcome::Skipped);
+                    report.skipped.push(fire_id);
+                    report.add_passed_over(&schedule.id, passed_over, FireOutcome::Skipped);
                 }
             }
             FirePlan::Start {
@@ -149,11 +169,18 @@ impl Scheduler {
             } => {
                 let mut advance = advance;
                 let request = schedule.start.start_request(process_id.clone());
-                let started = match self.starter.start(request.clone()).await {
+                // A fire under a parent cancelled for good would be born
+                // cancelled: it is refused instead.
+                let started = match cancelled_parent(self.registry.as_ref(), schedule.start.caused_by.as_ref()).await? {
+                    Some(refusal) => Err(refusal),
+                    None => self.starter.start(request.clone()).await.map(|_| ()),
+                };
+                let started = match started {
                     // This fire may have started its process before a crash
                     // kept it from advancing the schedule, and the start's
                     // checks may refuse it now (a tool since removed or
-                    // redeclared): the process this fire made is its answer.
+                    // redeclared, a parent since cancelled): the process this
+                    // fire made is its answer.
                     Err(e) if e.is_client_error() => match self.registry.get(&process_id).await {
                         Ok(existing) if made_by(&existing, &request, self.starter.declared_types(&request)) => Ok(()),
                         // Not known now: this pass fails and a later one
@@ -162,10 +189,13 @@ impl Scheduler {
                         Err(read) if !read.is_client_error() => return Err(read),
                         _ => Err(e),
                     },
-                    other => other.map(|_| ()),
+                    other => other,
                 };
-                match started {
-                    Ok(()) => report.started.push(process_id),
+                let outcome = match started {
+                    Ok(()) => {
+                        report.started.push(process_id);
+                        FireOutcome::Started
+                    }
                     // A fire that can never start (its tool is gone from this
                     // server, its id taken by another start) must not hold the
                     // schedule: it is skipped, and said so.
@@ -181,20 +211,52 @@ impl Scheduler {
                             message: e.to_string(),
                         });
                         report.refused.push(process_id);
+                        FireOutcome::Refused
                     }
                     Err(e) => return Err(e),
-                }
+                };
                 if self
                     .registry
                     .advance_schedule(&schedule.id, schedule.next_fire_ms, &advance)
                     .await?
                 {
-                    report.add_passed_over(&schedule.id, passed_over);
+                    crate::schedule::count_fire(outcome);
+                    report.add_passed_over(&schedule.id, passed_over, outcome);
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Why a schedule's fire (or template) cannot start under the process its
+/// `caused_by` names, if it cannot: that parent has ended with its
+/// cancellation requested, so a child started under it is born cancelled
+/// (the start path's rule, which a plain start keeps), and a schedule would
+/// make one at every fire for good. `None` when there is no parent, or one
+/// a start under which is taken as any other: running, ended without a
+/// cancellation, pruned (its tombstone stands), or missing (the start's to
+/// answer).
+async fn cancelled_parent(
+    registry: &dyn ProcessRegistry,
+    caused_by: Option<&crate::model::CausalRef>,
+) -> Result<Option<CairnError>> {
+    let Some(parent) = caused_by.and_then(crate::model::CausalRef::parent_process) else {
+        return Ok(None);
+    };
+    let record = match registry.get(parent).await {
+        Ok(record) if record.is_terminal() && record.cancel_request.is_some() => record,
+        Ok(_) | Err(CairnError::UnknownProcess(_) | CairnError::NoLongerRetained(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let status = serde_json::to_value(record.status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    Ok(Some(CairnError::InvalidRequest(format!(
+        "`caused_by` names process `{parent}`, which has ended ({status}) with its cancellation requested: \
+         every child started under it is born cancelled"
+    ))))
 }
 
 /// Whether `existing` is the process `request` starts (by an earlier try of
@@ -251,11 +313,10 @@ impl crate::worker::DueWork for Scheduler {
                 tracing::warn!(
                     passed_over = report.passed_over,
                     passed_over_at_least = report.passed_over_at_least,
-                    "{}{} fire times of schedule(s) {} passed over: they fell due while the server was down or \
-                     earlier fires were being made; one missed fire per schedule is caught up",
-                    if report.passed_over_at_least { "at least " } else { "" },
-                    report.passed_over,
-                    report.passed_over_names()
+                    catch_up_skipped = report.catch_up_skipped_by.len(),
+                    catch_up_refused = report.catch_up_refused_by.len(),
+                    "{}",
+                    report.passed_over_message()
                 );
             }
         }
@@ -309,11 +370,19 @@ impl Processes {
             }
         };
         let probe = request.start.start_request(format!("{}@{now}", request.id));
-        if let Err(e) = self.inner.starter.check(probe, now).await {
+        let checked = match self.inner.starter.check(probe, now).await {
+            Ok(()) => match cancelled_parent(self.inner.registry.as_ref(), request.start.caused_by.as_ref()).await? {
+                Some(refusal) => Err(refusal),
+                None => Ok(()),
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(e) = checked {
             // A schedule stored while its template could start (its tool
-            // since gone from this server), created again as it is, is the
-            // same create: a host that re-asserts its schedules at boot goes
-            // on, and the fires say what they cannot start.
+            // since gone from this server, its parent since cancelled),
+            // created again as it is, is the same create: a host that
+            // re-asserts its schedules at boot goes on, and the fires say
+            // what they cannot start.
             if e.is_client_error() {
                 let made = Schedule::new(request.clone(), &spec, now)?;
                 if let Some(existing) = self.inner.registry.get_schedule(&request.id).await? {
@@ -423,5 +492,185 @@ impl Processes {
             self.nudge();
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::model::{CausalRef, Disposition, Originator, ProcessInput, ProcessStatus};
+    use crate::schedule::{fire_counts, Overlap, ScheduleRequest, StartTemplate};
+    use crate::{CairnError, Clock, ManualClock, Processes, StartRequest};
+
+    fn runtime(clock: &ManualClock) -> Processes {
+        Processes::builder(Arc::new(crate::memory::MemoryRegistry::new()))
+            .clock(Arc::new(clock.clone()))
+            .without_worker()
+            .start()
+    }
+
+    /// External work: it runs until its owner ends it.
+    fn external() -> (ProcessInput, Disposition) {
+        let input = ProcessInput::External {
+            metadata: serde_json::json!({}),
+        };
+        (input, Disposition::ExternallyOwned)
+    }
+
+    /// A tool call no worker of this runtime runs: it waits to be claimed,
+    /// and a cancellation ends it at once.
+    fn tool_call() -> (ProcessInput, Disposition) {
+        let input = ProcessInput::ToolCall {
+            tool: "echo".into(),
+            args: serde_json::json!({"value": 1}),
+        };
+        (input, Disposition::Rerunnable)
+    }
+
+    /// An `every 10s` schedule whose fires start `work`, under `parent` when
+    /// one is named.
+    fn every_10s(
+        id: &str,
+        overlap: Overlap,
+        (input, disposition): (ProcessInput, Disposition),
+        parent: Option<&str>,
+    ) -> ScheduleRequest {
+        ScheduleRequest {
+            id: id.into(),
+            cron: None,
+            every: Some("10s".into()),
+            timezone: None,
+            start: StartTemplate {
+                input,
+                disposition,
+                originator: Originator::host(),
+                caused_by: parent.map(CausalRef::process),
+                grant: None,
+                wake_target: None,
+                event_types: Vec::new(),
+                env_spec: None,
+                external_ref: None,
+            },
+            overlap,
+        }
+    }
+
+    /// After downtime, a `skip` schedule whose last fire's process still
+    /// runs skips its caught-up fire: the pass's account says so (and
+    /// counts it) rather than that a missed fire was caught up.
+    #[tokio::test]
+    async fn a_caught_up_fire_skipped_for_overlap_is_said_so() {
+        let clock = ManualClock::new(1_000_000);
+        let p = runtime(&clock);
+        let t0 = clock.now_ms();
+        p.create_schedule(every_10s("cu", Overlap::Skip, external(), None))
+            .await
+            .expect("created");
+        clock.advance(10_000);
+        let report = p.fire_schedules().await.expect("fired");
+        assert_eq!(report.started, [format!("cu@{}", t0 + 10_000)]);
+
+        let before = fire_counts();
+        clock.advance(60_000);
+        let report = p.fire_schedules().await.expect("fired");
+        assert!(report.started.is_empty(), "{report:?}");
+        assert_eq!(report.skipped, [format!("cu@{}", t0 + 20_000)]);
+        assert_eq!(report.passed_over, 5, "{report:?}");
+        assert_eq!(report.catch_up_skipped_by, ["cu"]);
+        let said = report.passed_over_message();
+        assert!(
+            said.starts_with("5 fire times of schedule(s) cu passed over")
+                && said.contains("the missed fire of cu was skipped, not caught up")
+                && !said.contains("is caught up"),
+            "{said}"
+        );
+        let after = fire_counts();
+        assert!(after.skipped > before.skipped, "{before:?} -> {after:?}");
+        p.shutdown().await;
+    }
+
+    /// A template under a parent that ended with its cancellation requested
+    /// is refused at creation (`invalid_request` naming the parent), though
+    /// a plain start under it is taken, born cancelled; a fire whose parent
+    /// ended so after the schedule was made is recorded as its
+    /// `last_refusal`, starting nothing; the same create again answers the
+    /// stored schedule. A parent that ended otherwise is a parent as before.
+    #[tokio::test]
+    async fn a_fire_under_a_cancelled_parent_is_refused_not_born_cancelled() {
+        let clock = ManualClock::new(1_000_000);
+        let p = runtime(&clock);
+        let t0 = clock.now_ms();
+        let (input, disposition) = external();
+        let parent = StartRequest::new("parent", input, disposition);
+        p.start(parent).await.expect("parent started");
+        let request = every_10s("kid", Overlap::Allow, tool_call(), Some("parent"));
+        p.create_schedule(request.clone())
+            .await
+            .expect("created under a running parent");
+        // Its cancellation asked, then its owner's end: a child started
+        // under it now is born cancelled.
+        p.cancel("parent", None).await.expect("cancel asked");
+        let ended = p
+            .complete_external("parent", crate::model::Outcome::cancelled("stopped"), "owner")
+            .await
+            .expect("ended");
+        assert_eq!(ended.status, ProcessStatus::Cancelled);
+
+        clock.advance(10_000);
+        let report = p.fire_schedules().await.expect("fired");
+        let fire = format!("kid@{}", t0 + 10_000);
+        assert!(report.started.is_empty(), "{report:?}");
+        assert_eq!(report.refused, std::slice::from_ref(&fire));
+        assert!(
+            matches!(p.get(&fire).await, Err(CairnError::UnknownProcess(_))),
+            "no process was born cancelled"
+        );
+        let s = p.get_schedule("kid").await.expect("stored");
+        let refusal = s.last_refusal.expect("the refusal recorded");
+        assert_eq!(
+            (refusal.process_id.as_str(), refusal.code.as_str()),
+            (fire.as_str(), "invalid_request")
+        );
+        assert!(
+            refusal.message.contains("`parent`, which has ended (cancelled)"),
+            "{}",
+            refusal.message
+        );
+        assert_eq!(s.next_fire_ms, t0 + 20_000, "the schedule goes on");
+        let (_, created) = p.create_schedule(request).await.expect("the same create again");
+        assert!(!created);
+
+        let e = p
+            .create_schedule(every_10s("kid2", Overlap::Allow, tool_call(), Some("parent")))
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), "invalid_request");
+        assert!(e.to_string().contains("`parent`, which has ended (cancelled)"), "{e}");
+        assert!(matches!(
+            p.get_schedule("kid2").await,
+            Err(CairnError::UnknownSchedule(_))
+        ));
+
+        // A plain start under the ended parent is as it was: born cancelled.
+        let (input, disposition) = tool_call();
+        let mut child = StartRequest::new("child", input, disposition);
+        child.caused_by = Some(CausalRef::process("parent"));
+        let made = p.start(child).await.expect("a plain start is taken");
+        assert_eq!(made.process.status, ProcessStatus::Cancelled);
+
+        let (input, disposition) = external();
+        p.start(StartRequest::new("done", input, disposition))
+            .await
+            .expect("started");
+        p.complete_external("done", crate::model::Outcome::success(serde_json::json!(1)), "owner")
+            .await
+            .expect("ended");
+        let (_, created) = p
+            .create_schedule(every_10s("after", Overlap::Allow, tool_call(), Some("done")))
+            .await
+            .expect("a parent that completed is taken");
+        assert!(created);
+        p.shutdown().await;
     }
 }

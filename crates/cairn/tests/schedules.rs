@@ -434,3 +434,145 @@ async fn the_catch_up_warning_names_the_schedules_and_a_capped_count() {
         "{line}"
     );
 }
+
+/// `cairn_schedule_fires_total{outcome}` as a scrape of `c` reads it.
+async fn fires(c: &common::Client, outcome: &str) -> u64 {
+    let text = c.metrics().await;
+    let head = format!("cairn_schedule_fires_total{{outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(head.as_str()))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {head}in {text}"))
+}
+
+/// The lines of the log file `log` that contain `what`, once there are at
+/// least `n` of them (bounded: 30 s).
+async fn log_lines(log: &std::path::Path, what: &str, n: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<String> = text.lines().filter(|l| l.contains(what)).map(str::to_string).collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fewer than {n} lines with {what:?} in time: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Fires skipped by `overlap: skip` leave an account: the first skipped
+/// while a process runs is logged at INFO, the next ones at DEBUG, and all
+/// are counted in `cairn_schedule_fires_total{outcome="skipped"}`. After
+/// downtime, a caught-up fire skipped for overlap is said as such in the
+/// catch-up WARN (not as a fire caught up), and counted. The downtime is
+/// made by moving the stored next fire time back an hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skipped_fires_are_logged_counted_and_said_in_the_catch_up_warning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("cairn.db").to_string_lossy().into_owned();
+    let db = format!("sqlite:{file}");
+    // External work runs until its owner ends it: every later fire is skipped.
+    let template = json!({"input": {"type": "external", "metadata": {}}, "disposition": "externally_owned"});
+    {
+        let log = dir.path().join("first.log");
+        let server = Server::serve_logging_to(&["--db", &db, "--listen", "127.0.0.1:0"], &log).await;
+        let c = server.client();
+        let body = json!({"id": "cu", "every": "2s", "start": template.clone(), "overlap": "skip"});
+        let (status, s) = c.post("/v1/schedules", body).await;
+        assert_eq!(status, 201, "{s}");
+        let first = s["next_fire_ms"].as_u64().expect("next fire");
+        c.wait_for(&format!("cu@{first}"), |r| r["status"] == "running").await;
+        let skips = log_lines(&log, "a schedule's fire skipped", 2).await;
+        assert!(
+            skips[0].contains("INFO")
+                && skips[0].contains(&format!("fire=cu@{}", first + 2000))
+                && skips[0].contains(&format!("previous=cu@{first}"))
+                && skips[0].contains("further fires skipped while it runs are logged at debug"),
+            "{skips:?}"
+        );
+        assert!(skips[1..].iter().all(|l| l.contains("DEBUG")), "{skips:?}");
+        assert!(fires(&c, "skipped").await >= 2);
+        assert_eq!(fires(&c, "started").await, 1);
+        assert_eq!(fires(&c, "refused").await, 0);
+    }
+    let back = 3_600_000u64;
+    let moved = std::process::Command::new("sqlite3")
+        .arg(&file)
+        .arg(format!(
+            "UPDATE schedules SET next_fire_ms = next_fire_ms - {back}, \
+             schedule = json_set(schedule, '$.next_fire_ms', next_fire_ms - {back});"
+        ))
+        .output()
+        .expect("run sqlite3");
+    assert!(moved.status.success(), "{}", String::from_utf8_lossy(&moved.stderr));
+    let log = dir.path().join("again.log");
+    let server = Server::serve_logging_to(&["--db", &db, "--listen", "127.0.0.1:0"], &log).await;
+    let line = log_lines(&log, "fire times of schedule(s)", 1).await.remove(0);
+    assert!(
+        line.contains("WARN")
+            && line.contains("fire times of schedule(s) cu passed over")
+            && line.contains("the missed fire of cu was skipped, not caught up (overlap `skip`")
+            && line.contains("catch_up_skipped=1")
+            && !line.contains("caught up per schedule")
+            && !line.contains("one missed fire per schedule is caught up"),
+        "{line}"
+    );
+    let c = server.client();
+    assert!(fires(&c, "skipped").await >= 1);
+    assert_eq!(fires(&c, "started").await, 0, "nothing was caught up");
+}
+
+/// A template whose `caused_by` names a process that was cancelled (ended
+/// with its cancellation requested) is refused at `schedule add`, naming
+/// it; a schedule whose parent is cancelled after it was made records its
+/// next fire as its `last_refusal` and starts nothing, rather than a
+/// process born cancelled at every fire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_under_a_cancelled_parent_is_refused_and_its_fires_recorded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite:{}", dir.path().join("cairn.db").to_string_lossy());
+    let server = Server::start_on(&db, &[]).await;
+    let c = server.client();
+    let parent = common::tool_start("parent", "sleep", json!({"ms": 600_000}), "rerunnable");
+    assert_eq!(c.start(parent).await.0, 201);
+    let child = json!({"input": {"type": "tool_call", "tool": "echo", "args": {"value": 1}},
+                       "disposition": "rerunnable", "caused_by": {"process_id": "parent"}});
+    let body = json!({"id": "kid", "every": "1s", "start": child.clone(), "overlap": "allow"});
+    let (status, s) = c.post("/v1/schedules", body).await;
+    assert_eq!(status, 201, "{s}");
+    let (status, _) = c.post("/v1/processes/parent/cancel", json!({})).await;
+    assert_eq!(status, 200);
+    c.wait_for("parent", |r| r["status"] == "cancelled").await;
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let refusal = loop {
+        let (status, s) = c.get("/v1/schedules/kid").await;
+        assert_eq!(status, 200, "{s}");
+        if !s["last_refusal"].is_null() {
+            break s["last_refusal"].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no refusal recorded in time: {s}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(refusal["code"], "invalid_request", "{refusal}");
+    let said = refusal["message"].as_str().unwrap_or_default();
+    assert!(said.contains("`parent`, which has ended (cancelled)"), "{said}");
+    let fire = refusal["process_id"].as_str().expect("the fire's id");
+    let (status, e) = c.get(&format!("/v1/processes/{fire}")).await;
+    assert_eq!(status, 404, "the refused fire started nothing: {e}");
+
+    let out = server
+        .cli(&["schedule", "add", "kid2", "--every", "1h", &child.to_string()], None)
+        .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("invalid_request") && out.stderr.contains("`parent`, which has ended (cancelled)"),
+        "{}",
+        out.stderr
+    );
+    let (status, _) = c.get("/v1/schedules/kid2").await;
+    assert_eq!(status, 404, "nothing refused was stored");
+}

@@ -10,12 +10,13 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use cairn_core::{EndSink, ProcessRecord, ProcessStatus, Processes};
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use super::AppState;
@@ -54,6 +55,41 @@ struct RequestLabels {
 struct RouteLabels {
     method: String,
     route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// `cairn_schedule_fires_total`, by outcome: read from the runtime's own
+/// counts ([`cairn_core::schedule::fire_counts`]) as it is rendered, so it
+/// is never behind them.
+#[derive(Debug)]
+struct ScheduleFires;
+
+impl TypedMetric for ScheduleFires {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for ScheduleFires {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let counts = cairn_core::schedule::fire_counts();
+        for (outcome, n) in [
+            ("started", counts.started),
+            ("skipped", counts.skipped),
+            ("refused", counts.refused),
+        ] {
+            encoder
+                .encode_family(&OutcomeLabel { outcome })?
+                .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&n, None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -183,6 +219,13 @@ impl Metrics {
             "cairn_script_threads_held",
             "Script engine threads held: each ran a script on past its stop and keeps its heap until it ends or the \
              server stops; at 8, module puts are refused until a restart",
+        );
+        registry.register(
+            "cairn_schedule_fires",
+            "Schedule fires this server made, by outcome: `started` its process, `skipped` (overlap `skip`: the \
+             previous fire's process still running), `refused` (by the start path; see the schedule's \
+             `last_refusal`). Counted by the node whose advance of the schedule took",
+            ScheduleFires,
         );
         registry.register(
             "cairn_build",
