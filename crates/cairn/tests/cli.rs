@@ -501,6 +501,19 @@ async fn sigterm_drains_and_exits_zero() {
     assert_eq!((s, rec["status"].as_str()), (200, Some("running")));
 }
 
+/// The lines a `shell` process wrote, from its `shell.output` events.
+async fn shell_lines(c: &common::Client, id: &str) -> Vec<String> {
+    let (_, page) = c.get(&format!("/v1/processes/{id}/events?after=0")).await;
+    page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["event_type"] == "shell.output")
+        .flat_map(|e| e["payload"]["lines"].as_array().cloned().unwrap_or_default())
+        .filter_map(|l| l.as_str().map(String::from))
+        .collect()
+}
+
 /// A command run by the `shell` tool does not inherit the server's own
 /// settings: the host token and the database URL (its password) would reach
 /// any caller who may run a command and land in its durable output. A start
@@ -541,15 +554,7 @@ async fn a_shell_command_does_not_inherit_the_servers_secrets() {
     assert_eq!(status, 201);
     let record = c.wait_for("env-probe", |r| r["status"] != "running").await;
     assert_eq!(record["status"], "completed", "{record}");
-    let (_, page) = c.get("/v1/processes/env-probe/events?after=0").await;
-    let lines: Vec<String> = page["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter(|e| e["event_type"] == "shell.output")
-        .flat_map(|e| e["payload"]["lines"].as_array().cloned().unwrap_or_default())
-        .filter_map(|l| l.as_str().map(String::from))
-        .collect();
+    let lines = shell_lines(&c, "env-probe").await;
     assert_eq!(lines, vec!["token=unset workers=unset key=unset given=yes".to_string()]);
 }
 
@@ -584,15 +589,7 @@ async fn a_shell_command_cannot_read_the_servers_secrets_from_proc() {
     assert_eq!(status, 201);
     let record = c.wait_for("proc-probe", |r| r["status"] != "running").await;
     assert_eq!(record["status"], "completed", "{record}");
-    let (_, page) = c.get("/v1/processes/proc-probe/events?after=0").await;
-    let lines: Vec<String> = page["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter(|e| e["event_type"] == "shell.output")
-        .flat_map(|e| e["payload"]["lines"].as_array().cloned().unwrap_or_default())
-        .filter_map(|l| l.as_str().map(String::from))
-        .collect();
+    let lines = shell_lines(&c, "proc-probe").await;
     // The block was read (the test's own variables are in it), and holds
     // neither secret.
     assert!(lines.iter().any(|l| l.starts_with("PATH=")), "{lines:?}");
@@ -1375,4 +1372,48 @@ async fn ls_with_a_limit_reads_about_what_it_prints() {
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     assert_eq!(rows, newest);
+}
+
+/// `cairn signal` to a process waiting for a signal of another name
+/// succeeds (the signal is kept, SPEC §13) and notes on stderr what it
+/// waits for; a signal of the awaited name has no note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_of_another_name_is_noted_as_kept() {
+    let server = Server::start(&[]).await;
+    let (status, _) = server.client().start(waiter("gw")).await;
+    assert_eq!(status, 201);
+    server
+        .client()
+        .wait_for("gw", |r| r["wait"]["kind"] == "signal" && r["wait"]["name"] == "go")
+        .await;
+    let out = server.cli(&["signal", "gw", "og"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("signal.og recorded on gw"), "{}", out.stdout);
+    assert_eq!(
+        out.stderr,
+        "note: gw waits for signal `go`, not `og`; the signal is kept for a later wait\n"
+    );
+    let out = server.cli(&["signal", "gw", "go"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stderr.contains("note:"), "{}", out.stderr);
+}
+
+/// An empty `CAIRN_SERVER` is a usage error (exit 2) saying so, not the
+/// default server; an empty `--server` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_server_is_refused() {
+    let out = cairn_with_env(&["ls"], &[("CAIRN_SERVER", "")]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("CAIRN_SERVER is set but empty") && !out.stderr.contains("unreachable"),
+        "{}",
+        out.stderr
+    );
+    let out = cairn_with_env(&["--json", "mcp"], &[("CAIRN_SERVER", "")]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let said: Value = serde_json::from_str(out.stderr.trim()).expect("a JSON error");
+    assert_eq!(said["error"]["code"], "usage", "{said}");
+    let out = cairn_with_env(&["ls", "--server", ""], &[]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--server"), "{}", out.stderr);
 }
