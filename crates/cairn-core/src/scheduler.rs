@@ -249,13 +249,10 @@ async fn cancelled_parent(
         Ok(_) | Err(CairnError::UnknownProcess(_) | CairnError::NoLongerRetained(_)) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let status = serde_json::to_value(record.status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
     Ok(Some(CairnError::InvalidRequest(format!(
-        "`caused_by` names process `{parent}`, which has ended ({status}) with its cancellation requested: \
-         every child started under it is born cancelled"
+        "`caused_by` names process `{parent}`, which has ended ({}) with its cancellation requested: \
+         every child started under it is born cancelled",
+        record.status.label()
     ))))
 }
 
