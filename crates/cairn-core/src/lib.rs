@@ -69,6 +69,8 @@ pub mod watch;
 mod wire;
 #[cfg(feature = "openapi")]
 mod wire_schema;
+#[cfg(feature = "openapi")]
+pub use wire_schema::{turn_start_contract_forms, turn_start_input_forms};
 pub mod worker;
 
 pub use async_trait::async_trait;

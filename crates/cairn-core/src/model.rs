@@ -206,6 +206,10 @@ pub struct TurnSession {
 /// session-turn runner's `cairn_turn::MAX_STEPS` is this one).
 pub const TURN_MAX_STEPS: u32 = 64;
 
+/// The most repairs a turn's `json_schema` contract may allow
+/// (`repair_attempts`), which a start checks and the schemas state.
+pub const TURN_MAX_REPAIR_ATTEMPTS: u32 = 5;
+
 /// A turn's `max_steps`: any integer that fits the record is read (a start
 /// checks the bounds, so a turn started under looser ones still reads), and
 /// one that does not (negative, or past `u32`) is refused as the start's

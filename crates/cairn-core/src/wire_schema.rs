@@ -65,6 +65,39 @@ pub(crate) fn output_contract() -> RefOr<Schema> {
     }))
 }
 
+/// The forms a start takes of a turn's `input` (its `oneOf`): a non-blank
+/// string, or at least one message of a role a start gives, with a string
+/// `content` and, beside it, only a string `name` (each is sent as it is).
+/// One copy for the OpenAPI document's `StartInput` and MCP's `process_start`.
+pub fn turn_start_input_forms() -> Value {
+    json!([
+        {"type": "string", "pattern": NOT_BLANK},
+        {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["role", "content"],
+         "additionalProperties": false,
+         "properties": {"role": {"type": "string", "enum": ["system", "user", "assistant"]},
+                        "content": {"type": "string"},
+                        "name": {"type": "string", "description": "The participant's name, sent with the message."}}}},
+    ])
+}
+
+/// The forms a start takes of a turn's `output_contract` (its `oneOf`):
+/// none (`text`), `text`, or `json_schema` with an object schema and at
+/// most [`crate::TURN_MAX_REPAIR_ATTEMPTS`] repairs. One copy, as
+/// [`turn_start_input_forms`].
+pub fn turn_start_contract_forms() -> Value {
+    let most = crate::TURN_MAX_REPAIR_ATTEMPTS;
+    json!([
+        {"type": "null"},
+        {"type": "object", "additionalProperties": false, "required": ["type"],
+         "properties": {"type": {"type": "string", "enum": ["text"]}}},
+        {"type": "object", "additionalProperties": false, "required": ["type", "schema"],
+         "properties": {"type": {"type": "string", "enum": ["json_schema"]},
+                        "schema": {"type": "object"},
+                        "repair_attempts": {"type": "integer", "minimum": 0, "maximum": most,
+                                            "description": format!("How many times a violation goes back to the model (default 2; 0 to {most}).")}}},
+    ])
+}
+
 /// A declared type's `payload_schema`: a JSON Schema, an object or a
 /// boolean (`invalid_schema` otherwise, `null` included).
 pub(crate) fn payload_schema() -> RefOr<Schema> {

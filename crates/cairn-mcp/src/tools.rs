@@ -833,37 +833,15 @@ fn start_schema() -> Arc<JsonObject> {
         return Arc::new(schema);
     };
     turn["required"] = serde_json::json!(["type", "input"]);
-    // The forms of a field: the items of its `oneOf`.
-    let forms = |turn: &mut Value, field: &str| -> Vec<Value> {
-        turn.pointer_mut(&format!("/properties/{field}/oneOf"))
-            .and_then(Value::as_array_mut)
-            .map(std::mem::take)
-            .unwrap_or_default()
-    };
-    let mut input = forms(turn, "input");
-    for form in input.iter_mut().filter(|f| f["type"] == "array") {
-        form["items"]["required"] = serde_json::json!(["role", "content"]);
-        form["items"]["additionalProperties"] = Value::Bool(false);
-        form["items"]["properties"] = serde_json::json!({
-            "role": {"type": "string", "enum": ["system", "user", "assistant"]},
-            "content": {"type": "string"},
-            "name": {"type": "string", "description": "The participant's name, sent with the message."},
-        });
-    }
-    if !input.is_empty() {
-        turn["properties"]["input"]["oneOf"] = Value::Array(input);
-    }
-    let mut contract = forms(turn, "output_contract");
-    for form in contract
-        .iter_mut()
-        .filter(|f| f.pointer("/properties/type/enum/0") == Some(&Value::from("json_schema")))
-    {
-        form["properties"]["schema"] = serde_json::json!({"type": "object"});
-        form["properties"]["repair_attempts"] = serde_json::json!({"type": "integer", "minimum": 0, "maximum": 5,
-            "description": "How many times a violation goes back to the model (default 2; 0 to 5)."});
-    }
-    if !contract.is_empty() {
-        turn["properties"]["output_contract"]["oneOf"] = Value::Array(contract);
+    // What a start takes of a turn's input and contract: the forms the
+    // OpenAPI document's `StartInput` states too.
+    for (field, forms) in [
+        ("input", cairn_core::turn_start_input_forms()),
+        ("output_contract", cairn_core::turn_start_contract_forms()),
+    ] {
+        if let Some(one_of) = turn.pointer_mut(&format!("/properties/{field}/oneOf")) {
+            *one_of = forms;
+        }
     }
     Arc::new(schema)
 }

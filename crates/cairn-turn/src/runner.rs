@@ -179,8 +179,9 @@ const MAX_ANSWER_DEPTH: usize = cairn_core::validate::MAX_JSON_DEPTH - 2;
 /// The most model calls a turn may be given (`max_steps`): the bound the
 /// record's own reading names ([`cairn_core::TURN_MAX_STEPS`]).
 pub const MAX_STEPS: u32 = cairn_core::TURN_MAX_STEPS;
-/// The most repairs a `json_schema` contract may allow (`repair_attempts`).
-pub const MAX_REPAIR_ATTEMPTS: u32 = 5;
+/// The most repairs a `json_schema` contract may allow (`repair_attempts`):
+/// [`cairn_core::TURN_MAX_REPAIR_ATTEMPTS`], which the schemas state.
+pub const MAX_REPAIR_ATTEMPTS: u32 = cairn_core::TURN_MAX_REPAIR_ATTEMPTS;
 /// The roles a message of a turn's `input` may have when it starts.
 const START_ROLES: [&str; 3] = ["system", "user", "assistant"];
 

@@ -681,27 +681,11 @@ fn constrain_schemas(doc: &mut Value, tools: &[String]) {
                     v["required"] = json!(["type", "input"]);
                     v["properties"]["input"] = json!({
                         "description": "The user's message, or the conversation so far.",
-                        "oneOf": [
-                            {"type": "string", "pattern": NOT_BLANK},
-                            {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["role", "content"],
-                             "additionalProperties": false,
-                             "properties": {"role": {"type": "string", "enum": ["system", "user", "assistant"]},
-                                            "content": {"type": "string"},
-                                            "name": {"type": "string", "description": "The participant's name, sent with the message."}}}},
-                        ],
+                        "oneOf": cairn_core::turn_start_input_forms(),
                     });
                     v["properties"]["output_contract"] = json!({
                         "description": "`text` (the default, also when null) or `json_schema`.",
-                        "oneOf": [
-                            {"type": "null"},
-                            {"type": "object", "additionalProperties": false, "required": ["type"],
-                             "properties": {"type": {"type": "string", "enum": ["text"]}}},
-                            {"type": "object", "additionalProperties": false, "required": ["type", "schema"],
-                             "properties": {"type": {"type": "string", "enum": ["json_schema"]},
-                                            "schema": {"type": "object"},
-                                            "repair_attempts": {"type": "integer", "minimum": 0, "maximum": cairn_turn::MAX_REPAIR_ATTEMPTS,
-                                                                "description": format!("How many times a violation goes back to the model (default 2; 0 to {}).", cairn_turn::MAX_REPAIR_ATTEMPTS)}}},
-                        ],
+                        "oneOf": cairn_core::turn_start_contract_forms(),
                     });
                     refined.push(v);
                 }
